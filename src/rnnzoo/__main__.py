@@ -1,0 +1,5 @@
+import sys
+
+from rnnzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,276 @@
+"""The speed harness: `rnnzoo bench` and `python -m rnnzoo.bench`.
+
+For each chosen layer, mode and sequence length it times the forward pass
+(no grad) and forward+backward (median of `--repeat` runs after warm-up),
+reports tokens per second and peak memory, and the speedup over a named
+baseline run in the same process on the same input:
+
+- a registered baseline for the layer (`register_baseline`), e.g. torch.nn.LSTM
+  for `lstm`, or a peer library's implementation when it is installed;
+- otherwise the layer's own reference mode.
+
+Peak memory is torch.cuda's high-water mark on GPU; on CPU it is the growth of
+the process's peak resident set during one forward+backward, measured in a
+fresh subprocess so that earlier cases do not hide it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from rnnzoo.registry import FAMILIES, get_layer_info, list_layers
+
+# layer name -> list of (label, factory). factory(layer, x) returns a callable of no
+# arguments that runs the baseline forward on x and returns a tensor to backpropagate,
+# or raises ImportError when the peer it needs is not installed.
+_BASELINES: dict[str, list[tuple[str, Callable]]] = {}
+
+
+def register_baseline(layer_name: str, label: str):
+    """Decorator: register `factory(layer, x) -> run` as a speed baseline for a layer."""
+    def decorate(factory):
+        _BASELINES.setdefault(layer_name, []).append((label, factory))
+        return factory
+    return decorate
+
+
+def _torch_rnn_baseline(cls):
+    """torch.nn.LSTM/GRU/RNN of the layer's sizes, followed by the layer's own output map."""
+    def factory(layer, x):
+        peer = cls(layer.d_model, layer.hidden_size, batch_first=True).to(x.device, x.dtype)
+        return lambda: layer.out_proj(peer(x)[0])
+    return factory
+
+
+register_baseline("lstm", "torch.nn.LSTM")(_torch_rnn_baseline(torch.nn.LSTM))
+
+
+@dataclass
+class Case:
+    layer: str
+    mode: str
+    batch: int
+    length: int
+    d_model: int
+    options: dict
+    dtype: str = "float32"
+    device: str = "cpu"
+    baseline: str | None = None  # None: the layer itself in `mode`
+
+    def build(self):
+        """(run, params): run() does one forward and returns the output to backpropagate."""
+        from rnnzoo.registry import create
+        torch.manual_seed(0)
+        dtype = getattr(torch, self.dtype)
+        layer = create(self.layer, d_model=self.d_model, **self.options).to(self.device, dtype)
+        x = torch.randn(self.batch, self.length, self.d_model, device=self.device, dtype=dtype)
+        x.requires_grad_()
+        if self.baseline is None:
+            return (lambda: layer(x, mode=self.mode)[0]), x
+        factory = dict(_BASELINES.get(self.layer, []))[self.baseline]
+        return factory(layer, x), x
+
+
+def _sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, device, repeat, warmup) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_case(case: Case, repeat: int = 5, warmup: int = 1, backward: bool = True) -> dict:
+    """Median seconds of forward (no grad) and forward+backward for one case."""
+    run, x = case.build()
+
+    def fwd():
+        with torch.no_grad():
+            run()
+
+    def fwd_bwd():
+        x.grad = None
+        run().float().sum().backward()
+
+    out = {"fwd": _median_time(fwd, case.device, repeat, warmup)}
+    if backward:
+        out["fwd_bwd"] = _median_time(fwd_bwd, case.device, repeat, warmup)
+    return out
+
+
+def peak_memory(case: Case) -> float:
+    """Peak extra memory (bytes) of one forward+backward of `case`."""
+    if case.device.startswith("cuda"):
+        run, x = case.build()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run().float().sum().backward()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - base)
+    probe = subprocess.run([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
+                            json.dumps(case.__dict__)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return float("nan")
+    return float(probe.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set in bytes (VmHWM: unlike ru_maxrss, it starts
+    afresh at exec instead of inheriting the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _memory_probe(spec: str) -> None:
+    case = Case(**json.loads(spec))
+    run, x = case.build()
+    before = _peak_rss()
+    run().float().sum().backward()
+    print(_peak_rss() - before)
+
+
+def _accepted(cls, options: dict) -> dict:
+    """The subset of `options` that `cls`'s constructor takes (for "*" options)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in options.items() if k in params}
+
+
+def cases_for(layers, modes, lengths, batch, d_model, options, dtype, device,
+              baselines=True) -> list[list[Case]]:
+    """Groups of cases; the first case of each group is the one the others are compared to."""
+    groups = []
+    for name in layers:
+        info = get_layer_info(name)
+        chosen = [m for m in info.modes if modes is None or m in modes]
+        if not chosen:
+            continue
+        for T in lengths:
+            base = dict(layer=name, batch=batch, length=T, d_model=d_model,
+                        options={**_accepted(info.cls, options.get("*", {})),
+                                 **options.get(name, {})},
+                        dtype=dtype, device=device)
+            group = [Case(mode=m, **base) for m in chosen]
+            peers = [label for label, _ in _BASELINES.get(name, [])] if baselines else []
+            ref = info.reference_mode
+            if peers:
+                group = [Case(mode=ref, baseline=label, **base) for label in peers] + group
+            elif ref not in chosen and len(chosen) < len(info.modes):
+                group = [Case(mode=ref, **base)] + group
+            else:
+                group = [c for c in group if c.mode == ref] + [c for c in group if c.mode != ref]
+            groups.append(group)
+    return groups
+
+
+def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print) -> list[dict]:
+    """Time every case and print one table; returns its rows."""
+    head = (f"{'layer':<18}{'mode':<22}{'T':>7}{'fwd ms':>10}{'fwd+bwd ms':>12}"
+            f"{'tok/s':>11}{'peak MB':>9}  speedup vs baseline")
+    out(head)
+    out("-" * len(head))
+    rows = []
+    for group in groups:
+        base_time = None
+        base_label = None
+        for case in group:
+            try:
+                t = time_case(case, repeat, warmup, backward)
+            except ImportError as e:
+                out(f"{case.layer:<18}{case.baseline or case.mode:<22}{case.length:>7}  skipped: {e}")
+                continue
+            total = t.get("fwd_bwd", t["fwd"])
+            mem = peak_memory(case) / 2**20 if memory else float("nan")
+            label = case.baseline or case.mode
+            if base_time is None:
+                base_time, base_label, speed = total, label, "(baseline)"
+            else:
+                speed = f"{base_time / total:.2f}x vs {base_label}"
+            toks = case.batch * case.length / total
+            out(f"{case.layer:<18}{label:<22}{case.length:>7}{t['fwd'] * 1e3:>10.2f}"
+                f"{t.get('fwd_bwd', float('nan')) * 1e3:>12.2f}{toks:>11.0f}{mem:>9.1f}  {speed}")
+            rows.append(dict(case.__dict__, **t, peak_mb=mem, speedup=base_time / total,
+                             baseline_label=base_label))
+    return rows
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", help="comma-separated layer names (default: all, or --family)")
+    p.add_argument("--family", choices=FAMILIES, help="every layer of one family")
+    p.add_argument("--modes", help="comma-separated modes to time (default: all of each layer)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lengths", default="256", help="comma-separated sequence lengths")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--options", default="{}",
+                   help='JSON: constructor options per layer name, "*" for all: '
+                        '{"*": {"hidden_size": 128}, "mingru": {"expand": 2}}')
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    p.add_argument("--no-baselines", action="store_true", help="compare with the reference mode only")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(torch.get_num_threads())
+    if args.layers:
+        layers = [n.strip() for n in args.layers.split(",") if n.strip()]
+        for n in layers:
+            get_layer_info(n)  # unknown names raise with the valid list
+    else:
+        layers = [i.name for i in list_layers(args.family)]
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+        options = json.loads(args.options)
+    except ValueError as e:
+        raise SystemExit(f"rnnzoo bench: bad --lengths or --options: {e}")
+    if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
+        raise SystemExit("rnnzoo bench: --lengths, --batch, --d-model and --repeat must be >= 1")
+    modes = set(args.modes.split(",")) if args.modes else None
+    groups = cases_for(layers, modes, lengths, args.batch, args.d_model, options, args.dtype,
+                       args.device, baselines=not args.no_baselines)
+    print(f"rnnzoo bench: B={args.batch} d_model={args.d_model} {args.dtype} on {args.device}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    rows = run_table(groups, args.repeat, args.warmup, not args.no_backward, not args.no_memory)
+    if args.json:
+        from rnnzoo.io import atomic_write_text
+        atomic_write_text(args.json, json.dumps(rows, indent=1, default=str))
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
+        _memory_probe(sys.argv[2])
+    else:
+        parser = argparse.ArgumentParser(prog="python -m rnnzoo.bench", description=__doc__)
+        add_arguments(parser)
+        main(parser.parse_args())

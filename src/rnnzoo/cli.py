@@ -1,0 +1,61 @@
+"""The `rnnzoo` command. Each subcommand lives next to what it runs and brings
+`add_arguments(parser)` and `main(args)`; this file only wires them up."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _list_main(args) -> None:
+    from rnnzoo.registry import list_layers, markdown_table, write_readme
+    if args.write_readme:
+        write_readme(args.write_readme)
+        return
+    if args.markdown:
+        print(markdown_table())
+        return
+    infos = list_layers(args.family)
+    width = max((len(i.name) for i in infos), default=5)
+    for i in infos:
+        print(f"{i.name:<{width}}  {i.family:<9}  {','.join(i.modes):<28}  {i.paper}")
+    print(f"{len(infos)} layers")
+
+
+def _list_arguments(p) -> None:
+    from rnnzoo.registry import FAMILIES
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--markdown", action="store_true", help="print the README's layer table")
+    p.add_argument("--write-readme", metavar="PATH", help="regenerate the layer table in PATH")
+
+
+def _commands():
+    """name -> (help, add_arguments, main)."""
+    from rnnzoo import bench
+    return {
+        "list": ("list the registered layers (name, family, modes, paper)", _list_arguments,
+                 _list_main),
+        "bench": ("time layers and modes against their baselines", bench.add_arguments,
+                  bench.main),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="rnnzoo", description="Every recurrent sequence model, "
+                                     "one contract: list, benchmark, train and compare.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, add_args, run) in _commands().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ValueError as e:  # bad names and options: one clear line, no traceback
+        print(f"rnnzoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The layer protocol shared by every token mixer (DESIGN.md section 2).
+
+    y, state = layer(x, state=None, *, mode="auto", lengths=None)   # x: (B, T, d_model)
+    y_t, state = layer.step(x_t, state)                              # x_t: (B, d_model)
+    state = layer.init_state(batch_size, device=None, dtype=None)
+
+A subclass sets `modes` (reference mode first) and implements
+
+    _forward(x, state, mode) -> (y, state)   # x validated, state never None
+    _step(x_t, state) -> (y_t, state)
+    init_state(batch_size, device, dtype)
+
+and may override `_forward_lengths` (right-padded batches) and `auto_mode`.
+States are tensors or tuples of tensors kept in float32 / complex64, or in
+float64 / complex128 when the input is float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def state_dtype(dtype: torch.dtype | None, complex_: bool = False) -> torch.dtype:
+    """dtype a state is kept in for inputs of `dtype`: float64 stays float64, else float32."""
+    wide = dtype in (torch.float64, torch.complex128)
+    if complex_:
+        return torch.complex128 if wide else torch.complex64
+    return torch.float64 if wide else torch.float32
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype recurrences run in for input `x`: float64 for float64, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _shape(t) -> str:
+    return "x".join(str(s) for s in t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+class RecurrentLayer(nn.Module):
+    """Base class of every registered token mixer. See the module docstring."""
+
+    name: str = "?"  # set by `registry.register`
+    modes: tuple[str, ...] = ()
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+
+    # -- to implement ---------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor, state: State, mode: str) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def auto_mode(self, x: torch.Tensor) -> str:
+        """The mode `mode="auto"` picks for `x`; the fastest non-reference mode by default."""
+        return self.modes[1] if len(self.modes) > 1 else self.modes[0]
+
+    # -- the protocol -----------------------------------------------------------------
+    @property
+    def reference_mode(self) -> str:
+        return self.modes[0]
+
+    def forward(self, x: torch.Tensor, state: State | None = None, *, mode: str = "auto",
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """x: (batch, time, d_model) -> y: (batch, time, d_model), final state."""
+        self._check_input(x, "x", 3)
+        mode = self._check_mode(mode, x)
+        state = self._check_or_init_state(state, x)
+        if lengths is None:
+            return self._forward(x, state, mode)
+        lengths = self._check_lengths(lengths, x)
+        return self._forward_lengths(x, state, mode, lengths)
+
+    def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
+        self._check_input(x_t, "x_t", 2)
+        state = self._check_or_init_state(state, x_t)
+        return self._step(x_t, state)
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        """Right padding: valid outputs and each sequence's state at its own last step.
+
+        Generic and exact for causal layers: outputs come from the padded run (a
+        causal layer's valid outputs never see the padding), and each group of
+        sequences of equal length is re-run on its prefix for its final state.
+        Layers override this with a masked recurrence where that is cheaper.
+        """
+        y, final = self._forward(x, state, mode)
+        y = y * valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(y.dtype)
+        T = x.shape[1]
+        if bool((lengths == T).all()):
+            return y, final
+        finals = _as_tuple(final)
+        out = [f.clone() for f in finals]
+        for n in lengths.unique().tolist():
+            if n == T:
+                continue
+            idx = (lengths == n).nonzero().squeeze(1)
+            sub_state = _index_state(state, idx)
+            if n == 0:
+                part = _as_tuple(sub_state)
+            else:
+                part = _as_tuple(self._forward(x[idx, :n], sub_state, mode)[1])
+            for o, p in zip(out, part):
+                o[idx] = p.to(o.dtype)
+        return y, out[0] if isinstance(final, torch.Tensor) else tuple(out)
+
+    # -- validation ----------------------------------------------------------------------
+    def _param_dtype(self) -> torch.dtype | None:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _check_input(self, x, name: str, ndim: int) -> None:
+        expected = "(batch, time, d_model)" if ndim == 3 else "(batch, d_model)"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != ndim or x.shape[-1] != self.d_model:
+            raise ValueError(f"{name} must have shape {expected} with d_model={self.d_model}, "
+                             f"got shape {tuple(x.shape)}")
+        if ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one time step, got shape {tuple(x.shape)}")
+        pdt = self._param_dtype()
+        if pdt is not None and x.dtype != pdt:
+            raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {pdt}; "
+                            f"cast one to the other (layer.to({x.dtype}) or x.to({pdt}))")
+
+    def _check_mode(self, mode, x) -> str:
+        if mode == "auto":
+            return self.auto_mode(x)
+        if mode not in self.modes:
+            raise ValueError(f"mode must be 'auto' or one of {self.modes} for layer "
+                             f"{self.name!r}, got {mode!r}")
+        return mode
+
+    def _check_or_init_state(self, state, x) -> State:
+        expected = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if state is None:
+            return expected
+        if isinstance(state, list):
+            state = tuple(state)
+        exp, got = _as_tuple(expected), _as_tuple(state)
+        if isinstance(expected, tuple) != isinstance(state, tuple) or len(got) != len(exp) \
+                or not all(isinstance(s, torch.Tensor) for s in got):
+            raise TypeError(f"state must be {_describe(expected)} for layer {self.name!r}, "
+                            f"got {_describe(state)}")
+        for i, (e, s) in enumerate(zip(exp, got)):
+            where = "state" if len(exp) == 1 else f"state[{i}]"
+            if s.shape != e.shape:
+                raise ValueError(f"{where} must have shape {tuple(e.shape)} for batch "
+                                 f"{x.shape[0]}, got {tuple(s.shape)}")
+            if s.is_complex() != e.is_complex() or not (s.is_floating_point() or s.is_complex()):
+                raise TypeError(f"{where} must have dtype {e.dtype}, got {s.dtype}")
+            if s.device != e.device:
+                raise ValueError(f"{where} is on {s.device} but x is on {e.device}")
+        cast = tuple(s.to(e.dtype) for s, e in zip(got, exp))
+        return cast if isinstance(expected, tuple) else cast[0]
+
+    def _check_lengths(self, lengths, x) -> torch.Tensor:
+        B, T = x.shape[:2]
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or \
+                lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor of shape ({B},), got "
+                            f"{getattr(lengths, 'dtype', type(lengths).__name__)}")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        if bool(((lengths < 0) | (lengths > T)).any()):
+            raise ValueError(f"lengths must lie in [0, {T}], got {lengths.tolist()}")
+        return lengths.to(device=x.device, dtype=torch.long)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, modes={self.modes}"
+
+
+def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(batch, T) bool mask, True at positions t < lengths[b]."""
+    return torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
+
+
+def _as_tuple(state) -> tuple:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _index_state(state, idx):
+    if isinstance(state, tuple):
+        return tuple(s[idx] for s in state)
+    return state[idx]
+
+
+def _describe(state) -> str:
+    if isinstance(state, (tuple, list)):
+        return "a tuple of " + ", ".join(
+            f"{_shape(s)} {getattr(s, 'dtype', '')}".strip() for s in state)
+    if isinstance(state, torch.Tensor):
+        return f"a tensor {_shape(state)} {state.dtype}"
+    return type(state).__name__

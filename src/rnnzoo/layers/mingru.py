@@ -1,0 +1,70 @@
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?", arXiv:2410.01201).
+
+    z_t = sigma(W_z x_t + b_z),  h~_t = W_h x_t + b_h
+    h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
+
+The gates depend on x_t only, so the recurrence is linear in h: the `scan`
+mode solves it with `linear_scan(a = 1 - z, b = z * h~)`; `sequential` is the
+loop. With `expand` > 1 the hidden width is expand * d_model and a linear map
+takes h back to d_model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.ops.scan import linear_scan
+from rnnzoo.registry import register
+
+
+@register("mingru", family="diagonal", paper="Feng et al. 2024, arXiv:2410.01201",
+          tiny=dict(d_model=6, expand=2))
+class MinGRU(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, expand * d_model)."""
+
+    modes = ("sequential", "scan")
+
+    def __init__(self, d_model: int, expand: int = 1):
+        super().__init__(d_model)
+        if not isinstance(expand, int) or expand < 1:
+            raise ValueError(f"expand must be a positive int, got {expand!r}")
+        self.hidden_size = expand * d_model
+        self.in_proj = nn.Linear(d_model, 2 * self.hidden_size)
+        self.out_proj = nn.Linear(self.hidden_size, d_model) if expand != 1 else nn.Identity()
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=state_dtype(dtype))
+
+    def _coefficients(self, x):
+        """a = 1 - z and b = z * h~ in the compute dtype."""
+        gate, cand = self.in_proj(x).to(compute_dtype(x)).chunk(2, dim=-1)
+        z = torch.sigmoid(gate)
+        return 1 - z, z * cand
+
+    def _forward(self, x, state, mode):
+        a, b = self._coefficients(x)
+        if mode == "scan":
+            hs, h = linear_scan(a, b, state)
+        else:
+            h, out = state, []
+            for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
+                h = a_t * h + b_t
+                out.append(h)
+            hs = torch.stack(out, 1)
+        return self.out_proj(hs.to(x.dtype)), h
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        if mode != "scan":
+            return super()._forward_lengths(x, state, mode, lengths)
+        # Padded steps become the identity (a = 1, b = 0), so the last h is each sequence's own.
+        a, b = self._coefficients(x)
+        m = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+        hs, h = linear_scan(torch.where(m, a, 1.0), torch.where(m, b, 0.0), state)
+        return self.out_proj(hs.to(x.dtype)) * m.to(x.dtype), h
+
+    def _step(self, x_t, state):
+        a, b = self._coefficients(x_t)
+        h = a * state + b
+        return self.out_proj(h.to(x_t.dtype)), h

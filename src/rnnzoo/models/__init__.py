@@ -1,0 +1,1 @@
+"""Blocks, stacks, heads, generation and hybrids built from registered layers."""

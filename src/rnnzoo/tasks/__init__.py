@@ -1,0 +1,1 @@
+"""Benchmark tasks: generators and data loaders."""

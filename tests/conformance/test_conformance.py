@@ -1,0 +1,241 @@
+"""The contract of DESIGN.md section 4, run on every registered layer.
+
+A new layer is tested here the moment it is registered: the instance comes
+from the registry's `tiny` options, and every mode is compared with the
+reference mode (the first in `modes`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.layers.base import valid_mask
+
+LAYERS = rnnzoo.list_layers()
+NAMES = [i.name for i in LAYERS]
+MODE_CASES = [(i.name, m) for i in LAYERS for m in i.modes]
+OTHER_MODE_CASES = [(i.name, m) for i in LAYERS for m in i.modes[1:]]
+T = 11  # not a power of two, several chunks for any tiny chunk_size
+
+
+def make(name, dtype=torch.float64, seed=0):
+    info = rnnzoo.registry.get_layer_info(name)
+    options = dict(info.tiny)
+    d_model = options.pop("d_model", 8)
+    torch.manual_seed(seed)
+    layer = rnnzoo.create(name, d_model=d_model, **options).to(dtype)
+    _perturb_(layer, seed)
+    return layer
+
+
+def _perturb_(layer, seed):
+    """Move every parameter off its initial value, so zero-initialised parts are exercised."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.is_floating_point() or p.is_complex():
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def inputs(layer, B=2, T=T, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, layer.d_model, generator=g, dtype=torch.float64).to(dtype)
+
+
+def random_state(layer, B, dtype=torch.float64, seed=2):
+    """A non-zero state of the right layout: the state after a short random prefix."""
+    with torch.no_grad():
+        _, s = layer(inputs(layer, B=B, T=3, dtype=dtype, seed=seed), mode=layer.reference_mode)
+    return s
+
+
+def flat(state):
+    return list(state) if isinstance(state, (tuple, list)) else [state]
+
+
+def max_err(a, b):
+    return max((x - y).abs().max().item() for x, y in zip(flat(a), flat(b)))
+
+
+def scale(t):
+    return max(x.abs().max().item() for x in flat(t)) + 1e-6
+
+
+def run_grads(layer, x, state, mode):
+    """Gradients of a fixed random functional of (y, final state) w.r.t. x, state and params."""
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in flat(state))
+    y, s = layer(x, state if len(state) > 1 else state[0], mode=mode)
+    g = torch.Generator().manual_seed(7)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    for t in flat(s):
+        w = torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)
+        loss = loss + (t * w).real.sum()
+    params = [p for p in layer.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [x, *state, *params], allow_unused=True)
+    return [torch.zeros_like(t) if gr is None else gr
+            for t, gr in zip([x, *state, *params], grads)]
+
+
+# 1. every mode equals the reference mode ---------------------------------------------------
+@pytest.mark.parametrize("name,mode", OTHER_MODE_CASES)
+def test_modes_equal_reference_float64(name, mode):
+    layer = make(name)
+    x, s0 = inputs(layer), random_state(layer, 2)
+    y_ref, s_ref = layer(x, s0, mode=layer.reference_mode)
+    y, s = layer(x, s0, mode=mode)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert max_err(y, y_ref) < 1e-9
+    assert max_err(s, s_ref) < 1e-9
+
+
+@pytest.mark.parametrize("name,mode", MODE_CASES + [(n, "auto") for n in NAMES])
+def test_modes_equal_reference_float32(name, mode):
+    layer = make(name, torch.float32)
+    x = inputs(layer, dtype=torch.float32)
+    y_ref, s_ref = layer(x, mode=layer.reference_mode)
+    y, s = layer(x, mode=mode)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert max_err(y, y_ref) < 1e-4 * scale(y_ref)
+    assert max_err(s, s_ref) < 1e-4 * scale(s_ref)
+    for t in flat(s):  # states are kept in float32 (or complex64)
+        assert t.dtype in (torch.float32, torch.complex64)
+
+
+# 2. step run over the sequence equals forward ---------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_step_equals_forward(name):
+    layer = make(name)
+    x, s0 = inputs(layer), random_state(layer, 2)
+    y_ref, s_ref = layer(x, s0, mode=layer.reference_mode)
+    s, ys = s0, []
+    for t in range(x.shape[1]):
+        y_t, s = layer.step(x[:, t], s)
+        assert y_t.shape == (2, layer.d_model)
+        ys.append(y_t)
+    assert max_err(torch.stack(ys, 1), y_ref) < 1e-9
+    assert max_err(s, s_ref) < 1e-9
+    y0, _ = layer.step(x[:, 0])  # state=None is init_state
+    assert max_err(y0, layer(x[:, :1])[0][:, 0]) < 1e-9
+
+
+# 3. state carry-over ---------------------------------------------------------------------
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_split_sequence_equals_whole(name, mode):
+    layer = make(name)
+    x = inputs(layer)
+    y, s = layer(x, mode=mode)
+    for cut in (1, 5):
+        y1, s1 = layer(x[:, :cut], mode=mode)
+        y2, s2 = layer(x[:, cut:], s1, mode=mode)
+        assert max_err(torch.cat([y1, y2], 1), y) < 1e-9
+        assert max_err(s2, s) < 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_state_layout(name):
+    layer = make(name)
+    s = layer.init_state(3)
+    assert all(isinstance(t, torch.Tensor) for t in flat(s))
+    assert all(t.shape[0] == 3 for t in flat(s))
+    assert all(t.dtype in (torch.float32, torch.complex64) for t in flat(s))
+    s64 = layer.init_state(3, dtype=torch.float64)
+    assert all(t.dtype in (torch.float64, torch.complex128) for t in flat(s64))
+    assert max_err(layer(inputs(layer, B=3))[0], layer(inputs(layer, B=3), s64)[0]) == 0
+
+
+# 4. gradients equal the reference's; gradcheck ---------------------------------------------
+@pytest.mark.parametrize("name,mode", OTHER_MODE_CASES)
+def test_gradients_equal_reference(name, mode):
+    layer = make(name)
+    x, s0 = inputs(layer), random_state(layer, 2)
+    ref = run_grads(layer, x, s0, layer.reference_mode)
+    got = run_grads(layer, x, s0, mode)
+    for r, g in zip(ref, got):
+        assert (r - g).abs().max().item() < 1e-8 * (1 + r.abs().max().item())
+
+
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_gradcheck(name, mode):
+    layer = make(name)
+    x = inputs(layer, B=1, T=4).requires_grad_()
+    state = tuple(t.detach().requires_grad_() for t in flat(random_state(layer, 1)))
+
+    def f(x, *state):
+        y, s = layer(x, state if len(state) > 1 else state[0], mode=mode)
+        return (y, *flat(s))
+
+    assert torch.autograd.gradcheck(f, (x, *state), eps=1e-6, atol=1e-6)
+
+
+# 5. lengths ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_lengths_ignore_padding(name, mode):
+    layer = make(name)
+    lengths = torch.tensor([T, 6, 1, 0])
+    x, s0 = inputs(layer, B=4), random_state(layer, 4)
+    junk = 100 * inputs(layer, B=4, seed=9)
+    x_pad = torch.where(valid_mask(lengths, T).unsqueeze(-1), x, junk)
+    y, s = layer(x_pad, s0, mode=mode, lengths=lengths)
+    assert y.shape == x.shape
+    for b, n in enumerate(lengths.tolist()):
+        s0_b = tuple(t[b:b + 1] for t in flat(s0))
+        s0_b = s0_b if len(s0_b) > 1 else s0_b[0]
+        if n:
+            y_b, s_b = layer(x[b:b + 1, :n], s0_b, mode=mode)
+            assert max_err(y[b:b + 1, :n], y_b) < 1e-9
+        else:
+            s_b = s0_b
+        assert y[b, n:].abs().max().item() == 0 if n < T else True
+        assert max_err(tuple(t[b:b + 1] for t in flat(s)), flat(s_b)) < 1e-9
+
+
+# 6. bad input raises the documented error ------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_errors(name):
+    layer = make(name, torch.float32)
+    d = layer.d_model
+    x = torch.randn(2, 5, d)
+    with pytest.raises(ValueError, match=r"x must have shape .*got shape \(2, 5\)"):
+        layer(x[:, :, 0])
+    with pytest.raises(ValueError, match=rf"d_model={d}.*\(2, 5, {d + 1}\)"):
+        layer(torch.randn(2, 5, d + 1))
+    with pytest.raises(TypeError, match="floating-point.*torch.int64"):
+        layer(torch.ones(2, 5, d, dtype=torch.long))
+    with pytest.raises(TypeError, match="float64.*parameters are torch.float32"):
+        layer(x.double())
+    with pytest.raises(ValueError, match="mode must be"):
+        layer(x, mode="no-such-mode")
+    wrong_batch = layer.init_state(3)
+    with pytest.raises(ValueError, match=r"state.* must have shape"):
+        layer(x, wrong_batch)
+    with pytest.raises(TypeError, match="state must be"):
+        layer(x, "not a state")
+    with pytest.raises(TypeError, match="lengths must be an integer tensor"):
+        layer(x, lengths=torch.ones(2))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\]"):
+        layer(x, lengths=torch.tensor([6, 1]))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(2,\)"):
+        layer(x, lengths=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"x_t must have shape"):
+        layer.step(x)
+
+
+# 7. bfloat16 ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_bfloat16_close_to_float32(name, mode):
+    info = rnnzoo.registry.get_layer_info(name)
+    tol = info.tolerances.get("bfloat16", 5e-2)
+    layer16 = make(name, torch.bfloat16)
+    layer32 = copy.deepcopy(layer16).float()  # the same (rounded) weights
+    x = inputs(layer32, dtype=torch.bfloat16)
+    y16, s16 = layer16(x, mode=mode)
+    y32, _ = layer32(x.float(), mode=mode)
+    assert y16.dtype == torch.bfloat16
+    assert torch.isfinite(y16.float()).all()
+    assert all(t.dtype in (torch.float32, torch.complex64) for t in flat(s16))
+    assert max_err(y16.float(), y32) < tol * scale(y32)
