@@ -1,0 +1,80 @@
+"""Every cell of `rnnzoo.cells` as a registered token mixer (family `classic`).
+
+A `CellLayer` runs its cell over the sequence: the input projection for all
+steps in one matrix product, then the recurrence. Modes: `sequential` (the
+cell's loop, the reference), `fused` where the cell has a whole-sequence
+kernel. The recurrence always runs in float32 (float64 for float64 input),
+whatever the parameters' dtype; a linear map takes the cell's output back to
+d_model when the widths differ.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from torch import nn
+from torch.func import functional_call
+
+import rnnzoo.cells as cells_pkg
+from rnnzoo.cells.base import CELLS, Cell
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.registry import register
+
+
+class CellLayer(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model). The state is the cell's: one tensor
+    (B, hidden) or a tuple of them (LSTM: (h, c)). Options go to the cell."""
+
+    cell_cls: type[Cell]
+
+    def __init__(self, d_model: int, hidden_size: int | None = None, **cell_options):
+        super().__init__(d_model)
+        self.cell = self.cell_cls(d_model, hidden_size or d_model, **cell_options)
+        self.hidden_size = self.cell.output_size
+        self.out_proj = nn.Linear(self.hidden_size, d_model) if self.hidden_size != d_model \
+            else nn.Identity()
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        s = self.cell.init_state(batch_size, device=device, dtype=state_dtype(dtype))
+        return s[0] if len(s) == 1 else s
+
+    def _call_cell(self, x, state, fused=False):
+        """Run the cell in the compute dtype, casting its parameters if they differ."""
+        cd = compute_dtype(x)
+        state = state if isinstance(state, tuple) else (state,)
+        params = dict(self.cell.named_parameters())
+        if all(p.dtype == cd for p in params.values()):
+            out, new = self.cell(x.to(cd), state, fused)
+        else:
+            cast = {k: v.to(cd) for k, v in params.items()}
+            out, new = functional_call(self.cell, cast, (x.to(cd), state, fused))
+        new = tuple(new)
+        return self.out_proj(out.to(x.dtype)), (new[0] if len(new) == 1 else new)
+
+    def _forward(self, x, state, mode):
+        return self._call_cell(x, state, fused=mode == "fused")
+
+    def _step(self, x_t, state):
+        return self._call_cell(x_t, state)
+
+
+def _layer_class(info) -> type[CellLayer]:
+    modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ())
+    doc = f"{info.cls.__name__} cell as a token mixer.\n\n{info.cls.__doc__ or ''}"
+    return type(f"{info.cls.__name__}Layer", (CellLayer,),
+                {"cell_cls": info.cls, "modes": modes, "__doc__": doc,
+                 "__module__": __name__})
+
+
+for _m in pkgutil.iter_modules(cells_pkg.__path__):
+    if _m.name != "base" and not _m.name.startswith("_"):
+        importlib.import_module(f"rnnzoo.cells.{_m.name}")
+
+for _info in CELLS.values():
+    _cls = _layer_class(_info)
+    globals()[_cls.__name__] = _cls
+    register(_info.name, family="classic", paper=_info.paper,
+             tiny={"d_model": 6, **_info.tiny}, tolerances=_info.tolerances)(_cls)
+
+__all__ = ["CellLayer"]
