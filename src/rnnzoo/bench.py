@@ -55,6 +55,16 @@ def _torch_rnn_baseline(cls):
 register_baseline("lstm", "torch.nn.LSTM")(_torch_rnn_baseline(torch.nn.LSTM))
 
 
+def _load_peer_adapters() -> None:
+    """Import every adapter module of `rnnzoo.peers` (they register baselines)."""
+    import importlib
+    import pkgutil
+
+    import rnnzoo.peers as peers
+    for m in pkgutil.iter_modules(peers.__path__):
+        importlib.import_module(f"rnnzoo.peers.{m.name}")
+
+
 @dataclass
 class Case:
     layer: str
@@ -256,6 +266,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
         raise SystemExit("rnnzoo bench: --lengths, --batch, --d-model and --repeat must be >= 1")
     modes = set(args.modes.split(",")) if args.modes else None
+    if not args.no_baselines:
+        _load_peer_adapters()
     groups = cases_for(layers, modes, lengths, args.batch, args.d_model, options, args.dtype,
                        args.device, baselines=not args.no_baselines)
     print(f"rnnzoo bench: B={args.batch} d_model={args.d_model} {args.dtype} on {args.device}, "
