@@ -3,12 +3,15 @@
 `linear_scan` is the parallel form every diagonal layer is built on;
 `sequential_scan` is the plain loop it is tested against.
 
-The parallel form is odd-even reduction (the work-efficient Blelloch-style
-tree): combine neighbouring pairs, (a1, b1) o (a0, b0) = (a1 a0, a1 b0 + b1),
-scan the half-length sequence recursively, then fill in the other half with one
-more step. That is ~log2(T) levels of whole-tensor operations and 2x the
-sequential work, with no division and no logarithm, so it is exact wherever the
-loop is (a in {-1, +1}, integer b) and as accurate as the loop in floating point.
+The parallel form is a work-efficient chunked scan: cut T into ~sqrt(T/2)
+chunks, run one loop over the positions inside a chunk for all chunks at once,
+link the chunk-end states with the same scan one level down, and add each
+chunk's incoming state times its running product of a. About 3*sqrt(T) whole-
+tensor operations and ~3x the sequential memory traffic, no division and no
+logarithm, so it is exact wherever the loop is (a in {-1, +1}, integer b) and as
+accurate as the loop in floating point. (Measured on a 2-core CPU it beat an
+odd-even-reduction tree 3-5x: the tree's log2(T) full-size strided passes are
+memory-bound; Hillis-Steele does T log T work.)
 The backward pass is another linear scan, in the other direction:
 
     lambda_t = g_t + conj(a_{t+1}) lambda_{t+1}
@@ -16,6 +19,8 @@ The backward pass is another linear scan, in the other direction:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -77,42 +82,58 @@ def _check(a, b, h0):
     return a, b, h0
 
 
-def _tree_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Forward scan h_t = a_t h_{t-1} + b_t, h_{-1} = 0, by odd-even reduction."""
+def _chunked(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t (h_{t+1} if reverse) by a two-level chunked scan, no autograd.
+
+    The steps are cut into NC chunks of C ~ sqrt(T/2). One loop of C steps runs every
+    chunk at once from a zero state (the first chunk from h0), keeping the running
+    products P of a; the NC chunk-end states are then linked by the same scan, one level
+    down (recursively), and each chunk adds P times the state entering it. Steps beyond
+    NC * C are done last, one by one. h0 (None: zero) is the state before the first
+    processed step; the result is written into `out` (which may be a strided view).
+    """
     T = b.shape[1]
-    if T == 1:
-        return b.clone()
-    n = T // 2  # pairs (2i, 2i+1)
-    a_even, a_odd = a[:, 0:2 * n:2], a[:, 1:2 * n:2]
-    b_even, b_odd = b[:, 0:2 * n:2], b[:, 1:2 * n:2]
-    # The pair's combined step maps h_{2i-1} to h_{2i+1}; scanning the pairs gives the odd h.
-    h_odd = _tree_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even))
-    h = torch.empty(b.shape, dtype=h_odd.dtype, device=b.device)
-    h[:, 1::2] = h_odd
-    h[:, 0] = b[:, 0]
-    # Even positions 2i >= 2 take one step from the odd position before them.
-    m = (T - 1) // 2
-    if m:
-        h[:, 2::2] = torch.addcmul(b[:, 2::2], a[:, 2::2], h_odd[:, :m])
+    h = torch.empty(b.shape, dtype=torch.promote_types(a.dtype, b.dtype), device=b.device) \
+        if out is None else out
+    C = T if T <= 8 else int(math.sqrt(T / 2))
+    NC, R = divmod(T, C)
+    main = slice(R, T) if reverse else slice(0, NC * C)
+    av, bv, hv = (t[:, main].unflatten(1, (NC, C)) for t in (a, b, h))
+    P = torch.empty(av.shape, dtype=a.dtype, device=a.device) if NC > 1 else None
+    edge = NC - 1 if reverse else 0  # the chunk that starts from h0
+    prev = None
+    for j in (range(C - 1, -1, -1) if reverse else range(C)):
+        a_j, b_j = av[:, :, j], bv[:, :, j]
+        if prev is None:
+            hv[:, :, j] = b_j
+            if h0 is not None:
+                hv[:, edge, j] += a_j[:, edge] * h0
+            if P is not None:
+                P[:, :, j] = a_j
+        else:
+            torch.addcmul(b_j, a_j, hv[:, :, prev], out=hv[:, :, j])
+            if P is not None:
+                torch.mul(a_j, P[:, :, prev], out=P[:, :, j])
+        prev = j
+    if NC > 1:  # state entering each chunk = the chunk-level scan of (P, local end state)
+        ends = _chunked(P[:, :, prev], hv[:, :, prev], None, reverse)
+        if reverse:
+            torch.addcmul(hv[:, :-1], P[:, :-1], ends[:, 1:].unsqueeze(2), out=hv[:, :-1])
+        else:
+            torch.addcmul(hv[:, 1:], P[:, 1:], ends[:, :-1].unsqueeze(2), out=hv[:, 1:])
+    last = R if reverse else NC * C - 1
+    for t in (range(R - 1, -1, -1) if reverse else range(NC * C, T)):
+        torch.addcmul(b[:, t], a[:, t], h[:, last], out=h[:, t])
+        last = t
     return h
-
-
-def _scan(a, b, h0, reverse):
-    """Parallel scan without autograd bookkeeping; h0 is folded into the first step."""
-    if reverse:
-        a, b = a.flip(1), b.flip(1)
-    if h0 is not None:
-        b = b.clone()
-        b[:, 0] = torch.addcmul(b[:, 0], a[:, 0], h0)
-    h = _tree_scan(a, b)
-    return h.flip(1) if reverse else h
 
 
 class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0, reverse):
         with torch.no_grad():
-            h = _scan(a, b, h0, reverse)
+            h = _chunked(a, b, h0, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(a, h, h0)
         return h
@@ -120,35 +141,32 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         a, h, h0 = ctx.saved_tensors
-        reverse = ctx.reverse
-        conj = torch.is_complex(a) or torch.is_complex(h)
-        a_c = a.conj() if conj else a
-        # lambda_t = g_t + a_{t+1} lambda_{t+1}: a scan in the other direction with a shifted.
-        shifted = torch.ones_like(a_c)
-        if reverse:
-            shifted[:, 1:] = a_c[:, :-1]
-        else:
-            shifted[:, :-1] = a_c[:, 1:]
-        lam = _scan(shifted, g.to(h.dtype), None, not reverse)
-        grad_a = grad_b = grad_h0 = None
-        if ctx.needs_input_grad[0]:
-            if reverse:
-                prev = torch.cat([h[:, 1:], _zeros_or(h0, h)], dim=1)
+        reverse, T = ctx.reverse, h.shape[1]
+        conj = a.is_complex() or h.is_complex()
+        a_c, h_c = (a.conj(), h.conj()) if conj else (a, h)
+        g = g.to(h.dtype)
+        # lambda_t = g_t + conj(a_{t+1}) lambda_{t+1}: a scan the other way, a shifted by one.
+        lam = torch.empty_like(h)
+        last, rest = (0, slice(1, None)) if reverse else (T - 1, slice(0, T - 1))
+        lam[:, last] = g[:, last]
+        if T > 1:
+            coeff = a_c[:, :-1] if reverse else a_c[:, 1:]
+            _chunked(coeff, g[:, rest], lam[:, last], not reverse, out=lam[:, rest])
+        grad_a = grad_h0 = None
+        first = T - 1 if reverse else 0
+        if ctx.needs_input_grad[0]:  # grad a_t = lambda_t conj(h_prev(t))
+            grad_a = torch.empty_like(lam)
+            if T > 1:
+                now, prev = (slice(0, T - 1), slice(1, None)) if reverse else \
+                    (slice(1, None), slice(0, T - 1))
+                torch.mul(lam[:, now], h_c[:, prev], out=grad_a[:, now])
+            if h0 is None:
+                grad_a[:, first] = 0
             else:
-                prev = torch.cat([_zeros_or(h0, h), h[:, :-1]], dim=1)
-            grad_a = lam * (prev.conj() if conj else prev)
-            if not torch.is_complex(a) and torch.is_complex(grad_a):
+                grad_a[:, first] = lam[:, first] * (h0.conj() if conj else h0)
+            if not a.is_complex() and grad_a.is_complex():
                 grad_a = grad_a.real
             grad_a = grad_a.sum_to_size(a.shape)
-        if ctx.needs_input_grad[1]:
-            grad_b = lam
         if h0 is not None and ctx.needs_input_grad[2]:
-            first = 0 if not reverse else -1
-            grad_h0 = lam[:, first] * a_c[:, first]
-        return grad_a, grad_b, grad_h0, None
-
-
-def _zeros_or(h0, h):
-    if h0 is None:
-        return torch.zeros_like(h[:, :1])
-    return h0.unsqueeze(1).to(h.dtype)
+            grad_h0 = (lam[:, first] * a_c[:, first]).sum_to_size(h0.shape)
+        return grad_a, lam if ctx.needs_input_grad[1] else None, grad_h0, None
