@@ -43,7 +43,7 @@ def main():
     args = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"a ~ U(0.5, 1), b ~ N(0, 1)")
-    print(f"{'B x T x D':<16}{'tree fwd':>10}{'loop fwd':>10}{'par f+b':>10}{'loop f+b':>10}"
+    print(f"{'B x T x D':<16}{'par fwd':>10}{'loop fwd':>10}{'par f+b':>10}{'loop f+b':>10}"
           f"{'speedup f+b':>13}{'par err':>11}{'loop err':>11}")
     for shape in args.shapes.split(","):
         B, T, D = (int(v) for v in shape.split("x"))
