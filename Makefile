@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rnnzoo demo
 
 test: $(VENV)/.peers
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2
 
 test-slow: $(VENV)/.peers
 	$(PY) -m pytest -q -m slow
