@@ -36,6 +36,55 @@ def check_flag(name: str, value) -> bool:
     return value
 
 
+class _DeferredWeightGrad(torch.autograd.Function):
+    """Identity on the input projections xp (B, T, P) whose backward also returns the
+    gradients of recurrent weights W_k (G_k, K_k) used as pre_t[cols_k] = xp_t[cols_k] +
+    r_{k,t} W_k^T, where the loop records r_{k,t}: dW_k = sum_t dxp_t[cols_k]^T r_{k,t}, one
+    matrix product after the loop instead of one per step (torch's fused RNNs do the same)."""
+
+    @staticmethod
+    def forward(ctx, xp, recorder, *weights):
+        ctx.recorder = recorder
+        return xp.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        rec = ctx.recorder
+        grads = [g[..., cols].flatten(0, -2).T @ torch.stack(r, -2).flatten(0, -2)
+                 for cols, r in zip(rec.columns, rec.inputs)]
+        return (g, None, *grads)
+
+
+class _Recorder:
+    """`mm(k, r)` = r @ W_k^T with W_k detached, remembering r for `_DeferredWeightGrad`."""
+
+    def __init__(self, weights, columns):
+        self.columns, self.inputs = columns, [[] for _ in weights]
+        self.transposed = [w.detach().T for w in weights]
+
+    def __call__(self, k, r):
+        self.inputs[k].append(r)
+        return r @ self.transposed[k]
+
+
+def fused_loop(cell: Cell, x, state, weights, columns, step):
+    """The cell's loop with the recurrent weights' gradients deferred to one matrix product.
+
+    weights[k] (G_k, K_k) must enter the step only as `xp_t[..., columns[k]] + mm(k, r)`
+    (purely additive in those columns of the input projection); `step(xp_t, state, mm)`
+    returns the next state. Equal to `cell.loop` (the conformance suite checks it, gradients
+    included), with one matrix product per step less in the backward pass."""
+    xp = cell.project(x)
+    mm = _Recorder(weights, columns)
+    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+        xp = _DeferredWeightGrad.apply(xp, mm, *weights)
+    outputs = []
+    for xp_t in xp.unbind(1):
+        state = step(xp_t, state, mm)
+        outputs.append(cell.output(state))
+    return torch.stack(outputs, 1), state
+
+
 class _Gated(Cell):
     """Shared parts of the gated cells: W_ih (G*H, in), W_hh (G*H, out), b_ih, b_hh."""
 
@@ -80,8 +129,11 @@ class LSTMCell(_Gated):
         uniform_init_(self, hidden_size)
 
     def recur(self, xp_t, state):
+        return self._step(xp_t, state, lambda k, h: h @ self.weight_hh.T)
+
+    def _step(self, xp_t, state, mm):
         h, c = state
-        i, f, g, o = (xp_t + h @ self.weight_hh.T).chunk(4, -1)
+        i, f, g, o = (xp_t + mm(0, h)).chunk(4, -1)
         if self.weight_ph is not None:
             p_i, p_f, p_o = self.weight_ph.chunk(3)
             i, f = i + p_i * c, f + p_f * c
@@ -103,7 +155,7 @@ class LSTMCell(_Gated):
 
     def fused(self, x, state):
         if not self.has_torch_kernel:
-            return self.loop(x, state)
+            return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
         h, c = (s.unsqueeze(0).to(x.dtype) for s in state)
         out, h, c = torch._VF.lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
                                    1, 0.0, self.training, False, True)
@@ -129,8 +181,15 @@ class CIFGLSTMCell(_Gated):
         uniform_init_(self, hidden_size)
 
     def recur(self, xp_t, state):
+        return self._step(xp_t, state, lambda k, h: h @ self.weight_hh.T)
+
+    def _step(self, xp_t, state, mm):
         h, c = state
-        i, g, o = (xp_t + h @ self.weight_hh.T).chunk(3, -1)
+        i, g, o = (xp_t + mm(0, h)).chunk(3, -1)
         i = torch.sigmoid(i)
         c = c + i * (torch.tanh(g) - c)  # (1 - i) c + i g
         return torch.sigmoid(o) * torch.tanh(c), c
+
+    def fused(self, x, state):
+        """The loop with W_hh's gradient in one matrix product (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
