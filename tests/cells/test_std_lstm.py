@@ -98,3 +98,19 @@ def test_bad_options():
         LSTMCell(3, 4, proj_size=-1)
     with pytest.raises(TypeError, match="peepholes must be a bool"):
         LSTMCell(3, 4, peepholes=1)
+
+
+def test_peephole_lstm_fused_equals_loop_with_gradients():
+    """The conformance suite's tiny lstm has no peepholes; check that mode here."""
+    torch.manual_seed(0)
+    cell = LSTMCell(3, 4, peepholes=True, proj_size=2).double()
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    s0 = tuple(torch.randn(2, n, dtype=torch.float64) for n in cell.state_sizes)
+    results = []
+    for fused in (False, True):
+        y, (h, c) = cell(x, s0, fused=fused)
+        loss = (y * torch.arange(7.0, dtype=torch.float64)[:, None]).sum() + (c ** 2).sum()
+        results.append((y, c, torch.autograd.grad(loss, [x, *cell.parameters()])))
+    (y0, c0, g0), (y1, c1, g1) = results
+    assert (y0 - y1).abs().max() < 1e-13 and (c0 - c1).abs().max() < 1e-13
+    assert all((a - b).abs().max() < 1e-12 for a, b in zip(g0, g1))

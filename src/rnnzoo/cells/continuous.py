@@ -30,7 +30,7 @@ from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.highway import check_positive_int
-from rnnzoo.cells.lstm import uniform_init_
+from rnnzoo.cells.lstm import fused_loop, uniform_init_
 
 
 def _check_positive_number(name, v):
@@ -113,8 +113,14 @@ class CfCCell(Cell):
         return x @ self.weight_ih.T + self.bias
 
     def recur(self, xp_t, state):
-        x = state[0]
-        pre = xp_t + x @ self.weight_hh.T
+        return self._step(xp_t, state, lambda k, x: x @ self.weight_hh.T)
+
+    def fused(self, x, state):
+        """The loop with weight_hh's gradient in one product after it (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
+
+    def _step(self, xp_t, state, mm):
+        pre = xp_t + mm(0, state[0])
         if self.backbone_units:
             pre = lecun_tanh(pre) @ self.weight_heads.T + self.bias_heads
         f, g, h = pre.chunk(3, -1)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.lstm import check_flag, uniform_init_
+from rnnzoo.cells.lstm import check_flag, fused_loop, uniform_init_
 
 
 def check_positive_int(name: str, value) -> int:
@@ -53,12 +53,20 @@ class RHNCell(Cell):
         return x @ self.weight_ih.T
 
     def recur(self, xp_t, state):
+        return self._step(xp_t, state, lambda k, s: s @ self.weight_hh[0].T)
+
+    def fused(self, x, state):
+        """The loop with the first micro-step's R gradient in one product (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.weight_hh[0]], [slice(None)], self._step)
+
+    def _step(self, xp_t, state, mm):
         s = state[0]
         H = self.hidden_size
         for layer in range(self.depth):
-            pre = s @ self.weight_hh[layer].T + self.bias[layer]
             if layer == 0:
-                pre = pre + xp_t
+                pre = xp_t + mm(0, s) + self.bias[0]
+            else:
+                pre = s @ self.weight_hh[layer].T + self.bias[layer]
             hh, t = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H])
             if self.coupled:
                 s = s + t * (hh - s)  # hh * t + s * (1 - t)

@@ -16,7 +16,8 @@ Recurrent Neural Networks", ICLR, arXiv:2006.12070), eqs. 2-4 with the Euler ste
     A_b = (1 - beta)(M_A + M_A^T) + beta (M_A - M_A^T) - gamma_A I   (W_b likewise)
     h_t = h_{t-1} + eps * (A_b h_{t-1} + tanh(W_b h_{t-1} + U x_t + b))
 
-Both build their recurrent matrix once per sequence; each step is one matrix product.
+In `fused` mode both build their recurrent matrix once per sequence; each step is one
+matrix product.
 """
 
 from __future__ import annotations
@@ -27,26 +28,23 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.lstm import uniform_init_
+from rnnzoo.cells.lstm import fused_loop, uniform_init_
 
 
 class _FixedRecurrentMatrix(Cell):
-    """A cell whose step is `_recur(xp_t, state, R)` with a matrix R derived from the
-    parameters: the loop builds R once, a single `recur` builds it for its step."""
+    """A cell whose step reads a matrix R derived from the parameters. `recur` (the
+    reference loop's step) builds R for its step; `fused` builds it once per sequence and
+    defers R's gradient to one matrix product (`fused_loop`)."""
 
     def recurrent_matrix(self) -> torch.Tensor:
         raise NotImplementedError
 
     def recur(self, xp_t, state):
-        return self._recur(xp_t, state, self.recurrent_matrix())
-
-    def loop(self, x, state):
         R = self.recurrent_matrix()
-        outputs = []
-        for xp_t in self.project(x).unbind(1):
-            state = self._recur(xp_t, state, R)
-            outputs.append(state[0])
-        return torch.stack(outputs, 1), state
+        return self._step(xp_t, state, lambda k, r: r @ R.T)
+
+    def fused(self, x, state):
+        return fused_loop(self, x, state, [self.recurrent_matrix()], [slice(None)], self._step)
 
 
 def modrelu(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -87,8 +85,8 @@ class ExpRNNCell(_FixedRecurrentMatrix):
     def project(self, x):
         return x @ self.weight_ih.T + self.bias
 
-    def _recur(self, xp_t, state, B):
-        return (modrelu(xp_t + state[0] @ B.T, self.bias_mod),)
+    def _step(self, xp_t, state, mm):
+        return (modrelu(xp_t + mm(0, state[0]), self.bias_mod),)
 
 
 @cell("lipschitz_rnn", paper="Erichson et al. 2021, arXiv:2006.12070", tiny={"hidden_size": 5})
@@ -129,7 +127,17 @@ class LipschitzRNNCell(_FixedRecurrentMatrix):
     def project(self, x):
         return x @ self.weight_ih.T + self.bias
 
-    def _recur(self, xp_t, state, R):
+    def _step(self, xp_t, state, mm):
         h = state[0]
-        ah, wh = (h @ R.T).chunk(2, -1)
+        ah, wh = mm(0, h).chunk(2, -1)
         return (h + self.eps * (ah + torch.tanh(wh + xp_t)),)
+
+    def fused(self, x, state):
+        """R = [A_beta; W_beta] built once; one matrix product per step. (The input adds to
+        the W_beta half only, so R's gradient is not deferred.)"""
+        R = self.recurrent_matrix()
+        outputs = []
+        for xp_t in self.project(x).unbind(1):
+            state = self._step(xp_t, state, lambda k, r: r @ R.T)
+            outputs.append(state[0])
+        return torch.stack(outputs, 1), state

@@ -8,6 +8,10 @@ Parallelizable Recurrence", EMNLP, arXiv:1709.02755), eqs. 1-4:
     c_t = f_t * c_{t-1} + (1 - f_t) * (W x_t)
     h_t = r_t * c_t + (1 - r_t) * x_t          (x_t -> W_s x_t when input_size != H)
 
+Its `fused` mode runs c_t in a loop that records no autograd graph, with a hand-written
+backward pass that is a reverse linear scan (the adjoint of c is linear), then r_t, h_t
+for all steps at once.
+
 QRNN (Bradbury, Merity, Xiong & Socher 2017, "Quasi-Recurrent Neural Networks",
 ICLR, arXiv:1611.01576), eqs. 1-4 with fo-pooling: a masked convolution of width
 `window` over time gives the gates, and the only recurrence is elementwise:
@@ -29,6 +33,38 @@ from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.highway import check_positive_int
 from rnnzoo.cells.lstm import uniform_init_
 from rnnzoo.ops.scan import linear_scan
+
+
+class _SRUCellState(torch.autograd.Function):
+    """c_t = f_t c_{t-1} + (1 - f_t) xt_t with f_t = sigma(u_t + v * c_{t-1}), for all t.
+
+    Forward: a loop of four elementwise ops per step, recorded by no autograd graph.
+    Backward: the adjoint lambda_t = g_t + A_{t+1} lambda_{t+1} with
+    A_t = dc_t/dc_{t-1} = f_t + (c_{t-1} - xt_t) f_t (1 - f_t) v is linear, so it is one
+    reverse `linear_scan`; every other gradient is elementwise over all steps."""
+
+    @staticmethod
+    def forward(ctx, xt, u, v, c0):
+        c, cs = c0, []
+        for xt_t, u_t in zip(xt.unbind(1), u.unbind(1)):
+            f = torch.sigmoid(torch.addcmul(u_t, v, c))
+            c = torch.addcmul(xt_t, f, c - xt_t)
+            cs.append(c)
+        c_all = torch.stack(cs, 1)
+        ctx.save_for_backward(xt, u, v, c0, c_all)
+        return c_all
+
+    @staticmethod
+    def backward(ctx, g):
+        xt, u, v, c0, c_all = ctx.saved_tensors
+        c_prev = torch.cat([c0.unsqueeze(1), c_all[:, :-1]], 1)
+        f = torch.sigmoid(torch.addcmul(u, v, c_prev))
+        da_dc = (c_prev - xt) * f * (1 - f)  # d c_t / d (u_t + v c_{t-1})
+        A = f + da_dc * v                    # d c_t / d c_{t-1}
+        lam, _ = linear_scan(torch.cat([A[:, 1:], torch.zeros_like(A[:, :1])], 1), g,
+                             reverse=True)
+        du = lam * da_dc
+        return lam * (1 - f), du, (du * c_prev).sum((0, 1)), A[:, 0] * lam[:, 0]
 
 
 @cell("sru", paper="Lei et al. 2018, arXiv:1709.02755", tiny={"hidden_size": 5})
@@ -70,6 +106,19 @@ class SRUCell(Cell):
         c = xp_t[:, :H] + f * (c - xp_t[:, :H])  # f c + (1 - f) W x
         skip = xp_t[:, 3 * H:]
         return skip + r * (c - skip), c
+
+    def fused(self, x, state):
+        """c for all steps by `_SRUCellState` (a graph-free loop, a scan for its gradient),
+        then r and h for all steps at once."""
+        H = self.hidden_size
+        xp = self.project(x)
+        xt, u_f, u_r, skip = xp[..., :H], xp[..., H:2 * H], xp[..., 2 * H:3 * H], xp[..., 3 * H:]
+        v_f, v_r = self.weight_hc[:H], self.weight_hc[H:]
+        c = _SRUCellState.apply(xt, u_f, v_f, state[1])
+        c_prev = torch.cat([state[1].unsqueeze(1), c[:, :-1]], 1)
+        r = torch.sigmoid(u_r + v_r * c_prev)
+        h = skip + r * (c - skip)
+        return h, (h[:, -1], c[:, -1])
 
 
 @cell("qrnn", paper="Bradbury et al. 2017, arXiv:1611.01576", tiny={"hidden_size": 5, "window": 2})

@@ -21,7 +21,7 @@ from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.highway import check_positive_int
-from rnnzoo.cells.lstm import uniform_init_
+from rnnzoo.cells.lstm import fused_loop, uniform_init_
 
 
 @cell("slstm", paper="Beck et al. 2024, arXiv:2405.04517", tiny={"hidden_size": 4, "num_heads": 2})
@@ -62,11 +62,12 @@ class SLSTMCell(Cell):
         return x @ self.weight_ih.T + self.bias
 
     def recur(self, xp_t, state):
-        return self._recur(xp_t, state, self.recurrent_matrix())
+        R = self.recurrent_matrix()
+        return self._step(xp_t, state, lambda k, h: h @ R.T)
 
-    def _recur(self, xp_t, state, R):
+    def _step(self, xp_t, state, mm):
         h, c, n, m = state
-        i, f, z, o = (xp_t + h @ R.T).chunk(4, -1)
+        i, f, z, o = (xp_t + mm(0, h)).chunk(4, -1)
         log_f = nn.functional.logsigmoid(f) + m
         m_new = torch.maximum(log_f, i)
         i, f = torch.exp(i - m_new), torch.exp(log_f - m_new)
@@ -74,10 +75,6 @@ class SLSTMCell(Cell):
         n = f * n + i
         return torch.sigmoid(o) * c / n, c, n, m_new
 
-    def loop(self, x, state):
-        R = self.recurrent_matrix()
-        outputs = []
-        for xp_t in self.project(x).unbind(1):
-            state = self._recur(xp_t, state, R)
-            outputs.append(state[0])
-        return torch.stack(outputs, 1), state
+    def fused(self, x, state):
+        """R built once per sequence, its gradient deferred to one product (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.recurrent_matrix()], [slice(None)], self._step)
