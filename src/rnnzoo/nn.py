@@ -105,6 +105,9 @@ class RNN(nn.Module):
                     return cells.get_parameter(ours[len("cells."):])
             raise
 
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for torch.nn.LSTM (its weights are never copied here)."""
+
     # -- forward -----------------------------------------------------------------------------
     @property
     def state_sizes(self) -> tuple[int, ...]:

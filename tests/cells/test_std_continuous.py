@@ -31,7 +31,8 @@ def test_ltc_state_stays_bounded_by_the_reversal_potentials():
     """Hasani et al. theorem 2: the state stays within [min(0, A), max(0, A)] envelopes."""
     torch.manual_seed(0)
     cell = LTCCell(3, 4).double()
-    y, _ = cell(10 * torch.randn(2, 300, 3, dtype=torch.float64), cell.init_state(2, dtype=torch.float64))
+    x = 10 * torch.randn(2, 300, 3, dtype=torch.float64)
+    y, _ = cell(x, cell.init_state(2, dtype=torch.float64))
     A = cell.reversal.detach()
     assert (y <= torch.clamp(A, min=0) + 1e-12).all() and (y >= torch.clamp(A, max=0) - 1e-12).all()
 

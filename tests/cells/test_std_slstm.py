@@ -22,7 +22,8 @@ def test_slstm_matches_xlstm_vanilla_backend():
     cell = _perturbed(SLSTMCell(5, 8, num_heads=2).double())
     x = torch.randn(3, 10, 5, dtype=torch.float64)
     with torch.no_grad():  # a non-zero start: xlstm special-cases an all-zero n
-        _, s0 = cell(torch.randn(3, 2, 5, dtype=torch.float64), cell.init_state(3, dtype=torch.float64))
+        prefix = torch.randn(3, 2, 5, dtype=torch.float64)
+        _, s0 = cell(prefix, cell.init_state(3, dtype=torch.float64))
     y, s = cell(x, s0)
     Wx = (x @ cell.weight_ih.T).transpose(0, 1)  # (S, B, 4H), gates i, f, z, o
     states_all, last, _ = vanilla.slstm_forward(

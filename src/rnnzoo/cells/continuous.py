@@ -39,7 +39,8 @@ def _check_positive_number(name, v):
     return float(v)
 
 
-@cell("ltc", paper="Hasani et al. 2021, arXiv:2006.04439", tiny={"hidden_size": 5, "ode_unfolds": 3})
+@cell("ltc", paper="Hasani et al. 2021, arXiv:2006.04439",
+      tiny={"hidden_size": 5, "ode_unfolds": 3})
 class LTCCell(Cell):
     """Liquid time-constant cell, fused ODE solver. State x (B, H).
 

@@ -144,7 +144,7 @@ class LSTMCell(_Gated):
         return (h if self.weight_hr is None else h @ self.weight_hr.T), c
 
     def flat_weights(self) -> list:
-        """torch.nn.LSTM's `_flat_weights` order for this layer: w_ih, w_hh[, b_ih, b_hh][, w_hr]."""
+        """torch.nn.LSTM's `_flat_weights` order: w_ih, w_hh[, b_ih, b_hh][, w_hr]."""
         w = [self.weight_ih, self.weight_hh]
         w += [self.bias_ih, self.bias_hh] if self.bias_ih is not None else []
         return w + ([self.weight_hr] if self.weight_hr is not None else [])
@@ -167,7 +167,8 @@ class LSTMCell(_Gated):
 class CIFGLSTMCell(_Gated):
     """LSTM with coupled input and forget gates (Greff et al. 2017, variant CIFG):
 
-        i = sigma(W_i x + U_i h + b_i),  g = tanh(W_g x + U_g h + b_g),  o = sigma(W_o x + U_o h + b_o)
+        i = sigma(W_i x + U_i h + b_i),  g = tanh(W_g x + U_g h + b_g)
+        o = sigma(W_o x + U_o h + b_o)
         c_t = (1 - i) * c_{t-1} + i * g,  h_t = o * tanh(c_t)
 
     Gate order in weight_ih / weight_hh: i, g, o. State (h, c).

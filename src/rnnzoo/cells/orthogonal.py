@@ -53,7 +53,7 @@ def modrelu(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @cell("exprnn", paper="Lezcano-Casado & Martinez-Rubio 2019, arXiv:1901.08428",
-      tiny={"hidden_size": 6})
+      tiny={"hidden_size": 4})
 class ExpRNNCell(_FixedRecurrentMatrix):
     """Orthogonal RNN, B = matrix_exp(skew(weight_hh_log)). State h (B, H).
 
