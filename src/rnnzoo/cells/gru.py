@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.lstm import _Gated, fused_loop, uniform_init_
+from rnnzoo.cells.lstm import _Gated, uniform_init_
 
 
 class _GRU(_Gated):
@@ -73,20 +73,9 @@ class GRUv3Cell(_GRU):
     """The paper's GRU: the reset gate multiplies h before the candidate's matmul. State h."""
 
     def recur(self, xp_t, state):
-        H = self.hidden_size
-        return self._step(xp_t, state,
-                          lambda k, r: r @ (self.weight_hh[:2 * H], self.weight_hh[2 * H:])[k].T)
-
-    def _step(self, xp_t, state, mm):
         h = state[0]
         H = self.hidden_size
-        rz = torch.sigmoid(xp_t[:, :2 * H] + mm(0, h))
+        rz = torch.sigmoid(xp_t[:, :2 * H] + h @ self.weight_hh[:2 * H].T)
         r, z = rz[:, :H], rz[:, H:]
-        n = torch.tanh(xp_t[:, 2 * H:] + mm(1, r * h) + self._b_hn())
+        n = torch.tanh(xp_t[:, 2 * H:] + (r * h) @ self.weight_hh[2 * H:].T + self._b_hn())
         return (n + z * (h - n),)
-
-    def fused(self, x, state):
-        """The loop with W_hh's gradients in two matrix products after it (`fused_loop`)."""
-        H = self.hidden_size
-        return fused_loop(self, x, state, [self.weight_hh[:2 * H], self.weight_hh[2 * H:]],
-                          [slice(0, 2 * H), slice(2 * H, None)], self._step)

@@ -182,15 +182,8 @@ class CIFGLSTMCell(_Gated):
         uniform_init_(self, hidden_size)
 
     def recur(self, xp_t, state):
-        return self._step(xp_t, state, lambda k, h: h @ self.weight_hh.T)
-
-    def _step(self, xp_t, state, mm):
         h, c = state
-        i, g, o = (xp_t + mm(0, h)).chunk(3, -1)
+        i, g, o = (xp_t + h @ self.weight_hh.T).chunk(3, -1)
         i = torch.sigmoid(i)
         c = c + i * (torch.tanh(g) - c)  # (1 - i) c + i g
         return torch.sigmoid(o) * torch.tanh(c), c
-
-    def fused(self, x, state):
-        """The loop with W_hh's gradient in one matrix product (`fused_loop`)."""
-        return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
