@@ -53,6 +53,10 @@ def _torch_rnn_baseline(cls):
 
 
 register_baseline("lstm", "torch.nn.LSTM")(_torch_rnn_baseline(torch.nn.LSTM))
+register_baseline("gru", "torch.nn.GRU")(_torch_rnn_baseline(torch.nn.GRU))
+register_baseline("rnn_tanh", "torch.nn.RNN")(_torch_rnn_baseline(torch.nn.RNN))
+register_baseline("rnn_relu", "torch.nn.RNN")(_torch_rnn_baseline(
+    lambda i, h, **kw: torch.nn.RNN(i, h, nonlinearity="relu", **kw)))
 
 
 def _load_peer_adapters() -> None:

@@ -1,22 +1,8 @@
-"""Paper facts for the foundation's two layers."""
+"""Paper facts for the foundation's layers (the LSTM's are in tests/cells/test_std_lstm.py)."""
 
 import torch
 
 import rnnzoo
-
-
-def test_lstm_fused_and_sequential_equal_torch_lstm_float64():
-    torch.manual_seed(0)
-    layer = rnnzoo.create("lstm", d_model=5).double()
-    peer = torch.nn.LSTM(5, 5, batch_first=True).double()
-    peer.load_state_dict(layer.rnn.state_dict())
-    x = torch.randn(3, 20, 5, dtype=torch.float64)
-    h0, c0 = torch.randn(2, 3, 5, dtype=torch.float64)
-    y_peer, (h, c) = peer(x, (h0[None], c0[None]))
-    for mode in layer.modes:
-        y, (h_, c_) = layer(x, (h0, c0), mode=mode)
-        assert (y - y_peer).abs().max() < 1e-12
-        assert (h_ - h[0]).abs().max() < 1e-12 and (c_ - c[0]).abs().max() < 1e-12
 
 
 def test_mingru_closed_form_with_constant_candidate():

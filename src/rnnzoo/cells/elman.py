@@ -34,12 +34,17 @@ class _Elman(Cell):
         pre = xp_t + state[0] @ self.weight_hh.T
         return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre),)
 
+    has_torch_kernel = True
+
+    def flat_weights(self) -> list:
+        """torch.nn.RNN's `_flat_weights` order for this layer: w_ih, w_hh[, b_ih, b_hh]."""
+        w = [self.weight_ih, self.weight_hh]
+        return w + ([self.bias_ih, self.bias_hh] if self.bias_ih is not None else [])
+
     def fused(self, x, state):
         fn = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
-        weights = [self.weight_ih, self.weight_hh] + \
-            ([self.bias_ih, self.bias_hh] if self.bias_ih is not None else [])
-        out, h = fn(x, state[0].unsqueeze(0).to(x.dtype), weights, self.bias_ih is not None,
-                    1, 0.0, self.training, False, True)
+        out, h = fn(x, state[0].unsqueeze(0).to(x.dtype), self.flat_weights(),
+                    self.bias_ih is not None, 1, 0.0, self.training, False, True)
         return out, (h[0],)
 
 

@@ -1,0 +1,130 @@
+"""Continuous-time cells: liquid time-constant (LTC) and closed-form continuous-time (CfC).
+
+LTC (Hasani, Lechner, Amini, Rus & Grosu 2021, "Liquid Time-constant Networks",
+AAAI, arXiv:2006.04439), eq. 1 solved with the paper's fused solver (eq. 3),
+`ode_unfolds` implicit-explicit Euler steps of size dt / ode_unfolds per input:
+
+    dx/dt = -[1/tau + f(x, I)] * x + f(x, I) * A,   f(x, I) = sigma(W_ih I + W_hh x + b)
+    x <- (x + Delta * f * A) / (1 + Delta * (1/tau + f))
+
+tau > 0 (tau = softplus(tau_raw)), A the per-neuron bias ("reversal potential").
+
+CfC (Hasani, Lechner, Amini, Liebenwein, Ray, Tschaikowski, Teschl & Rus 2022,
+"Closed-form continuous-time neural networks", Nature Machine Intelligence,
+arXiv:2106.13898), eq. 10 with a shared backbone:
+
+    u = lecun_tanh(W_ih I + W_hh x + b)                 (backbone; u = [I, x] without it)
+    f, g, h = heads(u)                                  (three linear heads)
+    x(t + dt) = sigma(-f * dt) * tanh(g) + (1 - sigma(-f * dt)) * tanh(h)
+
+lecun_tanh(v) = 1.7159 tanh(0.666 v) and the tanh on g and h follow the authors'
+reference implementation (ncps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.highway import check_positive_int
+from rnnzoo.cells.lstm import fused_loop, uniform_init_
+
+
+def _check_positive_number(name, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        raise ValueError(f"{name} must be a positive number, got {v!r}")
+    return float(v)
+
+
+@cell("ltc", paper="Hasani et al. 2021, arXiv:2006.04439",
+      tiny={"hidden_size": 5, "ode_unfolds": 3})
+class LTCCell(Cell):
+    """Liquid time-constant cell, fused ODE solver. State x (B, H).
+
+    Options: ode_unfolds (6, the paper's), dt (elapsed time per input, 1.0).
+    Parameters: weight_ih (H, input_size), weight_hh (H, H), bias (H,), tau_raw (H,)
+    (tau = softplus(tau_raw), starts at 1), reversal (A, (H,), U(-1, 1)).
+    """
+
+    def __init__(self, input_size, hidden_size, ode_unfolds=6, dt=1.0):
+        super().__init__(input_size, hidden_size)
+        self.ode_unfolds = check_positive_int("ode_unfolds", ode_unfolds)
+        self.dt = _check_positive_number("dt", dt)
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(hidden_size))
+        uniform_init_(self, hidden_size)
+        self.tau_raw = nn.Parameter(torch.full((hidden_size,), math.log(math.e - 1)))
+        self.reversal = nn.Parameter(torch.empty(hidden_size).uniform_(-1, 1))
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return nn.functional.softplus(self.tau_raw)
+
+    def project(self, x):
+        return x @ self.weight_ih.T + self.bias
+
+    def recur(self, xp_t, state):
+        x = state[0]
+        delta = self.dt / self.ode_unfolds
+        leak = 1 / self.tau
+        for _ in range(self.ode_unfolds):
+            f = torch.sigmoid(xp_t + x @ self.weight_hh.T)
+            x = (x + delta * f * self.reversal) / (1 + delta * (leak + f))
+        return (x,)
+
+
+def lecun_tanh(v: torch.Tensor) -> torch.Tensor:
+    return 1.7159 * torch.tanh(0.666 * v)
+
+
+@cell("cfc", paper="Hasani et al. 2022, arXiv:2106.13898", tiny={"hidden_size": 5,
+                                                               "backbone_units": 4})
+class CfCCell(Cell):
+    """Closed-form continuous-time cell. State x (B, H).
+
+    Options: backbone_units (the backbone's width, default hidden_size; 0: no backbone),
+    dt (elapsed time per input, 1.0). Parameters: weight_ih (U, input_size), weight_hh (U, H),
+    bias (U,) of the backbone (U = 3H without it); weight_heads (3H, U), bias_heads (3H,)
+    for f, g, h (absent without a backbone: the heads are then weight_ih/weight_hh).
+    """
+
+    def __init__(self, input_size, hidden_size, backbone_units=None, dt=1.0):
+        super().__init__(input_size, hidden_size)
+        if backbone_units is None:
+            backbone_units = hidden_size
+        if not isinstance(backbone_units, int) or isinstance(backbone_units, bool) \
+                or backbone_units < 0:
+            raise ValueError(f"backbone_units must be a non-negative int, got {backbone_units!r}")
+        self.backbone_units = backbone_units
+        self.dt = _check_positive_number("dt", dt)
+        U = backbone_units or 3 * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(U, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(U, hidden_size))
+        self.bias = nn.Parameter(torch.empty(U))
+        if backbone_units:
+            self.weight_heads = nn.Parameter(torch.empty(3 * hidden_size, U))
+            self.bias_heads = nn.Parameter(torch.empty(3 * hidden_size))
+        uniform_init_(self, hidden_size)
+
+    def project(self, x):
+        return x @ self.weight_ih.T + self.bias
+
+    def recur(self, xp_t, state):
+        return self._step(xp_t, state, lambda k, x: x @ self.weight_hh.T)
+
+    def fused(self, x, state):
+        """The loop with weight_hh's gradient in one product after it (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
+
+    def _step(self, xp_t, state, mm):
+        pre = xp_t + mm(0, state[0])
+        if self.backbone_units:
+            pre = lecun_tanh(pre) @ self.weight_heads.T + self.bias_heads
+        f, g, h = pre.chunk(3, -1)
+        gate = torch.sigmoid(-f * self.dt)
+        g, h = torch.tanh(g), torch.tanh(h)
+        return (h + gate * (g - h),)

@@ -1,0 +1,76 @@
+"""Layer-normalised LSTM and GRU (Ba, Kiros & Hinton 2016, "Layer Normalization",
+arXiv:1607.06450, section 3.1 and supplementary).
+
+Each summed input is normalised on its own, over all its gates at once (the paper's
+eq. for the LN-LSTM; the GRU follows the same recipe):
+
+    LN-LSTM:  gates (i, f, g, o) in torch's order,
+              a = LN(W_hh h_{t-1}; alpha_1, beta_1) + LN(W_ih x_t; alpha_2, beta_2)
+              c_t = sigma(f) * c_{t-1} + sigma(i) * tanh(g)
+              h_t = sigma(o) * tanh(LN(c_t; alpha_3, beta_3))
+    LN-GRU:   a_x = LN(W_ih x_t), a_h = LN(W_hh h_{t-1})           (gates r, z, n)
+              r, z = sigma(a_x[r,z] + a_h[r,z]),  n = tanh(a_x[n] + r * a_h[n])
+              h_t = (1 - z) * n + z * h_{t-1}
+
+The LayerNorms' shifts beta play the role of the biases (the paper's b is the sum of
+them). Gains start at 1 and shifts at 0, as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.lstm import uniform_init_
+
+
+class _LayerNormed(Cell):
+    num_gates = 4
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        G = self.num_gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size))
+        uniform_init_(self, hidden_size)
+        self.ln_ih = nn.LayerNorm(G)
+        self.ln_hh = nn.LayerNorm(G)
+
+    def project(self, x):
+        """LN(W_ih x), every step at once: (..., input_size) -> (..., G*H)."""
+        return self.ln_ih(x @ self.weight_ih.T)
+
+
+@cell("ln_lstm", paper="Ba et al. 2016, arXiv:1607.06450 (layer-normalised LSTM)",
+      tiny={"hidden_size": 5})
+class LayerNormLSTMCell(_LayerNormed):
+    """LSTM with layer normalisation of both summed inputs and of the cell. State (h, c)."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.ln_cell = nn.LayerNorm(hidden_size)
+        self.state_sizes = (hidden_size, hidden_size)
+
+    def recur(self, xp_t, state):
+        h, c = state
+        i, f, g, o = (xp_t + self.ln_hh(h @ self.weight_hh.T)).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(self.ln_cell(c)), c
+
+
+@cell("ln_gru", paper="Ba et al. 2016, arXiv:1607.06450 (layer-normalised GRU)",
+      tiny={"hidden_size": 5})
+class LayerNormGRUCell(_LayerNormed):
+    """GRU (torch's reset placement) with layer normalisation of both summed inputs. State h."""
+
+    num_gates = 3
+
+    def recur(self, xp_t, state):
+        h = state[0]
+        H = self.hidden_size
+        gh = self.ln_hh(h @ self.weight_hh.T)
+        rz = torch.sigmoid(xp_t[:, :2 * H] + gh[:, :2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        n = torch.tanh(xp_t[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (n + z * (h - n),)

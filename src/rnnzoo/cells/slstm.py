@@ -1,0 +1,80 @@
+"""sLSTM, xLSTM's scalar LSTM (Beck, Poeppel, Spanring, Auer, Prudnikova, Kopp,
+Klambauer, Brandstetter & Hochreiter 2024, "xLSTM: Extended Long Short-Term
+Memory", arXiv:2405.04517), eqs. 8-17: exponential input gate, normaliser state n,
+stabiliser state m, and a recurrence that is block-diagonal over heads.
+
+    i~, f~, z~, o~ = W x_t + R h_{t-1} + b            (R block-diagonal: num_heads blocks)
+    m_t = max(log sigma(f~) + m_{t-1}, i~)            (the stabiliser, eq. 15)
+    i'  = exp(i~ - m_t),   f' = exp(log sigma(f~) + m_{t-1} - m_t)
+    c_t = f' c_{t-1} + i' tanh(z~),   n_t = f' n_{t-1} + i'
+    h_t = sigma(o~) * c_t / n_t
+
+The stabiliser rescales c and n together, so h is exactly the unstabilised
+sLSTM's while exp never overflows. The forget gate is the sigmoid (xLSTM's sLSTM
+default).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.highway import check_positive_int
+from rnnzoo.cells.lstm import fused_loop, uniform_init_
+
+
+@cell("slstm", paper="Beck et al. 2024, arXiv:2405.04517", tiny={"hidden_size": 4, "num_heads": 2})
+class SLSTMCell(Cell):
+    """sLSTM cell. State (h, c, n, m), each (B, H).
+
+    Options: num_heads (H must divide by it; 4 by default, as xLSTM's sLSTM block, or 1
+    when H does not divide). Parameters: weight_ih (4H, input_size), gates (i, f, z, o);
+    weight_hh (num_heads, 4 * head_dim, head_dim): head k's block, rows gate-major as
+    xlstm's `R`; bias (4H,). Weights start as torch.nn.LSTM's; the forget-gate bias
+    spreads over [3, 6] (long memory at the start, xLSTM's linspace init).
+    """
+
+    def __init__(self, input_size, hidden_size, num_heads=None):
+        super().__init__(input_size, hidden_size)
+        if num_heads is None:
+            num_heads = 4 if hidden_size % 4 == 0 else 1
+        check_positive_int("num_heads", num_heads)
+        if hidden_size % num_heads:
+            raise ValueError(f"num_heads must divide hidden_size={hidden_size}, got {num_heads}")
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(num_heads, 4 * self.head_dim, self.head_dim))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        uniform_init_(self, hidden_size)
+        with torch.no_grad():
+            self.bias[hidden_size:2 * hidden_size] = torch.linspace(3.0, 6.0, hidden_size)
+        self.state_sizes = (hidden_size,) * 4
+
+    def recurrent_matrix(self) -> torch.Tensor:
+        """The block-diagonal R as one dense (4H, H) matrix, rows gate-major (i, f, z, o),
+        so that a step is a single matrix product."""
+        K, dh, H = self.num_heads, self.head_dim, self.hidden_size
+        blocks = torch.block_diag(*self.weight_hh.unbind(0))  # (K*4*dh, H), head-major rows
+        return blocks.view(K, 4, dh, H).transpose(0, 1).reshape(4 * H, H)
+
+    def project(self, x):
+        return x @ self.weight_ih.T + self.bias
+
+    def recur(self, xp_t, state):
+        R = self.recurrent_matrix()
+        return self._step(xp_t, state, lambda k, h: h @ R.T)
+
+    def _step(self, xp_t, state, mm):
+        h, c, n, m = state
+        i, f, z, o = (xp_t + mm(0, h)).chunk(4, -1)
+        log_f = nn.functional.logsigmoid(f) + m
+        m_new = torch.maximum(log_f, i)
+        i, f = torch.exp(i - m_new), torch.exp(log_f - m_new)
+        c = f * c + i * torch.tanh(z)
+        n = f * n + i
+        return torch.sigmoid(o) * c / n, c, n, m_new
+
+    def fused(self, x, state):
+        """R built once per sequence, its gradient deferred to one product (`fused_loop`)."""
+        return fused_loop(self, x, state, [self.recurrent_matrix()], [slice(None)], self._step)

@@ -1,0 +1,32 @@
+"""Recurrent Highway Network (Zilly et al. 2017): the highway equations by hand, and the
+carry behaviour. (torchrecurrent 0.2.5 ships an RHNCell file but it does not import:
+`from ..base import BaseRecurrentLayer` fails, so it cannot serve as an oracle.)"""
+
+import pytest
+import torch
+
+from rnnzoo.cells.highway import RHNCell
+
+
+def test_rhn_step_by_hand_and_carry():
+    cell = RHNCell(1, 1, depth=2).double()
+    with torch.no_grad():  # rows (H, T); weight_hh (depth, 2, 1)
+        cell.weight_ih.copy_(torch.tensor([[2.0], [1.0]], dtype=torch.float64))
+        cell.weight_hh.copy_(torch.tensor([[[0.5], [-1.0]], [[1.5], [0.3]]], dtype=torch.float64))
+        cell.bias.copy_(torch.tensor([[0.1, 0.2], [-0.1, 0.0]], dtype=torch.float64))
+    x, s = 0.7, -0.4
+    T = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    hh, t = torch.tanh(T(2 * x + 0.5 * s + 0.1)), torch.sigmoid(T(x - s + 0.2))
+    s1 = hh * t + s * (1 - t)
+    hh, t = torch.tanh(1.5 * s1 - 0.1), torch.sigmoid(0.3 * s1)
+    s2 = hh * t + s1 * (1 - t)
+    got = cell.step(T([[x]]), (T([[s]]),))[0]
+    assert abs(got.item() - s2.item()) < 1e-15
+    with torch.no_grad():  # transform gates shut: every micro-step carries the state
+        cell.bias[:, 1] = -1e4
+    assert cell.step(T([[x]]), (T([[s]]),))[0].item() == s
+
+
+def test_rhn_bad_depth():
+    with pytest.raises(ValueError, match="depth must be a positive int, got 0"):
+        RHNCell(2, 3, depth=0)
