@@ -6,8 +6,6 @@ Layouts as torchrecurrent 0.2.5 (`weight_ih`, `weight_hh`, `bias_ih`,
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
