@@ -49,7 +49,7 @@ class _Antisymmetric(HoistedCell):
         nn.init.normal_(self.weight_hh, std=check_positive("sigma_w", sigma_w, True)
                         / math.sqrt(hidden_size))
 
-    def recurrent_weights(self):
+    def recurrent_weights(self, batch_size):
         """A^T = W^T - W - gamma I, laid out for h @ A^T."""
         w = self.weight_hh
         eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
@@ -75,9 +75,9 @@ class AntisymmetricRNN(_Antisymmetric):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
-    def recur_with(self, xp_t, state, w):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        return (torch.add(h, self._phi(torch.addmm(xp_t, h, w[0])), alpha=self.epsilon),)
+        return (torch.add(h, self._phi(torch.addmm(xp_parts[0], h, w[0])), alpha=self.epsilon),)
 
 
 @cell("gated_antisymmetric_rnn", paper=PAPER, tiny={"hidden_size": 5})
@@ -99,8 +99,12 @@ class GatedAntisymmetricRNN(_Antisymmetric):
             xp = torch.cat([xp[..., :H], xp[..., H:] + self.bias_hh], -1)
         return xp
 
-    def recur_with(self, xp_t, state, w):
+    def recurrent_weights(self, batch_size):
+        """[A^T, A^T] (H, 2H): the gate and the candidate in one product."""
+        a_t = super().recurrent_weights(batch_size)[0]
+        return (torch.cat([a_t, a_t], 1),)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        pre = xp_t.unflatten(-1, (2, self.hidden_size)) + (h @ w[0]).unsqueeze(-2)
-        z, c = pre.unbind(-2)
+        z, c = torch.addmm(xp_parts[0], h, w[0]).chunk(2, -1)
         return (torch.addcmul(h, torch.sigmoid(z), torch.tanh(c), value=self.epsilon),)

@@ -1,14 +1,10 @@
 """Shared pieces of the torchrecurrent-catalogue cells (first half).
 
-`HoistedCell` is a `Cell` whose step needs tensors derived from the parameters
-only (an antisymmetric matrix A = W - W^T - gamma I, sigmoid(alpha), ...). It
-computes them once per sequence in `loop` instead of once per step:
-
-    w = cell.recurrent_weights()            # parameters -> per-sequence constants
-    state = cell.recur_with(xp_t, state, w)  # one step
-
-`recur(xp_t, state)` (the `Cell` protocol) is `recur_with(xp_t, state,
-recurrent_weights())`, so both paths run the same maths.
+On CPU at the sizes these cells are used at, a step costs about the number of
+tensor operations it launches (each one also records an autograd node), not
+its arithmetic. `HoistedCell` lets a step launch only what depends on the
+state: constants derived from the parameters are computed once per sequence,
+and the input projection arrives already split into its pieces.
 """
 
 from __future__ import annotations
@@ -48,22 +44,45 @@ def uniform_(t: torch.Tensor, fan: int) -> torch.Tensor:
 
 
 class HoistedCell(Cell):
-    """A cell whose per-sequence constants are computed once per `loop`."""
+    """A cell that hoists out of its step whatever does not change from step to step.
 
-    def recurrent_weights(self) -> tuple:
+    - `recurrent_weights(batch_size)` -> tuple: tensors derived from the parameters
+      only, computed once per sequence (`loop`) instead of once per step. Vector
+      and scalar parameters that multiply the state are expanded to (B, H) here:
+      autograd then sums their gradient over the batch once per sequence, not
+      once per step.
+    - `xp_sizes`: the widths of the pieces of the input projection (default: one
+      piece); `loop` splits the projection of the whole sequence once, so a step
+      receives its pieces without slicing.
+
+        w = cell.recurrent_weights(batch_size)
+        state = cell.recur_with(xp_parts_t, state, w)   # xp_parts_t: tuple of (B, n_i)
+
+    `recur(xp_t, state)` (the `Cell` protocol) splits xp_t and calls `recur_with`
+    with `recurrent_weights()`, so the reference loop and a single step run the
+    same maths.
+    """
+
+    xp_sizes: tuple[int, ...] | None = None
+
+    def recurrent_weights(self, batch_size: int) -> tuple:
         return ()
 
-    def recur_with(self, xp_t: torch.Tensor, state: tuple, w: tuple) -> tuple:
+    def recur_with(self, xp_parts: tuple, state: tuple, w: tuple) -> tuple:
         raise NotImplementedError
 
+    def _split(self, xp: torch.Tensor) -> tuple:
+        return (xp,) if self.xp_sizes is None else xp.split(self.xp_sizes, -1)
+
     def recur(self, xp_t, state):
-        return self.recur_with(xp_t, state, self.recurrent_weights())
+        return self.recur_with(self._split(xp_t), state, self.recurrent_weights(xp_t.shape[0]))
 
     def loop(self, x, state):
-        w = self.recurrent_weights()
+        w = self.recurrent_weights(x.shape[0])
         outputs = []
-        for xp_t in self.project(x).unbind(1):
-            state = self.recur_with(xp_t, state, w)
+        steps = zip(*(part.unbind(1) for part in self._split(self.project(x))))
+        for xp_parts in steps:
+            state = self.recur_with(xp_parts, state, w)
             outputs.append(self.output(state))
         return torch.stack(outputs, 1), state
 

@@ -23,13 +23,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import linear, maybe_bias
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, linear, maybe_bias
 
 PAPER = "Vecoven, Ernst & Drion 2021, PLoS ONE 16(6):e0252676, arXiv:2006.05252"
 
 
-class _Bistable(Cell):
+class _Bistable(HoistedCell):
+    """The step uses 1 + tanh(v) = 2 sigmoid(2 v): the a-gate's pre-activation is
+    doubled once per sequence and a_t * h_{t-1} = 2 sigmoid(.) * h_{t-1}."""
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size)
         H = hidden_size
@@ -41,17 +44,17 @@ class _Bistable(Cell):
             nn.init.xavier_uniform_(block)
 
     def project(self, x):
-        xp = linear(x, self.weight_ih, self.bias_ih)
-        if self.bias_hh is None:
-            return xp
-        H = self.hidden_size
-        return torch.cat([xp[..., :2 * H] + self.bias_hh, xp[..., 2 * H:]], -1)
+        """(..., I) -> (..., 3H): [2 (U_a x + b_a), U_c x + b_c, U x + b]."""
+        a, c, u = linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        if self.bias_hh is not None:
+            b_a, b_c = self.bias_hh.chunk(2)
+            a, c = a + b_a, c + b_c
+        return torch.cat([2 * a, c, u], -1)
 
-    def _update(self, gates, xh_t, h):
-        """gates (B, 2, H): pre-activations of a and c; xh_t = U x_t (B, H)."""
-        a_pre, c_pre = gates.unbind(-2)
-        cand = torch.tanh(torch.addcmul(xh_t + h, torch.tanh(a_pre), h))  # a h = h + tanh(.) h
-        return (torch.lerp(cand, h, torch.sigmoid(c_pre)),)
+    def _candidate(self, half_a, u, h, c_gate):
+        """h_t from sigmoid(2 a_pre) = a_t / 2, U x_t + b, h_{t-1} and c_t."""
+        cand = torch.tanh(torch.addcmul(u, half_a, h, value=2))
+        return (torch.lerp(cand, h, c_gate),)
 
 
 @cell("br", paper=PAPER, tiny={"hidden_size": 5})
@@ -67,19 +70,25 @@ class BR(_Bistable):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
         nn.init.ones_(self.weight_hh)
+        self.xp_sizes = (hidden_size,) * 3
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        """2 w_a and w_c, each expanded to (B, H)."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (2 * w_a).expand(batch_size, -1), w_c.expand(batch_size, -1)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        gates = torch.addcmul(xp_t[..., :2 * H].unflatten(-1, (2, H)),
-                              self.weight_hh.view(2, H), h.unsqueeze(-2))
-        return self._update(gates, xp_t[..., 2 * H:], h)
+        a2, c, u = xp_parts
+        half_a = torch.sigmoid(torch.addcmul(a2, w[0], h))
+        return self._candidate(half_a, u, h, torch.sigmoid(torch.addcmul(c, w[1], h)))
 
 
 @cell("nbr", paper=PAPER, tiny={"hidden_size": 5})
 class NBR(_Bistable):
     """Neuromodulated bistable recurrent cell (nBRC): a_t, c_t see the whole h_{t-1}
     through W_a, W_c (one matrix product per step). State: h (B, hidden_size)."""
+
 
     def _weight_hh_shape(self):
         return (2 * self.hidden_size, self.hidden_size)
@@ -88,9 +97,15 @@ class NBR(_Bistable):
         super().__init__(input_size, hidden_size, bias)
         for block in self.weight_hh.data.chunk(2):
             nn.init.xavier_uniform_(block)
+        self.xp_sizes = (2 * hidden_size, hidden_size)
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        """[2 W_a; W_c]^T (H, 2H)."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (torch.cat([2 * w_a, w_c]).T,)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        gates = torch.addmm(xp_t[..., :2 * H], h, self.weight_hh.T)
-        return self._update(gates.unflatten(-1, (2, H)), xp_t[..., 2 * H:], h)
+        ac, u = xp_parts
+        half_a, c = torch.sigmoid(torch.addmm(ac, h, w[0])).chunk(2, -1)
+        return self._candidate(half_a, u, h, c)

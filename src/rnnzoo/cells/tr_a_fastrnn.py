@@ -71,13 +71,15 @@ class FastRNN(_Fast):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
-    def recurrent_weights(self):
-        return torch.sigmoid(self.alpha), torch.sigmoid(self.beta)
+    def recurrent_weights(self, batch_size):
+        shape = (batch_size, self.hidden_size)
+        return (torch.sigmoid(self.alpha).expand(shape), torch.sigmoid(self.beta).expand(shape),
+                self.weight_hh.T)
 
-    def recur_with(self, xp_t, state, w):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        alpha, beta = w
-        cand = self._phi(torch.addmm(xp_t, h, self.weight_hh.T))
+        alpha, beta, u = w
+        cand = self._phi(torch.addmm(xp_parts[0], h, u))
         return (torch.addcmul(beta * h, alpha, cand),)
 
 
@@ -105,23 +107,23 @@ class FastGRNN(_Fast):
         self.nu = _scalar(nu_init, "nu_init")
 
     def project(self, x):
-        return linear(x, self.weight_ih)
-
-    def recurrent_weights(self):
-        H = self.hidden_size
+        """(..., I) -> (..., 2H): W x + b_z, W x + b_h."""
+        xp = linear(x, self.weight_ih)
         biases = [b for b in (self.bias_ih, self.bias_hh) if b is not None]
-        bias = sum(biases[1:], biases[0]).view(2, H) if biases else None
-        zeta, nu = torch.sigmoid(self.zeta), torch.sigmoid(self.nu)
-        return bias, zeta, zeta + nu
+        xp = torch.cat([xp, xp], -1)
+        return xp + sum(biases[1:], biases[0]) if biases else xp
 
-    def recur_with(self, xp_t, state, w):
+    def recurrent_weights(self, batch_size):
+        """[U; U]^T (H, 2H): z and h~ share U h in one product; zeta, zeta + nu as (B, H)."""
+        shape = (batch_size, self.hidden_size)
+        zeta, nu = torch.sigmoid(self.zeta), torch.sigmoid(self.nu)
+        u = self.weight_hh
+        return torch.cat([u, u]).T, zeta.expand(shape), (zeta + nu).expand(shape)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        bias, zeta, zeta_nu = w
-        pre = torch.addmm(xp_t, h, self.weight_hh.T)
-        if bias is None:
-            z, cand = self._gate(pre), self._update(pre)
-        else:
-            pre = pre.unsqueeze(-2) + bias
-            z, cand = self._gate(pre[..., 0, :]), self._update(pre[..., 1, :])
+        uu, zeta, zeta_nu = w
+        z, cand = torch.addmm(xp_parts[0], h, uu).chunk(2, -1)
+        z, cand = self._gate(z), self._update(cand)
         # (zeta (1 - z) + nu) h~ + z h  =  (zeta + nu) h~ + z (h - zeta h~)
         return (torch.addcmul(zeta_nu * cand, z, torch.addcmul(h, zeta, cand, value=-1)),)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import activation, linear, maybe_bias, uniform_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, activation, linear, maybe_bias, uniform_
 
 
 @cell("indrnn", paper="Li, Li, Cook, Zhu & Gao 2018, CVPR, arXiv:1803.04831",
       tiny={"hidden_size": 5})
-class IndRNN(Cell):
+class IndRNN(HoistedCell):
     """h_t = phi(W_ih x_t + b_ih + weight_hh * h_{t-1} + b_hh); weight_hh: (hidden_size,).
 
     Options: nonlinearity phi ("relu", the paper's, or "tanh"). State: h (B, hidden_size).
@@ -42,5 +42,8 @@ class IndRNN(Cell):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
-    def recur(self, xp_t, state):
-        return (self._phi(torch.addcmul(xp_t, self.weight_hh, state[0])),)
+    def recurrent_weights(self, batch_size):
+        return (self.weight_hh.expand(batch_size, -1),)
+
+    def recur_with(self, xp_parts, state, w):
+        return (self._phi(torch.addcmul(xp_parts[0], w[0], state[0])),)
