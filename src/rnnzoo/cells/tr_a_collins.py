@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import linear, maybe_bias, uniform_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, linear, maybe_bias, uniform_
 
 PAPER = "Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913"
 
 
 @cell("ugrnn", paper=PAPER, tiny={"hidden_size": 5})
-class UGRNN(Cell):
+class UGRNN(HoistedCell):
     """Update-gate RNN: one gate between h_{t-1} and a tanh candidate.
 
         c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
@@ -42,14 +42,17 @@ class UGRNN(Cell):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        c, g = torch.addmm(xp_t, h, self.weight_hh.T).chunk(2, -1)
+        c, g = torch.addmm(xp_parts[0], h, w[0]).chunk(2, -1)
         return (torch.lerp(torch.tanh(c), h, torch.sigmoid(g)),)
 
 
 @cell("intersection_rnn", paper=PAPER, tiny={"hidden_size": 5})
-class IntersectionRNN(Cell):
+class IntersectionRNN(HoistedCell):
     """Intersection RNN: a highway-like output y_t beside the recurrent state h_t.
 
         d_t   = relu(W_d x_t + U_d h_{t-1} + b_d)            depth candidate
@@ -69,6 +72,7 @@ class IntersectionRNN(Cell):
         super().__init__(input_size, hidden_size)
         rows = 2 * (input_size + hidden_size)
         self.state_sizes = (input_size, hidden_size)
+        self.xp_sizes = (rows, input_size)
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size))
         self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
         self.bias_ih = maybe_bias(rows, bias)
@@ -80,12 +84,13 @@ class IntersectionRNN(Cell):
         """(..., I) -> (..., 3I + 2H): the pre-activations' input part, then x itself."""
         return torch.cat([linear(x, self.weight_ih, self.bias_ih, self.bias_hh), x], -1)
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[1]
+        pre, x = xp_parts
         I, H = self.input_size, self.hidden_size
-        n = 2 * (I + H)
-        pre = torch.addmm(xp_t[..., :n], h, self.weight_hh.T)
-        gates = torch.sigmoid(pre[..., I + H:])
-        y = torch.lerp(torch.relu(pre[..., :I]), xp_t[..., n:], gates[..., :I])
-        h = torch.lerp(torch.tanh(pre[..., I:I + H]), h, gates[..., I:])
-        return y, h
+        d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((I, H, I, H), -1)
+        y = torch.lerp(torch.relu(d), x, torch.sigmoid(g_y))
+        return y, torch.lerp(torch.tanh(r), h, torch.sigmoid(g_h))

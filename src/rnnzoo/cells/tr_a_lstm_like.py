@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import check_positive, linear, maybe_bias, uniform_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, check_positive, linear, maybe_bias, uniform_
 
 
-class _Stacked(Cell):
+class _Stacked(HoistedCell):
     gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -26,6 +26,9 @@ class _Stacked(Cell):
 
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
+
+    def recurrent_weights(self, batch_size):
+        return (self.weight_hh.T,)
 
 
 @cell("janet", paper="van der Westhuizen & Lasenby 2018, arXiv:1804.04849",
@@ -66,9 +69,9 @@ class JANET(_Stacked):
             with torch.no_grad():
                 self.bias_ih[:hidden_size].uniform_(1, t_max - 1).log_()
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         c = state[0]
-        s, cand = torch.addmm(xp_t, c, self.weight_hh.T).chunk(2, -1)
+        s, cand = torch.addmm(xp_parts[0], c, w[0]).chunk(2, -1)
         keep = torch.sigmoid(self.beta - s)  # 1 - sigmoid(s - beta)
         return (torch.addcmul(torch.sigmoid(s) * c, keep, torch.tanh(cand)),)
 
@@ -97,11 +100,11 @@ class MCLSTM(_Stacked):
         for p in self.parameters():
             uniform_(p, hidden_size)
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         _, v, c = state
         H = self.hidden_size
-        pre = torch.addmm(xp_t, v, self.weight_hh.T)
-        gates = torch.sigmoid(pre[..., :4 * H])
-        c = torch.addcmul(gates[..., :H] * c, gates[..., H:2 * H], torch.tanh(pre[..., 4 * H:]))
-        h, v = (gates[..., 2 * H:].unflatten(-1, (2, H)) * torch.tanh(c).unsqueeze(-2)).unbind(-2)
-        return h, v, c
+        gates, n = torch.addmm(xp_parts[0], v, w[0]).split((4 * H, H), -1)
+        f, i, o, m = torch.sigmoid(gates).chunk(4, -1)
+        c = torch.addcmul(f * c, i, torch.tanh(n))
+        squashed = torch.tanh(c)
+        return o * squashed, m * squashed, c

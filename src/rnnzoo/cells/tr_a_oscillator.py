@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import check_positive, linear, maybe_bias, uniform_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, check_positive, linear, maybe_bias, uniform_
 
 
 @cell("cornn", paper="Rusch & Mishra 2021, ICLR, arXiv:2010.00951", tiny={"hidden_size": 5})
-class CoRNN(Cell):
+class CoRNN(HoistedCell):
     """Coupled oscillatory RNN (Rusch & Mishra 2021, eq. 3), an IMEX step of
     y'' = tanh(W y + W_z y' + V u + b) - gamma y - epsilon y':
 
@@ -52,10 +52,13 @@ class CoRNN(Cell):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh, self.bias_ch)
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        return self.weight_hh.T, self.weight_ch.T
+
+    def recur_with(self, xp_parts, state, w):
         y, z = state
         dt = self.dt
-        force = torch.tanh(torch.addmm(torch.addmm(xp_t, y, self.weight_hh.T), z, self.weight_ch.T))
+        force = torch.tanh(torch.addmm(torch.addmm(xp_parts[0], y, w[0]), z, w[1]))
         if self.implicit_damping:
             z = torch.add(torch.add(z, y, alpha=-dt * self.gamma), force, alpha=dt) \
                 / (1 + dt * self.epsilon)
@@ -66,7 +69,7 @@ class CoRNN(Cell):
 
 @cell("lem", paper="Rusch, Mishra, Erichson & Mahoney 2022, ICLR, arXiv:2110.04744",
       tiny={"hidden_size": 5})
-class LEM(Cell):
+class LEM(HoistedCell):
     """Long expressive memory (Rusch et al. 2022, eq. 3), multiscale steps of two ODEs:
 
         dt_y = dt * sigmoid(W_1 y_{n-1} + V_1 u_n + b_1)
@@ -89,6 +92,7 @@ class LEM(Cell):
             raise ValueError(f"dt must lie in (0, 1] (dt_y, dt_z are interpolation weights), "
                              f"got {dt!r}")
         self.state_sizes = (H, H)
+        self.xp_sizes = (3 * H, H)
         self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))
         self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
         self.weight_ch = nn.Parameter(torch.empty(H, H))
@@ -102,13 +106,15 @@ class LEM(Cell):
         xp = linear(x, self.weight_ih, self.bias_ih)
         return xp if self.bias_hh is None else xp + torch.cat([self.bias_hh, self.bias_ch])
 
-    def recur(self, xp_t, state):
+    def recurrent_weights(self, batch_size):
+        return self.weight_hh.T, self.weight_ch.T
+
+    def recur_with(self, xp_parts, state, w):
         y, z = state
+        x_yz, x_y = xp_parts
         H = self.hidden_size
-        pre = torch.addmm(xp_t[..., :3 * H], y, self.weight_hh.T)
-        steps = torch.sigmoid(pre[..., :2 * H])
-        if self.dt != 1:
-            steps = steps * self.dt
-        z = torch.lerp(z, torch.tanh(pre[..., 2 * H:]), steps[..., H:])
-        y_cand = torch.tanh(torch.addmm(xp_t[..., 3 * H:], z, self.weight_ch.T))
-        return torch.lerp(y, y_cand, steps[..., :H]), z
+        steps, z_pre = torch.addmm(x_yz, y, w[0]).split((2 * H, H), -1)
+        steps = torch.sigmoid(steps) if self.dt == 1 else self.dt * torch.sigmoid(steps)
+        dt_y, dt_z = steps.chunk(2, -1)
+        z = torch.lerp(z, torch.tanh(z_pre), dt_z)
+        return torch.lerp(y, torch.tanh(torch.addmm(x_y, z, w[1])), dt_y), z

@@ -17,12 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_a_base import activation, linear, maybe_bias, uniform_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, activation, linear, maybe_bias, uniform_
 
 
-class _GatedCell(Cell):
-    """weight_ih (n_ih * H, I), weight_hh (n_hh * H, H), bias_ih, bias_hh."""
+class _GatedCell(HoistedCell):
+    """weight_ih (n_ih * H, I), weight_hh (n_hh * H, H), bias_ih, bias_hh.
+    `recurrent_weights` gives W_hh^T (H, n_hh * H) once per sequence."""
 
     n_ih = 1
     n_hh = 1
@@ -41,6 +42,9 @@ class _GatedCell(Cell):
     def project(self, x):
         return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
+    def recurrent_weights(self, batch_size):
+        return (self.weight_hh.T,)
+
 
 @cell("atr", paper="Zhang, Xiong, Su, Lin & Zhang 2018, EMNLP, arXiv:1810.12546",
       tiny={"hidden_size": 5})
@@ -50,17 +54,29 @@ class ATR(_GatedCell):
         p_t = W_ih x_t + b_ih,   q_t = W_hh h_{t-1} + b_hh
         i_t = sigmoid(p_t + q_t),   f_t = sigmoid(p_t - q_t)
         h_t = i_t * p_t + f_t * h_{t-1}
+
+    Both gates come from one product: [p_t + b_hh, p_t - b_hh] + h_{t-1} [U; -U]^T.
     """
 
-    def project(self, x):
-        return linear(x, self.weight_ih, self.bias_ih)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.xp_sizes = (2 * hidden_size, hidden_size)
 
-    def recur(self, xp_t, state):
+    def project(self, x):
+        """(..., I) -> (..., 3H): p + b_hh, p - b_hh, p."""
+        p = linear(x, self.weight_ih, self.bias_ih)
+        b = self.bias_hh if self.bias_hh is not None else torch.zeros_like(p[..., :1])
+        return torch.cat([p + b, p - b, p], -1)
+
+    def recurrent_weights(self, batch_size):
+        u = self.weight_hh
+        return (torch.cat([u, -u]).T,)
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        q = h @ self.weight_hh.T if self.bias_hh is None else \
-            torch.addmm(self.bias_hh, h, self.weight_hh.T)
-        i, f = torch.sigmoid(xp_t + q), torch.sigmoid(xp_t - q)
-        return (torch.addcmul(i * xp_t, f, h),)
+        pm, p = xp_parts
+        i, f = torch.sigmoid(torch.addmm(pm, h, w[0])).chunk(2, -1)
+        return (torch.addcmul(i * p, f, h),)
 
 
 @cell("cfn", paper="Laurent & von Brecht 2017, ICLR, arXiv:1612.06212", tiny={"hidden_size": 5})
@@ -77,17 +93,21 @@ class CFN(_GatedCell):
 
     n_ih, n_hh = 3, 2
 
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.xp_sizes = (2 * hidden_size, hidden_size)
+
     def project(self, x):
         H = self.hidden_size
         xp = linear(x, self.weight_ih, self.bias_ih)
         gates = xp[..., :2 * H] if self.bias_hh is None else xp[..., :2 * H] + self.bias_hh
         return torch.cat([gates, torch.tanh(xp[..., 2 * H:])], -1)
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        theta, eta = torch.sigmoid(torch.addmm(xp_t[..., :2 * H], h, self.weight_hh.T)).chunk(2, -1)
-        return (torch.addcmul(theta * torch.tanh(h), eta, xp_t[..., 2 * H:]),)
+        gates, cand = xp_parts
+        theta, eta = torch.sigmoid(torch.addmm(gates, h, w[0])).chunk(2, -1)
+        return (torch.addcmul(theta * torch.tanh(h), eta, cand),)
 
 
 @cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
@@ -120,9 +140,9 @@ class LiGRU(_GatedCell):
             if b is not None:
                 nn.init.zeros_(b)
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        z, c = torch.addmm(xp_t, h, self.weight_hh.T).chunk(2, -1)
+        z, c = torch.addmm(xp_parts[0], h, w[0]).chunk(2, -1)
         return (torch.lerp(self._phi(c), h, torch.sigmoid(z)),)
 
 
@@ -140,17 +160,20 @@ class LightRU(_GatedCell):
 
     n_ih = 2
 
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.xp_sizes = (hidden_size, hidden_size)
+
     def project(self, x):
         H = self.hidden_size
         xp = linear(x, self.weight_ih, self.bias_ih)
         f = xp[..., H:] if self.bias_hh is None else xp[..., H:] + self.bias_hh
         return torch.cat([torch.tanh(xp[..., :H]), f], -1)
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        f = torch.sigmoid(torch.addmm(xp_t[..., H:], h, self.weight_hh.T))
-        return (torch.lerp(h, xp_t[..., :H], f),)
+        cand, f = xp_parts
+        return (torch.lerp(h, cand, torch.sigmoid(torch.addmm(f, h, w[0]))),)
 
 
 @cell("mgu", paper="Zhou, Wu, Zhang & Zhou 2016, arXiv:1603.09420", tiny={"hidden_size": 5})
@@ -167,13 +190,19 @@ class MGU(_GatedCell):
 
     n_ih = n_hh = 2
 
-    def recur(self, xp_t, state):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.xp_sizes = (hidden_size, hidden_size)
+
+    def recurrent_weights(self, batch_size):
+        """U_f^T, U_h^T."""
+        return tuple(u.T for u in self.weight_hh.chunk(2))
+
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        u_f, u_h = self.weight_hh[:H], self.weight_hh[H:]
-        f = torch.sigmoid(torch.addmm(xp_t[..., :H], h, u_f.T))
-        c = torch.tanh(torch.addmm(xp_t[..., H:], f * h, u_h.T))
-        return (torch.lerp(h, c, f),)
+        x_f, x_h = xp_parts
+        f = torch.sigmoid(torch.addmm(x_f, h, w[0]))
+        return (torch.lerp(h, torch.tanh(torch.addmm(x_h, f * h, w[1])), f),)
 
 
 @cell("minimal_rnn", paper="Chen 2017, arXiv:1711.06788", tiny={"hidden_size": 5})
@@ -192,6 +221,7 @@ class MinimalRNN(_GatedCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
         self.weight_mm = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.xp_sizes = (hidden_size, hidden_size)
         nn.init.xavier_uniform_(self.weight_ih)
         nn.init.orthogonal_(self.weight_hh)
         nn.init.orthogonal_(self.weight_mm)
@@ -203,8 +233,7 @@ class MinimalRNN(_GatedCell):
         z = torch.tanh(linear(x, self.weight_ih, self.bias_ih))
         return torch.cat([z, linear(z, self.weight_mm, self.bias_hh)], -1)
 
-    def recur(self, xp_t, state):
+    def recur_with(self, xp_parts, state, w):
         h = state[0]
-        H = self.hidden_size
-        u = torch.sigmoid(torch.addmm(xp_t[..., H:], h, self.weight_hh.T))
-        return (torch.lerp(xp_t[..., :H], h, u),)
+        z, u = xp_parts
+        return (torch.lerp(z, h, torch.sigmoid(torch.addmm(u, h, w[0]))),)
