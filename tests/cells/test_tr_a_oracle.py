@@ -73,14 +73,19 @@ CASES = {
 SIZES = {"intersection_rnn": (5, 5)}  # torchrecurrent requires input_size == hidden_size
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_matches_torchrecurrent(name):
+def test_matches_torchrecurrent(name, bias):
     tr = pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the oracle "
                              "(installed by .ci/install-peers)")
     peer_cls, ours_kw, peer_kw, step, rename = CASES[name]
     I, H = SIZES.get(name, (4, 5))
     torch.manual_seed(0)
-    ours = CELLS[name].cls(I, H, **ours_kw).double()
+    ours = CELLS[name].cls(I, H, bias=bias, **ours_kw).double()
+    if not bias:  # torchrecurrent keeps zero buffers in place of the biases
+        peer_kw = dict(peer_kw, bias=False, recurrent_bias=False)
+        if name == "cornn":
+            peer_kw["cell_bias"] = False
     with torch.no_grad():  # move every parameter off its init: biases nonzero, gates mixed
         for p in ours.parameters():
             p.copy_(0.6 * torch.randn_like(p))

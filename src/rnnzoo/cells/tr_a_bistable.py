@@ -89,7 +89,6 @@ class NBR(_Bistable):
     """Neuromodulated bistable recurrent cell (nBRC): a_t, c_t see the whole h_{t-1}
     through W_a, W_c (one matrix product per step). State: h (B, hidden_size)."""
 
-
     def _weight_hh_shape(self):
         return (2 * self.hidden_size, self.hidden_size)
 

@@ -65,8 +65,9 @@ class ATR(_GatedCell):
     def project(self, x):
         """(..., I) -> (..., 3H): p + b_hh, p - b_hh, p."""
         p = linear(x, self.weight_ih, self.bias_ih)
-        b = self.bias_hh if self.bias_hh is not None else torch.zeros_like(p[..., :1])
-        return torch.cat([p + b, p - b, p], -1)
+        if self.bias_hh is None:
+            return torch.cat([p, p, p], -1)
+        return torch.cat([p + self.bias_hh, p - self.bias_hh, p], -1)
 
     def recurrent_weights(self, batch_size):
         u = self.weight_hh
