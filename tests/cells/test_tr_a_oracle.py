@@ -135,3 +135,20 @@ def test_every_cell_of_the_first_half_is_covered():
                   "lem", "ligru", "lightru", "mclstm", "mgu", "minimal_rnn"}
     assert first_half <= set(CELLS)
     assert first_half - set(CASES) == {"lem"}  # LEM: see test_tr_a_paper.py
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bench_baseline_runs_the_same_layer(name):
+    """rnnzoo.peers.torchrecurrent_a builds torchrecurrent's layer with our weights."""
+    pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the bench baseline")
+    from rnnzoo.bench import _BASELINES
+    from rnnzoo.peers import torchrecurrent_a  # noqa: F401  (registers the baselines)
+    from rnnzoo.registry import create
+
+    torch.manual_seed(0)
+    layer = create(name, d_model=5, hidden_size=5 if name == "intersection_rnn" else 4,
+                   **CASES[name][1]).double()
+    x = torch.randn(2, 6, 5, dtype=torch.float64)
+    run = dict(_BASELINES[name])["torchrecurrent"](layer, x)
+    with torch.no_grad():
+        torch.testing.assert_close(run(), layer(x)[0], rtol=1e-10, atol=1e-12)

@@ -64,6 +64,9 @@ def _factory(name: str):
         with torch.no_grad():
             for n, p in cell.named_parameters():
                 getattr(target, rename.get(n, n)).copy_(p)
+            for opt, value in kw.items():  # JANET's beta: a float here, a parameter there
+                if isinstance(getattr(target, opt, None), torch.nn.Parameter):
+                    getattr(target, opt).fill_(value)
         return lambda: layer.out_proj(peer(x)[0])
 
     return factory
