@@ -29,7 +29,7 @@ def step(cell, x, state):
 
 
 def test_cornn_step_solves_the_imex_equation():
-    """Rusch & Mishra 2021, eq. 3: z_n = z_{n-1} + dt (tanh(.) - gamma y_{n-1} - eps z_n),
+    """Rusch & Mishra 2021: z_n = z_{n-1} + dt (tanh(.) - gamma y_{n-1} - eps z_n),
     y_n = y_{n-1} + dt z_n: the damping is implicit in z_n."""
     dt, gamma, eps = 0.3, 0.7, 2.5
     cell = make("cornn", dt=dt, gamma=gamma, epsilon=eps)
@@ -45,7 +45,7 @@ def test_cornn_step_solves_the_imex_equation():
 
 
 def test_lem_step_is_the_papers():
-    """Rusch et al. 2022, eq. 3: y_n reads the new z_n."""
+    """Rusch et al. 2022: y_n reads the new z_n."""
     dt = 0.7
     cell = make("lem", dt=dt)
     u, y0, z0 = (torch.randn(3, n, dtype=F64) for n in (4, 5, 5))
@@ -151,7 +151,7 @@ def test_fastrnn_residual_weights_start_as_the_authors():
 
 
 def test_fastgrnn_step_is_the_papers():
-    """Kusupati et al. 2018, eq. 3: gate and candidate share W and U."""
+    """Kusupati et al. 2018: gate and candidate share W and U."""
     cell = make("fastgrnn")
     x, h0 = torch.randn(3, 4, dtype=F64), torch.randn(3, 5, dtype=F64)
     pre = x @ cell.weight_ih.T + h0 @ cell.weight_hh.T
@@ -187,7 +187,7 @@ def test_janet_chrono_init_and_fixed_beta():
 
 
 def test_mgu_candidate_reads_the_gated_state():
-    """Zhou et al. 2016, eq. 9: h~ = tanh(W_h x + U_h (f * h) + b)."""
+    """Zhou et al. 2016: h~ = tanh(W_h x + U_h (f * h) + b)."""
     cell = make("mgu")
     x, h0 = torch.randn(3, 4, dtype=F64), torch.randn(3, 5, dtype=F64)
     (w_f, w_h), (u_f, u_h) = cell.weight_ih.chunk(2), cell.weight_hh.chunk(2)

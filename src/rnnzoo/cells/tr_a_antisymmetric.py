@@ -7,17 +7,16 @@ Jacobian has purely imaginary eigenvalues (neither exploding nor vanishing);
 the diffusion gamma moves them slightly to the left:
 
     A   = W_hh - W_hh^T - gamma I
-    h_t = h_{t-1} + epsilon * tanh(W_ih x_t + b_ih + A h_{t-1} + b_hh)           (eq. 11)
+    h_t = h_{t-1} + epsilon * tanh(W_ih x_t + b_ih + A h_{t-1} + b_hh)
 
-gated (eq. 12), the gate and the candidate share A:
+gated, the gate and the candidate share A:
 
     z_t = sigmoid(W_ih^z x_t + b_ih^z + A h_{t-1})
     h_t = h_{t-1} + epsilon * z_t * tanh(W_ih^h x_t + b_ih^h + A h_{t-1} + b_hh)
 
 Initialisation as the paper's appendix C: W_ih ~ N(0, 1/input_size), W_hh ~
-N(0, sigma_w^2 / hidden_size), biases 0. Defaults epsilon = 0.1, gamma = 0.01
-lie in the paper's search grid (epsilon in {0.01, 0.1, 1}, gamma in {0.001,
-0.01, 0.1, 1}).
+N(0, sigma_w^2 / hidden_size), biases 0. Defaults: epsilon = 0.1 (from the
+paper's grid {0.01, 0.1, 1}) and a small diffusion gamma = 0.01.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 bistable recurrent cell allows for long-lasting memory", PLoS ONE 16(6):
 e0252676, arXiv:2006.05252).
 
-BRC (eq. 4), each neuron's feedback is its own (w_a, w_c are vectors):
+BRC: each neuron's feedback is its own (w_a, w_c are vectors):
 
     a_t = 1 + tanh(U_a x_t + w_a * h_{t-1})
     c_t = sigmoid(U_c x_t + w_c * h_{t-1})
     h_t = c_t * h_{t-1} + (1 - c_t) * tanh(U x_t + a_t * h_{t-1})
 
-nBRC (eq. 5) replaces w_a * h and w_c * h by full matrices W_a h, W_c h.
+nBRC replaces w_a * h and w_c * h by full matrices W_a h, W_c h.
 With a_t > 1 a neuron is bistable: h = tanh(a h) has two stable fixed points.
 
 Layouts as torchrecurrent: weight_ih (3*hidden, input) stacks [U_a; U_c; U],

@@ -2,12 +2,12 @@
 "FastGRNN: A Fast, Accurate, Stable and Tiny Kilobyte Sized Gated Recurrent
 Neural Network", NeurIPS 2018, arXiv:1901.02358).
 
-FastRNN (eq. 1) adds a weighted residual connection to an Elman step:
+FastRNN adds a weighted residual connection to an Elman step:
 
     h~_t = phi(W x_t + U h_{t-1} + b)
     h_t  = alpha * h~_t + beta * h_{t-1},     alpha = sigmoid(a), beta = sigmoid(b')
 
-FastGRNN (eq. 3) makes it a gate that reuses W and U:
+FastGRNN makes it a gate that reuses W and U:
 
     z_t  = sigmoid(W x_t + U h_{t-1} + b_z)
     h~_t = tanh(W x_t + U h_{t-1} + b_h)

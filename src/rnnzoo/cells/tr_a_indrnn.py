@@ -1,5 +1,5 @@
 """IndRNN (Li, Li, Cook, Zhu & Gao 2018, "Independently Recurrent Neural Network
-(IndRNN): Building A Longer and Deeper RNN", CVPR 2018, arXiv:1803.04831), eq. 2:
+(IndRNN): Building A Longer and Deeper RNN", CVPR 2018, arXiv:1803.04831):
 
     h_t = phi(W_ih x_t + b_ih + u * h_{t-1} + b_hh)
 

@@ -34,7 +34,7 @@ class _Stacked(HoistedCell):
 @cell("janet", paper="van der Westhuizen & Lasenby 2018, arXiv:1804.04849",
       tiny={"hidden_size": 5})
 class JANET(_Stacked):
-    """JANET, "just another network" (van der Westhuizen & Lasenby 2018, eq. 9): an LSTM
+    """JANET, "just another network" (van der Westhuizen & Lasenby 2018): an LSTM
     with the forget gate only, the input gate tied to it through a shift beta.
 
         s_t = U_f h_{t-1} + W_f x_t + b_f

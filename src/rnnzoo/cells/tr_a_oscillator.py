@@ -15,7 +15,7 @@ from rnnzoo.cells.tr_a_base import HoistedCell, check_positive, linear, maybe_bi
 
 @cell("cornn", paper="Rusch & Mishra 2021, ICLR, arXiv:2010.00951", tiny={"hidden_size": 5})
 class CoRNN(HoistedCell):
-    """Coupled oscillatory RNN (Rusch & Mishra 2021, eq. 3), an IMEX step of
+    """Coupled oscillatory RNN (Rusch & Mishra 2021), an IMEX step of
     y'' = tanh(W y + W_z y' + V u + b) - gamma y - epsilon y':
 
         z_t = z_{t-1} + dt * (tanh(W_ih x_t + W_hh y_{t-1} + W_ch z_{t-1} + b)
@@ -70,7 +70,7 @@ class CoRNN(HoistedCell):
 @cell("lem", paper="Rusch, Mishra, Erichson & Mahoney 2022, ICLR, arXiv:2110.04744",
       tiny={"hidden_size": 5})
 class LEM(HoistedCell):
-    """Long expressive memory (Rusch et al. 2022, eq. 3), multiscale steps of two ODEs:
+    """Long expressive memory (Rusch et al. 2022), multiscale steps of two ODEs:
 
         dt_y = dt * sigmoid(W_1 y_{n-1} + V_1 u_n + b_1)
         dt_z = dt * sigmoid(W_2 y_{n-1} + V_2 u_n + b_2)

@@ -49,7 +49,7 @@ class _GatedCell(HoistedCell):
 @cell("atr", paper="Zhang, Xiong, Su, Lin & Zhang 2018, EMNLP, arXiv:1810.12546",
       tiny={"hidden_size": 5})
 class ATR(_GatedCell):
-    """Addition-subtraction twin-gated recurrent unit (Zhang et al. 2018, eq. 2):
+    """Addition-subtraction twin-gated recurrent unit (Zhang et al. 2018):
 
         p_t = W_ih x_t + b_ih,   q_t = W_hh h_{t-1} + b_hh
         i_t = sigmoid(p_t + q_t),   f_t = sigmoid(p_t - q_t)
@@ -82,7 +82,7 @@ class ATR(_GatedCell):
 
 @cell("cfn", paper="Laurent & von Brecht 2017, ICLR, arXiv:1612.06212", tiny={"hidden_size": 5})
 class CFN(_GatedCell):
-    """Chaos-free network (Laurent & von Brecht 2017, eq. 2):
+    """Chaos-free network (Laurent & von Brecht 2017):
 
         theta_t = sigmoid(U_theta h_{t-1} + V_theta x_t + b_theta)
         eta_t   = sigmoid(U_eta h_{t-1} + V_eta x_t + b_eta)
@@ -114,7 +114,7 @@ class CFN(_GatedCell):
 @cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
       tiny={"hidden_size": 5})
 class LiGRU(_GatedCell):
-    """Light GRU (Ravanelli et al. 2018, eqs. 5-7): a GRU without reset gate, ReLU candidate.
+    """Light GRU (Ravanelli et al. 2018): a GRU without reset gate, ReLU candidate.
 
         z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
         c_t = relu(W_h x_t + U_h h_{t-1} + b_h)
@@ -179,7 +179,7 @@ class LightRU(_GatedCell):
 
 @cell("mgu", paper="Zhou, Wu, Zhang & Zhou 2016, arXiv:1603.09420", tiny={"hidden_size": 5})
 class MGU(_GatedCell):
-    """Minimal gated unit (Zhou et al. 2016, eq. 9): one forget gate.
+    """Minimal gated unit (Zhou et al. 2016): one forget gate.
 
         f_t = sigmoid(W_f x_t + U_f h_{t-1} + b_f)
         c_t = tanh(W_h x_t + U_h (f_t * h_{t-1}) + b_h)
@@ -208,7 +208,7 @@ class MGU(_GatedCell):
 
 @cell("minimal_rnn", paper="Chen 2017, arXiv:1711.06788", tiny={"hidden_size": 5})
 class MinimalRNN(_GatedCell):
-    """MinimalRNN (Chen 2017, eq. 1): the input is mapped to a latent z_t, then one gate.
+    """MinimalRNN (Chen 2017): the input is mapped to a latent z_t, then one gate.
 
         z_t = tanh(W_ih x_t + b_ih)
         u_t = sigmoid(W_hh h_{t-1} + W_mm z_t + b_hh)
