@@ -1,0 +1,110 @@
+"""Bistable recurrent cells (Vecoven, Ernst & Drion 2021, "A bio-inspired
+bistable recurrent cell allows for long-lasting memory", PLoS ONE 16(6):
+e0252676, arXiv:2006.05252).
+
+BRC: each neuron's feedback is its own (w_a, w_c are vectors):
+
+    a_t = 1 + tanh(U_a x_t + w_a * h_{t-1})
+    c_t = sigmoid(U_c x_t + w_c * h_{t-1})
+    h_t = c_t * h_{t-1} + (1 - c_t) * tanh(U x_t + a_t * h_{t-1})
+
+nBRC replaces w_a * h and w_c * h by full matrices W_a h, W_c h.
+With a_t > 1 a neuron is bistable: h = tanh(a h) has two stable fixed points.
+
+Layouts as torchrecurrent: weight_ih (3*hidden, input) stacks [U_a; U_c; U],
+bias_ih (3*hidden) likewise; weight_hh is [w_a; w_c] (2*hidden) for BRC and
+[W_a; W_c] (2*hidden, hidden) for nBRC; bias_hh (2*hidden) is added to a and c.
+Initialisation as the authors' code: Glorot-uniform U blocks and W_a, W_c,
+w_a = w_c = 1, biases 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, linear, maybe_bias
+
+PAPER = "Vecoven, Ernst & Drion 2021, PLoS ONE 16(6):e0252676, arXiv:2006.05252"
+
+
+class _Bistable(HoistedCell):
+    """The step uses 1 + tanh(v) = 2 sigmoid(2 v): the a-gate's pre-activation is
+    doubled once per sequence and a_t * h_{t-1} = 2 sigmoid(.) * h_{t-1}."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(self._weight_hh_shape()))
+        self.bias_ih = maybe_bias(3 * H, bias)
+        self.bias_hh = maybe_bias(2 * H, bias)
+        for block in self.weight_ih.data.chunk(3):
+            nn.init.xavier_uniform_(block)
+
+    def project(self, x):
+        """(..., I) -> (..., 3H): [2 (U_a x + b_a), U_c x + b_c, U x + b]."""
+        a, c, u = linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        if self.bias_hh is not None:
+            b_a, b_c = self.bias_hh.chunk(2)
+            a, c = a + b_a, c + b_c
+        return torch.cat([2 * a, c, u], -1)
+
+    def _candidate(self, half_a, u, h, c_gate):
+        """h_t from sigmoid(2 a_pre) = a_t / 2, U x_t + b, h_{t-1} and c_t."""
+        cand = torch.tanh(torch.addcmul(u, half_a, h, value=2))
+        return (torch.lerp(cand, h, c_gate),)
+
+
+@cell("br", paper=PAPER, tiny={"hidden_size": 5})
+class BR(_Bistable):
+    """Bistable recurrent cell (BRC): a_t, c_t see only each neuron's own h_{t-1}.
+    State: h (B, hidden_size). d h_t / d h_{t-1} is diagonal."""
+
+    jacobian_structure = "diag"
+
+    def _weight_hh_shape(self):
+        return (2 * self.hidden_size,)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        nn.init.ones_(self.weight_hh)
+        self.xp_sizes = (hidden_size,) * 3
+
+    def recurrent_weights(self, batch_size):
+        """2 w_a and w_c, each expanded to (B, H)."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (2 * w_a).expand(batch_size, -1), w_c.expand(batch_size, -1)
+
+    def recur_with(self, xp_parts, state, w):
+        h = state[0]
+        a2, c, u = xp_parts
+        half_a = torch.sigmoid(torch.addcmul(a2, w[0], h))
+        return self._candidate(half_a, u, h, torch.sigmoid(torch.addcmul(c, w[1], h)))
+
+
+@cell("nbr", paper=PAPER, tiny={"hidden_size": 5})
+class NBR(_Bistable):
+    """Neuromodulated bistable recurrent cell (nBRC): a_t, c_t see the whole h_{t-1}
+    through W_a, W_c (one matrix product per step). State: h (B, hidden_size)."""
+
+    def _weight_hh_shape(self):
+        return (2 * self.hidden_size, self.hidden_size)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        for block in self.weight_hh.data.chunk(2):
+            nn.init.xavier_uniform_(block)
+        self.xp_sizes = (2 * hidden_size, hidden_size)
+
+    def recurrent_weights(self, batch_size):
+        """[2 W_a; W_c]^T (H, 2H)."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (torch.cat([2 * w_a, w_c]).T,)
+
+    def recur_with(self, xp_parts, state, w):
+        h = state[0]
+        ac, u = xp_parts
+        half_a, c = torch.sigmoid(torch.addmm(ac, h, w[0])).chunk(2, -1)
+        return self._candidate(half_a, u, h, c)

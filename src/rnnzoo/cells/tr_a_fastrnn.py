@@ -1,0 +1,129 @@
+"""FastRNN and FastGRNN (Kusupati, Singh, Bhatia, Kumar, Jain & Varma 2018,
+"FastGRNN: A Fast, Accurate, Stable and Tiny Kilobyte Sized Gated Recurrent
+Neural Network", NeurIPS 2018, arXiv:1901.02358).
+
+FastRNN adds a weighted residual connection to an Elman step:
+
+    h~_t = phi(W x_t + U h_{t-1} + b)
+    h_t  = alpha * h~_t + beta * h_{t-1},     alpha = sigmoid(a), beta = sigmoid(b')
+
+FastGRNN makes it a gate that reuses W and U:
+
+    z_t  = sigmoid(W x_t + U h_{t-1} + b_z)
+    h~_t = tanh(W x_t + U h_{t-1} + b_h)
+    h_t  = (zeta * (1 - z_t) + nu) * h~_t + z_t * h_{t-1},   zeta = sigmoid(z'), nu = sigmoid(n')
+
+alpha, beta, zeta, nu are trainable scalars kept in (0, 1) through a sigmoid,
+as the authors' EdgeML code; their initial raw values are EdgeML's
+(alpha_init=-3, beta_init=3: alpha ~ 0.05, beta ~ 0.95; zeta_init=1, nu_init=-4),
+as are W, U ~ N(0, 0.1^2) and the input biases set to 1. (torchrecurrent 0.2.5
+starts from alpha_init=3, beta_init=-3, and gates FastGRNN with tanh by default.)
+One matrix product per step; sigmoid(alpha) etc. are computed once per sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_a_base import HoistedCell, activation, linear, maybe_bias
+
+PAPER = "Kusupati et al. 2018, NeurIPS, arXiv:1901.02358"
+
+
+def _scalar(value: float, arg: str) -> nn.Parameter:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{arg} must be a number, got {value!r}")
+    return nn.Parameter(torch.full((1,), float(value)))
+
+
+class _Fast(HoistedCell):
+    n_bias = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool):
+        super().__init__(input_size, hidden_size)
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.randn(H, input_size) * 0.1)
+        self.weight_hh = nn.Parameter(torch.randn(H, H) * 0.1)
+        self.bias_ih = maybe_bias(self.n_bias * H, bias)
+        self.bias_hh = maybe_bias(self.n_bias * H, bias)
+        if self.bias_ih is not None:
+            nn.init.ones_(self.bias_ih)
+
+
+@cell("fastrnn", paper=PAPER, tiny={"hidden_size": 5})
+class FastRNN(_Fast):
+    """h_t = sigmoid(alpha) * phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) + sigmoid(beta) * h_{t-1}.
+
+    Options: nonlinearity phi ("tanh", "sigmoid" or "relu"), alpha_init, beta_init
+    (raw values before the sigmoid). State: h (B, hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", alpha_init: float = -3.0, beta_init: float = 3.0):
+        super().__init__(input_size, hidden_size, bias)
+        self.nonlinearity = nonlinearity
+        self._phi = activation("nonlinearity", nonlinearity, ("tanh", "sigmoid", "relu"))
+        self.alpha = _scalar(alpha_init, "alpha_init")
+        self.beta = _scalar(beta_init, "beta_init")
+
+    def project(self, x):
+        return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
+
+    def recurrent_weights(self, batch_size):
+        shape = (batch_size, self.hidden_size)
+        return (torch.sigmoid(self.alpha).expand(shape), torch.sigmoid(self.beta).expand(shape),
+                self.weight_hh.T)
+
+    def recur_with(self, xp_parts, state, w):
+        h = state[0]
+        alpha, beta, u = w
+        cand = self._phi(torch.addmm(xp_parts[0], h, u))
+        return (torch.addcmul(beta * h, alpha, cand),)
+
+
+@cell("fastgrnn", paper=PAPER, tiny={"hidden_size": 5})
+class FastGRNN(_Fast):
+    """z_t = sigma_g(W_ih x_t + W_hh h_{t-1} + b_z),  h~_t = sigma_u(W_ih x_t + W_hh h_{t-1} + b_h),
+    h_t = (sigmoid(zeta) (1 - z_t) + sigmoid(nu)) h~_t + z_t h_{t-1}.
+
+    bias_ih, bias_hh (2*hidden) are [b_z; b_h] (summed). Options: gate_nonlinearity
+    sigma_g ("sigmoid", the paper's), update_nonlinearity sigma_u ("tanh"),
+    zeta_init, nu_init. State: h (B, hidden_size).
+    """
+
+    n_bias = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 gate_nonlinearity: str = "sigmoid", update_nonlinearity: str = "tanh",
+                 zeta_init: float = 1.0, nu_init: float = -4.0):
+        super().__init__(input_size, hidden_size, bias)
+        allowed = ("sigmoid", "tanh", "relu")
+        self.gate_nonlinearity, self.update_nonlinearity = gate_nonlinearity, update_nonlinearity
+        self._gate = activation("gate_nonlinearity", gate_nonlinearity, allowed)
+        self._update = activation("update_nonlinearity", update_nonlinearity, allowed)
+        self.zeta = _scalar(zeta_init, "zeta_init")
+        self.nu = _scalar(nu_init, "nu_init")
+
+    def project(self, x):
+        """(..., I) -> (..., 2H): W x + b_z, W x + b_h."""
+        xp = linear(x, self.weight_ih)
+        biases = [b for b in (self.bias_ih, self.bias_hh) if b is not None]
+        xp = torch.cat([xp, xp], -1)
+        return xp + sum(biases[1:], biases[0]) if biases else xp
+
+    def recurrent_weights(self, batch_size):
+        """[U; U]^T (H, 2H): z and h~ share U h in one product; zeta, zeta + nu as (B, H)."""
+        shape = (batch_size, self.hidden_size)
+        zeta, nu = torch.sigmoid(self.zeta), torch.sigmoid(self.nu)
+        u = self.weight_hh
+        return torch.cat([u, u]).T, zeta.expand(shape), (zeta + nu).expand(shape)
+
+    def recur_with(self, xp_parts, state, w):
+        h = state[0]
+        uu, zeta, zeta_nu = w
+        z, cand = torch.addmm(xp_parts[0], h, uu).chunk(2, -1)
+        z, cand = self._gate(z), self._update(cand)
+        # (zeta (1 - z) + nu) h~ + z h  =  (zeta + nu) h~ + z (h - zeta h~)
+        return (torch.addcmul(zeta_nu * cand, z, torch.addcmul(h, zeta, cand, value=-1)),)
