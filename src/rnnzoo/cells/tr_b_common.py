@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.cells.base import Cell
+
 
 def identity(t: torch.Tensor) -> torch.Tensor:
     return t
@@ -64,3 +66,43 @@ def add_bias(t: torch.Tensor, *bs) -> torch.Tensor:
         if b is not None:
             t = t + b
     return t
+
+
+class SplitCell(Cell):
+    """A cell whose projected input comes in pieces and whose recurrent weights are
+    prepared once per sequence, so that the time loop holds no slicing or transposing
+    of parameters (each would add an autograd node, and a full-size zero-filled
+    gradient, per step).
+
+    Subclasses define `pieces()` (the widths of project's output, in order),
+    `weights()` (a tuple of the tensors the step reads, e.g. transposed matrices)
+    and `transition(parts, state, w)`; `out(state, w)` if the output is not state[0].
+    `recur` and `output` (the protocol's one-step form) call the same `transition`/`out`.
+    """
+
+    def pieces(self) -> list[int]:
+        raise NotImplementedError
+
+    def weights(self) -> tuple:
+        raise NotImplementedError
+
+    def transition(self, parts: tuple, state: tuple, w: tuple) -> tuple:
+        raise NotImplementedError
+
+    def out(self, state: tuple, w: tuple) -> torch.Tensor:
+        return state[0]
+
+    def recur(self, xp_t, state):
+        return self.transition(xp_t.split(self.pieces(), -1), state, self.weights())
+
+    def output(self, state):
+        return self.out(state, self.weights())
+
+    def loop(self, x, state):
+        w = self.weights()
+        columns = [p.unbind(1) for p in self.project(x).split(self.pieces(), -1)]
+        outputs = []
+        for parts in zip(*columns):
+            state = self.transition(parts, state, w)
+            outputs.append(self.out(state, w))
+        return torch.stack(outputs, 1), state

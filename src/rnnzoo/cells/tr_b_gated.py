@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 
-class _SingleGate(Cell):
+class _SingleGate(SplitCell):
     input_rows = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -43,12 +43,16 @@ class _SingleGate(Cell):
         self.bias_hh = bias_param(H, bias)
         glorot_init_(self)
 
-    def recur(self, xp_t, state):
-        """xp_t = [candidate, gate pre-activation from x]: h = tanh(h + k (candidate - h))."""
-        h = state[0]
-        H = self.hidden_size
-        candidate = xp_t[:, :H]
-        k = torch.sigmoid(torch.addmm(xp_t[:, H:], h, self.weight_hh.T))
+    def pieces(self):
+        return [self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        """parts = (candidate, gate pre-activation from x): h = tanh(h + k (candidate - h))."""
+        (candidate, gate_x), h = parts, state[0]
+        k = torch.sigmoid(torch.addmm(gate_x, h, w[0]))
         return (torch.tanh(torch.addcmul(h, k, candidate - h)),)
 
 
@@ -73,9 +77,7 @@ class SGRN(_SingleGate):
         u = add_bias(x @ self.weight_ih.T, self.bias_ih)
         return torch.cat([u, add_bias(u, self.bias_hh)], -1)
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        u = xp_t[:, :H]
-        f = torch.sigmoid(torch.addmm(xp_t[:, H:], h, self.weight_hh.T))
+    def transition(self, parts, state, w):
+        (u, gate_x), h = parts, state[0]
+        f = torch.sigmoid(torch.addmm(gate_x, h, w[0]))
         return (torch.tanh(torch.addcmul(u, f, h - u)),)

@@ -41,11 +41,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 
-class _LSTMBase(Cell):
+class _LSTMBase(SplitCell):
     gates = 4
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -60,6 +60,12 @@ class _LSTMBase(Cell):
     def project(self, x):
         return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
+    def pieces(self):
+        return [self.gates * self.hidden_size]
+
+    def weights(self):
+        return (self.weight_hh.T,)
+
 
 @cell("original_lstm", paper="Hochreiter & Schmidhuber 1997, Neural Computation 9(8)")
 class OriginalLSTM(_LSTMBase):
@@ -71,9 +77,9 @@ class OriginalLSTM(_LSTMBase):
         super().__init__(input_size, hidden_size, bias)
         glorot_init_(self)
 
-    def recur(self, xp_t, state):
+    def transition(self, parts, state, w):
         h, c = state
-        i, g, o = torch.addmm(xp_t, h, self.weight_hh.T).chunk(3, 1)
+        i, g, o = torch.addmm(parts[0], h, w[0]).chunk(3, 1)
         c = torch.addcmul(c, torch.sigmoid(i), torch.tanh(g))
         return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -85,23 +91,26 @@ class _Peephole(_LSTMBase):
         glorot_init_(self)
         nn.init.uniform_(self.weight_ph, -0.1, 0.1)
 
-    def _cell(self, xp_t, h, c):
+    def weights(self):
+        return (self.weight_hh.T, *self.weight_ph.chunk(3))
+
+    @staticmethod
+    def _cell(gates_x, h, c, w):
         """c_t and the output gate's pre-activation (peephole on c_t included)."""
-        H = self.hidden_size
-        g = torch.addmm(xp_t[:, :4 * H], h, self.weight_hh.T)
-        p = self.weight_ph
-        i = torch.sigmoid(torch.addcmul(g[:, :H], c, p[:H]))
-        f = torch.sigmoid(torch.addcmul(g[:, H:2 * H], c, p[H:2 * H]))
-        c = torch.addcmul(f * c, i, torch.tanh(g[:, 2 * H:3 * H]))
-        return c, torch.addcmul(g[:, 3 * H:], c, p[2 * H:])
+        w_hh, p_i, p_f, p_o = w[:4]
+        gi, gf, gc, go = torch.addmm(gates_x, h, w_hh).chunk(4, 1)
+        i = torch.sigmoid(torch.addcmul(gi, c, p_i))
+        f = torch.sigmoid(torch.addcmul(gf, c, p_f))
+        c = torch.addcmul(f * c, i, torch.tanh(gc))
+        return c, torch.addcmul(go, c, p_o)
 
 
 @cell("peephole_lstm", paper="Gers & Schmidhuber 2000, IJCNN (Recurrent nets that time and count)")
 class PeepholeLSTM(_Peephole):
     """LSTM with peephole connections from the cell to the gates. State: (h, c)."""
 
-    def recur(self, xp_t, state):
-        c, o = self._cell(xp_t, *state)
+    def transition(self, parts, state, w):
+        c, o = self._cell(parts[0], *state, w)
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
@@ -120,14 +129,20 @@ class ResLSTM(_Peephole):
     def project(self, x):
         return torch.cat([super().project(x), x @ self.weight_res.T], -1)
 
-    def recur(self, xp_t, state):
-        c, o = self._cell(xp_t, *state)
-        residual = xp_t[:, 4 * self.hidden_size:]
-        return torch.sigmoid(o) * torch.addmm(residual, torch.tanh(c), self.weight_proj.T), c
+    def pieces(self):
+        return [4 * self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        return super().weights() + (self.weight_proj.T,)
+
+    def transition(self, parts, state, w):
+        gates_x, residual = parts
+        c, o = self._cell(gates_x, *state, w)
+        return torch.sigmoid(o) * torch.addmm(residual, torch.tanh(c), w[4]), c
 
 
 @cell("multiplicative_lstm", paper="Krause et al. 2016, arXiv:1609.07959")
-class MultiplicativeLSTM(Cell):
+class MultiplicativeLSTM(SplitCell):
     """mLSTM: an LSTM whose gates read m_t = (W_mx x_t) * (W_mh h_{t-1}). State: (h, c)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -147,13 +162,16 @@ class MultiplicativeLSTM(Cell):
         xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_mh)], -1)
 
-    def recur(self, xp_t, state):
-        h, c = state
-        H = self.hidden_size
-        hh = h @ self.weight_hh.T if self.bias_hh is None else \
-            torch.addmm(self.bias_hh, h, self.weight_hh.T)
-        m = xp_t[:, :H] * hh
-        i, f, g, o = torch.addmm(xp_t[:, H:], m, self.weight_mh.T).chunk(4, 1)
+    def pieces(self):
+        return [self.hidden_size, 4 * self.hidden_size]
+
+    def weights(self):
+        return self.weight_hh.T, self.weight_mh.T
+
+    def transition(self, parts, state, w):
+        (m_x, gates_x), (h, c), (w_hh, w_mh) = parts, state, w
+        hh = h @ w_hh if self.bias_hh is None else torch.addmm(self.bias_hh, h, w_hh)
+        i, f, g, o = torch.addmm(gates_x, m_x * hh, w_mh).chunk(4, 1)
         c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
         return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -168,18 +186,22 @@ class WMCLSTM(_LSTMBase):
         self.bias_mh = bias_param(3 * hidden_size, bias)
         glorot_init_(self)
 
-    def _memory(self, c, rows):
-        w = self.weight_mh[rows]
-        return torch.tanh(c @ w.T if self.bias_mh is None else
-                          torch.addmm(self.bias_mh[rows], c, w.T))
-
-    def recur(self, xp_t, state):
-        h, c = state
+    def weights(self):
         H = self.hidden_size
-        g = torch.addmm(xp_t, h, self.weight_hh.T)
-        mem = self._memory(c, slice(0, 2 * H))
-        i = torch.sigmoid(g[:, :H] + mem[:, :H])
-        f = torch.sigmoid(g[:, H:2 * H] + mem[:, H:])
-        c = torch.addcmul(f * c, i, torch.tanh(g[:, 2 * H:3 * H]))
-        o = torch.sigmoid(g[:, 3 * H:] + self._memory(c, slice(2 * H, 3 * H)))
+        v_if, v_o = self.weight_mh.T.split([2 * H, H], 1)
+        b_if, b_o = (None, None) if self.bias_mh is None else self.bias_mh.split([2 * H, H])
+        return self.weight_hh.T, v_if, v_o, b_if, b_o
+
+    @staticmethod
+    def _memory(c, v, b):
+        """tanh(V c + b): the working-memory connection."""
+        return torch.tanh(c @ v if b is None else torch.addmm(b, c, v))
+
+    def transition(self, parts, state, w):
+        (h, c), (w_hh, v_if, v_o, b_if, b_o) = state, w
+        gi, gf, gc, go = torch.addmm(parts[0], h, w_hh).chunk(4, 1)
+        mi, mf = self._memory(c, v_if, b_if).chunk(2, 1)
+        i, f = torch.sigmoid(gi + mi), torch.sigmoid(gf + mf)
+        c = torch.addcmul(f * c, i, torch.tanh(gc))
+        o = torch.sigmoid(go + self._memory(c, v_o, b_o))
         return o * torch.tanh(c), c

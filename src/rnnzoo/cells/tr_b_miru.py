@@ -22,13 +22,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, check_real, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real, glorot_init_
 
 PAPER = "Zhang et al. 2026, Neurocomputing, doi:10.1016/j.neucom.2026.132847"
 
 
-class _MiRU(Cell):
+class _MiRU(SplitCell):
     gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -46,6 +46,12 @@ class _MiRU(Cell):
         # every bias enters linearly next to W x, so all of them fold in here
         return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
+    def pieces(self):
+        return [self.gates * self.hidden_size]
+
+    def weights(self):
+        return self.weight_hh.T.split(self.hidden_size, 1)
+
     def _mix(self, h, candidate):
         lam = self.update_coefficient
         return torch.add(candidate * (1.0 - lam), h, alpha=lam)
@@ -58,12 +64,13 @@ class MiRU1(_MiRU):
 
     gates = 2
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        xr, xh = xp_t[:, :H], xp_t[:, H:]
-        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh[:H].T))
-        candidate = torch.tanh(torch.addmm(xh, r * h, self.weight_hh[H:].T))
+    def pieces(self):
+        return [self.hidden_size, self.hidden_size]
+
+    def transition(self, parts, state, w):
+        (xr, xh), h, (u_r, u_h) = parts, state[0], w
+        r = torch.sigmoid(torch.addmm(xr, h, u_r))
+        candidate = torch.tanh(torch.addmm(xh, r * h, u_h))
         return (self._mix(h, candidate),)
 
 
@@ -72,15 +79,12 @@ class MiRU2(_MiRU):
     """MiRU2: GRU with fixed update (lambda) and reset (theta) coefficients.
     See the module docstring. State: h (B, H)."""
 
-    jacobian_structure = "dense"
-
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  update_coefficient: float = 0.5, reset_coefficient: float = 0.5):
         super().__init__(input_size, hidden_size, bias, update_coefficient)
         self.reset_coefficient = check_real("reset_coefficient", reset_coefficient)
 
-    def recur(self, xp_t, state):
+    def transition(self, parts, state, w):
         h = state[0]
-        candidate = torch.tanh(torch.addmm(xp_t, h, self.weight_hh.T,
-                                           alpha=self.reset_coefficient))
+        candidate = torch.tanh(torch.addmm(parts[0], h, w[0], alpha=self.reset_coefficient))
         return (self._mix(h, candidate),)

@@ -28,13 +28,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 PAPER = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of RNN Architectures)"
 
 
-class _MUT(Cell):
+class _MUT(SplitCell):
     recurrent_gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -49,10 +49,16 @@ class _MUT(Cell):
     def project(self, x):
         return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def _update(self, h, z, r, xh):
+    def pieces(self):
+        return [self.hidden_size] * 3
+
+    def weights(self):
+        return self.weight_hh.T.split(self.hidden_size, 1)
+
+    @staticmethod
+    def _update(h, z, r, xh, w_hh):
         """h_t = z * tanh(xh + W_hh (r * h)) + (1 - z) * h."""
-        H = self.hidden_size
-        candidate = torch.tanh(torch.addmm(xh, r * h, self.weight_hh[-H:].T))
+        candidate = torch.tanh(torch.addmm(xh, r * h, w_hh))
         return torch.addcmul(h, z, candidate - h)
 
 
@@ -71,32 +77,34 @@ class MUT1(_MUT):
                       None if self.bias_hh is None else self.bias_hh[H:])
         return torch.cat([z, xr, xh], -1)
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        z, xr, xh = xp_t[:, :H], xp_t[:, H:2 * H], xp_t[:, 2 * H:]
-        r = torch.sigmoid(torch.addmm(xr, h, self.weight_hh[:H].T))
-        return (self._update(h, z, r, xh),)
+    def transition(self, parts, state, w):
+        (z, xr, xh), h, (w_hr, w_hh) = parts, state[0], w
+        r = torch.sigmoid(torch.addmm(xr, h, w_hr))
+        return (self._update(h, z, r, xh, w_hh),)
 
 
 @cell("mut2", paper=PAPER)
 class MUT2(_MUT):
     """MUT2 (see the module docstring). State: h (B, H)."""
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        zr = torch.sigmoid(torch.addmm(xp_t[:, :2 * H], h, self.weight_hh[:2 * H].T))
-        return (self._update(h, zr[:, :H], zr[:, H:], xp_t[:, 2 * H:]),)
+    def pieces(self):
+        return [2 * self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        return self.weight_hh.T.split([2 * self.hidden_size, self.hidden_size], 1)
+
+    def transition(self, parts, state, w):
+        (xzr, xh), h, (w_zr, w_hh) = parts, state[0], w
+        z, r = torch.sigmoid(torch.addmm(xzr, h, w_zr)).chunk(2, 1)
+        return (self._update(h, z, r, xh, w_hh),)
 
 
 @cell("mut3", paper=PAPER)
 class MUT3(_MUT):
     """MUT3 (see the module docstring): the update gate sees tanh(h_{t-1}). State: h (B, H)."""
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        z = torch.sigmoid(torch.addmm(xp_t[:, :H], torch.tanh(h), self.weight_hh[:H].T))
-        r = torch.sigmoid(torch.addmm(xp_t[:, H:2 * H], h, self.weight_hh[H:2 * H].T))
-        return (self._update(h, z, r, xp_t[:, 2 * H:]),)
+    def transition(self, parts, state, w):
+        (xz, xr, xh), h, (w_hz, w_hr, w_hh) = parts, state[0], w
+        z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), w_hz))
+        r = torch.sigmoid(torch.addmm(xr, h, w_hr))
+        return (self._update(h, z, r, xh, w_hh),)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 
 @cell("nas", paper="Zoph & Le 2017, arXiv:1611.01578")
-class NAS(Cell):
+class NAS(SplitCell):
     """NAS cell (see the module docstring). State: (h, c), each (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -40,9 +40,15 @@ class NAS(Cell):
     def project(self, x):
         return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def recur(self, xp_t, state):
+    def pieces(self):
+        return [8 * self.hidden_size]
+
+    def weights(self):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
         h, c = state
-        g = torch.addmm(xp_t, h, self.weight_hh.T).chunk(8, 1)
+        g = torch.addmm(parts[0], h, w[0]).chunk(8, 1)
         l0 = torch.sigmoid(g[0]) * torch.relu(g[1])
         l1 = torch.sigmoid(g[2]) + torch.relu(g[3])
         l2 = torch.tanh(g[4]) * torch.sigmoid(g[5])

@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import activation, add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, activation, add_bias, bias_param, glorot_init_
 
 
 @cell("ran", paper="Lee, Levy & Zettlemoyer 2017, arXiv:1705.07393")
-class RAN(Cell):
+class RAN(SplitCell):
     """RAN (see the module docstring). State: (h, c), each (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -44,9 +44,14 @@ class RAN(Cell):
         xp = x @ self.weight_ih.T
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_ih, self.bias_hh)], -1)
 
-    def recur(self, xp_t, state):
-        h, c = state
-        H = self.hidden_size
-        i, f = torch.sigmoid(torch.addmm(xp_t[:, H:], h, self.weight_hh.T)).chunk(2, 1)
-        c = torch.addcmul(f * c, i, xp_t[:, :H])
+    def pieces(self):
+        return [self.hidden_size, 2 * self.hidden_size]
+
+    def weights(self):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        (content, gates_x), (h, c) = parts, state
+        i, f = torch.sigmoid(torch.addmm(gates_x, h, w[0])).chunk(2, 1)
+        c = torch.addcmul(f * c, i, content)
         return self.g(c), c

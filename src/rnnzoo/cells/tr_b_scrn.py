@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, check_real, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real, glorot_init_
 
 
 @cell("scrn", paper="Mikolov et al. 2015, arXiv:1412.7753", tiny={"context_size": 3})
-class SCRN(Cell):
+class SCRN(SplitCell):
     """SCRN (see the module docstring). State: (h (B, H), s (B, S)); output y (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -53,16 +53,21 @@ class SCRN(Cell):
         b_h = None if self.bias_hh is None else self.bias_hh[:H]
         return torch.cat([xp[..., :S] * (1.0 - self.alpha), add_bias(xp[..., S:], b_h)], -1)
 
-    def recur(self, xp_t, state):
-        h, s = state
-        S, H = self.context_size, self.hidden_size
-        s = torch.add(xp_t[:, :S], s, alpha=self.alpha)
-        h = torch.sigmoid(torch.addmm(torch.addmm(xp_t[:, S:], s, self.weight_ch[:H].T),
-                                      h, self.weight_hh[:H].T))
+    def pieces(self):
+        return [self.context_size, self.hidden_size]
+
+    def weights(self):
+        """R, U (from h), P, V (from s), b_y."""
+        H = self.hidden_size
+        b_y = None if self.bias_hh is None else self.bias_hh[H:]
+        return (*self.weight_hh.T.split(H, 1), *self.weight_ch.T.split(H, 1), b_y)
+
+    def transition(self, parts, state, w):
+        (context_x, hidden_x), (h, s), (r, _, p, _, _) = parts, state, w
+        s = torch.add(context_x, s, alpha=self.alpha)
+        h = torch.sigmoid(torch.addmm(torch.addmm(hidden_x, s, p), h, r))
         return h, s
 
-    def output(self, state):
-        h, s = state
-        H = self.hidden_size
-        y = torch.addmm(h @ self.weight_hh[H:].T, s, self.weight_ch[H:].T)
-        return torch.tanh(add_bias(y, None if self.bias_hh is None else self.bias_hh[H:]))
+    def out(self, state, w):
+        (h, s), (_, u, _, v, b_y) = state, w
+        return torch.tanh(add_bias(torch.addmm(h @ u, s, v), b_y))

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 PAPER = "Gao & Glowacka 2016, arXiv:1604.02910"
 
 
 @cell("sgu", paper=PAPER)
-class SGU(Cell):
+class SGU(SplitCell):
     """SGU (see the module docstring). State: h (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
@@ -48,17 +48,23 @@ class SGU(Cell):
         b_z = None if self.bias_hh is None else self.bias_hh[H:]
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], b_z)], -1)
 
-    def _out(self, gated):
+    def pieces(self):
+        return [self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        """U_g, U_z, b_zg, and U_o (DSGU)."""
+        b_g = None if self.bias_hh is None else self.bias_hh[:self.hidden_size]
+        return (*self.weight_hh.T.split(self.hidden_size, 1), b_g, None)
+
+    @staticmethod
+    def _out(gated, w_o):
         return F.softplus(gated)
 
-    def recur(self, xp_t, state):
-        h = state[0]
-        H = self.hidden_size
-        x_g, x_z = xp_t[:, :H], xp_t[:, H:]
-        w_g = self.weight_hh[:H].T
-        pre = x_g * h @ w_g if self.bias_hh is None else torch.addmm(self.bias_hh[:H], x_g * h, w_g)
-        z_out = self._out(torch.tanh(pre) * h)
-        z = F.hardsigmoid(torch.addmm(x_z, h, self.weight_hh[H:].T))
+    def transition(self, parts, state, w):
+        (x_g, x_z), h, (u_g, u_z, b_g, w_o) = parts, state[0], w
+        pre = x_g * h @ u_g if b_g is None else torch.addmm(b_g, x_g * h, u_g)
+        z_out = self._out(torch.tanh(pre) * h, w_o)
+        z = F.hardsigmoid(torch.addmm(x_z, h, u_z))
         return (torch.addcmul(h, z, z_out - h),)
 
 
@@ -71,5 +77,9 @@ class DSGU(SGU):
         self.weight_ho = nn.Parameter(torch.empty(hidden_size, hidden_size))
         nn.init.xavier_uniform_(self.weight_ho)
 
-    def _out(self, gated):
-        return torch.sigmoid(gated @ self.weight_ho.T)
+    def weights(self):
+        return super().weights()[:3] + (self.weight_ho.T,)
+
+    @staticmethod
+    def _out(gated, w_o):
+        return torch.sigmoid(gated @ w_o)

@@ -23,15 +23,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 from rnnzoo.ops.scan import linear_scan
 
 PAPER = "Balduzzi & Ghifary 2016, arXiv:1602.02218"
 
 
 @cell("trnn", paper=PAPER)
-class TRNN(Cell):
+class TRNN(SplitCell):
     """T-RNN (see the module docstring). State: h (B, H)."""
 
     jacobian_structure = "diag"
@@ -48,8 +48,14 @@ class TRNN(Cell):
         f = torch.sigmoid(f)
         return torch.cat([f, z - f * z], -1)
 
-    def recur(self, xp_t, state):
-        a, b = xp_t.chunk(2, 1)
+    def pieces(self):
+        return [self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        return ()
+
+    def transition(self, parts, state, w):
+        a, b = parts
         return (torch.addcmul(b, a, state[0]),)
 
     def fused(self, x, state):
@@ -58,7 +64,7 @@ class TRNN(Cell):
         return h, (last,)
 
 
-class _TypedWithPrevious(Cell):
+class _TypedWithPrevious(SplitCell):
     """Gates from x_t and x_{t-1}; x_{t-1} is the last entry of the state."""
 
     # d state_t / d state_{t-1} is diagonal in h (and c) but dense from x_{t-1} to h
@@ -81,10 +87,16 @@ class _TypedWithPrevious(Cell):
         z, f, o = pre.chunk(3, -1)
         return torch.sigmoid(f), z, torch.tanh(o)
 
-    def _step_gates(self, xp_t, x_prev):
-        H = self.hidden_size
-        pre = torch.addmm(xp_t[:, :3 * H], x_prev, self.weight_hh.T)
-        return self._gates(pre), xp_t[:, 3 * H:]
+    def pieces(self):
+        return [3 * self.hidden_size, self.input_size]
+
+    def weights(self):
+        return (self.weight_hh.T,)
+
+    def _step_gates(self, parts, x_prev, w):
+        """Gates of one step and x_t (the next step's x_prev)."""
+        gates_x, x_t = parts
+        return self._gates(torch.addmm(gates_x, x_prev, w[0])), x_t
 
     def _all_gates(self, x, x_prev):
         shifted = torch.cat([x_prev.unsqueeze(1), x[:, :-1]], 1)
@@ -101,9 +113,9 @@ class TGRU(_TypedWithPrevious):
         super().__init__(input_size, hidden_size, bias)
         self.state_sizes = (hidden_size, input_size)
 
-    def recur(self, xp_t, state):
+    def transition(self, parts, state, w):
         h, x_prev = state
-        (f, z, o), x_t = self._step_gates(xp_t, x_prev)
+        (f, z, o), x_t = self._step_gates(parts, x_prev, w)
         return torch.addcmul(f * h, z, o), x_t
 
     def fused(self, x, state):
@@ -121,9 +133,9 @@ class TLSTM(_TypedWithPrevious):
         super().__init__(input_size, hidden_size, bias)
         self.state_sizes = (hidden_size, hidden_size, input_size)
 
-    def recur(self, xp_t, state):
+    def transition(self, parts, state, w):
         _, c, x_prev = state
-        (f, z, o), x_t = self._step_gates(xp_t, x_prev)
+        (f, z, o), x_t = self._step_gates(parts, x_prev, w)
         c = torch.addcmul(z, f, c - z)
         return c * o, c, x_t
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
 
 
 @cell("taugru", paper="Erichson, Lim & Mahoney 2022, arXiv:2212.00228", tiny={"delay": 2})
-class TauGRU(Cell):
+class TauGRU(SplitCell):
     """tau-GRU (see the module docstring). State: (h_n, h_{n-1}, ..., h_{n-d})."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, delay: int = 1):
@@ -46,12 +46,18 @@ class TauGRU(Cell):
     def project(self, x):
         return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def recur(self, xp_t, state):
-        h, delayed = state[0], state[-1]
+    def pieces(self):
+        return [3 * self.hidden_size, self.hidden_size]
+
+    def weights(self):
         H = self.hidden_size
-        uga = torch.addmm(xp_t[:, :3 * H], h, self.weight_hh[:3 * H].T)
-        u = torch.tanh(uga[:, :H])
-        g, a = torch.sigmoid(uga[:, H:]).chunk(2, 1)
-        z = torch.tanh(torch.addmm(xp_t[:, 3 * H:], delayed, self.weight_hh[3 * H:].T))
+        return self.weight_hh.T.split([3 * H, H], 1)
+
+    def transition(self, parts, state, w):
+        (x_uga, x_z), (w_uga, w_z) = parts, w
+        h, delayed = state[0], state[-1]
+        u, g, a = torch.addmm(x_uga, h, w_uga).chunk(3, 1)
+        u, g, a = torch.tanh(u), torch.sigmoid(g), torch.sigmoid(a)
+        z = torch.tanh(torch.addmm(x_z, delayed, w_z))
         new = torch.addcmul(h, g, torch.addcmul(u, a, z) - h)
         return (new,) + tuple(state[:-1])

@@ -20,12 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.tr_b_common import add_bias, bias_param, check_real
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real
 
 
 @cell("unicornn", paper="Rusch & Mishra 2021, arXiv:2103.05487")
-class UnICORNN(Cell):
+class UnICORNN(SplitCell):
     """UnICORNN (see the module docstring). State: (y, z), each (B, H)."""
 
     jacobian_structure = "diag"
@@ -46,14 +46,17 @@ class UnICORNN(Cell):
         nn.init.uniform_(self.weight_ch, -0.1, 0.1)
 
     def project(self, x):
-        """[V u + b, dt sigmoid(c)] for every step."""
-        pre = add_bias(x @ self.weight_ih.T, self.bias_ih)
-        step = (self.dt * torch.sigmoid(self.weight_ch)).expand_as(pre)
-        return torch.cat([pre, step], -1)
+        return add_bias(x @ self.weight_ih.T, self.bias_ih)
 
-    def recur(self, xp_t, state):
-        y, z = state
-        pre, step = xp_t.chunk(2, 1)
-        force = torch.add(torch.tanh(torch.addcmul(pre, self.weight_hh, y)), y, alpha=self.alpha)
+    def pieces(self):
+        return [self.hidden_size]
+
+    def weights(self):
+        """w and the per-unit step dt * sigmoid(c)."""
+        return self.weight_hh, self.dt * torch.sigmoid(self.weight_ch)
+
+    def transition(self, parts, state, w):
+        (pre,), (y, z), (w_hh, step) = parts, state, w
+        force = torch.add(torch.tanh(torch.addcmul(pre, w_hh, y)), y, alpha=self.alpha)
         z = torch.addcmul(z, step, force, value=-1.0)
         return torch.addcmul(y, step, z), z
