@@ -15,12 +15,12 @@ import rnnzoo
 import rnnzoo.layers.classic  # noqa: F401  (imports every cell module)
 from rnnzoo.cells.base import CELLS
 
-B, T, I, H = 2, 6, 3, 4
+B, T, D, H = 2, 6, 3, 4
 
 
 def make(name, seed=0, **options):
     torch.manual_seed(seed)
-    cell = CELLS[name].cls(I, H, **options).double()
+    cell = CELLS[name].cls(D, H, **options).double()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in cell.parameters():
@@ -30,7 +30,7 @@ def make(name, seed=0, **options):
 
 def data(seed=3, n_state=(H,)):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, I, generator=g, dtype=torch.float64)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
     s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64) for n in n_state)
     return x, s0
 
@@ -59,7 +59,7 @@ def test_scrn_differs_from_torchrecurrent_after_the_first_step():
     t = 0 from a zero state, different afterwards."""
     tr = pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the peer")
     cell = make("scrn", alpha=0.5)
-    peer = tr.SCRNCell(I, H).double()
+    peer = tr.SCRNCell(D, H).double()
     peer.load_state_dict(cell.state_dict(), strict=False)
     with torch.no_grad():
         peer.alpha.fill_(0.5)
@@ -116,7 +116,7 @@ def test_original_lstm_cell_is_a_running_sum():
 
 
 def test_miru2_without_reset_is_a_linear_filter_of_the_input():
-    """With theta = 0 the candidate reads only x_t: h_T = l^T h_0 + (1-l) sum_t l^(T-1-t) c_t."""
+    """With beta = 0 the candidate reads only x_t: h_T = l^T h_0 + (1-l) sum_t l^(T-1-t) c_t."""
     lam = 0.7
     cell = make("miru2", update_coefficient=lam, reset_coefficient=0.0)
     x, s0 = data()
@@ -146,7 +146,7 @@ def test_unicornn_runs_backwards_exactly():
 def test_taugru_reads_the_state_exactly_delay_steps_back():
     """Erichson et al. 2022: z_n reads h_{n-d}. With d = 2, h_{-1} (state[1]) cannot touch
     the first output, h_{-2} (state[2]) does; h_{-1} reaches the output one step later."""
-    layer = rnnzoo.create("taugru", d_model=I, hidden_size=H, delay=2).double()
+    layer = rnnzoo.create("taugru", d_model=D, hidden_size=H, delay=2).double()
     x, (h0, h1, h2) = data(n_state=(H, H, H))
     y, _ = layer(x, (h0, h1, h2))
     y1, _ = layer(x, (h0, h1 + 1.0, h2))

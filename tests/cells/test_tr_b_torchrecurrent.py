@@ -18,7 +18,7 @@ from rnnzoo.cells.base import CELLS
 tr = pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the oracle "
                          "(installed by .ci/install-peers)")
 
-B, T, I, H = 3, 7, 5, 4
+B, T, D, H = 3, 7, 5, 4
 
 
 def _same(name, **kw):
@@ -106,8 +106,8 @@ def _grads(loss, wrt):
 def test_equals_torchrecurrent(name):
     options, spec = ORACLES[name]
     torch.manual_seed(0)
-    mine = _perturbed(CELLS[name].cls(I, H, **options).double())
-    peer = getattr(tr, spec["peer"])(I, H, **spec["peer_kw"]).double()
+    mine = _perturbed(CELLS[name].cls(D, H, **options).double())
+    peer = getattr(tr, spec["peer"])(D, H, **spec["peer_kw"]).double()
     mapped = spec["map"]({k: v.detach() for k, v in mine.state_dict().items()})
     missing, unexpected = peer.load_state_dict(mapped, strict=False)
     assert not unexpected, unexpected
@@ -116,7 +116,7 @@ def test_equals_torchrecurrent(name):
         "every trainable parameter of the peer must come from ours"
 
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, T, I, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64, requires_grad=True)
     s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64).mul(0.5).requires_grad_()
                for n in mine.state_sizes)
 

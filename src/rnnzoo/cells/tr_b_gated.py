@@ -10,8 +10,8 @@ Multi-layer RNNs That Can Be Trained", arXiv:1911.11033, TPAMI):
 
   weight_ih (2H, I) rows [z; k], bias_ih (2H,), weight_hh (H, H), bias_hh (H,).
 
-SGRN, the simple gated recurrent network (Zhang et al. 2021, IET Generation,
-Transmission & Distribution, doi:10.1049/gtd2.12056): one shared input map u_t,
+SGRN, the simple gated recurrent network (IET Generation, Transmission &
+Distribution 2021, doi:10.1049/gtd2.12056): one shared input map u_t,
 
     u_t = W_ih x_t + b_ih
     f_t = sigmoid(u_t + W_hh h_{t-1} + b_hh),   i_t = 1 - f_t
@@ -68,7 +68,7 @@ class STAR(_SingleGate):
         return torch.cat([torch.tanh(xp[..., :H]), add_bias(xp[..., H:], self.bias_hh)], -1)
 
 
-@cell("sgrn", paper="Zhang et al. 2021, IET Gener. Transm. Distrib., doi:10.1049/gtd2.12056")
+@cell("sgrn", paper="IET Gener. Transm. Distrib. 2021, doi:10.1049/gtd2.12056")
 class SGRN(_SingleGate):
     """SGRN (see the module docstring); i_t = 1 - f_t, so h = tanh(h + (1 - f)(u - h)).
     State: h (B, H)."""

@@ -33,7 +33,8 @@ the gates read the cell through a squashed learned map,
   weight_mh (3H, H) rows [V_i; V_f; V_o], bias_mh (3H,).
 
 Initialisation: Glorot-uniform weight matrices, zero biases; peephole weights
-uniform in [-0.1, 0.1] (Gers et al. 2002 initialise every weight in that range).
+small, uniform in [-0.1, 0.1] (torchrecurrent draws them from N(0, 1), which
+saturates the gates as soon as |c| grows).
 """
 
 from __future__ import annotations

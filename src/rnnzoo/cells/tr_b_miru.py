@@ -1,6 +1,7 @@
-"""Minion recurrent units MiRU1 and MiRU2 (Zhang et al. 2026, "Minion gated
-recurrent unit", Neurocomputing, doi:10.1016/j.neucom.2026.132847): a GRU whose
-update gate is a fixed hyperparameter lambda (`update_coefficient`).
+"""Minion recurrent units MiRU1 and MiRU2 (Zyarah & Kudithipudi 2025, "Minion Gated
+Recurrent Unit for Continual Learning", arXiv:2503.06175, Neurocomputing,
+doi:10.1016/j.neucom.2026.132847): a GRU whose update gate is a fixed scaling
+coefficient lambda (`update_coefficient`).
 
 MiRU1 (a learned reset gate):
 
@@ -8,9 +9,9 @@ MiRU1 (a learned reset gate):
     h~_t = tanh(W_h x_t + b_h + U_h (r_t * h_{t-1}))
     h_t  = lambda h_{t-1} + (1 - lambda) h~_t
 
-MiRU2 (the reset gate is a fixed hyperparameter theta, `reset_coefficient`):
+MiRU2 (the reset gate is a fixed scaling coefficient beta, `reset_coefficient`):
 
-    h~_t = tanh(W_h x_t + b_h + U_h (theta h_{t-1}))
+    h~_t = tanh(W_h x_t + b_h + U_h (beta h_{t-1}))
     h_t  = lambda h_{t-1} + (1 - lambda) h~_t
 
 Parameters: weight_ih (k*H, I), weight_hh (k*H, H), bias_ih, bias_hh (k*H,), k = 2
@@ -25,7 +26,7 @@ from torch import nn
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real, glorot_init_
 
-PAPER = "Zhang et al. 2026, Neurocomputing, doi:10.1016/j.neucom.2026.132847"
+PAPER = "Zyarah & Kudithipudi 2025, arXiv:2503.06175"
 
 
 class _MiRU(SplitCell):
@@ -76,7 +77,7 @@ class MiRU1(_MiRU):
 
 @cell("miru2", paper=PAPER)
 class MiRU2(_MiRU):
-    """MiRU2: GRU with fixed update (lambda) and reset (theta) coefficients.
+    """MiRU2: GRU with fixed update (lambda) and reset (beta) coefficients.
     See the module docstring. State: h (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
