@@ -1,0 +1,110 @@
+"""MUT1, MUT2, MUT3: the three architectures found by evolutionary search in
+Jozefowicz, Zaremba & Sutskever 2015, "An Empirical Exploration of Recurrent
+Network Architectures" (ICML 2015). With z the update and r the reset gate:
+
+MUT1:  z = sigmoid(W_xz x_t + b_z)
+       r = sigmoid(W_xr x_t + W_hr h_{t-1} + b_r)
+       h_t = tanh(W_hh (r * h_{t-1}) + tanh(W_xh x_t) + b_h) * z + h_{t-1} * (1 - z)
+
+MUT2:  z = sigmoid(W_xz x_t + W_hz h_{t-1} + b_z)
+       r = sigmoid(W_xr x_t + W_hr h_{t-1} + b_r)
+       h_t = tanh(W_hh (r * h_{t-1}) + W_xh x_t + b_h) * z + h_{t-1} * (1 - z)
+
+MUT3:  z = sigmoid(W_xz x_t + W_hz tanh(h_{t-1}) + b_z)
+       r = sigmoid(W_xr x_t + W_hr h_{t-1} + b_r)
+       h_t = tanh(W_hh (r * h_{t-1}) + W_xh x_t + b_h) * z + h_{t-1} * (1 - z)
+
+The paper writes tanh(x_t) in MUT1 and r = sigmoid(x_t + ...) in MUT2, which needs
+input width == hidden width; like torchrecurrent, a learned W x_t stands for x_t
+(it reduces to the paper's with W = I).
+
+Parameters (rows in the order [z; r; h]): weight_ih (3H, I), bias_ih (3H,);
+weight_hh (2H, H) = [W_hr; W_hh] for MUT1, (3H, H) = [W_hz; W_hr; W_hh] for MUT2/3;
+bias_hh of weight_hh's rows. Glorot-uniform weights, zero biases.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
+
+PAPER = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of RNN Architectures)"
+
+
+class _MUT(SplitCell):
+    recurrent_gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size)
+        k = self.recurrent_gates
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(k * hidden_size, hidden_size))
+        self.bias_ih = bias_param(3 * hidden_size, bias)
+        self.bias_hh = bias_param(k * hidden_size, bias)
+        glorot_init_(self)
+
+    def project(self, x):
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+
+    def pieces(self):
+        return [self.hidden_size] * 3
+
+    def weights(self):
+        return self.weight_hh.T.split(self.hidden_size, 1)
+
+    @staticmethod
+    def _update(h, z, r, xh, w_hh):
+        """h_t = z * tanh(xh + W_hh (r * h)) + (1 - z) * h."""
+        candidate = torch.tanh(torch.addmm(xh, r * h, w_hh))
+        return torch.addcmul(h, z, candidate - h)
+
+
+@cell("mut1", paper=PAPER)
+class MUT1(_MUT):
+    """MUT1 (see the module docstring): the update gate sees only x_t. State: h (B, H)."""
+
+    recurrent_gates = 2
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        z = torch.sigmoid(xp[..., :H])
+        xr = add_bias(xp[..., H:2 * H], None if self.bias_hh is None else self.bias_hh[:H])
+        xh = add_bias(torch.tanh(xp[..., 2 * H:]),
+                      None if self.bias_hh is None else self.bias_hh[H:])
+        return torch.cat([z, xr, xh], -1)
+
+    def transition(self, parts, state, w):
+        (z, xr, xh), h, (w_hr, w_hh) = parts, state[0], w
+        r = torch.sigmoid(torch.addmm(xr, h, w_hr))
+        return (self._update(h, z, r, xh, w_hh),)
+
+
+@cell("mut2", paper=PAPER)
+class MUT2(_MUT):
+    """MUT2 (see the module docstring). State: h (B, H)."""
+
+    def pieces(self):
+        return [2 * self.hidden_size, self.hidden_size]
+
+    def weights(self):
+        return self.weight_hh.T.split([2 * self.hidden_size, self.hidden_size], 1)
+
+    def transition(self, parts, state, w):
+        (xzr, xh), h, (w_zr, w_hh) = parts, state[0], w
+        z, r = torch.sigmoid(torch.addmm(xzr, h, w_zr)).chunk(2, 1)
+        return (self._update(h, z, r, xh, w_hh),)
+
+
+@cell("mut3", paper=PAPER)
+class MUT3(_MUT):
+    """MUT3 (see the module docstring): the update gate sees tanh(h_{t-1}). State: h (B, H)."""
+
+    def transition(self, parts, state, w):
+        (xz, xr, xh), h, (w_hz, w_hr, w_hh) = parts, state[0], w
+        z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), w_hz))
+        r = torch.sigmoid(torch.addmm(xr, h, w_hr))
+        return (self._update(h, z, r, xh, w_hh),)

@@ -1,0 +1,73 @@
+"""Structurally Constrained Recurrent Network (Mikolov et al. 2015, "Learning
+Longer Memory in Recurrent Neural Networks", arXiv:1412.7753): a slow context
+state s with a fixed diagonal self-connection alpha beside a fast hidden layer h:
+
+    s_t = (1 - alpha) (B x_t + b_s) + alpha s_{t-1}
+    h_t = sigmoid(P s_t + A x_t + R h_{t-1} + b_h)
+    y_t = tanh(U h_t + V s_t + b_y)
+
+The paper's y_t is the language model's softmax output; as a token mixer the
+output is y_t with tanh (as torchrecurrent's). The recurrence is the paper's: h_t
+feeds h_{t+1}. torchrecurrent 0.2.5 instead feeds y_t back in place of h_t (and
+learns alpha); test_tr_b_paper.py pins the paper's equations.
+
+State (h, s), as in the paper; the output y_t is computed from it. alpha is
+fixed (the paper uses 0.95), `context_size` is the width of s. Parameters weight_ih (S + H, I) rows [B; A], weight_hh (2H, H) rows
+[R; U], weight_ch (2H, S) rows [P; V], bias_ih (S + H,), bias_hh (2H,).
+Glorot-uniform weights, zero biases.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real, glorot_init_
+
+
+@cell("scrn", paper="Mikolov et al. 2015, arXiv:1412.7753", tiny={"context_size": 3})
+class SCRN(SplitCell):
+    """SCRN (see the module docstring). State: (h (B, H), s (B, S)); output y (B, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 context_size: int | None = None, alpha: float = 0.95):
+        super().__init__(input_size, hidden_size)
+        S = hidden_size if context_size is None else context_size
+        if not isinstance(S, int) or isinstance(S, bool) or S < 1:
+            raise ValueError(f"context_size must be a positive int, got {context_size!r}")
+        self.context_size = S
+        self.alpha = check_real("alpha", alpha, 0.0, 1.0)
+        H = hidden_size
+        self.state_sizes = (H, S)
+        self.weight_ih = nn.Parameter(torch.empty(S + H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(2 * H, H))
+        self.weight_ch = nn.Parameter(torch.empty(2 * H, S))
+        self.bias_ih = bias_param(S + H, bias)
+        self.bias_hh = bias_param(2 * H, bias)
+        glorot_init_(self)
+
+    def project(self, x):
+        S, H = self.context_size, self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        b_h = None if self.bias_hh is None else self.bias_hh[:H]
+        return torch.cat([xp[..., :S] * (1.0 - self.alpha), add_bias(xp[..., S:], b_h)], -1)
+
+    def pieces(self):
+        return [self.context_size, self.hidden_size]
+
+    def weights(self):
+        """R, U (from h), P, V (from s), b_y."""
+        H = self.hidden_size
+        b_y = None if self.bias_hh is None else self.bias_hh[H:]
+        return (*self.weight_hh.T.split(H, 1), *self.weight_ch.T.split(H, 1), b_y)
+
+    def transition(self, parts, state, w):
+        (context_x, hidden_x), (h, s), (r, _, p, _, _) = parts, state, w
+        s = torch.add(context_x, s, alpha=self.alpha)
+        h = torch.sigmoid(torch.addmm(torch.addmm(hidden_x, s, p), h, r))
+        return h, s
+
+    def out(self, state, w):
+        (h, s), (_, u, _, v, b_y) = state, w
+        return torch.tanh(add_bias(torch.addmm(h @ u, s, v), b_y))
