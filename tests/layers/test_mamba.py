@@ -112,9 +112,9 @@ def test_transition_range():
     A = -torch.rand(1, 4, dtype=torch.float64) * 3
     from rnnzoo.layers.mamba import transition
     a = transition(delta, A)
-    assert ((a > 0) & (a <= 1)).all()
+    assert ((a >= 0) & (a <= 1)).all()
     a = transition(delta, A, allow_neg_eigval=True)
-    assert ((a > -1) & (a <= 1)).all() and (a < -0.99).any()
+    assert ((a >= -1) & (a <= 1)).all() and (a < -0.99).any()
 
 
 def test_conv_state_is_the_last_inputs_of_each_sequence():
