@@ -74,7 +74,7 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
 
 
 @register("mamba", family="diagonal", paper="Gu & Dao 2023, arXiv:2312.00752",
-          tiny=dict(d_model=4, d_state=3, d_conv=3, expand=2, dt_rank=2, chunk_size=4))
+          tiny=dict(d_model=4, d_state=2, d_conv=3, expand=1, dt_rank=1, chunk_size=4))
 class Mamba(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (conv_state, ssm_state)."""
 
