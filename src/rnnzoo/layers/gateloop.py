@@ -72,16 +72,15 @@ class GateLoop(RecurrentLayer):
         def chunk(S, q, k, log_a, v):
             a = torch.exp(log_a).unsqueeze(-1)                          # (B, L, H, N, 1)
             b = (k.unsqueeze(-1) * v.unsqueeze(-2)).to(a.dtype)          # (B, L, H, N, dv)
+            q = q.to(a.dtype)
             if mode == "scan":
                 Ss, S = linear_scan(a, b, S)
-            else:
-                out = []
-                for t in range(a.shape[1]):
-                    S = a[:, t] * S + b[:, t]
-                    out.append(S)
-                Ss = torch.stack(out, 1)
-            o = torch.einsum("blhn,blhnv->blhv", q.to(Ss.dtype), Ss).real
-            return o.flatten(2), S
+                return torch.einsum("blhn,blhnv->blhv", q, Ss).real.flatten(2), S
+            out = []
+            for t in range(a.shape[1]):
+                S = a[:, t] * S + b[:, t]
+                out.append(torch.einsum("bhn,bhnv->bhv", q[:, t], S).real.flatten(1))
+            return torch.stack(out, 1), S
 
         size = self.chunk_size if mode == "scan" else x.shape[1]
         o, S = over_chunks(chunk, state, (q, k, log_a, v), size)

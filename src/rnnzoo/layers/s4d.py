@@ -11,7 +11,9 @@ half are their conjugates), discretised by zero-order hold with a learned step d
 Initialisations (A = -1/2 + i A_im, n = 0 .. d_state/2 - 1):
 S4D-Lin: A_im = pi n;  S4D-Inv: A_im = (N / pi) (N / (2n + 1) - 1), N = d_state.
 
-Modes: `sequential` (loop), `scan` (`linear_scan`), and `conv`: the SSM is the
+Modes: `sequential` (loop), `scan` (`linear_scan` over checkpointed time chunks of
+`chunk_size` steps, so that the (B, T, d_model, d_state/2) states never exist all
+at once), and `conv`: the SSM is the
 causal convolution s = K * x + D x with the kernel K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l)
 (a Vandermonde product), computed by FFT in O(T log T). The state h (B, d_model,
 d_state/2) complex is carried in every mode; `conv` adds the initial state's free
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
@@ -42,20 +45,22 @@ def s4d_imag_init(d_state: int, init: str) -> torch.Tensor:
 
 
 @register("s4d", family="diagonal", paper="Gu et al. 2022, arXiv:2206.11893",
-          tiny=dict(d_model=2, d_state=4))
+          tiny=dict(d_model=2, d_state=4, chunk_size=4))
 class S4D(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_model, d_state // 2) complex."""
 
     modes = ("sequential", "scan", "conv")
 
     def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3,
-                 dt_max: float = 0.1):
+                 dt_max: float = 0.1, chunk_size: int = 128):
         super().__init__(d_model)
         if not isinstance(d_state, int) or isinstance(d_state, bool) or d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be a positive even int (conjugate pairs), got {d_state!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        self.d_state, self.init = d_state, init
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.d_state, self.init, self.chunk_size = d_state, init, chunk_size
         H, N2 = d_model, d_state // 2
         self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min))
                                    + math.log(dt_min))
@@ -93,19 +98,24 @@ class S4D(RecurrentLayer):
             s, h = self._conv(u, h0, lengths)
             return s + self.D.to(cdt) * u, h
         A_bar, B_bar, _, C = self.discretize(cdt)
-        a = A_bar.expand(u.shape[0], 1, *A_bar.shape)
-        b = B_bar * u.unsqueeze(-1)                               # (B, T, H, N2)
-        if mask is not None:  # padded steps are the identity
-            a = torch.where(mask.unsqueeze(-1), a, torch.ones_like(a))
-        if mode == "scan":
-            hs, h = linear_scan(a, b, h0)
-        else:
-            h, out = h0, []
+        # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
+        keep = torch.ones_like(u) if mask is None else mask.expand_as(u).to(cdt)
+
+        def chunk(h, u, keep):
+            a = torch.where(keep.unsqueeze(-1) > 0, A_bar, torch.ones_like(A_bar))
+            b = B_bar * u.unsqueeze(-1)                                   # (B, L, H, N2)
+            if mode == "scan":
+                hs, h = linear_scan(a, b, h)
+                return 2 * (hs * C).sum(-1).real, h
+            out = []
             for t in range(u.shape[1]):
-                h = a[:, min(t, a.shape[1] - 1)] * h + b[:, t]
-                out.append(h)
-            hs = torch.stack(out, 1)
-        return 2 * (hs * C).sum(-1).real + self.D.to(cdt) * u, h
+                h = a[:, t] * h + b[:, t]
+                out.append(2 * (h * C).sum(-1).real)
+            return torch.stack(out, 1), h
+
+        size = self.chunk_size if mode == "scan" else u.shape[1]
+        s, h = over_chunks(chunk, h0, (u, keep), size)
+        return s + self.D.to(cdt) * u, h
 
     def _conv(self, u, h0, lengths):
         """Causal FFT convolution with the kernel, plus the free response of h0."""
