@@ -1,0 +1,33 @@
+"""Run a recurrence chunk by chunk so that memory does not grow with T x state.
+
+Diagonal SSMs with a large state per channel (Mamba's d_state, GateLoop's
+key x value state) would hold a (B, T, channels, state) tensor for the whole
+sequence, several times over for the backward pass. `over_chunks` runs
+`fn(h, *inputs_chunk) -> (y_chunk, h_last)` on consecutive time chunks, carrying
+h, and under autograd checkpoints each chunk: only the chunk inputs and the
+boundary states are kept, and each chunk's states are recomputed in the backward
+pass (what the fused Mamba kernel does on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_size: int):
+    """y = cat over chunks of fn(h, *chunk); returns (y, h after the last chunk).
+
+    inputs: tensors (B, T, ...) sliced along dim 1; `fn` may use parameters from its
+    closure (gradients reach them through the checkpoint).
+    """
+    T = inputs[0].shape[1]
+    ys = []
+    for s in range(0, T, chunk_size):
+        part = tuple(t[:, s:s + chunk_size] for t in inputs)
+        if torch.is_grad_enabled() and T > chunk_size:
+            y, h = checkpoint(fn, h, *part, use_reentrant=False)
+        else:
+            y, h = fn(h, *part)
+        ys.append(y)
+    return (ys[0] if len(ys) == 1 else torch.cat(ys, 1)), h

@@ -1,0 +1,98 @@
+"""GateLoop (Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for
+Sequence Modeling", arXiv:2311.01927).
+
+Per head, with q_t, k_t in R^{d_state}, v_t in R^{head_dim} and a data-controlled
+complex transition a_t in C^{d_state}:
+
+    a_t = sigma(W_m x_t) * exp(i W_theta x_t)          |a_t| < 1, phase unbounded
+    S_t = diag(a_t) S_{t-1} + k_t v_t^T                 S: (d_state, head_dim) complex
+    o_t = Re(q_t^T S_t),   y_t = W_o (o_t * silu(W_g x_t))
+
+Equivalently o_t = Re(sum_{s<=t} (q_t . (prod_{s<r<=t} a_r) k_s) v_s), an attention
+with data-controlled complex relative decay (the paper's surrogate attention).
+The transition is diagonal per key dimension and broadcast over the value
+dimension, so `linear_scan` solves it; `scan` works in checkpointed time chunks
+so that the (B, T, heads, d_state, head_dim) states never exist all at once.
+The state is (B, num_heads, d_state, head_dim) complex.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._chunks import over_chunks
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.ops.scan import linear_scan
+from rnnzoo.registry import register
+
+
+@register("gateloop", family="diagonal", paper="Katsch 2023, arXiv:2311.01927",
+          tiny=dict(d_model=4, num_heads=2, d_state=2, chunk_size=4))
+class GateLoop(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model); state S: (B, heads, d_state, head_dim) complex."""
+
+    modes = ("sequential", "scan")
+
+    def __init__(self, d_model: int, num_heads: int = 4, d_state: int = 16, chunk_size: int = 64):
+        super().__init__(d_model)
+        for name, v in (("num_heads", num_heads), ("d_state", d_state), ("chunk_size", chunk_size)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads, got {num_heads}")
+        self.num_heads, self.d_state, self.chunk_size = num_heads, d_state, chunk_size
+        self.head_dim = d_model // num_heads
+        hk = num_heads * d_state
+        self.in_proj = nn.Linear(d_model, 4 * hk + 2 * d_model)  # q, k, magnitude, phase, v, g
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.num_heads, self.d_state, self.head_dim, device=device,
+                           dtype=state_dtype(dtype, complex_=True))
+
+    def projections(self, x):
+        """q, k, log a (complex), v per head in the compute dtype, and the output gate g."""
+        B, T, _ = x.shape
+        hk = self.num_heads * self.d_state
+        q, k, m, theta, v, g = self.in_proj(x).split([hk] * 4 + [self.d_model] * 2, dim=-1)
+        cdt = compute_dtype(x)
+        heads = lambda t, d: t.to(cdt).view(B, T, self.num_heads, d)  # noqa: E731
+        log_a = torch.complex(-F.softplus(-heads(m, self.d_state)), heads(theta, self.d_state))
+        return (heads(q, self.d_state), heads(k, self.d_state), log_a,
+                heads(v, self.head_dim), g)
+
+    def _run(self, x, state, mode, mask=None):
+        q, k, log_a, v, g = self.projections(x)
+        if mask is not None:  # padded steps are the identity: a = exp(0) = 1, b = k v^T = 0
+            m = mask.unsqueeze(-1)
+            log_a, k = torch.where(m, log_a, torch.zeros_like(log_a)), k * m
+
+        def chunk(S, q, k, log_a, v):
+            a = torch.exp(log_a).unsqueeze(-1)                          # (B, L, H, N, 1)
+            b = (k.unsqueeze(-1) * v.unsqueeze(-2)).to(a.dtype)          # (B, L, H, N, dv)
+            q = q.to(a.dtype)
+            if mode == "scan":
+                Ss, S = linear_scan(a, b, S)
+                return torch.einsum("blhn,blhnv->blhv", q, Ss).real.flatten(2), S
+            out = []
+            for t in range(a.shape[1]):
+                S = a[:, t] * S + b[:, t]
+                out.append(torch.einsum("bhn,bhnv->bhv", q[:, t], S).real.flatten(1))
+            return torch.stack(out, 1), S
+
+        size = self.chunk_size if mode == "scan" else x.shape[1]
+        o, S = over_chunks(chunk, state, (q, k, log_a, v), size)
+        y = self.out_proj(o.to(x.dtype) * F.silu(g))
+        return (y if mask is None else y * mask.to(y.dtype)), S
+
+    def _forward(self, x, state, mode):
+        return self._run(x, state, mode)
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
+
+    def _step(self, x_t, state):
+        y, S = self._run(x_t.unsqueeze(1), state, "sequential")
+        return y[:, 0], S

@@ -1,0 +1,159 @@
+"""S4D, the diagonal structured state space (Gu, Gupta, Goel & Re 2022, "On the
+Parameterization and Initialization of Diagonal State Space Models", arXiv:2206.11893).
+
+Each of the d_model channels is an SSM with d_state / 2 complex modes (the other
+half are their conjugates), discretised by zero-order hold with a learned step dt:
+
+    A_bar = exp(dt A),   B_bar = (exp(dt A) - 1) / A                  (B = 1)
+    h_t = A_bar * h_{t-1} + B_bar * x_t,   s_t = 2 Re(C . h_t) + D x_t
+    y_t = GLU(W gelu(s_t))                                            (the S4D block output)
+
+Initialisations (A = -1/2 + i A_im, n = 0 .. d_state/2 - 1):
+S4D-Lin: A_im = pi n;  S4D-Inv: A_im = (N / pi) (N / (2n + 1) - 1), N = d_state.
+
+Modes: `sequential` (loop), `scan` (`linear_scan` over checkpointed time chunks of
+`chunk_size` steps, so that the (B, T, d_model, d_state/2) states never exist all
+at once), and `conv`: the SSM is the
+causal convolution s = K * x + D x with the kernel K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l)
+(a Vandermonde product), computed by FFT in O(T log T). The state h (B, d_model,
+d_state/2) complex is carried in every mode; `conv` adds the initial state's free
+response and computes the final state with a second Vandermonde product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._chunks import over_chunks
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.ops.scan import linear_scan
+from rnnzoo.registry import register
+
+
+def s4d_imag_init(d_state: int, init: str) -> torch.Tensor:
+    """Imaginary parts of the d_state / 2 modes for S4D-Lin ("lin") or S4D-Inv ("inv")."""
+    n = torch.arange(d_state // 2, dtype=torch.float64)
+    if init == "lin":
+        return math.pi * n
+    if init == "inv":
+        return d_state / math.pi * (d_state / (2 * n + 1) - 1)
+    raise ValueError(f"init must be 'lin' or 'inv', got {init!r}")
+
+
+@register("s4d", family="diagonal", paper="Gu et al. 2022, arXiv:2206.11893",
+          tiny=dict(d_model=2, d_state=4, chunk_size=4))
+class S4D(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_model, d_state // 2) complex."""
+
+    modes = ("sequential", "scan", "conv")
+
+    def __init__(self, d_model: int, d_state: int = 64, init: str = "lin", dt_min: float = 1e-3,
+                 dt_max: float = 0.1, chunk_size: int = 128):
+        super().__init__(d_model)
+        if not isinstance(d_state, int) or isinstance(d_state, bool) or d_state < 2 or d_state % 2:
+            raise ValueError(f"d_state must be a positive even int (conjugate pairs), got {d_state!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.d_state, self.init, self.chunk_size = d_state, init, chunk_size
+        H, N2 = d_model, d_state // 2
+        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min))
+                                   + math.log(dt_min))
+        self.log_A_real = nn.Parameter(torch.full((H, N2), math.log(0.5)))
+        self.A_imag = nn.Parameter(s4d_imag_init(d_state, init).float().repeat(H, 1))
+        self.C = nn.Parameter(torch.randn(H, N2, 2) * math.sqrt(0.5))  # complex normal, as real pairs
+        self.D = nn.Parameter(torch.randn(H))
+        self.out_proj = nn.Linear(H, 2 * H)  # followed by a GLU
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device,
+                           dtype=state_dtype(dtype, complex_=True))
+
+    def discretize(self, dtype=torch.float32):
+        """(A_bar, B_bar, dtA, C), each (d_model, d_state/2) complex, by zero-order hold."""
+        A = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype))
+        dtA = self.log_dt.to(dtype).exp().unsqueeze(-1) * A
+        A_bar = torch.exp(dtA)
+        return A_bar, (A_bar - 1) / A, dtA, torch.view_as_complex(self.C.to(dtype).contiguous())
+
+    def kernel(self, T: int, dtype=torch.float32) -> torch.Tensor:
+        """K: (d_model, T), K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l), by a Vandermonde product."""
+        _, B_bar, dtA, C = self.discretize(dtype)
+        vandermonde = torch.exp(dtA.unsqueeze(-1) * torch.arange(T, dtype=dtype))  # (H, N2, T)
+        return 2 * torch.einsum("hn,hnl->hl", C * B_bar, vandermonde).real
+
+    def ssm(self, x, h0, mode, lengths=None):
+        """s = the SSM's output (B, T, d_model) in the compute dtype, and the final state."""
+        cdt = compute_dtype(x)
+        u = x.to(cdt)
+        mask = None if lengths is None else valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+        if mask is not None:
+            u = u * mask
+        if mode == "conv":
+            s, h = self._conv(u, h0, lengths)
+            return s + self.D.to(cdt) * u, h
+        A_bar, B_bar, _, C = self.discretize(cdt)
+        # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
+        keep = torch.ones_like(u) if mask is None else mask.expand_as(u).to(cdt)
+
+        def chunk(h, u, keep):
+            a = torch.where(keep.unsqueeze(-1) > 0, A_bar, torch.ones_like(A_bar))
+            b = B_bar * u.unsqueeze(-1)                                   # (B, L, H, N2)
+            if mode == "scan":
+                hs, h = linear_scan(a, b, h)
+                return 2 * (hs * C).sum(-1).real, h
+            out = []
+            for t in range(u.shape[1]):
+                h = a[:, t] * h + b[:, t]
+                out.append(2 * (h * C).sum(-1).real)
+            return torch.stack(out, 1), h
+
+        size = self.chunk_size if mode == "scan" else u.shape[1]
+        s, h = over_chunks(chunk, h0, (u, keep), size)
+        return s + self.D.to(cdt) * u, h
+
+    def _conv(self, u, h0, lengths):
+        """Causal FFT convolution with the kernel, plus the free response of h0."""
+        Bt, T, _ = u.shape
+        A_bar, B_bar, dtA, C = self.discretize(u.dtype)
+        powers = torch.exp(dtA.unsqueeze(-1) * torch.arange(T + 1, dtype=u.dtype))  # A_bar^0..T
+        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, powers[..., :T]).real
+        n_fft = 2 * T
+        s = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n_fft) * torch.fft.rfft(K, n=n_fft),
+                            n=n_fft)[..., :T]                                       # (B, H, T)
+        s = s + 2 * torch.einsum("bhn,hnl->bhl", h0 * C, powers[..., 1:]).real       # A_bar^{t+1} h0
+        # final state h = A_bar^n h0 + B_bar sum_{l<n} A_bar^{n-1-l} u_l, n = each length:
+        # right-align each sequence (its padding, zero, moves to the front) and contract.
+        if lengths is None:
+            aligned, n = u, torch.full((Bt,), T, device=u.device)
+        else:
+            n = lengths
+            idx = (torch.arange(T, device=u.device) + n.view(-1, 1)) % T
+            aligned = u.gather(1, idx.unsqueeze(-1).expand_as(u))
+        h = B_bar * torch.einsum("bhl,hnl->bhn", aligned.transpose(1, 2).to(powers.dtype),
+                                 powers[..., :T].flip(-1))
+        h = h + torch.exp(dtA * n.view(-1, 1, 1).to(u.dtype)) * h0
+        return s.transpose(1, 2), h
+
+    def _out(self, s, x):
+        return F.glu(self.out_proj(F.gelu(s).to(x.dtype)), dim=-1)
+
+    def _forward(self, x, state, mode):
+        s, h = self.ssm(x, state, mode)
+        return self._out(s, x), h
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        s, h = self.ssm(x, state, mode, lengths)
+        return self._out(s, x) * valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype), h
+
+    def auto_mode(self, x):
+        return "conv"
+
+    def _step(self, x_t, state):
+        s, h = self.ssm(x_t.unsqueeze(1), state, "sequential")
+        return self._out(s, x_t.unsqueeze(1))[:, 0], h

@@ -1,0 +1,68 @@
+"""S4D (Gu et al. 2022): convolution kernel, zero-order hold, initialisations."""
+
+import math
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.layers.s4d import s4d_imag_init
+
+
+def _layer(init="lin", d_model=3, d_state=8):
+    torch.manual_seed(0)
+    return rnnzoo.create("s4d", d_model=d_model, d_state=d_state, init=init).double()
+
+
+@pytest.mark.parametrize("init", ["lin", "inv"])
+def test_conv_kernel_equals_scan_impulse_response(init):
+    layer = _layer(init)
+    T = 200
+    impulse = torch.zeros(1, T, layer.d_model, dtype=torch.float64)
+    impulse[:, 0] = 1.0
+    for mode in ("scan", "sequential"):
+        s, _ = layer.ssm(impulse, layer.init_state(1, dtype=torch.float64), mode)
+        response = s[0] - layer.D * impulse[0]                        # (T, H)
+        assert (response.T - layer.kernel(T, torch.float64)).abs().max() < 1e-12
+
+
+def test_zero_order_hold_is_exact_for_a_constant_input():
+    """For u = 1 the continuous SSM gives h(t) = (exp(A t) - 1) / A exactly; ZOH samples it at
+    t = (k + 1) dt (a bilinear discretisation would not)."""
+    layer = _layer()
+    T = 50
+    A_bar, B_bar, dtA, C = layer.discretize(torch.float64)
+    A = dtA / layer.log_dt.exp().unsqueeze(-1)
+    dt = layer.log_dt.exp().unsqueeze(-1).unsqueeze(-1)
+    t = dt * torch.arange(1, T + 1, dtype=torch.float64)                       # (H, 1, T)
+    h_exact = (torch.exp(A.unsqueeze(-1) * t) - 1) / A.unsqueeze(-1)           # (H, N2, T)
+    s_exact = 2 * (C.unsqueeze(-1) * h_exact).sum(1).real.T + layer.D          # (T, H)
+    u = torch.ones(1, T, layer.d_model, dtype=torch.float64)
+    for mode in layer.modes:
+        s, _ = layer.ssm(u, layer.init_state(1, dtype=torch.float64), mode)
+        assert (s[0] - s_exact).abs().max() < 1e-10
+
+
+def test_initialisations():
+    N = 16
+    n = torch.arange(N // 2, dtype=torch.float64)
+    assert torch.allclose(s4d_imag_init(N, "lin"), math.pi * n)
+    assert torch.allclose(s4d_imag_init(N, "inv"), N / math.pi * (N / (2 * n + 1) - 1))
+    layer = rnnzoo.create("s4d", d_model=2, d_state=N, init="inv")
+    A_bar = layer.discretize()[0]
+    assert (A_bar.abs() < 1).all()  # Re(A) = -1/2 < 0: stable
+    with pytest.raises(ValueError, match="init must be 'lin' or 'inv', got 'foo'"):
+        rnnzoo.create("s4d", d_model=2, init="foo")
+    with pytest.raises(ValueError, match="d_state must be a positive even int"):
+        rnnzoo.create("s4d", d_model=2, d_state=5)
+
+
+def test_conv_equals_scan_long_with_state_and_lengths():
+    layer = _layer("inv", d_model=4, d_state=16)
+    x = torch.randn(3, 300, 4, dtype=torch.float64)
+    h0 = torch.randn(3, 4, 8, dtype=torch.complex128)
+    lengths = torch.tensor([300, 17, 0])
+    y_s, h_s = layer(x, h0, mode="scan", lengths=lengths)
+    y_c, h_c = layer(x, h0, mode="conv", lengths=lengths)
+    assert (y_s - y_c).abs().max() < 1e-10 and (h_s - h_c).abs().max() < 1e-10
+    assert torch.equal(h_c[2], h0[2])
