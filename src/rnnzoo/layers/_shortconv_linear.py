@@ -1,0 +1,50 @@
+"""Helpers shared by the gated-linear-attention layers: a causal depthwise convolution
+whose last inputs are part of the layer state, and a per-head normalisation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise conv1d over time (H3 / Mamba / GLA's "short convolution").
+
+    forward(x, state) with x: (B, T, D) and state: (B, D, kernel_size - 1), the inputs
+    before x (zeros at the sequence start) -> (y, next state), y: (B, T, D). The state is
+    kept in float32 (float64 for float64 x).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 4, activation: bool = True):
+        super().__init__()
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"conv_size must be a positive int, got {kernel_size!r}")
+        self.dim, self.kernel_size, self.activation = dim, kernel_size, activation
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.dim, self.kernel_size - 1, device=device, dtype=dtype)
+
+    def forward(self, x, state):
+        xp = torch.cat([state.to(x.dtype), x.transpose(1, 2)], 2)  # (B, D, W - 1 + T)
+        y = F.conv1d(xp, self.conv.weight, self.conv.bias, groups=self.dim).transpose(1, 2)
+        new_state = xp[:, :, xp.shape[2] - (self.kernel_size - 1):].to(state.dtype)
+        return (F.silu(y) if self.activation else y), new_state
+
+
+class HeadNorm(nn.Module):
+    """Normalisation of each head's output separately (RetNet's GroupNorm with one group a
+    head; RMSNorm per head in GLA and Mamba-2). x: (..., H, D) -> same shape."""
+
+    def __init__(self, num_heads: int, head_dim: int, kind: str = "rms", eps: float = 1e-5):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(num_heads, head_dim)) if kind == "layer" else None
+
+    def forward(self, x):
+        D = x.shape[-1]
+        if self.kind == "rms":
+            return F.rms_norm(x, (D,), eps=self.eps) * self.weight
+        return F.layer_norm(x, (D,), eps=self.eps) * self.weight + self.bias
