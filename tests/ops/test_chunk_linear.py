@@ -55,9 +55,24 @@ def test_chunk_equals_recurrent_float64(kind, bonus, chunk, sub):
         assert err(o, o_ref) < 1e-12 and err(s, s_ref) < 1e-12
 
 
-@pytest.mark.parametrize("kind", ["scalar", "vector"])
-def test_chunk_gradients_equal_recurrent(kind):
-    inputs = [t.requires_grad_() for t in (*qkv(T=11), log_decay(kind, T=11),
+@pytest.mark.parametrize("strength", [3.0, 30.0, 400.0])
+@pytest.mark.parametrize("bonus", [False, True])
+def test_vector_decay_all_three_intra_chunk_paths(strength, bonus):
+    """Weak decays: one factorised block per chunk; 30 per step: sub-chunks with factorised
+    diagonal blocks; 400 per step: exact log-space diagonal blocks (float64 limit e^300)."""
+    q, k, v = qkv()
+    g, S0 = log_decay("vector", strength=strength), rand(B, H, K, V, seed=4)
+    u = rand(H, K, seed=5) if bonus else None
+    o_ref, s_ref = gated_linear_attention_recurrent(q, k, v, g, initial_state=S0, bonus=u)
+    o, s = gated_linear_attention(q, k, v, g, initial_state=S0, bonus=u, chunk_size=8,
+                                  subchunk_size=2)
+    assert err(o, o_ref) < 1e-12 and err(s, s_ref) < 1e-12
+
+
+@pytest.mark.parametrize("kind,strength", [("scalar", 3.0), ("vector", 3.0), ("vector", 30.0),
+                                           ("vector", 400.0)])
+def test_chunk_gradients_equal_recurrent(kind, strength):
+    inputs = [t.requires_grad_() for t in (*qkv(T=11), log_decay(kind, T=11, strength=strength),
                                            rand(B, H, K, V, seed=4), rand(H, K, seed=5))]
 
     def grads(fn, **kw):

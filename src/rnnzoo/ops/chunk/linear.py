@@ -26,11 +26,15 @@ Chunkwise forms (Yang et al. 2024, section 3): the sequence is cut into chunks
 of `chunk_size`; inside a chunk the outputs are a masked matrix product whose
 decays are cumulative log-decays G relative to the chunk start, and the states
 at chunk boundaries follow a short recurrence over chunks. Every exponent is
-kept <= 0: for scalar decays the (C, C) matrix exp(G_i - G_j) is built in log
-space and masked before `exp`; for vector decays a chunk is cut once more into
-sub-chunks (the paper's secondary chunking): blocks below the diagonal go
-through the sub-chunk boundary (q_i exp(G_i - R) . k_j exp(R - G_j), both <= 1)
-and the diagonal blocks use the full (c, c, K) log-space tensor.
+kept bounded: for scalar decays the (C, C) matrix exp(G_i - G_j) is built in
+log space and masked before `exp`. For vector decays the scores are matrix
+products of q_i exp(G_i - R) and k_j exp(R - G_j) through a reference point R;
+when the log-decay accumulated over a chunk is small (the common case) R is
+the chunk start and one matmul does it; otherwise the chunk is cut once more
+into sub-chunks (the paper's secondary chunking): blocks below the diagonal go
+through the sub-chunk boundary (both factors <= 1), and diagonal blocks are
+factorised the same way while their span stays far from overflow, else built
+from the exact (c, c, K) log-space tensor.
 
 All functions take (B, T, H, D) tensors and return (o, final_state): o is
 (B, T, H, V) in q's dtype; states are float32 (float64 for float64 input).
@@ -112,29 +116,48 @@ def _masked_exp(log_w, mask):
     return log_w.masked_fill(~mask, float("-inf")).exp()
 
 
+def _factorise_limit(dtype) -> float:
+    """Largest log-decay span over which exp(R - G) * exp(G - R)-style factors stay far from
+    overflow and underflow: e^40 ~ 2e17 in float32, e^300 ~ 2e130 in float64."""
+    return 300.0 if dtype == torch.float64 else 40.0
+
+
 def _intra_vector(q, k, Gq, G, strict: bool, c: int):
     """Intra-chunk scores A_ij = sum_k q_ik exp(Gq_ik - G_jk) k_jk for j <= i (j < i if strict).
 
-    q, k, Gq, G: (..., C, K) -> A: (..., C, C). Every exponent is <= 0 (see module doc).
+    q, k, Gq, G: (..., C, K) with G the cumulative log-decay from the chunk start -> A: (..., C, C).
+    Blocks are factorised through a reference point R (a sub-chunk's start):
+    (q_i exp(Gq_i - R)) . (k_j exp(R - G_j)). Below the diagonal both factors are <= 1. On the
+    diagonal the k factor is <= exp(span), the log-decay accumulated over the block; when a
+    span exceeds `_factorise_limit` the diagonal blocks are built exactly from the (c, c, K)
+    log-space tensor instead. When the whole chunk's span is small, one block covers it.
     """
     *lead, C, K = q.shape
-    if C % c:
+    limit = _factorise_limit(q.dtype)
+    if -G[..., -1, :].min().item() < limit or C % c:
         c = C
     m = C // c
     qs, ks, Gqs, Gs = (t.reshape(*lead, m, c, K) for t in (q, k, Gq, G))
+    R = torch.cat([torch.zeros_like(Gs[..., :1, -1, :]), Gs[..., :-1, -1, :]], -2)  # (..., m, K)
     mask = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
-    decay = _masked_exp(Gqs[..., :, None, :] - Gs[..., None, :, :], mask[..., None])
-    A_diag = torch.einsum("...ik,...ijk,...jk->...ij", qs, decay, ks)  # (..., m, c, c)
+    if (R - Gs[..., -1, :]).max().item() < limit:
+        q_f = qs * (Gqs - R[..., None, :]).exp()
+        k_f = ks * (R[..., None, :] - Gs).exp()
+        A_diag = (q_f @ k_f.transpose(-1, -2)) * mask
+    else:
+        decay = _masked_exp(Gqs[..., :, None, :] - Gs[..., None, :, :], mask[..., None])
+        A_diag = torch.einsum("...ik,...ijk,...jk->...ij", qs, decay, ks)  # (..., m, c, c)
+    if m == 1:
+        return A_diag.reshape(*lead, C, C)
     eye = torch.eye(m, dtype=q.dtype, device=q.device).view(m, 1, m, 1)
     A = A_diag.unsqueeze(-2) * eye  # (..., m, c, m, c)
-    if m > 1:
-        R = Gs[..., :-1, -1, :]  # boundary before sub-chunk a = 1..m-1: (..., m-1, K)
-        q_a = qs[..., 1:, :, :] * (Gqs[..., 1:, :, :] - R[..., None, :]).exp()
-        below = torch.ones(m - 1, m, dtype=torch.bool, device=q.device).tril()  # b <= a - 1
-        k_ab = ks[..., None, :, :, :] * _masked_exp(
-            R[..., :, None, None, :] - Gs[..., None, :, :, :], below[:, :, None, None])
-        A_off = torch.einsum("...aik,...abjk->...aibj", q_a, k_ab)  # (..., m-1, c, m, c)
-        A = A + torch.cat([torch.zeros_like(A[..., :1, :, :, :]), A_off], -4)
+    R = R[..., 1:, :]  # boundary before sub-chunk a = 1..m-1: (..., m-1, K)
+    q_a = qs[..., 1:, :, :] * (Gqs[..., 1:, :, :] - R[..., None, :]).exp()
+    below = torch.ones(m - 1, m, dtype=torch.bool, device=q.device).tril()  # b <= a - 1
+    k_ab = ks[..., None, :, :, :] * _masked_exp(
+        R[..., :, None, None, :] - Gs[..., None, :, :, :], below[:, :, None, None])
+    A_off = torch.einsum("...aik,...abjk->...aibj", q_a, k_ab)  # (..., m-1, c, m, c)
+    A = A + torch.cat([torch.zeros_like(A[..., :1, :, :, :]), A_off], -4)
     return A.reshape(*lead, C, C)
 
 
