@@ -1,11 +1,17 @@
 """Helpers shared by the gated-linear-attention layers: a causal depthwise convolution
-whose last inputs are part of the layer state, and a per-head normalisation."""
+whose last inputs are part of the layer state, a per-head normalisation, option checks."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def positive_int(name: str, value) -> None:
+    """Raise ValueError naming the option unless `value` is a positive int."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class ShortConv(nn.Module):
@@ -18,8 +24,7 @@ class ShortConv(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 4, activation: bool = True):
         super().__init__()
-        if not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"conv_size must be a positive int, got {kernel_size!r}")
+        positive_int("conv_size", kernel_size)
         self.dim, self.kernel_size, self.activation = dim, kernel_size, activation
         self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim)
 

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.layers.linear_attention import _positive_int
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -44,10 +43,10 @@ class GLA(RecurrentLayer):
                  expand_v: float = 1.0, gate_low_rank: int = 16, gate_normalizer: float = 16.0,
                  chunk_size: int = 64, subchunk_size: int = 16):
         super().__init__(d_model)
-        _positive_int("num_heads", num_heads)
+        positive_int("num_heads", num_heads)
         for name, value in (("gate_low_rank", gate_low_rank), ("chunk_size", chunk_size),
                             ("subchunk_size", subchunk_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if not gate_normalizer > 0:
             raise ValueError(f"gate_normalizer must be > 0, got {gate_normalizer!r}")
         self.num_heads = num_heads

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.layers.linear_attention import _positive_int
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -39,7 +38,7 @@ class HGRN2(RecurrentLayer):
         super().__init__(d_model)
         for name, value in (("num_heads", num_heads), ("expand_ratio", expand_ratio),
                             ("chunk_size", chunk_size), ("subchunk_size", subchunk_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
         if not 0.0 <= lower_bound < 1.0:

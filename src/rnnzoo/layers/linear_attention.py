@@ -16,15 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.layers._shortconv_linear import positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
 from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
                                      gated_linear_attention_recurrent)
 from rnnzoo.registry import register
-
-
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 @register("linear_attention", family="matrix", paper="Katharopoulos et al. 2020, arXiv:2006.16236",
@@ -37,10 +33,10 @@ class LinearAttention(RecurrentLayer):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  chunk_size: int = 64, eps: float = 1e-6):
         super().__init__(d_model)
-        _positive_int("num_heads", num_heads)
+        positive_int("num_heads", num_heads)
         head_dim = d_model // num_heads if head_dim is None else head_dim
-        _positive_int("head_dim", head_dim)
-        _positive_int("chunk_size", chunk_size)
+        positive_int("head_dim", head_dim)
+        positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.chunk_size, self.eps = num_heads, head_dim, chunk_size, eps
         self.qkv = nn.Linear(d_model, 3 * num_heads * head_dim, bias=False)
         self.out_proj = nn.Linear(num_heads * head_dim, d_model, bias=False)

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import ShortConv
+from rnnzoo.layers._shortconv_linear import ShortConv, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.layers.linear_attention import _positive_int
 from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
                                      gated_linear_attention_recurrent)
 from rnnzoo.registry import register
@@ -41,7 +40,7 @@ class Mamba2(RecurrentLayer):
         super().__init__(d_model)
         for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
                             ("conv_size", conv_size), ("chunk_size", chunk_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         d_inner = expand * d_model
         if d_inner % head_dim:
             raise ValueError(f"expand * d_model = {d_inner} must be a multiple of head_dim, "

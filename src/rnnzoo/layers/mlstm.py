@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, ShortConv
+from rnnzoo.layers._shortconv_linear import HeadNorm, ShortConv, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.layers.linear_attention import _positive_int
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
 from rnnzoo.registry import register
 
@@ -62,7 +61,7 @@ class MLSTM(RecurrentLayer):
         super().__init__(d_model)
         for name, value in (("num_heads", num_heads), ("proj_factor", proj_factor),
                             ("qkv_blocksize", qkv_blocksize), ("chunk_size", chunk_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if forget_gate not in ("sigmoid", "exp"):
             raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
         inner = proj_factor * d_model

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.layers.linear_attention import _positive_int
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -41,7 +40,7 @@ class RWKV6(RecurrentLayer):
         for name, value in (("head_dim", head_dim), ("mix_rank", mix_rank),
                             ("decay_rank", decay_rank), ("chunk_size", chunk_size),
                             ("subchunk_size", subchunk_size)):
-            _positive_int(name, value)
+            positive_int(name, value)
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim, got {head_dim}")
         self.num_heads, self.head_dim = d_model // head_dim, head_dim
