@@ -124,6 +124,50 @@ def cases(B, T, H, D, chunk):
     return out, [q, k, v, g_scalar, g_vector, w, u, log_i, log_f]
 
 
+BENCH_LAYERS = {  # options giving H = 4 heads of dimension 64
+    "linear_attention": dict(d_model=256, num_heads=4),
+    "retnet": dict(d_model=256, num_heads=4),
+    "gla": dict(d_model=256, num_heads=4, expand_k=1.0),
+    "hgrn2": dict(d_model=256, num_heads=4, expand_ratio=64),
+    "mamba2": dict(d_model=128, d_state=64, head_dim=64),
+    "mlstm": dict(d_model=128, num_heads=4),
+    "rwkv6": dict(d_model=256, head_dim=64),
+}
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def step_memory(T: int, layers) -> None:
+    """Decode T tokens one `step` at a time (B = 1, no grad): the state's size and the
+    process's peak resident memory after T / 16 and after T steps (constant in T)."""
+    import rnnzoo
+    print(f"step decoding, B=1, float32, no grad, {torch.get_num_threads()} threads")
+    print(f"{'layer':<18}{'state KB':>10}{'peak MB @' + str(T // 16):>16}{'peak MB @' + str(T):>16}"
+          f"{'us/step':>10}")
+    for name in layers:
+        opts = dict(BENCH_LAYERS[name])
+        torch.manual_seed(0)
+        layer = rnnzoo.create(name, **opts)
+        x = torch.randn(1, opts["d_model"])
+        state = layer.init_state(1)
+        flat = state if isinstance(state, tuple) else (state,)
+        kb = sum(t.numel() * t.element_size() for t in flat) / 1024
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for t in range(T):
+                y, state = layer.step(x, state)
+                if t == T // 16 - 1:
+                    early = _peak_rss_mb()
+            per_step = (time.perf_counter() - t0) / T * 1e6
+        print(f"{name:<18}{kb:>10.1f}{early:>16.1f}{_peak_rss_mb():>16.1f}{per_step:>10.0f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -135,7 +179,12 @@ def main():
                    help="skip the recurrent loops (ours and the peers') above this length")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--ops", default=None, help="comma-separated subset of the op names")
+    p.add_argument("--step-memory", type=int, default=0, metavar="T",
+                   help="instead: decode T steps with each layer and print its memory")
+    p.add_argument("--layers", default=",".join(BENCH_LAYERS), help="layers for --step-memory")
     a = p.parse_args()
+    if a.step_memory:
+        return step_memory(a.step_memory, a.layers.split(","))
     print(f"fwd+bwd float32, B={a.batch} H={a.heads} head_dim={a.head_dim} chunk={a.chunk_size}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'op':<28}{'T':>6}  {'impl':<34}{'ms':>10}  chunk speedup")
