@@ -1,0 +1,80 @@
+"""HGRN2 (Qin et al. 2024, "HGRN2: Gated Linear RNNs with State Expansion", arXiv:2404.07904).
+
+HGRN's gated recurrence with its forget gate f_t and input gate 1 - f_t, the
+elementwise product replaced by an outer product (state expansion, section 3):
+
+    f_t = beta + (1 - beta) sigmoid(x_t W_f)          (forget gate with lower bound beta)
+    S_t = diag(f_t) S_{t-1} + (1 - f_t) i_t^T,  i_t = x_t W_i
+    o_t = S_t^T q_t,  q_t = swish(x_t W_q)             (the output gate acts as the query)
+    y_t = RMSNorm_h(o_t) W_O
+
+so it is gated linear attention with k = 1 - f and log decay log f. In a stack
+the lower bound beta grows with depth (HGRN); one layer takes it as `lower_bound`.
+`expand_ratio` is the key width per head (the state expansion). Modes: `recurrent`, `chunk`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
+from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.registry import register
+
+
+@register("hgrn2", family="matrix", paper="Qin et al. 2024, arXiv:2404.07904",
+          tiny=dict(d_model=8, num_heads=2, expand_ratio=4, chunk_size=4, subchunk_size=2,
+                    lower_bound=0.3))
+class HGRN2(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state S: (B, num_heads, expand_ratio, d_model // num_heads)."""
+
+    modes = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, expand_ratio: int = 64,
+                 lower_bound: float = 0.0, chunk_size: int = 64, subchunk_size: int = 16):
+        super().__init__(d_model)
+        for name, value in (("num_heads", num_heads), ("expand_ratio", expand_ratio),
+                            ("chunk_size", chunk_size), ("subchunk_size", subchunk_size)):
+            positive_int(name, value)
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
+        if not 0.0 <= lower_bound < 1.0:
+            raise ValueError(f"lower_bound must lie in [0, 1), got {lower_bound!r}")
+        self.num_heads, self.key_dim, self.value_dim = num_heads, expand_ratio, d_model // num_heads
+        self.lower_bound, self.chunk_size, self.subchunk_size = lower_bound, chunk_size, subchunk_size
+        H, K = num_heads, expand_ratio
+        self.qf = nn.Linear(d_model, 2 * H * K, bias=False)
+        self.i_proj = nn.Linear(d_model, d_model, bias=False)
+        self.norm = HeadNorm(H, self.value_dim, kind="rms")
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        return torch.zeros(batch_size, self.num_heads, self.key_dim, self.value_dim,
+                           device=device, dtype=state_dtype(dtype))
+
+    def _forward(self, x, state, mode):
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.key_dim, self.value_dim
+        q, f = self.qf(x).view(B, T, 2, H, K).unbind(2)
+        q, f = F.silu(q), f.to(state.dtype)
+        beta = self.lower_bound
+        if beta == 0.0:  # log f and 1 - f without cancellation
+            log_f, k = F.logsigmoid(f), torch.sigmoid(-f)
+        else:
+            forget = beta + (1 - beta) * torch.sigmoid(f)
+            log_f, k = forget.log(), (1 - beta) * torch.sigmoid(-f)
+        v = self.i_proj(x).view(B, T, H, V)
+        kw = dict(scale=1.0, initial_state=state)
+        if mode == "chunk":
+            o, state = gated_linear_attention(q, k, v, log_f, chunk_size=self.chunk_size,
+                                              subchunk_size=self.subchunk_size, **kw)
+        else:
+            o, state = gated_linear_attention_recurrent(q, k, v, log_f, **kw)
+        return self.out_proj(self.norm(o).reshape(B, T, H * V)), state
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "recurrent")
+        return y[:, 0], state

@@ -1,0 +1,90 @@
+"""Mamba-2 (Dao & Gu 2024, "Transformers are SSMs", arXiv:2405.21060): the SSD layer.
+
+A scalar decay per head and per step, inputs B_t, C_t shared by all heads (one group):
+
+    [z, xBC, dt] = x W_in;  [x, B, C] = silu(conv1d(xBC));  dt = softplus(dt + dt_bias)
+    S_t = exp(dt_t A) S_{t-1} + B_t (dt_t x_t)^T,   A = -exp(A_log) < 0    S: (d_state, head_dim)
+    y_t = S_t^T C_t + D x_t,   out = RMSNorm(y * silu(z)) W_out              (gated RMSNorm)
+
+i.e. gated linear attention with q = C, k = B, v = dt x and log decay dt A. Modes:
+`recurrent`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
+"attention" form of the semiseparable matrix). The state is (S, conv state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_linear import ShortConv, positive_int
+from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
+                                     gated_linear_attention_recurrent)
+from rnnzoo.registry import register
+
+
+@register("mamba2", family="matrix", paper="Dao & Gu 2024, arXiv:2405.21060",
+          tiny=dict(d_model=4, d_state=2, head_dim=4, conv_size=3, chunk_size=4))
+class Mamba2(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S: (B, H, d_state, head_dim),
+    conv: (B, expand * d_model + 2 d_state, conv_size - 1)), H = expand * d_model / head_dim."""
+
+    modes = ("recurrent", "chunk", "parallel")
+
+    def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
+                 conv_size: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
+                 dt_max: float = 0.1):
+        super().__init__(d_model)
+        for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
+                            ("conv_size", conv_size), ("chunk_size", chunk_size)):
+            positive_int(name, value)
+        d_inner = expand * d_model
+        if d_inner % head_dim:
+            raise ValueError(f"expand * d_model = {d_inner} must be a multiple of head_dim, "
+                             f"got head_dim={head_dim}")
+        self.d_inner, self.d_state, self.head_dim = d_inner, d_state, head_dim
+        self.num_heads, self.chunk_size = d_inner // head_dim, chunk_size
+        H = self.num_heads
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + H, bias=False)
+        self.conv = ShortConv(d_inner + 2 * d_state, conv_size)
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm_weight = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        S = torch.zeros(batch_size, self.num_heads, self.d_state, self.head_dim, device=device,
+                        dtype=state_dtype(dtype))
+        return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        Bsz, T, _ = x.shape
+        H, N, P = self.num_heads, self.d_state, self.head_dim
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * N, H], -1)
+        xBC, conv_state = self.conv(xBC, conv_state)
+        xs, Bm, Cm = xBC.split([self.d_inner, N, N], -1)
+        xs = xs.reshape(Bsz, T, H, P)
+        dt = F.softplus(dt.to(S.dtype) + self.dt_bias)  # (B, T, H)
+        log_decay = -dt * self.A_log.to(S.dtype).exp()
+        q, k = (t[:, :, None].expand(Bsz, T, H, N) for t in (Cm, Bm))
+        v = xs.to(S.dtype) * dt[..., None]
+        kw = dict(scale=1.0, initial_state=S)
+        if mode == "chunk":
+            y, S = gated_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
+        elif mode == "parallel":
+            y, S = gated_linear_attention_parallel(q, k, v, log_decay, **kw)
+        else:
+            y, S = gated_linear_attention_recurrent(q, k, v, log_decay, **kw)
+        y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
+        y = F.rms_norm(y * F.silu(z), (self.d_inner,), eps=1e-5) * self.norm_weight
+        return self.out_proj(y), (S, conv_state)
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "recurrent")
+        return y[:, 0], state

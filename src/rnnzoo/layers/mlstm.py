@@ -1,0 +1,110 @@
+"""mLSTM block (Beck et al. 2024, "xLSTM: Extended Long Short-Term Memory", arXiv:2405.04517).
+
+The cell (section 2.3, eqs. 19-27, stabilised as in appendix A.2): a matrix memory
+with an exponential input gate, a sigmoid (or exponential) forget gate, a
+normaliser state n and a max-stabiliser m:
+
+    C_t = f_t C_{t-1} + i_t k_t v_t^T,   n_t = f_t n_{t-1} + i_t k_t
+    h~_t = C_t^T q_t / max(|n_t^T q_t|, 1),   k scaled by 1/sqrt(d)
+
+(`rnnzoo.ops.chunk.linear.mlstm` holds the stabilised recurrence.) The block
+(figure 10, the pre-up-projection block without its pre-norm and residual, which
+belong to the stack):
+
+    [x_m, z] = x W_up                                 (proj_factor 2)
+    x_c = swish(causal_conv4(x_m));  q, k = blockdiag(x_c);  v = blockdiag(x_m)
+    [i~, f~] = [q, k, v] W_gates + b;  h = GroupNorm_h(mLSTM(q, k, v, i~, f~)) + skip * x_c
+    y = (h * swish(z)) W_down
+
+State: (C, n, m, conv state). Modes: `recurrent`, `chunk`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_linear import HeadNorm, ShortConv, positive_int
+from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
+from rnnzoo.registry import register
+
+
+class BlockDiagonalLinear(nn.Module):
+    """xLSTM's headwise q/k/v projection: independent (blocksize x blocksize) maps."""
+
+    def __init__(self, dim: int, blocksize: int):
+        super().__init__()
+        if dim % blocksize:
+            raise ValueError(f"the inner width {dim} must be a multiple of qkv_blocksize, "
+                             f"got qkv_blocksize={blocksize}")
+        self.blocks, self.blocksize = dim // blocksize, blocksize
+        self.weight = nn.Parameter(torch.randn(self.blocks, blocksize, blocksize) * blocksize ** -0.5)
+
+    def forward(self, x):
+        xb = x.unflatten(-1, (self.blocks, self.blocksize))
+        return torch.einsum("...bi,boi->...bo", xb, self.weight).flatten(-2)
+
+
+@register("mlstm", family="matrix", paper="Beck et al. 2024, arXiv:2405.04517",
+          tiny=dict(d_model=4, num_heads=2, qkv_blocksize=2, conv_size=3, chunk_size=4))
+class MLSTM(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (C: (B, H, D, D), n: (B, H, D), m: (B, H),
+    conv: (B, proj_factor * d_model, conv_size - 1)), D = proj_factor * d_model / H."""
+
+    modes = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, proj_factor: int = 2,
+                 qkv_blocksize: int = 4, conv_size: int = 4, forget_gate: str = "sigmoid",
+                 chunk_size: int = 64):
+        super().__init__(d_model)
+        for name, value in (("num_heads", num_heads), ("proj_factor", proj_factor),
+                            ("qkv_blocksize", qkv_blocksize), ("chunk_size", chunk_size)):
+            positive_int(name, value)
+        if forget_gate not in ("sigmoid", "exp"):
+            raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
+        inner = proj_factor * d_model
+        if inner % num_heads:
+            raise ValueError(f"proj_factor * d_model = {inner} must be a multiple of num_heads, "
+                             f"got num_heads={num_heads}")
+        self.inner, self.num_heads, self.head_dim = inner, num_heads, inner // num_heads
+        self.forget_gate, self.chunk_size = forget_gate, chunk_size
+        self.up_proj = nn.Linear(d_model, 2 * inner, bias=False)
+        self.conv = ShortConv(inner, conv_size)
+        self.q, self.k, self.v = (BlockDiagonalLinear(inner, qkv_blocksize) for _ in range(3))
+        self.gates = nn.Linear(3 * inner, 2 * num_heads)
+        with torch.no_grad():  # xLSTM's init: forget biases 3..6 (long memory), small input gates
+            self.gates.weight.zero_()
+            self.gates.bias[:num_heads].normal_(0, 0.1)
+            self.gates.bias[num_heads:] = torch.linspace(3.0, 6.0, num_heads)
+        self.norm = HeadNorm(num_heads, self.head_dim, kind="layer")
+        self.skip = nn.Parameter(torch.ones(inner))
+        self.down_proj = nn.Linear(inner, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        dt, H, D = state_dtype(dtype), self.num_heads, self.head_dim
+        z = lambda *s: torch.zeros(batch_size, *s, device=device, dtype=dt)  # noqa: E731
+        return z(H, D, D), z(H, D), z(H), self.conv.init_state(batch_size, device, dt)
+
+    def _forward(self, x, state, mode):
+        *cell_state, conv_state = state
+        B, T, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        x_m, z = self.up_proj(x).chunk(2, -1)
+        x_c, conv_state = self.conv(x_m, conv_state)
+        q, k, v = self.q(x_c), self.k(x_c), self.v(x_m)
+        log_i, f = self.gates(torch.cat([q, k, v], -1)).to(cell_state[0].dtype).chunk(2, -1)
+        log_f = F.logsigmoid(f) if self.forget_gate == "sigmoid" else f
+        q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
+        if mode == "chunk":
+            h, cell_state = mlstm(q, k, v, log_i, log_f, initial_state=tuple(cell_state),
+                                  chunk_size=self.chunk_size)
+        else:
+            h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
+        h = self.norm(h).reshape(B, T, self.inner) + self.skip * x_c
+        return self.down_proj(h * F.silu(z)), (*cell_state, conv_state)
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "recurrent")
+        return y[:, 0], state

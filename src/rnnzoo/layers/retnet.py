@@ -1,0 +1,103 @@
+"""Multi-scale retention (Sun et al. 2023, "Retentive Network", arXiv:2307.08621).
+
+Per head h a fixed decay gamma_h = 1 - 2^(-5 - h) (section 2.2), and q, k rotated by
+their absolute position n (Theta_n = e^{i n theta}, eq. 3; theta as in the authors'
+torchscale code, 1 / 10000^linspace(0, 1, d_k / 2) on pairs of channels):
+
+    q_n = (x_n W_Q) Theta_n,  k_n = (x_n W_K) conj(Theta_n),  v_n = x_n W_V
+    S_n = gamma_h S_{n-1} + k_n v_n^T,   o_n = S_n^T q_n / sqrt(d_k)     (recurrent, eq. 6)
+    O = (Q K^T / sqrt(d_k) * D) V,  D_nm = gamma^(n - m) [n >= m]       (parallel, eq. 5)
+    Y = GroupNorm_h(O),  MSR(X) = (swish(X W_G) * Y) W_O                 (eq. 8)
+
+The value width is twice the key width per head (the paper's d_v = 2 d). The state is
+(S, n): the matrix state and the position of the next token (float, exact below 2^24).
+Modes: `recurrent`, `chunk` (chunkwise retention, eq. 7), `parallel`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
+from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
+                                     gated_linear_attention_recurrent)
+from rnnzoo.registry import register
+
+
+def retention_decays(num_heads: int) -> torch.Tensor:
+    """gamma_h = 1 - 2^(-5 - h), h = 0 .. num_heads - 1 (float64)."""
+    return 1 - 2.0 ** (-5 - torch.arange(num_heads, dtype=torch.float64))
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, K) times e^{i n theta} on channel pairs (2j, 2j + 1); positions: (B, T)."""
+    K = x.shape[-1]
+    theta = 1.0 / 10000 ** torch.linspace(0, 1, K // 2, dtype=positions.dtype,
+                                          device=x.device)
+    angle = (positions[..., None] * theta).repeat_interleave(2, -1)[:, :, None]  # (B, T, 1, K)
+    pairs = x.unflatten(-1, (K // 2, 2))
+    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
+    return x * angle.cos().to(x.dtype) + swapped * angle.sin().to(x.dtype)
+
+
+@register("retnet", family="matrix", paper="Sun et al. 2023, arXiv:2307.08621",
+          tiny=dict(d_model=8, num_heads=2, chunk_size=4))
+class RetNet(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S: (B, num_heads, head_dim, expand_v * head_dim),
+    position: (B,))."""
+
+    modes = ("recurrent", "chunk", "parallel")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 expand_v: int = 2, chunk_size: int = 64):
+        super().__init__(d_model)
+        positive_int("num_heads", num_heads)
+        head_dim = d_model // num_heads if head_dim is None else head_dim
+        for name, value in (("head_dim", head_dim), ("expand_v", expand_v),
+                            ("chunk_size", chunk_size)):
+            positive_int(name, value)
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even (q, k rotate in channel pairs), got {head_dim}")
+        self.num_heads, self.head_dim, self.chunk_size = num_heads, head_dim, chunk_size
+        self.value_dim = expand_v * head_dim
+        H, K, V = num_heads, head_dim, self.value_dim
+        self.qk = nn.Linear(d_model, 2 * H * K, bias=False)
+        self.v = nn.Linear(d_model, H * V, bias=False)
+        self.gate = nn.Linear(d_model, H * V, bias=False)
+        self.norm = HeadNorm(H, V, kind="layer")
+        self.out_proj = nn.Linear(H * V, d_model, bias=False)
+        self.register_buffer("log_gamma", retention_decays(H).log(), persistent=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        dt = state_dtype(dtype)
+        return (torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
+                            device=device, dtype=dt),
+                torch.zeros(batch_size, device=device, dtype=dt))
+
+    def _forward(self, x, state, mode):
+        state, position = state
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
+        positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
+        q, k = rotate(q, positions), rotate(k, positions)
+        v = self.v(x).view(B, T, H, V)
+        g = self.log_gamma.to(state.dtype).expand(B, T, H)
+        kw = dict(scale=1 / math.sqrt(K), initial_state=state)
+        if mode == "chunk":
+            o, state = gated_linear_attention(q, k, v, g, chunk_size=self.chunk_size, **kw)
+        elif mode == "parallel":
+            o, state = gated_linear_attention_parallel(q, k, v, g, **kw)
+        else:
+            o, state = gated_linear_attention_recurrent(q, k, v, g, **kw)
+        y = F.silu(self.gate(x)) * self.norm(o).reshape(B, T, H * V)
+        return self.out_proj(y), (state, position + T)
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "recurrent")
+        return y[:, 0], state

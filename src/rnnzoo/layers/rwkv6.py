@@ -1,0 +1,93 @@
+"""RWKV-6 "Finch" time mixing (Peng et al. 2024, "Eagle and Finch", arXiv:2404.05892, section 4).
+
+Data-dependent token shift (ddlerp) and a data-dependent decay per key channel:
+
+    dx_t = x_{t-1} - x_t
+    m_* = (tanh((x_t + dx_t mu_x) A) B)_*                   (low-rank, for * in w, k, v, r, g)
+    x*_t = x_t + dx_t (mu_* + m_*)
+    r, k, v = x r_t W_r, x k_t W_k, x v_t W_v;  g = silu(x g_t W_g)
+    w_t = exp(-exp(w0 + tanh(x w_t D1) D2))                  (decay in (0, 1) per key channel)
+    wkv_t = (S_{t-1} + diag(u) k_t v_t^T)^T r_t,   S_t = diag(w_t) S_{t-1} + k_t v_t^T
+    y_t = (GroupNorm_h(wkv_t) * g_t) W_o
+
+The wkv recurrence is gated linear attention with log decay -exp(.) and the bonus u.
+State: (S: (B, H, K, K), the last input x_{T-1}: (B, d_model)). Modes: `recurrent`, `chunk`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
+from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.registry import register
+
+
+@register("rwkv6", family="matrix", paper="Peng et al. 2024, arXiv:2404.05892",
+          tiny=dict(d_model=8, head_dim=4, mix_rank=2, decay_rank=2, chunk_size=4,
+                    subchunk_size=2))
+class RWKV6(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S: (B, H, head_dim, head_dim), x_last: (B, d_model))."""
+
+    modes = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, head_dim: int = 64, mix_rank: int = 32,
+                 decay_rank: int = 64, chunk_size: int = 64, subchunk_size: int = 16):
+        super().__init__(d_model)
+        for name, value in (("head_dim", head_dim), ("mix_rank", mix_rank),
+                            ("decay_rank", decay_rank), ("chunk_size", chunk_size),
+                            ("subchunk_size", subchunk_size)):
+            positive_int(name, value)
+        if d_model % head_dim:
+            raise ValueError(f"d_model={d_model} must be a multiple of head_dim, got {head_dim}")
+        self.num_heads, self.head_dim = d_model // head_dim, head_dim
+        self.chunk_size, self.subchunk_size = chunk_size, subchunk_size
+        d, H = d_model, self.num_heads
+        ramp = torch.arange(d) / max(d - 1, 1)
+        self.mu_x = nn.Parameter(1 - ramp ** 0.5)
+        self.mu = nn.Parameter((1 - ramp ** 0.5).repeat(5, 1))  # w, k, v, r, g
+        self.mix_down = nn.Parameter(torch.empty(d, 5 * mix_rank).uniform_(-1e-2, 1e-2))
+        self.mix_up = nn.Parameter(torch.zeros(5, mix_rank, d))
+        self.w0 = nn.Parameter(-6 + 5 * ramp ** 1.2)  # decays from slow to fast channels
+        self.decay_down = nn.Parameter(torch.empty(d, decay_rank).uniform_(-1e-2, 1e-2))
+        self.decay_up = nn.Parameter(torch.zeros(decay_rank, d))
+        self.u = nn.Parameter((0.5 * (1 - ramp) + 0.1 * ((torch.arange(d) + 1) % 3 - 1))
+                              .view(H, head_dim))
+        self.r_proj, self.k_proj, self.v_proj, self.g_proj = (
+            nn.Linear(d, d, bias=False) for _ in range(4))
+        self.norm = HeadNorm(H, head_dim, kind="layer", eps=64e-5)
+        self.out_proj = nn.Linear(d, d, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        dt, H, K = state_dtype(dtype), self.num_heads, self.head_dim
+        return (torch.zeros(batch_size, H, K, K, device=device, dtype=dt),
+                torch.zeros(batch_size, self.d_model, device=device, dtype=dt))
+
+    def _forward(self, x, state, mode):
+        S, x_last = state
+        B, T, d = x.shape
+        H, K = self.num_heads, self.head_dim
+        dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
+        m = torch.tanh((x + dx * self.mu_x) @ self.mix_down).view(B, T, 5, -1)
+        m = torch.einsum("btir,ird->ibtd", m, self.mix_up)
+        xw, xk, xv, xr, xg = (x + dx * (self.mu[i] + m[i]) for i in range(5))
+        r, k, v = (p(t).view(B, T, H, K) for p, t in ((self.r_proj, xr), (self.k_proj, xk),
+                                                     (self.v_proj, xv)))
+        g = F.silu(self.g_proj(xg))
+        w = self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up
+        log_w = -w.to(S.dtype).exp().view(B, T, H, K)
+        kw = dict(scale=1.0, initial_state=S, bonus=self.u.to(S.dtype))
+        if mode == "chunk":
+            o, S = gated_linear_attention(r, k, v, log_w, chunk_size=self.chunk_size,
+                                          subchunk_size=self.subchunk_size, **kw)
+        else:
+            o, S = gated_linear_attention_recurrent(r, k, v, log_w, **kw)
+        y = self.out_proj(self.norm(o).reshape(B, T, d) * g)
+        return y, (S, x[:, -1].to(S.dtype))
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "recurrent")
+        return y[:, 0], state

@@ -1,0 +1,313 @@
+"""Gated linear attention and mLSTM: matrix-state recurrences with a decay, chunkwise.
+
+Gated linear attention (GLA, Yang et al. 2024, arXiv:2312.06635) with a decay
+that is absent, a scalar per head or a vector per key channel, given in log
+space (g = log decay <= 0):
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T          S: (K, V) per head
+    o_t = S_t^T (scale * q_t)
+
+and, with a `bonus` u (RWKV-6, Peng et al. 2024, arXiv:2404.05892), the read
+before the write with a bonus on the current token:
+
+    o_t = (S_{t-1} + diag(u) k_t v_t^T)^T (scale * q_t),  then  S_t as above.
+
+mLSTM (Beck et al. 2024, xLSTM, arXiv:2405.04517, eqs. 19-27) with an
+exponential input gate (pre-activation i~_t = log i_t), a forget gate given as
+log f_t (logsigmoid for a sigmoid gate, the pre-activation for an exponential
+one) and the max-stabiliser m:
+
+    m_t = max(log f_t + m_{t-1}, i~_t)
+    C_t = exp(log f_t + m_{t-1} - m_t) C_{t-1} + exp(i~_t - m_t) k_t v_t^T
+    n_t = exp(log f_t + m_{t-1} - m_t) n_{t-1} + exp(i~_t - m_t) k_t
+    h_t = C_t^T q~_t / (max(|n_t^T q~_t|, exp(-m_t)) + eps),   q~ = scale * q
+
+Chunkwise forms (Yang et al. 2024, section 3): the sequence is cut into chunks
+of `chunk_size`; inside a chunk the outputs are a masked matrix product whose
+decays are cumulative log-decays G relative to the chunk start, and the states
+at chunk boundaries follow a short recurrence over chunks. Every exponent is
+kept bounded: for scalar decays the (C, C) matrix exp(G_i - G_j) is built in
+log space and masked before `exp`. For vector decays the scores are matrix
+products of q_i exp(G_i - R) and k_j exp(R - G_j) through a reference point R;
+when the log-decay accumulated over a chunk is small (the common case) R is
+the chunk start and one matmul does it; otherwise the chunk is cut once more
+into sub-chunks (the paper's secondary chunking): blocks below the diagonal go
+through the sub-chunk boundary (both factors <= 1), and diagonal blocks are
+factorised the same way while their span stays far from overflow, else built
+from the exact (c, c, K) log-space tensor.
+
+All functions take (B, T, H, D) tensors and return (o, final_state): o is
+(B, T, H, V) in q's dtype; states are float32 (float64 for float64 input).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "gated_linear_attention", "gated_linear_attention_parallel",
+    "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent",
+]
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check(q, k, v, g, initial_state, bonus):
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k must be (B, T, H, K) and v (B, T, H, V) with equal B, T, H; got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    B, T, H, K = q.shape
+    if g is not None and g.shape not in ((B, T, H), (B, T, H, K)):
+        raise ValueError(f"log_decay must be (B, T, H) or (B, T, H, K) = {(B, T, H)} or "
+                         f"{(B, T, H, K)}, got {tuple(g.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
+        raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, "
+                         f"got {tuple(initial_state.shape)}")
+    if bonus is not None and bonus.shape != (H, K):
+        raise ValueError(f"bonus must be (H, K) = {(H, K)}, got {tuple(bonus.shape)}")
+
+
+def _prepare(q, k, v, g, scale, initial_state):
+    B, T, H, K = q.shape
+    dt = _acc_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    q, k, v = q.to(dt) * scale, k.to(dt), v.to(dt)
+    g = torch.zeros(B, T, H, dtype=dt, device=q.device) if g is None else g.to(dt)
+    S = (torch.zeros(B, H, K, v.shape[-1], dtype=dt, device=q.device) if initial_state is None
+         else initial_state.to(dt))
+    return q, k, v, g, S
+
+
+def gated_linear_attention_recurrent(q, k, v, log_decay=None, *, scale=None, initial_state=None,
+                                     bonus=None):
+    """The reference loop. q, k: (B, T, H, K); v: (B, T, H, V); log_decay: None, (B, T, H)
+    or (B, T, H, K); initial_state: (B, H, K, V); bonus: (H, K) or None. -> (o, S_T)."""
+    _check(q, k, v, log_decay, initial_state, bonus)
+    out_dtype = q.dtype
+    q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
+    decay = g.exp()
+    decay = decay[..., None, None] if decay.dim() == 3 else decay[..., None]
+    outs = []
+    for t in range(q.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+        if bonus is None:
+            S = decay[:, t] * S + kv
+            outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+        else:
+            outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S + bonus[..., None] * kv))
+            S = decay[:, t] * S + kv
+    return torch.stack(outs, 1).to(out_dtype), S
+
+
+def _chunks(x, C):
+    """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps."""
+    B, T = x.shape[:2]
+    pad = -T % C
+    if pad:
+        x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], 1)
+    x = x.view(B, (T + pad) // C, C, *x.shape[2:])
+    return x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() == 5 else x.permute(0, 3, 1, 2)
+
+
+def _masked_exp(log_w, mask):
+    """exp(log_w) where mask, 0 elsewhere, with no overflow where masked out."""
+    return log_w.masked_fill(~mask, float("-inf")).exp()
+
+
+def _factorise_limit(dtype) -> float:
+    """Largest log-decay span over which exp(R - G) * exp(G - R)-style factors stay far from
+    overflow and underflow: e^40 ~ 2e17 in float32, e^300 ~ 2e130 in float64."""
+    return 300.0 if dtype == torch.float64 else 40.0
+
+
+def _intra_vector(q, k, Gq, G, strict: bool, c: int):
+    """Intra-chunk scores A_ij = sum_k q_ik exp(Gq_ik - G_jk) k_jk for j <= i (j < i if strict).
+
+    q, k, Gq, G: (..., C, K) with G the cumulative log-decay from the chunk start -> A: (..., C, C).
+    Blocks are factorised through a reference point R (a sub-chunk's start):
+    (q_i exp(Gq_i - R)) . (k_j exp(R - G_j)). Below the diagonal both factors are <= 1. On the
+    diagonal the k factor is <= exp(span), the log-decay accumulated over the block; when a
+    span exceeds `_factorise_limit` the diagonal blocks are built exactly from the (c, c, K)
+    log-space tensor instead. When the whole chunk's span is small, one block covers it.
+    """
+    *lead, C, K = q.shape
+    limit = _factorise_limit(q.dtype)
+    if -G[..., -1, :].min().item() < limit or C % c:
+        c = C
+    m = C // c
+    qs, ks, Gqs, Gs = (t.reshape(*lead, m, c, K) for t in (q, k, Gq, G))
+    R = torch.cat([torch.zeros_like(Gs[..., :1, -1, :]), Gs[..., :-1, -1, :]], -2)  # (..., m, K)
+    mask = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
+    if (R - Gs[..., -1, :]).max().item() < limit:
+        q_f = qs * (Gqs - R[..., None, :]).exp()
+        k_f = ks * (R[..., None, :] - Gs).exp()
+        A_diag = (q_f @ k_f.transpose(-1, -2)) * mask
+    else:
+        decay = _masked_exp(Gqs[..., :, None, :] - Gs[..., None, :, :], mask[..., None])
+        A_diag = torch.einsum("...ik,...ijk,...jk->...ij", qs, decay, ks)  # (..., m, c, c)
+    if m == 1:
+        return A_diag.reshape(*lead, C, C)
+    eye = torch.eye(m, dtype=q.dtype, device=q.device).view(m, 1, m, 1)
+    A = A_diag.unsqueeze(-2) * eye  # (..., m, c, m, c)
+    R = R[..., 1:, :]  # boundary before sub-chunk a = 1..m-1: (..., m-1, K)
+    q_a = qs[..., 1:, :, :] * (Gqs[..., 1:, :, :] - R[..., None, :]).exp()
+    below = torch.ones(m - 1, m, dtype=torch.bool, device=q.device).tril()  # b <= a - 1
+    k_ab = ks[..., None, :, :, :] * _masked_exp(
+        R[..., :, None, None, :] - Gs[..., None, :, :, :], below[:, :, None, None])
+    A_off = torch.einsum("...aik,...abjk->...aibj", q_a, k_ab)  # (..., m-1, c, m, c)
+    A = A + torch.cat([torch.zeros_like(A[..., :1, :, :, :]), A_off], -4)
+    return A.reshape(*lead, C, C)
+
+
+def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state=None,
+                           bonus=None, chunk_size: int = 64, subchunk_size: int = 16):
+    """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
+
+    Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
+    """
+    _check(q, k, v, log_decay, initial_state, bonus)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    out_dtype = q.dtype
+    B, T, H, K = q.shape
+    q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
+    vector = g.dim() == 4
+    C = min(chunk_size, T)
+    qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
+    G = gc.cumsum(3)  # log-decay from the chunk start, inclusive
+    Gq = G - gc if bonus is not None else G  # with a bonus, q reads the state before the decay
+    G_end = G[:, :, :, -1:]  # (B, H, N, 1[, K])
+    if vector:
+        A = _intra_vector(qc, kc, Gq, G, bonus is not None, subchunk_size)
+        q_inter = qc * Gq.exp()
+        k_state = kc * (G_end - G).exp()
+        chunk_decay = G_end.exp().transpose(-1, -2)  # (B, H, N, K, 1)
+    else:
+        mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(
+            -1 if bonus is not None else 0)
+        A = (qc @ kc.transpose(-1, -2)) * _masked_exp(Gq[..., :, None] - G[..., None, :], mask)
+        q_inter = qc * Gq.exp()[..., None]
+        k_state = kc * (G_end - G).exp()[..., None]
+        chunk_decay = G_end.exp()[..., None]  # (B, H, N, 1, 1)
+    o = A @ vc
+    if bonus is not None:
+        o = o + (qc * bonus[:, None, None, :] * kc).sum(-1, keepdim=True) * vc
+    updates = k_state.transpose(-1, -2) @ vc  # (B, H, N, K, V)
+    starts = []
+    for n in range(updates.shape[2]):
+        starts.append(S)
+        S = chunk_decay[:, :, n] * S + updates[:, :, n]
+    o = o + q_inter @ torch.stack(starts, 2)
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
+    return o.to(out_dtype), S
+
+
+def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, initial_state=None,
+                                    bonus=None):
+    """The quadratic (attention-like) form: o = (Q K^T * D) V with D_ij = exp(G_i - G_j),
+    j <= i, plus the initial state's contribution. Scalar or no decay only: a vector decay
+    would need a (T, T, K) tensor. It is the chunkwise form with one chunk of length T."""
+    if log_decay is not None and log_decay.dim() == 4:
+        raise ValueError("gated_linear_attention_parallel takes no decay or a scalar decay per "
+                         f"head (B, T, H), got log_decay of shape {tuple(log_decay.shape)}")
+    return gated_linear_attention(q, k, v, log_decay, scale=scale, initial_state=initial_state,
+                                  bonus=bonus, chunk_size=q.shape[1])
+
+
+# -- mLSTM ------------------------------------------------------------------------------------
+def _mlstm_check(q, k, v, log_i, log_f, initial_state):
+    _check(q, k, v, None, None, None)
+    B, T, H, K = q.shape
+    for name, t in (("log_i", log_i), ("log_f", log_f)):
+        if t.shape != (B, T, H):
+            raise ValueError(f"{name} must be (B, T, H) = {(B, T, H)}, got {tuple(t.shape)}")
+    if initial_state is not None:
+        want = ((B, H, K, v.shape[-1]), (B, H, K), (B, H))
+        got = tuple(tuple(s.shape) for s in initial_state)
+        if got != want:
+            raise ValueError(f"initial_state must be (C, n, m) of shapes {want}, got {got}")
+
+
+def _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state):
+    B, T, H, K = q.shape
+    dt = _acc_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    q, k, v, log_i, log_f = q.to(dt) * scale, k.to(dt), v.to(dt), log_i.to(dt), log_f.to(dt)
+    if initial_state is None:
+        z = q.new_zeros
+        initial_state = (z(B, H, K, v.shape[-1]), z(B, H, K), z(B, H))
+    return q, k, v, log_i, log_f, tuple(s.to(dt) for s in initial_state)
+
+
+def mlstm_recurrent(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6):
+    """The reference loop. q, k: (B, T, H, K); v: (B, T, H, V); log_i (input gate
+    pre-activation), log_f (log forget gate): (B, T, H); initial_state: (C, n, m) of shapes
+    (B, H, K, V), (B, H, K), (B, H) (zeros when None, as in xLSTM). -> (h, (C, n, m))."""
+    _mlstm_check(q, k, v, log_i, log_f, initial_state)
+    out_dtype = q.dtype
+    q, k, v, log_i, log_f, (C, n, m) = _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state)
+    outs = []
+    for t in range(q.shape[1]):
+        m_new = torch.maximum(log_f[:, t] + m, log_i[:, t])
+        f = (log_f[:, t] + m - m_new)[..., None]
+        i = (log_i[:, t] - m_new)[..., None]
+        C = f[..., None].exp() * C + i[..., None].exp() * k[:, t, :, :, None] * v[:, t, :, None, :]
+        n = f.exp() * n + i.exp() * k[:, t]
+        m = m_new
+        num = torch.einsum("bhk,bhkv->bhv", q[:, t], C)
+        den = torch.maximum((q[:, t] * n).sum(-1).abs(), (-m).exp())[..., None] + eps
+        outs.append(num / den)
+    return torch.stack(outs, 1).to(out_dtype), (C, n, m)
+
+
+def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
+          chunk_size: int = 64):
+    """Chunkwise mLSTM, equal to `mlstm_recurrent` (same arguments and returns).
+
+    With F the log forget gates summed from the chunk start (inclusive) and m0 the
+    stabiliser entering the chunk, token j reaches row i >= j with log weight
+    W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
+    stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
+    with the same m as the loop. States at chunk ends follow a loop over chunks.
+    """
+    _mlstm_check(q, k, v, log_i, log_f, initial_state)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    out_dtype = q.dtype
+    B, T, H, K = q.shape
+    q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
+                                                         initial_state)
+    L = min(chunk_size, T)
+    pad = -T % L
+    if pad:  # padded steps: forget gate 1, input gate 0 (log -inf), k = v = 0: no effect
+        log_i = torch.cat([log_i, log_i.new_full((B, pad, H), float("-inf"))], 1)
+    qc, kc, vc, ic, fc = (_chunks(t, L) for t in (q, k, v, log_i, log_f))  # (B, H, N, L, ...)
+    F = fc.cumsum(3)
+    mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    W = (F[..., :, None] - F[..., None, :] + ic[..., None, :]).masked_fill(~mask, float("-inf"))
+    W_end = W[..., -1, :]  # (B, H, N, L): log weight of each token in the chunk-end state
+    m_end_local = W_end.max(-1).values
+    kv_end = kc.transpose(-1, -2)  # (B, H, N, K, L)
+    starts = []
+    for c in range(qc.shape[2]):
+        starts.append((Cs, ns, ms))
+        F_end = F[:, :, c, -1]
+        m_new = torch.maximum(F_end + ms, m_end_local[:, :, c])
+        w = (W_end[:, :, c] - m_new[..., None]).exp()  # (B, H, L)
+        decay = (F_end + ms - m_new).exp()
+        Cs = decay[..., None, None] * Cs + (kv_end[:, :, c] * w[:, :, None, :]) @ vc[:, :, c]
+        ns = decay[..., None] * ns + (kc[:, :, c] * w[..., None]).sum(-2)
+        ms = m_new
+    C0, n0, m0 = (torch.stack(s, 2) for s in zip(*starts))  # (B, H, N, ...)
+    inter_log = F + m0[..., None]  # (B, H, N, L)
+    m_row = torch.maximum(inter_log, W.max(-1).values)
+    D = (W - m_row[..., None]).exp()
+    scores = (qc @ kc.transpose(-1, -2)) * D  # (B, H, N, L, L)
+    q_inter = qc * (inter_log - m_row).exp()[..., None]
+    num = scores @ vc + q_inter @ C0
+    den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
+    h = num / (torch.maximum(den.abs(), (-m_row).exp()) + eps)[..., None]
+    h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
+    return h.to(out_dtype), (Cs, ns, ms)

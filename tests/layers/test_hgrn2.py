@@ -1,0 +1,37 @@
+"""HGRN2 (Qin et al. 2024): the outer-product recurrence written out, and a long sequence."""
+
+import torch
+import torch.nn.functional as F
+
+import rnnzoo
+
+
+def test_equals_hgrn_with_state_expansion_and_lower_bound():
+    """f = beta + (1 - beta) sigmoid(x W_f) >= beta; S_t = diag(f_t) S_{t-1} + (1 - f_t) i_t^T;
+    o = S^T swish(x W_q); y = RMSNorm_h(o) W_O."""
+    torch.manual_seed(0)
+    H, d, E, beta = 2, 8, 3, 0.4
+    layer = rnnzoo.create("hgrn2", d_model=d, num_heads=H, expand_ratio=E, lower_bound=beta,
+                          chunk_size=8, subchunk_size=4).double()
+    x = torch.randn(2, 21, d, dtype=torch.float64)
+    q, f = layer.qf(x).view(2, 21, 2, H, E).unbind(2)
+    f = beta + (1 - beta) * torch.sigmoid(f)
+    assert (f >= beta).all()
+    i = layer.i_proj(x).view(2, 21, H, d // H)
+    S, outs = torch.zeros(2, H, E, d // H, dtype=torch.float64), []
+    for t in range(21):
+        S = f[:, t, :, :, None] * S + (1 - f[:, t, :, :, None]) * i[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", F.silu(q[:, t]), S))
+    o = torch.stack(outs, 1)
+    o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.norm.weight
+    want = layer.out_proj(o.reshape(2, 21, d))
+    for mode in layer.modes:
+        y, s = layer(x, mode=mode)
+        assert (y - want).abs().max() < 1e-12 and (s - S).abs().max() < 1e-12
+
+
+def test_long_sequence_float32_is_finite():
+    layer = rnnzoo.create("hgrn2", d_model=8, num_heads=2, expand_ratio=8)
+    with torch.no_grad():
+        y, s = layer(torch.randn(1, 65536, 8), mode="chunk")
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()

@@ -1,0 +1,46 @@
+"""mLSTM block (Beck et al. 2024): the block around xLSTM's own native mLSTM backend."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnnzoo
+
+
+def test_block_equals_xlstm_native_chunkwise_cell():
+    xb = pytest.importorskip("xlstm.blocks.mlstm.backends",
+                             reason="xlstm 2.0.6 (.ci/install-peers) is the mLSTM oracle")
+    torch.manual_seed(0)
+    d, H = 8, 2
+    layer = rnnzoo.create("mlstm", d_model=d, num_heads=H, chunk_size=4).double()
+    with torch.no_grad():  # gates that depend on the input (they start at zero weight)
+        layer.gates.weight.normal_(0, 0.3)
+    x = torch.randn(2, 16, d, dtype=torch.float64)
+    E, D = layer.inner, layer.head_dim
+    x_m, z = layer.up_proj(x).chunk(2, -1)
+    conv = layer.conv.conv
+    x_c = F.silu(conv(F.pad(x_m.transpose(1, 2), (3, 0))).transpose(1, 2))
+    q, k, v = layer.q(x_c), layer.k(x_c), layer.v(x_m)
+    i_pre, f_pre = layer.gates(torch.cat([q, k, v], -1)).chunk(2, -1)
+    heads = lambda t: t.view(2, 16, H, D).transpose(1, 2)  # noqa: E731
+    h = xb.chunkwise_simple(heads(q), heads(k), heads(v), i_pre.transpose(1, 2),
+                            f_pre.transpose(1, 2), chunk_size=8).transpose(1, 2)
+    h = F.layer_norm(h, (D,), eps=1e-5) * layer.norm.weight + layer.norm.bias
+    want = layer.down_proj((h.reshape(2, 16, E) + layer.skip * x_c) * F.silu(z))
+    for mode in layer.modes:
+        assert (layer(x, mode=mode)[0] - want).abs().max() < 1e-10
+
+
+def test_exponential_forget_gate_option():
+    layer = rnnzoo.create("mlstm", d_model=4, num_heads=2, forget_gate="exp", chunk_size=4).double()
+    x = torch.randn(1, 9, 4, dtype=torch.float64)
+    assert (layer(x, mode="chunk")[0] - layer(x, mode="recurrent")[0]).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="forget_gate must be"):
+        rnnzoo.create("mlstm", d_model=4, forget_gate="tanh")
+
+
+def test_long_sequence_float32_is_finite():
+    layer = rnnzoo.create("mlstm", d_model=4, num_heads=2)
+    with torch.no_grad():
+        y, state = layer(torch.randn(1, 65536, 4), mode="chunk")
+    assert torch.isfinite(y).all() and all(torch.isfinite(s).all() for s in state)
