@@ -109,9 +109,12 @@ class Attention(RecurrentLayer):
                              f"{self.max_len} of this attention layer; build it with a larger "
                              f"max_len or a sliding window")
         q, k, v, pos = self._project(x, start)
-        keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
-        values = torch.cat([v_cache.to(v.dtype), v], dim=2)
-        key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
+        if bool(start.any()):  # attend to the cache, then to the new tokens
+            keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
+            values = torch.cat([v_cache.to(v.dtype), v], dim=2)
+            key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
+        else:  # an empty cache (a fresh sequence): the new tokens only
+            keys, values, key_pos = k, v, pos
         visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
         if self.window is not None:
             visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
