@@ -459,6 +459,8 @@ def main(args) -> None:
     config = config_from_args(args, args.task, args.layer, args.lr, out)
     try:
         record = train(config, resume=args.resume)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         if "baselines" in record:
             print("baselines on the test part: " + ", ".join(
                 f"{k} mse {v['mse']:.4f} mae {v['mae']:.4f}" for k, v in record["baselines"].items()))
