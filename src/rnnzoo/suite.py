@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rnnzoo.registry import get_layer_info, list_layers
-from rnnzoo.tasks import get_task, list_tasks, task_options
+from rnnzoo.tasks import list_tasks, task_options
 from rnnzoo.train import FINAL, TrainConfig, add_model_arguments, config_from_args, train
 
 
@@ -67,16 +67,15 @@ def best_over_lrs(records: list[dict]) -> dict[tuple[str, str], dict]:
     """(task, layer) -> the record with the best headline value over learning rates."""
     best = {}
     for r in records:
-        higher = get_task_higher(r)
         key = (r["task"], r["layer"])
-        if key not in best or (r["value"] > best[key]["value"]) == higher and \
-                r["value"] != best[key]["value"]:
+        sign = 1 if higher_is_better(r["metric"]) else -1
+        if key not in best or sign * r["value"] > sign * best[key]["value"]:
             best[key] = r
     return best
 
 
-def get_task_higher(record: dict) -> bool:
-    return record["metric"] not in ("bpc", "mse", "mae", "loss")
+def higher_is_better(metric: str) -> bool:
+    return metric not in ("bpc", "mse", "mae", "loss")
 
 
 def tables(records: list[dict]) -> tuple[str, str]:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from rnnzoo.io import atomic_write_text
-from rnnzoo.models.checkpoint import WEIGHTS, load_tensors, save, save_tensors
+from rnnzoo.models.checkpoint import load_tensors, save, save_tensors
 from rnnzoo.models.stack import ModelConfig, SequenceModel
 from rnnzoo.registry import get_layer_info
 from rnnzoo.tasks import Task, get_task

@@ -15,6 +15,11 @@ Hybrids: `hybrid="2:1"` makes every group of 3 blocks 2 `layer` blocks then 1
 
 The state of the stack is a tuple with one layer state per block, so it has a
 constant size, and `generate` never re-reads the prompt.
+
+Hooks for layers that need to know the stack (see blocks.build_mixer): a layer
+whose constructor takes `layer_idx` and `num_layers` receives its depth (HGRN's
+forget-gate lower bound rises with depth); one that takes `max_len` receives
+the stack's `max_len` (attention sizes its KV cache with it).
 """
 
 from __future__ import annotations
