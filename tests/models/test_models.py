@@ -152,3 +152,17 @@ def test_safetensors_files_read_by_the_reference_package(tmp_path):
 def test_load_missing_path_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         rnnzoo.load(tmp_path / "nothing_here")
+
+
+def test_hybrid_with_sliding_window_generates_like_recomputation():
+    torch.manual_seed(0)
+    model = build_model(layer="lstm", d_model=8, num_layers=3, vocab_size=11, hybrid="2:1",
+                        attention_options=dict(num_heads=2, window=3), mlp_ratio=2.0)
+    with torch.no_grad():
+        model.head.weight.mul_(5)
+    prompt = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(3))
+    out = model.generate(prompt, max_new_tokens=8, temperature=0)
+    seq = prompt
+    for _ in range(8):
+        seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
