@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
 from rnnzoo.registry import register
@@ -115,12 +116,13 @@ class Attention(RecurrentLayer):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
         else:  # an empty cache (a fresh sequence): the new tokens only
             keys, values, key_pos = k, v, pos
-        visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
-        if self.window is not None:
-            visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-        scores = q @ keys.transpose(-1, -2) / self.head_dim ** 0.5
-        scores = scores.masked_fill(~visible[:, None], float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ values  # (B, H, T, Dh)
+        if keys is k and self.window is None:  # plain causal attention: PyTorch's fused kernel
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+            if self.window is not None:
+                visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
         y = self.out_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1).to(x.dtype))
         return y, self._write(state, k, v, pos, start + T)
 
