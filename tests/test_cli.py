@@ -56,6 +56,11 @@ def test_suite_grid_tables_and_skips_done_runs(tmp_path, capsys):
     table = (tmp_path / "table.md").read_text()
     assert "| layer | parity (scaled_acc) | mqar (acc) |" in table and "`mingru`" in table
     assert "| layer |" in first
+    try:
+        import matplotlib  # noqa: F401  (the plot extra)
+        assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    except ImportError:
+        assert "no heatmap.png" in first
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped") == 8
     # the table reports the best learning rate of each (task, layer)
