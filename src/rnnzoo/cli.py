@@ -40,6 +40,8 @@ def _commands():
         "tasks": ("list the tasks and their options", suite.add_tasks_arguments, suite.tasks_main),
         "train": ("train one model on one task; writes a run folder", train.add_arguments,
                   train.main),
+        "generate": ("continue a text prompt with a trained text model (constant-size state)",
+                     train.add_generate_arguments, train.main_generate),
         "suite": ("train a grid of layers x tasks x learning rates; table and heatmap",
                   suite.add_arguments, suite.main),
         "demo": ("the built-in comparison: small models on parity and MQAR, then the table",

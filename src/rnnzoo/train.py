@@ -470,3 +470,37 @@ def main(args) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     sys.stdout.flush()
+
+
+# -- rnnzoo generate ---------------------------------------------------------------------------
+def add_generate_arguments(p) -> None:
+    p.add_argument("run_dir", metavar="RUN", help="a run folder of `rnnzoo train --task text`")
+    p.add_argument("--prompt", default="\n", help="text to continue")
+    p.add_argument("--tokens", type=int, default=200, help="how many characters (bytes) to add")
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main_generate(args) -> None:
+    """Continue a prompt with a text model; the prompt is read once, then one step a token."""
+    run = Path(args.run_dir)
+    config_path = run / "train_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no run folder at {run} ({config_path} is missing)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    if config.task != "text":
+        raise ValueError(f"generate needs a run of the text task, {run} trained {config.task!r}")
+    task = get_task("text", **config.task_options)
+    model = __import__("rnnzoo").load(run)
+    if task.vocab is None:
+        prompt = list(args.prompt.encode("utf-8"))
+    else:
+        missing = sorted(set(args.prompt) - set(task.vocab))
+        if missing:
+            raise ValueError(f"--prompt has characters the model never saw: {missing}")
+        prompt = [task.vocab.index(c) for c in args.prompt]
+    generator = torch.Generator().manual_seed(args.seed)
+    out = model.generate(torch.tensor([prompt]), args.tokens, temperature=args.temperature,
+                         top_k=args.top_k, generator=generator)
+    print(task.decode(out[0].tolist()))
