@@ -129,8 +129,10 @@ def heatmap(records: list[dict], path: Path) -> bool:
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w")
     ax.set_title("best over learning rates")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    tmp.replace(path)  # atomic: a reader never sees half a PNG
     return True
 
 
@@ -164,6 +166,10 @@ def main(args) -> None:
     for layer in layers:
         get_layer_info(layer)
     lrs = _lrs(args.lrs)
+    from rnnzoo.train import parse_options
+    for key in parse_options(args.task_option, "task-option"):
+        if not any(key in task_options(t) for t in tasks):
+            raise ValueError(f"--task-option {key!r} is not an option of any of {tasks}")
     configs = []
     for t in tasks:
         for layer in layers:
