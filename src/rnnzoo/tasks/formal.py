@@ -63,6 +63,11 @@ class CycleNavigation(_Formal):
 class _Transduction(_Formal):
     """Input tokens, then blanks where the output is read; per-token accuracy there."""
 
+    output_factor = 1  # output length / input length
+
+    def max_length(self):
+        return (1 + self.output_factor) * max(*self.test_lengths, self.train_lengths[1]) + 1
+
     def _pack(self, inputs: list[list[int]], outputs: list[list[int]], blank: int):
         B = len(inputs)
         T = max(len(i) + len(o) for i, o in zip(inputs, outputs))
@@ -85,6 +90,7 @@ class ReverseString(_Transduction):
 
 class DuplicateString(_Transduction):
     name, vocab_size, output_dim, chance = "duplicate_string", 3, 2, 0.5
+    output_factor = 2
 
     def sample(self, rng, batch_size, length=None, split="train"):
         T = pick_length(rng, self, length)
@@ -131,6 +137,3 @@ class StackManipulation(_Transduction):
             inputs.append(stack + actions)
             outputs.append(out)
         return self._pack(inputs, outputs, blank=5)
-
-    def max_length(self):
-        return 2 * max(*self.test_lengths, self.train_lengths[1]) + 1
