@@ -9,5 +9,13 @@
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.registry import LayerInfo, create, list_layers, register
 
+
+def load(path, device=None):
+    """Rebuild a model saved by `rnnzoo.models.save` or `rnnzoo train` (a run folder or its
+    model.safetensors). Reads safetensors and JSON only; never unpickles."""
+    from rnnzoo.models.checkpoint import load as _load
+    return _load(path, device=device)
+
+
 __version__ = "0.1.0"
-__all__ = ["RecurrentLayer", "LayerInfo", "create", "list_layers", "register"]
+__all__ = ["RecurrentLayer", "LayerInfo", "create", "list_layers", "register", "load"]

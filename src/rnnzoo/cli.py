@@ -31,12 +31,21 @@ def _list_arguments(p) -> None:
 
 def _commands():
     """name -> (help, add_arguments, main)."""
-    from rnnzoo import bench
+    from rnnzoo import bench, suite, train
     return {
         "list": ("list the registered layers (name, family, modes, paper)", _list_arguments,
                  _list_main),
         "bench": ("time layers and modes against their baselines", bench.add_arguments,
                   bench.main),
+        "tasks": ("list the tasks and their options", suite.add_tasks_arguments, suite.tasks_main),
+        "train": ("train one model on one task; writes a run folder", train.add_arguments,
+                  train.main),
+        "generate": ("continue a text prompt with a trained text model (constant-size state)",
+                     train.add_generate_arguments, train.main_generate),
+        "suite": ("train a grid of layers x tasks x learning rates; table and heatmap",
+                  suite.add_arguments, suite.main),
+        "demo": ("the built-in comparison: small models on parity and MQAR, then the table",
+                 suite.add_demo_arguments, suite.demo_main),
     }
 
 
@@ -51,7 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except ValueError as e:  # bad names and options: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad names, options, paths: one clear line
         print(f"rnnzoo {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,154 @@
+"""Causal multi-head softmax attention as a token mixer, its KV cache as its state
+(Vaswani et al. 2017, arXiv:1706.03762; rotary positions of Su et al. 2021,
+arXiv:2104.09864; sliding window as in Beltagy et al. 2020, arXiv:2004.05150).
+
+    q_t, k_t, v_t = W_q x_t, W_k x_t, W_v x_t        (per head, rotated by position t)
+    y_t = W_o concat_h softmax_s<=t, t-s<window(q_t . k_s / sqrt(Dh)) v_s
+
+The Transformer row of every comparison. The state has a fixed shape, as the
+layer contract asks, so the cache has a fixed capacity:
+
+    state = (k_cache, v_cache, position)
+    k_cache, v_cache: (B, num_heads, capacity, head_dim), float32
+    position:         (B,) float32, the number of tokens seen so far
+
+Full attention: capacity = `max_len` and slot s holds token s; a sequence
+longer than `max_len` raises a ValueError. Sliding window: capacity = `window`,
+a ring buffer (token p lives in slot p mod window), so any length streams.
+A model stack passes its own `max_len` to this layer (see models.stack).
+
+Modes: `recurrent` (reference: one token at a time through the cache) and
+`parallel` (one masked matrix product over cache + new tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.registry import register
+
+
+def _positive_int(name, value, allow_none=False):
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary embedding: x (B, H, T, Dh) at absolute positions pos (B, T)."""
+    half = x.shape[-1] // 2
+    freq = base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
+    angle = pos.to(x.dtype)[:, None, :, None] * freq  # (B, 1, T, half)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+@register("attention", family="attention",
+          paper="Vaswani et al. 2017, arXiv:1706.03762 (RoPE: Su et al. 2021, arXiv:2104.09864)",
+          tiny=dict(d_model=4, num_heads=2, max_len=16))
+class Attention(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model); state (k_cache, v_cache, position)."""
+
+    modes = ("recurrent", "parallel")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0):
+        super().__init__(d_model)
+        _positive_int("num_heads", num_heads)
+        _positive_int("head_dim", head_dim, allow_none=True)
+        _positive_int("window", window, allow_none=True)
+        _positive_int("max_len", max_len)
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
+            head_dim = d_model // num_heads
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even (rotary positions), got {head_dim}")
+        self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
+        self.rope_base = float(rope_base)
+        self.capacity = window if window is not None else max_len
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sd = state_dtype(dtype)
+        shape = (batch_size, self.num_heads, self.capacity, self.head_dim)
+        return (torch.zeros(shape, device=device, dtype=sd), torch.zeros(shape, device=device, dtype=sd),
+                torch.zeros(batch_size, device=device, dtype=sd))
+
+    def _project(self, x, start):
+        """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).to(compute_dtype(x)).view(B, T, 3, self.num_heads, self.head_dim) \
+            .permute(2, 0, 3, 1, 4)
+        pos = start[:, None] + torch.arange(T, device=x.device)
+        return rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base), v, pos
+
+    def _slot_positions(self, start):
+        """Absolute position of the token in each cache slot, (B, capacity); -1 where empty."""
+        slots = torch.arange(self.capacity, device=start.device)
+        if self.window is None:
+            return torch.where(slots < start[:, None], slots, -1)
+        # ring buffer: slot s holds the latest p < start with p = s (mod window)
+        last = start[:, None] - 1
+        p = last - torch.remainder(last - slots, self.window)
+        return torch.where(p >= 0, p, -1)
+
+    def _attend(self, x, state):
+        k_cache, v_cache, position = state
+        start = position.round().long()
+        T = x.shape[1]
+        if self.window is None and int(start.max()) + T > self.max_len:
+            raise ValueError(f"sequence of {int(start.max()) + T} tokens exceeds max_len="
+                             f"{self.max_len} of this attention layer; build it with a larger "
+                             f"max_len or a sliding window")
+        q, k, v, pos = self._project(x, start)
+        if bool(start.any()):  # attend to the cache, then to the new tokens
+            keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
+            values = torch.cat([v_cache.to(v.dtype), v], dim=2)
+            key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
+        else:  # an empty cache (a fresh sequence): the new tokens only
+            keys, values, key_pos = k, v, pos
+        if keys is k and self.window is None:  # plain causal attention: PyTorch's fused kernel
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+            if self.window is not None:
+                visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+        y = self.out_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1).to(x.dtype))
+        return y, self._write(state, k, v, pos, start + T)
+
+    def _write(self, state, k, v, pos, end):
+        k_cache, v_cache, _ = state
+        keep = min(k.shape[2], self.capacity)  # a ring buffer keeps only the last `window`
+        k, v, pos = k[:, :, -keep:], v[:, :, -keep:], pos[:, -keep:]
+        slot = pos if self.window is None else torch.remainder(pos, self.window)
+        index = slot[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+        k_cache = k_cache.scatter(2, index, k.to(k_cache.dtype))
+        v_cache = v_cache.scatter(2, index, v.to(v_cache.dtype))
+        return k_cache, v_cache, end.to(state[2].dtype)
+
+    def _forward(self, x, state, mode):
+        if mode == "parallel":
+            return self._attend(x, state)
+        ys = []
+        for x_t in x.unbind(1):
+            y_t, state = self._step(x_t, state)
+            ys.append(y_t)
+        return torch.stack(ys, 1), state
+
+    def _step(self, x_t, state):
+        y, state = self._attend(x_t[:, None], state)
+        return y[:, 0], state
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"window={self.window}, max_len={self.max_len}")

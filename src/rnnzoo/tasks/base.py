@@ -1,0 +1,148 @@
+"""The task protocol: a task makes batches from a seed and scores a model's outputs.
+
+    task = rnnzoo.tasks.get_task("parity", test_lengths=(40, 256))
+    batch = task.sample(np.random.default_rng(0), batch_size=32)               # training lengths
+    batch = task.sample(rng, 32, length=256, split="test")                      # one test length
+    outputs, _ = model(batch.inputs)                                            # (B, T, output_dim)
+    loss_sum, count = task.loss(outputs, batch)
+    sums = task.score(outputs, batch); task.summarize(sums)  # {"acc": .., "scaled_acc": ..}
+
+Every model output is per position; a batch says which positions count:
+`targets` (-100 = ignored) for the loss, `metric_mask` for the metric (e.g.
+state tracking trains on every prefix and is scored on the final answer).
+Regression tasks carry float targets (B, T, output_dim) and a `mask`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor                     # (B, T) int64 tokens or (B, T, input_dim) float32
+    targets: torch.Tensor                    # (B, T) int64 (IGNORE where no loss) or (B, T, out) float
+    metric_mask: torch.Tensor | None = None  # (B, T) bool; default: targets != IGNORE
+    mask: torch.Tensor | None = None         # (B, T) bool, regression positions that count
+
+    def to(self, device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(move(self.inputs), move(self.targets), move(self.metric_mask), move(self.mask))
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        """Rows start:stop (a data-parallel rank's share of a global batch)."""
+        part = lambda t: None if t is None else t[start:stop]  # noqa: E731
+        return Batch(part(self.inputs), part(self.targets), part(self.metric_mask), part(self.mask))
+
+
+def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
+    """value as int, or a ValueError naming `name` and the accepted range."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
+    return int(value)
+
+
+def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
+    if isinstance(lengths, (int, np.integer)):
+        lengths = (lengths,)
+    if isinstance(lengths, str):
+        lengths = tuple(int(v) for v in lengths.replace(",", " ").split())
+    lengths = tuple(lengths)
+    if not lengths:
+        raise ValueError(f"{name} must list at least one length")
+    return tuple(check_int(f"{name} entry", v, lo) for v in lengths)
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and implement `sample`."""
+
+    name = "?"
+    kind = "classify"          # "classify" (token targets) or "regress" (float targets)
+    metric = "acc"             # headline metric: a key of `summarize`
+    higher_is_better = True
+    chance = 0.0               # accuracy of guessing, for scaled accuracy
+    vocab_size: int | None = None
+    input_dim: int | None = None
+    output_dim: int = 2
+    train_lengths: tuple[int, int] | None = None   # (min, max) sampled during training
+    test_lengths: tuple = (None,)                  # eval keys: lengths, or None for "test"
+
+    def sample(self, rng: np.random.Generator, batch_size: int, length: int | None = None,
+               split: str = "train") -> Batch:
+        raise NotImplementedError
+
+    def max_length(self) -> int:
+        """Longest sequence the task makes (sizes attention's KV cache)."""
+        lengths = [v for v in (*self.test_lengths, *(self.train_lengths or ())) if v]
+        return max(lengths, default=1024)
+
+    def options(self) -> dict:
+        return {}
+
+    # -- loss and metrics -------------------------------------------------------------------
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, int]:
+        """(sum of the loss over counted positions, their number)."""
+        if self.kind == "regress":
+            m = batch.mask
+            return F.mse_loss(outputs.float()[m], batch.targets[m], reduction="sum"), int(m.sum()) \
+                * outputs.shape[-1]
+        flat = outputs.float().reshape(-1, outputs.shape[-1])
+        tgt = batch.targets.reshape(-1)
+        return F.cross_entropy(flat, tgt, ignore_index=IGNORE, reduction="sum"), \
+            int((tgt != IGNORE).sum())
+
+    @torch.no_grad()
+    def score(self, outputs: torch.Tensor, batch: Batch) -> dict[str, float]:
+        """Sums over one batch, to add up and pass to `summarize`."""
+        if self.kind == "regress":
+            m = batch.mask
+            err = outputs.float()[m] - batch.targets[m]
+            return {"se": float((err ** 2).sum()), "ae": float(err.abs().sum()),
+                    "count": err.numel()}
+        m = batch.metric_mask if batch.metric_mask is not None else batch.targets != IGNORE
+        logits, tgt = outputs.float()[m], batch.targets[m]
+        return {"correct": float((logits.argmax(-1) == tgt).sum()), "count": int(m.sum()),
+                "nll": float(F.cross_entropy(logits, tgt, reduction="sum")) if len(tgt) else 0.0}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("count", 0), 1)
+        if self.kind == "regress":
+            return {"mse": sums["se"] / n, "mae": sums["ae"] / n}
+        acc = sums["correct"] / n
+        out = {"acc": acc, "loss": sums["nll"] / n, "bpc": sums["nll"] / n / math.log(2)}
+        if self.chance:
+            out["scaled_acc"] = (acc - self.chance) / (1 - self.chance)
+        return out
+
+
+def add_sums(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def tokens_batch(inputs: np.ndarray, targets: np.ndarray, metric_mask: np.ndarray | None = None
+                 ) -> Batch:
+    return Batch(torch.from_numpy(np.ascontiguousarray(inputs)).long(),
+                 torch.from_numpy(np.ascontiguousarray(targets)).long(),
+                 None if metric_mask is None else torch.from_numpy(metric_mask).bool())
+
+
+def last_position_mask(batch_size: int, length: int) -> np.ndarray:
+    mask = np.zeros((batch_size, length), dtype=bool)
+    mask[:, -1] = True
+    return mask
+
+
+def pick_length(rng, task: Task, length: int | None) -> int:
+    if length is not None:
+        return check_int("length", length)
+    lo, hi = task.train_lengths
+    return int(rng.integers(lo, hi + 1))

@@ -1,0 +1,168 @@
+"""Stacks, hybrids, generation with the constant-size state, and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.models import ModelConfig, SequenceModel, build_model, save
+from rnnzoo.models.checkpoint import from_safetensors_bytes, to_safetensors_bytes
+
+LAYERS = ["lstm", "mingru", "attention"]
+
+
+def tiny(layer, **kw):
+    torch.manual_seed(0)
+    kw = dict(dict(layer=layer, d_model=8, num_layers=2, vocab_size=11, mlp_ratio=2.0), **kw)
+    if layer == "attention":
+        kw.setdefault("layer_options", dict(num_heads=2))
+    return build_model(**kw).double()
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_step_equals_forward(layer):
+    model = tiny(layer)
+    tokens = torch.randint(0, 11, (3, 9), generator=torch.Generator().manual_seed(1))
+    ref, s_ref = model(tokens)
+    state, outs = model.init_state(3, dtype=torch.float64), []
+    for t in range(tokens.shape[1]):
+        out, state = model.step(tokens[:, t], state)
+        outs.append(out)
+    assert (torch.stack(outs, 1) - ref).abs().max() < 1e-10
+    # split forward carries the state
+    a, s = model(tokens[:, :4])
+    b, s = model(tokens[:, 4:], s)
+    assert (torch.cat([a, b], 1) - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_greedy_generate_equals_recomputation(layer):
+    model = tiny(layer).float()
+    # a sharp head so that greedy choices are not ties
+    with torch.no_grad():
+        model.head.weight.mul_(5)
+    prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
+    out = model.generate(prompt, max_new_tokens=7, temperature=0)
+    seq = prompt
+    for _ in range(7):  # full re-computation of the whole sequence for every new token
+        logits, _ = model(seq)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert out.shape == (2, 12)
+    assert torch.equal(out, seq)
+
+
+def test_generate_sampling_top_k_and_errors():
+    model = tiny("mingru").float()
+    prompt = torch.zeros(4, 3, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    out = model.generate(prompt, 6, temperature=1.0, top_k=1, generator=g)
+    assert torch.equal(out, model.generate(prompt, 6, temperature=0))  # top-1 sampling is greedy
+    out = model.generate(prompt, 6, temperature=2.0, top_k=3, generator=g)
+    assert out.shape == (4, 9) and int(out.max()) < 11
+    with pytest.raises(ValueError, match="temperature must be a number >= 0, got -1"):
+        model.generate(prompt, 2, temperature=-1)
+    with pytest.raises(ValueError, match="top_k must be an int >= 1, got 0"):
+        model.generate(prompt, 2, top_k=0)
+
+
+def test_hybrid_pattern_and_hooks():
+    cfg = ModelConfig(layer="mingru", d_model=8, num_layers=6, vocab_size=5, hybrid="2:1",
+                      attention_options=dict(num_heads=2, window=4), max_len=77)
+    assert cfg.layer_names() == ["mingru", "mingru", "attention"] * 2
+    model = SequenceModel(cfg)
+    att = model.blocks[2].mixer
+    assert att.name == "attention" and att.window == 4 and att.max_len == 77
+    with pytest.raises(ValueError, match="hybrid must be 'R:A'"):
+        ModelConfig(layer="lstm", vocab_size=5, hybrid="2-1")
+
+
+def test_layer_idx_hook_reaches_layers_that_take_it():
+    from rnnzoo.layers.mingru import MinGRU
+
+    seen = []
+
+    class Deep(MinGRU):  # a layer whose constructor takes the stack's depth
+        def __init__(self, d_model, layer_idx=None, num_layers=None):
+            super().__init__(d_model)
+            seen.append((layer_idx, num_layers))
+
+    rnnzoo.register("test_deep_mingru", family="diagonal", paper="test")(Deep)
+    try:
+        build_model(layer="test_deep_mingru", d_model=4, num_layers=3, vocab_size=5)
+    finally:  # keep the registry (and the README table test) as it was
+        rnnzoo.registry._REGISTRY.pop("test_deep_mingru")
+    assert seen == [(0, 3), (1, 3), (2, 3)]
+
+
+def test_bad_options_name_themselves():
+    with pytest.raises(ValueError, match="unknown layer 'nope'.*lstm"):
+        build_model(layer="nope", vocab_size=4)
+    with pytest.raises(ValueError, match="d_model must be an int >= 1, got 0"):
+        build_model(layer="lstm", vocab_size=4, d_model=0)
+    with pytest.raises(ValueError, match="bad option for layer 'mingru'.*accepts.*expand"):
+        build_model(layer="mingru", vocab_size=4, layer_options=dict(nope=1))
+    with pytest.raises(ValueError, match="exactly one of vocab_size and input_dim"):
+        build_model(layer="lstm")
+
+
+def test_real_valued_input():
+    model = build_model(layer="lstm", d_model=8, input_dim=3, output_dim=2)
+    y, _ = model(torch.randn(2, 5, 3))
+    assert y.shape == (2, 5, 2)
+
+
+@pytest.mark.parametrize("layer", ["lstm", "mingru"])
+def test_checkpoint_round_trip(tmp_path, layer):
+    model = tiny(layer).float()
+    save(model, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["layer"] == layer
+    loaded = rnnzoo.load(tmp_path / "run")
+    tokens = torch.randint(0, 11, (2, 6))
+    assert torch.equal(model(tokens)[0], loaded(tokens)[0])
+    assert torch.equal(loaded(tokens)[0], rnnzoo.load(tmp_path / "run" / "model.safetensors")(tokens)[0])
+    assert not list((tmp_path / "run").glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_safetensors_bytes_every_dtype():
+    tensors = {"f64": torch.randn(2, 3, dtype=torch.float64), "bf16": torch.randn(4).bfloat16(),
+               "i64": torch.arange(5), "b": torch.tensor([True, False]), "c": torch.randn(3, dtype=torch.cfloat),
+               "empty": torch.zeros(0, 2), "scalar": torch.tensor(3.5)}
+    back, meta = from_safetensors_bytes(to_safetensors_bytes(tensors, {"k": "v"}))
+    assert meta["k"] == "v"
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t)
+
+
+def test_safetensors_files_read_by_the_reference_package(tmp_path):
+    st = pytest.importorskip("safetensors.torch", reason="safetensors (dev extra) checks the format")
+    model = tiny("lstm").float()
+    save(model, tmp_path)
+    theirs = st.load_file(str(tmp_path / "model.safetensors"))
+    ours = model.state_dict()
+    assert set(theirs) == set(ours) and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    st.save_file({"a": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.int32)},
+                 str(tmp_path / "theirs.safetensors"), metadata={"x": "y"})
+    back, meta = from_safetensors_bytes((tmp_path / "theirs.safetensors").read_bytes())
+    assert meta == {"x": "y"} and back["b"].tolist() == [0, 1, 2, 3]
+
+
+def test_load_missing_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        rnnzoo.load(tmp_path / "nothing_here")
+
+
+def test_hybrid_with_sliding_window_generates_like_recomputation():
+    torch.manual_seed(0)
+    model = build_model(layer="lstm", d_model=8, num_layers=3, vocab_size=11, hybrid="2:1",
+                        attention_options=dict(num_heads=2, window=3), mlp_ratio=2.0)
+    with torch.no_grad():
+        model.head.weight.mul_(5)
+    prompt = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(3))
+    out = model.generate(prompt, max_new_tokens=8, temperature=0)
+    seq = prompt
+    for _ in range(8):
+        seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)

@@ -1,0 +1,146 @@
+"""The training loop: schedule, resume == not stopping, early stop, DDP == one process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.models.checkpoint import load_tensors
+from rnnzoo.train import TrainConfig, lr_at, train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def tiny(out, **kw):
+    base = dict(task="parity", layer="mingru", d_model=8, layers=2, steps=6, batch_size=4,
+                eval_every=3, eval_batches=1, log_every=1, lr=1e-2, threads=1, out=str(out),
+                task_options=dict(test_lengths=(8,), train_lengths=(3, 10)))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out):
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval" not in r]
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    c = TrainConfig(task="parity", layer="lstm", lr=1.0, steps=100, warmup=10)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(10, c) == pytest.approx(1.0)
+    assert lr_at(55, c) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, c) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("layer", ["mingru", "attention"])
+def test_resume_gives_the_same_result_as_not_stopping(tmp_path, layer):
+    whole = train(tiny(tmp_path / "whole", layer=layer), quiet=True)
+    part = train(tiny(tmp_path / "split", layer=layer), stop_at=4, quiet=True)
+    assert part == {"stopped_at": 4}
+    assert not (tmp_path / "split" / "final.json").exists()
+    resumed = train(tiny(tmp_path / "split", layer=layer), resume=True, quiet=True)
+    a, _ = load_tensors(tmp_path / "whole" / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "split" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "whole") == losses(tmp_path / "split")
+    assert resumed["value"] == whole["value"] and resumed["eval"] == whole["eval"]
+
+
+def test_resume_without_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint.safetensors"):
+        train(tiny(tmp_path / "none"), resume=True, quiet=True)
+
+
+def test_lstm_learns_parity_and_stops_early(tmp_path):
+    config = tiny(tmp_path, layer="lstm", layers=1, d_model=32, steps=600, batch_size=32,
+                  lr=3e-3, eval_every=50, eval_batches=2, log_every=50, target=0.99,
+                  task_options=dict(test_lengths=(60,)))
+    record = train(config, quiet=True)
+    assert record["early_stop"] and record["steps"] < 600
+    assert record["value"] >= 0.99
+    # the saved model is the trained one: it scores the same when loaded
+    model = rnnzoo.load(tmp_path)
+    from rnnzoo.tasks import get_task
+    task = get_task("parity", test_lengths=(60,))
+    import numpy as np
+    batch = task.sample(np.random.default_rng(5), 64, length=60, split="test")
+    sums = task.score(model(batch.inputs)[0], batch)
+    assert task.summarize(sums)["scaled_acc"] >= 0.9
+
+
+def test_run_folder(tmp_path):
+    train(tiny(tmp_path), quiet=True)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "metrics.jsonl", "model.safetensors", "final.json",
+            "checkpoint.safetensors"} <= names
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["metric"] == "scaled_acc" and set(final["eval"]) == {"8"}
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_plot_written_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib", reason="the plot extra draws curve.png")
+    train(tiny(tmp_path), quiet=True)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    train(tiny(tmp_path))
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "curve.png").exists() and (tmp_path / "final.json").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(lr=0.0), r"--lr must lie in \(0, 10\], got 0.0"),
+    (dict(steps=0), "--steps must be an int >= 1, got 0"),
+    (dict(batch_size=-2), "--batch-size must be an int >= 1, got -2"),
+    (dict(warmup=50), r"--warmup must be an int in \[0, steps=6\], got 50"),
+    (dict(layer="nope"), "unknown layer 'nope'; registered layers: .*lstm"),
+    (dict(task="nope"), "unknown task 'nope'; tasks: mqar"),
+])
+def test_bad_config_names_the_option(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny(tmp_path, **change), quiet=True)
+
+
+def test_forecast_run_reports_baselines(tmp_path):
+    import numpy as np
+    path = tmp_path / "series.csv"
+    t = np.arange(300)
+    np.savetxt(path, np.sin(t / 5.0)[:, None] + 0.1 * np.cos(t / 2.0)[:, None], delimiter=",")
+    record = train(tiny(tmp_path / "run", task="forecast", layer="lstm",
+                        task_options=dict(path=str(path), window=12, horizon=3)), quiet=True)
+    assert record["metric"] == "mse" and set(record["baselines"]) == {"seasonal_naive", "linear"}
+
+
+def test_ddp_two_processes_match_one_process_on_the_global_batch(tmp_path):
+    args = ["train", "--task", "mqar", "--layer", "mingru", "--d-model", "16", "--layers", "2",
+            "--steps", "4", "--batch-size", "8", "--log-every", "1", "--eval-every", "4",
+            "--eval-batches", "1", "--lr", "1e-2", "--threads", "1",
+            "--task-option", "vocab_size=32", "--task-option", "seq_len=16",
+            "--task-option", "num_pairs=2"]
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "rnnzoo", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "rnnzoo", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in two.stdout
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4]
+    for (_, x), (_, y) in zip(a, b):
+        assert abs(x - y) < 1e-5 * max(1, abs(x))
+    wa, _ = load_tensors(tmp_path / "one" / "model.safetensors")
+    wb, _ = load_tensors(tmp_path / "two" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
