@@ -4,8 +4,10 @@
     layer = rnnzoo.create("mingru", d_model=64)
     y, state = layer(x)                  # x: (batch, time, 64)
     y_t, state = layer.step(x_t, state)  # x_t: (batch, 64)
+    lstm = rnnzoo.nn.LSTM(32, 64, num_layers=2)  # a drop-in for torch.nn.LSTM
 """
 
+from rnnzoo import nn
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.registry import LayerInfo, create, list_layers, register
 
@@ -18,4 +20,4 @@ def load(path, device=None):
 
 
 __version__ = "0.1.0"
-__all__ = ["RecurrentLayer", "LayerInfo", "create", "list_layers", "register", "load"]
+__all__ = ["nn", "RecurrentLayer", "LayerInfo", "create", "list_layers", "register", "load"]
