@@ -64,17 +64,23 @@ def main():
     print(f"{'what':<8}{'T':>7}{'ref fwd ms':>12}{'ours fwd ms':>13}{'fwd x':>8}"
           f"{'ref f+b ms':>12}{'ours f+b ms':>13}{'f+b x':>8}")
     for T in [int(v) for v in args.lengths.split(",")]:
-        u, delta, A, Bm, C, D = leaves = scan_inputs(layer, args.batch, T)
-        ours = lambda: selective_scan(u, delta, A, Bm, C, D, chunk_size=layer.chunk_size)[0]  # noqa: E731
-        theirs = lambda: ref(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2),  # noqa: E731
-                             C.transpose(1, 2), D)
+        leaves = scan_inputs(layer, args.batch, T)
+
+        def ours(u=leaves[0], delta=leaves[1], A=leaves[2], Bm=leaves[3], C=leaves[4], D=leaves[5]):
+            return selective_scan(u, delta, A, Bm, C, D, chunk_size=layer.chunk_size)[0]
+
+        def theirs(u=leaves[0], delta=leaves[1], A=leaves[2], Bm=leaves[3], C=leaves[4],
+                   D=leaves[5]):
+            return ref(u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2),
+                       C.transpose(1, 2), D)
+
         with torch.no_grad():
             err = (ours() - theirs().transpose(1, 2)).abs().max().item()
         rf, rb = time_pair(theirs, leaves, args.repeat)
         of, ob = time_pair(ours, leaves, args.repeat)
         print(f"{'scan':<8}{T:>7}{rf * 1e3:>12.1f}{of * 1e3:>13.1f}{rf / of:>7.2f}x"
               f"{rb * 1e3:>12.1f}{ob * 1e3:>13.1f}{rb / ob:>7.2f}x   max |diff| {err:.1e}")
-        del leaves, u, delta, A, Bm, C, D
+        del leaves, ours, theirs
         x = torch.randn(args.batch, T, args.d_model, requires_grad=True)
         block_leaves = [x, *layer.parameters()]
         rf, rb = time_pair(lambda: mamba_forward_with_ref(layer, x), block_leaves, args.repeat)
