@@ -195,10 +195,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     if bonus is not None:
         o = o + (qc * bonus[:, None, None, :] * kc).sum(-1, keepdim=True) * vc
     updates = k_state.transpose(-1, -2) @ vc  # (B, H, N, K, V)
-    starts = []
-    for n in range(updates.shape[2]):
+    starts = []  # unbind, not [:, :, n]: its backward is one stack, not N zero-filled copies
+    for decay_n, update_n in zip(chunk_decay.unbind(2), updates.unbind(2)):
         starts.append(S)
-        S = chunk_decay[:, :, n] * S + updates[:, :, n]
+        S = decay_n * S + update_n
     o = o + q_inter @ torch.stack(starts, 2)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
     return o.to(out_dtype), S
@@ -290,15 +290,15 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_end = W[..., -1, :]  # (B, H, N, L): log weight of each token in the chunk-end state
     m_end_local = W_end.max(-1).values
     kv_end = kc.transpose(-1, -2)  # (B, H, N, K, L)
-    starts = []
-    for c in range(qc.shape[2]):
+    starts = []  # unbind, not [:, :, c]: its backward is one stack, not N zero-filled copies
+    per_chunk = (t.unbind(2) for t in (F[..., -1], m_end_local, W_end, kv_end, kc, vc))
+    for F_end, m_local, w_end, k_t, k_c, v_c in zip(*per_chunk):
         starts.append((Cs, ns, ms))
-        F_end = F[:, :, c, -1]
-        m_new = torch.maximum(F_end + ms, m_end_local[:, :, c])
-        w = (W_end[:, :, c] - m_new[..., None]).exp()  # (B, H, L)
+        m_new = torch.maximum(F_end + ms, m_local)
+        w = (w_end - m_new[..., None]).exp()  # (B, H, L)
         decay = (F_end + ms - m_new).exp()
-        Cs = decay[..., None, None] * Cs + (kv_end[:, :, c] * w[:, :, None, :]) @ vc[:, :, c]
-        ns = decay[..., None] * ns + (kc[:, :, c] * w[..., None]).sum(-2)
+        Cs = decay[..., None, None] * Cs + (k_t * w[:, :, None, :]) @ v_c
+        ns = decay[..., None] * ns + (k_c * w[..., None]).sum(-2)
         ms = m_new
     C0, n0, m0 = (torch.stack(s, 2) for s in zip(*starts))  # (B, H, N, ...)
     inter_log = F + m0[..., None]  # (B, H, N, L)
