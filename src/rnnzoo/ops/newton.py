@@ -147,12 +147,16 @@ class _Call(nn.Module):
         return getattr(self.cell, method)(*args)
 
 
+def call_cell(cell, method: str, *args, params: dict | None = None):
+    """cell.<method>(*args), with `params` (name -> tensor) standing in for its parameters."""
+    return _Cell(cell, params).call(method, *args)
+
+
 class _Cell:
     """A cell with an optional set of parameter tensors standing in for its own."""
 
     def __init__(self, cell, params: dict | None):
         self.cell, self.params = cell, params
-        self.layout = Layout(cell)
         self._wrapped = None if params is None else _Call(cell)
 
     def call(self, method, *args, params=None):
@@ -161,6 +165,12 @@ class _Cell:
             return getattr(self.cell, method)(*args)
         return functional_call(self._wrapped or _Call(self.cell),
                                {f"cell.{k}": v for k, v in params.items()}, (method, *args))
+
+    @property
+    def layout(self):
+        if not hasattr(self, "_layout"):
+            self._layout = Layout(self.cell)
+        return self._layout
 
     def split(self, z):
         return tuple(z.split(self.layout.sizes, -1))
