@@ -31,7 +31,9 @@ Methods:
 The state is handled as one flat vector per step (the concatenation of the
 cell's state tuple). Stopping rule: max_t |h_t - f(h_{t-1}, x_t)| <= atol +
 rtol |f(h_{t-1}, x_t)| elementwise. On NaN/inf, or no convergence within
-`max_iter`, the sequential loop's result is returned (a warning once per cell
+`max_iter`, or when the residual has not reached a new minimum for 10
+iterations (chaotic cells: the loop is then cheaper), the sequential loop's
+result is returned (a warning once per cell
 class and method) and the info record says so.
 
 Backward is the exact adjoint at the returned trajectory (DEER, section 3.3):
@@ -70,6 +72,7 @@ from rnnzoo.ops.scan import linear_scan
 
 METHODS = ("auto", "newton", "quasi", "elk", "sequential")
 _JVP_ELEMENTS = 1 << 23  # rows x width of one batched-JVP call, bounds memory for dense cells
+_PATIENCE = 10  # give up (fall back) after this many iterations without a smaller residual
 _warned: set = set()
 
 
@@ -298,6 +301,10 @@ def _solve(c: _Cell, xp, h0, opts, info: SolveInfo):
             return fz
         if it == max_iter:
             break
+        if len(info.history) > _PATIENCE and min(info.history[-_PATIENCE:]) > \
+                min(info.history[:-_PATIENCE]):
+            return _fall_back(c, xp, h0, opts, info, f"the residual stopped decreasing "
+                              f"({_PATIENCE} iterations without a new minimum; {res:.3g})")
         zprev = _shift(z, h0)
         if method != "elk":
             z = _newton_step(c, method, fz, J, zprev, h0)
@@ -384,7 +391,7 @@ def parallel_rnn(cell, x: torch.Tensor, h0=None, *, method: str = "auto",
     x: (B, T, input_size); the cell's `project` is applied once to all steps.
     h0: the initial state, a tuple of (B, n_i) tensors, one tensor (B, N), or None (zeros).
     method: "auto" (newton), "newton", "quasi", "elk" or "sequential".
-    max_iter: linear solves at most (default min(T + 1, 100)); atol, rtol: stopping rule
+    max_iter: linear solves at most (default min(T + 1, 100); 100 for elk); atol, rtol: stopping rule
         max |h_t - f(h_{t-1}, x_t)| <= atol + rtol |f| (default 1e-12 each in float64,
         1e-5 in float32); damping: ELK's initial lambda (default 1; only for elk).
     init: "f0" (h_t = f(h0, x_t)), "zeros", or a (B, T, N) guess (warm start).
@@ -420,7 +427,8 @@ def parallel_rnn(cell, x: torch.Tensor, h0=None, *, method: str = "auto",
                          f"got shape {tuple(h0.shape)}")
     opts = dict(atol=(1e-12 if wide else 1e-5) if atol is None else atol,
                 rtol=(1e-12 if wide else 1e-5) if rtol is None else rtol,
-                max_iter=min(T + 1, 100) if max_iter is None else max_iter,
+                max_iter=(100 if method == "elk" else min(T + 1, 100)) if max_iter is None
+                else max_iter,
                 damping=1.0 if damping is None else damping, init=init, fallback=fallback)
     if not isinstance(opts["max_iter"], int) or opts["max_iter"] < 0:
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
