@@ -72,11 +72,12 @@ class CellLayer(RecurrentLayer):
         return self._call_cell(x, state, fused=mode == "fused")
 
     def auto_mode(self, x):
-        """fused where the cell has it; newton for diagonal/block cells on long sequences."""
+        """fused where the cell has it; newton for diagonal/block cells on long sequences
+        on an accelerator (on CPU the loop measured faster: benchmarks/newton.py)."""
         if "fused" in self.modes:
             return "fused"
         if "newton" in self.modes and self.cell.jacobian_structure != "dense" \
-                and x.shape[1] >= 256:
+                and x.device.type != "cpu" and x.shape[1] >= 256:
             return "newton"
         return "sequential"
 
