@@ -63,12 +63,16 @@ def main():
     p.add_argument("--dense-length", type=int, default=4096)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--width", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default); 1 avoids thread "
+                        "oversubscription on a shared machine")
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds: longer sequential runs are extrapolated, not run")
     args = p.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
-    torch.set_grad_enabled(True)
-    print(f"device {args.device}, float32, B={args.batch}, d_model=hidden={args.width}, "
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"device {args.device} ({torch.get_num_threads()} threads), float32, B={args.batch}, d_model=hidden={args.width}, "
           f"fwd+bwd seconds (one run; ~ = extrapolated from the previous length)")
     print("| layer | T | sequential | newton | speedup | newton iterations |")
     print("|---|---|---|---|---|---|")
