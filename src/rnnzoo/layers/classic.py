@@ -3,9 +3,10 @@
 A `CellLayer` runs its cell over the sequence: the input projection for all
 steps in one matrix product, then the recurrence. Modes: `sequential` (the
 cell's loop, the reference), `fused` where the cell has a whole-sequence
-kernel. The recurrence always runs in float32 (float64 for float64 input),
-whatever the parameters' dtype; a linear map takes the cell's output back to
-d_model when the widths differ.
+kernel, and `newton` / `quasi` (all steps solved at once by `ops.newton`; a
+cell opts out with `parallel_modes = ()`). The recurrence always runs in
+float32 (float64 for float64 input), whatever the parameters' dtype; a linear
+map takes the cell's output back to d_model when the widths differ.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from torch.func import functional_call
 import rnnzoo.cells as cells_pkg
 from rnnzoo.cells.base import CELLS, Cell
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.ops.newton import call_cell, parallel_rnn
 from rnnzoo.registry import register
+
+PARALLEL_MODES = ("newton", "quasi")
 
 
 class CellLayer(RecurrentLayer):
@@ -27,6 +31,8 @@ class CellLayer(RecurrentLayer):
     (B, hidden) or a tuple of them (LSTM: (h, c)). Options go to the cell."""
 
     cell_cls: type[Cell]
+    parallel_options: dict | None = None  # extra `parallel_rnn` options (max_iter, atol, ...)
+    solve_info = None  # the last newton/quasi run's `SolveInfo`
 
     def __init__(self, d_model: int, hidden_size: int | None = None, **cell_options):
         super().__init__(d_model)
@@ -39,12 +45,20 @@ class CellLayer(RecurrentLayer):
         s = self.cell.init_state(batch_size, device=device, dtype=state_dtype(dtype))
         return s[0] if len(s) == 1 else s
 
-    def _call_cell(self, x, state, fused=False):
+    def _call_cell(self, x, state, fused=False, method=None):
         """Run the cell in the compute dtype, casting its parameters if they differ."""
         cd = compute_dtype(x)
         state = state if isinstance(state, tuple) else (state,)
         params = dict(self.cell.named_parameters())
-        if all(p.dtype == cd for p in params.values()):
+        if method is not None:  # all steps at once: newton / quasi
+            cast = None if all(p.dtype == cd for p in params.values()) else \
+                {k: v.to(cd) for k, v in params.items()}
+            traj, self.solve_info = parallel_rnn(self.cell, x.to(cd), state, method=method,
+                                                 params=cast, **(self.parallel_options or {}))
+            out = call_cell(self.cell, "output", tuple(s.flatten(0, 1) for s in traj),
+                            params=cast).unflatten(0, x.shape[:2])
+            new = tuple(s[:, -1] for s in traj)
+        elif all(p.dtype == cd for p in params.values()):
             out, new = self.cell(x.to(cd), state, fused)
         else:
             cast = {k: v.to(cd) for k, v in params.items()}
@@ -53,14 +67,27 @@ class CellLayer(RecurrentLayer):
         return self.out_proj(out.to(x.dtype)), (new[0] if len(new) == 1 else new)
 
     def _forward(self, x, state, mode):
+        if mode in PARALLEL_MODES:
+            return self._call_cell(x, state, method=mode)
         return self._call_cell(x, state, fused=mode == "fused")
+
+    def auto_mode(self, x):
+        """fused where the cell has it; newton for diagonal/block cells on long sequences
+        on an accelerator (on CPU the loop measured faster: benchmarks/newton.py)."""
+        if "fused" in self.modes:
+            return "fused"
+        if "newton" in self.modes and self.cell.jacobian_structure != "dense" \
+                and x.device.type != "cpu" and x.shape[1] >= 256:
+            return "newton"
+        return "sequential"
 
     def _step(self, x_t, state):
         return self._call_cell(x_t, state)
 
 
 def _layer_class(info) -> type[CellLayer]:
-    modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ())
+    modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ()) \
+        + tuple(getattr(info.cls, "parallel_modes", PARALLEL_MODES))
     doc = f"{info.cls.__name__} cell as a token mixer.\n\n{info.cls.__doc__ or ''}"
     return type(f"{info.cls.__name__}Layer", (CellLayer,),
                 {"cell_cls": info.cls, "modes": modes, "__doc__": doc,
