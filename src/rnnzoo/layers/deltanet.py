@@ -18,7 +18,7 @@ from rnnzoo.registry import register
 
 @register("deltanet", family="matrix",
           paper="Schlag et al. 2021, arXiv:2102.11174; Yang et al. 2024, arXiv:2406.06484",
-          tiny=dict(d_model=8, num_heads=2, head_dim=3, conv_size=3, chunk_size=4))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, conv_size=2, chunk_size=4))
 class DeltaNet(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, K), conv state). Options: num_heads,
     head_dim (default d_model // num_heads), expand_v, conv_size, chunk_size, allow_neg_eigval,

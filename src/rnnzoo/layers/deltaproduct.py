@@ -17,8 +17,8 @@ from rnnzoo.registry import register
 
 
 @register("deltaproduct", family="matrix", paper="Siems et al. 2025, arXiv:2502.10297",
-          tiny=dict(d_model=8, num_heads=2, head_dim=3, num_householder=2, expand_v=1,
-                    conv_size=3, chunk_size=2))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, num_householder=2, expand_v=1,
+                    conv_size=2, chunk_size=2))
 class DeltaProduct(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state). n_h is
     `num_householder` (default 2)."""

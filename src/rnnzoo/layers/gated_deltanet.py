@@ -18,7 +18,7 @@ from rnnzoo.registry import register
 
 @register("gated_deltanet", family="matrix",
           paper="Yang, Kautz & Hatamizadeh 2025, arXiv:2412.06464",
-          tiny=dict(d_model=8, num_heads=2, head_dim=3, expand_v=1, conv_size=3, chunk_size=4))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, expand_v=1, conv_size=2, chunk_size=4))
 class GatedDeltaNet(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state)."""
 
