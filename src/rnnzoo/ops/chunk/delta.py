@@ -321,8 +321,12 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     Wc = w.cumsum(-2)                                     # inclusive: Wc_t
     Wprev = Wc - w                                        # exclusive: Wc_{t-1}
     mid = Wc[..., C // 2: C // 2 + 1, :]                  # reference step of the factorisation
-    b_in, k_in = b * (mid - Wc).exp(), k * (mid - Wc).exp()    # e^{Wc_m - Wc_s} y_s
-    a_out, r_out = a * (Wprev - mid).exp(), r * (Wc - mid).exp()  # e^{Wc_t - Wc_m} x_t
+    # Exponents of the pairs that are kept (s < t, or s <= t) stay below 1.5 * _MAX_LOG_FACTOR;
+    # the clamp only touches factors of masked pairs (a single-step chunk with a steep decay),
+    # so that no factor is inf and no gradient meets inf * 0.
+    factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
+    b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
+    a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
     A_ab = (a_out @ b_in.transpose(-1, -2)).tril(-1)
     A_ak = (a_out @ k_in.transpose(-1, -2)).tril(-1)
     B_rb = (r_out @ b_in.transpose(-1, -2)).tril()
