@@ -222,3 +222,18 @@ def test_rwkv7_equals_fla_naive_dplr():
     for op in (rwkv7_recurrent, lambda *x, **kw: rwkv7(*x, chunk_size=4, **kw)):
         o, s = op(r, w, k, v, a, b, scale=K ** -0.5, initial_state=S0)
         assert close(o, tr(o_fla)) and close(s, s_fla)
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "deltaproduct", "rwkv7"])
+def test_fla_bench_baselines_compute_the_layer(name):
+    """The bench's fla baselines (rnnzoo.peers.fla_delta) run the same block as the layer."""
+    _fla("fla.ops.delta_rule.naive")
+    import rnnzoo
+    from rnnzoo.peers import fla_delta
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=8, num_heads=2, chunk_size=4)
+    x = torch.randn(2, 9, 8)
+    run = (fla_delta.rwkv7_with_fla if name == "rwkv7" else fla_delta.delta_block_with_fla)
+    y_fla = run(layer, x)
+    y, _ = layer(x, mode="chunk")
+    assert close(y_fla, y, 1e-4)

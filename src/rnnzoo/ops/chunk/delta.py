@@ -142,6 +142,16 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     return o.to(q.dtype), S
 
 
+def _unit_lower_inverse(A):
+    """(I + A)^{-1} for strictly lower-triangular A (..., C, C), by one batched triangular
+    solve against the identity (the UT transform's T, before its diag(beta) factor).
+    Solving for I and then multiplying is faster on CPU than solving for wide right-hand sides."""
+    C = A.shape[-1]
+    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(eye + A, eye.expand(A.shape), upper=False,
+                                         unitriangular=True)
+
+
 def _to_chunks(x, C):
     """(B, T, H, ...) -> (B, H, N, C, ...), zero-padded at the end to N * C steps."""
     T = x.shape[1]
@@ -179,11 +189,10 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
 
     kk = k @ k.transpose(-1, -2)                          # (B, H, N, C, C)
     A = (beta[..., :, None] * kk * decay).tril(-1)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    Tinv = _unit_lower_inverse(A)                         # (I + A)^{-1}
     kb = beta[..., None] * k
-    rhs = torch.cat([beta[..., None] * v, kb if eG is None else kb * eG[..., None]], -1)
-    X = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-    U0, W = X[..., :v.shape[-1]], X[..., v.shape[-1]:]   # U = U0 - W S_0
+    U0 = Tinv @ (beta[..., None] * v)                     # U = U0 - W S_0
+    W = Tinv @ (kb if eG is None else kb * eG[..., None])
     P = (q @ k.transpose(-1, -2)) * decay                 # (Q K^T o D), causal incl. diagonal
     Qg = q if eG is None else q * eG[..., None]
     Kd = k if eG is None else k * eGtail[..., None]
@@ -331,10 +340,9 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     A_ak = (a_out @ k_in.transpose(-1, -2)).tril(-1)
     B_rb = (r_out @ b_in.transpose(-1, -2)).tril()
     B_rk = (r_out @ k_in.transpose(-1, -2)).tril()
-    eye = torch.eye(C, dtype=r.dtype, device=r.device)
-    rhs = torch.cat([A_ak @ v, a * Wprev.exp()], -1)
-    X = torch.linalg.solve_triangular(eye - A_ab, rhs, upper=False, unitriangular=True)
-    Uz, Wz = X[..., :v.shape[-1]], X[..., v.shape[-1]:]   # Z = Uz + Wz S_0
+    Tinv = _unit_lower_inverse(-A_ab)                     # (I - A_ab)^{-1}
+    Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
+    Wz = Tinv @ (a * Wprev.exp())
     r_dec = r * Wc.exp()
     tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
     b_tail, k_tail = b * tail, k * tail
