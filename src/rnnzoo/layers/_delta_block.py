@@ -39,7 +39,7 @@ class DeltaBlock(RecurrentLayer):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 1, num_householder: int = 1, forget_gate: bool = False,
                  output_gate: bool = False, allow_neg_eigval: bool = False, conv_size: int = 4,
-                 chunk_size: int = 64, norm_eps: float = 1e-5):
+                 chunk_size: int = 32, norm_eps: float = 1e-5):
         super().__init__(d_model)
         H = _positive_int("num_heads", num_heads)
         K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)

@@ -25,7 +25,7 @@ class DeltaNet(DeltaBlock):
     output_gate (off, as in the paper)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 expand_v: int = 1, conv_size: int = 4, chunk_size: int = 64,
+                 expand_v: int = 1, conv_size: int = 4, chunk_size: int = 32,
                  allow_neg_eigval: bool = False, output_gate: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=1,
                          forget_gate=False, output_gate=output_gate,

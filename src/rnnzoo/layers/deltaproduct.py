@@ -25,7 +25,7 @@ class DeltaProduct(DeltaBlock):
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  num_householder: int = 2, expand_v: int = 2, conv_size: int = 4,
-                 chunk_size: int = 64, forget_gate: bool = True, allow_neg_eigval: bool = False,
+                 chunk_size: int = 32, forget_gate: bool = True, allow_neg_eigval: bool = False,
                  norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=num_householder,
                          forget_gate=forget_gate, output_gate=True,

@@ -23,7 +23,7 @@ class GatedDeltaNet(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 expand_v: int = 2, conv_size: int = 4, chunk_size: int = 64,
+                 expand_v: int = 2, conv_size: int = 4, chunk_size: int = 32,
                  allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=1,
                          forget_gate=True, output_gate=True, allow_neg_eigval=allow_neg_eigval,

@@ -43,7 +43,7 @@ class RWKV7(RecurrentLayer):
     modes = ("recurrent", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 lora_dim: int = 32, chunk_size: int = 64):
+                 lora_dim: int = 32, chunk_size: int = 32):
         super().__init__(d_model)
         H = _positive_int("num_heads", num_heads)
         K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)

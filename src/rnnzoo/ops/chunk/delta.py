@@ -97,9 +97,14 @@ def delta_rule_step(q_t, k_t, v_t, beta_t, g_t, S, scale):
     S: (B, H, K, V). Returns (o_t (B, H, V), S_t)."""
     if g_t is not None:
         S = S * g_t.exp()[..., None, None]
-    u = beta_t[..., None] * (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
-    S = S + k_t[..., :, None] * u[..., None, :]
+    S = _householder_update(k_t, v_t, beta_t, S)
     return scale * torch.einsum("bhk,bhkv->bhv", q_t, S), S
+
+
+def _householder_update(k_t, v_t, beta_t, S):
+    """S + beta k (v - S^T k)^T = (I - beta k k^T) S + beta k v^T."""
+    u = beta_t[..., None] * (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
+    return S + k_t[..., :, None] * u[..., None, :]
 
 
 def delta_rule_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
@@ -160,7 +165,7 @@ def _to_chunks(x, C):
     if pad:
         x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
     x = x.reshape(x.shape[0], N, C, *x.shape[2:])
-    return x.movedim(3, 1)  # (B, H, N, C, ...)
+    return x.movedim(3, 1).contiguous()  # (B, H, N, C, ...)
 
 
 def _from_chunks(x, T):
@@ -197,13 +202,15 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
     Qg = q if eG is None else q * eG[..., None]
     Kd = k if eG is None else k * eGtail[..., None]
 
+    # The loop over chunks; unbind (not [:, :, n]) so that the backward pass is one stack.
     states, pseudo = [], []
-    for n in range(q.shape[2]):
+    decays = [None] * q.shape[2] if eGlast is None else eGlast[..., None, None].unbind(2)
+    for u0_n, w_n, kd_n, decay_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2), decays):
         states.append(S)
-        u = U0[:, :, n] - W[:, :, n] @ S
+        u = u0_n - w_n @ S
         pseudo.append(u)
-        S = S if eGlast is None else S * eGlast[:, :, n, None, None]
-        S = S + Kd[:, :, n].transpose(-1, -2) @ u
+        S = S if decay_n is None else S * decay_n
+        S = S + kd_n.transpose(-1, -2) @ u
     S0 = torch.stack(states, 2)                           # (B, H, N, K, V)
     U = torch.stack(pseudo, 2)                            # (B, H, N, C, V)
     o = scale * (Qg @ S0 + P @ U)
@@ -243,14 +250,15 @@ def delta_product_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=
     dt = _dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
-    q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
+    gs = g.to(dt).unbind(1) if g is not None else [None] * T
     out = []
-    for t in range(T):
-        if g is not None:
-            S = S * g[:, t].to(dt).exp()[..., None, None]
-        for j in range(n_h):
-            _, S = delta_rule_step(q[:, t], k[:, t, j], v[:, t, j], beta[:, t, j], None, S, scale)
-        out.append(scale * torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+    for q_t, k_t, v_t, b_t, g_t in zip(q.to(dt).unbind(1), k.to(dt).unbind(1), v.to(dt).unbind(1),
+                                       beta.to(dt).unbind(1), gs):
+        if g_t is not None:
+            S = S * g_t.exp()[..., None, None]
+        for k_tj, v_tj, b_tj in zip(k_t.unbind(1), v_t.unbind(1), b_t.unbind(1)):
+            S = _householder_update(k_tj, v_tj, b_tj, S)
+        out.append(scale * torch.einsum("bhk,bhkv->bhv", q_t, S))
     return torch.stack(out, 1).to(q.dtype), S
 
 
@@ -349,12 +357,12 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     chunk_decay = Wc[..., -1, :].exp()                    # (B, H, N, K)
 
     states, pseudo = [], []
-    for n in range(r.shape[2]):
+    for uz, wz, dec, bt, kt, v_n in zip(Uz.unbind(2), Wz.unbind(2), chunk_decay[..., None].unbind(2),
+                                       b_tail.unbind(2), k_tail.unbind(2), v.unbind(2)):
         states.append(S)
-        z = Uz[:, :, n] + Wz[:, :, n] @ S
+        z = uz + wz @ S
         pseudo.append(z)
-        S = (S * chunk_decay[:, :, n, :, None] + b_tail[:, :, n].transpose(-1, -2) @ z
-             + k_tail[:, :, n].transpose(-1, -2) @ v[:, :, n])
+        S = S * dec + bt.transpose(-1, -2) @ z + kt.transpose(-1, -2) @ v_n
     S0, Z = torch.stack(states, 2), torch.stack(pseudo, 2)
     o = scale * (r_dec @ S0 + B_rb @ Z + B_rk @ v)
     return _from_chunks(o, T), S
