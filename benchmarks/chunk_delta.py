@@ -6,6 +6,10 @@ flash-linear-attention's naive reference, on the same tensors (float32, CPU by d
 Prints forward and forward+backward milliseconds (median of --repeat) and the ratios
 recurrent / chunk and fla naive / chunk. fla-core 0.6.0 is optional (see .ci/install-peers);
 without it its column reads "-". --max-slow-length skips the slow loops beyond that length.
+
+--step-memory T: instead, decode T tokens one by one with each delta layer's `step`
+(d_model = heads * dim, no grad) and print the state's size and the process's resident
+memory after 1/16 of the steps and after all of them: constant in T.
 """
 
 from __future__ import annotations
@@ -94,6 +98,30 @@ def median_ms(fn, inputs, backward, repeat, device):
     return 1e3 * statistics.median(times)
 
 
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def step_memory(T, B, H, D):
+    import rnnzoo
+    print(f"step decoding: B={B} H={H} head_dim={D} d_model={H * D}, {T} steps, float32, no grad")
+    print(f"{'layer':<16}{'state MB':>10}{'RSS MB @T/16':>14}{'RSS MB @T':>11}{'ms/step':>9}")
+    for name in ("deltanet", "gated_deltanet", "deltaproduct", "rwkv7"):
+        layer = rnnzoo.create(name, d_model=H * D, num_heads=H, head_dim=D)
+        state = layer.init_state(B)
+        state_mb = sum(t.numel() * t.element_size() for t in state) / 2**20
+        x_t = torch.randn(B, H * D)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for t in range(T):
+                y_t, state = layer.step(x_t, state)
+                if t + 1 == T // 16:
+                    rss_early = _rss_mb()
+        ms = 1e3 * (time.perf_counter() - t0) / T
+        print(f"{name:<16}{state_mb:>10.2f}{rss_early:>14.1f}{_rss_mb():>11.1f}{ms:>9.3f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", default="512,2048")
@@ -106,7 +134,10 @@ def main():
     p.add_argument("--max-slow-length", type=int, default=2048,
                    help="skip the recurrent op and fla's naive loops beyond this length")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--step-memory", type=int, metavar="T", help="measure step decoding instead")
     args = p.parse_args()
+    if args.step_memory:
+        return step_memory(args.step_memory, args.batch, args.heads, args.dim)
     print(f"delta-rule ops: B={args.batch} H={args.heads} K=V={args.dim} float32 on {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; ms = median of {args.repeat}")
     head = (f"{'op':<36}{'T':>6}{'pass':>9}{'chunk ms':>10}{'recur ms':>10}{'fla ms':>10}"

@@ -90,7 +90,7 @@ class RWKV7(RecurrentLayer):
 
     def _output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
-        cdt, B, T = o.dtype, *x.shape[:2]
+        cdt = o.dtype
         mean, var = o.mean(-1, keepdim=True), o.var(-1, keepdim=True, unbiased=False)
         o = ((o - mean) * torch.rsqrt(var + self.head_dim * 1e-5)).flatten(2)
         o = o * self.norm_weight.to(cdt) + self.norm_bias.to(cdt)

@@ -53,7 +53,6 @@ States accumulate in float32 (float64 for float64 inputs); outputs come back in 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
