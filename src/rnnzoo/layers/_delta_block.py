@@ -1,0 +1,127 @@
+"""The block shared by DeltaNet, Gated DeltaNet and DeltaProduct (registered in their own files).
+
+    q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x))
+    q, k    = q / |q|, k / |k|                         (per head)
+    beta    = sigmoid(W_b x)        (2 sigmoid(W_b x) with allow_neg_eigval, Grazzi et al. 2025)
+    g       = -exp(A_log) softplus(W_a x + dt_bias)     (forget gate, Gated DeltaNet only)
+    S_t     = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(K)
+    y       = W_o [RMSNorm(o) (* silu(W_g x) with the output gate)]
+
+DeltaProduct takes n_h keys, values and betas per token and applies n_h such Householder
+steps per token. The layer state is (S (B, H, K, V), short-conv state (B, conv_size-1, C)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._shortconv_delta import ShortConv
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.ops.chunk.delta import (delta_product, delta_product_recurrent, delta_rule,
+                                    delta_rule_recurrent, delta_rule_step)
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class DeltaBlock(RecurrentLayer):
+    """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, conv_size-1, C))."""
+
+    modes = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 expand_v: int = 1, num_householder: int = 1, forget_gate: bool = False,
+                 output_gate: bool = False, allow_neg_eigval: bool = False, conv_size: int = 4,
+                 chunk_size: int = 32, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        H = _positive_int("num_heads", num_heads)
+        K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        V = K * _positive_int("expand_v", expand_v)
+        n_h = _positive_int("num_householder", num_householder)
+        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.num_heads, self.head_dim, self.value_dim, self.num_householder = H, K, V, n_h
+        self.allow_neg_eigval, self.norm_eps = bool(allow_neg_eigval), norm_eps
+        self.qkv_proj = nn.Linear(d_model, H * K + n_h * H * (K + V), bias=False)
+        self.conv = ShortConv(H * K + n_h * H * (K + V), conv_size)
+        self.b_proj = nn.Linear(d_model, n_h * H)
+        if forget_gate:  # Mamba-2 style decay, initialised as in Gated DeltaNet
+            self.a_proj = nn.Linear(d_model, H, bias=False)
+            self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
+            dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        else:
+            self.a_proj = None
+        self.g_proj = nn.Linear(d_model, H * V, bias=False) if output_gate else None
+        self.norm_weight = nn.Parameter(torch.ones(V))
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
+                        device=device, dtype=sdt)
+        return S, self.conv.init_state(batch_size, device, sdt)
+
+    def _inputs(self, x, conv_state):
+        """q (B,T,H,K), k (B,T,n_h,H,K), v (B,T,n_h,H,V), beta (B,T,n_h,H), g (B,T,H) or None."""
+        B, T, _ = x.shape
+        H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
+        cdt = compute_dtype(x)
+        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
+        q, k, v = qkv.split([H * K, n_h * H * K, n_h * H * V], -1)
+        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        k = F.normalize(k.reshape(B, T, n_h, H, K), dim=-1, eps=1e-6)
+        v = v.reshape(B, T, n_h, H, V)
+        beta = torch.sigmoid(self.b_proj(x).to(cdt)).reshape(B, T, n_h, H)
+        if self.allow_neg_eigval:
+            beta = 2 * beta
+        g = None
+        if self.a_proj is not None:
+            g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
+        return q, k, v, beta, g, conv_state
+
+    def _output(self, o, x):
+        """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""
+        cdt = o.dtype
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
+        o = o.flatten(2)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).to(cdt))
+        return self.o_proj(o.to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        q, k, v, beta, g, conv_state = self._inputs(x, conv_state)
+        if self.num_householder == 1:
+            k, v, beta = k[:, :, 0], v[:, :, 0], beta[:, :, 0]
+            if mode == "chunk":
+                o, S = delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
+            else:
+                o, S = delta_rule_recurrent(q, k, v, beta, g, initial_state=S)
+        elif mode == "chunk":
+            o, S = delta_product(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
+        else:
+            o, S = delta_product_recurrent(q, k, v, beta, g, initial_state=S)
+        return self._output(o, x), (S, conv_state)
+
+    def _step(self, x_t, state):
+        S, conv_state = state
+        q, k, v, beta, g, conv_state = self._inputs(x_t[:, None], conv_state)
+        scale = self.head_dim ** -0.5
+        if g is not None:
+            S = S * g[:, 0].exp()[..., None, None]
+        for j in range(self.num_householder):
+            o, S = delta_rule_step(q[:, 0], k[:, 0, j], v[:, 0, j], beta[:, 0, j], None, S, scale)
+        return self._output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"value_dim={self.value_dim}, num_householder={self.num_householder}, "
+                f"forget_gate={self.a_proj is not None}, output_gate={self.g_proj is not None}, "
+                f"allow_neg_eigval={self.allow_neg_eigval}, chunk_size={self.chunk_size}")

@@ -1,0 +1,118 @@
+"""RWKV-7 "Goose" time mixing (Peng et al. 2025, arXiv:2503.14456): the generalised delta rule
+
+    S_t = (diag(w_t) - kappa_t (a_t o kappa_t)^T) S_{t-1} + k~_t v_t^T,    o_t = S_t^T r_t
+
+(written here with S as (K, V); the paper's wkv state is its transpose) with, per token,
+token shift x' = x_{t-1} - x_t and one learned mix per branch (x_* = x + mu_* o x'):
+
+    r = W_r x_r,  k = W_k x_k,  v = W_v x_v
+    w = exp(-e^{-0.5} sigmoid(w_0 + tanh(x_w W_w1) W_w2))      decay in (e^{-e^{-0.5}}, 1)
+    a = sigmoid(a_0 + x_a W_a1 W_a2)                           in-context learning rate
+    kappa = normalize(k o k_k) per head,  k~ = k o (1 + (a - 1) o k_a)
+    g = sigmoid(x_g W_g1) W_g2                                 output gate
+    y = W_o (g o (GroupNorm_H(o) + ((r o k~ o r_k) summed per head) v))
+
+This is the first layer of a stack, so the value residual of later layers (v mixed with
+layer 0's v) does not apply. The layer state is (S (B, H, K, K), x_{t-1} (B, d_model)).
+Modes: `recurrent` (the loop), `chunk` (ops.chunk.delta.rwkv7, with a = -kappa, b = kappa o a).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.layers._delta_block import _positive_int
+from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
+from rnnzoo.registry import register
+
+_MIXES = ("r", "w", "k", "v", "a", "g")
+
+
+@register("rwkv7", family="matrix", paper="Peng et al. 2025, arXiv:2503.14456",
+          tiny=dict(d_model=6, num_heads=2, lora_dim=2, chunk_size=4))
+class RWKV7(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S (B, H, K, K), previous token (B, d_model)). Options:
+    num_heads, head_dim (default d_model // num_heads), lora_dim (the low-rank width of the
+    decay, learning-rate and gate maps), chunk_size."""
+
+    modes = ("recurrent", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 lora_dim: int = 32, chunk_size: int = 32):
+        super().__init__(d_model)
+        H = _positive_int("num_heads", num_heads)
+        K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        R = _positive_int("lora_dim", lora_dim)
+        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.num_heads, self.head_dim = H, K
+        D = H * K
+        ramp = torch.arange(d_model) / d_model
+        self.mix = nn.Parameter(torch.stack([1 - ramp ** p for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
+        self.r_proj, self.k_proj, self.v_proj = (nn.Linear(d_model, D, bias=False) for _ in range(3))
+        self.w0 = nn.Parameter(torch.linspace(-6, 2, D))  # slow to fast decays across channels
+        self.w1, self.w2 = nn.Parameter(torch.randn(d_model, R) / math.sqrt(d_model)), nn.Parameter(torch.zeros(R, D))
+        self.a0 = nn.Parameter(torch.zeros(D))
+        self.a1, self.a2 = nn.Parameter(torch.randn(d_model, R) / math.sqrt(d_model)), nn.Parameter(torch.zeros(R, D))
+        self.g1, self.g2 = nn.Parameter(torch.randn(d_model, R) / math.sqrt(d_model)), nn.Parameter(torch.zeros(R, D))
+        self.k_k = nn.Parameter(torch.full((D,), 0.85))
+        self.k_a = nn.Parameter(torch.ones(D))
+        self.r_k = nn.Parameter(torch.full((H, K), -0.04))
+        self.norm_weight, self.norm_bias = nn.Parameter(torch.ones(D)), nn.Parameter(torch.zeros(D))
+        self.o_proj = nn.Linear(D, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.head_dim, device=device, dtype=sdt)
+        return S, torch.zeros(batch_size, self.d_model, device=device, dtype=sdt)
+
+    def _inputs(self, x, x_last):
+        """r, w (log-decay), k~, v, a = -kappa, b = kappa o a: (B, T, H, K); g (B, T, H K)."""
+        B, T, _ = x.shape
+        H, K, cdt = self.num_heads, self.head_dim, compute_dtype(x)
+        shifted = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1)
+        xs = dict(zip(_MIXES, (x + (shifted - x) * mu for mu in self.mix)))
+        r, k, v = (p(xs[n]).to(cdt) for p, n in ((self.r_proj, "r"), (self.k_proj, "k"), (self.v_proj, "v")))
+        lora = {n: xs[n].to(cdt) for n in ("w", "a", "g")}
+        p = {n: getattr(self, n).to(cdt) for n in ("w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a")}
+        w = -math.exp(-0.5) * torch.sigmoid(p["w0"] + torch.tanh(lora["w"] @ p["w1"]) @ p["w2"])
+        a = torch.sigmoid(p["a0"] + lora["a"] @ p["a1"] @ p["a2"])
+        g = torch.sigmoid(lora["g"] @ p["g1"]) @ p["g2"]
+        kappa = F.normalize((k * p["k_k"]).reshape(B, T, H, K), dim=-1, eps=1e-12)
+        k = k * (1 + (a - 1) * p["k_a"])
+        heads = lambda t: t.reshape(B, T, H, K)  # noqa: E731
+        a = heads(a)
+        return heads(r), heads(w), heads(k), heads(v), -kappa, kappa * a, g, x[:, -1].to(x_last.dtype)
+
+    def _output(self, o, r, k, v, g, x):
+        """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
+        cdt = o.dtype
+        mean, var = o.mean(-1, keepdim=True), o.var(-1, keepdim=True, unbiased=False)
+        o = ((o - mean) * torch.rsqrt(var + self.head_dim * 1e-5)).flatten(2)
+        o = o * self.norm_weight.to(cdt) + self.norm_bias.to(cdt)
+        bonus = (r * k * self.r_k.to(cdt)).sum(-1, keepdim=True) * v
+        return self.o_proj(((o + bonus.flatten(2)) * g).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        S, x_last = state
+        r, w, k, v, a, b, g, x_last = self._inputs(x, x_last)
+        if mode == "chunk":
+            o, S = rwkv7(r, w, k, v, a, b, initial_state=S, chunk_size=self.chunk_size)
+        else:
+            o, S = rwkv7_recurrent(r, w, k, v, a, b, initial_state=S)
+        return self._output(o, r, k, v, g, x), (S, x_last)
+
+    def _step(self, x_t, state):
+        S, x_last = state
+        x = x_t[:, None]
+        r, w, k, v, a, b, g, x_last = self._inputs(x, x_last)
+        o, S = rwkv7_step(r[:, 0], w[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], S, 1.0)
+        return self._output(o[:, None], r, k, v, g, x)[:, 0], (S, x_last)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"chunk_size={self.chunk_size}")

@@ -1,0 +1,367 @@
+"""The delta rule and its generalisations, chunkwise-parallel, each next to its recurrence.
+
+All tensors are (B, T, H, D) (batch, time, heads, head dim); the state S is (B, H, K, V)
+and is read out as o_t = scale * S_t^T q_t.
+
+delta rule (Schlag et al. 2021, arXiv:2102.11174; chunkwise form: Yang et al. 2024,
+"Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+arXiv:2406.06484), with the scalar gate of Gated DeltaNet (Yang, Kautz & Hatamizadeh
+2025, arXiv:2412.06464), alpha_t = exp(g_t):
+
+    S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
+
+beta in (0, 2) gives the transition negative eigenvalues (Grazzi et al. 2025,
+arXiv:2411.12537); nothing here restricts beta.
+
+DeltaProduct (Siems et al. 2025, arXiv:2502.10297): n_h Householder steps per token,
+the gate applied once per token, the output read after the last step.
+
+RWKV-7's generalised delta rule (Peng et al. 2025, "RWKV-7 Goose", arXiv:2503.14456),
+a diagonal plus rank-one transition with log-decay w per key channel:
+
+    S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T     (RWKV-7: a = -kappa, b = kappa * a)
+
+Chunkwise form. Split time into chunks of C steps and let S_0 be the state entering a
+chunk. With a scalar gate, G_t = sum_{s <= t} g_s inside the chunk, the update is
+S_t = alpha_t S_{t-1} + k_t u_t^T with the "pseudo-value" u_t = beta_t (v_t - alpha_t
+S_{t-1}^T k_t). Unrolling S_{t-1} inside the chunk gives a unit lower-triangular system
+for all u of the chunk at once (the UT transform):
+
+    (I + A) U = diag(beta) V - diag(beta e^G) K S_0,   A_ts = beta_t e^{G_t - G_s} k_t.k_s (s < t)
+
+so U = U0 - W S_0 with [U0, W] = (I + A)^{-1} [diag(beta) V, diag(beta e^G) K] (one
+triangular solve; W = T K and U0 = T V in the WY/UT notation). Then
+
+    O   = scale * (diag(e^G) Q S_0 + (Q K^T o D) U),   D_ts = e^{G_t - G_s} (s <= t)
+    S_C = e^{G_C} S_0 + (diag(e^{G_C - G}) K)^T U
+
+Every exponent above is a difference G_t - G_s with s <= t, so no factor exceeds 1:
+gates are handled in log space. The chunk-local parts (A, the solve, Q K^T o D) are
+batched over all chunks; only S_0 -> S_C runs as a loop over the T / C chunks.
+
+For RWKV-7 the decay is a vector, and the rank-one part plays the role of the delta
+correction: z_t = S_{t-1}^T a_t solves (I - A_ab) Z = diag-decayed(a) S_0 + A_ak V with
+A_xy[t, s] = sum_c x_t[c] y_s[c] exp(Wc_{t-1,c} - Wc_{s,c}) (s < t). The per-channel
+decay between t and s is factored through the chunk's middle step m,
+exp(Wc_t - Wc_m) * exp(Wc_m - Wc_s), so that A is a matrix product; the chunk is halved
+until |Wc| over half a chunk stays below `_MAX_LOG_FACTOR`, so neither factor can
+overflow (RWKV-7's own w > -exp(-0.5) keeps chunks of 64 intact).
+
+States accumulate in float32 (float64 for float64 inputs); outputs come back in q's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
+           "delta_product", "delta_product_recurrent",
+           "rwkv7", "rwkv7_recurrent", "rwkv7_step"]
+
+_MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
+
+
+# -- argument checks ---------------------------------------------------------------------------
+def _check(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
+           initial_state, V: int):
+    """Every tensor's shape against the pattern built from q's (B, T, H, K)."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.is_floating_point():
+        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise ValueError(f"{op}: q must be a floating-point (B, T, H, K) tensor, got {got}")
+    for name, (t, shape) in named.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{op}: {name} must have shape {shape}, got {got}")
+    B, _, H, K = q.shape
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
+        raise ValueError(f"{op}: initial_state must have shape {(B, H, K, V)}, "
+                         f"got {tuple(initial_state.shape)}")
+
+
+def _dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def _initial(initial_state, B, H, K, V, dtype, device):
+    if initial_state is None:
+        return torch.zeros(B, H, K, V, dtype=dtype, device=device)
+    return initial_state.to(dtype)
+
+
+# -- delta rule (gated, any beta) ------------------------------------------------------------------
+def delta_rule_step(q_t, k_t, v_t, beta_t, g_t, S, scale):
+    """One step. q_t, k_t: (B, H, K); v_t: (B, H, V); beta_t, g_t: (B, H) or g_t None;
+    S: (B, H, K, V). Returns (o_t (B, H, V), S_t)."""
+    if g_t is not None:
+        S = S * g_t.exp()[..., None, None]
+    S = _householder_update(k_t, v_t, beta_t, S)
+    return scale * torch.einsum("bhk,bhkv->bhv", q_t, S), S
+
+
+def _householder_update(k_t, v_t, beta_t, S):
+    """S + beta k (v - S^T k)^T = (I - beta k k^T) S + beta k v^T."""
+    u = beta_t[..., None] * (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
+    return S + k_t[..., :, None] * u[..., None, :]
+
+
+def delta_rule_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
+    """Reference loop of `delta_rule` (same arguments, returns)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
+                                 g=(g, (B, T, H))), initial_state, V)
+    dt = _dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, V, dt, q.device)
+    gs = g.to(dt).unbind(1) if g is not None else [None] * T
+    out = []
+    for q_t, k_t, v_t, b_t, g_t in zip(q.to(dt).unbind(1), k.to(dt).unbind(1), v.to(dt).unbind(1),
+                                       beta.to(dt).unbind(1), gs):
+        o_t, S = delta_rule_step(q_t, k_t, v_t, b_t, g_t, S, scale)
+        out.append(o_t)
+    return torch.stack(out, 1).to(q.dtype), S
+
+
+def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
+    """Chunkwise delta rule S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T.
+
+    q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H) (any real; (0, 2) for negative
+    eigenvalues); g: (B, T, H) log-gate (<= 0), None for plain DeltaNet; scale: default K^-0.5;
+    initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
+    final state (B, H, K, V) in float32 (float64 for float64 q).
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
+                                 g=(g, (B, T, H))), initial_state, V)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"delta_rule: chunk_size must be a positive int, got {chunk_size!r}")
+    dt = _dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, V, dt, q.device)
+    o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
+                         None if g is None else g.to(dt), S, scale, chunk_size)
+    return o.to(q.dtype), S
+
+
+def _unit_lower_inverse(A):
+    """(I + A)^{-1} for strictly lower-triangular A (..., C, C), by one batched triangular
+    solve against the identity (the UT transform's T, before its diag(beta) factor).
+    Solving for I and then multiplying is faster on CPU than solving for wide right-hand sides."""
+    C = A.shape[-1]
+    eye = torch.eye(C, dtype=A.dtype, device=A.device)
+    return torch.linalg.solve_triangular(eye + A, eye.expand(A.shape), upper=False,
+                                         unitriangular=True)
+
+
+def _to_chunks(x, C):
+    """(B, T, H, ...) -> (B, H, N, C, ...), zero-padded at the end to N * C steps."""
+    T = x.shape[1]
+    N = -(-T // C)
+    pad = N * C - T
+    if pad:
+        x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
+    x = x.reshape(x.shape[0], N, C, *x.shape[2:])
+    return x.movedim(3, 1).contiguous()  # (B, H, N, C, ...)
+
+
+def _from_chunks(x, T):
+    """(B, H, N, C, D) -> (B, T, H, D)."""
+    B, H, N, C, D = x.shape
+    return x.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
+
+
+def _delta_chunks(q, k, v, beta, g, S, scale, C):
+    """The chunkwise solver on compute-dtype tensors (see the module docstring).
+
+    Zero padding at the end is exact: k = v = beta = g = 0 leaves the state unchanged.
+    """
+    T = q.shape[1]
+    C = min(C, T)
+    q, k, v = (_to_chunks(t, C) for t in (q, k, v))      # (B, H, N, C, D)
+    beta = _to_chunks(beta, C)                            # (B, H, N, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if g is None:
+        decay = causal.to(q.dtype)                        # e^{G_t - G_s} on s <= t
+        eG = eGlast = eGtail = None
+    else:
+        G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
+        decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+        eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
+
+    kk = k @ k.transpose(-1, -2)                          # (B, H, N, C, C)
+    A = (beta[..., :, None] * kk * decay).tril(-1)
+    Tinv = _unit_lower_inverse(A)                         # (I + A)^{-1}
+    kb = beta[..., None] * k
+    U0 = Tinv @ (beta[..., None] * v)                     # U = U0 - W S_0
+    W = Tinv @ (kb if eG is None else kb * eG[..., None])
+    P = (q @ k.transpose(-1, -2)) * decay                 # (Q K^T o D), causal incl. diagonal
+    Qg = q if eG is None else q * eG[..., None]
+    Kd = k if eG is None else k * eGtail[..., None]
+
+    # The loop over chunks; unbind (not [:, :, n]) so that the backward pass is one stack.
+    states, pseudo = [], []
+    decays = [None] * q.shape[2] if eGlast is None else eGlast[..., None, None].unbind(2)
+    for u0_n, w_n, kd_n, decay_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2), decays):
+        states.append(S)
+        u = u0_n - w_n @ S
+        pseudo.append(u)
+        S = S if decay_n is None else S * decay_n
+        S = S + kd_n.transpose(-1, -2) @ u
+    S0 = torch.stack(states, 2)                           # (B, H, N, K, V)
+    U = torch.stack(pseudo, 2)                            # (B, H, N, C, V)
+    o = scale * (Qg @ S0 + P @ U)
+    return _from_chunks(o, T), S
+
+
+# -- DeltaProduct -------------------------------------------------------------------------------
+def _product_as_delta(q, k, v, beta, g):
+    """Flatten n_h Householder steps per token into a delta rule over T * n_h steps: the
+    gate acts at each token's first step, the query at its last."""
+    B, T, n_h, H, K = k.shape
+    V = v.shape[-1]
+    qf = torch.cat([q.new_zeros(B, T, n_h - 1, H, K), q[:, :, None]], 2).reshape(B, T * n_h, H, K)
+    gf = None
+    if g is not None:
+        gf = torch.cat([g[:, :, None], g.new_zeros(B, T, n_h - 1, H)], 2).reshape(B, T * n_h, H)
+    return (qf, k.reshape(B, T * n_h, H, K), v.reshape(B, T * n_h, H, V),
+            beta.reshape(B, T * n_h, H), gf)
+
+
+def _check_product(q, k, v, beta, g, initial_state):
+    if not isinstance(k, torch.Tensor) or k.dim() != 5:
+        raise ValueError(f"delta_product: k must be (B, T, n_h, H, K), got "
+                         f"{tuple(k.shape) if isinstance(k, torch.Tensor) else type(k).__name__}")
+    B, T, n_h, H, K = k.shape
+    V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
+    _check("delta_product", q, dict(q=(q, (B, T, H, K)), v=(v, (B, T, n_h, H, V)),
+                                    beta=(beta, (B, T, n_h, H)), g=(g, (B, T, H))),
+           initial_state, V)
+
+
+def delta_product_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=None):
+    """Reference loop of `delta_product`: per token, the gate, then n_h delta-rule steps."""
+    _check_product(q, k, v, beta, g, initial_state)
+    B, T, n_h, H, K = k.shape
+    V = v.shape[-1]
+    dt = _dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, V, dt, q.device)
+    gs = g.to(dt).unbind(1) if g is not None else [None] * T
+    out = []
+    for q_t, k_t, v_t, b_t, g_t in zip(q.to(dt).unbind(1), k.to(dt).unbind(1), v.to(dt).unbind(1),
+                                       beta.to(dt).unbind(1), gs):
+        if g_t is not None:
+            S = S * g_t.exp()[..., None, None]
+        for k_tj, v_tj, b_tj in zip(k_t.unbind(1), v_t.unbind(1), b_t.unbind(1)):
+            S = _householder_update(k_tj, v_tj, b_tj, S)
+        out.append(scale * torch.einsum("bhk,bhkv->bhv", q_t, S))
+    return torch.stack(out, 1).to(q.dtype), S
+
+
+def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
+    """Chunkwise DeltaProduct: per token t, S <- exp(g_t) S, then for j = 1..n_h
+    S <- (I - beta_tj k_tj k_tj^T) S + beta_tj k_tj v_tj^T; o_t = scale * S^T q_t.
+
+    q: (B, T, H, K); k: (B, T, n_h, H, K); v: (B, T, n_h, H, V); beta: (B, T, n_h, H);
+    g: (B, T, H) or None. chunk_size counts tokens. Returns (o (B, T, H, V), state).
+    """
+    _check_product(q, k, v, beta, g, initial_state)
+    B, T, n_h, H, K = k.shape
+    qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
+    o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
+                      initial_state=initial_state, chunk_size=chunk_size * n_h)
+    return o.reshape(B, T, n_h, H, -1)[:, :, -1], S
+
+
+# -- RWKV-7 -------------------------------------------------------------------------------------
+def rwkv7_step(r_t, w_t, k_t, v_t, a_t, b_t, S, scale):
+    """One step of S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T, o_t = scale S_t^T r_t.
+    r_t, w_t, k_t, a_t, b_t: (B, H, K); v_t: (B, H, V); S: (B, H, K, V)."""
+    z = torch.einsum("bhk,bhkv->bhv", a_t, S)
+    S = S * w_t.exp()[..., None] + b_t[..., None] * z[..., None, :] + k_t[..., None] * v_t[..., None, :]
+    return scale * torch.einsum("bhk,bhkv->bhv", r_t, S), S
+
+
+def _check_rwkv7(r, w, k, v, a, b, initial_state):
+    B, T, H, K = r.shape if isinstance(r, torch.Tensor) and r.dim() == 4 else (0, 0, 0, 0)
+    V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
+    _check("rwkv7", r, dict(w=(w, (B, T, H, K)), k=(k, (B, T, H, K)), v=(v, (B, T, H, V)),
+                            a=(a, (B, T, H, K)), b=(b, (B, T, H, K))), initial_state, V)
+
+
+def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
+    """Reference loop of `rwkv7` (same arguments, returns)."""
+    _check_rwkv7(r, w, k, v, a, b, initial_state)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    dt = _dtype(r)
+    S = _initial(initial_state, B, H, K, V, dt, r.device)
+    out = []
+    for args in zip(*(t.to(dt).unbind(1) for t in (r, w, k, v, a, b))):
+        o_t, S = rwkv7_step(*args, S, scale)
+        out.append(o_t)
+    return torch.stack(out, 1).to(r.dtype), S
+
+
+def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
+    """Chunkwise RWKV-7 generalised delta rule S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T,
+    o_t = scale * S_t^T r_t.
+
+    r, w, k, a, b: (B, T, H, K), w the log-decay (<= 0) per key channel; v: (B, T, H, V);
+    initial_state: (B, H, K, V) or None. Returns (o (B, T, H, V) in r's dtype, final state).
+    The chunk is halved while half a chunk's cumulative decay could overflow its factors.
+    """
+    _check_rwkv7(r, w, k, v, a, b, initial_state)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"rwkv7: chunk_size must be a positive int, got {chunk_size!r}")
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    dt = _dtype(r)
+    S = _initial(initial_state, B, H, K, V, dt, r.device)
+    C = min(chunk_size, T)
+    steepest = float(-w.detach().min().clamp(max=0))
+    while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
+        C //= 2
+    o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)
+    return o.to(r.dtype), S
+
+
+def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
+    """See the module docstring: Z = (I - A_ab)^{-1} (a~ S_0 + A_ak V) per chunk, then
+    O = r~ S_0 + B_rb Z + B_rk V, S_C = e^{Wc_C} S_0 + b^T Z + k^T V (decayed to the chunk end)."""
+    T = r.shape[1]
+    r, w, k, v, a, b = (_to_chunks(t, C) for t in (r, w, k, v, a, b))  # (B, H, N, C, D)
+    Wc = w.cumsum(-2)                                     # inclusive: Wc_t
+    Wprev = Wc - w                                        # exclusive: Wc_{t-1}
+    mid = Wc[..., C // 2: C // 2 + 1, :]                  # reference step of the factorisation
+    # Exponents of the pairs that are kept (s < t, or s <= t) stay below 1.5 * _MAX_LOG_FACTOR;
+    # the clamp only touches factors of masked pairs (a single-step chunk with a steep decay),
+    # so that no factor is inf and no gradient meets inf * 0.
+    factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
+    b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
+    a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
+    A_ab = (a_out @ b_in.transpose(-1, -2)).tril(-1)
+    A_ak = (a_out @ k_in.transpose(-1, -2)).tril(-1)
+    B_rb = (r_out @ b_in.transpose(-1, -2)).tril()
+    B_rk = (r_out @ k_in.transpose(-1, -2)).tril()
+    Tinv = _unit_lower_inverse(-A_ab)                     # (I - A_ab)^{-1}
+    Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
+    Wz = Tinv @ (a * Wprev.exp())
+    r_dec = r * Wc.exp()
+    tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
+    b_tail, k_tail = b * tail, k * tail
+    chunk_decay = Wc[..., -1, :].exp()                    # (B, H, N, K)
+
+    states, pseudo = [], []
+    for uz, wz, dec, bt, kt, v_n in zip(Uz.unbind(2), Wz.unbind(2), chunk_decay[..., None].unbind(2),
+                                       b_tail.unbind(2), k_tail.unbind(2), v.unbind(2)):
+        states.append(S)
+        z = uz + wz @ S
+        pseudo.append(z)
+        S = S * dec + bt.transpose(-1, -2) @ z + kt.transpose(-1, -2) @ v_n
+    S0, Z = torch.stack(states, 2), torch.stack(pseudo, 2)
+    o = scale * (r_dec @ S0 + B_rb @ Z + B_rk @ v)
+    return _from_chunks(o, T), S
