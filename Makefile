@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rnnzoo demo
 
 test: $(VENV)/.peers
-	$(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=15
 
 test-slow: $(VENV)/.peers
 	$(PY) -m pytest -q -m slow

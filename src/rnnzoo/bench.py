@@ -286,7 +286,6 @@ def main(args: argparse.Namespace) -> list[dict]:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
         _memory_probe(sys.argv[2])
-    else:
-        parser = argparse.ArgumentParser(prog="python -m rnnzoo.bench", description=__doc__)
-        add_arguments(parser)
-        main(parser.parse_args())
+    else:  # through the package module, so baselines register where the cases read them
+        from rnnzoo.cli import main as cli_main
+        sys.exit(cli_main(["bench", *sys.argv[1:]]))

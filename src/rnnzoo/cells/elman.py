@@ -50,6 +50,7 @@ class _Elman(Cell):
 
 @cell("rnn_tanh", paper="Elman 1990, Cognitive Science 14(2)")
 class ElmanTanh(_Elman):
+    parallel_modes = ("newton", "quasi")
     """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
 
 

@@ -44,6 +44,7 @@ class _GRU(_Gated):
 @cell("gru", paper="Cho et al. 2014, arXiv:1406.1078 (v1 reset placement, as cuDNN/torch.nn.GRU)",
       tiny={"hidden_size": 5})
 class GRUCell(_GRU):
+    parallel_modes = ("newton", "quasi")
     """torch.nn.GRU's cell; `fused` runs torch's GRU kernel. State h (B, H)."""
 
     def recur(self, xp_t, state):

@@ -107,6 +107,7 @@ class _Gated(Cell):
 @cell("lstm", paper="Hochreiter & Schmidhuber 1997; Gers et al. 2000; LSTMP: Sak et al. 2014, "
       "arXiv:1402.1128", tiny={"hidden_size": 5})
 class LSTMCell(_Gated):
+    parallel_modes = ("newton", "quasi")
     """torch.nn.LSTM's cell. State (h, c): h (B, proj_size or H), c (B, H).
 
     Options: `proj_size` (LSTMP: h_t = W_hr (o * tanh c_t), weight_hr (proj_size, H)),

@@ -28,7 +28,7 @@ from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real
 class UnICORNN(SplitCell):
     """UnICORNN (see the module docstring). State: (y, z), each (B, H)."""
 
-    jacobian_structure = "diag"
+    jacobian_structure = ("block", 2)  # per channel: (y_j, z_j)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  dt: float = 0.1, alpha: float = 0.0):

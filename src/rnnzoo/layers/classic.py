@@ -3,8 +3,9 @@
 A `CellLayer` runs its cell over the sequence: the input projection for all
 steps in one matrix product, then the recurrence. Modes: `sequential` (the
 cell's loop, the reference), `fused` where the cell has a whole-sequence
-kernel, and `newton` / `quasi` (all steps solved at once by `ops.newton`; a
-cell opts out with `parallel_modes = ()`). The recurrence always runs in
+kernel, and `newton` / `quasi` (all steps solved at once by `ops.newton`) for
+cells with diagonal or block Jacobians and for the dense cells that declare
+them (lstm, gru, rnn_tanh); `ops.newton.parallel_rnn` takes any cell. The recurrence always runs in
 float32 (float64 for float64 input), whatever the parameters' dtype; a linear
 map takes the cell's output back to d_model when the widths differ.
 """
@@ -85,9 +86,18 @@ class CellLayer(RecurrentLayer):
         return self._call_cell(x_t, state)
 
 
+def _parallel_modes(cls) -> tuple[str, ...]:
+    """A cell's own `parallel_modes`, else newton/quasi for diagonal and block-diagonal
+    Jacobians (a dense cell opts in by declaring them: each Newton step costs k JVPs and
+    k x k products per step, which on CPU measured slower than the loop)."""
+    if hasattr(cls, "parallel_modes"):
+        return tuple(cls.parallel_modes)
+    return PARALLEL_MODES if cls.jacobian_structure != "dense" else ()
+
+
 def _layer_class(info) -> type[CellLayer]:
     modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ()) \
-        + tuple(getattr(info.cls, "parallel_modes", PARALLEL_MODES))
+        + _parallel_modes(info.cls)
     doc = f"{info.cls.__name__} cell as a token mixer.\n\n{info.cls.__doc__ or ''}"
     return type(f"{info.cls.__name__}Layer", (CellLayer,),
                 {"cell_cls": info.cls, "modes": modes, "__doc__": doc,
