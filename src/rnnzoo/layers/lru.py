@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.layers._diagonal import diagonal_recurrence
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
 
@@ -77,17 +77,7 @@ class LRU(RecurrentLayer):
     def _run(self, x, state, mode, mask=None):
         lam, b = self._coefficients(x)
         a = lam.view(1, 1, -1)
-        if mask is not None:  # padded steps are the identity: a = 1, b = 0
-            a = torch.where(mask, a, torch.ones_like(a))
-            b = torch.where(mask, b, torch.zeros_like(b))
-        if mode == "scan":
-            hs, h = linear_scan(a, b, state)
-        else:
-            h, out = state, []
-            for t in range(x.shape[1]):
-                h = a[:, min(t, a.shape[1] - 1)] * h + b[:, t]
-                out.append(h)
-            hs = torch.stack(out, 1)
+        hs, h = diagonal_recurrence(a, b, state, mode, mask)
         y = self._readout(hs, x)
         return (y if mask is None else y * mask.to(y.dtype)), h
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnzoo.layers._diagonal import diagonal_recurrence
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
 
@@ -44,24 +44,12 @@ class MinGRU(RecurrentLayer):
         return 1 - z, z * cand
 
     def _forward(self, x, state, mode):
-        a, b = self._coefficients(x)
-        if mode == "scan":
-            hs, h = linear_scan(a, b, state)
-        else:
-            h, out = state, []
-            for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
-                h = a_t * h + b_t
-                out.append(h)
-            hs = torch.stack(out, 1)
+        hs, h = diagonal_recurrence(*self._coefficients(x), state, mode)
         return self.out_proj(hs.to(x.dtype)), h
 
     def _forward_lengths(self, x, state, mode, lengths):
-        if mode != "scan":
-            return super()._forward_lengths(x, state, mode, lengths)
-        # Padded steps become the identity (a = 1, b = 0), so the last h is each sequence's own.
-        a, b = self._coefficients(x)
         m = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
-        hs, h = linear_scan(torch.where(m, a, 1.0), torch.where(m, b, 0.0), state)
+        hs, h = diagonal_recurrence(*self._coefficients(x), state, mode, m)
         return self.out_proj(hs.to(x.dtype)) * m.to(x.dtype), h
 
     def _step(self, x_t, state):

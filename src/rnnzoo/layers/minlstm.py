@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.layers._diagonal import diagonal_recurrence
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
 
@@ -50,16 +50,7 @@ class MinLSTM(RecurrentLayer):
     def _run(self, x, state, mode, mask=None):
         f, i, cand = self.gates(x)
         a, b = f, i * cand
-        if mask is not None:  # padded steps are the identity: a = 1, b = 0
-            a, b = torch.where(mask, a, 1.0), torch.where(mask, b, 0.0)
-        if mode == "scan":
-            hs, h = linear_scan(a, b, state)
-        else:
-            h, out = state, []
-            for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
-                h = a_t * h + b_t
-                out.append(h)
-            hs = torch.stack(out, 1)
+        hs, h = diagonal_recurrence(a, b, state, mode, mask)
         y = self.out_proj(hs.to(x.dtype))
         return (y if mask is None else y * mask.to(y.dtype)), h
 
