@@ -79,9 +79,9 @@ def test_matches_torchrecurrent(name, bias):
     tr = pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the oracle "
                              "(installed by .ci/install-peers)")
     peer_cls, ours_kw, peer_kw, step, rename = CASES[name]
-    I, H = SIZES.get(name, (4, 5))
+    n_in, n_h = SIZES.get(name, (4, 5))
     torch.manual_seed(0)
-    ours = CELLS[name].cls(I, H, bias=bias, **ours_kw).double()
+    ours = CELLS[name].cls(n_in, n_h, bias=bias, **ours_kw).double()
     if not bias:  # torchrecurrent keeps zero buffers in place of the biases
         peer_kw = dict(peer_kw, bias=False, recurrent_bias=False)
         if name == "cornn":
@@ -89,7 +89,7 @@ def test_matches_torchrecurrent(name, bias):
     with torch.no_grad():  # move every parameter off its init: biases nonzero, gates mixed
         for p in ours.parameters():
             p.copy_(0.6 * torch.randn_like(p))
-    peer = getattr(tr, peer_cls)(I, H, **peer_kw).double()
+    peer = getattr(tr, peer_cls)(n_in, n_h, **peer_kw).double()
     with torch.no_grad():
         for n, p in ours.named_parameters():
             getattr(peer, rename.get(n, n)).copy_(p)
@@ -97,7 +97,7 @@ def test_matches_torchrecurrent(name, bias):
             if isinstance(getattr(peer, k, None), torch.nn.Parameter):
                 getattr(peer, k).fill_(v)
 
-    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
     s0 = tuple((0.5 * torch.randn(B, n, dtype=torch.float64)).requires_grad_()
                for n in ours.state_sizes)
     y, s = ours.loop(x, s0)

@@ -90,7 +90,7 @@ class IntersectionRNN(HoistedCell):
     def recur_with(self, xp_parts, state, w):
         h = state[1]
         pre, x = xp_parts
-        I, H = self.input_size, self.hidden_size
-        d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((I, H, I, H), -1)
+        n_in, n_h = self.input_size, self.hidden_size
+        d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((n_in, n_h, n_in, n_h), -1)
         y = torch.lerp(torch.relu(d), x, torch.sigmoid(g_y))
         return y, torch.lerp(torch.tanh(r), h, torch.sigmoid(g_h))

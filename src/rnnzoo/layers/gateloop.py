@@ -77,9 +77,9 @@ class GateLoop(RecurrentLayer):
                 Ss, S = linear_scan(a, b, S)
                 return torch.einsum("blhn,blhnv->blhv", q, Ss).real.flatten(2), S
             out = []
-            for t in range(a.shape[1]):
-                S = a[:, t] * S + b[:, t]
-                out.append(torch.einsum("bhn,bhnv->bhv", q[:, t], S).real.flatten(1))
+            for a_t, b_t, q_t in zip(a.unbind(1), b.unbind(1), q.unbind(1)):
+                S = a_t * S + b_t
+                out.append(torch.einsum("bhn,bhnv->bhv", q_t, S).real.flatten(1))
             return torch.stack(out, 1), S
 
         size = self.chunk_size if mode == "scan" else x.shape[1]

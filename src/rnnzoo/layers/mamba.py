@@ -56,11 +56,10 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":
-        h, ys = h0, []
-        for t in range(u.shape[1]):
-            a = transition(delta[:, t], A, allow_neg_eigval)
-            h = a * h + (delta[:, t] * u[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(1)
-            ys.append((h @ C[:, t].unsqueeze(-1)).squeeze(-1))
+        h, ys = h0, []  # unbind, not [:, t]: the backward of t-indexing is quadratic in T
+        for u_t, delta_t, B_t, C_t in zip(*(t.unbind(1) for t in (u, delta, B, C))):
+            h = transition(delta_t, A, allow_neg_eigval) * h + (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)
+            ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))
         return torch.stack(ys, 1) + D * u, h
 
     def chunk(h, u, delta, B, C):

@@ -108,8 +108,8 @@ class S4D(RecurrentLayer):
                 hs, h = linear_scan(a, b, h)
                 return 2 * (hs * C).sum(-1).real, h
             out = []
-            for t in range(u.shape[1]):
-                h = a[:, t] * h + b[:, t]
+            for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
+                h = a_t * h + b_t
                 out.append(2 * (h * C).sum(-1).real)
             return torch.stack(out, 1), h
 

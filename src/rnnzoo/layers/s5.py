@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
+from rnnzoo.ops.scan import linear_scan, sequential_scan
 from rnnzoo.registry import register
 
 
@@ -100,13 +100,7 @@ class S5(RecurrentLayer):
         return lam_bar, ((lam_bar - 1) / Lambda).unsqueeze(-1) * B
 
     def _scan(self, a, b, h0, mode, reverse):
-        if mode == "scan":
-            return linear_scan(a, b, h0, reverse=reverse)
-        h, out = h0, [None] * b.shape[1]
-        for t in (range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])):
-            h = a[:, min(t, a.shape[1] - 1)] * h + b[:, t]
-            out[t] = h
-        return torch.stack(out, 1), h
+        return (linear_scan if mode == "scan" else sequential_scan)(a, b, h0, reverse=reverse)
 
     def ssm(self, x, state, mode, mask=None):
         """s = 2 Re(C h) (+ the backward direction) + D u: (B, T, d_model), and the final h."""

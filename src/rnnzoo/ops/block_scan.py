@@ -49,11 +49,11 @@ def block_linear_scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None 
 
 def sequential_block_scan(A, b, h0=None, *, reverse=False):
     """The reference loop for `block_linear_scan` (same arguments and result)."""
-    T = b.shape[1]
-    h = torch.zeros_like(b[:, 0]) if h0 is None else h0
-    out = [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h = _matvec(A[:, t], h) + b[:, t]
+    A_t, b_t = A.unbind(1), b.unbind(1)
+    h = torch.zeros_like(b_t[0]) if h0 is None else h0
+    out = [None] * len(b_t)
+    for t in (range(len(b_t) - 1, -1, -1) if reverse else range(len(b_t))):
+        h = _matvec(A_t[t], h) + b_t[t]
         out[t] = h
     return torch.stack(out, 1)
 

@@ -90,14 +90,14 @@ def gated_linear_attention_recurrent(q, k, v, log_decay=None, *, scale=None, ini
     decay = g.exp()
     decay = decay[..., None, None] if decay.dim() == 3 else decay[..., None]
     outs = []
-    for t in range(q.shape[1]):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+    for q_t, k_t, v_t, decay_t in zip(q.unbind(1), k.unbind(1), v.unbind(1), decay.unbind(1)):
+        kv = k_t[..., None] * v_t[..., None, :]  # (B, H, K, V)
         if bonus is None:
-            S = decay[:, t] * S + kv
-            outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S))
+            S = decay_t * S + kv
+            outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
         else:
-            outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S + bonus[..., None] * kv))
-            S = decay[:, t] * S + kv
+            outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S + bonus[..., None] * kv))
+            S = decay_t * S + kv
     return torch.stack(outs, 1).to(out_dtype), S
 
 
@@ -249,15 +249,15 @@ def mlstm_recurrent(q, k, v, log_i, log_f, *, scale=None, initial_state=None, ep
     out_dtype = q.dtype
     q, k, v, log_i, log_f, (C, n, m) = _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state)
     outs = []
-    for t in range(q.shape[1]):
-        m_new = torch.maximum(log_f[:, t] + m, log_i[:, t])
-        f = (log_f[:, t] + m - m_new)[..., None]
-        i = (log_i[:, t] - m_new)[..., None]
-        C = f[..., None].exp() * C + i[..., None].exp() * k[:, t, :, :, None] * v[:, t, :, None, :]
-        n = f.exp() * n + i.exp() * k[:, t]
+    for q_t, k_t, v_t, log_i_t, log_f_t in zip(*(t.unbind(1) for t in (q, k, v, log_i, log_f))):
+        m_new = torch.maximum(log_f_t + m, log_i_t)
+        f = (log_f_t + m - m_new)[..., None]
+        i = (log_i_t - m_new)[..., None]
+        C = f[..., None].exp() * C + i[..., None].exp() * k_t[..., None] * v_t[..., None, :]
+        n = f.exp() * n + i.exp() * k_t
         m = m_new
-        num = torch.einsum("bhk,bhkv->bhv", q[:, t], C)
-        den = torch.maximum((q[:, t] * n).sum(-1).abs(), (-m).exp())[..., None] + eps
+        num = torch.einsum("bhk,bhkv->bhv", q_t, C)
+        den = torch.maximum((q_t * n).sum(-1).abs(), (-m).exp())[..., None] + eps
         outs.append(num / den)
     return torch.stack(outs, 1).to(out_dtype), (C, n, m)
 
