@@ -58,6 +58,30 @@ def test_selective_scan_gradients_equal_reference():
         assert (a - b).abs().max() < 1e-5 * (1 + b.abs().max())
 
 
+@pytest.mark.parametrize("allow_neg_eigval", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 4, 16])
+def test_selective_scan_backward_gradcheck(allow_neg_eigval, chunk_size):
+    """The hand-written backward of the scan mode, float64, with h0 and a final-state loss,
+    over chunk boundaries (T = 11 is not a multiple of 4) and the two solvers of
+    `chunked_scan` (loop for L <= 16, two-level above)."""
+    g = torch.Generator().manual_seed(1)
+    Bt, T, Din, N = 2, 11 if chunk_size < 16 else 37, 3, 2
+    u = torch.randn(Bt, T, Din, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(torch.randn(Bt, T, Din, generator=g, dtype=torch.float64))
+    A = -torch.rand(Din, N, generator=g, dtype=torch.float64) * 2
+    B, C = (torch.randn(Bt, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(Din, generator=g, dtype=torch.float64)
+    h0 = torch.randn(Bt, Din, N, generator=g, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (u, delta, A, B, C, h0)]
+
+    def f(u, delta, A, B, C, h0):
+        y, h = selective_scan(u, delta, A, B, C, D, h0, allow_neg_eigval=allow_neg_eigval,
+                              chunk_size=chunk_size)
+        return y, h
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
 def _parity_mamba(allow_neg_eigval):
     """Hand-set weights: input feature 0 is the sequence (+-1), feature 1 is a constant 1.
 

@@ -11,8 +11,9 @@ instead of (0, 1) (Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs
 Through Negative Eigenvalues", arXiv:2411.12537): a channel can then flip the
 sign of its state, which parity needs.
 
-Modes: `sequential` is the loop over t; `scan` solves each time chunk with
-`linear_scan` and checkpoints it (`chunk_size` steps), so that the
+Modes: `sequential` is the loop over t under autograd; `scan` is `_SelectiveScan`:
+time chunks of `chunk_size` steps, each solved by `chunked_scan`, with the
+backward written out and the chunk's states recomputed, so that the
 (B, T, d_inner, d_state) states never exist for the whole sequence at once.
 The state is (conv_state (B, d_conv - 1, d_inner), ssm_state (B, d_inner, d_state)).
 """
@@ -25,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._conv import causal_conv1d
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
+from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
 
@@ -44,32 +44,88 @@ def transition(delta: torch.Tensor, A: torch.Tensor, allow_neg_eigval: bool = Fa
     return 1 + 2 * torch.expm1(dA) if allow_neg_eigval else torch.exp(dA)
 
 
-def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chunk_size=256,
+def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chunk_size=16,
                    mode="scan"):
     """The selective SSM of Mamba on already projected inputs.
 
     u, delta: (batch, T, d_inner); A: (d_inner, d_state); B, C: (batch, T, d_state);
     D: (d_inner,); h0: (batch, d_inner, d_state) or None.
     Returns y: (batch, T, d_inner) with y_t = C_t . h_t + D u_t, and h_{T-1}.
-    mode: "scan" (chunked linear_scan) or "sequential" (the loop).
+    mode: "scan" (`_SelectiveScan`, chunks of `chunk_size` steps) or "sequential" (the loop).
     """
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":
         h, ys = h0, []  # unbind, not [:, t]: the backward of t-indexing is quadratic in T
         for u_t, delta_t, B_t, C_t in zip(*(t.unbind(1) for t in (u, delta, B, C))):
-            h = transition(delta_t, A, allow_neg_eigval) * h + (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)
+            b_t = (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)
+            h = transition(delta_t, A, allow_neg_eigval) * h + b_t
             ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))
         return torch.stack(ys, 1) + D * u, h
-
-    def chunk(h, u, delta, B, C):
-        a = transition(delta, A, allow_neg_eigval)                     # (batch, L, d_inner, N)
-        b = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
-        hs, h = linear_scan(a, b, h)
-        return (hs @ C.unsqueeze(-1)).squeeze(-1), h
-
-    y, h = over_chunks(chunk, h0, (u, delta, B, C), chunk_size)
+    y, h = _SelectiveScan.apply(u, delta, A, B, C, h0, allow_neg_eigval, chunk_size)
     return y + D * u, h
+
+
+def _chunk_coefficients(u, delta, A, B, allow_neg_eigval):
+    """a_t = transition(delta_t, A), b_t = delta_t u_t B_t: both (batch, L, d_inner, d_state)."""
+    a = transition(delta, A, allow_neg_eigval)
+    return a, (delta * u).unsqueeze(-1) * B.unsqueeze(2)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = C_t . h_t over time chunks, with the backward written out.
+
+    The (batch, T, d_inner, d_state) states never exist whole: the forward keeps only
+    the state entering each chunk, the backward recomputes one chunk's states and runs
+    the adjoint recurrence lambda_t = C_t dy_t + a_{t+1} lambda_{t+1} backwards over it.
+    Then grad b_t = lambda_t and grad a_t = lambda_t h_{t-1}, from which the gradients of
+    u, delta, A, B follow by the chain rule, and grad C_t = sum_d h_t dy_t. Plain autograd
+    through the same steps would save every a_t, b_t and h_t; here one chunk's worth is
+    alive at a time, and short chunks stay in cache (on a CPU the chunk is solved by the
+    plain loop: `chunked_scan` loops when L <= 16).
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, allow_neg_eigval, chunk_size):
+        starts, ys, h = [], [], h0
+        for u_c, d_c, B_c, C_c in zip(*(t.split(chunk_size, 1) for t in (u, delta, B, C))):
+            a, b = _chunk_coefficients(u_c, d_c, A, B_c, allow_neg_eigval)
+            hs = chunked_scan(a, b, h, False)
+            ys.append((hs * C_c.unsqueeze(2)).sum(-1))
+            starts.append(h)
+            h = hs[:, -1].clone()
+        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.allow_neg_eigval, ctx.chunk_size = allow_neg_eigval, chunk_size
+        return torch.cat(ys, 1), h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        u, delta, A, B, C, *starts = ctx.saved_tensors
+        neg, L = ctx.allow_neg_eigval, ctx.chunk_size
+        grads = [torch.empty_like(t) for t in (u, delta, B, C)]
+        grad_A = torch.zeros_like(A)
+        carry = dh  # d loss / d h at the end of the chunk, from the chunks after it
+        chunks = zip(starts, *(t.split(L, 1) for t in (u, delta, B, C, dy, *grads)))
+        for h0, u_c, d_c, B_c, C_c, dy_c, gu, gd, gB, gC in reversed(list(chunks)):
+            a, b = _chunk_coefficients(u_c, d_c, A, B_c, neg)
+            hs = chunked_scan(a, b, h0, False)
+            lam = dy_c.unsqueeze(-1) * C_c.unsqueeze(2)
+            if carry is not None:
+                lam[:, -1] += carry
+            if lam.shape[1] > 1:  # lambda_t = g_t + a_{t+1} lambda_{t+1}, in place
+                chunked_scan(a[:, 1:], lam[:, :-1], lam[:, -1], True, out=lam[:, :-1])
+            gC.copy_((hs * dy_c.unsqueeze(-1)).sum(2))
+            lam_B = (lam * B_c.unsqueeze(2)).sum(-1)
+            gu.copy_(lam_B * d_c)
+            gB.copy_((lam * (d_c * u_c).unsqueeze(-1)).sum(2))
+            grad_dA = b  # grad a_t = lambda_t h_{t-1}, times da/d(delta A), into b's buffer
+            torch.mul(lam[:, 1:], hs[:, :-1], out=grad_dA[:, 1:])
+            torch.mul(lam[:, 0], h0, out=grad_dA[:, 0])
+            grad_dA.mul_(a + 1 if neg else a)  # d/dx exp(x) = a; d/dx (2 exp(x) - 1) = a + 1
+            gd.copy_((grad_dA * A).sum(-1) + lam_B * u_c)
+            grad_A += (grad_dA * d_c.unsqueeze(-1)).sum((0, 1))
+            carry = lam[:, 0] * a[:, 0]
+        return (*grads[:2], grad_A, *grads[2:], carry, None, None)
 
 
 @register("mamba", family="diagonal", paper="Gu & Dao 2023, arXiv:2312.00752",
@@ -81,7 +137,7 @@ class Mamba(RecurrentLayer):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
-                 allow_neg_eigval: bool = False, chunk_size: int = 256):
+                 allow_neg_eigval: bool = False, chunk_size: int = 16):
         super().__init__(d_model)
         self.d_state = _positive_int("d_state", d_state)
         self.d_conv = _positive_int("d_conv", d_conv)

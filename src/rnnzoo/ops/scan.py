@@ -82,9 +82,10 @@ def _check(a, b, h0):
     return a, b, h0
 
 
-def _chunked(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """h_t = a_t h_{t-1} + b_t (h_{t+1} if reverse) by a two-level chunked scan, no autograd.
+    a: (B, T, *S) (expanded to b's shape), b: (B, T, *S), h0: (B, *S) or None -> h: (B, T, *S).
 
     The steps are cut into NC chunks of C ~ sqrt(T/2). One loop of C steps runs every
     chunk at once from a zero state (the first chunk from h0), keeping the running
@@ -96,7 +97,7 @@ def _chunked(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse:
     T = b.shape[1]
     h = torch.empty(b.shape, dtype=torch.promote_types(a.dtype, b.dtype), device=b.device) \
         if out is None else out
-    C = T if T <= 8 else int(math.sqrt(T / 2))
+    C = T if T <= 16 else int(math.sqrt(T / 2))  # short: one pass, the plain loop
     NC, R = divmod(T, C)
     main = slice(R, T) if reverse else slice(0, NC * C)
     av, bv, hv = (t[:, main].unflatten(1, (NC, C)) for t in (a, b, h))
@@ -117,7 +118,7 @@ def _chunked(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse:
                 torch.mul(a_j, P[:, :, prev], out=P[:, :, j])
         prev = j
     if NC > 1:  # state entering each chunk = the chunk-level scan of (P, local end state)
-        ends = _chunked(P[:, :, prev], hv[:, :, prev], None, reverse)
+        ends = chunked_scan(P[:, :, prev], hv[:, :, prev], None, reverse)
         if reverse:
             torch.addcmul(hv[:, :-1], P[:, :-1], ends[:, 1:].unsqueeze(2), out=hv[:, :-1])
         else:
@@ -133,7 +134,7 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0, reverse):
         with torch.no_grad():
-            h = _chunked(a, b, h0, reverse)
+            h = chunked_scan(a, b, h0, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(a, h, h0)
         return h
@@ -151,7 +152,7 @@ class _LinearScan(torch.autograd.Function):
         lam[:, last] = g[:, last]
         if T > 1:
             coeff = a_c[:, :-1] if reverse else a_c[:, 1:]
-            _chunked(coeff, g[:, rest], lam[:, last], not reverse, out=lam[:, rest])
+            chunked_scan(coeff, g[:, rest], lam[:, last], not reverse, out=lam[:, rest])
         grad_a = grad_h0 = None
         first = T - 1 if reverse else 0
         if ctx.needs_input_grad[0]:  # grad a_t = lambda_t conj(h_prev(t))
