@@ -22,9 +22,8 @@ def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_siz
     closure (gradients reach them through the checkpoint).
     """
     T = inputs[0].shape[1]
-    ys = []
-    for s in range(0, T, chunk_size):
-        part = tuple(t[:, s:s + chunk_size] for t in inputs)
+    ys = []  # split, not t[:, s:s + L]: a slice's backward zero-fills the whole input
+    for part in zip(*(t.split(chunk_size, 1) for t in inputs)):
         if torch.is_grad_enabled() and T > chunk_size:
             y, h = checkpoint(fn, h, *part, use_reentrant=False)
         else:
