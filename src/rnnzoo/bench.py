@@ -36,10 +36,20 @@ from rnnzoo.registry import FAMILIES, get_layer_info, list_layers
 _BASELINES: dict[str, list[tuple[str, Callable]]] = {}
 
 
-def register_baseline(layer_name: str, label: str):
-    """Decorator: register `factory(layer, x) -> run` as a speed baseline for a layer."""
+# (layer name, label) -> (longest T it is timed at, why): cases beyond are skipped.
+_MAX_LENGTH: dict[tuple[str, str], tuple[int, str]] = {}
+
+
+def register_baseline(layer_name: str, label: str, max_length: int | None = None,
+                      why: str = ""):
+    """Decorator: register `factory(layer, x) -> run` as a speed baseline for a layer.
+
+    The factory raises ImportError when its peer is not installed. `rnnzoo bench` skips
+    the baseline for T > max_length (printing `why`); `peak_memory` still runs it."""
     def decorate(factory):
         _BASELINES.setdefault(layer_name, []).append((label, factory))
+        if max_length is not None:
+            _MAX_LENGTH[layer_name, label] = (max_length, why)
         return factory
     return decorate
 
@@ -131,8 +141,13 @@ def time_case(case: Case, repeat: int = 5, warmup: int = 1, backward: bool = Tru
     return out
 
 
-def peak_memory(case: Case) -> float:
-    """Peak extra memory (bytes) of one forward+backward of `case`."""
+def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, bool]:
+    """(peak extra memory in bytes of one forward+backward of `case`, whether it finished).
+
+    On CPU the probe runs in a fresh process; past `time_limit` seconds it is stopped and
+    the peak so far is returned with False: a lower bound (for a reference whose backward
+    would take hours). nan if the probe failed.
+    """
     if case.device.startswith("cuda"):
         run, x = case.build()
         torch.cuda.synchronize()
@@ -140,19 +155,30 @@ def peak_memory(case: Case) -> float:
         base = torch.cuda.memory_allocated()
         run().float().sum().backward()
         torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - base)
-    probe = subprocess.run([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
-                            json.dumps(case.__dict__)], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return float("nan")
-    return float(probe.stdout.strip().splitlines()[-1])
+        return float(torch.cuda.max_memory_allocated() - base), True
+    probe = subprocess.Popen([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
+                              json.dumps(case.__dict__)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        before = int(probe.stdout.readline())  # printed once the case is built
+        out, _ = probe.communicate(timeout=time_limit)
+        return float(int(out.split()[-1]) - before), probe.returncode == 0
+    except subprocess.TimeoutExpired:
+        peak = _peak_rss(probe.pid)
+        probe.kill()
+        probe.communicate()
+        return float(peak - before), False
+    except (ValueError, IndexError):  # the probe died before printing
+        probe.kill()
+        probe.communicate()
+        return float("nan"), False
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set in bytes (VmHWM: unlike ru_maxrss, it starts
+def _peak_rss(pid: int | str = "self") -> int:
+    """A process's peak resident set in bytes (VmHWM: unlike ru_maxrss, it starts
     afresh at exec instead of inheriting the parent's peak)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
@@ -162,12 +188,24 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _release_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps it otherwise: after a long
+    sequential case this process would hold gigabytes the next probe needs)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _memory_probe(spec: str) -> None:
     case = Case(**json.loads(spec))
     run, x = case.build()
-    before = _peak_rss()
+    print(_peak_rss(), flush=True)
     run().float().sum().backward()
-    print(_peak_rss() - before)
+    print(_peak_rss())
 
 
 def _accepted(cls, options: dict) -> dict:
@@ -214,13 +252,19 @@ def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print)
         base_time = None
         base_label = None
         for case in group:
+            limit, why = _MAX_LENGTH.get((case.layer, case.baseline), (case.length, ""))
+            if case.length > limit:
+                out(f"{case.layer:<18}{case.baseline:<22}{case.length:>7}  skipped: "
+                    f"T > {limit}: {why}")
+                continue
             try:
                 t = time_case(case, repeat, warmup, backward)
             except ImportError as e:
                 out(f"{case.layer:<18}{case.baseline or case.mode:<22}{case.length:>7}  skipped: {e}")
                 continue
             total = t.get("fwd_bwd", t["fwd"])
-            mem = peak_memory(case) / 2**20 if memory else float("nan")
+            _release_memory()  # so that the probe's process has the memory this one held
+            mem = peak_memory(case)[0] / 2**20 if memory else float("nan")
             label = case.baseline or case.mode
             if base_time is None:
                 base_time, base_label, speed = total, label, "(baseline)"

@@ -99,10 +99,13 @@ class S4D(RecurrentLayer):
             return s + self.D.to(cdt) * u, h
         A_bar, B_bar, _, C = self.discretize(cdt)
         # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
-        keep = torch.ones_like(u) if mask is None else mask.expand_as(u).to(cdt)
+        keep = () if mask is None else (mask.to(cdt),)
 
-        def chunk(h, u, keep):
-            a = torch.where(keep.unsqueeze(-1) > 0, A_bar, torch.ones_like(A_bar))
+        def chunk(h, u, *keep):
+            if keep:
+                a = torch.where(keep[0].unsqueeze(-1) > 0, A_bar, torch.ones_like(A_bar))
+            else:  # a view: A_bar is the same at every step
+                a = A_bar.expand(u.shape[0], u.shape[1], *A_bar.shape)
             b = B_bar * u.unsqueeze(-1)                                   # (B, L, H, N2)
             if mode == "scan":
                 hs, h = linear_scan(a, b, h)
@@ -114,7 +117,7 @@ class S4D(RecurrentLayer):
             return torch.stack(out, 1), h
 
         size = self.chunk_size if mode == "scan" else u.shape[1]
-        s, h = over_chunks(chunk, h0, (u, keep), size)
+        s, h = over_chunks(chunk, h0, (u, *keep), size)
         return s + self.D.to(cdt) * u, h
 
     def _conv(self, u, h0, lengths):

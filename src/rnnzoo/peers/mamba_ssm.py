@@ -48,7 +48,11 @@ def mamba_forward_with_ref(layer, x):
     return layer.out_proj(y.transpose(1, 2).to(x.dtype))
 
 
-@register_baseline("mamba", "mamba_ssm.selective_scan_ref")
+@register_baseline("mamba", "mamba_ssm.selective_scan_ref", max_length=2048,
+                   why="its loop indexes the (B, d_inner, T, d_state) tensors exp(delta A) "
+                       "and delta B u at each step, and each index's backward zero-fills a "
+                       "whole one, so its backward grows as T^2 (hours at T=8192 on a CPU); "
+                       "benchmarks/mamba_ref.py measures its forward and memory there")
 def _selective_scan_ref_baseline(layer, x):
     load_selective_scan_ref()  # ImportError here marks the baseline as skipped
     return lambda: mamba_forward_with_ref(layer, x)
