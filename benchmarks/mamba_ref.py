@@ -97,7 +97,7 @@ def main():
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'what':<16}{'T':>7}{'ref fwd ms':>12}{'ours fwd ms':>12}{'fwd x':>8}"
           f"{'ref f+b ms':>12}{'ours f+b ms':>12}{'f+b x':>8}")
-    for T in [int(v) for v in args.lengths.split(",")]:
+    for T in [int(v) for v in args.lengths.split(",") if v]:
         backward = T <= args.ref_backward_max
         compare_scans(layer, ref, args.batch, T, args.repeat, backward)
         x = torch.randn(args.batch, T, args.d_model, requires_grad=True)

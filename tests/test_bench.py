@@ -48,6 +48,10 @@ def test_peak_memory_probe_and_its_time_limit():
                       options={})
     peak, done = bench.peak_memory(slow, time_limit=0.05)
     assert not done and peak >= 0  # stopped mid-way: the peak so far, a lower bound
+    broken = bench.Case(layer="mingru", mode="scan", batch=2, length=16, d_model=4,
+                        options={"no_such_option": 1})
+    peak, done = bench.peak_memory(broken)  # the probe dies before measuring anything
+    assert math.isnan(peak) and not done
 
 
 def test_bad_arguments_are_named():
@@ -56,3 +60,15 @@ def test_bad_arguments_are_named():
     bench.add_arguments(p)
     with pytest.raises(SystemExit, match="--lengths"):
         bench.main(p.parse_args(["--layers", "mingru", "--lengths", "0"]))
+
+
+def test_memory_probe_runs_a_peer_baseline():
+    """The probe process loads the peer adapters (python -m runs bench.py as __main__, whose
+    registry is not the package's)."""
+    import importlib.util
+    if importlib.util.find_spec("mamba_ssm") is None:
+        pytest.skip("mamba_ssm is not installed: see .ci/install-peers")
+    case = bench.Case(layer="mamba", mode="sequential", batch=2, length=16, d_model=8,
+                      options={}, baseline="mamba_ssm.selective_scan_ref")
+    peak, done = bench.peak_memory(case)
+    assert done and math.isfinite(peak)

@@ -156,6 +156,7 @@ def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, boo
         run().float().sum().backward()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base), True
+    _release_memory()  # so that the probe's process has the memory this one held
     probe = subprocess.Popen([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
                               json.dumps(case.__dict__)], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
@@ -168,9 +169,9 @@ def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, boo
         probe.kill()
         probe.communicate()
         return float(peak - before), False
-    except (ValueError, IndexError):  # the probe died before printing
+    except (ValueError, IndexError):  # the probe died (e.g. out of memory) before printing
         probe.kill()
-        probe.communicate()
+        probe.wait()
         return float("nan"), False
 
 
@@ -202,6 +203,8 @@ def _release_memory() -> None:
 
 def _memory_probe(spec: str) -> None:
     case = Case(**json.loads(spec))
+    if case.baseline is not None:
+        _load_peer_adapters()
     run, x = case.build()
     print(_peak_rss(), flush=True)
     run().float().sum().backward()
@@ -263,7 +266,6 @@ def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print)
                 out(f"{case.layer:<18}{case.baseline or case.mode:<22}{case.length:>7}  skipped: {e}")
                 continue
             total = t.get("fwd_bwd", t["fwd"])
-            _release_memory()  # so that the probe's process has the memory this one held
             mem = peak_memory(case)[0] / 2**20 if memory else float("nan")
             label = case.baseline or case.mode
             if base_time is None:
@@ -329,7 +331,9 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
-        _memory_probe(sys.argv[2])
+        # the package module's, not this __main__ copy's: baselines register in the former
+        from rnnzoo.bench import _memory_probe as probe
+        probe(sys.argv[2])
     else:  # through the package module, so baselines register where the cases read them
         from rnnzoo.cli import main as cli_main
         sys.exit(cli_main(["bench", *sys.argv[1:]]))
