@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnzoo.layers.base import RecurrentLayer, valid_mask
 from rnnzoo.ops.scan import linear_scan, sequential_scan
 
 
@@ -18,3 +19,18 @@ def diagonal_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, mode
         a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
         b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
     return (linear_scan if mode == "scan" else sequential_scan)(a, b, h0)
+
+
+class MaskedRunLayer(RecurrentLayer):
+    """A layer computed by one method, `_run(x, state, mode, mask=None) -> (y, state)`, where
+    mask (B, T, 1) bool marks the valid steps; forward, lengths and step all call it."""
+
+    def _forward(self, x, state, mode):
+        return self._run(x, state, mode)
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
+
+    def _step(self, x_t, state):
+        y, state = self._run(x_t.unsqueeze(1), state, "sequential")
+        return y[:, 0], state

@@ -23,14 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.layers._diagonal import MaskedRunLayer
+from rnnzoo.layers.base import compute_dtype, state_dtype
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
 
 @register("gateloop", family="diagonal", paper="Katsch 2023, arXiv:2311.01927",
           tiny=dict(d_model=4, num_heads=2, d_state=2, chunk_size=4))
-class GateLoop(RecurrentLayer):
+class GateLoop(MaskedRunLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state S: (B, heads, d_state, head_dim) complex."""
 
     modes = ("sequential", "scan")
@@ -86,13 +87,3 @@ class GateLoop(RecurrentLayer):
         o, S = over_chunks(chunk, state, (q, k, log_a, v), size)
         y = self.out_proj(o.to(x.dtype) * F.silu(g))
         return (y if mask is None else y * mask.to(y.dtype)), S
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
-
-    def _step(self, x_t, state):
-        y, S = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], S

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import diagonal_recurrence
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.layers._diagonal import MaskedRunLayer, diagonal_recurrence
+from rnnzoo.layers.base import compute_dtype, state_dtype
 from rnnzoo.registry import register
 
 
 @register("lru", family="diagonal", paper="Orvieto et al. 2023, arXiv:2303.06349",
           tiny=dict(d_model=4, d_state=6))
-class LRU(RecurrentLayer):
+class LRU(MaskedRunLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_state) complex."""
 
     modes = ("sequential", "scan")
@@ -80,13 +80,3 @@ class LRU(RecurrentLayer):
         hs, h = diagonal_recurrence(a, b, state, mode, mask)
         y = self._readout(hs, x)
         return (y if mask is None else y * mask.to(y.dtype)), h
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
-
-    def _step(self, x_t, state):
-        y, h = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], h

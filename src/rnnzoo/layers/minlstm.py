@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import diagonal_recurrence
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.layers._diagonal import MaskedRunLayer, diagonal_recurrence
+from rnnzoo.layers.base import compute_dtype, state_dtype
 from rnnzoo.registry import register
 
 
 @register("minlstm", family="diagonal", paper="Feng et al. 2024, arXiv:2410.01201",
           tiny=dict(d_model=6, expand=2))
-class MinLSTM(RecurrentLayer):
+class MinLSTM(MaskedRunLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, expand * d_model)."""
 
     modes = ("sequential", "scan")
@@ -53,13 +53,3 @@ class MinLSTM(RecurrentLayer):
         hs, h = diagonal_recurrence(a, b, state, mode, mask)
         y = self.out_proj(hs.to(x.dtype))
         return (y if mask is None else y * mask.to(y.dtype)), h
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
-
-    def _step(self, x_t, state):
-        y, h = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], h

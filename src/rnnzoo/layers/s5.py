@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.layers._diagonal import MaskedRunLayer
+from rnnzoo.layers.base import compute_dtype, state_dtype
 from rnnzoo.ops.scan import linear_scan, sequential_scan
 from rnnzoo.registry import register
 
@@ -55,7 +56,7 @@ def hippo_n_eig(N: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register("s5", family="diagonal", paper="Smith et al. 2023, arXiv:2208.04933",
           tiny=dict(d_model=3, d_state=4, blocks=2))
-class S5(RecurrentLayer):
+class S5(MaskedRunLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_state) complex."""
 
     modes = ("sequential", "scan")
@@ -121,22 +122,15 @@ class S5(RecurrentLayer):
         return s + self.D.to(cdt) * u, h
 
     def _run(self, x, state, mode, mask=None):
+        # masked in both directions, so lengths are exact for the bidirectional layer too
         s, h = self.ssm(x, state, mode, mask)
         g = F.gelu(s).to(x.dtype)
         y = g * torch.sigmoid(self.gate(g))
         return (y if mask is None else y * mask.to(y.dtype)), h
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        # Masked in both directions, so this is also exact for the non-causal bidirectional layer.
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
 
     def _step(self, x_t, state):
         if self.bidirectional:
             raise RuntimeError("step is undefined for a bidirectional S5: its output at t depends "
                                "on inputs after t; call the layer on the whole sequence, or build "
                                "it with bidirectional=False")
-        y, h = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], h
+        return super()._step(x_t, state)
