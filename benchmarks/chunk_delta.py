@@ -22,8 +22,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.ops.chunk.delta import (delta_product, delta_product_recurrent, delta_rule,
-                                    delta_rule_recurrent, rwkv7, rwkv7_recurrent)
+from rnnzoo.ops.chunk.delta import (
+    delta_product,
+    delta_product_recurrent,
+    delta_rule,
+    delta_rule_recurrent,
+    rwkv7,
+    rwkv7_recurrent,
+)
 
 
 def fla(module, name):

@@ -22,8 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_recurrent,
-                                     mlstm, mlstm_recurrent)
+from rnnzoo.ops.chunk.linear import (
+    gated_linear_attention,
+    gated_linear_attention_recurrent,
+    mlstm,
+    mlstm_recurrent,
+)
 
 
 def median_time(fn, repeat):

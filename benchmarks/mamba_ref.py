@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from peers.mamba_ssm import load_selective_scan_ref, mamba_forward_with_ref
 
 from rnnzoo import create
 from rnnzoo.bench import Case, _median_time, peak_memory
 from rnnzoo.layers.mamba import selective_scan
-from rnnzoo.peers.mamba_ssm import load_selective_scan_ref, mamba_forward_with_ref
 
 
 def scan_inputs(layer, B, T):

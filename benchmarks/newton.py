@@ -18,7 +18,7 @@ import time
 import torch
 
 import rnnzoo
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 
 def fwd_bwd(layer, x, mode):

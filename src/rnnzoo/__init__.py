@@ -9,7 +9,7 @@
 
 from rnnzoo import nn
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.registry import LayerInfo, create, list_layers, register
+from rnnzoo.registry import Info, create, list_layers, register
 
 
 def load(path, device=None):
@@ -20,4 +20,4 @@ def load(path, device=None):
 
 
 __version__ = "0.1.0"
-__all__ = ["nn", "RecurrentLayer", "LayerInfo", "create", "list_layers", "register", "load"]
+__all__ = ["nn", "RecurrentLayer", "Info", "create", "list_layers", "register", "load"]

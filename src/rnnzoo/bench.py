@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def register_baseline(layer_name: str, label: str, max_length: int | None = None
     return decorate
 
 
-def _torch_rnn_baseline(cls):
+def torch_rnn_baseline(cls):
     """torch.nn.LSTM/GRU/RNN of the layer's sizes, followed by the layer's own output map."""
     def factory(layer, x):
         peer = cls(layer.d_model, layer.hidden_size, batch_first=True).to(x.device, x.dtype)
@@ -62,21 +63,26 @@ def _torch_rnn_baseline(cls):
     return factory
 
 
-register_baseline("lstm", "torch.nn.LSTM")(_torch_rnn_baseline(torch.nn.LSTM))
-register_baseline("gru", "torch.nn.GRU")(_torch_rnn_baseline(torch.nn.GRU))
-register_baseline("rnn_tanh", "torch.nn.RNN")(_torch_rnn_baseline(torch.nn.RNN))
-register_baseline("rnn_relu", "torch.nn.RNN")(_torch_rnn_baseline(
+register_baseline("lstm", "torch.nn.LSTM")(torch_rnn_baseline(torch.nn.LSTM))
+register_baseline("gru", "torch.nn.GRU")(torch_rnn_baseline(torch.nn.GRU))
+register_baseline("rnn_tanh", "torch.nn.RNN")(torch_rnn_baseline(torch.nn.RNN))
+register_baseline("rnn_relu", "torch.nn.RNN")(torch_rnn_baseline(
     lambda i, h, **kw: torch.nn.RNN(i, h, nonlinearity="relu", **kw)))
 
 
 def _load_peer_adapters() -> None:
-    """Import every adapter module of `rnnzoo.peers` (they register baselines)."""
+    """Import every adapter module of the `peers` package (benchmarks/peers in a checkout,
+    on sys.path for the tests and the benchmark scripts); they register baselines. Without
+    it (an installed rnnzoo), only the baselines above exist."""
     import importlib
     import pkgutil
 
-    import rnnzoo.peers as peers
+    try:
+        peers = importlib.import_module("peers")
+    except ImportError:
+        return
     for m in pkgutil.iter_modules(peers.__path__):
-        importlib.import_module(f"rnnzoo.peers.{m.name}")
+        importlib.import_module(f"peers.{m.name}")
 
 
 @dataclass
@@ -157,9 +163,10 @@ def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, boo
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base), True
     _release_memory()  # so that the probe's process has the memory this one held
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # finds `peers` as we do
     probe = subprocess.Popen([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
                               json.dumps(case.__dict__)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+                             stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         before = int(probe.stdout.readline())  # printed once the case is built
         out, _ = probe.communicate(timeout=time_limit)

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-import rnnzoo.layers.classic  # noqa: F401  (imports every cell module, filling CELLS)
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 _TORCH_KERNELS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
 
@@ -35,7 +34,7 @@ _TORCH_KERNELS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh", "rnn_rel
 class RNN(nn.Module):
     """A stack of `num_layers` (x2 when `bidirectional`) cells of one kind, with torch.nn.RNN's
     constructor order, shapes and state layout. `cell` is any catalogue name
-    (`rnnzoo.cells.base.CELLS`); without it, an Elman RNN with `nonlinearity` ("tanh"/"relu").
+    (`rnnzoo.registry.CELLS`); without it, an Elman RNN with `nonlinearity` ("tanh"/"relu").
     Extra keyword options go to every cell (e.g. `proj_size` and `peepholes` for "lstm")."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,

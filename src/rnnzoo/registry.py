@@ -1,102 +1,173 @@
-"""Name -> layer class, with the metadata every layer declares.
+"""One `Registry` for everything rnnzoo looks up by name: layers, cells, tasks, baselines.
 
-A layer module registers its class with the `register` decorator::
+A module registers what it defines with a decorator::
 
     @register("mingru", family="diagonal", paper="Feng et al. 2024, arXiv:2410.01201",
               tiny=dict(d_model=8))
     class MinGRU(RecurrentLayer): ...
 
-Every module under `rnnzoo.layers` is imported the first time the registry is
-read, so a new layer file is found without editing any list. `tiny` holds the
-options of a small instance used by the conformance suite (and `d_model`);
-`tolerances` may loosen the suite's bfloat16 tolerance where the layer's maths
-is less stable in low precision.
+A registry that names a package imports every public module of that package
+the first time it is read (`LAYERS` scans `rnnzoo.layers`, `CELLS`
+`rnnzoo.cells`, `TASKS` `rnnzoo.tasks`), so a new file is found without
+editing any list, and nothing needs importing for its side effect. The
+imports are by name, at read time: this module sits on the lowest floor and
+imports nothing of rnnzoo's above it.
+
+Every entry is an `Info`: name, the registered object (a class or factory),
+and the metadata its kind uses (`family`, `paper`, `modes`; `tiny` holds the
+options of a small instance used by the conformance suite; `tolerances` may
+loosen the suite's bfloat16 tolerance where the maths is less stable in low
+precision; `extra` anything else).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
+
+FAMILIES = ("classic", "diagonal", "matrix", "attention")
 
 
 @dataclass(frozen=True)
-class LayerInfo:
-    """What `list_layers()` returns for each registered layer."""
+class Info:
+    """One registered entry; what `list_layers()` returns for each layer."""
 
     name: str
-    family: str
-    paper: str
-    modes: tuple[str, ...]
-    cls: type = field(repr=False, compare=False)
+    cls: Any = field(repr=False, compare=False)  # the class, or a factory
+    family: str = ""
+    paper: str = ""
+    modes: tuple[str, ...] = ()
     tiny: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     tolerances: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def reference_mode(self) -> str:
         return self.modes[0]
 
 
-FAMILIES = ("classic", "diagonal", "matrix", "attention", "hybrid")
-_REGISTRY: dict[str, LayerInfo] = {}
-_discovered = False
+_NAME = re.compile(r"[a-z0-9_]+")
+
+
+class UnknownName(ValueError, KeyError):
+    """A name no registry entry has: a ValueError (for callers validating input) and a
+    KeyError (for mapping code), printed as its message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Registry(Mapping):
+    """name -> `Info` for one kind of thing (`kind` names it in errors); a read-only
+    mapping (`reg[name]`, `name in reg`, `sorted(reg)`, `reg.values()`).
+
+    `package`: the dotted name of a package whose public modules are imported on
+    first read (None: entries are added explicitly). `check(info)` may reject an
+    entry with ValueError before it is added."""
+
+    def __init__(self, kind: str, package: str | None = None,
+                 check: Callable[[Info], None] | None = None):
+        self.kind = kind
+        self.package = package
+        self._check = check
+        self._entries: dict[str, Info] = {}
+        self._discovered = package is None
+
+    def add(self, info: Info) -> Info:
+        if not _NAME.fullmatch(info.name):
+            raise ValueError(f"{self.kind} name must be lowercase letters, digits and '_', "
+                             f"got {info.name!r}")
+        old = self._entries.get(info.name)
+        if old is not None and getattr(old.cls, "__qualname__", old.cls) != \
+                getattr(info.cls, "__qualname__", info.cls):
+            raise ValueError(f"{self.kind} name {info.name!r} is already registered by "
+                             f"{old.cls!r}")
+        if self._check is not None:
+            self._check(info)
+        self._entries[info.name] = info
+        return info
+
+    def remove(self, name: str) -> Info:
+        """Take `name` out (tests that register a throw-away entry)."""
+        return self._entries.pop(name)
+
+    def register(self, name: str, **meta) -> Callable:
+        """Decorator: add the decorated class or function under `name` with `meta`
+        (the fields of `Info`)."""
+        def decorate(obj):
+            self.add(Info(name, obj, **meta))
+            return obj
+        return decorate
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self.package)
+        for m in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+            if not m.startswith("_"):
+                importlib.import_module(f"{self.package}.{m}")
+
+    def __getitem__(self, name: str) -> Info:
+        """The entry `name`, or `UnknownName` listing the registered names."""
+        self._discover()
+        if name not in self._entries:
+            raise UnknownName(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
+                              f"{', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._discover()
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self._discover()
+        return len(self._entries)
+
+
+# -- layers -----------------------------------------------------------------------------
+
+def _check_layer(info: Info) -> None:
+    if info.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {info.family!r}")
+    if not info.modes:
+        raise ValueError(f"{info.cls.__name__}.modes is empty: it needs at least its "
+                         f"reference mode")
+
+
+LAYERS = Registry("layer", "rnnzoo.layers", check=_check_layer)
 
 
 def register(name: str, *, family: str, paper: str, tiny: dict | None = None,
              tolerances: dict | None = None):
     """Class decorator: register a `RecurrentLayer` subclass under `name`."""
-    if name != name.lower() or not name.replace("_", "").isalnum():
-        raise ValueError(f"layer name must be lowercase letters, digits and '_', got {name!r}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-
     def decorate(cls):
-        if name in _REGISTRY and _REGISTRY[name].cls.__qualname__ != cls.__qualname__:
-            raise ValueError(f"layer name {name!r} is already registered by {_REGISTRY[name].cls}")
-        modes = tuple(cls.modes)
-        if not modes:
-            raise ValueError(f"{cls.__name__}.modes is empty: it needs at least its reference mode")
+        LAYERS.add(Info(name, cls, family=family, paper=paper, modes=tuple(cls.modes),
+                        tiny=dict(tiny or {}), tolerances=dict(tolerances or {})))
         cls.name = name
-        _REGISTRY[name] = LayerInfo(name, family, paper, modes, cls, dict(tiny or {}),
-                                    dict(tolerances or {}))
         return cls
-
     return decorate
 
 
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import rnnzoo.layers as pkg
-
-    for module in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
-        if not module.startswith("_"):
-            importlib.import_module(f"rnnzoo.layers.{module}")
-
-
-def list_layers(family: str | None = None) -> list[LayerInfo]:
+def list_layers(family: str | None = None) -> list[Info]:
     """All registered layers (name, family, paper, modes), sorted by family then name."""
-    _discover()
     if family is not None and family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    infos = [i for i in _REGISTRY.values() if family in (None, i.family)]
+    infos = [i for i in LAYERS.values() if family in (None, i.family)]
     return sorted(infos, key=lambda i: (FAMILIES.index(i.family), i.name))
 
 
-def get_layer_info(name: str) -> LayerInfo:
-    _discover()
-    if name not in _REGISTRY:
-        valid = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown layer {name!r}; registered layers: {valid}")
-    return _REGISTRY[name]
+def get_layer_info(name: str) -> Info:
+    return LAYERS[name]
 
 
 def create(name: str, d_model: int, **options):
     """Build the layer registered as `name` for inputs of width `d_model`."""
-    return get_layer_info(name).cls(d_model=d_model, **options)
+    return LAYERS[name].cls(d_model=d_model, **options)
 
 
 def markdown_table() -> str:
@@ -109,7 +180,6 @@ def markdown_table() -> str:
 
 def write_readme(path: str = "README.md") -> None:
     """Regenerate the layer table between the README's `layers` markers."""
-    import re
     from pathlib import Path
 
     from rnnzoo.io import atomic_write_text
@@ -122,3 +192,8 @@ def write_readme(path: str = "README.md") -> None:
         raise ValueError(f"{path} must hold one <!-- layers:start --> ... <!-- layers:end --> block")
     atomic_write_text(path, new)
 
+
+# -- cells and tasks ------------------------------------------------------------------------
+
+CELLS = Registry("cell", "rnnzoo.cells")
+TASKS = Registry("task", "rnnzoo.tasks")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rnnzoo.layers.classic  # noqa: F401  (imports every cell module)
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 B, T = 3, 6
 
@@ -139,10 +139,11 @@ def test_every_cell_of_the_first_half_is_covered():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bench_baseline_runs_the_same_layer(name):
-    """rnnzoo.peers.torchrecurrent_a builds torchrecurrent's layer with our weights."""
+    """peers.torchrecurrent_a builds torchrecurrent's layer with our weights."""
     pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the bench baseline")
+    from peers import torchrecurrent_a  # noqa: F401  (registers the baselines)
+
     from rnnzoo.bench import _BASELINES
-    from rnnzoo.peers import torchrecurrent_a  # noqa: F401  (registers the baselines)
     from rnnzoo.registry import create
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import rnnzoo.layers.classic  # noqa: F401  (imports every cell module)
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 F64 = torch.float64
 

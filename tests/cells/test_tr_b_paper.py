@@ -13,7 +13,7 @@ import torch
 
 import rnnzoo
 import rnnzoo.layers.classic  # noqa: F401  (imports every cell module)
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 B, T, D, H = 2, 6, 3, 4
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rnnzoo.layers.classic  # noqa: F401  (imports every cell module)
-from rnnzoo.cells.base import CELLS
+from rnnzoo.registry import CELLS
 
 tr = pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the oracle "
                          "(installed by .ci/install-peers)")

@@ -14,7 +14,7 @@ def _ref():
                                          "(.ci/install-peers)")
     if importlib.util.find_spec("mamba_ssm") is None:
         pytest.skip("mamba_ssm is not installed: see .ci/install-peers")
-    from rnnzoo.peers.mamba_ssm import load_selective_scan_ref
+    from peers.mamba_ssm import load_selective_scan_ref
     return load_selective_scan_ref()
 
 

@@ -93,7 +93,7 @@ def test_layer_idx_hook_reaches_layers_that_take_it():
     try:
         build_model(layer="test_deep_mingru", d_model=4, num_layers=3, vocab_size=5)
     finally:  # keep the registry (and the README table test) as it was
-        rnnzoo.registry._REGISTRY.pop("test_deep_mingru")
+        rnnzoo.registry.LAYERS.remove("test_deep_mingru")
     assert seen == [(0, 3), (1, 3), (2, 3)]
 
 

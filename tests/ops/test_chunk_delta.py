@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.ops.chunk.delta import (delta_product, delta_product_recurrent, delta_rule,
-                                    delta_rule_recurrent, rwkv7, rwkv7_recurrent)
+from rnnzoo.ops.chunk.delta import (
+    delta_product,
+    delta_product_recurrent,
+    delta_rule,
+    delta_rule_recurrent,
+    rwkv7,
+    rwkv7_recurrent,
+)
 
 B, T, H, K, V = 2, 13, 3, 5, 4
 f64 = torch.float64
@@ -226,10 +232,11 @@ def test_rwkv7_equals_fla_naive_dplr():
 
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "deltaproduct", "rwkv7"])
 def test_fla_bench_baselines_compute_the_layer(name):
-    """The bench's fla baselines (rnnzoo.peers.fla_delta) run the same block as the layer."""
+    """The bench's fla baselines (benchmarks/peers/fla_delta.py) run the same block as the layer."""
     _fla("fla.ops.delta_rule.naive")
+    from peers import fla_delta
+
     import rnnzoo
-    from rnnzoo.peers import fla_delta
     torch.manual_seed(0)
     layer = rnnzoo.create(name, d_model=8, num_heads=2, chunk_size=4)
     x = torch.randn(2, 9, 8)

@@ -12,8 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
-                                     gated_linear_attention_recurrent, mlstm, mlstm_recurrent)
+from rnnzoo.ops.chunk.linear import (
+    gated_linear_attention,
+    gated_linear_attention_parallel,
+    gated_linear_attention_recurrent,
+    mlstm,
+    mlstm_recurrent,
+)
 
 B, T, H, K, V = 2, 23, 3, 5, 4
 

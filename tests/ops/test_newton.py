@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 import rnnzoo.layers.classic  # noqa: F401  (imports and registers every cell)
-from rnnzoo.cells.base import CELLS, Cell
+from rnnzoo.cells.base import Cell
 from rnnzoo.cells.elman import ElmanTanh
 from rnnzoo.cells.para import ParaGRU, ParaLSTM
 from rnnzoo.ops import newton
-from rnnzoo.ops.block_scan import (block_linear_scan, block_tridiagonal_solve,
-                                   sequential_block_scan)
+from rnnzoo.ops.block_scan import block_linear_scan, block_tridiagonal_solve, sequential_block_scan
 from rnnzoo.ops.newton import parallel_rnn, verify_structure
+from rnnzoo.registry import CELLS
 
 F64 = torch.float64
 

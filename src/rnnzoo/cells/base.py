@@ -14,38 +14,22 @@ A cell that has a whole-sequence kernel (torch's fused LSTM/GRU/RNN) defines
 `jacobian_structure` ("dense", "diag" or ("block", k)) describes d state_t / d
 state_{t-1} for the parallel-in-time solver.
 
-Cells register themselves in `CELLS` with the `cell` decorator; `layers/classic.py`
-turns every entry into a registered layer.
+Cells register themselves in `registry.CELLS` with the `cell` decorator;
+`layers/classic.py` turns every entry into a registered layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class CellInfo:
-    name: str
-    cls: type
-    paper: str
-    tiny: dict = field(default_factory=dict)
-    tolerances: dict = field(default_factory=dict)
-
-
-CELLS: dict[str, CellInfo] = {}
+from rnnzoo.registry import CELLS
 
 
 def cell(name: str, *, paper: str, tiny: dict | None = None, tolerances: dict | None = None):
-    """Class decorator: add a `Cell` subclass to the catalogue under `name`."""
-    def decorate(cls):
-        if name in CELLS and CELLS[name].cls.__qualname__ != cls.__qualname__:
-            raise ValueError(f"cell name {name!r} is already used by {CELLS[name].cls}")
-        CELLS[name] = CellInfo(name, cls, paper, dict(tiny or {}), dict(tolerances or {}))
-        return cls
-    return decorate
+    """Class decorator: add a `Cell` subclass to `registry.CELLS` under `name`."""
+    return CELLS.register(name, paper=paper, family="classic", tiny=dict(tiny or {}),
+                          tolerances=dict(tolerances or {}))
 
 
 class Cell(nn.Module):

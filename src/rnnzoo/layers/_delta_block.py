@@ -21,8 +21,13 @@ from torch import nn
 
 from rnnzoo.layers._shortconv_delta import ShortConv
 from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
-from rnnzoo.ops.chunk.delta import (delta_product, delta_product_recurrent, delta_rule,
-                                    delta_rule_recurrent, delta_rule_step)
+from rnnzoo.ops.chunk.delta import (
+    delta_product,
+    delta_product_recurrent,
+    delta_rule,
+    delta_rule_recurrent,
+    delta_rule_step,
+)
 
 
 def _positive_int(name, value):

@@ -12,17 +12,14 @@ map takes the cell's output back to d_model when the widths differ.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from torch import nn
 from torch.func import functional_call
 
-import rnnzoo.cells as cells_pkg
-from rnnzoo.cells.base import CELLS, Cell
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.cells.base import Cell
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.newton import call_cell, parallel_rnn
-from rnnzoo.registry import register
+from rnnzoo.registry import CELLS, register
 
 PARALLEL_MODES = ("newton", "quasi")
 
@@ -96,6 +93,7 @@ def _parallel_modes(cls) -> tuple[str, ...]:
 
 
 def _layer_class(info) -> type[CellLayer]:
+    """The `CellLayer` subclass that runs the cell `info.cls` (its modes from the cell)."""
     modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ()) \
         + _parallel_modes(info.cls)
     doc = f"{info.cls.__name__} cell as a token mixer.\n\n{info.cls.__doc__ or ''}"
@@ -104,14 +102,9 @@ def _layer_class(info) -> type[CellLayer]:
                  "__module__": __name__})
 
 
-for _m in pkgutil.iter_modules(cells_pkg.__path__):
-    if _m.name != "base" and not _m.name.startswith("_"):
-        importlib.import_module(f"rnnzoo.cells.{_m.name}")
-
+# The registry imports this module when it first reads `LAYERS`: one layer per cell.
 for _info in CELLS.values():
-    _cls = _layer_class(_info)
-    globals()[_cls.__name__] = _cls
     register(_info.name, family="classic", paper=_info.paper,
-             tiny={"d_model": 6, **_info.tiny}, tolerances=_info.tolerances)(_cls)
+             tiny={"d_model": 6, **_info.tiny}, tolerances=_info.tolerances)(_layer_class(_info))
 
 __all__ = ["CellLayer"]

@@ -24,8 +24,11 @@ from torch import nn
 
 from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
 from rnnzoo.layers.base import RecurrentLayer, state_dtype
-from rnnzoo.ops.chunk.linear import (gated_linear_attention, gated_linear_attention_parallel,
-                                     gated_linear_attention_recurrent)
+from rnnzoo.ops.chunk.linear import (
+    gated_linear_attention,
+    gated_linear_attention_parallel,
+    gated_linear_attention_recurrent,
+)
 from rnnzoo.registry import register
 
 

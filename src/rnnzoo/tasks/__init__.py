@@ -12,12 +12,22 @@ import inspect
 
 from rnnzoo.tasks.base import IGNORE, Batch, Task
 from rnnzoo.tasks.files import Forecast, SequenceClassification, TextLM
-from rnnzoo.tasks.formal import (BucketSort, CycleNavigation, DuplicateString, EvenPairs,
-                                 ReverseString, StackManipulation)
+from rnnzoo.tasks.formal import (
+    BucketSort,
+    CycleNavigation,
+    DuplicateString,
+    EvenPairs,
+    ReverseString,
+    StackManipulation,
+)
 from rnnzoo.tasks.listops import ListOps
 from rnnzoo.tasks.recall import MQAR, InductionHeads, SelectiveCopying
-from rnnzoo.tasks.state_tracking import (ModularArithmetic, ModularArithmeticBrackets, Parity,
-                                         PermutationComposition)
+from rnnzoo.tasks.state_tracking import (
+    ModularArithmetic,
+    ModularArithmeticBrackets,
+    Parity,
+    PermutationComposition,
+)
 
 
 def _group(name):

@@ -19,8 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnzoo.tasks.base import (IGNORE, Task, check_int, check_lengths, last_position_mask,
-                               pick_length, tokens_batch)
+from rnnzoo.tasks.base import (
+    IGNORE,
+    Task,
+    check_int,
+    check_lengths,
+    last_position_mask,
+    pick_length,
+    tokens_batch,
+)
 
 
 class _Formal(Task):

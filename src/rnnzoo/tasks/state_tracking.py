@@ -26,8 +26,15 @@ import itertools
 
 import numpy as np
 
-from rnnzoo.tasks.base import (IGNORE, Task, check_int, check_lengths, last_position_mask,
-                               pick_length, tokens_batch)
+from rnnzoo.tasks.base import (
+    IGNORE,
+    Task,
+    check_int,
+    check_lengths,
+    last_position_mask,
+    pick_length,
+    tokens_batch,
+)
 
 
 class _StateTask(Task):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.bench import _torch_rnn_baseline, register_baseline
+from rnnzoo.bench import register_baseline, torch_rnn_baseline
 
 _VS_TORCH_LSTM = ("cifg_lstm", "gru_v3", "ln_lstm", "ln_gru", "rhn", "sru", "qrnn", "exprnn",
                   "lipschitz_rnn", "ltc", "cfc", "slstm")
 for _name in _VS_TORCH_LSTM:
-    register_baseline(_name, "torch.nn.LSTM")(_torch_rnn_baseline(torch.nn.LSTM))
+    register_baseline(_name, "torch.nn.LSTM")(torch_rnn_baseline(torch.nn.LSTM))
 
 
 @register_baseline("lstm", "torchrecurrent")
