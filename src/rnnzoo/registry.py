@@ -7,11 +7,13 @@ A module registers what it defines with a decorator::
     class MinGRU(RecurrentLayer): ...
 
 A registry that names a package imports every public module of that package
-the first time it is read (`LAYERS` scans `rnnzoo.layers`, `CELLS`
-`rnnzoo.cells`, `TASKS` `rnnzoo.tasks`), so a new file is found without
-editing any list, and nothing needs importing for its side effect. The
-imports are by name, at read time: this module sits on the lowest floor and
-imports nothing of rnnzoo's above it.
+(`import_all`) the first time it is read (`LAYERS` scans `rnnzoo.layers`,
+`CELLS` `rnnzoo.cells`, `TASKS` `rnnzoo.tasks`), so a new file is found
+without editing any list, and nothing needs importing for its side effect.
+The imports are by name, at read time: this module sits on the lowest floor
+and imports nothing of rnnzoo's above it. (The speed baselines of
+`rnnzoo.bench.BASELINES` name no package: the harness registers torch's own,
+and benchmarks/layers.py imports the peer adapters of benchmarks/peers.)
 
 Every entry is an `Info`: name, the registered object (a class or factory),
 and the metadata its kind uses (`family`, `paper`, `modes`; `tiny` holds the
@@ -50,7 +52,15 @@ class Info:
         return self.modes[0]
 
 
-_NAME = re.compile(r"[a-z0-9_]+")
+_NAME = r"[a-z0-9_]+"
+
+
+def _origin(obj) -> tuple:
+    """Where an object was defined: a module imported again (or reloaded) makes new objects
+    of the same origin, which may re-register under their name."""
+    if hasattr(obj, "__qualname__"):
+        return getattr(obj, "__module__", None), obj.__qualname__
+    return (id(obj),)
 
 
 class UnknownName(ValueError, KeyError):
@@ -61,29 +71,44 @@ class UnknownName(ValueError, KeyError):
         return str(self.args[0])
 
 
+def import_all(package: str) -> list[str]:
+    """Import every public module (no leading '_') of the package named `package`, in
+    name order, so that the registrations they hold run; returns their names."""
+    pkg = importlib.import_module(package)
+    names = sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
+                   if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(name)
+    return names
+
+
 class Registry(Mapping):
     """name -> `Info` for one kind of thing (`kind` names it in errors); a read-only
     mapping (`reg[name]`, `name in reg`, `sorted(reg)`, `reg.values()`).
 
     `package`: the dotted name of a package whose public modules are imported on
     first read (None: entries are added explicitly). `check(info)` may reject an
-    entry with ValueError before it is added."""
+    entry with ValueError before it is added. `names`: the pattern every name must
+    match (default: lowercase letters, digits and '_')."""
 
     def __init__(self, kind: str, package: str | None = None,
-                 check: Callable[[Info], None] | None = None):
+                 check: Callable[[Info], None] | None = None, names: str = _NAME):
         self.kind = kind
         self.package = package
         self._check = check
+        self._names = re.compile(names)
         self._entries: dict[str, Info] = {}
         self._discovered = package is None
 
     def add(self, info: Info) -> Info:
-        if not _NAME.fullmatch(info.name):
-            raise ValueError(f"{self.kind} name must be lowercase letters, digits and '_', "
-                             f"got {info.name!r}")
+        """Add `info`; ValueError for a malformed name or a name held by an object of another
+        origin (module and qualified name: a module imported again re-registers)."""
+        if not isinstance(info.name, str) or not self._names.fullmatch(info.name):
+            rule = "lowercase letters, digits and '_'" if self._names.pattern == _NAME \
+                else f"match {self._names.pattern!r}"
+            raise ValueError(f"{self.kind} name must be {rule}, got {info.name!r}")
         old = self._entries.get(info.name)
-        if old is not None and getattr(old.cls, "__qualname__", old.cls) != \
-                getattr(info.cls, "__qualname__", info.cls):
+        if old is not None and _origin(old.cls) != _origin(info.cls):
             raise ValueError(f"{self.kind} name {info.name!r} is already registered by "
                              f"{old.cls!r}")
         if self._check is not None:
@@ -106,11 +131,12 @@ class Registry(Mapping):
     def _discover(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
-        pkg = importlib.import_module(self.package)
-        for m in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
-            if not m.startswith("_"):
-                importlib.import_module(f"{self.package}.{m}")
+        self._discovered = True  # first: a module being imported may read this registry
+        try:
+            import_all(self.package)
+        except BaseException:
+            self._discovered = False  # the next read raises the same error, not a short list
+            raise
 
     def __getitem__(self, name: str) -> Info:
         """The entry `name`, or `UnknownName` listing the registered names."""
