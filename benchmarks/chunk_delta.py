@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from rnnzoo.bench import median_time, resident_memory
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -92,21 +92,8 @@ def median_ms(fn, inputs, backward, repeat, device):
         else:
             with torch.no_grad():
                 fn(*leaves)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
 
-    once()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def _rss_mb():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    return 1e3 * median_time(once, device, repeat)
 
 
 def step_memory(T, B, H, D):
@@ -123,9 +110,9 @@ def step_memory(T, B, H, D):
             for t in range(T):
                 y_t, state = layer.step(x_t, state)
                 if t + 1 == T // 16:
-                    rss_early = _rss_mb()
+                    rss_early = resident_memory(peak=False) / 2**20
         ms = 1e3 * (time.perf_counter() - t0) / T
-        print(f"{name:<16}{state_mb:>10.2f}{rss_early:>14.1f}{_rss_mb():>11.1f}{ms:>9.3f}", flush=True)
+        print(f"{name:<16}{state_mb:>10.2f}{rss_early:>14.1f}{resident_memory(peak=False) / 2**20:>11.1f}{ms:>9.3f}", flush=True)
 
 
 def main():

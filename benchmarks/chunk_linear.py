@@ -15,29 +15,19 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rnnzoo.bench import median_time, resident_memory
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention,
     gated_linear_attention_recurrent,
     mlstm,
     mlstm_recurrent,
 )
-
-
-def median_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def fwd_bwd(run, inputs):
@@ -139,14 +129,6 @@ BENCH_LAYERS = {  # options giving H = 4 heads of dimension 64
 }
 
 
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def step_memory(T: int, layers) -> None:
     """Decode T tokens one `step` at a time (B = 1, no grad): the state's size and the
     process's peak resident memory after T / 16 and after T steps (constant in T)."""
@@ -167,9 +149,9 @@ def step_memory(T: int, layers) -> None:
             for t in range(T):
                 y, state = layer.step(x, state)
                 if t == T // 16 - 1:
-                    early = _peak_rss_mb()
+                    early = resident_memory() / 2**20
             per_step = (time.perf_counter() - t0) / T * 1e6
-        print(f"{name:<18}{kb:>10.1f}{early:>16.1f}{_peak_rss_mb():>16.1f}{per_step:>10.0f}")
+        print(f"{name:<18}{kb:>10.1f}{early:>16.1f}{resident_memory() / 2**20:>16.1f}{per_step:>10.0f}")
 
 
 def main():
@@ -197,7 +179,7 @@ def main():
         for name, (ours, peers) in ops.items():
             if a.ops and not any(s in name for s in a.ops.split(",")):
                 continue
-            t_chunk = median_time(fwd_bwd(ours["chunk"], inputs), a.repeat)
+            t_chunk = median_time(fwd_bwd(ours["chunk"], inputs), "cpu", a.repeat)
             print(f"{name:<28}{T:>6}  {'rnnzoo chunk':<34}{t_chunk * 1e3:>10.1f}")
             rows = [("rnnzoo recurrent", lambda: ours["recurrent"])] + list(peers.items())
             for label, make in rows:
@@ -210,7 +192,7 @@ def main():
                 except ImportError as e:
                     print(f"{'':<28}{T:>6}  {label:<34}{'skipped':>10}  ({e})")
                     continue
-                t = median_time(fwd_bwd(run, inputs), a.repeat)
+                t = median_time(fwd_bwd(run, inputs), "cpu", a.repeat)
                 print(f"{'':<28}{T:>6}  {label:<34}{t * 1e3:>10.1f}  {t / t_chunk:6.1f}x")
 
 

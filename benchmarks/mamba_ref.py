@@ -23,7 +23,7 @@ import torch
 from peers.mamba_ssm import load_selective_scan_ref, mamba_forward_with_ref
 
 from rnnzoo import create
-from rnnzoo.bench import Case, _median_time, peak_memory
+from rnnzoo.bench import Case, median_time, peak_memory
 from rnnzoo.layers.mamba import selective_scan
 
 
@@ -46,8 +46,8 @@ def timed(fn, leaves, repeat, backward=True):
             t.grad = None
         fn().sum().backward()
 
-    return (_median_time(fwd, "cpu", repeat, 1),
-            _median_time(fwd_bwd, "cpu", repeat, 1 if repeat > 1 else 0) if backward else None)
+    return (median_time(fwd, "cpu", repeat, 1),
+            median_time(fwd_bwd, "cpu", repeat, 1 if repeat > 1 else 0) if backward else None)
 
 
 def row(what, T, ref, mine):

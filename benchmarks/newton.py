@@ -13,24 +13,20 @@ a short warm-up (this is a shared CPU: read the ratios, not the third digit).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import rnnzoo
+from rnnzoo.bench import median_time
 from rnnzoo.registry import CELLS
 
 
 def fwd_bwd(layer, x, mode):
     """Seconds of one forward+backward, and the layer's solve info."""
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    y, _ = layer(x, mode=mode)
-    y.float().square().mean().backward()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, getattr(layer, "solve_info", None)
+    def run():
+        y, _ = layer(x, mode=mode)
+        y.float().square().mean().backward()
+    return median_time(run, x.device, repeat=1, warmup=0), getattr(layer, "solve_info", None)
 
 
 def bench(name, lengths, args, note=""):

@@ -5,22 +5,11 @@ float32, and the float32 error of both against a float64 loop.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from rnnzoo.bench import median_time
 from rnnzoo.ops.scan import linear_scan, sequential_scan
-
-
-def median_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def timings(scan, a, b, repeat):
@@ -33,7 +22,7 @@ def timings(scan, a, b, repeat):
         h, last = scan(a, b)
         (h.sum() + last.sum()).backward()
 
-    return median_time(fwd, repeat), median_time(fwd_bwd, repeat)
+    return median_time(fwd, "cpu", repeat), median_time(fwd_bwd, "cpu", repeat)
 
 
 def main():

@@ -1,10 +1,18 @@
-"""The speed harness: its table, baselines with a length limit, the memory probe."""
+"""The speed harness: its table, baselines with a length limit, the memory probe, the
+timing helper, the command line with and without the peers."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from rnnzoo import bench
+from rnnzoo.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _table(groups, **kw):
@@ -23,8 +31,7 @@ def test_table_compares_each_mode_with_the_reference():
 
 
 def test_baseline_is_skipped_beyond_its_max_length(monkeypatch):
-    monkeypatch.setattr(bench, "_BASELINES", {})
-    monkeypatch.setattr(bench, "_MAX_LENGTH", {})
+    monkeypatch.setattr(bench, "BASELINES", Registry("baseline", names=r".+"))
     calls = []
 
     @bench.register_baseline("mingru", "toy", max_length=8, why="too slow beyond")
@@ -63,12 +70,66 @@ def test_bad_arguments_are_named():
 
 
 def test_memory_probe_runs_a_peer_baseline():
-    """The probe process loads the peer adapters (python -m runs bench.py as __main__, whose
-    registry is not the package's)."""
+    """The probe process imports the module that registered the case's baseline."""
     import importlib.util
     if importlib.util.find_spec("mamba_ssm") is None:
         pytest.skip("mamba_ssm is not installed: see .ci/install-peers")
+    import peers.mamba_ssm  # noqa: F401  (registers the baseline in this process)
     case = bench.Case(layer="mamba", mode="sequential", batch=2, length=16, d_model=8,
                       options={}, baseline="mamba_ssm.selective_scan_ref")
     peak, done = bench.peak_memory(case)
     assert done and math.isfinite(peak)
+
+
+def test_torch_baselines_are_registered_without_peers():
+    assert list(bench.baselines_for("lstm"))[0] == "torch.nn.LSTM"
+    assert bench.BASELINES["rnn_relu/torch.nn.RNN"].extra == dict(
+        layer="rnn_relu", label="torch.nn.RNN", max_length=None, why="")
+    with pytest.raises(ValueError, match="unknown baseline 'lstm/nope'.*lstm/torch.nn.LSTM"):
+        bench.BASELINES["lstm/nope"]
+
+
+def test_memory_probe_runs_a_torch_baseline():
+    case = bench.Case(layer="rnn_relu", mode="sequential", batch=2, length=8, d_model=4,
+                      options={}, baseline="torch.nn.RNN")
+    peak, done = bench.peak_memory(case)
+    assert done and math.isfinite(peak)
+
+
+def test_median_time_runs_warmup_then_repeat():
+    calls = []
+    t = bench.median_time(lambda: calls.append(1), "cpu", repeat=3, warmup=2)
+    assert len(calls) == 5 and t >= 0
+
+
+def test_resident_memory():
+    peak, now = bench.resident_memory(), bench.resident_memory(peak=False)
+    assert peak >= now > 0
+
+
+def _run(args, pythonpath):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in pythonpath),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+
+
+SMALL = ["--lengths", "8", "--batch", "2", "--d-model", "4", "--repeat", "1", "--warmup", "0",
+         "--no-memory"]
+
+
+def test_command_line_without_peers():
+    """`python -m rnnzoo.bench` with only the package on the path: torch's baselines, no
+    peers; a bad name is one line."""
+    r = _run(["-m", "rnnzoo.bench", "--layers", "rnn_tanh,mamba", *SMALL], [ROOT / "src"])
+    assert r.returncode == 0, r.stderr
+    assert "torch.nn.RNN" in r.stdout and "(baseline)" in r.stdout
+    assert "selective_scan_ref" not in r.stdout
+    r = _run(["-m", "rnnzoo.bench", "--layers", "nope", *SMALL], [ROOT / "src"])
+    assert r.returncode == 2 and r.stderr.startswith("rnnzoo bench: error: unknown layer 'nope'")
+
+
+def test_benchmarks_layers_script_loads_the_peers():
+    r = _run(["benchmarks/layers.py", "--layers", "mamba", *SMALL], [ROOT / "src"])
+    assert r.returncode == 0, r.stderr
+    assert "mamba_ssm.selective_scan_ref" in r.stdout  # timed, or skipped when not installed

@@ -1,17 +1,23 @@
-"""The speed harness: `rnnzoo bench` and `python -m rnnzoo.bench`.
+"""The speed harness: `rnnzoo bench` (and `python -m rnnzoo.bench`, the same command).
 
 For each chosen layer, mode and sequence length it times the forward pass
 (no grad) and forward+backward (median of `--repeat` runs after warm-up),
 reports tokens per second and peak memory, and the speedup over a named
 baseline run in the same process on the same input:
 
-- a registered baseline for the layer (`register_baseline`), e.g. torch.nn.LSTM
-  for `lstm`, or a peer library's implementation when it is installed;
+- a registered baseline for the layer (`register_baseline`, kept in `BASELINES`):
+  torch.nn.LSTM/GRU/RNN for `lstm`, `gru`, `rnn_tanh`, `rnn_relu`; a peer
+  library's implementation once its adapter module is imported (from a checkout,
+  `python benchmarks/layers.py` imports those of benchmarks/peers);
 - otherwise the layer's own reference mode.
 
 Peak memory is torch.cuda's high-water mark on GPU; on CPU it is the growth of
 the process's peak resident set during one forward+backward, measured in a
 fresh subprocess so that earlier cases do not hide it.
+
+The two measurements are public for the scripts under benchmarks/:
+`median_time(fn, device, repeat, warmup)` and `peak_memory(case)` (with
+`resident_memory()`, the process's resident set).
 """
 
 from __future__ import annotations
@@ -25,20 +31,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from rnnzoo.registry import FAMILIES, get_layer_info, list_layers
+from rnnzoo.registry import FAMILIES, Info, Registry, create, get_layer_info, list_layers
 
-# layer name -> list of (label, factory). factory(layer, x) returns a callable of no
-# arguments that runs the baseline forward on x and returns a tensor to backpropagate,
-# or raises ImportError when the peer it needs is not installed.
-_BASELINES: dict[str, list[tuple[str, Callable]]] = {}
-
-
-# (layer name, label) -> (longest T it is timed at, why): cases beyond are skipped.
-_MAX_LENGTH: dict[tuple[str, str], tuple[int, str]] = {}
+BASELINES = Registry("baseline", names=r"[a-z0-9_]+/\S.*")
+"""'layer/label' -> `Info` whose `cls` is the factory: factory(layer, x) returns a callable
+of no arguments that runs the baseline forward on x and returns a tensor to backpropagate,
+or raises ImportError when the peer it needs is not installed. `extra` holds the layer's
+name, the label, and `max_length` / `why` (see `register_baseline`)."""
 
 
 def register_baseline(layer_name: str, label: str, max_length: int | None = None,
@@ -48,11 +50,15 @@ def register_baseline(layer_name: str, label: str, max_length: int | None = None
     The factory raises ImportError when its peer is not installed. `rnnzoo bench` skips
     the baseline for T > max_length (printing `why`); `peak_memory` still runs it."""
     def decorate(factory):
-        _BASELINES.setdefault(layer_name, []).append((label, factory))
-        if max_length is not None:
-            _MAX_LENGTH[layer_name, label] = (max_length, why)
+        BASELINES.add(Info(f"{layer_name}/{label}", factory, extra=dict(
+            layer=layer_name, label=label, max_length=max_length, why=why)))
         return factory
     return decorate
+
+
+def baselines_for(layer_name: str) -> dict[str, Info]:
+    """label -> `Info` of every baseline registered for a layer, in registration order."""
+    return {i.extra["label"]: i for i in BASELINES.values() if i.extra["layer"] == layer_name}
 
 
 def torch_rnn_baseline(cls):
@@ -63,26 +69,14 @@ def torch_rnn_baseline(cls):
     return factory
 
 
+def _relu_rnn(input_size, hidden_size, **kw):
+    return torch.nn.RNN(input_size, hidden_size, nonlinearity="relu", **kw)
+
+
 register_baseline("lstm", "torch.nn.LSTM")(torch_rnn_baseline(torch.nn.LSTM))
 register_baseline("gru", "torch.nn.GRU")(torch_rnn_baseline(torch.nn.GRU))
 register_baseline("rnn_tanh", "torch.nn.RNN")(torch_rnn_baseline(torch.nn.RNN))
-register_baseline("rnn_relu", "torch.nn.RNN")(torch_rnn_baseline(
-    lambda i, h, **kw: torch.nn.RNN(i, h, nonlinearity="relu", **kw)))
-
-
-def _load_peer_adapters() -> None:
-    """Import every adapter module of the `peers` package (benchmarks/peers in a checkout,
-    on sys.path for the tests and the benchmark scripts); they register baselines. Without
-    it (an installed rnnzoo), only the baselines above exist."""
-    import importlib
-    import pkgutil
-
-    try:
-        peers = importlib.import_module("peers")
-    except ImportError:
-        return
-    for m in pkgutil.iter_modules(peers.__path__):
-        importlib.import_module(f"peers.{m.name}")
+register_baseline("rnn_relu", "torch.nn.RNN")(torch_rnn_baseline(_relu_rnn))
 
 
 @dataclass
@@ -98,8 +92,7 @@ class Case:
     baseline: str | None = None  # None: the layer itself in `mode`
 
     def build(self):
-        """(run, params): run() does one forward and returns the output to backpropagate."""
-        from rnnzoo.registry import create
+        """(run, x): run() does one forward and returns the output to backpropagate."""
         torch.manual_seed(0)
         dtype = getattr(torch, self.dtype)
         layer = create(self.layer, d_model=self.d_model, **self.options).to(self.device, dtype)
@@ -107,8 +100,7 @@ class Case:
         x.requires_grad_()
         if self.baseline is None:
             return (lambda: layer(x, mode=self.mode)[0]), x
-        factory = dict(_BASELINES.get(self.layer, []))[self.baseline]
-        return factory(layer, x), x
+        return BASELINES[f"{self.layer}/{self.baseline}"].cls(layer, x), x
 
 
 def _sync(device):
@@ -116,7 +108,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _median_time(fn, device, repeat, warmup) -> float:
+def median_time(fn, device="cpu", repeat: int = 5, warmup: int = 1) -> float:
+    """Median seconds of `repeat` calls of fn() after `warmup` untimed ones (on a CUDA
+    `device`, each call is waited for)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -141,18 +135,22 @@ def time_case(case: Case, repeat: int = 5, warmup: int = 1, backward: bool = Tru
         x.grad = None
         run().float().sum().backward()
 
-    out = {"fwd": _median_time(fwd, case.device, repeat, warmup)}
+    out = {"fwd": median_time(fwd, case.device, repeat, warmup)}
     if backward:
-        out["fwd_bwd"] = _median_time(fwd_bwd, case.device, repeat, warmup)
+        out["fwd_bwd"] = median_time(fwd_bwd, case.device, repeat, warmup)
     return out
+
+
+_PROBE = "import sys; from rnnzoo.bench import _memory_probe; _memory_probe(*sys.argv[1:])"
 
 
 def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, bool]:
     """(peak extra memory in bytes of one forward+backward of `case`, whether it finished).
 
-    On CPU the probe runs in a fresh process; past `time_limit` seconds it is stopped and
-    the peak so far is returned with False: a lower bound (for a reference whose backward
-    would take hours). nan if the probe failed.
+    On CPU the probe runs in a fresh process, which imports the module that registered
+    the case's baseline (found on this process's sys.path); past `time_limit` seconds it
+    is stopped and the peak so far is returned with False: a lower bound (for a reference
+    whose backward would take hours). nan if the probe failed.
     """
     if case.device.startswith("cuda"):
         run, x = case.build()
@@ -162,17 +160,19 @@ def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, boo
         run().float().sum().backward()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base), True
+    modules = [] if case.baseline is None else \
+        [BASELINES[f"{case.layer}/{case.baseline}"].cls.__module__]
     _release_memory()  # so that the probe's process has the memory this one held
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # finds `peers` as we do
-    probe = subprocess.Popen([sys.executable, "-m", "rnnzoo.bench", "--memory-probe",
-                              json.dumps(case.__dict__)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    probe = subprocess.Popen([sys.executable, "-c", _PROBE, json.dumps(case.__dict__),
+                              *modules], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env=env)
     try:
         before = int(probe.stdout.readline())  # printed once the case is built
         out, _ = probe.communicate(timeout=time_limit)
         return float(int(out.split()[-1]) - before), probe.returncode == 0
     except subprocess.TimeoutExpired:
-        peak = _peak_rss(probe.pid)
+        peak = resident_memory(probe.pid)
         probe.kill()
         probe.communicate()
         return float(peak - before), False
@@ -182,13 +182,15 @@ def peak_memory(case: Case, time_limit: float | None = None) -> tuple[float, boo
         return float("nan"), False
 
 
-def _peak_rss(pid: int | str = "self") -> int:
-    """A process's peak resident set in bytes (VmHWM: unlike ru_maxrss, it starts
-    afresh at exec instead of inheriting the parent's peak)."""
+def resident_memory(pid: int | str = "self", peak: bool = True) -> int:
+    """A process's resident set in bytes: its peak (VmHWM: unlike ru_maxrss, it starts
+    afresh at exec instead of inheriting the parent's peak) or, with peak=False, its
+    current size (VmRSS). Without /proc, this process's peak from getrusage."""
+    key = "VmHWM:" if peak else "VmRSS:"
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -208,14 +210,17 @@ def _release_memory() -> None:
         pass
 
 
-def _memory_probe(spec: str) -> None:
+def _memory_probe(spec: str, *modules: str) -> None:
+    """The probe process: import the baseline's module, build the case, print the peak
+    resident set, run one forward+backward, print it again."""
+    import importlib
+    for m in modules:
+        importlib.import_module(m)
     case = Case(**json.loads(spec))
-    if case.baseline is not None:
-        _load_peer_adapters()
     run, x = case.build()
-    print(_peak_rss(), flush=True)
+    print(resident_memory(), flush=True)
     run().float().sum().backward()
-    print(_peak_rss())
+    print(resident_memory())
 
 
 def _accepted(cls, options: dict) -> dict:
@@ -239,7 +244,7 @@ def cases_for(layers, modes, lengths, batch, d_model, options, dtype, device,
                                  **options.get(name, {})},
                         dtype=dtype, device=device)
             group = [Case(mode=m, **base) for m in chosen]
-            peers = [label for label, _ in _BASELINES.get(name, [])] if baselines else []
+            peers = list(baselines_for(name)) if baselines else []
             ref = info.reference_mode
             if peers:
                 group = [Case(mode=ref, baseline=label, **base) for label in peers] + group
@@ -262,11 +267,13 @@ def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print)
         base_time = None
         base_label = None
         for case in group:
-            limit, why = _MAX_LENGTH.get((case.layer, case.baseline), (case.length, ""))
-            if case.length > limit:
-                out(f"{case.layer:<18}{case.baseline:<22}{case.length:>7}  skipped: "
-                    f"T > {limit}: {why}")
-                continue
+            if case.baseline is not None:
+                extra = BASELINES[f"{case.layer}/{case.baseline}"].extra
+                limit = extra["max_length"]
+                if limit is not None and case.length > limit:
+                    out(f"{case.layer:<18}{case.baseline:<22}{case.length:>7}  skipped: "
+                        f"T > {limit}: {extra['why']}")
+                    continue
             try:
                 t = time_case(case, repeat, warmup, backward)
             except ImportError as e:
@@ -323,8 +330,6 @@ def main(args: argparse.Namespace) -> list[dict]:
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
         raise SystemExit("rnnzoo bench: --lengths, --batch, --d-model and --repeat must be >= 1")
     modes = set(args.modes.split(",")) if args.modes else None
-    if not args.no_baselines:
-        _load_peer_adapters()
     groups = cases_for(layers, modes, lengths, args.batch, args.d_model, options, args.dtype,
                        args.device, baselines=not args.no_baselines)
     print(f"rnnzoo bench: B={args.batch} d_model={args.d_model} {args.dtype} on {args.device}, "
@@ -336,11 +341,20 @@ def main(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def command(argv=None) -> int:
+    """The `rnnzoo bench` command line on its own (`python -m rnnzoo.bench`,
+    benchmarks/layers.py): parse `argv`, run, and print a bad name or option as one line."""
+    p = argparse.ArgumentParser(prog="rnnzoo bench",
+                                description="time layers and modes against their baselines")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        main(args)
+    except ValueError as e:
+        print(f"rnnzoo bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory-probe":
-        # the package module's, not this __main__ copy's: baselines register in the former
-        from rnnzoo.bench import _memory_probe as probe
-        probe(sys.argv[2])
-    else:  # through the package module, so baselines register where the cases read them
-        from rnnzoo.cli import main as cli_main
-        sys.exit(cli_main(["bench", *sys.argv[1:]]))
+    sys.exit(command())
