@@ -9,9 +9,10 @@ and no two modules import each other, directly or through others.
     5  rnnzoo.tasks
     6  everything else: train, suite, bench, cli, __main__, the package's __init__
 
-Every `import` and `from ... import` counts, at module level or inside a function; only
-those under `if TYPE_CHECKING:` do not (they never run). Imports by name at run time
-(`importlib.import_module`, as the registry discovers its packages) are not read.
+Every `import` and `from ... import` counts, at module level or inside a function, and so
+does `__import__("rnnzoo....")` or `importlib.import_module("rnnzoo....")` with the name
+written out; only imports under `if TYPE_CHECKING:` do not (they never run). Names built
+at run time (the registry's discovery of its packages) are not read.
 """
 
 from __future__ import annotations
@@ -72,12 +73,27 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _by_name(node: ast.AST) -> str | None:
+    """The module a call `__import__("m")` / `import_module("m")` names, if written out."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    f = node.func
+    called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) \
+        else None
+    arg = node.args[0]
+    if called in ("__import__", "import_module") and isinstance(arg, ast.Constant) \
+            and isinstance(arg.value, str):
+        return arg.value
+    return None
+
+
 def _imports(tree: ast.AST):
-    """Every Import / ImportFrom node, skipping the bodies of `if TYPE_CHECKING:`."""
+    """Every Import / ImportFrom node and import call by a written-out name, skipping the
+    bodies of `if TYPE_CHECKING:`."""
     stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) or _by_name(node):
             yield node
         for child in ast.iter_child_nodes(node):
             if isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body:
@@ -92,7 +108,9 @@ def edges(root: Path, package: str = PACKAGE) -> list[Edge]:
     for name, path in known.items():
         is_pkg = path.name == "__init__.py"
         for node in _imports(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
+            if isinstance(node, ast.Call):
+                targets = [_by_name(node)]
+            elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
                 base = node.module or ""
@@ -250,6 +268,20 @@ def test_an_import_cycle_is_reported(fake):
     bench_cli = next(c for c in found if c[0].source in ("rnnzoo.bench", "rnnzoo.cli"))
     assert {(e.source, e.target) for e in bench_cli} == {("rnnzoo.bench", "rnnzoo.cli"),
                                                          ("rnnzoo.cli", "rnnzoo.bench")}
+
+
+def test_an_import_by_a_written_out_name_counts(tmp_path):
+    root = _write(tmp_path, {
+        "rnnzoo/__init__.py": "",
+        "rnnzoo/cells/__init__.py": "",
+        "rnnzoo/cells/gru.py": ("import importlib\n"
+                                "def f(name):\n"
+                                "    importlib.import_module(name)\n"
+                                "    return __import__('rnnzoo.models').x\n"),
+        "rnnzoo/models/__init__.py": "",
+    })
+    assert [(e.source, e.target, e.line) for e in upward_imports(root)] == \
+        [("rnnzoo.cells.gru", "rnnzoo.models", 4)]
 
 
 def test_floors():
