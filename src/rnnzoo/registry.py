@@ -104,9 +104,9 @@ class Registry(Mapping):
         """Add `info`; ValueError for a malformed name or a name held by an object of another
         origin (module and qualified name: a module imported again re-registers)."""
         if not isinstance(info.name, str) or not self._names.fullmatch(info.name):
-            rule = "lowercase letters, digits and '_'" if self._names.pattern == _NAME \
-                else f"match {self._names.pattern!r}"
-            raise ValueError(f"{self.kind} name must be {rule}, got {info.name!r}")
+            rule = "be lowercase letters, digits and '_'" if self._names.pattern == _NAME \
+                else f"match {self._names.pattern}"
+            raise ValueError(f"{self.kind} name must {rule}, got {info.name!r}")
         old = self._entries.get(info.name)
         if old is not None and _origin(old.cls) != _origin(info.cls):
             raise ValueError(f"{self.kind} name {info.name!r} is already registered by "
