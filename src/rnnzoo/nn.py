@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnzoo.checks import choice, flag, positive_int
 from rnnzoo.registry import CELLS
 
 _TORCH_KERNELS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
@@ -43,23 +44,20 @@ class RNN(nn.Module):
                  *, cell: str | None = None, **cell_options):
         super().__init__()
         if cell is None:
-            if nonlinearity not in (None, "tanh", "relu"):
-                raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            if nonlinearity is not None:
+                choice("nonlinearity", nonlinearity, ("tanh", "relu"))
             cell = f"rnn_{nonlinearity or 'tanh'}"
         elif nonlinearity is not None:
             raise ValueError(f"nonlinearity={nonlinearity!r} applies to the Elman RNN only; "
                              f"got cell={cell!r} as well (drop one)")
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        choice("cell", cell, sorted(CELLS))
+        positive_int("num_layers", num_layers)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) \
                 or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         for arg, v in (("bias", bias), ("batch_first", batch_first),
                        ("bidirectional", bidirectional)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{arg} must be a bool, got {v!r}")
+            flag(arg, v)
         cls = CELLS[cell].cls
         if not bias:
             if "bias" not in inspect.signature(cls.__init__).parameters:

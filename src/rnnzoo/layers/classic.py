@@ -5,9 +5,15 @@ steps in one matrix product, then the recurrence. Modes: `sequential` (the
 cell's loop, the reference), `fused` where the cell has a whole-sequence
 kernel, and `newton` / `quasi` (all steps solved at once by `ops.newton`) for
 cells with diagonal or block Jacobians and for the dense cells that declare
-them (lstm, gru, rnn_tanh); `ops.newton.parallel_rnn` takes any cell. The recurrence always runs in
-float32 (float64 for float64 input), whatever the parameters' dtype; a linear
-map takes the cell's output back to d_model when the widths differ.
+them (lstm, gru, rnn_tanh); `ops.newton.parallel_rnn` takes any cell. The
+recurrence always runs in float32 (float64 for float64 input), whatever the
+parameters' dtype; a linear map takes the cell's output back to d_model when
+the widths differ.
+
+    x: (B, T, d_model) -> y: (B, T, d_model), state: the cell's
+
+The layers are made here, one per cell of `registry.CELLS`, when the registry
+imports this module (its first read of `LAYERS`); they live only in the registry.
 """
 
 from __future__ import annotations
@@ -102,9 +108,14 @@ def _layer_class(info) -> type[CellLayer]:
                  "__module__": __name__})
 
 
-# The registry imports this module when it first reads `LAYERS`: one layer per cell.
-for _info in CELLS.values():
-    register(_info.name, family="classic", paper=_info.paper,
-             tiny={"d_model": 6, **_info.tiny}, tolerances=_info.tolerances)(_layer_class(_info))
+def _register_cells() -> None:
+    """One registered layer per cell (the registry imports this module when it first
+    reads `LAYERS`)."""
+    for info in CELLS.values():
+        register(info.name, family="classic", paper=info.paper,
+                 tiny={"d_model": 6, **info.tiny}, tolerances=info.tolerances)(_layer_class(info))
+
+
+_register_cells()
 
 __all__ = ["CellLayer"]
