@@ -122,7 +122,7 @@ BENCH_LAYERS = {  # options giving H = 4 heads of dimension 64
     "linear_attention": dict(d_model=256, num_heads=4),
     "retnet": dict(d_model=256, num_heads=4),
     "gla": dict(d_model=256, num_heads=4, expand_k=1.0),
-    "hgrn2": dict(d_model=256, num_heads=4, expand_ratio=64),
+    "hgrn2": dict(d_model=256, num_heads=4, d_state=64),
     "mamba2": dict(d_model=128, d_state=64, head_dim=64),
     "mlstm": dict(d_model=128, num_heads=4),
     "rwkv6": dict(d_model=256, head_dim=64),

@@ -54,7 +54,7 @@ def _baseline(layer_name: str, label: str, peer_op):
 
         def run():
             with mock.patch.object(module, "gated_linear_attention_recurrent", peer_op):
-                return layer(x, mode="recurrent")[0]
+                return layer(x, mode="sequential")[0]
         return run
     return factory
 

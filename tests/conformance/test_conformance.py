@@ -1,4 +1,4 @@
-"""The contract of DESIGN.md section 4, run on every registered layer.
+"""The contract of docs/design.md section 4, run on every registered layer.
 
 A new layer is tested here the moment it is registered: the instance comes
 from the registry's `tiny` options, and every mode is compared with the

@@ -39,7 +39,7 @@ def parity_deltanet(allow_neg_eigval, mode_chunk_size=4):
     """One head, K = V = 1, inputs (bit, 1, bos): q = k = 1, v = silu(1) at BOS and 0 after,
     beta = 2 sigmoid(80 bit + 40 bos - 40): 1 at BOS (store), 2 for a 1-bit (S -> -S), ~0 for
     a 0-bit (keep). Output: the sign of S after the RMSNorm."""
-    layer = rnnzoo.create("deltanet", d_model=3, num_heads=1, head_dim=1, conv_size=2,
+    layer = rnnzoo.create("deltanet", d_model=3, num_heads=1, head_dim=1, d_conv=2,
                           chunk_size=mode_chunk_size, allow_neg_eigval=allow_neg_eigval).double()
     with torch.no_grad():
         for p in layer.parameters():

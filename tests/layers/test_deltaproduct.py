@@ -35,7 +35,7 @@ def test_two_householder_reflections_per_token_rotate_the_state(op):
 
 def test_one_householder_step_is_gated_deltanet():
     torch.manual_seed(0)
-    opts = dict(d_model=8, num_heads=2, head_dim=3, expand_v=2, conv_size=3, chunk_size=4)
+    opts = dict(d_model=8, num_heads=2, head_dim=3, expand_v=2, d_conv=3, chunk_size=4)
     dp = rnnzoo.create("deltaproduct", num_householder=1, **opts).double()
     gdn = rnnzoo.create("gated_deltanet", **opts).double()
     with torch.no_grad():

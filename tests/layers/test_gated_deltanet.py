@@ -9,7 +9,7 @@ import rnnzoo
 
 def pair(seed=0):
     torch.manual_seed(seed)
-    opts = dict(d_model=8, num_heads=2, head_dim=3, expand_v=2, conv_size=3, chunk_size=4)
+    opts = dict(d_model=8, num_heads=2, head_dim=3, expand_v=2, d_conv=3, chunk_size=4)
     gdn = rnnzoo.create("gated_deltanet", **opts).double()
     dn = rnnzoo.create("deltanet", output_gate=True, **opts).double()
     with torch.no_grad():

@@ -9,7 +9,7 @@ import rnnzoo
 def test_recurrence_gate_is_a_power_c_r():
     torch.manual_seed(0)
     layer = rnnzoo.create("hawk", d_model=8, d_rnn=12, num_heads=3).double()
-    assert layer.c == 8.0
+    assert layer.gate_scale == 8.0
     a = torch.sigmoid(layer.a_logit)
     assert ((a ** 8 >= 0.9 - 1e-9) & (a ** 8 <= 0.999 + 1e-9)).all()  # initialisation
     u = torch.randn(2, 20, 12, dtype=torch.float64)

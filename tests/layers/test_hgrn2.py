@@ -11,7 +11,7 @@ def test_equals_hgrn_with_state_expansion_and_lower_bound():
     o = S^T swish(x W_q); y = RMSNorm_h(o) W_O."""
     torch.manual_seed(0)
     H, d, E, beta = 2, 8, 3, 0.4
-    layer = rnnzoo.create("hgrn2", d_model=d, num_heads=H, expand_ratio=E, lower_bound=beta,
+    layer = rnnzoo.create("hgrn2", d_model=d, num_heads=H, d_state=E, lower_bound=beta,
                           chunk_size=8, subchunk_size=4).double()
     x = torch.randn(2, 21, d, dtype=torch.float64)
     q, f = layer.qf(x).view(2, 21, 2, H, E).unbind(2)
@@ -31,7 +31,7 @@ def test_equals_hgrn_with_state_expansion_and_lower_bound():
 
 
 def test_long_sequence_float32_is_finite():
-    layer = rnnzoo.create("hgrn2", d_model=8, num_heads=2, expand_ratio=8)
+    layer = rnnzoo.create("hgrn2", d_model=8, num_heads=2, d_state=8)
     with torch.no_grad():
         y, s = layer(torch.randn(1, 65536, 8), mode="chunk")
     assert torch.isfinite(y).all() and torch.isfinite(s).all()

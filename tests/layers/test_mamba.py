@@ -96,7 +96,7 @@ def _parity_mamba(allow_neg_eigval):
         for p in layer.parameters():
             p.zero_()
         layer.in_proj.weight[:] = torch.tensor([[1.0, 0], [0, 0], [0, 0], [0, 10.0]])  # x, x, z, z
-        layer.conv_weight[:] = 1.0
+        layer.conv.weight[:] = 1.0
         layer.x_proj.weight[0, 0] = 1.0                                   # dt = silu(x_0)
         slope = -50 / (hi - lo)                                           # dt_raw(+1)=-20, (-1)=+30
         layer.dt_proj.weight[0, 0] = slope

@@ -33,7 +33,8 @@ def test_block_equals_conv_ssd_minimal_and_gated_rmsnorm():
     H, E = layer.num_heads, layer.d_inner
     x = torch.randn(2, 16, d, dtype=torch.float64)
     z, xBC, dt = layer.in_proj(x).split([E, E + 2 * N, H], -1)
-    conv = layer.conv.conv
+    w = layer.conv.weight[:, None]  # depthwise conv1d's (channels, 1, d_conv)
+    conv = lambda t: F.conv1d(t, w, layer.conv.bias, groups=w.shape[0])  # noqa: E731
     xBC = F.silu(conv(F.pad(xBC.transpose(1, 2), (3, 0))).transpose(1, 2))  # causal conv1d
     xs, Bm, Cm = xBC.split([E, N, N], -1)
     xs = xs.view(2, 16, H, P)

@@ -18,7 +18,8 @@ def test_block_equals_xlstm_native_chunkwise_cell():
     x = torch.randn(2, 16, d, dtype=torch.float64)
     E, D = layer.inner, layer.head_dim
     x_m, z = layer.up_proj(x).chunk(2, -1)
-    conv = layer.conv.conv
+    w = layer.conv.weight[:, None]  # depthwise conv1d's (channels, 1, d_conv)
+    conv = lambda t: F.conv1d(t, w, layer.conv.bias, groups=w.shape[0])  # noqa: E731
     x_c = F.silu(conv(F.pad(x_m.transpose(1, 2), (3, 0))).transpose(1, 2))
     q, k, v = layer.q(x_c), layer.k(x_c), layer.v(x_m)
     i_pre, f_pre = layer.gates(torch.cat([q, k, v], -1)).chunk(2, -1)
@@ -34,7 +35,7 @@ def test_block_equals_xlstm_native_chunkwise_cell():
 def test_exponential_forget_gate_option():
     layer = rnnzoo.create("mlstm", d_model=4, num_heads=2, forget_gate="exp", chunk_size=4).double()
     x = torch.randn(1, 9, 4, dtype=torch.float64)
-    assert (layer(x, mode="chunk")[0] - layer(x, mode="recurrent")[0]).abs().max() < 1e-12
+    assert (layer(x, mode="chunk")[0] - layer(x, mode="sequential")[0]).abs().max() < 1e-12
     with pytest.raises(ValueError, match="forget_gate must be"):
         rnnzoo.create("mlstm", d_model=4, forget_gate="tanh")
 

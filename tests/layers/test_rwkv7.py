@@ -15,7 +15,7 @@ def test_decay_in_paper_range_and_recurrence_matches_the_op():
     """w = exp(-e^{-0.5} sigmoid(.)) lies in (exp(-e^{-0.5}), 1) even for huge inputs, and
     the layer's state after a sequence is the op's state on the layer's own r, w, k, v, a, b."""
     torch.manual_seed(0)
-    layer = rnnzoo.create("rwkv7", d_model=8, num_heads=2, lora_dim=4).double()
+    layer = rnnzoo.create("rwkv7", d_model=8, num_heads=2, low_rank=4).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))

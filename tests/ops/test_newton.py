@@ -1,4 +1,4 @@
-"""ops.newton (DEER / quasi-DEER / ELK) and ops.block_scan against the plain loop.
+"""ops.newton (DEER / quasi-DEER / ELK) against the plain loop.
 
 Cells: ParaRNN's paragru / paralstm, the Elman cell, and torch.nn.GRU / LSTM
 cells written here with torch's default initialisation (the catalogue's `gru`
@@ -19,7 +19,6 @@ from rnnzoo.cells.base import Cell
 from rnnzoo.cells.elman import ElmanTanh
 from rnnzoo.cells.para import ParaGRU, ParaLSTM
 from rnnzoo.ops import newton
-from rnnzoo.ops.block_scan import block_linear_scan, block_tridiagonal_solve, sequential_block_scan
 from rnnzoo.ops.newton import parallel_rnn, verify_structure
 from rnnzoo.registry import CELLS
 
@@ -114,38 +113,6 @@ def grads(cell, x, h0, method, **kw):
     loss = sum((t * torch.randn(t.shape, generator=g, dtype=F64).to(t.dtype)).sum()
                for t in traj)
     return torch.autograd.grad(loss, [x, *h0, *cell.parameters()], allow_unused=True)
-
-
-# -- the linear solvers --------------------------------------------------------------------
-@pytest.mark.parametrize("T", [1, 2, 5, 16, 33])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_block_linear_scan_equals_loop(T, reverse):
-    g = torch.Generator().manual_seed(T)
-    A = 0.4 * torch.randn(2, T, 3, 4, 4, generator=g, dtype=F64)
-    b = torch.randn(2, T, 3, 4, generator=g, dtype=F64)
-    h0 = torch.randn(2, 3, 4, generator=g, dtype=F64)
-    for init in (None, h0):
-        want = sequential_block_scan(A, b, init, reverse=reverse)
-        got = block_linear_scan(A, b, init, reverse=reverse)
-        assert (got - want).abs().max().item() < 1e-13 * (1 + want.abs().max().item())
-
-
-@pytest.mark.parametrize("T", [1, 2, 3, 6, 7, 16])
-def test_block_tridiagonal_solve_equals_dense_solve(T):
-    g = torch.Generator().manual_seed(T)
-    k = 3
-    L, U = (torch.randn(2, T, k, k, generator=g, dtype=F64) for _ in range(2))
-    D = torch.randn(2, T, k, k, generator=g, dtype=F64) + 6 * torch.eye(k, dtype=F64)
-    r = torch.randn(2, T, k, generator=g, dtype=F64)
-    M = torch.zeros(2, T * k, T * k, dtype=F64)
-    for t in range(T):
-        M[:, t * k:(t + 1) * k, t * k:(t + 1) * k] = D[:, t]
-        if t > 0:
-            M[:, t * k:(t + 1) * k, (t - 1) * k:t * k] = L[:, t]
-        if t < T - 1:
-            M[:, t * k:(t + 1) * k, (t + 1) * k:(t + 2) * k] = U[:, t]
-    want = torch.linalg.solve(M, r.reshape(2, -1)).reshape(2, T, k)
-    assert (block_tridiagonal_solve(L, D, U, r) - want).abs().max().item() < 1e-12
 
 
 # -- float64: trajectory and adjoint gradients equal the loop's ---------------------------

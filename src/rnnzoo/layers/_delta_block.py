@@ -8,7 +8,7 @@
     y       = W_o [RMSNorm(o) (* silu(W_g x) with the output gate)]
 
 DeltaProduct takes n_h keys, values and betas per token and applies n_h such Householder
-steps per token. The layer state is (S (B, H, K, V), short-conv state (B, conv_size-1, C)).
+steps per token. The layer state is (S (B, H, K, V), short-conv state (B, d_conv-1, C)).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_delta import ShortConv
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -30,31 +32,25 @@ from rnnzoo.ops.chunk.delta import (
 )
 
 
-def _positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class DeltaBlock(RecurrentLayer):
-    """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, conv_size-1, C))."""
+    """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, d_conv-1, C))."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 1, num_householder: int = 1, forget_gate: bool = False,
-                 output_gate: bool = False, allow_neg_eigval: bool = False, conv_size: int = 4,
+                 output_gate: bool = False, allow_neg_eigval: bool = False, d_conv: int = 4,
                  chunk_size: int = 32, norm_eps: float = 1e-5):
         super().__init__(d_model)
-        H = _positive_int("num_heads", num_heads)
-        K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        V = K * _positive_int("expand_v", expand_v)
-        n_h = _positive_int("num_householder", num_householder)
-        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        V = K * positive_int("expand_v", expand_v)
+        n_h = positive_int("num_householder", num_householder)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.value_dim, self.num_householder = H, K, V, n_h
         self.allow_neg_eigval, self.norm_eps = bool(allow_neg_eigval), norm_eps
         self.qkv_proj = nn.Linear(d_model, H * K + n_h * H * (K + V), bias=False)
-        self.conv = ShortConv(H * K + n_h * H * (K + V), conv_size)
+        self.conv = ShortConv(H * K + n_h * H * (K + V), d_conv, bias=False)
         self.b_proj = nn.Linear(d_model, n_h * H)
         if forget_gate:  # Mamba-2 style decay, initialised as in Gated DeltaNet
             self.a_proj = nn.Linear(d_model, H, bias=False)

@@ -17,7 +17,7 @@ longer than `max_len` raises a ValueError. Sliding window: capacity = `window`,
 a ring buffer (token p lives in slot p mod window), so any length streams.
 A model stack passes its own `max_len` to this layer (see models.stack).
 
-Modes: `recurrent` (reference: one token at a time through the cache) and
+Modes: `sequential` (reference: one token at a time through the cache) and
 `parallel` (one masked matrix product over cache + new tokens).
 """
 
@@ -27,26 +27,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.rotary import rotate
 from rnnzoo.registry import register
-
-
-def _positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-
-
-def rotate(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary embedding: x (B, H, T, Dh) at absolute positions pos (B, T)."""
-    half = x.shape[-1] // 2
-    freq = base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
-    angle = pos.to(x.dtype)[:, None, :, None] * freq  # (B, 1, T, half)
-    cos, sin = angle.cos(), angle.sin()
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 @register("attention", family="attention",
@@ -55,15 +40,15 @@ def rotate(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.T
 class Attention(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (k_cache, v_cache, position)."""
 
-    modes = ("recurrent", "parallel")
+    modes = ("sequential", "parallel")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0):
         super().__init__(d_model)
-        _positive_int("num_heads", num_heads)
-        _positive_int("head_dim", head_dim, allow_none=True)
-        _positive_int("window", window, allow_none=True)
-        _positive_int("max_len", max_len)
+        positive_int("num_heads", num_heads)
+        positive_int("head_dim", head_dim, allow_none=True)
+        positive_int("window", window, allow_none=True)
+        positive_int("max_len", max_len)
         if head_dim is None:
             if d_model % num_heads:
                 raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
@@ -87,9 +72,17 @@ class Attention(RecurrentLayer):
         """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).to(compute_dtype(x)).view(B, T, 3, self.num_heads, self.head_dim) \
-            .permute(2, 0, 3, 1, 4)
+            .unbind(2)
         pos = start[:, None] + torch.arange(T, device=x.device)
-        return rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base), v, pos
+        q, k = self.rope(q, pos), self.rope(k, pos)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
+
+    def rope(self, x, pos):
+        """Rotary positions on x: (B, T, H, Dh) at absolute positions pos (B, T), channel
+        pairs (j, j + Dh/2) with frequencies rope_base^(-j / (Dh/2))."""
+        half = self.head_dim // 2
+        theta = self.rope_base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
+        return rotate(x, pos.to(x.dtype), theta, pairs="halves")
 
     def _slot_positions(self, start):
         """Absolute position of the token in each cache slot, (B, capacity); -1 where empty."""

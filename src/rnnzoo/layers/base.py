@@ -1,18 +1,19 @@
-"""The layer protocol shared by every token mixer (DESIGN.md section 2).
+"""The layer protocol shared by every token mixer (docs/design.md, section 2).
 
     y, state = layer(x, state=None, *, mode="auto", lengths=None)   # x: (B, T, d_model)
     y_t, state = layer.step(x_t, state)                              # x_t: (B, d_model)
     state = layer.init_state(batch_size, device=None, dtype=None)
 
-A subclass sets `modes` (reference mode first) and implements
+A subclass sets `modes` (the reference mode, "sequential", first) and implements
 
     _forward(x, state, mode) -> (y, state)   # x validated, state never None
-    _step(x_t, state) -> (y_t, state)
     init_state(batch_size, device, dtype)
 
-and may override `_forward_lengths` (right-padded batches) and `auto_mode`.
+and may override `_step` (by default the reference mode on a sequence of one step),
+`_forward_lengths` (right-padded batches) and `auto_mode`.
 States are tensors or tuples of tensors kept in float32 / complex64, or in
-float64 / complex128 when the input is float64.
+float64 / complex128 when the input is float64 (rnnzoo.dtypes).
+The diagonal layers share one masked recurrence (`_diagonal.DiagonalLayer`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnzoo.checks import positive_int
+
 State = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def state_dtype(dtype: torch.dtype | None, complex_: bool = False) -> torch.dtype:
-    """dtype a state is kept in for inputs of `dtype`: float64 stays float64, else float32."""
-    wide = dtype in (torch.float64, torch.complex128)
-    if complex_:
-        return torch.complex128 if wide else torch.complex64
-    return torch.float64 if wide else torch.float32
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """dtype recurrences run in for input `x`: float64 for float64, float32 otherwise."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _shape(t) -> str:
@@ -48,9 +38,7 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
-        self.d_model = d_model
+        self.d_model = positive_int("d_model", d_model)
 
     # -- to implement ---------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -60,7 +48,8 @@ class RecurrentLayer(nn.Module):
         raise NotImplementedError
 
     def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        raise NotImplementedError
+        y, state = self._forward(x_t.unsqueeze(1), state, self.reference_mode)
+        return y[:, 0], state
 
     def auto_mode(self, x: torch.Tensor) -> str:
         """The mode `mode="auto"` picks for `x`; the fastest non-reference mode by default."""

@@ -18,16 +18,16 @@ from rnnzoo.registry import register
 
 @register("deltaproduct", family="matrix", paper="Siems et al. 2025, arXiv:2502.10297",
           tiny=dict(d_model=6, num_heads=2, head_dim=3, num_householder=2, expand_v=1,
-                    conv_size=2, chunk_size=2))
+                    d_conv=2, chunk_size=2))
 class DeltaProduct(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state). n_h is
     `num_householder` (default 2)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 num_householder: int = 2, expand_v: int = 2, conv_size: int = 4,
+                 num_householder: int = 2, expand_v: int = 2, d_conv: int = 4,
                  chunk_size: int = 32, forget_gate: bool = True, allow_neg_eigval: bool = False,
                  norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=num_householder,
                          forget_gate=forget_gate, output_gate=True,
-                         allow_neg_eigval=allow_neg_eigval, conv_size=conv_size,
+                         allow_neg_eigval=allow_neg_eigval, d_conv=d_conv,
                          chunk_size=chunk_size, norm_eps=norm_eps)

@@ -18,13 +18,13 @@ from rnnzoo.registry import register
 
 @register("gated_deltanet", family="matrix",
           paper="Yang, Kautz & Hatamizadeh 2025, arXiv:2412.06464",
-          tiny=dict(d_model=6, num_heads=2, head_dim=3, expand_v=1, conv_size=2, chunk_size=4))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, expand_v=1, d_conv=2, chunk_size=4))
 class GatedDeltaNet(DeltaBlock):
     """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state)."""
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 expand_v: int = 2, conv_size: int = 4, chunk_size: int = 32,
+                 expand_v: int = 2, d_conv: int = 4, chunk_size: int = 32,
                  allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=1,
                          forget_gate=True, output_gate=True, allow_neg_eigval=allow_neg_eigval,
-                         conv_size=conv_size, chunk_size=chunk_size, norm_eps=norm_eps)
+                         d_conv=d_conv, chunk_size=chunk_size, norm_eps=norm_eps)

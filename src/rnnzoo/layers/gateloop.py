@@ -22,16 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers._diagonal import MaskedRunLayer
-from rnnzoo.layers.base import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
 
 @register("gateloop", family="diagonal", paper="Katsch 2023, arXiv:2311.01927",
           tiny=dict(d_model=4, num_heads=2, d_state=2, chunk_size=4))
-class GateLoop(MaskedRunLayer):
+class GateLoop(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state S: (B, heads, d_state, head_dim) complex."""
 
     modes = ("sequential", "scan")
@@ -39,8 +40,7 @@ class GateLoop(MaskedRunLayer):
     def __init__(self, d_model: int, num_heads: int = 4, d_state: int = 16, chunk_size: int = 64):
         super().__init__(d_model)
         for name, v in (("num_heads", num_heads), ("d_state", d_state), ("chunk_size", chunk_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            positive_int(name, v)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads, got {num_heads}")
         self.num_heads, self.d_state, self.chunk_size = num_heads, d_state, chunk_size
@@ -85,5 +85,4 @@ class GateLoop(MaskedRunLayer):
 
         size = self.chunk_size if mode == "scan" else x.shape[1]
         o, S = over_chunks(chunk, state, (q, k, log_a, v), size)
-        y = self.out_proj(o.to(x.dtype) * F.silu(g))
-        return (y if mask is None else y * mask.to(y.dtype)), S
+        return self.out_proj(o.to(x.dtype) * F.silu(g)), S

@@ -2,12 +2,12 @@
 Hardware-Efficient Training", arXiv:2312.06635, section 4.4).
 
     S_t = diag(alpha_t) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t / sqrt(d_k)
-    alpha_t = sigmoid(x_t W_a1 W_a2 + b_a)^(1/tau)     (low rank 16, normaliser tau = 16)
+    alpha_t = sigmoid(x_t W_a1 W_a2 + b_a)^(1/tau)     (rank decay_rank 16, tau = 16)
     r_t = swish(x_t W_r + b_r),   y_t = (r_t * GroupNorm_h(o_t)) W_O
 
 The decay enters in log space, log alpha = logsigmoid(.) / tau. Key width
 expand_k * d_model, value width expand_v * d_model (the paper: 0.5 and 1).
-Modes: `recurrent` and `chunk` (the chunkwise form with secondary chunking).
+Modes: `sequential` and `chunk` (the chunkwise form with secondary chunking).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -33,18 +35,18 @@ def _head_width(name, d_model, expand, num_heads):
 
 
 @register("gla", family="matrix", paper="Yang et al. 2024, arXiv:2312.06635",
-          tiny=dict(d_model=8, num_heads=2, chunk_size=4, subchunk_size=2, gate_low_rank=4))
+          tiny=dict(d_model=8, num_heads=2, chunk_size=4, subchunk_size=2, decay_rank=4))
 class GLA(RecurrentLayer):
     """x: (B, T, d_model) -> y; state S: (B, num_heads, key head dim, value head dim)."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, expand_k: float = 0.5,
-                 expand_v: float = 1.0, gate_low_rank: int = 16, gate_normalizer: float = 16.0,
+                 expand_v: float = 1.0, decay_rank: int = 16, gate_normalizer: float = 16.0,
                  chunk_size: int = 64, subchunk_size: int = 16):
         super().__init__(d_model)
         positive_int("num_heads", num_heads)
-        for name, value in (("gate_low_rank", gate_low_rank), ("chunk_size", chunk_size),
+        for name, value in (("decay_rank", decay_rank), ("chunk_size", chunk_size),
                             ("subchunk_size", subchunk_size)):
             positive_int(name, value)
         if not gate_normalizer > 0:
@@ -57,8 +59,8 @@ class GLA(RecurrentLayer):
         H, K, V = num_heads, self.key_dim, self.value_dim
         self.qk = nn.Linear(d_model, 2 * H * K, bias=False)
         self.v = nn.Linear(d_model, H * V, bias=False)
-        self.gate_down = nn.Linear(d_model, gate_low_rank, bias=False)
-        self.gate_up = nn.Linear(gate_low_rank, H * K)
+        self.gate_down = nn.Linear(d_model, decay_rank, bias=False)
+        self.gate_up = nn.Linear(decay_rank, H * K)
         self.out_gate = nn.Linear(d_model, H * V)
         self.norm = HeadNorm(H, V, kind="rms")
         self.out_proj = nn.Linear(H * V, d_model, bias=False)
@@ -82,7 +84,3 @@ class GLA(RecurrentLayer):
             o, state = gated_linear_attention_recurrent(q, k, v, log_alpha, **kw)
         y = F.silu(self.out_gate(x)) * self.norm(o).reshape(B, T, H * V)
         return self.out_proj(y), state
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

@@ -7,7 +7,7 @@ Recurrent block (width d_rnn, 4/3 d_model by default):
     gate = gelu(W_g x_t),   u = causal_depthwise_conv(W_u x_t)       (temporal conv, width d_conv)
     y_t = W_o (gate * RG-LRU(u)_t)
 
-RG-LRU, with a = sigma(Lambda) per channel and c = 8:
+RG-LRU, with a = sigma(Lambda) per channel and the paper's constant c = 8 (`gate_scale`):
 
     r_t = sigma(W_a u_t + b_a),   i_t = sigma(W_x u_t + b_x)         (block-diagonal W, num_heads)
     log a_t = -c * softplus(-Lambda) * r_t                            (a_t = a^(c r_t), in log space)
@@ -25,46 +25,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._conv import causal_conv1d
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
-from rnnzoo.ops.scan import linear_scan
+from rnnzoo.checks import positive, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
+from rnnzoo.layers.conv import ShortConv
 from rnnzoo.registry import register
 
 
 @register("hawk", family="diagonal", paper="De et al. 2024, arXiv:2402.19427",
           tiny=dict(d_model=4, d_rnn=6, num_heads=2, d_conv=3))
-class Hawk(RecurrentLayer):
+class Hawk(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (conv_state, h)."""
 
     modes = ("sequential", "scan")
 
     def __init__(self, d_model: int, d_rnn: int | None = None, num_heads: int = 1,
-                 d_conv: int = 4, c: float = 8.0):
+                 d_conv: int = 4, gate_scale: float = 8.0):
         super().__init__(d_model)
         d_rnn = (4 * d_model + 2) // 3 if d_rnn is None else d_rnn
         for name, v in (("d_rnn", d_rnn), ("num_heads", num_heads), ("d_conv", d_conv)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            positive_int(name, v)
         if d_rnn % num_heads:
             raise ValueError(f"d_rnn={d_rnn} must be divisible by num_heads, got {num_heads}")
-        if not c > 0:
-            raise ValueError(f"c must be positive, got {c!r}")
-        self.d_rnn, self.num_heads, self.d_conv, self.c = d_rnn, num_heads, d_conv, float(c)
+        self.d_rnn, self.num_heads, self.d_conv = d_rnn, num_heads, d_conv
+        self.gate_scale = positive("gate_scale", gate_scale)
         self.in_proj = nn.Linear(d_model, 2 * d_rnn)  # gate branch, recurrent branch
-        bound = 1 / math.sqrt(d_conv)
-        self.conv_weight = nn.Parameter(torch.empty(d_rnn, d_conv).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.zeros(d_rnn))
+        self.conv = ShortConv(d_rnn, d_conv, silu=False, zero_bias=True)
         dh = d_rnn // num_heads
         self.gate_weight = nn.Parameter(torch.randn(2, num_heads, dh, dh) / math.sqrt(dh))  # W_a, W_x
         self.gate_bias = nn.Parameter(torch.zeros(2, d_rnn))
         a_c = torch.empty(d_rnn).uniform_(0.9, 0.999)      # a^c uniform in [0.9, 0.999]
-        a = a_c ** (1 / self.c)
+        a = a_c ** (1 / self.gate_scale)
         self.a_logit = nn.Parameter(torch.log(a) - torch.log1p(-a))  # Lambda, a = sigma(Lambda)
         self.out_proj = nn.Linear(d_rnn, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
-        return (torch.zeros(batch_size, self.d_conv - 1, self.d_rnn, device=device, dtype=sd),
+        return (self.conv.init_state(batch_size, device, sd),
                 torch.zeros(batch_size, self.d_rnn, device=device, dtype=sd))
 
     def rg_lru_coefficients(self, u):
@@ -74,36 +71,13 @@ class Hawk(RecurrentLayer):
         gates = torch.einsum("bthi,ghij->gbthj", heads, self.gate_weight).reshape(2, B, T, -1)
         cdt = compute_dtype(u)
         r, i = torch.sigmoid((gates + self.gate_bias.unsqueeze(1).unsqueeze(1)).to(cdt))
-        log_a = -self.c * F.softplus(-self.a_logit.to(cdt)) * r
+        log_a = -self.gate_scale * F.softplus(-self.a_logit.to(cdt)) * r
         multiplier = torch.sqrt((-torch.expm1(2 * log_a)).clamp_min(torch.finfo(cdt).tiny))
         return torch.exp(log_a), multiplier * i * u.to(cdt)
 
-    def _run(self, x, state, mode, lengths=None):
+    def _run(self, x, state, mode, mask=None):
         conv_state, h = state
         gate, u = self.in_proj(x).chunk(2, dim=-1)
-        u, conv_state = causal_conv1d(u, self.conv_weight, self.conv_bias, conv_state, lengths)
-        a, b = self.rg_lru_coefficients(u)
-        mask = None
-        if lengths is not None:  # padded steps are the identity: a = 1, b = 0
-            mask = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
-            a, b = torch.where(mask, a, 1.0), torch.where(mask, b, 0.0)
-        if mode == "scan":
-            hs, h = linear_scan(a, b, h)
-        else:
-            out = []
-            for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
-                h = a_t * h + b_t
-                out.append(h)
-            hs = torch.stack(out, 1)
-        y = self.out_proj(F.gelu(gate) * hs.to(x.dtype))
-        return (y if mask is None else y * mask.to(y.dtype)), (conv_state, h)
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, lengths)
-
-    def _step(self, x_t, state):
-        y, state = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], state
+        u, conv_state = self.conv(u, conv_state, mask)
+        hs, h = diagonal_recurrence(*self.rg_lru_coefficients(u), h, mode, mask)
+        return self.out_proj(F.gelu(gate) * hs.to(x.dtype)), (conv_state, h)

@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import MaskedRunLayer, diagonal_recurrence
-from rnnzoo.layers.base import compute_dtype, state_dtype
+from rnnzoo.checks import int_in
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.registry import register
 
 
 @register("hgrn", family="diagonal", paper="Qin et al. 2023, arXiv:2311.04823",
           tiny=dict(d_model=6, layer_idx=1, num_layers=3))
-class HGRN(MaskedRunLayer):
+class HGRN(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, expand * d_model)."""
 
     modes = ("sequential", "scan")
@@ -40,8 +41,7 @@ class HGRN(MaskedRunLayer):
         super().__init__(d_model)
         for name, v, lo in (("expand", expand, 1), ("num_layers", num_layers, 1),
                             ("layer_idx", layer_idx, 0)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+            int_in(name, v, lo)
         if layer_idx >= num_layers:
             raise ValueError(f"layer_idx must be < num_layers={num_layers}, got {layer_idx}")
         self.layer_idx, self.num_layers = layer_idx, num_layers
@@ -70,5 +70,4 @@ class HGRN(MaskedRunLayer):
         lam, keep_in, i, g = self.gates(x)
         a, b = lam, keep_in * i
         hs, h = diagonal_recurrence(a, b, state, mode, mask)
-        y = self.out_proj(self.norm(F.silu(g) * hs.to(x.dtype)))
-        return (y if mask is None else y * mask.to(y.dtype)), h
+        return self.out_proj(self.norm(F.silu(g) * hs.to(x.dtype))), h

@@ -10,7 +10,8 @@ elementwise product replaced by an outer product (state expansion, section 3):
 
 so it is gated linear attention with k = 1 - f and log decay log f. In a stack
 the lower bound beta grows with depth (HGRN); one layer takes it as `lower_bound`.
-`expand_ratio` is the key width per head (the state expansion). Modes: `recurrent`, `chunk`.
+`d_state` is the key width per head (the state expansion, the paper's expand ratio),
+as Mamba-2's d_state. Modes: `sequential`, `chunk`.
 """
 
 from __future__ import annotations
@@ -19,33 +20,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
 
 @register("hgrn2", family="matrix", paper="Qin et al. 2024, arXiv:2404.07904",
-          tiny=dict(d_model=8, num_heads=2, expand_ratio=4, chunk_size=4, subchunk_size=2,
+          tiny=dict(d_model=8, num_heads=2, d_state=4, chunk_size=4, subchunk_size=2,
                     lower_bound=0.3))
 class HGRN2(RecurrentLayer):
-    """x: (B, T, d_model) -> y; state S: (B, num_heads, expand_ratio, d_model // num_heads)."""
+    """x: (B, T, d_model) -> y; state S: (B, num_heads, d_state, d_model // num_heads)."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
-    def __init__(self, d_model: int, num_heads: int = 4, expand_ratio: int = 64,
+    def __init__(self, d_model: int, num_heads: int = 4, d_state: int = 64,
                  lower_bound: float = 0.0, chunk_size: int = 64, subchunk_size: int = 16):
         super().__init__(d_model)
-        for name, value in (("num_heads", num_heads), ("expand_ratio", expand_ratio),
+        for name, value in (("num_heads", num_heads), ("d_state", d_state),
                             ("chunk_size", chunk_size), ("subchunk_size", subchunk_size)):
             positive_int(name, value)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
         if not 0.0 <= lower_bound < 1.0:
             raise ValueError(f"lower_bound must lie in [0, 1), got {lower_bound!r}")
-        self.num_heads, self.key_dim, self.value_dim = num_heads, expand_ratio, d_model // num_heads
+        self.num_heads, self.key_dim, self.value_dim = num_heads, d_state, d_model // num_heads
         self.lower_bound, self.chunk_size, self.subchunk_size = lower_bound, chunk_size, subchunk_size
-        H, K = num_heads, expand_ratio
+        H, K = num_heads, d_state
         self.qf = nn.Linear(d_model, 2 * H * K, bias=False)
         self.i_proj = nn.Linear(d_model, d_model, bias=False)
         self.norm = HeadNorm(H, self.value_dim, kind="rms")
@@ -74,7 +77,3 @@ class HGRN2(RecurrentLayer):
         else:
             o, state = gated_linear_attention_recurrent(q, k, v, log_f, **kw)
         return self.out_proj(self.norm(o).reshape(B, T, H * V)), state
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

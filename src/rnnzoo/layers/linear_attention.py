@@ -7,7 +7,7 @@ Causal attention with the similarity phi(q)^T phi(k), phi(x) = elu(x) + 1 (eq. 7
 
 The normaliser z rides along as one more value column (v' = [v, 1]), so the state
 is one tensor (B, H, K, V + 1) = [S | z], and every mode is `gated_linear_attention`
-without decay: `recurrent` (the loop), `chunk`, `parallel` (the masked quadratic form).
+without decay: `sequential` (the loop), `chunk`, `parallel` (the masked quadratic form).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention,
     gated_linear_attention_parallel,
@@ -31,7 +32,7 @@ from rnnzoo.registry import register
 class LinearAttention(RecurrentLayer):
     """x: (B, T, d_model) -> y; state [S | z]: (B, num_heads, head_dim, head_dim + 1)."""
 
-    modes = ("recurrent", "chunk", "parallel")
+    modes = ("sequential", "chunk", "parallel")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  chunk_size: int = 64, eps: float = 1e-6):
@@ -62,7 +63,3 @@ class LinearAttention(RecurrentLayer):
             o, state = gated_linear_attention_recurrent(q, k, v, scale=1.0, initial_state=state)
         o = o[..., :-1] / (o[..., -1:] + self.eps)
         return self.out_proj(o.reshape(B, T, -1)), state
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

@@ -19,14 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import MaskedRunLayer, diagonal_recurrence
-from rnnzoo.layers.base import compute_dtype, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.registry import register
 
 
 @register("lru", family="diagonal", paper="Orvieto et al. 2023, arXiv:2303.06349",
           tiny=dict(d_model=4, d_state=6))
-class LRU(MaskedRunLayer):
+class LRU(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_state) complex."""
 
     modes = ("sequential", "scan")
@@ -34,9 +35,7 @@ class LRU(MaskedRunLayer):
     def __init__(self, d_model: int, d_state: int | None = None, r_min: float = 0.9,
                  r_max: float = 0.999, max_phase: float = 2 * math.pi):
         super().__init__(d_model)
-        d_state = d_model if d_state is None else d_state
-        if not isinstance(d_state, int) or isinstance(d_state, bool) or d_state < 1:
-            raise ValueError(f"d_state must be a positive int, got {d_state!r}")
+        d_state = positive_int("d_state", d_model if d_state is None else d_state)
         if not 0 <= r_min < r_max <= 1:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         if not 0 < max_phase <= 2 * math.pi:
@@ -78,5 +77,4 @@ class LRU(MaskedRunLayer):
         lam, b = self._coefficients(x)
         a = lam.view(1, 1, -1)
         hs, h = diagonal_recurrence(a, b, state, mode, mask)
-        y = self._readout(hs, x)
-        return (y if mask is None else y * mask.to(y.dtype)), h
+        return self._readout(hs, x), h

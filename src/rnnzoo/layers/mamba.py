@@ -6,6 +6,9 @@
     h_t    = exp(delta_t A) * h_{t-1} + delta_t B_t u_t            A = -exp(A_log): (d_inner, d_state)
     y_t    = (C_t . h_t + D u_t) * silu(z_t),   out = W_out y_t
 
+`d_conv` is mamba_ssm's name for the width of the short convolution (`layers.conv`);
+every layer with one takes it under that name.
+
 With `allow_neg_eigval` the transition becomes 2 exp(delta A) - 1, in (-1, 1)
 instead of (0, 1) (Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs
 Through Negative Eigenvalues", arXiv:2411.12537): a channel can then flip the
@@ -26,16 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._conv import causal_conv1d
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.checks import flag, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer
+from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
-
-
-def _positive_int(name, v):
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 def transition(delta: torch.Tensor, A: torch.Tensor, allow_neg_eigval: bool = False) -> torch.Tensor:
@@ -130,7 +129,7 @@ class _SelectiveScan(torch.autograd.Function):
 
 @register("mamba", family="diagonal", paper="Gu & Dao 2023, arXiv:2312.00752",
           tiny=dict(d_model=4, d_state=2, d_conv=3, expand=1, dt_rank=1, chunk_size=4))
-class Mamba(RecurrentLayer):
+class Mamba(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (conv_state, ssm_state)."""
 
     modes = ("sequential", "scan")
@@ -139,24 +138,21 @@ class Mamba(RecurrentLayer):
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
                  allow_neg_eigval: bool = False, chunk_size: int = 16):
         super().__init__(d_model)
-        self.d_state = _positive_int("d_state", d_state)
-        self.d_conv = _positive_int("d_conv", d_conv)
-        self.expand = _positive_int("expand", expand)
-        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.d_state = positive_int("d_state", d_state)
+        self.d_conv = positive_int("d_conv", d_conv)
+        self.expand = positive_int("expand", expand)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        self.dt_rank = _positive_int("dt_rank ('auto' or)", dt_rank)
-        if not isinstance(allow_neg_eigval, bool):
-            raise TypeError(f"allow_neg_eigval must be a bool, got {allow_neg_eigval!r}")
+        self.dt_rank = positive_int("dt_rank ('auto' or)", dt_rank)
+        flag("allow_neg_eigval", allow_neg_eigval)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.allow_neg_eigval = allow_neg_eigval
         d_inner = self.d_inner = expand * d_model
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        bound = 1 / math.sqrt(d_conv)
-        self.conv_weight = nn.Parameter(torch.empty(d_inner, d_conv).uniform_(-bound, bound))
-        self.conv_bias = nn.Parameter(torch.empty(d_inner).uniform_(-bound, bound))
+        self.conv = ShortConv(d_inner, d_conv)
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner)
         with torch.no_grad():  # as mamba_simple.py: delta at init log-uniform in [dt_min, dt_max]
@@ -170,39 +166,25 @@ class Mamba(RecurrentLayer):
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
-        return (torch.zeros(batch_size, self.d_conv - 1, self.d_inner, device=device, dtype=sd),
+        return (self.conv.init_state(batch_size, device, sd),
                 torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=sd))
 
-    def ssm_inputs(self, x, conv_state, lengths=None):
-        """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype."""
+    def ssm_inputs(self, x, conv_state, mask=None):
+        """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype.
+        mask: (B, T, 1) bool, the valid steps, or None."""
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
-        x_conv, conv_state = causal_conv1d(x_in, self.conv_weight, self.conv_bias, conv_state,
-                                           lengths)
-        u = F.silu(x_conv)
+        u, conv_state = self.conv(x_in, conv_state, mask)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))
         cdt = compute_dtype(x)
         A = -torch.exp(self.A_log.to(cdt))
         return u.to(cdt), delta.to(cdt), A, B.to(cdt), C.to(cdt), z, conv_state
 
-    def _run(self, x, state, mode, lengths=None):
+    def _run(self, x, state, mode, mask=None):
         conv_state, h0 = state
-        u, delta, A, B, C, z, conv_state = self.ssm_inputs(x, conv_state, lengths)
-        if lengths is not None:  # delta = 0 makes a padded step the identity: a = 1, b = 0
-            delta = delta * valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+        u, delta, A, B, C, z, conv_state = self.ssm_inputs(x, conv_state, mask)
+        if mask is not None:  # delta = 0 makes a padded step the identity: a = 1, b = 0
+            delta = delta * mask
         y, h = selective_scan(u, delta, A, B, C, self.D.to(u.dtype), h0, mode=mode,
                               allow_neg_eigval=self.allow_neg_eigval, chunk_size=self.chunk_size)
-        y = self.out_proj((y * F.silu(z.to(y.dtype))).to(x.dtype))
-        if lengths is not None:
-            y = y * valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(y.dtype)
-        return y, (conv_state, h)
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, lengths)
-
-    def _step(self, x_t, state):
-        y, state = self._run(x_t.unsqueeze(1), state, "sequential")
-        return y[:, 0], state
+        return self.out_proj((y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)

@@ -7,7 +7,7 @@ A scalar decay per head and per step, inputs B_t, C_t shared by all heads (one g
     y_t = S_t^T C_t + D x_t,   out = RMSNorm(y * silu(z)) W_out              (gated RMSNorm)
 
 i.e. gated linear attention with q = C, k = B, v = dt x and log decay dt A. Modes:
-`recurrent`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
+`sequential`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
 "attention" form of the semiseparable matrix). The state is (S, conv state).
 """
 
@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import ShortConv, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention,
     gated_linear_attention_parallel,
@@ -30,19 +32,19 @@ from rnnzoo.registry import register
 
 
 @register("mamba2", family="matrix", paper="Dao & Gu 2024, arXiv:2405.21060",
-          tiny=dict(d_model=4, d_state=2, head_dim=4, conv_size=3, chunk_size=4))
+          tiny=dict(d_model=4, d_state=2, head_dim=4, d_conv=3, chunk_size=4))
 class Mamba2(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S: (B, H, d_state, head_dim),
-    conv: (B, expand * d_model + 2 d_state, conv_size - 1)), H = expand * d_model / head_dim."""
+    conv: (B, d_conv - 1, expand * d_model + 2 d_state)), H = expand * d_model / head_dim."""
 
-    modes = ("recurrent", "chunk", "parallel")
+    modes = ("sequential", "chunk", "parallel")
 
     def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
-                 conv_size: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
+                 d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
                  dt_max: float = 0.1):
         super().__init__(d_model)
         for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
-                            ("conv_size", conv_size), ("chunk_size", chunk_size)):
+                            ("d_conv", d_conv), ("chunk_size", chunk_size)):
             positive_int(name, value)
         d_inner = expand * d_model
         if d_inner % head_dim:
@@ -52,7 +54,7 @@ class Mamba2(RecurrentLayer):
         self.num_heads, self.chunk_size = d_inner // head_dim, chunk_size
         H = self.num_heads
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + H, bias=False)
-        self.conv = ShortConv(d_inner + 2 * d_state, conv_size)
+        self.conv = ShortConv(d_inner + 2 * d_state, d_conv)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
@@ -87,7 +89,3 @@ class Mamba2(RecurrentLayer):
         y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
         y = F.rms_norm(y * F.silu(z), (self.d_inner,), eps=1e-5) * self.norm_weight
         return self.out_proj(y), (S, conv_state)
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

@@ -14,23 +14,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.layers._diagonal import diagonal_recurrence
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.registry import register
 
 
 @register("mingru", family="diagonal", paper="Feng et al. 2024, arXiv:2410.01201",
           tiny=dict(d_model=6, expand=2))
-class MinGRU(RecurrentLayer):
+class MinGRU(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, expand * d_model)."""
 
     modes = ("sequential", "scan")
 
     def __init__(self, d_model: int, expand: int = 1):
         super().__init__(d_model)
-        if not isinstance(expand, int) or expand < 1:
-            raise ValueError(f"expand must be a positive int, got {expand!r}")
-        self.hidden_size = expand * d_model
+        self.hidden_size = positive_int("expand", expand) * d_model
         self.in_proj = nn.Linear(d_model, 2 * self.hidden_size)
         self.out_proj = nn.Linear(self.hidden_size, d_model) if expand != 1 else nn.Identity()
 
@@ -43,16 +42,6 @@ class MinGRU(RecurrentLayer):
         z = torch.sigmoid(gate)
         return 1 - z, z * cand
 
-    def _forward(self, x, state, mode):
-        hs, h = diagonal_recurrence(*self._coefficients(x), state, mode)
+    def _run(self, x, state, mode, mask=None):
+        hs, h = diagonal_recurrence(*self._coefficients(x), state, mode, mask)
         return self.out_proj(hs.to(x.dtype)), h
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        m = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
-        hs, h = diagonal_recurrence(*self._coefficients(x), state, mode, m)
-        return self.out_proj(hs.to(x.dtype)) * m.to(x.dtype), h
-
-    def _step(self, x_t, state):
-        a, b = self._coefficients(x_t)
-        h = a * state + b
-        return self.out_proj(h.to(x_t.dtype)), h

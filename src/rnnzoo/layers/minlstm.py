@@ -17,23 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import MaskedRunLayer, diagonal_recurrence
-from rnnzoo.layers.base import compute_dtype, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.registry import register
 
 
 @register("minlstm", family="diagonal", paper="Feng et al. 2024, arXiv:2410.01201",
           tiny=dict(d_model=6, expand=2))
-class MinLSTM(MaskedRunLayer):
+class MinLSTM(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, expand * d_model)."""
 
     modes = ("sequential", "scan")
 
     def __init__(self, d_model: int, expand: int = 1):
         super().__init__(d_model)
-        if not isinstance(expand, int) or isinstance(expand, bool) or expand < 1:
-            raise ValueError(f"expand must be a positive int, got {expand!r}")
-        self.hidden_size = expand * d_model
+        self.hidden_size = positive_int("expand", expand) * d_model
         self.in_proj = nn.Linear(d_model, 3 * self.hidden_size)
         self.out_proj = nn.Linear(self.hidden_size, d_model) if expand != 1 else nn.Identity()
 
@@ -51,5 +50,4 @@ class MinLSTM(MaskedRunLayer):
         f, i, cand = self.gates(x)
         a, b = f, i * cand
         hs, h = diagonal_recurrence(a, b, state, mode, mask)
-        y = self.out_proj(hs.to(x.dtype))
-        return (y if mask is None else y * mask.to(y.dtype)), h
+        return self.out_proj(hs.to(x.dtype)), h

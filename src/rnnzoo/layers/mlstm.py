@@ -11,12 +11,12 @@ normaliser state n and a max-stabiliser m:
 (figure 10, the pre-up-projection block without its pre-norm and residual, which
 belong to the stack):
 
-    [x_m, z] = x W_up                                 (proj_factor 2)
+    [x_m, z] = x W_up                                 (expand 2)
     x_c = swish(causal_conv4(x_m));  q, k = blockdiag(x_c);  v = blockdiag(x_m)
     [i~, f~] = [q, k, v] W_gates + b;  h = GroupNorm_h(mLSTM(q, k, v, i~, f~)) + skip * x_c
     y = (h * swish(z)) W_down
 
-State: (C, n, m, conv state). Modes: `recurrent`, `chunk`.
+State: (C, n, m, conv state). Modes: `sequential`, `chunk`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, ShortConv, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
 from rnnzoo.registry import register
 
@@ -48,30 +51,30 @@ class BlockDiagonalLinear(nn.Module):
 
 
 @register("mlstm", family="matrix", paper="Beck et al. 2024, arXiv:2405.04517",
-          tiny=dict(d_model=4, num_heads=2, qkv_blocksize=2, conv_size=3, chunk_size=4))
+          tiny=dict(d_model=4, num_heads=2, qkv_blocksize=2, d_conv=3, chunk_size=4))
 class MLSTM(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (C: (B, H, D, D), n: (B, H, D), m: (B, H),
-    conv: (B, proj_factor * d_model, conv_size - 1)), D = proj_factor * d_model / H."""
+    conv: (B, d_conv - 1, expand * d_model)), D = expand * d_model / H."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
-    def __init__(self, d_model: int, num_heads: int = 4, proj_factor: int = 2,
-                 qkv_blocksize: int = 4, conv_size: int = 4, forget_gate: str = "sigmoid",
+    def __init__(self, d_model: int, num_heads: int = 4, expand: int = 2,
+                 qkv_blocksize: int = 4, d_conv: int = 4, forget_gate: str = "sigmoid",
                  chunk_size: int = 64):
         super().__init__(d_model)
-        for name, value in (("num_heads", num_heads), ("proj_factor", proj_factor),
+        for name, value in (("num_heads", num_heads), ("expand", expand),
                             ("qkv_blocksize", qkv_blocksize), ("chunk_size", chunk_size)):
             positive_int(name, value)
         if forget_gate not in ("sigmoid", "exp"):
             raise ValueError(f"forget_gate must be 'sigmoid' or 'exp', got {forget_gate!r}")
-        inner = proj_factor * d_model
+        inner = expand * d_model
         if inner % num_heads:
-            raise ValueError(f"proj_factor * d_model = {inner} must be a multiple of num_heads, "
+            raise ValueError(f"expand * d_model = {inner} must be a multiple of num_heads, "
                              f"got num_heads={num_heads}")
         self.inner, self.num_heads, self.head_dim = inner, num_heads, inner // num_heads
         self.forget_gate, self.chunk_size = forget_gate, chunk_size
         self.up_proj = nn.Linear(d_model, 2 * inner, bias=False)
-        self.conv = ShortConv(inner, conv_size)
+        self.conv = ShortConv(inner, d_conv)
         self.q, self.k, self.v = (BlockDiagonalLinear(inner, qkv_blocksize) for _ in range(3))
         self.gates = nn.Linear(3 * inner, 2 * num_heads)
         with torch.no_grad():  # xLSTM's init: forget biases 3..6 (long memory), small input gates
@@ -104,7 +107,3 @@ class MLSTM(RecurrentLayer):
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
         h = self.norm(h).reshape(B, T, self.inner) + self.skip * x_c
         return self.down_proj(h * F.silu(z)), (*cell_state, conv_state)
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

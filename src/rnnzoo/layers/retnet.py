@@ -11,7 +11,7 @@ torchscale code, 1 / 10000^linspace(0, 1, d_k / 2) on pairs of channels):
 
 The value width is twice the key width per head (the paper's d_v = 2 d). The state is
 (S, n): the matrix state and the position of the next token (float, exact below 2^24).
-Modes: `recurrent`, `chunk` (chunkwise retention, eq. 7), `parallel`.
+Modes: `sequential`, `chunk` (chunkwise retention, eq. 7), `parallel`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import rotate
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention,
     gated_linear_attention_parallel,
@@ -37,15 +40,9 @@ def retention_decays(num_heads: int) -> torch.Tensor:
     return 1 - 2.0 ** (-5 - torch.arange(num_heads, dtype=torch.float64))
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, K) times e^{i n theta} on channel pairs (2j, 2j + 1); positions: (B, T)."""
-    K = x.shape[-1]
-    theta = 1.0 / 10000 ** torch.linspace(0, 1, K // 2, dtype=positions.dtype,
-                                          device=x.device)
-    angle = (positions[..., None] * theta).repeat_interleave(2, -1)[:, :, None]  # (B, T, 1, K)
-    pairs = x.unflatten(-1, (K // 2, 2))
-    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
-    return x * angle.cos().to(x.dtype) + swapped * angle.sin().to(x.dtype)
+def retnet_theta(head_dim: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """theta_j = 1 / 10000^(j / (head_dim/2 - 1)), j < head_dim / 2 (torchscale's spacing)."""
+    return 1.0 / 10000 ** torch.linspace(0, 1, head_dim // 2, dtype=dtype, device=device)
 
 
 @register("retnet", family="matrix", paper="Sun et al. 2023, arXiv:2307.08621",
@@ -54,7 +51,7 @@ class RetNet(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S: (B, num_heads, head_dim, expand_v * head_dim),
     position: (B,))."""
 
-    modes = ("recurrent", "chunk", "parallel")
+    modes = ("sequential", "chunk", "parallel")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 2, chunk_size: int = 64):
@@ -88,7 +85,8 @@ class RetNet(RecurrentLayer):
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
-        q, k = rotate(q, positions), rotate(k, positions)
+        theta = retnet_theta(K, positions.dtype, x.device)
+        q, k = rotate(q, positions, theta), rotate(k, positions, theta)
         v = self.v(x).view(B, T, H, V)
         g = self.log_gamma.to(state.dtype).expand(B, T, H)
         kw = dict(scale=1 / math.sqrt(K), initial_state=state)
@@ -100,7 +98,3 @@ class RetNet(RecurrentLayer):
             o, state = gated_linear_attention_recurrent(q, k, v, g, **kw)
         y = F.silu(self.gate(x)) * self.norm(o).reshape(B, T, H * V)
         return self.out_proj(y), (state, position + T)
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

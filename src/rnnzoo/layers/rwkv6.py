@@ -11,7 +11,7 @@ Data-dependent token shift (ddlerp) and a data-dependent decay per key channel:
     y_t = (GroupNorm_h(wkv_t) * g_t) W_o
 
 The wkv recurrence is gated linear attention with log decay -exp(.) and the bonus u.
-State: (S: (B, H, K, K), the last input x_{T-1}: (B, d_model)). Modes: `recurrent`, `chunk`.
+State: (S: (B, H, K, K), the last input x_{T-1}: (B, d_model)). Modes: `sequential`, `chunk`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._shortconv_linear import HeadNorm, positive_int
-from rnnzoo.layers.base import RecurrentLayer, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -32,7 +34,7 @@ from rnnzoo.registry import register
 class RWKV6(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S: (B, H, head_dim, head_dim), x_last: (B, d_model))."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, head_dim: int = 64, mix_rank: int = 32,
                  decay_rank: int = 64, chunk_size: int = 64, subchunk_size: int = 16):
@@ -87,7 +89,3 @@ class RWKV6(RecurrentLayer):
             o, S = gated_linear_attention_recurrent(r, k, v, log_w, **kw)
         y = self.out_proj(self.norm(o).reshape(B, T, d) * g)
         return y, (S, x[:, -1].to(S.dtype))
-
-    def _step(self, x_t, state):
-        y, state = self._forward(x_t[:, None], state, "recurrent")
-        return y[:, 0], state

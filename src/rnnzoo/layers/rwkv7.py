@@ -14,7 +14,7 @@ token shift x' = x_{t-1} - x_t and one learned mix per branch (x_* = x + mu_* o 
 
 This is the first layer of a stack, so the value residual of later layers (v mixed with
 layer 0's v) does not apply. The layer state is (S (B, H, K, K), x_{t-1} (B, d_model)).
-Modes: `recurrent` (the loop), `chunk` (ops.chunk.delta.rwkv7, with a = -kappa, b = kappa o a).
+Modes: `sequential` (the loop), `chunk` (ops.chunk.delta.rwkv7, with a = -kappa, b = kappa o a).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._delta_block import _positive_int
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
 from rnnzoo.registry import register
 
@@ -34,21 +35,21 @@ _MIXES = ("r", "w", "k", "v", "a", "g")
 
 
 @register("rwkv7", family="matrix", paper="Peng et al. 2025, arXiv:2503.14456",
-          tiny=dict(d_model=6, num_heads=2, lora_dim=2, chunk_size=4))
+          tiny=dict(d_model=6, num_heads=2, low_rank=2, chunk_size=4))
 class RWKV7(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S (B, H, K, K), previous token (B, d_model)). Options:
-    num_heads, head_dim (default d_model // num_heads), lora_dim (the low-rank width of the
+    num_heads, head_dim (default d_model // num_heads), low_rank (the low-rank width of the
     decay, learning-rate and gate maps), chunk_size."""
 
-    modes = ("recurrent", "chunk")
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 lora_dim: int = 32, chunk_size: int = 32):
+                 low_rank: int = 32, chunk_size: int = 32):
         super().__init__(d_model)
-        H = _positive_int("num_heads", num_heads)
-        K = _positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        R = _positive_int("lora_dim", lora_dim)
-        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        R = positive_int("low_rank", low_rank)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim = H, K
         D = H * K
         ramp = torch.arange(d_model) / d_model

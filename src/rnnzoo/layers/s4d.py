@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers.base import RecurrentLayer, compute_dtype, state_dtype, valid_mask
+from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -46,7 +48,7 @@ def s4d_imag_init(d_state: int, init: str) -> torch.Tensor:
 
 @register("s4d", family="diagonal", paper="Gu et al. 2022, arXiv:2206.11893",
           tiny=dict(d_model=2, d_state=4, chunk_size=4))
-class S4D(RecurrentLayer):
+class S4D(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_model, d_state // 2) complex."""
 
     modes = ("sequential", "scan", "conv")
@@ -58,9 +60,8 @@ class S4D(RecurrentLayer):
             raise ValueError(f"d_state must be a positive even int (conjugate pairs), got {d_state!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        self.d_state, self.init, self.chunk_size = d_state, init, chunk_size
+        self.d_state, self.init = d_state, init
+        self.chunk_size = positive_int("chunk_size", chunk_size)
         H, N2 = d_model, d_state // 2
         self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min))
                                    + math.log(dt_min))
@@ -87,15 +88,15 @@ class S4D(RecurrentLayer):
         vandermonde = torch.exp(dtA.unsqueeze(-1) * torch.arange(T, dtype=dtype))  # (H, N2, T)
         return 2 * torch.einsum("hn,hnl->hl", C * B_bar, vandermonde).real
 
-    def ssm(self, x, h0, mode, lengths=None):
-        """s = the SSM's output (B, T, d_model) in the compute dtype, and the final state."""
+    def ssm(self, x, h0, mode, mask=None):
+        """s = the SSM's output (B, T, d_model) in the compute dtype, and the final state.
+        mask: (B, T, 1) bool, the valid steps of right-padded sequences, or None."""
         cdt = compute_dtype(x)
         u = x.to(cdt)
-        mask = None if lengths is None else valid_mask(lengths, x.shape[1]).unsqueeze(-1)
         if mask is not None:
             u = u * mask
         if mode == "conv":
-            s, h = self._conv(u, h0, lengths)
+            s, h = self._conv(u, h0, None if mask is None else mask.flatten(1).sum(1))
             return s + self.D.to(cdt) * u, h
         A_bar, B_bar, _, C = self.discretize(cdt)
         # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
@@ -146,17 +147,9 @@ class S4D(RecurrentLayer):
     def _out(self, s, x):
         return F.glu(self.out_proj(F.gelu(s).to(x.dtype)), dim=-1)
 
-    def _forward(self, x, state, mode):
-        s, h = self.ssm(x, state, mode)
+    def _run(self, x, state, mode, mask=None):
+        s, h = self.ssm(x, state, mode, mask)
         return self._out(s, x), h
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        s, h = self.ssm(x, state, mode, lengths)
-        return self._out(s, x) * valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype), h
 
     def auto_mode(self, x):
         return "conv"
-
-    def _step(self, x_t, state):
-        s, h = self.ssm(x_t.unsqueeze(1), state, "sequential")
-        return self._out(s, x_t.unsqueeze(1))[:, 0], h

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.layers._diagonal import MaskedRunLayer
-from rnnzoo.layers.base import compute_dtype, state_dtype
-from rnnzoo.ops.scan import linear_scan, sequential_scan
+from rnnzoo.checks import flag, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.registry import register
 
 
@@ -56,7 +56,7 @@ def hippo_n_eig(N: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register("s5", family="diagonal", paper="Smith et al. 2023, arXiv:2208.04933",
           tiny=dict(d_model=3, d_state=4, blocks=2))
-class S5(MaskedRunLayer):
+class S5(DiagonalLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state h: (B, d_state) complex."""
 
     modes = ("sequential", "scan")
@@ -65,12 +65,10 @@ class S5(MaskedRunLayer):
                  bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 0.1):
         super().__init__(d_model)
         for name, v in (("d_state", d_state), ("blocks", blocks)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            positive_int(name, v)
         if d_state % blocks:
             raise ValueError(f"d_state={d_state} must be divisible by blocks, got {blocks}")
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
+        flag("bidirectional", bidirectional)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.blocks, self.bidirectional = d_state, blocks, bidirectional
@@ -100,9 +98,6 @@ class S5(MaskedRunLayer):
         B = torch.view_as_complex(self.B.to(dtype).contiguous())
         return lam_bar, ((lam_bar - 1) / Lambda).unsqueeze(-1) * B
 
-    def _scan(self, a, b, h0, mode, reverse):
-        return (linear_scan if mode == "scan" else sequential_scan)(a, b, h0, reverse=reverse)
-
     def ssm(self, x, state, mode, mask=None):
         """s = 2 Re(C h) (+ the backward direction) + D u: (B, T, d_model), and the final h."""
         cdt = compute_dtype(x)
@@ -110,14 +105,12 @@ class S5(MaskedRunLayer):
         lam_bar, B_bar = self.discretize(cdt)
         b = torch.complex(F.linear(u, B_bar.real), F.linear(u, B_bar.imag))   # (B, T, P)
         a = lam_bar.view(1, 1, -1)
-        if mask is not None:  # padded steps are the identity in both directions
-            a = torch.where(mask, a, torch.ones_like(a))
-            b = torch.where(mask, b, torch.zeros_like(b))
         C = torch.view_as_complex(self.C.to(cdt).contiguous())
-        hs, h = self._scan(a, b, state, mode, reverse=False)
+        # padded steps are the identity in both directions
+        hs, h = diagonal_recurrence(a, b, state, mode, mask)
         s = 2 * (hs @ C[0].T).real
         if self.bidirectional:
-            gs, _ = self._scan(a, b, torch.zeros_like(state), mode, reverse=True)
+            gs, _ = diagonal_recurrence(a, b, torch.zeros_like(state), mode, mask, reverse=True)
             s = s + 2 * (gs @ C[1].T).real
         return s + self.D.to(cdt) * u, h
 
@@ -125,8 +118,7 @@ class S5(MaskedRunLayer):
         # masked in both directions, so lengths are exact for the bidirectional layer too
         s, h = self.ssm(x, state, mode, mask)
         g = F.gelu(s).to(x.dtype)
-        y = g * torch.sigmoid(self.gate(g))
-        return (y if mask is None else y * mask.to(y.dtype)), h
+        return g * torch.sigmoid(self.gate(g)), h
 
     def _step(self, x_t, state):
         if self.bidirectional:

@@ -1,19 +1,20 @@
-"""Block-diagonal and small dense linear recurrences, and block-tridiagonal solves.
+"""Block-diagonal and small dense linear recurrences, and block-tridiagonal solves
+(the linear solvers of `ops.newton`).
 
-`block_linear_scan` is the sibling of `ops.scan.linear_scan` for transition
-matrices instead of diagonals:
+`block_linear_scan` solves, for transition matrices instead of diagonals,
 
     h_t = A_t h_{t-1} + b_t,   A_t: (..., k, k),  b_t: (..., k)
 
 over any number of independent blocks (m blocks of size k: a block-diagonal
-transition; m = 1: a dense one). It uses the same odd-even reduction (a
-work-efficient Blelloch-style tree, ~log2(T) levels, about 2x the sequential
-work, never Hillis-Steele): neighbouring steps are combined as
+transition; m = 1: a dense one), by odd-even reduction: neighbouring steps are
+combined as
 
     (A1, b1) o (A0, b0) = (A1 A0, A1 b0 + b1),
 
-the half-length sequence is scanned recursively and the other half filled in
-with one more step. The work is O(T k^3) per block for the matrix products.
+the half-length sequence is solved recursively and the other half filled in with
+one more step (a work-efficient tree of ~log2(T) levels, about 2x the sequential
+work). Each combine is a k x k matrix product, O(T k^3) work per block in all.
+(`ops.scan.linear_scan`, for diagonal transitions, uses a chunked scan instead.)
 
 `block_tridiagonal_solve` solves a block-tridiagonal system by cyclic reduction
 (the same odd-even tree): ELK's Levenberg-Marquardt step needs it.
@@ -45,17 +46,6 @@ def block_linear_scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None 
         b[:, 0] = b[:, 0] + _matvec(A[:, 0], h0)
     h = _tree(A, b)
     return h.flip(1) if reverse else h
-
-
-def sequential_block_scan(A, b, h0=None, *, reverse=False):
-    """The reference loop for `block_linear_scan` (same arguments and result)."""
-    A_t, b_t = A.unbind(1), b.unbind(1)
-    h = torch.zeros_like(b_t[0]) if h0 is None else h0
-    out = [None] * len(b_t)
-    for t in (range(len(b_t) - 1, -1, -1) if reverse else range(len(b_t))):
-        h = _matvec(A_t[t], h) + b_t[t]
-        out[t] = h
-    return torch.stack(out, 1)
 
 
 def _matvec(A, v):

@@ -67,6 +67,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from rnnzoo.checks import choice, int_in, positive
 from rnnzoo.ops.block_scan import block_linear_scan, block_tridiagonal_solve
 from rnnzoo.ops.scan import linear_scan
 
@@ -400,18 +401,16 @@ def parallel_rnn(cell, x: torch.Tensor, h0=None, *, method: str = "auto",
     Returns (trajectory, info): the state tuple over time, tensors (B, T, n_i), and a
     `SolveInfo`. Differentiable in x, h0 and the parameters (adjoint backward).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    choice("method", method, METHODS)
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] == 0:
         raise ValueError(f"x must be a (batch, time, input_size) tensor with time >= 1, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if fallback not in ("sequential", None):
-        raise ValueError(f"fallback must be 'sequential' or None, got {fallback!r}")
+    choice("fallback", fallback, ("sequential", None))
     if damping is not None and method != "elk":
         raise ValueError(f"damping is ELK's Levenberg-Marquardt strength; it needs "
                          f"method='elk', got method={method!r}")
-    if damping is not None and not damping > 0:
-        raise ValueError(f"damping must be a positive float, got {damping!r}")
+    if damping is not None:
+        positive("damping", damping)
     method = "newton" if method == "auto" else method
     c = _Cell(cell, params)
     B, T = x.shape[:2]
@@ -430,8 +429,7 @@ def parallel_rnn(cell, x: torch.Tensor, h0=None, *, method: str = "auto",
                 max_iter=(100 if method == "elk" else min(T + 1, 100)) if max_iter is None
                 else max_iter,
                 damping=1.0 if damping is None else damping, init=init, fallback=fallback)
-    if not isinstance(opts["max_iter"], int) or opts["max_iter"] < 0:
-        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    int_in("max_iter", opts["max_iter"], 0)
     info = SolveInfo(method)
     h0 = h0.to(xp.dtype)
     if method == "sequential":

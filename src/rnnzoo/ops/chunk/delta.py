@@ -54,6 +54,9 @@ from __future__ import annotations
 
 import torch
 
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype
+
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
            "rwkv7", "rwkv7_recurrent", "rwkv7_step"]
@@ -78,10 +81,6 @@ def _check(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None,
     if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
         raise ValueError(f"{op}: initial_state must have shape {(B, H, K, V)}, "
                          f"got {tuple(initial_state.shape)}")
-
-
-def _dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 def _initial(initial_state, B, H, K, V, dtype, device):
@@ -112,7 +111,7 @@ def delta_rule_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=Non
     V = v.shape[-1]
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
                                  g=(g, (B, T, H))), initial_state, V)
-    dt = _dtype(q)
+    dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     gs = g.to(dt).unbind(1) if g is not None else [None] * T
@@ -136,9 +135,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     V = v.shape[-1]
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
                                  g=(g, (B, T, H))), initial_state, V)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"delta_rule: chunk_size must be a positive int, got {chunk_size!r}")
-    dt = _dtype(q)
+    positive_int("delta_rule: chunk_size", chunk_size)
+    dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
@@ -246,7 +244,7 @@ def delta_product_recurrent(q, k, v, beta, g=None, *, scale=None, initial_state=
     _check_product(q, k, v, beta, g, initial_state)
     B, T, n_h, H, K = k.shape
     V = v.shape[-1]
-    dt = _dtype(q)
+    dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     gs = g.to(dt).unbind(1) if g is not None else [None] * T
@@ -297,7 +295,7 @@ def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    dt = _dtype(r)
+    dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out = []
     for args in zip(*(t.to(dt).unbind(1) for t in (r, w, k, v, a, b))):
@@ -315,11 +313,10 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     The chunk is halved while half a chunk's cumulative decay could overflow its factors.
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"rwkv7: chunk_size must be a positive int, got {chunk_size!r}")
+    positive_int("rwkv7: chunk_size", chunk_size)
     B, T, H, K = r.shape
     V = v.shape[-1]
-    dt = _dtype(r)
+    dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     C = min(chunk_size, T)
     steepest = float(-w.detach().min().clamp(max=0))

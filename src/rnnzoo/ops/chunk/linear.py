@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import torch
 
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype
+
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
     "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent",
 ]
-
-
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _check(q, k, v, g, initial_state, bonus):
@@ -71,7 +70,7 @@ def _check(q, k, v, g, initial_state, bonus):
 
 def _prepare(q, k, v, g, scale, initial_state):
     B, T, H, K = q.shape
-    dt = _acc_dtype(q)
+    dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     q, k, v = q.to(dt) * scale, k.to(dt), v.to(dt)
     g = torch.zeros(B, T, H, dtype=dt, device=q.device) if g is None else g.to(dt)
@@ -168,8 +167,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
     """
     _check(q, k, v, log_decay, initial_state, bonus)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
@@ -232,7 +230,7 @@ def _mlstm_check(q, k, v, log_i, log_f, initial_state):
 
 def _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state):
     B, T, H, K = q.shape
-    dt = _acc_dtype(q)
+    dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     q, k, v, log_i, log_f = q.to(dt) * scale, k.to(dt), v.to(dt), log_i.to(dt), log_f.to(dt)
     if initial_state is None:
@@ -273,8 +271,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     with the same m as the loop. States at chunk ends follow a loop over chunks.
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    positive_int("chunk_size", chunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,

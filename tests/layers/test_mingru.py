@@ -1,4 +1,4 @@
-"""Paper facts for the foundation's layers (the LSTM's are in tests/cells/test_std_lstm.py)."""
+"""minGRU (Feng et al. 2024): the closed form of its recurrence."""
 
 import torch
 

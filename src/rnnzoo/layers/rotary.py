@@ -1,0 +1,37 @@
+"""Rotary position embedding (Su et al. 2021, "RoFormer", arXiv:2104.09864).
+
+Channel pair j of a query or key at position n turns by the angle n theta_j:
+
+    (x_a, x_b) -> (x_a cos(n theta_j) - x_b sin(n theta_j),  x_a sin(n theta_j) + x_b cos(n theta_j))
+
+Two pairings are in use: "adjacent" pairs channels (2j, 2j + 1), as RetNet's xPos /
+torchscale code does; "halves" pairs (j, j + K/2), as GPT-NeoX and LLaMA do. The
+frequencies theta (K/2,) are the caller's: RetNet spaces them as 1 / 10000^linspace(0, 1),
+the attention layer as base^(-j / (K/2)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnzoo.checks import choice
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor,
+           pairs: str = "adjacent") -> torch.Tensor:
+    """x: (B, T, H, K) rotated by positions (B, T) times theta (K/2,); same shape and dtype.
+
+    The angles are computed in positions' dtype (theta is cast to it), then cast to x's.
+    """
+    choice("pairs", pairs, ("adjacent", "halves"))
+    angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
+    if pairs == "adjacent":
+        angle = angle.repeat_interleave(2, -1)
+        half = x.unflatten(-1, (-1, 2))
+        turned = torch.stack([-half[..., 1], half[..., 0]], -1).flatten(-2)
+    else:
+        angle = torch.cat([angle, angle], -1)
+        x1, x2 = x.chunk(2, -1)
+        turned = torch.cat([-x2, x1], -1)
+    angle = angle[:, :, None]  # (B, T, 1, K): one angle for every head
+    return x * angle.cos().to(x.dtype) + turned * angle.sin().to(x.dtype)
