@@ -7,12 +7,29 @@ for all steps in one matrix product, and the recurrence proper:
     state = cell.recur(xp[:, t], state)  # one step; state is a tuple of (B, n_i) tensors
     h_t = cell.output(state)             # (B, output_size), by default state[0]
 
-`loop(x, state)` runs the whole sequence with the plain loop (the reference);
-`forward(x, state, fused=False)` dispatches to `loop`, `fused` or `step` (2-D x).
-A cell that has a whole-sequence kernel (torch's fused LSTM/GRU/RNN) defines
-`fused(x, state) -> (outputs, state)`; its layer then gets a `fused` mode.
-`jacobian_structure` ("dense", "diag" or ("block", k)) describes d state_t / d
-state_{t-1} for the parallel-in-time solver.
+On CPU at the sizes cells are used at, a step costs about the number of tensor
+operations it launches (each also records an autograd node), not its
+arithmetic. So a cell may write its step as `transition` instead of `recur`,
+with what does not change from step to step taken out of the loop:
+
+    w = cell.weights(batch_size)                 # tensors derived from the parameters,
+                                                 # once per sequence (transposed matrices,
+                                                 # vectors expanded to (B, H), ...)
+    parts = xp_t.split(cell.pieces(), -1)        # the projection's pieces, split once for
+                                                 # all steps (pieces() None: one piece)
+    state = cell.transition(parts, state, w)
+    h_t = cell.output(state, w)
+
+A cell defines `recur` or `transition`; each defaults to the other, so the
+reference loop, a single `step` and `ops.newton` run the same maths either way.
+
+`loop(x, state)` runs the whole sequence (the reference); `forward(x, state,
+fused=False)` dispatches to `loop`, `fused` or `step` (2-D x). A cell that has a
+faster whole-sequence form defines `fused(x, state) -> (outputs, state)`; its
+layer then gets a `fused` mode. `fused_loop` below is one such form, shared by
+the cells whose recurrent matrix enters their step as a `RecurrentMatrix`.
+`jacobian_structure` ("dense", "diag" or ("block", k)) describes d state_t /
+d state_{t-1} for the parallel-in-time solver.
 
 Cells register themselves in `registry.CELLS` with the `cell` decorator;
 `layers/classic.py` turns every entry into a registered layer.
@@ -23,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnzoo import checks
 from rnnzoo.registry import CELLS
 
 
@@ -33,18 +51,16 @@ def cell(name: str, *, paper: str, tiny: dict | None = None, tolerances: dict | 
 
 
 class Cell(nn.Module):
-    """Base class of the nonlinear cells. Subclasses set `state_sizes` in __init__
-    and implement `project` and `recur` (and `output` if the output is not state[0])."""
+    """Base class of the nonlinear cells. Subclasses set `state_sizes` in __init__ and
+    implement `project` and either `recur` or `transition` (with `weights` and `pieces`);
+    `output` too if the output is not state[0]."""
 
     jacobian_structure: str | tuple = "dense"
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{arg} must be a positive int, got {v!r}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        self.input_size = checks.positive_int("input_size", input_size)
+        self.hidden_size = checks.positive_int("hidden_size", hidden_size)
         self.state_sizes: tuple[int, ...] = (hidden_size,)
 
     @property
@@ -55,19 +71,41 @@ class Cell(nn.Module):
         return tuple(torch.zeros(batch_size, n, device=device, dtype=dtype)
                      for n in self.state_sizes)
 
+    # -- the protocol ----------------------------------------------------------------------
     def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., input_size) -> (..., P): everything that depends on the input only."""
         raise NotImplementedError
 
     def recur(self, xp_t: torch.Tensor, state: tuple) -> tuple:
-        raise NotImplementedError
+        """One step: xp_t (B, P), state -> next state."""
+        return self.transition(self._split(xp_t), state, self.weights(xp_t.shape[0]))
 
-    def output(self, state: tuple) -> torch.Tensor:
+    def output(self, state: tuple, w: tuple | None = None) -> torch.Tensor:
+        """The step's output (B, output_size); `w` is `weights()` when the loop has it."""
         return state[0]
 
+    # -- the hoisting hook -----------------------------------------------------------------
+    def weights(self, batch_size: int) -> tuple:
+        """What `transition` reads from the parameters, computed once per sequence."""
+        return ()
+
+    def pieces(self) -> tuple[int, ...] | None:
+        """The widths of `project`'s pieces, in order (None: one piece)."""
+        return None
+
+    def transition(self, parts: tuple, state: tuple, w: tuple) -> tuple:
+        """One step from the projection's pieces (B, n_i) and `weights()` -> next state."""
+        return self.recur(parts[0] if len(parts) == 1 else torch.cat(parts, -1), state)
+
+    def _split(self, xp: torch.Tensor) -> tuple:
+        pieces = self.pieces()
+        return (xp,) if pieces is None else xp.split(pieces, -1)
+
+    # -- running ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, state: tuple, fused: bool = False
                 ) -> tuple[torch.Tensor, tuple]:
         """x: (B, T, input_size) -> outputs (B, T, output_size), state: the reference loop,
-        or `fused` (the whole-sequence kernel). x: (B, input_size): one `step`."""
+        or `fused` (the whole-sequence form). x: (B, input_size): one `step`."""
         if x.dim() == 2:
             return self.step(x, state)
         if fused:
@@ -76,13 +114,74 @@ class Cell(nn.Module):
 
     def loop(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
         """The reference loop. x: (B, T, input_size) -> outputs (B, T, output_size), state."""
+        return self._run(self.project(x), state, self.weights(x.shape[0]))
+
+    def _run(self, xp: torch.Tensor, state: tuple, w: tuple) -> tuple[torch.Tensor, tuple]:
         outputs = []
-        for xp_t in self.project(x).unbind(1):
-            state = self.recur(xp_t, state)
-            outputs.append(self.output(state))
+        for parts in zip(*(piece.unbind(1) for piece in self._split(xp))):
+            state = self.transition(parts, state, w)
+            outputs.append(self.output(state, w))
         return torch.stack(outputs, 1), state
 
     def step(self, x_t: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
         """x_t: (B, input_size) -> output (B, output_size), next state."""
         state = self.recur(self.project(x_t), state)
         return self.output(state), state
+
+
+# -- the fused mode of cells with one recurrent matrix ---------------------------------------
+class RecurrentMatrix:
+    """`mm(r, xp) = xp + r W^T` for a recurrent matrix W (G, K), W^T taken once per sequence.
+
+    A cell whose matrix enters its step only this way, added to the whole of the step's
+    projection, puts one first in its `weights()`; `fused_loop` then runs the same step
+    with W's gradient deferred."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.transposed = matrix, matrix.T
+
+    def __call__(self, r: torch.Tensor, xp: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(xp, r, self.transposed)
+
+
+class _RecordedMatrix(RecurrentMatrix):
+    """xp + r W^T with W detached, remembering each r for `_DeferredWeightGrad`."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.transposed, self.inputs = matrix, matrix.detach().T, []
+
+    def __call__(self, r, xp):
+        self.inputs.append(r)
+        return torch.addmm(xp, r, self.transposed)
+
+
+class _DeferredWeightGrad(torch.autograd.Function):
+    """Identity on the projections xp (B, T, G) whose backward also returns the gradient of
+    W (G, K) used as pre_t = xp_t + r_t W^T (r_t recorded by the loop):
+    dW = sum_t dxp_t^T r_t, one matrix product after the loop instead of one per step
+    (torch's fused RNNs do the same)."""
+
+    @staticmethod
+    def forward(ctx, xp, recorded, matrix):
+        ctx.recorded = recorded
+        return xp.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        r = torch.stack(ctx.recorded.inputs, -2)
+        return g, None, g.flatten(0, -2).T @ r.flatten(0, -2)
+
+
+def fused_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+    """`cell.loop` with the gradient of its recurrent matrix deferred to one matrix product.
+
+    The cell's `weights()` must start with a `RecurrentMatrix` and `pieces()` be None (the
+    matrix's product is added to the whole projection). Equal to `cell.loop` (the
+    conformance suite checks it, gradients included), with one matrix product per step
+    less in the backward pass."""
+    w = cell.weights(x.shape[0])
+    mm = _RecordedMatrix(w[0].matrix)
+    xp = cell.project(x)
+    if torch.is_grad_enabled() and mm.matrix.requires_grad:
+        xp = _DeferredWeightGrad.apply(xp, mm, mm.matrix)
+    return cell._run(xp, state, (mm,) + tuple(w[1:]))

@@ -1,8 +1,9 @@
-"""The GRU in its two reset placements (Cho et al. 2014, arXiv:1406.1078).
+"""The GRU and its variants: the two reset placements, MiRU's fixed coefficients and
+tau-GRU's delayed feedback.
 
-Gate order r, z, n and parameters as torch.nn.GRU (W_ih, W_hh: (3H, ...)).
-
-`gru` (v1, cuDNN's and torch.nn.GRU's placement: reset after the matmul):
+`gru` and `gru_v3` (Cho et al. 2014, arXiv:1406.1078): gate order r, z, n and parameters
+as torch.nn.GRU (W_ih, W_hh: (3H, ...)). `gru` (v1, cuDNN's and torch.nn.GRU's
+placement: reset after the matmul):
 
     r = sigma(W_ir x + b_ir + W_hr h + b_hr),  z = sigma(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
@@ -12,17 +13,53 @@ Gate order r, z, n and parameters as torch.nn.GRU (W_ih, W_hh: (3H, ...)).
     n = tanh(W_in x + b_in + W_hn (r * h_{t-1}) + b_hn)
 
 v1 needs one matmul per step; v3 two (the candidate's depends on r).
+
+`miru1` and `miru2`, the Minion recurrent units (Zyarah & Kudithipudi 2025, "Minion
+Gated Recurrent Unit for Continual Learning", arXiv:2503.06175, Neurocomputing,
+doi:10.1016/j.neucom.2026.132847): a GRU whose update gate is a fixed scaling
+coefficient lambda (`update_coefficient`). MiRU1 (a learned reset gate):
+
+    r_t  = sigmoid(W_r x_t + b_r + U_r h_{t-1})
+    h~_t = tanh(W_h x_t + b_h + U_h (r_t * h_{t-1}))
+    h_t  = lambda h_{t-1} + (1 - lambda) h~_t
+
+MiRU2 (the reset gate is a fixed scaling coefficient beta, `reset_coefficient`):
+
+    h~_t = tanh(W_h x_t + b_h + U_h (beta h_{t-1})),   h_t = lambda h_{t-1} + (1 - lambda) h~_t
+
+Parameters: weight_ih (k*H, I), weight_hh (k*H, H), bias_ih, bias_hh (k*H,), k = 2
+(rows [r; h]) for MiRU1 and 1 for MiRU2.
+
+`taugru`, a GRU with weighted time-delay feedback (Erichson, Lim & Mahoney 2022,
+"Gated Recurrent Neural Networks with Weighted Time-Delay Feedback",
+arXiv:2212.00228). With delay d (steps):
+
+    u_n = tanh(W_1 h_n + U_1 x_n + b_u)
+    z_n = tanh(W_2 h_{n-d} + U_2 x_n + b_z)
+    g_n = sigmoid(W_3 h_n + U_3 x_n + b_g)
+    a_n = sigmoid(W_4 h_n + U_4 x_n + b_a)
+    h_{n+1} = (1 - g_n) * h_n + g_n * (u_n + a_n * z_n)
+
+States before the sequence's start are zero. The state is the delay line
+(h_n, h_{n-1}, ..., h_{n-d}), d + 1 tensors of (B, H), so that a sequence split
+in two continues exactly. Parameters: weight_ih (4H, I), weight_hh (4H, H), bias_ih,
+bias_hh (4H,), rows in the order [u; g; a; z] (the three maps of h_n first, so that they
+are one matrix product).
+
+Initialisation: torch.nn.GRU's U(-1/sqrt(H), 1/sqrt(H)) for gru and gru_v3;
+Glorot-uniform weights and zero biases for the others.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rnnzoo import checks
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.lstm import _Gated, uniform_init_
+from rnnzoo.cells.parts import StackedGates, glorot_init_, uniform_init_
 
 
-class _GRU(_Gated):
+class _GRU(StackedGates):
     num_gates = 3
 
     def __init__(self, input_size, hidden_size, bias=True):
@@ -44,8 +81,10 @@ class _GRU(_Gated):
 @cell("gru", paper="Cho et al. 2014, arXiv:1406.1078 (v1 reset placement, as cuDNN/torch.nn.GRU)",
       tiny={"hidden_size": 5})
 class GRUCell(_GRU):
-    parallel_modes = ("newton", "quasi")
     """torch.nn.GRU's cell; `fused` runs torch's GRU kernel. State h (B, H)."""
+
+    parallel_modes = ("newton", "quasi")
+    has_torch_kernel = True
 
     def recur(self, xp_t, state):
         h = state[0]
@@ -57,10 +96,9 @@ class GRUCell(_GRU):
         return (n + z * (h - n),)
 
     def flat_weights(self) -> list:
+        """torch.nn.GRU's `_flat_weights` order: w_ih, w_hh[, b_ih, b_hh]."""
         w = [self.weight_ih, self.weight_hh]
         return w + ([self.bias_ih, self.bias_hh] if self.bias_ih is not None else [])
-
-    has_torch_kernel = True
 
     def fused(self, x, state):
         out, h = torch._VF.gru(x, state[0].unsqueeze(0).to(x.dtype), self.flat_weights(),
@@ -80,3 +118,85 @@ class GRUv3Cell(_GRU):
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(xp_t[:, 2 * H:] + (r * h) @ self.weight_hh[2 * H:].T + self._b_hn())
         return (n + z * (h - n),)
+
+
+MIRU = "Zyarah & Kudithipudi 2025, arXiv:2503.06175"
+
+
+class _MiRU(StackedGates):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 update_coefficient: float = 0.5):
+        super().__init__(input_size, hidden_size, bias)
+        self.update_coefficient = checks.real("update_coefficient", update_coefficient, 0.0, 1.0)
+        glorot_init_(self)
+
+    # every bias enters linearly next to W x, so `project` folds all of them in
+
+    def weights(self, batch_size):
+        return self.weight_hh.T.split(self.hidden_size, 1)
+
+    def _mix(self, h, candidate):
+        lam = self.update_coefficient
+        return torch.add(candidate * (1.0 - lam), h, alpha=lam)
+
+
+@cell("miru1", paper=MIRU)
+class MiRU1(_MiRU):
+    """MiRU1: GRU with a fixed update coefficient lambda and a learned reset gate.
+    See the module docstring. State: h (B, H)."""
+
+    num_gates = 2
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def transition(self, parts, state, w):
+        (xr, xh), h, (u_r, u_h) = parts, state[0], w
+        r = torch.sigmoid(torch.addmm(xr, h, u_r))
+        candidate = torch.tanh(torch.addmm(xh, r * h, u_h))
+        return (self._mix(h, candidate),)
+
+
+@cell("miru2", paper=MIRU)
+class MiRU2(_MiRU):
+    """MiRU2: GRU with fixed update (lambda) and reset (beta) coefficients.
+    See the module docstring. State: h (B, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 update_coefficient: float = 0.5, reset_coefficient: float = 0.5):
+        super().__init__(input_size, hidden_size, bias, update_coefficient)
+        self.reset_coefficient = checks.real("reset_coefficient", reset_coefficient)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        candidate = torch.tanh(torch.addmm(parts[0], h, w[0], alpha=self.reset_coefficient))
+        return (self._mix(h, candidate),)
+
+
+@cell("taugru", paper="Erichson, Lim & Mahoney 2022, arXiv:2212.00228", tiny={"delay": 2})
+class TauGRU(StackedGates):
+    """tau-GRU (see the module docstring). State: (h_n, h_{n-1}, ..., h_{n-d})."""
+
+    num_gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, delay: int = 1):
+        super().__init__(input_size, hidden_size, bias)
+        self.delay = checks.positive_int("delay", delay)
+        self.state_sizes = (hidden_size,) * (delay + 1)
+        glorot_init_(self)
+
+    def pieces(self):
+        return (3 * self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
+        H = self.hidden_size
+        return self.weight_hh.T.split([3 * H, H], 1)
+
+    def transition(self, parts, state, w):
+        (x_uga, x_z), (w_uga, w_z) = parts, w
+        h, delayed = state[0], state[-1]
+        u, g, a = torch.addmm(x_uga, h, w_uga).chunk(3, 1)
+        u, g, a = torch.tanh(u), torch.sigmoid(g), torch.sigmoid(a)
+        z = torch.tanh(torch.addmm(x_z, delayed, w_z))
+        new = torch.addcmul(h, g, torch.addcmul(u, a, z) - h)
+        return (new,) + tuple(state[:-1])

@@ -1,4 +1,6 @@
-"""Recurrent Highway Network (Zilly, Srivastava, Koutnik & Schmidhuber 2017,
+"""Highway cells: the Recurrent Highway Network and the Intersection RNN.
+
+Recurrent Highway Network (Zilly, Srivastava, Koutnik & Schmidhuber 2017,
 "Recurrent Highway Networks", ICML, arXiv:1607.03474), eqs. 6-9.
 
 Each time step is `depth` highway micro-steps; only the first sees the input:
@@ -16,6 +18,10 @@ gate order (H, T[, C]); G = 2 with the coupled carry gate (the paper's experimen
 section 5), 3 without. Weights start as torch.nn.RNN's; the transform-gate bias
 starts at -2, so each micro-step starts close to the identity (carry), as the
 paper recommends for deep highway transitions.
+
+Intersection RNN (Collins, Sohl-Dickstein & Sussillo 2017, "Capacity and Trainability
+in Recurrent Neural Networks", ICLR, arXiv:1611.09913): a highway-like output y_t
+gates between the input and a ReLU candidate, beside the recurrent state h_t.
 """
 
 from __future__ import annotations
@@ -23,14 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.lstm import check_flag, fused_loop, uniform_init_
-
-
-def check_positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
 
 
 @cell("rhn", paper="Zilly et al. 2017, arXiv:1607.03474", tiny={"hidden_size": 5, "depth": 2})
@@ -39,8 +40,8 @@ class RHNCell(Cell):
 
     def __init__(self, input_size, hidden_size, depth=3, coupled=True):
         super().__init__(input_size, hidden_size)
-        self.depth = check_positive_int("depth", depth)
-        self.coupled = check_flag("coupled", coupled)
+        self.depth = checks.positive_int("depth", depth)
+        self.coupled = checks.flag("coupled", coupled)
         G = (2 if coupled else 3) * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size))
         self.weight_hh = nn.Parameter(torch.empty(depth, G, hidden_size))
@@ -50,26 +51,74 @@ class RHNCell(Cell):
             self.bias[:, hidden_size:2 * hidden_size] = -2.0
 
     def project(self, x):
-        return x @ self.weight_ih.T
+        """W x_t + b_1 (the first micro-step's input and bias), every step at once."""
+        return add_bias(x @ self.weight_ih.T, self.bias[0])
 
-    def recur(self, xp_t, state):
-        return self._step(xp_t, state, lambda k, s: s @ self.weight_hh[0].T)
+    def weights(self, batch_size):
+        """R_1 as a `RecurrentMatrix`, then R_l^T and b_l of the later micro-steps."""
+        first, *later = self.weight_hh.unbind(0)
+        return RecurrentMatrix(first), tuple(r.T for r in later), self.bias.unbind(0)[1:]
 
     def fused(self, x, state):
         """The loop with the first micro-step's R gradient in one product (`fused_loop`)."""
-        return fused_loop(self, x, state, [self.weight_hh[0]], [slice(None)], self._step)
+        return fused_loop(self, x, state)
 
-    def _step(self, xp_t, state, mm):
-        s = state[0]
+    def transition(self, parts, state, w):
+        (mm, matrices, biases), s = w, state[0]
         H = self.hidden_size
         for layer in range(self.depth):
-            if layer == 0:
-                pre = xp_t + mm(0, s) + self.bias[0]
-            else:
-                pre = s @ self.weight_hh[layer].T + self.bias[layer]
+            pre = mm(s, parts[0]) if layer == 0 else torch.addmm(biases[layer - 1], s,
+                                                                  matrices[layer - 1])
             hh, t = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H])
             if self.coupled:
                 s = s + t * (hh - s)  # hh * t + s * (1 - t)
             else:
                 s = hh * t + s * torch.sigmoid(pre[:, 2 * H:])
         return (s,)
+
+
+@cell("intersection_rnn", paper="Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913", tiny={"hidden_size": 5})
+class IntersectionRNN(Cell):
+    """Intersection RNN: a highway-like output y_t beside the recurrent state h_t.
+
+        d_t   = relu(W_d x_t + U_d h_{t-1} + b_d)            depth candidate
+        r_t   = tanh(W_r x_t + U_r h_{t-1} + b_r)            recurrent candidate
+        g^y_t = sigmoid(W_gy x_t + U_gy h_{t-1} + b_gy)
+        g^h_t = sigmoid(W_gh x_t + U_gh h_{t-1} + b_gh)
+        y_t   = g^y_t * x_t + (1 - g^y_t) * d_t
+        h_t   = g^h_t * h_{t-1} + (1 - g^h_t) * r_t
+
+    weight_ih = [W_d; W_r; W_gy; W_gh], weight_hh = [U_d; U_r; U_gy; U_gh]. y has
+    the input's width (it gates x), h has hidden_size (the paper and torchrecurrent
+    take them equal; rows of d and g^y number input_size, of r and g^h hidden_size).
+    State: (y, h); y_t is the output and is not read by the next step. Layout as
+    torchrecurrent 0.2.5, torch.nn.RNN's initialisation U(-1/sqrt(hidden), 1/sqrt(hidden)).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size)
+        rows = 2 * (input_size + hidden_size)
+        self.state_sizes = (input_size, hidden_size)
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size))
+        self.bias_ih = bias_param(rows, bias)
+        self.bias_hh = bias_param(rows, bias)
+        uniform_init_(self, hidden_size)
+
+    def project(self, x):
+        """(..., I) -> (..., 3I + 2H): the pre-activations' input part, then x itself."""
+        return torch.cat([add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh), x], -1)
+
+    def pieces(self):
+        return (2 * (self.input_size + self.hidden_size), self.input_size)
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        h = state[1]
+        pre, x = parts
+        n_in, n_h = self.input_size, self.hidden_size
+        d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((n_in, n_h, n_in, n_h), -1)
+        y = torch.lerp(torch.relu(d), x, torch.sigmoid(g_y))
+        return y, torch.lerp(torch.tanh(r), h, torch.sigmoid(g_h))

@@ -1,119 +1,69 @@
-"""The LSTM family: torch.nn.LSTM's cell (with projection and peepholes) and CIFG.
+"""The LSTM and its variants. All but MC-LSTM keep the state (h, c); i, f, o are the
+input, forget and output gates; W_* act on x_t, U_* on h_{t-1}; every pre-activation
+carries b_ih + b_hh.
 
 `lstm` -- Hochreiter & Schmidhuber 1997 with the forget gate of Gers et al. 2000,
-gate order and biases as torch.nn.LSTM; optional peepholes (Gers et al. 2002,
-JMLR 3) and recurrent projection (LSTMP, Sak et al. 2014, arXiv:1402.1128):
+gate order and biases as torch.nn.LSTM; optional peepholes (Gers & Schmidhuber 2000,
+"Recurrent nets that time and count", IJCNN; Gers et al. 2002, JMLR 3) and recurrent
+projection (LSTMP, Sak et al. 2014, arXiv:1402.1128):
 
     i = sigma(W_i x + U_i h + p_i * c_{t-1}),  f = sigma(W_f x + U_f h + p_f * c_{t-1})
     g = tanh(W_g x + U_g h),                   c_t = f * c_{t-1} + i * g
     o = sigma(W_o x + U_o h + p_o * c_t),      h_t = W_hr (o * tanh(c_t))
 
-(biases b_ih + b_hh inside every pre-activation; p = 0 without peepholes,
-W_hr = I without projection). `cifg_lstm` -- coupled input and forget gate
-(Greff et al. 2017, "LSTM: A Search Space Odyssey", arXiv:1503.04069): f = 1 - i.
+(p = 0 without peepholes, W_hr = I without projection). `peephole_lstm` is the same
+cell with its peepholes always on, initialised as torchrecurrent's PeepholeLSTM.
+
+`cifg_lstm` -- coupled input and forget gate (Greff et al. 2017, "LSTM: A Search Space
+Odyssey", arXiv:1503.04069): f = 1 - i.
+
+`original_lstm` (Hochreiter & Schmidhuber 1997, Neural Computation 9(8)): no forget gate,
+    c_t = c_{t-1} + sigmoid(i) * tanh(g),   h_t = sigmoid(o) * tanh(c_t)
+  (the 1997 squashings g(x) = 4 sigmoid(x) - 2 = 2 tanh(x/2) and h(x) = tanh(x/2) are
+  rescaled tanh; we use tanh, as torchrecurrent and every later LSTM). Rows [i; g; o].
+
+`res_lstm` (Kim, El-Khamy & Lee 2017, "Residual LSTM", arXiv:1701.03360): a peephole
+LSTM whose output adds a projection of the cell to a shortcut of the input,
+    h_t = o * (W_proj tanh(c_t) + W_res x_t);   weight_proj (H, H), weight_res (H, I).
+
+`multiplicative_lstm` (Krause et al. 2016, arXiv:1609.07959): the gates read an
+input-dependent transition m_t of the state,
+    m_t = (W_mx x_t) * (W_mh h_{t-1} + b_hh)
+    [i, f, c~, o] = [W_ix, W_fx, W_cx, W_ox] x_t + W_m* m_t (+ biases)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(c~),  h_t = sigmoid(o) * tanh(c_t)
+  weight_ih (5H, I) rows [m; i; f; c~; o], weight_hh (H, H) = W_mh, weight_mh (4H, H).
+
+`wmclstm` (Landi et al. 2021, "Working Memory Connections for LSTM", arXiv:2109.00020):
+the gates read the cell through a squashed learned map,
+    i = sigmoid(W_i x + U_i h + tanh(V_i c_{t-1} + b)),  f likewise with V_f,
+    c_t = f * c_{t-1} + i * tanh(W_c x + U_c h),  o = sigmoid(W_o x + U_o h + tanh(V_o c_t + b))
+    h_t = o * tanh(c_t);   weight_mh (3H, H) rows [V_i; V_f; V_o], bias_mh (3H,).
+
+`janet` and `mclstm`: an LSTM with the forget gate only, and one whose gates read a
+control vector instead of h (see their classes).
+
+Initialisation: torch.nn.LSTM's U(-1/sqrt(H), 1/sqrt(H)) for lstm, cifg_lstm and
+mclstm; Glorot-uniform weight matrices and zero biases for the others unless their
+class says otherwise; peephole_lstm's peephole weights uniform in [-0.1, 0.1]
+(torchrecurrent draws them from N(0, 1), which saturates the gates as soon as |c| grows).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
 
 
-def uniform_init_(module: nn.Module, hidden_size: int) -> None:
-    """torch.nn.RNN/LSTM/GRU's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
-    bound = 1 / math.sqrt(hidden_size)
-    for p in module.parameters():
-        nn.init.uniform_(p, -bound, bound)
-
-
-def check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-class _DeferredWeightGrad(torch.autograd.Function):
-    """Identity on the input projections xp (B, T, P) whose backward also returns the
-    gradients of recurrent weights W_k (G_k, K_k) used as pre_t[cols_k] = xp_t[cols_k] +
-    r_{k,t} W_k^T, where the loop records r_{k,t}: dW_k = sum_t dxp_t[cols_k]^T r_{k,t}, one
-    matrix product after the loop instead of one per step (torch's fused RNNs do the same)."""
-
-    @staticmethod
-    def forward(ctx, xp, recorder, *weights):
-        ctx.recorder = recorder
-        return xp.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        rec = ctx.recorder
-        grads = [g[..., cols].flatten(0, -2).T @ torch.stack(r, -2).flatten(0, -2)
-                 for cols, r in zip(rec.columns, rec.inputs)]
-        return (g, None, *grads)
-
-
-class _Recorder:
-    """`mm(k, r)` = r @ W_k^T with W_k detached, remembering r for `_DeferredWeightGrad`."""
-
-    def __init__(self, weights, columns):
-        self.columns, self.inputs = columns, [[] for _ in weights]
-        self.transposed = [w.detach().T for w in weights]
-
-    def __call__(self, k, r):
-        self.inputs[k].append(r)
-        return r @ self.transposed[k]
-
-
-def fused_loop(cell: Cell, x, state, weights, columns, step):
-    """The cell's loop with the recurrent weights' gradients deferred to one matrix product.
-
-    weights[k] (G_k, K_k) must enter the step only as `xp_t[..., columns[k]] + mm(k, r)`
-    (purely additive in those columns of the input projection); `step(xp_t, state, mm)`
-    returns the next state. Equal to `cell.loop` (the conformance suite checks it, gradients
-    included), with one matrix product per step less in the backward pass."""
-    xp = cell.project(x)
-    mm = _Recorder(weights, columns)
-    if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
-        xp = _DeferredWeightGrad.apply(xp, mm, *weights)
-    outputs = []
-    for xp_t in xp.unbind(1):
-        state = step(xp_t, state, mm)
-        outputs.append(cell.output(state))
-    return torch.stack(outputs, 1), state
-
-
-class _Gated(Cell):
-    """Shared parts of the gated cells: W_ih (G*H, in), W_hh (G*H, out), b_ih, b_hh."""
+class _LSTM(StackedGates):
+    """The LSTM step of `lstm`, `peephole_lstm` and `res_lstm`. State (h, c):
+    h (B, proj_size or H), c (B, H). Gate rows (i, f, g, o); weight_ph (3H,) = p_i, p_f, p_o
+    as torchrecurrent's PeepholeLSTM; weight_hr (proj_size, H)."""
 
     num_gates = 4
-
-    def __init__(self, input_size, hidden_size, bias=True, recurrent_size=None):
-        super().__init__(input_size, hidden_size)
-        G = self.num_gates * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(G, recurrent_size or hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(G)) if check_flag("bias", bias) else None
-        self.bias_hh = nn.Parameter(torch.empty(G)) if bias else None
-
-    def project(self, x):
-        """(..., input_size) -> (..., G*H): W_ih x + b_ih + b_hh, every step at once."""
-        xp = x @ self.weight_ih.T
-        return xp if self.bias_ih is None else xp + (self.bias_ih + self.bias_hh)
-
-
-@cell("lstm", paper="Hochreiter & Schmidhuber 1997; Gers et al. 2000; LSTMP: Sak et al. 2014, "
-      "arXiv:1402.1128", tiny={"hidden_size": 5})
-class LSTMCell(_Gated):
-    parallel_modes = ("newton", "quasi")
-    """torch.nn.LSTM's cell. State (h, c): h (B, proj_size or H), c (B, H).
-
-    Options: `proj_size` (LSTMP: h_t = W_hr (o * tanh c_t), weight_hr (proj_size, H)),
-    `peepholes` (weight_ph (3H,): p_i, p_f, p_o as in torchrecurrent's PeepholeLSTM).
-    `fused` runs torch's LSTM kernel; with peepholes it is the loop (torch has none).
-    """
 
     def __init__(self, input_size, hidden_size, bias=True, proj_size=0, peepholes=False):
         if not isinstance(proj_size, int) or isinstance(proj_size, bool) or proj_size < 0:
@@ -125,24 +75,45 @@ class LSTMCell(_Gated):
         self.proj_size = proj_size
         self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size)) if proj_size else None
         self.weight_ph = nn.Parameter(torch.empty(3 * hidden_size)) \
-            if check_flag("peepholes", peepholes) else None
+            if checks.flag("peepholes", peepholes) else None
         self.state_sizes = (proj_size or hidden_size, hidden_size)
-        uniform_init_(self, hidden_size)
+        self.reset_parameters()
 
-    def recur(self, xp_t, state):
-        return self._step(xp_t, state, lambda k, h: h @ self.weight_hh.T)
+    def weights(self, batch_size):
+        """W_hh as a `RecurrentMatrix`, p_i, p_f, p_o (or Nones), W_hr^T (or None)."""
+        peepholes = (None,) * 3 if self.weight_ph is None else self.weight_ph.chunk(3)
+        return (RecurrentMatrix(self.weight_hh), *peepholes,
+                None if self.weight_hr is None else self.weight_hr.T)
 
-    def _step(self, xp_t, state, mm):
-        h, c = state
-        i, f, g, o = (xp_t + mm(0, h)).chunk(4, -1)
-        if self.weight_ph is not None:
-            p_i, p_f, p_o = self.weight_ph.chunk(3)
-            i, f = i + p_i * c, f + p_f * c
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        if self.weight_ph is not None:
-            o = o + p_o * c
+    def _cell(self, gates_x, state, w):
+        """c_t and the output gate's pre-activation (its peephole on c_t included)."""
+        (h, c), (mm, p_i, p_f, p_o, _) = state, w[:5]
+        i, f, g, o = mm(h, gates_x).chunk(4, -1)
+        if p_i is not None:
+            i, f = torch.addcmul(i, c, p_i), torch.addcmul(f, c, p_f)
+        c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+        return c, (o if p_o is None else torch.addcmul(o, c, p_o))
+
+    def transition(self, parts, state, w):
+        c, o = self._cell(parts[0], state, w)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return (h if self.weight_hr is None else h @ self.weight_hr.T), c
+        return (h if w[4] is None else h @ w[4]), c
+
+
+@cell("lstm", paper="Hochreiter & Schmidhuber 1997; Gers et al. 2000; LSTMP: Sak et al. 2014, "
+      "arXiv:1402.1128", tiny={"hidden_size": 5})
+class LSTMCell(_LSTM):
+    """torch.nn.LSTM's cell. State (h, c): h (B, proj_size or H), c (B, H).
+
+    Options: `proj_size` (LSTMP: h_t = W_hr (o * tanh c_t), weight_hr (proj_size, H)),
+    `peepholes` (weight_ph (3H,): p_i, p_f, p_o as in torchrecurrent's PeepholeLSTM).
+    `fused` runs torch's LSTM kernel; with peepholes (torch has none) it is `fused_loop`.
+    """
+
+    parallel_modes = ("newton", "quasi")
+
+    def reset_parameters(self):
+        uniform_init_(self, self.hidden_size)
 
     def flat_weights(self) -> list:
         """torch.nn.LSTM's `_flat_weights` order: w_ih, w_hh[, b_ih, b_hh][, w_hr]."""
@@ -156,16 +127,57 @@ class LSTMCell(_Gated):
 
     def fused(self, x, state):
         if not self.has_torch_kernel:
-            return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
+            return fused_loop(self, x, state)
         h, c = (s.unsqueeze(0).to(x.dtype) for s in state)
         out, h, c = torch._VF.lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
                                    1, 0.0, self.training, False, True)
         return out, (h[0], c[0])
 
 
+@cell("peephole_lstm", paper="Gers & Schmidhuber 2000, IJCNN (Recurrent nets that time and count)")
+class PeepholeLSTMCell(_LSTM):
+    """`lstm` with peephole connections from the cell to the gates, always on. State (h, c).
+
+    Glorot-uniform weights, zero biases, peephole weights U(-0.1, 0.1)."""
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        super().__init__(input_size, hidden_size, bias, peepholes=True)
+
+    def reset_parameters(self):
+        glorot_init_(self)
+        nn.init.uniform_(self.weight_ph, -0.1, 0.1)
+
+
+@cell("res_lstm", paper="Kim, El-Khamy & Lee 2017, arXiv:1701.03360")
+class ResLSTM(PeepholeLSTMCell):
+    """Residual LSTM: peephole LSTM with a projected cell plus an input shortcut.
+    State: (h, c)."""
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        super().__init__(input_size, hidden_size, bias)
+        self.weight_proj = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.weight_res = nn.Parameter(torch.empty(hidden_size, input_size))
+        nn.init.xavier_uniform_(self.weight_proj)
+        nn.init.xavier_uniform_(self.weight_res)
+
+    def project(self, x):
+        return torch.cat([super().project(x), x @ self.weight_res.T], -1)
+
+    def pieces(self):
+        return (4 * self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
+        return super().weights(batch_size) + (self.weight_proj.T,)
+
+    def transition(self, parts, state, w):
+        gates_x, residual = parts
+        c, o = self._cell(gates_x, state, w)
+        return torch.sigmoid(o) * torch.addmm(residual, torch.tanh(c), w[5]), c
+
+
 @cell("cifg_lstm", paper="Greff et al. 2017, arXiv:1503.04069 (coupled input-forget gate)",
       tiny={"hidden_size": 5})
-class CIFGLSTMCell(_Gated):
+class CIFGLSTMCell(StackedGates):
     """LSTM with coupled input and forget gates (Greff et al. 2017, variant CIFG):
 
         i = sigma(W_i x + U_i h + b_i),  g = tanh(W_g x + U_g h + b_g)
@@ -182,9 +194,184 @@ class CIFGLSTMCell(_Gated):
         self.state_sizes = (hidden_size, hidden_size)
         uniform_init_(self, hidden_size)
 
-    def recur(self, xp_t, state):
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
         h, c = state
-        i, g, o = (xp_t + h @ self.weight_hh.T).chunk(3, -1)
+        i, g, o = torch.addmm(parts[0], h, w[0]).chunk(3, -1)
         i = torch.sigmoid(i)
         c = c + i * (torch.tanh(g) - c)  # (1 - i) c + i g
         return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@cell("original_lstm", paper="Hochreiter & Schmidhuber 1997, Neural Computation 9(8)")
+class OriginalLSTM(StackedGates):
+    """The 1997 LSTM, without forget gate (see the module docstring). State: (h, c)."""
+
+    num_gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.state_sizes = (hidden_size, hidden_size)
+        glorot_init_(self)
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        h, c = state
+        i, g, o = torch.addmm(parts[0], h, w[0]).chunk(3, 1)
+        c = torch.addcmul(c, torch.sigmoid(i), torch.tanh(g))
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@cell("multiplicative_lstm", paper="Krause et al. 2016, arXiv:1609.07959")
+class MultiplicativeLSTM(Cell):
+    """mLSTM: an LSTM whose gates read m_t = (W_mx x_t) * (W_mh h_{t-1}). State: (h, c)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size)
+        self.state_sizes = (hidden_size, hidden_size)
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(5 * H, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(H, H))
+        self.weight_mh = nn.Parameter(torch.empty(4 * H, H))
+        self.bias_ih = bias_param(5 * H, bias)
+        self.bias_hh = bias_param(H, bias)
+        self.bias_mh = bias_param(4 * H, bias)
+        glorot_init_(self)
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_mh)], -1)
+
+    def pieces(self):
+        return (self.hidden_size, 4 * self.hidden_size)
+
+    def weights(self, batch_size):
+        return self.weight_hh.T, self.weight_mh.T
+
+    def transition(self, parts, state, w):
+        (m_x, gates_x), (h, c), (w_hh, w_mh) = parts, state, w
+        hh = h @ w_hh if self.bias_hh is None else torch.addmm(self.bias_hh, h, w_hh)
+        i, f, g, o = torch.addmm(gates_x, m_x * hh, w_mh).chunk(4, 1)
+        c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+@cell("wmclstm", paper="Landi et al. 2021, arXiv:2109.00020")
+class WMCLSTM(StackedGates):
+    """LSTM with working-memory connections tanh(V c) into the gates. State: (h, c)."""
+
+    num_gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.state_sizes = (hidden_size, hidden_size)
+        self.weight_mh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.bias_mh = bias_param(3 * hidden_size, bias)
+        glorot_init_(self)
+
+    def weights(self, batch_size):
+        H = self.hidden_size
+        v_if, v_o = self.weight_mh.T.split([2 * H, H], 1)
+        b_if, b_o = (None, None) if self.bias_mh is None else self.bias_mh.split([2 * H, H])
+        return self.weight_hh.T, v_if, v_o, b_if, b_o
+
+    @staticmethod
+    def _memory(c, v, b):
+        """tanh(V c + b): the working-memory connection."""
+        return torch.tanh(c @ v if b is None else torch.addmm(b, c, v))
+
+    def transition(self, parts, state, w):
+        (h, c), (w_hh, v_if, v_o, b_if, b_o) = state, w
+        gi, gf, gc, go = torch.addmm(parts[0], h, w_hh).chunk(4, 1)
+        mi, mf = self._memory(c, v_if, b_if).chunk(2, 1)
+        i, f = torch.sigmoid(gi + mi), torch.sigmoid(gf + mf)
+        c = torch.addcmul(f * c, i, torch.tanh(gc))
+        o = torch.sigmoid(go + self._memory(c, v_o, b_o))
+        return o * torch.tanh(c), c
+
+
+@cell("janet", paper="van der Westhuizen & Lasenby 2018, arXiv:1804.04849",
+      tiny={"hidden_size": 5})
+class JANET(StackedGates):
+    """JANET, "just another network" (van der Westhuizen & Lasenby 2018): an LSTM
+    with the forget gate only, the input gate tied to it through a shift beta.
+
+        s_t = U_f h_{t-1} + W_f x_t + b_f
+        c~_t = tanh(U_c h_{t-1} + W_c x_t + b_c)
+        c_t = sigmoid(s_t) * c_{t-1} + (1 - sigmoid(s_t - beta)) * c~_t
+        h_t = c_t
+
+    weight_ih = [W_f; W_c], weight_hh = [U_f; U_c]. beta is a fixed
+    hyperparameter (1 in the paper; torchrecurrent 0.2.5 trains it). Init: the
+    paper's chrono initialiser for the forget bias, b_f = log(U(1, t_max - 1))
+    (t_max: the longest dependency expected), other biases 0, Glorot-uniform W,
+    orthogonal U. State: h = c (B, hidden_size).
+    """
+
+    num_gates = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 beta: float = 1.0, t_max: float = 100.0):
+        super().__init__(input_size, hidden_size, bias)
+        self.beta = checks.positive("beta", beta, allow_zero=True)
+        t_max = checks.positive("t_max", t_max)
+        if t_max <= 2:
+            raise ValueError(f"t_max must be > 2 (chrono init draws from U(1, t_max - 1)), "
+                             f"got {t_max!r}")
+        for block in self.weight_ih.data.chunk(2):
+            nn.init.xavier_uniform_(block)
+        for block in self.weight_hh.data.chunk(2):
+            nn.init.orthogonal_(block)
+        if self.bias_ih is not None:
+            with torch.no_grad():
+                self.bias_ih[:hidden_size].uniform_(1, t_max - 1).log_()
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        c = state[0]
+        s, cand = torch.addmm(parts[0], c, w[0]).chunk(2, -1)
+        keep = torch.sigmoid(self.beta - s)  # 1 - sigmoid(s - beta)
+        return (torch.addcmul(torch.sigmoid(s) * c, keep, torch.tanh(cand)),)
+
+
+@cell("mclstm", paper="memory-controller LSTM, NIPS 2017 Time Series Workshop (Intel AI)",
+      tiny={"hidden_size": 5})
+class MCLSTM(StackedGates):
+    """Memory-controller LSTM: the gates read a control vector v_{t-1}, not the output h.
+
+        f, i, o, m = sigmoid(W_ih^{f,i,o,m} x_t + W_hh^{f,i,o,m} v_{t-1} + b)
+        n_t = tanh(W_ih^n x_t + W_hh^n v_{t-1} + b_n)
+        c_t = f * c_{t-1} + i * n_t
+        h_t = o * tanh(c_t)         (the output)
+        v_t = m * tanh(c_t)         (what the next step reads)
+
+    weight_ih = [W_f; W_i; W_o; W_m; W_n] (5H, I), weight_hh likewise (5H, H).
+    Init: torch.nn.LSTM's U(+-1/sqrt(hidden)). State: (h, v, c), output h; h is
+    carried only to be returned (the next step reads v and c).
+    """
+
+    num_gates = 5
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.state_sizes = (hidden_size,) * 3
+        uniform_init_(self, hidden_size)
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        _, v, c = state
+        H = self.hidden_size
+        gates, n = torch.addmm(parts[0], v, w[0]).split((4 * H, H), -1)
+        f, i, o, m = torch.sigmoid(gates).chunk(4, -1)
+        c = torch.addcmul(f * c, i, torch.tanh(n))
+        squashed = torch.tanh(c)
+        return o * squashed, m * squashed, c

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.lstm import uniform_init_
+from rnnzoo.cells.parts import uniform_init_
 
 
 class _LayerNormed(Cell):

@@ -16,8 +16,8 @@ Recurrent Neural Networks", ICLR, arXiv:2006.12070), eqs. 2-4 with the Euler ste
     A_b = (1 - beta)(M_A + M_A^T) + beta (M_A - M_A^T) - gamma_A I   (W_b likewise)
     h_t = h_{t-1} + eps * (A_b h_{t-1} + tanh(W_b h_{t-1} + U x_t + b))
 
-In `fused` mode both build their recurrent matrix once per sequence; each step is one
-matrix product.
+Both build their recurrent matrix once per sequence (`weights`); each step is one
+matrix product, and `fused` defers the matrix's gradient to one product (`fused_loop`).
 """
 
 from __future__ import annotations
@@ -27,24 +27,22 @@ import math
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.lstm import fused_loop, uniform_init_
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.parts import add_bias, uniform_init_
 
 
-class _FixedRecurrentMatrix(Cell):
-    """A cell whose step reads a matrix R derived from the parameters. `recur` (the
-    reference loop's step) builds R for its step; `fused` builds it once per sequence and
-    defers R's gradient to one matrix product (`fused_loop`)."""
+class _DerivedRecurrentMatrix(Cell):
+    """A cell whose step reads a matrix R derived from the parameters, built once per
+    sequence (`weights`); `fused` defers R's gradient to one matrix product."""
 
     def recurrent_matrix(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def recur(self, xp_t, state):
-        R = self.recurrent_matrix()
-        return self._step(xp_t, state, lambda k, r: r @ R.T)
+    def weights(self, batch_size):
+        return (RecurrentMatrix(self.recurrent_matrix()),)
 
     def fused(self, x, state):
-        return fused_loop(self, x, state, [self.recurrent_matrix()], [slice(None)], self._step)
+        return fused_loop(self, x, state)
 
 
 def modrelu(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -54,7 +52,7 @@ def modrelu(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @cell("exprnn", paper="Lezcano-Casado & Martinez-Rubio 2019, arXiv:1901.08428",
       tiny={"hidden_size": 4})
-class ExpRNNCell(_FixedRecurrentMatrix):
+class ExpRNNCell(_DerivedRecurrentMatrix):
     """Orthogonal RNN, B = matrix_exp(skew(weight_hh_log)). State h (B, H).
 
     Parameters: weight_ih (H, input_size), bias (H,), weight_hh_log (H, H) (only its strict
@@ -83,14 +81,14 @@ class ExpRNNCell(_FixedRecurrentMatrix):
         return torch.linalg.matrix_exp(P - P.T)
 
     def project(self, x):
-        return x @ self.weight_ih.T + self.bias
+        return add_bias(x @ self.weight_ih.T, self.bias)
 
-    def _step(self, xp_t, state, mm):
-        return (modrelu(xp_t + mm(0, state[0]), self.bias_mod),)
+    def transition(self, parts, state, w):
+        return (modrelu(w[0](state[0], parts[0]), self.bias_mod),)
 
 
 @cell("lipschitz_rnn", paper="Erichson et al. 2021, arXiv:2006.12070", tiny={"hidden_size": 5})
-class LipschitzRNNCell(_FixedRecurrentMatrix):
+class LipschitzRNNCell(_DerivedRecurrentMatrix):
     """Lipschitz RNN, Euler discretisation. State h (B, H).
 
     Options: beta (0.75), gamma_a and gamma_w (0.001), eps (the step size, 0.03), the
@@ -125,19 +123,12 @@ class LipschitzRNNCell(_FixedRecurrentMatrix):
                           self._beta_matrix(self.weight_w, self.gamma_w)])
 
     def project(self, x):
-        return x @ self.weight_ih.T + self.bias
+        """(..., input_size) -> (..., 2H): [0, U x + b], so that one product with
+        R = [A_beta; W_beta] adds the input to the W_beta half."""
+        u = add_bias(x @ self.weight_ih.T, self.bias)
+        return torch.cat([torch.zeros_like(u), u], -1)
 
-    def _step(self, xp_t, state, mm):
+    def transition(self, parts, state, w):
         h = state[0]
-        ah, wh = mm(0, h).chunk(2, -1)
-        return (h + self.eps * (ah + torch.tanh(wh + xp_t)),)
-
-    def fused(self, x, state):
-        """R = [A_beta; W_beta] built once; one matrix product per step. (The input adds to
-        the W_beta half only, so R's gradient is not deferred.)"""
-        R = self.recurrent_matrix()
-        outputs = []
-        for xp_t in self.project(x).unbind(1):
-            state = self._step(xp_t, state, lambda k, r: r @ R.T)
-            outputs.append(state[0])
-        return torch.stack(outputs, 1), state
+        ah, wh = w[0](h, parts[0]).chunk(2, -1)
+        return (h + self.eps * (ah + torch.tanh(wh)),)

@@ -29,9 +29,9 @@ import math
 import torch
 from torch import nn
 
+from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.highway import check_positive_int
-from rnnzoo.cells.lstm import uniform_init_
+from rnnzoo.cells.parts import uniform_init_
 from rnnzoo.ops.scan import linear_scan
 
 
@@ -133,7 +133,7 @@ class QRNNCell(Cell):
 
     def __init__(self, input_size, hidden_size, window=2):
         super().__init__(input_size, hidden_size)
-        self.window = check_positive_int("window", window)
+        self.window = checks.positive_int("window", window)
         self.weight_ih = nn.Parameter(torch.empty(window * 3 * hidden_size, input_size))
         self.bias = nn.Parameter(torch.empty(3 * hidden_size))
         uniform_init_(self, hidden_size)

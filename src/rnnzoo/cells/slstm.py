@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.highway import check_positive_int
-from rnnzoo.cells.lstm import fused_loop, uniform_init_
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.parts import add_bias, uniform_init_
 
 
 @cell("slstm", paper="Beck et al. 2024, arXiv:2405.04517", tiny={"hidden_size": 4, "num_heads": 2})
@@ -39,7 +39,7 @@ class SLSTMCell(Cell):
         super().__init__(input_size, hidden_size)
         if num_heads is None:
             num_heads = 4 if hidden_size % 4 == 0 else 1
-        check_positive_int("num_heads", num_heads)
+        checks.positive_int("num_heads", num_heads)
         if hidden_size % num_heads:
             raise ValueError(f"num_heads must divide hidden_size={hidden_size}, got {num_heads}")
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
@@ -59,15 +59,15 @@ class SLSTMCell(Cell):
         return blocks.view(K, 4, dh, H).transpose(0, 1).reshape(4 * H, H)
 
     def project(self, x):
-        return x @ self.weight_ih.T + self.bias
+        return add_bias(x @ self.weight_ih.T, self.bias)
 
-    def recur(self, xp_t, state):
-        R = self.recurrent_matrix()
-        return self._step(xp_t, state, lambda k, h: h @ R.T)
+    def weights(self, batch_size):
+        """R, built once per sequence, as a `RecurrentMatrix`."""
+        return (RecurrentMatrix(self.recurrent_matrix()),)
 
-    def _step(self, xp_t, state, mm):
+    def transition(self, parts, state, w):
         h, c, n, m = state
-        i, f, z, o = (xp_t + mm(0, h)).chunk(4, -1)
+        i, f, z, o = w[0](h, parts[0]).chunk(4, -1)
         log_f = nn.functional.logsigmoid(f) + m
         m_new = torch.maximum(log_f, i)
         i, f = torch.exp(i - m_new), torch.exp(log_f - m_new)
@@ -76,5 +76,5 @@ class SLSTMCell(Cell):
         return torch.sigmoid(o) * c / n, c, n, m_new
 
     def fused(self, x, state):
-        """R built once per sequence, its gradient deferred to one product (`fused_loop`)."""
-        return fused_loop(self, x, state, [self.recurrent_matrix()], [slice(None)], self._step)
+        """The loop with R's gradient deferred to one product (`fused_loop`)."""
+        return fused_loop(self, x, state)

@@ -26,19 +26,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_a_base import HoistedCell, activation, linear, maybe_bias
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import activation, add_bias, bias_param
 
 PAPER = "Kusupati et al. 2018, NeurIPS, arXiv:1901.02358"
 
 
 def _scalar(value: float, arg: str) -> nn.Parameter:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{arg} must be a number, got {value!r}")
-    return nn.Parameter(torch.full((1,), float(value)))
+    return nn.Parameter(torch.full((1,), checks.real(arg, value)))
 
 
-class _Fast(HoistedCell):
+class _Fast(Cell):
     n_bias = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool):
@@ -46,8 +45,8 @@ class _Fast(HoistedCell):
         H = hidden_size
         self.weight_ih = nn.Parameter(torch.randn(H, input_size) * 0.1)
         self.weight_hh = nn.Parameter(torch.randn(H, H) * 0.1)
-        self.bias_ih = maybe_bias(self.n_bias * H, bias)
-        self.bias_hh = maybe_bias(self.n_bias * H, bias)
+        self.bias_ih = bias_param(self.n_bias * H, bias)
+        self.bias_hh = bias_param(self.n_bias * H, bias)
         if self.bias_ih is not None:
             nn.init.ones_(self.bias_ih)
 
@@ -69,17 +68,17 @@ class FastRNN(_Fast):
         self.beta = _scalar(beta_init, "beta_init")
 
     def project(self, x):
-        return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         shape = (batch_size, self.hidden_size)
         return (torch.sigmoid(self.alpha).expand(shape), torch.sigmoid(self.beta).expand(shape),
                 self.weight_hh.T)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
         alpha, beta, u = w
-        cand = self._phi(torch.addmm(xp_parts[0], h, u))
+        cand = self._phi(torch.addmm(parts[0], h, u))
         return (torch.addcmul(beta * h, alpha, cand),)
 
 
@@ -108,22 +107,22 @@ class FastGRNN(_Fast):
 
     def project(self, x):
         """(..., I) -> (..., 2H): W x + b_z, W x + b_h."""
-        xp = linear(x, self.weight_ih)
+        xp = x @ self.weight_ih.T
         biases = [b for b in (self.bias_ih, self.bias_hh) if b is not None]
         xp = torch.cat([xp, xp], -1)
         return xp + sum(biases[1:], biases[0]) if biases else xp
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         """[U; U]^T (H, 2H): z and h~ share U h in one product; zeta, zeta + nu as (B, H)."""
         shape = (batch_size, self.hidden_size)
         zeta, nu = torch.sigmoid(self.zeta), torch.sigmoid(self.nu)
         u = self.weight_hh
         return torch.cat([u, u]).T, zeta.expand(shape), (zeta + nu).expand(shape)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
         uu, zeta, zeta_nu = w
-        z, cand = torch.addmm(xp_parts[0], h, uu).chunk(2, -1)
+        z, cand = torch.addmm(parts[0], h, uu).chunk(2, -1)
         z, cand = self._gate(z), self._update(cand)
         # (zeta (1 - z) + nu) h~ + z h  =  (zeta + nu) h~ + z (h - zeta h~)
         return (torch.addcmul(zeta_nu * cand, z, torch.addcmul(h, zeta, cand, value=-1)),)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_b_common import SplitCell, activation, add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import activation, add_bias, bias_param, glorot_init_
 
 
 @cell("ran", paper="Lee, Levy & Zettlemoyer 2017, arXiv:1705.07393")
-class RAN(SplitCell):
+class RAN(Cell):
     """RAN (see the module docstring). State: (h, c), each (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -45,9 +45,9 @@ class RAN(SplitCell):
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_ih, self.bias_hh)], -1)
 
     def pieces(self):
-        return [self.hidden_size, 2 * self.hidden_size]
+        return (self.hidden_size, 2 * self.hidden_size)
 
-    def weights(self):
+    def weights(self, batch_size):
         return (self.weight_hh.T,)
 
     def transition(self, parts, state, w):

@@ -1,10 +1,50 @@
-"""The LSTM family: torch.nn.LSTM (with proj_size), torchrecurrent's PeepholeLSTM, CIFG."""
+"""The LSTM family: torch.nn.LSTM (with proj_size), torchrecurrent's PeepholeLSTM (lstm with
+peepholes, which is also peephole_lstm), CIFG, JANET's chrono init, the 1997 LSTM's running
+sum and the Residual LSTM's shortcut."""
+
+import math
 
 import pytest
 import torch
 
 import rnnzoo
-from rnnzoo.cells.lstm import CIFGLSTMCell, LSTMCell
+from rnnzoo.cells.lstm import CIFGLSTMCell, LSTMCell, PeepholeLSTMCell
+from rnnzoo.registry import CELLS
+
+F64 = torch.float64
+
+
+def randomised(name, input_size=4, hidden_size=5, scale=0.6, **options):
+    torch.manual_seed(0)
+    cell = CELLS[name].cls(input_size, hidden_size, **options).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(scale * torch.randn_like(p))
+    return cell
+
+
+def step(cell, x, state):
+    return cell.recur(cell.project(x), state)
+
+
+B, T, D, H = 2, 6, 3, 4
+
+
+def perturbed(name, seed=0, **options):
+    torch.manual_seed(seed)
+    cell = CELLS[name].cls(D, H, **options).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return cell
+
+
+def data(seed=3, n_state=(H,)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64) for n in n_state)
+    return x, s0
 
 
 def _modes_equal_torch(layer, peer, x, s0):
@@ -114,3 +154,51 @@ def test_peephole_lstm_fused_equals_loop_with_gradients():
     (y0, c0, g0), (y1, c1, g1) = results
     assert (y0 - y1).abs().max() < 1e-13 and (c0 - c1).abs().max() < 1e-13
     assert all((a - b).abs().max() < 1e-12 for a, b in zip(g0, g1))
+
+
+def test_janet_chrono_init_and_fixed_beta():
+    """van der Westhuizen & Lasenby 2018: forget biases b_f = log(U(1, t_max - 1)),
+    the rest 0; beta is a fixed shift, not a parameter."""
+    cell = CELLS["janet"].cls(4, 64, t_max=50.0)
+    b_f, b_c = cell.bias_ih.detach().chunk(2)
+    assert (b_f >= 0).all() and (b_f <= math.log(49) + 1e-6).all() and b_f.std() > 0.3
+    assert (b_c == 0).all() and (cell.bias_hh == 0).all()
+    assert "beta" not in dict(cell.named_parameters()) and cell.beta == 1.0
+    with pytest.raises(ValueError, match="t_max"):
+        CELLS["janet"].cls(4, 5, t_max=1.5)
+
+
+def test_original_lstm_cell_is_a_running_sum():
+    """Hochreiter & Schmidhuber 1997 (no forget gate): c_T = c_0 + sum_t i_t * g_t."""
+    cell = perturbed("original_lstm")
+    x, s0 = data(n_state=(H, H))
+    ys, (_, c_T) = cell.loop(x, s0)
+    hs = torch.cat([s0[0].unsqueeze(1), ys[:, :-1]], 1)
+    i, g, _ = (x @ cell.weight_ih.T + cell.bias_ih + cell.bias_hh + hs @ cell.weight_hh.T
+               ).chunk(3, -1)
+    assert torch.allclose(c_T, s0[1] + (torch.sigmoid(i) * torch.tanh(g)).sum(1),
+                          atol=1e-13, rtol=0)
+
+
+def test_res_lstm_output_is_a_gated_input_shortcut_when_the_projection_is_zero():
+    """Kim et al. 2017: h_t = o_t * (W_p tanh(c_t) + W_h x_t); with W_p = 0 the
+    output is the output gate times the input shortcut."""
+    cell = perturbed("res_lstm")
+    with torch.no_grad():
+        cell.weight_proj.zero_()
+    x, s0 = data(n_state=(H, H))
+    ys, _ = cell.loop(x, s0)
+    shortcut = x @ cell.weight_res.T
+    ratio = ys / shortcut
+    assert ((ratio > 0) & (ratio < 1)).all()  # o_t in (0, 1), element-wise
+
+
+def test_peephole_lstm_is_lstm_with_peepholes():
+    """One implementation: peephole_lstm with lstm(peepholes=True)'s weights runs the same."""
+    torch.manual_seed(0)
+    lstm = LSTMCell(3, 4, peepholes=True).double()
+    peephole = PeepholeLSTMCell(3, 4).double()
+    peephole.load_state_dict(lstm.state_dict())
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    s0 = lstm.init_state(2, dtype=torch.float64)
+    assert torch.equal(lstm(x, s0)[0], peephole(x, s0)[0])

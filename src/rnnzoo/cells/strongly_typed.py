@@ -23,15 +23,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
 from rnnzoo.ops.scan import linear_scan
 
 PAPER = "Balduzzi & Ghifary 2016, arXiv:1602.02218"
 
 
 @cell("trnn", paper=PAPER)
-class TRNN(SplitCell):
+class TRNN(Cell):
     """T-RNN (see the module docstring). State: h (B, H)."""
 
     jacobian_structure = "diag"
@@ -49,9 +49,9 @@ class TRNN(SplitCell):
         return torch.cat([f, z - f * z], -1)
 
     def pieces(self):
-        return [self.hidden_size, self.hidden_size]
+        return (self.hidden_size, self.hidden_size)
 
-    def weights(self):
+    def weights(self, batch_size):
         return ()
 
     def transition(self, parts, state, w):
@@ -64,7 +64,7 @@ class TRNN(SplitCell):
         return h, (last,)
 
 
-class _TypedWithPrevious(SplitCell):
+class _TypedWithPrevious(Cell):
     """Gates from x_t and x_{t-1}; x_{t-1} is the last entry of the state."""
 
     # d state_t / d state_{t-1} is diagonal in h (and c) but dense from x_{t-1} to h
@@ -88,9 +88,9 @@ class _TypedWithPrevious(SplitCell):
         return torch.sigmoid(f), z, torch.tanh(o)
 
     def pieces(self):
-        return [3 * self.hidden_size, self.input_size]
+        return (3 * self.hidden_size, self.input_size)
 
-    def weights(self):
+    def weights(self, batch_size):
         return (self.weight_hh.T,)
 
     def _step_gates(self, parts, x_prev, w):

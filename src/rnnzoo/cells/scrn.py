@@ -9,11 +9,12 @@ state s with a fixed diagonal self-connection alpha beside a fast hidden layer h
 The paper's y_t is the language model's softmax output; as a token mixer the
 output is y_t with tanh (as torchrecurrent's). The recurrence is the paper's: h_t
 feeds h_{t+1}. torchrecurrent 0.2.5 instead feeds y_t back in place of h_t (and
-learns alpha); test_tr_b_paper.py pins the paper's equations.
+learns alpha); tests/cells/test_scrn.py pins the paper's equations.
 
 State (h, s), as in the paper; the output y_t is computed from it. alpha is
-fixed (the paper uses 0.95), `context_size` is the width of s. Parameters weight_ih (S + H, I) rows [B; A], weight_hh (2H, H) rows
-[R; U], weight_ch (2H, S) rows [P; V], bias_ih (S + H,), bias_hh (2H,).
+fixed (the paper uses 0.95), `context_size` is the width of s. Parameters weight_ih
+(S + H, I) rows [B; A], weight_hh (2H, H) rows [R; U], weight_ch (2H, S) rows [P; V],
+bias_ih (S + H,), bias_hh (2H,).
 Glorot-uniform weights, zero biases.
 """
 
@@ -22,22 +23,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, check_real, glorot_init_
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
 
 
 @cell("scrn", paper="Mikolov et al. 2015, arXiv:1412.7753", tiny={"context_size": 3})
-class SCRN(SplitCell):
+class SCRN(Cell):
     """SCRN (see the module docstring). State: (h (B, H), s (B, S)); output y (B, H)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  context_size: int | None = None, alpha: float = 0.95):
         super().__init__(input_size, hidden_size)
         S = hidden_size if context_size is None else context_size
-        if not isinstance(S, int) or isinstance(S, bool) or S < 1:
-            raise ValueError(f"context_size must be a positive int, got {context_size!r}")
-        self.context_size = S
-        self.alpha = check_real("alpha", alpha, 0.0, 1.0)
+        self.context_size = checks.positive_int("context_size", S)
+        self.alpha = checks.real("alpha", alpha, 0.0, 1.0)
         H = hidden_size
         self.state_sizes = (H, S)
         self.weight_ih = nn.Parameter(torch.empty(S + H, input_size))
@@ -54,9 +54,9 @@ class SCRN(SplitCell):
         return torch.cat([xp[..., :S] * (1.0 - self.alpha), add_bias(xp[..., S:], b_h)], -1)
 
     def pieces(self):
-        return [self.context_size, self.hidden_size]
+        return (self.context_size, self.hidden_size)
 
-    def weights(self):
+    def weights(self, batch_size):
         """R, U (from h), P, V (from s), b_y."""
         H = self.hidden_size
         b_y = None if self.bias_hh is None else self.bias_hh[H:]
@@ -68,6 +68,9 @@ class SCRN(SplitCell):
         h = torch.sigmoid(torch.addmm(torch.addmm(hidden_x, s, p), h, r))
         return h, s
 
-    def out(self, state, w):
+    def output(self, state, w=None):
+        """y_t = tanh(U h_t + V s_t + b_y)."""
+        if w is None:
+            w = self.weights(state[0].shape[0])
         (h, s), (_, u, _, v, b_y) = state, w
         return torch.tanh(add_bias(torch.addmm(h @ u, s, v), b_y))

@@ -28,15 +28,9 @@ import math
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.highway import check_positive_int
-from rnnzoo.cells.lstm import fused_loop, uniform_init_
-
-
-def _check_positive_number(name, v):
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
-    return float(v)
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.parts import add_bias, uniform_init_
 
 
 @cell("ltc", paper="Hasani et al. 2021, arXiv:2006.04439",
@@ -51,8 +45,8 @@ class LTCCell(Cell):
 
     def __init__(self, input_size, hidden_size, ode_unfolds=6, dt=1.0):
         super().__init__(input_size, hidden_size)
-        self.ode_unfolds = check_positive_int("ode_unfolds", ode_unfolds)
-        self.dt = _check_positive_number("dt", dt)
+        self.ode_unfolds = checks.positive_int("ode_unfolds", ode_unfolds)
+        self.dt = checks.positive("dt", dt)
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.empty(hidden_size))
@@ -65,14 +59,17 @@ class LTCCell(Cell):
         return nn.functional.softplus(self.tau_raw)
 
     def project(self, x):
-        return x @ self.weight_ih.T + self.bias
+        return add_bias(x @ self.weight_ih.T, self.bias)
 
-    def recur(self, xp_t, state):
-        x = state[0]
+    def weights(self, batch_size):
+        """W_hh^T, 1 / tau."""
+        return self.weight_hh.T, 1 / self.tau
+
+    def transition(self, parts, state, w):
+        (xp_t,), x, (w_hh, leak) = parts, state[0], w
         delta = self.dt / self.ode_unfolds
-        leak = 1 / self.tau
         for _ in range(self.ode_unfolds):
-            f = torch.sigmoid(xp_t + x @ self.weight_hh.T)
+            f = torch.sigmoid(torch.addmm(xp_t, x, w_hh))
             x = (x + delta * f * self.reversal) / (1 + delta * (leak + f))
         return (x,)
 
@@ -96,11 +93,8 @@ class CfCCell(Cell):
         super().__init__(input_size, hidden_size)
         if backbone_units is None:
             backbone_units = hidden_size
-        if not isinstance(backbone_units, int) or isinstance(backbone_units, bool) \
-                or backbone_units < 0:
-            raise ValueError(f"backbone_units must be a non-negative int, got {backbone_units!r}")
-        self.backbone_units = backbone_units
-        self.dt = _check_positive_number("dt", dt)
+        self.backbone_units = checks.int_in("backbone_units", backbone_units, 0)
+        self.dt = checks.positive("dt", dt)
         U = backbone_units or 3 * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(U, input_size))
         self.weight_hh = nn.Parameter(torch.empty(U, hidden_size))
@@ -111,19 +105,22 @@ class CfCCell(Cell):
         uniform_init_(self, hidden_size)
 
     def project(self, x):
-        return x @ self.weight_ih.T + self.bias
+        return add_bias(x @ self.weight_ih.T, self.bias)
 
-    def recur(self, xp_t, state):
-        return self._step(xp_t, state, lambda k, x: x @ self.weight_hh.T)
+    def weights(self, batch_size):
+        """W_hh as a `RecurrentMatrix`, the heads' W^T (None without a backbone)."""
+        return RecurrentMatrix(self.weight_hh), \
+            self.weight_heads.T if self.backbone_units else None
 
     def fused(self, x, state):
         """The loop with weight_hh's gradient in one product after it (`fused_loop`)."""
-        return fused_loop(self, x, state, [self.weight_hh], [slice(None)], self._step)
+        return fused_loop(self, x, state)
 
-    def _step(self, xp_t, state, mm):
-        pre = xp_t + mm(0, state[0])
+    def transition(self, parts, state, w):
+        (mm, heads) = w
+        pre = mm(state[0], parts[0])
         if self.backbone_units:
-            pre = lecun_tanh(pre) @ self.weight_heads.T + self.bias_heads
+            pre = torch.addmm(self.bias_heads, lecun_tanh(pre), heads)
         f, g, h = pre.chunk(3, -1)
         gate = torch.sigmoid(-f * self.dt)
         g, h = torch.tanh(g), torch.tanh(h)

@@ -1,7 +1,24 @@
-"""Cells from time-discretised second-order ODEs (Rusch & Mishra): coRNN and LEM.
+"""Cells from time-discretised second-order ODEs (oscillators): coRNN, UnICORNN and LEM.
 
-State (y, z), each (B, hidden_size); the output is y. Layouts as torchrecurrent
-0.2.5 (weights copy across by name); maths as the papers.
+State (y, z), each (B, hidden_size); the output is y. coRNN and LEM keep the
+layouts of torchrecurrent 0.2.5 (weights copy across by name); the maths is the
+papers'.
+
+UnICORNN, the undamped independent controlled oscillatory RNN (Rusch & Mishra
+2021, "UnICORNN: A recurrent model for learning very long time dependencies",
+ICML, arXiv:2103.05487): a symplectic-Euler discretisation of uncoupled
+oscillators, each driven by the input,
+
+    z_n = z_{n-1} - dt sigmoid(c) * [tanh(w * y_{n-1} + V u_n + b) + alpha y_{n-1}]
+    y_n = y_{n-1} + dt sigmoid(c) * z_n
+
+with w, c per-unit vectors: the recurrence is element-wise (no matrix on the
+state), so d (y_n, z_n) / d (y_{n-1}, z_{n-1}) is diagonal per unit.
+
+State (y, z), output y. Parameters: weight_ih (H, I) = V, bias_ih (H,) = b,
+weight_hh (H,) = w, weight_ch (H,) = c. Initialisation as the paper's code:
+V Kaiming-normal, w uniform in [0, 1], c uniform in [-0.1, 0.1], b zero.
+Options dt (the time step) and alpha (the restoring force).
 """
 
 from __future__ import annotations
@@ -9,12 +26,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_a_base import HoistedCell, check_positive, linear, maybe_bias, uniform_
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
 
 
 @cell("cornn", paper="Rusch & Mishra 2021, ICLR, arXiv:2010.00951", tiny={"hidden_size": 5})
-class CoRNN(HoistedCell):
+class CoRNN(Cell):
     """Coupled oscillatory RNN (Rusch & Mishra 2021), an IMEX step of
     y'' = tanh(W y + W_z y' + V u + b) - gamma y - epsilon y':
 
@@ -35,30 +53,28 @@ class CoRNN(HoistedCell):
                  implicit_damping: bool = True):
         super().__init__(input_size, hidden_size)
         H = hidden_size
-        self.dt = check_positive("dt", dt)
-        self.gamma = check_positive("gamma", gamma, allow_zero=True)
-        self.epsilon = check_positive("epsilon", epsilon, allow_zero=True)
-        if not isinstance(implicit_damping, bool):
-            raise TypeError(f"implicit_damping must be a bool, got {implicit_damping!r}")
-        self.implicit_damping = implicit_damping
+        self.dt = checks.positive("dt", dt)
+        self.gamma = checks.positive("gamma", gamma, allow_zero=True)
+        self.epsilon = checks.positive("epsilon", epsilon, allow_zero=True)
+        self.implicit_damping = checks.flag("implicit_damping", implicit_damping)
         self.state_sizes = (H, H)
         self.weight_ih = nn.Parameter(torch.empty(H, input_size))
         self.weight_hh = nn.Parameter(torch.empty(H, H))
         self.weight_ch = nn.Parameter(torch.empty(H, H))
-        self.bias_ih, self.bias_hh, self.bias_ch = (maybe_bias(H, bias) for _ in range(3))
+        self.bias_ih, self.bias_hh, self.bias_ch = (bias_param(H, bias) for _ in range(3))
         for p in self.parameters():
-            uniform_(p, input_size + 2 * H)
+            uniform_init_(p, input_size + 2 * H)
 
     def project(self, x):
-        return linear(x, self.weight_ih, self.bias_ih, self.bias_hh, self.bias_ch)
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh, self.bias_ch)
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         return self.weight_hh.T, self.weight_ch.T
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         y, z = state
         dt = self.dt
-        force = torch.tanh(torch.addmm(torch.addmm(xp_parts[0], y, w[0]), z, w[1]))
+        force = torch.tanh(torch.addmm(torch.addmm(parts[0], y, w[0]), z, w[1]))
         if self.implicit_damping:
             z = torch.add(torch.add(z, y, alpha=-dt * self.gamma), force, alpha=dt) \
                 / (1 + dt * self.epsilon)
@@ -69,7 +85,7 @@ class CoRNN(HoistedCell):
 
 @cell("lem", paper="Rusch, Mishra, Erichson & Mahoney 2022, ICLR, arXiv:2110.04744",
       tiny={"hidden_size": 5})
-class LEM(HoistedCell):
+class LEM(Cell):
     """Long expressive memory (Rusch et al. 2022), multiscale steps of two ODEs:
 
         dt_y = dt * sigmoid(W_1 y_{n-1} + V_1 u_n + b_1)
@@ -87,34 +103,72 @@ class LEM(HoistedCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dt: float = 1.0):
         super().__init__(input_size, hidden_size)
         H = hidden_size
-        self.dt = check_positive("dt", dt)
+        self.dt = checks.positive("dt", dt)
         if self.dt > 1:
             raise ValueError(f"dt must lie in (0, 1] (dt_y, dt_z are interpolation weights), "
                              f"got {dt!r}")
         self.state_sizes = (H, H)
-        self.xp_sizes = (3 * H, H)
         self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size))
         self.weight_hh = nn.Parameter(torch.empty(3 * H, H))
         self.weight_ch = nn.Parameter(torch.empty(H, H))
-        self.bias_ih = maybe_bias(4 * H, bias)
-        self.bias_hh = maybe_bias(3 * H, bias)
-        self.bias_ch = maybe_bias(H, bias)
+        self.bias_ih = bias_param(4 * H, bias)
+        self.bias_hh = bias_param(3 * H, bias)
+        self.bias_ch = bias_param(H, bias)
         for p in self.parameters():
-            uniform_(p, H)
+            uniform_init_(p, H)
 
     def project(self, x):
-        xp = linear(x, self.weight_ih, self.bias_ih)
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
         return xp if self.bias_hh is None else xp + torch.cat([self.bias_hh, self.bias_ch])
 
-    def recurrent_weights(self, batch_size):
+    def pieces(self):
+        return (3 * self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
         return self.weight_hh.T, self.weight_ch.T
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         y, z = state
-        x_yz, x_y = xp_parts
+        x_yz, x_y = parts
         H = self.hidden_size
         steps, z_pre = torch.addmm(x_yz, y, w[0]).split((2 * H, H), -1)
         steps = torch.sigmoid(steps) if self.dt == 1 else self.dt * torch.sigmoid(steps)
         dt_y, dt_z = steps.chunk(2, -1)
         z = torch.lerp(z, torch.tanh(z_pre), dt_z)
         return torch.lerp(y, torch.tanh(torch.addmm(x_y, z, w[1])), dt_y), z
+
+
+
+@cell("unicornn", paper="Rusch & Mishra 2021, arXiv:2103.05487")
+class UnICORNN(Cell):
+    """UnICORNN (see the module docstring). State: (y, z), each (B, H)."""
+
+    jacobian_structure = ("block", 2)  # per channel: (y_j, z_j)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 dt: float = 0.1, alpha: float = 0.0):
+        super().__init__(input_size, hidden_size)
+        self.dt = checks.real("dt", dt, 0.0)
+        self.alpha = checks.real("alpha", alpha)
+        H = hidden_size
+        self.state_sizes = (H, H)
+        self.weight_ih = nn.Parameter(torch.empty(H, input_size))
+        self.bias_ih = bias_param(H, bias)
+        self.weight_hh = nn.Parameter(torch.empty(H))
+        self.weight_ch = nn.Parameter(torch.empty(H))
+        nn.init.kaiming_normal_(self.weight_ih)
+        nn.init.uniform_(self.weight_hh, 0.0, 1.0)
+        nn.init.uniform_(self.weight_ch, -0.1, 0.1)
+
+    def project(self, x):
+        return add_bias(x @ self.weight_ih.T, self.bias_ih)
+
+    def weights(self, batch_size):
+        """w and the per-unit step dt * sigmoid(c)."""
+        return self.weight_hh, self.dt * torch.sigmoid(self.weight_ch)
+
+    def transition(self, parts, state, w):
+        (pre,), (y, z), (w_hh, step) = parts, state, w
+        force = torch.add(torch.tanh(torch.addcmul(pre, w_hh, y)), y, alpha=self.alpha)
+        z = torch.addcmul(z, step, force, value=-1.0)
+        return torch.addcmul(y, step, z), z

@@ -1,11 +1,27 @@
 """Recurrent Highway Network (Zilly et al. 2017): the highway equations by hand, and the
-carry behaviour. (torchrecurrent 0.2.5 ships an RHNCell file but it does not import:
+carry behaviour; the Intersection RNN's highway output. (torchrecurrent 0.2.5 ships an RHNCell file but it does not import:
 `from ..base import BaseRecurrentLayer` fails, so it cannot serve as an oracle.)"""
 
 import pytest
 import torch
 
 from rnnzoo.cells.highway import RHNCell
+from rnnzoo.registry import CELLS
+
+F64 = torch.float64
+
+
+def randomised(name, input_size=4, hidden_size=5, scale=0.6, **options):
+    torch.manual_seed(0)
+    cell = CELLS[name].cls(input_size, hidden_size, **options).double()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.copy_(scale * torch.randn_like(p))
+    return cell
+
+
+def step(cell, x, state):
+    return cell.recur(cell.project(x), state)
 
 
 def test_rhn_step_by_hand_and_carry():
@@ -30,3 +46,15 @@ def test_rhn_step_by_hand_and_carry():
 def test_rhn_bad_depth():
     with pytest.raises(ValueError, match="depth must be a positive int, got 0"):
         RHNCell(2, 3, depth=0)
+
+
+def test_intersection_rnn_output_is_a_highway():
+    """Collins et al. 2017: y_t = g_y x_t + (1 - g_y) relu(.); an open y-gate passes x_t
+    through unchanged, whatever h holds. y has the input's width, h its own."""
+    cell = randomised("intersection_rnn", input_size=4, hidden_size=6)
+    with torch.no_grad():
+        cell.bias_ih[4 + 6:4 + 6 + 4] = 60.0  # the y-gate's rows come after d (I) and r (H)
+    x, h0 = torch.randn(2, 5, 4, dtype=F64), torch.randn(2, 6, dtype=F64)
+    y, (y_last, h) = cell.loop(x, (torch.zeros(2, 4, dtype=F64), h0))
+    torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-12)
+    assert h.shape == (2, 6) and torch.equal(y_last, y[:, -1])

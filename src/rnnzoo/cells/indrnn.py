@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_a_base import HoistedCell, activation, linear, maybe_bias, uniform_
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import activation, add_bias, bias_param, uniform_init_
 
 
 @cell("indrnn", paper="Li, Li, Cook, Zhu & Gao 2018, CVPR, arXiv:1803.04831",
       tiny={"hidden_size": 5})
-class IndRNN(HoistedCell):
+class IndRNN(Cell):
     """h_t = phi(W_ih x_t + b_ih + weight_hh * h_{t-1} + b_hh); weight_hh: (hidden_size,).
 
     Options: nonlinearity phi ("relu", the paper's, or "tanh"). State: h (B, hidden_size).
@@ -34,16 +34,16 @@ class IndRNN(HoistedCell):
         super().__init__(input_size, hidden_size)
         self.nonlinearity = nonlinearity
         self._phi = activation("nonlinearity", nonlinearity, ("relu", "tanh"))
-        self.weight_ih = nn.Parameter(uniform_(torch.empty(hidden_size, input_size), hidden_size))
+        self.weight_ih = nn.Parameter(uniform_init_(torch.empty(hidden_size, input_size), hidden_size))
         self.weight_hh = nn.Parameter(torch.rand(hidden_size))
-        self.bias_ih = maybe_bias(hidden_size, bias)
-        self.bias_hh = maybe_bias(hidden_size, bias)
+        self.bias_ih = bias_param(hidden_size, bias)
+        self.bias_hh = bias_param(hidden_size, bias)
 
     def project(self, x):
-        return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         return (self.weight_hh.expand(batch_size, -1),)
 
-    def recur_with(self, xp_parts, state, w):
-        return (self._phi(torch.addcmul(xp_parts[0], w[0], state[0])),)
+    def transition(self, parts, state, w):
+        return (self._phi(torch.addcmul(parts[0], w[0], state[0])),)

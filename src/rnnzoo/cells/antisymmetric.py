@@ -26,29 +26,30 @@ import math
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_a_base import HoistedCell, activation, check_positive, linear, maybe_bias
+from rnnzoo import checks
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import activation, add_bias, bias_param
 
 PAPER = "Chang, Chen, Haber & Chi 2019, arXiv:1902.09689"
 
 
-class _Antisymmetric(HoistedCell):
+class _Antisymmetric(Cell):
     gates = 1  # rows of W_ih per hidden unit
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  epsilon: float = 0.1, gamma: float = 0.01, sigma_w: float = 1.0):
         super().__init__(input_size, hidden_size)
-        self.epsilon = check_positive("epsilon", epsilon)
-        self.gamma = check_positive("gamma", gamma, allow_zero=True)
+        self.epsilon = checks.positive("epsilon", epsilon)
+        self.gamma = checks.positive("gamma", gamma, allow_zero=True)
         self.weight_ih = nn.Parameter(torch.empty(self.gates * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))
-        self.bias_ih = maybe_bias(self.gates * hidden_size, bias)
-        self.bias_hh = maybe_bias(hidden_size, bias)
+        self.bias_ih = bias_param(self.gates * hidden_size, bias)
+        self.bias_hh = bias_param(hidden_size, bias)
         nn.init.normal_(self.weight_ih, std=1 / math.sqrt(input_size))
-        nn.init.normal_(self.weight_hh, std=check_positive("sigma_w", sigma_w, True)
+        nn.init.normal_(self.weight_hh, std=checks.positive("sigma_w", sigma_w, allow_zero=True)
                         / math.sqrt(hidden_size))
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         """A^T = W^T - W - gamma I, laid out for h @ A^T."""
         w = self.weight_hh
         eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
@@ -72,11 +73,11 @@ class AntisymmetricRNN(_Antisymmetric):
         self._phi = activation("nonlinearity", nonlinearity, ("tanh", "relu", "identity"))
 
     def project(self, x):
-        return linear(x, self.weight_ih, self.bias_ih, self.bias_hh)
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
-        return (torch.add(h, self._phi(torch.addmm(xp_parts[0], h, w[0])), alpha=self.epsilon),)
+        return (torch.add(h, self._phi(torch.addmm(parts[0], h, w[0])), alpha=self.epsilon),)
 
 
 @cell("gated_antisymmetric_rnn", paper=PAPER, tiny={"hidden_size": 5})
@@ -93,17 +94,17 @@ class GatedAntisymmetricRNN(_Antisymmetric):
 
     def project(self, x):
         H = self.hidden_size
-        xp = linear(x, self.weight_ih, self.bias_ih)
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
         if self.bias_hh is not None:
             xp = torch.cat([xp[..., :H], xp[..., H:] + self.bias_hh], -1)
         return xp
 
-    def recurrent_weights(self, batch_size):
+    def weights(self, batch_size):
         """[A^T, A^T] (H, 2H): the gate and the candidate in one product."""
-        a_t = super().recurrent_weights(batch_size)[0]
+        a_t = super().weights(batch_size)[0]
         return (torch.cat([a_t, a_t], 1),)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
-        z, c = torch.addmm(xp_parts[0], h, w[0]).chunk(2, -1)
+        z, c = torch.addmm(parts[0], h, w[0]).chunk(2, -1)
         return (torch.addcmul(h, torch.sigmoid(z), torch.tanh(c), value=self.epsilon),)

@@ -1,4 +1,21 @@
-"""MUT1, MUT2, MUT3: the three architectures found by evolutionary search in
+"""Recurrent cells found by search: the NAS cell and MUT1-3.
+
+The NAS cell, the recurrent cell found by neural architecture search (Zoph & Le
+2017, "Neural Architecture Search with Reinforcement Learning", arXiv:1611.01578),
+as in TensorFlow's NASCell. Eight pre-activations from one matrix product,
+
+    [g_0 .. g_7] = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
+
+then a fixed tree of element-wise combinations:
+
+    l_0 = sigmoid(g_0) * relu(g_1)      l_1 = sigmoid(g_2) + relu(g_3)
+    l_2 = tanh(g_4) * sigmoid(g_5)      l_3 = tanh(g_6) + sigmoid(g_7)
+    c_t = tanh(tanh(l_0) + c_{t-1}) * tanh(l_1)
+    h_t = tanh(c_t * tanh(tanh(l_2) + sigmoid(l_3)))
+
+State (h, c). Parameters weight_ih (8H, I), weight_hh (8H, H), bias_ih, bias_hh (8H,).
+
+MUT1, MUT2, MUT3, the three architectures found by evolutionary search in
 Jozefowicz, Zaremba & Sutskever 2015, "An Empirical Exploration of Recurrent
 Network Architectures" (ICML 2015). With z the update and r the reset gate:
 
@@ -20,39 +37,60 @@ input width == hidden width; like torchrecurrent, a learned W x_t stands for x_t
 
 Parameters (rows in the order [z; r; h]): weight_ih (3H, I), bias_ih (3H,);
 weight_hh (2H, H) = [W_hr; W_hh] for MUT1, (3H, H) = [W_hz; W_hr; W_hh] for MUT2/3;
-bias_hh of weight_hh's rows. Glorot-uniform weights, zero biases.
+bias_hh of weight_hh's rows.
+
+All four: Glorot-uniform weights, zero biases.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_b_common import SplitCell, add_bias, bias_param, glorot_init_
-
-PAPER = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of RNN Architectures)"
+from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_
 
 
-class _MUT(SplitCell):
-    recurrent_gates = 3
+@cell("nas", paper="Zoph & Le 2017, arXiv:1611.01578")
+class NAS(StackedGates):
+    """NAS cell (see the module docstring). State: (h, c), each (B, H)."""
+
+    num_gates = 8
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
-        super().__init__(input_size, hidden_size)
-        k = self.recurrent_gates
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(k * hidden_size, hidden_size))
-        self.bias_ih = bias_param(3 * hidden_size, bias)
-        self.bias_hh = bias_param(k * hidden_size, bias)
+        super().__init__(input_size, hidden_size, bias)
+        self.state_sizes = (hidden_size, hidden_size)
         glorot_init_(self)
 
-    def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        h, c = state
+        g = torch.addmm(parts[0], h, w[0]).chunk(8, 1)
+        l0 = torch.sigmoid(g[0]) * torch.relu(g[1])
+        l1 = torch.sigmoid(g[2]) + torch.relu(g[3])
+        l2 = torch.tanh(g[4]) * torch.sigmoid(g[5])
+        l3 = torch.tanh(g[6]) + torch.sigmoid(g[7])
+        c = torch.tanh(torch.tanh(l0) + c) * torch.tanh(l1)
+        h = torch.tanh(c * torch.tanh(torch.tanh(l2) + torch.sigmoid(l3)))
+        return h, c
+
+
+
+MUT = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of RNN Architectures)"
+
+
+class _MUT(StackedGates):
+    num_gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        glorot_init_(self)
 
     def pieces(self):
-        return [self.hidden_size] * 3
+        return (self.hidden_size,) * 3
 
-    def weights(self):
+    def weights(self, batch_size):
         return self.weight_hh.T.split(self.hidden_size, 1)
 
     @staticmethod
@@ -62,7 +100,7 @@ class _MUT(SplitCell):
         return torch.addcmul(h, z, candidate - h)
 
 
-@cell("mut1", paper=PAPER)
+@cell("mut1", paper=MUT)
 class MUT1(_MUT):
     """MUT1 (see the module docstring): the update gate sees only x_t. State: h (B, H)."""
 
@@ -83,14 +121,14 @@ class MUT1(_MUT):
         return (self._update(h, z, r, xh, w_hh),)
 
 
-@cell("mut2", paper=PAPER)
+@cell("mut2", paper=MUT)
 class MUT2(_MUT):
     """MUT2 (see the module docstring). State: h (B, H)."""
 
     def pieces(self):
-        return [2 * self.hidden_size, self.hidden_size]
+        return (2 * self.hidden_size, self.hidden_size)
 
-    def weights(self):
+    def weights(self, batch_size):
         return self.weight_hh.T.split([2 * self.hidden_size, self.hidden_size], 1)
 
     def transition(self, parts, state, w):
@@ -99,7 +137,7 @@ class MUT2(_MUT):
         return (self._update(h, z, r, xh, w_hh),)
 
 
-@cell("mut3", paper=PAPER)
+@cell("mut3", paper=MUT)
 class MUT3(_MUT):
     """MUT3 (see the module docstring): the update gate sees tanh(h_{t-1}). State: h (B, H)."""
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rnnzoo.cells.continuous import CfCCell, LTCCell
+from rnnzoo.cells.continuous_time import CfCCell, LTCCell
 
 
 def test_ltc_fused_solver_closed_form_with_constant_f():

@@ -23,13 +23,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.cells.base import cell
-from rnnzoo.cells.tr_a_base import HoistedCell, linear, maybe_bias
+from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.parts import add_bias, bias_param
 
 PAPER = "Vecoven, Ernst & Drion 2021, PLoS ONE 16(6):e0252676, arXiv:2006.05252"
 
 
-class _Bistable(HoistedCell):
+class _Bistable(Cell):
     """The step uses 1 + tanh(v) = 2 sigmoid(2 v): the a-gate's pre-activation is
     doubled once per sequence and a_t * h_{t-1} = 2 sigmoid(.) * h_{t-1}."""
 
@@ -38,14 +38,14 @@ class _Bistable(HoistedCell):
         H = hidden_size
         self.weight_ih = nn.Parameter(torch.empty(3 * H, input_size))
         self.weight_hh = nn.Parameter(torch.empty(self._weight_hh_shape()))
-        self.bias_ih = maybe_bias(3 * H, bias)
-        self.bias_hh = maybe_bias(2 * H, bias)
+        self.bias_ih = bias_param(3 * H, bias)
+        self.bias_hh = bias_param(2 * H, bias)
         for block in self.weight_ih.data.chunk(3):
             nn.init.xavier_uniform_(block)
 
     def project(self, x):
         """(..., I) -> (..., 3H): [2 (U_a x + b_a), U_c x + b_c, U x + b]."""
-        a, c, u = linear(x, self.weight_ih, self.bias_ih).chunk(3, -1)
+        a, c, u = add_bias(x @ self.weight_ih.T, self.bias_ih).chunk(3, -1)
         if self.bias_hh is not None:
             b_a, b_c = self.bias_hh.chunk(2)
             a, c = a + b_a, c + b_c
@@ -70,16 +70,18 @@ class BR(_Bistable):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
         nn.init.ones_(self.weight_hh)
-        self.xp_sizes = (hidden_size,) * 3
 
-    def recurrent_weights(self, batch_size):
+    def pieces(self):
+        return (self.hidden_size,) * 3
+
+    def weights(self, batch_size):
         """2 w_a and w_c, each expanded to (B, H)."""
         w_a, w_c = self.weight_hh.chunk(2)
         return (2 * w_a).expand(batch_size, -1), w_c.expand(batch_size, -1)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
-        a2, c, u = xp_parts
+        a2, c, u = parts
         half_a = torch.sigmoid(torch.addcmul(a2, w[0], h))
         return self._candidate(half_a, u, h, torch.sigmoid(torch.addcmul(c, w[1], h)))
 
@@ -96,15 +98,17 @@ class NBR(_Bistable):
         super().__init__(input_size, hidden_size, bias)
         for block in self.weight_hh.data.chunk(2):
             nn.init.xavier_uniform_(block)
-        self.xp_sizes = (2 * hidden_size, hidden_size)
 
-    def recurrent_weights(self, batch_size):
+    def pieces(self):
+        return (2 * self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
         """[2 W_a; W_c]^T (H, 2H)."""
         w_a, w_c = self.weight_hh.chunk(2)
         return (torch.cat([2 * w_a, w_c]).T,)
 
-    def recur_with(self, xp_parts, state, w):
+    def transition(self, parts, state, w):
         h = state[0]
-        ac, u = xp_parts
+        ac, u = parts
         half_a, c = torch.sigmoid(torch.addmm(ac, h, w[0])).chunk(2, -1)
         return self._candidate(half_a, u, h, c)

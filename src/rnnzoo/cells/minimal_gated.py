@@ -1,0 +1,388 @@
+"""Cells with one or two gates and a single state h (B, hidden_size): ATR, CFN,
+Li-GRU, LightRU, MGU, MinimalRNN, UGRNN, STAR, SGRN, SGU and DSGU.
+
+Parameters are PyTorch-style: `weight_ih` stacks the input maps of the gates in
+the order the docstring lists them, `weight_hh` the recurrent maps, `bias_ih`
+and `bias_hh` likewise (the layouts of torchrecurrent 0.2.5, so weights copy
+across by name). Each step does one matrix product on h (MGU: two, its
+candidate reads the gated state); everything that depends on x only (tanh
+candidates of LightRU, MinimalRNN's latent z and its gate input) is computed
+for all steps at once in `project`.
+
+STAR and SGRN squash a gated mix of the old state and an input-only candidate.
+STAR, the stackable recurrent cell (Turkoglu et al. 2021, "Gating Revisited: Deep
+Multi-layer RNNs That Can Be Trained", arXiv:1911.11033, TPAMI):
+
+    z_t = tanh(W_z x_t + b_z)
+    k_t = sigmoid(W_x x_t + W_h h_{t-1} + b_k)
+    h_t = tanh((1 - k_t) * h_{t-1} + k_t * z_t)
+
+  weight_ih (2H, I) rows [z; k], bias_ih (2H,), weight_hh (H, H), bias_hh (H,).
+
+SGRN, the simple gated recurrent network (IET Generation, Transmission &
+Distribution 2021, doi:10.1049/gtd2.12056): one shared input map u_t,
+
+    u_t = W_ih x_t + b_ih
+    f_t = sigmoid(u_t + W_hh h_{t-1} + b_hh),   i_t = 1 - f_t
+    h_t = tanh(i_t * u_t + f_t * h_{t-1})
+
+  weight_ih (H, I), weight_hh (H, H), bias_ih, bias_hh (H,).
+
+Simple Gated Unit and Deep Simple Gated Unit (Gao & Glowacka 2016, "Deep Gate
+Recurrent Neural Network", ACML, arXiv:1604.02910). One gate z_t and a
+multiplicative candidate built from the input-modulated state:
+
+    x_g   = W_xh x_t + b_g
+    z_g   = tanh(U_g (x_g * h_{t-1}) + b_zg)
+    SGU:   z_out = softplus(z_g * h_{t-1})
+    DSGU:  z_out = sigmoid(U_o (z_g * h_{t-1}))
+    z_t   = hard_sigmoid(W_xz x_t + b_z + U_z h_{t-1})
+    h_t   = (1 - z_t) * h_{t-1} + z_t * z_out
+
+hard_sigmoid is torch's, relu6(x + 3) / 6, as in torchrecurrent (Theano's, used by
+the paper's code, is clip(0.2 x + 0.5, 0, 1): the same shape with slope 0.2).
+Parameters: weight_ih (2H, I) rows [W_xh; W_xz], bias_ih (2H,), weight_hh (2H, H)
+rows [U_g; U_z], bias_hh (2H,); DSGU adds weight_ho (H, H) = U_o.
+
+Initialisation: STAR, SGRN, SGU and DSGU Glorot-uniform weights and zero biases;
+the others torch.nn.RNN's U(-1/sqrt(hidden), 1/sqrt(hidden)) unless their class
+says otherwise, the papers giving none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.cells.base import cell
+from rnnzoo.cells.parts import StackedGates, activation, add_bias, glorot_init_, uniform_init_
+
+COLLINS = "Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913"
+SGU_PAPER = "Gao & Glowacka 2016, arXiv:1604.02910"
+
+
+class _OneProduct(StackedGates):
+    """torch.nn.RNN's initialisation; `weights` gives W_hh^T (H, R*H) once per sequence."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        uniform_init_(self, hidden_size)
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+
+@cell("atr", paper="Zhang, Xiong, Su, Lin & Zhang 2018, EMNLP, arXiv:1810.12546",
+      tiny={"hidden_size": 5})
+class ATR(_OneProduct):
+    """Addition-subtraction twin-gated recurrent unit (Zhang et al. 2018):
+
+        p_t = W_ih x_t + b_ih,   q_t = W_hh h_{t-1} + b_hh
+        i_t = sigmoid(p_t + q_t),   f_t = sigmoid(p_t - q_t)
+        h_t = i_t * p_t + f_t * h_{t-1}
+
+    Both gates come from one product: [p_t + b_hh, p_t - b_hh] + h_{t-1} [U; -U]^T.
+    """
+
+    def pieces(self):
+        return (2 * self.hidden_size, self.hidden_size)
+
+    def project(self, x):
+        """(..., I) -> (..., 3H): p + b_hh, p - b_hh, p."""
+        p = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        if self.bias_hh is None:
+            return torch.cat([p, p, p], -1)
+        return torch.cat([p + self.bias_hh, p - self.bias_hh, p], -1)
+
+    def weights(self, batch_size):
+        u = self.weight_hh
+        return (torch.cat([u, -u]).T,)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        pm, p = parts
+        i, f = torch.sigmoid(torch.addmm(pm, h, w[0])).chunk(2, -1)
+        return (torch.addcmul(i * p, f, h),)
+
+
+@cell("cfn", paper="Laurent & von Brecht 2017, ICLR, arXiv:1612.06212", tiny={"hidden_size": 5})
+class CFN(_OneProduct):
+    """Chaos-free network (Laurent & von Brecht 2017):
+
+        theta_t = sigmoid(U_theta h_{t-1} + V_theta x_t + b_theta)
+        eta_t   = sigmoid(U_eta h_{t-1} + V_eta x_t + b_eta)
+        h_t     = theta_t * tanh(h_{t-1}) + eta_t * tanh(W x_t + b)
+
+    weight_ih = [V_theta; V_eta; W] (3H, I), weight_hh = [U_theta; U_eta] (2H, H).
+    Without input the state decays monotonically to 0: no chaos.
+    """
+
+    num_gates, recurrent_gates = 3, 2
+
+    def pieces(self):
+        return (2 * self.hidden_size, self.hidden_size)
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        gates = xp[..., :2 * H] if self.bias_hh is None else xp[..., :2 * H] + self.bias_hh
+        return torch.cat([gates, torch.tanh(xp[..., 2 * H:])], -1)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        gates, cand = parts
+        theta, eta = torch.sigmoid(torch.addmm(gates, h, w[0])).chunk(2, -1)
+        return (torch.addcmul(theta * torch.tanh(h), eta, cand),)
+
+
+@cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
+      tiny={"hidden_size": 5})
+class LiGRU(_OneProduct):
+    """Light GRU (Ravanelli et al. 2018): a GRU without reset gate, ReLU candidate.
+
+        z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
+        c_t = relu(W_h x_t + U_h h_{t-1} + b_h)
+        h_t = z_t * h_{t-1} + (1 - z_t) * c_t
+
+    weight_ih = [W_z; W_h], weight_hh = [U_z; U_h]. The paper batch-normalises
+    W_h x_t over the mini-batch; a per-batch statistic would make a streamed
+    step differ from the whole sequence, so it is left to the surrounding model.
+    Init: Glorot input maps, orthogonal recurrent maps (as SpeechBrain's Li-GRU), zero biases.
+    """
+
+    num_gates = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "relu"):
+        super().__init__(input_size, hidden_size, bias)
+        self.nonlinearity = nonlinearity
+        self._phi = activation("nonlinearity", nonlinearity, ("relu", "tanh"))
+        for w, init in ((self.weight_ih, nn.init.xavier_uniform_),
+                        (self.weight_hh, nn.init.orthogonal_)):
+            for block in w.data.chunk(2):
+                init(block)
+        for b in (self.bias_ih, self.bias_hh):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        z, c = torch.addmm(parts[0], h, w[0]).chunk(2, -1)
+        return (torch.lerp(self._phi(c), h, torch.sigmoid(z)),)
+
+
+@cell("lightru", paper="Ye et al. 2024, Electronics 13(16):3204, doi:10.3390/electronics13163204",
+      tiny={"hidden_size": 5})
+class LightRU(_OneProduct):
+    """Light recurrent unit (Ye et al. 2024): the candidate sees the input only.
+
+        c_t = tanh(W_c x_t + b_c)
+        f_t = sigmoid(W_f x_t + U_f h_{t-1} + b_f)
+        h_t = (1 - f_t) * h_{t-1} + f_t * c_t
+
+    weight_ih = [W_c; W_f] (2H, I), weight_hh = U_f (H, H); bias_hh goes to f.
+    """
+
+    num_gates, recurrent_gates = 2, 1
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        f = xp[..., H:] if self.bias_hh is None else xp[..., H:] + self.bias_hh
+        return torch.cat([torch.tanh(xp[..., :H]), f], -1)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        cand, f = parts
+        return (torch.lerp(h, cand, torch.sigmoid(torch.addmm(f, h, w[0]))),)
+
+
+@cell("mgu", paper="Zhou, Wu, Zhang & Zhou 2016, arXiv:1603.09420", tiny={"hidden_size": 5})
+class MGU(_OneProduct):
+    """Minimal gated unit (Zhou et al. 2016): one forget gate.
+
+        f_t = sigmoid(W_f x_t + U_f h_{t-1} + b_f)
+        c_t = tanh(W_h x_t + U_h (f_t * h_{t-1}) + b_h)
+        h_t = (1 - f_t) * h_{t-1} + f_t * c_t
+
+    weight_ih = [W_f; W_h], weight_hh = [U_f; U_h]. The candidate reads the gated
+    state, so a step needs two matrix products.
+    """
+
+    num_gates = 2
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
+        """U_f^T, U_h^T."""
+        return tuple(u.T for u in self.weight_hh.chunk(2))
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        x_f, x_h = parts
+        f = torch.sigmoid(torch.addmm(x_f, h, w[0]))
+        return (torch.lerp(h, torch.tanh(torch.addmm(x_h, f * h, w[1])), f),)
+
+
+@cell("minimal_rnn", paper="Chen 2017, arXiv:1711.06788", tiny={"hidden_size": 5})
+class MinimalRNN(_OneProduct):
+    """MinimalRNN (Chen 2017): the input is mapped to a latent z_t, then one gate.
+
+        z_t = tanh(W_ih x_t + b_ih)
+        u_t = sigmoid(W_hh h_{t-1} + W_mm z_t + b_hh)
+        h_t = u_t * h_{t-1} + (1 - u_t) * z_t
+
+    z_t and W_mm z_t + b_hh depend on the input only: `project` computes both.
+    Init (our choice, the paper gives none): Glorot W_ih, orthogonal W_hh and
+    W_mm, zero biases.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.weight_mm = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        nn.init.xavier_uniform_(self.weight_ih)
+        nn.init.orthogonal_(self.weight_hh)
+        nn.init.orthogonal_(self.weight_mm)
+        for b in (self.bias_ih, self.bias_hh):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def project(self, x):
+        z = torch.tanh(add_bias(x @ self.weight_ih.T, self.bias_ih))
+        return torch.cat([z, add_bias(z @ self.weight_mm.T, self.bias_hh)], -1)
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        z, u = parts
+        return (torch.lerp(z, h, torch.sigmoid(torch.addmm(u, h, w[0]))),)
+
+
+@cell("ugrnn", paper=COLLINS, tiny={"hidden_size": 5})
+class UGRNN(_OneProduct):
+    """Update-gate RNN: one gate between h_{t-1} and a tanh candidate.
+
+        c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
+        g_t = sigmoid(W_g x_t + U_g h_{t-1} + b_g)
+        h_t = g_t * h_{t-1} + (1 - g_t) * c_t
+
+    (Collins, Sohl-Dickstein & Sussillo 2017, "Capacity and Trainability in Recurrent
+    Neural Networks", section 2 and appendix.) weight_ih = [W_c; W_g] (2H, I),
+    weight_hh = [U_c; U_g] (2H, H). State: h.
+    """
+
+    num_gates = 2
+
+    def transition(self, parts, state, w):
+        h = state[0]
+        c, g = torch.addmm(parts[0], h, w[0]).chunk(2, -1)
+        return (torch.lerp(torch.tanh(c), h, torch.sigmoid(g)),)
+
+
+class _SquashedGate(StackedGates):
+    """STAR and SGRN: weight_hh (H, H), a gate and a candidate from x. Glorot init."""
+
+    recurrent_gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        glorot_init_(self)
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
+        return (self.weight_hh.T,)
+
+    def transition(self, parts, state, w):
+        """parts = (candidate, gate pre-activation from x): h = tanh(h + k (candidate - h))."""
+        (candidate, gate_x), h = parts, state[0]
+        k = torch.sigmoid(torch.addmm(gate_x, h, w[0]))
+        return (torch.tanh(torch.addcmul(h, k, candidate - h)),)
+
+
+@cell("star", paper="Turkoglu et al. 2021, arXiv:1911.11033")
+class STAR(_SquashedGate):
+    """STAR (see the module docstring). State: h (B, H)."""
+
+    num_gates = 2
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        return torch.cat([torch.tanh(xp[..., :H]), add_bias(xp[..., H:], self.bias_hh)], -1)
+
+
+@cell("sgrn", paper="IET Gener. Transm. Distrib. 2021, doi:10.1049/gtd2.12056")
+class SGRN(_SquashedGate):
+    """SGRN (see the module docstring); i_t = 1 - f_t, so h = tanh(h + (1 - f)(u - h)).
+    State: h (B, H)."""
+
+    def project(self, x):
+        u = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        return torch.cat([u, add_bias(u, self.bias_hh)], -1)
+
+    def transition(self, parts, state, w):
+        (u, gate_x), h = parts, state[0]
+        f = torch.sigmoid(torch.addmm(gate_x, h, w[0]))
+        return (torch.tanh(torch.addcmul(u, f, h - u)),)
+
+
+@cell("sgu", paper=SGU_PAPER)
+class SGU(StackedGates):
+    """SGU (see the module docstring). State: h (B, H)."""
+
+    num_gates = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        glorot_init_(self)
+
+    def project(self, x):
+        H = self.hidden_size
+        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        b_z = None if self.bias_hh is None else self.bias_hh[H:]
+        return torch.cat([xp[..., :H], add_bias(xp[..., H:], b_z)], -1)
+
+    def pieces(self):
+        return (self.hidden_size, self.hidden_size)
+
+    def weights(self, batch_size):
+        """U_g, U_z, b_zg, and U_o (DSGU)."""
+        b_g = None if self.bias_hh is None else self.bias_hh[:self.hidden_size]
+        return (*self.weight_hh.T.split(self.hidden_size, 1), b_g, None)
+
+    @staticmethod
+    def _out(gated, w_o):
+        return F.softplus(gated)
+
+    def transition(self, parts, state, w):
+        (x_g, x_z), h, (u_g, u_z, b_g, w_o) = parts, state[0], w
+        pre = x_g * h @ u_g if b_g is None else torch.addmm(b_g, x_g * h, u_g)
+        z_out = self._out(torch.tanh(pre) * h, w_o)
+        z = F.hardsigmoid(torch.addmm(x_z, h, u_z))
+        return (torch.addcmul(h, z, z_out - h),)
+
+
+@cell("dsgu", paper=SGU_PAPER)
+class DSGU(SGU):
+    """DSGU: SGU whose candidate is sigmoid(U_o (z_g * h)). State: h (B, H)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__(input_size, hidden_size, bias)
+        self.weight_ho = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        nn.init.xavier_uniform_(self.weight_ho)
+
+    def weights(self, batch_size):
+        return super().weights(batch_size)[:3] + (self.weight_ho.T,)
+
+    @staticmethod
+    def _out(gated, w_o):
+        return torch.sigmoid(gated @ w_o)
