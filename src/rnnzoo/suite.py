@@ -1,4 +1,4 @@
-"""A grid of runs and its comparison table: `rnnzoo suite`, `rnnzoo demo`, `rnnzoo tasks`.
+"""A grid of runs and its comparison table: `rnnzoo suite` and `rnnzoo demo`.
 
     rnnzoo suite --tasks parity,mqar --layers lstm,mingru --lrs 1e-3,3e-3 --out runs/suite
 
@@ -239,13 +239,3 @@ def demo_main(args) -> None:
     print(f"\n{md}\nscaled accuracy: 0 = chance, 1 = perfect. {len(records)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
 
-
-# -- rnnzoo tasks -----------------------------------------------------------------------------------
-def add_tasks_arguments(p) -> None:
-    pass
-
-
-def tasks_main(args) -> None:
-    width = max(len(n) for n in list_tasks())
-    for n in list_tasks():
-        print(f"{n:<{width}}  options: {', '.join(task_options(n))}")
