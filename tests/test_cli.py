@@ -16,7 +16,7 @@ TINY = ["--d-model", "8", "--steps", "4", "--batch-size", "4", "--eval-every", "
 
 
 def test_train_writes_a_run_folder(tmp_path, capsys):
-    assert main(["train", "--task", "parity", "--layer", "lstm", "--layers", "1", *TINY,
+    assert main(["train", "--task", "parity", "--layer", "lstm", "--depth", "1", *TINY,
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "step      4/4" in out and "tok/s" in out and "eval step 2" in out
@@ -36,6 +36,8 @@ def test_train_writes_a_run_folder(tmp_path, capsys):
      "data file not found: /no/such/corpus.txt"),
     (["--task", "parity", "--layer", "mingru", "--layer-option", "expand=0"],
      "expand must be a positive int, got 0"),
+    (["--task", "parity", "--layer", "lstm", "--layers", "1"],
+     "--layers is now --depth .*: use --depth 1; --layers lists layer names in suite and bench"),
 ])
 def test_errors_are_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["train", *argv, "--out", str(tmp_path), "--steps", "1"]) == 2
@@ -71,11 +73,20 @@ def test_suite_grid_tables_and_skips_done_runs(tmp_path, capsys):
 
 
 def test_best_over_lrs_minimises_lower_is_better_metrics():
-    rows = [dict(task="text", layer="lstm", metric="bpc", value=v, lr=lr)
+    rows = [dict(task="text", layer="lstm", metric="bpc", higher_is_better=False, value=v, lr=lr)
             for v, lr in ((2.5, 1e-3), (1.5, 1e-2), (3.0, 1e-1))]
     assert suite.best_over_lrs(rows)[("text", "lstm")]["lr"] == 1e-2
-    rows = [dict(r, metric="acc") for r in rows]
+    rows = [dict(r, metric="acc", higher_is_better=True) for r in rows]
     assert suite.best_over_lrs(rows)[("text", "lstm")]["lr"] == 1e-1
+
+
+def test_records_without_the_direction_take_it_from_their_task():
+    """final.json written before records carried `higher_is_better`: the task class says."""
+    rows = [dict(task=task, layer="lstm", metric=metric, value=v, lr=lr)
+            for task, metric in (("text", "bpc"), ("parity", "scaled_acc"))
+            for v, lr in ((2.5, 1e-3), (1.5, 1e-2), (3.0, 1e-1))]
+    best = suite.best_over_lrs(rows)
+    assert best[("text", "lstm")]["lr"] == 1e-2 and best[("parity", "lstm")]["lr"] == 1e-1
 
 
 def test_demo_uses_registered_layers_and_prints_the_table(monkeypatch, capsys):
@@ -106,7 +117,7 @@ def test_text_run_then_generate(tmp_path, capsys):
     corpus.write_text("abcabcabd " * 200)
     run = tmp_path / "run"
     assert main(["train", "--task", "text", "--data", str(corpus), "--task-option", "mode=char",
-                 "--task-option", "seq_len=16", "--layer", "lstm", "--layers", "1", "--d-model",
+                 "--task-option", "seq_len=16", "--layer", "lstm", "--depth", "1", "--d-model",
                  "16", "--steps", "3", "--batch-size", "4", "--eval-every", "3", "--threads", "1",
                  "--out", str(run)]) == 0
     capsys.readouterr()
