@@ -31,17 +31,20 @@ def _list_arguments(p) -> None:
 
 def _commands():
     """name -> (help, add_arguments, main)."""
-    from rnnzoo import bench, suite, train
+    from rnnzoo import bench, suite
+    from rnnzoo.tasks import command as tasks
+    from rnnzoo.train import command as train
+    from rnnzoo.train import generate
     return {
         "list": ("list the registered layers (name, family, modes, paper)", _list_arguments,
                  _list_main),
         "bench": ("time layers and modes against their baselines", bench.add_arguments,
                   bench.main),
-        "tasks": ("list the tasks and their options", suite.add_tasks_arguments, suite.tasks_main),
+        "tasks": ("list the tasks and their options", tasks.add_arguments, tasks.main),
         "train": ("train one model on one task; writes a run folder", train.add_arguments,
                   train.main),
         "generate": ("continue a text prompt with a trained text model (constant-size state)",
-                     train.add_generate_arguments, train.main_generate),
+                     generate.add_arguments, generate.main),
         "suite": ("train a grid of layers x tasks x learning rates; table and heatmap",
                   suite.add_arguments, suite.main),
         "demo": ("the built-in comparison: small models on parity and MQAR, then the table",

@@ -1,4 +1,4 @@
-"""A grid of runs and its comparison table: `rnnzoo suite`, `rnnzoo demo`, `rnnzoo tasks`.
+"""A grid of runs and its comparison table: `rnnzoo suite` and `rnnzoo demo`.
 
     rnnzoo suite --tasks parity,mqar --layers lstm,mingru --lrs 1e-3,3e-3 --out runs/suite
 
@@ -18,9 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from rnnzoo.io import atomic_write_text
 from rnnzoo.registry import get_layer_info, list_layers
-from rnnzoo.tasks import list_tasks, task_options
-from rnnzoo.train import FINAL, TrainConfig, add_model_arguments, config_from_args, train
+from rnnzoo.tasks import list_tasks, task_class, task_options
+from rnnzoo.train import FINAL, TrainConfig, train
+from rnnzoo.train.command import add_model_arguments, config_from_args, parse_options
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -68,14 +70,18 @@ def best_over_lrs(records: list[dict]) -> dict[tuple[str, str], dict]:
     best = {}
     for r in records:
         key = (r["task"], r["layer"])
-        sign = 1 if higher_is_better(r["metric"]) else -1
+        sign = 1 if higher_is_better(r) else -1
         if key not in best or sign * r["value"] > sign * best[key]["value"]:
             best[key] = r
     return best
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric not in ("bpc", "mse", "mae", "loss")
+def higher_is_better(record: dict) -> bool:
+    """Whether the record's headline metric improves upward: as the record says, or
+    (a run written before records said so) as its task's class says."""
+    if "higher_is_better" in record:
+        return bool(record["higher_is_better"])
+    return task_class(record["task"]).higher_is_better
 
 
 def tables(records: list[dict]) -> tuple[str, str]:
@@ -137,7 +143,6 @@ def heatmap(records: list[dict], path: Path) -> bool:
 
 
 def write_report(records: list[dict], out: Path) -> str:
-    from rnnzoo.io import atomic_write_text
     md, table_csv = tables(records)
     atomic_write_text(out / "table.md", md)
     atomic_write_text(out / "results.csv", table_csv)
@@ -149,11 +154,11 @@ def write_report(records: list[dict], out: Path) -> str:
 def add_arguments(p) -> None:
     p.add_argument("--tasks", required=True, help="comma-separated task names")
     p.add_argument("--layers", dest="layer_names", required=True,
-                   help="comma-separated layer names, or 'all'")
+                   help="comma-separated layer names, or 'all' (the depth is --depth)")
     p.add_argument("--lrs", default="1e-3", help="comma-separated learning rates")
     p.add_argument("--out", default="runs/suite")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
-    add_model_arguments(p, depth_flag="--depth")
+    add_model_arguments(p)
 
 
 def main(args) -> None:
@@ -166,7 +171,6 @@ def main(args) -> None:
     for layer in layers:
         get_layer_info(layer)
     lrs = _lrs(args.lrs)
-    from rnnzoo.train import parse_options
     for key in parse_options(args.task_option, "task-option"):
         if not any(key in task_options(t) for t in tasks):
             raise ValueError(f"--task-option {key!r} is not an option of any of {tasks}")
@@ -204,10 +208,10 @@ def demo_configs(layers: list[str], seed: int = 0) -> list[TrainConfig]:
                   seed=seed, threads=1)
     configs = []
     for layer in layers:
-        configs.append(TrainConfig(task="parity", layer=layer, layers=1, d_model=32, steps=300,
+        configs.append(TrainConfig(task="parity", layer=layer, num_layers=1, d_model=32, steps=300,
                                    task_options=dict(test_lengths=(64, 128)), eval_batches=4,
                                    **common))
-        configs.append(TrainConfig(task="mqar", layer=layer, layers=2, d_model=64, steps=400,
+        configs.append(TrainConfig(task="mqar", layer=layer, num_layers=2, d_model=64, steps=400,
                                    task_options=dict(vocab_size=64, seq_len=32, num_pairs=4),
                                    eval_batches=2, **common))
     return configs
@@ -239,13 +243,3 @@ def demo_main(args) -> None:
     print(f"\n{md}\nscaled accuracy: 0 = chance, 1 = perfect. {len(records)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
 
-
-# -- rnnzoo tasks -----------------------------------------------------------------------------------
-def add_tasks_arguments(p) -> None:
-    pass
-
-
-def tasks_main(args) -> None:
-    width = max(len(n) for n in list_tasks())
-    for n in list_tasks():
-        print(f"{n:<{width}}  options: {', '.join(task_options(n))}")

@@ -166,3 +166,70 @@ def test_hybrid_with_sliding_window_generates_like_recomputation():
     for _ in range(8):
         seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, seq)
+
+
+@pytest.fixture
+def gain_layer():
+    """A throw-away layer with one option, `gain`, registered for the test only."""
+    from rnnzoo.layers.mingru import MinGRU
+
+    class Gain(MinGRU):
+        def __init__(self, d_model, gain: int = 1):
+            super().__init__(d_model)
+            self.gain = gain
+
+        def forward(self, x, state=None, **kw):
+            y, state = super().forward(x, state, **kw)
+            return self.gain * y, state
+
+    rnnzoo.register("test_gain", family="diagonal", paper="test")(Gain)
+    yield "test_gain"
+    rnnzoo.registry.LAYERS.remove("test_gain")
+
+
+def _save_as_old(model, run, **config_changes):
+    """Save `model`, then rewrite its config as an older rnnzoo would have written it."""
+    from rnnzoo.models.checkpoint import load_tensors, save_tensors
+    save(model, run)
+    tensors, meta = load_tensors(run / "model.safetensors")
+    config = json.loads(meta["rnnzoo.config"])
+    config.update(config_changes)
+    save_tensors(run / "model.safetensors", tensors, dict(meta, **{"rnnzoo.config": json.dumps(config)}))
+    (run / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("table_key", ["test_gain", "*"])
+def test_old_checkpoint_with_a_renamed_option_loads(tmp_path, monkeypatch, gain_layer, table_key):
+    from rnnzoo.layers import renames
+    model = build_model(layer=gain_layer, d_model=8, num_layers=2, vocab_size=11,
+                        layer_options={"gain": 3})
+    _save_as_old(model, tmp_path, layer_options={"old_gain": 3})
+    monkeypatch.setitem(renames.RENAMED_OPTIONS, table_key, {"old_gain": "gain"})
+    loaded = rnnzoo.load(tmp_path)
+    assert loaded.config.layer_options == {"gain": 3}
+    tokens = torch.randint(0, 11, (2, 6))
+    assert torch.equal(model(tokens)[0], loaded(tokens)[0])
+
+
+def test_old_checkpoint_with_an_unknown_option_fails_in_one_line(tmp_path, gain_layer):
+    model = build_model(layer=gain_layer, d_model=8, num_layers=1, vocab_size=11)
+    _save_as_old(model, tmp_path, layer_options={"old_gain": 3})
+    with pytest.raises(ValueError, match="layer 'test_gain' has no option 'old_gain'.*accepts "
+                                         r"\['gain'\]") as e:
+        rnnzoo.load(tmp_path)
+    assert "\n" not in str(e.value) and "model.safetensors" in str(e.value)
+
+
+def test_old_checkpoint_misfits_fail_in_one_line(tmp_path):
+    """A config field ModelConfig dropped, a classic layer's unknown option, a tensor
+    that no longer fits: each one line naming it."""
+    model = tiny("lstm").float()
+    _save_as_old(model, tmp_path / "field", old_field=1)
+    _save_as_old(model, tmp_path / "option", layer_options={"old_size": 3})
+    _save_as_old(model, tmp_path / "shape", d_model=6)
+    for run, message in (("field", r"has \['old_field'\], which ModelConfig no longer has"),
+                         ("option", "old_size"),
+                         ("shape", r"does not fit the model of its config \(shape differs")):
+        with pytest.raises(ValueError, match=message) as e:
+            rnnzoo.load(tmp_path / run)
+        assert "\n" not in str(e.value)

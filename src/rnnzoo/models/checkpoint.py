@@ -14,18 +14,28 @@ listed in the metadata key "rnnzoo.complex".
 
     save(model, "run/")        # run/model.safetensors + run/config.json, each written atomically
     model = rnnzoo.load("run/")  # or the .safetensors path
+
+Old checkpoints: layer options renamed since a model was saved are translated
+through `rnnzoo.layers.renames.RENAMED_OPTIONS`; a saved option, config field
+or tensor that no longer fits fails in one line that names it. (Mode names are
+never saved: `ModelConfig` holds none.)
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import struct
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from rnnzoo.io import atomic_write_bytes, atomic_write_text
+from rnnzoo.layers.renames import RENAMED_OPTIONS
+from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.registry import get_layer_info
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -120,10 +130,82 @@ def save(model, directory, extra_tensors: dict[str, torch.Tensor] | None = None)
     return directory
 
 
+def upgrade_options(layer: str, options: dict, source) -> dict:
+    """`options` of `layer` as saved -> today's names (layers/renames.py)."""
+    renames = {**RENAMED_OPTIONS.get("*", {}), **RENAMED_OPTIONS.get(layer, {})}
+    new = {}
+    for key, value in options.items():
+        name = renames.get(key, key)
+        if name in new or (name != key and name in options):
+            raise ValueError(f"{source}: option {key!r} of layer {layer!r} is now {name!r}, "
+                             f"which is also set")
+        new[name] = value
+    return new
+
+
+def upgrade_config(config: dict, source) -> dict:
+    """A saved `ModelConfig` dict with its layer options under today's names."""
+    config = dict(config)
+    if "layer_options" in config and "layer" in config:
+        config["layer_options"] = upgrade_options(config["layer"], config["layer_options"], source)
+    if config.get("attention_options"):
+        config["attention_options"] = upgrade_options("attention", config["attention_options"],
+                                                      source)
+    return config
+
+
+def _check_options(layer: str, options: dict, source) -> None:
+    """One line naming a saved option that `layer` no longer takes."""
+    params = inspect.signature(get_layer_info(layer).cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # checked by the constructor
+    accepted = [p for p in params if p not in ("self", "d_model")]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(f"{source}: layer {layer!r} has no option {unknown[0]!r} any more "
+                         f"(renamed or removed, and rnnzoo/layers/renames.py lists no new "
+                         f"name); it accepts {accepted}")
+
+
+def build_saved(config: dict, source) -> SequenceModel:
+    """The model of a saved config (upgraded first); what no longer fits fails in one line."""
+    config = upgrade_config(config, source)
+    known = {f.name for f in fields(ModelConfig)}
+    extra = sorted(set(config) - known)
+    if extra:
+        raise ValueError(f"{source}: the saved config has {extra}, which ModelConfig no longer "
+                         f"has")
+    try:
+        _check_options(config["layer"], config.get("layer_options", {}), source)
+        if config.get("hybrid"):
+            _check_options("attention", config.get("attention_options", {}), source)
+        return SequenceModel(ModelConfig.from_dict(config))
+    except (ValueError, TypeError, KeyError) as e:
+        message = str(e)
+        if not message.startswith(str(source)):
+            message = f"{source}: {message}"
+        raise ValueError(message.replace("\n", " ")) from None
+
+
+def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False) -> None:
+    """Copy `tensors` into `model`; a missing tensor or one of another shape (and, when
+    `strict`, one the model lacks) fails in one line naming them."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    shapes = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+              if k in tensors and tensors[k].shape != v.shape]
+    extra = [k for k in tensors if k not in own] if strict else []
+    problems = [f"{what}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                for what, names in (("missing", missing), ("shape differs", shapes),
+                                    ("not in the model", extra)) if names]
+    if problems:
+        raise ValueError(f"{source} does not fit the model of its config "
+                         f"({'; '.join(problems)})")
+    model.load_state_dict({k: v for k, v in tensors.items() if k in own})
+
+
 def load(path, device=None):
     """Rebuild the model saved at `path` (a run folder or its model.safetensors)."""
-    from rnnzoo.models.stack import ModelConfig, SequenceModel
-
     path = Path(path)
     weights = path / WEIGHTS if path.is_dir() else path
     tensors, meta = load_tensors(weights)
@@ -134,7 +216,6 @@ def load(path, device=None):
     else:
         raise FileNotFoundError(f"{weights} has no model config and {weights.parent / CONFIG} "
                                 f"does not exist")
-    model = SequenceModel(ModelConfig.from_dict(config))
-    own = model.state_dict()
-    model.load_state_dict({k: v for k, v in tensors.items() if k in own})
+    model = build_saved(config, weights)
+    load_state(model, tensors, weights)
     return model.to(device) if device is not None else model

@@ -30,12 +30,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from rnnzoo.checks import int_in
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
-
-
-def _check_int(name, value, lo=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
 
 
 def parse_ratio(hybrid: str) -> tuple[int, int]:
@@ -65,15 +61,15 @@ class ModelConfig:
     max_len: int = 1024                # passed to layers that take it (attention's KV cache)
 
     def __post_init__(self):
-        _check_int("d_model", self.d_model)
-        _check_int("num_layers", self.num_layers)
-        _check_int("max_len", self.max_len)
+        self.d_model = int_in("d_model", self.d_model)
+        self.num_layers = int_in("num_layers", self.num_layers)
+        self.max_len = int_in("max_len", self.max_len)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError(f"give exactly one of vocab_size and input_dim, got vocab_size="
                              f"{self.vocab_size}, input_dim={self.input_dim}")
         for name in ("vocab_size", "input_dim", "output_dim"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name))
+                setattr(self, name, int_in(name, getattr(self, name)))
         if self.output_dim is None:
             if self.vocab_size is None:
                 raise ValueError("output_dim is needed when the input is real-valued (input_dim)")
@@ -163,11 +159,11 @@ class SequenceModel(nn.Module):
         """
         if self.config.vocab_size is None:
             raise ValueError("generate needs a token model (vocab_size), this one has input_dim")
-        _check_int("max_new_tokens", max_new_tokens, lo=0)
+        int_in("max_new_tokens", max_new_tokens, lo=0)
         if not isinstance(temperature, (int, float)) or temperature < 0:
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         if top_k is not None:
-            _check_int("top_k", top_k)
+            int_in("top_k", top_k)
         if prompt.dim() != 2 or prompt.shape[1] == 0:
             raise ValueError(f"prompt must have shape (batch, time >= 1), got {tuple(prompt.shape)}")
         logits, state = self(prompt)

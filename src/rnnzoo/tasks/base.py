@@ -11,10 +11,19 @@ Every model output is per position; a batch says which positions count:
 `targets` (-100 = ignored) for the loss, `metric_mask` for the metric (e.g.
 state tracking trains on every prefix and is scored on the final answer).
 Regression tasks carry float targets (B, T, output_dim) and a `mask`.
+
+A task registers itself under its name with a family (for listing):
+
+    @task("parity", family="state_tracking")
+    class Parity(Task): ...
+
+    @task("s5", family="state_tracking", group="s5")   # fixed constructor options:
+    class PermutationComposition(Task): ...            # the entry is a factory
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -22,7 +31,31 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from rnnzoo.checks import int_in
+from rnnzoo.registry import TASKS, Info
+
 IGNORE = -100
+FAMILIES = ("recall", "state_tracking", "formal", "hierarchical", "files")
+
+
+def task(name: str, *, family: str, **fixed):
+    """Class decorator: register a `Task` subclass as `name` in `registry.TASKS`.
+
+    `fixed`: constructor options the entry always passes (S3, S5 and A5 are one
+    class with `group` fixed); the entry is then `functools.partial(cls, **fixed)`
+    and the instance names itself.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"task family must be one of {FAMILIES}, got {family!r}")
+
+    def decorate(cls):
+        if fixed:
+            TASKS.add(Info(name, functools.partial(cls, **fixed), family=family))
+        else:
+            cls.name = name
+            TASKS.add(Info(name, cls, family=family))
+        return cls
+    return decorate
 
 
 @dataclass
@@ -42,15 +75,6 @@ class Batch:
         return Batch(part(self.inputs), part(self.targets), part(self.metric_mask), part(self.mask))
 
 
-def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
-    """value as int, or a ValueError naming `name` and the accepted range."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return int(value)
-
-
 def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
     if isinstance(lengths, (int, np.integer)):
         lengths = (lengths,)
@@ -59,7 +83,7 @@ def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
     lengths = tuple(lengths)
     if not lengths:
         raise ValueError(f"{name} must list at least one length")
-    return tuple(check_int(f"{name} entry", v, lo) for v in lengths)
+    return tuple(int_in(f"{name} entry", v, lo) for v in lengths)
 
 
 class Task:
@@ -143,6 +167,6 @@ def last_position_mask(batch_size: int, length: int) -> np.ndarray:
 
 def pick_length(rng, task: Task, length: int | None) -> int:
     if length is not None:
-        return check_int("length", length)
+        return int_in("length", length)
     lo, hi = task.train_lengths
     return int(rng.integers(lo, hi + 1))

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnzoo.tasks.base import IGNORE, Batch, Task, check_int, tokens_batch
+from rnnzoo.checks import int_in
+from rnnzoo.tasks.base import IGNORE, Batch, Task, task, tokens_batch
 
 
 def _existing(path) -> Path:
@@ -61,8 +62,9 @@ def _fraction(name, value):
     return float(value)
 
 
+@task("text", family="files")
 class TextLM(Task):
-    name, metric, higher_is_better = "text", "bpc", False
+    metric, higher_is_better = "bpc", False
     test_lengths = (None,)
 
     def __init__(self, path=None, mode: str = "byte", seq_len: int = 128, val_fraction: float = 0.1):
@@ -70,7 +72,7 @@ class TextLM(Task):
         if mode not in ("byte", "char"):
             raise ValueError(f"mode must be 'byte' or 'char', got {mode!r}")
         self.path, self.mode = str(p), mode
-        self.seq_len = check_int("seq_len", seq_len, lo=2)
+        self.seq_len = int_in("seq_len", seq_len, lo=2)
         if mode == "byte":
             data = np.frombuffer(p.read_bytes(), dtype=np.uint8).astype(np.int64)
             self.vocab = None
@@ -109,8 +111,8 @@ class TextLM(Task):
         return "".join(self.vocab[t] for t in tokens)
 
 
+@task("classify", family="files")
 class SequenceClassification(Task):
-    name = "classify"
     test_lengths = (None,)
 
     def __init__(self, path=None, test_fraction: float = 0.2, seed: int = 0):
@@ -160,8 +162,9 @@ class SequenceClassification(Task):
         return Batch(torch.from_numpy(x[idx]), torch.from_numpy(targets))
 
 
+@task("forecast", family="files")
 class Forecast(Task):
-    name, kind, metric, higher_is_better = "forecast", "regress", "mse", False
+    kind, metric, higher_is_better = "regress", "mse", False
     test_lengths = (None,)
 
     def __init__(self, path=None, window: int = 48, horizon: int = 12, season: int = 1,
@@ -169,9 +172,9 @@ class Forecast(Task):
         p = _existing(path)
         self.path = str(p)
         series = _read_csv(p)
-        self.window = check_int("window", window)
-        self.horizon = check_int("horizon", horizon)
-        self.season = check_int("season", season, hi=self.window)
+        self.window = int_in("window", window)
+        self.horizon = int_in("horizon", horizon)
+        self.season = int_in("season", season, hi=self.window)
         n_test = int(len(series) * _fraction("test_fraction", test_fraction))
         train = series[:len(series) - n_test]
         need = self.window + self.horizon

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from rnnzoo.checks import int_in
 from rnnzoo.tasks.base import (
     IGNORE,
     Task,
-    check_int,
     check_lengths,
     last_position_mask,
     pick_length,
+    task,
     tokens_batch,
 )
 
@@ -42,8 +43,9 @@ class _Formal(Task):
         return dict(train_lengths=self.train_lengths)
 
 
+@task("even_pairs", family="formal")
 class EvenPairs(_Formal):
-    name, vocab_size, output_dim, chance, metric = "even_pairs", 2, 2, 0.5, "scaled_acc"
+    vocab_size, output_dim, chance, metric = 2, 2, 0.5, "scaled_acc"
 
     def sample(self, rng, batch_size, length=None, split="train"):
         T = pick_length(rng, self, length)
@@ -52,12 +54,13 @@ class EvenPairs(_Formal):
         return tokens_batch(bits, even, last_position_mask(batch_size, T))
 
 
+@task("cycle_navigation", family="formal")
 class CycleNavigation(_Formal):
-    name, vocab_size, metric = "cycle_navigation", 3, "scaled_acc"
+    vocab_size, metric = 3, "scaled_acc"
 
     def __init__(self, cycle: int = 5, **kw):
         super().__init__(**kw)
-        self.cycle = self.output_dim = check_int("cycle", cycle, lo=2)
+        self.cycle = self.output_dim = int_in("cycle", cycle, lo=2)
         self.chance = 1 / self.cycle
 
     def sample(self, rng, batch_size, length=None, split="train"):
@@ -86,8 +89,9 @@ class _Transduction(_Formal):
         return tokens_batch(x, y)
 
 
+@task("reverse_string", family="formal")
 class ReverseString(_Transduction):
-    name, vocab_size, output_dim, chance = "reverse_string", 3, 2, 0.5
+    vocab_size, output_dim, chance = 3, 2, 0.5
 
     def sample(self, rng, batch_size, length=None, split="train"):
         T = pick_length(rng, self, length)
@@ -95,8 +99,9 @@ class ReverseString(_Transduction):
         return self._pack(bits.tolist(), bits[:, ::-1].tolist(), blank=2)
 
 
+@task("duplicate_string", family="formal")
 class DuplicateString(_Transduction):
-    name, vocab_size, output_dim, chance = "duplicate_string", 3, 2, 0.5
+    vocab_size, output_dim, chance = 3, 2, 0.5
     output_factor = 2
 
     def sample(self, rng, batch_size, length=None, split="train"):
@@ -105,12 +110,11 @@ class DuplicateString(_Transduction):
         return self._pack(bits.tolist(), np.concatenate([bits, bits], 1).tolist(), blank=2)
 
 
+@task("bucket_sort", family="formal")
 class BucketSort(_Transduction):
-    name = "bucket_sort"
-
     def __init__(self, alphabet: int = 5, **kw):
         super().__init__(**kw)
-        self.alphabet = self.output_dim = check_int("alphabet", alphabet, lo=2)
+        self.alphabet = self.output_dim = int_in("alphabet", alphabet, lo=2)
         self.vocab_size = self.alphabet + 1
         self.chance = 1 / self.alphabet
 
@@ -120,11 +124,12 @@ class BucketSort(_Transduction):
         return self._pack(symbols.tolist(), np.sort(symbols, 1).tolist(), blank=self.alphabet)
 
 
+@task("stack_manipulation", family="formal")
 class StackManipulation(_Transduction):
     """Tokens: 0 a, 1 b (stack content), 2 POP, 3 PUSH a, 4 PUSH b, 5 blank.
     Output classes: 0 a, 1 b, 2 empty."""
 
-    name, vocab_size, output_dim, chance = "stack_manipulation", 6, 3, 1 / 3
+    vocab_size, output_dim, chance = 6, 3, 1 / 3
 
     def sample(self, rng, batch_size, length=None, split="train"):
         T = pick_length(rng, self, length)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnzoo.tasks.base import IGNORE, Task, check_int, tokens_batch
+from rnnzoo.checks import int_in
+from rnnzoo.tasks.base import IGNORE, Task, task, tokens_batch
 
 OPS = ("MIN", "MAX", "MED", "SM")
 TOKENS = [str(d) for d in range(10)] + [f"[{op}" for op in OPS] + ["]", "<pad>"]
@@ -31,17 +32,18 @@ def evaluate(op: str, args: list[int]) -> int:
     return sum(args) % 10
 
 
+@task("listops", family="hierarchical")
 class ListOps(Task):
-    name, output_dim, chance = "listops", 10, 0.1
+    output_dim, chance = 10, 0.1
     vocab_size = len(TOKENS)
     test_lengths = (None,)
 
     def __init__(self, max_depth: int = 6, max_args: int = 5, min_length: int = 10,
                  max_length: int = 100, op_p: float = 0.25):
-        self.max_depth = check_int("max_depth", max_depth)
-        self.max_args = check_int("max_args", max_args, lo=2)
-        self.min_length = check_int("min_length", min_length)
-        self.max_length_ = check_int("max_length", max_length, lo=self.min_length)
+        self.max_depth = int_in("max_depth", max_depth)
+        self.max_args = int_in("max_args", max_args, lo=2)
+        self.min_length = int_in("min_length", min_length)
+        self.max_length_ = int_in("max_length", max_length, lo=self.min_length)
         if not 0 < op_p < 1:
             raise ValueError(f"op_p must lie in (0, 1), got {op_p!r}")
         self.op_p = float(op_p)

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnzoo.tasks.base import IGNORE, Task, check_int, check_lengths, tokens_batch
+from rnnzoo.checks import int_in
+from rnnzoo.tasks.base import IGNORE, Task, check_lengths, task, tokens_batch
 
 
+@task("mqar", family="recall")
 class MQAR(Task):
-    name = "mqar"
-
     def __init__(self, vocab_size: int = 256, seq_len: int = 64, num_pairs: int = 4,
                  power_a: float = 0.01, test_lengths=None):
-        self.vocab_size = check_int("vocab_size", vocab_size, lo=4)
-        self.seq_len = check_int("seq_len", seq_len, lo=4)
-        self.num_pairs = check_int("num_pairs", num_pairs, lo=1, hi=min(seq_len // 4,
+        self.vocab_size = int_in("vocab_size", vocab_size, lo=4)
+        self.seq_len = int_in("seq_len", seq_len, lo=4)
+        self.num_pairs = int_in("num_pairs", num_pairs, lo=1, hi=min(seq_len // 4,
                                                                        vocab_size // 2 - 1))
         if not 0 < power_a <= 1:
             raise ValueError(f"power_a must lie in (0, 1], got {power_a!r}")
@@ -61,14 +61,13 @@ class MQAR(Task):
         return tokens_batch(inputs, targets)
 
 
+@task("selective_copy", family="recall")
 class SelectiveCopying(Task):
-    name = "selective_copy"
-
     def __init__(self, num_tokens: int = 8, num_colors: int = 16, train_length: int = 64,
                  test_lengths=(128, 256, 512)):
-        self.num_tokens = check_int("num_tokens", num_tokens)
-        self.num_colors = check_int("num_colors", num_colors, lo=2)
-        train_length = check_int("train_length", train_length, lo=self.num_tokens)
+        self.num_tokens = int_in("num_tokens", num_tokens)
+        self.num_colors = int_in("num_colors", num_colors, lo=2)
+        train_length = int_in("train_length", train_length, lo=self.num_tokens)
         self.train_lengths = (train_length, train_length)
         self.test_lengths = check_lengths("test_lengths", test_lengths, lo=self.num_tokens)
         self.vocab_size = self.num_colors + 2   # 0 noise, 1..C colours, C + 1 marker
@@ -96,13 +95,12 @@ class SelectiveCopying(Task):
         return tokens_batch(inputs, targets)
 
 
+@task("induction", family="recall")
 class InductionHeads(Task):
-    name = "induction"
-
     def __init__(self, vocab_size: int = 16, train_length: int = 64, test_lengths=(128, 256, 512)):
-        self.vocab_size = check_int("vocab_size", vocab_size, lo=3)  # last token: the trigger
+        self.vocab_size = int_in("vocab_size", vocab_size, lo=3)  # last token: the trigger
         self.output_dim = self.vocab_size
-        self.train_lengths = (check_int("train_length", train_length, lo=4),) * 2
+        self.train_lengths = (int_in("train_length", train_length, lo=4),) * 2
         self.test_lengths = check_lengths("test_lengths", test_lengths, lo=4)
         self.chance = 1 / (self.vocab_size - 1)
 

@@ -26,13 +26,14 @@ import itertools
 
 import numpy as np
 
+from rnnzoo.checks import int_in
 from rnnzoo.tasks.base import (
     IGNORE,
     Task,
-    check_int,
     check_lengths,
     last_position_mask,
     pick_length,
+    task,
     tokens_batch,
 )
 
@@ -61,8 +62,8 @@ class _StateTask(Task):
         return tokens_batch(inputs, targets, last_position_mask(B, T))
 
 
+@task("parity", family="state_tracking")
 class Parity(_StateTask):
-    name = "parity"
     vocab_size, output_dim, chance = 2, 2, 0.5
 
     def sample(self, rng, batch_size, length=None, split="train"):
@@ -71,13 +72,13 @@ class Parity(_StateTask):
         return self._finish(bits, np.cumsum(bits, 1) % 2, np.ones_like(bits, dtype=bool))
 
 
+@task("mod_arith", family="state_tracking")
 class ModularArithmetic(_StateTask):
-    name = "mod_arith"
     OPS = ("+", "-", "*")
 
     def __init__(self, modulus: int = 5, **kw):
         super().__init__(**kw)
-        self.modulus = check_int("modulus", modulus, lo=2)
+        self.modulus = int_in("modulus", modulus, lo=2)
         self.vocab_size = self.modulus + 3
         self.output_dim = self.modulus
         self.chance = 1 / self.modulus
@@ -104,9 +105,8 @@ class ModularArithmetic(_StateTask):
         return self._finish(inputs, answers, mask)
 
 
+@task("mod_arith_brackets", family="state_tracking")
 class ModularArithmeticBrackets(ModularArithmetic):
-    name = "mod_arith_brackets"
-
     def __init__(self, modulus: int = 5, **kw):
         kw.setdefault("supervise", "last")
         super().__init__(modulus, **kw)
@@ -155,6 +155,9 @@ def _group(name):
     return perms, table
 
 
+@task("a5", family="state_tracking", group="a5")
+@task("s5", family="state_tracking", group="s5")
+@task("s3", family="state_tracking", group="s3")
 class PermutationComposition(_StateTask):
     """The word problem of S3, S5 or A5: the answer at t is g_t o ... o g_1."""
 

@@ -1,9 +1,9 @@
-"""The training loop: schedule, resume == not stopping, early stop, DDP == one process."""
+"""The training loop: resume == not stopping (old run folders too), early stop, the run
+folder, DDP == one process."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,13 +14,13 @@ import torch
 
 import rnnzoo
 from rnnzoo.models.checkpoint import load_tensors
-from rnnzoo.train import TrainConfig, lr_at, train
+from rnnzoo.train import TrainConfig, train
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def tiny(out, **kw):
-    base = dict(task="parity", layer="mingru", d_model=8, layers=2, steps=6, batch_size=4,
+    base = dict(task="parity", layer="mingru", d_model=8, num_layers=2, steps=6, batch_size=4,
                 eval_every=3, eval_batches=1, log_every=1, lr=1e-2, threads=1, out=str(out),
                 task_options=dict(test_lengths=(8,), train_lengths=(3, 10)))
     base.update(kw)
@@ -30,14 +30,6 @@ def tiny(out, **kw):
 def losses(out):
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval" not in r]
-
-
-def test_schedule_warms_up_then_decays_to_a_tenth():
-    c = TrainConfig(task="parity", layer="lstm", lr=1.0, steps=100, warmup=10)
-    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
-    assert lr_at(10, c) == pytest.approx(1.0)
-    assert lr_at(55, c) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_at(100, c) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("layer", ["mingru", "attention"])
@@ -60,7 +52,7 @@ def test_resume_without_checkpoint_names_the_path(tmp_path):
 
 
 def test_lstm_learns_parity_and_stops_early(tmp_path):
-    config = tiny(tmp_path, layer="lstm", layers=1, d_model=32, steps=600, batch_size=32,
+    config = tiny(tmp_path, layer="lstm", num_layers=1, d_model=32, steps=600, batch_size=32,
                   lr=3e-3, eval_every=50, eval_batches=2, log_every=50, target=0.99,
                   task_options=dict(test_lengths=(60,)))
     record = train(config, quiet=True)
@@ -123,7 +115,7 @@ def test_forecast_run_reports_baselines(tmp_path):
 
 
 def test_ddp_two_processes_match_one_process_on_the_global_batch(tmp_path):
-    args = ["train", "--task", "mqar", "--layer", "mingru", "--d-model", "16", "--layers", "2",
+    args = ["train", "--task", "mqar", "--layer", "mingru", "--d-model", "16", "--depth", "2",
             "--steps", "4", "--batch-size", "8", "--log-every", "1", "--eval-every", "4",
             "--eval-batches", "1", "--lr", "1e-2", "--threads", "1",
             "--task-option", "vocab_size=32", "--task-option", "seq_len=16",
@@ -144,3 +136,39 @@ def test_ddp_two_processes_match_one_process_on_the_global_batch(tmp_path):
     wa, _ = load_tensors(tmp_path / "one" / "model.safetensors")
     wb, _ = load_tensors(tmp_path / "two" / "model.safetensors")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def _rewrite_checkpoint_config(path, change):
+    from rnnzoo.models.checkpoint import save_tensors
+    tensors, meta = load_tensors(path)
+    meta["train_config"] = json.dumps(change(json.loads(meta["train_config"])))
+    save_tensors(path, tensors, meta)
+
+
+def test_old_run_folder_resumes_and_reads(tmp_path, monkeypatch):
+    """Written before `layers` became `num_layers` and an option was renamed: both are
+    translated, and the run continues as if nothing had changed."""
+    from rnnzoo.layers import renames
+    whole = train(tiny(tmp_path / "whole", layer_options={"expand": 2}), quiet=True)
+    train(tiny(tmp_path / "split", layer_options={"expand": 2}), stop_at=4, quiet=True)
+
+    def as_old(c):
+        c["layers"] = c.pop("num_layers")
+        c["layer_options"] = {"old_expand": c["layer_options"].pop("expand")}
+        return c
+    _rewrite_checkpoint_config(tmp_path / "split" / "checkpoint.safetensors", as_old)
+    old = as_old(json.loads((tmp_path / "split" / "train_config.json").read_text()))
+    monkeypatch.setitem(renames.RENAMED_OPTIONS, "mingru", {"old_expand": "expand"})
+    read = TrainConfig.from_dict(old)
+    assert (read.num_layers, read.layer_options) == (2, {"expand": 2})
+    resumed = train(tiny(tmp_path / "split", layer_options={"expand": 2}), resume=True,
+                    quiet=True)
+    assert resumed["value"] == whole["value"] and resumed["eval"] == whole["eval"]
+
+
+def test_resume_with_another_model_fails_in_one_line(tmp_path):
+    train(tiny(tmp_path), stop_at=3, quiet=True)
+    with pytest.raises(ValueError, match="was trained with num_layers=2, this run has "
+                                         "num_layers=1") as e:
+        train(tiny(tmp_path, num_layers=1), resume=True, quiet=True)
+    assert "\n" not in str(e.value)

@@ -1,0 +1,98 @@
+"""The settings of one training run, their checks, and the learning-rate schedule.
+
+    config = TrainConfig(task="parity", layer="lstm", num_layers=1, steps=2000).validate()
+    lr_at(step, config)   # linear warm-up to `lr`, then cosine decay to lr / 10
+
+`TrainConfig.from_dict` reads a saved `train_config.json` (or a checkpoint's
+copy), also one written before `layers` became `num_layers` and before layer
+options were renamed (models/checkpoint.upgrade_options).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from rnnzoo.checks import int_in, real
+from rnnzoo.models.checkpoint import upgrade_options
+from rnnzoo.registry import get_layer_info
+
+# TrainConfig field -> the `rnnzoo train` flag that sets it, where the two differ
+FLAGS = {"num_layers": "--depth"}
+# fields renamed since run folders were first written: old -> new
+RENAMED_FIELDS = {"layers": "num_layers"}
+
+
+def flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+@dataclass
+class TrainConfig:
+    task: str
+    layer: str
+    task_options: dict = field(default_factory=dict)
+    layer_options: dict = field(default_factory=dict)
+    d_model: int = 64
+    num_layers: int = 2
+    mlp_ratio: float = 0.0
+    hybrid: str | None = None
+    attention_options: dict = field(default_factory=dict)
+    lr: float = 1e-3
+    steps: int = 1000
+    batch_size: int = 32
+    warmup: int | None = None        # default: 10% of steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None       # CPU threads (torch.set_num_threads); None: torch's default
+    amp: bool = True                 # bfloat16 autocast on GPU (no effect on CPU)
+    eval_every: int = 200
+    eval_batches: int = 4
+    target: float | None = None      # stop when the headline metric reaches it
+    log_every: int = 50
+    out: str | None = None
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the flag of the first bad setting; returns self."""
+        get_layer_info(self.layer)  # unknown layer: lists the registered ones
+        for name, lo in (("d_model", 1), ("num_layers", 1), ("steps", 1), ("batch_size", 1),
+                         ("eval_every", 1), ("eval_batches", 1), ("log_every", 1), ("seed", 0)):
+            int_in(flag(name), getattr(self, name), lo)
+        if self.threads is not None:
+            int_in(flag("threads"), self.threads, 1)
+        if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(
+                self.warmup, int) or not 0 <= self.warmup <= self.steps):
+            raise ValueError(f"--warmup must be an int in [0, steps={self.steps}], got {self.warmup!r}")
+        real(flag("lr"), self.lr, 0, 10, lo_open=True)
+        real(flag("weight_decay"), self.weight_decay, 0, 10)
+        real(flag("grad_clip"), self.grad_clip, 0, 1e9, lo_open=True)
+        real(flag("mlp_ratio"), self.mlp_ratio, 0, 64)
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict, source="train config") -> "TrainConfig":
+        """A saved config -> TrainConfig: old field and layer-option names translated,
+        unknown fields dropped."""
+        d = dict(d)
+        for old, new in RENAMED_FIELDS.items():
+            if old in d:
+                if new in d:
+                    raise ValueError(f"{source}: {old!r} is now {new!r}, which is also set")
+                d[new] = d.pop(old)
+        if "layer" in d and "layer_options" in d:
+            d["layer_options"] = upgrade_options(d["layer"], d["layer_options"], source)
+        if d.get("attention_options"):
+            d["attention_options"] = upgrade_options("attention", d["attention_options"], source)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine decay to lr / 10 at the last step."""
+    warmup = config.warmup if config.warmup is not None else config.steps // 10
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))

@@ -1,0 +1,222 @@
+"""The training loop: `train(TrainConfig(...))`, one model on one task.
+
+AdamW (no decay on norms, biases and other 1-D parameters), linear warm-up then
+cosine decay to 10% of the peak (config.lr_at), gradient clipping, bfloat16
+autocast on GPU, evaluation every `eval_every` steps on each test length, early
+stop when the headline metric reaches `target`.
+
+Determinism: the batch of step s is drawn from the seed (seed, s), and
+evaluation from its own seeds, so `resume=True` from a checkpoint continues
+exactly as if the run had not stopped.
+
+Distributed (dist.py): each rank trains on its rows of the global batch; the
+loss is normalised by the global count of scored positions, so the loss curve
+is that of one process on the global batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.tasks import Task, get_task
+from rnnzoo.tasks.base import add_sums
+from rnnzoo.train import dist as ddp
+from rnnzoo.train.checkpoints import CHECKPOINT, RunFolder
+from rnnzoo.train.config import TrainConfig, lr_at
+
+
+def build(config: TrainConfig) -> tuple[Task, SequenceModel]:
+    """The task and a freshly initialised model (seeded by `config.seed`)."""
+    task = get_task(config.task, **config.task_options)
+    torch.manual_seed(config.seed)
+    model = SequenceModel(ModelConfig(
+        layer=config.layer, d_model=config.d_model, num_layers=config.num_layers,
+        vocab_size=task.vocab_size, input_dim=task.input_dim, output_dim=task.output_dim,
+        mlp_ratio=config.mlp_ratio, layer_options=dict(config.layer_options),
+        hybrid=config.hybrid, attention_options=dict(config.attention_options),
+        max_len=task.max_length()))
+    return task, model
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def train_batch(task: Task, config: TrainConfig, step: int):
+    """The global batch of `step`: a function of (seed, step) only."""
+    return task.sample(np.random.default_rng([config.seed, step]), config.batch_size)
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, config: TrainConfig, device, autocast) -> dict:
+    """{"eval": {length or "test": metrics}, task.metric: mean headline over lengths}."""
+    was_training = model.training
+    model.eval()
+    per_key = {}
+    for key in task.test_lengths:
+        rng = np.random.default_rng([config.seed, 1_000_003, key or 0])
+        sums = {}
+        for _ in range(config.eval_batches):
+            batch = task.sample(rng, config.batch_size, length=key, split="test").to(device)
+            with autocast():
+                outputs, _ = model(batch.inputs)
+            sums = add_sums(sums, task.score(outputs, batch))
+        per_key[str(key) if key else "test"] = task.summarize(sums)
+    model.train(was_training)
+    headline = float(np.mean([m[task.metric] for m in per_key.values()]))
+    return {"eval": per_key, task.metric: headline}
+
+
+@dataclass
+class _Run:
+    """Everything one run holds while it trains."""
+
+    config: TrainConfig
+    task: Task
+    model: SequenceModel
+    net: torch.nn.Module           # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dist: ddp.Dist
+    folder: RunFolder
+    say: Callable
+    started: float = field(default_factory=time.perf_counter)
+
+    def autocast(self):
+        on = self.config.amp and self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
+
+    def reached(self, value: float) -> bool:
+        target = self.config.target
+        if target is None:
+            return False
+        return value >= target if self.task.higher_is_better else value <= target
+
+
+def _start(config: TrainConfig, quiet: bool) -> _Run:
+    """Process group, device, threads, task, model, optimizer and run folder."""
+    dist = ddp.setup(config.device)
+    device = ddp.pick_device(config.device, dist)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if config.batch_size % dist.world:
+        raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of the number "
+                         f"of processes ({dist.world})")
+    task, model = build(config)
+    model.to(device)
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
+    return _Run(config, task, model, net, make_optimizer(model, config), device, dist,
+                RunFolder(config.out, writes=dist.main), say)
+
+
+def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
+    """One optimiser step on this rank's rows of the global batch of `step`.
+    Returns (lr, this rank's loss sum, global count of scored positions, tokens)."""
+    config, dist = run.config, run.dist
+    lr = lr_at(step, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    batch = train_batch(run.task, config, step)
+    share = config.batch_size // dist.world
+    local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
+    with run.autocast():
+        outputs, _ = run.net(local.inputs)
+    loss_sum, count = run.task.loss(outputs, local)
+    total = dist.sum(count, run.device)
+    loss = loss_sum / max(total, 1) * dist.world  # DDP averages over ranks
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    return lr, loss_sum.detach(), total, batch.inputs.shape[0] * batch.inputs.shape[1]
+
+
+def _log_loss(run: _Run, done: int, lr: float, loss_sum, total: float, rate: float) -> None:
+    mean_loss = run.dist.sum(float(loss_sum), run.device) / max(total, 1)
+    run.folder.log({"step": done, "loss": mean_loss, "lr": lr, "tokens_per_s": rate})
+    bar = "#" * int(20 * done / run.config.steps)
+    run.say(f"[{bar:<20}] step {done:>6}/{run.config.steps}  loss {mean_loss:.4f}  "
+            f"lr {lr:.2e}  {rate / 1e3:.1f}k tok/s")
+
+
+def _evaluate_and_save(run: _Run, done: int) -> dict:
+    """Evaluate, log, checkpoint; returns the evaluation."""
+    task = run.task
+    result = evaluate(run.model, task, run.config, run.device, run.autocast)
+    run.folder.log({"step": done, **result})
+    per = "  ".join(f"{k}: {v[task.metric]:.3f}" for k, v in result["eval"].items())
+    run.say(f"  eval step {done}: {task.metric} {result[task.metric]:.4f}  ({per})")
+    run.folder.save(run.model, run.optimizer, done, run.config)
+    return result
+
+
+def _record(run: _Run, last: dict, steps: int, early_stop: bool) -> dict:
+    """The final record (final.json; what a suite tabulates)."""
+    task, config = run.task, run.config
+    record = {"task": task.name, "layer": config.layer, "lr": config.lr, "metric": task.metric,
+              "higher_is_better": task.higher_is_better, "value": last[task.metric],
+              "eval": last["eval"], "steps": steps, "early_stop": early_stop,
+              "seconds": time.perf_counter() - run.started,
+              "parameters": sum(p.numel() for p in run.model.parameters())}
+    if hasattr(task, "baselines"):
+        record["baselines"] = task.baselines()
+    return record
+
+
+def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
+          quiet: bool = False) -> dict:
+    """Train one model; returns the final record (also written to `out`/final.json).
+
+    `stop_at` stops after that step as an interruption would (checkpoint written,
+    no final.json); `resume=True` continues from `out`'s checkpoint.
+    """
+    run = _start(config.validate(), quiet)
+    done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
+    if resume:
+        run.say(f"resumed from {run.folder.path / CHECKPOINT} at step {done}")
+    run.folder.begin(config)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    world = run.dist.world
+    run.say(f"rnnzoo train: task {run.task.name}, layer {config.layer}, {config.num_layers} "
+            f"layers x d_model {config.d_model}, {n_params / 1e3:.1f}k parameters, "
+            f"{config.steps} steps, device {run.device}"
+            f"{f', {world} processes' if world > 1 else ''}")
+
+    last, early_stop = None, False
+    run.started = t0 = time.perf_counter()
+    tokens = 0
+    run.model.train()
+    for step in range(done, config.steps):
+        lr, loss_sum, total, n = _step(run, step)
+        done, tokens = step + 1, tokens + n
+        if done % config.log_every == 0 or done in (config.steps, stop_at):
+            _log_loss(run, done, lr, loss_sum, total, tokens / max(time.perf_counter() - t0, 1e-9))
+            t0, tokens = time.perf_counter(), 0
+        if done % config.eval_every == 0 or done in (config.steps, stop_at):
+            last = _evaluate_and_save(run, done)
+            if run.reached(last[run.task.metric]):
+                run.say(f"  target {run.task.metric} {config.target} reached at step {done}")
+                early_stop = True
+                break
+        if done == stop_at:
+            return {"stopped_at": done}
+    if last is None:  # resumed a run that had already finished its steps
+        last = evaluate(run.model, run.task, config, run.device, run.autocast)
+    record = _record(run, last, done, early_stop)
+    run.folder.finish(record, run.task, run.say)
+    return record
