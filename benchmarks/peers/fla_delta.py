@@ -34,7 +34,7 @@ def _bhtd(t):
 def delta_block_with_fla(layer, x):
     """rnnzoo's DeltaNet / Gated DeltaNet / DeltaProduct block on x, recurrence by fla."""
     S, conv = layer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-    q, k, v, beta, g, _ = layer._inputs(x, conv)
+    q, k, v, beta, g, _ = layer.op_inputs(x, conv)
     scale = layer.head_dim ** -0.5
     if layer.num_householder > 1:
         f = naive("gated_delta_product", "naive_recurrent_gated_delta_product")
@@ -49,18 +49,18 @@ def delta_block_with_fla(layer, x):
         o, _ = f(_bhtd(q), _bhtd(k[:, :, 0]), _bhtd(v[:, :, 0]), _bhtd(beta[:, :, 0]),
                  initial_state=S)
         o = _bhtd(o)
-    return layer._output(o, x)
+    return layer.op_output(o, x)
 
 
 def rwkv7_with_fla(layer, x):
     """rnnzoo's RWKV-7 block on x, recurrence by fla's DPLR reference (which scales r by
     K^-0.5; RWKV-7 uses scale 1, so r is passed multiplied by K^0.5)."""
     S, x_last = layer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-    r, w, k, v, a, b, g, _ = layer._inputs(x, x_last)
+    r, w, k, v, a, b, g, _ = layer.op_inputs(x, x_last)
     f = naive("generalized_delta_rule.dplr", "dplr_recurrence")
     o, _ = f(_bhtd(r * layer.head_dim ** 0.5), _bhtd(k), _bhtd(v), _bhtd(a), _bhtd(b), _bhtd(w),
              initial_state=S)
-    return layer._output(_bhtd(o), r, k, v, g, x)
+    return layer.op_output(_bhtd(o), r, k, v, g, x)
 
 
 def _factory(forward, module, name):

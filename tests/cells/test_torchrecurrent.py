@@ -145,14 +145,14 @@ def test_every_cell_torchrecurrent_ships_is_covered():
 def test_bench_baseline_runs_the_same_layer(name):
     """peers.torchrecurrent builds torchrecurrent's layer with our weights."""
     pytest.importorskip("torchrecurrent", reason="torchrecurrent==0.2.5 is the bench baseline")
-    from rnnzoo.bench import _BASELINES
+    from rnnzoo.bench import BASELINES
     from rnnzoo.registry import create
 
     torch.manual_seed(0)
     layer = create(name, d_model=5, hidden_size=5 if name == "intersection_rnn" else 4,
                    **CASES[name][1]).double()
     x = torch.randn(2, 6, 5, dtype=torch.float64)
-    run = dict(_BASELINES[name])["torchrecurrent"](layer, x)
+    run = BASELINES[f"{name}/torchrecurrent"].cls(layer, x)
     with torch.no_grad():
         torch.testing.assert_close(run(), layer(x)[0], rtol=1e-10, atol=1e-12)
 

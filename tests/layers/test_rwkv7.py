@@ -21,7 +21,7 @@ def test_decay_in_paper_range_and_recurrence_matches_the_op():
             p.add_(0.3 * torch.randn_like(p))
     x = 100 * torch.randn(2, 9, 8, dtype=torch.float64)
     x_last = torch.zeros(2, 8, dtype=torch.float64)
-    r, w, k, v, a, b, g, last = layer._inputs(x, x_last)
+    r, w, k, v, a, b, g, last = layer.op_inputs(x, x_last)
     assert (w < 0).all() and (w > -math.exp(-0.5)).all()
     assert torch.equal(last, x[:, -1])
     kappa = -a

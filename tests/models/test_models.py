@@ -233,3 +233,32 @@ def test_old_checkpoint_misfits_fail_in_one_line(tmp_path):
         with pytest.raises(ValueError, match=message) as e:
             rnnzoo.load(tmp_path / run)
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("layer, old_names", [
+    ("mamba2", {"conv.weight": ("conv.conv.weight", lambda w: w.unsqueeze(1))}),
+    ("hawk", {"conv.weight": ("conv_weight", lambda w: w), "conv.bias": ("conv_bias", None)}),
+])
+def test_checkpoint_from_before_the_one_short_convolution_loads(tmp_path, layer, old_names):
+    """Checkpoints written before every layer shared one ShortConv held its parameters
+    under other names (and mamba2 / mlstm as an nn.Conv1d weight (C, 1, K)) and the width
+    option as conv_size: they load, giving the same outputs."""
+    from rnnzoo.models.checkpoint import load_tensors, save_tensors
+    torch.manual_seed(0)
+    options = {"head_dim": 4} if layer == "mamba2" else {}
+    model = build_model(layer=layer, d_model=8, num_layers=2, vocab_size=11,
+                        layer_options=options)
+    _save_as_old(model, tmp_path, layer_options=dict(options, conv_size=4))
+    tensors, meta = load_tensors(tmp_path / "model.safetensors")
+    old = {}
+    for key, value in tensors.items():
+        for new, (name, reshape) in old_names.items():
+            if key.endswith(".mixer." + new):
+                key, value = key[:-len(new)] + name, (reshape or (lambda w: w))(value)
+        old[key] = value
+    assert old.keys() != tensors.keys()
+    save_tensors(tmp_path / "model.safetensors", old, meta)
+    loaded = rnnzoo.load(tmp_path)
+    assert loaded.config.layer_options.get("d_conv") == 4
+    tokens = torch.randint(0, 11, (2, 6))
+    assert torch.equal(model(tokens)[0], loaded(tokens)[0])

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-import rnnzoo.layers.classic  # noqa: F401  (imports and registers every cell)
 from rnnzoo.cells.base import Cell
 from rnnzoo.cells.elman import ElmanTanh
 from rnnzoo.cells.para import ParaGRU, ParaLSTM

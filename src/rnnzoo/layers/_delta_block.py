@@ -69,7 +69,7 @@ class DeltaBlock(RecurrentLayer):
                         device=device, dtype=sdt)
         return S, self.conv.init_state(batch_size, device, sdt)
 
-    def _inputs(self, x, conv_state):
+    def op_inputs(self, x, conv_state):
         """q (B,T,H,K), k (B,T,n_h,H,K), v (B,T,n_h,H,V), beta (B,T,n_h,H), g (B,T,H) or None."""
         B, T, _ = x.shape
         H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
@@ -87,7 +87,7 @@ class DeltaBlock(RecurrentLayer):
             g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         return q, k, v, beta, g, conv_state
 
-    def _output(self, o, x):
+    def op_output(self, o, x):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""
         cdt = o.dtype
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
@@ -98,7 +98,7 @@ class DeltaBlock(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         S, conv_state = state
-        q, k, v, beta, g, conv_state = self._inputs(x, conv_state)
+        q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
         if self.num_householder == 1:
             k, v, beta = k[:, :, 0], v[:, :, 0], beta[:, :, 0]
             if mode == "chunk":
@@ -109,17 +109,17 @@ class DeltaBlock(RecurrentLayer):
             o, S = delta_product(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
         else:
             o, S = delta_product_recurrent(q, k, v, beta, g, initial_state=S)
-        return self._output(o, x), (S, conv_state)
+        return self.op_output(o, x), (S, conv_state)
 
     def _step(self, x_t, state):
         S, conv_state = state
-        q, k, v, beta, g, conv_state = self._inputs(x_t[:, None], conv_state)
+        q, k, v, beta, g, conv_state = self.op_inputs(x_t[:, None], conv_state)
         scale = self.head_dim ** -0.5
         if g is not None:
             S = S * g[:, 0].exp()[..., None, None]
         for j in range(self.num_householder):
             o, S = delta_rule_step(q[:, 0], k[:, 0, j], v[:, 0, j], beta[:, 0, j], None, S, scale)
-        return self._output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)
+        return self.op_output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

@@ -71,7 +71,7 @@ class RWKV7(RecurrentLayer):
         S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.head_dim, device=device, dtype=sdt)
         return S, torch.zeros(batch_size, self.d_model, device=device, dtype=sdt)
 
-    def _inputs(self, x, x_last):
+    def op_inputs(self, x, x_last):
         """r, w (log-decay), k~, v, a = -kappa, b = kappa o a: (B, T, H, K); g (B, T, H K)."""
         B, T, _ = x.shape
         H, K, cdt = self.num_heads, self.head_dim, compute_dtype(x)
@@ -89,7 +89,7 @@ class RWKV7(RecurrentLayer):
         a = heads(a)
         return heads(r), heads(w), heads(k), heads(v), -kappa, kappa * a, g, x[:, -1].to(x_last.dtype)
 
-    def _output(self, o, r, k, v, g, x):
+    def op_output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
         cdt = o.dtype
         mean, var = o.mean(-1, keepdim=True), o.var(-1, keepdim=True, unbiased=False)
@@ -100,19 +100,19 @@ class RWKV7(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         S, x_last = state
-        r, w, k, v, a, b, g, x_last = self._inputs(x, x_last)
+        r, w, k, v, a, b, g, x_last = self.op_inputs(x, x_last)
         if mode == "chunk":
             o, S = rwkv7(r, w, k, v, a, b, initial_state=S, chunk_size=self.chunk_size)
         else:
             o, S = rwkv7_recurrent(r, w, k, v, a, b, initial_state=S)
-        return self._output(o, r, k, v, g, x), (S, x_last)
+        return self.op_output(o, r, k, v, g, x), (S, x_last)
 
     def _step(self, x_t, state):
         S, x_last = state
         x = x_t[:, None]
-        r, w, k, v, a, b, g, x_last = self._inputs(x, x_last)
+        r, w, k, v, a, b, g, x_last = self.op_inputs(x, x_last)
         o, S = rwkv7_step(r[:, 0], w[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], S, 1.0)
-        return self._output(o[:, None], r, k, v, g, x)[:, 0], (S, x_last)
+        return self.op_output(o[:, None], r, k, v, g, x)[:, 0], (S, x_last)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

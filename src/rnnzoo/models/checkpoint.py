@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from rnnzoo.io import atomic_write_bytes, atomic_write_text
-from rnnzoo.layers.renames import RENAMED_OPTIONS
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.renames import RENAMED_OPTIONS, RENAMED_PARAMETERS
 from rnnzoo.models.stack import ModelConfig, SequenceModel
 from rnnzoo.registry import get_layer_info
 
@@ -187,10 +188,28 @@ def build_saved(config: dict, source) -> SequenceModel:
         raise ValueError(message.replace("\n", " ")) from None
 
 
-def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False) -> None:
-    """Copy `tensors` into `model`; a missing tensor or one of another shape (and, when
-    `strict`, one the model lacks) fails in one line naming them."""
+def upgrade_tensors(model, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with the parameters of `model`'s layers under today's names
+    (layers/renames.py RENAMED_PARAMETERS): an old name is taken when the new one is
+    missing, reshaped to the new parameter's shape (same values, same order)."""
+    tensors = dict(tensors)
     own = model.state_dict()
+    for prefix, module in model.named_modules():
+        if not isinstance(module, RecurrentLayer):
+            continue
+        at = f"{prefix}." if prefix else ""
+        for old, new in RENAMED_PARAMETERS.get(module.name, {}).items():
+            if at + new in own and at + new not in tensors and at + old in tensors \
+                    and tensors[at + old].numel() == own[at + new].numel():
+                tensors[at + new] = tensors.pop(at + old).reshape(own[at + new].shape)
+    return tensors
+
+
+def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False) -> None:
+    """Copy `tensors` into `model` (old parameter names upgraded); a missing tensor or one
+    of another shape (and, when `strict`, one the model lacks) fails in one line naming them."""
+    own = model.state_dict()
+    tensors = upgrade_tensors(model, tensors)
     missing = [k for k in own if k not in tensors]
     shapes = [f"{k} {tuple(tensors[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
               if k in tensors and tensors[k].shape != v.shape]
