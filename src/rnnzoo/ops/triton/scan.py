@@ -30,6 +30,12 @@ Backward, with lambda = dLoss/dh accumulated through the recurrence:
 (indices mirrored when reverse=True). The same kernel runs it, in the opposite
 direction, with the coefficients read one step shifted and conjugated, and grad a
 computed in the same pass from the saved h (h_{-1} = h0).
+
+The kernels call only triton.language's core builtins (tl.full, tl.reduce, ...), none of
+the @triton.jit functions of triton.language.standard (tl.zeros, tl.sum, tl.cdiv): those
+are decorated when triton is imported, so under TRITON_INTERPRET=1 set after that import
+(another library imported triton first) the interpreter could not call them. Our own
+kernels are decorated at this module's import, which must come after the variable is set.
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ def _acc(x, F64: tl.constexpr):
 
 
 @triton.jit
+def _add(x, y):
+    return x + y
+
+
+@triton.jit
+def _sum(x, axis: tl.constexpr):
+    """tl.sum by tl.reduce: only core builtins in the kernels (see the module docstring)."""
+    return tl.reduce(x, axis, _add)
+
+
+@triton.jit
 def _combine_real(a1, b1, a2, b2):
     return a2 * a1, a2 * b1 + b2
 
@@ -65,7 +82,7 @@ def _combine_cplx(ar1, ai1, br1, bi1, ar2, ai2, br2, bi2):
 
 @triton.jit
 def _last_row(x, is_last):
-    return tl.sum(tl.where(is_last[:, None], x, 0.0), axis=0)
+    return _sum(tl.where(is_last[:, None], x, 0.0), axis=0)
 
 
 @triton.jit
@@ -106,8 +123,8 @@ def _scan_kernel(a_ptr, b_ptr, c0_ptr, h_ptr, hs_ptr, fh0_ptr, ga_ptr, endh_ptr,
     h_off = bat * T * N * W + cols[None, :] * W
     ga_off = bat * T * N * WA + cols[None, :] * WA
 
-    cr = tl.zeros([BN], dtype=tl.float32)
-    ci = tl.zeros([BN], dtype=tl.float32)
+    cr = tl.full([BN], 0.0, tl.float32)
+    ci = tl.full([BN], 0.0, tl.float32)
     cr = _acc(cr, F64)
     ci = _acc(ci, F64)
     if HAS_C0:
@@ -120,7 +137,7 @@ def _scan_kernel(a_ptr, b_ptr, c0_ptr, h_ptr, hs_ptr, fh0_ptr, ga_ptr, endh_ptr,
 
     i0 = seg * SEG
     i1 = tl.minimum(i0 + SEG, T)
-    for k in range(0, tl.cdiv(i1 - i0, CT)):
+    for k in range(0, (i1 - i0 + CT - 1) // CT):
         ii = i0 + k * CT + rows
         rmask = ii < i1
         if REVERSE:

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnzoo.ops.triton.scan import _acc, _combine_real
+from rnnzoo.ops.triton.scan import _acc, _combine_real, _sum
 
 # Tests set this to (CT, BD) to force tile sizes at tiny shapes.
 _CONFIG_OVERRIDE: tuple[int, int] | None = None
@@ -55,7 +55,7 @@ def _transition(dl, A, NEG: tl.constexpr):
 
 @triton.jit
 def _pick_row(x, sel):
-    return tl.sum(tl.where(sel[:, None, None], x, 0.0), axis=0)
+    return _sum(tl.where(sel[:, None, None], x, 0.0), axis=0)
 
 
 @triton.jit
@@ -77,7 +77,7 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, hT_ptr
     A = _acc(tl.load(A_ptr + dc[:, None] * DS + sc[None, :], mask=mds, other=0.0), F64)
     D = _acc(tl.load(D_ptr + dc, mask=dm, other=0.0), F64)
     st = (bat * DI + dc[:, None]) * DS + sc[None, :]
-    h = _acc(tl.zeros([BD, DSP], dtype=tl.float32), F64)
+    h = _acc(tl.full([BD, DSP], 0.0, tl.float32), F64)
     if HAS_H0:
         h = _acc(tl.load(h0_ptr + st, mask=mds, other=0.0), F64)
     for k in range(0, NT):
@@ -100,7 +100,7 @@ def _fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, hT_ptr
         b = (dl * u)[:, :, None] * Bt[:, None, :]
         Ac, Bc = tl.associative_scan((a, b), 0, _combine_real)
         hs = Bc + Ac * h[None, :, :]
-        y = tl.sum(hs * Ct[:, None, :], axis=2) + D[None, :] * u
+        y = _sum(hs * Ct[:, None, :], axis=2) + D[None, :] * u
         tl.store(y_ptr + (bat * T + t[:, None]) * DI + dc[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=mtd)
         h = _pick_row(hs, is_last)  # masked rows (delta = 0: a = 1, b = 0) pass it through
@@ -128,7 +128,7 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, ck_ptr, dy_ptr, dhT_p
     A = _acc(tl.load(A_ptr + dc[:, None] * DS + sc[None, :], mask=mds, other=0.0), F64)
     D = _acc(tl.load(D_ptr + dc, mask=dm, other=0.0), F64)
     st = (bat * DI + dc[:, None]) * DS + sc[None, :]
-    lam_c = _acc(tl.zeros([BD, DSP], dtype=tl.float32), F64)
+    lam_c = _acc(tl.full([BD, DSP], 0.0, tl.float32), F64)
     if HAS_DHT:
         lam_c = _acc(tl.load(dhT_ptr + st, mask=mds, other=0.0), F64)
     gA = lam_c * 0.0
@@ -173,11 +173,11 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, ck_ptr, dy_ptr, dhT_p
             reverse=True)
         lam = Gn + An * lam_c[None, :, :]
         part = ((bat * n_dblk + blk) * T + t[:, None]) * DS + sc[None, :]
-        tl.store(gC_ptr + part, tl.sum(hs * dy[:, :, None], axis=1).to(gC_ptr.dtype.element_ty),
+        tl.store(gC_ptr + part, _sum(hs * dy[:, :, None], axis=1).to(gC_ptr.dtype.element_ty),
                  mask=mts)
-        tl.store(gB_ptr + part, tl.sum(lam * du[:, :, None], axis=1).to(gB_ptr.dtype.element_ty),
+        tl.store(gB_ptr + part, _sum(lam * du[:, :, None], axis=1).to(gB_ptr.dtype.element_ty),
                  mask=mts)
-        lam_B = tl.sum(lam * Bt[:, None, :], axis=2)
+        lam_B = _sum(lam * Bt[:, None, :], axis=2)
         out = (bat * T + t[:, None]) * DI + dc[None, :]
         tl.store(gu_ptr + out, (lam_B * dl + dy * D[None, :]).to(gu_ptr.dtype.element_ty),
                  mask=mtd)
@@ -185,9 +185,9 @@ def _bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, ck_ptr, dy_ptr, dhT_p
             gdA = lam * hprev * (a + 1.0)
         else:
             gdA = lam * hprev * a
-        gdt = tl.sum(gdA * A[None, :, :], axis=2) + lam_B * u
+        gdt = _sum(gdA * A[None, :, :], axis=2) + lam_B * u
         tl.store(gdt_ptr + out, gdt.to(gdt_ptr.dtype.element_ty), mask=mtd)
-        gA += tl.sum(gdA * dl[:, :, None], axis=0)
+        gA += _sum(gdA * dl[:, :, None], axis=0)
         lam_c = _pick_row(lam, is_first)
         a0 = _pick_row(a, is_first)
     tl.store(gh0_ptr + st, (lam_c * a0).to(gh0_ptr.dtype.element_ty), mask=mds)
