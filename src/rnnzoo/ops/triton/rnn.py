@@ -41,8 +41,10 @@ recurrent pre-activations dG_t (B, G*H) is written out; (B) dh_{t-1} = dG_t @ W_
 the GRU's direct z * dh_t term), by tl.dot over blocks. The weight gradient is one matrix
 product outside, dW_hh = sum_t dG_t^T h_{t-1}, as torch's fused RNNs do.
 
-No autotuning: BB = 16, BH = BK = 64 (32 for H <= 32, 16 for H <= 16), 4 warps, on the
-GPU; 16 under the interpreter. Everything is computed in float32 whatever the input
+No autotuning: BB = 16, BH = BK = 32 (16 for H <= 16), 4 warps, on the GPU (64 compiled
+to 140-160 KB of shared memory and 0.4 MB of code a kernel for sm_80; unmeasured on a
+GPU); 16 under the interpreter. `DOT_PRECISION` = "ieee" by default (float32 FMAs, no
+tensor cores), "tf32" to allow them. Everything is computed in float32 whatever the input
 dtype (float16 / bfloat16 / float32; float64 is refused: use the PyTorch path). Only
 triton.language core builtins are called (tl.full, tl.dot, tl.exp, ...; none of the
 @triton.jit helpers of triton.language.standard such as tl.sigmoid or tl.zeros), so the
@@ -60,6 +62,10 @@ import triton.language as tl
 
 LSTM, GRU, SLSTM = 0, 1, 2
 BB = 16  # batch rows per program
+
+# tl.dot's input_precision for h @ W: "ieee" (float32, as the PyTorch reference) or "tf32"
+# (tensor cores; what cuDNN's LSTM uses when torch.backends.cudnn.allow_tf32 is on).
+DOT_PRECISION = "ieee"
 
 # Tests set this to (BH, BK) to force several hidden blocks at tiny H.
 _CONFIG_OVERRIDE: tuple[int, int] | None = None
@@ -84,7 +90,7 @@ def _logsigmoid(x):
 
 @triton.jit
 def _fwd_kernel(xp_ptr, w_ptr, bhn_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, pre_ptr, B, T, H,
-                CELL: tl.constexpr, G: tl.constexpr, HAS_BHN: tl.constexpr,
+                CELL: tl.constexpr, G: tl.constexpr, HAS_BHN: tl.constexpr, PREC: tl.constexpr,
                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """All T steps for BB batch rows. xp (B, T, G*H); w (G*H, H); states sh, sc, sn, sm
     (B, T+1, H) with slot 0 filled; pre (B, T, 4H) written for the backward."""
@@ -110,13 +116,13 @@ def _fwd_kernel(xp_ptr, w_ptr, bhn_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, pre_ptr,
                              mask=rmask[:, None] & kmask[None, :], other=0.0)
                 wm = kmask[:, None] & cmask[None, :]
                 wp = w_ptr + cols[None, :] * H + kc[:, None]  # W_k^T tile (BK, BH)
-                a0 += tl.dot(hp, tl.load(wp, mask=wm, other=0.0), input_precision="ieee")
-                a1 += tl.dot(hp, tl.load(wp + H * H, mask=wm, other=0.0), input_precision="ieee")
+                a0 += tl.dot(hp, tl.load(wp, mask=wm, other=0.0), input_precision=PREC)
+                a1 += tl.dot(hp, tl.load(wp + H * H, mask=wm, other=0.0), input_precision=PREC)
                 a2 += tl.dot(hp, tl.load(wp + 2 * H * H, mask=wm, other=0.0),
-                             input_precision="ieee")
+                             input_precision=PREC)
                 if G == 4:
                     a3 += tl.dot(hp, tl.load(wp + 3 * H * H, mask=wm, other=0.0),
-                                 input_precision="ieee")
+                                 input_precision=PREC)
             xo = xp_ptr + (rows[:, None] * T + t) * GH + cols[None, :]
             po = pre_ptr + (rows[:, None] * T + t) * (4 * H) + cols[None, :]
             cur = (rows[:, None] * (T + 1) + t + 1) * H + cols[None, :]
@@ -168,7 +174,7 @@ def _fwd_kernel(xp_ptr, w_ptr, bhn_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, pre_ptr,
 @triton.jit
 def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, dc_ptr, dn_ptr,
                 dm_ptr, ddir_ptr, dg_ptr, dxn_ptr, B, T, H,
-                CELL: tl.constexpr, G: tl.constexpr,
+                CELL: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr,
                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
     """Reverse loop. gy (B, T, H): dLoss/dh_all. dh, dc, dn, dm (B, H): in, the gradients of
     the final states; out, those of the initial states. ddir (B, H) scratch. Out: dg
@@ -270,15 +276,15 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
                 gp = dg_ptr + (rows[:, None] * T + t) * GH + kc[None, :]
                 wp = w_ptr + kc[:, None] * H + cols[None, :]  # W_k tile (BK, BH)
                 acc += tl.dot(tl.load(gp, mask=am, other=0.0), tl.load(wp, mask=wm, other=0.0),
-                              input_precision="ieee")
+                              input_precision=PREC)
                 acc += tl.dot(tl.load(gp + H, mask=am, other=0.0),
-                              tl.load(wp + H * H, mask=wm, other=0.0), input_precision="ieee")
+                              tl.load(wp + H * H, mask=wm, other=0.0), input_precision=PREC)
                 acc += tl.dot(tl.load(gp + 2 * H, mask=am, other=0.0),
-                              tl.load(wp + 2 * H * H, mask=wm, other=0.0), input_precision="ieee")
+                              tl.load(wp + 2 * H * H, mask=wm, other=0.0), input_precision=PREC)
                 if G == 4:
                     acc += tl.dot(tl.load(gp + 3 * H, mask=am, other=0.0),
                                   tl.load(wp + 3 * H * H, mask=wm, other=0.0),
-                                  input_precision="ieee")
+                                  input_precision=PREC)
             tl.store(dh_ptr + st, acc, mask=m2)
         tl.debug_barrier()  # dh_{t-1} complete before phase A of step t - 1
 
@@ -289,8 +295,7 @@ def _blocks(H: int, cuda: bool) -> tuple[int, int, int]:
         return (*_CONFIG_OVERRIDE, 1)
     if not cuda:
         return 16, 16, 1
-    b = 16 if H <= 16 else 32 if H <= 32 else 64
-    return b, b, 4
+    return (16, 16, 4) if H <= 16 else (32, 32, 4)
 
 
 def _run_forward(cell: int, xp, w, bhn, states):
@@ -309,7 +314,8 @@ def _run_forward(cell: int, xp, w, bhn, states):
     BH, BK, warps = _blocks(H, xp.is_cuda)
     _fwd_kernel[(math.ceil(B / BB),)](
         xp, w, dummy if bhn is None else bhn, sh, sc, sn, sm, pre, B, T, H,
-        CELL=cell, G=GH // H, HAS_BHN=bhn is not None, BB=BB, BH=BH, BK=BK, num_warps=warps)
+        CELL=cell, G=GH // H, HAS_BHN=bhn is not None, PREC=DOT_PRECISION, BB=BB, BH=BH, BK=BK,
+        num_warps=warps)
     return bufs, pre
 
 
@@ -327,7 +333,7 @@ def _run_backward(cell: int, w, pre, bufs, gy, gfinal):
     BH, BK, warps = _blocks(H, gy.is_cuda)
     _bwd_kernel[(math.ceil(B / BB),)](
         w, pre, sh, sc, sn, sm, gy, dh, dc, dn, dm, ddir, dg, dxn, B, T, H,
-        CELL=cell, G=GH // H, BB=BB, BH=BH, BK=BK, num_warps=warps)
+        CELL=cell, G=GH // H, PREC=DOT_PRECISION, BB=BB, BH=BH, BK=BK, num_warps=warps)
     return dg, (dxn if cell == GRU else None), carry
 
 
@@ -393,7 +399,8 @@ def _check(name, xp, w, G, states, bhn=None):
     if bhn is not None and tuple(bhn.shape) != (H,):
         raise ValueError(f"{name}: b_hn must have shape {(H,)}, got {tuple(bhn.shape)}")
     if T == 0:
-        raise ValueError(f"{name}: xp must have at least one time step, got shape {tuple(xp.shape)}")
+        raise ValueError(f"{name}: xp must have at least one time step, got shape "
+                         f"{tuple(xp.shape)}")
 
 
 def lstm_sequence(xp: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
