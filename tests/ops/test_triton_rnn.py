@@ -12,7 +12,7 @@ from rnnzoo.cells.slstm import SLSTMCell
 pytest.importorskip("triton")
 
 B, D = 3, 5  # batch not a multiple of the kernels' batch block (16); input size
-TOL = 1e-5
+TOL = 2e-6  # measured: <= 2.6e-7 (relative to 1 + max |reference|)
 SHAPES = [(1, 8), (5, 8), (1, 16), (5, 16)]  # (T, H)
 
 

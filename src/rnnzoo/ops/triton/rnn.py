@@ -95,7 +95,7 @@ def _fwd_kernel(xp_ptr, w_ptr, bhn_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, pre_ptr,
     """All T steps for BB batch rows. xp (B, T, G*H); w (G*H, H); states sh, sc, sn, sm
     (B, T+1, H) with slot 0 filled; pre (B, T, 4H) written for the backward."""
     pid = tl.program_id(0)
-    rows = pid * BB + tl.arange(0, BB)
+    rows = (pid * BB + tl.arange(0, BB)).to(tl.int64)  # int64 offsets: B*T*4H may pass 2^31
     rmask = rows < B
     GH = G * H
     nh = (H + BH - 1) // BH
@@ -180,7 +180,7 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
     the final states; out, those of the initial states. ddir (B, H) scratch. Out: dg
     (B, T, G*H), the gradient of the recurrent pre-activations; dxn (B, T, H) (GRU: of xp_n)."""
     pid = tl.program_id(0)
-    rows = pid * BB + tl.arange(0, BB)
+    rows = (pid * BB + tl.arange(0, BB)).to(tl.int64)  # int64 offsets: B*T*4H may pass 2^31
     rmask = rows < B
     GH = G * H
     nh = (H + BH - 1) // BH
