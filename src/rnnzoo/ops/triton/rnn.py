@@ -176,8 +176,9 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
                 dm_ptr, ddir_ptr, dg_ptr, dxn_ptr, B, T, H,
                 CELL: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr,
                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr):
-    """Reverse loop. gy (B, T, H): dLoss/dh_all. dh, dc, dn, dm (B, H): in, the gradients of
-    the final states; out, those of the initial states. ddir (B, H) scratch. Out: dg
+    """Reverse loop. gy (B, T, H): dLoss/dh_all. dh (B, H), dc, dn, dm (2, B, H): in (dc, dn,
+    dm: half 0), the gradients of the final states; out (half T % 2), those of the initial
+    states. ddir (B, H) scratch. Out: dg
     (B, T, G*H), the gradient of the recurrent pre-activations; dxn (B, T, H) (GRU: of xp_n)."""
     pid = tl.program_id(0)
     rows = (pid * BB + tl.arange(0, BB)).to(tl.int64)  # int64 offsets: B*T*4H may pass 2^31
@@ -187,6 +188,10 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
     nk = (H + BK - 1) // BK
     for s in range(0, T):
         t = T - 1 - s
+        # the carried dc, dn, dm are double-buffered: read one half, write the other, so
+        # no thread overwrites a value another thread (a replicated layout) has yet to read
+        rd = (s % 2) * B * H
+        wr = ((s + 1) % 2) * B * H
         # phase A: local derivatives, hidden block by hidden block
         for jb in range(0, nh):
             cols = jb * BH + tl.arange(0, BH)
@@ -217,7 +222,7 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
             else:
                 c = tl.load(sc_ptr + cur, mask=m2, other=0.0)
                 cprev = tl.load(sc_ptr + prv, mask=m2, other=0.0)
-                dc = tl.load(dc_ptr + st, mask=m2, other=0.0)
+                dc = tl.load(dc_ptr + rd + st, mask=m2, other=0.0)
                 if CELL == 0:  # LSTM: p0..p3 = i~, f~, g~, o~
                     i = _sigmoid(p0)
                     f = _sigmoid(p1)
@@ -229,13 +234,13 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
                     tl.store(go + H, dc * cprev * f * (1.0 - f), mask=m2)
                     tl.store(go + 2 * H, dc * i * (1.0 - g * g), mask=m2)
                     tl.store(go + 3 * H, dh * tc * o * (1.0 - o), mask=m2)
-                    tl.store(dc_ptr + st, dc * f, mask=m2)
+                    tl.store(dc_ptr + wr + st, dc * f, mask=m2)
                 else:  # sLSTM: p0..p3 = i~, f~, z~, o~
                     n = tl.load(sn_ptr + cur, mask=m2, other=1.0)
                     nprev = tl.load(sn_ptr + prv, mask=m2, other=1.0)
                     mprev = tl.load(sm_ptr + prv, mask=m2, other=0.0)
-                    dn = tl.load(dn_ptr + st, mask=m2, other=0.0)
-                    dm = tl.load(dm_ptr + st, mask=m2, other=0.0)
+                    dn = tl.load(dn_ptr + rd + st, mask=m2, other=0.0)
+                    dm = tl.load(dm_ptr + rd + st, mask=m2, other=0.0)
                     lf = _logsigmoid(p1) + mprev
                     m = tl.maximum(lf, p0)
                     ie = tl.exp(p0 - m)
@@ -255,9 +260,9 @@ def _bwd_kernel(w_ptr, pre_ptr, sh_ptr, sc_ptr, sn_ptr, sm_ptr, gy_ptr, dh_ptr, 
                     tl.store(go + H, dlf * (1.0 - _sigmoid(p1)), mask=m2)
                     tl.store(go + 2 * H, dc * ie * (1.0 - zt * zt), mask=m2)
                     tl.store(go + 3 * H, dh * c / n * og * (1.0 - og), mask=m2)
-                    tl.store(dc_ptr + st, dc * fe, mask=m2)
-                    tl.store(dn_ptr + st, dn * fe, mask=m2)
-                    tl.store(dm_ptr + st, dlf, mask=m2)
+                    tl.store(dc_ptr + wr + st, dc * fe, mask=m2)
+                    tl.store(dn_ptr + wr + st, dn * fe, mask=m2)
+                    tl.store(dm_ptr + wr + st, dlf, mask=m2)
         tl.debug_barrier()  # dG_t complete before phase B reads it
         # phase B: dh_{t-1} = dG_t @ W_hh (+ z * dh_t for the GRU)
         for jb in range(0, nh):
@@ -324,7 +329,7 @@ def _run_backward(cell: int, w, pre, bufs, gy, gfinal):
     Returns (dg (B, T, G*H), dxn (B, T, H) or None, grads of the initial states)."""
     B, T, H = gy.shape
     GH = w.shape[0]
-    carry = [g.clone() for g in gfinal]
+    carry = [gfinal[0].clone()] + [torch.stack([g, torch.empty_like(g)]) for g in gfinal[1:]]
     dh, dc, dn, dm = (carry + [carry[0]] * 4)[:4]
     sh, sc, sn, sm = (bufs + [bufs[0]] * 4)[:4]
     dg = torch.empty(B, T, GH, dtype=torch.float32, device=gy.device)
@@ -334,7 +339,7 @@ def _run_backward(cell: int, w, pre, bufs, gy, gfinal):
     _bwd_kernel[(math.ceil(B / BB),)](
         w, pre, sh, sc, sn, sm, gy, dh, dc, dn, dm, ddir, dg, dxn, B, T, H,
         CELL=cell, G=GH // H, PREC=DOT_PRECISION, BB=BB, BH=BH, BK=BK, num_warps=warps)
-    return dg, (dxn if cell == GRU else None), carry
+    return dg, (dxn if cell == GRU else None), [carry[0]] + [g[T % 2] for g in carry[1:]]
 
 
 def _f32(x):
