@@ -1,0 +1,61 @@
+"""Which implementation an op runs: the PyTorch reference or a Triton kernel.
+
+    use_triton(*tensors) -> bool   True when every tensor is on CUDA, triton imports,
+                                   and the backend is not forced to "torch".
+
+`RNNZOO_BACKEND=torch` in the environment forces the PyTorch path everywhere (read at
+each call). `force("torch")` / `force("triton")` overrides both, inside a `with` block:
+force("triton") runs the Triton path whatever the device, which lets the tests run the
+kernels on CPU tensors under `TRITON_INTERPRET=1`. triton is imported only when a
+decision needs it, never at `import rnnzoo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+
+import torch
+
+_BACKENDS = ("torch", "triton")
+_forced: list[str] = []  # a stack: the innermost force() wins
+_triton_ok: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported (found once, then cached)."""
+    global _triton_ok
+    if _triton_ok is None:
+        if importlib.util.find_spec("triton") is None:
+            _triton_ok = False
+        else:
+            try:
+                import triton  # noqa: F401
+                _triton_ok = True
+            except Exception:  # a broken install counts as absent
+                _triton_ok = False
+    return _triton_ok
+
+
+@contextlib.contextmanager
+def force(backend: str):
+    """Run the ops in this block with `backend` ("torch" or "triton"), whatever the device."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"force: backend must be one of {_BACKENDS}, got {backend!r}")
+    _forced.append(backend)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """True when the Triton kernels should run on these tensors (None entries are skipped)."""
+    if _forced:
+        return _forced[-1] == "triton" and triton_available()
+    env = os.environ.get("RNNZOO_BACKEND", "").strip().lower()
+    if env == "torch":
+        return False
+    ts = [t for t in tensors if t is not None]
+    return bool(ts) and all(t.is_cuda for t in ts) and triton_available()
