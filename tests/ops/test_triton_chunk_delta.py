@@ -1,7 +1,6 @@
-"""The Triton delta-rule kernel (and DeltaProduct through it) against the PyTorch recurrent
-reference
-computed in float64: forward, final state and every gradient; on CPU under TRITON_INTERPRET=1,
-and compiled on CUDA when a GPU is present.
+"""The Triton delta-rule kernels (and DeltaProduct through them) against the PyTorch
+recurrent reference computed in float64: forward, final state and every gradient; on CPU
+under TRITON_INTERPRET=1, and compiled on CUDA when a GPU is present.
 
 Triton reads TRITON_INTERPRET when `@triton.jit` decorates a function, and its own
 `tl.sum`, `tl.cumsum`, ... are decorated when triton is first imported. So the interpreted
@@ -112,6 +111,24 @@ def test_forward_and_gradients_three_chunks(tl_delta, gate):
 @pytest.mark.parametrize("T,chunk_size", [(1, 16), (15, 64)])
 def test_short_sequences_without_initial_state(tl_delta, T, chunk_size):
     compare(tl_delta.delta_rule, T, 32, 16, True, h0=False, chunk_size=chunk_size)
+
+
+@needs_kernels
+def test_gradient_through_one_output_only(tl_delta):
+    """The backward kernel with no adjoint for the final state (o only), then none for o
+    (state only)."""
+    xs = inputs(18, 16, 16, True)
+    refs = [x.double().requires_grad_() for x in xs]
+    o_ref, s_ref = delta_rule_recurrent(*refs[:5], initial_state=refs[5])
+    for pick in (0, 1):
+        leaves = [x.clone().requires_grad_() for x in xs]
+        out = tl_delta.delta_rule(*leaves[:5], initial_state=leaves[5], chunk_size=16)
+        grads = torch.autograd.grad(out[pick].square().sum(), leaves)
+        ref = (o_ref, s_ref)[pick].square().sum()
+        grads_ref = torch.autograd.grad(ref, refs, retain_graph=True, allow_unused=True)
+        for a, b, x in zip(grads, grads_ref, refs):
+            b = torch.zeros_like(x) if b is None else b  # q does not reach the state
+            assert (a.cpu() - b).abs().max() < 1e-4 * b.abs().max().clamp(min=1e-2)
 
 
 @needs_kernels
