@@ -1,4 +1,5 @@
 # Two entry points, each working on a fresh machine: `make demo` and `make test`.
+# The tests run Triton kernels on the CPU: TRITON_INTERPRET=1 must be set before triton is imported.
 # torch is pinned to the 2.13.0 CPU build so nothing pulls the multi-GB CUDA wheels.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/rnnzoo demo
 
 test: $(VENV)/.peers
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=15
+	TRITON_INTERPRET=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --durations=15
 
 test-slow: $(VENV)/.peers
 	$(PY) -m pytest -q -m slow

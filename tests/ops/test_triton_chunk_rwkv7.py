@@ -10,35 +10,18 @@ re-runs this file in a child process with the flag set."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from _triton_interp import CUDA, DEVICE, INTERPRETED, needs_kernels, rerun_in_child  # noqa: E402
+
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent  # noqa: E402
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRETED
-
-
-def test_interpreted_in_a_child_process():
-    """Outside an interpreter process: this file's interpreted tests, in a fresh process."""
-    if INTERPRETED:
-        pytest.skip("this process interprets the kernels itself")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          "-p", "no:xdist", __file__], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-
-
-needs_kernels = pytest.mark.skipif(not (INTERPRETED or CUDA),
-                                   reason="run in the child process (or on CUDA)")
-DEVICE = "cuda" if CUDA else "cpu"
+if not (INTERPRETED or CUDA):
+    test_interpreted_in_a_child_process = rerun_in_child(__file__)
 
 
 @pytest.fixture(scope="module")
