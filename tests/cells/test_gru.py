@@ -2,29 +2,10 @@
 without reset as a linear filter; tau-GRU's delay line."""
 
 import torch
+from _cells import D, H, T, data, perturbed
 
 import rnnzoo
 from rnnzoo.cells.gru import GRUCell, GRUv3Cell
-from rnnzoo.registry import CELLS
-
-B, T, D, H = 2, 6, 3, 4
-
-
-def perturbed(name, seed=0, **options):
-    torch.manual_seed(seed)
-    cell = CELLS[name].cls(D, H, **options).double()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return cell
-
-
-def data(seed=3, n_state=(H,)):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
-    s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64) for n in n_state)
-    return x, s0
 
 
 def test_gru_modes_equal_torch_gru_float64():

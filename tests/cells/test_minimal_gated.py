@@ -3,23 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from rnnzoo.registry import CELLS
-
-F64 = torch.float64
-
-
-def randomised(name, input_size=4, hidden_size=5, scale=0.6, **options):
-    torch.manual_seed(0)
-    cell = CELLS[name].cls(input_size, hidden_size, **options).double()
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.copy_(scale * torch.randn_like(p))
-    return cell
-
-
-def step(cell, x, state):
-    return cell.recur(cell.project(x), state)
+from _cells import F64, randomised, step
 
 
 def test_cfn_decays_monotonically_without_input():

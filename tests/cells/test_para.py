@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _cells import F64
 
 import rnnzoo
 from rnnzoo.cells.para import ParaGRU, ParaLSTM
 from rnnzoo.ops.newton import Layout, parallel_rnn, verify_structure
-
-F64 = torch.float64
 
 
 @pytest.mark.parametrize("cls", [ParaGRU, ParaLSTM])

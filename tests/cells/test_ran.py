@@ -4,27 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from rnnzoo.registry import CELLS
-
-B, T, D, H = 2, 6, 3, 4
-
-
-def perturbed(name, seed=0, **options):
-    torch.manual_seed(seed)
-    cell = CELLS[name].cls(D, H, **options).double()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return cell
-
-
-def data(seed=3, n_state=(H,)):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
-    s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64) for n in n_state)
-    return x, s0
+from _cells import H, T, data, perturbed
 
 
 @pytest.mark.parametrize("nonlinearity", ["tanh", "identity"])
