@@ -38,16 +38,52 @@ __all__ = ["CHECKPOINT", "METRICS", "FINAL", "PLOT", "TRAIN_CONFIG", "RunFolder"
 
 
 def save_checkpoint(out: Path, model, optimizer, step: int, config: TrainConfig) -> None:
-    """checkpoint.safetensors (model, AdamW state, step, config) and the loadable model."""
+    """checkpoint.safetensors (model, AdamW state, step, config) and the loadable model.
+    The AdamW state is keyed by parameter name (`optim.<name>.<key>`), so it survives a
+    change of parameter order."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     state = optimizer.state_dict()
+    names = _optimizer_order(model, optimizer)
     for i, s in state["state"].items():
         for k, v in s.items():
-            tensors[f"optim.{i}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+            tensors[f"optim.{names[i]}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
     meta = {"step": str(step), "train_config": json.dumps(asdict(config)),
-            "param_groups": json.dumps(state["param_groups"])}
+            "param_groups": json.dumps(state["param_groups"]), "optim_keys": "names"}
     save_tensors(out / CHECKPOINT, tensors, meta)
     save(model, out)
+
+
+def _optimizer_order(model, optimizer) -> list[str]:
+    """The names of `model`'s parameters in the order `optimizer` numbers them."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _optimizer_state(path: Path, model, optimizer, tensors: dict, meta: dict) -> dict:
+    """The AdamW state of a checkpoint as {index: {key: tensor}}, numbered as `optimizer`
+    numbers `model`'s parameters."""
+    order = _optimizer_order(model, optimizer)
+    params = dict(model.named_parameters())
+    index = {n: i for i, n in enumerate(order)}
+    state: dict = {}
+    by_name = meta.get("optim_keys") == "names"
+    for k, v in tensors.items():
+        if not k.startswith("optim."):
+            continue
+        owner, key = k[len("optim."):].rsplit(".", 1)
+        if not by_name:  # older checkpoints: keyed by the parameter's position
+            owner = order[int(owner)] if int(owner) < len(order) else owner
+        if owner not in index:
+            raise ValueError(f"--resume: {path} holds optimizer state for {owner!r}, which "
+                             f"the model does not have")
+        if v.dim() and v.shape != params[owner].shape:
+            raise ValueError(f"--resume: {path} was written by an older rnnzoo whose "
+                             f"parameter order differs; its optimizer state for parameter "
+                             f"{index[owner]} has shape {tuple(v.shape)}, not "
+                             f"{tuple(params[owner].shape)} ({owner}): the model loads "
+                             f"(rnnzoo.load), but this run cannot be resumed")
+        state.setdefault(index[owner], {})[key] = v
+    return state
 
 
 def _check_same_model(path: Path, meta: dict, config: TrainConfig) -> None:
@@ -68,11 +104,7 @@ def load_checkpoint(out: Path, model, optimizer, config: TrainConfig) -> int:
     _check_same_model(path, meta, config)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path,
                strict=True)
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
+    state = _optimizer_state(path, model, optimizer, tensors, meta)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     return int(meta["step"])
 
