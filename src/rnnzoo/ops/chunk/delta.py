@@ -56,6 +56,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -129,13 +130,19 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H) (any real; (0, 2) for negative
     eigenvalues); g: (B, T, H) log-gate (<= 0), None for plain DeltaNet; scale: default K^-0.5;
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
-    final state (B, H, K, V) in float32 (float64 for float64 q).
+    final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
+    imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
+    every dtype but float64; `delta_product` reaches it through this function.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
                                  g=(g, (B, T, H))), initial_state, V)
     positive_int("delta_rule: chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state):
+        from rnnzoo.ops.triton import chunk_delta
+        return chunk_delta.delta_rule(q, k, v, beta, g, scale=scale,
+                                      initial_state=initial_state, chunk_size=chunk_size)
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
@@ -304,22 +311,31 @@ def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
     return torch.stack(out, 1).to(r.dtype), S
 
 
-def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
+def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_min=None):
     """Chunkwise RWKV-7 generalised delta rule S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T,
     o_t = scale * S_t^T r_t.
 
     r, w, k, a, b: (B, T, H, K), w the log-decay (<= 0) per key channel; v: (B, T, H, V);
     initial_state: (B, H, K, V) or None. Returns (o (B, T, H, V) in r's dtype, final state).
-    The chunk is halved while half a chunk's cumulative decay could overflow its factors.
+    The chunk is halved while half a chunk's cumulative decay could overflow its factors:
+    w_min, a float with w >= w_min everywhere (RWKV-7's layer: -exp(-0.5)), gives the
+    steepest decay without reading w; None reads min(w) (a host read: a sync on an
+    accelerator). On CUDA (when triton imports; `ops.backend`) the Triton kernel
+    `ops.triton.chunk_rwkv7` runs instead (any decay, no read), for every dtype but float64.
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     positive_int("rwkv7: chunk_size", chunk_size)
+    if r.dtype != torch.float64 and backend.use_triton(r, w, k, v, a, b, initial_state):
+        from rnnzoo.ops.triton import chunk_rwkv7
+        return chunk_rwkv7.rwkv7(r, w, k, v, a, b, scale=scale, initial_state=initial_state,
+                                 chunk_size=chunk_size)
     B, T, H, K = r.shape
     V = v.shape[-1]
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     C = min(chunk_size, T)
-    steepest = float(-w.detach().min().clamp(max=0))
+    steepest = max(0.0, -float(w_min)) if w_min is not None else \
+        float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
         C //= 2
     o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)

@@ -46,6 +46,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
@@ -165,9 +166,16 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
 
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
+    On CUDA (when triton imports; `ops.backend`) the Triton kernel
+    `ops.triton.chunk_linear` runs instead, for every dtype but float64.
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_decay, initial_state, bonus):
+        from rnnzoo.ops.triton import chunk_linear
+        return chunk_linear.gated_linear_attention(
+            q, k, v, log_decay, scale=scale, initial_state=initial_state, bonus=bonus,
+            chunk_size=chunk_size, subchunk_size=subchunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
@@ -269,9 +277,15 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
+    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     positive_int("chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_i, log_f,
+                                                       *(initial_state or ())):
+        from rnnzoo.ops.triton import chunk_mlstm
+        return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
+                                 initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
