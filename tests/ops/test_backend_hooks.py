@@ -140,3 +140,22 @@ def test_import_rnnzoo_does_not_import_triton():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("strength", [0.1, 30.0])  # one block factorised / exact blocks
+@pytest.mark.parametrize("c", [2, 3])               # sub-chunks, or one block (8 % 3 != 0)
+@pytest.mark.parametrize("strict", [False, True])
+def test_gla_intra_chunk_scores_without_host_reads(strength, c, strict):
+    """The vector-decay scores of the chunkwise GLA off the CPU (where no span is read to
+    choose a form) equal the definition sum_k q_ik e^{Gq_ik - G_jk} k_jk, like the CPU's."""
+    from rnnzoo.ops.chunk.linear import _intra_vector
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 8, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    g = -strength * torch.rand(2, 8, 4, generator=gen, dtype=torch.float64)
+    G = g.cumsum(1)
+    Gq = G - g if strict else G
+    want = torch.einsum("bik,bijk,bjk->bij", q, (Gq[:, :, None] - G[:, None]).clamp(max=0).exp(), k)
+    want = want.tril(-1 if strict else 0)
+    for read in (False, True):
+        got = _intra_vector(q, k, Gq, G, strict, c, read_values=read)
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), read

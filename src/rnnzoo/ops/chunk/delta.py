@@ -57,6 +57,10 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend
+from rnnzoo.ops.chunk._common import check_delta as _check
+from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
+from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
+from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -65,25 +69,7 @@ __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
 _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
 
 
-# -- argument checks ---------------------------------------------------------------------------
-def _check(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
-           initial_state, V: int):
-    """Every tensor's shape against the pattern built from q's (B, T, H, K)."""
-    if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.is_floating_point():
-        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-        raise ValueError(f"{op}: q must be a floating-point (B, T, H, K) tensor, got {got}")
-    for name, (t, shape) in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{op}: {name} must have shape {shape}, got {got}")
-    B, _, H, K = q.shape
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
-        raise ValueError(f"{op}: initial_state must have shape {(B, H, K, V)}, "
-                         f"got {tuple(initial_state.shape)}")
-
-
+# -- the initial state (the argument checks live in _common, shared with the kernels) ----------
 def _initial(initial_state, B, H, K, V, dtype, device):
     if initial_state is None:
         return torch.zeros(B, H, K, V, dtype=dtype, device=device)
@@ -149,27 +135,6 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
     return o.to(q.dtype), S
-
-
-def _unit_lower_inverse(A):
-    """(I + A)^{-1} for strictly lower-triangular A (..., C, C), by one batched triangular
-    solve against the identity (the UT transform's T, before its diag(beta) factor).
-    Solving for I and then multiplying is faster on CPU than solving for wide right-hand sides."""
-    C = A.shape[-1]
-    eye = torch.eye(C, dtype=A.dtype, device=A.device)
-    return torch.linalg.solve_triangular(eye + A, eye.expand(A.shape), upper=False,
-                                         unitriangular=True)
-
-
-def _to_chunks(x, C):
-    """(B, T, H, ...) -> (B, H, N, C, ...), zero-padded at the end to N * C steps."""
-    T = x.shape[1]
-    N = -(-T // C)
-    pad = N * C - T
-    if pad:
-        x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
-    x = x.reshape(x.shape[0], N, C, *x.shape[2:])
-    return x.movedim(3, 1).contiguous()  # (B, H, N, C, ...)
 
 
 def _from_chunks(x, T):
@@ -288,13 +253,6 @@ def rwkv7_step(r_t, w_t, k_t, v_t, a_t, b_t, S, scale):
     z = torch.einsum("bhk,bhkv->bhv", a_t, S)
     S = S * w_t.exp()[..., None] + b_t[..., None] * z[..., None, :] + k_t[..., None] * v_t[..., None, :]
     return scale * torch.einsum("bhk,bhkv->bhv", r_t, S), S
-
-
-def _check_rwkv7(r, w, k, v, a, b, initial_state):
-    B, T, H, K = r.shape if isinstance(r, torch.Tensor) and r.dim() == 4 else (0, 0, 0, 0)
-    V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
-    _check("rwkv7", r, dict(w=(w, (B, T, H, K)), k=(k, (B, T, H, K)), v=(v, (B, T, H, V)),
-                            a=(a, (B, T, H, K)), b=(b, (B, T, H, K))), initial_state, V)
 
 
 def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
