@@ -60,8 +60,9 @@ def force(backend: str):
 
 
 def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
-    """True when the Triton kernels should run on these tensors (entries that are not
-    tensors, None included, are skipped). auto=False: only when forced to "triton"."""
+    """True when the Triton kernels should run on these tensors (None entries are skipped;
+    anything not on CUDA, a non-tensor included, keeps the PyTorch path, whose checks then
+    name it). auto=False: only when forced to "triton"."""
     if _forced:
         return _forced[-1] == "triton" and triton_available()
     if not auto:
@@ -69,5 +70,5 @@ def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
     env = os.environ.get("RNNZOO_BACKEND", "").strip().lower()
     if env == "torch":
         return False
-    ts = [t for t in tensors if isinstance(t, torch.Tensor)]
-    return bool(ts) and all(t.is_cuda for t in ts) and triton_available()
+    ts = [t for t in tensors if t is not None]
+    return bool(ts) and all(getattr(t, "is_cuda", False) for t in ts) and triton_available()
