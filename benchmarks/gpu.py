@@ -1,14 +1,22 @@
-"""GPU benchmark, one CUDA device, a few minutes: ops (ours in Triton, ours in PyTorch, the
-memory floor) and every registered layer against torch.nn.LSTM (cuDNN).
+"""GPU benchmark, one CUDA device, under 6 minutes: ops (ours in Triton, ours in PyTorch,
+fla-core's Triton kernel when installed, the memory floor), the classic cells' fused kernels
+against cuDNN, Newton against the loop, and every registered layer against torch.nn.LSTM.
 
-    python benchmarks/gpu.py [--only ops|layers] [--repeat 10] [--budget 330]
+    PYTHONPATH=src python benchmarks/gpu.py [--only ops|chunk|cells|newton|layers]
+                                            [--repeat 10] [--budget 330]
 
-Ops, float32, forward (no grad) and forward+backward, milliseconds (median of CUDA-event
-timings); the floor is torch.add over the op's input arrays (reads them once, writes one
-output: what a one-pass kernel cannot beat), and three such passes for fwd+bwd. Layers: B=8, T=2048, d_model=512, mode
-"auto", fwd+bwd ms and peak memory (max_memory_allocated above the inputs). Each case
-runs in its own try/except; a failure prints one line and the table goes on. Add an op
-by appending an `OpCase` to `OP_CASES`.
+Ops (float32 scans; chunk ops B=4 T=4096 H=16 K=V=128 with bfloat16 inputs): forward (no
+grad) and forward+backward, milliseconds (median of CUDA-event timings). "torch" rows run
+inside `ops.backend.force("torch")`, "triton" rows call the kernel module directly, "fla"
+rows fla-core's chunk_* kernels. The floor is torch.add over the op's input arrays (reads
+them once, writes one output: what a one-pass kernel cannot beat), and three such passes for
+fwd+bwd. Cells: lstm / gru / slstm layers (B=8, T=2048, d_model=512) in mode "fused" under
+force("triton") and force("torch") (cuDNN for lstm and gru; the deferred-gradient loop for
+slstm). Newton: paragru (B=8, width 64) newton vs sequential, forward+backward, at T = 1k ..
+64k; a loop run predicted past its share of the budget is not run (said so). Layers: B=8,
+T=2048, d_model=512, mode "auto", fwd+bwd ms and peak memory. Each case runs in its own
+try/except; a failure prints one line and the table goes on. `--budget` is the whole
+script's time: a section past it prints SKIPPED rows.
 """
 
 from __future__ import annotations
@@ -43,14 +51,21 @@ def _triton_selective():
     return selective_scan
 
 
-def _torch_scan(*args):
-    from rnnzoo.ops.scan import linear_scan
-    return linear_scan(*args)
+def _torch_path(fn):
+    """fn run inside ops.backend.force("torch"): the PyTorch op, though the inputs are CUDA."""
+    def run(*args, **kwargs):
+        from rnnzoo.ops import backend
+        with backend.force("torch"):
+            return fn()(*args, **kwargs)
+    return run
 
 
-def _torch_selective(*args):
-    from rnnzoo.layers.mamba import selective_scan
-    return selective_scan(*args)
+def _op(module, name):
+    return lambda: getattr(__import__(module, fromlist=[name]), name)
+
+
+_torch_scan = _torch_path(_op("rnnzoo.ops.scan", "linear_scan"))
+_torch_selective = _torch_path(_op("rnnzoo.layers.mamba", "selective_scan"))
 
 
 def scan_case(B, T, D):
@@ -75,11 +90,73 @@ def selective_case(B, T, DI, DS):
                   {"triton": lambda *x: _triton_selective()(*x), "torch": _torch_selective})
 
 
+def _fla(module, name):
+    """fla-core's kernel `name` from fla.ops.<module>; ImportError when fla is absent."""
+    import importlib
+    return getattr(importlib.import_module(f"fla.ops.{module}"), name)
+
+
+def chunk_case(kind, B=4, T=4096, H=16, K=128, V=128, dtype=torch.bfloat16):
+    """One chunk op at fla's benchmark size: kind in gla_vector, gla_scalar, gated_delta,
+    mlstm, rwkv7. Inputs bfloat16 (gates float32), ours and fla's on the same tensors."""
+    F = torch.nn.functional
+
+    def make(dev):
+        g = torch.Generator(device=dev).manual_seed(0)
+
+        def rnd(*shape, dt=dtype, scale=1.0):
+            return (scale * torch.randn(*shape, generator=g, device=dev)).to(dt).requires_grad_()
+        q, k, v = rnd(B, T, H, K), rnd(B, T, H, K), rnd(B, T, H, V)
+        if kind == "gla_vector":
+            args = (q, k, v, F.logsigmoid(rnd(B, T, H, K, dt=torch.float32) + 4)
+                    .div(16).detach().requires_grad_())
+        elif kind == "gla_scalar":
+            args = (q, k, v, F.logsigmoid(rnd(B, T, H, dt=torch.float32) + 4)
+                    .detach().requires_grad_())
+        elif kind == "gated_delta":
+            kn = F.normalize(k.detach().float(), dim=-1).to(dtype).requires_grad_()
+            beta = torch.sigmoid(rnd(B, T, H, dt=torch.float32)).detach().requires_grad_()
+            gate = F.logsigmoid(rnd(B, T, H, dt=torch.float32) + 4).detach().requires_grad_()
+            args = (q, kn, v, beta, gate)
+        elif kind == "mlstm":
+            args = (q, k, v, rnd(B, T, H, dt=torch.float32),
+                    F.logsigmoid(rnd(B, T, H, dt=torch.float32) + 3).detach().requires_grad_())
+        else:  # rwkv7: w log-decay in (-e^-1/2, 0), a = -kappa, b = kappa * a
+            w = (-0.6065 * torch.sigmoid(rnd(B, T, H, K, dt=torch.float32))).to(dtype)
+            kappa = F.normalize(rnd(B, T, H, K).detach().float(), dim=-1)
+            a_lr = torch.sigmoid(rnd(B, T, H, K, dt=torch.float32)).detach()
+            args = (q, w.detach().requires_grad_(), k, v,
+                    (-kappa).to(dtype).requires_grad_(), (kappa * a_lr).to(dtype).requires_grad_())
+        return args, (q, k, v)
+
+    ours = {"gla_vector": ("chunk_linear", "rnnzoo.ops.chunk.linear", "gated_linear_attention"),
+            "gla_scalar": ("chunk_linear", "rnnzoo.ops.chunk.linear", "gated_linear_attention"),
+            "gated_delta": ("chunk_delta", "rnnzoo.ops.chunk.delta", "delta_rule"),
+            "mlstm": ("chunk_mlstm", "rnnzoo.ops.chunk.linear", "mlstm"),
+            "rwkv7": ("chunk_rwkv7", "rnnzoo.ops.chunk.delta", "rwkv7")}[kind]
+    tmod, pmod, fn = ours
+    impls = {"triton": lambda *x: _op(f"rnnzoo.ops.triton.{tmod}", fn)()(*x),
+             "torch": _torch_path(_op(pmod, fn))}
+    if kind == "gla_vector":
+        impls["fla"] = lambda q, k, v, g: _fla("gla", "chunk_gla")(q, k, v, g)
+    elif kind == "gla_scalar":
+        impls["fla"] = lambda q, k, v, g: _fla("simple_gla", "chunk_simple_gla")(q, k, v, g)
+    elif kind == "gated_delta":
+        impls["fla"] = lambda q, k, v, beta, g: _fla(
+            "gated_delta_rule", "chunk_gated_delta_rule")(q, k, v, g, beta)
+    elif kind == "rwkv7":
+        impls["fla"] = lambda *x: _fla("rwkv7", "chunk_rwkv7")(*x)
+    # mlstm: fla-core has no mLSTM kernel (xlstm's own kernels are not a dependency here)
+    return OpCase(f"{kind} B={B} T={T} H={H} K={K} bf16", make, impls)
+
+
 OP_CASES = [
     scan_case(8, 4096, 1024),
     scan_case(1, 65536, 256),
     selective_case(8, 2048, 1024, 16),
 ]
+CHUNK_CASES = [chunk_case(k) for k in ("gla_vector", "gla_scalar", "gated_delta", "mlstm",
+                                       "rwkv7")]
 
 
 def cuda_time(fn, repeat):
@@ -98,8 +175,10 @@ def cuda_time(fn, repeat):
 
 
 def _loss(out):
-    outs = out if isinstance(out, tuple) else (out,)
-    return sum(o.float().sum() for o in outs)
+    """The sum of every tensor in out (nested tuples too, as mLSTM's (h, (C, n, m)))."""
+    if isinstance(out, (tuple, list)):
+        return sum(_loss(o) for o in out)
+    return out.float().sum()
 
 
 def _zero_grads(xs):
@@ -108,10 +187,13 @@ def _zero_grads(xs):
             x.grad = None
 
 
-def run_ops(repeat):
-    print("\nops, float32, ms (floor: torch.add of the input arrays; fwd+bwd: three of them)")
+def run_ops(repeat, cases, title, deadline):
+    print(f"\n{title}, ms (floor: torch.add of the input arrays; fwd+bwd: three of them)")
     print(f"{'op':<48}{'impl':<8}{'fwd':>10}{'fwd+bwd':>10}{'x floor':>9}{'x floor f+b':>13}")
-    for case in OP_CASES:
+    for case in cases:
+        if time.perf_counter() > deadline:
+            print(f"{case.name:<48}SKIPPED: time budget spent")
+            continue
         try:
             _run_op_case(case, repeat)
         except Exception as e:
@@ -172,6 +254,81 @@ def _layer_row(name, make, x, repeat, deadline):
     return ms, peak
 
 
+def run_cells(repeat, deadline):
+    """lstm / gru / slstm layers in mode fused: the Triton kernel vs the PyTorch path."""
+    import rnnzoo
+    from rnnzoo.ops import backend
+    B, T, D = 8, 2048, 512
+    print(f"\nclassic cells, fused mode, B={B} T={T} d_model={D}, float32, fwd+bwd")
+    print(f"{'cell':<12}{'backend':<34}{'ms':>10}{'peak MiB':>10}")
+    x = torch.randn(B, T, D, device="cuda")
+    torch_label = {"lstm": "torch (cuDNN)", "gru": "torch (cuDNN)",
+                   "slstm": "torch (loop, deferred dW)"}
+    for name in ("lstm", "gru", "slstm"):
+        for which in ("triton", "torch"):
+            label = "triton (ops.triton.rnn)" if which == "triton" else torch_label[name]
+            if time.perf_counter() > deadline:
+                print(f"{name:<12}{label:<34}SKIPPED: time budget spent")
+                continue
+            try:
+                with backend.force(which):
+                    def make():
+                        return _Fused(rnnzoo.create(name, d_model=D))
+                    ms, peak = _layer_row(name, make, x, repeat, deadline)
+                print(f"{name:<12}{label:<34}{ms:>10.2f}{peak:>10.0f}")
+            except Exception as e:
+                print(f"{name:<12}{label:<34}FAILED: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:100] if str(e) else ''}")
+            torch.cuda.empty_cache()
+
+
+class _Fused(torch.nn.Module):
+    def __init__(self, layer, mode="fused"):
+        super().__init__()
+        self.layer, self.mode = layer, mode
+
+    def forward(self, x):
+        return self.layer(x, mode=self.mode)
+
+
+def run_newton(deadline):
+    """paragru: newton vs sequential, fwd+bwd, T = 1k .. 64k (the loop only while its
+    predicted time fits the budget left)."""
+    import rnnzoo
+    B, W = 8, 64
+    print(f"\nNewton vs loop, paragru, B={B} width={W}, float32, fwd+bwd, ms (one run each "
+          f"after a warm-up)")
+    print(f"{'T':>8}{'newton':>12}{'sequential':>14}{'x faster':>10}")
+    layer = rnnzoo.create("paragru", d_model=W, hidden_size=W).cuda()
+    per_step = None
+    for T in (1024, 4096, 16384, 65536):
+        if time.perf_counter() > deadline:
+            print(f"{T:>8}  SKIPPED: time budget spent")
+            continue
+        x = torch.randn(B, T, W, device="cuda")
+        row = {}
+        for mode in ("newton", "sequential"):
+            left = deadline - time.perf_counter()
+            if mode == "sequential" and per_step is not None and per_step * T * 2 > left / 3:
+                row[mode] = None  # would take more than its share of what is left
+                continue
+            try:
+                def run():
+                    y, _ = layer(x, mode=mode)
+                    y.square().mean().backward()
+                layer.zero_grad(set_to_none=True)
+                row[mode] = cuda_time(run, 1)
+                if mode == "sequential":
+                    per_step = row[mode] / 1000 / T
+            except Exception as e:
+                row[mode] = f"{type(e).__name__}"
+        n, s_ = row.get("newton"), row.get("sequential")
+        fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else (v or "not run")  # noqa: E731
+        ratio = f"{s_ / n:.0f}" if isinstance(n, float) and isinstance(s_, float) else "-"
+        print(f"{T:>8}{fmt(n):>12}{fmt(s_):>14}{ratio:>10}")
+        torch.cuda.empty_cache()
+
+
 def run_layers(repeat, budget):
     import rnnzoo
     B, T, D = 8, 2048, 512
@@ -203,10 +360,11 @@ def run_layers(repeat, budget):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("ops", "layers"), default=None, help="run one part")
+    p.add_argument("--only", choices=("ops", "chunk", "cells", "newton", "layers"),
+                   default=None, help="run one part")
     p.add_argument("--repeat", type=int, default=10, help="timed runs per case (median)")
-    p.add_argument("--budget", type=float, default=300.0,
-                   help="seconds for the layer table; layers past it are listed as skipped")
+    p.add_argument("--budget", type=float, default=330.0,
+                   help="seconds for the whole script; cases past it are listed as skipped")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py needs a CUDA device; torch.cuda.is_available() is False "
@@ -217,16 +375,31 @@ def main(argv=None):
         tv = triton.__version__
     except Exception:
         tv = "not importable (the triton rows will fail)"
-    print(f"torch {torch.__version__}, triton {tv}, {torch.cuda.get_device_name()}")
+    try:
+        import fla
+        fv = getattr(fla, "__version__", "?")
+    except Exception:
+        fv = "not installed (no fla rows)"
+    print(f"torch {torch.__version__}, triton {tv}, fla {fv}, {torch.cuda.get_device_name()}")
     torch.backends.cuda.matmul.allow_tf32 = False
     start = time.perf_counter()
-    if args.only in (None, "ops"):
-        try:
-            run_ops(args.repeat)
-        except Exception:
-            traceback.print_exc()
-    if args.only in (None, "layers"):
-        run_layers(args.repeat, args.budget)
+    end = start + args.budget
+    # shares of the budget: ops 10%, chunk ops 20%, cells 15%, newton 15%, layers the rest
+    share = lambda f: min(end, time.perf_counter() + f * args.budget)  # noqa: E731
+    sections = [
+        ("ops", lambda: run_ops(args.repeat, OP_CASES, "scans, float32", share(0.10))),
+        ("chunk", lambda: run_ops(args.repeat, CHUNK_CASES, "chunk ops, bf16 inputs",
+                                  share(0.20))),
+        ("cells", lambda: run_cells(args.repeat, share(0.15))),
+        ("newton", lambda: run_newton(share(0.15))),
+        ("layers", lambda: run_layers(args.repeat, max(0.0, end - time.perf_counter()))),
+    ]
+    for name, run in sections:
+        if args.only in (None, name):
+            try:
+                run()
+            except Exception:
+                traceback.print_exc()
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

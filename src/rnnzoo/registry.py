@@ -19,7 +19,9 @@ Every entry is an `Info`: name, the registered object (a class or factory),
 and the metadata its kind uses (`family`, `paper`, `modes`; `tiny` holds the
 options of a small instance used by the conformance suite; `tolerances` may
 loosen the suite's bfloat16 tolerance where the maths is less stable in low
-precision; `extra` anything else).
+precision; `host_reads` a layer's cases -- a mode, "step" or "lengths" -- that must
+read tensor values on the host, with the reason, from the class's `host_reads`; `extra`
+anything else).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Info:
     modes: tuple[str, ...] = ()
     tiny: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     tolerances: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    host_reads: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -173,7 +176,8 @@ def register(name: str, *, family: str, paper: str, tiny: dict | None = None,
     """Class decorator: register a `RecurrentLayer` subclass under `name`."""
     def decorate(cls):
         LAYERS.add(Info(name, cls, family=family, paper=paper, modes=tuple(cls.modes),
-                        tiny=dict(tiny or {}), tolerances=dict(tolerances or {})))
+                        tiny=dict(tiny or {}), tolerances=dict(tolerances or {}),
+                        host_reads=dict(getattr(cls, "host_reads", {}))))
         cls.name = name
         return cls
     return decorate

@@ -239,3 +239,60 @@ def test_bfloat16_close_to_float32(name, mode):
     assert torch.isfinite(y16.float()).all()
     assert all(t.dtype in (torch.float32, torch.complex64) for t in flat(s16))
     assert max_err(y16.float(), y32) < tol * scale(y32)
+
+
+# 8. every mode runs on the meta device -------------------------------------------------------
+# The meta device has shapes and dtypes but no values: a tensor made off the input's device
+# meets a device mismatch, and a value read back to the host (.item(), bool(tensor),
+# .tolist(), a data-dependent shape) raises. The cases that must read values are the
+# registry's `host_reads` (with the reason): those are checked to fail, so the list can
+# neither miss a read nor keep a stale entry.
+META_CASES = [(i.name, c) for i in LAYERS for c in (*i.modes, "step", "lengths")]
+HOST_READ = (r"item\(\) cannot be called on meta|Cannot copy out of meta|no data|"
+             r"data-independent|no fake impl or Meta kernel")
+
+
+def _run_on_meta(layer, case):
+    x = torch.randn(2, T, layer.d_model).to("meta")
+    if case == "step":
+        y, s = layer.step(x[:, 0])
+        y, s = layer.step(x[:, 1], s)
+    elif case == "lengths":  # lengths on the CPU, where torch.nn.utils.rnn keeps them
+        y, s = layer(x, layer.init_state(2, device="meta"), lengths=torch.tensor([T, 4]))
+    else:  # twice, the second from a state; then the backward pass
+        x.requires_grad_()
+        y, s = layer(x, mode=case)
+        y, s = layer(x, s, mode=case)
+        loss = y.sum() + sum((t.real if t.is_complex() else t).sum() for t in flat(s))
+        loss.backward()
+        assert x.grad.device.type == "meta"
+    assert y.device.type == "meta" and y.shape == (x[:, 0] if case == "step" else x).shape
+    assert all(t.device.type == "meta" for t in flat(s))
+
+
+@pytest.mark.parametrize("name,case", META_CASES)
+def test_runs_on_meta_device(name, case):
+    info = rnnzoo.registry.get_layer_info(name)
+    layer = make(name, torch.float32).to("meta")
+    reason = info.host_reads.get(case)
+    if reason is None:
+        _run_on_meta(layer, case)
+    else:
+        with pytest.raises((RuntimeError, NotImplementedError), match=HOST_READ):
+            _run_on_meta(layer, case)
+        print(f"{name} {case}: reads values on the host by design: {reason}")
+
+
+def test_host_reads_name_real_cases():
+    for info in LAYERS:
+        unknown = set(info.host_reads) - {*info.modes, "step", "lengths"}
+        assert not unknown, f"{info.name}: host_reads names {unknown}"
+        assert all(isinstance(r, str) and r for r in info.host_reads.values())
+
+
+def test_attention_with_a_window_reads_nothing():
+    """The sliding-window attention streams without a host read (full attention, the tiny
+    instance, must read its position: see its host_reads)."""
+    layer = rnnzoo.create("attention", d_model=4, num_heads=2, window=3).to("meta")
+    for case in ("sequential", "parallel", "step"):
+        _run_on_meta(layer, case)

@@ -57,6 +57,7 @@ import torch
 from rnnzoo import checks
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.parts import StackedGates, glorot_init_, uniform_init_
+from rnnzoo.ops import backend
 
 
 class _GRU(StackedGates):
@@ -81,7 +82,9 @@ class _GRU(StackedGates):
 @cell("gru", paper="Cho et al. 2014, arXiv:1406.1078 (v1 reset placement, as cuDNN/torch.nn.GRU)",
       tiny={"hidden_size": 5})
 class GRUCell(_GRU):
-    """torch.nn.GRU's cell; `fused` runs torch's GRU kernel. State h (B, H)."""
+    """torch.nn.GRU's cell; `fused` runs torch's GRU kernel (inside
+    `ops.backend.force("triton")` the Triton kernel `ops.triton.rnn.gru_sequence`).
+    State h (B, H)."""
 
     parallel_modes = ("newton", "quasi")
     has_torch_kernel = True
@@ -101,6 +104,13 @@ class GRUCell(_GRU):
         return w + ([self.bias_ih, self.bias_hh] if self.bias_ih is not None else [])
 
     def fused(self, x, state):
+        # the Triton kernel only when forced: cuDNN stays the default until a GPU benchmark
+        # shows the kernel wins
+        if x.dtype != torch.float64 and backend.use_triton(x, *state, auto=False):
+            from rnnzoo.ops.triton.rnn import gru_sequence
+            b_hn = None if self.bias_hh is None else self.bias_hh[2 * self.hidden_size:]
+            out, h = gru_sequence(self.project(x), self.weight_hh, b_hn, state[0])
+            return out, (h,)
         out, h = torch._VF.gru(x, state[0].unsqueeze(0).to(x.dtype), self.flat_weights(),
                                self.bias_ih is not None, 1, 0.0, self.training, False, True)
         return out, (h[0],)

@@ -56,6 +56,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
+from rnnzoo.ops import backend
 
 
 class _LSTM(StackedGates):
@@ -107,7 +108,9 @@ class LSTMCell(_LSTM):
 
     Options: `proj_size` (LSTMP: h_t = W_hr (o * tanh c_t), weight_hr (proj_size, H)),
     `peepholes` (weight_ph (3H,): p_i, p_f, p_o as in torchrecurrent's PeepholeLSTM).
-    `fused` runs torch's LSTM kernel; with peepholes (torch has none) it is `fused_loop`.
+    `fused` runs torch's LSTM kernel; with peepholes (torch has none) it is `fused_loop`;
+    inside `ops.backend.force("triton")`, without peepholes or projection, the Triton
+    kernel `ops.triton.rnn.lstm_sequence`.
     """
 
     parallel_modes = ("newton", "quasi")
@@ -128,6 +131,12 @@ class LSTMCell(_LSTM):
     def fused(self, x, state):
         if not self.has_torch_kernel:
             return fused_loop(self, x, state)
+        # the Triton kernel only when forced: cuDNN stays the default until a GPU benchmark
+        # shows the kernel wins
+        if self.weight_hr is None and x.dtype != torch.float64 and \
+                backend.use_triton(x, *state, auto=False):
+            from rnnzoo.ops.triton.rnn import lstm_sequence
+            return lstm_sequence(self.project(x), self.weight_hh, *state)
         h, c = (s.unsqueeze(0).to(x.dtype) for s in state)
         out, h, c = torch._VF.lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
                                    1, 0.0, self.training, False, True)

@@ -22,6 +22,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.parts import add_bias, uniform_init_
+from rnnzoo.ops import backend
 
 
 @cell("slstm", paper="Beck et al. 2024, arXiv:2405.04517", tiny={"hidden_size": 4, "num_heads": 2})
@@ -76,5 +77,10 @@ class SLSTMCell(Cell):
         return torch.sigmoid(o) * c / n, c, n, m_new
 
     def fused(self, x, state):
-        """The loop with R's gradient deferred to one product (`fused_loop`)."""
+        """On CUDA (when triton imports; `ops.backend`) the whole sequence in one Triton
+        launch (`ops.triton.rnn.slstm_sequence`); else the loop with R's gradient deferred
+        to one product (`fused_loop`)."""
+        if x.dtype != torch.float64 and backend.use_triton(x, *state):
+            from rnnzoo.ops.triton.rnn import slstm_sequence
+            return slstm_sequence(self.project(x), self.weight_hh, *state)
         return fused_loop(self, x, state)

@@ -38,6 +38,8 @@ class DiagonalLayer(RecurrentLayer):
     """Base of the diagonal layers: implement `_run(x, state, mode, mask=None)` (see the
     module docstring), `init_state` and `modes`."""
 
+    host_reads: dict[str, str] = {}  # right padding is a masked recurrence: nothing read
+
     def _run(self, x, state, mode, mask=None):
         raise NotImplementedError
 

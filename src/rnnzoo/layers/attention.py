@@ -42,6 +42,13 @@ class Attention(RecurrentLayer):
 
     modes = ("sequential", "parallel")
 
+    host_reads = {
+        **RecurrentLayer.host_reads,
+        **{case: "full attention (window=None) reads the position held in the state, to check "
+           "max_len and to choose the fused causal kernel for a fresh sequence (a sliding "
+           "window reads nothing)" for case in ("sequential", "parallel", "step")},
+    }
+
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0):
         super().__init__(d_model)
@@ -98,12 +105,19 @@ class Attention(RecurrentLayer):
         k_cache, v_cache, position = state
         start = position.round().long()
         T = x.shape[1]
-        if self.window is None and int(start.max()) + T > self.max_len:
-            raise ValueError(f"sequence of {int(start.max()) + T} tokens exceeds max_len="
-                             f"{self.max_len} of this attention layer; build it with a larger "
-                             f"max_len or a sliding window")
+        # A sliding window reads nothing: it always attends through its ring buffer (empty
+        # slots are masked). Full attention reads the position once, to check max_len and to
+        # give a fresh sequence PyTorch's fused causal kernel.
+        cached = True
+        if self.window is None:
+            top = int(start.max())
+            if top + T > self.max_len:
+                raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} "
+                                 f"of this attention layer; build it with a larger max_len or "
+                                 f"a sliding window")
+            cached = top > 0  # positions are >= 0: any() is max() > 0
         q, k, v, pos = self._project(x, start)
-        if bool(start.any()):  # attend to the cache, then to the new tokens
+        if cached:  # attend to the cache, then to the new tokens
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
             values = torch.cat([v_cache.to(v.dtype), v], dim=2)
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)

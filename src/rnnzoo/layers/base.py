@@ -35,6 +35,13 @@ class RecurrentLayer(nn.Module):
 
     name: str = "?"  # set by `registry.register`
     modes: tuple[str, ...] = ()
+    # The cases (a mode, "step" or "lengths") that must read tensor values on the host, with
+    # the reason (docs/design.md section 4, item 8); the conformance suite checks on the
+    # `meta` device that exactly these read.
+    host_reads: dict[str, str] = {
+        "lengths": "the generic right-padding path re-runs each group of equal lengths on its "
+                   "prefix, so it reads the lengths (a masked recurrence, as the diagonal "
+                   "layers', reads nothing)"}
 
     def __init__(self, d_model: int):
         super().__init__()

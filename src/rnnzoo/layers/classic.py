@@ -28,6 +28,8 @@ from rnnzoo.ops.newton import call_cell, parallel_rnn
 from rnnzoo.registry import CELLS, register
 
 PARALLEL_MODES = ("newton", "quasi")
+NEWTON_READS = ("the solver's convergence test reads the residual on the host after each "
+                "iteration (it stops, or falls back to the loop, by that value)")
 
 
 class CellLayer(RecurrentLayer):
@@ -103,9 +105,10 @@ def _layer_class(info) -> type[CellLayer]:
     modes = ("sequential",) + (("fused",) if hasattr(info.cls, "fused") else ()) \
         + _parallel_modes(info.cls)
     doc = f"{info.cls.__name__} cell as a token mixer.\n\n{info.cls.__doc__ or ''}"
+    reads = {m: NEWTON_READS for m in modes if m in PARALLEL_MODES}
     return type(f"{info.cls.__name__}Layer", (CellLayer,),
                 {"cell_cls": info.cls, "modes": modes, "__doc__": doc,
-                 "__module__": __name__})
+                 "host_reads": {**CellLayer.host_reads, **reads}, "__module__": __name__})
 
 
 def _register_cells() -> None:

@@ -33,6 +33,7 @@ from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops import backend
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -51,7 +52,13 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     D: (d_inner,); h0: (batch, d_inner, d_state) or None.
     Returns y: (batch, T, d_inner) with y_t = C_t . h_t + D u_t, and h_{T-1}.
     mode: "scan" (`_SelectiveScan`, chunks of `chunk_size` steps) or "sequential" (the loop).
+    On CUDA the scan mode runs the fused Triton kernel `ops.triton.selective_scan` (when
+    triton imports; `ops.backend`).
     """
+    if mode == "scan" and backend.use_triton(u, delta, A, B, C, D, h0):
+        from rnnzoo.ops.triton import selective_scan as triton_ss
+        return triton_ss.selective_scan(u, delta, A, B, C, D, h0,
+                                        allow_neg_eigval=allow_neg_eigval)
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":

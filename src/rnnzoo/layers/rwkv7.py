@@ -102,7 +102,8 @@ class RWKV7(RecurrentLayer):
         S, x_last = state
         r, w, k, v, a, b, g, x_last = self.op_inputs(x, x_last)
         if mode == "chunk":
-            o, S = rwkv7(r, w, k, v, a, b, initial_state=S, chunk_size=self.chunk_size)
+            o, S = rwkv7(r, w, k, v, a, b, initial_state=S, chunk_size=self.chunk_size,
+                         w_min=-math.exp(-0.5))  # w = -e^{-1/2} sigmoid(.): no read of w
         else:
             o, S = rwkv7_recurrent(r, w, k, v, a, b, initial_state=S)
         return self.op_output(o, r, k, v, g, x), (S, x_last)

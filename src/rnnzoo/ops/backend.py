@@ -3,6 +3,15 @@
     use_triton(*tensors) -> bool   True when every tensor is on CUDA, triton imports,
                                    and the backend is not forced to "torch".
 
+Every op with a Triton kernel asks it first (ops.scan.linear_scan, ops.chunk.linear's
+gated_linear_attention and mlstm, ops.chunk.delta's delta_rule and rwkv7,
+layers.mamba.selective_scan, the `fused` mode of the lstm, gru and slstm cells); the
+kernels refuse float64, so those ops also keep float64 on the PyTorch path.
+
+    use_triton(*tensors, auto=False)   only inside force("triton"): for kernels that are
+                                   not yet the default on CUDA (the LSTM and GRU kernels,
+                                   against cuDNN)
+
 `RNNZOO_BACKEND=torch` in the environment forces the PyTorch path everywhere (read at
 each call). `force("torch")` / `force("triton")` overrides both, inside a `with` block:
 force("triton") runs the Triton path whatever the device, which lets the tests run the
@@ -50,12 +59,16 @@ def force(backend: str):
         _forced.pop()
 
 
-def use_triton(*tensors: torch.Tensor) -> bool:
-    """True when the Triton kernels should run on these tensors (None entries are skipped)."""
+def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
+    """True when the Triton kernels should run on these tensors (None entries are skipped;
+    anything not on CUDA, a non-tensor included, keeps the PyTorch path, whose checks then
+    name it). auto=False: only when forced to "triton"."""
     if _forced:
         return _forced[-1] == "triton" and triton_available()
+    if not auto:
+        return False
     env = os.environ.get("RNNZOO_BACKEND", "").strip().lower()
     if env == "torch":
         return False
     ts = [t for t in tensors if t is not None]
-    return bool(ts) and all(t.is_cuda for t in ts) and triton_available()
+    return bool(ts) and all(getattr(t, "is_cuda", False) for t in ts) and triton_available()

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from rnnzoo.ops import backend
+
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
                 reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +36,11 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     h0: (B, *S) or None (zeros): the state before step 0 (after step T-1 if reverse).
     reverse: run from t = T-1 down to 0, h_t = a_t * h_{t+1} + b_t.
     Returns (h, h_last): h is (B, T, *S); h_last is h[:, -1] (h[:, 0] if reverse).
+    On CUDA (when triton imports; `ops.backend`) the Triton kernel `ops.triton.scan` runs.
     """
+    if backend.use_triton(a, b, h0):
+        from rnnzoo.ops.triton import scan as triton_scan
+        return triton_scan.linear_scan(a, b, h0, reverse=reverse)
     a, b, h0 = _check(a, b, h0)
     a = a.expand(a.shape[0], b.shape[1], *a.shape[2:])  # a constant in time: a view
     h = _LinearScan.apply(a, b, h0, reverse)

@@ -56,6 +56,11 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
+from rnnzoo.ops.chunk._common import check_delta as _check
+from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
+from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
+from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -64,25 +69,7 @@ __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
 _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
 
 
-# -- argument checks ---------------------------------------------------------------------------
-def _check(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
-           initial_state, V: int):
-    """Every tensor's shape against the pattern built from q's (B, T, H, K)."""
-    if not isinstance(q, torch.Tensor) or q.dim() != 4 or not q.is_floating_point():
-        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-        raise ValueError(f"{op}: q must be a floating-point (B, T, H, K) tensor, got {got}")
-    for name, (t, shape) in named.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{op}: {name} must have shape {shape}, got {got}")
-    B, _, H, K = q.shape
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
-        raise ValueError(f"{op}: initial_state must have shape {(B, H, K, V)}, "
-                         f"got {tuple(initial_state.shape)}")
-
-
+# -- the initial state (the argument checks live in _common, shared with the kernels) ----------
 def _initial(initial_state, B, H, K, V, dtype, device):
     if initial_state is None:
         return torch.zeros(B, H, K, V, dtype=dtype, device=device)
@@ -129,40 +116,25 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H) (any real; (0, 2) for negative
     eigenvalues); g: (B, T, H) log-gate (<= 0), None for plain DeltaNet; scale: default K^-0.5;
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
-    final state (B, H, K, V) in float32 (float64 for float64 q).
+    final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
+    imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
+    every dtype but float64; `delta_product` reaches it through this function.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
                                  g=(g, (B, T, H))), initial_state, V)
     positive_int("delta_rule: chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state):
+        from rnnzoo.ops.triton import chunk_delta
+        return chunk_delta.delta_rule(q, k, v, beta, g, scale=scale,
+                                      initial_state=initial_state, chunk_size=chunk_size)
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
     return o.to(q.dtype), S
-
-
-def _unit_lower_inverse(A):
-    """(I + A)^{-1} for strictly lower-triangular A (..., C, C), by one batched triangular
-    solve against the identity (the UT transform's T, before its diag(beta) factor).
-    Solving for I and then multiplying is faster on CPU than solving for wide right-hand sides."""
-    C = A.shape[-1]
-    eye = torch.eye(C, dtype=A.dtype, device=A.device)
-    return torch.linalg.solve_triangular(eye + A, eye.expand(A.shape), upper=False,
-                                         unitriangular=True)
-
-
-def _to_chunks(x, C):
-    """(B, T, H, ...) -> (B, H, N, C, ...), zero-padded at the end to N * C steps."""
-    T = x.shape[1]
-    N = -(-T // C)
-    pad = N * C - T
-    if pad:
-        x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
-    x = x.reshape(x.shape[0], N, C, *x.shape[2:])
-    return x.movedim(3, 1).contiguous()  # (B, H, N, C, ...)
 
 
 def _from_chunks(x, T):
@@ -283,13 +255,6 @@ def rwkv7_step(r_t, w_t, k_t, v_t, a_t, b_t, S, scale):
     return scale * torch.einsum("bhk,bhkv->bhv", r_t, S), S
 
 
-def _check_rwkv7(r, w, k, v, a, b, initial_state):
-    B, T, H, K = r.shape if isinstance(r, torch.Tensor) and r.dim() == 4 else (0, 0, 0, 0)
-    V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
-    _check("rwkv7", r, dict(w=(w, (B, T, H, K)), k=(k, (B, T, H, K)), v=(v, (B, T, H, V)),
-                            a=(a, (B, T, H, K)), b=(b, (B, T, H, K))), initial_state, V)
-
-
 def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
     """Reference loop of `rwkv7` (same arguments, returns)."""
     _check_rwkv7(r, w, k, v, a, b, initial_state)
@@ -304,22 +269,31 @@ def rwkv7_recurrent(r, w, k, v, a, b, *, scale=1.0, initial_state=None):
     return torch.stack(out, 1).to(r.dtype), S
 
 
-def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
+def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_min=None):
     """Chunkwise RWKV-7 generalised delta rule S_t = (diag(exp w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T,
     o_t = scale * S_t^T r_t.
 
     r, w, k, a, b: (B, T, H, K), w the log-decay (<= 0) per key channel; v: (B, T, H, V);
     initial_state: (B, H, K, V) or None. Returns (o (B, T, H, V) in r's dtype, final state).
-    The chunk is halved while half a chunk's cumulative decay could overflow its factors.
+    The chunk is halved while half a chunk's cumulative decay could overflow its factors:
+    w_min, a float with w >= w_min everywhere (RWKV-7's layer: -exp(-0.5)), gives the
+    steepest decay without reading w; None reads min(w) (a host read: a sync on an
+    accelerator). On CUDA (when triton imports; `ops.backend`) the Triton kernel
+    `ops.triton.chunk_rwkv7` runs instead (any decay, no read), for every dtype but float64.
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     positive_int("rwkv7: chunk_size", chunk_size)
+    if r.dtype != torch.float64 and backend.use_triton(r, w, k, v, a, b, initial_state):
+        from rnnzoo.ops.triton import chunk_rwkv7
+        return chunk_rwkv7.rwkv7(r, w, k, v, a, b, scale=scale, initial_state=initial_state,
+                                 chunk_size=chunk_size)
     B, T, H, K = r.shape
     V = v.shape[-1]
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     C = min(chunk_size, T)
-    steepest = float(-w.detach().min().clamp(max=0))
+    steepest = max(0.0, -float(w_min)) if w_min is not None else \
+        float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
         C //= 2
     o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)

@@ -46,26 +46,14 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
+from rnnzoo.ops.chunk._common import check_linear as _check
+from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
     "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent",
 ]
-
-
-def _check(q, k, v, g, initial_state, bonus):
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"q, k must be (B, T, H, K) and v (B, T, H, V) with equal B, T, H; got "
-                         f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    B, T, H, K = q.shape
-    if g is not None and g.shape not in ((B, T, H), (B, T, H, K)):
-        raise ValueError(f"log_decay must be (B, T, H) or (B, T, H, K) = {(B, T, H)} or "
-                         f"{(B, T, H, K)}, got {tuple(g.shape)}")
-    if initial_state is not None and initial_state.shape != (B, H, K, v.shape[-1]):
-        raise ValueError(f"initial_state must be (B, H, K, V) = {(B, H, K, v.shape[-1])}, "
-                         f"got {tuple(initial_state.shape)}")
-    if bonus is not None and bonus.shape != (H, K):
-        raise ValueError(f"bonus must be (H, K) = {(H, K)}, got {tuple(bonus.shape)}")
 
 
 def _prepare(q, k, v, g, scale, initial_state):
@@ -121,7 +109,7 @@ def _factorise_limit(dtype) -> float:
     return 300.0 if dtype == torch.float64 else 40.0
 
 
-def _intra_vector(q, k, Gq, G, strict: bool, c: int):
+def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = None):
     """Intra-chunk scores A_ij = sum_k q_ik exp(Gq_ik - G_jk) k_jk for j <= i (j < i if strict).
 
     q, k, Gq, G: (..., C, K) with G the cumulative log-decay from the chunk start -> A: (..., C, C).
@@ -130,16 +118,20 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int):
     diagonal the k factor is <= exp(span), the log-decay accumulated over the block; when a
     span exceeds `_factorise_limit` the diagonal blocks are built exactly from the (c, c, K)
     log-space tensor instead. When the whole chunk's span is small, one block covers it.
+    Choosing among these reads the spans: `read_values` (default: on the CPU only, where a
+    read costs no device sync). Without reading, nothing is chosen by value: sub-chunks
+    always, and the diagonal blocks exactly (O(T c K) memory instead of O(T K)).
     """
     *lead, C, K = q.shape
     limit = _factorise_limit(q.dtype)
-    if -G[..., -1, :].min().item() < limit or C % c:
+    read = q.device.type == "cpu" if read_values is None else read_values
+    if C % c or (read and -G[..., -1, :].min().item() < limit):
         c = C
     m = C // c
     qs, ks, Gqs, Gs = (t.reshape(*lead, m, c, K) for t in (q, k, Gq, G))
     R = torch.cat([torch.zeros_like(Gs[..., :1, -1, :]), Gs[..., :-1, -1, :]], -2)  # (..., m, K)
     mask = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1 if strict else 0)
-    if (R - Gs[..., -1, :]).max().item() < limit:
+    if read and (R - Gs[..., -1, :]).max().item() < limit:
         q_f = qs * (Gqs - R[..., None, :]).exp()
         k_f = ks * (R[..., None, :] - Gs).exp()
         A_diag = (q_f @ k_f.transpose(-1, -2)) * mask
@@ -165,9 +157,16 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
 
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
+    On CUDA (when triton imports; `ops.backend`) the Triton kernel
+    `ops.triton.chunk_linear` runs instead, for every dtype but float64.
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_decay, initial_state, bonus):
+        from rnnzoo.ops.triton import chunk_linear
+        return chunk_linear.gated_linear_attention(
+            q, k, v, log_decay, scale=scale, initial_state=initial_state, bonus=bonus,
+            chunk_size=chunk_size, subchunk_size=subchunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
@@ -215,19 +214,6 @@ def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, init
 
 
 # -- mLSTM ------------------------------------------------------------------------------------
-def _mlstm_check(q, k, v, log_i, log_f, initial_state):
-    _check(q, k, v, None, None, None)
-    B, T, H, K = q.shape
-    for name, t in (("log_i", log_i), ("log_f", log_f)):
-        if t.shape != (B, T, H):
-            raise ValueError(f"{name} must be (B, T, H) = {(B, T, H)}, got {tuple(t.shape)}")
-    if initial_state is not None:
-        want = ((B, H, K, v.shape[-1]), (B, H, K), (B, H))
-        got = tuple(tuple(s.shape) for s in initial_state)
-        if got != want:
-            raise ValueError(f"initial_state must be (C, n, m) of shapes {want}, got {got}")
-
-
 def _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state):
     B, T, H, K = q.shape
     dt = compute_dtype(q)
@@ -269,9 +255,15 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
+    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     positive_int("chunk_size", chunk_size)
+    if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_i, log_f,
+                                                       *(initial_state or ())):
+        from rnnzoo.ops.triton import chunk_mlstm
+        return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
+                                 initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,

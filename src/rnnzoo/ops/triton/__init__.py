@@ -1,10 +1,29 @@
 """Triton kernels behind the signatures of the PyTorch ops (the PyTorch ops stay the reference).
 
-    scan.linear_scan                       = rnnzoo.ops.scan.linear_scan
-    selective_scan.selective_scan          = rnnzoo.layers.mamba.selective_scan
+    scan.linear_scan                     = ops.scan.linear_scan (fwd + bwd, real; complex as
+                                           two real planes)
+    selective_scan.selective_scan        = layers.mamba.selective_scan, mode "scan" (fused:
+                                           discretisation in the kernel, states recomputed)
+    chunk_linear.gated_linear_attention  = ops.chunk.linear.gated_linear_attention (none /
+                                           scalar / vector decay, the RWKV-6 bonus; fwd + bwd)
+    chunk_mlstm.mlstm                    = ops.chunk.linear.mlstm (fwd + bwd)
+    chunk_delta.delta_rule               = ops.chunk.delta.delta_rule (gated, any beta; fwd +
+                                           bwd); DeltaProduct reaches it through delta_product
+    chunk_rwkv7.rwkv7                    = ops.chunk.delta.rwkv7 (Triton forward, PyTorch
+                                           backward)
+    rnn.lstm_sequence / gru_sequence /   = the `fused` mode of the lstm (no peepholes, no
+        slstm_sequence                     projection), gru and slstm cells: all T steps in
+                                           one launch each way
+
+The switch is `rnnzoo.ops.backend`: each op above asks `backend.use_triton(*tensors)` and
+calls its kernel for CUDA tensors when triton imports (float64 stays on PyTorch: the
+kernels refuse it). `RNNZOO_BACKEND=torch` or `backend.force("torch")` forces the PyTorch
+path; `backend.force("triton")` forces the kernels, on CPU tensors too (the tests, under
+TRITON_INTERPRET=1). The LSTM and GRU kernels run only when forced: cuDNN stays their
+default on CUDA until a GPU benchmark (benchmarks/gpu.py) shows the kernels win.
 
 Importing a submodule imports triton and decorates its kernels; `TRITON_INTERPRET=1`
 must be set before that import for the kernels to run on CPU tensors (the interpreter).
-`rnnzoo.ops.backend.use_triton` says when to call them; this package itself does not
-import triton.
+The ops import these submodules only when they call them: `import rnnzoo` never imports
+triton, and this package itself does not either.
 """

@@ -314,7 +314,7 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     (B, T, H, V) in q's dtype and the final state (B, H, K, V) float32. chunk_size picks
     the kernel's chunk (16 below 32, else 32).
     """
-    from rnnzoo.ops.chunk.delta import _check
+    from rnnzoo.ops.chunk._common import check_delta as _check
     B, T, H, K = q.shape
     V = v.shape[-1]
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),

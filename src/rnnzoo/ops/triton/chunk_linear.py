@@ -423,7 +423,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     chunk_size picks the kernel's chunk (a power of two in [16, 64]); subchunk_size is
     accepted for signature compatibility and unused (see the module docstring).
     """
-    from rnnzoo.ops.chunk.linear import _check
+    from rnnzoo.ops.chunk._common import check_linear as _check
     _check(q, k, v, log_decay, initial_state, bonus)
     if q.dtype == torch.float64:
         raise TypeError("triton gated_linear_attention: float64 is not supported, "

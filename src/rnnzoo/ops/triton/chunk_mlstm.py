@@ -330,7 +330,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     the final (C, n, m) in float32. chunk_size picks the kernel's chunk (a power of two in
     [16, 64]).
     """
-    from rnnzoo.ops.chunk.linear import _mlstm_check
+    from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     if q.dtype == torch.float64:
         raise TypeError("triton mlstm: float64 is not supported, "

@@ -165,8 +165,8 @@ def _chunk_locals(r, w, k, v, a, b, C):
     """Chunk-local products in PyTorch, (B, H, N, C, ...): B_rb, B_rk, (I - A_ab)^{-1},
     A_ak V, a~, r~, b and k decayed to the chunk end, the chunk decay e^{Wc_C}. Pair decays
     built exactly in log space, masked before the exp."""
-    from rnnzoo.ops.chunk import delta
-    r, w, k, v, a, b = (delta._to_chunks(x, C) for x in (r, w, k, v, a, b))
+    from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
+    r, w, k, v, a, b = (to_chunks(x, C) for x in (r, w, k, v, a, b))
     Wc = w.cumsum(-2)
     Wp = Wc - w
     causal = torch.ones(C, C, dtype=torch.bool, device=r.device).tril()
@@ -180,7 +180,7 @@ def _chunk_locals(r, w, k, v, a, b, C):
     B_rb = torch.einsum("...tc,...tsc,...sc->...ts", r, dec_c, b)
     B_rk = torch.einsum("...tc,...tsc,...sc->...ts", r, dec_c, k)
     tail = (Wc[..., -1:, :] - Wc).exp()
-    return (B_rb, B_rk @ v, delta._unit_lower_inverse(-A_ab), A_ak @ v, a * Wp.exp(), r * Wc.exp(), b * tail,
+    return (B_rb, B_rk @ v, unit_lower_inverse(-A_ab), A_ak @ v, a * Wp.exp(), r * Wc.exp(), b * tail,
             k * tail, v, Wc[..., -1, :].exp())
 
 
@@ -208,7 +208,7 @@ class _RWKV7(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        from rnnzoo.ops.chunk.delta import _to_chunks
+        from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
         r, w, k, v, a, b, h0, states = ctx.saved_tensors
         scale, C = ctx.meta
         B, T, H, K = r.shape
@@ -251,7 +251,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     (B, H, K, V) float32. chunk_size picks the kernel's chunk (16 below 32, else 32); any
     decay is handled in-kernel (no host read of w).
     """
-    from rnnzoo.ops.chunk.delta import _check_rwkv7
+    from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     if r.dtype == torch.float64:
         raise TypeError("triton rwkv7: float64 is not supported, use rnnzoo.ops.chunk.delta.rwkv7")
