@@ -67,10 +67,9 @@ REVIN_EPS = 1e-5
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _existing(path, what: str = "this task reads a file: give its path "
-                                "(rnnzoo train --data PATH)") -> Path:
+def _existing(path) -> Path:
     if path is None:
-        raise ValueError(what)
+        raise ValueError("this task reads a file: give its path (rnnzoo train --data PATH)")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
