@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rnnzoo.tasks import IGNORE, get_task, list_tasks
+from rnnzoo.tasks import IGNORE, TASKS, get_task, list_tasks
 from rnnzoo.tasks.listops import TOKENS
 
-GENERATED = [n for n in list_tasks() if n not in ("text", "classify", "forecast")]
+GENERATED = [n for n in list_tasks() if TASKS[n].family != "files"]
 
 
 def rng(seed=0):
@@ -168,7 +168,7 @@ def test_scaled_accuracy():
 
 
 # -- file tasks --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["text", "classify", "forecast"])
+@pytest.mark.parametrize("name", ["text", "classify", "forecast", "regress"])
 def test_missing_file_names_the_path(tmp_path, name):
     with pytest.raises(FileNotFoundError, match="no_such_file.csv"):
         get_task(name, path=tmp_path / "no_such_file.csv")

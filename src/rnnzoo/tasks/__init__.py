@@ -7,6 +7,39 @@
 Each task module registers its classes in `rnnzoo.registry.TASKS` with the
 `task(...)` decorator of tasks/base.py (which also holds the protocol); the
 registry imports every module of this package on first read.
+
+The file tasks read the user's data (formats in tasks/files.py and
+tasks/regression.py): `text` (bits per character), `classify` (one label per
+sequence), `regress` (one float, or a vector, per sequence) and `forecast` (a
+CSV time series, with its baselines).
+
+Your own task, from Python: subclass `Task`, fill in its attributes and
+`sample` (a `Batch`: inputs (B, T) tokens or (B, T, input_dim) floats, targets
+per position, IGNORE where none), and register it with `task` under a new name
+and one of the families of `tasks.base.FAMILIES`. Any code that imports the
+module then trains on it by name (`train(TrainConfig(task=...))`, `get_task`):
+
+    import numpy as np
+    from rnnzoo.tasks.base import IGNORE, Task, pick_length, task, tokens_batch
+
+    @task("first_token", family="recall")
+    class FirstToken(Task):
+        # the first token, recalled at the last step
+        vocab_size = output_dim = 10
+        chance = 0.1
+        train_lengths, test_lengths = (4, 16), (16, 64)
+
+        def sample(self, rng, batch_size, length=None, split="train"):
+            x = rng.integers(0, 10, size=(batch_size, pick_length(rng, self, length)))
+            y = np.full_like(x, IGNORE)
+            y[:, -1] = x[:, 0]
+            return tokens_batch(x, y)
+
+Regression tasks set `kind = "regress"`, `metric = "mse"`, `higher_is_better =
+False` and return float targets (B, T, output_dim) with a `mask` (B, T) of the
+positions that count (tasks.files.last_step_regression builds one). A task may
+also define `baselines()` (name -> {metric: value} on its whole test split) and
+`test_batches(batch_size)` (its whole test split, once) where it has a finite one.
 """
 
 from __future__ import annotations

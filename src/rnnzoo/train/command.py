@@ -105,7 +105,8 @@ def main(args) -> None:
             return
         if "baselines" in record:
             print("baselines on the test part: " + ", ".join(
-                f"{k} mse {v['mse']:.4f} mae {v['mae']:.4f}" for k, v in record["baselines"].items()))
+                f"{k} " + " ".join(f"{m} {x:.4f}" for m, x in v.items())
+                for k, v in record["baselines"].items()))
         print(f"{record['metric']} {record['value']:.4f} after {record['steps']} steps "
               f"({record['seconds']:.1f} s); run folder {out}")
     finally:
