@@ -38,8 +38,8 @@ class KDA(RecurrentLayer):
     modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 expand_v: int = 1, d_conv: int = 4, chunk_size: int = 64,
-                 subchunk_size: int = 16, allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
+                 expand_v: int = 1, d_conv: int = 4, chunk_size: int = 32,
+                 subchunk_size: int = 8, allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
         super().__init__(d_model)
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)

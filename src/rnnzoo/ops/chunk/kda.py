@@ -20,8 +20,8 @@ chunk at once,
 The pair scores A and P carry a decay per channel, so they are no single matrix product.
 A chunk is cut into sub-chunks of c steps: blocks below the diagonal are products of
 x_t e^{G_t - R} and y_s e^{R - G_s} through the boundary R between the two sub-chunks (both
-factors <= 1); diagonal blocks are built exactly from the (c, c, K) log-space tensor, its
-upper triangle set to -inf before `exp`. Every exponent is thus <= 0 whatever the decay: no
+factors <= 1, the pair factor exp(R_a - E_b) between sub-chunk ends only (m, m, K)); diagonal
+blocks are built exactly from exp(G_t - G_s) over their c (c + 1) / 2 pairs s <= t. Every exponent is thus <= 0 whatever the decay: no
 overflow, and no value is read back to the host to choose a path.
 
 Non-finite inputs (g = -inf included: give a large finite log-decay to erase a channel):
@@ -81,7 +81,7 @@ def kda_recurrent(q, k, v, g, beta, *, scale=None, initial_state=None):
     return torch.stack(out, 1).to(q.dtype), S
 
 
-def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=64, subchunk_size=16):
+def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subchunk_size=8):
     """Chunkwise KDA: S_t = (I - beta_t k_t k_t^T) diag(exp g_t) S_{t-1} + beta_t k_t v_t^T,
     o_t = scale * S_t^T q_t.
 
@@ -121,30 +121,49 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=64, subc
     return o.to(out_dtype), S
 
 
-def _decayed_scores(x, y, G, c: int, strict: bool):
-    """M_ts = sum_c x_tc y_sc exp(G_tc - G_sc) for s <= t (s < t if strict), 0 above.
+def _scatter_pairs(zeros, vals, t_idx, s_idx, c):
+    """zeros (..., c c) with vals (..., pairs) written at (t_idx, s_idx) -> (..., c, c)."""
+    return zeros.index_copy(-1, t_idx * c + s_idx, vals).unflatten(-1, (c, c))
 
-    x, y, G: (..., C, K) with G non-increasing along C and C a multiple of c -> (..., C, C).
+
+def _decayed_scores(q, k, G, c: int):
+    """The pair scores of a chunk, both from one set of decay factors:
+
+        Akk_ts = sum_c k_tc k_sc exp(G_tc - G_sc)  (s < t),   P_ts = sum_c q_tc k_sc exp(G_tc - G_sc)  (s <= t)
+
+    q, k, G: (..., C, K) with G non-increasing along C and C a multiple of c -> two (..., C, C).
     """
-    *lead, C, K = x.shape
+    *lead, C, K = q.shape
     m = C // c
-    xs, ys, Gs = (t.reshape(*lead, m, c, K) for t in (x, y, G))
-    mask = torch.ones(c, c, dtype=torch.bool, device=x.device).tril(-1 if strict else 0)
-    logd = torch.where(mask[..., None], Gs[..., :, None, :] - Gs[..., None, :, :], float("-inf"))
-    diag = torch.einsum("...ik,...ijk,...jk->...ij", xs, logd.exp(), ys)   # (..., m, c, c)
+    qs, ks, Gs = (t.reshape(*lead, m, c, K) for t in (q, k, G))
+    # Diagonal blocks, exactly: exp(G_t - G_s) for the c (c + 1) / 2 pairs s <= t only.
+    t_idx, s_idx = torch.tril_indices(c, c, device=q.device)
+    kd = (Gs[..., t_idx, :] - Gs[..., s_idx, :]).exp() * ks[..., s_idx, :]  # (..., m, pairs, K)
+    strict = t_idx != s_idx
+    zeros = qs.new_zeros(*lead, m, c * c)
+    P = _scatter_pairs(zeros, (qs[..., t_idx, :] * kd).sum(-1), t_idx, s_idx, c)
+    Akk = _scatter_pairs(zeros, torch.where(strict, (ks[..., t_idx, :] * kd).sum(-1), 0),
+                         t_idx, s_idx, c)
     if m == 1:
-        return diag.reshape(*lead, C, C)
-    eye = torch.eye(m, dtype=torch.bool, device=x.device).view(m, 1, m, 1)
-    M = torch.where(eye, diag.unsqueeze(-2), 0)                            # (..., m, c, m, c)
-    R = Gs[..., :-1, -1, :]                       # G at the end of sub-chunk a - 1, a = 1..m-1
-    x_a = xs[..., 1:, :, :] * (Gs[..., 1:, :, :] - R[..., None, :]).exp()  # (..., m-1, c, K)
-    below = torch.ones(m - 1, m, dtype=torch.bool, device=x.device).tril()  # b <= a - 1
-    log_y = torch.where(below[:, :, None, None], R[..., :, None, None, :] - Gs[..., None, :, :, :],
-                        float("-inf"))
-    y_ab = ys[..., None, :, :, :] * log_y.exp()                            # (..., m-1, m, c, K)
-    off = torch.einsum("...aik,...abjk->...aibj", x_a, y_ab)               # (..., m-1, c, m, c)
-    M = M + torch.cat([torch.zeros_like(M[..., :1, :, :, :]), off], -4)
-    return M.reshape(*lead, C, C)
+        return Akk.reshape(*lead, C, C), P.reshape(*lead, C, C)
+    # Below the diagonal, sub-chunk a reads sub-chunk b < a through their boundaries:
+    # exp(G_t - G_s) = exp(G_t - R_a) exp(R_a - E_b) exp(E_b - G_s), R_a = E_{a-1} the end of
+    # sub-chunk a - 1, E_b the end of b; each factor <= 1, and the pair factor is only (m, m, K).
+    E = Gs[..., -1, :]                                                    # (..., m, K)
+    R = torch.cat([torch.zeros_like(E[..., :1, :]), E[..., :-1, :]], -2)  # (..., m, K)
+    below = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)  # b < a
+    pair = torch.where(below[..., None], R[..., :, None, :] - E[..., None, :, :],
+                       float("-inf")).exp()                               # (..., a, b, K)
+    k_in = ks * (E[..., None, :] - Gs).exp()                              # (..., m, c, K)
+    eye = torch.eye(m, dtype=torch.bool, device=q.device).view(m, 1, m, 1)
+    scores = []
+    for x, diag in ((ks, Akk), (qs, P)):
+        x_out = x * (Gs - R[..., None, :]).exp()                          # (..., m, c, K)
+        xab = x_out[..., :, None, :, :] * pair[..., None, :]              # (..., a, b, c, K)
+        off = xab @ k_in[..., None, :, :, :].transpose(-1, -2)            # (..., a, b, c, c)
+        full = torch.where(eye, diag.unsqueeze(-2), off.transpose(-3, -2))
+        scores.append(full.reshape(*lead, C, C))
+    return scores[0], scores[1]
 
 
 def _kda_chunks(q, k, v, g, beta, S, scale, C, c):
@@ -155,11 +174,11 @@ def _kda_chunks(q, k, v, g, beta, S, scale, C, c):
     q, k, v, g = (_to_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, D)
     beta = _to_chunks(beta, C)                             # (B, H, N, C)
     G = g.cumsum(-2)
-    A = beta[..., None] * _decayed_scores(k, k, G, c, strict=True)
+    Akk, P = _decayed_scores(q, k, G, c)
+    A = beta[..., None] * Akk
     Tinv = _unit_lower_inverse(A)                          # (I + A)^{-1}
     U0 = Tinv @ (beta[..., None] * v)                      # U = U0 - W S_0
     W = Tinv @ (beta[..., None] * k * G.exp())
-    P = _decayed_scores(q, k, G, c, strict=False)
     Qg = q * G.exp()
     G_end = G[..., -1:, :]
     Kd = k * (G_end - G).exp()
