@@ -25,11 +25,10 @@ blocks are built exactly from exp(G_t - G_s) over their c (c + 1) / 2 pairs s <=
 overflow, and no value is read back to the host to choose a path.
 
 Non-finite inputs (g = -inf included: give a large finite log-decay to erase a channel):
-a step whose k, v, g or beta is not finite makes every output from that
-step on, and the final state, NaN (as the recurrence does); a non-finite q only its own
-output. The chunk form enters such steps as zeros into its matrix products and marks the
-outputs afterwards, so that nothing non-finite reaches an earlier output through a product
-with a masked zero.
+a step whose k, v, g or beta is not finite makes every output from that step on, and the
+final state, NaN, as in the recurrence; a non-finite q only its own output. The chunk form
+enters such steps as zeros and marks the outputs afterwards (ops.chunk.nonfinite), so that
+nothing non-finite reaches an earlier output through a product with a masked zero.
 
 All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 input).
 """
@@ -48,6 +47,7 @@ from rnnzoo.ops.chunk.delta import (
     _to_chunks,
     _unit_lower_inverse,
 )
+from rnnzoo.ops.chunk.nonfinite import clean_steps, mark_steps
 
 __all__ = ["kda", "kda_recurrent", "kda_step"]
 
@@ -101,23 +101,13 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     out_dtype = q.dtype
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
-    # Steps with non-finite inputs enter as identity steps (zeros); their outputs are marked.
-    bad_q = ~torch.isfinite(q).all(-1)                                        # (B, T, H)
-    bad = ~(torch.isfinite(k).all(-1) & torch.isfinite(v).all(-1) & torch.isfinite(g).all(-1)
-            & torch.isfinite(beta))
-    clean = lambda t, m: torch.where(m, 0, t)  # noqa: E731
-    q = clean(q, bad_q[..., None])
-    k, v, g, beta = (clean(k, bad[..., None]), clean(v, bad[..., None]), clean(g, bad[..., None]),
-                     clean(beta, bad))
-
+    (q,), (k, v, g, beta), bad_read, bad_write = clean_steps([q], [k, v, g, beta])
     c = subchunk_size
     C = min(chunk_size, -(-T // c) * c)                 # whole sub-chunks when T is short
     if C % c:
         c = C
     o, S = _kda_chunks(q, k, v, g, beta, S, scale, C, c)
-    poisoned = (bad.cumsum(1) > 0) | bad_q
-    o = torch.where(poisoned[..., None], float("nan"), o)
-    S = torch.where(bad.any(1)[..., None, None], float("nan"), S)
+    o, S = mark_steps(o, S, bad_read, bad_write)
     return o.to(out_dtype), S
 
 
