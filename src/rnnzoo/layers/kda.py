@@ -1,0 +1,111 @@
+"""Kimi Delta Attention (Kimi Team 2025, "Kimi Linear: An Expressive, Efficient Attention
+Architecture", arXiv:2510.26692, section 3): the gated delta rule with a decay per key channel.
+
+    q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x))
+    q, k    = q / |q|, k / |k|                                   (per head)
+    g       = -exp(A_log) softplus(W_f_up W_f_down x + dt_bias)    (log-decay, one per key channel)
+    beta    = sigmoid(W_b x)               (2 sigmoid(W_b x) with allow_neg_eigval, Grazzi et al. 2025)
+    S_t     = (I - beta_t k_t k_t^T) diag(exp g_t) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(K)
+    y       = W_o [RMSNorm(o) * sigmoid(W_g_up W_g_down x)]          (per-head norm, low-rank gate)
+
+The decay and output-gate projections are low rank, of rank the value head width, as in the
+paper. State: (S (B, H, K, V), short-conv state (B, d_conv - 1, H (2K + V))).
+Modes: `sequential` (the loop of ops.chunk.kda) and `chunk` (its chunkwise WY form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops.chunk.kda import kda, kda_recurrent, kda_step
+from rnnzoo.registry import register
+
+
+@register("kda", family="matrix", paper="Kimi Team 2025, arXiv:2510.26692 (Kimi Linear)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, d_conv=2, chunk_size=4, subchunk_size=2))
+class KDA(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state)."""
+
+    modes = ("sequential", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 expand_v: int = 1, d_conv: int = 4, chunk_size: int = 32,
+                 subchunk_size: int = 8, allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        V = K * positive_int("expand_v", expand_v)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.subchunk_size = positive_int("subchunk_size", subchunk_size)
+        if chunk_size % subchunk_size:
+            raise ValueError(f"subchunk_size must divide chunk_size={chunk_size}, "
+                             f"got {subchunk_size}")
+        self.num_heads, self.head_dim, self.value_dim = H, K, V
+        self.allow_neg_eigval = flag("allow_neg_eigval", allow_neg_eigval)
+        self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
+        self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
+        self.f_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * K, bias=False))
+        self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
+        dt = torch.empty(H * K).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.b_proj = nn.Linear(d_model, H, bias=False)
+        self.g_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * V))
+        self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
+                        device=device, dtype=sdt)
+        return S, self.conv.init_state(batch_size, device, sdt)
+
+    def op_inputs(self, x, conv_state):
+        """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H, K), beta (B, T, H), new conv state."""
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        cdt = compute_dtype(x)
+        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
+        q, k, v = qkv.split([H * K, H * K, H * V], -1)
+        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        k = F.normalize(k.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        f = self.f_proj(x).to(cdt).reshape(B, T, H, K) + self.dt_bias.to(cdt).view(H, K)
+        g = -self.A_log.to(cdt).exp()[:, None] * F.softplus(f)
+        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        if self.allow_neg_eigval:
+            beta = 2 * beta
+        return q, k, v.reshape(B, T, H, V), g, beta, conv_state
+
+    def op_output(self, o, x):
+        """Per-head RMSNorm times the sigmoid output gate, then W_o. o: (B, T, H, V)."""
+        gate = torch.sigmoid(self.g_proj(x).to(o.dtype)).view(o.shape)
+        return self.o_proj((self.norm(o) * gate).flatten(2).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        q, k, v, g, beta, conv_state = self.op_inputs(x, conv_state)
+        if mode == "chunk":
+            o, S = kda(q, k, v, g, beta, initial_state=S, chunk_size=self.chunk_size,
+                       subchunk_size=self.subchunk_size)
+        else:
+            o, S = kda_recurrent(q, k, v, g, beta, initial_state=S)
+        return self.op_output(o, x), (S, conv_state)
+
+    def _step(self, x_t, state):
+        S, conv_state = state
+        q, k, v, g, beta, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        o, S = kda_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], S, self.head_dim ** -0.5)
+        return self.op_output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"value_dim={self.value_dim}, allow_neg_eigval={self.allow_neg_eigval}, "
+                f"chunk_size={self.chunk_size}, subchunk_size={self.subchunk_size}")
