@@ -56,6 +56,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -129,7 +130,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     q, k: (B, T, H, K); v: (B, T, H, V); beta: (B, T, H) (any real; (0, 2) for negative
     eigenvalues); g: (B, T, H) log-gate (<= 0), None for plain DeltaNet; scale: default K^-0.5;
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
-    final state (B, H, K, V) in float32 (float64 for float64 q).
+    final state (B, H, K, V) in float32 (float64 for float64 q). A non-finite input at step t
+    makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -139,9 +141,10 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
-    o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
+    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+    o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
-    return o.to(q.dtype), S
+    return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
 def _unit_lower_inverse(A):
@@ -311,6 +314,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     r, w, k, a, b: (B, T, H, K), w the log-decay (<= 0) per key channel; v: (B, T, H, V);
     initial_state: (B, H, K, V) or None. Returns (o (B, T, H, V) in r's dtype, final state).
     The chunk is halved while half a chunk's cumulative decay could overflow its factors.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     positive_int("rwkv7: chunk_size", chunk_size)
@@ -318,12 +322,14 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     V = v.shape[-1]
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
+    out_dtype = r.dtype
+    (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T)
     steepest = float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
         C //= 2
     o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)
-    return o.to(r.dtype), S
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
 def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):

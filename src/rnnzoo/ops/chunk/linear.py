@@ -46,6 +46,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
@@ -165,10 +166,12 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
 
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
     out_dtype = q.dtype
+    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
     vector = g.dim() == 4
@@ -199,7 +202,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         S = decay_n * S + update_n
     o = o + q_inter @ torch.stack(starts, 2)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return o.to(out_dtype), S
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
 def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, initial_state=None,
@@ -269,10 +272,12 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     positive_int("chunk_size", chunk_size)
     out_dtype = q.dtype
+    (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
@@ -307,4 +312,4 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
     h = num / (torch.maximum(den.abs(), (-m_row).exp()) + eps)[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return h.to(out_dtype), (Cs, ns, ms)
+    return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)
