@@ -86,7 +86,8 @@ class S4D(DiagonalLayer):
     def kernel(self, T: int, dtype=torch.float32) -> torch.Tensor:
         """K: (d_model, T), K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l), by a Vandermonde product."""
         _, B_bar, dtA, C = self.discretize(dtype)
-        vandermonde = torch.exp(dtA.unsqueeze(-1) * torch.arange(T, dtype=dtype))  # (H, N2, T)
+        steps = torch.arange(T, dtype=dtype, device=dtA.device)
+        vandermonde = torch.exp(dtA.unsqueeze(-1) * steps)  # (H, N2, T)
         return 2 * torch.einsum("hn,hnl->hl", C * B_bar, vandermonde).real
 
     def ssm(self, x, h0, mode, mask=None):
@@ -127,7 +128,8 @@ class S4D(DiagonalLayer):
         """Causal FFT convolution with the kernel, plus the free response of h0."""
         Bt, T, _ = u.shape
         A_bar, B_bar, dtA, C = self.discretize(u.dtype)
-        powers = torch.exp(dtA.unsqueeze(-1) * torch.arange(T + 1, dtype=u.dtype))  # A_bar^0..T
+        steps = torch.arange(T + 1, dtype=u.dtype, device=u.device)
+        powers = torch.exp(dtA.unsqueeze(-1) * steps)  # A_bar^0..T
         K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, powers[..., :T]).real
         n_fft = 2 * T
         s = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n_fft) * torch.fft.rfft(K, n=n_fft),
