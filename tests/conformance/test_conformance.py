@@ -296,3 +296,41 @@ def test_attention_with_a_window_reads_nothing():
     layer = rnnzoo.create("attention", d_model=4, num_heads=2, window=3).to("meta")
     for case in ("sequential", "parallel", "step"):
         _run_on_meta(layer, case)
+# 5b. non-finite padding never leaks; non-finite valid input never runs backwards in time ----
+NONFINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("fill", NONFINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_lengths_nonfinite_padding(name, mode, fill):
+    """NaN / inf at padded steps: valid outputs and final states equal those of a clean
+    padded run, padded outputs are exactly 0."""
+    layer = make(name)
+    lengths = torch.tensor([T, 6, 1, 0])
+    x, s0 = inputs(layer, B=4), random_state(layer, 4)
+    mask = valid_mask(lengths, T).unsqueeze(-1)
+    with torch.no_grad():
+        y_clean, s_clean = layer(torch.where(mask, x, 0.5), s0, mode=mode, lengths=lengths)
+        y, s = layer(torch.where(mask, x, fill), s0, mode=mode, lengths=lengths)
+    assert max_err(torch.where(mask, y, 0), torch.where(mask, y_clean, 0)) < 1e-9
+    assert bool((y[~mask.squeeze(-1)] == 0).all()), "padded outputs must be exactly 0"
+    assert all(bool(torch.isfinite(t).all()) for t in flat(s)), "padding reached the state"
+    assert max_err(s, s_clean) < 1e-9
+
+
+@pytest.mark.parametrize("fill", NONFINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_nonfinite_input_is_causal(name, mode, fill):
+    """A non-finite input at step t of one sequence leaves every output before t, and every
+    output of the other sequences, finite and equal to the clean run's (any mode)."""
+    layer = make(name)
+    x, s0 = inputs(layer), random_state(layer, 2)
+    with torch.no_grad():
+        y_clean, _ = layer(x, s0, mode=mode)
+        for t in (6, 9, T - 1):
+            x_bad = x.clone()
+            x_bad[0, t, 0] = fill
+            y, _ = layer(x_bad, s0, mode=mode)
+            assert bool(torch.isfinite(y[0, :t]).all()), f"non-finite output before t={t}"
+            assert max_err(y[0, :t], y_clean[0, :t]) < 1e-9
+            assert max_err(y[1], y_clean[1]) < 1e-9, "leaked into another sequence"

@@ -66,3 +66,29 @@ def test_conv_equals_scan_long_with_state_and_lengths():
     y_c, h_c = layer(x, h0, mode="conv", lengths=lengths)
     assert (y_s - y_c).abs().max() < 1e-10 and (h_s - h_c).abs().max() < 1e-10
     assert torch.equal(h_c[2], h0[2])
+
+
+def test_conv_and_kernel_make_their_tensors_on_the_inputs_device():
+    """The Vandermonde powers were made on the CPU whatever the device (a CUDA input failed);
+    on the meta device every tensor must be meta, so nothing is computed."""
+    layer = _layer("inv", d_model=4, d_state=16).to("meta")
+    y, h = layer(torch.randn(2, 9, 4, dtype=torch.float64, device="meta"), mode="conv")
+    assert y.is_meta and h.is_meta and y.shape == (2, 9, 4)
+    assert layer.kernel(9).is_meta
+
+
+def test_conv_nonfinite_input_does_not_spread_through_the_fft():
+    """An FFT convolution spreads one NaN or inf to every step; the conv mode convolves finite
+    values and makes outputs NaN from that step on, as the scan does (ops.finite)."""
+    layer = _layer("inv", d_model=4, d_state=16)
+    x = torch.randn(2, 40, 4, dtype=torch.float64)
+    y_clean, _ = layer(x, mode="conv")
+    for fill in (float("nan"), float("inf")):
+        x_bad = x.clone()
+        x_bad[0, 25, 1] = fill
+        y, h = layer(x_bad, mode="conv")
+        y_scan, h_scan = layer(x_bad, mode="scan")
+        assert (y[0, :25] - y_clean[0, :25]).abs().max() < 1e-10
+        assert torch.equal(y[1], y_clean[1]) and torch.isnan(y[0, 25:]).all()
+        assert not torch.isfinite(y_scan[0, 25]).all() and not torch.isfinite(h_scan[0]).all()
+        assert torch.isnan(h[0]).all() and torch.isfinite(h[1]).all()

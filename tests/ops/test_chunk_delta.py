@@ -244,3 +244,29 @@ def test_fla_bench_baselines_compute_the_layer(name):
     y_fla = run(layer, x)
     y, _ = layer(x, mode="chunk")
     assert close(y_fla, y, 1e-4)
+
+
+# -- non-finite inputs: time never runs backwards ---------------------------------------------
+@pytest.mark.parametrize("gated", [False, True])
+def test_delta_rule_nonfinite_input_never_reaches_earlier_outputs(gated):
+    """A NaN / inf at step t (mid-chunk) in q, k, v, beta or g: outputs before t are the
+    clean run's (they were NaN from the chunk start: 0 * NaN in the chunk's products)."""
+    from _nonfinite import check_causal
+    args, S0 = delta_inputs(gated=gated)
+    timed = range(5) if gated else range(4)
+    check_causal(delta_rule, args, timed, (5, 10), kwargs=dict(initial_state=S0, chunk_size=4))
+
+
+def test_delta_product_nonfinite_input_never_reaches_earlier_outputs():
+    from _nonfinite import check_causal
+    q = rand(B, T, H, K, seed=1)
+    k = F.normalize(rand(B, T, 2, H, K, seed=2), dim=-1)
+    v, beta = rand(B, T, 2, H, V, seed=3), torch.sigmoid(rand(B, T, 2, H, seed=4))
+    g = -F.softplus(rand(B, T, H, seed=5))
+    check_causal(delta_product, [q, k, v, beta, g], range(5), (5, 10), kwargs=dict(chunk_size=4))
+
+
+def test_rwkv7_nonfinite_input_never_reaches_earlier_outputs():
+    from _nonfinite import check_causal
+    args, S0 = rwkv7_inputs()
+    check_causal(rwkv7, args, range(6), (5, 10), kwargs=dict(initial_state=S0, chunk_size=4))

@@ -279,3 +279,43 @@ def test_scalar_decay_equals_mamba_ssd_minimal_discrete():
     Y, final = ssd(X, A, Bm, Cm, block_len=8, initial_states=S0.transpose(-1, -2)[:, None])
     o, S = gated_linear_attention(Cm, Bm, X, A, scale=1.0, initial_state=S0, chunk_size=4)
     assert err(o, Y) < 1e-11 and err(S, final.transpose(-1, -2)) < 1e-11
+
+
+# -- non-finite inputs: time never runs backwards ---------------------------------------------
+@pytest.mark.parametrize("kind", ["none", "scalar", "vector"])
+@pytest.mark.parametrize("bonus", [False, True])
+def test_nonfinite_input_never_reaches_earlier_outputs(kind, bonus):
+    """A NaN / inf at step t (mid-chunk) in q, k, v or the decay: outputs before t are the
+    clean run's (they were NaN from the whole chunk: 0 * NaN in the masked product)."""
+    from _nonfinite import check_causal
+    q, k, v = qkv()
+    args = [q, k, v, log_decay(kind)]
+    kw = dict(initial_state=rand(B, H, K, V, seed=4), bonus=rand(H, K, seed=5) if bonus else None,
+              chunk_size=8, subchunk_size=4)
+    timed = [0, 1, 2] if kind == "none" else [0, 1, 2, 3]
+    check_causal(gated_linear_attention, args, timed, (5, 13), kwargs=kw)
+    if kind != "vector":
+        kw.pop("chunk_size"), kw.pop("subchunk_size")
+        check_causal(gated_linear_attention_parallel, args, timed, (5, 13), kwargs=kw)
+
+
+def test_nonfinite_output_marks():
+    """Where the chunk form puts NaN: a non-finite query marks its own step, a non-finite
+    key marks every later step and the final state; as the recurrence does."""
+    q, k, v = qkv()
+    q, k = q.clone(), k.clone()
+    q[0, 3, 0, 0] = float("nan")
+    k[0, 9, 1, 0] = float("inf")
+    o, s = gated_linear_attention(q, k, v, chunk_size=4)
+    o_ref, s_ref = gated_linear_attention_recurrent(q, k, v)
+    nan_steps = torch.isnan(o[0]).flatten(1).any(-1)
+    assert nan_steps.tolist() == [t == 3 or t >= 9 for t in range(T)]
+    assert torch.isnan(o_ref[0, 3]).any() and torch.isfinite(o_ref[0, 4:9]).all()
+    assert torch.isnan(s[0]).all() and torch.isfinite(s[1]).all()
+
+
+def test_mlstm_nonfinite_input_never_reaches_earlier_outputs():
+    from _nonfinite import check_causal
+    q, k, v = qkv()
+    log_i, log_f = gates()
+    check_causal(mlstm, [q, k, v, log_i, log_f], range(5), (5, 13), kwargs=dict(chunk_size=8))

@@ -158,3 +158,13 @@ def test_rejects_float64_and_bad_shapes(tl_delta):
         tl_delta.delta_rule(q.double(), k.double(), v.double(), beta.double())
     with pytest.raises(ValueError, match="beta"):
         tl_delta.delta_rule(q, k, v, beta[..., :1], g)
+
+
+@needs_kernels
+def test_nonfinite_input_never_reaches_earlier_outputs(tl_delta):
+    """A NaN in k or the gate mid-chunk leaves earlier outputs as the clean run's, as in the
+    PyTorch op (ops.finite); the kernel's chunk products would spread it over the chunk."""
+    from _nonfinite import check_causal
+    q, k, v, beta, g, S0 = inputs(40, 16, 16, True)
+    check_causal(tl_delta.delta_rule, [q, k, v, beta, g], [1, 4], (20,),
+                 kwargs=dict(initial_state=S0, chunk_size=16), tol=1e-5, fills=(float("nan"),))

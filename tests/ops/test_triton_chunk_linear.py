@@ -128,3 +128,14 @@ def test_rejects_float64_and_bad_shapes(tl_gla):
         tl_gla.gated_linear_attention(q.double(), k.double(), v.double())
     with pytest.raises(ValueError, match="log_decay"):
         tl_gla.gated_linear_attention(q, k, v, g[..., :1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["scalar", "vector"])
+def test_nonfinite_input_never_reaches_earlier_outputs(tl_gla, kind):
+    """A NaN in k or the decay mid-chunk leaves earlier outputs as the clean run's, as in the
+    PyTorch op (ops.finite); the kernel's chunk products would spread it over the chunk."""
+    from _nonfinite import check_causal
+    q, k, v, g, S0, _ = inputs(40, 16, 16, kind, False)
+    check_causal(tl_gla.gated_linear_attention, [q, k, v, g], [1, 3], (20,),
+                 kwargs=dict(initial_state=S0, chunk_size=16), tol=1e-5, fills=(float("nan"),))

@@ -120,3 +120,14 @@ def test_rejects_float64_and_bad_shapes(tl_mlstm):
         tl_mlstm.mlstm(q.double(), k.double(), v.double(), li.double(), lf.double())
     with pytest.raises(ValueError, match="log_f"):
         tl_mlstm.mlstm(q, k, v, li, lf[..., :1])
+
+
+@needs_kernels
+def test_nonfinite_input_never_reaches_earlier_outputs(tl_mlstm):
+    """A NaN in k or the forget gate mid-chunk leaves earlier outputs as the clean run's, as
+    in the PyTorch op (ops.finite); the kernel's chunk products would spread it."""
+    from _nonfinite import check_causal
+    q, k, v, log_i, log_f, *state = inputs(40, 16, 16)
+    check_causal(tl_mlstm.mlstm, [q, k, v, log_i, log_f], [1, 4], (20,),
+                 kwargs=dict(initial_state=state, chunk_size=16), tol=1e-5,
+                 fills=(float("nan"),))

@@ -116,3 +116,13 @@ def test_rejects_float64_and_bad_shapes(tl_rwkv7):
         tl_rwkv7.rwkv7(*(x.double() for x in (r, w, k, v, a, b)))
     with pytest.raises(ValueError, match="w"):
         tl_rwkv7.rwkv7(r, w[..., :1], k, v, a, b)
+
+
+@needs_kernels
+def test_nonfinite_input_never_reaches_earlier_outputs(tl_rwkv7):
+    """A NaN in k or the decay mid-chunk leaves earlier outputs as the clean run's, as in the
+    PyTorch op (ops.finite); the kernel's chunk products would spread it over the chunk."""
+    from _nonfinite import check_causal
+    *args, S0 = inputs(40, 16, 16)
+    check_causal(tl_rwkv7.rwkv7, args, [1, 2], (20,),
+                 kwargs=dict(initial_state=S0, chunk_size=16), tol=1e-5, fills=(float("nan"),))

@@ -49,4 +49,4 @@ class DiagonalLayer(RecurrentLayer):
     def _forward_lengths(self, x, state, mode, lengths):
         mask = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
         y, state = self._run(x, state, mode, mask)
-        return y * mask.to(y.dtype), state
+        return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)), state

@@ -31,6 +31,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import rotate
+from rnnzoo.ops.finite import finite, poison
 from rnnzoo.registry import register
 
 
@@ -123,13 +124,20 @@ class Attention(RecurrentLayer):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
         else:  # an empty cache (a fresh sequence): the new tokens only
             keys, values, key_pos = k, v, pos
-        if keys is k and self.window is None:  # plain causal attention: PyTorch's fused kernel
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        plain = keys is k and self.window is None
+        # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
+        # rows whose query or some visible key or value is not finite (the cache keeps it)
+        (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
+        if plain:  # plain causal attention: PyTorch's fused kernel
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+            seen = (bad_k | bad_v).cumsum(1) > 0
         else:
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
             if self.window is not None:
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+            seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
+        out = poison(out, (bad_q | seen)[:, None])
         y = self.out_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1).to(x.dtype))
         return y, self._write(state, k, v, pos, start + T)
 

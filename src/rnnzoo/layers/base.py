@@ -76,7 +76,12 @@ class RecurrentLayer(nn.Module):
         if lengths is None:
             return self._forward(x, state, mode)
         lengths = self._check_lengths(lengths, x)
-        return self._forward_lengths(x, state, mode, lengths)
+        # Padding never reaches a layer, whatever it holds (NaN, inf): padded inputs are
+        # zeros and padded outputs are set to zero (torch.where: a NaN times 0 is NaN).
+        valid = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        y, state = self._forward_lengths(torch.where(valid, x, zero), state, mode, lengths)
+        return torch.where(valid, y, zero), state
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
@@ -87,13 +92,14 @@ class RecurrentLayer(nn.Module):
     def _forward_lengths(self, x, state, mode, lengths):
         """Right padding: valid outputs and each sequence's state at its own last step.
 
+        `forward` calls this with zeros at the padded steps of x and sets the padded
+        outputs to zero afterwards, so an override only has to get the state right.
         Generic and exact for causal layers: outputs come from the padded run (a
         causal layer's valid outputs never see the padding), and each group of
         sequences of equal length is re-run on its prefix for its final state.
         Layers override this with a masked recurrence where that is cheaper.
         """
         y, final = self._forward(x, state, mode)
-        y = y * valid_mask(lengths, x.shape[1]).unsqueeze(-1).to(y.dtype)
         T = x.shape[1]
         if bool((lengths == T).all()):
             return y, final

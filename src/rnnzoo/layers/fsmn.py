@@ -43,6 +43,7 @@ class FSMN(RecurrentLayer):
     memory_proj (W~)."""
 
     modes = ("sequential", "conv")
+    host_reads: dict[str, str] = {}  # right padding is masked in place: nothing read
 
     def __init__(self, d_model: int, order: int = 20, memory: str = "vector"):
         super().__init__(d_model)

@@ -30,7 +30,6 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
 )
-from rnnzoo.ops.chunk.nonfinite import clean_steps, mark_steps
 from rnnzoo.registry import register
 
 
@@ -93,15 +92,12 @@ class LightningAttention(RecurrentLayer):
         q, k, v, g = self.op_inputs(x)
         if mode == "sequential":
             o, state = gated_linear_attention_recurrent(q, k, v, g, scale=1.0, initial_state=state)
-        else:  # products over a chunk: keep a non-finite step out of the outputs before it
-            (q,), (k, v), bad_read, bad_write = clean_steps([q], [k, v])
-            if mode == "chunk":
-                o, state = gated_linear_attention(q, k, v, g, scale=1.0, initial_state=state,
-                                                  chunk_size=self.chunk_size)
-            else:
-                o, state = gated_linear_attention_parallel(q, k, v, g, scale=1.0,
-                                                           initial_state=state)
-            o, state = mark_steps(o, state, bad_read, bad_write)
+        elif mode == "chunk":  # the ops keep a non-finite step out of earlier outputs
+            o, state = gated_linear_attention(q, k, v, g, scale=1.0, initial_state=state,
+                                              chunk_size=self.chunk_size)
+        else:
+            o, state = gated_linear_attention_parallel(q, k, v, g, scale=1.0,
+                                                       initial_state=state)
         return self.op_output(o, x), state
 
     def extra_repr(self) -> str:

@@ -32,6 +32,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
+from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -95,10 +96,11 @@ class S4D(DiagonalLayer):
         cdt = compute_dtype(x)
         u = x.to(cdt)
         if mask is not None:
-            u = u * mask
-        if mode == "conv":
+            u = torch.where(mask, u, torch.zeros((), dtype=cdt, device=u.device))
+        if mode == "conv":  # the FFT would spread a NaN or inf to every step: convolve finite
+            _, (u,), marks = finite_inputs(write=(u,))  # values, then NaN from that step on
             s, h = self._conv(u, h0, None if mask is None else mask.flatten(1).sum(1))
-            return s + self.D.to(cdt) * u, h
+            return poison(s + self.D.to(cdt) * u, marks.outputs), poison(h, marks.state)
         A_bar, B_bar, _, C = self.discretize(cdt)
         # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
         keep = () if mask is None else (mask.to(cdt),)

@@ -50,8 +50,10 @@ def hippo_n_eig(N: int) -> tuple[torch.Tensor, torch.Tensor]:
     eigenvectors: (N/2,) complex128 and (N, N/2) complex128 (orthonormal columns)."""
     S = hippo_n(N) + 0.5 * torch.eye(N, dtype=torch.float64)  # skew-symmetric part
     w, V = torch.linalg.eigh(-1j * S.to(torch.complex128))    # S = V diag(i w) V^H
-    keep = w > 0
-    return torch.complex(torch.full_like(w[keep], -0.5), w[keep]), V[:, keep]
+    # the eigenvalues come in pairs +-w, none zero, in ascending order: the positive half is
+    # the last N/2 (a slice, not a mask, so that the layer builds on the meta device too)
+    w, V = w[N // 2:], V[:, N // 2:]
+    return torch.complex(torch.full_like(w, -0.5), w), V
 
 
 @register("s5", family="diagonal", paper="Smith et al. 2023, arXiv:2208.04933",

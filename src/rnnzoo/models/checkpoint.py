@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import struct
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-from rnnzoo.io import atomic_write_bytes, atomic_write_text
+from rnnzoo.io import atomic_write_bytes, atomic_write_text, parse_json, read_text
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.renames import RENAMED_OPTIONS, RENAMED_PARAMETERS
 from rnnzoo.models.stack import ModelConfig, SequenceModel
-from rnnzoo.registry import get_layer_info
+from rnnzoo.registry import get_layer_info, list_layers
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -81,31 +83,58 @@ def to_safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, s
     return struct.pack("<Q", len(head)) + head + b"".join(blobs)
 
 
-def from_safetensors_bytes(buf: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Parse safetensors bytes -> (name -> tensor, metadata)."""
+def from_safetensors_bytes(buf: bytes, source="safetensors data"
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parse safetensors bytes -> (name -> tensor, metadata). Anything damaged (a length, the
+    header's UTF-8 or JSON, an entry, a tensor's byte count) fails in one line naming `source`."""
     _check_little_endian()
+
+    def bad(why):
+        return ValueError(f"{source} is not a valid safetensors file: {why}")
+
     if len(buf) < 8:
-        raise ValueError(f"not a safetensors file: {len(buf)} bytes, the header alone needs 8")
+        raise bad(f"{len(buf)} bytes, the header alone needs 8")
     (n,) = struct.unpack("<Q", buf[:8])
     if 8 + n > len(buf):
-        raise ValueError(f"not a safetensors file: header length {n} exceeds the file size")
-    header = json.loads(buf[8:8 + n])
+        raise bad(f"header length {n} exceeds the file size")
+    header = parse_json(bytes(buf[8:8 + n]), f"{source}: the safetensors header")
+    if not isinstance(header, dict):
+        raise bad(f"the header is a JSON {type(header).__name__}, not an object")
     meta = header.pop("__metadata__", {}) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in meta.items()):
+        raise bad("__metadata__ must map strings to strings")
     body = memoryview(buf)[8 + n:]
     tensors = {}
     for name, info in header.items():
-        begin, end = info["data_offsets"]
-        dtype = _FROM_NAME.get(info["dtype"])
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise bad(f"tensor {name!r} needs dtype, shape and data_offsets, got {info!r:.80}")
+        dtype = _FROM_NAME.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
-            raise ValueError(f"tensor {name!r} has unsupported safetensors dtype {info['dtype']!r}")
+            raise bad(f"tensor {name!r} has unsupported dtype {info['dtype']!r}")
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+        if not isinstance(offsets, list) or len(offsets) != 2 or \
+                not all(type(o) is int for o in offsets):
+            raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+        begin, end = offsets
         if not 0 <= begin <= end <= len(body):
-            raise ValueError(f"tensor {name!r} has data offsets {begin, end} outside the file")
+            raise bad(f"tensor {name!r} has data offsets {begin, end} outside the file")
+        size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        if end - begin != size:
+            raise bad(f"tensor {name!r} of shape {shape} {info['dtype']} needs {size} bytes, "
+                      f"its data_offsets give {end - begin}")
         raw = bytearray(body[begin:end])
         flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-        t = flat.view(dtype).reshape(info["shape"])
-        tensors[name] = t
-    for name in json.loads(meta.get("rnnzoo.complex", "[]")):
-        tensors[name] = torch.view_as_complex(tensors[name])
+        tensors[name] = flat.view(dtype).reshape(shape)
+    complex_names = parse_json(meta.get("rnnzoo.complex", "[]"), f"{source}: rnnzoo.complex")
+    for name in complex_names if isinstance(complex_names, list) else [None]:
+        t = tensors.get(name) if isinstance(name, str) else None
+        if t is None or t.dtype not in (torch.float16, torch.float32, torch.float64) \
+                or t.dim() == 0 or t.shape[-1] != 2:
+            raise bad(f"rnnzoo.complex lists {name!r}, not a (..., 2) float tensor of the file")
+        tensors[name] = torch.view_as_complex(t)
     return tensors, meta
 
 
@@ -117,7 +146,7 @@ def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    return from_safetensors_bytes(path.read_bytes())
+    return from_safetensors_bytes(path.read_bytes(), path)
 
 
 def save(model, directory, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
@@ -205,9 +234,11 @@ def upgrade_tensors(model, tensors: dict[str, torch.Tensor]) -> dict[str, torch.
     return tensors
 
 
-def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False) -> None:
-    """Copy `tensors` into `model` (old parameter names upgraded); a missing tensor or one
-    of another shape (and, when `strict`, one the model lacks) fails in one line naming them."""
+def check_fits(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False
+               ) -> dict[str, torch.Tensor]:
+    """`tensors` with old parameter names upgraded, after checking them against `model`'s
+    state (a model on the meta device will do): a missing tensor or one of another shape
+    (and, when `strict`, one the model lacks) fails in one line naming them."""
     own = model.state_dict()
     tensors = upgrade_tensors(model, tensors)
     missing = [k for k in own if k not in tensors]
@@ -220,21 +251,84 @@ def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool 
     if problems:
         raise ValueError(f"{source} does not fit the model of its config "
                          f"({'; '.join(problems)})")
+    return tensors
+
+
+def load_state(model, tensors: dict[str, torch.Tensor], source, *, strict: bool = False) -> None:
+    """Copy `tensors` into `model` (old parameter names upgraded); a missing tensor or one
+    of another shape (and, when `strict`, one the model lacks) fails in one line naming them."""
+    own = model.state_dict()
+    tensors = check_fits(model, tensors, source, strict=strict)
     model.load_state_dict({k: v for k, v in tensors.items() if k in own})
 
 
+def _check_sizes(config: dict, tensors: dict[str, torch.Tensor], source) -> None:
+    """The config's d_model and num_layers against the tensors (the final norm's width, the
+    number of blocks): the check that needs no model, for layers that cannot be built on the
+    meta device."""
+    norm = tensors.get("norm.weight")
+    blocks = {int(k.split(".")[1]) for k in tensors
+              if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    d_model, num_layers = config.get("d_model"), config.get("num_layers")
+    if norm is not None and norm.dim() == 1 and d_model != norm.shape[0]:
+        why = f"config d_model={d_model!r}, norm.weight {tuple(norm.shape)}"
+    elif blocks and num_layers != len(blocks):
+        why = f"config num_layers={num_layers!r}, tensors of {len(blocks)} blocks"
+    else:
+        return
+    raise ValueError(f"{source} does not fit the model of its config (shape differs: {why})")
+
+
+class _NoFills(TorchFunctionMode):
+    """In-place fills and updates of meta tensors (init.normal_, uniform_, ...) do nothing:
+    a meta tensor has no values, and some of these would import torch._dynamo (seconds)."""
+
+    _RESHAPING = frozenset({"resize_", "resize_as_", "set_", "squeeze_", "unsqueeze_", "t_",
+                            "transpose_", "swapdims_", "swapaxes_", "as_strided_",
+                            "requires_grad_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes `tensor=`
+        if name.endswith("_") and not name.startswith("_") and name not in self._RESHAPING \
+                and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+def _skeleton(config: dict, source) -> SequenceModel:
+    """The model of `config` on the meta device: every shape, no memory."""
+    list_layers()  # every layer module imported first, so that no constant of one is meta
+    with torch.device("meta"), _NoFills():
+        return build_saved(config, source)
+
+
 def load(path, device=None):
-    """Rebuild the model saved at `path` (a run folder or its model.safetensors)."""
+    """Rebuild the model saved at `path` (a run folder or its model.safetensors).
+
+    The config is checked against the tensors before anything is built: first the sizes
+    that need no model, then the shapes of the model built on the meta device (no memory),
+    so that a damaged or forged config fails in one line instead of allocating its model."""
     path = Path(path)
     weights = path / WEIGHTS if path.is_dir() else path
     tensors, meta = load_tensors(weights)
     if "rnnzoo.config" in meta:
-        config = json.loads(meta["rnnzoo.config"])
+        config = parse_json(meta["rnnzoo.config"], f"{weights}: its rnnzoo.config metadata")
     elif (weights.parent / CONFIG).is_file():
-        config = json.loads((weights.parent / CONFIG).read_text())
+        config = parse_json(read_text(weights.parent / CONFIG), weights.parent / CONFIG)
     else:
         raise FileNotFoundError(f"{weights} has no model config and {weights.parent / CONFIG} "
                                 f"does not exist")
+    if not isinstance(config, dict):
+        raise ValueError(f"{weights}: its model config is a JSON {type(config).__name__}, "
+                         f"not an object")
+    try:
+        skeleton = _skeleton(config, weights)
+    except RuntimeError:  # a layer that cannot be built without values: the sizes must do
+        _check_sizes(config, tensors, weights)
+    else:
+        check_fits(skeleton, tensors, weights)
     model = build_saved(config, weights)
     load_state(model, tensors, weights)
     return model.to(device) if device is not None else model

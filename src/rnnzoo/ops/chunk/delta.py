@@ -61,6 +61,7 @@ from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
+from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -118,7 +119,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
     final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
     imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
-    every dtype but float64; `delta_product` reaches it through this function.
+    every dtype but float64; `delta_product` reaches it through this function. A non-finite
+    input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -132,9 +134,10 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
-    o, S = _delta_chunks(q.to(dt), k.to(dt), v.to(dt), beta.to(dt),
+    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+    o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
-    return o.to(q.dtype), S
+    return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
 def _from_chunks(x, T):
@@ -280,6 +283,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     steepest decay without reading w; None reads min(w) (a host read: a sync on an
     accelerator). On CUDA (when triton imports; `ops.backend`) the Triton kernel
     `ops.triton.chunk_rwkv7` runs instead (any decay, no read), for every dtype but float64.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     positive_int("rwkv7: chunk_size", chunk_size)
@@ -291,13 +295,15 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     V = v.shape[-1]
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
+    out_dtype = r.dtype
+    (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \
         float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
         C //= 2
     o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)
-    return o.to(r.dtype), S
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
 def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):

@@ -27,7 +27,7 @@ overflow, and no value is read back to the host to choose a path.
 Non-finite inputs (g = -inf included: give a large finite log-decay to erase a channel):
 a step whose k, v, g or beta is not finite makes every output from that step on, and the
 final state, NaN, as in the recurrence; a non-finite q only its own output. The chunk form
-enters such steps as zeros and marks the outputs afterwards (ops.chunk.nonfinite), so that
+enters such steps as zeros and marks the outputs afterwards (ops.finite), so that
 nothing non-finite reaches an earlier output through a product with a masked zero.
 
 All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 input).
@@ -47,7 +47,7 @@ from rnnzoo.ops.chunk.delta import (
     _to_chunks,
     _unit_lower_inverse,
 )
-from rnnzoo.ops.chunk.nonfinite import clean_steps, mark_steps
+from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["kda", "kda_recurrent", "kda_step"]
 
@@ -101,13 +101,13 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     out_dtype = q.dtype
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
-    (q,), (k, v, g, beta), bad_read, bad_write = clean_steps([q], [k, v, g, beta])
+    (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     c = subchunk_size
     C = min(chunk_size, -(-T // c) * c)                 # whole sub-chunks when T is short
     if C % c:
         c = C
     o, S = _kda_chunks(q, k, v, g, beta, S, scale, C, c)
-    o, S = mark_steps(o, S, bad_read, bad_write)
+    o, S = poison(o, marks.outputs), poison(S, marks.state)
     return o.to(out_dtype), S
 
 

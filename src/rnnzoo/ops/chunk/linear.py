@@ -49,6 +49,7 @@ from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
+from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
@@ -159,6 +160,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
     On CUDA (when triton imports; `ops.backend`) the Triton kernel
     `ops.triton.chunk_linear` runs instead, for every dtype but float64.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
@@ -168,6 +170,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
             q, k, v, log_decay, scale=scale, initial_state=initial_state, bonus=bonus,
             chunk_size=chunk_size, subchunk_size=subchunk_size)
     out_dtype = q.dtype
+    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
     vector = g.dim() == 4
@@ -198,7 +201,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         S = decay_n * S + update_n
     o = o + q_inter @ torch.stack(starts, 2)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return o.to(out_dtype), S
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
 def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, initial_state=None,
@@ -256,6 +259,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
     On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64).
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     positive_int("chunk_size", chunk_size)
@@ -265,6 +269,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
                                  initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
+    (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
@@ -299,4 +304,4 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
     h = num / (torch.maximum(den.abs(), (-m_row).exp()) + eps)[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return h.to(out_dtype), (Cs, ns, ms)
+    return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)

@@ -49,6 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops.finite import finite_inputs, poison
+
 __all__ = ["delta_rule"]
 
 
@@ -326,4 +328,6 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
         raise ValueError(f"delta_rule: chunk_size must be a positive int, got {chunk_size!r}")
     scale = K ** -0.5 if scale is None else float(scale)
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
-    return _Delta.apply(c(q), c(k), c(v), c(beta), c(g), c(initial_state), scale, chunk_size)
+    (q,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))  # see ops.finite
+    o, S = _Delta.apply(c(q), c(k), c(v), c(beta), c(g), c(initial_state), scale, chunk_size)
+    return poison(o, marks.outputs), poison(S, marks.state)

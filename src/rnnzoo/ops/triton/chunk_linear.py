@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops.finite import finite_inputs, poison
+
 __all__ = ["gated_linear_attention"]
 
 _FACTOR_LIMIT = 40.0  # log-decay span of a chunk up to which vector decays are factorised
@@ -433,5 +435,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     K = q.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
-    return _GLA.apply(c(q), c(k), c(v), c(log_decay), c(bonus), c(initial_state), scale,
+    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))  # see ops.finite
+    o, S = _GLA.apply(c(q), c(k), c(v), c(log_decay), c(bonus), c(initial_state), scale,
                       chunk_size)
+    return poison(o, marks.outputs), poison(S, marks.state)

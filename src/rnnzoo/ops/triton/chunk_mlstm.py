@@ -54,6 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops.finite import finite_inputs, poison
+
 __all__ = ["mlstm"]
 
 
@@ -345,7 +347,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         initial_state = (torch.zeros(B, H, K, V, **z), torch.zeros(B, H, K, **z),
                          torch.zeros(B, H, **z))
     c0, n0, m0 = (s.contiguous() for s in initial_state)
+    (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))  # ops.finite
     h, ct, nt, mt = _MLSTM.apply(q.contiguous(), k.contiguous(), v.contiguous(),
                                  log_i.contiguous(), log_f.contiguous(), c0, n0, m0,
                                  scale, float(eps), chunk_size)
-    return h, (ct, nt, mt)
+    return poison(h, marks.outputs), poison((ct, nt, mt), marks.state)

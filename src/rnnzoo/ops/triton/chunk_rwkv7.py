@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops.finite import finite_inputs, poison
+
 __all__ = ["rwkv7"]
 
 _FACTOR_LIMIT = 30.0  # a chunk's log-decay span up to which pair decays are factorised
@@ -258,5 +260,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"rwkv7: chunk_size must be a positive int, got {chunk_size!r}")
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
-    return _RWKV7.apply(c(r), c(w), c(k), c(v), c(a), c(b), c(initial_state), float(scale),
+    (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))  # see ops.finite
+    o, S = _RWKV7.apply(c(r), c(w), c(k), c(v), c(a), c(b), c(initial_state), float(scale),
                         chunk_size)
+    return poison(o, marks.outputs), poison(S, marks.state)
