@@ -68,6 +68,15 @@ def train_batch(task: Task, config: TrainConfig, step: int):
     return task.sample(np.random.default_rng([config.seed, step]), config.batch_size)
 
 
+EVAL_ROWS = 256
+
+
+def eval_rows(config: TrainConfig) -> int:
+    """Rows per batch of the final evaluation: at least EVAL_ROWS (no gradients are kept,
+    so a batch this size costs less memory than a training batch of a deep model)."""
+    return max(config.batch_size, EVAL_ROWS)
+
+
 def _sampled_batches(task: Task, config: TrainConfig, key):
     rng = np.random.default_rng([config.seed, 1_000_003, key or 0])
     for _ in range(config.eval_batches):
@@ -84,7 +93,7 @@ def evaluate(model, task: Task, config: TrainConfig, device, autocast, *,
     model.eval()
     per_key, examples = {}, {}
     for key in task.test_lengths:
-        batches = task.test_batches(config.batch_size, key) if whole \
+        batches = task.test_batches(eval_rows(config), key) if whole \
             else _sampled_batches(task, config, key)
         sums, n = {}, 0
         for batch in batches:
@@ -178,7 +187,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
     finite = torch.isfinite(loss_sum.detach()) & torch.isfinite(norm)
     if dist.sum(float(~finite), run.device):  # every rank stops at the same step
-        _stop_non_finite(run, step + 1, dist.sum(float(loss_sum), run.device) / max(total, 1),
+        _stop_non_finite(run, step + 1, dist.sum(float(loss_sum.detach()), run.device) / max(total, 1),
                          float(norm))
     run.optimizer.step()
     return lr, loss_sum.detach(), total, batch.inputs.shape[0] * batch.inputs.shape[1]
