@@ -187,8 +187,8 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
     finite = torch.isfinite(loss_sum.detach()) & torch.isfinite(norm)
     if dist.sum(float(~finite), run.device):  # every rank stops at the same step
-        _stop_non_finite(run, step + 1, dist.sum(float(loss_sum.detach()), run.device) / max(total, 1),
-                         float(norm))
+        mean_loss = dist.sum(float(loss_sum.detach()), run.device) / max(total, 1)
+        _stop_non_finite(run, step + 1, mean_loss, float(norm))
     run.optimizer.step()
     return lr, loss_sum.detach(), total, batch.inputs.shape[0] * batch.inputs.shape[1]
 
