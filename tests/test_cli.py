@@ -49,3 +49,99 @@ def test_tasks_lists_names_and_options(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert "mqar" in out and "num_pairs" in out and "forecast" in out
+
+
+# -- issue 13 ------------------------------------------------------------------------------------
+def _subparsers():
+    import argparse
+
+    from rnnzoo.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_help_shows_every_options_default(capsys):
+    """Every option of every command says its default (or that it is required) in --help;
+    on/off switches are off unless given."""
+    import argparse
+    for name, parser in _subparsers().items():
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or isinstance(
+                    action, (argparse._HelpAction, argparse._StoreTrueAction)) \
+                    or action.help == argparse.SUPPRESS:
+                continue
+            formatter = parser._get_formatter()
+            shown = " ".join(formatter._expand_help(action).split())
+            assert "(default: " in shown or "required" in shown, (name, action.option_strings)
+            assert shown in text, (name, shown)
+    assert "--d-model D_MODEL model width (default: 64)" in " ".join(
+        _subparsers()["train"].format_help().split())
+
+
+def test_tasks_shows_each_options_meaning_and_default(capsys):
+    from rnnzoo.tasks import list_tasks
+    from rnnzoo.tasks.command import option_defaults, option_help
+    for name in list_tasks():
+        for option in option_defaults(name):
+            assert option_help(name, option), f"task {name!r}: option {option!r} has no meaning"
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "  num_pairs     key-value pairs per sequence (default: 4)" in out
+    assert "  test_lengths   sequence lengths of the test split (comma list); each is scored " \
+        "(default: 40,64,128,256)" in out
+    assert main(["tasks", "forecast"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("forecast  (files; metric mse)") and "mqar" not in out
+
+
+def test_readme_documents_the_file_formats_of_the_file_tasks():
+    from pathlib import Path
+
+    from rnnzoo.registry import TASKS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Task files", 1)[1].split("\n## ", 1)[0]
+    for info in TASKS.values():
+        if info.family == "files":
+            assert f"`{info.name}`" in section, f"the README's Task files omit {info.name!r}"
+
+
+@pytest.mark.parametrize("flag,value", [("--target", "nan"), ("--target", "inf")])
+def test_float_options_must_be_finite(tmp_path, capsys, flag, value):
+    assert main(["train", "--task", "parity", "--layer", "lstm", flag, value, "--out",
+                 str(tmp_path)]) == 2
+    assert f"{flag} must be a finite real number, got {value}" in capsys.readouterr().err
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--task", "parity", "--layer", "lstm", "--device", "cuda", "--out",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda: CUDA is not available here" in err
+
+
+def test_a_diverged_run_is_one_line_and_exit_code_1(tmp_path, capsys, monkeypatch):
+    from rnnzoo.train import loop
+    monkeypatch.setattr(loop, "lr_at", lambda s, c: float("nan"))
+    assert main(["train", "--task", "parity", "--layer", "lstm", "--depth", "1", *TINY,
+                 "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rnnzoo train: error: the training loss is nan at step 2 ")
+    assert err.count("\n") == 1
+
+
+def test_train_needs_task_and_layer_without_resume(tmp_path, capsys):
+    assert main(["train", "--layer", "lstm", "--out", str(tmp_path)]) == 2
+    assert "--task required (or --resume --out RUN to continue a run)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--weight-decay", "--grad-clip", "--mlp-ratio", "--lr"])
+def test_the_float_options_issue_13_names_stay_refused_when_nan(tmp_path, capsys, flag):
+    """Refused since checks.real (issue 11) before issue 13 was worked on: kept as a guard."""
+    assert main(["train", "--task", "parity", "--layer", "lstm", flag, "nan", "--out",
+                 str(tmp_path)]) == 2
+    assert f"{flag} must be a finite real number, got nan" in capsys.readouterr().err

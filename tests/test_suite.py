@@ -69,3 +69,34 @@ def test_demo_uses_registered_layers_and_prints_the_table(monkeypatch, capsys):
     assert main(["demo", "--layers", "lstm,mingru"]) == 0
     out = capsys.readouterr().out
     assert "| `lstm` |" in out and "| `mingru` |" in out and "4 runs in" in out
+
+
+def test_a_finished_run_with_other_settings_is_refused_unless_overwrite(tmp_path, capsys):
+    argv = ["suite", "--tasks", "parity", "--layers", "lstm", "--depth", "1", *TINY, "--out",
+            str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    run = tmp_path / "parity" / "lstm" / "lr0.001"
+    first = (run / "final.json").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds a finished run with other settings (seed=0, this suite has seed=1)" in err
+    assert (run / "final.json").read_text() == first
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0
+    assert '"steps": 4' in (run / "final.json").read_text()
+    assert (run / "final.json").read_text() != first
+    import json
+    assert json.loads((run / "train_config.json").read_text())["seed"] == 1
+
+
+def test_a_diverged_run_is_left_out_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    from rnnzoo.train import loop
+    real_lr = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda s, c: float("nan") if c.lr > 5e-3 else real_lr(s, c))
+    assert main(["suite", "--tasks", "parity", "--layers", "lstm", "--lrs", "1e-3,1e-2",
+                 "--depth", "1", *TINY, "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[2/2] parity / lstm / lr 0.01: diverged, left out of the table: the training loss " \
+        "is nan at step 2" in out
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["lr"] for r in rows] == ["0.001"]

@@ -1,5 +1,10 @@
 """The `rnnzoo` command. Each subcommand lives next to what it runs and brings
-`add_arguments(parser)` and `main(args)`; this file only wires them up."""
+`add_arguments(parser)` and `main(args)`; this file only wires them up.
+
+Exit codes: 0 done; 2 bad input (a name, an option, a path, a damaged file; one
+line `rnnzoo CMD: error: ...`, no traceback); 1 a training run that diverged
+(NaN or infinite loss; one line naming the step).
+"""
 
 from __future__ import annotations
 
@@ -52,21 +57,55 @@ def _commands():
     }
 
 
-def main(argv=None) -> int:
+class HelpFormatter(argparse.HelpFormatter):
+    """--help shows every option's default: the help text's own "(default: ...)" where it
+    has one (a computed default), else the value, "none", or "(required)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS \
+                or isinstance(action, (argparse._HelpAction, argparse._StoreTrueAction)):
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        shown = "none" if action.default is None else "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnzoo", description="Every recurrent sequence model, "
                                      "one contract: list, benchmark, train and compare.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_args, run) in _commands().items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         add_args(p)
+        for action in p._actions:  # argparse prints nothing for help=None: the default at least
+            if action.help is None and action.option_strings:
+                action.help = "(default: none)" if action.default is None \
+                    else "(default: %(default)s)"
         p.set_defaults(run=run)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    from rnnzoo.train.loop import NonFiniteLoss
+    args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as e:  # bad names, options, paths: one clear line
+    except NonFiniteLoss as e:  # the run diverged: not the input's fault, but one line too
         print(f"rnnzoo {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # bad names, options, paths, files: one clear line
+        print(f"rnnzoo {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        # raised by the system (PermissionError, ...): the path and the reason, not the errno
+        return f"{e.filename}: {e.strerror.lower()}" if e.filename else e.strerror.lower()
+    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
     rnnzoo suite --tasks parity,mqar --layers lstm,mingru --lrs 1e-3,3e-3 --out runs/suite
 
 Every (task, layer, lr) is one `rnnzoo train` run in OUT/TASK/LAYER/lrLR; a run
-whose final.json exists is skipped, so an interrupted suite continues where it
-stopped. The table reports, for each task and layer, the best value over the
+whose final.json exists with the same settings is skipped, so an interrupted
+suite continues where it stopped; one with other settings is refused (one line)
+unless `--overwrite` retrains it. A run whose loss diverges (NaN) is reported
+and left out of the table; the others go on. The table reports, for each task and layer, the best value over the
 learning rates (state-space models are sensitive to it): OUT/results.csv (every
 run), OUT/table.md and OUT/heatmap.png.
 """
@@ -22,7 +24,9 @@ from rnnzoo.io import atomic_write_text
 from rnnzoo.registry import get_layer_info, list_layers
 from rnnzoo.tasks import list_tasks, task_class, task_options
 from rnnzoo.train import FINAL, TrainConfig, train
-from rnnzoo.train.command import add_model_arguments, config_from_args, parse_options
+from rnnzoo.train.checkpoints import first_difference, saved_config
+from rnnzoo.train.command import add_model_arguments, config_from_args, parse_options, summary_lines
+from rnnzoo.train.loop import NonFiniteLoss
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -46,21 +50,46 @@ def run_dir(out: Path, task: str, layer: str, lr: float) -> Path:
     return out / task / layer / f"lr{lr:g}"
 
 
-def run_grid(configs: list[TrainConfig], out: Path, quiet: bool = False) -> list[dict]:
-    """Train every config (skipping finished ones); returns their final records."""
+def _done_already(config: TrainConfig, overwrite: bool) -> bool:
+    """Whether config.out holds this run, finished; another finished run there is refused
+    unless `overwrite`."""
+    folder = Path(config.out)
+    if not (folder / FINAL).is_file():
+        return False
+    saved = saved_config(folder)
+    diff = first_difference(saved, config) if saved else ("settings", "unknown", "these")
+    if diff is None:
+        return True
+    if overwrite:
+        return False
+    name, old, new = diff
+    raise ValueError(f"{folder} holds a finished run with other settings ({name}={old!r}, this "
+                     f"suite has {name}={new!r}); --overwrite retrains it, or choose another --out")
+
+
+def run_grid(configs: list[TrainConfig], out: Path, quiet: bool = False,
+             overwrite: bool = False) -> list[dict]:
+    """Train every config (skipping finished ones); returns the final records of those
+    that did not diverge."""
     records = []
     for i, config in enumerate(configs, 1):
         config.out = str(run_dir(out, config.task, config.layer, config.lr))
-        final = Path(config.out) / FINAL
         label = f"[{i}/{len(configs)}] {config.task} / {config.layer} / lr {config.lr:g}"
-        if final.is_file():
-            record = json.loads(final.read_text())
+        if _done_already(config, overwrite):
+            record = json.loads((Path(config.out) / FINAL).read_text())
             print(f"{label}: done already ({record['metric']} {record['value']:.4f}), skipped")
         else:
             print(f"{label}", flush=True)
-            record = train(config, quiet=quiet)
+            try:
+                record = train(config, quiet=quiet, overwrite=overwrite)
+            except NonFiniteLoss as e:
+                print(f"{label}: diverged, left out of the table: {e}", flush=True)
+                continue
             print(f"{label}: {record['metric']} {record['value']:.4f} in {record['seconds']:.1f} s",
                   flush=True)
+            for line in summary_lines(record):
+                if line.startswith("warning:"):
+                    print(f"{label}: {line}")
         records.append(record)
     return records
 
@@ -156,8 +185,11 @@ def add_arguments(p) -> None:
     p.add_argument("--layers", dest="layer_names", required=True,
                    help="comma-separated layer names, or 'all' (the depth is --depth)")
     p.add_argument("--lrs", default="1e-3", help="comma-separated learning rates")
-    p.add_argument("--out", default="runs/suite")
+    p.add_argument("--out", default="runs/suite", help="folder of the runs and the tables")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain runs whose folders hold other settings (without it they are "
+                        "refused); finished runs with the same settings are still skipped")
     add_model_arguments(p)
 
 
@@ -183,7 +215,9 @@ def main(args) -> None:
                 configs.append(c.validate())
     out = Path(args.out)
     t0 = time.perf_counter()
-    records = run_grid(configs, out, quiet=args.quiet)
+    records = run_grid(configs, out, quiet=args.quiet, overwrite=args.overwrite)
+    if not records:
+        raise ValueError(f"every run diverged (NaN loss); nothing to tabulate in {out}")
     md = write_report(records, out)
     print(f"\n{md}\n{len(records)} runs in {time.perf_counter() - t0:.1f} s; "
           f"{out / 'table.md'}, {out / 'results.csv'}")
@@ -222,7 +256,7 @@ def add_demo_arguments(p) -> None:
                    help=f"comma-separated layers (default: the registered ones of "
                         f"{', '.join(DEMO_CANDIDATES)})")
     p.add_argument("--out", help="folder for the runs (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every run")
 
 
 def demo_main(args) -> None:

@@ -172,3 +172,107 @@ def test_resume_with_another_model_fails_in_one_line(tmp_path):
                                          "num_layers=1") as e:
         train(tiny(tmp_path, num_layers=1), resume=True, quiet=True)
     assert "\n" not in str(e.value)
+
+
+# -- issue 13 ------------------------------------------------------------------------------------
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path,
+                                                                              monkeypatch):
+    """The learning rate turns NaN after step 4 (as a diverging run's weights would): step 5
+    makes the weights NaN, step 6's loss is NaN; the run stops there, before the step-6
+    checkpoint, and checkpoint.safetensors keeps step 3, finite."""
+    from rnnzoo.train import loop
+    real_lr = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda s, c: float("nan") if s == 4 else real_lr(s, c))
+    with pytest.raises(loop.NonFiniteLoss) as e:
+        train(tiny(tmp_path), quiet=True)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("the training loss is nan at step 6 ")
+    assert f"{tmp_path / 'checkpoint.safetensors'} keeps step 3" in message
+    tensors, meta = load_tensors(tmp_path / "checkpoint.safetensors")
+    assert meta["step"] == "3" and all(torch.isfinite(t).all() for t in tensors.values())
+    assert not (tmp_path / "final.json").exists()
+    assert max(s for s, _ in losses(tmp_path)) == 5  # no row for the step that diverged
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path, monkeypatch):
+    from rnnzoo.train import loop
+    monkeypatch.setattr(loop, "lr_at", lambda s, c: float("inf"))
+    with pytest.raises(loop.NonFiniteLoss, match="at step 2 .*no checkpoint was written"):
+        train(tiny(tmp_path), quiet=True)
+
+
+def test_final_metrics_are_on_the_whole_test_split(tmp_path, monkeypatch, capsys):
+    """The final record scores every example of the test split once (here 300 per length,
+    neither a multiple of the batch nor of the chunk); the periodic evaluation says it
+    samples. Recomputed from the saved model, the record's values come out."""
+    import numpy as np
+
+    from rnnzoo.tasks import get_task
+    from rnnzoo.tasks.base import Task, add_sums
+    monkeypatch.setattr(Task, "test_size", 300)
+    record = train(tiny(tmp_path, task_options=dict(test_lengths=(8, 12), train_lengths=(3, 10))))
+    out = capsys.readouterr().out
+    assert "eval step 3 (sampled: 4 test examples per length)" in out
+    assert "final evaluation on the whole test split (300 examples per length)" in out
+    assert record["test_examples"] == {"8": 300, "12": 300}
+    model = rnnzoo.load(tmp_path)
+    task = get_task("parity", test_lengths=(8, 12), train_lengths=(3, 10))
+    for length in (8, 12):
+        sums, rows = {}, []
+        for batch in task.test_batches(7, length):
+            sums = add_sums(sums, task.score(model(batch.inputs)[0], batch))
+            rows.append(batch.inputs)
+        assert sum(len(r) for r in rows) == 300
+        # the split is the same whatever the batch size
+        assert torch.equal(torch.cat(rows), torch.cat([b.inputs for b in task.test_batches(300,
+                                                                                           length)]))
+        expected = task.summarize(sums)
+        for k, v in record["eval"][str(length)].items():
+            assert v == pytest.approx(expected[k], abs=1e-6)
+    assert record["value"] == pytest.approx(np.mean([record["eval"][k]["scaled_acc"]
+                                                     for k in ("8", "12")]))
+
+
+def test_final_json_holds_only_the_tasks_metrics(tmp_path):
+    final = train(tiny(tmp_path), quiet=True)
+    assert set(final["eval"]["8"]) == {"acc", "loss", "scaled_acc"}  # no bpc for a classifier
+    assert "baselines" not in final
+
+
+def test_forecast_run_prints_the_model_next_to_its_baselines(tmp_path, capsys):
+    import numpy as np
+
+    from rnnzoo.cli import main
+    path = tmp_path / "series.csv"
+    t = np.arange(300)
+    np.savetxt(path, np.sin(t / 5.0)[:, None] + 0.1 * np.cos(t / 2.0)[:, None], delimiter=",")
+    assert main(["train", "--task", "forecast", "--data", str(path), "--task-option", "window=12",
+                 "--task-option", "horizon=3", "--layer", "lstm", "--depth", "1", "--d-model", "8",
+                 "--steps", "2", "--batch-size", "4", "--eval-every", "2", "--threads", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    width = max(len(n) for n in ("model", *final["baselines"]))
+    model = [line for line in lines if line.strip().startswith("model ")]
+    assert model == [f"  {'model':<{width}}  mse {final['value']:.4f}  mae "
+                     f"{final['eval']['test']['mae']:.4f}"]
+    for name, b in final["baselines"].items():
+        assert f"  {name:<{width}}  mse {b['mse']:.4f}  mae {b['mae']:.4f}" in lines
+        if final["value"] > b["mse"]:  # two steps of training: it loses to them
+            assert (f"warning: the model loses to the {name} baseline on the test split (mse "
+                    f"{final['value']:.4f} vs {b['mse']:.4f})") in lines
+
+
+@pytest.mark.parametrize("higher,value,warned", [(True, 0.5, ["naive"]), (True, 0.9, []),
+                                                 (False, 0.5, []), (False, 0.9, ["naive"])])
+def test_the_summary_warns_when_the_model_loses_to_a_baseline(higher, value, warned):
+    from rnnzoo.train.command import summary_lines
+    record = dict(metric="m", value=value, higher_is_better=higher, steps=3, seconds=1.0,
+                  eval={"test": {"m": value}}, test_examples={"test": 10},
+                  baselines={"naive": {"m": 0.7}, "better": {"m": 0.0 if higher else 1.0}})
+    lines = summary_lines(record, "runs/x")
+    assert lines[0] == "m %.4f on the whole test split (10 examples) after 3 steps (1.0 s); run " \
+        "folder runs/x" % value
+    assert [w.split(" baseline")[0].rsplit(" ", 1)[1] for w in lines if w.startswith("warning")] \
+        == warned

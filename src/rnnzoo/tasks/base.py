@@ -12,6 +12,17 @@ Every model output is per position; a batch says which positions count:
 state tracking trains on every prefix and is scored on the final answer).
 Regression tasks carry float targets (B, T, output_dim) and a `mask`.
 
+The test split: `task.test_batches(batch_size, length)` yields batches that
+cover it exactly once; final metrics are computed on all of it (training's
+periodic evaluation samples `sample(..., split="test")` instead). A generated
+task has no split of its own: its test split is `test_size` examples per test
+length, drawn from a fixed seed (TEST_SEED, the length, the chunk index) in
+chunks of TEST_CHUNK, so it is the same for every run, seed and batch size. A
+task that holds a real split (the file tasks) overrides `test_batches`.
+
+`task.baselines()`: {baseline name: {metric: value}} on the whole test split
+(forecasting's seasonal naive, ...); {} when the task has none.
+
 A task registers itself under its name with a family (for listing):
 
     @task("parity", family="state_tracking")
@@ -35,6 +46,8 @@ from rnnzoo.checks import int_in
 from rnnzoo.registry import TASKS, Info
 
 IGNORE = -100
+TEST_SEED = 0x7E57    # the generated test splits' seed (with the length and chunk index)
+TEST_CHUNK = 256      # rows drawn per seed: the split does not depend on the batch size
 FAMILIES = ("recall", "state_tracking", "formal", "hierarchical", "files")
 
 
@@ -99,10 +112,26 @@ class Task:
     output_dim: int = 2
     train_lengths: tuple[int, int] | None = None   # (min, max) sampled during training
     test_lengths: tuple = (None,)                  # eval keys: lengths, or None for "test"
+    test_size = 1024                               # generated tasks: test examples per length
 
     def sample(self, rng: np.random.Generator, batch_size: int, length: int | None = None,
                split: str = "train") -> Batch:
         raise NotImplementedError
+
+    def test_batches(self, batch_size: int, length: int | None = None):
+        """Batches of at most `batch_size` rows covering the test split (at `length`, a key
+        of `test_lengths`) exactly once. Here: the generated split described above."""
+        int_in("batch_size", batch_size)
+        for start in range(0, self.test_size, TEST_CHUNK):
+            rows = min(TEST_CHUNK, self.test_size - start)
+            rng = np.random.default_rng([TEST_SEED, length or 0, start // TEST_CHUNK])
+            chunk = self.sample(rng, rows, length=length, split="test")
+            for i in range(0, rows, batch_size):
+                yield chunk.slice(i, min(i + batch_size, rows))
+
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """{baseline name: {metric: value}} on the whole test split; none by default."""
+        return {}
 
     def max_length(self) -> int:
         """Longest sequence the task makes (sizes attention's KV cache)."""
@@ -142,7 +171,9 @@ class Task:
         if self.kind == "regress":
             return {"mse": sums["se"] / n, "mae": sums["ae"] / n}
         acc = sums["correct"] / n
-        out = {"acc": acc, "loss": sums["nll"] / n, "bpc": sums["nll"] / n / math.log(2)}
+        out = {"acc": acc, "loss": sums["nll"] / n}
+        if self.metric == "bpc":  # language modelling: the loss in bits per symbol
+            out["bpc"] = sums["nll"] / n / math.log(2)
         if self.chance:
             out["scaled_acc"] = (acc - self.chance) / (1 - self.chance)
         return out

@@ -251,9 +251,9 @@ class SequenceTable(Task):
         idx = rng.integers(0, len(x), size=batch_size)
         return self._batch(x[idx], y[idx])
 
-    def test_batches(self, batch_size: int):
+    def test_batches(self, batch_size: int, length=None):
         """The whole test split once, in file order, in batches of `batch_size` (the last
-        may be smaller)."""
+        may be smaller); `length` is ignored: the file sets the lengths."""
         batch_size = int_in("batch_size", batch_size)
         x, y = self.splits["test"]
         for s in range(0, len(x), batch_size):
@@ -319,9 +319,10 @@ class TextLM(Task):
         windows = np.stack([data[s:s + self.seq_len + 1] for s in starts])
         return tokens_batch(windows[:, :-1], windows[:, 1:])
 
-    def test_batches(self, batch_size: int):
+    def test_batches(self, batch_size: int, length=None):
         """The whole held-out part once: consecutive windows of seq_len, so every symbol
-        after the first is predicted exactly once; a shorter tail comes last, alone."""
+        after the first is predicted exactly once; a shorter tail comes last, alone
+        (`length` is ignored: seq_len sets it)."""
         batch_size = int_in("batch_size", batch_size)
         data, L = self.val_data, self.seq_len
         n = (len(data) - 1) // L
@@ -515,8 +516,8 @@ class Forecast(Task):
         idx = rng.integers(0, len(x), size=batch_size)
         return self._batch(x[idx], y[idx])
 
-    def test_batches(self, batch_size: int):
-        """Every window of the test part once, in time order."""
+    def test_batches(self, batch_size: int, length=None):
+        """Every window of the test part once, in time order (`length` is ignored)."""
         batch_size = int_in("batch_size", batch_size)
         x, y = self.windows("test")
         for s in range(0, len(x), batch_size):

@@ -55,7 +55,18 @@ class TrainConfig:
     out: str | None = None
 
     def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the flag of the first bad setting; returns self."""
+        """Raise ValueError naming the flag of the first bad setting; returns self.
+        Every float must be finite (a NaN would pass any `lo <= x <= hi` test by failing it)."""
+        for name in ("task", "layer", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{flag(name)} must be a name, got {getattr(self, name)!r}")
+        for name in ("task_options", "layer_options", "attention_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict of options, got {getattr(self, name)!r}")
+        if self.hybrid is not None and not isinstance(self.hybrid, str):
+            raise ValueError(f"--hybrid must be R:A, e.g. '2:1', got {self.hybrid!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be true or false, got {self.amp!r}")
         get_layer_info(self.layer)  # unknown layer: lists the registered ones
         for name, lo in (("d_model", 1), ("num_layers", 1), ("steps", 1), ("batch_size", 1),
                          ("eval_every", 1), ("eval_batches", 1), ("log_every", 1), ("seed", 0)):
@@ -69,19 +80,31 @@ class TrainConfig:
         real(flag("weight_decay"), self.weight_decay, 0, 10)
         real(flag("grad_clip"), self.grad_clip, 0, 1e9, lo_open=True)
         real(flag("mlp_ratio"), self.mlp_ratio, 0, 64)
+        if self.target is not None:
+            real(flag("target"), self.target)
         return self
 
     @classmethod
     def from_dict(cls, d: dict, source="train config") -> "TrainConfig":
         """A saved config -> TrainConfig: old field and layer-option names translated,
-        unknown fields dropped."""
+        unknown fields dropped. A damaged one (not a dict, no task or layer, options
+        that are not dicts) raises ValueError naming `source`."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source} is damaged: it holds a {type(d).__name__}, not the settings "
+                             f"of a run")
         d = dict(d)
         for old, new in RENAMED_FIELDS.items():
             if old in d:
                 if new in d:
                     raise ValueError(f"{source}: {old!r} is now {new!r}, which is also set")
                 d[new] = d.pop(old)
-        if "layer" in d and "layer_options" in d:
+        for name in ("task", "layer"):
+            if not isinstance(d.get(name), str):
+                raise ValueError(f"{source} is damaged: {name!r} is {d.get(name)!r}, not a name")
+        for name in ("task_options", "layer_options", "attention_options"):
+            if not isinstance(d.get(name, {}), dict):
+                raise ValueError(f"{source} is damaged: {name!r} is {d[name]!r}, not a dict")
+        if "layer_options" in d:
             d["layer_options"] = upgrade_options(d["layer"], d["layer_options"], source)
         if d.get("attention_options"):
             d["attention_options"] = upgrade_options("attention", d["attention_options"], source)

@@ -5,6 +5,13 @@ cosine decay to 10% of the peak (config.lr_at), gradient clipping, bfloat16
 autocast on GPU, evaluation every `eval_every` steps on each test length, early
 stop when the headline metric reaches `target`.
 
+Evaluation: the periodic one samples `eval_batches` x `batch_size` test
+examples per length (and says so); the final metrics, in final.json and the
+printed line, are on the whole test split (Task.test_batches).
+
+A non-finite loss or gradient norm stops the run before the optimiser step, with
+NonFiniteLoss naming the step; the checkpoint keeps the last evaluated step.
+
 Determinism: the batch of step s is drawn from the seed (seed, s), and
 evaluation from its own seeds, so `resume=True` from a checkpoint continues
 exactly as if the run had not stopped.
@@ -29,6 +36,10 @@ from rnnzoo.tasks.base import add_sums
 from rnnzoo.train import dist as ddp
 from rnnzoo.train.checkpoints import CHECKPOINT, RunFolder
 from rnnzoo.train.config import TrainConfig, lr_at
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss (or its gradient) became NaN or infinite; the run stopped."""
 
 
 def build(config: TrainConfig) -> tuple[Task, SequenceModel]:
@@ -57,24 +68,45 @@ def train_batch(task: Task, config: TrainConfig, step: int):
     return task.sample(np.random.default_rng([config.seed, step]), config.batch_size)
 
 
+EVAL_ROWS = 256
+
+
+def eval_rows(config: TrainConfig) -> int:
+    """Rows per batch of the final evaluation: at least EVAL_ROWS (no gradients are kept,
+    so a batch this size costs less memory than a training batch of a deep model)."""
+    return max(config.batch_size, EVAL_ROWS)
+
+
+def _sampled_batches(task: Task, config: TrainConfig, key):
+    rng = np.random.default_rng([config.seed, 1_000_003, key or 0])
+    for _ in range(config.eval_batches):
+        yield task.sample(rng, config.batch_size, length=key, split="test")
+
+
 @torch.no_grad()
-def evaluate(model, task: Task, config: TrainConfig, device, autocast) -> dict:
-    """{"eval": {length or "test": metrics}, task.metric: mean headline over lengths}."""
+def evaluate(model, task: Task, config: TrainConfig, device, autocast, *,
+             whole: bool = False) -> dict:
+    """{"eval": {length or "test": metrics}, task.metric: mean headline over lengths,
+    "examples": {length or "test": examples scored}}. `whole`: on the whole test split
+    (task.test_batches); else on `eval_batches` sampled batches (periodic evaluation)."""
     was_training = model.training
     model.eval()
-    per_key = {}
+    per_key, examples = {}, {}
     for key in task.test_lengths:
-        rng = np.random.default_rng([config.seed, 1_000_003, key or 0])
-        sums = {}
-        for _ in range(config.eval_batches):
-            batch = task.sample(rng, config.batch_size, length=key, split="test").to(device)
+        batches = task.test_batches(eval_rows(config), key) if whole \
+            else _sampled_batches(task, config, key)
+        sums, n = {}, 0
+        for batch in batches:
+            batch = batch.to(device)
             with autocast():
                 outputs, _ = model(batch.inputs)
             sums = add_sums(sums, task.score(outputs, batch))
-        per_key[str(key) if key else "test"] = task.summarize(sums)
+            n += batch.inputs.shape[0]
+        name = str(key) if key else "test"
+        per_key[name], examples[name] = task.summarize(sums), n
     model.train(was_training)
     headline = float(np.mean([m[task.metric] for m in per_key.values()]))
-    return {"eval": per_key, task.metric: headline}
+    return {"eval": per_key, task.metric: headline, "examples": examples}
 
 
 @dataclass
@@ -91,6 +123,7 @@ class _Run:
     folder: RunFolder
     say: Callable
     started: float = field(default_factory=time.perf_counter)
+    saved_step: int | None = None    # the step of the checkpoint in the run folder
 
     def autocast(self):
         on = self.config.amp and self.device.type == "cuda"
@@ -103,8 +136,8 @@ class _Run:
         return value >= target if self.task.higher_is_better else value <= target
 
 
-def _start(config: TrainConfig, quiet: bool) -> _Run:
-    """Process group, device, threads, task, model, optimizer and run folder."""
+def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _Run:
+    """Process group, device, threads, run folder (claimed), task, model and optimizer."""
     dist = ddp.setup(config.device)
     device = ddp.pick_device(config.device, dist)
     if config.threads is not None:
@@ -112,15 +145,25 @@ def _start(config: TrainConfig, quiet: bool) -> _Run:
     if config.batch_size % dist.world:
         raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of the number "
                          f"of processes ({dist.world})")
+    say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
+    folder = RunFolder(config.out, writes=dist.main)
+    folder.claim(config, resume=resume, overwrite=overwrite, say=say)
+    try:
+        return _build_run(config, dist, device, folder, say)
+    except BaseException:
+        folder.release()
+        raise
+
+
+def _build_run(config, dist, device, folder, say) -> _Run:
     task, model = build(config)
     model.to(device)
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
-    return _Run(config, task, model, net, make_optimizer(model, config), device, dist,
-                RunFolder(config.out, writes=dist.main), say)
+    return _Run(config, task, model, net, make_optimizer(model, config), device, dist, folder,
+                say)
 
 
 def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
@@ -140,10 +183,26 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     loss = loss_sum / max(total, 1) * dist.world  # DDP averages over ranks
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if config.grad_clip:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    # the norm is needed anyway to clip; max_norm=inf only measures it
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
+    finite = torch.isfinite(loss_sum.detach()) & torch.isfinite(norm)
+    if dist.sum(float(~finite), run.device):  # every rank stops at the same step
+        mean_loss = dist.sum(float(loss_sum.detach()), run.device) / max(total, 1)
+        _stop_non_finite(run, step + 1, mean_loss, float(norm))
     run.optimizer.step()
     return lr, loss_sum.detach(), total, batch.inputs.shape[0] * batch.inputs.shape[1]
+
+
+def _stop_non_finite(run: _Run, step: int, loss: float, norm: float):
+    what = f"the training loss is {loss}" if not np.isfinite(loss) else \
+        f"the gradient norm is {norm} (loss {loss:.4g})"
+    if run.saved_step is None:
+        kept = "no checkpoint was written before it"
+    else:
+        kept = f"{run.folder.path / CHECKPOINT} keeps step {run.saved_step}" if run.folder.path \
+            else f"the last good evaluation was at step {run.saved_step}"
+    raise NonFiniteLoss(f"{what} at step {step} (lr {lr_at(step - 1, run.config):.2e}); the run "
+                        f"stopped, {kept}; try a lower --lr or --grad-clip")
 
 
 def _log_loss(run: _Run, done: int, lr: float, loss_sum, total: float, rate: float) -> None:
@@ -160,9 +219,19 @@ def _evaluate_and_save(run: _Run, done: int) -> dict:
     result = evaluate(run.model, task, run.config, run.device, run.autocast)
     run.folder.log({"step": done, **result})
     per = "  ".join(f"{k}: {v[task.metric]:.3f}" for k, v in result["eval"].items())
-    run.say(f"  eval step {done}: {task.metric} {result[task.metric]:.4f}  ({per})")
+    n = run.config.eval_batches * run.config.batch_size
+    run.say(f"  eval step {done} (sampled: {n} test examples per length): {task.metric} "
+            f"{result[task.metric]:.4f}  ({per})")
     run.folder.save(run.model, run.optimizer, done, run.config)
+    run.saved_step = done
     return result
+
+
+def _examples(result: dict) -> str:
+    """'1024 examples per length', or '300 examples' for one split."""
+    counts = set(result["examples"].values())
+    n = counts.pop() if len(counts) == 1 else "/".join(map(str, result["examples"].values()))
+    return f"{n} examples" + (" per length" if len(result["examples"]) > 1 else "")
 
 
 def _record(run: _Run, last: dict, steps: int, early_stop: bool) -> dict:
@@ -170,23 +239,35 @@ def _record(run: _Run, last: dict, steps: int, early_stop: bool) -> dict:
     task, config = run.task, run.config
     record = {"task": task.name, "layer": config.layer, "lr": config.lr, "metric": task.metric,
               "higher_is_better": task.higher_is_better, "value": last[task.metric],
-              "eval": last["eval"], "steps": steps, "early_stop": early_stop,
-              "seconds": time.perf_counter() - run.started,
+              "eval": last["eval"], "test_examples": last["examples"], "steps": steps,
+              "early_stop": early_stop, "seconds": time.perf_counter() - run.started,
               "parameters": sum(p.numel() for p in run.model.parameters())}
-    if hasattr(task, "baselines"):
-        record["baselines"] = task.baselines()
+    baselines = task.baselines()
+    if baselines:
+        record["baselines"] = baselines
     return record
 
 
-def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
-          quiet: bool = False) -> dict:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          stop_at: int | None = None, quiet: bool = False) -> dict:
     """Train one model; returns the final record (also written to `out`/final.json).
 
     `stop_at` stops after that step as an interruption would (checkpoint written,
-    no final.json); `resume=True` continues from `out`'s checkpoint.
+    no final.json); `resume=True` continues from `out`'s checkpoint (with the same
+    settings); `overwrite=True` deletes the run files of another run in `out`
+    (checkpoints.RunFolder.claim). Raises NonFiniteLoss when the loss diverges.
     """
-    run = _start(config.validate(), quiet)
+    run = _start(config.validate(), quiet, resume, overwrite)
+    try:
+        return _train(run, resume, stop_at)
+    finally:
+        run.folder.release()
+
+
+def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
+    config = run.config
     done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
+    run.saved_step = done if resume else None
     if resume:
         run.say(f"resumed from {run.folder.path / CHECKPOINT} at step {done}")
     run.folder.begin(config)
@@ -197,7 +278,7 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
             f"{config.steps} steps, device {run.device}"
             f"{f', {world} processes' if world > 1 else ''}")
 
-    last, early_stop = None, False
+    early_stop = False
     run.started = t0 = time.perf_counter()
     tokens = 0
     run.model.train()
@@ -210,13 +291,16 @@ def train(config: TrainConfig, *, resume: bool = False, stop_at: int | None = No
         if done % config.eval_every == 0 or done in (config.steps, stop_at):
             last = _evaluate_and_save(run, done)
             if run.reached(last[run.task.metric]):
-                run.say(f"  target {run.task.metric} {config.target} reached at step {done}")
+                run.say(f"  target {run.task.metric} {config.target} reached at step {done} "
+                        f"(on the sampled evaluation)")
                 early_stop = True
                 break
         if done == stop_at:
             return {"stopped_at": done}
-    if last is None:  # resumed a run that had already finished its steps
-        last = evaluate(run.model, run.task, config, run.device, run.autocast)
-    record = _record(run, last, done, early_stop)
+    final = evaluate(run.model, run.task, config, run.device, run.autocast, whole=True)
+    per = "  ".join(f"{k}: {v[run.task.metric]:.3f}" for k, v in final["eval"].items())
+    run.say(f"  final evaluation on the whole test split ({_examples(final)}): {run.task.metric} "
+            f"{final[run.task.metric]:.4f}  ({per})")
+    record = _record(run, final, done, early_stop)
     run.folder.finish(record, run.task, run.say)
     return record
