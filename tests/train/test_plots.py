@@ -52,3 +52,28 @@ def test_text_loss_is_drawn_in_bits(tmp_path):
     assert loss["series"][0][2][0] == pytest.approx(2.0 / math.log(2))
     forecast_like = type("R", (), {"kind": "regress", "metric": "mse"})()
     assert loss_unit(forecast_like)[0] == "training loss (MSE)"
+
+
+def test_a_forecast_run_draws_forecast_vs_actual_with_its_baselines(tmp_path, monkeypatch):
+    """The run's curve.png carries the forecast task's own panel: the trained model's
+    forecasts over the test part next to the actual series and both baselines."""
+    pytest.importorskip("matplotlib", reason="the plot extra (installed by make test)")
+    import numpy as np
+
+    from rnnzoo.tasks.files import Forecast
+    from rnnzoo.train import TrainConfig, train
+    drawn = []
+    original = Forecast.plot_predictions
+    monkeypatch.setattr(Forecast, "plot_predictions",
+                        lambda self, ax, model, **kw: drawn.append(original(self, ax, model, **kw)))
+    path = tmp_path / "series.csv"
+    t = np.arange(200)
+    np.savetxt(path, np.sin(t / 5.0)[:, None], delimiter=",")
+    config = TrainConfig(task="forecast", layer="lstm", d_model=8, num_layers=1, steps=4,
+                         batch_size=4, eval_every=2, log_every=1, threads=1,
+                         out=str(tmp_path / "run"),
+                         task_options=dict(path=str(path), window=12, horizon=3))
+    train(config, quiet=True)
+    assert (tmp_path / "run" / "curve.png").is_file() and len(drawn) == 1
+    assert set(drawn[0]) == {"actual", "model", "seasonal_naive", "linear"}
+    assert len(drawn[0]["model"]) == len(drawn[0]["actual"]) > 0

@@ -336,8 +336,9 @@ class RunFolder:
         if self.writes:
             save_checkpoint(self.path, model, optimizer, step, config)
 
-    def finish(self, record: dict, task: Task, say=print) -> None:
-        """final.json and curve.png."""
+    def finish(self, record: dict, task: Task, say=print, model=None) -> None:
+        """final.json and curve.png (with the trained `model`'s predictions where the task
+        draws them)."""
         if self.writes:
             atomic_write_text(self.path / FINAL, json.dumps(record, indent=2) + "\n")
-            plot_run(self.path, self.history, task, say, final=record)
+            plot_run(self.path, self.history, task, say, final=record, model=model)

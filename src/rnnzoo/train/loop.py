@@ -302,5 +302,5 @@ def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     run.say(f"  final evaluation on the whole test split ({_examples(final)}): {run.task.metric} "
             f"{final[run.task.metric]:.4f}  ({per})")
     record = _record(run, final, done, early_stop)
-    run.folder.finish(record, run.task, run.say)
+    run.folder.finish(record, run.task, run.say, model=run.model)
     return record

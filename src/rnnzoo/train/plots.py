@@ -63,9 +63,11 @@ def _xy(points):
 
 
 def plot_run(out: Path, history: list[dict], task: Task, say=print,
-             final: dict | None = None) -> None:
-    """Write `out`/curve.png from the metrics rows and the final record; a note instead
-    without matplotlib or without two points to draw."""
+             final: dict | None = None, model=None) -> None:
+    """Write `out`/curve.png from the metrics rows and the final record, plus the task's
+    own panel of the trained `model`'s predictions where it has one (`plot_predictions`:
+    forecast vs actual and its baselines); a note instead without matplotlib or without
+    two points to draw."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -77,7 +79,11 @@ def plot_run(out: Path, history: list[dict], task: Task, say=print,
     if not drawn:
         say("note: too few logged points for curve.png (lower --log-every / --eval-every)")
         return
-    fig, axes = plt.subplots(1, len(drawn), figsize=(5 * len(drawn), 3.5), squeeze=False)
+    own = model is not None and hasattr(task, "plot_predictions")
+    n = len(drawn) + own
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.5), squeeze=False)
+    if own:
+        task.plot_predictions(axes[0][-1], model)
     for ax, panel in zip(axes[0], drawn):
         for label, xs, ys, style in panel["series"]:
             ax.plot(xs, ys, style, label=label, markersize=4)
