@@ -5,17 +5,10 @@ they do not."""
 from __future__ import annotations
 
 import pytest
+from test_loop import tiny
 
 from rnnzoo.models.checkpoint import load_tensors, save_tensors
-from rnnzoo.train import TrainConfig, train
-
-
-def tiny(out, **kw):
-    base = dict(task="parity", layer="mingru", d_model=8, num_layers=2, steps=6, batch_size=4,
-                eval_every=3, eval_batches=1, log_every=1, lr=1e-2, threads=1, out=str(out),
-                task_options=dict(test_lengths=(8,), train_lengths=(3, 10)))
-    base.update(kw)
-    return TrainConfig(**base)
+from rnnzoo.train import train
 
 
 def _as_positional(path, order):
