@@ -51,7 +51,7 @@ def test_tasks_lists_names_and_options(capsys):
     assert "mqar" in out and "num_pairs" in out and "forecast" in out
 
 
-# -- issue 13 ------------------------------------------------------------------------------------
+# -- bad input at the command line: one line, exit code 2 ----------------------------------------
 def _subparsers():
     import argparse
 
@@ -141,7 +141,7 @@ def test_train_needs_task_and_layer_without_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag", ["--weight-decay", "--grad-clip", "--mlp-ratio", "--lr"])
 def test_the_float_options_issue_13_names_stay_refused_when_nan(tmp_path, capsys, flag):
-    """Refused since checks.real (issue 11) before issue 13 was worked on: kept as a guard."""
+    """Refused by checks.real: kept as a guard."""
     assert main(["train", "--task", "parity", "--layer", "lstm", flag, "nan", "--out",
                  str(tmp_path)]) == 2
     assert f"{flag} must be a finite real number, got nan" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def labelled(n=40, t=10, seed=0):
     return x, y
 
 
-# -- non-finite cells (issue 13, items 2 and 7) ------------------------------------------------
+# -- non-finite cells: refused with file, line and column ----------------------------------------
 @pytest.mark.parametrize("cell", ["nan", "inf", "-inf", "NaN"])
 def test_classification_csv_with_a_non_finite_cell_names_file_line_and_column(tmp_path, cell):
     x, y = labelled()

@@ -1,4 +1,4 @@
-"""Forecasting on real series (tasks/files.py, issue 13 items 11 and 12): per-window
+"""Forecasting on real series (tasks/files.py): per-window
 normalisation (RevIN) by default, differencing as an option, the baselines on the whole
 test part, the forecast-vs-actual plot, and the acceptance test: on a trending seasonal
 series whose test part lies above the training range, the default settings beat

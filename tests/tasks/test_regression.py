@@ -1,5 +1,5 @@
 """Sequence regression from a file (tasks/regression.py) and a user's own task registered
-from Python, as the tasks package docstring shows (issue 13, item 10)."""
+from Python, as the tasks package docstring shows."""
 
 from __future__ import annotations
 

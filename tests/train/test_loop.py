@@ -174,7 +174,7 @@ def test_resume_with_another_model_fails_in_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
-# -- issue 13 ------------------------------------------------------------------------------------
+# -- stopping on a non-finite loss; whole-split metrics; baselines --------------------------------
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path,
                                                                               monkeypatch):
     """The learning rate turns NaN after step 4 (as a diverging run's weights would): step 5

@@ -1,4 +1,4 @@
-"""curve.png says something (issue 13, item 12): the evaluation metric over the steps,
+"""curve.png says something: the evaluation metric over the steps,
 the training loss in a named unit (bits for text), no panel with a single point."""
 
 from __future__ import annotations

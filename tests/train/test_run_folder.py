@@ -1,4 +1,4 @@
-"""One run per folder (issue 13, items 3-5): a folder holding another run is refused
+"""One run per folder: a folder holding another run is refused
 unless --resume or --overwrite; a lock keeps a second process out; --resume takes the
 saved settings and refuses others in one line; damaged run folders fail in one line."""
 
