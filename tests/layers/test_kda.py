@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _parity_head import assert_sign_never_flips, assert_tracks_parity
 
 import rnnzoo
 from rnnzoo.ops.chunk.kda import kda, kda_recurrent
@@ -90,38 +91,14 @@ def parity_kda(allow_neg_eigval):
     return layer
 
 
-def bit_sequences(B=4, T=50, seed=0):
-    bits = torch.randint(0, 2, (B, T), generator=torch.Generator().manual_seed(seed)).double()
-    x = torch.zeros(B, T + 1, 3, dtype=torch.float64)
-    x[:, 0, 2] = 1.0
-    x[:, 1:, 0] = bits
-    x[:, :, 1] = 1.0
-    return x, bits
-
-
 def test_negative_eigenvalues_compute_parity_by_hand():
     """With beta in (0, 2) the head flips its state's sign at every 1-bit (Grazzi et al. 2025,
     arXiv:2411.12537): sign(y_t) = (-1)^(bits so far), in every mode and in step."""
-    layer = parity_kda(allow_neg_eigval=True)
-    x, bits = bit_sequences()
-    parity_sign = 1 - 2 * (bits.cumsum(1) % 2)
-    for mode in layer.modes:
-        y, _ = layer(x, mode=mode)
-        assert torch.equal(torch.sign(y[:, 1:, 0]), parity_sign)
-        assert (y[:, 1:, 0].abs() > 0.99).all()
-    state, ys = None, []
-    for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    assert torch.equal(torch.sign(torch.stack(ys, 1)[:, 1:, 0]), parity_sign)
+    assert_tracks_parity(parity_kda(allow_neg_eigval=True))
 
 
 def test_without_negative_eigenvalues_the_sign_never_flips():
-    layer = parity_kda(allow_neg_eigval=False)
-    x, _ = bit_sequences()
-    for mode in layer.modes:
-        y, _ = layer(x, mode=mode)
-        assert (y[..., 0] >= 0).all()
+    assert_sign_never_flips(parity_kda(allow_neg_eigval=False))
 
 
 def test_options_checked():
