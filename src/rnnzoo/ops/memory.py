@@ -1,0 +1,214 @@
+"""Test-time training: a memory that is a small model trained online, by mini-batch gradient
+descent on a reconstruction loss (Sun et al. 2024, "Learning to (Learn at Test Time): RNNs with
+Expressive Hidden States", arXiv:2407.04620, sections 2.1-2.7 and appendix A).
+
+The inner model f is a stack of dense layers (TTT-Linear: one, K -> K; TTT-MLP: two,
+K -> 4K -> K with GELU between), read with a layer norm and a residual:
+
+    f(x) = x + LN(f_res(x)),      loss_t(W) = 1/2 |LN(f_res(k_t)) - (v_t - k_t)|^2
+
+Time is cut into mini-batches of M steps. Inside a mini-batch every gradient is taken at the
+weights W_0 the mini-batch started from, and step t of it reads
+
+    W_t = W_0 - tok_t sum_{s <= t} lr_s grad loss_s(W_0),     z_t = f_res(q_t; W_t)
+
+with lr_s the learned per-token rate (the layer's gate) and tok_t the per-position factor of
+the paper's code (1/(t+1) plus a learned offset, clamped at 0). At the end of a mini-batch
+W_0 <- W_M-1. For one dense layer with input x and output gradient g (so grad W = x^T g,
+grad b = g), the dual form reads all steps of a mini-batch at once:
+
+    z = x_q W_0 + b_0 - tok o (x_q A + A_b + tril(x_q X^T + 1) (lr o G))
+
+where A, A_b hold the mini-batch's sums so far. The state is, per dense layer, the weights
+at the mini-batch start (as a change from the learned initial weights) and the sums A, A_b,
+plus the number of steps n in [0, M] already taken in the current mini-batch (rolled over
+lazily, at the next step): constant size, and a sequence can stop and resume anywhere,
+each batch element at its own offset. The `minibatch` form places every sequence on a grid
+of mini-batches at its own offset (scatter into a zero-padded timeline, lr = 0 off the
+sequence), loops over the T / M mini-batches and does each at once; `ttt_step` is the token
+by token reference. Tensors are (B, T, H, D); states accumulate in float32 (float64 for
+float64 input).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rnnzoo.ops.finite import finite_inputs, poison
+
+__all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
+           "inner_output"]
+
+KINDS = ("linear", "mlp")
+
+
+# -- the inner layer norm, forward and its gradient --------------------------------------------
+def layer_norm(z, w, b, eps):
+    """(LN(z) w + b, z_hat, std) over the last dim; w, b broadcast (H, D)."""
+    mean = z.mean(-1, keepdim=True)
+    std = torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + eps)
+    zhat = (z - mean) / std
+    return zhat * w + b, zhat, std
+
+
+def _layer_norm_grad(dy, zhat, std, w):
+    """d/dz of <dy, LN(z) w + b>: (D dzh - sum dzh - z_hat sum(dzh z_hat)) / (D std)."""
+    D = zhat.shape[-1]
+    dzh = dy * w
+    return (D * dzh - dzh.sum(-1, keepdim=True)
+            - zhat * (dzh * zhat).sum(-1, keepdim=True)) / (D * std)
+
+
+def inner_output(q, z, w, b, eps, norm=True):
+    """f(q) = q + LN(z) w + b (or q + z without the inner norm); q, z (B, T, H, K)."""
+    return q + (layer_norm(z, w, b, eps)[0] if norm else z)
+
+
+def _gelu(z):
+    return F.gelu(z, approximate="tanh")
+
+
+def _gelu_grad(z):
+    """d gelu_tanh / dz."""
+    c = math.sqrt(2 / math.pi)
+    u = c * (z + 0.044715 * z ** 3)
+    t = torch.tanh(u)
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+
+
+# -- the inner model ---------------------------------------------------------------------------
+# Weights: a tuple (W_1, b_1, ..., W_L, b_L) with W_l (H, I, O), b_l (H, O) (the learned
+# initial weights), or per batch (B, H, I, O), (B, H, O) (the state's changes from them).
+# Token tensors inside the engine are (B, H, M, D).
+
+def _grads(kind, P, k, v, w, b, eps, norm):
+    """The inputs X_l and output gradients G_l of each dense layer, for loss_t at weights P,
+    all M steps of k, v (B, H, M, K) at once. Returns (Xs, Gs)."""
+    if kind == "linear":
+        Z = k @ P[0] + P[1][:, :, None]
+        Xs = [k]
+    else:
+        Z1 = k @ P[0] + P[1][:, :, None]
+        X2 = _gelu(Z1)
+        Z = X2 @ P[2] + P[3][:, :, None]
+        Xs = [k, X2]
+    target = v - k
+    if norm:
+        w, b = w[:, None], b[:, None]                                  # (H, 1, K)
+        y, zhat, std = layer_norm(Z, w, b, eps)
+        G = _layer_norm_grad(y - target, zhat, std, w)
+    else:
+        G = Z - target
+    if kind == "linear":
+        return Xs, [G]
+    return Xs, [(G @ P[2].transpose(-1, -2)) * _gelu_grad(Z1), G]
+
+
+def _read(kind, P, Acc, q, Xs, Gl, tok):
+    """Dual-form read z_t = f_res(q_t; W_t) of M steps at once. P: weights at the mini-batch
+    start; Acc: (A_1, Ab_1, ...) the sums before these steps; Gl: lr-weighted gradients;
+    tok (B or 1, 1, M, 1). Returns (z, the sums after the M steps)."""
+    x, new = q, []
+    for i, (X, G) in enumerate(zip(Xs, Gl)):
+        if i:
+            x = _gelu(x)
+        W, bias, A, Ab = P[2 * i], P[2 * i + 1], Acc[2 * i], Acc[2 * i + 1]
+        att = torch.tril(x @ X.transpose(-1, -2) + 1)
+        x = x @ W + bias[:, :, None] - tok * (x @ A + Ab[:, :, None] + att @ G)
+        new += [A + X.transpose(-1, -2) @ G, Ab + G.sum(-2)]
+    return x, new
+
+
+def ttt_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
+    """Zeros: (dW_1, db_1, ..., A_1, Ab_1, ..., n); hidden = 4K for the MLP by default."""
+    dims = [(K, K)] if kind == "linear" else [(K, hidden or 4 * K), (hidden or 4 * K, K)]
+    W = []
+    for i, o in dims:
+        W += [torch.zeros(B, H, i, o, device=device, dtype=dtype),
+              torch.zeros(B, H, o, device=device, dtype=dtype)]
+    return (*W, *[t.clone() for t in W], torch.zeros(B, device=device, dtype=dtype))
+
+
+def _split(state):
+    L2 = (len(state) - 1) // 2
+    return list(state[:L2]), list(state[L2:2 * L2]), state[-1]
+
+
+def _roll(dP, Acc, n, tok, M):
+    """Start a new mini-batch where the last one is full (n == M): W_0 <- W_0 - tok_M-1 A."""
+    n = torch.round(n).long()
+    full = n == M
+    f = full.view(-1, 1, 1, 1)
+    dP = [torch.where(f if p.dim() == 4 else f[..., 0],
+                      p - tok[-1].to(p.dtype) * a, p) for p, a in zip(dP, Acc)]
+    Acc = [torch.where(f if a.dim() == 4 else f[..., 0], torch.zeros_like(a), a) for a in Acc]
+    return dP, Acc, torch.where(full, torch.zeros_like(n), n)
+
+
+def _weights(init, dP):
+    return [p0.to(d.dtype) + d for p0, d in zip(init, dP)]
+
+
+def ttt_step(kind, q_t, k_t, v_t, lr_t, tok, init, state, w, b, eps, norm=True):
+    """One step. q_t, k_t, v_t (B, H, K), lr_t (B, H), tok (M,); init: the learned initial
+    weights; w, b (H, K): the inner norm. Returns (z_t (B, H, K), state)."""
+    M = tok.shape[0]
+    dP, Acc, n = _split(state)
+    dP, Acc, n = _roll(dP, Acc, n, tok, M)
+    P = _weights(init, dP)
+    Xs, Gs = _grads(kind, P, k_t[:, :, None], v_t[:, :, None], w, b, eps, norm)
+    Gl = [g * lr_t[:, :, None, None] for g in Gs]
+    tok_t = tok.to(q_t.dtype)[n].view(-1, 1, 1, 1)
+    z, Acc = _read(kind, P, Acc, q_t[:, :, None], Xs, Gl, tok_t)
+    return z[:, :, 0], (*dP, *Acc, (n + 1).to(state[-1].dtype))
+
+
+def ttt_sequential(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
+    """The reference: ttt_step over time. q, k, v (B, T, H, K), lr (B, T, H)."""
+    zs = []
+    for t in range(q.shape[1]):
+        z, state = ttt_step(kind, q[:, t], k[:, t], v[:, t], lr[:, t], tok, init, state,
+                            w, b, eps, norm)
+        zs.append(z)
+    return torch.stack(zs, 1), state
+
+
+def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
+    """The dual (mini-batch) form, equal to `ttt_sequential`. Same arguments."""
+    B, T, H, K = q.shape
+    M = tok.shape[0]
+    (q,), (k, v, lr), marks = finite_inputs(read=(q,), write=(k, v, lr))
+    dP, Acc, n = _split(state)
+    dP, Acc, c = _roll(dP, Acc, n, tok, M)
+    NT = (T + 2 * M - 2) // M  # mini-batches covering offsets c in [0, M - 1]
+    pos = c[:, None] + torch.arange(T, device=q.device)            # (B, T) on the grid
+
+    def place(t):  # (B, T, H, D) -> (B, H, NT*M, D), zeros off the sequence
+        out = t.new_zeros(B, NT * M, *t.shape[2:])
+        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
+        return out.scatter(1, idx, t).transpose(1, 2)
+
+    qg, kg, vg = place(q), place(k), place(v)
+    lrg = place(lr[..., None])                                       # (B, H, NT*M, 1)
+    tok_g = tok.to(q.dtype).view(1, 1, M, 1)
+    last = (c + T - 1) // M                                          # each one's last mini-batch
+    final = [*dP, *Acc]
+    zs = []
+    for j in range(NT):
+        s = slice(j * M, (j + 1) * M)
+        P = _weights(init, dP)
+        Xs, Gs = _grads(kind, P, kg[:, :, s], vg[:, :, s], w, b, eps, norm)
+        z, Acc = _read(kind, P, Acc, qg[:, :, s], Xs, [g * lrg[:, :, s] for g in Gs], tok_g)
+        zs.append(z)
+        here = last == j
+        final = [torch.where(here.view(-1, *[1] * (f.dim() - 1)), x, f)
+                 for f, x in zip(final, [*dP, *Acc])]
+        dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, Acc)]
+        Acc = [torch.zeros_like(a) for a in Acc]
+    z = torch.cat(zs, 2).transpose(1, 2)                             # (B, NT*M, H, K)
+    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
+    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
