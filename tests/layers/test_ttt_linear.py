@@ -1,0 +1,124 @@
+"""TTT-Linear (arXiv:2407.04620): fla-core's naive TTT-Linear and the paper's loop on the
+layer's own tensors; with one step a mini-batch and no inner norm it is the delta rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _ttt_loop import paper_loop
+
+import rnnzoo
+from rnnzoo.ops.chunk.delta import delta_rule
+from rnnzoo.ops.memory import layer_norm, ttt_minibatch, ttt_sequential
+
+OPS = [ttt_sequential, ttt_minibatch]
+
+
+def tensors(layer, x):
+    *mem, conv = layer.init_state(x.shape[0], dtype=x.dtype)
+    q, k, v, lr, _ = layer.op_inputs(x, conv)
+    return q, k, v, lr, tuple(mem)
+
+
+def perturbed(name, **options):
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def test_equals_fla_naive_ttt_linear():
+    """fla-core 0.6.0's chunk_ttt_linear_ref takes one rate per step (eta_t scales every
+    gradient step t reads): the paper's tok_t lr_s when lr is constant in time, here with the
+    rate gate's weight zeroed (its bias still differs by head). fla returns z + LN(z) where
+    the paper (and this layer) adds the query, q + LN(z): compared on z + LN(z) from our z.
+    The final weights W_0 - tok_M-1 A equal fla's final state. fla computes in float32."""
+    naive = pytest.importorskip("fla.ops.ttt.naive",
+                                reason="fla-core 0.6.0 is the oracle (see .ci/install-peers)")
+    layer = perturbed("ttt_linear", d_model=16, num_heads=2, head_dim=8, mini_batch_size=8)
+    with torch.no_grad():
+        layer.lr_proj.weight.zero_()
+    x = torch.randn(2, 24, 16, dtype=torch.float64)
+    q, k, v, lr, mem = tensors(layer, x)
+    tok, init, w, b = layer.op_args(torch.float64)
+    B, T, H, K = q.shape
+    eta = (tok.repeat(T // 8)[None, :, None] * lr)[..., None]
+    W0, b0 = init[0].expand(B, H, K, K), init[1].expand(B, H, K)[:, :, None]
+    with torch.no_grad():
+        o_fla, h_fla, hb_fla = naive.chunk_ttt_linear_ref(
+            *[t.float() for t in (q, k, v, w, b, eta)], scale=1.0, eps=layer.norm_eps,
+            mini_batch_size=8, initial_state=W0.float(), initial_state_bias=b0.float(),
+            output_final_state=True)
+        for op in OPS:
+            z, (dW, db, A, Ab, n) = op("linear", q, k, v, lr, tok, init, mem, w, b, layer.norm_eps)
+            ours = z + layer_norm(z, w, b, layer.norm_eps)[0]
+            assert (ours - o_fla).abs().max() < 1e-5 * o_fla.abs().max()
+            assert (n == 8).all()
+            W_end, b_end = W0 + dW - tok[-1] * A, b0[:, :, 0] + db - tok[-1] * Ab
+            assert (W_end - W0).abs().max() > 1e-2          # the memory did learn
+            assert (W_end - h_fla).abs().max() < 1e-5 * h_fla.abs().max()
+            assert (b_end - hb_fla[:, :, 0]).abs().max() < 1e-5 * hb_fla.abs().max()
+
+
+@pytest.mark.parametrize("op", OPS, ids=["sequential", "minibatch"])
+def test_equals_the_papers_loop(op):
+    """Per-step rates from the gate, tok_t with learned offsets, a last partial mini-batch:
+    the engine equals the loop with autograd's gradients of the literal loss."""
+    layer = perturbed("ttt_linear", d_model=12, num_heads=3, head_dim=4, mini_batch_size=4)
+    x = torch.randn(2, 11, 12, dtype=torch.float64)
+    q, k, v, lr, mem = tensors(layer, x)
+    tok, init, w, b = layer.op_args(torch.float64)
+    with torch.no_grad():
+        z_ref, _ = paper_loop(q, k, v, lr, tok, init, w, b, layer.norm_eps)
+        z, _ = op("linear", q, k, v, lr, tok, init, mem, w, b, layer.norm_eps)
+    assert (z - z_ref).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("op", OPS, ids=["sequential", "minibatch"])
+def test_one_step_minibatches_without_norm_are_the_delta_rule(op):
+    """Mini-batch size 1, no inner LN: W_t = W_t-1 - lr_t k_t (k_t W + b - (v_t - k_t)),
+    the delta rule with beta = lr on the keys [k, 1] (the bias is the weight of a constant
+    input), values v - k and state [W; b] (ops.chunk.delta_rule)."""
+    layer = perturbed("ttt_linear", d_model=12, num_heads=3, head_dim=4, mini_batch_size=1,
+                      inner_norm=False, base_lr=8.0)
+    x = torch.randn(2, 13, 12, dtype=torch.float64)
+    q, k, v, lr, mem = tensors(layer, x)
+    tok, init, w, b = layer.op_args(torch.float64)
+    with torch.no_grad():
+        layer.tok_offset.zero_()
+        tok = layer.token_factors(torch.float64)
+        z, _ = op("linear", q, k, v, lr, tok, init, mem, w, b, layer.norm_eps, False)
+    one = torch.ones_like(q[..., :1])
+    S0 = torch.cat([init[0], init[1][:, None]], 1).expand(2, -1, -1, -1)
+    o, _ = delta_rule(torch.cat([q, one], -1), torch.cat([k, one], -1), v - k, lr,
+                      scale=1.0, initial_state=S0, chunk_size=4)
+    assert lr.max() > 0.3                       # the updates are not negligible
+    assert (z - o).abs().max() < 1e-12
+    y, _ = layer(x)                             # the block reads q + z
+    assert (y - layer.op_output(q, o, x)).abs().max() < 1e-12
+
+
+def test_resumes_mid_minibatch_at_a_different_offset_per_sequence():
+    """Two sequences stopped after 3 and 6 steps (lengths) continue, in the mini-batch form,
+    each from its own place in its mini-batch: as the whole sequences run alone."""
+    layer = perturbed("ttt_linear", d_model=6, num_heads=2, head_dim=3, mini_batch_size=4)
+    x = torch.randn(2, 13, 6, dtype=torch.float64)
+    lengths = torch.tensor([3, 6])
+    _, s = layer(x[:, :6], mode="minibatch", lengths=lengths)
+    assert s[-2].tolist() == [3.0, 2.0]           # steps into the current mini-batch
+    for b, n in enumerate(lengths.tolist()):
+        state = tuple(t[b:b + 1] for t in s)
+        y, _ = layer(x[b:b + 1, n:], state, mode="minibatch")
+        y_ref, _ = layer(x[b:b + 1], mode="sequential")
+        assert (y - y_ref[:, n:]).abs().max() < 1e-12
+
+
+def test_options_checked():
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        rnnzoo.create("ttt_linear", d_model=8, mini_batch_size=0)
+    with pytest.raises(ValueError, match="base_lr"):
+        rnnzoo.create("ttt_linear", d_model=8, base_lr=-1.0)
+    with pytest.raises(TypeError, match="inner_norm must be a bool"):
+        rnnzoo.create("ttt_linear", d_model=8, inner_norm=1)
