@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
-           "inner_output"]
+           "inner_output", "titans_init_state", "titans_step", "titans_sequential",
+           "titans_chunked"]
 
 KINDS = ("linear", "mlp")
 
@@ -84,9 +85,10 @@ def _gelu_grad(z):
 # initial weights), or per batch (B, H, I, O), (B, H, O) (the state's changes from them).
 # Token tensors inside the engine are (B, H, M, D).
 
-def _grads(kind, P, k, v, w, b, eps, norm):
+def _grads(kind, P, k, v, w, b, eps, norm, residual=True):
     """The inputs X_l and output gradients G_l of each dense layer, for loss_t at weights P,
-    all M steps of k, v (B, H, M, K) at once. Returns (Xs, Gs)."""
+    all M steps of k, v (B, H, M, K) at once (the target is v - k with `residual`, else v).
+    Returns (Xs, Gs)."""
     if kind == "linear":
         Z = k @ P[0] + P[1][:, :, None]
         Xs = [k]
@@ -95,7 +97,7 @@ def _grads(kind, P, k, v, w, b, eps, norm):
         X2 = _gelu(Z1)
         Z = X2 @ P[2] + P[3][:, :, None]
         Xs = [k, X2]
-    target = v - k
+    target = v - k if residual else v
     if norm:
         w, b = w[:, None], b[:, None]                                  # (H, 1, K)
         y, zhat, std = layer_norm(Z, w, b, eps)
@@ -211,4 +213,153 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     z = torch.cat(zs, 2).transpose(1, 2)                             # (B, NT*M, H, K)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
+    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+
+
+# -- Titans: momentum (surprise) and weight decay (forgetting) ----------------------------------
+# Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to Memorize at Test Time",
+# arXiv:2501.00663, section 3.1-3.2. With g_t the gradient of loss_t at the weights M' the
+# current chunk (of C steps) started from,
+#
+#     S_t = eta_t S_t-1 - theta_t g_t,        M_t = (1 - alpha_t) M_t-1 + S_t,   z_t = f_res(q_t; M_t)
+#
+# (M is the change from the learned initial weights). Inside a chunk both recurrences are linear
+# in the known g_s, so with a_t = 1 - alpha_t, e_t = m_t = eta_t, A = cumprod a, E = cumprod e,
+# RA[t, s] = prod_{s<r<=t} a_r, RE likewise, and P[r, s] = m_r RE[r-1, s] (s < r):
+#
+#     M_t = A_t M_0 + f_t S_0 - sum_{s<=t} c_ts g_s,   c = (RA + RA P) diag(theta),
+#     f = RA (m E_prev),   S_t = E_t S_0 - sum_{s<=t} RE_ts theta_s g_s
+#
+# and a dense layer's read is z_t = x_t M_t + b_t, all steps of the chunk at once. Steps off a
+# sequence (its offset inside the first chunk, the padding after it) are identity steps:
+# a = e = 1, m = theta = 0. State: (M' (gradient point), M, S per weight, steps n).
+
+def titans_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
+    """Zeros: (M'_1..., M_1..., S_1..., n), each weight as in ttt_init_state."""
+    ttt = ttt_init_state(kind, B, H, K, device, dtype, hidden)
+    W = ttt[:(len(ttt) - 1) // 2]
+    return (*W, *[t.clone() for t in W], *[t.clone() for t in W],
+            torch.zeros(B, device=device, dtype=dtype))
+
+
+def _titans_split(state):
+    L = (len(state) - 1) // 3
+    return list(state[:L]), list(state[L:2 * L]), list(state[2 * L:3 * L]), state[-1]
+
+
+def _titans_roll(Pg, Mc, n, C):
+    n = torch.round(n).long()
+    full = n == C
+    Pg = [torch.where(full.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(Pg, Mc)]
+    return Pg, torch.where(full, torch.zeros_like(n), n)
+
+
+def _outer(Xs, Gs, bias=True):
+    """Per-weight gradients sum_s (X_s^T G_s, G_s) of each dense layer (0 for the biases
+    without `bias`)."""
+    out = []
+    for X, G in zip(Xs, Gs):
+        out += [X.transpose(-1, -2) @ G, G.sum(-2) * bias]
+    return out
+
+
+def titans_step(kind, q_t, k_t, v_t, theta_t, alpha_t, eta_t, C, init, state, w, b, eps,
+                norm=False, bias=True):
+    """One step. q_t, k_t, v_t (B, H, K); theta_t, alpha_t, eta_t (B, H); C the chunk size.
+    The loss is 1/2 |M(k) - v|^2 (theta absorbs the paper's factor 2); with `norm`,
+    M(x) = x + LN(f_res(x)) as in TTT. Without `bias` the memory's biases do not learn (keep
+    them, and their state, at zero for a weight-only memory). Returns (z_t (B, H, K), state)."""
+    Pg, Mc, S, n = _titans_split(state)
+    Pg, n = _titans_roll(Pg, Mc, n, C)
+    Xs, Gs = _grads(kind, _weights(init, Pg), k_t[:, :, None], v_t[:, :, None], w, b, eps,
+                    norm, residual=norm)
+    gr = _outer(Xs, Gs, bias)
+    shape = lambda t, p: t.view(*t.shape, *[1] * (p.dim() - 2))  # noqa: E731
+    S = [shape(eta_t, s) * s - shape(theta_t, g) * g for s, g in zip(S, gr)]
+    Mc = [shape(1 - alpha_t, m) * m + s for m, s in zip(Mc, S)]
+    x = q_t
+    P = _weights(init, Mc)
+    for i in range(0, len(P), 2):
+        if i:
+            x = _gelu(x)
+        x = torch.einsum("bhi,bhio->bho", x, P[i]) + P[i + 1]
+    return x, (*Pg, *Mc, *S, (n + 1).to(state[-1].dtype))
+
+
+def titans_sequential(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
+                      bias=True):
+    """The reference: titans_step over time. q, k, v (B, T, H, K); gates (B, T, H)."""
+    zs = []
+    for t in range(q.shape[1]):
+        z, state = titans_step(kind, q[:, t], k[:, t], v[:, t], theta[:, t], alpha[:, t],
+                               eta[:, t], C, init, state, w, b, eps, norm, bias)
+        zs.append(z)
+    return torch.stack(zs, 1), state
+
+
+def _ratios(a):
+    """R[t, s] = prod_{s < r <= t} a_r for t >= s, else 0. a (..., C) -> (..., C, C)."""
+    C = a.shape[-1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril(-1)
+    Y = torch.where(lower, a[..., :, None], torch.ones_like(a)[..., :, None])
+    return torch.cumprod(Y, -2).tril()
+
+
+def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
+                   bias=True):
+    """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments."""
+    B, T, H, K = q.shape
+    (q,), (k, v, theta, alpha, eta), marks = finite_inputs(read=(q,), write=(k, v, theta, alpha, eta))
+    Pg, Mc, S, n = _titans_split(state)
+    Pg, c = _titans_roll(Pg, Mc, n, C)
+    NT = (T + 2 * C - 2) // C
+    pos = c[:, None] + torch.arange(T, device=q.device)
+
+    def place(t):  # (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence
+        out = t.new_zeros(B, NT * C, *t.shape[2:])
+        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
+        return out.scatter(1, idx, t).transpose(1, 2)
+
+    qg, kg, vg = place(q), place(k), place(v)
+    a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
+    m_g, th_g = place(eta), place(theta)
+    last = (c + T - 1) // C
+    final = [*Pg, *Mc, *S]
+    zs = []
+    for j in range(NT):
+        sl = slice(j * C, (j + 1) * C)
+        a, e, m, th = a_g[..., sl], e_g[..., sl], m_g[..., sl], th_g[..., sl]
+        RA, RE = _ratios(a), _ratios(e)
+        Acum, Ecum = torch.cumprod(a, -1), torch.cumprod(e, -1)
+        Eprev = torch.cat([torch.ones_like(Ecum[..., :1]), Ecum[..., :-1]], -1)
+        RE_prev = torch.cat([torch.zeros_like(RE[..., :1, :]), RE[..., :-1, :]], -2)
+        Cm = (RA + RA @ (m[..., :, None] * RE_prev)) * th[..., None, :]
+        f = (RA @ (m * Eprev)[..., None])[..., 0]
+        Xs, Gs = _grads(kind, _weights(init, Pg), kg[:, :, sl], vg[:, :, sl], w, b, eps, norm,
+                        residual=norm)
+        x, newM, newS = qg[:, :, sl], [], []
+        for i, (X, G) in enumerate(zip(Xs, Gs)):
+            if i:
+                x = _gelu(x)
+            SW, Sb = S[2 * i], S[2 * i + 1]
+            att = Cm * (x @ X.transpose(-1, -2) + bias)
+            x = (x @ init[2 * i].to(x.dtype) + init[2 * i + 1].to(x.dtype)[:, None]
+                 + Acum[..., None] * (x @ Mc[2 * i] + Mc[2 * i + 1][:, :, None])
+                 + f[..., None] * (x @ SW + Sb[:, :, None]) - att @ G)
+            cl, el = Cm[..., -1, :, None] * G, (RE[..., -1, :] * th)[..., None] * G
+            A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]
+            newM += [A_T[..., None, None] * Mc[2 * i] + f_T[..., None, None] * SW
+                     - X.transpose(-1, -2) @ cl,
+                     A_T[..., None] * Mc[2 * i + 1] + f_T[..., None] * Sb - cl.sum(-2) * bias]
+            newS += [E_T[..., None, None] * SW - X.transpose(-1, -2) @ el,
+                     E_T[..., None] * Sb - el.sum(-2) * bias]
+        zs.append(x)
+        Mc, S = newM, newS
+        here = last == j
+        final = [torch.where(here.view(-1, *[1] * (f_.dim() - 1)), x_, f_)
+                 for f_, x_ in zip(final, [*Pg, *Mc, *S])]
+        Pg = Mc
+    z = torch.cat(zs, 2).transpose(1, 2)
+    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)

@@ -1,0 +1,127 @@
+"""Titans' neural long-term memory (Behrouz, Zhong & Mirrokni 2024, "Titans: Learning to
+Memorize at Test Time", arXiv:2501.00663, sections 3.1, 3.2 and 4.4) as a token mixer: a memory
+M (a linear map, or a two-layer MLP with memory_depth=2) trained online on the associative loss,
+with momentum (the surprise S) and weight decay (forgetting), all gates data-dependent:
+
+    q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x)),  q, k l2-normalised
+    theta_t = base_lr sigmoid(w_theta . x_t),  alpha_t = sigmoid(w_alpha . x_t),  eta_t = sigmoid(w_eta . x_t)
+    S_t = eta_t S_t-1 - theta_t grad l(M'; k_t, v_t),   l = 1/2 |M(k) - v|^2
+    M_t = (1 - alpha_t) M_t-1 + S_t,                    o_t = M_t(q_t)
+    y   = W_o [RMSNorm(o) * sigmoid(W_g x)]
+
+M' is the memory at the start of the current chunk of `chunk_size` steps: the paper's
+chunkwise (mini-batch) gradient, which makes the chunk parallel (ops/memory.py); chunk_size=1 is
+the fully sequential rule. theta absorbs the factor 2 of the paper's unhalved loss. M is kept as
+the change from the learned initial memory, so forgetting returns the memory to it (a literal
+decay to zero when the initial memory is zero). `inner_norm=True` reads M(x) = x + LN(f(x)) as
+TTT and fla do; the memory's layers are weights only (as in the paper) unless memory_bias. This is the memory as a layer (the paper's LMM, the recurrent part of its
+MAL / MAG / MAC blocks); the attention branches of those blocks are not part of it.
+State: (M', M, S) per memory weight, the step count in the chunk, and the short-conv state.
+Modes: `sequential` (token by token) and `chunk`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, int_in, positive, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops.memory import titans_chunked, titans_init_state, titans_sequential, titans_step
+from rnnzoo.registry import register
+
+
+@register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, chunk_size=4, d_conv=2))
+class Titans(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state ((M', M, S) per memory weight, n (B,), conv state)."""
+
+    modes = ("sequential", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 memory_depth: int = 1, chunk_size: int = 16, base_lr: float = 1.0,
+                 d_conv: int = 4, inner_norm: bool = False, memory_bias: bool = False,
+                 norm_eps: float = 1e-6):
+        super().__init__(d_model)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        self.num_heads, self.head_dim = H, K
+        self.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
+        self.kind = "linear" if memory_depth == 1 else "mlp"
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.base_lr = positive("base_lr", base_lr)
+        self.inner_norm = flag("inner_norm", inner_norm)
+        self.memory_bias = flag("memory_bias", memory_bias)
+        self.norm_eps = positive("norm_eps", norm_eps)
+        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.conv = ShortConv(3 * H * K, d_conv, bias=False)
+        self.gate_proj = nn.Linear(d_model, 3 * H)          # theta, alpha, eta
+        widths = [K, K] if self.kind == "linear" else [K, 4 * K, K]
+        self.memory = nn.ParameterList()
+        for i, o in zip(widths[:-1], widths[1:]):
+            self.memory.append(nn.Parameter(torch.randn(H, i, o) / i ** 0.5))
+            self.memory.append(nn.Parameter(torch.zeros(H, o), requires_grad=memory_bias))
+        self.inner_norm_weight = nn.Parameter(torch.ones(H, K))
+        self.inner_norm_bias = nn.Parameter(torch.zeros(H, K))
+        self.g_proj = nn.Linear(d_model, H * K)
+        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        mem = titans_init_state(self.kind, batch_size, self.num_heads, self.head_dim, device, sdt)
+        return (*mem, self.conv.init_state(batch_size, device, sdt))
+
+    def op_inputs(self, x, conv_state):
+        """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        cdt = compute_dtype(x)
+        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
+        q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        theta, alpha, eta = torch.sigmoid(self.gate_proj(x).to(cdt)).reshape(B, T, 3, H).unbind(2)
+        return q, k, v, self.base_lr * theta, alpha, eta, conv_state
+
+    def op_args(self, dtype):
+        """(initial memory weights, inner norm weight, inner norm bias) in `dtype`."""
+        init = [p.to(dtype) if i % 2 == 0 or self.memory_bias else torch.zeros_like(p, dtype=dtype)
+                for i, p in enumerate(self.memory)]
+        return (init, self.inner_norm_weight.to(dtype),
+                self.inner_norm_bias.to(dtype))
+
+    def op_output(self, z, q, x):
+        """The memory's read z = f(q) (plus q + LN with inner_norm), norm, gate, W_o."""
+        if self.inner_norm:
+            w, b = self.inner_norm_weight.to(z.dtype), self.inner_norm_bias.to(z.dtype)
+            z = q + F.layer_norm(z, z.shape[-1:], eps=self.norm_eps) * w + b
+        gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
+        return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        *mem, conv_state = state
+        q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
+        init, w, b = self.op_args(q.dtype)
+        fn = titans_chunked if mode == "chunk" else titans_sequential
+        z, mem = fn(self.kind, q, k, v, theta, alpha, eta, self.chunk_size, init, tuple(mem),
+                    w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        return self.op_output(z, q, x), (*mem, conv_state)
+
+    def _step(self, x_t, state):
+        *mem, conv_state = state
+        q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        init, w, b = self.op_args(q.dtype)
+        z, mem = titans_step(self.kind, q[:, 0], k[:, 0], v[:, 0], theta[:, 0], alpha[:, 0],
+                             eta[:, 0], self.chunk_size, init, tuple(mem), w, b, self.norm_eps,
+                             self.inner_norm, self.memory_bias)
+        return self.op_output(z[:, None], q, x_t[:, None])[:, 0], (*mem, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"memory_depth={self.memory_depth}, chunk_size={self.chunk_size}, "
+                f"base_lr={self.base_lr}, inner_norm={self.inner_norm}, "
+                f"memory_bias={self.memory_bias}")

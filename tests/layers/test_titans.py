@@ -1,0 +1,122 @@
+"""Titans' long-term memory (arXiv:2501.00663): fla-core's naive Titans (sequential and
+chunked) on the layer's own tensors; without momentum and forgetting the memory is plain online
+gradient descent (the delta rule at chunk size 1, mini-batch gradient descent in closed form
+for larger chunks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.ops.chunk.delta import delta_rule
+from rnnzoo.ops.memory import layer_norm, titans_chunked, titans_sequential
+
+OPS = [titans_sequential, titans_chunked]
+
+
+def perturbed(**options):
+    torch.manual_seed(0)
+    layer = rnnzoo.create("titans", **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def tensors(layer, x):
+    *mem, conv = layer.init_state(x.shape[0], dtype=x.dtype)
+    return (*layer.op_inputs(x, conv)[:-1], tuple(mem))
+
+
+def test_equals_fla_naive_titans():
+    """fla-core 0.6.0's titans_linear and chunk_titans_linear (a linear memory read as
+    z + LN(z), with momentum and decay, gradients at the chunk start). Its LN gradient is
+    written (D g - sum g / (std D) - ...) where (D g - sum g - ...) / (std D) is meant; the
+    two agree when std = 1 / D, so the memory starts from M_0 = u 1^T (k M_0 has equal
+    entries: zero variance) with eps = 1 / D^2, in one chunk (every gradient at M_0). Our
+    theta is fla's 2 theta (the halved loss)."""
+    naive = pytest.importorskip("fla.ops.titans.naive",
+                                reason="fla-core 0.6.0 is the oracle (see .ci/install-peers)")
+    K, T = 4, 8
+    layer = perturbed(d_model=8, num_heads=2, head_dim=K, chunk_size=T, inner_norm=True,
+                      norm_eps=1 / K ** 2)
+    with torch.no_grad():
+        layer.memory[0].zero_()
+    x = torch.randn(2, T, 8, dtype=torch.float64)
+    q, k, v, theta, alpha, eta, mem = tensors(layer, x)
+    init, w, b = layer.op_args(torch.float64)
+    M0 = torch.randn(2, 2, K, 1, dtype=torch.float64).expand(2, 2, K, K).contiguous()
+    mem = (M0, mem[1], M0, *mem[3:])
+    tr = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731  (B, T, H, ...) -> (B, H, T, ...)
+    gates = [tr(g[..., None]) for g in (theta / 2, alpha, eta)]
+    with torch.no_grad():
+        o_seq, M_seq = naive.titans_linear(tr(q), tr(k), tr(v), w, b, *gates, layer.norm_eps,
+                                           T, M0.clone(), True)
+        o_chk, M_chk = naive.chunk_titans_linear(tr(q), tr(k), tr(v), w, b, *gates,
+                                                 layer.norm_eps, T, M0.clone(), True)
+        for op in OPS:
+            z, state = op("linear", q, k, v, theta, alpha, eta, T, init, mem, w, b,
+                          layer.norm_eps, True, False)
+            ours = tr(z + layer_norm(z, w, b, layer.norm_eps)[0])
+            for o_fla, M_fla in ((o_seq, M_seq), (o_chk, M_chk)):
+                assert (ours - o_fla).abs().max() < 1e-5 * o_fla.abs().max()
+                assert (state[2] - M_fla).abs().max() < 1e-5 * M_fla.abs().max()
+    assert (state[2] - M0).abs().max() > 1e-2                # the memory did learn
+
+
+@pytest.mark.parametrize("op", OPS, ids=["sequential", "chunk"])
+def test_without_momentum_and_forgetting_it_is_online_gradient_descent(op):
+    """alpha = eta = 0, a linear weight-only memory, no inner norm: at chunk size 1,
+    M_t = M_t-1 - theta_t k_t (k_t^T M_t-1 - v_t^T), the delta rule with beta = theta
+    (ops.chunk.delta_rule); at chunk size 4, mini-batch gradient descent in closed form,
+    M_t = M_0 - sum_{s <= t in the chunk} theta_s k_s (k_s^T M_0 - v_s^T)."""
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=4, base_lr=1.5)
+    x = torch.randn(2, 12, 8, dtype=torch.float64)
+    q, k, v, theta, alpha, eta, mem = tensors(layer, x)
+    init, w, b = layer.op_args(torch.float64)
+    zero = torch.zeros_like(alpha)
+    with torch.no_grad():
+        z, _ = op("linear", q, k, v, theta, zero, zero, 1, init, mem, w, b, 1e-6, False, False)
+        o, _ = delta_rule(q, k, v, theta, scale=1.0, chunk_size=4,
+                          initial_state=init[0].expand(2, -1, -1, -1))
+        assert (z - o).abs().max() < 1e-12
+        z, _ = op("linear", q, k, v, theta, zero, zero, 4, init, mem, w, b, 1e-6, False, False)
+    M, zs = init[0].expand(2, -1, -1, -1), []
+    for c in range(3):
+        s = slice(4 * c, 4 * c + 4)
+        kc, vc, tc = k[:, s], v[:, s], theta[:, s]
+        err = torch.einsum("bthk,bhkv->bthv", kc, M) - vc
+        steps = torch.einsum("bth,bthk,bthv->bthkv", tc, kc, err).cumsum(1)
+        Mt = M[:, None] - steps                                  # (B, 4, H, K, V)
+        zs.append(torch.einsum("bthk,bthkv->bthv", q[:, s], Mt))
+        M = Mt[:, -1]
+    assert theta.max() > 0.7
+    assert (z - torch.cat(zs, 1)).abs().max() < 1e-12
+
+
+def test_momentum_carries_surprise_and_forgetting_erases():
+    """With eta = 1 and theta = 0 after a first write, the surprise keeps moving the memory
+    (M_t = M_t-1 + S); with alpha = 1 the memory is only the current surprise."""
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=1)
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    q, k, v, theta, alpha, eta, mem = tensors(layer, x)
+    init, w, b = layer.op_args(torch.float64)
+    theta = torch.cat([theta[:, :1], torch.zeros_like(theta[:, 1:])], 1)
+    one, zero = torch.ones_like(alpha), torch.zeros_like(alpha)
+    for op in OPS:
+        _, st = op("linear", q, k, v, theta, zero, one, 1, init, mem, w, b, 1e-6, False, False)
+        _, s1 = op("linear", q[:, :1], k[:, :1], v[:, :1], theta[:, :1], zero[:, :1],
+                   one[:, :1], 1, init, mem, w, b, 1e-6, False, False)
+        S1 = s1[4]
+        assert S1.abs().max() > 1e-3
+        assert (st[2] - 5 * S1).abs().max() < 1e-12          # M_5 = 5 S_1 (as change)
+        _, sa = op("linear", q, k, v, theta, one, one, 1, init, mem, w, b, 1e-6, False, False)
+        assert (sa[2] - S1).abs().max() < 1e-12              # forgotten but the surprise
+
+
+def test_options_checked():
+    with pytest.raises(ValueError, match="memory_depth"):
+        rnnzoo.create("titans", d_model=8, memory_depth=3)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rnnzoo.create("titans", d_model=8, chunk_size=0)
