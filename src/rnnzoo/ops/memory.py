@@ -41,7 +41,8 @@ from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
            "inner_output", "titans_init_state", "titans_step", "titans_sequential",
-           "titans_chunked"]
+           "titans_chunked", "miras_init_state", "miras_step", "miras_sequential",
+           "miras_chunked", "attentional_bias", "retention"]
 
 KINDS = ("linear", "mlp")
 
@@ -85,9 +86,10 @@ def _gelu_grad(z):
 # initial weights), or per batch (B, H, I, O), (B, H, O) (the state's changes from them).
 # Token tensors inside the engine are (B, H, M, D).
 
-def _grads(kind, P, k, v, w, b, eps, norm, residual=True):
+def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
     """The inputs X_l and output gradients G_l of each dense layer, for loss_t at weights P,
     all M steps of k, v (B, H, M, K) at once (the target is v - k with `residual`, else v).
+    `dloss(err)` is the loss's gradient in the prediction error (err for the halved l2).
     Returns (Xs, Gs)."""
     if kind == "linear":
         Z = k @ P[0] + P[1][:, :, None]
@@ -103,7 +105,7 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True):
         y, zhat, std = layer_norm(Z, w, b, eps)
         G = _layer_norm_grad(y - target, zhat, std, w)
     else:
-        G = Z - target
+        G = Z - target if dloss is None else dloss(Z - target)
     if kind == "linear":
         return Xs, [G]
     return Xs, [(G @ P[2].transpose(-1, -2)) * _gelu_grad(Z1), G]
@@ -326,15 +328,19 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     last = (c + T - 1) // C
     final = [*Pg, *Mc, *S]
     zs = []
+    # the gates' coefficients of every chunk at once (they do not depend on the memory)
+    a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
+    RA_all, RE_all = _ratios(a), _ratios(e)
+    Acum_all, Ecum_all = torch.cumprod(a, -1), torch.cumprod(e, -1)
+    Eprev = torch.cat([torch.ones_like(Ecum_all[..., :1]), Ecum_all[..., :-1]], -1)
+    RE_prev = torch.cat([torch.zeros_like(RE_all[..., :1, :]), RE_all[..., :-1, :]], -2)
+    Cm_all = (RA_all + RA_all @ (m[..., :, None] * RE_prev)) * th[..., None, :]
+    f_all = (RA_all @ (m * Eprev)[..., None])[..., 0]
+    REth_all = RE_all[..., -1, :] * th                               # (B, H, NT, C)
     for j in range(NT):
         sl = slice(j * C, (j + 1) * C)
-        a, e, m, th = a_g[..., sl], e_g[..., sl], m_g[..., sl], th_g[..., sl]
-        RA, RE = _ratios(a), _ratios(e)
-        Acum, Ecum = torch.cumprod(a, -1), torch.cumprod(e, -1)
-        Eprev = torch.cat([torch.ones_like(Ecum[..., :1]), Ecum[..., :-1]], -1)
-        RE_prev = torch.cat([torch.zeros_like(RE[..., :1, :]), RE[..., :-1, :]], -2)
-        Cm = (RA + RA @ (m[..., :, None] * RE_prev)) * th[..., None, :]
-        f = (RA @ (m * Eprev)[..., None])[..., 0]
+        RE_th, Cm, f = REth_all[:, :, j], Cm_all[:, :, j], f_all[:, :, j]
+        Acum, Ecum = Acum_all[:, :, j], Ecum_all[:, :, j]
         Xs, Gs = _grads(kind, _weights(init, Pg), kg[:, :, sl], vg[:, :, sl], w, b, eps, norm,
                         residual=norm)
         x, newM, newS = qg[:, :, sl], [], []
@@ -346,7 +352,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
             x = (x @ init[2 * i].to(x.dtype) + init[2 * i + 1].to(x.dtype)[:, None]
                  + Acum[..., None] * (x @ Mc[2 * i] + Mc[2 * i + 1][:, :, None])
                  + f[..., None] * (x @ SW + Sb[:, :, None]) - att @ G)
-            cl, el = Cm[..., -1, :, None] * G, (RE[..., -1, :] * th)[..., None] * G
+            cl, el = Cm[..., -1, :, None] * G, RE_th[..., None] * G
             A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]
             newM += [A_T[..., None, None] * Mc[2 * i] + f_T[..., None, None] * SW
                      - X.transpose(-1, -2) @ cl,
@@ -359,6 +365,139 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
         final = [torch.where(here.view(-1, *[1] * (f_.dim() - 1)), x_, f_)
                  for f_, x_ in zip(final, [*Pg, *Mc, *S])]
         Pg = Mc
+    z = torch.cat(zs, 2).transpose(1, 2)
+    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
+    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+
+
+# -- Miras: other attentional biases and retention gates ----------------------------------------
+# Behrouz, Razaviyayn, Zhong & Mirrokni 2025, "It's All Connected: A Journey Through Test-Time
+# Memorization, Attentional Bias, Retention, and Online Optimization", arXiv:2504.13173,
+# section 5. A weight-only memory (one dense layer or a two-layer MLP) keeps accumulators U,
+# one a weight, and reads the weights W = phi(U):
+#
+#     U_t = alpha_t U_t-1 - eta_t grad_W loss(W'; k_t, v_t),      W_t = phi(U_init + U_t)
+#
+# with W' the weights at the current chunk's start (the chunkwise gradient of Titans), U the
+# change from the learned U_init. The attentional bias sets the loss's gradient in the error
+# e = M(k) - v; the retention sets phi:
+#     l2 (halved): e;  lp: p sign(e) |e|^(p-1) (Moneta);
+#     huber: e where |e|_2 <= delta_t, else delta_t sign(e) (Yaad);
+#     retention l2: phi = identity (Yaad);  lq: U / |U|_q^(q-2) (Moneta, whole matrix);
+#     kl: softmax over the output axis (Memora: log W_t = alpha log W_t-1 - eta grad + const,
+#         the memory stays on the simplex).
+# U is linear in the chunk's gradients, so a chunk materialises every U_t at once
+# (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s) and reads each step with its own weights.
+
+def attentional_bias(kind, p=3.0):
+    """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
+    if kind == "l2":
+        return lambda e, delta: e
+    if kind == "lp":
+        return lambda e, delta: p * torch.sign(e) * e.abs() ** (p - 1)
+    if kind == "huber":
+        return lambda e, delta: torch.where(
+            torch.linalg.vector_norm(e, dim=-1, keepdim=True) <= delta, e, delta * torch.sign(e))
+    raise ValueError(f"attentional bias must be 'l2', 'lp' or 'huber', got {kind!r}")
+
+
+def retention(kind, q=4.0):
+    """phi: accumulator U (..., I, O) -> weights W."""
+    if kind == "l2":
+        return lambda U: U
+    if kind == "lq":
+        return lambda U: U / torch.linalg.vector_norm(U, q, dim=(-2, -1), keepdim=True) ** (q - 2)
+    if kind == "kl":
+        return lambda U: torch.softmax(U, -1)
+    raise ValueError(f"retention must be 'l2', 'lq' or 'kl', got {kind!r}")
+
+
+def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
+    """Zeros: (U'_1, ..., U_1, ..., n): the weights' accumulators, without biases."""
+    W = titans_init_state(kind, B, H, K, device, dtype, hidden)
+    L = (len(W) - 1) // 3
+    Ws = list(W[:L:2])
+    return (*Ws, *[t.clone() for t in Ws], W[-1])
+
+
+def _dense(P, x):
+    """Weight-only dense layers with GELU between; P: [(B, H, [M,] I, O)], x (B, H, [M,] I)."""
+    for i, W in enumerate(P):
+        if i:
+            x = _gelu(x)
+        x = (x[..., None, :] @ W)[..., 0, :]
+    return x
+
+
+def _miras_grads(kind, Wg, k, v, delta, dloss):
+    """Weight gradients' factors (X_l, G_l) at weights Wg for the steps of k, v (B, H, M, K)."""
+    zeros = [torch.zeros_like(W[..., 0, :]) for W in Wg]
+    P = [t for pair in zip(Wg, zeros) for t in pair]
+    return _grads(kind, P, k, v, None, None, 0.0, False, residual=False,
+                  dloss=lambda e: dloss(e, delta[..., None]))
+
+
+def miras_step(kind, q_t, k_t, v_t, eta_t, alpha_t, delta_t, C, init, state, dloss, phi):
+    """One step. q_t, k_t, v_t (B, H, K); eta_t, alpha_t, delta_t (B, H); init: the learned
+    U_init [(H, I, O), ...]; dloss, phi from attentional_bias and retention."""
+    L = (len(state) - 1) // 2
+    Ug, U, n = list(state[:L]), list(state[L:2 * L]), state[-1]
+    Ug, n = _titans_roll(Ug, U, n, C)
+    Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
+    Xs, Gs = _miras_grads(kind, Wg, k_t[:, :, None], v_t[:, :, None], delta_t[:, :, None], dloss)
+    a, e = alpha_t[..., None, None], eta_t[..., None, None]
+    U = [a * u - e * (X.transpose(-1, -2) @ G) for u, X, G in zip(U, Xs, Gs)]
+    z = _dense([phi(u0.to(u.dtype) + u) for u0, u in zip(init, U)], q_t)
+    return z, (*Ug, *U, (n + 1).to(state[-1].dtype))
+
+
+def miras_sequential(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
+    """The reference: miras_step over time. q, k, v (B, T, H, K); eta, alpha, delta (B, T, H)."""
+    zs = []
+    for t in range(q.shape[1]):
+        z, state = miras_step(kind, q[:, t], k[:, t], v[:, t], eta[:, t], alpha[:, t],
+                              delta[:, t], C, init, state, dloss, phi)
+        zs.append(z)
+    return torch.stack(zs, 1), state
+
+
+def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
+    """The chunkwise form, equal to `miras_sequential`. Same arguments."""
+    B, T, H, K = q.shape
+    (q,), (k, v, eta, alpha, delta), marks = finite_inputs(read=(q,), write=(k, v, eta, alpha, delta))
+    L = (len(state) - 1) // 2
+    Ug, U, n = list(state[:L]), list(state[L:2 * L]), state[-1]
+    Ug, c = _titans_roll(Ug, U, n, C)
+    NT = (T + 2 * C - 2) // C
+    pos = c[:, None] + torch.arange(T, device=q.device)
+
+    def place(t):
+        out = t.new_zeros(B, NT * C, *t.shape[2:])
+        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
+        return out.scatter(1, idx, t).transpose(1, 2)
+
+    qg, kg, vg, eta_g, dg = place(q), place(k), place(v), place(eta), place(delta)
+    a_g = 1 - place(1 - alpha)                         # identity steps off the sequence
+    a, e = a_g.reshape(B, H, NT, C), eta_g.reshape(B, H, NT, C)
+    Cm_all, Acum_all = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
+    last = (c + T - 1) // C
+    final = [*Ug, *U]
+    zs = []
+    for j in range(NT):
+        sl = slice(j * C, (j + 1) * C)
+        Cm, Acum = Cm_all[:, :, j], Acum_all[:, :, j]
+        Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
+        Xs, Gs = _miras_grads(kind, Wg, kg[:, :, sl], vg[:, :, sl], dg[..., sl], dloss)
+        Ut = [Acum[..., None, None] * u[:, :, None]
+              - torch.einsum("bhts,bhsi,bhso->bhtio", Cm, X, G) for u, X, G in zip(U, Xs, Gs)]
+        zs.append(_dense([phi(u0.to(u.dtype)[:, None] + u) for u0, u in zip(init, Ut)],
+                         qg[:, :, sl]))
+        U = [u[:, :, -1] for u in Ut]
+        here = last == j
+        final = [torch.where(here.view(-1, *[1] * (f_.dim() - 1)), x_, f_)
+                 for f_, x_ in zip(final, [*Ug, *U])]
+        Ug = U
     z = torch.cat(zs, 2).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)

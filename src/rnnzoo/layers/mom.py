@@ -1,0 +1,94 @@
+"""Mixture of Memories (Du et al. 2025, "MoM: Linear Sequence Modeling with Mixture-of-Memories",
+arXiv:2502.13685): N separate matrix memories, each token written to the top-k of them chosen
+by a router and read from the same ones, over Gated DeltaNet's memory (layers/_delta_block.py):
+
+    r_t = softmax(W_r x_t) (N scores);  top-k memories T_t, weights w_tm = r_tm / sum_{T_t} r
+    memory m:  k_t^m, v_t^m, beta_t^m = its own projections (q_t shared)
+    S_t^m = alpha_t (I - beta_t^m k k^T) S_t-1^m + beta_t^m k v^T    if m in T_t,  else S_t-1^m
+    o_t = sum_{m in T_t} w_tm S_t^m^T q_t / sqrt(K)   (+ a shared memory written by every token,
+                                                        with shared_memory)
+    y = W_o [RMSNorm(o) * silu(W_g x)]
+
+A memory a token skips takes an identity step (beta = 0, no decay), so all memories run as
+extra heads of one chunked delta rule. One memory chosen always is Gated DeltaNet.
+State: (S (B, N' H, K, V) with N' = N (+ 1 shared), short-conv state).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.checks import flag, int_in, positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._delta_block import DeltaBlock
+from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
+from rnnzoo.registry import register
+
+
+@register("mom", family="matrix", paper="Du et al. 2025, arXiv:2502.13685 (Mixture of Memories)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, expand_v=1, num_memories=3, top_k=2,
+                    shared_memory=True, d_conv=2, chunk_size=4))
+class MoM(DeltaBlock):
+    """x: (B, T, d_model) -> y; state (S (B, N' H, K, V), conv state)."""
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 expand_v: int = 2, num_memories: int = 4, top_k: int = 2,
+                 shared_memory: bool = False, d_conv: int = 4, chunk_size: int = 32,
+                 allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
+        N = positive_int("num_memories", num_memories)
+        self_top_k = int_in("top_k", top_k, 1, N)
+        shared = flag("shared_memory", shared_memory)
+        super().__init__(d_model, num_heads, head_dim, expand_v, num_householder=N + shared,
+                         forget_gate=True, output_gate=True, allow_neg_eigval=allow_neg_eigval,
+                         d_conv=d_conv, chunk_size=chunk_size, norm_eps=norm_eps)
+        self.num_memories, self.top_k, self.shared_memory = N, self_top_k, shared
+        self.router = nn.Linear(d_model, N, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        S = torch.zeros(batch_size, self.num_householder * self.num_heads, self.head_dim,
+                        self.value_dim, device=device, dtype=state_dtype(dtype))
+        return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
+
+    def routed_inputs(self, x, conv_state):
+        """Every memory as heads: q, k (B, T, N' H, K), v (B, T, N' H, V), beta, g (B, T, N' H)
+        (identity steps where a memory is not chosen), read weights w (B, T, N'), conv state."""
+        q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
+        B, T, Np, H, _ = k.shape
+        r = torch.softmax(self.router(x).to(q.dtype), -1)
+        top, idx = r.topk(self.top_k, -1)
+        w = torch.zeros_like(r).scatter(-1, idx, top / top.sum(-1, keepdim=True))
+        chosen = torch.zeros_like(r).scatter(-1, idx, torch.ones_like(top))
+        if self.shared_memory:
+            w = torch.cat([w, torch.ones_like(w[..., :1])], -1)
+            chosen = torch.cat([chosen, torch.ones_like(chosen[..., :1])], -1)
+        beta = (beta * chosen[..., None]).flatten(2)
+        g = (g[:, :, None] * chosen[..., None]).flatten(2)
+        q = q[:, :, None].expand(B, T, Np, H, q.shape[-1]).flatten(2, 3)
+        return q, k.flatten(2, 3), v.flatten(2, 3), beta, g, w, conv_state
+
+    def _mix(self, o, w):
+        """o (B, T, N' H, V), w (B, T, N') -> sum_m w_m o_m (B, T, H, V)."""
+        B, T, _, V = o.shape
+        return (o.view(B, T, -1, self.num_heads, V) * w[..., None, None]).sum(2)
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        q, k, v, beta, g, w, conv_state = self.routed_inputs(x, conv_state)
+        if mode == "chunk":
+            o, S = delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
+        else:
+            o, S = delta_rule_recurrent(q, k, v, beta, g, initial_state=S)
+        return self.op_output(self._mix(o, w), x), (S, conv_state)
+
+    def _step(self, x_t, state):
+        S, conv_state = state
+        q, k, v, beta, g, w, conv_state = self.routed_inputs(x_t[:, None], conv_state)
+        S = S * g[:, 0].exp()[..., None, None]
+        o, S = delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], None, S,
+                               self.head_dim ** -0.5)
+        return self.op_output(self._mix(o[:, None], w), x_t[:, None])[:, 0], (S, conv_state)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", num_memories={self.num_memories}, top_k={self.top_k}, "
+                f"shared_memory={self.shared_memory}")
