@@ -120,3 +120,24 @@ def test_options_checked():
         rnnzoo.create("titans", d_model=8, memory_depth=3)
     with pytest.raises(ValueError, match="chunk_size"):
         rnnzoo.create("titans", d_model=8, chunk_size=0)
+
+
+def test_bench_baseline_runs_the_same_block():
+    """The bench's fla baseline (benchmarks/peers/fla_titans.py) feeds the layer's tensors to
+    fla's chunked Titans: in the case fla is exact (one chunk, zero initial memory, so every
+    gradient is at M = 0 where LN's input is constant) fla's read is z + LN(z) of the
+    layer's z, which the baseline puts through the rest of the block in z's place."""
+    pytest.importorskip("fla.ops.titans.naive", reason="fla-core 0.6.0 (see .ci/install-peers)")
+    from peers import fla_titans
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=8, inner_norm=True,
+                      norm_eps=1 / 16).float()
+    with torch.no_grad():
+        layer.memory[0].zero_()
+        x = torch.randn(2, 8, 8)
+        y_fla = fla_titans.titans_with_fla(layer, x)
+        q, k, v, theta, alpha, eta, mem = tensors(layer, x)
+        init, w, b = layer.op_args(torch.float32)
+        z, _ = titans_chunked("linear", q, k, v, theta, alpha, eta, 8, init, mem, w, b,
+                              layer.norm_eps, True, False)
+        y = layer.op_output(z + layer_norm(z, w, b, layer.norm_eps)[0], q, x)
+    assert (y - y_fla).abs().max() < 1e-4 * y.abs().max()

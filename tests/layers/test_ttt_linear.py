@@ -122,3 +122,21 @@ def test_options_checked():
         rnnzoo.create("ttt_linear", d_model=8, base_lr=-1.0)
     with pytest.raises(TypeError, match="inner_norm must be a bool"):
         rnnzoo.create("ttt_linear", d_model=8, inner_norm=1)
+
+
+def test_bench_baseline_runs_the_same_block():
+    """The bench's fla baseline (benchmarks/peers/fla_ttt.py) feeds the layer's tensors to fla:
+    at a constant rate (gate weight zero) fla's read is z + LN(z) of the layer's z, which the
+    baseline puts through the rest of the block in z's place."""
+    pytest.importorskip("fla.ops.ttt.naive", reason="fla-core 0.6.0 (see .ci/install-peers)")
+    from peers import fla_ttt
+    layer = perturbed("ttt_linear", d_model=8, num_heads=2, head_dim=4, mini_batch_size=4).float()
+    with torch.no_grad():
+        layer.lr_proj.weight.zero_()
+        x = torch.randn(2, 12, 8)
+        y_fla = fla_ttt.ttt_linear_with_fla(layer, x)
+        q, k, v, lr, mem = tensors(layer, x)
+        tok, init, w, b = layer.op_args(torch.float32)
+        z, _ = ttt_minibatch("linear", q, k, v, lr, tok, init, mem, w, b, layer.norm_eps)
+        y = layer.op_output(q, z + layer_norm(z, w, b, layer.norm_eps)[0], x)
+    assert (y - y_fla).abs().max() < 1e-4 * y.abs().max()
