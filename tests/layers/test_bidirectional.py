@@ -45,7 +45,7 @@ def masked_attention(q, k, v, g, scale):
 
 
 def test_the_lion_layers_are_the_linear_attention_family():
-    assert {"linear_attention", "gla", "lightning_attention"} <= set(LION_LAYERS)
+    assert {"linear_attention", "gla", "lightning_attention", "retnet", "hgrn2"} <= set(LION_LAYERS)
     for name in ("deltanet", "gated_deltanet", "kda", "comba", "gdn2", "rwkv7"):
         with pytest.raises(TypeError, match="bidirectional"):
             make(name, bidirectional=True)

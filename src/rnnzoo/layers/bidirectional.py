@@ -20,12 +20,17 @@ chunkwise forms), "parallel" (the masked full-attention form above, O(T^2)).
 Which layers: those whose op is gated linear attention (no, scalar or per-channel decay),
 each declaring `lion_inputs(x) -> (q, k, v, log_decay or None, scale)` and
 `lion_output(o, x)`; the option `bidirectional` is added to their constructor (layers/base.py).
-Not the delta rule family (DeltaNet, Gated DeltaNet, KDA, Comba, GDN-2, RWKV-7, Momentum
-DeltaNet): their transition (I - beta k p^T) makes o_t depend on earlier keys through
-products of such matrices, not through one score q_i . k_j, so there is no decay-masked
-attention matrix whose two triangles the two recurrences compute; LION's construction
-needs a scalar or diagonal transition. Nor MesaNet (a solve per step, not a sum over j) or
-mLSTM (its max-normaliser).
+Wired: linear_attention (its normaliser z is the ones column of v, read in both directions),
+retnet (rotations from position 0), gla, hgrn2, lightning_attention. Well defined but not
+wired yet: mamba2 (scalar decay; its read-out needs the skip input and the gate z of the same
+projection as q, k, v, which its _forward does not yet hand out) and rwkv6 (its bonus u takes
+the diagonal's place: the correction would subtract q (1 - u) k v, not q k v).
+Not defined for the delta rule family (deltanet, gated_deltanet, deltaproduct, kda, comba,
+gdn2, rwkv7, momentum_deltanet): their transition (I - beta k p^T) makes o_t depend on
+earlier keys through products of such matrices, not through one score q_i . k_j, so there is
+no decay-masked attention matrix whose two triangles two recurrences compute; LION's
+construction needs a scalar or diagonal transition. Nor for mesanet (a linear solve per step,
+not a sum over j) or mlstm (its max-normaliser and stabiliser are not a mask).
 
 A bidirectional layer is non-causal by definition: it has no `step`, and the state it returns
 is the one it was given (nothing carries over to a next segment); `lengths` masks the padded
