@@ -43,6 +43,14 @@ class RecurrentLayer(nn.Module):
                    "prefix, so it reads the lengths (a masked recurrence, as the diagonal "
                    "layers', reads nothing)"}
 
+    bidirectional: bool = False  # LION (layers/bidirectional.py), where a layer has lion_inputs
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "lion_inputs" in vars(cls):
+            from rnnzoo.layers.bidirectional import add_bidirectional_option
+            add_bidirectional_option(cls)
+
     def __init__(self, d_model: int):
         super().__init__()
         self.d_model = positive_int("d_model", d_model)
@@ -73,6 +81,10 @@ class RecurrentLayer(nn.Module):
         self._check_input(x, "x", 3)
         mode = self._check_mode(mode, x)
         state = self._check_or_init_state(state, x)
+        if self.bidirectional:
+            lengths = None if lengths is None else self._check_lengths(lengths, x)
+            from rnnzoo.layers.bidirectional import lion_forward
+            return lion_forward(self, x, state, mode, lengths)
         if lengths is None:
             return self._forward(x, state, mode)
         lengths = self._check_lengths(lengths, x)
@@ -86,6 +98,10 @@ class RecurrentLayer(nn.Module):
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
         self._check_input(x_t, "x_t", 2)
+        if self.bidirectional:
+            raise ValueError(f"layer {self.name!r} was built with bidirectional=True: its outputs "
+                             f"read the whole sequence, so it has no step (build it with "
+                             f"bidirectional=False to decode)")
         state = self._check_or_init_state(state, x_t)
         return self._step(x_t, state)
 

@@ -69,18 +69,26 @@ class GLA(RecurrentLayer):
         return torch.zeros(batch_size, self.num_heads, self.key_dim, self.value_dim,
                            device=device, dtype=state_dtype(dtype))
 
-    def _forward(self, x, state, mode):
+    def lion_inputs(self, x):
+        """q, k (B, T, H, K), v (B, T, H, V), the log-decay per key channel and the scale: the
+        op's inputs (also those of bidirectional=True, layers/bidirectional.py)."""
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.key_dim, self.value_dim
         q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
         v = self.v(x).view(B, T, H, V)
-        gate = self.gate_up(self.gate_down(x)).view(B, T, H, K).to(state.dtype)
-        log_alpha = F.logsigmoid(gate) / self.gate_normalizer
-        kw = dict(scale=1 / math.sqrt(K), initial_state=state)
+        gate = self.gate_up(self.gate_down(x)).view(B, T, H, K).to(state_dtype(x.dtype))
+        return q, k, v, F.logsigmoid(gate) / self.gate_normalizer, 1 / math.sqrt(K)
+
+    def lion_output(self, o, x):
+        """Per-head norm times the silu output gate, then the output projection."""
+        return self.out_proj(F.silu(self.out_gate(x)) * self.norm(o).flatten(2))
+
+    def _forward(self, x, state, mode):
+        q, k, v, log_alpha, scale = self.lion_inputs(x)
+        kw = dict(scale=scale, initial_state=state)
         if mode == "chunk":
             o, state = gated_linear_attention(q, k, v, log_alpha, chunk_size=self.chunk_size,
                                               subchunk_size=self.subchunk_size, **kw)
         else:
             o, state = gated_linear_attention_recurrent(q, k, v, log_alpha, **kw)
-        y = F.silu(self.out_gate(x)) * self.norm(o).reshape(B, T, H * V)
-        return self.out_proj(y), state
+        return self.lion_output(o, x), state

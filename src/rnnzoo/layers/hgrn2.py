@@ -58,22 +58,31 @@ class HGRN2(RecurrentLayer):
         return torch.zeros(batch_size, self.num_heads, self.key_dim, self.value_dim,
                            device=device, dtype=state_dtype(dtype))
 
-    def _forward(self, x, state, mode):
+    def lion_inputs(self, x):
+        """q, k = 1 - f, v, log f (per key channel) and scale 1: the op's inputs (also those of
+        bidirectional=True, layers/bidirectional.py)."""
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.key_dim, self.value_dim
         q, f = self.qf(x).view(B, T, 2, H, K).unbind(2)
-        q, f = F.silu(q), f.to(state.dtype)
+        q, f = F.silu(q), f.to(state_dtype(x.dtype))
         beta = self.lower_bound
         if beta == 0.0:  # log f and 1 - f without cancellation
             log_f, k = F.logsigmoid(f), torch.sigmoid(-f)
         else:
             forget = beta + (1 - beta) * torch.sigmoid(f)
             log_f, k = forget.log(), (1 - beta) * torch.sigmoid(-f)
-        v = self.i_proj(x).view(B, T, H, V)
+        return q, k, self.i_proj(x).view(B, T, H, V), log_f, 1.0
+
+    def lion_output(self, o, x):
+        """Per-head norm, then the output projection."""
+        return self.out_proj(self.norm(o).flatten(2))
+
+    def _forward(self, x, state, mode):
+        q, k, v, log_f, _ = self.lion_inputs(x)
         kw = dict(scale=1.0, initial_state=state)
         if mode == "chunk":
             o, state = gated_linear_attention(q, k, v, log_f, chunk_size=self.chunk_size,
                                               subchunk_size=self.subchunk_size, **kw)
         else:
             o, state = gated_linear_attention_recurrent(q, k, v, log_f, **kw)
-        return self.out_proj(self.norm(o).reshape(B, T, H * V)), state
+        return self.lion_output(o, x), state

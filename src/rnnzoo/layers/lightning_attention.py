@@ -88,6 +88,12 @@ class LightningAttention(RecurrentLayer):
                        self.norm_eps)
         return self.o_proj((o * torch.sigmoid(self.g_proj(x).to(o.dtype))).to(x.dtype))
 
+    def lion_inputs(self, x):
+        """The op's q, k, v, log-decay and scale, for bidirectional=True (layers/bidirectional.py)."""
+        return (*self.op_inputs(x), 1.0)
+
+    lion_output = op_output
+
     def _forward(self, x, state, mode):
         q, k, v, g = self.op_inputs(x)
         if mode == "sequential":

@@ -49,11 +49,22 @@ class LinearAttention(RecurrentLayer):
         H, D = self.num_heads, self.head_dim
         return torch.zeros(batch_size, H, D, D + 1, device=device, dtype=state_dtype(dtype))
 
-    def _forward(self, x, state, mode):
+    def lion_inputs(self, x):
+        """q, k, v (with the ones column), no decay, scale 1: the op's inputs (also those of
+        bidirectional=True, layers/bidirectional.py)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = F.elu(q) + 1, F.elu(k) + 1
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # last column accumulates z
+        return q, k, v, None, 1.0
+
+    def lion_output(self, o, x):
+        """The normalised read-out o / z, then the output projection."""
+        o = o[..., :-1] / (o[..., -1:] + self.eps)
+        return self.out_proj(o.flatten(2))
+
+    def _forward(self, x, state, mode):
+        q, k, v, _, _ = self.lion_inputs(x)
         if mode == "chunk":
             o, state = gated_linear_attention(q, k, v, scale=1.0, initial_state=state,
                                               chunk_size=self.chunk_size)
@@ -61,5 +72,4 @@ class LinearAttention(RecurrentLayer):
             o, state = gated_linear_attention_parallel(q, k, v, scale=1.0, initial_state=state)
         else:
             o, state = gated_linear_attention_recurrent(q, k, v, scale=1.0, initial_state=state)
-        o = o[..., :-1] / (o[..., -1:] + self.eps)
-        return self.out_proj(o.reshape(B, T, -1)), state
+        return self.lion_output(o, x), state

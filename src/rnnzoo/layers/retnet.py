@@ -79,22 +79,34 @@ class RetNet(RecurrentLayer):
                             device=device, dtype=dt),
                 torch.zeros(batch_size, device=device, dtype=dt))
 
-    def _forward(self, x, state, mode):
-        state, position = state
+    def lion_inputs(self, x, position=None):
+        """q, k (rotated from `position`, (B,), default 0), v, the log-decay per head and the
+        scale: the op's inputs (also those of bidirectional=True, layers/bidirectional.py)."""
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_dim, self.value_dim
+        dt = state_dtype(x.dtype)
+        if position is None:
+            position = torch.zeros(B, device=x.device, dtype=dt)
         q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = retnet_theta(K, positions.dtype, x.device)
         q, k = rotate(q, positions, theta), rotate(k, positions, theta)
-        v = self.v(x).view(B, T, H, V)
-        g = self.log_gamma.to(state.dtype).expand(B, T, H)
-        kw = dict(scale=1 / math.sqrt(K), initial_state=state)
+        g = self.log_gamma.to(dt).expand(B, T, H)
+        return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
+
+    def lion_output(self, o, x):
+        """The gated per-head GroupNorm, then the output projection."""
+        return self.out_proj(F.silu(self.gate(x)) * self.norm(o).flatten(2))
+
+    def _forward(self, x, state, mode):
+        state, position = state
+        T = x.shape[1]
+        q, k, v, g, scale = self.lion_inputs(x, position)
+        kw = dict(scale=scale, initial_state=state)
         if mode == "chunk":
             o, state = gated_linear_attention(q, k, v, g, chunk_size=self.chunk_size, **kw)
         elif mode == "parallel":
             o, state = gated_linear_attention_parallel(q, k, v, g, **kw)
         else:
             o, state = gated_linear_attention_recurrent(q, k, v, g, **kw)
-        y = F.silu(self.gate(x)) * self.norm(o).reshape(B, T, H * V)
-        return self.out_proj(y), (state, position + T)
+        return self.lion_output(o, x), (state, position + T)

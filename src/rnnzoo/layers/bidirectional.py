@@ -1,0 +1,120 @@
+"""LION's bidirectional reading of a linear-attention layer (Afzal et al. 2025, "LION: Linear
+Attention for Efficient Bidirectional Sequence Modeling", arXiv:2502.16249).
+
+Full (non-causal) linear attention with a decay is two RNNs. With the log-decay g_t (a
+scalar or one per key channel, G_t = sum_{s <= t} g_s) and the decay-masked attention
+
+    o_i = scale sum_j (q_i . k_j)_M v_j,   M_ij = exp(G_i - G_j) (j <= i),  exp(G_j - G_i) (j > i)
+
+(per key channel for a vector decay: (q_i . k_j)_M = sum_c q_ic k_jc exp(-|G_ic - G_jc|)),
+the j <= i part is the causal recurrence S^F_t = diag(e^{g_t}) S^F_{t-1} + k_t v_t^T,
+o^F_t = scale S^F_t^T q_t, and the j >= i part the same recurrence run backwards,
+S^B_t = diag(e^{g_{t+1}}) S^B_{t+1} + k_t v_t^T (the decay between t and t + 1 is g_{t+1}).
+Both include j = i, so
+
+    o = o^F + o^B - scale (q_t . k_t) v_t                 (the diagonal counted once)
+
+Modes of a bidirectional layer: "sequential" (the two recurrences), "chunk" (the two
+chunkwise forms), "parallel" (the masked full-attention form above, O(T^2)).
+
+Which layers: those whose op is gated linear attention (no, scalar or per-channel decay),
+each declaring `lion_inputs(x) -> (q, k, v, log_decay or None, scale)` and
+`lion_output(o, x)`; the option `bidirectional` is added to their constructor (layers/base.py).
+Wired: linear_attention (its normaliser z is the ones column of v, read in both directions),
+retnet (rotations from position 0), gla, hgrn2, lightning_attention. Well defined but not
+wired yet: mamba2 (scalar decay; its read-out needs the skip input and the gate z of the same
+projection as q, k, v, which its _forward does not yet hand out) and rwkv6 (its bonus u takes
+the diagonal's place: the correction would subtract q (1 - u) k v, not q k v).
+Not defined for the delta rule family (deltanet, gated_deltanet, deltaproduct, kda, comba,
+gdn2, rwkv7, momentum_deltanet): their transition (I - beta k p^T) makes o_t depend on
+earlier keys through products of such matrices, not through one score q_i . k_j, so there is
+no decay-masked attention matrix whose two triangles two recurrences compute; LION's
+construction needs a scalar or diagonal transition. Nor for mesanet (a linear solve per step,
+not a sum over j) or mlstm (its max-normaliser and stabiliser are not a mask).
+
+A bidirectional layer is non-causal by definition: it has no `step`, and the state it returns
+is the one it was given (nothing carries over to a next segment); `lengths` masks the padded
+steps out of both directions.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from rnnzoo.checks import flag
+from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+
+__all__ = ["add_bidirectional_option", "lion", "lion_attention", "lion_forward"]
+
+
+def _shift_reverse(g):
+    """The backward recurrence's log-decays, in reversed time: step r = T - 1 - t decays by
+    g_{t+1}; the first reversed step starts from zeros, its decay is 0."""
+    g = g.flip(1)
+    return torch.cat([torch.zeros_like(g[:, :1]), g[:, :-1]], 1)
+
+
+def lion(q, k, v, log_decay=None, *, scale=1.0, chunk=True, chunk_size=64):
+    """LION's forward + backward recurrences minus the diagonal. q, k: (B, T, H, K); v:
+    (B, T, H, V); log_decay: None, (B, T, H) or (B, T, H, K). Returns o (B, T, H, V)."""
+    op = functools.partial(gated_linear_attention, chunk_size=chunk_size) if chunk \
+        else gated_linear_attention_recurrent
+    o_f, _ = op(q, k, v, log_decay, scale=scale)
+    g_b = None if log_decay is None else _shift_reverse(log_decay)
+    o_b, _ = op(q.flip(1), k.flip(1), v.flip(1), g_b, scale=scale)
+    diag = scale * (q * k).sum(-1, keepdim=True) * v
+    return o_f + o_b.flip(1) - diag
+
+
+def lion_attention(q, k, v, log_decay=None, *, scale=1.0):
+    """The masked full-attention form o = scale (Q K^T o M) V with M_ij = exp(-|G_i - G_j|)
+    (per key channel for a vector decay). Same shapes as `lion`; O(T^2) memory."""
+    if log_decay is None:
+        A = torch.einsum("bihk,bjhk->bhij", q, k)
+    elif log_decay.dim() == 3:
+        G = log_decay.cumsum(1).transpose(1, 2)                           # (B, H, T)
+        A = torch.einsum("bihk,bjhk->bhij", q, k) * (-(G[..., :, None] - G[..., None, :]).abs()).exp()
+    else:
+        G = log_decay.cumsum(1)                                            # (B, T, H, K)
+        M = (-(G[:, :, None] - G[:, None, :]).abs()).exp()                 # (B, i, j, H, K)
+        A = torch.einsum("bihk,bjhk,bijhk->bhij", q, k, M)
+    return scale * torch.einsum("bhij,bjhv->bihv", A, v)
+
+
+def lion_forward(layer, x, state, mode, lengths=None):
+    """A LION layer's forward: (y, the state it was given). mode: "sequential", "chunk" or
+    "parallel" (see the module docstring); lengths (B,) masks padded steps out of both
+    directions, and padded outputs are 0."""
+    valid = None
+    if lengths is not None:
+        valid = (torch.arange(x.shape[1], device=x.device) < lengths[:, None])[..., None]
+        x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    q, k, v, g, scale = layer.lion_inputs(x)
+    if valid is not None:  # padded keys and values write nothing, in either direction
+        m = valid[..., None].to(k.dtype)
+        k, v = k * m, v * m
+    if mode == "parallel":
+        o = lion_attention(q, k, v, g, scale=scale)
+    else:
+        o = lion(q, k, v, g, scale=scale, chunk=mode != "sequential",
+                 chunk_size=getattr(layer, "chunk_size", 64))
+    y = layer.lion_output(o, x)
+    if valid is not None:
+        y = torch.where(valid, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    return y, state
+
+
+def add_bidirectional_option(cls):
+    """Give cls's constructor the option `bidirectional` (default False) and the modes of a
+    bidirectional reading; called by layers/base.py for every class with `lion_inputs`."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, bidirectional: bool = False, **kwargs):
+        init(self, *args, **kwargs)
+        self.bidirectional = flag("bidirectional", bidirectional)
+
+    cls.__init__ = __init__
+    return cls

@@ -1,0 +1,123 @@
+"""Comba (Hu et al. 2025, "Comba: Improving Bilinear RNNs with Closed-loop Control",
+arXiv:2506.02475): a scalar-plus-low-rank (SPLR) transition with state and output feedback.
+
+    q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x))
+    q, k    = q / |q|, k / |k|                                         (per head)
+    p       = sigmoid(d) k           (inner_decay: the state-feedback key, d a learned scalar a head)
+    q       = q - D p                (output_correction: the output feedback, D = correction_factor at init)
+    beta    = sigmoid(W_b x),   g = -exp(A_log) softplus(W_a x + dt_bias)      (Mamba-2's decay)
+    S_t     = (e^{g_t} I - beta_t k_t p_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(K)
+    y       = W_o [RMSNorm(o) * sigmoid(W_g x)]      (RMSNorm(o) alone without output_gate)
+
+The transition is scalar plus low rank (SPLR): the erase reads the state before the decay,
+unlike Gated DeltaNet's e^g (I - beta k k^T), which scales the erase by the decay too (fla's
+Comba kernel and naive chunk form agree; its naive recurrent form erases after the decay).
+The recurrence is ops.erase_delta's (before_decay) with erase key beta p and value beta v. State: (S (B, H, K, V),
+short-conv state (B, d_conv - 1, H (2K + V))). Modes: `sequential` (the loop) and `chunk`
+(the UT transform).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, positive_int, real
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
+from rnnzoo.registry import register
+
+
+@register("comba", family="matrix", paper="Hu et al. 2025, arXiv:2506.02475 (Comba)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, d_conv=2, chunk_size=4))
+class Comba(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (S (B, H, K, expand_v K), conv state)."""
+
+    modes = ("sequential", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 expand_v: int = 1, d_conv: int = 4, output_gate: bool = True,
+                 output_correction: bool = True, inner_decay: bool = True,
+                 correction_factor: float = 1.0, chunk_size: int = 32, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        V = K * positive_int("expand_v", expand_v)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.num_heads, self.head_dim, self.value_dim = H, K, V
+        self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
+        self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
+        self.a_proj = nn.Linear(d_model, H, bias=False)
+        self.b_proj = nn.Linear(d_model, H, bias=False)
+        self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
+        dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.decay = nn.Parameter(torch.ones(H)) if flag("inner_decay", inner_decay) else None
+        correction_factor = real("correction_factor", correction_factor)
+        self.D = nn.Parameter(torch.full((H,), correction_factor)) \
+            if flag("output_correction", output_correction) else None
+        self.g_proj = nn.Linear(d_model, H * V, bias=False) if flag("output_gate", output_gate) \
+            else None
+        self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
+                        device=device, dtype=sdt)
+        return S, self.conv.init_state(batch_size, device, sdt)
+
+    def op_inputs(self, x, conv_state):
+        """q, k, p (B, T, H, K), v (B, T, H, V), g (B, T, H), beta (B, T, H), new conv state:
+        Comba's S_t = (e^g I - beta k p^T) S + beta k v^T, o_t = S_t^T q_t / sqrt(K)."""
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        cdt = compute_dtype(x)
+        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
+        q, k, v = qkv.split([H * K, H * K, H * V], -1)
+        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        k = F.normalize(k.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        p = k if self.decay is None else k * torch.sigmoid(self.decay.to(cdt))[:, None]
+        if self.D is not None:
+            q = q - self.D.to(cdt)[:, None] * p
+        g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
+        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        return q, k, p, v.reshape(B, T, H, V), g, beta, conv_state
+
+    def op_output(self, o, x):
+        """Per-head RMSNorm (times the sigmoid output gate), then W_o. o: (B, T, H, V)."""
+        o = self.norm(o)
+        if self.g_proj is not None:
+            o = o * torch.sigmoid(self.g_proj(x).to(o.dtype)).view(o.shape)
+        return self.o_proj(o.flatten(2).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        q, k, p, v, g, beta, conv_state = self.op_inputs(x, conv_state)
+        b = beta[..., None]
+        if mode == "chunk":
+            o, S = erase_delta(q, k, b * v, g, b * p, initial_state=S, before_decay=True,
+                               chunk_size=self.chunk_size)
+        else:
+            o, S = erase_delta_recurrent(q, k, b * v, g, b * p, initial_state=S, before_decay=True)
+        return self.op_output(o, x), (S, conv_state)
+
+    def _step(self, x_t, state):
+        S, conv_state = state
+        q, k, p, v, g, beta, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        b = beta[:, 0, :, None]
+        o, S = erase_delta_step(q[:, 0], k[:, 0], b * v[:, 0], g[:, 0], b * p[:, 0], S,
+                                self.head_dim ** -0.5, before_decay=True)
+        return self.op_output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"value_dim={self.value_dim}, inner_decay={self.decay is not None}, "
+                f"output_correction={self.D is not None}, output_gate={self.g_proj is not None}, "
+                f"chunk_size={self.chunk_size}")

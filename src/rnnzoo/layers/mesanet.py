@@ -1,0 +1,114 @@
+"""MesaNet (von Oswald et al. 2025, "MesaNet: Sequence Modeling by Locally Optimal Test-Time
+Training", arXiv:2506.05233): each head reads out the ridge-regression solution fitted to
+the decayed key-value history, solved by conjugate gradients (ops.mesa).
+
+    q, k    = silu(shortconv(W_q x)), silu(shortconv(W_k x));   q, k = q / |q|, k / |k|
+    v       = W_v x
+    gamma   = sigmoid(W_a x + b_a),   beta = sigmoid(W_b x + b_b),   lambda = softplus(l) + lambda_lower_bound
+    H_t     = gamma_t H_{t-1} + beta_t k_t k_t^T,   G_t = gamma_t G_{t-1} + beta_t k_t v_t^T
+    o_t     = G_t^T (H_t + diag(lambda))^{-1} q_t         (max_cg_steps conjugate-gradient steps)
+    y       = W_o [RMSNorm(o) * silu(W_g x)]              (RMSNorm(o) alone without output_gate)
+
+lambda is one regulariser per key channel (the paper's Lambda), initialised to 1. State:
+(H (B, heads, K, K), G (B, heads, K, K), short-conv state (B, d_conv - 1, 2 heads K)).
+Modes: `sequential` (the recurrence, one CG solve a step) and `chunk` (every step's CG
+iterations at once through the chunkwise form of H_t x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, positive, positive_int
+from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops.mesa import mesa, mesa_recurrent, mesa_step
+from rnnzoo.registry import register
+
+
+@register("mesanet", family="matrix", paper="von Oswald et al. 2025, arXiv:2506.05233 (MesaNet)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, d_conv=2, chunk_size=4, max_cg_steps=4))
+class MesaNet(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (H (B, heads, K, K), G (B, heads, K, K), conv state)."""
+
+    modes = ("sequential", "chunk")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 d_conv: int = 4, output_gate: bool = True, lambda_lower_bound: float = 0.25,
+                 max_cg_steps: int = 30, chunk_size: int = 64, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        self.num_heads, self.head_dim = H, K
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.max_cg_steps = positive_int("max_cg_steps", max_cg_steps)
+        self.lambda_lower_bound = positive("lambda_lower_bound", lambda_lower_bound)
+        if self.lambda_lower_bound >= 1:
+            raise ValueError(f"lambda_lower_bound must be below lambda's initial value 1, got "
+                             f"{lambda_lower_bound!r}")
+        self.qk_proj = nn.Linear(d_model, 2 * H * K, bias=False)
+        self.conv = ShortConv(2 * H * K, d_conv, bias=False)
+        self.v_proj = nn.Linear(d_model, H * K, bias=False)
+        self.a_proj = nn.Linear(d_model, H)
+        self.b_proj = nn.Linear(d_model, H)
+        init = math.log(math.expm1(1.0 - self.lambda_lower_bound))  # softplus^-1(1 - bound)
+        self.lambda_params = nn.Parameter(torch.full((H, K), init))
+        self.g_proj = nn.Linear(d_model, H * K, bias=False) if flag("output_gate", output_gate) \
+            else None
+        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        Hkk = torch.zeros(batch_size, self.num_heads, self.head_dim, self.head_dim,
+                          device=device, dtype=sdt)
+        return Hkk, torch.zeros_like(Hkk), self.conv.init_state(batch_size, device, sdt)
+
+    def op_inputs(self, x, conv_state):
+        """q, k, v (B, T, heads, K), g (log gamma), beta (B, T, heads), lambda (heads, K), conv."""
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        cdt = compute_dtype(x)
+        qk, conv_state = self.conv(self.qk_proj(x).to(cdt), conv_state)
+        q, k = (F.normalize(t.reshape(B, T, H, K), dim=-1, eps=1e-6) for t in qk.chunk(2, -1))
+        v = self.v_proj(x).to(cdt).reshape(B, T, H, K)
+        g = F.logsigmoid(self.a_proj(x).to(cdt))
+        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        lamb = F.softplus(self.lambda_params.to(cdt)) + self.lambda_lower_bound
+        return q, k, v, g, beta, lamb, conv_state
+
+    def op_output(self, o, x):
+        """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, heads, K)."""
+        o = self.norm(o)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x).to(o.dtype)).view(o.shape)
+        return self.o_proj(o.flatten(2).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        Hkk, Hkv, conv_state = state
+        q, k, v, g, beta, lamb, conv_state = self.op_inputs(x, conv_state)
+        if mode == "chunk":
+            o, (Hkk, Hkv) = mesa(q, k, v, g, beta, lamb, initial_state=(Hkk, Hkv),
+                                 cg_steps=self.max_cg_steps, chunk_size=self.chunk_size)
+        else:
+            o, (Hkk, Hkv) = mesa_recurrent(q, k, v, g, beta, lamb, initial_state=(Hkk, Hkv),
+                                           cg_steps=self.max_cg_steps)
+        return self.op_output(o, x), (Hkk, Hkv, conv_state)
+
+    def _step(self, x_t, state):
+        Hkk, Hkv, conv_state = state
+        q, k, v, g, beta, lamb, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        o, Hkk, Hkv = mesa_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], lamb, Hkk, Hkv,
+                                self.max_cg_steps)
+        return self.op_output(o[:, None], x_t[:, None])[:, 0], (Hkk, Hkv, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"max_cg_steps={self.max_cg_steps}, lambda_lower_bound={self.lambda_lower_bound}, "
+                f"output_gate={self.g_proj is not None}, chunk_size={self.chunk_size}")

@@ -1,0 +1,169 @@
+"""The delta rule with its erase key apart from its write key, and a decay per key channel.
+
+Per head, with a write key k_t, an erase (read) key p_t, a value v_t and a log-decay g_t <= 0
+(a scalar or one per key channel), the erase reads the state after the decay
+
+    S_t = (I - k_t p_t^T) diag(exp g_t) S_{t-1} + k_t v_t^T,   o_t = scale S_t^T q_t
+
+or, with before_decay=True (a scalar g only), before it: a scalar-plus-low-rank transition
+
+    S_t = (exp(g_t) I - k_t p_t^T) S_{t-1} + k_t v_t^T
+
+S: (K, V). The gates of a layer live in p and v:
+- KDA (arXiv:2510.26692): p = beta k, v = beta v (ops.chunk.kda);
+- GDN-2 (fla-core's Gated DeltaNet 2): p = b o k (an erase gate per key channel),
+  v = w o v (a write gate per value channel), g per key channel;
+- Comba (Hu et al. 2025, arXiv:2506.02475), before the decay: p = beta d k (the inner
+  decay d), v = beta v, a scalar g per head (SPLR: alpha I - beta k p^T).
+
+Chunkwise form: the UT transform of ops.chunk.kda with the erase key in place of beta k.
+With G_t = sum_{s <= t} g_s inside a chunk entered with state S_0 and E_t the decay the
+erase sees (E = G, or G_{t-1} = G_t - g_t before the decay), the update is
+S_t = diag(e^{g_t}) S_{t-1} + k_t u_t^T with u_t = v_t - (diag(e^{E_t - G_{t-1}}) S_{t-1})^T p_t, so
+
+    (I + A) U = V - (P o e^E) S_0,   A_ts = sum_c p_tc k_sc e^{E_tc - G_sc}   (s < t)
+    O   = scale ((Q o e^G) S_0 + M U),  M_ts = sum_c q_tc k_sc e^{G_tc - G_sc}   (s <= t)
+    S_C = diag(e^{G_C}) S_0 + (K o e^{G_C - G})^T U
+
+A vector decay's score matrices come from ops.chunk.kda's `_decayed_scores`; a scalar
+decay's are products times the (C, C) matrix of e^{E_t - G_s} (every exponent <= 0).
+A non-finite k, v, g or p at step t makes the outputs from t on and the final state NaN, a
+non-finite q its own output only (ops.finite), in both forms.
+All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 input).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops.chunk.delta import _check, _from_chunks, _initial, _to_chunks, _unit_lower_inverse
+from rnnzoo.ops.chunk.kda import _decayed_scores
+from rnnzoo.ops.finite import finite_inputs, poison
+
+__all__ = ["erase_delta", "erase_delta_recurrent", "erase_delta_step"]
+
+
+def erase_delta_step(q_t, k_t, v_t, g_t, p_t, S, scale, before_decay=False):
+    """One step. q_t, k_t, p_t: (B, H, K); v_t: (B, H, V); g_t: (B, H) or (B, H, K);
+    S: (B, H, K, V). Returns (o_t (B, H, V), S_t)."""
+    decay = g_t.exp()[..., None, None] if g_t.dim() == 2 else g_t.exp()[..., None]
+    if before_decay:
+        u = v_t - torch.einsum("bhk,bhkv->bhv", p_t, S)
+        S = S * decay
+    else:
+        S = S * decay
+        u = v_t - torch.einsum("bhk,bhkv->bhv", p_t, S)
+    S = S + k_t[..., :, None] * u[..., None, :]
+    return scale * torch.einsum("bhk,bhkv->bhv", q_t, S), S
+
+
+def _check_args(q, k, v, g, p, initial_state, before_decay):
+    B, T, H, K = q.shape if isinstance(q, torch.Tensor) and q.dim() == 4 else (0, 0, 0, 0)
+    V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
+    g_shape = (B, T, H) if isinstance(g, torch.Tensor) and g.dim() == 3 else (B, T, H, K)
+    _check("erase_delta", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), g=(g, g_shape),
+                                  p=(p, (B, T, H, K))), initial_state, V)
+    if before_decay and g.dim() != 3:
+        raise ValueError(f"erase_delta: before_decay needs a scalar decay g of shape {(B, T, H)}, "
+                         f"got {tuple(g.shape)}")
+
+
+def erase_delta_recurrent(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=False):
+    """Reference loop of `erase_delta` (same arguments, returns)."""
+    _check_args(q, k, v, g, p, initial_state, before_decay)
+    B, T, H, K = q.shape
+    dt = compute_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
+    out = []
+    for q_t, k_t, v_t, g_t, p_t in zip(*(t.to(dt).unbind(1) for t in (q, k, v, g, p))):
+        o_t, S = erase_delta_step(q_t, k_t, v_t, g_t, p_t, S, scale, before_decay)
+        out.append(o_t)
+    return torch.stack(out, 1).to(q.dtype), S
+
+
+def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=False,
+                chunk_size=32, subchunk_size=8):
+    """Chunkwise S_t = (I - k_t p_t^T) diag(exp g_t) S_{t-1} + k_t v_t^T (before_decay:
+    S_t = (exp(g_t) I - k_t p_t^T) S_{t-1} + k_t v_t^T), o_t = scale S_t^T q_t.
+
+    q, k, p: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) or (B, T, H, K) log-decay (<= 0),
+    (B, T, H) with before_decay; scale: default K^-0.5; initial_state: (B, H, K, V) or None
+    (zeros). subchunk_size: the sub-chunks of a vector decay's scores. Returns o
+    (B, T, H, V) in q's dtype and the final state (B, H, K, V) in float32 (float64 for
+    float64 q).
+    """
+    _check_args(q, k, v, g, p, initial_state, before_decay)
+    positive_int("erase_delta: chunk_size", chunk_size)
+    positive_int("erase_delta: subchunk_size", subchunk_size)
+    B, T, H, K = q.shape
+    dt = compute_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
+    out_dtype = q.dtype
+    (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
+    if g.dim() == 3:
+        o, S = _scalar_chunks(q.to(dt), k, v, g, p, S, scale, min(chunk_size, T), before_decay)
+    else:
+        c = subchunk_size
+        C = min(chunk_size, -(-T // c) * c)             # whole sub-chunks when T is short
+        if C % c:
+            c = C
+        o, S = _chunks(q.to(dt), k, v, g, p, S, scale, C, c)
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def _scalar_chunks(q, k, v, g, p, S, scale, C, before_decay):
+    """A scalar decay (one a head): the scores are products masked by e^{E_t - G_s}."""
+    T = q.shape[1]
+    q, k, v, p = (_to_chunks(t, C) for t in (q, k, v, p))     # (B, H, N, C, D)
+    G = _to_chunks(g, C).cumsum(-1)                           # (B, H, N, C)
+    E = G - _to_chunks(g, C) if before_decay else G
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    strict = causal.tril(-1)
+    dec_a = (E[..., :, None] - G[..., None, :]).masked_fill(~strict, float("-inf")).exp()
+    dec_m = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    kt = k.transpose(-1, -2)
+    Tinv = _unit_lower_inverse((p @ kt) * dec_a)              # (I + A)^{-1}
+    U0, W = Tinv @ v, Tinv @ (p * E.exp()[..., None])         # U = U0 - W S_0
+    M = (q @ kt) * dec_m
+    Qg = q * G.exp()[..., None]
+    Kd = k * (G[..., -1:] - G).exp()[..., None]
+    chunk_decay = G[..., -1].exp()[..., None, None]           # (B, H, N, 1, 1)
+    states, pseudo = [], []
+    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2),
+                                      chunk_decay.unbind(2)):
+        states.append(S)
+        u = u0_n - w_n @ S
+        pseudo.append(u)
+        S = S * dec_n + kd_n.transpose(-1, -2) @ u
+    o = scale * (Qg @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
+    return _from_chunks(o, T), S
+
+
+def _chunks(q, k, v, g, p, S, scale, C, c):
+    """The chunkwise solver on clean compute-dtype tensors (see the module docstring).
+    Zero padding at the end is exact: k = v = g = p = 0 leaves the state unchanged."""
+    T = q.shape[1]
+    q, k, v, g, p = (_to_chunks(t, C) for t in (q, k, v, g, p))   # (B, H, N, C, D)
+    G = g.cumsum(-2)
+    _, Apk = _decayed_scores(p, k, G, c)
+    _, M = _decayed_scores(q, k, G, c)
+    Tinv = _unit_lower_inverse(Apk.tril(-1))                       # (I + A)^{-1}
+    U0 = Tinv @ v                                                  # U = U0 - W S_0
+    W = Tinv @ (p * G.exp())
+    Qg = q * G.exp()
+    G_end = G[..., -1:, :]
+    Kd = k * (G_end - G).exp()
+    chunk_decay = G_end.transpose(-1, -2).exp()                    # (B, H, N, K, 1)
+    states, pseudo = [], []
+    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2),
+                                      chunk_decay.unbind(2)):
+        states.append(S)
+        u = u0_n - w_n @ S
+        pseudo.append(u)
+        S = S * dec_n + kd_n.transpose(-1, -2) @ u
+    o = scale * (Qg @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
+    return _from_chunks(o, T), S

@@ -1,0 +1,96 @@
+"""LION (arXiv:2502.16249): every layer with a bidirectional option, in every mode, equals the
+non-causal decay-masked full attention built here from its own inputs; it reads the future,
+has no step, masks padding out of both directions; the default stays causal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.layers.bidirectional import lion
+
+LION_LAYERS = sorted(i.name for i in rnnzoo.list_layers() if hasattr(i.cls, "lion_inputs"))
+T = 9
+
+
+def make(name, **options):
+    info = rnnzoo.registry.get_layer_info(name)
+    opts = dict(info.tiny)
+    d_model = opts.pop("d_model", 8)
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=d_model, **opts, **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def masked_attention(q, k, v, g, scale):
+    """o_i = scale sum_j sum_c q_ic k_jc M_ijc v_j with M_ijc the product of the decays between
+    i and j: exp(g_{j+1} + ... + g_i) for j <= i, exp(g_{i+1} + ... + g_j) for j > i; one loop
+    per pair, no cumulative sums."""
+    B, n, H, K = q.shape
+    if g is None:
+        g = torch.zeros(B, n, H, K, dtype=q.dtype)
+    elif g.dim() == 3:
+        g = g[..., None].expand(B, n, H, K)
+    o = torch.zeros(B, n, H, v.shape[-1], dtype=q.dtype)
+    for i in range(n):
+        for j in range(n):
+            lo, hi = min(i, j), max(i, j)
+            M = g[:, lo + 1:hi + 1].sum(1).exp()                         # (B, H, K)
+            o[:, i] += scale * (q[:, i] * k[:, j] * M).sum(-1, keepdim=True) * v[:, j]
+    return o
+
+
+def test_the_lion_layers_are_the_linear_attention_family():
+    assert {"linear_attention", "gla", "lightning_attention", "retnet", "hgrn2"} <= set(LION_LAYERS)
+    for name in ("deltanet", "gated_deltanet", "kda", "comba", "gdn2", "rwkv7"):
+        with pytest.raises(TypeError, match="bidirectional"):
+            make(name, bidirectional=True)
+
+
+@pytest.mark.parametrize("name", LION_LAYERS)
+def test_every_mode_equals_the_masked_full_attention(name):
+    layer = make(name, bidirectional=True)
+    x = torch.randn(2, T, layer.d_model, dtype=torch.float64)
+    q, k, v, g, scale = layer.lion_inputs(x)
+    y_ref = layer.lion_output(masked_attention(q, k, v, g, scale), x)
+    for mode in layer.modes:
+        y, _ = layer(x, mode=mode)
+        assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max(), mode
+    # the two recurrences count the diagonal twice before the correction
+    o_twice = lion(q, k, v, g, scale=scale, chunk=False) + scale * (q * k).sum(-1, keepdim=True) * v
+    assert (layer.lion_output(o_twice, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+
+
+@pytest.mark.parametrize("name", LION_LAYERS)
+def test_reads_the_future_has_no_step_and_the_default_is_causal(name):
+    bi, causal = make(name, bidirectional=True), make(name)
+    assert causal.bidirectional is False
+    x = torch.randn(1, T, bi.d_model, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, -1] += 1
+    assert (bi(x2)[0][:, 0] - bi(x)[0][:, 0]).abs().max() > 1e-6
+    assert (causal(x2)[0][:, :-1] - causal(x)[0][:, :-1]).abs().max() == 0
+    with pytest.raises(ValueError, match="bidirectional=True: its outputs read the whole sequence"):
+        bi.step(x[:, 0])
+    with pytest.raises(TypeError, match="bidirectional must be a bool"):
+        make(name, bidirectional=1)
+
+
+@pytest.mark.parametrize("name", LION_LAYERS)
+def test_padding_is_masked_out_of_both_directions(name):
+    """Right padding (NaN in it): valid outputs equal each sequence run alone, padded outputs 0."""
+    layer = make(name, bidirectional=True)
+    x = torch.randn(2, T, layer.d_model, dtype=torch.float64)
+    lengths = torch.tensor([T, 5])
+    xp = x.clone()
+    xp[1, 5:] = float("nan")
+    for mode in layer.modes:
+        y, _ = layer(xp, mode=mode, lengths=lengths)
+        alone, _ = layer(x[1:, :5], mode=mode)
+        assert (y[1, :5] - alone[0]).abs().max() < 1e-10
+        assert torch.equal(y[1, 5:], torch.zeros_like(y[1, 5:]))
+        assert (y[0] - layer(x[:1], mode=mode)[0][0]).abs().max() < 1e-10
