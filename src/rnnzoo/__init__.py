@@ -19,5 +19,14 @@ def load(path, device=None):
     return _load(path, device=device)
 
 
+def from_pretrained(path, *, device=None, dtype=None):
+    """Build the rnnzoo model of a Hugging Face checkpoint folder (config.json + safetensors;
+    mamba, mamba2, recurrent_gemma, ...: docs/hf.md), each recurrent layer a registered
+    rnnzoo layer with the checkpoint's weights. Reads JSON and safetensors only."""
+    from rnnzoo.hf.load import from_pretrained as _from_pretrained
+    return _from_pretrained(path, device=device, dtype=dtype)
+
+
 __version__ = "0.1.0"
-__all__ = ["nn", "RecurrentLayer", "Info", "create", "list_layers", "register", "load"]
+__all__ = ["nn", "RecurrentLayer", "Info", "create", "list_layers", "register", "load",
+           "from_pretrained"]

@@ -1,0 +1,41 @@
+"""Tiny random transformers models of each supported type, saved into a folder."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+VOCAB = 61
+
+
+def tiny(model_type: str):
+    """(config, model class) of a tiny model of `model_type`."""
+    import transformers as tf
+    if model_type == "mamba":
+        return tf.MambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                              state_size=4, expand=2, conv_kernel=3), tf.MambaForCausalLM
+    if model_type == "falcon_mamba":
+        return tf.FalconMambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                    state_size=4, expand=2, conv_kernel=3,
+                                    tie_word_embeddings=False), tf.FalconMambaForCausalLM
+    if model_type == "mamba2":
+        return tf.Mamba2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                               state_size=4, expand=2, conv_kernel=3, head_dim=8, num_heads=4,
+                               n_groups=2, chunk_size=8), tf.Mamba2ForCausalLM
+    raise KeyError(model_type)
+
+
+def save_tiny(model_type: str, folder, seed: int = 0):
+    """Build a tiny random `model_type` model, save it into `folder`; returns it (eval)."""
+    config, cls = tiny(model_type)
+    config.eos_token_id = config.bos_token_id = config.pad_token_id = None  # greedy runs to the end
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # transformers initialises some parameters to constants (D = 1,
+        for p in model.parameters():  # norms = 1): perturb all so that a misplaced one shows
+            p.add_(0.1 * torch.randn_like(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder)
+    return model
