@@ -23,6 +23,12 @@ def tiny(model_type: str):
         return tf.Mamba2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                                state_size=4, expand=2, conv_kernel=3, head_dim=8, num_heads=4,
                                n_groups=2, chunk_size=8), tf.Mamba2ForCausalLM
+    if model_type == "recurrent_gemma":  # 4 blocks: recurrent, recurrent, attention, recurrent
+        return tf.RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=48,
+                                       num_hidden_layers=4, num_attention_heads=2, lru_width=12,
+                                       attention_window_size=5, conv1d_width=3,
+                                       num_key_value_heads=1, logits_soft_cap=3.0
+                                       ), tf.RecurrentGemmaForCausalLM
     raise KeyError(model_type)
 
 

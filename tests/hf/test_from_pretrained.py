@@ -14,7 +14,7 @@ import rnnzoo
 from rnnzoo.hf import UnsupportedCheckpoint
 from rnnzoo.hf.load import TYPES
 
-TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2"]
+TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma"]
 
 
 def rel_err(a, b):
@@ -39,8 +39,10 @@ def test_logits_equal_transformers(pair):
         got, _ = ours(tokens)
     assert got.shape == want.shape
     assert rel_err(want, got) < 1e-4, model_type
-    # the layers are rnnzoo's registered ones, in every mode
-    for mode in ours.blocks[0].mixer.modes:
+    # the layers are rnnzoo's registered ones, in every mode all the model's layers have
+    modes = set.intersection(*(set(b.mixer.modes) for b in ours.blocks))
+    assert "sequential" in modes
+    for mode in modes:
         with torch.no_grad():
             assert rel_err(want, ours(tokens, mode=mode)[0]) < 1e-4, mode
 

@@ -23,7 +23,8 @@ from rnnzoo.io import parse_json, read_text
 from rnnzoo.models.checkpoint import load_tensors
 
 # model_type -> the module of this package that maps it
-TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2"}
+TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
+         "recurrent_gemma": "recurrent_gemma"}
 
 
 class UnsupportedCheckpoint(ValueError):

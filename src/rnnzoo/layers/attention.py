@@ -17,6 +17,12 @@ longer than `max_len` raises a ValueError. Sliding window: capacity = `window`,
 a ring buffer (token p lives in slot p mod window), so any length streams.
 A model stack passes its own `max_len` to this layer (see models.stack).
 
+Options of published models: `num_kv_heads` < num_heads shares each key/value head
+among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023,
+arXiv:2305.13245; the cache holds them repeated per query head); `rotary_dim` < head_dim
+rotates only the first rotary_dim channels of each head (GPT-NeoX / Griffin's partial
+rotary); `out_bias` gives W_o a bias (RecurrentGemma).
+
 Modes: `sequential` (reference: one token at a time through the cache) and
 `parallel` (one masked matrix product over cache + new tokens).
 """
@@ -27,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import rotate
@@ -51,8 +57,14 @@ class Attention(RecurrentLayer):
     }
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0):
+                 window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0,
+                 num_kv_heads: int | None = None, rotary_dim: int | None = None,
+                 out_bias: bool = False):
         super().__init__(d_model)
+        num_kv_heads = num_heads if num_kv_heads is None else positive_int("num_kv_heads",
+                                                                           num_kv_heads)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads must divide num_heads={num_heads}, got {num_kv_heads}")
         positive_int("num_heads", num_heads)
         positive_int("head_dim", head_dim, allow_none=True)
         positive_int("window", window, allow_none=True)
@@ -63,12 +75,16 @@ class Attention(RecurrentLayer):
             head_dim = d_model // num_heads
         if head_dim % 2:
             raise ValueError(f"head_dim must be even (rotary positions), got {head_dim}")
+        rotary_dim = head_dim if rotary_dim is None else positive_int("rotary_dim", rotary_dim)
+        if rotary_dim % 2 or rotary_dim > head_dim:
+            raise ValueError(f"rotary_dim must be even and <= head_dim={head_dim}, got {rotary_dim}")
         self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
+        self.num_kv_heads, self.rotary_dim = num_kv_heads, rotary_dim
         self.rope_base = float(rope_base)
         self.capacity = window if window is not None else max_len
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.qkv = nn.Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=flag("out_bias", out_bias))
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
@@ -79,18 +95,25 @@ class Attention(RecurrentLayer):
     def _project(self, x, start):
         """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).to(compute_dtype(x)).view(B, T, 3, self.num_heads, self.head_dim) \
-            .unbind(2)
+        H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
+        q = q.view(B, T, H, Dh)
+        k, v = (t.view(B, T, KV, Dh).repeat_interleave(H // KV, 2) for t in (k, v))
         pos = start[:, None] + torch.arange(T, device=x.device)
         q, k = self.rope(q, pos), self.rope(k, pos)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 
     def rope(self, x, pos):
         """Rotary positions on x: (B, T, H, Dh) at absolute positions pos (B, T), channel
-        pairs (j, j + Dh/2) with frequencies rope_base^(-j / (Dh/2))."""
-        half = self.head_dim // 2
+        pairs (j, j + R/2) of the first R = rotary_dim channels, with frequencies
+        rope_base^(-j / (R/2))."""
+        R = self.rotary_dim
+        half = R // 2
         theta = self.rope_base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
-        return rotate(x, pos.to(x.dtype), theta, pairs="halves")
+        if R == self.head_dim:
+            return rotate(x, pos.to(x.dtype), theta, pairs="halves")
+        return torch.cat([rotate(x[..., :R], pos.to(x.dtype), theta, pairs="halves"),
+                          x[..., R:]], -1)
 
     def _slot_positions(self, start):
         """Absolute position of the token in each cache slot, (B, capacity); -1 where empty."""
