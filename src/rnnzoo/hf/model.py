@@ -103,3 +103,39 @@ def gemma_norm(weight: torch.Tensor) -> torch.Tensor:
     """Gemma's RMSNorm scales by (1 + w): the same norm as ours with weight 1 + w."""
     return weight.float() + 1
 
+
+
+class SparseMoE(nn.Module):
+    """Top-k mixture of SwiGLU experts (Shazeer et al. 2017, arXiv:1701.06538), with an
+    optional shared expert scaled by sigmoid(W_s x) (Qwen-MoE / Qwen3-Next):
+
+        p = softmax(W_r x);  top-k experts e with weights p_e (renormalised if norm_topk)
+        y = sum_e p_e E_e(x) [+ sigmoid(w_s . x) E_shared(x)]
+
+    gate_up: (E, 2 hidden, d) (gate rows first), down: (E, d, hidden). x: (..., d).
+    """
+
+    def __init__(self, d, hidden, num_experts, top_k, norm_topk=True, shared_hidden=0):
+        super().__init__()
+        self.top_k, self.norm_topk = top_k, norm_topk
+        self.router = nn.Linear(d, num_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.zeros(num_experts, 2 * hidden, d))
+        self.down = nn.Parameter(torch.zeros(num_experts, d, hidden))
+        self.shared = GatedMLP(d, shared_hidden) if shared_hidden else None
+        self.shared_gate = nn.Linear(d, 1, bias=False) if shared_hidden else None
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.router(flat).float(), -1)
+        weight, index = probs.topk(self.top_k, -1)
+        if self.norm_topk:
+            weight = weight / weight.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e in index.unique().tolist():  # the experts some token chose
+            token, slot = torch.where(index == e)
+            gate, up = F.linear(flat[token], self.gate_up[e]).chunk(2, -1)
+            y = F.linear(F.silu(gate) * up, self.down[e]) * weight[token, slot, None].to(x.dtype)
+            out.index_add_(0, token, y)
+        if self.shared is not None:
+            out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
+        return out.reshape(x.shape)

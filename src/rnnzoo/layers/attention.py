@@ -21,7 +21,11 @@ Options of published models: `num_kv_heads` < num_heads shares each key/value he
 among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023,
 arXiv:2305.13245; the cache holds them repeated per query head); `rotary_dim` < head_dim
 rotates only the first rotary_dim channels of each head (GPT-NeoX / Griffin's partial
-rotary); `out_bias` gives W_o a bias (RecurrentGemma).
+rotary); `out_bias` gives W_o a bias (RecurrentGemma); `qk_norm_eps` RMS-normalises
+each head of q and k (weights q_norm, k_norm) before the rotation (Qwen3, as in
+Dehghani et al. 2023, arXiv:2302.05442); `output_gate` multiplies each head's output
+by sigmoid(W_g x) before W_o (gated attention, Qiu et al. 2025, arXiv:2505.06708;
+Qwen3-Next).
 
 Modes: `sequential` (reference: one token at a time through the cache) and
 `parallel` (one masked matrix product over cache + new tokens).
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnzoo.checks import flag, positive_int
+from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import rotate
@@ -59,7 +63,8 @@ class Attention(RecurrentLayer):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0,
                  num_kv_heads: int | None = None, rotary_dim: int | None = None,
-                 out_bias: bool = False):
+                 out_bias: bool = False, qk_norm_eps: float | None = None,
+                 output_gate: bool = False):
         super().__init__(d_model)
         num_kv_heads = num_heads if num_kv_heads is None else positive_int("num_kv_heads",
                                                                            num_kv_heads)
@@ -85,6 +90,12 @@ class Attention(RecurrentLayer):
         inner = num_heads * head_dim
         self.qkv = nn.Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=flag("out_bias", out_bias))
+        self.qk_norm_eps = None if qk_norm_eps is None else positive("qk_norm_eps", qk_norm_eps)
+        if qk_norm_eps is not None:
+            self.q_norm = nn.Parameter(torch.ones(head_dim))
+            self.k_norm = nn.Parameter(torch.ones(head_dim))
+        self.g_proj = nn.Linear(d_model, inner, bias=False) if flag("output_gate",
+                                                                   output_gate) else None
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
@@ -99,6 +110,9 @@ class Attention(RecurrentLayer):
         q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
         q = q.view(B, T, H, Dh)
         k, v = (t.view(B, T, KV, Dh).repeat_interleave(H // KV, 2) for t in (k, v))
+        if self.qk_norm_eps is not None:
+            q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
+            k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
         pos = start[:, None] + torch.arange(T, device=x.device)
         q, k = self.rope(q, pos), self.rope(k, pos)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
@@ -160,8 +174,10 @@ class Attention(RecurrentLayer):
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
-        out = poison(out, (bad_q | seen)[:, None])
-        y = self.out_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1).to(x.dtype))
+        out = poison(out, (bad_q | seen)[:, None]).transpose(1, 2).reshape(*x.shape[:2], -1)
+        if self.g_proj is not None:
+            out = out * torch.sigmoid(self.g_proj(x).to(out.dtype))
+        y = self.out_proj(out.to(x.dtype))
         return y, self._write(state, k, v, pos, start + T)
 
     def _write(self, state, k, v, pos, end):
