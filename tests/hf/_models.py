@@ -51,7 +51,7 @@ def tiny(model_type: str):
         return tf.Qwen3NextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
                                   num_hidden_layers=4, num_attention_heads=4,
                                   num_key_value_heads=2, head_dim=8, linear_num_key_heads=2,
-                                  linear_num_value_heads=2, linear_key_head_dim=4,
+                                  linear_num_value_heads=4, linear_key_head_dim=4,
                                   linear_value_head_dim=8, linear_conv_kernel_dim=3,
                                   num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8,
                                   shared_expert_intermediate_size=12, decoder_sparse_step=2,

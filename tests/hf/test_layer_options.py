@@ -19,6 +19,8 @@ CASES = [
     ("attention", dict(num_heads=2, head_dim=4, num_kv_heads=1, window=3, out_bias=True)),
     ("gated_deltanet", dict(num_heads=2, head_dim=3, expand_v=1, d_conv=2, chunk_size=4,
                             sqrt_eps=True)),
+    ("gated_deltanet", dict(num_heads=4, num_key_heads=2, head_dim=2, expand_v=1, d_conv=2,
+                            chunk_size=4)),
 ]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 

@@ -10,9 +10,8 @@ zero-centred ((1 + w), as Gemma's), q_norm and k_norm too.
 The linear-attention mixer is rnnzoo's `gated_deltanet` (q, k L2-normalised, conv + SiLU,
 beta = sigmoid, Mamba-2 decay, RMSNorm(o) * silu(z)); the checkpoint packs q, k, v, z per
 key head ([q_h, k_h, v_h, z_h] for each of the linear_num_key_heads) and b, a likewise:
-`rename` unpacks them. rnnzoo's layer has as many value heads as key heads, so a
-checkpoint with linear_num_value_heads != linear_num_key_heads (grouped value heads)
-is refused for now. The attention mixer is rnnzoo's `attention` with num_kv_heads,
+`rename` unpacks them. linear_num_value_heads may be a multiple of linear_num_key_heads
+(grouped value heads: `gated_deltanet`'s num_key_heads). The attention mixer is rnnzoo's `attention` with num_kv_heads,
 rotary on partial_rotary_factor of each head, qk_norm_eps and output_gate.
 """
 
@@ -48,14 +47,13 @@ def build(c: dict) -> PretrainedModel:
     need(c.get("hidden_act", "silu") == "silu", t, f"hidden_act={c.get('hidden_act')!r}")
     need(not c.get("attention_bias", False), t, "attention_bias=True")
     hk, hv = c["linear_num_key_heads"], c["linear_num_value_heads"]
-    need(hk == hv, t, f"linear_num_value_heads={hv} != linear_num_key_heads={hk} (grouped value "
-                      f"heads)")
+    need(hv % hk == 0, t, f"linear_num_value_heads={hv} not a multiple of linear_num_key_heads={hk}")
     K, V = c["linear_key_head_dim"], c["linear_value_head_dim"]
     need(V % K == 0, t, f"linear_value_head_dim={V} not a multiple of linear_key_head_dim={K}")
     rope = c.get("rope_parameters") or {}
     need(rope.get("rope_type", "default") == "default", t, f"rope_type={rope.get('rope_type')!r}")
     eps = c.get("rms_norm_eps", 1e-6)
-    gdn = dict(num_heads=hk, head_dim=K, expand_v=V // K, d_conv=c.get("linear_conv_kernel_dim", 4),
+    gdn = dict(num_heads=hv, num_key_heads=hk, head_dim=K, expand_v=V // K, d_conv=c.get("linear_conv_kernel_dim", 4),
                norm_eps=eps, sqrt_eps=True)
     heads = c["num_attention_heads"]
     head_dim = c.get("head_dim") or d // heads
@@ -75,12 +73,14 @@ def build(c: dict) -> PretrainedModel:
 def unpack_gdn(w: dict, c: dict, p: str) -> dict:
     """The packed per-key-head projections of Qwen3-Next's GatedDeltaNet -> rnnzoo's."""
     H, K, V = c["linear_num_key_heads"], c["linear_key_head_dim"], c["linear_value_head_dim"]
-    qkvz = w.pop("linear_attn.in_proj_qkvz.weight").view(H, 2 * K + 2 * V, -1)
-    q, k, v, z = qkvz.split([K, K, V, V], 1)
-    b, a = w.pop("linear_attn.in_proj_ba.weight").view(H, 2, -1).unbind(1)
+    g = c["linear_num_value_heads"] // H  # value heads per key head, packed after it
+    qkvz = w.pop("linear_attn.in_proj_qkvz.weight").view(H, 2 * K + 2 * g * V, -1)
+    q, k, v, z = qkvz.split([K, K, g * V, g * V], 1)
+    b, a = (t.flatten(0, 1) for t in w.pop("linear_attn.in_proj_ba.weight").view(H, 2, g, -1)
+            .unbind(1))
     return {p + "qkv_proj.weight": torch.cat([q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)]),
             p + "g_proj.weight": z.flatten(0, 1), p + "b_proj.weight": b, p + "a_proj.weight": a,
-            p + "b_proj.bias": b.new_zeros(H),  # the checkpoint's beta has no bias
+            p + "b_proj.bias": b.new_zeros(H * g),  # the checkpoint's beta has no bias
             p + "conv.weight": w.pop("linear_attn.conv1d.weight").squeeze(1),
             p + "A_log": w.pop("linear_attn.A_log"), p + "dt_bias": w.pop("linear_attn.dt_bias"),
             p + "norm_weight": w.pop("linear_attn.norm.weight"),
