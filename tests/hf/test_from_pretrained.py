@@ -106,3 +106,21 @@ def test_missing_tensor_is_named(tmp_path):
 def test_no_checkpoint_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         rnnzoo.from_pretrained(tmp_path)
+
+
+def test_transformers_cache_grows_where_the_state_does_not(tmp_path):
+    """Qwen3-Next's attention layers: transformers' cache holds every token read, the rnnzoo
+    state keeps the size it was built with."""
+    hf = save_tiny("qwen3_next", tmp_path)
+    ours = rnnzoo.from_pretrained(tmp_path)
+    tokens = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(4))
+    sizes_hf, sizes_ours = [], []
+    with torch.no_grad():
+        for T in (10, 40):
+            cache = hf(tokens[:, :T], use_cache=True).past_key_values
+            sizes_hf.append(sum(layer.keys.numel() + layer.values.numel()
+                                for layer in cache.layers if getattr(layer, "keys", None)
+                                is not None))
+            sizes_ours.append(state_numel(ours(tokens[:, :T])[1]))
+    assert sizes_hf[1] == 4 * sizes_hf[0] > 0
+    assert sizes_ours[0] == sizes_ours[1]
