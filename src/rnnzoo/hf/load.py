@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rnnzoo.checks import int_in
 from rnnzoo.io import parse_json, read_text
 from rnnzoo.models.checkpoint import load_tensors
 
@@ -71,15 +72,17 @@ def mapping(model_type: str):
     return importlib.import_module(f"rnnzoo.hf.{TYPES[model_type]}")
 
 
-def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None):
+def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_len: int = 4096):
     """Build the rnnzoo model of the checkpoint folder `path` with its weights.
 
-    dtype: the parameters' dtype (default float32); device: where they live.
+    dtype: the parameters' dtype (default float32); device: where they live; max_len: the
+    capacity in tokens of full-attention KV caches (allocated once; local attention holds
+    its window, recurrent layers their fixed state).
     Returns a `hf.model.PretrainedModel` (a `SequenceModel`) in eval mode.
     """
     config = read_config(path)
     module = mapping(config["model_type"])
-    model = module.build(config)
+    model = module.build(config, max_len=int_in("max_len", max_len))
     tensors = module.rename(read_tensors(path), config)
     own = model.state_dict()
     extra = sorted(set(tensors) - set(own))

@@ -15,7 +15,7 @@ from rnnzoo.hf.load import need
 from rnnzoo.hf.model import PretrainedModel, block
 
 
-def build(c: dict) -> PretrainedModel:
+def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t = c["model_type"]
     need(not c.get("use_bias", False), t, "use_bias=True (bias in in_proj / out_proj)")
     need(c.get("use_conv_bias", True), t, "use_conv_bias=False")

@@ -28,7 +28,7 @@ def options(c: dict, t: str, d: int) -> dict:
                     "chunk_size", 64)))
 
 
-def build(c: dict) -> PretrainedModel:
+def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t, d = c["model_type"], c["hidden_size"]
     opts = options(c, t, d)
     n, eps = c["num_hidden_layers"], c.get("layer_norm_epsilon", 1e-5)

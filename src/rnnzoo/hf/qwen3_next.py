@@ -42,7 +42,7 @@ def mlp(c: dict, i: int):
     return GatedMLP(d, c["intermediate_size"])
 
 
-def build(c: dict) -> PretrainedModel:
+def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t, d = c["model_type"], c["hidden_size"]
     need(c.get("hidden_act", "silu") == "silu", t, f"hidden_act={c.get('hidden_act')!r}")
     need(not c.get("attention_bias", False), t, "attention_bias=True")
@@ -60,7 +60,7 @@ def build(c: dict) -> PretrainedModel:
     att = dict(num_heads=heads, head_dim=head_dim, num_kv_heads=c.get("num_key_value_heads") or heads,
                rotary_dim=int(head_dim * rope.get("partial_rotary_factor", 0.25)),
                rope_base=rope.get("rope_theta", 10000.0), qk_norm_eps=eps, output_gate=True,
-               max_len=c.get("max_position_embeddings", 4096))
+               max_len=max_len)
     layers = ["gated_deltanet" if k == "linear_attention" else "attention" for k in layer_types(c)]
     blocks = [block(name, d, gdn if name == "gated_deltanet" else att, layer_idx=i,
                     num_layers=len(layers), norm_eps=eps, mlp=mlp(c, i))

@@ -24,7 +24,7 @@ def kinds(c: dict) -> list[str]:
     return [types[i % len(types)] for i in range(c["num_hidden_layers"])]
 
 
-def build(c: dict) -> PretrainedModel:
+def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t, d = c["model_type"], c["hidden_size"]
     need(c.get("hidden_activation", "gelu_pytorch_tanh") in ("gelu_pytorch_tanh", "gelu_tanh"), t,
          f"hidden_activation={c.get('hidden_activation')!r}")
