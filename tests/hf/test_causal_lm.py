@@ -70,3 +70,27 @@ def test_padded_prompt_is_refused(stack):
 def test_config_without_a_stack_is_refused():
     with pytest.raises(ValueError, match="vocab_size"):
         RnnzooForCausalLM(RnnzooConfig())
+
+
+def test_without_transformers_one_clear_error(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "rnnzoo.hf.causal_lm")
+    with pytest.raises(ImportError, match=r"rnnzoo\[hf\]"):
+        importlib.import_module("rnnzoo.hf.causal_lm")
+
+
+def test_import_rnnzoo_does_not_import_transformers():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rnnzoo
+    code = ("import sys, rnnzoo; rnnzoo.list_layers(); import rnnzoo.hf; "
+            "print('transformers' in sys.modules)")
+    src = str(Path(rnnzoo.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": src}, check=True)
+    assert out.stdout.strip() == "False"
