@@ -19,5 +19,15 @@ def load(path, device=None):
     return _load(path, device=device)
 
 
+def from_pretrained(path, *, device=None, dtype=None, max_len=4096):
+    """Build the rnnzoo model of a Hugging Face checkpoint folder (config.json + safetensors;
+    mamba, mamba2, recurrent_gemma, ...: docs/hf.md), each recurrent layer a registered
+    rnnzoo layer with the checkpoint's weights. Reads JSON and safetensors only. max_len:
+    the token capacity of full-attention KV caches."""
+    from rnnzoo.hf.load import from_pretrained as _from_pretrained
+    return _from_pretrained(path, device=device, dtype=dtype, max_len=max_len)
+
+
 __version__ = "0.1.0"
-__all__ = ["nn", "RecurrentLayer", "Info", "create", "list_layers", "register", "load"]
+__all__ = ["nn", "RecurrentLayer", "Info", "create", "list_layers", "register", "load",
+           "from_pretrained"]

@@ -1,11 +1,15 @@
 """The block shared by DeltaNet, Gated DeltaNet and DeltaProduct (registered in their own files).
 
     q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x))
-    q, k    = q / |q|, k / |k|                         (per head)
+    q, k    = q / |q|, k / |k|                         (per head; max(|q|, 1e-6), or with
+                                                        sqrt_eps sqrt(|q|^2 + 1e-6): fla's l2norm)
     beta    = sigmoid(W_b x)        (2 sigmoid(W_b x) with allow_neg_eigval, Grazzi et al. 2025)
     g       = -exp(A_log) softplus(W_a x + dt_bias)     (forget gate, Gated DeltaNet only)
     S_t     = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(K)
     y       = W_o [RMSNorm(o) (* silu(W_g x) with the output gate)]
+
+With num_key_heads < num_heads, q and k have num_key_heads heads, each shared by
+num_heads / num_key_heads consecutive value heads (grouped value heads, Qwen3-Next).
 
 DeltaProduct takes n_h keys, values and betas per token and applies n_h such Householder
 steps per token. The layer state is (S (B, H, K, V), short-conv state (B, d_conv-1, C)).
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -40,8 +44,14 @@ class DeltaBlock(RecurrentLayer):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 1, num_householder: int = 1, forget_gate: bool = False,
                  output_gate: bool = False, allow_neg_eigval: bool = False, d_conv: int = 4,
-                 chunk_size: int = 32, norm_eps: float = 1e-5):
+                 chunk_size: int = 32, norm_eps: float = 1e-5, sqrt_eps: bool = False,
+                 num_key_heads: int | None = None):
         super().__init__(d_model)
+        self.sqrt_eps = flag("sqrt_eps", sqrt_eps)
+        Hk = num_heads if num_key_heads is None else positive_int("num_key_heads", num_key_heads)
+        if num_heads % Hk:
+            raise ValueError(f"num_key_heads must divide num_heads={num_heads}, got {Hk}")
+        self.num_key_heads = Hk
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         V = K * positive_int("expand_v", expand_v)
@@ -49,8 +59,9 @@ class DeltaBlock(RecurrentLayer):
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.value_dim, self.num_householder = H, K, V, n_h
         self.allow_neg_eigval, self.norm_eps = bool(allow_neg_eigval), norm_eps
-        self.qkv_proj = nn.Linear(d_model, H * K + n_h * H * (K + V), bias=False)
-        self.conv = ShortConv(H * K + n_h * H * (K + V), d_conv, bias=False)
+        C = Hk * K + n_h * (Hk * K + H * V)
+        self.qkv_proj = nn.Linear(d_model, C, bias=False)
+        self.conv = ShortConv(C, d_conv, bias=False)
         self.b_proj = nn.Linear(d_model, n_h * H)
         if forget_gate:  # Mamba-2 style decay, initialised as in Gated DeltaNet
             self.a_proj = nn.Linear(d_model, H, bias=False)
@@ -75,9 +86,11 @@ class DeltaBlock(RecurrentLayer):
         H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
         cdt = compute_dtype(x)
         qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.split([H * K, n_h * H * K, n_h * H * V], -1)
-        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
-        k = F.normalize(k.reshape(B, T, n_h, H, K), dim=-1, eps=1e-6)
+        Hk = self.num_key_heads
+        q, k, v = qkv.split([Hk * K, n_h * Hk * K, n_h * H * V], -1)
+        q, k = self.l2norm(q.reshape(B, T, Hk, K)), self.l2norm(k.reshape(B, T, n_h, Hk, K))
+        if Hk != H:
+            q, k = q.repeat_interleave(H // Hk, -2), k.repeat_interleave(H // Hk, -2)
         v = v.reshape(B, T, n_h, H, V)
         beta = torch.sigmoid(self.b_proj(x).to(cdt)).reshape(B, T, n_h, H)
         if self.allow_neg_eigval:
@@ -86,6 +99,11 @@ class DeltaBlock(RecurrentLayer):
         if self.a_proj is not None:
             g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         return q, k, v, beta, g, conv_state
+
+    def l2norm(self, x):
+        if self.sqrt_eps:
+            return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+        return F.normalize(x, dim=-1, eps=1e-6)
 
     def op_output(self, o, x):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""

@@ -17,6 +17,16 @@ longer than `max_len` raises a ValueError. Sliding window: capacity = `window`,
 a ring buffer (token p lives in slot p mod window), so any length streams.
 A model stack passes its own `max_len` to this layer (see models.stack).
 
+Options of published models: `num_kv_heads` < num_heads shares each key/value head
+among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023,
+arXiv:2305.13245; the cache holds them repeated per query head); `rotary_dim` < head_dim
+rotates only the first rotary_dim channels of each head (GPT-NeoX / Griffin's partial
+rotary); `out_bias` gives W_o a bias (RecurrentGemma); `qk_norm_eps` RMS-normalises
+each head of q and k (weights q_norm, k_norm) before the rotation (Qwen3, as in
+Dehghani et al. 2023, arXiv:2302.05442); `output_gate` multiplies each head's output
+by sigmoid(W_g x) before W_o (gated attention, Qiu et al. 2025, arXiv:2505.06708;
+Qwen3-Next).
+
 Modes: `sequential` (reference: one token at a time through the cache) and
 `parallel` (one masked matrix product over cache + new tokens).
 """
@@ -27,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import rotate
@@ -51,8 +61,15 @@ class Attention(RecurrentLayer):
     }
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0):
+                 window: int | None = None, max_len: int = 1024, rope_base: float = 10000.0,
+                 num_kv_heads: int | None = None, rotary_dim: int | None = None,
+                 out_bias: bool = False, qk_norm_eps: float | None = None,
+                 output_gate: bool = False):
         super().__init__(d_model)
+        num_kv_heads = num_heads if num_kv_heads is None else positive_int("num_kv_heads",
+                                                                           num_kv_heads)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads must divide num_heads={num_heads}, got {num_kv_heads}")
         positive_int("num_heads", num_heads)
         positive_int("head_dim", head_dim, allow_none=True)
         positive_int("window", window, allow_none=True)
@@ -63,12 +80,22 @@ class Attention(RecurrentLayer):
             head_dim = d_model // num_heads
         if head_dim % 2:
             raise ValueError(f"head_dim must be even (rotary positions), got {head_dim}")
+        rotary_dim = head_dim if rotary_dim is None else positive_int("rotary_dim", rotary_dim)
+        if rotary_dim % 2 or rotary_dim > head_dim:
+            raise ValueError(f"rotary_dim must be even and <= head_dim={head_dim}, got {rotary_dim}")
         self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
+        self.num_kv_heads, self.rotary_dim = num_kv_heads, rotary_dim
         self.rope_base = float(rope_base)
         self.capacity = window if window is not None else max_len
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.qkv = nn.Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=flag("out_bias", out_bias))
+        self.qk_norm_eps = None if qk_norm_eps is None else positive("qk_norm_eps", qk_norm_eps)
+        if qk_norm_eps is not None:
+            self.q_norm = nn.Parameter(torch.ones(head_dim))
+            self.k_norm = nn.Parameter(torch.ones(head_dim))
+        self.g_proj = nn.Linear(d_model, inner, bias=False) if flag("output_gate",
+                                                                   output_gate) else None
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
@@ -79,18 +106,28 @@ class Attention(RecurrentLayer):
     def _project(self, x, start):
         """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).to(compute_dtype(x)).view(B, T, 3, self.num_heads, self.head_dim) \
-            .unbind(2)
+        H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
+        q = q.view(B, T, H, Dh)
+        k, v = (t.view(B, T, KV, Dh).repeat_interleave(H // KV, 2) for t in (k, v))
+        if self.qk_norm_eps is not None:
+            q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
+            k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
         pos = start[:, None] + torch.arange(T, device=x.device)
         q, k = self.rope(q, pos), self.rope(k, pos)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 
     def rope(self, x, pos):
         """Rotary positions on x: (B, T, H, Dh) at absolute positions pos (B, T), channel
-        pairs (j, j + Dh/2) with frequencies rope_base^(-j / (Dh/2))."""
-        half = self.head_dim // 2
+        pairs (j, j + R/2) of the first R = rotary_dim channels, with frequencies
+        rope_base^(-j / (R/2))."""
+        R = self.rotary_dim
+        half = R // 2
         theta = self.rope_base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
-        return rotate(x, pos.to(x.dtype), theta, pairs="halves")
+        if R == self.head_dim:
+            return rotate(x, pos.to(x.dtype), theta, pairs="halves")
+        return torch.cat([rotate(x[..., :R], pos.to(x.dtype), theta, pairs="halves"),
+                          x[..., R:]], -1)
 
     def _slot_positions(self, start):
         """Absolute position of the token in each cache slot, (B, capacity); -1 where empty."""
@@ -137,8 +174,10 @@ class Attention(RecurrentLayer):
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
-        out = poison(out, (bad_q | seen)[:, None])
-        y = self.out_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1).to(x.dtype))
+        out = poison(out, (bad_q | seen)[:, None]).transpose(1, 2).reshape(*x.shape[:2], -1)
+        if self.g_proj is not None:
+            out = out * torch.sigmoid(self.g_proj(x).to(out.dtype))
+        y = self.out_proj(out.to(x.dtype))
         return y, self._write(state, k, v, pos, start + T)
 
     def _write(self, state, k, v, pos, end):

@@ -15,6 +15,12 @@ RG-LRU, with a = sigma(Lambda) per channel and the paper's constant c = 8 (`gate
 
 Lambda is initialised so that a^c is uniform in [0.9, 0.999]. The state is
 (conv_state (B, d_conv - 1, d_rnn), h (B, d_rnn)).
+
+Two options follow RecurrentGemma's released code (Botev et al. 2024, arXiv:2404.07839):
+`gate_act="gelu_tanh"` (GELU's tanh approximation on the gate branch) and
+`normalize_first=False`: the first step of a sequence (the state is init_state's) takes
+i_t * u_t without the sqrt(1 - a_t^2) factor, as the reference resets at position 0.
+The state then carries a third entry, started (B,): 1 once a sequence has had a step.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive, positive_int
+from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.layers.conv import ShortConv
@@ -40,8 +46,11 @@ class Hawk(DiagonalLayer):
     modes = ("sequential", "scan")
 
     def __init__(self, d_model: int, d_rnn: int | None = None, num_heads: int = 1,
-                 d_conv: int = 4, gate_scale: float = 8.0):
+                 d_conv: int = 4, gate_scale: float = 8.0, gate_act: str = "gelu",
+                 normalize_first: bool = True):
         super().__init__(d_model)
+        self.gate_act = choice("gate_act", gate_act, ("gelu", "gelu_tanh"))
+        self.normalize_first = flag("normalize_first", normalize_first)
         d_rnn = (4 * d_model + 2) // 3 if d_rnn is None else d_rnn
         for name, v in (("d_rnn", d_rnn), ("num_heads", num_heads), ("d_conv", d_conv)):
             positive_int(name, v)
@@ -61,11 +70,15 @@ class Hawk(DiagonalLayer):
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
-        return (self.conv.init_state(batch_size, device, sd),
-                torch.zeros(batch_size, self.d_rnn, device=device, dtype=sd))
+        state = (self.conv.init_state(batch_size, device, sd),
+                 torch.zeros(batch_size, self.d_rnn, device=device, dtype=sd))
+        if not self.normalize_first:
+            state += (torch.zeros(batch_size, device=device, dtype=sd),)
+        return state
 
-    def rg_lru_coefficients(self, u):
-        """a_t and b_t = sqrt(1 - a_t^2) i_t u_t of the RG-LRU for its input u: (B, T, d_rnn)."""
+    def rg_lru_coefficients(self, u, started=None):
+        """a_t and b_t = sqrt(1 - a_t^2) i_t u_t of the RG-LRU for its input u: (B, T, d_rnn).
+        started (B,): where 0, the first step's factor is 1 (normalize_first=False)."""
         B, T, _ = u.shape
         heads = u.view(B, T, self.num_heads, -1)
         gates = torch.einsum("bthi,ghij->gbthj", heads, self.gate_weight).reshape(2, B, T, -1)
@@ -73,11 +86,19 @@ class Hawk(DiagonalLayer):
         r, i = torch.sigmoid((gates + self.gate_bias.unsqueeze(1).unsqueeze(1)).to(cdt))
         log_a = -self.gate_scale * F.softplus(-self.a_logit.to(cdt)) * r
         multiplier = torch.sqrt((-torch.expm1(2 * log_a)).clamp_min(torch.finfo(cdt).tiny))
+        if started is not None and T > 0:
+            first = torch.where(started[:, None] > 0, multiplier[:, 0], torch.ones_like(multiplier[:, 0]))
+            multiplier = torch.cat([first[:, None], multiplier[:, 1:]], 1)
         return torch.exp(log_a), multiplier * i * u.to(cdt)
 
     def _run(self, x, state, mode, mask=None):
-        conv_state, h = state
+        conv_state, h, *started = state
         gate, u = self.in_proj(x).chunk(2, dim=-1)
         u, conv_state = self.conv(u, conv_state, mask)
-        hs, h = diagonal_recurrence(*self.rg_lru_coefficients(u), h, mode, mask)
-        return self.out_proj(F.gelu(gate) * hs.to(x.dtype)), (conv_state, h)
+        a_b = self.rg_lru_coefficients(u, started[0] if started else None)
+        hs, h = diagonal_recurrence(*a_b, h, mode, mask)
+        if started:  # a sequence has started once it had a valid step
+            step = torch.ones_like(started[0]) if mask is None else mask[:, 0, 0].to(h.dtype)
+            started = [torch.maximum(started[0], step) if x.shape[1] else started[0]]
+        gate = F.gelu(gate, approximate="tanh" if self.gate_act == "gelu_tanh" else "none")
+        return self.out_proj(gate * hs.to(x.dtype)), (conv_state, h, *started)

@@ -14,6 +14,9 @@ instead of (0, 1) (Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs
 Through Negative Eigenvalues", arXiv:2411.12537): a channel can then flip the
 sign of its state, which parity needs.
 
+`bcdt_rms_eps` (Falcon-Mamba, Zuo et al. 2024, arXiv:2410.05355; transformers'
+`mixer_rms_eps`): RMSNorm without weight, of that eps, on dt, B and C after W_x. Off by default.
+
 Modes: `sequential` is the loop over t under autograd; `scan` is `_SelectiveScan`:
 time chunks of `chunk_size` steps, each solved by `chunked_scan`, with the
 backward written out and the chunk's states recomputed, so that the
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import flag, positive_int
+from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers.conv import ShortConv
@@ -143,8 +146,10 @@ class Mamba(DiagonalLayer):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
-                 allow_neg_eigval: bool = False, chunk_size: int = 16):
+                 allow_neg_eigval: bool = False, chunk_size: int = 16,
+                 bcdt_rms_eps: float | None = None):
         super().__init__(d_model)
+        self.bcdt_rms_eps = None if bcdt_rms_eps is None else positive("bcdt_rms_eps", bcdt_rms_eps)
         self.d_state = positive_int("d_state", d_state)
         self.d_conv = positive_int("d_conv", d_conv)
         self.expand = positive_int("expand", expand)
@@ -182,6 +187,10 @@ class Mamba(DiagonalLayer):
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         u, conv_state = self.conv(x_in, conv_state, mask)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.bcdt_rms_eps is not None:
+            cdt = compute_dtype(x)
+            dt, B, C = (F.rms_norm(t.to(cdt), (t.shape[-1],), eps=self.bcdt_rms_eps).to(t.dtype)
+                        for t in (dt, B, C))
         delta = F.softplus(self.dt_proj(dt))
         cdt = compute_dtype(x)
         A = -torch.exp(self.A_log.to(cdt))

@@ -1,10 +1,14 @@
 """Mamba-2 (Dao & Gu 2024, "Transformers are SSMs", arXiv:2405.21060): the SSD layer.
 
-A scalar decay per head and per step, inputs B_t, C_t shared by all heads (one group):
+A scalar decay per head and per step, inputs B_t, C_t shared by the heads of a group
+(`n_groups`, mamba_ssm's `ngroups`: head h reads group h // (H / n_groups); default one):
 
     [z, xBC, dt] = x W_in;  [x, B, C] = silu(conv1d(xBC));  dt = softplus(dt + dt_bias)
     S_t = exp(dt_t A) S_{t-1} + B_t (dt_t x_t)^T,   A = -exp(A_log) < 0    S: (d_state, head_dim)
     y_t = S_t^T C_t + D x_t,   out = RMSNorm(y * silu(z)) W_out              (gated RMSNorm)
+
+The gated RMSNorm normalises each group's d_inner / n_groups channels on their own
+(eps `norm_eps`), as mamba_ssm's RMSNormGated with group_size = d_inner / ngroups.
 
 i.e. gated linear attention with q = C, k = B, v = dt x and log decay dt A. Modes:
 `sequential`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -41,20 +45,26 @@ class Mamba2(RecurrentLayer):
 
     def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
                  d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
-                 dt_max: float = 0.1):
+                 dt_max: float = 0.1, n_groups: int = 1, norm_eps: float = 1e-5):
         super().__init__(d_model)
         for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
-                            ("d_conv", d_conv), ("chunk_size", chunk_size)):
+                            ("d_conv", d_conv), ("chunk_size", chunk_size),
+                            ("n_groups", n_groups)):
             positive_int(name, value)
+        self.norm_eps = positive("norm_eps", norm_eps)
         d_inner = expand * d_model
         if d_inner % head_dim:
             raise ValueError(f"expand * d_model = {d_inner} must be a multiple of head_dim, "
                              f"got head_dim={head_dim}")
         self.d_inner, self.d_state, self.head_dim = d_inner, d_state, head_dim
         self.num_heads, self.chunk_size = d_inner // head_dim, chunk_size
-        H = self.num_heads
-        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + H, bias=False)
-        self.conv = ShortConv(d_inner + 2 * d_state, d_conv)
+        H, G = self.num_heads, n_groups
+        if H % G:
+            raise ValueError(f"the number of heads expand * d_model / head_dim = {H} must be a "
+                             f"multiple of n_groups, got n_groups={n_groups}")
+        self.n_groups = G
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * G * d_state + H, bias=False)
+        self.conv = ShortConv(d_inner + 2 * G * d_state, d_conv)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
@@ -70,14 +80,15 @@ class Mamba2(RecurrentLayer):
     def _forward(self, x, state, mode):
         S, conv_state = state
         Bsz, T, _ = x.shape
-        H, N, P = self.num_heads, self.d_state, self.head_dim
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * N, H], -1)
+        H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
         xBC, conv_state = self.conv(xBC, conv_state)
-        xs, Bm, Cm = xBC.split([self.d_inner, N, N], -1)
+        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
         dt = F.softplus(dt.to(S.dtype) + self.dt_bias)  # (B, T, H)
         log_decay = -dt * self.A_log.to(S.dtype).exp()
-        q, k = (t[:, :, None].expand(Bsz, T, H, N) for t in (Cm, Bm))
+        q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
+                for t in (Cm, Bm))
         v = xs.to(S.dtype) * dt[..., None]
         kw = dict(scale=1.0, initial_state=S)
         if mode == "chunk":
@@ -87,5 +98,6 @@ class Mamba2(RecurrentLayer):
         else:
             y, S = gated_linear_attention_recurrent(q, k, v, log_decay, **kw)
         y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
-        y = F.rms_norm(y * F.silu(z), (self.d_inner,), eps=1e-5) * self.norm_weight
+        y = (y * F.silu(z)).unflatten(-1, (G, self.d_inner // G))
+        y = F.rms_norm(y, (self.d_inner // G,), eps=self.norm_eps).flatten(-2) * self.norm_weight
         return self.out_proj(y), (S, conv_state)

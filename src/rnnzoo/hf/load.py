@@ -1,0 +1,98 @@
+"""`from_pretrained(path)`: a Hugging Face checkpoint folder -> an rnnzoo model.
+
+    model = rnnzoo.from_pretrained("mamba-130m/")     # config.json + *.safetensors, no network
+    logits, state = model(tokens)                     # tokens (B, T) -> (B, T, vocab)
+    logits_t, state = model.step(tokens[:, -1], state)
+
+The folder's config.json names its `model_type`; the mapping module of that type (one
+small module each in this package: `mamba`, `mamba2`, ...) builds the stack from the
+config, each recurrent layer the registered rnnzoo layer, and renames the checkpoint's
+tensors to the stack's parameter names. Loading is strict: a checkpoint tensor the map
+does not place, or a parameter it leaves unset, is an error naming it. Reading needs
+neither `transformers` nor the network: JSON and safetensors only (models.checkpoint).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from rnnzoo.checks import int_in
+from rnnzoo.io import parse_json, read_text
+from rnnzoo.models.checkpoint import load_tensors
+
+# model_type -> the module of this package that maps it
+TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
+         "recurrent_gemma": "recurrent_gemma", "qwen3_next": "qwen3_next"}
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A checkpoint whose type or options rnnzoo cannot map (the message says which)."""
+
+
+def need(ok: bool, model_type: str, what: str) -> None:
+    """Refuse a checkpoint option the mapping does not cover, naming it."""
+    if not ok:
+        raise UnsupportedCheckpoint(f"{model_type} checkpoint: {what} is not supported")
+
+
+def number(value) -> float:
+    """A config number; transformers writes infinities as {"__float__": "Infinity"}."""
+    return float(value["__float__"]) if isinstance(value, dict) else float(value)
+
+
+def read_config(path) -> dict:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json (a checkpoint folder has config.json "
+                                f"and *.safetensors)")
+    config = parse_json(read_text(path / "config.json"), path / "config.json")
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"{path / 'config.json'} names no model_type")
+    return config
+
+
+def read_tensors(path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's *.safetensors files (sharded or not), by name."""
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no *.safetensors file")
+    tensors = {}
+    for f in files:
+        tensors.update(load_tensors(f)[0])
+    return tensors
+
+
+def mapping(model_type: str):
+    if model_type not in TYPES:
+        raise UnsupportedCheckpoint(f"model_type {model_type!r} is not supported; rnnzoo loads "
+                                    f"{sorted(TYPES)}")
+    return importlib.import_module(f"rnnzoo.hf.{TYPES[model_type]}")
+
+
+def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_len: int = 4096):
+    """Build the rnnzoo model of the checkpoint folder `path` with its weights.
+
+    dtype: the parameters' dtype (default float32); device: where they live; max_len: the
+    capacity in tokens of full-attention KV caches (allocated once; local attention holds
+    its window, recurrent layers their fixed state).
+    Returns a `hf.model.PretrainedModel` (a `SequenceModel`) in eval mode.
+    """
+    config = read_config(path)
+    module = mapping(config["model_type"])
+    model = module.build(config, max_len=int_in("max_len", max_len))
+    tensors = module.rename(read_tensors(path), config)
+    own = model.state_dict()
+    extra = sorted(set(tensors) - set(own))
+    missing = sorted(set(own) - set(tensors))
+    if extra or missing:
+        raise ValueError(f"{path}: the {config['model_type']} map leaves checkpoint tensors "
+                         f"{extra[:5]} unplaced and parameters {missing[:5]} unset")
+    for name, t in tensors.items():
+        if t.shape != own[name].shape:
+            raise ValueError(f"{path}: tensor for {name} has shape {tuple(t.shape)}, the model "
+                             f"needs {tuple(own[name].shape)}")
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()

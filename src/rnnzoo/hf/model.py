@@ -1,0 +1,141 @@
+"""The model a checkpoint loads into: rnnzoo's stack with the checkpoint's trimmings.
+
+    embed (x sqrt(d_model) where the checkpoint scales it) -> blocks -> final norm -> head
+    block: h = x + mixer(norm(x));  y = h + mlp(mlp_norm(h))   (models.blocks.Block)
+    head: W_head y (the embedding matrix where tied), optionally cap * tanh(logits / cap)
+
+It is a `SequenceModel`, so forward / step / generate / init_state are the stack's own:
+the state is one layer state per block, of a size fixed by the model, whatever the
+length of the text read so far.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
+from rnnzoo.models.stack import ModelConfig, SequenceModel
+
+
+class ScaledEmbedding(nn.Embedding):
+    """tokens (...) -> (..., d) embedding times `scale`, rounded to the weight's dtype first
+    (as Gemma multiplies by sqrt(d_model) in the embedding's dtype)."""
+
+    def __init__(self, num, dim, scale: float = 1.0):
+        super().__init__(num, dim)
+        self.scale = scale
+
+    def forward(self, tokens):
+        x = super().forward(tokens)
+        return x if self.scale == 1.0 else x * torch.tensor(self.scale, dtype=x.dtype)
+
+
+class Head(nn.Linear):
+    """(..., d) -> (..., vocab) logits, soft-capped as cap * tanh(logits / cap) if `softcap`."""
+
+    def __init__(self, d, vocab, bias=False, softcap: float | None = None):
+        super().__init__(d, vocab, bias=bias)
+        self.softcap = softcap
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y if self.softcap is None else self.softcap * torch.tanh(y / self.softcap)
+
+
+class GatedMLP(nn.Module):
+    """W_down (act(W_gate x) * W_up x): SwiGLU (act silu) or GeGLU (gelu, tanh approximation)."""
+
+    def __init__(self, d, hidden, act="silu", bias=False):
+        super().__init__()
+        self.gate = nn.Linear(d, hidden, bias=bias)
+        self.up = nn.Linear(d, hidden, bias=bias)
+        self.down = nn.Linear(hidden, d, bias=bias)
+        self.act = act
+
+    def forward(self, x):
+        g = self.gate(x)
+        g = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh")
+        return self.down(g * self.up(x))
+
+
+def block(name: str, d_model: int, options: dict, *, layer_idx: int, num_layers: int,
+          norm_eps: float, mlp: nn.Module | None = None, max_len: int = 4096) -> Block:
+    """A residual block around the registered layer `name`, with RMSNorms of eps `norm_eps`
+    and the given MLP (None: the mixer alone, Mamba's block)."""
+    mixer = build_mixer(name, d_model, options, layer_idx=layer_idx, num_layers=num_layers,
+                        max_len=max_len)
+    b = Block(mixer, d_model, mlp_ratio=0)
+    b.norm = RMSNorm(d_model, eps=norm_eps)
+    if mlp is not None:
+        b.mlp_norm, b.mlp = RMSNorm(d_model, eps=norm_eps), mlp
+    return b
+
+
+class PretrainedModel(SequenceModel):
+    """tokens (B, T) -> logits (B, T, vocab), state; built by a checkpoint's mapping module.
+
+    blocks: the residual blocks, bottom first; tie: the head shares the embedding matrix.
+    `model_type` and `source_config` (the checkpoint's config.json) say where it came from.
+    """
+
+    def __init__(self, *, vocab_size: int, d_model: int, layers: list[str], blocks: list[Block],
+                 norm_eps: float, tie: bool, model_type: str, source_config: dict,
+                 embed_scale: float = 1.0, logit_softcap: float | None = None):
+        nn.Module.__init__(self)
+        # a description for SequenceModel's methods (generate checks vocab_size)
+        self.config = ModelConfig(layer=layers[0], d_model=d_model, num_layers=len(blocks),
+                                  vocab_size=vocab_size)
+        self.layers, self.model_type, self.source_config = layers, model_type, source_config
+        self.embed = ScaledEmbedding(vocab_size, d_model, embed_scale)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.head = Head(d_model, vocab_size, softcap=logit_softcap)
+        if tie:
+            self.head.weight = self.embed.weight
+
+    def extra_repr(self):
+        return f"model_type={self.model_type!r}"
+
+
+def gemma_norm(weight: torch.Tensor) -> torch.Tensor:
+    """Gemma's RMSNorm scales by (1 + w): the same norm as ours with weight 1 + w."""
+    return weight.float() + 1
+
+
+
+class SparseMoE(nn.Module):
+    """Top-k mixture of SwiGLU experts (Shazeer et al. 2017, arXiv:1701.06538), with an
+    optional shared expert scaled by sigmoid(W_s x) (Qwen-MoE / Qwen3-Next):
+
+        p = softmax(W_r x);  top-k experts e with weights p_e (renormalised if norm_topk)
+        y = sum_e p_e E_e(x) [+ sigmoid(w_s . x) E_shared(x)]
+
+    gate_up: (E, 2 hidden, d) (gate rows first), down: (E, d, hidden). x: (..., d).
+    """
+
+    def __init__(self, d, hidden, num_experts, top_k, norm_topk=True, shared_hidden=0):
+        super().__init__()
+        self.top_k, self.norm_topk = top_k, norm_topk
+        self.router = nn.Linear(d, num_experts, bias=False)
+        self.gate_up = nn.Parameter(torch.zeros(num_experts, 2 * hidden, d))
+        self.down = nn.Parameter(torch.zeros(num_experts, d, hidden))
+        self.shared = GatedMLP(d, shared_hidden) if shared_hidden else None
+        self.shared_gate = nn.Linear(d, 1, bias=False) if shared_hidden else None
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.router(flat).float(), -1)
+        weight, index = probs.topk(self.top_k, -1)
+        if self.norm_topk:
+            weight = weight / weight.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e in index.unique().tolist():  # the experts some token chose
+            token, slot = torch.where(index == e)
+            gate, up = F.linear(flat[token], self.gate_up[e]).chunk(2, -1)
+            y = F.linear(F.silu(gate) * up, self.down[e]) * weight[token, slot, None].to(x.dtype)
+            out.index_add_(0, token, y)
+        if self.shared is not None:
+            out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
+        return out.reshape(x.shape)

@@ -1,0 +1,74 @@
+"""Tiny random transformers models of each supported type, saved into a folder."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+import torch
+
+VOCAB = 61
+
+
+def _import_torch_paths(module: str):
+    """Import a transformers modeling module with its plain-PyTorch functions: hidden from fla
+    while it is imported, it does not bind fla's Triton kernels (which need a GPU driver)."""
+    if module in sys.modules:
+        return
+    saved = {k: sys.modules[k] for k in list(sys.modules) if k == "fla" or k.startswith("fla.")}
+    sys.modules["fla"] = None  # import fla -> ImportError -> transformers falls back to torch
+    try:
+        importlib.import_module(module)
+    finally:
+        del sys.modules["fla"]
+        sys.modules.update(saved)
+
+
+def tiny(model_type: str):
+    """(config, model class) of a tiny model of `model_type`."""
+    import transformers as tf
+    if model_type in ("qwen3_next", "kimi_linear"):
+        _import_torch_paths(f"transformers.models.{model_type}.modeling_{model_type}")
+    if model_type == "mamba":
+        return tf.MambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                              state_size=4, expand=2, conv_kernel=3), tf.MambaForCausalLM
+    if model_type == "falcon_mamba":
+        return tf.FalconMambaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                                    state_size=4, expand=2, conv_kernel=3,
+                                    tie_word_embeddings=False), tf.FalconMambaForCausalLM
+    if model_type == "mamba2":
+        return tf.Mamba2Config(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                               state_size=4, expand=2, conv_kernel=3, head_dim=8, num_heads=4,
+                               n_groups=2, chunk_size=8), tf.Mamba2ForCausalLM
+    if model_type == "recurrent_gemma":  # 4 blocks: recurrent, recurrent, attention, recurrent
+        return tf.RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=48,
+                                       num_hidden_layers=4, num_attention_heads=2, lru_width=12,
+                                       attention_window_size=5, conv1d_width=3,
+                                       num_key_value_heads=1, logits_soft_cap=3.0
+                                       ), tf.RecurrentGemmaForCausalLM
+    if model_type == "qwen3_next":  # 4 blocks: 3 Gated DeltaNet then gated attention; MoE on 2, 4
+        return tf.Qwen3NextConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                                  num_hidden_layers=4, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=8, linear_num_key_heads=2,
+                                  linear_num_value_heads=4, linear_key_head_dim=4,
+                                  linear_value_head_dim=8, linear_conv_kernel_dim=3,
+                                  num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8,
+                                  shared_expert_intermediate_size=12, decoder_sparse_step=2,
+                                  max_position_embeddings=2048), tf.Qwen3NextForCausalLM
+    raise KeyError(model_type)
+
+
+def save_tiny(model_type: str, folder, seed: int = 0):
+    """Build a tiny random `model_type` model, save it into `folder`; returns it (eval)."""
+    config, cls = tiny(model_type)
+    config.eos_token_id = config.bos_token_id = config.pad_token_id = None  # greedy runs to the end
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # transformers initialises some parameters to constants (D = 1,
+        for p in model.parameters():  # norms = 1): perturb all so that a misplaced one shows
+            p.add_(0.1 * torch.randn_like(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder)
+    return model

@@ -1,0 +1,126 @@
+"""rnnzoo.from_pretrained: tiny random transformers checkpoints load into rnnzoo layers and
+give transformers' own logits (float32, 1e-4 relative) and greedy tokens; rnnzoo then
+decodes step by step in a state of constant size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _models import VOCAB, save_tiny
+
+import rnnzoo
+from rnnzoo.hf import UnsupportedCheckpoint
+from rnnzoo.hf.load import TYPES
+
+TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next"]
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.fixture(params=TYPES_TESTED)
+def pair(request, tmp_path):
+    hf = save_tiny(request.param, tmp_path)
+    return request.param, hf, rnnzoo.from_pretrained(tmp_path, max_len=1100)
+
+
+def test_every_supported_type_is_tested():
+    assert sorted(TYPES) == sorted(TYPES_TESTED)
+
+
+def test_logits_equal_transformers(pair):
+    model_type, hf, ours = pair
+    tokens = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(tokens).logits
+        got, _ = ours(tokens)
+    assert got.shape == want.shape
+    assert rel_err(want, got) < 1e-4, model_type
+    # the layers are rnnzoo's registered ones, in every mode all the model's layers have
+    modes = set.intersection(*(set(b.mixer.modes) for b in ours.blocks))
+    assert "sequential" in modes
+    for mode in modes:
+        with torch.no_grad():
+            assert rel_err(want, ours(tokens, mode=mode)[0]) < 1e-4, mode
+
+
+def test_greedy_generation_equals_transformers(pair):
+    model_type, hf, ours = pair
+    prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    want = hf.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    got = ours.generate(prompt, max_new_tokens=12, temperature=0)
+    assert torch.equal(got, want), model_type
+
+
+def state_numel(state):
+    if isinstance(state, torch.Tensor):
+        return state.numel()
+    return sum(state_numel(s) for s in state)
+
+
+@pytest.mark.parametrize("T", [96, pytest.param(1024, marks=pytest.mark.slow)])
+def test_streaming_steps_constant_state_equal_logits(pair, T):
+    """T tokens one step at a time: the state never grows and the logits at every step
+    equal transformers' forward over the whole sequence."""
+    model_type, hf, ours = pair
+    tokens = torch.randint(0, VOCAB, (1, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = hf(tokens).logits[0]
+        state, sizes, got = ours.init_state(1), set(), []
+        for t in range(T):
+            logits, state = ours.step(tokens[:, t], state)
+            got.append(logits[0])
+            sizes.add(state_numel(state))
+    assert len(sizes) == 1
+    assert rel_err(want, torch.stack(got)) < 1e-4, model_type
+
+
+def test_unknown_model_type_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnsupportedCheckpoint, match="'bert' is not supported"):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+def test_unsupported_option_is_named(tmp_path):
+    save_tiny("mamba", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "use_conv_bias": False}))
+    with pytest.raises(UnsupportedCheckpoint, match="use_conv_bias=False"):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    from rnnzoo.models.checkpoint import load_tensors, save_tensors
+    save_tiny("mamba2", tmp_path)
+    (f,) = tmp_path.glob("*.safetensors")
+    tensors = load_tensors(f)[0]
+    del tensors["backbone.layers.1.mixer.dt_bias"]
+    save_tensors(f, tensors)
+    with pytest.raises(ValueError, match=r"blocks\.1\.mixer\.dt_bias"):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+def test_no_checkpoint_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+def test_transformers_cache_grows_where_the_state_does_not(tmp_path):
+    """Qwen3-Next's attention layers: transformers' cache holds every token read, the rnnzoo
+    state keeps the size it was built with."""
+    hf = save_tiny("qwen3_next", tmp_path)
+    ours = rnnzoo.from_pretrained(tmp_path)
+    tokens = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(4))
+    sizes_hf, sizes_ours = [], []
+    with torch.no_grad():
+        for T in (10, 40):
+            cache = hf(tokens[:, :T], use_cache=True).past_key_values
+            sizes_hf.append(sum(layer.keys.numel() + layer.values.numel()
+                                for layer in cache.layers if getattr(layer, "keys", None)
+                                is not None))
+            sizes_ours.append(state_numel(ours(tokens[:, :T])[1]))
+    assert sizes_hf[1] == 4 * sizes_hf[0] > 0
+    assert sizes_ours[0] == sizes_ours[1]

@@ -1,0 +1,75 @@
+"""The layer options the checkpoint maps added keep the layer contract: every mode equals the
+reference, a split sequence equals the whole, step equals forward, and right padding leaves
+each sequence's own outputs and state. (The conformance suite checks the default options.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+
+CASES = [
+    ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
+    ("mamba2", dict(d_state=2, head_dim=2, expand=2, d_conv=3, chunk_size=4, n_groups=2,
+                    norm_eps=1e-6)),
+    ("hawk", dict(d_rnn=6, num_heads=2, d_conv=3, gate_act="gelu_tanh", normalize_first=False)),
+    ("attention", dict(num_heads=4, head_dim=4, num_kv_heads=2, rotary_dim=2, out_bias=True,
+                       qk_norm_eps=1e-6, output_gate=True, max_len=32)),
+    ("attention", dict(num_heads=2, head_dim=4, num_kv_heads=1, window=3, out_bias=True)),
+    ("gated_deltanet", dict(num_heads=2, head_dim=3, expand_v=1, d_conv=2, chunk_size=4,
+                            sqrt_eps=True)),
+    ("gated_deltanet", dict(num_heads=4, num_key_heads=2, head_dim=2, expand_v=1, d_conv=2,
+                            chunk_size=4)),
+]
+IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+
+
+def make(name, options):
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=8, **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def flat(state):
+    return [state] if isinstance(state, torch.Tensor) else [t for s in state for t in flat(s)]
+
+
+def close(a, b):
+    return all(torch.allclose(x, y, atol=1e-9, rtol=1e-7) for x, y in zip(flat(a), flat(b)))
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=IDS)
+def test_option_keeps_the_contract(name, options):
+    layer = make(name, options)
+    x = torch.randn(2, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y, s = layer(x, mode="sequential")
+    for mode in layer.modes:
+        y_m, s_m = layer(x, mode=mode)
+        assert close(y, y_m) and close(s, s_m), mode
+        y1, s1 = layer(x[:, :4], mode=mode)
+        y2, s2 = layer(x[:, 4:], s1, mode=mode)
+        assert close(y, torch.cat([y1, y2], 1)) and close(s, s2), mode
+    state, ys = None, []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        ys.append(y_t)
+    assert close(y, torch.stack(ys, 1)) and close(s, state)
+    lengths = torch.tensor([9, 5])
+    y_p, s_p = layer(x, lengths=lengths)
+    y_short, s_short = layer(x[1:, :5])
+    assert close(y_p[1:, :5], y_short) and (y_p[1, 5:] == 0).all()
+    assert close([t[1:] for t in flat(s_p)], flat(s_short))
+
+
+def test_hawk_normalize_first_changes_only_the_first_step():
+    on = make("hawk", dict(d_rnn=6, num_heads=2, d_conv=3))
+    off = make("hawk", dict(d_rnn=6, num_heads=2, d_conv=3, normalize_first=False))
+    x = torch.randn(1, 1, 8, dtype=torch.float64)
+    assert not torch.allclose(on(x)[0], off(x)[0])  # the first step differs...
+    state = on.init_state(1, dtype=torch.float64)
+    later = (*state, torch.ones(1, dtype=torch.float64))  # ...a later one does not
+    assert torch.allclose(on(x, state)[0], off(x, later)[0])
