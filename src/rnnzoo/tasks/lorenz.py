@@ -88,14 +88,15 @@ class _Lorenz(Task):
     }
 
     def __init__(self, dt: float = 0.01, series_length: int = 20000, train_length: int = 200,
-                 test_fraction: float = 0.2, seed: int = 0, dim: int = 3):
+                 test_fraction: float = 0.2, seed: int = 0):
         self.dt = positive("dt", dt)
         self.series_length = int_in("series_length", series_length, lo=100)
         self.train_length = int_in("train_length", train_length, lo=2)
         self.test_fraction = real("test_fraction", test_fraction, 0, 1, lo_open=True,
                                   hi_open=True)
         self.seed = int_in("seed", seed, lo=0)
-        series = trajectory(self.system, self.series_length, self.dt, self.seed, dim)
+        series = trajectory(self.system, self.series_length, self.dt, self.seed,
+                            getattr(self, "dim", 3))
         n_test = int(round(self.series_length * self.test_fraction))
         if min(n_test, self.series_length - n_test) <= self.train_length:
             raise ValueError(f"series_length {series_length} with test_fraction {test_fraction}"
@@ -144,7 +145,7 @@ class Lorenz96(_Lorenz):
     def __init__(self, dim: int = 10, dt: float = 0.01, series_length: int = 20000,
                  train_length: int = 200, test_fraction: float = 0.2, seed: int = 0):
         self.dim = int_in("dim", dim, lo=4)
-        super().__init__(dt, series_length, train_length, test_fraction, seed, dim=self.dim)
+        super().__init__(dt, series_length, train_length, test_fraction, seed)
 
     def options(self):
         return dict(super().options(), dim=self.dim)
