@@ -97,3 +97,72 @@ class ALRNN(PLRNN):
         if self.num_relu == 0:
             return z
         return super().phi(z)
+
+
+# -- generalized teacher forcing (Hess, Monfared, Brenner & Durstewitz 2023, "Generalized
+# Teacher Forcing for Learning Chaotic Dynamics", ICML, arXiv:2306.04406) ------------------
+#
+# Dynamical-systems reconstruction reads the N observed variables off the first N latent
+# units (the identity observation model) and runs the cell on no input (s_t = 0). During
+# training the observed units are pulled towards the data before each step,
+#
+#     z~_t[:N] = alpha x_t + (1 - alpha) z_t[:N],   z~_t[N:] = z_t[N:],   z_{t+1} = F(z~_t),
+#
+# alpha = 1 being classic teacher forcing and alpha = 0 the free run. The loss is
+# sum_t ||x_{t+1} - z_{t+1}[:N]||^2. With G the growth of the Jacobians along the
+# trajectory, (1 - alpha) G <= 1 bounds the loss gradients: alpha* = max(0, 1 - 1/G), G the
+# geometric mean of the spectral norms ||dz_{t+1}/dz~_t||. The annealing (every few updates)
+# decays alpha by gamma, never below the current alpha*: alpha <- max(gamma alpha, alpha*).
+
+def gtf_rollout(cell: PLRNN, x: torch.Tensor, alpha: float | torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions (B, T - 1, N) of x_1 .. x_{T-1}, forced states z~ (B, T - 1, M)).
+
+    x: (B, T, N) observations, N <= M; z_0 = (x_0, 0); alpha in [0, 1]."""
+    B, T, N = x.shape
+    M = cell.hidden_size
+    if N > M:
+        raise ValueError(f"observations ({N}) must fit in the latent state (hidden_size {M})")
+    w = cell.weights(B)
+    drive = cell.project(torch.zeros(B, cell.input_size, dtype=x.dtype, device=x.device))
+    z = torch.cat([x[:, 0], x.new_zeros(B, M - N)], -1)
+    preds, forced = [], []
+    for t in range(T - 1):
+        if t > 0:  # z_0 already holds x_0
+            z = torch.cat([alpha * x[:, t] + (1 - alpha) * z[:, :N], z[:, N:]], -1)
+        forced.append(z)
+        z = cell.transition((drive,), (z,), w)[0]
+        preds.append(z[:, :N])
+    return torch.stack(preds, 1), torch.stack(forced, 1)
+
+
+def free_run(cell: PLRNN, z0: torch.Tensor, steps: int) -> torch.Tensor:
+    """The autonomous trajectory z_1 .. z_steps (B, steps, M) from z0 (B, M), no input."""
+    B = z0.shape[0]
+    w = cell.weights(B)
+    drive = cell.project(torch.zeros(B, cell.input_size, dtype=z0.dtype, device=z0.device))
+    out, z = [], z0
+    for _ in range(steps):
+        z = cell.transition((drive,), (z,), w)[0]
+        out.append(z)
+    return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def gtf_alpha_bound(cell: PLRNN, forced: torch.Tensor) -> float:
+    """alpha* = max(0, 1 - 1 / G), G the geometric mean of ||diag(A) + W D(z~)||_2 over the
+    forced states z~ (..., M) (D: the derivative of Phi* there)."""
+    z = forced.reshape(-1, cell.hidden_size)
+    W = cell.W * cell.off_diagonal.to(cell.W.dtype)
+    slope = torch.ones_like(z)
+    slope[:, cell.num_linear:] = (z[:, cell.num_linear:] > 0).to(z.dtype)
+    if isinstance(cell, ALRNN) and cell.num_relu == 0:
+        slope = torch.ones_like(z)
+    J = torch.diag_embed(cell.A.expand_as(z)) + W.unsqueeze(0) * slope.unsqueeze(1)
+    G = torch.linalg.matrix_norm(J, ord=2).clamp_min(1e-12).log().mean().exp()
+    return max(0.0, 1.0 - 1.0 / float(G))
+
+
+def gtf_anneal(alpha: float, bound: float, gamma: float = 0.999) -> float:
+    """The next alpha: max(gamma alpha, alpha*)."""
+    return max(gamma * alpha, bound)
