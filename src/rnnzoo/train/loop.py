@@ -125,6 +125,18 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     saved_step: int | None = None    # the step of the checkpoint in the run folder
 
+    def plain(self):
+        """(model, optimizer) as ordinary modules: under FSDP gathered from the shards
+        on every rank (dist.plain_copy), for checkpoints and plots."""
+        if not self.sharded:
+            return self.model, self.optimizer
+        return ddp.plain_copy(self.model, self.optimizer,
+                              lambda m: make_optimizer(m, self.config))
+
+    @property
+    def sharded(self) -> bool:
+        return self.config.fsdp and self.dist.world > 1
+
     def autocast(self):
         on = self.config.amp and self.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
@@ -159,7 +171,9 @@ def _build_run(config, dist, device, folder, say) -> _Run:
     task, model = build(config)
     model.to(device)
     net = model
-    if dist.world > 1:
+    if config.fsdp and dist.world > 1:  # FSDP2 shards the model in place
+        net = model = ddp.shard(model)
+    elif dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(config, task, model, net, make_optimizer(model, config), device, dist, folder,
@@ -176,8 +190,9 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     batch = train_batch(run.task, config, step)
     share = config.batch_size // dist.world
     local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
+    cu = getattr(local, "cu_seqlens", None)  # a packed batch (tasks/files.py PackedBatch)
     with run.autocast():
-        outputs, _ = run.net(local.inputs)
+        outputs, _ = run.net(local.inputs) if cu is None else run.net(local.inputs, cu_seqlens=cu)
     loss_sum, count = run.task.loss(outputs, local)
     total = dist.sum(count, run.device)
     loss = loss_sum / max(total, 1) * dist.world  # DDP averages over ranks
@@ -185,6 +200,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     loss.backward()
     # the norm is needed anyway to clip; max_norm=inf only measures it
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
     finite = torch.isfinite(loss_sum.detach()) & torch.isfinite(norm)
     if dist.sum(float(~finite), run.device):  # every rank stops at the same step
         mean_loss = dist.sum(float(loss_sum.detach()), run.device) / max(total, 1)
@@ -222,7 +238,7 @@ def _evaluate_and_save(run: _Run, done: int) -> dict:
     n = run.config.eval_batches * run.config.batch_size
     run.say(f"  eval step {done} (sampled: {n} test examples per length): {task.metric} "
             f"{result[task.metric]:.4f}  ({per})")
-    run.folder.save(run.model, run.optimizer, done, run.config)
+    run.folder.save(*run.plain(), done, run.config)
     run.saved_step = done
     return result
 
@@ -266,7 +282,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
 def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     config = run.config
-    done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
+    if resume and run.sharded:  # the checkpoint is whole: read it, then shard it
+        twin, twin_opt = run.plain()
+        done = run.folder.resume(twin, twin_opt, config)
+        ddp.load_plain(run.model, run.optimizer, twin, twin_opt)
+    else:
+        done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
     run.saved_step = done if resume else None
     if resume:
         run.say(f"resumed from {run.folder.path / CHECKPOINT} at step {done}")
@@ -302,5 +323,5 @@ def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     run.say(f"  final evaluation on the whole test split ({_examples(final)}): {run.task.metric} "
             f"{final[run.task.metric]:.4f}  ({per})")
     record = _record(run, final, done, early_stop)
-    run.folder.finish(record, run.task, run.say, model=run.model)
+    run.folder.finish(record, run.task, run.say, model=run.plain()[0])
     return record
