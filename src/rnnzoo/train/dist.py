@@ -13,6 +13,13 @@ rows of the batch are split as under DDP, so the run equals one process on the
 global batch. Checkpoints are written whole: `plain_copy` gathers the sharded model
 and optimizer into an ordinary model and AdamW on every rank (a collective), and
 `load_plain` puts one back into the shards (`--resume`).
+
+`--sequence-parallel` splits the time axis instead (LASP-2, ops/sequence_parallel.py):
+every rank takes all rows of the global batch and its slice of the steps; the chunk
+ops exchange their state summaries with one all-gather a layer, the short convolutions
+their last d_conv - 1 inputs; the parameter gradients (each rank holds its part of the
+sum) are summed with one all-reduce each. The layers it is exact for (tested against one
+process, forward and backward, with 2 and 4 ranks) are SEQUENCE_PARALLEL_LAYERS.
 """
 
 from __future__ import annotations
@@ -77,6 +84,41 @@ def pick_device(name: str, dist: Dist) -> torch.device:
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
     return device
+
+
+# Exact under sequence parallelism (tests/train/test_sequence_parallel.py). Not yet: retnet
+# (its rotary positions start at the state's position, which each rank would need offset),
+# rwkv6 / rwkv7 (a token shift reads the previous rank's last step), the diagonal scans and
+# every layer not built on ops.chunk's gated_linear_attention or delta_rule.
+SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2",
+                            "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
+
+
+def check_sequence_parallel(layer_names) -> None:
+    """ValueError naming the layers that sequence parallelism would not run exactly."""
+    bad = sorted(set(layer_names) - set(SEQUENCE_PARALLEL_LAYERS))
+    if bad:
+        raise ValueError(f"--sequence-parallel runs the layers {', '.join(SEQUENCE_PARALLEL_LAYERS)}"
+                         f"; this model has {', '.join(bad)}")
+
+
+def time_slice(batch, dist: "Dist"):
+    """This rank's slice of the time axis of every row (tensor_split: as even as can be)."""
+    import dataclasses
+    part = lambda t: None if t is None else torch.tensor_split(t, dist.world, 1)[dist.rank]  # noqa: E731
+    return dataclasses.replace(batch, inputs=part(batch.inputs), targets=part(batch.targets),
+                               metric_mask=part(batch.metric_mask), mask=part(batch.mask))
+
+
+def sum_gradients(model) -> None:
+    """Each parameter's gradient summed over the ranks (sequence parallelism: each rank
+    holds its time slice's part)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
 
 
 def shard(model):

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.tasks import Task, get_task
-from rnnzoo.tasks.base import add_sums
+from rnnzoo.tasks.base import Batch, add_sums
 from rnnzoo.train import dist as ddp
 from rnnzoo.train.checkpoints import CHECKPOINT, RunFolder
 from rnnzoo.train.config import TrainConfig, lr_at
@@ -154,7 +155,7 @@ def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _
     device = ddp.pick_device(config.device, dist)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if config.batch_size % dist.world:
+    if config.batch_size % dist.world and not config.sequence_parallel:
         raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of the number "
                          f"of processes ({dist.world})")
     say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
@@ -171,9 +172,15 @@ def _build_run(config, dist, device, folder, say) -> _Run:
     task, model = build(config)
     model.to(device)
     net = model
+    if config.sequence_parallel:
+        ddp.check_sequence_parallel(model.config.layer_names())
+        if config.task_options.get("pack"):
+            raise ValueError("--sequence-parallel with packed batches (--pack) is not supported "
+                             "yet: pick one")
+    # sequence parallelism: every rank a time slice of the same model, no wrapper
     if config.fsdp and dist.world > 1:  # FSDP2 shards the model in place
         net = model = ddp.shard(model)
-    elif dist.world > 1:
+    elif dist.world > 1 and not config.sequence_parallel:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(config, task, model, net, make_optimizer(model, config), device, dist, folder,
@@ -188,16 +195,31 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     batch = train_batch(run.task, config, step)
-    share = config.batch_size // dist.world
-    local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
+    split_time = config.sequence_parallel and dist.world > 1
+    if split_time:  # all rows, this rank's steps
+        if type(batch) is not Batch:
+            raise ValueError(f"--sequence-parallel: task {run.task.name!r} reads whole rows "
+                             f"({type(batch).__name__}); it splits plain token batches only")
+        local = ddp.time_slice(batch, dist).to(run.device)
+    else:
+        share = config.batch_size // dist.world
+        local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
     cu = getattr(local, "cu_seqlens", None)  # a packed batch (tasks/files.py PackedBatch)
     with run.autocast():
-        outputs, _ = run.net(local.inputs) if cu is None else run.net(local.inputs, cu_seqlens=cu)
+        if split_time:
+            with sequence_parallel.scope():
+                outputs, _ = run.net(local.inputs, mode="chunk")
+        else:
+            outputs, _ = run.net(local.inputs) if cu is None else run.net(local.inputs,
+                                                                          cu_seqlens=cu)
     loss_sum, count = run.task.loss(outputs, local)
     total = dist.sum(count, run.device)
-    loss = loss_sum / max(total, 1) * dist.world  # DDP averages over ranks
+    # DDP and FSDP average the gradients over ranks; sequence parallelism sums them
+    loss = loss_sum / max(total, 1) * (1 if split_time else dist.world)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if split_time:
+        ddp.sum_gradients(run.model)
     # the norm is needed anyway to clip; max_norm=inf only measures it
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
