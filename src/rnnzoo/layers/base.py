@@ -147,11 +147,16 @@ class RecurrentLayer(nn.Module):
         Generic and exact for every layer: the documents are gathered into a right-padded
         batch (N, max_seqlen, d), run through the `lengths` path (so each starts from its own
         state and nothing crosses a boundary, short convolutions included), and the outputs
-        gathered back. Index arithmetic only, no host read. A layer may override this with a
-        native reset-at-boundary path.
+        gathered back. Index arithmetic only, no host read. Where the `lengths` path reads
+        the lengths anyway (it re-runs each group of equal length for its state; see
+        `host_reads`), each group of documents of equal length runs once as a batch instead
+        (`_forward_packed_groups`): T steps in all, no padding. A layer may override this
+        with a native reset-at-boundary path.
         """
         T = x.shape[1]
         starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
+        if "lengths" in self.host_reads:  # that path reads the lengths anyway: group by them
+            return self._forward_packed_groups(x, state, mode, cu_seqlens)
         L = max(int(max_seqlen), 1)
         t = torch.arange(L, device=x.device)
         valid = (t < lengths.unsqueeze(1)).unsqueeze(-1)                       # (N, L, 1)
@@ -164,6 +169,35 @@ class RecurrentLayer(nn.Module):
         doc = torch.searchsorted(cu_seqlens[1:], p, right=True).clamp(max=lengths.shape[0] - 1)
         y = yp[doc, (p - cu_seqlens[doc]).clamp(max=L - 1)]
         return y.unsqueeze(0), state
+
+    def _forward_packed_groups(self, x, state, mode, cu_seqlens):
+        """Packed sequences for a layer whose `lengths` path reads the lengths (and re-runs
+        each group of equal length for its state): run each group of documents of equal
+        length as one batch instead, outputs and final states at once, T steps in all and
+        no padding."""
+        cu = cu_seqlens.tolist()
+        by_length: dict[int, list[int]] = {}
+        for n, (a, b) in enumerate(zip(cu, cu[1:])):
+            by_length.setdefault(b - a, []).append(n)
+        ys, positions, docs, finals = [], [], [], []
+        for n, group in by_length.items():
+            idx = torch.tensor(group, device=x.device)
+            sub_state = _index_state(state, idx)
+            if n == 0:
+                finals.append(_as_tuple(sub_state))
+            else:
+                src = cu_seqlens[idx].unsqueeze(1) + torch.arange(n, device=x.device)  # (g, n)
+                y, final = self._forward(x[0][src], sub_state, mode)
+                ys.append(y.reshape(-1, y.shape[-1]))
+                positions.append(src.reshape(-1))
+                finals.append(_as_tuple(final))
+            docs.append(idx)
+        # every packed position and every document appears once: undo the grouping's order
+        y = torch.cat(ys)[torch.argsort(torch.cat(positions))].unsqueeze(0)
+        order = torch.argsort(torch.cat(docs))
+        out = tuple(torch.cat([f[i].to(_as_tuple(state)[i].dtype) for f in finals])[order]
+                    for i in range(len(finals[0])))
+        return y, out[0] if isinstance(state, torch.Tensor) else out
 
     # -- validation ----------------------------------------------------------------------
     def _param_dtype(self) -> torch.dtype | None:
