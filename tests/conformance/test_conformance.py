@@ -334,3 +334,85 @@ def test_nonfinite_input_is_causal(name, mode, fill):
             assert bool(torch.isfinite(y[0, :t]).all()), f"non-finite output before t={t}"
             assert max_err(y[0, :t], y_clean[0, :t]) < 1e-9
             assert max_err(y[1], y_clean[1]) < 1e-9, "leaked into another sequence"
+
+
+# 5c. packed sequences (cu_seqlens) equal each sequence alone --------------------------------
+CU = torch.tensor([0, 4, 5, 9, 9 + 1, T])  # ragged: 4, 1, 4, 1, 1 steps
+
+
+def _packed_grads(layer, x, s0, mode):
+    """(y, state, grads wrt x, state, params) of the packed run and of each document alone."""
+    g = torch.Generator().manual_seed(7)
+    wy = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    ws = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) for t in flat(s0)]
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def grads(loss, leaves):
+        got = torch.autograd.grad(loss, leaves, allow_unused=True)
+        return [torch.zeros_like(t) if gr is None else gr for t, gr in zip(leaves, got)]
+
+    xp = x.clone().requires_grad_()
+    sp = tuple(t.clone().requires_grad_() for t in flat(s0))
+    y, s = layer(xp, sp if len(sp) > 1 else sp[0], mode=mode, cu_seqlens=CU)
+    loss = (y * wy).sum() + sum((t * w).real.sum() for t, w in zip(flat(s), ws))
+    packed = (y, s, grads(loss, [xp, *sp, *params]))
+
+    ys, ss, gx, gs, gp = [], [], [], [], None
+    for n in range(len(CU) - 1):
+        a, b = CU[n].item(), CU[n + 1].item()
+        xn = x[:, a:b].clone().requires_grad_()
+        sn = tuple(t[n:n + 1].clone().requires_grad_() for t in flat(s0))
+        yn, s_n = layer(xn, sn if len(sn) > 1 else sn[0], mode=mode)
+        loss = (yn * wy[:, a:b]).sum() + sum((t * w[n:n + 1]).real.sum()
+                                              for t, w in zip(flat(s_n), ws))
+        gr = grads(loss, [xn, *sn, *params])
+        ys.append(yn), ss.append(flat(s_n)), gx.append(gr[0]), gs.append(gr[1:1 + len(sn)])
+        gp = gr[1 + len(sn):] if gp is None else [u + v for u, v in zip(gp, gr[1 + len(sn):])]
+    alone_state = [torch.cat(parts) for parts in zip(*ss)]
+    alone_gs = [torch.cat(parts) for parts in zip(*gs)]
+    alone = (torch.cat(ys, 1), alone_state, [torch.cat(gx, 1), *alone_gs, *gp])
+    return packed, alone
+
+
+@pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_cu_seqlens_equals_each_sequence_alone(name, mode):
+    """Packed documents (ragged, length-1 ones included) from their own states: outputs,
+    final states and gradients (input, states, parameters) equal each document run alone."""
+    layer = make(name)
+    x, s0 = inputs(layer, B=1), random_state(layer, len(CU) - 1)
+    (y, s, g), (y1, s1, g1) = _packed_grads(layer, x, s0, mode)
+    assert y.shape == x.shape
+    assert max_err(y, y1) < 1e-9
+    assert max_err(s, s1) < 1e-9
+    for a, b in zip(g, g1):
+        assert (a - b).abs().max().item() < 1e-8 * (1 + b.abs().max().item())
+    y0, _ = layer(x, mode=mode, cu_seqlens=CU)  # state=None: every document from init_state
+    assert max_err(y0[:, :4], layer(x[:, :4], mode=mode)[0]) < 1e-9
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cu_seqlens_on_meta_and_bad_values(name):
+    """Packed input on `meta` (cu_seqlens on the CPU, as the loader makes it) reads on the
+    host exactly where the `lengths` path does; bad boundaries raise one ValueError."""
+    info = rnnzoo.registry.get_layer_info(name)
+    layer = make(name, torch.float32)
+    x = torch.randn(1, T, layer.d_model)
+    for bad in ([1, 4, T], [0, 6, 4, T], [0, 4, T - 1]):
+        with pytest.raises(ValueError, match=r"cu_seqlens must start at 0, never decrease"):
+            layer(x, cu_seqlens=torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"batch 1"):
+        layer(x.expand(2, -1, -1), cu_seqlens=CU)
+    with pytest.raises(TypeError, match=r"cu_seqlens must be an integer tensor"):
+        layer(x, cu_seqlens=CU.float())
+    with pytest.raises(ValueError, match=r"state.* must have shape"):
+        layer(x, layer.init_state(2), cu_seqlens=CU)
+    layer = layer.to("meta")
+    xm = x.to("meta")
+    reason = info.host_reads.get("lengths") or info.host_reads.get(layer.auto_mode(xm))
+    if reason is None:
+        y, s = layer(xm, cu_seqlens=CU)
+        assert y.device.type == "meta" and y.shape == xm.shape
+        assert all(t.device.type == "meta" and t.shape[0] == len(CU) - 1 for t in flat(s))
+    else:
+        with pytest.raises((RuntimeError, NotImplementedError), match=HOST_READ):
+            layer(xm, cu_seqlens=CU)

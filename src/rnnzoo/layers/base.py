@@ -1,6 +1,7 @@
 """The layer protocol shared by every token mixer (docs/design.md, section 2).
 
     y, state = layer(x, state=None, *, mode="auto", lengths=None)   # x: (B, T, d_model)
+    y, state = layer(x, state, cu_seqlens=cu, max_seqlen=None)       # packed: x (1, T, d_model)
     y_t, state = layer.step(x_t, state)                              # x_t: (B, d_model)
     state = layer.init_state(batch_size, device=None, dtype=None)
 
@@ -10,7 +11,8 @@ A subclass sets `modes` (the reference mode, "sequential", first) and implements
     init_state(batch_size, device, dtype)
 
 and may override `_step` (by default the reference mode on a sequence of one step),
-`_forward_lengths` (right-padded batches) and `auto_mode`.
+`_forward_lengths` (right-padded batches), `_forward_packed` (packed sequences,
+`cu_seqlens`) and `auto_mode`.
 States are tensors or tuples of tensors kept in float32 / complex64, or in
 float64 / complex128 when the input is float64 (rnnzoo.dtypes).
 The diagonal layers share one masked recurrence (`_diagonal.DiagonalLayer`).
@@ -42,6 +44,10 @@ class RecurrentLayer(nn.Module):
         "lengths": "the generic right-padding path re-runs each group of equal lengths on its "
                    "prefix, so it reads the lengths (a masked recurrence, as the diagonal "
                    "layers', reads nothing)"}
+    # Packed sequences (cu_seqlens) go through `_forward_packed`: by default the generic
+    # path below, which lays the documents out as a right-padded batch and runs the
+    # `lengths` path, so it reads on the host exactly when "lengths" does (given max_seqlen
+    # or a CPU cu_seqlens; a device cu_seqlens without max_seqlen costs one read).
 
     bidirectional: bool = False  # LION (layers/bidirectional.py), where a layer has lion_inputs
 
@@ -76,10 +82,26 @@ class RecurrentLayer(nn.Module):
         return self.modes[0]
 
     def forward(self, x: torch.Tensor, state: State | None = None, *, mode: str = "auto",
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
-        """x: (batch, time, d_model) -> y: (batch, time, d_model), final state."""
+                lengths: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None) -> tuple[torch.Tensor, State]:
+        """x: (batch, time, d_model) -> y: (batch, time, d_model), final state.
+
+        Packed sequences: x (1, T, d_model) holds N documents end to end, cu_seqlens
+        (N + 1,) their boundaries (0 = cu[0] <= cu[1] <= ... <= cu[N] = T); document n
+        is x[0, cu[n]:cu[n+1]], run from state[n] (state and the returned state have
+        batch N, one per document); max_seqlen (a Python int >= the longest document)
+        spares reading it from a device cu_seqlens.
+        """
         self._check_input(x, "x", 3)
         mode = self._check_mode(mode, x)
+        if cu_seqlens is not None:
+            if lengths is not None:
+                raise ValueError("give lengths (right padding) or cu_seqlens (packed "
+                                 "sequences), not both")
+            cu, max_seqlen = check_cu_seqlens(cu_seqlens, x, max_seqlen)
+            # state has one row a document (an expanded view of x gives the batch N)
+            state = self._check_or_init_state(state, x.expand(cu.shape[0] - 1, -1, -1))
+            return self._forward_packed(x, state, mode, cu, max_seqlen)
         state = self._check_or_init_state(state, x)
         if self.bidirectional:
             lengths = None if lengths is None else self._check_lengths(lengths, x)
@@ -133,6 +155,65 @@ class RecurrentLayer(nn.Module):
             for o, p in zip(out, part):
                 o[idx] = p.to(o.dtype)
         return y, out[0] if isinstance(final, torch.Tensor) else tuple(out)
+
+    def _forward_packed(self, x, state, mode, cu_seqlens, max_seqlen):
+        """Packed sequences: x (1, T, d), state batch N, cu_seqlens (N + 1,) long on x's
+        device, max_seqlen an int >= every document's length -> y (1, T, d), state (N, ...).
+
+        Generic and exact for every layer: the documents are gathered into a right-padded
+        batch (N, max_seqlen, d), run through the `lengths` path (so each starts from its own
+        state and nothing crosses a boundary, short convolutions included), and the outputs
+        gathered back. Index arithmetic only, no host read. Where the `lengths` path reads
+        the lengths anyway (it re-runs each group of equal length for its state; see
+        `host_reads`), each group of documents of equal length runs once as a batch instead
+        (`_forward_packed_groups`): T steps in all, no padding. A layer may override this
+        with a native reset-at-boundary path.
+        """
+        T = x.shape[1]
+        starts, lengths = cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1]
+        if "lengths" in self.host_reads:  # that path reads the lengths anyway: group by them
+            return self._forward_packed_groups(x, state, mode, cu_seqlens)
+        L = max(int(max_seqlen), 1)
+        t = torch.arange(L, device=x.device)
+        valid = (t < lengths.unsqueeze(1)).unsqueeze(-1)                       # (N, L, 1)
+        src = (starts.unsqueeze(1) + t).clamp(max=T - 1)                       # (N, L)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        xp = torch.where(valid, x[0][src], zero)
+        yp, state = self._forward_lengths(xp, state, mode, lengths)
+        # packed position p belongs to document n(p), at offset p - cu[n(p)]
+        p = torch.arange(T, device=x.device)
+        doc = torch.searchsorted(cu_seqlens[1:], p, right=True).clamp(max=lengths.shape[0] - 1)
+        y = yp[doc, (p - cu_seqlens[doc]).clamp(max=L - 1)]
+        return y.unsqueeze(0), state
+
+    def _forward_packed_groups(self, x, state, mode, cu_seqlens):
+        """Packed sequences for a layer whose `lengths` path reads the lengths (and re-runs
+        each group of equal length for its state): run each group of documents of equal
+        length as one batch instead, outputs and final states at once, T steps in all and
+        no padding."""
+        cu = cu_seqlens.tolist()
+        by_length: dict[int, list[int]] = {}
+        for n, (a, b) in enumerate(zip(cu, cu[1:])):
+            by_length.setdefault(b - a, []).append(n)
+        ys, positions, docs, finals = [], [], [], []
+        for n, group in by_length.items():
+            idx = torch.tensor(group, device=x.device)
+            sub_state = _index_state(state, idx)
+            if n == 0:
+                finals.append(_as_tuple(sub_state))
+            else:
+                src = cu_seqlens[idx].unsqueeze(1) + torch.arange(n, device=x.device)  # (g, n)
+                y, final = self._forward(x[0][src], sub_state, mode)
+                ys.append(y.reshape(-1, y.shape[-1]))
+                positions.append(src.reshape(-1))
+                finals.append(_as_tuple(final))
+            docs.append(idx)
+        # every packed position and every document appears once: undo the grouping's order
+        y = torch.cat(ys)[torch.argsort(torch.cat(positions))].unsqueeze(0)
+        order = torch.argsort(torch.cat(docs))
+        out = tuple(torch.cat([f[i].to(_as_tuple(state)[i].dtype) for f in finals])[order]
+                    for i in range(len(finals[0])))
+        return y, out[0] if isinstance(state, torch.Tensor) else out
 
     # -- validation ----------------------------------------------------------------------
     def _param_dtype(self) -> torch.dtype | None:
@@ -202,6 +283,45 @@ class RecurrentLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, modes={self.modes}"
+
+
+def check_cu_seqlens(cu_seqlens, x: torch.Tensor, max_seqlen: int | None = None
+                     ) -> tuple[torch.Tensor, int]:
+    """Validate packed-sequence boundaries for x (1, T, ...) -> (cu_seqlens as long on x's
+    device, max_seqlen). One clear ValueError / TypeError for anything wrong.
+
+    The values (0 first, never decreasing, T last) are checked when cu_seqlens is on the
+    CPU, where that reads nothing from an accelerator (the text loader makes it there);
+    a device cu_seqlens is trusted, as flash-attention does, and read once for max_seqlen
+    only when max_seqlen is not given.
+    """
+    B, T = x.shape[:2]
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype.is_floating_point or \
+            cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
+        raise TypeError(f"cu_seqlens must be an integer tensor of shape (N + 1,), got "
+                        f"{getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}")
+    if B != 1:
+        raise ValueError(f"cu_seqlens (packed sequences) needs x of batch 1, shape (1, T, ...), "
+                         f"got shape {tuple(x.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must have shape (N + 1,) with N >= 1 sequences, got "
+                         f"shape {tuple(cu_seqlens.shape)}")
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int)
+                                   or max_seqlen < 0):
+        raise ValueError(f"max_seqlen must be an int >= 0, got {max_seqlen!r}")
+    if cu_seqlens.device.type == "cpu":
+        v = cu_seqlens.tolist()
+        if v[0] != 0 or v[-1] != T or any(b < a for a, b in zip(v, v[1:])):
+            raise ValueError(f"cu_seqlens must start at 0, never decrease and end at T={T}, "
+                             f"got {v if len(v) <= 12 else v[:6] + ['...'] + v[-3:]}")
+        longest = max(b - a for a, b in zip(v, v[1:]))
+        if max_seqlen is not None and max_seqlen < longest:
+            raise ValueError(f"max_seqlen={max_seqlen} is shorter than the longest sequence "
+                             f"({longest})")
+        max_seqlen = longest if max_seqlen is None else max_seqlen
+    elif max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return cu_seqlens.to(device=x.device, dtype=torch.long), max_seqlen
 
 
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:

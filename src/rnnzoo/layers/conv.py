@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int
+from rnnzoo.ops import sequence_parallel
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -34,6 +35,9 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     conv_state's dtype.
     """
     K = weight.shape[1]
+    final = None
+    if mask is None and sequence_parallel.active():  # x is this rank's slice of the sequence
+        conv_state, final = sequence_parallel.halo(x, conv_state)
     xp = torch.cat([conv_state.to(x.dtype), x], dim=1)  # (B, K-1+T, C)
     bias = None if bias is None else bias.to(x.dtype)
     y = F.conv1d(xp.transpose(1, 2), weight.to(x.dtype).unsqueeze(1), bias, groups=x.shape[-1])
@@ -43,6 +47,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         n = mask.flatten(1).sum(1)
         idx = n.view(-1, 1) + torch.arange(K - 1, device=x.device)
         new_state = xp.gather(1, idx.unsqueeze(-1).expand(-1, -1, xp.shape[-1]))
+    if final is not None:
+        new_state = final
     return y.transpose(1, 2), new_state.to(conv_state.dtype)
 
 

@@ -71,7 +71,12 @@ def build_mixer(name: str, d_model: int, options: dict, *, layer_idx: int, num_l
 
 
 class Block(nn.Module):
-    """x: (B, T, d_model) -> (B, T, d_model); the mixer's state passes through."""
+    """x: (B, T, d_model) -> (B, T, d_model); the mixer's state passes through.
+
+    Packed sequences (x (1, T, d_model), cu_seqlens (N + 1,)) go to the mixer, which
+    restarts at each boundary (its short convolution too); the norms and the MLP act
+    position by position, so nothing else crosses a boundary.
+    """
 
     def __init__(self, mixer: nn.Module, d_model: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -83,8 +88,10 @@ class Block(nn.Module):
     def _mlp(self, h):
         return h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
 
-    def forward(self, x, state=None, *, mode="auto", lengths=None):
-        y, state = self.mixer(self.norm(x), state, mode=mode, lengths=lengths)
+    def forward(self, x, state=None, *, mode="auto", lengths=None, cu_seqlens=None,
+                max_seqlen=None):
+        packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        y, state = self.mixer(self.norm(x), state, mode=mode, lengths=lengths, **packed)
         return self._mlp(x + y), state
 
     def step(self, x_t, state=None):

@@ -128,13 +128,20 @@ class SequenceModel(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None) -> tuple:
         return tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks)
 
-    def forward(self, inputs, state=None, *, mode="auto", lengths=None):
-        """inputs (B, T) or (B, T, input_dim) -> (B, T, output_dim), state (one per block)."""
+    def forward(self, inputs, state=None, *, mode="auto", lengths=None, cu_seqlens=None,
+                max_seqlen=None):
+        """inputs (B, T) or (B, T, input_dim) -> (B, T, output_dim), state (one per block).
+
+        Packed documents: inputs (1, T) end to end, cu_seqlens (N + 1,) their boundaries
+        (layers/base.py); every block restarts at each boundary, and the state has one row
+        per document.
+        """
         x = self._embed(inputs)
         state = state if state is not None else (None,) * len(self.blocks)
         new_state = []
+        packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         for block, s in zip(self.blocks, state):
-            x, s = block(x, s, mode=mode, lengths=lengths)
+            x, s = block(x, s, mode=mode, lengths=lengths, **packed)
             new_state.append(s)
         return self.head(self.norm(x)), tuple(new_state)
 

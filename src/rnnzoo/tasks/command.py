@@ -37,6 +37,8 @@ OPTION_HELP = {
     ("text", "mode"): "'byte': bytes (256 symbols); 'char': the file's characters (UTF-8)",
     ("text", "seq_len"): "characters (bytes) per training sequence",
     ("text", "val_fraction"): "the last fraction of the file, held out for testing",
+    ("text", "pack"): "true: training batches of whole documents (split at blank lines) packed "
+                      "without padding, the state restarting at each (cu_seqlens)",
     ("classify", "test_fraction"): "fraction of the rows held out for testing (at random)",
     ("classify", "seed"): "seed of the random train/test split",
     ("forecast", "window"): "past steps the model reads",

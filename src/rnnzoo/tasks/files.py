@@ -2,7 +2,12 @@
 
 - text: character or byte language modelling on any text file; metric bits per
   character (bits per byte in `byte` mode). The last `val_fraction` is held out.
-  Baseline: a unigram model of the training part.
+  Baseline: a unigram model of the training part. With `pack=True` the training
+  part is read as documents (separated by blank lines) and a training batch is
+  `batch_size` of them (each a random window of at most seq_len + 1 symbols)
+  packed end to end without padding: inputs (1, total), cu_seqlens (N + 1,) their
+  boundaries, the model's state restarting at each (PackedBatch). Evaluation
+  stays on consecutive windows of the held-out part.
 - classify: sequence classification. A CSV (one sequence per row, the label in
   the last column; a non-numeric first row is a header), a .npy array of shape
   (N, T + 1) laid out the same way, or a .npz with arrays `x` (N, T) or
@@ -60,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnzoo.checks import choice, int_in, real
+from rnnzoo.checks import choice, flag, int_in, real
 from rnnzoo.tasks.base import IGNORE, Batch, Task, task, tokens_batch
 
 REVIN_EPS = 1e-5
@@ -272,13 +277,56 @@ def last_step_regression(x: np.ndarray, y: np.ndarray) -> Batch:
 
 
 # -- text --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PackedBatch(Batch):
+    """Documents laid end to end in one row: inputs and targets (1, total), cu_seqlens
+    (N + 1,) int64 on the CPU (0, then each document's end), passed to the model as
+    `cu_seqlens`. A "row" of the global batch is a document: `slice` takes documents."""
+
+    cu_seqlens: torch.Tensor | None = None
+
+    def to(self, device) -> "PackedBatch":  # cu_seqlens stays on the CPU: checked for free
+        return PackedBatch(self.inputs.to(device), self.targets.to(device),
+                           cu_seqlens=self.cu_seqlens)
+
+    def slice(self, start: int, stop: int) -> "PackedBatch":
+        cu = self.cu_seqlens[start:stop + 1]
+        a, b = int(cu[0]), int(cu[-1])
+        return PackedBatch(self.inputs[:, a:b], self.targets[:, a:b], cu_seqlens=cu - a)
+
+    def padded(self) -> tuple[Batch, torch.Tensor]:
+        """The same documents right-padded, one a row (targets IGNORE on the padding), and
+        their lengths: the batch packing spares."""
+        cu = self.cu_seqlens.tolist()
+        lengths = torch.tensor([b - a for a, b in zip(cu, cu[1:])])
+        n, L = len(lengths), int(lengths.max())
+        x = self.inputs.new_zeros(n, L)
+        y = self.targets.new_full((n, L), IGNORE)
+        for i, (a, b) in enumerate(zip(cu, cu[1:])):
+            x[i, :b - a], y[i, :b - a] = self.inputs[0, a:b], self.targets[0, a:b]
+        return Batch(x, y), lengths
+
+
+def documents(data: np.ndarray, newline: int | None) -> list[np.ndarray]:
+    """The documents of a token array: the runs between blank lines (two or more
+    newlines in a row), those of at least 2 symbols."""
+    if newline is None:
+        return [data] if len(data) >= 2 else []
+    nl = data == newline
+    blank = nl & (np.r_[nl[1:], False] | np.r_[False, nl[:-1]])
+    edges = np.flatnonzero(np.diff(np.r_[0, (~blank).astype(np.int8), 0]))
+    return [data[a:b] for a, b in zip(edges[::2], edges[1::2]) if b - a >= 2]
+
+
 @task("text", family="files")
 class TextLM(Task):
     metric, higher_is_better = "bpc", False
     test_lengths = (None,)
 
-    def __init__(self, path=None, mode: str = "byte", seq_len: int = 128, val_fraction: float = 0.1):
+    def __init__(self, path=None, mode: str = "byte", seq_len: int = 128, val_fraction: float = 0.1,
+                 pack: bool = False):
         p = _existing(path)
+        self.pack = flag("pack", pack)
         if mode not in ("byte", "char"):
             raise ValueError(f"mode must be 'byte' or 'char', got {mode!r}")
         self.path, self.mode = str(p), mode
@@ -306,18 +354,41 @@ class TextLM(Task):
                 raise ValueError(f"{p}: the {split} part has {len(d)} symbols, fewer than "
                                  f"seq_len + 1 = {self.seq_len + 1}; lower seq_len")
         self.train_lengths = (self.seq_len, self.seq_len)
+        if self.pack:
+            newline = 10 if mode == "byte" else (self.vocab.index("\n") if "\n" in self.vocab
+                                                 else None)
+            self.train_docs = documents(self.train_data, newline)
+            if not self.train_docs:
+                raise ValueError(f"{p}: pack=True found no document of 2 or more symbols in the "
+                                 f"training part")
 
     def options(self):
-        return dict(path=self.path, mode=self.mode, seq_len=self.seq_len)
+        return dict(path=self.path, mode=self.mode, seq_len=self.seq_len, pack=self.pack)
 
     def max_length(self):
         return self.seq_len
 
     def sample(self, rng, batch_size, length=None, split="train"):
+        if self.pack and split == "train":
+            return self._packed(rng, batch_size)
         data = self.train_data if split == "train" else self.val_data
         starts = rng.integers(0, len(data) - self.seq_len, size=batch_size)
         windows = np.stack([data[s:s + self.seq_len + 1] for s in starts])
         return tokens_batch(windows[:, :-1], windows[:, 1:])
+
+    def _packed(self, rng, batch_size) -> PackedBatch:
+        """batch_size documents drawn at random, each cropped to a random window of at most
+        seq_len + 1 symbols, end to end."""
+        docs = [self.train_docs[i] for i in rng.integers(0, len(self.train_docs), batch_size)]
+        windows = []
+        for d in docs:
+            s = int(rng.integers(0, len(d) - self.seq_len)) if len(d) > self.seq_len + 1 else 0
+            windows.append(d[s:s + self.seq_len + 1])
+        cu = np.cumsum([0] + [len(w) - 1 for w in windows])
+        x = np.concatenate([w[:-1] for w in windows])[None]
+        y = np.concatenate([w[1:] for w in windows])[None]
+        return PackedBatch(torch.from_numpy(x), torch.from_numpy(y),
+                           cu_seqlens=torch.from_numpy(cu).long())
 
     def test_batches(self, batch_size: int, length=None):
         """The whole held-out part once: consecutive windows of seq_len, so every symbol

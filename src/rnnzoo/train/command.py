@@ -114,12 +114,17 @@ def given_settings(args) -> dict:
     task_options = parse_options(args.task_option, "task-option")
     if args.data:
         task_options["path"] = args.data
+    if getattr(args, "pack", None):
+        task_options["pack"] = True
     if task_options:
         given["task_options"] = task_options
     if args.layer_option:
         given["layer_options"] = parse_options(args.layer_option, "layer-option")
     if args.window:
         given["attention_options"] = {"window": args.window}
+    for name in ("fsdp", "sequence_parallel"):
+        if getattr(args, name, None):
+            given[name] = True
     return given
 
 
@@ -140,6 +145,15 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run files of another run in --out first (without it, a "
                         "folder holding another run is refused)")
+    p.add_argument("--pack", action="store_true", default=None,
+                   help="text task: training batches of whole documents packed end to end "
+                        "without padding (cu_seqlens), the state restarting at each")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun: shard parameters, gradients and AdamW state across "
+                        "the processes (FSDP2) instead of replicating them (DDP)")
+    p.add_argument("--sequence-parallel", action="store_true", default=None,
+                   help="under torchrun: every process takes a slice of the time axis of the "
+                        "whole batch (LASP-2; chunkwise layers), docs/distributed.md")
     add_model_arguments(p)
     # the depth was --layers before; say so instead of "unrecognized arguments"
     p.add_argument("--layers", dest="old_layers", help=argparse.SUPPRESS)

@@ -53,6 +53,8 @@ class TrainConfig:
     target: float | None = None      # stop when the headline metric reaches it
     log_every: int = 50
     out: str | None = None
+    fsdp: bool = False               # under torchrun: FSDP2 shards the model (else DDP)
+    sequence_parallel: bool = False  # under torchrun: split the time axis (LASP-2)
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the flag of the first bad setting; returns self.
@@ -65,8 +67,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a dict of options, got {getattr(self, name)!r}")
         if self.hybrid is not None and not isinstance(self.hybrid, str):
             raise ValueError(f"--hybrid must be R:A, e.g. '2:1', got {self.hybrid!r}")
-        if not isinstance(self.amp, bool):
-            raise ValueError(f"amp must be true or false, got {self.amp!r}")
+        for name in ("amp", "fsdp", "sequence_parallel"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.fsdp and self.sequence_parallel:
+            raise ValueError("--fsdp and --sequence-parallel cannot be combined yet: pick one")
         get_layer_info(self.layer)  # unknown layer: lists the registered ones
         for name, lo in (("d_model", 1), ("num_layers", 1), ("steps", 1), ("batch_size", 1),
                          ("eval_every", 1), ("eval_batches", 1), ("log_every", 1), ("seed", 0)):

@@ -3,6 +3,23 @@
 Under `torchrun --nproc_per_node=N -m rnnzoo train ...` each rank takes its 1/N
 rows of the same global batch and DistributedDataParallel averages gradients
 (gloo on CPU, nccl on GPU). Without torchrun (WORLD_SIZE unset) it is one process.
+
+`--fsdp` shards instead (FSDP2, `torch.distributed.fsdp.fully_shard`; Zhao et al.
+2023, arXiv:2304.11277): each block, then the model's remaining parameters
+(embedding, final norm, head), are split across the ranks; a block's parameters are
+all-gathered for its forward and backward and its gradients reduce-scattered
+(averaged), so each rank keeps 1/N of the parameters and of the AdamW state. The
+rows of the batch are split as under DDP, so the run equals one process on the
+global batch. Checkpoints are written whole: `plain_copy` gathers the sharded model
+and optimizer into an ordinary model and AdamW on every rank (a collective), and
+`load_plain` puts one back into the shards (`--resume`).
+
+`--sequence-parallel` splits the time axis instead (LASP-2, ops/sequence_parallel.py):
+every rank takes all rows of the global batch and its slice of the steps; the chunk
+ops exchange their state summaries with one all-gather a layer, the short convolutions
+their last d_conv - 1 inputs; the parameter gradients (each rank holds its part of the
+sum) are summed with one all-reduce each. The layers it is exact for (tested against one
+process, forward and backward, with 2 and 4 ranks) are SEQUENCE_PARALLEL_LAYERS.
 """
 
 from __future__ import annotations
@@ -67,6 +84,86 @@ def pick_device(name: str, dist: Dist) -> torch.device:
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
     return device
+
+
+# Exact under sequence parallelism (tests/train/test_sequence_parallel.py). Not yet: retnet
+# (its rotary positions start at the state's position, which each rank would need offset),
+# rwkv6 / rwkv7 (a token shift reads the previous rank's last step), the diagonal scans and
+# every layer not built on ops.chunk's gated_linear_attention or delta_rule.
+SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2",
+                            "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
+
+
+def check_sequence_parallel(layer_names) -> None:
+    """ValueError naming the layers that sequence parallelism would not run exactly."""
+    bad = sorted(set(layer_names) - set(SEQUENCE_PARALLEL_LAYERS))
+    if bad:
+        raise ValueError(f"--sequence-parallel runs the layers {', '.join(SEQUENCE_PARALLEL_LAYERS)}"
+                         f"; this model has {', '.join(bad)}")
+
+
+def time_slice(batch, dist: "Dist"):
+    """This rank's slice of the time axis of every row (tensor_split: as even as can be)."""
+    import dataclasses
+    part = lambda t: None if t is None else torch.tensor_split(t, dist.world, 1)[dist.rank]  # noqa: E731
+    return dataclasses.replace(batch, inputs=part(batch.inputs), targets=part(batch.targets),
+                               metric_mask=part(batch.metric_mask), mask=part(batch.mask))
+
+
+def sum_gradients(model) -> None:
+    """Each parameter's gradient summed over the ranks (sequence parallelism: each rank
+    holds its time slice's part)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
+
+
+def shard(model):
+    """FSDP2 over the process group: each block, then the root (embedding, norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def plain_copy(model, optimizer, make_optimizer):
+    """(an ordinary model, its AdamW) holding the sharded `model`'s full parameters and
+    `optimizer`'s full state, on every rank (all ranks must call it: it gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    from rnnzoo.models.stack import SequenceModel
+    msd, osd = get_state_dict(model, optimizer,
+                              options=StateDictOptions(full_state_dict=True))
+    twin = SequenceModel(model.config)
+    twin.load_state_dict(msd)
+    twin_opt = make_optimizer(twin)
+    index = {n: i for i, (n, _) in enumerate(_in_order(twin, twin_opt))}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
+    twin_opt.load_state_dict({"state": {index[n]: s for n, s in osd["state"].items()},
+                              "param_groups": groups})
+    return twin, twin_opt
+
+
+def load_plain(model, optimizer, twin, twin_opt) -> None:
+    """Put an ordinary model and AdamW (`plain_copy`'s layout) back into the shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    names = [n for n, _ in _in_order(twin, twin_opt)]
+    state = twin_opt.state_dict()
+    osd = {"state": {names[i]: s for i, s in state["state"].items()},
+           "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                            for g in state["param_groups"]]}
+    set_state_dict(model, optimizer, model_state_dict=twin.state_dict(), optim_state_dict=osd,
+                   options=StateDictOptions(full_state_dict=True))
+
+
+def _in_order(model, optimizer):
+    """(name, parameter) in the order `optimizer` numbers them."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return [(name_of[id(p)], p) for g in optimizer.param_groups for p in g["params"]]
 
 
 def teardown() -> None:

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.tasks import Task, get_task
-from rnnzoo.tasks.base import add_sums
+from rnnzoo.tasks.base import Batch, add_sums
 from rnnzoo.train import dist as ddp
 from rnnzoo.train.checkpoints import CHECKPOINT, RunFolder
 from rnnzoo.train.config import TrainConfig, lr_at
@@ -125,6 +126,18 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     saved_step: int | None = None    # the step of the checkpoint in the run folder
 
+    def plain(self):
+        """(model, optimizer) as ordinary modules: under FSDP gathered from the shards
+        on every rank (dist.plain_copy), for checkpoints and plots."""
+        if not self.sharded:
+            return self.model, self.optimizer
+        return ddp.plain_copy(self.model, self.optimizer,
+                              lambda m: make_optimizer(m, self.config))
+
+    @property
+    def sharded(self) -> bool:
+        return self.config.fsdp and self.dist.world > 1
+
     def autocast(self):
         on = self.config.amp and self.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on)
@@ -142,7 +155,7 @@ def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _
     device = ddp.pick_device(config.device, dist)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if config.batch_size % dist.world:
+    if config.batch_size % dist.world and not config.sequence_parallel:
         raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of the number "
                          f"of processes ({dist.world})")
     say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
@@ -159,7 +172,15 @@ def _build_run(config, dist, device, folder, say) -> _Run:
     task, model = build(config)
     model.to(device)
     net = model
-    if dist.world > 1:
+    if config.sequence_parallel:
+        ddp.check_sequence_parallel(model.config.layer_names())
+        if config.task_options.get("pack"):
+            raise ValueError("--sequence-parallel with packed batches (--pack) is not supported "
+                             "yet: pick one")
+    # sequence parallelism: every rank a time slice of the same model, no wrapper
+    if config.fsdp and dist.world > 1:  # FSDP2 shards the model in place
+        net = model = ddp.shard(model)
+    elif dist.world > 1 and not config.sequence_parallel:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     return _Run(config, task, model, net, make_optimizer(model, config), device, dist, folder,
@@ -174,17 +195,34 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     batch = train_batch(run.task, config, step)
-    share = config.batch_size // dist.world
-    local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
+    split_time = config.sequence_parallel and dist.world > 1
+    if split_time:  # all rows, this rank's steps
+        if type(batch) is not Batch:
+            raise ValueError(f"--sequence-parallel: task {run.task.name!r} reads whole rows "
+                             f"({type(batch).__name__}); it splits plain token batches only")
+        local = ddp.time_slice(batch, dist).to(run.device)
+    else:
+        share = config.batch_size // dist.world
+        local = batch.slice(dist.rank * share, (dist.rank + 1) * share).to(run.device)
+    cu = getattr(local, "cu_seqlens", None)  # a packed batch (tasks/files.py PackedBatch)
     with run.autocast():
-        outputs, _ = run.net(local.inputs)
+        if split_time:
+            with sequence_parallel.scope():
+                outputs, _ = run.net(local.inputs, mode="chunk")
+        else:
+            outputs, _ = run.net(local.inputs) if cu is None else run.net(local.inputs,
+                                                                          cu_seqlens=cu)
     loss_sum, count = run.task.loss(outputs, local)
     total = dist.sum(count, run.device)
-    loss = loss_sum / max(total, 1) * dist.world  # DDP averages over ranks
+    # DDP and FSDP average the gradients over ranks; sequence parallelism sums them
+    loss = loss_sum / max(total, 1) * (1 if split_time else dist.world)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if split_time:
+        ddp.sum_gradients(run.model)
     # the norm is needed anyway to clip; max_norm=inf only measures it
     norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip or float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
     finite = torch.isfinite(loss_sum.detach()) & torch.isfinite(norm)
     if dist.sum(float(~finite), run.device):  # every rank stops at the same step
         mean_loss = dist.sum(float(loss_sum.detach()), run.device) / max(total, 1)
@@ -222,7 +260,7 @@ def _evaluate_and_save(run: _Run, done: int) -> dict:
     n = run.config.eval_batches * run.config.batch_size
     run.say(f"  eval step {done} (sampled: {n} test examples per length): {task.metric} "
             f"{result[task.metric]:.4f}  ({per})")
-    run.folder.save(run.model, run.optimizer, done, run.config)
+    run.folder.save(*run.plain(), done, run.config)
     run.saved_step = done
     return result
 
@@ -266,7 +304,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
 def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     config = run.config
-    done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
+    if resume and run.sharded:  # the checkpoint is whole: read it, then shard it
+        twin, twin_opt = run.plain()
+        done = run.folder.resume(twin, twin_opt, config)
+        ddp.load_plain(run.model, run.optimizer, twin, twin_opt)
+    else:
+        done = run.folder.resume(run.model, run.optimizer, config) if resume else 0
     run.saved_step = done if resume else None
     if resume:
         run.say(f"resumed from {run.folder.path / CHECKPOINT} at step {done}")
@@ -302,5 +345,5 @@ def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     run.say(f"  final evaluation on the whole test split ({_examples(final)}): {run.task.metric} "
             f"{final[run.task.metric]:.4f}  ({per})")
     record = _record(run, final, done, early_stop)
-    run.folder.finish(record, run.task, run.say, model=run.model)
+    run.folder.finish(record, run.task, run.say, model=run.plain()[0])
     return record

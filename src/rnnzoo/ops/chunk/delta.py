@@ -56,7 +56,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
@@ -127,6 +127,9 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     _check("delta_rule", q, dict(k=(k, (B, T, H, K)), v=(v, (B, T, H, V)), beta=(beta, (B, T, H)),
                                  g=(g, (B, T, H))), initial_state, V)
     positive_int("delta_rule: chunk_size", chunk_size)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        return sequence_parallel.lasp2(delta_rule, q, k, v, beta, g, scale=scale,
+                                       initial_state=initial_state, chunk_size=chunk_size)
     if q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state):
         from rnnzoo.ops.triton import chunk_delta
         return chunk_delta.delta_rule(q, k, v, beta, g, scale=scale,

@@ -46,7 +46,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -164,6 +164,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        return sequence_parallel.lasp2(gated_linear_attention, q, k, v, log_decay, scale=scale,
+                                       initial_state=initial_state, bonus=bonus,
+                                       chunk_size=chunk_size, subchunk_size=subchunk_size)
     if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_decay, initial_state, bonus):
         from rnnzoo.ops.triton import chunk_linear
         return chunk_linear.gated_linear_attention(

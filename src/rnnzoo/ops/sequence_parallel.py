@@ -1,0 +1,187 @@
+"""Sequence parallelism for the matrix-state recurrences, as LASP-2 does (Sun et al. 2025,
+"LASP-2: Rethinking Sequence Parallelism for Linear Attention and Its Hybrid",
+arXiv:2502.07563): the time axis is split across the ranks of a process group, rank r
+holding steps [t_r, t_{r+1}), and the ranks exchange one summary each with ONE all-gather.
+
+Every chunk op here has a state S (K, V) per head that evolves as
+
+    S_t = M_t S_{t-1} + k_t u_t^T,    o_t = scale * S_t^T q_t   (linear in S_t)
+
+with M_t the transition: diag(exp g_t) for gated linear attention (GLA, RetNet, linear
+and lightning attention, HGRN2, Mamba-2's SSD), exp(g_t) (I - beta_t k_t k_t^T) for the
+delta rule (DeltaNet, Gated DeltaNet, DeltaProduct). Over rank r's slice the final state
+is affine in the state entering it, S_out = P_r S_in + S_r, with P_r = M_last ... M_first.
+So rank r computes, locally and at the same time as the others:
+
+    (o_loc, S_r) = op(q, k, v, S_0 = 0)           its own contribution
+    (Q, P_r)     = op(q, k, v = 0, S_0 = I_K)     Q_t = scale * P_{<=t}^T q_t, P_r the whole
+                                                   slice's transition (the delta family's
+                                                   product of affine maps, a diagonal for GLA)
+
+then all-gathers the pairs (P_j, S_j) of every rank (one collective of [P | S]), folds the
+prefix S_in = P_{r-1}(... (P_0 S_0 + S_0') ...) + S_{r-1} of the ranks before it, and
+corrects its outputs: o = o_loc + Q S_in. Every rank also folds all pairs, so each returns
+the global final state, equal to that of one process. Backward: the exchange recomputes
+the fold on the gathered pairs and sums, with one all-reduce, the gradients every rank
+has for each rank's pair (all-reduce rather than reduce-scatter, which gloo lacks), so
+the CPU (gloo) runs it as well as nccl; every rank joins that all-reduce, since each
+rank's outputs pass through the exchange even where they read no other rank's pair.
+
+The probe run with v = 0 and S_0 = I costs one more pass of the op with value width K;
+LASP-2 fuses it into the same kernel, here it reuses the op unchanged, so every op that
+is linear in (v, S_0) given (q, k, gates) gets sequence parallelism without a new kernel.
+
+Usage: inside `with scope(group):` the ops that honour it (`ops.chunk.linear.
+gated_linear_attention`, `ops.chunk.delta.delta_rule`) and the short convolution
+(`layers.conv.causal_conv1d`, whose first steps need the previous rank's last d_conv - 1
+inputs: `halo`) treat their input as this rank's slice of a longer sequence; the
+initial state is the whole sequence's (every rank passes the same one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def scope(group=None):
+    """Within: the ops treat their inputs as this rank's time slice (group: a process group,
+    None for the default one). Nested calls inside an op run locally."""
+    import torch.distributed as td
+    if not td.is_available() or not td.is_initialized():
+        raise RuntimeError("sequence_parallel.scope needs an initialised process group "
+                           "(torch.distributed.init_process_group, or torchrun)")
+    previous = getattr(_local, "group", None), getattr(_local, "on", False)
+    _local.group, _local.on = group, True
+    try:
+        yield
+    finally:
+        _local.group, _local.on = previous
+
+
+def active() -> bool:
+    """True inside `scope` (and not inside an op already split)."""
+    return getattr(_local, "on", False)
+
+
+@contextlib.contextmanager
+def _local_only():
+    on = getattr(_local, "on", False)
+    _local.on = False
+    try:
+        yield
+    finally:
+        _local.on = on
+
+
+def rank_and_world(group=None) -> tuple[int, int]:
+    import torch.distributed as td
+    return td.get_rank(group), td.get_world_size(group)
+
+
+class _Exchange(torch.autograd.Function):
+    """outputs = combine(every rank's `local`, stacked (W, ...), this rank, *extra), with one
+    all-gather of `local` in the forward pass. Backward recomputes `combine` on the gathered
+    values and sums the gradients of every rank's copy of the gathered tensor (one
+    all-reduce, which gloo has), keeping this rank's. Because the collective lives in this
+    function's backward and every rank's outputs depend on it (its own result, whatever the
+    rank), every rank joins it, also where a rank's result does not read the others."""
+
+    @staticmethod
+    def forward(ctx, group, combine, local, *extra):
+        import torch.distributed as td
+        world = td.get_world_size(group)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        td.all_gather(parts, local.contiguous(), group=group)
+        gathered = torch.stack(parts)
+        ctx.group, ctx.combine = group, combine
+        ctx.save_for_backward(gathered, *extra)
+        with torch.no_grad():
+            outs = combine(gathered, td.get_rank(group), *extra)
+        return tuple(o.clone() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        import torch.distributed as td
+        gathered, *extra = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [gathered.detach().requires_grad_()] + \
+                [e.detach().requires_grad_(e.requires_grad) for e in extra]
+            outs = ctx.combine(leaves[0], td.get_rank(ctx.group), *leaves[1:])
+            wanted = [t for t in leaves if t.requires_grad]
+            pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+            got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                           allow_unused=True) if pairs else [None] * len(wanted))
+            result = [next(got) if t.requires_grad else None for t in leaves]
+        g = torch.zeros_like(gathered) if result[0] is None else result[0].contiguous()
+        td.all_reduce(g, group=ctx.group)
+        return (None, None, g[td.get_rank(ctx.group)], *result[1:])
+
+
+def exchange(local: torch.Tensor, combine, *extra, group=None):
+    """combine(stack of every rank's `local`, this rank, *extra) -> tuple of tensors, with one
+    all-gather forward and one all-reduce backward (see _Exchange)."""
+    return _Exchange.apply(group, combine, local, *extra)
+
+
+def _fold(K, V, initial_zero):
+    """combine for lasp2: the state entering this rank and the final state, then outputs."""
+    def combine(pairs, rank, o_loc, Q, S0):
+        S = torch.zeros_like(S0) if initial_zero else S0
+        S_in = S
+        for j in range(pairs.shape[0]):
+            if j == rank:
+                S_in = S
+            P_j, S_j = pairs[j].split([K, V], -1)
+            S = P_j @ S + S_j
+        o = o_loc + torch.einsum("bthk,bhkv->bthv", Q.to(S_in.dtype), S_in).to(o_loc.dtype)
+        return o, S
+    return combine
+
+
+def lasp2(op, q, k, v, *gates, initial_state=None, **options):
+    """LASP-2 around a chunk op `op(q, k, v, *gates, initial_state=..., **options) -> (o, S)`
+    that is linear in (v, initial_state): q, k (B, T_r, H, K), v (B, T_r, H, V) this rank's
+    slice; initial_state (B, H, K, V) the whole sequence's (or None: zeros). Returns this
+    rank's outputs (B, T_r, H, V) and the whole sequence's final state (B, H, K, V)."""
+    group = getattr(_local, "group", None)
+    B, _, H, K = k.shape
+    V = v.shape[-1]
+    with _local_only():
+        o_loc, S_r = op(q, k, v, *gates, initial_state=None, **options)
+        eye = torch.eye(K, dtype=S_r.dtype, device=S_r.device).expand(B, H, K, K)
+        Q, P_r = op(q, k, v.new_zeros(*v.shape[:-1], K), *gates, initial_state=eye, **options)
+    S0 = S_r if initial_state is None else initial_state.to(S_r.dtype)  # S_r: shape only
+    combine = _fold(K, V, initial_zero=initial_state is None)
+    o, S = exchange(torch.cat([P_r, S_r], -1), combine, o_loc, Q, S0, group=group)
+    return o, S
+
+
+def _halo(pairs, rank, conv_state):
+    return (conv_state if rank == 0 else pairs[rank - 1]), pairs[-1]
+
+
+def halo(x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A short convolution's view of the split sequence: x (B, T_r, C) this rank's inputs,
+    conv_state (B, K - 1, C) the whole sequence's initial one. Returns (the K - 1 inputs
+    before this rank's slice: the previous rank's last ones, conv_state on rank 0; the
+    whole sequence's final conv state: the last rank's last K - 1 inputs)."""
+    n = conv_state.shape[1]
+    if n == 0:
+        return conv_state, conv_state
+    if x.shape[1] < n:
+        raise ValueError(f"sequence parallel: each rank needs at least d_conv - 1 = {n} steps, "
+                         f"this one has {x.shape[1]}; use fewer processes or longer sequences")
+    group = getattr(_local, "group", None)
+    return exchange(x[:, -n:].to(conv_state.dtype), _halo, conv_state, group=group)
+
+
+def split(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
+    """This rank's slice of x along `dim` (torch.tensor_split: as even as can be)."""
+    rank, world = rank_and_world(group)
+    return torch.tensor_split(x, world, dim=dim)[rank]

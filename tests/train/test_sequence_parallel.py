@@ -1,0 +1,146 @@
+"""Sequence parallelism (LASP-2, ops/sequence_parallel.py): the time axis split across 2 and
+4 gloo processes on the CPU gives one process's outputs, final state and gradients."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rnnzoo.models.checkpoint import load_tensors
+from rnnzoo.train.dist import SEQUENCE_PARALLEL_LAYERS
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flat(s):
+    return list(s) if isinstance(s, (tuple, list)) else [s]
+
+
+def _make(name):
+    import rnnzoo
+    info = rnnzoo.registry.get_layer_info(name)
+    options = dict(info.tiny)
+    d = options.pop("d_model", 8)
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=d, **options).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return layer
+
+
+def _grads(layer, x, s0, w, ws, mode, world=1):
+    x = x.clone().requires_grad_()
+    s0 = [t.clone().requires_grad_() for t in s0]
+    y, s = layer(x, tuple(s0) if len(s0) > 1 else s0[0], mode=mode)
+    # the final state is the same on every rank: each adds 1/world of its term
+    loss = (y * w).sum() + sum((t * u).sum() for t, u in zip(_flat(s), ws)) / world
+    params = [p for p in layer.parameters()]
+    got = torch.autograd.grad(loss, [x, *s0, *params], allow_unused=True)
+    return y, _flat(s), [torch.zeros_like(t) if g is None else g
+                         for t, g in zip([x, *s0, *params], got)]
+
+
+def _worker(rank, world, port, names, errors):
+    import torch.distributed as td
+
+    from rnnzoo.ops import sequence_parallel as sp
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    td.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for name in names:
+            layer = _make(name)
+            mode = "chunk"
+            g = torch.Generator().manual_seed(2)
+            T = 4 * world + 3  # uneven slices, several chunks per rank
+            x = torch.randn(2, T, layer.d_model, generator=g, dtype=torch.float64)
+            with torch.no_grad():
+                _, s0 = layer(torch.randn(2, 3, layer.d_model, generator=g,
+                                          dtype=torch.float64), mode=mode)
+            s0 = _flat(s0)
+            w = torch.randn(x.shape, generator=g, dtype=torch.float64)
+            ws = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in s0]
+            y_ref, s_ref, g_ref = _grads(layer, x, s0, w, ws, mode)
+            with sp.scope():
+                y, s, grads = _grads(layer, sp.split(x), s0, sp.split(w), ws, mode, world)
+            grads = [t.contiguous() for t in grads]
+            for t in grads[1:]:  # states and parameters: each rank holds its part of the sum
+                td.all_reduce(t)
+            err = max((y - sp.split(y_ref)).abs().max().item(),
+                      *((a - b).abs().max().item() for a, b in zip(s, s_ref)),
+                      (grads[0] - sp.split(g_ref[0])).abs().max().item(),
+                      *((a - b).abs().max().item() for a, b in zip(grads[1:], g_ref[1:])))
+            if not err < 1e-9:
+                errors.put(f"{name} rank {rank}/{world}: max error {err:.3g}")
+    finally:
+        td.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sequence_parallel_equals_one_process(world):
+    """Every listed layer is exact; retnet, a control outside the list (its rotary positions
+    restart on every rank), is not, so the check can tell."""
+    names = SEQUENCE_PARALLEL_LAYERS + (("retnet",) if world == 2 else ())
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    mp.start_processes(_worker, args=(world, _free_port(), names, errors), nprocs=world,
+                       start_method="spawn")
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    wrong = [f for f in found if not f.startswith("retnet ")]
+    assert not wrong, "\n".join(wrong)
+    assert len(found) == len(wrong) + (world if world == 2 else 0)  # the control, every rank
+
+
+def _losses(out):
+    rows = [json.loads(r) for r in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r and "eval" not in r]
+
+
+def test_train_sequence_parallel_under_torchrun_matches_one_process(tmp_path):
+    args = ["train", "--task", "mqar", "--layer", "gated_deltanet", "--d-model", "16",
+            "--depth", "2", "--steps", "3", "--batch-size", "4", "--log-every", "1",
+            "--eval-every", "3", "--eval-batches", "1", "--lr", "1e-2", "--threads", "1",
+            "--task-option", "vocab_size=32", "--task-option", "seq_len=16",
+            "--task-option", "num_pairs=2", "--layer-option", "chunk_size=4"]
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "rnnzoo", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "rnnzoo", *args, "--sequence-parallel",
+                          "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
+    for (_, x), (_, y) in zip(a, b):
+        assert abs(x - y) < 1e-5 * max(1, abs(x))
+    wa, _ = load_tensors(tmp_path / "one" / "model.safetensors")
+    wb, _ = load_tensors(tmp_path / "two" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_sequence_parallel_refuses_a_layer_it_cannot_split(tmp_path):
+    from rnnzoo.train import TrainConfig, train
+    config = TrainConfig(task="mqar", layer="lstm", steps=1, sequence_parallel=True,
+                         out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match="--sequence-parallel runs the layers .* this model has lstm"):
+        train(config, quiet=True)
