@@ -365,12 +365,36 @@ def _fwd_bwd(run, x):
     return go
 
 
+def _compiled(layer, x, mode, eager_run, repeat) -> dict:
+    """Compile time (the first forward+backward) and eager / compiled time of `layer`."""
+    torch._dynamo.reset()
+    for fullgraph in (True, False):
+        fn = torch.compile(lambda xi: layer(xi, mode=mode)[0], fullgraph=fullgraph)
+        run = _fwd_bwd(lambda: fn(x), x)
+        t0 = time.perf_counter()
+        try:
+            run()
+        except Exception:  # noqa: BLE001  (a graph break under fullgraph: try without)
+            if not fullgraph:
+                raise
+            torch._dynamo.reset()
+            continue
+        compile_s = time.perf_counter() - t0
+        ratios = [median_time(eager_run, repeat=1, warmup=0) / median_time(run, repeat=1, warmup=0)
+                  for _ in range(repeat)]
+        return dict(compile_s=compile_s, compiled_speedup=statistics.median(ratios),
+                    fullgraph=fullgraph)
+    raise AssertionError("unreachable")
+
+
 def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), repeat=3,
-                  options=None, out=print) -> list[dict]:
+                  options=None, out=print, compile: bool = False) -> list[dict]:
     """For each thread count and layer: the layer's `auto` mode forward+backward time, its
     ratio to torch.nn.LSTM(d_model, d_model) (the two timed alternately, `repeat` pairs
     after one warm-up each, the median of the per-pair ratios: robust on a busy machine),
-    FLOPs and utilisation. Prints one table per thread count; returns the rows."""
+    FLOPs and utilisation. Prints one table per thread count; returns the rows.
+    compile: also torch.compile the layer's forward (fullgraph where it traces whole) and
+    report the compile time (first forward+backward) and the eager / compiled time ratio."""
     options = options or {}
     rows = []
     old = torch.get_num_threads()
@@ -389,6 +413,8 @@ def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), rep
                 f"torch {torch.__version__}")
             head = (f"{'layer':<24}{'auto mode':<12}{'ms':>9}{'x LSTM':>8}{'GFLOP':>8}"
                     f"{'GFLOP/s':>9}{'util':>7}")
+            if compile:
+                head += f"{'compile s':>11}{'compiled x':>11}"
             out(head)
             out("-" * len(head))
             lstm_times = []
@@ -414,9 +440,15 @@ def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), rep
                 row = dict(layer=name, mode=mode, threads=n, ms=t * 1e3, ratio=ratio,
                            flops=flops, gflops_per_s=flops / t / 1e9, utilisation=flops / t / peak,
                            peak_gflops=peak / 1e9)
+                line = (f"{name:<24}{mode:<12}{t * 1e3:>9.1f}{ratio:>8.2f}{flops / 1e9:>8.2f}"
+                        f"{flops / t / 1e9:>9.1f}{flops / t / peak:>7.2f}")
+                if compile:
+                    row.update(_compiled(layer, x, mode, layer_run, repeat))
+                    line += f"{row['compile_s']:>11.1f}{row['compiled_speedup']:>10.2f}x"
+                    if not row["fullgraph"]:
+                        line += " (graph breaks)"
                 rows.append(row)
-                out(f"{name:<24}{mode:<12}{t * 1e3:>9.1f}{ratio:>8.2f}{flops / 1e9:>8.2f}"
-                    f"{flops / t / 1e9:>9.1f}{flops / t / peak:>7.2f}")
+                out(line)
             tl = statistics.median(lstm_times) if lstm_times else median_time(lstm_run, repeat=repeat)
             out(f"{'torch.nn.LSTM':<24}{'':<12}{tl * 1e3:>9.1f}{1.0:>8.2f}{lf / 1e9:>8.2f}"
                 f"{lf / tl / 1e9:>9.1f}{lf / tl / peak:>7.2f}")
@@ -451,6 +483,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time each layer's auto mode (fwd+bwd) against torch.nn.LSTM(d, d) "
                         "with FLOPs and utilisation of the matmul peak; uses --batch, "
                         "--lengths (first), --d-model, --repeat, --threads")
+    p.add_argument("--compile", action="store_true",
+                   help="with --vs-lstm: also time torch.compile of each layer (compile "
+                        "seconds, eager/compiled speed-up)")
     p.add_argument("--threads", default="1,2",
                    help="comma-separated thread counts for --vs-lstm")
 
@@ -478,7 +513,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         if any(n < 1 for n in threads) or args.device != "cpu" or args.dtype != "float32":
             raise SystemExit("rnnzoo bench: --vs-lstm runs float32 on cpu with --threads >= 1")
         rows = speed_vs_lstm(layers, args.batch, lengths[0], args.d_model, threads,
-                             args.repeat, options)
+                             args.repeat, options, compile=args.compile)
         if args.json:
             from rnnzoo.io import atomic_write_text
             atomic_write_text(args.json, json.dumps(rows, indent=1))
