@@ -27,9 +27,9 @@ import rnnzoo  # noqa: E402
 
 # (layer, options over its tiny config): diagonal, matrix (gla: its chunk op reads decay
 # spans with .item() in eager, not while compiling), one per family in the slow tier
-FAST = [("mingru", {}), ("s4d", {}), ("retnet", {}), ("gla", {})]
-SLOW = [("gru", {}), ("sru", {}), ("lru", {}), ("mamba", {}), ("hawk", {}), ("deltanet", {}),
-        ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4})]
+FAST = [("mingru", {}), ("retnet", {}), ("gla", {})]
+SLOW = [("gru", {}), ("sru", {}), ("s4d", {}), ("lru", {}), ("mamba", {}), ("hawk", {}),
+        ("deltanet", {}), ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4})]
 
 
 def _compare(name, options, backend):
