@@ -133,3 +133,49 @@ def test_benchmarks_layers_script_loads_the_peers():
     r = _run(["benchmarks/layers.py", "--layers", "mamba", *SMALL], [ROOT / "src"])
     assert r.returncode == 0, r.stderr
     assert "mamba_ssm.selective_scan_ref" in r.stdout  # timed, or skipped when not installed
+
+
+def test_flops_counted_from_shapes_match_the_lstm_formula_by_hand():
+    """nn.LSTM(d, h): 8 B T h (d + h) forward, twice that backward. rnnzoo's lstm layer
+    runs the same products, except the gradient through the zero initial state (no input
+    needs it), one (B, h) x (h, 4h) product: 2 B h 4h FLOPs."""
+    B, T, d = 2, 3, 4
+    assert bench.lstm_flops(B, T, d, d) == 3 * 8 * B * T * d * (d + d) == 4608
+    for mode in ("sequential", "fused"):
+        assert bench.layer_flops("lstm", B, T, d, mode=mode) == 4608 - 2 * B * d * 4 * d
+    # a layer with a chunk mode: counted on the meta device, more work in the reference loop
+    assert 0 < bench.layer_flops("gla", 2, 64, 8, dict(num_heads=2), mode="chunk")
+
+
+def test_vs_lstm_table_rows_and_utilisation(monkeypatch):
+    monkeypatch.setattr(bench, "matmul_peak", lambda threads=None: 1e9)
+    lines = []
+    rows = bench.speed_vs_lstm(["lstm", "mingru"], batch=2, length=8, d_model=4, threads=(1,),
+                               repeat=1, out=lines.append)
+    assert [(r["layer"], r["mode"], r["threads"]) for r in rows] == [
+        ("lstm", "fused", 1), ("mingru", "scan", 1)]
+    for r in rows:
+        assert r["ratio"] > 0 and r["flops"] == bench.layer_flops(r["layer"], 2, 8, 4)
+        assert r["utilisation"] == pytest.approx(r["flops"] / (r["ms"] / 1e3) / 1e9)
+    text = "\n".join(lines)
+    assert "torch.nn.LSTM" in text and "over 2x nn.LSTM at 1 thread(s):" in text
+
+
+def test_matmul_peak_is_a_rate():
+    assert bench.matmul_peak(1, n=64, repeat=2) > 1e6
+
+
+def test_command_line_vs_lstm_and_bad_threads():
+    r = _run(["-m", "rnnzoo.bench", "--vs-lstm", "--layers", "mingru", "--threads", "1",
+              *SMALL], [ROOT / "src"])
+    assert r.returncode == 0, r.stderr
+    assert "x LSTM" in r.stdout and "util" in r.stdout and "mingru" in r.stdout
+    import argparse
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    with pytest.raises(SystemExit, match="--threads"):
+        bench.main(p.parse_args(["--vs-lstm", "--layers", "mingru", "--threads", "0"]))
+    r = _run(["benchmarks/cpu.py", "--layers", "mingru", "--threads", "1", *SMALL],
+             [ROOT / "src"])
+    assert r.returncode == 0, r.stderr
+    assert "mingru" in r.stdout and "over 2x nn.LSTM at 1 thread(s)" in r.stdout

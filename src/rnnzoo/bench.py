@@ -18,6 +18,18 @@ fresh subprocess so that earlier cases do not hide it.
 The two measurements are public for the scripts under benchmarks/:
 `median_time(fn, device, repeat, warmup)` and `peak_memory(case)` (with
 `resident_memory()`, the process's resident set).
+
+`rnnzoo bench --vs-lstm` (benchmarks/cpu.py) prints another table: every chosen layer's
+`auto` mode, forward+backward, against `torch.nn.LSTM(d_model, d_model)` timed in the same
+process (interleaved, median of the ratios), with its FLOPs and its utilisation
+
+    utilisation = FLOPs(forward + backward) / time / peak,
+
+peak being a measured float32 (n, n) @ (n, n) matmul rate at the same thread count. A
+layer's FLOPs are counted from the shapes of the matrix products its `auto` mode runs
+(`layer_flops`: torch.utils.flop_counter over one forward+backward; elementwise work is
+not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
+CPU kernel is invisible to the counter; the backward is twice the forward).
 """
 
 from __future__ import annotations
@@ -294,9 +306,164 @@ def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print)
     return rows
 
 
+def lstm_flops(batch: int, length: int, d_in: int, hidden: int) -> int:
+    """Forward+backward FLOPs of torch.nn.LSTM(d_in, hidden): the forward multiplies
+    (B, d_in + h) by (d_in + h, 4h) at each of T steps, 2 * B * (d_in + h) * 4h FLOPs; the
+    backward computes the gradients of both factors, twice that."""
+    return 3 * 8 * batch * length * hidden * (d_in + hidden)
+
+
+def counted_flops(run) -> int:
+    """FLOPs of the matrix products (mm, bmm, addmm, baddbmm, einsum, conv, sdpa) that
+    `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        run().float().sum().backward()
+    return int(counter.get_total_flops())
+
+
+def layer_flops(name: str, batch: int, length: int, d_model: int, options=None,
+                mode: str = "auto") -> int:
+    """Forward+backward FLOPs of a registered layer's `mode` at (batch, length, d_model),
+    counted on the meta device where the layer supports it (no arithmetic is done)."""
+    options = dict(options or {})
+    for device in ("meta", "cpu"):
+        try:
+            layer = create(name, d_model=d_model, **options).to(device)
+            x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+            return counted_flops(lambda: layer(x, mode=mode)[0])
+        except (NotImplementedError, RuntimeError):
+            if device == "cpu":
+                raise
+    raise AssertionError("unreachable")
+
+
+def matmul_peak(threads: int | None = None, n: int = 1024, repeat: int = 7) -> float:
+    """FLOP/s of a float32 (n, n) @ (n, n) matmul on CPU, at `threads` threads (the
+    current count if None): the best of `repeat` timings, 2 n^3 FLOPs each."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        torch.mm(a, b, out=out)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * n ** 3 / best
+    finally:
+        torch.set_num_threads(old)
+
+
+def _fwd_bwd(run, x):
+    def go():
+        x.grad = None
+        run().float().sum().backward()
+    return go
+
+
+def _compiled(layer, x, mode, eager_run, repeat) -> dict:
+    """Compile time (the first forward+backward) and eager / compiled time of `layer`."""
+    torch._dynamo.reset()
+    for fullgraph in (True, False):
+        fn = torch.compile(lambda xi: layer(xi, mode=mode)[0], fullgraph=fullgraph)
+        run = _fwd_bwd(lambda: fn(x), x)
+        t0 = time.perf_counter()
+        try:
+            run()
+        except Exception:  # noqa: BLE001  (a graph break under fullgraph: try without)
+            if not fullgraph:
+                raise
+            torch._dynamo.reset()
+            continue
+        compile_s = time.perf_counter() - t0
+        ratios = [median_time(eager_run, repeat=1, warmup=0) / median_time(run, repeat=1, warmup=0)
+                  for _ in range(repeat)]
+        return dict(compile_s=compile_s, compiled_speedup=statistics.median(ratios),
+                    fullgraph=fullgraph)
+    raise AssertionError("unreachable")
+
+
+def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), repeat=3,
+                  options=None, out=print, compile: bool = False) -> list[dict]:
+    """For each thread count and layer: the layer's `auto` mode forward+backward time, its
+    ratio to torch.nn.LSTM(d_model, d_model) (the two timed alternately, `repeat` pairs
+    after one warm-up each, the median of the per-pair ratios: robust on a busy machine),
+    FLOPs and utilisation. Prints one table per thread count; returns the rows.
+    compile: also torch.compile the layer's forward (fullgraph where it traces whole) and
+    report the compile time (first forward+backward) and the eager / compiled time ratio."""
+    options = options or {}
+    rows = []
+    old = torch.get_num_threads()
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            peak = matmul_peak(n)
+            torch.manual_seed(0)
+            lstm = torch.nn.LSTM(d_model, d_model, batch_first=True)
+            xl = torch.randn(batch, length, d_model, requires_grad=True)
+            lstm_run = _fwd_bwd(lambda: lstm(xl)[0], xl)
+            lstm_run()
+            lf = lstm_flops(batch, length, d_model, d_model)
+            out(f"rnnzoo bench --vs-lstm: B={batch} T={length} d_model={d_model} float32, "
+                f"fwd+bwd, {n} thread(s), matmul peak {peak / 1e9:.1f} GFLOP/s, "
+                f"torch {torch.__version__}")
+            head = (f"{'layer':<24}{'auto mode':<12}{'ms':>9}{'x LSTM':>8}{'GFLOP':>8}"
+                    f"{'GFLOP/s':>9}{'util':>7}")
+            if compile:
+                head += f"{'compile s':>11}{'compiled x':>11}"
+            out(head)
+            out("-" * len(head))
+            lstm_times = []
+            for name in layers:
+                opts = {**_accepted(get_layer_info(name).cls, options.get("*", {})),
+                        **options.get(name, {})}
+                torch.manual_seed(0)
+                layer = create(name, d_model=d_model, **opts)
+                x = torch.randn(batch, length, d_model, requires_grad=True)
+                mode = layer.auto_mode(x)
+                layer_run = _fwd_bwd(lambda: layer(x, mode=mode)[0], x)
+                layer_run()
+                ratios, times = [], []
+                for _ in range(repeat):
+                    tl = median_time(lstm_run, repeat=1, warmup=0)
+                    tx = median_time(layer_run, repeat=1, warmup=0)
+                    lstm_times.append(tl)
+                    times.append(tx)
+                    ratios.append(tx / tl)
+                t = statistics.median(times)
+                ratio = statistics.median(ratios)
+                flops = layer_flops(name, batch, length, d_model, opts)
+                row = dict(layer=name, mode=mode, threads=n, ms=t * 1e3, ratio=ratio,
+                           flops=flops, gflops_per_s=flops / t / 1e9, utilisation=flops / t / peak,
+                           peak_gflops=peak / 1e9)
+                line = (f"{name:<24}{mode:<12}{t * 1e3:>9.1f}{ratio:>8.2f}{flops / 1e9:>8.2f}"
+                        f"{flops / t / 1e9:>9.1f}{flops / t / peak:>7.2f}")
+                if compile:
+                    row.update(_compiled(layer, x, mode, layer_run, repeat))
+                    line += f"{row['compile_s']:>11.1f}{row['compiled_speedup']:>10.2f}x"
+                    if not row["fullgraph"]:
+                        line += " (graph breaks)"
+                rows.append(row)
+                out(line)
+            tl = statistics.median(lstm_times) if lstm_times else median_time(lstm_run, repeat=repeat)
+            out(f"{'torch.nn.LSTM':<24}{'':<12}{tl * 1e3:>9.1f}{1.0:>8.2f}{lf / 1e9:>8.2f}"
+                f"{lf / tl / 1e9:>9.1f}{lf / tl / peak:>7.2f}")
+            over = [r["layer"] for r in rows if r["threads"] == n and r["ratio"] > 2]
+            out(f"over 2x nn.LSTM at {n} thread(s): {', '.join(over) or 'none'}")
+            out("")
+    finally:
+        torch.set_num_threads(old)
+    return rows
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", help="comma-separated layer names (default: all, or --family)")
-    p.add_argument("--family", choices=FAMILIES, help="every layer of one family")
+    p.add_argument("--family", choices=(*FAMILIES, "all"),
+                   help="every layer of one family (all: every layer)")
     p.add_argument("--modes", help="comma-separated modes to time (default: all of each layer)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lengths", default="256", help="comma-separated sequence lengths")
@@ -312,6 +479,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     p.add_argument("--no-baselines", action="store_true", help="compare with the reference mode only")
     p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--vs-lstm", action="store_true",
+                   help="time each layer's auto mode (fwd+bwd) against torch.nn.LSTM(d, d) "
+                        "with FLOPs and utilisation of the matmul peak; uses --batch, "
+                        "--lengths (first), --d-model, --repeat, --threads")
+    p.add_argument("--compile", action="store_true",
+                   help="with --vs-lstm: also time torch.compile of each layer (compile "
+                        "seconds, eager/compiled speed-up)")
+    p.add_argument("--threads", default="1,2",
+                   help="comma-separated thread counts for --vs-lstm")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -321,7 +497,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         for n in layers:
             get_layer_info(n)  # unknown names raise with the valid list
     else:
-        layers = [i.name for i in list_layers(args.family)]
+        layers = [i.name for i in list_layers(None if args.family == "all" else args.family)]
     try:
         lengths = [int(v) for v in args.lengths.split(",")]
         options = json.loads(args.options)
@@ -329,6 +505,19 @@ def main(args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"rnnzoo bench: bad --lengths or --options: {e}")
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
         raise SystemExit("rnnzoo bench: --lengths, --batch, --d-model and --repeat must be >= 1")
+    if args.vs_lstm:
+        try:
+            threads = [int(v) for v in args.threads.split(",")]
+        except ValueError as e:
+            raise SystemExit(f"rnnzoo bench: bad --threads: {e}")
+        if any(n < 1 for n in threads) or args.device != "cpu" or args.dtype != "float32":
+            raise SystemExit("rnnzoo bench: --vs-lstm runs float32 on cpu with --threads >= 1")
+        rows = speed_vs_lstm(layers, args.batch, lengths[0], args.d_model, threads,
+                             args.repeat, options, compile=args.compile)
+        if args.json:
+            from rnnzoo.io import atomic_write_text
+            atomic_write_text(args.json, json.dumps(rows, indent=1))
+        return rows
     modes = set(args.modes.split(",")) if args.modes else None
     groups = cases_for(layers, modes, lengths, args.batch, args.d_model, options, args.dtype,
                        args.device, baselines=not args.no_baselines)

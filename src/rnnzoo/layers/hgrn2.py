@@ -37,7 +37,7 @@ class HGRN2(RecurrentLayer):
     modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, d_state: int = 64,
-                 lower_bound: float = 0.0, chunk_size: int = 64, subchunk_size: int = 16):
+                 lower_bound: float = 0.0, chunk_size: int = 32, subchunk_size: int = 16):
         super().__init__(d_model)
         for name, value in (("num_heads", num_heads), ("d_state", d_state),
                             ("chunk_size", chunk_size), ("subchunk_size", subchunk_size)):

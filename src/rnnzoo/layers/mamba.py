@@ -37,7 +37,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend
-from rnnzoo.ops.scan import chunked_scan
+from rnnzoo.ops.scan import chunked_scan, into
 from rnnzoo.registry import register
 
 
@@ -128,8 +128,8 @@ class _SelectiveScan(torch.autograd.Function):
             gu.copy_(lam_B * d_c)
             gB.copy_((lam * (d_c * u_c).unsqueeze(-1)).sum(2))
             grad_dA = b  # grad a_t = lambda_t h_{t-1}, times da/d(delta A), into b's buffer
-            torch.mul(lam[:, 1:], hs[:, :-1], out=grad_dA[:, 1:])
-            torch.mul(lam[:, 0], h0, out=grad_dA[:, 0])
+            into(torch.mul, lam[:, 1:], hs[:, :-1], out=grad_dA[:, 1:])
+            into(torch.mul, lam[:, 0], h0, out=grad_dA[:, 0])
             grad_dA.mul_(a + 1 if neg else a)  # d/dx exp(x) = a; d/dx (2 exp(x) - 1) = a + 1
             gd.copy_((grad_dA * A).sum(-1) + lam_B * u_c)
             grad_A += (grad_dA * d_c.unsqueeze(-1)).sum((0, 1))

@@ -88,6 +88,15 @@ def _check(a, b, h0):
     return a, b, h0
 
 
+def into(op, *args, out: torch.Tensor) -> torch.Tensor:
+    """op(*args, out=out): the result written into `out`, which may be a strided view.
+    While torch.compile traces (it refuses `out=` into a non-contiguous view) the same
+    as out.copy_(op(*args)), which its code generator fuses back into one loop."""
+    if torch.compiler.is_compiling():
+        return out.copy_(op(*args))
+    return op(*args, out=out)
+
+
 def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """h_t = a_t h_{t-1} + b_t (h_{t+1} if reverse) by a two-level chunked scan, no autograd.
@@ -119,19 +128,19 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reve
             if P is not None:
                 P[:, :, j] = a_j
         else:
-            torch.addcmul(b_j, a_j, hv[:, :, prev], out=hv[:, :, j])
+            into(torch.addcmul, b_j, a_j, hv[:, :, prev], out=hv[:, :, j])
             if P is not None:
-                torch.mul(a_j, P[:, :, prev], out=P[:, :, j])
+                into(torch.mul, a_j, P[:, :, prev], out=P[:, :, j])
         prev = j
     if NC > 1:  # state entering each chunk = the chunk-level scan of (P, local end state)
         ends = chunked_scan(P[:, :, prev], hv[:, :, prev], None, reverse)
         if reverse:
-            torch.addcmul(hv[:, :-1], P[:, :-1], ends[:, 1:].unsqueeze(2), out=hv[:, :-1])
+            into(torch.addcmul, hv[:, :-1], P[:, :-1], ends[:, 1:].unsqueeze(2), out=hv[:, :-1])
         else:
-            torch.addcmul(hv[:, 1:], P[:, 1:], ends[:, :-1].unsqueeze(2), out=hv[:, 1:])
+            into(torch.addcmul, hv[:, 1:], P[:, 1:], ends[:, :-1].unsqueeze(2), out=hv[:, 1:])
     last = R if reverse else NC * C - 1
     for t in (range(R - 1, -1, -1) if reverse else range(NC * C, T)):
-        torch.addcmul(b[:, t], a[:, t], h[:, last], out=h[:, t])
+        into(torch.addcmul, b[:, t], a[:, t], h[:, last], out=h[:, t])
         last = t
     return h
 
@@ -166,7 +175,7 @@ class _LinearScan(torch.autograd.Function):
             if T > 1:
                 now, prev = (slice(0, T - 1), slice(1, None)) if reverse else \
                     (slice(1, None), slice(0, T - 1))
-                torch.mul(lam[:, now], h_c[:, prev], out=grad_a[:, now])
+                into(torch.mul, lam[:, now], h_c[:, prev], out=grad_a[:, now])
             if h0 is None:
                 grad_a[:, first] = 0
             else:

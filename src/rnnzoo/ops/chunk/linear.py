@@ -125,7 +125,8 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     """
     *lead, C, K = q.shape
     limit = _factorise_limit(q.dtype)
-    read = q.device.type == "cpu" if read_values is None else read_values
+    read = (q.device.type == "cpu" and not torch.compiler.is_compiling()) \
+        if read_values is None else read_values
     if C % c or (read and -G[..., -1, :].min().item() < limit):
         c = C
     m = C // c
