@@ -22,3 +22,18 @@ def based_with_fla(layer, x):
 def _based(layer, x):
     naive("based", "naive_parallel_based")  # ImportError now: reported "skipped"
     return lambda: based_with_fla(layer, x)
+
+
+def rebased_with_fla(layer, x):
+    """rnnzoo's ReBased block on x (its normalised affine map first), attention by fla's
+    naive parallel ReBased."""
+    q, k, v = layer.op_inputs(x)
+    q, k, v = (t.transpose(1, 2) for t in (layer.affine(q), layer.affine(k), v))
+    o = naive("rebased", "naive_parallel_rebased")(q, k, v)
+    return layer.op_output(o.transpose(1, 2), x)
+
+
+@register_baseline("rebased", "fla naive parallel")
+def _rebased(layer, x):
+    naive("rebased", "naive_parallel_rebased")  # ImportError now: reported "skipped"
+    return lambda: rebased_with_fla(layer, x)
