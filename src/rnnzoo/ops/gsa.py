@@ -40,7 +40,9 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
         run, extra = gated_linear_attention, {"chunk_size": chunk_size}
     hk0, hv0 = (None, None) if initial_state is None else initial_state
     # pass 1: slot m is a head of key width K, value width 1, scalar decay alpha_m
-    per_slot = (lambda t: t[:, :, :, None].expand(B, T, H, M, K).reshape(B, T, H * M, K))
+    def per_slot(t):
+        return t[:, :, :, None].expand(B, T, H, M, K).reshape(B, T, H * M, K)
+
     S1 = None if hk0 is None else hk0.transpose(-1, -2).reshape(B, H * M, K, 1)
     scores, S1 = run(per_slot(q), per_slot(k), s.reshape(B, T, H * M, 1),
                      log_alpha.reshape(B, T, H * M), scale=scale, initial_state=S1, **extra)
