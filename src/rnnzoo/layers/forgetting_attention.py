@@ -1,0 +1,161 @@
+"""Forgetting attention, the attention of the Forgetting Transformer (FoX; Lin et al. 2025,
+"Forgetting Transformer: Softmax Attention with a Forget Gate", arXiv:2503.02130):
+softmax attention whose scores carry the log of a data-dependent forget gate.
+
+    q_t, k_t, v_t = W_q x_t, W_k x_t, W_v x_t               (per head; RMSNorm with qk_norm)
+    f_t  = sigmoid(w_f^T x_t + b_f)                          (one scalar a head)
+    D_ij = sum_{l = j+1..i} log f_l                          (0 on the diagonal)
+    o_i  = sum_{j <= i} softmax_j(q_i . k_j / sqrt(Dh) + D_ij) v_j
+    y    = W_o o     or, with use_output_gate,  W_o (o * sigmoid(W_g x))
+
+All forget gates 1 (D = 0) is plain softmax attention; FoX needs no positions (the paper's
+default), `rope_base` adds rotary positions as the `attention` layer has them.
+
+The cache is the attention layer's (full: `max_len` slots; `window`: a ring buffer) plus,
+per cached key, the decay it has gathered so far, D_{last, s}; each new token adds its
+log f to every slot, so no long cumulative sum is ever differenced across the cache:
+
+    state = (k_cache, v_cache, decay_cache, position)
+    k_cache, v_cache: (B, H, capacity, Dh); decay_cache: (B, H, capacity); position: (B,)
+
+Modes: `sequential` (one token at a time through the cache) and `parallel` (one masked
+softmax over cache + new tokens, the decay as an additive mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, positive_int
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers.attention import Attention
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops.finite import finite, poison
+from rnnzoo.registry import register
+
+
+@register("forgetting_attention", family="attention",
+          paper="Lin et al. 2025, arXiv:2503.02130 (Forgetting Transformer, FoX)",
+          tiny=dict(d_model=4, num_heads=2, max_len=16, qk_norm=True, use_output_gate=True))
+class ForgettingAttention(Attention):
+    """x: (B, T, d_model) -> y; state (k_cache, v_cache, decay_cache, position)."""
+
+    modes = ("sequential", "parallel")
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 window: int | None = None, max_len: int = 1024, qk_norm: bool = False,
+                 use_output_gate: bool = False, rope_base: float | None = None,
+                 norm_eps: float = 1e-6):
+        RecurrentLayer.__init__(self, d_model)  # Attention's rotary-only checks do not apply
+        positive_int("num_heads", num_heads)
+        positive_int("head_dim", head_dim, allow_none=True)
+        positive_int("window", window, allow_none=True)
+        positive_int("max_len", max_len)
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
+            head_dim = d_model // num_heads
+        if rope_base is not None and head_dim % 2:
+            raise ValueError(f"head_dim must be even with rotary positions (rope_base), "
+                             f"got {head_dim}")
+        self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
+        self.rope_base = None if rope_base is None else float(rope_base)
+        self.capacity = window if window is not None else max_len
+        self.qk_norm, self.use_output_gate = flag("qk_norm", qk_norm), flag("use_output_gate",
+                                                                            use_output_gate)
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.f_proj = nn.Linear(d_model, num_heads, bias=True)
+        self.q_norm = HeadNorm(num_heads, head_dim, eps=norm_eps) if qk_norm else None
+        self.k_norm = HeadNorm(num_heads, head_dim, eps=norm_eps) if qk_norm else None
+        self.g_proj = nn.Linear(d_model, inner, bias=False) if use_output_gate else None
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        k, v, position = super().init_state(batch_size, device, dtype)
+        return k, v, torch.zeros(k.shape[:3], device=device, dtype=k.dtype), position
+
+    def op_inputs(self, x, start=None):
+        """q, k, v: (B, T, H, Dh) (normed, rotated from absolute positions start (B,) when
+        rope_base is set) and the log forget gate g: (B, T, H), in the compute dtype."""
+        B, T, _ = x.shape
+        cdt = compute_dtype(x)
+        q, k, v = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_base is not None:
+            if start is None:
+                start = torch.zeros(B, dtype=torch.long, device=x.device)
+            pos = start[:, None] + torch.arange(T, device=x.device)
+            q, k = self.rope(q, pos), self.rope(k, pos)
+        return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt))
+
+    def op_output(self, o, x):
+        """o: (B, T, H, Dh) -> y: (B, T, d_model)."""
+        o = o.flatten(2)
+        if self.use_output_gate:
+            o = o * torch.sigmoid(self.g_proj(x).to(o.dtype))
+        return self.out_proj(o.to(x.dtype))
+
+    def _attend(self, x, state):
+        k_cache, v_cache, d_cache, position = state
+        start = position.round().long()
+        B, T, _ = x.shape
+        cached = True
+        if self.window is None:  # as Attention: read the position to check max_len
+            top = int(start.max())
+            if top + T > self.max_len:
+                raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} "
+                                 f"of this forgetting attention layer; build it with a larger "
+                                 f"max_len or a sliding window")
+            cached = top > 0
+        q, k, v, g = self.op_inputs(x, start)
+        q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))      # (B, H, T, ...)
+        pos = start[:, None] + torch.arange(T, device=x.device)
+        # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
+        # rows whose query or some visible key, value or gate is not finite (ops.finite)
+        g, bad_g = finite(g, 2)
+        seen_g = bad_g.cumsum(1) > 0                                   # (B, T)
+        G = g.cumsum(-1)                                               # (B, H, T), inclusive
+        q_bias = G                                                     # D_ij = G_i - G_j
+        k_bias = -G
+        if cached:
+            keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
+            values = torch.cat([v_cache.to(v.dtype), v], dim=2)
+            k_bias = torch.cat([d_cache.to(g.dtype), k_bias], dim=2)   # D_{start-1, s} + G_i
+            key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
+        else:
+            keys, values, key_pos = k, v, pos
+        (q, bad_q), (keys, bad_k), (values, bad_v), (k_bias, bad_d) = (
+            finite(t, 2) for t in (q, keys, values, k_bias))
+        visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+        if self.window is not None:
+            visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+        bias = q_bias[..., :, None] + k_bias[..., None, :]              # (B, H, T, C + T)
+        bias = bias.masked_fill(~visible[:, None], float("-inf"))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+        seen = (visible & (bad_k | bad_v | bad_d)[:, None, :]).any(-1)
+        out = poison(out, (bad_q | seen | seen_g)[:, None])
+        y = self.op_output(out.transpose(1, 2), x)
+        # every kept slot gathers this chunk's decay; the new key j has G_last - G_j
+        d_new = G[..., -1:] - G
+        d_old = d_cache + G[..., -1:].to(d_cache.dtype)
+        k_cache, v_cache, end = self._write((k_cache, v_cache, position), k, v, pos, start + T)
+        d_cache = self._write_decay(d_old, d_new, pos)
+        return y, (k_cache, v_cache, poison(d_cache, seen_g[:, -1]), end)
+
+    def _write_decay(self, d_cache, d, pos):
+        """Attention._write for the (B, H, capacity) decay cache."""
+        keep = min(d.shape[2], self.capacity)
+        d, pos = d[:, :, -keep:], pos[:, -keep:]
+        slot = pos if self.window is None else torch.remainder(pos, self.window)
+        return d_cache.scatter(2, slot[:, None, :].expand(-1, self.num_heads, -1),
+                               d.to(d_cache.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"window={self.window}, max_len={self.max_len}, qk_norm={self.qk_norm}, "
+                f"use_output_gate={self.use_output_gate}, rope_base={self.rope_base}")

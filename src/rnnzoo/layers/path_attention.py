@@ -1,0 +1,119 @@
+"""PaTH attention (Yang et al. 2025, "PaTH Attention: Position Encoding via Accumulating
+Householder Transformations", arXiv:2505.16381): softmax attention whose position encoding is
+the product of the data-dependent Householder reflections between key and query.
+
+    q, k, v = W_q x, W_k x, W_v x;   w_t = normalize(W_w x_t);   beta_t = 2 sigmoid(W_b x_t)
+    H_t  = I - beta_t w_t w_t^T                                   (per head)
+    s_ij = q_i^T H_i H_{i-1} ... H_{j+1} k_j / sqrt(Dh)           (j <= i; j = i: q_i^T k_i)
+    o_i  = sum_{j<=i} softmax_j(s_ij) v_j,   y = W_o o
+
+With identity reflections (beta = 0) it is softmax attention without positions.
+The keys transformed so far, K~_t = [H_t ... H_{j+1} k_j]_j, follow
+K~_t = H_t K~_{t-1} + k_t e_t^T: RWKV-7's generalised delta rule (no decay, a = w, b =
+-beta w) with one-hot values over the cache's slots, whose readout q_t^T K~_t is the row of
+scores. So the cache holds the transformed keys, updated by each new reflection (as the
+paper decodes), and the scores of a block of tokens come from ops.chunk.delta.rwkv7:
+
+    state = (k_cache (transformed), v_cache, position)   (B, H, max_len, Dh) each, (B,)
+
+Modes: `sequential` (the recurrent form of the score recurrence) and `chunk` (its chunkwise
+form); both attend over the full cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers.attention import Attention
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent
+from rnnzoo.ops.finite import finite, poison
+from rnnzoo.registry import register
+
+
+@register("path_attention", family="attention",
+          paper="Yang et al. 2025, arXiv:2505.16381 (PaTH attention)",
+          tiny=dict(d_model=4, num_heads=2, max_len=16, chunk_size=4))
+class PaTHAttention(Attention):
+    """x: (B, T, d_model) -> y; state (k_cache, v_cache, position)."""
+
+    modes = ("sequential", "chunk")
+    host_reads = {
+        **RecurrentLayer.host_reads,
+        **{case: "reads the position held in the state to check max_len"
+           for case in ("sequential", "chunk", "step")},
+    }
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 max_len: int = 1024, chunk_size: int = 64):
+        RecurrentLayer.__init__(self, d_model)  # no rotary (Attention's checks), no window
+        positive_int("num_heads", num_heads)
+        positive_int("head_dim", head_dim, allow_none=True)
+        positive_int("max_len", max_len)
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
+            head_dim = d_model // num_heads
+        self.num_heads, self.head_dim, self.max_len = num_heads, head_dim, max_len
+        self.window, self.capacity = None, max_len
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.w_proj = nn.Linear(d_model, inner, bias=False)
+        self.b_proj = nn.Linear(d_model, num_heads, bias=True)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def op_inputs(self, x):
+        """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""
+        B, T, _ = x.shape
+        cdt = compute_dtype(x)
+        q, k, v = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, -1).unbind(2)
+        w = F.normalize(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1), dim=-1, eps=1e-6)
+        return q, k, v, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
+
+    def op_output(self, o, x):
+        return self.out_proj(o.flatten(2).to(x.dtype))
+
+    def _forward(self, x, state, mode):
+        k_cache, v_cache, position = state
+        start = position.round().long()
+        B, T, _ = x.shape
+        top = int(start.max())
+        if top + T > self.max_len:
+            raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
+                             f"this PaTH attention layer; build it with a larger max_len")
+        q, k, v, w, beta = self.op_inputs(x)
+        pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
+        slots = torch.arange(self.max_len, device=x.device)
+        onehot = (slots == pos[..., None]).to(q.dtype)[:, :, None].expand(-1, -1, self.num_heads, -1)
+        S0 = k_cache.to(q.dtype).transpose(-1, -2)                               # (B, H, Dh, L)
+        zero = torch.zeros_like(w)
+        args = (q, zero, k, onehot, w, -beta[..., None] * w)
+        scale = self.head_dim ** -0.5
+        if mode == "sequential":
+            s, S = rwkv7_recurrent(*args, scale=scale, initial_state=S0)
+        else:
+            s, S = rwkv7(*args, scale=scale, initial_state=S0, chunk_size=self.chunk_size,
+                         w_min=0.0)
+        # values: the cache with the new ones written in, then softmax over visible slots
+        _, v_all, end = self._write((k_cache, v_cache, position), k.transpose(1, 2),
+                                    v.transpose(1, 2), pos, start + T)
+        values, bad_v = finite(v_all.to(q.dtype), 2)                              # (B, H, L, Dh)
+        visible = slots[None, None, :] <= pos[..., None]                          # (B, T, L)
+        scores = s.transpose(1, 2).masked_fill(~visible[:, None], float("-inf"))  # (B, H, T, L)
+        out = scores.softmax(-1) @ values
+        out = poison(out, (visible & bad_v[:, None, :]).any(-1)[:, None])
+        y = self.op_output(out.transpose(1, 2), x)
+        return y, (S.transpose(-1, -2).to(k_cache.dtype), v_all, end)
+
+    def _step(self, x_t, state):
+        y, state = self._forward(x_t[:, None], state, "sequential")
+        return y[:, 0], state
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"max_len={self.max_len}, chunk_size={self.chunk_size}")

@@ -1,0 +1,109 @@
+"""Stick-breaking attention (Tan et al. 2024, "Scaling Stick-Breaking Attention: An Efficient
+Implementation and In-depth Study", arXiv:2410.17980): each query breaks a stick of length 1,
+nearest key first; the softmax and the positions both go.
+
+    z_ij  = q_i . k_j / sqrt(Dh),   beta_ij = sigmoid(z_ij)
+    A_ij  = beta_ij prod_{j < l < i} (1 - beta_il)        (j < i; j <= l <= i, j <= i with
+                                                            attend_current)
+    o_i   = sum_j A_ij v_j,   y = W_o o                    (sum_j A_ij <= 1: no normaliser)
+
+In log space, log A_ij = logsigmoid(z_ij) + sum_{l > j, visible} logsigmoid(-z_il): one
+reverse cumulative sum along the keys.
+
+The cache is the `attention` layer's (full attention, `max_len` slots, slot s = token s):
+    state = (k_cache, v_cache, position)
+Modes: `sequential` (one token at a time through the cache) and `parallel` (all queries over
+cache + new tokens at once).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import flag, positive_int
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers.attention import Attention
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops.finite import finite, poison
+from rnnzoo.registry import register
+
+
+def stick_breaking_weights(z, visible):
+    """A (..., Tq, Tk) from logits z and a bool mask of the visible keys (keys in position
+    order): beta_ij prod over the visible l after j of (1 - beta_il); 0 where not visible."""
+    log_om = F.logsigmoid(-z).masked_fill(~visible, 0.0)
+    after = log_om.flip(-1).cumsum(-1).flip(-1) - log_om          # sum over visible l > j
+    return (F.logsigmoid(z) + after).masked_fill(~visible, float("-inf")).exp()
+
+
+@register("stickbreaking_attention", family="attention",
+          paper="Tan et al. 2024, arXiv:2410.17980 (stick-breaking attention)",
+          tiny=dict(d_model=4, num_heads=2, max_len=16, attend_current=True))
+class StickBreakingAttention(Attention):
+    """x: (B, T, d_model) -> y; state (k_cache, v_cache, position)."""
+
+    modes = ("sequential", "parallel")
+    host_reads = {
+        **RecurrentLayer.host_reads,
+        **{case: "reads the position held in the state to check max_len and to skip the "
+           "empty cache of a fresh sequence" for case in ("sequential", "parallel", "step")},
+    }
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 max_len: int = 1024, attend_current: bool = False):
+        RecurrentLayer.__init__(self, d_model)  # no rotary (Attention's checks), no window
+        positive_int("num_heads", num_heads)
+        positive_int("head_dim", head_dim, allow_none=True)
+        positive_int("max_len", max_len)
+        if head_dim is None:
+            if d_model % num_heads:
+                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
+            head_dim = d_model // num_heads
+        self.num_heads, self.head_dim, self.max_len = num_heads, head_dim, max_len
+        self.window, self.capacity = None, max_len
+        self.attend_current = flag("attend_current", attend_current)
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def op_inputs(self, x):
+        """q, k, v: (B, T, H, Dh) in the compute dtype."""
+        B, T, _ = x.shape
+        return self.qkv(x).to(compute_dtype(x)).view(B, T, 3, self.num_heads, -1).unbind(2)
+
+    def op_output(self, o, x):
+        return self.out_proj(o.flatten(2).to(x.dtype))
+
+    def _attend(self, x, state):
+        k_cache, v_cache, position = state
+        start = position.round().long()
+        T = x.shape[1]
+        top = int(start.max())
+        if top + T > self.max_len:
+            raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
+                             f"this stick-breaking attention layer; build it with a larger max_len")
+        q, k, v = (t.transpose(1, 2) for t in self.op_inputs(x))     # (B, H, T, Dh)
+        pos = start[:, None] + torch.arange(T, device=x.device)
+        if top > 0:
+            keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
+            values = torch.cat([v_cache.to(v.dtype), v], dim=2)
+            key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
+        else:
+            keys, values, key_pos = k, v, pos
+        (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
+        before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
+            else key_pos[:, None, :] < pos[:, :, None]
+        visible = (key_pos[:, None, :] >= 0) & before                   # (B, T, C + T)
+        A = stick_breaking_weights(q @ keys.transpose(-1, -2) * self.head_dim ** -0.5,
+                                   visible[:, None])
+        out = A @ values
+        seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
+        out = poison(out, (bad_q | seen)[:, None])
+        y = self.op_output(out.transpose(1, 2), x)
+        return y, self._write(state, k, v, pos, start + T)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"max_len={self.max_len}, attend_current={self.attend_current}")

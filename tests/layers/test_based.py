@@ -1,0 +1,50 @@
+"""Based (arXiv:2402.18668): fla's naive Based (parallel and chunked) on the layer's own
+tensors, and the fact that the second-order Taylor feature map's inner product is exactly
+1 + q.k + (q.k)^2 / 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.ops.feature_maps import feature_attention, features
+
+
+@pytest.mark.parametrize("mode", ["sequential", "chunk", "parallel"])
+def test_layer_equals_fla_naive_based(mode):
+    naive = pytest.importorskip("fla.ops.based.naive",
+                                reason="fla-core 0.6.0 is the oracle (see .ci/install-peers)")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("based", d_model=16, num_heads=2, feature_dim=4, chunk_size=8,
+                          eps=1e-6).double()  # fla's naive adds 1e-6 to the normaliser
+    x = torch.randn(2, 24, 16, dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = (t.transpose(1, 2) for t in layer.op_inputs(x))  # fla: (B, H, T, D)
+        refs = [naive.naive_parallel_based(q, k, v), naive.naive_chunk_based(q, k, v, 8)]
+        y, _ = layer(x, mode=mode)
+        for o in refs:
+            y_ref = layer.op_output(o.transpose(1, 2), x)
+            assert (y - y_ref).abs().max() < 1e-12 * y_ref.abs().max()
+
+
+def test_taylor_feature_map_inner_product_is_the_second_order_expansion():
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 50, 3, 6, dtype=torch.float64).unbind(0)
+    s = (q * k).sum(-1)
+    dot = (features(q, "taylor") * features(k, "taylor")).sum(-1)
+    assert features(q, "taylor").shape[-1] == 1 + 6 + 36
+    assert (dot - (1 + s + s * s / 2)).abs().max() < 1e-13 * dot.abs().max()
+    # and the op's normalised attention is that kernel's, read off a one-step sequence pair
+    v = torch.randn(1, 2, 1, 5, dtype=torch.float64)
+    qq, kk = torch.randn(2, 1, 2, 1, 6, dtype=torch.float64).unbind(0)
+    o, _ = feature_attention(qq, kk, v, "taylor", mode="sequential", eps=0.0)
+    w = 1 + (qq[0, 1] * kk[0, :]).sum(-1) + (qq[0, 1] * kk[0, :]).sum(-1) ** 2 / 2  # (2, 1)
+    assert (o[0, 1] - (w[:, :, None] * v[0]).sum(0) / w.sum(0)).abs().max() < 1e-13
+
+
+def test_options_checked():
+    with pytest.raises(ValueError, match="feature_dim must be"):
+        rnnzoo.create("based", d_model=8, feature_dim=0)
+    with pytest.raises(ValueError, match="eps must lie in"):
+        rnnzoo.create("based", d_model=8, eps=-1.0)
