@@ -1,0 +1,134 @@
+"""Every Triton kernel of rnnzoo.ops.triton compiles to an sm_90 cubin, without a GPU.
+
+The interpreter (the other tests/ops/test_triton_*.py) accepts more than the compiler does:
+shapes of tl.dot operands, dtype promotion in tl.where, loop-carried types. Triton's bundled
+ptxas builds a cubin for any target with no GPU present, so each kernel is compiled here
+with the configuration its launcher picks on a GPU (by head/hidden size) and with the
+flags that change its code (decay kind, gates, initial state, precision, complex, float64).
+
+The same file runs as a script under any triton (`python tests/ops/test_triton_compile.py`
+prints one line per kernel and "compiled N"), which is how it is checked against the GPU
+machine's triton 3.6 (docs/gpu.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# (module, kernel, constexprs, num_warps, dtype of the pointers); one entry per compile.
+ATTN = dict(C=64, BK=64, BV=64)      # head size 64: chunk 64 (chunk_linear/mlstm's _config)
+ATTN128 = dict(C=32, BK=128, BV=64)  # head size 128
+DELTA = dict(C=32, BK=128, BV=64)    # chunk_delta / chunk_rwkv7: chunk 32
+
+
+def configs():
+    """The compiles: (module, kernel name, constexprs, num_warps, pointer dtype)."""
+    out = []
+    scan = dict(REVERSE=False, SHIFT=False, CONJ=False, CPLX=False, A_CPLX=False, F64=False,
+                HAS_C0=True, STORE_H=True, STORE_END=False, GRAD_A=False, HAS_FH0=False,
+                CT=32, BN=32)
+    out.append(("scan", "_scan_kernel", scan, 4, "fp32"))
+    out.append(("scan", "_scan_kernel", {**scan, "REVERSE": True, "SHIFT": True, "CONJ": True,
+                                         "CPLX": True, "A_CPLX": True, "GRAD_A": True,
+                                         "HAS_FH0": True, "STORE_END": True}, 4, "fp32"))
+    out.append(("scan", "_scan_kernel", {**scan, "F64": True, "CT": 16}, 2, "fp64"))
+    sel = dict(NEG=True, F64=False, CT=8, BD=16, DSP=16)
+    out.append(("selective_scan", "_fwd_kernel", {**sel, "HAS_H0": True, "SAVE_CK": True}, 4,
+                "fp32"))
+    out.append(("selective_scan", "_bwd_kernel", {**sel, "HAS_DHT": True}, 4, "fp32"))
+    for decay in (0, 1, 2):
+        cfg = ATTN if decay != 2 else ATTN128
+        out.append(("chunk_linear", "_gla_fwd_kernel",
+                    dict(DECAY=decay, BONUS=decay == 2, HAS_H0=True, STORE=True, PREC="ieee",
+                         **cfg), 4, "fp32"))
+        out.append(("chunk_linear", "_gla_bwd_kernel",
+                    dict(DECAY=decay, BONUS=decay == 2, HAS_DHT=True, PREC="ieee", **cfg), 4,
+                    "fp32"))
+    for prec, dt in (("ieee", "fp32"), ("tf32", "bf16")):
+        out.append(("chunk_delta", "_delta_fwd_kernel",
+                    dict(GATE=True, HAS_H0=True, STORE=True, PREC=prec, **DELTA), 4, dt))
+        out.append(("chunk_delta", "_delta_bwd_kernel",
+                    dict(GATE=True, HAS_DHT=True, PREC=prec, **DELTA), 4, dt))
+    out.append(("chunk_mlstm", "_mlstm_fwd_kernel", dict(STORE=True, PREC="ieee", **ATTN), 4,
+                "fp32"))
+    out.append(("chunk_mlstm", "_mlstm_bwd_kernel", dict(PREC="ieee", **ATTN), 4, "fp32"))
+    out.append(("chunk_rwkv7", "_rwkv7_fwd_kernel",
+                dict(HAS_H0=True, STORE=True, PREC="ieee", **DELTA), 4, "fp32"))
+    out.append(("chunk_rwkv7", "_rwkv7_bwd_kernel",
+                dict(HAS_H0=True, HAS_DHT=True, PREC="ieee", **DELTA), 4, "fp32"))
+    rnn = dict(PREC="ieee", BB=16, BH=32, BK=32)  # rnn._blocks(512, cuda=True)
+    for cell, G in ((0, 4), (1, 3), (2, 4)):  # LSTM, GRU, SLSTM
+        out.append(("rnn", "_fwd_kernel", dict(CELL=cell, G=G, HAS_BHN=cell == 1, **rnn), 4,
+                    "fp32"))
+        out.append(("rnn", "_bwd_kernel", dict(CELL=cell, G=G, **rnn), 4, "fp32"))
+    return out
+
+
+FLOATS = {"scale", "eps"}  # the kernels' float scalars; any other scalar is an int
+
+
+def compile_one(module, kernel, constexprs, warps, ptr_dtype):
+    """Compile one kernel for sm_90; the signature from the kernel's own parameters."""
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(f"rnnzoo.ops.triton.{module}"), kernel)
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = f"*{ptr_dtype}"
+        else:
+            sig[p.name] = "fp32" if p.name in FLOATS else "i32"
+    missing = {p.name for p in fn.params if p.is_constexpr} - set(constexprs)
+    assert not missing, f"{module}.{kernel}: no value for constexpr {sorted(missing)}"
+    k = triton.compile(ASTSource(fn, sig, constexprs=dict(constexprs)),
+                       target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    assert k.asm["cubin"], f"{module}.{kernel}: empty cubin"
+
+
+def main() -> int:
+    import triton
+    failed = []
+    todo = configs()
+    for entry in todo:
+        name = f"{entry[0]}.{entry[1]} {entry[2]}"
+        try:
+            compile_one(*entry)
+            print("ok  ", name, flush=True)
+        except Exception as e:  # report every kernel, then fail
+            failed.append(name)
+            print("FAIL", name, "\n    ", str(e).strip().splitlines()[-1][:400], flush=True)
+    print(f"triton {triton.__version__}: compiled {len(todo) - len(failed)} of {len(todo)}")
+    return 1 if failed else 0
+
+
+def test_every_kernel_compiles_for_sm90():
+    """Each entry of `configs()` compiles; every kernel of every module has an entry."""
+    pytest.importorskip("triton.backends.nvidia")
+    import importlib
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    # coverage: every @triton.jit kernel (a function named _*kernel) has a compile entry
+    names = {(m, k) for m, k, *_ in configs()}
+    for m in ("scan", "selective_scan", "chunk_linear", "chunk_delta", "chunk_mlstm",
+              "chunk_rwkv7", "rnn"):
+        mod = importlib.import_module(f"rnnzoo.ops.triton.{m}")
+        kernels = {n for n, v in vars(mod).items() if n.endswith("_kernel")
+                   and type(v).__name__ in ("JITFunction", "InterpretedFunction")}
+        assert kernels and kernels <= {k for mm, k in names if mm == m}, (m, kernels)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
