@@ -50,7 +50,8 @@ def configs():
         out.append(("chunk_linear", "_gla_bwd_kernel",
                     dict(DECAY=decay, BONUS=decay == 2, HAS_DHT=True, PREC="ieee", **cfg), 4,
                     "fp32"))
-    for prec, dt in (("ieee", "fp32"), ("tf32", "bf16")):
+    half = ("bf16", {"q_ptr", "k_ptr", "v_ptr", "beta_ptr", "g_ptr", "o_ptr", "do_ptr"})
+    for prec, dt in (("ieee", "fp32"), ("tf32", half)):
         out.append(("chunk_delta", "_delta_fwd_kernel",
                     dict(GATE=True, HAS_H0=True, STORE=True, PREC=prec, **DELTA), 4, dt))
         out.append(("chunk_delta", "_delta_bwd_kernel",
@@ -76,7 +77,9 @@ FLOATS = {"scale", "eps"}  # the kernels' float scalars; any other scalar is an 
 
 
 def compile_one(module, kernel, constexprs, warps, ptr_dtype):
-    """Compile one kernel for sm_90; the signature from the kernel's own parameters."""
+    """Compile one kernel for sm_90; the signature from the kernel's own parameters.
+    ptr_dtype: every pointer's element type, or (type, names): those pointers of that type
+    (bfloat16 inputs and outputs), the others float32 (states and gradient buffers)."""
     import importlib
 
     import triton
@@ -89,7 +92,8 @@ def compile_one(module, kernel, constexprs, warps, ptr_dtype):
         if p.is_constexpr:
             sig[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            sig[p.name] = f"*{ptr_dtype}"
+            kind, names = (ptr_dtype, None) if isinstance(ptr_dtype, str) else ptr_dtype
+            sig[p.name] = f"*{kind}" if names is None or p.name in names else "*fp32"
         else:
             sig[p.name] = "fp32" if p.name in FLOATS else "i32"
     missing = {p.name for p in fn.params if p.is_constexpr} - set(constexprs)
