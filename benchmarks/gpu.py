@@ -2,7 +2,7 @@
 fla-core's Triton kernel when installed, the memory floor), the classic cells' fused kernels
 against cuDNN, Newton against the loop, and every registered layer against torch.nn.LSTM.
 
-    PYTHONPATH=src python benchmarks/gpu.py [--only ops|chunk|cells|newton|layers]
+    PYTHONPATH=src python benchmarks/gpu.py [--only ops|chunk|cells|steps|newton|layers]
                                             [--repeat 10] [--budget 330]
 
 Ops (float32 scans; chunk ops B=4 T=4096 H=16 K=V=128 with bfloat16 inputs): forward (no
@@ -12,7 +12,10 @@ rows fla-core's chunk_* kernels. The floor is torch.add over the op's input arra
 them once, writes one output: what a one-pass kernel cannot beat), and three such passes for
 fwd+bwd. Cells: lstm / gru / slstm layers (B=8, T=2048, d_model=512) in mode "fused" under
 force("triton") and force("torch") (cuDNN for lstm and gru; the deferred-gradient loop for
-slstm). Newton: paragru (B=8, width 64) newton vs sequential, forward+backward, at T = 1k ..
+slstm). Steps: mgu, ln_lstm, slstm in mode "sequential" with the step loop as
+Python ("loop"), a torch.compile'd step ("compiled") and CUDA graphs ("graph"), against
+torch.nn.LSTM (cuDNN), with the first call's seconds and the difference from the loop (the
+evidence for rnnzoo.ops.backend.AUTO_STEPS). Newton: paragru (B=8, width 64) newton vs sequential, forward+backward, at T = 1k ..
 64k; a loop run predicted past its share of the budget is not run (said so). Layers: B=8,
 T=2048, d_model=512, mode "auto", fwd+bwd ms and peak memory. Each case runs in its own
 try/except; a failure prints one line and the table goes on. `--budget` is the whole
@@ -282,6 +285,58 @@ def run_cells(repeat, deadline):
             torch.cuda.empty_cache()
 
 
+STEP_CELLS = ("mgu", "ln_lstm", "slstm")  # no fused kernel (mgu, ln_lstm); slstm's loop
+
+
+def run_steps(repeat, deadline):
+    """Launch-bound step loops: classic layers in mode sequential under
+    ops.backend.force_steps("loop" / "compiled" / "graph") against torch.nn.LSTM (cuDNN).
+    "first s": the first call (compile or capture included); "max err": the largest
+    difference from the loop over outputs and input gradient (what AUTO_STEPS needs)."""
+    import rnnzoo
+    from rnnzoo.ops import backend
+    B, T, D = 8, 2048, 512
+    print(f"\nclassic cells, step loops, B={B} T={T} d_model={D}, float32, fwd+bwd, mode "
+          "sequential")
+    print(f"{'cell':<12}{'steps':<12}{'ms':>10}{'peak MiB':>10}{'x cuDNN':>9}{'first s':>9}"
+          f"{'max err':>10}")
+    x = torch.randn(B, T, D, device="cuda")
+    try:
+        lstm_ms, peak = _layer_row("lstm", lambda: torch.nn.LSTM(D, D, batch_first=True), x,
+                                   repeat, deadline)
+        print(f"{'nn.LSTM':<12}{'cuDNN':<12}{lstm_ms:>10.2f}{peak:>10.0f}{1.0:>9.1f}")
+    except Exception as e:
+        lstm_ms = None
+        print(f"{'nn.LSTM':<12}{'cuDNN':<12}FAILED: {type(e).__name__}: {e}")
+    for name in STEP_CELLS:
+        torch.manual_seed(0)
+        layer = _Fused(rnnzoo.create(name, d_model=D).cuda(), "sequential")
+        ref = None
+        for how in ("loop", "compiled", "graph"):
+            if time.perf_counter() > deadline:
+                print(f"{name:<12}{how:<12}SKIPPED: time budget spent")
+                continue
+            try:
+                with backend.force_steps(how):
+                    xg = x.clone().requires_grad_()
+                    t0 = time.perf_counter()
+                    y, _ = layer(xg)
+                    y.square().mean().backward()
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+                    got = torch.cat([y.detach().flatten(), xg.grad.flatten()])
+                    ref = got if how == "loop" else ref
+                    err = (got - ref).abs().max().item() if ref is not None else float("nan")
+                    ms, peak = _layer_row(name, lambda: layer, x, repeat, deadline)
+                rel = f"{ms / lstm_ms:>9.1f}" if lstm_ms else f"{'-':>9}"
+                print(f"{name:<12}{how:<12}{ms:>10.2f}{peak:>10.0f}{rel}{first:>9.1f}"
+                      f"{err:>10.1e}")
+            except Exception as e:
+                print(f"{name:<12}{how:<12}FAILED: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:100] if str(e) else ''}")
+            torch.cuda.empty_cache()
+
+
 class _Fused(torch.nn.Module):
     def __init__(self, layer, mode="fused"):
         super().__init__()
@@ -360,7 +415,7 @@ def run_layers(repeat, budget):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=("ops", "chunk", "cells", "newton", "layers"),
+    p.add_argument("--only", choices=("ops", "chunk", "cells", "steps", "newton", "layers"),
                    default=None, help="run one part")
     p.add_argument("--repeat", type=int, default=10, help="timed runs per case (median)")
     p.add_argument("--budget", type=float, default=330.0,
@@ -384,14 +439,16 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     start = time.perf_counter()
     end = start + args.budget
-    # shares of the budget: ops 10%, chunk ops 20%, cells 15%, newton 15%, layers the rest
+    # shares of the budget: ops 10%, chunk ops 20%, cells 10%, steps 15%, newton 10%, layers
+    # the rest
     share = lambda f: min(end, time.perf_counter() + f * args.budget)  # noqa: E731
     sections = [
         ("ops", lambda: run_ops(args.repeat, OP_CASES, "scans, float32", share(0.10))),
         ("chunk", lambda: run_ops(args.repeat, CHUNK_CASES, "chunk ops, bf16 inputs",
                                   share(0.20))),
-        ("cells", lambda: run_cells(args.repeat, share(0.15))),
-        ("newton", lambda: run_newton(share(0.15))),
+        ("cells", lambda: run_cells(args.repeat, share(0.10))),
+        ("steps", lambda: run_steps(args.repeat, share(0.15))),
+        ("newton", lambda: run_newton(share(0.10))),
         ("layers", lambda: run_layers(args.repeat, max(0.0, end - time.perf_counter()))),
     ]
     for name, run in sections:

@@ -1,5 +1,4 @@
-"""The Triton RWKV-7 kernel (forward; its backward is PyTorch over chunk-local products)
-against the PyTorch recurrent reference computed in float64: output, final state and every
+"""The Triton RWKV-7 kernels (forward and backward) against the PyTorch recurrent reference computed in float64: output, final state and every
 gradient; on CPU under TRITON_INTERPRET=1, and compiled on CUDA when a GPU is present.
 
 Triton reads TRITON_INTERPRET when `@triton.jit` decorates a function, and its own
@@ -96,6 +95,28 @@ def test_several_value_blocks_odd_head_sizes_and_scale(tl_rwkv7, monkeypatch):
     config = tl_rwkv7._config
     monkeypatch.setattr(tl_rwkv7, "_config", lambda K, V, c: (*config(K, V, c)[:2], 16))
     compare(tl_rwkv7.rwkv7, 21, 20, 24, scale=0.5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("use", ["output", "state"])
+def test_gradients_of_the_output_alone_and_of_the_state_alone(tl_rwkv7, use):
+    """A loss of o only (no state cotangent reaches the kernel) or of the final state only
+    (no output cotangent): every gradient as the reference's."""
+    xs = inputs(17, 16, 16)
+    leaves = [x.requires_grad_() for x in xs]
+    refs = [x.detach().double().requires_grad_() for x in xs]
+    pick = 0 if use == "output" else 1
+    got = tl_rwkv7.rwkv7(*leaves[:6], initial_state=leaves[6], chunk_size=16)[pick]
+    ref = rwkv7_recurrent(*refs[:6], initial_state=refs[6])[pick]
+    wt = rand(*got.shape, seed=20)
+    grads = torch.autograd.grad((got * wt).sum(), leaves)
+    grads_ref = torch.autograd.grad((ref * wt.double()).sum(), refs, allow_unused=True)
+    for name, g, r in zip(NAMES, grads, grads_ref):
+        if r is None:  # the final state does not depend on r
+            assert not g.any(), name
+            continue
+        err = (g.double() - r).abs().max() / r.abs().max().clamp(min=1e-2)
+        assert err < 1e-4, (name, err.item())
 
 
 @needs_kernels

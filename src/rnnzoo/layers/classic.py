@@ -3,7 +3,8 @@
 A `CellLayer` runs its cell over the sequence: the input projection for all
 steps in one matrix product, then the recurrence. Modes: `sequential` (the
 cell's loop, the reference), `fused` where the cell has a whole-sequence
-kernel, and `newton` / `quasi` (all steps solved at once by `ops.newton`) for
+kernel (either may run as a compiled step or CUDA graphs: cells/steps.py, chosen by
+ops.backend.step_runner), and `newton` / `quasi` (all steps solved at once by `ops.newton`) for
 cells with diagonal or block Jacobians and for the dense cells that declare
 them (lstm, gru, rnn_tanh); `ops.newton.parallel_rnn` takes any cell. The
 recurrence always runs in float32 (float64 for float64 input), whatever the
@@ -21,9 +22,11 @@ from __future__ import annotations
 from torch import nn
 from torch.func import functional_call
 
+from rnnzoo.cells import steps
 from rnnzoo.cells.base import Cell
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops.backend import step_runner
 from rnnzoo.ops.newton import call_cell, parallel_rnn
 from rnnzoo.registry import CELLS, register
 
@@ -64,8 +67,9 @@ class CellLayer(RecurrentLayer):
             out = call_cell(self.cell, "output", tuple(s.flatten(0, 1) for s in traj),
                             params=cast).unflatten(0, x.shape[:2])
             new = tuple(s[:, -1] for s in traj)
-        elif all(p.dtype == cd for p in params.values()):
-            out, new = self.cell(x.to(cd), state, fused)
+        elif all(p.dtype == cd for p in params.values()):  # the loop, compiled or graphed
+            out, new = steps.run(self.cell, x.to(cd), state, fused,
+                                 how=step_runner(self.name, x))
         else:
             cast = {k: v.to(cd) for k, v in params.items()}
             out, new = functional_call(self.cell, cast, (x.to(cd), state, fused))

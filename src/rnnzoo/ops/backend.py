@@ -17,6 +17,16 @@ each call). `force("torch")` / `force("triton")` overrides both, inside a `with`
 force("triton") runs the Triton path whatever the device, which lets the tests run the
 kernels on CPU tensors under `TRITON_INTERPRET=1`. triton is imported only when a
 decision needs it, never at `import rnnzoo`.
+
+The same module decides how a classic cell's step loop runs (rnnzoo.cells.steps):
+
+    step_runner(name, *tensors) -> "loop" | "compiled" | "graph"
+
+"loop" is the reference Python loop; "compiled" a torch.compile'd step; "graph" the whole
+loop captured as CUDA graphs (forward and backward) and replayed. `force_steps(how)` (a
+`with` block) or `RNNZOO_STEPS=<how>` chooses; otherwise CUDA tensors get `AUTO_STEPS[name]`
+for the layers a GPU benchmark (benchmarks/gpu.py) measured faster and correct, and every
+other case the loop.
 """
 
 from __future__ import annotations
@@ -72,3 +82,43 @@ def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
         return False
     ts = [t for t in tensors if t is not None]
     return bool(ts) and all(getattr(t, "is_cuda", False) for t in ts) and triton_available()
+
+
+# -- how a classic cell's step loop runs (rnnzoo.cells.steps) --------------------------------
+STEPS = ("loop", "compiled", "graph")
+_forced_steps: list[str] = []
+# layer name -> runner chosen for CUDA inputs, only from a GPU measurement (benchmarks/gpu.py,
+# section "classic cells"): none has been measured on a GPU yet, so every layer keeps the loop.
+AUTO_STEPS: dict[str, str] = {}
+
+
+def _check_steps(how, where: str) -> str:
+    if how not in STEPS:
+        raise ValueError(f"{where}: step runner must be one of {STEPS}, got {how!r}")
+    return how
+
+
+@contextlib.contextmanager
+def force_steps(how: str):
+    """Run the classic cells' step loops in this block with `how` ("loop", "compiled",
+    "graph"), whatever the device ("graph" then refuses non-CUDA tensors)."""
+    _forced_steps.append(_check_steps(how, "force_steps"))
+    try:
+        yield
+    finally:
+        _forced_steps.pop()
+
+
+def step_runner(name: str, *tensors: torch.Tensor) -> str:
+    """How the step loop of the classic layer `name` runs on these tensors: the innermost
+    force_steps(), else RNNZOO_STEPS, else AUTO_STEPS[name] when every tensor is on CUDA,
+    else "loop"."""
+    if _forced_steps:
+        return _forced_steps[-1]
+    env = os.environ.get("RNNZOO_STEPS", "").strip().lower()
+    if env:
+        return _check_steps(env, "RNNZOO_STEPS")
+    ts = [t for t in tensors if t is not None]
+    if ts and all(getattr(t, "is_cuda", False) for t in ts):
+        return AUTO_STEPS.get(name, "loop")
+    return "loop"

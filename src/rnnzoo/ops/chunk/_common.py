@@ -1,6 +1,6 @@
 """What the chunkwise ops share with their Triton kernels (`rnnzoo.ops.triton`): the argument
-checks, so both give the same errors, and the chunk layout and the unit-lower-triangular
-inverse that RWKV-7's PyTorch backward reuses. A module of its own so that the ops (which
+checks, so both give the same errors, the chunk layout and the unit-lower-triangular
+inverse. A module of its own so that the ops (which
 dispatch to the kernels) and the kernels (which check as the ops do) import it, not each
 other.
 """

@@ -9,8 +9,7 @@
     chunk_mlstm.mlstm                    = ops.chunk.linear.mlstm (fwd + bwd)
     chunk_delta.delta_rule               = ops.chunk.delta.delta_rule (gated, any beta; fwd +
                                            bwd); DeltaProduct reaches it through delta_product
-    chunk_rwkv7.rwkv7                    = ops.chunk.delta.rwkv7 (Triton forward, PyTorch
-                                           backward)
+    chunk_rwkv7.rwkv7                    = ops.chunk.delta.rwkv7 (fwd + bwd)
     rnn.lstm_sequence / gru_sequence /   = the `fused` mode of the lstm (no peepholes, no
         slstm_sequence                     projection), gru and slstm cells: all T steps in
                                            one launch each way

@@ -50,27 +50,10 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import load_rows as _load_rows
+from rnnzoo.ops.triton._tiles import unit_lower_inverse as _unit_lower_inverse
 
 __all__ = ["delta_rule"]
-
-
-@triton.jit
-def _load_rows(ptr, t, T, row_stride, offs, n):
-    mask = (t[:, None] < T) & (offs[None, :] < n)
-    return tl.load(ptr + t[:, None] * row_stride + offs[None, :], mask=mask, other=0.0).to(
-        tl.float32)
-
-
-@triton.jit
-def _unit_lower_inverse(A, offs_c, C: tl.constexpr):
-    """(I + A)^{-1} for a strictly lower-triangular (C, C) tile, by forward substitution:
-    row i of the inverse is e_i - A_i (I + A)^{-1} (rows above i are already final)."""
-    Tinv = tl.zeros((C, C), dtype=tl.float32)
-    for i in range(C):
-        a_i = tl.sum(tl.where(offs_c[:, None] == i, A, 0.0), 0)
-        x_i = tl.where(offs_c == i, 1.0, 0.0) - tl.sum(a_i[:, None] * Tinv, 0)
-        Tinv = tl.where(offs_c[:, None] == i, x_i[None, :], Tinv)
-    return Tinv
 
 
 @triton.jit

@@ -48,19 +48,11 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import load_rows as _load_rows
 
 __all__ = ["gated_linear_attention"]
 
 _FACTOR_LIMIT = 40.0  # log-decay span of a chunk up to which vector decays are factorised
-
-
-@triton.jit
-def _load_rows(ptr, t, T, row_stride, offs, n):
-    """(C, BD) tile of rows t of a (T, row_stride) strided array, columns offs < n, zero
-    outside."""
-    mask = (t[:, None] < T) & (offs[None, :] < n)
-    return tl.load(ptr + t[:, None] * row_stride + offs[None, :], mask=mask, other=0.0).to(
-        tl.float32)
 
 
 @triton.jit

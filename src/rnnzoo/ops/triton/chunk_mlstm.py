@@ -55,15 +55,9 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import load_rows as _load_rows
 
 __all__ = ["mlstm"]
-
-
-@triton.jit
-def _load_rows(ptr, t, T, row_stride, offs, n):
-    mask = (t[:, None] < T) & (offs[None, :] < n)
-    return tl.load(ptr + t[:, None] * row_stride + offs[None, :], mask=mask, other=0.0).to(
-        tl.float32)
 
 
 @triton.jit
