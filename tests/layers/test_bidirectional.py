@@ -26,10 +26,12 @@ def make(name, **options):
     return layer
 
 
-def masked_attention(q, k, v, g, scale):
+def masked_attention(q, k, v, g, scale, bonus=None):
     """o_i = scale sum_j sum_c q_ic k_jc M_ijc v_j with M_ijc the product of the decays between
     i and j: exp(g_{j+1} + ... + g_i) for j <= i, exp(g_{i+1} + ... + g_j) for j > i; one loop
-    per pair, no cumulative sums."""
+    per pair, no cumulative sums. With a bonus u (H, K) (RWKV-6: each step reads the state
+    before its own write), M_ijc is the product of the decays strictly between i and j and
+    M_iic = u_c."""
     B, n, H, K = q.shape
     if g is None:
         g = torch.zeros(B, n, H, K, dtype=q.dtype)
@@ -39,13 +41,17 @@ def masked_attention(q, k, v, g, scale):
     for i in range(n):
         for j in range(n):
             lo, hi = min(i, j), max(i, j)
-            M = g[:, lo + 1:hi + 1].sum(1).exp()                         # (B, H, K)
+            if bonus is None:
+                M = g[:, lo + 1:hi + 1].sum(1).exp()                     # (B, H, K)
+            else:
+                M = bonus.expand(B, H, K) if i == j else g[:, lo + 1:hi].sum(1).exp()
             o[:, i] += scale * (q[:, i] * k[:, j] * M).sum(-1, keepdim=True) * v[:, j]
     return o
 
 
 def test_the_lion_layers_are_the_linear_attention_family():
-    assert {"linear_attention", "gla", "lightning_attention", "retnet", "hgrn2"} <= set(LION_LAYERS)
+    assert {"linear_attention", "gla", "lightning_attention", "retnet", "hgrn2", "mamba2",
+            "rwkv6", "based", "rebased"} <= set(LION_LAYERS)
     for name in ("deltanet", "gated_deltanet", "kda", "comba", "gdn2", "rwkv7"):
         with pytest.raises(TypeError, match="bidirectional"):
             make(name, bidirectional=True)
@@ -55,14 +61,21 @@ def test_the_lion_layers_are_the_linear_attention_family():
 def test_every_mode_equals_the_masked_full_attention(name):
     layer = make(name, bidirectional=True)
     x = torch.randn(2, T, layer.d_model, dtype=torch.float64)
-    q, k, v, g, scale = layer.lion_inputs(x)
-    y_ref = layer.lion_output(masked_attention(q, k, v, g, scale), x)
+    q, k, v, g, scale, *bonus = layer.lion_inputs(x)
+    u = bonus[0] if bonus else None
+    y_ref = layer.lion_output(masked_attention(q, k, v, g, scale, u), x)
     for mode in layer.modes:
         y, _ = layer(x, mode=mode)
         assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max(), mode
-    # the two recurrences count the diagonal twice before the correction
-    o_twice = lion(q, k, v, g, scale=scale, chunk=False) + scale * (q * k).sum(-1, keepdim=True) * v
-    assert (layer.lion_output(o_twice, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+    # the two recurrences count the diagonal (the bonus term where there is one) twice before
+    # the correction
+    qk = q * k if u is None else q * u * k
+    diag = scale * qk.sum(-1, keepdim=True) * v
+    o = lion(q, k, v, g, scale=scale, chunk=False, bonus=u)
+    assert (layer.lion_output(o + diag, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+    if u is not None:  # the correction is the bonus term, not the plain diagonal q_i . k_i v_i
+        o_plain = o + diag - scale * (q * k).sum(-1, keepdim=True) * v
+        assert (layer.lion_output(o_plain, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
 
 
 @pytest.mark.parametrize("name", LION_LAYERS)

@@ -56,15 +56,21 @@ def _shift_reverse(g):
     return torch.cat([torch.zeros_like(g[:, :1]), g[:, :-1]], 1)
 
 
-def lion(q, k, v, log_decay=None, *, scale=1.0, chunk=True, chunk_size=64):
+def lion(q, k, v, log_decay=None, *, scale=1.0, chunk=True, chunk_size=64, bonus=None):
     """LION's forward + backward recurrences minus the diagonal. q, k: (B, T, H, K); v:
-    (B, T, H, V); log_decay: None, (B, T, H) or (B, T, H, K). Returns o (B, T, H, V)."""
+    (B, T, H, V); log_decay: None, (B, T, H) or (B, T, H, K); bonus: None or (H, K) (RWKV-6's
+    u, see the module docstring). Returns o (B, T, H, V)."""
     op = functools.partial(gated_linear_attention, chunk_size=chunk_size) if chunk \
         else gated_linear_attention_recurrent
-    o_f, _ = op(q, k, v, log_decay, scale=scale)
-    g_b = None if log_decay is None else _shift_reverse(log_decay)
-    o_b, _ = op(q.flip(1), k.flip(1), v.flip(1), g_b, scale=scale)
-    diag = scale * (q * k).sum(-1, keepdim=True) * v
+    kw = dict(scale=scale) if bonus is None else dict(scale=scale, bonus=bonus)
+    o_f, _ = op(q, k, v, log_decay, **kw)
+    # with a bonus each direction reads the state before its own write, so the decays between
+    # i and j are those strictly between them in either direction: the reversed ones, unshifted
+    g_b = None if log_decay is None else (
+        log_decay.flip(1) if bonus is not None else _shift_reverse(log_decay))
+    o_b, _ = op(q.flip(1), k.flip(1), v.flip(1), g_b, **kw)
+    qk = q * k if bonus is None else q * bonus.to(k.dtype) * k
+    diag = scale * qk.sum(-1, keepdim=True) * v
     return o_f + o_b.flip(1) - diag
 
 
@@ -91,15 +97,19 @@ def lion_forward(layer, x, state, mode, lengths=None):
     if lengths is not None:
         valid = (torch.arange(x.shape[1], device=x.device) < lengths[:, None])[..., None]
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    q, k, v, g, scale = layer.lion_inputs(x)
+    q, k, v, g, scale, *bonus = layer.lion_inputs(x)
+    bonus = bonus[0] if bonus else None
     if valid is not None:  # padded keys and values write nothing, in either direction
         m = valid[..., None].to(k.dtype)
         k, v = k * m, v * m
     if mode == "parallel":
+        if bonus is not None:
+            raise ValueError(f"{type(layer).__name__}: the parallel form of LION with a bonus "
+                             "is not implemented")
         o = lion_attention(q, k, v, g, scale=scale)
     else:
         o = lion(q, k, v, g, scale=scale, chunk=mode != "sequential",
-                 chunk_size=getattr(layer, "chunk_size", 64))
+                 chunk_size=getattr(layer, "chunk_size", 64), bonus=bonus)
     y = layer.lion_output(o, x)
     if valid is not None:
         y = torch.where(valid, y, torch.zeros((), dtype=y.dtype, device=y.device))
