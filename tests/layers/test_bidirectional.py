@@ -26,12 +26,12 @@ def make(name, **options):
     return layer
 
 
-def masked_attention(q, k, v, g, scale, bonus=None):
+def masked_attention(q, k, v, g, scale, bonus=None, causal=False):
     """o_i = scale sum_j sum_c q_ic k_jc M_ijc v_j with M_ijc the product of the decays between
     i and j: exp(g_{j+1} + ... + g_i) for j <= i, exp(g_{i+1} + ... + g_j) for j > i; one loop
     per pair, no cumulative sums. With a bonus u (H, K) (RWKV-6: each step reads the state
     before its own write), M_ijc is the product of the decays strictly between i and j and
-    M_iic = u_c."""
+    M_iic = u_c. causal: the sum over j <= i only."""
     B, n, H, K = q.shape
     if g is None:
         g = torch.zeros(B, n, H, K, dtype=q.dtype)
@@ -39,7 +39,7 @@ def masked_attention(q, k, v, g, scale, bonus=None):
         g = g[..., None].expand(B, n, H, K)
     o = torch.zeros(B, n, H, v.shape[-1], dtype=q.dtype)
     for i in range(n):
-        for j in range(n):
+        for j in range(i + 1 if causal else n):
             lo, hi = min(i, j), max(i, j)
             if bonus is None:
                 M = g[:, lo + 1:hi + 1].sum(1).exp()                     # (B, H, K)
@@ -76,6 +76,27 @@ def test_every_mode_equals_the_masked_full_attention(name):
     if u is not None:  # the correction is the bonus term, not the plain diagonal q_i . k_i v_i
         o_plain = o + diag - scale * (q * k).sum(-1, keepdim=True) * v
         assert (layer.lion_output(o_plain, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+
+
+def test_with_a_bonus_the_lower_triangle_is_rwkv6s_causal_op_and_the_reverse_is_unshifted():
+    """masked_attention's bonus convention (decays strictly between i and j, u on the diagonal)
+    on j <= i is the op RWKV-6 runs causally; LION's backward pass then takes the reversed
+    decays unshifted (the shift of the bonus-free case would be wrong by one step)."""
+    from rnnzoo.layers.bidirectional import _shift_reverse
+    from rnnzoo.ops.chunk.linear import gated_linear_attention_recurrent as recurrent
+    torch.manual_seed(1)
+    B, n, H, K = 1, 6, 2, 3
+    q, k, v = (torch.randn(B, n, H, K, dtype=torch.float64) for _ in range(3))
+    g = -torch.rand(B, n, H, K, dtype=torch.float64)
+    u = torch.randn(H, K, dtype=torch.float64)
+    o_f, _ = recurrent(q, k, v, g, scale=0.5, bonus=u)
+    assert (o_f - masked_attention(q, k, v, g, 0.5, u, causal=True)).abs().max() < 1e-12
+    o_ref = masked_attention(q, k, v, g, 0.5, u)
+    assert (lion(q, k, v, g, scale=0.5, bonus=u, chunk=False) - o_ref).abs().max() < 1e-12
+    assert (lion(q, k, v, g, scale=0.5, bonus=u) - o_ref).abs().max() < 1e-12
+    o_b, _ = recurrent(q.flip(1), k.flip(1), v.flip(1), _shift_reverse(g), scale=0.5, bonus=u)
+    diag = 0.5 * (q * u * k).sum(-1, keepdim=True) * v
+    assert (o_f + o_b.flip(1) - diag - o_ref).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", LION_LAYERS)
