@@ -51,31 +51,47 @@ def masked_attention(q, k, v, g, scale, bonus=None, causal=False):
 
 def test_the_lion_layers_are_the_linear_attention_family():
     assert {"linear_attention", "gla", "lightning_attention", "retnet", "hgrn2", "mamba2",
-            "rwkv6", "based", "rebased"} <= set(LION_LAYERS)
+            "rwkv6", "based", "rebased", "gsa"} <= set(LION_LAYERS)
     for name in ("deltanet", "gated_deltanet", "kda", "comba", "gdn2", "rwkv7"):
         with pytest.raises(TypeError, match="bidirectional"):
             make(name, bidirectional=True)
+
+
+def reference(layer, x, attend):
+    """The layer's bidirectional output with each pass (two for GSA: lion_second) through
+    attend(q, k, v, g, scale, bonus)."""
+    q, k, v, g, scale, *bonus = layer.lion_inputs(x)
+    o = attend(q, k, v, g, scale, bonus[0] if bonus else None)
+    if hasattr(layer, "lion_second"):
+        o = attend(*layer.lion_second(o, x), None)
+    return layer.lion_output(o, x)
+
+
+def diagonal(q, k, v, scale, u):
+    return scale * (q * k if u is None else q * u * k).sum(-1, keepdim=True) * v
 
 
 @pytest.mark.parametrize("name", LION_LAYERS)
 def test_every_mode_equals_the_masked_full_attention(name):
     layer = make(name, bidirectional=True)
     x = torch.randn(2, T, layer.d_model, dtype=torch.float64)
-    q, k, v, g, scale, *bonus = layer.lion_inputs(x)
-    u = bonus[0] if bonus else None
-    y_ref = layer.lion_output(masked_attention(q, k, v, g, scale, u), x)
+    y_ref = reference(layer, x, masked_attention)
     for mode in layer.modes:
         y, _ = layer(x, mode=mode)
         assert (y - y_ref).abs().max() < 1e-10 * y_ref.abs().max(), mode
+
     # the two recurrences count the diagonal (the bonus term where there is one) twice before
     # the correction
-    qk = q * k if u is None else q * u * k
-    diag = scale * qk.sum(-1, keepdim=True) * v
-    o = lion(q, k, v, g, scale=scale, chunk=False, bonus=u)
-    assert (layer.lion_output(o + diag, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
-    if u is not None:  # the correction is the bonus term, not the plain diagonal q_i . k_i v_i
-        o_plain = o + diag - scale * (q * k).sum(-1, keepdim=True) * v
-        assert (layer.lion_output(o_plain, x) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+    def twice(q, k, v, g, scale, u):
+        return lion(q, k, v, g, scale=scale, chunk=False, bonus=u) + diagonal(q, k, v, scale, u)
+
+    assert (reference(layer, x, twice) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
+    if len(layer.lion_inputs(x)) == 6:  # the correction is the bonus term, not q_i . k_i v_i
+        def plain(q, k, v, g, scale, u):
+            return (lion(q, k, v, g, scale=scale, chunk=False, bonus=u)
+                    + diagonal(q, k, v, scale, u) - diagonal(q, k, v, scale, None))
+
+        assert (reference(layer, x, plain) - y_ref).abs().max() > 1e-3 * y_ref.abs().max()
 
 
 def test_with_a_bonus_the_lower_triangle_is_rwkv6s_causal_op_and_the_reverse_is_unshifted():

@@ -92,24 +92,29 @@ def lion_attention(q, k, v, log_decay=None, *, scale=1.0):
 def lion_forward(layer, x, state, mode, lengths=None):
     """A LION layer's forward: (y, the state it was given). mode: "sequential", "chunk" or
     "parallel" (see the module docstring); lengths (B,) masks padded steps out of both
-    directions, and padded outputs are 0."""
+    directions, and padded outputs are 0. A layer with `lion_second(o, x)` (two passes, GSA)
+    gets a second bidirectional pass on the inputs it makes from the first pass's output."""
     valid = None
     if lengths is not None:
         valid = (torch.arange(x.shape[1], device=x.device) < lengths[:, None])[..., None]
         x = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    q, k, v, g, scale, *bonus = layer.lion_inputs(x)
-    bonus = bonus[0] if bonus else None
-    if valid is not None:  # padded keys and values write nothing, in either direction
-        m = valid[..., None].to(k.dtype)
-        k, v = k * m, v * m
-    if mode == "parallel":
-        if bonus is not None:
-            raise ValueError(f"{type(layer).__name__}: the parallel form of LION with a bonus "
-                             "is not implemented")
-        o = lion_attention(q, k, v, g, scale=scale)
-    else:
-        o = lion(q, k, v, g, scale=scale, chunk=mode != "sequential",
-                 chunk_size=getattr(layer, "chunk_size", 64), bonus=bonus)
+
+    def run(q, k, v, g, scale, *bonus):
+        bonus = bonus[0] if bonus else None
+        if valid is not None:  # padded keys and values write nothing, in either direction
+            m = valid[..., None].to(k.dtype)
+            k, v = k * m, v * m
+        if mode == "parallel":
+            if bonus is not None:
+                raise ValueError(f"{type(layer).__name__}: the parallel form of LION with a "
+                                 "bonus is not implemented")
+            return lion_attention(q, k, v, g, scale=scale)
+        return lion(q, k, v, g, scale=scale, chunk=mode != "sequential",
+                    chunk_size=getattr(layer, "chunk_size", 64), bonus=bonus)
+
+    o = run(*layer.lion_inputs(x))
+    if hasattr(layer, "lion_second"):
+        o = run(*layer.lion_second(o, x))
     y = layer.lion_output(o, x)
     if valid is not None:
         y = torch.where(valid, y, torch.zeros((), dtype=y.dtype, device=y.device))
