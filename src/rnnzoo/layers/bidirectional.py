@@ -14,23 +14,43 @@ Both include j = i, so
 
     o = o^F + o^B - scale (q_t . k_t) v_t                 (the diagonal counted once)
 
+With RWKV-6's bonus u (H, K) each step reads the state before its own write,
+o_t = scale (S_{t-1} + diag(u) k_t v_t^T)^T q_t, so the mask is the product of the decays
+strictly between i and j, exp(G_{i-1} - G_j) (j < i), exp(G_{j-1} - G_i) (j > i), and u on the
+diagonal. The backward recurrence is then the same op on the reversed sequence with the
+reversed decays unshifted (reading before writing skips g at both ends), both directions
+count the bonus term, and the correction is that term, not the plain diagonal:
+
+    o = o^F + o^B - scale (q_t . (u * k_t)) v_t
+
 Modes of a bidirectional layer: "sequential" (the two recurrences), "chunk" (the two
-chunkwise forms), "parallel" (the masked full-attention form above, O(T^2)).
+chunkwise forms), "parallel" (the masked full-attention form above, O(T^2); not with a bonus).
 
 Which layers: those whose op is gated linear attention (no, scalar or per-channel decay),
-each declaring `lion_inputs(x) -> (q, k, v, log_decay or None, scale)` and
-`lion_output(o, x)`; the option `bidirectional` is added to their constructor (layers/base.py).
-Wired: linear_attention (its normaliser z is the ones column of v, read in both directions),
-retnet (rotations from position 0), gla, hgrn2, lightning_attention. Well defined but not
-wired yet: mamba2 (scalar decay; its read-out needs the skip input and the gate z of the same
-projection as q, k, v, which its _forward does not yet hand out) and rwkv6 (its bonus u takes
-the diagonal's place: the correction would subtract q (1 - u) k v, not q k v).
+each declaring `lion_inputs(x) -> (q, k, v, log_decay or None, scale[, bonus])` and
+`lion_output(o, x)`, and a two-pass layer also `lion_second(o, x)` (the second pass's
+inputs from the first pass's output); the option `bidirectional` is added to their
+constructor (layers/base.py). Wired: linear_attention (its normaliser z is the ones column of
+v, read in both directions), retnet (rotations from position 0), gla, hgrn2,
+lightning_attention; mamba2 (q = C, k = B, v = dt x, scalar decay dt A; the skip D x and the
+gate z are recomputed by lion_output from the same projection); rwkv6 (per-channel decay, the
+bonus above); based and rebased (linear attention on the feature maps of ops.feature_maps,
+the normaliser as a ones column of v, the division after both directions); gsa (two passes:
+the slot scores K~ q, one head a slot with scalar decay alpha_m, run both ways; their softmax
+over the slots is the query of the second pass, value slots with per-slot decay, run both
+ways; each pass is a decay-masked full attention, their composition is GSA with a slot memory
+written by the whole sequence). Short convolutions and token shifts before the op stay causal
+(they make q, k, v; LION is about the op).
 Not defined for the delta rule family (deltanet, gated_deltanet, deltaproduct, kda, comba,
-gdn2, rwkv7, momentum_deltanet): their transition (I - beta k p^T) makes o_t depend on
-earlier keys through products of such matrices, not through one score q_i . k_j, so there is
-no decay-masked attention matrix whose two triangles two recurrences compute; LION's
-construction needs a scalar or diagonal transition. Nor for mesanet (a linear solve per step,
-not a sum over j) or mlstm (its max-normaliser and stabiliser are not a mask).
+gdn2, rwkv7, momentum_deltanet, mom whose memories are Gated DeltaNet's): their transition
+(I - beta k p^T) makes o_t depend on earlier keys through products of such matrices, not
+through one score q_i . k_j, so there is no decay-masked attention matrix whose two
+triangles two recurrences compute; LION's construction needs a scalar or diagonal
+transition. Nor for mesanet (a linear solve per step, not a sum over j), mlstm (its
+max-normaliser and stabiliser are not a mask), or the test-time memories ttt_linear,
+ttt_mlp, titans, moneta, yaad, memora (their state is a model trained by gradient steps on
+the earlier tokens, whose read-out is not linear in each v_j with a score of q_i and k_j
+alone).
 
 A bidirectional layer is non-causal by definition: it has no `step`, and the state it returns
 is the one it was given (nothing carries over to a next segment); `lengths` masks the padded
