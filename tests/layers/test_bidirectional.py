@@ -144,3 +144,13 @@ def test_padding_is_masked_out_of_both_directions(name):
         assert (y[1, :5] - alone[0]).abs().max() < 1e-10
         assert torch.equal(y[1, 5:], torch.zeros_like(y[1, 5:]))
         assert (y[0] - layer(x[:1], mode=mode)[0][0]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("name", LION_LAYERS)
+def test_packed_documents_are_each_read_both_ways_alone(name):
+    layer = make(name, bidirectional=True)
+    x = torch.randn(1, 7, layer.d_model, dtype=torch.float64)
+    for mode in layer.modes:
+        y, _ = layer(x, mode=mode, cu_seqlens=torch.tensor([0, 3, 7]))
+        for a, b in ((0, 3), (3, 7)):
+            assert (y[:, a:b] - layer(x[:, a:b], mode=mode)[0]).abs().max() < 1e-10, mode

@@ -54,7 +54,8 @@ alone).
 
 A bidirectional layer is non-causal by definition: it has no `step`, and the state it returns
 is the one it was given (nothing carries over to a next segment); `lengths` masks the padded
-steps out of both directions.
+steps out of both directions, and packed sequences (cu_seqlens) are each read both ways on
+their own.
 """
 
 from __future__ import annotations
@@ -152,4 +153,21 @@ def add_bidirectional_option(cls):
         self.bidirectional = flag("bidirectional", bidirectional)
 
     cls.__init__ = __init__
+    # packed sequences (cu_seqlens) reach a layer through `_forward` (documents of equal
+    # length as one batch) or `_forward_lengths` (a right-padded batch): both read both ways too
+    fwd, fwd_lengths = cls._forward, cls._forward_lengths
+
+    @functools.wraps(fwd)
+    def _forward(self, x, state, mode):
+        if self.bidirectional:
+            return lion_forward(self, x, state, mode)
+        return fwd(self, x, state, mode)
+
+    @functools.wraps(fwd_lengths)
+    def _forward_lengths(self, x, state, mode, lengths):
+        if self.bidirectional:
+            return lion_forward(self, x, state, mode, lengths)
+        return fwd_lengths(self, x, state, mode, lengths)
+
+    cls._forward, cls._forward_lengths = _forward, _forward_lengths
     return cls
