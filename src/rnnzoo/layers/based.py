@@ -27,7 +27,7 @@ from torch import nn
 from rnnzoo.checks import positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops.feature_maps import feature_attention, feature_size
+from rnnzoo.ops.feature_maps import feature_attention, feature_size, features
 from rnnzoo.registry import register
 
 
@@ -73,6 +73,18 @@ class Based(RecurrentLayer):
 
     def op_output(self, o, x):
         return self.o_proj(o.flatten(2).to(x.dtype))
+
+    def lion_inputs(self, x):
+        """phi(q), phi(k) (B, T, H, F), [v, 1] (B, T, H, head_dim + 1) (the last column reads
+        the normaliser), no decay, scale 1: a linear attention on the features, bidirectional
+        by layers/bidirectional.py (the kernel matrix phi(q_i) . phi(k_j) over all j)."""
+        q, k, v = self.op_inputs(x)
+        q, k = (features(t, self.feature_map) for t in self.feature_inputs(q, k))
+        return q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), None, 1.0
+
+    def lion_output(self, o, x):
+        """o (B, T, H, head_dim + 1): the numerator over the normaliser (+ eps), projected."""
+        return self.op_output((o[..., :-1] / (o[..., -1:] + self.eps)).to(compute_dtype(x)), x)
 
     def _forward(self, x, state, mode):
         q, k, v = self.op_inputs(x)

@@ -74,6 +74,30 @@ class GSA(RecurrentLayer):
     def op_output(self, o, x):
         return self.o_proj(self.norm(o).flatten(2).to(x.dtype))
 
+    def lion_inputs(self, x):
+        """The first pass (the slot scores) as ops.gsa runs it: one head a slot, q, k
+        (B, T, H M, K), value s (B, T, H M, 1), scalar log-decay (B, T, H M), scale K^-1/2;
+        bidirectional=True runs it and the second pass (lion_second) both ways
+        (layers/bidirectional.py)."""
+        q, k, _, s, log_alpha = self.op_inputs(x)
+        B, T, H, M = s.shape
+        K = q.shape[-1]
+
+        def per_slot(t):
+            return t[:, :, :, None].expand(B, T, H, M, K).reshape(B, T, H * M, K)
+
+        return (per_slot(q), per_slot(k), s.reshape(B, T, H * M, 1),
+                log_alpha.reshape(B, T, H * M), K ** -0.5)
+
+    def lion_second(self, scores, x):
+        """The second pass: query softmax over the slots of the scores (B, T, H M, 1), key s,
+        value v, log-decay log alpha per slot (the key channel), scale 1."""
+        _, _, v, s, log_alpha = self.op_inputs(x)
+        return scores.reshape(s.shape).softmax(-1), s, v, log_alpha, 1.0
+
+    def lion_output(self, o, x):
+        return self.op_output(o, x)
+
     def _forward(self, x, state, mode):
         q, k, v, s, log_alpha = self.op_inputs(x)
         o, state = gated_slot_attention(q, k, v, s, log_alpha, initial_state=state, mode=mode,

@@ -77,19 +77,49 @@ class Mamba2(RecurrentLayer):
                         dtype=state_dtype(dtype))
         return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
 
-    def _forward(self, x, state, mode):
-        S, conv_state = state
+    def _project(self, x, conv_state, dtype):
+        """The op's inputs q = C, k = B (B, T, H, d_state), v = dt x (B, T, H, head_dim), the
+        log-decay dt A (B, T, H) in `dtype`; the skip input xs (B, T, H, head_dim), the gate z
+        (B, T, d_inner) and the new conv state."""
         Bsz, T, _ = x.shape
         H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
         xBC, conv_state = self.conv(xBC, conv_state)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
-        dt = F.softplus(dt.to(S.dtype) + self.dt_bias)  # (B, T, H)
-        log_decay = -dt * self.A_log.to(S.dtype).exp()
+        dt = F.softplus(dt.to(dtype) + self.dt_bias)  # (B, T, H)
+        log_decay = -dt * self.A_log.to(dtype).exp()
         q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
                 for t in (Cm, Bm))
-        v = xs.to(S.dtype) * dt[..., None]
+        v = xs.to(dtype) * dt[..., None]
+        return q, k, v, log_decay, xs, z, conv_state
+
+    def _output(self, y, xs, z, x):
+        """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm, the projection."""
+        y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
+        y = (y * F.silu(z)).unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
+        y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
+        return self.out_proj(y * self.norm_weight)
+
+    def lion_inputs(self, x):
+        """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,
+        layers/bidirectional.py; the conv stays causal)."""
+        sdt = state_dtype(x.dtype)
+        q, k, v, g, _, _, _ = self._project(x, self.conv.init_state(x.shape[0], x.device, sdt),
+                                            sdt)
+        return q, k, v, g, 1.0
+
+    def lion_output(self, o, x):
+        """The read-out of o (B, T, H, head_dim): it needs the skip input and the gate of the
+        same projection, recomputed here (a bidirectional call runs in_proj and the conv twice)."""
+        sdt = state_dtype(x.dtype)
+        _, _, _, _, xs, z, _ = self._project(x, self.conv.init_state(x.shape[0], x.device, sdt),
+                                             sdt)
+        return self._output(o, xs, z, x)
+
+    def _forward(self, x, state, mode):
+        S, conv_state = state
+        q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, S.dtype)
         kw = dict(scale=1.0, initial_state=S)
         if mode == "chunk":
             y, S = gated_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
@@ -97,7 +127,4 @@ class Mamba2(RecurrentLayer):
             y, S = gated_linear_attention_parallel(q, k, v, log_decay, **kw)
         else:
             y, S = gated_linear_attention_recurrent(q, k, v, log_decay, **kw)
-        y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
-        y = (y * F.silu(z)).unflatten(-1, (G, self.d_inner // G))
-        y = F.rms_norm(y, (self.d_inner // G,), eps=self.norm_eps).flatten(-2) * self.norm_weight
-        return self.out_proj(y), (S, conv_state)
+        return self._output(y, xs, z, x), (S, conv_state)

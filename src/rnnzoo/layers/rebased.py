@@ -55,6 +55,9 @@ class ReBased(Based):
     def feature_inputs(self, q, k):
         return super().feature_inputs(self.affine(q), self.affine(k))
 
+    # Based's, declared again so that layers/base.py gives this constructor `bidirectional` too
+    lion_inputs = Based.lion_inputs
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, normalize={self.normalize}, "
                 f"use_gamma={self.gamma is not None}, use_beta={self.beta is not None}")

@@ -68,8 +68,9 @@ class RWKV6(RecurrentLayer):
         return (torch.zeros(batch_size, H, K, K, device=device, dtype=dt),
                 torch.zeros(batch_size, self.d_model, device=device, dtype=dt))
 
-    def _forward(self, x, state, mode):
-        S, x_last = state
+    def _project(self, x, x_last, dtype):
+        """r, k, v (B, T, H, K), the log-decay per key channel (B, T, H, K) in `dtype` and
+        the output gate g (B, T, d), x_last (B, d_model) being the input before x."""
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
         dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
@@ -80,7 +81,25 @@ class RWKV6(RecurrentLayer):
                                                      (self.v_proj, xv)))
         g = F.silu(self.g_proj(xg))
         w = self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up
-        log_w = -w.to(S.dtype).exp().view(B, T, H, K)
+        return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
+
+    def lion_inputs(self, x):
+        """r, k, v, the log-decay, scale 1 and the bonus u (H, K), from a zero token shift
+        (bidirectional=True, layers/bidirectional.py: u takes the diagonal's place)."""
+        sdt = state_dtype(x.dtype)
+        r, k, v, log_w, _ = self._project(x, x.new_zeros(x.shape[0], x.shape[2]), sdt)
+        return r, k, v, log_w, 1.0, self.u.to(sdt)
+
+    def lion_output(self, o, x):
+        """The per-head norm times the gate, then the output projection (the gate's token
+        shift recomputed: a bidirectional call runs the projections twice)."""
+        g = self._project(x, x.new_zeros(x.shape[0], x.shape[2]), state_dtype(x.dtype))[-1]
+        return self.out_proj(self.norm(o).flatten(2) * g)
+
+    def _forward(self, x, state, mode):
+        S, x_last = state
+        B, T, d = x.shape
+        r, k, v, log_w, g = self._project(x, x_last, S.dtype)
         kw = dict(scale=1.0, initial_state=S, bonus=self.u.to(S.dtype))
         if mode == "chunk":
             o, S = gated_linear_attention(r, k, v, log_w, chunk_size=self.chunk_size,
