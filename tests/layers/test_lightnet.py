@@ -11,11 +11,6 @@ import rnnzoo
 from rnnzoo.layers.lightnet import additive_gate
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason="fla's LightNet gate is a Triton scan that the CPU interpreter "
-                                 "cannot run (its associative_scan fails there)")
-
-
 def _layer(dtype=torch.float32, **options):
     torch.manual_seed(0)
     layer = rnnzoo.create("lightnet", d_model=8, num_heads=2, expand_ratio=4,
@@ -63,25 +58,6 @@ def test_layer_equals_fla_naive_gla_on_the_papers_additive_gate():
                 assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max(), mode
                 assert (S - S_ref.double()).abs().max() < 1e-5 * S_ref.abs().max(), mode
                 assert (z - z_ref).abs().max() < 1e-12 * z_ref.abs().max(), mode
-
-
-@cuda
-@pytest.mark.parametrize("name", ["fused_recurrent_lightnet", "chunk_lightnet"])
-def test_layer_equals_fla_triton_lightnet(name):
-    """fla's own LightNet ops (additive-gate scan + GLA kernels) on a CUDA device."""
-    pytest.importorskip("fla.ops.lightnet", reason="fla-core 0.6.0 is the oracle")
-    from peers.fla_lightnet import lightnet_with_fla
-    layer = _layer().cuda()
-    x = torch.randn(2, 33, 8, device="cuda")
-    S, z = layer.init_state(2, device="cuda")
-    with torch.no_grad():
-        for start in (None, (torch.randn_like(S), torch.randn_like(z))):
-            y_ref, (S_ref, z_ref) = lightnet_with_fla(layer, x, start, name=name)
-            for mode in layer.modes:
-                y, (S_got, z_got) = layer(x, start, mode=mode)
-                assert (y - y_ref).abs().max() < 1e-3 * y_ref.abs().max(), mode
-                assert (S_got - S_ref).abs().max() < 1e-3 * S_ref.abs().max(), mode
-                assert (z_got - z_ref).abs().max() < 1e-3 * z_ref.abs().max(), mode
 
 
 @pytest.mark.parametrize("mode", ["sequential", "chunk"])

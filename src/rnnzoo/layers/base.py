@@ -51,6 +51,12 @@ class RecurrentLayer(nn.Module):
 
     bidirectional: bool = False  # LION (layers/bidirectional.py), where a layer has lion_inputs
 
+    @property
+    def _lion(self) -> bool:
+        """True when LION's two-way reading runs here; a layer with a bidirectional option of
+        its own (s5: a second SSM read backwards) handles the flag itself."""
+        return self.bidirectional and hasattr(type(self), "lion_inputs")
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "lion_inputs" in vars(cls):
@@ -103,7 +109,7 @@ class RecurrentLayer(nn.Module):
             state = self._check_or_init_state(state, x.expand(cu.shape[0] - 1, -1, -1))
             return self._forward_packed(x, state, mode, cu, max_seqlen)
         state = self._check_or_init_state(state, x)
-        if self.bidirectional:
+        if self._lion:
             lengths = None if lengths is None else self._check_lengths(lengths, x)
             from rnnzoo.layers.bidirectional import lion_forward
             return lion_forward(self, x, state, mode, lengths)
@@ -120,7 +126,7 @@ class RecurrentLayer(nn.Module):
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
         self._check_input(x_t, "x_t", 2)
-        if self.bidirectional:
+        if self._lion:
             raise ValueError(f"layer {self.name!r} was built with bidirectional=True: its outputs "
                              f"read the whole sequence, so it has no step (build it with "
                              f"bidirectional=False to decode)")

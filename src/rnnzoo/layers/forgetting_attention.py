@@ -63,6 +63,7 @@ class ForgettingAttention(Attention):
                              f"got {head_dim}")
         self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
         self.rope_base = None if rope_base is None else float(rope_base)
+        self.rotary_dim = head_dim  # Attention.rope rotates every channel of a head
         self.capacity = window if window is not None else max_len
         self.qk_norm, self.use_output_gate = flag("qk_norm", qk_norm), flag("use_output_gate",
                                                                             use_output_gate)
