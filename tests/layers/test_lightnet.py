@@ -11,6 +11,7 @@ import rnnzoo
 from rnnzoo.layers.lightnet import additive_gate
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 
+
 def _layer(dtype=torch.float32, **options):
     torch.manual_seed(0)
     layer = rnnzoo.create("lightnet", d_model=8, num_heads=2, expand_ratio=4,
