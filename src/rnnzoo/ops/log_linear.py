@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.ops.finite import finite_inputs, poison
 
 
 def _levels(a: torch.Tensor, b: torch.Tensor, L: int) -> torch.Tensor:
@@ -75,7 +76,7 @@ def log_linear_attention_recurrent(q, k, v, log_decay, level_weights, *, scale=N
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state)
     T = q.shape[1]
-    n = count.round().long()
+    n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     slots = torch.arange(1, L, device=q.device)
     period = 1 << (L - 1)
     ys = []
@@ -137,11 +138,14 @@ def _chunk_step(q, k, v, g, lam, scale, S, n, L, period):
 
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                          initial_state=None, chunk_size=64):
-    """Chunkwise log-linear attention; same arguments and returns as the recurrent form."""
+    """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
+    (q, level_weights), (k, v, log_decay), marks = finite_inputs((q, level_weights),
+                                                                 (k, v, log_decay))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state)
     T = q.shape[1]
-    n = count.round().long()
+    n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     ys = []
     for i in range(0, T, chunk_size):
         sl = slice(i, i + chunk_size)
@@ -149,16 +153,19 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                               L, 1 << (L - 1))
         ys.append(y)
     y = torch.cat(ys, 1) if ys else v.new_zeros(v.shape)
-    return y, (S, n.to(count.dtype))
+    return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
 
 
 def log_linear_attention_parallel(q, k, v, log_decay, level_weights, *, scale=None,
                                   initial_state=None):
-    """The whole sequence as one chunk (the T x T masked matrix); same arguments and returns."""
+    """The whole sequence as one chunk (the T x T masked matrix); same arguments and returns,
+    and the same non-finite handling as the chunk form."""
+    (q, level_weights), (k, v, log_decay), marks = finite_inputs((q, level_weights),
+                                                                 (k, v, log_decay))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state)
-    n = count.round().long()
+    n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if q.shape[1] == 0:
         return v.new_zeros(v.shape), (S, count)
     y, S, n = _chunk_step(q, k, v, g, lam, scale, S, n, L, 1 << (L - 1))
-    return y, (S, n.to(count.dtype))
+    return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
