@@ -129,7 +129,7 @@ def test_layer_step_state_counts_live_buckets():
             _, state = layer.step(x[:, t], state)
             buckets, count, _ = state
             assert buckets.shape == shape and count.item() == t + 1
-            live = [bool(buckets[0, :, l].abs().sum() > 0) for l in range(6)]
+            live = [bool(buckets[0, :, s].abs().sum() > 0) for s in range(6)]
             assert live == [bool((t + 1) >> b & 1) for b in range(6)], t + 1
 
 
