@@ -37,12 +37,16 @@ def test_layer_equals_fla_naive_log_linear_attn():
                                 reason="fla-core 0.6.0 is the oracle (see .ci/install-peers)")
     layer = _perturbed(rnnzoo.create("log_linear_mamba2", d_model=8, d_state=4, head_dim=4,
                                      chunk_size=8, num_levels=6))
+    from peers.fla_log_linear import log_linear_mamba2_with_fla
     x = torch.randn(2, 24, 8)
     buckets, count, conv = layer.init_state(2)
     q, k, v, g, lam, rest = layer.op_inputs(x, conv)
     assert lam.std() > 0.01                 # the level weights differ (not Mamba-2 in disguise)
     with torch.no_grad():
         y_fla = layer.op_output(naive.naive_log_linear_attn(q, k, v, g, lam, scale=1.0), x, rest)
+        assert torch.equal(log_linear_mamba2_with_fla(layer, x), y_fla)   # the bench peer
+        print(f"max |layer - fla naive|: "
+              f"{max((layer(x, mode=m)[0] - y_fla).abs().max().item() for m in layer.modes):.2e}")
         for mode in layer.modes:
             y, _ = layer(x, mode=mode)
             assert (y - y_fla).abs().max() < 1e-5 * y_fla.abs().max(), mode
