@@ -33,6 +33,7 @@ No form reads tensor values on the host.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -99,41 +100,56 @@ def log_linear_attention_recurrent(q, k, v, log_decay, level_weights, *, scale=N
     return torch.stack(ys, 1), (S, n.to(count.dtype))
 
 
-def _chunk_step(q, k, v, g, lam, scale, S, n, L, period):
-    """One chunk of c steps from the buckets S at count n: (y (B, c, H, V), S', n')."""
-    B, c, H, K = q.shape
-    t = torch.arange(c, device=q.device)
-    a = n[:, None] + t                                                  # (B, c) positions
-    G = g.cumsum(1)                                                     # (B, c, H)
-    lamh = lam.permute(0, 2, 1, 3)                                      # (B, H, c, L)
+def _chunked(q, k, v, g, lam, scale, S, n, L, C):
+    """All chunks of C steps from the buckets S at count n: (y (B, T, H, V), S', n').
+    The intra-chunk matrices and the state updates are computed for every chunk at once;
+    only the carry of the (L - 1) buckets from chunk to chunk is a loop."""
+    B, T, H, K = q.shape
+    N = -(-T // C)
+    pad = N * C - T
+
+    def chunks(x):  # (B, T, ...) -> (B, N, C, ...), zeros after T (no write, no decay)
+        return F.pad(x, [0, 0] * (x.dim() - 2) + [0, pad]).unflatten(1, (N, C))
+
+    qc, kc, vc, gc, lamc = (chunks(x) for x in (q * scale, k, v, g, lam))
+    t = torch.arange(N * C, device=q.device).view(N, C)
+    a = n[:, None, None] + t                                            # (B, N, C) positions
+    G = gc.cumsum(2)                                                    # (B, N, C, H)
+    lamh = lamc.transpose(2, 3)                                         # (B, N, H, C, L)
     # intra-chunk: the masked matrix with each pair's level weight
-    lev = _levels(a[:, :, None], a[:, None, :], L)                      # (B, c, c)
-    causal = t[:, None] >= t[None, :]
-    w = torch.gather(lamh, 3, lev[:, None].expand(B, H, c, c))
-    diff = (G.permute(0, 2, 1)[..., :, None] - G.permute(0, 2, 1)[..., None, :])
-    decay = diff.masked_fill(~causal, float("-inf")).exp()              # (B, H, c, c)
-    qk = torch.einsum("bthk,bshk->bhts", q, k) * scale
-    y = torch.einsum("bhts,bshv->bthv", qk * w * decay, v)
-    # the carried buckets: slot l reads at level max(l, lev(a_t, n))
+    lev = _levels(a[..., :, None], a[..., None, :], L)                  # (B, N, C, C)
+    w = torch.gather(lamh, 4, lev[:, :, None].expand(B, N, H, C, C))
+    Gh = G.transpose(2, 3)                                              # (B, N, H, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = (Gh[..., :, None] - Gh[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * w * decay
+    y = torch.einsum("bnhts,bnshv->bnthv", A, vc)
+    # each chunk's end (the last real step for the last chunk), its decay and its writes
     slots = torch.arange(1, L, device=q.device)
-    lev0 = _levels(a, n[:, None], L)                                    # (B, c)
-    lev_s = torch.maximum(slots, lev0[:, :, None])                      # (B, c, L - 1)
-    ws = torch.gather(lamh, 3, lev_s[:, None].expand(B, H, c, L - 1))   # (B, H, c, L - 1)
-    ws = ws * G.permute(0, 2, 1).exp()[..., None]
-    read = torch.einsum("bthk,bhlkv->bthlv", q * scale, S)
-    y = y + (ws.permute(0, 2, 1, 3)[..., None] * read).sum(3)
-    # the buckets at count n + c: old slot l moves to max(l, lev(n + c, n)), token s to
-    # lev(n + c, a_s)
-    end = n + c
-    lev_end = _levels(end[:, None], n[:, None], L)                      # (B, 1)
-    move = (torch.maximum(slots, lev_end)[:, None, :] == slots[:, None]).to(S.dtype)
-    gl = G[:, -1]                                                       # (B, H)
-    S = torch.einsum("bml,bhlkv->bhmkv", move, S) * gl.exp()[:, :, None, None, None]
-    lev_tok = _levels(end[:, None], a, L)                               # (B, c), >= 1
-    onehot = (lev_tok[:, :, None] == slots).to(S.dtype)                 # (B, c, L - 1)
-    kd = k * (gl[:, None] - G).exp()[..., None]
-    S = S + torch.einsum("bsl,bshk,bshv->bhlkv", onehot, kd, v)
-    return y, S, end % period
+    end = n[:, None] + torch.arange(1, N + 1, device=q.device).mul(C).clamp(max=T)  # (B, N)
+    start = n[:, None] + torch.arange(N, device=q.device) * C          # (B, N)
+    gl = G[:, :, -1]                                                    # (B, N, H)
+    lev_tok = _levels(end[:, :, None], a, L)                            # (B, N, C), >= 1 real
+    onehot = (lev_tok[..., None] == slots).to(S.dtype)                  # (B, N, C, L - 1)
+    kd = kc * (gl[:, :, None] - G).exp()[..., None]
+    updates = torch.einsum("bnsl,bnshk,bnshv->bnhlkv", onehot, kd, vc)
+    # old slot l moves to max(l, lev(end, start)) at each chunk's end
+    lev_end = _levels(end, start, L)                                    # (B, N)
+    move = (torch.maximum(slots, lev_end[..., None])[:, :, None, :]
+            == slots[:, None]).to(S.dtype)                              # (B, N, new, old)
+    starts = []
+    for i in range(N):
+        starts.append(S)
+        S = torch.einsum("bml,bhlkv->bhmkv", move[:, i], S) \
+            * gl[:, i].exp()[..., None, None, None] + updates[:, i]
+    S0 = torch.stack(starts, 1)                                         # (B, N, H, L-1, K, V)
+    # the carried buckets: slot l reads at level max(l, lev(a_t, start))
+    lev0 = _levels(a, start[..., None], L)                              # (B, N, C)
+    lev_s = torch.maximum(slots, lev0[..., None])                       # (B, N, C, L - 1)
+    ws = torch.gather(lamc, 4, lev_s[:, :, :, None].expand(B, N, C, H, L - 1))
+    ws = ws * G.exp()[..., None]                                        # (B, N, C, H, L - 1)
+    y = y + torch.einsum("bnthl,bnthk,bnhlkv->bnthv", ws, qc, S0)
+    return y.flatten(1, 2)[:, :T], S, end[:, -1] % (1 << (L - 1))
 
 
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
@@ -146,13 +162,9 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                                                    initial_state)
     T = q.shape[1]
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
-    ys = []
-    for i in range(0, T, chunk_size):
-        sl = slice(i, i + chunk_size)
-        y, S, n = _chunk_step(q[:, sl], k[:, sl], v[:, sl], g[:, sl], lam[:, sl], scale, S, n,
-                              L, 1 << (L - 1))
-        ys.append(y)
-    y = torch.cat(ys, 1) if ys else v.new_zeros(v.shape)
+    if T == 0:
+        return v.new_zeros(v.shape), (S, count)
+    y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
     return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
 
 
@@ -167,5 +179,5 @@ def log_linear_attention_parallel(q, k, v, log_decay, level_weights, *, scale=No
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if q.shape[1] == 0:
         return v.new_zeros(v.shape), (S, count)
-    y, S, n = _chunk_step(q, k, v, g, lam, scale, S, n, L, 1 << (L - 1))
+    y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, q.shape[1])
     return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
