@@ -9,9 +9,10 @@ level, and each level read with its own data-dependent weight
     y_t = sum_l lambda_t^(l) C_t . S_t^(l) + D x_t        (S_t^(l): the level-l bucket state)
 
 b_lambda starts at softplus^-1(1), so the layer starts near Mamba-2 (all weights 1 is
-exactly Mamba-2 on the same tensors). Decoding keeps popcount(t) + 1 <= log2(t) + 2 live
-states in a fixed (num_levels - 1)-slot buffer; the top level absorbs everything older than
-2^(num_levels - 2) steps. Modes: `sequential` (the binary-counter loop), `chunk` (masked
+exactly Mamba-2 on the same tensors). After t steps decoding holds popcount(t) <=
+floor(log2 t) + 1 live bucket states (a step reads them and its own token: popcount + 1
+levels) in a fixed (num_levels - 1)-slot buffer; the top level absorbs everything older
+than the lower levels cover (exact Fenwick buckets up to t = 2^(num_levels - 1)). Modes: `sequential` (the binary-counter loop), `chunk` (masked
 matrix inside chunks, buckets between them) and `parallel` (the T x T masked matrix).
 State: (buckets (B, H, num_levels - 1, d_state, head_dim), count (B,), conv state).
 """
