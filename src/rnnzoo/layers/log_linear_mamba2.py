@@ -1,0 +1,110 @@
+"""Log-linear Mamba-2 (Guo et al. 2025, "Log-Linear Attention", arXiv:2506.04761).
+
+The Mamba-2 block (layers/mamba2.py: in-projection, short convolution, dt, A, D, gated
+RMSNorm, out-projection) with its SSD recurrence replaced by log-linear attention
+(ops/log_linear.py): the prefix is split into Fenwick-tree buckets, one Mamba-2 state per
+level, and each level read with its own data-dependent weight
+
+    lambda_t^(l) = softplus(x_t W_lambda + b_lambda)^(l),   l = 0 .. num_levels - 1, per head
+    y_t = sum_l lambda_t^(l) C_t . S_t^(l) + D x_t        (S_t^(l): the level-l bucket state)
+
+b_lambda starts at softplus^-1(1), so the layer starts near Mamba-2 (all weights 1 is
+exactly Mamba-2 on the same tensors). After t steps decoding holds popcount(t) <=
+floor(log2 t) + 1 live bucket states (a step reads them and its own token: popcount + 1
+levels) in a fixed (num_levels - 1)-slot buffer; the top level absorbs everything older
+than the lower levels cover (exact Fenwick buckets up to t = 2^(num_levels - 1)). Modes: `sequential` (the binary-counter loop), `chunk` (masked
+matrix inside chunks, buckets between them) and `parallel` (the T x T masked matrix).
+State: (buckets (B, H, num_levels - 1, d_state, head_dim), count (B,), conv state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.mamba2 import Mamba2
+from rnnzoo.ops.log_linear import (
+    log_linear_attention,
+    log_linear_attention_parallel,
+    log_linear_attention_recurrent,
+)
+from rnnzoo.registry import register
+
+
+@register("log_linear_mamba2", family="matrix", paper="Guo et al. 2025, arXiv:2506.04761",
+          tiny=dict(d_model=4, d_state=2, head_dim=4, d_conv=3, chunk_size=4, num_levels=4))
+class LogLinearMamba2(Mamba2):
+    """x: (B, T, d_model) -> y; Mamba-2's options plus `num_levels` (>= 2; levels 0 .. L - 1,
+    exact Fenwick buckets up to 2^(num_levels - 1) steps)."""
+
+    modes = ("sequential", "chunk", "parallel")
+
+    def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
+                 d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, n_groups: int = 1, norm_eps: float = 1e-5,
+                 num_levels: int = 16):
+        super().__init__(d_model, d_state=d_state, head_dim=head_dim, expand=expand,
+                         d_conv=d_conv, chunk_size=chunk_size, dt_min=dt_min, dt_max=dt_max,
+                         n_groups=n_groups, norm_eps=norm_eps)
+        positive_int("num_levels", num_levels)
+        if not 2 <= num_levels <= 25:
+            raise ValueError(f"num_levels must lie in [2, 25], got {num_levels}")
+        self.num_levels = num_levels
+        self.level_proj = nn.Linear(d_model, self.num_heads * num_levels)
+        with torch.no_grad():
+            self.level_proj.weight.mul_(0.1)
+            self.level_proj.bias.fill_(math.log(math.e - 1))            # softplus^-1(1)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        dt = state_dtype(dtype)
+        buckets = torch.zeros(batch_size, self.num_heads, self.num_levels - 1, self.d_state,
+                              self.head_dim, device=device, dtype=dt)
+        count = torch.zeros(batch_size, device=device, dtype=dt)
+        return buckets, count, self.conv.init_state(batch_size, device, dt)
+
+    def op_inputs(self, x, conv_state):
+        """x (B, T, d_model) -> q, k (B, T, H, d_state), v (B, T, H, head_dim), log_decay
+        (B, T, H), level weights (B, T, H, num_levels), and (z, xs, conv_state) for
+        `op_output`."""
+        Bsz, T, _ = x.shape
+        H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
+        sdt = conv_state.dtype
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        xBC, conv_state = self.conv(xBC, conv_state)
+        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
+        xs = xs.reshape(Bsz, T, H, P)
+        dt = F.softplus(dt.to(sdt) + self.dt_bias)
+        log_decay = -dt * self.A_log.to(sdt).exp()
+        q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
+                for t in (Cm, Bm))
+        v = xs.to(sdt) * dt[..., None]
+        lam = F.softplus(self.level_proj(x).to(sdt)).reshape(Bsz, T, H, self.num_levels)
+        return q, k, v, log_decay, lam, (z, xs, conv_state)
+
+    def op_output(self, y, x, rest):
+        """y (B, T, H, head_dim) from the op -> the block's output (B, T, d_model)."""
+        z, xs, _ = rest
+        Bsz, T, _ = x.shape
+        G = self.n_groups
+        y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
+        y = (y * F.silu(z)).unflatten(-1, (G, self.d_inner // G))
+        y = F.rms_norm(y, (self.d_inner // G,), eps=self.norm_eps).flatten(-2) * self.norm_weight
+        return self.out_proj(y)
+
+    def _forward(self, x, state, mode):
+        buckets, count, conv_state = state
+        q, k, v, g, lam, rest = self.op_inputs(x, conv_state)
+        kw = dict(scale=1.0, initial_state=(buckets, count))
+        if mode == "chunk":
+            y, (buckets, count) = log_linear_attention(q, k, v, g, lam,
+                                                       chunk_size=self.chunk_size, **kw)
+        elif mode == "parallel":
+            y, (buckets, count) = log_linear_attention_parallel(q, k, v, g, lam, **kw)
+        else:
+            y, (buckets, count) = log_linear_attention_recurrent(q, k, v, g, lam, **kw)
+        return self.op_output(y, x, rest), (buckets, count, rest[2])
