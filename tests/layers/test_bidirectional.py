@@ -10,7 +10,7 @@ import torch
 import rnnzoo
 from rnnzoo.layers.bidirectional import lion
 
-LION_LAYERS = sorted(i.name for i in rnnzoo.list_layers() if hasattr(i.cls, "lion_inputs"))
+LION_LAYERS = sorted(i.name for i in rnnzoo.list_layers() if getattr(i.cls, "lion_inputs", None) is not None)
 T = 9
 
 

@@ -55,11 +55,11 @@ class RecurrentLayer(nn.Module):
     def _lion(self) -> bool:
         """True when LION's two-way reading runs here; a layer with a bidirectional option of
         its own (s5: a second SSM read backwards) handles the flag itself."""
-        return self.bidirectional and hasattr(type(self), "lion_inputs")
+        return self.bidirectional and getattr(type(self), "lion_inputs", None) is not None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "lion_inputs" in vars(cls):
+        if vars(cls).get("lion_inputs") is not None:
             from rnnzoo.layers.bidirectional import add_bidirectional_option
             add_bidirectional_option(cls)
 

@@ -43,6 +43,9 @@ class LogLinearMamba2(Mamba2):
     exact Fenwick buckets up to 2^(num_levels - 1) steps)."""
 
     modes = ("sequential", "chunk", "parallel")
+    # no LION reading (Mamba-2's lion_inputs would silently read a plain decay mask): the
+    # Fenwick level weights make the mask hierarchical, not a product of per-step decays
+    lion_inputs = None
 
     def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
                  d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
