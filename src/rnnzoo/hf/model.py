@@ -139,3 +139,23 @@ class SparseMoE(nn.Module):
         if self.shared is not None:
             out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
         return out.reshape(x.shape)
+
+
+def split_layers(tensors: dict, final_norm: str) -> tuple[dict, dict]:
+    """A Gemma-style checkpoint's tensors as (out, layers): embedding, final norm (named
+    `final_norm`, its weight stored as w - 1) and head renamed to rnnzoo's, anything else kept
+    under its own name (from_pretrained names what stays unplaced); layers maps each block
+    index to its tensors, keyed by the name after 'model.layers.i.'."""
+    top = {"model.embed_tokens.weight": ("embed.weight", lambda t: t),
+           final_norm: ("norm.weight", gemma_norm), "lm_head.weight": ("head.weight", lambda t: t)}
+    out, layers = {}, {}
+    for name, t in tensors.items():
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            layers.setdefault(int(i), {})[rest] = t
+        elif name in top:
+            ours, how = top[name]
+            out[ours] = how(t)
+        else:
+            out[name] = t
+    return out, layers

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.hf.load import need
-from rnnzoo.hf.model import GatedMLP, PretrainedModel, SparseMoE, block, gemma_norm
+from rnnzoo.hf.model import GatedMLP, PretrainedModel, SparseMoE, block, gemma_norm, split_layers
 
 
 def layer_types(c: dict) -> list[str]:
@@ -120,19 +120,7 @@ def unpack_mlp(w: dict, c: dict, p: str) -> dict:
 
 
 def rename(tensors: dict, c: dict) -> dict:
-    out, layers = {}, {}
-    for name, t in tensors.items():
-        if name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
-            layers.setdefault(int(i), {})[rest] = t
-        elif name == "model.embed_tokens.weight":
-            out["embed.weight"] = t
-        elif name == "model.norm.weight":
-            out["norm.weight"] = gemma_norm(t)
-        elif name == "lm_head.weight":
-            out["head.weight"] = t
-        else:
-            out[name] = t  # unplaced: from_pretrained names it
+    out, layers = split_layers(tensors, "model.norm.weight")
     for i, w in layers.items():
         p = f"blocks.{i}."
         out[p + "norm.weight"] = gemma_norm(w.pop("input_layernorm.weight"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.hf.load import need
-from rnnzoo.hf.model import GatedMLP, PretrainedModel, block, gemma_norm
+from rnnzoo.hf.model import GatedMLP, PretrainedModel, block, gemma_norm, split_layers
 
 
 def kinds(c: dict) -> list[str]:
@@ -53,20 +53,7 @@ def build(c: dict, max_len: int = 4096) -> PretrainedModel:
 
 
 def rename(tensors: dict, c: dict) -> dict:
-    out = {}
-    layers = {}  # block index -> its checkpoint tensors, by the name after 'model.layers.i.'
-    for name, t in tensors.items():
-        if name.startswith("model.layers."):
-            i, rest = name[len("model.layers."):].split(".", 1)
-            layers.setdefault(int(i), {})[rest] = t
-        elif name == "model.embed_tokens.weight":
-            out["embed.weight"] = t
-        elif name == "model.final_norm.weight":
-            out["norm.weight"] = gemma_norm(t)
-        elif name == "lm_head.weight":
-            out["head.weight"] = t
-        else:
-            out[name] = t  # unplaced: from_pretrained names it
+    out, layers = split_layers(tensors, "model.final_norm.weight")
     for i, w in layers.items():
         p = f"blocks.{i}."
         out[p + "norm.weight"] = gemma_norm(w.pop("temporal_pre_norm.weight"))
