@@ -45,6 +45,24 @@ from rnnzoo.ops.finite import finite, poison
 from rnnzoo.registry import register
 
 
+def set_heads(layer, d_model: int, num_heads: int, head_dim: int | None, max_len: int,
+              window: int | None = None) -> int:
+    """Check and set the cache geometry every attention layer shares: layer.num_heads,
+    head_dim (d_model // num_heads when None), max_len, window and capacity (the cache's
+    slots: window, else max_len). Returns head_dim."""
+    positive_int("num_heads", num_heads)
+    positive_int("head_dim", head_dim, allow_none=True)
+    positive_int("window", window, allow_none=True)
+    positive_int("max_len", max_len)
+    if head_dim is None:
+        if d_model % num_heads:
+            raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
+        head_dim = d_model // num_heads
+    layer.num_heads, layer.head_dim, layer.max_len, layer.window = num_heads, head_dim, max_len, window
+    layer.capacity = window if window is not None else max_len
+    return head_dim
+
+
 @register("attention", family="attention",
           paper="Vaswani et al. 2017, arXiv:1706.03762 (RoPE: Su et al. 2021, arXiv:2104.09864)",
           tiny=dict(d_model=4, num_heads=2, max_len=16))
@@ -70,23 +88,14 @@ class Attention(RecurrentLayer):
                                                                            num_kv_heads)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads must divide num_heads={num_heads}, got {num_kv_heads}")
-        positive_int("num_heads", num_heads)
-        positive_int("head_dim", head_dim, allow_none=True)
-        positive_int("window", window, allow_none=True)
-        positive_int("max_len", max_len)
-        if head_dim is None:
-            if d_model % num_heads:
-                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
-            head_dim = d_model // num_heads
+        head_dim = set_heads(self, d_model, num_heads, head_dim, max_len, window)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even (rotary positions), got {head_dim}")
         rotary_dim = head_dim if rotary_dim is None else positive_int("rotary_dim", rotary_dim)
         if rotary_dim % 2 or rotary_dim > head_dim:
             raise ValueError(f"rotary_dim must be even and <= head_dim={head_dim}, got {rotary_dim}")
-        self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
         self.num_kv_heads, self.rotary_dim = num_kv_heads, rotary_dim
         self.rope_base = float(rope_base)
-        self.capacity = window if window is not None else max_len
         inner = num_heads * head_dim
         self.qkv = nn.Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=flag("out_bias", out_bias))

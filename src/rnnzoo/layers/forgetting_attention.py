@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import flag, positive_int
+from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers.attention import Attention
+from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.finite import finite, poison
@@ -50,21 +50,12 @@ class ForgettingAttention(Attention):
                  use_output_gate: bool = False, rope_base: float | None = None,
                  norm_eps: float = 1e-6):
         RecurrentLayer.__init__(self, d_model)  # Attention's rotary-only checks do not apply
-        positive_int("num_heads", num_heads)
-        positive_int("head_dim", head_dim, allow_none=True)
-        positive_int("window", window, allow_none=True)
-        positive_int("max_len", max_len)
-        if head_dim is None:
-            if d_model % num_heads:
-                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
-            head_dim = d_model // num_heads
+        head_dim = set_heads(self, d_model, num_heads, head_dim, max_len, window)
         if rope_base is not None and head_dim % 2:
             raise ValueError(f"head_dim must be even with rotary positions (rope_base), "
                              f"got {head_dim}")
-        self.num_heads, self.head_dim, self.window, self.max_len = num_heads, head_dim, window, max_len
         self.rope_base = None if rope_base is None else float(rope_base)
         self.rotary_dim = head_dim  # Attention.rope rotates every channel of a head
-        self.capacity = window if window is not None else max_len
         self.qk_norm, self.use_output_gate = flag("qk_norm", qk_norm), flag("use_output_gate",
                                                                             use_output_gate)
         inner = num_heads * head_dim

@@ -28,7 +28,7 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers.attention import Attention
+from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
@@ -51,15 +51,7 @@ class PaTHAttention(Attention):
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  max_len: int = 1024, chunk_size: int = 64):
         RecurrentLayer.__init__(self, d_model)  # no rotary (Attention's checks), no window
-        positive_int("num_heads", num_heads)
-        positive_int("head_dim", head_dim, allow_none=True)
-        positive_int("max_len", max_len)
-        if head_dim is None:
-            if d_model % num_heads:
-                raise ValueError(f"num_heads must divide d_model={d_model}, got {num_heads}")
-            head_dim = d_model // num_heads
-        self.num_heads, self.head_dim, self.max_len = num_heads, head_dim, max_len
-        self.window, self.capacity = None, max_len
+        head_dim = set_heads(self, d_model, num_heads, head_dim, max_len)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         inner = num_heads * head_dim
         self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
