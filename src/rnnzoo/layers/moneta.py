@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import int_in, positive, positive_int
-from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.titans import memory_qkv
 from rnnzoo.ops.memory import (
     attentional_bias,
     miras_chunked,
@@ -79,12 +80,8 @@ class MirasLayer(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); eta, alpha, delta (B, T, H); new conv state."""
         B, T, _ = x.shape
-        H, K = self.num_heads, self.head_dim
-        cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-        gates = self.gate_proj(x).to(cdt).reshape(B, T, -1, H)
+        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        gates = self.gate_proj(x).to(q.dtype).reshape(B, T, -1, self.num_heads)
         eta, alpha = self.base_lr * torch.sigmoid(gates[:, :, 0]), torch.sigmoid(gates[:, :, 1])
         delta = F.softplus(gates[:, :, 2]) if self.with_delta else torch.zeros_like(eta)
         return q, k, v, eta, alpha, delta, conv_state

@@ -35,6 +35,15 @@ from rnnzoo.ops.memory import titans_chunked, titans_init_state, titans_sequenti
 from rnnzoo.registry import register
 
 
+def memory_qkv(layer, x, conv_state):
+    """The read/write inputs every memory layer here shares: q, k (unit norm per head), v:
+    (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state."""
+    B, T, _ = x.shape
+    qkv, conv_state = layer.conv(layer.qkv_proj(x).to(compute_dtype(x)), conv_state)
+    q, k, v = qkv.reshape(B, T, 3, layer.num_heads, layer.head_dim).unbind(2)
+    return F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6), v, conv_state
+
+
 @register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
           tiny=dict(d_model=6, num_heads=2, head_dim=3, chunk_size=4, d_conv=2))
 class Titans(RecurrentLayer):
@@ -79,12 +88,9 @@ class Titans(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
         B, T, _ = x.shape
-        H, K = self.num_heads, self.head_dim
-        cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
-        theta, alpha, eta = torch.sigmoid(self.gate_proj(x).to(cdt)).reshape(B, T, 3, H).unbind(2)
+        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        gates = torch.sigmoid(self.gate_proj(x).to(q.dtype))
+        theta, alpha, eta = gates.reshape(B, T, 3, self.num_heads).unbind(2)
         return q, k, v, self.base_lr * theta, alpha, eta, conv_state
 
     def op_args(self, dtype):
