@@ -1,0 +1,202 @@
+"""Recurrent depth: a latent state iterated K times by one core block, and its parallel sampler.
+
+Geiping et al. 2025, "Scaling up Test-Time Compute with Latent Reasoning: A Recurrent Depth
+Approach" (arXiv:2502.05171); the diffusion forcing sampler from Geiping, Yang & Su 2025,
+"Efficient Parallel Samplers for Recurrent-Depth Models and Their Connection to Diffusion
+Language Models" (arXiv:2510.14961).
+
+    e   = P(x)                                  prelude: embedding and `prelude` blocks
+    s_0 ~ N(0, sigma^2 I), truncated at 3 sigma (sigma = `init_std`; 0 gives zeros)
+    s_k = norm(R(A [s_{k-1}; e]))               k = 1..K: adapter A (2d -> d) injects e
+    p   = C(s_K)                                coda: `coda` blocks, norm, head
+
+R is `core` blocks (models.blocks.Block around any registered layer), the same weights at
+every iteration; each iteration k has its own mixer state along time, so the model is
+causal when its layers are and streams: `step` equals `forward`, and `generate`
+(SequenceModel's) is sequential decoding with K iterations per token. `backprop_depth`
+keeps the gradient of only the last iterations (the paper's truncated backpropagation).
+
+The diffusion forcing sampler (`diffusion_forcing_generate`, greedy) decodes along the
+diagonal: at every pass, each position of the window (the positions not yet frozen)
+advances its latent by `inner_recurrences` iterations in one parallel call, reading the
+others' current latents; the coda then redrafts every next token from the window's
+latents, and the drafted token after the window's last position enters with a fresh
+s_0. The front position freezes (its token and latent become context, run once through
+the layers' states) when it has had `max_recurrences` iterations, or, with an
+`exit_threshold`, when its latent moved less than that (relative distance) in a pass
+where its own token and context were already final. Settled (threshold small enough,
+and a core that contracts, the paper's "robust recurrence") its latents are the fixed
+points of the same triangular system as sequential decoding's as K grows, so it decodes
+the same tokens, in far fewer passes than tokens times K.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.checks import int_in, positive, positive_int
+from rnnzoo.models.blocks import RMSNorm
+from rnnzoo.models.stack import ModelConfig, SequenceModel
+
+
+class RecurrentDepth(SequenceModel):
+    """inputs (B, T) tokens or (B, T, input_dim) -> (B, T, output_dim), state.
+
+    `config.num_layers` must equal prelude + core + coda (blocks bottom first). State:
+    (prelude states, K tuples of core states, coda states), each per block.
+    """
+
+    def __init__(self, config: ModelConfig, prelude: int = 1, core: int = 1, coda: int = 1,
+                 num_steps: int = 4, init_std: float = 1.0, backprop_depth: int | None = None):
+        sizes = (int_in("prelude", prelude, lo=0), int_in("core", core), int_in("coda", coda, lo=0))
+        if config.num_layers != sum(sizes) or config.hybrid is not None:
+            raise ValueError(f"num_layers must equal prelude + core + coda = {sum(sizes)} "
+                             f"and hybrid be None, got num_layers={config.num_layers}, "
+                             f"hybrid={config.hybrid!r}")
+        super().__init__(config)
+        self.sizes = sizes
+        self.num_steps = int_in("num_steps", num_steps)
+        self.init_std = positive("init_std", init_std, allow_zero=True)
+        self.backprop_depth = positive_int("backprop_depth", backprop_depth, allow_none=True)
+        d = config.d_model
+        self.adapter = nn.Linear(2 * d, d, bias=False)
+        self.core_norm = RMSNorm(d)
+
+    def parts(self):
+        """(prelude blocks, core blocks, coda blocks)."""
+        p, c, _ = self.sizes
+        b = list(self.blocks)
+        return b[:p], b[p:p + c], b[p + c:]
+
+    def init_state(self, batch_size: int, device=None, dtype=None, num_steps=None) -> tuple:
+        pre, core, coda = self.parts()
+        st = [tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in bs)
+              for bs in (pre, coda)]
+        K = self.num_steps if num_steps is None else num_steps
+        cores = tuple(tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype)
+                            for b in core) for _ in range(K))
+        return st[0], cores, st[1]
+
+    def initial_latent(self, like, generator=None):
+        """s_0 with the shape, dtype and device of `like`."""
+        s = torch.zeros_like(like)
+        if self.init_std > 0:
+            nn.init.trunc_normal_(s, 0.0, self.init_std, -3 * self.init_std, 3 * self.init_std,
+                                  generator=generator)
+        return s
+
+    @staticmethod
+    def _run(blocks, x, states, step=False, **kw):
+        states = (None,) * len(blocks) if states is None else states
+        out = []
+        for b, s in zip(blocks, states):
+            x, s = b.step(x, s) if step else b(x, s, **kw)
+            out.append(s)
+        return x, tuple(out)
+
+    def iterate(self, s, e, states, step=False, **kw):
+        """One core iteration: norm(R(A [s; e])) -> (s', new core states)."""
+        u, states = self._run(self.parts()[1], self.adapter(torch.cat([s, e], -1)), states,
+                              step, **kw)
+        return self.core_norm(u), states
+
+    def _depth(self, e, state, step, generator, s0, **kw):
+        B = e.shape[0]
+        if state is None:
+            state = self.init_state(B, device=e.device, dtype=e.dtype)
+        pre_st, core_st, coda_st = state
+        e, pre_st = self._run(self.parts()[0], e, pre_st, step, **kw)
+        s = self.initial_latent(e, generator) if s0 is None else s0
+        K, core_st = len(core_st), list(core_st)
+        grad_from = K - self.backprop_depth if self.backprop_depth else 0
+        for k in range(K):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and k >= grad_from):
+                s, core_st[k] = self.iterate(s, e, core_st[k], step, **kw)
+        y, coda_st = self._run(self.parts()[2], s, coda_st, step, **kw)
+        return self.head(self.norm(y)), (pre_st, tuple(core_st), coda_st)
+
+    def forward(self, inputs, state=None, *, mode="auto", lengths=None, s0=None,
+                generator=None):
+        """-> outputs (B, T, output_dim), state. s0 (B, T, d_model): the initial latent."""
+        return self._depth(self._embed(inputs), state, False, generator, s0, mode=mode,
+                           lengths=lengths)
+
+    def step(self, inputs_t, state=None, *, s0=None, generator=None):
+        """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
+        return self._depth(self._embed(inputs_t), state, True, generator, s0)
+
+    @torch.no_grad()
+    def diffusion_forcing_generate(self, prompt: torch.Tensor, max_new_tokens: int, *,
+                                   inner_recurrences: int = 1, max_recurrences: int | None = None,
+                                   exit_threshold: float | None = None, window: int | None = None,
+                                   generator: torch.Generator | None = None):
+        """Greedy continuation of prompt (B, P) by `max_new_tokens` with the parallel sampler.
+
+        Returns (tokens (B, P + max_new_tokens), passes): passes counts the parallel calls.
+        max_recurrences (default num_steps) caps each position's iterations; window caps
+        the positions in flight (default: no cap). Rows freeze a position together.
+        """
+        if self.config.vocab_size is None:
+            raise ValueError("diffusion_forcing_generate needs a token model (vocab_size)")
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt must have shape (batch, time >= 1), got {tuple(prompt.shape)}")
+        new = int_in("max_new_tokens", max_new_tokens, lo=0)
+        r = int_in("inner_recurrences", inner_recurrences)
+        cap = int_in("max_recurrences", self.num_steps if max_recurrences is None
+                     else max_recurrences)
+        thr = None if exit_threshold is None else positive("exit_threshold", exit_threshold)
+        window = positive_int("window", window, allow_none=True)
+        B, P = prompt.shape
+        if new == 0:
+            return prompt.clone(), 0
+        tokens = torch.cat([prompt, prompt.new_zeros(B, new)], 1)
+        last = P + new - 1                      # positions 0..last-1 decide the tokens 1..last
+        pre, _, coda = self.parts()
+        ctx = (None, None, None)                # layer states after the frozen prefix
+        frozen, length = 0, P                   # window: positions frozen..length-1
+        like = self.head.weight.new_zeros(B, P, self.config.d_model)
+        s = self.initial_latent(like, generator)
+        count = [0] * P
+        passes = 0
+        while frozen < last:
+            passes += 1
+            e, _ = self._run(pre, self._embed(tokens[:, frozen:length]), ctx[0])
+            s_old = s
+            for _ in range(r):
+                s_old = s
+                s, _ = self.iterate(s, e, ctx[1])
+            count = [c + r for c in count]
+            y, _ = self._run(coda, s, ctx[2])
+            draft = self.head(self.norm(y)).argmax(-1)          # (B, W): tokens frozen+1..length
+            gen = slice(max(frozen + 1, P) - frozen - 1, length - frozen)
+            tokens[:, frozen + 1 + gen.start:length + 1] = draft[:, gen]
+            # freeze from the front
+            moved = ((s - s_old).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-30)).amax(0)
+            n = 0
+            while n < len(count) and frozen + n < last and (
+                    count[n] >= cap or (thr is not None and n == 0 and float(moved[0]) < thr)):
+                n += 1
+            if n:
+                e_f, pre_st = self._run(pre, self._embed(tokens[:, frozen:frozen + n]), ctx[0])
+                _, core_st = self.iterate(s[:, :n], e_f, ctx[1])
+                _, coda_st = self._run(coda, s[:, :n], ctx[2])
+                ctx = (pre_st, core_st, coda_st)
+                frozen += n
+                s, count = s[:, n:], count[n:]
+            # the drafted token after the window enters with a fresh latent
+            if length < last and (window is None or length - frozen < window):
+                fresh = self.initial_latent(s.new_empty(B, 1, s.shape[-1]), generator)
+                s = torch.cat([s, fresh], 1)
+                count.append(0)
+                length += 1
+        return tokens, passes
+
+
+def build_recurrent_depth(prelude: int = 1, core: int = 1, coda: int = 1, num_steps: int = 4,
+                          init_std: float = 1.0, backprop_depth: int | None = None,
+                          **config) -> RecurrentDepth:
+    """RecurrentDepth(ModelConfig(num_layers=prelude + core + coda, **config), ...)."""
+    config.setdefault("num_layers", prelude + core + coda)
+    return RecurrentDepth(ModelConfig(**config), prelude=prelude, core=core, coda=coda,
+                          num_steps=num_steps, init_std=init_std, backprop_depth=backprop_depth)
