@@ -81,35 +81,42 @@ def test_truncated_backprop_keeps_the_last_iterations():
         tiny("mingru", backprop_depth=0)
 
 
-@pytest.mark.parametrize("layer,inner,window", [("mingru", 1, None), ("mingru", 2, 3),
-                                                ("attention", 1, None)])
-def test_diffusion_forcing_equals_sequential_at_convergence(layer, inner, window):
+@pytest.mark.parametrize("layer,inner,window,prefill", [("mingru", 1, None, True),
+                                                        ("mingru", 2, 6, False),
+                                                        ("attention", 1, None, True)])
+def test_diffusion_forcing_equals_sequential_at_convergence(layer, inner, window, prefill):
     model = tiny(layer, contract=True, num_steps=30)
     prompt = tokens(B=2, T=4, seed=7)
     seq = model.generate(prompt, max_new_tokens=8, temperature=0)      # 30 iterations a token
     out, passes = model.diffusion_forcing_generate(
-        prompt, 8, inner_recurrences=inner, exit_threshold=1e-11, max_recurrences=10_000,
-        window=window, generator=torch.Generator().manual_seed(0))
+        prompt, 8, inner_recurrence=inner, exit_threshold=1e-11, num_steps=40,
+        max_wavefront=window, full_prefill=prefill, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, seq)
     assert len(set(seq[:, 4:].flatten().tolist())) > 2                 # not one repeated token
     assert passes * inner < 8 * 30                                     # parallel along the diagonal
     if inner == 1:   # unsettled (one iteration a position) it decodes other tokens: the check bites
-        rough, _ = model.diffusion_forcing_generate(prompt, 8, max_recurrences=1)
+        rough, _ = model.diffusion_forcing_generate(prompt, 8, num_steps=1)
         assert not torch.equal(rough, seq)
 
 
 def test_diffusion_forcing_budget_and_errors():
     model = tiny("mingru", contract=True, num_steps=3)
     prompt = tokens(B=1, T=3, seed=8)
-    out, passes = model.diffusion_forcing_generate(prompt, 5)   # each position gets 3 iterations
-    assert out.shape == (1, 8) and torch.equal(out[:, :3], prompt)
-    # the prompt's positions 0..2 are in flight from the start, position 3 + i enters after
-    # pass 1 + i; the last that decides a token (6) then runs passes 5, 6, 7 and freezes
-    assert passes == 7
+    # each position gets 3 iterations; without prefill the prompt's positions 0..2 are in
+    # flight from the start, position 3 + i enters after pass 1 + i, and the last that decides
+    # a token (6) runs passes 5, 6, 7; with prefill position 3 is the first, 6 runs 4, 5, 6
+    for prefill, expected in ((False, 7), (True, 6)):
+        out, passes = model.diffusion_forcing_generate(prompt, 5, full_prefill=prefill)
+        assert out.shape == (1, 8) and torch.equal(out[:, :3], prompt)
+        assert passes == expected
+    # headway 2: two positions enter a pass, the wavefront fills sooner (3 + 2 passes)
+    assert model.diffusion_forcing_generate(prompt, 5, headway=2)[1] == 5
     out, passes = model.diffusion_forcing_generate(prompt, 0)
     assert torch.equal(out, prompt) and passes == 0
-    with pytest.raises(ValueError, match="inner_recurrences must be an int >= 1, got 0"):
-        model.diffusion_forcing_generate(prompt, 2, inner_recurrences=0)
+    with pytest.raises(ValueError, match="inner_recurrence must be an int >= 1, got 0"):
+        model.diffusion_forcing_generate(prompt, 2, inner_recurrence=0)
+    with pytest.raises(ValueError, match="does not fit max_wavefront=2: use full_prefill"):
+        model.diffusion_forcing_generate(prompt, 2, max_wavefront=2, full_prefill=False)
     with pytest.raises(ValueError, match="exit_threshold must lie in"):
         model.diffusion_forcing_generate(prompt, 2, exit_threshold=-1.0)
     with pytest.raises(ValueError, match="num_layers must equal prelude \\+ core \\+ coda = 3"):

@@ -16,18 +16,23 @@ causal when its layers are and streams: `step` equals `forward`, and `generate`
 (SequenceModel's) is sequential decoding with K iterations per token. `backprop_depth`
 keeps the gradient of only the last iterations (the paper's truncated backpropagation).
 
-The diffusion forcing sampler (`diffusion_forcing_generate`, greedy) decodes along the
-diagonal: at every pass, each position of the window (the positions not yet frozen)
-advances its latent by `inner_recurrences` iterations in one parallel call, reading the
-others' current latents; the coda then redrafts every next token from the window's
-latents, and the drafted token after the window's last position enters with a fresh
-s_0. The front position freezes (its token and latent become context, run once through
-the layers' states) when it has had `max_recurrences` iterations, or, with an
-`exit_threshold`, when its latent moved less than that (relative distance) in a pass
-where its own token and context were already final. Settled (threshold small enough,
-and a core that contracts, the paper's "robust recurrence") its latents are the fixed
-points of the same triangular system as sequential decoding's as K grows, so it decodes
-the same tokens, in far fewer passes than tokens times K.
+The diffusion forcing sampler (`diffusion_forcing_generate`, greedy; option names as in
+the paper's code: inner_recurrence, headway, max_wavefront, exit threshold) decodes along
+the diagonal. At every pass each position of the wavefront (the positions not yet
+frozen) advances its latent by `inner_recurrence` iterations in one parallel call,
+reading the others' current latents through the layers (one shared context, not one per
+iteration); the coda redrafts every next token from the wavefront's latents, and
+`headway` new positions enter with fresh s_0. The front position freezes (its token and
+latent become context, run once through the layers' states) after `num_steps`
+iterations, or, with an `exit_threshold`, when its latent moved less than that
+(relative distance) in a pass where its own token and context were already final.
+Settled (threshold small enough, and a core that contracts: the paper's "robust
+recurrence") the latents are the fixed points of the same triangular system that
+sequential decoding approaches as K grows, so it decodes the same tokens, in far fewer
+passes than tokens times K. Left out: the paper's noise mixing into the latents and the
+moving average of input embeddings (both off keeps the sampler deterministic), and its
+freezing of every position up to the last settled one (we freeze from the front only,
+which is what makes the settled result exact).
 """
 
 from __future__ import annotations
@@ -114,82 +119,105 @@ class RecurrentDepth(SequenceModel):
             with torch.set_grad_enabled(torch.is_grad_enabled() and k >= grad_from):
                 s, core_st[k] = self.iterate(s, e, core_st[k], step, **kw)
         y, coda_st = self._run(self.parts()[2], s, coda_st, step, **kw)
-        return self.head(self.norm(y)), (pre_st, tuple(core_st), coda_st)
+        return self.head(self.norm(y)), (pre_st, tuple(core_st), coda_st), s
 
     def forward(self, inputs, state=None, *, mode="auto", lengths=None, s0=None,
                 generator=None):
         """-> outputs (B, T, output_dim), state. s0 (B, T, d_model): the initial latent."""
         return self._depth(self._embed(inputs), state, False, generator, s0, mode=mode,
-                           lengths=lengths)
+                           lengths=lengths)[:2]
 
     def step(self, inputs_t, state=None, *, s0=None, generator=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
-        return self._depth(self._embed(inputs_t), state, True, generator, s0)
+        return self._depth(self._embed(inputs_t), state, True, generator, s0)[:2]
+
+    def _freeze(self, ctx, tokens, s):
+        """The layers' states after the frozen prefix, advanced over tokens (B, n), latents s."""
+        pre, _, coda = self.parts()
+        e, pre_st = self._run(pre, self._embed(tokens), ctx[0])
+        _, core_st = self.iterate(s, e, ctx[1])
+        _, coda_st = self._run(coda, s, ctx[2])
+        return pre_st, core_st, coda_st
 
     @torch.no_grad()
     def diffusion_forcing_generate(self, prompt: torch.Tensor, max_new_tokens: int, *,
-                                   inner_recurrences: int = 1, max_recurrences: int | None = None,
-                                   exit_threshold: float | None = None, window: int | None = None,
+                                   inner_recurrence: int = 1, num_steps: int | None = None,
+                                   exit_threshold: float | None = None, headway: int = 1,
+                                   max_wavefront: int | None = None, full_prefill: bool = True,
                                    generator: torch.Generator | None = None):
         """Greedy continuation of prompt (B, P) by `max_new_tokens` with the parallel sampler.
 
-        Returns (tokens (B, P + max_new_tokens), passes): passes counts the parallel calls.
-        max_recurrences (default num_steps) caps each position's iterations; window caps
-        the positions in flight (default: no cap). Rows freeze a position together.
+        Returns (tokens (B, P + max_new_tokens), passes), passes counting the parallel
+        calls of the core (each `inner_recurrence` iterations). A position freezes after
+        `num_steps` iterations (default the model's), or at the front of the wavefront
+        once its latent moves less than `exit_threshold`; `headway` new positions enter
+        a pass (the ones after the first hold a copy of its draft until redrafted);
+        `max_wavefront` caps the positions in flight. `full_prefill` reads the prompt
+        with the ordinary forward (num_steps iterations); otherwise the prompt's
+        positions enter the wavefront too. Rows freeze a position together.
         """
         if self.config.vocab_size is None:
             raise ValueError("diffusion_forcing_generate needs a token model (vocab_size)")
         if prompt.dim() != 2 or prompt.shape[1] == 0:
             raise ValueError(f"prompt must have shape (batch, time >= 1), got {tuple(prompt.shape)}")
         new = int_in("max_new_tokens", max_new_tokens, lo=0)
-        r = int_in("inner_recurrences", inner_recurrences)
-        cap = int_in("max_recurrences", self.num_steps if max_recurrences is None
-                     else max_recurrences)
+        r = int_in("inner_recurrence", inner_recurrence)
+        cap = int_in("num_steps", self.num_steps if num_steps is None else num_steps)
         thr = None if exit_threshold is None else positive("exit_threshold", exit_threshold)
-        window = positive_int("window", window, allow_none=True)
+        headway = int_in("headway", headway)
+        wave = positive_int("max_wavefront", max_wavefront, allow_none=True)
         B, P = prompt.shape
         if new == 0:
             return prompt.clone(), 0
         tokens = torch.cat([prompt, prompt.new_zeros(B, new)], 1)
         last = P + new - 1                      # positions 0..last-1 decide the tokens 1..last
         pre, _, coda = self.parts()
-        ctx = (None, None, None)                # layer states after the frozen prefix
-        frozen, length = 0, P                   # window: positions frozen..length-1
-        like = self.head.weight.new_zeros(B, P, self.config.d_model)
-        s = self.initial_latent(like, generator)
-        count = [0] * P
-        passes = 0
+        d = self.config.d_model
+        fresh = lambda n: self.initial_latent(self.head.weight.new_zeros(B, n, d),  # noqa: E731
+                                              generator)
+        if full_prefill:
+            logits, _, s_p = self._depth(self._embed(prompt), self.init_state(
+                B, device=prompt.device, dtype=self.head.weight.dtype, num_steps=cap),
+                False, generator, None)
+            tokens[:, P] = logits[:, -1].argmax(-1)
+            ctx = self._freeze((None, None, None), prompt, s_p)
+            frozen, length = P, min(P + 1, last)    # window: positions frozen..length-1
+        else:
+            if wave is not None and P > wave:
+                raise ValueError(f"the prompt ({P} tokens) does not fit max_wavefront={wave}: "
+                                 f"use full_prefill or a larger max_wavefront")
+            ctx, frozen, length = (None, None, None), 0, P
+        s, count, passes = fresh(length - frozen), [0] * (length - frozen), 0
         while frozen < last:
             passes += 1
             e, _ = self._run(pre, self._embed(tokens[:, frozen:length]), ctx[0])
-            s_old = s
             for _ in range(r):
                 s_old = s
                 s, _ = self.iterate(s, e, ctx[1])
             count = [c + r for c in count]
             y, _ = self._run(coda, s, ctx[2])
             draft = self.head(self.norm(y)).argmax(-1)          # (B, W): tokens frozen+1..length
-            gen = slice(max(frozen + 1, P) - frozen - 1, length - frozen)
-            tokens[:, frozen + 1 + gen.start:length + 1] = draft[:, gen]
-            # freeze from the front
+            first = max(frozen + 1, P)                           # the prompt's tokens stay
+            tokens[:, first:length + 1] = draft[:, first - frozen - 1:]
+            # freeze from the front: after num_steps iterations, or settled with its own
+            # token and context final during this pass (it was the front)
             moved = ((s - s_old).norm(dim=-1) / s.norm(dim=-1).clamp_min(1e-30)).amax(0)
             n = 0
             while n < len(count) and frozen + n < last and (
                     count[n] >= cap or (thr is not None and n == 0 and float(moved[0]) < thr)):
                 n += 1
             if n:
-                e_f, pre_st = self._run(pre, self._embed(tokens[:, frozen:frozen + n]), ctx[0])
-                _, core_st = self.iterate(s[:, :n], e_f, ctx[1])
-                _, coda_st = self._run(coda, s[:, :n], ctx[2])
-                ctx = (pre_st, core_st, coda_st)
+                ctx = self._freeze(ctx, tokens[:, frozen:frozen + n], s[:, :n])
                 frozen += n
                 s, count = s[:, n:], count[n:]
-            # the drafted token after the window enters with a fresh latent
-            if length < last and (window is None or length - frozen < window):
-                fresh = self.initial_latent(s.new_empty(B, 1, s.shape[-1]), generator)
-                s = torch.cat([s, fresh], 1)
-                count.append(0)
-                length += 1
+            # new positions enter with fresh latents, the first with the drafted token
+            room = last - length if wave is None else min(last - length, wave - (length - frozen))
+            h = max(0, min(headway, room))
+            if h:
+                tokens[:, length + 1:length + h] = tokens[:, length:length + 1]
+                s = torch.cat([s, fresh(h)], 1)
+                count += [0] * h
+                length += h
         return tokens, passes
 
 
