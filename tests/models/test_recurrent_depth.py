@@ -44,6 +44,17 @@ def test_forward_is_k_iterations_of_the_core(layer):
         s = model.core_norm(u)
     ref = model.head(model.norm(coda(s)[0]))
     assert (y - ref).abs().max() < 1e-12
+    # K chosen per call (test-time compute): 2 iterations by hand
+    y2, st = model(x, s0=s0, num_steps=2)
+    s = s0
+    for _ in range(2):
+        u = model.adapter(torch.cat([s, e], -1))
+        for b in core:
+            u, _ = b(u)
+        s = model.core_norm(u)
+    assert (y2 - model.head(model.norm(coda(s)[0]))).abs().max() < 1e-12 and len(st[1]) == 2
+    with pytest.raises(ValueError, match="num_steps=3 but the state holds 2 iterations"):
+        model(x, st, num_steps=3)
     # s_0 is drawn: a different draw gives a different output, the same seed the same one
     g = torch.Generator
     a, _ = model(x, generator=g().manual_seed(3))

@@ -122,10 +122,17 @@ class RecurrentDepth(SequenceModel):
         return self.head(self.norm(y)), (pre_st, tuple(core_st), coda_st), s
 
     def forward(self, inputs, state=None, *, mode="auto", lengths=None, s0=None,
-                generator=None):
-        """-> outputs (B, T, output_dim), state. s0 (B, T, d_model): the initial latent."""
-        return self._depth(self._embed(inputs), state, False, generator, s0, mode=mode,
-                           lengths=lengths)[:2]
+                generator=None, num_steps=None):
+        """-> outputs (B, T, output_dim), state. s0 (B, T, d_model): the initial latent;
+        num_steps: K for this call (a fresh state; a given state holds its own K)."""
+        x = self._embed(inputs)
+        if num_steps is not None:
+            K = int_in("num_steps", num_steps)
+            if state is None:
+                state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, num_steps=K)
+            elif len(state[1]) != K:
+                raise ValueError(f"num_steps={K} but the state holds {len(state[1])} iterations")
+        return self._depth(x, state, False, generator, s0, mode=mode, lengths=lengths)[:2]
 
     def step(self, inputs_t, state=None, *, s0=None, generator=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
