@@ -101,3 +101,31 @@ class Chimera(GridLayer):
         y = (C1 * h1).sum(-1) + (C2 * h2).sum(-1) + self.skip.to(cdt) * xc
         sd = state[0].dtype
         return self.out(y.to(x.dtype)), (right.to(sd), bottom.to(sd))
+
+
+class VariateForecaster(nn.Module):
+    """A 2-D layer over a multivariate series, shaped for the `forecast` task:
+    inputs (B, T, C) -> outputs (B, T, horizon * C) (the task's layout, horizon-major).
+
+    Each variate's value is lifted to d_model (a shared linear map plus an embedding per
+    variate), the grid (B, T, C, d_model) goes through `layer` (a 2-D layer, e.g. Chimera)
+    with a residual, and each cell is read out to the variate's `horizon` next values."""
+
+    def __init__(self, layer: GridLayer, channels: int, horizon: int):
+        super().__init__()
+        d = layer.d_model
+        self.channels = positive_int("channels", channels)
+        self.horizon = positive_int("horizon", horizon)
+        self.lift = nn.Linear(1, d)
+        self.variate = nn.Parameter(torch.randn(channels, d) * 0.02)
+        self.layer = layer
+        self.head = nn.Linear(d, horizon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.channels:
+            raise ValueError(f"x must have shape (batch, time, channels={self.channels}), got "
+                             f"shape {tuple(x.shape)}")
+        h = self.lift(x[..., None]) + self.variate
+        h = h + self.layer(h)[0]
+        o = self.head(h)                                                 # (B, T, C, horizon)
+        return o.transpose(2, 3).reshape(*x.shape[:2], self.horizon * self.channels)
