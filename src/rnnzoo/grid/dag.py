@@ -110,12 +110,13 @@ def dag_doubling(T, b, C0_left, C0_top):
     i, j = cells // Y, cells % Y
     A = torch.zeros(n, N, N, dtype=b.dtype, device=b.device)
     has_l, has_u = j > 0, i > 0
-    src_l = ((cells - 1) * 2 + 0)[has_l]            # C^r(i, j-1)
-    src_u = ((cells - Y) * 2 + 1)[has_u]            # C^d(i-1, j)
+    rows, cols = torch.arange(X, device=b.device), torch.arange(Y, device=b.device)
+    with_l = (rows[:, None] * Y + cols[None, 1:]).reshape(-1)      # cells with a left edge
+    with_u = (rows[1:, None] * Y + cols[None, :]).reshape(-1)      # cells with an upper one
     Tc = T.reshape(n, X * Y, 2, 2)
     for o in range(2):
-        A[:, (cells * 2 + o)[has_l], src_l] = Tc[:, has_l, o, 0]
-        A[:, (cells * 2 + o)[has_u], src_u] = Tc[:, has_u, o, 1]
+        A[:, with_l * 2 + o, (with_l - 1) * 2 + 0] = Tc[:, with_l, o, 0]   # from C^r(i, j-1)
+        A[:, with_u * 2 + o, (with_u - Y) * 2 + 1] = Tc[:, with_u, o, 1]   # from C^d(i-1, j)
     # sources, plus the borders' states entering the first column and row
     b0 = b.reshape(n, X * Y, 2, -1)
     C0l = C0_left.reshape(n, X, 1, -1)[:, i]                          # (n, XY, 1, F)
