@@ -57,7 +57,8 @@ def unflatten(y: torch.Tensor, direction: str, height: int, width: int) -> torch
                "et al. 2023, arXiv:2310.19731",
                tiny=dict(d_model=4, layer="mingru", directions=("row", "col_rev")))
 class MultiScan(GridLayer):
-    """x: (B, H, W, d_model) -> y; state: tuple of the 1-D layers' final states."""
+    """x: (B, H, W, d_model) -> y; state: tuple of the 1-D layers' final states.
+    `modes` (an instance's): the wrapped layer's; the registry lists the reference only."""
 
     def __init__(self, d_model: int, layer: str = "gla", directions=("row", "row_rev"),
                  merge: str = "sum", share: bool = False, **options):
