@@ -142,18 +142,18 @@ class PLSTM(GridLayer):
 
     def _forward(self, x, state, mode):
         B, X, Y, _ = x.shape
-        H, K, O = self.num_heads, self.head_dim, self.orientations
+        H, K, n_or = self.num_heads, self.head_dim, self.orientations
         cdt = compute_dtype(x)
         q, k, v = self.qkv(x).to(cdt).view(B, X, Y, 3, H, K).unbind(3)
         k = k / math.sqrt(K)
-        g = self.gates(x).to(cdt).view(B, X, Y, O, H, len(self.gate_names))
+        g = self.gates(x).to(cdt).view(B, X, Y, n_or, H, len(self.gate_names))
 
         def fold(t, o):  # (B, X, Y, H, ...) in orientation o's frame -> (B H, X, Y, ...)
             t = _flip(t, o)
             return t.movedim(3, 1).reshape(B * H, X, Y, *t.shape[4:])
 
         ys, rights, bottoms = [], [], []
-        for o in range(O):
+        for o in range(n_or):
             gates = {name: fold(g[:, :, :, o, :, n], o) for n, name in enumerate(self.gate_names)}
             T, S, M, D = stm_gates(gates, self.propagation)
             C0l = state[0][:, o].reshape(B * H, X, K, K)
