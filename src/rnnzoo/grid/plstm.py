@@ -152,19 +152,20 @@ class PLSTM(GridLayer):
             t = _flip(t, o)
             return t.movedim(3, 1).reshape(B * H, X, Y, *t.shape[4:])
 
-        ys, rights, bottoms = [], [], []
-        for o in range(n_or):
-            gates = {name: fold(g[:, :, :, o, :, n], o) for n, name in enumerate(self.gate_names)}
-            T, S, M, D = stm_gates(gates, self.propagation)
-            C0l = state[0][:, o].reshape(B * H, X, K, K)
-            C0t = state[1][:, o].reshape(B * H, Y, K, K)
-            y, right, bottom = plstm2d(fold(q, o), fold(k, o), fold(v, o), T, S, M, D,
-                                       C0l, C0t, mode)
-            ys.append(_flip(y.reshape(B, H, X, Y, K).movedim(1, 3), o))
-            rights.append(right.reshape(B, H, X, K, K))
-            bottoms.append(bottom.reshape(B, H, Y, K, K))
-        y = torch.stack(ys).mean(0).reshape(B, X, Y, H * K)
+        # the orientations are flips of one grid: all of them run as one batch (n = O B H)
+        def every(t):
+            return torch.cat([fold(t[:, :, :, o], o) for o in range(n_or)])
+
+        gates = {name: every(g[..., n]) for n, name in enumerate(self.gate_names)}
+        T, S, M, D = stm_gates(gates, self.propagation)
+        qkv = [every(t[:, :, :, None].expand(B, X, Y, n_or, H, K)) for t in (q, k, v)]
+        C0l = state[0].movedim(1, 0).reshape(n_or * B * H, X, K, K)
+        C0t = state[1].movedim(1, 0).reshape(n_or * B * H, Y, K, K)
+        y, right, bottom = plstm2d(*qkv, T, S, M, D, C0l, C0t, mode)
+        y = y.reshape(n_or, B, H, X, Y, K).movedim(2, 4)              # (O, B, X, Y, H, K)
+        y = torch.stack([_flip(y[o], o) for o in range(n_or)]).mean(0).reshape(B, X, Y, H * K)
+        rights = right.reshape(n_or, B, H, X, K, K).movedim(0, 1)
+        bottoms = bottom.reshape(n_or, B, H, Y, K, K).movedim(0, 1)
         sd = state[0].dtype
-        return self.out(y.to(x.dtype)), (torch.stack(rights, 1).to(sd),
-                                         torch.stack(bottoms, 1).to(sd))
+        return self.out(y.to(x.dtype)), (rights.to(sd), bottoms.to(sd))
 
