@@ -165,30 +165,44 @@ class GridClassifier(torch.nn.Module):
         return logits[:, None].expand(B, T, -1)
 
 
-@pytest.mark.slow
-def test_arrow_pointing_extrapolation():
-    """Trained on 8x8-10x10 arrows, plstm (P-mode) answers at 10x10 and at 16x16 well above
-    chance (0.5). Figures printed (docs/2d.md)."""
+def arrow_run(steps=400, log=None):
+    """Train GridClassifier(plstm, P-mode, one layer) on 8x8 arrows; accuracy by side."""
     import numpy as np
 
     from rnnzoo.tasks import get_task
 
     torch.manual_seed(0)
-    task = get_task("arrow", train_sides=(8, 10), test_sides=(10, 16))
+    task = get_task("arrow", train_sides=(8, 8), test_sides=(8, 12))
     model = GridClassifier(task.vocab_size, task.output_dim, 16,
-                           lambda: create_grid("plstm", 16, num_heads=4, propagation="P"))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+                           lambda: create_grid("plstm", 16, num_heads=4, propagation="P"),
+                           depth=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
     rng = np.random.default_rng(0)
-    for step in range(400):
+
+    def accuracy():
+        acc = {}
+        with torch.no_grad():
+            for length in task.test_lengths:
+                b = task.sample(np.random.default_rng(1), 256, length=length, split="test")
+                acc[math.isqrt(length)] = task.summarize(task.score(model(b.inputs), b))["acc"]
+        return acc
+
+    for step in range(1, steps + 1):
         b = task.sample(rng, 32)
         loss, n = task.loss(model(b.inputs), b)
         opt.zero_grad()
         (loss / n).backward()
         opt.step()
-    acc = {}
-    with torch.no_grad():
-        for length in task.test_lengths:
-            b = task.sample(np.random.default_rng(1), 256, length=length, split="test")
-            acc[math.isqrt(length)] = task.summarize(task.score(model(b.inputs), b))["acc"]
+        if log and step % 50 == 0:
+            log(step, float(loss.detach() / n), accuracy())
+    return accuracy()
+
+
+@pytest.mark.slow
+def test_arrow_pointing_extrapolation():
+    """Trained on 8x8 arrows only (400 steps of 32), plstm (P-mode, one layer, d_model 16)
+    answers at 8x8 and at the unseen 12x12 well above chance (0.5). Measured: 0.980 at 8x8,
+    0.844 at 12x12 (256 test images each; docs/2d.md)."""
+    acc = arrow_run(log=lambda *a: print("step, loss, accuracy by side:", *a))
     print("arrow accuracy by side:", acc)
-    assert acc[10] > 0.8 and acc[16] > 0.7
+    assert acc[8] > 0.9 and acc[12] > 0.7
