@@ -5,6 +5,7 @@ and no two modules import each other, directly or through others.
     1  rnnzoo.ops
     2  rnnzoo.cells
     3  rnnzoo.layers
+  3.5  rnnzoo.grid (the 2-D layers: they wrap 1-D layers, models may build on them)
     4  rnnzoo.models, rnnzoo.nn
     5  rnnzoo.tasks
     6  everything else: train, suite, bench, cli, __main__, the package's __init__
@@ -30,6 +31,7 @@ FLOORS = {
     "rnnzoo.ops": 1,
     "rnnzoo.cells": 2,
     "rnnzoo.layers": 3,
+    "rnnzoo.grid": 3.5,
     "rnnzoo.models": 4, "rnnzoo.nn": 4,
     "rnnzoo.tasks": 5,
 }

@@ -20,6 +20,13 @@ def _list_main(args) -> None:
     if args.markdown:
         print(markdown_table())
         return
+    if args.grid:  # the 2-D layers (rnnzoo.grid, docs/2d.md)
+        from rnnzoo.registry import GRID_LAYERS
+        infos = [GRID_LAYERS[n] for n in sorted(GRID_LAYERS)]
+        for i in infos:
+            print(f"{i.name:<8}  {','.join(i.modes):<30}  {i.paper}")
+        print(f"{len(infos)} 2-D layers")
+        return
     infos = list_layers(args.family)
     width = max((len(i.name) for i in infos), default=5)
     for i in infos:
@@ -31,6 +38,7 @@ def _list_arguments(p) -> None:
     from rnnzoo.registry import FAMILIES
     p.add_argument("--family", choices=FAMILIES)
     p.add_argument("--markdown", action="store_true", help="print the README's layer table")
+    p.add_argument("--grid", action="store_true", help="list the 2-D layers instead (docs/2d.md)")
     p.add_argument("--write-readme", metavar="PATH", help="regenerate the layer table in PATH")
 
 

@@ -227,3 +227,12 @@ def write_readme(path: str = "README.md") -> None:
 
 CELLS = Registry("cell", "rnnzoo.cells")
 TASKS = Registry("task", "rnnzoo.tasks")
+
+
+def _check_grid_layer(info: Info) -> None:
+    if not info.modes:
+        raise ValueError(f"{info.cls.__name__}.modes is empty: it needs at least its "
+                         f"reference mode")
+
+
+GRID_LAYERS = Registry("2-D layer", "rnnzoo.grid", check=_check_grid_layer)  # rnnzoo.grid

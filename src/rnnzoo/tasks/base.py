@@ -48,7 +48,7 @@ from rnnzoo.registry import TASKS, Info
 IGNORE = -100
 TEST_SEED = 0x7E57    # the generated test splits' seed (with the length and chunk index)
 TEST_CHUNK = 256      # rows drawn per seed: the split does not depend on the batch size
-FAMILIES = ("recall", "state_tracking", "formal", "hierarchical", "dynamics", "files")
+FAMILIES = ("recall", "state_tracking", "formal", "hierarchical", "dynamics", "grid", "files")
 
 
 def task(name: str, *, family: str, **fixed):
