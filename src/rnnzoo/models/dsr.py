@@ -17,6 +17,7 @@ is the free run (`generate`). The current alpha is a buffer: checkpoints keep it
     pred, state = model(x)              # x (B, T, N) -> next states (B, T, N), state (z_T,)
     model.after_step(step)              # the annealing, once per optimiser step
     traj = model.generate(x0, 5000)     # x0 (B, N) -> its free run (B, 5000, N)
+    model = load_dsr("runs/lorenz63-al_rnn-...")   # a run folder of `rnnzoo train --model dsr`
 
 In training mode the forward pass forces with the current alpha; in eval mode with
 alpha = 1 (one-step-ahead prediction, what a forecasting task scores).
@@ -24,8 +25,10 @@ alpha = 1 (one-step-ahead prediction, what a forecasting task scores).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,8 @@ from torch import nn
 
 from rnnzoo.cells.piecewise_linear import PLRNN, free_run, gtf_alpha_bound, gtf_anneal, gtf_rollout
 from rnnzoo.checks import choice, int_in, real
+from rnnzoo.io import parse_json
+from rnnzoo.models.checkpoint import WEIGHTS, load_state, load_tensors
 from rnnzoo.registry import CELLS
 
 DSR_CELLS = ("al_rnn", "plrnn")
@@ -72,7 +77,14 @@ class DSRModel(nn.Module):
     def __init__(self, config: DSRConfig):
         super().__init__()
         self.config = c = config
-        self.cell: PLRNN = CELLS[c.cell].cls(1, c.latent_size, **c.cell_options)
+        cls = CELLS[c.cell].cls
+        try:
+            self.cell: PLRNN = cls(1, c.latent_size, **c.cell_options)
+        except TypeError as e:
+            accepted = [p for p in inspect.signature(cls.__init__).parameters
+                        if p not in ("self", "input_size", "hidden_size")]
+            raise ValueError(f"bad option for cell {c.cell!r}: {e}; it accepts {accepted}") \
+                from None
         self.register_buffer("alpha", torch.tensor(c.alpha, dtype=torch.float64))
         self._forced = None   # the last training pass's forced states, for the annealing
 
@@ -81,7 +93,7 @@ class DSRModel(nn.Module):
             raise ValueError(f"inputs must be floating point (B, T, {self.config.observation_dim})"
                              f", got {x.dtype} {tuple(x.shape)}")
 
-    def forward(self, inputs: torch.Tensor, state=None, *, alpha: float | None = None, **_):
+    def forward(self, inputs: torch.Tensor, state=None, *, alpha: float | None = None):
         """inputs x_0..x_{T-1} (B, T, N) -> predictions of x_1..x_T (B, T, N), (z_T,).
         alpha: the forcing (default: the current one in training, 1 in eval). `state` is
         not read: each window starts from z_0 = (x_0, 0)."""
@@ -112,3 +124,20 @@ class DSRModel(nn.Module):
         x0 = x0.to(self.cell.A.dtype)
         z0 = torch.cat([x0, x0.new_zeros(x0.shape[0], self.config.latent_size - x0.shape[1])], -1)
         return free_run(self.cell, z0, steps)[..., :self.config.observation_dim]
+
+
+def load_dsr(path, device=None) -> DSRModel:
+    """The DSR model saved at `path` (a run folder of `rnnzoo train --model dsr`, or its
+    model.safetensors), with its current alpha."""
+    path = Path(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    tensors, meta = load_tensors(weights)
+    config = parse_json(meta.get("rnnzoo.config", "null"), f"{weights}: its rnnzoo.config")
+    if not isinstance(config, dict) or config.get("model") != "dsr":
+        raise ValueError(f"{weights} holds no dsr model (train one with --model dsr)")
+    try:
+        model = DSRModel(DSRConfig(**config))
+    except TypeError as e:
+        raise ValueError(f"{weights}: its dsr config does not fit DSRConfig ({e})") from None
+    load_state(model, tensors, weights, strict=True)
+    return model.to(device) if device is not None else model

@@ -236,6 +236,10 @@ def summary_lines(record: dict, out: str | None = None) -> list[str]:
     lines = [f"{record['metric']} {record['value']:.4f} on the whole test split ({n}"
              f"{' per length' if len(record['eval']) > 1 else ''}) after {record['steps']} steps "
              f"({record['seconds']:.1f} s){where}"]
+    rec = record.get("reconstruction")
+    if rec:  # --model dsr: its free run against the test part
+        lines.append(f"  free run vs the test part: D_stsp {rec['dstsp']:.4f} (binned "
+                     f"{rec['dstsp_binned']:.2f}), D_H {rec['dh']:.4f}")
     baselines = record.get("baselines") or {}
     if not baselines:
         return lines
