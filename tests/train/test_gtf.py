@@ -155,6 +155,7 @@ def test_cli_trains_a_dsr_model_and_prints_its_free_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--layer", "lstm", "--model", "dsr"], "--model dsr runs a latent al_rnn or plrnn"),
+    (["--layer", "al_rnn", "--model", "dynamics"], "--model must be stack or dsr"),
     (["--layer", "al_rnn", "--gtf-alpha", "0.5"], "--gtf-alpha needs --model dsr"),
     (["--layer", "al_rnn", "--model", "dsr", "--gtf-alpha", "1.5"], "--gtf-alpha must lie in"),
     (["--layer", "al_rnn", "--model", "dsr", "--gtf-gamma", "0"], "--gtf-gamma must lie in"),

@@ -93,7 +93,7 @@ def add_model_arguments(p) -> None:
                    + _default("eval_batches"))
     p.add_argument("--target", type=float, help="stop when the periodic evaluation's metric "
                    "reaches this" + _default("target", "none: train all --steps"))
-    p.add_argument("--model", choices=("stack", "dsr"), help="stack: blocks of --layer between "
+    p.add_argument("--model", help="stack: blocks of --layer between "
                    "an input map and a head; dsr: dynamical-systems reconstruction, a latent "
                    "plrnn/al_rnn of --d-model units read out on its first N, for the dynamics "
                    "tasks (docs/dynamics.md)" + _default("model"))
