@@ -98,9 +98,9 @@ class DSRModel(nn.Module):
         alpha: the forcing (default: the current one in training, 1 in eval). `state` is
         not read: each window starts from z_0 = (x_0, 0)."""
         self._check(inputs)
-        if alpha is None:
-            alpha = float(self.alpha) if self.training else 1.0
         x = inputs.to(self.cell.A.dtype)
+        if alpha is None:  # the buffer itself: no host sync per step
+            alpha = self.alpha if self.training else 1.0
         pred, forced = gtf_rollout(self.cell, F.pad(x, (0, 0, 0, 1)), alpha)
         if self.training:
             self._forced = forced.detach()
