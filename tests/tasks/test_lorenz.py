@@ -90,3 +90,56 @@ def test_options_are_checked():
         get_task("lorenz63", series_length=300, train_length=200)
     with pytest.raises(ValueError, match="dim"):
         get_task("lorenz96", dim=3)
+
+
+# -- the reconstruction measures (tasks/dsr_metrics.py) --------------------------------------
+
+def test_gmm_state_space_divergence_against_closed_forms():
+    from rnnzoo.tasks.dsr_metrics import state_space_divergence_gmm as dstsp
+    # one point each: KL of two Gaussians of the same sigma = |mu1 - mu2|^2 / (2 sigma^2)
+    a, b = np.array([[0.0, 1.0, 2.0]]), np.array([[1.0, -1.0, 2.5]])
+    exact = ((a - b) ** 2).sum() / (2 * 0.7 ** 2)
+    assert abs(dstsp(a, b, sigma=0.7, samples=200_000) - exact) < 0.03 * exact
+    # two-point mixtures in 1-D: KL by quadrature on a fine grid
+    p_pts, q_pts = np.array([[-1.0], [2.0]]), np.array([[0.5], [3.0]])
+    x = np.linspace(-12, 14, 200_001)
+
+    def mix(pts):
+        return np.mean([np.exp(-(x - c) ** 2 / 2) / np.sqrt(2 * np.pi) for c in pts[:, 0]], 0)
+    p, q = mix(p_pts), mix(q_pts)
+    kl = np.sum(p * np.log(p / q)) * (x[1] - x[0])
+    assert abs(dstsp(p_pts, q_pts, sigma=1.0, samples=200_000) - kl) < 0.03 * kl
+    t = trajectory("lorenz63", 500)
+    assert dstsp(t, t) == 0.0
+    assert dstsp(t, np.full_like(t, np.nan)) == float("inf")
+    with pytest.raises(ValueError, match="variables"):
+        dstsp(t, t[:, :2])
+
+
+def test_power_spectrum_distance_against_a_direct_dft():
+    from rnnzoo.tasks.dsr_metrics import power_spectrum_distance
+    rng = np.random.default_rng(0)
+    T, sigma = 64, 1.5
+    a, b = rng.normal(size=(T, 2)).cumsum(0), rng.normal(size=(T, 2))
+
+    def spectrum(x):  # the DFT as a sum, then the Gaussian smoothing as a loop
+        x = x - x.mean()
+        n = np.arange(T)
+        power = np.array([abs(np.sum(x * np.exp(-2j * np.pi * k * n / T))) ** 2
+                          for k in range(T // 2 + 1)])
+        half = int(np.ceil(4 * sigma))
+        w = {j: np.exp(-0.5 * (j / sigma) ** 2) for j in range(-half, half + 1)}
+        norm = sum(w.values())
+        smooth = np.array([sum(w[j] * power[k - j] for j in w if 0 <= k - j < len(power))
+                           for k in range(len(power))]) / norm
+        return smooth / smooth.sum()
+    ref = np.mean([np.sqrt(1 - np.sum(np.sqrt(spectrum(a[:, i]) * spectrum(b[:, i]))))
+                   for i in range(2)])
+    assert abs(power_spectrum_distance(a, b, smoothing=sigma) - ref) < 1e-10
+    t = np.arange(2000) * 0.05
+    slow, fast = np.sin(t)[:, None], np.sin(7 * t)[:, None]
+    assert power_spectrum_distance(slow, np.sin(t + 1.0)[:, None]) < 0.05
+    assert power_spectrum_distance(slow, fast) > 0.95
+    assert power_spectrum_distance(slow, np.full_like(slow, np.inf)) == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        power_spectrum_distance(slow, slow[:-1])

@@ -93,6 +93,18 @@ def add_model_arguments(p) -> None:
                    + _default("eval_batches"))
     p.add_argument("--target", type=float, help="stop when the periodic evaluation's metric "
                    "reaches this" + _default("target", "none: train all --steps"))
+    p.add_argument("--model", help="stack: blocks of --layer between "
+                   "an input map and a head; dsr: dynamical-systems reconstruction, a latent "
+                   "plrnn/al_rnn of --d-model units read out on its first N, for the dynamics "
+                   "tasks (docs/dynamics.md)" + _default("model"))
+    p.add_argument("--gtf-alpha", type=float, help="--model dsr: generalized teacher forcing, "
+                   "the forced state alpha x_t + (1 - alpha) z_t; alpha at the start, in [0, 1]"
+                   + _default("gtf_alpha", "1: teacher forcing"))
+    p.add_argument("--gtf-anneal", type=int, help="--model dsr: every N steps alpha <- "
+                   "max(gamma alpha, alpha*), alpha* from the Jacobians; 0: alpha fixed"
+                   + _default("gtf_anneal"))
+    p.add_argument("--gtf-gamma", type=float, help="--model dsr: the annealing's gamma"
+                   + _default("gtf_gamma"))
     p.add_argument("--log-every", type=int, help="print and log the loss every N steps"
                    + _default("log_every"))
 
@@ -101,7 +113,7 @@ def add_model_arguments(p) -> None:
 _FIELDS = {"depth": "num_layers", "no_amp": "amp"}
 _SIMPLE = ("d_model", "depth", "mlp_ratio", "hybrid", "steps", "batch_size", "warmup",
            "weight_decay", "grad_clip", "seed", "device", "threads", "no_amp", "eval_every",
-           "eval_batches", "target", "log_every")
+           "eval_batches", "target", "log_every", "model", "gtf_alpha", "gtf_anneal", "gtf_gamma")
 
 
 def given_settings(args) -> dict:
@@ -224,6 +236,10 @@ def summary_lines(record: dict, out: str | None = None) -> list[str]:
     lines = [f"{record['metric']} {record['value']:.4f} on the whole test split ({n}"
              f"{' per length' if len(record['eval']) > 1 else ''}) after {record['steps']} steps "
              f"({record['seconds']:.1f} s){where}"]
+    rec = record.get("reconstruction")
+    if rec:  # --model dsr: its free run against the test part
+        lines.append(f"  free run vs the test part: D_stsp {rec['dstsp']:.4f} (binned "
+                     f"{rec['dstsp_binned']:.2f}), D_H {rec['dh']:.4f}")
     baselines = record.get("baselines") or {}
     if not baselines:
         return lines

@@ -15,12 +15,17 @@ from dataclasses import dataclass, field, fields
 
 from rnnzoo.checks import int_in, real
 from rnnzoo.models.checkpoint import upgrade_options
+from rnnzoo.models.dsr import DSR_CELLS
 from rnnzoo.registry import get_layer_info
 
 # TrainConfig field -> the `rnnzoo train` flag that sets it, where the two differ
 FLAGS = {"num_layers": "--depth"}
 # fields renamed since run folders were first written: old -> new
 RENAMED_FIELDS = {"layers": "num_layers"}
+
+
+# the dsr-only fields at their defaults (left at these, a stack run takes them)
+DSR_DEFAULTS = {"gtf_anneal": 0, "gtf_gamma": 0.999}
 
 
 def flag(name: str) -> str:
@@ -55,6 +60,10 @@ class TrainConfig:
     out: str | None = None
     fsdp: bool = False               # under torchrun: FSDP2 shards the model (else DDP)
     sequence_parallel: bool = False  # under torchrun: split the time axis (LASP-2)
+    model: str = "stack"             # "dsr": models/dsr.py, a latent plrnn/al_rnn (d_model units)
+    gtf_alpha: float | None = None   # dsr: the forcing alpha at the start (None: 1, teacher forcing)
+    gtf_anneal: int = 0              # dsr: every N steps alpha <- max(gamma alpha, alpha*); 0: fixed
+    gtf_gamma: float = 0.999         # dsr: the annealing's decay
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the flag of the first bad setting; returns self.
@@ -73,6 +82,7 @@ class TrainConfig:
         if self.fsdp and self.sequence_parallel:
             raise ValueError("--fsdp and --sequence-parallel cannot be combined yet: pick one")
         get_layer_info(self.layer)  # unknown layer: lists the registered ones
+        self._validate_model()
         for name, lo in (("d_model", 1), ("num_layers", 1), ("steps", 1), ("batch_size", 1),
                          ("eval_every", 1), ("eval_batches", 1), ("log_every", 1), ("seed", 0)):
             int_in(flag(name), getattr(self, name), lo)
@@ -88,6 +98,26 @@ class TrainConfig:
         if self.target is not None:
             real(flag("target"), self.target)
         return self
+
+    def _validate_model(self) -> None:
+        if self.model not in ("stack", "dsr"):
+            raise ValueError(f"--model must be stack or dsr, got {self.model!r}")
+        if self.model == "stack":
+            for name in ("gtf_alpha", "gtf_anneal", "gtf_gamma"):
+                if getattr(self, name) not in (None, DSR_DEFAULTS.get(name)):
+                    raise ValueError(f"{flag(name)} needs --model dsr (generalized teacher "
+                                     f"forcing of a latent plrnn/al_rnn)")
+            return
+        if self.layer not in DSR_CELLS:
+            raise ValueError(f"--model dsr runs a latent {' or '.join(DSR_CELLS)}, got --layer "
+                             f"{self.layer!r}")
+        for name in ("hybrid", "fsdp", "sequence_parallel"):
+            if getattr(self, name):
+                raise ValueError(f"{flag(name)} does not apply to --model dsr")
+        if self.gtf_alpha is not None:
+            real(flag("gtf_alpha"), self.gtf_alpha, 0, 1)
+        int_in(flag("gtf_anneal"), self.gtf_anneal, 0)
+        real(flag("gtf_gamma"), self.gtf_gamma, 0, 1, lo_open=True)
 
     @classmethod
     def from_dict(cls, d: dict, source="train config") -> "TrainConfig":

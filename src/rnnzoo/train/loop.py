@@ -30,10 +30,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rnnzoo.models.dsr import DSRConfig, DSRModel
 from rnnzoo.models.stack import ModelConfig, SequenceModel
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.tasks import Task, get_task
 from rnnzoo.tasks.base import Batch, add_sums
+from rnnzoo.tasks.dsr_metrics import reconstruction
 from rnnzoo.train import dist as ddp
 from rnnzoo.train.checkpoints import CHECKPOINT, RunFolder
 from rnnzoo.train.config import TrainConfig, lr_at
@@ -47,6 +49,8 @@ def build(config: TrainConfig) -> tuple[Task, SequenceModel]:
     """The task and a freshly initialised model (seeded by `config.seed`)."""
     task = get_task(config.task, **config.task_options)
     torch.manual_seed(config.seed)
+    if config.model == "dsr":
+        return task, _build_dsr(config, task)
     model = SequenceModel(ModelConfig(
         layer=config.layer, d_model=config.d_model, num_layers=config.num_layers,
         vocab_size=task.vocab_size, input_dim=task.input_dim, output_dim=task.output_dim,
@@ -54,6 +58,17 @@ def build(config: TrainConfig) -> tuple[Task, SequenceModel]:
         hybrid=config.hybrid, attention_options=dict(config.attention_options),
         max_len=task.max_length()))
     return task, model
+
+
+def _build_dsr(config: TrainConfig, task: Task) -> DSRModel:
+    if task.kind != "regress" or task.input_dim is None or task.input_dim != task.output_dim:
+        raise ValueError(f"--model dsr reconstructs an observed series: task {config.task!r} "
+                         f"does not predict its own next input (the dynamics tasks do)")
+    return DSRModel(DSRConfig(
+        cell=config.layer, observation_dim=task.input_dim, latent_size=config.d_model,
+        cell_options=dict(config.layer_options),
+        alpha=1.0 if config.gtf_alpha is None else config.gtf_alpha,
+        anneal=config.gtf_anneal, gamma=config.gtf_gamma))
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
@@ -280,6 +295,9 @@ def _record(run: _Run, last: dict, steps: int, early_stop: bool) -> dict:
               "eval": last["eval"], "test_examples": last["examples"], "steps": steps,
               "early_stop": early_stop, "seconds": time.perf_counter() - run.started,
               "parameters": sum(p.numel() for p in run.model.parameters())}
+    series = getattr(task, "parts", {}).get("test")
+    if isinstance(run.model, DSRModel) and series is not None:  # its free run vs the test part
+        record["reconstruction"] = reconstruction(run.model.generate, series)
     baselines = task.baselines()
     if baselines:
         record["baselines"] = baselines
@@ -328,6 +346,8 @@ def _train(run: _Run, resume: bool, stop_at: int | None) -> dict:
     for step in range(done, config.steps):
         lr, loss_sum, total, n = _step(run, step)
         done, tokens = step + 1, tokens + n
+        if isinstance(run.model, DSRModel):  # generalized teacher forcing: anneal alpha
+            run.model.after_step(done)
         if done % config.log_every == 0 or done in (config.steps, stop_at):
             _log_loss(run, done, lr, loss_sum, total, tokens / max(time.perf_counter() - t0, 1e-9))
             t0, tokens = time.perf_counter(), 0
