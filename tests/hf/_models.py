@@ -56,6 +56,18 @@ def tiny(model_type: str):
                                   num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8,
                                   shared_expert_intermediate_size=12, decoder_sparse_step=2,
                                   max_position_embeddings=2048), tf.Qwen3NextForCausalLM
+    if model_type == "kimi_linear":  # KDA, MLA, KDA; dense MLP then MoE (2 groups of 2 experts)
+        return tf.KimiLinearConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                                   num_hidden_layers=3, num_attention_heads=2,
+                                   num_key_value_heads=2, kv_lora_rank=6, qk_nope_head_dim=4,
+                                   qk_rope_head_dim=2, v_head_dim=6, linear_num_heads=2,
+                                   linear_head_dim=4, linear_conv_kernel_dim=3,
+                                   layer_types=["linear_attention", "full_attention",
+                                                "linear_attention"],
+                                   mlp_layer_types=["dense", "sparse", "sparse"],
+                                   num_local_experts=4, num_experts_per_tok=2, n_group=2,
+                                   topk_group=1, moe_intermediate_size=8, n_shared_experts=1,
+                                   routed_scaling_factor=2.5), tf.KimiLinearForCausalLM
     raise KeyError(model_type)
 
 
@@ -68,6 +80,9 @@ def save_tiny(model_type: str, folder, seed: int = 0):
     with torch.no_grad():  # transformers initialises some parameters to constants (D = 1,
         for p in model.parameters():  # norms = 1): perturb all so that a misplaced one shows
             p.add_(0.1 * torch.randn_like(p))
+        for name, b in model.named_buffers():  # MoE balancing biases (they steer the routing)
+            if name.endswith("e_score_correction_bias"):
+                b.add_(0.1 * torch.randn_like(b))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.save_pretrained(folder)

@@ -14,7 +14,7 @@ import rnnzoo
 from rnnzoo.hf import UnsupportedCheckpoint
 from rnnzoo.hf.load import TYPES
 
-TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next"]
+TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear"]
 
 
 def rel_err(a, b):

@@ -21,6 +21,8 @@ CASES = [
                             sqrt_eps=True)),
     ("gated_deltanet", dict(num_heads=4, num_key_heads=2, head_dim=2, expand_v=1, d_conv=2,
                             chunk_size=4)),
+    ("kda", dict(num_heads=2, head_dim=3, d_conv=2, chunk_size=4, subchunk_size=2,
+                 sqrt_eps=True)),
 ]
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
 

@@ -194,9 +194,9 @@ class Attention(RecurrentLayer):
         keep = min(k.shape[2], self.capacity)  # a ring buffer keeps only the last `window`
         k, v, pos = k[:, :, -keep:], v[:, :, -keep:], pos[:, -keep:]
         slot = pos if self.window is None else torch.remainder(pos, self.window)
-        index = slot[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
-        k_cache = k_cache.scatter(2, index, k.to(k_cache.dtype))
-        v_cache = v_cache.scatter(2, index, v.to(v_cache.dtype))
+        index = slot[:, None, :, None].expand(-1, self.num_heads, -1, 1)
+        k_cache = k_cache.scatter(2, index.expand_as(k), k.to(k_cache.dtype))
+        v_cache = v_cache.scatter(2, index.expand_as(v), v.to(v_cache.dtype))  # width may differ
         return k_cache, v_cache, end.to(state[2].dtype)
 
     def _forward(self, x, state, mode):
