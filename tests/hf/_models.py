@@ -68,6 +68,33 @@ def tiny(model_type: str):
                                    num_local_experts=4, num_experts_per_tok=2, n_group=2,
                                    topk_group=1, moe_intermediate_size=8, n_shared_experts=1,
                                    routed_scaling_factor=2.5), tf.KimiLinearForCausalLM
+    if model_type == "bamba":  # Mamba-2, attention (half rotary), Mamba-2; SwiGLU in each
+        return tf.BambaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                              num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                              attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=8,
+                              mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2,
+                              mamba_chunk_size=8), tf.BambaForCausalLM
+    if model_type == "nemotron_h":  # M - * E M: blocks (mamba2 + MLP), (attention + MoE), mamba2
+        return tf.NemotronHConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=5,
+                                  layers_block_type=["linear_attention", "mlp", "full_attention",
+                                                     "moe", "linear_attention"],
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                                  intermediate_size=24, mamba_num_heads=4, mamba_head_dim=8,
+                                  n_groups=2, ssm_state_size=4, conv_kernel=3, expand=2,
+                                  chunk_size=8, n_routed_experts=4, num_experts_per_tok=2,
+                                  moe_intermediate_size=8, moe_shared_expert_intermediate_size=12,
+                                  n_group=2, topk_group=1, routed_scaling_factor=2.5
+                                  ), tf.NemotronHForCausalLM
+    if model_type == "granitemoehybrid":  # Mamba-2, rotary attention, Mamba-2; MoE + shared MLP
+        return tf.GraniteMoeHybridConfig(
+            vocab_size=VOCAB, hidden_size=16, intermediate_size=8, shared_intermediate_size=12,
+            num_hidden_layers=3,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4, mamba_d_head=8,
+            mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_chunk_size=8,
+            num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=3.0,
+            residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0,
+            position_embedding_type="rope"), tf.GraniteMoeHybridForCausalLM
     raise KeyError(model_type)
 
 

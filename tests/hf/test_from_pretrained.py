@@ -14,7 +14,8 @@ import rnnzoo
 from rnnzoo.hf import UnsupportedCheckpoint
 from rnnzoo.hf.load import TYPES
 
-TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear"]
+TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear",
+                "bamba", "nemotron_h", "granitemoehybrid"]
 
 
 def rel_err(a, b):
@@ -89,6 +90,16 @@ def test_unsupported_option_is_named(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "use_conv_bias": False}))
     with pytest.raises(UnsupportedCheckpoint, match="use_conv_bias=False"):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+def test_ffn_without_mixer_before_it_is_named(tmp_path):
+    """Nemotron-H: an MLP layer joins the mixer before it; one with none is refused."""
+    save_tiny("nemotron_h", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    types = ["mlp"] + config["layers_block_type"][1:]
+    (tmp_path / "config.json").write_text(json.dumps({**config, "layers_block_type": types}))
+    with pytest.raises(UnsupportedCheckpoint, match="mlp layer .* with no mixer"):
         rnnzoo.from_pretrained(tmp_path)
 
 

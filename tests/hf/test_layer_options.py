@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rnnzoo
+from rnnzoo.hf.mla import LatentAttention
 
 CASES = [
     ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
@@ -23,13 +24,19 @@ CASES = [
                             chunk_size=4)),
     ("kda", dict(num_heads=2, head_dim=3, d_conv=2, chunk_size=4, subchunk_size=2,
                  sqrt_eps=True)),
+    ("attention", dict(num_heads=2, head_dim=4, num_kv_heads=1, rotary_dim=0, max_len=32)),
+    (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=2, rope_dim=2, v_dim=3, max_len=32)),
+    (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=4, rope_dim=2, v_dim=5, q_rank=3,
+                           max_len=32)),
 ]
-IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+IDS = [f"{getattr(n, '__name__', n)}-{i}" for i, (n, _) in enumerate(CASES)]
 
 
 def make(name, options):
+    """The registered layer `name`, or the layer class `name` (hf's own mixers)."""
     torch.manual_seed(0)
-    layer = rnnzoo.create(name, d_model=8, **options).double()
+    layer = (rnnzoo.create(name, d_model=8, **options) if isinstance(name, str)
+             else name(d_model=8, **options)).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))

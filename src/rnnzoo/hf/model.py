@@ -44,8 +44,20 @@ class Head(nn.Linear):
         return y if self.softcap is None else self.softcap * torch.tanh(y / self.softcap)
 
 
+def activation(name: str, x):
+    """The checkpoints' activations: silu, gelu_tanh (GELU, tanh approximation), relu2 (relu^2)."""
+    if name == "silu":
+        return F.silu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    return F.relu(x).square()
+
+
+ACTIVATIONS = ("silu", "gelu_tanh", "relu2")
+
+
 class GatedMLP(nn.Module):
-    """W_down (act(W_gate x) * W_up x): SwiGLU (act silu) or GeGLU (gelu, tanh approximation)."""
+    """W_down (act(W_gate x) * W_up x): SwiGLU (act silu) or GeGLU (gelu_tanh)."""
 
     def __init__(self, d, hidden, act="silu", bias=False):
         super().__init__()
@@ -55,9 +67,20 @@ class GatedMLP(nn.Module):
         self.act = act
 
     def forward(self, x):
-        g = self.gate(x)
-        g = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh")
-        return self.down(g * self.up(x))
+        return self.down(activation(self.act, self.gate(x)) * self.up(x))
+
+
+class MLP(nn.Module):
+    """W_down act(W_up x), no gate (Nemotron-H: act relu2)."""
+
+    def __init__(self, d, hidden, act="relu2", bias=False):
+        super().__init__()
+        self.up = nn.Linear(d, hidden, bias=bias)
+        self.down = nn.Linear(hidden, d, bias=bias)
+        self.act = act
+
+    def forward(self, x):
+        return self.down(activation(self.act, self.up(x)))
 
 
 def block(name: str | nn.Module, d_model: int, options: dict, *, layer_idx: int,
@@ -118,22 +141,26 @@ class SparseMoE(nn.Module):
         p_e = s_e (renormalised over the chosen if norm_topk) * routed_scale
         y = sum_e p_e E_e(x) [+ g(x) E_shared(x)],  g = sigmoid(w_s . x) if shared_gate else 1
 
-    gate_up: (E, 2 hidden, d) (gate rows first), down: (E, d, hidden). x: (..., d).
+    Experts (and the shared one) are GatedMLPs of activation `act`, or with gated=False MLPs
+    (Nemotron-H). gate_up: (E, 2 hidden, d) (gate rows first; the up rows alone when not
+    gated), down: (E, d, hidden). x: (..., d).
     """
 
     def __init__(self, d, hidden, num_experts, top_k, norm_topk=True, shared_hidden=0,
                  *, score="softmax", shared_gate=True, routed_scale=1.0, score_bias=False,
-                 num_groups=1, topk_group=1, norm_eps=0.0):
+                 num_groups=1, topk_group=1, norm_eps=0.0, gated=True, act="silu"):
         super().__init__()
+        self.gated, self.act = gated, act
         self.top_k, self.norm_topk, self.score = top_k, norm_topk, score
         self.routed_scale, self.num_groups, self.topk_group = routed_scale, num_groups, topk_group
         self.norm_eps = norm_eps  # added to the renormalising sum (Kimi / DeepSeek: 1e-20)
         self.router = nn.Linear(d, num_experts, bias=False)
         # a buffer: the checkpoint's balancing bias is set by a rule, not by gradients
         self.register_buffer("score_bias", torch.zeros(num_experts) if score_bias else None)
-        self.gate_up = nn.Parameter(torch.zeros(num_experts, 2 * hidden, d))
+        self.gate_up = nn.Parameter(torch.zeros(num_experts, (1 + gated) * hidden, d))
         self.down = nn.Parameter(torch.zeros(num_experts, d, hidden))
-        self.shared = GatedMLP(d, shared_hidden) if shared_hidden else None
+        ffn = GatedMLP if gated else MLP
+        self.shared = ffn(d, shared_hidden, act) if shared_hidden else None
         self.shared_gate = nn.Linear(d, 1, bias=False) if shared_hidden and shared_gate else None
 
     def route(self, flat):
@@ -158,8 +185,13 @@ class SparseMoE(nn.Module):
         out = torch.zeros_like(flat)
         for e in index.unique().tolist():  # the experts some token chose
             token, slot = torch.where(index == e)
-            gate, up = F.linear(flat[token], self.gate_up[e]).chunk(2, -1)
-            y = F.linear(F.silu(gate) * up, self.down[e]) * weight[token, slot, None].to(x.dtype)
+            h = F.linear(flat[token], self.gate_up[e])
+            if self.gated:
+                gate, up = h.chunk(2, -1)
+                h = activation(self.act, gate) * up
+            else:
+                h = activation(self.act, h)
+            y = F.linear(h, self.down[e]) * weight[token, slot, None].to(x.dtype)
             out.index_add_(0, token, y)
         if self.shared is not None:
             shared = self.shared(flat)
