@@ -95,6 +95,13 @@ def tiny(model_type: str):
             num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=3.0,
             residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0,
             position_embedding_type="rope"), tf.GraniteMoeHybridForCausalLM
+    if model_type == "jamba":  # mamba + MLP, mamba + MoE, attention + MLP, mamba + MoE
+        return tf.JambaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                              num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                              expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2,
+                              mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=3,
+                              use_mamba_kernels=False), tf.JambaForCausalLM
     raise KeyError(model_type)
 
 

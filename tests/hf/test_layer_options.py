@@ -12,6 +12,8 @@ from rnnzoo.hf.mla import LatentAttention
 
 CASES = [
     ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
+    ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6,
+                   bcdt_rms_weight=True)),
     ("mamba2", dict(d_state=2, head_dim=2, expand=2, d_conv=3, chunk_size=4, n_groups=2,
                     norm_eps=1e-6)),
     ("hawk", dict(d_rnn=6, num_heads=2, d_conv=3, gate_act="gelu_tanh", normalize_first=False)),

@@ -33,9 +33,10 @@ def build(c: dict, max_len: int = 4096):
     need(c.get("hidden_act", "silu") == "silu", t, f"hidden_act={c.get('hidden_act')!r}")
     need(not c.get("mlp_bias", False), t, "mlp_bias=True")
     rope = {**(c.get("rope_parameters") or {}), "partial_rotary_factor": 0.5}  # fixed in Bamba
-    return hybrid.build(c, sublayers(c), mamba=hybrid.mamba2_options(c, MAMBA, t),
-                        attention=hybrid.attention_options({**c, "rope_parameters": rope}, t,
-                                                           rope=True, max_len=max_len),
+    attention = hybrid.attention_options({**c, "rope_parameters": rope}, t, rope=True,
+                                         max_len=max_len)
+    return hybrid.build(c, sublayers(c), mixers=dict(mamba2=hybrid.mamba2_options(c, MAMBA, t),
+                                                     attention=attention),
                         ffn=lambda s: GatedMLP(c["hidden_size"], c["intermediate_size"]),
                         norm_eps=c.get("rms_norm_eps", 1e-5),
                         tie=c.get("tie_word_embeddings", False), max_len=max_len)

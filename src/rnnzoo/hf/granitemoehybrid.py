@@ -49,9 +49,9 @@ def build(c: dict, max_len: int = 4096):
     need(c.get("hidden_act", "silu") == "silu", t, f"hidden_act={c.get('hidden_act')!r}")
     pos = c.get("position_embedding_type")
     need(pos in (None, "rope", "nope"), t, f"position_embedding_type={pos!r}")
-    return hybrid.build(c, sublayers(c), mamba=hybrid.mamba2_options(c, MAMBA, t),
-                        attention=hybrid.attention_options(c, t, rope=pos == "rope",
-                                                           max_len=max_len),
+    attention = hybrid.attention_options(c, t, rope=pos == "rope", max_len=max_len)
+    return hybrid.build(c, sublayers(c), mixers=dict(mamba2=hybrid.mamba2_options(c, MAMBA, t),
+                                                     attention=attention),
                         ffn=lambda s: ffn(c, s), norm_eps=c.get("rms_norm_eps", 1e-6),
                         tie=c.get("tie_word_embeddings", False) and c.get("logits_scaling", 1) == 1,
                         max_len=max_len, embed_scale=c.get("embedding_multiplier", 1.0))

@@ -1,8 +1,8 @@
-"""The Mamba-2 hybrids' one assembly (Bamba, Nemotron-H, Granite-4.0-H): checkpoint layers
--> rnnzoo blocks.
+"""The Mamba hybrids' one assembly (Bamba, Nemotron-H, Granite-4.0-H, Jamba): checkpoint
+layers -> rnnzoo blocks.
 
 These checkpoints are stacks of pre-norm residual sublayers, each x + f(RMSNorm(x)) with f a
-Mamba-2 mixer, softmax attention, an MLP or a MoE. Bamba and Granite put a mixer and an
+Mamba(-2) mixer, softmax attention, an MLP or a MoE. Bamba and Granite put a mixer and an
 FFN in every layer; Nemotron-H gives each its own layer. Either way a mixer sublayer and
 the FFN sublayer right after it are one rnnzoo `Block` (x + mixer(norm(x)), then h +
 mlp(mlp_norm(h))); a mixer followed by another mixer is a block without MLP. An FFN with
@@ -11,7 +11,7 @@ no mixer before it has no rnnzoo block to join and is refused.
 A model's mapping module lists its sublayers (`Sublayer`: kind, where its tensors are)
 and gives the options and FFN modules; `build` and `rename` here do the rest. Mixers:
 rnnzoo's `mamba2` (tensors renamed as for `mamba2` checkpoints) and `attention` (q, k,
-v concatenated; rotary on part of each head, or none).
+v concatenated; rotary on part of each head, or none); Jamba's Mamba-1 is rnnzoo `mamba`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rnnzoo.hf import mamba2
 from rnnzoo.hf.load import UnsupportedCheckpoint, need
 from rnnzoo.hf.model import PretrainedModel, block
 
-MIXERS = ("mamba2", "attention")
+MIXERS = ("mamba", "mamba2", "attention")
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,15 @@ def attention_options(c: dict, t: str, *, rope: bool, max_len: int, window=None)
                 max_len=max_len, window=window)
 
 
-def build(c: dict, sublayers: list[Sublayer], *, mamba: dict, attention: dict, ffn, norm_eps: float,
+def build(c: dict, sublayers: list[Sublayer], *, mixers: dict, ffn, norm_eps: float,
           tie: bool, max_len: int, embed_scale: float = 1.0) -> PretrainedModel:
-    """The model of `sublayers`; ffn(sublayer) builds an FFN module, mamba / attention are
-    the mixers' options."""
+    """The model of `sublayers`; mixers: each mixer kind's rnnzoo options; ffn(sublayer)
+    builds an FFN module."""
     blocks, names = [], []
     pairs = group(sublayers, c["model_type"])
     for i, (mix, f) in enumerate(pairs):
         names.append(mix.kind)
-        blocks.append(block(mix.kind, c["hidden_size"], mamba if mix.kind == "mamba2" else attention,
+        blocks.append(block(mix.kind, c["hidden_size"], mixers[mix.kind],
                             layer_idx=i, num_layers=len(pairs), norm_eps=norm_eps,
                             mlp=None if f is None else ffn(f), max_len=max_len))
     return PretrainedModel(vocab_size=c["vocab_size"], d_model=c["hidden_size"], layers=names,
@@ -103,6 +103,12 @@ def mixer_tensors(kind: str, own: dict, p: str) -> dict:
     if kind == "mamba2":
         return {p + mamba2.mixer_name(k): t.squeeze(1) if k == "conv1d.weight" else t
                 for k, t in own.items()}
+    if kind == "mamba":  # Jamba's weighted dt, B, C norms are mamba's bcdt_weight
+        out = {p + k.replace("conv1d.", "conv."): t.squeeze(1) if k == "conv1d.weight" else t
+               for k, t in own.items() if not k.endswith("layernorm.weight")}
+        if "dt_layernorm.weight" in own:
+            out[p + "bcdt_weight"] = torch.cat([own[f"{x}_layernorm.weight"] for x in ("dt", "b", "c")])
+        return out
     out = {p + "qkv.weight": torch.cat([own.pop(f"{x}_proj.weight") for x in "qkv"]),
            p + "out_proj.weight": own.pop("o_proj.weight")}
     return {**out, **{p + "unplaced." + k: t for k, t in own.items()}}

@@ -54,8 +54,9 @@ def build(c: dict, max_len: int = 4096):
     need(c.get("moe_latent_size") is None, t, "moe_latent_size (latent expert projections)")
     need(not c.get("num_nextn_predict_layers"), t, "num_nextn_predict_layers > 0 (MTP layers)")
     need(c.get("sliding_window") is None, t, "sliding_window")
-    return hybrid.build(c, sublayers(c), mamba=hybrid.mamba2_options(c, MAMBA, t),
-                        attention=hybrid.attention_options(c, t, rope=False, max_len=max_len),
+    attention = hybrid.attention_options(c, t, rope=False, max_len=max_len)
+    return hybrid.build(c, sublayers(c), mixers=dict(mamba2=hybrid.mamba2_options(c, MAMBA, t),
+                                                     attention=attention),
                         ffn=lambda s: ffn(c, s), norm_eps=c.get("layer_norm_epsilon", 1e-5),
                         tie=c.get("tie_word_embeddings", False), max_len=max_len)
 
