@@ -102,6 +102,12 @@ def tiny(model_type: str):
                               expert_layer_offset=1, attn_layer_period=4, attn_layer_offset=2,
                               mamba_d_state=4, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=3,
                               use_mamba_kernels=False), tf.JambaForCausalLM
+    if model_type == "lfm2":  # conv, attention, conv (untied head: the tied one is the default)
+        return tf.Lfm2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=36,
+                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             layer_types=["conv", "full_attention", "conv"], conv_L_cache=3,
+                             block_multiple_of=8, block_ffn_dim_multiplier=1.0,
+                             tie_word_embeddings=False), tf.Lfm2ForCausalLM
     raise KeyError(model_type)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rnnzoo
+from rnnzoo.hf.lfm2 import GatedShortConv
 from rnnzoo.hf.mla import LatentAttention
 
 CASES = [
@@ -30,6 +31,7 @@ CASES = [
     (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=2, rope_dim=2, v_dim=3, max_len=32)),
     (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=4, rope_dim=2, v_dim=5, q_rank=3,
                            max_len=32)),
+    (GatedShortConv, dict(d_conv=3)),
 ]
 IDS = [f"{getattr(n, '__name__', n)}-{i}" for i, (n, _) in enumerate(CASES)]
 
