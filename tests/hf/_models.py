@@ -108,6 +108,15 @@ def tiny(model_type: str):
                              layer_types=["conv", "full_attention", "conv"], conv_L_cache=3,
                              block_multiple_of=8, block_ffn_dim_multiplier=1.0,
                              tie_word_embeddings=False), tf.Lfm2ForCausalLM
+    if model_type == "minimax":  # lightning, softmax, lightning attention; a MoE after each
+        return tf.MiniMaxConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                head_dim=4, num_local_experts=4, num_experts_per_tok=2,
+                                block_size=8, layer_types=["linear_attention", "full_attention",
+                                                           "linear_attention"],
+                                linear_attn_alpha_factor=1.5, linear_attn_beta_factor=0.7,
+                                full_attn_alpha_factor=1.2, full_attn_beta_factor=0.8,
+                                mlp_alpha_factor=1.1, mlp_beta_factor=0.9), tf.MiniMaxForCausalLM
     raise KeyError(model_type)
 
 

@@ -32,6 +32,8 @@ CASES = [
     (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=4, rope_dim=2, v_dim=5, q_rank=3,
                            max_len=32)),
     (GatedShortConv, dict(d_conv=3)),
+    ("lightning_attention", dict(num_heads=2, head_dim=3, layer_idx=1, num_layers=2,
+                                 chunk_size=4, depth_eps=1e-5)),
 ]
 IDS = [f"{getattr(n, '__name__', n)}-{i}" for i, (n, _) in enumerate(CASES)]
 
