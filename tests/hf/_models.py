@@ -25,6 +25,21 @@ def _import_torch_paths(module: str):
         sys.modules.update(saved)
 
 
+def _xlstm_classes():
+    """transformers' xLSTM config and model with its own native PyTorch kernels: with the
+    `xlstm` package installed transformers imports xlstm.xlstm_large, which needs
+    `mlstm_kernels` (not installed); told xlstm is absent, it uses its native path."""
+    import transformers.utils as tu
+    from transformers.utils import import_utils
+    saved = tu.is_xlstm_available, import_utils.is_xlstm_available
+    tu.is_xlstm_available = import_utils.is_xlstm_available = lambda: False
+    try:
+        from transformers.models.xlstm import configuration_xlstm, modeling_xlstm
+    finally:
+        tu.is_xlstm_available, import_utils.is_xlstm_available = saved
+    return configuration_xlstm.xLSTMConfig, modeling_xlstm.xLSTMForCausalLM
+
+
 def tiny(model_type: str):
     """(config, model class) of a tiny model of `model_type`."""
     import transformers as tf
@@ -117,6 +132,12 @@ def tiny(model_type: str):
                                 linear_attn_alpha_factor=1.5, linear_attn_beta_factor=0.7,
                                 full_attn_alpha_factor=1.2, full_attn_beta_factor=0.8,
                                 mlp_alpha_factor=1.1, mlp_beta_factor=0.9), tf.MiniMaxForCausalLM
+    if model_type == "xlstm":  # 2 mLSTM blocks (xLSTM-7B layout). transformers sizes its cache
+        config, cls = _xlstm_classes()  # with q, k, v widths rounded up to multiples of 64:
+        return config(vocab_size=VOCAB, hidden_size=128, num_heads=2, num_blocks=2,  # 64, 128
+                      qk_dim_factor=0.5, v_dim_factor=1.0, ffn_round_up_to_multiple_of=8,
+                      gate_soft_cap=3.0, output_logit_soft_cap=4.0, mode="inference",
+                      chunk_size=8), cls
     raise KeyError(model_type)
 
 

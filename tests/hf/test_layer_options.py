@@ -10,6 +10,7 @@ import torch
 import rnnzoo
 from rnnzoo.hf.lfm2 import GatedShortConv
 from rnnzoo.hf.mla import LatentAttention
+from rnnzoo.hf.xlstm import XLSTMLayer
 
 CASES = [
     ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
@@ -32,6 +33,7 @@ CASES = [
     (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=4, rope_dim=2, v_dim=5, q_rank=3,
                            max_len=32)),
     (GatedShortConv, dict(d_conv=3)),
+    (XLSTMLayer, dict(num_heads=2, qk_dim=4, v_dim=6, gate_soft_cap=3.0, chunk_size=4)),
     ("lightning_attention", dict(num_heads=2, head_dim=3, layer_idx=1, num_layers=2,
                                  chunk_size=4, depth_eps=1e-5)),
 ]
