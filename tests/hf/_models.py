@@ -138,6 +138,10 @@ def tiny(model_type: str):
                       qk_dim_factor=0.5, v_dim_factor=1.0, ffn_round_up_to_multiple_of=8,
                       gate_soft_cap=3.0, output_logit_soft_cap=4.0, mode="inference",
                       chunk_size=8), cls
+    if model_type == "rwkv":  # RWKV-4, 2 layers; inference rescaling off (it is exact up to eps)
+        return tf.RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
+                             intermediate_size=24, rescale_every=0,
+                             context_length=2048), tf.RwkvForCausalLM
     raise KeyError(model_type)
 
 

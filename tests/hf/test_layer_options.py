@@ -10,6 +10,7 @@ import torch
 import rnnzoo
 from rnnzoo.hf.lfm2 import GatedShortConv
 from rnnzoo.hf.mla import LatentAttention
+from rnnzoo.hf.rwkv import ChannelMix, TimeMix
 from rnnzoo.hf.xlstm import XLSTMLayer
 
 CASES = [
@@ -34,6 +35,8 @@ CASES = [
                            max_len=32)),
     (GatedShortConv, dict(d_conv=3)),
     (XLSTMLayer, dict(num_heads=2, qk_dim=4, v_dim=6, gate_soft_cap=3.0, chunk_size=4)),
+    (TimeMix, dict(width=6)),
+    (ChannelMix, dict(hidden=12)),
     ("lightning_attention", dict(num_heads=2, head_dim=3, layer_idx=1, num_layers=2,
                                  chunk_size=4, depth_eps=1e-5)),
 ]
