@@ -8,9 +8,15 @@ import pytest
 import torch
 
 import rnnzoo
+from rnnzoo.hf.lfm2 import GatedShortConv
+from rnnzoo.hf.mla import LatentAttention
+from rnnzoo.hf.rwkv import ChannelMix, TimeMix
+from rnnzoo.hf.xlstm import XLSTMLayer
 
 CASES = [
     ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
+    ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6,
+                   bcdt_rms_weight=True)),
     ("mamba2", dict(d_state=2, head_dim=2, expand=2, d_conv=3, chunk_size=4, n_groups=2,
                     norm_eps=1e-6)),
     ("hawk", dict(d_rnn=6, num_heads=2, d_conv=3, gate_act="gelu_tanh", normalize_first=False)),
@@ -21,13 +27,27 @@ CASES = [
                             sqrt_eps=True)),
     ("gated_deltanet", dict(num_heads=4, num_key_heads=2, head_dim=2, expand_v=1, d_conv=2,
                             chunk_size=4)),
+    ("kda", dict(num_heads=2, head_dim=3, d_conv=2, chunk_size=4, subchunk_size=2,
+                 sqrt_eps=True)),
+    ("attention", dict(num_heads=2, head_dim=4, num_kv_heads=1, rotary_dim=0, max_len=32)),
+    (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=2, rope_dim=2, v_dim=3, max_len=32)),
+    (LatentAttention, dict(num_heads=2, kv_rank=3, nope_dim=4, rope_dim=2, v_dim=5, q_rank=3,
+                           max_len=32)),
+    (GatedShortConv, dict(d_conv=3)),
+    (XLSTMLayer, dict(num_heads=2, qk_dim=4, v_dim=6, gate_soft_cap=3.0, chunk_size=4)),
+    (TimeMix, dict(width=6)),
+    (ChannelMix, dict(hidden=12)),
+    ("lightning_attention", dict(num_heads=2, head_dim=3, layer_idx=1, num_layers=2,
+                                 chunk_size=4, depth_eps=1e-5)),
 ]
-IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CASES)]
+IDS = [f"{getattr(n, '__name__', n)}-{i}" for i, (n, _) in enumerate(CASES)]
 
 
 def make(name, options):
+    """The registered layer `name`, or the layer class `name` (hf's own mixers)."""
     torch.manual_seed(0)
-    layer = rnnzoo.create(name, d_model=8, **options).double()
+    layer = (rnnzoo.create(name, d_model=8, **options) if isinstance(name, str)
+             else name(d_model=8, **options)).double()
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -25,7 +25,10 @@ from rnnzoo.models.checkpoint import load_tensors
 
 # model_type -> the module of this package that maps it
 TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
-         "recurrent_gemma": "recurrent_gemma", "qwen3_next": "qwen3_next"}
+         "recurrent_gemma": "recurrent_gemma", "qwen3_next": "qwen3_next",
+         "kimi_linear": "kimi_linear", "bamba": "bamba", "nemotron_h": "nemotron_h",
+         "granitemoehybrid": "granitemoehybrid", "jamba": "jamba", "lfm2": "lfm2",
+         "minimax": "minimax", "xlstm": "xlstm", "rwkv": "rwkv"}
 
 
 class UnsupportedCheckpoint(ValueError):

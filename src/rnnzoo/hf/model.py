@@ -44,8 +44,20 @@ class Head(nn.Linear):
         return y if self.softcap is None else self.softcap * torch.tanh(y / self.softcap)
 
 
+def activation(name: str, x):
+    """The checkpoints' activations: silu, gelu_tanh (GELU, tanh approximation), relu2 (relu^2)."""
+    if name == "silu":
+        return F.silu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    return F.relu(x).square()
+
+
+ACTIVATIONS = ("silu", "gelu_tanh", "relu2")
+
+
 class GatedMLP(nn.Module):
-    """W_down (act(W_gate x) * W_up x): SwiGLU (act silu) or GeGLU (gelu, tanh approximation)."""
+    """W_down (act(W_gate x) * W_up x): SwiGLU (act silu) or GeGLU (gelu_tanh)."""
 
     def __init__(self, d, hidden, act="silu", bias=False):
         super().__init__()
@@ -55,17 +67,30 @@ class GatedMLP(nn.Module):
         self.act = act
 
     def forward(self, x):
-        g = self.gate(x)
-        g = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh")
-        return self.down(g * self.up(x))
+        return self.down(activation(self.act, self.gate(x)) * self.up(x))
 
 
-def block(name: str, d_model: int, options: dict, *, layer_idx: int, num_layers: int,
-          norm_eps: float, mlp: nn.Module | None = None, max_len: int = 4096) -> Block:
-    """A residual block around the registered layer `name`, with RMSNorms of eps `norm_eps`
-    and the given MLP (None: the mixer alone, Mamba's block)."""
-    mixer = build_mixer(name, d_model, options, layer_idx=layer_idx, num_layers=num_layers,
-                        max_len=max_len)
+class MLP(nn.Module):
+    """W_down act(W_up x), no gate (Nemotron-H: act relu2)."""
+
+    def __init__(self, d, hidden, act="relu2", bias=False):
+        super().__init__()
+        self.up = nn.Linear(d, hidden, bias=bias)
+        self.down = nn.Linear(hidden, d, bias=bias)
+        self.act = act
+
+    def forward(self, x):
+        return self.down(activation(self.act, self.up(x)))
+
+
+def block(name: str | nn.Module, d_model: int, options: dict, *, layer_idx: int,
+          num_layers: int, norm_eps: float, mlp: nn.Module | None = None,
+          max_len: int = 4096) -> Block:
+    """A residual block around the registered layer `name` (or a mixer module built by the
+    mapping, options then unused), with RMSNorms of eps `norm_eps` and the given MLP (None:
+    the mixer alone, Mamba's block)."""
+    mixer = name if isinstance(name, nn.Module) else build_mixer(
+        name, d_model, options, layer_idx=layer_idx, num_layers=num_layers, max_len=max_len)
     b = Block(mixer, d_model, mlp_ratio=0)
     b.norm = RMSNorm(d_model, eps=norm_eps)
     if mlp is not None:
@@ -107,47 +132,83 @@ def gemma_norm(weight: torch.Tensor) -> torch.Tensor:
 
 class SparseMoE(nn.Module):
     """Top-k mixture of SwiGLU experts (Shazeer et al. 2017, arXiv:1701.06538), with an
-    optional shared expert scaled by sigmoid(W_s x) (Qwen-MoE / Qwen3-Next):
+    optional shared expert:
 
-        p = softmax(W_r x);  top-k experts e with weights p_e (renormalised if norm_topk)
-        y = sum_e p_e E_e(x) [+ sigmoid(w_s . x) E_shared(x)]
+        s = softmax(W_r x)  or, with score="sigmoid", sigmoid(W_r x)   (DeepSeek-V3 style)
+        chosen: the top-k of s + b (b: `score_bias`, a load-balancing bias used only to choose)
+                within the top `topk_group` of `num_groups` expert groups (a group scores the
+                sum of its best two), all experts when num_groups = 1
+        p_e = s_e (renormalised over the chosen if norm_topk) * routed_scale
+        y = sum_e p_e E_e(x) [+ g(x) E_shared(x)],  g = sigmoid(w_s . x) if shared_gate else 1
 
-    gate_up: (E, 2 hidden, d) (gate rows first), down: (E, d, hidden). x: (..., d).
+    Experts (and the shared one) are GatedMLPs of activation `act`, or with gated=False MLPs
+    (Nemotron-H). gate_up: (E, 2 hidden, d) (gate rows first; the up rows alone when not
+    gated), down: (E, d, hidden). x: (..., d).
     """
 
-    def __init__(self, d, hidden, num_experts, top_k, norm_topk=True, shared_hidden=0):
+    def __init__(self, d, hidden, num_experts, top_k, norm_topk=True, shared_hidden=0,
+                 *, score="softmax", shared_gate=True, routed_scale=1.0, score_bias=False,
+                 num_groups=1, topk_group=1, norm_eps=0.0, gated=True, act="silu"):
         super().__init__()
-        self.top_k, self.norm_topk = top_k, norm_topk
+        self.gated, self.act = gated, act
+        self.top_k, self.norm_topk, self.score = top_k, norm_topk, score
+        self.routed_scale, self.num_groups, self.topk_group = routed_scale, num_groups, topk_group
+        self.norm_eps = norm_eps  # added to the renormalising sum (Kimi / DeepSeek: 1e-20)
         self.router = nn.Linear(d, num_experts, bias=False)
-        self.gate_up = nn.Parameter(torch.zeros(num_experts, 2 * hidden, d))
+        # a buffer: the checkpoint's balancing bias is set by a rule, not by gradients
+        self.register_buffer("score_bias", torch.zeros(num_experts) if score_bias else None)
+        self.gate_up = nn.Parameter(torch.zeros(num_experts, (1 + gated) * hidden, d))
         self.down = nn.Parameter(torch.zeros(num_experts, d, hidden))
-        self.shared = GatedMLP(d, shared_hidden) if shared_hidden else None
-        self.shared_gate = nn.Linear(d, 1, bias=False) if shared_hidden else None
+        ffn = GatedMLP if gated else MLP
+        self.shared = ffn(d, shared_hidden, act) if shared_hidden else None
+        self.shared_gate = nn.Linear(d, 1, bias=False) if shared_hidden and shared_gate else None
+
+    def route(self, flat):
+        """(N, d) tokens -> (weight (N, k), index (N, k)) of the experts each one uses."""
+        logits = self.router(flat).float()
+        probs = torch.softmax(logits, -1) if self.score == "softmax" else torch.sigmoid(logits)
+        choice = probs if self.score_bias is None else probs + self.score_bias.float()
+        if self.num_groups > 1:
+            groups = choice.view(len(flat), self.num_groups, -1)
+            best = groups.topk(2, -1)[0].sum(-1).topk(self.topk_group, -1)[1]
+            keep = torch.zeros_like(groups[..., 0]).scatter_(1, best, 1).bool()
+            choice = groups.masked_fill(~keep[..., None], float("-inf")).flatten(1)
+        index = choice.topk(self.top_k, -1)[1]
+        weight = probs.gather(1, index)
+        if self.norm_topk:
+            weight = weight / (weight.sum(-1, keepdim=True) + self.norm_eps)
+        return weight * self.routed_scale, index
 
     def forward(self, x):
         flat = x.reshape(-1, x.shape[-1])
-        probs = torch.softmax(self.router(flat).float(), -1)
-        weight, index = probs.topk(self.top_k, -1)
-        if self.norm_topk:
-            weight = weight / weight.sum(-1, keepdim=True)
+        weight, index = self.route(flat)
         out = torch.zeros_like(flat)
         for e in index.unique().tolist():  # the experts some token chose
             token, slot = torch.where(index == e)
-            gate, up = F.linear(flat[token], self.gate_up[e]).chunk(2, -1)
-            y = F.linear(F.silu(gate) * up, self.down[e]) * weight[token, slot, None].to(x.dtype)
+            h = F.linear(flat[token], self.gate_up[e])
+            if self.gated:
+                gate, up = h.chunk(2, -1)
+                h = activation(self.act, gate) * up
+            else:
+                h = activation(self.act, h)
+            y = F.linear(h, self.down[e]) * weight[token, slot, None].to(x.dtype)
             out.index_add_(0, token, y)
         if self.shared is not None:
-            out = out + torch.sigmoid(self.shared_gate(flat)) * self.shared(flat)
+            shared = self.shared(flat)
+            out = out + (shared if self.shared_gate is None
+                         else torch.sigmoid(self.shared_gate(flat)) * shared)
         return out.reshape(x.shape)
 
 
-def split_layers(tensors: dict, final_norm: str) -> tuple[dict, dict]:
-    """A Gemma-style checkpoint's tensors as (out, layers): embedding, final norm (named
-    `final_norm`, its weight stored as w - 1) and head renamed to rnnzoo's, anything else kept
-    under its own name (from_pretrained names what stays unplaced); layers maps each block
-    index to its tensors, keyed by the name after 'model.layers.i.'."""
+def split_layers(tensors: dict, final_norm: str, centred: bool = True) -> tuple[dict, dict]:
+    """A Llama-style checkpoint's tensors as (out, layers): embedding, final norm (named
+    `final_norm`, its weight stored as w - 1 if `centred`, as Gemma's) and head renamed to
+    rnnzoo's, anything else kept under its own name (from_pretrained names what stays
+    unplaced); layers maps each block index to its tensors, keyed by the name after
+    'model.layers.i.'."""
     top = {"model.embed_tokens.weight": ("embed.weight", lambda t: t),
-           final_norm: ("norm.weight", gemma_norm), "lm_head.weight": ("head.weight", lambda t: t)}
+           final_norm: ("norm.weight", gemma_norm if centred else lambda t: t),
+           "lm_head.weight": ("head.weight", lambda t: t)}
     out, layers = {}, {}
     for name, t in tensors.items():
         if name.startswith("model.layers."):

@@ -36,6 +36,13 @@ from rnnzoo.ops.chunk.delta import (
 )
 
 
+def l2norm(x, sqrt_eps: bool = False):
+    """x / max(|x|, 1e-6) over the last axis, or x / sqrt(|x|^2 + 1e-6) (fla's l2norm)."""
+    if sqrt_eps:
+        return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+    return F.normalize(x, dim=-1, eps=1e-6)
+
+
 class DeltaBlock(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, d_conv-1, C))."""
 
@@ -101,9 +108,7 @@ class DeltaBlock(RecurrentLayer):
         return q, k, v, beta, g, conv_state
 
     def l2norm(self, x):
-        if self.sqrt_eps:
-            return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
-        return F.normalize(x, dim=-1, eps=1e-6)
+        return l2norm(x, self.sqrt_eps)
 
     def op_output(self, o, x):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""

@@ -21,7 +21,7 @@ Options of published models: `num_kv_heads` < num_heads shares each key/value he
 among num_heads / num_kv_heads query heads (grouped-query attention, Ainslie et al. 2023,
 arXiv:2305.13245; the cache holds them repeated per query head); `rotary_dim` < head_dim
 rotates only the first rotary_dim channels of each head (GPT-NeoX / Griffin's partial
-rotary); `out_bias` gives W_o a bias (RecurrentGemma); `qk_norm_eps` RMS-normalises
+rotary; 0: no positions, as Nemotron-H); `out_bias` gives W_o a bias (RecurrentGemma); `qk_norm_eps` RMS-normalises
 each head of q and k (weights q_norm, k_norm) before the rotation (Qwen3, as in
 Dehghani et al. 2023, arXiv:2302.05442); `output_gate` multiplies each head's output
 by sigmoid(W_g x) before W_o (gated attention, Qiu et al. 2025, arXiv:2505.06708;
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnzoo.checks import flag, positive, positive_int
+from rnnzoo.checks import flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import rotate
@@ -91,7 +91,7 @@ class Attention(RecurrentLayer):
         head_dim = set_heads(self, d_model, num_heads, head_dim, max_len, window)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even (rotary positions), got {head_dim}")
-        rotary_dim = head_dim if rotary_dim is None else positive_int("rotary_dim", rotary_dim)
+        rotary_dim = head_dim if rotary_dim is None else int_in("rotary_dim", rotary_dim, 0)
         if rotary_dim % 2 or rotary_dim > head_dim:
             raise ValueError(f"rotary_dim must be even and <= head_dim={head_dim}, got {rotary_dim}")
         self.num_kv_heads, self.rotary_dim = num_kv_heads, rotary_dim
@@ -131,6 +131,8 @@ class Attention(RecurrentLayer):
         pairs (j, j + R/2) of the first R = rotary_dim channels, with frequencies
         rope_base^(-j / (R/2))."""
         R = self.rotary_dim
+        if R == 0:  # no positions (NoPE: Nemotron-H, Granite-4.0-H)
+            return x
         half = R // 2
         theta = self.rope_base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
         if R == self.head_dim:
@@ -194,9 +196,9 @@ class Attention(RecurrentLayer):
         keep = min(k.shape[2], self.capacity)  # a ring buffer keeps only the last `window`
         k, v, pos = k[:, :, -keep:], v[:, :, -keep:], pos[:, -keep:]
         slot = pos if self.window is None else torch.remainder(pos, self.window)
-        index = slot[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
-        k_cache = k_cache.scatter(2, index, k.to(k_cache.dtype))
-        v_cache = v_cache.scatter(2, index, v.to(v_cache.dtype))
+        index = slot[:, None, :, None].expand(-1, self.num_heads, -1, 1)
+        k_cache = k_cache.scatter(2, index.expand_as(k), k.to(k_cache.dtype))
+        v_cache = v_cache.scatter(2, index.expand_as(v), v.to(v_cache.dtype))  # width may differ
         return k_cache, v_cache, end.to(state[2].dtype)
 
     def _forward(self, x, state, mode):

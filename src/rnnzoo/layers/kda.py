@@ -2,7 +2,7 @@
 Architecture", arXiv:2510.26692, section 3): the gated delta rule with a decay per key channel.
 
     q, k, v = silu(shortconv(W_q x)), silu(shortconv(W_k x)), silu(shortconv(W_v x))
-    q, k    = q / |q|, k / |k|                                   (per head)
+    q, k    = q / |q|, k / |k|           (per head; with sqrt_eps / sqrt(|q|^2 + 1e-6), fla's)
     g       = -exp(A_log) softplus(W_f_up W_f_down x + dt_bias)    (log-decay, one per key channel)
     beta    = sigmoid(W_b x)               (2 sigmoid(W_b x) with allow_neg_eigval, Grazzi et al. 2025)
     S_t     = (I - beta_t k_t k_t^T) diag(exp g_t) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(K)
@@ -23,6 +23,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -39,7 +40,8 @@ class KDA(RecurrentLayer):
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 1, d_conv: int = 4, chunk_size: int = 32,
-                 subchunk_size: int = 8, allow_neg_eigval: bool = False, norm_eps: float = 1e-5):
+                 subchunk_size: int = 8, allow_neg_eigval: bool = False, norm_eps: float = 1e-5,
+                 sqrt_eps: bool = False):
         super().__init__(d_model)
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
@@ -51,6 +53,7 @@ class KDA(RecurrentLayer):
                              f"got {subchunk_size}")
         self.num_heads, self.head_dim, self.value_dim = H, K, V
         self.allow_neg_eigval = flag("allow_neg_eigval", allow_neg_eigval)
+        self.sqrt_eps = flag("sqrt_eps", sqrt_eps)
         self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
         self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
         self.f_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * K, bias=False))
@@ -75,8 +78,8 @@ class KDA(RecurrentLayer):
         cdt = compute_dtype(x)
         qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
         q, k, v = qkv.split([H * K, H * K, H * V], -1)
-        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
-        k = F.normalize(k.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        q = l2norm(q.reshape(B, T, H, K), self.sqrt_eps)
+        k = l2norm(k.reshape(B, T, H, K), self.sqrt_eps)
         f = self.f_proj(x).to(cdt).reshape(B, T, H, K) + self.dt_bias.to(cdt).view(H, K)
         g = -self.A_log.to(cdt).exp()[:, None] * F.softplus(f)
         beta = torch.sigmoid(self.b_proj(x).to(cdt))

@@ -10,6 +10,7 @@ arXiv:2401.04658): a linear attention whose decay is fixed, one rate per head.
 The rates s_h are ALiBi's slopes, scaled down with depth: layer l of L decays fastest at the
 bottom (l = 0) and barely at the top; `layer_idx` and `num_layers` say where this layer sits
 (a single layer, num_layers = 1, keeps the slopes unscaled). They are fixed, not trained.
+MiniMax's released code divides by L - 1 + 1e-5 instead: `depth_eps=1e-5` (its checkpoints).
 
 It is gated linear attention with a scalar decay per head: the ops of ops.chunk.linear.
 State: S (B, H, head_dim, head_dim). Modes: `sequential` (the recurrent loop), `chunk` and
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
@@ -34,10 +35,10 @@ from rnnzoo.registry import register
 
 
 def minimax_slopes(num_heads: int, layer_idx: int = 0, num_layers: int = 1, *,
-                   device=None, dtype=torch.float64) -> torch.Tensor:
-    """s_h = 2^(-8 (h + 1) / H) (1 - l / (L - 1) + 1e-5), h = 0..H-1: (H,)."""
+                   device=None, dtype=torch.float64, depth_eps: float = 0.0) -> torch.Tensor:
+    """s_h = 2^(-8 (h + 1) / H) (1 - l / (L - 1 + depth_eps) + 1e-5), h = 0..H-1: (H,)."""
     h = torch.arange(1, num_heads + 1, device=device, dtype=dtype)
-    depth = 1.0 if num_layers == 1 else 1 - layer_idx / (num_layers - 1) + 1e-5
+    depth = 1.0 if num_layers == 1 else 1 - layer_idx / (num_layers - 1 + depth_eps) + 1e-5
     return 2.0 ** (-8 * h / num_heads) * depth
 
 
@@ -51,7 +52,7 @@ class LightningAttention(RecurrentLayer):
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  layer_idx: int = 0, num_layers: int = 1, chunk_size: int = 64,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, depth_eps: float = 0.0):
         super().__init__(d_model)
         H = positive_int("num_heads", num_heads)
         D = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
@@ -63,6 +64,7 @@ class LightningAttention(RecurrentLayer):
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.norm_eps = H, D, norm_eps
         self.layer_idx, self.num_layers = layer_idx, num_layers
+        self.depth_eps = positive("depth_eps", depth_eps, allow_zero=True)
         self.qkv_proj = nn.Linear(d_model, 3 * H * D, bias=False)
         self.norm_weight = nn.Parameter(torch.ones(H * D))
         self.g_proj = nn.Linear(d_model, H * D, bias=False)
@@ -78,7 +80,7 @@ class LightningAttention(RecurrentLayer):
         cdt = compute_dtype(x)
         q, k, v = F.silu(self.qkv_proj(x).to(cdt)).view(B, T, 3, self.num_heads, -1).unbind(2)
         slopes = minimax_slopes(self.num_heads, self.layer_idx, self.num_layers, device=x.device,
-                                dtype=cdt)
+                                dtype=cdt, depth_eps=self.depth_eps)
         g = (-slopes).expand(B, T, self.num_heads)
         return q, k, v, g
 

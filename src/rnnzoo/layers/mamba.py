@@ -16,6 +16,8 @@ sign of its state, which parity needs.
 
 `bcdt_rms_eps` (Falcon-Mamba, Zuo et al. 2024, arXiv:2410.05355; transformers'
 `mixer_rms_eps`): RMSNorm without weight, of that eps, on dt, B and C after W_x. Off by default.
+`bcdt_rms_weight` gives those norms weights (`bcdt_weight`: dt_rank + 2 d_state, dt's first;
+Jamba, Lieber et al. 2024, arXiv:2403.19887).
 
 Modes: `sequential` is the loop over t under autograd; `scan` is `_SelectiveScan`:
 time chunks of `chunk_size` steps, each solved by `chunked_scan`, with the
@@ -180,9 +182,11 @@ class Mamba(DiagonalLayer):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1,
                  allow_neg_eigval: bool = False, chunk_size: int = 16,
-                 bcdt_rms_eps: float | None = None):
+                 bcdt_rms_eps: float | None = None, bcdt_rms_weight: bool = False):
         super().__init__(d_model)
         self.bcdt_rms_eps = None if bcdt_rms_eps is None else positive("bcdt_rms_eps", bcdt_rms_eps)
+        if flag("bcdt_rms_weight", bcdt_rms_weight) and bcdt_rms_eps is None:
+            raise ValueError("bcdt_rms_weight needs bcdt_rms_eps (the norms it weighs)")
         self.d_state = positive_int("d_state", d_state)
         self.d_conv = positive_int("d_conv", d_conv)
         self.expand = positive_int("expand", expand)
@@ -208,6 +212,8 @@ class Mamba(DiagonalLayer):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1.0)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.bcdt_weight = (nn.Parameter(torch.ones(self.dt_rank + 2 * d_state))
+                            if bcdt_rms_weight else None)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
@@ -222,8 +228,10 @@ class Mamba(DiagonalLayer):
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
             cdt = compute_dtype(x)
-            dt, B, C = (F.rms_norm(t.to(cdt), (t.shape[-1],), eps=self.bcdt_rms_eps).to(t.dtype)
-                        for t in (dt, B, C))
+            w = ((None,) * 3 if self.bcdt_weight is None else
+                 self.bcdt_weight.to(cdt).split([self.dt_rank, self.d_state, self.d_state]))
+            dt, B, C = (F.rms_norm(t.to(cdt), (t.shape[-1],), w_t, eps=self.bcdt_rms_eps).to(t.dtype)
+                        for t, w_t in zip((dt, B, C), w))
         delta = F.softplus(self.dt_proj(dt))
         cdt = compute_dtype(x)
         A = -torch.exp(self.A_log.to(cdt))
