@@ -141,3 +141,76 @@ def test_bench_baseline_runs_the_same_block():
                               layer.norm_eps, True, False)
         y = layer.op_output(z + layer_norm(z, w, b, layer.norm_eps)[0], q, x)
     assert (y - y_fla).abs().max() < 1e-4 * y.abs().max()
+
+
+# -- the blocks of section 4: memory as a gate (MAG), memory as a layer (MAL) -----------------
+def block_and_parts(block):
+    """A perturbed `titans_<block>` (2 persistent tokens, window 3) and, loaded with its
+    weights, the plain `titans` memory layer and the sliding-window `attention` layer."""
+    torch.manual_seed(0)
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=4, window=3,
+                      num_persistent=2, block=block)
+    memory = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, chunk_size=4).double()
+    missing, unexpected = memory.load_state_dict(layer.state_dict(), strict=False)
+    assert not missing and all(k.split(".")[0] in ("attn", "persistent", "gate_norm")
+                               for k in unexpected)
+    attn = rnnzoo.create("attention", d_model=8, num_heads=2, window=3, max_len=3).double()
+    attn.load_state_dict(layer.attn.state_dict())
+    return layer, memory, attn
+
+
+def run_all(layer, x):
+    """Outputs of the layer's two modes and of step by step."""
+    ys = [layer(x, mode=m)[0] for m in ("sequential", "chunk")]
+    s, steps = None, []
+    for t in range(x.shape[1]):
+        y_t, s = layer.step(x[:, t], s)
+        steps.append(y_t)
+    return [*ys, torch.stack(steps, 1)]
+
+
+def test_mal_is_the_memory_then_sliding_window_attention_over_the_persistent_prefix():
+    """MAL: o = SWA(M(x~)), x~ = [p || x]: the plain memory layer and the attention layer run by
+    hand on the concatenated sequence, the persistent tokens' outputs dropped."""
+    layer, memory, attn = block_and_parts("mal")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        xt = torch.cat([layer.persistent.expand(2, -1, -1), x], 1)
+        want = attn(memory(xt)[0])[0][:, 2:]
+        got = run_all(layer, x)
+        without_p = attn(memory(x)[0])[0]
+    for y in got:
+        assert (y - want).abs().max() < 1e-12
+    assert (want - without_p).abs().max() > 1e-3        # the persistent tokens matter
+
+
+def test_mag_gates_the_sliding_window_attention_with_the_memory():
+    """MAG: o = n_y(SWA(x~)) * sigmoid(n_m(M(x~))), the two branches run by hand on
+    [p || x] (n: RMS norm with the learned vector weights)."""
+    layer, memory, attn = block_and_parts("mag")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        xt = torch.cat([layer.persistent.expand(2, -1, -1), x], 1)
+        y, m = attn(xt)[0][:, 2:], memory(xt)[0][:, 2:]
+        w = layer.gate_norm
+        rms = lambda t, g: g * t / (t.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()  # noqa: E731
+        want = rms(y, w[0]) * torch.sigmoid(rms(m, w[1]))
+        got = run_all(layer, x)
+    for o in got:
+        assert (o - want).abs().max() < 1e-12
+    assert (got[0] - rms(y, w[0])).abs().max() > 1e-3   # the memory's gate acts
+
+
+def test_block_registered_names_are_the_option():
+    a, b = rnnzoo.create("titans_mag", d_model=8), rnnzoo.create("titans", d_model=8, block="mag")
+    assert a.block == b.block == "mag" and a.extra_repr() == b.extra_repr()
+    assert rnnzoo.create("titans_mal", d_model=8).block == "mal"
+
+
+def test_block_options_checked():
+    with pytest.raises(ValueError, match="block"):
+        rnnzoo.create("titans", d_model=8, block="mat")
+    with pytest.raises(ValueError, match="num_persistent"):
+        rnnzoo.create("titans", d_model=8, num_persistent=2)
+    with pytest.raises(ValueError, match="window"):
+        rnnzoo.create("titans_mag", d_model=8, window=0)

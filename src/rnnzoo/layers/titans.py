@@ -14,10 +14,23 @@ chunkwise (mini-batch) gradient, which makes the chunk parallel (ops/memory.py);
 the fully sequential rule. theta absorbs the factor 2 of the paper's unhalved loss. M is kept as
 the change from the learned initial memory, so forgetting returns the memory to it (a literal
 decay to zero when the initial memory is zero). `inner_norm=True` reads M(x) = x + LN(f(x)) as
-TTT and fla do; the memory's layers are weights only (as in the paper) unless memory_bias. This is the memory as a layer (the paper's LMM, the recurrent part of its
-MAL / MAG / MAC blocks); the attention branches of those blocks are not part of it.
-State: (M', M, S) per memory weight, the step count in the chunk, and the short-conv state.
-Modes: `sequential` (token by token) and `chunk`.
+TTT and fla do; the memory's layers are weights only (as in the paper) unless memory_bias.
+
+`block` chooses the paper's architecture (section 4), with the memory above as its recurrent
+part and the sliding-window attention of layers/attention.py (window `window`, its ring-buffer
+cache as its state) as its short-term part, x~ = [p || x] with p the `num_persistent` learned
+persistent-memory tokens (section 3.3):
+
+    "lmm": o = M(x)                                   (the memory as the whole layer; default)
+    "mag": o = n_y(SWA(x~)) * sigmoid(n_m(M(x~)))     (memory as a gate; n: RMS norms with
+                                                       learned vector weights, as the paper does)
+    "mal": o = SWA(M(x~))                             (memory as a layer)
+
+The persistent tokens open every sequence: init_state is the block's state after reading p from
+the empty state (so the layer on x equals the block without p on [p || x], minus p's outputs).
+State: (M', M, S) per memory weight, the step count in the chunk, the short-conv state, and for
+"mag" / "mal" the attention's (k cache, v cache, position). Modes: `sequential` (token by
+token) and `chunk` (the memory chunkwise, the attention as one masked product).
 """
 
 from __future__ import annotations
@@ -26,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import flag, int_in, positive, positive_int
+from rnnzoo.checks import choice, flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -47,15 +61,23 @@ def memory_qkv(layer, x, conv_state):
 @register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
           tiny=dict(d_model=6, num_heads=2, head_dim=3, chunk_size=4, d_conv=2))
 class Titans(RecurrentLayer):
-    """x: (B, T, d_model) -> y; state ((M', M, S) per memory weight, n (B,), conv state)."""
+    """x: (B, T, d_model) -> y; state ((M', M, S) per memory weight, n (B,), conv state,
+    and with an attention branch its (k_cache, v_cache, position))."""
 
     modes = ("sequential", "chunk")
+    BLOCKS = ("lmm", "mag", "mal")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  memory_depth: int = 1, chunk_size: int = 16, base_lr: float = 1.0,
                  d_conv: int = 4, inner_norm: bool = False, memory_bias: bool = False,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, block: str = "lmm", window: int = 512,
+                 num_persistent: int = 0):
         super().__init__(d_model)
+        self.block = choice("block", block, self.BLOCKS)
+        self.window = positive_int("window", window)
+        self.num_persistent = int_in("num_persistent", num_persistent, 0)
+        if self.block == "lmm" and num_persistent:
+            raise ValueError("num_persistent needs an attention branch (block 'mag' or 'mal')")
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.num_heads, self.head_dim = H, K
@@ -79,11 +101,27 @@ class Titans(RecurrentLayer):
         self.g_proj = nn.Linear(d_model, H * K)
         self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        self.attn = None
+        if self.block != "lmm":  # the short-term memory: sliding-window attention
+            self.attn = Attention(d_model, H, window=self.window, max_len=self.window)
+            self.persistent = nn.Parameter(0.02 * torch.randn(self.num_persistent, d_model))
+        if self.block == "mag":  # the gate's norms' learned weights
+            self.gate_norm = nn.Parameter(torch.ones(2, d_model))
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)
-        mem = titans_init_state(self.kind, batch_size, self.num_heads, self.head_dim, device, sdt)
-        return (*mem, self.conv.init_state(batch_size, device, sdt))
+        p = None if self.attn is None or not self.num_persistent else self.persistent
+        at, run = (device, sdt) if p is None else (p.device, state_dtype(p.dtype))
+        mem = titans_init_state(self.kind, batch_size, self.num_heads, self.head_dim, at, run)
+        state = (*mem, self.conv.init_state(batch_size, at, run))
+        if self.attn is None:
+            return state
+        state = (*state, *self.attn.init_state(batch_size, at, run))
+        if p is None:
+            return state
+        # x~ = [p || x]: the block's state after reading the persistent tokens
+        _, state = self._forward(p.expand(batch_size, -1, -1), state, "chunk")
+        return tuple(t.to(device=device if device is not None else at, dtype=sdt) for t in state)
 
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
@@ -108,7 +146,32 @@ class Titans(RecurrentLayer):
         gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
         return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
 
+    def combine(self, x, state, memory, attend):
+        """The block around the memory: memory(x, mem_state) and attend(x, attn_state) each
+        -> (y, new state); returns (o, state)."""
+        if self.attn is None:
+            return memory(x, state)
+        mem, att = state[:-3], state[-3:]
+        if self.block == "mal":
+            m, mem = memory(x, mem)
+            o, att = attend(m, att)
+            return o, (*mem, *att)
+        m, mem = memory(x, mem)
+        y, att = attend(x, att)
+        w = self.gate_norm.to(y.dtype)
+        o = F.rms_norm(y, y.shape[-1:], w[0], self.norm_eps) * torch.sigmoid(
+            F.rms_norm(m, m.shape[-1:], w[1], self.norm_eps))
+        return o, (*mem, *att)
+
     def _forward(self, x, state, mode):
+        return self.combine(x, state, lambda x, s: self._memory(x, s, mode),
+                            lambda x, s: self.attn._forward(
+                                x, s, "parallel" if mode == "chunk" else "sequential"))
+
+    def _step(self, x_t, state):
+        return self.combine(x_t, state, self._memory_step, self.attn and self.attn._step)
+
+    def _memory(self, x, state, mode):
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
         init, w, b = self.op_args(q.dtype)
@@ -117,7 +180,7 @@ class Titans(RecurrentLayer):
                     w, b, self.norm_eps, self.inner_norm, self.memory_bias)
         return self.op_output(z, q, x), (*mem, conv_state)
 
-    def _step(self, x_t, state):
+    def _memory_step(self, x_t, state):
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x_t[:, None], conv_state)
         init, w, b = self.op_args(q.dtype)
@@ -130,4 +193,28 @@ class Titans(RecurrentLayer):
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
                 f"memory_depth={self.memory_depth}, chunk_size={self.chunk_size}, "
                 f"base_lr={self.base_lr}, inner_norm={self.inner_norm}, "
-                f"memory_bias={self.memory_bias}")
+                f"memory_bias={self.memory_bias}, block={self.block!r}"
+                + ("" if self.attn is None else
+                   f", window={self.window}, num_persistent={self.num_persistent}"))
+
+
+@register("titans_mag", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as a gate)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2, window=3,
+                    num_persistent=2))
+class TitansMAG(Titans):
+    """`titans` with block="mag": sliding-window attention gated by the memory."""
+
+    def __init__(self, d_model: int, block: str = "mag", **options):
+        super().__init__(d_model, block=block, **options)
+
+
+@register("titans_mal", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as a layer)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2, window=3,
+                    num_persistent=2))
+class TitansMAL(Titans):
+    """`titans` with block="mal": the memory, then sliding-window attention."""
+
+    def __init__(self, d_model: int, block: str = "mal", **options):
+        super().__init__(d_model, block=block, **options)
