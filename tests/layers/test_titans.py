@@ -144,15 +144,16 @@ def test_bench_baseline_runs_the_same_block():
 
 
 # -- the blocks of section 4: memory as a gate (MAG), memory as a layer (MAL) -----------------
-def block_and_parts(block):
+def block_and_parts(block, d_conv=4):
     """A perturbed `titans_<block>` (2 persistent tokens, window 3) and, loaded with its
     weights, the plain `titans` memory layer and the sliding-window `attention` layer."""
     torch.manual_seed(0)
     layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=4, window=3,
-                      num_persistent=2, block=block)
-    memory = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, chunk_size=4).double()
+                      num_persistent=2, block=block, d_conv=d_conv)
+    memory = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, chunk_size=4,
+                           d_conv=d_conv).double()
     missing, unexpected = memory.load_state_dict(layer.state_dict(), strict=False)
-    assert not missing and all(k.split(".")[0] in ("attn", "persistent", "gate_norm")
+    assert not missing and all(k.split(".")[0] in ("attn", "persistent", "gate_norm", "retrieve_proj")
                                for k in unexpected)
     attn = rnnzoo.create("attention", d_model=8, num_heads=2, window=3, max_len=3).double()
     attn.load_state_dict(layer.attn.state_dict())
@@ -160,8 +161,8 @@ def block_and_parts(block):
 
 
 def run_all(layer, x):
-    """Outputs of the layer's two modes and of step by step."""
-    ys = [layer(x, mode=m)[0] for m in ("sequential", "chunk")]
+    """Outputs of the layer's modes and of step by step."""
+    ys = [layer(x, mode=m)[0] for m in layer.modes]
     s, steps = None, []
     for t in range(x.shape[1]):
         y_t, s = layer.step(x[:, t], s)
@@ -214,3 +215,49 @@ def test_block_options_checked():
         rnnzoo.create("titans", d_model=8, num_persistent=2)
     with pytest.raises(ValueError, match="window"):
         rnnzoo.create("titans_mag", d_model=8, window=0)
+
+
+# -- memory as context (MAC) -------------------------------------------------------------------
+def test_mac_is_segment_attention_over_persistent_tokens_and_retrieval_then_the_memory():
+    """MAC, written out segment by segment with the plain layers: the retrieval h = M_seg(W_Q x)
+    reads the memory the segment started with (a linear memory: q (W_0 + M)), a fresh
+    attention reads [p, h_1, x_1, ..., h_C, x_C] (y: its outputs at the x's), the memory layer
+    learns from y (chunk = segment) and o = n_y(y) * sigmoid(n_m(M(y)))."""
+    layer, memory, attn = block_and_parts("mac")
+    attn = rnnzoo.create("attention", d_model=8, num_heads=2, max_len=2 + 8).double()
+    attn.load_state_dict(layer.attn.state_dict())
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    p = layer.persistent.expand(2, -1, -1)
+    outs, mem = [], memory.init_state(2, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, 10, 4):
+            xs = x[:, s:s + 4]
+            q = torch.nn.functional.normalize(
+                layer.retrieve_proj(xs).view(2, -1, 2, 4), dim=-1, eps=1e-6)
+            W = memory.memory[0] + mem[2]           # (B, H, K, K): M (mem: M', M, S, n) at the start
+            h = memory.op_output(torch.einsum("bthk,bhkv->bthv", q, W), q, xs)
+            seq = torch.stack([h, xs], 2).flatten(1, 2)         # h_1, x_1, h_2, x_2, ...
+            y = attn(torch.cat([p, seq], 1))[0][:, 2 + 1::2]
+            m, mem = memory(y, mem)
+            outs.append(layer.gate(y, m))
+        want = torch.cat(outs, 1)
+        got = run_all(layer, x)
+    for o in got:
+        assert (o - want).abs().max() < 1e-12
+
+
+def test_mac_segments_meet_only_through_the_memory():
+    """The attention restarts every segment: with the memory's rate at 0 (theta = 0) a change
+    in the first segment leaves the second one's outputs exactly as they were; with the
+    learned rate the memory carries it over. (No short convolution: it would carry the last
+    d_conv - 1 tokens of y across the boundary.)"""
+    layer, _, _ = block_and_parts("mac", d_conv=1)
+    x = torch.randn(1, 8, 8, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, :4] += 1
+    with torch.no_grad():
+        changed = (layer(x)[0] - layer(x2)[0]).abs().amax((0, 2))
+        assert changed[4:].min() > 1e-6
+        layer.gate_proj.bias[:2] = -1e4                       # sigmoid: theta exactly 0
+        changed = (layer(x)[0] - layer(x2)[0]).abs().amax((0, 2))
+    assert changed[:4].min() > 1e-3 and changed[4:].max() == 0

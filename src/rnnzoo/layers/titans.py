@@ -25,12 +25,17 @@ persistent-memory tokens (section 3.3):
     "mag": o = n_y(SWA(x~)) * sigmoid(n_m(M(x~)))     (memory as a gate; n: RMS norms with
                                                        learned vector weights, as the paper does)
     "mal": o = SWA(M(x~))                             (memory as a layer)
+    "mac": per segment of chunk_size tokens, h_t = M_seg(W_Q x_t) (a read of the memory the
+           segment started with), y = Attn([p, h_1, x_1, ..., h_C, x_C]) at the x's (causal,
+           restarted every segment), the memory learns from y, o_t = n_y(y_t) * sigmoid(n_m(M_t(y_t)))
+           (memory as context; h_t is visible from x_t on, which keeps it causal)
 
 The persistent tokens open every sequence: init_state is the block's state after reading p from
 the empty state (so the layer on x equals the block without p on [p || x], minus p's outputs).
 State: (M', M, S) per memory weight, the step count in the chunk, the short-conv state, and for
 "mag" / "mal" the attention's (k cache, v cache, position). Modes: `sequential` (token by
-token) and `chunk` (the memory chunkwise, the attention as one masked product).
+token) and `chunk` (the memory chunkwise, the attention as one masked product; "mac" has the
+token-by-token `sequential` only).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class Titans(RecurrentLayer):
     and with an attention branch its (k_cache, v_cache, position))."""
 
     modes = ("sequential", "chunk")
-    BLOCKS = ("lmm", "mag", "mal")
+    BLOCKS = ("lmm", "mac", "mag", "mal")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  memory_depth: int = 1, chunk_size: int = 16, base_lr: float = 1.0,
@@ -103,10 +108,15 @@ class Titans(RecurrentLayer):
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
         self.attn = None
         if self.block != "lmm":  # the short-term memory: sliding-window attention
-            self.attn = Attention(d_model, H, window=self.window, max_len=self.window)
+            # MAC: attention over one segment, [p, h_1, x_1, ..., h_C, x_C], in a ring buffer
+            span = self.num_persistent + 2 * self.chunk_size if self.block == "mac" else self.window
+            self.attn = Attention(d_model, H, window=span, max_len=span)
             self.persistent = nn.Parameter(0.02 * torch.randn(self.num_persistent, d_model))
-        if self.block == "mag":  # the gate's norms' learned weights
+        if self.block in ("mac", "mag"):  # the gate's norms' learned weights
             self.gate_norm = nn.Parameter(torch.ones(2, d_model))
+        if self.block == "mac":  # the retrieval's query q_t = W_Q x_t
+            self.modes = ("sequential",)
+            self.retrieve_proj = nn.Linear(d_model, H * K, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)
@@ -119,8 +129,10 @@ class Titans(RecurrentLayer):
         state = (*state, *self.attn.init_state(batch_size, at, run))
         if p is None:
             return state
-        # x~ = [p || x]: the block's state after reading the persistent tokens
-        _, state = self._forward(p.expand(batch_size, -1, -1), state, "chunk")
+        if self.block == "mac":  # p opens every segment's attention (reset where n = 0 or C)
+            state = (*state[:-3], *self.segment_start(batch_size, state[-3:]))
+        else:  # x~ = [p || x]: the block's state after reading the persistent tokens
+            _, state = self._forward(p.expand(batch_size, -1, -1), state, "chunk")
         return tuple(t.to(device=device if device is not None else at, dtype=sdt) for t in state)
 
     def op_inputs(self, x, conv_state):
@@ -158,18 +170,67 @@ class Titans(RecurrentLayer):
             return o, (*mem, *att)
         m, mem = memory(x, mem)
         y, att = attend(x, att)
+        return self.gate(y, m), (*mem, *att)
+
+    def gate(self, y, m):
+        """MAG's and MAC's y (x) M: n_y(y) * sigmoid(n_m(m))."""
         w = self.gate_norm.to(y.dtype)
-        o = F.rms_norm(y, y.shape[-1:], w[0], self.norm_eps) * torch.sigmoid(
+        return F.rms_norm(y, y.shape[-1:], w[0], self.norm_eps) * torch.sigmoid(
             F.rms_norm(m, m.shape[-1:], w[1], self.norm_eps))
-        return o, (*mem, *att)
 
     def _forward(self, x, state, mode):
+        if self.block == "mac":
+            ys = []
+            for x_t in x.unbind(1):
+                y_t, state = self._mac_step(x_t, state)
+                ys.append(y_t)
+            return torch.stack(ys, 1), state
         return self.combine(x, state, lambda x, s: self._memory(x, s, mode),
                             lambda x, s: self.attn._forward(
                                 x, s, "parallel" if mode == "chunk" else "sequential"))
 
     def _step(self, x_t, state):
+        if self.block == "mac":
+            return self._mac_step(x_t, state)
         return self.combine(x_t, state, self._memory_step, self.attn and self.attn._step)
+
+    def segment_start(self, batch_size, att):
+        """MAC: the attention state of a fresh segment, having read the persistent tokens
+        (the empty cache without them); `att` gives device and dtype."""
+        fresh = tuple(torch.zeros_like(t[:batch_size]) for t in att)
+        if not self.num_persistent:
+            return fresh
+        p = self.persistent.expand(batch_size, -1, -1)
+        _, out = self.attn._forward(p, tuple(t.to(state_dtype(p.dtype)) for t in fresh),
+                                    "parallel")
+        return tuple(t.to(a.dtype) for t, a in zip(out, att))
+
+    def _mac_step(self, x_t, state):
+        """Memory as context, one token (section 4.1). At a segment's start (n = 0 or C) the
+        attention restarts from [p]; the token's retrieval h_t = M_seg(W_Q x_t) reads the
+        memory the segment started with (no update), the attention reads h_t then x_t
+        (y_t: its output at x_t), the memory learns from y_t and o_t = y_t (x) M_t(y_t)."""
+        mem, att = state[:-3], state[-3:]
+        L = (len(mem) - 2) // 3
+        n = mem[3 * L].round()
+        B = x_t.shape[0]
+        new = (n == 0) | (n == self.chunk_size)
+        att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
+                    for s, a in zip(self.segment_start(B, att), att))
+        full = (n == self.chunk_size).view(-1, 1, 1, 1)
+        seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
+               for g, m in zip(mem[:L], mem[L:2 * L])]        # the memory at the segment start
+        q = F.normalize(self.retrieve_proj(x_t).to(compute_dtype(x_t)).view(
+            B, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        init, w, b = self.op_args(q.dtype)
+        zero = torch.zeros_like(q[..., 0])                    # a step that reads, learns nothing
+        z, _ = titans_step(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
+                           (*seg, *seg, *[torch.zeros_like(t) for t in seg], mem[3 * L]),
+                           w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        h = self.op_output(z[:, None], q[:, None], x_t[:, None])[:, 0]
+        y, att = self.attn._forward(torch.stack([h, x_t], 1), att, "parallel")
+        m, mem = self._memory_step(y[:, 1], mem)
+        return self.gate(y[:, 1], m), (*mem, *att)
 
     def _memory(self, x, state, mode):
         *mem, conv_state = state
@@ -196,6 +257,20 @@ class Titans(RecurrentLayer):
                 f"memory_bias={self.memory_bias}, block={self.block!r}"
                 + ("" if self.attn is None else
                    f", window={self.window}, num_persistent={self.num_persistent}"))
+
+
+@register("titans_mac", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as context)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2,
+                    num_persistent=2))
+class TitansMAC(Titans):
+    """`titans` with block="mac": segments of chunk_size tokens attended with the persistent
+    tokens and the memory's retrieval, the memory learning from the attention's output."""
+
+    modes = ("sequential",)
+
+    def __init__(self, d_model: int, block: str = "mac", **options):
+        super().__init__(d_model, block=block, **options)
 
 
 @register("titans_mag", family="matrix",
