@@ -261,3 +261,18 @@ def test_mac_segments_meet_only_through_the_memory():
         layer.gate_proj.bias[:2] = -1e4                       # sigmoid: theta exactly 0
         changed = (layer(x)[0] - layer(x2)[0]).abs().amax((0, 2))
     assert changed[:4].min() > 1e-3 and changed[4:].max() == 0
+
+
+def test_mac_chunk_resumes_each_sequence_at_its_own_place_in_its_segment():
+    """The chunk form cuts at each sequence's segment ends: from states 1 and 3 steps into a
+    segment (one batch), it equals the token-by-token reference."""
+    layer, _, _ = block_and_parts("mac")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, s1 = layer(x[:1, :1])
+        _, s3 = layer(x[1:, :3])
+        s0 = tuple(torch.cat(p) for p in zip(s1, s3))
+        y, s = layer(x, s0, mode="chunk")
+        y_ref, s_ref = layer(x, s0, mode="sequential")
+    assert (y - y_ref).abs().max() < 1e-12
+    assert max((a - b).abs().max() for a, b in zip(s, s_ref)) < 1e-12

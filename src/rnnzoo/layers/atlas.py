@@ -33,8 +33,8 @@ from rnnzoo.registry import register
 
 
 @register("atlas", family="matrix", paper="Behrouz et al. 2025, arXiv:2505.23735 (ATLAS)",
-          tiny=dict(d_model=6, num_heads=2, head_dim=3, memory_depth=2, chunk_size=4, d_conv=2,
-                    window=3, feature_map="taylor", muon=True))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, memory_depth=1, chunk_size=4, d_conv=2,
+                    window=3, feature_map="square", muon=True))
 class Atlas(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (M', M, S per memory weight, n (B,), the window's
     k, v (B, window-1, H, K) and gamma (B, window-1, H) when window > 1, conv state)."""

@@ -34,8 +34,8 @@ The persistent tokens open every sequence: init_state is the block's state after
 the empty state (so the layer on x equals the block without p on [p || x], minus p's outputs).
 State: (M', M, S) per memory weight, the step count in the chunk, the short-conv state, and for
 "mag" / "mal" the attention's (k cache, v cache, position). Modes: `sequential` (token by
-token) and `chunk` (the memory chunkwise, the attention as one masked product; "mac" has the
-token-by-token `sequential` only).
+token) and `chunk` (the memory chunkwise, the attention as one masked product; "mac" a
+segment at a time, cut where each sequence's segments end).
 """
 
 from __future__ import annotations
@@ -115,7 +115,6 @@ class Titans(RecurrentLayer):
         if self.block in ("mac", "mag"):  # the gate's norms' learned weights
             self.gate_norm = nn.Parameter(torch.ones(2, d_model))
         if self.block == "mac":  # the retrieval's query q_t = W_Q x_t
-            self.modes = ("sequential",)
             self.retrieve_proj = nn.Linear(d_model, H * K, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
@@ -179,6 +178,8 @@ class Titans(RecurrentLayer):
             F.rms_norm(m, m.shape[-1:], w[1], self.norm_eps))
 
     def _forward(self, x, state, mode):
+        if self.block == "mac" and mode == "chunk":
+            return self._mac_chunk(x, state)
         if self.block == "mac":
             ys = []
             for x_t in x.unbind(1):
@@ -204,6 +205,58 @@ class Titans(RecurrentLayer):
         _, out = self.attn._forward(p, tuple(t.to(state_dtype(p.dtype)) for t in fresh),
                                     "parallel")
         return tuple(t.to(a.dtype) for t, a in zip(out, att))
+
+    def _mac_chunk(self, x, state):
+        """MAC a segment at a time: cut where each sequence's segments end (its offset in the
+        segment, read on the host, groups the batch), each piece's retrieval, attention and
+        memory update run as one chunk each."""
+        C, L = self.chunk_size, (len(state) - 5) // 3
+        offset = torch.remainder(state[3 * L].round(), C)
+        groups = offset.long().unique().tolist()
+        if len(groups) > 1:  # sequences at different places in their segments
+            y, out = torch.empty_like(x), [t.clone() for t in state]
+            for c in groups:
+                idx = (offset == c).nonzero().squeeze(1)
+                y_c, s_c = self._mac_pieces(x[idx], tuple(t[idx] for t in state), c)
+                y = y.index_copy(0, idx, y_c)
+                out = [o.index_copy(0, idx, t.to(o.dtype)) for o, t in zip(out, s_c)]
+            return y, tuple(out)
+        return self._mac_pieces(x, state, groups[0])
+
+    def _mac_pieces(self, x, state, c):
+        """x cut at the segment ends of sequences c steps into their segment."""
+        ys, t, T = [], 0, x.shape[1]
+        while t < T:
+            n = min(T - t, self.chunk_size - c if t == 0 else self.chunk_size)
+            y, state = self._mac_piece(x[:, t:t + n], state)
+            ys.append(y)
+            t += n
+        return torch.cat(ys, 1), state
+
+    def _mac_piece(self, x, state):
+        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once."""
+        mem, att = state[:-3], state[-3:]
+        L = (len(mem) - 2) // 3
+        n = mem[3 * L].round()
+        B, T, _ = x.shape
+        new = (n == 0) | (n == self.chunk_size)
+        att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
+                    for s, a in zip(self.segment_start(B, att), att))
+        full = (n == self.chunk_size).view(-1, 1, 1, 1)
+        seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
+               for g, m in zip(mem[:L], mem[L:2 * L])]
+        q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
+            B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        init, w, b = self.op_args(q.dtype)
+        zero = torch.zeros_like(q[..., 0])                    # steps that read, learn nothing
+        z, _ = titans_chunked(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
+                              (*seg, *seg, *[torch.zeros_like(t) for t in seg],
+                               torch.zeros_like(n)),
+                              w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        h = self.op_output(z, q, x)
+        y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
+        m, mem = self._memory(y[:, 1::2], mem, "chunk")
+        return self.gate(y[:, 1::2], m), (*mem, *att)
 
     def _mac_step(self, x_t, state):
         """Memory as context, one token (section 4.1). At a segment's start (n = 0 or C) the
@@ -267,7 +320,11 @@ class TitansMAC(Titans):
     """`titans` with block="mac": segments of chunk_size tokens attended with the persistent
     tokens and the memory's retrieval, the memory learning from the attention's output."""
 
-    modes = ("sequential",)
+    host_reads = {
+        **Titans.host_reads,
+        "chunk": "the chunk form cuts the sequence where its segments end, so it reads each "
+                 "sequence's offset in its segment (the step count held in the state)",
+    }
 
     def __init__(self, d_model: int, block: str = "mac", **options):
         super().__init__(d_model, block=block, **options)
