@@ -82,7 +82,7 @@ class Titans(RecurrentLayer):
         self.window = positive_int("window", window)
         self.num_persistent = int_in("num_persistent", num_persistent, 0)
         if self.block == "lmm" and num_persistent:
-            raise ValueError("num_persistent needs an attention branch (block 'mag' or 'mal')")
+            raise ValueError("num_persistent needs an attention branch (block 'mac', 'mag' or 'mal')")
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.num_heads, self.head_dim = H, K
