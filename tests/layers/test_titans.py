@@ -141,3 +141,138 @@ def test_bench_baseline_runs_the_same_block():
                               layer.norm_eps, True, False)
         y = layer.op_output(z + layer_norm(z, w, b, layer.norm_eps)[0], q, x)
     assert (y - y_fla).abs().max() < 1e-4 * y.abs().max()
+
+
+# -- the blocks of section 4: memory as a gate (MAG), memory as a layer (MAL) -----------------
+def block_and_parts(block, d_conv=4):
+    """A perturbed `titans_<block>` (2 persistent tokens, window 3) and, loaded with its
+    weights, the plain `titans` memory layer and the sliding-window `attention` layer."""
+    torch.manual_seed(0)
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=4, window=3,
+                      num_persistent=2, block=block, d_conv=d_conv)
+    memory = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, chunk_size=4,
+                           d_conv=d_conv).double()
+    missing, unexpected = memory.load_state_dict(layer.state_dict(), strict=False)
+    assert not missing and all(k.split(".")[0] in ("attn", "persistent", "gate_norm", "retrieve_proj")
+                               for k in unexpected)
+    attn = rnnzoo.create("attention", d_model=8, num_heads=2, window=3, max_len=3).double()
+    attn.load_state_dict(layer.attn.state_dict())
+    return layer, memory, attn
+
+
+def run_all(layer, x):
+    """Outputs of the layer's modes and of step by step."""
+    ys = [layer(x, mode=m)[0] for m in layer.modes]
+    s, steps = None, []
+    for t in range(x.shape[1]):
+        y_t, s = layer.step(x[:, t], s)
+        steps.append(y_t)
+    return [*ys, torch.stack(steps, 1)]
+
+
+def test_mal_is_the_memory_then_sliding_window_attention_over_the_persistent_prefix():
+    """MAL: o = SWA(M(x~)), x~ = [p || x]: the plain memory layer and the attention layer run by
+    hand on the concatenated sequence, the persistent tokens' outputs dropped."""
+    layer, memory, attn = block_and_parts("mal")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        xt = torch.cat([layer.persistent.expand(2, -1, -1), x], 1)
+        want = attn(memory(xt)[0])[0][:, 2:]
+        got = run_all(layer, x)
+        without_p = attn(memory(x)[0])[0]
+    for y in got:
+        assert (y - want).abs().max() < 1e-12
+    assert (want - without_p).abs().max() > 1e-3        # the persistent tokens matter
+
+
+def test_mag_gates_the_sliding_window_attention_with_the_memory():
+    """MAG: o = n_y(SWA(x~)) * sigmoid(n_m(M(x~))), the two branches run by hand on
+    [p || x] (n: RMS norm with the learned vector weights)."""
+    layer, memory, attn = block_and_parts("mag")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        xt = torch.cat([layer.persistent.expand(2, -1, -1), x], 1)
+        y, m = attn(xt)[0][:, 2:], memory(xt)[0][:, 2:]
+        w = layer.gate_norm
+        rms = lambda t, g: g * t / (t.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()  # noqa: E731
+        want = rms(y, w[0]) * torch.sigmoid(rms(m, w[1]))
+        got = run_all(layer, x)
+    for o in got:
+        assert (o - want).abs().max() < 1e-12
+    assert (got[0] - rms(y, w[0])).abs().max() > 1e-3   # the memory's gate acts
+
+
+def test_block_registered_names_are_the_option():
+    a, b = rnnzoo.create("titans_mag", d_model=8), rnnzoo.create("titans", d_model=8, block="mag")
+    assert a.block == b.block == "mag" and a.extra_repr() == b.extra_repr()
+    assert rnnzoo.create("titans_mal", d_model=8).block == "mal"
+
+
+def test_block_options_checked():
+    with pytest.raises(ValueError, match="block"):
+        rnnzoo.create("titans", d_model=8, block="mat")
+    with pytest.raises(ValueError, match="num_persistent"):
+        rnnzoo.create("titans", d_model=8, num_persistent=2)
+    with pytest.raises(ValueError, match="window"):
+        rnnzoo.create("titans_mag", d_model=8, window=0)
+
+
+# -- memory as context (MAC) -------------------------------------------------------------------
+def test_mac_is_segment_attention_over_persistent_tokens_and_retrieval_then_the_memory():
+    """MAC, written out segment by segment with the plain layers: the retrieval h = M_seg(W_Q x)
+    reads the memory the segment started with (a linear memory: q (W_0 + M)), a fresh
+    attention reads [p, h_1, x_1, ..., h_C, x_C] (y: its outputs at the x's), the memory layer
+    learns from y (chunk = segment) and o = n_y(y) * sigmoid(n_m(M(y)))."""
+    layer, memory, attn = block_and_parts("mac")
+    attn = rnnzoo.create("attention", d_model=8, num_heads=2, max_len=2 + 8).double()
+    attn.load_state_dict(layer.attn.state_dict())
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    p = layer.persistent.expand(2, -1, -1)
+    outs, mem = [], memory.init_state(2, dtype=torch.float64)
+    with torch.no_grad():
+        for s in range(0, 10, 4):
+            xs = x[:, s:s + 4]
+            q = torch.nn.functional.normalize(
+                layer.retrieve_proj(xs).view(2, -1, 2, 4), dim=-1, eps=1e-6)
+            W = memory.memory[0] + mem[2]           # (B, H, K, K): M (mem: M', M, S, n) at the start
+            h = memory.op_output(torch.einsum("bthk,bhkv->bthv", q, W), q, xs)
+            seq = torch.stack([h, xs], 2).flatten(1, 2)         # h_1, x_1, h_2, x_2, ...
+            y = attn(torch.cat([p, seq], 1))[0][:, 2 + 1::2]
+            m, mem = memory(y, mem)
+            outs.append(layer.gate(y, m))
+        want = torch.cat(outs, 1)
+        got = run_all(layer, x)
+    for o in got:
+        assert (o - want).abs().max() < 1e-12
+
+
+def test_mac_segments_meet_only_through_the_memory():
+    """The attention restarts every segment: with the memory's rate at 0 (theta = 0) a change
+    in the first segment leaves the second one's outputs exactly as they were; with the
+    learned rate the memory carries it over. (No short convolution: it would carry the last
+    d_conv - 1 tokens of y across the boundary.)"""
+    layer, _, _ = block_and_parts("mac", d_conv=1)
+    x = torch.randn(1, 8, 8, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, :4] += 1
+    with torch.no_grad():
+        changed = (layer(x)[0] - layer(x2)[0]).abs().amax((0, 2))
+        assert changed[4:].min() > 1e-6
+        layer.gate_proj.bias[:2] = -1e4                       # sigmoid: theta exactly 0
+        changed = (layer(x)[0] - layer(x2)[0]).abs().amax((0, 2))
+    assert changed[:4].min() > 1e-3 and changed[4:].max() == 0
+
+
+def test_mac_chunk_resumes_each_sequence_at_its_own_place_in_its_segment():
+    """The chunk form cuts at each sequence's segment ends: from states 1 and 3 steps into a
+    segment (one batch), it equals the token-by-token reference."""
+    layer, _, _ = block_and_parts("mac")
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, s1 = layer(x[:1, :1])
+        _, s3 = layer(x[1:, :3])
+        s0 = tuple(torch.cat(p) for p in zip(s1, s3))
+        y, s = layer(x, s0, mode="chunk")
+        y_ref, s_ref = layer(x, s0, mode="sequential")
+    assert (y - y_ref).abs().max() < 1e-12
+    assert max((a - b).abs().max() for a, b in zip(s, s_ref)) < 1e-12

@@ -140,3 +140,55 @@ def test_bench_baseline_runs_the_same_block():
         z, _ = ttt_minibatch("linear", q, k, v, lr, tok, init, mem, w, b, layer.norm_eps)
         y = layer.op_output(q, z + layer_norm(z, w, b, layer.norm_eps)[0], x)
     assert (y - y_fla).abs().max() < 1e-4 * y.abs().max()
+
+
+# -- rotary positions inside the mini-batch (the paper's code) ---------------------------------
+def rotated_by_hand(t, pos, base=10000.0):
+    """LLaMA's rotary on t (B, T, H, K) at integer positions pos (B, T): channel j pairs with
+    j + K/2 and turns by pos * base^(-j / (K/2))."""
+    half = t.shape[-1] // 2
+    ang = pos[..., None, None] * base ** (-torch.arange(half, dtype=t.dtype) / half)
+    a, b = t[..., :half], t[..., half:]
+    return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], -1)
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_rope_turns_q_and_k_by_their_place_in_the_minibatch(name):
+    """rope=True is the rope=False layer on q, k rotated by hand at (n + t) mod M, with n the
+    steps already taken in the mini-batch: a fresh sequence and one resumed from 3 steps."""
+    layer = perturbed(name, d_model=8, num_heads=2, head_dim=4, mini_batch_size=4, rope=True)
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, s3 = layer(x[:, :3])
+        for state, n in ((None, 0), (s3, 3)):
+            *mem, conv = layer.init_state(2, dtype=x.dtype) if state is None else state
+            q, k, v, lr, _ = layer.op_inputs(x, conv)
+            pos = ((n + torch.arange(11)) % 4).to(x.dtype).expand(2, -1)
+            q, k = rotated_by_hand(q, pos), rotated_by_hand(k, pos)
+            tok, init, w, b = layer.op_args(x.dtype)
+            z, _ = ttt_sequential(layer.kind, q, k, v, lr, tok, init, tuple(mem), w, b,
+                                  layer.norm_eps, layer.inner_norm)
+            want = layer.op_output(q, z, x)
+            for mode in layer.modes:
+                assert (layer(x, state, mode=mode)[0] - want).abs().max() < 1e-12
+    layer.rope = False
+    assert (layer(x)[0] - want).abs().max() > 1e-3
+
+
+def test_rope_positions_restart_every_minibatch():
+    """The positions are taken modulo the mini-batch size: with one step a mini-batch every
+    position is 0, and rope=True is exactly rope=False; not so with mini-batches of 4."""
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    for M, same in ((1, True), (4, False)):
+        layer = perturbed("ttt_linear", d_model=8, num_heads=2, head_dim=4, mini_batch_size=M,
+                          rope=True)
+        with torch.no_grad():
+            y = layer(x, mode="minibatch")[0]
+            layer.rope = False
+            err = (y - layer(x, mode="minibatch")[0]).abs().max()
+        assert (err == 0) if same else (err > 1e-3)
+
+
+def test_rope_needs_an_even_head_dim():
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        rnnzoo.create("ttt_linear", d_model=6, num_heads=2, head_dim=3, rope=True)

@@ -14,10 +14,28 @@ chunkwise (mini-batch) gradient, which makes the chunk parallel (ops/memory.py);
 the fully sequential rule. theta absorbs the factor 2 of the paper's unhalved loss. M is kept as
 the change from the learned initial memory, so forgetting returns the memory to it (a literal
 decay to zero when the initial memory is zero). `inner_norm=True` reads M(x) = x + LN(f(x)) as
-TTT and fla do; the memory's layers are weights only (as in the paper) unless memory_bias. This is the memory as a layer (the paper's LMM, the recurrent part of its
-MAL / MAG / MAC blocks); the attention branches of those blocks are not part of it.
-State: (M', M, S) per memory weight, the step count in the chunk, and the short-conv state.
-Modes: `sequential` (token by token) and `chunk`.
+TTT and fla do; the memory's layers are weights only (as in the paper) unless memory_bias.
+
+`block` chooses the paper's architecture (section 4), with the memory above as its recurrent
+part and the sliding-window attention of layers/attention.py (window `window`, its ring-buffer
+cache as its state) as its short-term part, x~ = [p || x] with p the `num_persistent` learned
+persistent-memory tokens (section 3.3):
+
+    "lmm": o = M(x)                                   (the memory as the whole layer; default)
+    "mag": o = n_y(SWA(x~)) * sigmoid(n_m(M(x~)))     (memory as a gate; n: RMS norms with
+                                                       learned vector weights, as the paper does)
+    "mal": o = SWA(M(x~))                             (memory as a layer)
+    "mac": per segment of chunk_size tokens, h_t = M_seg(W_Q x_t) (a read of the memory the
+           segment started with), y = Attn([p, h_1, x_1, ..., h_C, x_C]) at the x's (causal,
+           restarted every segment), the memory learns from y, o_t = n_y(y_t) * sigmoid(n_m(M_t(y_t)))
+           (memory as context; h_t is visible from x_t on, which keeps it causal)
+
+The persistent tokens open every sequence: init_state is the block's state after reading p from
+the empty state (so the layer on x equals the block without p on [p || x], minus p's outputs).
+State: (M', M, S) per memory weight, the step count in the chunk, the short-conv state, and for
+"mag" / "mal" the attention's (k cache, v cache, position). Modes: `sequential` (token by
+token) and `chunk` (the memory chunkwise, the attention as one masked product; "mac" a
+segment at a time, cut where each sequence's segments end).
 """
 
 from __future__ import annotations
@@ -26,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import flag, int_in, positive, positive_int
+from rnnzoo.checks import choice, flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -47,15 +66,23 @@ def memory_qkv(layer, x, conv_state):
 @register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
           tiny=dict(d_model=6, num_heads=2, head_dim=3, chunk_size=4, d_conv=2))
 class Titans(RecurrentLayer):
-    """x: (B, T, d_model) -> y; state ((M', M, S) per memory weight, n (B,), conv state)."""
+    """x: (B, T, d_model) -> y; state ((M', M, S) per memory weight, n (B,), conv state,
+    and with an attention branch its (k_cache, v_cache, position))."""
 
     modes = ("sequential", "chunk")
+    BLOCKS = ("lmm", "mac", "mag", "mal")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  memory_depth: int = 1, chunk_size: int = 16, base_lr: float = 1.0,
                  d_conv: int = 4, inner_norm: bool = False, memory_bias: bool = False,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, block: str = "lmm", window: int = 512,
+                 num_persistent: int = 0):
         super().__init__(d_model)
+        self.block = choice("block", block, self.BLOCKS)
+        self.window = positive_int("window", window)
+        self.num_persistent = int_in("num_persistent", num_persistent, 0)
+        if self.block == "lmm" and num_persistent:
+            raise ValueError("num_persistent needs an attention branch (block 'mac', 'mag' or 'mal')")
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.num_heads, self.head_dim = H, K
@@ -79,11 +106,33 @@ class Titans(RecurrentLayer):
         self.g_proj = nn.Linear(d_model, H * K)
         self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        self.attn = None
+        if self.block != "lmm":  # the short-term memory: sliding-window attention
+            # MAC: attention over one segment, [p, h_1, x_1, ..., h_C, x_C], in a ring buffer
+            span = self.num_persistent + 2 * self.chunk_size if self.block == "mac" else self.window
+            self.attn = Attention(d_model, H, window=span, max_len=span)
+            self.persistent = nn.Parameter(0.02 * torch.randn(self.num_persistent, d_model))
+        if self.block in ("mac", "mag"):  # the gate's norms' learned weights
+            self.gate_norm = nn.Parameter(torch.ones(2, d_model))
+        if self.block == "mac":  # the retrieval's query q_t = W_Q x_t
+            self.retrieve_proj = nn.Linear(d_model, H * K, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)
-        mem = titans_init_state(self.kind, batch_size, self.num_heads, self.head_dim, device, sdt)
-        return (*mem, self.conv.init_state(batch_size, device, sdt))
+        p = None if self.attn is None or not self.num_persistent else self.persistent
+        at, run = (device, sdt) if p is None else (p.device, state_dtype(p.dtype))
+        mem = titans_init_state(self.kind, batch_size, self.num_heads, self.head_dim, at, run)
+        state = (*mem, self.conv.init_state(batch_size, at, run))
+        if self.attn is None:
+            return state
+        state = (*state, *self.attn.init_state(batch_size, at, run))
+        if p is None:
+            return state
+        if self.block == "mac":  # p opens every segment's attention (reset where n = 0 or C)
+            state = (*state[:-3], *self.segment_start(batch_size, state[-3:]))
+        else:  # x~ = [p || x]: the block's state after reading the persistent tokens
+            _, state = self._forward(p.expand(batch_size, -1, -1), state, "chunk")
+        return tuple(t.to(device=device if device is not None else at, dtype=sdt) for t in state)
 
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
@@ -108,7 +157,135 @@ class Titans(RecurrentLayer):
         gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
         return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
 
+    def combine(self, x, state, memory, attend):
+        """The block around the memory: memory(x, mem_state) and attend(x, attn_state) each
+        -> (y, new state); returns (o, state)."""
+        if self.attn is None:
+            return memory(x, state)
+        mem, att = state[:-3], state[-3:]
+        if self.block == "mal":
+            m, mem = memory(x, mem)
+            o, att = attend(m, att)
+            return o, (*mem, *att)
+        m, mem = memory(x, mem)
+        y, att = attend(x, att)
+        return self.gate(y, m), (*mem, *att)
+
+    def gate(self, y, m):
+        """MAG's and MAC's y (x) M: n_y(y) * sigmoid(n_m(m))."""
+        w = self.gate_norm.to(y.dtype)
+        return F.rms_norm(y, y.shape[-1:], w[0], self.norm_eps) * torch.sigmoid(
+            F.rms_norm(m, m.shape[-1:], w[1], self.norm_eps))
+
     def _forward(self, x, state, mode):
+        if self.block == "mac" and mode == "chunk":
+            return self._mac_chunk(x, state)
+        if self.block == "mac":
+            ys = []
+            for x_t in x.unbind(1):
+                y_t, state = self._mac_step(x_t, state)
+                ys.append(y_t)
+            return torch.stack(ys, 1), state
+        return self.combine(x, state, lambda x, s: self._memory(x, s, mode),
+                            lambda x, s: self.attn._forward(
+                                x, s, "parallel" if mode == "chunk" else "sequential"))
+
+    def _step(self, x_t, state):
+        if self.block == "mac":
+            return self._mac_step(x_t, state)
+        return self.combine(x_t, state, self._memory_step, self.attn and self.attn._step)
+
+    def segment_start(self, batch_size, att):
+        """MAC: the attention state of a fresh segment, having read the persistent tokens
+        (the empty cache without them); `att` gives device and dtype."""
+        fresh = tuple(torch.zeros_like(t[:batch_size]) for t in att)
+        if not self.num_persistent:
+            return fresh
+        p = self.persistent.expand(batch_size, -1, -1)
+        _, out = self.attn._forward(p, tuple(t.to(state_dtype(p.dtype)) for t in fresh),
+                                    "parallel")
+        return tuple(t.to(a.dtype) for t, a in zip(out, att))
+
+    def _mac_chunk(self, x, state):
+        """MAC a segment at a time: cut where each sequence's segments end (its offset in the
+        segment, read on the host, groups the batch), each piece's retrieval, attention and
+        memory update run as one chunk each."""
+        C, L = self.chunk_size, (len(state) - 5) // 3
+        offset = torch.remainder(state[3 * L].round(), C)
+        groups = offset.long().unique().tolist()
+        if len(groups) > 1:  # sequences at different places in their segments
+            y, out = torch.empty_like(x), [t.clone() for t in state]
+            for c in groups:
+                idx = (offset == c).nonzero().squeeze(1)
+                y_c, s_c = self._mac_pieces(x[idx], tuple(t[idx] for t in state), c)
+                y = y.index_copy(0, idx, y_c)
+                out = [o.index_copy(0, idx, t.to(o.dtype)) for o, t in zip(out, s_c)]
+            return y, tuple(out)
+        return self._mac_pieces(x, state, groups[0])
+
+    def _mac_pieces(self, x, state, c):
+        """x cut at the segment ends of sequences c steps into their segment."""
+        ys, t, T = [], 0, x.shape[1]
+        while t < T:
+            n = min(T - t, self.chunk_size - c if t == 0 else self.chunk_size)
+            y, state = self._mac_piece(x[:, t:t + n], state)
+            ys.append(y)
+            t += n
+        return torch.cat(ys, 1), state
+
+    def _mac_piece(self, x, state):
+        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once."""
+        mem, att = state[:-3], state[-3:]
+        L = (len(mem) - 2) // 3
+        n = mem[3 * L].round()
+        B, T, _ = x.shape
+        new = (n == 0) | (n == self.chunk_size)
+        att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
+                    for s, a in zip(self.segment_start(B, att), att))
+        full = (n == self.chunk_size).view(-1, 1, 1, 1)
+        seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
+               for g, m in zip(mem[:L], mem[L:2 * L])]
+        q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
+            B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        init, w, b = self.op_args(q.dtype)
+        zero = torch.zeros_like(q[..., 0])                    # steps that read, learn nothing
+        z, _ = titans_chunked(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
+                              (*seg, *seg, *[torch.zeros_like(t) for t in seg],
+                               torch.zeros_like(n)),
+                              w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        h = self.op_output(z, q, x)
+        y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
+        m, mem = self._memory(y[:, 1::2], mem, "chunk")
+        return self.gate(y[:, 1::2], m), (*mem, *att)
+
+    def _mac_step(self, x_t, state):
+        """Memory as context, one token (section 4.1). At a segment's start (n = 0 or C) the
+        attention restarts from [p]; the token's retrieval h_t = M_seg(W_Q x_t) reads the
+        memory the segment started with (no update), the attention reads h_t then x_t
+        (y_t: its output at x_t), the memory learns from y_t and o_t = y_t (x) M_t(y_t)."""
+        mem, att = state[:-3], state[-3:]
+        L = (len(mem) - 2) // 3
+        n = mem[3 * L].round()
+        B = x_t.shape[0]
+        new = (n == 0) | (n == self.chunk_size)
+        att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
+                    for s, a in zip(self.segment_start(B, att), att))
+        full = (n == self.chunk_size).view(-1, 1, 1, 1)
+        seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
+               for g, m in zip(mem[:L], mem[L:2 * L])]        # the memory at the segment start
+        q = F.normalize(self.retrieve_proj(x_t).to(compute_dtype(x_t)).view(
+            B, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        init, w, b = self.op_args(q.dtype)
+        zero = torch.zeros_like(q[..., 0])                    # a step that reads, learns nothing
+        z, _ = titans_step(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
+                           (*seg, *seg, *[torch.zeros_like(t) for t in seg], mem[3 * L]),
+                           w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        h = self.op_output(z[:, None], q[:, None], x_t[:, None])[:, 0]
+        y, att = self.attn._forward(torch.stack([h, x_t], 1), att, "parallel")
+        m, mem = self._memory_step(y[:, 1], mem)
+        return self.gate(y[:, 1], m), (*mem, *att)
+
+    def _memory(self, x, state, mode):
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
         init, w, b = self.op_args(q.dtype)
@@ -117,7 +294,7 @@ class Titans(RecurrentLayer):
                     w, b, self.norm_eps, self.inner_norm, self.memory_bias)
         return self.op_output(z, q, x), (*mem, conv_state)
 
-    def _step(self, x_t, state):
+    def _memory_step(self, x_t, state):
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x_t[:, None], conv_state)
         init, w, b = self.op_args(q.dtype)
@@ -130,4 +307,46 @@ class Titans(RecurrentLayer):
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
                 f"memory_depth={self.memory_depth}, chunk_size={self.chunk_size}, "
                 f"base_lr={self.base_lr}, inner_norm={self.inner_norm}, "
-                f"memory_bias={self.memory_bias}")
+                f"memory_bias={self.memory_bias}, block={self.block!r}"
+                + ("" if self.attn is None else
+                   f", window={self.window}, num_persistent={self.num_persistent}"))
+
+
+@register("titans_mac", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as context)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2,
+                    num_persistent=2))
+class TitansMAC(Titans):
+    """`titans` with block="mac": segments of chunk_size tokens attended with the persistent
+    tokens and the memory's retrieval, the memory learning from the attention's output."""
+
+    host_reads = {
+        **Titans.host_reads,
+        "chunk": "the chunk form cuts the sequence where its segments end, so it reads each "
+                 "sequence's offset in its segment (the step count held in the state)",
+    }
+
+    def __init__(self, d_model: int, block: str = "mac", **options):
+        super().__init__(d_model, block=block, **options)
+
+
+@register("titans_mag", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as a gate)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2, window=3,
+                    num_persistent=2))
+class TitansMAG(Titans):
+    """`titans` with block="mag": sliding-window attention gated by the memory."""
+
+    def __init__(self, d_model: int, block: str = "mag", **options):
+        super().__init__(d_model, block=block, **options)
+
+
+@register("titans_mal", family="matrix",
+          paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as a layer)",
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2, window=3,
+                    num_persistent=2))
+class TitansMAL(Titans):
+    """`titans` with block="mal": the memory, then sliding-window attention."""
+
+    def __init__(self, d_model: int, block: str = "mal", **options):
+        super().__init__(d_model, block=block, **options)

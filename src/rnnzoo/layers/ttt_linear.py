@@ -9,6 +9,9 @@ sequence itself by mini-batch gradient descent (ops/memory.py has the inner loop
     o_t  = q_t + LN(q_t W_t + b_t)
     y    = W_o [gelu(W_g x) * LayerNorm(o)]                                (the paper's gated block)
 
+With `rope` (as the paper's code does) q and k are rotated (Su et al. 2021, arXiv:2104.09864,
+LLaMA's half pairing, frequencies rope_base^(-j / (K/2))) by their position inside their
+mini-batch, t mod M: the inner loop sees the same relative geometry in every mini-batch.
 The initial inner weights W, b, the inner norm, tok's offsets and the rate gate are learned in the
 outer loop. `inner_norm=False` drops the inner LN (then l_s = 1/2 |k_s W + b - (v_s - k_s)|^2 and
 o_t = q_t + q_t W_t + b_t). State: the inner model's change from its initial weights at the
@@ -27,6 +30,7 @@ from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.rotary import rotate
 from rnnzoo.ops.memory import inner_output, ttt_init_state, ttt_minibatch, ttt_sequential, ttt_step
 from rnnzoo.registry import register
 
@@ -40,11 +44,16 @@ class TTTLayer(RecurrentLayer):
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  mini_batch_size: int = 16, base_lr: float = 1.0, d_conv: int = 4,
-                 inner_norm: bool = True, norm_eps: float = 1e-6):
+                 inner_norm: bool = True, norm_eps: float = 1e-6, rope: bool = False,
+                 rope_base: float = 10000.0):
         super().__init__(d_model)
         H = positive_int("num_heads", num_heads)
         K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.num_heads, self.head_dim = H, K
+        self.rope = flag("rope", rope)
+        self.rope_base = positive("rope_base", rope_base)
+        if self.rope and K % 2:
+            raise ValueError(f"head_dim must be even with rope=True, got {K}")
         self.mini_batch_size = M = positive_int("mini_batch_size", mini_batch_size)
         self.base_lr = positive("base_lr", base_lr)
         self.inner_norm = flag("inner_norm", inner_norm)
@@ -82,6 +91,18 @@ class TTTLayer(RecurrentLayer):
         lr = self.base_lr / K * torch.sigmoid(self.lr_proj(x).to(cdt))
         return q, k, v.reshape(B, T, H, K), lr, conv_state
 
+    def rotary(self, q, k, n):
+        """q, k (B, T, H, K) rotated by their positions in the mini-batch, (n + t) mod M,
+        where n (B,) steps of the current mini-batch are already taken (M of them: a new one
+        starts)."""
+        if not self.rope:
+            return q, k
+        M, half = self.mini_batch_size, self.head_dim // 2
+        pos = torch.remainder(n.round()[:, None] + torch.arange(q.shape[1], device=q.device), M)
+        theta = self.rope_base ** (-torch.arange(half, device=q.device, dtype=q.dtype) / half)
+        return (rotate(q, pos.to(q.dtype), theta, pairs="halves"),
+                rotate(k, pos.to(q.dtype), theta, pairs="halves"))
+
     def token_factors(self, dtype):
         """tok (M,): 1/(t+1) plus the learned offset, at least 0 (the paper's code)."""
         M = self.mini_batch_size
@@ -105,6 +126,7 @@ class TTTLayer(RecurrentLayer):
     def _forward(self, x, state, mode):
         *mem, conv_state = state
         q, k, v, lr, conv_state = self.op_inputs(x, conv_state)
+        q, k = self.rotary(q, k, mem[-1])
         tok, init, w, b = self.op_args(q.dtype)
         fn = ttt_minibatch if mode == "minibatch" else ttt_sequential
         z, mem = fn(self.kind, q, k, v, lr, tok, init, tuple(mem), w, b, self.norm_eps,
@@ -114,6 +136,7 @@ class TTTLayer(RecurrentLayer):
     def _step(self, x_t, state):
         *mem, conv_state = state
         q, k, v, lr, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        q, k = self.rotary(q, k, mem[-1])
         tok, init, w, b = self.op_args(q.dtype)
         z, mem = ttt_step(self.kind, q[:, 0], k[:, 0], v[:, 0], lr[:, 0], tok, init,
                           tuple(mem), w, b, self.norm_eps, self.inner_norm)
@@ -122,11 +145,11 @@ class TTTLayer(RecurrentLayer):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
                 f"mini_batch_size={self.mini_batch_size}, base_lr={self.base_lr}, "
-                f"inner_norm={self.inner_norm}")
+                f"inner_norm={self.inner_norm}, rope={self.rope}")
 
 
 @register("ttt_linear", family="matrix", paper="Sun et al. 2024, arXiv:2407.04620 (TTT-Linear)",
-          tiny=dict(d_model=6, num_heads=2, head_dim=3, mini_batch_size=4, d_conv=2))
+          tiny=dict(d_model=8, num_heads=2, head_dim=4, mini_batch_size=4, d_conv=2, rope=True))
 class TTTLinear(TTTLayer):
     __doc__ = TTTLayer.__doc__
     kind = "linear"

@@ -23,6 +23,7 @@ class TTTMLP(TTTLayer):
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  mini_batch_size: int = 16, base_lr: float = 0.1, d_conv: int = 4,
-                 inner_norm: bool = True, norm_eps: float = 1e-6):
+                 inner_norm: bool = True, norm_eps: float = 1e-6, rope: bool = False,
+                 rope_base: float = 10000.0):
         super().__init__(d_model, num_heads, head_dim, mini_batch_size, base_lr, d_conv,
-                         inner_norm, norm_eps)
+                         inner_norm, norm_eps, rope, rope_base)

@@ -1,0 +1,113 @@
+"""ATLAS (Behrouz et al. 2025, "ATLAS: Learning to Optimally Memorize the Context at Test
+Time", arXiv:2505.23735): a deep memory fitted online to a sliding window of the context (the
+Omega rule), read through a polynomial feature map, optionally with the Muon step
+(ops/atlas.py), in the block of Titans and Miras (layers/titans.py, layers/moneta.py):
+
+    q, k, v = silu(shortconv(W_q x, W_k x, W_v x)),  q, k l2-normalised         (per head, K wide)
+    theta_t = base_lr sigmoid(.), alpha_t, eta_t, gamma_t = sigmoid(.)          (of w . x_t)
+    memory:   Omega rule over the last `window` tokens (gamma_i weighs token i in the window),
+              momentum eta, forgetting alpha, gradients at the chunk start; muon=True
+              orthogonalises the momentum (Newton-Schulz, `ns_steps`) before it is applied
+    y       = W_o [RMSNorm(M_t(phi(q_t))) * sigmoid(W_g x)]
+
+`feature_map` None / "taylor" / "square" (ops/feature_maps.py) sets phi. The paper's OmegaNet
+is muon=False, Atlas muon=True. With window=1 and muon=False it is the weight-only Titans
+memory. State: (M', M, S per memory weight, n, the window's last tokens, the conv state).
+Modes: `sequential` (token by token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rnnzoo.checks import choice, flag, int_in, positive, positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.titans import memory_qkv
+from rnnzoo.ops.atlas import atlas_init_state, atlas_sequential, atlas_step
+from rnnzoo.ops.feature_maps import FEATURE_MAPS, feature_size
+from rnnzoo.registry import register
+
+
+@register("atlas", family="matrix", paper="Behrouz et al. 2025, arXiv:2505.23735 (ATLAS)",
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, memory_depth=1, chunk_size=4, d_conv=2,
+                    window=3, feature_map="square", muon=True))
+class Atlas(RecurrentLayer):
+    """x: (B, T, d_model) -> y; state (M', M, S per memory weight, n (B,), the window's
+    k, v (B, window-1, H, K) and gamma (B, window-1, H) when window > 1, conv state)."""
+
+    modes = ("sequential",)
+
+    def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
+                 memory_depth: int = 2, chunk_size: int = 16, base_lr: float = 1.0,
+                 d_conv: int = 4, window: int = 8, feature_map: str | None = None,
+                 muon: bool = True, ns_steps: int = 5, norm_eps: float = 1e-6):
+        super().__init__(d_model)
+        H = positive_int("num_heads", num_heads)
+        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        self.num_heads, self.head_dim = H, K
+        self.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
+        self.kind = "linear" if memory_depth == 1 else "mlp"
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        self.base_lr = positive("base_lr", base_lr)
+        self.window = positive_int("window", window)
+        self.feature_map = None if feature_map is None else choice("feature_map", feature_map,
+                                                                   FEATURE_MAPS)
+        self.muon = flag("muon", muon)
+        self.ns_steps = positive_int("ns_steps", ns_steps)
+        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.conv = ShortConv(3 * H * K, d_conv, bias=False)
+        self.gate_proj = nn.Linear(d_model, 4 * H)          # theta, alpha, eta, gamma
+        F_ = K if feature_map is None else feature_size(feature_map, K)
+        widths = [F_, K] if self.kind == "linear" else [F_, 4 * K, K]
+        self.memory = nn.ParameterList(nn.Parameter(torch.randn(H, i, o) / i ** 0.5)
+                                       for i, o in zip(widths[:-1], widths[1:]))
+        self.g_proj = nn.Linear(d_model, H * K)
+        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt = state_dtype(dtype)
+        mem = atlas_init_state(self.kind, batch_size, self.num_heads, self.head_dim, self.window,
+                               self.feature_map, device, sdt)
+        return (*mem, self.conv.init_state(batch_size, device, sdt))
+
+    def op_inputs(self, x, conv_state):
+        """q, k, v (B, T, H, K); theta, alpha, eta, gamma (B, T, H); new conv state."""
+        B, T, _ = x.shape
+        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        gates = torch.sigmoid(self.gate_proj(x).to(q.dtype)).reshape(B, T, 4, self.num_heads)
+        theta, alpha, eta, gamma = gates.unbind(2)
+        return q, k, v, self.base_lr * theta, alpha, eta, gamma, conv_state
+
+    def op_output(self, z, x):
+        gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
+        return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
+
+    def options(self):
+        return dict(feature_map=self.feature_map, muon=self.muon, ns_steps=self.ns_steps)
+
+    def _forward(self, x, state, mode):
+        *mem, conv_state = state
+        *inputs, conv_state = self.op_inputs(x, conv_state)
+        init = [p.to(inputs[0].dtype) for p in self.memory]
+        z, mem = atlas_sequential(self.kind, *inputs, self.chunk_size, init, tuple(mem),
+                                  **self.options())
+        return self.op_output(z, x), (*mem, conv_state)
+
+    def _step(self, x_t, state):
+        *mem, conv_state = state
+        *inputs, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        init = [p.to(inputs[0].dtype) for p in self.memory]
+        z, mem = atlas_step(self.kind, *[t[:, 0] for t in inputs], self.chunk_size, init,
+                            tuple(mem), **self.options())
+        return self.op_output(z[:, None], x_t[:, None])[:, 0], (*mem, conv_state)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"memory_depth={self.memory_depth}, chunk_size={self.chunk_size}, "
+                f"base_lr={self.base_lr}, window={self.window}, "
+                f"feature_map={self.feature_map!r}, muon={self.muon}, ns_steps={self.ns_steps}")

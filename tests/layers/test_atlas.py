@@ -1,0 +1,131 @@
+"""ATLAS (arXiv:2505.23735): the Omega rule, the polynomial feature map and the Muon step as
+the paper's equations in a plain loop; with a window of one token and no Muon the rule is
+Titans' online update on the same tensors; Newton-Schulz makes a matrix nearly orthogonal
+with the same singular vectors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.ops.atlas import atlas_sequential, newton_schulz
+from rnnzoo.ops.feature_maps import features
+from rnnzoo.ops.memory import titans_chunked, titans_sequential
+
+
+def perturbed(**options):
+    torch.manual_seed(0)
+    layer = rnnzoo.create("atlas", **options).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def tensors(layer, x):
+    *mem, conv = layer.init_state(x.shape[0], dtype=x.dtype)
+    return (*layer.op_inputs(x, conv)[:-1], tuple(mem))
+
+
+def ns_loop(X, steps=5):
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        X = 3.4445 * X - 4.7750 * A @ X + 2.0315 * A @ A @ X
+    return X
+
+
+def paper_loop(q, k, v, theta, alpha, eta, gamma, C, W0, c, fmap, muon):
+    """A linear memory, one head of one sequence at a time: the Omega rule's gradient of
+    sum_{i in the window} gamma_i 1/2 |phi(k_i) W' - v_i|^2 at the chunk start W', the
+    momentum and forgetting, then the read phi(q) W_t."""
+    B, T, H, K = q.shape
+    out = torch.zeros(B, T, H, K, dtype=q.dtype)
+    for b in range(B):
+        for h in range(H):
+            W = W0[h].clone()
+            S = torch.zeros_like(W)
+            for t in range(T):
+                if t % C == 0:
+                    Wg = W.clone()
+                g = torch.zeros_like(W)
+                for i in range(max(0, t - c + 1), t + 1):
+                    f = features(k[b, i, h], fmap)
+                    g += gamma[b, i, h] * torch.outer(f, f @ Wg - v[b, i, h])
+                if muon:
+                    S = eta[b, t, h] * S - g
+                    W = W0[h] + (1 - alpha[b, t, h]) * (W - W0[h]) + theta[b, t, h] * ns_loop(S)
+                else:
+                    S = eta[b, t, h] * S - theta[b, t, h] * g
+                    W = W0[h] + (1 - alpha[b, t, h]) * (W - W0[h]) + S
+                out[b, t, h] = features(q[b, t, h], fmap) @ W
+    return out
+
+
+@pytest.mark.parametrize("muon", [False, True], ids=["omeganet", "atlas"])
+def test_equals_the_papers_loop(muon):
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, memory_depth=1, chunk_size=3,
+                      window=4, feature_map="taylor", muon=muon)
+    x = torch.randn(2, 8, 8, dtype=torch.float64)
+    q, k, v, theta, alpha, eta, gamma, mem = tensors(layer, x)
+    init = [p.detach() for p in layer.memory]
+    with torch.no_grad():
+        z, _ = atlas_sequential("linear", q, k, v, theta, alpha, eta, gamma, 3, init, mem,
+                                "taylor", muon)
+        want = paper_loop(q, k, v, theta, alpha, eta, gamma, 3, init[0], 4, "taylor", muon)
+        one = paper_loop(q, k, v, theta, alpha, eta, gamma, 3, init[0], 1, "taylor", muon)
+    assert (z - want).abs().max() < 1e-10 * want.abs().max()
+    assert (want - one).abs().max() > 1e-3                     # the window matters
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_window_one_is_the_titans_update(depth):
+    """window=1 (gamma = 1), no feature map, no Muon: Titans' momentum and decay update on the
+    same tensors (a weight-only memory, gradients at the chunk start), sequential and chunked."""
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, memory_depth=depth, chunk_size=3,
+                      window=1, muon=False)
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    q, k, v, theta, alpha, eta, gamma, mem = tensors(layer, x)
+    init = [p.detach() for p in layer.memory]
+    titans_init = [t for W in init for t in (W, torch.zeros_like(W[..., 0, :]))]
+    titans = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, memory_depth=depth,
+                           chunk_size=3).double()
+    *tmem, _ = titans.init_state(2, dtype=torch.float64)
+    ones = torch.ones(4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        one = torch.ones_like(gamma)                              # the token's own weight 1
+        z, _ = atlas_sequential(layer.kind, q, k, v, theta, alpha, eta, one, 3, init, mem)
+        for op in (titans_sequential, titans_chunked):
+            zt, _ = op(layer.kind, q, k, v, theta, alpha, eta, 3, titans_init, tuple(tmem),
+                       ones[0], ones[1] * 0, 1e-6, False, False)
+            assert (z - zt).abs().max() < 1e-12 * zt.abs().max()
+        z_gam, _ = atlas_sequential(layer.kind, q, k, v, theta, alpha, eta, gamma, 3, init,
+                                    mem)
+    assert (z - z_gam).abs().max() > 1e-4                       # gamma weighs the token
+
+
+def test_newton_schulz_is_nearly_orthogonal_with_the_same_singular_vectors():
+    """Muon's five quintic steps take singular values spread over two decades into
+    [0.68, 1.2] (the iteration's stated band) and keep the singular vectors: NS(G) =
+    U p(Sigma) V^T, so G^T NS(G) is symmetric positive definite."""
+    torch.manual_seed(0)
+    for shape in ((4, 4), (6, 3), (3, 6)):
+        U, _, Vh = torch.linalg.svd(torch.randn(*shape, dtype=torch.float64),
+                                    full_matrices=False)
+        sigma = torch.logspace(0, -2, min(shape), dtype=torch.float64)
+        G = U @ torch.diag(sigma) @ Vh
+        X = newton_schulz(G)
+        s = torch.linalg.svdvals(X)
+        assert s.min() > 0.68 and s.max() < 1.2
+        P = G.T @ X
+        assert (P - P.T).abs().max() < 1e-12 and torch.linalg.eigvalsh(P).min() > -1e-12
+        assert (X - ns_loop(G) if shape[0] <= shape[1] else X - ns_loop(G.T).T).abs().max() \
+            < 1e-12
+
+
+def test_options_checked():
+    with pytest.raises(ValueError, match="feature_map"):
+        rnnzoo.create("atlas", d_model=8, feature_map="cubic")
+    with pytest.raises(ValueError, match="window"):
+        rnnzoo.create("atlas", d_model=8, window=0)
