@@ -416,10 +416,14 @@ def attentional_bias(kind, p=3.0):
     raise ValueError(f"attentional bias must be 'l2', 'lp' or 'huber', got {kind!r}")
 
 
+def _identity(U):
+    return U
+
+
 def retention(kind, q=4.0):
     """phi: accumulator U (..., I, O) -> weights W."""
     if kind == "l2":
-        return lambda U: U
+        return _identity
     if kind == "lq":
         return lambda U: U / torch.linalg.vector_norm(U, q, dim=(-2, -1), keepdim=True) ** (q - 2)
     if kind == "kl":
@@ -502,6 +506,19 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         Cm, Acum = Cm_all[:, :, j], Acum_all[:, :, j]
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, kg[:, :, sl], vg[:, :, sl], dg[..., sl], dloss)
+        if phi is _identity:  # linear in U: read every step in the dual form, as Titans
+            x, newU = qg[:, :, sl], []
+            for i, (u0, u, X, G) in enumerate(zip(init, U, Xs, Gs)):
+                if i:
+                    x = _gelu(x)
+                x = (x @ u0.to(x.dtype) + Acum[..., None] * (x @ u)
+                     - (Cm * (x @ X.transpose(-1, -2))) @ G)
+                newU.append(Acum[..., -1, None, None] * u
+                            - X.transpose(-1, -2) @ (Cm[..., -1, :, None] * G))
+            zs.append(x)
+            history.append([*Ug, *newU])
+            Ug = U = newU
+            continue
         Ut = [Acum[..., None, None] * u[:, :, None]
               - torch.einsum("bhts,bhsi,bhso->bhtio", Cm, X, G) for u, X, G in zip(U, Xs, Gs)]
         zs.append(_dense([phi(u0.to(u.dtype)[:, None] + u) for u0, u in zip(init, Ut)],
