@@ -113,3 +113,17 @@ def test_equals_fla_naive_kda():
     for o, s in (kda_recurrent(q, k, v, g, beta, initial_state=S0),
                  kda(q, k, v, g, beta, initial_state=S0, chunk_size=16, subchunk_size=4)):
         assert close(o, o_fla) and close(s, s_fla)
+
+
+@pytest.mark.parametrize("steep", [0.05, 4.0, 40.0])
+def test_every_score_path_equals_recurrent_float32(steep):
+    """The three ways `_decayed_scores` builds a chunk's scores on the CPU, chosen by the decay
+    span read from the values: one factorised product a chunk (small spans), sub-chunks with
+    factorised diagonal blocks (a chunk's span past the limit, a sub-chunk's not), and exact
+    diagonal blocks (a sub-chunk's span past it). Each equals the float64 recurrence."""
+    args, S0 = tensors(T=70, steep=steep)
+    o_ref, s_ref = kda_recurrent(*args, initial_state=S0)
+    o, s = kda(*(t.float() for t in args), initial_state=S0.float(), chunk_size=32,
+               subchunk_size=8)
+    assert (o.double() - o_ref).abs().max() < 1e-4 * (1 + o_ref.abs().max())
+    assert (s.double() - s_ref).abs().max() < 1e-4 * (1 + s_ref.abs().max())

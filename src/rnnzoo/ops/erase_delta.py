@@ -25,8 +25,8 @@ S_t = diag(e^{g_t}) S_{t-1} + k_t u_t^T with u_t = v_t - (diag(e^{E_t - G_{t-1}}
     O   = scale ((Q o e^G) S_0 + M U),  M_ts = sum_c q_tc k_sc e^{G_tc - G_sc}   (s <= t)
     S_C = diag(e^{G_C}) S_0 + (K o e^{G_C - G})^T U
 
-A vector decay's score matrices come from ops.chunk.kda's `_decayed_scores`; a scalar
-decay's are products times the (C, C) matrix of e^{E_t - G_s} (every exponent <= 0).
+A vector decay runs ops.chunk.kda's `vector_decay_chunks` (its scores through sub-chunk
+boundaries); a scalar decay's are products times the (C, C) matrix of e^{E_t - G_s} (every exponent <= 0).
 A non-finite k, v, g or p at step t makes the outputs from t on and the final state NaN, a
 non-finite q its own output only (ops.finite), in both forms.
 All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 input).
@@ -38,8 +38,9 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops.chunk.delta import _check, _from_chunks, _initial, _to_chunks, _unit_lower_inverse
-from rnnzoo.ops.chunk.kda import _decayed_scores
+from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
+from rnnzoo.ops.chunk.delta import _check, _initial
+from rnnzoo.ops.chunk.kda import vector_decay_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["erase_delta", "erase_delta_recurrent", "erase_delta_step"]
@@ -111,59 +112,21 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
         C = min(chunk_size, -(-T // c) * c)             # whole sub-chunks when T is short
         if C % c:
             c = C
-        o, S = _chunks(q.to(dt), k, v, g, p, S, scale, C, c)
+        o, S = vector_decay_chunks(q.to(dt), k, v, g, p, S, scale, C, c)
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
 def _scalar_chunks(q, k, v, g, p, S, scale, C, before_decay):
     """A scalar decay (one a head): the scores are products masked by e^{E_t - G_s}."""
     T = q.shape[1]
-    q, k, v, p = (_to_chunks(t, C) for t in (q, k, v, p))     # (B, H, N, C, D)
-    G = _to_chunks(g, C).cumsum(-1)                           # (B, H, N, C)
-    E = G - _to_chunks(g, C) if before_decay else G
+    q, k, v, p = (to_chunks(t, C) for t in (q, k, v, p))      # (B, H, N, C, D)
+    G = to_chunks(g, C).cumsum(-1)                            # (B, H, N, C)
+    E = G - to_chunks(g, C) if before_decay else G
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     strict = causal.tril(-1)
     dec_a = (E[..., :, None] - G[..., None, :]).masked_fill(~strict, float("-inf")).exp()
     dec_m = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
     kt = k.transpose(-1, -2)
-    Tinv = _unit_lower_inverse((p @ kt) * dec_a)              # (I + A)^{-1}
-    U0, W = Tinv @ v, Tinv @ (p * E.exp()[..., None])         # U = U0 - W S_0
-    M = (q @ kt) * dec_m
-    Qg = q * G.exp()[..., None]
-    Kd = k * (G[..., -1:] - G).exp()[..., None]
-    chunk_decay = G[..., -1].exp()[..., None, None]           # (B, H, N, 1, 1)
-    states, pseudo = [], []
-    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2),
-                                      chunk_decay.unbind(2)):
-        states.append(S)
-        u = u0_n - w_n @ S
-        pseudo.append(u)
-        S = S * dec_n + kd_n.transpose(-1, -2) @ u
-    o = scale * (Qg @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
-    return _from_chunks(o, T), S
-
-
-def _chunks(q, k, v, g, p, S, scale, C, c):
-    """The chunkwise solver on clean compute-dtype tensors (see the module docstring).
-    Zero padding at the end is exact: k = v = g = p = 0 leaves the state unchanged."""
-    T = q.shape[1]
-    q, k, v, g, p = (_to_chunks(t, C) for t in (q, k, v, g, p))   # (B, H, N, C, D)
-    G = g.cumsum(-2)
-    _, Apk = _decayed_scores(p, k, G, c)
-    _, M = _decayed_scores(q, k, G, c)
-    Tinv = _unit_lower_inverse(Apk.tril(-1))                       # (I + A)^{-1}
-    U0 = Tinv @ v                                                  # U = U0 - W S_0
-    W = Tinv @ (p * G.exp())
-    Qg = q * G.exp()
-    G_end = G[..., -1:, :]
-    Kd = k * (G_end - G).exp()
-    chunk_decay = G_end.transpose(-1, -2).exp()                    # (B, H, N, K, 1)
-    states, pseudo = [], []
-    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2),
-                                      chunk_decay.unbind(2)):
-        states.append(S)
-        u = u0_n - w_n @ S
-        pseudo.append(u)
-        S = S * dec_n + kd_n.transpose(-1, -2) @ u
-    o = scale * (Qg @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
-    return _from_chunks(o, T), S
+    return wy_chunks((p @ kt) * dec_a, (q @ kt) * dec_m, v, p * E.exp()[..., None],
+                     q * G.exp()[..., None], k * (G[..., -1:] - G).exp()[..., None],
+                     G[..., -1].exp()[..., None, None], S, scale, T)

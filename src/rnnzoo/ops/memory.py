@@ -307,6 +307,13 @@ def _ratios(a):
     return torch.cumprod(Y, -2).tril()
 
 
+def _pick(history, last):
+    """The state each batch element holds after its last chunk: history[j] lists the state
+    tensors (B, ...) after chunk j; last (B,) is each element's last chunk."""
+    rows = torch.arange(last.shape[0], device=last.device)
+    return [torch.stack(ts, 0)[last, rows] for ts in zip(*history)]
+
+
 def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
                    bias=True):
     """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments."""
@@ -326,7 +333,6 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
     m_g, th_g = place(eta), place(theta)
     last = (c + T - 1) // C
-    final = [*Pg, *Mc, *S]
     zs = []
     # the gates' coefficients of every chunk at once (they do not depend on the memory)
     a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
@@ -337,6 +343,12 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     Cm_all = (RA_all + RA_all @ (m[..., :, None] * RE_prev)) * th[..., None, :]
     f_all = (RA_all @ (m * Eprev)[..., None])[..., 0]
     REth_all = RE_all[..., -1, :] * th                               # (B, H, NT, C)
+    # the first layer reads q and writes at k: its read through the initial weights and its
+    # attention q_t . k_s do not depend on the memory, so every chunk's are one product
+    q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
+    att0_all = Cm_all * (q_ch @ k_ch.transpose(-1, -2) + bias)
+    read0_all = q_ch @ init[0].to(q.dtype)[:, None] + init[1].to(q.dtype)[:, None, None]
+    history = []
     for j in range(NT):
         sl = slice(j * C, (j + 1) * C)
         RE_th, Cm, f = REth_all[:, :, j], Cm_all[:, :, j], f_all[:, :, j]
@@ -348,9 +360,12 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
             if i:
                 x = _gelu(x)
             SW, Sb = S[2 * i], S[2 * i + 1]
-            att = Cm * (x @ X.transpose(-1, -2) + bias)
-            x = (x @ init[2 * i].to(x.dtype) + init[2 * i + 1].to(x.dtype)[:, None]
-                 + Acum[..., None] * (x @ Mc[2 * i] + Mc[2 * i + 1][:, :, None])
+            if i:
+                att = Cm * (x @ X.transpose(-1, -2) + bias)
+                read = x @ init[2 * i].to(x.dtype) + init[2 * i + 1].to(x.dtype)[:, None]
+            else:
+                att, read = att0_all[:, :, j], read0_all[:, :, j]
+            x = (read + Acum[..., None] * (x @ Mc[2 * i] + Mc[2 * i + 1][:, :, None])
                  + f[..., None] * (x @ SW + Sb[:, :, None]) - att @ G)
             cl, el = Cm[..., -1, :, None] * G, RE_th[..., None] * G
             A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]
@@ -361,10 +376,9 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
                      E_T[..., None] * Sb - el.sum(-2) * bias]
         zs.append(x)
         Mc, S = newM, newS
-        here = last == j
-        final = [torch.where(here.view(-1, *[1] * (f_.dim() - 1)), x_, f_)
-                 for f_, x_ in zip(final, [*Pg, *Mc, *S])]
+        history.append([*Pg, *Mc, *S])
         Pg = Mc
+    final = _pick(history, last)
     z = torch.cat(zs, 2).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
@@ -402,10 +416,14 @@ def attentional_bias(kind, p=3.0):
     raise ValueError(f"attentional bias must be 'l2', 'lp' or 'huber', got {kind!r}")
 
 
+def _identity(U):
+    return U
+
+
 def retention(kind, q=4.0):
     """phi: accumulator U (..., I, O) -> weights W."""
     if kind == "l2":
-        return lambda U: U
+        return _identity
     if kind == "lq":
         return lambda U: U / torch.linalg.vector_norm(U, q, dim=(-2, -1), keepdim=True) ** (q - 2)
     if kind == "kl":
@@ -482,22 +500,33 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     a, e = a_g.reshape(B, H, NT, C), eta_g.reshape(B, H, NT, C)
     Cm_all, Acum_all = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     last = (c + T - 1) // C
-    final = [*Ug, *U]
-    zs = []
+    history, zs = [], []
     for j in range(NT):
         sl = slice(j * C, (j + 1) * C)
         Cm, Acum = Cm_all[:, :, j], Acum_all[:, :, j]
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, kg[:, :, sl], vg[:, :, sl], dg[..., sl], dloss)
+        if phi is _identity:  # linear in U: read every step in the dual form, as Titans
+            x, newU = qg[:, :, sl], []
+            for i, (u0, u, X, G) in enumerate(zip(init, U, Xs, Gs)):
+                if i:
+                    x = _gelu(x)
+                x = (x @ u0.to(x.dtype) + Acum[..., None] * (x @ u)
+                     - (Cm * (x @ X.transpose(-1, -2))) @ G)
+                newU.append(Acum[..., -1, None, None] * u
+                            - X.transpose(-1, -2) @ (Cm[..., -1, :, None] * G))
+            zs.append(x)
+            history.append([*Ug, *newU])
+            Ug = U = newU
+            continue
         Ut = [Acum[..., None, None] * u[:, :, None]
               - torch.einsum("bhts,bhsi,bhso->bhtio", Cm, X, G) for u, X, G in zip(U, Xs, Gs)]
         zs.append(_dense([phi(u0.to(u.dtype)[:, None] + u) for u0, u in zip(init, Ut)],
                          qg[:, :, sl]))
         U = [u[:, :, -1] for u in Ut]
-        here = last == j
-        final = [torch.where(here.view(-1, *[1] * (f_.dim() - 1)), x_, f_)
-                 for f_, x_ in zip(final, [*Ug, *U])]
+        history.append([*Ug, *U])
         Ug = U
+    final = _pick(history, last)
     z = torch.cat(zs, 2).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)

@@ -1,6 +1,7 @@
 """What the chunkwise ops share with their Triton kernels (`rnnzoo.ops.triton`): the argument
 checks, so both give the same errors, the chunk layout and the unit-lower-triangular
-inverse. A module of its own so that the ops (which
+inverse; and the UT-transform solver of the delta rules with an erase key (`wy_chunks`,
+ops.chunk.kda and ops.erase_delta). A module of its own so that the ops (which
 dispatch to the kernels) and the kernels (which check as the ops do) import it, not each
 other.
 """
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_delta", "check_linear", "check_mlstm", "check_rwkv7", "to_chunks",
-           "unit_lower_inverse"]
+__all__ = ["check_delta", "check_linear", "check_mlstm", "check_rwkv7", "from_chunks",
+           "to_chunks", "unit_lower_inverse", "wy_chunks"]
 
 
 def check_delta(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
@@ -85,3 +86,34 @@ def to_chunks(x, C):
         x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
     x = x.reshape(x.shape[0], N, C, *x.shape[2:])
     return x.movedim(3, 1).contiguous()  # (B, H, N, C, ...)
+
+
+def from_chunks(x, T):
+    """(B, H, N, C, D) -> (B, T, H, D): the inverse of `to_chunks`."""
+    B, H, N, C, D = x.shape
+    return x.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
+
+
+def wy_chunks(A, M, v, w, q_in, k_out, chunk_decay, S, scale, T):
+    """The UT transform and the state pass of a delta rule written per chunk as
+    S_t = D_t S_{t-1} + k_t u_t^T, given the chunk's scores (all (B, H, N, ...) from
+    `to_chunks`):
+
+        (I + A) U = v - w S_0,     O = scale (q_in S_0 + M U),     S_C = chunk_decay o S_0 + k_out^T U
+
+    A: strictly lower (..., C, C); M: lower (..., C, C); v: (..., C, V); w, q_in, k_out:
+    (..., C, K); chunk_decay: (..., K, 1) or (..., 1, 1); S: (B, H, K, V) the state entering
+    the first chunk. The intra-chunk work is done for all chunks at once; only the state
+    pass (two small products a chunk) loops. Returns (o (B, T, H, V), final state)."""
+    Tinv = unit_lower_inverse(A)                            # (I + A)^{-1}
+    V = v.shape[-1]
+    U0, W = (Tinv @ torch.cat([v, w], -1)).split([V, w.shape[-1]], -1)  # U = U0 - W S_0
+    states, pseudo = [], []
+    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), k_out.unbind(2),
+                                      chunk_decay.unbind(2)):
+        states.append(S)
+        u = u0_n - w_n @ S
+        pseudo.append(u)
+        S = S * dec_n + kd_n.transpose(-1, -2) @ u
+    o = scale * (q_in @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
+    return from_chunks(o, T), S

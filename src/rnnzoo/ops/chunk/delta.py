@@ -59,6 +59,7 @@ from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
+from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -148,12 +149,6 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
-
-
-def _from_chunks(x, T):
-    """(B, H, N, C, D) -> (B, T, H, D)."""
-    B, H, N, C, D = x.shape
-    return x.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
 
 
 def _delta_chunks(q, k, v, beta, g, S, scale, C):

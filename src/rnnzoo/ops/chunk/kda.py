@@ -17,12 +17,18 @@ chunk at once,
     O   = scale ((Q o e^G) S_0 + P U),                     P_ts = sum_c q_tc k_sc e^{G_tc - G_sc}       (s <= t)
     S_C = diag(e^{G_C}) S_0 + (K o e^{G_C - G})^T U
 
-The pair scores A and P carry a decay per channel, so they are no single matrix product.
-A chunk is cut into sub-chunks of c steps: blocks below the diagonal are products of
-x_t e^{G_t - R} and y_s e^{R - G_s} through the boundary R between the two sub-chunks (both
-factors <= 1, the pair factor exp(R_a - E_b) between sub-chunk ends only (m, m, K)); diagonal
-blocks are built exactly from exp(G_t - G_s) over their c (c + 1) / 2 pairs s <= t. Every exponent is thus <= 0 whatever the decay: no
-overflow, and no value is read back to the host to choose a path.
+The pair scores A and P carry a decay per channel, so they are no single matrix product:
+each goes through a reference point R, (x_t e^{G_t - R}) . (k_s e^{R - G_s})
+(`_decayed_scores`). On the CPU, where reading a value costs no device sync, the decay
+a chunk accumulates is read: while it stays far from overflow (ops.chunk.linear's
+factorising limit) R is the chunk start and one product per chunk gives the scores.
+Otherwise the chunk is cut into sub-chunks of c steps: blocks below the diagonal go through
+the sub-chunk boundaries (every factor <= 1, the pair factor exp(R_a - E_b) between
+sub-chunk ends only (m, m, K)); diagonal blocks are factorised the same way while a
+sub-chunk's span is small, else (and always off the CPU) built exactly from exp(G_t - G_s)
+over their (c, c) pairs, masked before the exponential. No exponent can overflow.
+The solve and the state pass are ops.chunk._common's `wy_chunks`, shared with
+ops.erase_delta (KDA is its erase key beta k with value beta v).
 
 Non-finite inputs (g = -inf included: give a large finite log-decay to erase a channel):
 a step whose k, v, g or beta is not finite makes every output from that step on, and the
@@ -39,14 +45,9 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops.chunk.delta import (
-    _check,
-    _from_chunks,
-    _householder_update,
-    _initial,
-    _to_chunks,
-    _unit_lower_inverse,
-)
+from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
+from rnnzoo.ops.chunk.delta import _check, _householder_update, _initial
+from rnnzoo.ops.chunk.linear import _factorise_limit
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["kda", "kda_recurrent", "kda_step"]
@@ -111,75 +112,75 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     return o.to(out_dtype), S
 
 
-def _scatter_pairs(zeros, vals, t_idx, s_idx, c):
-    """zeros (..., c c) with vals (..., pairs) written at (t_idx, s_idx) -> (..., c, c)."""
-    return zeros.index_copy(-1, t_idx * c + s_idx, vals).unflatten(-1, (c, c))
+def _decayed_scores(xs, k, G, c: int):
+    """The decayed pair scores of a chunk against its keys, one matrix per x of xs:
 
+        X_ts = sum_c x_tc k_sc exp(G_tc - G_sc)   (s <= t; 0 above the diagonal)
 
-def _decayed_scores(q, k, G, c: int):
-    """The pair scores of a chunk, both from one set of decay factors:
-
-        Akk_ts = sum_c k_tc k_sc exp(G_tc - G_sc)  (s < t),   P_ts = sum_c q_tc k_sc exp(G_tc - G_sc)  (s <= t)
-
-    q, k, G: (..., C, K) with G non-increasing along C and C a multiple of c -> two (..., C, C).
+    xs: tensors (..., C, K); k, G: (..., C, K) with G non-increasing along C and C a multiple
+    of c -> a list of (..., C, C). Each pair factor goes through a reference point R:
+    (x_t e^{G_t - R}) . (k_s e^{R - G_s}). Below the diagonal blocks of sub-chunks of c steps,
+    R is the boundary before the row's sub-chunk and the column's factor is split once more,
+    e^{R_a - E_b} e^{E_b - G_s} through the column sub-chunk's end E_b: every factor <= 1.
+    On the diagonal blocks R is the sub-chunk's start, so the key factor is at most
+    e^{span} with span the log-decay the sub-chunk accumulates; on the CPU (where reading a
+    value costs no device sync) the spans are read and, while they stay below
+    ops.chunk.linear's factorising limit, the diagonal blocks are those products (and one
+    block covers the whole chunk when its span is that small); otherwise, and always off
+    the CPU, they are built exactly from exp(G_t - G_s) over the (c, c, K) pairs, masked
+    before the exponential. No exponent can overflow on either path.
     """
-    *lead, C, K = q.shape
+    *lead, C, K = k.shape
+    limit = _factorise_limit(k.dtype)
+    read = k.device.type == "cpu" and not torch.compiler.is_compiling()
+    if read and -G[..., -1, :].min().item() < limit:
+        c = C
     m = C // c
-    qs, ks, Gs = (t.reshape(*lead, m, c, K) for t in (q, k, G))
-    # Diagonal blocks, exactly: exp(G_t - G_s) for the c (c + 1) / 2 pairs s <= t only.
-    t_idx, s_idx = torch.tril_indices(c, c, device=q.device)
-    kd = (Gs[..., t_idx, :] - Gs[..., s_idx, :]).exp() * ks[..., s_idx, :]  # (..., m, pairs, K)
-    strict = t_idx != s_idx
-    zeros = qs.new_zeros(*lead, m, c * c)
-    P = _scatter_pairs(zeros, (qs[..., t_idx, :] * kd).sum(-1), t_idx, s_idx, c)
-    Akk = _scatter_pairs(zeros, torch.where(strict, (ks[..., t_idx, :] * kd).sum(-1), 0),
-                         t_idx, s_idx, c)
+    xs = [x.reshape(*lead, m, c, K) for x in xs]
+    ks, Gs = k.reshape(*lead, m, c, K), G.reshape(*lead, m, c, K)
+    E = Gs[..., -1, :]                                                    # (..., m, K) ends
+    R = torch.cat([torch.zeros_like(E[..., :1, :]), E[..., :-1, :]], -2)  # (..., m, K) starts
+    causal = torch.ones(c, c, dtype=torch.bool, device=k.device).tril()
+    out_f = (Gs - R[..., None, :]).exp()                                  # e^{G_t - R_a} <= 1
+    x_out = [x * out_f for x in xs]
+    if read and (R - E).max().item() < limit:
+        k_f = ks * (R[..., None, :] - Gs).exp()
+        diag = [(x @ k_f.transpose(-1, -2)).masked_fill(~causal, 0) for x in x_out]
+    else:
+        kd = (Gs[..., :, None, :] - Gs[..., None, :, :]).masked_fill(
+            ~causal[..., None], float("-inf")).exp() * ks[..., None, :, :]  # (..., m, t, s, K)
+        diag = [(x[..., :, None, :] * kd).sum(-1) for x in xs]
     if m == 1:
-        return Akk.reshape(*lead, C, C), P.reshape(*lead, C, C)
-    # Below the diagonal, sub-chunk a reads sub-chunk b < a through their boundaries:
-    # exp(G_t - G_s) = exp(G_t - R_a) exp(R_a - E_b) exp(E_b - G_s), R_a = E_{a-1} the end of
-    # sub-chunk a - 1, E_b the end of b; each factor <= 1, and the pair factor is only (m, m, K).
-    E = Gs[..., -1, :]                                                    # (..., m, K)
-    R = torch.cat([torch.zeros_like(E[..., :1, :]), E[..., :-1, :]], -2)  # (..., m, K)
-    below = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1)  # b < a
-    pair = torch.where(below[..., None], R[..., :, None, :] - E[..., None, :, :],
-                       float("-inf")).exp()                               # (..., a, b, K)
-    k_in = ks * (E[..., None, :] - Gs).exp()                              # (..., m, c, K)
-    eye = torch.eye(m, dtype=torch.bool, device=q.device).view(m, 1, m, 1)
-    scores = []
-    for x, diag in ((ks, Akk), (qs, P)):
-        x_out = x * (Gs - R[..., None, :]).exp()                          # (..., m, c, K)
-        xab = x_out[..., :, None, :, :] * pair[..., None, :]              # (..., a, b, c, K)
-        off = xab @ k_in[..., None, :, :, :].transpose(-1, -2)            # (..., a, b, c, c)
-        full = torch.where(eye, diag.unsqueeze(-2), off.transpose(-3, -2))
-        scores.append(full.reshape(*lead, C, C))
-    return scores[0], scores[1]
+        return [d.reshape(*lead, C, C) for d in diag]
+    # Sub-chunk a reads sub-chunk b < a: the pair factor e^{R_a - E_b} is 0 for b >= a, so
+    # one product (c, K) @ (K, m c) a sub-chunk gives its row of blocks, zero from the
+    # diagonal block on.
+    below = torch.ones(m, m, dtype=torch.bool, device=k.device).tril(-1)  # b < a
+    pair = (R[..., :, None, :] - E[..., None, :, :]).masked_fill(
+        ~below[..., None], float("-inf")).exp()                           # (..., a, b, K)
+    k_in = ks * (E[..., None, :] - Gs).exp()                              # (..., b, c, K)
+    Y = (pair[..., None, :] * k_in[..., None, :, :, :]).flatten(-3, -2)   # (..., a, b c, K)
+    eye = torch.eye(m, dtype=k.dtype, device=k.device).view(m, 1, m, 1)
+    return [((x @ Y.transpose(-1, -2)).unflatten(-1, (m, c)) + d[..., None, :] * eye)
+            .reshape(*lead, C, C) for x, d in zip(x_out, diag)]
 
 
 def _kda_chunks(q, k, v, g, beta, S, scale, C, c):
-    """The chunkwise solver on clean compute-dtype tensors (see the module docstring).
+    """The chunkwise solver on clean compute-dtype tensors (see the module docstring): the
+    erase-key solver of ops.erase_delta with erase key beta k and value beta v.
 
     Zero padding at the end is exact: k = v = g = beta = 0 leaves the state unchanged."""
-    T = q.shape[1]
-    q, k, v, g = (_to_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, D)
-    beta = _to_chunks(beta, C)                             # (B, H, N, C)
-    G = g.cumsum(-2)
-    Akk, P = _decayed_scores(q, k, G, c)
-    A = beta[..., None] * Akk
-    Tinv = _unit_lower_inverse(A)                          # (I + A)^{-1}
-    U0 = Tinv @ (beta[..., None] * v)                      # U = U0 - W S_0
-    W = Tinv @ (beta[..., None] * k * G.exp())
-    Qg = q * G.exp()
-    G_end = G[..., -1:, :]
-    Kd = k * (G_end - G).exp()
-    chunk_decay = G_end.transpose(-1, -2).exp()            # (B, H, N, K, 1)
+    return vector_decay_chunks(q, k, beta[..., None] * v, g, beta[..., None] * k, S, scale, C, c)
 
-    states, pseudo = [], []
-    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2),
-                                      chunk_decay.unbind(2)):
-        states.append(S)
-        u = u0_n - w_n @ S
-        pseudo.append(u)
-        S = S * dec_n + kd_n.transpose(-1, -2) @ u
-    o = scale * (Qg @ torch.stack(states, 2) + P @ torch.stack(pseudo, 2))
-    return _from_chunks(o, T), S
+
+def vector_decay_chunks(q, k, v, g, p, S, scale, C, c):
+    """S_t = (I - k_t p_t^T) diag(e^{g_t}) S_{t-1} + k_t v_t^T, o_t = scale S_t^T q_t chunkwise
+    (ops.erase_delta's docstring) on clean compute-dtype (B, T, H, D) tensors; C a multiple
+    of c. Returns (o (B, T, H, V), final state)."""
+    T = q.shape[1]
+    q, k, v, g, p = (to_chunks(t, C) for t in (q, k, v, g, p))  # (B, H, N, C, D)
+    G = g.cumsum(-2)
+    A, M = _decayed_scores((p, q), k, G, c)
+    eG, G_end = G.exp(), G[..., -1:, :]
+    return wy_chunks(A.tril(-1), M, v, p * eG, q * eG, k * (G_end - G).exp(),
+                     G_end.transpose(-1, -2).exp(), S, scale, T)
