@@ -178,7 +178,10 @@ def fused_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor,
     The cell's `weights()` must start with a `RecurrentMatrix` and `pieces()` be None (the
     matrix's product is added to the whole projection). Equal to `cell.loop` (the
     conformance suite checks it, gradients included), with one matrix product per step
-    less in the backward pass."""
+    less in the backward pass. Under torch.compile it is `cell.loop`: the recorded inputs
+    reach the backward through a side channel that a traced graph cannot hold."""
+    if torch.compiler.is_compiling():
+        return cell.loop(x, state)
     w = cell.weights(x.shape[0])
     mm = _RecordedMatrix(w[0].matrix)
     xp = cell.project(x)
