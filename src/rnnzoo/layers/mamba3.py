@@ -177,9 +177,13 @@ class Mamba3(RecurrentLayer):
         # wrapped, so that long sequences keep their angles to float32 precision
         theta = dtheta.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
         Cr, Br = (turn(t, theta[:, :, None], self.pairs) for t in (C, Bm))
-        beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # beta_{t+1}; none past the call's end
+        # beta_{t+1} (none past the call's end) joins step t's key. A non-finite beta_{t+1}
+        # would reach outputs before t + 1 that way: it is zeroed there and marks step t + 1's
+        # own decay instead (0 * beta is NaN exactly when beta is not finite).
+        beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))
+        beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
         k = Br * (gamma + beta_next)[:, :, None, :, None]
-        log_decay = F.pad(log_alpha[:, :, None], (0, 0, 0, R - 1))  # on each step's first row
+        log_decay = F.pad((log_alpha + 0 * beta)[:, :, None], (0, 0, 0, R - 1))  # first rows
         S0 = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
         o, S = gated_linear_attention(Cr.flatten(1, 2), k.flatten(1, 2), xr.flatten(1, 2),
                                       log_decay.flatten(1, 2), scale=1.0, initial_state=S0,
