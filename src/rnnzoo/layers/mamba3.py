@@ -174,8 +174,10 @@ class Mamba3(RecurrentLayer):
         """The RoPE reading through the SSD chunk op over (step, rank) rows -> y, h_T."""
         Bsz, T, R, H, N = C.shape
         # cumulative angles from the call's start (h is in that frame), summed in float64 and
-        # wrapped, so that long sequences keep their angles to float32 precision
-        theta = dtheta.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
+        # wrapped, so that long sequences keep their angles to float32 precision (MPS has no
+        # float64: there they are summed in the state dtype)
+        wide = dtheta.dtype if dtheta.device.type == "mps" else torch.float64
+        theta = dtheta.to(wide).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
         Cr, Br = (turn(t, theta[:, :, None], self.pairs) for t in (C, Bm))
         # beta_{t+1} (none past the call's end) joins step t's key. A non-finite beta_{t+1}
         # would reach outputs before t + 1 that way: it is zeroed there and marks step t + 1's
