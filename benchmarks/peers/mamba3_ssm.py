@@ -100,7 +100,6 @@ def peer_class():
     CPU under TRITON_INTERPRET=1 (see the module docstring). Its MIMO forward stays CUDA-only:
     for MIMO use `peer_step`."""
     _bare_package()
-    import torch
     import triton
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,7 +148,6 @@ def peer_class():
         def _no_mimo(*args, **kwargs):
             raise ImportError("mamba_ssm's MIMO forward needs TileLang and CUDA; use peer_step")
         module.mamba3_mimo_combined = _no_mimo
-    del torch
     return module.Mamba3
 
 
@@ -170,12 +168,8 @@ def peer_of(layer):
 
 def peer_init_state(peer, batch_size, device=None):
     """mamba_ssm's decoding state (angle, ssm (B, H, P, N), k (B, R, H, N), v (B, H, P))."""
-    return peer.allocate_inference_cache(batch_size, 0, device=device, dtype=torch_float32())
-
-
-def torch_float32():
     import torch
-    return torch.float32
+    return peer.allocate_inference_cache(batch_size, 0, device=device, dtype=torch.float32)
 
 
 def peer_step(peer, u, angle_state, ssm_state, k_state, v_state):

@@ -160,19 +160,19 @@ def test_options_checked():
 
 @pytest.mark.slow
 def test_trained_mamba3_tracks_parity_where_mamba2_does_not():
-    """Parity trained on lengths 3-40, 2 layers, d_model 64 (as tests/tasks/test_facts.py):
-    Mamba-3's rotations fit it; Mamba-2 (transitions in (0, 1)) stays near chance."""
+    """Parity trained on lengths 3-40, tested at 40 and 64, 2 layers, d_model 64 (as
+    tests/tasks/test_facts.py): Mamba-3's rotations fit it at the training length 40;
+    Mamba-2 (transitions in (0, 1)) stays near chance there. Neither is asked to
+    length-generalise to 64."""
     from rnnzoo.train import TrainConfig, train
 
-    common = dict(task="parity", task_options=dict(train_lengths=(3, 40),
-                                                   test_lengths=(40, 64, 128, 256)),
-                  d_model=64, num_layers=2, batch_size=32, lr=3e-3, steps=1500,
-                  eval_every=100, eval_batches=16, log_every=100, target=0.99, threads=1)
-    m3 = train(TrainConfig(layer="mamba3", layer_options=dict(d_state=16, head_dim=16,
-                                                              chunk_size=16), **common))
+    common = dict(task="parity", task_options=dict(train_lengths=(3, 40), test_lengths=(40, 64)),
+                  d_model=64, num_layers=2, batch_size=32, lr=3e-3, steps=1000,
+                  eval_every=100, eval_batches=16, log_every=100, target=0.95, threads=1,
+                  layer_options=dict(d_state=16, head_dim=16, chunk_size=16))
+    m3 = train(TrainConfig(layer="mamba3", **common))
     print("parity mamba3", m3["value"], m3["eval"], m3["steps"], m3["seconds"])
-    m2 = train(TrainConfig(layer="mamba2", layer_options=dict(d_state=16, head_dim=16,
-                                                              chunk_size=16), **common))
+    m2 = train(TrainConfig(layer="mamba2", **common))
     print("parity mamba2", m2["value"], m2["eval"], m2["steps"], m2["seconds"])
     assert m3["eval"]["40"]["scaled_acc"] >= 0.9
-    assert abs(m2["value"]) < 0.2
+    assert abs(m2["eval"]["40"]["scaled_acc"]) < 0.2
