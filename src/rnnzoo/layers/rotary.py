@@ -23,8 +23,14 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor,
 
     The angles are computed in positions' dtype (theta is cast to it), then cast to x's.
     """
-    choice("pairs", pairs, ("adjacent", "halves"))
     angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
+    return turn(x, angle[:, :, None], pairs)  # one angle for every head
+
+
+def turn(x: torch.Tensor, angle: torch.Tensor, pairs: str = "adjacent") -> torch.Tensor:
+    """x (..., K) with channel pair j turned by angle[..., j]; angle (..., K/2) broadcasts
+    against x's leading dims (data-dependent angles, as Mamba-3's). Same shape and dtype as x."""
+    choice("pairs", pairs, ("adjacent", "halves"))
     if pairs == "adjacent":
         angle = angle.repeat_interleave(2, -1)
         half = x.unflatten(-1, (-1, 2))
@@ -33,5 +39,4 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor,
         angle = torch.cat([angle, angle], -1)
         x1, x2 = x.chunk(2, -1)
         turned = torch.cat([-x2, x1], -1)
-    angle = angle[:, :, None]  # (B, T, 1, K): one angle for every head
     return x * angle.cos().to(x.dtype) + turned * angle.sin().to(x.dtype)

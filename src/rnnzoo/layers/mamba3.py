@@ -1,0 +1,200 @@
+"""Mamba-3 (Lahoti et al. 2026, arXiv:2603.15569): a trapezoidal, complex-valued SSM, SISO or
+MIMO.
+
+Per head h (B, C shared by the heads of a group, `n_groups`), with R = mimo_rank (1: SISO):
+
+    [z, x, B, C, dt, A, lam, phi] = u W_in;  B, C = RMSNorm(B), RMSNorm(C) + bias (per head, rank)
+    dt = softplus(dt + dt_bias);  A = min(-softplus(A), -A_floor);  alpha_t = exp(dt_t A_t)
+    lam = sigmoid(lam);  beta_t = (1 - lam_t) dt_t;  gamma_t = lam_t dt_t
+    dtheta_t = pi tanh(phi_t) dt_t          (data-dependent angles, one per channel pair)
+    x_{t,r} = x_t * mimo_x[r]               (SISO: x_{t,1} = x_t)
+    u_t = sum_r B_{t,r} x_{t,r}^T                                         (d_state, head_dim)
+    h_t = alpha_t R(-dtheta_t) (h_{t-1} + beta_t u_{t-1}) + gamma_t u_t    (trapezoidal rule)
+    y_{t,r} = h_t^T C_{t,r} + D x_{t,r}
+    out = W_out sum_r mimo_o[r] * y_{t,r} * silu(z_t * mimo_z[r])        (SISO: y * silu(z))
+
+R(a) turns channel pairs of the state (a complex diagonal transition exp(dt A + i dtheta) on
+the pairs): the first rope_fraction * d_state channels, paired as mamba_ssm's kernels pair
+them (adjacent channels for SISO, channel j with j + d_state/2 for MIMO); lam = 1 is the
+exponential-Euler rule of Mamba-2. With is_outproj_norm, a gated RMSNorm per head
+(mamba_ssm's RMSNormGated, norm before gate) replaces the plain gate. There is no short
+convolution (the paper drops it).
+
+Modes: `sequential` is the loop above. `chunk` applies the rotation to C and B as cumulative
+angles (the paper's RoPE reading: C_t . R(theta_s - theta_t) B_s = (R_t C_t) . (R_s B_s)),
+feeds the two trapezoid terms as one input B_s (gamma_s + beta_{s+1}) and runs Mamba-2's SSD
+chunk op (ops/chunk/linear.py) on the sequence of (step, rank) rows, with the decay on each
+step's first row; a same-step correction then gives y_{t,r} exactly its gamma_t terms.
+The state is (h (B, H, d_state, head_dim), the previous step's B (B, R, H, d_state), x
+(B, H, head_dim)): h in the unrotated frame, so a call needs no running angle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnzoo.checks import choice, flag, positive, positive_int
+from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import turn
+from rnnzoo.ops.chunk.linear import gated_linear_attention
+from rnnzoo.registry import register
+
+
+@register("mamba3", family="matrix", paper="Lahoti et al. 2026, arXiv:2603.15569",
+          tiny=dict(d_model=4, d_state=4, head_dim=4, chunk_size=4, is_mimo=True, mimo_rank=2))
+class Mamba3(RecurrentLayer):
+    """u: (B, T, d_model) -> y; state (h (B, H, d_state, head_dim), B_prev (B, R, H, d_state),
+    x_prev (B, H, head_dim)), H = expand * d_model / head_dim, R = mimo_rank (1 for SISO)."""
+
+    modes = ("sequential", "chunk")
+
+    def __init__(self, d_model: int, d_state: int = 128, head_dim: int = 64, expand: int = 2,
+                 n_groups: int = 1, rope_fraction: float = 0.5, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, A_floor: float = 1e-4,
+                 is_outproj_norm: bool = False, is_mimo: bool = False, mimo_rank: int = 4,
+                 chunk_size: int = 64, norm_eps: float = 1e-5):
+        super().__init__(d_model)
+        for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
+                            ("n_groups", n_groups), ("mimo_rank", mimo_rank),
+                            ("chunk_size", chunk_size)):
+            positive_int(name, value)
+        choice("rope_fraction", rope_fraction, (0.5, 1.0))
+        self.A_floor = positive("A_floor", A_floor)
+        self.norm_eps = positive("norm_eps", norm_eps)
+        self.is_outproj_norm = flag("is_outproj_norm", is_outproj_norm)
+        self.is_mimo = flag("is_mimo", is_mimo)
+        E = expand * d_model
+        if E % head_dim:
+            raise ValueError(f"expand * d_model = {E} must be a multiple of head_dim, "
+                             f"got head_dim={head_dim}")
+        H, N, P, G = E // head_dim, d_state, head_dim, n_groups
+        if H % G:
+            raise ValueError(f"the number of heads expand * d_model / head_dim = {H} must be a "
+                             f"multiple of n_groups, got n_groups={n_groups}")
+        # mamba_ssm: the rotated channels rope_fraction * d_state, rounded down to even
+        n_angles = (int(N * rope_fraction) // 2 * 2) // 2
+        if n_angles == 0:
+            raise ValueError(f"rope_fraction * d_state must be at least 2 (one channel pair), "
+                             f"got d_state={d_state}, rope_fraction={rope_fraction}")
+        R = mimo_rank if is_mimo else 1
+        self.d_inner, self.d_state, self.head_dim, self.num_heads = E, N, P, H
+        self.n_groups, self.mimo_rank, self.n_angles = G, R, n_angles
+        self.chunk_size = chunk_size
+        self.pairs = "halves" if is_mimo else "adjacent"
+        # order as mamba_ssm's: [z, x, B, C, dt, A, lam, angles]
+        self.in_proj = nn.Linear(d_model, 2 * E + 2 * R * G * N + 3 * H + n_angles, bias=False)
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.B_bias = nn.Parameter(torch.ones(H, R, N))
+        self.C_bias = nn.Parameter(torch.ones(H, R, N))
+        self.B_norm = nn.RMSNorm(N, eps=norm_eps)
+        self.C_norm = nn.RMSNorm(N, eps=norm_eps)
+        if self.is_mimo:
+            self.mimo_x = nn.Parameter(torch.full((H, R, P), 1.0 / R))
+            self.mimo_z = nn.Parameter(torch.ones(H, R, P))
+            self.mimo_o = nn.Parameter(torch.full((H, R, P), 1.0 / R))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = HeadNorm(H, P, "rms", eps=norm_eps) if self.is_outproj_norm else None
+        self.out_proj = nn.Linear(E, d_model, bias=False)
+
+    def init_state(self, batch_size, device=None, dtype=None):
+        sdt, H = state_dtype(dtype), self.num_heads
+        kw = dict(device=device, dtype=sdt)
+        return (torch.zeros(batch_size, H, self.d_state, self.head_dim, **kw),
+                torch.zeros(batch_size, self.mimo_rank, H, self.d_state, **kw),
+                torch.zeros(batch_size, H, self.head_dim, **kw))
+
+    def ssm_inputs(self, u, dtype):
+        """u (B, T, d_model) -> in `dtype`: C, B (B, T, R, H, d_state) after norm and bias,
+        x (B, T, H, head_dim), the per-rank inputs xr (B, T, R, H, head_dim), log alpha,
+        beta, gamma (B, T, H), the angle steps dtheta (B, T, H, d_state / 2) (zero past the
+        rotated pairs) and the gate z (B, T, H, head_dim)."""
+        Bsz, T, _ = u.shape
+        E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
+                            self.n_groups, self.mimo_rank)
+        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
+            [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
+        heads = torch.arange(H, device=u.device) // (H // G)  # head h reads group h // (H / G)
+        Bm, Cm = (norm(t.unflatten(-1, (R, G, N)))[:, :, :, heads].to(dtype) + bias.transpose(0, 1)
+                  for t, norm, bias in ((Bm, self.B_norm, self.B_bias),
+                                        (Cm, self.C_norm, self.C_bias)))
+        dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
+        log_alpha = dt * (-F.softplus(dd_A.to(dtype))).clamp(max=-self.A_floor)
+        lam = torch.sigmoid(lam.to(dtype))
+        dtheta = (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None]
+        dtheta = F.pad(dtheta, (0, N // 2 - self.n_angles))
+        x = x.unflatten(-1, (H, P)).to(dtype)
+        xr = x[:, :, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, :, None]
+        return (Cm, Bm, x, xr, log_alpha, (1 - lam) * dt, lam * dt, dtheta,
+                z.unflatten(-1, (H, P)))
+
+    def _output(self, y, z, u):
+        """y (B, T, R, H, head_dim) -> out (B, T, d_model): gate (or gated norm), mix ranks."""
+        z = z.to(y.dtype)[:, :, None]
+        if self.is_mimo:
+            z = z * self.mimo_z.transpose(0, 1)
+        if self.norm is not None:
+            y = self.norm(y)
+        y = y * F.silu(z)
+        y = (y * self.mimo_o.transpose(0, 1)).sum(2) if self.is_mimo else y[:, :, 0]
+        return self.out_proj(y.flatten(2).to(u.dtype))
+
+    def _ranked(self, x):
+        """x (B, H, head_dim) -> the rank inputs (B, R, H, head_dim)."""
+        return x[:, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, None]
+
+    def _forward(self, u, state, mode):
+        h, B_prev, x_prev = state
+        C, Bm, x, xr, log_alpha, beta, gamma, dtheta, z = self.ssm_inputs(u, h.dtype)
+        run = self._chunk if mode == "chunk" else self._sequential
+        y, h = run(C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev, self._ranked(x_prev))
+        y = y + self.D[:, None].to(y.dtype) * xr
+        return self._output(y, z, u), (h, Bm[:, -1], x[:, -1])
+
+    def _sequential(self, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
+        """The recurrence, one step at a time -> y (B, T, R, H, head_dim), h_T."""
+        ys = []
+        for t in range(C.shape[1]):
+            h = h + beta[:, t, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+            h = turn(h.transpose(-1, -2), -dtheta[:, t, :, None], self.pairs).transpose(-1, -2)
+            B_prev, xr_prev = Bm[:, t], xr[:, t]
+            h = log_alpha[:, t, :, None, None].exp() * h + gamma[:, t, :, None, None] * \
+                torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+            ys.append(torch.einsum("brhn,bhnp->brhp", C[:, t], h))
+        return torch.stack(ys, 1), h
+
+    def _chunk(self, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
+        """The RoPE reading through the SSD chunk op over (step, rank) rows -> y, h_T."""
+        Bsz, T, R, H, N = C.shape
+        # cumulative angles from the call's start (h is in that frame), summed in float64 and
+        # wrapped, so that long sequences keep their angles to float32 precision (MPS has no
+        # float64: there they are summed in the state dtype)
+        wide = dtheta.dtype if dtheta.device.type == "mps" else torch.float64
+        theta = dtheta.to(wide).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
+        Cr, Br = (turn(t, theta[:, :, None], self.pairs) for t in (C, Bm))
+        # beta_{t+1} (none past the call's end) joins step t's key. A non-finite beta_{t+1}
+        # would reach outputs before t + 1 that way: it is zeroed there and marks step t + 1's
+        # own decay instead (0 * beta is NaN exactly when beta is not finite).
+        beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))
+        beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
+        k = Br * (gamma + beta_next)[:, :, None, :, None]
+        log_decay = F.pad((log_alpha + 0 * beta)[:, :, None], (0, 0, 0, R - 1))  # first rows
+        S0 = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+        o, S = gated_linear_attention(Cr.flatten(1, 2), k.flatten(1, 2), xr.flatten(1, 2),
+                                      log_decay.flatten(1, 2), scale=1.0, initial_state=S0,
+                                      chunk_size=self.chunk_size * R)
+        # same step t: the op gave row r ranks s <= r with gamma_t + beta_{t+1}; it needs
+        # every rank s with gamma_t (C_t . B_t is the same in either frame)
+        later = torch.ones(R, R, dtype=torch.bool, device=C.device).triu(1)  # s > r
+        w = torch.where(later, gamma[..., None, None], -beta_next[..., None, None])
+        qk = torch.einsum("btrhn,btshn->bthrs", C, Bm) * w
+        y = o.unflatten(1, (T, R)) + torch.einsum("bthrs,btshp->btrhp", qk, xr)
+        h = turn(S.transpose(-1, -2), -theta[:, -1, :, None], self.pairs).transpose(-1, -2)
+        return y, h
