@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "tests" / "conformance"))
 
 def tiny_layer(name, options=None):
     """The registered layer at its tiny config (conformance's), perturbed like conformance's."""
-    import rnnzoo
     from test_conformance import _perturb_
+
+    import rnnzoo
     info = rnnzoo.registry.get_layer_info(name)
     options = {**info.tiny, **(options or {})}
     d_model = options.pop("d_model", 8)
