@@ -12,8 +12,8 @@ float32, default options).
 Columns: layer, mode, fullgraph ("ok", "break: <dynamo's reason>", "mismatch: <max
 error>", "error: <exception>"), then with --inductor: compile s (first fwd+bwd call of the
 compiled function less one eager call), eager ms, compiled ms, speed-up (eager / compiled).
---json writes {"fullgraph": [layers that traced whole and matched], "results": {...}}, the
-list tests/test_compile.py's slow tier runs.
+--json writes {"fullgraph": [layers that traced whole and matched], "results": {...}} (after
+each layer), the list tests/test_compile.py's slow tier runs.
 """
 
 from __future__ import annotations
@@ -175,12 +175,16 @@ def main(argv=None) -> int:
                 line += f" inductor failed: {_reason(exc)[:60]}"
         results[name] = row
         print(line, flush=True)
+        if args.json:  # after every layer: a long sweep stopped early keeps what it has
+            _write(args.json, results)
     ok = [n for n, r in results.items() if r["status"] == "ok"]
     print(f"\n{len(ok)}/{len(results)} trace whole and match eager", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"fullgraph": ok, "results": results}, indent=1)
-                                   + "\n")
     return 0
+
+
+def _write(path, results):
+    ok = [n for n, r in results.items() if r["status"] == "ok"]
+    Path(path).write_text(json.dumps({"fullgraph": ok, "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ import rnnzoo  # noqa: E402
 
 # (layer, options over its tiny config), one layer or more per family: diagonal (mingru),
 # matrix (retnet; gla: its chunk op reads decay spans with .item() in eager, not while
-# compiling), classic (FAST_MORE), attention (the sliding window) and the newer ones
+# compiling), then classic (atr), attention (aaren), diagonal gated (hawk), delta (deltanet), xLSTM (mlstm)
 FAST = [("mingru", {}), ("retnet", {}), ("gla", {})]
-FAST_MORE = FAST_MORE_PLACEHOLDER
+FAST_MORE = [("atr", {}), ("aaren", {}), ("hawk", {}), ("deltanet", {}), ("mlstm", {})]
 SWEEP = json.loads((Path(__file__).parent / "compile_fullgraph.json").read_text())
 SLOW = [("gru", {}), ("sru", {}), ("s4d", {}), ("lru", {}), ("mamba", {}), ("hawk", {}),
         ("deltanet", {}), ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4})]
