@@ -1,6 +1,9 @@
 """torch.compile of the layers' parallel modes: a sample per family compiles with
 fullgraph=True (no graph break: no data-dependent branch, no `.item()`) and its output and
-gradients (input and parameters) equal eager's.
+gradients (input and parameters) equal eager's; the slow tier runs every layer that
+benchmarks/compile.py's sweep found to trace whole (tests/compile_fullgraph.json, written by
+`python benchmarks/compile.py --json tests/compile_fullgraph.json`): a layer listed there
+must compile and match.
 
 The default tier traces with the "aot_eager" backend (dynamo + AOT autograd, the part that
 breaks on a data-dependent branch, without the C++ code generator's minutes on a busy
@@ -11,9 +14,12 @@ Exceptions to fullgraph=True, each for its reason:
   no fake-tensor rule in torch 2.13: dynamo cannot trace it.
 - attention with full attention (window=None) reads the position held in the state to
   check it against max_len: a data-dependent branch by design (the sliding window reads
-  nothing and compiles).
+  nothing and compiles). deltaformer and forgetting_attention share that check.
+The sweep's table (docs/compile.md) names every other layer that does not trace whole and
+why.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,9 +31,12 @@ from test_conformance import _perturb_, inputs  # noqa: E402
 
 import rnnzoo  # noqa: E402
 
-# (layer, options over its tiny config): diagonal, matrix (gla: its chunk op reads decay
-# spans with .item() in eager, not while compiling), one per family in the slow tier
+# (layer, options over its tiny config), one layer or more per family: diagonal (mingru),
+# matrix (retnet; gla: its chunk op reads decay spans with .item() in eager, not while
+# compiling), then classic (atr), attention (aaren), diagonal gated (hawk), delta (deltanet), xLSTM (mlstm)
 FAST = [("mingru", {}), ("retnet", {}), ("gla", {})]
+FAST_MORE = [("atr", {}), ("aaren", {}), ("hawk", {}), ("deltanet", {}), ("mlstm", {})]
+SWEEP = json.loads((Path(__file__).parent / "compile_fullgraph.json").read_text())
 SLOW = [("gru", {}), ("sru", {}), ("s4d", {}), ("lru", {}), ("mamba", {}), ("hawk", {}),
         ("deltanet", {}), ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4})]
 
@@ -61,7 +70,7 @@ def _compare(name, options, backend):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("name, options", FAST, ids=[n for n, _ in FAST])
+@pytest.mark.parametrize("name, options", FAST + FAST_MORE, ids=[n for n, _ in FAST + FAST_MORE])
 def test_parallel_mode_traces_whole_and_matches_eager(name, options):
     _compare(name, options, "aot_eager")
 
@@ -76,3 +85,31 @@ def test_parallel_mode_traces_whole_and_matches_eager_slow(name, options):
 @pytest.mark.parametrize("name, options", FAST + SLOW, ids=[n for n, _ in FAST + SLOW])
 def test_parallel_mode_compiles_and_matches_eager(name, options):
     _compare(name, options, "inductor")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SWEEP["fullgraph"])
+def test_every_layer_the_sweep_lists_traces_whole_and_matches_eager(name):
+    _compare(name, {}, "aot_eager")
+
+
+def test_the_sweep_lists_registered_layers_and_names_each_failure():
+    """The slow tier's list is the sweep's result over the registry: every listed name is a
+    registered layer, and every layer left out carries the sweep's reason."""
+    results = SWEEP["results"]
+    assert set(results) <= set(rnnzoo.registry.LAYERS)
+    assert set(SWEEP["fullgraph"]) == {n for n, r in results.items() if r["status"] == "ok"}
+    assert all(r["detail"] for r in results.values() if r["status"] != "ok")
+
+
+def test_the_sweep_reports_a_data_dependent_branch():
+    """benchmarks/compile.py's check tells a graph break from a pass: full attention's
+    max_len check on the state's position is a data-dependent branch it names."""
+    import importlib.util
+    path = Path(__file__).parents[1] / "benchmarks" / "compile.py"
+    spec = importlib.util.spec_from_file_location("rnnzoo_compile_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    status, detail = sweep.fullgraph_check("attention")
+    assert status == "break" and "attention.py" in detail, (status, detail)
+    assert sweep.fullgraph_check("attention", {"window": 4})[0] == "ok"

@@ -27,6 +27,7 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import rotate
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention,
     gated_linear_attention_parallel,
@@ -100,8 +101,10 @@ class RetNet(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         state, position = state
-        T = x.shape[1]
-        q, k, v, g, scale = self.lion_inputs(x, position)
+        start, T = 0, x.shape[1]
+        if mode == "chunk" and sequence_parallel.active():  # x: this rank's time slice
+            start, T = sequence_parallel.offset(T)  # its first position, the whole length
+        q, k, v, g, scale = self.lion_inputs(x, position + start)
         kw = dict(scale=scale, initial_state=state)
         if mode == "chunk":
             o, state = gated_linear_attention(q, k, v, g, chunk_size=self.chunk_size, **kw)

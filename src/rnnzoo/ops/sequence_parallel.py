@@ -181,6 +181,20 @@ def halo(x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch
     return exchange(x[:, -n:].to(conv_state.dtype), _halo, conv_state, group=group)
 
 
+def offset(length: int) -> tuple[int, int]:
+    """(the first step of this rank's slice, the whole sequence's length) from every rank's
+    slice length (one all-gather of an int64 tensor on the process group's device): what a
+    layer whose positions are absolute (RetNet's rotation) needs."""
+    import torch.distributed as td
+    group = getattr(_local, "group", None)
+    device = "cuda" if td.get_backend(group) == "nccl" else "cpu"
+    lengths = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(td.get_world_size(group))]
+    td.all_gather(lengths, torch.tensor([length], dtype=torch.int64, device=device), group=group)
+    lengths = torch.cat(lengths).tolist()
+    rank = td.get_rank(group)
+    return sum(lengths[:rank]), sum(lengths)
+
+
 def split(x: torch.Tensor, group=None, dim: int = 1) -> torch.Tensor:
     """This rank's slice of x along `dim` (torch.tensor_split: as even as can be)."""
     rank, world = rank_and_world(group)

@@ -86,11 +86,13 @@ def pick_device(name: str, dist: Dist) -> torch.device:
     return device
 
 
-# Exact under sequence parallelism (tests/train/test_sequence_parallel.py). Not yet: retnet
-# (its rotary positions start at the state's position, which each rank would need offset),
-# rwkv6 / rwkv7 (a token shift reads the previous rank's last step), the diagonal scans and
-# every layer not built on ops.chunk's gated_linear_attention or delta_rule.
-SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2",
+# Exact under sequence parallelism (tests/train/test_sequence_parallel.py; retnet offsets its
+# rotary positions by the slices before it, sequence_parallel.offset). Not yet: rwkv6 / rwkv7
+# (a token shift reads the previous rank's last step: sequence_parallel.halo, as the short
+# convolution does, in their files), mlstm (its stabilised normaliser needs the op's
+# unnormalised numerator, denominator and max-stabiliser per row exchanged), the diagonal
+# scans and every layer not built on ops.chunk's gated_linear_attention or delta_rule.
+SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
                             "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
 
 
