@@ -74,11 +74,13 @@ def test_equals_mamba_ssm_step_references(config):
         assert close(torch.stack(ys, 1), want)
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="run by test_kernels_in_a_child")
 def test_siso_equals_mamba_ssm_triton_kernels():
     """mamba_ssm's Mamba3.forward (SISO Triton kernels: angle cumsum, chunked trapezoidal SSD)
     on CPU under TRITON_INTERPRET=1, exact cos/sin/tanh in place of its PTX approximations."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("run under TRITON_INTERPRET=1 (make test); see test_kernels_in_a_child")
     m3 = peers()
     for config in ("siso", "siso_outproj_norm_full_rope"):
         layer = layer_for(CONFIGS[config])
@@ -90,15 +92,17 @@ def test_siso_equals_mamba_ssm_triton_kernels():
                 assert close(layer(x, mode=mode)[0], want), (config, mode)
 
 
-def test_kernels_in_a_child():
+def _kernels_in_a_child():
     """Outside an interpreted process, the kernel test above runs in a child that has one."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("the kernel test runs in this process")
     ops = Path(__file__).parents[1] / "ops"
     spec = importlib.util.spec_from_file_location("_triton_interp", ops / "_triton_interp.py")
     interp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(interp)
     interp.rerun_in_child(f"{__file__}::test_siso_equals_mamba_ssm_triton_kernels")()
+
+
+if not INTERPRETED:  # `make test` interprets in this process: no child needed
+    test_kernels_in_a_child = _kernels_in_a_child
 
 
 def test_packed_sequences_and_split_calls():

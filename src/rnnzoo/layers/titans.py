@@ -314,8 +314,8 @@ class Titans(RecurrentLayer):
 
 @register("titans_mac", family="matrix",
           paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans, memory as context)",
-          tiny=dict(d_model=8, num_heads=2, head_dim=4, chunk_size=4, d_conv=2,
-                    num_persistent=2))
+          tiny=dict(d_model=4, num_heads=1, head_dim=4, chunk_size=4, d_conv=2,
+                    num_persistent=1))
 class TitansMAC(Titans):
     """`titans` with block="mac": segments of chunk_size tokens attended with the persistent
     tokens and the memory's retrieval, the memory learning from the attention's output."""
