@@ -30,6 +30,23 @@ def test_table_compares_each_mode_with_the_reference():
     assert "vs sequential" in text
 
 
+def test_grid_layers_time_each_mode_against_the_reference_on_a_square_grid():
+    """--grid: 2-D layers on (B, side, side, d) grids, side = isqrt(length); scan2d's modes
+    are its 1-D layer's, each compared with the reference; a 1-D name is refused."""
+    groups = bench.cases_for(["plstm", "scan2d"], None, [17], 2, 4, {"scan2d": {"layer": "mingru"}},
+                             "float32", "cpu", grid=True)
+    case = groups[0][0]
+    run, x = case.build()
+    assert tuple(x.shape) == (2, 4, 4, 4) and run().shape == x.shape
+    rows, text = _table(groups, memory=False)
+    assert [(r["layer"], r["mode"]) for r in rows] == [
+        ("plstm", "sequential"), ("plstm", "wavefront"), ("plstm", "doubling"),
+        ("scan2d", "sequential"), ("scan2d", "scan")]
+    assert rows[-1]["baseline_label"] == "sequential" and "vs sequential" in text
+    with pytest.raises(KeyError, match="2-D layer"):
+        bench.cases_for(["mingru"], None, [16], 2, 4, {}, "float32", "cpu", grid=True)
+
+
 def test_baseline_is_skipped_beyond_its_max_length(monkeypatch):
     monkeypatch.setattr(bench, "BASELINES", Registry("baseline", names=r".+"))
     calls = []

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -46,7 +47,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnzoo.registry import FAMILIES, Info, Registry, create, get_layer_info, list_layers
+from rnnzoo.registry import (FAMILIES, GRID_LAYERS, Info, Registry, create, get_layer_info,
+                             list_layers)
 
 BASELINES = Registry("baseline", names=r"[a-z0-9_]+/\S.*")
 """'layer/label' -> `Info` whose `cls` is the factory: factory(layer, x) returns a callable
@@ -102,13 +104,22 @@ class Case:
     dtype: str = "float32"
     device: str = "cpu"
     baseline: str | None = None  # None: the layer itself in `mode`
+    grid: bool = False  # a 2-D layer (rnnzoo.grid): x (B, side, side, d_model), side^2 = length
 
     def build(self):
         """(run, x): run() does one forward and returns the output to backpropagate."""
         torch.manual_seed(0)
         dtype = getattr(torch, self.dtype)
-        layer = create(self.layer, d_model=self.d_model, **self.options).to(self.device, dtype)
-        x = torch.randn(self.batch, self.length, self.d_model, device=self.device, dtype=dtype)
+        if self.grid:
+            from rnnzoo.grid import create_grid
+            side = math.isqrt(self.length)
+            layer = create_grid(self.layer, d_model=self.d_model, **self.options)
+            shape = (self.batch, side, side, self.d_model)
+        else:
+            layer = create(self.layer, d_model=self.d_model, **self.options)
+            shape = (self.batch, self.length, self.d_model)
+        layer = layer.to(self.device, dtype)
+        x = torch.randn(*shape, device=self.device, dtype=dtype)
         x.requires_grad_()
         if self.baseline is None:
             return (lambda: layer(x, mode=self.mode)[0]), x
@@ -242,25 +253,30 @@ def _accepted(cls, options: dict) -> dict:
 
 
 def cases_for(layers, modes, lengths, batch, d_model, options, dtype, device,
-              baselines=True) -> list[list[Case]]:
-    """Groups of cases; the first case of each group is the one the others are compared to."""
+              baselines=True, grid=False) -> list[list[Case]]:
+    """Groups of cases; the first case of each group is the one the others are compared to.
+    With `grid`, the names are 2-D layers (GRID_LAYERS) timed on side x side grids,
+    side = isqrt(length)."""
     groups = []
     for name in layers:
-        info = get_layer_info(name)
-        chosen = [m for m in info.modes if modes is None or m in modes]
+        info = GRID_LAYERS[name] if grid else get_layer_info(name)
+        opts = {**_accepted(info.cls, options.get("*", {})), **options.get(name, {})}
+        all_modes = info.modes
+        if grid:  # an instance's modes (scan2d's are its 1-D layer's)
+            from rnnzoo.grid import create_grid
+            all_modes = create_grid(name, d_model=d_model, **opts).modes
+        chosen = [m for m in all_modes if modes is None or m in modes]
         if not chosen:
             continue
         for T in lengths:
-            base = dict(layer=name, batch=batch, length=T, d_model=d_model,
-                        options={**_accepted(info.cls, options.get("*", {})),
-                                 **options.get(name, {})},
-                        dtype=dtype, device=device)
+            base = dict(layer=name, batch=batch, length=T, d_model=d_model, options=opts,
+                        dtype=dtype, device=device, grid=grid)
             group = [Case(mode=m, **base) for m in chosen]
-            peers = list(baselines_for(name)) if baselines else []
+            peers = list(baselines_for(name)) if baselines and not grid else []
             ref = info.reference_mode
             if peers:
                 group = [Case(mode=ref, baseline=label, **base) for label in peers] + group
-            elif ref not in chosen and len(chosen) < len(info.modes):
+            elif ref not in chosen and len(chosen) < len(all_modes):
                 group = [Case(mode=ref, **base)] + group
             else:
                 group = [c for c in group if c.mode == ref] + [c for c in group if c.mode != ref]
@@ -464,6 +480,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", help="comma-separated layer names (default: all, or --family)")
     p.add_argument("--family", choices=(*FAMILIES, "all"),
                    help="every layer of one family (all: every layer)")
+    p.add_argument("--grid", action="store_true",
+                   help="time the 2-D layers (rnnzoo.grid; --layers among them, default all) "
+                        "on (batch, side, side, d_model) grids, side = isqrt(each length)")
     p.add_argument("--modes", help="comma-separated modes to time (default: all of each layer)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lengths", default="256", help="comma-separated sequence lengths")
@@ -492,10 +511,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(torch.get_num_threads())
+    if args.grid and (args.vs_lstm or args.family):
+        raise SystemExit("rnnzoo bench: --grid takes --layers (2-D layers), not --family or "
+                         "--vs-lstm")
     if args.layers:
         layers = [n.strip() for n in args.layers.split(",") if n.strip()]
         for n in layers:
-            get_layer_info(n)  # unknown names raise with the valid list
+            GRID_LAYERS[n] if args.grid else get_layer_info(n)  # unknown: the valid list
+    elif args.grid:
+        layers = list(GRID_LAYERS)
     else:
         layers = [i.name for i in list_layers(None if args.family == "all" else args.family)]
     try:
@@ -520,7 +544,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         return rows
     modes = set(args.modes.split(",")) if args.modes else None
     groups = cases_for(layers, modes, lengths, args.batch, args.d_model, options, args.dtype,
-                       args.device, baselines=not args.no_baselines)
+                       args.device, baselines=not args.no_baselines, grid=args.grid)
     print(f"rnnzoo bench: B={args.batch} d_model={args.d_model} {args.dtype} on {args.device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     rows = run_table(groups, args.repeat, args.warmup, not args.no_backward, not args.no_memory)

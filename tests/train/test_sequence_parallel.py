@@ -94,10 +94,9 @@ def _worker(rank, world, port, names, errors):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_one_process(world):
-    """Every listed layer is exact; rwkv6, a control outside the list (its chunk op splits,
-    but its token shift reads the whole sequence's initial input on every rank instead of
-    the previous rank's last step), is not, so the check can tell."""
-    names = SEQUENCE_PARALLEL_LAYERS + (("rwkv6",) if world == 2 else ())
+    """Every listed layer is exact; mlstm, a control outside the list (its chunk op has no
+    LASP-2 exchange: each rank starts from the initial state), is not, so the check can tell."""
+    names = SEQUENCE_PARALLEL_LAYERS + (("mlstm",) if world == 2 else ())
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     mp.start_processes(_worker, args=(world, _free_port(), names, errors), nprocs=world,
@@ -105,7 +104,7 @@ def test_sequence_parallel_equals_one_process(world):
     found = []
     while not errors.empty():
         found.append(errors.get())
-    wrong = [f for f in found if not f.startswith("rwkv6 ")]
+    wrong = [f for f in found if not f.startswith("mlstm ")]
     assert not wrong, "\n".join(wrong)
     assert len(found) == len(wrong) + (world if world == 2 else 0)  # the control, every rank
 

@@ -24,6 +24,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.registry import register
 
@@ -99,6 +100,10 @@ class RWKV6(RecurrentLayer):
     def _forward(self, x, state, mode):
         S, x_last = state
         B, T, d = x.shape
+        x_final = x[:, -1].to(S.dtype)
+        if sequence_parallel.active():  # x is this rank's slice: shift in the previous rank's last
+            prev, last = sequence_parallel.halo(x, x_last[:, None])
+            x_last, x_final = prev[:, 0], last[:, 0]
         r, k, v, log_w, g = self._project(x, x_last, S.dtype)
         kw = dict(scale=1.0, initial_state=S, bonus=self.u.to(S.dtype))
         if mode == "chunk":
@@ -107,4 +112,4 @@ class RWKV6(RecurrentLayer):
         else:
             o, S = gated_linear_attention_recurrent(r, k, v, log_w, **kw)
         y = self.out_proj(self.norm(o).reshape(B, T, d) * g)
-        return y, (S, x[:, -1].to(S.dtype))
+        return y, (S, x_final)

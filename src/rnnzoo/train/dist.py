@@ -87,13 +87,13 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 
 
 # Exact under sequence parallelism (tests/train/test_sequence_parallel.py; retnet offsets its
-# rotary positions by the slices before it, sequence_parallel.offset). Not yet: rwkv6 / rwkv7
-# (a token shift reads the previous rank's last step: sequence_parallel.halo, as the short
-# convolution does, in their files), mlstm (its stabilised normaliser needs the op's
+# rotary positions by the slices before it, sequence_parallel.offset; rwkv6's token shift
+# reads the previous rank's last input through sequence_parallel.halo, as the short
+# convolution does). Not yet: rwkv7 (its own chunk op), mlstm (its stabilised normaliser needs the op's
 # unnormalised numerator, denominator and max-stabiliser per row exchanged), the diagonal
 # scans and every layer not built on ops.chunk's gated_linear_attention or delta_rule.
 SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
-                            "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
+                            "rwkv6", "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
 
 
 def check_sequence_parallel(layer_names) -> None:
