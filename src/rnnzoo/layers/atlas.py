@@ -21,12 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnzoo.checks import choice, flag, int_in, positive, positive_int
+from rnnzoo.checks import choice, flag, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.layers.titans import memory_qkv
+from rnnzoo.layers.titans import memory_geometry, memory_output, memory_qkv
 from rnnzoo.ops.atlas import atlas_init_state, atlas_sequential, atlas_step
 from rnnzoo.ops.feature_maps import FEATURE_MAPS, feature_size
 from rnnzoo.registry import register
@@ -46,13 +45,8 @@ class Atlas(RecurrentLayer):
                  d_conv: int = 4, window: int = 8, feature_map: str | None = None,
                  muon: bool = True, ns_steps: int = 5, norm_eps: float = 1e-6):
         super().__init__(d_model)
-        H = positive_int("num_heads", num_heads)
-        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        self.num_heads, self.head_dim = H, K
-        self.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
-        self.kind = "linear" if memory_depth == 1 else "mlp"
-        self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.base_lr = positive("base_lr", base_lr)
+        H, K = memory_geometry(self, d_model, num_heads, head_dim, memory_depth, chunk_size,
+                               base_lr)
         self.window = positive_int("window", window)
         self.feature_map = None if feature_map is None else choice("feature_map", feature_map,
                                                                    FEATURE_MAPS)
@@ -65,9 +59,7 @@ class Atlas(RecurrentLayer):
         widths = [F_, K] if self.kind == "linear" else [F_, 4 * K, K]
         self.memory = nn.ParameterList(nn.Parameter(torch.randn(H, i, o) / i ** 0.5)
                                        for i, o in zip(widths[:-1], widths[1:]))
-        self.g_proj = nn.Linear(d_model, H * K)
-        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        memory_output(self, d_model, norm_eps)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

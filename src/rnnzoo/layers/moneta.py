@@ -23,12 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import int_in, positive, positive_int
+from rnnzoo.checks import positive
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.layers.titans import memory_qkv
+from rnnzoo.layers.titans import memory_geometry, memory_output, memory_qkv
 from rnnzoo.ops.memory import (
     attentional_bias,
     miras_chunked,
@@ -51,22 +50,15 @@ class MirasLayer(RecurrentLayer):
                  memory_depth: int = 2, chunk_size: int = 16, base_lr: float = 1.0,
                  d_conv: int = 4, norm_eps: float = 1e-6):
         super().__init__(d_model)
-        H = positive_int("num_heads", num_heads)
-        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        self.num_heads, self.head_dim = H, K
-        self.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
-        self.kind = "linear" if memory_depth == 1 else "mlp"
-        self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.base_lr = positive("base_lr", base_lr)
+        H, K = memory_geometry(self, d_model, num_heads, head_dim, memory_depth, chunk_size,
+                               base_lr)
         self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
         self.conv = ShortConv(3 * H * K, d_conv, bias=False)
         self.gate_proj = nn.Linear(d_model, 3 * H if self.with_delta else 2 * H)
         widths = [K, K] if self.kind == "linear" else [K, 4 * K, K]
         self.memory = nn.ParameterList(nn.Parameter(torch.randn(H, i, o) / i ** 0.5)
                                        for i, o in zip(widths[:-1], widths[1:]))
-        self.g_proj = nn.Linear(d_model, H * K)
-        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        memory_output(self, d_model, norm_eps)
 
     def rules(self):
         """(dloss, phi): the attentional bias's gradient and the retention's weight map."""

@@ -54,6 +54,28 @@ from rnnzoo.ops.memory import titans_chunked, titans_init_state, titans_sequenti
 from rnnzoo.registry import register
 
 
+def memory_geometry(layer, d_model, num_heads, head_dim, memory_depth, chunk_size, base_lr):
+    """Checks and sets the geometry every memory layer here shares: num_heads H, head_dim K
+    (d_model // H by default), memory_depth (1: a linear memory, 2: an MLP of width 4K),
+    chunk_size, base_lr. Returns (H, K)."""
+    H = positive_int("num_heads", num_heads)
+    K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+    layer.num_heads, layer.head_dim = H, K
+    layer.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
+    layer.kind = "linear" if memory_depth == 1 else "mlp"
+    layer.chunk_size = positive_int("chunk_size", chunk_size)
+    layer.base_lr = positive("base_lr", base_lr)
+    return H, K
+
+
+def memory_output(layer, d_model, norm_eps):
+    """The output every memory layer here shares: o_proj(HeadNorm(read) * g_proj(x))."""
+    H, K = layer.num_heads, layer.head_dim
+    layer.g_proj = nn.Linear(d_model, H * K)
+    layer.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
+    layer.o_proj = nn.Linear(H * K, d_model, bias=False)
+
+
 def memory_qkv(layer, x, conv_state):
     """The read/write inputs every memory layer here shares: q, k (unit norm per head), v:
     (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state."""
@@ -83,13 +105,8 @@ class Titans(RecurrentLayer):
         self.num_persistent = int_in("num_persistent", num_persistent, 0)
         if self.block == "lmm" and num_persistent:
             raise ValueError("num_persistent needs an attention branch (block 'mac', 'mag' or 'mal')")
-        H = positive_int("num_heads", num_heads)
-        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        self.num_heads, self.head_dim = H, K
-        self.memory_depth = int_in("memory_depth", memory_depth, 1, 2)
-        self.kind = "linear" if memory_depth == 1 else "mlp"
-        self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.base_lr = positive("base_lr", base_lr)
+        H, K = memory_geometry(self, d_model, num_heads, head_dim, memory_depth, chunk_size,
+                               base_lr)
         self.inner_norm = flag("inner_norm", inner_norm)
         self.memory_bias = flag("memory_bias", memory_bias)
         self.norm_eps = positive("norm_eps", norm_eps)
@@ -103,9 +120,7 @@ class Titans(RecurrentLayer):
             self.memory.append(nn.Parameter(torch.zeros(H, o), requires_grad=memory_bias))
         self.inner_norm_weight = nn.Parameter(torch.ones(H, K))
         self.inner_norm_bias = nn.Parameter(torch.zeros(H, K))
-        self.g_proj = nn.Linear(d_model, H * K)
-        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        memory_output(self, d_model, norm_eps)
         self.attn = None
         if self.block != "lmm":  # the short-term memory: sliding-window attention
             # MAC: attention over one segment, [p, h_1, x_1, ..., h_C, x_C], in a ring buffer
