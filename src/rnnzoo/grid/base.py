@@ -49,12 +49,31 @@ class GridLayer(nn.Module):
     def _forward(self, x: torch.Tensor, state, mode: str):
         raise NotImplementedError
 
-    def _check_state(self, state, x: torch.Tensor):
-        """The state a layer accepts (None: its initial state); override to accept one."""
-        if state is not None:
-            raise ValueError(f"2-D layer {self.name!r} takes no initial state, got "
-                             f"{type(state).__name__}")
+    def init_state(self, batch_size, height, width, device=None, dtype=None):
+        """The initial (left, top) border state of a (height, width) grid; None for a layer
+        that takes no state."""
         return None
+
+    def _check_state(self, state, x: torch.Tensor):
+        """The state a layer accepts (None: its initial state): `init_state`'s shapes, moved
+        to x's device and the state dtype."""
+        B, X, Y, _ = x.shape
+        init = self.init_state(B, X, Y, device=x.device, dtype=x.dtype)
+        if init is None:
+            if state is not None:
+                raise ValueError(f"2-D layer {self.name!r} takes no initial state, got "
+                                 f"{type(state).__name__}")
+            return None
+        if state is None:
+            return init
+        if not isinstance(state, (tuple, list)) or len(state) != 2 or \
+                any(not isinstance(s, torch.Tensor) or s.shape != e.shape
+                    for s, e in zip(state, init)):
+            got = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                   for s in state] if isinstance(state, (tuple, list)) else type(state).__name__
+            raise ValueError(f"state must be (left, top) of shapes {tuple(init[0].shape)} and "
+                             f"{tuple(init[1].shape)}, got {got}")
+        return tuple(s.to(device=x.device, dtype=e.dtype) for s, e in zip(state, init))
 
     def auto_mode(self, x: torch.Tensor) -> str:
         return self.modes[1] if len(self.modes) > 1 else self.modes[0]

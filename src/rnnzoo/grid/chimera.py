@@ -68,20 +68,6 @@ class Chimera(GridLayer):
         return (torch.zeros(batch_size, height, self.d_model, self.d_state, device=device, dtype=sd),
                 torch.zeros(batch_size, width, self.d_model, self.d_state, device=device, dtype=sd))
 
-    def _check_state(self, state, x):
-        B, X, Y, _ = x.shape
-        init = self.init_state(B, X, Y, device=x.device, dtype=x.dtype)
-        if state is None:
-            return init
-        if not isinstance(state, (tuple, list)) or len(state) != 2 or \
-                any(not isinstance(s, torch.Tensor) or s.shape != e.shape
-                    for s, e in zip(state, init)):
-            got = [tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-                   for s in state] if isinstance(state, (tuple, list)) else type(state).__name__
-            raise ValueError(f"state must be (left, top) of shapes {tuple(init[0].shape)} and "
-                             f"{tuple(init[1].shape)}, got {got}")
-        return tuple(s.to(device=x.device, dtype=e.dtype) for s, e in zip(state, init))
-
     def _forward(self, x, state, mode):
         B, X, Y, D = x.shape
         N = self.d_state

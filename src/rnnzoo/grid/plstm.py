@@ -127,19 +127,6 @@ class PLSTM(GridLayer):
         return (torch.zeros(*shape, height, K, K, device=device, dtype=sd),
                 torch.zeros(*shape, width, K, K, device=device, dtype=sd))
 
-    def _check_state(self, state, x):
-        B, X, Y, _ = x.shape
-        init = self.init_state(B, X, Y, device=x.device, dtype=x.dtype)
-        if state is None:
-            return init
-        if not isinstance(state, (tuple, list)) or len(state) != 2 or \
-                any(not isinstance(s, torch.Tensor) or s.shape != e.shape
-                    for s, e in zip(state, init)):
-            raise ValueError(f"state must be (left, top) of shapes {tuple(init[0].shape)} and "
-                             f"{tuple(init[1].shape)}, got "
-                             f"{[tuple(s.shape) if isinstance(s, torch.Tensor) else s for s in state] if isinstance(state, (tuple, list)) else type(state).__name__}")
-        return tuple(s.to(device=x.device, dtype=e.dtype) for s, e in zip(state, init))
-
     def _forward(self, x, state, mode):
         B, X, Y, _ = x.shape
         H, K, n_or = self.num_heads, self.head_dim, self.orientations
