@@ -47,8 +47,15 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnzoo.registry import (FAMILIES, GRID_LAYERS, Info, Registry, create, get_layer_info,
-                             list_layers)
+from rnnzoo.registry import (
+    FAMILIES,
+    GRID_LAYERS,
+    Info,
+    Registry,
+    create,
+    get_layer_info,
+    list_layers,
+)
 
 BASELINES = Registry("baseline", names=r"[a-z0-9_]+/\S.*")
 """'layer/label' -> `Info` whose `cls` is the factory: factory(layer, x) returns a callable
