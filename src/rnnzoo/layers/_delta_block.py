@@ -43,6 +43,14 @@ def l2norm(x, sqrt_eps: bool = False):
     return F.normalize(x, dim=-1, eps=1e-6)
 
 
+def softplus(x):
+    """log(1 + e^x) as torch.logaddexp(x, 0), for the delta blocks' forget gates: the same
+    values and gradient (sigmoid) as F.softplus, and traceable by torch.compile. With
+    F.softplus, AOT autograd's backward graph assumes a contiguous softplus_backward where
+    the gradient arrives transposed from the chunk op, and its `view` fails at run time."""
+    return torch.logaddexp(x, x.new_zeros(()))
+
+
 class DeltaBlock(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, d_conv-1, C))."""
 
@@ -104,7 +112,7 @@ class DeltaBlock(RecurrentLayer):
             beta = 2 * beta
         g = None
         if self.a_proj is not None:
-            g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
+            g = -self.A_log.to(cdt).exp() * softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         return q, k, v, beta, g, conv_state
 
     def l2norm(self, x):

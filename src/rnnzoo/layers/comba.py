@@ -27,6 +27,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -86,7 +87,7 @@ class Comba(RecurrentLayer):
         p = k if self.decay is None else k * torch.sigmoid(self.decay.to(cdt))[:, None]
         if self.D is not None:
             q = q - self.D.to(cdt)[:, None] * p
-        g = -self.A_log.to(cdt).exp() * F.softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
+        g = -self.A_log.to(cdt).exp() * softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
         return q, k, p, v.reshape(B, T, H, V), g, beta, conv_state
 

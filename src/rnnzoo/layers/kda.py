@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import l2norm
+from rnnzoo.layers._delta_block import l2norm, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -81,7 +80,7 @@ class KDA(RecurrentLayer):
         q = l2norm(q.reshape(B, T, H, K), self.sqrt_eps)
         k = l2norm(k.reshape(B, T, H, K), self.sqrt_eps)
         f = self.f_proj(x).to(cdt).reshape(B, T, H, K) + self.dt_bias.to(cdt).view(H, K)
-        g = -self.A_log.to(cdt).exp()[:, None] * F.softplus(f)
+        g = -self.A_log.to(cdt).exp()[:, None] * softplus(f)
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
         if self.allow_neg_eigval:
             beta = 2 * beta
