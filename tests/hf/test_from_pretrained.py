@@ -15,7 +15,8 @@ from rnnzoo.hf import UnsupportedCheckpoint
 from rnnzoo.hf.load import TYPES
 
 TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear",
-                "bamba", "nemotron_h", "granitemoehybrid", "jamba", "lfm2", "minimax", "xlstm", "rwkv"]
+                "bamba", "nemotron_h", "granitemoehybrid", "jamba", "lfm2", "minimax", "xlstm", "rwkv",
+                "falcon_h1"]
 
 
 def rel_err(a, b):
