@@ -142,6 +142,17 @@ def tiny(model_type: str):
         return tf.RwkvConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                              intermediate_size=24, rescale_every=0,
                              context_length=2048), tf.RwkvForCausalLM
+    if model_type == "falcon_h1":  # attention + Mamba-2 (24 wide, no gated norm) in each layer
+        return tf.FalconH1Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 mamba_d_ssm=24, mamba_n_heads=4, mamba_d_head=6,
+                                 mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3,
+                                 mamba_chunk_size=8, embedding_multiplier=1.7,
+                                 lm_head_multiplier=0.6, mlp_multipliers=[1.3, 0.8],
+                                 key_multiplier=1.2, attention_in_multiplier=0.9,
+                                 attention_out_multiplier=1.1, ssm_in_multiplier=1.25,
+                                 ssm_out_multiplier=0.7, ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 2.0]
+                                 ), tf.FalconH1ForCausalLM
     raise KeyError(model_type)
 
 

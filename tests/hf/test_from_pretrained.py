@@ -15,7 +15,8 @@ from rnnzoo.hf import UnsupportedCheckpoint
 from rnnzoo.hf.load import TYPES
 
 TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear",
-                "bamba", "nemotron_h", "granitemoehybrid", "jamba", "lfm2", "minimax", "xlstm", "rwkv"]
+                "bamba", "nemotron_h", "granitemoehybrid", "jamba", "lfm2", "minimax", "xlstm", "rwkv",
+                "falcon_h1"]
 
 
 def rel_err(a, b):
@@ -139,3 +140,24 @@ def test_transformers_cache_grows_where_the_state_does_not(tmp_path):
             sizes_ours.append(state_numel(ours(tokens[:, :T])[1]))
     assert sizes_hf[1] == 4 * sizes_hf[0] > 0
     assert sizes_ours[0] == sizes_ours[1]
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_falcon_h1_gated_norm_equals_transformers(tmp_path, before):
+    """Falcon-H1 with its Mamba's gated RMSNorm (mamba_rms_norm), the norm before the gate
+    or after it: the same logits as transformers in every mode."""
+    from _models import tiny
+    config, cls = tiny("falcon_h1")
+    config.mamba_rms_norm, config.mamba_norm_before_gate = True, before
+    torch.manual_seed(0)
+    hf = cls(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    ours = rnnzoo.from_pretrained(tmp_path)
+    tokens = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(tokens).logits
+        for mode in ours.blocks[0].mixer.modes:
+            assert rel_err(want, ours(tokens, mode=mode)[0]) < 1e-4, mode

@@ -8,10 +8,21 @@ import pytest
 import torch
 
 import rnnzoo
+from rnnzoo.hf.falcon_h1 import ParallelHybrid
 from rnnzoo.hf.lfm2 import GatedShortConv
 from rnnzoo.hf.mla import LatentAttention
 from rnnzoo.hf.rwkv import ChannelMix, TimeMix
 from rnnzoo.hf.xlstm import XLSTMLayer
+
+
+def falcon_mixer(d_model, num_heads, d_inner, head_dim):
+    """Falcon-H1's mixer: rnnzoo attention and mamba2 side by side."""
+    return ParallelHybrid(
+        rnnzoo.create("attention", d_model=d_model, num_heads=num_heads, num_kv_heads=1,
+                      max_len=32),
+        rnnzoo.create("mamba2", d_model=d_model, d_state=2, head_dim=head_dim, d_inner=d_inner,
+                      d_conv=3, chunk_size=4, gated_norm=False))
+
 
 CASES = [
     ("mamba", dict(d_state=3, d_conv=3, expand=1, dt_rank=2, chunk_size=4, bcdt_rms_eps=1e-6)),
@@ -19,6 +30,11 @@ CASES = [
                    bcdt_rms_weight=True)),
     ("mamba2", dict(d_state=2, head_dim=2, expand=2, d_conv=3, chunk_size=4, n_groups=2,
                     norm_eps=1e-6)),
+    # Falcon-H1's Mamba-2: its own width, no gated norm / the norm before the gate
+    ("mamba2", dict(d_state=2, head_dim=3, d_inner=12, d_conv=3, chunk_size=4, n_groups=2,
+                    gated_norm=False)),
+    ("mamba2", dict(d_state=2, head_dim=3, d_inner=12, d_conv=3, chunk_size=4, n_groups=2,
+                    norm_before_gate=True)),
     ("hawk", dict(d_rnn=6, num_heads=2, d_conv=3, gate_act="gelu_tanh", normalize_first=False)),
     ("attention", dict(num_heads=4, head_dim=4, num_kv_heads=2, rotary_dim=2, out_bias=True,
                        qk_norm_eps=1e-6, output_gate=True, max_len=32)),
@@ -39,6 +55,7 @@ CASES = [
     (ChannelMix, dict(hidden=12)),
     ("lightning_attention", dict(num_heads=2, head_dim=3, layer_idx=1, num_layers=2,
                                  chunk_size=4, depth_eps=1e-5)),
+    (falcon_mixer, dict(num_heads=2, d_inner=12, head_dim=3)),
 ]
 IDS = [f"{getattr(n, '__name__', n)}-{i}" for i, (n, _) in enumerate(CASES)]
 
@@ -93,3 +110,16 @@ def test_hawk_normalize_first_changes_only_the_first_step():
     state = on.init_state(1, dtype=torch.float64)
     later = (*state, torch.ones(1, dtype=torch.float64))  # ...a later one does not
     assert torch.allclose(on(x, state)[0], off(x, later)[0])
+
+
+def test_mamba2_output_options_shape_the_layer():
+    """d_inner sets the width apart from expand; gated_norm=False drops the norm's weight;
+    norm_before_gate moves the gate after the norm (the same weights give other outputs)."""
+    opts = dict(d_state=2, head_dim=3, d_inner=12, d_conv=3, chunk_size=4, n_groups=2)
+    after = make("mamba2", {**opts, "norm_before_gate": True})
+    before = make("mamba2", opts)
+    assert after.out_proj.in_features == 12 and after.num_heads == 4
+    before.load_state_dict(after.state_dict())
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    assert not torch.allclose(after(x)[0], before(x)[0])
+    assert "norm_weight" not in dict(make("mamba2", {**opts, "gated_norm": False}).named_parameters())

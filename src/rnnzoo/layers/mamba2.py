@@ -9,6 +9,9 @@ A scalar decay per head and per step, inputs B_t, C_t shared by the heads of a g
 
 The gated RMSNorm normalises each group's d_inner / n_groups channels on their own
 (eps `norm_eps`), as mamba_ssm's RMSNormGated with group_size = d_inner / ngroups.
+Options for checkpoints that differ (Falcon-H1): `d_inner` (the mixer width, default
+expand * d_model), `norm_before_gate` (out = (RMSNorm(y) * silu(z)) W_out, as mamba_ssm's
+norm_before_gate=True) and `gated_norm=False` (no norm: out = (y * silu(z)) W_out).
 
 i.e. gated linear attention with q = C, k = B, v = dt x and log decay dt A. Modes:
 `sequential`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive, positive_int
+from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -39,28 +42,33 @@ from rnnzoo.registry import register
           tiny=dict(d_model=4, d_state=2, head_dim=4, d_conv=3, chunk_size=4))
 class Mamba2(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S: (B, H, d_state, head_dim),
-    conv: (B, d_conv - 1, expand * d_model + 2 d_state)), H = expand * d_model / head_dim."""
+    conv: (B, d_conv - 1, d_inner + 2 n_groups d_state)), H = d_inner / head_dim,
+    d_inner = expand * d_model unless given."""
 
     modes = ("sequential", "chunk", "parallel")
 
     def __init__(self, d_model: int, d_state: int = 64, head_dim: int = 64, expand: int = 2,
                  d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
-                 dt_max: float = 0.1, n_groups: int = 1, norm_eps: float = 1e-5):
+                 dt_max: float = 0.1, n_groups: int = 1, norm_eps: float = 1e-5,
+                 d_inner: int | None = None, gated_norm: bool = True,
+                 norm_before_gate: bool = False):
         super().__init__(d_model)
         for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
                             ("d_conv", d_conv), ("chunk_size", chunk_size),
                             ("n_groups", n_groups)):
             positive_int(name, value)
         self.norm_eps = positive("norm_eps", norm_eps)
-        d_inner = expand * d_model
+        self.gated_norm = flag("gated_norm", gated_norm)
+        self.norm_before_gate = flag("norm_before_gate", norm_before_gate)
+        d_inner = expand * d_model if d_inner is None else positive_int("d_inner", d_inner)
         if d_inner % head_dim:
-            raise ValueError(f"expand * d_model = {d_inner} must be a multiple of head_dim, "
-                             f"got head_dim={head_dim}")
+            raise ValueError(f"d_inner (expand * d_model unless given) = {d_inner} must be a "
+                             f"multiple of head_dim, got head_dim={head_dim}")
         self.d_inner, self.d_state, self.head_dim = d_inner, d_state, head_dim
         self.num_heads, self.chunk_size = d_inner // head_dim, chunk_size
         H, G = self.num_heads, n_groups
         if H % G:
-            raise ValueError(f"the number of heads expand * d_model / head_dim = {H} must be a "
+            raise ValueError(f"the number of heads d_inner / head_dim = {H} must be a "
                              f"multiple of n_groups, got n_groups={n_groups}")
         self.n_groups = G
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * G * d_state + H, bias=False)
@@ -69,7 +77,7 @@ class Mamba2(RecurrentLayer):
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(H))
-        self.norm_weight = nn.Parameter(torch.ones(d_inner))
+        self.norm_weight = nn.Parameter(torch.ones(d_inner)) if self.gated_norm else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
@@ -95,11 +103,18 @@ class Mamba2(RecurrentLayer):
         return q, k, v, log_decay, xs, z, conv_state
 
     def _output(self, y, xs, z, x):
-        """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm, the projection."""
+        """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
+        norm, or after it with norm_before_gate; the gate alone without gated_norm), the
+        projection."""
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
-        y = (y * F.silu(z)).unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
+        if not self.gated_norm:
+            return self.out_proj(y * F.silu(z))
+        if not self.norm_before_gate:
+            y = y * F.silu(z)
+        y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
-        return self.out_proj(y * self.norm_weight)
+        y = y * self.norm_weight
+        return self.out_proj(y * F.silu(z) if self.norm_before_gate else y)
 
     def lion_inputs(self, x):
         """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,
