@@ -86,6 +86,7 @@ def _worker(rank, world, port, names, errors):
                       *((a - b).abs().max().item() for a, b in zip(s, s_ref)),
                       (grads[0] - sp.split(g_ref[0])).abs().max().item(),
                       *((a - b).abs().max().item() for a, b in zip(grads[1:], g_ref[1:])))
+            print(f"sequence parallel {name} rank {rank}/{world}: max error {err:.3g}", flush=True)
             if not err < 1e-9:
                 errors.put(f"{name} rank {rank}/{world}: max error {err:.3g}")
     finally:
@@ -94,9 +95,9 @@ def _worker(rank, world, port, names, errors):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_one_process(world):
-    """Every listed layer is exact; mlstm, a control outside the list (its chunk op has no
+    """Every listed layer is exact; kda, a control outside the list (its chunk op has no
     LASP-2 exchange: each rank starts from the initial state), is not, so the check can tell."""
-    names = SEQUENCE_PARALLEL_LAYERS + (("mlstm",) if world == 2 else ())
+    names = SEQUENCE_PARALLEL_LAYERS + (("kda",) if world == 2 else ())
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     mp.start_processes(_worker, args=(world, _free_port(), names, errors), nprocs=world,
@@ -104,7 +105,7 @@ def test_sequence_parallel_equals_one_process(world):
     found = []
     while not errors.empty():
         found.append(errors.get())
-    wrong = [f for f in found if not f.startswith("mlstm ")]
+    wrong = [f for f in found if not f.startswith("kda ")]
     assert not wrong, "\n".join(wrong)
     assert len(found) == len(wrong) + (world if world == 2 else 0)  # the control, every rank
 

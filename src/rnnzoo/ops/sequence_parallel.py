@@ -31,8 +31,12 @@ The probe run with v = 0 and S_0 = I costs one more pass of the op with value wi
 LASP-2 fuses it into the same kernel, here it reuses the op unchanged, so every op that
 is linear in (v, S_0) given (q, k, gates) gets sequence parallelism without a new kernel.
 
+The stabilised mLSTM is not linear in its state (its normaliser divides by max(|n^T q|,
+exp(-m))): `mlstm_lasp2` exchanges each rank's unnormalised slice summary instead and folds
+the max-stabiliser max-plus (below, before `mlstm_summary`).
+
 Usage: inside `with scope(group):` the ops that honour it (`ops.chunk.linear.
-gated_linear_attention`, `ops.chunk.delta.delta_rule`) and the short convolution
+gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule`) and the short convolution
 (`layers.conv.causal_conv1d`, whose first steps need the previous rank's last d_conv - 1
 inputs: `halo`) treat their input as this rank's slice of a longer sequence; the
 initial state is the whole sequence's (every rank passes the same one).
@@ -44,6 +48,8 @@ import contextlib
 import threading
 
 import torch
+
+from rnnzoo.dtypes import compute_dtype
 
 _local = threading.local()
 
@@ -160,6 +166,77 @@ def lasp2(op, q, k, v, *gates, initial_state=None, **options):
     combine = _fold(K, V, initial_zero=initial_state is None)
     o, S = exchange(torch.cat([P_r, S_r], -1), combine, o_loc, Q, S0, group=group)
     return o, S
+
+
+# -- mLSTM: the stabilised normaliser is not linear in the state ------------------------------
+# Over a slice with log forget gates f_t and input gates i~_t, the memory is (up to exp(-m))
+# a weighted sum: token j enters the slice-end state with log weight w_j = F - F_j + i~_j
+# (F the slice's total log forget, F_j the sum up to j inclusive), the entering state with F.
+# So a slice is summarised, without the state entering it, by (C_loc, n_loc, m_loc, F) with
+# m_loc = max_j w_j and C_loc = sum_j exp(w_j - m_loc) k_j v_j^T, n_loc likewise with k_j,
+# and a state (C, n, m) passes through it as
+#     m' = max(F + m, m_loc),  C' = exp(F + m - m') C + exp(m_loc - m') C_loc   (n' alike),
+# the loop's own update with the slice for one step: a max-plus fold, associative, giving
+# the stabiliser m exactly as the loop does. The ranks all-gather their summaries, each
+# folds those before it into its entering state and runs its slice from that state.
+
+
+def mlstm_summary(k, v, log_i, log_f):
+    """The slice's own part of the mLSTM state: k (B, T, H, K), v (B, T, H, V), log_i, log_f
+    (B, T, H) in the state's dtype -> (C_loc (B, H, K, V), n_loc (B, H, K), m_loc (B, H),
+    F (B, H)): the state after the slice from an empty memory (m = -inf), and its log forget."""
+    after = log_f.flip(1).cumsum(1).flip(1)  # sum of log f from step j on (inclusive)
+    w = after - log_f + log_i  # (B, T, H): F - F_j + i~_j
+    m = w.max(1).values
+    e = (w - torch.where(m.isfinite(), m, torch.zeros_like(m))[:, None]).exp()
+    C = torch.einsum("bth,bthk,bthv->bhkv", e, k, v)
+    return C, torch.einsum("bth,bthk->bhk", e, k), m, after[:, 0]
+
+
+def mlstm_fold(state, summary):
+    """The mLSTM state (C, n, m) after a slice summarised by `summary` (mlstm_summary's)."""
+    C, n, m = state
+    C_loc, n_loc, m_loc, F = summary
+    m_new = torch.maximum(F + m, m_loc)
+    a, b = (F + m - m_new).exp(), (m_loc - m_new).exp()
+    return (a[..., None, None] * C + b[..., None, None] * C_loc,
+            a[..., None] * n + b[..., None] * n_loc, m_new)
+
+
+def _mlstm_combine(K, V):
+    """combine for mlstm_lasp2: (the state entering this rank, the final state)."""
+    def combine(summaries, rank, C0, n0, m0):
+        state = entering = (C0, n0, m0)
+        for j in range(summaries.shape[0]):
+            if j == rank:
+                entering = state
+            C_j, n_j, m_j, F_j = summaries[j].split([K * V, K, 1, 1], -1)
+            state = mlstm_fold(state, (C_j.unflatten(-1, (K, V)), n_j, m_j[..., 0], F_j[..., 0]))
+        return (*entering, *state)
+    return combine
+
+
+def mlstm_lasp2(op, q, k, v, log_i, log_f, *, initial_state=None, **options):
+    """LASP-2 for the stabilised mLSTM op `op(q, k, v, log_i, log_f, initial_state=(C, n, m),
+    **options) -> (h, (C, n, m))`: q, k (B, T_r, H, K), v (B, T_r, H, V), log_i, log_f
+    (B, T_r, H) this rank's slice; initial_state the whole sequence's (None: zeros, as the
+    op). One all-gather of each rank's (C_loc, n_loc, m_loc, F); this rank then runs its
+    slice from the folded entering state. Returns this rank's h (B, T_r, H, V) and the
+    whole sequence's final (C, n, m)."""
+    group = getattr(_local, "group", None)
+    B, _, H, K = k.shape
+    V = v.shape[-1]
+    dt = compute_dtype(q)
+    C_loc, n_loc, m_loc, F = mlstm_summary(*(t.to(dt) for t in (k, v, log_i, log_f)))
+    local = torch.cat([C_loc.flatten(2), n_loc, m_loc[..., None], F[..., None]], -1)
+    if initial_state is None:
+        initial_state = (C_loc.new_zeros(B, H, K, V), C_loc.new_zeros(B, H, K),
+                         C_loc.new_zeros(B, H))
+    state0 = tuple(s.to(dt) for s in initial_state)
+    *entering, C, n, m = exchange(local, _mlstm_combine(K, V), *state0, group=group)
+    with _local_only():
+        h, _ = op(q, k, v, log_i, log_f, initial_state=tuple(entering), **options)
+    return h, (C, n, m)
 
 
 def _halo(pairs, rank, conv_state):

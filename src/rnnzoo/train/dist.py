@@ -89,11 +89,13 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 # Exact under sequence parallelism (tests/train/test_sequence_parallel.py; retnet offsets its
 # rotary positions by the slices before it, sequence_parallel.offset; rwkv6's token shift
 # reads the previous rank's last input through sequence_parallel.halo, as the short
-# convolution does). Not yet: rwkv7 (its own chunk op), mlstm (its stabilised normaliser needs the op's
-# unnormalised numerator, denominator and max-stabiliser per row exchanged), the diagonal
-# scans and every layer not built on ops.chunk's gated_linear_attention or delta_rule.
+# convolution does; mlstm exchanges each slice's unnormalised (C, n, m) and total log forget
+# and folds the stabiliser max-plus, sequence_parallel.mlstm_lasp2). Not yet: rwkv7 and kda
+# (their own chunk ops), the diagonal scans and every layer not built on ops.chunk's
+# gated_linear_attention, delta_rule or mlstm.
 SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
-                            "rwkv6", "mamba2", "deltanet", "gated_deltanet", "deltaproduct")
+                            "rwkv6", "mamba2", "deltanet", "gated_deltanet", "deltaproduct",
+                            "mlstm")
 
 
 def check_sequence_parallel(layer_names) -> None:

@@ -268,6 +268,10 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
     positive_int("chunk_size", chunk_size)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 with a max-plus fold
+        return sequence_parallel.mlstm_lasp2(mlstm, q, k, v, log_i, log_f, scale=scale,
+                                             initial_state=initial_state, eps=eps,
+                                             chunk_size=chunk_size)
     if q.dtype != torch.float64 and backend.use_triton(q, k, v, log_i, log_f,
                                                        *(initial_state or ())):
         from rnnzoo.ops.triton import chunk_mlstm
