@@ -43,6 +43,18 @@ def l2norm(x, sqrt_eps: bool = False):
     return F.normalize(x, dim=-1, eps=1e-6)
 
 
+def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
+    """The q/k/v front end the single-key delta layers share (comba, kda, gdn2,
+    momentum_deltanet): layer.qkv_proj through layer.conv in the compute dtype, split into
+    q, k (B, T, H, K), unit norm per head (`l2norm`), and v (B, T, H, V); new conv state."""
+    B, T, _ = x.shape
+    H, K, V = layer.num_heads, layer.head_dim, layer.value_dim
+    qkv, conv_state = layer.conv(layer.qkv_proj(x).to(compute_dtype(x)), conv_state)
+    q, k, v = qkv.split([H * K, H * K, H * V], -1)
+    q, k = (l2norm(t.reshape(B, T, H, K), sqrt_eps) for t in (q, k))
+    return q, k, v.reshape(B, T, H, V), conv_state
+
+
 def softplus(x):
     """log(1 + e^x) as torch.logaddexp(x, 0), for the delta blocks' forget gates: the same
     values and gradient (sigmoid) as F.softplus, and traceable by torch.compile. With

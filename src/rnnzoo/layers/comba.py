@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import softplus
+from rnnzoo.layers._delta_block import delta_qkv, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -77,19 +76,14 @@ class Comba(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k, p (B, T, H, K), v (B, T, H, V), g (B, T, H), beta (B, T, H), new conv state:
         Comba's S_t = (e^g I - beta k p^T) S + beta k v^T, o_t = S_t^T q_t / sqrt(K)."""
-        B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_dim, self.value_dim
         cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.split([H * K, H * K, H * V], -1)
-        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
-        k = F.normalize(k.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        q, k, v, conv_state = delta_qkv(self, x, conv_state)
         p = k if self.decay is None else k * torch.sigmoid(self.decay.to(cdt))[:, None]
         if self.D is not None:
             q = q - self.D.to(cdt)[:, None] * p
         g = -self.A_log.to(cdt).exp() * softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
-        return q, k, p, v.reshape(B, T, H, V), g, beta, conv_state
+        return q, k, p, v, g, beta, conv_state
 
     def op_output(self, o, x):
         """Per-head RMSNorm (times the sigmoid output gate), then W_o. o: (B, T, H, V)."""

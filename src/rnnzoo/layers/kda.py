@@ -22,7 +22,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import l2norm, softplus
+from rnnzoo.layers._delta_block import delta_qkv, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -73,18 +73,15 @@ class KDA(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H, K), beta (B, T, H), new conv state."""
         B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.split([H * K, H * K, H * V], -1)
-        q = l2norm(q.reshape(B, T, H, K), self.sqrt_eps)
-        k = l2norm(k.reshape(B, T, H, K), self.sqrt_eps)
+        q, k, v, conv_state = delta_qkv(self, x, conv_state, self.sqrt_eps)
         f = self.f_proj(x).to(cdt).reshape(B, T, H, K) + self.dt_bias.to(cdt).view(H, K)
         g = -self.A_log.to(cdt).exp()[:, None] * softplus(f)
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
         if self.allow_neg_eigval:
             beta = 2 * beta
-        return q, k, v.reshape(B, T, H, V), g, beta, conv_state
+        return q, k, v, g, beta, conv_state
 
     def op_output(self, o, x):
         """Per-head RMSNorm times the sigmoid output gate, then W_o. o: (B, T, H, V)."""

@@ -26,6 +26,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import delta_qkv
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -82,13 +83,8 @@ class MomentumDeltaNet(RecurrentLayer):
 
     def op_inputs(self, x, conv_state):
         """q, k (B, T, H, K), v (B, T, H, V), log_alpha, log_mu, beta, eta (B, T, H), conv state."""
-        B, T, _ = x.shape
-        H, K, V = self.num_heads, self.head_dim, self.value_dim
         cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
-        q, k, v = qkv.split([H * K, H * K, H * V], -1)
-        q = F.normalize(q.reshape(B, T, H, K), dim=-1, eps=1e-6)
-        k = F.normalize(k.reshape(B, T, H, K), dim=-1, eps=1e-6)
+        q, k, v, conv_state = delta_qkv(self, x, conv_state)
         a, b, m, e = self.gate_proj(x).to(cdt).chunk(4, -1)
         eta = torch.tanh(e / self.tau) + 1
         theta = torch.atan(eta * self.log_factor.to(cdt).exp())
@@ -102,7 +98,7 @@ class MomentumDeltaNet(RecurrentLayer):
             log_mu = log_mu.clamp(min=self.min_log_mu)
         if self.D_log is not None:
             q = q - self.D_log.to(cdt).exp()[:, None] * k
-        return q, k, v.reshape(B, T, H, V), log_alpha, log_mu, beta, eta, conv_state
+        return q, k, v, log_alpha, log_mu, beta, eta, conv_state
 
     def op_output(self, o, x):
         """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, H, V)."""
