@@ -36,6 +36,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.grid.base import GridLayer, register_grid
 from rnnzoo.grid.dag import grid_dag
+from rnnzoo.layers._softplus import inverse_softplus
 
 
 @register_grid("chimera", paper="Behrouz et al. 2024, arXiv:2406.04320 (Chimera)",
@@ -58,7 +59,7 @@ class Chimera(GridLayer):
         self.out = nn.Linear(D, D, bias=False)
         with torch.no_grad():
             dt = torch.empty(2 * D).uniform_(math.log(1e-2), math.log(1e-1)).exp()
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_proj.bias.copy_(inverse_softplus(dt))
 
     def auto_mode(self, x):
         return "wavefront"

@@ -25,6 +25,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.delta import (
@@ -53,14 +54,6 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     q, k, v = qkv.split([H * K, H * K, H * V], -1)
     q, k = (l2norm(t.reshape(B, T, H, K), sqrt_eps) for t in (q, k))
     return q, k, v.reshape(B, T, H, V), conv_state
-
-
-def softplus(x):
-    """log(1 + e^x) as torch.logaddexp(x, 0), for the delta blocks' forget gates: the same
-    values and gradient (sigmoid) as F.softplus, and traceable by torch.compile. With
-    F.softplus, AOT autograd's backward graph assumes a contiguous softplus_backward where
-    the gradient arrives transposed from the chunk op, and its `view` fails at run time."""
-    return torch.logaddexp(x, x.new_zeros(()))
 
 
 class DeltaBlock(RecurrentLayer):
@@ -94,7 +87,7 @@ class DeltaBlock(RecurrentLayer):
             self.a_proj = nn.Linear(d_model, H, bias=False)
             self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
             dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_bias = nn.Parameter(inverse_softplus(dt))
         else:
             self.a_proj = None
         self.g_proj = nn.Linear(d_model, H * V, bias=False) if output_gate else None

@@ -26,7 +26,8 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import delta_qkv, softplus
+from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -57,7 +58,7 @@ class Comba(RecurrentLayer):
         self.b_proj = nn.Linear(d_model, H, bias=False)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_bias = nn.Parameter(inverse_softplus(dt))
         self.decay = nn.Parameter(torch.ones(H)) if flag("inner_decay", inner_decay) else None
         correction_factor = real("correction_factor", correction_factor)
         self.D = nn.Parameter(torch.full((H,), correction_factor)) \

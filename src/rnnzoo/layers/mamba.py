@@ -37,6 +37,7 @@ from torch import nn
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
+from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend
 from rnnzoo.ops.scan import chunked_scan
@@ -208,7 +209,7 @@ class Mamba(DiagonalLayer):
             self.dt_proj.weight.uniform_(-self.dt_rank ** -0.5, self.dt_rank ** -0.5)
             dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min))
                            + math.log(dt_min)).clamp(min=1e-4)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+            self.dt_proj.bias.copy_(inverse_softplus(dt))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1.0)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)

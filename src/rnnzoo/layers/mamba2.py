@@ -28,6 +28,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.linear import (
@@ -74,7 +75,7 @@ class Mamba2(RecurrentLayer):
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * G * d_state + H, bias=False)
         self.conv = ShortConv(d_inner + 2 * G * d_state, d_conv)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_bias = nn.Parameter(inverse_softplus(dt))
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(H))
         self.norm_weight = nn.Parameter(torch.ones(d_inner)) if self.gated_norm else None

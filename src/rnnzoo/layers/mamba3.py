@@ -39,6 +39,7 @@ from torch import nn
 
 from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
@@ -91,7 +92,7 @@ class Mamba3(RecurrentLayer):
         self.in_proj = nn.Linear(d_model, 2 * E + 2 * R * G * N + 3 * H + n_angles, bias=False)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_bias = nn.Parameter(inverse_softplus(dt))
         self.B_bias = nn.Parameter(torch.ones(H, R, N))
         self.C_bias = nn.Parameter(torch.ones(H, R, N))
         self.B_norm = nn.RMSNorm(N, eps=norm_eps)

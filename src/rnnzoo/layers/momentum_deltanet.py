@@ -27,6 +27,7 @@ from torch import nn
 from rnnzoo.checks import flag, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -36,7 +37,7 @@ from rnnzoo.registry import register
 
 def _inv_softplus_dt(n):
     dt = torch.empty(n).uniform_(math.log(1e-3), math.log(1e-1)).exp()
-    return dt + torch.log(-torch.expm1(-dt))
+    return inverse_softplus(dt)
 
 
 @register("momentum_deltanet", family="matrix",
