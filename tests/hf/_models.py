@@ -153,6 +153,15 @@ def tiny(model_type: str):
                                  attention_out_multiplier=1.1, ssm_in_multiplier=1.25,
                                  ssm_out_multiplier=0.7, ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 2.0]
                                  ), tf.FalconH1ForCausalLM
+    if model_type == "zamba2":  # M H M H H: shared block 0 at hybrid uses 0 and 2, 1 at use 1
+        return tf.Zamba2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=24,
+                               num_hidden_layers=5, layers_block_type=[
+                                   "linear_attention", "hybrid", "linear_attention", "hybrid",
+                                   "hybrid"], num_mem_blocks=2, num_attention_heads=4,
+                               use_shared_attention_adapter=True, adapter_rank=4,
+                               use_mem_rope=True, n_mamba_heads=4, mamba_ngroups=2,
+                               mamba_d_state=4, mamba_d_conv=3, chunk_size=8
+                               ), tf.Zamba2ForCausalLM
     raise KeyError(model_type)
 
 

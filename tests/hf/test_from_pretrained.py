@@ -16,7 +16,7 @@ from rnnzoo.hf.load import TYPES
 
 TYPES_TESTED = ["mamba", "falcon_mamba", "mamba2", "recurrent_gemma", "qwen3_next", "kimi_linear",
                 "bamba", "nemotron_h", "granitemoehybrid", "jamba", "lfm2", "minimax", "xlstm", "rwkv",
-                "falcon_h1"]
+                "falcon_h1", "zamba2"]
 
 
 def rel_err(a, b):

@@ -28,7 +28,8 @@ TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
          "recurrent_gemma": "recurrent_gemma", "qwen3_next": "qwen3_next",
          "kimi_linear": "kimi_linear", "bamba": "bamba", "nemotron_h": "nemotron_h",
          "granitemoehybrid": "granitemoehybrid", "jamba": "jamba", "lfm2": "lfm2",
-         "minimax": "minimax", "xlstm": "xlstm", "rwkv": "rwkv", "falcon_h1": "falcon_h1"}
+         "minimax": "minimax", "xlstm": "xlstm", "rwkv": "rwkv", "falcon_h1": "falcon_h1",
+         "zamba2": "zamba2"}
 
 
 class UnsupportedCheckpoint(ValueError):

@@ -45,15 +45,18 @@ class Head(nn.Linear):
 
 
 def activation(name: str, x):
-    """The checkpoints' activations: silu, gelu_tanh (GELU, tanh approximation), relu2 (relu^2)."""
+    """The checkpoints' activations: silu, gelu (exact, erf), gelu_tanh (GELU, tanh
+    approximation), relu2 (relu^2)."""
     if name == "silu":
         return F.silu(x)
+    if name == "gelu":
+        return F.gelu(x)
     if name == "gelu_tanh":
         return F.gelu(x, approximate="tanh")
     return F.relu(x).square()
 
 
-ACTIVATIONS = ("silu", "gelu_tanh", "relu2")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu2")
 
 
 class GatedMLP(nn.Module):

@@ -11,7 +11,9 @@ The gated RMSNorm normalises each group's d_inner / n_groups channels on their o
 (eps `norm_eps`), as mamba_ssm's RMSNormGated with group_size = d_inner / ngroups.
 Options for checkpoints that differ (Falcon-H1): `d_inner` (the mixer width, default
 expand * d_model), `norm_before_gate` (out = (RMSNorm(y) * silu(z)) W_out, as mamba_ssm's
-norm_before_gate=True) and `gated_norm=False` (no norm: out = (y * silu(z)) W_out).
+norm_before_gate=True), `gated_norm=False` (no norm: out = (y * silu(z)) W_out) and
+`dt_floor` (dt = max(dt, dt_floor), mamba_ssm's dt_limit lower bound, as Zamba2 clamps at
+its time_step_min; 0: none).
 
 i.e. gated linear attention with q = C, k = B, v = dt x and log decay dt A. Modes:
 `sequential`, `chunk` (the SSD chunkwise algorithm) and `parallel` (the quadratic
@@ -52,7 +54,7 @@ class Mamba2(RecurrentLayer):
                  d_conv: int = 4, chunk_size: int = 64, dt_min: float = 1e-3,
                  dt_max: float = 0.1, n_groups: int = 1, norm_eps: float = 1e-5,
                  d_inner: int | None = None, gated_norm: bool = True,
-                 norm_before_gate: bool = False):
+                 norm_before_gate: bool = False, dt_floor: float = 0.0):
         super().__init__(d_model)
         for name, value in (("d_state", d_state), ("head_dim", head_dim), ("expand", expand),
                             ("d_conv", d_conv), ("chunk_size", chunk_size),
@@ -61,6 +63,7 @@ class Mamba2(RecurrentLayer):
         self.norm_eps = positive("norm_eps", norm_eps)
         self.gated_norm = flag("gated_norm", gated_norm)
         self.norm_before_gate = flag("norm_before_gate", norm_before_gate)
+        self.dt_floor = positive("dt_floor", dt_floor, allow_zero=True)
         d_inner = expand * d_model if d_inner is None else positive_int("d_inner", d_inner)
         if d_inner % head_dim:
             raise ValueError(f"d_inner (expand * d_model unless given) = {d_inner} must be a "
@@ -97,6 +100,8 @@ class Mamba2(RecurrentLayer):
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
         dt = F.softplus(dt.to(dtype) + self.dt_bias)  # (B, T, H)
+        if self.dt_floor:
+            dt = dt.clamp(min=self.dt_floor)
         log_decay = -dt * self.A_log.to(dtype).exp()
         q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
                 for t in (Cm, Bm))
