@@ -31,9 +31,8 @@ import math
 import torch
 from torch import nn
 
-from rnnzoo.hf.hybrid import attention_options, mamba2_options, take
+from rnnzoo.hf.hybrid import attention_options, mamba2_options, mixer_tensors, take
 from rnnzoo.hf.load import need, number
-from rnnzoo.hf.mamba2 import mixer_name
 from rnnzoo.hf.model import PretrainedModel, activation, block
 from rnnzoo.layers.attention import Attention
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
@@ -97,7 +96,7 @@ class HybridBlock(Block):
     `attention` 2d wide with the shared W_qkv (plus adapters) and W_o (2d -> d)."""
 
     def __init__(self, mamba: nn.Module, shared: SharedWeights, attention: dict, *,
-                 rank: int | None, attn_adapter: bool, act: str, d: int, eps: float,
+                 rank: int, attn_adapter: bool, act: str, d: int, eps: float,
                  max_len: int):
         super().__init__(mamba, d, mlp_ratio=0)
         self.norm = RMSNorm(d, eps=eps)
@@ -268,14 +267,12 @@ def rename(tensors: dict, c: dict) -> dict:
         out[p + "ffn.down.weight"] = get(b, f + "down_proj.weight")
         out[p + "linear.weight"] = w.pop(s + "linear.weight")
         out[p + "norm.weight"] = w.pop(s + "mamba_decoder.input_layernorm.weight")
-        for k, v in take(w, s + "mamba_decoder.mamba.").items():
-            out[p + "mixer." + mixer_name(k)] = v.squeeze(1) if k == "conv1d.weight" else v
-    for i, k in enumerate(types):
-        if k == "mamba":
+        out.update(mixer_tensors("mamba2", take(w, s + "mamba_decoder.mamba."), p + "mixer."))
+    for i, kind in enumerate(types):
+        if kind == "mamba":
             p, s = f"blocks.{i}.", f"model.layers.{i}."
             out[p + "norm.weight"] = w.pop(s + "input_layernorm.weight")
-            for k2, v in take(w, s + "mamba.").items():
-                out[p + "mixer." + mixer_name(k2)] = v.squeeze(1) if k2 == "conv1d.weight" else v
+            out.update(mixer_tensors("mamba2", take(w, s + "mamba."), p + "mixer."))
     for b, i in enumerate(hybrid[:M]):  # leftovers keep their names (from_pretrained names them)
         out.update({f"model.layers.{i}.shared_transformer.{k}": v
                     for k, v in shared[b].items() if k not in used[b]})
