@@ -1,0 +1,125 @@
+"""rnnzoo.from_pretrained on flash-linear-attention's own checkpoints (fla-hub format): tiny
+random fla models (fla.models, flash-linear-attention 0.6.0) saved with save_pretrained load
+into rnnzoo's registered layers and give fla's own logits on the same weights (float32,
+1e-4 relative); rnnzoo's step decoding equals its forward.
+
+The reference is fla's model forward itself on the CPU: its Triton kernels under
+TRITON_INTERPRET=1 (as `make test` runs pytest), each autotuner kept to its first config
+(autotuning times kernels on a GPU). Without the interpreter the comparison is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.hf import UnsupportedCheckpoint
+from rnnzoo.hf.fla_hub import LAYERS, REFUSED
+from rnnzoo.hf.load import TYPES
+
+models = pytest.importorskip("fla.models", reason="flash-linear-attention 0.6.0 is the oracle "
+                             "(see .ci/install-peers)")
+interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                 reason="fla's kernels run on the CPU under TRITON_INTERPRET=1")
+
+VOCAB = 100
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+              bos_token_id=None, eos_token_id=None)
+TINY = {  # (config class, model class, options): 2 layers, hidden 32
+    "gla": ("GLAConfig", "GLAForCausalLM", dict(num_heads=2)),
+    # grouped value heads: 4 value heads over 2 q/k heads; the output gate on
+    "gated_deltanet": ("GatedDeltaNetConfig", "GatedDeltaNetForCausalLM",
+                       dict(num_heads=2, num_v_heads=4, head_dim=8, expand_v=2, conv_size=3)),
+    "delta_net": ("DeltaNetConfig", "DeltaNetForCausalLM",
+                  dict(num_heads=2, conv_size=3, use_gate=True, tie_word_embeddings=True)),
+}
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.fixture
+def first_config_only(monkeypatch):
+    """Triton's autotuners keep their first config (no GPU to time the others on)."""
+    from triton.runtime import autotuner
+    run = autotuner.Autotuner.run
+
+    def first(self, *args, **kwargs):
+        self.configs = self.configs[:1]
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(autotuner.Autotuner, "run", first)
+
+
+def save_fla(model_type, folder, **changes):
+    """A tiny random fla model of `model_type` saved into `folder`; returns it (eval)."""
+    config_cls, model_cls, opts = TINY[model_type]
+    config = getattr(models, config_cls)(**{**COMMON, **opts, **changes})
+    torch.manual_seed(0)
+    model = getattr(models, model_cls)(config).eval()
+    with torch.no_grad():  # fla initialises norms to 1, biases to 0: perturb all so that a
+        for p in model.parameters():  # misplaced one shows
+            p.add_(0.1 * torch.randn_like(p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder)
+    return model
+
+
+def test_every_fla_type_is_tested_or_refused():
+    fla_types = sorted(t for t, module in TYPES.items() if module == "fla_hub")
+    assert fla_types == sorted([*TINY, *REFUSED])
+    assert sorted(TINY) == sorted(LAYERS)
+
+
+@interpreted
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_logits_equal_fla(model_type, tmp_path, first_config_only):
+    fla = save_fla(model_type, tmp_path)
+    ours = rnnzoo.from_pretrained(tmp_path)
+    assert ours.layers == [LAYERS[model_type]] * 2
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = fla(tokens).logits
+        errors = {mode: rel_err(want, ours(tokens, mode=mode)[0])
+                  for mode in ours.blocks[0].mixer.modes}
+        state, steps = ours.init_state(2), []
+        for t in range(tokens.shape[1]):
+            logits, state = ours.step(tokens[:, t], state)
+            steps.append(logits)
+        errors["step"] = rel_err(want, torch.stack(steps, 1))
+    print(model_type, {k: f"{v:.1e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-4, errors
+
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize("model_type,changes,named", [
+    ("gla", dict(use_short_conv=True), "use_short_conv=True"),
+    ("gla", dict(feature_map="relu"), "feature_map='relu'"),
+    ("gated_deltanet", dict(attn={"layers": [1], "num_heads": 2}), "softmax attention"),
+    ("delta_net", dict(qk_norm="sum"), "qk_norm='sum'"),
+])
+def test_unsupported_option_is_named(tmp_path, model_type, changes, named):
+    save_fla(model_type, tmp_path)
+    edit_config(tmp_path, **changes)
+    with pytest.raises(UnsupportedCheckpoint, match=named):
+        rnnzoo.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED))
+def test_refused_types_say_why(tmp_path, model_type):
+    """RWKV-7, RetNet, HGRN2: one line naming what rnnzoo's layers do not compute."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 8,
+                                                      "num_hidden_layers": 1}))
+    with pytest.raises(UnsupportedCheckpoint, match=f"{model_type} checkpoint .*not supported"):
+        rnnzoo.from_pretrained(tmp_path)
