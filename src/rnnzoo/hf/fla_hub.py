@@ -15,11 +15,18 @@ which is hf.model's stack with GatedMLP. Each `attn` is the registered rnnzoo la
     gated_deltanet  `gated_deltanet`: short convs, fla's l2norm (`sqrt_eps`), grouped value heads
                     (num_v_heads, rnnzoo's num_heads over num_key_heads), gated per-head RMSNorm
     delta_net       `deltanet`: the same without the decay (and the output gate only with use_gate)
+    retnet          `FlaRetNet`, rnnzoo's `retnet` with fla's rotary frequencies
+                    theta_j = 10000^(-2j/K) (GPT-NeoX pairs (j, j + K/2): q, k rows reordered to
+                    rnnzoo's adjacent pairs) and a per-head RMSNorm in place of the GroupNorm
+    hgrn2           `FlaHGRN2`, rnnzoo's `hgrn2` with fla's per-channel lower bound
+                    (beta_l = cumsum(softmax_layers(lower_bounds))_l - its first term, so 0 at
+                    layer 0) and one RMSNorm over all heads; fla's q k^T scale K^-1/2 is folded
+                    into i_proj (o is linear in v)
 
 The options fla's models read from the config but rnnzoo's layers do not cover are refused
 by name (hf.load.UnsupportedCheckpoint): softmax attention layers (`attn`), attention
-residuals (`attnres_block_size`), short convolutions on GLA, feature maps, GQA (num_kv_heads),
-non-swish gates. RWKV-7, RetNet and HGRN2 checkpoints are refused with the reason (see
+residuals (`attnres_block_size`), short convolutions on GLA / RetNet / HGRN2, feature maps,
+GQA (num_kv_heads), non-swish gates. RWKV-7 checkpoints are refused with the reason (see
 `REFUSED`).
 """
 
@@ -29,19 +36,58 @@ import torch
 
 from rnnzoo.hf.load import UnsupportedCheckpoint, need
 from rnnzoo.hf.model import GatedMLP, PretrainedModel, block
+from rnnzoo.layers.hgrn2 import HGRN2
+from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.retnet import RetNet
+from rnnzoo.models.blocks import RMSNorm
 
 # model_type -> the rnnzoo layer its mixer maps onto
-LAYERS = {"gla": "gla", "gated_deltanet": "gated_deltanet", "delta_net": "deltanet"}
+LAYERS = {"gla": "gla", "gated_deltanet": "gated_deltanet", "delta_net": "deltanet",
+          "retnet": "retnet", "hgrn2": "hgrn2"}
 
 # model_types fla writes whose mixers rnnzoo's layers do not compute (yet), and why
 REFUSED = {
     "rwkv7": "RWKV-7's value residual (each layer mixes its values with layer 0's, v_first, "
              "a tensor passed between layers) and its per-map low-rank widths",
-    "retnet": "fla's retention (GPT-NeoX rotary with base-10000 frequencies and a gated "
-              "per-head RMSNorm; rnnzoo's retnet has torchscale's frequencies and a GroupNorm)",
-    "hgrn2": "fla's HGRN2 (a per-channel lower bound learned per layer, lower_bounds, and one "
-             "RMSNorm over all heads; rnnzoo's hgrn2 has a scalar bound and per-head norms)",
 }
+
+
+def rope_theta(head_dim: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """theta_j = 10000^(-2j / head_dim), j < head_dim / 2 (fla's RotaryEmbedding)."""
+    return 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=dtype, device=device) / head_dim)
+
+
+class FlaRetNet(RetNet):
+    """rnnzoo's retnet as fla's MultiScaleRetention computes it: rotary frequencies
+    `rope_theta`, the gated per-head norm an RMSNorm of eps `norm_eps` (weights (H, V)).
+    x: (B, T, d_model) -> y; state as retnet's."""
+
+    theta = staticmethod(rope_theta)
+
+    def __init__(self, d_model: int, norm_eps: float = 1e-6, **options):
+        super().__init__(d_model, **options)
+        self.norm = HeadNorm(self.num_heads, self.value_dim, kind="rms", eps=norm_eps)
+
+
+class FlaHGRN2(HGRN2):
+    """rnnzoo's hgrn2 as fla's HGRN2Attention computes it: forget gate
+    f = beta + (1 - beta) sigmoid(x W_f) with beta (d_state * num_heads,) a buffer per
+    channel (`bound`), and one RMSNorm over all heads' outputs, of eps 1e-5 whatever the
+    config's norm_eps (fla applies it through rms_norm_linear, at that function's default).
+    x: (B, T, d_model) -> y; state as hgrn2's."""
+
+    def __init__(self, d_model: int, norm_eps: float = 1e-5, **options):
+        super().__init__(d_model, **options)
+        self.register_buffer("bound", torch.zeros(self.num_heads, self.key_dim))
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+
+    def lion_inputs(self, x):
+        q, k, v, log_f, scale = super().lion_inputs(x)  # beta = 0: log sigmoid, sigmoid(-f)
+        beta = self.bound.to(log_f.dtype)
+        return q, (1 - beta) * k, v, torch.logaddexp(beta.log(), torch.log1p(-beta) + log_f), scale
+
+    def lion_output(self, o, x):
+        return self.out_proj(self.norm(o.flatten(2)))
 
 
 def intermediate(c: dict) -> int:
@@ -60,12 +106,26 @@ def integer(value: float, t: str, what: str) -> int:
 
 def options(c: dict) -> dict:
     """The rnnzoo layer options of the checkpoint's mixer (refusing what they do not cover)."""
-    t, d, H = c["model_type"], c["hidden_size"], c["num_heads"]
+    t, d, H = c["model_type"], c["hidden_size"], c.get("num_heads")
     eps = c.get("norm_eps", 1e-6)
+    if t in ("gla", "retnet", "hgrn2"):
+        need(not c.get("use_short_conv", False), t, "use_short_conv=True")
+    if t == "hgrn2":
+        r = c.get("expand_ratio") or d // H  # fla: num_heads = hidden_size // expand_ratio
+        need(d % r == 0, t, f"hidden_size={d} not a multiple of expand_ratio={r}")
+        return dict(num_heads=d // r, d_state=r)
+    if t == "retnet":
+        need(c.get("num_kv_heads") in (None, H), t, f"num_kv_heads={c.get('num_kv_heads')}")
+        need(c.get("feature_map") is None, t, f"feature_map={c.get('feature_map')!r}")
+        need(c.get("use_output_gate", True), t, "use_output_gate=False")
+        K = integer(d * c.get("expand_k", 1.0) / H, t, "hidden_size * expand_k / num_heads")
+        V = integer(d * c.get("expand_v", 2.0) / H, t, "hidden_size * expand_v / num_heads")
+        need(K % 2 == 0, t, f"key head width {K} odd (rotary pairs)")
+        return dict(num_heads=H, head_dim=K, expand_v=integer(V / K, t, "expand_v / expand_k"),
+                    norm_eps=eps)
     if t == "gla":
         need(c.get("num_kv_heads") in (None, H), t, f"num_kv_heads={c.get('num_kv_heads')}")
         need(c.get("feature_map") is None, t, f"feature_map={c.get('feature_map')!r}")
-        need(not c.get("use_short_conv", False), t, "use_short_conv=True")
         need(c.get("use_output_gate", True), t, "use_output_gate=False")
         need(c.get("clamp_min") is None, t, f"clamp_min={c.get('clamp_min')}")
         need(not c.get("use_gv", False), t, "use_gv=True")
@@ -103,8 +163,10 @@ def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     need(c.get("hidden_act", "swish") in ("swish", "silu"), t, f"hidden_act={c.get('hidden_act')!r}")
     need(c.get("elementwise_affine", True) is not False, t, "elementwise_affine=False")
     eps, opts, layer = c.get("norm_eps", 1e-6), options(c), LAYERS[t]
-    blocks = [block(layer, d, opts, layer_idx=i, num_layers=n, norm_eps=eps,
-                    mlp=GatedMLP(d, intermediate(c))) for i in range(n)]
+    own = {"retnet": FlaRetNet, "hgrn2": FlaHGRN2}.get(layer)
+    blocks = [block(layer if own is None else own(d, **opts), d, opts, layer_idx=i,
+                    num_layers=n, norm_eps=eps, mlp=GatedMLP(d, intermediate(c)))
+              for i in range(n)]
     for b in blocks:  # fla's output norms use norm_eps and fla's l2norm: set where no option
         if layer == "gla":
             b.mixer.norm.eps = eps
@@ -130,6 +192,41 @@ def gla_tensors(w: dict, c: dict, p: str) -> dict:
             p + "out_proj.weight": w.pop("attn.o_proj.weight")}
 
 
+def retnet_tensors(w: dict, c: dict, p: str) -> dict:
+    """fla pairs rotary channels (j, j + K/2), rnnzoo's retnet (2j, 2j + 1): the q and k rows
+    of each head are reordered alike (q . k unchanged)."""
+    H = c["num_heads"]
+    K = round(c["hidden_size"] * c.get("expand_k", 1.0)) // H
+    order = torch.arange(K).view(2, K // 2).t().flatten()  # 0, K/2, 1, K/2 + 1, ...
+    qk = [w.pop(f"attn.{x}_proj.weight").view(H, K, -1)[:, order].flatten(0, 1) for x in "qk"]
+    norm = w.pop("attn.g_norm_swish_gate.weight", None)
+    norm = w.pop("attn.g_norm.weight") if norm is None else norm  # fuse_norm=False's name
+    return {p + "qk.weight": torch.cat(qk), p + "v.weight": w.pop("attn.v_proj.weight"),
+            p + "gate.weight": w.pop("attn.g_proj.weight"),
+            p + "norm.weight": norm.expand(H, -1).clone(),
+            p + "out_proj.weight": w.pop("attn.o_proj.weight")}
+
+
+def hgrn2_tensors(w: dict, c: dict, p: str) -> dict:
+    d = c["hidden_size"]
+    K = c.get("expand_ratio") or d // c["num_heads"]
+    return {p + "qf.weight": torch.cat([w.pop("attn.q_proj.weight"), w.pop("attn.f_proj.weight")]),
+            p + "i_proj.weight": w.pop("attn.i_proj.weight") * K ** -0.5,  # fla's scale
+            p + "norm.weight": w.pop("attn.g_norm.weight"),
+            p + "out_proj.weight": w.pop("attn.o_proj.weight")}
+
+
+def hgrn2_bounds(w: dict, c: dict) -> torch.Tensor:
+    """fla's per-layer forget-gate lower bounds (L, hidden_size), zero without use_lower_bound."""
+    if "model.lower_bounds" not in w:
+        return torch.zeros(c["num_hidden_layers"], c["hidden_size"])
+    bounds = w.pop("model.lower_bounds").float().softmax(0)
+    return bounds.cumsum(0) - bounds[0]
+
+
+MIXERS = {"gla": gla_tensors, "retnet": retnet_tensors, "hgrn2": hgrn2_tensors}
+
+
 def delta_tensors(w: dict, c: dict, p: str) -> dict:
     """(Gated) DeltaNet: q, k, v projections and their convolutions concatenated."""
     b = w.pop("attn.b_proj.weight")
@@ -150,7 +247,9 @@ def rename(tensors: dict, c: dict) -> dict:
     out["head.weight"] = w.pop("lm_head.weight", out["embed.weight"])
     if c.get("tie_word_embeddings", False):
         out["head.weight"] = out["embed.weight"]
-    mixer = gla_tensors if c["model_type"] == "gla" else delta_tensors
+    t = c["model_type"]
+    mixer = MIXERS.get(t, delta_tensors)
+    bounds = hgrn2_bounds(w, c) if t == "hgrn2" else None
     for i in range(c["num_hidden_layers"]):
         src, p = f"model.layers.{i}.", f"blocks.{i}."
         own = {k[len(src):]: w.pop(k) for k in [k for k in w if k.startswith(src)]}
@@ -159,6 +258,9 @@ def rename(tensors: dict, c: dict) -> dict:
         for x in ("gate", "up", "down"):
             out[p + f"mlp.{x}.weight"] = own.pop(f"mlp.{x}_proj.weight")
         out.update(mixer(own, c, p + "mixer."))
+        if bounds is not None:
+            out[p + "mixer.bound"] = bounds[i].view(-1, c["expand_ratio"] or c["hidden_size"]
+                                                    // c["num_heads"])
         out.update({src + k: t for k, t in own.items()})  # leftovers: named by from_pretrained
     out.update(w)
     return out
