@@ -102,6 +102,42 @@ def test_logits_equal_fla(model_type, tmp_path, first_config_only):
     assert max(errors.values()) < 1e-4, errors
 
 
+def flash_attn_func(q, k, v, causal=True, window_size=(-1, -1)):
+    """flash-attn's function (not installed on the CPU) for fla's Attention: q (B, T, H, D),
+    k, v (B, T, KV, D); causal, each query reading window_size[0] tokens back (-1: all)."""
+    T, D, g = q.shape[1], q.shape[-1], q.shape[2] // k.shape[2]
+    k, v = (x.repeat_interleave(g, 2) for x in (k, v))
+    i = torch.arange(T)
+    back = i[:, None] - i[None]
+    keep = (back >= 0) & ((back <= window_size[0]) if window_size[0] >= 0 else True)
+    scores = torch.einsum("bthd,bshd->bhts", q, k) / D ** 0.5
+    p = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+    return torch.einsum("bhts,bshd->bthd", p, v)
+
+
+@interpreted
+def test_hybrid_attention_layer_equals_fla(tmp_path, first_config_only, monkeypatch):
+    """A GLA model whose second layer is softmax attention (config.attn: GQA, a 5-token
+    window): rnnzoo's `attention` with the same logits and step decoding."""
+    import fla.layers.attn
+    monkeypatch.setattr(fla.layers.attn, "flash_attn_func", flash_attn_func)
+    fla_model = save_fla("gla", tmp_path, attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2,
+                                                "window_size": 5})
+    ours = rnnzoo.from_pretrained(tmp_path)
+    assert ours.layers == ["gla", "attention"]
+    tokens = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = fla_model(tokens).logits
+        got = ours(tokens)[0]
+        state, steps = ours.init_state(1), []
+        for t in range(tokens.shape[1]):
+            logits, state = ours.step(tokens[:, t], state)
+            steps.append(logits)
+    errors = rel_err(want, got), rel_err(want, torch.stack(steps, 1))
+    print("gla + attention", errors)
+    assert max(errors) < 1e-4, errors
+
+
 def edit_config(folder, **changes):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
@@ -110,7 +146,9 @@ def edit_config(folder, **changes):
 @pytest.mark.parametrize("model_type,changes,named", [
     ("gla", dict(use_short_conv=True), "use_short_conv=True"),
     ("gla", dict(feature_map="relu"), "feature_map='relu'"),
-    ("gated_deltanet", dict(attn={"layers": [1], "num_heads": 2}), "softmax attention"),
+    ("gated_deltanet", dict(attn={"layers": [1], "num_heads": 2, "qkv_bias": True}),
+     "attn qkv_bias=True"),
+    ("gla", dict(attnres_block_size=2), "attention residuals"),
     ("delta_net", dict(qk_norm="sum"), "qk_norm='sum'"),
 ])
 def test_unsupported_option_is_named(tmp_path, model_type, changes, named):

@@ -23,8 +23,9 @@ which is hf.model's stack with GatedMLP. Each `attn` is the registered rnnzoo la
                     layer 0) and one RMSNorm over all heads; fla's q k^T scale K^-1/2 is folded
                     into i_proj (o is linear in v)
 
-The options fla's models read from the config but rnnzoo's layers do not cover are refused
-by name (hf.load.UnsupportedCheckpoint): softmax attention layers (`attn`), attention
+Layers the config's `attn` names (fla's hybrids) are rnnzoo's `attention` (GQA, rotary over
+the whole head, optional window). The options fla's models read from the config but
+rnnzoo's layers do not cover are refused by name (hf.load.UnsupportedCheckpoint): attention
 residuals (`attnres_block_size`), short convolutions on GLA / RetNet / HGRN2, feature maps,
 GQA (num_kv_heads), non-swish gates. RWKV-7 checkpoints are refused with the reason (see
 `REFUSED`).
@@ -152,27 +153,48 @@ def options(c: dict) -> dict:
                 output_gate=bool(c.get("use_gate", False)), **common)
 
 
+def attention(c: dict, i: int) -> dict | None:
+    """rnnzoo attention options of layer i where the config's `attn` makes it softmax
+    attention (fla.layers.attn.Attention: GQA, rotary on the whole head of base rope_theta,
+    a window of window_size tokens counting the current one), else None."""
+    specs = c.get("attn") or []
+    spec = next((s for s in ([specs] if isinstance(specs, dict) else specs)
+                 if i in s["layers"]), None)
+    if spec is None:
+        return None
+    t, H = c["model_type"], spec["num_heads"]
+    need(not spec.get("qkv_bias", False), t, "attn qkv_bias=True")
+    need(not spec.get("qk_norm", False), t, "attn qk_norm=True")
+    Dh = c["hidden_size"] // H
+    return dict(num_heads=H, head_dim=Dh, num_kv_heads=spec.get("num_kv_heads") or H,
+                rotary_dim=Dh, rope_base=spec.get("rope_theta") or 10000.0,
+                window=spec.get("window_size"))
+
+
 def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t, d, n = c["model_type"], c["hidden_size"], c["num_hidden_layers"]
     if t in REFUSED:
         raise UnsupportedCheckpoint(f"{t} checkpoint (flash-linear-attention): {REFUSED[t]} "
                                     f"is not supported")
-    need(not c.get("attn"), t, f"attn={c.get('attn')} (softmax attention layers)")
     need(c.get("attnres_block_size") is None, t,
          f"attnres_block_size={c.get('attnres_block_size')} (attention residuals)")
     need(c.get("hidden_act", "swish") in ("swish", "silu"), t, f"hidden_act={c.get('hidden_act')!r}")
     need(c.get("elementwise_affine", True) is not False, t, "elementwise_affine=False")
     eps, opts, layer = c.get("norm_eps", 1e-6), options(c), LAYERS[t]
     own = {"retnet": FlaRetNet, "hgrn2": FlaHGRN2}.get(layer)
-    blocks = [block(layer if own is None else own(d, **opts), d, opts, layer_idx=i,
-                    num_layers=n, norm_eps=eps, mlp=GatedMLP(d, intermediate(c)))
-              for i in range(n)]
-    for b in blocks:  # fla's output norms use norm_eps and fla's l2norm: set where no option
-        if layer == "gla":
+    names, blocks = [], []
+    for i in range(n):
+        spec = attention(c, i)
+        names.append(layer if spec is None else "attention")
+        mixer = own(d, **opts) if own is not None and spec is None else names[-1]
+        blocks.append(block(mixer, d, opts if spec is None else spec, layer_idx=i, num_layers=n,
+                            norm_eps=eps, mlp=GatedMLP(d, intermediate(c)), max_len=max_len))
+    for name, b in zip(names, blocks):  # fla's output norm eps and l2norm, where no option sets them
+        if name == "gla":
             b.mixer.norm.eps = eps
-        elif layer == "deltanet":
+        elif name == "deltanet":
             b.mixer.sqrt_eps = True
-    return PretrainedModel(vocab_size=c["vocab_size"], d_model=d, layers=[layer] * n,
+    return PretrainedModel(vocab_size=c["vocab_size"], d_model=d, layers=names,
                            blocks=blocks, norm_eps=eps, tie=c.get("tie_word_embeddings", False),
                            model_type=t, source_config=c)
 
@@ -257,8 +279,12 @@ def rename(tensors: dict, c: dict) -> dict:
         out[p + "mlp_norm.weight"] = own.pop("mlp_norm.weight")
         for x in ("gate", "up", "down"):
             out[p + f"mlp.{x}.weight"] = own.pop(f"mlp.{x}_proj.weight")
-        out.update(mixer(own, c, p + "mixer."))
-        if bounds is not None:
+        if attention(c, i) is not None:
+            out[p + "mixer.qkv.weight"] = torch.cat([own.pop(f"attn.{x}_proj.weight") for x in "qkv"])
+            out[p + "mixer.out_proj.weight"] = own.pop("attn.o_proj.weight")
+        else:
+            out.update(mixer(own, c, p + "mixer."))
+        if bounds is not None and attention(c, i) is None:
             out[p + "mixer.bound"] = bounds[i].view(-1, c["expand_ratio"] or c["hidden_size"]
                                                     // c["num_heads"])
         out.update({src + k: t for k, t in own.items()})  # leftovers: named by from_pretrained
