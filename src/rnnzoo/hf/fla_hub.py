@@ -22,35 +22,184 @@ which is hf.model's stack with GatedMLP. Each `attn` is the registered rnnzoo la
                     (beta_l = cumsum(softmax_layers(lower_bounds))_l - its first term, so 0 at
                     layer 0) and one RMSNorm over all heads; fla's q k^T scale K^-1/2 is folded
                     into i_proj (o is linear in v)
+    rwkv7           its own layout (`build_rwkv7`): per layer two blocks with LayerNorm pre-norms,
+                    `FlaRWKV7` (rnnzoo's `rwkv7` plus the value residual: later layers mix
+                    their v with layer 0's, handed over by a `ValueCarrier` the layers share;
+                    the decay / learning-rate / gate low-rank factors zero-padded to one width)
+                    and `FeedForward7` (token-shifted relu^2 channel mixing); layer 0's extra
+                    LayerNorm of the embeddings folded into the embedding matrix; LayerNorm head
 
 Layers the config's `attn` names (fla's hybrids) are rnnzoo's `attention` (GQA, rotary over
 the whole head, optional window). The options fla's models read from the config but
 rnnzoo's layers do not cover are refused by name (hf.load.UnsupportedCheckpoint): attention
 residuals (`attnres_block_size`), short convolutions on GLA / RetNet / HGRN2, feature maps,
-GQA (num_kv_heads), non-swish gates. RWKV-7 checkpoints are refused with the reason (see
-`REFUSED`).
+GQA (num_kv_heads), non-swish gates, RWKV-7's norm_eps other than 1e-5 or per-layer
+value_dim.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from rnnzoo.hf.load import UnsupportedCheckpoint, need
+from rnnzoo.hf.load import need
 from rnnzoo.hf.model import GatedMLP, PretrainedModel, block
+from rnnzoo.hf.rwkv import ChannelMix, mix
 from rnnzoo.layers.hgrn2 import HGRN2
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.retnet import RetNet
+from rnnzoo.layers.rwkv7 import RWKV7
 from rnnzoo.models.blocks import RMSNorm
 
 # model_type -> the rnnzoo layer its mixer maps onto
 LAYERS = {"gla": "gla", "gated_deltanet": "gated_deltanet", "delta_net": "deltanet",
-          "retnet": "retnet", "hgrn2": "hgrn2"}
+          "retnet": "retnet", "hgrn2": "hgrn2", "rwkv7": "rwkv7"}
 
-# model_types fla writes whose mixers rnnzoo's layers do not compute (yet), and why
-REFUSED = {
-    "rwkv7": "RWKV-7's value residual (each layer mixes its values with layer 0's, v_first, "
-             "a tensor passed between layers) and its per-map low-rank widths",
-}
+class ValueCarrier:
+    """Layer 0's values v (B, T, H, K) of the tokens the stack is reading, for RWKV-7's
+    value residual in the later layers (`FlaRWKV7`)."""
+
+    v = None
+
+
+class FlaRWKV7(RWKV7):
+    """rnnzoo's rwkv7 with RWKV-7's value residual as fla computes it (Peng et al. 2025,
+    arXiv:2503.14456): layer 0 keeps its v in the stack's `carrier`; a later layer's values
+    are v + (v_0 - v) sigmoid(v_b + x_v W_v1 W_v2), x_v its token-shifted v input.
+    x: (B, T, d_model) -> y; state as rwkv7's. The layers of one stack share the carrier, so
+    they run in order on the same tokens: forward and step; right-padded `lengths` and
+    packed `cu_seqlens` (whose generic paths re-run a layer on part of the batch) are refused.
+    """
+
+    def __init__(self, d_model: int, carrier: ValueCarrier, first: bool, v_rank: int = 1,
+                 **options):
+        super().__init__(d_model, **options)
+        self.carrier, self.first = carrier, first
+        if not first:
+            D = self.num_heads * self.head_dim
+            self.v0 = nn.Parameter(torch.zeros(D))
+            self.v1, self.v2 = nn.Parameter(torch.zeros(d_model, v_rank)), nn.Parameter(torch.zeros(v_rank, D))
+
+    def forward(self, x, state=None, *, lengths=None, cu_seqlens=None, **kwargs):
+        if lengths is not None or cu_seqlens is not None:
+            raise ValueError("fla RWKV-7 checkpoints (value residual across layers): lengths and "
+                             "cu_seqlens are not supported; run each sequence alone")
+        return super().forward(x, state, **kwargs)
+
+    def op_inputs(self, x, x_last):
+        r, w, k, v, a, b, g, new_last = super().op_inputs(x, x_last)
+        if self.first:
+            self.carrier.v = v
+        else:
+            shifted = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1)
+            xv = (x + (shifted - x) * self.mix[3]).to(v.dtype)
+            mixing = torch.sigmoid(self.v0.to(v.dtype) + xv @ self.v1.to(v.dtype) @ self.v2.to(v.dtype))
+            v = torch.lerp(v, self.carrier.v, mixing.view(v.shape))
+        return r, w, k, v, a, b, g, new_last
+
+
+class FeedForward7(ChannelMix):
+    """RWKV-7's channel mixing: W_v relu(W_k mix_k(x, x'))^2 (RWKV-4's without the receptance
+    gate; mix_k = 1 - fla's x_k). x: (B, T, d_model) -> y; state x' (B, d_model)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__(d_model, hidden)
+        del self.receptance, self.mix_r
+
+    def _forward(self, x, state, mode):
+        shifted = torch.cat([state[:, None].to(x.dtype), x[:, :-1]], 1)
+        y = self.value(F.relu(self.key(mix(self.mix_k, x, shifted))).square())
+        return y, x[:, -1].to(state.dtype)
+
+
+def rwkv7_ranks(c: dict) -> dict:
+    """fla's low-rank widths of the decay, learning-rate, gate and value-residual maps."""
+    d, K = c["hidden_size"], c.get("head_dim") or c["hidden_size"] // c["num_heads"]
+    f = K / 64
+
+    def default(x, scale):
+        return x if x is not None else max(32, int(round(scale * d ** 0.5 * f / 32) * 32))
+    return dict(w=default(c.get("decay_low_rank_dim"), 2.5), a=default(c.get("a_low_rank_dim"), 2.5),
+                g=c.get("gate_low_rank_dim") or max(32, int(round(5 * d ** 0.5 / 32) * 32)),
+                v=default(c.get("v_low_rank_dim"), 1.7))
+
+
+def build_rwkv7(c: dict) -> PretrainedModel:
+    """Two rnnzoo blocks per fla layer (time mixing, channel mixing), LayerNorm pre-norms."""
+    t, d, n = c["model_type"], c["hidden_size"], c["num_hidden_layers"]
+    eps = c.get("norm_eps", 1e-5)
+    need(eps == 1e-5, t, f"norm_eps={eps} (rwkv7's GroupNorm eps is head_dim * 1e-5)")
+    need(c.get("norm_first", True), t, "norm_first=False")
+    need(c.get("hidden_act", "sqrelu") == "sqrelu", t, f"hidden_act={c.get('hidden_act')!r}")
+    need(all(v == d for v in c.get("value_dim") or [d]), t, f"value_dim={c.get('value_dim')}")
+    K = c.get("head_dim") or d // c["num_heads"]
+    ranks, carrier = rwkv7_ranks(c), ValueCarrier()
+    hidden = c.get("intermediate_size") or 32 * ((d * (c.get("hidden_ratio") or 4) + 31) // 32)
+    blocks = []
+    for i in range(n):
+        for mixer in (FlaRWKV7(d, carrier, i == 0, ranks["v"], num_heads=d // K, head_dim=K,
+                               low_rank=max(ranks["w"], ranks["a"], ranks["g"])),
+                      FeedForward7(d, hidden)):
+            b = block(mixer, d, {}, layer_idx=len(blocks), num_layers=2 * n, norm_eps=eps)
+            b.norm = nn.LayerNorm(d, eps=eps, bias=c.get("norm_bias", True))
+            blocks.append(b)
+    model = PretrainedModel(vocab_size=c["vocab_size"], d_model=d, layers=["rwkv7", "rwkv7_ffn"] * n,
+                            blocks=blocks, norm_eps=eps, tie=c.get("tie_word_embeddings", False),
+                            model_type=t, source_config=c)
+    model.norm = nn.LayerNorm(d, eps=eps, bias=c.get("norm_bias", True))
+    return model
+
+
+def pad(t: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """A low-rank factor zero-padded to `rank` along dim (the extra rank-1 terms add 0:
+    tanh(0) = 0, and the sigmoid gate's 1/2 meets zero rows)."""
+    shape = list(t.shape)
+    shape[dim] = rank - shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim)
+
+
+def rename_rwkv7(tensors: dict, c: dict) -> dict:
+    w = dict(tensors)
+    eps, bias = c.get("norm_eps", 1e-5), c.get("norm_bias", True)
+    emb = w.pop("model.embeddings.weight")
+    pre = [w.pop("model.layers.0.pre_norm.weight"), w.pop("model.layers.0.pre_norm.bias", None)]
+    out = {"embed.weight": F.layer_norm(emb, emb.shape[-1:], *pre, eps)}  # the first LayerNorm
+    out["norm.weight"] = w.pop("model.norm.weight")  # acts on each row: folded into the table
+    if bias:
+        out["norm.bias"] = w.pop("model.norm.bias")
+    out["head.weight"] = out["embed.weight"] if c.get("tie_word_embeddings", False) else w.pop(
+        "lm_head.weight")
+    ranks = rwkv7_ranks(c)
+    R = max(ranks["w"], ranks["a"], ranks["g"])
+    for i in range(c["num_hidden_layers"]):
+        src, a, f = f"model.layers.{i}.", f"blocks.{2 * i}.", f"blocks.{2 * i + 1}."
+        own = {k[len(src):]: w.pop(k) for k in [k for k in w if k.startswith(src)]}
+        for x, p in (("attn_norm", a), ("ffn_norm", f)):
+            out[p + "norm.weight"] = own.pop(x + ".weight")
+            if bias:
+                out[p + "norm.bias"] = own.pop(x + ".bias")
+        m = a + "mixer."
+        out[m + "mix"] = torch.stack([own.pop(f"attn.x_{x}").flatten() for x in "rwkvag"])
+        for x in ("r", "k", "v", "o"):
+            out[m + f"{x}_proj.weight"] = own.pop(f"attn.{x}_proj.weight")
+        for x in ("k_k", "k_a", "r_k"):
+            out[m + x] = own.pop("attn." + x)
+        for x in "wag":
+            out[m + f"{x}1"] = pad(own.pop(f"attn.{x}_lora.lora.0.weight").t(), R, 1)
+            out[m + f"{x}2"] = pad(own.pop(f"attn.{x}_lora.lora.2.weight").t(), R, 0)
+        out[m + "w0"], out[m + "a0"] = own.pop("attn.w_lora.lora.2.bias"), own.pop("attn.a_lora.lora.2.bias")
+        if i > 0:
+            out[m + "v1"] = own.pop("attn.v_lora.lora.0.weight").t()
+            out[m + "v2"] = own.pop("attn.v_lora.lora.2.weight").t()
+            out[m + "v0"] = own.pop("attn.v_lora.lora.2.bias")
+        out[m + "norm_weight"], out[m + "norm_bias"] = own.pop("attn.g_norm.weight"), own.pop("attn.g_norm.bias")
+        out[f + "mixer.mix_k"] = 1 - own.pop("ffn.x_k").flatten()
+        out[f + "mixer.key.weight"] = own.pop("ffn.key.weight")
+        out[f + "mixer.value.weight"] = own.pop("ffn.value.weight")
+        out.update({src + k: t for k, t in own.items()})  # leftovers: named by from_pretrained
+    out.update(w)
+    return out
 
 
 def rope_theta(head_dim: int, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -173,9 +322,9 @@ def attention(c: dict, i: int) -> dict | None:
 
 def build(c: dict, max_len: int = 4096) -> PretrainedModel:
     t, d, n = c["model_type"], c["hidden_size"], c["num_hidden_layers"]
-    if t in REFUSED:
-        raise UnsupportedCheckpoint(f"{t} checkpoint (flash-linear-attention): {REFUSED[t]} "
-                                    f"is not supported")
+    if t == "rwkv7":
+        need(not c.get("attn"), t, f"attn={c.get('attn')} (softmax attention layers)")
+        return build_rwkv7(c)
     need(c.get("attnres_block_size") is None, t,
          f"attnres_block_size={c.get('attnres_block_size')} (attention residuals)")
     need(c.get("hidden_act", "swish") in ("swish", "silu"), t, f"hidden_act={c.get('hidden_act')!r}")
@@ -264,6 +413,8 @@ def delta_tensors(w: dict, c: dict, p: str) -> dict:
 
 
 def rename(tensors: dict, c: dict) -> dict:
+    if c["model_type"] == "rwkv7":
+        return rename_rwkv7(tensors, c)
     w = dict(tensors)
     out = {"embed.weight": w.pop("model.embeddings.weight"), "norm.weight": w.pop("model.norm.weight")}
     out["head.weight"] = w.pop("lm_head.weight", out["embed.weight"])
