@@ -32,17 +32,19 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediat
               bos_token_id=None, eos_token_id=None)
 TINY = {  # (config class, model class, options): 2 layers, hidden 32
     "gla": ("GLAConfig", "GLAForCausalLM", dict(num_heads=2)),
-    # grouped value heads: 4 value heads over 2 q/k heads; the output gate on
+    # grouped value heads: 2 value heads (16 wide) over 1 q/k head (8 wide)
     "gated_deltanet": ("GatedDeltaNetConfig", "GatedDeltaNetForCausalLM",
-                       dict(num_heads=2, num_v_heads=4, head_dim=8, expand_v=2, conv_size=3)),
+                       dict(num_heads=1, num_v_heads=2, head_dim=8, expand_v=2, conv_size=3)),
+    # heads of 8 keys, 16 values; the output gate on; tied head
     "delta_net": ("DeltaNetConfig", "DeltaNetForCausalLM",
-                  dict(num_heads=2, conv_size=3, use_gate=True, tie_word_embeddings=True)),
+                  dict(num_heads=2, expand_k=0.5, expand_v=1.0, conv_size=3, use_gate=True,
+                       tie_word_embeddings=True)),
     "retnet": ("RetNetConfig", "RetNetForCausalLM", dict(num_heads=2)),
     # 4 heads of 8 channels (expand_ratio); per-channel lower bounds per layer
     "hgrn2": ("HGRN2Config", "HGRN2ForCausalLM", dict(expand_ratio=8)),
-    # 4 heads of 8; low-rank widths 8 (decay), 4 (learning rate), 12 (gate), 4 (value residual)
+    # 2 heads of 16; low-rank widths 8 (decay), 4 (learning rate), 12 (gate), 4 (value residual)
     "rwkv7": ("RWKV7Config", "RWKV7ForCausalLM",
-              dict(head_dim=8, decay_low_rank_dim=8, a_low_rank_dim=4, gate_low_rank_dim=12,
+              dict(head_dim=16, decay_low_rank_dim=8, a_low_rank_dim=4, gate_low_rank_dim=12,
                    v_low_rank_dim=4)),
 }
 
