@@ -15,11 +15,12 @@ import os
 import warnings
 
 import pytest
+import test_layer_options as contract
 import torch
 
 import rnnzoo
 from rnnzoo.hf import UnsupportedCheckpoint
-from rnnzoo.hf.fla_hub import LAYERS
+from rnnzoo.hf.fla_hub import LAYERS, FeedForward7, FlaHGRN2, FlaRetNet
 from rnnzoo.hf.load import TYPES
 
 models = pytest.importorskip("fla.models", reason="flash-linear-attention 0.6.0 is the oracle "
@@ -142,6 +143,24 @@ def test_hybrid_attention_layer_equals_fla(tmp_path, first_config_only, monkeypa
     errors = rel_err(want, got), rel_err(want, torch.stack(steps, 1))
     print("gla + attention", errors)
     assert max(errors) < 1e-4, errors
+
+
+def hgrn2_with_bounds(d_model, **options):
+    """FlaHGRN2 with per-channel lower bounds in (0, 0.5) (its buffer: not perturbed by make)."""
+    layer = FlaHGRN2(d_model, **options)
+    layer.bound.copy_(0.5 * torch.rand(layer.bound.shape, generator=torch.Generator().manual_seed(2)))
+    return layer
+
+
+@pytest.mark.parametrize("name,options", [
+    (FlaRetNet, dict(num_heads=2, chunk_size=4, norm_eps=1e-6)),
+    (hgrn2_with_bounds, dict(num_heads=2, d_state=4, chunk_size=4, subchunk_size=2)),
+    (FeedForward7, dict(hidden=12)),
+], ids=["FlaRetNet", "FlaHGRN2", "FeedForward7"])
+def test_fla_layers_keep_the_contract(name, options):
+    """The fla variants of rnnzoo layers: modes equal, split = whole, step = forward, padding
+    (tests/hf/test_layer_options.py's check). FlaRWKV7 refuses lengths, see below."""
+    contract.test_option_keeps_the_contract(name, options)
 
 
 def edit_config(folder, **changes):
