@@ -56,6 +56,7 @@ from rnnzoo.models.blocks import RMSNorm
 LAYERS = {"gla": "gla", "gated_deltanet": "gated_deltanet", "delta_net": "deltanet",
           "retnet": "retnet", "hgrn2": "hgrn2", "rwkv7": "rwkv7"}
 
+
 class ValueCarrier:
     """Layer 0's values v (B, T, H, K) of the tokens the stack is reading, for RWKV-7's
     value residual in the later layers (`FlaRWKV7`)."""
@@ -164,8 +165,9 @@ def rename_rwkv7(tensors: dict, c: dict) -> dict:
     eps, bias = c.get("norm_eps", 1e-5), c.get("norm_bias", True)
     emb = w.pop("model.embeddings.weight")
     pre = [w.pop("model.layers.0.pre_norm.weight"), w.pop("model.layers.0.pre_norm.bias", None)]
-    out = {"embed.weight": F.layer_norm(emb, emb.shape[-1:], *pre, eps)}  # the first LayerNorm
-    out["norm.weight"] = w.pop("model.norm.weight")  # acts on each row: folded into the table
+    # layer 0's pre_norm acts on each embedding row alone: folded into the table
+    out = {"embed.weight": F.layer_norm(emb, emb.shape[-1:], *pre, eps)}
+    out["norm.weight"] = w.pop("model.norm.weight")
     if bias:
         out["norm.bias"] = w.pop("model.norm.bias")
     out["head.weight"] = out["embed.weight"] if c.get("tie_word_embeddings", False) else w.pop(
