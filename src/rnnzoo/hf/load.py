@@ -30,6 +30,9 @@ TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
          "granitemoehybrid": "granitemoehybrid", "jamba": "jamba", "lfm2": "lfm2",
          "minimax": "minimax", "xlstm": "xlstm", "rwkv": "rwkv", "falcon_h1": "falcon_h1",
          "zamba2": "zamba2"}
+# flash-linear-attention's own model format (its fla-hub checkpoints): hf/fla_hub.py
+TYPES.update(dict.fromkeys(("gla", "gated_deltanet", "delta_net", "rwkv7", "retnet", "hgrn2"),
+                           "fla_hub"))
 
 
 class UnsupportedCheckpoint(ValueError):

@@ -53,6 +53,7 @@ class RetNet(RecurrentLayer):
     position: (B,))."""
 
     modes = ("sequential", "chunk", "parallel")
+    theta = staticmethod(retnet_theta)  # the rotary frequencies (hf/fla_hub.py sets its own)
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 2, chunk_size: int = 64):
@@ -90,7 +91,7 @@ class RetNet(RecurrentLayer):
             position = torch.zeros(B, device=x.device, dtype=dt)
         q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
-        theta = retnet_theta(K, positions.dtype, x.device)
+        theta = self.theta(K, positions.dtype, x.device)
         q, k = rotate(q, positions, theta), rotate(k, positions, theta)
         g = self.log_gamma.to(dt).expand(B, T, H)
         return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
