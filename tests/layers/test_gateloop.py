@@ -34,3 +34,22 @@ def test_recurrence_equals_surrogate_attention():
     for mode in layer.modes:
         y, _ = layer(x, mode=mode)
         assert (y - expected).abs().max() < 1e-10
+
+
+def test_chunk_mode_is_auto_and_keeps_large_phases_exact():
+    """`chunk` (real GLA over [k cos Theta, k sin Theta]) against the loop with phases summing
+    to ~1e3 rad in float32 (Theta is summed in float64), from a complex initial state, and
+    the final state back in complex form."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("gateloop", d_model=8, num_heads=2, d_state=4, chunk_size=8)
+    with torch.no_grad():
+        layer.in_proj.bias[24:32] += 3.0  # the phase block (q, k, m, theta): ~3 rad per step
+    x = torch.randn(2, 300, 8)
+    assert layer.auto_mode(x) == "chunk"
+    S0 = torch.randn(2, 2, 4, 4, dtype=torch.complex64)
+    y_ref, S_ref = layer(x, S0, mode="sequential")
+    y, S = layer(x, S0, mode="chunk")
+    _, _, log_a, _, _ = layer.projections(x)
+    assert log_a.imag.sum(1).abs().min() > 500
+    assert (y - y_ref).abs().max() < 2e-6 * y_ref.abs().max()  # 5e-6 with Theta in float32
+    assert (S - S_ref).abs().max() < 2e-6 * S_ref.abs().max()  # 2e-5 with Theta in float32

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rnnzoo
-from rnnzoo.layers.s4d import s4d_imag_init
+from rnnzoo.layers.s4d import as_real, s4d_imag_init, vandermonde
 
 
 def _layer(init="lin", d_model=3, d_state=8):
@@ -92,3 +92,17 @@ def test_conv_nonfinite_input_does_not_spread_through_the_fft():
         assert torch.equal(y[1], y_clean[1]) and torch.isnan(y[0, 25:]).all()
         assert not torch.isfinite(y_scan[0, 25]).all() and not torch.isfinite(h_scan[0]).all()
         assert torch.isnan(h[0]).all() and torch.isfinite(h[1]).all()
+
+
+def test_vandermonde_is_the_complex_powers_in_real_form():
+    """The conv mode's powers exp(dtA l) from real exp, cos, sin, and as_real(w) . P the
+    real part of sum_n w_n exp(dtA_n l)."""
+    torch.manual_seed(0)
+    dtA = torch.complex(-torch.rand(3, 5, dtype=torch.float64), 40 * torch.randn(3, 5, dtype=torch.float64))
+    w = torch.randn(3, 5, dtype=torch.complex128)
+    P = vandermonde(dtA, 50)
+    want = torch.exp(dtA.unsqueeze(-1) * torch.arange(50, dtype=torch.float64))
+    assert P.shape == (3, 10, 50)
+    assert torch.allclose(torch.complex(*P.chunk(2, -2)), want, atol=1e-12)
+    assert torch.allclose(torch.einsum("hm,hml->hl", as_real(w), P),
+                          torch.einsum("hn,hnl->hl", w, want).real, atol=1e-12)

@@ -31,7 +31,7 @@ import torch
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers.s4d import S4D
+from rnnzoo.layers.s4d import S4D, as_real, vandermonde
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
@@ -139,25 +139,20 @@ class LiquidS4(S4D):
         """The kernels K^(p) by FFT over U (B, T, H, Q), plus h0's free response; the final
         state by a Vandermonde contraction of the right-aligned inputs (as S4D's conv)."""
         Bt, T = U.shape[:2]
-        steps = torch.arange(T + 1, dtype=U.dtype, device=U.device)
-        powers = torch.exp(dtA.unsqueeze(-1) * steps)                        # (H, 1, N2, T+1)
-        K = 2 * torch.einsum("hqn,hqnl->hql", C * Bp, powers[..., :T].expand(
-            -1, Bp.shape[1], -1, -1)).real                                   # (H, Q, T)
+        P = vandermonde(dtA[:, 0], T + 1)                                   # (H, 2 N2, T+1)
+        K = 2 * torch.einsum("hqm,hml->hql", as_real(C * Bp), P[..., :T])   # (H, Q, T)
         n_fft = 2 * T
         Uf = torch.fft.rfft(U.permute(0, 2, 3, 1), n=n_fft)                  # (B, H, Q, F)
         s = torch.fft.irfft(Uf * torch.fft.rfft(K, n=n_fft), n=n_fft)[..., :T].sum(2)
-        s = s + 2 * torch.einsum("bhqn,hqnl->bhl", h0 * C,
-                                 powers[..., 1:].expand(-1, h0.shape[2], -1, -1)).real
+        s = s + 2 * torch.einsum("bhm,hml->bhl", as_real(h0 * C).sum(2), P[..., 1:])
         if lengths is None:
-            aligned, n = U, torch.full((Bt,), T, device=U.device)
+            rev, decay = U.flip(1), torch.complex(*P[..., T].chunk(2, -1)).unsqueeze(1)
         else:
-            n = lengths
-            idx = (torch.arange(T, device=U.device) + n.view(-1, 1)) % T
-            aligned = U.gather(1, idx.view(Bt, T, 1, 1).expand_as(U))
-        h = Bp * torch.einsum("blhq,hnl->bhqn", aligned.to(powers.dtype),
-                              powers[:, 0, :, :T].flip(-1))
-        h = h + torch.exp(dtA * n.view(-1, 1, 1, 1).to(U.dtype)) * h0
-        return s.transpose(1, 2), h
+            idx = (lengths.view(-1, 1) - 1 - torch.arange(T, device=U.device)) % T
+            rev = U.gather(1, idx.view(Bt, T, 1, 1).expand_as(U))
+            decay = torch.exp(dtA * lengths.view(-1, 1, 1, 1).to(U.dtype))
+        h = Bp * torch.complex(*torch.einsum("blhq,hml->bhqm", rev, P[..., :T]).chunk(2, -1))
+        return s.transpose(1, 2), h + decay * h0
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, liquid_degree={self.liquid_degree}, "

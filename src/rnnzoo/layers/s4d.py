@@ -47,6 +47,23 @@ def s4d_imag_init(d_state: int, init: str) -> torch.Tensor:
     raise ValueError(f"init must be 'lin' or 'inv', got {init!r}")
 
 
+def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
+    """exp(dtA l) for l = 0..T-1 as real numbers: dtA (..., N2) complex -> (..., 2 N2, T),
+    the real parts over the imaginary ones. Built from real exp, cos and sin (vectorised on
+    the CPU, where torch's complex exp is ~10x slower), so the contractions with it are real
+    matrix products."""
+    steps = torch.arange(T, dtype=dtA.real.dtype, device=dtA.device)
+    mag = torch.exp(dtA.real.unsqueeze(-1) * steps)
+    phase = dtA.imag.unsqueeze(-1) * steps
+    return torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], -2)
+
+
+def as_real(w: torch.Tensor) -> torch.Tensor:
+    """w (..., N2) complex -> (..., 2 N2) real such that as_real(w) . vandermonde(dtA, T)
+    = Re(sum_n w_n exp(dtA_n l))."""
+    return torch.cat([w.real, -w.imag], -1)
+
+
 @register("s4d", family="diagonal", paper="Gu et al. 2022, arXiv:2206.11893",
           tiny=dict(d_model=2, d_state=4, chunk_size=4))
 class S4D(DiagonalLayer):
@@ -86,9 +103,7 @@ class S4D(DiagonalLayer):
     def kernel(self, T: int, dtype=torch.float32) -> torch.Tensor:
         """K: (d_model, T), K_l = 2 Re(sum_n C_n B_bar_n A_bar_n^l), by a Vandermonde product."""
         _, B_bar, dtA, C = self.discretize(dtype)
-        steps = torch.arange(T, dtype=dtype, device=dtA.device)
-        vandermonde = torch.exp(dtA.unsqueeze(-1) * steps)  # (H, N2, T)
-        return 2 * torch.einsum("hn,hnl->hl", C * B_bar, vandermonde).real
+        return 2 * torch.einsum("hm,hml->hl", as_real(C * B_bar), vandermonde(dtA, T))
 
     def ssm(self, x, h0, mode, mask=None):
         """s = the SSM's output (B, T, d_model) in the compute dtype, and the final state.
@@ -126,27 +141,24 @@ class S4D(DiagonalLayer):
 
     def _conv(self, u, h0, lengths):
         """Causal FFT convolution with the kernel, plus the free response of h0."""
-        Bt, T, _ = u.shape
+        Bt, T, H = u.shape
         A_bar, B_bar, dtA, C = self.discretize(u.dtype)
-        steps = torch.arange(T + 1, dtype=u.dtype, device=u.device)
-        powers = torch.exp(dtA.unsqueeze(-1) * steps)  # A_bar^0..T
-        K = 2 * torch.einsum("hn,hnl->hl", C * B_bar, powers[..., :T]).real
+        P = vandermonde(dtA, T + 1)                               # (H, 2 N2, T+1): A_bar^0..T
+        K = 2 * torch.einsum("hm,hml->hl", as_real(C * B_bar), P[..., :T])
         n_fft = 2 * T
         s = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=n_fft) * torch.fft.rfft(K, n=n_fft),
                             n=n_fft)[..., :T]                                       # (B, H, T)
-        s = s + 2 * torch.einsum("bhn,hnl->bhl", h0 * C, powers[..., 1:]).real       # A_bar^{t+1} h0
-        # final state h = A_bar^n h0 + B_bar sum_{l<n} A_bar^{n-1-l} u_l, n = each length:
-        # right-align each sequence (its padding, zero, moves to the front) and contract.
+        s = s + 2 * torch.einsum("bhm,hml->bhl", as_real(h0 * C), P[..., 1:])  # A_bar^{t+1} h0
+        # final state h = A_bar^n h0 + B_bar sum_{l<n} A_bar^l u_{n-1-l}, n = each length
+        # (u is zero past it, so index n-1-l mod T reads zeros for l >= n)
         if lengths is None:
-            aligned, n = u, torch.full((Bt,), T, device=u.device)
+            rev, decay = u.flip(1), torch.complex(*P[..., T].chunk(2, -1))
         else:
-            n = lengths
-            idx = (torch.arange(T, device=u.device) + n.view(-1, 1)) % T
-            aligned = u.gather(1, idx.unsqueeze(-1).expand_as(u))
-        h = B_bar * torch.einsum("bhl,hnl->bhn", aligned.transpose(1, 2).to(powers.dtype),
-                                 powers[..., :T].flip(-1))
-        h = h + torch.exp(dtA * n.view(-1, 1, 1).to(u.dtype)) * h0
-        return s.transpose(1, 2), h
+            idx = (lengths.view(-1, 1) - 1 - torch.arange(T, device=u.device)) % T
+            rev = u.gather(1, idx.unsqueeze(-1).expand_as(u))
+            decay = torch.exp(dtA * lengths.view(-1, 1, 1).to(u.dtype))
+        h = B_bar * torch.complex(*torch.einsum("blh,hml->bhm", rev, P[..., :T]).chunk(2, -1))
+        return s.transpose(1, 2), h + decay * h0
 
     def _out(self, s, x):
         return F.glu(self.out_proj(F.gelu(s).to(x.dtype)), dim=-1)
