@@ -127,3 +127,21 @@ def test_every_score_path_equals_recurrent_float32(steep):
                subchunk_size=8)
     assert (o.double() - o_ref).abs().max() < 1e-4 * (1 + o_ref.abs().max())
     assert (s.double() - s_ref).abs().max() < 1e-4 * (1 + s_ref.abs().max())
+
+
+@pytest.mark.parametrize("W", [3, 8, 24])
+def test_unit_lower_solve_is_the_inverse_times_r_at_any_width(W):
+    """ops.chunk._common.unit_lower_solve: (I + A)^{-1} R for a strictly lower A, by a direct
+    solve (W <= C) or the inverse times R (W > C), the same values and gradients either way;
+    A's diagonal is never read (a unit diagonal is assumed)."""
+    from rnnzoo.ops.chunk._common import unit_lower_solve
+    g = torch.Generator().manual_seed(1)
+    C = 8
+    A = (0.3 * torch.randn(2, 3, C, C, generator=g, dtype=torch.float64)).tril(-1)
+    R = torch.randn(2, 3, C, W, generator=g, dtype=torch.float64)
+    want = torch.linalg.inv(torch.eye(C, dtype=torch.float64) + A) @ R
+    garbage = A + torch.diag_embed(torch.full((2, 3, C), 5.0, dtype=torch.float64))
+    for a in (A, garbage):
+        assert (unit_lower_solve(a, R) - want).abs().max() < 1e-12
+    A.requires_grad_(), R.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, r: unit_lower_solve(a.tril(-1), r), (A, R))

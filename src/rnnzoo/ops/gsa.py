@@ -92,9 +92,8 @@ def _slot_scores(q, k, s, log_alpha, scale, hk0, C):
     if -LA[..., -1, :].min().item() >= _factorise_limit(dt):
         return None
     qc, kc, sc = (to_chunks(t, C) for t in (q.to(dt) * scale, k, s))
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     eL, L_end = LA.exp(), LA[..., -1:, :]
-    intra = ((qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0) @ (sc * (-LA).exp()))
+    intra = (qc @ kc.transpose(-1, -2)).tril_() @ (sc * (-LA).exp())  # in place: one pass
     updates = kc.transpose(-1, -2) @ (sc * (L_end - LA).exp())      # (B, H, N, K, M)
     hk = (torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt))
     starts = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["check_delta", "check_linear", "check_mlstm", "check_rwkv7", "from_chunks",
-           "to_chunks", "unit_lower_inverse", "wy_chunks"]
+           "state_pass", "to_chunks", "unit_lower_inverse", "unit_lower_solve", "wy_chunks"]
 
 
 def check_delta(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
@@ -77,6 +77,40 @@ def unit_lower_inverse(A):
                                          unitriangular=True)
 
 
+def unit_lower_solve(A, R):
+    """(I + A)^{-1} R for strictly lower-triangular A (..., C, C) and R (..., C, W): one batched
+    triangular solve with a unit diagonal (A's own diagonal is never read) while W <= C, else
+    `unit_lower_inverse` times R.
+
+    The solve copies R into LAPACK's column-major layout and back; for W <= C that costs
+    less than forming the inverse and multiplying (kda's op at B=16, T=2048, C=W=32, 1 thread:
+    forward ~20% faster, forward + backward ~10%), for wide R (the delta rule's C=16, W=48)
+    it does not."""
+    if R.shape[-1] > A.shape[-1]:
+        return unit_lower_inverse(A) @ R
+    return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True)
+
+
+def state_pass(S, U0, W, k_out, decay):
+    """The sequential part of a chunked delta rule, S_0 -> S_C chunk after chunk:
+
+        U_n = U0_n - W_n S_n,     S_{n+1} = decay_n o S_n + k_out_n^T U_n
+
+    S: (B, H, K, V) entering the first chunk; U0: (B, H, N, C, V); W, k_out: (B, H, N, C, K);
+    decay: (B, H, N, K, 1), (B, H, N, 1, 1) or None (no decay). Returns (the states entering
+    each chunk (B, H, N, K, V), U (B, H, N, C, V), the final state). The chunks are unbound,
+    not indexed, so that the backward pass stacks their gradients once."""
+    decays = [None] * U0.shape[2] if decay is None else decay.unbind(2)
+    states, pseudo = [], []
+    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), k_out.unbind(2), decays):
+        states.append(S)
+        u = u0_n - w_n @ S
+        pseudo.append(u)
+        S = S if dec_n is None else S * dec_n
+        S = S + kd_n.transpose(-1, -2) @ u
+    return torch.stack(states, 2), torch.stack(pseudo, 2), S
+
+
 def to_chunks(x, C):
     """(B, T, H, ...) -> (B, H, N, C, ...), zero-padded at the end to N * C steps."""
     T = x.shape[1]
@@ -105,15 +139,8 @@ def wy_chunks(A, M, v, w, q_in, k_out, chunk_decay, S, scale, T):
     (..., C, K); chunk_decay: (..., K, 1) or (..., 1, 1); S: (B, H, K, V) the state entering
     the first chunk. The intra-chunk work is done for all chunks at once; only the state
     pass (two small products a chunk) loops. Returns (o (B, T, H, V), final state)."""
-    Tinv = unit_lower_inverse(A)                            # (I + A)^{-1}
     V = v.shape[-1]
-    U0, W = (Tinv @ torch.cat([v, w], -1)).split([V, w.shape[-1]], -1)  # U = U0 - W S_0
-    states, pseudo = [], []
-    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), k_out.unbind(2),
-                                      chunk_decay.unbind(2)):
-        states.append(S)
-        u = u0_n - w_n @ S
-        pseudo.append(u)
-        S = S * dec_n + kd_n.transpose(-1, -2) @ u
-    o = scale * (q_in @ torch.stack(states, 2) + M @ torch.stack(pseudo, 2))
+    U0, W = unit_lower_solve(A, torch.cat([v, w], -1)).split([V, w.shape[-1]], -1)
+    states, U, S = state_pass(S, U0, W, k_out, chunk_decay)     # U = U0 - W S_0
+    o = scale * (q_in @ states + M @ U)
     return from_chunks(o, T), S

@@ -60,6 +60,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
 from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
+from rnnzoo.ops.chunk._common import state_pass as _state_pass
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -180,19 +181,8 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
                                                           # P = Q K^T o D, causal incl. diagonal
     Qg = q if eG is None else q * eG[..., None]
     Kd = k if eG is None else k * eGtail[..., None]
-
-    # The loop over chunks; unbind (not [:, :, n]) so that the backward pass is one stack.
-    states, pseudo = [], []
-    decays = [None] * q.shape[2] if eGlast is None else eGlast[..., None, None].unbind(2)
-    for u0_n, w_n, kd_n, decay_n in zip(U0.unbind(2), W.unbind(2), Kd.unbind(2), decays):
-        states.append(S)
-        u = u0_n - w_n @ S
-        pseudo.append(u)
-        S = S if decay_n is None else S * decay_n
-        S = S + kd_n.transpose(-1, -2) @ u
-    S0 = torch.stack(states, 2)                           # (B, H, N, K, V)
-    U = torch.stack(pseudo, 2)                            # (B, H, N, C, V)
-    o = scale * (Qg @ S0 + P @ U)
+    S0, U, S = _state_pass(S, U0, W, Kd, None if eGlast is None else eGlast[..., None, None])
+    o = scale * (Qg @ S0 + P @ U)                         # S0: (B, H, N, K, V), U: (B, H, N, C, V)
     return _from_chunks(o, T), S
 
 

@@ -180,7 +180,17 @@ def vector_decay_chunks(q, k, v, g, p, S, scale, C, c):
     T = q.shape[1]
     q, k, v, g, p = (to_chunks(t, C) for t in (q, k, v, g, p))  # (B, H, N, C, D)
     G = g.cumsum(-2)
-    A, M = _decayed_scores((p, q), k, G, c)
     eG, G_end = G.exp(), G[..., -1:, :]
-    return wy_chunks(A.tril(-1), M, v, p * eG, q * eG, k * (G_end - G).exp(),
-                     G_end.transpose(-1, -2).exp(), S, scale, T)
+    p_in, q_in = p * eG, q * eG
+    if k.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and -G_end.min().item() < _factorise_limit(k.dtype):
+        # Every chunk's span is small: the whole chunk factorises through its start (as in
+        # _decayed_scores with one block), and p e^G, q e^G serve the scores and the solve.
+        k_f = k * (-G).exp()                                  # <= e^{span}, far from overflow
+        kt = k_f.transpose(-1, -2)
+        A, M = (p_in @ kt).tril_(-1), (q_in @ kt).tril_()
+        k_out = k_f * G_end.exp()                             # k e^{G_C - G}
+    else:
+        A, M = _decayed_scores((p, q), k, G, c)
+        A, k_out = A.tril(-1), k * (G_end - G).exp()
+    return wy_chunks(A, M, v, p_in, q_in, k_out, G_end.transpose(-1, -2).exp(), S, scale, T)
