@@ -77,12 +77,100 @@ def stm_gates(g: dict, propagation: str):
     return T, S, M, torch.sigmoid(g["direct"])
 
 
+def _merge_cols(T, b, h, w):
+    """Blocks (n, bx, by, E, E) / (n, bx, by, E, F), E = h + w, border order in = (left rows,
+    top columns), out = (right rows, bottom columns): each left block a with its right
+    neighbour c -> (n, bx, by / 2, E', E') / (.., E', F), E' = h + 2w."""
+    Ta, Tc, ba, bc = T[:, :, 0::2], T[:, :, 1::2], b[:, :, 0::2], b[:, :, 1::2]
+    feed = Tc[..., :h]                                       # c's outputs from its left border
+    P = feed @ Ta[..., :h, :]                                # ... through a's right border
+    zero = Ta.new_zeros(()).expand(*Ta.shape[:3], w, w)
+    T = torch.cat([torch.cat([P[..., :h, :], Tc[..., :h, h:]], -1),
+                   torch.cat([Ta[..., h:, :], zero], -1),
+                   torch.cat([P[..., h:, :], Tc[..., h:, h:]], -1)], -2)
+    bc = bc + feed @ ba[..., :h, :]
+    return T, torch.cat([bc[..., :h, :], ba[..., h:, :], bc[..., h:, :]], -2)
+
+
+def _merge_rows(T, b, h, w):
+    """As `_merge_cols` for each upper block a with the block c below it -> E' = 2h + w."""
+    Ta, Tc, ba, bc = T[:, 0::2], T[:, 1::2], b[:, 0::2], b[:, 1::2]
+    feed = Tc[..., h:]                                       # c's outputs from its top border
+    Q = feed @ Ta[..., h:, :]                                # ... through a's bottom border
+    zero = Ta.new_zeros(()).expand(*Ta.shape[:3], h, h)
+    T = torch.cat([torch.cat([Ta[..., :h, :h], zero, Ta[..., :h, h:]], -1),
+                   torch.cat([Q[..., :h], Tc[..., :h], Q[..., h:]], -1)], -2)
+    bc = bc + feed @ ba[..., h:, :]
+    return T, torch.cat([ba[..., :h, :], bc], -2)
+
+
+def _split_cols(T, b, C, h, w):
+    """Down: the border states C (n, bx, by / 2, h + 2w, F) entering merged blocks -> those
+    entering the halves (n, bx, by, h + w, F); the right half's left border is the left
+    half's right border, T_a C_a + b_a."""
+    Ca = C[..., :h + w, :]
+    right = T[:, :, 0::2, :h] @ Ca + b[:, :, 0::2, :h]
+    Cc = torch.cat([right, C[..., h + w:, :]], -2)
+    return torch.stack([Ca, Cc], 3).flatten(2, 3)
+
+
+def _split_rows(T, b, C, h, w):
+    """As `_split_cols` for merged upper/lower pairs: C (n, bx / 2, by, 2h + w, F)."""
+    Ca = torch.cat([C[..., :h, :], C[..., 2 * h:, :]], -2)
+    bottom = T[:, 0::2, :, h:] @ Ca + b[:, 0::2, :, h:]
+    Cc = torch.cat([C[..., h:2 * h, :], bottom], -2)
+    return torch.stack([Ca, Cc], 2).flatten(1, 2)
+
+
+def dag_block(T, b, C0_left, C0_top):
+    """The grid recurrence (grid/dag.py's contract, scalar transitions: T (n, X, Y, 2, 2),
+    b (n, X, Y, 2, *S)) by pLSTM's block recursion. The grid is padded to Px x Py (powers of
+    two) with zero gates on the right and bottom, which no valid cell reads. Up: blocks of
+    h x w cells with border transition (h + w)^2 and border source (h + w, F) merge with their
+    neighbour to the right, then below (2x2 -> 1 per level, log2 levels). Down: from the
+    whole grid's (left, top) border, each merged block hands its halves their entering
+    borders. At 1 x 1 blocks the border entering a cell is its (L, U)."""
+    n, X, Y = b.shape[:3]
+    S = b.shape[4:]
+    T0, b0 = T.reshape(n, X, Y, 2, 2), b.reshape(n, X, Y, 2, -1)
+    F = b0.shape[-1]
+    Px, Py = 1 << (X - 1).bit_length(), 1 << (Y - 1).bit_length()
+    T = nn.functional.pad(T0, (0, 0, 0, 0, 0, Py - Y, 0, Px - X))
+    b = nn.functional.pad(b0, (0, 0, 0, 0, 0, Py - Y, 0, Px - X))
+    ups, h, w = [], 1, 1
+    while h < Px or w < Py:
+        if w < Py:
+            ups.append((_split_cols, T, b, h, w))
+            T, b = _merge_cols(T, b, h, w)
+            w *= 2
+        if h < Px:
+            ups.append((_split_rows, T, b, h, w))
+            T, b = _merge_rows(T, b, h, w)
+            h *= 2
+    C = torch.cat([nn.functional.pad(C0_left.reshape(n, X, F), (0, 0, 0, Px - X)),
+                   nn.functional.pad(C0_top.reshape(n, Y, F), (0, 0, 0, Py - Y))], 1)
+    C = C[:, None, None]                                      # (n, 1, 1, Px + Py, F)
+    for split, Tl, bl, hl, wl in reversed(ups):
+        C = split(Tl, bl, C, hl, wl)
+    # C: (n, Px, Py, 2, F) = (L, U) per cell; the border leaving the valid grid from its cells
+    L, U = C[:, :X, :Y, 0], C[:, :X, :Y, 1]
+    Cr = T0[:, :, -1, 0, 0, None] * L[:, :, -1] + T0[:, :, -1, 0, 1, None] * U[:, :, -1] \
+        + b0[:, :, -1, 0]
+    Cd = T0[:, -1, :, 1, 0, None] * L[:, -1] + T0[:, -1, :, 1, 1, None] * U[:, -1] \
+        + b0[:, -1, :, 1]
+    return (L.reshape(n, X, Y, *S), U.reshape(n, X, Y, *S), Cr.reshape(n, X, *S),
+            Cd.reshape(n, Y, *S))
+
+
 def plstm2d(q, k, v, T, S, M, D, C0_left, C0_top, mode="sequential"):
     """q, k (n, X, Y, K), v (n, X, Y, V); gates as `stm_gates` returns; C0_left (n, X, K, V),
     C0_top (n, Y, K, V) -> y (n, X, Y, V), right (n, X, K, V), bottom (n, Y, K, V)."""
     kv = k[..., :, None] * v[..., None, :]                           # (n, X, Y, K, V)
     b = S[..., None, None] * kv[:, :, :, None]                       # (n, X, Y, 2, K, V)
-    L, U, right, bottom = grid_dag(T[..., None, None], b, C0_left, C0_top, mode)
+    if mode == "block":
+        L, U, right, bottom = dag_block(T, b, C0_left, C0_top)
+    else:
+        L, U, right, bottom = grid_dag(T[..., None, None], b, C0_left, C0_top, mode)
     C_in = M[..., 0, None, None] * L + M[..., 1, None, None] * U
     y = torch.einsum("nxyk,nxykv->nxyv", q, C_in) + (D * (q * k).sum(-1))[..., None] * v
     return y, right, bottom
@@ -93,7 +181,7 @@ def plstm2d(q, k, v, T, S, M, D, C0_left, C0_top, mode="sequential"):
 class PLSTM(GridLayer):
     """x: (B, X, Y, d_model) -> y; state (right (B, O, H, X, K, V), bottom (B, O, H, Y, K, V))."""
 
-    modes = ("sequential", "wavefront", "doubling")
+    modes = ("sequential", "wavefront", "doubling", "block")
 
     def __init__(self, d_model: int, num_heads: int = 2, head_dim: int | None = None,
                  propagation: str = "P", orientations: int = 4):
