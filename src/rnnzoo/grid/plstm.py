@@ -124,36 +124,36 @@ def _split_rows(T, b, C, h, w):
 
 def dag_block(T, b, C0_left, C0_top):
     """The grid recurrence (grid/dag.py's contract, scalar transitions: T (n, X, Y, 2, 2),
-    b (n, X, Y, 2, *S)) by pLSTM's block recursion. The grid is padded to Px x Py (powers of
-    two) with zero gates on the right and bottom, which no valid cell reads. Up: blocks of
-    h x w cells with border transition (h + w)^2 and border source (h + w, F) merge with their
-    neighbour to the right, then below (2x2 -> 1 per level, log2 levels). Down: from the
-    whole grid's (left, top) border, each merged block hands its halves their entering
-    borders. At 1 x 1 blocks the border entering a cell is its (L, U)."""
+    b (n, X, Y, 2, *S)) by pLSTM's block recursion. Up: blocks of h x w cells, each with its
+    border transition (h + w, h + w) and border source (h + w, F), merge with their neighbour
+    to the right, then with the one below (2x2 -> 1 per level, ceil(log2) levels); an odd
+    count of blocks gets one zero block (zero gates) at its right or bottom end first, which
+    no valid cell reads (the DAG runs right and down). Down: from the whole grid's (left, top)
+    border, each merged block hands its halves their entering borders, so at 1 x 1 blocks
+    the border entering each cell is its (L, U)."""
     n, X, Y = b.shape[:3]
     S = b.shape[4:]
-    T0, b0 = T.reshape(n, X, Y, 2, 2), b.reshape(n, X, Y, 2, -1)
-    F = b0.shape[-1]
-    Px, Py = 1 << (X - 1).bit_length(), 1 << (Y - 1).bit_length()
-    T = nn.functional.pad(T0, (0, 0, 0, 0, 0, Py - Y, 0, Px - X))
-    b = nn.functional.pad(b0, (0, 0, 0, 0, 0, Py - Y, 0, Px - X))
+    T = T0 = T.reshape(n, X, Y, 2, 2)
+    b = b0 = b.reshape(n, X, Y, 2, -1)
     ups, h, w = [], 1, 1
-    while h < Px or w < Py:
-        if w < Py:
-            ups.append((_split_cols, T, b, h, w))
-            T, b = _merge_cols(T, b, h, w)
-            w *= 2
-        if h < Px:
-            ups.append((_split_rows, T, b, h, w))
-            T, b = _merge_rows(T, b, h, w)
-            h *= 2
-    C = torch.cat([nn.functional.pad(C0_left.reshape(n, X, F), (0, 0, 0, Px - X)),
-                   nn.functional.pad(C0_top.reshape(n, Y, F), (0, 0, 0, Py - Y))], 1)
-    C = C[:, None, None]                                      # (n, 1, 1, Px + Py, F)
-    for split, Tl, bl, hl, wl in reversed(ups):
-        C = split(Tl, bl, C, hl, wl)
-    # C: (n, Px, Py, 2, F) = (L, U) per cell; the border leaving the valid grid from its cells
-    L, U = C[:, :X, :Y, 0], C[:, :X, :Y, 1]
+    while T.shape[1] > 1 or T.shape[2] > 1:
+        for dim, split, merge in ((2, _split_cols, _merge_cols), (1, _split_rows, _merge_rows)):
+            count = T.shape[dim]
+            if count == 1:
+                continue
+            if count % 2:
+                pad = (0, 0, 0, 0) + (0, 1) * (dim == 2) + (0, 0, 0, 1) * (dim == 1)
+                T, b = nn.functional.pad(T, pad), nn.functional.pad(b, pad)
+            ups.append((split, T, b, h, w, count))
+            T, b = merge(T, b, h, w)
+            h, w = (h, 2 * w) if dim == 2 else (2 * h, w)
+    C = torch.cat([nn.functional.pad(C0_left.reshape(n, X, -1), (0, 0, 0, h - X)),
+                   nn.functional.pad(C0_top.reshape(n, Y, -1), (0, 0, 0, w - Y))], 1)
+    C = C[:, None, None]                                      # (n, 1, 1, h + w, F)
+    for split, Tl, bl, hl, wl, count in reversed(ups):
+        C = split(Tl, bl, C, hl, wl).narrow(1 if split is _split_rows else 2, 0, count)
+    # C: (n, X, Y, 2, F) = (L, U) per cell; the borders leaving the grid from its last cells
+    L, U = C[..., 0, :], C[..., 1, :]
     Cr = T0[:, :, -1, 0, 0, None] * L[:, :, -1] + T0[:, :, -1, 0, 1, None] * U[:, :, -1] \
         + b0[:, :, -1, 0]
     Cd = T0[:, -1, :, 1, 0, None] * L[:, -1] + T0[:, -1, :, 1, 1, None] * U[:, -1] \
