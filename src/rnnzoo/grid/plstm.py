@@ -23,11 +23,15 @@ As in the paper's layer, the recurrence runs in `orientations` (1 or 4) directio
 grid flipped so that its origin is each corner in turn, each with its own gates, and the
 outputs are averaged; then one output projection.
 
-Parallel forms (grid/dag.py): "wavefront", every cell of an anti-diagonal at once
-(X + Y - 1 steps), and "doubling", all cells at once by log2(X + Y) squarings of the
-line-graph transition matrix (the paper's log-depth idea; its block-recursive scheme,
-which never forms the dense matrix, is not implemented: docs/2d.md). Reference:
-"sequential", the loop over cells.
+Parallel forms: "wavefront" (grid/dag.py), every cell of an anti-diagonal at once
+(X + Y - 1 steps); "doubling" (grid/dag.py), all cells at once by log2(X + Y) squarings of
+the dense 2XY x 2XY line-graph transition matrix (small grids); and "block", the paper's
+block recursion (`dag_block`): 2x2 blocks of cells combine into one block with a border
+transition (h + w)^2 and a border source (h + w, K, V) per level, ceil(log2) levels up, and
+the border states entering each block are handed down the same levels, so every cell gets
+its (L, U) in O(log) depth and O(XY (K V log + max(X, Y))) work, never the dense matrix.
+`mode="auto"` takes "block" when both sides are at least 8 and "wavefront" below (measured
+on CPU: docs/2d.md). Reference: "sequential", the loop over cells.
 
 State: (right, bottom), the states leaving the grid, (B, orientations, H, X, K, V) and
 (B, orientations, H, Y, K, V), each orientation in its own (flipped) frame; an input state
@@ -206,7 +210,9 @@ class PLSTM(GridLayer):
             self.gates.weight.mul_(0.1)
 
     def auto_mode(self, x):
-        return "wavefront"
+        # CPU, fwd+bwd (docs/2d.md): block 1.1-1.4x faster from 8 x 8 up, slower on grids
+        # with a side under 8 (a thin grid's anti-diagonals are short)
+        return "block" if min(x.shape[1], x.shape[2]) >= 8 else "wavefront"
 
     def init_state(self, batch_size, height, width, device=None, dtype=None):
         shape = (batch_size, self.orientations, self.num_heads)
