@@ -67,3 +67,17 @@ def test_auto_takes_block_from_eight_by_eight():
     assert layer.auto_mode(torch.empty(1, 16, 9, 4)) == "block"
     assert layer.auto_mode(torch.empty(1, 7, 32, 4)) == "wavefront"
     assert layer.auto_mode(torch.empty(1, 3, 5, 4)) == "wavefront"
+
+
+def test_block_mode_keeps_float32_states_and_the_device():
+    torch.manual_seed(0)
+    layer = create_grid("plstm", 4, num_heads=2).to(torch.bfloat16)
+    x = torch.randn(1, 9, 10, 4, dtype=torch.bfloat16)
+    y, (right, bottom) = layer(x, mode="block")
+    y32, (right32, bottom32) = layer.float()(x.float(), mode="block")
+    assert y.dtype == torch.bfloat16 and right.dtype == bottom.dtype == torch.float32
+    for a, r in ((y.float(), y32), (right, right32), (bottom, bottom32)):
+        torch.testing.assert_close(a, r, rtol=0.05, atol=0.05)
+    layer = layer.to("meta")
+    y, state = layer(torch.empty(1, 9, 10, 4, device="meta"), mode="block")
+    assert y.device.type == "meta" and all(s.device.type == "meta" for s in state)
