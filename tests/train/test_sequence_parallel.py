@@ -30,6 +30,11 @@ def _flat(s):
     return list(s) if isinstance(s, (tuple, list)) else [s]
 
 
+def _real(t):
+    """A complex state (lru, s5, linoss) as its real and imaginary parts, for a real loss."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
 def _make(name):
     import rnnzoo
     info = rnnzoo.registry.get_layer_info(name)
@@ -49,7 +54,7 @@ def _grads(layer, x, s0, w, ws, mode, world=1):
     s0 = [t.clone().requires_grad_() for t in s0]
     y, s = layer(x, tuple(s0) if len(s0) > 1 else s0[0], mode=mode)
     # the final state is the same on every rank: each adds 1/world of its term
-    loss = (y * w).sum() + sum((t * u).sum() for t, u in zip(_flat(s), ws)) / world
+    loss = (y * w).sum() + sum((_real(t) * u).sum() for t, u in zip(_flat(s), ws)) / world
     params = [p for p in layer.parameters()]
     got = torch.autograd.grad(loss, [x, *s0, *params], allow_unused=True)
     return y, _flat(s), [torch.zeros_like(t) if g is None else g
@@ -66,7 +71,7 @@ def _worker(rank, world, port, names, errors):
     try:
         for name in names:
             layer = _make(name)
-            mode = "chunk"
+            mode = "auto"  # what `rnnzoo train --sequence-parallel` runs: chunk or scan
             g = torch.Generator().manual_seed(2)
             T = 4 * world + 3  # uneven slices, several chunks per rank
             x = torch.randn(2, T, layer.d_model, generator=g, dtype=torch.float64)
@@ -75,7 +80,7 @@ def _worker(rank, world, port, names, errors):
                                           dtype=torch.float64), mode=mode)
             s0 = _flat(s0)
             w = torch.randn(x.shape, generator=g, dtype=torch.float64)
-            ws = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in s0]
+            ws = [torch.randn(_real(t).shape, generator=g, dtype=torch.float64) for t in s0]
             y_ref, s_ref, g_ref = _grads(layer, x, s0, w, ws, mode)
             with sp.scope():
                 y, s, grads = _grads(layer, sp.split(x), s0, sp.split(w), ws, mode, world)
