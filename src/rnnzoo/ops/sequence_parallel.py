@@ -35,11 +35,16 @@ The stabilised mLSTM is not linear in its state (its normaliser divides by max(|
 exp(-m))): `mlstm_lasp2` exchanges each rank's unnormalised slice summary instead and folds
 the max-stabiliser max-plus (below, before `mlstm_summary`).
 
+RWKV-7's generalised delta rule and KDA are linear in (v, S_0) too: their ops go through
+`lasp2`. The diagonal recurrences h_t = a_t * h_{t-1} + b_t are the elementwise case
+(`scan_lasp2` for ops.scan.linear_scan, `affine_lasp2` for Mamba's selective scan: below).
+
 Usage: inside `with scope(group):` the ops that honour it (`ops.chunk.linear.
-gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule`) and the short convolution
-(`layers.conv.causal_conv1d`, whose first steps need the previous rank's last d_conv - 1
-inputs: `halo`) treat their input as this rank's slice of a longer sequence; the
-initial state is the whole sequence's (every rank passes the same one).
+gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule` and `rwkv7`,
+`ops.chunk.kda.kda`, `ops.scan.linear_scan`, `layers.mamba.selective_scan`) and the short
+convolution (`layers.conv.causal_conv1d`, whose first steps need the previous rank's last
+d_conv - 1 inputs: `halo`) treat their input as this rank's slice of a longer sequence;
+the initial state is the whole sequence's (every rank passes the same one).
 """
 
 from __future__ import annotations
