@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rnnzoo.ops import sequence_parallel
+
 
 def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_size: int):
     """y = cat over chunks of fn(h, *chunk); returns (y, h after the last chunk).
@@ -22,6 +24,8 @@ def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_siz
     closure (gradients reach them through the checkpoint).
     """
     T = inputs[0].shape[1]
+    if sequence_parallel.active():  # one chunk: each scan inside is a whole slice of the sequence
+        chunk_size = T
     ys = []  # split, not t[:, s:s + L]: a slice's backward zero-fills the whole input
     for part in zip(*(t.split(chunk_size, 1) for t in inputs)):
         if torch.is_grad_enabled() and T > chunk_size:

@@ -39,7 +39,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -61,6 +61,11 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     On CUDA the scan mode runs the fused Triton kernel `ops.triton.selective_scan` (when
     triton imports; `ops.backend`).
     """
+    if mode == "scan" and sequence_parallel.active():  # this rank's time slice: LASP-2, the
+        def run(h, probe):  # slice run again from the state entering it (ops/sequence_parallel.py)
+            return selective_scan(torch.zeros_like(u) if probe else u, delta, A, B, C, D, h,
+                                  allow_neg_eigval=allow_neg_eigval, chunk_size=chunk_size)
+        return sequence_parallel.affine_lasp2(run, h0)
     if mode == "scan" and backend.use_triton(u, delta, A, B, C, D, h0):
         from rnnzoo.ops.triton import selective_scan as triton_ss
         return triton_ss.selective_scan(u, delta, A, B, C, D, h0,

@@ -28,6 +28,7 @@ from torch import nn
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
 from rnnzoo.registry import register
 
@@ -100,7 +101,13 @@ class RWKV7(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         S, x_last = state
+        final = None
+        if sequence_parallel.active():  # x is this rank's slice: shift in the previous rank's last
+            prev, final = sequence_parallel.halo(x, x_last[:, None])
+            x_last = prev[:, 0]
         r, w, k, v, a, b, g, x_last = self.op_inputs(x, x_last)
+        if final is not None:  # the whole sequence's last input
+            x_last = final[:, 0]
         if mode == "chunk":
             o, S = rwkv7(r, w, k, v, a, b, initial_state=S, chunk_size=self.chunk_size,
                          w_min=-math.exp(-0.5))  # w = -e^{-1/2} sigmoid(.): no read of w

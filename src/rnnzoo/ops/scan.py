@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
@@ -38,6 +38,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     Returns (h, h_last): h is (B, T, *S); h_last is h[:, -1] (h[:, 0] if reverse).
     On CUDA (when triton imports; `ops.backend`) the Triton kernel `ops.triton.scan` runs.
     """
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        a, b, h0 = _check(a, b, h0)
+        return sequence_parallel.scan_lasp2(linear_scan, a, b, h0, reverse=reverse)
     if backend.use_triton(a, b, h0):
         from rnnzoo.ops.triton import scan as triton_scan
         return triton_scan.linear_scan(a, b, h0, reverse=reverse)

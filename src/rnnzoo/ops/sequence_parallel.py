@@ -35,11 +35,16 @@ The stabilised mLSTM is not linear in its state (its normaliser divides by max(|
 exp(-m))): `mlstm_lasp2` exchanges each rank's unnormalised slice summary instead and folds
 the max-stabiliser max-plus (below, before `mlstm_summary`).
 
+RWKV-7's generalised delta rule and KDA are linear in (v, S_0) too: their ops go through
+`lasp2`. The diagonal recurrences h_t = a_t * h_{t-1} + b_t are the elementwise case
+(`scan_lasp2` for ops.scan.linear_scan, `affine_lasp2` for Mamba's selective scan: below).
+
 Usage: inside `with scope(group):` the ops that honour it (`ops.chunk.linear.
-gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule`) and the short convolution
-(`layers.conv.causal_conv1d`, whose first steps need the previous rank's last d_conv - 1
-inputs: `halo`) treat their input as this rank's slice of a longer sequence; the
-initial state is the whole sequence's (every rank passes the same one).
+gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule` and `rwkv7`,
+`ops.chunk.kda.kda`, `ops.scan.linear_scan`, `layers.mamba.selective_scan`) and the short
+convolution (`layers.conv.causal_conv1d`, whose first steps need the previous rank's last
+d_conv - 1 inputs: `halo`) treat their input as this rank's slice of a longer sequence;
+the initial state is the whole sequence's (every rank passes the same one).
 """
 
 from __future__ import annotations
@@ -237,6 +242,70 @@ def mlstm_lasp2(op, q, k, v, log_i, log_f, *, initial_state=None, **options):
     with _local_only():
         h, _ = op(q, k, v, log_i, log_f, initial_state=tuple(entering), **options)
     return h, (C, n, m)
+
+
+# -- diagonal recurrences h_t = a_t * h_{t-1} + b_t (ops.scan; Mamba's selective scan) -------------
+# The state after rank r's slice is affine in the state entering it, elementwise:
+# h_out = P_r * h_in + h_r with P_r the product of the slice's a_t and h_r its final state
+# from zero. The ranks all-gather (P_r, h_r) and fold them as `lasp2` does, with products
+# elementwise instead of matrix ones; in reverse (h_t = a_t h_{t+1} + b_t) the fold runs from
+# the last rank down. Each position is then corrected by its running product of a times the
+# entering state (`scan_lasp2`), or the slice is run again from the entering state
+# (`affine_lasp2`, for an op whose per-step states are too large to keep).
+
+
+def _diagonal_fold(reverse):
+    """combine for diagonal_fold: (the state entering this rank, the final state)."""
+    def combine(pairs, rank, h0):
+        state = entering = h0
+        order = range(pairs.shape[0] - 1, -1, -1) if reverse else range(pairs.shape[0])
+        for j in order:
+            if j == rank:
+                entering = state
+            P_j, h_j = pairs[j].unbind(0)
+            state = P_j * state + h_j
+        return entering, state
+    return combine
+
+
+def diagonal_fold(P: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, *, reverse=False):
+    """P, h (B, *S): this rank's slice transition (the product of its a_t) and its final
+    state from zero; h0 (B, *S) the whole sequence's initial state (None: zeros). One
+    all-gather. Returns (the state entering this rank's slice, the whole sequence's final
+    state; in reverse, the state after the slice and the whole sequence's h at step 0)."""
+    group = getattr(_local, "group", None)
+    h0 = torch.zeros_like(h) if h0 is None else h0.to(h.dtype)
+    local = torch.stack([P.to(h.dtype).expand_as(h), h])
+    return exchange(local, _diagonal_fold(reverse), h0, group=group)
+
+
+def scan_lasp2(scan, a, b, h0=None, *, reverse=False):
+    """LASP-2 for `scan(a, b, h0, reverse=...) -> (h (B, T_r, *S), last h)`, the diagonal
+    recurrence (ops.scan.linear_scan's arguments; this rank's slice of the steps, h0 the
+    whole sequence's). Two local scans, from zero and with b = 0 from ones (the running
+    products of a), one all-gather, then h = h_local + running product * entering state.
+    Returns this rank's h and the whole sequence's last h (h at step 0 in reverse)."""
+    with _local_only():
+        h_loc, h_r = scan(a, b, None, reverse=reverse)
+        prods, P = scan(a, torch.zeros_like(h_loc), torch.ones_like(h_r), reverse=reverse)
+    h_in, h_T = diagonal_fold(P, h_r, h0, reverse=reverse)
+    return h_loc + prods * h_in.unsqueeze(1), h_T
+
+
+def affine_lasp2(run, h0):
+    """LASP-2 for an op whose final state is affine in its initial one with an elementwise
+    transition: run(h, probe) -> (y, last h) runs this rank's slice from state h (None:
+    zeros), with its inputs (the b_t) zeroed when probe; h0 the whole sequence's initial
+    state (None: zeros). Runs the slice from zero (its h_r) and as a probe from ones (its
+    transition P), exchanges (P, h_r) once, and runs it again from the entering state.
+    Returns (this rank's y, the whole sequence's final state)."""
+    with _local_only():
+        _, h_r = run(None, False)
+        _, P = run(torch.ones_like(h_r), True)
+    h_in, h_T = diagonal_fold(P, h_r, h0)
+    with _local_only():
+        y, _ = run(h_in, False)
+    return y, h_T
 
 
 def _halo(pairs, rank, conv_state):

@@ -223,7 +223,7 @@ def _step(run: _Run, step: int) -> tuple[float, torch.Tensor, float, int]:
     with run.autocast():
         if split_time:
             with sequence_parallel.scope():
-                outputs, _ = run.net(local.inputs, mode="chunk")
+                outputs, _ = run.net(local.inputs)  # each layer's auto mode: chunk or scan
         else:
             outputs, _ = run.net(local.inputs) if cu is None else run.net(local.inputs,
                                                                           cu_seqlens=cu)

@@ -284,6 +284,10 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
     positive_int("rwkv7: chunk_size", chunk_size)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        return sequence_parallel.lasp2(_rwkv7_qkv, r, k, v, w, a, b, scale=scale,
+                                       initial_state=initial_state, chunk_size=chunk_size,
+                                       w_min=w_min)
     if r.dtype != torch.float64 and backend.use_triton(r, w, k, v, a, b, initial_state):
         from rnnzoo.ops.triton import chunk_rwkv7
         return chunk_rwkv7.rwkv7(r, w, k, v, a, b, scale=scale, initial_state=initial_state,
@@ -301,6 +305,11 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
         C //= 2
     o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def _rwkv7_qkv(r, k, v, w, a, b, **options):
+    """`rwkv7` with lasp2's argument order (q, k, v, *gates)."""
+    return rwkv7(r, w, k, v, a, b, **options)
 
 
 def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):

@@ -45,6 +45,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import _check, _householder_update, _initial
 from rnnzoo.ops.chunk.linear import _factorise_limit
@@ -94,6 +95,9 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     _check_kda(q, k, v, g, beta, initial_state)
     positive_int("kda: chunk_size", chunk_size)
     positive_int("kda: subchunk_size", subchunk_size)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        return sequence_parallel.lasp2(kda, q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                       chunk_size=chunk_size, subchunk_size=subchunk_size)
     B, T, H, K = q.shape
     V = v.shape[-1]
     dt = compute_dtype(q)
