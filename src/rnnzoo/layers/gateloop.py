@@ -39,6 +39,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
@@ -109,6 +110,10 @@ class GateLoop(DiagonalLayer):
         attention over keys [k cos Theta, k sin Theta] (see the module docstring)."""
         real = log_a.real
         theta = log_a.imag.to(torch.float64).cumsum(1)                   # (B, T, H, N)
+        end = theta[:, -1]
+        if sequence_parallel.active():  # this rank's slice: its phases start where the last ended
+            before, end = sequence_parallel.prefix_sum(end)
+            theta = theta + before[:, None]
         cos, sin = theta.cos().to(real.dtype), theta.sin().to(real.dtype)
         q2 = torch.cat([q * cos, q * sin], -1)
         k2 = torch.cat([k * cos, k * sin], -1)
@@ -116,6 +121,6 @@ class GateLoop(DiagonalLayer):
         o, S2 = gated_linear_attention(q2, k2, v, torch.cat([real, real], -1), scale=1.0,
                                        initial_state=S2, chunk_size=self.chunk_size)
         N = self.d_state
-        turn = torch.polar(torch.ones_like(theta[:, -1]), theta[:, -1]).to(S.dtype)
+        turn = torch.polar(torch.ones_like(end), end).to(S.dtype)
         S = turn.unsqueeze(-1) * torch.complex(S2[:, :, :N], -S2[:, :, N:]).to(S.dtype)
         return o.flatten(2), S

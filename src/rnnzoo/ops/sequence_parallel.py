@@ -327,6 +327,17 @@ def halo(x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch
     return exchange(x[:, -n:].to(conv_state.dtype), _halo, conv_state, group=group)
 
 
+def _prefix(totals, rank):
+    return totals[:rank].sum(0), totals.sum(0)
+
+
+def prefix_sum(total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sum of `total` over the ranks before this one, its sum over all ranks), with
+    gradients: total (...) this rank's slice sum of a quantity summed over time (GateLoop's
+    phase, whose cos/sin make the keys of each slice absolute)."""
+    return exchange(total, _prefix, group=getattr(_local, "group", None))
+
+
 def offset(length: int) -> tuple[int, int]:
     """(the first step of this rank's slice, the whole sequence's length) from every rank's
     slice length (one all-gather of an int64 tensor on the process group's device): what a
