@@ -414,17 +414,15 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2(K+1), K)
     A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]     # (B, H, N)
     Kc, Ke = kg * Cm[..., -1, :, None], kg * REth[..., None]
-    Kt = torch.cat([Kc, Ke], -1).transpose(-1, -2)              # (B, H, N, 2(K+1), C)
+    Kt = -torch.cat([Kc, Ke], -1).transpose(-1, -2)             # (B, H, N, 2(K+1), C)
     J = K + 1
-    lin = -(Kt @ ka)                                             # (B, H, N, 2J, J)
-    Bm = -(Kt @ R)                                               # (B, H, N, 2J, K)
+    lin, Bm = Kt @ ka, Kt @ R                                    # (B, H, N, 2J, J or K)
     Mc, S = Z[..., :J, :], Z[..., J:, :]
     # chunk 0: its gradient point is the state's M' (the chunk may have begun earlier)
-    L = Kt[:, :, 0] @ (ka[:, :, 0] @ Pg0)
+    L = Kt[:, :, 0] @ (ka[:, :, 0] @ Pg0) + Bm[:, :, 0]
     g0 = lambda t: t[:, :, 0, None, None]  # noqa: E731
     starts = [(Mc, S)]
-    Mc, S = (g0(A_T) * Mc + g0(f_T) * S - L[..., :J, :] + Bm[:, :, 0, :J],
-             g0(E_T) * S - L[..., J:, :] + Bm[:, :, 0, J:])
+    Mc, S = g0(A_T) * Mc + g0(f_T) * S + L[..., :J, :], g0(E_T) * S + L[..., J:, :]
     # the other chunks, M' = M: only this affine map of (M, S) runs chunk after chunk
     major = lambda t: t.movedim(2, 0)[1:].flatten(1, 2).contiguous()  # noqa: E731
     gates = [major(t[..., None, None]) for t in (A_T, f_T, E_T)]
