@@ -80,7 +80,7 @@ def _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state):
 
 
 def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, initial_state=None,
-                   chunk_size=16):
+                   chunk_size=32):
     """The chunk form (module docstring), equal to `momentum_delta_recurrent` (same arguments
     and returns). A non-finite input at step t makes outputs from t on NaN (ops.finite)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
@@ -109,15 +109,16 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     K = k.shape[-1]
     kout = torch.cat([-W[..., -1, :, None] * k,
                       ((LM[..., -1:] - LM).exp() * eta)[..., None] * k], -1)  # (B, H, N, C, 2K)
-    eye = torch.eye(K, dtype=dt, device=q.device)
-    a_C, g_C, m_C = (t[..., -1, None, None] * eye for t in (LA.exp(), g, LM.exp()))
-    D = torch.cat([torch.cat([a_C, -g_C], -1), torch.cat([torch.zeros_like(m_C), m_C], -1)], -2)
-    Tm = torch.baddbmm(D.flatten(0, 2), kout.flatten(0, 2).transpose(-1, -2),
-                       Wz.flatten(0, 2)).view(D.shape)               # (B, H, N, 2K, 2K)
+    Tm = kout.transpose(-1, -2) @ Wz                                  # (B, H, N, 2K, 2K)
+    a_C, g_C, m_C = (t[..., -1, None] for t in (LA.exp(), g, LM.exp()))
+    diag = Tm.diagonal(dim1=-2, dim2=-1)                              # + D, on its diagonals
+    diag[..., :K] += a_C
+    diag[..., K:] += m_C
+    Tm.diagonal(K, dim1=-2, dim2=-1).sub_(g_C)
     Bm = kout.transpose(-1, -2) @ U0                                  # (B, H, N, 2K, V)
     B, H, N = Tm.shape[:3]
     Z, starts = torch.cat([S, M], -2).flatten(0, 1), []               # (B H, 2K, V)
-    for T_n, B_n in zip(Tm.movedim(2, 0).flatten(1, 2).unbind(0),     # one copy, chunk-major
+    for T_n, B_n in zip(Tm.movedim(2, 0).flatten(1, 2).unbind(0),     # chunk by chunk
                         Bm.movedim(2, 0).flatten(1, 2).unbind(0)):
         starts.append(Z)
         Z = torch.baddbmm(B_n, T_n, Z)
