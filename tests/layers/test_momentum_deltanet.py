@@ -11,7 +11,7 @@ import torch
 
 import rnnzoo
 from rnnzoo.ops.erase_delta import erase_delta
-from rnnzoo.ops.momentum_delta import momentum_delta_recurrent
+from rnnzoo.ops.momentum_delta import momentum_delta, momentum_delta_recurrent
 
 
 def test_layer_equals_fla_naive_momentum_delta_rule():
@@ -93,3 +93,31 @@ def test_options_checked():
         rnnzoo.create("momentum_deltanet", d_model=8, min_log_mu=0.5)
     with pytest.raises(ValueError, match="tau_factor must lie in"):
         rnnzoo.create("momentum_deltanet", d_model=8, tau_factor=0.0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16])
+@pytest.mark.parametrize("log_mu_scale", [1.0, 1e4], ids=["momentum", "mu=0"])
+def test_chunk_form_equals_the_loop(chunk_size, log_mu_scale):
+    """The exact chunk form (one triangular solve per chunk, the (S, M) pair passed between
+    chunks) against the loop in float64: outputs, both final states and every input's
+    gradient, a ragged last chunk (T = 13), a read key p apart from the write key k, and
+    mu = 0 (log_mu = -1e4, the decays underflow to exact zeros)."""
+    q, k, v, (log_alpha, beta, eta), S0 = _tensors()
+    p = torch.nn.functional.normalize(torch.randn_like(k), dim=-1)
+    log_mu = -log_mu_scale * torch.rand_like(beta)
+    M0 = torch.randn_like(S0)
+    args = [t.clone().requires_grad_() for t in (q, k, v, p, log_alpha, log_mu, beta, eta)]
+    outs = []
+    for fn, extra in ((momentum_delta_recurrent, {}), (momentum_delta, dict(chunk_size=chunk_size))):
+        o, (S, M) = fn(*args, scale=0.7, initial_state=(S0, M0), **extra)
+        loss = (o * torch.linspace(-1, 1, o.shape[-1], dtype=o.dtype)).sum() + (S * M).sum()
+        outs.append((o, S, M, torch.autograd.grad(loss, args)))
+    (o1, S1, M1, g1), (o2, S2, M2, g2) = outs
+    for a, b in [(o1, o2), (S1, S2), (M1, M2), *zip(g1, g2)]:
+        assert (a - b).abs().max() < 1e-10 * max(1.0, a.abs().max())
+    assert (M1 - M0).abs().max() > 1e-2                    # the momentum moved
+
+
+def test_layer_auto_mode_is_the_chunk_form():
+    layer = rnnzoo.create("momentum_deltanet", d_model=8, num_heads=2)
+    assert "chunk" in layer.modes and layer.auto_mode(torch.zeros(1, 64, 8)) == "chunk"

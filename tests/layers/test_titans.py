@@ -276,3 +276,25 @@ def test_mac_chunk_resumes_each_sequence_at_its_own_place_in_its_segment():
         y_ref, s_ref = layer(x, s0, mode="sequential")
     assert (y - y_ref).abs().max() < 1e-12
     assert max((a - b).abs().max() for a, b in zip(s, s_ref)) < 1e-12
+
+
+@pytest.mark.parametrize("memory_bias", [False, True])
+def test_linear_chunk_form_with_bias_and_mid_chunk_states_equals_the_loop(memory_bias):
+    """The linear memory's chunk form (chunk gradients linear in the chunk-start memory, the
+    memory weights stacked with their bias) against the loop in float64: a learning bias,
+    a random starting state whose gradient point M' differs from M, each sequence at its
+    own place in its chunk (n = 0, 2, C), outputs and every state tensor."""
+    C = 3
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=C, memory_bias=memory_bias)
+    x = torch.randn(3, 11, 8, dtype=torch.float64)
+    state = layer.init_state(3, dtype=torch.float64)
+    mem = [torch.randn_like(t) for t in state[:6]]
+    n = torch.tensor([0.0, 2.0, C], dtype=torch.float64)
+    state = (*mem, n, *state[7:])
+    with torch.no_grad():
+        y_seq, s_seq = layer(x, state, mode="sequential")
+        y_chk, s_chk = layer(x, state, mode="chunk")
+    assert (y_seq - y_chk).abs().max() < 1e-10
+    for a, b in zip(s_seq, s_chk):
+        assert (a - b).abs().max() < 1e-10
+    assert (s_chk[3] - mem[3]).abs().max() > 1e-3 or not memory_bias   # the bias learned

@@ -11,9 +11,10 @@ online regression step taken with heavy-ball momentum, a second (K, V) state M.
     M_t     = mu_t M_{t-1} + eta_t k_t (S_{t-1}^T k_t - v_t)^T,   S_t = alpha_t S_{t-1} - beta_t M_t
     y       = W_o [RMSNorm(S_t^T q_t / sqrt(K)) * silu(W_g x)]   (RMSNorm alone without output_gate)
 
-The state pair (S, M) has no diagonal-plus-low-rank transition (M feeds S through a scalar
-block), so it maps onto none of the chunk ops: the layer has the `sequential` mode only (the
-loop of ops.momentum_delta). State: (S, M (B, H, K, V), short-conv state).
+The state pair (S, M) moves by a map linear in (S, M) (M feeds S through a scalar block), so it
+has an exact chunk form of its own (ops.momentum_delta.momentum_delta: one triangular solve per
+chunk for the error rows, the pair passed from chunk to chunk). Modes: `sequential` (the loop)
+and `chunk` (`auto`). State: (S, M (B, H, K, V), short-conv state).
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops.momentum_delta import momentum_delta_recurrent, momentum_delta_step
+from rnnzoo.ops.momentum_delta import (
+    momentum_delta,
+    momentum_delta_recurrent,
+    momentum_delta_step,
+)
 from rnnzoo.registry import register
 
 
@@ -46,7 +51,7 @@ def _inv_softplus_dt(n):
 class MomentumDeltaNet(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S, M (B, H, K, expand_v K), conv state)."""
 
-    modes = ("sequential",)
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 2, d_conv: int = 4, output_gate: bool = True,
@@ -111,7 +116,8 @@ class MomentumDeltaNet(RecurrentLayer):
     def _forward(self, x, state, mode):
         S, M, conv_state = state
         q, k, v, la, lm, beta, eta, conv_state = self.op_inputs(x, conv_state)
-        o, (S, M) = momentum_delta_recurrent(q, k, v, k, la, lm, beta, eta, initial_state=(S, M))
+        fn = momentum_delta if mode == "chunk" else momentum_delta_recurrent
+        o, (S, M) = fn(q, k, v, k, la, lm, beta, eta, initial_state=(S, M))
         return self.op_output(o, x), (S, M, conv_state)
 
     def _step(self, x_t, state):

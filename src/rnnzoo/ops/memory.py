@@ -348,6 +348,14 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
     att0_all = Cm_all * (q_ch @ k_ch.transpose(-1, -2) + bias)
     read0_all = q_ch @ init[0].to(q.dtype)[:, None] + init[1].to(q.dtype)[:, None, None]
+    if kind == "linear" and not norm:
+        final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
+                                         S, bias, Cm_all, f_all, REth_all, Acum_all, Ecum_all,
+                                         att0_all, read0_all, last)
+        z = z.reshape(B, H, NT * C, K).transpose(1, 2)
+        z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, K))
+        n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
+        return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
     history = []
     for j in range(NT):
         sl = slice(j * C, (j + 1) * C)
@@ -383,6 +391,57 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+
+
+def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecum, att, read0,
+                          last):
+    """The linear memory without inner norm: a chunk's gradients G = k_a (W_0 + M') - v are
+    linear in its gradient point M' (k_a = [k, 1], weights stacked W_a = [W; b]), so with
+    (M, S) at a chunk's start (and M' = M from the second chunk on) the chunk maps
+    M -> A M + f S - Kc^T (k_a M + R),  S -> E S - Ke^T (k_a M + R)
+    (R = k_a W_0 - v, Kc = diag(Cm[-1]) [k, bias], Ke = diag(RE theta) [k, bias]): the maps'
+    matrices and every read are products over all chunks at once, and only (M, S), each
+    (K+1, K), passes from chunk to chunk. q, k, v (B, H, N, C, K); gate coefficients as in titans_chunked.
+    Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk,
+    z (B, H, N, C, K))."""
+    B, H, N, C, K = q.shape
+    one = torch.ones_like(q[..., :1])
+    qa, ka = torch.cat([q, one], -1), torch.cat([k, one], -1)
+    kg = torch.cat([k, one * bias], -1)                         # the gradient's inputs
+    W0 = torch.cat([init[0], init[1][:, None]], -2).to(q.dtype)  # (H, K+1, K)
+    R = ka @ W0[:, None] - v                                     # (B, H, N, C, K)
+    aug = lambda W, b: torch.cat([W, b[..., None, :]], -2).to(q.dtype)  # noqa: E731
+    Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2(K+1), K)
+    A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]     # (B, H, N)
+    Kc, Ke = kg * Cm[..., -1, :, None], kg * REth[..., None]
+    Kt = -torch.cat([Kc, Ke], -1).transpose(-1, -2)             # (B, H, N, 2(K+1), C)
+    J = K + 1
+    lin, Bm = Kt @ ka, Kt @ R                                    # (B, H, N, 2J, J or K)
+    Mc, S = Z[..., :J, :], Z[..., J:, :]
+    # chunk 0: its gradient point is the state's M' (the chunk may have begun earlier)
+    L = Kt[:, :, 0] @ (ka[:, :, 0] @ Pg0) + Bm[:, :, 0]
+    g0 = lambda t: t[:, :, 0, None, None]  # noqa: E731
+    starts = [(Mc, S)]
+    Mc, S = g0(A_T) * Mc + g0(f_T) * S + L[..., :J, :], g0(E_T) * S + L[..., J:, :]
+    # the other chunks, M' = M: only this affine map of (M, S) runs chunk after chunk
+    major = lambda t: t.movedim(2, 0)[1:].flatten(1, 2).contiguous()  # noqa: E731
+    gates = [major(t[..., None, None]) for t in (A_T, f_T, E_T)]
+    Mc, S = Mc.flatten(0, 1), S.flatten(0, 1)
+    for lin_n, B_n, a_n, f_n, e_n in zip(major(lin), major(Bm), *gates):
+        starts.append((Mc.view(B, H, J, K), S.view(B, H, J, K)))
+        L = torch.baddbmm(B_n, lin_n, Mc)
+        Mc, S = L[:, :J] + a_n * Mc + f_n * S, L[:, J:] + e_n * S
+    starts.append((Mc.view(B, H, J, K), S.view(B, H, J, K)))
+    Mall, Sall = (torch.stack(t, 2) for t in zip(*starts))      # (B, H, N + 1, J, K)
+    Mst, Sst = Mall[:, :, :-1], Sall[:, :, :-1]
+    Pst = torch.cat([Pg0[:, :, None], Mst[:, :, 1:]], 2)       # each chunk's gradient point
+    G = ka @ Pst + R
+    z = (read0 + Acum[..., None] * (qa @ Mst) + f[..., None] * (qa @ Sst) - att @ G)
+    rows = torch.arange(B, device=q.device)
+    P_f, M_f, S_f = Pst[rows, :, last], Mall[rows, :, last + 1], Sall[rows, :, last + 1]
+    final = [P_f[..., :K, :], P_f[..., K, :], M_f[..., :K, :], M_f[..., K, :],
+             S_f[..., :K, :], S_f[..., K, :]]
+    return final, z
 
 
 # -- Miras: other attentional biases and retention gates ----------------------------------------

@@ -10,6 +10,22 @@ S, M: (K, V). With mu = 0 (no momentum) it is the scalar-plus-low-rank delta rul
 S_t = (alpha_t I - beta_t eta_t k_t p_t^T) S_{t-1} + beta_t eta_t k_t v_t^T (ops.erase_delta,
 before_decay). Gates enter in log space for alpha and mu. All tensors are (B, T, H, D);
 states accumulate in float32 (float64 for float64 input).
+
+Chunk form (exact). The pair (S, M) moves by a map linear in (S, M), so inside a chunk of C
+steps, from (S_0, M_0) at its start, with the error rows u_t = p_t^T S_{t-1} - v_t^T,
+LA_t = sum_{r<=t} log alpha_r, LM_t likewise (inclusive, within the chunk):
+
+    M_t = e^{LM_t} M_0 + sum_{s<=t} e^{LM_t - LM_s} eta_s k_s u_s
+    S_t = e^{LA_t} S_0 - g_t M_0 - sum_{s<=t} W_ts k_s u_s,
+    g_t = sum_{r<=t} e^{LA_t - LA_r} beta_r e^{LM_r},
+    W_ts = sum_{s<=r<=t} e^{LA_t - LA_r} beta_r e^{LM_r - LM_s} eta_s      (W = R_A diag(beta) R_M diag(eta))
+
+Reading u_t off S_{t-1} gives a unit lower-triangular system, solved once per chunk:
+
+    u_t + sum_{s<t} W_{t-1,s} (p_t . k_s) u_s = e^{LA_{t-1}} p_t^T S_0 - g_{t-1} p_t^T M_0 - v_t^T
+
+(W_{0,.} = g_0 = LA_0 = 0 at the chunk start), and o_t = scale q_t^T S_t from the same sums.
+Everything but the (S, M) pass from chunk to chunk is batched over all chunks (`momentum_delta`).
 """
 
 from __future__ import annotations
@@ -17,9 +33,10 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops.chunk._common import check_delta
+from rnnzoo.ops.chunk._common import check_delta, from_chunks, to_chunks, unit_lower_inverse
+from rnnzoo.ops.finite import finite_inputs, poison
 
-__all__ = ["momentum_delta_recurrent", "momentum_delta_step"]
+__all__ = ["momentum_delta", "momentum_delta_recurrent", "momentum_delta_step"]
 
 
 def momentum_delta_step(q_t, k_t, v_t, p_t, log_alpha_t, log_mu_t, beta_t, eta_t, S, M, scale):
@@ -36,6 +53,16 @@ def momentum_delta_recurrent(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=
     """The loop. q, k, p: (B, T, H, K); v: (B, T, H, V); log_alpha, log_mu (<= 0), beta, eta:
     (B, T, H); initial_state: (S, M), each (B, H, K, V), or None (zeros). Returns o
     (B, T, H, V) in q's dtype and (S, M) in float32 (float64 for float64 q)."""
+    dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
+    out = []
+    for args in zip(*(t.to(dt).unbind(1) for t in (q, k, v, p, log_alpha, log_mu, beta, eta))):
+        o_t, S, M = momentum_delta_step(*args, S, M, scale)
+        out.append(o_t)
+    return torch.stack(out, 1).to(q.dtype), (S, M)
+
+
+def _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state):
+    """Checks the shapes; (compute dtype, scale, S, M)."""
     B, T, H, K = q.shape if isinstance(q, torch.Tensor) and q.dim() == 4 else (0, 0, 0, 0)
     V = v.shape[-1] if isinstance(v, torch.Tensor) else 0
     gate = (B, T, H)
@@ -49,8 +76,57 @@ def momentum_delta_recurrent(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=
         S = M = torch.zeros(B, H, K, V, dtype=dt, device=q.device)
     else:
         S, M = (s.to(dt) for s in initial_state)
-    out = []
-    for args in zip(*(t.to(dt).unbind(1) for t in (q, k, v, p, log_alpha, log_mu, beta, eta))):
-        o_t, S, M = momentum_delta_step(*args, S, M, scale)
-        out.append(o_t)
-    return torch.stack(out, 1).to(q.dtype), (S, M)
+    return dt, scale, S, M
+
+
+def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, initial_state=None,
+                   chunk_size=32):
+    """The chunk form (module docstring), equal to `momentum_delta_recurrent` (same arguments
+    and returns). A non-finite input at step t makes outputs from t on NaN (ops.finite)."""
+    dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
+    T = q.shape[1]
+    (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
+    C = max(1, min(chunk_size, T))
+    # zero padding at the end is exact: alpha = mu = 1, beta = eta = 0 leave (S, M) unchanged
+    q, k, v, p = (to_chunks(t.to(dt), C) for t in (qf, *writes[:3]))   # (B, H, N, C, D)
+    la, lm, beta, eta = (to_chunks(t.to(dt), C) for t in writes[3:])   # (B, H, N, C)
+    LA, LM = la.cumsum(-1), lm.cumsum(-1)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    seg = lambda L: (L[..., :, None] - L[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # noqa: E731
+    RA = seg(LA)                                                        # e^{LA_t - LA_s}, s <= t
+    W = (RA * beta[..., None, :]) @ (seg(LM) * eta[..., None, :])       # (B, H, N, C, C)
+    g = (RA @ (beta * LM.exp())[..., None])[..., 0]                     # (B, H, N, C)
+    shift = lambda t: torch.cat([torch.zeros_like(t[..., :1, :]), t[..., :-1, :]], -2)  # noqa: E731
+    Wp = shift(W)                                                       # W_{t-1, s}
+    gp = shift(g[..., None])                                            # g_{t-1}
+    ap = shift(LA[..., None]).exp()                                     # e^{LA_{t-1}}
+    Tinv = unit_lower_inverse((Wp * (p @ k.transpose(-1, -2))).tril(-1))
+    V = v.shape[-1]
+    U0, Wz = (Tinv @ torch.cat([-v, ap * p, -gp * p], -1)).split([V, 2 * p.shape[-1]], -1)
+    # the chunk's end: (S, M)_C = D (S_0; M_0) + k_out^T U with D = [[e^{LA_C}, -g_C], [0, e^{LM_C}]]
+    # (times I), and U = U0 + Wz (S_0; M_0): one affine map Z -> Tm Z + Bm of Z = (S; M) per
+    # chunk, built for all chunks at once; only that map is applied chunk after chunk
+    K = k.shape[-1]
+    kout = torch.cat([-W[..., -1, :, None] * k,
+                      ((LM[..., -1:] - LM).exp() * eta)[..., None] * k], -1)  # (B, H, N, C, 2K)
+    Tm = kout.transpose(-1, -2) @ Wz                                  # (B, H, N, 2K, 2K)
+    a_C, g_C, m_C = (t[..., -1, None] for t in (LA.exp(), g, LM.exp()))
+    diag = Tm.diagonal(dim1=-2, dim2=-1)                              # + D, on its diagonals
+    diag[..., :K] += a_C
+    diag[..., K:] += m_C
+    Tm.diagonal(K, dim1=-2, dim2=-1).sub_(g_C)
+    Bm = kout.transpose(-1, -2) @ U0                                  # (B, H, N, 2K, V)
+    B, H, N = Tm.shape[:3]
+    Z, starts = torch.cat([S, M], -2).flatten(0, 1), []               # (B H, 2K, V)
+    for T_n, B_n in zip(Tm.movedim(2, 0).flatten(1, 2).unbind(0),     # chunk by chunk
+                        Bm.movedim(2, 0).flatten(1, 2).unbind(0)):
+        starts.append(Z)
+        Z = torch.baddbmm(B_n, T_n, Z)
+    S, M = Z.view(B, H, *Z.shape[1:]).chunk(2, -2)
+    Zs = torch.stack(starts, 1).view(B, H, N, *Z.shape[1:])           # (B, H, N, 2K, V)
+    U = U0 + Wz @ Zs
+    Qz = torch.cat([LA.exp()[..., None] * q, -g[..., None] * q], -1)    # (B, H, N, C, 2K)
+    P = -(W * (q @ k.transpose(-1, -2)))                                # W is lower already
+    o = scale * (Qz @ Zs + P @ U)
+    o = poison(from_chunks(o, T), marks.outputs).to(qf.dtype)
+    return o, tuple(poison(t, marks.state) for t in (S, M))
