@@ -149,11 +149,14 @@ class Chimera(GridLayer):
         cdt = compute_dtype(x)
         xc = x.to(cdt)
         y = self.skip.to(cdt) * xc
-        new_state = []
-        for p, (left, top) in zip(self.ssm, state):
-            yp, right, bottom = _run_path(p, x, xc, left.to(cdt), top.to(cdt), mode)
-            y = y + yp
-            new_state.append((right.to(left.dtype), bottom.to(top.dtype)))
+        new_state = [None] * len(self.ssm)
+        for lag in sorted({p.lag for p in self.ssm}):   # the paths of one lag in one run
+            idx = [i for i, p in enumerate(self.ssm) if p.lag == lag]
+            ys, rights, bottoms = _run_paths([self.ssm[i] for i in idx], x, xc,
+                                             [state[i] for i in idx], lag, mode)
+            for i, yp, r, b in zip(idx, ys, rights, bottoms):
+                y = y + yp
+                new_state[i] = (r.to(state[i][0].dtype), b.to(state[i][1].dtype))
         if self.gate is not None:
             y = y * F.silu(self.gate(x).to(cdt))
         return self.out(y.to(x.dtype)), tuple(new_state)
@@ -167,10 +170,9 @@ def _shapes(state):
     return type(state).__name__
 
 
-def _run_path(p: _Path, x, xc, left, top, mode):
-    """One head in one direction over the grid: (y (B, T, V, D), right, bottom)."""
-    if p.backward:                                   # the variates reversed, then back
-        x, xc, top = x.flip(2), xc.flip(2), top.flip(2)
+def _cells(p: _Path, x, xc):
+    """A path's transitions T (B, X, Y, 2, 2, D, N), sources b (B, X, Y, 2, D, N) and
+    read-outs C1, C2 (B, X, Y, 1, N), on the grid as the path reads it."""
     B, X, Y, D = x.shape
     N = p.A_log.shape[-1]
     cdt = xc.dtype
@@ -184,29 +186,43 @@ def _run_path(p: _Path, x, xc, left, top, mode):
     # zero-order hold: Bbar = expm1(D A) / A * B on each axis
     b = torch.stack([torch.expm1(d2 * A[3]) / A[3] * B2 * u,
                      torch.expm1(d1 * A[0]) / A[0] * B1 * u], 3)        # (B, X, Y, 2, D, N)
-    m = p.lag
+    return T, b, C1, C2
+
+
+def _run_paths(paths, x, xc, states, m, mode):
+    """The paths (heads in one variate direction each) of time lag m over the grid, stacked
+    along the batch in one grid recurrence: per path y (B, T, V, D), right, bottom."""
+    B, X, Y, D = x.shape
     R = -(-X // m)                                   # rows of each phase grid
     pad = R * m - X                                  # future cells, computed and dropped
+    xr, xcr = x.flip(2), xc.flip(2)                  # what a backward path reads
+    per = [_cells(p, xr, xcr) if p.backward else _cells(p, x, xc) for p in paths]
+    n = len(paths)
+    top = torch.cat([s[1].flip(2) if p.backward else s[1] for p, s in zip(paths, states)])
+    N = top.shape[-1]
 
-    def phases(t):   # (B, X, ...) -> (B * m, R, ...): phase p holds times p, p + m, ...
+    def phases(t):   # (n B, X, ...) -> (n B m, R, ...): phase p holds times p, p + m, ...
         t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) if pad else t
-        t = t.reshape(B, R, m, *t.shape[2:]).transpose(1, 2)
-        return t.reshape(B * m, R, *t.shape[3:])
+        t = t.reshape(n * B, R, m, *t.shape[2:]).transpose(1, 2)
+        return t.reshape(n * B * m, R, *t.shape[3:])
 
-    def times(t):    # the inverse, (B * m, R, ...) -> (B, X, ...)
-        t = t.reshape(B, m, R, *t.shape[2:]).transpose(1, 2)
-        return t.reshape(B, R * m, *t.shape[3:])[:, :X]
+    def times(t):    # the inverse, (n B m, R, ...) -> (n B, X, ...)
+        t = t.reshape(n * B, m, R, *t.shape[2:]).transpose(1, 2)
+        return t.reshape(n * B, R * m, *t.shape[3:])[:, :X]
 
-    L, U, right, bottom = grid_dag(phases(T), phases(b), phases(left),
-                                   top.reshape(B * m, Y, D, N), mode)
+    T = phases(torch.cat([c[0] for c in per]))
+    b = phases(torch.cat([c[1] for c in per]))
+    left = phases(torch.cat([s[0] for s in states]))
+    L, U, right, bottom = grid_dag(T, b, left, top.reshape(n * B * m, Y, D, N), mode)
     h2 = times(torch.cat([L[:, :, 1:], right[:, :, None]], 2))          # leaving each cell
     h1 = times(torch.cat([U[:, 1:], bottom[:, None]], 1))
-    y = (C1 * h1).sum(-1) + (C2 * h2).sum(-1)
-    bottom = torch.cat([top, h1], 1)[:, -m:]          # the h1 leaving the last m steps
-    right = times(right)
-    if p.backward:
-        y, bottom = y.flip(2), bottom.flip(2)
-    return y, right, bottom
+    C1, C2 = torch.cat([c[2] for c in per]), torch.cat([c[3] for c in per])
+    y = ((C1 * h1).sum(-1) + (C2 * h2).sum(-1)).chunk(n)
+    bottom = torch.cat([top, h1], 1)[:, -m:].chunk(n)  # the h1 leaving the last m steps
+    right = times(right).chunk(n)
+    flip = lambda t, p: t.flip(2) if p.backward else t  # noqa: E731
+    return ([flip(t, p) for t, p in zip(y, paths)], right,
+            [flip(t, p) for t, p in zip(bottom, paths)])
 
 
 class VariateForecaster(nn.Module):
