@@ -103,7 +103,7 @@ class TrainConfig:
 
     def _validate_model(self) -> None:
         if self.model not in ("stack", "dsr", "chimera"):
-            raise ValueError(f"--model must be stack, dsr or chimera, got {self.model!r}")
+            raise ValueError(f"--model must be stack or dsr or chimera, got {self.model!r}")
         if self.model == "chimera":
             _validate_chimera(self)
         if self.model != "dsr":
