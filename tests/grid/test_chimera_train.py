@@ -29,14 +29,14 @@ def three_variate_csv(path):
 @pytest.fixture(scope="module")
 def chimera_run(tmp_path_factory):
     """One CLI run: forecast on the CSV (window 16, horizon 4), one Chimera layer with both
-    heads (season 8) read both ways, 40 steps of 16."""
+    heads (season 8) read both ways, 30 steps of 16."""
     tmp = tmp_path_factory.mktemp("chimera_run")
     out = tmp / "run"
     argv = ["train", "--task", "forecast", "--data", str(three_variate_csv(tmp / "m.csv")),
             "--model", "chimera", "--task-option", "window=16", "--task-option", "horizon=4",
             "--d-model", "8", "--depth", "1", "--layer-option", "d_state=4",
-            "--layer-option", "season=8", "--steps", "40", "--batch-size", "16", "--lr", "1e-2",
-            "--eval-every", "20", "--log-every", "20", "--threads", "1", "--out", str(out)]
+            "--layer-option", "season=8", "--steps", "30", "--batch-size", "16", "--lr", "1e-2",
+            "--eval-every", "15", "--log-every", "15", "--threads", "1", "--out", str(out)]
     assert main(argv) == 0
     return out
 
@@ -58,7 +58,7 @@ def test_cli_run_lowers_the_whole_test_split_mse(chimera_run, capsys):
     record = json.loads((chimera_run / "final.json").read_text())
     config = saved_config(chimera_run)
     assert config.model == "chimera" and config.layer == "chimera"
-    assert record["metric"] == "mse" and record["steps"] == 40
+    assert record["metric"] == "mse" and record["steps"] == 30
     assert record["test_examples"] == {"test": 90 - 4 + 1}  # every window of the test part
     _, untrained = build(config)
     assert isinstance(untrained, ChimeraForecaster)
@@ -67,7 +67,7 @@ def test_cli_run_lowers_the_whole_test_split_mse(chimera_run, capsys):
     before, after = whole_test_mse(untrained, config), record["value"]
     with capsys.disabled():
         print(f"\nchimera via rnnzoo train, forecast on a 3-variate CSV: whole-test-split MSE "
-              f"{before:.4f} untrained -> {after:.4f} after 40 steps; baselines "
+              f"{before:.4f} untrained -> {after:.4f} after 30 steps; baselines "
               f"{ {k: round(v['mse'], 4) for k, v in record['baselines'].items()} }")
     assert after < 0.5 * before
 
