@@ -1,5 +1,8 @@
 """Chimera: the wavefront form against the loop, continuation in time through the state,
-its causal quadrant, a forecast task run on a generated multivariate CSV, errors."""
+its causal quadrant, a forecast task run on a generated multivariate CSV, errors.
+ONE_PATH pins the layer to one trend head read in one variate order (its state one
+(left, top) pair): the quadrant is that path's fact; tests/grid/test_chimera_heads.py has
+the seasonal head and the bidirectional default."""
 
 from __future__ import annotations
 
@@ -10,16 +13,19 @@ import torch
 from rnnzoo.grid import create_grid
 from rnnzoo.grid.chimera import VariateForecaster
 
+ONE_PATH = dict(heads=("trend",), bidirectional=False)
+
 
 def test_wavefront_equals_the_loop_with_gradients():
     torch.manual_seed(0)
-    layer = create_grid("chimera", 4, d_state=3).double()
+    layer = create_grid("chimera", 4, d_state=3, **ONE_PATH).double()
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
-    state = tuple(torch.randn_like(s) for s in layer.init_state(2, 6, 3, dtype=torch.float64))
+    (init,) = layer.init_state(2, 6, 3, dtype=torch.float64)
+    state = (tuple(torch.randn_like(s) for s in init),)
     ref_y, ref_s = layer(x, state, mode="sequential")
     y, s = layer(x, state, mode="wavefront")
     torch.testing.assert_close(y, ref_y, rtol=0, atol=1e-12)
-    for a, b in zip(s, ref_s):
+    for a, b in zip(s[0], ref_s[0]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     g1 = torch.autograd.grad(ref_y.square().sum(), [x, *layer.parameters()])
     g2 = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
@@ -29,11 +35,11 @@ def test_wavefront_equals_the_loop_with_gradients():
 
 def test_the_series_continues_in_time_through_the_state():
     torch.manual_seed(1)
-    layer = create_grid("chimera", 4, d_state=2).double()
+    layer = create_grid("chimera", 4, d_state=2, **ONE_PATH).double()
     x = torch.randn(2, 9, 3, 4, dtype=torch.float64)
-    y, (right, bottom) = layer(x)
-    y1, (r1, b1) = layer(x[:, :5])
-    y2, (r2, b2) = layer(x[:, 5:], (torch.zeros_like(right[:, 5:]), b1))
+    y, ((right, bottom),) = layer(x)
+    y1, ((r1, b1),) = layer(x[:, :5])
+    y2, ((r2, b2),) = layer(x[:, 5:], ((torch.zeros_like(right[:, 5:]), b1),))
     torch.testing.assert_close(torch.cat([y1, y2], 1), y)
     torch.testing.assert_close(b2, bottom)
     torch.testing.assert_close(torch.cat([r1, r2], 1), right)
@@ -51,7 +57,7 @@ def test_each_output_reads_exactly_its_causal_quadrant():
     Without the cross terms (A2 = A3 = -inf) the support shrinks to the L of the same
     variate's past and the same time's earlier variates."""
     torch.manual_seed(2)
-    layer = create_grid("chimera", 3, d_state=2).double()
+    layer = create_grid("chimera", 3, d_state=2, **ONE_PATH).double()
     T, V = 4, 3
     x = torch.randn(1, T, V, 3, dtype=torch.float64)
     t = torch.arange(T).reshape(T, 1, 1, 1)
@@ -60,7 +66,7 @@ def test_each_output_reads_exactly_its_causal_quadrant():
     vp = torch.arange(V).reshape(1, 1, 1, V)
     assert torch.equal(support(layer, x), (tp <= t) & (vp <= v))
     with torch.no_grad():
-        layer.A_log[1:3] = 15.0           # exp(D A) underflows to 0: no path turns a corner
+        layer.ssm[0].A_log[1:3] = 15.0    # exp(D A) underflows to 0: no path turns a corner
     assert torch.equal(support(layer, x), ((tp <= t) & (vp == v)) | ((tp == t) & (vp <= v)))
 
 
@@ -82,7 +88,8 @@ def test_forecast_task_batches_fit_the_variate_grid(tmp_path):
     from rnnzoo.tasks import get_task
 
     task = get_task("forecast", path=multivariate_csv(tmp_path), window=12, horizon=4)
-    model = VariateForecaster(create_grid("chimera", 4, d_state=2), task.channels, task.horizon)
+    model = VariateForecaster(create_grid("chimera", 4, d_state=2, season=4), task.channels,
+                              task.horizon)
     b = task.sample(np.random.default_rng(0), 4)
     out = model(b.inputs)
     assert out.shape == (4, 12, 4 * 3)
@@ -135,8 +142,8 @@ def test_errors_dtypes_devices():
     with pytest.raises(ValueError, match=r"x must have shape \(batch, time, channels=3\)"):
         VariateForecaster(layer, 3, 2)(torch.randn(2, 5, 4))
     y, s = layer.to(torch.bfloat16)(torch.randn(1, 3, 2, 4, dtype=torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in s)
+    assert y.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for pair in s for t in pair)
     meta = create_grid("chimera", 4, d_state=2).to("meta")
     for mode in ("sequential", "wavefront"):
         y, s = meta(torch.empty(1, 3, 2, 4, device="meta"), mode=mode)
-        assert y.device.type == "meta" and all(t.device.type == "meta" for t in s)
+        assert y.device.type == "meta" and all(t.device.type == "meta" for pair in s for t in pair)

@@ -69,6 +69,10 @@ def dag_wavefront(T, b, C0_left, C0_top):
     pad = [1] * len(S)
     Tf = _pad(T, S)
     rows = torch.arange(X, device=b.device)
+    # every anti-diagonal's cells gathered at once (slot = row; off-grid slots clamped), then
+    # unbound: one gather and one stack in the backward pass, not one full-size scatter a step
+    diag = (torch.arange(X + Y - 1, device=b.device)[:, None] - rows).clamp(0, Y - 1)
+    Ts, bs = Tf[:, rows, diag].unbind(1), b[:, rows, diag].unbind(1)
     prev_r = prev_d = None       # C^r, C^d of the previous anti-diagonal, slot = row
     Ls, Us, rights, bottoms = [], [], [None] * X, [None] * Y
     for s in range(X + Y - 1):
@@ -80,8 +84,7 @@ def dag_wavefront(T, b, C0_left, C0_top):
         else:                                 # (i, j) reads (i, j-1) in slot i, (i-1, j) in i-1
             L = torch.where((cols == 0).reshape(1, X, *pad), C0_left, prev_r)
             U = torch.cat([C0_top[:, c[:1]], prev_d[:, :-1]], 1)
-        t = Tf[:, rows, c]                                            # (n, X, 2, 2, *s)
-        bb = b[:, rows, c]                                            # (n, X, 2, *S)
+        t, bb = Ts[s], bs[s]                              # (n, X, 2, 2, *s), (n, X, 2, *S)
         new_r = t[:, :, 0, 0] * L + t[:, :, 0, 1] * U + bb[:, :, 0]
         new_d = t[:, :, 1, 0] * L + t[:, :, 1, 1] * U + bb[:, :, 1]
         zero = torch.zeros((), dtype=b.dtype, device=b.device)

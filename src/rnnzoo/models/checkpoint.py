@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
+from rnnzoo.grid.chimera import ChimeraForecaster
 from rnnzoo.io import atomic_write_bytes, atomic_write_text, parse_json, read_text
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.renames import RENAMED_OPTIONS, RENAMED_PARAMETERS
@@ -304,8 +305,14 @@ def _skeleton(config: dict, source) -> SequenceModel:
         return build_saved(config, source)
 
 
+# saved configs with a "model" field (not a SequenceModel's): kind -> from_saved(config, source);
+# models/dsr.py adds "dsr"
+MODEL_KINDS = {"chimera": ChimeraForecaster.from_saved}
+
+
 def load(path, device=None):
-    """Rebuild the model saved at `path` (a run folder or its model.safetensors).
+    """Rebuild the model saved at `path` (a run folder or its model.safetensors): a
+    SequenceModel, or the model kind its config names (MODEL_KINDS: dsr, chimera).
 
     The config is checked against the tensors before anything is built: first the sizes
     that need no model, then the shapes of the model built on the meta device (no memory),
@@ -323,6 +330,13 @@ def load(path, device=None):
     if not isinstance(config, dict):
         raise ValueError(f"{weights}: its model config is a JSON {type(config).__name__}, "
                          f"not an object")
+    if "model" in config:
+        if config["model"] not in MODEL_KINDS:
+            raise ValueError(f"{weights}: its config names model {config['model']!r}; known: "
+                             f"{', '.join(sorted(MODEL_KINDS))}")
+        model = MODEL_KINDS[config["model"]](config, weights)
+        load_state(model, tensors, weights, strict=True)
+        return model.to(device) if device is not None else model
     try:
         skeleton = _skeleton(config, weights)
     except RuntimeError:  # a layer that cannot be built without values: the sizes must do

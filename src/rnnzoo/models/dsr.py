@@ -28,7 +28,6 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +35,7 @@ from torch import nn
 
 from rnnzoo.cells.piecewise_linear import PLRNN, free_run, gtf_alpha_bound, gtf_anneal, gtf_rollout
 from rnnzoo.checks import choice, int_in, real
-from rnnzoo.io import parse_json
-from rnnzoo.models.checkpoint import WEIGHTS, load_state, load_tensors
+from rnnzoo.models.checkpoint import MODEL_KINDS, load
 from rnnzoo.registry import CELLS
 
 DSR_CELLS = ("al_rnn", "plrnn")
@@ -125,19 +123,22 @@ class DSRModel(nn.Module):
         z0 = torch.cat([x0, x0.new_zeros(x0.shape[0], self.config.latent_size - x0.shape[1])], -1)
         return free_run(self.cell, z0, steps)[..., :self.config.observation_dim]
 
+    @classmethod
+    def from_saved(cls, config: dict, source) -> "DSRModel":
+        """The model of a saved config dict (`rnnzoo.load`); a bad one is one line."""
+        try:
+            return cls(DSRConfig(**config))
+        except TypeError as e:
+            raise ValueError(f"{source}: its dsr config does not fit DSRConfig ({e})") from None
+
+
+MODEL_KINDS["dsr"] = DSRModel.from_saved
+
 
 def load_dsr(path, device=None) -> DSRModel:
     """The DSR model saved at `path` (a run folder of `rnnzoo train --model dsr`, or its
-    model.safetensors), with its current alpha."""
-    path = Path(path)
-    weights = path / WEIGHTS if path.is_dir() else path
-    tensors, meta = load_tensors(weights)
-    config = parse_json(meta.get("rnnzoo.config", "null"), f"{weights}: its rnnzoo.config")
-    if not isinstance(config, dict) or config.get("model") != "dsr":
-        raise ValueError(f"{weights} holds no dsr model (train one with --model dsr)")
-    try:
-        model = DSRModel(DSRConfig(**config))
-    except TypeError as e:
-        raise ValueError(f"{weights}: its dsr config does not fit DSRConfig ({e})") from None
-    load_state(model, tensors, weights, strict=True)
-    return model.to(device) if device is not None else model
+    model.safetensors), with its current alpha: `rnnzoo.load`, checked to be one."""
+    model = load(path, device)
+    if not isinstance(model, DSRModel):
+        raise ValueError(f"{path} holds no dsr model (train one with --model dsr)")
+    return model

@@ -96,7 +96,9 @@ def add_model_arguments(p) -> None:
     p.add_argument("--model", help="stack: blocks of --layer between "
                    "an input map and a head; dsr: dynamical-systems reconstruction, a latent "
                    "plrnn/al_rnn of --d-model units read out on its first N, for the dynamics "
-                   "tasks (docs/dynamics.md)" + _default("model"))
+                   "tasks (docs/dynamics.md); chimera: --depth Chimera 2-D layers over time x "
+                   "variates, for forecast and the dynamics tasks, --layer left out "
+                   "(docs/2d.md)" + _default("model"))
     p.add_argument("--gtf-alpha", type=float, help="--model dsr: generalized teacher forcing, "
                    "the forced state alpha x_t + (1 - alpha) z_t; alpha at the start, in [0, 1]"
                    + _default("gtf_alpha", "1: teacher forcing"))
@@ -194,6 +196,8 @@ def main(args) -> None:
         raise ValueError(f"--layers is now --depth (the number of blocks): use --depth "
                          f"{args.old_layers}; --layers lists layer names in suite and bench")
     lr = args.lr if args.lr is not None else DEFAULTS["lr"]
+    if args.layer is None and args.model == "chimera" and not args.resume:
+        args.layer = "chimera"  # --model chimera: its own 2-D layer
     if args.out:
         out = args.out
     elif args.task and args.layer:

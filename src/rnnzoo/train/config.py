@@ -61,6 +61,7 @@ class TrainConfig:
     fsdp: bool = False               # under torchrun: FSDP2 shards the model (else DDP)
     sequence_parallel: bool = False  # under torchrun: split the time axis (LASP-2)
     model: str = "stack"             # "dsr": models/dsr.py, a latent plrnn/al_rnn (d_model units)
+    #                                  "chimera": grid/chimera.py ChimeraForecaster (--layer chimera)
     gtf_alpha: float | None = None   # dsr: the forcing alpha at the start (None: 1, teacher forcing)
     gtf_anneal: int = 0              # dsr: every N steps alpha <- max(gamma alpha, alpha*); 0: fixed
     gtf_gamma: float = 0.999         # dsr: the annealing's decay
@@ -81,7 +82,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fsdp and self.sequence_parallel:
             raise ValueError("--fsdp and --sequence-parallel cannot be combined yet: pick one")
-        get_layer_info(self.layer)  # unknown layer: lists the registered ones
+        if self.model != "chimera":
+            get_layer_info(self.layer)  # unknown layer: lists the registered ones
         self._validate_model()
         for name, lo in (("d_model", 1), ("num_layers", 1), ("steps", 1), ("batch_size", 1),
                          ("eval_every", 1), ("eval_batches", 1), ("log_every", 1), ("seed", 0)):
@@ -100,9 +102,11 @@ class TrainConfig:
         return self
 
     def _validate_model(self) -> None:
-        if self.model not in ("stack", "dsr"):
-            raise ValueError(f"--model must be stack or dsr, got {self.model!r}")
-        if self.model == "stack":
+        if self.model not in ("stack", "dsr", "chimera"):
+            raise ValueError(f"--model must be stack or dsr or chimera, got {self.model!r}")
+        if self.model == "chimera":
+            _validate_chimera(self)
+        if self.model != "dsr":
             for name in ("gtf_alpha", "gtf_anneal", "gtf_gamma"):
                 if getattr(self, name) not in (None, DSR_DEFAULTS.get(name)):
                     raise ValueError(f"{flag(name)} needs --model dsr (generalized teacher "
@@ -145,6 +149,17 @@ class TrainConfig:
             d["attention_options"] = upgrade_options("attention", d["attention_options"], source)
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _validate_chimera(config: TrainConfig) -> None:
+    """--model chimera: a stack of Chimera 2-D layers over (time, variates) (grid/chimera.py)."""
+    if config.layer != "chimera":
+        raise ValueError(f"--model chimera stacks chimera 2-D layers: leave --layer out or give "
+                         f"--layer chimera, got --layer {config.layer!r}")
+    for name in ("hybrid", "fsdp", "sequence_parallel", "mlp_ratio", "attention_options"):
+        if getattr(config, name):
+            raise ValueError(f"{flag(name) if name != 'attention_options' else '--window'} does "
+                             f"not apply to --model chimera")
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rnnzoo.grid.chimera import ChimeraConfig, ChimeraForecaster
 from rnnzoo.models.dsr import DSRConfig, DSRModel
 from rnnzoo.models.stack import ModelConfig, SequenceModel
 from rnnzoo.ops import sequence_parallel
@@ -51,6 +52,8 @@ def build(config: TrainConfig) -> tuple[Task, SequenceModel]:
     torch.manual_seed(config.seed)
     if config.model == "dsr":
         return task, _build_dsr(config, task)
+    if config.model == "chimera":
+        return task, _build_chimera(config, task)
     model = SequenceModel(ModelConfig(
         layer=config.layer, d_model=config.d_model, num_layers=config.num_layers,
         vocab_size=task.vocab_size, input_dim=task.input_dim, output_dim=task.output_dim,
@@ -69,6 +72,17 @@ def _build_dsr(config: TrainConfig, task: Task) -> DSRModel:
         cell_options=dict(config.layer_options),
         alpha=1.0 if config.gtf_alpha is None else config.gtf_alpha,
         anneal=config.gtf_anneal, gamma=config.gtf_gamma))
+
+
+def _build_chimera(config: TrainConfig, task: Task) -> ChimeraForecaster:
+    if task.kind != "regress" or not task.input_dim or task.output_dim % task.input_dim:
+        raise ValueError(f"--model chimera reads a multivariate series (time x variates): task "
+                         f"{config.task!r} is not one (forecast with --data CSV, lorenz63, "
+                         f"lorenz96 are)")
+    return ChimeraForecaster(ChimeraConfig(
+        channels=task.input_dim, horizon=task.output_dim // task.input_dim,
+        d_model=config.d_model, num_layers=config.num_layers,
+        layer_options=dict(config.layer_options)))
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
