@@ -5,6 +5,7 @@ diagonal layers on ops.scan.linear_scan) and for the reverse scan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -72,6 +73,7 @@ def _worker(rank, world, port, names, errors):
     torch.set_num_threads(1)
     try:
         for name in names:
+            name, _, control = name.partition(":")  # "name:local": the exchange switched off
             layer = _make(name)
             assert layer.auto_mode(None) in ("chunk", "scan"), name  # a mode with the hook
             mode = "auto"  # what `rnnzoo train --sequence-parallel` runs: chunk or scan
@@ -85,7 +87,7 @@ def _worker(rank, world, port, names, errors):
             w = torch.randn(x.shape, generator=g, dtype=torch.float64)
             ws = [torch.randn(_real(t).shape, generator=g, dtype=torch.float64) for t in s0]
             y_ref, s_ref, g_ref = _grads(layer, x, s0, w, ws, mode)
-            with sp.scope():
+            with sp.scope(), (sp._local_only() if control else contextlib.nullcontext()):
                 y, s, grads = _grads(layer, sp.split(x), s0, sp.split(w), ws, mode, world)
             grads = [t.contiguous() for t in grads]
             for t in grads[1:]:  # states and parameters: each rank holds its part of the sum
@@ -94,6 +96,7 @@ def _worker(rank, world, port, names, errors):
                       *((a - b).abs().max().item() for a, b in zip(s, s_ref)),
                       (grads[0] - sp.split(g_ref[0])).abs().max().item(),
                       *((a - b).abs().max().item() for a, b in zip(grads[1:], g_ref[1:])))
+            name += ":local" if control else ""
             print(f"sequence parallel {name} rank {rank}/{world}: max error {err:.3g}", flush=True)
             if not err < 1e-9:
                 errors.put(f"{name} rank {rank}/{world}: max error {err:.3g}")
@@ -142,10 +145,10 @@ def _reverse_scan(rank, world, errors):
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_one_process(world):
-    """Every listed layer is exact; gdn2, a control outside the list (its op, erase_delta,
-    has no LASP-2 exchange: each rank starts from the initial state), is not, so the check
-    can tell."""
-    names = SEQUENCE_PARALLEL_LAYERS + (("gdn2",) if world == 2 else ())
+    """Every listed layer is exact; the control (gdn2 with the exchange switched off: every
+    rank starts from the initial state, as without sequence parallelism) is not, so the
+    check can tell."""
+    names = SEQUENCE_PARALLEL_LAYERS + (("gdn2:local",) if world == 2 else ())
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     mp.start_processes(_worker, args=(world, _free_port(), names, errors), nprocs=world,
@@ -153,7 +156,7 @@ def test_sequence_parallel_equals_one_process(world):
     found = []
     while not errors.empty():
         found.append(errors.get())
-    wrong = [f for f in found if not f.startswith("gdn2 ")]
+    wrong = [f for f in found if not f.startswith("gdn2:local ")]
     assert not wrong, "\n".join(wrong)
     assert len(found) == len(wrong) + (world if world == 2 else 0)  # the control, every rank
 

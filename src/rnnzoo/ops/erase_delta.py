@@ -38,6 +38,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
@@ -97,6 +98,10 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     float64 q).
     """
     _check_args(q, k, v, g, p, initial_state, before_decay)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
+        return sequence_parallel.lasp2(erase_delta, q, k, v, g, p, scale=scale,
+                                       initial_state=initial_state, before_decay=before_decay,
+                                       chunk_size=chunk_size, subchunk_size=subchunk_size)
     positive_int("erase_delta: chunk_size", chunk_size)
     positive_int("erase_delta: subchunk_size", subchunk_size)
     B, T, H, K = q.shape

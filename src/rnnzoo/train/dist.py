@@ -88,19 +88,20 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 
 # Exact under sequence parallelism (tests/train/test_sequence_parallel.py), in the mode
 # `mode="auto"` picks (chunk or scan): the chunk ops ops.chunk's gated_linear_attention,
-# delta_rule, kda and rwkv7 exchange their slice transitions (sequence_parallel.lasp2);
+# delta_rule, kda, rwkv7 and erase_delta (gdn2, comba) exchange their slice transitions (sequence_parallel.lasp2);
 # mlstm its unnormalised (C, n, m) and total log forget, folding the stabiliser max-plus
 # (mlstm_lasp2); the diagonal layers on ops.scan.linear_scan their slice's (prod a, h)
 # (scan_lasp2), mamba's selective scan likewise and runs its slice again from the
 # entering state (affine_lasp2). retnet offsets its rotary positions by the slices before
-# it (offset); rwkv6's and rwkv7's token shift and every short convolution read the
+# it (offset) and gateloop its phases (prefix_sum); rwkv6's and rwkv7's token shift and every short convolution read the
 # previous rank's last inputs (halo). Not yet: s4d, liquid_s4 and gss (their auto mode is
-# an FFT convolution), aaren (a running max), and every layer on another op (gdn2's
-# erase_delta, comba, the attention layers...).
+# an FFT convolution), aaren (a running max), and every layer on another
+# op (gsa's slot softmax, momentum_deltanet's (S, M) pair, the test-time memories, the
+# attention layers...).
 SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
                             "rwkv6", "rwkv7", "mamba2", "deltanet", "gated_deltanet",
-                            "deltaproduct", "kda", "mlstm", "longhorn", "mamba", "hawk", "hgrn",
-                            "lru", "s5", "mingru", "minlstm", "gateloop", "linoss")
+                            "deltaproduct", "kda", "gdn2", "comba", "mlstm", "longhorn", "mamba",
+                            "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss")
 
 
 def check_sequence_parallel(layer_names) -> None:
