@@ -101,7 +101,8 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
                             "rwkv6", "rwkv7", "mamba2", "deltanet", "gated_deltanet",
                             "deltaproduct", "kda", "gdn2", "comba", "mlstm", "longhorn", "mamba",
-                            "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss")
+                            "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss",
+                            "mom", "based", "rebased")
 
 
 def check_sequence_parallel(layer_names) -> None:
