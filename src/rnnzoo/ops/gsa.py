@@ -33,6 +33,7 @@ import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import from_chunks, to_chunks
 from rnnzoo.ops.chunk.linear import (
     _factorise_limit,
@@ -59,8 +60,11 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
     else:
         run, extra = gated_linear_attention, {"chunk_size": chunk_size}
     hk0, hv0 = (None, None) if initial_state is None else initial_state
-    # pass 1: slot m is a head of key width K, value width 1, scalar decay alpha_m
-    first = _slot_scores(q, k, s, log_alpha, scale, hk0, chunk_size) if mode == "chunk" else None
+    # pass 1: slot m is a head of key width K, value width 1, scalar decay alpha_m. Under
+    # sequence parallelism both passes take gated_linear_attention's exchange (LASP-2): the
+    # first pass's scores are exact before the softmax, so the second pass's inputs are too
+    fused = mode == "chunk" and not sequence_parallel.active()
+    first = _slot_scores(q, k, s, log_alpha, scale, hk0, chunk_size) if fused else None
     if first is not None:
         scores, hk = first
     else:
