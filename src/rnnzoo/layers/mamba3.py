@@ -27,6 +27,12 @@ chunk op (ops/chunk/linear.py) on the sequence of (step, rank) rows, with the de
 step's first row; a same-step correction then gives y_{t,r} exactly its gamma_t terms.
 The state is (h (B, H, d_state, head_dim), the previous step's B (B, R, H, d_state), x
 (B, H, head_dim)): h in the unrotated frame, so a call needs no running angle.
+
+Sequence parallelism (ops/sequence_parallel.py, chunk mode): each rank's angles start from
+the sum of the slices' before it (`prefix_sum`), its first step reads the previous rank's
+last B and x (`halo`: the trapezoid's beta term, which this rank adds to the state entering
+it, as a call adds it to its initial state), and the SSD op runs under LASP-2 (`lasp2`) with
+this rank's own run started from that term.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention
 from rnnzoo.registry import register
 
@@ -154,10 +161,25 @@ class Mamba3(RecurrentLayer):
     def _forward(self, u, state, mode):
         h, B_prev, x_prev = state
         C, Bm, x, xr, log_alpha, beta, gamma, dtheta, z = self.ssm_inputs(u, h.dtype)
+        last = Bm[:, -1], x[:, -1]
+        if mode == "chunk" and sequence_parallel.active():  # this rank's slice of the steps
+            B_prev, x_prev, last = self._halo(Bm, x, B_prev, x_prev)
         run = self._chunk if mode == "chunk" else self._sequential
         y, h = run(C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev, self._ranked(x_prev))
         y = y + self.D[:, None].to(y.dtype) * xr
-        return self._output(y, z, u), (h, Bm[:, -1], x[:, -1])
+        return self._output(y, z, u), (h, *last)
+
+    @staticmethod
+    def _halo(Bm, x, B_prev, x_prev):
+        """Sequence parallel: (the B and x of the step before this rank's slice: the previous
+        rank's last, the state's on rank 0; the whole sequence's last B and x)."""
+        rows = torch.cat([Bm.flatten(2), x.flatten(2)], -1)
+        before, end = sequence_parallel.halo(
+            rows, torch.cat([B_prev.flatten(1), x_prev.flatten(1)], -1)[:, None])
+        n = B_prev[0].numel()
+        (Bb, xb), (Be, xe) = (t[:, 0].split([n, t.shape[-1] - n], -1) for t in (before, end))
+        return (Bb.view_as(B_prev), xb.view_as(x_prev),
+                (Be.view_as(B_prev), xe.view_as(x_prev)))
 
     def _sequential(self, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
         """The recurrence, one step at a time -> y (B, T, R, H, head_dim), h_T."""
@@ -178,7 +200,16 @@ class Mamba3(RecurrentLayer):
         # wrapped, so that long sequences keep their angles to float32 precision (MPS has no
         # float64: there they are summed in the state dtype)
         wide = dtheta.dtype if dtheta.device.type == "mps" else torch.float64
-        theta = dtheta.to(wide).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
+        theta = dtheta.to(wide).cumsum(1)
+        parallel = sequence_parallel.active()
+        if parallel:  # this rank's slice: its angles start where the previous rank's ended
+            before, end = sequence_parallel.prefix_sum(theta[:, -1])
+            theta = theta + before[:, None]
+            before, end = (t.remainder(2 * math.pi).to(dtheta.dtype) for t in (before, end))
+            B_prev = turn(B_prev, before[:, None], self.pairs)  # the previous step's frame
+        theta = theta.remainder(2 * math.pi).to(dtheta.dtype)
+        if not parallel:
+            end = theta[:, -1]
         Cr, Br = (turn(t, theta[:, :, None], self.pairs) for t in (C, Bm))
         # beta_{t+1} (none past the call's end) joins step t's key. A non-finite beta_{t+1}
         # would reach outputs before t + 1 that way: it is zeroed there and marks step t + 1's
@@ -187,15 +218,22 @@ class Mamba3(RecurrentLayer):
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
         k = Br * (gamma + beta_next)[:, :, None, :, None]
         log_decay = F.pad((log_alpha + 0 * beta)[:, :, None], (0, 0, 0, R - 1))  # first rows
-        S0 = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
-        o, S = gated_linear_attention(Cr.flatten(1, 2), k.flatten(1, 2), xr.flatten(1, 2),
-                                      log_decay.flatten(1, 2), scale=1.0, initial_state=S0,
-                                      chunk_size=self.chunk_size * R)
+        carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+        args = (Cr.flatten(1, 2), k.flatten(1, 2), xr.flatten(1, 2), log_decay.flatten(1, 2))
+        if parallel:  # LASP-2; this rank's own run starts from its beta term (its carry)
+            def op(*a, initial_state=None, **kw):
+                return gated_linear_attention(
+                    *a, initial_state=carry if initial_state is None else initial_state, **kw)
+            o, S = sequence_parallel.lasp2(op, *args, scale=1.0, initial_state=h,
+                                           chunk_size=self.chunk_size * R)
+        else:
+            o, S = gated_linear_attention(*args, scale=1.0, initial_state=h + carry,
+                                          chunk_size=self.chunk_size * R)
         # same step t: the op gave row r ranks s <= r with gamma_t + beta_{t+1}; it needs
         # every rank s with gamma_t (C_t . B_t is the same in either frame)
         later = torch.ones(R, R, dtype=torch.bool, device=C.device).triu(1)  # s > r
         w = torch.where(later, gamma[..., None, None], -beta_next[..., None, None])
         qk = torch.einsum("btrhn,btshn->bthrs", C, Bm) * w
         y = o.unflatten(1, (T, R)) + torch.einsum("bthrs,btshp->btrhp", qk, xr)
-        h = turn(S.transpose(-1, -2), -theta[:, -1, :, None], self.pairs).transpose(-1, -2)
+        h = turn(S.transpose(-1, -2), -end[:, :, None], self.pairs).transpose(-1, -2)
         return y, h

@@ -102,7 +102,7 @@ SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "h
                             "rwkv6", "rwkv7", "mamba2", "deltanet", "gated_deltanet",
                             "deltaproduct", "kda", "gdn2", "comba", "mlstm", "longhorn", "mamba",
                             "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss",
-                            "mom", "based", "rebased", "gsa")
+                            "mom", "based", "rebased", "gsa", "mamba3")
 
 
 def check_sequence_parallel(layer_names) -> None:
