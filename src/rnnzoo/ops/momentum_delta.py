@@ -26,6 +26,10 @@ Reading u_t off S_{t-1} gives a unit lower-triangular system, solved once per ch
 
 (W_{0,.} = g_0 = LA_0 = 0 at the chunk start), and o_t = scale q_t^T S_t from the same sums.
 Everything but the (S, M) pass from chunk to chunk is batched over all chunks (`momentum_delta`).
+
+Sequence parallelism (ops/sequence_parallel.py): the outputs and the final pair are linear
+in (v, S_0, M_0) given the rest, so the chunk form takes LASP-2's exchange with the pair
+stacked as one state (S; M) of 2K rows (`lasp2`, through `_stacked`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import check_delta, from_chunks, to_chunks, unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -84,6 +89,11 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     """The chunk form (module docstring), equal to `momentum_delta_recurrent` (same arguments
     and returns). A non-finite input at step t makes outputs from t on NaN (ops.finite)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
+    if sequence_parallel.active():  # this rank's time slice: LASP-2 over the stacked (S; M)
+        o, Z = sequence_parallel.lasp2(_stacked, q, torch.cat([k, p], -1), v, log_alpha, log_mu,
+                                       beta, eta, initial_state=torch.cat([S, M], -2),
+                                       scale=scale, chunk_size=chunk_size)
+        return o, Z.chunk(2, -2)
     T = q.shape[1]
     (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
     C = max(1, min(chunk_size, T))
@@ -130,3 +140,13 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     o = scale * (Qz @ Zs + P @ U)
     o = poison(from_chunks(o, T), marks.outputs).to(qf.dtype)
     return o, tuple(poison(t, marks.state) for t in (S, M))
+
+
+def _stacked(q, kp, v, log_alpha, log_mu, beta, eta, *, initial_state=None, **options):
+    """`momentum_delta` in the form `lasp2` takes: k and p concatenated, kp (B, T, H, 2K); the
+    state the pair stacked, (S; M) (B, H, 2K, V), for initial_state (None: zeros) and return."""
+    k, p = kp.chunk(2, -1)
+    pair = None if initial_state is None else initial_state.chunk(2, -2)
+    o, (S, M) = momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, initial_state=pair,
+                               **options)
+    return o, torch.cat([S, M], -2)

@@ -41,7 +41,8 @@ RWKV-7's generalised delta rule and KDA are linear in (v, S_0) too: their ops go
 
 Usage: inside `with scope(group):` the ops that honour it (`ops.chunk.linear.
 gated_linear_attention` and `mlstm`, `ops.chunk.delta.delta_rule` and `rwkv7`,
-`ops.chunk.kda.kda`, `ops.scan.linear_scan`, `layers.mamba.selective_scan`) and the short
+`ops.chunk.kda.kda`, `ops.momentum_delta.momentum_delta`, `ops.scan.linear_scan`,
+`layers.mamba.selective_scan`) and the short
 convolution (`layers.conv.causal_conv1d`, whose first steps need the previous rank's last
 d_conv - 1 inputs: `halo`) treat their input as this rank's slice of a longer sequence;
 the initial state is the whole sequence's (every rank passes the same one).

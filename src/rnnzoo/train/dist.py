@@ -88,21 +88,25 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 
 # Exact under sequence parallelism (tests/train/test_sequence_parallel.py), in the mode
 # `mode="auto"` picks (chunk or scan): the chunk ops ops.chunk's gated_linear_attention,
-# delta_rule, kda, rwkv7 and erase_delta (gdn2, comba) exchange their slice transitions (sequence_parallel.lasp2);
-# mlstm its unnormalised (C, n, m) and total log forget, folding the stabiliser max-plus
-# (mlstm_lasp2); the diagonal layers on ops.scan.linear_scan their slice's (prod a, h)
-# (scan_lasp2), mamba's selective scan likewise and runs its slice again from the
-# entering state (affine_lasp2). retnet offsets its rotary positions by the slices before
-# it (offset) and gateloop its phases (prefix_sum); rwkv6's and rwkv7's token shift and every short convolution read the
-# previous rank's last inputs (halo). Not yet: s4d, liquid_s4 and gss (their auto mode is
-# an FFT convolution), aaren (a running max), and every layer on another
-# op (gsa's slot softmax, momentum_deltanet's (S, M) pair, the test-time memories, the
-# attention layers...).
+# delta_rule, kda, rwkv7 and erase_delta (gdn2, comba) exchange their slice transitions
+# (sequence_parallel.lasp2), and so do the layers on them (mom's memories as delta-rule
+# heads, based's and rebased's normaliser as a value column of ones, gsa's two passes one
+# after the other, mamba3's SSD op started from its trapezoid term) and ops.momentum_delta
+# (its (S; M) pair stacked as one state); mlstm its unnormalised (C, n, m) and total log
+# forget, folding the stabiliser max-plus (mlstm_lasp2); the diagonal layers on
+# ops.scan.linear_scan their slice's (prod a, h) (scan_lasp2), mamba's selective scan
+# likewise and runs its slice again from the entering state (affine_lasp2). retnet
+# offsets its rotary positions by the slices before it (offset), gateloop its phases and
+# mamba3 its angles (prefix_sum); rwkv6's and rwkv7's token shift, mamba3's previous-step
+# B and x and every short convolution read the previous rank's last inputs (halo). Not
+# yet: s4d, liquid_s4 and gss (their auto mode is an FFT convolution), aaren (a running
+# max), and every layer on another op (the test-time memories, the attention layers...).
 SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "hgrn2", "retnet",
                             "rwkv6", "rwkv7", "mamba2", "deltanet", "gated_deltanet",
                             "deltaproduct", "kda", "gdn2", "comba", "mlstm", "longhorn", "mamba",
                             "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss",
-                            "mom", "based", "rebased", "gsa", "mamba3")
+                            "mom", "based", "rebased", "gsa", "mamba3",
+                            "momentum_deltanet")
 
 
 def check_sequence_parallel(layer_names) -> None:
