@@ -40,7 +40,7 @@ def test_grid_layers_time_each_mode_against_the_reference_on_a_square_grid():
     assert tuple(x.shape) == (2, 4, 4, 4) and run().shape == x.shape
     rows, text = _table(groups, memory=False)
     assert [(r["layer"], r["mode"]) for r in rows] == [
-        ("plstm", "sequential"), ("plstm", "wavefront"), ("plstm", "doubling"),
+        ("plstm", "sequential"), ("plstm", "wavefront"), ("plstm", "doubling"), ("plstm", "block"),
         ("scan2d", "sequential"), ("scan2d", "scan")]
     assert rows[-1]["baseline_label"] == "sequential" and "vs sequential" in text
     with pytest.raises(KeyError, match="2-D layer"):
