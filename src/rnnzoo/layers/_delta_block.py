@@ -56,6 +56,23 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     return q, k, v.reshape(B, T, H, V), conv_state
 
 
+def delta_state(layer, batch_size, device=None, dtype=None):
+    """The delta layers' state: S (B, H, K, V) zeros in the state dtype, the conv state."""
+    sdt = state_dtype(dtype)
+    S = torch.zeros(batch_size, layer.num_heads, layer.head_dim, layer.value_dim,
+                    device=device, dtype=sdt)
+    return S, layer.conv.init_state(batch_size, device, sdt)
+
+
+def gated_head_output(layer, o, x, gate=torch.sigmoid):
+    """o (B, T, H, V) -> layer.o_proj(layer.norm(o) * gate(layer.g_proj(x))): the per-head
+    norm, times the output gate where the layer has one (g_proj None: no gate)."""
+    o = layer.norm(o)
+    if layer.g_proj is not None:
+        o = o * gate(layer.g_proj(x).to(o.dtype)).view(o.shape)
+    return layer.o_proj(o.flatten(2).to(x.dtype))
+
+
 class DeltaBlock(RecurrentLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state (S (B, H, K, V), conv (B, d_conv-1, C))."""
 
@@ -95,10 +112,7 @@ class DeltaBlock(RecurrentLayer):
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
-        sdt = state_dtype(dtype)
-        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
-                        device=device, dtype=sdt)
-        return S, self.conv.init_state(batch_size, device, sdt)
+        return delta_state(self, batch_size, device, dtype)
 
     def op_inputs(self, x, conv_state):
         """q (B,T,H,K), k (B,T,n_h,H,K), v (B,T,n_h,H,V), beta (B,T,n_h,H), g (B,T,H) or None."""

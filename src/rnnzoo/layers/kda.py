@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int
-from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers._delta_block import delta_qkv, delta_state, gated_head_output
 from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -66,10 +66,7 @@ class KDA(RecurrentLayer):
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
-        sdt = state_dtype(dtype)
-        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
-                        device=device, dtype=sdt)
-        return S, self.conv.init_state(batch_size, device, sdt)
+        return delta_state(self, batch_size, device, dtype)
 
     def op_inputs(self, x, conv_state):
         """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H, K), beta (B, T, H), new conv state."""
@@ -86,8 +83,7 @@ class KDA(RecurrentLayer):
 
     def op_output(self, o, x):
         """Per-head RMSNorm times the sigmoid output gate, then W_o. o: (B, T, H, V)."""
-        gate = torch.sigmoid(self.g_proj(x).to(o.dtype)).view(o.shape)
-        return self.o_proj((self.norm(o) * gate).flatten(2).to(x.dtype))
+        return gated_head_output(self, o, x)
 
     def _forward(self, x, state, mode):
         S, conv_state = state

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int, real
-from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers._delta_block import delta_qkv, delta_state, gated_head_output
 from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -82,10 +82,8 @@ class MomentumDeltaNet(RecurrentLayer):
         self.o_proj = nn.Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
-        sdt = state_dtype(dtype)
-        S = torch.zeros(batch_size, self.num_heads, self.head_dim, self.value_dim,
-                        device=device, dtype=sdt)
-        return S, torch.zeros_like(S), self.conv.init_state(batch_size, device, sdt)
+        S, conv_state = delta_state(self, batch_size, device, dtype)
+        return S, torch.zeros_like(S), conv_state
 
     def op_inputs(self, x, conv_state):
         """q, k (B, T, H, K), v (B, T, H, V), log_alpha, log_mu, beta, eta (B, T, H), conv state."""
@@ -108,10 +106,7 @@ class MomentumDeltaNet(RecurrentLayer):
 
     def op_output(self, o, x):
         """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, H, V)."""
-        o = self.norm(o)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(o.dtype)).view(o.shape)
-        return self.o_proj(o.flatten(2).to(x.dtype))
+        return gated_head_output(self, o, x, F.silu)
 
     def _forward(self, x, state, mode):
         S, M, conv_state = state
