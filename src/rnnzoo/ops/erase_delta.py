@@ -39,7 +39,7 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import sequence_parallel
-from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
+from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -127,10 +127,7 @@ def _scalar_chunks(q, k, v, g, p, S, scale, C, before_decay):
     q, k, v, p = (to_chunks(t, C) for t in (q, k, v, p))      # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                            # (B, H, N, C)
     E = G - to_chunks(g, C) if before_decay else G
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    strict = causal.tril(-1)
-    dec_a = (E[..., :, None] - G[..., None, :]).masked_fill(~strict, float("-inf")).exp()
-    dec_m = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    dec_a, dec_m = causal_decay(G, E, -1), causal_decay(G)
     kt = k.transpose(-1, -2)
     return wy_chunks((p @ kt) * dec_a, (q @ kt) * dec_m, v, p * E.exp()[..., None],
                      q * G.exp()[..., None], k * (G[..., -1:] - G).exp()[..., None],

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import finite_inputs, poison
 
 
@@ -120,8 +121,7 @@ def _chunked(q, k, v, g, lam, scale, S, n, L, C):
     lev = _levels(a[..., :, None], a[..., None, :], L)                  # (B, N, C, C)
     w = torch.gather(lamh, 4, lev[:, :, None].expand(B, N, H, C, C))
     Gh = G.transpose(2, 3)                                              # (B, N, H, C)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = (Gh[..., :, None] - Gh[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    decay = causal_decay(Gh)
     A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * w * decay
     y = torch.einsum("bnhts,bnshv->bnthv", A, vc)
     # each chunk's end (the last real step for the last chunk), its decay and its writes

@@ -33,7 +33,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops.chunk._common import check_delta, to_chunks
+from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
@@ -123,9 +123,7 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     qc, kc, vc = (to_chunks(t, C) for t in (q.to(dt), k, v))      # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)
     bc = to_chunks(beta, C)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    D = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")).exp() \
-        * bc[..., None, :]                                        # beta_s e^{G_t - G_s}, s <= t
+    D = causal_decay(G) * bc[..., None, :]                        # beta_s e^{G_t - G_s}, s <= t
     k_end = kc * ((G[..., -1:] - G).exp() * bc)[..., None]
     chunk_decay = G[..., -1].exp()[..., None, None]
     starts_kk, starts_kv = [], []

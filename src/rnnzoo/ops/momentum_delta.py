@@ -38,7 +38,13 @@ import torch
 
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import sequence_parallel
-from rnnzoo.ops.chunk._common import check_delta, from_chunks, to_chunks, unit_lower_inverse
+from rnnzoo.ops.chunk._common import (
+    causal_decay,
+    check_delta,
+    from_chunks,
+    to_chunks,
+    unit_lower_inverse,
+)
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["momentum_delta", "momentum_delta_recurrent", "momentum_delta_step"]
@@ -101,10 +107,8 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     q, k, v, p = (to_chunks(t.to(dt), C) for t in (qf, *writes[:3]))   # (B, H, N, C, D)
     la, lm, beta, eta = (to_chunks(t.to(dt), C) for t in writes[3:])   # (B, H, N, C)
     LA, LM = la.cumsum(-1), lm.cumsum(-1)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    seg = lambda L: (L[..., :, None] - L[..., None, :]).masked_fill(~causal, float("-inf")).exp()  # noqa: E731
-    RA = seg(LA)                                                        # e^{LA_t - LA_s}, s <= t
-    W = (RA * beta[..., None, :]) @ (seg(LM) * eta[..., None, :])       # (B, H, N, C, C)
+    RA = causal_decay(LA)                                               # e^{LA_t - LA_s}, s <= t
+    W = (RA * beta[..., None, :]) @ (causal_decay(LM) * eta[..., None, :])  # (B, H, N, C, C)
     g = (RA @ (beta * LM.exp())[..., None])[..., 0]                     # (B, H, N, C)
     shift = lambda t: torch.cat([torch.zeros_like(t[..., :1, :]), t[..., :-1, :]], -2)  # noqa: E731
     Wp = shift(W)                                                       # W_{t-1, s}

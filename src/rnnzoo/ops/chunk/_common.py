@@ -91,6 +91,16 @@ def unit_lower_solve(A, R):
     return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True)
 
 
+def causal_decay(G, E=None, diagonal: int = 0):
+    """The within-chunk decay matrix e^{E_t - G_s} where s <= t + diagonal (diagonal -1:
+    s < t), 0 elsewhere, without overflow where masked out: G, E (..., C) log-decays summed
+    within each chunk (E: G when None). Returns (..., C, C)."""
+    C = G.shape[-1]
+    keep = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(diagonal)
+    E = G if E is None else E
+    return (E[..., :, None] - G[..., None, :]).masked_fill(~keep, float("-inf")).exp()
+
+
 def state_pass(S, U0, W, k_out, decay):
     """The sequential part of a chunked delta rule, S_0 -> S_C chunk after chunk:
 
