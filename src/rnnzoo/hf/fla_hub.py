@@ -49,6 +49,7 @@ from rnnzoo.hf.rwkv import ChannelMix, mix
 from rnnzoo.layers.hgrn2 import HGRN2
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.retnet import RetNet
+from rnnzoo.layers.rotary import frequencies
 from rnnzoo.layers.rwkv7 import RWKV7
 from rnnzoo.models.blocks import RMSNorm
 
@@ -206,7 +207,7 @@ def rename_rwkv7(tensors: dict, c: dict) -> dict:
 
 def rope_theta(head_dim: int, dtype=torch.float64, device=None) -> torch.Tensor:
     """theta_j = 10000^(-2j / head_dim), j < head_dim / 2 (fla's RotaryEmbedding)."""
-    return 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=dtype, device=device) / head_dim)
+    return frequencies(head_dim // 2, 10000.0, dtype, device)
 
 
 class FlaRetNet(RetNet):

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from rnnzoo.checks import flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.layers.rotary import rotate
+from rnnzoo.layers.rotary import frequencies, rotate
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.registry import register
 
@@ -134,7 +134,7 @@ class Attention(RecurrentLayer):
         if R == 0:  # no positions (NoPE: Nemotron-H, Granite-4.0-H)
             return x
         half = R // 2
-        theta = self.rope_base ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
+        theta = frequencies(half, self.rope_base, x.dtype, x.device)
         if R == self.head_dim:
             return rotate(x, pos.to(x.dtype), theta, pairs="halves")
         return torch.cat([rotate(x[..., :R], pos.to(x.dtype), theta, pairs="halves"),

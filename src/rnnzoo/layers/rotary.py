@@ -17,6 +17,11 @@ import torch
 from rnnzoo.checks import choice
 
 
+def frequencies(half: int, base: float = 10000.0, dtype=torch.float64, device=None) -> torch.Tensor:
+    """theta_j = base^(-j / half), j < half (GPT-NeoX / LLaMA spacing): (half,)."""
+    return base ** (-torch.arange(half, dtype=dtype, device=device) / half)
+
+
 def rotate(x: torch.Tensor, positions: torch.Tensor, theta: torch.Tensor,
            pairs: str = "adjacent") -> torch.Tensor:
     """x: (B, T, H, K) rotated by positions (B, T) times theta (K/2,); same shape and dtype.
