@@ -115,7 +115,7 @@ def test_a_generated_dynamics_task_takes_the_route(tmp_path):
     (["--layer", "lstm"], "--model chimera stacks chimera 2-D layers"),
     (["--layer-option", "season=0"], "season must be an int"),
     (["--layer-option", "d_sate=2"], "bad option for chimera"),
-    (["--layer-option", "bidirectional=maybe"], "bidirectional must be true or false"),
+    (["--layer-option", "bidirectional=maybe"], "bidirectional must be a bool"),
     (["--hybrid", "1:1"], "--hybrid does not apply to --model chimera"),
     (["--gtf-alpha", "0.5"], "--gtf-alpha needs --model dsr"),
 ])

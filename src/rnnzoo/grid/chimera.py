@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import int_in, positive_int
+from rnnzoo.checks import flag, int_in, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.grid.base import GridLayer, register_grid
 from rnnzoo.grid.dag import grid_dag
@@ -80,12 +80,6 @@ class _Path(nn.Module):
             self.dt_proj.bias.copy_(inverse_softplus(dt))
 
 
-def _check_flag(name, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 @register_grid("chimera", paper="Behrouz et al. 2024, arXiv:2406.04320 (Chimera)",
                tiny=dict(d_model=4, d_state=2, season=2))
 class Chimera(GridLayer):
@@ -108,8 +102,8 @@ class Chimera(GridLayer):
                              f"repeats, got {heads!r}")
         self.heads = heads
         self.season = int_in("season", season)
-        self.bidirectional = _check_flag("bidirectional", bidirectional)
-        self.gated = _check_flag("gate", gate)
+        self.bidirectional = flag("bidirectional", bidirectional)
+        self.gated = flag("gate", gate)
         dirs = (False, True) if self.bidirectional else (False,)
         # (head, direction) in order: trend forward, trend backward, seasonal forward, ...
         self.paths = [(h, "backward" if b else "forward") for h in heads for b in dirs]
