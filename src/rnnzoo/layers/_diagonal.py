@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.layers.base import RecurrentLayer, valid_mask
+from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.ops.scan import linear_scan, sequential_scan
 
 
@@ -34,19 +34,6 @@ def diagonal_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, mode
     return (linear_scan if mode == "scan" else sequential_scan)(a, b, h0, reverse=reverse)
 
 
-class DiagonalLayer(RecurrentLayer):
+class DiagonalLayer(MaskedLayer):
     """Base of the diagonal layers: implement `_run(x, state, mode, mask=None)` (see the
-    module docstring), `init_state` and `modes`."""
-
-    host_reads: dict[str, str] = {}  # right padding is a masked recurrence: nothing read
-
-    def _run(self, x, state, mode, mask=None):
-        raise NotImplementedError
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        mask = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
-        y, state = self._run(x, state, mode, mask)
-        return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)), state
+    module docstring and `MaskedLayer`), `init_state` and `modes`."""

@@ -330,6 +330,31 @@ def check_cu_seqlens(cu_seqlens, x: torch.Tensor, max_seqlen: int | None = None
     return cu_seqlens.to(device=x.device, dtype=torch.long), max_seqlen
 
 
+class MaskedLayer(RecurrentLayer):
+    """A layer computed by one method,
+
+        _run(x, state, mode, mask=None) -> (y, state)        x: (B, T, d_model)
+
+    where mask (B, T, 1) bool marks the valid steps of right-padded sequences (None: every
+    step) and a masked step leaves the state as it is. The whole sequence, the padded batch
+    (its padded outputs zeroed here) and the single step all call `_run`, so right padding
+    is handled in place and nothing is read on the host. Base of the diagonal layers
+    (layers/_diagonal.py) and of the windowed ones (pgn, fsmn)."""
+
+    host_reads: dict[str, str] = {}
+
+    def _run(self, x, state, mode, mask=None):
+        raise NotImplementedError
+
+    def _forward(self, x, state, mode):
+        return self._run(x, state, mode)
+
+    def _forward_lengths(self, x, state, mode, lengths):
+        mask = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
+        y, state = self._run(x, state, mode, mask)
+        return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)), state
+
+
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(batch, T) bool mask, True at positions t < lengths[b]."""
     return torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)

@@ -26,14 +26,14 @@ from torch import nn
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers.base import RecurrentLayer, valid_mask
+from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.layers.conv import causal_conv1d
 from rnnzoo.registry import register
 
 
 @register("fsmn", family="diagonal", paper="Zhang et al. 2015, arXiv:1512.08301",
           tiny=dict(d_model=4, order=3))
-class FSMN(RecurrentLayer):
+class FSMN(MaskedLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state: the last `order` inputs
     (B, order, d_model).
 
@@ -43,7 +43,6 @@ class FSMN(RecurrentLayer):
     memory_proj (W~)."""
 
     modes = ("sequential", "conv")
-    host_reads: dict[str, str] = {}  # right padding is masked in place: nothing read
 
     def __init__(self, d_model: int, order: int = 20, memory: str = "vector"):
         super().__init__(d_model)
@@ -84,15 +83,7 @@ class FSMN(RecurrentLayer):
             u = torch.where(mask, u, 0.0)
         m, history = self._memory(u, state, mode, mask)
         y = self.proj(u.to(x.dtype)) + self.memory_proj(m.to(x.dtype))
-        if mask is not None:
-            y = torch.where(mask, y, 0.0)
         return y, history.to(state.dtype)
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
 
     def auto_mode(self, x):
         return "conv"

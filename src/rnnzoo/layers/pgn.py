@@ -30,13 +30,13 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers.base import RecurrentLayer, valid_mask
+from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.registry import register
 
 
 @register("pgn", family="diagonal", paper="Jia et al. 2024, arXiv:2409.17703",
           tiny=dict(d_model=3, d_hidden=4, window_size=3))
-class PGN(RecurrentLayer):
+class PGN(MaskedLayer):
     """x: (B, T, d_model) -> y: (B, T, d_model); state: the last window_size inputs
     (B, window_size, d_model).
 
@@ -45,7 +45,6 @@ class PGN(RecurrentLayer):
     gate (W_g, b_g), out_proj (W_out)."""
 
     modes = ("sequential", "conv")
-    host_reads: dict[str, str] = {}  # right padding is masked in place: nothing read
 
     def __init__(self, d_model: int, d_hidden: int | None = None, window_size: int = 64):
         super().__init__(d_model)
@@ -96,15 +95,7 @@ class PGN(RecurrentLayer):
         H, history = self.hie(u, state.to(cdt), mode, mask)
         o = self.gated_unit(u.to(x.dtype), H.to(x.dtype))
         y = self.out_proj(o)
-        if mask is not None:
-            y = torch.where(mask, y, 0.0)
         return y, history.to(state.dtype)
-
-    def _forward(self, x, state, mode):
-        return self._run(x, state, mode)
-
-    def _forward_lengths(self, x, state, mode, lengths):
-        return self._run(x, state, mode, valid_mask(lengths, x.shape[1]).unsqueeze(-1))
 
     def auto_mode(self, x):
         return "conv"
