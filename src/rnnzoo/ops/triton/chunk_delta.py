@@ -50,7 +50,9 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
+from rnnzoo.ops.triton._tiles import load_state as _load_state
 from rnnzoo.ops.triton._tiles import unit_lower_inverse as _unit_lower_inverse
 
 __all__ = ["delta_rule"]
@@ -62,27 +64,16 @@ def _delta_fwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, g_ptr, h0_ptr, o_ptr, ht_pt
                       GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE: tl.constexpr,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    o_base = o_ptr + b * T * HV + h * V + pid_v * BV
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros((BK, BV), dtype=tl.float32)
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    o_base = o_ptr + row_v
+    S = _load_state(h0_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_H0, BK, BV)
     causal = offs_c[:, None] >= offs_c[None, :]
     strict = offs_c[:, None] > offs_c[None, :]
     for n in range(N):
@@ -134,32 +125,21 @@ def _delta_bwd_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, g_ptr, states_ptr, do_ptr, 
                       GATE: tl.constexpr, HAS_DHT: tl.constexpr,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    do_base = do_ptr + b * T * HV + h * V + pid_v * BV
-    dv_base = dv_ptr + b * T * HV + h * V + pid_v * BV
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    do_base = do_ptr + row_v
+    dv_base = dv_ptr + row_v
     # partial (per value block) gradients of q, k, beta, g: buffers with a leading NV dim
     part = pid_v * B * T
     dq_base = dq_ptr + (part + b * T) * HK + h * K
     dk_base = dk_ptr + (part + b * T) * HK + h * K
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros((BK, BV), dtype=tl.float32)
+    dS = _load_state(dht_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_DHT, BK, BV)
     causal = offs_c[:, None] >= offs_c[None, :]
     strict = offs_c[:, None] > offs_c[None, :]
     for i in range(N):

@@ -48,7 +48,9 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
+from rnnzoo.ops.triton._tiles import load_state as _load_state
 
 __all__ = ["gated_linear_attention"]
 
@@ -94,26 +96,16 @@ def _gla_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, u_ptr, h0_ptr, o_ptr, ht_ptr, st
                     DECAY: tl.constexpr, BONUS: tl.constexpr, HAS_H0: tl.constexpr,
                     STORE: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    o_base = o_ptr + b * T * HV + h * V + pid_v * BV
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros((BK, BV), dtype=tl.float32)
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    o_base = o_ptr + row_v
+    S = _load_state(h0_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_H0, BK, BV)
     if BONUS:
         u = tl.load(u_ptr + h * K + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
         causal = offs_c[:, None] > offs_c[None, :]
@@ -180,32 +172,21 @@ def _gla_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, u_ptr, states_ptr, do_ptr, dht_p
                     DECAY: tl.constexpr, BONUS: tl.constexpr, HAS_DHT: tl.constexpr,
                     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                     PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    do_base = do_ptr + b * T * HV + h * V + pid_v * BV
-    dv_base = dv_ptr + b * T * HV + h * V + pid_v * BV
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    do_base = do_ptr + row_v
+    dv_base = dv_ptr + row_v
     # partial (per value block) gradients: buffers with a leading NV dimension
     part = pid_v * B * T
     dq_base = dq_ptr + (part + b * T) * HK + h * K
     dk_base = dk_ptr + (part + b * T) * HK + h * K
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros((BK, BV), dtype=tl.float32)
+    dS = _load_state(dht_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_DHT, BK, BV)
     if BONUS:
         u = tl.load(u_ptr + h * K + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
         du = tl.zeros((BK,), dtype=tl.float32)

@@ -55,7 +55,9 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
+from rnnzoo.ops.triton._tiles import load_state as _load_state
 
 __all__ = ["mlstm"]
 
@@ -66,27 +68,19 @@ def _mlstm_fwd_kernel(q_ptr, k_ptr, v_ptr, li_ptr, lf_ptr, c0_ptr, n0_ptr, m0_pt
                       T, H, K, V, N, scale, eps,
                       STORE: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    h_base = h_ptr + b * T * HV + h * V + pid_v * BV
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    h_base = h_ptr + row_v
     k_mask = offs_k < K
     first = (offs_k * 0 + pid_v) == 0                   # (BK,): block 0 writes n and m
     one = (offs_c == 0) & ((offs_c * 0 + pid_v) == 0)   # (C,): a single lane of block 0
-    S = tl.load(c0_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
+    S = _load_state(c0_ptr, pid_bh, K, V, kv_offs, kv_mask, True, BK, BV)
     nvec = tl.load(n0_ptr + pid_bh * K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
     m = tl.load(m0_ptr + pid_bh).to(tl.float32)
     causal = offs_c[:, None] >= offs_c[None, :]
@@ -135,30 +129,22 @@ def _mlstm_bwd_kernel(q_ptr, k_ptr, v_ptr, li_ptr, lf_ptr, sc_ptr, sn_ptr, sm_pt
                       T, H, K, V, N, B, scale, eps,
                       C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    q_base = q_ptr + b * T * HK + h * K
-    k_base = k_ptr + b * T * HK + h * K
-    v_base = v_ptr + b * T * HV + h * V + pid_v * BV
-    dh_base = dh_ptr + b * T * HV + h * V + pid_v * BV
-    dv_base = dv_ptr + b * T * HV + h * V + pid_v * BV
+    q_base = q_ptr + row_k
+    k_base = k_ptr + row_k
+    v_base = v_ptr + row_v
+    dh_base = dh_ptr + row_v
+    dv_base = dv_ptr + row_v
     part = pid_v * B * T       # partial (per value block) gradients: leading NV dimension
     dq_base = dq_ptr + (part + b * T) * HK + h * K
     dk_base = dk_ptr + (part + b * T) * HK + h * K
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
     k_mask = offs_k < K
     first = (offs_k * 0 + pid_v) == 0
-    dS = tl.load(dct_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
+    dS = _load_state(dct_ptr, pid_bh, K, V, kv_offs, kv_mask, True, BK, BV)
     dn = tl.load(dnt_ptr + pid_bh * K + offs_k, mask=k_mask & first, other=0.0).to(tl.float32)
     dm_c = tl.load(dmt_ptr + pid_bh + offs_c * 0, mask=(offs_c * 0 + pid_v == 0) & (offs_c == C - 1),
                    other=0.0).to(tl.float32)            # dL/dm' placed on row C - 1

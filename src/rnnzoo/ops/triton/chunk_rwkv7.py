@@ -46,7 +46,9 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
+from rnnzoo.ops.triton._tiles import load_state as _load_state
 from rnnzoo.ops.triton._tiles import unit_lower_inverse as _unit_lower_inverse
 
 __all__ = ["rwkv7"]
@@ -150,26 +152,14 @@ def _rwkv7_fwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, h0_ptr, o_ptr, h
                       states_ptr, T, H, K, V, N, scale,
                       HAS_H0: tl.constexpr, STORE: tl.constexpr, C: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b_idx = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b_idx, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    row_k = b_idx * T * HK + h * K
-    v_base = v_ptr + b_idx * T * HV + h * V + pid_v * BV
-    o_base = o_ptr + b_idx * T * HV + h * V + pid_v * BV
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_H0:
-        S = tl.load(h0_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros((BK, BV), dtype=tl.float32)
+    v_base = v_ptr + row_v
+    o_base = o_ptr + row_v
+    S = _load_state(h0_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_H0, BK, BV)
     for n in range(N):
         t = n * C + offs_c
         r = _load_rows(r_ptr + row_k, t, T, HK, offs_k, K)
@@ -207,26 +197,13 @@ def _rwkv7_bwd_kernel(r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, states_ptr, do_p
     """Reverse over chunks with dS = dL/dS_C; one program per (value block, batch * head).
     dr, dw, dk, da, db: (NV, B, T, H, K) partial sums (one per value block), dv (B, T, H, V),
     dh0 (B, H, K, V)."""
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b_idx = pid_bh // H
-    h = pid_bh % H
+    pid_v, pid_bh, b_idx, h, offs_k, offs_bv, nv, row_k, row_v, kv_offs, kv_mask = (
+        _head_tile(T, H, K, V, BK, BV))
     offs_c = tl.arange(0, C)
-    offs_k = tl.arange(0, BK)
-    offs_bv = tl.arange(0, BV)
-    offs_v = pid_v * BV + offs_bv
     HK = H * K
     HV = H * V
-    row_k = b_idx * T * HK + h * K
     row_part = (pid_v * B * T + b_idx * T) * HK + h * K
-    row_v = b_idx * T * HV + h * V + pid_v * BV
-    nv = V - pid_v * BV
-    kv_mask = (offs_k[:, None] < K) & (offs_v[None, :] < V)
-    kv_offs = offs_k[:, None] * V + offs_v[None, :]
-    if HAS_DHT:
-        dS = tl.load(dht_ptr + pid_bh * K * V + kv_offs, mask=kv_mask, other=0.0).to(tl.float32)
-    else:
-        dS = tl.zeros((BK, BV), dtype=tl.float32)
+    dS = _load_state(dht_ptr, pid_bh, K, V, kv_offs, kv_mask, HAS_DHT, BK, BV)
     strict = offs_c[:, None] > offs_c[None, :]
     for i in range(N):
         n = N - 1 - i
