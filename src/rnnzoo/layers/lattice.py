@@ -1,14 +1,27 @@
-"""Lattice (Karami & Mirrokni 2025, "Lattice: Learning to Efficiently Compress the Memory",
-arXiv:2504.05646): K unit-norm memory slots per head updated only with what is orthogonal
-to them (ops/lattice.py), in the block of the other memory layers here:
+"""Lattice (Karami, Pascanu & Mirrokni, "Lattice: Learning to Efficiently Compress the
+Memory", arXiv:2504.05646): per head, m unit-norm memory slots that decode each value from
+its key (a latent code over the slots) and are written only with what is orthogonal to
+them (ops/lattice.py), in the block of the other memory layers here:
 
-    q, k, v = silu(shortconv(W_q x, W_k x, W_v x)),  q, k l2-normalised       (per head, K wide)
-    beta_t  = sigmoid(w_beta . x_t)                                             (the step size)
+    q, k    = l2norm(silu(shortconv(W_q x, W_k x)))     (B, T, H, m)   the latent codes
+    v       = silu(shortconv(W_v x))                     (B, T, H, V)
+    beta_t  = sigmoid(w_beta . x_t)                      (B, T, H)      the step size
     S_t     = Lattice(S_t-1; k_t, v_t, beta_t),  rows of S_0 = the learned slots, normalised
     y       = W_o [RMSNorm(S_t^T q_t) * sigmoid(W_g x)]
 
-State: (S (B, H, K, K), the short-conv state); init_state holds the learned initial slots.
-Modes: `sequential` only (the paper's chunkwise form is an approximation of this recurrence).
+From the paper's abstract, its TL;DR and its reviews (the method section itself was not
+available to us; docs/lattice.md lists the sources): the state is a fixed number m of
+memory slots, normalised; a token's key is a latent code that reconstructs the input from
+the slots; the update is one gradient step on that reconstruction; each slot takes in only
+what is orthogonal to it; the normalisation acts as a state- and input-dependent gate; the
+step is Riemannian gradient descent on the sphere. Ours: the block around the recurrence
+(short convolution, l2-normalised q and k, the sigmoid step size beta, the gated RMSNorm
+output), which follows the other test-time memories in rnnzoo, and the name `num_slots`.
+
+Options: num_slots (m, default head_dim), head_dim (V, the slots' width).
+State: (S (B, H, m, V), the short-conv state); init_state holds the learned initial slots.
+Modes: `sequential` only: the paper's chunk-wise form approximates the recurrence, so it is
+not the same model and is not offered as a mode (docs/lattice.md).
 """
 
 from __future__ import annotations
@@ -18,36 +31,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import positive, positive_int
-from rnnzoo.dtypes import state_dtype
+from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.layers.titans import memory_qkv
 from rnnzoo.ops.lattice import lattice_sequential, lattice_step
 from rnnzoo.registry import register
 
 
 @register("lattice", family="matrix", paper="Karami & Mirrokni 2025, arXiv:2504.05646 (Lattice)",
-          tiny=dict(d_model=6, num_heads=2, head_dim=3, d_conv=2))
+          tiny=dict(d_model=6, num_heads=2, head_dim=3, num_slots=2, d_conv=2))
 class Lattice(RecurrentLayer):
-    """x: (B, T, d_model) -> y; state (S (B, H, K, K) unit-norm rows, conv state)."""
+    """x: (B, T, d_model) -> y; state (S (B, H, m, V) unit-norm rows, conv state)."""
 
     modes = ("sequential",)
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
-                 d_conv: int = 4, norm_eps: float = 1e-6):
+                 num_slots: int | None = None, d_conv: int = 4, norm_eps: float = 1e-6):
         super().__init__(d_model)
         H = positive_int("num_heads", num_heads)
-        K = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
-        self.num_heads, self.head_dim = H, K
+        V = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
+        m = positive_int("num_slots", V if num_slots is None else num_slots)
+        self.num_heads, self.head_dim, self.num_slots = H, V, m
         self.norm_eps = positive("norm_eps", norm_eps)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
-        self.conv = ShortConv(3 * H * K, d_conv, bias=False)
+        self.qkv_proj = nn.Linear(d_model, H * (2 * m + V), bias=False)
+        self.conv = ShortConv(H * (2 * m + V), d_conv, bias=False)
         self.beta_proj = nn.Linear(d_model, H)
-        self.slots = nn.Parameter(torch.randn(H, K, K))
-        self.g_proj = nn.Linear(d_model, H * K)
-        self.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        self.slots = nn.Parameter(torch.randn(H, m, V))
+        self.g_proj = nn.Linear(d_model, H * V)
+        self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)
@@ -57,8 +70,12 @@ class Lattice(RecurrentLayer):
                 self.conv.init_state(batch_size, S0.device, sdt))
 
     def op_inputs(self, x, conv_state):
-        """q, k, v (B, T, H, K); beta (B, T, H); new conv state."""
-        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        """q, k (B, T, H, m) unit norm; v (B, T, H, V); beta (B, T, H); new conv state."""
+        B, T, _ = x.shape
+        H, m = self.num_heads, self.num_slots
+        qkv, conv_state = self.conv(self.qkv_proj(x).to(compute_dtype(x)), conv_state)
+        q, k, v = qkv.view(B, T, H, 2 * m + self.head_dim).split([m, m, self.head_dim], -1)
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         return q, k, v, torch.sigmoid(self.beta_proj(x).to(q.dtype)), conv_state
 
     def op_output(self, o, x):
@@ -78,4 +95,5 @@ class Lattice(RecurrentLayer):
         return self.op_output(o[:, None], x_t[:, None])[:, 0], (S.to(state[0].dtype), conv_state)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}"
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"num_slots={self.num_slots}")

@@ -1,24 +1,29 @@
-"""Lattice's orthogonal state recurrence (Karami & Mirrokni 2025, "Lattice: Learning to
-Efficiently Compress the Memory", arXiv:2504.05646, section 3).
+"""Lattice's orthogonal state recurrence (Karami, Pascanu & Mirrokni, "Lattice: Learning to
+Efficiently Compress the Memory", arXiv:2504.05646).
 
-The state S (K x V per head) is K memory slots, its rows s_i, each kept at unit norm. A
-token's key k_t (K) is the code that reconstructs its value from the slots, v_t ~ S^T k_t;
-one gradient step on the reconstruction loss 1/2 |v_t - S^T k_t|^2, taken for each slot on
-the unit sphere (the gradient projected onto the slot's tangent plane, then the slot
-renormalised: Riemannian gradient descent), is
+The state of a head is m memory slots s_1..s_m (the rows of S, m x V), each on the unit
+sphere. A token's key k_t (m) is the latent code that decodes its value from the slots,
+v_t ~ S^T k_t, and the memory takes one gradient step on the reconstruction loss
+1/2 |v_t - S^T k_t|^2 for each slot, on the sphere (Riemannian gradient descent: the
+Euclidean gradient -k_t,i e_t projected onto the slot's tangent plane, then the slot
+retracted to the sphere by normalisation):
 
-    e_t     = v_t - S_{t-1}^T k_t                               (the reconstruction error)
-    u_t,i   = e_t - (s_i . e_t) s_i                             (its part orthogonal to slot i)
+    e_t     = v_t - S_{t-1}^T k_t                                (the reconstruction error)
+    u_t,i   = (I - s_i s_i^T / |s_i|^2) e_t                      (its part orthogonal to slot i)
     s_t,i   = (s_i + beta_t k_t,i u_t,i) / |s_i + beta_t k_t,i u_t,i|
     o_t     = S_t^T q_t
 
-so a slot takes in only what is new to it, and since u_t,i is orthogonal to the unit s_i the
-normaliser is sqrt(1 + beta^2 k_i^2 |u_t,i|^2) >= 1: a state- and input-dependent forget
-gate, and a slot turns by less than 90 degrees per step (it is never overwritten by a value
-along itself). Tensors: q, k, v (B, T, H, K|V), beta (B, T, H), S (B, H, K, V); states in
-float32 (float64 for float64 input). The paper's chunkwise form approximates this
-recurrence (it freezes the slots' directions inside a chunk), so it is not offered as an
-exact mode; `lattice_sequential` is the reference.
+The projection is also exactly what differentiating the loss through the slots'
+normalisation gives (d(s/|s|)/ds = (I - s s^T)/|s| at |s| = 1), which is why normalising
+the slots turns plain online gradient descent into this orthogonal update. Since u_t,i is
+orthogonal to the unit s_i, the normaliser is g_t,i = (1 + beta^2 k_i^2 |u_t,i|^2)^(-1/2)
+<= 1: s_t,i = g (s_i + beta k_i u_i) is a state- and input-dependent forget gate, a slot
+turns by atan(beta |k_i| |u_i|) < 90 degrees per step, a slot with k_t,i = 0 or with the
+error along itself is left as it was, and the slots stay on the sphere.
+
+Tensors: q, k (B, T, H, m), v (B, T, H, V), beta (B, T, H), S (B, H, m, V); the caller keeps
+states in float32 (float64 for float64 input). The paper also gives a chunk-wise parallel
+*approximation* of this recurrence; it is not offered here (see docs/lattice.md).
 """
 
 from __future__ import annotations
@@ -29,11 +34,11 @@ __all__ = ["lattice_step", "lattice_sequential"]
 
 
 def lattice_step(q_t, k_t, v_t, beta_t, S, eps: float = 1e-12):
-    """One step: q_t, k_t (B, H, K), v_t (B, H, V), beta_t (B, H), S (B, H, K, V).
+    """One step: q_t, k_t (B, H, m), v_t (B, H, V), beta_t (B, H), S (B, H, m, V).
     Returns (o_t (B, H, V), S_t)."""
-    e = v_t - torch.einsum("bhk,bhkv->bhv", k_t, S)
-    u = e[:, :, None] - (S * e[:, :, None]).sum(-1, keepdim=True) * S     # (B, H, K, V)
-    S = S + (beta_t[..., None] * k_t)[..., None] * u
+    e = (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))[:, :, None]             # (B, H, 1, V)
+    along = (S * e).sum(-1, keepdim=True) / (S * S).sum(-1, keepdim=True).clamp_min(eps)
+    S = S + (beta_t[..., None] * k_t)[..., None] * (e - along * S)           # s_i + beta k_i u_i
     S = S / torch.linalg.vector_norm(S, dim=-1, keepdim=True).clamp_min(eps)
     return torch.einsum("bhk,bhkv->bhv", q_t, S), S
 
