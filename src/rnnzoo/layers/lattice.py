@@ -39,7 +39,8 @@ from rnnzoo.ops.lattice import lattice_sequential, lattice_step
 from rnnzoo.registry import register
 
 
-@register("lattice", family="matrix", paper="Karami & Mirrokni 2025, arXiv:2504.05646 (Lattice)",
+@register("lattice", family="matrix",
+          paper="Karami, Pascanu & Mirrokni 2025, arXiv:2504.05646 (Lattice)",
           tiny=dict(d_model=6, num_heads=2, head_dim=3, num_slots=2, d_conv=2))
 class Lattice(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (S (B, H, m, V) unit-norm rows, conv state)."""
