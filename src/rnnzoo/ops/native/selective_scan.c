@@ -1,0 +1,198 @@
+/* Mamba's selective scan (Gu & Dao 2023, arXiv:2312.00752), fused, forward and backward.
+
+   Per batch row b and inner channel d, over the d_state entries n:
+       a_t = exp(delta_t A[d, n])           (or 2 exp(delta_t A) - 1 with allow_neg_eigval)
+       h_t = a_t h_{t-1} + delta_t u_t B_t[n],        y_t = sum_n C_t[n] h_t[n]
+   Backward (lambda_t = dL/dh_t, over the same steps in reverse):
+       lambda_t = C_t dy_t + a_{t+1} lambda_{t+1}      (lambda_{T-1} also gets dL/dh_{T-1})
+       dB_t[n] += sum_d lambda_t delta_t u_t,         dC_t[n] += sum_d h_t dy_t
+       du_t = delta_t sum_n lambda_t B_t,             g_t = lambda_t h_{t-1} da_t/d(delta_t A)
+       ddelta_t = u_t sum_n lambda_t B_t + sum_n g_t A, dA += g_t delta_t,  dh0 = a_0 lambda_0
+
+   A block of DB channels is one unit of work: its state (d_state x DB) stays in a small
+   local array, the inner loops run along the DB channels (vectorised), and no
+   (batch, T, d_inner, d_state) tensor is ever written. The forward stores the state
+   entering every chunk of K steps (`ck`); the backward recomputes one chunk's a_t, h_t
+   from it into a K x d_state x DB buffer and runs the adjoint backwards over it.
+
+   Layouts (row-major, contiguous): u, delta, y, du, ddelta (batch, T, d_inner);
+   At (d_state, d_inner) = A transposed; B, C, dB, dC (batch, T, d_state); h0, hT, dhT, dh0
+   (batch, d_inner, d_state); ck (batch, ceil(T/K), d_state, d_inner); dAt (batch, d_state,
+   d_inner), one slice per batch row (the caller sums them). dB and dC are added to: the
+   caller zeroes them, one copy per group of channels run at once.
+   Each function does the batch rows [b0, b1) and the channels [d0, d1).
+   Plain C, no Python or torch headers: compiled on first use by rnnzoo.ops.native. */
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DB 16
+
+/* exp by range reduction x = k ln2 + r, |r| <= ln2 / 2, and a Taylor polynomial in r;
+   2^k assembled in the exponent bits from the rounding constant's own bits (which vectorises
+   on AVX2, where a double -> int64 conversion does not). Clamped to normal results. */
+static inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float t = x * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23: rounds to an integer */
+    float k = t - 12582912.0f;
+    float r = x - k * 0.693359375f - k * -2.12194440e-4f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f
+              + r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
+    union { float f; uint32_t i; } tb = {t}, s;
+    s.i = (tb.i + 127u) << 23;
+    return p * s.f;
+}
+
+static inline double exp_d(double x) {
+    x = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+    double t = x * 1.4426950408889634074 + 6755399441055744.0;   /* 1.5 * 2^52 */
+    double k = t - 6755399441055744.0;
+    double r = x - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;                                /* 1/13! */
+    static const double c[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+        1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
+        1.0 / 6.0, 0.5, 1.0, 1.0};
+    for (int i = 0; i < 13; i++) p = p * r + c[i];
+    union { double f; uint64_t i; } tb = {t}, s;
+    s.i = (tb.i + 1023u) << 52;
+    return p * s.f;
+}
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+#define SCAN(T, EXP, SUF)                                                                      \
+void scan_fwd_##SUF(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,          \
+                    const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, int neg,  \
+                    long b0, long b1, long d0, long d1) {                                      \
+    const T m = neg ? 2 : 1, o = neg ? -1 : 0;                                                 \
+    const long nck = (L + K - 1) / K;                                                          \
+    T *h = calloc(N * DB, sizeof(T)), *A = calloc(N * DB, sizeof(T));                          \
+    for (long b = b0; b < b1; b++)                                                             \
+    for (long ds = d0; ds < d1; ds += DB) {                                                    \
+        const long nd = MIN(DB, d1 - ds);                                                      \
+        for (long n = 0; n < N; n++)                                                           \
+            for (long j = 0; j < DB; j++) {                                                    \
+                A[n * DB + j] = j < nd ? At[n * D + ds + j] : 0;                              \
+                h[n * DB + j] = (h0 && j < nd) ? h0[(b * D + ds + j) * N + n] : 0;             \
+            }                                                                                  \
+        for (long t = 0; t < L; t++) {                                                         \
+            const long row = b * L + t;                                                        \
+            if (ck && t % K == 0)                                                              \
+                for (long n = 0; n < N; n++)                                                   \
+                    memcpy(ck + ((b * nck + t / K) * N + n) * D + ds, h + n * DB,              \
+                           nd * sizeof(T));                                                    \
+            T dt[DB], du[DB], acc[DB];                                                         \
+            for (long j = 0; j < DB; j++) {                                                    \
+                dt[j] = j < nd ? dl[row * D + ds + j] : 0;                                     \
+                du[j] = j < nd ? dt[j] * u[row * D + ds + j] : 0;                              \
+                acc[j] = 0;                                                                    \
+            }                                                                                  \
+            const T *Bt = Bm + row * N, *Ct = Cm + row * N;                                    \
+            for (long n = 0; n < N; n++) {                                                     \
+                const T Bn = Bt[n], Cn = Ct[n];                                                \
+                T *hn = h + n * DB; const T *An = A + n * DB;                                  \
+                for (long j = 0; j < DB; j++) {                                                \
+                    T a = m * EXP(dt[j] * An[j]) + o;                                          \
+                    T hv = a * hn[j] + du[j] * Bn;                                             \
+                    hn[j] = hv;                                                                \
+                    acc[j] += Cn * hv;                                                         \
+                }                                                                              \
+            }                                                                                  \
+            memcpy(y + row * D + ds, acc, nd * sizeof(T));                                     \
+        }                                                                                      \
+        for (long n = 0; n < N; n++)                                                           \
+            for (long j = 0; j < nd; j++) hT[(b * D + ds + j) * N + n] = h[n * DB + j];        \
+    }                                                                                          \
+    free(h); free(A);                                                                          \
+}                                                                                              \
+                                                                                               \
+void scan_bwd_##SUF(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,          \
+                    const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB,      \
+                    T *gC, T *gh0, long L, long D, long N, long K, int neg,                    \
+                    long b0, long b1, long d0, long d1) {                                      \
+    const T m = neg ? 2 : 1, o = neg ? -1 : 0;                                                 \
+    const long nck = (L + K - 1) / K, S = N * DB;                                              \
+    T *A = calloc(S, sizeof(T)), *lam = calloc(S, sizeof(T)), *gA = calloc(S, sizeof(T));      \
+    T *hs0 = calloc(S, sizeof(T)), *ab = calloc(K * S, sizeof(T)), *hb = calloc(K * S, sizeof(T)); \
+    for (long b = b0; b < b1; b++)                                                             \
+    for (long ds = d0; ds < d1; ds += DB) {                                                    \
+        const long nd = MIN(DB, d1 - ds);                                                      \
+        for (long n = 0; n < N; n++)                                                           \
+            for (long j = 0; j < DB; j++) {                                                    \
+                A[n * DB + j] = j < nd ? At[n * D + ds + j] : 0;                              \
+                lam[n * DB + j] = (dhT && j < nd) ? dhT[(b * D + ds + j) * N + n] : 0;         \
+                gA[n * DB + j] = 0;                                                            \
+            }                                                                                  \
+        for (long c = nck - 1; c >= 0; c--) {                                                  \
+            const long t0 = c * K, nt = MIN(K, L - t0);                                        \
+            for (long n = 0; n < N; n++)                                                       \
+                for (long j = 0; j < DB; j++)                                                  \
+                    hs0[n * DB + j] = j < nd ? ck[((b * nck + c) * N + n) * D + ds + j] : 0;   \
+            for (long i = 0; i < nt; i++) {          /* recompute the chunk's a_t and h_t */  \
+                const long row = b * L + t0 + i;                                               \
+                T dt[DB], du[DB];                                                              \
+                for (long j = 0; j < DB; j++) {                                                \
+                    dt[j] = j < nd ? dl[row * D + ds + j] : 0;                                 \
+                    du[j] = j < nd ? dt[j] * u[row * D + ds + j] : 0;                          \
+                }                                                                              \
+                const T *Bt = Bm + row * N, *hp = i ? hb + (i - 1) * S : hs0;                  \
+                T *ai = ab + i * S, *hi = hb + i * S;                                          \
+                for (long n = 0; n < N; n++) {                                                 \
+                    const T Bn = Bt[n];                                                        \
+                    for (long j = 0; j < DB; j++) {                                            \
+                        T a = m * EXP(dt[j] * A[n * DB + j]) + o;                              \
+                        ai[n * DB + j] = a;                                                    \
+                        hi[n * DB + j] = a * hp[n * DB + j] + du[j] * Bn;                      \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            for (long i = nt - 1; i >= 0; i--) {     /* the adjoint, backwards */             \
+                const long row = b * L + t0 + i;                                               \
+                T dt[DB], uu[DB], du[DB], g[DB], lB[DB], gs[DB];                               \
+                for (long j = 0; j < DB; j++) {                                                \
+                    dt[j] = j < nd ? dl[row * D + ds + j] : 0;                                 \
+                    uu[j] = j < nd ? u[row * D + ds + j] : 0;                                  \
+                    g[j] = j < nd ? dy[row * D + ds + j] : 0;                                  \
+                    du[j] = dt[j] * uu[j];                                                     \
+                    lB[j] = 0; gs[j] = 0;                                                      \
+                }                                                                              \
+                const T *Bt = Bm + row * N, *Ct = Cm + row * N;                                \
+                const T *hi = hb + i * S, *hp = i ? hb + (i - 1) * S : hs0, *ai = ab + i * S;  \
+                T *gBt = gB + row * N, *gCt = gC + row * N;                                    \
+                for (long n = 0; n < N; n++) {                                                 \
+                    const T Bn = Bt[n], Cn = Ct[n];                                            \
+                    T *ln = lam + n * DB, *gAn = gA + n * DB;                                  \
+                    const T *hin = hi + n * DB, *hpn = hp + n * DB, *an = ai + n * DB;         \
+                    const T *An = A + n * DB;                                                  \
+                    T sC = 0, sB = 0;                                                          \
+                    _Pragma("omp simd reduction(+:sC, sB)")                                    \
+                    for (long j = 0; j < DB; j++) {                                            \
+                        T l = ln[j] + Cn * g[j];                                               \
+                        sC += hin[j] * g[j];                                                   \
+                        sB += l * du[j];                                                       \
+                        lB[j] += l * Bn;                                                       \
+                        T gd = l * hpn[j] * (an[j] - o);                                       \
+                        gAn[j] += gd * dt[j];                                                  \
+                        gs[j] += gd * An[j];                                                   \
+                        ln[j] = l * an[j];                                                     \
+                    }                                                                          \
+                    gCt[n] += sC; gBt[n] += sB;                                                \
+                }                                                                              \
+                for (long j = 0; j < nd; j++) {                                                \
+                    gu[row * D + ds + j] = lB[j] * dt[j];                                      \
+                    gdl[row * D + ds + j] = lB[j] * uu[j] + gs[j];                             \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        for (long n = 0; n < N; n++)                                                           \
+            for (long j = 0; j < nd; j++) {                                                    \
+                gh0[(b * D + ds + j) * N + n] = lam[n * DB + j];                               \
+                gAt[(b * N + n) * D + ds + j] = gA[n * DB + j];                                \
+            }                                                                                  \
+    }                                                                                          \
+    free(A); free(lam); free(gA); free(hs0); free(ab); free(hb);                               \
+}
+
+SCAN(float, exp_f, f32)
+SCAN(double, exp_d, f64)
