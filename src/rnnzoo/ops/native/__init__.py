@@ -3,7 +3,7 @@ system compiler and loaded with ctypes; every op keeps its PyTorch path as the f
 
     load(name) -> ctypes.CDLL | None     the compiled `<name>.c`, or None when it cannot be built
 
-The build is `$CC -O3 -march=native -fopenmp-simd -shared -fPIC` (CC defaults to `cc`) over
+The build is `$CC -O3 -march=native -fno-trapping-math -fopenmp-simd -shared -fPIC` (CC defaults to `cc`) over
 C that sees only float and double pointers (no Python or torch headers: about a second).
 The library goes to a cache directory (`RNNZOO_CACHE`, else ~/.cache/rnnzoo/native) under
 a name keyed by a hash of the source, the flags, the compiler's version and the CPU
@@ -30,7 +30,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
 _HERE = Path(__file__).resolve().parent
 _libs: dict[str, ctypes.CDLL | None] = {}  # name -> library, or None after a failed build
 
