@@ -88,7 +88,7 @@ class _NativeScan(torch.autograd.Function):
             _ptr(ck), T, D, N, CHUNK, neg, *p))
         if ck is not None:
             ctx.save_for_backward(u, delta, At, B, C, ck)
-        ctx.lib, ctx.neg = lib, neg
+        ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
         return y, hT
 
     @staticmethod
@@ -114,7 +114,7 @@ class _NativeScan(torch.autograd.Function):
                     _ptr(ck), _ptr(gu), _ptr(gd), _ptr(gA),
                     ctypes.c_void_p(gB.data_ptr() + g * step),
                     ctypes.c_void_p(gC.data_ptr() + g * step), _ptr(gh0),
-                    T, D, N, CHUNK, ctx.neg, *p)
+                    T, D, N, ctx.K, ctx.neg, *p)
         _run(bwd, parts, args)
         gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))
         return None, gu, gd, gA.sum(0).t(), gB, gC, gh0, None
