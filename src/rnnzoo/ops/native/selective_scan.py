@@ -19,7 +19,6 @@ GIL during each call.
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -27,7 +26,6 @@ from rnnzoo.ops import native
 
 CHUNK = 32  # steps between the stored states
 _BLOCK = 16  # channels per unit of work in the C code (DB)
-_pool: ThreadPoolExecutor | None = None
 
 
 def _ptr(t):
@@ -46,17 +44,6 @@ def _parts(batch, d_inner):
     blocks = -(-d_inner // _BLOCK)
     cuts = [min(d_inner, _BLOCK * (blocks * i // p)) for i in range(p + 1)]
     return [(0, batch, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-def _run(fn, parts, make_args):
-    global _pool
-    if len(parts) == 1:
-        fn(*make_args(0, parts[0]))
-        return
-    if _pool is None or _pool._max_workers < len(parts):
-        _pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="rnnzoo-native")
-    for f in [_pool.submit(fn, *make_args(i, part)) for i, part in enumerate(parts)]:
-        f.result()
 
 
 def _kernels(lib, dtype):
@@ -83,9 +70,8 @@ class _NativeScan(torch.autograd.Function):
         grad = ctx.needs_input_grad[1:7]
         ck = u.new_empty(batch, -(-T // CHUNK), N, D) if any(grad) else None
         neg = int(bool(allow_neg_eigval))
-        _run(fwd, _parts(batch, D), lambda i, p: (
-            _ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(h0), _ptr(y), _ptr(hT),
-            _ptr(ck), T, D, N, CHUNK, neg, *p))
+        native.run(fwd, [(_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(h0), _ptr(y),
+                          _ptr(hT), _ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
         if ck is not None:
             ctx.save_for_backward(u, delta, At, B, C, ck)
         ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
@@ -115,7 +101,7 @@ class _NativeScan(torch.autograd.Function):
                     ctypes.c_void_p(gB.data_ptr() + g * step),
                     ctypes.c_void_p(gC.data_ptr() + g * step), _ptr(gh0),
                     T, D, N, ctx.K, ctx.neg, *p)
-        _run(bwd, parts, args)
+        native.run(bwd, [args(i, p) for i, p in enumerate(parts)])
         gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))
         return None, gu, gd, gA.sum(0).t(), gB, gC, gh0, None
 
