@@ -32,9 +32,9 @@ def _kernels(lib, dtype):
     suffix = "f64" if dtype == torch.float64 else "f32"
     fwd, bwd = getattr(lib, f"conv_fwd_{suffix}"), getattr(lib, f"conv_bwd_{suffix}")
     if fwd.argtypes is None:
-        P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        fwd.argtypes = [P] * 5 + [L] * 3 + [I] + [L] * 2
-        bwd.argtypes = [P] * 9 + [L] * 3 + [I] + [L] * 2
+        P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+        fwd.argtypes = [P] * 5 + [L] * 3 + [i32] + [L] * 2
+        bwd.argtypes = [P] * 9 + [L] * 3 + [i32] + [L] * 2
         fwd.restype = bwd.restype = None
     return fwd, bwd
 
