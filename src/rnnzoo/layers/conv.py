@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, positive_int
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -58,7 +58,9 @@ class ShortConv(nn.Module):
     weight: (channels, d_conv) and bias: (channels,) (absent with bias=False), both
     initialised as nn.Conv1d's U(-1/sqrt(d_conv), 1/sqrt(d_conv)) (the bias at zero with
     zero_bias=True, as in Griffin). `silu` applies SiLU to the output. x is computed in
-    its own dtype (the weights are cast to it); the state keeps its dtype.
+    its own dtype (the weights are cast to it); the state keeps its dtype. On the CPU in
+    float32/float64 without a mask, the fused C kernel `ops.native.conv` runs it (when it
+    builds; `ops.backend.use_native`).
     """
 
     def __init__(self, channels: int, d_conv: int, *, bias: bool = True, silu: bool = True,
@@ -80,6 +82,13 @@ class ShortConv(nn.Module):
         return torch.zeros(batch_size, self.d_conv - 1, self.channels, device=device, dtype=dtype)
 
     def forward(self, x, state, mask=None):
+        if mask is None and not sequence_parallel.active():
+            w, b = self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+            if backend.use_native(x, w, b, state):  # the C kernel, SiLU fused (ops.native.conv)
+                from rnnzoo.ops.native import conv as native_conv
+                lib = native_conv.load()
+                if lib is not None:
+                    return native_conv.short_conv(lib, x, w, b, state, self.silu)
         y, state = causal_conv1d(x, self.weight, self.bias, state, mask)
         return (F.silu(y) if self.silu else y), state
 

@@ -59,7 +59,8 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     Returns y: (batch, T, d_inner) with y_t = C_t . h_t + D u_t, and h_{T-1}.
     mode: "scan" (`_SelectiveScan`, chunks of `chunk_size` steps) or "sequential" (the loop).
     On CUDA the scan mode runs the fused Triton kernel `ops.triton.selective_scan` (when
-    triton imports; `ops.backend`).
+    triton imports; `ops.backend`), on the CPU in float32/float64 the fused C kernel
+    `ops.native.selective_scan` (when it builds; `backend.use_native`).
     """
     if mode == "scan" and sequence_parallel.active():  # this rank's time slice: LASP-2, the
         def run(h, probe):  # slice run again from the state entering it (ops/sequence_parallel.py)
@@ -70,6 +71,13 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         from rnnzoo.ops.triton import selective_scan as triton_ss
         return triton_ss.selective_scan(u, delta, A, B, C, D, h0,
                                         allow_neg_eigval=allow_neg_eigval)
+    if mode == "scan" and backend.use_native(u, delta, A, B, C, D, h0):
+        from rnnzoo.ops.native import selective_scan as native_ss
+        lib = native_ss.load()
+        if lib is not None:
+            y, h = native_ss.selective_scan(lib, u, delta, A, B, C, h0,
+                                            allow_neg_eigval=allow_neg_eigval)
+            return y + D * u, h
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":

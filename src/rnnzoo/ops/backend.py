@@ -12,6 +12,12 @@ kernels refuse float64, so those ops also keep float64 on the PyTorch path.
                                    not yet the default on CUDA (the LSTM and GRU kernels,
                                    against cuDNN)
 
+    use_native(*tensors) -> bool   True when every tensor is a CPU float32 or float64 tensor
+                                   (one dtype), for the C kernels of `ops.native`
+                                   (layers.mamba.selective_scan); `RNNZOO_NATIVE=0`, force()
+                                   and RNNZOO_BACKEND=torch keep the PyTorch path, and so
+                                   does torch.compile's tracing.
+
 `RNNZOO_BACKEND=torch` in the environment forces the PyTorch path everywhere (read at
 each call). `force("torch")` / `force("triton")` overrides both, inside a `with` block:
 force("triton") runs the Triton path whatever the device, which lets the tests run the
@@ -82,6 +88,23 @@ def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
         return False
     ts = [t for t in tensors if t is not None]
     return bool(ts) and all(getattr(t, "is_cuda", False) for t in ts) and triton_available()
+
+
+def use_native(*tensors: torch.Tensor) -> bool:
+    """True when the native CPU kernels (ops.native) should run on these tensors (None
+    entries skipped): all on the CPU, all float32 or all float64, not under force() or
+    RNNZOO_BACKEND=torch or RNNZOO_NATIVE=0 (read at each call), nor inside torch.compile.
+    The op still falls back when its kernel cannot be built (ops.native.load gives None)."""
+    if _forced or os.environ.get("RNNZOO_NATIVE", "").strip() == "0":
+        return False
+    if os.environ.get("RNNZOO_BACKEND", "").strip().lower() == "torch":
+        return False
+    ts = [t for t in tensors if t is not None]
+    if not ts or not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in ts):
+        return False
+    if ts[0].dtype not in (torch.float32, torch.float64) or any(t.dtype != ts[0].dtype for t in ts):
+        return False
+    return not torch.compiler.is_compiling()
 
 
 # -- how a classic cell's step loop runs (rnnzoo.cells.steps) --------------------------------

@@ -1,0 +1,123 @@
+"""Native CPU kernels: plain C sources beside this file, compiled on first use with the
+system compiler and loaded with ctypes; every op keeps its PyTorch path as the fallback.
+
+    load(name) -> ctypes.CDLL | None     the compiled `<name>.c`, or None when it cannot be built
+
+The build is `$CC -O3 -march=native -fno-trapping-math -fopenmp-simd -shared -fPIC` (CC defaults to `cc`) over
+C that sees only float and double pointers (no Python or torch headers: about a second).
+The library goes to a cache directory (`RNNZOO_CACHE`, else ~/.cache/rnnzoo/native) under
+a name keyed by a hash of the source (and the headers beside it), the flags, the
+compiler's version and the CPU (platform.machine() and the /proc/cpuinfo flags line, since
+-march=native is that CPU's):
+a second process loads it without compiling. It is written to a temporary file in the same
+directory and moved into place with os.replace, so that two processes compiling at once
+(pytest-xdist workers) never see half a file. When the compiler is missing or fails, load
+warns once (one line naming the error) and returns None from then on, and the ops run
+their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
+(`RNNZOO_NATIVE=0` turns it off).
+
+    run(fn, arg_lists)   one kernel call per argument list, on a thread pool when there
+                         are several (ctypes lets go of the GIL during each call)
+
+Kernels: selective_scan.c (Mamba's selective scan, `ops.native.selective_scan`), conv.c
+(the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
+_HERE = Path(__file__).resolve().parent
+_libs: dict[str, ctypes.CDLL | None] = {}  # name -> library, or None after a failed build
+_pool: ThreadPoolExecutor | None = None
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("RNNZOO_CACHE", "").strip()
+    return Path(env) if env else Path.home() / ".cache" / "rnnzoo" / "native"
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC", "").strip() or "cc")
+
+
+def _cpu() -> str:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return platform.machine() + "\n" + flags
+
+
+def _compile(name: str) -> Path:
+    """The path of the compiled library of `<name>.c`, building it when not cached.
+    Raises RuntimeError (the compiler's own message) when it cannot be built."""
+    src = _HERE / f"{name}.c"
+    cc = _compiler()
+    try:
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"{' '.join(cc)} not runnable: {e}") from None
+    headers = [h.read_text() for h in sorted(_HERE.glob("*.h"))]  # what the sources include
+    key = hashlib.sha256("\0".join([src.read_text(), *headers, " ".join(cc + FLAGS), version,
+                                    _cpu()]).encode()).hexdigest()[:20]
+    out = cache_dir() / f"{name}-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run([*cc, *FLAGS, str(src), "-o", tmp], capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode != 0:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            raise RuntimeError(f"{' '.join(cc)} exited {r.returncode}"
+                               + (f": {msg[0]}" if msg else ""))
+        os.replace(tmp, out)  # atomic: a reader sees the old name absent or the whole file
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"{' '.join(cc)} failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The ctypes library of `<name>.c` (compiled on first use, then cached on disk and in
+    this process), or None when it cannot be built: then a warning, once per process."""
+    if name not in _libs:
+        try:
+            _libs[name] = ctypes.CDLL(str(_compile(name)))
+        except (RuntimeError, OSError) as e:
+            _libs[name] = None
+            warnings.warn(f"rnnzoo.ops.native: cannot build {name}.c ({e}); using the "
+                          "PyTorch path", RuntimeWarning, stacklevel=2)
+    return _libs[name]
+
+
+def run(fn, arg_lists) -> None:
+    """fn(*args) for each args in arg_lists: the first on this thread, the others on a
+    thread pool (the kernels split their work by these ranges: torch.get_num_threads())."""
+    global _pool
+    arg_lists = list(arg_lists)
+    if len(arg_lists) > 1 and (_pool is None or _pool._max_workers < len(arg_lists) - 1):
+        _pool = ThreadPoolExecutor(max_workers=len(arg_lists) - 1,
+                                   thread_name_prefix="rnnzoo-native")
+    futures = [_pool.submit(fn, *args) for args in arg_lists[1:]]
+    fn(*arg_lists[0])
+    for f in futures:
+        f.result()

@@ -1,0 +1,216 @@
+/* Mamba's selective scan (Gu & Dao 2023, arXiv:2312.00752), fused, forward and backward.
+
+   Per batch row b and inner channel d, over the d_state entries n:
+       a_t = exp(delta_t A[d, n])           (or 2 exp(delta_t A) - 1 with allow_neg_eigval)
+       h_t = a_t h_{t-1} + delta_t u_t B_t[n],        y_t = sum_n C_t[n] h_t[n]
+   Backward (lambda_t = dL/dh_t, over the same steps in reverse):
+       lambda_t = C_t dy_t + a_{t+1} lambda_{t+1}      (lambda_{T-1} also gets dL/dh_{T-1})
+       dB_t[n] += sum_d lambda_t delta_t u_t,         dC_t[n] += sum_d h_t dy_t
+       du_t = delta_t sum_n lambda_t B_t,             g_t = lambda_t h_{t-1} da_t/d(delta_t A)
+       ddelta_t = u_t sum_n lambda_t B_t + sum_n g_t A, dA += g_t delta_t,  dh0 = a_0 lambda_0
+
+   The state of one batch row (d_inner x d_state, in blocks of DB channels, d_state x DB
+   each) stays in a small local array; time is the outer loop, so each step reads one
+   contiguous row of u and delta (a block-outer order reads one cache line per 1 KB
+   stride and ran ~4x slower); the inner loops run along the DB channels of a block
+   (vectorised), and no (batch, T, d_inner, d_state) tensor is ever written. The forward
+   stores the state entering every chunk of K steps (`ck`); the backward recomputes one
+   chunk's a_t, h_t from it into K x d_inner x d_state buffers (L2-sized for small K) and
+   runs the adjoint backwards over them.
+
+   Layouts (row-major, contiguous): u, delta, y, du, ddelta (batch, T, d_inner);
+   At (d_state, d_inner) = A transposed; B, C, dB, dC (batch, T, d_state); h0, hT, dhT, dh0
+   (batch, d_inner, d_state); ck (batch, ceil(T/K), d_state, d_inner); dAt (batch, d_state,
+   d_inner), one slice per batch row (the caller sums them). dB and dC are added to: the
+   caller zeroes them, one copy per group of channels run at once.
+   Each function does the batch rows [b0, b1) and the channels [d0, d1).
+   Plain C, no Python or torch headers: compiled on first use by rnnzoo.ops.native. */
+
+#ifndef T  /* this file includes itself once per type, T the float type */
+#include <stdlib.h>
+#include <string.h>
+
+#define DB 16
+
+#include "exp.h"
+
+
+#define T float
+#define EXP exp_f
+#define NAME(f) f##_f32
+#include __FILE__
+#undef T
+#undef EXP
+#undef NAME
+#define T double
+#define EXP exp_d
+#define NAME(f) f##_f64
+#include __FILE__
+
+#else  /* the kernels, for one T */
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* the block of channels [ds, ds + nd) of one row, zero-padded to DB */
+static inline void NAME(block)(T *restrict out, const T *restrict row, long nd) {
+    for (long j = 0; j < DB; j++) out[j] = j < nd ? row[j] : 0;
+}
+
+/* A^T's channels [d0, d1) in blocks (nb, N, DB), zero-padded */
+static T *NAME(blocks_of_A)(const T *At, long D, long N, long d0, long d1) {
+    const long nb = (d1 - d0 + DB - 1) / DB;
+    T *A = calloc(nb * N * DB, sizeof(T));
+    for (long k = 0; k < nb; k++)
+        for (long n = 0; n < N; n++)
+            for (long j = 0; j < DB && d0 + k * DB + j < d1; j++)
+                A[(k * N + n) * DB + j] = At[n * D + d0 + k * DB + j];
+    return A;
+}
+
+void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
+                    const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, int neg,
+                    long b0, long b1, long d0, long d1) {
+    const T m = neg ? 2 : 1, o = neg ? -1 : 0;
+    const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB;
+    T *A = NAME(blocks_of_A)(At, D, N, d0, d1), *h = calloc(nb * S, sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        for (long k = 0; k < nb; k++)
+            for (long n = 0; n < N; n++)
+                for (long j = 0; j < DB; j++) {
+                    const long d = d0 + k * DB + j;
+                    h[k * S + n * DB + j] = (h0 && d < d1) ? h0[(b * D + d) * N + n] : 0;
+                }
+        for (long t = 0; t < L; t++) {
+            const long row = b * L + t;
+            const T *Bt = Bm + row * N, *Ct = Cm + row * N;
+            for (long k = 0; k < nb; k++) {
+                const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
+                T *restrict hk = h + k * S;
+                const T *restrict Ak = A + k * S;
+                if (ck && t % K == 0)
+                    for (long n = 0; n < N; n++)
+                        memcpy(ck + ((b * nck + t / K) * N + n) * D + ds, hk + n * DB,
+                               nd * sizeof(T));
+                T dt[DB], du[DB], acc[DB];
+                NAME(block)(dt, dl + row * D + ds, nd);
+                NAME(block)(du, u + row * D + ds, nd);
+                for (long j = 0; j < DB; j++) { du[j] *= dt[j]; acc[j] = 0; }
+                for (long n = 0; n < N; n++) {
+                    const T Bn = Bt[n], Cn = Ct[n];
+                    for (long j = 0; j < DB; j++) {
+                        T a = m * EXP(dt[j] * Ak[n * DB + j]) + o;
+                        T hv = a * hk[n * DB + j] + du[j] * Bn;
+                        hk[n * DB + j] = hv;
+                        acc[j] += Cn * hv;
+                    }
+                }
+                memcpy(y + row * D + ds, acc, nd * sizeof(T));
+            }
+        }
+        for (long k = 0; k < nb; k++)
+            for (long n = 0; n < N; n++)
+                for (long j = 0; j < DB && d0 + k * DB + j < d1; j++)
+                    hT[(b * D + d0 + k * DB + j) * N + n] = h[k * S + n * DB + j];
+    }
+    free(h); free(A);
+}
+
+void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
+                    const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB,
+                    T *gC, T *gh0, long L, long D, long N, long K, int neg,
+                    long b0, long b1, long d0, long d1) {
+    const T m = neg ? 2 : 1, o = neg ? -1 : 0;
+    const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB, P = nb * S;
+    T *A = NAME(blocks_of_A)(At, D, N, d0, d1);
+    T *lam = calloc(P, sizeof(T)), *gA = calloc(P, sizeof(T)), *hs0 = calloc(P, sizeof(T));
+    T *ab = calloc(K * P, sizeof(T)), *hb = calloc(K * P, sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        for (long k = 0; k < nb; k++)
+            for (long n = 0; n < N; n++)
+                for (long j = 0; j < DB; j++) {
+                    const long d = d0 + k * DB + j;
+                    lam[k * S + n * DB + j] = (dhT && d < d1) ? dhT[(b * D + d) * N + n] : 0;
+                    gA[k * S + n * DB + j] = 0;
+                }
+        for (long c = nck - 1; c >= 0; c--) {
+            const long t0 = c * K, nt = MIN(K, L - t0);
+            for (long k = 0; k < nb; k++)
+                for (long n = 0; n < N; n++)
+                    NAME(block)(hs0 + k * S + n * DB,
+                                ck + ((b * nck + c) * N + n) * D + d0 + k * DB,
+                                MIN(DB, d1 - d0 - k * DB));
+            for (long i = 0; i < nt; i++) {          /* recompute the chunk's a_t and h_t */
+                const long row = b * L + t0 + i;
+                const T *Bt = Bm + row * N;
+                for (long k = 0; k < nb; k++) {
+                    const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
+                    const T *restrict Ak = A + k * S;
+                    const T *restrict hp = (i ? hb + (i - 1) * P : hs0) + k * S;
+                    T *restrict ai = ab + i * P + k * S, *restrict hi = hb + i * P + k * S;
+                    T dt[DB], du[DB];
+                    NAME(block)(dt, dl + row * D + ds, nd);
+                    NAME(block)(du, u + row * D + ds, nd);
+                    for (long j = 0; j < DB; j++) du[j] *= dt[j];
+                    for (long n = 0; n < N; n++) {
+                        const T Bn = Bt[n];
+                        for (long j = 0; j < DB; j++) {
+                            T a = m * EXP(dt[j] * Ak[n * DB + j]) + o;
+                            ai[n * DB + j] = a;
+                            hi[n * DB + j] = a * hp[n * DB + j] + du[j] * Bn;
+                        }
+                    }
+                }
+            }
+            for (long i = nt - 1; i >= 0; i--) {     /* the adjoint, backwards */
+                const long row = b * L + t0 + i;
+                const T *Bt = Bm + row * N, *Ct = Cm + row * N;
+                T *gBt = gB + row * N, *gCt = gC + row * N;
+                for (long k = 0; k < nb; k++) {
+                    const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
+                    const T *restrict hi = hb + i * P + k * S, *restrict ai = ab + i * P + k * S;
+                    const T *restrict hp = (i ? hb + (i - 1) * P : hs0) + k * S;
+                    const T *restrict Ak = A + k * S;
+                    T *restrict lk = lam + k * S, *restrict gAk = gA + k * S;
+                    T dt[DB], uu[DB], du[DB], g[DB], lB[DB], gs[DB];
+                    NAME(block)(dt, dl + row * D + ds, nd);
+                    NAME(block)(uu, u + row * D + ds, nd);
+                    NAME(block)(g, dy + row * D + ds, nd);
+                    for (long j = 0; j < DB; j++) { du[j] = dt[j] * uu[j]; lB[j] = 0; gs[j] = 0; }
+                    for (long n = 0; n < N; n++) {
+                        const T Bn = Bt[n], Cn = Ct[n];
+                        T sC = 0, sB = 0;
+                        #pragma omp simd reduction(+:sC, sB)
+                        for (long j = 0; j < DB; j++) {
+                            const long q = n * DB + j;
+                            T l = lk[q] + Cn * g[j];
+                            sC += hi[q] * g[j];
+                            sB += l * du[j];
+                            lB[j] += l * Bn;
+                            T gd = l * hp[q] * (ai[q] - o);
+                            gAk[q] += gd * dt[j];
+                            gs[j] += gd * Ak[q];
+                            lk[q] = l * ai[q];
+                        }
+                        gCt[n] += sC; gBt[n] += sB;
+                    }
+                    for (long j = 0; j < nd; j++) {
+                        gu[row * D + ds + j] = lB[j] * dt[j];
+                        gdl[row * D + ds + j] = lB[j] * uu[j] + gs[j];
+                    }
+                }
+            }
+        }
+        for (long k = 0; k < nb; k++)
+            for (long n = 0; n < N; n++)
+                for (long j = 0; j < DB && d0 + k * DB + j < d1; j++) {
+                    const long d = d0 + k * DB + j;
+                    gh0[(b * D + d) * N + n] = lam[k * S + n * DB + j];
+                    gAt[(b * N + n) * D + d] = gA[k * S + n * DB + j];
+                }
+    }
+    free(A); free(lam); free(gA); free(hs0); free(ab); free(hb);
+}
+
+#undef MIN
+
+#endif

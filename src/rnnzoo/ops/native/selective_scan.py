@@ -1,0 +1,117 @@
+"""Mamba's selective scan on the CPU, fused in C (selective_scan.c): same contract as
+`rnnzoo.layers.mamba.selective_scan` without the D u term (the caller adds it).
+
+    h_t = a_t h_{t-1} + delta_t u_t B_t,  a_t = exp(delta_t A) (or 2 exp(delta_t A) - 1),
+    y_t = C_t . h_t
+
+u, delta: (batch, T, d_inner); A: (d_inner, d_state); B, C: (batch, T, d_state);
+h0: (batch, d_inner, d_state). Returns y (batch, T, d_inner) and h_{T-1} (batch, d_inner,
+d_state), differentiable in u, delta, A, B, C, h0. All float32 or all float64 on the CPU
+(`ops.backend.use_native` decides); the state is kept in the inputs' dtype.
+
+The forward keeps only the state entering every chunk of `CHUNK` steps (batch, T / CHUNK,
+d_state, d_inner); the backward recomputes each chunk from it. Work is split over
+torch.get_num_threads() threads, by batch rows (or, with fewer rows than threads, by
+groups of channels, each group with its own dB, dC summed after): ctypes lets go of the
+GIL during each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CHUNK = 32  # steps between the stored states
+_BLOCK = 16  # channels per unit of work in the C code (DB)
+
+
+def _ptr(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _parts(batch, d_inner):
+    """[(b0, b1, d0, d1)] for each thread: by batch rows when there are enough of them,
+    else by channel groups (multiples of the C block)."""
+    p = max(1, torch.get_num_threads())
+    if p == 1 or batch * d_inner <= _BLOCK:
+        return [(0, batch, 0, d_inner)]
+    if batch >= p:
+        cuts = [batch * i // p for i in range(p + 1)]
+        return [(a, b, 0, d_inner) for a, b in zip(cuts, cuts[1:]) if b > a]
+    blocks = -(-d_inner // _BLOCK)
+    cuts = [min(d_inner, _BLOCK * (blocks * i // p)) for i in range(p + 1)]
+    return [(0, batch, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _kernels(lib, dtype):
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    fwd, bwd = getattr(lib, f"scan_fwd_{suffix}"), getattr(lib, f"scan_bwd_{suffix}")
+    if fwd.argtypes is None:
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd.argtypes = [P] * 9 + [L] * 4 + [ctypes.c_int] + [L] * 4
+        bwd.argtypes = [P] * 14 + [L] * 4 + [ctypes.c_int] + [L] * 4
+        fwd.restype = bwd.restype = None
+    return fwd, bwd
+
+
+class _NativeScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, u, delta, A, B, C, h0, allow_neg_eigval):
+        u, delta, B, C, h0 = (t.contiguous() for t in (u, delta, B, C, h0))
+        At = A.t().contiguous()
+        batch, T, D = u.shape
+        N = At.shape[0]
+        fwd, _ = _kernels(lib, u.dtype)
+        y = torch.empty_like(u)
+        hT = torch.empty_like(h0)
+        grad = ctx.needs_input_grad[1:7]
+        ck = u.new_empty(batch, -(-T // CHUNK), N, D) if any(grad) else None
+        neg = int(bool(allow_neg_eigval))
+        native.run(fwd, [(_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(h0), _ptr(y),
+                          _ptr(hT), _ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
+        if ck is not None:
+            ctx.save_for_backward(u, delta, At, B, C, ck)
+        ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        u, delta, At, B, C, ck = ctx.saved_tensors
+        batch, T, D = u.shape
+        N = At.shape[0]
+        _, bwd = _kernels(ctx.lib, u.dtype)
+        dy = dy.contiguous()
+        dh = None if dh is None else dh.contiguous()
+        parts = _parts(batch, D)
+        groups = len(parts) if parts[0][2:] != (0, D) else 1  # split by channels: own dB, dC
+        gu, gd = torch.empty_like(u), torch.empty_like(delta)
+        gA = u.new_zeros(batch, N, D)
+        gB = u.new_zeros(groups, batch, T, N)
+        gC = u.new_zeros(groups, batch, T, N)
+        gh0 = u.new_empty(batch, D, N)
+        step = batch * T * N * u.element_size()
+
+        def args(i, p):
+            g = i if groups > 1 else 0
+            return (_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(dy), _ptr(dh),
+                    _ptr(ck), _ptr(gu), _ptr(gd), _ptr(gA),
+                    ctypes.c_void_p(gB.data_ptr() + g * step),
+                    ctypes.c_void_p(gC.data_ptr() + g * step), _ptr(gh0),
+                    T, D, N, ctx.K, ctx.neg, *p)
+        native.run(bwd, [args(i, p) for i, p in enumerate(parts)])
+        gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))
+        return None, gu, gd, gA.sum(0).t(), gB, gC, gh0, None
+
+
+def selective_scan(lib, u, delta, A, B, C, h0, *, allow_neg_eigval=False):
+    """(y without D u, final state); `lib` = native.load("selective_scan")."""
+    if h0 is None:
+        h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
+    return _NativeScan.apply(lib, u, delta, A, B, C, h0, allow_neg_eigval)
+
+
+def load():
+    return native.load("selective_scan")

@@ -1,0 +1,85 @@
+"""ops.native.conv: the C short convolution (SiLU fused) against the PyTorch path of
+layers.conv.ShortConv: outputs, new conv state and every gradient (x, state, weight, bias),
+float64 to 1e-10 and float32 to 1e-5; streaming in two pieces; the mask keeps torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops import backend
+from rnnzoo.ops.native import conv as native_conv
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    n = [0]
+    real = native_conv.short_conv
+
+    def counted(*args, **kw):
+        n[0] += 1
+        return real(*args, **kw)
+    monkeypatch.setattr(native_conv, "short_conv", counted)
+    return n
+
+
+def _setup(b, T, C, K, bias, silu, dtype):
+    torch.manual_seed(0)
+    m = ShortConv(C, K, bias=bias, silu=silu).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(b, T, C, generator=g, dtype=dtype).requires_grad_()
+    state = torch.randn(b, K - 1, C, generator=g, dtype=dtype).requires_grad_()
+    return m, x, state
+
+
+def _run(m, x, state):
+    y, s = m(x, state)
+    g = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() \
+        + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+    return [y, s, *torch.autograd.grad(loss, [x, state, *m.parameters()])]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("b,T,C,K,bias,silu", [
+    (1, 1, 5, 4, True, True), (3, 7, 20, 3, False, True), (3, 33, 17, 4, True, False),
+    (1, 2, 9, 4, True, True),  # T < K - 1: the new state keeps part of the old
+    (2, 5, 8, 1, True, True)])  # K = 1: no state
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_conv_matches_torch(calls, dtype, tol, b, T, C, K, bias, silu, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m, x, state = _setup(b, T, C, K, bias, silu, dtype)
+        got = _run(m, x, state)
+        assert calls[0] == 1
+        with backend.force("torch"):
+            want = _run(m, x, state)
+    finally:
+        torch.set_num_threads(old)
+    assert calls[0] == 1
+    for name, p, w in zip(["y", "state", "x", "state0", "weight", "bias"], got, want):
+        assert p.dtype == w.dtype and p.shape == w.shape, name
+        if w.numel():
+            err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
+            assert err < tol, (name, err)
+
+
+def test_native_conv_streams(calls):
+    """Two pieces, the second from the first's state, give the whole sequence's outputs."""
+    m, x, state = _setup(2, 11, 6, 4, True, True, torch.float64)
+    with torch.no_grad():
+        y, s = m(x, state)
+        y1, s1 = m(x[:, :5], state)
+        y2, s2 = m(x[:, 5:], s1)
+    assert calls[0] == 3
+    assert (torch.cat([y1, y2], 1) - y).abs().max() < 1e-12 and torch.equal(s2, s)
+
+
+def test_native_conv_not_with_a_mask_or_half(calls):
+    m, x, state = _setup(2, 6, 4, 3, True, True, torch.float32)
+    mask = torch.ones(2, 6, 1, dtype=torch.bool)
+    m(x, state, mask)
+    m.half()(x.half(), state.half())
+    assert calls[0] == 0

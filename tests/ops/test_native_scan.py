@@ -1,0 +1,181 @@
+"""ops.native: the C selective scan against the PyTorch path of layers.mamba.selective_scan
+(outputs, final state and every gradient, float64 to 1e-10 and float32 to 1e-5), the
+backend decision, and the loader's cache, atomic write and warn-once fallback."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+
+import pytest
+import torch
+
+from rnnzoo.layers.mamba import selective_scan
+from rnnzoo.ops import backend, native
+from rnnzoo.ops.native import selective_scan as native_ss
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the calls into the native scan (and so proves the native path ran)."""
+    n = [0]
+    real = native_ss.selective_scan
+
+    def counted(*args, **kw):
+        n[0] += 1
+        return real(*args, **kw)
+    monkeypatch.setattr(native_ss, "selective_scan", counted)
+    return n
+
+
+def _inputs(b, T, D, N, dtype, h0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+    u, B, C, Dv = r(b, T, D), r(b, T, N), r(b, T, N), r(D)
+    delta = torch.rand(b, T, D, generator=g, dtype=dtype) * 0.6
+    A = -torch.rand(D, N, generator=g, dtype=dtype) * 3 - 0.05
+    A[0, 0] = -60.0  # a tiny a_t: what rules out re-deriving h_{t-1} from h_t
+    xs = [u, delta, A, B, C, Dv, r(b, D, N) if h0 else None]
+    return [None if t is None else t.requires_grad_() for t in xs]
+
+
+def _run(xs, neg):
+    y, h = selective_scan(*xs, allow_neg_eigval=neg, chunk_size=4)
+    g = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() \
+        + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+    return [y, h, *torch.autograd.grad(loss, [t for t in xs if t is not None])]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("b,T,D,N,h0,neg", [
+    (1, 1, 3, 2, True, False), (3, 7, 20, 5, False, True), (1, 33, 40, 16, True, True),
+    (3, 33, 17, 3, True, False), (2, 70, 33, 4, False, False)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_scan_matches_torch(calls, dtype, tol, b, T, D, N, h0, neg, threads):
+    """Two threads split by batch rows (b >= 2) or by channel groups (b = 1, own dB, dC);
+    T = 70 spans three checkpoint chunks, D = 17, 33 leave a partial channel block."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xs = _inputs(b, T, D, N, dtype, h0)
+        got = _run(xs, neg)
+        assert calls[0] == 1
+        with backend.force("torch"):
+            want = _run(xs, neg)
+    finally:
+        torch.set_num_threads(old)
+    assert calls[0] == 1
+    for name, x, w in zip(["y", "h", "u", "delta", "A", "B", "C", "D", "h0"], got, want):
+        assert x.dtype == w.dtype and x.shape == w.shape, name
+        err = ((x - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
+        assert err < tol, (name, err)
+
+
+def test_native_scan_only_where_it_should(calls, monkeypatch):
+    xs = _inputs(2, 5, 4, 3, torch.float32, True)
+    selective_scan(*xs, mode="sequential")
+    with backend.force("torch"):
+        selective_scan(*xs)
+    monkeypatch.setenv("RNNZOO_NATIVE", "0")
+    selective_scan(*xs)
+    assert calls[0] == 0
+    monkeypatch.delenv("RNNZOO_NATIVE")
+    selective_scan(*xs)
+    assert calls[0] == 1
+    monkeypatch.setenv("RNNZOO_BACKEND", "torch")
+    selective_scan(*xs)
+    assert calls[0] == 1
+
+
+def test_use_native_decision():
+    f32, f64 = torch.zeros(2), torch.zeros(2, dtype=torch.float64)
+    assert backend.use_native(f32, None, f32) and backend.use_native(f64)
+    assert not backend.use_native(f32, f64)  # mixed dtypes
+    assert not backend.use_native(f32.half()) and not backend.use_native(f32.bfloat16())
+    assert not backend.use_native(torch.zeros(2, device="meta"))
+    assert not backend.use_native() and not backend.use_native(None)
+    with backend.force("torch"):
+        assert not backend.use_native(f32)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty cache directory and no library loaded yet in this process."""
+    monkeypatch.setattr(native, "_libs", {})
+    monkeypatch.setenv("RNNZOO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def probe(monkeypatch, tmp_path):
+    """A one-function source in place of the kernels' folder: the loader's own behaviour,
+    without the kernels' few seconds of compiling."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "probe.c").write_text("double probe_twice(double x) { return 2 * x; }\n")
+    monkeypatch.setattr(native, "_HERE", src)
+    return src / "probe.c"
+
+
+def test_native_build_cached_and_atomic(fresh, probe, monkeypatch):
+    runs, replaced = [], []
+    real_run, real_replace = native.subprocess.run, native.os.replace
+
+    def run(cmd, *a, **kw):
+        runs.append(cmd)
+        return real_run(cmd, *a, **kw)
+
+    def replace(src, dst):
+        replaced.append((str(src), str(dst)))
+        return real_replace(src, dst)
+    monkeypatch.setattr(native.subprocess, "run", run)
+    monkeypatch.setattr(native.os, "replace", replace)
+    lib = native.load("probe")
+    lib.probe_twice.restype, lib.probe_twice.argtypes = ctypes.c_double, [ctypes.c_double]
+    assert lib.probe_twice(1.5) == 3.0
+    builds = [c for c in runs if "-shared" in c]
+    assert len(builds) == 1
+    # compiled to a temporary file in the cache directory, then moved onto its final name
+    (src, dst), = replaced
+    assert os.path.dirname(src) == os.path.dirname(dst) == str(fresh) and src != dst
+    assert builds[0][builds[0].index("-o") + 1] == src
+    assert os.listdir(fresh) == [os.path.basename(dst)]  # no temporary left behind
+    assert native.load("probe") is lib  # this process: loaded once
+    monkeypatch.setattr(native, "_libs", {})  # a new process: found on disk, not rebuilt
+    assert native.load("probe") is not None
+    assert len([c for c in runs if "-shared" in c]) == 1
+    probe.write_text(probe.read_text() + "int probe_more(void) { return 1; }\n")
+    monkeypatch.setattr(native, "_libs", {})  # a changed source: a new name, built again
+    assert native.load("probe").probe_more() == 1
+    assert len([c for c in runs if "-shared" in c]) == 2 and len(os.listdir(fresh)) == 2
+
+
+def test_native_kernels_build():
+    lib = native.load("selective_scan")
+    assert lib is not None and hasattr(lib, "scan_fwd_f32") and hasattr(lib, "scan_bwd_f64")
+
+
+def test_native_fallback_when_the_compiler_fails(fresh, monkeypatch, calls):
+    monkeypatch.setenv("CC", "false")
+    xs = _inputs(2, 6, 5, 3, torch.float64, True)
+    with pytest.warns(RuntimeWarning, match=r"cannot build selective_scan\.c \(false exited 1"):
+        got = _run(xs, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: no second warning
+        again = _run(xs, False)
+    assert calls[0] == 0 and os.listdir(fresh) == []
+    with backend.force("torch"):
+        want = _run(xs, False)
+    for x, y, w in zip(got, again, want):
+        assert torch.equal(x, w) and torch.equal(y, w)
+
+
+def test_native_fallback_when_no_compiler(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/rnnzoo-cc")
+    with pytest.warns(RuntimeWarning, match="not runnable"):
+        assert native.load("selective_scan") is None
+    assert native.load("selective_scan") is None
