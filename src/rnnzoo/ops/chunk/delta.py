@@ -57,12 +57,13 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops.chunk._common import causal_decay as _causal_decay
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
 from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
-from rnnzoo.ops.chunk._common import state_pass as _state_pass
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
+from rnnzoo.ops.chunk._common import wy_chunks as _wy_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
@@ -171,19 +172,13 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
         A, P = A.tril_(-1), P.tril_()
     else:
         G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
+        decay = _causal_decay(G)                          # e^{G_t - G_s}, s <= t
         eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
         A, P = (A * decay).tril_(-1), P * decay           # e^{G_t - G_s} on s <= t
-    Tinv = _unit_lower_inverse(A)                         # (I + A)^{-1}
-    U0 = Tinv @ (beta[..., None] * v)                     # U = U0 - W S_0
-    W = Tinv @ (kb if eG is None else kb * eG[..., None])
-                                                          # P = Q K^T o D, causal incl. diagonal
-    Qg = q if eG is None else q * eG[..., None]
+    Qg = q if eG is None else q * eG[..., None]           # P = Q K^T o D, causal incl. diagonal
     Kd = k if eG is None else k * eGtail[..., None]
-    S0, U, S = _state_pass(S, U0, W, Kd, None if eGlast is None else eGlast[..., None, None])
-    o = scale * (Qg @ S0 + P @ U)                         # S0: (B, H, N, K, V), U: (B, H, N, C, V)
-    return _from_chunks(o, T), S
+    return _wy_chunks(A, P, beta[..., None] * v, kb if eG is None else kb * eG[..., None], Qg, Kd,
+                      None if eGlast is None else eGlast[..., None, None], S, scale, T)
 
 
 # -- DeltaProduct -------------------------------------------------------------------------------
