@@ -60,6 +60,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay as _causal_decay
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
+from rnnzoo.ops.chunk._common import chunk_scan as _chunk_scan
 from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
@@ -163,18 +164,17 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
     q, k, v = (_to_chunks(t, C) for t in (q, k, v))      # (B, H, N, C, D)
     beta = _to_chunks(beta, C)                            # (B, H, N, C)
     # The (B, H, N, C, C) matrices cost memory passes, not flops: each is made in as few
-    # elementwise passes as the gate allows (ungated: a product and an in-place tril).
+    # elementwise passes as the gate allows (wy_chunks masks A to s < t and P to s <= t).
     kb = beta[..., None] * k
     A = kb @ k.transpose(-1, -2)                          # beta_t k_t.k_s: (B, H, N, C, C)
     P = q @ k.transpose(-1, -2)
     if g is None:
         eG = eGlast = eGtail = None
-        A, P = A.tril_(-1), P.tril_()
     else:
         G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
         decay = _causal_decay(G)                          # e^{G_t - G_s}, s <= t
         eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
-        A, P = (A * decay).tril_(-1), P * decay           # e^{G_t - G_s} on s <= t
+        A, P = A * decay, P * decay                       # e^{G_t - G_s} on s <= t
     Qg = q if eG is None else q * eG[..., None]           # P = Q K^T o D, causal incl. diagonal
     Kd = k if eG is None else k * eGtail[..., None]
     return _wy_chunks(A, P, beta[..., None] * v, kb if eG is None else kb * eG[..., None], Qg, Kd,
@@ -321,25 +321,17 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
     b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
     a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
-    A_ab = (a_out @ b_in.transpose(-1, -2)).tril(-1)
-    A_ak = (a_out @ k_in.transpose(-1, -2)).tril(-1)
-    B_rb = (r_out @ b_in.transpose(-1, -2)).tril()
-    B_rk = (r_out @ k_in.transpose(-1, -2)).tril()
+    bk_in = torch.cat([b_in, k_in], -2).transpose(-1, -2)  # (..., K, 2C): both blocks at once
+    col, row = torch.arange(2 * C, device=r.device) % C, torch.arange(C, device=r.device)[:, None]
+    A_ab, A_ak = (a_out @ bk_in).masked_fill_(col >= row, 0).split(C, -1)  # s < t
+    B_rbk = (r_out @ bk_in).masked_fill_(col > row, 0)  # [B_rb, B_rk], s <= t
     Tinv = _unit_lower_inverse(-A_ab)                     # (I - A_ab)^{-1}
     Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
     Wz = Tinv @ (a * Wprev.exp())
-    r_dec = r * Wc.exp()
     tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
-    b_tail, k_tail = b * tail, k * tail
-    chunk_decay = Wc[..., -1, :].exp()                    # (B, H, N, K)
-
-    states, pseudo = [], []
-    for uz, wz, dec, bt, kt, v_n in zip(Uz.unbind(2), Wz.unbind(2), chunk_decay[..., None].unbind(2),
-                                       b_tail.unbind(2), k_tail.unbind(2), v.unbind(2)):
-        states.append(S)
-        z = uz + wz @ S
-        pseudo.append(z)
-        S = S * dec + bt.transpose(-1, -2) @ z + kt.transpose(-1, -2) @ v_n
-    S0, Z = torch.stack(states, 2), torch.stack(pseudo, 2)
-    o = scale * (r_dec @ S0 + B_rb @ Z + B_rk @ v)
+    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0:
+    # S_C = e^{Wc_C} S_0 + [b; k]_tail^T [Z; V],  O = scale (r~ S_0 + [B_rb, B_rk] [Z; V]).
+    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), torch.cat([-Wz, torch.zeros_like(Wz)], -2),
+                       torch.cat([b, k], -2) * torch.cat([tail, tail], -2),
+                       Wc[..., -1, :, None].exp(), r * Wc.exp(), B_rbk, scale)
     return _from_chunks(o, T), S

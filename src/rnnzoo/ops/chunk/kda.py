@@ -192,9 +192,9 @@ def vector_decay_chunks(q, k, v, g, p, S, scale, C, c):
         # _decayed_scores with one block), and p e^G, q e^G serve the scores and the solve.
         k_f = k * (-G).exp()                                  # <= e^{span}, far from overflow
         kt = k_f.transpose(-1, -2)
-        A, M = (p_in @ kt).tril_(-1), (q_in @ kt).tril_()
+        A, M = p_in @ kt, q_in @ kt                          # wy_chunks reads s < t, s <= t
         k_out = k_f * G_end.exp()                             # k e^{G_C - G}
     else:
         A, M = _decayed_scores((p, q), k, G, c)
-        A, k_out = A.tril(-1), k * (G_end - G).exp()
+        k_out = k * (G_end - G).exp()
     return wy_chunks(A, M, v, p_in, q_in, k_out, G_end.transpose(-1, -2).exp(), S, scale, T)
