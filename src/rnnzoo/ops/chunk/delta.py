@@ -72,10 +72,12 @@ __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "rwkv7", "rwkv7_recurrent", "rwkv7_step"]
 
 _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
-# On a CPU the torch path runs chunks of at most this many steps: its (C, C) matrices cost
-# memory passes, per step proportional to C, and the state pass costs ~K V / C per step;
-# measured (B=16, T=2048, fwd+bwd, 1 thread) 16 beat 8, 32 and 64 at head dims 16 and 32
-# (chunk 64 ran 2-4x slower than 16). The result is the same for any chunk size.
+# On a CPU the torch paths (delta_rule, ops.chunk.kda, ops.erase_delta) run chunks of at
+# most this many steps: their (C, C) matrices cost memory passes, per step proportional to
+# C, and the state pass costs ~K V / C per step; measured (B=16, T=2048, fwd+bwd, 1 thread)
+# 16 beat 8, 32 and 64 at head dims 16 and 32 (chunk 64 ran 2-4x slower than 16), and again
+# after chunk_scan (B=4 and 16: delta 297 / 393 / 492 ms at 16 / 32 / 64, kda 404 / 483 /
+# 650). The result is the same for any chunk size.
 CPU_CHUNK = 16
 
 
