@@ -57,3 +57,32 @@ def test_chunk_scan_only_the_state_used():
         zero = torch.zeros_like(leaf)
         torch.testing.assert_close(zero if a is None else a, zero if b is None else b,
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("V", [2, 6], ids=["solve", "inverse"])  # R = V + K against C = 5
+def test_wy_chunks_equals_autograd_form_and_reads_only_the_causal_parts(V):
+    """wy_chunks (one Function: solve and scan) against the same maths through autograd, on
+    unmasked A and M: only s < t of A and s <= t of M are read, so their other entries get
+    zero gradient, and the values equal those of the masked inputs."""
+    from rnnzoo.ops.chunk._common import from_chunks, wy_chunks
+    g = torch.Generator().manual_seed(3)
+    B, H, N, C, K, T = 2, 2, 3, 5, 3, 13
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    args = [0.3 * r(B, H, N, C, C), r(B, H, N, C, C), r(B, H, N, C, V), 0.3 * r(B, H, N, C, K),
+            r(B, H, N, C, K), 0.3 * r(B, H, N, C, K),
+            torch.rand(B, H, N, K, 1, generator=g, dtype=torch.float64), r(B, H, K, V)]
+    args = [a.requires_grad_() for a in args]
+    A, M, v, w, q_in, k_out, dec, S = args
+    o, S1 = wy_chunks(*args[:7], S, 0.6, T)
+    L = torch.eye(C, dtype=A.dtype) + A.tril(-1)
+    U0, W = torch.linalg.solve_triangular(L, torch.cat([v, w], -1), upper=False).split([V, K], -1)
+    o_ref, S_ref = loop(S, U0, W, k_out, dec, q_in, M.tril(), 0.6)
+    o_ref = from_chunks(o_ref, T)
+    torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S1, S_ref, rtol=1e-12, atol=1e-12)
+    wo, wS = torch.randn_like(o), torch.randn_like(S1)
+    got = torch.autograd.grad((o * wo).sum() + (S1 * wS).sum(), args)
+    want = torch.autograd.grad((o_ref * wo).sum() + (S_ref * wS).sum(), args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert got[0].triu().abs().max() == 0 and got[1].triu(1).abs().max() == 0

@@ -86,9 +86,15 @@ def unit_lower_solve(A, R):
     less than forming the inverse and multiplying (kda's op at B=16, T=2048, C=W=32, 1 thread:
     forward ~20% faster, forward + backward ~10%), for wide R (the delta rule's C=16, W=48)
     it does not."""
+    return _unit_lower_solve(A, R)[0]
+
+
+def _unit_lower_solve(A, R):
+    """unit_lower_solve -> (X, the inverse where it was formed, else None)."""
     if R.shape[-1] > A.shape[-1]:
-        return unit_lower_inverse(A) @ R
-    return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True)
+        Tinv = unit_lower_inverse(A)
+        return Tinv @ R, Tinv
+    return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True), None
 
 
 def causal_decay(G, E=None, diagonal: int = 0):
@@ -209,10 +215,7 @@ class _WY(torch.autograd.Function):
         C, V = A.shape[-1], v.shape[-1]
         strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
         lower = strict + torch.eye(C, dtype=A.dtype, device=A.device)
-        R = torch.cat([v, w], -1)
-        Tinv = unit_lower_inverse(A) if R.shape[-1] > C else None   # see unit_lower_solve
-        X = Tinv @ R if Tinv is not None else \
-            torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True)
+        X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
         U0, W = X.split([V, w.shape[-1]], -1)
         o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
         ctx.save_for_backward(A if Tinv is None else Tinv, X, strict, lower, *saved)
