@@ -72,12 +72,13 @@ __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "rwkv7", "rwkv7_recurrent", "rwkv7_step"]
 
 _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
-# On a CPU the torch paths (delta_rule, ops.chunk.kda, ops.erase_delta) run chunks of at
-# most this many steps: their (C, C) matrices cost memory passes, per step proportional to
+# On a CPU the torch paths (delta_rule, rwkv7, ops.chunk.kda, ops.erase_delta) run chunks of
+# at most this many steps: their (C, C) matrices cost memory passes, per step proportional to
 # C, and the state pass costs ~K V / C per step; measured (B=16, T=2048, fwd+bwd, 1 thread)
 # 16 beat 8, 32 and 64 at head dims 16 and 32 (chunk 64 ran 2-4x slower than 16), and again
 # after chunk_scan (B=4 and 16: delta 297 / 393 / 492 ms at 16 / 32 / 64, kda 404 / 483 /
-# 650). The result is the same for any chunk size.
+# 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
+# for any chunk size.
 CPU_CHUNK = 16
 
 
@@ -295,7 +296,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out_dtype = r.dtype
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
-    C = min(chunk_size, T)
+    C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \
         float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
