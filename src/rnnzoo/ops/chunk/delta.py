@@ -76,7 +76,7 @@ _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float
 # at most this many steps: their (C, C) matrices cost memory passes, per step proportional to
 # C, and the state pass costs ~K V / C per step; measured (B=16, T=2048, fwd+bwd, 1 thread)
 # 16 beat 8, 32 and 64 at head dims 16 and 32 (chunk 64 ran 2-4x slower than 16), and again
-# after chunk_scan (B=4 and 16: delta 297 / 393 / 492 ms at 16 / 32 / 64, kda 404 / 483 /
+# after chunk_scan (B=16: delta 297 / 393 / 492 ms at 16 / 32 / 64, kda 404 / 483 /
 # 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
 # for any chunk size.
 CPU_CHUNK = 16
