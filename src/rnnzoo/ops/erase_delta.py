@@ -40,7 +40,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
-from rnnzoo.ops.chunk.delta import _check, _initial
+from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -95,7 +95,7 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     (B, T, H) with before_decay; scale: default K^-0.5; initial_state: (B, H, K, V) or None
     (zeros). subchunk_size: the sub-chunks of a vector decay's scores. Returns o
     (B, T, H, V) in q's dtype and the final state (B, H, K, V) in float32 (float64 for
-    float64 q).
+    float64 q). On a CPU the chunk is at most ops.chunk.delta's `CPU_CHUNK` steps.
     """
     _check_args(q, k, v, g, p, initial_state, before_decay)
     if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
@@ -110,6 +110,8 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
     out_dtype = q.dtype
     (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
+    if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
+        chunk_size = min(chunk_size, CPU_CHUNK)
     if g.dim() == 3:
         o, S = _scalar_chunks(q.to(dt), k, v, g, p, S, scale, min(chunk_size, T), before_decay)
     else:

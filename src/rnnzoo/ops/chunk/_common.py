@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_delta", "check_linear", "check_mlstm", "check_rwkv7", "from_chunks",
-           "state_pass", "to_chunks", "unit_lower_inverse", "unit_lower_solve", "wy_chunks"]
+__all__ = ["causal_decay", "check_delta", "check_linear", "check_mlstm", "check_rwkv7",
+           "chunk_scan", "from_chunks", "to_chunks", "unit_lower_inverse", "unit_lower_solve", "wy_chunks"]
 
 
 def check_delta(op: str, q: torch.Tensor, named: dict[str, tuple[torch.Tensor | None, tuple]],
@@ -86,9 +86,15 @@ def unit_lower_solve(A, R):
     less than forming the inverse and multiplying (kda's op at B=16, T=2048, C=W=32, 1 thread:
     forward ~20% faster, forward + backward ~10%), for wide R (the delta rule's C=16, W=48)
     it does not."""
+    return _unit_lower_solve(A, R)[0]
+
+
+def _unit_lower_solve(A, R):
+    """unit_lower_solve -> (X, the inverse where it was formed, else None)."""
     if R.shape[-1] > A.shape[-1]:
-        return unit_lower_inverse(A) @ R
-    return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True)
+        Tinv = unit_lower_inverse(A)
+        return Tinv @ R, Tinv
+    return torch.linalg.solve_triangular(A, R, upper=False, unitriangular=True), None
 
 
 def causal_decay(G, E=None, diagonal: int = 0):
@@ -101,24 +107,136 @@ def causal_decay(G, E=None, diagonal: int = 0):
     return (E[..., :, None] - G[..., None, :]).masked_fill(~keep, float("-inf")).exp()
 
 
-def state_pass(S, U0, W, k_out, decay):
-    """The sequential part of a chunked delta rule, S_0 -> S_C chunk after chunk:
+def chunk_scan(S, U0, W, k_out, decay, q_in, M, scale):
+    """The sequential part of a chunked delta rule and its readout, S_0 -> S_C chunk after
+    chunk:
 
-        U_n = U0_n - W_n S_n,     S_{n+1} = decay_n o S_n + k_out_n^T U_n
+        U_n = U0_n - W_n S_n,     S_{n+1} = decay_n o S_n + k_out_n^T U_n,
+        O_n = scale (q_in_n S_n + M_n U_n)
 
-    S: (B, H, K, V) entering the first chunk; U0: (B, H, N, C, V); W, k_out: (B, H, N, C, K);
-    decay: (B, H, N, K, 1), (B, H, N, 1, 1) or None (no decay). Returns (the states entering
-    each chunk (B, H, N, K, V), U (B, H, N, C, V), the final state). The chunks are unbound,
-    not indexed, so that the backward pass stacks their gradients once."""
-    decays = [None] * U0.shape[2] if decay is None else decay.unbind(2)
+    S: (B, H, K, V) entering the first chunk; U0: (B, H, N, R, V); W, k_out: (B, H, N, R, K);
+    q_in: (B, H, N, C, K); M: (B, H, N, C, R) (R = C for the delta rules; RWKV-7 stacks its
+    rank-one and value parts, R = 2C); decay: (B, H, N, K, 1), (B, H, N, 1, 1) or None (no
+    decay); scale a number. Returns (O (B, H, N, C, V), the final state).
+
+    An autograd Function: the loop runs without a graph (three ops a chunk), and the
+    backward pass runs its own reverse loop over the chunks,
+
+        dU_n = scale M_n^T dO_n + k_out_n dS_{n+1},
+        dS_n = scale q_in_n^T dO_n + decay_n o dS_{n+1} - W_n^T dU_n,
+
+    then every other gradient (dW = -dU S^T, dk_out = U dS_{n+1}^T, ...) as one batched
+    product over all chunks, instead of the ~15 recorded ops a chunk autograd replays."""
+    return _ChunkScan.apply(S, U0, W, k_out, decay, q_in, M, scale)
+
+
+def _flat(x):
+    """(B, H, N, ...) -> (B H, N, ...), a view where the layout allows."""
+    return None if x is None else x.flatten(0, 1)
+
+
+def _scan_forward(S, U0, W, k_out, decay, q_in, M, scale):
+    """chunk_scan's forward without a graph -> (O, final S, what its backward reads)."""
+    B, H, N, R, V = U0.shape
+    K, C = W.shape[-1], q_in.shape[-2]
+    S = S.reshape(B * H, K, V)
+    U0f, Wf, kT = _flat(U0), _flat(W), _flat(k_out).transpose(-1, -2)
+    dec = _flat(decay)
     states, pseudo = [], []
-    for u0_n, w_n, kd_n, dec_n in zip(U0.unbind(2), W.unbind(2), k_out.unbind(2), decays):
+    for n in range(N):
         states.append(S)
-        u = u0_n - w_n @ S
+        u = torch.baddbmm(U0f[:, n], Wf[:, n], S, alpha=-1)
         pseudo.append(u)
-        S = S if dec_n is None else S * dec_n
-        S = S + kd_n.transpose(-1, -2) @ u
-    return torch.stack(states, 2), torch.stack(pseudo, 2), S
+        S = torch.baddbmm(S if dec is None else S * dec[:, n], kT[:, n], u)
+    states, U = torch.stack(states, 1), torch.stack(pseudo, 1)   # (B H, N, K|R, V)
+    o = torch.baddbmm(_flat(M).reshape(-1, C, R) @ U.view(-1, R, V),
+                      _flat(q_in).reshape(-1, C, K), states.view(-1, K, V))
+    if scale != 1:
+        o.mul_(scale)
+    return o.view(B, H, N, C, V), S.view(B, H, K, V), (states, U, W, k_out, decay, q_in, M)
+
+
+def _scan_backward(saved, scale, dO, dS_final, need):
+    """chunk_scan's gradients (dS, dU0, dW, dk_out, ddecay, dq_in, dM; None where `need`,
+    the seven flags, is False; dU0 always)."""
+    states, U, W, k_out, decay, q_in, M = saved
+    B, H, N, R, K = W.shape
+    V, C = U.shape[-1], q_in.shape[-2]
+    dO = (dO * scale if scale != 1 else dO).reshape(B * H * N, C, V).contiguous()
+    Mf, qf = _flat(M).reshape(-1, C, R), _flat(q_in).reshape(-1, C, K)
+    Uf, Sf = U.view(-1, R, V), states.view(-1, K, V)
+    dM = (dO @ Uf.transpose(-1, -2)).view(M.shape) if need[6] else None
+    dq = (dO @ Sf.transpose(-1, -2)).view(q_in.shape) if need[5] else None
+    dU = (Mf.transpose(-1, -2) @ dO).view(B * H, N, R, V)
+    dstates = (qf.transpose(-1, -2) @ dO).view(B * H, N, K, V)
+    kf, Wt, dec = _flat(k_out), _flat(W).transpose(-1, -2), _flat(decay)
+    dS = torch.zeros_like(states[:, 0]) if dS_final is None else dS_final.reshape(B * H, K, V)
+    later, dUs = [None] * N, [None] * N        # dS_{n+1}, the total dU_n
+    for n in range(N - 1, -1, -1):
+        later[n] = dS
+        du = torch.baddbmm(dU[:, n], kf[:, n], dS)
+        dUs[n] = du
+        dS_new = torch.baddbmm(dstates[:, n], Wt[:, n], du, alpha=-1)
+        dS = dS_new.add_(dS if dec is None else dec[:, n] * dS)
+    dU = torch.stack(dUs, 1).view(-1, R, V)
+    later = torch.stack(later, 1).view(-1, K, V)
+    dW = (dU @ Sf.transpose(-1, -2)).neg_().view(W.shape) if need[2] else None
+    dk = (Uf @ later.transpose(-1, -2)).view(k_out.shape) if need[3] else None
+    ddec = None
+    if decay is not None and need[4]:
+        ddec = (Sf * later).view(B, H, N, K, V).sum(-1, keepdim=True)
+        if decay.shape[-2] == 1:
+            ddec = ddec.sum(-2, keepdim=True)
+    dS0 = dS.view(B, H, K, V) if need[0] else None
+    return dS0, dU.view(B, H, N, R, V), dW, dk, ddec, dq, dM
+
+
+class _ChunkScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, S, U0, W, k_out, decay, q_in, M, scale):
+        o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M, scale)
+        ctx.save_for_backward(*saved)
+        ctx.scale = scale
+        return o, S
+
+    @staticmethod
+    def backward(ctx, dO, dS_final):
+        return *_scan_backward(ctx.saved_tensors, ctx.scale, dO, dS_final,
+                               ctx.needs_input_grad), None
+
+
+class _WY(torch.autograd.Function):
+    """wy_chunks' solve and scan with one backward: the solve's gradient is the transposed
+    solve, dR = (I + A)^{-T} dX and dA = -dR X^T on s < t; the masks of A (s < t) and M
+    (s <= t) are applied here, once, as products with a float mask (no tril copies)."""
+
+    @staticmethod
+    def forward(ctx, A, M, v, w, q_in, k_out, decay, S, scale):
+        C, V = A.shape[-1], v.shape[-1]
+        strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
+        lower = strict + torch.eye(C, dtype=A.dtype, device=A.device)
+        X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
+        U0, W = X.split([V, w.shape[-1]], -1)
+        o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
+        ctx.save_for_backward(A if Tinv is None else Tinv, X, strict, lower, *saved)
+        ctx.scale, ctx.inverse, ctx.V = scale, Tinv is not None, V
+        return o, S
+
+    @staticmethod
+    def backward(ctx, dO, dS_final):
+        A, X, strict, lower, *saved = ctx.saved_tensors
+        need = ctx.needs_input_grad    # A, M, v, w, q_in, k_out, decay, S
+        dS0, dU0, dW, dk, ddec, dq, dM = _scan_backward(
+            saved, ctx.scale, dO, dS_final, (need[7], True, True, need[5], need[6], need[4], need[1]))
+        dX = torch.cat([dU0, dW], -1)
+        if ctx.inverse:
+            dR = A.transpose(-1, -2) @ dX
+        else:
+            dR = torch.linalg.solve_triangular(A.transpose(-1, -2), dX, upper=True,
+                                               unitriangular=True)
+        dA = (dR @ X.transpose(-1, -2)).mul_(-strict) if need[0] else None
+        dv, dw = dR.split([ctx.V, dR.shape[-1] - ctx.V], -1)
+        return dA, None if dM is None else dM.mul_(lower), dv, dw, dq, dk, ddec, dS0, None
 
 
 def to_chunks(x, C):
@@ -145,12 +263,12 @@ def wy_chunks(A, M, v, w, q_in, k_out, chunk_decay, S, scale, T):
 
         (I + A) U = v - w S_0,     O = scale (q_in S_0 + M U),     S_C = chunk_decay o S_0 + k_out^T U
 
-    A: strictly lower (..., C, C); M: lower (..., C, C); v: (..., C, V); w, q_in, k_out:
-    (..., C, K); chunk_decay: (..., K, 1) or (..., 1, 1); S: (B, H, K, V) the state entering
-    the first chunk. The intra-chunk work is done for all chunks at once; only the state
-    pass (two small products a chunk) loops. Returns (o (B, T, H, V), final state)."""
-    V = v.shape[-1]
-    U0, W = unit_lower_solve(A, torch.cat([v, w], -1)).split([V, w.shape[-1]], -1)
-    states, U, S = state_pass(S, U0, W, k_out, chunk_decay)     # U = U0 - W S_0
-    o = scale * (q_in @ states + M @ U)
+    A (..., C, C): only its strictly lower part is read (s < t); M (..., C, C): only its
+    lower part (s <= t), so callers need not mask them; v: (..., C, V); w, q_in, k_out:
+    (..., C, K); chunk_decay: (..., K, 1), (..., 1, 1) or None; S: (B, H, K, V) the state
+    entering the first chunk. The intra-chunk work is done for all chunks at once; only the
+    state pass (`chunk_scan`'s loop) runs chunk by chunk. One autograd Function (`_WY`) with
+    the solve (as `unit_lower_solve` chooses: a triangular solve, or the inverse for R wider
+    than C) and the scan. Returns (o (B, T, H, V), final state)."""
+    o, S = _WY.apply(A, M, v, w, q_in, k_out, chunk_decay, S, scale)
     return from_chunks(o, T), S

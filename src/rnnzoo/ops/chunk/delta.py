@@ -57,12 +57,14 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops.chunk._common import causal_decay as _causal_decay
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
+from rnnzoo.ops.chunk._common import chunk_scan as _chunk_scan
 from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
-from rnnzoo.ops.chunk._common import state_pass as _state_pass
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
+from rnnzoo.ops.chunk._common import wy_chunks as _wy_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
@@ -70,10 +72,13 @@ __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "rwkv7", "rwkv7_recurrent", "rwkv7_step"]
 
 _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float32's range
-# On a CPU the torch path runs chunks of at most this many steps: its (C, C) matrices cost
-# memory passes, per step proportional to C, and the state pass costs ~K V / C per step;
-# measured (B=16, T=2048, fwd+bwd, 1 thread) 16 beat 8, 32 and 64 at head dims 16 and 32
-# (chunk 64 ran 2-4x slower than 16). The result is the same for any chunk size.
+# On a CPU the torch paths (delta_rule, rwkv7, ops.chunk.kda, ops.erase_delta) run chunks of
+# at most this many steps: their (C, C) matrices cost memory passes, per step proportional to
+# C, and the state pass costs ~K V / C per step; measured (B=16, T=2048, fwd+bwd, 1 thread)
+# 16 beat 8, 32 and 64 at head dims 16 and 32 (chunk 64 ran 2-4x slower than 16), and again
+# after chunk_scan (B=16: delta 297 / 393 / 492 ms at 16 / 32 / 64, kda 404 / 483 /
+# 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
+# for any chunk size.
 CPU_CHUNK = 16
 
 
@@ -162,28 +167,21 @@ def _delta_chunks(q, k, v, beta, g, S, scale, C):
     q, k, v = (_to_chunks(t, C) for t in (q, k, v))      # (B, H, N, C, D)
     beta = _to_chunks(beta, C)                            # (B, H, N, C)
     # The (B, H, N, C, C) matrices cost memory passes, not flops: each is made in as few
-    # elementwise passes as the gate allows (ungated: a product and an in-place tril).
+    # elementwise passes as the gate allows (wy_chunks masks A to s < t and P to s <= t).
     kb = beta[..., None] * k
     A = kb @ k.transpose(-1, -2)                          # beta_t k_t.k_s: (B, H, N, C, C)
     P = q @ k.transpose(-1, -2)
     if g is None:
         eG = eGlast = eGtail = None
-        A, P = A.tril_(-1), P.tril_()
     else:
         G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        decay = (G[..., :, None] - G[..., None, :]).masked_fill_(~causal, float("-inf")).exp_()
+        decay = _causal_decay(G)                          # e^{G_t - G_s}, s <= t
         eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
-        A, P = (A * decay).tril_(-1), P * decay           # e^{G_t - G_s} on s <= t
-    Tinv = _unit_lower_inverse(A)                         # (I + A)^{-1}
-    U0 = Tinv @ (beta[..., None] * v)                     # U = U0 - W S_0
-    W = Tinv @ (kb if eG is None else kb * eG[..., None])
-                                                          # P = Q K^T o D, causal incl. diagonal
-    Qg = q if eG is None else q * eG[..., None]
+        A, P = A * decay, P * decay                       # e^{G_t - G_s} on s <= t
+    Qg = q if eG is None else q * eG[..., None]           # P = Q K^T o D, causal incl. diagonal
     Kd = k if eG is None else k * eGtail[..., None]
-    S0, U, S = _state_pass(S, U0, W, Kd, None if eGlast is None else eGlast[..., None, None])
-    o = scale * (Qg @ S0 + P @ U)                         # S0: (B, H, N, K, V), U: (B, H, N, C, V)
-    return _from_chunks(o, T), S
+    return _wy_chunks(A, P, beta[..., None] * v, kb if eG is None else kb * eG[..., None], Qg, Kd,
+                      None if eGlast is None else eGlast[..., None, None], S, scale, T)
 
 
 # -- DeltaProduct -------------------------------------------------------------------------------
@@ -298,7 +296,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out_dtype = r.dtype
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
-    C = min(chunk_size, T)
+    C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \
         float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
@@ -326,25 +324,17 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
     b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
     a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
-    A_ab = (a_out @ b_in.transpose(-1, -2)).tril(-1)
-    A_ak = (a_out @ k_in.transpose(-1, -2)).tril(-1)
-    B_rb = (r_out @ b_in.transpose(-1, -2)).tril()
-    B_rk = (r_out @ k_in.transpose(-1, -2)).tril()
+    bk_in = torch.cat([b_in, k_in], -2).transpose(-1, -2)  # (..., K, 2C): both blocks at once
+    col, row = torch.arange(2 * C, device=r.device) % C, torch.arange(C, device=r.device)[:, None]
+    A_ab, A_ak = (a_out @ bk_in).masked_fill_(col >= row, 0).split(C, -1)  # s < t
+    B_rbk = (r_out @ bk_in).masked_fill_(col > row, 0)  # [B_rb, B_rk], s <= t
     Tinv = _unit_lower_inverse(-A_ab)                     # (I - A_ab)^{-1}
     Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
     Wz = Tinv @ (a * Wprev.exp())
-    r_dec = r * Wc.exp()
     tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
-    b_tail, k_tail = b * tail, k * tail
-    chunk_decay = Wc[..., -1, :].exp()                    # (B, H, N, K)
-
-    states, pseudo = [], []
-    for uz, wz, dec, bt, kt, v_n in zip(Uz.unbind(2), Wz.unbind(2), chunk_decay[..., None].unbind(2),
-                                       b_tail.unbind(2), k_tail.unbind(2), v.unbind(2)):
-        states.append(S)
-        z = uz + wz @ S
-        pseudo.append(z)
-        S = S * dec + bt.transpose(-1, -2) @ z + kt.transpose(-1, -2) @ v_n
-    S0, Z = torch.stack(states, 2), torch.stack(pseudo, 2)
-    o = scale * (r_dec @ S0 + B_rb @ Z + B_rk @ v)
+    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0:
+    # S_C = e^{Wc_C} S_0 + [b; k]_tail^T [Z; V],  O = scale (r~ S_0 + [B_rb, B_rk] [Z; V]).
+    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), torch.cat([-Wz, torch.zeros_like(Wz)], -2),
+                       torch.cat([b, k], -2) * torch.cat([tail, tail], -2),
+                       Wc[..., -1, :, None].exp(), r * Wc.exp(), B_rbk, scale)
     return _from_chunks(o, T), S

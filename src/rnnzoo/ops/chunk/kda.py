@@ -47,7 +47,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
-from rnnzoo.ops.chunk.delta import _check, _householder_update, _initial
+from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _householder_update, _initial
 from rnnzoo.ops.chunk.linear import _factorise_limit
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -90,7 +90,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H, K) log-decay (<= 0) per key channel;
     beta: (B, T, H) (any real; (0, 2) for negative eigenvalues); scale: default K^-0.5;
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
-    final state (B, H, K, V) in float32 (float64 for float64 q).
+    final state (B, H, K, V) in float32 (float64 for float64 q). On a CPU the chunk is at
+    most ops.chunk.delta's `CPU_CHUNK` steps (the result is the same for any chunk size).
     """
     _check_kda(q, k, v, g, beta, initial_state)
     positive_int("kda: chunk_size", chunk_size)
@@ -108,6 +109,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
 
     (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     c = subchunk_size
+    if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
+        chunk_size = min(chunk_size, CPU_CHUNK)
     C = min(chunk_size, -(-T // c) * c)                 # whole sub-chunks when T is short
     if C % c:
         c = C
@@ -192,9 +195,9 @@ def vector_decay_chunks(q, k, v, g, p, S, scale, C, c):
         # _decayed_scores with one block), and p e^G, q e^G serve the scores and the solve.
         k_f = k * (-G).exp()                                  # <= e^{span}, far from overflow
         kt = k_f.transpose(-1, -2)
-        A, M = (p_in @ kt).tril_(-1), (q_in @ kt).tril_()
+        A, M = p_in @ kt, q_in @ kt                          # wy_chunks reads s < t, s <= t
         k_out = k_f * G_end.exp()                             # k e^{G_C - G}
     else:
         A, M = _decayed_scores((p, q), k, G, c)
-        A, k_out = A.tril(-1), k * (G_end - G).exp()
+        k_out = k * (G_end - G).exp()
     return wy_chunks(A, M, v, p_in, q_in, k_out, G_end.transpose(-1, -2).exp(), S, scale, T)
