@@ -34,9 +34,9 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
 from rnnzoo.registry import register
 
@@ -90,7 +90,7 @@ class Mamba2(RecurrentLayer):
         return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
 
     def _project(self, x, conv_state, dtype):
-        """The op's inputs q = C, k = B (B, T, H, d_state), v = dt x (B, T, H, head_dim), the
+        """The op's inputs q = C, k = B (B, T, n_groups, d_state), v = dt x (B, T, H, head_dim), the
         log-decay dt A (B, T, H) in `dtype`; the skip input xs (B, T, H, head_dim), the gate z
         (B, T, d_inner) and the new conv state."""
         Bsz, T, _ = x.shape
@@ -103,10 +103,12 @@ class Mamba2(RecurrentLayer):
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
         log_decay = -dt * self.A_log.to(dtype).exp()
-        q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
-                for t in (Cm, Bm))
         v = xs.to(dtype) * dt[..., None]
-        return q, k, v, log_decay, xs, z, conv_state
+        return Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state
+
+    def _heads(self, t):
+        """A group's (B, T, G, d_state) input repeated to its heads: (B, T, H, d_state)."""
+        return t.repeat_interleave(self.num_heads // self.n_groups, 2)
 
     def _output(self, y, xs, z, x):
         """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
@@ -128,7 +130,7 @@ class Mamba2(RecurrentLayer):
         sdt = state_dtype(x.dtype)
         q, k, v, g, _, _, _ = self._project(x, self.conv.init_state(x.shape[0], x.device, sdt),
                                             sdt)
-        return q, k, v, g, 1.0
+        return self._heads(q), self._heads(k), v, g, 1.0
 
     def lion_output(self, o, x):
         """The read-out of o (B, T, H, head_dim): it needs the skip input and the gate of the
@@ -143,9 +145,11 @@ class Mamba2(RecurrentLayer):
         q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, S.dtype)
         kw = dict(scale=1.0, initial_state=S)
         if mode == "chunk":
-            y, S = gated_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
+            y, S = ssd(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
         elif mode == "parallel":
-            y, S = gated_linear_attention_parallel(q, k, v, log_decay, **kw)
+            y, S = gated_linear_attention_parallel(self._heads(q), self._heads(k), v, log_decay,
+                                                   **kw)
         else:
-            y, S = gated_linear_attention_recurrent(q, k, v, log_decay, **kw)
+            y, S = gated_linear_attention_recurrent(self._heads(q), self._heads(k), v, log_decay,
+                                                    **kw)
         return self._output(y, xs, z, x), (S, conv_state)

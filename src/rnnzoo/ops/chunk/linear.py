@@ -53,7 +53,7 @@ from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
-    "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent",
+    "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent", "ssd",
 ]
 
 
@@ -154,6 +154,108 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     return A.reshape(*lead, C, C)
 
 
+
+# -- scalar decay: one autograd Function --------------------------------------------------------
+def _grouped_chunks(x, C, G):
+    """(B, T, H, *D) -> (B, G, H / G, N, C, *D) (heads grouped), zero-padded to N * C steps."""
+    x = _chunks(x, C)
+    return x.view(x.shape[0], G, x.shape[1] // G, *x.shape[2:])
+
+
+def _unchunk(x, T):
+    """(B, G, R, N, C, *D) -> (B, T, G R, *D), the inverse of `_grouped_chunks`."""
+    B, G, R, N, C = x.shape[:5]
+    x = x.reshape(B, G * R, N * C, *x.shape[5:]).transpose(1, 2)
+    return x[:, :T]
+
+
+def _scalar_decay_matrix(G, strict=False):
+    """D_ij = exp(G_i - G_j) for j <= i (j < i if strict), 0 above: G (..., C) -> (..., C, C),
+    masked in log space before exp (no overflow above the diagonal)."""
+    C = G.shape[-1]
+    keep = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1 if strict else 0)
+    return (G[..., :, None] - G[..., None, :]).masked_fill_(~keep, float("-inf")).exp_()
+
+
+class _ScalarChunk(torch.autograd.Function):
+    """Chunkwise scalar-decay linear attention (SSD, retention) with keys and queries shared
+    by the R = H / G heads of a group; the backward recomputes the (C, C) intra-chunk
+    matrices instead of storing them. Per chunk, head h of group g (G_h: cumulative log-decay
+    from the chunk start, w = exp(G_end - G), D_h = exp(G_i - G_j) masked, P = q k^T):
+
+        o_h = (P * D_h) v_h + diag(e^{G_h}) q S_h,    S'_h = e^{G_end} S_h + k^T diag(w_h) v_h
+
+    Gradients (do_h, dS' given; dS_h from the reverse pass over chunks):
+        dA_h = do_h v_h^T,  dP = sum_h dA_h * D_h,  dv_h = (P * D_h)^T do_h + w_h * (k dS'_h)
+        dq = dP k + sum_h diag(e^{G_h}) do_h S_h^T,  dk = dP^T q + sum_h diag(w_h) v_h dS'_h^T
+        dG_h = rowsum(M) - colsum(M) + (e^{G_h} do_h * q S_h) 1 - w_h (v_h * k dS'_h) 1
+               (+ the end terms at the last row), M = dA_h * A_h; dg = reverse cumsum of dG.
+    Inputs: q, k (B, G, 1, N, C, K), v (B, G, R, N, C, V), g (B, G, R, N, C), S0 (B, G, R, K, V).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, S0):
+        Gc = g.cumsum(-1)
+        G_end = Gc[..., -1]  # (B, G, R, N)
+        A = _scalar_decay_matrix(Gc).mul_(q @ k.transpose(-1, -2))
+        o = A @ v
+        del A
+        w = (G_end[..., None] - Gc).exp()
+        updates = k.transpose(-1, -2) @ (v * w[..., None])  # (B, G, R, N, K, V)
+        decay = G_end.exp()
+        starts = torch.empty_like(updates)
+        S = S0
+        for n in range(updates.shape[3]):
+            starts[:, :, :, n] = S
+            S = decay[:, :, :, n, None, None] * S + updates[:, :, :, n]
+        o += Gc.exp()[..., None] * (q @ starts)
+        ctx.save_for_backward(q, k, v, Gc, starts)
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS_last):
+        q, k, v, Gc, starts = ctx.saved_tensors
+        G_end = Gc[..., -1]
+        decay, eG, w = G_end.exp(), Gc.exp(), (G_end[..., None] - Gc).exp()
+        do_e = do * eG[..., None]  # e^{G} do: the state read's output gradient
+        X = q.transpose(-1, -2) @ do_e  # (B, G, R, N, K, V)
+        dSe = torch.empty_like(starts)  # gradient of each chunk's end state
+        dS = torch.zeros_like(starts[:, :, :, 0]) if dS_last is None else dS_last
+        for n in reversed(range(starts.shape[3])):
+            dSe[:, :, :, n] = dS
+            dS = decay[:, :, :, n, None, None] * dS + X[:, :, :, n]
+        D = _scalar_decay_matrix(Gc)
+        P = q @ k.transpose(-1, -2)
+        dA = do @ v.transpose(-1, -2)
+        kdS = k @ dSe  # (B, G, R, N, C, V)
+        dv = (D * P).transpose(-1, -2) @ do + w[..., None] * kdS
+        dAD = dA.mul_(D)
+        del D
+        dP = dAD.sum(2, keepdim=True) if dAD.shape[2] > 1 else dAD
+        Y = do_e @ starts.transpose(-1, -2)  # (B, G, R, N, C, K): the state read's dq per head
+        dq = dP @ k + Y.sum(2, keepdim=True)
+        dk = dP.transpose(-1, -2) @ q + ((v * w[..., None]) @ dSe.transpose(-1, -2)).sum(
+            2, keepdim=True)
+        dg = None
+        if ctx.needs_input_grad[3]:
+            M = dAD.mul_(P)  # dA * D * P = dA * A (dP is done with dAD)
+            dG = M.sum(-1) - M.sum(-2) + (Y * q).sum(-1)
+            wdw = w * (v * kdS).sum(-1)
+            dG -= wdw
+            dG[..., -1] += wdw.sum(-1) + decay * (dSe * starts).sum((-1, -2))
+            dg = dG.flip(-1).cumsum(-1).flip(-1)
+        return dq, dk, dv, dg, dS
+
+
+def _scalar_chunkwise(q, k, v, g, S, C):
+    """The scalar-decay chunkwise form on prepared inputs: q, k (B, T, G, K) shared by the
+    heads of each group, v (B, T, H, V), g (B, T, H), S (B, H, K, V) -> (o (B, T, H, V), S_T)."""
+    B, T, G, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    qc, kc, vc, gc = (_grouped_chunks(t, C, G) for t in (q, k, v, g))
+    o, S = _ScalarChunk.apply(qc, kc, vc, gc, S.view(B, G, H // G, K, V))
+    return _unchunk(o, T), S.reshape(B, H, K, V)
+
 def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state=None,
                            bonus=None, chunk_size: int = 64, subchunk_size: int = 16):
     """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
@@ -180,6 +282,9 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
     vector = g.dim() == 4
     C = min(chunk_size, T)
+    if not vector and bonus is None:
+        o, S = _scalar_chunkwise(q, k, v, g, S, C)
+        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
     qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
     G = gc.cumsum(3)  # log-decay from the chunk start, inclusive
     Gq = G - gc if bonus is not None else G  # with a bonus, q reads the state before the decay
@@ -206,6 +311,39 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         S = decay_n * S + update_n
     o = o + q_inter @ torch.stack(starts, 2)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64):
+    """Chunkwise scalar-decay linear attention with q and k shared by groups of heads (Mamba-2's
+    SSD with n_groups, C = q, B = k): q, k (B, T, G, K), v (B, T, H, V) with H a multiple of G
+    (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V).
+    -> (o (B, T, H, V), S_T). Equal to `gated_linear_attention` on q, k repeated to the heads;
+    the score product q k^T and its gradients are computed once per group.
+    """
+    B, T, G, K = q.shape
+    if v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % G or k.shape != q.shape:
+        raise ValueError(f"ssd: q, k must be (B, T, G, K) and v (B, T, H, V) with H a multiple "
+                         f"of G; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    H, V = v.shape[2:]
+    if log_decay.shape != (B, T, H):
+        raise ValueError(f"ssd: log_decay must be (B, T, H) = {(B, T, H)}, "
+                         f"got {tuple(log_decay.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(f"ssd: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
+                         f"got {tuple(initial_state.shape)}")
+    heads = lambda t: t.repeat_interleave(H // G, 2)  # noqa: E731
+    positive_int("chunk_size", chunk_size)
+    if sequence_parallel.active() or (q.dtype != torch.float64 and backend.use_triton(
+            q, k, v, log_decay, initial_state)):
+        return gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
+                                      initial_state=initial_state, chunk_size=chunk_size)
+    out_dtype = q.dtype
+    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
+    S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
+          if initial_state is None else initial_state)
+    q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
+    o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
