@@ -90,13 +90,15 @@ def gated_linear_attention_recurrent(q, k, v, log_decay=None, *, scale=None, ini
 
 
 def _chunks(x, C):
-    """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps."""
+    """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps; contiguous
+    (one copy here, not one in each matrix product that reads it, forward and backward)."""
     B, T = x.shape[:2]
     pad = -T % C
     if pad:
         x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], 1)
     x = x.view(B, (T + pad) // C, C, *x.shape[2:])
-    return x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() == 5 else x.permute(0, 3, 1, 2)
+    x = x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() == 5 else x.permute(0, 3, 1, 2)
+    return x.contiguous()
 
 
 def _masked_exp(log_w, mask):
@@ -215,6 +217,7 @@ class _ScalarChunk(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dS_last):
         q, k, v, Gc, starts = ctx.saved_tensors
+        do = do.contiguous()
         G_end = Gc[..., -1]
         decay, eG, w = G_end.exp(), Gc.exp(), (G_end[..., None] - Gc).exp()
         do_e = do * eG[..., None]  # e^{G} do: the state read's output gradient
@@ -429,17 +432,19 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     W = (F[..., :, None] - F[..., None, :] + ic[..., None, :]).masked_fill(~mask, float("-inf"))
     W_end = W[..., -1, :]  # (B, H, N, L): log weight of each token in the chunk-end state
-    m_end_local = W_end.max(-1).values
-    kv_end = kc.transpose(-1, -2)  # (B, H, N, K, L)
+    m_local = W_end.max(-1).values  # (B, H, N)
+    # each chunk's own contribution to its end state, stabilised by its own max m_local (all
+    # chunks in one product); the loop rescales it by exp(m_local - m_new) <= 1
+    k_end = kc * (W_end - m_local[..., None]).exp()[..., None]  # (B, H, N, L, K)
+    updates, n_updates = k_end.transpose(-1, -2) @ vc, k_end.sum(-2)
     starts = []  # unbind, not [:, :, c]: its backward is one stack, not N zero-filled copies
-    per_chunk = (t.unbind(2) for t in (F[..., -1], m_end_local, W_end, kv_end, kc, vc))
-    for F_end, m_local, w_end, k_t, k_c, v_c in zip(*per_chunk):
+    per_chunk = (t.unbind(2) for t in (F[..., -1], m_local, updates, n_updates))
+    for F_end, m_loc, update, n_update in zip(*per_chunk):
         starts.append((Cs, ns, ms))
-        m_new = torch.maximum(F_end + ms, m_local)
-        w = (w_end - m_new[..., None]).exp()  # (B, H, L)
-        decay = (F_end + ms - m_new).exp()
-        Cs = decay[..., None, None] * Cs + (k_t * w[:, :, None, :]) @ v_c
-        ns = decay[..., None] * ns + (k_c * w[..., None]).sum(-2)
+        m_new = torch.maximum(F_end + ms, m_loc)
+        decay, scale = (F_end + ms - m_new).exp(), (m_loc - m_new).exp()
+        Cs = decay[..., None, None] * Cs + scale[..., None, None] * update
+        ns = decay[..., None] * ns + scale[..., None] * n_update
         ms = m_new
     C0, n0, m0 = (torch.stack(s, 2) for s in zip(*starts))  # (B, H, N, ...)
     inter_log = F + m0[..., None]  # (B, H, N, L)
