@@ -158,17 +158,10 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
 
 
 # -- scalar decay: one autograd Function --------------------------------------------------------
-def _grouped_chunks(x, C, G):
-    """(B, T, H, *D) -> (B, G, H / G, N, C, *D) (heads grouped), zero-padded to N * C steps."""
-    x = _chunks(x, C)
-    return x.view(x.shape[0], G, x.shape[1] // G, *x.shape[2:])
-
-
-def _unchunk(x, T):
-    """(B, G, R, N, C, *D) -> (B, T, G R, *D), the inverse of `_grouped_chunks`."""
-    B, G, R, N, C = x.shape[:5]
-    x = x.reshape(B, G * R, N * C, *x.shape[5:]).transpose(1, 2)
-    return x[:, :T]
+def _pad_time(x, C):
+    """x (B, T, ...) zero-padded at the end to a multiple of C steps."""
+    pad = -x.shape[1] % C
+    return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
 
 
 def _scalar_decay_matrix(G, strict=False):
@@ -180,74 +173,93 @@ def _scalar_decay_matrix(G, strict=False):
 
 
 class _ScalarChunk(torch.autograd.Function):
-    """Chunkwise scalar-decay linear attention (SSD, retention) with keys and queries shared
-    by the R = H / G heads of a group; the backward recomputes the (C, C) intra-chunk
-    matrices instead of storing them. Per chunk, head h of group g (G_h: cumulative log-decay
-    from the chunk start, w = exp(G_end - G), D_h = exp(G_i - G_j) masked, P = q k^T):
+    """Chunkwise scalar-decay linear attention (SSD, retention, none) with q and k shared by
+    the R heads of each of G groups; the backward recomputes the (C, C) matrices instead of
+    storing them. Per chunk, head h (G_h: log-decay summed from the chunk start, inclusive;
+    w_h = exp(G_h,end - G_h); D_h = exp(G_h,i - G_h,j) for j <= i; P = q k^T, once per group):
 
-        o_h = (P * D_h) v_h + diag(e^{G_h}) q S_h,    S'_h = e^{G_end} S_h + k^T diag(w_h) v_h
+        o_h = (P * D_h) v_h + diag(e^{G_h}) q S_h,    S'_h = e^{G_h,end} S_h + k^T diag(w_h) v_h
 
-    Gradients (do_h, dS' given; dS_h from the reverse pass over chunks):
-        dA_h = do_h v_h^T,  dP = sum_h dA_h * D_h,  dv_h = (P * D_h)^T do_h + w_h * (k dS'_h)
-        dq = dP k + sum_h diag(e^{G_h}) do_h S_h^T,  dk = dP^T q + sum_h diag(w_h) v_h dS'_h^T
-        dG_h = rowsum(M) - colsum(M) + (e^{G_h} do_h * q S_h) 1 - w_h (v_h * k dS'_h) 1
-               (+ the end terms at the last row), M = dA_h * A_h; dg = reverse cumsum of dG.
-    Inputs: q, k (B, G, 1, N, C, K), v (B, G, R, N, C, V), g (B, G, R, N, C), S0 (B, G, R, K, V).
+    and, with do_h and dS'_h (the end state's gradient, from a reverse pass over chunks),
+        dv_h = (P * D_h)^T do_h + diag(w_h) k dS'_h,     dP = sum_h (do_h v_h^T) * D_h
+        dq = dP k + sum_h diag(e^{G_h}) do_h S_h^T,      dk = dP^T q + sum_h diag(w_h) v_h dS'_h^T
+        dG_h = M 1 - M^T 1 + rows of (e^{G_h} do_h * q S_h) - w_h * rows of (v_h * k dS'_h)
+               (+ the end-of-chunk terms), M = (do_h v_h^T) * P * D_h;  dg = reverse cumsum.
+    The sums over heads are single products: per-head tensors keep the token layout
+    (..., C, R, V), so q S for all heads is one (C, K) x (K, R V) product.
+    Shapes: q, k (B, G, N, C, K); v (B, G, N, C, R, V); g (B, G, R, N, C); S0 (B, G, R, K, V).
+    -> o (B, G, N, C, R, V), S_T (B, G, R, K, V).
     """
 
     @staticmethod
     def forward(ctx, q, k, v, g, S0):
+        B, G, N, C, R, V = v.shape
+        K = q.shape[-1]
         Gc = g.cumsum(-1)
         G_end = Gc[..., -1]  # (B, G, R, N)
-        A = _scalar_decay_matrix(Gc).mul_(q @ k.transpose(-1, -2))
-        o = A @ v
+        P = q @ k.transpose(-1, -2)  # (B, G, N, C, C)
+        A = _scalar_decay_matrix(Gc).mul_(P[:, :, None])
+        o_intra = A @ v.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
         del A
-        w = (G_end[..., None] - Gc).exp()
-        updates = k.transpose(-1, -2) @ (v * w[..., None])  # (B, G, R, N, K, V)
-        decay = G_end.exp()
-        starts = torch.empty_like(updates)
-        S = S0
-        for n in range(updates.shape[3]):
-            starts[:, :, :, n] = S
-            S = decay[:, :, :, n, None, None] * S + updates[:, :, :, n]
-        o += Gc.exp()[..., None] * (q @ starts)
-        ctx.save_for_backward(q, k, v, Gc, starts)
-        return o, S
+        w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)  # (B, G, N, C, R)
+        updates = k.transpose(-1, -2) @ (v * w[..., None]).view(B, G, N, C, R * V)
+        updates = updates.view(B, G, N, K, R, V)
+        decay = G_end.exp().permute(0, 1, 3, 2)[:, :, :, None, :, None]  # (B, G, N, 1, R, 1)
+        starts = torch.empty_like(updates)  # each chunk's entering state, (K, R, V)
+        S = S0.permute(0, 1, 3, 2, 4)
+        for n in range(N):
+            starts[:, :, n] = S
+            S = decay[:, :, n] * S + updates[:, :, n]
+        qS = q @ starts.view(B, G, N, K, R * V)  # (B, G, N, C, R V)
+        eG = Gc.exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
+        o = (qS.view(B, G, N, C, R, V) * eG).add_(o_intra.permute(0, 1, 3, 4, 2, 5))
+        ctx.save_for_backward(q, k, v, Gc, starts, qS)
+        return o, S.permute(0, 1, 3, 2, 4).contiguous()
 
     @staticmethod
     def backward(ctx, do, dS_last):
-        q, k, v, Gc, starts = ctx.saved_tensors
+        q, k, v, Gc, starts = ctx.saved_tensors[:5]
         do = do.contiguous()
+        B, G, N, C, R, V = v.shape
+        K = q.shape[-1]
         G_end = Gc[..., -1]
-        decay, eG, w = G_end.exp(), Gc.exp(), (G_end[..., None] - Gc).exp()
-        do_e = do * eG[..., None]  # e^{G} do: the state read's output gradient
-        X = q.transpose(-1, -2) @ do_e  # (B, G, R, N, K, V)
+        decay = G_end.exp().permute(0, 1, 3, 2)[:, :, :, None, :, None]
+        w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
+        do_e = (do * Gc.exp().permute(0, 1, 3, 4, 2)[..., None]).view(B, G, N, C, R * V)
+        X = (q.transpose(-1, -2) @ do_e).view(B, G, N, K, R, V)  # the state reads' gradient
         dSe = torch.empty_like(starts)  # gradient of each chunk's end state
-        dS = torch.zeros_like(starts[:, :, :, 0]) if dS_last is None else dS_last
-        for n in reversed(range(starts.shape[3])):
-            dSe[:, :, :, n] = dS
-            dS = decay[:, :, :, n, None, None] * dS + X[:, :, :, n]
+        dS = (torch.zeros_like(starts[:, :, 0]) if dS_last is None
+              else dS_last.permute(0, 1, 3, 2, 4))
+        for n in reversed(range(N)):
+            dSe[:, :, n] = dS
+            dS = decay[:, :, n] * dS + X[:, :, n]
+        dSe_m, starts_m = dSe.view(B, G, N, K, R * V), starts.view(B, G, N, K, R * V)
         D = _scalar_decay_matrix(Gc)
         P = q @ k.transpose(-1, -2)
-        dA = do @ v.transpose(-1, -2)
-        kdS = k @ dSe  # (B, G, R, N, C, V)
-        dv = (D * P).transpose(-1, -2) @ do + w[..., None] * kdS
+        do_h = do.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
+        dA = do_h @ v.permute(0, 1, 4, 2, 5, 3)
+        kdS = (k @ dSe_m).view(B, G, N, C, R, V)
+        dv = ((D * P[:, :, None]).transpose(-1, -2) @ do_h).permute(0, 1, 3, 4, 2, 5)
+        dv = dv + w * kdS
         dAD = dA.mul_(D)
         del D
-        dP = dAD.sum(2, keepdim=True) if dAD.shape[2] > 1 else dAD
-        Y = do_e @ starts.transpose(-1, -2)  # (B, G, R, N, C, K): the state read's dq per head
-        dq = dP @ k + Y.sum(2, keepdim=True)
-        dk = dP.transpose(-1, -2) @ q + ((v * w[..., None]) @ dSe.transpose(-1, -2)).sum(
-            2, keepdim=True)
+        dP = dAD[:, :, 0] if R == 1 else dAD.sum(2)
+        vw = (v * w).view(B, G, N, C, R * V)
+        dq = dP @ k + do_e @ starts_m.transpose(-1, -2)
+        dk = dP.transpose(-1, -2) @ q + vw @ dSe_m.transpose(-1, -2)
         dg = None
         if ctx.needs_input_grad[3]:
-            M = dAD.mul_(P)  # dA * D * P = dA * A (dP is done with dAD)
-            dG = M.sum(-1) - M.sum(-2) + (Y * q).sum(-1)
-            wdw = w * (v * kdS).sum(-1)
-            dG -= wdw
-            dG[..., -1] += wdw.sum(-1) + decay * (dSe * starts).sum((-1, -2))
+            qS = ctx.saved_tensors[5]
+            M = dAD.mul_(P[:, :, None])  # (do v^T) * D * P
+            dG = M.sum(-1) - M.sum(-2)  # (B, G, R, N, C)
+            del M
+            wdw = (vw * kdS.view(B, G, N, C, R * V)).view(B, G, N, C, R, V).sum(-1)
+            tok = (do_e * qS).view(B, G, N, C, R, V).sum(-1) - wdw  # (B, G, N, C, R)
+            dG += tok.permute(0, 1, 4, 2, 3)
+            end = wdw.sum(3) + decay[:, :, :, 0, :, 0] * (dSe * starts).sum((3, 5))  # (B, G, N, R)
+            dG[..., -1] += end.permute(0, 1, 3, 2)
             dg = dG.flip(-1).cumsum(-1).flip(-1)
-        return dq, dk, dv, dg, dS
+        return dq, dk, dv, dg, dS.permute(0, 1, 3, 2, 4)
 
 
 def _scalar_chunkwise(q, k, v, g, S, C):
@@ -255,9 +267,14 @@ def _scalar_chunkwise(q, k, v, g, S, C):
     heads of each group, v (B, T, H, V), g (B, T, H), S (B, H, K, V) -> (o (B, T, H, V), S_T)."""
     B, T, G, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    qc, kc, vc, gc = (_grouped_chunks(t, C, G) for t in (q, k, v, g))
-    o, S = _ScalarChunk.apply(qc, kc, vc, gc, S.view(B, G, H // G, K, V))
-    return _unchunk(o, T), S.reshape(B, H, K, V)
+    R = H // G
+    qc, kc = _chunks(q, C), _chunks(k, C)  # (B, G, N, C, K)
+    vc = _pad_time(v, C).view(B, -1, C, G, R, V).permute(0, 3, 1, 2, 4, 5).contiguous()
+    gc = _chunks(g, C).view(B, G, R, -1, C)
+    o, S = _ScalarChunk.apply(qc, kc, vc, gc, S.view(B, G, R, K, V))
+    o = o.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, H, V)[:, :T]
+    return o, S.reshape(B, H, K, V)
+
 
 def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state=None,
                            bonus=None, chunk_size: int = 64, subchunk_size: int = 16):
