@@ -444,7 +444,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     qc, kc, vc, ic, fc = (_chunks(t, L) for t in (q, k, v, log_i, log_f))  # (B, H, N, L, ...)
     F = fc.cumsum(3)
     mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    W = (F[..., :, None] - F[..., None, :] + ic[..., None, :]).masked_fill(~mask, float("-inf"))
+    W = (F[..., :, None] + (ic - F)[..., None, :]).masked_fill(~mask, float("-inf"))
     W_end = W[..., -1, :]  # (B, H, N, L): log weight of each token in the chunk-end state
     m_local = W_end.max(-1).values  # (B, H, N)
     # each chunk's own contribution to its end state, stabilised by its own max m_local (all
@@ -468,6 +468,6 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     q_inter = qc * (inter_log - m_row).exp()[..., None]
     num = scores @ vc + q_inter @ C0
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
-    h = num / (torch.maximum(den.abs(), (-m_row).exp()) + eps)[..., None]
+    h = num * (torch.maximum(den.abs(), (-m_row).exp()) + eps).reciprocal()[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
     return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)
