@@ -47,6 +47,7 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
@@ -164,14 +165,6 @@ def _pad_time(x, C):
     return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
 
 
-def _scalar_decay_matrix(G, strict=False):
-    """D_ij = exp(G_i - G_j) for j <= i (j < i if strict), 0 above: G (..., C) -> (..., C, C),
-    masked in log space before exp (no overflow above the diagonal)."""
-    C = G.shape[-1]
-    keep = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1 if strict else 0)
-    return (G[..., :, None] - G[..., None, :]).masked_fill_(~keep, float("-inf")).exp_()
-
-
 class _ScalarChunk(torch.autograd.Function):
     """Chunkwise scalar-decay linear attention (SSD, retention, none) with q and k shared by
     the R heads of each of G groups, and hand-written gradients. It stores D and A = P * D per
@@ -198,7 +191,7 @@ class _ScalarChunk(torch.autograd.Function):
         K = q.shape[-1]
         Gc = g.cumsum(-1)
         G_end = Gc[..., -1]  # (B, G, R, N)
-        D = _scalar_decay_matrix(Gc)  # (B, G, R, N, C, C)
+        D = causal_decay(Gc)  # (B, G, R, N, C, C)
         A = D * (q @ k.transpose(-1, -2))[:, :, None]
         o_intra = A @ v.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
         w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)  # (B, G, N, C, R)
