@@ -56,3 +56,15 @@ def test_long_sequence_float32_is_finite():
     with torch.no_grad():
         y, (s, c) = layer(torch.randn(1, 65536, 8), mode="chunk")
     assert torch.isfinite(y).all() and torch.isfinite(s).all()
+
+
+def test_gated_rms_norm_function_equals_autograd_composition():
+    from rnnzoo.layers.mamba2 import _GatedRMSNorm
+    g = torch.Generator().manual_seed(0)
+    y, z = (torch.randn(2, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    w = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True)
+    run = lambda y, z, w: _GatedRMSNorm.apply(y, z, w, 4, 1e-5)  # noqa: E731
+    want = F.rms_norm((y * F.silu(z)).unflatten(-1, (2, 4)), (4,), eps=1e-5).flatten(-2) * w
+    assert (run(y, z, w) - want).abs().max() < 1e-14
+    assert torch.autograd.gradcheck(run, (y, z, w))

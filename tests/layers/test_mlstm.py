@@ -45,3 +45,20 @@ def test_long_sequence_float32_is_finite():
     with torch.no_grad():
         y, state = layer(torch.randn(1, 65536, 4), mode="chunk")
     assert torch.isfinite(y).all() and all(torch.isfinite(s).all() for s in state)
+
+
+@pytest.mark.parametrize("dim,blocksize,per_group", [(256, 4, 8), (24, 3, 8), (40, 8, 1),
+                                                     (12, 4, 3)])
+def test_block_diagonal_groups_equal_the_blockwise_map(dim, blocksize, per_group):
+    from rnnzoo.layers.mlstm import BlockDiagonalLinear
+    torch.manual_seed(0)
+    layer = BlockDiagonalLinear(dim, blocksize).double()
+    assert layer.per_group == per_group  # blocks gathered into maps of up to 32 channels
+    x = torch.randn(2, 5, dim, dtype=torch.float64, requires_grad=True)
+    want = torch.einsum("...bi,boi->...bo", x.unflatten(-1, (dim // blocksize, blocksize)),
+                        layer.weight).flatten(-2)
+    assert (layer(x) - want).abs().max() < 1e-12
+    w = torch.randn_like(want)
+    got = torch.autograd.grad((layer(x) * w).sum(), (x, layer.weight))
+    for a, b in zip(got, torch.autograd.grad((want * w).sum(), (x, layer.weight))):
+        assert (a - b).abs().max() < 1e-12

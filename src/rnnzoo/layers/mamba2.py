@@ -34,11 +34,44 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
 from rnnzoo.registry import register
+
+
+class _GatedRMSNorm(torch.autograd.Function):
+    """RMSNorm(y * silu(z)) * weight over groups of n channels, with a hand-written backward
+    that recomputes y * silu(z) (autograd's chain of silu, pow, mean, rsqrt and products
+    stores and re-reads about twice as many (B, T, d_inner) tensors). With u = y silu(z),
+    r = (mean_group(u^2) + eps)^(-1/2), out = u r weight and gu = grad * weight:
+        du = r gu - u r^3 mean_group(gu u),  dy = du silu(z),
+        dz = du y sigmoid(z) (1 + z (1 - sigmoid(z))),  dweight = sum(grad u r).
+    y, z: (..., G n); weight: (G n,)."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, n, eps):
+        u = (y * F.silu(z)).unflatten(-1, (-1, n))
+        r = u.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+        ctx.save_for_backward(y, z, weight, r)
+        ctx.n = n
+        return (u * r).flatten(-2) * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, z, weight, r = ctx.saved_tensors
+        n = ctx.n
+        sig = torch.sigmoid(z)
+        u = (y * z * sig).unflatten(-1, (-1, n))
+        g = grad.unflatten(-1, (-1, n))
+        ur = u * r
+        d_weight = (grad * ur.flatten(-2)).flatten(0, -2).sum(0)
+        gu = g * weight.view(-1, n)
+        du = (gu - ur * (gu * ur).mean(-1, keepdim=True)).mul_(r).flatten(-2)
+        dy = du * z * sig
+        dz = du * y * sig * (1 + z * (1 - sig))
+        return dy, dz, d_weight, None, None
 
 
 @register("mamba2", family="matrix", paper="Dao & Gu 2024, arXiv:2405.21060",
@@ -90,7 +123,7 @@ class Mamba2(RecurrentLayer):
         return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
 
     def _project(self, x, conv_state, dtype):
-        """The op's inputs q = C, k = B (B, T, H, d_state), v = dt x (B, T, H, head_dim), the
+        """The op's inputs q = C, k = B (B, T, n_groups, d_state), v = dt x (B, T, H, head_dim), the
         log-decay dt A (B, T, H) in `dtype`; the skip input xs (B, T, H, head_dim), the gate z
         (B, T, d_inner) and the new conv state."""
         Bsz, T, _ = x.shape
@@ -103,10 +136,12 @@ class Mamba2(RecurrentLayer):
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
         log_decay = -dt * self.A_log.to(dtype).exp()
-        q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
-                for t in (Cm, Bm))
         v = xs.to(dtype) * dt[..., None]
-        return q, k, v, log_decay, xs, z, conv_state
+        return Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state
+
+    def _heads(self, t):
+        """A group's (B, T, G, d_state) input repeated to its heads: (B, T, H, d_state)."""
+        return t.repeat_interleave(self.num_heads // self.n_groups, 2)
 
     def _output(self, y, xs, z, x):
         """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
@@ -116,11 +151,11 @@ class Mamba2(RecurrentLayer):
         if not self.gated_norm:
             return self.out_proj(y * F.silu(z))
         if not self.norm_before_gate:
-            y = y * F.silu(z)
+            return self.out_proj(_GatedRMSNorm.apply(y, z, self.norm_weight,
+                                                     self.d_inner // self.n_groups, self.norm_eps))
         y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
-        y = y * self.norm_weight
-        return self.out_proj(y * F.silu(z) if self.norm_before_gate else y)
+        return self.out_proj(y * self.norm_weight * F.silu(z))
 
     def lion_inputs(self, x):
         """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,
@@ -128,7 +163,7 @@ class Mamba2(RecurrentLayer):
         sdt = state_dtype(x.dtype)
         q, k, v, g, _, _, _ = self._project(x, self.conv.init_state(x.shape[0], x.device, sdt),
                                             sdt)
-        return q, k, v, g, 1.0
+        return self._heads(q), self._heads(k), v, g, 1.0
 
     def lion_output(self, o, x):
         """The read-out of o (B, T, H, head_dim): it needs the skip input and the gate of the
@@ -143,9 +178,11 @@ class Mamba2(RecurrentLayer):
         q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, S.dtype)
         kw = dict(scale=1.0, initial_state=S)
         if mode == "chunk":
-            y, S = gated_linear_attention(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
+            y, S = ssd(q, k, v, log_decay, chunk_size=self.chunk_size, **kw)
         elif mode == "parallel":
-            y, S = gated_linear_attention_parallel(q, k, v, log_decay, **kw)
+            y, S = gated_linear_attention_parallel(self._heads(q), self._heads(k), v, log_decay,
+                                                   **kw)
         else:
-            y, S = gated_linear_attention_recurrent(q, k, v, log_decay, **kw)
+            y, S = gated_linear_attention_recurrent(self._heads(q), self._heads(k), v, log_decay,
+                                                    **kw)
         return self._output(y, xs, z, x), (S, conv_state)

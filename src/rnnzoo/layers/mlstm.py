@@ -35,7 +35,13 @@ from rnnzoo.registry import register
 
 
 class BlockDiagonalLinear(nn.Module):
-    """xLSTM's headwise q/k/v projection: independent (blocksize x blocksize) maps."""
+    """xLSTM's headwise q/k/v projection: independent (blocksize x blocksize) maps.
+
+    Small blocks (xLSTM's 4) run as a few wider block-diagonal maps of up to `GROUP` = 32
+    channels (the zeros multiplied too): a batched product over 64 blocks of 4 x 4 runs
+    ~2x slower on a CPU than 8 products of 32 x 32."""
+
+    GROUP = 32
 
     def __init__(self, dim: int, blocksize: int):
         super().__init__()
@@ -44,10 +50,22 @@ class BlockDiagonalLinear(nn.Module):
                              f"got qkv_blocksize={blocksize}")
         self.blocks, self.blocksize = dim // blocksize, blocksize
         self.weight = nn.Parameter(torch.randn(self.blocks, blocksize, blocksize) * blocksize ** -0.5)
+        per = max(1, self.GROUP // blocksize)  # blocks per group, a divisor of the block count
+        while self.blocks % per:
+            per -= 1
+        self.per_group = per
 
     def forward(self, x):
-        xb = x.unflatten(-1, (self.blocks, self.blocksize))
-        return torch.einsum("...bi,boi->...bo", xb, self.weight).flatten(-2)
+        per, bs = self.per_group, self.blocksize
+        groups = self.blocks // per
+        W = self.weight.view(groups, per, bs, bs)
+        if per > 1:  # (groups, per * bs, per * bs), block-diagonal
+            eye = torch.eye(per, dtype=W.dtype, device=W.device)
+            W = torch.einsum("gpoi,pq->gpoqi", W, eye).reshape(groups, per * bs, per * bs)
+        else:
+            W = W.view(groups, bs, bs)
+        xg = x.unflatten(-1, (groups, per * bs))
+        return torch.einsum("...gi,goi->...go", xg, W).flatten(-2)
 
 
 @register("mlstm", family="matrix", paper="Beck et al. 2024, arXiv:2405.04517",

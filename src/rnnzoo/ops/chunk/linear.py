@@ -47,13 +47,14 @@ import torch
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
-    "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent",
+    "gated_linear_attention_recurrent", "mlstm", "mlstm_recurrent", "ssd",
 ]
 
 
@@ -90,13 +91,15 @@ def gated_linear_attention_recurrent(q, k, v, log_decay=None, *, scale=None, ini
 
 
 def _chunks(x, C):
-    """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps."""
+    """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps; contiguous
+    (one copy here, not one in each matrix product that reads it, forward and backward)."""
     B, T = x.shape[:2]
     pad = -T % C
     if pad:
         x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], 1)
     x = x.view(B, (T + pad) // C, C, *x.shape[2:])
-    return x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() == 5 else x.permute(0, 3, 1, 2)
+    x = x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() == 5 else x.permute(0, 3, 1, 2)
+    return x.contiguous()
 
 
 def _masked_exp(log_w, mask):
@@ -154,6 +157,115 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     return A.reshape(*lead, C, C)
 
 
+
+# -- scalar decay: one autograd Function --------------------------------------------------------
+def _pad_time(x, C):
+    """x (B, T, ...) zero-padded at the end to a multiple of C steps."""
+    pad = -x.shape[1] % C
+    return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
+
+
+class _ScalarChunk(torch.autograd.Function):
+    """Chunkwise scalar-decay linear attention (SSD, retention, none) with q and k shared by
+    the R heads of each of G groups, and hand-written gradients. It stores D and A = P * D per
+    head for the backward (recomputing them there ran ~1.1x slower on a CPU, where memory is
+    not the limit); autograd stored and re-read about twice as many (C, C) tensors. Per chunk, head h (G_h: log-decay summed from the chunk start, inclusive;
+    w_h = exp(G_h,end - G_h); D_h = exp(G_h,i - G_h,j) for j <= i; P = q k^T, once per group):
+
+        o_h = (P * D_h) v_h + diag(e^{G_h}) q S_h,    S'_h = e^{G_h,end} S_h + k^T diag(w_h) v_h
+
+    and, with do_h and dS'_h (the end state's gradient, from a reverse pass over chunks),
+        dv_h = (P * D_h)^T do_h + diag(w_h) k dS'_h,     dP = sum_h (do_h v_h^T) * D_h
+        dq = dP k + sum_h diag(e^{G_h}) do_h S_h^T,      dk = dP^T q + sum_h diag(w_h) v_h dS'_h^T
+        dG_h = M 1 - M^T 1 + rows of (e^{G_h} do_h * q S_h) - w_h * rows of (v_h * k dS'_h)
+               (+ the end-of-chunk terms), M = (do_h v_h^T) * P * D_h;  dg = reverse cumsum.
+    The sums over heads are single products: per-head tensors keep the token layout
+    (..., C, R, V), so q S for all heads is one (C, K) x (K, R V) product.
+    Shapes: q, k (B, G, N, C, K); v (B, G, N, C, R, V); g (B, G, R, N, C); S0 (B, G, R, K, V).
+    -> o (B, G, N, C, R, V), S_T (B, G, R, K, V).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, S0):
+        B, G, N, C, R, V = v.shape
+        K = q.shape[-1]
+        Gc = g.cumsum(-1)
+        G_end = Gc[..., -1]  # (B, G, R, N)
+        D = causal_decay(Gc)  # (B, G, R, N, C, C)
+        A = D * (q @ k.transpose(-1, -2))[:, :, None]
+        o_intra = A @ v.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
+        w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)  # (B, G, N, C, R)
+        updates = k.transpose(-1, -2) @ (v * w[..., None]).view(B, G, N, C, R * V)
+        updates = updates.view(B, G, N, K, R, V)
+        decay = G_end.exp().permute(0, 1, 3, 2)[:, :, :, None, :, None]  # (B, G, N, 1, R, 1)
+        starts = torch.empty_like(updates)  # each chunk's entering state, (K, R, V)
+        S = S0.permute(0, 1, 3, 2, 4)
+        for n in range(N):
+            starts[:, :, n] = S
+            S = decay[:, :, n] * S + updates[:, :, n]
+        qS = q @ starts.view(B, G, N, K, R * V)  # (B, G, N, C, R V)
+        eG = Gc.exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
+        o = (qS.view(B, G, N, C, R, V) * eG).add_(o_intra.permute(0, 1, 3, 4, 2, 5))
+        ctx.save_for_backward(q, k, v, Gc, starts, qS, D, A)
+        return o, S.permute(0, 1, 3, 2, 4).contiguous()
+
+    @staticmethod
+    def backward(ctx, do, dS_last):
+        q, k, v, Gc, starts = ctx.saved_tensors[:5]
+        do = do.contiguous()
+        B, G, N, C, R, V = v.shape
+        K = q.shape[-1]
+        G_end = Gc[..., -1]
+        decay = G_end.exp().permute(0, 1, 3, 2)[:, :, :, None, :, None]
+        w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
+        do_e = (do * Gc.exp().permute(0, 1, 3, 4, 2)[..., None]).view(B, G, N, C, R * V)
+        X = (q.transpose(-1, -2) @ do_e).view(B, G, N, K, R, V)  # the state reads' gradient
+        dSe = torch.empty_like(starts)  # gradient of each chunk's end state
+        dS = (torch.zeros_like(starts[:, :, 0]) if dS_last is None
+              else dS_last.permute(0, 1, 3, 2, 4))
+        for n in reversed(range(N)):
+            dSe[:, :, n] = dS
+            dS = decay[:, :, n] * dS + X[:, :, n]
+        dSe_m, starts_m = dSe.view(B, G, N, K, R * V), starts.view(B, G, N, K, R * V)
+        qS, D, A = ctx.saved_tensors[5:]
+        do_h = do.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
+        dA = do_h @ v.permute(0, 1, 4, 2, 5, 3)
+        kdS = (k @ dSe_m).view(B, G, N, C, R, V)
+        dv = (A.transpose(-1, -2) @ do_h).permute(0, 1, 3, 4, 2, 5)
+        dv = dv + w * kdS
+        dAD = dA * D
+        dP = dAD[:, :, 0] if R == 1 else dAD.sum(2)
+        vw = (v * w).view(B, G, N, C, R * V)
+        dq = dP @ k + do_e @ starts_m.transpose(-1, -2)
+        dk = dP.transpose(-1, -2) @ q + vw @ dSe_m.transpose(-1, -2)
+        dg = None
+        if ctx.needs_input_grad[3]:
+            M = dA.mul_(A)  # (do v^T) * D * P
+            dG = M.sum(-1) - M.sum(-2)  # (B, G, R, N, C)
+            del M
+            wdw = (vw * kdS.view(B, G, N, C, R * V)).view(B, G, N, C, R, V).sum(-1)
+            tok = (do_e * qS).view(B, G, N, C, R, V).sum(-1) - wdw  # (B, G, N, C, R)
+            dG += tok.permute(0, 1, 4, 2, 3)
+            end = wdw.sum(3) + decay[:, :, :, 0, :, 0] * (dSe * starts).sum((3, 5))  # (B, G, N, R)
+            dG[..., -1] += end.permute(0, 1, 3, 2)
+            dg = dG.flip(-1).cumsum(-1).flip(-1)
+        return dq, dk, dv, dg, dS.permute(0, 1, 3, 2, 4)
+
+
+def _scalar_chunkwise(q, k, v, g, S, C):
+    """The scalar-decay chunkwise form on prepared inputs: q, k (B, T, G, K) shared by the
+    heads of each group, v (B, T, H, V), g (B, T, H), S (B, H, K, V) -> (o (B, T, H, V), S_T)."""
+    B, T, G, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    R = H // G
+    qc, kc = _chunks(q, C), _chunks(k, C)  # (B, G, N, C, K)
+    vc = _pad_time(v, C).view(B, -1, C, G, R, V).permute(0, 3, 1, 2, 4, 5).contiguous()
+    gc = _chunks(g, C).view(B, G, R, -1, C)
+    o, S = _ScalarChunk.apply(qc, kc, vc, gc, S.view(B, G, R, K, V))
+    o = o.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, H, V)[:, :T]
+    return o, S.reshape(B, H, K, V)
+
+
 def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state=None,
                            bonus=None, chunk_size: int = 64, subchunk_size: int = 16):
     """Chunkwise gated linear attention; same arguments and returns as the recurrent form.
@@ -180,6 +292,9 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
     vector = g.dim() == 4
     C = min(chunk_size, T)
+    if not vector and bonus is None:
+        o, S = _scalar_chunkwise(q, k, v, g, S, C)
+        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
     qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
     G = gc.cumsum(3)  # log-decay from the chunk start, inclusive
     Gq = G - gc if bonus is not None else G  # with a bonus, q reads the state before the decay
@@ -206,6 +321,39 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         S = decay_n * S + update_n
     o = o + q_inter @ torch.stack(starts, 2)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64):
+    """Chunkwise scalar-decay linear attention with q and k shared by groups of heads (Mamba-2's
+    SSD with n_groups, C = q, B = k): q, k (B, T, G, K), v (B, T, H, V) with H a multiple of G
+    (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V).
+    -> (o (B, T, H, V), S_T). Equal to `gated_linear_attention` on q, k repeated to the heads;
+    the score product q k^T and its gradients are computed once per group.
+    """
+    B, T, G, K = q.shape
+    if v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % G or k.shape != q.shape:
+        raise ValueError(f"ssd: q, k must be (B, T, G, K) and v (B, T, H, V) with H a multiple "
+                         f"of G; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    H, V = v.shape[2:]
+    if log_decay.shape != (B, T, H):
+        raise ValueError(f"ssd: log_decay must be (B, T, H) = {(B, T, H)}, "
+                         f"got {tuple(log_decay.shape)}")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(f"ssd: initial_state must be (B, H, K, V) = {(B, H, K, V)}, "
+                         f"got {tuple(initial_state.shape)}")
+    heads = lambda t: t.repeat_interleave(H // G, 2)  # noqa: E731
+    positive_int("chunk_size", chunk_size)
+    if sequence_parallel.active() or (q.dtype != torch.float64 and backend.use_triton(
+            q, k, v, log_decay, initial_state)):
+        return gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
+                                      initial_state=initial_state, chunk_size=chunk_size)
+    out_dtype = q.dtype
+    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
+    S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
+          if initial_state is None else initial_state)
+    q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
+    o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
@@ -289,19 +437,21 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     qc, kc, vc, ic, fc = (_chunks(t, L) for t in (q, k, v, log_i, log_f))  # (B, H, N, L, ...)
     F = fc.cumsum(3)
     mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    W = (F[..., :, None] - F[..., None, :] + ic[..., None, :]).masked_fill(~mask, float("-inf"))
+    W = (F[..., :, None] + (ic - F)[..., None, :]).masked_fill(~mask, float("-inf"))
     W_end = W[..., -1, :]  # (B, H, N, L): log weight of each token in the chunk-end state
-    m_end_local = W_end.max(-1).values
-    kv_end = kc.transpose(-1, -2)  # (B, H, N, K, L)
+    m_local = W_end.max(-1).values  # (B, H, N)
+    # each chunk's own contribution to its end state, stabilised by its own max m_local (all
+    # chunks in one product); the loop rescales it by exp(m_local - m_new) <= 1
+    k_end = kc * (W_end - m_local[..., None]).exp()[..., None]  # (B, H, N, L, K)
+    updates, n_updates = k_end.transpose(-1, -2) @ vc, k_end.sum(-2)
     starts = []  # unbind, not [:, :, c]: its backward is one stack, not N zero-filled copies
-    per_chunk = (t.unbind(2) for t in (F[..., -1], m_end_local, W_end, kv_end, kc, vc))
-    for F_end, m_local, w_end, k_t, k_c, v_c in zip(*per_chunk):
+    per_chunk = (t.unbind(2) for t in (F[..., -1], m_local, updates, n_updates))
+    for F_end, m_loc, update, n_update in zip(*per_chunk):
         starts.append((Cs, ns, ms))
-        m_new = torch.maximum(F_end + ms, m_local)
-        w = (w_end - m_new[..., None]).exp()  # (B, H, L)
-        decay = (F_end + ms - m_new).exp()
-        Cs = decay[..., None, None] * Cs + (k_t * w[:, :, None, :]) @ v_c
-        ns = decay[..., None] * ns + (k_c * w[..., None]).sum(-2)
+        m_new = torch.maximum(F_end + ms, m_loc)
+        decay, scale = (F_end + ms - m_new).exp(), (m_loc - m_new).exp()
+        Cs = decay[..., None, None] * Cs + scale[..., None, None] * update
+        ns = decay[..., None] * ns + scale[..., None] * n_update
         ms = m_new
     C0, n0, m0 = (torch.stack(s, 2) for s in zip(*starts))  # (B, H, N, ...)
     inter_log = F + m0[..., None]  # (B, H, N, L)
@@ -311,6 +461,6 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     q_inter = qc * (inter_log - m_row).exp()[..., None]
     num = scores @ vc + q_inter @ C0
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
-    h = num / (torch.maximum(den.abs(), (-m_row).exp()) + eps)[..., None]
+    h = num * (torch.maximum(den.abs(), (-m_row).exp()) + eps).reciprocal()[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
     return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)
