@@ -18,10 +18,16 @@ alpha_s inside a chunk entered with hk_0, all slots share the (C, C) products q_
     scores = e^{LA} o ((Q K^T o causal) (S o e^{-LA}) + Q hk_0) scale,
     hk_C   = hk_0 o e^{LA_C} + K^T (S o e^{LA_C - LA}),
 
-a factorisation through the chunk start. It runs on the CPU, where the decay a chunk
-accumulates is read without a device sync, while that span stays below ops.chunk.linear's
-factorising limit (far from overflow); otherwise (and off the CPU) the first pass is
-ops.chunk.linear with a head a slot, which cuts chunks into sub-chunks as needed.
+a factorisation through the chunk start. The second pass shares its factors: with
+P_t = softmax(scores_t) o e^{LA_t} and X = S o e^{-LA},
+
+    o    = ((P X^T) o causal) V + P hv_0,      hv_C = e^{LA_C} o hv_0 + (S o e^{LA_C - LA})^T V,
+
+so both passes run in one function on the same chunked tensors. That runs on the CPU, where
+the decay a chunk accumulates is read without a device sync, while that span stays below
+ops.chunk.linear's factorising limit (far from overflow); otherwise (and off the CPU) the
+two passes are ops.chunk.linear's, the first with a head a slot, which cut chunks into
+sub-chunks as needed.
 
 States: hk (B, H, K, M) and hv = V~ (B, H, M, V), fla's layout; their size does not depend
 on the sequence length.
@@ -64,45 +70,61 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
     # sequence parallelism both passes take gated_linear_attention's exchange (LASP-2): the
     # first pass's scores are exact before the softmax, so the second pass's inputs are too
     fused = mode == "chunk" and not sequence_parallel.active()
-    first = _slot_scores(q, k, s, log_alpha, scale, hk0, chunk_size) if fused else None
-    if first is not None:
-        scores, hk = first
-    else:
-        def per_slot(t):
-            return t[:, :, :, None].expand(B, T, H, M, K).reshape(B, T, H * M, K)
+    both = _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, chunk_size) if fused else None
+    if both is not None:
+        return both
+    def per_slot(t):
+        return t[:, :, :, None].expand(B, T, H, M, K).reshape(B, T, H * M, K)
 
-        S1 = None if hk0 is None else hk0.transpose(-1, -2).reshape(B, H * M, K, 1)
-        scores, S1 = run(per_slot(q), per_slot(k), s.reshape(B, T, H * M, 1),
-                         log_alpha.reshape(B, T, H * M), scale=scale, initial_state=S1, **extra)
-        hk = S1.view(B, H, M, K).transpose(-1, -2)
+    S1 = None if hk0 is None else hk0.transpose(-1, -2).reshape(B, H * M, K, 1)
+    scores, S1 = run(per_slot(q), per_slot(k), s.reshape(B, T, H * M, 1),
+                     log_alpha.reshape(B, T, H * M), scale=scale, initial_state=S1, **extra)
+    hk = S1.view(B, H, M, K).transpose(-1, -2)
     # pass 2: read the value slots through the softmax over slots
     o, hv = run(scores.view(B, T, H, M).softmax(-1), s, v, log_alpha, scale=1.0,
                 initial_state=hv0, **extra)
     return o, (hk, hv)
 
 
-def _slot_scores(q, k, s, log_alpha, scale, hk0, C):
-    """The first pass chunkwise with the slots as one value axis (the module docstring), or
-    None where a chunk's decay span is not known to be small. -> (scores (B, T, H, M), hk)."""
+def _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, C):
+    """Both passes chunkwise on the CPU (the module docstring), sharing the slot factors
+    X = s o e^{-LA} and Y = s o e^{LA_C - LA} and the query factor e^{LA}; or None where a
+    chunk's decay span is not known to be small. -> (o (B, T, H, V), (hk, hv))."""
     if q.device.type != "cpu" or torch.compiler.is_compiling():
         return None
     B, T, H, K = q.shape
-    M = s.shape[-1]
+    M, V = s.shape[-1], v.shape[-1]
     dt = compute_dtype(q)
     out_dtype = q.dtype
-    (q,), (k, s, log_alpha), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, s, log_alpha)))
     C = min(C, T)
+    # the marks of each pass as the two loops make them: hk reads q, k, s, alpha; hv only
+    # s, alpha, v (a bad score reaches the outputs, never hv)
+    (q,), (k,), m_qk = finite_inputs((q,), (k.to(dt),))
+    _, (s, log_alpha), m_s = finite_inputs((), (s.to(dt), log_alpha.to(dt)))
+    _, (v,), m_v = finite_inputs((), (v.to(dt),))
     LA = to_chunks(log_alpha, C).cumsum(-2)                          # (B, H, N, C, M)
     if -LA[..., -1, :].min().item() >= _factorise_limit(dt):
         return None
-    qc, kc, sc = (to_chunks(t, C) for t in (q.to(dt) * scale, k, s))
-    eL, L_end = LA.exp(), LA[..., -1:, :]
-    intra = (qc @ kc.transpose(-1, -2)).tril_() @ (sc * (-LA).exp())  # in place: one pass
-    updates = kc.transpose(-1, -2) @ (sc * (L_end - LA).exp())      # (B, H, N, K, M)
-    hk = (torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt))
+    qc, kc, sc, vc = (to_chunks(t, C) for t in (q.to(dt) * scale, k, s, v))
+    E, L_end = LA.exp(), LA[..., -1:, :]
+    X = sc * (-LA).exp()                                             # s_s e^{-LA_s}
+    Y = X * L_end.exp()                                              # s_s e^{LA_C - LA_s}
+    decay = L_end.exp()                                              # (B, H, N, 1, M)
+    # pass 1: scores_t = e^{LA_t} o (sum_{s<=t} (q_t . k_s) X_s + q_t hk_0)
+    intra = (qc @ kc.transpose(-1, -2)).tril_() @ X                  # in place: one pass
+    hk = torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt)
     starts = []
-    for dec_n, upd_n in zip(L_end.exp().unbind(2), updates.unbind(2)):
+    for dec_n, upd_n in zip(decay.unbind(2), (kc.transpose(-1, -2) @ Y).unbind(2)):
         starts.append(hk)
         hk = hk * dec_n + upd_n
-    scores = eL * (intra + qc @ torch.stack(starts, 2))
-    return poison(from_chunks(scores, T), marks.outputs).to(out_dtype), poison(hk, marks.state)
+    PE = (E * (intra + qc @ torch.stack(starts, 2))).softmax(-1) * E   # softmax over slots
+    # pass 2: o_t = sum_{s<=t} (P_t e^{LA_t} . X_s) v_s + P_t e^{LA_t} hv_0
+    hv = torch.zeros(B, H, M, V, dtype=dt, device=q.device) if hv0 is None else hv0.to(dt)
+    starts = []
+    for dec_n, upd_n in zip(decay.transpose(-1, -2).unbind(2),
+                            (Y.transpose(-1, -2) @ vc).unbind(2)):
+        starts.append(hv)
+        hv = hv * dec_n + upd_n
+    o = (PE @ X.transpose(-1, -2)).tril_() @ vc + PE @ torch.stack(starts, 2)
+    o = poison(from_chunks(o, T), m_qk.outputs | m_s.outputs | m_v.outputs).to(out_dtype)
+    return o, (poison(hk, m_qk.state | m_s.state), poison(hv, m_s.state | m_v.state))
