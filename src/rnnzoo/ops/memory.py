@@ -463,6 +463,9 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 # U is linear in the chunk's gradients, so a chunk materialises every U_t at once
 # (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s) and reads each step with its own weights.
 
+GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
+
+
 def attentional_bias(kind, p=3.0):
     """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
     if kind == "l2":
@@ -592,21 +595,18 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         z = x
     else:
         size = B * H * C * max(u.shape[-2] * u.shape[-1] for u in u0s)
-        step = max(1, (1 << 21) // size)                         # chunks per group
+        step = max(1, GROUP // size)                             # chunks per group
+        split = lambda t: t.split(step, 2)  # noqa: E731  (split, not sliced: see the loop)
         zs = []
-        for j in range(0, NT, step):
-            s = slice(j, j + step)
-            x = qc[:, :, s]
-            for i, (u0, u, X, G) in enumerate(zip(u0s, Ust, Xs, Gs)):
+        for x, Ac, Cc, *UXG in zip(*map(split, (qc, Acum, Cm, *Ust, *Xs, *Gs))):
+            for i, (u0, u, X, G) in enumerate(zip(u0s, UXG[:L], UXG[L:2 * L], UXG[2 * L:])):
                 if i:
                     x = _gelu(x)
                 # V_t = U_init + A_t U_0 - sum_s Cm[t, s] X_s^T G_s, the sum for every step of
                 # a chunk in one product: rows (t, i), contraction s
-                I, O = u.shape[-2:]
-                Xc, Ac, Cc = X[:, :, s], Acum[:, :, s], Cm[:, :, s]
-                CX = Cc[..., :, None, :] * Xc.transpose(-1, -2)[..., None, :, :]  # (.., C, I, C)
-                V = torch.addcmul(u0[:, None], Ac[..., None, None], u[:, :, s, None]) - (
-                    CX.flatten(-3, -2) @ G[:, :, s]).view(*CX.shape[:-1], O)
+                CX = Cc[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]  # (.., C, I, C)
+                V = torch.addcmul(u0[:, None], Ac[..., None, None], u[:, :, :, None]) - (
+                    CX.flatten(-3, -2) @ G).view(*CX.shape[:-1], u.shape[-1])
                 x = (x[..., None, :] @ phi(V))[..., 0, :]
             zs.append(x)
         z = torch.cat(zs, 2)
