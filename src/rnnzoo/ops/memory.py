@@ -41,7 +41,7 @@ from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
            "inner_output", "titans_init_state", "titans_step", "titans_sequential",
-           "titans_chunked", "miras_init_state", "miras_step", "miras_sequential",
+           "titans_chunked", "memory_read", "miras_init_state", "miras_step", "miras_sequential",
            "miras_chunked", "attentional_bias", "retention"]
 
 KINDS = ("linear", "mlp")
@@ -286,6 +286,18 @@ def titans_step(kind, q_t, k_t, v_t, theta_t, alpha_t, eta_t, C, init, state, w,
             x = _gelu(x)
         x = torch.einsum("bhi,bhio->bho", x, P[i]) + P[i + 1]
     return x, (*Pg, *Mc, *S, (n + 1).to(state[-1].dtype))
+
+
+def memory_read(init, change, x):
+    """f_res(x) of a memory held fixed (no step learns): weights init [(H, I, O), (H, O), ...]
+    plus the state's changes [(B, H, I, O), (B, H, O), ...]; x (B, T, H, I) -> (B, T, H, O).
+    What titans_chunked reads with theta = alpha = eta = 0, without its chunk machinery."""
+    for i in range(0, len(init), 2):
+        if i:
+            x = _gelu(x)
+        W, b = (p0.to(d.dtype) + d for p0, d in zip(init[i:i + 2], change[i:i + 2]))
+        x = torch.einsum("bthi,bhio->btho", x, W) + b[:, None]
+    return x
 
 
 def titans_sequential(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
