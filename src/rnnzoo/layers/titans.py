@@ -50,7 +50,13 @@ from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops.memory import titans_chunked, titans_init_state, titans_sequential, titans_step
+from rnnzoo.ops.memory import (
+    memory_read,
+    titans_chunked,
+    titans_init_state,
+    titans_sequential,
+    titans_step,
+)
 from rnnzoo.registry import register
 
 
@@ -262,12 +268,7 @@ class Titans(RecurrentLayer):
                for g, m in zip(mem[:L], mem[L:2 * L])]
         q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
             B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
-        init, w, b = self.op_args(q.dtype)
-        zero = torch.zeros_like(q[..., 0])                    # steps that read, learn nothing
-        z, _ = titans_chunked(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
-                              (*seg, *seg, *[torch.zeros_like(t) for t in seg],
-                               torch.zeros_like(n)),
-                              w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        z = memory_read(self.op_args(q.dtype)[0], seg, q)     # read only: no step learns
         h = self.op_output(z, q, x)
         y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
         m, mem = self._memory(y[:, 1::2], mem, "chunk")

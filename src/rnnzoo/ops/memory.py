@@ -41,7 +41,7 @@ from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
            "inner_output", "titans_init_state", "titans_step", "titans_sequential",
-           "titans_chunked", "miras_init_state", "miras_step", "miras_sequential",
+           "titans_chunked", "memory_read", "miras_init_state", "miras_step", "miras_sequential",
            "miras_chunked", "attentional_bias", "retention"]
 
 KINDS = ("linear", "mlp")
@@ -288,6 +288,18 @@ def titans_step(kind, q_t, k_t, v_t, theta_t, alpha_t, eta_t, C, init, state, w,
     return x, (*Pg, *Mc, *S, (n + 1).to(state[-1].dtype))
 
 
+def memory_read(init, change, x):
+    """f_res(x) of a memory held fixed (no step learns): weights init [(H, I, O), (H, O), ...]
+    plus the state's changes [(B, H, I, O), (B, H, O), ...]; x (B, T, H, I) -> (B, T, H, O).
+    What titans_chunked reads with theta = alpha = eta = 0, without its chunk machinery."""
+    for i in range(0, len(init), 2):
+        if i:
+            x = _gelu(x)
+        W, b = (p0.to(d.dtype) + d for p0, d in zip(init[i:i + 2], change[i:i + 2]))
+        x = torch.einsum("bthi,bhio->btho", x, W) + b[:, None]
+    return x
+
+
 def titans_sequential(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
                       bias=True):
     """The reference: titans_step over time. q, k, v (B, T, H, K); gates (B, T, H)."""
@@ -463,6 +475,9 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 # U is linear in the chunk's gradients, so a chunk materialises every U_t at once
 # (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s) and reads each step with its own weights.
 
+GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
+
+
 def attentional_bias(kind, p=3.0):
     """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
     if kind == "l2":
@@ -540,7 +555,13 @@ def miras_sequential(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, ph
 
 
 def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
-    """The chunkwise form, equal to `miras_sequential`. Same arguments."""
+    """The chunkwise form, equal to `miras_sequential`. Same arguments.
+
+    Only the weights pass from chunk to chunk: the loop takes a chunk's gradients at its
+    start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else. The reads
+    then run over all chunks at once: the dual form for phi = identity; otherwise each step's
+    U_t = A_t U_0 - Cm[t] @ (X_s (x) G_s) materialised (as the reference holds each step's
+    weights), a group of chunks at a time to bound the memory."""
     B, T, H, K = q.shape
     (q,), (k, v, eta, alpha, delta), marks = finite_inputs(read=(q,), write=(k, v, eta, alpha, delta))
     L = (len(state) - 1) // 2
@@ -554,39 +575,54 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
         return out.scatter(1, idx, t).transpose(1, 2)
 
-    qg, kg, vg, eta_g, dg = place(q), place(k), place(v), place(eta), place(delta)
-    a_g = 1 - place(1 - alpha)                         # identity steps off the sequence
-    a, e = a_g.reshape(B, H, NT, C), eta_g.reshape(B, H, NT, C)
-    Cm_all, Acum_all = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
+    chunks = lambda t: t.reshape(B, H, NT, C, *t.shape[3:])  # noqa: E731
+    qc, kc, vc, dc, e = (chunks(place(t)) for t in (q, k, v, delta, eta))
+    a = chunks(1 - place(1 - alpha))                   # identity steps off the sequence
+    Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
+    c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last = (c + T - 1) // C
-    history, zs = [], []
-    for j in range(NT):
-        sl = slice(j * C, (j + 1) * C)
-        Cm, Acum = Cm_all[:, :, j], Acum_all[:, :, j]
+    starts, XGs, history = [], [], []
+    # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
+    # in backward, per chunk
+    for k_j, v_j, d_j, a_j, c_j in zip(*(t.unbind(2) for t in (kc, vc, dc, A_end, c_end))):
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
-        Xs, Gs = _miras_grads(kind, Wg, kg[:, :, sl], vg[:, :, sl], dg[..., sl], dloss)
-        if phi is _identity:  # linear in U: read every step in the dual form, as Titans
-            x, newU = qg[:, :, sl], []
-            for i, (u0, u, X, G) in enumerate(zip(init, U, Xs, Gs)):
-                if i:
-                    x = _gelu(x)
-                x = (x @ u0.to(x.dtype) + Acum[..., None] * (x @ u)
-                     - (Cm * (x @ X.transpose(-1, -2))) @ G)
-                newU.append(Acum[..., -1, None, None] * u
-                            - X.transpose(-1, -2) @ (Cm[..., -1, :, None] * G))
-            zs.append(x)
-            history.append([*Ug, *newU])
-            Ug = U = newU
-            continue
-        Ut = [Acum[..., None, None] * u[:, :, None]
-              - torch.einsum("bhts,bhsi,bhso->bhtio", Cm, X, G) for u, X, G in zip(U, Xs, Gs)]
-        zs.append(_dense([phi(u0.to(u.dtype)[:, None] + u) for u0, u in zip(init, Ut)],
-                         qg[:, :, sl]))
-        U = [u[:, :, -1] for u in Ut]
+        Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
+        starts.append(U)
+        XGs.append((*Xs, *Gs))
+        U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
         history.append([*Ug, *U])
         Ug = U
     final = _pick(history, last)
-    z = torch.cat(zs, 2).transpose(1, 2)
+    Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
+    XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
+    Xs, Gs = XG[:L], XG[L:]
+    u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
+    if phi is _identity:  # linear in U: every read in the dual form, as Titans
+        x = qc
+        for i, (u0, u, X, G) in enumerate(zip(u0s, Ust, Xs, Gs)):
+            if i:
+                x = _gelu(x)
+            x = (x @ u0 + Acum[..., None] * (x @ u)
+                 - (Cm * (x @ X.transpose(-1, -2))) @ G)
+        z = x
+    else:
+        size = B * H * C * max(u.shape[-2] * u.shape[-1] for u in u0s)
+        step = max(1, GROUP // size)                             # chunks per group
+        split = lambda t: t.split(step, 2)  # noqa: E731  (split, not sliced: see the loop)
+        zs = []
+        for x, Ac, Cc, *UXG in zip(*map(split, (qc, Acum, Cm, *Ust, *Xs, *Gs))):
+            for i, (u0, u, X, G) in enumerate(zip(u0s, UXG[:L], UXG[L:2 * L], UXG[2 * L:])):
+                if i:
+                    x = _gelu(x)
+                # V_t = U_init + A_t U_0 - sum_s Cm[t, s] X_s^T G_s, the sum for every step of
+                # a chunk in one product: rows (t, i), contraction s
+                CX = Cc[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]  # (.., C, I, C)
+                V = torch.addcmul(u0[:, None], Ac[..., None, None], u[:, :, :, None]) - (
+                    CX.flatten(-3, -2) @ G).view(*CX.shape[:-1], u.shape[-1])
+                x = (x[..., None, :] @ phi(V))[..., 0, :]
+            zs.append(x)
+        z = torch.cat(zs, 2)
+    z = z.reshape(B, H, NT * C, -1).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
