@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["manual_loop", "sigmoid_back", "tanh_back"]
+__all__ = ["manual_loop", "sigmoid_back", "tanh_back", "lstm_cell_back"]
 
 
 def sigmoid_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,14 @@ def sigmoid_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def tanh_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad * (1 - out^2): the gradient through out = tanh(a), one kernel."""
     return torch.ops.aten.tanh_backward(grad, out)
+
+
+def lstm_cell_back(dc: torch.Tensor, i, f, g, c_prev) -> tuple[torch.Tensor, ...]:
+    """The gradients through c_t = f * c_{t-1} + i * g with i, f = sigmoid(.), g = tanh(.)
+    (the LSTM's cell update, shared by its variants): dc (B, H), the activated gates and
+    c_{t-1} -> (d a_i, d a_f, d a_g, d c_{t-1}) at the pre-activations."""
+    return (sigmoid_back(dc * g, i), sigmoid_back(dc * c_prev, f), tanh_back(dc * i, g),
+            dc * f)
 
 
 class _ManualLoop(torch.autograd.Function):
