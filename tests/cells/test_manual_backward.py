@@ -20,6 +20,9 @@ CASES = [
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
+    ("ln_lstm", {}), ("ln_gru", {}), ("sgu", {}), ("dsgu", {}), ("dsgu", {"bias": False}),
+    ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("taugru", {}), ("taugru", {"delay": 3}),
+    ("intersection_rnn", {}),
 ]
 
 

@@ -239,3 +239,32 @@ class TauGRU(StackedGates):
         z = torch.tanh(torch.addmm(x_z, delayed, w_z))
         new = torch.addcmul(h, g, torch.addcmul(u, a, z) - h)
         return (new,) + tuple(state[:-1])
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """[W_1; W_3; W_4] (read h_n) and W_2 (reads h_{n-d})."""
+        return self.weight_hh.split([3 * self.hidden_size, self.hidden_size]), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, delayed, H = state[0], state[-1], self.hidden_size
+        a = torch.addmm(xp_t[:, :3 * H], h, wt[0])
+        u, ga = torch.tanh(a[:, :H]), torch.sigmoid(a[:, H:])
+        z = torch.tanh(torch.addmm(xp_t[:, 3 * H:], delayed, wt[1]))
+        v = torch.addcmul(u, ga[:, H:], z)
+        return (torch.addcmul(h, ga[:, :H], v - h),) + tuple(state[:-1]), None, (h, delayed), \
+            (h, u, ga, z, v)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (h, u, ga, z, v), H = saved, self.hidden_size
+        d_new, g, a = d_state[0], ga[:, :H], ga[:, H:]
+        dv = d_new * g
+        d_ga = sigmoid_back(torch.cat([d_new * (v - h), dv * z], 1), ga)
+        da = torch.cat([tanh_back(dv, u), d_ga], 1)
+        d_az = tanh_back(dv * a, z)
+        # new state (h_{n+1}, h_n, ..., h_{n-d+1}): old component k feeds new component k + 1
+        dh = torch.addmm(d_new - dv, da, matrices[0]) + d_state[1]
+        prev = (dh, *d_state[2:], d_az @ matrices[1])
+        return torch.cat([da, d_az], 1), prev, (da, d_az), ()

@@ -31,6 +31,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
 
 
@@ -122,3 +123,27 @@ class IntersectionRNN(Cell):
         d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((n_in, n_h, n_in, n_h), -1)
         y = torch.lerp(torch.relu(d), x, torch.sigmoid(g_y))
         return y, torch.lerp(torch.tanh(r), h, torch.sigmoid(g_h))
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, n_in, H = state[1], self.input_size, self.hidden_size
+        a = torch.addmm(xp_t[:, :2 * (n_in + H)], h, wt[0])
+        x = xp_t[:, 2 * (n_in + H):]
+        rd, tr, sg = torch.relu(a[:, :n_in]), torch.tanh(a[:, n_in:n_in + H]), torch.sigmoid(a[:, n_in + H:])
+        y = torch.lerp(rd, x, sg[:, :n_in])
+        return (y, torch.lerp(tr, h, sg[:, n_in:])), None, (h,), (h, x, rd, tr, sg)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dy, dh), (h, x, rd, tr, sg), n_in = d_state, saved, self.input_size
+        g_y, g_h = sg[:, :n_in], sg[:, n_in:]
+        dx, dh_direct = dy * g_y, dh * g_h
+        d_sg = sigmoid_back(torch.cat([dy * (x - rd), dh * (h - tr)], 1), sg)
+        da = torch.cat([relu_back(dy - dx, rd), tanh_back(dh - dh_direct, tr), d_sg], 1)
+        return torch.cat([da, dx], 1), (torch.zeros_like(dy), torch.addmm(dh_direct, da,
+                                                                          matrices[0])), (da,), ()

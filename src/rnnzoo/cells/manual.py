@@ -38,7 +38,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["manual_loop", "sigmoid_back", "tanh_back", "lstm_cell_back"]
+__all__ = ["manual_loop", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
+           "layer_norm", "layer_norm_back"]
 
 
 def sigmoid_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,28 @@ def sigmoid_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def tanh_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad * (1 - out^2): the gradient through out = tanh(a), one kernel."""
     return torch.ops.aten.tanh_backward(grad, out)
+
+
+def relu_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """grad where out = relu(a) > 0, else 0 (as autograd's relu)."""
+    return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+def layer_norm(x: torch.Tensor, norm) -> tuple[torch.Tensor, tuple]:
+    """`norm` (an nn.LayerNorm over x's last dimension) applied to x, and the statistics
+    (mean, 1/std) that `layer_norm_back` reads."""
+    out, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias,
+                                              norm.eps)
+    return out, (mean, rstd)
+
+
+def layer_norm_back(grad: torch.Tensor, x: torch.Tensor, stats: tuple, norm
+                    ) -> tuple[torch.Tensor, ...]:
+    """The gradients of `layer_norm(x, norm)`: (dx, d weight, d bias), the last two summed
+    over the batch."""
+    return torch.ops.aten.native_layer_norm_backward(grad, x, norm.normalized_shape, *stats,
+                                                     norm.weight, norm.bias,
+                                                     [True, True, True])
 
 
 def lstm_cell_back(dc: torch.Tensor, i, f, g, c_prev) -> tuple[torch.Tensor, ...]:

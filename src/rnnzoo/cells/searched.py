@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.cells.base import cell
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_
 
 
@@ -74,6 +75,44 @@ class NAS(StackedGates):
         c = torch.tanh(torch.tanh(l0) + c) * torch.tanh(l1)
         h = torch.tanh(c * torch.tanh(torch.tanh(l2) + torch.sigmoid(l3)))
         return h, c
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, c = state
+        g = torch.addmm(xp_t, h, wt[0]).chunk(8, 1)
+        s0, r1, s2, r3 = torch.sigmoid(g[0]), torch.relu(g[1]), torch.sigmoid(g[2]), \
+            torch.relu(g[3])
+        t4, s5, t6, s7 = torch.tanh(g[4]), torch.sigmoid(g[5]), torch.tanh(g[6]), \
+            torch.sigmoid(g[7])
+        l0, t_l2, s_l3 = torch.tanh(s0 * r1), torch.tanh(t4 * s5), torch.sigmoid(t6 + s7)
+        big_a, big_b = torch.tanh(l0 + c), torch.tanh(s2 + r3)
+        c_new = big_a * big_b
+        big_c = torch.tanh(t_l2 + s_l3)
+        h_new = torch.tanh(c_new * big_c)
+        return (h_new, c_new), None, (h,), \
+            (s0, r1, s2, r3, t4, s5, t6, s7, l0, t_l2, s_l3, big_a, big_b, c_new, big_c, h_new)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (s0, r1, s2, r3, t4, s5, t6, s7, l0, t_l2, s_l3, big_a, big_b, c_new, big_c,
+                   h_new) = d_state, saved
+        d_in = tanh_back(dh, h_new)
+        dc_new = torch.addcmul(dc, d_in, big_c)
+        d_cin = tanh_back(d_in * c_new, big_c)
+        d_l2, d_l3 = tanh_back(d_cin, t_l2), sigmoid_back(d_cin, s_l3)
+        d_l1 = tanh_back(dc_new * big_a, big_b)
+        dc_prev = tanh_back(dc_new * big_b, big_a)
+        d_l0 = tanh_back(dc_prev, l0)
+        da = torch.cat([sigmoid_back(d_l0 * r1, s0), relu_back(d_l0 * s0, r1),
+                        sigmoid_back(d_l1, s2), relu_back(d_l1, r3),
+                        tanh_back(d_l2 * s5, t4), sigmoid_back(d_l2 * t4, s5),
+                        tanh_back(d_l3, t6), sigmoid_back(d_l3, s7)], 1)
+        return da, (da @ matrices[0], dc_prev), (da,), ()
 
 
 
