@@ -22,7 +22,9 @@ CASES = [
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
     ("ln_lstm", {}), ("ln_gru", {}), ("sgu", {}), ("dsgu", {}), ("dsgu", {"bias": False}),
     ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("taugru", {}), ("taugru", {"delay": 3}),
-    ("intersection_rnn", {}),
+    ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
+    ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
+    ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
 ]
 
 
