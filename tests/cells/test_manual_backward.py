@@ -1,7 +1,8 @@
 """The hand-written backward passes of cells/manual.py, in float64: every cell whose `fused`
 mode is `manual_loop` gives the reference loop's outputs, final state and gradients (of
 the input, the initial state and every parameter, under random weights on every output),
-and passes a finite-difference gradcheck of all of them (the parameters included)."""
+and (marked slow) passes a finite-difference gradcheck of all of them, the parameters
+included; the conformance suite gradchecks the input and state gradients of every fused mode."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CASES = [
     ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
     ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
+    ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
 ]
 
 
@@ -46,7 +48,7 @@ def _inputs(cell, seed=3):
 
 
 def test_every_manual_cell_is_covered():
-    have = {n for n, info in CELLS.items() if hasattr(info.cls, "manual_params")}
+    have = {n for n, info in CELLS.items() if hasattr(info.cls, "manual_step")}
     assert have == {n for n, _ in CASES}
 
 
@@ -75,6 +77,7 @@ def test_manual_backward_equals_reference(name, options, monkeypatch):
         assert (r - v).abs().max().item() < 1e-10 * (1 + r.abs().max().item())
 
 
+@pytest.mark.slow  # finite differences over every parameter: ~2-10 s a case
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_manual_backward_gradcheck(name, options):
     cell = _cell(name, options)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["manual_loop", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
+__all__ = ["manual_loop", "manual_scan", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
            "layer_norm", "layer_norm_back"]
 
 
@@ -148,6 +148,14 @@ def manual_loop(cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tupl
     if torch.compiler.is_compiling():
         return cell.loop(x, state)
     mats, vecs = cell.manual_params()
-    xp = cell.project(x)
-    out, *new = _ManualLoop.apply(cell, len(state), len(mats), xp, *state, *mats, *vecs)
+    return manual_scan(cell, cell.project(x), state, mats, vecs)
+
+
+def manual_scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple
+                ) -> tuple[torch.Tensor, tuple]:
+    """`cell.manual_step` over the projections xp (B, T, P) from `state`, with its
+    hand-written backward: for a cell that computes its own xp, matrices and vectors
+    (`manual_loop` is this with `project` and `manual_params`)."""
+    out, *new = _ManualLoop.apply(cell, len(state), len(matrices), xp, *state, *matrices,
+                                  *vectors)
     return out, tuple(new)
