@@ -138,6 +138,31 @@ class _MUT(StackedGates):
         candidate = torch.tanh(torch.addmm(xh, r * h, w_hh))
         return torch.addcmul(h, z, candidate - h)
 
+    # -- the hand-written backward (`manual_loop`); the gates are each subclass's ----------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """weight_hh's blocks, each its own product: (W_hz,) W_hr, W_hh."""
+        return self.weight_hh.split(self.hidden_size), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        z, r, gate_rs = self._gates(xp_t, h, wt)
+        rh = r * h
+        candidate = torch.tanh(torch.addmm(xp_t[:, 2 * H:], rh, wt[-1]))
+        return (torch.addcmul(h, z, candidate - h),), None, gate_rs + (rh,), \
+            (h, z, r, candidate)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, z, r, candidate) = d_state, saved
+        d_z = dh * (candidate - h)
+        d_c = tanh_back(dh * z, candidate)
+        d_rh = d_c @ matrices[-1]
+        dh_prev = torch.addcmul(dh - dh * z, d_rh, r)
+        d_gates, dh_prev, gs = self._gates_back(d_z, d_rh * h, dh_prev, z, r, h, matrices)
+        return torch.cat([d_gates, d_c], 1), (dh_prev,), gs + (d_c,), ()
+
 
 @cell("mut1", paper=MUT)
 class MUT1(_MUT):
@@ -159,6 +184,14 @@ class MUT1(_MUT):
         r = torch.sigmoid(torch.addmm(xr, h, w_hr))
         return (self._update(h, z, r, xh, w_hh),)
 
+    def _gates(self, xp_t, h, wt):
+        H = self.hidden_size
+        return xp_t[:, :H], torch.sigmoid(torch.addmm(xp_t[:, H:2 * H], h, wt[0])), (h,)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_ar = sigmoid_back(d_r, r)  # z = sigmoid(W_xz x + b_z) is the projection's own
+        return torch.cat([d_z, d_ar], 1), torch.addmm(dh, d_ar, matrices[0]), (d_ar,)
+
 
 @cell("mut2", paper=MUT)
 class MUT2(_MUT):
@@ -175,6 +208,18 @@ class MUT2(_MUT):
         z, r = torch.sigmoid(torch.addmm(xzr, h, w_zr)).chunk(2, 1)
         return (self._update(h, z, r, xh, w_hh),)
 
+    def manual_params(self):
+        """[W_hz; W_hr], W_hh."""
+        return self.weight_hh.split([2 * self.hidden_size, self.hidden_size]), ()
+
+    def _gates(self, xp_t, h, wt):
+        zr = torch.sigmoid(torch.addmm(xp_t[:, :2 * self.hidden_size], h, wt[0]))
+        return *zr.chunk(2, 1), (h,)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_zr = sigmoid_back(torch.cat([d_z, d_r], 1), torch.cat([z, r], 1))
+        return d_zr, torch.addmm(dh, d_zr, matrices[0]), (d_zr,)
+
 
 @cell("mut3", paper=MUT)
 class MUT3(_MUT):
@@ -185,3 +230,13 @@ class MUT3(_MUT):
         z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), w_hz))
         r = torch.sigmoid(torch.addmm(xr, h, w_hr))
         return (self._update(h, z, r, xh, w_hh),)
+
+    def _gates(self, xp_t, h, wt):
+        H, th = self.hidden_size, torch.tanh(h)
+        return torch.sigmoid(torch.addmm(xp_t[:, :H], th, wt[0])), \
+            torch.sigmoid(torch.addmm(xp_t[:, H:2 * H], h, wt[1])), (th, h)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_az, d_ar = sigmoid_back(d_z, z), sigmoid_back(d_r, r)
+        dh = tanh_back(d_az @ matrices[0], torch.tanh(h)) + torch.addmm(dh, d_ar, matrices[1])
+        return torch.cat([d_az, d_ar], 1), dh, (d_az, d_ar)
