@@ -86,20 +86,22 @@ class _ManualLoop(torch.autograd.Function):
     """(xp (B, T, P), *state, *matrices, *vectors) -> (outputs (B, T, out), *final state)."""
 
     @staticmethod
-    def forward(ctx, cell, n_state, n_mat, xp, *tensors):
+    def forward(ctx, cell, keep, n_state, n_mat, xp, *tensors):
         state, mats, vecs = (tensors[:n_state], tensors[n_state:n_state + n_mat],
                              tensors[n_state + n_mat:])
         wt = tuple(w.T for w in mats)
         outs, rs, saved = [], [[] for _ in mats], []
+        y = None
         for xp_t in xp.unbind(1):
             state, y, r, s = cell.manual_step(xp_t, state, wt, vecs)
             outs.append(state[0] if y is None else y)
-            for acc, r_j in zip(rs, r):
-                acc.append(r_j)
-            saved.append(s)
+            if keep:  # no gradient wanted: nothing kept, memory O(1) in T
+                for acc, r_j in zip(rs, r):
+                    acc.append(r_j)
+                saved.append(s)
         ctx.cell, ctx.n_state, ctx.saved = cell, n_state, saved
         ctx.rs = rs
-        ctx.own_output = y is None if saved else True
+        ctx.own_output = y is None
         ctx.save_for_backward(*mats, *vecs)
         ctx.n_mat = n_mat
         return (torch.stack(outs, 1), *(s.clone() for s in state))
@@ -128,7 +130,7 @@ class _ManualLoop(torch.autograd.Function):
                 if d is not None:
                     d_vecs[k] = d if d_vecs[k] is None else d_vecs[k] + d
         d_xp.reverse()
-        needs = ctx.needs_input_grad[4 + ctx.n_state:]
+        needs = ctx.needs_input_grad[5 + ctx.n_state:]
         d_mats = []
         for j, (w, g_j, r_j) in enumerate(zip(mats, gs, ctx.rs)):
             if not needs[j]:
@@ -139,7 +141,7 @@ class _ManualLoop(torch.autograd.Function):
             d_mats.append(g.T @ torch.stack(r_j).flatten(0, -2))
         d_vecs = [None if d is None or not need else d.sum_to_size(v.shape)
                   for d, v, need in zip(d_vecs, vecs, needs[len(mats):])]
-        return (None, None, None, torch.stack(d_xp, 1), *d_state, *d_mats, *d_vecs)
+        return (None, None, None, None, torch.stack(d_xp, 1), *d_state, *d_mats, *d_vecs)
 
 
 def manual_loop(cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
@@ -156,6 +158,7 @@ def manual_scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: 
     """`cell.manual_step` over the projections xp (B, T, P) from `state`, with its
     hand-written backward: for a cell that computes its own xp, matrices and vectors
     (`manual_loop` is this with `project` and `manual_params`)."""
-    out, *new = _ManualLoop.apply(cell, len(state), len(matrices), xp, *state, *matrices,
-                                  *vectors)
+    tensors = (xp, *state, *matrices, *vectors)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    out, *new = _ManualLoop.apply(cell, keep, len(state), len(matrices), *tensors)
     return out, tuple(new)
