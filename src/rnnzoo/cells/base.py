@@ -27,7 +27,9 @@ reference loop, a single `step` and `ops.newton` run the same maths either way.
 fused=False)` dispatches to `loop`, `fused` or `step` (2-D x). A cell that has a
 faster whole-sequence form defines `fused(x, state) -> (outputs, state)`; its
 layer then gets a `fused` mode. `fused_loop` below is one such form, shared by
-the cells whose recurrent matrix enters their step as a `RecurrentMatrix`.
+the cells whose recurrent matrix enters their step as a `RecurrentMatrix`;
+`cells.manual.manual_loop` is the other, for cells that write their step's derivative by
+hand (the loop without autograd, every recurrent matrix's gradient in one product).
 `jacobian_structure` ("dense", "diag" or ("block", k)) describes d state_t /
 d state_{t-1} for the parallel-in-time solver.
 

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
-from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, uniform_init_
 
 
@@ -73,6 +74,44 @@ class LTCCell(Cell):
             x = (x + delta * f * self.reversal) / (1 + delta * (leak + f))
         return (x,)
 
+    # -- the hand-written backward (`manual_loop`): W_hh's products of every unfold in one
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """W_hh; A, 1 / tau."""
+        return (self.weight_hh,), (self.reversal, 1 / self.tau)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        x, (reversal, leak) = state[0], vectors
+        delta = self.dt / self.ode_unfolds
+        drive, base = delta * reversal, 1 + delta * leak
+        inputs, saved = [], []
+        for _ in range(self.ode_unfolds):
+            inputs.append(x)
+            f = torch.sigmoid(torch.addmm(xp_t, x, wt[0]))
+            den = torch.add(base, f, alpha=delta)
+            x = torch.addcmul(x, f, drive) / den
+            saved.append((f, den, x))
+        return (x,), None, (torch.cat(inputs),), saved
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        dx, reversal = d_state[0], vectors[0]
+        delta = self.dt / self.ode_unfolds
+        d_xp = d_reversal = d_leak = None
+        gs = []
+        for f, den, x in reversed(saved):
+            d_num = dx / den
+            d_den = -d_num * x
+            d_a = sigmoid_back(torch.add(d_num * (delta * reversal), d_den, alpha=delta), f)
+            dx = torch.addmm(d_num, d_a, matrices[0])
+            gs.append(d_a)
+            d_xp = d_a if d_xp is None else d_xp + d_a
+            d_reversal = d_num * f if d_reversal is None else torch.addcmul(d_reversal, d_num, f)
+            d_leak = d_den if d_leak is None else d_leak + d_den
+        gs.reverse()
+        return d_xp, (dx,), (torch.cat(gs),), (delta * d_reversal, delta * d_leak)
+
 
 def lecun_tanh(v: torch.Tensor) -> torch.Tensor:
     return 1.7159 * torch.tanh(0.666 * v)
@@ -113,8 +152,39 @@ class CfCCell(Cell):
             self.weight_heads.T if self.backbone_units else None
 
     def fused(self, x, state):
-        """The loop with weight_hh's gradient in one product after it (`fused_loop`)."""
-        return fused_loop(self, x, state)
+        """The loop with its hand-written backward (`manual_loop`)."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """W_hh (and the heads' W); the heads' bias."""
+        if self.backbone_units:
+            return (self.weight_hh, self.weight_heads), (self.bias_heads,)
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        x, H = state[0], self.hidden_size
+        pre = torch.addmm(xp_t, x, wt[0])
+        rs, back = (x,), None
+        if self.backbone_units:
+            back = torch.tanh(0.666 * pre)
+            u = 1.7159 * back
+            pre = torch.addmm(vectors[0], u, wt[1])
+            rs = (x, u)
+        gate = torch.sigmoid(pre[:, :H] * -self.dt)
+        gh = torch.tanh(pre[:, H:])
+        g, h = gh[:, :H], gh[:, H:]
+        return (torch.addcmul(h, gate, g - h),), None, rs, (gate, gh, back)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dx,), (gate, gh, back), H = d_state, saved, self.hidden_size
+        g, h = gh[:, :H], gh[:, H:]
+        d_g = dx * gate
+        d_f = sigmoid_back(dx * (g - h), gate) * -self.dt
+        d_heads = torch.cat([d_f, tanh_back(torch.cat([d_g, dx - d_g], 1), gh)], 1)
+        if not self.backbone_units:
+            return d_heads, (d_heads @ matrices[0],), (d_heads,), ()
+        d_pre = tanh_back((d_heads @ matrices[1]) * (1.7159 * 0.666), back)
+        return d_pre, (d_pre @ matrices[0],), (d_pre, d_heads), (d_heads,)
 
     def transition(self, parts, state, w):
         (mm, heads) = w

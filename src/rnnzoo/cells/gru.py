@@ -56,7 +56,8 @@ import torch
 
 from rnnzoo import checks
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.parts import StackedGates, glorot_init_, uniform_init_
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
+from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
 
 
@@ -119,15 +120,43 @@ class GRUCell(_GRU):
 @cell("gru_v3", paper="Cho et al. 2014, arXiv:1406.1078 (the paper's reset placement, eq. 8)",
       tiny={"hidden_size": 5})
 class GRUv3Cell(_GRU):
-    """The paper's GRU: the reset gate multiplies h before the candidate's matmul. State h."""
+    """The paper's GRU: the reset gate multiplies h before the candidate's matmul. State h.
+    `fused` is the loop with its hand-written backward (`manual_loop`)."""
+
+    def project(self, x):
+        """W_ih x + b_ih + b_hh: b_hn adds outside the reset product here, so it folds in."""
+        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
 
     def recur(self, xp_t, state):
         h = state[0]
         H = self.hidden_size
         rz = torch.sigmoid(xp_t[:, :2 * H] + h @ self.weight_hh[:2 * H].T)
         r, z = rz[:, :H], rz[:, H:]
-        n = torch.tanh(xp_t[:, 2 * H:] + (r * h) @ self.weight_hh[2 * H:].T + self._b_hn())
+        n = torch.tanh(xp_t[:, 2 * H:] + (r * h) @ self.weight_hh[2 * H:].T)
         return (n + z * (h - n),)
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """[U_r; U_z] and U_n."""
+        return self.weight_hh.split([2 * self.hidden_size, self.hidden_size]), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        rz = torch.sigmoid(torch.addmm(xp_t[:, :2 * H], h, wt[0]))
+        rh = rz[:, :H] * h
+        n = torch.tanh(torch.addmm(xp_t[:, 2 * H:], rh, wt[1]))
+        return (torch.lerp(n, h, rz[:, H:]),), None, (h, rh), (h, rz, n)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, rz, n), H = d_state, saved, self.hidden_size
+        r, z = rz[:, :H], rz[:, H:]
+        d_n = tanh_back(dh - dh * z, n)
+        d_rh = d_n @ matrices[1]
+        d_rz = sigmoid_back(torch.cat([d_rh * h, dh * (h - n)], -1), rz)
+        dh_prev = torch.addmm(torch.addcmul(dh * z, d_rh, r), d_rz, matrices[0])
+        return torch.cat([d_rz, d_n], -1), (dh_prev,), (d_rz, d_n), ()
 
 
 MIRU = "Zyarah & Kudithipudi 2025, arXiv:2503.06175"
@@ -210,3 +239,32 @@ class TauGRU(StackedGates):
         z = torch.tanh(torch.addmm(x_z, delayed, w_z))
         new = torch.addcmul(h, g, torch.addcmul(u, a, z) - h)
         return (new,) + tuple(state[:-1])
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """[W_1; W_3; W_4] (read h_n) and W_2 (reads h_{n-d})."""
+        return self.weight_hh.split([3 * self.hidden_size, self.hidden_size]), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, delayed, H = state[0], state[-1], self.hidden_size
+        a = torch.addmm(xp_t[:, :3 * H], h, wt[0])
+        u, ga = torch.tanh(a[:, :H]), torch.sigmoid(a[:, H:])
+        z = torch.tanh(torch.addmm(xp_t[:, 3 * H:], delayed, wt[1]))
+        v = torch.addcmul(u, ga[:, H:], z)
+        return (torch.addcmul(h, ga[:, :H], v - h),) + tuple(state[:-1]), None, (h, delayed), \
+            (h, u, ga, z, v)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (h, u, ga, z, v), H = saved, self.hidden_size
+        d_new, g, a = d_state[0], ga[:, :H], ga[:, H:]
+        dv = d_new * g
+        d_ga = sigmoid_back(torch.cat([d_new * (v - h), dv * z], 1), ga)
+        da = torch.cat([tanh_back(dv, u), d_ga], 1)
+        d_az = tanh_back(dv * a, z)
+        # new state (h_{n+1}, h_n, ..., h_{n-d+1}): old component k feeds new component k + 1
+        dh = torch.addmm(d_new - dv, da, matrices[0]) + d_state[1]
+        prev = (dh, *d_state[2:], d_az @ matrices[1])
+        return torch.cat([da, d_az], 1), prev, (da, d_az), ()

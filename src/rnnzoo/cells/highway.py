@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
-from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
 
 
@@ -60,8 +61,43 @@ class RHNCell(Cell):
         return RecurrentMatrix(first), tuple(r.T for r in later), self.bias.unbind(0)[1:]
 
     def fused(self, x, state):
-        """The loop with the first micro-step's R gradient in one product (`fused_loop`)."""
-        return fused_loop(self, x, state)
+        """The loop with its hand-written backward (`manual_loop`)."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """R_1 .. R_L; b_2 .. b_L."""
+        return self.weight_hh.unbind(0), self.bias.unbind(0)[1:]
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        s, H = state[0], self.hidden_size
+        inputs, saved = [], []
+        for layer in range(self.depth):
+            pre = torch.addmm(xp_t if layer == 0 else vectors[layer - 1], s, wt[layer])
+            hh, gates = torch.tanh(pre[:, :H]), torch.sigmoid(pre[:, H:])
+            inputs.append(s)
+            saved.append((s, hh, gates))
+            t = gates[:, :H]
+            s = torch.addcmul(s, t, hh - s) if self.coupled else \
+                torch.addcmul(hh * t, s, gates[:, H:])
+        return (s,), None, inputs, saved
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        ds, H = d_state[0], self.hidden_size
+        gs = []
+        for layer in range(self.depth - 1, -1, -1):
+            s, hh, gates = saved[layer]
+            t = gates[:, :H]
+            d_hh = ds * t
+            if self.coupled:
+                d_gates, ds = ds * (hh - s), ds - d_hh
+            else:
+                d_gates = torch.cat([ds * hh, ds * s], 1)
+                ds = ds * gates[:, H:]
+            d_pre = torch.cat([tanh_back(d_hh, hh), sigmoid_back(d_gates, gates)], 1)
+            ds = torch.addmm(ds, d_pre, matrices[layer])
+            gs.append(d_pre)
+        gs.reverse()
+        return gs[0], (ds,), gs, gs[1:]
 
     def transition(self, parts, state, w):
         (mm, matrices, biases), s = w, state[0]
@@ -122,3 +158,27 @@ class IntersectionRNN(Cell):
         d, r, g_y, g_h = torch.addmm(pre, h, w[0]).split((n_in, n_h, n_in, n_h), -1)
         y = torch.lerp(torch.relu(d), x, torch.sigmoid(g_y))
         return y, torch.lerp(torch.tanh(r), h, torch.sigmoid(g_h))
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, n_in, H = state[1], self.input_size, self.hidden_size
+        a = torch.addmm(xp_t[:, :2 * (n_in + H)], h, wt[0])
+        x = xp_t[:, 2 * (n_in + H):]
+        rd, tr, sg = torch.relu(a[:, :n_in]), torch.tanh(a[:, n_in:n_in + H]), torch.sigmoid(a[:, n_in + H:])
+        y = torch.lerp(rd, x, sg[:, :n_in])
+        return (y, torch.lerp(tr, h, sg[:, n_in:])), None, (h,), (h, x, rd, tr, sg)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dy, dh), (h, x, rd, tr, sg), n_in = d_state, saved, self.input_size
+        g_y, g_h = sg[:, :n_in], sg[:, n_in:]
+        dx, dh_direct = dy * g_y, dh * g_h
+        d_sg = sigmoid_back(torch.cat([dy * (x - rd), dh * (h - tr)], 1), sg)
+        da = torch.cat([relu_back(dy - dx, rd), tanh_back(dh - dh_direct, tr), d_sg], 1)
+        return torch.cat([da, dx], 1), (torch.zeros_like(dy), torch.addmm(dh_direct, da,
+                                                                          matrices[0])), (da,), ()

@@ -55,6 +55,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.manual import lstm_cell_back, manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
 
@@ -100,6 +101,48 @@ class _LSTM(StackedGates):
         h = torch.sigmoid(o) * torch.tanh(c)
         return (h if w[4] is None else h @ w[4]), c
 
+    # -- the hand-written backward (`manual_loop`; no projection W_hr) ----------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """W_hh (and res_lstm's W_proj); the peepholes p_i, p_f, p_o where present."""
+        proj = getattr(self, "weight_proj", None)
+        return ((self.weight_hh,) if proj is None else (self.weight_hh, proj)), \
+            (() if self.weight_ph is None else tuple(self.weight_ph.chunk(3)))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        ai, af, ag, ao = torch.addmm(xp_t[:, :4 * H], h, wt[0]).chunk(4, 1)
+        if vectors:
+            ai, af = torch.addcmul(ai, c, vectors[0]), torch.addcmul(af, c, vectors[1])
+        i, f, g = torch.sigmoid(ai), torch.sigmoid(af), torch.tanh(ag)
+        c_new = torch.addcmul(f * c, i, g)
+        if vectors:
+            ao = torch.addcmul(ao, c_new, vectors[2])
+        o, tc = torch.sigmoid(ao), torch.tanh(c_new)
+        u = None if len(wt) == 1 else torch.addmm(xp_t[:, 4 * H:], tc, wt[1])  # res_lstm
+        return (o * (tc if u is None else u), c_new), None, (h,) + (() if u is None else (tc,)), \
+            (c, i, f, g, o, c_new, tc, u)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (c, i, f, g, o, c_new, tc, u) = d_state, saved
+        d_ao = sigmoid_back(dh * (tc if u is None else u), o)
+        du = dh * o
+        dc_new = dc + tanh_back(du if u is None else du @ matrices[1], tc)
+        if vectors:
+            dc_new = torch.addcmul(dc_new, d_ao, vectors[2])
+        d_ai, d_af, d_ag, dc_prev = lstm_cell_back(dc_new, i, f, g, c)
+        d_vec = ()
+        if vectors:
+            dc_prev = torch.addcmul(torch.addcmul(dc_prev, d_ai, vectors[0]), d_af, vectors[1])
+            d_vec = (d_ai * c, d_af * c, d_ao * c_new)
+        da = torch.cat([d_ai, d_af, d_ag, d_ao], 1)
+        dh_prev = da @ matrices[0]
+        if u is None:
+            return da, (dh_prev, dc_prev), (da,), d_vec
+        return torch.cat([da, du], 1), (dh_prev, dc_prev), (da, du), d_vec
+
 
 @cell("lstm", paper="Hochreiter & Schmidhuber 1997; Gers et al. 2000; LSTMP: Sak et al. 2014, "
       "arXiv:1402.1128", tiny={"hidden_size": 5})
@@ -108,7 +151,8 @@ class LSTMCell(_LSTM):
 
     Options: `proj_size` (LSTMP: h_t = W_hr (o * tanh c_t), weight_hr (proj_size, H)),
     `peepholes` (weight_ph (3H,): p_i, p_f, p_o as in torchrecurrent's PeepholeLSTM).
-    `fused` runs torch's LSTM kernel; with peepholes (torch has none) it is `fused_loop`;
+    `fused` runs torch's LSTM kernel; with peepholes (torch has none) it is the loop with its
+    hand-written backward (`manual_loop`; `fused_loop` with proj_size too);
     inside `ops.backend.force("triton")`, without peepholes or projection, the Triton
     kernel `ops.triton.rnn.lstm_sequence`.
     """
@@ -129,8 +173,9 @@ class LSTMCell(_LSTM):
         return self.weight_ph is None
 
     def fused(self, x, state):
-        if not self.has_torch_kernel:
-            return fused_loop(self, x, state)
+        if not self.has_torch_kernel:  # peepholes: the hand-written backward, or W_hr's too
+            return fused_loop(self, x, state) if self.weight_hr is not None \
+                else manual_loop(self, x, state)
         # the Triton kernel only when forced: cuDNN stays the default until a GPU benchmark
         # shows the kernel wins
         if self.weight_hr is None and x.dtype != torch.float64 and \
@@ -269,6 +314,35 @@ class MultiplicativeLSTM(Cell):
         c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
         return torch.sigmoid(o) * torch.tanh(c), c
 
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh, self.weight_mh), \
+            (() if self.bias_hh is None else (self.bias_hh,))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        m_x = xp_t[:, :H]
+        hh = h @ wt[0] if not vectors else torch.addmm(vectors[0], h, wt[0])
+        m = m_x * hh
+        a = torch.addmm(xp_t[:, H:], m, wt[1])
+        i, f, o = torch.sigmoid(a[:, :2 * H]).chunk(2, 1) + (torch.sigmoid(a[:, 3 * H:]),)
+        g = torch.tanh(a[:, 2 * H:3 * H])
+        c_new = torch.addcmul(f * c, i, g)
+        tc = torch.tanh(c_new)
+        return (o * tc, c_new), None, (h, m), (m_x, hh, c, i, f, g, o, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (m_x, hh, c, i, f, g, o, tc) = d_state, saved
+        d_ao = sigmoid_back(dh * tc, o)
+        d_ai, d_af, d_ag, dc_prev = lstm_cell_back(dc + tanh_back(dh * o, tc), i, f, g, c)
+        da = torch.cat([d_ai, d_af, d_ag, d_ao], 1)
+        dm = da @ matrices[1]
+        d_hh = dm * m_x
+        return torch.cat([dm * hh, da], 1), (d_hh @ matrices[0], dc_prev), (d_hh, da), \
+            ((d_hh,) if vectors else ())
+
 
 @cell("wmclstm", paper="Landi et al. 2021, arXiv:2109.00020")
 class WMCLSTM(StackedGates):
@@ -302,6 +376,41 @@ class WMCLSTM(StackedGates):
         c = torch.addcmul(f * c, i, torch.tanh(gc))
         o = torch.sigmoid(go + self._memory(c, v_o, b_o))
         return o * torch.tanh(c), c
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """W_hh, V_if, V_o; b_if, b_o (none without bias)."""
+        H = self.hidden_size
+        v_if, v_o = self.weight_mh.split([2 * H, H])
+        return (self.weight_hh, v_if, v_o), \
+            (() if self.bias_mh is None else tuple(self.bias_mh.split([2 * H, H])))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        b_if, b_o = vectors or (None, None)
+        a = torch.addmm(xp_t, h, wt[0])
+        mem_if = self._memory(c, wt[1], b_if)
+        i, f = torch.sigmoid(a[:, :2 * H] + mem_if).chunk(2, 1)
+        g = torch.tanh(a[:, 2 * H:3 * H])
+        c_new = torch.addcmul(f * c, i, g)
+        mem_o = self._memory(c_new, wt[2], b_o)
+        o = torch.sigmoid(a[:, 3 * H:] + mem_o)
+        tc = torch.tanh(c_new)
+        return (o * tc, c_new), None, (h, c, c_new), (c, i, f, g, o, tc, mem_if, mem_o)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (c, i, f, g, o, tc, mem_if, mem_o) = d_state, saved
+        d_ao = sigmoid_back(dh * tc, o)
+        d_mo = tanh_back(d_ao, mem_o)
+        dc_new = torch.addmm(dc + tanh_back(dh * o, tc), d_mo, matrices[2])
+        d_ai, d_af, d_ag, dc_prev = lstm_cell_back(dc_new, i, f, g, c)
+        d_aif = torch.cat([d_ai, d_af], 1)
+        d_mif = tanh_back(d_aif, mem_if)
+        da = torch.cat([d_aif, d_ag, d_ao], 1)
+        return da, (da @ matrices[0], torch.addmm(dc_prev, d_mif, matrices[1])), \
+            (da, d_mif, d_mo), ((d_mif, d_mo) if vectors else ())
 
 
 @cell("janet", paper="van der Westhuizen & Lasenby 2018, arXiv:1804.04849",
@@ -384,3 +493,26 @@ class MCLSTM(StackedGates):
         c = torch.addcmul(f * c, i, torch.tanh(n))
         squashed = torch.tanh(c)
         return o * squashed, m * squashed, c
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (_, v, c), H = state, self.hidden_size
+        a = torch.addmm(xp_t, v, wt[0])
+        gates, n = torch.sigmoid(a[:, :4 * H]), torch.tanh(a[:, 4 * H:])
+        f, i, o, m = gates.chunk(4, 1)
+        c_new = torch.addcmul(f * c, i, n)
+        s = torch.tanh(c_new)
+        return (o * s, m * s, c_new), None, (v,), (c, gates, n, s)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dv, dc), (c, gates, n, s) = d_state, saved
+        f, i, o, m = gates.chunk(4, 1)
+        dc_new = dc + tanh_back(torch.addcmul(dh * o, dv, m), s)
+        d_gates = sigmoid_back(torch.cat([dc_new * c, dc_new * n, dh * s, dv * s], 1), gates)
+        da = torch.cat([d_gates, tanh_back(dc_new * i, n)], 1)
+        return da, (torch.zeros_like(dh), da @ matrices[0], dc_new * f), (da,), ()

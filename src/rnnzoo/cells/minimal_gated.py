@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.cells.base import cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, activation, add_bias, glorot_init_, uniform_init_
 
 COLLINS = "Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913"
@@ -369,6 +370,44 @@ class SGU(StackedGates):
         z_out = self._out(torch.tanh(pre) * h, w_o)
         z = F.hardsigmoid(torch.addmm(x_z, h, u_z))
         return (torch.addcmul(h, z, z_out - h),)
+
+    # -- the hand-written backward (`manual_loop`), SGU and DSGU ------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """U_g, U_z (and DSGU's U_o); b_zg where present."""
+        mats = tuple(self.weight_hh.split(self.hidden_size))
+        if hasattr(self, "weight_ho"):
+            mats += (self.weight_ho,)
+        return mats, (() if self.bias_hh is None else (self.bias_hh[:self.hidden_size],))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        x_g, x_z = xp_t[:, :H], xp_t[:, H:]
+        xgh = x_g * h
+        tg = torch.tanh(torch.addmm(vectors[0], xgh, wt[0]) if vectors else xgh @ wt[0])
+        gated = tg * h
+        z_out = torch.sigmoid(gated @ wt[2]) if len(wt) == 3 else F.softplus(gated)
+        a_z = torch.addmm(x_z, h, wt[1])
+        z = F.hardsigmoid(a_z)
+        rs = (xgh, h) + ((gated,) if len(wt) == 3 else ())
+        return (torch.addcmul(h, z, z_out - h),), None, rs, (h, x_g, tg, gated, z_out, a_z, z)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, x_g, tg, gated, z_out, a_z, z) = d_state, saved
+        d_out = dh * z
+        d_az = torch.ops.aten.hardsigmoid_backward(dh * (z_out - h), a_z)
+        if len(matrices) == 3:
+            d_o = sigmoid_back(d_out, z_out)
+            d_gated, gs = d_o @ matrices[2], (d_o,)
+        else:
+            d_gated, gs = torch.ops.aten.softplus_backward(d_out, gated, 1.0, 20.0), ()
+        d_pre = tanh_back(d_gated * h, tg)
+        d_xgh = d_pre @ matrices[0]
+        dh_prev = torch.addcmul(torch.addcmul(dh - d_out, d_gated, tg), d_xgh, x_g)
+        return torch.cat([d_xgh * h, d_az], 1), (torch.addmm(dh_prev, d_az, matrices[1]),), \
+            (d_pre, d_az) + gs, ((d_pre,) if vectors else ())
 
 
 @cell("dsgu", paper=SGU_PAPER)

@@ -22,6 +22,14 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import (
+    layer_norm,
+    layer_norm_back,
+    lstm_cell_back,
+    manual_loop,
+    sigmoid_back,
+    tanh_back,
+)
 from rnnzoo.cells.parts import uniform_init_
 
 
@@ -41,6 +49,14 @@ class _LayerNormed(Cell):
         """LN(W_ih x), every step at once: (..., input_size) -> (..., G*H)."""
         return self.ln_ih(x @ self.weight_ih.T)
 
+    # the hand-written backward (`manual_loop`): W_hh, and the norms' gains and shifts
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        norms = (self.ln_hh,) + ((self.ln_cell,) if hasattr(self, "ln_cell") else ())
+        return (self.weight_hh,), tuple(t for n in norms for t in (n.weight, n.bias))
+
 
 @cell("ln_lstm", paper="Ba et al. 2016, arXiv:1607.06450 (layer-normalised LSTM)",
       tiny={"hidden_size": 5})
@@ -58,6 +74,27 @@ class LayerNormLSTMCell(_LayerNormed):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(self.ln_cell(c)), c
 
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        a_h = h @ wt[0]
+        n_h, stats_h = layer_norm(a_h, self.ln_hh)
+        a = xp_t + n_h
+        i, f, o = torch.sigmoid(a[:, :2 * H]).chunk(2, 1) + (torch.sigmoid(a[:, 3 * H:]),)
+        g = torch.tanh(a[:, 2 * H:3 * H])
+        c_new = torch.addcmul(f * c, i, g)
+        n_c, stats_c = layer_norm(c_new, self.ln_cell)
+        t = torch.tanh(n_c)
+        return (o * t, c_new), None, (h,), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c) = d_state, saved
+        d_ao = sigmoid_back(dh * t, o)
+        d_c, d_wc, d_bc = layer_norm_back(tanh_back(dh * o, t), c_new, stats_c, self.ln_cell)
+        d_ai, d_af, d_ag, dc_prev = lstm_cell_back(dc + d_c, i, f, g, c)
+        da = torch.cat([d_ai, d_af, d_ag, d_ao], 1)
+        d_ah, d_wh, d_bh = layer_norm_back(da, a_h, stats_h, self.ln_hh)
+        return da, (d_ah @ matrices[0], dc_prev), (d_ah,), (d_wh, d_bh, d_wc, d_bc)
+
 
 @cell("ln_gru", paper="Ba et al. 2016, arXiv:1607.06450 (layer-normalised GRU)",
       tiny={"hidden_size": 5})
@@ -74,3 +111,22 @@ class LayerNormGRUCell(_LayerNormed):
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(xp_t[:, 2 * H:] + r * gh[:, 2 * H:])
         return (n + z * (h - n),)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        a_h = h @ wt[0]
+        n_h, stats = layer_norm(a_h, self.ln_hh)
+        rz = torch.sigmoid(xp_t[:, :2 * H] + n_h[:, :2 * H])
+        n = torch.tanh(torch.addcmul(xp_t[:, 2 * H:], rz[:, :H], n_h[:, 2 * H:]))
+        return (torch.lerp(n, h, rz[:, H:]),), None, (h,), (h, rz, n, n_h, a_h, stats)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, rz, n, n_h, a_h, stats), H = d_state, saved, self.hidden_size
+        z = rz[:, H:]
+        dz_direct = dh * z
+        d_n = tanh_back(dh - dz_direct, n)
+        d_rz = sigmoid_back(torch.cat([d_n * n_h[:, 2 * H:], dh * (h - n)], 1), rz)
+        d_ah, d_w, d_b = layer_norm_back(torch.cat([d_rz, d_n * rz[:, :H]], 1), a_h, stats,
+                                         self.ln_hh)
+        return torch.cat([d_rz, d_n], 1), (torch.addmm(dz_direct, d_ah, matrices[0]),), \
+            (d_ah,), (d_w, d_b)

@@ -28,6 +28,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
 
 
@@ -136,6 +137,37 @@ class LEM(Cell):
         dt_y, dt_z = steps.chunk(2, -1)
         z = torch.lerp(z, torch.tanh(z_pre), dt_z)
         return torch.lerp(y, torch.tanh(torch.addmm(x_y, z, w[1])), dt_y), z
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh, self.weight_ch), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (y, z), H = state, self.hidden_size
+        a = torch.addmm(xp_t[:, :3 * H], y, wt[0])
+        sig = torch.sigmoid(a[:, :2 * H])
+        steps = sig if self.dt == 1 else self.dt * sig
+        t_z = torch.tanh(a[:, 2 * H:])
+        z_new = torch.lerp(z, t_z, steps[:, H:])
+        t_y = torch.tanh(torch.addmm(xp_t[:, 3 * H:], z_new, wt[1]))
+        return (torch.lerp(y, t_y, steps[:, :H]), z_new), None, (y, z_new), \
+            (y, z, sig, steps, t_z, t_y)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dy, dz), (y, z, sig, steps, t_z, t_y) = d_state, saved
+        H = self.hidden_size
+        dt_y, dt_z = steps[:, :H], steps[:, H:]
+        d_ay = tanh_back(dy * dt_y, t_y)
+        dz_new = torch.addmm(dz, d_ay, matrices[1])
+        d_steps = torch.cat([dy * (t_y - y), dz_new * (t_z - z)], 1)
+        if self.dt != 1:
+            d_steps = d_steps * self.dt
+        da = torch.cat([sigmoid_back(d_steps, sig), tanh_back(dz_new * dt_z, t_z)], 1)
+        return torch.cat([da, d_ay], 1), \
+            (torch.addmm(dy - dy * dt_y, da, matrices[0]), dz_new - dz_new * dt_z), (da, d_ay), ()
 
 
 

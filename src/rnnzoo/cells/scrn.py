@@ -25,7 +25,9 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_scan, sigmoid_back
 from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
+from rnnzoo.ops.scan import linear_scan
 
 
 @cell("scrn", paper="Mikolov et al. 2015, arXiv:1412.7753", tiny={"context_size": 3})
@@ -74,3 +76,29 @@ class SCRN(Cell):
             w = self.weights(state[0].shape[0])
         (h, s), (_, u, _, v, b_y) = state, w
         return torch.tanh(add_bias(torch.addmm(h @ u, s, v), b_y))
+
+    # -- fused: only h_t = sigmoid(a_t + R h_{t-1}) is a nonlinear recurrence ----------------
+    def fused(self, x, state):
+        """The context s is a linear scan of the input (`ops.scan.linear_scan`), so P s_t
+        and the output y_t = tanh(U h_t + V s_t + b_y) are each one product over all steps;
+        the loop left, h_t = sigmoid(A x_t + P s_t + b_h + R h_{t-1}), runs with its
+        hand-written backward (`manual_scan`)."""
+        if torch.compiler.is_compiling():
+            return self.loop(x, state)
+        S, H = self.context_size, self.hidden_size
+        (h, s), (_, u, p, v, b_y) = state, self.weights(x.shape[0])
+        xp = self.project(x)
+        context, _ = linear_scan(xp.new_full((1, 1, 1), self.alpha), xp[..., :S], s)
+        flat = context.flatten(0, 1)
+        a = torch.addmm(xp[..., S:].flatten(0, 1), flat, p).unflatten(0, x.shape[:2])
+        hs, (h,) = manual_scan(self, a, (h,), (self.weight_hh[:H],), ())
+        y = torch.tanh(add_bias(torch.addmm(hs.flatten(0, 1) @ u, flat, v), b_y))
+        return y.unflatten(0, x.shape[:2]), (h, context[:, -1])
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h = torch.sigmoid(torch.addmm(xp_t, state[0], wt[0]))
+        return (h,), None, (state[0],), (h,)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        d_a = sigmoid_back(d_state[0], saved[0])
+        return d_a, (d_a @ matrices[0],), (d_a,), ()

@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.cells.base import cell
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_
 
 
@@ -75,6 +76,44 @@ class NAS(StackedGates):
         h = torch.tanh(c * torch.tanh(torch.tanh(l2) + torch.sigmoid(l3)))
         return h, c
 
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, c = state
+        g = torch.addmm(xp_t, h, wt[0]).chunk(8, 1)
+        s0, r1, s2, r3 = torch.sigmoid(g[0]), torch.relu(g[1]), torch.sigmoid(g[2]), \
+            torch.relu(g[3])
+        t4, s5, t6, s7 = torch.tanh(g[4]), torch.sigmoid(g[5]), torch.tanh(g[6]), \
+            torch.sigmoid(g[7])
+        l0, t_l2, s_l3 = torch.tanh(s0 * r1), torch.tanh(t4 * s5), torch.sigmoid(t6 + s7)
+        big_a, big_b = torch.tanh(l0 + c), torch.tanh(s2 + r3)
+        c_new = big_a * big_b
+        big_c = torch.tanh(t_l2 + s_l3)
+        h_new = torch.tanh(c_new * big_c)
+        return (h_new, c_new), None, (h,), \
+            (s0, r1, s2, r3, t4, s5, t6, s7, l0, t_l2, s_l3, big_a, big_b, c_new, big_c, h_new)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (s0, r1, s2, r3, t4, s5, t6, s7, l0, t_l2, s_l3, big_a, big_b, c_new, big_c,
+                   h_new) = d_state, saved
+        d_in = tanh_back(dh, h_new)
+        dc_new = torch.addcmul(dc, d_in, big_c)
+        d_cin = tanh_back(d_in * c_new, big_c)
+        d_l2, d_l3 = tanh_back(d_cin, t_l2), sigmoid_back(d_cin, s_l3)
+        d_l1 = tanh_back(dc_new * big_a, big_b)
+        dc_prev = tanh_back(dc_new * big_b, big_a)
+        d_l0 = tanh_back(dc_prev, l0)
+        da = torch.cat([sigmoid_back(d_l0 * r1, s0), relu_back(d_l0 * s0, r1),
+                        sigmoid_back(d_l1, s2), relu_back(d_l1, r3),
+                        tanh_back(d_l2 * s5, t4), sigmoid_back(d_l2 * t4, s5),
+                        tanh_back(d_l3, t6), sigmoid_back(d_l3, s7)], 1)
+        return da, (da @ matrices[0], dc_prev), (da,), ()
+
 
 
 MUT = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of RNN Architectures)"
@@ -99,6 +138,31 @@ class _MUT(StackedGates):
         candidate = torch.tanh(torch.addmm(xh, r * h, w_hh))
         return torch.addcmul(h, z, candidate - h)
 
+    # -- the hand-written backward (`manual_loop`); the gates are each subclass's ----------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """weight_hh's blocks, each its own product: (W_hz,) W_hr, W_hh."""
+        return self.weight_hh.split(self.hidden_size), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        z, r, gate_rs = self._gates(xp_t, h, wt)
+        rh = r * h
+        candidate = torch.tanh(torch.addmm(xp_t[:, 2 * H:], rh, wt[-1]))
+        return (torch.addcmul(h, z, candidate - h),), None, gate_rs + (rh,), \
+            (h, z, r, candidate)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, z, r, candidate) = d_state, saved
+        d_z = dh * (candidate - h)
+        d_c = tanh_back(dh * z, candidate)
+        d_rh = d_c @ matrices[-1]
+        dh_prev = torch.addcmul(dh - dh * z, d_rh, r)
+        d_gates, dh_prev, gs = self._gates_back(d_z, d_rh * h, dh_prev, z, r, h, matrices)
+        return torch.cat([d_gates, d_c], 1), (dh_prev,), gs + (d_c,), ()
+
 
 @cell("mut1", paper=MUT)
 class MUT1(_MUT):
@@ -120,6 +184,14 @@ class MUT1(_MUT):
         r = torch.sigmoid(torch.addmm(xr, h, w_hr))
         return (self._update(h, z, r, xh, w_hh),)
 
+    def _gates(self, xp_t, h, wt):
+        H = self.hidden_size
+        return xp_t[:, :H], torch.sigmoid(torch.addmm(xp_t[:, H:2 * H], h, wt[0])), (h,)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_ar = sigmoid_back(d_r, r)  # z = sigmoid(W_xz x + b_z) is the projection's own
+        return torch.cat([d_z, d_ar], 1), torch.addmm(dh, d_ar, matrices[0]), (d_ar,)
+
 
 @cell("mut2", paper=MUT)
 class MUT2(_MUT):
@@ -136,6 +208,18 @@ class MUT2(_MUT):
         z, r = torch.sigmoid(torch.addmm(xzr, h, w_zr)).chunk(2, 1)
         return (self._update(h, z, r, xh, w_hh),)
 
+    def manual_params(self):
+        """[W_hz; W_hr], W_hh."""
+        return self.weight_hh.split([2 * self.hidden_size, self.hidden_size]), ()
+
+    def _gates(self, xp_t, h, wt):
+        zr = torch.sigmoid(torch.addmm(xp_t[:, :2 * self.hidden_size], h, wt[0]))
+        return *zr.chunk(2, 1), (h,)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_zr = sigmoid_back(torch.cat([d_z, d_r], 1), torch.cat([z, r], 1))
+        return d_zr, torch.addmm(dh, d_zr, matrices[0]), (d_zr,)
+
 
 @cell("mut3", paper=MUT)
 class MUT3(_MUT):
@@ -146,3 +230,13 @@ class MUT3(_MUT):
         z = torch.sigmoid(torch.addmm(xz, torch.tanh(h), w_hz))
         r = torch.sigmoid(torch.addmm(xr, h, w_hr))
         return (self._update(h, z, r, xh, w_hh),)
+
+    def _gates(self, xp_t, h, wt):
+        H, th = self.hidden_size, torch.tanh(h)
+        return torch.sigmoid(torch.addmm(xp_t[:, :H], th, wt[0])), \
+            torch.sigmoid(torch.addmm(xp_t[:, H:2 * H], h, wt[1])), (th, h)
+
+    def _gates_back(self, d_z, d_r, dh, z, r, h, matrices):
+        d_az, d_ar = sigmoid_back(d_z, z), sigmoid_back(d_r, r)
+        dh = tanh_back(d_az @ matrices[0], torch.tanh(h)) + torch.addmm(dh, d_ar, matrices[1])
+        return torch.cat([d_az, d_ar], 1), dh, (d_az, d_ar)

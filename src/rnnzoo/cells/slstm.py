@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
-from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
+from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, uniform_init_
 from rnnzoo.ops import backend
 
@@ -78,9 +79,43 @@ class SLSTMCell(Cell):
 
     def fused(self, x, state):
         """On CUDA (when triton imports; `ops.backend`) the whole sequence in one Triton
-        launch (`ops.triton.rnn.slstm_sequence`); else the loop with R's gradient deferred
-        to one product (`fused_loop`)."""
+        launch (`ops.triton.rnn.slstm_sequence`); else the loop with its hand-written
+        backward (`manual_loop`)."""
         if x.dtype != torch.float64 and backend.use_triton(x, *state):
             from rnnzoo.ops.triton.rnn import slstm_sequence
             return slstm_sequence(self.project(x), self.weight_hh, *state)
-        return fused_loop(self, x, state)
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.recurrent_matrix(),), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c, n, m), H = state, self.hidden_size
+        a = torch.addmm(xp_t, h, wt[0])
+        a_i, a_f = a[:, :H], a[:, H:2 * H]
+        log_sig, buffer = torch.ops.aten.log_sigmoid_forward(a_f)
+        log_f = log_sig + m
+        m_new = torch.maximum(log_f, a_i)
+        i, f = torch.exp(a_i - m_new), torch.exp(log_f - m_new)
+        tz, o = torch.tanh(a[:, 2 * H:3 * H]), torch.sigmoid(a[:, 3 * H:])
+        c_new, n_new = torch.addcmul(f * c, i, tz), torch.add(f * n, i)
+        q = c_new / n_new
+        return (o * q, c_new, n_new, m_new), None, (h,), \
+            (a_i, a_f, buffer, log_f, i, f, tz, o, c, n, n_new, q)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc, dn, dm) = d_state
+        a_i, a_f, buffer, log_f, i, f, tz, o, c, n, n_new, q = saved
+        d_ao = sigmoid_back(dh * q, o)
+        dq = (dh * o) / n_new
+        dc_new, dn_new = dc + dq, dn - dq * q
+        d_i = i * torch.addcmul(dn_new, dc_new, tz)        # through exp(a_i - m_new)
+        d_f = f * torch.addcmul(dn_new * n, dc_new, c)     # through exp(log_f - m_new)
+        d_m = dm - d_i - d_f
+        # m_new = max(log_f, a_i): as autograd's maximum, a tie splits the gradient in half
+        to_f = torch.where(log_f == a_i, 0.5, (log_f > a_i).to(a_i.dtype))
+        d_logf = torch.addcmul(d_f, d_m, to_f)
+        da = torch.cat([torch.addcmul(d_i, d_m, 1.0 - to_f),
+                        torch.ops.aten.log_sigmoid_backward(d_logf, a_f, buffer),
+                        tanh_back(dc_new * i, tz), d_ao], 1)
+        return da, (da @ matrices[0], dc_new * f, dn_new * f, d_logf), (da,), ()
