@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _cells import D, perturbed
 from torch.func import functional_call
 
 from rnnzoo.cells import manual
 from rnnzoo.registry import CELLS
 
-B, T, D, H = 2, 5, 3, 4
+B, T = 2, 5
 
 # (cell, options): every cell with a hand-written backward, and the options that change it
 CASES = [
@@ -30,16 +31,6 @@ CASES = [
 ]
 
 
-def _cell(name, options, seed=0):
-    torch.manual_seed(seed)
-    cell = CELLS[name].cls(D, H, **options).double()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return cell
-
-
 def _inputs(cell, seed=3):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
@@ -54,7 +45,7 @@ def test_every_manual_cell_is_covered():
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_manual_backward_equals_reference(name, options, monkeypatch):
-    cell = _cell(name, options)
+    cell = perturbed(name, **options)
     calls = []
     real = manual._ManualLoop.apply
     monkeypatch.setattr(manual._ManualLoop, "apply", lambda *a: calls.append(1) or real(*a))
@@ -80,7 +71,7 @@ def test_manual_backward_equals_reference(name, options, monkeypatch):
 @pytest.mark.slow  # finite differences over every parameter: ~2-10 s a case
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_manual_backward_gradcheck(name, options):
-    cell = _cell(name, options)
+    cell = perturbed(name, **options)
     x, s0 = _inputs(cell)
     names = [n for n, _ in cell.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
