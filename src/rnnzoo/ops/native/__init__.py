@@ -20,7 +20,8 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
                          are several (ctypes lets go of the GIL during each call)
 
 Kernels: selective_scan.c (Mamba's selective scan, `ops.native.selective_scan`), conv.c
-(the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp.
+(the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp;
+each_type.h, which compiles a kernel file's body for float and for double.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd", "-shared
 _HERE = Path(__file__).resolve().parent
 _libs: dict[str, ctypes.CDLL | None] = {}  # name -> library, or None after a failed build
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0  # its number of workers
 
 
 def cache_dir() -> Path:
@@ -112,11 +114,13 @@ def load(name: str) -> ctypes.CDLL | None:
 def run(fn, arg_lists) -> None:
     """fn(*args) for each args in arg_lists: the first on this thread, the others on a
     thread pool (the kernels split their work by these ranges: torch.get_num_threads())."""
-    global _pool
+    global _pool, _pool_size
     arg_lists = list(arg_lists)
-    if len(arg_lists) > 1 and (_pool is None or _pool._max_workers < len(arg_lists) - 1):
-        _pool = ThreadPoolExecutor(max_workers=len(arg_lists) - 1,
-                                   thread_name_prefix="rnnzoo-native")
+    if len(arg_lists) - 1 > _pool_size:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool_size = len(arg_lists) - 1
+        _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="rnnzoo-native")
     futures = [_pool.submit(fn, *args) for args in arg_lists[1:]]
     fn(*arg_lists[0])
     for f in futures:

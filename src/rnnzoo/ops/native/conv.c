@@ -14,22 +14,9 @@
    dbias (batch, C): one slice per batch row, summed by the caller.
    Each function does the batch rows [b0, b1). Plain C; compiled by rnnzoo.ops.native. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "conv.c"
+#include "each_type.h"
 
 #else
 

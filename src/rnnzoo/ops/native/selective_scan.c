@@ -26,26 +26,10 @@
    Each function does the batch rows [b0, b1) and the channels [d0, d1).
    Plain C, no Python or torch headers: compiled on first use by rnnzoo.ops.native. */
 
-#ifndef T  /* this file includes itself once per type, T the float type */
-#include <stdlib.h>
-#include <string.h>
-
+#ifndef T  /* instantiated for float and double by each_type.h */
 #define DB 16
-
-#include "exp.h"
-
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#define KERNELS "selective_scan.c"
+#include "each_type.h"
 
 #else  /* the kernels, for one T */
 
