@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import threads as threads_
 
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend
@@ -14,14 +16,7 @@ from rnnzoo.ops.native import conv as native_conv
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = [0]
-    real = native_conv.short_conv
-
-    def counted(*args, **kw):
-        n[0] += 1
-        return real(*args, **kw)
-    monkeypatch.setattr(native_conv, "short_conv", counted)
-    return n
+    return counter(monkeypatch, native_conv, "short_conv")
 
 
 def _setup(b, T, C, K, bias, silu, dtype):
@@ -34,11 +29,7 @@ def _setup(b, T, C, K, bias, silu, dtype):
 
 
 def _run(m, x, state):
-    y, s = m(x, state)
-    g = torch.Generator().manual_seed(1)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() \
-        + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
-    return [y, s, *torch.autograd.grad(loss, [x, state, *m.parameters()])]
+    return outputs_and_grads(m(x, state), [x, state, *m.parameters()])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -48,22 +39,14 @@ def _run(m, x, state):
     (2, 5, 8, 1, True, True)])  # K = 1: no state
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_conv_matches_torch(calls, dtype, tol, b, T, C, K, bias, silu, threads):
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         m, x, state = _setup(b, T, C, K, bias, silu, dtype)
         got = _run(m, x, state)
         assert calls[0] == 1
         with backend.force("torch"):
             want = _run(m, x, state)
-    finally:
-        torch.set_num_threads(old)
     assert calls[0] == 1
-    for name, p, w in zip(["y", "state", "x", "state0", "weight", "bias"], got, want):
-        assert p.dtype == w.dtype and p.shape == w.shape, name
-        if w.numel():
-            err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
-            assert err < tol, (name, err)
+    assert_close(got, want, ["y", "state", "x", "state0", "weight", "bias"], tol)
 
 
 def test_native_conv_streams(calls):

@@ -10,6 +10,8 @@ import warnings
 
 import pytest
 import torch
+from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import threads as threads_
 
 from rnnzoo.layers.mamba import selective_scan
 from rnnzoo.ops import backend, native
@@ -19,14 +21,7 @@ from rnnzoo.ops.native import selective_scan as native_ss
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls into the native scan (and so proves the native path ran)."""
-    n = [0]
-    real = native_ss.selective_scan
-
-    def counted(*args, **kw):
-        n[0] += 1
-        return real(*args, **kw)
-    monkeypatch.setattr(native_ss, "selective_scan", counted)
-    return n
+    return counter(monkeypatch, native_ss, "selective_scan")
 
 
 def _inputs(b, T, D, N, dtype, h0, seed=0):
@@ -43,11 +38,8 @@ def _inputs(b, T, D, N, dtype, h0, seed=0):
 
 
 def _run(xs, neg):
-    y, h = selective_scan(*xs, allow_neg_eigval=neg, chunk_size=4)
-    g = torch.Generator().manual_seed(1)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() \
-        + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
-    return [y, h, *torch.autograd.grad(loss, [t for t in xs if t is not None])]
+    return outputs_and_grads(selective_scan(*xs, allow_neg_eigval=neg, chunk_size=4),
+                             [t for t in xs if t is not None])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -58,21 +50,14 @@ def _run(xs, neg):
 def test_native_scan_matches_torch(calls, dtype, tol, b, T, D, N, h0, neg, threads):
     """Two threads split by batch rows (b >= 2) or by channel groups (b = 1, own dB, dC);
     T = 70 spans three checkpoint chunks, D = 17, 33 leave a partial channel block."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         xs = _inputs(b, T, D, N, dtype, h0)
         got = _run(xs, neg)
         assert calls[0] == 1
         with backend.force("torch"):
             want = _run(xs, neg)
-    finally:
-        torch.set_num_threads(old)
     assert calls[0] == 1
-    for name, x, w in zip(["y", "h", "u", "delta", "A", "B", "C", "D", "h0"], got, want):
-        assert x.dtype == w.dtype and x.shape == w.shape, name
-        err = ((x - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
-        assert err < tol, (name, err)
+    assert_close(got, want, ["y", "h", "u", "delta", "A", "B", "C", "D", "h0"], tol)
 
 
 def test_native_scan_only_where_it_should(calls, monkeypatch):
