@@ -45,6 +45,7 @@ def test_every_manual_cell_is_covered():
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_manual_backward_equals_reference(name, options, monkeypatch):
+    monkeypatch.setenv("RNNZOO_NATIVE", "0")  # the Python loop (the C loops: test_native_cells)
     cell = perturbed(name, **options)
     calls = []
     real = manual._ManualLoop.apply

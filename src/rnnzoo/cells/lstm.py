@@ -58,6 +58,7 @@ from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.manual import lstm_cell_back, manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _LSTM(StackedGates):
@@ -124,6 +125,12 @@ class _LSTM(StackedGates):
         u = None if len(wt) == 1 else torch.addmm(xp_t[:, 4 * H:], tc, wt[1])  # res_lstm
         return (o * (tc if u is None else u), c_new), None, (h,) + (() if u is None else (tc,)), \
             (c, i, f, g, o, c_new, tc, u)
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        res = getattr(self, "weight_proj", None) is not None
+        return NativeStep("lstm_cells", "lstm", (7 + res) * self.hidden_size,
+                          (int(self.weight_ph is not None), int(res)))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, c_new, tc, u) = d_state, saved
