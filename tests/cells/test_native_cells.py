@@ -20,7 +20,8 @@ from rnnzoo.registry import CELLS
 # (cell, options): every cell with a C loop, and the options that change it
 CASES = [
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
-    ("res_lstm", {}),
+    ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
+    ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H
 

@@ -340,6 +340,10 @@ class MultiplicativeLSTM(Cell):
         tc = torch.tanh(c_new)
         return (o * tc, c_new), None, (h, m), (m_x, hh, c, i, f, g, o, tc)
 
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "mlstm", 8 * self.hidden_size, (int(self.bias_hh is not None),))
+
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (m_x, hh, c, i, f, g, o, tc) = d_state, saved
         d_ao = sigmoid_back(dh * tc, o)
@@ -406,6 +410,10 @@ class WMCLSTM(StackedGates):
         o = torch.sigmoid(a[:, 3 * H:] + mem_o)
         tc = torch.tanh(c_new)
         return (o * tc, c_new), None, (h, c, c_new), (c, i, f, g, o, tc, mem_if, mem_o)
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "wmc", 9 * self.hidden_size, (int(self.bias_mh is not None),))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, tc, mem_if, mem_o) = d_state, saved
@@ -515,6 +523,10 @@ class MCLSTM(StackedGates):
         c_new = torch.addcmul(f * c, i, n)
         s = torch.tanh(c_new)
         return (o * s, m * s, c_new), None, (v,), (c, gates, n, s)
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "mc", 7 * self.hidden_size)
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dv, dc), (c, gates, n, s) = d_state, saved

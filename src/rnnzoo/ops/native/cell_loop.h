@@ -10,7 +10,7 @@
      p = [xp, y (forward) or dy (backward), saved, dxp,
           state[n_s], init[n_s], W[n_m], WT[n_m], vec[n_v], rg[n_m], dvec[n_v]]
      d = [T, B, H, P, O, S, keep, own, n_s, n_m, n_v, n_int,
-          state sizes[n_s], (G_j, K_j)[n_m], vector lengths[n_v], ints[n_int]]
+          state sizes[n_s], (G_j, K_j)[n_m], vector lengths[n_v], ints[n_int], floats]
 
    xp (B, T, P) the projections, y / dy (B, T, O), dxp (B, T, P); W_j (G_j, K_j) the
    recurrent matrices and WT_j their transposes (K_j, G_j), all contiguous.
@@ -22,6 +22,7 @@
    state) and left holding the initial state's; `rg[j]` = g_j (B, T, G_j), the gradients at
    the products' outputs (dW_j = g_j^T r_j is one product, done by the caller); `dvec`
    (B, len_v) per-row sums over the steps of each vector's gradient (the caller sums rows).
+   `floats`: the cell's float options as doubles, their bits in d's last slots (a.floats).
    `own`: the output is state[0] (the driver copies it to y, and adds dy to its gradient);
    otherwise the cell's step writes y and reads dy itself.
 
@@ -50,6 +51,7 @@ typedef struct {
     long Tn, B, H, P, O, S, keep, own, ns, nm, nv, nint;
     long ssz[NAME_MAX_], G[NAME_MAX_], K[NAME_MAX_], vlen[NAME_MAX_];
     const long *ints;
+    const double *floats;
     const T *xp;
     T *y;          /* forward: outputs; backward: their gradient (read only) */
     T *saved, *dxp;
@@ -70,6 +72,7 @@ static void NAME(parse)(NAME(args) *a, void **p, const long *d) {
     for (long j = 0; j < a->nm; j++) { a->G[j] = *q++; a->K[j] = *q++; }
     for (long v = 0; v < a->nv; v++) a->vlen[v] = *q++;
     a->ints = q;
+    a->floats = (const double *)(q + a->nint);
     a->xp = p[0]; a->y = p[1]; a->saved = p[2]; a->dxp = p[3];
     void **r = p + 4;
     for (long i = 0; i < a->ns; i++) a->state[i] = *r++;

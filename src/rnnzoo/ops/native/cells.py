@@ -22,6 +22,7 @@ xp, the state, the matrices and the vectors; not twice.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import NamedTuple
 
 import torch
@@ -34,14 +35,16 @@ __all__ = ["NativeStep", "scan"]
 
 class NativeStep(NamedTuple):
     """What a cell's `manual_native` names: the C file (without .c), the function prefix,
-    floats saved per batch row and step, int options passed to the C step, and the output
-    width when the output is not state[0] (0: it is state[0])."""
+    floats saved per batch row and step, int options passed to the C step, the output
+    width when the output is not state[0] (0: it is state[0]), and float options (passed as
+    doubles)."""
 
     file: str
     fn: str
     saved: int
     ints: tuple = ()
     out: int = 0
+    floats: tuple = ()
 
 
 def _parts(batch):
@@ -87,7 +90,8 @@ class _NativeLoop(torch.autograd.Function):
         rs = [xp.new_empty(B, kept, w.shape[1]) for w in mats]
         sizes = [T, B, H, P, out, spec.saved, int(keep), int(spec.out == 0), n_state, n_mat,
                  len(vecs), len(spec.ints), *(s.shape[1] for s in state),
-                 *(n for w in mats for n in w.shape), *(v.numel() for v in vecs), *spec.ints]
+                 *(n for w in mats for n in w.shape), *(v.numel() for v in vecs), *spec.ints,
+                 *(struct.unpack("q", struct.pack("d", f))[0] for f in spec.floats)]
         fwd, _ = _kernels(lib, spec.fn, xp.dtype)
         _call(fwd, [xp, y, saved, None, *final, *state, *mats, *wt, *vecs, *rs,
                     *([None] * len(vecs))], sizes, B)
