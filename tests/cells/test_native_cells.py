@@ -22,6 +22,7 @@ CASES = [
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
+    ("slstm", {"num_heads": 2}), ("slstm", {"num_heads": 1}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H
 
@@ -48,6 +49,8 @@ def _inputs(cell, B, T, dtype=torch.float64):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(B, T, cell.input_size, generator=g, dtype=dtype)
     s0 = tuple(torch.randn(B, n, generator=g, dtype=dtype) for n in cell.state_sizes)
+    if isinstance(cell, CELLS["slstm"].cls):  # a normaliser state n > 0, as the cell keeps
+        s0 = s0[:2] + (s0[2].abs() + 1,) + s0[3:]
     return x, s0
 
 
