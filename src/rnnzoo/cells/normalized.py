@@ -31,6 +31,7 @@ from rnnzoo.cells.manual import (
     tanh_back,
 )
 from rnnzoo.cells.parts import uniform_init_
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _LayerNormed(Cell):
@@ -85,6 +86,11 @@ class LayerNormLSTMCell(_LayerNormed):
         n_c, stats_c = layer_norm(c_new, self.ln_cell)
         t = torch.tanh(n_c)
         return (o * t, c_new), None, (h,), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c)
+
+    def manual_native(self):
+        """The same step in C (ops/native/normalized.c)."""
+        return NativeStep("normalized", "ln_lstm", 11 * self.hidden_size + 2,
+                          floats=(self.ln_hh.eps, self.ln_cell.eps))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c) = d_state, saved

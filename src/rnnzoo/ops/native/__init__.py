@@ -22,7 +22,7 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
 Kernels: selective_scan.c (Mamba's selective scan, `ops.native.selective_scan`), conv.c
 (the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp;
 the classic cells' whole loops (`ops.native.cells`, driver cell_loop.h): lstm_cells.c,
-slstm.c.
+slstm.c, normalized.c.
 """
 
 from __future__ import annotations

@@ -152,6 +152,24 @@ static void NAME(mm)(T *out, long ldo, const T *init, long ldi, const T *A, long
             out[r * ldo + n] = s;
         }
 }
+
+/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
+   loop would not vectorise: reordering a floating-point sum needs -ffast-math) */
+static inline T NAME(dot)(const T *x, const T *y, long n) {
+    NAME(vec_t) acc[4] = {{0}, {0}, {0}, {0}};
+    long k = 0;
+    for (; k + 4 * VL_ <= n; k += 4 * VL_)
+        for (int j = 0; j < 4; j++) {
+            NAME(vec_t) v = *(const NAME(vec_t) *)(x + k + j * VL_);
+            if (y) v *= *(const NAME(vec_t) *)(y + k + j * VL_);
+            acc[j] += v;
+        }
+    acc[0] += acc[1] + acc[2] + acc[3];
+    T s = 0;
+    for (long e = 0; e < VL_; e++) s += acc[0][e];
+    for (; k < n; k++) s += y ? x[k] * y[k] : x[k];
+    return s;
+}
 #undef VL_
 
 static inline T NAME(sigm)(T x) { return 1 / (1 + EXP(-x)); }
