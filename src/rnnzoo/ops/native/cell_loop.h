@@ -129,7 +129,7 @@ static inline __attribute__((always_inline)) void NAME(tile)(T *out, long ldo, c
         for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j];
 }
 
-static void NAME(mm)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
+static __attribute__((unused)) void NAME(mm)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
                      const T *Bm, long ldb, long rows, long M, long N) {
     long n = 0;
 #define TILE_(R, NV) NAME(tile)(out + r * ldo + n, ldo, init ? init + r * ldi + n : 0, ldi, \
