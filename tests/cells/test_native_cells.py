@@ -22,7 +22,7 @@ CASES = [
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
-    ("slstm", {"num_heads": 2}), ("slstm", {"num_heads": 1}), ("ln_lstm", {}),
+    ("slstm", {"num_heads": 2}), ("slstm", {"num_heads": 1}), ("ln_lstm", {}), ("ln_gru", {}),
     ("paralstm", {}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H

@@ -126,6 +126,10 @@ class LayerNormGRUCell(_LayerNormed):
         n = torch.tanh(torch.addcmul(xp_t[:, 2 * H:], rz[:, :H], n_h[:, 2 * H:]))
         return (torch.lerp(n, h, rz[:, H:]),), None, (h,), (h, rz, n, n_h, a_h, stats)
 
+    def manual_native(self):
+        """The same step in C (ops/native/normalized.c)."""
+        return NativeStep("normalized", "ln_gru", 8 * self.hidden_size + 1, floats=(self.ln_hh.eps,))
+
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh,), (h, rz, n, n_h, a_h, stats), H = d_state, saved, self.hidden_size
         z = rz[:, H:]

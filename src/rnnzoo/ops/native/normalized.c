@@ -8,7 +8,12 @@
    State (h, c); matrix W_hh (4H, H); vectors w_hh, b_hh (4H), w_c, b_c (H); floats
    [eps_hh, eps_c]. Saved: c, i, f, g, o, t = tanh(LN_c(c')), xhat_h (4H), xhat_c (H),
    1/std_hh, 1/std_c; g = d (h W^T). The norms' backward: with u = dy w,
-   dx = (u - mean(u) - xhat mean(u xhat)) / std, dw += dy xhat, db += dy. */
+   dx = (u - mean(u) - xhat mean(u xhat)) / std, dw += dy xhat, db += dy.
+
+   ln_gru (LayerNormGRUCell): a_h = LN_hh(h W^T) (3H),  r, z = sigma(xp[:2H] + a_h[:2H]),
+       n = tanh(xp[2H:] + r a_h[2H:]),  h' = n + z (h - n).
+   State h; matrix W_hh (3H, H); vectors w_hh, b_hh (3H); floats [eps]. Saved: h, r, z, n,
+   a_h[2H:], xhat (3H), 1/std; g = d (h W^T). */
 
 #ifndef T
 #include <math.h>
@@ -111,6 +116,61 @@ static void NAME(ln_lstm_back)(const NAME(args) *a, long t, long b0, long b1, T 
     }
     NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 4 * H), T_ * 4 * H, a->W[0], H,
              nb, 4 * H, H);
+}
+
+static void NAME(ln_gru_step)(const NAME(args) *a, long t, long b0, long b1, T *ah) {
+    const long H = a->H, P = a->P, S = a->S, nb = b1 - b0;
+    T *h = a->state[0];
+    const T *restrict w = a->vec[0], *restrict bb = a->vec[1];
+    NAME(mm)(ah, 3 * H, 0, 0, h + b0 * H, H, a->WT[0], 3 * H, nb, H, 3 * H);
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S), *restrict xh = sv + 5 * H;
+        const T *restrict xp = NAME(at)(a->xp, a, b, t, P);
+        T *restrict hr = h + b * H;
+        sv[8 * H] = NAME(normalise)(xh, ah + (b - b0) * 3 * H, 3 * H, a->floats[0]);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T r = NAME(sigm)(xp[k] + xh[k] * w[k] + bb[k]);
+            const T z = NAME(sigm)(xp[H + k] + xh[H + k] * w[H + k] + bb[H + k]);
+            const T an = xh[2 * H + k] * w[2 * H + k] + bb[2 * H + k];
+            const T n = NAME(tanh_)(xp[2 * H + k] + r * an), hp = hr[k];
+            sv[k] = hp; sv[H + k] = r; sv[2 * H + k] = z; sv[3 * H + k] = n; sv[4 * H + k] = an;
+            hr[k] = n + z * (hp - n);
+        }
+    }
+}
+
+static void NAME(ln_gru_back)(const NAME(args) *a, long t, long b0, long b1, T *scr) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    T *dh = a->state[0];
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict hp = sv, *restrict r = sv + H, *restrict z = sv + 2 * H,
+                *restrict n = sv + 3 * H, *restrict an = sv + 4 * H;
+        T *restrict dhr = dh + b * H, *restrict dx = NAME(at)(a->dxp, a, b, t, P);
+        T *restrict dy = scr + (b - b0) * 3 * H;  /* the gradient at LN_hh's output */
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T dn = dhr[k] * (1 - z[k]) * (1 - n[k] * n[k]);
+            const T dr = dn * an[k] * r[k] * (1 - r[k]);
+            const T dz = dhr[k] * (hp[k] - n[k]) * z[k] * (1 - z[k]);
+            dx[k] = dr; dx[H + k] = dz; dx[2 * H + k] = dn;
+            dy[k] = dr; dy[H + k] = dz; dy[2 * H + k] = dn * r[k];
+            dhr[k] = dhr[k] * z[k];
+        }
+        NAME(norm_back)(NAME(at)(a->rg[0], a, b, t, 3 * H), dy, sv + 5 * H, sv[8 * H], a->vec[0], a->dvec[0] + b * 3 * H,
+                        a->dvec[1] + b * 3 * H, 3 * H);
+    }
+    NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 3 * H), T_ * 3 * H,
+             a->W[0], H, nb, 3 * H, H);
+}
+
+void NAME(ln_gru_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(ln_gru_step), 3 * d[2]);
+}
+
+void NAME(ln_gru_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(ln_gru_back), 3 * d[2]);
 }
 
 void NAME(ln_lstm_fwd)(void **p, const long *d, long b0, long b1) {
