@@ -236,9 +236,45 @@ class ResLSTM(PeepholeLSTMCell):
         return torch.sigmoid(o) * torch.addmm(residual, torch.tanh(c), w[5]), c
 
 
+class _ThreeGates(StackedGates):
+    """The hand-written backward (`manual_loop`, in C on CPU: lstm_cells.c) of the LSTMs with
+    gate rows (i, g, o): c' = c + i (g - c) when `coupled` (cifg_lstm), else c + i g
+    (original_lstm); h' = o tanh(c'). State (h, c)."""
+
+    num_gates = 3
+    coupled: bool
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        a = torch.addmm(xp_t, h, wt[0])
+        i, g, o = torch.sigmoid(a[:, :H]), torch.tanh(a[:, H:2 * H]), torch.sigmoid(a[:, 2 * H:])
+        c_new = c + i * (g - c) if self.coupled else torch.addcmul(c, i, g)
+        tc = torch.tanh(c_new)
+        return (o * tc, c_new), None, (h,), (c, i, g, o, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (c, i, g, o, tc) = d_state, saved
+        d_ao = sigmoid_back(dh * tc, o)
+        dc_new = dc + tanh_back(dh * o, tc)
+        d_ai = sigmoid_back(dc_new * (g - c if self.coupled else g), i)
+        da = torch.cat([d_ai, tanh_back(dc_new * i, g), d_ao], 1)
+        dc_prev = dc_new * (1 - i) if self.coupled else dc_new
+        return da, (da @ matrices[0], dc_prev), (da,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "lstm3", 5 * self.hidden_size, (int(self.coupled),))
+
+
 @cell("cifg_lstm", paper="Greff et al. 2017, arXiv:1503.04069 (coupled input-forget gate)",
       tiny={"hidden_size": 5})
-class CIFGLSTMCell(StackedGates):
+class CIFGLSTMCell(_ThreeGates):
     """LSTM with coupled input and forget gates (Greff et al. 2017, variant CIFG):
 
         i = sigma(W_i x + U_i h + b_i),  g = tanh(W_g x + U_g h + b_g)
@@ -248,7 +284,7 @@ class CIFGLSTMCell(StackedGates):
     Gate order in weight_ih / weight_hh: i, g, o. State (h, c).
     """
 
-    num_gates = 3
+    coupled = True
 
     def __init__(self, input_size, hidden_size, bias=True):
         super().__init__(input_size, hidden_size, bias)
@@ -267,10 +303,10 @@ class CIFGLSTMCell(StackedGates):
 
 
 @cell("original_lstm", paper="Hochreiter & Schmidhuber 1997, Neural Computation 9(8)")
-class OriginalLSTM(StackedGates):
+class OriginalLSTM(_ThreeGates):
     """The 1997 LSTM, without forget gate (see the module docstring). State: (h, c)."""
 
-    num_gates = 3
+    coupled = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
@@ -472,6 +508,30 @@ class JANET(StackedGates):
         s, cand = torch.addmm(parts[0], c, w[0]).chunk(2, -1)
         keep = torch.sigmoid(self.beta - s)  # 1 - sigmoid(s - beta)
         return (torch.addcmul(torch.sigmoid(s) * c, keep, torch.tanh(cand)),)
+
+    # -- the hand-written backward (`manual_loop`; in C on CPU: lstm_cells.c) ---------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (c,), H = state, self.hidden_size
+        a = torch.addmm(xp_t, c, wt[0])
+        f, keep = torch.sigmoid(a[:, :H]), torch.sigmoid(self.beta - a[:, :H])
+        tc = torch.tanh(a[:, H:])
+        return (torch.addcmul(f * c, keep, tc),), None, (c,), (c, f, keep, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dc,), (c, f, keep, tc) = d_state, saved
+        da = torch.cat([sigmoid_back(dc * c, f) - sigmoid_back(dc * tc, keep),
+                        tanh_back(dc * keep, tc)], 1)
+        return da, (torch.addmm(dc * f, da, matrices[0]),), (da,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "janet", 4 * self.hidden_size, floats=(self.beta,))
 
 
 @cell("mclstm", paper="memory-controller LSTM, NIPS 2017 Time Series Workshop (Intel AI)",

@@ -17,7 +17,12 @@
        hh = h W_hh^T + b_hh,  m = xp_t[:H] hh,  a = xp_t[H:] + m W_mh^T,  c' = f c + i g
    mclstm. State (h, v, c); matrix W_hh (5H, H) on v; saved c, f, i, o, m, n, s; g = d a.
        a = xp_t + v W^T,  f, i, o, m = sigma(a[:4H]),  n = tanh(a[4H:]),  c' = f c + i n,
-       s = tanh(c'),  h' = o s,  v' = m s */
+       s = tanh(c'),  h' = o s,  v' = m s
+   lstm3 (cifg_lstm, original_lstm: `_ThreeGates`). State (h, c); matrix W_hh (3H, H); ints
+   [coupled]. Saved: c, i, g, o, tc; g_0 = d a.
+       a = xp_t + h W^T,  c' = c + i (g - c) (coupled) or c + i g,  h' = o tanh(c')
+   janet. State c (the output); matrix W_hh (2H, H); floats [beta]. Saved: c, f, keep, tc.
+       a = xp_t + c W^T,  f = sigma(a_s),  keep = sigma(beta - a_s),  c' = f c + keep tanh(a_c) */
 
 #ifndef T
 #include <stdlib.h>
@@ -314,6 +319,111 @@ void NAME(mlstm_fwd)(void **p, const long *d, long b0, long b1) {
 
 void NAME(mlstm_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(mlstm_back), d[2]);
+}
+
+/* -- cifg_lstm, original_lstm ------------------------------------------------------------- */
+static void NAME(lstm3_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const T cpl = a->ints[0] ? 1 : 0;
+    T *h = a->state[0], *c = a->state[1];
+    NAME(mm)(gates, 3 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0],
+             3 * H, nb, H, 3 * H);
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        const T *restrict gr = gates + (b - b0) * 3 * H;
+        T *restrict cr = c + b * H, *restrict hr = h + b * H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T i = NAME(sigm)(gr[k]), g = NAME(tanh_)(gr[H + k]);
+            const T o = NAME(sigm)(gr[2 * H + k]), cp = cr[k];
+            const T cn = cp + i * (g - cpl * cp), tc = NAME(tanh_)(cn);
+            sv[k] = cp; sv[H + k] = i; sv[2 * H + k] = g; sv[3 * H + k] = o; sv[4 * H + k] = tc;
+            cr[k] = cn; hr[k] = o * tc;
+        }
+    }
+}
+
+static void NAME(lstm3_back)(const NAME(args) *a, long t, long b0, long b1, T *unused) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const T cpl = a->ints[0] ? 1 : 0;
+    T *dh = a->state[0], *dc = a->state[1];
+    (void)unused;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict cp = sv, *restrict i = sv + H, *restrict g = sv + 2 * H,
+                *restrict o = sv + 3 * H, *restrict tc = sv + 4 * H;
+        const T *restrict dhr = dh + b * H;
+        T *restrict dcr = dc + b * H, *restrict da = NAME(at)(a->rg[0], a, b, t, 3 * H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T dcn = dcr[k] + dhr[k] * o[k] * (1 - tc[k] * tc[k]);
+            da[k] = dcn * (g[k] - cpl * cp[k]) * i[k] * (1 - i[k]);
+            da[H + k] = dcn * i[k] * (1 - g[k] * g[k]);
+            da[2 * H + k] = dhr[k] * tc[k] * o[k] * (1 - o[k]);
+            dcr[k] = dcn * (1 - cpl * i[k]);
+        }
+        memcpy(NAME(at)(a->dxp, a, b, t, P), da, 3 * H * sizeof(T));
+    }
+    NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 3 * H), T_ * 3 * H, a->W[0], H,
+             nb, 3 * H, H);
+}
+
+void NAME(lstm3_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(lstm3_step), 3 * d[2]);
+}
+
+void NAME(lstm3_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(lstm3_back), 0);
+}
+
+/* -- janet ------------------------------------------------------------------------------- */
+static void NAME(janet_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const T beta = (T)a->floats[0];
+    T *c = a->state[0];
+    NAME(mm)(gates, 2 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, c + b0 * H, H, a->WT[0],
+             2 * H, nb, H, 2 * H);
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), c + b * H, H * sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        const T *restrict gr = gates + (b - b0) * 2 * H;
+        T *restrict cr = c + b * H, *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T f = NAME(sigm)(gr[k]), keep = NAME(sigm)(beta - gr[k]);
+            const T tc = NAME(tanh_)(gr[H + k]), cp = cr[k];
+            sv[k] = cp; sv[H + k] = f; sv[2 * H + k] = keep; sv[3 * H + k] = tc;
+            cr[k] = f * cp + keep * tc;
+        }
+    }
+}
+
+static void NAME(janet_back)(const NAME(args) *a, long t, long b0, long b1, T *unused) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    T *dc = a->state[0];
+    (void)unused;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict cp = sv, *restrict f = sv + H, *restrict keep = sv + 2 * H,
+                *restrict tc = sv + 3 * H;
+        T *restrict dcr = dc + b * H, *restrict da = NAME(at)(a->rg[0], a, b, t, 2 * H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T d = dcr[k];
+            da[k] = d * cp[k] * f[k] * (1 - f[k]) - d * tc[k] * keep[k] * (1 - keep[k]);
+            da[H + k] = d * keep[k] * (1 - tc[k] * tc[k]);
+            dcr[k] = d * f[k];
+        }
+        memcpy(NAME(at)(a->dxp, a, b, t, P), da, 2 * H * sizeof(T));
+    }
+    NAME(mm)(dc + b0 * H, H, dc + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H,
+             a->W[0], H, nb, 2 * H, H);
+}
+
+void NAME(janet_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(janet_step), 2 * d[2]);
+}
+
+void NAME(janet_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(janet_back), 0);
 }
 
 /* -- mclstm -------------------------------------------------------------------------------- */
