@@ -27,7 +27,7 @@ CASES = [
     ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
     ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
-    ("paralstm", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
+    ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
     ("mut1", {}), ("mut2", {}), ("mut3", {}), ("mut3", {"bias": False}), ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
 ]
 

@@ -23,7 +23,7 @@ CASES = [
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
     ("slstm", {"num_heads": 2}), ("slstm", {"num_heads": 1}), ("ln_lstm", {}), ("ln_gru", {}),
-    ("paralstm", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("original_lstm", {"bias": False}),
+    ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("original_lstm", {"bias": False}),
     ("janet", {}), ("janet", {"beta": 0.3}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H

@@ -18,7 +18,7 @@ ParaLSTM (coupled input and forget gates, CIFG, with peepholes):
     o_t = sigma(W_o x_t + a_o * h_{t-1} + p_o * c_t + b_o)
     h_t = o_t * tanh(c_t)
 
-`fused` (ParaLSTM): the loop with its hand-written backward (cells/manual.py), in C on CPU
+`fused`: the loop with its hand-written backward (cells/manual.py), in C on CPU
 float32/64 tensors (ops/native/para.c).
 
 Multi-head: with `num_heads` > 1 the units are split into heads and each head's
@@ -90,6 +90,34 @@ class ParaGRU(_ParaCell):
         h = state[0]
         z, _, n = self._gates(xp_t, h)
         return (h + z * (n - h),)
+
+    # -- the hand-written backward (`manual_loop`): no matrices, the recurrent vectors'
+    # gradients summed over the steps
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (), (self.recurrent,)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, rec = state[0], vectors[0]
+        xz, xr, xn = xp_t.chunk(3, 1)
+        z, r = torch.sigmoid(xz + rec[0] * h), torch.sigmoid(xr + rec[1] * h)
+        n = torch.tanh(xn + rec[2] * (r * h))
+        return (h + z * (n - h),), None, (), (h, z, r, n)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, z, r, n), rec = d_state, saved, vectors[0]
+        d_az = sigmoid_back(dh * (n - h), z)
+        d_an = tanh_back(dh * z, n)
+        d_ar = sigmoid_back(d_an * rec[2] * h, r)
+        dh_prev = dh * (1 - z) + d_az * rec[0] + d_ar * rec[1] + d_an * rec[2] * r
+        return torch.cat([d_az, d_ar, d_an], 1), (dh_prev,), (), \
+            (torch.stack([d_az * h, d_ar * h, d_an * (r * h)], 1),)
+
+    def manual_native(self):
+        """The same step in C (ops/native/para.c)."""
+        return NativeStep("para", "paragru", 4 * self.hidden_size)
 
     def jacobian(self, xp_t, state):
         """d h_t / d h_{t-1}, (B, hidden): (1 - z) + z'(n - h) + z n', elementwise."""

@@ -1,6 +1,10 @@
-/* ParaLSTM's step (cells/para.py, ParaLSTM.manual_step / manual_back) for the C loop of
+/* ParaRNN's steps (cells/para.py, manual_step / manual_back) for the C loop of
    rnnzoo.ops.native.cells (driver: cell_loop.h): diagonal recurrence, no matrix product.
 
+   paragru. State h; vector a = recurrent (3, H). Saved: h, z, r, n.
+       z = sigma(x_z + a_z h),  r = sigma(x_r + a_r h),  n = tanh(x_n + a_n r h),
+       h' = h + z (n - h)
+   paralstm:
        f = sigma(x_f + a_f h + p_f c),  g = tanh(x_c + a_c h),  c' = g + f (c - g)
        o = sigma(x_o + a_o h + p_o c'),  h' = o tanh(c')
 
@@ -26,6 +30,53 @@
 
 #else
 #include "cell_loop.h"
+
+static void NAME(paragru_step)(const NAME(args) *a, long t, long b0, long b1, T *unused) {
+    const long H = a->H, P = a->P, S = a->S;
+    const T *restrict rec = a->vec[0];
+    (void)unused;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict xp = NAME(at)(a->xp, a, b, t, P);
+        T *restrict hr = a->state[0] + b * H, *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T h = hr[k];
+            const T z = NAME(sigm)(xp[k] + rec[k] * h), r = NAME(sigm)(xp[H + k] + rec[H + k] * h);
+            const T n = NAME(tanh_)(xp[2 * H + k] + rec[2 * H + k] * (r * h));
+            sv[k] = h; sv[H + k] = z; sv[2 * H + k] = r; sv[3 * H + k] = n;
+            hr[k] = h + z * (n - h);
+        }
+    }
+}
+
+static void NAME(paragru_back)(const NAME(args) *a, long t, long b0, long b1, T *unused) {
+    const long H = a->H, P = a->P, S = a->S;
+    const T *restrict rec = a->vec[0];
+    (void)unused;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict h = sv, *restrict z = sv + H, *restrict r = sv + 2 * H,
+                *restrict n = sv + 3 * H;
+        T *restrict dhr = a->state[0] + b * H, *restrict dx = NAME(at)(a->dxp, a, b, t, P);
+        T *restrict dr = a->dvec[0] + b * 3 * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T dh = dhr[k];
+            const T daz = dh * (n[k] - h[k]) * z[k] * (1 - z[k]);
+            const T dan = dh * z[k] * (1 - n[k] * n[k]);
+            const T dar = dan * rec[2 * H + k] * h[k] * r[k] * (1 - r[k]);
+            dx[k] = daz; dx[H + k] = dar; dx[2 * H + k] = dan;
+            dr[k] += daz * h[k]; dr[H + k] += dar * h[k]; dr[2 * H + k] += dan * (r[k] * h[k]);
+            dhr[k] = dh * (1 - z[k]) + daz * rec[k] + dar * rec[H + k] + dan * rec[2 * H + k] * r[k];
+        }
+    }
+}
+
+void NAME(paragru_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(paragru_step), 0);
+}
+
+void NAME(paragru_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(paragru_back), 0);
+}
 
 static void NAME(paralstm_step)(const NAME(args) *a, long t, long b0, long b1, T *unused) {
     const long H = a->H, P = a->P, S = a->S;
