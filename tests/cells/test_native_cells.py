@@ -134,3 +134,13 @@ def test_native_cells_fall_back(calls, monkeypatch, tmp_path):
     monkeypatch.setenv("RNNZOO_NATIVE", "1")
     y, _ = meta(x.to("meta"), tuple(s.to("meta") for s in s0), fused=True)
     assert y.shape == (2, 3, 4) and not calls
+
+
+def test_native_cell_empty_batch(calls, monkeypatch):
+    cell = _cell("wmclstm", {}, 3, 4)
+    x, s0 = _inputs(cell, 0, 3)
+    got = _run(cell, x, s0, True, True, monkeypatch)
+    assert len(calls) == 1
+    want = _run(cell, x, s0, True, False, monkeypatch)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and (g.numel() == 0 or torch.equal(g, w))

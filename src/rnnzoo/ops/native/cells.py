@@ -66,9 +66,12 @@ def _kernels(lib, fn, dtype):
 
 def _call(kernel, tensors, sizes, batch):
     """kernel(p, d, b0, b1) on each thread's rows; p the tensors' data pointers (NULL for None)."""
+    parts = _parts(batch)
+    if not parts:  # an empty batch
+        return
     p = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
     d = (ctypes.c_long * len(sizes))(*sizes)
-    native.run(kernel, [(p, d, b0, b1) for b0, b1 in _parts(batch)])
+    native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
 class _NativeLoop(torch.autograd.Function):
