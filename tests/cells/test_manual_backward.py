@@ -27,6 +27,7 @@ CASES = [
     ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
     ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
+    ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
     ("mut1", {}), ("mut2", {}), ("mut3", {}), ("mut3", {"bias": False}), ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
 ]
 
@@ -45,6 +46,7 @@ def test_every_manual_cell_is_covered():
 
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
 def test_manual_backward_equals_reference(name, options, monkeypatch):
+    monkeypatch.setenv("RNNZOO_NATIVE", "0")  # the Python loop (the C loops: test_native_cells)
     cell = perturbed(name, **options)
     calls = []
     real = manual._ManualLoop.apply

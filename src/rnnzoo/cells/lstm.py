@@ -58,6 +58,7 @@ from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.manual import lstm_cell_back, manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _LSTM(StackedGates):
@@ -124,6 +125,12 @@ class _LSTM(StackedGates):
         u = None if len(wt) == 1 else torch.addmm(xp_t[:, 4 * H:], tc, wt[1])  # res_lstm
         return (o * (tc if u is None else u), c_new), None, (h,) + (() if u is None else (tc,)), \
             (c, i, f, g, o, c_new, tc, u)
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        res = getattr(self, "weight_proj", None) is not None
+        return NativeStep("lstm_cells", "lstm", (7 + res) * self.hidden_size,
+                          (int(self.weight_ph is not None), int(res)))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, c_new, tc, u) = d_state, saved
@@ -229,9 +236,45 @@ class ResLSTM(PeepholeLSTMCell):
         return torch.sigmoid(o) * torch.addmm(residual, torch.tanh(c), w[5]), c
 
 
+class _ThreeGates(StackedGates):
+    """The hand-written backward (`manual_loop`, in C on CPU: lstm_cells.c) of the LSTMs with
+    gate rows (i, g, o): c' = c + i (g - c) when `coupled` (cifg_lstm), else c + i g
+    (original_lstm); h' = o tanh(c'). State (h, c)."""
+
+    num_gates = 3
+    coupled: bool
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), H = state, self.hidden_size
+        a = torch.addmm(xp_t, h, wt[0])
+        i, g, o = torch.sigmoid(a[:, :H]), torch.tanh(a[:, H:2 * H]), torch.sigmoid(a[:, 2 * H:])
+        c_new = c + i * (g - c) if self.coupled else torch.addcmul(c, i, g)
+        tc = torch.tanh(c_new)
+        return (o * tc, c_new), None, (h,), (c, i, g, o, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (c, i, g, o, tc) = d_state, saved
+        d_ao = sigmoid_back(dh * tc, o)
+        dc_new = dc + tanh_back(dh * o, tc)
+        d_ai = sigmoid_back(dc_new * (g - c if self.coupled else g), i)
+        da = torch.cat([d_ai, tanh_back(dc_new * i, g), d_ao], 1)
+        dc_prev = dc_new * (1 - i) if self.coupled else dc_new
+        return da, (da @ matrices[0], dc_prev), (da,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "lstm3", 5 * self.hidden_size, (int(self.coupled),))
+
+
 @cell("cifg_lstm", paper="Greff et al. 2017, arXiv:1503.04069 (coupled input-forget gate)",
       tiny={"hidden_size": 5})
-class CIFGLSTMCell(StackedGates):
+class CIFGLSTMCell(_ThreeGates):
     """LSTM with coupled input and forget gates (Greff et al. 2017, variant CIFG):
 
         i = sigma(W_i x + U_i h + b_i),  g = tanh(W_g x + U_g h + b_g)
@@ -241,7 +284,7 @@ class CIFGLSTMCell(StackedGates):
     Gate order in weight_ih / weight_hh: i, g, o. State (h, c).
     """
 
-    num_gates = 3
+    coupled = True
 
     def __init__(self, input_size, hidden_size, bias=True):
         super().__init__(input_size, hidden_size, bias)
@@ -260,10 +303,10 @@ class CIFGLSTMCell(StackedGates):
 
 
 @cell("original_lstm", paper="Hochreiter & Schmidhuber 1997, Neural Computation 9(8)")
-class OriginalLSTM(StackedGates):
+class OriginalLSTM(_ThreeGates):
     """The 1997 LSTM, without forget gate (see the module docstring). State: (h, c)."""
 
-    num_gates = 3
+    coupled = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
@@ -333,6 +376,10 @@ class MultiplicativeLSTM(Cell):
         tc = torch.tanh(c_new)
         return (o * tc, c_new), None, (h, m), (m_x, hh, c, i, f, g, o, tc)
 
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "mlstm", 8 * self.hidden_size, (int(self.bias_hh is not None),))
+
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (m_x, hh, c, i, f, g, o, tc) = d_state, saved
         d_ao = sigmoid_back(dh * tc, o)
@@ -400,6 +447,10 @@ class WMCLSTM(StackedGates):
         tc = torch.tanh(c_new)
         return (o * tc, c_new), None, (h, c, c_new), (c, i, f, g, o, tc, mem_if, mem_o)
 
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "wmc", 9 * self.hidden_size, (int(self.bias_mh is not None),))
+
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, tc, mem_if, mem_o) = d_state, saved
         d_ao = sigmoid_back(dh * tc, o)
@@ -458,6 +509,30 @@ class JANET(StackedGates):
         keep = torch.sigmoid(self.beta - s)  # 1 - sigmoid(s - beta)
         return (torch.addcmul(torch.sigmoid(s) * c, keep, torch.tanh(cand)),)
 
+    # -- the hand-written backward (`manual_loop`; in C on CPU: lstm_cells.c) ---------------
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (c,), H = state, self.hidden_size
+        a = torch.addmm(xp_t, c, wt[0])
+        f, keep = torch.sigmoid(a[:, :H]), torch.sigmoid(self.beta - a[:, :H])
+        tc = torch.tanh(a[:, H:])
+        return (torch.addcmul(f * c, keep, tc),), None, (c,), (c, f, keep, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dc,), (c, f, keep, tc) = d_state, saved
+        da = torch.cat([sigmoid_back(dc * c, f) - sigmoid_back(dc * tc, keep),
+                        tanh_back(dc * keep, tc)], 1)
+        return da, (torch.addmm(dc * f, da, matrices[0]),), (da,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "janet", 4 * self.hidden_size, floats=(self.beta,))
+
 
 @cell("mclstm", paper="memory-controller LSTM, NIPS 2017 Time Series Workshop (Intel AI)",
       tiny={"hidden_size": 5})
@@ -508,6 +583,10 @@ class MCLSTM(StackedGates):
         c_new = torch.addcmul(f * c, i, n)
         s = torch.tanh(c_new)
         return (o * s, m * s, c_new), None, (v,), (c, gates, n, s)
+
+    def manual_native(self):
+        """The same step in C (ops/native/lstm_cells.c)."""
+        return NativeStep("lstm_cells", "mc", 7 * self.hidden_size)
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dv, dc), (c, gates, n, s) = d_state, saved

@@ -31,12 +31,19 @@ and g_j is the gradient at that product's output. A cell opts in with three meth
 Equal to the reference loop (the conformance suite checks outputs, states and gradients,
 float64 gradcheck included); not twice differentiable (the backward runs without autograd).
 Under torch.compile it is the reference loop.
+
+A cell may also name a C form of the same step (`manual_native() -> ops.native.cells.
+NativeStep`): then on CPU float32/float64 tensors (`ops.backend.use_native`) the whole loop,
+forward and backward, runs in C (`ops.native.cells.scan`); on any other device, with
+RNNZOO_NATIVE=0, or when the C file cannot be built, this module's Python loop runs.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import backend
 
 __all__ = ["manual_loop", "manual_scan", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
            "layer_norm", "layer_norm_back"]
@@ -160,5 +167,10 @@ def manual_scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: 
     (`manual_loop` is this with `project` and `manual_params`)."""
     tensors = (xp, *state, *matrices, *vectors)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if hasattr(cell, "manual_native") and backend.use_native(*tensors):
+        from rnnzoo.ops.native import cells as native_cells
+        done = native_cells.scan(cell, xp, state, matrices, vectors, keep)
+        if done is not None:
+            return done
     out, *new = _ManualLoop.apply(cell, keep, len(state), len(matrices), *tensors)
     return out, tuple(new)

@@ -31,6 +31,7 @@ from rnnzoo.cells.manual import (
     tanh_back,
 )
 from rnnzoo.cells.parts import uniform_init_
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _LayerNormed(Cell):
@@ -86,6 +87,11 @@ class LayerNormLSTMCell(_LayerNormed):
         t = torch.tanh(n_c)
         return (o * t, c_new), None, (h,), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c)
 
+    def manual_native(self):
+        """The same step in C (ops/native/normalized.c)."""
+        return NativeStep("normalized", "ln_lstm", 11 * self.hidden_size + 2,
+                          floats=(self.ln_hh.eps, self.ln_cell.eps))
+
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c) = d_state, saved
         d_ao = sigmoid_back(dh * t, o)
@@ -119,6 +125,10 @@ class LayerNormGRUCell(_LayerNormed):
         rz = torch.sigmoid(xp_t[:, :2 * H] + n_h[:, :2 * H])
         n = torch.tanh(torch.addcmul(xp_t[:, 2 * H:], rz[:, :H], n_h[:, 2 * H:]))
         return (torch.lerp(n, h, rz[:, H:]),), None, (h,), (h, rz, n, n_h, a_h, stats)
+
+    def manual_native(self):
+        """The same step in C (ops/native/normalized.c)."""
+        return NativeStep("normalized", "ln_gru", 8 * self.hidden_size + 1, floats=(self.ln_hh.eps,))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh,), (h, rz, n, n_h, a_h, stats), H = d_state, saved, self.hidden_size

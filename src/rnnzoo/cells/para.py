@@ -18,6 +18,9 @@ ParaLSTM (coupled input and forget gates, CIFG, with peepholes):
     o_t = sigma(W_o x_t + a_o * h_{t-1} + p_o * c_t + b_o)
     h_t = o_t * tanh(c_t)
 
+`fused`: the loop with its hand-written backward (cells/manual.py), in C on CPU
+float32/64 tensors (ops/native/para.c).
+
 Multi-head: with `num_heads` > 1 the units are split into heads and each head's
 gates read only its own slice of the input (a block-diagonal input projection);
 the recurrence is per unit in any case. Both cells carry their Jacobian in closed
@@ -32,6 +35,8 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _ParaCell(Cell):
@@ -85,6 +90,34 @@ class ParaGRU(_ParaCell):
         h = state[0]
         z, _, n = self._gates(xp_t, h)
         return (h + z * (n - h),)
+
+    # -- the hand-written backward (`manual_loop`): no matrices, the recurrent vectors'
+    # gradients summed over the steps
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (), (self.recurrent,)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, rec = state[0], vectors[0]
+        xz, xr, xn = xp_t.chunk(3, 1)
+        z, r = torch.sigmoid(xz + rec[0] * h), torch.sigmoid(xr + rec[1] * h)
+        n = torch.tanh(xn + rec[2] * (r * h))
+        return (h + z * (n - h),), None, (), (h, z, r, n)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, z, r, n), rec = d_state, saved, vectors[0]
+        d_az = sigmoid_back(dh * (n - h), z)
+        d_an = tanh_back(dh * z, n)
+        d_ar = sigmoid_back(d_an * rec[2] * h, r)
+        dh_prev = dh * (1 - z) + d_az * rec[0] + d_ar * rec[1] + d_an * rec[2] * r
+        return torch.cat([d_az, d_ar, d_an], 1), (dh_prev,), (), \
+            (torch.stack([d_az * h, d_ar * h, d_an * (r * h)], 1),)
+
+    def manual_native(self):
+        """The same step in C (ops/native/para.c)."""
+        return NativeStep("para", "paragru", 4 * self.hidden_size)
 
     def jacobian(self, xp_t, state):
         """d h_t / d h_{t-1}, (B, hidden): (1 - z) + z'(n - h) + z n', elementwise."""
@@ -147,3 +180,35 @@ class ParaLSTM(_ParaCell):
         dh_dc = so * po * dc_dc * tc + dtc * dc_dc
         return torch.stack([torch.stack([dh_dh, dh_dc], -1),
                             torch.stack([dc_dh, dc_dc], -1)], -2)
+
+    # -- the hand-written backward (`manual_loop`): no matrices, the recurrent and peephole
+    # vectors' gradients summed over the steps
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (), (self.recurrent, self.peephole)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        (h, c), (rec, peep) = state, vectors
+        xf, xc, xo = xp_t.chunk(3, 1)
+        f = torch.sigmoid(xf + rec[0] * h + peep[0] * c)
+        g = torch.tanh(xc + rec[1] * h)
+        c_new = g + f * (c - g)
+        o = torch.sigmoid(xo + rec[2] * h + peep[1] * c_new)
+        tc = torch.tanh(c_new)
+        return (o * tc, c_new), None, (), (h, c, f, g, o, c_new, tc)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh, dc), (h, c, f, g, o, c_new, tc), (rec, peep) = d_state, saved, vectors
+        d_ao = sigmoid_back(dh * tc, o)
+        dc_new = dc + tanh_back(dh * o, tc) + d_ao * peep[1]
+        d_af = sigmoid_back(dc_new * (c - g), f)
+        d_ag = tanh_back(dc_new * (1 - f), g)
+        dh_prev = d_af * rec[0] + d_ag * rec[1] + d_ao * rec[2]
+        return torch.cat([d_af, d_ag, d_ao], 1), (dh_prev, dc_new * f + d_af * peep[0]), (), \
+            (torch.stack([d_af * h, d_ag * h, d_ao * h], 1), torch.stack([d_af * c, d_ao * c_new], 1))
+
+    def manual_native(self):
+        """The same step in C (ops/native/para.c)."""
+        return NativeStep("para", "paralstm", 7 * self.hidden_size)

@@ -24,6 +24,7 @@ from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, uniform_init_
 from rnnzoo.ops import backend
+from rnnzoo.ops.native.cells import NativeStep
 
 
 @cell("slstm", paper="Beck et al. 2024, arXiv:2405.04517", tiny={"hidden_size": 4, "num_heads": 2})
@@ -102,6 +103,10 @@ class SLSTMCell(Cell):
         q = c_new / n_new
         return (o * q, c_new, n_new, m_new), None, (h,), \
             (a_i, a_f, buffer, log_f, i, f, tz, o, c, n, n_new, q)
+
+    def manual_native(self):
+        """The same step in C (ops/native/slstm.c; R's blocks only)."""
+        return NativeStep("slstm", "slstm", 11 * self.hidden_size, (self.num_heads,))
 
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc, dn, dm) = d_state

@@ -19,9 +19,13 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
     run(fn, arg_lists)   one kernel call per argument list, on a thread pool when there
                          are several (ctypes lets go of the GIL during each call)
 
-Kernels: selective_scan.c (Mamba's selective scan, `ops.native.selective_scan`), conv.c
-(the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp;
-each_type.h, which compiles a kernel file's body for float and for double.
+Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
+    selective_scan.c    Mamba's selective scan
+    conv.c              the short convolution with its SiLU
+    lstm_cells.c, slstm.c, normalized.c, para.c
+                        the classic cells' whole loops (`ops.native.cells`)
+Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
+float and for double), cell_loop.h (the classic cells' loop driver).
 """
 
 from __future__ import annotations

@@ -1,0 +1,223 @@
+/* The shared driver of the classic cells' C loops (rnnzoo.ops.native.cells): a cell's whole
+   sequence, forward and backward, with `cells.manual`'s conventions.
+
+   Included inside the typed half of a cell's .c file (T, EXP and NAME defined there, as in
+   conv.c): it is written once per dtype, so it has no include guard of its own.
+
+   One call runs the batch rows [b0, b1) over all T steps; the threads take disjoint rows.
+   Every argument arrives in one array of pointers and one of sizes (`cells.py` builds them):
+
+     p = [xp, y (forward) or dy (backward), saved, dxp,
+          state[n_s], init[n_s], W[n_m], WT[n_m], vec[n_v], rg[n_m], dvec[n_v]]
+     d = [T, B, H, P, O, S, keep, own, n_s, n_m, n_v, n_int,
+          state sizes[n_s], (G_j, K_j)[n_m], vector lengths[n_v], ints[n_int], floats]
+
+   xp (B, T, P) the projections, y / dy (B, T, O), dxp (B, T, P); W_j (G_j, K_j) the
+   recurrent matrices and WT_j their transposes (K_j, G_j), all contiguous.
+   Forward: `state` the running state (B, n_i), set from `init` (the initial state) and
+   left holding the final one; `rg[j]` = r_j (B, T, K_j), the left operands of the products
+   r_j W_j^T; `saved` (B, T, S) what the backward reads. Without `keep` (no gradient
+   wanted) saved and rg hold one step (B, 1, .), rewritten each step.
+   Backward: `state` the running gradient of the state, set from `init` (that of the final
+   state) and left holding the initial state's; `rg[j]` = g_j (B, T, G_j), the gradients at
+   the products' outputs (dW_j = g_j^T r_j is one product, done by the caller); `dvec`
+   (B, len_v) per-row sums over the steps of each vector's gradient (the caller sums rows).
+   `floats`: the cell's float options as doubles, their bits in d's last slots (a.floats).
+   `own`: the output is state[0] (the driver copies it to y, and adds dy to its gradient);
+   otherwise the cell's step writes y and reads dy itself.
+
+   A cell gives two step functions, (args, t, b0, b1, scratch) -> void, and calls
+   NAME(drive_fwd) / NAME(drive_bwd) from its exported functions with the scratch size per
+   row it needs; NAME(mm) is the row-block x matrix product its steps use. Keep the steps'
+   elementwise loops free of branches (a.zeros stands for an absent vector) and mark them
+   ELEMENTWISE, so that they vectorise (exp.h's exp does). */
+
+#ifndef RNNZOO_CELL_LOOP_ONCE
+#define RNNZOO_CELL_LOOP_ONCE
+#define NAME_MAX_ 8
+/* before a step's elementwise loop over k < H: its iterations are independent (in-place
+   updates read and write the same k). GCC ignores `restrict` on local pointers and gives up
+   on loops with many arrays (its alias-check limit); this lets them vectorise. */
+#if defined(__clang__)
+#define ELEMENTWISE _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define ELEMENTWISE _Pragma("GCC ivdep")
+#else
+#define ELEMENTWISE
+#endif
+#endif
+
+typedef struct {
+    long Tn, B, H, P, O, S, keep, own, ns, nm, nv, nint;
+    long ssz[NAME_MAX_], G[NAME_MAX_], K[NAME_MAX_], vlen[NAME_MAX_];
+    const long *ints;
+    const double *floats;
+    const T *xp;
+    T *y;          /* forward: outputs; backward: their gradient (read only) */
+    T *saved, *dxp;
+    T *state[NAME_MAX_];
+    const T *init[NAME_MAX_];
+    const T *W[NAME_MAX_], *WT[NAME_MAX_], *vec[NAME_MAX_];
+    T *rg[NAME_MAX_], *dvec[NAME_MAX_];
+    const T *zeros;  /* 8 H zeros: an absent vector, so that loops need no branch */
+} NAME(args);
+
+typedef void (*NAME(step_fn))(const NAME(args) *a, long t, long b0, long b1, T *scratch);
+
+static void NAME(parse)(NAME(args) *a, void **p, const long *d) {
+    a->Tn = d[0]; a->B = d[1]; a->H = d[2]; a->P = d[3]; a->O = d[4]; a->S = d[5];
+    a->keep = d[6]; a->own = d[7]; a->ns = d[8]; a->nm = d[9]; a->nv = d[10]; a->nint = d[11];
+    const long *q = d + 12;
+    for (long i = 0; i < a->ns; i++) a->ssz[i] = *q++;
+    for (long j = 0; j < a->nm; j++) { a->G[j] = *q++; a->K[j] = *q++; }
+    for (long v = 0; v < a->nv; v++) a->vlen[v] = *q++;
+    a->ints = q;
+    a->floats = (const double *)(q + a->nint);
+    a->xp = p[0]; a->y = p[1]; a->saved = p[2]; a->dxp = p[3];
+    void **r = p + 4;
+    for (long i = 0; i < a->ns; i++) a->state[i] = *r++;
+    for (long i = 0; i < a->ns; i++) a->init[i] = *r++;
+    for (long j = 0; j < a->nm; j++) a->W[j] = *r++;
+    for (long j = 0; j < a->nm; j++) a->WT[j] = *r++;
+    for (long v = 0; v < a->nv; v++) a->vec[v] = *r++;
+    for (long j = 0; j < a->nm; j++) a->rg[j] = *r++;
+    for (long v = 0; v < a->nv; v++) a->dvec[v] = *r++;
+}
+
+/* row b, step t of a (B, T, width) tensor; `kept` ones (saved, rg) hold one step without keep */
+static inline T *NAME(at)(const T *base, const NAME(args) *a, long b, long t, long width) {
+    return (T *)base + (b * a->Tn + t) * width;
+}
+static inline T *NAME(kept)(const T *base, const NAME(args) *a, long b, long t, long width) {
+    return a->keep ? (T *)base + (b * a->Tn + t) * width : (T *)base + b * width;
+}
+
+/* out[r, n] = init[r, n] (0 where init is NULL; init == out accumulates)
+               + sum_m A[r, m] Bm[m, n],   r < rows, n < N, m < M; all row-major with the
+   given leading dimensions. Register blocks of 4 rows x 3 vectors (GCC/Clang vector
+   extensions: any target; -march=native picks the width's instructions). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* B's vectors stay in registers: otherwise GCC folds each load into the 4 rows' FMAs and
+   the loop is bound by loads (measured: 26 -> 45 GFLOP/s at 16 x 128 @ 128 x 512) */
+#define KEEP_IN_REGISTER_(v) __asm__("" : "+x"(v))
+#else
+#define KEEP_IN_REGISTER_(v) ((void)0)
+#endif
+typedef T NAME(vec_t) __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
+#define VL_ ((long)(32 / sizeof(T)))
+
+static inline __attribute__((always_inline)) void NAME(tile)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
+                              const T *Bm, long ldb, long M, const long R, const long NV) {
+    NAME(vec_t) acc[4][3];
+    for (long r = 0; r < R; r++)
+        for (long j = 0; j < NV; j++) {
+            if (init) acc[r][j] = *(const NAME(vec_t) *)(init + r * ldi + j * VL_);
+            else acc[r][j] = (NAME(vec_t)){0};
+        }
+    for (long m = 0; m < M; m++) {
+        NAME(vec_t) bv[3];
+        for (long j = 0; j < NV; j++) {
+            bv[j] = *(const NAME(vec_t) *)(Bm + m * ldb + j * VL_);
+            KEEP_IN_REGISTER_(bv[j]);
+        }
+        for (long r = 0; r < R; r++) {
+            const T s = A[r * lda + m];
+            for (long j = 0; j < NV; j++) acc[r][j] += s * bv[j];
+        }
+    }
+    for (long r = 0; r < R; r++)
+        for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j];
+}
+
+static __attribute__((unused)) void NAME(mm)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
+                     const T *Bm, long ldb, long rows, long M, long N) {
+    long n = 0;
+#define TILE_(R, NV) NAME(tile)(out + r * ldo + n, ldo, init ? init + r * ldi + n : 0, ldi, \
+                                A + r * lda, lda, Bm + n, ldb, M, R, NV)
+    for (; n + 3 * VL_ <= N; n += 3 * VL_) {
+        long r = 0;
+        for (; r + 4 <= rows; r += 4) TILE_(4, 3);
+        for (; r < rows; r++) TILE_(1, 3);
+    }
+    for (; n + VL_ <= N; n += VL_) {
+        long r = 0;
+        for (; r + 4 <= rows; r += 4) TILE_(4, 1);
+        for (; r < rows; r++) TILE_(1, 1);
+    }
+#undef TILE_
+    for (; n < N; n++)
+        for (long r = 0; r < rows; r++) {
+            T s = init ? init[r * ldi + n] : 0;
+            for (long m = 0; m < M; m++) s += A[r * lda + m] * Bm[m * ldb + n];
+            out[r * ldo + n] = s;
+        }
+}
+
+/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
+   loop would not vectorise: reordering a floating-point sum needs -ffast-math) */
+static inline T NAME(dot)(const T *x, const T *y, long n) {
+    NAME(vec_t) acc[4] = {{0}, {0}, {0}, {0}};
+    long k = 0;
+    for (; k + 4 * VL_ <= n; k += 4 * VL_)
+        for (int j = 0; j < 4; j++) {
+            NAME(vec_t) v = *(const NAME(vec_t) *)(x + k + j * VL_);
+            if (y) v *= *(const NAME(vec_t) *)(y + k + j * VL_);
+            acc[j] += v;
+        }
+    acc[0] += acc[1] + acc[2] + acc[3];
+    T s = 0;
+    for (long e = 0; e < VL_; e++) s += acc[0][e];
+    for (; k < n; k++) s += y ? x[k] * y[k] : x[k];
+    return s;
+}
+#undef VL_
+
+static inline T NAME(sigm)(T x) { return 1 / (1 + EXP(-x)); }
+static inline T NAME(tanh_)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
+
+/* the forward over all steps: state = init, then step(t) for t = 0..T-1 (y_t = state[0]
+   copied by the driver when `own`) */
+static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
+                            long scratch_per_row) {
+    NAME(args) a;
+    NAME(parse)(&a, p, d);
+    for (long i = 0; i < a.ns; i++)
+        memcpy(a.state[i] + b0 * a.ssz[i], a.init[i] + b0 * a.ssz[i],
+               (b1 - b0) * a.ssz[i] * sizeof(T));
+    T *scratch = malloc((scratch_per_row * (b1 - b0) + 1) * sizeof(T)), *zeros = calloc(8 * a.H, sizeof(T));
+    a.zeros = zeros;
+    for (long t = 0; t < a.Tn; t++) {
+        step(&a, t, b0, b1, scratch);
+        if (a.own)
+            for (long b = b0; b < b1; b++)
+                memcpy(NAME(at)(a.y, &a, b, t, a.O), a.state[0] + b * a.ssz[0], a.O * sizeof(T));
+    }
+    free(scratch);
+    free(zeros);
+}
+
+/* the backward: d state = d final state, dvec = 0, then (dy_t added to d state[0] when
+   `own`) step(t) for t = T-1..0 */
+static void NAME(drive_bwd)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
+                            long scratch_per_row) {
+    NAME(args) a;
+    NAME(parse)(&a, p, d);
+    for (long i = 0; i < a.ns; i++)
+        memcpy(a.state[i] + b0 * a.ssz[i], a.init[i] + b0 * a.ssz[i],
+               (b1 - b0) * a.ssz[i] * sizeof(T));
+    for (long v = 0; v < a.nv; v++)
+        if (a.dvec[v]) memset(a.dvec[v] + b0 * a.vlen[v], 0, (b1 - b0) * a.vlen[v] * sizeof(T));
+    T *scratch = malloc((scratch_per_row * (b1 - b0) + 1) * sizeof(T)), *zeros = calloc(8 * a.H, sizeof(T));
+    a.zeros = zeros;
+    for (long t = a.Tn - 1; t >= 0; t--) {
+        if (a.own)
+            for (long b = b0; b < b1; b++) {
+                T *restrict ds = a.state[0] + b * a.ssz[0];
+                const T *restrict dy = NAME(at)(a.y, &a, b, t, a.O);
+                for (long k = 0; k < a.O; k++) ds[k] += dy[k];
+            }
+        step(&a, t, b0, b1, scratch);
+    }
+    free(scratch);
+    free(zeros);
+}

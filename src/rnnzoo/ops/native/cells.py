@@ -1,0 +1,143 @@
+"""A classic cell's whole sequence in C, forward and backward: the native form of
+`cells.manual.manual_scan`, with the same conventions (module docstring of cells/manual.py):
+
+    forward:   state_t, y_t = step(xp_t, state_{t-1})   t = 1..T, one C call per thread
+    backward:  d xp_t, d state_{t-1}, g_t = back(d state_t + d y_t, saved_t)   t = T..1
+               dW_j = g_j^T r_j  (one torch product per matrix, after the loop)
+
+A cell opts in with `manual_native() -> NativeStep | None` beside its manual_params /
+manual_step / manual_back; the C file `<file>.c` (beside this module) defines
+`<fn>_fwd_f32/_f64` and `<fn>_bwd_f32/_f64` on the shared driver cell_loop.h (its header
+comment gives the calling convention). `scan` runs it, or returns None (the caller then runs
+the Python loop) when the cell names no kernel or the kernel cannot be built.
+
+    scan(cell, xp (B, T, P), state (tuple of (B, n_i)), matrices ((G_j, K_j), ...),
+         vectors (...)) -> (outputs (B, T, output_size), final state) | None
+
+All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
+split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
+xp, the state, the matrices and the vectors; not twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+__all__ = ["NativeStep", "scan"]
+
+
+class NativeStep(NamedTuple):
+    """What a cell's `manual_native` names: the C file (without .c), the function prefix,
+    floats saved per batch row and step, int options passed to the C step, the output
+    width when the output is not state[0] (0: it is state[0]), and float options (passed as
+    doubles)."""
+
+    file: str
+    fn: str
+    saved: int
+    ints: tuple = ()
+    out: int = 0
+    floats: tuple = ()
+
+
+def _parts(batch):
+    p = max(1, min(torch.get_num_threads(), batch))
+    cuts = [batch * i // p for i in range(p + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _kernels(lib, fn, dtype):
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    fwd, bwd = getattr(lib, f"{fn}_fwd_{suffix}"), getattr(lib, f"{fn}_bwd_{suffix}")
+    if fwd.argtypes is None:
+        args = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_long,
+                ctypes.c_long]
+        fwd.argtypes = bwd.argtypes = args
+        fwd.restype = bwd.restype = None
+    return fwd, bwd
+
+
+def _call(kernel, tensors, sizes, batch):
+    """kernel(p, d, b0, b1) on each thread's rows; p the tensors' data pointers (NULL for None)."""
+    parts = _parts(batch)
+    if not parts:  # an empty batch
+        return
+    p = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
+    d = (ctypes.c_long * len(sizes))(*sizes)
+    native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
+
+
+class _NativeLoop(torch.autograd.Function):
+    """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state)."""
+
+    @staticmethod
+    def forward(ctx, lib, spec, H, keep, n_state, n_mat, xp, *tensors):
+        xp = xp.contiguous()
+        tensors = [t.contiguous() for t in tensors]
+        state, mats, vecs = (tensors[:n_state], tensors[n_state:n_state + n_mat],
+                             tensors[n_state + n_mat:])
+        B, T, P = xp.shape
+        out = spec.out or state[0].shape[1]
+        wt = [w.t().contiguous() for w in mats]
+        kept = T if keep else 1
+        y = xp.new_empty(B, T, out)
+        final = [torch.empty_like(s) for s in state]
+        saved = xp.new_empty(B, kept, spec.saved)
+        rs = [xp.new_empty(B, kept, w.shape[1]) for w in mats]
+        sizes = [T, B, H, P, out, spec.saved, int(keep), int(spec.out == 0), n_state, n_mat,
+                 len(vecs), len(spec.ints), *(s.shape[1] for s in state),
+                 *(n for w in mats for n in w.shape), *(v.numel() for v in vecs), *spec.ints,
+                 *(struct.unpack("q", struct.pack("d", f))[0] for f in spec.floats)]
+        fwd, _ = _kernels(lib, spec.fn, xp.dtype)
+        _call(fwd, [xp, y, saved, None, *final, *state, *mats, *wt, *vecs, *rs,
+                    *([None] * len(vecs))], sizes, B)
+        ctx.lib, ctx.spec, ctx.sizes, ctx.n_state, ctx.n_mat = lib, spec, sizes, n_state, n_mat
+        ctx.saved, ctx.rs, ctx.wt = saved, rs, wt
+        ctx.xp_shape = xp.shape
+        ctx.save_for_backward(*mats, *vecs)
+        return (y, *final)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, *d_final):
+        params = ctx.saved_tensors
+        mats, vecs = params[:ctx.n_mat], params[ctx.n_mat:]
+        d_out = d_out.contiguous()
+        B = d_out.shape[0]
+        d_final = [d.contiguous() for d in d_final]
+        d_state = [torch.empty_like(d) for d in d_final]
+        d_xp = d_out.new_empty(ctx.xp_shape)
+        gs = [d_out.new_empty(B, ctx.xp_shape[1], w.shape[0]) for w in mats]
+        d_vecs = [d_out.new_empty(B, v.numel()) for v in vecs]
+        _, bwd = _kernels(ctx.lib, ctx.spec.fn, d_out.dtype)
+        _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
+                    *gs, *d_vecs], ctx.sizes, B)
+        needs = ctx.needs_input_grad[7 + ctx.n_state:]
+        d_mats = [g.flatten(0, 1).T @ r.flatten(0, 1) if need else None
+                  for g, r, need in zip(gs, ctx.rs, needs)]
+        d_vecs = [d.sum(0).view(v.shape) if need else None
+                  for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:])]
+        return (None, None, None, None, None, None, d_xp, *d_state, *d_mats, *d_vecs)
+
+
+def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, keep: bool
+         ) -> tuple[torch.Tensor, tuple] | None:
+    """The cell's C loop over xp from `state` (see the module docstring); keep: whether a
+    gradient is wanted (else nothing per step is kept). None when the cell names no kernel
+    or it cannot be built."""
+    spec = cell.manual_native()
+    if spec is None:
+        return None
+    lib = native.load(spec.file)
+    if lib is None:
+        return None
+    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices), xp, *state,
+                                  *matrices, *vectors)
+    return out, tuple(new)
