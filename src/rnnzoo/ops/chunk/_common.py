@@ -212,9 +212,10 @@ class _WY(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, M, v, w, q_in, k_out, decay, S, scale):
-        C, V = A.shape[-1], v.shape[-1]
+        C, V, Cq = A.shape[-1], v.shape[-1], M.shape[-2]
         strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
-        lower = strict + torch.eye(C, dtype=A.dtype, device=A.device)
+        step = torch.arange(C, device=A.device)  # output row t reads steps s < (t + 1) C / Cq
+        lower = (step // (C // Cq) <= step[:Cq, None]).to(A.dtype)
         X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
         U0, W = X.split([V, w.shape[-1]], -1)
         o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
@@ -264,7 +265,8 @@ def wy_chunks(A, M, v, w, q_in, k_out, chunk_decay, S, scale, T):
         (I + A) U = v - w S_0,     O = scale (q_in S_0 + M U),     S_C = chunk_decay o S_0 + k_out^T U
 
     A (..., C, C): only its strictly lower part is read (s < t); M (..., C, C): only its
-    lower part (s <= t), so callers need not mask them; v: (..., C, V); w, q_in, k_out:
+    lower part (s <= t), so callers need not mask them (M and q_in may instead have C / n
+    rows, output t read after step (t + 1) n - 1: DeltaProduct's n steps a token); v: (..., C, V); w, q_in, k_out:
     (..., C, K); chunk_decay: (..., K, 1), (..., 1, 1) or None; S: (B, H, K, V) the state
     entering the first chunk. The intra-chunk work is done for all chunks at once; only the
     state pass (`chunk_scan`'s loop) runs chunk by chunk. One autograd Function (`_WY`) with

@@ -80,6 +80,8 @@ _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float
 # 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
 # for any chunk size.
 CPU_CHUNK = 16
+# DeltaProduct's CPU chunk in flat (Householder) steps: its tokens per chunk are this / n_h.
+CPU_PRODUCT_CHUNK = 32
 
 
 # -- the initial state (the argument checks live in _common, shared with the kernels) ----------
@@ -157,31 +159,36 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
-def _delta_chunks(q, k, v, beta, g, S, scale, C):
+def _delta_chunks(q, k, v, beta, g, S, scale, C, n=1):
     """The chunkwise solver on compute-dtype tensors (see the module docstring).
 
+    n > 1 (DeltaProduct): k, v, beta, g run over n steps per output and q holds only the
+    output steps, (B, T / n, H, K), read after every n-th step; C is a multiple of n. The
+    readout (Q K^T o D and Q S_0) then has C / n rows a chunk, not C with zero queries.
     Zero padding at the end is exact: k = v = beta = g = 0 leaves the state unchanged.
     """
-    T = q.shape[1]
+    T = k.shape[1]
     C = min(C, T)
-    q, k, v = (_to_chunks(t, C) for t in (q, k, v))      # (B, H, N, C, D)
+    k, v = (_to_chunks(t, C) for t in (k, v))             # (B, H, N, C, D)
+    q = _to_chunks(q, C // n)                             # (B, H, N, C / n, K)
     beta = _to_chunks(beta, C)                            # (B, H, N, C)
+    rows = slice(n - 1, None, n)                          # the flat steps that are read
     # The (B, H, N, C, C) matrices cost memory passes, not flops: each is made in as few
     # elementwise passes as the gate allows (wy_chunks masks A to s < t and P to s <= t).
     kb = beta[..., None] * k
     A = kb @ k.transpose(-1, -2)                          # beta_t k_t.k_s: (B, H, N, C, C)
-    P = q @ k.transpose(-1, -2)
+    P = q @ k.transpose(-1, -2)                           # (B, H, N, C / n, C)
     if g is None:
         eG = eGlast = eGtail = None
     else:
         G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
         decay = _causal_decay(G)                          # e^{G_t - G_s}, s <= t
         eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
-        A, P = A * decay, P * decay                       # e^{G_t - G_s} on s <= t
-    Qg = q if eG is None else q * eG[..., None]           # P = Q K^T o D, causal incl. diagonal
+        A, P = A * decay, P * decay[..., rows, :]         # e^{G_t - G_s} on s <= t
+    Qg = q if eG is None else q * eG[..., rows, None]     # P = Q K^T o D, causal incl. diagonal
     Kd = k if eG is None else k * eGtail[..., None]
     return _wy_chunks(A, P, beta[..., None] * v, kb if eG is None else kb * eG[..., None], Qg, Kd,
-                      None if eGlast is None else eGlast[..., None, None], S, scale, T)
+                      None if eGlast is None else eGlast[..., None, None], S, scale, T // n)
 
 
 # -- DeltaProduct -------------------------------------------------------------------------------
@@ -238,10 +245,26 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
     """
     _check_product(q, k, v, beta, g, initial_state)
     B, T, n_h, H, K = k.shape
-    qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
-    o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
-                      initial_state=initial_state, chunk_size=chunk_size * n_h)
-    return o.reshape(B, T, n_h, H, -1)[:, :, -1], S
+    V = v.shape[-1]
+    positive_int("delta_product: chunk_size", chunk_size)
+    if sequence_parallel.active() or (q.dtype != torch.float64 and backend.use_triton(
+            q, k, v, beta, g, initial_state)):   # delta_rule's paths over the flat steps
+        qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
+        o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
+                          initial_state=initial_state, chunk_size=chunk_size * n_h)
+        return o.reshape(B, T, n_h, H, -1)[:, :, -1], S
+    dt = compute_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, V, dt, q.device)
+    if q.device.type == "cpu":
+        chunk_size = min(chunk_size, max(1, CPU_PRODUCT_CHUNK // n_h))
+    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+    if g is not None:   # the gate at each token's first step
+        g = torch.cat([g[:, :, None], g.new_zeros(B, T, n_h - 1, H)], 2).reshape(B, T * n_h, H)
+    o, S = _delta_chunks(qf.to(dt), k.reshape(B, T * n_h, H, K).to(dt),
+                         v.reshape(B, T * n_h, H, V).to(dt), beta.reshape(B, T * n_h, H).to(dt),
+                         None if g is None else g.to(dt), S, scale, min(chunk_size, T) * n_h, n_h)
+    return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
 # -- RWKV-7 -------------------------------------------------------------------------------------
