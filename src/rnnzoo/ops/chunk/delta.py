@@ -80,8 +80,18 @@ _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float
 # 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
 # for any chunk size.
 CPU_CHUNK = 16
-# DeltaProduct's CPU chunk in flat (Householder) steps: its tokens per chunk are this / n_h.
+# The scalar-gate delta rule with a large state (K V >= 2048, Gated DeltaNet's K = 32,
+# V = 64) runs CPU_WIDE_CHUNK: its state pass then outweighs the (C, C) passes (B=16,
+# T=512, fwd+bwd of the layer, 1 thread: 481 / 416 ms at 16 / 32; K = V = 32: 270 / 265;
+# K = 16, V = 32: 145 / 159). DeltaProduct's chunk counts flat (Householder) steps, n_h a
+# token: 32 (V = 64, n_h = 2: 855 / 828 / 926 ms at 16 / 32 / 64).
+CPU_WIDE_CHUNK = 32
 CPU_PRODUCT_CHUNK = 32
+
+
+def _cpu_chunk(K, V):
+    """delta_rule's chunk bound on a CPU for head dims K, V."""
+    return CPU_WIDE_CHUNK if K * V >= 2048 else CPU_CHUNK
 
 
 # -- the initial state (the argument checks live in _common, shared with the kernels) ----------
@@ -133,7 +143,7 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
     final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
     imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
-    every dtype but float64; on a CPU the chunk is at most `CPU_CHUNK` steps; `delta_product` reaches it through this function. A non-finite
+    every dtype but float64; on a CPU the chunk is at most `_cpu_chunk(K, V)` steps. A non-finite
     input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     B, T, H, K = q.shape
@@ -152,7 +162,7 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     if q.device.type == "cpu":
-        chunk_size = min(chunk_size, CPU_CHUNK)
+        chunk_size = min(chunk_size, _cpu_chunk(K, V))
     (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
     o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
@@ -345,7 +355,8 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     # the clamp only touches factors of masked pairs (a single-step chunk with a steep decay),
     # so that no factor is inf and no gradient meets inf * 0.
     factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
-    b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
+    into = factor(mid - Wc)
+    b_in, k_in = b * into, k * into                       # e^{Wc_m - Wc_s} y_s
     a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
     bk_in = torch.cat([b_in, k_in], -2).transpose(-1, -2)  # (..., K, 2C): both blocks at once
     col, row = torch.arange(2 * C, device=r.device) % C, torch.arange(C, device=r.device)[:, None]
@@ -355,9 +366,10 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
     Wz = Tinv @ (a * Wprev.exp())
     tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
-    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0:
+    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0
+    # (chunk_scan's W of C rows: the values read no state):
     # S_C = e^{Wc_C} S_0 + [b; k]_tail^T [Z; V],  O = scale (r~ S_0 + [B_rb, B_rk] [Z; V]).
-    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), torch.cat([-Wz, torch.zeros_like(Wz)], -2),
-                       torch.cat([b, k], -2) * torch.cat([tail, tail], -2),
+    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), -Wz,
+                       (torch.stack([b, k], -3) * tail[..., None, :, :]).flatten(-3, -2),
                        Wc[..., -1, :, None].exp(), r * Wc.exp(), B_rbk, scale)
     return _from_chunks(o, T), S
