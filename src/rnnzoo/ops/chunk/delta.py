@@ -252,6 +252,10 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
 
     q: (B, T, H, K); k: (B, T, n_h, H, K); v: (B, T, n_h, H, V); beta: (B, T, n_h, H);
     g: (B, T, H) or None. chunk_size counts tokens. Returns (o (B, T, H, V), state).
+    The n_h T steps run as one delta rule (the gate at each token's first step); off the
+    Triton and sequence-parallel paths (which take `delta_rule` over the flat steps with
+    zero queries) the readout has one row a token, and a CPU chunk is at most
+    CPU_PRODUCT_CHUNK flat steps.
     """
     _check_product(q, k, v, beta, g, initial_state)
     B, T, n_h, H, K = k.shape
