@@ -77,7 +77,8 @@ class RWKV7(RecurrentLayer):
         B, T, _ = x.shape
         H, K, cdt = self.num_heads, self.head_dim, compute_dtype(x)
         shifted = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1)
-        xs = dict(zip(_MIXES, (x + (shifted - x) * mu for mu in self.mix)))
+        step = shifted - x
+        xs = dict(zip(_MIXES, (torch.addcmul(x, step, mu) for mu in self.mix)))
         r, k, v = (p(xs[n]).to(cdt) for p, n in ((self.r_proj, "r"), (self.k_proj, "k"), (self.v_proj, "v")))
         lora = {n: xs[n].to(cdt) for n in ("w", "a", "g")}
         p = {n: getattr(self, n).to(cdt) for n in ("w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a")}

@@ -114,7 +114,8 @@ def chunk_scan(S, U0, W, k_out, decay, q_in, M, scale):
         U_n = U0_n - W_n S_n,     S_{n+1} = decay_n o S_n + k_out_n^T U_n,
         O_n = scale (q_in_n S_n + M_n U_n)
 
-    S: (B, H, K, V) entering the first chunk; U0: (B, H, N, R, V); W, k_out: (B, H, N, R, K);
+    S: (B, H, K, V) entering the first chunk; U0: (B, H, N, R, V); k_out: (B, H, N, R, K);
+    W: (B, H, N, Rw, K), Rw <= R (the rows of U past Rw read no state: U_n = U0_n - [W_n S_n; 0]);
     q_in: (B, H, N, C, K); M: (B, H, N, C, R) (R = C for the delta rules; RWKV-7 stacks its
     rank-one and value parts, R = 2C); decay: (B, H, N, K, 1), (B, H, N, 1, 1) or None (no
     decay); scale a number. Returns (O (B, H, N, C, V), the final state).
@@ -138,14 +139,18 @@ def _flat(x):
 def _scan_forward(S, U0, W, k_out, decay, q_in, M, scale):
     """chunk_scan's forward without a graph -> (O, final S, what its backward reads)."""
     B, H, N, R, V = U0.shape
-    K, C = W.shape[-1], q_in.shape[-2]
+    K, C, Rw = W.shape[-1], q_in.shape[-2], W.shape[-2]
     S = S.reshape(B * H, K, V)
     U0f, Wf, kT = _flat(U0), _flat(W), _flat(k_out).transpose(-1, -2)
     dec = _flat(decay)
     states, pseudo = [], []
     for n in range(N):
         states.append(S)
-        u = torch.baddbmm(U0f[:, n], Wf[:, n], S, alpha=-1)
+        if Rw == R:
+            u = torch.baddbmm(U0f[:, n], Wf[:, n], S, alpha=-1)
+        else:   # only the first Rw rows read the state
+            u = U0f[:, n].clone()
+            u[:, :Rw].baddbmm_(Wf[:, n], S, alpha=-1)
         pseudo.append(u)
         S = torch.baddbmm(S if dec is None else S * dec[:, n], kT[:, n], u)
     states, U = torch.stack(states, 1), torch.stack(pseudo, 1)   # (B H, N, K|R, V)
@@ -160,8 +165,8 @@ def _scan_backward(saved, scale, dO, dS_final, need):
     """chunk_scan's gradients (dS, dU0, dW, dk_out, ddecay, dq_in, dM; None where `need`,
     the seven flags, is False; dU0 always)."""
     states, U, W, k_out, decay, q_in, M = saved
-    B, H, N, R, K = W.shape
-    V, C = U.shape[-1], q_in.shape[-2]
+    B, H, N, Rw, K = W.shape
+    R, V, C = U.shape[-2], U.shape[-1], q_in.shape[-2]
     dO = (dO * scale if scale != 1 else dO).reshape(B * H * N, C, V).contiguous()
     Mf, qf = _flat(M).reshape(-1, C, R), _flat(q_in).reshape(-1, C, K)
     Uf, Sf = U.view(-1, R, V), states.view(-1, K, V)
@@ -176,11 +181,14 @@ def _scan_backward(saved, scale, dO, dS_final, need):
         later[n] = dS
         du = torch.baddbmm(dU[:, n], kf[:, n], dS)
         dUs[n] = du
-        dS_new = torch.baddbmm(dstates[:, n], Wt[:, n], du, alpha=-1)
+        dS_new = torch.baddbmm(dstates[:, n], Wt[:, n], du[:, :Rw], alpha=-1)
         dS = dS_new.add_(dS if dec is None else dec[:, n] * dS)
     dU = torch.stack(dUs, 1).view(-1, R, V)
     later = torch.stack(later, 1).view(-1, K, V)
-    dW = (dU @ Sf.transpose(-1, -2)).neg_().view(W.shape) if need[2] else None
+    dW = None
+    if need[2]:
+        dUw = dU.view(-1, N, R, V)[:, :, :Rw].reshape(-1, Rw, V) if Rw < R else dU
+        dW = (dUw @ Sf.transpose(-1, -2)).neg_().view(W.shape)
     dk = (Uf @ later.transpose(-1, -2)).view(k_out.shape) if need[3] else None
     ddec = None
     if decay is not None and need[4]:
@@ -212,9 +220,10 @@ class _WY(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, M, v, w, q_in, k_out, decay, S, scale):
-        C, V = A.shape[-1], v.shape[-1]
+        C, V, Cq = A.shape[-1], v.shape[-1], M.shape[-2]
         strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
-        lower = strict + torch.eye(C, dtype=A.dtype, device=A.device)
+        step = torch.arange(C, device=A.device)  # output row t reads steps s < (t + 1) C / Cq
+        lower = (step // (C // Cq) <= step[:Cq, None]).to(A.dtype)
         X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
         U0, W = X.split([V, w.shape[-1]], -1)
         o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
@@ -264,7 +273,8 @@ def wy_chunks(A, M, v, w, q_in, k_out, chunk_decay, S, scale, T):
         (I + A) U = v - w S_0,     O = scale (q_in S_0 + M U),     S_C = chunk_decay o S_0 + k_out^T U
 
     A (..., C, C): only its strictly lower part is read (s < t); M (..., C, C): only its
-    lower part (s <= t), so callers need not mask them; v: (..., C, V); w, q_in, k_out:
+    lower part (s <= t), so callers need not mask them (M and q_in may instead have C / n
+    rows, output t read after step (t + 1) n - 1: DeltaProduct's n steps a token); v: (..., C, V); w, q_in, k_out:
     (..., C, K); chunk_decay: (..., K, 1), (..., 1, 1) or None; S: (B, H, K, V) the state
     entering the first chunk. The intra-chunk work is done for all chunks at once; only the
     state pass (`chunk_scan`'s loop) runs chunk by chunk. One autograd Function (`_WY`) with

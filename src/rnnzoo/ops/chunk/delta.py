@@ -80,6 +80,18 @@ _MAX_LOG_FACTOR = 30.0  # |log| of a factored decay; e^30 ~ 1e13, far from float
 # 650; rwkv7's op 246 / 263 / 287 / 413 ms at 8 / 16 / 32 / 64, B=4). The result is the same
 # for any chunk size.
 CPU_CHUNK = 16
+# The scalar-gate delta rule with a large state (K V >= 2048, Gated DeltaNet's K = 32,
+# V = 64) runs CPU_WIDE_CHUNK: its state pass then outweighs the (C, C) passes (B=16,
+# T=512, fwd+bwd of the layer, 1 thread: 481 / 416 ms at 16 / 32; K = V = 32: 270 / 265;
+# K = 16, V = 32: 145 / 159). DeltaProduct's chunk counts flat (Householder) steps, n_h a
+# token: 32 (V = 64, n_h = 2: 855 / 828 / 926 ms at 16 / 32 / 64).
+CPU_WIDE_CHUNK = 32
+CPU_PRODUCT_CHUNK = 32
+
+
+def _cpu_chunk(K, V):
+    """delta_rule's chunk bound on a CPU for head dims K, V."""
+    return CPU_WIDE_CHUNK if K * V >= 2048 else CPU_CHUNK
 
 
 # -- the initial state (the argument checks live in _common, shared with the kernels) ----------
@@ -131,7 +143,7 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
     final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
     imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
-    every dtype but float64; on a CPU the chunk is at most `CPU_CHUNK` steps; `delta_product` reaches it through this function. A non-finite
+    every dtype but float64; on a CPU the chunk is at most `_cpu_chunk(K, V)` steps. A non-finite
     input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     B, T, H, K = q.shape
@@ -150,38 +162,43 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     if q.device.type == "cpu":
-        chunk_size = min(chunk_size, CPU_CHUNK)
+        chunk_size = min(chunk_size, _cpu_chunk(K, V))
     (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
     o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
                          None if g is None else g.to(dt), S, scale, chunk_size)
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
-def _delta_chunks(q, k, v, beta, g, S, scale, C):
+def _delta_chunks(q, k, v, beta, g, S, scale, C, n=1):
     """The chunkwise solver on compute-dtype tensors (see the module docstring).
 
+    n > 1 (DeltaProduct): k, v, beta, g run over n steps per output and q holds only the
+    output steps, (B, T / n, H, K), read after every n-th step; C is a multiple of n. The
+    readout (Q K^T o D and Q S_0) then has C / n rows a chunk, not C with zero queries.
     Zero padding at the end is exact: k = v = beta = g = 0 leaves the state unchanged.
     """
-    T = q.shape[1]
+    T = k.shape[1]
     C = min(C, T)
-    q, k, v = (_to_chunks(t, C) for t in (q, k, v))      # (B, H, N, C, D)
+    k, v = (_to_chunks(t, C) for t in (k, v))             # (B, H, N, C, D)
+    q = _to_chunks(q, C // n)                             # (B, H, N, C / n, K)
     beta = _to_chunks(beta, C)                            # (B, H, N, C)
+    rows = slice(n - 1, None, n)                          # the flat steps that are read
     # The (B, H, N, C, C) matrices cost memory passes, not flops: each is made in as few
     # elementwise passes as the gate allows (wy_chunks masks A to s < t and P to s <= t).
     kb = beta[..., None] * k
     A = kb @ k.transpose(-1, -2)                          # beta_t k_t.k_s: (B, H, N, C, C)
-    P = q @ k.transpose(-1, -2)
+    P = q @ k.transpose(-1, -2)                           # (B, H, N, C / n, C)
     if g is None:
         eG = eGlast = eGtail = None
     else:
         G = _to_chunks(g, C).cumsum(-1)                   # (B, H, N, C)
         decay = _causal_decay(G)                          # e^{G_t - G_s}, s <= t
         eG, eGlast, eGtail = G.exp(), G[..., -1].exp(), (G[..., -1:] - G).exp()
-        A, P = A * decay, P * decay                       # e^{G_t - G_s} on s <= t
-    Qg = q if eG is None else q * eG[..., None]           # P = Q K^T o D, causal incl. diagonal
+        A, P = A * decay, P * decay[..., rows, :]         # e^{G_t - G_s} on s <= t
+    Qg = q if eG is None else q * eG[..., rows, None]     # P = Q K^T o D, causal incl. diagonal
     Kd = k if eG is None else k * eGtail[..., None]
     return _wy_chunks(A, P, beta[..., None] * v, kb if eG is None else kb * eG[..., None], Qg, Kd,
-                      None if eGlast is None else eGlast[..., None, None], S, scale, T)
+                      None if eGlast is None else eGlast[..., None, None], S, scale, T // n)
 
 
 # -- DeltaProduct -------------------------------------------------------------------------------
@@ -235,13 +252,33 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
 
     q: (B, T, H, K); k: (B, T, n_h, H, K); v: (B, T, n_h, H, V); beta: (B, T, n_h, H);
     g: (B, T, H) or None. chunk_size counts tokens. Returns (o (B, T, H, V), state).
+    The n_h T steps run as one delta rule (the gate at each token's first step); off the
+    Triton and sequence-parallel paths (which take `delta_rule` over the flat steps with
+    zero queries) the readout has one row a token, and a CPU chunk is at most
+    CPU_PRODUCT_CHUNK flat steps.
     """
     _check_product(q, k, v, beta, g, initial_state)
     B, T, n_h, H, K = k.shape
-    qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
-    o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
-                      initial_state=initial_state, chunk_size=chunk_size * n_h)
-    return o.reshape(B, T, n_h, H, -1)[:, :, -1], S
+    V = v.shape[-1]
+    positive_int("delta_product: chunk_size", chunk_size)
+    if sequence_parallel.active() or (q.dtype != torch.float64 and backend.use_triton(
+            q, k, v, beta, g, initial_state)):   # delta_rule's paths over the flat steps
+        qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
+        o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
+                          initial_state=initial_state, chunk_size=chunk_size * n_h)
+        return o.reshape(B, T, n_h, H, -1)[:, :, -1], S
+    dt = compute_dtype(q)
+    scale = K ** -0.5 if scale is None else scale
+    S = _initial(initial_state, B, H, K, V, dt, q.device)
+    if q.device.type == "cpu":
+        chunk_size = min(chunk_size, max(1, CPU_PRODUCT_CHUNK // n_h))
+    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+    if g is not None:   # the gate at each token's first step
+        g = torch.cat([g[:, :, None], g.new_zeros(B, T, n_h - 1, H)], 2).reshape(B, T * n_h, H)
+    o, S = _delta_chunks(qf.to(dt), k.reshape(B, T * n_h, H, K).to(dt),
+                         v.reshape(B, T * n_h, H, V).to(dt), beta.reshape(B, T * n_h, H).to(dt),
+                         None if g is None else g.to(dt), S, scale, min(chunk_size, T) * n_h, n_h)
+    return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
 # -- RWKV-7 -------------------------------------------------------------------------------------
@@ -322,7 +359,8 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     # the clamp only touches factors of masked pairs (a single-step chunk with a steep decay),
     # so that no factor is inf and no gradient meets inf * 0.
     factor = lambda x: x.clamp(max=2 * _MAX_LOG_FACTOR).exp()  # noqa: E731
-    b_in, k_in = b * factor(mid - Wc), k * factor(mid - Wc)      # e^{Wc_m - Wc_s} y_s
+    into = factor(mid - Wc)
+    b_in, k_in = b * into, k * into                       # e^{Wc_m - Wc_s} y_s
     a_out, r_out = a * factor(Wprev - mid), r * factor(Wc - mid)  # e^{Wc_t - Wc_m} x_t
     bk_in = torch.cat([b_in, k_in], -2).transpose(-1, -2)  # (..., K, 2C): both blocks at once
     col, row = torch.arange(2 * C, device=r.device) % C, torch.arange(C, device=r.device)[:, None]
@@ -332,9 +370,10 @@ def _rwkv7_chunks(r, w, k, v, a, b, S, scale, C):
     Uz = Tinv @ (A_ak @ v)                                # Z = Uz + Wz S_0
     Wz = Tinv @ (a * Wprev.exp())
     tail = (Wc[..., -1:, :] - Wc).exp()                   # decay from step s to the chunk end
-    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0:
+    # The state pass with the rank-one part and the values stacked, [Z; V] = [Uz; V] - [-Wz; 0] S_0
+    # (chunk_scan's W of C rows: the values read no state):
     # S_C = e^{Wc_C} S_0 + [b; k]_tail^T [Z; V],  O = scale (r~ S_0 + [B_rb, B_rk] [Z; V]).
-    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), torch.cat([-Wz, torch.zeros_like(Wz)], -2),
-                       torch.cat([b, k], -2) * torch.cat([tail, tail], -2),
+    o, S = _chunk_scan(S, torch.cat([Uz, v], -2), -Wz,
+                       (torch.stack([b, k], -3) * tail[..., None, :, :]).flatten(-3, -2),
                        Wc[..., -1, :, None].exp(), r * Wc.exp(), B_rbk, scale)
     return _from_chunks(o, T), S
