@@ -30,7 +30,9 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.registry import register
 
 
@@ -123,5 +125,17 @@ class MLSTM(RecurrentLayer):
                                   chunk_size=self.chunk_size)
         else:
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
-        h = self.norm(h).reshape(B, T, self.inner) + self.skip * x_c
-        return self.down_proj(h * F.silu(z)), (*cell_state, conv_state)
+        return self.down_proj(self._head(h, x_c, z)), (*cell_state, conv_state)
+
+    def _head(self, h, x_c, z):
+        """(GroupNorm_heads(h) + skip x_c) silu(z): one C pass each way on the CPU
+        (ops.native.gated_norm), else autograd's."""
+        B, T = x_c.shape[:2]
+        n = self.norm
+        if backend.use_native(h, x_c, z, n.weight, self.skip):
+            lib = gated_norm.load()
+            if lib is not None:
+                return gated_norm.norm_gate(lib, h.reshape(B, T, self.inner), x_c, self.skip, z,
+                                            n.weight.flatten(), n.bias.flatten(), self.head_dim,
+                                            n.eps)
+        return (n(h).reshape(B, T, self.inner) + self.skip * x_c) * F.silu(z)
