@@ -130,7 +130,11 @@ class Mamba2(RecurrentLayer):
         (B, T, d_inner) and the new conv state."""
         Bsz, T, _ = x.shape
         H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        # three products over row blocks of in_proj's weight instead of one split: the split's
+        # backward concatenated the three gradients (a (B, T, 2 d_inner + 2 G N + H) copy) and
+        # xBC came out strided (copied again in front of the conv)
+        z, xBC, dt = (F.linear(x, w) for w in self.in_proj.weight.split(
+            [self.d_inner, self.d_inner + 2 * G * N, H]))
         xBC, conv_state = self.conv(xBC, conv_state)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
