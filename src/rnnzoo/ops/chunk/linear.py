@@ -51,6 +51,7 @@ from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import mlstm_scan as native_mlstm
 from rnnzoo.ops.native import ssd_scan as native_ssd
 
 __all__ = [
@@ -419,7 +420,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
-    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64).
+    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64); on the
+    CPU in float32/float64 (`backend.use_native`) the C recurrence `ops.native.mlstm_scan`.
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
@@ -438,6 +440,10 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
+    lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
+    if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
+        h, state = native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps)
+        return poison(h, marks.outputs).to(out_dtype), poison(state, marks.state)
     L = min(chunk_size, T)
     pad = -T % L
     if pad:  # padded steps: forget gate 1, input gate 0 (log -inf), k = v = 0: no effect
