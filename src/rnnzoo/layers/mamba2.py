@@ -33,11 +33,13 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.registry import register
 
 
@@ -128,7 +130,11 @@ class Mamba2(RecurrentLayer):
         (B, T, d_inner) and the new conv state."""
         Bsz, T, _ = x.shape
         H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
+        # three products over row blocks of in_proj's weight instead of one split: the split's
+        # backward concatenated the three gradients (a (B, T, 2 d_inner + 2 G N + H) copy) and
+        # xBC came out strided (copied again in front of the conv)
+        z, xBC, dt = (F.linear(x, w) for w in self.in_proj.weight.split(
+            [self.d_inner, self.d_inner + 2 * G * N, H]))
         xBC, conv_state = self.conv(xBC, conv_state)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
@@ -147,6 +153,13 @@ class Mamba2(RecurrentLayer):
         """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
         norm, or after it with norm_before_gate; the gate alone without gated_norm), the
         projection."""
+        if not self.norm_before_gate and backend.use_native(y, xs, z, self.D):
+            lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
+            if lib is not None:
+                D = self.D.repeat_interleave(self.head_dim)
+                return self.out_proj(gated_norm.gate_rms(
+                    lib, y.flatten(2), xs.flatten(2), D, z, self.norm_weight,
+                    self.d_inner // self.n_groups, self.norm_eps, norm=self.gated_norm))
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
         if not self.gated_norm:
             return self.out_proj(y * F.silu(z))

@@ -30,16 +30,21 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
+from rnnzoo.ops.native import blockdiag as native_blockdiag
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.registry import register
 
 
 class BlockDiagonalLinear(nn.Module):
     """xLSTM's headwise q/k/v projection: independent (blocksize x blocksize) maps.
 
-    Small blocks (xLSTM's 4) run as a few wider block-diagonal maps of up to `GROUP` = 32
-    channels (the zeros multiplied too): a batched product over 64 blocks of 4 x 4 runs
-    ~2x slower on a CPU than 8 products of 32 x 32."""
+    On the CPU in float32/float64 (`backend.use_native`) the C kernel `ops.native.blockdiag`
+    runs it at bs multiply-adds an output. Otherwise small blocks (xLSTM's 4) run as a few
+    wider block-diagonal maps of up to `GROUP` = 32 channels (the zeros multiplied too): a
+    batched product over 64 blocks of 4 x 4 runs ~2x slower on a CPU than 8 products of
+    32 x 32."""
 
     GROUP = 32
 
@@ -55,7 +60,18 @@ class BlockDiagonalLinear(nn.Module):
             per -= 1
         self.per_group = per
 
+    def right(self, W):
+        """W BD for W (m, dim), BD the (dim, dim) block-diagonal matrix whose map is forward
+        (forward(x) = x BD^T)."""
+        blocks = self.weight  # (blocks, out, in): BD[o, i] within each block
+        return torch.einsum("mbo,boi->mbi", W.view(W.shape[0], self.blocks, self.blocksize),
+                            blocks).reshape(W.shape[0], -1)
+
     def forward(self, x):
+        if backend.use_native(x, self.weight):  # bs multiply-adds an output, in C
+            lib = native_blockdiag.load()
+            if lib is not None:
+                return native_blockdiag.blockdiag(lib, x, self.weight)
         per, bs = self.per_group, self.blocksize
         groups = self.blocks // per
         W = self.weight.view(groups, per, bs, bs)
@@ -115,7 +131,14 @@ class MLSTM(RecurrentLayer):
         x_m, z = self.up_proj(x).chunk(2, -1)
         x_c, conv_state = self.conv(x_m, conv_state)
         q, k, v = self.q(x_c), self.k(x_c), self.v(x_m)
-        log_i, f = self.gates(torch.cat([q, k, v], -1)).to(cell_state[0].dtype).chunk(2, -1)
+        # [q, k, v] W_gates^T = x_c (W_q BD_q + W_k BD_k)^T + x_m (W_v BD_v)^T: the gates from
+        # x_c and x_m through (2H, inner) maps built from the parameters, with no (B, T, 3 inner)
+        # concatenation and no product over it (nor its backward's (rows, 2H) x (2H, 3 inner))
+        Wq, Wk, Wv = self.gates.weight.split(self.inner, 1)
+        gates = torch.addmm(self.gates.bias, x_c.reshape(B * T, -1),
+                            (self.q.right(Wq) + self.k.right(Wk)).t())
+        gates = torch.addmm(gates, x_m.reshape(B * T, -1), self.v.right(Wv).t())
+        log_i, f = gates.view(B, T, -1).to(cell_state[0].dtype).chunk(2, -1)
         log_f = F.logsigmoid(f) if self.forget_gate == "sigmoid" else f
         q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
         if mode == "chunk":
@@ -123,5 +146,17 @@ class MLSTM(RecurrentLayer):
                                   chunk_size=self.chunk_size)
         else:
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
-        h = self.norm(h).reshape(B, T, self.inner) + self.skip * x_c
-        return self.down_proj(h * F.silu(z)), (*cell_state, conv_state)
+        return self.down_proj(self._head(h, x_c, z)), (*cell_state, conv_state)
+
+    def _head(self, h, x_c, z):
+        """(GroupNorm_heads(h) + skip x_c) silu(z): one C pass each way on the CPU
+        (ops.native.gated_norm), else autograd's."""
+        B, T = x_c.shape[:2]
+        n = self.norm
+        if backend.use_native(h, x_c, z, n.weight, self.skip):
+            lib = gated_norm.load()
+            if lib is not None:
+                return gated_norm.norm_gate(lib, h.reshape(B, T, self.inner), x_c, self.skip, z,
+                                            n.weight.flatten(), n.bias.flatten(), self.head_dim,
+                                            n.eps)
+        return (n(h).reshape(B, T, self.inner) + self.skip * x_c) * F.silu(z)

@@ -51,6 +51,8 @@ from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import mlstm_scan as native_mlstm
+from rnnzoo.ops.native import ssd_scan as native_ssd
 
 __all__ = [
     "gated_linear_attention", "gated_linear_attention_parallel",
@@ -193,7 +195,8 @@ class _ScalarChunk(torch.autograd.Function):
         G_end = Gc[..., -1]  # (B, G, R, N)
         D = causal_decay(Gc)  # (B, G, R, N, C, C)
         A = D * (q @ k.transpose(-1, -2))[:, :, None]
-        o_intra = A @ v.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
+        v_h = v.permute(0, 1, 4, 2, 3, 5).contiguous()  # (B, G, R, N, C, V): once, kept
+        o_intra = A @ v_h  # (B, G, R, N, C, V)
         w = (G_end[..., None] - Gc).exp().permute(0, 1, 3, 4, 2)  # (B, G, N, C, R)
         updates = k.transpose(-1, -2) @ (v * w[..., None]).view(B, G, N, C, R * V)
         updates = updates.view(B, G, N, K, R, V)
@@ -206,7 +209,7 @@ class _ScalarChunk(torch.autograd.Function):
         qS = q @ starts.view(B, G, N, K, R * V)  # (B, G, N, C, R V)
         eG = Gc.exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
         o = (qS.view(B, G, N, C, R, V) * eG).add_(o_intra.permute(0, 1, 3, 4, 2, 5))
-        ctx.save_for_backward(q, k, v, Gc, starts, qS, D, A)
+        ctx.save_for_backward(q, k, v, Gc, starts, qS, D, A, v_h)
         return o, S.permute(0, 1, 3, 2, 4).contiguous()
 
     @staticmethod
@@ -227,9 +230,10 @@ class _ScalarChunk(torch.autograd.Function):
             dSe[:, :, n] = dS
             dS = decay[:, :, n] * dS + X[:, :, n]
         dSe_m, starts_m = dSe.view(B, G, N, K, R * V), starts.view(B, G, N, K, R * V)
-        qS, D, A = ctx.saved_tensors[5:]
-        do_h = do.permute(0, 1, 4, 2, 3, 5)  # (B, G, R, N, C, V)
-        dA = do_h @ v.permute(0, 1, 4, 2, 5, 3)
+        qS, D, A, v_h = ctx.saved_tensors[5:]
+        # head-major copies once: a permuted operand is copied by every product that reads it
+        do_h = do.permute(0, 1, 4, 2, 3, 5).contiguous()  # (B, G, R, N, C, V)
+        dA = do_h @ v_h.transpose(-1, -2)
         kdS = (k @ dSe_m).view(B, G, N, C, R, V)
         dv = (A.transpose(-1, -2) @ do_h).permute(0, 1, 3, 4, 2, 5)
         dv = dv + w * kdS
@@ -329,7 +333,8 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     SSD with n_groups, C = q, B = k): q, k (B, T, G, K), v (B, T, H, V) with H a multiple of G
     (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V).
     -> (o (B, T, H, V), S_T). Equal to `gated_linear_attention` on q, k repeated to the heads;
-    the score product q k^T and its gradients are computed once per group.
+    the score product q k^T and its gradients are computed once per group. On the CPU in
+    float32/float64 (`backend.use_native`) the C recurrence `ops.native.ssd_scan` runs instead.
     """
     B, T, G, K = q.shape
     if v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % G or k.shape != q.shape:
@@ -353,7 +358,11 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
           if initial_state is None else initial_state)
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
-    o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
+    lib = native_ssd.load() if backend.use_native(q, k, v, g, S) else None
+    if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
+        o, S = native_ssd.ssd(lib, q, k, v, g, S)
+    else:
+        o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
@@ -411,7 +420,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     W_ij = F_i - F_j + i~_j and the entering state with F_i + m0; the recurrent
     stabiliser is exactly m_i = max(F_i + m0, max_j W_ij), so the outputs are computed
     with the same m as the loop. States at chunk ends follow a loop over chunks.
-    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64).
+    On CUDA the Triton kernel `ops.triton.chunk_mlstm` runs instead (not for float64); on the
+    CPU in float32/float64 (`backend.use_native`) the C recurrence `ops.native.mlstm_scan`.
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
@@ -430,6 +440,10 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
+    lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
+    if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
+        h, state = native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps)
+        return poison(h, marks.outputs).to(out_dtype), poison(state, marks.state)
     L = min(chunk_size, T)
     pad = -T % L
     if pad:  # padded steps: forget gate 1, input gate 0 (log -inf), k = v = 0: no effect

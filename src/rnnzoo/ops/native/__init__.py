@@ -22,6 +22,10 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
 Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     selective_scan.c    Mamba's selective scan
     conv.c              the short convolution with its SiLU
+    ssd_scan.c          Mamba-2's SSD as a recurrence
+    mlstm_scan.c        the stabilised mLSTM recurrence
+    gated_norm.c        the output heads of mamba2, mamba and mlstm
+    blockdiag.c         mlstm's block-diagonal q, k, v maps
     lstm_cells.c, slstm.c, normalized.c, para.c
                         the classic cells' whole loops (`ops.native.cells`)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for

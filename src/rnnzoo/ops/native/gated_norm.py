@@ -1,0 +1,127 @@
+"""The gated output heads of mamba2, mamba and mlstm, fused in C (gated_norm.c); each layer
+keeps its PyTorch form as the fallback (`ops.backend.use_native`, or the kernel not built).
+
+    gate_rms:  out = RMSNorm_groups((y + s xs) silu(z)) w      (norm=False: no norm, no w)
+    norm_gate: out = (LayerNorm_groups(y) w + b + s xs) silu(z)
+
+y, xs, z: (..., W) of one float dtype (float32 or float64) on the CPU; s, w, b: (W,);
+groups of n contiguous channels; xs and s may be None (no skip). Differentiable in every
+tensor; threads split the rows, each writing its own slice of the parameter gradients,
+summed after.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+from rnnzoo.ops.native.conv import _parts, _ptr
+
+
+def load():
+    return native.load("gated_norm")
+
+
+def _kernel(lib, name, dtype):
+    fn = getattr(lib, f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
+    if fn.argtypes is None:
+        P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+        real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+        fn.argtypes = {"gate_rms_fwd": [P] * 7 + [L, L, real, i32, L, L],
+                       "gate_rms_bwd": [P] * 12 + [L, L, i32, L, L],
+                       "norm_gate_fwd": [P] * 8 + [L, L, real, L, L],
+                       "norm_gate_bwd": [P] * 14 + [L, L, L, L]}[name]
+        fn.restype = None
+    return fn
+
+
+def _flat(t, W):
+    return None if t is None else t.contiguous().view(-1, W)
+
+
+class _GateRMS(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, y, xs, s, z, w, n, eps, norm):
+        shape, W = y.shape, y.shape[-1]
+        y2, xs2, z2 = _flat(y, W), _flat(xs, W), _flat(z, W)
+        s, w = (None if t is None else t.contiguous() for t in (s, w))
+        rows = y2.shape[0]
+        out = torch.empty_like(y2)
+        stats = y2.new_empty(rows, W // n) if norm else None
+        fwd = _kernel(lib, "gate_rms_fwd", y.dtype)
+        native.run(fwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(out),
+                          _ptr(stats), W, n, eps, int(norm), *p) for p in _parts(rows)])
+        ctx.save_for_backward(y2, xs2, s, z2, w, stats)
+        ctx.lib, ctx.n, ctx.norm, ctx.shape = lib, n, norm, shape
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        y2, xs2, s, z2, w, stats = ctx.saved_tensors
+        rows, W = y2.shape
+        g = g.contiguous().view(rows, W)
+        parts = _parts(rows)
+        dy, dz = torch.empty_like(y2), torch.empty_like(y2)
+        dxs = None if xs2 is None else torch.empty_like(y2)
+        dw = y2.new_empty(len(parts), W) if ctx.norm else None
+        ds = None if xs2 is None else y2.new_empty(len(parts), W)
+        bwd = _kernel(ctx.lib, "gate_rms_bwd", y2.dtype)
+        native.run(bwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(stats), _ptr(g),
+                          _ptr(dy), _ptr(dxs), _ptr(dz),
+                          _ptr(None if dw is None else dw[i]),
+                          _ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), a, b)
+                         for i, (a, b) in enumerate(parts)])
+        shape = ctx.shape
+        return (None, dy.view(shape), None if dxs is None else dxs.view(shape),
+                None if ds is None else ds.sum(0), dz.view(shape),
+                None if dw is None else dw.sum(0), None, None, None)
+
+
+class _NormGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, y, xs, s, z, w, b, n, eps):
+        shape, W = y.shape, y.shape[-1]
+        y2, xs2, z2 = _flat(y, W), _flat(xs, W), _flat(z, W)
+        s, w, b = (None if t is None else t.contiguous() for t in (s, w, b))
+        rows = y2.shape[0]
+        out = torch.empty_like(y2)
+        stats = y2.new_empty(rows, W // n, 2)
+        fwd = _kernel(lib, "norm_gate_fwd", y.dtype)
+        native.run(fwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(b), _ptr(out),
+                          _ptr(stats), W, n, eps, *p) for p in _parts(rows)])
+        ctx.save_for_backward(y2, xs2, s, z2, w, b, stats)
+        ctx.lib, ctx.n, ctx.shape = lib, n, shape
+        return out.view(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        y2, xs2, s, z2, w, b, stats = ctx.saved_tensors
+        rows, W = y2.shape
+        g = g.contiguous().view(rows, W)
+        parts = _parts(rows)
+        dy, dz = torch.empty_like(y2), torch.empty_like(y2)
+        dxs = None if xs2 is None else torch.empty_like(y2)
+        dw, db = y2.new_empty(len(parts), W), y2.new_empty(len(parts), W)
+        ds = None if xs2 is None else y2.new_empty(len(parts), W)
+        bwd = _kernel(ctx.lib, "norm_gate_bwd", y2.dtype)
+        native.run(bwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(b), _ptr(stats),
+                          _ptr(g), _ptr(dy), _ptr(dxs), _ptr(dz), _ptr(dw[i]), _ptr(db[i]),
+                          _ptr(None if ds is None else ds[i]), W, ctx.n, a, b_)
+                         for i, (a, b_) in enumerate(parts)])
+        shape = ctx.shape
+        return (None, dy.view(shape), None if dxs is None else dxs.view(shape),
+                None if ds is None else ds.sum(0), dz.view(shape), dw.sum(0), db.sum(0),
+                None, None)
+
+
+def gate_rms(lib, y, xs, s, z, w, n, eps, norm=True):
+    """RMSNorm_groups((y + s xs) silu(z)) w (norm=False: (y + s xs) silu(z), w None);
+    `lib` = load()."""
+    return _GateRMS.apply(lib, y, xs, s, z, w, n, eps, norm)
+
+
+def norm_gate(lib, y, xs, s, z, w, b, n, eps):
+    """(LayerNorm_groups(y) w + b + s xs) silu(z); `lib` = load()."""
+    return _NormGate.apply(lib, y, xs, s, z, w, b, n, eps)

@@ -1,0 +1,92 @@
+"""ops.native.mlstm_scan and ops.native.blockdiag (mlstm's C kernels).
+
+mlstm_scan: the chunk entry `ops.chunk.linear.mlstm`, which runs the C recurrence on the CPU,
+against the reference loop `mlstm_recurrent` under autograd: outputs, the final (C, n, m) and
+the gradients of q, k, v, both gates and the initial (C, n, m), with gradients arriving on
+every output (the state's m included: the backward carries the max-stabiliser exactly), T not
+a multiple of the 32-step checkpoint, 1 and 2 threads. blockdiag: the block-diagonal map
+against its PyTorch path, x a strided split of a wider tensor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnzoo.layers.mlstm import BlockDiagonalLinear
+from rnnzoo.ops import backend
+from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
+from rnnzoo.ops.native import blockdiag, mlstm_scan
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    n = {"mlstm": 0, "blockdiag": 0}
+    for mod, name in ((mlstm_scan, "mlstm"), (blockdiag, "blockdiag")):
+        real = getattr(mod, name)
+
+        def counted(*args, real=real, name=name, **kw):
+            n[name] += 1
+            return real(*args, **kw)
+        monkeypatch.setattr(mod, name, counted)
+    return n
+
+
+def _compare(got, want, names, tol):
+    for name, p, w in zip(names, got, want):
+        assert p.dtype == w.dtype and p.shape == w.shape, name
+        err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
+        assert err < tol, (name, err)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("T,threads", [(37, 1), (70, 2), (1, 1)])
+def test_native_mlstm_matches_the_loop(calls, dtype, tol, T, threads):
+    gen = torch.Generator().manual_seed(0)
+    B, H, K, V = 3, 2, 5, 6
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    li, lf = 2 * r(B, T, H), F.logsigmoid(r(B, T, H) + 1)
+    C0, n0, m0 = r(B, H, K, V), r(B, H, K), r(B, H)
+    ins = [t.requires_grad_() for t in (q, k, v, li, lf, C0, n0, m0)]
+    ws = [r(B, T, H, V), r(B, H, K, V), r(B, H, K), r(B, H)]
+
+    def run(f):
+        h, state = f(q, k, v, li, lf, initial_state=(C0, n0, m0))
+        outs = [h, *state]
+        loss = sum((o * w).sum() for o, w in zip(outs, ws))
+        return outs + list(torch.autograd.grad(loss, ins))
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run(mlstm)
+    finally:
+        torch.set_num_threads(old)
+    assert calls["mlstm"] == 1
+    want = run(mlstm_recurrent)
+    _compare(got, want, ["h", "C", "n", "m", "q", "k", "v", "li", "lf", "C0", "n0", "m0"], tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("bs,threads", [(4, 1), (2, 2), (3, 1)])
+def test_native_blockdiag_matches_torch(calls, dtype, tol, bs, threads):
+    torch.manual_seed(0)
+    m = BlockDiagonalLinear(12, bs).to(dtype)
+    wide = torch.randn(3, 7, 24, dtype=dtype, requires_grad=True)
+    g = torch.randn(3, 7, 12, dtype=dtype)
+
+    def run():
+        y = m(wide[..., 12:])  # a strided view, as mlstm's x_m
+        return [y, *torch.autograd.grad((y * g).sum(), [wide, m.weight])]
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    finally:
+        torch.set_num_threads(old)
+    assert calls["blockdiag"] == 1
+    _compare(got, want, ["y", "x", "weight"], tol)

@@ -1,0 +1,56 @@
+"""ops.native.ssd_scan: Mamba-2's SSD as a C recurrence against the chunked PyTorch form
+(`_ScalarChunk`, under backend.force("torch")): outputs, final state and the gradients of q,
+k, v, the log-decays and the initial state (with a gradient on the final state too), groups
+of heads sharing q and k, T not a multiple of the 32-step checkpoint, 1 and 2 threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnzoo.ops import backend
+from rnnzoo.ops.chunk import linear
+from rnnzoo.ops.native import ssd_scan
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    n = [0]
+    real = ssd_scan.ssd
+
+    def counted(*args, **kw):
+        n[0] += 1
+        return real(*args, **kw)
+    monkeypatch.setattr(ssd_scan, "ssd", counted)
+    return n
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("T,G,H", [(37, 2, 4), (70, 1, 3), (1, 1, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads):
+    gen = torch.Generator().manual_seed(0)
+    B, K, V = 3, 5, 6
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k, v, S0 = r(B, T, G, K), r(B, T, G, K), r(B, T, H, V), r(B, H, K, V)
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    ins = [t.requires_grad_() for t in (q, k, v, g, S0)]
+    wo, wS = r(B, T, H, V), r(B, H, K, V)
+
+    def run():
+        o, S = linear.ssd(q, k, v, g, scale=0.7, initial_state=S0, chunk_size=8)
+        return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    finally:
+        torch.set_num_threads(old)
+    assert calls[0] == 1
+    for name, p, w in zip(["o", "S", "q", "k", "v", "g", "S0"], got, want):
+        assert p.dtype == w.dtype and p.shape == w.shape, name
+        err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
+        assert err < tol, (name, err)
