@@ -11,17 +11,9 @@
    (the caller sums slices). Each function does rows [r0, r1). Plain C; compiled by
    rnnzoo.ops.native. */
 
-#ifndef T
-#include <string.h>
-
-#define T float
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef NAME
-#define T double
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "blockdiag.c"
+#include "each_type.h"
 
 #else
 

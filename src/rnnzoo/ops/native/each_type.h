@@ -5,23 +5,27 @@
        #define KERNELS "name.c"     (its own name: __FILE__ would name this header)
        #include "each_type.h"
        #else
-       ... the kernels, written in T (the float type), EXP (exp_f or exp_d, exp.h) and
-           NAME(f) (f_f32 or f_f64, the exported names) ...
+       ... the kernels, written in T (the float type), EXP (exp_f or exp_d, exp.h),
+           SQRT (sqrtf or sqrt) and NAME(f) (f_f32 or f_f64, the exported names) ...
        #endif
 
    and this header includes it back twice, with T defined. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "exp.h"
 
 #define T float
 #define EXP exp_f
+#define SQRT sqrtf
 #define NAME(f) f##_f32
 #include KERNELS
 #undef T
 #undef EXP
+#undef SQRT
 #undef NAME
 #define T double
 #define EXP exp_d
+#define SQRT sqrt
 #define NAME(f) f##_f64
 #include KERNELS

@@ -19,26 +19,9 @@
    xs, s may be NULL (no skip). Each function does rows [r0, r1). Plain C; compiled by
    rnnzoo.ops.native. */
 
-#ifndef T
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define SQRT sqrtf
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef SQRT
-#undef NAME
-#define T double
-#define EXP exp_d
-#define SQRT sqrt
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "gated_norm.c"
+#include "each_type.h"
 
 #else
 

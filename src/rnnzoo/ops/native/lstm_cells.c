@@ -24,22 +24,9 @@
    janet. State c (the output); matrix W_hh (2H, H); floats [beta]. Saved: c, f, keep, tc.
        a = xp_t + c W^T,  f = sigma(a_s),  keep = sigma(beta - a_s),  c' = f c + keep tanh(a_c) */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "lstm_cells.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"

@@ -15,23 +15,9 @@
    State h; matrix W_hh (3H, H); vectors w_hh, b_hh (3H); floats [eps]. Saved: h, r, z, n,
    a_h[2H:], xhat (3H), 1/std; g = d (h W^T). */
 
-#ifndef T
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "normalized.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"

@@ -11,22 +11,9 @@
    State (h, c); vectors a = recurrent (3, H), p = peephole (2, H). Saved: h, c, f, g, o,
    c', tc. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "para.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"

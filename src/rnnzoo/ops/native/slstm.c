@@ -9,27 +9,14 @@
    q = c'/n', sigma(-a_f); g = d a. Backward as manual_back: a tie in the max splits its
    gradient in half, as autograd's maximum. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#define LOG1P_TERMS 9
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#undef LOG1P_TERMS
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#define LOG1P_TERMS 18
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "slstm.c"
+#include "each_type.h"
 
 #else
+
+#undef LOG1P_TERMS  /* terms of the log1p series: enough for T's precision */
+#define LOG1P_TERMS (sizeof(T) == sizeof(float) ? 9 : 18)
 #include "cell_loop.h"
 
 /* log sigma(x) = min(x, 0) - log(1 + e), e = exp(-|x|) in (0, 1]: log(1 + e) = 2 atanh(s)

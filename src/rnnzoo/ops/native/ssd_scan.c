@@ -17,23 +17,10 @@
    Each function does the (batch row, head) pairs [p0, p1). Plain C; compiled by
    rnnzoo.ops.native. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
+#ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#define KERNELS "ssd_scan.c"
+#include "each_type.h"
 
 #else
 
