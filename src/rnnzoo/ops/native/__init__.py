@@ -18,6 +18,9 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
 
     run(fn, arg_lists)   one kernel call per argument list, on a thread pool when there
                          are several (ctypes lets go of the GIL during each call)
+    kernel(lib, name, dtype, argtypes)   the library's `<name>_f32` or `<name>_f64`
+    rows(n)              range(n) cut into one contiguous (start, stop) per thread
+    ptr(t)               a tensor's data pointer as a kernel argument (NULL for None)
 
 Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     selective_scan.c    Mamba's selective scan
@@ -44,6 +47,8 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
 _HERE = Path(__file__).resolve().parent
@@ -133,3 +138,25 @@ def run(fn, arg_lists) -> None:
     fn(*arg_lists[0])
     for f in futures:
         f.result()
+
+
+def kernel(lib: ctypes.CDLL, name: str, dtype: torch.dtype, argtypes: list):
+    """lib's `<name>_f64` for float64, else `<name>_f32`, with argtypes (and no result) set
+    on first use."""
+    fn = getattr(lib, f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = argtypes, None
+    return fn
+
+
+def rows(n: int) -> list[tuple[int, int]]:
+    """[(start, stop)]: range(n) in torch.get_num_threads() contiguous parts (fewer when n is
+    smaller; none when n is 0), one kernel call each."""
+    p = max(1, min(torch.get_num_threads(), n))
+    cuts = [n * i // p for i in range(p + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def ptr(t):
+    """t's data pointer as a kernel argument, None (NULL) for None."""
+    return None if t is None else ctypes.c_void_p(t.data_ptr())

@@ -14,7 +14,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native.conv import _parts, _ptr
 
 
 def load():
@@ -22,14 +21,9 @@ def load():
 
 
 def _kernels(lib, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"blockdiag_fwd_{suffix}"), getattr(lib, f"blockdiag_bwd_{suffix}")
-    if fwd.argtypes is None:
-        P, L = ctypes.c_void_p, ctypes.c_long
-        fwd.argtypes = [P] * 3 + [L] * 5
-        bwd.argtypes = [P] * 5 + [L] * 5
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "blockdiag_fwd", dtype, [P] * 3 + [L] * 5),
+            native.kernel(lib, "blockdiag_bwd", dtype, [P] * 5 + [L] * 5))
 
 
 def _rows(x):
@@ -49,8 +43,8 @@ class _NativeBlockDiag(torch.autograd.Function):
         bs = w.shape[-1]
         y = x2.new_empty(rows, dim)
         fwd, _ = _kernels(lib, x.dtype)
-        native.run(fwd, [(_ptr(x2), _ptr(w), _ptr(y), x2.stride(0), dim, bs, *p)
-                         for p in _parts(rows)])
+        native.run(fwd, [(native.ptr(x2), native.ptr(w), native.ptr(y), x2.stride(0), dim, bs, *p)
+                         for p in native.rows(rows)])
         ctx.save_for_backward(x2, w)
         ctx.lib, ctx.shape = lib, x.shape
         return y.view(x.shape)
@@ -61,10 +55,10 @@ class _NativeBlockDiag(torch.autograd.Function):
         rows, dim = x2.shape
         bs = w.shape[-1]
         dy = dy.contiguous().view(rows, dim)
-        parts = _parts(rows)
+        parts = native.rows(rows)
         dx, dw = torch.empty_like(dy), w.new_empty(len(parts), *w.shape)
         _, bwd = _kernels(ctx.lib, x2.dtype)
-        native.run(bwd, [(_ptr(x2), _ptr(w), _ptr(dy), _ptr(dx), _ptr(dw[i]), x2.stride(0), dim,
+        native.run(bwd, [(native.ptr(x2), native.ptr(w), native.ptr(dy), native.ptr(dx), native.ptr(dw[i]), x2.stride(0), dim,
                           bs, a, b) for i, (a, b) in enumerate(parts)])
         return None, dx.view(ctx.shape), dw.sum(0)
 

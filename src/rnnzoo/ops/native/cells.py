@@ -47,26 +47,15 @@ class NativeStep(NamedTuple):
     floats: tuple = ()
 
 
-def _parts(batch):
-    p = max(1, min(torch.get_num_threads(), batch))
-    cuts = [batch * i // p for i in range(p + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
 def _kernels(lib, fn, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"{fn}_fwd_{suffix}"), getattr(lib, f"{fn}_bwd_{suffix}")
-    if fwd.argtypes is None:
-        args = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_long,
-                ctypes.c_long]
-        fwd.argtypes = bwd.argtypes = args
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    args = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_long,
+            ctypes.c_long]
+    return native.kernel(lib, f"{fn}_fwd", dtype, args), native.kernel(lib, f"{fn}_bwd", dtype, args)
 
 
 def _call(kernel, tensors, sizes, batch):
     """kernel(p, d, b0, b1) on each thread's rows; p the tensors' data pointers (NULL for None)."""
-    parts = _parts(batch)
+    parts = native.rows(batch)
     if not parts:  # an empty batch
         return
     p = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))

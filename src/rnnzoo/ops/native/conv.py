@@ -18,25 +18,10 @@ import torch
 from rnnzoo.ops import native
 
 
-def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-def _parts(batch):
-    p = max(1, min(torch.get_num_threads(), batch))
-    cuts = [batch * i // p for i in range(p + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
 def _kernels(lib, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"conv_fwd_{suffix}"), getattr(lib, f"conv_bwd_{suffix}")
-    if fwd.argtypes is None:
-        P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        fwd.argtypes = [P] * 5 + [L] * 3 + [i32] + [L] * 2
-        bwd.argtypes = [P] * 9 + [L] * 3 + [i32] + [L] * 2
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    return (native.kernel(lib, "conv_fwd", dtype, [P] * 5 + [L] * 3 + [i32] + [L] * 2),
+            native.kernel(lib, "conv_bwd", dtype, [P] * 9 + [L] * 3 + [i32] + [L] * 2))
 
 
 class _NativeConv(torch.autograd.Function):
@@ -48,8 +33,8 @@ class _NativeConv(torch.autograd.Function):
         batch, T, C = x.shape
         fwd, _ = _kernels(lib, x.dtype)
         y = torch.empty_like(x)
-        native.run(fwd, [(_ptr(x), _ptr(w), _ptr(bias), _ptr(state), _ptr(y), T, C, w.shape[0],
-                          int(silu), *p) for p in _parts(batch)])
+        native.run(fwd, [(native.ptr(x), native.ptr(w), native.ptr(bias), native.ptr(state), native.ptr(y), T, C, w.shape[0],
+                          int(silu), *p) for p in native.rows(batch)])
         ctx.save_for_backward(x, w, bias, state)
         ctx.lib, ctx.silu = lib, silu
         return y
@@ -63,9 +48,9 @@ class _NativeConv(torch.autograd.Function):
         dy = dy.contiguous()
         dx, dstate = torch.empty_like(x), torch.empty_like(state)
         dw, db = x.new_empty(batch, K, C), x.new_empty(batch, C)
-        native.run(bwd, [(_ptr(x), _ptr(w), _ptr(bias), _ptr(state), _ptr(dy), _ptr(dx),
-                          _ptr(dstate), _ptr(dw), _ptr(db), T, C, K, int(ctx.silu), *p)
-                         for p in _parts(batch)])
+        native.run(bwd, [(native.ptr(x), native.ptr(w), native.ptr(bias), native.ptr(state), native.ptr(dy), native.ptr(dx),
+                          native.ptr(dstate), native.ptr(dw), native.ptr(db), T, C, K, int(ctx.silu), *p)
+                         for p in native.rows(batch)])
         return (None, dx, dw.sum(0).t(), None if bias is None else db.sum(0), dstate, None)
 
 

@@ -17,7 +17,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native.conv import _parts, _ptr
 
 
 def load():
@@ -25,16 +24,12 @@ def load():
 
 
 def _kernel(lib, name, dtype):
-    fn = getattr(lib, f"{name}_{'f64' if dtype == torch.float64 else 'f32'}")
-    if fn.argtypes is None:
-        P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-        fn.argtypes = {"gate_rms_fwd": [P] * 7 + [L, L, real, i32, L, L],
-                       "gate_rms_bwd": [P] * 12 + [L, L, i32, L, L],
-                       "norm_gate_fwd": [P] * 8 + [L, L, real, L, L],
-                       "norm_gate_bwd": [P] * 14 + [L, L, L, L]}[name]
-        fn.restype = None
-    return fn
+    P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return native.kernel(lib, name, dtype, {"gate_rms_fwd": [P] * 7 + [L, L, real, i32, L, L],
+                                            "gate_rms_bwd": [P] * 12 + [L, L, i32, L, L],
+                                            "norm_gate_fwd": [P] * 8 + [L, L, real, L, L],
+                                            "norm_gate_bwd": [P] * 14 + [L, L, L, L]}[name])
 
 
 def _flat(t, W):
@@ -51,8 +46,8 @@ class _GateRMS(torch.autograd.Function):
         out = torch.empty_like(y2)
         stats = y2.new_empty(rows, W // n) if norm else None
         fwd = _kernel(lib, "gate_rms_fwd", y.dtype)
-        native.run(fwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(out),
-                          _ptr(stats), W, n, eps, int(norm), *p) for p in _parts(rows)])
+        native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(out),
+                          native.ptr(stats), W, n, eps, int(norm), *p) for p in native.rows(rows)])
         ctx.save_for_backward(y2, xs2, s, z2, w, stats)
         ctx.lib, ctx.n, ctx.norm, ctx.shape = lib, n, norm, shape
         return out.view(shape)
@@ -62,16 +57,16 @@ class _GateRMS(torch.autograd.Function):
         y2, xs2, s, z2, w, stats = ctx.saved_tensors
         rows, W = y2.shape
         g = g.contiguous().view(rows, W)
-        parts = _parts(rows)
+        parts = native.rows(rows)
         dy, dz = torch.empty_like(y2), torch.empty_like(y2)
         dxs = None if xs2 is None else torch.empty_like(y2)
         dw = y2.new_empty(len(parts), W) if ctx.norm else None
         ds = None if xs2 is None else y2.new_empty(len(parts), W)
         bwd = _kernel(ctx.lib, "gate_rms_bwd", y2.dtype)
-        native.run(bwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(stats), _ptr(g),
-                          _ptr(dy), _ptr(dxs), _ptr(dz),
-                          _ptr(None if dw is None else dw[i]),
-                          _ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), a, b)
+        native.run(bwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(stats), native.ptr(g),
+                          native.ptr(dy), native.ptr(dxs), native.ptr(dz),
+                          native.ptr(None if dw is None else dw[i]),
+                          native.ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), a, b)
                          for i, (a, b) in enumerate(parts)])
         shape = ctx.shape
         return (None, dy.view(shape), None if dxs is None else dxs.view(shape),
@@ -89,8 +84,8 @@ class _NormGate(torch.autograd.Function):
         out = torch.empty_like(y2)
         stats = y2.new_empty(rows, W // n, 2)
         fwd = _kernel(lib, "norm_gate_fwd", y.dtype)
-        native.run(fwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(b), _ptr(out),
-                          _ptr(stats), W, n, eps, *p) for p in _parts(rows)])
+        native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(b), native.ptr(out),
+                          native.ptr(stats), W, n, eps, *p) for p in native.rows(rows)])
         ctx.save_for_backward(y2, xs2, s, z2, w, b, stats)
         ctx.lib, ctx.n, ctx.shape = lib, n, shape
         return out.view(shape)
@@ -100,15 +95,15 @@ class _NormGate(torch.autograd.Function):
         y2, xs2, s, z2, w, b, stats = ctx.saved_tensors
         rows, W = y2.shape
         g = g.contiguous().view(rows, W)
-        parts = _parts(rows)
+        parts = native.rows(rows)
         dy, dz = torch.empty_like(y2), torch.empty_like(y2)
         dxs = None if xs2 is None else torch.empty_like(y2)
         dw, db = y2.new_empty(len(parts), W), y2.new_empty(len(parts), W)
         ds = None if xs2 is None else y2.new_empty(len(parts), W)
         bwd = _kernel(ctx.lib, "norm_gate_bwd", y2.dtype)
-        native.run(bwd, [(_ptr(y2), _ptr(xs2), _ptr(s), _ptr(z2), _ptr(w), _ptr(b), _ptr(stats),
-                          _ptr(g), _ptr(dy), _ptr(dxs), _ptr(dz), _ptr(dw[i]), _ptr(db[i]),
-                          _ptr(None if ds is None else ds[i]), W, ctx.n, a, b_)
+        native.run(bwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(b), native.ptr(stats),
+                          native.ptr(g), native.ptr(dy), native.ptr(dxs), native.ptr(dz), native.ptr(dw[i]), native.ptr(db[i]),
+                          native.ptr(None if ds is None else ds[i]), W, ctx.n, a, b_)
                          for i, (a, b_) in enumerate(parts)])
         shape = ctx.shape
         return (None, dy.view(shape), None if dxs is None else dxs.view(shape),

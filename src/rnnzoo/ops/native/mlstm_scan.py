@@ -16,7 +16,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native.conv import _parts, _ptr
 
 CK = 32  # the C file's checkpoint interval
 
@@ -26,15 +25,10 @@ def load():
 
 
 def _kernels(lib, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"mlstm_fwd_{suffix}"), getattr(lib, f"mlstm_bwd_{suffix}")
-    if fwd.argtypes is None:
-        P, L = ctypes.c_void_p, ctypes.c_long
-        real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-        fwd.argtypes = [P] * 15 + [real] + [L] * 6
-        bwd.argtypes = [P] * 22 + [real] + [L] * 6
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    P, L = ctypes.c_void_p, ctypes.c_long
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "mlstm_fwd", dtype, [P] * 15 + [real] + [L] * 6),
+            native.kernel(lib, "mlstm_bwd", dtype, [P] * 22 + [real] + [L] * 6))
 
 
 class _NativeMLSTM(torch.autograd.Function):
@@ -48,9 +42,9 @@ class _NativeMLSTM(torch.autograd.Function):
         s, m = torch.empty_like(li), torch.empty_like(li)
         ck = q.new_empty(B, H, -(-T // CK), K * V + K)
         fwd, _ = _kernels(lib, q.dtype)
-        native.run(fwd, [tuple(_ptr(t) for t in (q, k, v, li, lf, C0, n0, m0, h, CT, nT, mT, s,
+        native.run(fwd, [tuple(native.ptr(t) for t in (q, k, v, li, lf, C0, n0, m0, h, CT, nT, mT, s,
                                                  m, ck)) + (eps, T, H, K, V, *p)
-                         for p in _parts(B * H)])
+                         for p in native.rows(B * H)])
         ctx.save_for_backward(q, k, v, li, lf, m0, h, s, m, ck)
         ctx.lib, ctx.eps = lib, eps
         return h, CT, nT, mT
@@ -66,9 +60,9 @@ class _NativeMLSTM(torch.autograd.Function):
         dli, dlf = torch.empty_like(li), torch.empty_like(lf)
         dC0, dn0, dm0 = v.new_empty(B, H, K, V), v.new_empty(B, H, K), v.new_empty(B, H)
         _, bwd = _kernels(ctx.lib, q.dtype)
-        native.run(bwd, [tuple(_ptr(t) for t in (q, k, v, li, lf, m0, h, s, m, ck, dh, dCT, dnT,
+        native.run(bwd, [tuple(native.ptr(t) for t in (q, k, v, li, lf, m0, h, s, m, ck, dh, dCT, dnT,
                                                  dmT, dq, dk, dv, dli, dlf, dC0, dn0, dm0))
-                         + (ctx.eps, T, H, K, V, *p) for p in _parts(B * H)])
+                         + (ctx.eps, T, H, K, V, *p) for p in native.rows(B * H)])
         return None, None, dq, dk, dv, dli, dlf, dC0, dn0, dm0
 
 

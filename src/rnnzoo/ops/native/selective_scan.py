@@ -28,9 +28,6 @@ CHUNK = 32  # steps between the stored states
 _BLOCK = 16  # channels per unit of work in the C code (DB)
 
 
-def _ptr(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
 
 def _parts(batch, d_inner):
     """[(b0, b1, d0, d1)] for each thread: by batch rows when there are enough of them,
@@ -47,14 +44,9 @@ def _parts(batch, d_inner):
 
 
 def _kernels(lib, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"scan_fwd_{suffix}"), getattr(lib, f"scan_bwd_{suffix}")
-    if fwd.argtypes is None:
-        P, L = ctypes.c_void_p, ctypes.c_long
-        fwd.argtypes = [P] * 9 + [L] * 4 + [ctypes.c_int] + [L] * 4
-        bwd.argtypes = [P] * 14 + [L] * 4 + [ctypes.c_int] + [L] * 4
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "scan_fwd", dtype, [P] * 9 + [L] * 4 + [ctypes.c_int] + [L] * 4),
+            native.kernel(lib, "scan_bwd", dtype, [P] * 14 + [L] * 4 + [ctypes.c_int] + [L] * 4))
 
 
 class _NativeScan(torch.autograd.Function):
@@ -70,8 +62,8 @@ class _NativeScan(torch.autograd.Function):
         grad = ctx.needs_input_grad[1:7]
         ck = u.new_empty(batch, -(-T // CHUNK), N, D) if any(grad) else None
         neg = int(bool(allow_neg_eigval))
-        native.run(fwd, [(_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(h0), _ptr(y),
-                          _ptr(hT), _ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
+        native.run(fwd, [(native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C), native.ptr(h0), native.ptr(y),
+                          native.ptr(hT), native.ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
         if ck is not None:
             ctx.save_for_backward(u, delta, At, B, C, ck)
         ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
@@ -96,10 +88,10 @@ class _NativeScan(torch.autograd.Function):
 
         def args(i, p):
             g = i if groups > 1 else 0
-            return (_ptr(u), _ptr(delta), _ptr(At), _ptr(B), _ptr(C), _ptr(dy), _ptr(dh),
-                    _ptr(ck), _ptr(gu), _ptr(gd), _ptr(gA),
+            return (native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C), native.ptr(dy), native.ptr(dh),
+                    native.ptr(ck), native.ptr(gu), native.ptr(gd), native.ptr(gA),
                     ctypes.c_void_p(gB.data_ptr() + g * step),
-                    ctypes.c_void_p(gC.data_ptr() + g * step), _ptr(gh0),
+                    ctypes.c_void_p(gC.data_ptr() + g * step), native.ptr(gh0),
                     T, D, N, ctx.K, ctx.neg, *p)
         native.run(bwd, [args(i, p) for i, p in enumerate(parts)])
         gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))

@@ -17,7 +17,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native.conv import _parts, _ptr
 
 CK = 32  # the C file's checkpoint interval
 
@@ -27,14 +26,9 @@ def load():
 
 
 def _kernels(lib, dtype):
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    fwd, bwd = getattr(lib, f"ssd_fwd_{suffix}"), getattr(lib, f"ssd_bwd_{suffix}")
-    if fwd.argtypes is None:
-        P, L = ctypes.c_void_p, ctypes.c_long
-        fwd.argtypes = [P] * 8 + [L] * 7
-        bwd.argtypes = [P] * 12 + [L] * 7
-        fwd.restype = bwd.restype = None
-    return fwd, bwd
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "ssd_fwd", dtype, [P] * 8 + [L] * 7),
+            native.kernel(lib, "ssd_bwd", dtype, [P] * 12 + [L] * 7))
 
 
 class _NativeSSD(torch.autograd.Function):
@@ -47,8 +41,8 @@ class _NativeSSD(torch.autograd.Function):
         o, ST = torch.empty_like(v), torch.empty_like(S0)
         ck = S0.new_empty(B, H, nck, K, V)
         fwd, _ = _kernels(lib, q.dtype)
-        native.run(fwd, [(_ptr(q), _ptr(k), _ptr(v), _ptr(g), _ptr(S0), _ptr(o), _ptr(ST),
-                          _ptr(ck), T, G, H, K, V, *p) for p in _parts(B * H)])
+        native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(ST),
+                          native.ptr(ck), T, G, H, K, V, *p) for p in native.rows(B * H)])
         ctx.save_for_backward(q, k, v, g, ck)
         ctx.lib = lib
         return o, ST
@@ -64,9 +58,9 @@ class _NativeSSD(torch.autograd.Function):
         dv, dg = torch.empty_like(v), torch.empty_like(g)
         dS0 = v.new_empty(B, H, K, V)
         _, bwd = _kernels(ctx.lib, q.dtype)
-        native.run(bwd, [(_ptr(q), _ptr(k), _ptr(v), _ptr(g), _ptr(ck), _ptr(dST), _ptr(do),
-                          _ptr(dq), _ptr(dk), _ptr(dv), _ptr(dg), _ptr(dS0), T, G, H, K, V, *p)
-                         for p in _parts(B * H)])
+        native.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(g), native.ptr(ck), native.ptr(dST), native.ptr(do),
+                          native.ptr(dq), native.ptr(dk), native.ptr(dv), native.ptr(dg), native.ptr(dS0), T, G, H, K, V, *p)
+                         for p in native.rows(B * H)])
         if H != G:  # the heads of each group read the same q, k
             dq, dk = (t.view(B, T, G, H // G, K).sum(3) for t in (dq, dk))
         return None, dq, dk, dv, dg, dS0
