@@ -37,6 +37,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
@@ -494,15 +495,41 @@ def _identity(U):
     return U
 
 
+def _softmax_rows(U):
+    return torch.softmax(U, -1)
+
+
+class _QScale:
+    """U / |U|_q^(q-2), the norm over the whole matrix (the last two axes)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def __call__(self, U):
+        return U / torch.linalg.vector_norm(U, self.q, dim=(-2, -1), keepdim=True) ** (self.q - 2)
+
+
 def retention(kind, q=4.0):
     """phi: accumulator U (..., I, O) -> weights W."""
     if kind == "l2":
         return _identity
     if kind == "lq":
-        return lambda U: U / torch.linalg.vector_norm(U, q, dim=(-2, -1), keepdim=True) ** (q - 2)
+        return _QScale(q)
     if kind == "kl":
-        return lambda U: torch.softmax(U, -1)
+        return _softmax_rows
     raise ValueError(f"retention must be 'l2', 'lq' or 'kl', got {kind!r}")
+
+
+def _native_read(phi, *tensors):
+    """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi,
+    or None: (read function, its q argument)."""
+    if not (phi is _softmax_rows or isinstance(phi, _QScale)) or not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import miras_read as native_read
+    lib = native_read.load()
+    if lib is None:
+        return None
+    return lambda *t: native_read.miras_read(lib, getattr(phi, "q", None), *t)
 
 
 def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
@@ -604,6 +631,15 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
                 x = _gelu(x)
             x = (x @ u0 + Acum[..., None] * (x @ u)
                  - (Cm * (x @ X.transpose(-1, -2))) @ G)
+        z = x
+    elif (read := _native_read(phi, q, *init)) is not None:
+        # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
+        # (the same U_t), never stored
+        x = qc
+        for i, (u0, u, X, G) in enumerate(zip(init, Ust, Xs, Gs)):
+            if i:
+                x = _gelu(x)
+            x = read(x, u0.to(q.dtype), u, a, e, X, G)
         z = x
     else:
         size = B * H * C * max(u.shape[-2] * u.shape[-1] for u in u0s)
