@@ -32,8 +32,6 @@ float64 input).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -74,12 +72,10 @@ def _gelu(z):
     return F.gelu(z, approximate="tanh")
 
 
-def _gelu_grad(z):
-    """d gelu_tanh / dz."""
-    c = math.sqrt(2 / math.pi)
-    u = c * (z + 0.044715 * z ** 3)
-    t = torch.tanh(u)
-    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+def _gelu_back(g, z):
+    """g * d gelu_tanh / dz, one op (differentiable again: the chunk forms' gradients are
+    part of their output's graph)."""
+    return torch.ops.aten.gelu_backward(g, z, approximate="tanh")
 
 
 # -- the inner model ---------------------------------------------------------------------------
@@ -109,7 +105,7 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
         G = Z - target if dloss is None else dloss(Z - target)
     if kind == "linear":
         return Xs, [G]
-    return Xs, [(G @ P[2].transpose(-1, -2)) * _gelu_grad(Z1), G]
+    return Xs, [_gelu_back(G @ P[2].transpose(-1, -2), Z1), G]
 
 
 def _read(kind, P, Acc, q, Xs, Gl, tok):

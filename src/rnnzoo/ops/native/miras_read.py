@@ -47,13 +47,13 @@ class _NativeRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, x, u0, U0, a, e, X, G):
         x, u0, U0, a, e, X, G = (t.contiguous() for t in (x, u0, U0, a, e, X, G))
-        B, H, N, C, I = x.shape
-        O = G.shape[-1]
+        B, H, N, C, n_in = x.shape
+        n_out = G.shape[-1]
         fwd, _ = _kernels(lib, x.dtype)
-        y = x.new_empty(B, H, N, C, O)
+        y = x.new_empty(B, H, N, C, n_out)
         kind, qv = (0, 0.0) if q is None else (1, float(q))
         native.run(fwd, [(_ptr(x), _ptr(u0), _ptr(U0), _ptr(a), _ptr(e), _ptr(X), _ptr(G),
-                          _ptr(y), H, N, C, I, O, kind, qv, *p) for p in _parts(B * H * N)])
+                          _ptr(y), H, N, C, n_in, n_out, kind, qv, *p) for p in _parts(B * H * N)])
         ctx.save_for_backward(x, u0, U0, a, e, X, G)
         ctx.lib, ctx.kind, ctx.q = lib, kind, qv
         return y
@@ -61,15 +61,15 @@ class _NativeRead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, u0, U0, a, e, X, G = ctx.saved_tensors
-        B, H, N, C, I = x.shape
-        O = G.shape[-1]
+        B, H, N, C, n_in = x.shape
+        n_out = G.shape[-1]
         _, bwd = _kernels(ctx.lib, x.dtype)
         dy = dy.contiguous()
         dx, dU0, da, de, dX, dG = (torch.empty_like(t) for t in (x, U0, a, e, X, G))
         du0 = torch.empty_like(U0)                       # one slice per chunk
         native.run(bwd, [(_ptr(x), _ptr(u0), _ptr(U0), _ptr(a), _ptr(e), _ptr(X), _ptr(G),
                           _ptr(dy), _ptr(dx), _ptr(dU0), _ptr(du0), _ptr(da), _ptr(de),
-                          _ptr(dX), _ptr(dG), H, N, C, I, O, ctx.kind, ctx.q, *p)
+                          _ptr(dX), _ptr(dG), H, N, C, n_in, n_out, ctx.kind, ctx.q, *p)
                          for p in _parts(B * H * N)])
         return None, None, dx, du0.sum((0, 2)), dU0, da, de, dX, dG
 
