@@ -87,14 +87,15 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
     """The inputs X_l and output gradients G_l of each dense layer, for loss_t at weights P,
     all M steps of k, v (B, H, M, K) at once (the target is v - k with `residual`, else v).
     `dloss(err)` is the loss's gradient in the prediction error (err for the halved l2).
-    Returns (Xs, Gs)."""
+    A bias given as None is left out (a weight-only memory). Returns (Xs, Gs)."""
+    dense = lambda x, W, bias: x @ W if bias is None else x @ W + bias[:, :, None]  # noqa: E731
     if kind == "linear":
-        Z = k @ P[0] + P[1][:, :, None]
+        Z = dense(k, P[0], P[1])
         Xs = [k]
     else:
-        Z1 = k @ P[0] + P[1][:, :, None]
+        Z1 = dense(k, P[0], P[1])
         X2 = _gelu(Z1)
-        Z = X2 @ P[2] + P[3][:, :, None]
+        Z = dense(X2, P[2], P[3])
         Xs = [k, X2]
     target = v - k if residual else v
     if norm:
@@ -469,8 +470,11 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 #     retention l2: phi = identity (Yaad);  lq: U / |U|_q^(q-2) (Moneta, whole matrix);
 #     kl: softmax over the output axis (Memora: log W_t = alpha log W_t-1 - eta grad + const,
 #         the memory stays on the simplex).
-# U is linear in the chunk's gradients, so a chunk materialises every U_t at once
-# (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s) and reads each step with its own weights.
+# U is linear in the chunk's gradients (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s), so a chunk
+# reads each step with its own weights without a step loop over the sequence: for phi = identity
+# in the dual form; for softmax and the q-scale on the CPU in a C kernel (ops/native/miras_read)
+# that runs the in-chunk recurrence in cache for every chunk at once, elsewhere by
+# materialising every U_t, a group of chunks at a time.
 
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
 
@@ -547,8 +551,7 @@ def _dense(P, x):
 
 def _miras_grads(kind, Wg, k, v, delta, dloss):
     """Weight gradients' factors (X_l, G_l) at weights Wg for the steps of k, v (B, H, M, K)."""
-    zeros = [torch.zeros_like(W[..., 0, :]) for W in Wg]
-    P = [t for pair in zip(Wg, zeros) for t in pair]
+    P = [t for W in Wg for t in (W, None)]
     return _grads(kind, P, k, v, None, None, 0.0, False, residual=False,
                   dloss=lambda e: dloss(e, delta[..., None]))
 
@@ -582,7 +585,10 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
 
     Only the weights pass from chunk to chunk: the loop takes a chunk's gradients at its
     start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else. The reads
-    then run over all chunks at once: the dual form for phi = identity; otherwise each step's
+    then run over all chunks at once: the dual form for phi = identity; for Memora's softmax
+    and Moneta's q-scale on the CPU (float32/64, `backend.use_native`), the C kernel
+    ops/native/miras_read, which makes each step's weights in cache from the chunk's start
+    (W_t = a_t W_t-1 - e_t X_t^T G_t) and never stores them; otherwise each step's
     U_t = A_t U_0 - Cm[t] @ (X_s (x) G_s) materialised (as the reference holds each step's
     weights), a group of chunks at a time to bound the memory."""
     B, T, H, K = q.shape

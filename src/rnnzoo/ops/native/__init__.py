@@ -20,7 +20,8 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
                          are several (ctypes lets go of the GIL during each call)
 
 Kernels: selective_scan.c (Mamba's selective scan, `ops.native.selective_scan`), conv.c
-(the short convolution with its SiLU, `ops.native.conv`); exp.h, their shared exp.
+(the short convolution with its SiLU, `ops.native.conv`), miras_read.c (the per-step reads of
+Miras' chunk form, `ops.native.miras_read`); exp.h, their shared exp.
 """
 
 from __future__ import annotations
