@@ -79,13 +79,14 @@ static void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, 
     }
 }
 
-/* W <- a W - e X^T G */
-static inline void NAME(advance)(T *restrict W, T at, T et, const T *restrict xs,
+/* Wn = a W - e X^T G (Wn may be W) */
+static inline void NAME(advance)(const T *W, T *Wn, T at, T et, const T *restrict xs,
                                  const T *restrict gs, long I, long O) {
     for (long i = 0; i < I; i++) {
         T c = et * xs[i];
-        T *restrict w = W + i * O;
-        for (long o = 0; o < O; o++) w[o] = at * w[o] - c * gs[o];
+        const T *w = W + i * O;
+        T *wn = Wn + i * O;
+        for (long o = 0; o < O; o++) wn[o] = at * w[o] - c * gs[o];
     }
 }
 
@@ -109,7 +110,7 @@ void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, cons
         memcpy(W, U0 + j * n, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
-            NAME(advance)(W, a[s], e[s], X + s * I, G + s * O, I, O);
+            NAME(advance)(W, W, a[s], e[s], X + s * I, G + s * O, I, O);
             NAME(phi)(u0h, W, P, I, O, kind, q, &norm);
             NAME(read)(x + s * I, P, y + s * O, I, O);
         }
@@ -122,16 +123,15 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
                           T *de, T *dX, T *dG, long H, long N, long C, long I, long O, int kind,
                           T q, long j0, long j1) {
     long n = I * O;
-    /* W_-1 .. W_C-1, phi(V_0) .. phi(V_C-1), dW, the q-norms */
-    T *Wb = malloc(((C + 1) * n + C * n + n + C) * sizeof(T));
-    T *Pb = Wb + (C + 1) * n, *dW = Pb + C * n, *norms = dW + n;
+    /* W_-1 .. W_C-1, phi(V_0) .. phi(V_C-1), dW, the q-norms, a row of V |V|^(q-2) */
+    T *Wb = malloc(((C + 1) * n + C * n + n + C + O) * sizeof(T));
+    T *Pb = Wb + (C + 1) * n, *dW = Pb + C * n, *norms = dW + n, *mv = norms + C;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
         memcpy(Wb, U0 + j * n, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
-            memcpy(Wb + (t + 1) * n, Wb + t * n, n * sizeof(T));
-            NAME(advance)(Wb + (t + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
+            NAME(advance)(Wb + t * n, Wb + (t + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
             NAME(phi)(u0h, Wb + (t + 1) * n, Pb + t * n, I, O, kind, q, norms + t);
         }
         T *restrict dUi = du0 + j * n;
@@ -143,57 +143,70 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
                     *restrict Wp = Wb + t * n, *restrict xs = x + s * I, *restrict gs = G + s * O,
                     *restrict Xs = X + s * I, *restrict dys = dy + s * O;
             T *restrict dxs = dx + s * I;
-            if (kind == 0) {
-                for (long i = 0; i < I; i++) {
-                    const T *restrict p = P + i * O;
-                    T r = 0;
-                    #pragma omp simd reduction(+:r)
-                    for (long o = 0; o < O; o++) r += p[o] * dys[o];
-                    dxs[i] = r;
-                    T *restrict dw = dW + i * O, *restrict du = dUi + i * O;
-                    for (long o = 0; o < O; o++) {
-                        T dv = p[o] * xs[i] * (dys[o] - r);
-                        dw[o] += dv;
-                        du[o] += dv;
-                    }
-                }
-            } else {
-                T nq = norms[t], sc = POW(nq, 2 - q), dot = 0;
+            /* per row i: dV's row, then (dW now the gradient reaching W_t) its terms of
+               da_t, de_t, dX_t, dG_t, and dW <- a_t dW for the step before */
+            T at = a[s], et = e[s], dat = 0, det = 0, sc = 0, k = 0;
+            T *restrict dGs = dG + s * O;
+            for (long o = 0; o < O; o++) dGs[o] = 0;
+            if (kind == 1) {
+                T nq = norms[t], dot = 0;
+                sc = POW(nq, 2 - q);
                 for (long i = 0; i < I; i++) {
                     const T *restrict p = P + i * O;
                     #pragma omp simd reduction(+:dot)
                     for (long o = 0; o < O; o++) dot += xs[i] * p[o] * dys[o];
                 }
                 /* dy . w with w = x V = (x P) / sc */
-                T k = -(q - 2) * (dot / sc) * POW(nq, 2 - 2 * q);
-                for (long i = 0; i < I; i++) {
-                    const T *restrict ui = u0h + i * O, *restrict wt = Wt + i * O;
-                    T *restrict dw = dW + i * O, *restrict du = dUi + i * O;
-                    T r = 0, c = sc * xs[i];
+                k = -(q - 2) * (dot / sc) * POW(nq, 2 - 2 * q);
+            }
+            for (long i = 0; i < I; i++) {
+                const T *restrict p = P + i * O, *restrict ui = u0h + i * O,
+                        *restrict wt = Wt + i * O, *restrict wp = Wp + i * O;
+                T *restrict dw = dW + i * O, *restrict du = dUi + i * O;
+                T r = 0, gi = 0;
+                if (kind == 0) {
                     #pragma omp simd reduction(+:r)
+                    for (long o = 0; o < O; o++) r += p[o] * dys[o];
+                    dxs[i] = r;
+                    T xi = xs[i];
+                    #pragma omp simd reduction(+:dat, gi)
                     for (long o = 0; o < O; o++) {
-                        T v = ui[o] + wt[o];
-                        r += v * dys[o];
-                        T m = q == 4 ? v * v : (q == 2 ? 1 : POW(fabs(v), q - 2));
-                        T dv = c * dys[o] + k * v * m;
-                        dw[o] += dv;
+                        T dv = p[o] * xi * (dys[o] - r);
                         du[o] += dv;
+                        T d = dw[o] + dv;
+                        dat += d * wp[o];
+                        gi += d * gs[o];
+                        dGs[o] += Xs[i] * d;
+                        dw[o] = at * d;
+                    }
+                } else {
+                    T c = sc * xs[i];
+                    /* mv = V |V|^(q-2) for this row, the power chosen outside the loops */
+                    if (q == 4) {
+                        #pragma omp simd reduction(+:r)
+                        for (long o = 0; o < O; o++) {
+                            T v = ui[o] + wt[o];
+                            r += v * dys[o];
+                            mv[o] = v * v * v;
+                        }
+                    } else {
+                        for (long o = 0; o < O; o++) {
+                            T v = ui[o] + wt[o];
+                            r += v * dys[o];
+                            mv[o] = v * POW(fabs(v), q - 2);
+                        }
+                    }
+                    #pragma omp simd reduction(+:dat, gi)
+                    for (long o = 0; o < O; o++) {
+                        T dv = c * dys[o] + k * mv[o];
+                        du[o] += dv;
+                        T d = dw[o] + dv;
+                        dat += d * wp[o];
+                        gi += d * gs[o];
+                        dGs[o] += Xs[i] * d;
+                        dw[o] = at * d;
                     }
                     dxs[i] = sc * r;
-                }
-            }
-            /* dW is now the gradient reaching W_t */
-            T at = a[s], et = e[s], dat = 0, det = 0;
-            T *restrict dGs = dG + s * O;
-            for (long o = 0; o < O; o++) dGs[o] = 0;
-            for (long i = 0; i < I; i++) {
-                const T *restrict dw = dW + i * O, *restrict wp = Wp + i * O;
-                T gi = 0;
-                #pragma omp simd reduction(+:dat, gi)
-                for (long o = 0; o < O; o++) {
-                    dat += dw[o] * wp[o];
-                    gi += dw[o] * gs[o];
-                    dGs[o] += Xs[i] * dw[o];
                 }
                 dX[s * I + i] = -et * gi;
                 det += Xs[i] * gi;
@@ -201,7 +214,6 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
             for (long o = 0; o < O; o++) dGs[o] *= -et;
             da[s] = dat;
             de[s] = -det;
-            for (long k = 0; k < n; k++) dW[k] *= at;
         }
         memcpy(dU0 + j * n, dW, n * sizeof(T));
     }
