@@ -26,9 +26,10 @@ def _ptr(t):
 
 
 def _parts(J):
+    """[(j0, j1)] chunk ranges, one a thread; at least one (empty when J = 0)."""
     p = max(1, min(torch.get_num_threads(), J))
     cuts = [J * i // p for i in range(p + 1)]
-    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, 0)]
 
 
 def _kernels(lib, dtype):
