@@ -32,11 +32,10 @@ float64 input).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["layer_norm", "ttt_minibatch", "ttt_sequential", "ttt_step", "ttt_init_state",
@@ -73,12 +72,10 @@ def _gelu(z):
     return F.gelu(z, approximate="tanh")
 
 
-def _gelu_grad(z):
-    """d gelu_tanh / dz."""
-    c = math.sqrt(2 / math.pi)
-    u = c * (z + 0.044715 * z ** 3)
-    t = torch.tanh(u)
-    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+def _gelu_back(g, z):
+    """g * d gelu_tanh / dz, one op (differentiable again: the chunk forms' gradients are
+    part of their output's graph)."""
+    return torch.ops.aten.gelu_backward(g, z, approximate="tanh")
 
 
 # -- the inner model ---------------------------------------------------------------------------
@@ -90,14 +87,15 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
     """The inputs X_l and output gradients G_l of each dense layer, for loss_t at weights P,
     all M steps of k, v (B, H, M, K) at once (the target is v - k with `residual`, else v).
     `dloss(err)` is the loss's gradient in the prediction error (err for the halved l2).
-    Returns (Xs, Gs)."""
+    A bias given as None is left out (a weight-only memory). Returns (Xs, Gs)."""
+    dense = lambda x, W, bias: x @ W if bias is None else x @ W + bias[:, :, None]  # noqa: E731
     if kind == "linear":
-        Z = k @ P[0] + P[1][:, :, None]
+        Z = dense(k, P[0], P[1])
         Xs = [k]
     else:
-        Z1 = k @ P[0] + P[1][:, :, None]
+        Z1 = dense(k, P[0], P[1])
         X2 = _gelu(Z1)
-        Z = X2 @ P[2] + P[3][:, :, None]
+        Z = dense(X2, P[2], P[3])
         Xs = [k, X2]
     target = v - k if residual else v
     if norm:
@@ -108,7 +106,7 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
         G = Z - target if dloss is None else dloss(Z - target)
     if kind == "linear":
         return Xs, [G]
-    return Xs, [(G @ P[2].transpose(-1, -2)) * _gelu_grad(Z1), G]
+    return Xs, [_gelu_back(G @ P[2].transpose(-1, -2), Z1), G]
 
 
 def _read(kind, P, Acc, q, Xs, Gl, tok):
@@ -472,8 +470,11 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 #     retention l2: phi = identity (Yaad);  lq: U / |U|_q^(q-2) (Moneta, whole matrix);
 #     kl: softmax over the output axis (Memora: log W_t = alpha log W_t-1 - eta grad + const,
 #         the memory stays on the simplex).
-# U is linear in the chunk's gradients, so a chunk materialises every U_t at once
-# (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s) and reads each step with its own weights.
+# U is linear in the chunk's gradients (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s), so a chunk
+# reads each step with its own weights without a step loop over the sequence: for phi = identity
+# in the dual form; for softmax and the q-scale on the CPU in a C kernel (ops/native/miras_read)
+# that runs the in-chunk recurrence in cache for every chunk at once, elsewhere by
+# materialising every U_t, a group of chunks at a time.
 
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
 
@@ -494,15 +495,41 @@ def _identity(U):
     return U
 
 
+def _softmax_rows(U):
+    return torch.softmax(U, -1)
+
+
+class _QScale:
+    """U / |U|_q^(q-2), the norm over the whole matrix (the last two axes)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def __call__(self, U):
+        return U / torch.linalg.vector_norm(U, self.q, dim=(-2, -1), keepdim=True) ** (self.q - 2)
+
+
 def retention(kind, q=4.0):
     """phi: accumulator U (..., I, O) -> weights W."""
     if kind == "l2":
         return _identity
     if kind == "lq":
-        return lambda U: U / torch.linalg.vector_norm(U, q, dim=(-2, -1), keepdim=True) ** (q - 2)
+        return _QScale(q)
     if kind == "kl":
-        return lambda U: torch.softmax(U, -1)
+        return _softmax_rows
     raise ValueError(f"retention must be 'l2', 'lq' or 'kl', got {kind!r}")
+
+
+def _native_read(phi, *tensors):
+    """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi,
+    or None: (read function, its q argument)."""
+    if not (phi is _softmax_rows or isinstance(phi, _QScale)) or not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import miras_read as native_read
+    lib = native_read.load()
+    if lib is None:
+        return None
+    return lambda *t: native_read.miras_read(lib, getattr(phi, "q", None), *t)
 
 
 def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
@@ -524,8 +551,7 @@ def _dense(P, x):
 
 def _miras_grads(kind, Wg, k, v, delta, dloss):
     """Weight gradients' factors (X_l, G_l) at weights Wg for the steps of k, v (B, H, M, K)."""
-    zeros = [torch.zeros_like(W[..., 0, :]) for W in Wg]
-    P = [t for pair in zip(Wg, zeros) for t in pair]
+    P = [t for W in Wg for t in (W, None)]
     return _grads(kind, P, k, v, None, None, 0.0, False, residual=False,
                   dloss=lambda e: dloss(e, delta[..., None]))
 
@@ -559,7 +585,10 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
 
     Only the weights pass from chunk to chunk: the loop takes a chunk's gradients at its
     start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else. The reads
-    then run over all chunks at once: the dual form for phi = identity; otherwise each step's
+    then run over all chunks at once: the dual form for phi = identity; for Memora's softmax
+    and Moneta's q-scale on the CPU (float32/64, `backend.use_native`), the C kernel
+    ops/native/miras_read, which makes each step's weights in cache from the chunk's start
+    (W_t = a_t W_t-1 - e_t X_t^T G_t) and never stores them; otherwise each step's
     U_t = A_t U_0 - Cm[t] @ (X_s (x) G_s) materialised (as the reference holds each step's
     weights), a group of chunks at a time to bound the memory."""
     B, T, H, K = q.shape
@@ -604,6 +633,15 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
                 x = _gelu(x)
             x = (x @ u0 + Acum[..., None] * (x @ u)
                  - (Cm * (x @ X.transpose(-1, -2))) @ G)
+        z = x
+    elif (read := _native_read(phi, q, *init)) is not None:
+        # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
+        # (the same U_t), never stored
+        x = qc
+        for i, (u0, u, X, G) in enumerate(zip(init, Ust, Xs, Gs)):
+            if i:
+                x = _gelu(x)
+            x = read(x, u0.to(q.dtype), u, a, e, X, G)
         z = x
     else:
         size = B * H * C * max(u.shape[-2] * u.shape[-1] for u in u0s)

@@ -1,0 +1,69 @@
+"""The per-step reads of Miras' chunk form on the CPU, fused in C (miras_read.c): for one
+dense layer of the memory, inside every chunk from its start U_0,
+
+    W_t = a_t W_t-1 - e_t X_t^T G_t  (W_-1 = U_0),    y_t = x_t phi(U_init + W_t)
+
+with phi the row softmax (`q=None`, Memora) or V |V|_q^(2-q) (Moneta), each step's weights
+made and used in cache, never stored: the backward recomputes them a chunk at a time.
+
+x, X: (B, H, N, C, I); G: (B, H, N, C, O); a, e: (B, H, N, C); U_init: (H, I, O);
+U_0: (B, H, N, I, O). Returns y (B, H, N, C, O), differentiable in all of them. All float32
+or all float64 on the CPU (`ops.backend.use_native` decides). Work is split over
+torch.get_num_threads() threads by chunks (ctypes lets go of the GIL during each call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "miras_read_fwd", dtype, [P] * 8 + [L] * 5 + [ctypes.c_int, real, L, L]),
+            native.kernel(lib, "miras_read_bwd", dtype,
+                          [P] * 15 + [L] * 5 + [ctypes.c_int, real, L, L]))
+
+
+class _NativeRead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, x, u0, U0, a, e, X, G):
+        x, u0, U0, a, e, X, G = (t.contiguous() for t in (x, u0, U0, a, e, X, G))
+        B, H, N, C, n_in = x.shape
+        n_out = G.shape[-1]
+        fwd, _ = _kernels(lib, x.dtype)
+        y = x.new_empty(B, H, N, C, n_out)
+        kind, qv = (0, 0.0) if q is None else (1, float(q))
+        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, y)]
+        native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
+                         for p in native.rows(B * H * N) or [(0, 0)]])
+        ctx.save_for_backward(x, u0, U0, a, e, X, G)
+        ctx.lib, ctx.kind, ctx.q = lib, kind, qv
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, u0, U0, a, e, X, G = ctx.saved_tensors
+        B, H, N, C, n_in = x.shape
+        n_out = G.shape[-1]
+        _, bwd = _kernels(ctx.lib, x.dtype)
+        dy = dy.contiguous()
+        dx, dU0, da, de, dX, dG = (torch.empty_like(t) for t in (x, U0, a, e, X, G))
+        du0 = torch.empty_like(U0)                       # one slice per chunk
+        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, dx, dU0, du0, da, de, dX, dG)]
+        native.run(bwd, [(*ptrs, H, N, C, n_in, n_out, ctx.kind, ctx.q, *p)
+                         for p in native.rows(B * H * N) or [(0, 0)]])
+        return None, None, dx, du0.sum((0, 2)), dU0, da, de, dX, dG
+
+
+def miras_read(lib, q, x, u0, U0, a, e, X, G):
+    """y (B, H, N, C, O); `lib` = native.load("miras_read"); q None: the row softmax."""
+    return _NativeRead.apply(lib, q, x, u0, U0, a, e, X, G)
+
+
+def load():
+    return native.load("miras_read")

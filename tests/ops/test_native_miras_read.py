@@ -1,0 +1,79 @@
+"""ops.native.miras_read: Miras' per-step reads in C (Memora's row softmax, Moneta's q-scale)
+inside miras_chunked, against the same op on the PyTorch path (backend.force("torch")) and
+against the token-by-token reference: outputs, final state and every gradient (inputs, gates,
+U_init, the starting state), float64 to 1e-10 and float32 to 1e-4, both memory depths, a
+starting state mid-chunk with its own gradient point; q = 3 takes the general power."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnzoo.ops import backend, memory
+from rnnzoo.ops.memory import attentional_bias, miras_chunked, miras_sequential, retention
+from rnnzoo.ops.native import miras_read as native_read
+
+CASES = [("kl", "l2", 4.0), ("lq", "lp", 4.0), ("lq", "lp", 3.0)]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    n = [0]
+    real = native_read.miras_read
+
+    def counted(*args, **kw):
+        n[0] += 1
+        return real(*args, **kw)
+    monkeypatch.setattr(native_read, "miras_read", counted)
+    return n
+
+
+def _tensors(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    B, T, H, K = 2, 11, 2, 3
+    q, k = F.normalize(r(B, T, H, K), dim=-1), F.normalize(r(B, T, H, K), dim=-1)
+    v = r(B, T, H, K)
+    eta, alpha = torch.sigmoid(r(B, T, H)), torch.sigmoid(r(B, T, H) + 2)
+    delta = torch.zeros(B, T, H, dtype=dtype)
+    widths = [K, K] if kind == "linear" else [K, 4 * K, K]
+    init = [r(H, i, o) / i ** 0.5 for i, o in zip(widths[:-1], widths[1:])]
+    mem = memory.miras_init_state(kind, B, H, K, dtype=dtype)
+    state = [0.3 * r(*t.shape) for t in mem[:-1]]
+    n = torch.tensor([1.0, 4.0], dtype=dtype)       # mid-chunk, and a full chunk to roll
+    return [q, k, v, eta, alpha, delta], init, state, n
+
+
+def _run(op, kind, ret, bias, qn, dtype):
+    tensors, init, state, n = _tensors(kind, dtype)
+    wrt = [t.requires_grad_() for t in [*tensors[:5], *init, *state]]
+    z, s = op(kind, *tensors, 4, init, (*state, n), attentional_bias(bias, 3.0),
+              retention(ret, qn))
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=dtype)).sum() for t in (z, *s[:-1]))
+    return [z, *s[:-1], *torch.autograd.grad(loss, wrt)]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("ret,bias,qn", CASES, ids=["kl", "lq4", "lq3"])
+def test_native_reads_equal_torch_and_reference(kind, ret, bias, qn, calls):
+    native = _run(miras_chunked, kind, ret, bias, qn, torch.float64)
+    assert calls[0] == (1 if kind == "linear" else 2)                     # one call a layer
+    with backend.force("torch"):
+        torch_path = _run(miras_chunked, kind, ret, bias, qn, torch.float64)
+    ref = _run(miras_sequential, kind, ret, bias, qn, torch.float64)
+    assert calls[0] == (1 if kind == "linear" else 2)                     # torch: no call
+    for a, b, c in zip(native, torch_path, ref):
+        assert (a - b).abs().max() < 1e-10
+        assert (a - c).abs().max() < 1e-10
+    assert max(t.abs().max() for t in native[-5:]) > 1e-3                 # gradients not all zero
+
+
+@pytest.mark.parametrize("ret,bias,qn", CASES[:2], ids=["kl", "lq4"])
+def test_native_reads_float32(ret, bias, qn, calls):
+    native = _run(miras_chunked, "mlp", ret, bias, qn, torch.float32)
+    assert calls[0] == 2
+    ref = _run(miras_sequential, "mlp", ret, bias, qn, torch.float32)
+    for a, c in zip(native, ref):
+        assert (a - c).abs().max() < 1e-4 * (1 + c.abs().max())
