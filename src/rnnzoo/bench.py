@@ -27,8 +27,8 @@ process (interleaved, median of the ratios), with its FLOPs and its utilisation
 
 peak being a measured float32 (n, n) @ (n, n) matmul rate at the same thread count. A
 layer's FLOPs are counted from the shapes of the matrix products its `auto` mode runs
-(`layer_flops`: torch.utils.flop_counter over one forward+backward; elementwise work is
-not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
+(`layer_flops`: torch.utils.flop_counter over one forward+backward, a convolution's
+backward counted group-aware, twice its forward; elementwise work and FFTs are not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
 CPU kernel is invisible to the counter; the backward is twice the forward).
 """
 
@@ -336,11 +336,25 @@ def lstm_flops(batch: int, length: int, d_in: int, hidden: int) -> int:
     return 3 * 8 * batch * length * hidden * (d_in + hidden)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                         _dilation, transposed, _output_padding, _groups, output_mask,
+                         out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward: each gradient it makes (input, weight) takes the
+    forward's multiply-adds again, 2 B T_out prod(w_shape) for an (out, in / groups, K...)
+    weight. torch.utils.flop_counter's own formula forgets the groups in the weight
+    gradient and books a depthwise conv's as dense, `groups` times too much."""
+    from torch.utils.flop_counter import conv_flop_count
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def counted_flops(run) -> int:
     """FLOPs of the matrix products (mm, bmm, addmm, baddbmm, einsum, conv, sdpa) that
-    `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter)."""
+    `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter, with
+    the convolution backward counted group-aware: `_conv_backward_flops`)."""
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         run().float().sum().backward()
     return int(counter.get_total_flops())
 
