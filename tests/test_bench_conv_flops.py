@@ -1,6 +1,7 @@
-"""The utilisation column's FLOP count for convolutions (issue #17): a depthwise conv's
+"""The utilisation column's FLOP count (issue #17): a depthwise conv's
 backward is twice its forward, not `groups` times a dense one (torch.utils.flop_counter's
-own convolution_backward formula drops the groups from the weight gradient)."""
+own convolution_backward formula drops the groups from the weight gradient), and a complex
+matrix product is four real ones."""
 
 import pytest
 import torch
@@ -47,3 +48,12 @@ def test_backward_counted_at_most_twice_the_forward(name, mode, options):
     forward = counter.get_total_flops()
     total = bench.layer_flops(name, B, T, d, options, mode=mode)
     assert forward < total <= 3 * forward
+
+
+def test_a_complex_product_counts_four_real_ones():
+    a = torch.randn(3, 4, 5, dtype=torch.complex64, requires_grad=True)
+    b = torch.randn(3, 5, 6, dtype=torch.complex64)
+    real = 2 * 3 * 4 * 5 * 6
+    assert bench.counted_flops(lambda: torch.bmm(a, b).real) == 4 * 2 * real  # d a only
+    ar = a.detach().real.requires_grad_()
+    assert bench.counted_flops(lambda: torch.bmm(ar, b.real)) == 2 * real

@@ -348,12 +348,29 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def _complex_aware(formula):
+    """`formula` (torch.utils.flop_counter's registered formula of a matrix product, which
+    takes the op's tensors) counting a complex product as the 4 real multiply-adds it is."""
+    def count(*args, out_val=None, **kwargs):
+        n = formula(*args, out_val=out_val, **kwargs)
+        return 4 * n if isinstance(args[0], torch.Tensor) and args[0].is_complex() else n
+    count._get_raw = True
+    return count
+
+
 def counted_flops(run) -> int:
     """FLOPs of the matrix products (mm, bmm, addmm, baddbmm, einsum, conv, sdpa) that
     `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter, with
-    the convolution backward counted group-aware: `_conv_backward_flops`)."""
+    the convolution backward counted group-aware, `_conv_backward_flops`, and a complex
+    product as four real ones)."""
+    from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
-    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    aten = torch.ops.aten
+    mapping = {aten.convolution_backward: _conv_backward_flops}
+    for op, formula in ((aten.mm, flop_counter.mm_flop), (aten.bmm, flop_counter.bmm_flop),
+                        (aten.addmm, flop_counter.addmm_flop),
+                        (aten.baddbmm, flop_counter.baddbmm_flop)):
+        mapping[op] = _complex_aware(formula)
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         run().float().sum().backward()
     return int(counter.get_total_flops())
