@@ -39,25 +39,25 @@ from rnnzoo.registry import register
 
 
 class _CausalFFTConv(torch.autograd.Function):
-    """y_t = sum_{l <= t} k_l u_{t-l} along the last dimension by a 2T-point real FFT, with
-    the backward written out: du = irfft(g^ conj(k^)), dk = irfft(sum_b g^ conj(u^)), both
-    read at 0 .. T-1 (the zero padding to 2T keeps every wrap-around at zero). u: (B, ...,
-    T), k: (..., T) -> y: (B, ..., T). Autograd's own FFT backward runs full complex
-    transforms and zero-filled buffers, about twice the work."""
+    """y_t = sum_q sum_{l <= t} k_{q,l} u_{q,t-l}: Q causal convolutions summed, by a 2T-point
+    real FFT, the sum over q taken in the frequency domain (one inverse transform, not Q).
+    The backward written out: g^ = rfft(dy) once, du_q = irfft(g^ conj(k^_q)) and
+    dk_q = irfft(sum_b g^ conj(u^_q)), read at 0 .. T-1 (the zero padding to 2T keeps every
+    wrap-around at zero). u: (B, H, Q, T), k: (H, Q, T) -> y: (B, H, T)."""
 
     @staticmethod
     def forward(ctx, u, k):
         T = u.shape[-1]
         uf, kf = torch.fft.rfft(u, n=2 * T), torch.fft.rfft(k, n=2 * T)
         ctx.save_for_backward(uf, kf)
-        return torch.fft.irfft(uf * kf, n=2 * T)[..., :T]
+        return torch.fft.irfft((uf * kf).sum(-2), n=2 * T)[..., :T]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         uf, kf = ctx.saved_tensors
         T = dy.shape[-1]
-        gf = torch.fft.rfft(dy, n=2 * T)
+        gf = torch.fft.rfft(dy, n=2 * T).unsqueeze(-2)                  # (B, H, 1, F)
         du = dk = None
         if ctx.needs_input_grad[0]:
             du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T]
@@ -170,7 +170,7 @@ class LiquidS4(S4D):
         Bt, T = U.shape[:2]
         P = vandermonde(dtA[:, 0], T + 1)                                   # (H, 2 N2, T+1)
         K = 2 * torch.einsum("hqm,hml->hql", as_real(C * Bp), P[..., :T])   # (H, Q, T)
-        s = _CausalFFTConv.apply(U.permute(0, 2, 3, 1), K).sum(2)           # (B, H, T)
+        s = _CausalFFTConv.apply(U.permute(0, 2, 3, 1), K)                 # (B, H, T)
         s = s + 2 * torch.einsum("bhm,hml->bhl", as_real(h0 * C).sum(2), P[..., 1:])
         if lengths is None:
             rev, decay = U.flip(1), torch.complex(*P[..., T].chunk(2, -1)).unsqueeze(1)
