@@ -66,7 +66,8 @@ def test_a_nonfinite_input_marks_only_its_window():
             assert bad.nonzero().flatten().tolist() == list(range(t, t + W + 1)), mode
 
 
-def test_auto_runs_fft_from_a_window_of_32():
+def test_auto_runs_fft_from_a_window_of_16():
     x = torch.zeros(1, 4, 2)
     assert rnnzoo.create("pgn", d_model=2).auto_mode(x) == "fft"                  # W = 64
+    assert rnnzoo.create("pgn", d_model=2, window_size=16).auto_mode(x) == "fft"
     assert rnnzoo.create("pgn", d_model=2, window_size=8).auto_mode(x) == "conv"

@@ -195,8 +195,9 @@ class PGN(MaskedLayer):
         return y, history.to(state.dtype)
 
     def auto_mode(self, x):
-        """fft from a window of 32 on (the direct convolution is cheaper below it)."""
-        return "fft" if self.window_size >= 32 else "conv"
+        """fft from a window of 16 on (measured, HIE fwd+bwd at B=16 T=512 d=128, conv / fft:
+        0.75 at W = 8, 1.55 at 16, 3.5 at 32)."""
+        return "fft" if self.window_size >= 16 else "conv"
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, d_hidden={self.d_hidden}, "
