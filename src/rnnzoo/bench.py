@@ -27,8 +27,8 @@ process (interleaved, median of the ratios), with its FLOPs and its utilisation
 
 peak being a measured float32 (n, n) @ (n, n) matmul rate at the same thread count. A
 layer's FLOPs are counted from the shapes of the matrix products its `auto` mode runs
-(`layer_flops`: torch.utils.flop_counter over one forward+backward; elementwise work is
-not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
+(`layer_flops`: torch.utils.flop_counter over one forward+backward, a convolution's
+backward counted group-aware, twice its forward; elementwise work and FFTs are not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
 CPU kernel is invisible to the counter; the backward is twice the forward).
 """
 
@@ -336,11 +336,42 @@ def lstm_flops(batch: int, length: int, d_in: int, hidden: int) -> int:
     return 3 * 8 * batch * length * hidden * (d_in + hidden)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                         _dilation, transposed, _output_padding, _groups, output_mask,
+                         out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward: each gradient it makes (input, weight) takes the
+    forward's multiply-adds again, 2 B T_out prod(w_shape) for an (out, in / groups, K...)
+    weight. torch.utils.flop_counter's own formula forgets the groups in the weight
+    gradient and books a depthwise conv's as dense, `groups` times too much."""
+    from torch.utils.flop_counter import conv_flop_count
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _complex_aware(formula):
+    """`formula` (torch.utils.flop_counter's registered formula of a matrix product, which
+    takes the op's tensors) counting a complex product as the 4 real multiply-adds it is."""
+    def count(*args, out_val=None, **kwargs):
+        n = formula(*args, out_val=out_val, **kwargs)
+        return 4 * n if isinstance(args[0], torch.Tensor) and args[0].is_complex() else n
+    count._get_raw = True
+    return count
+
+
 def counted_flops(run) -> int:
     """FLOPs of the matrix products (mm, bmm, addmm, baddbmm, einsum, conv, sdpa) that
-    `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter)."""
+    `run().sum().backward()` performs, from their shapes (torch.utils.flop_counter, with
+    the convolution backward counted group-aware, `_conv_backward_flops`, and a complex
+    product as four real ones)."""
+    from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    mapping = {aten.convolution_backward: _conv_backward_flops}
+    for op, formula in ((aten.mm, flop_counter.mm_flop), (aten.bmm, flop_counter.bmm_flop),
+                        (aten.addmm, flop_counter.addmm_flop),
+                        (aten.baddbmm, flop_counter.baddbmm_flop)):
+        mapping[op] = _complex_aware(formula)
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         run().float().sum().backward()
     return int(counter.get_total_flops())
 

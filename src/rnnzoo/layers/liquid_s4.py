@@ -27,6 +27,7 @@ step's products U^(1..P)_{t-1} (U^(P) is kept for a shape that does not depend o
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -35,6 +36,34 @@ from rnnzoo.layers.s4d import S4D, as_real, vandermonde
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
+
+
+class _CausalFFTConv(torch.autograd.Function):
+    """y_t = sum_q sum_{l <= t} k_{q,l} u_{q,t-l}: Q causal convolutions summed, by a 2T-point
+    real FFT, the sum over q taken in the frequency domain (one inverse transform, not Q).
+    The backward written out: g^ = rfft(dy) once, du_q = irfft(g^ conj(k^_q)) and
+    dk_q = irfft(sum_b g^ conj(u^_q)), read at 0 .. T-1 (the zero padding to 2T keeps every
+    wrap-around at zero). u: (B, H, Q, T), k: (H, Q, T) -> y: (B, H, T)."""
+
+    @staticmethod
+    def forward(ctx, u, k):
+        T = u.shape[-1]
+        uf, kf = torch.fft.rfft(u, n=2 * T), torch.fft.rfft(k, n=2 * T)
+        ctx.save_for_backward(uf, kf)
+        return torch.fft.irfft((uf * kf).sum(-2), n=2 * T)[..., :T]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        uf, kf = ctx.saved_tensors
+        T = dy.shape[-1]
+        gf = torch.fft.rfft(dy, n=2 * T).unsqueeze(-2)                  # (B, H, 1, F)
+        du = dk = None
+        if ctx.needs_input_grad[0]:
+            du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T]
+        if ctx.needs_input_grad[1]:
+            dk = torch.fft.irfft((gf * uf.conj()).sum(0), n=2 * T)[..., :T]
+        return du, dk
 
 
 @register("liquid_s4", family="diagonal", paper="Hasani et al. 2022, arXiv:2209.12951",
@@ -141,9 +170,7 @@ class LiquidS4(S4D):
         Bt, T = U.shape[:2]
         P = vandermonde(dtA[:, 0], T + 1)                                   # (H, 2 N2, T+1)
         K = 2 * torch.einsum("hqm,hml->hql", as_real(C * Bp), P[..., :T])   # (H, Q, T)
-        n_fft = 2 * T
-        Uf = torch.fft.rfft(U.permute(0, 2, 3, 1), n=n_fft)                  # (B, H, Q, F)
-        s = torch.fft.irfft(Uf * torch.fft.rfft(K, n=n_fft), n=n_fft)[..., :T].sum(2)
+        s = _CausalFFTConv.apply(U.permute(0, 2, 3, 1), K)                 # (B, H, T)
         s = s + 2 * torch.einsum("bhm,hml->bhl", as_real(h0 * C).sum(2), P[..., 1:])
         if lengths is None:
             rev, decay = U.flip(1), torch.complex(*P[..., T].chunk(2, -1)).unsqueeze(1)

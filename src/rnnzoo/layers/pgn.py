@@ -16,8 +16,17 @@ propagation path), and every step is computed at once. W = window_size (the pape
 HIE spans the whole input, W = L - 1); zeros stand before the sequence.
 
 State: the last W inputs (B, window_size, d_model), oldest first. Modes: `sequential`
-(the window slid one step at a time) and `conv` (HIE as one causal convolution over the
-sequence). There is no recurrence to scan: the parallel form is the convolution.
+(the window slid one step at a time), `conv` (HIE as one causal convolution over the
+sequence, 2 T W d_model d_hidden multiply-adds per sequence) and `fft` (the same
+convolution by the convolution theorem: with n >= T + W - 1 and the inputs and taps
+zero-padded to n,
+
+    H^_f = X^_f M^_f            one (B, d_model) @ (d_model, d_hidden) product per frequency
+    H_t  = b_H + irfft(H^)_{t + W - 1},
+
+n / 2 + 1 complex products instead of T W real ones: exact up to rounding, about
+25x fewer FLOPs at the default W = 64, T = 512). There is no recurrence to scan: the
+parallel form is the convolution.
 """
 
 from __future__ import annotations
@@ -27,11 +36,91 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import MaskedLayer
+from rnnzoo.ops.finite import finite, poison
 from rnnzoo.registry import register
+
+
+def fft_size(n: int) -> int:
+    """The smallest m >= n whose prime factors are 2, 3 and 5 (a fast FFT length)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def hie_fft(xp: torch.Tensor, weight: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """sum_k M_k x_{t-k} for t = 0 .. T-1 by FFT: xp (B, W + T - 1, d_model), the W inputs
+    before the first step then the sequence less its last input, all finite; weight
+    (d_hidden, d_model, W), weight[:, :, W - k] = M_k. Returns (B, T, d_hidden), no bias.
+
+    With taps[j] = M_{j+1}, H_t = sum_j taps[j] xp[t + W - 1 - j]: a linear convolution,
+    read at t + W - 1. Overlap-save: the outputs go in blocks of C = max(block, W - 1)
+    steps, block i reading xp[iC .. iC + C + W - 2]; a circular convolution of length
+    n >= C + W - 1 wraps nothing into the C outputs read. The backward is the same algebra
+    transposed (`_HieFFT`)."""
+    return _HieFFT.apply(xp, weight, block)
+
+
+class _HieFFT(torch.autograd.Function):
+    """Per frequency f of the n-point real FFT (x^, g^, M^: the spectra of a block's inputs,
+    of its output gradient placed at offset W - 1, and of the taps):
+
+        forward     H^ = x^ M^                  (B * blocks, d_model) @ (d_model, d_hidden)
+        d xp        dx^ = g^ (M^)*              circular cross-correlations, read at
+        d taps      dM^ = sum (x^)* g^           0 .. C + W - 2 and 0 .. W - 1
+
+    each a batched complex matmul over the n / 2 + 1 frequencies; the block gradients of xp
+    overlap by W - 1 steps and add."""
+
+    @staticmethod
+    def forward(ctx, xp, weight, block):
+        B, L, D = xp.shape
+        Hd, _, W = weight.shape
+        T = L - W + 1
+        C = max(min(block, T), W - 1, 1)
+        nb = -(-T // C)
+        S = C + W - 1                                                   # a block's inputs
+        n = fft_size(S)
+        xb = F.pad(xp, (0, 0, 0, nb * C + W - 1 - L)).unfold(1, S, C)    # (B, nb, D, S)
+        xf = torch.fft.rfft(xb, n=n).permute(3, 0, 1, 2).reshape(-1, B * nb, D)  # (F, B nb, D)
+        wf = torch.fft.rfft(weight.flip(-1), n=n).permute(2, 1, 0).contiguous()  # (F, D, Hd)
+        h = torch.fft.irfft(torch.bmm(xf, wf).permute(1, 2, 0).contiguous(), n=n)  # (B nb, Hd, n)
+        h = h[..., W - 1:S].reshape(B, nb, Hd, C).permute(0, 1, 3, 2).reshape(B, nb * C, Hd)
+        ctx.save_for_backward(xf, wf)
+        ctx.shape = (B, L, D, Hd, W, T, C, nb, n)
+        return h[:, :T]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        xf, wf = ctx.saved_tensors
+        B, L, D, Hd, W, T, C, nb, n = ctx.shape
+        S = C + W - 1
+        g = F.pad(dh, (0, 0, 0, nb * C - T)).view(B * nb, C, Hd).transpose(1, 2)
+        gf = torch.fft.rfft(F.pad(g, (W - 1, 0)), n=n).permute(2, 0, 1).contiguous()  # (F, B nb, Hd)
+        dxp = dweight = None
+        if ctx.needs_input_grad[0]:
+            wh = wf.transpose(1, 2).conj().resolve_conj().contiguous()  # (F, Hd, D)
+            dxb = torch.fft.irfft(torch.bmm(gf, wh).permute(1, 2, 0).contiguous(), n=n)[..., :S].view(B, nb, D, S).transpose(2, 3)
+            dxp = dxb.new_zeros(B, nb + 1, C, D)                         # overlap-add
+            dxp[:, :nb] += dxb[:, :, :C]
+            dxp[:, 1:, :W - 1] += dxb[:, :, C:]
+            dxp = dxp.view(B, (nb + 1) * C, D)[:, :L]
+        if ctx.needs_input_grad[1]:
+            xh = xf.transpose(1, 2).conj().resolve_conj().contiguous()  # (F, D, B nb)
+            dwf = torch.bmm(xh, gf).permute(2, 1, 0).contiguous()        # (Hd, D, F)
+            dweight = torch.fft.irfft(dwf, n=n)[..., :W].flip(-1)
+        return dxp, dweight, None
 
 
 @register("pgn", family="diagonal", paper="Jia et al. 2024, arXiv:2409.17703",
@@ -44,7 +133,8 @@ class PGN(MaskedLayer):
     look-back). Parameters: hie (M: (d_hidden, d_model, W), M[:, :, W - k] = M_k, and b_H),
     gate (W_g, b_g), out_proj (W_out)."""
 
-    modes = ("sequential", "conv")
+    modes = ("sequential", "conv", "fft")
+    fft_block = 128  # outputs per overlap-save block of `fft` (measured: 64 .. 192 alike)
 
     def __init__(self, d_model: int, d_hidden: int | None = None, window_size: int = 64):
         super().__init__(d_model)
@@ -66,8 +156,15 @@ class PGN(MaskedLayer):
         W = self.window_size
         weight, bias = self.hie_weight.to(u.dtype), self.hie_bias.to(u.dtype)
         xp = torch.cat([history.to(u.dtype), u], 1)                        # (B, W + T, d)
-        if mode == "conv":
-            H = F.conv1d(xp[:, :-1].transpose(1, 2), weight, bias).transpose(1, 2)
+        if mode in ("conv", "fft"):
+            if mode == "conv":
+                H = F.conv1d(xp[:, :-1].transpose(1, 2), weight, bias).transpose(1, 2)
+            else:  # an FFT spreads a NaN or inf everywhere: run on finite inputs, then
+                # mark each H_t whose window xp[t .. t + W - 1] held one (ops.finite)
+                xf, bad = finite(xp[:, :-1])
+                H = hie_fft(xf, weight, self.fft_block) + bias
+                seen = F.pad(bad.cumsum(1), (1, 0))                          # (B, W + T)
+                H = poison(H, seen[:, W:] > seen[:, :-W])
             if mask is None:
                 return H, xp[:, xp.shape[1] - W:]
             n = mask.flatten(1).sum(1)              # inputs n .. n + W - 1 of xp are the
@@ -98,7 +195,9 @@ class PGN(MaskedLayer):
         return y, history.to(state.dtype)
 
     def auto_mode(self, x):
-        return "conv"
+        """fft from a window of 16 on (measured, HIE fwd+bwd at B=16 T=512 d=128, conv / fft:
+        0.75 at W = 8, 1.55 at 16, 3.5 at 32)."""
+        return "fft" if self.window_size >= 16 else "conv"
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, d_hidden={self.d_hidden}, "
