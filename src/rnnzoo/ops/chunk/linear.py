@@ -157,6 +157,102 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     return A.reshape(*lead, C, C)
 
 
+# -- vector decay, one factorised block per chunk: one autograd Function -------------------------
+class _VectorChunk(torch.autograd.Function):
+    """Chunkwise vector-decay linear attention (GLA; RWKV-6 with the bonus u) for chunks whose
+    log-decay span stays under `_factorise_limit`, with hand-written gradients. Per chunk
+    (G: log-decay summed from the chunk start, inclusive, per key channel; Gq = G, or G - g
+    with a bonus, whose q reads the state before the decay; E = e^{G_end}):
+
+        qf = q e^{Gq},  kf = k e^{-G},  kd = kf E = k e^{G_end - G}     (elementwise, (C, K))
+        A = mask(qf kf^T),   o = A v + qf S [+ (q u . k) v],   S' = diag(E) S + kd^T v
+
+    mask keeps j <= i (j < i with a bonus). With do and dS' (each chunk's end-state gradient,
+    from a reverse pass over chunks: dS = qf^T do + diag(E) dS'):
+
+        dA = mask(do v^T),  dv = A^T do + kd dS' [+ (q u . k) do],  dqf = dA kf + do S^T,
+        dkf' = dA^T qf + (v dS'^T) E,   dq = dqf e^{Gq},  dk = dkf' e^{-G}
+        dGq = dqf * qf,   dG = -dkf' * kf  (+ the rows of dS' * S' at the chunk end)
+
+    and g's gradient is the reverse cumulative sum of dG + dGq, less dGq with a bonus
+    (Gq = G - g). Every (C, C) product is one batched matmul over (B, H, N); only the (K, V)
+    state pass loops over chunks. Shapes: q, k, g (B, H, N, C, K); v (B, H, N, C, V);
+    S0 (B, H, K, V); u (H, K) or None. -> o (B, H, N, C, V), S_T (B, H, K, V).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, S0, u):
+        N = q.shape[2]
+        bonus = u is not None
+        G = g.cumsum(-2)
+        eGq = (G - g).exp_() if bonus else G.exp()
+        E = G[..., -1:, :].exp()  # (B, H, N, 1, K)
+        eGn = G.neg_().exp_()
+        qf, kf = q * eGq, k * eGn
+        kd = kf * E
+        A = (qf @ kf.transpose(-1, -2)).tril_(-1 if bonus else 0)  # (B, H, N, C, C)
+        o = A @ v
+        updates = kd.transpose(-1, -2) @ v  # (B, H, N, K, V)
+        Et = E.transpose(-1, -2)  # (B, H, N, K, 1)
+        starts = torch.empty_like(updates)  # the state entering each chunk
+        S = S0
+        for n in range(N):
+            starts[:, :, n] = S
+            S = torch.addcmul(updates[:, :, n], Et[:, :, n], S)
+        o += qf @ starts
+        if bonus:
+            o.addcmul_((q * k * u[:, None, None, :]).sum(-1, keepdim=True), v)
+        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S)
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS_last):
+        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T = ctx.saved_tensors
+        bonus = u is not None
+        do = do.contiguous()
+        X = qf.transpose(-1, -2) @ do  # (B, H, N, K, V): each chunk's read of its entering state
+        Et = E.transpose(-1, -2)
+        dSe = torch.empty_like(starts)  # the gradient of each chunk's end state
+        dS = torch.zeros_like(starts[:, :, 0]) if dS_last is None else dS_last
+        for n in reversed(range(q.shape[2])):
+            dSe[:, :, n] = dS
+            dS = torch.addcmul(X[:, :, n], Et[:, :, n], dS)
+        dA = (do @ v.transpose(-1, -2)).tril_(-1 if bonus else 0)
+        dv = (A.transpose(-1, -2) @ do).add_(kd @ dSe)
+        dqf = (dA @ kf).add_(do @ starts.transpose(-1, -2))
+        dkf = (dA.transpose(-1, -2) @ qf).addcmul_(v @ dSe.transpose(-1, -2), E)
+        dq, dk = dqf * eGq, dkf * eGn
+        dGq = dqf.mul_(qf)
+        dG = dGq - dkf.mul_(kf)
+        ends = torch.cat([starts[:, :, 1:], S_T[:, :, None]], 2)  # each chunk's end state
+        dG[..., -1, :] += (dSe * ends).sum(-1)
+        dg = dG.flip(-2).cumsum(-2).flip(-2)
+        du = None
+        if bonus:
+            dg -= dGq
+            ub = u[:, None, None, :]
+            ds = (do * v).sum(-1, keepdim=True)  # (B, H, N, C, 1)
+            dv.addcmul_((q * k * ub).sum(-1, keepdim=True), do)
+            dq.addcmul_(ds, k * ub)
+            dk.addcmul_(ds, q * ub)
+            du = (ds * q * k).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
+        return dq, dk, dv, dg, dS, du
+
+
+def _vector_chunkwise(q, k, v, g, S, C, bonus):
+    """The one-block vector-decay chunk form on prepared inputs (B, T, H, *) -> (o (B, T, H, V),
+    S_T), or None when a chunk's log-decay span passes `_factorise_limit` (read on the CPU
+    only) and the caller's secondary chunking must take it."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
+    if -gc.detach().sum(-2).min().item() >= _factorise_limit(q.dtype):
+        return None
+    o, S = _VectorChunk.apply(qc, kc, vc, gc, S, bonus)
+    B, T, H, V = v.shape
+    return o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, :T], S
+
+
 
 # -- scalar decay: one autograd Function --------------------------------------------------------
 def _pad_time(x, C):
@@ -295,6 +391,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     if not vector and bonus is None:
         o, S = _scalar_chunkwise(q, k, v, g, S, C)
         return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    if vector:
+        fast = _vector_chunkwise(q, k, v, g, S, C, bonus)
+        if fast is not None:
+            return poison(fast[0], marks.outputs).to(out_dtype), poison(fast[1], marks.state)
     qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
     G = gc.cumsum(3)  # log-decay from the chunk start, inclusive
     Gq = G - gc if bonus is not None else G  # with a bonus, q reads the state before the decay
