@@ -75,13 +75,19 @@ class RWKV6(RecurrentLayer):
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
         dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
-        m = torch.tanh((x + dx * self.mu_x) @ self.mix_down).view(B, T, 5, -1)
-        m = torch.einsum("btir,ird->ibtd", m, self.mix_up)
-        xw, xk, xv, xr, xg = (x + dx * (self.mu[i] + m[i]) for i in range(5))
-        r, k, v = (p(t).view(B, T, H, K) for p, t in ((self.r_proj, xr), (self.k_proj, xk),
-                                                     (self.v_proj, xv)))
-        g = F.silu(self.g_proj(xg))
-        w = self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up
+        m = torch.tanh(torch.addcmul(x, dx, self.mu_x) @ self.mix_down).view(B * T, 5, -1)
+        m = torch.bmm(m.transpose(0, 1), self.mix_up)  # (5, B T, d)
+        # the five mixes at once and r, k, v, g as one batched product: a per-mix slice's
+        # backward would zero-fill a (5, B, T, d) gradient each
+        mixed = torch.addcmul(x.reshape(1, B * T, d), dx.reshape(1, B * T, d),
+                              m.add_(self.mu[:, None, :]))  # (5, B T, d): w, k, v, r, g
+        xw, rest = mixed.split([1, 4])  # (split's backward is one cat)
+        weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,
+                                                  self.g_proj)])
+        k, v, r, g = (t.view(B, T, -1) for t in torch.bmm(rest, weights.transpose(1, 2)).unbind())
+        r, k, v = (t.view(B, T, H, K) for t in (r, k, v))
+        g = F.silu(g)
+        w = (self.w0 + torch.tanh(xw[0] @ self.decay_down) @ self.decay_up).view(B, T, d)
         return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
 
     def lion_inputs(self, x):
