@@ -62,7 +62,7 @@ def _prepare(q, k, v, g, scale, initial_state):
     B, T, H, K = q.shape
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
-    q, k, v = q.to(dt) * scale, k.to(dt), v.to(dt)
+    q, k, v = (q.to(dt) if scale == 1 else q.to(dt) * scale), k.to(dt), v.to(dt)  # 1: no pass
     g = torch.zeros(B, T, H, dtype=dt, device=q.device) if g is None else g.to(dt)
     S = (torch.zeros(B, H, K, v.shape[-1], dtype=dt, device=q.device) if initial_state is None
          else initial_state.to(dt))
@@ -187,18 +187,18 @@ class _VectorChunk(torch.autograd.Function):
         G = g.cumsum(-2)
         eGq = (G - g).exp_() if bonus else G.exp()
         E = G[..., -1:, :].exp()  # (B, H, N, 1, K)
-        eGn = G.neg_().exp_()
+        eGn = G.neg_().exp_() if bonus else eGq.reciprocal()  # spans < the limit: no overflow
         qf, kf = q * eGq, k * eGn
         kd = kf * E
         A = (qf @ kf.transpose(-1, -2)).tril_(-1 if bonus else 0)  # (B, H, N, C, C)
         o = A @ v
         updates = kd.transpose(-1, -2) @ v  # (B, H, N, K, V)
         Et = E.transpose(-1, -2)  # (B, H, N, K, 1)
-        starts = torch.empty_like(updates)  # the state entering each chunk
-        S = S0
-        for n in range(N):
-            starts[:, :, n] = S
-            S = torch.addcmul(updates[:, :, n], Et[:, :, n], S)
+        starts = torch.empty_like(updates)  # the state entering each chunk, written in place
+        starts[:, :, 0] = S0
+        for n in range(N - 1):
+            torch.addcmul(updates[:, :, n], Et[:, :, n], starts[:, :, n], out=starts[:, :, n + 1])
+        S = torch.addcmul(updates[:, :, -1], Et[:, :, -1], starts[:, :, -1])
         o += qf @ starts
         if bonus:
             o.addcmul_((q * k * u[:, None, None, :]).sum(-1, keepdim=True), v)
@@ -212,18 +212,18 @@ class _VectorChunk(torch.autograd.Function):
         do = do.contiguous()
         X = qf.transpose(-1, -2) @ do  # (B, H, N, K, V): each chunk's read of its entering state
         Et = E.transpose(-1, -2)
-        dSe = torch.empty_like(starts)  # the gradient of each chunk's end state
-        dS = torch.zeros_like(starts[:, :, 0]) if dS_last is None else dS_last
-        for n in reversed(range(q.shape[2])):
-            dSe[:, :, n] = dS
-            dS = torch.addcmul(X[:, :, n], Et[:, :, n], dS)
+        dSe = torch.empty_like(starts)  # the gradient of each chunk's end state, in place
+        dSe[:, :, -1] = 0 if dS_last is None else dS_last
+        for n in range(q.shape[2] - 1, 0, -1):
+            torch.addcmul(X[:, :, n], Et[:, :, n], dSe[:, :, n], out=dSe[:, :, n - 1])
+        dS = torch.addcmul(X[:, :, 0], Et[:, :, 0], dSe[:, :, 0])
         dA = (do @ v.transpose(-1, -2)).tril_(-1 if bonus else 0)
         dv = (A.transpose(-1, -2) @ do).add_(kd @ dSe)
         dqf = (dA @ kf).add_(do @ starts.transpose(-1, -2))
         dkf = (dA.transpose(-1, -2) @ qf).addcmul_(v @ dSe.transpose(-1, -2), E)
-        dq, dk = dqf * eGq, dkf * eGn
-        dGq = dqf.mul_(qf)
-        dG = dGq - dkf.mul_(kf)
+        dq, dk = dqf.mul_(eGq), dkf.mul_(eGn)
+        dGq = dq * q  # = dqf * qf
+        dG = torch.addcmul(dGq, dk, k, value=-1)  # - dkf' * kf
         ends = torch.cat([starts[:, :, 1:], S_T[:, :, None]], 2)  # each chunk's end state
         dG[..., -1, :] += (dSe * ends).sum(-1)
         dg = dG.flip(-2).cumsum(-2).flip(-2)
