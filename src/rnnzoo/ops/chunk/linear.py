@@ -165,17 +165,19 @@ class _VectorChunk(torch.autograd.Function):
     with a bonus, whose q reads the state before the decay; E = e^{G_end}):
 
         qf = q e^{Gq},  kf = k e^{-G},  kd = kf E = k e^{G_end - G}     (elementwise, (C, K))
-        A = mask(qf kf^T),   o = A v + qf S [+ (q u . k) v],   S' = diag(E) S + kd^T v
+        A = mask(qf kf^T),   o = A v + qf S,   S' = diag(E) S + kd^T v
 
-    mask keeps j <= i (j < i with a bonus). With do and dS' (each chunk's end-state gradient,
-    from a reverse pass over chunks: dS = qf^T do + diag(E) dS'):
+    mask keeps j <= i; with a bonus it keeps j < i and puts the bonus q_i u . k_i on the
+    diagonal (so A v adds (q u . k) v, and A^T do its gradient in v). With do and dS' (each
+    chunk's end-state gradient, from a reverse pass over chunks: dS = qf^T do + diag(E) dS'):
 
-        dA = mask(do v^T),  dv = A^T do + kd dS' [+ (q u . k) do],  dqf = dA kf + do S^T,
+        dA = mask(do v^T),  dv = A^T do + kd dS',  dqf = dA kf + do S^T,
         dkf' = dA^T qf + (v dS'^T) E,   dq = dqf e^{Gq},  dk = dkf' e^{-G}
         dGq = dqf * qf,   dG = -dkf' * kf  (+ the rows of dS' * S' at the chunk end)
 
     and g's gradient is the reverse cumulative sum of dG + dGq, less dGq with a bonus
-    (Gq = G - g). Every (C, C) product is one batched matmul over (B, H, N); only the (K, V)
+    (Gq = G - g); the bonus's own, with ds_i = do_i . v_i (dA's diagonal): dq += ds u k,
+    dk += ds u q, du = sum of ds q k. Every (C, C) product is one batched matmul over (B, H, N); only the (K, V)
     state pass loops over chunks. Shapes: q, k, g (B, H, N, C, K); v (B, H, N, C, V);
     S0 (B, H, K, V); u (H, K) or None. -> o (B, H, N, C, V), S_T (B, H, K, V).
     """
@@ -191,6 +193,10 @@ class _VectorChunk(torch.autograd.Function):
         qf, kf = q * eGq, k * eGn
         kd = kf * E
         A = (qf @ kf.transpose(-1, -2)).tril_(-1 if bonus else 0)  # (B, H, N, C, C)
+        qk = None
+        if bonus:  # the bonus (q u . k) on A's diagonal: A v then carries it, and A^T do its dv
+            qk = q * k
+            torch.sum(qk * u[:, None, None, :], -1, out=A.diagonal(0, -2, -1))
         o = A @ v
         updates = kd.transpose(-1, -2) @ v  # (B, H, N, K, V)
         Et = E.transpose(-1, -2)  # (B, H, N, K, 1)
@@ -200,14 +206,12 @@ class _VectorChunk(torch.autograd.Function):
             torch.addcmul(updates[:, :, n], Et[:, :, n], starts[:, :, n], out=starts[:, :, n + 1])
         S = torch.addcmul(updates[:, :, -1], Et[:, :, -1], starts[:, :, -1])
         o += qf @ starts
-        if bonus:
-            o.addcmul_((q * k * u[:, None, None, :]).sum(-1, keepdim=True), v)
-        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S)
+        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S, qk)
         return o, S
 
     @staticmethod
     def backward(ctx, do, dS_last):
-        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T = ctx.saved_tensors
+        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T, qk = ctx.saved_tensors
         bonus = u is not None
         do = do.contiguous()
         X = qf.transpose(-1, -2) @ do  # (B, H, N, K, V): each chunk's read of its entering state
@@ -217,7 +221,10 @@ class _VectorChunk(torch.autograd.Function):
         for n in range(q.shape[2] - 1, 0, -1):
             torch.addcmul(X[:, :, n], Et[:, :, n], dSe[:, :, n], out=dSe[:, :, n - 1])
         dS = torch.addcmul(X[:, :, 0], Et[:, :, 0], dSe[:, :, 0])
-        dA = (do @ v.transpose(-1, -2)).tril_(-1 if bonus else 0)
+        dA = (do @ v.transpose(-1, -2)).tril_()
+        if bonus:  # the diagonal is the bonus's: ds_i = do_i . v_i
+            ds = dA.diagonal(0, -2, -1).clone()[..., None]  # (B, H, N, C, 1)
+            dA.diagonal(0, -2, -1).zero_()
         dv = (A.transpose(-1, -2) @ do).add_(kd @ dSe)
         dqf = (dA @ kf).add_(do @ starts.transpose(-1, -2))
         dkf = (dA.transpose(-1, -2) @ qf).addcmul_(v @ dSe.transpose(-1, -2), E)
@@ -231,11 +238,9 @@ class _VectorChunk(torch.autograd.Function):
         if bonus:
             dg -= dGq
             ub = u[:, None, None, :]
-            ds = (do * v).sum(-1, keepdim=True)  # (B, H, N, C, 1)
-            dv.addcmul_((q * k * ub).sum(-1, keepdim=True), do)
             dq.addcmul_(ds, k * ub)
             dk.addcmul_(ds, q * ub)
-            du = (ds * q * k).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
+            du = (ds * qk).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
         return dq, dk, dv, dg, dS, du
 
 
