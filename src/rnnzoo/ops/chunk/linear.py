@@ -177,8 +177,8 @@ class _VectorChunk(torch.autograd.Function):
 
     and g's gradient is the reverse cumulative sum of dG + dGq, less dGq with a bonus
     (Gq = G - g); the bonus's own, with ds_i = do_i . v_i (dA's diagonal): dq += ds u k,
-    dk += ds u q, du = sum of ds q k. Every (C, C) product is one batched matmul over (B, H, N); only the (K, V)
-    state pass loops over chunks. Shapes: q, k, g (B, H, N, C, K); v (B, H, N, C, V);
+    dk += ds u q, du = sum of ds q k. Every (C, C) product is one batched matmul over
+    (B, H, N); only the (K, V) state pass loops over chunks. Shapes: q, k, g (B, H, N, C, K); v (B, H, N, C, V);
     S0 (B, H, K, V); u (H, K) or None. -> o (B, H, N, C, V), S_T (B, H, K, V).
     """
 
@@ -250,13 +250,13 @@ def _vector_chunkwise(q, k, v, g, S, C, bonus):
     only) and the caller's secondary chunking must take it."""
     if q.device.type != "cpu" or torch.compiler.is_compiling():
         return None
-    qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
+    gc = _chunks(g, C)  # (B, H, N, C, K)
     if -gc.detach().sum(-2).min().item() >= _factorise_limit(q.dtype):
         return None
+    qc, kc, vc = (_chunks(t, C) for t in (q, k, v))
     o, S = _VectorChunk.apply(qc, kc, vc, gc, S, bonus)
     B, T, H, V = v.shape
     return o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, :T], S
-
 
 
 # -- scalar decay: one autograd Function --------------------------------------------------------
