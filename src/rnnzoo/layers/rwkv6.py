@@ -29,6 +29,33 @@ from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attenti
 from rnnzoo.registry import register
 
 
+class _MixProject(torch.autograd.Function):
+    """The five ddlerp mixes x*_i = x + dx c_i (c_i = mu_i + m_i; i = w, k, v, r, g) and the
+    projections of the last four, x*_i W_i^T, with a hand-written backward that writes the
+    mixes' gradient into one buffer (autograd's addcmul backward took five full passes and a
+    cat over the (5, B T, d) mixes). x, dx (N, d); c (5, N, d); W (4, d, d) [out, in].
+    -> x*_w (N, d), projections (4, N, d)."""
+
+    @staticmethod
+    def forward(ctx, x, dx, c, W):
+        mixed = torch.addcmul(x, dx, c)  # (5, N, d)
+        proj = torch.bmm(mixed[1:], W.transpose(1, 2))
+        ctx.save_for_backward(dx, c, mixed, W)
+        return mixed[0], proj
+
+    @staticmethod
+    def backward(ctx, d_xw, d_proj):
+        dx, c, mixed, W = ctx.saved_tensors
+        grad = torch.empty_like(mixed)  # the mixes' gradient
+        grad[0] = d_xw
+        torch.bmm(d_proj, W, out=grad[1:])
+        dW = torch.bmm(d_proj.transpose(1, 2), mixed[1:])
+        d_dx = grad[0] * c[0]
+        for i in range(1, 5):
+            d_dx.addcmul_(grad[i], c[i])
+        return grad.sum(0), d_dx, grad.mul_(dx), dW
+
+
 @register("rwkv6", family="matrix", paper="Peng et al. 2024, arXiv:2404.05892",
           tiny=dict(d_model=8, head_dim=4, mix_rank=2, decay_rank=2, chunk_size=4,
                     subchunk_size=2))
@@ -75,13 +102,18 @@ class RWKV6(RecurrentLayer):
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
         dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
-        m = torch.tanh((x + dx * self.mu_x) @ self.mix_down).view(B, T, 5, -1)
-        m = torch.einsum("btir,ird->ibtd", m, self.mix_up)
-        xw, xk, xv, xr, xg = (x + dx * (self.mu[i] + m[i]) for i in range(5))
-        r, k, v = (p(t).view(B, T, H, K) for p, t in ((self.r_proj, xr), (self.k_proj, xk),
-                                                     (self.v_proj, xv)))
-        g = F.silu(self.g_proj(xg))
-        w = self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up
+        m = torch.tanh(torch.addcmul(x, dx, self.mu_x) @ self.mix_down).view(B * T, 5, -1)
+        m = torch.bmm(m.transpose(0, 1), self.mix_up)  # (5, B T, d)
+        # the five mixes at once and r, k, v, g as one batched product (a per-mix slice's
+        # backward would zero-fill a (5, B, T, d) gradient each)
+        weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,
+                                                  self.g_proj)])
+        xw, proj = _MixProject.apply(x.reshape(B * T, d), dx.reshape(B * T, d),
+                                     m.add_(self.mu[:, None, :]), weights)
+        k, v, r, g = (t.view(B, T, -1) for t in proj.unbind())
+        r, k, v = (t.view(B, T, H, K) for t in (r, k, v))
+        g = F.silu(g)
+        w = (self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up).view(B, T, d)
         return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
 
     def lion_inputs(self, x):

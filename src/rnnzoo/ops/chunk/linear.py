@@ -64,7 +64,7 @@ def _prepare(q, k, v, g, scale, initial_state):
     B, T, H, K = q.shape
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
-    q, k, v = q.to(dt) * scale, k.to(dt), v.to(dt)
+    q, k, v = (q.to(dt) if scale == 1 else q.to(dt) * scale), k.to(dt), v.to(dt)  # 1: no pass
     g = torch.zeros(B, T, H, dtype=dt, device=q.device) if g is None else g.to(dt)
     S = (torch.zeros(B, H, K, v.shape[-1], dtype=dt, device=q.device) if initial_state is None
          else initial_state.to(dt))
@@ -158,6 +158,107 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     A = A + torch.cat([torch.zeros_like(A[..., :1, :, :, :]), A_off], -4)
     return A.reshape(*lead, C, C)
 
+
+# -- vector decay, one factorised block per chunk: one autograd Function -------------------------
+class _VectorChunk(torch.autograd.Function):
+    """Chunkwise vector-decay linear attention (GLA; RWKV-6 with the bonus u) for chunks whose
+    log-decay span stays under `_factorise_limit`, with hand-written gradients. Per chunk
+    (G: log-decay summed from the chunk start, inclusive, per key channel; Gq = G, or G - g
+    with a bonus, whose q reads the state before the decay; E = e^{G_end}):
+
+        qf = q e^{Gq},  kf = k e^{-G},  kd = kf E = k e^{G_end - G}     (elementwise, (C, K))
+        A = mask(qf kf^T),   o = A v + qf S,   S' = diag(E) S + kd^T v
+
+    mask keeps j <= i; with a bonus it keeps j < i and puts the bonus q_i u . k_i on the
+    diagonal (so A v adds (q u . k) v, and A^T do its gradient in v). With do and dS' (each
+    chunk's end-state gradient, from a reverse pass over chunks: dS = qf^T do + diag(E) dS'):
+
+        dA = mask(do v^T),  dv = A^T do + kd dS',  dqf = dA kf + do S^T,
+        dkf' = dA^T qf + (v dS'^T) E,   dq = dqf e^{Gq},  dk = dkf' e^{-G}
+        dGq = dqf * qf,   dG = -dkf' * kf  (+ the rows of dS' * S' at the chunk end)
+
+    and g's gradient is the reverse cumulative sum of dG + dGq, less dGq with a bonus
+    (Gq = G - g); the bonus's own, with ds_i = do_i . v_i (dA's diagonal): dq += ds u k,
+    dk += ds u q, du = sum of ds q k. Every (C, C) product is one batched matmul over
+    (B, H, N); only the (K, V) state pass loops over chunks. Shapes: q, k, g (B, H, N, C, K); v (B, H, N, C, V);
+    S0 (B, H, K, V); u (H, K) or None. -> o (B, H, N, C, V), S_T (B, H, K, V).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, S0, u):
+        N = q.shape[2]
+        bonus = u is not None
+        G = g.cumsum(-2)
+        eGq = (G - g).exp_() if bonus else G.exp()
+        E = G[..., -1:, :].exp()  # (B, H, N, 1, K)
+        eGn = G.neg_().exp_() if bonus else eGq.reciprocal()  # spans < the limit: no overflow
+        qf, kf = q * eGq, k * eGn
+        kd = kf * E
+        A = (qf @ kf.transpose(-1, -2)).tril_(-1 if bonus else 0)  # (B, H, N, C, C)
+        qk = None
+        if bonus:  # the bonus (q u . k) on A's diagonal: A v then carries it, and A^T do its dv
+            qk = q * k
+            torch.sum(qk * u[:, None, None, :], -1, out=A.diagonal(0, -2, -1))
+        o = A @ v
+        updates = kd.transpose(-1, -2) @ v  # (B, H, N, K, V)
+        Et = E.transpose(-1, -2)  # (B, H, N, K, 1)
+        starts = torch.empty_like(updates)  # the state entering each chunk, written in place
+        starts[:, :, 0] = S0
+        for n in range(N - 1):
+            torch.addcmul(updates[:, :, n], Et[:, :, n], starts[:, :, n], out=starts[:, :, n + 1])
+        S = torch.addcmul(updates[:, :, -1], Et[:, :, -1], starts[:, :, -1])
+        o += qf @ starts
+        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S, qk)
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS_last):
+        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T, qk = ctx.saved_tensors
+        bonus = u is not None
+        do = do.contiguous()
+        X = qf.transpose(-1, -2) @ do  # (B, H, N, K, V): each chunk's read of its entering state
+        Et = E.transpose(-1, -2)
+        dSe = torch.empty_like(starts)  # the gradient of each chunk's end state, in place
+        dSe[:, :, -1] = 0 if dS_last is None else dS_last
+        for n in range(q.shape[2] - 1, 0, -1):
+            torch.addcmul(X[:, :, n], Et[:, :, n], dSe[:, :, n], out=dSe[:, :, n - 1])
+        dS = torch.addcmul(X[:, :, 0], Et[:, :, 0], dSe[:, :, 0])
+        dA = (do @ v.transpose(-1, -2)).tril_()
+        if bonus:  # the diagonal is the bonus's: ds_i = do_i . v_i
+            ds = dA.diagonal(0, -2, -1).clone()[..., None]  # (B, H, N, C, 1)
+            dA.diagonal(0, -2, -1).zero_()
+        dv = (A.transpose(-1, -2) @ do).add_(kd @ dSe)
+        dqf = (dA @ kf).add_(do @ starts.transpose(-1, -2))
+        dkf = (dA.transpose(-1, -2) @ qf).addcmul_(v @ dSe.transpose(-1, -2), E)
+        dq, dk = dqf.mul_(eGq), dkf.mul_(eGn)
+        dGq = dq * q  # = dqf * qf
+        dG = torch.addcmul(dGq, dk, k, value=-1)  # - dkf' * kf
+        ends = torch.cat([starts[:, :, 1:], S_T[:, :, None]], 2)  # each chunk's end state
+        dG[..., -1, :] += (dSe * ends).sum(-1)
+        dg = dG.flip(-2).cumsum(-2).flip(-2)
+        du = None
+        if bonus:
+            dg -= dGq
+            ub = u[:, None, None, :]
+            dq.addcmul_(ds, k * ub)
+            dk.addcmul_(ds, q * ub)
+            du = (ds * qk).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
+        return dq, dk, dv, dg, dS, du
+
+
+def _vector_chunkwise(q, k, v, g, S, C, bonus):
+    """The one-block vector-decay chunk form on prepared inputs (B, T, H, *) -> (o (B, T, H, V),
+    S_T), or None when a chunk's log-decay span passes `_factorise_limit` (read on the CPU
+    only) and the caller's secondary chunking must take it."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    gc = _chunks(g, C)  # (B, H, N, C, K)
+    if -gc.detach().sum(-2).min().item() >= _factorise_limit(q.dtype):
+        return None
+    qc, kc, vc = (_chunks(t, C) for t in (q, k, v))
+    o, S = _VectorChunk.apply(qc, kc, vc, gc, S, bonus)
+    B, T, H, V = v.shape
+    return o.permute(0, 2, 3, 1, 4).reshape(B, -1, H, V)[:, :T], S
 
 
 # -- scalar decay: one autograd Function --------------------------------------------------------
@@ -299,6 +400,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     if not vector and bonus is None:
         o, S = _scalar_chunkwise(q, k, v, g, S, C)
         return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    if vector:
+        fast = _vector_chunkwise(q, k, v, g, S, C, bonus)
+        if fast is not None:
+            return poison(fast[0], marks.outputs).to(out_dtype), poison(fast[1], marks.state)
     qc, kc, vc, gc = (_chunks(t, C) for t in (q, k, v, g))  # (B, H, N, C, ...)
     G = gc.cumsum(3)  # log-decay from the chunk start, inclusive
     Gq = G - gc if bonus is not None else G  # with a bonus, q reads the state before the decay
