@@ -17,6 +17,7 @@ CASES = [
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"backbone_units": 7, "dt": 0.5}),
     ("lem", {}), ("lem", {"dt": 0.6}),
     ("nas", {}), ("nas", {"bias": False}), ("mut1", {}), ("mut2", {}), ("mut3", {}),
+    ("rhn", {}), ("rhn", {"depth": 1, "coupled": False}), ("intersection_rnn", {}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H
 
@@ -31,6 +32,7 @@ def test_every_native_cell_here_is_covered():
     for name, options in CASES:
         assert _cell(name, options, 3, 4).manual_native() is not None, name
     assert _cell("ltc", {"ode_unfolds": 9}, 3, 4).manual_native() is None
+    assert _cell("rhn", {"depth": 9}, 3, 4).manual_native() is None
 
 
 @pytest.mark.parametrize("B,T,D,H", SIZES)
