@@ -18,6 +18,8 @@ CASES = [
     ("lem", {}), ("lem", {"dt": 0.6}),
     ("nas", {}), ("nas", {"bias": False}), ("mut1", {}), ("mut2", {}), ("mut3", {}),
     ("rhn", {}), ("rhn", {"depth": 1, "coupled": False}), ("intersection_rnn", {}),
+    ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
+    ("sgu", {}), ("sgu", {"bias": False}), ("dsgu", {}), ("scrn", {}), ("scrn", {"context_size": 3}),
 ]
 SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H
 
@@ -33,6 +35,7 @@ def test_every_native_cell_here_is_covered():
         assert _cell(name, options, 3, 4).manual_native() is not None, name
     assert _cell("ltc", {"ode_unfolds": 9}, 3, 4).manual_native() is None
     assert _cell("rhn", {"depth": 9}, 3, 4).manual_native() is None
+    assert _cell("taugru", {"delay": 8}, 3, 4).manual_native() is None
 
 
 @pytest.mark.parametrize("B,T,D,H", SIZES)
