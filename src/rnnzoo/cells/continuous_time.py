@@ -32,6 +32,8 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, uniform_init_
+from rnnzoo.ops.native.cell_reals import real_bits
+from rnnzoo.ops.native.cells import NativeStep
 
 
 @cell("ltc", paper="Hasani et al. 2021, arXiv:2006.04439",
@@ -74,13 +76,21 @@ class LTCCell(Cell):
             x = (x + delta * f * self.reversal) / (1 + delta * (leak + f))
         return (x,)
 
-    # -- the hand-written backward (`manual_loop`): W_hh's products of every unfold in one
+    # -- the hand-written backward (`manual_loop`) -----------------------------------------
     def fused(self, x, state):
         return manual_loop(self, x, state)
 
     def manual_params(self):
-        """W_hh; A, 1 / tau."""
-        return (self.weight_hh,), (self.reversal, 1 / self.tau)
+        """W_hh once per unfold (each unfold's products their own g^T r; autograd sums the
+        unfolds' gradients); A, 1 / tau."""
+        return (self.weight_hh,) * self.ode_unfolds, (self.reversal, 1 / self.tau)
+
+    def manual_native(self):
+        """The same step in C (ops/native/ode_cells.c); the C loop takes at most 8 unfolds."""
+        if self.ode_unfolds > 8:
+            return None
+        return NativeStep("ode_cells", "ltc", 3 * self.ode_unfolds * self.hidden_size,
+                          (self.ode_unfolds, real_bits(self.dt / self.ode_unfolds)))
 
     def manual_step(self, xp_t, state, wt, vectors):
         x, (reversal, leak) = state[0], vectors
@@ -93,7 +103,7 @@ class LTCCell(Cell):
             den = torch.add(base, f, alpha=delta)
             x = torch.addcmul(x, f, drive) / den
             saved.append((f, den, x))
-        return (x,), None, (torch.cat(inputs),), saved
+        return (x,), None, tuple(inputs), saved
 
     def manual_back(self, d_state, saved, matrices, vectors):
         dx, reversal = d_state[0], vectors[0]
@@ -110,7 +120,7 @@ class LTCCell(Cell):
             d_reversal = d_num * f if d_reversal is None else torch.addcmul(d_reversal, d_num, f)
             d_leak = d_den if d_leak is None else d_leak + d_den
         gs.reverse()
-        return d_xp, (dx,), (torch.cat(gs),), (delta * d_reversal, delta * d_leak)
+        return d_xp, (dx,), tuple(gs), (delta * d_reversal, delta * d_leak)
 
 
 def lecun_tanh(v: torch.Tensor) -> torch.Tensor:
@@ -160,6 +170,11 @@ class CfCCell(Cell):
         if self.backbone_units:
             return (self.weight_hh, self.weight_heads), (self.bias_heads,)
         return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/ode_cells.c)."""
+        H, U = self.hidden_size, self.backbone_units
+        return NativeStep("ode_cells", "cfc", 3 * H + U, (int(U > 0), real_bits(self.dt)))
 
     def manual_step(self, xp_t, state, wt, vectors):
         x, H = state[0], self.hidden_size

@@ -59,6 +59,7 @@ from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
+from rnnzoo.ops.native.cells import NativeStep
 
 
 class _GRU(StackedGates):
@@ -141,6 +142,10 @@ class GRUv3Cell(_GRU):
     def manual_params(self):
         """[U_r; U_z] and U_n."""
         return self.weight_hh.split([2 * self.hidden_size, self.hidden_size]), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/gated_cells.c)."""
+        return NativeStep("gated_cells", "gru3", 4 * self.hidden_size)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, H = state[0], self.hidden_size
@@ -247,6 +252,13 @@ class TauGRU(StackedGates):
     def manual_params(self):
         """[W_1; W_3; W_4] (read h_n) and W_2 (reads h_{n-d})."""
         return self.weight_hh.split([3 * self.hidden_size, self.hidden_size]), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/gated_cells.c), up to delay 7 (the C loop's limit
+        of 8 state tensors; longer delays run the Python loop)."""
+        if self.delay > 7:
+            return None
+        return NativeStep("gated_cells", "taugru", 6 * self.hidden_size)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, delayed, H = state[0], state[-1], self.hidden_size

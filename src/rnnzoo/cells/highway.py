@@ -33,6 +33,7 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
+from rnnzoo.ops.native.cells import NativeStep
 
 
 @cell("rhn", paper="Zilly et al. 2017, arXiv:1607.03474", tiny={"hidden_size": 5, "depth": 2})
@@ -67,6 +68,15 @@ class RHNCell(Cell):
     def manual_params(self):
         """R_1 .. R_L; b_2 .. b_L."""
         return self.weight_hh.unbind(0), self.bias.unbind(0)[1:]
+
+    def manual_native(self):
+        """The same step in C (ops/native/highway_cells.c), up to depth 8 (the C loop's
+        limit on matrices; deeper cells run the Python loop)."""
+        if self.depth > 8:
+            return None
+        G = self.weight_hh.shape[1]
+        return NativeStep("highway_cells", "rhn", self.depth * (G + self.hidden_size),
+                          (int(self.coupled),))
 
     def manual_step(self, xp_t, state, wt, vectors):
         s, H = state[0], self.hidden_size
@@ -165,6 +175,11 @@ class IntersectionRNN(Cell):
 
     def manual_params(self):
         return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/highway_cells.c)."""
+        n_in, H = self.input_size, self.hidden_size
+        return NativeStep("highway_cells", "irnn", 3 * n_in + 3 * H, (n_in,))
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, n_in, H = state[1], self.input_size, self.hidden_size

@@ -58,6 +58,7 @@ from torch import nn
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, activation, add_bias, glorot_init_, uniform_init_
+from rnnzoo.ops.native.cells import NativeStep
 
 COLLINS = "Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913"
 SGU_PAPER = "Gao & Glowacka 2016, arXiv:1604.02910"
@@ -381,6 +382,10 @@ class SGU(StackedGates):
         if hasattr(self, "weight_ho"):
             mats += (self.weight_ho,)
         return mats, (() if self.bias_hh is None else (self.bias_hh[:self.hidden_size],))
+
+    def manual_native(self):
+        """The same step in C (ops/native/gated_cells.c), SGU and DSGU."""
+        return NativeStep("gated_cells", "sgu", 7 * self.hidden_size)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, H = state[0], self.hidden_size

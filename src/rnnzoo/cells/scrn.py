@@ -27,6 +27,7 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.manual import manual_scan, sigmoid_back
 from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
+from rnnzoo.ops.native.cells import NativeStep
 from rnnzoo.ops.scan import linear_scan
 
 
@@ -94,6 +95,10 @@ class SCRN(Cell):
         hs, (h,) = manual_scan(self, a, (h,), (self.weight_hh[:H],), ())
         y = torch.tanh(add_bias(torch.addmm(hs.flatten(0, 1) @ u, flat, v), b_y))
         return y.unflatten(0, x.shape[:2]), (h, context[:, -1])
+
+    def manual_native(self):
+        """The loop's step in C (ops/native/gated_cells.c)."""
+        return NativeStep("gated_cells", "scrn", self.hidden_size)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h = torch.sigmoid(torch.addmm(xp_t, state[0], wt[0]))

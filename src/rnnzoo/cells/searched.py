@@ -49,6 +49,7 @@ import torch
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_
+from rnnzoo.ops.native.cells import NativeStep
 
 
 @cell("nas", paper="Zoph & Le 2017, arXiv:1611.01578")
@@ -82,6 +83,10 @@ class NAS(StackedGates):
 
     def manual_params(self):
         return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/searched_cells.c)."""
+        return NativeStep("searched_cells", "nas", 16 * self.hidden_size)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, c = state
@@ -121,6 +126,7 @@ MUT = "Jozefowicz, Zaremba & Sutskever 2015, ICML (An Empirical Exploration of R
 
 class _MUT(StackedGates):
     num_gates = 3
+    variant = 0  # 1, 2, 3: the C step's (ops/native/searched_cells.c)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
         super().__init__(input_size, hidden_size, bias)
@@ -146,6 +152,10 @@ class _MUT(StackedGates):
         """weight_hh's blocks, each its own product: (W_hz,) W_hr, W_hh."""
         return self.weight_hh.split(self.hidden_size), ()
 
+    def manual_native(self):
+        """The same step in C (ops/native/searched_cells.c)."""
+        return NativeStep("searched_cells", "mut", 4 * self.hidden_size, (self.variant,))
+
     def manual_step(self, xp_t, state, wt, vectors):
         h, H = state[0], self.hidden_size
         z, r, gate_rs = self._gates(xp_t, h, wt)
@@ -169,6 +179,7 @@ class MUT1(_MUT):
     """MUT1 (see the module docstring): the update gate sees only x_t. State: h (B, H)."""
 
     recurrent_gates = 2
+    variant = 1
 
     def project(self, x):
         H = self.hidden_size
@@ -197,6 +208,8 @@ class MUT1(_MUT):
 class MUT2(_MUT):
     """MUT2 (see the module docstring). State: h (B, H)."""
 
+    variant = 2
+
     def pieces(self):
         return (2 * self.hidden_size, self.hidden_size)
 
@@ -224,6 +237,8 @@ class MUT2(_MUT):
 @cell("mut3", paper=MUT)
 class MUT3(_MUT):
     """MUT3 (see the module docstring): the update gate sees tanh(h_{t-1}). State: h (B, H)."""
+
+    variant = 3
 
     def transition(self, parts, state, w):
         (xz, xr, xh), h, (w_hz, w_hr, w_hh) = parts, state[0], w

@@ -1,0 +1,232 @@
+/* The steps of the searched cells (cells/searched.py) for the C loop of
+   rnnzoo.ops.native.cells (driver: cell_loop.h), forward and backward, as their
+   manual_step / manual_back:
+
+   nas: g = xp_t + h W^T (8H), a fixed tree of sigma/relu/tanh (module docstring of
+     cells/searched.py); state (h, c); saved the 16 intermediate (B, H) values.
+   mut1..3 (ints [variant]): gates z, r, then
+       h' = h + z (tanh(xp_t[2H:] + (r h) W_hh^T) - h)
+     mut1: z = xp_t[:H] (sigmoid applied in project), r = sigma(xp_t[H:2H] + h W_hr^T);
+           matrices W_hr, W_hh
+     mut2: (z, r) = sigma(xp_t[:2H] + h [W_hz; W_hr]^T); matrices [W_hz; W_hr], W_hh
+     mut3: z = sigma(xp_t[:H] + tanh(h) W_hz^T), r = sigma(xp_t[H:2H] + h W_hr^T);
+           matrices W_hz, W_hr, W_hh
+     saved: h, z, r, candidate. */
+
+#ifndef T
+#include <stdlib.h>
+#include <string.h>
+#include "exp.h"
+
+#define T float
+#define EXP exp_f
+#define NAME(f) f##_f32
+#include __FILE__
+#undef T
+#undef EXP
+#undef NAME
+#define T double
+#define EXP exp_d
+#define NAME(f) f##_f64
+#include __FILE__
+
+#else
+#include "cell_loop.h"
+
+#define KLD_(a, w) ((a)->keep ? (a)->Tn * (w) : (w))
+
+/* ---- nas ---------------------------------------------------------------------------- */
+static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    T *h = a->state[0], *c = a->state[1];
+    NAME(mm)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0], 8 * H,
+             nb, H, 8 * H);
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        const T *restrict g = gates + (b - b0) * 8 * H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict hr = h + b * H, *restrict cr = c + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T s0 = NAME(sigm)(g[k]), r1 = g[H + k] > 0 ? g[H + k] : 0;
+            const T s2 = NAME(sigm)(g[2 * H + k]), r3 = g[3 * H + k] > 0 ? g[3 * H + k] : 0;
+            const T t4 = NAME(tanh_)(g[4 * H + k]), s5 = NAME(sigm)(g[5 * H + k]);
+            const T t6 = NAME(tanh_)(g[6 * H + k]), s7 = NAME(sigm)(g[7 * H + k]);
+            const T l0 = NAME(tanh_)(s0 * r1), tl2 = NAME(tanh_)(t4 * s5);
+            const T sl3 = NAME(sigm)(t6 + s7);
+            const T A = NAME(tanh_)(l0 + cr[k]), Bv = NAME(tanh_)(s2 + r3);
+            const T cn = A * Bv, C = NAME(tanh_)(tl2 + sl3), hn = NAME(tanh_)(cn * C);
+            sv[k] = s0; sv[H + k] = r1; sv[2 * H + k] = s2; sv[3 * H + k] = r3;
+            sv[4 * H + k] = t4; sv[5 * H + k] = s5; sv[6 * H + k] = t6; sv[7 * H + k] = s7;
+            sv[8 * H + k] = l0; sv[9 * H + k] = tl2; sv[10 * H + k] = sl3; sv[11 * H + k] = A;
+            sv[12 * H + k] = Bv; sv[13 * H + k] = cn; sv[14 * H + k] = C; sv[15 * H + k] = hn;
+            hr[k] = hn; cr[k] = cn;
+        }
+    }
+}
+
+static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    T *dh = a->state[0], *dc = a->state[1];
+    (void)scratch;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict s0 = sv, *restrict r1 = sv + H, *restrict s2 = sv + 2 * H,
+                *restrict r3 = sv + 3 * H, *restrict t4 = sv + 4 * H, *restrict s5 = sv + 5 * H,
+                *restrict t6 = sv + 6 * H, *restrict s7 = sv + 7 * H, *restrict l0 = sv + 8 * H,
+                *restrict tl2 = sv + 9 * H, *restrict sl3 = sv + 10 * H,
+                *restrict A = sv + 11 * H, *restrict Bv = sv + 12 * H, *restrict cn = sv + 13 * H,
+                *restrict C = sv + 14 * H, *restrict hn = sv + 15 * H;
+        T *restrict da = NAME(at)(a->rg[0], a, b, t, 8 * H);
+        T *restrict dhr = dh + b * H, *restrict dcr = dc + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T d_in = dhr[k] * (1 - hn[k] * hn[k]);
+            const T dcn = dcr[k] + d_in * C[k];
+            const T d_cin = d_in * cn[k] * (1 - C[k] * C[k]);
+            const T d_l2 = d_cin * (1 - tl2[k] * tl2[k]), d_l3 = d_cin * sl3[k] * (1 - sl3[k]);
+            const T d_l1 = dcn * A[k] * (1 - Bv[k] * Bv[k]);
+            const T dcp = dcn * Bv[k] * (1 - A[k] * A[k]);
+            const T d_l0 = dcp * (1 - l0[k] * l0[k]);
+            da[k] = d_l0 * r1[k] * s0[k] * (1 - s0[k]);
+            da[H + k] = r1[k] > 0 ? d_l0 * s0[k] : 0;
+            da[2 * H + k] = d_l1 * s2[k] * (1 - s2[k]);
+            da[3 * H + k] = r3[k] > 0 ? d_l1 : 0;
+            da[4 * H + k] = d_l2 * s5[k] * (1 - t4[k] * t4[k]);
+            da[5 * H + k] = d_l2 * t4[k] * s5[k] * (1 - s5[k]);
+            da[6 * H + k] = d_l3 * (1 - t6[k] * t6[k]);
+            da[7 * H + k] = d_l3 * s7[k] * (1 - s7[k]);
+            dcr[k] = dcp;
+        }
+        memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
+    }
+    NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0], H,
+             nb, 8 * H, H);
+}
+
+void NAME(nas_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(nas_step), 8 * d[2]);
+}
+
+void NAME(nas_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(nas_back), 1);
+}
+
+/* ---- mut1, mut2, mut3 --------------------------------------------------------------- */
+static void NAME(mut_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, v = a->ints[0];
+    const long last = a->nm - 1;
+    T *h = a->state[0];
+    const T *xp0 = NAME(at)(a->xp, a, b0, t, P);
+    /* pre (nb, 3H): the gates' pre-activations [z; r], then the candidate's */
+    if (v == 1) {
+        for (long b = b0; b < b1; b++)
+            memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+        NAME(mm)(pre + H, 3 * H, xp0 + H, T_ * P, h + b0 * H, H, a->WT[0], H, nb, H, H);
+    } else if (v == 2) {
+        for (long b = b0; b < b1; b++)
+            memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+        NAME(mm)(pre, 3 * H, xp0, T_ * P, h + b0 * H, H, a->WT[0], 2 * H, nb, H, 2 * H);
+    } else {
+        for (long b = b0; b < b1; b++) {
+            const T *restrict hr = h + b * H;
+            T *restrict th = NAME(kept)(a->rg[0], a, b, t, H);
+            ELEMENTWISE for (long k = 0; k < H; k++) th[k] = NAME(tanh_)(hr[k]);
+            memcpy(NAME(kept)(a->rg[1], a, b, t, H), hr, H * sizeof(T));
+        }
+        NAME(mm)(pre, 3 * H, xp0, T_ * P, NAME(kept)(a->rg[0], a, b0, t, H), KLD_(a, H),
+                 a->WT[0], H, nb, H, H);
+        NAME(mm)(pre + H, 3 * H, xp0 + H, T_ * P, h + b0 * H, H, a->WT[1], H, nb, H, H);
+    }
+    for (long b = b0; b < b1; b++) {
+        const T *restrict xr = NAME(at)(a->xp, a, b, t, P);
+        T *restrict pr = pre + (b - b0) * 3 * H;
+        const T *restrict hr = h + b * H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict rh = NAME(kept)(a->rg[last], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T z = v == 1 ? xr[k] : NAME(sigm)(pr[k]), r = NAME(sigm)(pr[H + k]);
+            sv[k] = hr[k]; sv[H + k] = z; sv[2 * H + k] = r;
+            rh[k] = r * hr[k];
+        }
+    }
+    NAME(mm)(pre + 2 * H, 3 * H, xp0 + 2 * H, T_ * P, NAME(kept)(a->rg[last], a, b0, t, H),
+             KLD_(a, H), a->WT[last], H, nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict pr = pre + (b - b0) * 3 * H + 2 * H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict hr = h + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T cand = NAME(tanh_)(pr[k]);
+            sv[3 * H + k] = cand;
+            hr[k] = hr[k] + sv[H + k] * (cand - hr[k]);
+        }
+    }
+}
+
+static void NAME(mut_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, v = a->ints[0];
+    const long last = a->nm - 1;
+    T *dh = a->state[0];
+    T *drh = scratch, *tmp = scratch + nb * H;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict z = sv + H, *restrict cand = sv + 3 * H;
+        const T *restrict dhr = dh + b * H;
+        T *restrict dc = NAME(at)(a->rg[last], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++) dc[k] = dhr[k] * z[k] * (1 - cand[k] * cand[k]);
+        memcpy(NAME(at)(a->dxp, a, b, t, P) + 2 * H, dc, H * sizeof(T));
+    }
+    NAME(mm)(drh, H, 0, 0, NAME(at)(a->rg[last], a, b0, t, H), T_ * H, a->W[last], H, nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict h = sv, *restrict z = sv + H, *restrict r = sv + 2 * H,
+                *restrict cand = sv + 3 * H;
+        const T *restrict dr = drh + (b - b0) * H;
+        T *restrict dhr = dh + b * H;
+        T *restrict dp = NAME(at)(a->dxp, a, b, t, P);
+        /* the gates' gradients: mut1 rg[0] = d a_r; mut2 rg[0] = [d a_z; d a_r];
+           mut3 rg[0] = d a_z, rg[1] = d a_r */
+        T *restrict gz = v == 2 ? NAME(at)(a->rg[0], a, b, t, 2 * H) : NAME(at)(a->rg[0], a, b, t, H);
+        T *restrict gr = v == 1 ? gz : v == 2 ? gz + H : NAME(at)(a->rg[1], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T d_z = dhr[k] * (cand[k] - h[k]);
+            const T d_ar = dr[k] * h[k] * r[k] * (1 - r[k]);
+            const T d_az = v == 1 ? d_z : d_z * z[k] * (1 - z[k]);
+            dp[k] = d_az; dp[H + k] = d_ar;
+            gr[k] = d_ar;
+            dhr[k] = (dhr[k] - dhr[k] * z[k]) + dr[k] * r[k];
+        }
+        if (v != 1) memcpy(gz, dp, H * sizeof(T));
+    }
+    if (v == 1) {
+        NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, H), T_ * H, a->W[0],
+                 H, nb, H, H);
+    } else if (v == 2) {
+        NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H,
+                 a->W[0], H, nb, 2 * H, H);
+    } else {
+        NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[1], a, b0, t, H), T_ * H, a->W[1],
+                 H, nb, H, H);
+        NAME(mm)(tmp, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, H), T_ * H, a->W[0], H, nb, H, H);
+        for (long b = b0; b < b1; b++) {
+            const T *restrict h = NAME(at)(a->saved, a, b, t, S);
+            const T *restrict tp = tmp + (b - b0) * H;
+            T *restrict dhr = dh + b * H;
+            ELEMENTWISE for (long k = 0; k < H; k++) {
+                const T th = NAME(tanh_)(h[k]);
+                dhr[k] = tp[k] * (1 - th * th) + dhr[k];
+            }
+        }
+    }
+}
+
+void NAME(mut_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(mut_step), 3 * d[2]);
+}
+
+void NAME(mut_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(mut_back), 2 * d[2]);
+}
+
+#undef KLD_
+#endif
