@@ -32,7 +32,6 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, uniform_init_
-from rnnzoo.ops.native.cell_reals import real_bits
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -90,7 +89,7 @@ class LTCCell(Cell):
         if self.ode_unfolds > 8:
             return None
         return NativeStep("ode_cells", "ltc", 3 * self.ode_unfolds * self.hidden_size,
-                          (self.ode_unfolds, real_bits(self.dt / self.ode_unfolds)))
+                          (self.ode_unfolds,), floats=(self.dt / self.ode_unfolds,))
 
     def manual_step(self, xp_t, state, wt, vectors):
         x, (reversal, leak) = state[0], vectors
@@ -174,7 +173,7 @@ class CfCCell(Cell):
     def manual_native(self):
         """The same step in C (ops/native/ode_cells.c)."""
         H, U = self.hidden_size, self.backbone_units
-        return NativeStep("ode_cells", "cfc", 3 * H + U, (int(U > 0), real_bits(self.dt)))
+        return NativeStep("ode_cells", "cfc", 3 * H + U, (int(U > 0),), floats=(self.dt,))
 
     def manual_step(self, xp_t, state, wt, vectors):
         x, H = state[0], self.hidden_size

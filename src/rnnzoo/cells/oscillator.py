@@ -30,7 +30,6 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
-from rnnzoo.ops.native.cell_reals import real_bits
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -149,7 +148,7 @@ class LEM(Cell):
 
     def manual_native(self):
         """The same step in C (ops/native/ode_cells.c)."""
-        return NativeStep("ode_cells", "lem", 6 * self.hidden_size, (real_bits(self.dt),))
+        return NativeStep("ode_cells", "lem", 6 * self.hidden_size, floats=(self.dt,))
 
     def manual_step(self, xp_t, state, wt, vectors):
         (y, z), H = state, self.hidden_size

@@ -6,7 +6,8 @@
        #include "each_type.h"
        #else
        ... the kernels, written in T (the float type), EXP (exp_f or exp_d, exp.h),
-           SQRT (sqrtf or sqrt), POW (powf or pow) and NAME(f) (f_f32 or f_f64, the exported names) ...
+           SQRT, POW, LOG1P (math.h's function for T) and NAME(f) (f_f32 or f_f64,
+           the exported names) ...
        #endif
 
    and this header includes it back twice, with T defined. */
@@ -19,16 +20,19 @@
 #define EXP exp_f
 #define SQRT sqrtf
 #define POW powf
+#define LOG1P log1pf
 #define NAME(f) f##_f32
 #include KERNELS
 #undef T
 #undef EXP
 #undef SQRT
 #undef POW
+#undef LOG1P
 #undef NAME
 #define T double
 #define EXP exp_d
 #define SQRT sqrt
 #define POW pow
+#define LOG1P log1p
 #define NAME(f) f##_f64
 #include KERNELS

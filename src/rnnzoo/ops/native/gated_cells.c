@@ -14,26 +14,9 @@
        matrices U_g, U_z [, U_o], vectors [b_g]; saved h, x_g, tg, gated, z_out, a_z, z.
    scrn (cells/scrn.py, its nonlinear part): h' = sigma(xp_t + h R^T); saved h'. */
 
-#ifndef T
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define LOG1P log1pf
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef LOG1P
-#undef NAME
-#define T double
-#define EXP exp_d
-#define LOG1P log1p
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "gated_cells.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"

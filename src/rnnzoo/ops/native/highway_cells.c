@@ -14,22 +14,9 @@
        y = rd + g_y (x - rd),  h' = tr + g_h (h - tr),  x = xp_t[2(I + H):]
      saved: h, rd, tr, sg, x (the backward has no xp). */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "highway_cells.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"

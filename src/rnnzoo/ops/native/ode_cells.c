@@ -5,39 +5,21 @@
        a_u = xp_t + x_u W^T,  f_u = sigma(a_u),  den_u = 1 + delta leak + delta f_u,
        x_{u+1} = (x_u + delta A f_u) / den_u
      matrices: W_hh once per unfold (U entries), vectors A, leak = 1 / tau;
-     saved per unfold: f, den, x_{u+1}; ints [U, bits of delta].
+     saved per unfold: f, den, x_{u+1}; ints [U], floats [delta].
      back: d num = dx / den, d den = -d num x_{u+1}, d a = sigma'(delta A d num + delta d den),
      dx_u = d num + d a W; dA += delta d num f, d leak += delta d den.
    cfc (cells/continuous_time.py), backbone width U = P (0 backbone: heads straight):
        pre = xp_t + x W_hh^T;  [back = tanh(0.666 pre), u = 1.7159 back, pre = b + u W_heads^T]
        gate = sigma(-dt f), g, h = tanh(.), x' = h + gate (g - h)
-     saved: gate, tanh(g), tanh(h) [, back]; ints [backbone, bits of dt].
+     saved: gate, tanh(g), tanh(h) [, back]; ints [backbone], floats [dt].
    lem (cells/oscillator.py):
        a = xp_t[:3H] + y W_hh^T,  s = sigma(a[:2H]), (dt_y, dt_z) = dt s,  t_z = tanh(a[2H:])
        z' = z + dt_z (t_z - z),  t_y = tanh(xp_t[3H:] + z' W_ch^T),  y' = y + dt_y (t_y - y)
-     saved: y, z, s (2H), t_z, t_y; ints [bits of dt]. */
+     saved: y, z, s (2H), t_z, t_y; floats [dt]. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-static inline double real_of(long bits) {
-    union { long i; double d; } u = {bits};
-    return u.d;
-}
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "ode_cells.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"
@@ -48,7 +30,7 @@ static inline double real_of(long bits) {
 /* ---- ltc ---------------------------------------------------------------------------- */
 static void NAME(ltc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, U = a->ints[0];
-    const T delta = (T)real_of(a->ints[1]);
+    const T delta = (T)a->floats[0];
     T *x = a->state[0];
     const T *restrict rev = a->vec[0], *restrict leak = a->vec[1];
     for (long u = 0; u < U; u++) {
@@ -74,7 +56,7 @@ static void NAME(ltc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
 
 static void NAME(ltc_back)(const NAME(args) *a, long t, long b0, long b1, T *dnum) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, U = a->ints[0];
-    const T delta = (T)real_of(a->ints[1]);
+    const T delta = (T)a->floats[0];
     T *dx = a->state[0];
     const T *restrict rev = a->vec[0];
     for (long u = U - 1; u >= 0; u--) {
@@ -115,7 +97,7 @@ void NAME(ltc_bwd)(void **p, const long *d, long b0, long b1) {
 static void NAME(cfc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     const int backbone = a->ints[0];
-    const T dt = (T)real_of(a->ints[1]);
+    const T dt = (T)a->floats[0];
     T *x = a->state[0];
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), x + b * H, H * sizeof(T));
@@ -152,7 +134,7 @@ static void NAME(cfc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
 static void NAME(cfc_back)(const NAME(args) *a, long t, long b0, long b1, T *dback) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     const int backbone = a->ints[0];
-    const T dt = (T)real_of(a->ints[1]);
+    const T dt = (T)a->floats[0];
     T *dx = a->state[0];
     T *g0 = NAME(at)(a->rg[0], a, b0, t, P);
     for (long b = b0; b < b1; b++) {
@@ -200,7 +182,7 @@ void NAME(cfc_bwd)(void **p, const long *d, long b0, long b1) {
 /* ---- lem ---------------------------------------------------------------------------- */
 static void NAME(lem_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
-    const T dt = (T)real_of(a->ints[0]);
+    const T dt = (T)a->floats[0];
     T *y = a->state[0], *z = a->state[1];
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), y + b * H, H * sizeof(T));
@@ -235,7 +217,7 @@ static void NAME(lem_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
 
 static void NAME(lem_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
-    const T dt = (T)real_of(a->ints[0]);
+    const T dt = (T)a->floats[0];
     T *dy = a->state[0], *dz = a->state[1];
     (void)scratch;
     for (long b = b0; b < b1; b++) {

@@ -13,22 +13,9 @@
            matrices W_hz, W_hr, W_hh
      saved: h, z, r, candidate. */
 
-#ifndef T
-#include <stdlib.h>
-#include <string.h>
-#include "exp.h"
-
-#define T float
-#define EXP exp_f
-#define NAME(f) f##_f32
-#include __FILE__
-#undef T
-#undef EXP
-#undef NAME
-#define T double
-#define EXP exp_d
-#define NAME(f) f##_f64
-#include __FILE__
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "searched_cells.c"
+#include "each_type.h"
 
 #else
 #include "cell_loop.h"
