@@ -24,9 +24,9 @@ def step(cell, x, state):
 B, T, D, H = 2, 6, 3, 4
 
 
-def perturbed(name, seed=0, **options):
+def perturbed(name, seed=0, input_size=D, hidden_size=H, dtype=F64, **options):
     torch.manual_seed(seed)
-    cell = CELLS[name].cls(D, H, **options).double()
+    cell = CELLS[name].cls(input_size, hidden_size, **options).to(dtype)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in cell.parameters():

@@ -1,4 +1,4 @@
-"""ops.native.cells: the classic cells' C loops (forward and backward) against the Python
+"""ops.native.cells: every classic cell's C loop (forward and backward) against the Python
 hand-written backward (cells/manual.py, RNNZOO_NATIVE=0) and the reference loop, in float64
 to 1e-10: outputs, final states, and the gradients of the input, the initial state and every
 parameter; at 1 and 2 threads, at sizes that take every path of the C matrix product (row
@@ -12,21 +12,41 @@ import warnings
 
 import pytest
 import torch
+from _cells import perturbed
 
 from rnnzoo.ops import native
 from rnnzoo.ops.native import cells as native_cells
 from rnnzoo.registry import CELLS
 
-# (cell, options): every cell with a C loop, and the options that change it
-CASES = [
+# (cell, options): every cell with a C loop, and the options that change its kernel
+LSTM_CASES = [  # lstm_cells.c, slstm.c, normalized.c, para.c
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
     ("slstm", {"num_heads": 2}), ("slstm", {"num_heads": 1}), ("ln_lstm", {}), ("ln_gru", {}),
-    ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("original_lstm", {"bias": False}),
-    ("janet", {}), ("janet", {"beta": 0.3}),
+    ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}),
+    ("original_lstm", {"bias": False}), ("janet", {}), ("janet", {"beta": 0.3}),
 ]
-SIZES = [(3, 5, 3, 4), (6, 4, 5, 20)]  # B, T, D, H
+MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c
+    ("ltc", {}), ("ltc", {"ode_unfolds": 2, "dt": 0.7}),
+    ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"backbone_units": 7, "dt": 0.5}),
+    ("lem", {}), ("lem", {"dt": 0.6}),
+    ("nas", {}), ("nas", {"bias": False}), ("mut1", {}), ("mut2", {}), ("mut3", {}),
+    ("rhn", {}), ("rhn", {"depth": 1, "coupled": False}), ("intersection_rnn", {}),
+    ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
+    ("sgu", {}), ("sgu", {"bias": False}), ("dsgu", {}), ("scrn", {}),
+    ("scrn", {"context_size": 3}),
+]
+CASES = LSTM_CASES + MORE_CASES
+# (cell, options, (B, T, D, H)): at 1 thread row blocks of 4 and single rows, at 2 threads
+# each its own rows; H = 4, 20 and 21 (and their multiples) take full and partial vector
+# blocks and scalar tails
+RUNS = ([(n, o, size) for n, o in LSTM_CASES for size in [(3, 5, 3, 4), (6, 4, 5, 20)]]
+        + [(n, o, (5, 3, 3, 21)) for n, o in MORE_CASES])
+
+
+def _ids(cases):
+    return [f"{c[0]}-{c[1]}" + (f"-{c[2]}" if len(c) > 2 else "") for c in cases]
 
 
 @pytest.fixture
@@ -38,13 +58,7 @@ def calls(monkeypatch):
 
 
 def _cell(name, options, D, H, dtype=torch.float64):
-    torch.manual_seed(0)
-    cell = CELLS[name].cls(D, H, **options).to(dtype)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return cell
+    return perturbed(name, input_size=D, hidden_size=H, dtype=dtype, **options)
 
 
 def _inputs(cell, B, T, dtype=torch.float64):
@@ -72,10 +86,22 @@ def _close(got, want, tol):
         assert (g - w).abs().max().item() <= tol * (1 + w.abs().max().item())
 
 
-@pytest.mark.parametrize("B,T,D,H", SIZES)
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
-def test_native_cell_equals_manual_and_reference(name, options, B, T, D, H, calls,
-                                                monkeypatch):
+def test_every_native_cell_is_covered():
+    """every cell with a C loop has a case above, and each case names one (options the C
+    loop cannot take fall back: beyond the driver's 8 matrices or states)"""
+    have = {n for n, info in CELLS.items() if hasattr(info.cls, "manual_native")
+            and _cell(n, {}, 3, 4).manual_native() is not None}
+    assert have == {n for n, _ in CASES}
+    for name, options in CASES:
+        assert _cell(name, options, 3, 4).manual_native() is not None, name
+    assert _cell("ltc", {"ode_unfolds": 9}, 3, 4).manual_native() is None
+    assert _cell("rhn", {"depth": 9}, 3, 4).manual_native() is None
+    assert _cell("taugru", {"delay": 8}, 3, 4).manual_native() is None
+
+
+@pytest.mark.parametrize("name,options,size", RUNS, ids=_ids(RUNS))
+def test_native_cell_equals_manual_and_reference(name, options, size, calls, monkeypatch):
+    B, T, D, H = size
     cell = _cell(name, options, D, H)
     x, s0 = _inputs(cell, B, T)
     old = torch.get_num_threads()
@@ -85,7 +111,7 @@ def test_native_cell_equals_manual_and_reference(name, options, B, T, D, H, call
         assert len(calls) == 1, "the fused mode did not run the C loop"
         manual = _run(cell, x, s0, True, False, monkeypatch)
         ref = _run(cell, x, s0, False, True, monkeypatch)
-        torch.set_num_threads(2)  # two threads, each its own rows (B = 3: 1 + 2)
+        torch.set_num_threads(2)  # two threads, each its own rows (B = 3: 1 + 2; 5: 2 + 3)
         two = _run(cell, x, s0, True, True, monkeypatch)
     finally:
         torch.set_num_threads(old)
@@ -95,7 +121,7 @@ def test_native_cell_equals_manual_and_reference(name, options, B, T, D, H, call
     _close(two, got, 1e-13)
 
 
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+@pytest.mark.parametrize("name,options", CASES, ids=_ids(CASES))
 def test_native_cell_float32_and_no_grad(name, options, calls, monkeypatch):
     cell = _cell(name, options, 5, 20, torch.float32)
     x, s0 = _inputs(cell, 6, 9, torch.float32)
