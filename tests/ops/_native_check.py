@@ -8,15 +8,16 @@ import contextlib
 import torch
 
 
-def counter(monkeypatch, module, name: str) -> list[int]:
-    """Wraps module.name so that each call adds one to the returned [count]."""
+def counter(monkeypatch, module, *names: str) -> list[int]:
+    """Wraps each module.<name> so that each call adds one to the returned [count]."""
     n = [0]
-    real = getattr(module, name)
+    for name in names:
+        real = getattr(module, name)
 
-    def counted(*args, **kw):
-        n[0] += 1
-        return real(*args, **kw)
-    monkeypatch.setattr(module, name, counted)
+        def counted(*args, real=real, **kw):
+            n[0] += 1
+            return real(*args, **kw)
+        monkeypatch.setattr(module, name, counted)
     return n
 
 

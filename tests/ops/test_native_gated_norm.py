@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import threads as threads_
 
 from rnnzoo import create
 from rnnzoo.ops import backend
@@ -22,31 +24,19 @@ CASES = [("mamba2", dict(d_model=8, d_state=4, head_dim=4, chunk_size=4)),
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = [0]
-    for name in ("gate_rms", "norm_gate"):
-        real = getattr(gated_norm, name)
-
-        def counted(*args, real=real, **kw):
-            n[0] += 1
-            return real(*args, **kw)
-        monkeypatch.setattr(gated_norm, name, counted)
-    return n
+    return counter(monkeypatch, gated_norm, "gate_rms", "norm_gate")
 
 
 def _run(layer, x):
     y, _ = layer(x, mode=layer.auto_mode(x))
-    g = torch.Generator().manual_seed(1)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
-    return [y, *torch.autograd.grad(loss, [x, *layer.parameters()])]
+    return outputs_and_grads([y], [x, *layer.parameters()])
 
 
 @pytest.mark.parametrize("dtype,tol,threads", [(torch.float64, 1e-10, 2),
                                                (torch.float32, 1e-5, 1)])
 @pytest.mark.parametrize("name,opts", CASES)
 def test_native_gated_norm_matches_torch(calls, dtype, tol, name, opts, threads):
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         torch.manual_seed(0)
         layer = create(name, **opts).to(dtype)
         with torch.no_grad():  # away from the init's ones and zeros: every gradient nonzero
@@ -58,14 +48,9 @@ def test_native_gated_norm_matches_torch(calls, dtype, tol, name, opts, threads)
         assert calls[0] == 1
         with backend.force("torch"):
             want = _run(layer, x)
-    finally:
-        torch.set_num_threads(old)
     assert calls[0] == 1
     names = ["y", "x", *(n for n, _ in layer.named_parameters())]
-    for n, p, w in zip(names, got, want):
-        assert p.dtype == w.dtype and p.shape == w.shape, n
-        err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
-        assert err < tol, (n, err)
+    assert_close(got, want, names, tol)
 
 
 def test_native_gated_norm_not_for_half():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _native_check import counter
 
 from rnnzoo.ops import backend, memory
 from rnnzoo.ops.memory import attentional_bias, miras_chunked, miras_sequential, retention
@@ -19,14 +20,7 @@ CASES = [("kl", "l2", 4.0), ("lq", "lp", 4.0), ("lq", "lp", 3.0)]
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = [0]
-    real = native_read.miras_read
-
-    def counted(*args, **kw):
-        n[0] += 1
-        return real(*args, **kw)
-    monkeypatch.setattr(native_read, "miras_read", counted)
-    return n
+    return counter(monkeypatch, native_read, "miras_read")
 
 
 def _tensors(kind, dtype):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _native_check import assert_close, counter
+from _native_check import threads as threads_
 
 from rnnzoo.layers.mlstm import BlockDiagonalLinear
 from rnnzoo.ops import backend
@@ -21,22 +23,8 @@ from rnnzoo.ops.native import blockdiag, mlstm_scan
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = {"mlstm": 0, "blockdiag": 0}
-    for mod, name in ((mlstm_scan, "mlstm"), (blockdiag, "blockdiag")):
-        real = getattr(mod, name)
-
-        def counted(*args, real=real, name=name, **kw):
-            n[name] += 1
-            return real(*args, **kw)
-        monkeypatch.setattr(mod, name, counted)
-    return n
-
-
-def _compare(got, want, names, tol):
-    for name, p, w in zip(names, got, want):
-        assert p.dtype == w.dtype and p.shape == w.shape, name
-        err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
-        assert err < tol, (name, err)
+    return {"mlstm": counter(monkeypatch, mlstm_scan, "mlstm"),
+            "blockdiag": counter(monkeypatch, blockdiag, "blockdiag")}
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
@@ -57,15 +45,11 @@ def test_native_mlstm_matches_the_loop(calls, dtype, tol, T, threads):
         loss = sum((o * w).sum() for o, w in zip(outs, ws))
         return outs + list(torch.autograd.grad(loss, ins))
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         got = run(mlstm)
-    finally:
-        torch.set_num_threads(old)
-    assert calls["mlstm"] == 1
+    assert calls["mlstm"][0] == 1
     want = run(mlstm_recurrent)
-    _compare(got, want, ["h", "C", "n", "m", "q", "k", "v", "li", "lf", "C0", "n0", "m0"], tol)
+    assert_close(got, want, ["h", "C", "n", "m", "q", "k", "v", "li", "lf", "C0", "n0", "m0"], tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
@@ -80,13 +64,9 @@ def test_native_blockdiag_matches_torch(calls, dtype, tol, bs, threads):
         y = m(wide[..., 12:])  # a strided view, as mlstm's x_m
         return [y, *torch.autograd.grad((y * g).sum(), [wide, m.weight])]
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         got = run()
         with backend.force("torch"):
             want = run()
-    finally:
-        torch.set_num_threads(old)
-    assert calls["blockdiag"] == 1
-    _compare(got, want, ["y", "x", "weight"], tol)
+    assert calls["blockdiag"][0] == 1
+    assert_close(got, want, ["y", "x", "weight"], tol)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _native_check import assert_close, counter
+from _native_check import threads as threads_
 
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk import linear
@@ -15,14 +17,7 @@ from rnnzoo.ops.native import ssd_scan
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = [0]
-    real = ssd_scan.ssd
-
-    def counted(*args, **kw):
-        n[0] += 1
-        return real(*args, **kw)
-    monkeypatch.setattr(ssd_scan, "ssd", counted)
-    return n
+    return counter(monkeypatch, ssd_scan, "ssd")
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
@@ -41,16 +36,9 @@ def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads):
         o, S = linear.ssd(q, k, v, g, scale=0.7, initial_state=S0, chunk_size=8)
         return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with threads_(threads):
         got = run()
         with backend.force("torch"):
             want = run()
-    finally:
-        torch.set_num_threads(old)
     assert calls[0] == 1
-    for name, p, w in zip(["o", "S", "q", "k", "v", "g", "S0"], got, want):
-        assert p.dtype == w.dtype and p.shape == w.shape, name
-        err = ((p - w).abs().max() / w.abs().max().clamp(min=1e-30)).item()
-        assert err < tol, (name, err)
+    assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"], tol)
