@@ -91,6 +91,10 @@ static inline T *NAME(at)(const T *base, const NAME(args) *a, long b, long t, lo
 static inline T *NAME(kept)(const T *base, const NAME(args) *a, long b, long t, long width) {
     return a->keep ? (T *)base + (b * a->Tn + t) * width : (T *)base + b * width;
 }
+/* the row stride of a `kept` buffer of that width */
+static inline long NAME(kept_ld)(const NAME(args) *a, long width) {
+    return a->keep ? a->Tn * width : width;
+}
 
 /* out[r, n] = init[r, n] (0 where init is NULL; init == out accumulates)
                + sum_m A[r, m] Bm[m, n],   r < rows, n < N, m < M; all row-major with the

@@ -21,7 +21,6 @@
 #else
 #include "cell_loop.h"
 
-#define KLD_(a, w) ((a)->keep ? (a)->Tn * (w) : (w))
 
 /* ---- gru_v3 ------------------------------------------------------------------------- */
 static void NAME(gru3_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
@@ -42,7 +41,7 @@ static void NAME(gru3_step)(const NAME(args) *a, long t, long b0, long b1, T *pr
         }
     }
     NAME(mm)(pre + 2 * H, 3 * H, xp0 + 2 * H, T_ * P, NAME(kept)(a->rg[1], a, b0, t, H),
-             KLD_(a, H), a->WT[1], H, nb, H, H);
+             NAME(kept_ld)(a, H), a->WT[1], H, nb, H, H);
     for (long b = b0; b < b1; b++) {
         const T *restrict pr = pre + (b - b0) * 3 * H + 2 * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
@@ -180,7 +179,8 @@ static void NAME(sgu_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
         }
         memcpy(NAME(kept)(a->rg[1], a, b, t, H), hr, H * sizeof(T));
     }
-    NAME(mm)(pre, H, a->nv ? a->vec[0] : 0, 0, NAME(kept)(a->rg[0], a, b0, t, H), KLD_(a, H),
+    NAME(mm)(pre, H, a->nv ? a->vec[0] : 0, 0, NAME(kept)(a->rg[0], a, b0, t, H),
+             NAME(kept_ld)(a, H),
              a->WT[0], H, nb, H, H);
     NAME(mm)(az, H, NAME(at)(a->xp, a, b0, t, P) + H, T_ * P, h + b0 * H, H, a->WT[1], H, nb, H, H);
     for (long b = b0; b < b1; b++) {
@@ -200,7 +200,8 @@ static void NAME(sgu_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
             }
     }
     if (deep)
-        NAME(mm)(po, H, 0, 0, NAME(kept)(a->rg[2], a, b0, t, H), KLD_(a, H), a->WT[2], H, nb, H, H);
+        NAME(mm)(po, H, 0, 0, NAME(kept)(a->rg[2], a, b0, t, H), NAME(kept_ld)(a, H), a->WT[2],
+                 H, nb, H, H);
     for (long b = b0; b < b1; b++) {
         const T *restrict ar = az + (b - b0) * H, *restrict por = po + (b - b0) * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
@@ -320,5 +321,4 @@ void NAME(scrn_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(scrn_back), 1);
 }
 
-#undef KLD_
 #endif

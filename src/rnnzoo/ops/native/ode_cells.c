@@ -25,7 +25,6 @@
 #include "cell_loop.h"
 
 /* the leading dimension of a `kept` buffer of width w (one step without keep) */
-#define KLD_(a, w) ((a)->keep ? (a)->Tn * (w) : (w))
 
 /* ---- ltc ---------------------------------------------------------------------------- */
 static void NAME(ltc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
@@ -115,7 +114,7 @@ static void NAME(cfc_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
                 ur[k] = (T)1.7159 * v;
             }
         }
-        NAME(mm)(heads, 3 * H, a->vec[0], 0, NAME(kept)(a->rg[1], a, b0, t, P), KLD_(a, P),
+        NAME(mm)(heads, 3 * H, a->vec[0], 0, NAME(kept)(a->rg[1], a, b0, t, P), NAME(kept_ld)(a, P),
                  a->WT[1], 3 * H, nb, P, 3 * H);
     }
     for (long b = b0; b < b1; b++) {
@@ -202,7 +201,7 @@ static void NAME(lem_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
         }
     }
     NAME(mm)(pre, H, NAME(at)(a->xp, a, b0, t, P) + 3 * H, T_ * P,
-             NAME(kept)(a->rg[1], a, b0, t, H), KLD_(a, H), a->WT[1], H, nb, H, H);
+             NAME(kept)(a->rg[1], a, b0, t, H), NAME(kept_ld)(a, H), a->WT[1], H, nb, H, H);
     for (long b = b0; b < b1; b++) {
         const T *restrict ar = pre + (b - b0) * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
@@ -264,5 +263,4 @@ void NAME(lem_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(lem_back), 1);
 }
 
-#undef KLD_
 #endif

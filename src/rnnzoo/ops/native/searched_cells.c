@@ -20,7 +20,6 @@
 #else
 #include "cell_loop.h"
 
-#define KLD_(a, w) ((a)->keep ? (a)->Tn * (w) : (w))
 
 /* ---- nas ---------------------------------------------------------------------------- */
 static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
@@ -120,7 +119,7 @@ static void NAME(mut_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
             ELEMENTWISE for (long k = 0; k < H; k++) th[k] = NAME(tanh_)(hr[k]);
             memcpy(NAME(kept)(a->rg[1], a, b, t, H), hr, H * sizeof(T));
         }
-        NAME(mm)(pre, 3 * H, xp0, T_ * P, NAME(kept)(a->rg[0], a, b0, t, H), KLD_(a, H),
+        NAME(mm)(pre, 3 * H, xp0, T_ * P, NAME(kept)(a->rg[0], a, b0, t, H), NAME(kept_ld)(a, H),
                  a->WT[0], H, nb, H, H);
         NAME(mm)(pre + H, 3 * H, xp0 + H, T_ * P, h + b0 * H, H, a->WT[1], H, nb, H, H);
     }
@@ -137,7 +136,7 @@ static void NAME(mut_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
         }
     }
     NAME(mm)(pre + 2 * H, 3 * H, xp0 + 2 * H, T_ * P, NAME(kept)(a->rg[last], a, b0, t, H),
-             KLD_(a, H), a->WT[last], H, nb, H, H);
+             NAME(kept_ld)(a, H), a->WT[last], H, nb, H, H);
     for (long b = b0; b < b1; b++) {
         const T *restrict pr = pre + (b - b0) * 3 * H + 2 * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
@@ -215,5 +214,4 @@ void NAME(mut_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(mut_back), 2 * d[2]);
 }
 
-#undef KLD_
 #endif
