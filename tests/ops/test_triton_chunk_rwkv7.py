@@ -108,7 +108,7 @@ def test_gradients_of_the_output_alone_and_of_the_state_alone(tl_rwkv7, use):
     pick = 0 if use == "output" else 1
     got = tl_rwkv7.rwkv7(*leaves[:6], initial_state=leaves[6], chunk_size=16)[pick]
     ref = rwkv7_recurrent(*refs[:6], initial_state=refs[6])[pick]
-    wt = rand(*got.shape, seed=20)
+    wt = rand(*got.shape, seed=20).to(DEVICE)
     grads = torch.autograd.grad((got * wt).sum(), leaves)
     grads_ref = torch.autograd.grad((ref * wt.double()).sum(), refs, allow_unused=True)
     for name, g, r in zip(NAMES, grads, grads_ref):

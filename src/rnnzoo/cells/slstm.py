@@ -79,10 +79,13 @@ class SLSTMCell(Cell):
         return torch.sigmoid(o) * c / n, c, n, m_new
 
     def fused(self, x, state):
-        """On CUDA (when triton imports; `ops.backend`) the whole sequence in one Triton
-        launch (`ops.triton.rnn.slstm_sequence`); else the loop with its hand-written
-        backward (`manual_loop`)."""
-        if x.dtype != torch.float64 and backend.use_triton(x, *state):
+        """The loop with its hand-written backward (`manual_loop`); inside
+        `ops.backend.force("triton")` the whole sequence in one Triton launch
+        (`ops.triton.rnn.slstm_sequence`). The kernel is not the default on CUDA: on an H200
+        at B=8, T=2048, d_model=512 it took 2931 ms fwd+bwd against the loop's 1198 ms
+        (benchmarks/gpu.py, 2026-11-30): one program holds all hidden units, so the GPU runs
+        one block per 16 batch rows."""
+        if x.dtype != torch.float64 and backend.use_triton(x, *state, auto=False):
             from rnnzoo.ops.triton.rnn import slstm_sequence
             return slstm_sequence(self.project(x), self.weight_hh, *state)
         return manual_loop(self, x, state)

@@ -9,8 +9,9 @@ layers.mamba.selective_scan, the `fused` mode of the lstm, gru and slstm cells);
 kernels refuse float64, so those ops also keep float64 on the PyTorch path.
 
     use_triton(*tensors, auto=False)   only inside force("triton"): for kernels that are
-                                   not yet the default on CUDA (the LSTM and GRU kernels,
-                                   against cuDNN)
+                                   not the default on CUDA (the LSTM, GRU and sLSTM kernels
+                                   of ops.triton.rnn, slower than cuDNN and than sLSTM's
+                                   loop on an H200: docs/gpu.md)
 
     use_native(*tensors) -> bool   True when every tensor is a CPU float32 or float64 tensor
                                    (one dtype), for the C kernels of `ops.native`
