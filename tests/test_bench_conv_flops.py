@@ -57,3 +57,19 @@ def test_a_complex_product_counts_four_real_ones():
     assert bench.counted_flops(lambda: torch.bmm(a, b).real) == 4 * 2 * real  # d a only
     ar = a.detach().real.requires_grad_()
     assert bench.counted_flops(lambda: torch.bmm(ar, b.real)) == 2 * real
+
+
+def test_flops_counted_on_the_path_the_cpu_runs():
+    """gsa's chunk mode takes its two-pass form on a CPU tensor and the generic per-slot
+    form elsewhere (the meta device): the count is of the CPU's form, the one timed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rnnzoo.registry import create
+    B, T, d = 2, 32, 16
+    options = dict(num_heads=2, num_slots=4, chunk_size=8)
+    layer = create("gsa", d_model=d, **options).to("meta")
+    x = torch.randn(B, T, d, device="meta", requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        layer(x)[0].sum().backward()
+    counted = bench.layer_flops("gsa", B, T, d, options)
+    assert 0 < counted < counter.get_total_flops()

@@ -27,9 +27,11 @@ process (interleaved, median of the ratios), with its FLOPs and its utilisation
 
 peak being a measured float32 (n, n) @ (n, n) matmul rate at the same thread count. A
 layer's FLOPs are counted from the shapes of the matrix products its `auto` mode runs
-(`layer_flops`: torch.utils.flop_counter over one forward+backward, a convolution's
-backward counted group-aware, twice its forward; elementwise work and FFTs are not counted); nn.LSTM's are the formula `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused
-CPU kernel is invisible to the counter; the backward is twice the forward).
+(`layer_flops`: torch.utils.flop_counter over one forward+backward on the CPU, of the
+PyTorch form of what runs there, a convolution's backward counted group-aware, twice its
+forward; elementwise work and FFTs are not counted); nn.LSTM's are the formula
+`lstm_flops`, 3 x 8 B T h (d_in + h) (its fused CPU kernel is invisible to the counter; the
+backward is twice the forward).
 """
 
 from __future__ import annotations
@@ -378,18 +380,17 @@ def counted_flops(run) -> int:
 
 def layer_flops(name: str, batch: int, length: int, d_model: int, options=None,
                 mode: str = "auto") -> int:
-    """Forward+backward FLOPs of a registered layer's `mode` at (batch, length, d_model),
-    counted on the meta device where the layer supports it (no arithmetic is done)."""
-    options = dict(options or {})
-    for device in ("meta", "cpu"):
-        try:
-            layer = create(name, d_model=d_model, **options).to(device)
-            x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
-            return counted_flops(lambda: layer(x, mode=mode)[0])
-        except (NotImplementedError, RuntimeError):
-            if device == "cpu":
-                raise
-    raise AssertionError("unreachable")
+    """Forward+backward FLOPs of a registered layer's `mode` at (batch, length, d_model):
+    one run on the CPU, the device the CPU table times, so the path counted is the path
+    timed where layers choose by device (gsa's two-pass chunk form, the delta rule's CPU
+    chunk size; on the meta device gsa took its generic form, 3.9x the products). Inside
+    `ops.backend.force("torch")` and with oneDNN off, an op that a C kernel (ours, or
+    oneDNN's fused RNNs) does when timed runs as the PyTorch products the counter sees."""
+    from rnnzoo.ops import backend
+    layer = create(name, d_model=d_model, **dict(options or {}))
+    x = torch.randn(batch, length, d_model, requires_grad=True)
+    with backend.force("torch"), torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
+        return counted_flops(lambda: layer(x, mode=mode)[0])
 
 
 def matmul_peak(threads: int | None = None, n: int = 1024, repeat: int = 7) -> float:
