@@ -14,7 +14,11 @@ work into a kernel or two); the loop stays in Python, the projection and `weight
 computed once as in the reference. Compiled once per cell (per input shape and dtype, by
 dynamo's guards). If compiling fails (no C++ compiler for the CPU backend, an operation
 dynamo cannot trace...), the step falls back to eager with one warning per cell class.
-The cell's `fused` form is not compiled: compiled always means the reference loop.
+Each call's first step also runs eagerly (without gradient) and the compiled one must agree
+with it to sqrt(eps) of the dtype, relative to the state's scale; a step that compiled to
+other values is dropped the same way (on an H200 inductor compiled ln_lstm's step to wrong
+values, docs/gpu.md). The cell's `fused` form is not compiled: compiled always means the
+reference loop.
 
 "graph": the whole call `cell(x, state, fused)`, forward and backward, captured as two CUDA
 graphs (torch.cuda.make_graphed_callables; forward only when no gradient is needed) once
@@ -77,13 +81,16 @@ def compiled_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tens
         step = _compiled[cell] = torch.compile(eager, **COMPILE_OPTIONS)
     w = cell.weights(x.shape[0])
     outputs = []
-    for parts in zip(*(piece.unbind(1) for piece in cell._split(cell.project(x)))):
+    for t, parts in enumerate(zip(*(piece.unbind(1) for piece in cell._split(cell.project(x))))):
         if step is not eager:
             try:
-                state, y = step(parts, state, w)
+                new, y = step(parts, state, w)
+                if t == 0:
+                    _check_first_step(eager, parts, state, w, (*new, y))
+                state = new
                 outputs.append(y)
                 continue
-            except Exception as e:  # compile failure: warn once, keep going eagerly
+            except Exception as e:  # compile failure or wrong values: warn once, go eagerly
                 _failed.add(type(cell))
                 _compiled.pop(cell, None)
                 warnings.warn(f"steps: the {type(cell).__name__} step did not compile "
@@ -93,6 +100,23 @@ def compiled_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tens
         state, y = eager(parts, state, w)  # an error of the cell itself surfaces here
         outputs.append(y)
     return torch.stack(outputs, 1), state
+
+
+class MiscompiledStep(RuntimeError):
+    """The compiled step's values differ from the eager step's."""
+
+
+def _check_first_step(eager, parts, state, w, got) -> None:
+    """Raises MiscompiledStep unless `got` (the compiled step's new state and output) equals
+    the eager step's to sqrt(eps) of its dtype, relative to 1 + its largest magnitude."""
+    with torch.no_grad():
+        new, y = eager(parts, state, w)
+    for a, b in zip(got, (*new, y)):
+        tol = torch.finfo(b.dtype).eps ** 0.5 if b.is_floating_point() else 0.0
+        err = (a.detach() - b).abs().max()
+        if not bool(err <= tol * (1 + b.abs().max())):
+            raise MiscompiledStep(f"the compiled step's values differ from the eager step's "
+                                  f"by {err.item():.3g} at the first step")
 
 
 # -- the loop as CUDA graphs ---------------------------------------------------------------
