@@ -50,45 +50,89 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     C = min(chunk_size, T)
     q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
     beta = to_chunks(beta[..., None], C)
-    wb = w * beta
     N = q.shape[2]
     lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     strict = lower.tril(-1)
-    A = (wb @ w.transpose(-1, -2)) * strict
-    YZ = unit_lower_solve(A, torch.cat([wb, (wb @ k.transpose(-1, -2)) * strict], -1))
+    # [W; Q] [W; K]^T holds W W^T, W K^T, Q W^T and Q K^T: one product
+    G = torch.cat([w, q], -2) @ torch.cat([w, k], -2).transpose(-1, -2)
+    (ww, wk), (qw, qk) = (g.split(C, -1) for g in G.split(C, -2))
+    YZ = unit_lower_solve(ww * strict * beta, torch.cat([w * beta, wk * strict * beta], -1))
+    qw = qw * lower
+    qYZ = qw @ YZ
     Y, Z = YZ.split([D, C], -1)
-    qw = (q @ w.transpose(-1, -2)) * lower
-    q1 = q - qw @ Y                                                   # Q'
-    intra = ((q @ k.transpose(-1, -2)) * lower - qw @ Z).masked_fill(~lower, float("-inf"))
+    q1 = q - qYZ[..., :D]                                             # Q'
+    intra = (qk * lower - qYZ[..., D:]).masked_fill(~lower, float("-inf"))
     k1 = k - Z.transpose(-1, -2) @ w                                  # K'
-    eye = torch.eye(D, dtype=q.dtype, device=q.device)
-    P = eye - w.transpose(-1, -2) @ Y                                 # (B, H, N, D, D)
+    P = torch.eye(D, dtype=q.dtype, device=q.device) - w.transpose(-1, -2) @ Y  # (B, H, N, D, D)
+    if k_cache is None:
+        keys0 = v0 = q.new_zeros(B, H, 0, D)
+        bias0 = q.new_zeros(B, 1, 1, 0)
+    else:
+        hide = ~cache_visible[:, None, :, None]                      # (B, 1, L, 1)
+        keys0 = k_cache.to(q.dtype).masked_fill(hide, 0)              # empty slots hold nothing
+        v0 = v_cache.to(q.dtype)
+        bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
+            hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
+    o, keys = _Attend.apply(q1, k1, P, intra, v, keys0, v0, bias0, scale)
+    L = keys0.shape[2]
+    o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
+    moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
+    return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
 
-    outs = []
-    keys = q.new_zeros(B, H, 0, D)                                    # K^(n)
-    cached = k_cache is not None
-    if cached:
-        hide = ~cache_visible[:, None, :, None]
-        kc = k_cache.to(q.dtype).masked_fill(hide, 0)                 # empty slots hold nothing
-        vc, hide = v_cache.to(q.dtype), hide.transpose(-1, -2)
-        back = eye.expand(B, H, D, D)                                 # P_{n-1} ... P_0
-    values = v.flatten(2, 3)
-    for n in range(N):
-        parts = []
-        if cached:
-            parts.append(((q1[:, :, n] @ back) @ kc.transpose(-1, -2)).masked_fill(hide, float("-inf")))
-            back = P[:, :, n] @ back
-        if n:
-            parts.append(q1[:, :, n] @ keys.transpose(-1, -2))
-        parts.append(intra[:, :, n])
-        p = (torch.cat(parts, -1) * scale).softmax(-1)
-        o = p[..., -(n + 1) * C:] @ values[:, :, :(n + 1) * C]
-        if cached:
-            o = o + p[..., :kc.shape[2]] @ vc
-        outs.append(o)
-        keys = torch.cat([keys @ P[:, :, n].transpose(-1, -2), k1[:, :, n]], 2)
-    o = torch.stack(outs, 2).movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
-    keys = keys[:, :, :T]
-    moved = kc @ back.transpose(-1, -2) if cached else None
-    return poison(o, marks.outputs), poison(keys, marks.state), \
-        None if moved is None else poison(moved, marks.state)
+
+class _Attend(torch.autograd.Function):
+    """Softmax attention of each chunk's moved queries over the keys moved to its start
+    (the cache's first, then the earlier chunks'), and over its own keys by the intra scores.
+
+    q1, k1, v: (B, H, N, C, D); P: (B, H, N, D, D); intra: (B, H, N, C, C), -inf above the
+    diagonal; keys0, v0: (B, H, L, D) the cache; bias0: (B, 1, 1, L), 0 or -inf (hidden slot).
+    Returns o (B, H, N, C, D) and every key moved to the last step, (B, H, L + N C, D).
+    Saves each chunk's probabilities and the keys it read (about half of a (T, T) score
+    matrix and N C^2 / 2 keys a head); the backward runs the chunks in reverse."""
+
+    @staticmethod
+    def forward(ctx, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+        N, C = q1.shape[2:4]
+        L = keys0.shape[2]
+        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
+        keys, outs, read, probs = keys0, [], [], []
+        for n in range(N):
+            s = q1[:, :, n] @ keys.transpose(-1, -2)                  # (B, H, C, L + n C)
+            if L:
+                s[..., :L] += bias0
+            p = torch.cat([s, intra[:, :, n]], -1).mul_(scale).softmax(-1)
+            outs.append(p @ values[:, :, :L + (n + 1) * C])
+            read.append(keys)
+            probs.append(p)
+            keys = torch.cat([keys @ P[:, :, n].transpose(-1, -2), k1[:, :, n]], 2)
+        o = torch.stack(outs, 2)
+        ctx.save_for_backward(q1, P, values, o, *read, *probs)
+        ctx.scale, ctx.L = scale, L
+        return o, keys
+
+    @staticmethod
+    def backward(ctx, do, dkeys):
+        q1, P, values, o, *saved = ctx.saved_tensors
+        B, H, N, C, D = q1.shape
+        L, scale = ctx.L, ctx.scale
+        dkeys = torch.zeros_like(values) if dkeys is None else dkeys
+        dvalues = torch.zeros_like(values)
+        dq1, dk1, dP = torch.empty_like(q1), torch.empty_like(q1), torch.empty_like(P)
+        dintra = q1.new_empty(B, H, N, C, C)
+        for n in reversed(range(N)):
+            keys, p = saved[n], saved[N + n]
+            m = L + n * C
+            dk1[:, :, n] = dkeys[:, :, m:m + C]
+            dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
+            dP[:, :, n] = dmoved.transpose(-1, -2) @ keys
+            dkeys = dmoved @ P[:, :, n]
+            do_n = do[:, :, n]
+            dvalues[:, :, :m + C] += p.transpose(-1, -2) @ do_n
+            dp = do_n @ values[:, :, :m + C].transpose(-1, -2)
+            ds = p * (dp - (do_n * o[:, :, n]).sum(-1, keepdim=True)).mul_(scale)
+            dintra[:, :, n] = ds[..., m:]
+            ds = ds[..., :m]
+            dq1[:, :, n] = ds @ keys
+            dkeys += ds.transpose(-1, -2) @ q1[:, :, n]
+        dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
+        return dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
