@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.ops.chunk._common import to_chunks, unit_lower_solve
+from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["path_attention"]
@@ -51,19 +51,7 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
     beta = to_chunks(beta[..., None], C)
     N = q.shape[2]
-    lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    strict = lower.tril(-1)
-    # [W; Q] [W; K]^T holds W W^T, W K^T, Q W^T and Q K^T: one product
-    G = torch.cat([w, q], -2) @ torch.cat([w, k], -2).transpose(-1, -2)
-    (ww, wk), (qw, qk) = (g.split(C, -1) for g in G.split(C, -2))
-    YZ = unit_lower_solve(ww * strict * beta, torch.cat([w * beta, wk * strict * beta], -1))
-    qw = qw * lower
-    qYZ = qw @ YZ
-    Y, Z = YZ.split([D, C], -1)
-    q1 = q - qYZ[..., :D]                                             # Q'
-    intra = (qk * lower - qYZ[..., D:]).masked_fill(~lower, float("-inf"))
-    k1 = k - Z.transpose(-1, -2) @ w                                  # K'
-    P = torch.eye(D, dtype=q.dtype, device=q.device) - w.transpose(-1, -2) @ Y  # (B, H, N, D, D)
+    q1, k1, P, intra = _UT.apply(q, k, w, beta)
     if k_cache is None:
         keys0 = v0 = q.new_zeros(B, H, 0, D)
         bias0 = q.new_zeros(B, 1, 1, 0)
@@ -78,6 +66,63 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
     moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
     return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
+
+
+class _UT(torch.autograd.Function):
+    """The chunk pieces of the module docstring from q, k, w: (B, H, N, C, D) and beta
+    (B, H, N, C, 1): Q', K', P (B, H, N, D, D) and the intra scores (B, H, N, C, C), -inf
+    above the diagonal; the backward written out (no autograd graph of masks, cats and
+    slices)."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, beta):
+        C, D = q.shape[-2:]
+        lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        strict = lower.tril(-1)
+        wt = w.transpose(-1, -2)
+        sww = (w @ wt).mul_(strict)                                   # SL(W W^T)
+        swk = (w @ k.transpose(-1, -2)).mul_(strict)                  # SL(W K^T)
+        qw = (q @ wt).mul_(lower)                                     # tril(Q W^T)
+        Tinv = unit_lower_inverse(sww * beta)                         # (I + diag(beta) SL(W W^T))^-1
+        YZ = Tinv @ torch.cat([w * beta, swk * beta], -1)
+        Y, Z = YZ.split([D, C], -1)
+        qYZ = qw @ YZ
+        q1 = q - qYZ[..., :D]
+        intra = (q @ k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
+        intra.masked_fill_(lower == 0, float("-inf"))
+        k1 = k - Z.transpose(-1, -2) @ w
+        P = torch.eye(D, dtype=q.dtype, device=q.device) - wt @ Y
+        ctx.save_for_backward(q, k, w, beta, Tinv, YZ, qw, sww, swk)
+        return q1, k1, P, intra
+
+    @staticmethod
+    def backward(ctx, dq1, dk1, dP, dintra):
+        q, k, w, beta, Tinv, YZ, qw, sww, swk = ctx.saved_tensors
+        C, D = q.shape[-2:]
+        dq1, dk1, dintra = (torch.zeros_like(t) if g is None else g
+                            for g, t in ((dq1, q), (dk1, k), (dintra, sww)))
+        dP = q.new_zeros(*q.shape[:-2], D, D) if dP is None else dP
+        lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        strict = lower.tril(-1)
+        Y, Z = YZ.split([D, C], -1)
+        dI = dintra * lower
+        dqw = (dq1 @ Y.transpose(-1, -2)).add_(dI @ Z.transpose(-1, -2)).mul_(-lower)
+        qwt = qw.transpose(-1, -2)
+        dY = (qwt @ dq1).add_(w @ dP).neg_()
+        dZ = (qwt @ dI).add_(w @ dk1.transpose(-1, -2)).neg_()
+        dq = dq1 + dI @ k + dqw @ w
+        dk = dk1 + dI.transpose(-1, -2) @ q
+        dw = dqw.transpose(-1, -2) @ q - Y @ dP.transpose(-1, -2) - Z @ dk1
+        dR = Tinv.transpose(-1, -2) @ torch.cat([dY, dZ], -1)
+        dA = (dR @ YZ.transpose(-1, -2)).mul_(-strict)
+        dR1, dR2 = dR.split([D, C], -1)
+        dbeta = ((dA * sww).sum(-1, keepdim=True) + (dR1 * w).sum(-1, keepdim=True)
+                 + (dR2 * swk).sum(-1, keepdim=True))
+        dsww = dA * beta
+        dswk = dR2.mul(beta).mul_(strict)
+        dw += (dsww + dsww.transpose(-1, -2)) @ w + dR1 * beta + dswk @ k
+        dk += dswk.transpose(-1, -2) @ w
+        return dq, dk, dw, dbeta
 
 
 class _Attend(torch.autograd.Function):
