@@ -32,6 +32,8 @@ from rnnzoo.ops.finite import finite_inputs, poison
 
 __all__ = ["path_attention"]
 
+UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
+
 
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
                    cache_visible=None):
@@ -47,11 +49,16 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     q, k, w or beta at step t makes the outputs from t on NaN (ops.finite), and both keys."""
     B, T, H, D = q.shape
     (q,), (k, w, beta), marks = finite_inputs((q,), (k, w, beta))
-    C = min(chunk_size, T)
+    C = min(chunk_size, T)                                            # attention blocks
+    c, levels = C, 0                                                  # UT chunks: C / 2^levels
+    while c > UT_CHUNK and c % 2 == 0:
+        c, levels = c // 2, levels + 1
     q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
     beta = to_chunks(beta[..., None], C)
     N = q.shape[2]
-    q1, k1, P, intra = _UT.apply(q, k, w, beta)
+    q1, k1, P, intra = _UT.apply(*(t.unflatten(3, (-1, c)).flatten(2, 3) for t in (q, k, w, beta)))
+    for _ in range(levels):
+        q1, k1, P, intra = _merge(q1, k1, P, intra)
     if k_cache is None:
         keys0 = v0 = q.new_zeros(B, H, 0, D)
         bias0 = q.new_zeros(B, 1, 1, 0)
@@ -66,6 +73,20 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
     moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
     return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
+
+
+def _merge(q1, k1, P, intra):
+    """Chunks (B, H, 2M, c, ...) pairwise into (B, H, M, 2c, ...): the right chunk's queries
+    move back through the left chunk's product, the left chunk's keys forward through the
+    right one's, and the right queries meet the left keys in the lower-left block."""
+    (qa, qb), (ka, kb), (Pa, Pb), (Sa, Sb) = (t.unflatten(2, (-1, 2)).unbind(3)
+                                              for t in (q1, k1, P, intra))
+    q1 = torch.cat([qa, qb @ Pa], -2)
+    k1 = torch.cat([ka @ Pb.transpose(-1, -2), kb], -2)
+    cross = qb @ ka.transpose(-1, -2)
+    intra = torch.cat([torch.cat([Sa, torch.full_like(Sa, float("-inf"))], -1),
+                       torch.cat([cross, Sb], -1)], -2)
+    return q1, k1, Pb @ Pa, intra
 
 
 class _UT(torch.autograd.Function):
