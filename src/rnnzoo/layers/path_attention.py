@@ -12,12 +12,14 @@ The keys transformed so far, K~_t = [H_t ... H_{j+1} k_j]_j, follow
 K~_t = H_t K~_{t-1} + k_t e_t^T: RWKV-7's generalised delta rule (no decay, a = w, b =
 -beta w) with one-hot values over the cache's slots, whose readout q_t^T K~_t is the row of
 scores. So the cache holds the transformed keys, updated by each new reflection (as the
-paper decodes), and the scores of a block of tokens come from ops.chunk.delta.rwkv7:
+paper decodes); slots from `position` on are empty (read as zero keys, never attended):
 
     state = (k_cache (transformed), v_cache, position)   (B, H, max_len, Dh) each, (B,)
 
-Modes: `sequential` (the recurrent form of the score recurrence) and `chunk` (its chunkwise
-form); both attend over the full cache.
+Modes: `sequential` (reference: that recurrence through ops.chunk.delta.rwkv7_recurrent, over
+all max_len slots) and `chunk` (the paper's chunkwise algorithm, ops.path_attention: UT
+transform within a chunk, whole-chunk products between chunks, softmax over the causal blocks
+only; the cache is read only when some sequence has one).
 """
 
 from __future__ import annotations
