@@ -12,12 +12,14 @@ The keys transformed so far, K~_t = [H_t ... H_{j+1} k_j]_j, follow
 K~_t = H_t K~_{t-1} + k_t e_t^T: RWKV-7's generalised delta rule (no decay, a = w, b =
 -beta w) with one-hot values over the cache's slots, whose readout q_t^T K~_t is the row of
 scores. So the cache holds the transformed keys, updated by each new reflection (as the
-paper decodes), and the scores of a block of tokens come from ops.chunk.delta.rwkv7:
+paper decodes); slots from `position` on are empty (read as zero keys, never attended):
 
     state = (k_cache (transformed), v_cache, position)   (B, H, max_len, Dh) each, (B,)
 
-Modes: `sequential` (the recurrent form of the score recurrence) and `chunk` (its chunkwise
-form); both attend over the full cache.
+Modes: `sequential` (reference: that recurrence through ops.chunk.delta.rwkv7_recurrent, over
+all max_len slots) and `chunk` (the paper's chunkwise algorithm, ops.path_attention: UT
+transform within a chunk, whole-chunk products between chunks, softmax over the causal blocks
+only; the cache is read only when some sequence has one).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent
+from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.path_attention import path_attention
 from rnnzoo.registry import register
 
 
@@ -81,16 +84,15 @@ class PaTHAttention(Attention):
         q, k, v, w, beta = self.op_inputs(x)
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)
+        if mode == "chunk":
+            return self._chunk(x, state, q, k, v, w, beta, start, pos, slots, top > 0)
         onehot = (slots == pos[..., None]).to(q.dtype)[:, :, None].expand(-1, -1, self.num_heads, -1)
-        S0 = k_cache.to(q.dtype).transpose(-1, -2)                               # (B, H, Dh, L)
+        # slots from the position on are empty: read as zero (the new keys are written there)
+        empty = (slots >= start[:, None])[:, None, :, None]
+        S0 = k_cache.to(q.dtype).masked_fill(empty, 0).transpose(-1, -2)         # (B, H, Dh, L)
         zero = torch.zeros_like(w)
-        args = (q, zero, k, onehot, w, -beta[..., None] * w)
-        scale = self.head_dim ** -0.5
-        if mode == "sequential":
-            s, S = rwkv7_recurrent(*args, scale=scale, initial_state=S0)
-        else:
-            s, S = rwkv7(*args, scale=scale, initial_state=S0, chunk_size=self.chunk_size,
-                         w_min=0.0)
+        s, S = rwkv7_recurrent(q, zero, k, onehot, w, -beta[..., None] * w,
+                               scale=self.head_dim ** -0.5, initial_state=S0)
         # values: the cache with the new ones written in, then softmax over visible slots
         _, v_all, end = self._write((k_cache, v_cache, position), k.transpose(1, 2),
                                     v.transpose(1, 2), pos, start + T)
@@ -101,6 +103,27 @@ class PaTHAttention(Attention):
         out = poison(out, (visible & bad_v[:, None, :]).any(-1)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         return y, (S.transpose(-1, -2).to(k_cache.dtype), v_all, end)
+
+    def _chunk(self, x, state, q, k, v, w, beta, start, pos, slots, cached):
+        """The chunkwise form (ops.path_attention): the cache is read only when some sequence
+        has one (cached), and its keys are moved through the new reflections either way."""
+        k_cache, v_cache, position = state
+        v_new, bad = finite(v)                                                    # (B, T, H, Dh)
+        bad = bad.cumsum(1) > 0
+        kc = vc = visible = None
+        if cached:
+            kc, (vc, bad_c) = k_cache, finite(v_cache.to(q.dtype), 2)
+            visible = slots < start[:, None]                                      # (B, L)
+            bad = bad | (visible & bad_c).any(-1, keepdim=True)
+        out, keys, moved = path_attention(q, k, v_new, w, beta, scale=self.head_dim ** -0.5,
+                                          chunk_size=self.chunk_size, k_cache=kc,
+                                          v_cache=vc, cache_visible=visible)
+        y = self.op_output(poison(out, bad), x)
+        index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+        moved = torch.zeros_like(k_cache, dtype=keys.dtype) if moved is None else moved
+        k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
+        v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))
+        return y, (k_cache, v_cache, (start + pos.shape[1]).to(position.dtype))
 
     def _step(self, x_t, state):
         y, state = self._forward(x_t[:, None], state, "sequential")

@@ -1,0 +1,204 @@
+"""PaTH attention in chunks (Yang et al. 2025, arXiv:2505.16381, section 3): the Householder
+products between key and query in their UT (WY) form inside a chunk, whole chunk products
+between chunks, and softmax attention over exactly the causal blocks.
+
+Per head, H_t = I - beta_t w_t w_t^T and s_ts = q_t^T H_t ... H_{s+1} k_s (s <= t). In a
+chunk of C steps (rows q_t, k_t, w_t of Q, K, W; strictly lower part SL, lower part tril):
+
+    (I + SL(diag(beta) W W^T)) [Y | Z] = [diag(beta) W | SL(diag(beta) W K^T)]   (UT transform)
+    H_t ... H_1          = I - W_{<=t}^T Y_{<=t}           (first rows of Y)
+    intra scores          = tril(Q K^T) - tril(Q W^T) Z      (s <= t inside the chunk)
+    Q' = Q - tril(Q W^T) Y      rows q_t^T H_t ... H_1        (queries moved to the chunk start)
+    K' = K - Z^T W              rows (H_C ... H_{s+1} k_s)^T  (keys moved to the chunk end)
+    P  = I - W^T Y              the chunk's whole product H_C ... H_1
+
+Keys of earlier chunks moved to the start of chunk n: K^(n+1) = [K^(n) P_n^T ; K'_n], so the
+scores of chunk n against them are Q'_n K^(n)T, one matrix product a chunk. Keys of a cache
+(already moved to the first new step) meet the queries moved further back,
+Q'_n P_{n-1} ... P_0, which costs C rows a chunk instead of the cache's L rows.
+
+    o = softmax(scale * [cache scores | K^(n) scores | intra scores]) [V_cache ; V]
+
+A custom autograd Function keeps only the per-chunk pieces and recomputes each chunk's
+probabilities in its backward (no (B, H, T, T) tensor is saved).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
+from rnnzoo.ops.finite import finite_inputs, poison
+
+__all__ = ["path_attention"]
+
+UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
+
+
+def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
+                   cache_visible=None):
+    """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H); optional cache of earlier
+    tokens: k_cache (B, H, L, Dh) their keys moved through every reflection so far, v_cache
+    (B, H, L, Dh) (finite), cache_visible (B, L) bool, the slots that hold a token (the
+    others are read as empty: zero keys, never attended).
+    v must be finite (the caller marks outputs that read a non-finite value).
+
+    Returns o (B, T, H, Dh), the new keys moved to the last step (B, H, T, Dh), and the cache's
+    keys moved through the new reflections (B, H, L, Dh, zero in empty slots; None without a
+    cache). A non-finite
+    q, k, w or beta at step t makes the outputs from t on NaN (ops.finite), and both keys."""
+    B, T, H, D = q.shape
+    (q,), (k, w, beta), marks = finite_inputs((q,), (k, w, beta))
+    C = min(chunk_size, T)                                            # attention blocks
+    c, levels = C, 0                                                  # UT chunks: C / 2^levels
+    while c > UT_CHUNK and c % 2 == 0:
+        c, levels = c // 2, levels + 1
+    q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
+    beta = to_chunks(beta[..., None], C)
+    N = q.shape[2]
+    q1, k1, P, intra = _UT.apply(*(t.unflatten(3, (-1, c)).flatten(2, 3) for t in (q, k, w, beta)))
+    for _ in range(levels):
+        q1, k1, P, intra = _merge(q1, k1, P, intra)
+    if k_cache is None:
+        keys0 = v0 = q.new_zeros(B, H, 0, D)
+        bias0 = q.new_zeros(B, 1, 1, 0)
+    else:
+        hide = ~cache_visible[:, None, :, None]                      # (B, 1, L, 1)
+        keys0 = k_cache.to(q.dtype).masked_fill(hide, 0)              # empty slots hold nothing
+        v0 = v_cache.to(q.dtype)
+        bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
+            hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
+    o, keys = _Attend.apply(q1, k1, P, intra, v, keys0, v0, bias0, scale)
+    L = keys0.shape[2]
+    o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
+    moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
+    return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
+
+
+def _merge(q1, k1, P, intra):
+    """Chunks (B, H, 2M, c, ...) pairwise into (B, H, M, 2c, ...): the right chunk's queries
+    move back through the left chunk's product, the left chunk's keys forward through the
+    right one's, and the right queries meet the left keys in the lower-left block."""
+    (qa, qb), (ka, kb), (Pa, Pb), (Sa, Sb) = (t.unflatten(2, (-1, 2)).unbind(3)
+                                              for t in (q1, k1, P, intra))
+    q1 = torch.cat([qa, qb @ Pa], -2)
+    k1 = torch.cat([ka @ Pb.transpose(-1, -2), kb], -2)
+    cross = qb @ ka.transpose(-1, -2)
+    intra = torch.cat([torch.cat([Sa, torch.full_like(Sa, float("-inf"))], -1),
+                       torch.cat([cross, Sb], -1)], -2)
+    return q1, k1, Pb @ Pa, intra
+
+
+class _UT(torch.autograd.Function):
+    """The chunk pieces of the module docstring from q, k, w: (B, H, N, C, D) and beta
+    (B, H, N, C, 1): Q', K', P (B, H, N, D, D) and the intra scores (B, H, N, C, C), -inf
+    above the diagonal; the backward written out (no autograd graph of masks, cats and
+    slices)."""
+
+    @staticmethod
+    def forward(ctx, q, k, w, beta):
+        C, D = q.shape[-2:]
+        lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        strict = lower.tril(-1)
+        wt = w.transpose(-1, -2)
+        sww = (w @ wt).mul_(strict)                                   # SL(W W^T)
+        swk = (w @ k.transpose(-1, -2)).mul_(strict)                  # SL(W K^T)
+        qw = (q @ wt).mul_(lower)                                     # tril(Q W^T)
+        Tinv = unit_lower_inverse(sww * beta)                         # (I + diag(beta) SL(W W^T))^-1
+        YZ = Tinv @ torch.cat([w * beta, swk * beta], -1)
+        Y, Z = YZ.split([D, C], -1)
+        qYZ = qw @ YZ
+        q1 = q - qYZ[..., :D]
+        intra = (q @ k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
+        intra.masked_fill_(lower == 0, float("-inf"))
+        k1 = k - Z.transpose(-1, -2) @ w
+        P = torch.eye(D, dtype=q.dtype, device=q.device) - wt @ Y
+        ctx.save_for_backward(q, k, w, beta, Tinv, YZ, qw, sww, swk)
+        return q1, k1, P, intra
+
+    @staticmethod
+    def backward(ctx, dq1, dk1, dP, dintra):
+        q, k, w, beta, Tinv, YZ, qw, sww, swk = ctx.saved_tensors
+        C, D = q.shape[-2:]
+        dq1, dk1, dintra = (torch.zeros_like(t) if g is None else g
+                            for g, t in ((dq1, q), (dk1, k), (dintra, sww)))
+        dP = q.new_zeros(*q.shape[:-2], D, D) if dP is None else dP
+        lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+        strict = lower.tril(-1)
+        Y, Z = YZ.split([D, C], -1)
+        dI = dintra * lower
+        dqw = (dq1 @ Y.transpose(-1, -2)).add_(dI @ Z.transpose(-1, -2)).mul_(-lower)
+        qwt = qw.transpose(-1, -2)
+        dY = (qwt @ dq1).add_(w @ dP).neg_()
+        dZ = (qwt @ dI).add_(w @ dk1.transpose(-1, -2)).neg_()
+        dq = dq1 + dI @ k + dqw @ w
+        dk = dk1 + dI.transpose(-1, -2) @ q
+        dw = dqw.transpose(-1, -2) @ q - Y @ dP.transpose(-1, -2) - Z @ dk1
+        dR = Tinv.transpose(-1, -2) @ torch.cat([dY, dZ], -1)
+        dA = (dR @ YZ.transpose(-1, -2)).mul_(-strict)
+        dR1, dR2 = dR.split([D, C], -1)
+        dbeta = ((dA * sww).sum(-1, keepdim=True) + (dR1 * w).sum(-1, keepdim=True)
+                 + (dR2 * swk).sum(-1, keepdim=True))
+        dsww = dA * beta
+        dswk = dR2.mul(beta).mul_(strict)
+        dw += (dsww + dsww.transpose(-1, -2)) @ w + dR1 * beta + dswk @ k
+        dk += dswk.transpose(-1, -2) @ w
+        return dq, dk, dw, dbeta
+
+
+class _Attend(torch.autograd.Function):
+    """Softmax attention of each chunk's moved queries over the keys moved to its start
+    (the cache's first, then the earlier chunks'), and over its own keys by the intra scores.
+
+    q1, k1, v: (B, H, N, C, D); P: (B, H, N, D, D); intra: (B, H, N, C, C), -inf above the
+    diagonal; keys0, v0: (B, H, L, D) the cache; bias0: (B, 1, 1, L), 0 or -inf (hidden slot).
+    Returns o (B, H, N, C, D) and every key moved to the last step, (B, H, L + N C, D).
+    Saves each chunk's probabilities and the keys it read (about half of a (T, T) score
+    matrix and N C^2 / 2 keys a head); the backward runs the chunks in reverse."""
+
+    @staticmethod
+    def forward(ctx, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+        N, C = q1.shape[2:4]
+        L = keys0.shape[2]
+        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
+        keys, outs, read, probs = keys0, [], [], []
+        for n in range(N):
+            s = q1[:, :, n] @ keys.transpose(-1, -2)                  # (B, H, C, L + n C)
+            if L:
+                s[..., :L] += bias0
+            p = torch.cat([s, intra[:, :, n]], -1).mul_(scale).softmax(-1)
+            outs.append(p @ values[:, :, :L + (n + 1) * C])
+            read.append(keys)
+            probs.append(p)
+            keys = torch.cat([keys @ P[:, :, n].transpose(-1, -2), k1[:, :, n]], 2)
+        o = torch.stack(outs, 2)
+        ctx.save_for_backward(q1, P, values, o, *read, *probs)
+        ctx.scale, ctx.L = scale, L
+        return o, keys
+
+    @staticmethod
+    def backward(ctx, do, dkeys):
+        q1, P, values, o, *saved = ctx.saved_tensors
+        B, H, N, C, D = q1.shape
+        L, scale = ctx.L, ctx.scale
+        dkeys = torch.zeros_like(values) if dkeys is None else dkeys
+        dvalues = torch.zeros_like(values)
+        dq1, dk1, dP = torch.empty_like(q1), torch.empty_like(q1), torch.empty_like(P)
+        dintra = q1.new_empty(B, H, N, C, C)
+        for n in reversed(range(N)):
+            keys, p = saved[n], saved[N + n]
+            m = L + n * C
+            dk1[:, :, n] = dkeys[:, :, m:m + C]
+            dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
+            dP[:, :, n] = dmoved.transpose(-1, -2) @ keys
+            dkeys = dmoved @ P[:, :, n]
+            do_n = do[:, :, n]
+            dvalues[:, :, :m + C] += p.transpose(-1, -2) @ do_n
+            dp = do_n @ values[:, :, :m + C].transpose(-1, -2)
+            ds = p * (dp - (do_n * o[:, :, n]).sum(-1, keepdim=True)).mul_(scale)
+            dintra[:, :, n] = ds[..., m:]
+            ds = ds[..., :m]
+            dq1[:, :, n] = ds @ keys
+            dkeys += ds.transpose(-1, -2) @ q1[:, :, n]
+        dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
+        return dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
