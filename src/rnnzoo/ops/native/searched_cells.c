@@ -3,7 +3,8 @@
    manual_step / manual_back:
 
    nas: g = xp_t + h W^T (8H), a fixed tree of sigma/relu/tanh (module docstring of
-     cells/searched.py); state (h, c); saved the 16 intermediate (B, H) values.
+     cells/searched.py); state (h, c); saved the 16 intermediate (B, H) values; W^T (forward)
+     and W (backward) packed once per call (cell_loop.h's drive_packed).
    mut1..3 (ints [variant]): gates z, r, then
        h' = h + z (tanh(xp_t[2H:] + (r h) W_hh^T) - h)
      mut1: z = xp_t[:H] (sigmoid applied in project), r = sigma(xp_t[H:2H] + h W_hr^T);
@@ -25,8 +26,8 @@
 static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     T *h = a->state[0], *c = a->state[1];
-    NAME(mm)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0], 8 * H,
-             nb, H, 8 * H);
+    NAME(mmp)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0],
+              nb, H, 8 * H);
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
     for (long b = b0; b < b1; b++) {
@@ -85,16 +86,17 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
         }
         memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
     }
-    NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0], H,
-             nb, 8 * H, H);
+    NAME(mmp)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0],
+              nb, 8 * H, H);
 }
 
+/* W (8H, H) is 512 KB at H = 128: its products run on packed copies (drive_packed, mmp) */
 void NAME(nas_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_fwd)(p, d, b0, b1, NAME(nas_step), 8 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_step), 8 * d[2], 0);
 }
 
 void NAME(nas_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_bwd)(p, d, b0, b1, NAME(nas_back), 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 1, 1);
 }
 
 /* ---- mut1, mut2, mut3 --------------------------------------------------------------- */

@@ -11,7 +11,8 @@
        (4H), [a_r, a_z | gh_n] = xp_t[:3H] + h W_hh^T,  (r, z) = sigma(a_r, a_z),
        n = tanh(a_n + r gh_n),  u = n + z (h - n),
        alpha = softmax(u (S / tau)^T) (hard: the one-hot of its argmax),  h' = alpha S;
-       matrices W_hh (3H, H), S / tau (k, H), S^T (H, k); saved h, r, z, n, gh_n, alpha. */
+       matrices W_hh (3H, H), S / tau (k, H), S^T (H, k); saved h, r, z, n, gh_n, alpha.
+   All three run their products on packed matrices (cell_loop.h's drive_packed, mmp). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "simple_gated.c"
@@ -27,10 +28,11 @@ static void NAME(cfn_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
     T *h = a->state[0];
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
-    NAME(mm)(pre, 2 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0], 2 * H,
-             nb, H, 2 * H);
+    NAME(mmp)(pre, 2 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H,
+              a->WT[0], nb, H, 2 * H);
     for (long b = b0; b < b1; b++) {
-        const T *restrict pr = pre + (b - b0) * 2 * H, *restrict cand = NAME(at)(a->xp, a, b, t, P) + 2 * H;
+        const T *restrict pr = pre + (b - b0) * 2 * H;
+        const T *restrict cand = NAME(at)(a->xp, a, b, t, P) + 2 * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
         T *restrict hr = h + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
@@ -61,16 +63,16 @@ static void NAME(cfn_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
         }
         memcpy(dp, g, 2 * H * sizeof(T));
     }
-    NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H,
-             a->W[0], H, nb, 2 * H, H);
+    NAME(mmp)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H,
+              a->W[0], nb, 2 * H, H);
 }
 
 void NAME(cfn_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_fwd)(p, d, b0, b1, NAME(cfn_step), 2 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(cfn_step), 2 * d[2], 0);
 }
 
 void NAME(cfn_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_bwd)(p, d, b0, b1, NAME(cfn_back), 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(cfn_back), 1, 1);
 }
 
 /* ---- ran ---------------------------------------------------------------------------- */
@@ -79,10 +81,11 @@ static void NAME(ran_step)(const NAME(args) *a, long t, long b0, long b1, T *pre
     T *h = a->state[0], *c = a->state[1];
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
-    NAME(mm)(pre, 2 * H, NAME(at)(a->xp, a, b0, t, P) + H, T_ * P, h + b0 * H, H, a->WT[0], 2 * H,
-             nb, H, 2 * H);
+    NAME(mmp)(pre, 2 * H, NAME(at)(a->xp, a, b0, t, P) + H, T_ * P, h + b0 * H, H,
+              a->WT[0], nb, H, 2 * H);
     for (long b = b0; b < b1; b++) {
-        const T *restrict pr = pre + (b - b0) * 2 * H, *restrict content = NAME(at)(a->xp, a, b, t, P);
+        const T *restrict pr = pre + (b - b0) * 2 * H;
+        const T *restrict content = NAME(at)(a->xp, a, b, t, P);
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
         T *restrict hr = h + b * H, *restrict cr = c + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
@@ -116,16 +119,16 @@ static void NAME(ran_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
         }
         memcpy(dp + H, g, 2 * H * sizeof(T));
     }
-    NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H, a->W[0], H,
-             nb, 2 * H, H);
+    NAME(mmp)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 2 * H), T_ * 2 * H,
+              a->W[0], nb, 2 * H, H);
 }
 
 void NAME(ran_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_fwd)(p, d, b0, b1, NAME(ran_step), 2 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(ran_step), 2 * d[2], 0);
 }
 
 void NAME(ran_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_bwd)(p, d, b0, b1, NAME(ran_back), 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(ran_back), 1, 1);
 }
 
 /* ---- state-regularized RNN, GRU base ------------------------------------------------ */
@@ -136,10 +139,11 @@ static void NAME(srnn_step)(const NAME(args) *a, long t, long b0, long b1, T *pr
     T *logits = pre + nb * 3 * H;
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
-    NAME(mm)(pre, 3 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0], 3 * H,
-             nb, H, 3 * H);
+    NAME(mmp)(pre, 3 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H,
+              a->WT[0], nb, H, 3 * H);
     for (long b = b0; b < b1; b++) {
-        const T *restrict pr = pre + (b - b0) * 3 * H, *restrict an = NAME(at)(a->xp, a, b, t, P) + 3 * H;
+        const T *restrict pr = pre + (b - b0) * 3 * H;
+        const T *restrict an = NAME(at)(a->xp, a, b, t, P) + 3 * H;
         const T *restrict hr = h + b * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
         T *restrict u = NAME(kept)(a->rg[1], a, b, t, H);
@@ -151,8 +155,8 @@ static void NAME(srnn_step)(const NAME(args) *a, long t, long b0, long b1, T *pr
             u[k] = n + z * (hr[k] - n);
         }
     }
-    NAME(mm)(logits, K, 0, 0, NAME(kept)(a->rg[1], a, b0, t, H), NAME(kept_ld)(a, H), a->WT[1], K,
-             nb, H, K);
+    NAME(mmp)(logits, K, 0, 0, NAME(kept)(a->rg[1], a, b0, t, H), NAME(kept_ld)(a, H),
+              a->WT[1], nb, H, K);
     for (long b = b0; b < b1; b++) {
         const T *restrict l = logits + (b - b0) * K;
         T *restrict al = NAME(kept)(a->saved, a, b, t, S) + 5 * H;
@@ -169,8 +173,8 @@ static void NAME(srnn_step)(const NAME(args) *a, long t, long b0, long b1, T *pr
         }
         memcpy(NAME(kept)(a->rg[2], a, b, t, K), al, K * sizeof(T));
     }
-    NAME(mm)(h + b0 * H, H, 0, 0, NAME(kept)(a->rg[2], a, b0, t, K), NAME(kept_ld)(a, K), a->WT[2],
-             H, nb, K, H);
+    NAME(mmp)(h + b0 * H, H, 0, 0, NAME(kept)(a->rg[2], a, b0, t, K), NAME(kept_ld)(a, K),
+              a->WT[2], nb, K, H);
 }
 
 static void NAME(srnn_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
@@ -185,7 +189,7 @@ static void NAME(srnn_back)(const NAME(args) *a, long t, long b0, long b1, T *sc
         for (long b = b0; b < b1; b++) memset(NAME(at)(a->rg[1], a, b, t, K), 0, K * sizeof(T));
         memset(du, 0, nb * H * sizeof(T));
     } else {
-        NAME(mm)(dalpha, K, 0, 0, dh + b0 * H, H, a->W[2], K, nb, H, K);
+        NAME(mmp)(dalpha, K, 0, 0, dh + b0 * H, H, a->W[2], nb, H, K);
         for (long b = b0; b < b1; b++) {
             const T *restrict al = NAME(at)(a->saved, a, b, t, S) + 5 * H;
             const T *restrict da = dalpha + (b - b0) * K;
@@ -194,7 +198,7 @@ static void NAME(srnn_back)(const NAME(args) *a, long t, long b0, long b1, T *sc
             for (long j = 0; j < K; j++) s += al[j] * da[j];
             for (long j = 0; j < K; j++) dl[j] = al[j] * (da[j] - s);
         }
-        NAME(mm)(du, H, 0, 0, dl0, T_ * K, a->W[1], H, nb, K, H);
+        NAME(mmp)(du, H, 0, 0, dl0, T_ * K, a->W[1], nb, K, H);
     }
     for (long b = b0; b < b1; b++) {
         const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
@@ -215,18 +219,18 @@ static void NAME(srnn_back)(const NAME(args) *a, long t, long b0, long b1, T *sc
         }
         memcpy(dp, g, 3 * H * sizeof(T));
     }
-    NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 3 * H), T_ * 3 * H,
-             a->W[0], H, nb, 3 * H, H);
+    NAME(mmp)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 3 * H), T_ * 3 * H,
+              a->W[0], nb, 3 * H, H);
 }
 
 /* scratch per row: forward the 3H pre-activations and K logits, backward du (H) and
    d alpha (K); K = S - 5H (d[5] = S, d[2] = H) */
 void NAME(srnn_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_fwd)(p, d, b0, b1, NAME(srnn_step), d[5] - 2 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(srnn_step), d[5] - 2 * d[2], 0);
 }
 
 void NAME(srnn_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_bwd)(p, d, b0, b1, NAME(srnn_back), d[5] - 4 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(srnn_back), d[5] - 4 * d[2], 1);
 }
 
 #endif
