@@ -86,7 +86,7 @@ class NAS(StackedGates):
 
     def manual_native(self):
         """The same step in C (ops/native/searched_cells.c)."""
-        return NativeStep("searched_cells", "nas", 16 * self.hidden_size)
+        return NativeStep("searched_cells", "nas", 9 * self.hidden_size, g_is_dxp=True)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, c = state

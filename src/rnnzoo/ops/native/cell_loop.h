@@ -21,7 +21,8 @@
    Backward: `state` the running gradient of the state, set from `init` (that of the final
    state) and left holding the initial state's; `rg[j]` = g_j (B, T, G_j), the gradients at
    the products' outputs (dW_j = g_j^T r_j is one product, done by the caller); `dvec`
-   (B, len_v) per-row sums over the steps of each vector's gradient (the caller sums rows).
+   (B, len_v) per-row sums over the steps of each vector's gradient (the caller sums rows);
+   rg[0] may be dxp itself (NativeStep.g_is_dxp), which a step then writes once.
    `floats`: the cell's float options as doubles, their bits in d's last slots (a.floats).
    `own`: the output is state[0] (the driver copies it to y, and adds dy to its gradient);
    otherwise the cell's step writes y and reads dy itself.
