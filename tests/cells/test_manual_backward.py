@@ -29,6 +29,7 @@ CASES = [
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
     ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
     ("mut1", {}), ("mut2", {}), ("mut3", {}), ("mut3", {"bias": False}), ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
+    ("cfn", {}), ("cfn", {"bias": False}), ("ran", {}), ("ran", {"nonlinearity": "identity"}),
 ]
 
 

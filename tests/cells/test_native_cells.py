@@ -27,7 +27,7 @@ LSTM_CASES = [  # lstm_cells.c, slstm.c, normalized.c, para.c
     ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}),
     ("original_lstm", {"bias": False}), ("janet", {}), ("janet", {"beta": 0.3}),
 ]
-MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c
+MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c, simple_gated.c
     ("ltc", {}), ("ltc", {"ode_unfolds": 2, "dt": 0.7}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"backbone_units": 7, "dt": 0.5}),
     ("lem", {}), ("lem", {"dt": 0.6}),
@@ -36,6 +36,10 @@ MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c
     ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
     ("sgu", {}), ("sgu", {"bias": False}), ("dsgu", {}), ("scrn", {}),
     ("scrn", {"context_size": 3}),
+    # simple_gated.c
+    ("cfn", {}), ("cfn", {"bias": False}), ("ran", {}), ("ran", {"nonlinearity": "identity"}),
+    ("state_regularized_rnn", {}), ("state_regularized_rnn", {"assignment": "hard"}),
+    ("state_regularized_rnn", {"num_centroids": 3, "temperature": 0.5}),
 ]
 CASES = LSTM_CASES + MORE_CASES
 # (cell, options, (B, T, D, H)): at 1 thread row blocks of 4 and single rows, at 2 threads
@@ -97,6 +101,7 @@ def test_every_native_cell_is_covered():
     assert _cell("ltc", {"ode_unfolds": 9}, 3, 4).manual_native() is None
     assert _cell("rhn", {"depth": 9}, 3, 4).manual_native() is None
     assert _cell("taugru", {"delay": 8}, 3, 4).manual_native() is None
+    assert _cell("state_regularized_rnn", {"base": "mgu"}, 3, 4).manual_native() is None
 
 
 @pytest.mark.parametrize("name,options,size", RUNS, ids=_ids(RUNS))

@@ -137,6 +137,32 @@ class CFN(_OneProduct):
         theta, eta = torch.sigmoid(torch.addmm(gates, h, w[0])).chunk(2, -1)
         return (torch.addcmul(theta * torch.tanh(h), eta, cand),)
 
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward: with d = dh_t,
+        d a_theta = d tanh(h) theta (1 - theta), d a_eta = d cand eta (1 - eta),
+        d cand = d eta, dh_{t-1} = d theta (1 - tanh(h)^2) + [d a_theta, d a_eta] U."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/simple_gated.c)."""
+        return NativeStep("simple_gated", "cfn", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        te = torch.sigmoid(torch.addmm(xp_t[:, :2 * H], h, wt[0]))
+        th, cand = torch.tanh(h), xp_t[:, 2 * H:]
+        return (torch.addcmul(te[:, :H] * th, te[:, H:], cand),), None, (h,), (th, te, cand)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (th, te, cand), H = d_state, saved, self.hidden_size
+        d_a = sigmoid_back(torch.cat([dh * th, dh * cand], 1), te)
+        dh_prev = torch.addmm(tanh_back(dh * te[:, :H], th), d_a, matrices[0])
+        return torch.cat([d_a, dh * te[:, H:]], 1), (dh_prev,), (d_a,), ()
+
 
 @cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
       tiny={"hidden_size": 5})

@@ -63,6 +63,15 @@ class NAS(StackedGates):
         self.state_sizes = (hidden_size, hidden_size)
         glorot_init_(self)
 
+    def project(self, x):
+        """(..., I) -> (..., 8H): W_ih x + b_ih + b_hh, the biases inside the product (one
+        (B T, 8H) result instead of the product and its sum with the bias)."""
+        if self.bias_ih is None:
+            return x @ self.weight_ih.T
+        flat = torch.addmm(self.bias_ih + self.bias_hh, x.reshape(-1, x.shape[-1]),
+                           self.weight_ih.T)
+        return flat.view(*x.shape[:-1], flat.shape[-1])
+
     def weights(self, batch_size):
         return (self.weight_hh.T,)
 
@@ -86,7 +95,7 @@ class NAS(StackedGates):
 
     def manual_native(self):
         """The same step in C (ops/native/searched_cells.c)."""
-        return NativeStep("searched_cells", "nas", 16 * self.hidden_size)
+        return NativeStep("searched_cells", "nas", 9 * self.hidden_size, g_is_dxp=True)
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, c = state

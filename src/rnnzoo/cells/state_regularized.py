@@ -25,7 +25,8 @@ l = u (S / tau)^T and h = alpha S, with
     d alpha = dh S^T,   d l = alpha * (d alpha - <alpha, d alpha>)   (zero under hard),
     du = d l (S / tau),  d S = (d l)^T u / tau + alpha^T dh   (summed over all steps at once)
 
-A base with neither runs the reference loop there.
+A base with neither runs the reference loop there. With the GRU base the whole loop,
+forward and backward, runs in C on CPU float32/float64 (ops/native/simple_gated.c, `srnn`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.gru import GRUCell
 from rnnzoo.cells.manual import manual_scan
+from rnnzoo.ops.native.cells import NativeStep
 from rnnzoo.registry import CELLS
 
 
@@ -86,6 +88,10 @@ class _Mixture:
 
     def __init__(self, cell, steps):
         self.cell, self.steps = cell, steps
+        self.hidden_size = cell.hidden_size
+
+    def manual_native(self):
+        return self.cell.manual_native()
 
     def manual_params(self):
         mats, vecs = self.steps.manual_params()
@@ -157,6 +163,14 @@ class StateRegularized(Cell):
         if type(self.base) is GRUCell:
             return self._gru_steps
         return self.base if hasattr(self.base, "manual_step") else None
+
+    def manual_native(self):
+        """The loop in C (ops/native/simple_gated.c, `srnn`) with the GRU base; None (the
+        Python loop) with any other. ints: [hard assignment]."""
+        if type(self.base) is not GRUCell:
+            return None
+        return NativeStep("simple_gated", "srnn", 5 * self.hidden_size + self.num_centroids,
+                          (int(self.assignment == "hard"),))
 
     def fused(self, x, state):
         steps = self._steps()

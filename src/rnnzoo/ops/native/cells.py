@@ -36,8 +36,9 @@ __all__ = ["NativeStep", "scan"]
 class NativeStep(NamedTuple):
     """What a cell's `manual_native` names: the C file (without .c), the function prefix,
     floats saved per batch row and step, int options passed to the C step, the output
-    width when the output is not state[0] (0: it is state[0]), and float options (passed as
-    doubles)."""
+    width when the output is not state[0] (0: it is state[0]), float options (passed as
+    doubles), and whether the gradient at the first matrix's product is the whole of d xp
+    (pre = xp_t + r W_0^T, W_0 (P, K): then the backward's g_0 and d xp are one buffer)."""
 
     file: str
     fn: str
@@ -45,6 +46,7 @@ class NativeStep(NamedTuple):
     ints: tuple = ()
     out: int = 0
     floats: tuple = ()
+    g_is_dxp: bool = False
 
 
 def _kernels(lib, fn, dtype):
@@ -103,7 +105,9 @@ class _NativeLoop(torch.autograd.Function):
         d_final = [d.contiguous() for d in d_final]
         d_state = [torch.empty_like(d) for d in d_final]
         d_xp = d_out.new_empty(ctx.xp_shape)
-        gs = [d_out.new_empty(B, ctx.xp_shape[1], w.shape[0]) for w in mats]
+        shared = ctx.spec.g_is_dxp and mats[0].shape[0] == ctx.xp_shape[2]
+        gs = [d_xp if j == 0 and shared else d_out.new_empty(B, ctx.xp_shape[1], w.shape[0])
+              for j, w in enumerate(mats)]
         d_vecs = [d_out.new_empty(B, v.numel()) for v in vecs]
         _, bwd = _kernels(ctx.lib, ctx.spec.fn, d_out.dtype)
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,

@@ -3,7 +3,10 @@
    manual_step / manual_back:
 
    nas: g = xp_t + h W^T (8H), a fixed tree of sigma/relu/tanh (module docstring of
-     cells/searched.py); state (h, c); saved the 16 intermediate (B, H) values.
+     cells/searched.py); state (h, c); saved the eight activated gates and c_{t-1} (9H: the
+     backward computes the tree's other seven tanh/sigma again, cheaper than storing and
+     reading them back); W^T (forward) and W (backward) packed once per call (cell_loop.h's
+     drive_packed).
    mut1..3 (ints [variant]): gates z, r, then
        h' = h + z (tanh(xp_t[2H:] + (r h) W_hh^T) - h)
      mut1: z = xp_t[:H] (sigmoid applied in project), r = sigma(xp_t[H:2H] + h W_hr^T);
@@ -25,8 +28,8 @@
 static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     T *h = a->state[0], *c = a->state[1];
-    NAME(mm)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0], 8 * H,
-             nb, H, 8 * H);
+    NAME(mmp)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0],
+              nb, H, 8 * H);
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
     for (long b = b0; b < b1; b++) {
@@ -44,8 +47,7 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
             const T cn = A * Bv, C = NAME(tanh_)(tl2 + sl3), hn = NAME(tanh_)(cn * C);
             sv[k] = s0; sv[H + k] = r1; sv[2 * H + k] = s2; sv[3 * H + k] = r3;
             sv[4 * H + k] = t4; sv[5 * H + k] = s5; sv[6 * H + k] = t6; sv[7 * H + k] = s7;
-            sv[8 * H + k] = l0; sv[9 * H + k] = tl2; sv[10 * H + k] = sl3; sv[11 * H + k] = A;
-            sv[12 * H + k] = Bv; sv[13 * H + k] = cn; sv[14 * H + k] = C; sv[15 * H + k] = hn;
+            sv[8 * H + k] = cr[k];
             hr[k] = hn; cr[k] = cn;
         }
     }
@@ -59,20 +61,22 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
         const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
         const T *restrict s0 = sv, *restrict r1 = sv + H, *restrict s2 = sv + 2 * H,
                 *restrict r3 = sv + 3 * H, *restrict t4 = sv + 4 * H, *restrict s5 = sv + 5 * H,
-                *restrict t6 = sv + 6 * H, *restrict s7 = sv + 7 * H, *restrict l0 = sv + 8 * H,
-                *restrict tl2 = sv + 9 * H, *restrict sl3 = sv + 10 * H,
-                *restrict A = sv + 11 * H, *restrict Bv = sv + 12 * H, *restrict cn = sv + 13 * H,
-                *restrict C = sv + 14 * H, *restrict hn = sv + 15 * H;
+                *restrict t6 = sv + 6 * H, *restrict s7 = sv + 7 * H, *restrict cp = sv + 8 * H;
         T *restrict da = NAME(at)(a->rg[0], a, b, t, 8 * H);
         T *restrict dhr = dh + b * H, *restrict dcr = dc + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
-            const T d_in = dhr[k] * (1 - hn[k] * hn[k]);
-            const T dcn = dcr[k] + d_in * C[k];
-            const T d_cin = d_in * cn[k] * (1 - C[k] * C[k]);
-            const T d_l2 = d_cin * (1 - tl2[k] * tl2[k]), d_l3 = d_cin * sl3[k] * (1 - sl3[k]);
-            const T d_l1 = dcn * A[k] * (1 - Bv[k] * Bv[k]);
-            const T dcp = dcn * Bv[k] * (1 - A[k] * A[k]);
-            const T d_l0 = dcp * (1 - l0[k] * l0[k]);
+            /* the tree again from the saved gates (7 of the forward's 13 exps) */
+            const T l0 = NAME(tanh_)(s0[k] * r1[k]), tl2 = NAME(tanh_)(t4[k] * s5[k]);
+            const T sl3 = NAME(sigm)(t6[k] + s7[k]);
+            const T A = NAME(tanh_)(l0 + cp[k]), Bv = NAME(tanh_)(s2[k] + r3[k]);
+            const T cn = A * Bv, C = NAME(tanh_)(tl2 + sl3), hn = NAME(tanh_)(cn * C);
+            const T d_in = dhr[k] * (1 - hn * hn);
+            const T dcn = dcr[k] + d_in * C;
+            const T d_cin = d_in * cn * (1 - C * C);
+            const T d_l2 = d_cin * (1 - tl2 * tl2), d_l3 = d_cin * sl3 * (1 - sl3);
+            const T d_l1 = dcn * A * (1 - Bv * Bv);
+            const T dcp = dcn * Bv * (1 - A * A);
+            const T d_l0 = dcp * (1 - l0 * l0);
             da[k] = d_l0 * r1[k] * s0[k] * (1 - s0[k]);
             da[H + k] = r1[k] > 0 ? d_l0 * s0[k] : 0;
             da[2 * H + k] = d_l1 * s2[k] * (1 - s2[k]);
@@ -83,18 +87,20 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
             da[7 * H + k] = d_l3 * s7[k] * (1 - s7[k]);
             dcr[k] = dcp;
         }
-        memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
+        if (a->rg[0] != a->dxp)  /* one buffer with g_is_dxp */
+            memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
     }
-    NAME(mm)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0], H,
-             nb, 8 * H, H);
+    NAME(mmp)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0],
+              nb, 8 * H, H);
 }
 
+/* W (8H, H) is 512 KB at H = 128: its products run on packed copies (drive_packed, mmp) */
 void NAME(nas_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_fwd)(p, d, b0, b1, NAME(nas_step), 8 * d[2]);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_step), 8 * d[2], 0);
 }
 
 void NAME(nas_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_bwd)(p, d, b0, b1, NAME(nas_back), 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 1, 1);
 }
 
 /* ---- mut1, mut2, mut3 --------------------------------------------------------------- */
