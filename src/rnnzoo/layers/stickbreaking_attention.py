@@ -26,7 +26,9 @@ from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.registry import register
 
 
@@ -88,9 +90,14 @@ class StickBreakingAttention(Attention):
         before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
             else key_pos[:, None, :] < pos[:, :, None]
         visible = (key_pos[:, None, :] >= 0) & before                   # (B, T, C + T)
-        A = stick_breaking_weights(q @ keys.transpose(-1, -2) * self.head_dim ** -0.5,
-                                   visible[:, None])
-        out = A @ values
+        q = q * self.head_dim ** -0.5
+        lib = native_attention.load() if backend.use_native(q, keys, values) else None
+        if lib is not None:  # C rows between blocked matmuls; causal tiles when fresh
+            out = native_attention.stick_breaking_attention(
+                lib, q, keys, values, visible if top > 0 else None,
+                0 if self.attend_current else -1)
+        else:
+            out = stick_breaking_weights(q @ keys.transpose(-1, -2), visible[:, None]) @ values
         seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None])
         y = self.op_output(out.transpose(1, 2), x)

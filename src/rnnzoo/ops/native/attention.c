@@ -12,9 +12,9 @@
 
        dz_ij = dL_ij sigmoid(-z_ij) - sigmoid(z_ij) sum_{j' < j, m_ij'} dL_ij'   (m_ij; else 0)
 
-   one forward sum along the row. Rows past the row's last visible key are zeros without
-   being read. Layouts: z, A, dA, dz (N Tq, Tk) rows, N = B H; m (B, Tq, Tk) bytes, shared by
-   the H heads of a batch row. Rows [r0, r1) of the N Tq.
+   one forward sum along the row. Entries past the row's last visible key are zeros without
+   being read. The caller (ops.native.attention) runs them on blocks of rows, so that z and
+   A never exist whole: see sb_fwd for the layout.
 
    Packed features (ops.feature_maps.packed): x (rows, d) ->
        psi = [1, x, w_p x_a x_b over the pairs p = (a, b), a <= b]   (lin = 1: taylor)
@@ -28,12 +28,6 @@
 
 #else
 
-static inline long NAME(last_visible)(const unsigned char *restrict m, long Tk) {
-    long e = Tk;
-    while (e > 0 && !m[e - 1]) e--;
-    return e;  /* one past the last visible key, 0 when none */
-}
-
 /* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
    (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
 static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
@@ -44,48 +38,126 @@ static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *rest
     }
 }
 
-void NAME(sb_fwd)(const T *restrict z, const unsigned char *restrict mask, T *restrict A,
-                  long H, long Tq, long Tk, long r0, long r1) {
-    T *om = malloc(Tk * sizeof(T));
-    for (long r = r0; r < r1; r++) {
-        const long n = r / Tq, i = r % Tq;
-        const unsigned char *restrict m = mask + ((n / H) * Tq + i) * Tk;
-        T *restrict a = A + r * Tk;
-        const long e = NAME(last_visible)(m, Tk);
-        NAME(sigmoids)(z + r * Tk, a, om, e);
-        T acc = 1;
-        for (long j = e - 1; j >= 0; j--) {
-            const int v = m[j];
-            a[j] = v ? a[j] * acc : 0;
-            acc = v ? acc * om[j] : acc;
-            acc = acc < (T)1e-30 ? 0 : acc;
-        }
-        for (long j = e; j < Tk; j++) a[j] = 0;
+/* The visibility of one row: its mask row (mask not NULL), else keys j <= diag; returns one
+   past the last visible key (0 when none) within the row's e keys. */
+static inline long NAME(row_end)(const unsigned char *restrict m, long diag, long e) {
+    if (!m) return diag + 1 < 0 ? 0 : (diag + 1 < e ? diag + 1 : e);
+    while (e > 0 && !m[e - 1]) e--;
+    return e;
+}
+
+/* A block of rows of stick-breaking weights: z, A (rows, e), row r = (head-row n0 + r / t,
+   query i0 + r % t); head-row n is batch row n / H. Visible keys: mask (B, Tq, Tk) bytes
+   when not NULL, else keys j <= query + shift (0: the current key too, -1: before it).
+   The scans run SB_ROWS rows side by side: independent chains, not one serial product. */
+#ifndef SB_ROWS
+#define SB_ROWS 8
+#endif
+
+/* The group of rows [r, r + SB_ROWS): their mask rows (or NULL), ends, and the longest end;
+   rows past r1 get end 0 and write to `spare`. */
+static inline long NAME(sb_group)(const unsigned char *restrict mask, long r, long r1, long t,
+                                  long e, long n0, long H, long Tq, long Tk, long i0, long shift,
+                                  const unsigned char **m, long *end) {
+    long most = 0;
+    for (long k = 0; k < SB_ROWS; k++) {
+        m[k] = 0;
+        end[k] = 0;
+        if (r + k >= r1) continue;
+        const long n = n0 + (r + k) / t, i = i0 + (r + k) % t;
+        m[k] = mask ? mask + ((n / H) * Tq + i) * Tk : 0;
+        end[k] = NAME(row_end)(m[k], i + shift, e);
+        most = end[k] > most ? end[k] : most;
     }
-    free(om);
+    return most;
+}
+
+/* The group's logits transposed to zt[j SB_ROWS + k] (key j of row k), then beta = sigmoid(z)
+   where visible, else 0, and om = sigmoid(-z) where visible, else 1: one contiguous pass. */
+static inline void NAME(sb_load)(const T *restrict z, long r, long r1, long e, long most,
+                                 const unsigned char **m, const long *end, T *restrict zt,
+                                 T *restrict bt, T *restrict ot) {
+    for (long k = 0; k < SB_ROWS; k++) {
+        const T *restrict zr = z + (r + k) * e;
+        if (r + k < r1)
+            for (long j = 0; j < most; j++)
+                zt[j * SB_ROWS + k] = j < end[k] && (!m[k] || m[k][j]) ? zr[j] : (T)INFINITY;
+        else
+            for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = (T)INFINITY;
+    }
+    /* not visible: z = +inf stands for it (beta 0, om 1 below), never a real logit's value
+       since the caller's logits are finite */
+    for (long j = 0; j < most * SB_ROWS; j++) {
+        const int v = zt[j] != (T)INFINITY;
+        const T x = v ? zt[j] : 0, tt = EXP(-x), b = 1 / (1 + tt);
+        bt[j] = v ? b : 0;
+        ot[j] = v ? tt * b : 1;
+    }
+}
+
+void NAME(sb_fwd)(const T *restrict z, const unsigned char *restrict mask, T *restrict A,
+                  long t, long e, long n0, long H, long Tq, long Tk, long i0, long shift,
+                  long r0, long r1) {
+    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
+    const unsigned char *m[SB_ROWS];
+    long end[SB_ROWS];
+    for (long r = r0; r < r1; r += SB_ROWS) {
+        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
+        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
+        T acc[SB_ROWS];
+        for (long k = 0; k < SB_ROWS; k++) acc[k] = 1;
+        for (long j = most - 1; j >= 0; j--) {   /* SB_ROWS independent products, one vector */
+            T *restrict b = bt + j * SB_ROWS;
+            const T *restrict o = ot + j * SB_ROWS;
+            for (long k = 0; k < SB_ROWS; k++) {
+                b[k] *= acc[k];
+                const T next = acc[k] * o[k];
+                acc[k] = next < (T)1e-30 ? 0 : next;
+            }
+        }
+        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
+            T *restrict a = A + (r + k) * e;
+            for (long j = 0; j < most; j++) a[j] = bt[j * SB_ROWS + k];
+            for (long j = most; j < e; j++) a[j] = 0;
+        }
+    }
+    free(zt);
 }
 
 void NAME(sb_bwd)(const T *restrict z, const unsigned char *restrict mask, const T *restrict A,
-                  const T *restrict dA, T *restrict dz, long H, long Tq, long Tk, long r0,
-                  long r1) {
-    T *om = malloc(Tk * sizeof(T));
-    for (long r = r0; r < r1; r++) {
-        const long n = r / Tq, i = r % Tq;
-        const unsigned char *restrict m = mask + ((n / H) * Tq + i) * Tk;
-        const T *restrict ar = A + r * Tk, *restrict g = dA + r * Tk;
-        T *restrict d = dz + r * Tk;
-        const long e = NAME(last_visible)(m, Tk);
-        NAME(sigmoids)(z + r * Tk, d, om, e);
-        T before = 0;
-        for (long j = 0; j < e; j++) {
-            const int v = m[j];
-            const T dl = v ? g[j] * ar[j] : 0;
-            d[j] = v ? dl * om[j] - d[j] * before : 0;
-            before += dl;
+                  const T *restrict dA, T *restrict dz, long t, long e, long n0, long H, long Tq,
+                  long Tk, long i0, long shift, long r0, long r1) {
+    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
+    const unsigned char *m[SB_ROWS];
+    long end[SB_ROWS];
+    for (long r = r0; r < r1; r += SB_ROWS) {
+        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
+        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
+        for (long k = 0; k < SB_ROWS; k++) {   /* zt now holds dL = dA A (0 where not visible) */
+            const T *restrict ar = A + (r + k) * e, *restrict g = dA + (r + k) * e;
+            if (r + k < r1)
+                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = g[j] * ar[j];
+            else
+                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = 0;
         }
-        for (long j = e; j < Tk; j++) d[j] = 0;
+        T before[SB_ROWS];
+        for (long k = 0; k < SB_ROWS; k++) before[k] = 0;
+        for (long j = 0; j < most; j++) {
+            T *restrict dl = zt + j * SB_ROWS;
+            const T *restrict b = bt + j * SB_ROWS, *restrict o = ot + j * SB_ROWS;
+            for (long k = 0; k < SB_ROWS; k++) {
+                const T x = dl[k];
+                dl[k] = x * o[k] - b[k] * before[k];   /* not visible: 0 * 1 - 0 * before */
+                before[k] += x;
+            }
+        }
+        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
+            T *restrict d = dz + (r + k) * e;
+            for (long j = 0; j < most; j++) d[j] = zt[j * SB_ROWS + k];
+            for (long j = most; j < e; j++) d[j] = 0;
+        }
     }
-    free(om);
+    free(zt);
 }
 
 void NAME(pairs_fwd)(const T *restrict x, const T *restrict w, T *restrict out, long d, int lin,
