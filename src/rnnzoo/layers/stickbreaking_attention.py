@@ -101,7 +101,7 @@ class StickBreakingAttention(Attention):
         seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
-        return y, self._write(state, k, v, pos, start + T)
+        return y, self._write(state, k, v, pos, start + T, fresh=top == 0)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
