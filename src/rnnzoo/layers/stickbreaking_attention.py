@@ -87,18 +87,23 @@ class StickBreakingAttention(Attention):
         else:
             keys, values, key_pos = k, v, pos
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
-            else key_pos[:, None, :] < pos[:, :, None]
-        visible = (key_pos[:, None, :] >= 0) & before                   # (B, T, C + T)
         q = q * self.head_dim ** -0.5
         lib = native_attention.load() if backend.use_native(q, keys, values) else None
-        if lib is not None:  # C rows between blocked matmuls; causal tiles when fresh
-            out = native_attention.stick_breaking_attention(
-                lib, q, keys, values, visible if top > 0 else None,
-                0 if self.attend_current else -1)
+        bad = bad_k | bad_v
+        if lib is not None and top == 0:  # fresh: causal tiles, no (T, T) mask at all
+            out = native_attention.stick_breaking_attention(lib, q, keys, values, None,
+                                                            0 if self.attend_current else -1)
+            seen = bad.cumsum(1) - (0 if self.attend_current else bad.long()) > 0
         else:
-            out = stick_breaking_weights(q @ keys.transpose(-1, -2), visible[:, None]) @ values
-        seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
+            before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
+                else key_pos[:, None, :] < pos[:, :, None]
+            visible = (key_pos[:, None, :] >= 0) & before               # (B, T, C + T)
+            if lib is not None:  # C rows between blocked matmuls
+                out = native_attention.stick_breaking_attention(lib, q, keys, values, visible)
+            else:
+                out = stick_breaking_weights(q @ keys.transpose(-1, -2), visible[:, None]) \
+                    @ values
+            seen = (visible & bad[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         return y, self._write(state, k, v, pos, start + T, fresh=top == 0)
