@@ -13,7 +13,9 @@ reverse cumulative sum along the keys.
 The cache is the `attention` layer's (full attention, `max_len` slots, slot s = token s):
     state = (k_cache, v_cache, position)
 Modes: `sequential` (one token at a time through the cache) and `parallel` (all queries over
-cache + new tokens at once).
+cache + new tokens at once). On the CPU in float32 / float64 both run the C rows of
+ops.native.attention between blocked matrix products (a fresh sequence in causal tiles);
+elsewhere the log-space form below.
 """
 
 from __future__ import annotations
