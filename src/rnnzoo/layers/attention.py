@@ -189,10 +189,17 @@ class Attention(RecurrentLayer):
         if self.g_proj is not None:
             out = out * torch.sigmoid(self.g_proj(x).to(out.dtype))
         y = self.out_proj(out.to(x.dtype))
-        return y, self._write(state, k, v, pos, start + T)
+        return y, self._write(state, k, v, pos, start + T, fresh=not cached)
 
-    def _write(self, state, k, v, pos, end):
+    def _write(self, state, k, v, pos, end, fresh: bool = False):
+        """The cache with the new tokens k, v (B, H, T, .) at positions pos (B, T) written in;
+        fresh: every row starts at position 0 in full attention (slot s = token s), so they
+        fill slots [0, T) and the rest stays as it was (no scatter)."""
         k_cache, v_cache, _ = state
+        if fresh and self.window is None:
+            T = k.shape[2]
+            return (torch.cat([k.to(k_cache.dtype), k_cache[:, :, T:]], 2),
+                    torch.cat([v.to(v_cache.dtype), v_cache[:, :, T:]], 2), end.to(state[2].dtype))
         keep = min(k.shape[2], self.capacity)  # a ring buffer keeps only the last `window`
         k, v, pos = k[:, :, -keep:], v[:, :, -keep:], pos[:, -keep:]
         slot = pos if self.window is None else torch.remainder(pos, self.window)

@@ -15,8 +15,8 @@ with `window` is that one), so it carries neither.
 
 State: S (B, H, F, head_dim + 1), F = 1 + d + d^2, the features' sum with the values and
 (the last column) the normaliser (ops.feature_maps). Modes: `sequential` (the recurrent
-loop), `chunk` (chunkwise linear attention on the features) and `parallel` (the masked
-kernel matrix 1 + s + s^2 / 2).
+loop), `chunk` (the kernel matrix inside chunks, the packed features across them:
+ops.feature_maps) and `parallel` (the masked kernel matrix 1 + s + s^2 / 2).
 """
 
 from __future__ import annotations

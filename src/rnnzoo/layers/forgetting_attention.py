@@ -19,7 +19,9 @@ log f to every slot, so no long cumulative sum is ever differenced across the ca
     k_cache, v_cache: (B, H, capacity, Dh); decay_cache: (B, H, capacity); position: (B,)
 
 Modes: `sequential` (one token at a time through the cache) and `parallel` (one masked
-softmax over cache + new tokens, the decay as an additive mask).
+softmax over cache + new tokens). Both run PyTorch's fused attention with the decay as one
+more channel: softmax_j is blind to the row's G_i, so q_i . k_j / sqrt(Dh) + D_ij gives the
+weights of [q_i / sqrt(Dh), 1] . [k_j, -G_j].
 """
 
 from __future__ import annotations
@@ -112,35 +114,49 @@ class ForgettingAttention(Attention):
         g, bad_g = finite(g, 2)
         seen_g = bad_g.cumsum(1) > 0                                   # (B, T)
         G = g.cumsum(-1)                                               # (B, H, T), inclusive
-        q_bias = G                                                     # D_ij = G_i - G_j
+        # D_ij = G_i - G_j; the softmax over j does not see the row's own G_i, so the bias
+        # is -G_j (a cached key: the decay it has gathered, D_{start-1, s}), one more channel
+        # of every key against a channel of ones in every query: PyTorch's fused kernel
+        # (is_causal for a fresh sequence) takes it, and no (T, C + T) bias is ever built.
         k_bias = -G
         if cached:
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
             values = torch.cat([v_cache.to(v.dtype), v], dim=2)
-            k_bias = torch.cat([d_cache.to(g.dtype), k_bias], dim=2)   # D_{start-1, s} + G_i
+            k_bias = torch.cat([d_cache.to(g.dtype), k_bias], dim=2)
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
         else:
             keys, values, key_pos = k, v, pos
         (q, bad_q), (keys, bad_k), (values, bad_v), (k_bias, bad_d) = (
             finite(t, 2) for t in (q, keys, values, k_bias))
-        visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
-        if self.window is not None:
-            visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-        bias = q_bias[..., :, None] + k_bias[..., None, :]              # (B, H, T, C + T)
-        bias = bias.masked_fill(~visible[:, None], float("-inf"))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
-        seen = (visible & (bad_k | bad_v | bad_d)[:, None, :]).any(-1)
-        out = poison(out, (bad_q | seen | seen_g)[:, None])
+        q = torch.cat([q * self.head_dim ** -0.5, torch.ones_like(q[..., :1])], -1)
+        keys = torch.cat([keys, k_bias[..., None]], -1)
+        values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
+        bad = bad_k | bad_v | bad_d
+        if not cached and self.window is None:
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+            seen = bad.cumsum(1) > 0
+        else:
+            visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+            if self.window is not None:
+                visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
+                                                 scale=1.0)
+            seen = (visible & bad[:, None, :]).any(-1)
+        out = poison(out[..., :-1], (bad_q | seen | seen_g)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         # every kept slot gathers this chunk's decay; the new key j has G_last - G_j
         d_new = G[..., -1:] - G
         d_old = d_cache + G[..., -1:].to(d_cache.dtype)
-        k_cache, v_cache, end = self._write((k_cache, v_cache, position), k, v, pos, start + T)
-        d_cache = self._write_decay(d_old, d_new, pos)
+        fresh = not cached
+        k_cache, v_cache, end = self._write((k_cache, v_cache, position), k, v, pos, start + T,
+                                            fresh=fresh)
+        d_cache = self._write_decay(d_old, d_new, pos, fresh)
         return y, (k_cache, v_cache, poison(d_cache, seen_g[:, -1]), end)
 
-    def _write_decay(self, d_cache, d, pos):
+    def _write_decay(self, d_cache, d, pos, fresh: bool = False):
         """Attention._write for the (B, H, capacity) decay cache."""
+        if fresh and self.window is None:
+            return torch.cat([d.to(d_cache.dtype), d_cache[:, :, d.shape[2]:]], 2)
         keep = min(d.shape[2], self.capacity)
         d, pos = d[:, :, -keep:], pos[:, -keep:]
         slot = pos if self.window is None else torch.remainder(pos, self.window)

@@ -13,7 +13,9 @@ reverse cumulative sum along the keys.
 The cache is the `attention` layer's (full attention, `max_len` slots, slot s = token s):
     state = (k_cache, v_cache, position)
 Modes: `sequential` (one token at a time through the cache) and `parallel` (all queries over
-cache + new tokens at once).
+cache + new tokens at once). On the CPU in float32 / float64 both run the C rows of
+ops.native.attention between blocked matrix products (a fresh sequence in causal tiles);
+elsewhere the log-space form below.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.registry import register
 
 
@@ -85,16 +89,26 @@ class StickBreakingAttention(Attention):
         else:
             keys, values, key_pos = k, v, pos
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
-            else key_pos[:, None, :] < pos[:, :, None]
-        visible = (key_pos[:, None, :] >= 0) & before                   # (B, T, C + T)
-        A = stick_breaking_weights(q @ keys.transpose(-1, -2) * self.head_dim ** -0.5,
-                                   visible[:, None])
-        out = A @ values
-        seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
+        q = q * self.head_dim ** -0.5
+        lib = native_attention.load() if backend.use_native(q, keys, values) else None
+        bad = bad_k | bad_v
+        if lib is not None and top == 0:  # fresh: causal tiles, no (T, T) mask at all
+            out = native_attention.stick_breaking_attention(lib, q, keys, values, None,
+                                                            0 if self.attend_current else -1)
+            seen = bad.cumsum(1) - (0 if self.attend_current else bad.long()) > 0
+        else:
+            before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
+                else key_pos[:, None, :] < pos[:, :, None]
+            visible = (key_pos[:, None, :] >= 0) & before               # (B, T, C + T)
+            if lib is not None:  # C rows between blocked matmuls
+                out = native_attention.stick_breaking_attention(lib, q, keys, values, visible)
+            else:
+                out = stick_breaking_weights(q @ keys.transpose(-1, -2), visible[:, None]) \
+                    @ values
+            seen = (visible & bad[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
-        return y, self._write(state, k, v, pos, start + T)
+        return y, self._write(state, k, v, pos, start + T, fresh=top == 0)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

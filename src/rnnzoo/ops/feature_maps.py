@@ -17,9 +17,12 @@ last output column is the normaliser:
     S_t = S_{t-1} + phi(k_t) [v_t, 1]^T          S: (F, V + 1) per head, F = the feature size
     [num_t, den_t] = S_t^T phi(q_t),              o_t = num_t / (den_t + eps)
 
-so the recurrent and chunkwise forms are ops.chunk.linear's (no decay), and the parallel
-form is the masked (T, T) kernel matrix, which never builds the F-wide features of the
-sequence's own tokens (only those of q, to read an initial state).
+so the recurrent form is ops.chunk.linear's (no decay), and the parallel form is the
+masked (T, T) kernel matrix, which never builds the F-wide features of the sequence's own
+tokens (only those of q, to read an initial state). The chunk form (`_chunk`) takes the
+kernel matrix inside each chunk and, across chunks, the packed features (`packed`: the
+quadratic part over the pairs a <= b only, about half of F, by the kernel's symmetry);
+under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import attention as native_attention
 
 __all__ = ["FEATURE_MAPS", "feature_attention", "feature_size", "features", "kernel"]
 
@@ -72,6 +77,8 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
     if mode == "parallel":
         o, S = _parallel(q, k, v1, feature_map, initial_state)
+    elif mode == "chunk" and not sequence_parallel.active() and not backend.use_triton(q, k, v):
+        o, S = _chunk(q, k, v1, feature_map, initial_state, chunk_size)
     else:
         run = gated_linear_attention_recurrent if mode == "sequential" else gated_linear_attention
         extra = {} if mode == "sequential" else {"chunk_size": chunk_size}
@@ -91,3 +98,69 @@ def _parallel(q, k, v1, feature_map, S0):
     o = A @ v1 + features(q, feature_map) @ S0
     S = S0 + features(k, feature_map).transpose(-1, -2) @ v1
     return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
+
+
+
+def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """psi(x): (..., d) -> (..., F'), the feature map with its quadratic part over the pairs
+    a <= b only (F' = [1 + d +] d (d + 1) / 2 rather than F = [1 + d +] d^2), so that
+    psi(q) . psi(k) = phi(q) . phi(k) (the kernel is symmetric in the pair); and the fold
+    R: (F', F), psi(q)^T (R S) = phi(q)^T S for any state S (F, W), so R S is S read packed
+    and R^T P a packed sum P of psi(k) v^T unpacked (S's (a, b) and (b, a) entries of the
+    pair each get its half). Packed quadratic entries: x_a x_b c on the diagonal and
+    x_a x_b c sqrt(2) off it, c = 1 / sqrt(2) (taylor) or 1 (square); R is 1 on the
+    constant, linear and diagonal entries, 1 / sqrt(2) at both (a, b) and (b, a)."""
+    d = x.shape[-1]
+    a, b = torch.triu_indices(d, d, device=x.device)
+    c = 1.0 if feature_map == "square" else math.sqrt(0.5)
+    diag = a == b
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    w = torch.where(diag, c * one, c * math.sqrt(2.0) * one)
+    P = a.shape[0]
+    R = x.new_zeros(P, d, d)
+    half = torch.where(diag, one, math.sqrt(0.5) * one)
+    R[torch.arange(P, device=x.device), a, b] = half
+    R[torch.arange(P, device=x.device), b, a] = half
+    R = R.flatten(1)
+    lib = native_attention.load() if backend.use_native(x) else None
+    if lib is not None:  # the C kernel: no (..., P) intermediates in autograd
+        psi = native_attention.pairs(lib, x, w, feature_map != "square")
+    else:
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        psi = (x @ (eye[:, a] * w)) * (x @ eye[:, b])             # one-hot gathers: matmuls
+        if feature_map != "square":
+            psi = torch.cat([torch.ones_like(x[..., :1]), x, psi], -1)
+    if feature_map == "square":
+        return psi, R
+    lin = 1 + d
+    Rf = x.new_zeros(lin + P, lin + d * d)
+    Rf[:lin, :lin] = torch.eye(lin, dtype=x.dtype, device=x.device)
+    Rf[lin:, lin:] = R
+    return psi, Rf
+
+
+def _chunk(q, k, v1, feature_map, S0, C):
+    """o (B, T, H, W), S: chunkwise, the kernel matrix inside each chunk (from the d-wide
+    q.k, never the F-wide features) and the packed features psi (`packed`) across chunks:
+
+        o_i = sum_{j<=i, i's chunk} kernel(q_i.k_j) v_j + psi(q_i)^T (R S0 + sum_{chunks
+              before i's} psi(k)^T v),         S = S0 + R^T sum_all psi(k)^T v"""
+    (q,), (k, v1), marks = finite_inputs((q,), (k, v1))
+    dt = S0.dtype
+    B, T, H, d = q.shape
+    C = min(C, T)
+    N = -(-T // C)
+    q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
+    if N * C != T:  # zero keys and values after the end: psi(0) 0^T adds nothing
+        q, k, v1 = (torch.nn.functional.pad(t, (0, 0, 0, N * C - T)) for t in (q, k, v1))
+    q, k, v1 = (t.unflatten(2, (N, C)) for t in (q, k, v1))            # (B, H, N, C, .)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    o = torch.where(causal, kernel(q @ k.transpose(-1, -2), feature_map), 0.0) @ v1
+    psi_q, R = packed(q, feature_map)
+    psi_k, _ = packed(k, feature_map)
+    U = psi_k.transpose(-1, -2) @ v1                                    # (B, H, N, F', W)
+    before = torch.cat([(R @ S0)[:, :, None], U[:, :, :-1]], 2).cumsum(2)
+    o = o + psi_q @ before
+    S = S0 + R.T @ U.sum(2)
+    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
+    return poison(o, marks.outputs), poison(S, marks.state)

@@ -1,0 +1,208 @@
+/* Row kernels of the attention family (rnnzoo.ops.native.attention): the stick-breaking
+   weights and the packed quadratic features of Based / ReBased, forward and backward.
+
+   Stick-breaking (Tan et al. 2024, arXiv:2410.17980), one row i of logits z_i. over the keys
+   j, with the keys' visibility m_ij (keys in position order):
+
+       A_ij = sigmoid(z_ij) prod_{l > j, m_il} sigmoid(-z_il)      (m_ij; else 0)
+
+   one reverse product along the row (below 1e-30 it is flushed to 0: exp of the log form
+   underflows there too, and denormal products are slow), sigmoid(z) and sigmoid(-z) from
+   one exp. Backward, dL = dA A:
+
+       dz_ij = dL_ij sigmoid(-z_ij) - sigmoid(z_ij) sum_{j' < j, m_ij'} dL_ij'   (m_ij; else 0)
+
+   one forward sum along the row. Entries past the row's last visible key are zeros without
+   being read. The caller (ops.native.attention) runs them on blocks of rows, so that z and
+   A never exist whole: see sb_fwd for the layout.
+
+   Packed features (ops.feature_maps.packed): x (rows, d) ->
+       psi = [1, x, w_p x_a x_b over the pairs p = (a, b), a <= b]   (lin = 1: taylor)
+       psi = [w_p x_a x_b]                                           (lin = 0: square)
+   and dx from dpsi: dx_c = [dpsi_(1 + c)] + sum_p dpsi_p w_p (x_b [a = c] + x_a [b = c]).
+   Plain C; compiled by rnnzoo.ops.native. */
+
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "attention.c"
+#include "each_type.h"
+
+#else
+
+/* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
+   (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
+static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
+    for (long j = 0; j < e; j++) {
+        const T t = EXP(-z[j]), b = 1 / (1 + t);
+        beta[j] = b;
+        om[j] = t * b;
+    }
+}
+
+/* The visibility of one row: its mask row (mask not NULL), else keys j <= diag; returns one
+   past the last visible key (0 when none) within the row's e keys. */
+static inline long NAME(row_end)(const unsigned char *restrict m, long diag, long e) {
+    if (!m) return diag + 1 < 0 ? 0 : (diag + 1 < e ? diag + 1 : e);
+    while (e > 0 && !m[e - 1]) e--;
+    return e;
+}
+
+/* A block of rows of stick-breaking weights: z, A (rows, e), row r = (head-row n0 + r / t,
+   query i0 + r % t); head-row n is batch row n / H. Visible keys: mask (B, Tq, Tk) bytes
+   when not NULL, else keys j <= query + shift (0: the current key too, -1: before it).
+   The scans run SB_ROWS rows side by side: independent chains, not one serial product. */
+#ifndef SB_ROWS
+#define SB_ROWS 8
+#endif
+
+/* The group of rows [r, r + SB_ROWS): their mask rows (or NULL), ends, and the longest end;
+   rows past r1 get end 0 and write to `spare`. */
+static inline long NAME(sb_group)(const unsigned char *restrict mask, long r, long r1, long t,
+                                  long e, long n0, long H, long Tq, long Tk, long i0, long shift,
+                                  const unsigned char **m, long *end) {
+    long most = 0;
+    for (long k = 0; k < SB_ROWS; k++) {
+        m[k] = 0;
+        end[k] = 0;
+        if (r + k >= r1) continue;
+        const long n = n0 + (r + k) / t, i = i0 + (r + k) % t;
+        m[k] = mask ? mask + ((n / H) * Tq + i) * Tk : 0;
+        end[k] = NAME(row_end)(m[k], i + shift, e);
+        most = end[k] > most ? end[k] : most;
+    }
+    return most;
+}
+
+/* The group's logits transposed to zt[j SB_ROWS + k] (key j of row k), then beta = sigmoid(z)
+   where visible, else 0, and om = sigmoid(-z) where visible, else 1: one contiguous pass. */
+static inline void NAME(sb_load)(const T *restrict z, long r, long r1, long e, long most,
+                                 const unsigned char **m, const long *end, T *restrict zt,
+                                 T *restrict bt, T *restrict ot) {
+    for (long k = 0; k < SB_ROWS; k++) {
+        const T *restrict zr = z + (r + k) * e;
+        if (r + k < r1)
+            for (long j = 0; j < most; j++)
+                zt[j * SB_ROWS + k] = j < end[k] && (!m[k] || m[k][j]) ? zr[j] : (T)INFINITY;
+        else
+            for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = (T)INFINITY;
+    }
+    /* not visible: z = +inf stands for it (beta 0, om 1 below), never a real logit's value
+       since the caller's logits are finite */
+    for (long j = 0; j < most * SB_ROWS; j++) {
+        const int v = zt[j] != (T)INFINITY;
+        const T x = v ? zt[j] : 0, tt = EXP(-x), b = 1 / (1 + tt);
+        bt[j] = v ? b : 0;
+        ot[j] = v ? tt * b : 1;
+    }
+}
+
+void NAME(sb_fwd)(const T *restrict z, const unsigned char *restrict mask, T *restrict A,
+                  long t, long e, long n0, long H, long Tq, long Tk, long i0, long shift,
+                  long r0, long r1) {
+    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
+    const unsigned char *m[SB_ROWS];
+    long end[SB_ROWS];
+    for (long r = r0; r < r1; r += SB_ROWS) {
+        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
+        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
+        T acc[SB_ROWS];
+        for (long k = 0; k < SB_ROWS; k++) acc[k] = 1;
+        for (long j = most - 1; j >= 0; j--) {   /* SB_ROWS independent products, one vector */
+            T *restrict b = bt + j * SB_ROWS;
+            const T *restrict o = ot + j * SB_ROWS;
+            for (long k = 0; k < SB_ROWS; k++) {
+                b[k] *= acc[k];
+                const T next = acc[k] * o[k];
+                acc[k] = next < (T)1e-30 ? 0 : next;
+            }
+        }
+        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
+            T *restrict a = A + (r + k) * e;
+            for (long j = 0; j < most; j++) a[j] = bt[j * SB_ROWS + k];
+            for (long j = most; j < e; j++) a[j] = 0;
+        }
+    }
+    free(zt);
+}
+
+void NAME(sb_bwd)(const T *restrict z, const unsigned char *restrict mask, const T *restrict A,
+                  const T *restrict dA, T *restrict dz, long t, long e, long n0, long H, long Tq,
+                  long Tk, long i0, long shift, long r0, long r1) {
+    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
+    const unsigned char *m[SB_ROWS];
+    long end[SB_ROWS];
+    for (long r = r0; r < r1; r += SB_ROWS) {
+        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
+        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
+        for (long k = 0; k < SB_ROWS; k++) {   /* zt now holds dL = dA A (0 where not visible) */
+            const T *restrict ar = A + (r + k) * e, *restrict g = dA + (r + k) * e;
+            if (r + k < r1)
+                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = g[j] * ar[j];
+            else
+                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = 0;
+        }
+        T before[SB_ROWS];
+        for (long k = 0; k < SB_ROWS; k++) before[k] = 0;
+        for (long j = 0; j < most; j++) {
+            T *restrict dl = zt + j * SB_ROWS;
+            const T *restrict b = bt + j * SB_ROWS, *restrict o = ot + j * SB_ROWS;
+            for (long k = 0; k < SB_ROWS; k++) {
+                const T x = dl[k];
+                dl[k] = x * o[k] - b[k] * before[k];   /* not visible: 0 * 1 - 0 * before */
+                before[k] += x;
+            }
+        }
+        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
+            T *restrict d = dz + (r + k) * e;
+            for (long j = 0; j < most; j++) d[j] = zt[j * SB_ROWS + k];
+            for (long j = most; j < e; j++) d[j] = 0;
+        }
+    }
+    free(zt);
+}
+
+void NAME(pairs_fwd)(const T *restrict x, const T *restrict w, T *restrict out, long d, int lin,
+                     long r0, long r1) {
+    const long P = d * (d + 1) / 2, F = (lin ? 1 + d : 0) + P;
+    for (long r = r0; r < r1; r++) {
+        const T *restrict xr = x + r * d;
+        T *restrict o = out + r * F;
+        if (lin) {
+            *o++ = 1;
+            for (long c = 0; c < d; c++) *o++ = xr[c];
+        }
+        const T *restrict wp = w;
+        for (long a = 0; a < d; a++) {
+            const T xa = xr[a];
+            const long len = d - a;
+            for (long c = 0; c < len; c++) o[c] = wp[c] * xa * xr[a + c];
+            o += len;
+            wp += len;
+        }
+    }
+}
+
+void NAME(pairs_bwd)(const T *restrict x, const T *restrict w, const T *restrict g, T *restrict dx,
+                     long d, int lin, long r0, long r1) {
+    const long P = d * (d + 1) / 2, F = (lin ? 1 + d : 0) + P;
+    for (long r = r0; r < r1; r++) {
+        const T *restrict xr = x + r * d, *restrict gr = g + r * F + (lin ? 1 + d : 0);
+        T *restrict dr = dx + r * d;
+        for (long c = 0; c < d; c++) dr[c] = lin ? g[r * F + 1 + c] : 0;
+        const T *restrict wp = w;
+        for (long a = 0; a < d; a++) {
+            const T xa = xr[a];
+            const long len = d - a;
+            T acc = 0;
+            for (long c = 0; c < len; c++) {
+                const T gw = gr[c] * wp[c];
+                acc += gw * xr[a + c];          /* d/dx_a of w x_a x_b */
+                dr[a + c] += gw * xa;           /* d/dx_b (the diagonal: both, 2 w x_a) */
+            }
+            dr[a] += acc;
+            gr += len;
+            wp += len;
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,183 @@
+"""The CPU fast paths of the attention family (issue 17) against their plain forms:
+
+- stick-breaking: the blocked C kernels (ops/native/attention.py) equal the log-space
+  PyTorch weights, values and gradients, causal (with and without the current token) and
+  under a general mask, through many small blocks and tiles; the layer runs them;
+- forgetting attention: the decay rides in one key channel, so PyTorch's fused attention
+  gets no (T, T) bias (is_causal on a fresh sequence) and still equals softmax with the
+  bias D_ij = G_i - G_j built whole, gradients too;
+- based / rebased: the chunk mode never forms the F-wide features (packed pairs across
+  chunks, the kernel matrix inside) and equals the recurrent reference from a non-zero
+  state, with the C feature kernel and with its PyTorch fallback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnnzoo
+from rnnzoo.layers import forgetting_attention as fox_module
+from rnnzoo.layers import stickbreaking_attention as sb_module
+from rnnzoo.ops import backend
+from rnnzoo.ops import feature_maps as fm
+from rnnzoo.ops.native import attention as native_attention
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
+from _native_check import counter  # noqa: E402
+
+needs_native = pytest.mark.skipif(native_attention.load() is None,
+                                  reason="no C compiler: the PyTorch path is the only one")
+
+
+def _grads(out, inputs):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", ["causal", "strict", "mask"])
+def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case):
+    monkeypatch.setattr(native_attention, "_BLOCK", 40)  # many blocks of a few rows
+    monkeypatch.setattr(native_attention, "_TILE", 3)    # and causal tiles of 3 queries
+    torch.manual_seed(0)
+    B, H, Tq, D = 2, 3, 10, 4
+    Tk = 13 if case == "mask" else Tq
+    q = (2 * torch.randn(B, H, Tq, D, dtype=dtype)).requires_grad_()
+    k, v = (torch.randn(B, H, Tk, D, dtype=dtype).requires_grad_() for _ in range(2))
+    if case == "mask":
+        visible, shift = torch.rand(B, Tq, Tk) > 0.3, 0
+    else:
+        shift = 0 if case == "causal" else -1
+        visible = torch.ones(Tq, Tq, dtype=torch.bool).tril(shift).expand(B, Tq, Tq)
+    lib = native_attention.load()
+    o = native_attention.stick_breaking_attention(lib, q, k, v,
+                                                  visible if case == "mask" else None, shift)
+    ref = sb_module.stick_breaking_weights(q @ k.transpose(-1, -2), visible[:, None]) @ v
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (o - ref).abs().max() < tol * ref.abs().max()
+    for a, b in zip(_grads(o, (q, k, v)), _grads(ref, (q, k, v))):
+        assert (a - b).abs().max() < tol * b.abs().max()
+    if case == "strict":  # the first query sees nothing: a zero row, not a NaN
+        assert o[:, :, 0].abs().max() == 0
+
+
+@needs_native
+@pytest.mark.parametrize("attend_current", [False, True])
+def test_stickbreaking_layer_runs_the_kernels_and_equals_its_fallback(monkeypatch,
+                                                                      attend_current):
+    calls = counter(monkeypatch, sb_module.native_attention, "stick_breaking_attention")
+    torch.manual_seed(2)
+    layer = rnnzoo.create("stickbreaking_attention", d_model=8, num_heads=2, max_len=32,
+                          attend_current=attend_current).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+
+    def run():  # fresh, then through the cache
+        y1, s = layer(x[:, :6], mode="parallel")
+        y2, _ = layer(x[:, 6:], s, mode="parallel")
+        y = torch.cat([y1, y2], 1)
+        return (y, *_grads(y, (x, *layer.parameters())))
+
+    fast = run()
+    assert calls[0] == 2
+    with backend.force("torch"):
+        slow = run()
+    assert calls[0] == 2
+    for a, b in zip(fast, slow):
+        assert (a - b).abs().max() < 1e-12 * b.abs().max()
+
+
+def _fox_reference(layer, x):
+    """Softmax attention with the (T, T) decay bias built whole: FoX's definition."""
+    q, k, v, g = (t.transpose(1, 2) for t in layer.op_inputs(x))
+    G = g.cumsum(-1)
+    T = x.shape[1]
+    bias = (G[..., :, None] - G[..., None, :]).masked_fill(
+        ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    s = q @ k.transpose(-1, -2) * layer.head_dim ** -0.5 + bias
+    return layer.op_output((s.softmax(-1) @ v).transpose(1, 2), x)
+
+
+def test_forgetting_attention_gives_the_fused_kernel_no_bias_and_equals_the_definition(
+        monkeypatch):
+    seen, real = [], F.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        seen.append((kw.get("attn_mask"), kw.get("is_causal", False)))
+        return real(*args, **kw)
+    monkeypatch.setattr(fox_module.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(3)
+    layer = rnnzoo.create("forgetting_attention", d_model=8, num_heads=2, max_len=32,
+                          qk_norm=True, use_output_gate=True).double()
+    with torch.no_grad():
+        layer.f_proj.bias.fill_(-1.0)  # strong forgetting: the bias matters
+    x = torch.randn(2, 12, 8, dtype=torch.float64, requires_grad=True)
+    y, s = layer(x, mode="parallel")
+    assert seen == [(None, True)]          # fresh: causal flag, no (T, T) tensor
+    ref = _fox_reference(layer, x)
+    assert (y - ref).abs().max() < 1e-12 * ref.abs().max()
+    params = (x, *layer.parameters())
+    for a, b in zip(_grads(y, params), _grads(ref, params)):
+        assert (a - b).abs().max() < 1e-12 * b.abs().max()
+    layer(x[:, :3], s, mode="parallel")    # through the cache: a boolean mask, still no bias
+    assert seen[1][0].dtype == torch.bool
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("name, fmap", [("based", "taylor"), ("rebased", "square")])
+def test_feature_chunk_mode_never_forms_full_features(monkeypatch, native, name, fmap):
+    if native and native_attention.load() is None:
+        pytest.skip("no C compiler")
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the chunk mode formed the F-wide features")
+    torch.manual_seed(4)
+    B, T, H, d, V = 2, 11, 3, 4, 5
+    q, k = (torch.randn(B, T, H, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, T, H, V, dtype=torch.float64, requires_grad=True)
+    S0 = torch.randn(B, H, fm.feature_size(fmap, d), V + 1, dtype=torch.float64,
+                     requires_grad=True)
+    o_ref, S_ref = fm.feature_attention(q, k, v, fmap, mode="sequential", initial_state=S0)
+    with monkeypatch.context() as m:
+        m.setattr(fm, "features", refuse)
+        if native:
+            calls = counter(m, fm.native_attention, "pairs")
+            o, S = fm.feature_attention(q, k, v, fmap, mode="chunk", initial_state=S0,
+                                        chunk_size=4)
+            assert calls[0] == 2  # psi(q), psi(k)
+        else:
+            with backend.force("torch"):
+                o, S = fm.feature_attention(q, k, v, fmap, mode="chunk", initial_state=S0,
+                                            chunk_size=4)
+    for a, b in [(o, o_ref), (S, S_ref)]:
+        assert (a - b).abs().max() < 1e-12 * b.abs().max()
+    inputs = (q, k, v, S0)
+    loss = lambda o, S: (o.square().sum() + (S * S_ref.detach()).sum())  # noqa: E731
+    for a, b in zip(torch.autograd.grad(loss(o, S), inputs),
+                    torch.autograd.grad(loss(o_ref, S_ref), inputs)):
+        assert (a - b).abs().max() < 1e-11 * b.abs().max()
+
+
+@pytest.mark.parametrize("fmap", ["taylor", "square"])
+def test_packed_features_keep_the_kernel_and_read_any_state(fmap):
+    torch.manual_seed(5)
+    q, k = torch.randn(2, 7, 5, dtype=torch.float64).unbind(0)
+    psi_q, R = fm.packed(q, fmap)
+    psi_k, _ = fm.packed(k, fmap)
+    d = 5
+    assert psi_q.shape[-1] == (1 + d if fmap == "taylor" else 0) + d * (d + 1) // 2
+    full = (fm.features(q, fmap) * fm.features(k, fmap)).sum(-1)
+    assert ((psi_q * psi_k).sum(-1) - full).abs().max() < 1e-13 * full.abs().max()
+    S = torch.randn(fm.feature_size(fmap, d), 3, dtype=torch.float64)  # not symmetric
+    read = fm.features(q, fmap) @ S
+    assert (psi_q @ (R @ S) - read).abs().max() < 1e-13 * read.abs().max()
+    # and R^T unpacks a packed sum of psi(k) v^T into the full one
+    v = torch.randn(7, 3, dtype=torch.float64)
+    want = fm.features(k, fmap).T @ v
+    assert (R.T @ (psi_k.T @ v) - want).abs().max() < 1e-13 * want.abs().max()
