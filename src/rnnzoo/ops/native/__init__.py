@@ -30,6 +30,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     gated_norm.c        the output heads of mamba2, mamba and mlstm
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
+    longhorn_scan.c     Longhorn's diagonal online-learning scan
     lstm_cells.c, slstm.c, normalized.c, para.c
                         the classic cells' whole loops (`ops.native.cells`)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
