@@ -252,28 +252,34 @@ class Mamba3(RecurrentLayer):
 class _Rotation(torch.autograd.Function):
     """(R(theta) C, R(theta) B) for C, B (B, T, R, H, N) and theta (B, T, 1, H, n) turning
     the first n channel pairs (`pairs` as in layers.rotary.turn; the others pass as they are),
-    cos and sin computed once for both, in four passes over the turned half:
-        y_re = x_re cos - x_im sin,  y_im = x_re sin + x_im cos
-    backward dx = R(-theta) dy, dtheta = sum over R and both of y_re dy_im - y_im dy_re.
-    (rotary.turn through autograd made the angles' cos and sin twice each way, and its stack,
-    cat and repeat_interleave copies over every channel: ~40% of the layer's time.)"""
+    the angles' cos and sin computed once for both:
+        y_re + i y_im = (x_re + i x_im) e^{i theta}
+    backward dx = R(-theta) dy, dtheta = sum over R and both of Im(conj(y) dy). Adjacent pairs
+    run as one complex product (view_as_complex); halves as four real passes over the turned
+    half. (rotary.turn through autograd made cos and sin twice each way, and its stack, cat and
+    repeat_interleave copies over every channel: ~40% of the layer's time.)"""
 
     @staticmethod
     def _parts(x, n, pairs):
-        """Views (turned re, turned im, rest) of x or its gradient."""
+        """Views (turned, rest) of x or its gradient: complex for adjacent pairs, else
+        (re, im) pairs of real views."""
         if pairs == "adjacent":
-            v = x.unflatten(-1, (-1, 2))
-            return v[..., :n, 0], v[..., :n, 1], v[..., n:, :]
+            v = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+            return v[..., :n], v[..., n:]
         v = x.unflatten(-1, (2, -1))
-        return v[..., 0, :n], v[..., 1, :n], v[..., n:]
+        return (v[..., 0, :n], v[..., 1, :n]), v[..., n:]
 
     @staticmethod
-    def _turn(x, cos, sin, n, pairs):
-        """x turned by the angle whose cos and sin are given, into a new tensor."""
+    def _turn(x, e, n, pairs):
+        """x turned by the angles e (complex e^{i theta}, or (cos, sin)), into a new tensor."""
         y = torch.empty_like(x)
-        (re, im, rest), (y_re, y_im, y_rest) = (_Rotation._parts(t, n, pairs) for t in (x, y))
-        torch.mul(re, cos, out=y_re).addcmul_(im, sin, value=-1)
-        torch.mul(re, sin, out=y_im).addcmul_(im, cos)
+        (turned, rest), (y_turned, y_rest) = (_Rotation._parts(t, n, pairs) for t in (x, y))
+        if pairs == "adjacent":
+            torch.mul(turned, e, out=y_turned)
+        else:
+            (re, im), (y_re, y_im), (cos, sin) = turned, y_turned, e
+            torch.mul(re, cos, out=y_re).addcmul_(im, sin, value=-1)
+            torch.mul(re, sin, out=y_im).addcmul_(im, cos)
         y_rest.copy_(rest)
         return y
 
@@ -281,7 +287,8 @@ class _Rotation(torch.autograd.Function):
     def forward(ctx, theta, pairs, *xs):
         n = theta.shape[-1]
         cos, sin = theta.cos(), theta.sin()
-        ys = tuple(_Rotation._turn(x.contiguous(), cos, sin, n, pairs) for x in xs)
+        e = torch.complex(cos, sin) if pairs == "adjacent" else (cos, sin)
+        ys = tuple(_Rotation._turn(x.contiguous(), e, n, pairs) for x in xs)
         ctx.save_for_backward(cos, sin, *ys)
         ctx.pairs = pairs
         return ys
@@ -290,15 +297,19 @@ class _Rotation(torch.autograd.Function):
     def backward(ctx, *dys):
         cos, sin, *ys = ctx.saved_tensors
         n, pairs = cos.shape[-1], ctx.pairs
+        back = torch.complex(cos, -sin) if pairs == "adjacent" else (cos, -sin)
         dxs, dtheta = [], None
         for y, dy in zip(ys, dys):
             if dy is None:
                 dxs.append(None)
                 continue
             dy = dy.contiguous()
-            dxs.append(_Rotation._turn(dy, cos, -sin, n, pairs))
-            (y_re, y_im, _), (d_re, d_im, _) = (_Rotation._parts(t, n, pairs) for t in (y, dy))
-            g = (y_re * d_im).addcmul_(y_im, d_re, value=-1)
+            dxs.append(_Rotation._turn(dy, back, n, pairs))
+            (yt, _), (dt, _) = (_Rotation._parts(t, n, pairs) for t in (y, dy))
+            if pairs == "adjacent":
+                g = (yt.conj() * dt).imag
+            else:
+                g = (yt[0] * dt[1]).addcmul_(yt[1], dt[0], value=-1)
             g = g.sum(2, keepdim=True) if g.shape[2] > 1 else g
-            dtheta = g if dtheta is None else dtheta.add_(g)
+            dtheta = g if dtheta is None else dtheta + g
         return dtheta, None, *dxs
