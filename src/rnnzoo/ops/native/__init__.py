@@ -31,6 +31,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     longhorn_scan.c     Longhorn's diagonal online-learning scan
+    delta_scan.c        the gated delta rule as a recurrence (mom's packed memories)
     lstm_cells.c, slstm.c, normalized.c, para.c
                         the classic cells' whole loops (`ops.native.cells`)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
