@@ -129,8 +129,10 @@ class Mamba3(RecurrentLayer):
                             self.n_groups, self.mimo_rank)
         z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
             [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
-        heads = torch.arange(H, device=u.device) // (H // G)  # head h reads group h // (H / G)
-        Bm, Cm = (norm(t.unflatten(-1, (R, G, N)))[:, :, :, heads].to(dtype) + bias.transpose(0, 1)
+        # head h reads group h // (H / G): the groups broadcast over their heads in the bias
+        # add (no gathered copy, and a sum, not a scatter, backward)
+        Bm, Cm = ((norm(t.unflatten(-1, (R, G, N))).to(dtype)[:, :, :, :, None]
+                   + bias.transpose(0, 1).unflatten(1, (G, H // G))).flatten(3, 4)
                   for t, norm, bias in ((Bm, self.B_norm, self.B_bias),
                                         (Cm, self.C_norm, self.C_bias)))
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
