@@ -233,7 +233,8 @@ class Mamba3(RecurrentLayer):
         # same step t: the op gave row r ranks s <= r with gamma_t + beta_{t+1}; it needs
         # every rank s with gamma_t (C_t . B_t is the same in either frame)
         if R == 1:  # SISO: the one pair (r, s) = (0, 0), elementwise (no (1, 1) products)
-            qk = (C[:, :, 0] * Bm[:, :, 0]).sum(-1) * -beta_next                 # (B, T, H)
+            qk = (C.squeeze(2) * Bm.squeeze(2)).sum(-1) * -beta_next  # (B, T, H); squeeze, not
+            # [:, :, 0]: a select's backward fills a zero tensor first
             return self._turned_back(o[:, :, None] + qk[:, :, None, :, None] * xr, S, end)
         later = torch.ones(R, R, dtype=torch.bool, device=C.device).triu(1)  # s > r
         w = torch.where(later, gamma[..., None, None], -beta_next[..., None, None])
