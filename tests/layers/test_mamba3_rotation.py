@@ -31,3 +31,16 @@ def test_rotation_equals_turn(pairs, n):
     want = grads(turn(C, full, pairs), turn(Bm, full, pairs))
     for i, (p, w) in enumerate(zip(got, want)):
         assert p.shape == w.shape and (p - w).abs().max() < 1e-12 * w.abs().max(), i
+
+
+@pytest.mark.parametrize("pairs", ["adjacent", "halves"])
+def test_rotation_traced_equals_eager(pairs, monkeypatch):
+    """Under torch.compile (dynamo refuses the eager path's strided out=) the rotation is
+    built by cat: the same values."""
+    gen = torch.Generator().manual_seed(0)
+    x, theta = torch.randn(2, 3, 1, 2, 8, generator=gen), torch.randn(2, 3, 1, 2, 3, generator=gen)
+    e = (torch.complex(theta.cos(), theta.sin()) if pairs == "adjacent"
+         else (theta.cos(), theta.sin()))
+    eager = _Rotation._turn(x, e, 3, pairs)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert (_Rotation._turn(x, e, 3, pairs) - eager).abs().max() < 1e-6

@@ -275,6 +275,14 @@ class _Rotation(torch.autograd.Function):
     @staticmethod
     def _turn(x, e, n, pairs):
         """x turned by the angles e (complex e^{i theta}, or (cos, sin)), into a new tensor."""
+        if torch.compiler.is_compiling():  # dynamo refuses a strided out=: built by cat
+            turned, rest = _Rotation._parts(x, n, pairs)
+            if pairs == "adjacent":
+                return torch.cat([torch.view_as_real(turned * e).flatten(-2),
+                                  x[..., 2 * n:]], -1)
+            (re, im), (cos, sin) = turned, e
+            return torch.cat([re * cos - im * sin, rest[..., 0, :],
+                              re * sin + im * cos, rest[..., 1, :]], -1)
         y = torch.empty_like(x)
         (turned, rest), (y_turned, y_rest) = (_Rotation._parts(t, n, pairs) for t in (x, y))
         if pairs == "adjacent":
