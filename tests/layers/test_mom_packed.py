@@ -2,7 +2,8 @@
 batch row and memory, right-padded with identity steps): it equals the reference loop over
 every token in float64 (outputs, states, gradients), with right padding, a starting state, a
 batch whose rows route different counts, and a memory that gets no token; and the delta rule
-it calls sees L = the longest routed count steps, not T."""
+it calls sees L = the longest routed count steps, not T; on the PyTorch path (delta_rule) and
+on the C recurrence (ops.native.delta_scan) alike."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 import rnnzoo
 from rnnzoo.layers import mom as mom_module
+from rnnzoo.ops import backend
 
 
 def _layer(top_k, shared, starved):
@@ -37,9 +39,10 @@ def _run(layer, x, state, mode, lengths):
     return y, S, [torch.zeros(()) if gr is None else gr for gr in grads]
 
 
+@pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("top_k,shared,starved", [(2, True, False), (1, False, True),
                                                   (1, True, True)])
-def test_packed_chunk_equals_the_loop(top_k, shared, starved, monkeypatch):
+def test_packed_chunk_equals_the_loop(top_k, shared, starved, native, monkeypatch):
     layer = _layer(top_k, shared, starved)
     B, T = 3, 23
     x = torch.randn(B, T, 8, dtype=torch.float64)
@@ -55,16 +58,24 @@ def test_packed_chunk_equals_the_loop(top_k, shared, starved, monkeypatch):
     if starved:
         assert counts[:, 2].eq(0).all() and counts[:, :2].gt(0).all()
     seen = []
-    real = mom_module.delta_rule
+    real, ran = mom_module.MoM._delta, []
 
-    def spy(q, *args, **kw):
+    def spy(self, q, *args, **kw):
         seen.append(tuple(q.shape))
-        return real(q, *args, **kw)
+        return real(self, q, *args, **kw)
 
-    monkeypatch.setattr(mom_module, "delta_rule", spy)
+    monkeypatch.setattr(mom_module.MoM, "_delta", spy)
+    real_native = mom_module.native_delta.delta
+    monkeypatch.setattr(mom_module.native_delta, "delta",
+                        lambda *a: ran.append(1) or real_native(*a))
     y_ref, S_ref, g_ref = _run(layer, x, state, "sequential", lengths)
     assert seen == []
-    y, S, g = _run(layer, x, state, "chunk", lengths)
+    if native:
+        y, S, g = _run(layer, x, state, "chunk", lengths)
+    else:
+        with backend.force("torch"):
+            y, S, g = _run(layer, x, state, "chunk", lengths)
+    assert bool(ran) == native
     # the routed memories ran on B N sequences of the longest count, not on all T steps
     longest = int(counts.max())
     assert (B * 3, longest, 2, 3) in seen and longest < T

@@ -50,7 +50,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
 from rnnzoo.ops import sequence_parallel
-from rnnzoo.ops.chunk.linear import gated_linear_attention
+from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
 from rnnzoo.registry import register
 
 
@@ -122,22 +122,23 @@ class Mamba3(RecurrentLayer):
     def ssm_inputs(self, u, dtype):
         """u (B, T, d_model) -> in `dtype`: C, B (B, T, R, H, d_state) after norm and bias,
         x (B, T, H, head_dim), the per-rank inputs xr (B, T, R, H, head_dim), log alpha,
-        beta, gamma (B, T, H), the angle steps dtheta (B, T, H, d_state / 2) (zero past the
-        rotated pairs) and the gate z (B, T, H, head_dim)."""
+        beta, gamma (B, T, H), the angle steps dtheta (B, T, H, n_angles) of the rotated
+        pairs (the first n_angles of the d_state / 2) and the gate z (B, T, H, head_dim)."""
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
         z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
             [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
-        heads = torch.arange(H, device=u.device) // (H // G)  # head h reads group h // (H / G)
-        Bm, Cm = (norm(t.unflatten(-1, (R, G, N)))[:, :, :, heads].to(dtype) + bias.transpose(0, 1)
+        # head h reads group h // (H / G): the groups broadcast over their heads in the bias
+        # add (no gathered copy, and a sum, not a scatter, backward)
+        Bm, Cm = ((norm(t.unflatten(-1, (R, G, N))).to(dtype)[:, :, :, :, None]
+                   + bias.transpose(0, 1).unflatten(1, (G, H // G))).flatten(3, 4)
                   for t, norm, bias in ((Bm, self.B_norm, self.B_bias),
                                         (Cm, self.C_norm, self.C_bias)))
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
         log_alpha = dt * (-F.softplus(dd_A.to(dtype))).clamp(max=-self.A_floor)
         lam = torch.sigmoid(lam.to(dtype))
         dtheta = (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None]
-        dtheta = F.pad(dtheta, (0, N // 2 - self.n_angles))
         x = x.unflatten(-1, (H, P)).to(dtype)
         xr = x[:, :, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, :, None]
         return (Cm, Bm, x, xr, log_alpha, (1 - lam) * dt, lam * dt, dtheta,
@@ -186,7 +187,7 @@ class Mamba3(RecurrentLayer):
         ys = []
         for t in range(C.shape[1]):
             h = h + beta[:, t, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
-            h = turn(h.transpose(-1, -2), -dtheta[:, t, :, None], self.pairs).transpose(-1, -2)
+            h = self._turn(h.transpose(-1, -2), -dtheta[:, t, :, None]).transpose(-1, -2)
             B_prev, xr_prev = Bm[:, t], xr[:, t]
             h = log_alpha[:, t, :, None, None].exp() * h + gamma[:, t, :, None, None] * \
                 torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
@@ -206,11 +207,11 @@ class Mamba3(RecurrentLayer):
             before, end = sequence_parallel.prefix_sum(theta[:, -1])
             theta = theta + before[:, None]
             before, end = (t.remainder(2 * math.pi).to(dtheta.dtype) for t in (before, end))
-            B_prev = turn(B_prev, before[:, None], self.pairs)  # the previous step's frame
+            B_prev = self._turn(B_prev, before[:, None])  # the previous step's frame
         theta = theta.remainder(2 * math.pi).to(dtheta.dtype)
         if not parallel:
             end = theta[:, -1]
-        Cr, Br = (turn(t, theta[:, :, None], self.pairs) for t in (C, Bm))
+        Cr, Br = _Rotation.apply(theta[:, :, None], self.pairs, C, Bm)
         # beta_{t+1} (none past the call's end) joins step t's key. A non-finite beta_{t+1}
         # would reach outputs before t + 1 that way: it is zeroed there and marks step t + 1's
         # own decay instead (0 * beta is NaN exactly when beta is not finite).
@@ -226,14 +227,100 @@ class Mamba3(RecurrentLayer):
                     *a, initial_state=carry if initial_state is None else initial_state, **kw)
             o, S = sequence_parallel.lasp2(op, *args, scale=1.0, initial_state=h,
                                            chunk_size=self.chunk_size * R)
-        else:
-            o, S = gated_linear_attention(*args, scale=1.0, initial_state=h + carry,
-                                          chunk_size=self.chunk_size * R)
+        else:  # each head its own group of Mamba-2's SSD (on the CPU its C recurrence)
+            o, S = ssd(*args, scale=1.0, initial_state=h + carry,
+                       chunk_size=self.chunk_size * R)
         # same step t: the op gave row r ranks s <= r with gamma_t + beta_{t+1}; it needs
         # every rank s with gamma_t (C_t . B_t is the same in either frame)
+        if R == 1:  # SISO: the one pair (r, s) = (0, 0), elementwise (no (1, 1) products)
+            qk = (C.squeeze(2) * Bm.squeeze(2)).sum(-1) * -beta_next  # (B, T, H); squeeze, not
+            # [:, :, 0]: a select's backward fills a zero tensor first
+            return self._turned_back(o[:, :, None] + qk[:, :, None, :, None] * xr, S, end)
         later = torch.ones(R, R, dtype=torch.bool, device=C.device).triu(1)  # s > r
         w = torch.where(later, gamma[..., None, None], -beta_next[..., None, None])
         qk = torch.einsum("btrhn,btshn->bthrs", C, Bm) * w
         y = o.unflatten(1, (T, R)) + torch.einsum("bthrs,btshp->btrhp", qk, xr)
-        h = turn(S.transpose(-1, -2), -end[:, :, None], self.pairs).transpose(-1, -2)
+        return self._turned_back(y, S, end)
+
+    def _turned_back(self, y, S, end):
+        """(y, the final state turned back by the call's last angles to the unrotated frame)."""
+        h = self._turn(S.transpose(-1, -2), -end[:, :, None]).transpose(-1, -2)
         return y, h
+
+    def _turn(self, x, angle):
+        """x (..., d_state) turned by angle (..., n_angles) on the rotated pairs."""
+        return turn(x, F.pad(angle, (0, self.d_state // 2 - self.n_angles)), self.pairs)
+
+
+class _Rotation(torch.autograd.Function):
+    """(R(theta) C, R(theta) B) for C, B (B, T, R, H, N) and theta (B, T, 1, H, n) turning
+    the first n channel pairs (`pairs` as in layers.rotary.turn; the others pass as they are),
+    the angles' cos and sin computed once for both:
+        y_re + i y_im = (x_re + i x_im) e^{i theta}
+    backward dx = R(-theta) dy, dtheta = sum over R and both of Im(conj(y) dy). Adjacent pairs
+    run as one complex product (view_as_complex); halves as four real passes over the turned
+    half. (rotary.turn through autograd made cos and sin twice each way, and its stack, cat and
+    repeat_interleave copies over every channel: ~40% of the layer's time.)"""
+
+    @staticmethod
+    def _parts(x, n, pairs):
+        """Views (turned, rest) of x or its gradient: complex for adjacent pairs, else
+        (re, im) pairs of real views."""
+        if pairs == "adjacent":
+            v = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+            return v[..., :n], v[..., n:]
+        v = x.unflatten(-1, (2, -1))
+        return (v[..., 0, :n], v[..., 1, :n]), v[..., n:]
+
+    @staticmethod
+    def _turn(x, e, n, pairs):
+        """x turned by the angles e (complex e^{i theta}, or (cos, sin)), into a new tensor."""
+        if torch.compiler.is_compiling():  # dynamo refuses a strided out=: built by cat
+            turned, rest = _Rotation._parts(x, n, pairs)
+            if pairs == "adjacent":
+                return torch.cat([torch.view_as_real(turned * e).flatten(-2),
+                                  x[..., 2 * n:]], -1)
+            (re, im), (cos, sin) = turned, e
+            return torch.cat([re * cos - im * sin, rest[..., 0, :],
+                              re * sin + im * cos, rest[..., 1, :]], -1)
+        y = torch.empty_like(x)
+        (turned, rest), (y_turned, y_rest) = (_Rotation._parts(t, n, pairs) for t in (x, y))
+        if pairs == "adjacent":
+            torch.mul(turned, e, out=y_turned)
+        else:
+            (re, im), (y_re, y_im), (cos, sin) = turned, y_turned, e
+            torch.mul(re, cos, out=y_re).addcmul_(im, sin, value=-1)
+            torch.mul(re, sin, out=y_im).addcmul_(im, cos)
+        y_rest.copy_(rest)
+        return y
+
+    @staticmethod
+    def forward(ctx, theta, pairs, *xs):
+        n = theta.shape[-1]
+        cos, sin = theta.cos(), theta.sin()
+        e = torch.complex(cos, sin) if pairs == "adjacent" else (cos, sin)
+        ys = tuple(_Rotation._turn(x.contiguous(), e, n, pairs) for x in xs)
+        ctx.save_for_backward(cos, sin, *ys)
+        ctx.pairs = pairs
+        return ys
+
+    @staticmethod
+    def backward(ctx, *dys):
+        cos, sin, *ys = ctx.saved_tensors
+        n, pairs = cos.shape[-1], ctx.pairs
+        back = torch.complex(cos, -sin) if pairs == "adjacent" else (cos, -sin)
+        dxs, dtheta = [], None
+        for y, dy in zip(ys, dys):
+            if dy is None:
+                dxs.append(None)
+                continue
+            dy = dy.contiguous()
+            dxs.append(_Rotation._turn(dy, back, n, pairs))
+            (yt, _), (dt, _) = (_Rotation._parts(t, n, pairs) for t in (y, dy))
+            if pairs == "adjacent":
+                g = (yt.conj() * dt).imag
+            else:
+                g = (yt[0] * dt[1]).addcmul_(yt[1], dt[0], value=-1)
+            g = g.sum(2, keepdim=True) if g.shape[2] > 1 else g
+            dtheta = g if dtheta is None else dtheta + g
+        return dtheta, None, *dxs

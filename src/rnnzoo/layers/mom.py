@@ -29,8 +29,10 @@ from torch import nn
 from rnnzoo.checks import flag, int_in, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
+from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.registry import register
 
 
@@ -113,10 +115,9 @@ class MoM(DeltaBlock):
             return t
 
         # outputs past the count are never read: q needs no zeros
-        o, S_r = delta_rule(pack(q, tok, steps=False), pack(k, mem), pack(v, mem),
-                            pack(beta, mem, False), pack(g, tok, False),
-                            initial_state=S[:, :N * H].reshape(B * N, H, K, V),
-                            chunk_size=self.chunk_size)
+        o, S_r = self._delta(pack(q, tok, steps=False), pack(k, mem), pack(v, mem),
+                             pack(beta, mem, False), pack(g, tok, False),
+                             S[:, :N * H].reshape(B * N, H, K, V))
         S_r = S_r.view(B, N * H, K, V)
         # token t's j-th memory idx_tj holds it at place rank_tj of its packed sequence
         rank = (chosen.cumsum(1) - 1).gather(-1, idx)                     # (B, T, top_k)
@@ -124,10 +125,20 @@ class MoM(DeltaBlock):
         o = o.reshape(B * N * L, H, V).index_select(0, at.flatten()).view(B, T, -1, H, V)
         o = (o * w[..., None, None]).sum(2)
         if self.shared_memory:
-            o_s, S_s = delta_rule(q, k[:, :, N], v[:, :, N], beta[:, :, N], g,
-                                  initial_state=S[:, N * H:], chunk_size=self.chunk_size)
+            o_s, S_s = self._delta(q, k[:, :, N], v[:, :, N], beta[:, :, N], g, S[:, N * H:])
             o, S_r = o + o_s, torch.cat([S_r, S_s], 1)
         return o, S_r, conv_state
+
+    def _delta(self, q, k, v, beta, g, S):
+        """The delta rule of `_packed`: on the CPU in float32/float64 its C recurrence
+        (ops.native.delta_scan: ~2x the chunked form at these short packed sequences and
+        K = 32), else ops.chunk.delta.delta_rule. -> (o, S_T)."""
+        lib = native_delta.load() if backend.use_native(q, k, v, beta, g, S) else None
+        if lib is None:
+            return delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
+        (q,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+        o, S = native_delta.delta(lib, q, k, v, beta, g, S.to(q.dtype), self.head_dim ** -0.5)
+        return poison(o, marks.outputs), poison(S, marks.state)
 
     def _forward(self, x, state, mode):
         S, conv_state = state

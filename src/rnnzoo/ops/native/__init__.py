@@ -31,7 +31,14 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
-    lstm_cells.c, slstm.c, normalized.c, para.c
+    longhorn_scan.c     Longhorn's diagonal online-learning scan
+    delta_scan.c        the gated delta rule as a recurrence (mom's packed memories)
+    mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
+    deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
+    lattice_scan.c      Lattice's orthogonal-state recurrence
+    simple_gated.c      cfn, ran and state_regularized_rnn's loops (`ops.native.cells`)
+    lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
+    highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver).

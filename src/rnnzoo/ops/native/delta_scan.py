@@ -1,0 +1,76 @@
+"""The gated delta rule as its recurrence in C (delta_scan.c), forward and backward: the
+(K, V) state of one (batch row, head) in cache, recomputed backward from every 32nd, a few
+vectorised passes over it a step, where the chunked PyTorch form (ops.chunk.delta) runs
+(C, C) products and a triangular solve per chunk, which at small heads (K = 32) and short
+sequences cost more than the recurrence's O(T K V) work.
+
+    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale S_t^T q_t
+
+q, k: (B, T, H, K); v: (B, T, H, V); beta, g: (B, T, H); S0: (B, H, K, V); all one dtype
+(float32 or float64) on the CPU (`ops.backend.use_native`). Returns o (B, T, H, V) and S_T,
+differentiable in all six. Threads split the (batch row, head) pairs. The caller handles
+non-finite inputs (ops.finite), as ops.chunk.delta.delta_rule does around its solver.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("delta_scan")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "delta_fwd", dtype, [P] * 10 + [F] + [L] * 6),
+            native.kernel(lib, "delta_bwd", dtype, [P] * 15 + [F] + [L] * 6))
+
+
+class _NativeDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, beta, g, S0, scale):
+        q, k, v, beta, g, S0 = (t.contiguous() for t in (q, k, v, beta, g, S0))
+        B, Tn, H, K = q.shape
+        V = v.shape[-1]
+        fwd, _ = _kernels(lib, q.dtype)
+        o, w, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
+        grad = any(ctx.needs_input_grad)
+        ck = q.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
+                          native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
+                          native.ptr(ST), native.ptr(ck), scale, Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(q, k, v, beta, g, w, ck)
+        ctx.lib, ctx.scale = lib, scale
+        return o, ST
+
+    @staticmethod
+    def backward(ctx, do, dST):
+        q, k, v, beta, g, w, ck = ctx.saved_tensors
+        B, Tn, H, K = q.shape
+        V = v.shape[-1]
+        _, bwd = _kernels(ctx.lib, q.dtype)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dST = None if dST is None else dST.contiguous()
+        dq, dk, dv, dbeta, dg = (torch.empty_like(t) for t in (q, k, v, beta, g))
+        dS0 = q.new_empty(B, H, K, V)
+        native.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
+                          native.ptr(g), native.ptr(w), native.ptr(ck), native.ptr(dST),
+                          native.ptr(do), native.ptr(dq), native.ptr(dk), native.ptr(dv),
+                          native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,
+                          Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+        return None, dq, dk, dv, dbeta, dg, dS0, None
+
+
+def delta(lib, q, k, v, beta, g, S0, scale):
+    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load()."""
+    return _NativeDelta.apply(lib, q, k, v, beta, g, S0, scale)
