@@ -33,8 +33,10 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
 
@@ -119,6 +121,12 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
     (q,), (k, v, g, beta), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, beta)))
+    q, lamb = q.to(dt), lamb.to(dt)
+    lib = native_mesa.load() if backend.use_native(q, k, v, g, beta, lamb, Hkk, Hkv) else None
+    if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
+        o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps)
+        return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
+                                                        poison(Hkv, marks.state))
     C = min(chunk_size, T)
     qc, kc, vc = (to_chunks(t, C) for t in (q.to(dt), k, v))      # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)
