@@ -32,27 +32,71 @@
 
 #else
 
-static inline T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (long j = 0; j < n; j++) s += a[j] * b[j];
     return s;
 }
 
-/* Ap = H^T p + lamb * p */
-static inline void NAME(apply)(const T *restrict H, const T *restrict lamb,
-                               const T *restrict p, T *restrict Ap, long K) {
-    for (long j = 0; j < K; j++) Ap[j] = lamb[j] * p[j];
+/* y = M^T p + lamb * p for a row-major (K, K) M: a sum of M's rows, JB columns at a time
+   in registers (two rows a pass: half the dependent adds), the rest column by column */
+#define JB 32
+INLINE void NAME(apply)(const T *restrict M, const T *restrict lamb, const T *restrict p,
+                        T *restrict y, long K) {
+    long jb = 0;
+    for (; jb + JB <= K; jb += JB) {
+        T acc[JB];
+        for (long l = 0; l < JB; l++) acc[l] = lamb[jb + l] * p[jb + l];
+        long i = 0;
+        for (; i + 2 <= K; i += 2) {
+            const T p0 = p[i], p1 = p[i + 1];
+            const T *restrict M0 = M + i * K + jb, *restrict M1 = M0 + K;
+            for (long l = 0; l < JB; l++) acc[l] += p0 * M0[l] + p1 * M1[l];
+        }
+        if (i < K)
+            for (long l = 0; l < JB; l++) acc[l] += p[i] * M[i * K + jb + l];
+        for (long l = 0; l < JB; l++) y[jb + l] = acc[l];
+    }
+    if (jb == K) return;
+    for (long j = jb; j < K; j++) y[j] = lamb[j] * p[j];
     for (long i = 0; i < K; i++) {
         const T pi = p[i];
-        const T *restrict Hi = H + i * K;
-        for (long j = 0; j < K; j++) Ap[j] += pi * Hi[j];
+        const T *restrict Mi = M + i * K;
+        for (long j = jb; j < K; j++) y[j] += pi * Mi[j];
+    }
+}
+
+/* S += P^T D for P, D (n, K) rows at a stride of ld: JB columns of a row of S at a time in
+   registers */
+INLINE void NAME(rank_n)(T *restrict S, const T *restrict P, const T *restrict D, long n,
+                         long ld, long K) {
+    for (long r = 0; r < K; r++) {
+        T *restrict Sr = S + r * K;
+        long jb = 0;
+        for (; jb + JB <= K; jb += JB) {
+            T acc[JB];
+            for (long l = 0; l < JB; l++) acc[l] = Sr[jb + l];
+            for (long i = 0; i < n; i++) {
+                const T pr = P[i * ld + r];
+                const T *restrict Di = D + i * ld + jb;
+                for (long l = 0; l < JB; l++) acc[l] += pr * Di[l];
+            }
+            for (long l = 0; l < JB; l++) Sr[jb + l] = acc[l];
+        }
+        for (long i = 0; i < n; i++) {
+            const T pr = P[i * ld + r];
+            const T *restrict Di = D + i * ld;
+            for (long j = jb; j < K; j++) Sr[j] += pr * Di[j];
+        }
     }
 }
 
 /* x = CG_n(A, b); w: 3 K scratch. With tr: per step i, tr[3 K i ..] = p_i, A p_i, r_{i+1}
    and sc[4 i ..] = alpha_i, beta_i, d_i, den_i. Returns eps. */
-static T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict b,
                   T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel, T tiny,
                   T *restrict tr, T *restrict sc) {
     T *restrict r = w, *restrict p = w + K, *restrict Ap = w + 2 * K;
@@ -64,21 +108,23 @@ static T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
         p[j] = b[j];
     }
     for (long i = 0; i < n; i++) {
-        NAME(apply)(H, lamb, p, Ap, K);
-        const T den = NAME(dot)(p, Ap, K) + eps, alpha = d / den;
+        T *restrict Api = tr ? tr + 3 * K * i + K : Ap;
+        NAME(apply)(H, lamb, p, Api, K);
+        const T den = NAME(dot)(p, Api, K) + eps, alpha = d / den;
         T nw = 0;
 #pragma omp simd reduction(+ : nw)
         for (long j = 0; j < K; j++) {
             x[j] += alpha * p[j];
-            r[j] -= alpha * Ap[j];
+            r[j] -= alpha * Api[j];
             nw += r[j] * r[j];
         }
         const T beta = nw / (d + eps);
         if (tr) {
             T *restrict ti = tr + 3 * K * i;
-            memcpy(ti, p, K * sizeof(T));
-            memcpy(ti + K, Ap, K * sizeof(T));
-            memcpy(ti + 2 * K, r, K * sizeof(T));
+            for (long j = 0; j < K; j++) {
+                ti[j] = p[j];
+                ti[2 * K + j] = r[j];
+            }
             sc[4 * i] = alpha;
             sc[4 * i + 1] = beta;
             sc[4 * i + 2] = d;
@@ -90,45 +136,223 @@ static T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
     return eps;
 }
 
+/* The step's solve and its gradient: x = CG_n(A, b) into ws[3 K n + 4 n + 3 K ..] (its
+   iterates kept in ws), then the CG lines in reverse from dx: db = the gradient of b,
+   dl += that of lamb, S += that of H (sum_i p_i dAp_i^T). HT: H transposed. ws: 3 K n +
+   4 n + 7 K. */
+INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                          const T *restrict b, const T *restrict dx, T *restrict db,
+                          T *restrict dl, T *restrict S, long K, long n, T eps_abs, int rel,
+                          T tiny, T *restrict ws) {
+    T *restrict tr = ws, *restrict sc = ws + 3 * K * n, *restrict w = sc + 4 * n,
+      *restrict x = w + 3 * K, *restrict dr = x + K, *restrict dp = dr + K,
+      *restrict Hd = dp + K;
+    const T eps = NAME(cg)(H, lh, b, x, w, K, n, eps_abs, rel, tiny, tr, sc);
+    /* dA p_i overwrites A p_i in the trace */
+    T dd = 0, deps = 0;
+    for (long j = 0; j < K; j++) dr[j] = dp[j] = 0;
+    for (long i = n - 1; i >= 0; i--) {
+        const T *restrict pi = tr + 3 * K * i, *restrict ri = pi + 2 * K;
+        T *restrict Api = tr + 3 * K * i + K;
+        const T alpha = sc[4 * i], be = sc[4 * i + 1], di = sc[4 * i + 2], den = sc[4 * i + 3];
+        /* p_{i+1} = r_{i+1} + beta_i p_i;  beta_i = d_{i+1} / (d_i + eps) */
+        const T dbe = NAME(dot)(dp, pi, K);
+        dd += dbe / (di + eps);
+        T ddi = -dbe * be / (di + eps);
+        deps += ddi;
+        /* d_{i+1} = |r_{i+1}|^2;  r_{i+1} = r_i - alpha_i A p_i;  x_{i+1} = x_i + alpha_i p_i */
+        T dal = 0;
+#pragma omp simd reduction(+ : dal)
+        for (long j = 0; j < K; j++) {
+            dr[j] += dp[j] + 2 * dd * ri[j];
+            dal += dx[j] * pi[j] - dr[j] * Api[j];
+        }
+        /* alpha_i = d_i / den_i;  den_i = p_i . A p_i + eps */
+        ddi += dal / den;
+        const T dden = -dal * alpha / den;
+        deps += dden;
+        for (long j = 0; j < K; j++) {
+            const T dA = dden * pi[j] - alpha * dr[j];
+            dp[j] = be * dp[j] + alpha * dx[j] + dden * Api[j];
+            Api[j] = dA;
+            dl[j] += dA * pi[j];
+        }
+        /* A p_i = H^T p_i + lamb p_i: dp_i += H dAp + lamb dAp */
+        NAME(apply)(HT, lh, Api, Hd, K);
+        for (long j = 0; j < K; j++) dp[j] += Hd[j];
+        dd = ddi;
+    }
+    /* r_0 = p_0 = b, d_0 = |b|^2, eps = 1e-10 d_0 + tiny */
+    const T dd0 = 2 * (dd + (rel ? (T)1e-10 * deps : 0));
+    for (long j = 0; j < K; j++) db[j] = dr[j] + dp[j] + dd0 * b[j];
+    NAME(rank_n)(S, tr, tr + K, n, 3 * K, K);
+}
+
+/* cg and cg_grad compiled for any K and for K = 32 (its loops unrolled, in registers) */
+static void NAME(cg_any)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+                         T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
+                         T tiny) {
+    NAME(cg)(H, lamb, b, x, w, K, n, eps_abs, rel, tiny, NULL, NULL);
+}
+static void NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+                        T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
+                        T tiny) {
+    NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, NULL, NULL);
+}
+static void NAME(cg_grad_any)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                              const T *restrict b, const T *restrict dx, T *restrict db,
+                              T *restrict dl, T *restrict S, long K, long n, T eps_abs,
+                              int rel, T tiny, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, ws);
+}
+static void NAME(cg_grad_32)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                             const T *restrict b, const T *restrict dx, T *restrict db,
+                             T *restrict dl, T *restrict S, long K, long n, T eps_abs,
+                             int rel, T tiny, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, ws);
+}
+
+INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
+                           const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                           const T *restrict H0, const T *restrict G0, T *restrict o,
+                           T *restrict Hm, T *restrict Gm, T *restrict ck, long Tn, long Hn,
+                           long K, long V, long n, T eps_abs, int rel, T tiny, long p,
+                           T *restrict w) {
+    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, b = p / Hn, h = p % Hn;
+    T *restrict x = w + 3 * K;
+    memcpy(Hm, H0, KK * sizeof(T));
+    memcpy(Gm, G0, KV * sizeof(T));
+    for (long t = 0; t < Tn; t++) {
+        if (t % CK == 0) {
+            T *c = ck + (p * nck + t / CK) * (KK + KV);
+            memcpy(c, Hm, KK * sizeof(T));
+            memcpy(c + KK, Gm, KV * sizeof(T));
+        }
+        const long row = (b * Tn + t) * Hn + h;
+        const T a = EXP(g[row]), bt = beta[row];
+        const T *restrict kt = k + row * K, *restrict vt = v + row * V;
+        for (long i = 0; i < K; i++) {
+            const T bk = bt * kt[i];
+            T *restrict Hi = Hm + i * K, *restrict Gi = Gm + i * V;
+            for (long j = 0; j < K; j++) Hi[j] = a * Hi[j] + bk * kt[j];
+            for (long j = 0; j < V; j++) Gi[j] = a * Gi[j] + bk * vt[j];
+        }
+        (K == 32 ? NAME(cg_32) : NAME(cg_any))(Hm, lamb + h * K, q + row * K, x, w, K, n,
+                                                eps_abs, rel, tiny);
+        T *restrict ot = o + row * V;
+        for (long j = 0; j < V; j++) ot[j] = 0;
+        for (long i = 0; i < K; i++) {
+            const T xi = x[i];
+            const T *restrict Gi = Gm + i * V;
+            for (long j = 0; j < V; j++) ot[j] += xi * Gi[j];
+        }
+    }
+}
+
 void NAME(mesa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                     const T *restrict g, const T *restrict beta, const T *restrict lamb,
                     const T *restrict H0, const T *restrict G0, T *restrict o,
                     T *restrict HT, T *restrict GT, T *restrict ck, long Tn, long Hn, long K,
                     long V, long n, double eps_abs, long rel, double tiny, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V;
-    T *w = malloc(4 * K * sizeof(T)), *x = w + 3 * K;
+    T *w = malloc(4 * K * sizeof(T));
     for (long p = p0; p < p1; p++) {
-        const long b = p / Hn, h = p % Hn;
-        T *restrict Hm = HT + p * KK, *restrict Gm = GT + p * KV;
-        memcpy(Hm, H0 + p * KK, KK * sizeof(T));
-        memcpy(Gm, G0 + p * KV, KV * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            if (t % CK == 0) {
-                T *c = ck + (p * nck + t / CK) * (KK + KV);
-                memcpy(c, Hm, KK * sizeof(T));
-                memcpy(c + KK, Gm, KV * sizeof(T));
-            }
+#define FWD(KC) NAME(fwd_pair)(q, k, v, g, beta, lamb, H0 + p * K * K, G0 + p * K * V, o, \
+                               HT + p * K * K, GT + p * K * V, ck, Tn, Hn, KC, V, n,        \
+                               (T)eps_abs, (int)rel, (T)tiny, p, w)
+        FWD(K);
+#undef FWD
+    }
+    free(w);
+}
+
+INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
+                           const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                           const T *restrict ck, const T *restrict dHT, const T *restrict dGT,
+                           const T *restrict dout, T *restrict dq, T *restrict dk,
+                           T *restrict dv, T *restrict dg, T *restrict dbeta, T *restrict dl,
+                           T *restrict SH, T *restrict SG, long Tn, long Hn, long K, long V,
+                           long n, T eps_abs, int rel, T tiny, long p, T *restrict buf,
+                           T *restrict tr) {
+    /* buf: per step of a block H_t, H_t^T, G_t; SH, SG end as dH0, dG0 */
+    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, L = 2 * KK + KV;
+    const long b = p / Hn, h = p % Hn;
+    T *restrict x = tr + 3 * K * n + 4 * n + 3 * K, *restrict dx = tr + 3 * K * n + 4 * n + 7 * K,
+      *restrict bk = dx + K;
+    void (*grad)(const T *, const T *, const T *, const T *, const T *, T *, T *, T *, long,
+                 long, T, int, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
+    const T *restrict lh = lamb + h * K;
+    if (dHT) memcpy(SH, dHT, KK * sizeof(T));
+    else memset(SH, 0, KK * sizeof(T));
+    if (dGT) memcpy(SG, dGT, KV * sizeof(T));
+    else memset(SG, 0, KV * sizeof(T));
+    memset(dl, 0, K * sizeof(T));
+    for (long c = nck - 1; c >= 0; c--) {
+        const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+        const T *restrict ckc = ck + (p * nck + c) * (KK + KV);
+        for (long t = t0; t < t1; t++) {  /* recompute H_t, H_t^T, G_t, t in the block */
             const long row = (b * Tn + t) * Hn + h;
             const T a = EXP(g[row]), bt = beta[row];
             const T *restrict kt = k + row * K, *restrict vt = v + row * V;
+            T *restrict St = buf + (t - t0) * L;
+            const T *restrict Hp = t > t0 ? St - L : ckc, *restrict Gp = t > t0 ? St - L + 2 * KK
+                                                                                 : ckc + KK;
+            for (long j = 0; j < K; j++) bk[j] = bt * kt[j];
             for (long i = 0; i < K; i++) {
-                const T bk = bt * kt[i];
-                T *restrict Hi = Hm + i * K, *restrict Gi = Gm + i * V;
-                for (long j = 0; j < K; j++) Hi[j] = a * Hi[j] + bk * kt[j];
-                for (long j = 0; j < V; j++) Gi[j] = a * Gi[j] + bk * vt[j];
+                for (long j = 0; j < K; j++) St[i * K + j] = a * Hp[i * K + j] + bk[i] * kt[j];
+                for (long j = 0; j < V; j++)
+                    St[2 * KK + i * V + j] = a * Gp[i * V + j] + bk[i] * vt[j];
             }
-            NAME(cg)(Hm, lamb + h * K, q + row * K, x, w, K, n, (T)eps_abs, (int)rel, (T)tiny,
-                     NULL, NULL);
-            T *restrict ot = o + row * V;
-            for (long j = 0; j < V; j++) ot[j] = 0;
+            for (long i = 0; i < K; i++)  /* (H_t^T)_ij = H_t ji, the same roundings */
+                for (long j = 0; j < K; j++) St[KK + i * K + j] = St[j * K + i];
+        }
+        for (long t = t1 - 1; t >= t0; t--) {
+            const long row = (b * Tn + t) * Hn + h;
+            const T a = EXP(g[row]), bt = beta[row];
+            const T *restrict qt = q + row * K, *restrict kt = k + row * K,
+                    *restrict vt = v + row * V, *restrict dot = dout + row * V;
+            const T *restrict Ht = buf + (t - t0) * L, *restrict HtT = Ht + KK,
+                    *restrict Gt = Ht + 2 * KK;
+            const T *restrict Hp = t > t0 ? Ht - L : ckc, *restrict Gp = t > t0 ? Ht - L + 2 * KK
+                                                                                : ckc + KK;
+            /* o_t = G_t^T x: dx = G_t dout; then x and dq_t, dlamb, SH through the solve */
+            for (long i = 0; i < K; i++) dx[i] = NAME(dot)(Gt + i * V, dot, V);
+            grad(Ht, HtT, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tr);
+            for (long i = 0; i < K; i++)  /* SG += x dout^T */
+                for (long j = 0; j < V; j++) SG[i * V + j] += x[i] * dot[j];
+            /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
+            T *restrict dkt = dk + row * K, *restrict dvt = dv + row * V;
+            for (long j = 0; j < K; j++) dkt[j] = 0;
+            for (long j = 0; j < V; j++) dvt[j] = 0;
+            T db = 0, da = 0;
             for (long i = 0; i < K; i++) {
-                const T xi = x[i];
-                const T *restrict Gi = Gm + i * V;
-                for (long j = 0; j < V; j++) ot[j] += xi * Gi[j];
+                T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
+                const T *restrict Hpi = Hp + i * K, *restrict Gpi = Gp + i * V;
+                const T ki = kt[i];
+                T sh = 0, sg = 0, dai = 0;
+#pragma omp simd reduction(+ : sh, dai)
+                for (long j = 0; j < K; j++) {
+                    sh += SHi[j] * kt[j];
+                    dkt[j] += SHi[j] * ki;
+                    dai += SHi[j] * Hpi[j];
+                    SHi[j] *= a;
+                }
+#pragma omp simd reduction(+ : sg, dai)
+                for (long j = 0; j < V; j++) {
+                    sg += SGi[j] * vt[j];
+                    dvt[j] += SGi[j] * ki;
+                    dai += SGi[j] * Gpi[j];
+                    SGi[j] *= a;
+                }
+                dkt[i] += sh + sg;
+                db += ki * (sh + sg);
+                da += dai;
             }
+            for (long j = 0; j < K; j++) dkt[j] *= bt;
+            for (long j = 0; j < V; j++) dvt[j] *= bt;
+            dbeta[row] = db;
+            dg[row] = da * a;
         }
     }
-    free(w);
 }
 
 void NAME(mesa_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -138,146 +362,21 @@ void NAME(mesa_bwd)(const T *restrict q, const T *restrict k, const T *restrict 
                     T *restrict dg, T *restrict dbeta, T *restrict dlamb, T *restrict dH0,
                     T *restrict dG0, long Tn, long Hn, long K, long V, long n, double eps_abs,
                     long rel, double tiny, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V;
-    T *buf = malloc(CK * (KK + KV) * sizeof(T));      /* H_t, G_t for the steps of a block */
-    T *tr = malloc((3 * K * n + 4 * n + 9 * K) * sizeof(T));
-    T *sc = tr + 3 * K * n, *w = sc + 4 * n, *x = w + 3 * K, *dx = x + K, *dr = dx + K,
-      *dp = dr + K, *dpn = dp + K, *dAp = dpn + K;
+    T *buf = malloc(CK * (2 * K * K + K * V) * sizeof(T));
+    T *tr = malloc((3 * K * n + 4 * n + 9 * K) * sizeof(T));  /* cg_grad's, dx, k b */
     for (long p = p0; p < p1; p++) {
-        const long b = p / Hn, h = p % Hn;
-        const T *restrict lh = lamb + h * K;
-        T *restrict SH = dH0 + p * KK, *restrict SG = dG0 + p * KV;  /* end as dH0, dG0 */
-        T *restrict dl = dlamb + p * K;
-        if (dHT) memcpy(SH, dHT + p * KK, KK * sizeof(T));
-        else memset(SH, 0, KK * sizeof(T));
-        if (dGT) memcpy(SG, dGT + p * KV, KV * sizeof(T));
-        else memset(SG, 0, KV * sizeof(T));
-        memset(dl, 0, K * sizeof(T));
-        for (long c = nck - 1; c >= 0; c--) {
-            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *prev = ck + (p * nck + c) * (KK + KV);
-            for (long t = t0; t < t1; t++) {  /* recompute H_t, G_t, t in the block */
-                const long row = (b * Tn + t) * Hn + h;
-                const T a = EXP(g[row]), bt = beta[row];
-                const T *restrict kt = k + row * K, *restrict vt = v + row * V;
-                T *restrict St = buf + (t - t0) * (KK + KV);
-                for (long i = 0; i < K; i++) {
-                    const T bk = bt * kt[i];
-                    for (long j = 0; j < K; j++) St[i * K + j] = a * prev[i * K + j] + bk * kt[j];
-                    for (long j = 0; j < V; j++)
-                        St[KK + i * V + j] = a * prev[KK + i * V + j] + bk * vt[j];
-                }
-                prev = St;
-            }
-            for (long t = t1 - 1; t >= t0; t--) {
-                const long row = (b * Tn + t) * Hn + h;
-                const T a = EXP(g[row]), bt = beta[row];
-                const T *restrict qt = q + row * K, *restrict kt = k + row * K,
-                        *restrict vt = v + row * V, *restrict dot = dout + row * V;
-                const T *restrict Ht = buf + (t - t0) * (KK + KV), *restrict Gt = Ht + KK;
-                const T *restrict Hp = t > t0 ? Ht - (KK + KV) : ck + (p * nck + c) * (KK + KV);
-                const T *restrict Gp = Hp + KK;
-                /* o_t = G_t^T x: dx = G_t dout, SG += x dout^T */
-                const T eps = NAME(cg)(Ht, lh, qt, x, w, K, n, (T)eps_abs, (int)rel, (T)tiny,
-                                       tr, sc);
-                for (long i = 0; i < K; i++) {
-                    T *restrict SGi = SG + i * V;
-                    const T *restrict Gi = Gt + i * V;
-                    const T xi = x[i];
-                    T s = 0;
-#pragma omp simd reduction(+ : s)
-                    for (long j = 0; j < V; j++) {
-                        s += Gi[j] * dot[j];
-                        SGi[j] += xi * dot[j];
-                    }
-                    dx[i] = s;
-                }
-                /* the CG lines in reverse */
-                T dd = 0, deps = 0;
-                for (long j = 0; j < K; j++) dr[j] = dp[j] = 0;
-                for (long i = n - 1; i >= 0; i--) {
-                    const T *restrict pi = tr + 3 * K * i, *restrict Api = pi + K,
-                            *restrict ri = pi + 2 * K;
-                    const T alpha = sc[4 * i], be = sc[4 * i + 1], di = sc[4 * i + 2],
-                            den = sc[4 * i + 3];
-                    /* p_{i+1} = r_{i+1} + beta_i p_i;  beta_i = d_{i+1} / (d_i + eps) */
-                    const T dbe = NAME(dot)(dp, pi, K);
-                    dd += dbe / (di + eps);
-                    T ddi = -dbe * be / (di + eps);
-                    deps += ddi;
-                    /* d_{i+1} = |r_{i+1}|^2;  r_{i+1} = r_i - alpha_i A p_i;
-                       x_{i+1} = x_i + alpha_i p_i */
-                    T dal = 0;
-#pragma omp simd reduction(+ : dal)
-                    for (long j = 0; j < K; j++) {
-                        dr[j] += dp[j] + 2 * dd * ri[j];
-                        dal += dx[j] * pi[j] - dr[j] * Api[j];
-                    }
-                    /* alpha_i = d_i / den_i;  den_i = p_i . A p_i + eps */
-                    ddi += dal / den;
-                    const T dden = -dal * alpha / den;
-                    deps += dden;
-                    for (long j = 0; j < K; j++) {
-                        dAp[j] = dden * pi[j] - alpha * dr[j];
-                        dpn[j] = be * dp[j] + alpha * dx[j] + dden * Api[j] + lh[j] * dAp[j];
-                        dl[j] += dAp[j] * pi[j];
-                    }
-                    /* A p_i = H^T p_i + lamb p_i: dp_i += H dAp, SH += p_i dAp^T */
-                    for (long r = 0; r < K; r++) {
-                        T *restrict SHr = SH + r * K;
-                        const T *restrict Hr = Ht + r * K;
-                        const T pr = pi[r];
-                        T s = 0;
-#pragma omp simd reduction(+ : s)
-                        for (long j = 0; j < K; j++) {
-                            s += Hr[j] * dAp[j];
-                            SHr[j] += pr * dAp[j];
-                        }
-                        dp[r] = dpn[r] + s;
-                    }
-                    dd = ddi;
-                }
-                /* r_0 = p_0 = q, d_0 = |q|^2, eps = 1e-10 d_0 + tiny */
-                const T dd0 = 2 * (dd + (rel ? (T)1e-10 * deps : 0));
-                T *restrict dqt = dq + row * K;
-                for (long j = 0; j < K; j++) dqt[j] = dr[j] + dp[j] + dd0 * qt[j];
-                /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
-                T *restrict dkt = dk + row * K, *restrict dvt = dv + row * V;
-                for (long j = 0; j < K; j++) dkt[j] = 0;
-                for (long j = 0; j < V; j++) dvt[j] = 0;
-                T db = 0, da = 0;
-                for (long i = 0; i < K; i++) {
-                    T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
-                    const T *restrict Hpi = Hp + i * K, *restrict Gpi = Gp + i * V;
-                    const T ki = kt[i];
-                    T sh = 0, sg = 0, dai = 0;
-#pragma omp simd reduction(+ : sh, dai)
-                    for (long j = 0; j < K; j++) {
-                        sh += SHi[j] * kt[j];
-                        dkt[j] += SHi[j] * ki;
-                        dai += SHi[j] * Hpi[j];
-                        SHi[j] *= a;
-                    }
-#pragma omp simd reduction(+ : sg, dai)
-                    for (long j = 0; j < V; j++) {
-                        sg += SGi[j] * vt[j];
-                        dvt[j] += SGi[j] * ki;
-                        dai += SGi[j] * Gpi[j];
-                        SGi[j] *= a;
-                    }
-                    dkt[i] += sh + sg;
-                    db += ki * (sh + sg);
-                    da += dai;
-                }
-                for (long j = 0; j < K; j++) dkt[j] *= bt;
-                for (long j = 0; j < V; j++) dvt[j] *= bt;
-                dbeta[row] = db;
-                dg[row] = da * a;
-            }
-        }
+#define BWD(KC) NAME(bwd_pair)(q, k, v, g, beta, lamb, ck, dHT ? dHT + p * K * K : NULL,       \
+                               dGT ? dGT + p * K * V : NULL, dout, dq, dk, dv, dg, dbeta,     \
+                               dlamb + p * K, dH0 + p * K * K, dG0 + p * K * V, Tn, Hn, KC, V, \
+                               n, (T)eps_abs, (int)rel, (T)tiny, p, buf, tr)
+        BWD(K);
+#undef BWD
     }
     free(buf);
     free(tr);
 }
+
+#undef INLINE
+#undef JB
 
 #endif
