@@ -23,15 +23,51 @@
 
 #else
 
+#define JB 32  /* columns kept in registers by the two helpers below */
+
+/* y[j] = sum_d x[d] XT[d][j] for j < n, XT (D, ld) row-major */
+static void NAME(df_cols)(const T *restrict x, const T *restrict XT, T *restrict y, long n,
+                          long ld, long D) {
+    long jb = 0;
+    for (; jb + JB <= n; jb += JB) {
+        T acc[JB] = {0};
+        for (long d = 0; d < D; d++) {
+            const T xd = x[d];
+            const T *restrict Xd = XT + d * ld + jb;
+            for (long l = 0; l < JB; l++) acc[l] += xd * Xd[l];
+        }
+        for (long l = 0; l < JB; l++) y[jb + l] = acc[l];
+    }
+    for (long j = jb; j < n; j++) y[j] = 0;
+    for (long d = 0; d < D; d++)
+        for (long j = jb; j < n; j++) y[j] += x[d] * XT[d * ld + j];
+}
+
+/* y[d] = sum_{j<n} c[j] X[j][d], X (n, D) row-major: two rows a pass, JB columns in registers */
+static void NAME(df_rows)(const T *restrict c, const T *restrict X, T *restrict y, long n,
+                          long D) {
+    long db = 0;
+    for (; db + JB <= D; db += JB) {
+        T acc[JB] = {0};
+        long j = 0;
+        for (; j + 2 <= n; j += 2) {
+            const T c0 = c[j], c1 = c[j + 1];
+            const T *restrict X0 = X + j * D + db, *restrict X1 = X0 + D;
+            for (long l = 0; l < JB; l++) acc[l] += c0 * X0[l] + c1 * X1[l];
+        }
+        if (j < n)
+            for (long l = 0; l < JB; l++) acc[l] += c[j] * X[j * D + db + l];
+        for (long l = 0; l < JB; l++) y[db + l] = acc[l];
+    }
+    for (long d = db; d < D; d++) y[d] = 0;
+    for (long j = 0; j < n; j++)
+        for (long d = db; d < D; d++) y[d] += c[j] * X[j * D + d];
+}
+
 /* s[j] = scale q . k_j for j <= t, from kT (D, Tn) */
 static void NAME(df_scores)(const T *restrict qt, const T *restrict kT, T *restrict s, long t,
                             long Tn, long D, T scale) {
-    for (long j = 0; j <= t; j++) s[j] = 0;
-    for (long d = 0; d < D; d++) {
-        const T qd = qt[d];
-        const T *restrict kd = kT + d * Tn;
-        for (long j = 0; j <= t; j++) s[j] += qd * kd[j];
-    }
+    NAME(df_cols)(qt, kT, s, t + 1, Tn, D);
     for (long j = 0; j <= t; j++) s[j] *= scale;
 }
 
@@ -54,8 +90,8 @@ void NAME(dfa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
             T *restrict wt = wp + t * D, *restrict ut = up + t * D, *restrict ot = op + t * D;
             const T *restrict vt = vp + t * D;
             const T bt = beta[p * Tn + t];
-            for (long d = 0; d < D; d++) wt[d] = 0;
             if (t == 0) {
+                for (long d = 0; d < D; d++) wt[d] = 0;
                 L[p * Tn] = -INFINITY;
                 for (long d = 0; d < D; d++) ot[d] = ut[d] = vt[d];
                 continue;
@@ -70,11 +106,8 @@ void NAME(dfa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
             }
             const T Lt = m + (T)log(Z), inv = 1 / Z;
             L[p * Tn + t] = Lt;
-            for (long j = 0; j < t; j++) {
-                const T P = s[j] * inv;
-                const T *restrict uj = up + j * D;
-                for (long d = 0; d < D; d++) wt[d] += P * uj[d];
-            }
+            for (long j = 0; j < t; j++) s[j] *= inv;  /* P_tj */
+            NAME(df_rows)(s, up, wt, t, D);
             const T a = 1 / (1 + EXP(Lt - s[t])), c = 1 / (1 + EXP(s[t] - Lt));
             for (long d = 0; d < D; d++) {
                 ut[d] = vt[d] - bt * wt[d];
@@ -85,13 +118,38 @@ void NAME(dfa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
     free(kT);
 }
 
+/* Y[j] += sum_{r<R} C[r][j] W[r] for j < n: C (R, ld), W (R, D), Y (n, D) row-major */
+static void NAME(df_acc)(T *restrict Y, const T *restrict C, long ld, const T *restrict W,
+                         long R, long n, long D) {
+    for (long j = 0; j < n; j++) {
+        T *restrict Yj = Y + j * D;
+        long db = 0;
+        for (; db + JB <= D; db += JB) {
+            T acc[JB];
+            for (long l = 0; l < JB; l++) acc[l] = Yj[db + l];
+            for (long r = 0; r < R; r++) {
+                const T cr = C[r * ld + j];
+                const T *restrict Wr = W + r * D + db;
+                for (long l = 0; l < JB; l++) acc[l] += cr * Wr[l];
+            }
+            for (long l = 0; l < JB; l++) Yj[db + l] = acc[l];
+        }
+        for (long r = 0; r < R; r++)
+            for (long d = db; d < D; d++) Yj[d] += C[r * ld + j] * W[r * D + d];
+    }
+}
+
+/* Rows in blocks of RB, last block first, each block's rows in reverse: what a row adds to
+   the rows before its block (P_tj dw_t into du_j, ds_tj q_t into dk_j) is kept (Pb, dWb,
+   DSb) and added once a block (df_acc), the rest at once. */
+#define RB 16
 void NAME(dfa_bwd)(const T *restrict q, const T *restrict k, const T *restrict beta,
                    const T *restrict u, const T *restrict w, const T *restrict L,
                    const T *restrict dout, const T *restrict du_ext, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dbeta, long Tn, long D,
                    double scale, long p0, long p1) {
-    T *kT = malloc((2 * D * Tn + 2 * Tn + D) * sizeof(T)), *uT = kT + D * Tn,
-      *s = uT + D * Tn, *dP = s + Tn, *dw = dP + Tn;
+    T *kT = malloc((2 * D * Tn + Tn + 2 * RB * Tn + RB * D) * sizeof(T)), *uT = kT + D * Tn,
+      *dP = uT + D * Tn, *Pb = dP + Tn, *DSb = Pb + RB * Tn, *dWb = DSb + RB * Tn;
     const T sc = (T)scale;
     for (long p = p0; p < p1; p++) {
         const long off = p * Tn * D;
@@ -103,63 +161,57 @@ void NAME(dfa_bwd)(const T *restrict q, const T *restrict k, const T *restrict b
         if (du_ext) memcpy(dvp, du_ext + off, Tn * D * sizeof(T));
         else memset(dvp, 0, Tn * D * sizeof(T));
         memset(dkp, 0, Tn * D * sizeof(T));
-        for (long t = Tn - 1; t >= 0; t--) {
-            const T *restrict qt = qp + t * D, *restrict ut = up + t * D,
-                    *restrict wt = wp + t * D, *restrict dot = dop + t * D;
-            T *restrict dut = dvp + t * D;
-            const T bt = beta[p * Tn + t];
-            NAME(df_scores)(qt, kT, s, t, Tn, D, sc);
-            T a = 1, c = 0;
-            const T Lt = L[p * Tn + t];
-            if (t > 0) {
-                a = 1 / (1 + EXP(Lt - s[t]));
-                c = 1 / (1 + EXP(s[t] - Lt));
-            }
-            T db = 0, dc = 0, da = 0;
-            for (long d = 0; d < D; d++) {
-                dut[d] += a * dot[d];
-                dw[d] = c * dot[d] - bt * dut[d];
-                db -= dut[d] * wt[d];
-                dc += dot[d] * wt[d];
-                da += dot[d] * ut[d];
-            }
-            dbeta[p * Tn + t] = db;
-            const T g = (da - dc) * a * c;
-            if (t > 0) {
-                for (long j = 0; j < t; j++) {
-                    s[j] = EXP(s[j] - Lt);  /* P_tj */
-                    dP[j] = 0;
+        for (long t0 = (Tn - 1) / RB * RB; t0 >= 0; t0 -= RB) {
+            const long t1 = t0 + RB < Tn ? t0 + RB : Tn;
+            for (long t = t1 - 1; t >= t0; t--) {
+                const T *restrict qt = qp + t * D, *restrict ut = up + t * D,
+                        *restrict wt = wp + t * D, *restrict dot = dop + t * D;
+                T *restrict dut = dvp + t * D, *restrict dw = dWb + (t - t0) * D;
+                T *restrict P = Pb + (t - t0) * Tn, *restrict ds = DSb + (t - t0) * Tn;
+                const T bt = beta[p * Tn + t];
+                NAME(df_scores)(qt, kT, ds, t, Tn, D, sc);
+                T a = 1, c = 0;
+                const T Lt = L[p * Tn + t];
+                if (t > 0) {
+                    a = 1 / (1 + EXP(Lt - ds[t]));
+                    c = 1 / (1 + EXP(ds[t] - Lt));
                 }
+                T db = 0, dc = 0, da = 0;
                 for (long d = 0; d < D; d++) {
-                    const T dwd = dw[d];
-                    const T *restrict ud = uT + d * Tn;
-                    for (long j = 0; j < t; j++) dP[j] += dwd * ud[j];
+                    dut[d] += a * dot[d];
+                    dw[d] = c * dot[d] - bt * dut[d];
+                    db -= dut[d] * wt[d];
+                    dc += dot[d] * wt[d];
+                    da += dot[d] * ut[d];
                 }
+                dbeta[p * Tn + t] = db;
+                const T g = (da - dc) * a * c;
+                for (long j = 0; j < t; j++) P[j] = EXP(ds[j] - Lt);  /* P_tj */
+                NAME(df_cols)(dw, uT, dP, t, Tn, D);
                 T rho = 0;
 #pragma omp simd reduction(+ : rho)
-                for (long j = 0; j < t; j++) rho += s[j] * dP[j];
-                for (long j = 0; j < t; j++) {
-                    const T P = s[j];
+                for (long j = 0; j < t; j++) rho += P[j] * dP[j];
+                for (long j = 0; j < t; j++) ds[j] = sc * P[j] * (dP[j] - rho - g);
+                ds[t] = sc * g;
+                for (long j = t0; j < t; j++) {  /* this block's earlier rows: now */
                     T *restrict duj = dvp + j * D;
-                    for (long d = 0; d < D; d++) duj[d] += P * dw[d];
-                    s[j] = P * (dP[j] - rho - g);  /* ds_j */
+                    for (long d = 0; d < D; d++) duj[d] += P[j] * dw[d];
                 }
-            }
-            s[t] = g;
-            T *restrict dqt = dqp + t * D;
-            for (long d = 0; d < D; d++) dqt[d] = 0;
-            for (long j = 0; j <= t; j++) {
-                const T dsj = sc * s[j];
-                const T *restrict kj = kp + j * D;
-                T *restrict dkj = dkp + j * D;
-                for (long d = 0; d < D; d++) {
-                    dqt[d] += dsj * kj[d];
-                    dkj[d] += dsj * qt[d];
+                for (long j = t0; j <= t; j++) {
+                    T *restrict dkj = dkp + j * D;
+                    for (long d = 0; d < D; d++) dkj[d] += ds[j] * qt[d];
                 }
+                NAME(df_rows)(ds, kp, dqp + t * D, t + 1, D);
             }
+            /* the rows before the block, once */
+            NAME(df_acc)(dvp, Pb, Tn, dWb, t1 - t0, t0, D);
+            NAME(df_acc)(dkp, DSb, Tn, qp + t0 * D, t1 - t0, t0, D);
         }
     }
     free(kT);
 }
+#undef RB
+
+#undef JB
 
 #endif
