@@ -23,7 +23,10 @@ Chunkwise form: H_t x for every t of a chunk at once, from the chunk's starting 
     H_t x_t = e^{G_t} H_0 x_t + sum_{s <= t} beta_s e^{G_t - G_s} (k_s . x_t) k_s
 
 so each CG iteration is two products per chunk, run for all steps in parallel, and the
-output is the same form with G_0 and v. All tensors are (B, T, H, D); states (H, G)
+output is the same form with G_0 and v. On the CPU in float32/float64 (`backend.use_native`)
+`mesa` runs the recurrence in C instead (ops.native.mesa_scan): each step's CG on its own
+H_t, K^2 a step and iteration against the chunk form's K^2 + 2 C K, and a backward through
+the CG lines in reverse (the truncated solve's gradient, as autograd's through this loop). All tensors are (B, T, H, D); states (H, G)
 accumulate in float32 (float64 for float64 input).
 """
 
