@@ -10,7 +10,9 @@ for it (its query read against the earlier keys), and the output reads those res
 The residues u solve the unit lower-triangular system (I + diag(beta) P) u = v, P the
 strictly causal softmax: the `parallel` mode solves it with one triangular solve per
 block of new tokens (the cache's part moved to the right-hand side); `sequential` appends
-one token at a time. The cache holds keys and residues (the attention layer's full cache):
+one token at a time. On the CPU in float32/float64 a fresh sequence's block runs row by row
+in C (ops.native.deltaformer_attn: u_t by forward substitution as the rows are reached, the
+output read through the same row of scores, no (T, T) matrix). The cache holds keys and residues (the attention layer's full cache):
 
     state = (k_cache, u_cache, position)   k_cache, u_cache: (B, H, max_len, Dh)
 """
@@ -23,7 +25,9 @@ from torch import nn
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import deltaformer_attn as native_df
 from rnnzoo.registry import register
 
 
@@ -80,6 +84,10 @@ class DeltaFormer(Attention):
         late = (bad_q | bad_k | bad_v | bad_b).cumsum(1) > 0                    # (B, T)
         q, k_f, v, beta = (t.transpose(1, 2) for t in (q, k_f, v, beta))       # (B, H, T, .)
         pos = start[:, None] + torch.arange(T, device=x.device)
+        lib = native_df.load() if top == 0 and backend.use_native(q, k_f, v, beta) else None
+        if lib is not None:  # a fresh sequence: row by row in C, no (T, T) matrix (ops.native)
+            out, u = native_df.attend(lib, q, k_f, v, beta, self.head_dim ** -0.5)
+            return self._finish(x, state, k, u, out, late, pos, start + T)
         new_pos = pos[:, None, :]
         if top > 0:
             (kc, bad_kc), (uc, bad_uc) = finite(k_cache.to(q.dtype), 2), finite(u_cache.to(q.dtype), 2)
@@ -99,10 +107,15 @@ class DeltaFormer(Attention):
         u = torch.linalg.solve_triangular(eye + beta[..., None] * P[..., C:], rhs, upper=False,
                                           unitriangular=True)
         values = u if uc is None else torch.cat([uc, u], 2)
-        out = poison(masked_softmax(scores, seen[:, None]) @ values, late[:, None])
-        y = self.op_output(out.transpose(1, 2), x)
+        out = masked_softmax(scores, seen[:, None]) @ values
+        return self._finish(x, state, k, u, out, late, pos, start + T)
+
+    def _finish(self, x, state, k, u, out, late, pos, end):
+        """y from the heads' outputs out (B, H, T, Dh), and the cache with k and residues u;
+        outputs and residues from a marked (non-finite) step on are NaN."""
+        y = self.op_output(poison(out, late[:, None]).transpose(1, 2), x)
         u = poison(u.transpose(1, 2), late).transpose(1, 2)  # a marked step's residue is NaN
-        return y, self._write(state, k.transpose(1, 2), u, pos, start + T)
+        return y, self._write(state, k.transpose(1, 2), u, pos, end)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

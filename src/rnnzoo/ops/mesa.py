@@ -23,7 +23,10 @@ Chunkwise form: H_t x for every t of a chunk at once, from the chunk's starting 
     H_t x_t = e^{G_t} H_0 x_t + sum_{s <= t} beta_s e^{G_t - G_s} (k_s . x_t) k_s
 
 so each CG iteration is two products per chunk, run for all steps in parallel, and the
-output is the same form with G_0 and v. All tensors are (B, T, H, D); states (H, G)
+output is the same form with G_0 and v. On the CPU in float32/float64 (`backend.use_native`)
+`mesa` runs the recurrence in C instead (ops.native.mesa_scan): each step's CG on its own
+H_t, K^2 a step and iteration against the chunk form's K^2 + 2 C K, and a backward through
+the CG lines in reverse (the truncated solve's gradient, as autograd's through this loop). All tensors are (B, T, H, D); states (H, G)
 accumulate in float32 (float64 for float64 input).
 """
 
@@ -33,8 +36,10 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
 
@@ -119,6 +124,12 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
     (q,), (k, v, g, beta), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, beta)))
+    q, lamb = q.to(dt), lamb.to(dt)
+    lib = native_mesa.load() if backend.use_native(q, k, v, g, beta, lamb, Hkk, Hkv) else None
+    if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
+        o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps)
+        return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
+                                                        poison(Hkv, marks.state))
     C = min(chunk_size, T)
     qc, kc, vc = (to_chunks(t, C) for t in (q.to(dt), k, v))      # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)

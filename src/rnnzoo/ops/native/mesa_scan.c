@@ -1,0 +1,382 @@
+/* MesaNet's readout (rnnzoo.ops.mesa) as its recurrence, forward and backward, one
+   (batch row, head) pair at a time, the step's conjugate-gradient solve on the step's own
+   H_t (in cache: K x K) instead of the chunkwise form's products:
+
+       H_t = a_t H_{t-1} + b_t k_t k_t^T,   G_t = a_t G_{t-1} + b_t k_t v_t^T,   a_t = exp(g_t)
+       x_t = CG_n(A_t, q_t),   A_t p = H_t^T p + lamb * p,   o_t = G_t^T x_t
+
+   CG_n is ops.mesa.conjugate_gradient's n steps from x = 0, line by line (d_i = |r_i|^2,
+   den_i = p_i . A p_i + eps, alpha_i = d_i / den_i, beta_i = d_{i+1} / (d_i + eps); eps =
+   1e-10 |q|^2 + tiny when `rel`, else the given eps). Its backward is the reverse of those
+   lines (reverse-mode through every iteration, so the gradient is the truncated solve's,
+   as autograd's through the PyTorch loop); the iterates are recomputed per step in the
+   backward, which also gives the step's adjoint of H_t, sum_i p_i dAp_i^T. With SH, SG the
+   running adjoints of H_t, G_t (their own reads plus a_{t+1} times the next step's):
+
+       dk_t = b_t (SH + SH^T) k_t + b_t SG v_t,   dv_t = b_t SG^T k_t,
+       db_t = k_t^T SH k_t + k_t^T SG v_t,   dg_t = a_t (<SH, H_{t-1}> + <SG, G_{t-1}>)
+
+   H_t, G_t are recomputed from the states stored every CK steps by the forward.
+
+   Layouts (row-major, contiguous): q, k, dq, dk (batch, T, heads, K); v, o, dv, dout
+   (batch, T, heads, V); g, beta, dg, dbeta (batch, T, heads); lamb (heads, K); dlamb
+   (batch, heads, K) (the caller sums the batch); H0, HT, dHT, dH0 (batch, heads, K, K);
+   G0, GT, dGT, dG0 (batch, heads, K, V); ck (batch, heads, nck, K K + K V), nck =
+   ceil(T / CK), the states entering steps 0, CK, 2 CK, ... Each function does the
+   (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
+
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define CK 32
+#define KERNELS "mesa_scan.c"
+#include "each_type.h"
+
+#else
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (long j = 0; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
+/* y = M^T p + lamb * p for a row-major (K, K) M: a sum of M's rows, JB columns at a time
+   in registers (two rows a pass: half the dependent adds), the rest column by column */
+#define JB 32
+INLINE void NAME(apply)(const T *restrict M, const T *restrict lamb, const T *restrict p,
+                        T *restrict y, long K) {
+    long jb = 0;
+    for (; jb + JB <= K; jb += JB) {
+        T acc[JB];
+        for (long l = 0; l < JB; l++) acc[l] = lamb[jb + l] * p[jb + l];
+        long i = 0;
+        for (; i + 2 <= K; i += 2) {
+            const T p0 = p[i], p1 = p[i + 1];
+            const T *restrict M0 = M + i * K + jb, *restrict M1 = M0 + K;
+            for (long l = 0; l < JB; l++) acc[l] += p0 * M0[l] + p1 * M1[l];
+        }
+        if (i < K)
+            for (long l = 0; l < JB; l++) acc[l] += p[i] * M[i * K + jb + l];
+        for (long l = 0; l < JB; l++) y[jb + l] = acc[l];
+    }
+    if (jb == K) return;
+    for (long j = jb; j < K; j++) y[j] = lamb[j] * p[j];
+    for (long i = 0; i < K; i++) {
+        const T pi = p[i];
+        const T *restrict Mi = M + i * K;
+        for (long j = jb; j < K; j++) y[j] += pi * Mi[j];
+    }
+}
+
+/* S += P^T D for P, D (n, K) rows at a stride of ld: JB columns of a row of S at a time in
+   registers */
+INLINE void NAME(rank_n)(T *restrict S, const T *restrict P, const T *restrict D, long n,
+                         long ld, long K) {
+    for (long r = 0; r < K; r++) {
+        T *restrict Sr = S + r * K;
+        long jb = 0;
+        for (; jb + JB <= K; jb += JB) {
+            T acc[JB];
+            for (long l = 0; l < JB; l++) acc[l] = Sr[jb + l];
+            for (long i = 0; i < n; i++) {
+                const T pr = P[i * ld + r];
+                const T *restrict Di = D + i * ld + jb;
+                for (long l = 0; l < JB; l++) acc[l] += pr * Di[l];
+            }
+            for (long l = 0; l < JB; l++) Sr[jb + l] = acc[l];
+        }
+        for (long i = 0; i < n; i++) {
+            const T pr = P[i * ld + r];
+            const T *restrict Di = D + i * ld;
+            for (long j = jb; j < K; j++) Sr[j] += pr * Di[j];
+        }
+    }
+}
+
+/* x = CG_n(A, b); w: 3 K scratch. With tr: per step i, tr[3 K i ..] = p_i, A p_i, r_{i+1}
+   and sc[4 i ..] = alpha_i, beta_i, d_i, den_i. Returns eps. */
+INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+                  T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel, T tiny,
+                  T *restrict tr, T *restrict sc) {
+    T *restrict r = w, *restrict p = w + K, *restrict Ap = w + 2 * K;
+    T d = NAME(dot)(b, b, K);
+    const T eps = rel ? (T)1e-10 * d + tiny : eps_abs;
+    for (long j = 0; j < K; j++) {
+        x[j] = 0;
+        r[j] = b[j];
+        p[j] = b[j];
+    }
+    for (long i = 0; i < n; i++) {
+        T *restrict Api = tr ? tr + 3 * K * i + K : Ap;
+        NAME(apply)(H, lamb, p, Api, K);
+        const T den = NAME(dot)(p, Api, K) + eps, alpha = d / den;
+        T nw = 0;
+#pragma omp simd reduction(+ : nw)
+        for (long j = 0; j < K; j++) {
+            x[j] += alpha * p[j];
+            r[j] -= alpha * Api[j];
+            nw += r[j] * r[j];
+        }
+        const T beta = nw / (d + eps);
+        if (tr) {
+            T *restrict ti = tr + 3 * K * i;
+            for (long j = 0; j < K; j++) {
+                ti[j] = p[j];
+                ti[2 * K + j] = r[j];
+            }
+            sc[4 * i] = alpha;
+            sc[4 * i + 1] = beta;
+            sc[4 * i + 2] = d;
+            sc[4 * i + 3] = den;
+        }
+        for (long j = 0; j < K; j++) p[j] = r[j] + beta * p[j];
+        d = nw;
+    }
+    return eps;
+}
+
+/* The step's solve and its gradient: x = CG_n(A, b) into ws[3 K n + 4 n + 3 K ..] (its
+   iterates kept in ws), then the CG lines in reverse from dx: db = the gradient of b,
+   dl += that of lamb, S += that of H (sum_i p_i dAp_i^T). HT: H transposed. ws: 3 K n +
+   4 n + 7 K. */
+INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                          const T *restrict b, const T *restrict dx, T *restrict db,
+                          T *restrict dl, T *restrict S, long K, long n, T eps_abs, int rel,
+                          T tiny, T *restrict ws) {
+    T *restrict tr = ws, *restrict sc = ws + 3 * K * n, *restrict w = sc + 4 * n,
+      *restrict x = w + 3 * K, *restrict dr = x + K, *restrict dp = dr + K,
+      *restrict Hd = dp + K;
+    const T eps = NAME(cg)(H, lh, b, x, w, K, n, eps_abs, rel, tiny, tr, sc);
+    /* dA p_i overwrites A p_i in the trace */
+    T dd = 0, deps = 0;
+    for (long j = 0; j < K; j++) dr[j] = dp[j] = 0;
+    for (long i = n - 1; i >= 0; i--) {
+        const T *restrict pi = tr + 3 * K * i, *restrict ri = pi + 2 * K;
+        T *restrict Api = tr + 3 * K * i + K;
+        const T alpha = sc[4 * i], be = sc[4 * i + 1], di = sc[4 * i + 2], den = sc[4 * i + 3];
+        /* p_{i+1} = r_{i+1} + beta_i p_i;  beta_i = d_{i+1} / (d_i + eps) */
+        const T dbe = NAME(dot)(dp, pi, K);
+        dd += dbe / (di + eps);
+        T ddi = -dbe * be / (di + eps);
+        deps += ddi;
+        /* d_{i+1} = |r_{i+1}|^2;  r_{i+1} = r_i - alpha_i A p_i;  x_{i+1} = x_i + alpha_i p_i */
+        T dal = 0;
+#pragma omp simd reduction(+ : dal)
+        for (long j = 0; j < K; j++) {
+            dr[j] += dp[j] + 2 * dd * ri[j];
+            dal += dx[j] * pi[j] - dr[j] * Api[j];
+        }
+        /* alpha_i = d_i / den_i;  den_i = p_i . A p_i + eps */
+        ddi += dal / den;
+        const T dden = -dal * alpha / den;
+        deps += dden;
+        for (long j = 0; j < K; j++) {
+            const T dA = dden * pi[j] - alpha * dr[j];
+            dp[j] = be * dp[j] + alpha * dx[j] + dden * Api[j];
+            Api[j] = dA;
+            dl[j] += dA * pi[j];
+        }
+        /* A p_i = H^T p_i + lamb p_i: dp_i += H dAp + lamb dAp */
+        NAME(apply)(HT, lh, Api, Hd, K);
+        for (long j = 0; j < K; j++) dp[j] += Hd[j];
+        dd = ddi;
+    }
+    /* r_0 = p_0 = b, d_0 = |b|^2, eps = 1e-10 d_0 + tiny */
+    const T dd0 = 2 * (dd + (rel ? (T)1e-10 * deps : 0));
+    for (long j = 0; j < K; j++) db[j] = dr[j] + dp[j] + dd0 * b[j];
+    NAME(rank_n)(S, tr, tr + K, n, 3 * K, K);
+}
+
+/* cg and cg_grad compiled for any K and for K = 32 (its loops unrolled, in registers) */
+static void NAME(cg_any)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+                         T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
+                         T tiny) {
+    NAME(cg)(H, lamb, b, x, w, K, n, eps_abs, rel, tiny, NULL, NULL);
+}
+static void NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+                        T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
+                        T tiny) {
+    NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, NULL, NULL);
+}
+static void NAME(cg_grad_any)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                              const T *restrict b, const T *restrict dx, T *restrict db,
+                              T *restrict dl, T *restrict S, long K, long n, T eps_abs,
+                              int rel, T tiny, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, ws);
+}
+static void NAME(cg_grad_32)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+                             const T *restrict b, const T *restrict dx, T *restrict db,
+                             T *restrict dl, T *restrict S, long K, long n, T eps_abs,
+                             int rel, T tiny, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, ws);
+}
+
+INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
+                           const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                           const T *restrict H0, const T *restrict G0, T *restrict o,
+                           T *restrict Hm, T *restrict Gm, T *restrict ck, long Tn, long Hn,
+                           long K, long V, long n, T eps_abs, int rel, T tiny, long p,
+                           T *restrict w) {
+    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, b = p / Hn, h = p % Hn;
+    T *restrict x = w + 3 * K;
+    memcpy(Hm, H0, KK * sizeof(T));
+    memcpy(Gm, G0, KV * sizeof(T));
+    for (long t = 0; t < Tn; t++) {
+        if (t % CK == 0) {
+            T *c = ck + (p * nck + t / CK) * (KK + KV);
+            memcpy(c, Hm, KK * sizeof(T));
+            memcpy(c + KK, Gm, KV * sizeof(T));
+        }
+        const long row = (b * Tn + t) * Hn + h;
+        const T a = EXP(g[row]), bt = beta[row];
+        const T *restrict kt = k + row * K, *restrict vt = v + row * V;
+        for (long i = 0; i < K; i++) {
+            const T bk = bt * kt[i];
+            T *restrict Hi = Hm + i * K, *restrict Gi = Gm + i * V;
+            for (long j = 0; j < K; j++) Hi[j] = a * Hi[j] + bk * kt[j];
+            for (long j = 0; j < V; j++) Gi[j] = a * Gi[j] + bk * vt[j];
+        }
+        (K == 32 ? NAME(cg_32) : NAME(cg_any))(Hm, lamb + h * K, q + row * K, x, w, K, n,
+                                                eps_abs, rel, tiny);
+        T *restrict ot = o + row * V;
+        for (long j = 0; j < V; j++) ot[j] = 0;
+        for (long i = 0; i < K; i++) {
+            const T xi = x[i];
+            const T *restrict Gi = Gm + i * V;
+            for (long j = 0; j < V; j++) ot[j] += xi * Gi[j];
+        }
+    }
+}
+
+void NAME(mesa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                    const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                    const T *restrict H0, const T *restrict G0, T *restrict o,
+                    T *restrict HT, T *restrict GT, T *restrict ck, long Tn, long Hn, long K,
+                    long V, long n, double eps_abs, long rel, double tiny, long p0, long p1) {
+    T *w = malloc(4 * K * sizeof(T));
+    for (long p = p0; p < p1; p++) {
+#define FWD(KC) NAME(fwd_pair)(q, k, v, g, beta, lamb, H0 + p * K * K, G0 + p * K * V, o, \
+                               HT + p * K * K, GT + p * K * V, ck, Tn, Hn, KC, V, n,        \
+                               (T)eps_abs, (int)rel, (T)tiny, p, w)
+        FWD(K);
+#undef FWD
+    }
+    free(w);
+}
+
+INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
+                           const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                           const T *restrict ck, const T *restrict dHT, const T *restrict dGT,
+                           const T *restrict dout, T *restrict dq, T *restrict dk,
+                           T *restrict dv, T *restrict dg, T *restrict dbeta, T *restrict dl,
+                           T *restrict SH, T *restrict SG, long Tn, long Hn, long K, long V,
+                           long n, T eps_abs, int rel, T tiny, long p, T *restrict buf,
+                           T *restrict tr) {
+    /* buf: per step of a block H_t, H_t^T, G_t; SH, SG end as dH0, dG0 */
+    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, L = 2 * KK + KV;
+    const long b = p / Hn, h = p % Hn;
+    T *restrict x = tr + 3 * K * n + 4 * n + 3 * K, *restrict dx = tr + 3 * K * n + 4 * n + 7 * K,
+      *restrict bk = dx + K;
+    void (*grad)(const T *, const T *, const T *, const T *, const T *, T *, T *, T *, long,
+                 long, T, int, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
+    const T *restrict lh = lamb + h * K;
+    if (dHT) memcpy(SH, dHT, KK * sizeof(T));
+    else memset(SH, 0, KK * sizeof(T));
+    if (dGT) memcpy(SG, dGT, KV * sizeof(T));
+    else memset(SG, 0, KV * sizeof(T));
+    memset(dl, 0, K * sizeof(T));
+    for (long c = nck - 1; c >= 0; c--) {
+        const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+        const T *restrict ckc = ck + (p * nck + c) * (KK + KV);
+        for (long t = t0; t < t1; t++) {  /* recompute H_t, H_t^T, G_t, t in the block */
+            const long row = (b * Tn + t) * Hn + h;
+            const T a = EXP(g[row]), bt = beta[row];
+            const T *restrict kt = k + row * K, *restrict vt = v + row * V;
+            T *restrict St = buf + (t - t0) * L;
+            const T *restrict Hp = t > t0 ? St - L : ckc, *restrict Gp = t > t0 ? St - L + 2 * KK
+                                                                                 : ckc + KK;
+            for (long j = 0; j < K; j++) bk[j] = bt * kt[j];
+            for (long i = 0; i < K; i++) {
+                for (long j = 0; j < K; j++) St[i * K + j] = a * Hp[i * K + j] + bk[i] * kt[j];
+                for (long j = 0; j < V; j++)
+                    St[2 * KK + i * V + j] = a * Gp[i * V + j] + bk[i] * vt[j];
+            }
+            for (long i = 0; i < K; i++)  /* (H_t^T)_ij = H_t ji, the same roundings */
+                for (long j = 0; j < K; j++) St[KK + i * K + j] = St[j * K + i];
+        }
+        for (long t = t1 - 1; t >= t0; t--) {
+            const long row = (b * Tn + t) * Hn + h;
+            const T a = EXP(g[row]), bt = beta[row];
+            const T *restrict qt = q + row * K, *restrict kt = k + row * K,
+                    *restrict vt = v + row * V, *restrict dot = dout + row * V;
+            const T *restrict Ht = buf + (t - t0) * L, *restrict HtT = Ht + KK,
+                    *restrict Gt = Ht + 2 * KK;
+            const T *restrict Hp = t > t0 ? Ht - L : ckc, *restrict Gp = t > t0 ? Ht - L + 2 * KK
+                                                                                : ckc + KK;
+            /* o_t = G_t^T x: dx = G_t dout; then x and dq_t, dlamb, SH through the solve */
+            for (long i = 0; i < K; i++) dx[i] = NAME(dot)(Gt + i * V, dot, V);
+            grad(Ht, HtT, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tr);
+            for (long i = 0; i < K; i++)  /* SG += x dout^T */
+                for (long j = 0; j < V; j++) SG[i * V + j] += x[i] * dot[j];
+            /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
+            T *restrict dkt = dk + row * K, *restrict dvt = dv + row * V;
+            for (long j = 0; j < K; j++) dkt[j] = 0;
+            for (long j = 0; j < V; j++) dvt[j] = 0;
+            T db = 0, da = 0;
+            for (long i = 0; i < K; i++) {
+                T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
+                const T *restrict Hpi = Hp + i * K, *restrict Gpi = Gp + i * V;
+                const T ki = kt[i];
+                T sh = 0, sg = 0, dai = 0;
+#pragma omp simd reduction(+ : sh, dai)
+                for (long j = 0; j < K; j++) {
+                    sh += SHi[j] * kt[j];
+                    dkt[j] += SHi[j] * ki;
+                    dai += SHi[j] * Hpi[j];
+                    SHi[j] *= a;
+                }
+#pragma omp simd reduction(+ : sg, dai)
+                for (long j = 0; j < V; j++) {
+                    sg += SGi[j] * vt[j];
+                    dvt[j] += SGi[j] * ki;
+                    dai += SGi[j] * Gpi[j];
+                    SGi[j] *= a;
+                }
+                dkt[i] += sh + sg;
+                db += ki * (sh + sg);
+                da += dai;
+            }
+            for (long j = 0; j < K; j++) dkt[j] *= bt;
+            for (long j = 0; j < V; j++) dvt[j] *= bt;
+            dbeta[row] = db;
+            dg[row] = da * a;
+        }
+    }
+}
+
+void NAME(mesa_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                    const T *restrict g, const T *restrict beta, const T *restrict lamb,
+                    const T *restrict ck, const T *restrict dHT, const T *restrict dGT,
+                    const T *restrict dout, T *restrict dq, T *restrict dk, T *restrict dv,
+                    T *restrict dg, T *restrict dbeta, T *restrict dlamb, T *restrict dH0,
+                    T *restrict dG0, long Tn, long Hn, long K, long V, long n, double eps_abs,
+                    long rel, double tiny, long p0, long p1) {
+    T *buf = malloc(CK * (2 * K * K + K * V) * sizeof(T));
+    T *tr = malloc((3 * K * n + 4 * n + 9 * K) * sizeof(T));  /* cg_grad's, dx, k b */
+    for (long p = p0; p < p1; p++) {
+#define BWD(KC) NAME(bwd_pair)(q, k, v, g, beta, lamb, ck, dHT ? dHT + p * K * K : NULL,       \
+                               dGT ? dGT + p * K * V : NULL, dout, dq, dk, dv, dg, dbeta,     \
+                               dlamb + p * K, dH0 + p * K * K, dG0 + p * K * V, Tn, Hn, KC, V, \
+                               n, (T)eps_abs, (int)rel, (T)tiny, p, buf, tr)
+        BWD(K);
+#undef BWD
+    }
+    free(buf);
+    free(tr);
+}
+
+#undef INLINE
+#undef JB
+
+#endif

@@ -1,0 +1,74 @@
+"""MesaNet's readout (ops.mesa) as its recurrence in C (mesa_scan.c), forward and backward:
+each step's conjugate-gradient solve runs on that step's own H_t (K x K, in cache), n matrix-
+vector products of K^2 a step, where the chunkwise PyTorch form applies H_t through (C, K)
+and (C, C) products (K^2 + 2 C K a step and iteration) and autograd keeps every iterate.
+The backward runs the CG lines in reverse (the truncated solve's exact gradient, as autograd
+through the loop), recomputing each step's iterates and its H_t, G_t from every 32nd state.
+
+q, k: (B, T, H, K); v: (B, T, H, V); g (log-decays), beta: (B, T, H); lamb: (H, K); H0:
+(B, H, K, K); G0: (B, H, K, V); all one dtype (float32 or float64) on the CPU
+(`ops.backend.use_native`), finite (the caller's `finite_inputs`). Returns o (B, T, H, V),
+H_T, G_T, differentiable in all eight tensors. Threads split the (batch row, head) pairs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("mesa_scan")
+
+
+def _kernels(lib, dtype):
+    P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+    tail = [L] * 5 + [D, L, D, L, L]
+    return (native.kernel(lib, "mesa_fwd", dtype, [P] * 12 + tail),
+            native.kernel(lib, "mesa_bwd", dtype, [P] * 18 + tail))
+
+
+class _NativeMesa(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, steps, eps, q, k, v, g, beta, lamb, H0, G0):
+        q, k, v, g, beta, lamb, H0, G0 = (t.contiguous() for t in (q, k, v, g, beta, lamb, H0, G0))
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        nck = -(-T // CK)
+        o, HT, GT = torch.empty_like(v), torch.empty_like(H0), torch.empty_like(G0)
+        ck = q.new_empty(B, H, nck, K * K + K * V)
+        scalars = (T, H, K, V, steps, 0.0 if eps is None else float(eps), int(eps is None),
+                   torch.finfo(q.dtype).tiny)
+        fwd, _ = _kernels(lib, q.dtype)
+        P = native.ptr
+        native.run(fwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(H0), P(G0), P(o), P(HT),
+                          P(GT), P(ck), *scalars, *r) for r in native.rows(B * H)])
+        ctx.save_for_backward(q, k, v, g, beta, lamb, ck)
+        ctx.lib, ctx.scalars = lib, scalars
+        return o, HT, GT
+
+    @staticmethod
+    def backward(ctx, do, dHT, dGT):
+        q, k, v, g, beta, lamb, ck = ctx.saved_tensors
+        B, T, H, K = q.shape
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dHT, dGT = (None if t is None else t.contiguous() for t in (dHT, dGT))
+        dq, dk, dv, dg, dbeta = (torch.empty_like(t) for t in (q, k, v, g, beta))
+        dlamb = q.new_empty(B, H, K)
+        dH0, dG0 = q.new_empty(B, H, K, K), q.new_empty(B, H, K, v.shape[-1])
+        _, bwd = _kernels(ctx.lib, q.dtype)
+        P = native.ptr
+        native.run(bwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(ck), P(dHT), P(dGT), P(do),
+                          P(dq), P(dk), P(dv), P(dg), P(dbeta), P(dlamb), P(dH0), P(dG0),
+                          *ctx.scalars, *r) for r in native.rows(B * H)])
+        return None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0
+
+
+def mesa(lib, q, k, v, g, beta, lamb, H0, G0, steps: int, eps: float | None):
+    """(o, H_T, G_T); `lib` = load(); eps None: the relative CG guard (ops.mesa)."""
+    return _NativeMesa.apply(lib, steps, eps, q, k, v, g, beta, lamb, H0, G0)
