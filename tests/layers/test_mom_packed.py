@@ -3,7 +3,7 @@ batch row and memory, right-padded with identity steps): it equals the reference
 every token in float64 (outputs, states, gradients), with right padding, a starting state, a
 batch whose rows route different counts, and a memory that gets no token; and the delta rule
 it calls sees L = the longest routed count steps, not T; on the PyTorch path (delta_rule) and
-on the C recurrence (ops.native.delta_scan) alike."""
+on the C recurrence (ops.native.delta_scan, which delta_rule calls on a CPU) alike."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 import rnnzoo
 from rnnzoo.layers import mom as mom_module
 from rnnzoo.ops import backend
+from rnnzoo.ops.native import delta_scan
 
 
 def _layer(top_k, shared, starved):
@@ -65,8 +66,8 @@ def test_packed_chunk_equals_the_loop(top_k, shared, starved, native, monkeypatc
         return real(self, q, *args, **kw)
 
     monkeypatch.setattr(mom_module.MoM, "_delta", spy)
-    real_native = mom_module.native_delta.delta
-    monkeypatch.setattr(mom_module.native_delta, "delta",
+    real_native = delta_scan.delta
+    monkeypatch.setattr(delta_scan, "delta",
                         lambda *a: ran.append(1) or real_native(*a))
     y_ref, S_ref, g_ref = _run(layer, x, state, "sequential", lengths)
     assert seen == []

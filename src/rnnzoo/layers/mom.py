@@ -29,10 +29,8 @@ from torch import nn
 from rnnzoo.checks import flag, int_in, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
-from rnnzoo.ops.finite import finite_inputs, poison
-from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.registry import register
 
 
@@ -130,15 +128,9 @@ class MoM(DeltaBlock):
         return o, S_r, conv_state
 
     def _delta(self, q, k, v, beta, g, S):
-        """The delta rule of `_packed`: on the CPU in float32/float64 its C recurrence
-        (ops.native.delta_scan: ~2x the chunked form at these short packed sequences and
-        K = 32), else ops.chunk.delta.delta_rule. -> (o, S_T)."""
-        lib = native_delta.load() if backend.use_native(q, k, v, beta, g, S) else None
-        if lib is None:
-            return delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
-        (q,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
-        o, S = native_delta.delta(lib, q, k, v, beta, g, S.to(q.dtype), self.head_dim ** -0.5)
-        return poison(o, marks.outputs), poison(S, marks.state)
+        """The delta rule of `_packed` (on the CPU its C recurrence, through delta_rule).
+        -> (o, S_T)."""
+        return delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
 
     def _forward(self, x, state, mode):
         S, conv_state = state

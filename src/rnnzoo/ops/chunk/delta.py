@@ -66,6 +66,7 @@ from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 from rnnzoo.ops.chunk._common import wy_chunks as _wy_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import delta_scan as native_delta
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -143,8 +144,10 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
     final state (B, H, K, V) in float32 (float64 for float64 q). On CUDA (when triton
     imports; `ops.backend`) the Triton kernel `ops.triton.chunk_delta` runs instead, for
-    every dtype but float64; on a CPU the chunk is at most `_cpu_chunk(K, V)` steps. A non-finite
-    input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
+    every dtype but float64; on a CPU, float32 or float64 in one dtype, the recurrence in C
+    (`ops.native.delta_scan`; fwd+bwd 1.5-2.1x faster than the chunks at B=16 T=512 and
+    B=4 T=2048, K = 32..128), else chunks of at most `_cpu_chunk(K, V)` steps. A
+    non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -163,9 +166,14 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     if q.device.type == "cpu":
         chunk_size = min(chunk_size, _cpu_chunk(K, V))
+    lib = native_delta.load() if backend.use_native(q, k, v, beta, g, S) else None
     (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
-    o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
-                         None if g is None else g.to(dt), S, scale, chunk_size)
+    if lib is not None:  # the recurrence in C: 1.5-2.1x the chunks, K = 32..128 (docstring)
+        o, S = native_delta.delta(lib, qf, k, v, beta, torch.zeros_like(beta) if g is None
+                                  else g, S, scale)
+    else:
+        o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
+                             None if g is None else g.to(dt), S, scale, chunk_size)
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
