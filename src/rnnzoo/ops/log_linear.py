@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -152,6 +153,138 @@ def _chunked(q, k, v, g, lam, scale, S, n, L, C):
     return y.flatten(1, 2)[:, :T], S, end[:, -1] % (1 << (L - 1))
 
 
+def _fast_chunk(C, L):
+    """The aligned chunk size of the CPU path: a power of two <= C and <= 2^(L - 2), so the
+    levels inside a chunk stay under the top one (0 when there is none)."""
+    c = min(C.bit_length() - 1, L - 2)
+    return 1 << c if c >= 1 else 0
+
+
+def _host_position(count, S, L):
+    """(n0, the slots to read) from the host, or None when the batch rows' counts differ.
+    The slots: the non-zero ones, or all when S needs a gradient (an empty slot has one)."""
+    n = count.round().long() % (1 << (L - 1))
+    if n.numel() == 0 or bool((n != n[0]).any()):
+        return None
+    if S.requires_grad:
+        return int(n[0]), list(range(1, L))
+    live = S.ne(0).flatten(3).any(-1).any(0).any(0).tolist()  # (L - 1,): a non-zero slot
+    return int(n[0]), [i + 1 for i in range(L - 1) if live[i]]
+
+
+def _lev(a: int, b: int, L: int) -> int:
+    """_levels for Python ints."""
+    return min((a ^ b).bit_length(), L - 1)
+
+
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
+    """The chunk form with the position n0 known on the host (the CPU path): chunks on the
+    grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
+    chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
+    chunks per level. Each chunk reads only the blocks that hold tokens (popcount(I) of
+    them, not L - 1 dense slots), each block's state a decayed sum of the chunk states; the
+    initial buckets, linear in the output, are read only where non-zero (`live`).
+    Returns (y (B, T, H, V), buckets, count)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    c = C.bit_length() - 1
+    dev = q.device
+    end = n0 + T
+    G_all = g.cumsum(1)                                                 # (B, T, H)
+    y = None
+    # the initial buckets: slot l reads at level max(l, lev(a_t, n0)), decayed by e^{G_t}
+    Sout = torch.zeros_like(S)
+    if live:
+        lev0 = [_lev(n0 + t, n0, L) for t in range(T)]
+        idx = torch.tensor([[max(s, lv) for s in live] for lv in lev0], device=dev)  # (T, nl)
+        w0 = torch.gather(lam, 3, idx[None, :, None].expand(B, T, H, len(live)))
+        w0 = w0 * G_all.exp()[..., None]
+        sl = torch.tensor([s - 1 for s in live], device=dev)
+        S_live = S.index_select(2, sl)                                   # (B, H, nl, K, V)
+        y = torch.einsum("bthl,bthk,bhlkv->bthv", w0, q * scale, S_live)
+        # ... and at the end slot l moves to max(l, lev(end, n0)), decayed by e^{G_T}
+        to = torch.tensor([max(s, _lev(end, n0, L)) - 1 for s in live], device=dev)
+        Sout = Sout.index_add(2, to, S_live * G_all[:, -1].exp()[:, :, None, None, None])
+    # this call's tokens, from empty buckets, on the aligned grid
+    h0 = n0 % C
+    N = -(-(h0 + T) // C)
+    I0 = n0 >> c
+
+    def chunks(x):  # (B, T, ...) -> (B, N, C, ...): h0 zeros before, zeros after T
+        return F.pad(x, [0, 0] * (x.dim() - 2) + [h0, N * C - h0 - T]).unflatten(1, (N, C))
+
+    qc, kc, vc, gc, lamc = (chunks(x) for x in (q * scale, k, v, g, lam))
+    G = gc.cumsum(2)                                                    # (B, N, C, H)
+    gl = G[:, :, -1]                                                    # (B, N, H)
+    Gh = G.transpose(2, 3)                                              # (B, N, H, C)
+    off = torch.arange(C, device=dev)
+    lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
+    lamh = lamc.transpose(2, 3)                                         # (B, N, H, C, L)
+    w = torch.gather(lamh, 4, lev.expand(B, N, H, C, C))
+    A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * w * causal_decay(Gh)
+    yc = torch.einsum("bnhts,bnshv->bnthv", A, vc)
+    # chunk states, decayed to their chunk's end
+    U = torch.einsum("bnshk,bnshv->bhnkv", kc * (gl[:, :, None] - G).exp()[..., None], vc)
+    U = U.flatten(3)                                                    # (B, H, N, K V)
+    glh = gl.transpose(1, 2)                                            # (B, H, N)
+    # the (chunk, level) blocks that hold tokens of this call
+    m_top = L - 2 - c
+    pairs, rows = [], []
+    for i in range(1, N):
+        Ia = I0 + i
+        for m in range(m_top):
+            if Ia >> m & 1:
+                j0, j1 = max(((Ia >> m) - 1 << m) - I0, 0), min((Ia >> m << m) - I0, i)
+                if j1 > j0:
+                    pairs.append((i, c + 1 + m))
+                    rows.append((j0, j1))
+        j1 = min((Ia >> m_top << m_top) - I0, i)
+        if j1 > 0:
+            pairs.append((i, L - 1))
+            rows.append((0, j1))
+    if pairs:
+        P = len(pairs)
+        mask = torch.zeros(P, N, dtype=q.dtype, device=dev)
+        for p, (j0, j1) in enumerate(rows):
+            mask[p, j0:j1] = 1
+        ip = torch.tensor([p[0] for p in pairs], device=dev)
+        lp = torch.tensor([p[1] for p in pairs], device=dev)
+        # segment sums: D[I, J] = sum_{J < r < I} gl_r, from a masked cumulative sum
+        keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
+        cs = glh[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
+        D = cs.index_select(2, ip - 1)                                   # (B, H, P, N)
+        Hp = (D.exp() * mask) @ U                                        # (B, H, P, K V)
+        lam_p = torch.gather(lamc.index_select(1, ip), 4,
+                             lp[None, :, None, None, None].expand(B, P, C, H, 1))[..., 0]
+        qp = qc.index_select(1, ip) * (lam_p * G.index_select(1, ip).exp())[..., None]
+        yp = torch.einsum("bpchk,bhpkv->bpchv", qp, Hp.unflatten(-1, (K, V)))
+        yc = yc.index_add(1, ip, yp)
+    yc = yc.flatten(1, 2)[:, h0:h0 + T]
+    y = yc if y is None else y + yc
+    # the final buckets: whole chunks before end's chunk by their level, end's own chunk
+    # (when end is not on the grid) token by token
+    Ie, e_off = end >> c, end % C
+    n_whole = N if e_off == 0 else N - 1
+    fin = torch.zeros(L - 1, N, dtype=q.dtype, device=dev)
+    for j in range(n_whole):
+        fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1, j] = 1
+    after = glh.flip(-1).cumsum(-1).flip(-1) - glh                       # sum_{r > J} gl_r
+    Sfin = (after.exp()[:, :, None] * fin) @ U                           # (B, H, L - 1, K V)
+    Sout = Sout + Sfin.unflatten(-1, (K, V))
+    if e_off:
+        kl = kc[:, -1] * (gl[:, -1, None] - G[:, -1]).exp()[..., None]   # (B, C, H, K)
+        s = 0
+        while s < e_off:  # offsets with the same level seen from e_off form one run
+            lv = _lev(e_off, s, L)
+            s1 = s
+            while s1 < e_off and _lev(e_off, s1, L) == lv:
+                s1 += 1
+            part = torch.einsum("bshk,bshv->bhkv", kl[:, s:s1], vc[:, -1, s:s1])
+            Sout = Sout.index_add(2, torch.tensor([lv - 1], device=dev), part[:, :, None])
+            s = s1
+    return y, Sout, torch.full_like(count, end % (1 << (L - 1)))
+
+
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                          initial_state=None, chunk_size=64):
     """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
@@ -164,6 +297,11 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if T == 0:
         return v.new_zeros(v.shape), (S, count)
+    C = _fast_chunk(min(chunk_size, T), L)
+    pos = _host_position(count, S, L) if C and backend.use_native(q, S) else None
+    if pos is not None:
+        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
+        return poison(y, marks.outputs), (poison(S, marks.state), count)
     y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
     return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
 
