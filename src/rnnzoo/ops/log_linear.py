@@ -205,28 +205,26 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         # ... and at the end slot l moves to max(l, lev(end, n0)), decayed by e^{G_T}
         to = torch.tensor([max(s, _lev(end, n0, L)) - 1 for s in live], device=dev)
         Sout = Sout.index_add(2, to, S_live * G_all[:, -1].exp()[:, :, None, None, None])
-    # this call's tokens, from empty buckets, on the aligned grid
+    # this call's tokens, from empty buckets, on the aligned grid, heads first (B, H, N, C, .)
     h0 = n0 % C
     N = -(-(h0 + T) // C)
     I0 = n0 >> c
 
-    def chunks(x):  # (B, T, ...) -> (B, N, C, ...): h0 zeros before, zeros after T
-        return F.pad(x, [0, 0] * (x.dim() - 2) + [h0, N * C - h0 - T]).unflatten(1, (N, C))
+    def chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...): h0 zeros before, zeros after T
+        x = x.transpose(1, 2)
+        return F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T]).unflatten(2, (N, C))
 
-    qc, kc, vc, gc, lamc = (chunks(x) for x in (q * scale, k, v, g, lam))
-    G = gc.cumsum(2)                                                    # (B, N, C, H)
-    gl = G[:, :, -1]                                                    # (B, N, H)
-    Gh = G.transpose(2, 3)                                              # (B, N, H, C)
+    qc, kc, vc, lamc = (chunks(x) for x in (q * scale, k, v, lam))
+    G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
+    gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
     lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
-    lamh = lamc.transpose(2, 3)                                         # (B, N, H, C, L)
-    w = torch.gather(lamh, 4, lev.expand(B, N, H, C, C))
-    A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * w * causal_decay(Gh)
-    yc = torch.einsum("bnhts,bnshv->bnthv", A, vc)
+    w = torch.gather(lamc, 4, lev.expand(B, H, N, C, C))
+    A = (qc @ kc.transpose(-1, -2)) * (w * causal_decay(G))
+    yc = A @ vc                                                         # (B, H, N, C, V)
     # chunk states, decayed to their chunk's end
-    U = torch.einsum("bnshk,bnshv->bhnkv", kc * (gl[:, :, None] - G).exp()[..., None], vc)
+    U = (kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2) @ vc
     U = U.flatten(3)                                                    # (B, H, N, K V)
-    glh = gl.transpose(1, 2)                                            # (B, H, N)
     # the (chunk, level) blocks that hold tokens of this call
     m_top = L - 2 - c
     pairs, rows = [], []
@@ -237,49 +235,46 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
                 j0, j1 = max(((Ia >> m) - 1 << m) - I0, 0), min((Ia >> m << m) - I0, i)
                 if j1 > j0:
                     pairs.append((i, c + 1 + m))
-                    rows.append((j0, j1))
+                    rows.append([float(j0 <= j < j1) for j in range(N)])
         j1 = min((Ia >> m_top << m_top) - I0, i)
         if j1 > 0:
             pairs.append((i, L - 1))
-            rows.append((0, j1))
+            rows.append([float(j < j1) for j in range(N)])
     if pairs:
         P = len(pairs)
-        mask = torch.zeros(P, N, dtype=q.dtype, device=dev)
-        for p, (j0, j1) in enumerate(rows):
-            mask[p, j0:j1] = 1
+        mask = torch.tensor(rows, dtype=q.dtype, device=dev)             # (P, N)
         ip = torch.tensor([p[0] for p in pairs], device=dev)
         lp = torch.tensor([p[1] for p in pairs], device=dev)
         # segment sums: D[I, J] = sum_{J < r < I} gl_r, from a masked cumulative sum
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
-        cs = glh[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
+        cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
         D = cs.index_select(2, ip - 1)                                   # (B, H, P, N)
-        Hp = (D.exp() * mask) @ U                                        # (B, H, P, K V)
-        lam_p = torch.gather(lamc.index_select(1, ip), 4,
-                             lp[None, :, None, None, None].expand(B, P, C, H, 1))[..., 0]
-        qp = qc.index_select(1, ip) * (lam_p * G.index_select(1, ip).exp())[..., None]
-        yp = torch.einsum("bpchk,bhpkv->bpchv", qp, Hp.unflatten(-1, (K, V)))
-        yc = yc.index_add(1, ip, yp)
-    yc = yc.flatten(1, 2)[:, h0:h0 + T]
+        Hp = ((D.exp() * mask) @ U).unflatten(-1, (K, V))                # (B, H, P, K, V)
+        lam_p = torch.gather(lamc.index_select(2, ip), 4,
+                             lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
+        qp = qc.index_select(2, ip) * (lam_p * G.index_select(2, ip).exp())[..., None]
+        yc = yc.index_add(2, ip, qp @ Hp)
+    yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
     y = yc if y is None else y + yc
     # the final buckets: whole chunks before end's chunk by their level, end's own chunk
     # (when end is not on the grid) token by token
     Ie, e_off = end >> c, end % C
-    n_whole = N if e_off == 0 else N - 1
-    fin = torch.zeros(L - 1, N, dtype=q.dtype, device=dev)
-    for j in range(n_whole):
-        fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1, j] = 1
-    after = glh.flip(-1).cumsum(-1).flip(-1) - glh                       # sum_{r > J} gl_r
+    fin = [[0.0] * N for _ in range(L - 1)]
+    for j in range(N if e_off == 0 else N - 1):
+        fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1][j] = 1.0
+    fin = torch.tensor(fin, dtype=q.dtype, device=dev)
+    after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     Sfin = (after.exp()[:, :, None] * fin) @ U                           # (B, H, L - 1, K V)
     Sout = Sout + Sfin.unflatten(-1, (K, V))
     if e_off:
-        kl = kc[:, -1] * (gl[:, -1, None] - G[:, -1]).exp()[..., None]   # (B, C, H, K)
+        kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
         s = 0
         while s < e_off:  # offsets with the same level seen from e_off form one run
             lv = _lev(e_off, s, L)
             s1 = s
             while s1 < e_off and _lev(e_off, s1, L) == lv:
                 s1 += 1
-            part = torch.einsum("bshk,bshv->bhkv", kl[:, s:s1], vc[:, -1, s:s1])
+            part = kl[:, :, s:s1].transpose(-1, -2) @ vc[:, :, -1, s:s1]  # (B, H, K, V)
             Sout = Sout.index_add(2, torch.tensor([lv - 1], device=dev), part[:, :, None])
             s = s1
     return y, Sout, torch.full_like(count, end % (1 << (L - 1)))
