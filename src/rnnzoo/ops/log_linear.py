@@ -177,6 +177,41 @@ def _lev(a: int, b: int, L: int) -> int:
     return min((a ^ b).bit_length(), L - 1)
 
 
+class _Intra(torch.autograd.Function):
+    """Inside each chunk: y = (Q K^T o W o D) V with W[t, s] = lam_t^(lev[t, s]) and D the
+    causal decay e^(G_t - G_s) (s <= t). Heads first: q, k (B, H, N, C, K), v (.., V), G
+    (B, H, N, C), lam (B, H, N, C, L), lev (C, C). Backward by hand (autograd ran ~11 passes
+    over the (C, C) matrices of every chunk and copied them for the products):
+        dA = dy V^T,  dV = A^T dy,  dQ = (dA o M) K,  dK = (dA o M)^T Q,  M = W o D,
+        dW = dA o S o D (-> dlam by level),  dG_t = sum_s E[t, s] - sum_s E[s, t],
+        E = dA o S o M,   S = Q K^T."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, G, lam, lev):
+        B, H, N, C, _ = q.shape
+        D = causal_decay(G)
+        M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)).mul_(D)
+        S = q @ k.transpose(-1, -2)
+        ctx.save_for_backward(q, k, v, S, M, D, lev)
+        ctx.L = lam.shape[-1]
+        return (S * M) @ v
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, S, M, D, lev = ctx.saved_tensors
+        B, H, N, C, _ = q.shape
+        dA = dy @ v.transpose(-1, -2)
+        dv = (S * M).transpose(-1, -2) @ dy
+        dM = dA * S
+        dS = dA.mul_(M)
+        dq, dk = dS @ k, dS.transpose(-1, -2) @ q
+        E = M * dM
+        dG = E.sum(-1) - E.sum(-2)
+        dlam = dM.new_zeros(B, H, N, C, ctx.L).scatter_add_(4, lev.expand(B, H, N, C, C),
+                                                            dM.mul_(D))
+        return dq, dk, dv, dG, dlam, None
+
+
 def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
     grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
@@ -219,9 +254,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
     lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
-    w = torch.gather(lamc, 4, lev.expand(B, H, N, C, C))
-    A = (qc @ kc.transpose(-1, -2)) * (w * causal_decay(G))
-    yc = A @ vc                                                         # (B, H, N, C, V)
+    yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                         # (B, H, N, C, V)
     # chunk states, decayed to their chunk's end
     U = (kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2) @ vc
     U = U.flatten(3)                                                    # (B, H, N, K V)
