@@ -177,6 +177,12 @@ def _lev(a: int, b: int, L: int) -> int:
     return min((a ^ b).bit_length(), L - 1)
 
 
+def _bmm(a, b):
+    """a (..., n, k) @ b (..., k, m), same leading dims, as one torch.bmm on 3-d views (a
+    5-d matmul copies a transposed operand, and its backward copies them again)."""
+    return torch.bmm(a.flatten(0, -3), b.flatten(0, -3)).unflatten(0, a.shape[:-2])
+
+
 class _Intra(torch.autograd.Function):
     """Inside each chunk: y = (Q K^T o W o D) V with W[t, s] = lam_t^(lev[t, s]) and D the
     causal decay e^(G_t - G_s) (s <= t). Heads first: q, k (B, H, N, C, K), v (.., V), G
@@ -191,20 +197,20 @@ class _Intra(torch.autograd.Function):
         B, H, N, C, _ = q.shape
         D = causal_decay(G)
         M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)).mul_(D)
-        S = q @ k.transpose(-1, -2)
+        S = _bmm(q, k.transpose(-1, -2))
         ctx.save_for_backward(q, k, v, S, M, D, lev)
         ctx.L = lam.shape[-1]
-        return (S * M) @ v
+        return _bmm(S * M, v)
 
     @staticmethod
     def backward(ctx, dy):
         q, k, v, S, M, D, lev = ctx.saved_tensors
         B, H, N, C, _ = q.shape
-        dA = dy @ v.transpose(-1, -2)
-        dv = (S * M).transpose(-1, -2) @ dy
+        dA = _bmm(dy, v.transpose(-1, -2))
+        dv = _bmm((S * M).transpose(-1, -2), dy)
         dM = dA * S
         dS = dA.mul_(M)
-        dq, dk = dS @ k, dS.transpose(-1, -2) @ q
+        dq, dk = _bmm(dS, k), _bmm(dS.transpose(-1, -2), q)
         E = M * dM
         dG = E.sum(-1) - E.sum(-2)
         dlam = dM.new_zeros(B, H, N, C, ctx.L).scatter_add_(4, lev.expand(B, H, N, C, C),
@@ -256,7 +262,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
     yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                         # (B, H, N, C, V)
     # chunk states, decayed to their chunk's end
-    U = (kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2) @ vc
+    U = _bmm((kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2), vc)
     U = U.flatten(3)                                                    # (B, H, N, K V)
     # the (chunk, level) blocks that hold tokens of this call
     m_top = L - 2 - c
@@ -282,11 +288,11 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
         cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
         D = cs.index_select(2, ip - 1)                                   # (B, H, P, N)
-        Hp = ((D.exp() * mask) @ U).unflatten(-1, (K, V))                # (B, H, P, K, V)
+        Hp = _bmm(D.exp() * mask, U).unflatten(-1, (K, V))                # (B, H, P, K, V)
         lam_p = torch.gather(lamc.index_select(2, ip), 4,
                              lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
         qp = qc.index_select(2, ip) * (lam_p * G.index_select(2, ip).exp())[..., None]
-        yc = yc.index_add(2, ip, qp @ Hp)
+        yc = yc.index_add(2, ip, _bmm(qp, Hp))
     yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
     y = yc if y is None else y + yc
     # the final buckets: whole chunks before end's chunk by their level, end's own chunk
@@ -297,7 +303,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1][j] = 1.0
     fin = torch.tensor(fin, dtype=q.dtype, device=dev)
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
-    Sfin = (after.exp()[:, :, None] * fin) @ U                           # (B, H, L - 1, K V)
+    Sfin = _bmm(after.exp()[:, :, None] * fin, U)                        # (B, H, L - 1, K V)
     Sout = Sout + Sfin.unflatten(-1, (K, V))
     if e_off:
         kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
@@ -307,7 +313,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
             s1 = s
             while s1 < e_off and _lev(e_off, s1, L) == lv:
                 s1 += 1
-            part = kl[:, :, s:s1].transpose(-1, -2) @ vc[:, :, -1, s:s1]  # (B, H, K, V)
+            part = _bmm(kl[:, :, s:s1].transpose(-1, -2), vc[:, :, -1, s:s1])  # (B, H, K, V)
             Sout = Sout.index_add(2, torch.tensor([lv - 1], device=dev), part[:, :, None])
             s = s1
     return y, Sout, torch.full_like(count, end % (1 << (L - 1)))
