@@ -14,7 +14,8 @@
        da_i = -c_i (dw_i . s_i),  dse_i = da_i / den_i,  dss_i = -da_i a_i / den_i (|s_i|^2 >= eps)
        de   = sum_i (c_i dw_i + dse_i s_i)
        ds_i = (1 - c_i a_i) dw_i + dse_i e + 2 dss_i s_i - k_i de,   dk_i -= s_i . de,  dv = de
-   The state entering a step is recomputed from the one stored every CK steps.
+   The backward recomputes each block of CK steps from the state the forward stored at its
+   start, keeping every state, e and the per-row scalars (|s_i|^2, a_i, |w_i|) of the block.
 
    Layouts (row-major, contiguous): q, k, dq, dk (batch, T, H, m); v, o, dv (batch, T, H, V);
    beta, dbeta (batch, T, H); S0, S_T, dS_T, dS0 (batch, H, m, V); ck (batch, H, nck, m, V),
@@ -90,45 +91,35 @@ void NAME(lattice_bwd)(const T *restrict q, const T *restrict k, const T *restri
                        const T *restrict dout, T *restrict dq, T *restrict dk,
                        T *restrict dv, T *restrict dbeta, T *restrict dS0, long Tn, long H,
                        long M, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK;
+    const long nck = (Tn + CK - 1) / CK, MV = M * V;
     const T eps = (T)1e-12;
-    T *buf = malloc(CK * M * V * sizeof(T));  /* the states entering the steps of a block */
-    T *e = malloc(V * sizeof(T)), *junk = malloc(V * sizeof(T)), *w = malloc(V * sizeof(T));
-    T *dw = malloc(V * sizeof(T));
+    /* per step of a block: the state entering it (and the one after the last), e, and per
+       row |s_i|^2, a_i and |w_i| */
+    T *bufS = malloc((CK + 1) * MV * sizeof(T)), *bufE = malloc(CK * V * sizeof(T));
+    T *bufSS = malloc(CK * M * sizeof(T)), *bufA = malloc(CK * M * sizeof(T));
+    T *bufN = malloc(CK * M * sizeof(T)), *dw = malloc(V * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        T *restrict dS = dS0 + p * M * V;  /* the running gradient, ends as dS_0 */
-        if (dST) memcpy(dS, dST + p * M * V, M * V * sizeof(T));
-        else memset(dS, 0, M * V * sizeof(T));
+        T *restrict dS = dS0 + p * MV;  /* the running gradient, ends as dS_0 */
+        if (dST) memcpy(dS, dST + p * MV, MV * sizeof(T));
+        else memset(dS, 0, MV * sizeof(T));
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            memcpy(buf, ck + (p * nck + c) * M * V, M * V * sizeof(T));
-            for (long t = t0; t + 1 < t1; t++) {  /* recompute the states entering t0+1.. */
-                const long row = (b * Tn + t) * H + h;
-                T *next = buf + (t + 1 - t0) * M * V;
-                memcpy(next, buf + (t - t0) * M * V, M * V * sizeof(T));
-                NAME(lat_step)(next, q + row * M, k + row * M, v + row * V, beta[row], e,
-                               junk, M, V);
-            }
-            for (long t = t1 - 1; t >= t0; t--) {
-                const long row = (b * Tn + t) * H + h;
-                const T *restrict S = buf + (t - t0) * M * V;  /* S_{t-1} */
-                const T *restrict qt = q + row * M, *restrict kt = k + row * M;
-                const T *restrict vt = v + row * V, *restrict dot = dout + row * V;
-                T *restrict de = dv + row * V, *restrict dqt = dq + row * M,
-                  *restrict dkt = dk + row * M;  /* dv = de, accumulated in place */
+            memcpy(bufS, ck + (p * nck + c) * MV, MV * sizeof(T));
+            for (long t = t0; t < t1; t++) {  /* recompute the block's steps, keeping parts */
+                const long row = (b * Tn + t) * H + h, j0 = t - t0;
+                const T *restrict S = bufS + j0 * MV, *restrict kt = k + row * M;
+                T *restrict Sn = bufS + (j0 + 1) * MV, *restrict e = bufE + j0 * V;
                 const T bt = beta[row];
-                for (long j = 0; j < V; j++) e[j] = vt[j];
+                for (long j = 0; j < V; j++) e[j] = v[row * V + j];
                 for (long i = 0; i < M; i++) {
                     const T ki = kt[i];
                     const T *restrict Si = S + i * V;
                     for (long j = 0; j < V; j++) e[j] -= ki * Si[j];
                 }
-                for (long j = 0; j < V; j++) de[j] = 0;
-                T db = 0;
                 for (long i = 0; i < M; i++) {
                     const T *restrict Si = S + i * V;
-                    T *restrict dSi = dS + i * V;
+                    T *restrict Wi = Sn + i * V;
                     T ss = 0, se = 0;
 #pragma omp simd reduction(+ : ss, se)
                     for (long j = 0; j < V; j++) {
@@ -139,25 +130,48 @@ void NAME(lattice_bwd)(const T *restrict q, const T *restrict k, const T *restri
                     T ww = 0;
 #pragma omp simd reduction(+ : ww)
                     for (long j = 0; j < V; j++) {
-                        w[j] = Si[j] + ci * (e[j] - a * Si[j]);
-                        ww += w[j] * w[j];
+                        const T w = Si[j] + ci * (e[j] - a * Si[j]);
+                        Wi[j] = w;
+                        ww += w * w;
                     }
-                    const T nn = SQRT(ww), qi = qt[i];
+                    const T nn = SQRT(ww), inv = 1 / (nn < eps ? eps : nn);
+                    for (long j = 0; j < V; j++) Wi[j] *= inv;
+                    bufSS[j0 * M + i] = ss;
+                    bufA[j0 * M + i] = a;
+                    bufN[j0 * M + i] = nn;
+                }
+            }
+            for (long t = t1 - 1; t >= t0; t--) {
+                const long row = (b * Tn + t) * H + h, j0 = t - t0;
+                const T *restrict S = bufS + j0 * MV, *restrict Sn = bufS + (j0 + 1) * MV;
+                const T *restrict e = bufE + j0 * V;
+                const T *restrict qt = q + row * M, *restrict kt = k + row * M;
+                const T *restrict dot = dout + row * V;
+                T *restrict de = dv + row * V, *restrict dqt = dq + row * M,
+                  *restrict dkt = dk + row * M;  /* dv = de, accumulated in place */
+                const T bt = beta[row];
+                for (long j = 0; j < V; j++) de[j] = 0;
+                T db = 0;
+                for (long i = 0; i < M; i++) {
+                    const T *restrict Si = S + i * V, *restrict Ni = Sn + i * V;
+                    T *restrict dSi = dS + i * V;
+                    const T ss = bufSS[j0 * M + i], a = bufA[j0 * M + i];
+                    const T nn = bufN[j0 * M + i], qi = qt[i], ci = bt * kt[i];
+                    const T den = ss < eps ? eps : ss;
                     const int small = nn < eps;
-                    const T n = small ? eps : nn, inv = 1 / n;
+                    const T inv = 1 / (small ? eps : nn);
                     T sg = 0, sdo = 0;  /* s'.g, s'.do */
 #pragma omp simd reduction(+ : sg, sdo)
                     for (long j = 0; j < V; j++) {
-                        const T sn = w[j] * inv, gj = dSi[j] + qi * dot[j];
-                        sg += sn * gj;
-                        sdo += sn * dot[j];
+                        sg += Ni[j] * (dSi[j] + qi * dot[j]);
+                        sdo += Ni[j] * dot[j];
                     }
                     dqt[i] = sdo;
+                    if (small) sg = 0;
                     T dc = 0, dws = 0;
 #pragma omp simd reduction(+ : dc, dws)
                     for (long j = 0; j < V; j++) {
-                        const T gj = dSi[j] + qi * dot[j];
-                        const T d = small ? gj * inv : (gj - w[j] * inv * sg) * inv;
+                        const T d = (dSi[j] + qi * dot[j] - Ni[j] * sg) * inv;
                         dw[j] = d;
                         dc += d * (e[j] - a * Si[j]);
                         dws += d * Si[j];
@@ -188,10 +202,11 @@ void NAME(lattice_bwd)(const T *restrict q, const T *restrict k, const T *restri
             }
         }
     }
-    free(buf);
-    free(e);
-    free(junk);
-    free(w);
+    free(bufS);
+    free(bufE);
+    free(bufSS);
+    free(bufA);
+    free(bufN);
     free(dw);
 }
 
