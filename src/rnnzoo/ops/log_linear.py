@@ -198,16 +198,17 @@ class _Intra(torch.autograd.Function):
         D = causal_decay(G)
         M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)).mul_(D)
         S = _bmm(q, k.transpose(-1, -2))
-        ctx.save_for_backward(q, k, v, S, M, D, lev)
+        A = S * M
+        ctx.save_for_backward(q, k, v, S, A, M, D, lev)
         ctx.L = lam.shape[-1]
-        return _bmm(S * M, v)
+        return _bmm(A, v)
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, S, M, D, lev = ctx.saved_tensors
+        q, k, v, S, A, M, D, lev = ctx.saved_tensors
         B, H, N, C, _ = q.shape
         dA = _bmm(dy, v.transpose(-1, -2))
-        dv = _bmm((S * M).transpose(-1, -2), dy)
+        dv = _bmm(A.transpose(-1, -2), dy)
         dM = dA * S
         dS = dA.mul_(M)
         dq, dk = _bmm(dS, k), _bmm(dS.transpose(-1, -2), q)
@@ -231,11 +232,11 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     c = C.bit_length() - 1
     dev = q.device
     end = n0 + T
-    G_all = g.cumsum(1)                                                 # (B, T, H)
     y = None
     # the initial buckets: slot l reads at level max(l, lev(a_t, n0)), decayed by e^{G_t}
-    Sout = torch.zeros_like(S)
+    Sout = None  # the initial buckets moved to the end
     if live:
+        G_all = g.cumsum(1)                                             # (B, T, H)
         lev0 = [_lev(n0 + t, n0, L) for t in range(T)]
         idx = torch.tensor([[max(s, lv) for s in live] for lv in lev0], device=dev)  # (T, nl)
         w0 = torch.gather(lam, 3, idx[None, :, None].expand(B, T, H, len(live)))
@@ -245,7 +246,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         y = torch.einsum("bthl,bthk,bhlkv->bthv", w0, q * scale, S_live)
         # ... and at the end slot l moves to max(l, lev(end, n0)), decayed by e^{G_T}
         to = torch.tensor([max(s, _lev(end, n0, L)) - 1 for s in live], device=dev)
-        Sout = Sout.index_add(2, to, S_live * G_all[:, -1].exp()[:, :, None, None, None])
+        moved = S_live * G_all[:, -1].exp()[:, :, None, None, None]
+        Sout = torch.zeros_like(S).index_add(2, to, moved)
     # this call's tokens, from empty buckets, on the aligned grid, heads first (B, H, N, C, .)
     h0 = n0 % C
     N = -(-(h0 + T) // C)
@@ -255,7 +257,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         x = x.transpose(1, 2)
         return F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T]).unflatten(2, (N, C))
 
-    qc, kc, vc, lamc = (chunks(x) for x in (q * scale, k, v, lam))
+    qc, kc, vc, lamc = (chunks(x) for x in (q if scale == 1 else q * scale, k, v, lam))
     G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
@@ -304,7 +306,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     fin = torch.tensor(fin, dtype=q.dtype, device=dev)
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     Sfin = _bmm(after.exp()[:, :, None] * fin, U)                        # (B, H, L - 1, K V)
-    Sout = Sout + Sfin.unflatten(-1, (K, V))
+    Sfin = Sfin.unflatten(-1, (K, V))
+    Sout = Sfin if Sout is None else Sout + Sfin
     if e_off:
         kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
         s = 0
