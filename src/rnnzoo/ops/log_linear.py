@@ -253,9 +253,11 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     N = -(-(h0 + T) // C)
     I0 = n0 >> c
 
-    def chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...): h0 zeros before, zeros after T
-        x = x.transpose(1, 2)
-        return F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T]).unflatten(2, (N, C))
+    def chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...) in that order in memory: h0 zeros
+        x = x.transpose(1, 2)  # before, zeros after T (F.pad keeps the strides of a view)
+        if h0 or N * C > T:
+            x = F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T])
+        return x.contiguous().unflatten(2, (N, C))
 
     qc, kc, vc, lamc = (chunks(x) for x in (q if scale == 1 else q * scale, k, v, lam))
     G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
