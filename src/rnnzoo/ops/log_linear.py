@@ -27,7 +27,11 @@ Three forms, equal up to rounding:
 - `log_linear_attention`: chunkwise; a masked matrix inside each chunk, and the buckets
   carried between chunks (bucket l reads at level max(l, lev(a_t, count))).
 - `log_linear_attention_parallel`: the whole masked T x T matrix (the paper's H o QK^T).
-No form reads tensor values on the host.
+On the CPU (`backend.use_native`) with every row at one count, the chunk form reads the
+count and which buckets are non-zero on the host and runs `_aligned`: chunks on the grid of
+multiples of 2^c, each reading only the Fenwick blocks of whole chunks that hold tokens
+(popcount(chunk index) of them, not L - 1 dense slots). Elsewhere (CUDA, meta) no form
+reads tensor values on the host.
 """
 
 from __future__ import annotations
