@@ -32,6 +32,7 @@ from torch import nn
 
 from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -76,7 +77,7 @@ class Lattice(RecurrentLayer):
         H, m = self.num_heads, self.num_slots
         qkv, conv_state = self.conv(self.qkv_proj(x).to(compute_dtype(x)), conv_state)
         q, k, v = qkv.view(B, T, H, 2 * m + self.head_dim).split([m, m, self.head_dim], -1)
-        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        q, k = l2norm(q), l2norm(k)  # x / max(|x|, 1e-6), two passes each way
         return q, k, v, torch.sigmoid(self.beta_proj(x).to(q.dtype)), conv_state
 
     def op_output(self, o, x):

@@ -73,31 +73,19 @@ class LogLinearMamba2(Mamba2):
     def op_inputs(self, x, conv_state):
         """x (B, T, d_model) -> q, k (B, T, H, d_state), v (B, T, H, head_dim), log_decay
         (B, T, H), level weights (B, T, H, num_levels), and (z, xs, conv_state) for
-        `op_output`."""
+        `op_output`. Mamba-2's projection (`Mamba2._project`) plus the level weights."""
         Bsz, T, _ = x.shape
-        H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
         sdt = conv_state.dtype
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], -1)
-        xBC, conv_state = self.conv(xBC, conv_state)
-        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
-        xs = xs.reshape(Bsz, T, H, P)
-        dt = F.softplus(dt.to(sdt) + self.dt_bias)
-        log_decay = -dt * self.A_log.to(sdt).exp()
-        q, k = (t.reshape(Bsz, T, G, 1, N).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
-                for t in (Cm, Bm))
-        v = xs.to(sdt) * dt[..., None]
-        lam = F.softplus(self.level_proj(x).to(sdt)).reshape(Bsz, T, H, self.num_levels)
-        return q, k, v, log_decay, lam, (z, xs, conv_state)
+        q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, sdt)
+        lam = F.softplus(self.level_proj(x).to(sdt)).reshape(Bsz, T, self.num_heads,
+                                                              self.num_levels)
+        return self._heads(q), self._heads(k), v, log_decay, lam, (z, xs, conv_state)
 
     def op_output(self, y, x, rest):
-        """y (B, T, H, head_dim) from the op -> the block's output (B, T, d_model)."""
+        """y (B, T, H, head_dim) from the op -> the block's output (B, T, d_model): Mamba-2's
+        skip, gated RMSNorm and out-projection (`Mamba2._output`)."""
         z, xs, _ = rest
-        Bsz, T, _ = x.shape
-        G = self.n_groups
-        y = (y + self.D[:, None].to(y.dtype) * xs).reshape(Bsz, T, self.d_inner).to(x.dtype)
-        y = (y * F.silu(z)).unflatten(-1, (G, self.d_inner // G))
-        y = F.rms_norm(y, (self.d_inner // G,), eps=self.norm_eps).flatten(-2) * self.norm_weight
-        return self.out_proj(y)
+        return self._output(y, xs, z, x)
 
     def _forward(self, x, state, mode):
         buckets, count, conv_state = state

@@ -22,13 +22,18 @@ turns by atan(beta |k_i| |u_i|) < 90 degrees per step, a slot with k_t,i = 0 or 
 error along itself is left as it was, and the slots stay on the sphere.
 
 Tensors: q, k (B, T, H, m), v (B, T, H, V), beta (B, T, H), S (B, H, m, V); the caller keeps
-states in float32 (float64 for float64 input). The paper also gives a chunk-wise parallel
+states in float32 (float64 for float64 input). On the CPU in float32/float64
+(`ops.backend.use_native`) `lattice_sequential` runs the C kernel `ops.native.lattice_scan`
+(the same recurrence, its backward written by hand). The paper also gives a chunk-wise parallel
 *approximation* of this recurrence; it is not offered here (see docs/lattice.md).
 """
 
 from __future__ import annotations
 
 import torch
+
+from rnnzoo.ops import backend
+from rnnzoo.ops.native import lattice_scan
 
 __all__ = ["lattice_step", "lattice_sequential"]
 
@@ -44,7 +49,11 @@ def lattice_step(q_t, k_t, v_t, beta_t, S, eps: float = 1e-12):
 
 
 def lattice_sequential(q, k, v, beta, S):
-    """The reference: lattice_step over time. Returns (o (B, T, H, V), S)."""
+    """The reference: lattice_step over time (in C on the CPU). Returns (o (B, T, H, V), S)."""
+    if q.shape[1] and S.numel() and backend.use_native(q, k, v, beta, S):
+        lib = lattice_scan.load()
+        if lib is not None:
+            return lattice_scan.lattice(lib, q, k, v, beta, S)
     out = []
     for t in range(q.shape[1]):
         o, S = lattice_step(q[:, t], k[:, t], v[:, t], beta[:, t], S)

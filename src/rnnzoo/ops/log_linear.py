@@ -27,7 +27,11 @@ Three forms, equal up to rounding:
 - `log_linear_attention`: chunkwise; a masked matrix inside each chunk, and the buckets
   carried between chunks (bucket l reads at level max(l, lev(a_t, count))).
 - `log_linear_attention_parallel`: the whole masked T x T matrix (the paper's H o QK^T).
-No form reads tensor values on the host.
+On the CPU (`backend.use_native`) with every row at one count, the chunk form reads the
+count and which buckets are non-zero on the host and runs `_aligned`: chunks on the grid of
+multiples of 2^c, each reading only the Fenwick blocks of whole chunks that hold tokens
+(popcount(chunk index) of them, not L - 1 dense slots). Elsewhere (CUDA, meta) no form
+reads tensor values on the host.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -152,6 +157,177 @@ def _chunked(q, k, v, g, lam, scale, S, n, L, C):
     return y.flatten(1, 2)[:, :T], S, end[:, -1] % (1 << (L - 1))
 
 
+def _fast_chunk(C, L):
+    """The aligned chunk size of the CPU path: a power of two <= C and <= 2^(L - 2), so the
+    levels inside a chunk stay under the top one (0 when there is none)."""
+    c = min(C.bit_length() - 1, L - 2)
+    return 1 << c if c >= 1 else 0
+
+
+def _host_position(count, S, L):
+    """(n0, the slots to read) from the host, or None when the batch rows' counts differ.
+    The slots: the non-zero ones, or all when S needs a gradient (an empty slot has one)."""
+    n = count.round().long() % (1 << (L - 1))
+    if n.numel() == 0 or bool((n != n[0]).any()):
+        return None
+    if S.requires_grad:
+        return int(n[0]), list(range(1, L))
+    live = S.ne(0).flatten(3).any(-1).any(0).any(0).tolist()  # (L - 1,): a non-zero slot
+    return int(n[0]), [i + 1 for i in range(L - 1) if live[i]]
+
+
+def _lev(a: int, b: int, L: int) -> int:
+    """_levels for Python ints."""
+    return min((a ^ b).bit_length(), L - 1)
+
+
+def _bmm(a, b):
+    """a (..., n, k) @ b (..., k, m), same leading dims, as one torch.bmm on 3-d views (a
+    5-d matmul copies a transposed operand, and its backward copies them again)."""
+    return torch.bmm(a.flatten(0, -3), b.flatten(0, -3)).unflatten(0, a.shape[:-2])
+
+
+class _Intra(torch.autograd.Function):
+    """Inside each chunk: y = (Q K^T o W o D) V with W[t, s] = lam_t^(lev[t, s]) and D the
+    causal decay e^(G_t - G_s) (s <= t). Heads first: q, k (B, H, N, C, K), v (.., V), G
+    (B, H, N, C), lam (B, H, N, C, L), lev (C, C). Backward by hand (autograd ran ~11 passes
+    over the (C, C) matrices of every chunk and copied them for the products):
+        dA = dy V^T,  dV = A^T dy,  dQ = (dA o M) K,  dK = (dA o M)^T Q,  M = W o D,
+        dW = dA o S o D (-> dlam by level),  dG_t = sum_s E[t, s] - sum_s E[s, t],
+        E = dA o S o M,   S = Q K^T."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, G, lam, lev):
+        B, H, N, C, _ = q.shape
+        D = causal_decay(G)
+        M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)).mul_(D)
+        S = _bmm(q, k.transpose(-1, -2))
+        A = S * M
+        ctx.save_for_backward(q, k, v, S, A, M, D, lev)
+        ctx.L = lam.shape[-1]
+        return _bmm(A, v)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, S, A, M, D, lev = ctx.saved_tensors
+        B, H, N, C, _ = q.shape
+        dA = _bmm(dy, v.transpose(-1, -2))
+        dv = _bmm(A.transpose(-1, -2), dy)
+        dM = dA * S
+        dS = dA.mul_(M)
+        dq, dk = _bmm(dS, k), _bmm(dS.transpose(-1, -2), q)
+        E = M * dM
+        dG = E.sum(-1) - E.sum(-2)
+        dlam = dM.new_zeros(B, H, N, C, ctx.L).scatter_add_(4, lev.expand(B, H, N, C, C),
+                                                            dM.mul_(D))
+        return dq, dk, dv, dG, dlam, None
+
+
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
+    """The chunk form with the position n0 known on the host (the CPU path): chunks on the
+    grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
+    chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
+    chunks per level. Each chunk reads only the blocks that hold tokens (popcount(I) of
+    them, not L - 1 dense slots), each block's state a decayed sum of the chunk states; the
+    initial buckets, linear in the output, are read only where non-zero (`live`).
+    Returns (y (B, T, H, V), buckets, count)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    c = C.bit_length() - 1
+    dev = q.device
+    end = n0 + T
+    y = None
+    # the initial buckets: slot l reads at level max(l, lev(a_t, n0)), decayed by e^{G_t}
+    Sout = None  # the initial buckets moved to the end
+    if live:
+        G_all = g.cumsum(1)                                             # (B, T, H)
+        lev0 = [_lev(n0 + t, n0, L) for t in range(T)]
+        idx = torch.tensor([[max(s, lv) for s in live] for lv in lev0], device=dev)  # (T, nl)
+        w0 = torch.gather(lam, 3, idx[None, :, None].expand(B, T, H, len(live)))
+        w0 = w0 * G_all.exp()[..., None]
+        sl = torch.tensor([s - 1 for s in live], device=dev)
+        S_live = S.index_select(2, sl)                                   # (B, H, nl, K, V)
+        y = torch.einsum("bthl,bthk,bhlkv->bthv", w0, q * scale, S_live)
+        # ... and at the end slot l moves to max(l, lev(end, n0)), decayed by e^{G_T}
+        to = torch.tensor([max(s, _lev(end, n0, L)) - 1 for s in live], device=dev)
+        moved = S_live * G_all[:, -1].exp()[:, :, None, None, None]
+        Sout = torch.zeros_like(S).index_add(2, to, moved)
+    # this call's tokens, from empty buckets, on the aligned grid, heads first (B, H, N, C, .)
+    h0 = n0 % C
+    N = -(-(h0 + T) // C)
+    I0 = n0 >> c
+
+    def chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...) in that order in memory: h0 zeros
+        x = x.transpose(1, 2)  # before, zeros after T (F.pad keeps the strides of a view)
+        if h0 or N * C > T:
+            x = F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T])
+        return x.contiguous().unflatten(2, (N, C))
+
+    qc, kc, vc, lamc = (chunks(x) for x in (q if scale == 1 else q * scale, k, v, lam))
+    G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
+    gl = G[..., -1]                                                     # (B, H, N)
+    off = torch.arange(C, device=dev)
+    lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
+    yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                         # (B, H, N, C, V)
+    # chunk states, decayed to their chunk's end
+    U = _bmm((kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2), vc)
+    U = U.flatten(3)                                                    # (B, H, N, K V)
+    # the (chunk, level) blocks that hold tokens of this call
+    m_top = L - 2 - c
+    pairs, rows = [], []
+    for i in range(1, N):
+        Ia = I0 + i
+        for m in range(m_top):
+            if Ia >> m & 1:
+                j0, j1 = max(((Ia >> m) - 1 << m) - I0, 0), min((Ia >> m << m) - I0, i)
+                if j1 > j0:
+                    pairs.append((i, c + 1 + m))
+                    rows.append([float(j0 <= j < j1) for j in range(N)])
+        j1 = min((Ia >> m_top << m_top) - I0, i)
+        if j1 > 0:
+            pairs.append((i, L - 1))
+            rows.append([float(j < j1) for j in range(N)])
+    if pairs:
+        P = len(pairs)
+        mask = torch.tensor(rows, dtype=q.dtype, device=dev)             # (P, N)
+        ip = torch.tensor([p[0] for p in pairs], device=dev)
+        lp = torch.tensor([p[1] for p in pairs], device=dev)
+        # segment sums: D[I, J] = sum_{J < r < I} gl_r, from a masked cumulative sum
+        keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
+        cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
+        D = cs.index_select(2, ip - 1)                                   # (B, H, P, N)
+        Hp = _bmm(D.exp() * mask, U).unflatten(-1, (K, V))                # (B, H, P, K, V)
+        lam_p = torch.gather(lamc.index_select(2, ip), 4,
+                             lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
+        qp = qc.index_select(2, ip) * (lam_p * G.index_select(2, ip).exp())[..., None]
+        yc = yc.index_add(2, ip, _bmm(qp, Hp))
+    yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
+    y = yc if y is None else y + yc
+    # the final buckets: whole chunks before end's chunk by their level, end's own chunk
+    # (when end is not on the grid) token by token
+    Ie, e_off = end >> c, end % C
+    fin = [[0.0] * N for _ in range(L - 1)]
+    for j in range(N if e_off == 0 else N - 1):
+        fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1][j] = 1.0
+    fin = torch.tensor(fin, dtype=q.dtype, device=dev)
+    after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
+    Sfin = _bmm(after.exp()[:, :, None] * fin, U)                        # (B, H, L - 1, K V)
+    Sfin = Sfin.unflatten(-1, (K, V))
+    Sout = Sfin if Sout is None else Sout + Sfin
+    if e_off:
+        kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
+        s = 0
+        while s < e_off:  # offsets with the same level seen from e_off form one run
+            lv = _lev(e_off, s, L)
+            s1 = s
+            while s1 < e_off and _lev(e_off, s1, L) == lv:
+                s1 += 1
+            part = _bmm(kl[:, :, s:s1].transpose(-1, -2), vc[:, :, -1, s:s1])  # (B, H, K, V)
+            Sout = Sout.index_add(2, torch.tensor([lv - 1], device=dev), part[:, :, None])
+            s = s1
+    return y, Sout, torch.full_like(count, end % (1 << (L - 1)))
+
+
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                          initial_state=None, chunk_size=64):
     """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
@@ -164,6 +340,11 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if T == 0:
         return v.new_zeros(v.shape), (S, count)
+    C = _fast_chunk(min(chunk_size, T), L)
+    pos = _host_position(count, S, L) if C and backend.use_native(q, S) else None
+    if pos is not None:
+        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
+        return poison(y, marks.outputs), (poison(S, marks.state), count)
     y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
     return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
 

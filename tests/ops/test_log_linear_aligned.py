@@ -1,0 +1,73 @@
+"""ops.log_linear's CPU chunk path (`_aligned`: the position read on the host, chunks on the
+grid of multiples of 2^c, only the Fenwick blocks that hold tokens read) against the dense
+chunk form that runs everywhere else (`_chunked`, under backend.force("torch")): outputs,
+final buckets and count, and the gradients of q, k, v, the decays, the level weights and
+the initial buckets, from positions on and off the grid, across the top level's wrap, with
+empty and partly empty initial buckets; rows at different counts keep the dense form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import assert_close, counter
+
+from rnnzoo.ops import backend
+from rnnzoo.ops import log_linear as ll
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    return counter(monkeypatch, ll, "_aligned")
+
+
+def _run(B, T, H, L, C, n0, buckets, grad_buckets=True, spread=False):
+    gen = torch.Generator().manual_seed(n0 + T)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    K, V = 3, 4
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5
+    S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=torch.float64)
+    if buckets:
+        S[:, :, 1] = 0  # an empty slot among full ones
+    count = torch.full((B,), float(n0), dtype=torch.float64)
+    if spread:
+        count[0] += 1
+    ins = [q, k, v, g, lam] + ([S] if grad_buckets else [])
+    for t in ins:
+        t.requires_grad_()
+    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
+
+    def go():
+        y, (S1, n1) = ll.log_linear_attention(q, k, v, g, lam, initial_state=(S, count),
+                                              chunk_size=C)
+        grads = torch.autograd.grad((y * wy).sum() + (S1 * wS).sum(), ins)
+        return [y, S1, n1, *grads]
+
+    got = go()
+    with backend.force("torch"):
+        want = go()
+    return got, want, ["y", "S", "count", "q", "k", "v", "g", "lam", "S0"][:len(got)]
+
+
+@pytest.mark.parametrize("T,L,C,n0", [(37, 4, 4, 0), (37, 4, 4, 5), (64, 6, 8, 0),
+                                      (100, 6, 8, 13), (130, 5, 4, 29), (50, 8, 8, 250),
+                                      (33, 3, 4, 3), (9, 16, 64, 1000)])
+@pytest.mark.parametrize("buckets", [True, False])
+def test_aligned_path_equals_dense_chunks(calls, T, L, C, n0, buckets):
+    got, want, names = _run(2, T, 2, L, C, n0, buckets)
+    assert calls[0] == 1
+    assert_close(got, want, names, 1e-10)
+
+
+def test_aligned_path_reads_only_live_buckets_without_their_gradient(calls):
+    """Buckets that need no gradient: the empty slots are skipped, the values unchanged."""
+    got, want, names = _run(2, 45, 2, 6, 8, 7, True, grad_buckets=False)
+    assert calls[0] == 1
+    assert_close(got, want, names, 1e-10)
+
+
+def test_rows_at_different_counts_keep_the_dense_form(calls):
+    got, want, names = _run(2, 20, 1, 5, 4, 6, True, spread=True)
+    assert calls[0] == 0
+    assert_close(got, want, names, 1e-12)

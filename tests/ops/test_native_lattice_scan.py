@@ -1,0 +1,75 @@
+"""ops.native.lattice_scan: Lattice's slot recurrence in C against the PyTorch loop
+(`ops.lattice.lattice_sequential` under backend.force("torch")): outputs, final slots and
+the gradients of q, k, v, beta and the initial slots (with a gradient on the final slots
+too), T not a multiple of the 32-step checkpoint, 1 and 2 threads; and a NaN keeps its
+place (outputs before it finite, from it on NaN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _native_check import assert_close, counter
+from _native_check import threads as threads_
+
+from rnnzoo.ops import backend, lattice
+from rnnzoo.ops.native import lattice_scan
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    return counter(monkeypatch, lattice_scan, "lattice")
+
+
+def _inputs(B, T, H, M, V, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k = F.normalize(r(B, T, H, M), dim=-1), F.normalize(r(B, T, H, M), dim=-1)
+    v = r(B, T, H, V)
+    beta = torch.rand(B, T, H, generator=gen, dtype=dtype)
+    S0 = F.normalize(r(B, H, M, V), dim=-1)
+    return q, k, v, beta, S0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("T,H,M,V", [(37, 2, 3, 5), (70, 1, 4, 4), (1, 3, 2, 6)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_lattice_matches_loop(calls, dtype, tol, T, H, M, V, threads):
+    ins = [t.requires_grad_() for t in _inputs(2, T, H, M, V, dtype)]
+    gen = torch.Generator().manual_seed(1)
+    wo = torch.randn(2, T, H, V, generator=gen, dtype=dtype)
+    wS = torch.randn(2, H, M, V, generator=gen, dtype=dtype)
+
+    def run():
+        o, S = lattice.lattice_sequential(*ins)
+        return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
+
+    with threads_(threads):
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    assert calls[0] == 1
+    assert_close(got, want, ["o", "S", "q", "k", "v", "beta", "S0"], tol)
+
+
+def test_native_lattice_output_only_gradient(calls):
+    ins = [t.requires_grad_() for t in _inputs(2, 9, 2, 3, 4, torch.float64)]
+
+    def run():
+        o, _ = lattice.lattice_sequential(*ins)
+        return [o, *torch.autograd.grad(o.square().sum(), ins)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    assert calls[0] == 1
+    assert_close(got, want, ["o", "q", "k", "v", "beta", "S0"], 1e-10)
+
+
+def test_native_lattice_nan_keeps_its_step(calls):
+    q, k, v, beta, S0 = _inputs(1, 6, 1, 2, 3, torch.float32)
+    v[0, 3, 0, 1] = float("nan")
+    o, S = lattice.lattice_sequential(q, k, v, beta, S0)
+    assert calls[0] == 1
+    assert torch.isfinite(o[:, :3]).all() and torch.isnan(o[:, 3:]).all()
+    assert torch.isnan(S).all()
