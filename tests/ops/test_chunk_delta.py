@@ -20,6 +20,15 @@ B, T, H, K, V = 2, 13, 3, 5, 4
 f64 = torch.float64
 
 
+@pytest.fixture(autouse=True, params=["native", "chunks"])
+def cpu_path(request, monkeypatch):
+    """Every test twice: delta_rule / delta_product on the CPU's C recurrence
+    (ops.native.delta_scan) and on the chunk form (RNNZOO_NATIVE=0), both against the loop."""
+    if request.param == "chunks":
+        monkeypatch.setenv("RNNZOO_NATIVE", "0")
+    return request.param
+
+
 def rand(*shape, dtype=f64, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=f64).to(dtype)
 

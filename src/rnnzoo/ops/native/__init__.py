@@ -32,7 +32,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
     longhorn_scan.c     Longhorn's diagonal online-learning scan
-    delta_scan.c        the gated delta rule as a recurrence (mom's packed memories)
+    delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
     lattice_scan.c      Lattice's orthogonal-state recurrence

@@ -7,7 +7,8 @@ sequences cost more than the recurrence's O(T K V) work.
     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale S_t^T q_t
 
 q, k: (B, T, H, K); v: (B, T, H, V); beta, g: (B, T, H); S0: (B, H, K, V); all one dtype
-(float32 or float64) on the CPU (`ops.backend.use_native`). Returns o (B, T, H, V) and S_T,
+(float32 or float64) on the CPU (`ops.backend.use_native`; ops.chunk.delta's delta_rule and
+delta_product call it there). Returns o (B, T, H, V) and S_T,
 differentiable in all six. Threads split the (batch row, head) pairs. The caller handles
 non-finite inputs (ops.finite), as ops.chunk.delta.delta_rule does around its solver.
 """
