@@ -1,8 +1,8 @@
 """The gated delta rule as its recurrence in C (delta_scan.c), forward and backward: the
 (K, V) state of one (batch row, head) in cache, recomputed backward from every 32nd, a few
 vectorised passes over it a step, where the chunked PyTorch form (ops.chunk.delta) runs
-(C, C) products and a triangular solve per chunk, which at small heads (K = 32) and short
-sequences cost more than the recurrence's O(T K V) work.
+(C, C) products and a triangular solve per chunk, which cost more than the recurrence's
+O(T K V) work on a CPU: fwd+bwd 1.5-2.1x slower at K = 32..128, B=16 T=512 and B=4 T=2048.
 
     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale S_t^T q_t
 
