@@ -47,6 +47,7 @@ static void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, 
         for (long i = 0; i < I; i++) {
             T *restrict p = P + i * O;
             T m = p[0], s = 0;
+            #pragma omp simd reduction(max:m)
             for (long o = 1; o < O; o++) m = p[o] > m ? p[o] : m;
             for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
             #pragma omp simd reduction(+:s)
@@ -83,6 +84,59 @@ static inline void NAME(read)(const T *restrict x, const T *restrict P, T *restr
     }
 }
 
+/* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
+   the row's exponentials in p (O wide) */
+static void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *restrict p, T at, T et,
+                               const T *restrict xs, const T *restrict gs, const T *restrict xr,
+                               T *restrict y, long I, long O) {
+    for (long o = 0; o < O; o++) y[o] = 0;
+    for (long i = 0; i < I; i++) {
+        T c = et * xs[i], m = -INFINITY, sum = 0;
+        T *restrict w = W + i * O;
+        const T *restrict ui = u0 + i * O;
+        #pragma omp simd reduction(max:m)
+        for (long o = 0; o < O; o++) {
+            T wn = at * w[o] - c * gs[o];
+            w[o] = wn;
+            p[o] = ui[o] + wn;
+            m = p[o] > m ? p[o] : m;
+        }
+        #pragma omp simd reduction(+:sum)
+        for (long o = 0; o < O; o++) {
+            p[o] = EXP(p[o] - m);
+            sum += p[o];
+        }
+        T r = xr[i] / sum;
+        #pragma omp simd
+        for (long o = 0; o < O; o++) y[o] += r * p[o];
+    }
+}
+
+/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn) */
+static void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
+                               T *restrict P, T at, T et, const T *restrict xs,
+                               const T *restrict gs, long I, long O) {
+    for (long i = 0; i < I; i++) {
+        T c = et * xs[i], m = -INFINITY, sum = 0;
+        const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
+        T *restrict wn = Wn + i * O, *restrict p = P + i * O;
+        #pragma omp simd reduction(max:m)
+        for (long o = 0; o < O; o++) {
+            wn[o] = at * w[o] - c * gs[o];
+            p[o] = ui[o] + wn[o];
+            m = p[o] > m ? p[o] : m;
+        }
+        #pragma omp simd reduction(+:sum)
+        for (long o = 0; o < O; o++) {
+            p[o] = EXP(p[o] - m);
+            sum += p[o];
+        }
+        T inv = 1 / sum;
+        #pragma omp simd
+        for (long o = 0; o < O; o++) p[o] *= inv;
+    }
+}
+
 void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
                           const T *X, const T *G, T *y, long H, long N, long C, long I, long O,
                           int kind, T q, long j0, long j1) {
@@ -93,6 +147,11 @@ void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, cons
         memcpy(W, U0 + j * n, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
+            if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
+                NAME(softmax_read)(u0h, W, P, a[s], e[s], X + s * I, G + s * O, x + s * I,
+                                   y + s * O, I, O);
+                continue;
+            }
             NAME(advance)(W, W, a[s], e[s], X + s * I, G + s * O, I, O);
             NAME(phi)(u0h, W, P, I, O, kind, q, &norm);
             NAME(read)(x + s * I, P, y + s * O, I, O);
@@ -114,6 +173,11 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
         memcpy(Wb, U0 + j * n, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
+            if (kind == 0) {
+                NAME(softmax_step)(u0h, Wb + t * n, Wb + (t + 1) * n, Pb + t * n, a[s], e[s],
+                                   X + s * I, G + s * O, I, O);
+                continue;
+            }
             NAME(advance)(Wb + t * n, Wb + (t + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
             NAME(phi)(u0h, Wb + (t + 1) * n, Pb + t * n, I, O, kind, q, norms + t);
         }
