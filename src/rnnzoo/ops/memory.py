@@ -317,11 +317,23 @@ def _ratios(a):
     return torch.cumprod(Y, -2).tril()
 
 
-def _pick(history, last):
+def _per_head(x, W):
+    """x (B, H, N, C, I) @ W (H, I, O) as one product per (batch, head) over all N C rows:
+    broadcasting W over the chunks made a (B, H, N, I, O) copy, a product per chunk and a
+    sum over that copy in backward."""
+    return (x.flatten(2, 3) @ W).view(*x.shape[:-1], W.shape[-1])
+
+
+def _pick(history, last, first=0):
     """The state each batch element holds after its last chunk: history[j] lists the state
-    tensors (B, ...) after chunk j; last (B,) is each element's last chunk."""
+    tensors (B, ...) after chunk first + j; last (B,) is each element's last chunk (>= first).
+    A sequence of T steps at offset c in [0, C-1] ends in chunk (T-1)//C or the one after:
+    the chunk forms keep only those two (stacking every chunk's state cost more than the
+    rest of the loop's copies)."""
+    if len(history) == 1:
+        return list(history[0])
     rows = torch.arange(last.shape[0], device=last.device)
-    return [torch.stack(ts, 0)[last, rows] for ts in zip(*history)]
+    return [torch.stack(ts, 0)[last - first, rows] for ts in zip(*history)]
 
 
 def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
@@ -342,7 +354,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     qg, kg, vg = place(q), place(k), place(v)
     a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
     m_g, th_g = place(eta), place(theta)
-    last = (c + T - 1) // C
+    last, first = (c + T - 1) // C, (T - 1) // C
     zs = []
     # the gates' coefficients of every chunk at once (they do not depend on the memory)
     a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
@@ -357,7 +369,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     # attention q_t . k_s do not depend on the memory, so every chunk's are one product
     q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
     att0_all = Cm_all * (q_ch @ k_ch.transpose(-1, -2) + bias)
-    read0_all = q_ch @ init[0].to(q.dtype)[:, None] + init[1].to(q.dtype)[:, None, None]
+    read0_all = _per_head(q_ch, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
     if kind == "linear" and not norm:
         final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
                                          S, bias, Cm_all, f_all, REth_all, Acum_all, Ecum_all,
@@ -394,9 +406,10 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
                      E_T[..., None] * Sb - el.sum(-2) * bias]
         zs.append(x)
         Mc, S = newM, newS
-        history.append([*Pg, *Mc, *S])
+        if j >= first:
+            history.append([*Pg, *Mc, *S])
         Pg = Mc
-    final = _pick(history, last)
+    final = _pick(history, last, first)
     z = torch.cat(zs, 2).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
@@ -609,19 +622,21 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     a = chunks(1 - place(1 - alpha))                   # identity steps off the sequence
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
-    last = (c + T - 1) // C
+    last, first = (c + T - 1) // C, (T - 1) // C
     starts, XGs, history = [], [], []
     # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
     # in backward, per chunk
-    for k_j, v_j, d_j, a_j, c_j in zip(*(t.unbind(2) for t in (kc, vc, dc, A_end, c_end))):
+    for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
+                                                                                A_end, c_end)))):
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
         starts.append(U)
         XGs.append((*Xs, *Gs))
         U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
-        history.append([*Ug, *U])
+        if j >= first:
+            history.append([*Ug, *U])
         Ug = U
-    final = _pick(history, last)
+    final = _pick(history, last, first)
     Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
     Xs, Gs = XG[:L], XG[L:]
@@ -631,7 +646,7 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         for i, (u0, u, X, G) in enumerate(zip(u0s, Ust, Xs, Gs)):
             if i:
                 x = _gelu(x)
-            x = (x @ u0 + Acum[..., None] * (x @ u)
+            x = (_per_head(x, u0[:, 0]) + Acum[..., None] * (x @ u)
                  - (Cm * (x @ X.transpose(-1, -2))) @ G)
         z = x
     elif (read := _native_read(phi, q, *init)) is not None:
