@@ -337,13 +337,16 @@ def _pick(history, last, first=0):
 
 
 def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
-                   bias=True):
-    """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments."""
+                   bias=True, within=False):
+    """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments; `within`:
+    the caller knows that every sequence's steps lie inside one chunk (its offset plus T at
+    most C, as Titans-MAC's segments do), so one chunk is laid out instead of the two that
+    cover any offset."""
     B, T, H, K = q.shape
     (q,), (k, v, theta, alpha, eta), marks = finite_inputs(read=(q,), write=(k, v, theta, alpha, eta))
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
-    NT = (T + 2 * C - 2) // C
+    NT = 1 if within else (T + 2 * C - 2) // C
     pos = c[:, None] + torch.arange(T, device=q.device)
 
     def place(t):  # (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence
