@@ -193,24 +193,41 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
         idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
         return out.scatter(1, idx, t).transpose(1, 2)
 
-    qg, kg, vg = place(q), place(k), place(v)
-    lrg = place(lr[..., None])                                       # (B, H, NT*M, 1)
-    tok_g = tok.to(q.dtype).view(1, 1, M, 1)
-    last = (c + T - 1) // M                                          # each one's last mini-batch
-    final = [*dP, *Acc]
-    zs = []
-    for j in range(NT):
-        s = slice(j * M, (j + 1) * M)
+    chunks = lambda t: t.reshape(B, H, NT, M, t.shape[-1])  # noqa: E731
+    qc, kc, vc, lc = (chunks(place(t)) for t in (q, k, v, lr[..., None]))
+    tok_c = tok.to(q.dtype).view(M, 1)
+    last, first = (c + T - 1) // M, (T - 1) // M                     # each one's last mini-batch
+    L2 = len(dP)
+    starts, XGs, history = [], [], []
+    # the loop carries only the weights: a mini-batch's gradients at its start and its sums;
+    # every read runs after it, all mini-batches at once (unbound once: a slice taken in the
+    # loop would cost a whole-size zero tensor in backward, per mini-batch)
+    for j, (k_j, v_j, l_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, lc)))):
         P = _weights(init, dP)
-        Xs, Gs = _grads(kind, P, kg[:, :, s], vg[:, :, s], w, b, eps, norm)
-        z, Acc = _read(kind, P, Acc, qg[:, :, s], Xs, [g * lrg[:, :, s] for g in Gs], tok_g)
-        zs.append(z)
-        here = last == j
-        final = [torch.where(here.view(-1, *[1] * (f.dim() - 1)), x, f)
-                 for f, x in zip(final, [*dP, *Acc])]
-        dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, Acc)]
-        Acc = [torch.zeros_like(a) for a in Acc]
-    z = torch.cat(zs, 2).transpose(1, 2)                             # (B, NT*M, H, K)
+        Xs, Gs = _grads(kind, P, k_j, v_j, w, b, eps, norm)
+        Gl = [g * l_j for g in Gs]
+        sums = _outer(Xs, Gl)
+        end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
+        starts.append(P)
+        XGs.append((*Xs, *Gl))
+        if j >= first:
+            history.append([*dP, *end])
+        dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, end)]
+    final = _pick(history, last, first)
+    Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, NT, I, O), (B, H, NT, O)
+    XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, NT, M, I or O)
+    x = qc
+    for i in range(L2 // 2):
+        if i:
+            x = _gelu(x)
+        W, bias, X, G = Pst[2 * i], Pst[2 * i + 1], XG[i], XG[L2 // 2 + i]
+        att = torch.tril(x @ X.transpose(-1, -2) + 1)
+        z = x @ W + bias[..., None, :] - tok_c * (att @ G)
+        # the first mini-batch also reads the sums the state brought (a mini-batch begun)
+        A, Ab = Acc[2 * i], Acc[2 * i + 1]
+        head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])
+        x = torch.cat([head[:, :, None], z[:, :, 1:]], 2)
+    z = x.reshape(B, H, NT * M, -1).transpose(1, 2)                 # (B, NT*M, H, K)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
