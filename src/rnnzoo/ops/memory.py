@@ -68,13 +68,29 @@ def inner_output(q, z, w, b, eps, norm=True):
     return q + (layer_norm(z, w, b, eps)[0] if norm else z)
 
 
+def _native_gelu(*tensors):
+    """ops.native.memory_gelu's library when it should run on these tensors, else None."""
+    if not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import memory_gelu
+    return memory_gelu.load()
+
+
 def _gelu(z):
+    """GELU (tanh); on the CPU in C (ATen's tanh GELU and its double backward cost more than
+    the memory's products at these sizes)."""
+    if (lib := _native_gelu(z)) is not None:
+        from rnnzoo.ops.native import memory_gelu
+        return memory_gelu.gelu(lib, z)
     return F.gelu(z, approximate="tanh")
 
 
 def _gelu_back(g, z):
     """g * d gelu_tanh / dz, one op (differentiable again: the chunk forms' gradients are
     part of their output's graph)."""
+    if g.shape == z.shape and (lib := _native_gelu(g, z)) is not None:
+        from rnnzoo.ops.native import memory_gelu
+        return memory_gelu.gelu_back(lib, g, z)
     return torch.ops.aten.gelu_backward(g, z, approximate="tanh")
 
 
