@@ -245,13 +245,15 @@ class Titans(RecurrentLayer):
         return self._mac_pieces(x, state, groups[0])
 
     def _mac_pieces(self, x, state, c):
-        """x cut at the segment ends of sequences c steps into their segment."""
-        ys, t, T = [], 0, x.shape[1]
-        while t < T:
-            n = min(T - t, self.chunk_size - c if t == 0 else self.chunk_size)
-            y, state = self._mac_piece(x[:, t:t + n], state)
+        """x cut at the segment ends of sequences c steps into their segment (split, not
+        sliced: a slice's backward is a zero tensor of x's whole size, per piece)."""
+        T, C = x.shape[1], self.chunk_size
+        first = min(T, C - c)
+        sizes = [first] + [C] * ((T - first) // C) + ([(T - first) % C] if (T - first) % C else [])
+        ys = []
+        for piece in x.split(sizes, 1):
+            y, state = self._mac_piece(piece, state)
             ys.append(y)
-            t += n
         return torch.cat(ys, 1), state
 
     def _mac_piece(self, x, state):
@@ -271,7 +273,9 @@ class Titans(RecurrentLayer):
         z = memory_read(self.op_args(q.dtype)[0], seg, q)     # read only: no step learns
         h = self.op_output(z, q, x)
         y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
-        m, mem = self._memory(y[:, 1::2], mem, "chunk")
+        # the piece lies inside one segment (offset + T <= C): the memory's chunk form needs
+        # one chunk, not the two that cover any offset
+        m, mem = self._memory(y[:, 1::2], mem, "chunk", within=True)
         return self.gate(y[:, 1::2], m), (*mem, *att)
 
     def _mac_step(self, x_t, state):
@@ -301,13 +305,16 @@ class Titans(RecurrentLayer):
         m, mem = self._memory_step(y[:, 1], mem)
         return self.gate(y[:, 1], m), (*mem, *att)
 
-    def _memory(self, x, state, mode):
+    def _memory(self, x, state, mode, within=False):
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
         init, w, b = self.op_args(q.dtype)
-        fn = titans_chunked if mode == "chunk" else titans_sequential
-        z, mem = fn(self.kind, q, k, v, theta, alpha, eta, self.chunk_size, init, tuple(mem),
-                    w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        args = (self.kind, q, k, v, theta, alpha, eta, self.chunk_size, init, tuple(mem),
+                w, b, self.norm_eps, self.inner_norm, self.memory_bias)
+        if mode == "chunk":
+            z, mem = titans_chunked(*args, within=within)
+        else:
+            z, mem = titans_sequential(*args)
         return self.op_output(z, q, x), (*mem, conv_state)
 
     def _memory_step(self, x_t, state):

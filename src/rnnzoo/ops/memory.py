@@ -68,13 +68,29 @@ def inner_output(q, z, w, b, eps, norm=True):
     return q + (layer_norm(z, w, b, eps)[0] if norm else z)
 
 
+def _native_gelu(*tensors):
+    """ops.native.memory_gelu's library when it should run on these tensors, else None."""
+    if not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import memory_gelu
+    return memory_gelu.load()
+
+
 def _gelu(z):
+    """GELU (tanh); on the CPU in C (ATen's tanh GELU and its double backward cost more than
+    the memory's products at these sizes)."""
+    if (lib := _native_gelu(z)) is not None:
+        from rnnzoo.ops.native import memory_gelu
+        return memory_gelu.gelu(lib, z)
     return F.gelu(z, approximate="tanh")
 
 
 def _gelu_back(g, z):
     """g * d gelu_tanh / dz, one op (differentiable again: the chunk forms' gradients are
     part of their output's graph)."""
+    if g.shape == z.shape and (lib := _native_gelu(g, z)) is not None:
+        from rnnzoo.ops.native import memory_gelu
+        return memory_gelu.gelu_back(lib, g, z)
     return torch.ops.aten.gelu_backward(g, z, approximate="tanh")
 
 
@@ -193,24 +209,41 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
         idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
         return out.scatter(1, idx, t).transpose(1, 2)
 
-    qg, kg, vg = place(q), place(k), place(v)
-    lrg = place(lr[..., None])                                       # (B, H, NT*M, 1)
-    tok_g = tok.to(q.dtype).view(1, 1, M, 1)
-    last = (c + T - 1) // M                                          # each one's last mini-batch
-    final = [*dP, *Acc]
-    zs = []
-    for j in range(NT):
-        s = slice(j * M, (j + 1) * M)
+    chunks = lambda t: t.reshape(B, H, NT, M, t.shape[-1])  # noqa: E731
+    qc, kc, vc, lc = (chunks(place(t)) for t in (q, k, v, lr[..., None]))
+    tok_c = tok.to(q.dtype).view(M, 1)
+    last, first = (c + T - 1) // M, (T - 1) // M                     # each one's last mini-batch
+    L2 = len(dP)
+    starts, XGs, history = [], [], []
+    # the loop carries only the weights: a mini-batch's gradients at its start and its sums;
+    # every read runs after it, all mini-batches at once (unbound once: a slice taken in the
+    # loop would cost a whole-size zero tensor in backward, per mini-batch)
+    for j, (k_j, v_j, l_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, lc)))):
         P = _weights(init, dP)
-        Xs, Gs = _grads(kind, P, kg[:, :, s], vg[:, :, s], w, b, eps, norm)
-        z, Acc = _read(kind, P, Acc, qg[:, :, s], Xs, [g * lrg[:, :, s] for g in Gs], tok_g)
-        zs.append(z)
-        here = last == j
-        final = [torch.where(here.view(-1, *[1] * (f.dim() - 1)), x, f)
-                 for f, x in zip(final, [*dP, *Acc])]
-        dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, Acc)]
-        Acc = [torch.zeros_like(a) for a in Acc]
-    z = torch.cat(zs, 2).transpose(1, 2)                             # (B, NT*M, H, K)
+        Xs, Gs = _grads(kind, P, k_j, v_j, w, b, eps, norm)
+        Gl = [g * l_j for g in Gs]
+        sums = _outer(Xs, Gl)
+        end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
+        starts.append(P)
+        XGs.append((*Xs, *Gl))
+        if j >= first:
+            history.append([*dP, *end])
+        dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, end)]
+    final = _pick(history, last, first)
+    Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, NT, I, O), (B, H, NT, O)
+    XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, NT, M, I or O)
+    x = qc
+    for i in range(L2 // 2):
+        if i:
+            x = _gelu(x)
+        W, bias, X, G = Pst[2 * i], Pst[2 * i + 1], XG[i], XG[L2 // 2 + i]
+        att = torch.tril(x @ X.transpose(-1, -2) + 1)
+        z = x @ W + bias[..., None, :] - tok_c * (att @ G)
+        # the first mini-batch also reads the sums the state brought (a mini-batch begun)
+        A, Ab = Acc[2 * i], Acc[2 * i + 1]
+        head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])
+        x = torch.cat([head[:, :, None], z[:, :, 1:]], 2)
+    z = x.reshape(B, H, NT * M, -1).transpose(1, 2)                 # (B, NT*M, H, K)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
@@ -317,21 +350,36 @@ def _ratios(a):
     return torch.cumprod(Y, -2).tril()
 
 
-def _pick(history, last):
+def _per_head(x, W):
+    """x (B, H, N, C, I) @ W (H, I, O) as one product per (batch, head) over all N C rows:
+    broadcasting W over the chunks made a (B, H, N, I, O) copy, a product per chunk and a
+    sum over that copy in backward."""
+    return (x.flatten(2, 3) @ W).view(*x.shape[:-1], W.shape[-1])
+
+
+def _pick(history, last, first=0):
     """The state each batch element holds after its last chunk: history[j] lists the state
-    tensors (B, ...) after chunk j; last (B,) is each element's last chunk."""
+    tensors (B, ...) after chunk first + j; last (B,) is each element's last chunk (>= first).
+    A sequence of T steps at offset c in [0, C-1] ends in chunk (T-1)//C or the one after:
+    the chunk forms keep only those two (stacking every chunk's state cost more than the
+    rest of the loop's copies)."""
+    if len(history) == 1:
+        return list(history[0])
     rows = torch.arange(last.shape[0], device=last.device)
-    return [torch.stack(ts, 0)[last, rows] for ts in zip(*history)]
+    return [torch.stack(ts, 0)[last - first, rows] for ts in zip(*history)]
 
 
 def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, norm=False,
-                   bias=True):
-    """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments."""
+                   bias=True, within=False):
+    """The chunkwise-parallel form, equal to `titans_sequential`. Same arguments; `within`:
+    the caller knows that every sequence's steps lie inside one chunk (its offset plus T at
+    most C, as Titans-MAC's segments do), so one chunk is laid out instead of the two that
+    cover any offset."""
     B, T, H, K = q.shape
     (q,), (k, v, theta, alpha, eta), marks = finite_inputs(read=(q,), write=(k, v, theta, alpha, eta))
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
-    NT = (T + 2 * C - 2) // C
+    NT = 1 if within else (T + 2 * C - 2) // C
     pos = c[:, None] + torch.arange(T, device=q.device)
 
     def place(t):  # (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence
@@ -342,7 +390,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     qg, kg, vg = place(q), place(k), place(v)
     a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
     m_g, th_g = place(eta), place(theta)
-    last = (c + T - 1) // C
+    last, first = (c + T - 1) // C, (T - 1) // C
     zs = []
     # the gates' coefficients of every chunk at once (they do not depend on the memory)
     a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
@@ -357,7 +405,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     # attention q_t . k_s do not depend on the memory, so every chunk's are one product
     q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
     att0_all = Cm_all * (q_ch @ k_ch.transpose(-1, -2) + bias)
-    read0_all = q_ch @ init[0].to(q.dtype)[:, None] + init[1].to(q.dtype)[:, None, None]
+    read0_all = _per_head(q_ch, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
     if kind == "linear" and not norm:
         final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
                                          S, bias, Cm_all, f_all, REth_all, Acum_all, Ecum_all,
@@ -394,9 +442,10 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
                      E_T[..., None] * Sb - el.sum(-2) * bias]
         zs.append(x)
         Mc, S = newM, newS
-        history.append([*Pg, *Mc, *S])
+        if j >= first:
+            history.append([*Pg, *Mc, *S])
         Pg = Mc
-    final = _pick(history, last)
+    final = _pick(history, last, first)
     z = torch.cat(zs, 2).transpose(1, 2)
     z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
@@ -609,19 +658,21 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     a = chunks(1 - place(1 - alpha))                   # identity steps off the sequence
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
-    last = (c + T - 1) // C
+    last, first = (c + T - 1) // C, (T - 1) // C
     starts, XGs, history = [], [], []
     # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
     # in backward, per chunk
-    for k_j, v_j, d_j, a_j, c_j in zip(*(t.unbind(2) for t in (kc, vc, dc, A_end, c_end))):
+    for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
+                                                                                A_end, c_end)))):
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
         starts.append(U)
         XGs.append((*Xs, *Gs))
         U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
-        history.append([*Ug, *U])
+        if j >= first:
+            history.append([*Ug, *U])
         Ug = U
-    final = _pick(history, last)
+    final = _pick(history, last, first)
     Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
     Xs, Gs = XG[:L], XG[L:]
@@ -631,7 +682,7 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         for i, (u0, u, X, G) in enumerate(zip(u0s, Ust, Xs, Gs)):
             if i:
                 x = _gelu(x)
-            x = (x @ u0 + Acum[..., None] * (x @ u)
+            x = (_per_head(x, u0[:, 0]) + Acum[..., None] * (x @ u)
                  - (Cm * (x @ X.transpose(-1, -2))) @ G)
         z = x
     elif (read := _native_read(phi, q, *init)) is not None:

@@ -14,15 +14,20 @@
        dX_t = -e_t dW G_t,  dG_t = -e_t X_t dW,  dW <- a_t dW  (dU_0 = dW at the end)
 
    Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * chunks, head
-   h = (j / N) % H): x, X (J, C, I); G, y, dy (J, C, O); a, e (J, C); U_init (H, I, O); U_0,
-   dU_0, dU_init (J, I, O) (dU_init one slice per chunk, summed by the caller). Each function
-   does the chunks [j0, j1). Plain C; compiled by rnnzoo.ops.native. */
+   h = (j / N) % H): x, X (J, C, I); G, y, dy (J, C, O); a, e (J, C); U_init, dU_init
+   (H, I, O); U_0, dU_0 (J, I, O). Each function does the chunks [j0, j1); the backward adds
+   into dU_init (each thread its own, zeroed and summed by the caller). Plain C; compiled by
+   rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "miras_read.c"
 #include "each_type.h"
 
 #else
+
+#ifndef INLINE
+#define INLINE inline __attribute__((always_inline))
+#endif
 
 /* sum |v|^q over n values */
 static T NAME(qsum)(const T *restrict v, long n, T q) {
@@ -39,7 +44,7 @@ static T NAME(qsum)(const T *restrict v, long n, T q) {
 }
 
 /* P = phi(U_init + W) (P may not alias W); the q-norm of V in *norm for kind 1 */
-static void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, long I, long O,
+static INLINE void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, long I, long O,
                       int kind, T q, T *norm) {
     long n = I * O;
     for (long k = 0; k < n; k++) P[k] = u0[k] + W[k];
@@ -47,6 +52,7 @@ static void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, 
         for (long i = 0; i < I; i++) {
             T *restrict p = P + i * O;
             T m = p[0], s = 0;
+            #pragma omp simd reduction(max:m)
             for (long o = 1; o < O; o++) m = p[o] > m ? p[o] : m;
             for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
             #pragma omp simd reduction(+:s)
@@ -63,7 +69,7 @@ static void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, 
 }
 
 /* Wn = a W - e X^T G (Wn may be W) */
-static inline void NAME(advance)(const T *W, T *Wn, T at, T et, const T *restrict xs,
+static INLINE void NAME(advance)(const T *W, T *Wn, T at, T et, const T *restrict xs,
                                  const T *restrict gs, long I, long O) {
     for (long i = 0; i < I; i++) {
         T c = et * xs[i];
@@ -74,7 +80,7 @@ static inline void NAME(advance)(const T *W, T *Wn, T at, T et, const T *restric
 }
 
 /* y += x P over the rows of P (y zeroed first) */
-static inline void NAME(read)(const T *restrict x, const T *restrict P, T *restrict y, long I,
+static INLINE void NAME(read)(const T *restrict x, const T *restrict P, T *restrict y, long I,
                               long O) {
     for (long o = 0; o < O; o++) y[o] = 0;
     for (long i = 0; i < I; i++) {
@@ -83,9 +89,62 @@ static inline void NAME(read)(const T *restrict x, const T *restrict P, T *restr
     }
 }
 
-void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, T *y, long H, long N, long C, long I, long O,
-                          int kind, T q, long j0, long j1) {
+/* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
+   the row's exponentials in p (O wide) */
+static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *restrict p, T at, T et,
+                               const T *restrict xs, const T *restrict gs, const T *restrict xr,
+                               T *restrict y, long I, long O) {
+    for (long o = 0; o < O; o++) y[o] = 0;
+    for (long i = 0; i < I; i++) {
+        T c = et * xs[i], m = -INFINITY, sum = 0;
+        T *restrict w = W + i * O;
+        const T *restrict ui = u0 + i * O;
+        #pragma omp simd reduction(max:m)
+        for (long o = 0; o < O; o++) {
+            T wn = at * w[o] - c * gs[o];
+            w[o] = wn;
+            p[o] = ui[o] + wn;
+            m = p[o] > m ? p[o] : m;
+        }
+        #pragma omp simd reduction(+:sum)
+        for (long o = 0; o < O; o++) {
+            p[o] = EXP(p[o] - m);
+            sum += p[o];
+        }
+        T r = xr[i] / sum;
+        #pragma omp simd
+        for (long o = 0; o < O; o++) y[o] += r * p[o];
+    }
+}
+
+/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn) */
+static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
+                               T *restrict P, T at, T et, const T *restrict xs,
+                               const T *restrict gs, long I, long O) {
+    for (long i = 0; i < I; i++) {
+        T c = et * xs[i], m = -INFINITY, sum = 0;
+        const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
+        T *restrict wn = Wn + i * O, *restrict p = P + i * O;
+        #pragma omp simd reduction(max:m)
+        for (long o = 0; o < O; o++) {
+            wn[o] = at * w[o] - c * gs[o];
+            p[o] = ui[o] + wn[o];
+            m = p[o] > m ? p[o] : m;
+        }
+        #pragma omp simd reduction(+:sum)
+        for (long o = 0; o < O; o++) {
+            p[o] = EXP(p[o] - m);
+            sum += p[o];
+        }
+        T inv = 1 / sum;
+        #pragma omp simd
+        for (long o = 0; o < O; o++) p[o] *= inv;
+    }
+}
+
+static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
+                                    const T *e, const T *X, const T *G, T *y, long H, long N,
+                                    long C, long I, long O, int kind, T q, long j0, long j1) {
     long n = I * O;
     T *W = malloc(2 * n * sizeof(T)), *P = W + n, norm;
     for (long j = j0; j < j1; j++) {
@@ -93,6 +152,11 @@ void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, cons
         memcpy(W, U0 + j * n, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
+            if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
+                NAME(softmax_read)(u0h, W, P, a[s], e[s], X + s * I, G + s * O, x + s * I,
+                                   y + s * O, I, O);
+                continue;
+            }
             NAME(advance)(W, W, a[s], e[s], X + s * I, G + s * O, I, O);
             NAME(phi)(u0h, W, P, I, O, kind, q, &norm);
             NAME(read)(x + s * I, P, y + s * O, I, O);
@@ -101,29 +165,43 @@ void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, cons
     free(W);
 }
 
-void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, const T *dy, T *dx, T *dU0, T *du0, T *da,
-                          T *de, T *dX, T *dG, long H, long N, long C, long I, long O, int kind,
-                          T q, long j0, long j1) {
+static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
+                                    const T *e, const T *X, const T *G, const T *dy, T *dx,
+                                    T *dU0, T *du0, T *da, T *de, T *dX, T *dG, long H, long N,
+                                    long C, long I, long O, int kind, T q, long j0, long j1) {
     long n = I * O;
-    /* W_-1 .. W_C-1, phi(V_0) .. phi(V_C-1), dW, the q-norms, a row of V |V|^(q-2) */
-    T *Wb = malloc(((C + 1) * n + C * n + n + C + O) * sizeof(T));
-    T *Pb = Wb + (C + 1) * n, *dW = Pb + C * n, *norms = dW + n, *mv = norms + C;
+    /* the chunk's steps in segments of S, the last first: a segment's W and phi(V) stay in
+       L2 (the whole chunk's, 2 C + 1 matrices, did not) at the cost of advancing W from the
+       chunk's start to each segment's (W alone, no phi) */
+    long S = (256 * 1024) / (2 * n * (long)sizeof(T));
+    S = S < 1 ? 1 : (S > C ? C : S);
+    /* W_t0-1 .. W_t1-1, phi(V_t0) .. phi(V_t1-1), dW, the q-norms, a row of V |V|^(q-2) */
+    T *Wb = malloc(((S + 1) * n + S * n + n + S + O) * sizeof(T));
+    T *Pb = Wb + (S + 1) * n, *dW = Pb + S * n, *norms = dW + n, *mv = norms + S;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
-        memcpy(Wb, U0 + j * n, n * sizeof(T));
-        for (long t = 0; t < C; t++) {
-            long s = j * C + t;
-            NAME(advance)(Wb + t * n, Wb + (t + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
-            NAME(phi)(u0h, Wb + (t + 1) * n, Pb + t * n, I, O, kind, q, norms + t);
-        }
-        T *restrict dUi = du0 + j * n;
+        T *restrict dUi = du0 + ((j / N) % H) * n;   /* accumulated over the chunks */
         memset(dW, 0, n * sizeof(T));
-        memset(dUi, 0, n * sizeof(T));
-        for (long t = C - 1; t >= 0; t--) {
-            long s = j * C + t;
-            const T *restrict P = Pb + t * n, *restrict Wt = Wb + (t + 1) * n,
-                    *restrict Wp = Wb + t * n, *restrict xs = x + s * I, *restrict gs = G + s * O,
+        for (long t1 = C, t0; t1 > 0; t1 = t0) {
+        t0 = ((t1 - 1) / S) * S;
+        memcpy(Wb, U0 + j * n, n * sizeof(T));
+        for (long t = 0; t < t0; t++)
+            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], X + (j * C + t) * I,
+                          G + (j * C + t) * O, I, O);
+        for (long t = t0; t < t1; t++) {
+            long s = j * C + t, u = t - t0;
+            if (kind == 0) {
+                NAME(softmax_step)(u0h, Wb + u * n, Wb + (u + 1) * n, Pb + u * n, a[s], e[s],
+                                   X + s * I, G + s * O, I, O);
+                continue;
+            }
+            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
+            NAME(phi)(u0h, Wb + (u + 1) * n, Pb + u * n, I, O, kind, q, norms + u);
+        }
+        for (long t = t1 - 1; t >= t0; t--) {
+            long s = j * C + t, u = t - t0;
+            const T *restrict P = Pb + u * n, *restrict Wt = Wb + (u + 1) * n,
+                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = G + s * O,
                     *restrict Xs = X + s * I, *restrict dys = dy + s * O;
             T *restrict dxs = dx + s * I;
             /* per row i: dV's row, then (dW now the gradient reaching W_t) its terms of
@@ -132,7 +210,7 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
             T *restrict dGs = dG + s * O;
             for (long o = 0; o < O; o++) dGs[o] = 0;
             if (kind == 1) {
-                T nq = norms[t], dot = 0;
+                T nq = norms[u], dot = 0;
                 sc = POW(nq, 2 - q);
                 for (long i = 0; i < I; i++) {
                     const T *restrict p = P + i * O;
@@ -198,9 +276,34 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
             da[s] = dat;
             de[s] = -det;
         }
+        }
         memcpy(dU0 + j * n, dW, n * sizeof(T));
     }
     free(Wb);
 }
+
+/* the exported kernels: the bodies above with the row width O a constant for the common
+   widths (short rows' loops otherwise spend more on their set-up than on their work) */
+#define WIDTHS(CALL) switch (O) { case 32: CALL(32); break; case 64: CALL(64); break; \
+    case 128: CALL(128); break; default: CALL(O); }
+
+void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
+                          const T *X, const T *G, T *y, long H, long N, long C, long I, long O,
+                          int kind, T q, long j0, long j1) {
+#define FWD(W) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, H, N, C, I, W, kind, q, j0, j1)
+    WIDTHS(FWD)
+#undef FWD
+}
+
+void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
+                          const T *X, const T *G, const T *dy, T *dx, T *dU0, T *du0, T *da,
+                          T *de, T *dX, T *dG, long H, long N, long C, long I, long O, int kind,
+                          T q, long j0, long j1) {
+#define BWD(W) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, dx, dU0, du0, da, de, dX, dG, H, N, \
+                                C, I, W, kind, q, j0, j1)
+    WIDTHS(BWD)
+#undef BWD
+}
+#undef WIDTHS
 
 #endif

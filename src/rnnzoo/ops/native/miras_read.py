@@ -53,11 +53,13 @@ class _NativeRead(torch.autograd.Function):
         _, bwd = _kernels(ctx.lib, x.dtype)
         dy = dy.contiguous()
         dx, dU0, da, de, dX, dG = (torch.empty_like(t) for t in (x, U0, a, e, X, G))
-        du0 = torch.empty_like(U0)                       # one slice per chunk
-        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, dx, dU0, du0, da, de, dX, dG)]
-        native.run(bwd, [(*ptrs, H, N, C, n_in, n_out, ctx.kind, ctx.q, *p)
-                         for p in native.rows(B * H * N) or [(0, 0)]])
-        return None, None, dx, du0.sum((0, 2)), dU0, da, de, dX, dG
+        parts = native.rows(B * H * N) or [(0, 0)]
+        du0 = u0.new_zeros(len(parts), *u0.shape)       # one dU_init per thread
+        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, dx, dU0)]
+        rest = [native.ptr(t) for t in (da, de, dX, dG)]
+        native.run(bwd, [(*ptrs, native.ptr(du0[i]), *rest, H, N, C, n_in, n_out, ctx.kind,
+                          ctx.q, *p) for i, p in enumerate(parts)])
+        return None, None, dx, du0.sum(0), dU0, da, de, dX, dG
 
 
 def miras_read(lib, q, x, u0, U0, a, e, X, G):
