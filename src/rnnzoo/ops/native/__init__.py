@@ -30,6 +30,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     gated_norm.c        the output heads of mamba2, mamba and mlstm
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
+    memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
     longhorn_scan.c     Longhorn's diagonal online-learning scan
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
