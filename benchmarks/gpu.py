@@ -183,9 +183,7 @@ def cuda_time(fn, repeat):
 
 def _loss(out):
     """The sum of every tensor in out (nested tuples too, as mLSTM's (h, (C, n, m)))."""
-    if isinstance(out, (tuple, list)):
-        return sum(_loss(o) for o in out)
-    return out.float().sum()
+    return sum(t.float().sum() for t in _tensors(out))
 
 
 def _tensors(out):
