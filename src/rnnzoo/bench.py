@@ -29,7 +29,9 @@ peak being a measured float32 (n, n) @ (n, n) matmul rate at the same thread cou
 layer's FLOPs are counted from the shapes of the matrix products its `auto` mode runs
 (`layer_flops`: torch.utils.flop_counter over one forward+backward on the CPU, of the
 PyTorch form of what runs there, a convolution's backward counted group-aware, twice its
-forward; elementwise work and FFTs are not counted); nn.LSTM's are the formula
+forward; elementwise work and FFTs are not counted; an op whose CPU path does other work
+than its PyTorch form counts that path, its C kernels reporting their products through
+ops.flop_count); nn.LSTM's are the formula
 `lstm_flops`, 3 x 8 B T h (d_in + h) (its fused CPU kernel is invisible to the counter; the
 backward is twice the forward).
 """
@@ -385,12 +387,17 @@ def layer_flops(name: str, batch: int, length: int, d_model: int, options=None,
     timed where layers choose by device (gsa's two-pass chunk form, the delta rule's CPU
     chunk size; on the meta device gsa took its generic form, 3.9x the products). Inside
     `ops.backend.force("torch")` and with oneDNN off, an op that a C kernel (ours, or
-    oneDNN's fused RNNs) does when timed runs as the PyTorch products the counter sees."""
-    from rnnzoo.ops import backend
+    oneDNN's fused RNNs) does when timed runs as the PyTorch products the counter sees,
+    except in ops whose CPU path does other work than their PyTorch form (ops.flop_count:
+    mesa's C recurrence, log-linear attention's aligned chunks): those take the timed path,
+    and its C kernels add the products they did."""
+    from rnnzoo.ops import backend, flop_count
     layer = create(name, d_model=d_model, **dict(options or {}))
     x = torch.randn(batch, length, d_model, requires_grad=True)
-    with backend.force("torch"), torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
-        return counted_flops(lambda: layer(x, mode=mode)[0])
+    with flop_count.counting() as native, backend.force("torch"), \
+            torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
+        counted = counted_flops(lambda: layer(x, mode=mode)[0])
+    return counted + native[0]
 
 
 def matmul_peak(threads: int | None = None, n: int = 1024, repeat: int = 7) -> float:

@@ -27,7 +27,8 @@ Three forms, equal up to rounding:
 - `log_linear_attention`: chunkwise; a masked matrix inside each chunk, and the buckets
   carried between chunks (bucket l reads at level max(l, lev(a_t, count))).
 - `log_linear_attention_parallel`: the whole masked T x T matrix (the paper's H o QK^T).
-On the CPU (`backend.use_native`) with every row at one count, the chunk form reads the
+On the CPU (`backend.use_native`; `ops.flop_count.native`, so bench.layer_flops counts
+this path) with every row at one count, the chunk form reads the
 count and which buckets are non-zero on the host and runs `_aligned`: chunks on the grid of
 multiples of 2^c, each reading only the Fenwick blocks of whole chunks that hold tokens
 (popcount(chunk index) of them, not L - 1 dense slots). Elsewhere (CUDA, meta) no form
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend
+from rnnzoo.ops import flop_count
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import finite_inputs, poison
 
@@ -341,7 +342,7 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     if T == 0:
         return v.new_zeros(v.shape), (S, count)
     C = _fast_chunk(min(chunk_size, T), L)
-    pos = _host_position(count, S, L) if C and backend.use_native(q, S) else None
+    pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
     if pos is not None:
         y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
         return poison(y, marks.outputs), (poison(S, marks.state), count)

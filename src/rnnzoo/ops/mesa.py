@@ -34,28 +34,38 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend
+from rnnzoo.ops import flop_count
 from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
 
-def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None):
-    """x ~ (A + diag(lamb))^{-1} b by `steps` CG iterations from 0, A symmetric positive
+def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol: float = 0.0):
+    """x ~ (A + diag(lamb))^{-1} b by at most `steps` CG iterations from 0, A symmetric positive
     semi-definite given by `apply(x) = A x`. b: (..., K); lamb (> 0) broadcasts against b.
-    eps: added to the ratios' denominators (None: 1e-10 |b|^2 + the smallest normal number)."""
+    eps: added to the ratios' denominators (None: 1e-10 |b|^2 + the smallest normal number).
+    tol: a row's iterations stop once its residual |r_i| <= tol |b| (iteration i runs while
+    |r_i|^2 > tol^2 |b|^2; 0: all `steps` run, no test)."""
     x = torch.zeros_like(b)
     r = b
     p = r
     delta = (r * r).sum(-1, keepdim=True)
     if eps is None:
         eps = 1e-10 * delta + torch.finfo(b.dtype).tiny
+    limit = tol * tol * delta if tol > 0 else None
     for _ in range(steps):
+        active = None
+        if limit is not None:
+            active = delta > limit
+            if b.device.type != "meta" and not bool(active.any()):
+                break  # every row has stopped: the remaining iterations are no-ops
         Ap = apply(p) + lamb * p
         alpha = delta / ((p * Ap).sum(-1, keepdim=True) + eps)
+        if active is not None:  # a stopped row keeps its x and r (zero gradient through)
+            alpha = torch.where(active, alpha, 0)
         x = x + alpha * p
         r = r - alpha * Ap
         new = (r * r).sum(-1, keepdim=True)
@@ -64,7 +74,7 @@ def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None):
     return x
 
 
-def mesa_step(q_t, k_t, v_t, g_t, beta_t, lamb, Hkk, Hkv, cg_steps, eps=None):
+def mesa_step(q_t, k_t, v_t, g_t, beta_t, lamb, Hkk, Hkv, cg_steps, eps=None, cg_tol=0.0):
     """One step. q_t, k_t, v_t: (B, H, K); g_t, beta_t: (B, H); lamb: (H, K); Hkk (B, H, K, K),
     Hkv (B, H, K, V). Returns (o_t (B, H, V), Hkk, Hkv)."""
     decay = g_t.exp()[..., None, None]
@@ -72,7 +82,7 @@ def mesa_step(q_t, k_t, v_t, g_t, beta_t, lamb, Hkk, Hkv, cg_steps, eps=None):
     Hkk = decay * Hkk + kb * k_t[..., None, :]
     Hkv = decay * Hkv + kb * v_t[..., None, :]
     x = conjugate_gradient(lambda p: torch.einsum("bhk,bhkj->bhj", p, Hkk), q_t, lamb, cg_steps,
-                           eps)
+                           eps, cg_tol)
     return torch.einsum("bhk,bhkv->bhv", x, Hkv), Hkk, Hkv
 
 
@@ -94,7 +104,8 @@ def _initial(initial_state, q, V, dt):
     return tuple(s.to(dt) for s in initial_state)
 
 
-def mesa_recurrent(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None):
+def mesa_recurrent(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None,
+                   cg_tol=0.0):
     """The loop of `mesa` (same arguments, returns)."""
     _check(q, k, v, g, beta, lamb, initial_state)
     dt = compute_dtype(q)
@@ -102,32 +113,37 @@ def mesa_recurrent(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, e
     lamb = lamb.to(dt)
     out = []
     for q_t, k_t, v_t, g_t, b_t in zip(*(t.to(dt).unbind(1) for t in (q, k, v, g, beta))):
-        o_t, Hkk, Hkv = mesa_step(q_t, k_t, v_t, g_t, b_t, lamb, Hkk, Hkv, cg_steps, eps)
+        o_t, Hkk, Hkv = mesa_step(q_t, k_t, v_t, g_t, b_t, lamb, Hkk, Hkv, cg_steps, eps,
+                                 cg_tol)
         out.append(o_t)
     return torch.stack(out, 1).to(q.dtype), (Hkk, Hkv)
 
 
-def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, chunk_size=64):
+def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, cg_tol=0.0,
+         chunk_size=64):
     """Chunkwise MesaNet readout o_t = G_t^T (H_t + diag(lamb))^{-1} q_t (CG, see the module).
 
     q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H) log-decay (<= 0); beta: (B, T, H);
     lamb: (H, K), > 0; initial_state: (H (B, H, K, K), G (B, H, K, V)) or None; eps: the
-    CG guard (conjugate_gradient). Returns o
+    CG guard, cg_tol: its stopping tolerance (conjugate_gradient: a step's solve stops once
+    |r| <= cg_tol |q_t|). Returns o
     (B, T, H, V) in q's dtype and (H, G) in float32 (float64 for float64 q). A non-finite k,
     v, g or beta at step t makes outputs from t on NaN, a non-finite q its own output only.
     """
     _check(q, k, v, g, beta, lamb, initial_state)
     positive_int("mesa: cg_steps", cg_steps)
     positive_int("mesa: chunk_size", chunk_size)
+    positive("mesa: cg_tol", cg_tol, allow_zero=True)
     dt = compute_dtype(q)
     T = q.shape[1]
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
     (q,), (k, v, g, beta), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, beta)))
     q, lamb = q.to(dt), lamb.to(dt)
-    lib = native_mesa.load() if backend.use_native(q, k, v, g, beta, lamb, Hkk, Hkv) else None
+    lib = native_mesa.load() if flop_count.native(q, k, v, g, beta, lamb, Hkk, Hkv) else None
     if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
-        o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps)
+        o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps,
+                                         cg_tol)
         return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
                                                         poison(Hkv, marks.state))
     C = min(chunk_size, T)
@@ -152,7 +168,8 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
         return (x * eG) @ H0 + ((x @ kt) * D) @ kc
 
     B, _, H, K = q.shape
-    x = conjugate_gradient(apply, qc, lamb.to(dt).view(1, H, 1, 1, K), cg_steps, eps)
+    x = conjugate_gradient(apply, qc, lamb.to(dt).view(1, H, 1, 1, K), cg_steps, eps,
+                           cg_tol)
     o = (x * eG) @ G0 + ((x @ kt) * D) @ vc
     o = o.movedim(1, 3).reshape(B, -1, H, o.shape[-1])[:, :T]
     return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),

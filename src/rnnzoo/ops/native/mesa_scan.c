@@ -7,7 +7,8 @@
 
    CG_n is ops.mesa.conjugate_gradient's n steps from x = 0, line by line (d_i = |r_i|^2,
    den_i = p_i . A p_i + eps, alpha_i = d_i / den_i, beta_i = d_{i+1} / (d_i + eps); eps =
-   1e-10 |q|^2 + tiny when `rel`, else the given eps). Its backward is the reverse of those
+   1e-10 |q|^2 + tiny when `rel`, else the given eps; with tol > 0 a step's solve stops
+   before iteration i once d_i <= tol^2 d_0, as conjugate_gradient's `tol`). Its backward is the reverse of those
    lines (reverse-mode through every iteration, so the gradient is the truncated solve's,
    as autograd's through the PyTorch loop); the iterates are recomputed per step in the
    backward, which also gives the step's adjoint of H_t, sum_i p_i dAp_i^T. With SH, SG the
@@ -21,7 +22,8 @@
    Layouts (row-major, contiguous): q, k, dq, dk (batch, T, heads, K); v, o, dv, dout
    (batch, T, heads, V); g, beta, dg, dbeta (batch, T, heads); lamb (heads, K); dlamb
    (batch, heads, K) (the caller sums the batch); H0, HT, dHT, dH0 (batch, heads, K, K);
-   G0, GT, dGT, dG0 (batch, heads, K, V); ck (batch, heads, nck, K K + K V), nck =
+   G0, GT, dGT, dG0 (batch, heads, K, V); its (batch heads): the CG iterations each pair's
+   forward ran, added to; ck (batch, heads, nck, K K + K V), nck =
    ceil(T / CK), the states entering steps 0, CK, 2 CK, ... Each function does the
    (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
@@ -94,20 +96,26 @@ INLINE void NAME(rank_n)(T *restrict S, const T *restrict P, const T *restrict D
     }
 }
 
-/* x = CG_n(A, b); w: 3 K scratch. With tr: per step i, tr[3 K i ..] = p_i, A p_i, r_{i+1}
-   and sc[4 i ..] = alpha_i, beta_i, d_i, den_i. Returns eps. */
+/* x = CG_n(A, b), stopping before iteration i once d_i <= tol2 d_0 (tol2 > 0); w: 3 K
+   scratch. With tr: per step i, tr[3 K i ..] = p_i, A p_i, r_{i+1} and sc[4 i ..] = alpha_i,
+   beta_i, d_i, den_i. Returns eps; *ran = the iterations run. */
 INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict b,
                   T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel, T tiny,
-                  T *restrict tr, T *restrict sc) {
+                  T tol2, long *ran, T *restrict tr, T *restrict sc) {
     T *restrict r = w, *restrict p = w + K, *restrict Ap = w + 2 * K;
     T d = NAME(dot)(b, b, K);
-    const T eps = rel ? (T)1e-10 * d + tiny : eps_abs;
+    const T eps = rel ? (T)1e-10 * d + tiny : eps_abs, limit = tol2 * d;
+    *ran = n;
     for (long j = 0; j < K; j++) {
         x[j] = 0;
         r[j] = b[j];
         p[j] = b[j];
     }
     for (long i = 0; i < n; i++) {
+        if (tol2 > 0 && !(d > limit)) {
+            *ran = i;
+            break;
+        }
         T *restrict Api = tr ? tr + 3 * K * i + K : Ap;
         NAME(apply)(H, lamb, p, Api, K);
         const T den = NAME(dot)(p, Api, K) + eps, alpha = d / den;
@@ -143,15 +151,16 @@ INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
 INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *restrict lh,
                           const T *restrict b, const T *restrict dx, T *restrict db,
                           T *restrict dl, T *restrict S, long K, long n, T eps_abs, int rel,
-                          T tiny, T *restrict ws) {
+                          T tiny, T tol2, T *restrict ws) {
     T *restrict tr = ws, *restrict sc = ws + 3 * K * n, *restrict w = sc + 4 * n,
       *restrict x = w + 3 * K, *restrict dr = x + K, *restrict dp = dr + K,
       *restrict Hd = dp + K;
-    const T eps = NAME(cg)(H, lh, b, x, w, K, n, eps_abs, rel, tiny, tr, sc);
+    long ran;
+    const T eps = NAME(cg)(H, lh, b, x, w, K, n, eps_abs, rel, tiny, tol2, &ran, tr, sc);
     /* dA p_i overwrites A p_i in the trace */
     T dd = 0, deps = 0;
     for (long j = 0; j < K; j++) dr[j] = dp[j] = 0;
-    for (long i = n - 1; i >= 0; i--) {
+    for (long i = ran - 1; i >= 0; i--) {
         const T *restrict pi = tr + 3 * K * i, *restrict ri = pi + 2 * K;
         T *restrict Api = tr + 3 * K * i + K;
         const T alpha = sc[4 * i], be = sc[4 * i + 1], di = sc[4 * i + 2], den = sc[4 * i + 3];
@@ -185,39 +194,43 @@ INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *re
     /* r_0 = p_0 = b, d_0 = |b|^2, eps = 1e-10 d_0 + tiny */
     const T dd0 = 2 * (dd + (rel ? (T)1e-10 * deps : 0));
     for (long j = 0; j < K; j++) db[j] = dr[j] + dp[j] + dd0 * b[j];
-    NAME(rank_n)(S, tr, tr + K, n, 3 * K, K);
+    NAME(rank_n)(S, tr, tr + K, ran, 3 * K, K);
 }
 
 /* cg and cg_grad compiled for any K and for K = 32 (its loops unrolled, in registers) */
-static void NAME(cg_any)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+static long NAME(cg_any)(const T *restrict H, const T *restrict lamb, const T *restrict b,
                          T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
-                         T tiny) {
-    NAME(cg)(H, lamb, b, x, w, K, n, eps_abs, rel, tiny, NULL, NULL);
+                         T tiny, T tol2) {
+    long ran;
+    NAME(cg)(H, lamb, b, x, w, K, n, eps_abs, rel, tiny, tol2, &ran, NULL, NULL);
+    return ran;
 }
-static void NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *restrict b,
+static long NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *restrict b,
                         T *restrict x, T *restrict w, long K, long n, T eps_abs, int rel,
-                        T tiny) {
-    NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, NULL, NULL);
+                        T tiny, T tol2) {
+    long ran;
+    NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, tol2, &ran, NULL, NULL);
+    return ran;
 }
 static void NAME(cg_grad_any)(const T *restrict H, const T *restrict HT, const T *restrict lh,
                               const T *restrict b, const T *restrict dx, T *restrict db,
                               T *restrict dl, T *restrict S, long K, long n, T eps_abs,
-                              int rel, T tiny, T *restrict ws) {
-    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, ws);
+                              int rel, T tiny, T tol2, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, tol2, ws);
 }
 static void NAME(cg_grad_32)(const T *restrict H, const T *restrict HT, const T *restrict lh,
                              const T *restrict b, const T *restrict dx, T *restrict db,
                              T *restrict dl, T *restrict S, long K, long n, T eps_abs,
-                             int rel, T tiny, T *restrict ws) {
-    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, ws);
+                             int rel, T tiny, T tol2, T *restrict ws) {
+    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, tol2, ws);
 }
 
 INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
                            const T *restrict g, const T *restrict beta, const T *restrict lamb,
                            const T *restrict H0, const T *restrict G0, T *restrict o,
                            T *restrict Hm, T *restrict Gm, T *restrict ck, long Tn, long Hn,
-                           long K, long V, long n, T eps_abs, int rel, T tiny, long p,
-                           T *restrict w) {
+                           long K, long V, long n, T eps_abs, int rel, T tiny, T tol2,
+                           long p, T *restrict w, long *restrict its) {
     const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, b = p / Hn, h = p % Hn;
     T *restrict x = w + 3 * K;
     memcpy(Hm, H0, KK * sizeof(T));
@@ -237,8 +250,8 @@ INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *re
             for (long j = 0; j < K; j++) Hi[j] = a * Hi[j] + bk * kt[j];
             for (long j = 0; j < V; j++) Gi[j] = a * Gi[j] + bk * vt[j];
         }
-        (K == 32 ? NAME(cg_32) : NAME(cg_any))(Hm, lamb + h * K, q + row * K, x, w, K, n,
-                                                eps_abs, rel, tiny);
+        its[p] += (K == 32 ? NAME(cg_32) : NAME(cg_any))(Hm, lamb + h * K, q + row * K, x, w,
+                                                         K, n, eps_abs, rel, tiny, tol2);
         T *restrict ot = o + row * V;
         for (long j = 0; j < V; j++) ot[j] = 0;
         for (long i = 0; i < K; i++) {
@@ -252,13 +265,14 @@ INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *re
 void NAME(mesa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                     const T *restrict g, const T *restrict beta, const T *restrict lamb,
                     const T *restrict H0, const T *restrict G0, T *restrict o,
-                    T *restrict HT, T *restrict GT, T *restrict ck, long Tn, long Hn, long K,
-                    long V, long n, double eps_abs, long rel, double tiny, long p0, long p1) {
+                    T *restrict HT, T *restrict GT, T *restrict ck, long *restrict its, long Tn,
+                    long Hn, long K, long V, long n, double eps_abs, long rel, double tiny,
+                    double tol, long p0, long p1) {
     T *w = malloc(4 * K * sizeof(T));
     for (long p = p0; p < p1; p++) {
 #define FWD(KC) NAME(fwd_pair)(q, k, v, g, beta, lamb, H0 + p * K * K, G0 + p * K * V, o, \
                                HT + p * K * K, GT + p * K * V, ck, Tn, Hn, KC, V, n,        \
-                               (T)eps_abs, (int)rel, (T)tiny, p, w)
+                               (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, w, its)
         FWD(K);
 #undef FWD
     }
@@ -271,15 +285,15 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
                            const T *restrict dout, T *restrict dq, T *restrict dk,
                            T *restrict dv, T *restrict dg, T *restrict dbeta, T *restrict dl,
                            T *restrict SH, T *restrict SG, long Tn, long Hn, long K, long V,
-                           long n, T eps_abs, int rel, T tiny, long p, T *restrict buf,
-                           T *restrict tr) {
+                           long n, T eps_abs, int rel, T tiny, T tol2, long p,
+                           T *restrict buf, T *restrict tr) {
     /* buf: per step of a block H_t, H_t^T, G_t; SH, SG end as dH0, dG0 */
     const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, L = 2 * KK + KV;
     const long b = p / Hn, h = p % Hn;
     T *restrict x = tr + 3 * K * n + 4 * n + 3 * K, *restrict dx = tr + 3 * K * n + 4 * n + 7 * K,
       *restrict bk = dx + K;
     void (*grad)(const T *, const T *, const T *, const T *, const T *, T *, T *, T *, long,
-                 long, T, int, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
+                 long, T, int, T, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
     const T *restrict lh = lamb + h * K;
     if (dHT) memcpy(SH, dHT, KK * sizeof(T));
     else memset(SH, 0, KK * sizeof(T));
@@ -316,7 +330,7 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
                                                                                 : ckc + KK;
             /* o_t = G_t^T x: dx = G_t dout; then x and dq_t, dlamb, SH through the solve */
             for (long i = 0; i < K; i++) dx[i] = NAME(dot)(Gt + i * V, dot, V);
-            grad(Ht, HtT, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tr);
+            grad(Ht, HtT, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tol2, tr);
             for (long i = 0; i < K; i++)  /* SG += x dout^T */
                 for (long j = 0; j < V; j++) SG[i * V + j] += x[i] * dot[j];
             /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
@@ -361,14 +375,14 @@ void NAME(mesa_bwd)(const T *restrict q, const T *restrict k, const T *restrict 
                     const T *restrict dout, T *restrict dq, T *restrict dk, T *restrict dv,
                     T *restrict dg, T *restrict dbeta, T *restrict dlamb, T *restrict dH0,
                     T *restrict dG0, long Tn, long Hn, long K, long V, long n, double eps_abs,
-                    long rel, double tiny, long p0, long p1) {
+                    long rel, double tiny, double tol, long p0, long p1) {
     T *buf = malloc(CK * (2 * K * K + K * V) * sizeof(T));
     T *tr = malloc((3 * K * n + 4 * n + 9 * K) * sizeof(T));  /* cg_grad's, dx, k b */
     for (long p = p0; p < p1; p++) {
 #define BWD(KC) NAME(bwd_pair)(q, k, v, g, beta, lamb, ck, dHT ? dHT + p * K * K : NULL,       \
                                dGT ? dGT + p * K * V : NULL, dout, dq, dk, dv, dg, dbeta,     \
                                dlamb + p * K, dH0 + p * K * K, dG0 + p * K * V, Tn, Hn, KC, V, \
-                               n, (T)eps_abs, (int)rel, (T)tiny, p, buf, tr)
+                               n, (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, buf, tr)
         BWD(K);
 #undef BWD
     }

@@ -17,9 +17,21 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 CK = 32  # the C file's checkpoint interval
+
+
+def flops(steps: int, its: int, K: int, V: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the kernels over `steps` (pair, token) steps whose solves
+    ran `its` CG iterations in all, 2 a multiply-add. Forward: H_t, G_t's rank-one updates
+    (2 K^2 + 2 K V), an iteration's H_t^T p (2 K^2), the readout G_t^T x (2 K V). Backward:
+    the updates again, each iteration recomputed, its H dAp and its p dAp^T into dH_t (3 x
+    2 K^2), dx = G_t dout and x dout^T (4 K V), and dk, dv, dbeta, dgamma from the adjoints
+    (3 x 2 K^2 + 3 x 2 K V)."""
+    KK, KV = K * K, K * V
+    return (steps * (2 * KK + 4 * KV) + its * 2 * KK,
+            steps * (8 * KK + 12 * KV) + its * 6 * KK)
 
 
 def load():
@@ -28,28 +40,31 @@ def load():
 
 def _kernels(lib, dtype):
     P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
-    tail = [L] * 5 + [D, L, D, L, L]
-    return (native.kernel(lib, "mesa_fwd", dtype, [P] * 12 + tail),
+    tail = [L] * 5 + [D, L, D, D, L, L]
+    return (native.kernel(lib, "mesa_fwd", dtype, [P] * 13 + tail),
             native.kernel(lib, "mesa_bwd", dtype, [P] * 18 + tail))
 
 
 class _NativeMesa(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, steps, eps, q, k, v, g, beta, lamb, H0, G0):
+    def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0):
         q, k, v, g, beta, lamb, H0, G0 = (t.contiguous() for t in (q, k, v, g, beta, lamb, H0, G0))
         B, T, H, K = q.shape
         V = v.shape[-1]
         nck = -(-T // CK)
         o, HT, GT = torch.empty_like(v), torch.empty_like(H0), torch.empty_like(G0)
         ck = q.new_empty(B, H, nck, K * K + K * V)
+        its = torch.zeros(B * H, dtype=torch.long)
         scalars = (T, H, K, V, steps, 0.0 if eps is None else float(eps), int(eps is None),
-                   torch.finfo(q.dtype).tiny)
+                   torch.finfo(q.dtype).tiny, float(tol))
         fwd, _ = _kernels(lib, q.dtype)
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(H0), P(G0), P(o), P(HT),
-                          P(GT), P(ck), *scalars, *r) for r in native.rows(B * H)])
+                          P(GT), P(ck), P(its), *scalars, *r) for r in native.rows(B * H)])
         ctx.save_for_backward(q, k, v, g, beta, lamb, ck)
         ctx.lib, ctx.scalars = lib, scalars
+        ctx.its = int(its.sum())
+        flop_count.add(flops(B * T * H, ctx.its, K, V)[0])
         return o, HT, GT
 
     @staticmethod
@@ -66,9 +81,11 @@ class _NativeMesa(torch.autograd.Function):
         native.run(bwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(ck), P(dHT), P(dGT), P(do),
                           P(dq), P(dk), P(dv), P(dg), P(dbeta), P(dlamb), P(dH0), P(dG0),
                           *ctx.scalars, *r) for r in native.rows(B * H)])
-        return None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0
+        flop_count.add(flops(B * T * H, ctx.its, K, v.shape[-1])[1])
+        return None, None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0
 
 
-def mesa(lib, q, k, v, g, beta, lamb, H0, G0, steps: int, eps: float | None):
-    """(o, H_T, G_T); `lib` = load(); eps None: the relative CG guard (ops.mesa)."""
-    return _NativeMesa.apply(lib, steps, eps, q, k, v, g, beta, lamb, H0, G0)
+def mesa(lib, q, k, v, g, beta, lamb, H0, G0, steps: int, eps: float | None, tol: float = 0.0):
+    """(o, H_T, G_T); `lib` = load(); eps None: the relative CG guard, tol the stopping
+    tolerance (ops.mesa.conjugate_gradient)."""
+    return _NativeMesa.apply(lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0)

@@ -1,0 +1,64 @@
+"""bench.layer_flops counts what the CPU path does where an op's native path does other work
+than its PyTorch form (ops.flop_count): mesanet's C recurrence (each step's CG on its own H_t,
+stopped at cg_tol) books its formula with the iterations it ran, not the chunk form's
+products; log_linear_mamba2 counts its aligned chunks, not the dense-slot chunk form."""
+
+from __future__ import annotations
+
+import torch
+
+from rnnzoo import bench
+from rnnzoo.ops import backend, flop_count
+from rnnzoo.ops.native import mesa_scan
+
+
+def _torch_form(name, B, T, d, options):
+    """The old count: every op as its PyTorch form."""
+    from rnnzoo.registry import create
+    layer = create(name, d_model=d, **options)
+    x = torch.randn(B, T, d, requires_grad=True)
+    with backend.force("torch"), torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
+        return bench.counted_flops(lambda: layer(x)[0])
+
+
+def test_mesanet_counts_its_c_recurrence():
+    """cg_tol=0 runs every step's max_cg_steps iterations: the count is the projections
+    (qk, v, g, o and the two gate rows, forward and both gradients), the depthwise short
+    conv's and mesa_scan.flops over B T H steps of `steps` iterations each."""
+    B, T, d, H, K, steps, d_conv = 2, 24, 16, 2, 8, 5, 4
+    opts = dict(num_heads=H, head_dim=K, max_cg_steps=steps, cg_tol=0.0, d_conv=d_conv)
+    linears = 2 * B * T * (d * 2 * H * K + d * H * K + 2 * d * H + d * H * K + H * K * d)
+    conv = 2 * B * T * 2 * H * K * d_conv
+    fwd, bwd = mesa_scan.flops(B * T * H, B * T * H * steps, K, K)
+    got = bench.layer_flops("mesanet", B, T, d, opts)
+    assert got == 3 * (linears + conv) + fwd + bwd
+    assert got != _torch_form("mesanet", B, T, d, opts)
+
+
+def test_mesanet_counts_the_iterations_run():
+    """With the default cg_tol the solves stop early: fewer FLOPs than cg_tol=0, and the
+    count is the C kernel's report (its iterations), which the counter alone cannot see."""
+    B, T, d = 2, 16, 16
+    early = bench.layer_flops("mesanet", B, T, d, dict(num_heads=2))
+    full = bench.layer_flops("mesanet", B, T, d, dict(num_heads=2, cg_tol=0.0))
+    assert early < full
+    with flop_count.counting() as tally:
+        pass
+    assert tally == [0]
+
+
+def test_log_linear_mamba2_counts_its_cpu_chunks():
+    B, T, d = 2, 64, 16
+    opts = dict(chunk_size=16, head_dim=8)
+    got = bench.layer_flops("log_linear_mamba2", B, T, d, opts)
+    old = _torch_form("log_linear_mamba2", B, T, d, opts)
+    assert 0 < got < old
+
+
+def test_outside_counting_native_is_use_native():
+    t = torch.ones(2)
+    assert flop_count.native(t) == backend.use_native(t)
+    with backend.force("torch"):
+        assert not flop_count.native(t)
+        with flop_count.counting():
+            assert flop_count.native(t) and not flop_count.native(t.double(), t)
