@@ -29,6 +29,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -82,7 +83,7 @@ class MesaNet(RecurrentLayer):
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
         qk, conv_state = self.conv(self.qk_proj(x).to(cdt), conv_state)
-        q, k = (F.normalize(t.reshape(B, T, H, K), dim=-1, eps=1e-6) for t in qk.chunk(2, -1))
+        q, k = l2norm(qk.reshape(B, T, 2 * H, K)).chunk(2, 2)   # F.normalize's, eps 1e-6
         v = self.v_proj(x).to(cdt).reshape(B, T, H, K)
         g = F.logsigmoid(self.a_proj(x).to(cdt))
         beta = torch.sigmoid(self.b_proj(x).to(cdt))

@@ -43,6 +43,12 @@ from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
 
+def _traced(t) -> bool:
+    """Whether reading t's values on the host is impossible (meta) or a graph break (inside
+    torch.compile): there the stopped rows' iterations run, masked, to the same result."""
+    return t.device.type == "meta" or torch.compiler.is_compiling()
+
+
 def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol: float = 0.0):
     """x ~ (A + diag(lamb))^{-1} b by at most `steps` CG iterations from 0, A symmetric positive
     semi-definite given by `apply(x) = A x`. b: (..., K); lamb (> 0) broadcasts against b.
@@ -60,7 +66,7 @@ def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol
         active = None
         if limit is not None:
             active = delta > limit
-            if b.device.type != "meta" and not bool(active.any()):
+            if not _traced(b) and not bool(active.any()):
                 break  # every row has stopped: the remaining iterations are no-ops
         Ap = apply(p) + lamb * p
         alpha = delta / ((p * Ap).sum(-1, keepdim=True) + eps)
