@@ -11,7 +11,8 @@ that is, o_t = W_t q_t for the W_t minimising the decayed regression loss
 sum_s beta_s e^{G_t - G_s} |W k_s - v_s|^2 + |W diag(lambda)^(1/2)|^2 (the closed form).
 The solve q*_t = (H_t + diag(lambda))^{-1} q_t is `cg_steps` conjugate-gradient iterations
 from x = 0 (each only applies H_t + diag(lambda)); K steps solve exactly in exact
-arithmetic. The CG ratios' denominators are guarded by `eps`: by default 1e-10 |q|^2 (and the
+arithmetic. With `cg_tol` > 0 a step's iterations stop once its residual |r_i| <=
+cg_tol |q_t| (the same test in every form: masked rows in PyTorch, a break in C). The CG ratios' denominators are guarded by `eps`: by default 1e-10 |q|^2 (and the
 smallest normal number, for q = 0): the residual converges to about 1e-5 |q| (float32's
 rounding is below that anyway), and the steps after that freeze instead of dividing two
 roundings, whose gradients would be noise (a guard at float64's rounding level fails
