@@ -528,13 +528,8 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
 
 
-def _l2_bias(e, delta):
-    return e
-
-
 class _LpBias:
-    """p sign(e) |e|^(p-1), with its derivative in e, p (p-1) |e|^(p-2) (p = 3: 3 e |e| and
-    6 |e|, no powers)."""
+    """p sign(e) |e|^(p-1) (p = 3: 3 e |e|, no powers)."""
 
     def __init__(self, p):
         self.p = p
@@ -544,17 +539,11 @@ class _LpBias:
             return 3 * e * e.abs()
         return self.p * torch.sign(e) * e.abs() ** (self.p - 1)
 
-    def vjp(self, e, delta, g):
-        """(dE, ddelta) for the output gradient g."""
-        if self.p == 3:
-            return 6 * e.abs() * g, None
-        return _vjp(self, g, e, delta)
-
 
 def attentional_bias(kind, p=3.0):
     """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
     if kind == "l2":
-        return _l2_bias
+        return lambda e, delta: e
     if kind == "lp":
         return _LpBias(p)
     if kind == "huber":
@@ -567,47 +556,23 @@ def _identity(U):
     return U
 
 
-class _Softmax:
-    """softmax over the last axis; vjp(V, W, dW) = W o (dW - sum(W o dW)) with W its value."""
-
-    def __call__(self, U):
-        return torch.softmax(U, -1)
-
-    def vjp(self, V, W, dW):
-        return W * (dW - (W * dW).sum(-1, keepdim=True))
-
-
-_softmax_rows = _Softmax()
+def _softmax_rows(U):
+    return torch.softmax(U, -1)
 
 
 class _QScale:
-    """U / |U|_q^(q-2) = U S^((2-q)/q), S = sum |U|^q over the whole matrix (the last two
-    axes); its vjp: dU = s dW + (2-q) (s / S) <dW, U> U |U|^(q-2) with s = S^((2-q)/q)
-    (q = 4: s = S^(-1/2), U |U|^2 = U^3, no powers)."""
+    """U / |U|_q^(q-2), the norm over the whole matrix (the last two axes); for q = 4
+    U / sqrt(sum U^4), without powers (vector_norm with a general power took ten times as
+    long, once per weight and chunk in Moneta's loop, and again in its backward)."""
 
     def __init__(self, q):
         self.q = q
-
-    def _terms(self, U):
-        """(S, s, U |U|^(q-2))."""
-        if self.q == 4:
-            U2 = U * U
-            S = (U2 * U2).sum((-2, -1), keepdim=True)
-            return S, S.rsqrt(), U * U2
-        A = U.abs()
-        Aq2 = A ** (self.q - 2)
-        S = (Aq2 * A * A).sum((-2, -1), keepdim=True)
-        return S, S ** ((2 - self.q) / self.q), U * Aq2
 
     def __call__(self, U):
         if self.q == 4:
             U2 = U * U
             return U * (U2 * U2).sum((-2, -1), keepdim=True).rsqrt()
         return U / torch.linalg.vector_norm(U, self.q, dim=(-2, -1), keepdim=True) ** (self.q - 2)
-
-    def vjp(self, V, W, dW):
-        S, s, m = self._terms(V)
-        return s * dW + ((2 - self.q) * s / S * (dW * V).sum((-2, -1), keepdim=True)) * m
 
 
 def retention(kind, q=4.0):
@@ -655,126 +620,6 @@ def _miras_grads(kind, Wg, k, v, delta, dloss):
     P = [t for W in Wg for t in (W, None)]
     return _grads(kind, P, k, v, None, None, 0.0, False, residual=False,
                   dloss=lambda e: dloss(e, delta[..., None]))
-
-
-def _vjp(fn, dout, *xs):
-    """The gradients of fn(*xs) in xs (None where unused) for the output gradient dout, by a
-    small local graph."""
-    with torch.enable_grad():
-        xs = [x.detach().requires_grad_() for x in xs]
-        return torch.autograd.grad(fn(*xs), xs, dout, allow_unused=True)
-
-
-class _MirasLoop(torch.autograd.Function):
-    """miras_chunked's loop over the chunks, its backward written out (autograd through the
-    loop built a graph of hundreds of small ops and took the memory gradient's own gradient
-    op by op). Chunk j, with X_1 = k, and U'_0 the state's gradient point, U'_j = U_j after:
-
-        W_l = phi(U_init + U'_j),  Z_1 = k W_1,  X_2 = gelu(Z_1),  E = X_2 W_2 - v,
-        G_2 = dloss(E),  M = G_2 W_2^T,  G_1 = gelu'(Z_1) o M,  U_j+1 = A_j U_j - X_l^T (c_j o G_l)
-
-    (a linear memory: E = k W_1 - v, G_1 = dloss(E)). The backward runs the chunks back
-    through these equations' transposes; phi, dloss and gelu' are differentiated by a small
-    local graph (elementwise, once per chunk; none for phi = identity or the l2 bias).
-
-    Inputs: L, kind, dloss, phi, then U' (L), U (L) (B, H, I, O), U_init (L) (H, I, O), k, v
-    (B, H, N, C, K), delta (B, H, N, C), A_end (B, H, N, 1, 1), c_end (B, H, N, C, 1).
-    Outputs: each chunk's starting U (L, (B, H, N, I, O)), the last U (L), X_2 (mlp only) and
-    G_l (L, (B, H, N, C, O_l))."""
-
-    @staticmethod
-    def forward(ctx, L, kind, dloss, phi, *tensors):
-        Ug, U, init = tensors[:L], list(tensors[L:2 * L]), tensors[2 * L:3 * L]
-        kc, vc, dc, A_end, c_end = tensors[3 * L:]
-        mlp = kind != "linear"
-        starts, Gs, X2s, Z1s, Ms, Es = [], [], [], [], [], []
-        for j, (k, v, d, a, c) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc, A_end,
-                                                                        c_end)))):
-            W = [phi(u0 + u) for u0, u in zip(init, Ug if j == 0 else U)]
-            if mlp:
-                Z1 = k @ W[0]
-                X2 = _gelu(Z1)
-                E = X2 @ W[1] - v
-                G2 = dloss(E, d[..., None])
-                M = G2 @ W[1].transpose(-1, -2)
-                G, Xs = [_gelu_back(M, Z1), G2], [k, X2]
-                X2s.append(X2)
-                Z1s.append(Z1)
-                Ms.append(M)
-            else:
-                E = k @ W[0] - v
-                G, Xs = [dloss(E, d[..., None])], [k]
-            Es.append(E)
-            starts.append(U)
-            Gs.append(G)
-            U = [a * u - X.transpose(-1, -2) @ (c * g) for u, X, g in zip(U, Xs, G)]
-        S = [torch.stack(s, 2) for s in zip(*starts)]
-        G = [torch.stack(g, 2) for g in zip(*Gs)]
-        X2 = [torch.stack(t, 2) for t in (X2s, Z1s, Ms) if t]        # X_2, Z_1, M (mlp)
-        ctx.save_for_backward(*Ug, *init, kc, dc, A_end, c_end, *S, *G, *X2,
-                              torch.stack(Es, 2))
-        ctx.L, ctx.kind, ctx.dloss, ctx.phi = L, kind, dloss, phi
-        return (*S, *U, *X2[:1], *G)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        L, dloss, phi, mlp = ctx.L, ctx.dloss, ctx.phi, ctx.kind != "linear"
-        saved = ctx.saved_tensors
-        Ug, init, (kc, dc, A_end, c_end) = saved[:L], saved[L:2 * L], saved[2 * L:2 * L + 4]
-        S, G = saved[2 * L + 4:3 * L + 4], saved[3 * L + 4:4 * L + 4]
-        X2, Z1, M = saved[4 * L + 4:4 * L + 7] if mlp else (None,) * 3
-        E = saved[-1]
-        dS, gU, dG_out = grads[:L], list(grads[L:2 * L]), grads[-L:]
-        dX2_out = grads[2 * L] if mlp else None
-        dk, dv = torch.empty_like(kc), torch.empty_like(E)
-        dd, dA, dc_end = torch.zeros_like(dc), torch.empty_like(A_end), torch.empty_like(c_end)
-        du0 = [torch.zeros_like(u) for u in init]
-        for j in range(kc.shape[2] - 1, -1, -1):
-            k, d, a, c, e = kc[:, :, j], dc[:, :, j], A_end[:, :, j], c_end[:, :, j], E[:, :, j]
-            Sj, Gj = [s[:, :, j] for s in S], [g[:, :, j] for g in G]
-            Xs = [k, X2[:, :, j]] if mlp else [k]
-            # U_j+1 = a U_j - X_l^T (c o G_l), transposed
-            dA[:, :, j] = sum((g * s).sum((-2, -1)) for g, s in zip(gU, Sj))[..., None, None]
-            dX = [(c * g) @ u.transpose(-1, -2) for g, u in zip(Gj, gU)]   # negated
-            dcG = [X @ u for X, u in zip(Xs, gU)]                          # negated
-            dc_end[:, :, j] = -sum((g * h).sum(-1, keepdim=True) for g, h in zip(Gj, dcG))
-            dG = [o[:, :, j] - c * h for o, h in zip(dG_out, dcG)]
-            gU = [a * u + s[:, :, j] for u, s in zip(gU, dS)]
-            # the memory's gradient, taken at W = phi(U_init + U'_j)
-            V = [u0 + u for u0, u in zip(init, Ug if j == 0 else Sj)]
-            W = [phi(x) for x in V]
-            if mlp:
-                dM, dZ1 = _vjp(_gelu_back, dG[0], M[:, :, j], Z1[:, :, j])
-                dG2 = dG[1] + dM @ W[1]
-                dW2 = dM.transpose(-1, -2) @ Gj[1]
-            else:
-                dG2 = dG[0]
-            if dloss is _l2_bias:
-                dE = dG2
-            else:
-                vjp = getattr(dloss, "vjp", lambda *t: _vjp(dloss, t[-1], *t[:-1]))
-                dE, ddj = vjp(e, d[..., None], dG2)
-                if ddj is not None:
-                    dd[:, :, j] = ddj[..., 0]
-            dv[:, :, j] = -dE
-            if mlp:
-                dX2 = dX2_out[:, :, j] - dX[1] + dE @ W[1].transpose(-1, -2)
-                dW = [None, dW2 + Xs[1].transpose(-1, -2) @ dE]
-                dZ1 = dZ1 + _gelu_back(dX2, Z1[:, :, j])
-            else:
-                dW, dZ1 = [None], dE
-            dW[0] = k.transpose(-1, -2) @ dZ1
-            dk[:, :, j] = dZ1 @ W[0].transpose(-1, -2) - dX[0]
-            dV = dW if phi is _identity else [phi.vjp(x, w, g) if hasattr(phi, "vjp")
-                                              else _vjp(phi, g, x)[0]
-                                              for x, w, g in zip(V, W, dW)]
-            du0 = [t + g.sum(0) for t, g in zip(du0, dV)]
-            if j:
-                gU = [u + g for u, g in zip(gU, dV)]
-            else:
-                dUg = dV
-        return (None,) * 4 + (*dUg, *gU, *du0, dk, dv, dd, dA, dc_end)
 
 
 def miras_step(kind, q_t, k_t, v_t, eta_t, alpha_t, delta_t, C, init, state, dloss, phi):
@@ -831,13 +676,23 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last, first = (c + T - 1) // C, (T - 1) // C
-    out = _MirasLoop.apply(L, kind, dloss, phi, *Ug, *U, *[u0.to(u.dtype) for u0, u in zip(init, U)],
-                           kc, vc, dc, A_end, c_end)
-    Ust, Xs, Gs = list(out[:L]), [kc, *out[2 * L:-L]], list(out[-L:])   # (B, H, NT, ...)
-    history = [[*(Ug if j == 0 else [u[:, :, j] for u in Ust]),
-                *(out[L:2 * L] if j == NT - 1 else [u[:, :, j + 1] for u in Ust])]
-               for j in range(first, NT)]
+    starts, XGs, history = [], [], []
+    # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
+    # in backward, per chunk
+    for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
+                                                                                A_end, c_end)))):
+        Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
+        Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
+        starts.append(U)
+        XGs.append((*Xs, *Gs))
+        U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
+        if j >= first:
+            history.append([*Ug, *U])
+        Ug = U
     final = _pick(history, last, first)
+    Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
+    XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
+    Xs, Gs = XG[:L], XG[L:]
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
     if phi is _identity:  # linear in U: every read in the dual form, as Titans
         x = qc
