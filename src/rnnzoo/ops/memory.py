@@ -528,12 +528,24 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
 
 
+class _LpBias:
+    """p sign(e) |e|^(p-1) (p = 3: 3 e |e|, no powers)."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, e, delta):
+        if self.p == 3:
+            return 3 * e * e.abs()
+        return self.p * torch.sign(e) * e.abs() ** (self.p - 1)
+
+
 def attentional_bias(kind, p=3.0):
     """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
     if kind == "l2":
         return lambda e, delta: e
     if kind == "lp":
-        return lambda e, delta: p * torch.sign(e) * e.abs() ** (p - 1)
+        return _LpBias(p)
     if kind == "huber":
         return lambda e, delta: torch.where(
             torch.linalg.vector_norm(e, dim=-1, keepdim=True) <= delta, e, delta * torch.sign(e))
@@ -549,12 +561,17 @@ def _softmax_rows(U):
 
 
 class _QScale:
-    """U / |U|_q^(q-2), the norm over the whole matrix (the last two axes)."""
+    """U / |U|_q^(q-2), the norm over the whole matrix (the last two axes); for q = 4
+    U / sqrt(sum U^4), without powers (vector_norm with a general power took ten times as
+    long, once per weight and chunk in Moneta's loop, and again in its backward)."""
 
     def __init__(self, q):
         self.q = q
 
     def __call__(self, U):
+        if self.q == 4:
+            U2 = U * U
+            return U * (U2 * U2).sum((-2, -1), keepdim=True).rsqrt()
         return U / torch.linalg.vector_norm(U, self.q, dim=(-2, -1), keepdim=True) ** (self.q - 2)
 
 
