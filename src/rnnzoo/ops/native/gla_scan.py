@@ -1,0 +1,77 @@
+"""Gated linear attention with a decay per key channel (GLA; RWKV-6 with its bonus) as its
+recurrence in C (gla_scan.c), forward and backward: the (K, V) state of one (batch row, head)
+in cache and recomputed backward from every 32nd, O(T K V) work in a few vectorised passes a
+step, where the chunked PyTorch form (ops.chunk.linear._VectorChunk) runs (C, C) products and
+some twenty elementwise passes over (B, T, H, K) tensors (exp, cumsum, masks, the reverse
+cumulative sum of g's gradient).
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t
+    (bonus u: o_t = (S_{t-1} + diag(u) k_t v_t^T)^T q_t, then S_t as above)
+
+q, k, g: (B, T, H, K) (q already scaled); v: (B, T, H, V); S0: (B, H, K, V); u: (H, K) or
+None; all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns
+o (B, T, H, V) and S_T, differentiable in all six. Threads split the (batch row, head) pairs.
+The caller handles non-finite inputs (ops.finite), as ops.chunk.linear does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("gla_scan")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [L] * 6),
+            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L] * 6))
+
+
+class _NativeGLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, g, S0, u):
+        q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
+        u = None if u is None else u.contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        o, ST = torch.empty_like(v), torch.empty_like(S0)
+        grad = any(ctx.needs_input_grad)
+        ck = S0.new_empty(B, H, -(-T // CK), K, V) if grad else None
+        fwd, _ = _kernels(lib, q.dtype)
+        P = native.ptr
+        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), T, H, K, V,
+                          *p) for p in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(q, k, v, g, u, ck)
+        ctx.lib = lib
+        return o, ST
+
+    @staticmethod
+    def backward(ctx, do, dST):
+        q, k, v, g, u, ck = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dST = None if dST is None else dST.contiguous()
+        dq, dk, dv, dg = (torch.empty_like(t) for t in (q, k, v, g))
+        dS0 = v.new_empty(B, H, K, V)
+        du = None if u is None else q.new_empty(B, H, K)
+        _, bwd = _kernels(ctx.lib, q.dtype)
+        P = native.ptr
+        native.run(bwd, [(P(q), P(k), P(v), P(g), P(u), P(ck), P(dST), P(do), P(dq), P(dk),
+                          P(dv), P(dg), P(du), P(dS0), T, H, K, V, *p)
+                         for p in native.rows(B * H)])
+        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0)
+
+
+def gla(lib, q, k, v, g, S0, u=None):
+    """(o, S_T); `lib` = load()."""
+    return _NativeGLA.apply(lib, q, k, v, g, S0, u)
