@@ -15,6 +15,9 @@
                du += c_t q_t o k_t
    and dS_0 = a_0 o D_0 (no bonus) or D_{-1} (bonus). S_t is recomputed from the state stored
    every CK steps by the forward (re-deriving S_{t-1} from S_t would divide by a_t).
+   With `col` (no bonus) the decay is per value channel instead (gated slot attention's slot
+   scores, ops.gsa): S_t = S_{t-1} diag(a_t) + k_t v_t^T, g (batch, T, H, V), and
+   dg_t = colsum(D_t o S_t) - v_t o dv_t.
 
    Layouts (row-major, contiguous): q, k, g, dq, dk, dg (batch, T, H, K); v, o, do, dv
    (batch, T, H, V); u (H, K) or NULL; du (batch, H, K) (the caller sums the batch rows);
@@ -31,10 +34,10 @@
 
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
-                   T *restrict o, T *restrict ST, T *restrict ck, long Tn, long H, long K,
-                   long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK;
-    T *a = malloc(K * sizeof(T));
+                   T *restrict o, T *restrict ST, T *restrict ck, long col, long Tn, long H,
+                   long K, long V, long p0, long p1) {
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
+    T *a = malloc(A * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         T *restrict S = ST + p * K * V;
@@ -42,11 +45,11 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
         for (long t = 0; t < Tn; t++) {
             if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * K * V, S, K * V * sizeof(T));
             const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-            const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict gt = g + rk;
-            const T *restrict vt = v + rv;
+            const T *restrict qt = q + rk, *restrict kt = k + rk;
+            const T *restrict gt = g + (col ? rv : rk), *restrict vt = v + rv;
             T *restrict ot = o + rv;
 #pragma omp simd
-            for (long i = 0; i < K; i++) a[i] = EXP(gt[i]);
+            for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
             T c = 0;
             if (u) {
                 const T *restrict uh = u + h * K;
@@ -61,6 +64,12 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     for (long j = 0; j < V; j++) {
                         ot[j] += qi * Si[j];
                         Si[j] = ai * Si[j] + ki * vt[j];
+                    }
+                } else if (col) {
+#pragma omp simd
+                    for (long j = 0; j < V; j++) {
+                        Si[j] = a[j] * Si[j] + ki * vt[j];
+                        ot[j] += qi * Si[j];
                     }
                 } else {
 #pragma omp simd
@@ -79,10 +88,11 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    const T *restrict g, const T *restrict u, const T *restrict ck,
                    const T *restrict dST, const T *restrict dout, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dg, T *restrict du,
-                   T *restrict dS0, long Tn, long H, long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK;
+                   T *restrict dS0, long col, long Tn, long H, long K, long V, long p0,
+                   long p1) {
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
     T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
-    T *a = malloc(K * sizeof(T)), *an = malloc(K * sizeof(T));
+    T *a = malloc(A * sizeof(T)), *an = malloc(A * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         const T *restrict uh = u ? u + h * K : NULL;
@@ -91,15 +101,27 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         T *restrict D = dS0 + p * K * V;  /* the running gradient, ends as dS_0 */
         if (dST) memcpy(D, dST + p * K * V, K * V * sizeof(T));
         else memset(D, 0, K * V * sizeof(T));
-        for (long i = 0; i < K; i++) an[i] = 1;
+        for (long i = 0; i < A; i++) an[i] = 1;
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
             const T *start = ck + (p * nck + c) * K * V, *prev = start;
             for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
-                const long rk = ((b * Tn + t) * H + h) * K;
-                const T *restrict kt = k + rk, *restrict gt = g + rk;
-                const T *restrict vt = v + ((b * Tn + t) * H + h) * V;
+                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                const T *restrict kt = k + rk, *restrict gt = g + (col ? rv : rk);
+                const T *restrict vt = v + rv;
                 T *restrict St = buf + (t - t0) * K * V;
+                if (col) {
+#pragma omp simd
+                    for (long j = 0; j < V; j++) a[j] = EXP(gt[j]);
+                    for (long i = 0; i < K; i++) {
+                        const T ki = kt[i];
+#pragma omp simd
+                        for (long j = 0; j < V; j++)
+                            St[i * V + j] = a[j] * prev[i * V + j] + ki * vt[j];
+                    }
+                    prev = St;
+                    continue;
+                }
                 for (long i = 0; i < K; i++) {
                     const T ai = EXP(gt[i]), ki = kt[i];
 #pragma omp simd
@@ -109,15 +131,40 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
             }
             for (long t = t1 - 1; t >= t0; t--) {
                 const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-                const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict gt = g + rk;
+                const T *restrict qt = q + rk, *restrict kt = k + rk;
+                const T *restrict gt = g + (col ? rv : rk);
                 const T *restrict vt = v + rv, *restrict dot = dout + rv;
                 const T *restrict St = buf + (t - t0) * K * V;
                 const T *restrict Sp = t > t0 ? St - K * V : start;  /* S_{t-1} */
                 T *restrict dvt = dv + rv, *restrict dqt = dq + rk, *restrict dkt = dk + rk,
-                  *restrict dgt = dg + rk;
+                  *restrict dgt = dg + (col ? rv : rk);
 #pragma omp simd
-                for (long i = 0; i < K; i++) a[i] = EXP(gt[i]);
-                if (!u) {
+                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
+                if (col) {
+                    for (long j = 0; j < V; j++) dvt[j] = dgt[j] = 0;
+                    for (long i = 0; i < K; i++) {
+                        T *restrict Di = D + i * V;
+                        const T *restrict Si = St + i * V;
+                        const T qi = qt[i], ki = kt[i];
+                        T sq = 0, sk = 0;
+#pragma omp simd reduction(+ : sq, sk)
+                        for (long j = 0; j < V; j++) {
+                            const T d = an[j] * Di[j] + qi * dot[j];
+                            Di[j] = d;
+                            sq += Si[j] * dot[j];
+                            sk += d * vt[j];
+                            dgt[j] += d * Si[j];
+                            dvt[j] += ki * d;
+                        }
+                        dqt[i] = sq;
+                        dkt[i] = sk;
+                    }
+#pragma omp simd
+                    for (long j = 0; j < V; j++) {
+                        dgt[j] -= vt[j] * dvt[j];
+                        an[j] = a[j];
+                    }
+                } else if (!u) {
                     for (long j = 0; j < V; j++) dvt[j] = 0;
                     for (long i = 0; i < K; i++) {
                         T *restrict Di = D + i * V;
@@ -165,7 +212,10 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 }
             }
         }
-        if (!u)  /* through S_0's decay a_0 */
+        if (col)  /* through S_0's decay a_0 */
+            for (long i = 0; i < K; i++)
+                for (long j = 0; j < V; j++) D[i * V + j] *= an[j];
+        else if (!u)
             for (long i = 0; i < K; i++)
                 for (long j = 0; j < V; j++) D[i * V + j] *= an[i];
     }
