@@ -4,7 +4,10 @@ PyTorch form under backend.force("torch"): outputs, final state and the gradient
 the log-decays, the initial state and the bonus (with a gradient on the final state too), T
 not a multiple of the 32-step checkpoint, a scalar decay with a bonus, 1 and 2 threads. The
 PyTorch form keeps its own check against the recurrent reference at every decay strength
-(its three intra-chunk paths), since the CPU tests of test_chunk_linear now reach the C path."""
+(its three intra-chunk paths), since the CPU tests of test_chunk_linear now reach the C path.
+Also its two other users: gated slot attention's passes (ops.gsa, the first with the decay on
+the value axis) against the chunked `_two_passes`, and LightNet's additive gate scan against
+logcumsumexp."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import torch
 from _native_check import assert_close, counter, outputs_and_grads
 from _native_check import threads as threads_
 
+from rnnzoo.layers.lightnet import additive_gate
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk import linear
+from rnnzoo.ops.gsa import gated_slot_attention
 from rnnzoo.ops.native import gla_scan
 
 
@@ -90,3 +95,45 @@ def test_strong_decays_native_and_chunked_equal_recurrent(calls, strength, bonus
     assert calls[0] == 1
     assert_close(got, want, NAMES, 1e-10)
     assert_close(chunked, want, NAMES, 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads):
+    n = counter(monkeypatch, gla_scan, "gla_columns", "gla")
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, K, M, V = 2, 37, 2, 5, 3, 4
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    log_alpha = torch.nn.functional.logsigmoid(r(B, T, H, M)) / 4
+    ins = [t.requires_grad_() for t in (r(B, T, H, K), r(B, T, H, K), r(B, T, H, V),
+                                        -torch.expm1(log_alpha), log_alpha,
+                                        r(B, H, K, M), r(B, H, M, V))]
+
+    def run():
+        q, k, v, s, la, hk0, hv0 = ins
+        o, (hk, hv) = gated_slot_attention(q, k, v, s, la, initial_state=(hk0, hv0),
+                                           chunk_size=8)
+        return outputs_and_grads([o, hk, hv], ins)
+
+    with threads_(threads):
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    assert n[0] == 2
+    assert_close(got, want, ["o", "hk", "hv", "q", "k", "v", "s", "log_alpha", "hk0", "hv0"],
+                 tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("empty", [True, False])
+def test_lightnet_gate_scan_matches_logcumsumexp(monkeypatch, dtype, tol, empty):
+    n = counter(monkeypatch, gla_scan, "additive_gate")
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(3, 11, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
+    z0 = (torch.full((3, 2, 5), float("-inf"), dtype=dtype) if empty
+          else torch.randn(3, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
+    got = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
+    with backend.force("torch"):
+        want = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
+    assert n[0] == 1
+    assert_close(got, want, ["k", "g", "z_T", "x", "z0"], tol)

@@ -23,7 +23,15 @@
    (batch, T, H, V); u (H, K) or NULL; du (batch, H, K) (the caller sums the batch rows);
    S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K, V) with
    nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
-   (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
+   (batch row, head) pairs [p0, p1).
+
+   LightNet's additive gate (layers/lightnet.py) feeds this recurrence its keys and decays:
+   per channel, z_t = log(e^{z_{t-1}} + e^{x_t}) (z_{-1} = z0, -inf: empty), k_t = e^{x_t - z_t},
+   g_t = z_{t-1} - z_t (0 where z_{t-1} = -inf). Backward, with G_t the gradient of z_t:
+       G_t = dz_T [t = T-1] - dk_t k_t - dg_t [z_{t-1} > -inf] + dg_{t+1} + e^{g_{t+1}} G_{t+1},
+       dx_t = k_t (dk_t + G_t),   dz0 = dg_0 + e^{g_0} G_0 where z0 > -inf, else 0.
+   x, k, g (batch, T, C) with C channels contiguous; z0, zT (batch, C); batch rows [p0, p1).
+   Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
@@ -222,6 +230,52 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     free(an);
     free(a);
     free(buf);
+}
+
+void NAME(gate_fwd)(const T *restrict x, const T *restrict z0, T *restrict kout,
+                    T *restrict gout, T *restrict zT, long Tn, long C, long p0, long p1) {
+    for (long b = p0; b < p1; b++) {
+        T *restrict z = zT + b * C;
+        memcpy(z, z0 + b * C, C * sizeof(T));
+        for (long t = 0; t < Tn; t++) {
+            const T *restrict xt = x + (b * Tn + t) * C;
+            T *restrict kt = kout + (b * Tn + t) * C, *restrict gt = gout + (b * Tn + t) * C;
+            for (long c = 0; c < C; c++) {  /* logaddexp; NaN stays NaN */
+                const T zp = z[c], d = zp - xt[c];
+                const T m = d > 0 ? zp : xt[c];
+                const T zn = zp == -INFINITY ? xt[c] : m + LOG1P(EXP(d > 0 ? -d : d));
+                gt[c] = zp == -INFINITY ? 0 : zp - zn;
+                kt[c] = EXP(xt[c] - zn);
+                z[c] = zn;
+            }
+        }
+    }
+}
+
+void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restrict z0,
+                    const T *restrict dk, const T *restrict dg, const T *restrict dzT,
+                    T *restrict dx, T *restrict dz0, long Tn, long C, long p0, long p1) {
+    for (long b = p0; b < p1; b++) {
+        T *restrict G = dz0 + b * C;  /* G_t, running backward; ends as dz0 */
+        for (long c = 0; c < C; c++) G[c] = dzT ? dzT[b * C + c] : 0;
+        for (long t = Tn - 1; t >= 0; t--) {
+            const long r = (b * Tn + t) * C;
+            const T *restrict kt = kk + r, *restrict dkt = dk + r, *restrict dgt = dg + r;
+            T *restrict dxt = dx + r;
+            const T *restrict gn = t + 1 < Tn ? gg + r + C : NULL, *restrict dgn = dg + r + C;
+#pragma omp simd
+            for (long c = 0; c < C; c++) {
+                const T G_t = G[c] * (gn ? EXP(gn[c]) : 1) + (gn ? dgn[c] : 0)
+                              - dkt[c] * kt[c] - (t > 0 || z0[b * C + c] != -INFINITY ? dgt[c] : 0);
+                dxt[c] = kt[c] * (dkt[c] + G_t);
+                G[c] = G_t;
+            }
+        }
+        for (long c = 0; c < C; c++) {
+            const long r = b * Tn * C + c;
+            G[c] = z0[b * C + c] == -INFINITY ? 0 : dg[r] + EXP(gg[r]) * G[c];
+        }
+    }
 }
 
 #endif

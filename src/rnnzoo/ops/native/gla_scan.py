@@ -72,6 +72,45 @@ class _NativeGLA(torch.autograd.Function):
         return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None
 
 
+class _AdditiveGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, z0):
+        x, z0 = x.contiguous(), z0.contiguous()
+        B, T = x.shape[:2]
+        C = x[0, 0].numel()
+        k, g, zT = torch.empty_like(x), torch.empty_like(x), torch.empty_like(z0)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "gate_fwd", x.dtype, [P] * 5 + [L] * 4)
+        native.run(fwd, [(native.ptr(x), native.ptr(z0), native.ptr(k), native.ptr(g),
+                          native.ptr(zT), T, C, *p) for p in native.rows(B)])
+        ctx.save_for_backward(k, g, z0)
+        ctx.lib = lib
+        return k, g, zT
+
+    @staticmethod
+    def backward(ctx, dk, dg, dzT):
+        k, g, z0 = ctx.saved_tensors
+        B, T = k.shape[:2]
+        C = k[0, 0].numel()
+        dk = torch.zeros_like(k) if dk is None else dk.contiguous()
+        dg = torch.zeros_like(g) if dg is None else dg.contiguous()
+        dzT = None if dzT is None else dzT.contiguous()
+        dx, dz0 = torch.empty_like(k), torch.empty_like(z0)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "gate_bwd", k.dtype, [P] * 8 + [L] * 4)
+        P = native.ptr
+        native.run(bwd, [(P(k), P(g), P(z0), P(dk), P(dg), P(dzT), P(dx), P(dz0), T, C, *p)
+                         for p in native.rows(B)])
+        return None, dx, dz0
+
+
+def additive_gate(lib, x, z0):
+    """LightNet's additive gate (layers/lightnet.py, gla_scan.c): x (B, T, H, K) key logits,
+    z0 (B, H, K) the running log-sum-exp (-inf: empty) -> (k = e^{x_t - z_t}, g = z_{t-1} - z_t,
+    z_T); one scan forward and one backward in place of logcumsumexp and its gradient."""
+    return _AdditiveGate.apply(lib, x, z0)
+
+
 def gla(lib, q, k, v, g, S0, u=None):
     """(o, S_T); `lib` = load()."""
     return _NativeGLA.apply(lib, q, k, v, g, S0, u, False)
