@@ -66,7 +66,7 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
             for (long j = 0; j < V; j++) ot[j] = c * vt[j];
             for (long i = 0; i < K; i++) {
                 T *restrict Si = S + i * V;
-                const T ki = kt[i], qi = qt[i], ai = a[i];
+                const T ki = kt[i], qi = qt[i], ai = col ? 0 : a[i];  /* a has V entries with col */
                 if (u) {
 #pragma omp simd
                     for (long j = 0; j < V; j++) {
