@@ -118,9 +118,9 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 const T *restrict kt = k + rk, *restrict gt = g + (col ? rv : rk);
                 const T *restrict vt = v + rv;
                 T *restrict St = buf + (t - t0) * K * V;
-                if (col) {
 #pragma omp simd
-                    for (long j = 0; j < V; j++) a[j] = EXP(gt[j]);
+                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
+                if (col) {
                     for (long i = 0; i < K; i++) {
                         const T ki = kt[i];
 #pragma omp simd
@@ -131,7 +131,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     continue;
                 }
                 for (long i = 0; i < K; i++) {
-                    const T ai = EXP(gt[i]), ki = kt[i];
+                    const T ai = a[i], ki = kt[i];
 #pragma omp simd
                     for (long j = 0; j < V; j++) St[i * V + j] = ai * prev[i * V + j] + ki * vt[j];
                 }
