@@ -27,13 +27,20 @@ from torch import nn
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.registry import register
 
 
 def additive_gate(k_logits, z0):
     """k_logits: (B, T, H, K), z0: (B, H, K) (-inf: empty) -> (k, g, z_T): the normalised keys
-    e^{k_t - z_t}, the log-decays z_{t-1} - z_t (0 where z_{t-1} = -inf) and the last z."""
+    e^{k_t - z_t}, the log-decays z_{t-1} - z_t (0 where z_{t-1} = -inf) and the last z.
+    On the CPU in float32/float64 (`ops.backend.use_native`) one C scan each way
+    (ops.native.gla_scan.additive_gate) instead of logcumsumexp and its gradient."""
+    lib = native_gla.load() if backend.use_native(k_logits, z0) else None
+    if lib is not None:
+        return native_gla.additive_gate(lib, k_logits, z0)
     z = torch.logaddexp(z0[:, None], torch.logcumsumexp(k_logits, 1))
     z_prev = torch.cat([z0[:, None], z[:, :-1]], 1)
     g = torch.where(torch.isneginf(z_prev), torch.zeros_like(z), z_prev - z)

@@ -23,7 +23,10 @@ P_t = softmax(scores_t) o e^{LA_t} and X = S o e^{-LA},
 
     o    = ((P X^T) o causal) V + P hv_0,      hv_C = e^{LA_C} o hv_0 + (S o e^{LA_C - LA})^T V,
 
-so both passes run in one function on the same chunked tensors. That runs on the CPU, where
+so both passes run in one function on the same chunked tensors. On the CPU in float32/float64
+(`ops.backend.use_native`) both passes run instead as C recurrences (ops.native.gla_scan: the
+first with the decay on the state's slot axis, the second on its key axis), the softmax
+between them in PyTorch. Otherwise the chunked function runs on the CPU, where
 the decay a chunk accumulates is read without a device sync, while that span stays below
 ops.chunk.linear's factorising limit (far from overflow); otherwise (and off the CPU) the
 two passes are ops.chunk.linear's, the first with a head a slot, which cut chunks into
@@ -39,7 +42,7 @@ import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import from_chunks, to_chunks
 from rnnzoo.ops.chunk.linear import (
     _factorise_limit,
@@ -47,6 +50,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
 )
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import gla_scan as native_gla
 
 __all__ = ["gated_slot_attention"]
 
@@ -70,7 +74,9 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
     # sequence parallelism both passes take gated_linear_attention's exchange (LASP-2): the
     # first pass's scores are exact before the softmax, so the second pass's inputs are too
     fused = mode == "chunk" and not sequence_parallel.active()
-    both = _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, chunk_size) if fused else None
+    both = _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0) if fused else None
+    if both is None and fused:
+        both = _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, chunk_size)
     if both is not None:
         return both
     def per_slot(t):
@@ -84,6 +90,28 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
     o, hv = run(scores.view(B, T, H, M).softmax(-1), s, v, log_alpha, scale=1.0,
                 initial_state=hv0, **extra)
     return o, (hk, hv)
+
+
+def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
+    """Both passes as C recurrences (ops.native.gla_scan) on the CPU in float32/float64
+    (`backend.use_native`): the slot scores with the decay on hk's slot axis (gla_columns),
+    the softmax in PyTorch, the read with the decay on hv's key axis; or None where the
+    kernels do not run. -> (o (B, T, H, V), (hk, hv))."""
+    lib = native_gla.load() if backend.use_native(q, k, v, s, log_alpha) else None
+    if lib is None:
+        return None
+    B, T, H, K = q.shape
+    M, V = s.shape[-1], v.shape[-1]
+    dt = out_dtype = q.dtype
+    hk0 = torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt)
+    hv0 = torch.zeros(B, H, M, V, dtype=dt, device=q.device) if hv0 is None else hv0.to(dt)
+    (q,), (k,), m_qk = finite_inputs((q,), (k,))  # the marks as in _two_passes
+    _, (s, log_alpha), m_s = finite_inputs((), (s, log_alpha))
+    _, (v,), m_v = finite_inputs((), (v,))
+    scores, hk = native_gla.gla_columns(lib, q * scale, k, s, log_alpha, hk0)
+    o, hv = native_gla.gla(lib, scores.softmax(-1), s, v, log_alpha, hv0)
+    o = poison(o, m_qk.outputs | m_s.outputs | m_v.outputs).to(out_dtype)
+    return o, (poison(hk, m_qk.state | m_s.state), poison(hv, m_s.state | m_v.state))
 
 
 def _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, C):

@@ -51,6 +51,7 @@ from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native import mlstm_scan as native_mlstm
 from rnnzoo.ops.native import ssd_scan as native_ssd
 
@@ -377,7 +378,9 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
 
     Cost O(T C (K + V)) for the intra-chunk products plus T/C steps of a (K, V) recurrence.
     On CUDA (when triton imports; `ops.backend`) the Triton kernel
-    `ops.triton.chunk_linear` runs instead, for every dtype but float64.
+    `ops.triton.chunk_linear` runs instead, for every dtype but float64; on the CPU in
+    float32/float64 (`backend.use_native`) a vector decay or a bonus runs as the C recurrence
+    `ops.native.gla_scan` (1.4-1.6x the chunk form fwd+bwd at the layers' shapes).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check(q, k, v, log_decay, initial_state, bonus)
@@ -399,6 +402,11 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     C = min(chunk_size, T)
     if not vector and bonus is None:
         o, S = _scalar_chunkwise(q, k, v, g, S, C)
+        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    u = None if bonus is None else bonus.to(q.dtype)
+    lib = native_gla.load() if backend.use_native(q, k, v, g, S, u) else None
+    if lib is not None:  # the recurrence in C, state in cache (ops.native.gla_scan)
+        o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u)
         return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
     if vector:
         fast = _vector_chunkwise(q, k, v, g, S, C, bonus)

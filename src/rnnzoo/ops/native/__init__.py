@@ -26,6 +26,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     selective_scan.c    Mamba's selective scan
     conv.c              the short convolution with its SiLU
     ssd_scan.c          Mamba-2's SSD as a recurrence
+    gla_scan.c          vector-decay gated linear attention (and RWKV-6's bonus) as a recurrence
     mlstm_scan.c        the stabilised mLSTM recurrence
     gated_norm.c        the output heads of mamba2, mamba and mlstm
     blockdiag.c         mlstm's block-diagonal q, k, v maps

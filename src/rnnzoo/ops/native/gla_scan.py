@@ -1,0 +1,123 @@
+"""Gated linear attention with a decay per key channel (GLA; RWKV-6 with its bonus) as its
+recurrence in C (gla_scan.c), forward and backward: the (K, V) state of one (batch row, head)
+in cache and recomputed backward from every 32nd, O(T K V) work in a few vectorised passes a
+step, where the chunked PyTorch form (ops.chunk.linear._VectorChunk) runs (C, C) products and
+some twenty elementwise passes over (B, T, H, K) tensors (exp, cumsum, masks, the reverse
+cumulative sum of g's gradient).
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t
+    (bonus u: o_t = (S_{t-1} + diag(u) k_t v_t^T)^T q_t, then S_t as above)
+
+q, k, g: (B, T, H, K) (q already scaled); v: (B, T, H, V); S0: (B, H, K, V); u: (H, K) or
+None (`gla_columns`: g (B, T, H, V), the decay on the value axis); all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns
+o (B, T, H, V) and S_T, differentiable in all six. Threads split the (batch row, head) pairs.
+The caller handles non-finite inputs (ops.finite), as ops.chunk.linear does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("gla_scan")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [L] * 7),
+            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L] * 7))
+
+
+class _NativeGLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, g, S0, u, col):
+        q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
+        u = None if u is None else u.contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        o, ST = torch.empty_like(v), torch.empty_like(S0)
+        grad = any(ctx.needs_input_grad)
+        ck = S0.new_empty(B, H, -(-T // CK), K, V) if grad else None
+        fwd, _ = _kernels(lib, q.dtype)
+        P = native.ptr
+        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), T, H,
+                          K, V, *p) for p in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(q, k, v, g, u, ck)
+        ctx.lib, ctx.col = lib, col
+        return o, ST
+
+    @staticmethod
+    def backward(ctx, do, dST):
+        q, k, v, g, u, ck = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dST = None if dST is None else dST.contiguous()
+        dq, dk, dv, dg = (torch.empty_like(t) for t in (q, k, v, g))
+        dS0 = v.new_empty(B, H, K, V)
+        du = None if u is None else q.new_empty(B, H, K)
+        _, bwd = _kernels(ctx.lib, q.dtype)
+        P = native.ptr
+        native.run(bwd, [(P(q), P(k), P(v), P(g), P(u), P(ck), P(dST), P(do), P(dq), P(dk),
+                          P(dv), P(dg), P(du), P(dS0), int(ctx.col), T, H, K, V, *p)
+                         for p in native.rows(B * H)])
+        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None
+
+
+class _AdditiveGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, z0):
+        x, z0 = x.contiguous(), z0.contiguous()
+        B, T = x.shape[:2]
+        C = x[0, 0].numel()
+        k, g, zT = torch.empty_like(x), torch.empty_like(x), torch.empty_like(z0)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "gate_fwd", x.dtype, [P] * 5 + [L] * 4)
+        native.run(fwd, [(native.ptr(x), native.ptr(z0), native.ptr(k), native.ptr(g),
+                          native.ptr(zT), T, C, *p) for p in native.rows(B)])
+        ctx.save_for_backward(k, g, z0)
+        ctx.lib = lib
+        return k, g, zT
+
+    @staticmethod
+    def backward(ctx, dk, dg, dzT):
+        k, g, z0 = ctx.saved_tensors
+        B, T = k.shape[:2]
+        C = k[0, 0].numel()
+        dk = torch.zeros_like(k) if dk is None else dk.contiguous()
+        dg = torch.zeros_like(g) if dg is None else dg.contiguous()
+        dzT = None if dzT is None else dzT.contiguous()
+        dx, dz0 = torch.empty_like(k), torch.empty_like(z0)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "gate_bwd", k.dtype, [P] * 8 + [L] * 4)
+        P = native.ptr
+        native.run(bwd, [(P(k), P(g), P(z0), P(dk), P(dg), P(dzT), P(dx), P(dz0), T, C, *p)
+                         for p in native.rows(B)])
+        return None, dx, dz0
+
+
+def additive_gate(lib, x, z0):
+    """LightNet's additive gate (layers/lightnet.py, gla_scan.c): x (B, T, H, K) key logits,
+    z0 (B, H, K) the running log-sum-exp (-inf: empty) -> (k = e^{x_t - z_t}, g = z_{t-1} - z_t,
+    z_T); one scan forward and one backward in place of logcumsumexp and its gradient."""
+    return _AdditiveGate.apply(lib, x, z0)
+
+
+def gla(lib, q, k, v, g, S0, u=None):
+    """(o, S_T); `lib` = load()."""
+    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False)
+
+
+def gla_columns(lib, q, k, v, g, S0):
+    """The decay per value channel instead: S_t = S_{t-1} diag(exp(g_t)) + k_t v_t^T,
+    o_t = S_t^T q_t, g (B, T, H, V) (gated slot attention's slot scores, ops.gsa); no bonus.
+    -> (o, S_T); `lib` = load()."""
+    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True)

@@ -1,0 +1,139 @@
+"""ops.native.gla_scan: vector-decay gated linear attention (and RWKV-6's bonus) as a C
+recurrence, run by ops.chunk.linear.gated_linear_attention on the CPU, against the chunked
+PyTorch form under backend.force("torch"): outputs, final state and the gradients of q, k, v,
+the log-decays, the initial state and the bonus (with a gradient on the final state too), T
+not a multiple of the 32-step checkpoint, a scalar decay with a bonus, 1 and 2 threads. The
+PyTorch form keeps its own check against the recurrent reference at every decay strength
+(its three intra-chunk paths), since the CPU tests of test_chunk_linear now reach the C path.
+Also its two other users: gated slot attention's passes (ops.gsa, the first with the decay on
+the value axis) against the chunked `_two_passes`, and LightNet's additive gate scan against
+logcumsumexp."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import threads as threads_
+
+from rnnzoo.layers.lightnet import additive_gate
+from rnnzoo.ops import backend
+from rnnzoo.ops.chunk import linear
+from rnnzoo.ops.gsa import gated_slot_attention
+from rnnzoo.ops.native import gla_scan
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    return counter(monkeypatch, gla_scan, "gla")
+
+
+def _inputs(dtype, T, H=3, K=5, V=6, strength=1.0, bonus=True, scalar=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    B = 2
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k, v, S0 = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V), r(B, H, K, V)
+    g = -strength * torch.rand(*((B, T, H) if scalar else (B, T, H, K)), generator=gen,
+                               dtype=dtype)
+    u = r(H, K) if bonus else None
+    return [t.requires_grad_() for t in (q, k, v, g, S0, u) if t is not None]
+
+
+def _run(ins, bonus, **kw):
+    q, k, v, g, S0, *u = ins
+    o, S = linear.gated_linear_attention(q, k, v, g, initial_state=S0,
+                                         bonus=u[0] if bonus else None, **kw)
+    return outputs_and_grads([o, S], ins)
+
+
+NAMES = ["o", "S", "q", "k", "v", "g", "S0", "u"]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("T", [37, 70, 1])
+@pytest.mark.parametrize("bonus", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads):
+    ins = _inputs(dtype, T, bonus=bonus)
+    with threads_(threads):
+        got = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
+        with backend.force("torch"):
+            want = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
+    assert calls[0] == 1
+    assert_close(got, want, NAMES, tol)
+
+
+def test_scalar_decay_with_bonus_runs_native(calls):
+    """A scalar decay per head with a bonus goes native as a vector decay broadcast over K."""
+    ins = _inputs(torch.float64, 41, scalar=True)
+    got = _run(ins, True, chunk_size=8)
+    with backend.force("torch"):
+        want = _run(ins, True, chunk_size=8)
+    assert calls[0] == 1
+    assert_close(got, want, NAMES, 1e-10)
+
+
+def test_scalar_decay_without_bonus_stays_off_this_kernel(calls):
+    ins = _inputs(torch.float64, 20, bonus=False, scalar=True)
+    _run(ins, False, chunk_size=8)
+    assert calls[0] == 0
+
+
+@pytest.mark.parametrize("strength", [3.0, 30.0, 400.0])
+@pytest.mark.parametrize("bonus", [False, True])
+def test_strong_decays_native_and_chunked_equal_recurrent(calls, strength, bonus):
+    """400 per step underflows the decay to 0 in float64's exp; the chunk form takes its
+    exact log-space blocks there, the recurrence multiplies by 0."""
+    ins = _inputs(torch.float64, 19, strength=strength, bonus=bonus)
+    q, k, v, g, S0, *u = ins
+    o, S = linear.gated_linear_attention_recurrent(q, k, v, g, initial_state=S0,
+                                                   bonus=u[0] if bonus else None)
+    want = outputs_and_grads([o, S], ins)
+    got = _run(ins, bonus, chunk_size=8, subchunk_size=2)
+    with backend.force("torch"):
+        chunked = _run(ins, bonus, chunk_size=8, subchunk_size=2)
+    assert calls[0] == 1
+    assert_close(got, want, NAMES, 1e-10)
+    assert_close(chunked, want, NAMES, 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads):
+    n = counter(monkeypatch, gla_scan, "gla_columns", "gla")
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, K, M, V = 2, 37, 2, 5, 3, 4
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    log_alpha = torch.nn.functional.logsigmoid(r(B, T, H, M)) / 4
+    ins = [t.requires_grad_() for t in (r(B, T, H, K), r(B, T, H, K), r(B, T, H, V),
+                                        -torch.expm1(log_alpha), log_alpha,
+                                        r(B, H, K, M), r(B, H, M, V))]
+
+    def run():
+        q, k, v, s, la, hk0, hv0 = ins
+        o, (hk, hv) = gated_slot_attention(q, k, v, s, la, initial_state=(hk0, hv0),
+                                           chunk_size=8)
+        return outputs_and_grads([o, hk, hv], ins)
+
+    with threads_(threads):
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    assert n[0] == 2
+    assert_close(got, want, ["o", "hk", "hv", "q", "k", "v", "s", "log_alpha", "hk0", "hv0"],
+                 tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("empty", [True, False])
+def test_lightnet_gate_scan_matches_logcumsumexp(monkeypatch, dtype, tol, empty):
+    n = counter(monkeypatch, gla_scan, "additive_gate")
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(3, 11, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
+    z0 = (torch.full((3, 2, 5), float("-inf"), dtype=dtype) if empty
+          else torch.randn(3, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
+    got = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
+    with backend.force("torch"):
+        want = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
+    assert n[0] == 1
+    assert_close(got, want, ["k", "g", "z_T", "x", "z0"], tol)
