@@ -73,27 +73,33 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    const T *restrict dout, T *restrict dq, T *restrict dk, T *restrict dv,
                    T *restrict dg, T *restrict dS0, long Tn, long G, long H, long K, long V,
                    long p0, long p1) {
-    const long R = H / G, nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
-    VEC *dS = aligned_alloc(32, 2 * K * sizeof(VEC));
-    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* S_t for one block's steps */
+    const long R = H / G, nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
+    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
-        for (long t = 0; t < Tn; t++) {  /* the tiles add to dq, dk, dg */
-            const long row = (b * Tn + t) * H + h;
-            memset(dq + row * K, 0, K * sizeof(T));
-            memset(dk + row * K, 0, K * sizeof(T));
-            dg[row] = 0;
-        }
-        for (long j0 = 0; j0 < V; j0 += VT) {
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
             const long w = V - j0 < VT ? V - j0 : VT;
             const VEC zero = {0};
+            VEC *dS = dSall + n * 2 * K;
             for (long i = 0; i < K; i++) {
                 if (dST) NAME(tile_load)(dS + 2 * i, dST + (p * K + i) * V + j0, w);
                 else dS[2 * i] = dS[2 * i + 1] = zero;
             }
-            T a_next = 1;
-            for (long c = nck - 1; c >= 0; c--) {
-                const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+        }
+        /* block by block backward, the tiles inside a block (its dq, dk rows stay in cache
+           while the tiles add to them) */
+        for (long c = nck - 1; c >= 0; c--) {
+            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+            for (long t = t0; t < t1; t++) {
+                const long row = (b * Tn + t) * H + h;
+                memset(dq + row * K, 0, K * sizeof(T));
+                memset(dk + row * K, 0, K * sizeof(T));
+                dg[row] = 0;
+            }
+            for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+                const long w = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict dS = dSall + n * 2 * K;
                 const UVEC *prev = (const UVEC *)(ck + (p * nck + c) * K * VP + j0 * K);
                 for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
                     const long row = (b * Tn + t) * H + h;
@@ -107,9 +113,9 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     }
                     prev = (const UVEC *)St;
                 }
+                T a_next = t1 < Tn ? EXP(g[(b * Tn + t1) * H + h]) : 1;
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long row = (b * Tn + t) * H + h;
-                    const T a = EXP(g[row]);
                     const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
                     const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
                     const VEC *restrict St = buf + (t - t0) * 2 * K;
@@ -135,16 +141,21 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     dg[row] += dgt + NAME(hsum)(gv);
                     const VEC dvt[2] = {dv0, dv1};
                     NAME(tile_store)(dv + row * V + j0, dvt, w);
-                    a_next = a;
+                    a_next = EXP(g[row]);
                 }
             }
-            for (long i = 0; i < K; i++) {  /* through S_0's decay a_0 */
-                const VEC d[2] = {a_next * dS[2 * i], a_next * dS[2 * i + 1]};
+        }
+        const T a0 = Tn ? EXP(g[b * Tn * H + h]) : 1;  /* through S_0's decay a_0 */
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+            const long w = V - j0 < VT ? V - j0 : VT;
+            const VEC *dS = dSall + n * 2 * K;
+            for (long i = 0; i < K; i++) {
+                const VEC d[2] = {a0 * dS[2 * i], a0 * dS[2 * i + 1]};
                 NAME(tile_store)(dS0 + (p * K + i) * V + j0, d, w);
             }
         }
     }
-    free(dS);
+    free(dSall);
     free(buf);
 }
 

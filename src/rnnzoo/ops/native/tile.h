@@ -45,10 +45,14 @@ TILE_INLINE void NAME(tile_store)(T *restrict dst, const VEC *restrict x, long w
     for (long j = 0; j < w; j++) dst[j] = tmp[j];
 }
 
+/* the sum of x's lanes as a tree (halves added, then their halves: a scalar loop over the
+   lanes would be one serial chain of adds) */
 TILE_INLINE T NAME(hsum)(VEC x) {
-    T s = 0;
-    for (long l = 0; l < NV; l++) s += x[l];
-    return s;
+    typedef T half __attribute__((vector_size(16)));
+    union { VEC v; half h[2]; } u = {x};
+    half s = u.h[0] + u.h[1];
+    if (NV == 8) return (s[0] + s[2 % (NV / 2)]) + (s[1] + s[3 % (NV / 2)]);  /* in range for both */
+    return s[0] + s[1];
 }
 
 #else
