@@ -11,7 +11,9 @@ torchscale code, 1 / 10000^linspace(0, 1, d_k / 2) on pairs of channels):
 
 The value width is twice the key width per head (the paper's d_v = 2 d). The state is
 (S, n): the matrix state and the position of the next token (float, exact below 2^24).
-Modes: `sequential`, `chunk` (chunkwise retention, eq. 7), `parallel`.
+Modes: `sequential`, `chunk` (chunkwise retention, eq. 7, as `ops.chunk.linear.ssd` with one
+group per head: on a CPU in float32/float64 the recurrence in C, ops/native/ssd_scan.c),
+`parallel`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import rotate
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
 from rnnzoo.registry import register
 
@@ -107,8 +109,9 @@ class RetNet(RecurrentLayer):
             start, T = sequence_parallel.offset(T)  # its first position, the whole length
         q, k, v, g, scale = self.lion_inputs(x, position + start)
         kw = dict(scale=scale, initial_state=state)
-        if mode == "chunk":
-            o, state = gated_linear_attention(q, k, v, g, chunk_size=self.chunk_size, **kw)
+        if mode == "chunk":  # Mamba-2's SSD op with one group per head: on the CPU its C
+            # recurrence (ops.native.ssd_scan), elsewhere the scalar-decay chunks
+            o, state = ssd(q, k, v, g, chunk_size=self.chunk_size, **kw)
         elif mode == "parallel":
             o, state = gated_linear_attention_parallel(q, k, v, g, **kw)
         else:

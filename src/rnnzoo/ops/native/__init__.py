@@ -43,7 +43,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
-float and for double), cell_loop.h (the classic cells' loop driver).
+float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
+column tiles as vector types: ssd_scan.c, mlstm_scan.c).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@
        dli += Y,  dlf += X,  dm_{t-1} += X,  dm_t -= X + Y,  then dm_t to lf_t and m_{t-1}
        or to li_t, whichever won the max.
    C_t, n_t are recomputed from the state stored every CK steps (with the stored m_t).
+   Each step's passes over the memory run in column tiles (tile.h: two vectors of T, the
+   tile's h or dv slice in registers, a row's dot products summed as trees); the per-row
+   terms that need whole rows (n, s, dn, dk, the log-gate gradients) run once a step.
 
    Layouts (row-major, contiguous): q, k (batch, T, H, K) (q already scaled); v, h, dh, dv
    (batch, T, H, V); li, lf, s, m, dli, dlf (batch, T, H); C0, CT, dCT, dC0 (batch, H, K, V);
@@ -30,6 +33,8 @@
 #include "each_type.h"
 
 #else
+
+#include "tile.h"
 
 void NAME(mlstm_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                      const T *restrict li, const T *restrict lf, const T *restrict C0,
@@ -57,20 +62,29 @@ void NAME(mlstm_fwd)(const T *restrict q, const T *restrict k, const T *restrict
                     *restrict vt = v + row * V;
             T *restrict ht = h + row * V;
             T s = 0;
-            for (long j = 0; j < V; j++) ht[j] = 0;
             for (long r = 0; r < K; r++) {
-                T *restrict Cr = C + r * V;
-                const T ik = i * kt[r], qr = qt[r];
-                n[r] = f * n[r] + ik;
-                s += qr * n[r];
-                for (long j = 0; j < V; j++) {
-                    Cr[j] = f * Cr[j] + ik * vt[j];
-                    ht[j] += qr * Cr[j];
-                }
+                n[r] = f * n[r] + i * kt[r];
+                s += qt[r] * n[r];
             }
             const T as = s < 0 ? -s : s, e = EXP(-m_new);
             const T inv = 1 / ((as > e ? as : e) + eps);
-            for (long j = 0; j < V; j++) ht[j] *= inv;
+            for (long j0 = 0; j0 < V; j0 += VT) {  /* the memory in column tiles */
+                const long w = V - j0 < VT ? V - j0 : VT;
+                VEC vv[2], h0 = {0}, h1 = {0};
+                NAME(tile_load)(vv, vt + j0, w);
+                for (long r = 0; r < K; r++) {
+                    VEC c[2];
+                    NAME(tile_load)(c, C + r * V + j0, w);
+                    const T ik = i * kt[r], qr = qt[r];
+                    c[0] = f * c[0] + ik * vv[0];
+                    c[1] = f * c[1] + ik * vv[1];
+                    NAME(tile_store)(C + r * V + j0, c, w);
+                    h0 += qr * c[0];
+                    h1 += qr * c[1];
+                }
+                const VEC hv[2] = {inv * h0, inv * h1};
+                NAME(tile_store)(ht + j0, hv, w);
+            }
             s_out[row] = s;
             m_out[row] = m_new;
             m = m_new;
@@ -89,6 +103,7 @@ void NAME(mlstm_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                      long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, KV = K * V;
     T *buf = malloc(CK * (KV + K) * sizeof(T)), *dnum = malloc(V * sizeof(T));
+    T *sqa = malloc(K * sizeof(T)), *ska = malloc(K * sizeof(T));  /* C_t dnum, dC v_t */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, hh = p % H;
         T *restrict dC = dC0 + p * KV, *restrict dn = dn0 + p * K;
@@ -133,31 +148,41 @@ void NAME(mlstm_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                 const T sg = s > 0 ? 1 : (s < 0 ? -1 : 0);
                 const T ds = dden * ws * sg;
                 dm -= dden * (1 - ws) * e;
-                for (long j = 0; j < V; j++) dvt[j] = 0;
-                T X = 0, Y = 0;
-                for (long r = 0; r < K; r++) {
-                    T *restrict dCr = dC + r * V;
-                    const T *restrict Cr = Ct + r * V;
-                    const T qr = qt[r], kr = kt[r];
-                    T sq = 0, sk = 0, ss = 0;
-#pragma omp simd reduction(+ : sq, sk, ss)
-                    for (long j = 0; j < V; j++) {
-                        const T d = f_next * dCr[j] + qr * dnum[j];
-                        dCr[j] = d;
-                        sq += Cr[j] * dnum[j];
-                        sk += d * vt[j];
-                        ss += d * Cr[j];
-                        dvt[j] += kr * d;
+                for (long r = 0; r < K; r++) sqa[r] = ska[r] = 0;
+                VEC gv = {0};
+                for (long j0 = 0; j0 < V; j0 += VT) {  /* the memory in column tiles */
+                    const long w = V - j0 < VT ? V - j0 : VT;
+                    VEC dnv[2], vv[2], dv0 = {0}, dv1 = {0};
+                    NAME(tile_load)(dnv, dnum + j0, w);
+                    NAME(tile_load)(vv, vt + j0, w);
+                    for (long r = 0; r < K; r++) {
+                        VEC c[2], d[2];
+                        NAME(tile_load)(c, Ct + r * V + j0, w);
+                        NAME(tile_load)(d, dC + r * V + j0, w);
+                        const T qr = qt[r], kr = kt[r];
+                        d[0] = f_next * d[0] + qr * dnv[0];
+                        d[1] = f_next * d[1] + qr * dnv[1];
+                        NAME(tile_store)(dC + r * V + j0, d, w);
+                        sqa[r] += NAME(hsum)(c[0] * dnv[0] + c[1] * dnv[1]);
+                        ska[r] += NAME(hsum)(d[0] * vv[0] + d[1] * vv[1]);
+                        gv += d[0] * c[0] + d[1] * c[1];
+                        dv0 += kr * d[0];
+                        dv1 += kr * d[1];
                     }
+                    const VEC dvv[2] = {i * dv0, i * dv1};
+                    NAME(tile_store)(dvt + j0, dvv, w);
+                }
+                T X = NAME(hsum)(gv), Y = 0;
+                for (long r = 0; r < K; r++) {
+                    const T qr = qt[r], kr = kt[r];
                     const T dnr = f_next * dn[r] + ds * qr;
                     dn[r] = dnr;
-                    dqt[r] = sq + ds * nt[r];
-                    const T dkr = i * (sk + dnr);
+                    dqt[r] = sqa[r] + ds * nt[r];
+                    const T dkr = i * (ska[r] + dnr);
                     dkt[r] = dkr;
                     Y += kr * dkr;
-                    X += ss + dnr * nt[r];
+                    X += dnr * nt[r];
                 }
-                for (long j = 0; j < V; j++) dvt[j] *= i;
                 X -= Y;
                 dm -= X + Y;
                 const T wa = a > li[row] ? 1 : (a < li[row] ? 0 : (T)0.5);
@@ -173,6 +198,9 @@ void NAME(mlstm_bwd)(const T *restrict q, const T *restrict k, const T *restrict
     }
     free(buf);
     free(dnum);
+    free(sqa);
+    free(ska);
 }
 
+#include "tile.h"  /* its names undefined for the next type */
 #endif

@@ -1,0 +1,36 @@
+"""retnet's chunk mode on a CPU runs Mamba-2's SSD op with one group per head, whose C
+recurrence (ops.native.ssd_scan) is called once per forward; its output, final state and
+input gradient equal the sequential reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.ops.native import ssd_scan
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
+from _native_check import counter  # noqa: E402
+
+
+@pytest.mark.skipif(ssd_scan.load() is None, reason="no C compiler: the PyTorch path only")
+
+def test_retnet_chunk_runs_native_ssd(monkeypatch):
+    calls = counter(monkeypatch, ssd_scan, "ssd")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("retnet", d_model=16, num_heads=2, chunk_size=8).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    y, (S, pos) = layer(x, mode="chunk")
+    assert calls[0] == 1
+    (dx,) = torch.autograd.grad(y.sum() + S.sum(), x)
+    y_ref, (S_ref, pos_ref) = layer(x, mode="sequential")
+    (dx_ref,) = torch.autograd.grad(y_ref.sum() + S_ref.sum(), x)
+    assert calls[0] == 1
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-9)
+    assert torch.equal(pos, pos_ref)
