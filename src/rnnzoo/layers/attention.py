@@ -155,9 +155,10 @@ class Attention(RecurrentLayer):
         start = position.round().long()
         T = x.shape[1]
         # A sliding window reads nothing: it always attends through its ring buffer (empty
-        # slots are masked), except on the CPU, where reading the position costs no sync and
-        # lets a fresh sequence skip the empty buffer. Full attention reads the position once,
-        # to check max_len and to give a fresh sequence PyTorch's fused causal kernel.
+        # slots are masked), except on the CPU in eager mode, where reading the position
+        # costs no sync and lets a fresh sequence skip the empty buffer. Full attention reads
+        # the position once, to check max_len and to give a fresh sequence PyTorch's fused
+        # causal kernel.
         cached = True
         if self.window is None:
             top = int(start.max())
@@ -166,8 +167,8 @@ class Attention(RecurrentLayer):
                                  f"of this attention layer; build it with a larger max_len or "
                                  f"a sliding window")
             cached = top > 0  # positions are >= 0: any() is max() > 0
-        elif x.device.type == "cpu":  # a host read is free there: skip an empty ring buffer
-            cached = bool(start.max() > 0)
+        elif x.device.type == "cpu" and not torch.compiler.is_compiling():
+            cached = bool(start.max() > 0)  # free there (no sync): skip an empty ring buffer
         q, k, v, pos = self._project(x, start)
         if cached:  # attend to the cache, then to the new tokens
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
