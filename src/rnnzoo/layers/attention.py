@@ -155,8 +155,10 @@ class Attention(RecurrentLayer):
         start = position.round().long()
         T = x.shape[1]
         # A sliding window reads nothing: it always attends through its ring buffer (empty
-        # slots are masked). Full attention reads the position once, to check max_len and to
-        # give a fresh sequence PyTorch's fused causal kernel.
+        # slots are masked), except on the CPU in eager mode, where reading the position
+        # costs no sync and lets a fresh sequence skip the empty buffer. Full attention reads
+        # the position once, to check max_len and to give a fresh sequence PyTorch's fused
+        # causal kernel.
         cached = True
         if self.window is None:
             top = int(start.max())
@@ -165,6 +167,8 @@ class Attention(RecurrentLayer):
                                  f"of this attention layer; build it with a larger max_len or "
                                  f"a sliding window")
             cached = top > 0  # positions are >= 0: any() is max() > 0
+        elif x.device.type == "cpu" and not torch.compiler.is_compiling():
+            cached = bool(start.max() > 0)  # free there (no sync): skip an empty ring buffer
         q, k, v, pos = self._project(x, start)
         if cached:  # attend to the cache, then to the new tokens
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
@@ -172,7 +176,7 @@ class Attention(RecurrentLayer):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)  # (B, C + T)
         else:  # an empty cache (a fresh sequence): the new tokens only
             keys, values, key_pos = k, v, pos
-        plain = keys is k and self.window is None
+        plain = keys is k and (self.window is None or T <= self.window)
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key or value is not finite (the cache keeps it)
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))

@@ -170,12 +170,13 @@ class Titans(RecurrentLayer):
         return (init, self.inner_norm_weight.to(dtype),
                 self.inner_norm_bias.to(dtype))
 
-    def op_output(self, z, q, x):
-        """The memory's read z = f(q) (plus q + LN with inner_norm), norm, gate, W_o."""
+    def op_output(self, z, q, x, gate=None):
+        """The memory's read z = f(q) (plus q + LN with inner_norm), norm, gate, W_o; gate:
+        g_proj(x) when already made."""
         if self.inner_norm:
             w, b = self.inner_norm_weight.to(z.dtype), self.inner_norm_bias.to(z.dtype)
             z = q + F.layer_norm(z, z.shape[-1:], eps=self.norm_eps) * w + b
-        gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
+        gate = torch.sigmoid((self.g_proj(x) if gate is None else gate).to(z.dtype)).view(z.shape)
         return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
 
     def combine(self, x, state, memory, attend):
@@ -250,28 +251,34 @@ class Titans(RecurrentLayer):
         T, C = x.shape[1], self.chunk_size
         first = min(T, C - c)
         sizes = [first] + [C] * ((T - first) // C) + ([(T - first) % C] if (T - first) % C else [])
+        # what reads x alone runs once for every piece: the retrieval's queries, the
+        # retrieval's output gate, a fresh segment's attention state
+        B = x.shape[0]
+        q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
+            B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        gate = self.g_proj(x)
+        start = self.segment_start(B, state[-3:])
         ys = []
-        for piece in x.split(sizes, 1):
-            y, state = self._mac_piece(piece, state)
+        for piece, q_p, g_p in zip(*(t.split(sizes, 1) for t in (x, q, gate))):
+            y, state = self._mac_piece(piece, state, q_p, g_p, start)
             ys.append(y)
         return torch.cat(ys, 1), state
 
-    def _mac_piece(self, x, state):
-        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once."""
+    def _mac_piece(self, x, state, q, gate, start):
+        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once; q the
+        retrieval's queries (B, T, H, K), gate g_proj(x), start a fresh segment's attention
+        state."""
         mem, att = state[:-3], state[-3:]
         L = (len(mem) - 2) // 3
         n = mem[3 * L].round()
-        B, T, _ = x.shape
         new = (n == 0) | (n == self.chunk_size)
         att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
-                    for s, a in zip(self.segment_start(B, att), att))
+                    for s, a in zip(start, att))
         full = (n == self.chunk_size).view(-1, 1, 1, 1)
         seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
                for g, m in zip(mem[:L], mem[L:2 * L])]
-        q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
-            B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
         z = memory_read(self.op_args(q.dtype)[0], seg, q)     # read only: no step learns
-        h = self.op_output(z, q, x)
+        h = self.op_output(z, q, x, gate)
         y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
         # the piece lies inside one segment (offset + T <= C): the memory's chunk form needs
         # one chunk, not the two that cover any offset

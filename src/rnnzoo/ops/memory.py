@@ -194,6 +194,50 @@ def ttt_sequential(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     return torch.stack(zs, 1), state
 
 
+def _host_free(t):
+    """Whether reading t's values on the host is free: on the CPU (no device sync), in eager
+    mode (no graph break under torch.compile). The chunk forms then take shortcuts that
+    depend on values; elsewhere they run the general form."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _grid(c, T, C, within=False):
+    """Sequences of T steps at offsets c (B,) in [0, C-1] laid on one grid of NT chunks of C
+    steps. Returns (NT, first, last, place, take): last (B,) each one's last chunk, first the
+    earliest of them; place (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence;
+    take (B, H, NT*C, D) -> (B, T, H, D). Any offsets need NT = (T + 2C - 2) // C and a
+    scatter; where reading c is free (_host_free), a batch at one offset (every fresh
+    sequence is at 0) is padded instead and needs ceil((c + T) / C) chunks (`within`: the
+    caller knows one chunk holds them)."""
+    B = c.shape[0]
+    last = (c + T - 1) // C
+    if _host_free(c) and B and T and bool((c == c[0]).all()):
+        c0 = int(c[0])
+        NT = 1 if within else -(-(c0 + T) // C)
+        pad = NT * C - c0 - T
+
+        def place(t):
+            t = t.transpose(1, 2)
+            if not (c0 or pad):
+                return t
+            return F.pad(t, (0, 0) * (t.dim() - 3) + (c0, pad))
+
+        return NT, (c0 + T - 1) // C, last, place, lambda z: z[:, :, c0:c0 + T].transpose(1, 2)
+    NT = 1 if within else (T + 2 * C - 2) // C
+    pos = c[:, None] + torch.arange(T, device=c.device)             # (B, T) on the grid
+
+    def place(t):
+        out = t.new_zeros(B, NT * C, *t.shape[2:])
+        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
+        return out.scatter(1, idx, t).transpose(1, 2)
+
+    def take(z):
+        z = z.transpose(1, 2)
+        return z.gather(1, pos.view(B, T, 1, 1).expand(B, T, *z.shape[2:]))
+
+    return NT, (T - 1) // C, last, place, take
+
+
 def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     """The dual (mini-batch) form, equal to `ttt_sequential`. Same arguments."""
     B, T, H, K = q.shape
@@ -201,18 +245,10 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     (q,), (k, v, lr), marks = finite_inputs(read=(q,), write=(k, v, lr))
     dP, Acc, n = _split(state)
     dP, Acc, c = _roll(dP, Acc, n, tok, M)
-    NT = (T + 2 * M - 2) // M  # mini-batches covering offsets c in [0, M - 1]
-    pos = c[:, None] + torch.arange(T, device=q.device)            # (B, T) on the grid
-
-    def place(t):  # (B, T, H, D) -> (B, H, NT*M, D), zeros off the sequence
-        out = t.new_zeros(B, NT * M, *t.shape[2:])
-        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
-        return out.scatter(1, idx, t).transpose(1, 2)
-
+    NT, first, last, place, take = _grid(c, T, M)
     chunks = lambda t: t.reshape(B, H, NT, M, t.shape[-1])  # noqa: E731
     qc, kc, vc, lc = (chunks(place(t)) for t in (q, k, v, lr[..., None]))
     tok_c = tok.to(q.dtype).view(M, 1)
-    last, first = (c + T - 1) // M, (T - 1) // M                     # each one's last mini-batch
     L2 = len(dP)
     starts, XGs, history = [], [], []
     # the loop carries only the weights: a mini-batch's gradients at its start and its sums;
@@ -232,19 +268,24 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     final = _pick(history, last, first)
     Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, NT, I, O), (B, H, NT, O)
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, NT, M, I or O)
+    # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
+    # the CPU in eager mode (_host_free), sums known to be zero (a fresh state) are skipped
+    begun = not (_host_free(q) and not any(bool(a.any()) for a in Acc))
     x = qc
     for i in range(L2 // 2):
         if i:
             x = _gelu(x)
         W, bias, X, G = Pst[2 * i], Pst[2 * i + 1], XG[i], XG[L2 // 2 + i]
-        att = torch.tril(x @ X.transpose(-1, -2) + 1)
-        z = x @ W + bias[..., None, :] - tok_c * (att @ G)
-        # the first mini-batch also reads the sums the state brought (a mini-batch begun)
-        A, Ab = Acc[2 * i], Acc[2 * i + 1]
-        head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])
-        x = torch.cat([head[:, :, None], z[:, :, 1:]], 2)
-    z = x.reshape(B, H, NT * M, -1).transpose(1, 2)                 # (B, NT*M, H, K)
-    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+        att = tok_c * torch.tril(x @ X.transpose(-1, -2) + 1)      # (B, H, NT, M, M)
+        flat = lambda t: t.flatten(0, 2)  # noqa: E731
+        z = torch.baddbmm(flat(bias)[:, None], flat(x), flat(W))
+        z = torch.baddbmm(z, flat(att), flat(G), alpha=-1).view(*x.shape[:-1], -1)
+        if begun:
+            A, Ab = Acc[2 * i], Acc[2 * i + 1]
+            head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])
+            z = torch.cat([head[:, :, None], z[:, :, 1:]], 2)
+        x = z
+    z = take(x.reshape(B, H, NT * M, -1))
     n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
 
@@ -379,18 +420,10 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     (q,), (k, v, theta, alpha, eta), marks = finite_inputs(read=(q,), write=(k, v, theta, alpha, eta))
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
-    NT = 1 if within else (T + 2 * C - 2) // C
-    pos = c[:, None] + torch.arange(T, device=q.device)
-
-    def place(t):  # (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence
-        out = t.new_zeros(B, NT * C, *t.shape[2:])
-        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
-        return out.scatter(1, idx, t).transpose(1, 2)
-
+    NT, first, last, place, take = _grid(c, T, C, within)
     qg, kg, vg = place(q), place(k), place(v)
     a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
     m_g, th_g = place(eta), place(theta)
-    last, first = (c + T - 1) // C, (T - 1) // C
     zs = []
     # the gates' coefficients of every chunk at once (they do not depend on the memory)
     a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
@@ -409,9 +442,8 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     if kind == "linear" and not norm:
         final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
                                          S, bias, Cm_all, f_all, REth_all, Acum_all, Ecum_all,
-                                         att0_all, read0_all, last)
-        z = z.reshape(B, H, NT * C, K).transpose(1, 2)
-        z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, K))
+                                         att0_all, read0_all, last, first)
+        z = take(z.reshape(B, H, NT * C, K))
         n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
         return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
     history = []
@@ -446,14 +478,13 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
             history.append([*Pg, *Mc, *S])
         Pg = Mc
     final = _pick(history, last, first)
-    z = torch.cat(zs, 2).transpose(1, 2)
-    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    z = take(torch.cat(zs, 2))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
 
 
 def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecum, att, read0,
-                          last):
+                          last, first=0):
     """The linear memory without inner norm: a chunk's gradients G = k_a (W_0 + M') - v are
     linear in its gradient point M' (k_a = [k, 1], weights stacked W_a = [W; b]), so with
     (M, S) at a chunk's start (and M' = M from the second chunk on) the chunk maps
@@ -461,8 +492,8 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     (R = k_a W_0 - v, Kc = diag(Cm[-1]) [k, bias], Ke = diag(RE theta) [k, bias]): the maps'
     matrices and every read are products over all chunks at once, and only (M, S), each
     (K+1, K), passes from chunk to chunk. q, k, v (B, H, N, C, K); gate coefficients as in titans_chunked.
-    Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk,
-    z (B, H, N, C, K))."""
+    Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk
+    (last (B,), none before `first`), z (B, H, N, C, K))."""
     B, H, N, C, K = q.shape
     one = torch.ones_like(q[..., :1])
     qa, ka = torch.cat([q, one], -1), torch.cat([k, one], -1)
@@ -477,27 +508,31 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     J = K + 1
     lin, Bm = Kt @ ka, Kt @ R                                    # (B, H, N, 2J, J or K)
     Mc, S = Z[..., :J, :], Z[..., J:, :]
+    # per chunk (unbound once: a slice of the all-chunk tensors costs a zero tensor of their
+    # whole size in backward, a movedim a copy)
+    each = lambda t: [u.flatten(0, 1) for u in t.unbind(2)]  # noqa: E731
+    lins, Bms = each(lin), each(Bm)
+    gates = [each(t[..., None, None]) for t in (A_T, f_T, E_T)]
     # chunk 0: its gradient point is the state's M' (the chunk may have begun earlier)
-    L = Kt[:, :, 0] @ (ka[:, :, 0] @ Pg0) + Bm[:, :, 0]
-    g0 = lambda t: t[:, :, 0, None, None]  # noqa: E731
-    starts = [(Mc, S)]
-    Mc, S = g0(A_T) * Mc + g0(f_T) * S + L[..., :J, :], g0(E_T) * S + L[..., J:, :]
-    # the other chunks, M' = M: only this affine map of (M, S) runs chunk after chunk
-    major = lambda t: t.movedim(2, 0)[1:].flatten(1, 2).contiguous()  # noqa: E731
-    gates = [major(t[..., None, None]) for t in (A_T, f_T, E_T)]
+    Ms, Ss = [Mc], [S]
     Mc, S = Mc.flatten(0, 1), S.flatten(0, 1)
-    for lin_n, B_n, a_n, f_n, e_n in zip(major(lin), major(Bm), *gates):
-        starts.append((Mc.view(B, H, J, K), S.view(B, H, J, K)))
-        L = torch.baddbmm(B_n, lin_n, Mc)
+    L = torch.baddbmm(Bms[0], lins[0], Pg0.flatten(0, 1))
+    a_n, f_n, e_n = (g[0] for g in gates)
+    Mc, S = L[:, :J] + a_n * Mc + f_n * S, L[:, J:] + e_n * S
+    # the other chunks, M' = M: only this affine map of (M, S) runs chunk after chunk
+    for n in range(1, N + 1):
+        Ms.append(Mc.view(B, H, J, K))
+        Ss.append(S.view(B, H, J, K))
+        if n == N:
+            break
+        L = torch.baddbmm(Bms[n], lins[n], Mc)
+        a_n, f_n, e_n = (g[n] for g in gates)
         Mc, S = L[:, :J] + a_n * Mc + f_n * S, L[:, J:] + e_n * S
-    starts.append((Mc.view(B, H, J, K), S.view(B, H, J, K)))
-    Mall, Sall = (torch.stack(t, 2) for t in zip(*starts))      # (B, H, N + 1, J, K)
-    Mst, Sst = Mall[:, :, :-1], Sall[:, :, :-1]
-    Pst = torch.cat([Pg0[:, :, None], Mst[:, :, 1:]], 2)       # each chunk's gradient point
+    Ps = [Pg0, *Ms[1:N]]                                         # each chunk's gradient point
+    Mst, Sst, Pst = (torch.stack(t, 2) for t in (Ms[:N], Ss[:N], Ps))   # (B, H, N, J, K)
     G = ka @ Pst + R
     z = (read0 + Acum[..., None] * (qa @ Mst) + f[..., None] * (qa @ Sst) - att @ G)
-    rows = torch.arange(B, device=q.device)
-    P_f, M_f, S_f = Pst[rows, :, last], Mall[rows, :, last + 1], Sall[rows, :, last + 1]
+    P_f, M_f, S_f = _pick([(Ps[j], Ms[j + 1], Ss[j + 1]) for j in range(first, N)], last, first)
     final = [P_f[..., :K, :], P_f[..., K, :], M_f[..., :K, :], M_f[..., K, :],
              S_f[..., :K, :], S_f[..., K, :]]
     return final, z
