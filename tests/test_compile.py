@@ -64,7 +64,8 @@ def _compare(name, options, backend):
     def run(f):
         xi = x.clone().requires_grad_()
         y = f(xi)
-        grads = torch.autograd.grad(y.square().sum(), [xi, *layer.parameters()])
+        grads = torch.autograd.grad(y.square().sum(),
+                                    [xi, *(p for p in layer.parameters() if p.requires_grad)])
         return y, grads
 
     def eager(xi):

@@ -67,8 +67,9 @@ def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol
         active = None
         if limit is not None:
             active = delta > limit
-            if not _traced(b) and not bool(active.any()):
-                break  # every row has stopped: the remaining iterations are no-ops
+            if b.device.type == "cpu" and not _traced(b) and not bool(active.any()):
+                break  # every row has stopped: the remaining iterations are no-ops (on a CPU the
+                # test costs no sync; elsewhere the masked iterations run on, same result)
         Ap = apply(p) + lamb * p
         alpha = delta / ((p * Ap).sum(-1, keepdim=True) + eps)
         if active is not None:  # a stopped row keeps its x and r (zero gradient through)
