@@ -1,0 +1,80 @@
+"""The generalised delta rule with a decay per key channel as its recurrence in C
+(vector_delta.c), forward and backward: the (K, V) state of one (batch row, head) in cache,
+recomputed backward from every 32nd, a few vectorised passes over it a step, where the
+chunked PyTorch forms (ops.chunk.kda, ops.erase_delta, ops.chunk.delta.rwkv7) run (C, C)
+products, sub-chunk decays and a triangular solve per chunk.
+
+    z_t = S_{t-1}^T a_t,   S_t = diag(exp w_t) S_{t-1} + b_t z_t^T + k_t v_t^T,   o_t = scale S_t^T r_t
+
+(RWKV-7's transition diag(e^w) + b a^T). b = None is the erase-key delta rule b = -k,
+S_t = diag(e^{w_t}) S_{t-1} + k_t (v_t - z_t)^T, one rank-one term a step: KDA, GDN-2
+(a = p e^g, the erase after the decay) and Comba (a = p, before it).
+
+r, w, k, a, b: (B, T, H, K); v: (B, T, H, V); S0: (B, H, K, V); all one dtype (float32 or
+float64) on the CPU (`ops.backend.use_native`). Returns o (B, T, H, V) and S_T, differentiable
+in all inputs. Threads split the (batch row, head) pairs. The caller handles non-finite
+inputs (ops.finite).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("vector_delta")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "vdelta_fwd", dtype, [P] * 11 + [F] + [L] * 6),
+            native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 6))
+
+
+class _NativeVectorDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, r, w, k, v, a, b, S0, scale):
+        r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
+        b = None if b is None else b.contiguous()
+        B, Tn, H, K = r.shape
+        V = v.shape[-1]
+        fwd, _ = _kernels(lib, r.dtype)
+        o, z, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
+        grad = any(ctx.needs_input_grad)
+        ck = r.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        P = native.ptr
+        native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
+                          scale, Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(r, w, k, v, a, b, z, ck)
+        ctx.lib, ctx.scale = lib, scale
+        return o, ST
+
+    @staticmethod
+    def backward(ctx, do, dST):
+        r, w, k, v, a, b, z, ck = ctx.saved_tensors
+        B, Tn, H, K = r.shape
+        V = v.shape[-1]
+        _, bwd = _kernels(ctx.lib, r.dtype)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dST = None if dST is None else dST.contiguous()
+        dr, dw, dk, dv, da = (torch.empty_like(t) for t in (r, w, k, v, a))
+        db = None if b is None else torch.empty_like(b)
+        dS0 = r.new_empty(B, H, K, V)
+        P = native.ptr
+        native.run(bwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(z), P(ck), P(dST), P(do),
+                          P(dr), P(dw), P(dk), P(dv), P(da), P(db), P(dS0), ctx.scale,
+                          Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+        return None, dr, dw, dk, dv, da, db, dS0, None
+
+
+def vector_delta(lib, r, w, k, v, a, b, S0, scale):
+    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load(); b None for b = -k (v - z)."""
+    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale)
