@@ -14,6 +14,11 @@
        db_t = dS z_t,   dz_t = dS^T b_t      (b NULL: dk_t = dS u_t, dv_t = dS^T k_t = -dz_t)
        da_t = S_{t-1} dz_t,   dw_t = d_t o rowsum(dS o S_{t-1}),   dS_{t-1} = diag(d_t) dS + a_t dz_t^T
 
+   One pass over the state a step each way: the forward's update of step t also sums
+   z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own read
+   and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass rebuilds
+   the states of a block.
+
    Layouts (row-major, contiguous): r, w, k, a, b and their gradients (batch, T, H, K);
    v, o, z, dv (batch, T, H, V); S0, ST, dST, dS0 (batch, H, K, V); ck (batch, H, nck, K, V)
    with nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
@@ -39,49 +44,78 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                       T *restrict ck, T scale, long Tn, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK;
     T *d = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
+    T *zc = malloc(V * sizeof(T)), *zn = malloc(V * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
         T *restrict S = ST + p * K * V;
         memcpy(S, S0 + p * K * V, K * V * sizeof(T));
+        if (Tn == 0) continue;
+        for (long j = 0; j < V; j++) zc[j] = 0;  /* z_0 = S_0^T a_0 */
+        for (long i = 0; i < K; i++) {
+            const T ai = a[(bb * Tn * H + h) * K + i];
+            for (long j = 0; j < V; j++) zc[j] += ai * S[i * V + j];
+        }
         for (long t = 0; t < Tn; t++) {
             if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * K * V, S, K * V * sizeof(T));
             const long row = (bb * Tn + t) * H + h;
-            const T *restrict rt = r + row * K, *restrict wt = w + row * K;
-            const T *restrict kt = k + row * K, *restrict at = a + row * K;
+            const T *restrict rt = r + row * K, *restrict kt = k + row * K;
             const T *restrict vt = v + row * V;
-            T *restrict ot = o + row * V, *restrict zt = z + row * V;
-            NAME(decays)(d, wt, K);
-            for (long j = 0; j < V; j++) zt[j] = 0;
+            const T *restrict an = t + 1 < Tn ? a + (row + H) * K : NULL;  /* a_{t+1} */
+            T *restrict ot = o + row * V;
+            NAME(decays)(d, w + row * K, K);
+            for (long j = 0; j < V; j++) { z[row * V + j] = zc[j]; ot[j] = 0; zn[j] = 0; }
+            if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zc[j];
             for (long i = 0; i < K; i++) {
-                const T *restrict Si = S + i * V;
-                const T ai = at[i];
-                for (long j = 0; j < V; j++) zt[j] += ai * Si[j];
-            }
-            for (long j = 0; j < V; j++) ot[j] = 0;
-            if (b) {
-                const T *restrict bt = b + row * K;
-                for (long i = 0; i < K; i++) {
-                    T *restrict Si = S + i * V;
-                    const T di = d[i], bi = bt[i], ki = kt[i], ri = scale * rt[i];
+                T *restrict Si = S + i * V;
+                const T di = d[i], ki = kt[i], ri = scale * rt[i], ani = an ? an[i] : 0;
+                if (b) {
+                    const T bi = b[row * K + i];
                     for (long j = 0; j < V; j++) {
-                        Si[j] = di * Si[j] + bi * zt[j] + ki * vt[j];
-                        ot[j] += ri * Si[j];
+                        const T x = di * Si[j] + bi * zc[j] + ki * vt[j];
+                        Si[j] = x;
+                        ot[j] += ri * x;
+                        zn[j] += ani * x;
                     }
-                }
-            } else {
-                for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
-                for (long i = 0; i < K; i++) {
-                    T *restrict Si = S + i * V;
-                    const T di = d[i], ki = kt[i], ri = scale * rt[i];
+                } else {
                     for (long j = 0; j < V; j++) {
-                        Si[j] = di * Si[j] + ki * u[j];
-                        ot[j] += ri * Si[j];
+                        const T x = di * Si[j] + ki * u[j];
+                        Si[j] = x;
+                        ot[j] += ri * x;
+                        zn[j] += ani * x;
                     }
                 }
             }
+            T *tmp = zc; zc = zn; zn = tmp;
         }
     }
-    free(d); free(u);
+    free(d); free(u); free(zc); free(zn);
+}
+
+/* S_t for the steps [t0, t1) of a block into buf, from the state entering t0. */
+static void NAME(rebuild)(const T *restrict w, const T *restrict k, const T *restrict v,
+                          const T *restrict b, const T *restrict z, const T *start,
+                          T *restrict buf, T *restrict d, T *restrict u, long bb, long h,
+                          long t0, long t1, long Tn, long H, long K, long V) {
+    const T *prev = start;
+    for (long t = t0; t < t1; t++) {
+        const long row = (bb * Tn + t) * H + h;
+        const T *restrict kt = k + row * K, *restrict vt = v + row * V, *restrict zt = z + row * V;
+        T *restrict St = buf + (t - t0) * K * V;
+        NAME(decays)(d, w + row * K, K);
+        if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
+        for (long i = 0; i < K; i++) {
+            const T di = d[i], ki = kt[i];
+            const T *restrict Pi = prev + i * V;
+            T *restrict Si = St + i * V;
+            if (b) {
+                const T bi = b[row * K + i];
+                for (long j = 0; j < V; j++) Si[j] = di * Pi[j] + bi * zt[j] + ki * vt[j];
+            } else {
+                for (long j = 0; j < V; j++) Si[j] = di * Pi[j] + ki * u[j];
+            }
+        }
+        prev = St;
+    }
 }
 
 void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restrict k,
@@ -93,112 +127,96 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
     const long nck = (Tn + CK - 1) / CK;
     T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
     T *d = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
-    T *dz = malloc(V * sizeof(T)), *dvt = malloc(V * sizeof(T));
+    T *dzc = malloc(V * sizeof(T)), *dzn = malloc(V * sizeof(T)), *dvn = malloc(V * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
         T *restrict dS = dS0 + p * K * V;  /* the running gradient, ends as dS_0 */
         if (dST) memcpy(dS, dST + p * K * V, K * V * sizeof(T));
         else memset(dS, 0, K * V * sizeof(T));
-        for (long c = nck - 1; c >= 0; c--) {
-            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *start = ck + (p * nck + c) * K * V, *prev = start;
-            for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
-                const long row = (bb * Tn + t) * H + h;
-                const T *restrict wt = w + row * K, *restrict kt = k + row * K;
-                const T *restrict vt = v + row * V, *restrict zt = z + row * V;
-                T *restrict St = buf + (t - t0) * K * V;
-                NAME(decays)(d, wt, K);
-                if (b) {
-                    const T *restrict bt = b + row * K;
-                    for (long i = 0; i < K; i++) {
-                        const T di = d[i], bi = bt[i], ki = kt[i];
-                        for (long j = 0; j < V; j++)
-                            St[i * V + j] = di * prev[i * V + j] + bi * zt[j] + ki * vt[j];
-                    }
-                } else {
-                    for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
-                    for (long i = 0; i < K; i++) {
-                        const T di = d[i], ki = kt[i];
-                        for (long j = 0; j < V; j++)
-                            St[i * V + j] = di * prev[i * V + j] + ki * u[j];
-                    }
-                }
-                prev = St;
+        if (Tn == 0) continue;
+        long c = nck - 1, t0 = c * CK;
+        NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0, Tn, Tn, H,
+                      K, V);
+        /* Step t (from Tn, a step that only hands dS_{T-1} its own read, down to 0): the
+           transpose of step t (when t < Tn), fused with step t-1's read (when t > 0). */
+        for (long t = Tn; t >= 0; t--) {
+            const long row = (bb * Tn + t) * H + h, prow = row - H;  /* steps t, t-1 */
+            const T *restrict Sp = t - 1 >= t0 ? buf + (t - 1 - t0) * K * V
+                                               : ck + (p * nck + c) * K * V;  /* S_{t-1} */
+            const T *restrict at = t < Tn ? a + row * K : NULL;
+            if (t < Tn) NAME(decays)(d, w + row * K, K);
+            else for (long i = 0; i < K; i++) d[i] = 1;
+            if (t == Tn) for (long j = 0; j < V; j++) dzc[j] = 0;
+            const T *restrict rp = r + prow * K, *restrict kp = k + prow * K;
+            const T *restrict vp = v + prow * V, *restrict zp = z + prow * V;
+            const T *restrict dop = dout + prow * V;
+            if (t > 0) {
+                for (long j = 0; j < V; j++) { dzn[j] = 0; dvn[j] = 0; }
+                if (!b) for (long j = 0; j < V; j++) u[j] = vp[j] - zp[j];
             }
-            for (long t = t1 - 1; t >= t0; t--) {
-                const long row = (bb * Tn + t) * H + h;
-                const T *restrict rt = r + row * K, *restrict wt = w + row * K;
-                const T *restrict kt = k + row * K, *restrict at = a + row * K;
-                const T *restrict vt = v + row * V, *restrict zt = z + row * V;
-                const T *restrict dot = dout + row * V;
-                const T *restrict St = buf + (t - t0) * K * V;
-                const T *restrict Sp = t > t0 ? St - K * V : start;  /* S_{t-1} */
-                T *restrict drt = dr + row * K, *restrict dkt = dk + row * K;
-                T *restrict dwt = dw + row * K, *restrict dat = da + row * K;
-                NAME(decays)(d, wt, K);
-                for (long j = 0; j < V; j++) dz[j] = 0;
-                if (b) {
-                    const T *restrict bt = b + row * K;
-                    T *restrict dbt = db + row * K;
-                    for (long j = 0; j < V; j++) dvt[j] = 0;
-                    for (long i = 0; i < K; i++) {
-                        T *restrict dSi = dS + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T ri = scale * rt[i], ki = kt[i], bi = bt[i];
-                        T sr = 0, sk = 0, sb = 0;
-#pragma omp simd reduction(+ : sr, sk, sb)
-                        for (long j = 0; j < V; j++) {
-                            const T g = dSi[j] + ri * dot[j];
-                            dSi[j] = g;
-                            sr += Si[j] * dot[j];
-                            sk += g * vt[j];
-                            sb += g * zt[j];
-                            dz[j] += bi * g;
-                            dvt[j] += ki * g;
-                        }
-                        drt[i] = scale * sr;
-                        dkt[i] = sk;
-                        dbt[i] = sb;
-                    }
-                    for (long j = 0; j < V; j++) dv[row * V + j] = dvt[j];
-                } else {
-                    for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
-                    for (long i = 0; i < K; i++) {
-                        T *restrict dSi = dS + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T ri = scale * rt[i], ki = kt[i];
-                        T sr = 0, sk = 0;
-#pragma omp simd reduction(+ : sr, sk)
-                        for (long j = 0; j < V; j++) {
-                            const T g = dSi[j] + ri * dot[j];
-                            dSi[j] = g;
-                            sr += Si[j] * dot[j];
-                            sk += g * u[j];
-                            dz[j] += ki * g;  /* du, for now */
-                        }
-                        drt[i] = scale * sr;
-                        dkt[i] = sk;
-                    }
-                    for (long j = 0; j < V; j++) { dv[row * V + j] = dz[j]; dz[j] = -dz[j]; }
-                }
-                for (long i = 0; i < K; i++) {
-                    T *restrict dSi = dS + i * V;
-                    const T *restrict Pi = Sp + i * V;
-                    const T di = d[i], ai = at[i];
-                    T sa = 0, sd = 0;
+            for (long i = 0; i < K; i++) {
+                T *restrict dSi = dS + i * V;
+                const T *restrict Pi = Sp + i * V;
+                const T di = d[i], ai = at ? at[i] : 0;
+                T sa = 0, sd = 0;
+                if (t == 0) {
 #pragma omp simd reduction(+ : sa, sd)
                     for (long j = 0; j < V; j++) {
-                        sa += Pi[j] * dz[j];
+                        sa += Pi[j] * dzc[j];
                         sd += dSi[j] * Pi[j];
-                        dSi[j] = di * dSi[j] + ai * dz[j];
+                        dSi[j] = di * dSi[j] + ai * dzc[j];
                     }
-                    dat[i] = sa;
-                    dwt[i] = di * sd;
+                } else if (b) {
+                    const T ri = scale * rp[i], ki = kp[i], bi = b[prow * K + i];
+                    T sr = 0, sk = 0, sb = 0;
+#pragma omp simd reduction(+ : sa, sd, sr, sk, sb)
+                    for (long j = 0; j < V; j++) {
+                        sa += Pi[j] * dzc[j];
+                        sd += dSi[j] * Pi[j];
+                        const T g = di * dSi[j] + ai * dzc[j] + ri * dop[j];
+                        dSi[j] = g;
+                        sr += Pi[j] * dop[j];
+                        sk += g * vp[j];
+                        sb += g * zp[j];
+                        dzn[j] += bi * g;
+                        dvn[j] += ki * g;
+                    }
+                    dr[prow * K + i] = scale * sr;
+                    dk[prow * K + i] = sk;
+                    db[prow * K + i] = sb;
+                } else {
+                    const T ri = scale * rp[i], ki = kp[i];
+                    T sr = 0, sk = 0;
+#pragma omp simd reduction(+ : sa, sd, sr, sk)
+                    for (long j = 0; j < V; j++) {
+                        sa += Pi[j] * dzc[j];
+                        sd += dSi[j] * Pi[j];
+                        const T g = di * dSi[j] + ai * dzc[j] + ri * dop[j];
+                        dSi[j] = g;
+                        sr += Pi[j] * dop[j];
+                        sk += g * u[j];
+                        dzn[j] += ki * g;  /* du of step t-1 */
+                    }
+                    dr[prow * K + i] = scale * sr;
+                    dk[prow * K + i] = sk;
                 }
+                if (t < Tn) {
+                    da[row * K + i] = sa;
+                    dw[row * K + i] = di * sd;
+                }
+            }
+            if (t == 0) break;
+            if (b) for (long j = 0; j < V; j++) dv[prow * V + j] = dvn[j];
+            else for (long j = 0; j < V; j++) { dv[prow * V + j] = dzn[j]; dzn[j] = -dzn[j]; }
+            T *tmp = dzc; dzc = dzn; dzn = tmp;
+            if (t == t0 && c > 0) {  /* step t-1 opens the block before */
+                c--; t0 = c * CK;
+                NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0,
+                              t0 + CK, Tn, H, K, V);
             }
         }
     }
-    free(buf); free(d); free(u); free(dz); free(dvt);
+    free(buf); free(d); free(u); free(dzc); free(dzn); free(dvn);
 }
 
 #endif
