@@ -113,13 +113,15 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
     out_dtype = q.dtype
     lib = native_vector.load() if backend.use_native(q, k, v, g, p, S) else None
-    (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
     if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
+        (q,), (k, v, g, p), marks = native_vector.clean_inputs((q,), (k, v, g, p))
         if g.dim() == 3:
             g = g[..., None].expand_as(k)
         a = p if before_decay else p * g.exp()
-        o, S = native_vector.vector_delta(lib, q, g, k, v, a, None, S, scale)
-        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+        o, S = native_vector.marked(*native_vector.vector_delta(lib, q, g, k, v, a, None, S, scale),
+                                    marks)
+        return o.to(out_dtype), S
+    (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
         chunk_size = min(chunk_size, CPU_CHUNK)
     if g.dim() == 3:

@@ -344,10 +344,12 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     out_dtype = r.dtype
     from rnnzoo.ops.native import vector_delta as native_vector  # here: the file's head is shared
     lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
-    (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
-        o, S = native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale)
-        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+        (r,), (w, k, v, a, b), marks = native_vector.clean_inputs((r,), (w, k, v, a, b))
+        o, S = native_vector.marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale),
+                                    marks)
+        return o.to(out_dtype), S
+    (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \
         float(-w.detach().min().clamp(max=0))

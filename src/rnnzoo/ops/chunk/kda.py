@@ -111,11 +111,13 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     lib = native_vector.load() if backend.use_native(q, k, v, g, beta, S) else None
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
-    (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g
+        (q,), (k, v, g, beta), marks = native_vector.clean_inputs((q,), (k, v, g, beta))
         b = beta[..., None]
         o, S = native_vector.vector_delta(lib, q, g, k, b * v, (b * k) * g.exp(), None, S, scale)
-        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+        o, S = native_vector.marked(o, S, marks)
+        return o.to(out_dtype), S
+    (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     c = subchunk_size
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
         chunk_size = min(chunk_size, CPU_CHUNK)
