@@ -115,11 +115,9 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     lib = native_vector.load() if backend.use_native(q, k, v, g, p, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
         (q,), (k, v, g, p), marks = native_vector.clean_inputs((q,), (k, v, g, p))
-        if g.dim() == 3:
-            g = g[..., None].expand_as(k)
-        a = p if before_decay else p * g.exp()
-        o, S = native_vector.marked(*native_vector.vector_delta(lib, q, g, k, v, a, None, S, scale),
-                                    marks)
+        w = g[..., None] if g.dim() == 3 else g            # one log-decay a head, or a channel
+        o, S = native_vector.marked(*native_vector.vector_delta(
+            lib, q, w, k, v, p, None, S, scale, after=not before_decay), marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk

@@ -114,7 +114,7 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g
         (q,), (k, v, g, beta), marks = native_vector.clean_inputs((q,), (k, v, g, beta))
         b = beta[..., None]
-        o, S = native_vector.vector_delta(lib, q, g, k, b * v, (b * k) * g.exp(), None, S, scale)
+        o, S = native_vector.vector_delta(lib, q, g, k, b * v, b * k, None, S, scale, after=True)
         o, S = native_vector.marked(o, S, marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))

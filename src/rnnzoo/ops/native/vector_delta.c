@@ -19,7 +19,11 @@
    and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass rebuilds
    the states of a block.
 
-   Layouts (row-major, contiguous): r, w, k, a, b and their gradients (batch, T, H, K);
+   With after = 1 the erase reads the decayed state, a_t = p_t o d_t (a holds p: KDA, GDN-2);
+   w may hold one log-decay a head (Kw = 1, Comba) instead of one a key channel (Kw = K).
+
+   Layouts (row-major, contiguous): r, k, a, b and their gradients (batch, T, H, K); w, dw
+   (batch, T, H, Kw);
    v, o, z, dv (batch, T, H, V); S0, ST, dST, dS0 (batch, H, K, V); ck (batch, H, nck, K, V)
    with nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
    (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
@@ -33,17 +37,19 @@
 
 /* d = exp(w), 0 below exp.h's clamp (where exp is under the smallest normal number): a
    channel erased by a huge negative log-decay is erased exactly, as in torch. */
-static inline void NAME(decays)(T *restrict d, const T *restrict w, long K) {
+static inline void NAME(decays)(T *restrict d, const T *restrict w, long K, long Kw) {
     const T lo = sizeof(T) == 4 ? (T)-87 : (T)-708;
-    for (long i = 0; i < K; i++) d[i] = w[i] < lo ? 0 : EXP(w[i]);
+    if (Kw == K) for (long i = 0; i < K; i++) d[i] = w[i] < lo ? 0 : EXP(w[i]);
+    else for (long i = 0; i < K; i++) d[i] = w[0] < lo ? 0 : EXP(w[0]);  /* one a head */
 }
 
 void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restrict k,
                       const T *restrict v, const T *restrict a, const T *restrict b,
                       const T *restrict S0, T *restrict o, T *restrict z, T *restrict ST,
-                      T *restrict ck, T scale, long Tn, long H, long K, long V, long p0, long p1) {
+                      T *restrict ck, T scale, long after, long Kw, long Tn, long H, long K,
+                      long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK;
-    T *d = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
+    T *d = malloc(K * sizeof(T)), *dn = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
     T *zc = malloc(V * sizeof(T)), *zn = malloc(V * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
@@ -51,8 +57,9 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
         memcpy(S, S0 + p * K * V, K * V * sizeof(T));
         if (Tn == 0) continue;
         for (long j = 0; j < V; j++) zc[j] = 0;  /* z_0 = S_0^T a_0 */
+        NAME(decays)(dn, w + (bb * Tn * H + h) * Kw, K, Kw);
         for (long i = 0; i < K; i++) {
-            const T ai = a[(bb * Tn * H + h) * K + i];
+            const T ai = a[(bb * Tn * H + h) * K + i] * (after ? dn[i] : 1);
             for (long j = 0; j < V; j++) zc[j] += ai * S[i * V + j];
         }
         for (long t = 0; t < Tn; t++) {
@@ -62,12 +69,14 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
             const T *restrict vt = v + row * V;
             const T *restrict an = t + 1 < Tn ? a + (row + H) * K : NULL;  /* a_{t+1} */
             T *restrict ot = o + row * V;
-            NAME(decays)(d, w + row * K, K);
+            NAME(decays)(d, w + row * Kw, K, Kw);
+            if (an && after) NAME(decays)(dn, w + (row + H) * Kw, K, Kw);
             for (long j = 0; j < V; j++) { z[row * V + j] = zc[j]; ot[j] = 0; zn[j] = 0; }
             if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zc[j];
             for (long i = 0; i < K; i++) {
                 T *restrict Si = S + i * V;
-                const T di = d[i], ki = kt[i], ri = scale * rt[i], ani = an ? an[i] : 0;
+                const T di = d[i], ki = kt[i], ri = scale * rt[i];
+                const T ani = an ? an[i] * (after ? dn[i] : 1) : 0;
                 if (b) {
                     const T bi = b[row * K + i];
                     for (long j = 0; j < V; j++) {
@@ -88,20 +97,20 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
             T *tmp = zc; zc = zn; zn = tmp;
         }
     }
-    free(d); free(u); free(zc); free(zn);
+    free(d); free(dn); free(u); free(zc); free(zn);
 }
 
 /* S_t for the steps [t0, t1) of a block into buf, from the state entering t0. */
 static void NAME(rebuild)(const T *restrict w, const T *restrict k, const T *restrict v,
                           const T *restrict b, const T *restrict z, const T *start,
                           T *restrict buf, T *restrict d, T *restrict u, long bb, long h,
-                          long t0, long t1, long Tn, long H, long K, long V) {
+                          long t0, long t1, long Kw, long Tn, long H, long K, long V) {
     const T *prev = start;
     for (long t = t0; t < t1; t++) {
         const long row = (bb * Tn + t) * H + h;
         const T *restrict kt = k + row * K, *restrict vt = v + row * V, *restrict zt = z + row * V;
         T *restrict St = buf + (t - t0) * K * V;
-        NAME(decays)(d, w + row * K, K);
+        NAME(decays)(d, w + row * Kw, K, Kw);
         if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
         for (long i = 0; i < K; i++) {
             const T di = d[i], ki = kt[i];
@@ -123,7 +132,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                       const T *restrict z, const T *restrict ck, const T *restrict dST,
                       const T *restrict dout, T *restrict dr, T *restrict dw, T *restrict dk,
                       T *restrict dv, T *restrict da, T *restrict db, T *restrict dS0, T scale,
-                      long Tn, long H, long K, long V, long p0, long p1) {
+                      long after, long Kw, long Tn, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK;
     T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
     T *d = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
@@ -135,8 +144,8 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
         else memset(dS, 0, K * V * sizeof(T));
         if (Tn == 0) continue;
         long c = nck - 1, t0 = c * CK;
-        NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0, Tn, Tn, H,
-                      K, V);
+        NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0, Tn, Kw, Tn,
+                      H, K, V);
         /* Step t (from Tn, a step that only hands dS_{T-1} its own read, down to 0): the
            transpose of step t (when t < Tn), fused with step t-1's read (when t > 0). */
         for (long t = Tn; t >= 0; t--) {
@@ -144,7 +153,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
             const T *restrict Sp = t - 1 >= t0 ? buf + (t - 1 - t0) * K * V
                                                : ck + (p * nck + c) * K * V;  /* S_{t-1} */
             const T *restrict at = t < Tn ? a + row * K : NULL;
-            if (t < Tn) NAME(decays)(d, w + row * K, K);
+            if (t < Tn) NAME(decays)(d, w + row * Kw, K, Kw);
             else for (long i = 0; i < K; i++) d[i] = 1;
             if (t == Tn) for (long j = 0; j < V; j++) dzc[j] = 0;
             const T *restrict rp = r + prow * K, *restrict kp = k + prow * K;
@@ -154,10 +163,11 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                 for (long j = 0; j < V; j++) { dzn[j] = 0; dvn[j] = 0; }
                 if (!b) for (long j = 0; j < V; j++) u[j] = vp[j] - zp[j];
             }
+            T dw_head = 0;
             for (long i = 0; i < K; i++) {
                 T *restrict dSi = dS + i * V;
                 const T *restrict Pi = Sp + i * V;
-                const T di = d[i], ai = at ? at[i] : 0;
+                const T di = d[i], ea = after ? di : 1, ai = at ? at[i] * ea : 0;
                 T sa = 0, sd = 0;
                 if (t == 0) {
 #pragma omp simd reduction(+ : sa, sd)
@@ -200,11 +210,14 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                     dr[prow * K + i] = scale * sr;
                     dk[prow * K + i] = sk;
                 }
-                if (t < Tn) {
-                    da[row * K + i] = sa;
-                    dw[row * K + i] = di * sd;
+                if (t < Tn) {  /* a = p e^w after the decay: e^w's share of dw */
+                    da[row * K + i] = sa * ea;
+                    const T gw = di * sd + (after ? sa * ai : 0);
+                    if (Kw == K) dw[row * K + i] = gw;
+                    else dw_head += gw;
                 }
             }
+            if (t < Tn && Kw != K) dw[row] = dw_head;
             if (t == 0) break;
             if (b) for (long j = 0; j < V; j++) dv[prow * V + j] = dvn[j];
             else for (long j = 0; j < V; j++) { dv[prow * V + j] = dzn[j]; dzn[j] = -dzn[j]; }
@@ -212,7 +225,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
             if (t == t0 && c > 0) {  /* step t-1 opens the block before */
                 c--; t0 = c * CK;
                 NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0,
-                              t0 + CK, Tn, H, K, V);
+                              t0 + CK, Kw, Tn, H, K, V);
             }
         }
     }

@@ -8,9 +8,11 @@ products, sub-chunk decays and a triangular solve per chunk.
 
 (RWKV-7's transition diag(e^w) + b a^T). b = None is the erase-key delta rule b = -k,
 S_t = diag(e^{w_t}) S_{t-1} + k_t (v_t - z_t)^T, one rank-one term a step: KDA, GDN-2
-(a = p e^g, the erase after the decay) and Comba (a = p, before it).
+(after=True: a = p e^w, the erase after the decay, formed in the kernel) and Comba (a = p,
+before it, with one log-decay a head).
 
-r, w, k, a, b: (B, T, H, K); v: (B, T, H, V); S0: (B, H, K, V); all one dtype (float32 or
+r, k, a, b: (B, T, H, K); w: (B, T, H, K) or (B, T, H, 1); v: (B, T, H, V); S0: (B, H, K, V);
+all one dtype (float32 or
 float64) on the CPU (`ops.backend.use_native`). Returns o (B, T, H, V) and S_T, differentiable
 in all inputs. Threads split the (batch row, head) pairs. The caller handles non-finite
 inputs (ops.finite).
@@ -35,13 +37,13 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "vdelta_fwd", dtype, [P] * 11 + [F] + [L] * 6),
-            native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 6))
+    return (native.kernel(lib, "vdelta_fwd", dtype, [P] * 11 + [F] + [L] * 8),
+            native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 8))
 
 
 class _NativeVectorDelta(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, r, w, k, v, a, b, S0, scale):
+    def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after):
         r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
         b = None if b is None else b.contiguous()
         B, Tn, H, K = r.shape
@@ -52,10 +54,11 @@ class _NativeVectorDelta(torch.autograd.Function):
         ck = r.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
         P = native.ptr
         native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
-                          scale, Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+                          scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
         if grad:
             ctx.save_for_backward(r, w, k, v, a, b, z, ck)
-        ctx.lib, ctx.scale = lib, scale
+        ctx.lib, ctx.scale, ctx.after = lib, scale, after
         return o, ST
 
     @staticmethod
@@ -72,13 +75,16 @@ class _NativeVectorDelta(torch.autograd.Function):
         P = native.ptr
         native.run(bwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(z), P(ck), P(dST), P(do),
                           P(dr), P(dw), P(dk), P(dv), P(da), P(db), P(dS0), ctx.scale,
-                          Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
-        return None, dr, dw, dk, dv, da, db, dS0, None
+                          ctx.after, w.shape[-1], Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        return None, dr, dw, dk, dv, da, db, dS0, None, None
 
 
-def vector_delta(lib, r, w, k, v, a, b, S0, scale):
-    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load(); b None for b = -k (v - z)."""
-    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale)
+def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
+    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load(); b None for b = -k (v - z).
+    after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
+    w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
+    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
 
 
 def clean_inputs(read, write):
