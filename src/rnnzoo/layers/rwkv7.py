@@ -28,8 +28,9 @@ from torch import nn
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
+from rnnzoo.ops.native import token_mix as native_mix
 from rnnzoo.registry import register
 
 _MIXES = ("r", "w", "k", "v", "a", "g")
@@ -78,7 +79,11 @@ class RWKV7(RecurrentLayer):
         H, K, cdt = self.num_heads, self.head_dim, compute_dtype(x)
         shifted = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1)
         step = shifted - x
-        xs = dict(zip(_MIXES, (torch.addcmul(x, step, mu) for mu in self.mix)))
+        lib = native_mix.load() if backend.use_native(x, self.mix) else None
+        if lib is not None:  # the six mixes in one C pass each way (ops.native.token_mix)
+            xs = dict(zip(_MIXES, native_mix.token_mix(lib, x, step, self.mix)))
+        else:
+            xs = dict(zip(_MIXES, (torch.addcmul(x, step, mu) for mu in self.mix)))
         r, k, v = (p(xs[n]).to(cdt) for p, n in ((self.r_proj, "r"), (self.k_proj, "k"), (self.v_proj, "v")))
         lora = {n: xs[n].to(cdt) for n in ("w", "a", "g")}
         p = {n: getattr(self, n).to(cdt) for n in ("w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a")}
@@ -94,9 +99,9 @@ class RWKV7(RecurrentLayer):
     def op_output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
         cdt = o.dtype
-        mean, var = o.mean(-1, keepdim=True), o.var(-1, keepdim=True, unbiased=False)
-        o = ((o - mean) * torch.rsqrt(var + self.head_dim * 1e-5)).flatten(2)
-        o = o * self.norm_weight.to(cdt) + self.norm_bias.to(cdt)
+        B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5, in torch's one fused pass each way
+        o = F.group_norm(o.reshape(B * T, H * K), H, self.norm_weight.to(cdt),
+                         self.norm_bias.to(cdt), eps=K * 1e-5).view(B, T, H * K)
         bonus = (r * k * self.r_k.to(cdt)).sum(-1, keepdim=True) * v
         return self.o_proj(((o + bonus.flatten(2)) * g).to(x.dtype))
 

@@ -38,11 +38,12 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import vector_delta as native_vector
 
 __all__ = ["erase_delta", "erase_delta_recurrent", "erase_delta_step"]
 
@@ -95,7 +96,9 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     (B, T, H) with before_decay; scale: default K^-0.5; initial_state: (B, H, K, V) or None
     (zeros). subchunk_size: the sub-chunks of a vector decay's scores. Returns o
     (B, T, H, V) in q's dtype and the final state (B, H, K, V) in float32 (float64 for
-    float64 q). On a CPU the chunk is at most ops.chunk.delta's `CPU_CHUNK` steps.
+    float64 q). On a CPU, float32 or float64 in one dtype, the recurrence in C runs instead
+    (`ops.native.vector_delta`, erase key p e^g, or p before the decay); otherwise chunks of
+    at most ops.chunk.delta's `CPU_CHUNK` steps there.
     """
     _check_args(q, k, v, g, p, initial_state, before_decay)
     if sequence_parallel.active():  # this rank's time slice: LASP-2 (ops/sequence_parallel.py)
@@ -109,6 +112,13 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
     out_dtype = q.dtype
+    lib = native_vector.load() if backend.use_native(q, k, v, g, p, S) else None
+    if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
+        (q,), (k, v, g, p), marks = native_vector.clean_inputs((q,), (k, v, g, p))
+        w = g[..., None] if g.dim() == 3 else g            # one log-decay a head, or a channel
+        o, S = native_vector.marked(*native_vector.vector_delta(
+            lib, q, w, k, v, p, None, S, scale, after=not before_decay), marks)
+        return o.to(out_dtype), S
     (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
         chunk_size = min(chunk_size, CPU_CHUNK)

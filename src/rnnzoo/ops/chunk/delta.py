@@ -323,7 +323,8 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     w_min, a float with w >= w_min everywhere (RWKV-7's layer: -exp(-0.5)), gives the
     steepest decay without reading w; None reads min(w) (a host read: a sync on an
     accelerator). On CUDA (when triton imports; `ops.backend`) the Triton kernel
-    `ops.triton.chunk_rwkv7` runs instead (any decay, no read), for every dtype but float64.
+    `ops.triton.chunk_rwkv7` runs instead (any decay, no read), for every dtype but float64;
+    on a CPU, float32 or float64 in one dtype, the recurrence in C (`ops.native.vector_delta`).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
     """
     _check_rwkv7(r, w, k, v, a, b, initial_state)
@@ -341,6 +342,13 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out_dtype = r.dtype
+    from rnnzoo.ops.native import vector_delta as native_vector  # here: the file's head is shared
+    lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
+    if lib is not None:  # the recurrence in C (ops.native.vector_delta)
+        (r,), (w, k, v, a, b), marks = native_vector.clean_inputs((r,), (w, k, v, a, b))
+        o, S = native_vector.marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale),
+                                    marks)
+        return o.to(out_dtype), S
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \

@@ -45,11 +45,12 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _householder_update, _initial
 from rnnzoo.ops.chunk.linear import _factorise_limit
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import vector_delta as native_vector
 
 __all__ = ["kda", "kda_recurrent", "kda_step"]
 
@@ -90,8 +91,10 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     q, k: (B, T, H, K); v: (B, T, H, V); g: (B, T, H, K) log-decay (<= 0) per key channel;
     beta: (B, T, H) (any real; (0, 2) for negative eigenvalues); scale: default K^-0.5;
     initial_state: (B, H, K, V) or None (zeros). Returns o (B, T, H, V) in q's dtype and the
-    final state (B, H, K, V) in float32 (float64 for float64 q). On a CPU the chunk is at
-    most ops.chunk.delta's `CPU_CHUNK` steps (the result is the same for any chunk size).
+    final state (B, H, K, V) in float32 (float64 for float64 q). On a CPU, float32 or float64
+    in one dtype, the recurrence in C runs instead (`ops.native.vector_delta`, erase key
+    beta k e^g and value beta v); otherwise chunks of at most ops.chunk.delta's `CPU_CHUNK`
+    steps there (the result is the same for any chunk size).
     """
     _check_kda(q, k, v, g, beta, initial_state)
     positive_int("kda: chunk_size", chunk_size)
@@ -105,8 +108,15 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     out_dtype = q.dtype
+    lib = native_vector.load() if backend.use_native(q, k, v, g, beta, S) else None
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
+    if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g
+        (q,), (k, v, g, beta), marks = native_vector.clean_inputs((q,), (k, v, g, beta))
+        b = beta[..., None]
+        o, S = native_vector.vector_delta(lib, q, g, k, b * v, b * k, None, S, scale, after=True)
+        o, S = native_vector.marked(o, S, marks)
+        return o.to(out_dtype), S
     (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     c = subchunk_size
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk

@@ -35,6 +35,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
     longhorn_scan.c     Longhorn's diagonal online-learning scan
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
+    vector_delta.c      the delta rule with a decay per key channel (kda, erase_delta, rwkv7 on a CPU)
+    token_mix.c         RWKV-7's six token-shift mixes
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
     lattice_scan.c      Lattice's orthogonal slot recurrence

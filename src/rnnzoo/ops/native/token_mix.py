@@ -1,0 +1,63 @@
+"""RWKV's token-shift mixes x_m = x + mu_m o step (step = x_{t-1} - x_t), forward and
+backward in C (token_mix.c): one pass over the rows each way, where six torch addcmuls
+cost one pass each forward and about five each backward (dx, dstep, dmu per mix).
+
+x, step: (..., D), one dtype (float32 or float64) on the CPU (`ops.backend.use_native`);
+mu: (n, D). Returns the n mixes (..., D), differentiable in x, step and mu. Threads split
+the rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("token_mix")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "tmix_fwd", dtype, [P] * 4 + [L] * 5),
+            native.kernel(lib, "tmix_bwd", dtype, [P] * 6 + [L] * 4))
+
+
+class _TokenMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, step, mu):
+        x, step, mu = x.contiguous(), step.contiguous(), mu.contiguous()
+        n, D = mu.shape
+        rows = x.numel() // D
+        fwd, _ = _kernels(lib, x.dtype)
+        out = x.new_empty(n, *x.shape)
+        P = native.ptr
+        native.run(fwd, [(P(x), P(step), P(mu), P(out), n, rows, D, r0, r1)
+                         for r0, r1 in native.rows(rows)])
+        ctx.save_for_backward(step, mu)
+        ctx.lib = lib
+        return tuple(out.unbind(0))
+
+    @staticmethod
+    def backward(ctx, *gs):
+        step, mu = ctx.saved_tensors
+        n, D = mu.shape
+        rows = step.numel() // D
+        _, bwd = _kernels(ctx.lib, step.dtype)
+        gs = [None if g is None else g.contiguous() for g in gs]
+        ptrs = (ctypes.c_void_p * n)(*[None if g is None else g.data_ptr() for g in gs])
+        dx, dstep = torch.empty_like(step), torch.empty_like(step)
+        parts = native.rows(rows)
+        dmu = mu.new_empty(len(parts), n, D)
+        P = native.ptr
+        native.run(bwd, [(ctypes.cast(ptrs, ctypes.c_void_p), P(step), P(mu), P(dx), P(dstep), P(dmu[i]), n, D, r0, r1)
+                         for i, (r0, r1) in enumerate(parts)])
+        return None, dx, dstep, dmu.sum(0)
+
+
+def token_mix(lib, x, step, mu):
+    """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
+    return _TokenMix.apply(lib, x, step, mu)

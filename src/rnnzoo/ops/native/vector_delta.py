@@ -1,0 +1,106 @@
+"""The generalised delta rule with a decay per key channel as its recurrence in C
+(vector_delta.c), forward and backward: the (K, V) state of one (batch row, head) in cache,
+recomputed backward from every 32nd, a few vectorised passes over it a step, where the
+chunked PyTorch forms (ops.chunk.kda, ops.erase_delta, ops.chunk.delta.rwkv7) run (C, C)
+products, sub-chunk decays and a triangular solve per chunk.
+
+    z_t = S_{t-1}^T a_t,   S_t = diag(exp w_t) S_{t-1} + b_t z_t^T + k_t v_t^T,   o_t = scale S_t^T r_t
+
+(RWKV-7's transition diag(e^w) + b a^T). b = None is the erase-key delta rule b = -k,
+S_t = diag(e^{w_t}) S_{t-1} + k_t (v_t - z_t)^T, one rank-one term a step: KDA, GDN-2
+(after=True: a = p e^w, the erase after the decay, formed in the kernel) and Comba (a = p,
+before it, with one log-decay a head).
+
+r, k, a, b: (B, T, H, K); w: (B, T, H, K) or (B, T, H, 1); v: (B, T, H, V); S0: (B, H, K, V);
+all one dtype (float32 or
+float64) on the CPU (`ops.backend.use_native`). Returns o (B, T, H, V) and S_T, differentiable
+in all inputs. Threads split the (batch row, head) pairs. The caller handles non-finite
+inputs (ops.finite).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+from rnnzoo.ops.finite import finite_inputs, poison
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("vector_delta")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "vdelta_fwd", dtype, [P] * 11 + [F] + [L] * 8),
+            native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 8))
+
+
+class _NativeVectorDelta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after):
+        r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
+        b = None if b is None else b.contiguous()
+        B, Tn, H, K = r.shape
+        V = v.shape[-1]
+        fwd, _ = _kernels(lib, r.dtype)
+        o, z, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
+        grad = any(ctx.needs_input_grad)
+        ck = r.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        P = native.ptr
+        native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
+                          scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(r, w, k, v, a, b, z, ck)
+        ctx.lib, ctx.scale, ctx.after = lib, scale, after
+        return o, ST
+
+    @staticmethod
+    def backward(ctx, do, dST):
+        r, w, k, v, a, b, z, ck = ctx.saved_tensors
+        B, Tn, H, K = r.shape
+        V = v.shape[-1]
+        _, bwd = _kernels(ctx.lib, r.dtype)
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dST = None if dST is None else dST.contiguous()
+        dr, dw, dk, dv, da = (torch.empty_like(t) for t in (r, w, k, v, a))
+        db = None if b is None else torch.empty_like(b)
+        dS0 = r.new_empty(B, H, K, V)
+        P = native.ptr
+        native.run(bwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(z), P(ck), P(dST), P(do),
+                          P(dr), P(dw), P(dk), P(dv), P(da), P(db), P(dS0), ctx.scale,
+                          ctx.after, w.shape[-1], Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        return None, dr, dw, dk, dv, da, db, dS0, None, None
+
+
+def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
+    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load(); b None for b = -k (v - z).
+    after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
+    w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
+    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
+
+
+def clean_inputs(read, write):
+    """ops.finite's finite_inputs(read, write) -> (read, write, marks), without its copies
+    when every step of every tensor sums to a finite number (then every entry is finite, and
+    finite_inputs would change nothing): marks None. One host read, free on the CPU where
+    this kernel runs; the per-step sums are finite_inputs' own test."""
+    ts = [t for t in (*read, *write) if t is not None]
+    if all(bool(torch.isfinite(t.sum([d for d in range(2, t.dim())]) if t.dim() > 2 else t).all())
+           for t in ts):
+        return list(read), list(write), None
+    return finite_inputs(read, write)
+
+
+def marked(o, S, marks):
+    """(o, S) with ops.finite's NaN marks applied (none when marks is None)."""
+    if marks is None:
+        return o, S
+    return poison(o, marks.outputs), poison(S, marks.state)
