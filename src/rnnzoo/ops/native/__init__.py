@@ -34,6 +34,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
     longhorn_scan.c     Longhorn's diagonal online-learning scan
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
+    momentum_scan.c     the momentum delta rule as a recurrence (momentum_delta on a CPU)
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
     lattice_scan.c      Lattice's orthogonal slot recurrence
