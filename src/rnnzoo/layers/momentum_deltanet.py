@@ -13,8 +13,9 @@ online regression step taken with heavy-ball momentum, a second (K, V) state M.
 
 The state pair (S, M) moves by a map linear in (S, M) (M feeds S through a scalar block), so it
 has an exact chunk form of its own (ops.momentum_delta.momentum_delta: one triangular solve per
-chunk for the error rows, the pair passed from chunk to chunk). Modes: `sequential` (the loop)
-and `chunk` (`auto`). State: (S, M (B, H, K, V), short-conv state).
+chunk for the error rows, the pair passed from chunk to chunk; on a CPU in float32/64 the
+recurrence in C instead, ops.native.momentum_scan, which costs less there). Modes:
+`sequential` (the loop) and `chunk` (`auto`). State: (S, M (B, H, K, V), short-conv state).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import (
     causal_decay,
     check_delta,
@@ -46,6 +46,7 @@ from rnnzoo.ops.chunk._common import (
     unit_lower_inverse,
 )
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import momentum_scan
 
 __all__ = ["momentum_delta", "momentum_delta_recurrent", "momentum_delta_step"]
 
@@ -93,7 +94,10 @@ def _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state):
 def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, initial_state=None,
                    chunk_size=32):
     """The chunk form (module docstring), equal to `momentum_delta_recurrent` (same arguments
-    and returns). A non-finite input at step t makes outputs from t on NaN (ops.finite)."""
+    and returns). On a CPU, float32 or float64 in one dtype, the recurrence in C instead
+    (`ops.native.momentum_scan`: one pass over (S, M) a step forward, the chunks' (C, C)
+    products and (2K, 2K) maps cost more there). A non-finite input at step t makes outputs
+    from t on NaN (ops.finite)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
     if sequence_parallel.active():  # this rank's time slice: LASP-2 over the stacked (S; M)
         o, Z = sequence_parallel.lasp2(_stacked, q, torch.cat([k, p], -1), v, log_alpha, log_mu,
@@ -101,7 +105,12 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
                                        scale=scale, chunk_size=chunk_size)
         return o, Z.chunk(2, -2)
     T = q.shape[1]
+    lib = momentum_scan.load() if backend.use_native(q, k, v, p, log_alpha, log_mu, beta, eta,
+                                                     S, M) else None
     (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
+    if lib is not None:  # the recurrence in C (ops.native.momentum_scan)
+        o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale)
+        return poison(o, marks.outputs).to(qf.dtype), tuple(poison(t, marks.state) for t in (S, M))
     C = max(1, min(chunk_size, T))
     # zero padding at the end is exact: alpha = mu = 1, beta = eta = 0 leave (S, M) unchanged
     q, k, v, p = (to_chunks(t.to(dt), C) for t in (qf, *writes[:3]))   # (B, H, N, C, D)

@@ -260,18 +260,30 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
 
     q: (B, T, H, K); k: (B, T, n_h, H, K); v: (B, T, n_h, H, V); beta: (B, T, n_h, H);
     g: (B, T, H) or None. chunk_size counts tokens. Returns (o (B, T, H, V), state).
-    The n_h T steps run as one delta rule (the gate at each token's first step). The Triton,
-    C (CPU float32/64) and sequence-parallel paths take `delta_rule` over the flat steps
-    with zero queries; the chunks (float64 under force("torch"), bfloat16, ...) read out
+    The n_h T steps run as one delta rule (the gate at each token's first step). On a CPU
+    (float32/64) the C recurrence runs them with one query and gate a token
+    (`ops.native.delta_scan`, n = n_h); the Triton and sequence-parallel paths take
+    `delta_rule` over the flat steps with zero queries; the chunks (float64 under force("torch"), bfloat16, ...) read out
     one row a token, and a CPU chunk is at most CPU_PRODUCT_CHUNK flat steps.
     """
     _check_product(q, k, v, beta, g, initial_state)
     B, T, n_h, H, K = k.shape
     V = v.shape[-1]
     positive_int("delta_product: chunk_size", chunk_size)
-    if sequence_parallel.active() or backend.use_native(q, k, v, beta, g, initial_state) or (
+    lib = None if sequence_parallel.active() or not backend.use_native(
+        q, k, v, beta, g, initial_state) else native_delta.load()
+    if lib is not None:  # the C recurrence over the flat steps, one query and gate a token
+        dt = compute_dtype(q)
+        S = _initial(initial_state, B, H, K, V, dt, q.device)
+        (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+        o, S = native_delta.delta(lib, qf, k.reshape(B, T * n_h, H, K),
+                                  v.reshape(B, T * n_h, H, V), beta.reshape(B, T * n_h, H),
+                                  beta.new_zeros(B, T, H) if g is None else g, S,
+                                  K ** -0.5 if scale is None else scale, n_h)
+        return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
+    if sequence_parallel.active() or (
             q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state)):
-        # delta_rule's paths over the flat steps (on a CPU its C recurrence)
+        # delta_rule's paths over the flat steps
         qf, kf, vf, bf, gf = _product_as_delta(q, k, v, beta, g)
         o, S = delta_rule(qf, kf, vf, bf, gf, scale=K ** -0.5 if scale is None else scale,
                           initial_state=initial_state, chunk_size=chunk_size * n_h)

@@ -8,8 +8,10 @@ O(T K V) work on a CPU: fwd+bwd 1.5-2.1x slower at K = 32..128, B=16 T=512 and B
 
 q, k: (B, T, H, K); v: (B, T, H, V); beta, g: (B, T, H); S0: (B, H, K, V); all one dtype
 (float32 or float64) on the CPU (`ops.backend.use_native`; ops.chunk.delta's delta_rule and
-delta_product call it there). Returns o (B, T, H, V) and S_T,
-differentiable in all six. Threads split the (batch row, head) pairs. The caller handles
+delta_product call it there; DeltaProduct's n Householder steps a token with n > 1: one
+query and gate a token). Returns o (B, T, H, V) and S_T, differentiable in all six. The
+forward takes one pass over the state a step, the backward two (the rebuild and one
+fused pass). Threads split the (batch row, head) pairs. The caller handles
 non-finite inputs (ops.finite), as ops.chunk.delta.delta_rule does around its solver.
 """
 
@@ -31,36 +33,36 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "delta_fwd", dtype, [P] * 10 + [F] + [L] * 6),
-            native.kernel(lib, "delta_bwd", dtype, [P] * 15 + [F] + [L] * 6))
+    return (native.kernel(lib, "delta_fwd", dtype, [P] * 10 + [F] + [L] * 7),
+            native.kernel(lib, "delta_bwd", dtype, [P] * 15 + [F] + [L] * 7))
 
 
 class _NativeDelta(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, beta, g, S0, scale):
+    def forward(ctx, lib, q, k, v, beta, g, S0, scale, n):
         q, k, v, beta, g, S0 = (t.contiguous() for t in (q, k, v, beta, g, S0))
-        B, Tn, H, K = q.shape
+        B, Tn, H, K = k.shape
         V = v.shape[-1]
         fwd, _ = _kernels(lib, q.dtype)
-        o, w, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
+        o, w, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
         ck = q.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
         native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
                           native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
-                          native.ptr(ST), native.ptr(ck), scale, Tn, H, K, V, p0, p1)
+                          native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         if grad:
             ctx.save_for_backward(q, k, v, beta, g, w, ck)
-        ctx.lib, ctx.scale = lib, scale
+        ctx.lib, ctx.scale, ctx.n = lib, scale, n
         return o, ST
 
     @staticmethod
     def backward(ctx, do, dST):
         q, k, v, beta, g, w, ck = ctx.saved_tensors
-        B, Tn, H, K = q.shape
+        B, Tn, H, K = k.shape
         V = v.shape[-1]
         _, bwd = _kernels(ctx.lib, q.dtype)
-        do = torch.zeros_like(v) if do is None else do.contiguous()
+        do = v.new_zeros(B, Tn // ctx.n, H, V) if do is None else do.contiguous()
         dST = None if dST is None else dST.contiguous()
         dq, dk, dv, dbeta, dg = (torch.empty_like(t) for t in (q, k, v, beta, g))
         dS0 = q.new_empty(B, H, K, V)
@@ -68,10 +70,12 @@ class _NativeDelta(torch.autograd.Function):
                           native.ptr(g), native.ptr(w), native.ptr(ck), native.ptr(dST),
                           native.ptr(do), native.ptr(dq), native.ptr(dk), native.ptr(dv),
                           native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,
-                          Tn, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
-        return None, dq, dk, dv, dbeta, dg, dS0, None
+                          Tn, ctx.n, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+        return None, dq, dk, dv, dbeta, dg, dS0, None, None
 
 
-def delta(lib, q, k, v, beta, g, S0, scale):
-    """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load()."""
-    return _NativeDelta.apply(lib, q, k, v, beta, g, S0, scale)
+def delta(lib, q, k, v, beta, g, S0, scale, n=1):
+    """(o (B, T / n, H, V), S_T (B, H, K, V)); `lib` = load(). n > 1: n steps a token
+    (DeltaProduct), q (B, T / n, H, K) read after a token's last step and g (B, T / n, H)
+    applied at its first; T a multiple of n."""
+    return _NativeDelta.apply(lib, q, k, v, beta, g, S0, scale, n)

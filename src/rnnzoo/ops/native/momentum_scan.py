@@ -1,0 +1,81 @@
+"""The momentum delta rule (ops.momentum_delta) as its recurrence in C (momentum_scan.c),
+forward and backward: the (K, V) states S and M of one (batch row, head) in cache, one pass
+over them a step forward, rebuilt backward from every 32nd step. The chunk form runs (C, C)
+products, two solves and a (2K, 2K) map per chunk, more than the recurrence's O(T K V) work
+costs on a CPU.
+
+    e_t = S_{t-1}^T p_t - v_t,  M_t = exp(lm_t) M_{t-1} + eta_t k_t e_t^T,
+    S_t = exp(la_t) S_{t-1} - beta_t M_t,   o_t = scale S_t^T q_t
+
+q, k, p: (B, T, H, K); v: (B, T, H, V); la, lm, beta, eta: (B, T, H); S0, M0: (B, H, K, V);
+all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`;
+ops.momentum_delta.momentum_delta calls it there). Returns o (B, T, H, V), S_T and M_T,
+differentiable in all ten. Threads split the (batch row, head) pairs. The caller handles
+non-finite inputs (ops.finite).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from rnnzoo.ops import native
+
+CK = 32  # the C file's checkpoint interval
+
+
+def load():
+    return native.load("momentum_scan")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "momentum_fwd", dtype, [P] * 15 + [F] + [L] * 6),
+            native.kernel(lib, "momentum_bwd", dtype, [P] * 22 + [F] + [L] * 6))
+
+
+class _NativeMomentum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale):
+        q, k, v, p, la, lm, beta, eta, S0, M0 = (
+            t.contiguous() for t in (q, k, v, p, la, lm, beta, eta, S0, M0))
+        B, Tn, H, K = q.shape
+        V = v.shape[-1]
+        fwd, _ = _kernels(lib, q.dtype)
+        o, e = torch.empty_like(v), torch.empty_like(v)
+        ST, MT = torch.empty_like(S0), torch.empty_like(M0)
+        grad = any(ctx.needs_input_grad)
+        ck = q.new_empty(B, H, -(-Tn // CK), 2, K, V) if grad else None
+        ins = [native.ptr(t) for t in (q, k, v, p, la, lm, beta, eta, S0, M0)]
+        outs = [native.ptr(t) for t in (o, e, ST, MT, ck)]
+        native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck)
+        ctx.lib, ctx.scale, ctx.V = lib, scale, V
+        return o, ST, MT
+
+    @staticmethod
+    def backward(ctx, do, dST, dMT):
+        q, k, p, la, lm, beta, eta, e, ck = ctx.saved_tensors
+        B, Tn, H, K = q.shape
+        V = ctx.V
+        _, bwd = _kernels(ctx.lib, q.dtype)
+        do = e.new_zeros(B, Tn, H, V) if do is None else do.contiguous()
+        dST, dMT = (None if t is None else t.contiguous() for t in (dST, dMT))
+        dq, dk, dp = (torch.empty_like(t) for t in (q, k, p))
+        dv = torch.empty_like(e)
+        dla, dlm, dbeta, deta = (torch.empty_like(t) for t in (la, lm, beta, eta))
+        dS0, dM0 = q.new_empty(B, H, K, V), q.new_empty(B, H, K, V)
+        args = [native.ptr(t) for t in (q, k, p, la, lm, beta, eta, e, ck, dST, dMT, do, dq, dk,
+                                        dv, dp, dla, dlm, dbeta, deta, dS0, dM0)]
+        native.run(bwd, [(*args, ctx.scale, Tn, H, K, V, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        return None, dq, dk, dv, dp, dla, dlm, dbeta, deta, dS0, dM0, None
+
+
+def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale):
+    """(o (B, T, H, V), S_T, M_T (B, H, K, V)); `lib` = load()."""
+    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale)

@@ -1,0 +1,51 @@
+"""ops.native.momentum_scan, the momentum delta rule's C recurrence (momentum_delta's CPU
+path), against the reference loop (ops.momentum_delta.momentum_delta_recurrent): outputs,
+final (S, M) and the gradients of all ten inputs (with gradients on the final states too),
+T not a multiple of the 32-step checkpoint, 1 and 2 threads; and momentum_delta proven to
+take it on CPU float32/64 (and not under force("torch"))."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _native_check import assert_close, counter, outputs_and_grads, threads
+
+from rnnzoo.ops import backend
+from rnnzoo.ops.momentum_delta import momentum_delta, momentum_delta_recurrent
+from rnnzoo.ops.native import momentum_scan
+
+
+def _inputs(B, T, H, K, V, dtype):
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k, p = (F.normalize(r(B, T, H, K), dim=-1) for _ in range(3))
+    gates = (-0.4 * u(B, T, H), -0.8 * u(B, T, H), u(B, T, H), 2 * u(B, T, H))
+    return [t.requires_grad_() for t in (q, k, r(B, T, H, V), p, *gates,
+                                         r(B, H, K, V), r(B, H, K, V))]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("B,T,H,K,V", [(2, 70, 3, 5, 6), (1, 1, 1, 2, 3)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_native_momentum_matches_the_loop(dtype, tol, B, T, H, K, V, n_threads):
+    ins = _inputs(B, T, H, K, V, dtype)
+    lib = momentum_scan.load()
+    assert lib is not None
+    with threads(n_threads):
+        got = outputs_and_grads(momentum_scan.momentum(lib, *ins, 0.7), ins)
+    o, (S, M) = momentum_delta_recurrent(*ins[:8], scale=0.7, initial_state=tuple(ins[8:]))
+    want = outputs_and_grads((o, S, M), ins)
+    assert_close(got, want, [f"out{i}" for i in range(len(want))], tol)
+
+
+def test_momentum_delta_runs_the_kernel_on_the_cpu(monkeypatch):
+    ran = counter(monkeypatch, momentum_scan, "momentum")
+    ins = _inputs(1, 9, 2, 3, 4, torch.float32)
+    o, _ = momentum_delta(*ins[:8], initial_state=tuple(ins[8:]))
+    assert ran[0] == 1
+    with backend.force("torch"):
+        o_torch, _ = momentum_delta(*ins[:8], initial_state=tuple(ins[8:]))
+    assert ran[0] == 1
+    assert (o - o_torch).abs().max() < 1e-5
