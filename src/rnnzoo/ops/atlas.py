@@ -42,14 +42,35 @@ MUON = (3.4445, -4.7750, 2.0315)
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration on the last two dims of G (..., I, O): an
-    approximately orthogonal matrix with G's singular vectors."""
+    approximately orthogonal matrix with G's singular vectors.
+
+    On X (s x l, the short side first) each step is X <- P X with P = a + b A + c A^2 a
+    polynomial in A = X X^T, so the next A is P A P and the result is P_4 ... P_0 X_0: when
+    l >= 2 s the steps run on the s x s Gram matrix (two s x s x l products in all instead of
+    two a step; |X_0|_F^2 is its trace)."""
     a, b, c = MUON
     wide = G.shape[-2] > G.shape[-1]
     X = G.transpose(-1, -2) if wide else G              # iterate on the short side
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
-    for _ in range(steps):
-        A = X @ X.transpose(-1, -2)
-        X = a * X + (b * A + c * A @ A) @ X
+    short, long_ = X.shape[-2:]
+    if long_ < 2 * short:
+        X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+        for _ in range(steps):
+            A = X @ X.transpose(-1, -2)
+            X = a * X + (b * A + c * A @ A) @ X
+        return X.transpose(-1, -2) if wide else X
+    A = (X @ X.transpose(-1, -2)).reshape(-1, short, short)
+    tr = A.diagonal(0, -2, -1).sum(-1)[:, None, None]
+    pos = tr > 0                                        # sqrt's gradient at 0 stays finite
+    norm = torch.where(pos, torch.where(pos, tr, 1).sqrt(), 0) + eps
+    A = A / (norm * norm)
+    aI = a * torch.eye(short, dtype=A.dtype, device=A.device)
+    Q = None
+    for i in range(steps):
+        P = torch.baddbmm(b * A + aI, A, A, alpha=c)
+        Q = P if Q is None else P @ Q
+        if i + 1 < steps:
+            A = P @ A @ P
+    X = (Q / norm).view(*X.shape[:-1], short) @ X
     return X.transpose(-1, -2) if wide else X
 
 
@@ -157,14 +178,18 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, D, RAc, Ecum, Acum, init, Pg, Mc,
         Xs, Gs = _grads(kind, [t for W in P for t in (W, None)], fk_j, v_j, None, None, 0.0,
                         False, residual=False)
         Ms, newM, newS = [], [], []
-        for X, G, m, s in zip(Xs, Gs, Mc, S):
-            # every step's momentum at once: S_t = E_t S_0 - sum_i D[t, i] X_i^T (gamma_i G_i)
-            outer = (X[..., :, None] * (g_j[..., None] * G)[..., None, :]).flatten(-2)
-            St = (E_j[..., None] * s.flatten(-2)[:, :, None] - D_j @ outer).view(
-                *D_j.shape[:-1], *s.shape[-2:])
+        for X, G, m, st in zip(Xs, Gs, Mc, S):
+            B, H, C = D_j.shape[:3]
+            flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
+            # every step's momentum at once: S_t = E_t S_0 - X^T diag(D[t]) (gamma o G)
+            CX = D_j[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]   # (B, H, C, I, W)
+            St = torch.baddbmm(flat(E_j[..., None, None] * st[:, :, None]).flatten(1, 2),
+                               flat(CX).flatten(1, 2), flat(g_j[..., None] * G),
+                               alpha=-1).view(B, H, C, *st.shape[-2:])
             U = newton_schulz(St, ns_steps) if muon else St
             # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-            Mt = (A_j[..., None] * m.flatten(-2)[:, :, None] + R_j @ U.flatten(-2)).view(St.shape)
+            Mt = torch.baddbmm(flat(A_j[..., None] * m.flatten(-2)[:, :, None]), flat(R_j),
+                               flat(U.flatten(-2))).view(St.shape)
             Ms.append(Mt)
             newM.append(Mt[:, :, -1])
             newS.append(St[:, :, -1])
@@ -172,7 +197,7 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, D, RAc, Ecum, Acum, init, Pg, Mc,
         for i, (w0, Mt) in enumerate(zip(init, Ms)):
             if i:
                 x = _gelu(x)
-            x = (x[..., None, :] @ (w0.to(Mt.dtype)[:, None] + Mt))[..., 0, :]
+            x = x @ w0.to(x.dtype) + (x[..., None, :] @ Mt)[..., 0, :]
         zs.append(x)
         Mc, S = newM, newS
         if j >= first:
