@@ -163,6 +163,16 @@ def atlas_sequential(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, fe
     return torch.cat(zs, 1), state
 
 
+def _newton_schulz_all(Ss, steps):
+    """newton_schulz of each tensor of Ss, those of one shape (short side first) in one call:
+    the MLP memory's (F, 4K) and (4K, K) momenta are both K x 4K for F = K."""
+    Xs = [s.transpose(-1, -2) if s.shape[-2] > s.shape[-1] else s for s in Ss]
+    if len(Xs) == 1 or any(x.shape != Xs[0].shape for x in Xs):
+        return [newton_schulz(s, steps) for s in Ss]
+    Ys = newton_schulz(torch.cat(Xs), steps).chunk(len(Xs))
+    return [y.transpose(-1, -2) if x is not s else y for x, y, s in zip(Xs, Ys, Ss)]
+
+
 GROUP = 1 << 22  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
@@ -177,22 +187,22 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, D, RAc, Ecum, Acum, init, Pg, Mc,
         P = [w0.to(p.dtype) + p for w0, p in zip(init, Pg)]
         Xs, Gs = _grads(kind, [t for W in P for t in (W, None)], fk_j, v_j, None, None, 0.0,
                         False, residual=False)
-        Ms, newM, newS = [], [], []
-        for X, G, m, st in zip(Xs, Gs, Mc, S):
+        Sts = []
+        for X, G, st in zip(Xs, Gs, S):
             B, H, C = D_j.shape[:3]
             flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
             # every step's momentum at once: S_t = E_t S_0 - X^T diag(D[t]) (gamma o G)
             CX = D_j[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]   # (B, H, C, I, W)
-            St = torch.baddbmm(flat(E_j[..., None, None] * st[:, :, None]).flatten(1, 2),
-                               flat(CX).flatten(1, 2), flat(g_j[..., None] * G),
-                               alpha=-1).view(B, H, C, *st.shape[-2:])
-            U = newton_schulz(St, ns_steps) if muon else St
+            Sts.append(torch.baddbmm(flat(E_j[..., None, None] * st[:, :, None]).flatten(1, 2),
+                                     flat(CX).flatten(1, 2), flat(g_j[..., None] * G),
+                                     alpha=-1).view(B, H, C, *st.shape[-2:]))
+        Us = _newton_schulz_all(Sts, ns_steps) if muon else Sts
+        Ms = []
+        for St, U, m in zip(Sts, Us, Mc):
             # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-            Mt = torch.baddbmm(flat(A_j[..., None] * m.flatten(-2)[:, :, None]), flat(R_j),
-                               flat(U.flatten(-2))).view(St.shape)
-            Ms.append(Mt)
-            newM.append(Mt[:, :, -1])
-            newS.append(St[:, :, -1])
+            Ms.append(torch.baddbmm(flat(A_j[..., None] * m.flatten(-2)[:, :, None]), flat(R_j),
+                                    flat(U.flatten(-2))).view(St.shape))
+        newM, newS = [t[:, :, -1] for t in Ms], [t[:, :, -1] for t in Sts]
         x = q_j
         for i, (w0, Mt) in enumerate(zip(init, Ms)):
             if i:
