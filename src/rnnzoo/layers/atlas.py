@@ -13,7 +13,8 @@ Omega rule), read through a polynomial feature map, optionally with the Muon ste
 `feature_map` None / "taylor" / "square" (ops/feature_maps.py) sets phi. The paper's OmegaNet
 is muon=False, Atlas muon=True. With window=1 and muon=False it is the weight-only Titans
 memory. State: (M', M, S per memory weight, n, the window's last tokens, the conv state).
-Modes: `sequential` (token by token).
+Modes: `sequential` (token by token) and `chunk` (a chunk of `chunk_size` steps at a time:
+every momentum of a chunk at once, Newton-Schulz on all of them; equal to `sequential`).
 """
 
 from __future__ import annotations

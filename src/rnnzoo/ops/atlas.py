@@ -19,8 +19,10 @@ Newton-Schulz iteration (Jordan et al. 2024), X <- a X + (b A + c A^2) X with A 
 of S towards 1 (approximately orthogonal), keeping its singular vectors. The memory is
 weight-only (one dense layer or the GELU MLP). With c = 1 and no muon the rule is Titans'
 (`titans_step`) on the same tensors. State: (M' per weight, M, S, n, and the last c - 1
-tokens' k, v, gamma). `atlas_sequential` is the reference; the muon step is nonlinear in S,
-so there is no exact chunkwise form of it.
+tokens' k, v, gamma). `atlas_sequential` is the reference; `atlas_chunked` is the same
+recurrence a chunk at a time: the gradients are taken at the chunk start, so every S_t of a
+chunk is linear in known window gradients (Newton-Schulz, nonlinear, then applies to each S_t
+on its own, all of them at once) and M_t is a decayed cumulative sum of them.
 """
 
 from __future__ import annotations
@@ -236,7 +238,7 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
     own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
     autograd the chunks run in checkpointed segments of about GROUP elements per (steps, I,
-    O) tensor: the graph of one chunk's Newton-Schulz iterates is ~20 times its momenta."""
+    O) tensor: the graph of one chunk is ~36 times its momenta."""
     B, T, H, K = q.shape
     L = len(init)
     (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
