@@ -153,7 +153,7 @@ def test_checkpointed_segments_equal_the_plain_loop_and_keep_less(monkeypatch):
     x = torch.randn(2, 40, 8, dtype=torch.float64, requires_grad=True)
 
     def run():
-        out, total = _saved_bytes(lambda: layer(x))
+        out, total = _saved_bytes(lambda: layer(x, mode="sequential"))
         y, state = out
         g = torch.Generator().manual_seed(1)
         loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum()
@@ -166,3 +166,57 @@ def test_checkpointed_segments_equal_the_plain_loop_and_keep_less(monkeypatch):
     for a, b in zip(got, want, strict=True):
         assert (a - b).abs().max() <= 1e-12 * (1 + b.abs().max())
     assert kept < whole / 4, (kept, whole)
+
+
+@pytest.mark.parametrize("depth,window,muon,fmap", [(1, 1, False, None), (2, 3, True, None),
+                                                    (1, 4, True, "taylor"), (2, 2, False, None)])
+def test_chunk_equals_sequential_from_any_offset_in_checkpointed_segments(monkeypatch, depth,
+                                                                          window, muon, fmap):
+    """The chunk form (every S_t of a chunk at once, Newton-Schulz on all of them, M_t a decayed
+    cumulative sum) is the sequential recurrence: from a state 5 steps in (offset 2 in chunks of
+    3, the window's tokens in the state), run as segments of one chunk under checkpointing (a
+    tiny GROUP) and whole, the same outputs, final state and gradients."""
+    from rnnzoo.ops import atlas
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, memory_depth=depth, chunk_size=3,
+                      window=window, feature_map=fmap, muon=muon)
+    with torch.no_grad():
+        _, s0 = layer(torch.randn(2, 5, 8, dtype=torch.float64), mode="sequential")
+    x = torch.randn(2, 13, 8, dtype=torch.float64, requires_grad=True)
+
+    def run(mode):
+        state = tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in s0)
+        out, saved = _saved_bytes(lambda: layer(x, state, mode=mode))
+        y, s = out
+        g = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum()
+                   for t in (y, *s) if t.is_floating_point())
+        wrt = [x, *[t for t in state if t.requires_grad], *layer.parameters()]
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        return [y, *s, *[torch.zeros_like(w) if d is None else d
+                         for w, d in zip(wrt, grads)]], saved
+
+    want, _ = run("sequential")
+    whole, kept_whole = run("chunk")
+    monkeypatch.setattr(atlas, "GROUP", 1)                        # one chunk a segment
+    parts, kept = run("chunk")
+    for got in (whole, parts):
+        for a, b in zip(got, want, strict=True):
+            assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max())
+    assert kept < kept_whole
+    assert layer.auto_mode(x) == "chunk"
+
+
+def test_newton_schulz_on_the_gram_matrix_is_the_iteration():
+    """A wide or tall G (long side >= 2x the short) runs the steps on its s x s Gram matrix:
+    the plain iteration's value, and a finite (zero) gradient at G = 0, where |G|_F has none."""
+    torch.manual_seed(0)
+    for shape in ((5, 16), (16, 5), (3, 2, 4, 9)):
+        G = torch.randn(*shape, dtype=torch.float64)
+        X = newton_schulz(G)
+        flat = G.reshape(-1, *shape[-2:])
+        want = torch.stack([ns_loop(g) if g.shape[0] <= g.shape[1] else ns_loop(g.T).T
+                            for g in flat]).view(X.shape)
+        assert (X - want).abs().max() < 1e-12
+    G = torch.zeros(4, 12, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(newton_schulz(G).sum(), G)
+    assert torch.isfinite(grad).all()

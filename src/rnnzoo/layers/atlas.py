@@ -13,7 +13,8 @@ Omega rule), read through a polynomial feature map, optionally with the Muon ste
 `feature_map` None / "taylor" / "square" (ops/feature_maps.py) sets phi. The paper's OmegaNet
 is muon=False, Atlas muon=True. With window=1 and muon=False it is the weight-only Titans
 memory. State: (M', M, S per memory weight, n, the window's last tokens, the conv state).
-Modes: `sequential` (token by token).
+Modes: `sequential` (token by token) and `chunk` (a chunk of `chunk_size` steps at a time:
+every momentum of a chunk at once, Newton-Schulz on all of them; equal to `sequential`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.titans import memory_geometry, memory_output, memory_qkv
-from rnnzoo.ops.atlas import atlas_init_state, atlas_sequential, atlas_step
+from rnnzoo.ops.atlas import atlas_chunked, atlas_init_state, atlas_sequential, atlas_step
 from rnnzoo.ops.feature_maps import FEATURE_MAPS, feature_size
 from rnnzoo.registry import register
 
@@ -38,7 +39,7 @@ class Atlas(RecurrentLayer):
     """x: (B, T, d_model) -> y; state (M', M, S per memory weight, n (B,), the window's
     k, v (B, window-1, H, K) and gamma (B, window-1, H) when window > 1, conv state)."""
 
-    modes = ("sequential",)
+    modes = ("sequential", "chunk")
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  memory_depth: int = 2, chunk_size: int = 16, base_lr: float = 1.0,
@@ -86,8 +87,8 @@ class Atlas(RecurrentLayer):
         *mem, conv_state = state
         *inputs, conv_state = self.op_inputs(x, conv_state)
         init = [p.to(inputs[0].dtype) for p in self.memory]
-        z, mem = atlas_sequential(self.kind, *inputs, self.chunk_size, init, tuple(mem),
-                                  **self.options())
+        op = atlas_chunked if mode == "chunk" else atlas_sequential
+        z, mem = op(self.kind, *inputs, self.chunk_size, init, tuple(mem), **self.options())
         return self.op_output(z, x), (*mem, conv_state)
 
     def _step(self, x_t, state):

@@ -19,33 +19,60 @@ Newton-Schulz iteration (Jordan et al. 2024), X <- a X + (b A + c A^2) X with A 
 of S towards 1 (approximately orthogonal), keeping its singular vectors. The memory is
 weight-only (one dense layer or the GELU MLP). With c = 1 and no muon the rule is Titans'
 (`titans_step`) on the same tensors. State: (M' per weight, M, S, n, and the last c - 1
-tokens' k, v, gamma). `atlas_sequential` is the reference; the muon step is nonlinear in S,
-so there is no exact chunkwise form of it.
+tokens' k, v, gamma). `atlas_sequential` is the reference; `atlas_chunked` is the same
+recurrence a chunk at a time: the gradients are taken at the chunk start, so every S_t of a
+chunk is linear in known window gradients (Newton-Schulz, nonlinear, then applies to each S_t
+on its own, all of them at once) and M_t is a decayed cumulative sum of them.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from rnnzoo.ops.feature_maps import feature_size, features
-from rnnzoo.ops.memory import _dense, _grads, _outer, _titans_roll
+from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
 
-__all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential"]
+__all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential",
+           "atlas_chunked"]
 
 MUON = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration on the last two dims of G (..., I, O): an
-    approximately orthogonal matrix with G's singular vectors."""
+    approximately orthogonal matrix with G's singular vectors.
+
+    On X (s x l, the short side first) each step is X <- P X with P = a + b A + c A^2 a
+    polynomial in A = X X^T, so the next A is P A P and the result is P_4 ... P_0 X_0: when
+    l >= 2 s the steps run on the s x s Gram matrix (two s x s x l products in all instead of
+    two a step; |X_0|_F^2 is its trace)."""
     a, b, c = MUON
     wide = G.shape[-2] > G.shape[-1]
     X = G.transpose(-1, -2) if wide else G              # iterate on the short side
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
-    for _ in range(steps):
-        A = X @ X.transpose(-1, -2)
-        X = a * X + (b * A + c * A @ A) @ X
+    short, long_ = X.shape[-2:]
+    if long_ < 2 * short:
+        X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+        for _ in range(steps):
+            A = X @ X.transpose(-1, -2)
+            X = a * X + (b * A + c * A @ A) @ X
+        return X.transpose(-1, -2) if wide else X
+    A = (X @ X.transpose(-1, -2)).reshape(-1, short, short)
+    tr = A.diagonal(0, -2, -1).sum(-1)[:, None, None]
+    pos = tr > 0                                        # sqrt's gradient at 0 stays finite
+    norm = torch.where(pos, torch.where(pos, tr, 1).sqrt(), 0) + eps
+    A = A / (norm * norm)
+    aI = a * torch.eye(short, dtype=A.dtype, device=A.device)
+    Q = None
+    for i in range(steps):
+        P = torch.baddbmm(b * A + aI, A, A, alpha=c)
+        Q = P if Q is None else P @ Q
+        if i + 1 < steps:
+            A = P @ A @ P
+    X = (Q / norm).view(*X.shape[:-1], short) @ X
     return X.transpose(-1, -2) if wide else X
 
 
@@ -136,3 +163,140 @@ def atlas_sequential(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, fe
                               ns_steps, use_reentrant=False)
         zs.append(z)
     return torch.cat(zs, 1), state
+
+
+def _newton_schulz_all(Ss, steps):
+    """newton_schulz of each tensor of Ss, those of one shape (short side first) in one call:
+    the MLP memory's (F, 4K) and (4K, K) momenta are both K x 4K for F = K."""
+    Xs = [s.transpose(-1, -2) if s.shape[-2] > s.shape[-1] else s for s in Ss]
+    if len(Xs) == 1 or any(x.shape != Xs[0].shape for x in Xs):
+        return [newton_schulz(s, steps) for s in Ss]
+    Ys = newton_schulz(torch.cat(Xs), steps).chunk(len(Xs))
+    return [y.transpose(-1, -2) if x is not s else y for x, y, s in zip(Xs, Ys, Ss)]
+
+
+GROUP = 1 << 22  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+
+
+def _chunk_run(kind, j0, first, fk, vE, gE, q, D, RAc, Ecum, Acum, init, Pg, Mc, S,
+               feature_map, muon, ns_steps):
+    """Chunks j0, j0 + 1, ... of atlas_chunked (one per entry of the (B, H, N, ...) tensors):
+    returns (z (B, H, N, C, O), M and S after the last chunk, then the state (M', M, S) after
+    every chunk j >= first)."""
+    zs, hist = [], []
+    for j, (fk_j, v_j, g_j, q_j, D_j, R_j, E_j, A_j) in enumerate(zip(
+            *(t.unbind(2) for t in (fk, vE, gE, q, D, RAc, Ecum, Acum))), j0):
+        P = [w0.to(p.dtype) + p for w0, p in zip(init, Pg)]
+        Xs, Gs = _grads(kind, [t for W in P for t in (W, None)], fk_j, v_j, None, None, 0.0,
+                        False, residual=False)
+        Sts = []
+        for X, G, st in zip(Xs, Gs, S):
+            B, H, C = D_j.shape[:3]
+            flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
+            # every step's momentum at once: S_t = E_t S_0 - X^T diag(D[t]) (gamma o G)
+            CX = D_j[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]   # (B, H, C, I, W)
+            Sts.append(torch.baddbmm(flat(E_j[..., None, None] * st[:, :, None]).flatten(1, 2),
+                                     flat(CX).flatten(1, 2), flat(g_j[..., None] * G),
+                                     alpha=-1).view(B, H, C, *st.shape[-2:]))
+        Us = _newton_schulz_all(Sts, ns_steps) if muon else Sts
+        Ms = []
+        for St, U, m in zip(Sts, Us, Mc):
+            # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
+            Ms.append(torch.baddbmm(flat(A_j[..., None] * m.flatten(-2)[:, :, None]), flat(R_j),
+                                    flat(U.flatten(-2))).view(St.shape))
+        newM, newS = [t[:, :, -1] for t in Ms], [t[:, :, -1] for t in Sts]
+        x = q_j
+        for i, (w0, Mt) in enumerate(zip(init, Ms)):
+            if i:
+                x = _gelu(x)
+            x = x @ w0.to(x.dtype) + (x[..., None, :] @ Mt)[..., 0, :]
+        zs.append(x)
+        Mc, S = newM, newS
+        if j >= first:
+            hist += [*Pg, *Mc, *S]
+        Pg = Mc
+    return (torch.stack(zs, 2), *Mc, *S, *hist)
+
+
+def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, *t):
+    """_chunk_run on flat tensors (the eight chunk inputs, then M', M, S), for checkpoint."""
+    return _chunk_run(kind, j0, first, *t[:8], init, t[8:8 + L], t[8 + L:8 + 2 * L],
+                      t[8 + 2 * L:], feature_map, muon, ns_steps)
+
+
+def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map=None,
+                  muon=False, ns_steps=5):
+    """The chunkwise form, equal to `atlas_sequential`. Same arguments.
+
+    Inside a chunk every gradient is taken at its start M', so the window gradients
+    g_t = sum_i gamma_i X_i^T G_i of its C steps come from one pass of the memory over the
+    chunk's C tokens and the window - 1 before them; the momentum is linear in them,
+    S_t = E_t S_0 - sum_{s <= t} RE[t, s] w_s g_s (E, RE products of eta; w = theta without
+    Muon, 1 with it), so every S_t is one product, Newton-Schulz runs on all C of them at
+    once, and M_t = A_t M_0 + sum_{s <= t} RA[t, s] c_s U_s (U = NS(S), c = theta; without
+    Muon U = S, c = 1) is another. The loop runs over the T / C chunks (each chunk's gradient
+    point is the memory the previous one left). Every sequence sits on the chunk grid at its
+    own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
+    autograd the chunks run in checkpointed segments of about GROUP elements per (steps, I,
+    O) tensor: the graph of one chunk is ~36 times its momenta."""
+    B, T, H, K = q.shape
+    L = len(init)
+    (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
+        read=(q,), write=(k, v, theta, alpha, eta, gamma))
+    Pg, Mc, S = list(state[:L]), list(state[L:2 * L]), list(state[2 * L:3 * L])
+    n0, bufs = state[3 * L], state[3 * L + 1:]
+    Pg, c = _titans_roll(Pg, Mc, n0, C)
+    W1 = bufs[0].shape[1] if bufs else 0                   # window - 1 earlier tokens
+    NT = (T + 2 * C - 2) // C
+    steps = torch.arange(T + W1, device=q.device)
+    pos = c[:, None] + steps                               # buffer, then the sequence
+
+    def place(t, n, at):  # (B, T', H, ...) -> (B, H, n, ...), zeros off the sequence
+        out = t.new_zeros(B, n, *t.shape[2:])
+        idx = at.view(B, -1, *[1] * (t.dim() - 2)).expand_as(t)
+        return out.scatter(1, idx, t).transpose(1, 2)
+
+    grid, on_grid = NT * C, pos[:, W1:] - W1
+    kx, vx, gx = ((torch.cat([b.to(t.dtype), t], 1) if W1 else t)
+                  for b, t in zip(bufs or (None,) * 3, (k, v, gamma)))
+    # the extended timeline: the window - 1 slots before the grid, then the grid
+    windows = lambda t: t.unfold(2, C + W1, C).movedim(-1, 3)  # noqa: E731  (B, H, NT, C+W1, ..)
+    kE = windows(place(kx, W1 + grid, pos))
+    vE = windows(place(vx, W1 + grid, pos))
+    gE = windows(place(gx, W1 + grid, pos)[..., None])[..., 0]
+    fk = phi(kE, feature_map)
+    chunks = lambda t: t.reshape(B, H, NT, C, *t.shape[3:])  # noqa: E731
+    a = chunks(1 - place(alpha, grid, on_grid))            # identity steps off the sequence
+    e = chunks(1 - place(1 - eta, grid, on_grid))
+    th = chunks(place(theta, grid, on_grid))
+    on = chunks(place(torch.ones_like(theta), grid, on_grid))
+    w_in, c_out = (on, th) if muon else (th, on)
+    t_ = torch.arange(C, device=q.device)
+    i_ = torch.arange(C + W1, device=q.device)
+    band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
+    D = (_ratios(e) * w_in[..., None, :]) @ band           # (B, H, NT, C, C + W1)
+    RAc = _ratios(a) * c_out[..., None, :]
+    Ecum, Acum = torch.cumprod(e, -1), torch.cumprod(a, -1)
+    qf = chunks(place(phi(q, feature_map), grid, on_grid))
+    first, last = (T - 1) // C, (c + T - 1) // C
+    args = (fk, vE, gE, qf, D, RAc, Ecum, Acum)
+    size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
+    seg = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
+    zs, hist = [], []
+    for j0 in range(0, NT, seg):
+        part = [t[:, :, j0:j0 + seg] for t in args]
+        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps)
+        ins = (*part, *Pg, *Mc, *S)
+        out = checkpoint(fn, *ins, use_reentrant=False) if seg < NT else fn(*ins)
+        zs.append(out[0])
+        Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
+        h = out[1 + 2 * L:]
+        hist += [h[i:i + 3 * L] for i in range(0, len(h), 3 * L)]
+        Pg = Mc
+    final = _pick(hist, last, first)
+    z = torch.cat(zs, 2).reshape(B, H, grid, -1).transpose(1, 2)
+    z = z.gather(1, on_grid.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    n_out = ((c + T - 1) % C + 1).to(n0.dtype)
+    new_bufs = tuple(t[:, T:] for t in (kx, vx, gx)) if W1 else ()
+    final = poison((*final, *new_bufs), marks.state)
+    return poison(z, marks.outputs), (*final[:3 * L], n_out, *final[3 * L:])
