@@ -67,6 +67,7 @@ from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 from rnnzoo.ops.chunk._common import wy_chunks as _wy_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import delta_scan as native_delta
+from rnnzoo.ops.native import vector_delta as native_vector
 
 __all__ = ["delta_rule", "delta_rule_recurrent", "delta_rule_step",
            "delta_product", "delta_product_recurrent",
@@ -354,7 +355,6 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out_dtype = r.dtype
-    from rnnzoo.ops.native import vector_delta as native_vector  # here: the file's head is shared
     lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
         (r,), (w, k, v, a, b), marks = native_vector.clean_inputs((r,), (w, k, v, a, b))
