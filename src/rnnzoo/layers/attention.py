@@ -41,6 +41,7 @@ from rnnzoo.checks import flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import frequencies, rotate
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.registry import register
 
@@ -167,7 +168,7 @@ class Attention(RecurrentLayer):
                                  f"of this attention layer; build it with a larger max_len or "
                                  f"a sliding window")
             cached = top > 0  # positions are >= 0: any() is max() > 0
-        elif x.device.type == "cpu" and not torch.compiler.is_compiling():
+        elif backend.host_readable(x):
             cached = bool(start.max() > 0)  # free there (no sync): skip an empty ring buffer
         q, k, v, pos = self._project(x, start)
         if cached:  # attend to the cache, then to the new tokens

@@ -29,7 +29,7 @@ from torch import nn
 from rnnzoo.checks import flag, int_in, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
 from rnnzoo.registry import register
 
@@ -134,8 +134,7 @@ class MoM(DeltaBlock):
 
     def _forward(self, x, state, mode):
         S, conv_state = state
-        if (mode == "chunk" and x.device.type == "cpu" and not torch.compiler.is_compiling()
-                and not sequence_parallel.active()):
+        if mode == "chunk" and backend.host_readable(x) and not sequence_parallel.active():
             o, S, conv_state = self._packed(x, S, conv_state)
             return self.op_output(o, x), (S, conv_state)
         q, k, v, beta, g, w, conv_state = self.routed_inputs(x, conv_state)

@@ -108,6 +108,13 @@ def use_native(*tensors: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling()
 
 
+def host_readable(t: torch.Tensor) -> bool:
+    """Whether reading t's values on the host is free: on the CPU (no device sync) and in
+    eager mode (no graph break under torch.compile). Ops take shortcuts that depend on values
+    only there; elsewhere they run their general form, which gives the same result."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 # -- how a classic cell's step loop runs (rnnzoo.cells.steps) --------------------------------
 STEPS = ("loop", "compiled", "graph")
 _forced_steps: list[str] = []

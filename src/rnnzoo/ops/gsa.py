@@ -118,7 +118,7 @@ def _two_passes(q, k, v, s, log_alpha, scale, hk0, hv0, C):
     """Both passes chunkwise on the CPU (the module docstring), sharing the slot factors
     X = s o e^{-LA} and Y = s o e^{LA_C - LA} and the query factor e^{LA}; or None where a
     chunk's decay span is not known to be small. -> (o (B, T, H, V), (hk, hv))."""
-    if q.device.type != "cpu" or torch.compiler.is_compiling():
+    if not backend.host_readable(q):
         return None
     B, T, H, K = q.shape
     M, V = s.shape[-1], v.shape[-1]

@@ -194,24 +194,17 @@ def ttt_sequential(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     return torch.stack(zs, 1), state
 
 
-def _host_free(t):
-    """Whether reading t's values on the host is free: on the CPU (no device sync), in eager
-    mode (no graph break under torch.compile). The chunk forms then take shortcuts that
-    depend on values; elsewhere they run the general form."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _grid(c, T, C, within=False):
     """Sequences of T steps at offsets c (B,) in [0, C-1] laid on one grid of NT chunks of C
     steps. Returns (NT, first, last, place, take): last (B,) each one's last chunk, first the
     earliest of them; place (B, T, H, ...) -> (B, H, NT*C, ...), zeros off the sequence;
     take (B, H, NT*C, D) -> (B, T, H, D). Any offsets need NT = (T + 2C - 2) // C and a
-    scatter; where reading c is free (_host_free), a batch at one offset (every fresh
+    scatter; where reading c is free (backend.host_readable), a batch at one offset (every fresh
     sequence is at 0) is padded instead and needs ceil((c + T) / C) chunks (`within`: the
     caller knows one chunk holds them)."""
     B = c.shape[0]
     last = (c + T - 1) // C
-    if _host_free(c) and B and T and bool((c == c[0]).all()):
+    if backend.host_readable(c) and B and T and bool((c == c[0]).all()):
         c0 = int(c[0])
         NT = 1 if within else -(-(c0 + T) // C)
         pad = NT * C - c0 - T
@@ -269,8 +262,8 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, NT, I, O), (B, H, NT, O)
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, NT, M, I or O)
     # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
-    # the CPU in eager mode (_host_free), sums known to be zero (a fresh state) are skipped
-    begun = not (_host_free(q) and not any(bool(a.any()) for a in Acc))
+    # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are skipped
+    begun = not (backend.host_readable(q) and not any(bool(a.any()) for a in Acc))
     x = qc
     for i in range(L2 // 2):
         if i:

@@ -37,17 +37,12 @@ import torch
 
 from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import flop_count
+from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
-
-def _traced(t) -> bool:
-    """Whether reading t's values on the host is impossible (meta) or a graph break (inside
-    torch.compile): there the stopped rows' iterations run, masked, to the same result."""
-    return t.device.type == "meta" or torch.compiler.is_compiling()
 
 
 def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol: float = 0.0):
@@ -67,7 +62,7 @@ def conjugate_gradient(apply, b, lamb, steps: int, eps: float | None = None, tol
         active = None
         if limit is not None:
             active = delta > limit
-            if b.device.type == "cpu" and not _traced(b) and not bool(active.any()):
+            if backend.host_readable(b) and not bool(active.any()):
                 break  # every row has stopped: the remaining iterations are no-ops (on a CPU the
                 # test costs no sync; elsewhere the masked iterations run on, same result)
         Ap = apply(p) + lamb * p

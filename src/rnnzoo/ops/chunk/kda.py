@@ -149,7 +149,7 @@ def _decayed_scores(xs, k, G, c: int):
     """
     *lead, C, K = k.shape
     limit = _factorise_limit(k.dtype)
-    read = k.device.type == "cpu" and not torch.compiler.is_compiling()
+    read = backend.host_readable(k)
     if read and -G[..., -1, :].min().item() < limit:
         c = C
     m = C // c
@@ -199,8 +199,7 @@ def vector_decay_chunks(q, k, v, g, p, S, scale, C, c):
     G = g.cumsum(-2)
     eG, G_end = G.exp(), G[..., -1:, :]
     p_in, q_in = p * eG, q * eG
-    if k.device.type == "cpu" and not torch.compiler.is_compiling() \
-            and -G_end.min().item() < _factorise_limit(k.dtype):
+    if backend.host_readable(k) and -G_end.min().item() < _factorise_limit(k.dtype):
         # Every chunk's span is small: the whole chunk factorises through its start (as in
         # _decayed_scores with one block), and p e^G, q e^G serve the scores and the solve.
         k_f = k * (-G).exp()                                  # <= e^{span}, far from overflow

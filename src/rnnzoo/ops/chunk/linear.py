@@ -131,8 +131,7 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
     """
     *lead, C, K = q.shape
     limit = _factorise_limit(q.dtype)
-    read = (q.device.type == "cpu" and not torch.compiler.is_compiling()) \
-        if read_values is None else read_values
+    read = backend.host_readable(q) if read_values is None else read_values
     if C % c or (read and -G[..., -1, :].min().item() < limit):
         c = C
     m = C // c
@@ -251,7 +250,7 @@ def _vector_chunkwise(q, k, v, g, S, C, bonus):
     """The one-block vector-decay chunk form on prepared inputs (B, T, H, *) -> (o (B, T, H, V),
     S_T), or None when a chunk's log-decay span passes `_factorise_limit` (read on the CPU
     only) and the caller's secondary chunking must take it."""
-    if q.device.type != "cpu" or torch.compiler.is_compiling():
+    if not backend.host_readable(q):
         return None
     gc = _chunks(g, C)  # (B, H, N, C, K)
     if -gc.detach().sum(-2).min().item() >= _factorise_limit(q.dtype):
