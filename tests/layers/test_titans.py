@@ -298,3 +298,26 @@ def test_linear_chunk_form_with_bias_and_mid_chunk_states_equals_the_loop(memory
     for a, b in zip(s_seq, s_chk):
         assert (a - b).abs().max() < 1e-10
     assert (s_chk[3] - mem[3]).abs().max() > 1e-3 or not memory_bias   # the bias learned
+
+
+def test_weight_only_chunk_form_with_zero_bias_rows_equals_the_loop():
+    """A weight-only memory whose state's bias rows are zero takes the chunk form's K-wide
+    path (no bias row): random weights, M' != M, each sequence at its own place in its
+    chunk; outputs, every state tensor (the bias rows stay zero) and the gradients."""
+    C = 3
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=C)
+    x = torch.randn(3, 11, 8, dtype=torch.float64, requires_grad=True)
+    state = layer.init_state(3, dtype=torch.float64)
+    mem = [torch.randn_like(t) if i % 2 == 0 else t for i, t in enumerate(state[:6])]
+    n = torch.tensor([0.0, 2.0, C], dtype=torch.float64)
+    state = (*mem, n, *state[7:])
+    out = {}
+    for mode in ("sequential", "chunk"):
+        y, s = layer(x, state, mode=mode)
+        out[mode] = (y, s, torch.autograd.grad((y ** 2).sum() + s[2].sum(), x)[0])
+    (y_seq, s_seq, g_seq), (y_chk, s_chk, g_chk) = out.values()
+    assert (y_seq - y_chk).abs().max() < 1e-10
+    assert (g_seq - g_chk).abs().max() < 1e-10
+    for a, b in zip(s_seq, s_chk):
+        assert (a - b).abs().max() < 1e-10
+    assert all(not s_chk[i].any() for i in (1, 3, 5))

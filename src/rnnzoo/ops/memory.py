@@ -425,7 +425,7 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     Eprev = torch.cat([torch.ones_like(Ecum_all[..., :1]), Ecum_all[..., :-1]], -1)
     RE_prev = torch.cat([torch.zeros_like(RE_all[..., :1, :]), RE_all[..., :-1, :]], -2)
     Cm_all = (RA_all + RA_all @ (m[..., :, None] * RE_prev)) * th[..., None, :]
-    f_all = (RA_all @ (m * Eprev)[..., None])[..., 0]
+    f_all = (RA_all * (m * Eprev)[..., None, :]).sum(-1)
     REth_all = RE_all[..., -1, :] * th                               # (B, H, NT, C)
     # the first layer reads q and writes at k: its read through the initial weights and its
     # attention q_t . k_s do not depend on the memory, so every chunk's are one product
@@ -484,21 +484,44 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     M -> A M + f S - Kc^T (k_a M + R),  S -> E S - Ke^T (k_a M + R)
     (R = k_a W_0 - v, Kc = diag(Cm[-1]) [k, bias], Ke = diag(RE theta) [k, bias]): the maps'
     matrices and every read are products over all chunks at once, and only (M, S), each
-    (K+1, K), passes from chunk to chunk. q, k, v (B, H, N, C, K); gate coefficients as in titans_chunked.
+    (J, K) with J = K+1 (K for a weight-only memory whose bias rows are zero), passes from
+    chunk to chunk. q, k, v (B, H, N, C, K); gate coefficients as in titans_chunked.
     Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk
     (last (B,), none before `first`), z (B, H, N, C, K))."""
     B, H, N, C, K = q.shape
-    one = torch.ones_like(q[..., :1])
-    qa, ka = torch.cat([q, one], -1), torch.cat([k, one], -1)
-    kg = torch.cat([k, one * bias], -1)                         # the gradient's inputs
-    W0 = torch.cat([init[0], init[1][:, None]], -2).to(q.dtype)  # (H, K+1, K)
-    R = ka @ W0[:, None] - v                                     # (B, H, N, C, K)
-    aug = lambda W, b: torch.cat([W, b[..., None, :]], -2).to(q.dtype)  # noqa: E731
-    Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2(K+1), K)
+    # a weight-only memory whose state's bias rows are zero constants (every fresh state;
+    # read on the host where that is free) keeps them zero: its products are K wide, not
+    # K + 1 (odd widths run at half the speed in the small batched products)
+    sb = (Pg[1], Mc[1], S[1])
+    rows = (bias or not backend.host_readable(q) or any(t.requires_grad for t in sb)
+            or any(bool(t.any()) for t in sb))
+    if rows:
+        one = torch.ones_like(q[..., :1])
+        qa, ka = torch.cat([q, one], -1), torch.cat([k, one], -1)
+        kg = torch.cat([k, one * bias], -1)                     # the gradient's inputs
+        W0 = torch.cat([init[0], init[1][:, None]], -2).to(q.dtype)  # (H, K+1, K)
+        R = ka @ W0[:, None] - v                                 # (B, H, N, C, K)
+        aug = lambda W, b: torch.cat([W, b[..., None, :]], -2).to(q.dtype)  # noqa: E731
+    else:
+        qa, ka, kg = q, k, k
+        R = _per_head(k, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None] - v
+        aug = lambda W, b: W.to(q.dtype)  # noqa: E731
+        from rnnzoo.ops.native import titans_scan  # here: the module's head is the TTT region's
+
+        P0, M0, S0 = (t.to(q.dtype) for t in (Pg[0], Mc[0], S[0]))
+        lib = titans_scan.load() if backend.use_native(q, k, R, att, P0, M0, S0) else None
+        if lib is not None:  # the chunk loop and its reads in C (ops.native.titans_scan)
+            o, Ms, Ss = titans_scan.titans_linear(lib, q, k, R, att, Acum, f, Cm[..., -1, :],
+                                                  REth, Ecum[..., -1], P0, M0, S0)
+            P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j], Ms[:, :, j + 1],
+                                    Ss[:, :, j + 1]) for j in range(first, N)], last, first)
+            zero = lambda: torch.zeros_like(P_f[..., 0, :])  # noqa: E731
+            return [P_f, zero(), M_f, zero(), S_f, zero()], read0 + o
+    Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2J, K)
     A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]     # (B, H, N)
     Kc, Ke = kg * Cm[..., -1, :, None], kg * REth[..., None]
-    Kt = -torch.cat([Kc, Ke], -1).transpose(-1, -2)             # (B, H, N, 2(K+1), C)
-    J = K + 1
+    Kt = -torch.cat([Kc, Ke], -1).transpose(-1, -2)             # (B, H, N, 2J, C)
+    J = K + rows
     lin, Bm = Kt @ ka, Kt @ R                                    # (B, H, N, 2J, J or K)
     Mc, S = Z[..., :J, :], Z[..., J:, :]
     # per chunk (unbound once: a slice of the all-chunk tensors costs a zero tensor of their
@@ -526,6 +549,9 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     G = ka @ Pst + R
     z = (read0 + Acum[..., None] * (qa @ Mst) + f[..., None] * (qa @ Sst) - att @ G)
     P_f, M_f, S_f = _pick([(Ps[j], Ms[j + 1], Ss[j + 1]) for j in range(first, N)], last, first)
+    if not rows:
+        zero = lambda: torch.zeros_like(M_f[..., 0, :])  # noqa: E731
+        return [P_f, zero(), M_f, zero(), S_f, zero()], z
     final = [P_f[..., :K, :], P_f[..., K, :], M_f[..., :K, :], M_f[..., K, :],
              S_f[..., :K, :], S_f[..., K, :]]
     return final, z

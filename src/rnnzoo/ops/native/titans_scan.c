@@ -1,0 +1,290 @@
+/* Titans' linear weight-only memory in its chunk form (ops/memory.py,
+   _titans_linear_chunks), the chunk loop and every read of a chunk, forward and backward,
+   one (batch row, head) pair at a time with its (K, K) memory M and surprise S in cache.
+   For chunk n with gradient point P (the state's M' for the first chunk, the chunk's
+   starting M after it), its C steps q, k, R (R = k W_0 + b_0 - v) and gate coefficients:
+
+       G   = k P + R                                   (C, K): every step's gradient
+       o_t = A_t q_t M + f_t q_t S - sum_{s<=t} att_ts G_s
+       M  <- A_T M + f_T S - sum_s cl_s k_s G_s^T,     S <- E_T S - sum_s re_s k_s G_s^T
+
+   (A_T = A_{C-1}, f_T = f_{C-1}; att = Cm o (q k^T), read on and below its diagonal only,
+   datt zero above; cl = Cm's last row, re = RE theta; all made by the caller). Every chunk's starting (M, S) is written out
+   (Ms, Ss: N + 1 of them, the last the final state); the backward reads them back and
+   recomputes G. With gM, gS the gradients of the chunk's final (M, S):
+
+       dA_T = <gM, M>, df_T = <gM, S>, dE_T = <gS, S>
+       dG_s = -cl_s gM^T k_s - re_s gS^T k_s - sum_{t>=s} att_ts do_t,   dR = dG
+       dk_s = -cl_s gM G_s - re_s gS G_s + P dG_s,   dcl_s = -k_s^T gM G_s,  dre_s likewise
+       dA_t = do_t . q_t M,  df_t = do_t . q_t S,  dq_t = A_t M do_t + f_t S do_t
+       datt_ts = -do_t . G_s (s <= t, else 0),  dP = sum_s k_s dG_s^T
+       gM <- A_T gM + sum_t A_t q_t do_t^T (+ dP after the first chunk),
+       gS <- f_T gM + E_T gS + sum_t f_t q_t do_t^T          (plus dMs, dSs of each chunk)
+
+   Layouts (row-major, contiguous), pr = b H + h a pair: q, k, R, o and their gradients
+   (pairs, N, C, K); att, datt (pairs, N, C, C); ga (A), gf (f), cl, re and gradients
+   (pairs, N, C); gE (E_T), dgE (pairs, N); P0, M0, S0, dP0, dM0, dS0 (pairs, K, K); Ms, Ss,
+   dMs, dSs (pairs, N + 1, K, K) (dMs, dSs may be NULL: zero). Each function does the
+   pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
+
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "titans_scan.c"
+#include "each_type.h"
+
+#else
+
+/* G = k P + R, (C, K) */
+static inline __attribute__((always_inline)) void NAME(gradients)(const T *restrict k, const T *restrict P, const T *restrict R,
+                            T *restrict G, long C, long K) {
+    for (long s = 0; s < C; s++) {
+        T *restrict Gs = G + s * K;
+        const T *restrict ks = k + s * K;
+        memcpy(Gs, R + s * K, K * sizeof(T));
+        for (long i = 0; i < K; i++) {
+            const T ki = ks[i];
+            const T *restrict Pi = P + i * K;
+#pragma omp simd
+            for (long j = 0; j < K; j++) Gs[j] += ki * Pi[j];
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void NAME(fwd)(
+        const T *restrict q, const T *restrict k, const T *restrict R, const T *restrict att,
+        const T *restrict ga, const T *restrict gf, const T *restrict cl, const T *restrict re,
+        const T *restrict gE, const T *restrict P0, const T *restrict M0, const T *restrict S0,
+        T *restrict o, T *restrict Ms, T *restrict Ss, long N, long C, long K, long p0,
+        long p1) {
+    const long KK = K * K, CK = C * K;
+    T *G = malloc(CK * sizeof(T));
+    for (long pr = p0; pr < p1; pr++) {
+        T *M = Ms + pr * (N + 1) * KK, *S = Ss + pr * (N + 1) * KK;
+        memcpy(M, M0 + pr * KK, KK * sizeof(T));
+        memcpy(S, S0 + pr * KK, KK * sizeof(T));
+        for (long n = 0; n < N; n++) {
+            const long c = pr * N + n;
+            const T *restrict Mn = M + n * KK, *restrict Sn = S + n * KK;
+            T *restrict Mx = M + (n + 1) * KK, *restrict Sx = S + (n + 1) * KK;
+            const T *restrict qn = q + c * CK, *restrict kn = k + c * CK;
+            const T *restrict an = att + c * C * C, *restrict A = ga + c * C;
+            const T *restrict f = gf + c * C, *restrict cn = cl + c * C, *restrict rn = re + c * C;
+            T *restrict on = o + c * CK;
+            NAME(gradients)(kn, n ? Mn : P0 + pr * KK, R + c * CK, G, C, K);
+            for (long t = 0; t < C; t++) {
+                T *restrict ot = on + t * K;
+                for (long j = 0; j < K; j++) ot[j] = 0;
+                for (long i = 0; i < K; i++) {
+                    const T a = A[t] * qn[t * K + i], b = f[t] * qn[t * K + i];
+                    const T *restrict Mi = Mn + i * K, *restrict Si = Sn + i * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) ot[j] += a * Mi[j] + b * Si[j];
+                }
+                for (long s = 0; s <= t; s++) {
+                    const T w = an[t * C + s];
+                    const T *restrict Gs = G + s * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) ot[j] -= w * Gs[j];
+                }
+            }
+            const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
+            for (long i = 0; i < K; i++) {
+                T *restrict Mi = Mx + i * K, *restrict Si = Sx + i * K;
+                const T *restrict mi = Mn + i * K, *restrict si = Sn + i * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) {
+                    Mi[j] = AT * mi[j] + fT * si[j];
+                    Si[j] = ET * si[j];
+                }
+                for (long s = 0; s < C; s++) {
+                    const T ks = kn[s * K + i], a = cn[s] * ks, b = rn[s] * ks;
+                    const T *restrict Gs = G + s * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) {
+                        Mi[j] -= a * Gs[j];
+                        Si[j] -= b * Gs[j];
+                    }
+                }
+            }
+        }
+    }
+    free(G);
+}
+
+static inline __attribute__((always_inline)) void NAME(bwd)(
+        const T *restrict q, const T *restrict k, const T *restrict R, const T *restrict att,
+        const T *restrict ga, const T *restrict gf, const T *restrict cl, const T *restrict re,
+        const T *restrict gE, const T *restrict P0, const T *restrict Ms, const T *restrict Ss,
+        const T *restrict dout, const T *restrict dMs, const T *restrict dSs, T *restrict dq,
+        T *restrict dk, T *restrict dR, T *restrict datt, T *restrict dga, T *restrict dgf,
+        T *restrict dcl, T *restrict dre, T *restrict dgE, T *restrict dP0, T *restrict dM0,
+        T *restrict dS0, long N, long C, long K, long p0, long p1) {
+    const long KK = K * K, CK = C * K;
+    T *G = malloc(CK * sizeof(T)), *dG = malloc(CK * sizeof(T));
+    T *gM = malloc(4 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
+    for (long pr = p0; pr < p1; pr++) {
+        const long st = pr * (N + 1) * KK;
+        if (dMs) memcpy(gM, dMs + st + N * KK, KK * sizeof(T));
+        else memset(gM, 0, KK * sizeof(T));
+        if (dSs) memcpy(gS, dSs + st + N * KK, KK * sizeof(T));
+        else memset(gS, 0, KK * sizeof(T));
+        for (long n = N - 1; n >= 0; n--) {
+            const long c = pr * N + n;
+            const T *restrict Mn = Ms + st + n * KK, *restrict Sn = Ss + st + n * KK;
+            const T *restrict P = n ? Mn : P0 + pr * KK;
+            const T *restrict qn = q + c * CK, *restrict kn = k + c * CK;
+            const T *restrict an = att + c * C * C, *restrict A = ga + c * C;
+            const T *restrict f = gf + c * C, *restrict cn = cl + c * C, *restrict rn = re + c * C;
+            const T *restrict don = dout + c * CK;
+            T *restrict dqn = dq + c * CK, *restrict dkn = dk + c * CK;
+            T *restrict dan = datt + c * C * C, *restrict dA = dga + c * C, *restrict df = dgf + c * C;
+            T *restrict dcn = dcl + c * C, *restrict drn = dre + c * C;
+            const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
+            NAME(gradients)(kn, P, R + c * CK, G, C, K);
+            /* the update's scalars */
+            T sAM = 0, sFM = 0, sES = 0;
+            for (long e = 0; e < KK; e++) {
+                sAM += gM[e] * Mn[e];
+                sFM += gM[e] * Sn[e];
+                sES += gS[e] * Sn[e];
+            }
+            dgE[c] = sES;
+            /* the update's dG, dk, dcl, dre */
+            for (long s = 0; s < C; s++) {
+                const T *restrict ks = kn + s * K, *restrict Gs = G + s * K;
+                T *restrict dGs = dG + s * K, *restrict dks = dkn + s * K;
+                for (long j = 0; j < K; j++) dGs[j] = 0;
+                T tc = 0, tr = 0;
+                for (long i = 0; i < K; i++) {
+                    const T *restrict Mi = gM + i * K, *restrict Si = gS + i * K;
+                    const T a = -cn[s] * ks[i], b = -rn[s] * ks[i];
+                    T y = 0, z = 0;
+#pragma omp simd reduction(+:y, z)
+                    for (long j = 0; j < K; j++) {
+                        dGs[j] += a * Mi[j] + b * Si[j];
+                        y += Mi[j] * Gs[j];
+                        z += Si[j] * Gs[j];
+                    }
+                    dks[i] = -cn[s] * y - rn[s] * z;
+                    tc -= ks[i] * y;
+                    tr -= ks[i] * z;
+                }
+                dcn[s] = tc;
+                drn[s] = tr;
+            }
+            /* the reads */
+            for (long t = 0; t < C; t++) {
+                const T *restrict dt = don + t * K, *restrict qt = qn + t * K;
+                T *restrict dqt = dqn + t * K;
+                T sa = 0, sf = 0;
+                for (long i = 0; i < K; i++) {
+                    const T *restrict Mi = Mn + i * K, *restrict Si = Sn + i * K;
+                    T y = 0, z = 0;
+#pragma omp simd reduction(+:y, z)
+                    for (long j = 0; j < K; j++) {
+                        y += Mi[j] * dt[j];
+                        z += Si[j] * dt[j];
+                    }
+                    dqt[i] = A[t] * y + f[t] * z;
+                    sa += qt[i] * y;
+                    sf += qt[i] * z;
+                }
+                dA[t] = sa;
+                df[t] = sf;
+                for (long s = 0; s < C; s++) {
+                    if (s > t) {
+                        dan[t * C + s] = 0;
+                        continue;
+                    }
+                    const T w = an[t * C + s];
+                    const T *restrict Gs = G + s * K;
+                    T *restrict dGs = dG + s * K;
+                    T g = 0;
+#pragma omp simd reduction(+:g)
+                    for (long j = 0; j < K; j++) {
+                        g += dt[j] * Gs[j];
+                        dGs[j] -= w * dt[j];
+                    }
+                    dan[t * C + s] = -g;
+                }
+            }
+            dA[C - 1] += sAM;
+            df[C - 1] += sFM;
+            /* the gradients of the chunk's starting M, S; dR = dG; dk += P dG; dP */
+            for (long i = 0; i < K; i++) {
+                T *restrict nMi = nM + i * K, *restrict nSi = nS + i * K;
+                const T *restrict gMi = gM + i * K, *restrict gSi = gS + i * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) {
+                    nMi[j] = AT * gMi[j];
+                    nSi[j] = fT * gMi[j] + ET * gSi[j];
+                }
+                for (long t = 0; t < C; t++) {
+                    const T a = A[t] * qn[t * K + i], b = f[t] * qn[t * K + i];
+                    const T *restrict dt = don + t * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) {
+                        nMi[j] += a * dt[j];
+                        nSi[j] += b * dt[j];
+                    }
+                }
+            }
+            memcpy(dR + c * CK, dG, CK * sizeof(T));
+            T *restrict dP = n ? nM : dP0 + pr * KK;   /* dP adds to M's gradient after chunk 0 */
+            if (!n) memset(dP, 0, KK * sizeof(T));
+            for (long s = 0; s < C; s++) {
+                const T *restrict ks = kn + s * K, *restrict dGs = dG + s * K;
+                T *restrict dks = dkn + s * K;
+                for (long i = 0; i < K; i++) {
+                    const T *restrict Pi = P + i * K;
+                    T *restrict dPi = dP + i * K;
+                    const T ki = ks[i];
+                    T y = 0;
+#pragma omp simd reduction(+:y)
+                    for (long j = 0; j < K; j++) {
+                        y += Pi[j] * dGs[j];
+                        dPi[j] += ki * dGs[j];
+                    }
+                    dks[i] += y;
+                }
+            }
+            if (dMs)
+                for (long e = 0; e < KK; e++) nM[e] += dMs[st + n * KK + e];
+            if (dSs)
+                for (long e = 0; e < KK; e++) nS[e] += dSs[st + n * KK + e];
+            memcpy(gM, nM, KK * sizeof(T));
+            memcpy(gS, nS, KK * sizeof(T));
+        }
+        memcpy(dM0 + pr * KK, gM, KK * sizeof(T));
+        memcpy(dS0 + pr * KK, gS, KK * sizeof(T));
+    }
+    free(G);
+    free(dG);
+    free(gM);
+}
+
+/* the exported kernels: the bodies above compiled again for the width K = 32 (a constant
+   lets the compiler unroll the rows), else for any K */
+void NAME(titans_fwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
+                      const T *gf, const T *cl, const T *re, const T *gE, const T *P0,
+                      const T *M0, const T *S0, T *o, T *Ms, T *Ss, long N, long C, long K,
+                      long p0, long p1) {
+    if (K == 32)
+        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, o, Ms, Ss, N, C, 32, p0, p1);
+    else
+        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, o, Ms, Ss, N, C, K, p0, p1);
+}
+
+void NAME(titans_bwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
+                      const T *gf, const T *cl, const T *re, const T *gE, const T *P0,
+                      const T *Ms, const T *Ss, const T *dout, const T *dMs, const T *dSs,
+                      T *dq, T *dk, T *dR, T *datt, T *dga, T *dgf, T *dcl, T *dre, T *dgE,
+                      T *dP0, T *dM0, T *dS0, long N, long C, long K, long p0, long p1) {
+    if (K == 32)
+        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, dout, dMs, dSs, dq, dk, dR,
+                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, N, C, 32, p0, p1);
+    else
+        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, dout, dMs, dSs, dq, dk, dR,
+                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, N, C, K, p0, p1);
+}
+
+#endif

@@ -1,0 +1,71 @@
+"""ops.native.titans_scan, the C chunk loop of Titans' linear weight-only memory, against
+the same map written as a PyTorch loop over chunks: outputs, every chunk's starting (M, S)
+and the gradients of all twelve inputs (with gradients on the states too), odd sizes, a
+gradient point P0 != M0, 1 and 2 threads; and the layer proven to take it on the CPU (and
+to equal its PyTorch path under force("torch"))."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import assert_close, counter, outputs_and_grads, threads
+
+import rnnzoo
+from rnnzoo.ops import backend
+from rnnzoo.ops.native import titans_scan
+
+
+def _loop(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0):
+    """The chunk map of titans_scan.py's docstring, one chunk at a time."""
+    M, S, P, os, Ms, Ss = M0, S0, P0, [], [M0], [S0]
+    for n in range(q.shape[2]):
+        qn, kn, A, f = q[:, :, n], k[:, :, n], ga[:, :, n, :, None], gf[:, :, n, :, None]
+        G = kn @ P + R[:, :, n]
+        os.append(A * (qn @ M) + f * (qn @ S) - att[:, :, n].tril() @ G)
+        upd = lambda w: (kn * w[..., None]).transpose(-1, -2) @ G  # noqa: E731
+        M, S = (A[:, :, -1:] * M + f[:, :, -1:] * S - upd(cl[:, :, n]),
+                gE[:, :, n, None, None] * S - upd(re[:, :, n]))
+        P = M
+        Ms.append(M)
+        Ss.append(S)
+    return torch.stack(os, 2), torch.stack(Ms, 2), torch.stack(Ss, 2)
+
+
+def _inputs(B, H, N, C, K, dtype):
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=gen, dtype=dtype)  # noqa: E731
+    att = r(B, H, N, C, C).tril()
+    return [t.requires_grad_() for t in (
+        0.5 * r(B, H, N, C, K), 0.5 * r(B, H, N, C, K), r(B, H, N, C, K), att,
+        u(B, H, N, C), u(B, H, N, C), 0.3 * u(B, H, N, C), 0.3 * u(B, H, N, C), u(B, H, N),
+        r(B, H, K, K), r(B, H, K, K), r(B, H, K, K))]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("B,H,N,C,K", [(2, 3, 4, 3, 5), (1, 1, 1, 1, 2)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_native_titans_matches_the_loop(dtype, tol, B, H, N, C, K, n_threads):
+    ins = _inputs(B, H, N, C, K, dtype)
+    lib = titans_scan.load()
+    assert lib is not None
+    with threads(n_threads):
+        got = outputs_and_grads(titans_scan.titans_linear(lib, *ins), ins)
+    want = outputs_and_grads(_loop(*ins), ins)
+    assert_close(got, want, [f"out{i}" for i in range(len(want))], tol)
+
+
+def test_titans_layer_runs_the_kernel_on_the_cpu(monkeypatch):
+    ran = counter(monkeypatch, titans_scan, "titans_linear")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("titans", d_model=8, num_heads=2, head_dim=4, chunk_size=3).double()
+    x = torch.randn(2, 10, 8, dtype=torch.float64, requires_grad=True)
+    y, s = layer(x, mode="chunk")
+    assert ran[0] == 1
+    gx = torch.autograd.grad((y ** 2).sum() + s[2].sum(), x)[0]
+    with backend.force("torch"):
+        y_t, s_t = layer(x, mode="chunk")
+        gx_t = torch.autograd.grad((y_t ** 2).sum() + s_t[2].sum(), x)[0]
+    assert ran[0] == 1
+    assert (y - y_t).abs().max() < 1e-12 and (gx - gx_t).abs().max() < 1e-12
+    assert max((a - b).abs().max() for a, b in zip(s, s_t)) < 1e-12
