@@ -51,6 +51,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.memory import (
+    _select,
     memory_read,
     titans_chunked,
     titans_init_state,
@@ -272,11 +273,9 @@ class Titans(RecurrentLayer):
         L = (len(mem) - 2) // 3
         n = mem[3 * L].round()
         new = (n == 0) | (n == self.chunk_size)
-        att = tuple(torch.where(new.view(-1, *[1] * (a.dim() - 1)), s, a)
-                    for s, a in zip(start, att))
-        full = (n == self.chunk_size).view(-1, 1, 1, 1)
-        seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
-               for g, m in zip(mem[:L], mem[L:2 * L])]
+        att = tuple(_select(new, s, a) for s, a in zip(start, att))
+        full = n == self.chunk_size
+        seg = [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])]
         z = memory_read(self.op_args(q.dtype)[0], seg, q)     # read only: no step learns
         h = self.op_output(z, q, x, gate)
         y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")

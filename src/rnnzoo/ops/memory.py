@@ -314,10 +314,22 @@ def _titans_split(state):
     return list(state[:L]), list(state[L:2 * L]), list(state[2 * L:3 * L]), state[-1]
 
 
+def _select(mask, a, b):
+    """torch.where(mask, a, b), mask (B,) bool broadcast over the trailing dims of a, b
+    (one shape); where reading mask is free (backend.host_readable), a or b itself when the
+    mask is all one value (no copy, nothing in backward: every step of an aligned batch)."""
+    if backend.host_readable(mask) and mask.numel():
+        if bool(mask.all()):
+            return a
+        if not bool(mask.any()):
+            return b
+    return torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)
+
+
 def _titans_roll(Pg, Mc, n, C):
     n = torch.round(n).long()
     full = n == C
-    Pg = [torch.where(full.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(Pg, Mc)]
+    Pg = [_select(full, m, p) for p, m in zip(Pg, Mc)]
     return Pg, torch.where(full, torch.zeros_like(n), n)
 
 

@@ -110,6 +110,27 @@ static inline __attribute__((always_inline)) void NAME(fwd)(
     free(G);
 }
 
+/* Xt = X^T, X (K, K) */
+static inline __attribute__((always_inline)) void NAME(transpose)(const T *restrict X,
+                                                                  T *restrict Xt, long K) {
+    for (long i = 0; i < K; i++)
+        for (long j = 0; j < K; j++) Xt[j * K + i] = X[i * K + j];
+}
+
+/* y = x X^T over K rows: y_i = sum_j X_ij x_j, written as rows of Xt (no dot products:
+   a horizontal sum per entry cost more than the products) */
+static inline __attribute__((always_inline)) void NAME(times_t)(const T *restrict x,
+                                                                const T *restrict Xt,
+                                                                T *restrict y, long K) {
+    for (long i = 0; i < K; i++) y[i] = 0;
+    for (long j = 0; j < K; j++) {
+        const T xj = x[j];
+        const T *restrict r = Xt + j * K;
+#pragma omp simd
+        for (long i = 0; i < K; i++) y[i] += xj * r[i];
+    }
+}
+
 static inline __attribute__((always_inline)) void NAME(bwd)(
         const T *restrict q, const T *restrict k, const T *restrict R, const T *restrict att,
         const T *restrict ga, const T *restrict gf, const T *restrict cl, const T *restrict re,
@@ -119,8 +140,10 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
         T *restrict dcl, T *restrict dre, T *restrict dgE, T *restrict dP0, T *restrict dM0,
         T *restrict dS0, long N, long C, long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc(CK * sizeof(T)), *dG = malloc(CK * sizeof(T));
-    T *gM = malloc(4 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
+    T *G = malloc((3 * CK + 2 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
+    T *y = Gt + CK, *z = y + K;
+    T *gM = malloc(9 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
+    T *gMt = nS + KK, *gSt = gMt + KK, *Mt = gSt + KK, *St = Mt + KK, *Pt = St + KK;
     for (long pr = p0; pr < p1; pr++) {
         const long st = pr * (N + 1) * KK;
         if (dMs) memcpy(gM, dMs + st + N * KK, KK * sizeof(T));
@@ -140,6 +163,13 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             T *restrict dcn = dcl + c * C, *restrict drn = dre + c * C;
             const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
             NAME(gradients)(kn, P, R + c * CK, G, C, K);
+            for (long s = 0; s < C; s++)
+                for (long j = 0; j < K; j++) Gt[j * C + s] = G[s * K + j];
+            NAME(transpose)(gM, gMt, K);
+            NAME(transpose)(gS, gSt, K);
+            NAME(transpose)(Mn, Mt, K);
+            NAME(transpose)(Sn, St, K);
+            NAME(transpose)(P, Pt, K);
             /* the update's scalars */
             T sAM = 0, sFM = 0, sES = 0;
             for (long e = 0; e < KK; e++) {
@@ -148,68 +178,60 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                 sES += gS[e] * Sn[e];
             }
             dgE[c] = sES;
-            /* the update's dG, dk, dcl, dre */
+            /* the update's dG, dk, dcl, dre: y = gM G_s, z = gS G_s */
             for (long s = 0; s < C; s++) {
                 const T *restrict ks = kn + s * K, *restrict Gs = G + s * K;
                 T *restrict dGs = dG + s * K, *restrict dks = dkn + s * K;
                 for (long j = 0; j < K; j++) dGs[j] = 0;
-                T tc = 0, tr = 0;
                 for (long i = 0; i < K; i++) {
                     const T *restrict Mi = gM + i * K, *restrict Si = gS + i * K;
                     const T a = -cn[s] * ks[i], b = -rn[s] * ks[i];
-                    T y = 0, z = 0;
-#pragma omp simd reduction(+:y, z)
-                    for (long j = 0; j < K; j++) {
-                        dGs[j] += a * Mi[j] + b * Si[j];
-                        y += Mi[j] * Gs[j];
-                        z += Si[j] * Gs[j];
-                    }
-                    dks[i] = -cn[s] * y - rn[s] * z;
-                    tc -= ks[i] * y;
-                    tr -= ks[i] * z;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) dGs[j] += a * Mi[j] + b * Si[j];
+                }
+                NAME(times_t)(Gs, gMt, y, K);
+                NAME(times_t)(Gs, gSt, z, K);
+                T tc = 0, tr = 0;
+                for (long i = 0; i < K; i++) {
+                    dks[i] = -cn[s] * y[i] - rn[s] * z[i];
+                    tc -= ks[i] * y[i];
+                    tr -= ks[i] * z[i];
                 }
                 dcn[s] = tc;
                 drn[s] = tr;
             }
-            /* the reads */
+            /* the reads: y = M do_t, z = S do_t */
             for (long t = 0; t < C; t++) {
                 const T *restrict dt = don + t * K, *restrict qt = qn + t * K;
-                T *restrict dqt = dqn + t * K;
+                T *restrict dqt = dqn + t * K, *restrict dat = dan + t * C;
+                NAME(times_t)(dt, Mt, y, K);
+                NAME(times_t)(dt, St, z, K);
                 T sa = 0, sf = 0;
                 for (long i = 0; i < K; i++) {
-                    const T *restrict Mi = Mn + i * K, *restrict Si = Sn + i * K;
-                    T y = 0, z = 0;
-#pragma omp simd reduction(+:y, z)
-                    for (long j = 0; j < K; j++) {
-                        y += Mi[j] * dt[j];
-                        z += Si[j] * dt[j];
-                    }
-                    dqt[i] = A[t] * y + f[t] * z;
-                    sa += qt[i] * y;
-                    sf += qt[i] * z;
+                    dqt[i] = A[t] * y[i] + f[t] * z[i];
+                    sa += qt[i] * y[i];
+                    sf += qt[i] * z[i];
                 }
                 dA[t] = sa;
                 df[t] = sf;
-                for (long s = 0; s < C; s++) {
-                    if (s > t) {
-                        dan[t * C + s] = 0;
-                        continue;
-                    }
-                    const T w = an[t * C + s];
-                    const T *restrict Gs = G + s * K;
-                    T *restrict dGs = dG + s * K;
-                    T g = 0;
-#pragma omp simd reduction(+:g)
-                    for (long j = 0; j < K; j++) {
-                        g += dt[j] * Gs[j];
-                        dGs[j] -= w * dt[j];
-                    }
-                    dan[t * C + s] = -g;
+                for (long s = 0; s < C; s++) dat[s] = 0;
+                for (long j = 0; j < K; j++) {   /* datt_ts = -do_t . G_s */
+                    const T w = -dt[j];
+                    const T *restrict g = Gt + j * C;
+#pragma omp simd
+                    for (long s = 0; s < C; s++) dat[s] += w * g[s];
                 }
+                for (long s = 0; s <= t; s++) {
+                    const T w = an[t * C + s];
+                    T *restrict dGs = dG + s * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) dGs[j] -= w * dt[j];
+                }
+                for (long s = t + 1; s < C; s++) dat[s] = 0;
             }
             dA[C - 1] += sAM;
             df[C - 1] += sFM;
-            /* the gradients of the chunk's starting M, S; dR = dG; dk += P dG; dP */
+            /* the gradients of the chunk's starting M, S */
             for (long i = 0; i < K; i++) {
                 T *restrict nMi = nM + i * K, *restrict nSi = nS + i * K;
                 const T *restrict gMi = gM + i * K, *restrict gSi = gS + i * K;
@@ -228,23 +250,20 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                     }
                 }
             }
+            /* G = k P + R: dR = dG, dk += P dG, dP = sum_s k_s dG_s^T (M's after chunk 0) */
             memcpy(dR + c * CK, dG, CK * sizeof(T));
-            T *restrict dP = n ? nM : dP0 + pr * KK;   /* dP adds to M's gradient after chunk 0 */
+            T *restrict dP = n ? nM : dP0 + pr * KK;
             if (!n) memset(dP, 0, KK * sizeof(T));
             for (long s = 0; s < C; s++) {
                 const T *restrict ks = kn + s * K, *restrict dGs = dG + s * K;
                 T *restrict dks = dkn + s * K;
+                NAME(times_t)(dGs, Pt, y, K);
                 for (long i = 0; i < K; i++) {
-                    const T *restrict Pi = P + i * K;
                     T *restrict dPi = dP + i * K;
                     const T ki = ks[i];
-                    T y = 0;
-#pragma omp simd reduction(+:y)
-                    for (long j = 0; j < K; j++) {
-                        y += Pi[j] * dGs[j];
-                        dPi[j] += ki * dGs[j];
-                    }
-                    dks[i] += y;
+                    dks[i] += y[i];
+#pragma omp simd
+                    for (long j = 0; j < K; j++) dPi[j] += ki * dGs[j];
                 }
             }
             if (dMs)
@@ -258,7 +277,6 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
         memcpy(dS0 + pr * KK, gS, KK * sizeof(T));
     }
     free(G);
-    free(dG);
     free(gM);
 }
 
