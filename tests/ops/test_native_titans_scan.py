@@ -11,7 +11,7 @@ import torch
 from _native_check import assert_close, counter, outputs_and_grads, threads
 
 import rnnzoo
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.native import titans_scan
 
 
@@ -69,3 +69,15 @@ def test_titans_layer_runs_the_kernel_on_the_cpu(monkeypatch):
     assert ran[0] == 1
     assert (y - y_t).abs().max() < 1e-12 and (gx - gx_t).abs().max() < 1e-12
     assert max((a - b).abs().max() for a, b in zip(s, s_t)) < 1e-12
+
+
+def test_kernel_books_its_flops_while_counting():
+    """bench.layer_flops sees the kernel through ops.flop_count: forward and backward book
+    titans_scan.flops over the (pair, chunk)s, and nothing outside counting()."""
+    ins = _inputs(2, 3, 4, 3, 5, torch.float64)
+    lib = titans_scan.load()
+    with flop_count.counting() as tally:
+        o, _, _ = titans_scan.titans_linear(lib, *ins)
+        assert tally[0] == titans_scan.flops(2 * 3 * 4, 3, 5)[0]
+        torch.autograd.grad(o.sum(), ins)
+    assert tally[0] == sum(titans_scan.flops(2 * 3 * 4, 3, 5))

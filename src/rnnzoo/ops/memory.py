@@ -518,10 +518,11 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
         qa, ka, kg = q, k, k
         R = _per_head(k, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None] - v
         aug = lambda W, b: W.to(q.dtype)  # noqa: E731
-        from rnnzoo.ops.native import titans_scan  # here: the module's head is the TTT region's
+        from rnnzoo.ops import flop_count  # here: the module's head is the TTT region's
+        from rnnzoo.ops.native import titans_scan
 
         P0, M0, S0 = (t.to(q.dtype) for t in (Pg[0], Mc[0], S[0]))
-        lib = titans_scan.load() if backend.use_native(q, k, R, att, P0, M0, S0) else None
+        lib = titans_scan.load() if flop_count.native(q, k, R, att, P0, M0, S0) else None
         if lib is not None:  # the chunk loop and its reads in C (ops.native.titans_scan)
             o, Ms, Ss = titans_scan.titans_linear(lib, q, k, R, att, Acum, f, Cm[..., -1, :],
                                                   REth, Ecum[..., -1], P0, M0, S0)

@@ -20,7 +20,17 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
+
+
+def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the kernels over `chunks` (pair, chunk)s, 2 a
+    multiply-add. Forward: G (C K^2), the reads q M, q S (2 C K^2) and att G (C (C+1) / 2 K),
+    the update (2 C K^2). Backward: G again, the update's dG and gM G, gS G (4 C K^2), the
+    reads' M do, S do (2 C K^2), datt (C^2 K) and att^T do (C (C+1) / 2 K), the gradients of
+    M, S (2 C K^2), dk and dP (2 C K^2), the update's scalars (3 K^2)."""
+    CKK, tri = C * K * K, C * (C + 1) // 2 * K
+    return 2 * chunks * (5 * CKK + tri), 2 * chunks * (11 * CKK + C * C * K + tri + 3 * K * K)
 
 
 def load():
@@ -45,6 +55,7 @@ class _NativeTitans(torch.autograd.Function):
                          for p0, p1 in native.rows(B * H)])
         ctx.save_for_backward(*ins[:10], Ms, Ss)
         ctx.lib = lib
+        flop_count.add(flops(B * H * N, C, K)[0])
         return o, Ms, Ss
 
     @staticmethod
@@ -60,6 +71,7 @@ class _NativeTitans(torch.autograd.Function):
         dM0, dS0 = torch.empty_like(P0), torch.empty_like(P0)
         args = [native.ptr(t) for t in (*ins, Ms, Ss, do, dMs, dSs, *grads, dP0, dM0, dS0)]
         native.run(bwd, [(*args, N, C, K, p0, p1) for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H * N, C, K)[1])
         return None, *grads, dP0, dM0, dS0
 
 
