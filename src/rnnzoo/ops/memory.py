@@ -442,7 +442,8 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     # the first layer reads q and writes at k: its read through the initial weights and its
     # attention q_t . k_s do not depend on the memory, so every chunk's are one product
     q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
-    att0_all = Cm_all * (q_ch @ k_ch.transpose(-1, -2) + bias)
+    qk = q_ch @ k_ch.transpose(-1, -2)
+    att0_all = Cm_all * (qk + 1 if bias else qk)                   # the bias's input is 1
     read0_all = _per_head(q_ch, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
     if kind == "linear" and not norm:
         final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
