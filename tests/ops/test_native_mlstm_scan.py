@@ -29,7 +29,7 @@ def calls(monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("T,threads", [(37, 1), (70, 2), (1, 1)])
-@pytest.mark.parametrize("K,V", [(5, 6), (19, 40)])  # a padded tile; row blocks, whole tiles
+@pytest.mark.parametrize("K,V", [(5, 6), (19, 40)])  # one padded tile; whole and padded tiles
 def test_native_mlstm_matches_the_loop(calls, dtype, tol, T, threads, K, V):
     gen = torch.Generator().manual_seed(0)
     B, H = 3, 2
