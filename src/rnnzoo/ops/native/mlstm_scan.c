@@ -17,8 +17,7 @@
        or to li_t, whichever won the max.
    C_t, n_t are recomputed from the state stored every CK steps (with the stored m_t).
    Each step's passes over the memory run in column tiles (tile.h: two vectors of T, the
-   tile's h or dv slice in registers, the dot products of a block of rows summed as one
-   transpose, tile.h's hsum_rows); the per-row
+   tile's h or dv slice in registers, a row's dot products summed as trees); the per-row
    terms that need whole rows (n, s, dn, dk, the log-gate gradients) run once a step.
 
    Layouts (row-major, contiguous): q, k (batch, T, H, K) (q already scaled); v, h, dh, dv
@@ -71,28 +70,18 @@ void NAME(mlstm_fwd)(const T *restrict q, const T *restrict k, const T *restrict
             const T inv = 1 / ((as > e ? as : e) + eps);
             for (long j0 = 0; j0 < V; j0 += VT) {  /* the memory in column tiles */
                 const long w = V - j0 < VT ? V - j0 : VT;
-                VEC vv[2], h0 = {0}, h1 = {0}, h2 = {0}, h3 = {0};  /* h: even and odd rows */
+                VEC vv[2], h0 = {0}, h1 = {0};
                 NAME(tile_load)(vv, vt + j0, w);
-#define MLSTM_FWD_ROW(r, ha, hb)                                                        \
-    do {                                                                                \
-        VEC c[2];                                                                       \
-        NAME(tile_load)(c, C + (r) * V + j0, w);                                        \
-        const T ik = i * kt[r], qr = qt[r];                                             \
-        c[0] = f * c[0] + ik * vv[0];                                                   \
-        c[1] = f * c[1] + ik * vv[1];                                                   \
-        NAME(tile_store)(C + (r) * V + j0, c, w);                                       \
-        ha += qr * c[0];                                                                \
-        hb += qr * c[1];                                                                \
-    } while (0)
-                long r = 0;
-                for (; r + 2 <= K; r += 2) {  /* two chains of adds per half of h, not one */
-                    MLSTM_FWD_ROW(r, h0, h1);
-                    MLSTM_FWD_ROW(r + 1, h2, h3);
+                for (long r = 0; r < K; r++) {
+                    VEC c[2];
+                    NAME(tile_load)(c, C + r * V + j0, w);
+                    const T ik = i * kt[r], qr = qt[r];
+                    c[0] = f * c[0] + ik * vv[0];
+                    c[1] = f * c[1] + ik * vv[1];
+                    NAME(tile_store)(C + r * V + j0, c, w);
+                    h0 += qr * c[0];
+                    h1 += qr * c[1];
                 }
-                if (r < K) MLSTM_FWD_ROW(r, h0, h1);
-#undef MLSTM_FWD_ROW
-                h0 += h2;
-                h1 += h3;
                 const VEC hv[2] = {inv * h0, inv * h1};
                 NAME(tile_store)(ht + j0, hv, w);
             }
@@ -160,52 +149,30 @@ void NAME(mlstm_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                 const T ds = dden * ws * sg;
                 dm -= dden * (1 - ws) * e;
                 for (long r = 0; r < K; r++) sqa[r] = ska[r] = 0;
-                VEC gv0 = {0}, gv1 = {0}, gv2 = {0}, gv3 = {0};
+                VEC gv = {0};
                 for (long j0 = 0; j0 < V; j0 += VT) {  /* the memory in column tiles */
                     const long w = V - j0 < VT ? V - j0 : VT;
-                    VEC dnv[2], vv[2], dv0 = {0}, dv1 = {0}, dv2 = {0}, dv3 = {0};
+                    VEC dnv[2], vv[2], dv0 = {0}, dv1 = {0};
                     NAME(tile_load)(dnv, dnum + j0, w);
                     NAME(tile_load)(vv, vt + j0, w);
-                    /* one memory row: dC's, the vectors whose sums are (C_t dnum)_r and
-                       (dC v)_r, and <dC, C_t>'s and dv's terms in the even or odd row's
-                       accumulators (two chains each, not one) */
-#define MLSTM_ROW(r, pq, pk, ga, gb, da, db)                                            \
-    do {                                                                                \
-        VEC c[2], d[2];                                                                 \
-        NAME(tile_load)(c, Ct + (r) * V + j0, w);                                       \
-        NAME(tile_load)(d, dC + (r) * V + j0, w);                                       \
-        const T qr = qt[r], kr = kt[r];                                                 \
-        d[0] = f_next * d[0] + qr * dnv[0];                                             \
-        d[1] = f_next * d[1] + qr * dnv[1];                                             \
-        NAME(tile_store)(dC + (r) * V + j0, d, w);                                      \
-        pq = c[0] * dnv[0] + c[1] * dnv[1];                                             \
-        pk = d[0] * vv[0] + d[1] * vv[1];                                               \
-        ga += d[0] * c[0];                                                              \
-        gb += d[1] * c[1];                                                              \
-        da += kr * d[0];                                                                \
-        db += kr * d[1];                                                                \
-    } while (0)
-                    long r = 0;
-                    for (; r + NV <= K; r += NV) {  /* NV rows, their sums as one transpose */
-                        VEC pq[NV], pk[NV];
-                        for (long u = 0; u < NV; u += 2) {
-                            MLSTM_ROW(r + u, pq[u], pk[u], gv0, gv1, dv0, dv1);
-                            MLSTM_ROW(r + u + 1, pq[u + 1], pk[u + 1], gv2, gv3, dv2, dv3);
-                        }
-                        *(UVEC *)(sqa + r) += NAME(hsum_rows)(pq);
-                        *(UVEC *)(ska + r) += NAME(hsum_rows)(pk);
+                    for (long r = 0; r < K; r++) {
+                        VEC c[2], d[2];
+                        NAME(tile_load)(c, Ct + r * V + j0, w);
+                        NAME(tile_load)(d, dC + r * V + j0, w);
+                        const T qr = qt[r], kr = kt[r];
+                        d[0] = f_next * d[0] + qr * dnv[0];
+                        d[1] = f_next * d[1] + qr * dnv[1];
+                        NAME(tile_store)(dC + r * V + j0, d, w);
+                        sqa[r] += NAME(hsum)(c[0] * dnv[0] + c[1] * dnv[1]);
+                        ska[r] += NAME(hsum)(d[0] * vv[0] + d[1] * vv[1]);
+                        gv += d[0] * c[0] + d[1] * c[1];
+                        dv0 += kr * d[0];
+                        dv1 += kr * d[1];
                     }
-                    for (; r < K; r++) {
-                        VEC pq, pk;
-                        MLSTM_ROW(r, pq, pk, gv0, gv1, dv0, dv1);
-                        sqa[r] += NAME(hsum)(pq);
-                        ska[r] += NAME(hsum)(pk);
-                    }
-#undef MLSTM_ROW
-                    const VEC dvv[2] = {i * (dv0 + dv2), i * (dv1 + dv3)};
+                    const VEC dvv[2] = {i * dv0, i * dv1};
                     NAME(tile_store)(dvt + j0, dvv, w);
                 }
-                T X = NAME(hsum)((gv0 + gv1) + (gv2 + gv3)), Y = 0;
+                T X = NAME(hsum)(gv), Y = 0;
                 for (long r = 0; r < K; r++) {
                     const T qr = qt[r], kr = kt[r];
                     const T dnr = f_next * dn[r] + ds * qr;
