@@ -29,7 +29,7 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import rotate
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
@@ -92,10 +92,20 @@ class RetNet(RecurrentLayer):
         dt = state_dtype(x.dtype)
         if position is None:
             position = torch.zeros(B, device=x.device, dtype=dt)
-        q, k = proj(self.qk, x).view(B, T, 2, H, K).unbind(2)
+        qk = proj(self.qk, x).view(B, T, 2, H, K)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
-        q, k = rotate(q, positions, theta), rotate(k, positions, theta)
+        if backend.host_readable(x) and x.dtype in (torch.float32, torch.float64):
+            # q and k in one complex product (adjacent pairs as x_a + i x_b, times e^{i angle}):
+            # rotary.rotate's repeat, stack, cos, sin and products run once for both, and its
+            # backward is one product by the conjugate
+            angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
+            e = torch.polar(torch.ones_like(angle), angle).to(
+                torch.complex64 if x.dtype == torch.float32 else torch.complex128)
+            turned = torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * e[:, :, None, None]
+            q, k = torch.view_as_real(turned).flatten(-2).unbind(2)
+        else:
+            q, k = (rotate(t, positions, theta) for t in qk.unbind(2))
         g = self.log_gamma.to(dt).expand(B, T, H)
         return q, k, proj(self.v, x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
