@@ -95,7 +95,7 @@ class RetNet(RecurrentLayer):
         qk = proj(self.qk, x).view(B, T, 2, H, K)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
-        if backend.host_readable(x) and x.dtype in (torch.float32, torch.float64):
+        if backend.use_native(x):  # CPU, eager, float32/64 (else rotary.rotate)
             # q and k in one complex product (adjacent pairs as x_a + i x_b, times e^{i angle}):
             # rotary.rotate's repeat, stack, cos, sin and products run once for both, and its
             # backward is one product by the conjugate
