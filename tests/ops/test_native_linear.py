@@ -1,6 +1,7 @@
 """ops.native.linear: x W^T + b through oneDNN on the CPU in float32 equals F.linear, values
 and the gradients of x, W and b (both orders of the weight gradient: out > in and out < in),
-a 3-D and a non-contiguous input; float64 and backend.force("torch") keep F.linear."""
+a 3-D and a non-contiguous input, a second derivative; float64 and backend.force("torch") keep
+F.linear."""
 
 from __future__ import annotations
 
@@ -48,3 +49,18 @@ def test_linear_keeps_f_linear_off_float32(calls):
     with backend.force("torch"):
         native_linear.linear(x.float(), w.float())
     assert calls[0] == 0
+
+
+def test_linear_second_derivative(calls):
+    """A gradient taken with create_graph is differentiable again (as F.linear's)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, generator=g, requires_grad=True)
+
+    def second(f):
+        (dx,) = torch.autograd.grad(f(x, w).square().sum(), x, create_graph=True)
+        return torch.autograd.grad((dx * dx).sum(), w)[0]
+
+    got = second(native_linear.linear)
+    assert calls[0] == 1
+    torch.testing.assert_close(got, second(F.linear))

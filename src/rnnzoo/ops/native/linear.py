@@ -53,6 +53,12 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, g):
         x2, weight = ctx.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])
+        if torch.is_grad_enabled():  # create_graph: differentiable products (oneDNN's op has
+            # no derivative of its own, autograd would take it as constant)
+            dx = (g2 @ weight).view(ctx.shape) if ctx.needs_input_grad[0] else None
+            dw = g2.t() @ x2 if ctx.needs_input_grad[1] else None
+            db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+            return dx, dw, db
         dx = _mm(g2, weight.t()).view(ctx.shape) if ctx.needs_input_grad[0] else None
         dw = None
         if ctx.needs_input_grad[1]:  # the faster order of the two (measured: the wider side outer)
