@@ -40,7 +40,7 @@ from rnnzoo.ops.chunk.linear import (
     ssd,
 )
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import linear
+from rnnzoo.ops.native.linear import linear, proj
 from rnnzoo.registry import register
 
 
@@ -158,21 +158,18 @@ class Mamba2(RecurrentLayer):
             lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
             if lib is not None:
                 D = self.D.repeat_interleave(self.head_dim)
-                return self._out(gated_norm.gate_rms(
+                return proj(self.out_proj, gated_norm.gate_rms(
                     lib, y.flatten(2), xs.flatten(2), D, z, self.norm_weight,
                     self.d_inner // self.n_groups, self.norm_eps, norm=self.gated_norm))
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
         if not self.gated_norm:
-            return self._out(y * F.silu(z))
+            return proj(self.out_proj, y * F.silu(z))
         if not self.norm_before_gate:
-            return self._out(_GatedRMSNorm.apply(y, z, self.norm_weight,
+            return proj(self.out_proj, _GatedRMSNorm.apply(y, z, self.norm_weight,
                                                      self.d_inner // self.n_groups, self.norm_eps))
         y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
-        return self._out(y * self.norm_weight * F.silu(z))
-
-    def _out(self, y):
-        return linear(y, self.out_proj.weight)  # oneDNN on the CPU (ops.native.linear)
+        return proj(self.out_proj, y * self.norm_weight * F.silu(z))
 
     def lion_inputs(self, x):
         """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,
