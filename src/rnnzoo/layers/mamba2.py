@@ -165,8 +165,8 @@ class Mamba2(RecurrentLayer):
         if not self.gated_norm:
             return proj(self.out_proj, y * F.silu(z))
         if not self.norm_before_gate:
-            return proj(self.out_proj, _GatedRMSNorm.apply(y, z, self.norm_weight,
-                                                     self.d_inner // self.n_groups, self.norm_eps))
+            return proj(self.out_proj, _GatedRMSNorm.apply(
+                y, z, self.norm_weight, self.d_inner // self.n_groups, self.norm_eps))
         y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
         return proj(self.out_proj, y * self.norm_weight * F.silu(z))
