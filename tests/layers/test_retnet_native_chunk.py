@@ -34,3 +34,27 @@ def test_retnet_chunk_runs_native_ssd(monkeypatch):
     torch.testing.assert_close(S, S_ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-9)
     assert torch.equal(pos, pos_ref)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_retnet_complex_rotation_equals_rotary(monkeypatch, dtype, tol):
+    """On the native path q, k turn as one complex product; rotary.rotate (compile, other
+    devices and dtypes, RNNZOO_NATIVE=0) is the same rotation: q, k and the gradients of x
+    through them agree, from a nonzero start."""
+    from rnnzoo.ops import backend
+
+    torch.manual_seed(0)
+    layer = rnnzoo.create("retnet", d_model=16, num_heads=2).to(dtype)
+    x = torch.randn(2, 9, 16, dtype=dtype, requires_grad=True)
+    pos = torch.tensor([0.0, 5.0], dtype=dtype)
+    w = torch.randn(2, 2, 9, 2, 8, dtype=dtype)
+
+    def run():
+        q, k, *_ = layer.lion_inputs(x, pos)
+        return [q, k, *torch.autograd.grad((torch.stack([q, k]) * w).sum(), x)]
+
+    got = run()
+    monkeypatch.setattr(backend, "use_native", lambda *t: False)
+    want = run()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

@@ -29,9 +29,10 @@ def calls(monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("T,threads", [(37, 1), (70, 2), (1, 1)])
-def test_native_mlstm_matches_the_loop(calls, dtype, tol, T, threads):
+@pytest.mark.parametrize("K,V", [(5, 6), (19, 40)])  # one padded tile; whole and padded tiles
+def test_native_mlstm_matches_the_loop(calls, dtype, tol, T, threads, K, V):
     gen = torch.Generator().manual_seed(0)
-    B, H, K, V = 3, 2, 5, 6
+    B, H = 3, 2
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
     li, lf = 2 * r(B, T, H), F.logsigmoid(r(B, T, H) + 1)

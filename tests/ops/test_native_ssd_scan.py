@@ -23,9 +23,12 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("T,G,H", [(37, 2, 4), (70, 1, 3), (1, 1, 1)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads):
+@pytest.mark.parametrize("K,V", [(5, 6), (19, 21), (16, 40)])
+def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads, K, V):
+    """K, V: a state narrower than a tile and its vector blocks; a padded last tile with a
+    block of rows and a remainder; whole tiles and whole blocks."""
     gen = torch.Generator().manual_seed(0)
-    B, K, V = 3, 5, 6
+    B = 3
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     q, k, v, S0 = r(B, T, G, K), r(B, T, G, K), r(B, T, H, V), r(B, H, K, V)
     g = -torch.rand(B, T, H, generator=gen, dtype=dtype)

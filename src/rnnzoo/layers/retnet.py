@@ -29,12 +29,13 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import rotate
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -91,16 +92,27 @@ class RetNet(RecurrentLayer):
         dt = state_dtype(x.dtype)
         if position is None:
             position = torch.zeros(B, device=x.device, dtype=dt)
-        q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
+        qk = proj(self.qk, x).view(B, T, 2, H, K)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
-        q, k = rotate(q, positions, theta), rotate(k, positions, theta)
+        if backend.use_native(x):  # CPU, eager, float32/64 (else rotary.rotate)
+            # q and k in one complex product (adjacent pairs as x_a + i x_b, times e^{i angle}):
+            # rotary.rotate's repeat, stack, cos, sin and products run once for both, and its
+            # backward is one product by the conjugate
+            angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
+            e = torch.polar(torch.ones_like(angle), angle).to(
+                torch.complex64 if x.dtype == torch.float32 else torch.complex128)
+            turned = torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * e[:, :, None, None]
+            q, k = torch.view_as_real(turned).flatten(-2).unbind(2)
+        else:
+            q, k = (rotate(t, positions, theta) for t in qk.unbind(2))
         g = self.log_gamma.to(dt).expand(B, T, H)
-        return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
+        return q, k, proj(self.v, x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
     def lion_output(self, o, x):
         """The gated per-head GroupNorm, then the output projection."""
-        return self.out_proj(F.silu(self.gate(x)) * self.norm(o).flatten(2))
+        gate = F.silu(proj(self.gate, x))
+        return proj(self.out_proj, gate * self.norm(o).flatten(2))
 
     def _forward(self, x, state, mode):
         state, position = state

@@ -108,6 +108,9 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
     T *A = NAME(blocks_of_A)(At, D, N, d0, d1);
     T *lam = calloc(P, sizeof(T)), *gA = calloc(P, sizeof(T)), *hs0 = calloc(P, sizeof(T));
     T *ab = calloc(K * P, sizeof(T)), *hb = calloc(K * P, sizeof(T));
+    /* dC_t, dB_t's terms per (n, lane), summed over the blocks, then over the lanes once a
+       step (a sum over the lanes per block and n took two horizontal sums each) */
+    T *sCa = malloc(S * sizeof(T)), *sBa = malloc(S * sizeof(T));
     for (long b = b0; b < b1; b++) {
         for (long k = 0; k < nb; k++)
             for (long n = 0; n < N; n++)
@@ -149,6 +152,8 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                 const long row = b * L + t0 + i;
                 const T *Bt = Bm + row * N, *Ct = Cm + row * N;
                 T *gBt = gB + row * N, *gCt = gC + row * N;
+                memset(sCa, 0, S * sizeof(T));
+                memset(sBa, 0, S * sizeof(T));
                 for (long k = 0; k < nb; k++) {
                     const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
                     const T *restrict hi = hb + i * P + k * S, *restrict ai = ab + i * P + k * S;
@@ -162,25 +167,32 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                     for (long j = 0; j < DB; j++) { du[j] = dt[j] * uu[j]; lB[j] = 0; gs[j] = 0; }
                     for (long n = 0; n < N; n++) {
                         const T Bn = Bt[n], Cn = Ct[n];
-                        T sC = 0, sB = 0;
-                        #pragma omp simd reduction(+:sC, sB)
+                        #pragma omp simd
                         for (long j = 0; j < DB; j++) {
                             const long q = n * DB + j;
                             T l = lk[q] + Cn * g[j];
-                            sC += hi[q] * g[j];
-                            sB += l * du[j];
+                            sCa[q] += hi[q] * g[j];
+                            sBa[q] += l * du[j];
                             lB[j] += l * Bn;
                             T gd = l * hp[q] * (ai[q] - o);
                             gAk[q] += gd * dt[j];
                             gs[j] += gd * Ak[q];
                             lk[q] = l * ai[q];
                         }
-                        gCt[n] += sC; gBt[n] += sB;
                     }
                     for (long j = 0; j < nd; j++) {
                         gu[row * D + ds + j] = lB[j] * dt[j];
                         gdl[row * D + ds + j] = lB[j] * uu[j] + gs[j];
                     }
+                }
+                for (long n = 0; n < N; n++) {
+                    T sC = 0, sB = 0;
+                    for (long j = 0; j < DB; j++) {
+                        sC += sCa[n * DB + j];
+                        sB += sBa[n * DB + j];
+                    }
+                    gCt[n] += sC;
+                    gBt[n] += sB;
                 }
             }
         }
@@ -192,7 +204,7 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                     gAt[(b * N + n) * D + d] = gA[k * S + n * DB + j];
                 }
     }
-    free(A); free(lam); free(gA); free(hs0); free(ab); free(hb);
+    free(A); free(lam); free(gA); free(hs0); free(ab); free(hb); free(sCa); free(sBa);
 }
 
 #undef MIN

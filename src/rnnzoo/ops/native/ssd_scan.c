@@ -4,7 +4,7 @@
        S_t = a_t S_{t-1} + k_t v_t^T,   a_t = exp(g_t),   o_t = S_t^T q_t      S: (K, V)
 
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
-   pair runs in tiles of VT columns (two 256-bit vectors of T, GCC/Clang vector types): the
+   pair runs in tiles of VT columns (two vectors of T, tile.h): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
    load, one store and a few fused multiply-adds a step. Backward, with dS the gradient of S_t
    (its own read plus a_{t+1} times the next one's):
@@ -17,7 +17,7 @@
 
    Layouts (row-major, contiguous): q, k (batch, T, G, K); v, o, dv (batch, T, H, V);
    g, dg (batch, T, H); S0, S_T, dS_T, dS0 (batch, H, K, V); ck (batch, H, nck, K VP) with
-   nck = ceil(T / CK), VP = V rounded up to a multiple of 16 (the state entering steps 0, CK,
+   nck = ceil(T / CK), VP = V rounded up to a multiple of 32 (the state entering steps 0, CK,
    2 CK, ..., tile by tile, each tile's K x VT block contiguous); dq, dk (batch, T, H, K): per
    head, the caller sums the heads of a group. Head h reads group h / (H / G).
    Each function does the (batch row, head) pairs [p0, p1). Plain C; compiled by
@@ -36,7 +36,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    const T *restrict g, const T *restrict S0, T *restrict o, T *restrict ST,
                    T *restrict ck, long Tn, long G, long H, long K, long V, long p0, long p1) {
     const long R = H / G, nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
-    VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
+    VEC *S = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         for (long j0 = 0; j0 < V; j0 += VT) {
@@ -49,17 +49,24 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 const T a = EXP(g[row]);
                 const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
                 const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
-                VEC vt[2], o0 = {0}, o1 = {0};
+                VEC vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even and odd rows */
                 NAME(tile_load)(vt, v + row * V + j0, w);
-                for (long i = 0; i < K; i++) {
-                    const T ki = kt[i], qi = qt[i];
-                    const VEC s0 = a * S[2 * i] + ki * vt[0], s1 = a * S[2 * i + 1] + ki * vt[1];
-                    S[2 * i] = s0;
-                    S[2 * i + 1] = s1;
-                    o0 += qi * s0;
-                    o1 += qi * s1;
+#define SSD_FWD_ROW(i, oa, ob)                                                          \
+    do {                                                                                \
+        const VEC s0 = a * S[2 * (i)] + kt[i] * vt[0], s1 = a * S[2 * (i) + 1] + kt[i] * vt[1]; \
+        S[2 * (i)] = s0;                                                                \
+        S[2 * (i) + 1] = s1;                                                            \
+        oa += qt[i] * s0;                                                               \
+        ob += qt[i] * s1;                                                               \
+    } while (0)
+                long i = 0;
+                for (; i + 2 <= K; i += 2) {  /* two chains of adds per half of o, not one */
+                    SSD_FWD_ROW(i, o0, o1);
+                    SSD_FWD_ROW(i + 1, o2, o3);
                 }
-                const VEC ot[2] = {o0, o1};
+                if (i < K) SSD_FWD_ROW(i, o0, o1);
+#undef SSD_FWD_ROW
+                const VEC ot[2] = {o0 + o2, o1 + o3};
                 NAME(tile_store)(o + row * V + j0, ot, w);
             }
             for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, w);
@@ -74,8 +81,8 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    T *restrict dg, T *restrict dS0, long Tn, long G, long H, long K, long V,
                    long p0, long p1) {
     const long R = H / G, nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
-    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
-    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    VEC *dSall = aligned_alloc(TILE_BYTES, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
+    VEC *buf = aligned_alloc(TILE_BYTES, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
@@ -120,26 +127,52 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
                     const VEC *restrict St = buf + (t - t0) * 2 * K;
                     T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K;
-                    VEC vt[2], dot[2], dv0 = {0}, dv1 = {0}, gv = {0};
+                    VEC vt[2], dot[2], dgv = {0};
+                    VEC dv0 = {0}, dv1 = {0}, dv2 = {0}, dv3 = {0}, gv0 = {0}, gv1 = {0}, gv2 = {0}, gv3 = {0};
                     NAME(tile_load)(vt, v + row * V + j0, w);
                     NAME(tile_load)(dot, dout + row * V + j0, w);
-                    T dgt = 0;
-                    for (long i = 0; i < K; i++) {
-                        const T qi = qt[i], ki = kt[i];
-                        const VEC d0 = a_next * dS[2 * i] + qi * dot[0];
-                        const VEC d1 = a_next * dS[2 * i + 1] + qi * dot[1];
-                        dS[2 * i] = d0;
-                        dS[2 * i + 1] = d1;
-                        const T sk = NAME(hsum)(d0 * vt[0] + d1 * vt[1]);
-                        dqt[i] += NAME(hsum)(St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
-                        dkt[i] += sk;
-                        dgt -= ki * sk;
-                        gv += d0 * St[2 * i] + d1 * St[2 * i + 1];
-                        dv0 += ki * d0;
-                        dv1 += ki * d1;
+                    /* one state row: dS's, then its sums for dk and dq (returned as vectors
+                       over the tile's columns), dv's and <dS, S_t>'s terms in the even or odd
+                       row's accumulators (two chains each, not one) */
+#define SSD_ROW(i, pk, pq, ga, gb, da, db)                                                       \
+    do {                                                                                 \
+        const T qi_ = qt[i], ki_ = kt[i];                                                \
+        const VEC d0 = a_next * dS[2 * (i)] + qi_ * dot[0];                              \
+        const VEC d1 = a_next * dS[2 * (i) + 1] + qi_ * dot[1];                          \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                \
+        dS[2 * (i)] = d0;                                                                \
+        dS[2 * (i) + 1] = d1;                                                            \
+        pk = d0 * vt[0] + d1 * vt[1];                                                    \
+        pq = s0 * dot[0] + s1 * dot[1];                                                  \
+        ga += d0 * s0;                                                                   \
+        gb += d1 * s1;                                                                   \
+        da += ki_ * d0;                                                                  \
+        db += ki_ * d1;                                                                  \
+    } while (0)
+                    long i = 0;
+                    for (; i + NV <= K; i += NV) {  /* NV rows, their sums as one transpose */
+                        VEC pk[NV], pq[NV];
+                        for (long r = 0; r < NV; r += 2) {
+                            SSD_ROW(i + r, pk[r], pq[r], gv0, gv1, dv0, dv1);
+                            SSD_ROW(i + r + 1, pk[r + 1], pq[r + 1], gv2, gv3, dv2, dv3);
+                        }
+                        const VEC sk = NAME(hsum_rows)(pk), sq = NAME(hsum_rows)(pq);
+                        *(UVEC *)(dkt + i) += sk;
+                        *(UVEC *)(dqt + i) += sq;
+                        dgv -= *(const UVEC *)(kt + i) * sk;
                     }
-                    dg[row] += dgt + NAME(hsum)(gv);
-                    const VEC dvt[2] = {dv0, dv1};
+                    T dgt = 0;
+                    for (; i < K; i++) {
+                        VEC pk, pq;
+                        SSD_ROW(i, pk, pq, gv0, gv1, dv0, dv1);
+                        const T sk = NAME(hsum)(pk);
+                        dqt[i] += NAME(hsum)(pq);
+                        dkt[i] += sk;
+                        dgt -= kt[i] * sk;
+                    }
+#undef SSD_ROW
+                    dg[row] += dgt + NAME(hsum)(dgv + (gv0 + gv1) + (gv2 + gv3));
+                    const VEC dvt[2] = {dv0 + dv2, dv1 + dv3};
                     NAME(tile_store)(dv + row * V + j0, dvt, w);
                     a_next = EXP(g[row]);
                 }
