@@ -41,7 +41,9 @@ def _mm(a, b):
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        x2 = x.reshape(-1, x.shape[-1])
+        # dense operands: oneDNN takes any dense strides (the transposed views below), but an
+        # expanded or sliced tensor sends it to a reference loop ~1000x slower
+        x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
         y = _mm(x2, weight)
         if bias is not None:
             y += bias
@@ -52,7 +54,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x2, weight = ctx.saved_tensors
-        g2 = g.reshape(-1, g.shape[-1])
+        g2 = g.reshape(-1, g.shape[-1]).contiguous()  # `.sum().backward()`'s is expanded
         if torch.is_grad_enabled():  # create_graph: differentiable products (oneDNN's op has
             # no derivative of its own, autograd would take it as constant)
             dx = (g2 @ weight).view(ctx.shape) if ctx.needs_input_grad[0] else None
