@@ -1,8 +1,9 @@
 """The generalised delta rule with a decay per key channel as its recurrence in C
 (vector_delta.c), forward and backward: the (K, V) state of one (batch row, head) in cache,
-recomputed backward from every 32nd, a few vectorised passes over it a step, where the
-chunked PyTorch forms (ops.chunk.kda, ops.erase_delta, ops.chunk.delta.rwkv7) run (C, C)
-products, sub-chunk decays and a triangular solve per chunk.
+in tiles of 16 columns (tile.h), recomputed backward from every 32nd, a few vectorised
+passes over it a step, where the chunked PyTorch forms (ops.chunk.kda, ops.erase_delta,
+ops.chunk.delta.rwkv7) run (C, C) products, sub-chunk decays and a triangular solve per
+chunk.
 
     z_t = S_{t-1}^T a_t,   S_t = diag(exp w_t) S_{t-1} + b_t z_t^T + k_t v_t^T,   o_t = scale S_t^T r_t
 
@@ -51,7 +52,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         fwd, _ = _kernels(lib, r.dtype)
         o, z, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = r.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        ck = r.new_empty(B, H, -(-Tn // CK), K * (-(-V // 16) * 16)) if grad else None
         P = native.ptr
         native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
                           scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
