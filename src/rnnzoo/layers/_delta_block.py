@@ -28,6 +28,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -35,6 +36,7 @@ from rnnzoo.ops.chunk.delta import (
     delta_rule_recurrent,
     delta_rule_step,
 )
+from rnnzoo.ops.native import head_norm as native_head_norm
 
 
 def l2norm(x, sqrt_eps: bool = False):
@@ -91,11 +93,28 @@ def delta_state(layer, batch_size, device=None, dtype=None):
 
 def gated_head_output(layer, o, x, gate=torch.sigmoid):
     """o (B, T, H, V) -> layer.o_proj(layer.norm(o) * gate(layer.g_proj(x))): the per-head
-    norm, times the output gate where the layer has one (g_proj None: no gate)."""
+    norm, times the output gate where the layer has one (g_proj None: no gate). An RMS
+    HeadNorm with a sigmoid or SiLU gate runs fused in C on a CPU (`ops.native.head_norm`)."""
+    z = None if layer.g_proj is None else layer.g_proj(x).to(o.dtype)
+    act = {torch.sigmoid: "sigmoid", F.silu: "silu"}.get(gate)
+    if layer.norm.kind == "rms" and (z is None or act is not None):
+        w = layer.norm.weight.to(o.dtype).flatten()
+        y = _head_norm(o.flatten(2), w, o.shape[-1], layer.norm.eps, z, act)
+        if y is not None:
+            return layer.o_proj(y.to(x.dtype))
     o = layer.norm(o)
-    if layer.g_proj is not None:
-        o = o * gate(layer.g_proj(x).to(o.dtype)).view(o.shape)
+    if z is not None:
+        o = o * gate(z).view(o.shape)
     return layer.o_proj(o.flatten(2).to(x.dtype))
+
+
+def _head_norm(o, w, G, eps, z, act):
+    """RMSNorm over each G channels of o (B, T, W), times w (W,) and act(z) (z None: no
+    gate), in C (`ops.native.head_norm`); None where it does not run (`backend.use_native`)."""
+    if not backend.use_native(o, w, z):
+        return None
+    lib = native_head_norm.load()
+    return None if lib is None else native_head_norm.head_norm(lib, o, w, G, eps, z, act)
 
 
 class DeltaBlock(RecurrentLayer):
@@ -164,12 +183,16 @@ class DeltaBlock(RecurrentLayer):
 
     def op_output(self, o, x):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""
-        cdt = o.dtype
-        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
-        o = o.flatten(2)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(cdt))
-        return self.o_proj(o.to(x.dtype))
+        cdt, V = o.dtype, o.shape[-1]
+        z = None if self.g_proj is None else self.g_proj(x).to(cdt)
+        y = _head_norm(o.flatten(2), self.norm_weight.to(cdt).repeat(o.shape[-2]), V,
+                       self.norm_eps, z, "silu")
+        if y is None:  # the PyTorch form
+            y = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
+            y = y.flatten(2)
+            if z is not None:
+                y = y * F.silu(z)
+        return self.o_proj(y.to(x.dtype))
 
     def _forward(self, x, state, mode):
         S, conv_state = state

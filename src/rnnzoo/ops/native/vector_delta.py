@@ -26,7 +26,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.finite import finite_inputs, poison
 
 CK = 32  # the C file's checkpoint interval
 
@@ -86,22 +85,3 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
     w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
-
-
-def clean_inputs(read, write):
-    """ops.finite's finite_inputs(read, write) -> (read, write, marks), without its copies
-    when every step of every tensor sums to a finite number (then every entry is finite, and
-    finite_inputs would change nothing): marks None. One host read, free on the CPU where
-    this kernel runs; the per-step sums are finite_inputs' own test."""
-    ts = [t for t in (*read, *write) if t is not None]
-    if all(bool(torch.isfinite(t.sum([d for d in range(2, t.dim())]) if t.dim() > 2 else t).all())
-           for t in ts):
-        return list(read), list(write), None
-    return finite_inputs(read, write)
-
-
-def marked(o, S, marks):
-    """(o, S) with ops.finite's NaN marks applied (none when marks is None)."""
-    if marks is None:
-        return o, S
-    return poison(o, marks.outputs), poison(S, marks.state)
