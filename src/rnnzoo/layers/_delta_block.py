@@ -28,7 +28,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -36,6 +36,7 @@ from rnnzoo.ops.chunk.delta import (
     delta_rule_recurrent,
     delta_rule_step,
 )
+from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native import head_norm as native_head_norm
 
 
@@ -77,10 +78,25 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     q, k (B, T, H, K), unit norm per head (`l2norm`), and v (B, T, H, V); new conv state."""
     B, T, _ = x.shape
     H, K, V = layer.num_heads, layer.head_dim, layer.value_dim
-    qkv, conv_state = layer.conv(layer.qkv_proj(x).to(compute_dtype(x)), conv_state)
+    qkv, conv_state, normed = conv_l2(layer.conv, layer.qkv_proj(x).to(compute_dtype(x)),
+                                      conv_state, 2 * H, K, sqrt_eps)
     q, k, v = qkv.split([H * K, H * K, H * V], -1)
-    q, k = (l2norm(t.reshape(B, T, H, K), sqrt_eps) for t in (q, k))
+    q, k = (t.reshape(B, T, H, K) if normed else l2norm(t.reshape(B, T, H, K), sqrt_eps)
+            for t in (q, k))
     return q, k, v.reshape(B, T, H, V), conv_state
+
+
+def conv_l2(conv, x, conv_state, groups, G, sqrt_eps):
+    """(conv(x, conv_state) (y, new state) ..., normed): on a CPU the first `groups` groups of
+    G channels of y come back L2-normalised as `l2norm` gives them (normed True), fused into
+    the C convolution (`ops.native.conv`); elsewhere y as conv gives it (normed False)."""
+    w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
+    if not sequence_parallel.active() and backend.use_native(x, w, b, conv_state):
+        lib = native_conv.load()
+        if lib is not None:
+            return (*native_conv.short_conv(lib, x, w, b, conv_state, conv.silu, groups, G,
+                                            sqrt_eps), True)
+    return (*conv(x, conv_state), False)
 
 
 def delta_state(layer, batch_size, device=None, dtype=None):
@@ -163,10 +179,13 @@ class DeltaBlock(RecurrentLayer):
         B, T, _ = x.shape
         H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
         cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
         Hk = self.num_key_heads
+        qkv, conv_state, normed = conv_l2(self.conv, self.qkv_proj(x).to(cdt), conv_state,
+                                          (1 + n_h) * Hk, K, self.sqrt_eps)
         q, k, v = qkv.split([Hk * K, n_h * Hk * K, n_h * H * V], -1)
-        q, k = self.l2norm(q.reshape(B, T, Hk, K)), self.l2norm(k.reshape(B, T, n_h, Hk, K))
+        q, k = q.reshape(B, T, Hk, K), k.reshape(B, T, n_h, Hk, K)
+        if not normed:
+            q, k = self.l2norm(q), self.l2norm(k)
         if Hk != H:
             q, k = q.repeat_interleave(H // Hk, -2), k.repeat_interleave(H // Hk, -2)
         v = v.reshape(B, T, n_h, H, V)
