@@ -40,6 +40,7 @@
 #else
 
 #include "tile.h"
+#include "lanes.h"
 
 /* d = exp(w), 0 below exp.h's clamp (where exp is under the smallest normal number): a
    channel erased by a huge negative log-decay is erased exactly, as in torch. */
@@ -53,48 +54,6 @@ static inline void NAME(decays)(T *restrict d, const T *restrict w, long K, long
 static inline void NAME(erase_keys)(T *restrict e, const T *restrict a, const T *restrict d,
                                     long after, long K) {
     for (long i = 0; i < K; i++) e[i] = after ? a[i] * d[i] : a[i];
-}
-
-/* x[0 .. NV) <- the lane sums of x[0 .. NV) as one vector (lane r: the sum of x[r]): a
-   transposing tree of shuffles and adds, NV - 1 adds where NV horizontal sums take ~3 NV */
-#if defined(__clang__)
-#define VD_SHUF(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
-#else
-#define VD_SHUF(x, y, ...) __builtin_shuffle(x, y, (NAME(vd_idx)){__VA_ARGS__})
-#endif
-#define vd_float_float 1
-#define VD_CAT(a, b) a##b
-#define VD_XCAT(a, b) VD_CAT(a, b)
-#if VD_XCAT(vd_float_, T)  /* T is float: 8 lanes */
-typedef int NAME(vd_idx) __attribute__((vector_size(32)));
-TILE_INLINE VEC NAME(lane_sums)(const VEC *x) {
-    VEC p[4], q[2];
-    for (int r = 0; r < 4; r++)
-        p[r] = VD_SHUF(x[2 * r], x[2 * r + 1], 0, 8, 2, 10, 4, 12, 6, 14)
-             + VD_SHUF(x[2 * r], x[2 * r + 1], 1, 9, 3, 11, 5, 13, 7, 15);
-    for (int r = 0; r < 2; r++)
-        q[r] = VD_SHUF(p[2 * r], p[2 * r + 1], 0, 1, 8, 9, 4, 5, 12, 13)
-             + VD_SHUF(p[2 * r], p[2 * r + 1], 2, 3, 10, 11, 6, 7, 14, 15);
-    return VD_SHUF(q[0], q[1], 0, 1, 2, 3, 8, 9, 10, 11) + VD_SHUF(q[0], q[1], 4, 5, 6, 7, 12, 13, 14, 15);
-}
-#else  /* double: 4 lanes */
-typedef long long NAME(vd_idx) __attribute__((vector_size(32)));
-TILE_INLINE VEC NAME(lane_sums)(const VEC *x) {
-    const VEC p0 = VD_SHUF(x[0], x[1], 0, 4, 2, 6) + VD_SHUF(x[0], x[1], 1, 5, 3, 7);
-    const VEC p1 = VD_SHUF(x[2], x[3], 0, 4, 2, 6) + VD_SHUF(x[2], x[3], 1, 5, 3, 7);
-    return VD_SHUF(p0, p1, 0, 1, 4, 5) + VD_SHUF(p0, p1, 2, 3, 6, 7);
-}
-#endif
-
-/* out[i] += lane sums of x[i], i < m <= NV (x[m ..] unused) */
-TILE_INLINE void NAME(add_sums)(T *restrict out, VEC *x, long m) {
-    if (m == NV) {
-        *(UVEC *)out += NAME(lane_sums)(x);
-        return;
-    }
-    for (long i = m; i < NV; i++) x[i] = (VEC){0};
-    const VEC s = NAME(lane_sums)(x);
-    for (long i = 0; i < m; i++) out[i] += s[i];
 }
 
 void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restrict k,
@@ -345,9 +304,6 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
     free(dSall); free(buf); free(D); free(E); free(sd);
 }
 
-#undef VD_SHUF
-#undef vd_float_float
-#undef VD_CAT
-#undef VD_XCAT
-#include "tile.h"  /* its names undefined for the next type */
+#include "lanes.h"
+#include "tile.h"  /* their names undefined for the next type */
 #endif
