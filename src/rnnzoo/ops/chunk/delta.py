@@ -359,8 +359,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
         (r,), (w, k, v, a, b), marks = clean_inputs((r,), (w, k, v, a, b))
-        o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale),
-                                    marks)
+        o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale), marks)
         return o.to(out_dtype), S
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
