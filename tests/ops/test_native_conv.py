@@ -66,3 +66,30 @@ def test_native_conv_not_with_a_mask_or_half(calls):
     m(x, state, mask)
     m.half()(x.half(), state.half())
     assert calls[0] == 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("sqrt_eps", [False, True])
+@pytest.mark.parametrize("silu", [True, False])
+def test_native_conv_with_the_l2_norm_of_its_leading_groups(dtype, tol, sqrt_eps, silu):
+    """short_conv(..., norm_groups, group): the C conv with the delta layers' l2norm of q and
+    k fused, against ShortConv then l2norm; one group held at zero takes the floor."""
+    from rnnzoo.layers._delta_block import l2norm
+    m, x, state = _setup(2, 9, 17, 4, True, silu, dtype)   # 3 groups of 5, then 2 plain channels
+    with torch.no_grad():
+        x[:, :, 5:10] = 0
+        state[:, :, 5:10] = 0
+        m.bias[5:10] = 0
+    wrt = [x, state, *m.parameters()]
+
+    def torch_form():
+        y, s = m(x, state)
+        return torch.cat([l2norm(y[..., :15].unflatten(-1, (3, 5)), sqrt_eps).flatten(-2),
+                          y[..., 15:]], -1), s
+
+    with backend.force("torch"):
+        want = outputs_and_grads(torch_form(), wrt)
+    lib = native_conv.load()
+    got = outputs_and_grads(native_conv.short_conv(lib, x, m.weight, m.bias, state, silu, 3, 5,
+                                                   sqrt_eps), wrt)
+    assert_close(got, want, ["y", "state", "x", "state0", "weight", "bias"], tol)

@@ -2,7 +2,7 @@
 query read after a token's last step, its gate at its first), as ops.chunk.delta.delta_product
 runs it on a CPU, against the reference loop (delta_product_recurrent): outputs, final state
 and every gradient, T n not a multiple of the 32-step checkpoint, with and without the gate,
-1 and 2 threads; and delta_product proven to take it (not under force("torch"))."""
+1 and 2 threads, V over one and two column tiles (n = 1: the plain delta rule); and delta_product proven to take it (not under force("torch"))."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _inputs(B, T, n, H, K, V, dtype, gated):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("B,T,n,H,K,V,gated", [(2, 23, 3, 2, 5, 6, True), (1, 40, 2, 1, 4, 3, False),
-                                              (1, 1, 2, 1, 2, 3, True)])
+                                              (1, 1, 2, 1, 2, 3, True),
+                                              (2, 37, 1, 2, 7, 21, True),   # two column tiles,
+                                              (1, 19, 2, 1, 3, 16, True)])  # the 2nd narrow
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_delta_product_on_the_kernel_matches_the_loop(monkeypatch, dtype, tol, B, T, n, H, K, V,
                                                        gated, n_threads):

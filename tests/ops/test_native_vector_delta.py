@@ -23,7 +23,7 @@ def _rand(*shape, seed):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _inputs(case):
+def _inputs(case, K=K, V=V):
     q, k, v = _rand(B, T, H, K, seed=1), F.normalize(_rand(B, T, H, K, seed=2), dim=-1), \
         _rand(B, T, H, V, seed=3)
     g_vec = -F.softplus(_rand(B, T, H, K, seed=4))
@@ -50,12 +50,13 @@ CASES = {
 @pytest.mark.parametrize("path", ["native", "chunks"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", list(CASES))
-def test_equals_the_loop(case, dtype, path, monkeypatch):
+@pytest.mark.parametrize("K,V", [(K, V), (9, 21)])  # V = 21: two column tiles, the 2nd narrow
+def test_equals_the_loop(case, dtype, path, K, V, monkeypatch):
     fast, loop, kw = CASES[case]
     if path == "chunks":
         monkeypatch.setenv("RNNZOO_NATIVE", "0")
     calls = counter(monkeypatch, vector_delta, "vector_delta")
-    args, S0 = _inputs(case)
+    args, S0 = _inputs(case, K, V)
     args = [t.to(dtype).requires_grad_() for t in (*args, S0)]
     kw = dict(kw, chunk_size=8)
     with threads(2):

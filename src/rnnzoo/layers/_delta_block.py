@@ -28,6 +28,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -35,6 +36,8 @@ from rnnzoo.ops.chunk.delta import (
     delta_rule_recurrent,
     delta_rule_step,
 )
+from rnnzoo.ops.native import conv as native_conv
+from rnnzoo.ops.native import head_norm as native_head_norm
 
 
 def l2norm(x, sqrt_eps: bool = False):
@@ -75,10 +78,25 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     q, k (B, T, H, K), unit norm per head (`l2norm`), and v (B, T, H, V); new conv state."""
     B, T, _ = x.shape
     H, K, V = layer.num_heads, layer.head_dim, layer.value_dim
-    qkv, conv_state = layer.conv(layer.qkv_proj(x).to(compute_dtype(x)), conv_state)
+    qkv, conv_state, normed = conv_l2(layer.conv, layer.qkv_proj(x).to(compute_dtype(x)),
+                                      conv_state, 2 * H, K, sqrt_eps)
     q, k, v = qkv.split([H * K, H * K, H * V], -1)
-    q, k = (l2norm(t.reshape(B, T, H, K), sqrt_eps) for t in (q, k))
+    q, k = (t.reshape(B, T, H, K) if normed else l2norm(t.reshape(B, T, H, K), sqrt_eps)
+            for t in (q, k))
     return q, k, v.reshape(B, T, H, V), conv_state
+
+
+def conv_l2(conv, x, conv_state, groups, G, sqrt_eps):
+    """(conv(x, conv_state) (y, new state) ..., normed): on a CPU the first `groups` groups of
+    G channels of y come back L2-normalised as `l2norm` gives them (normed True), fused into
+    the C convolution (`ops.native.conv`); elsewhere y as conv gives it (normed False)."""
+    w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
+    if not sequence_parallel.active() and backend.use_native(x, w, b, conv_state):
+        lib = native_conv.load()
+        if lib is not None:
+            return (*native_conv.short_conv(lib, x, w, b, conv_state, conv.silu, groups, G,
+                                            sqrt_eps), True)
+    return (*conv(x, conv_state), False)
 
 
 def delta_state(layer, batch_size, device=None, dtype=None):
@@ -91,11 +109,28 @@ def delta_state(layer, batch_size, device=None, dtype=None):
 
 def gated_head_output(layer, o, x, gate=torch.sigmoid):
     """o (B, T, H, V) -> layer.o_proj(layer.norm(o) * gate(layer.g_proj(x))): the per-head
-    norm, times the output gate where the layer has one (g_proj None: no gate)."""
+    norm, times the output gate where the layer has one (g_proj None: no gate). An RMS
+    HeadNorm with a sigmoid or SiLU gate runs fused in C on a CPU (`ops.native.head_norm`)."""
+    z = None if layer.g_proj is None else layer.g_proj(x).to(o.dtype)
+    act = {torch.sigmoid: "sigmoid", F.silu: "silu"}.get(gate)
+    if layer.norm.kind == "rms" and (z is None or act is not None):
+        w = layer.norm.weight.to(o.dtype).flatten()
+        y = _head_norm(o.flatten(2), w, o.shape[-1], layer.norm.eps, z, act)
+        if y is not None:
+            return layer.o_proj(y.to(x.dtype))
     o = layer.norm(o)
-    if layer.g_proj is not None:
-        o = o * gate(layer.g_proj(x).to(o.dtype)).view(o.shape)
+    if z is not None:
+        o = o * gate(z).view(o.shape)
     return layer.o_proj(o.flatten(2).to(x.dtype))
+
+
+def _head_norm(o, w, G, eps, z, act):
+    """RMSNorm over each G channels of o (B, T, W), times w (W,) and act(z) (z None: no
+    gate), in C (`ops.native.head_norm`); None where it does not run (`backend.use_native`)."""
+    if not backend.use_native(o, w, z):
+        return None
+    lib = native_head_norm.load()
+    return None if lib is None else native_head_norm.head_norm(lib, o, w, G, eps, z, act)
 
 
 class DeltaBlock(RecurrentLayer):
@@ -144,10 +179,13 @@ class DeltaBlock(RecurrentLayer):
         B, T, _ = x.shape
         H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
         cdt = compute_dtype(x)
-        qkv, conv_state = self.conv(self.qkv_proj(x).to(cdt), conv_state)
         Hk = self.num_key_heads
+        qkv, conv_state, normed = conv_l2(self.conv, self.qkv_proj(x).to(cdt), conv_state,
+                                          (1 + n_h) * Hk, K, self.sqrt_eps)
         q, k, v = qkv.split([Hk * K, n_h * Hk * K, n_h * H * V], -1)
-        q, k = self.l2norm(q.reshape(B, T, Hk, K)), self.l2norm(k.reshape(B, T, n_h, Hk, K))
+        q, k = q.reshape(B, T, Hk, K), k.reshape(B, T, n_h, Hk, K)
+        if not normed:
+            q, k = self.l2norm(q), self.l2norm(k)
         if Hk != H:
             q, k = q.repeat_interleave(H // Hk, -2), k.repeat_interleave(H // Hk, -2)
         v = v.reshape(B, T, n_h, H, V)
@@ -164,12 +202,16 @@ class DeltaBlock(RecurrentLayer):
 
     def op_output(self, o, x):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""
-        cdt = o.dtype
-        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
-        o = o.flatten(2)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(cdt))
-        return self.o_proj(o.to(x.dtype))
+        cdt, V = o.dtype, o.shape[-1]
+        z = None if self.g_proj is None else self.g_proj(x).to(cdt)
+        y = _head_norm(o.flatten(2), self.norm_weight.to(cdt).repeat(o.shape[-2]), V,
+                       self.norm_eps, z, "silu")
+        if y is None:  # the PyTorch form
+            y = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
+            y = y.flatten(2)
+            if z is not None:
+                y = y * F.silu(z)
+        return self.o_proj(y.to(x.dtype))
 
     def _forward(self, x, state, mode):
         S, conv_state = state

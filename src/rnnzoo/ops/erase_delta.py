@@ -42,7 +42,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import vector_delta as native_vector
 
 __all__ = ["erase_delta", "erase_delta_recurrent", "erase_delta_step"]
@@ -114,9 +114,9 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     out_dtype = q.dtype
     lib = native_vector.load() if backend.use_native(q, k, v, g, p, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
-        (q,), (k, v, g, p), marks = native_vector.clean_inputs((q,), (k, v, g, p))
+        (q,), (k, v, g, p), marks = clean_inputs((q,), (k, v, g, p))
         w = g[..., None] if g.dim() == 3 else g            # one log-decay a head, or a channel
-        o, S = native_vector.marked(*native_vector.vector_delta(
+        o, S = marked(*native_vector.vector_delta(
             lib, q, w, k, v, p, None, S, scale, after=not before_decay), marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))

@@ -65,7 +65,7 @@ from rnnzoo.ops.chunk._common import from_chunks as _from_chunks
 from rnnzoo.ops.chunk._common import to_chunks as _to_chunks
 from rnnzoo.ops.chunk._common import unit_lower_inverse as _unit_lower_inverse
 from rnnzoo.ops.chunk._common import wy_chunks as _wy_chunks
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.ops.native import vector_delta as native_vector
 
@@ -168,13 +168,14 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     if q.device.type == "cpu":
         chunk_size = min(chunk_size, _cpu_chunk(K, V))
     lib = native_delta.load() if backend.use_native(q, k, v, beta, g, S) else None
-    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
     if lib is not None:  # the recurrence in C: 1.5-2.1x the chunks, K = 32..128 (docstring)
-        o, S = native_delta.delta(lib, qf, k, v, beta, torch.zeros_like(beta) if g is None
-                                  else g, S, scale)
-    else:
-        o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
-                             None if g is None else g.to(dt), S, scale, chunk_size)
+        (q,), (k, v, beta, g), marks = clean_inputs((q,), (k, v, beta, g))
+        o, S = marked(*native_delta.delta(lib, q, k, v, beta, torch.zeros_like(beta) if g is None
+                                          else g, S, scale), marks)
+        return o.to(q.dtype), S
+    (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
+    o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
+                         None if g is None else g.to(dt), S, scale, chunk_size)
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
 
 
@@ -276,12 +277,12 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
     if lib is not None:  # the C recurrence over the flat steps, one query and gate a token
         dt = compute_dtype(q)
         S = _initial(initial_state, B, H, K, V, dt, q.device)
-        (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
-        o, S = native_delta.delta(lib, qf, k.reshape(B, T * n_h, H, K),
-                                  v.reshape(B, T * n_h, H, V), beta.reshape(B, T * n_h, H),
-                                  beta.new_zeros(B, T, H) if g is None else g, S,
-                                  K ** -0.5 if scale is None else scale, n_h)
-        return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
+        (qf,), (k, v, beta, g), marks = clean_inputs((q,), (k, v, beta, g))
+        o, S = marked(*native_delta.delta(lib, qf, k.reshape(B, T * n_h, H, K),
+                                          v.reshape(B, T * n_h, H, V), beta.reshape(B, T * n_h, H),
+                                          beta.new_zeros(B, T, H) if g is None else g, S,
+                                          K ** -0.5 if scale is None else scale, n_h), marks)
+        return o.to(q.dtype), S
     if sequence_parallel.active() or (
             q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state)):
         # delta_rule's paths over the flat steps
@@ -357,9 +358,8 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     out_dtype = r.dtype
     lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
-        (r,), (w, k, v, a, b), marks = native_vector.clean_inputs((r,), (w, k, v, a, b))
-        o, S = native_vector.marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale),
-                                    marks)
+        (r,), (w, k, v, a, b), marks = clean_inputs((r,), (w, k, v, a, b))
+        o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale), marks)
         return o.to(out_dtype), S
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
     C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)

@@ -49,7 +49,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _householder_update, _initial
 from rnnzoo.ops.chunk.linear import _factorise_limit
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import vector_delta as native_vector
 
 __all__ = ["kda", "kda_recurrent", "kda_step"]
@@ -112,10 +112,10 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
     if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g
-        (q,), (k, v, g, beta), marks = native_vector.clean_inputs((q,), (k, v, g, beta))
+        (q,), (k, v, g, beta), marks = clean_inputs((q,), (k, v, g, beta))
         b = beta[..., None]
         o, S = native_vector.vector_delta(lib, q, g, k, b * v, b * k, None, S, scale, after=True)
-        o, S = native_vector.marked(o, S, marks)
+        o, S = marked(o, S, marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     c = subchunk_size

@@ -9,6 +9,10 @@
    and added to by the next K - 1 steps, while it is still in cache; the state's rows get
    the contributions that land before x.
 
+   conv_l2_fwd / conv_l2_bwd also L2-normalise the first nn groups of G channels of each
+   output row after the SiLU (the delta layers' q and k heads), r (batch, T, nn) holding the
+   factors; through a norm n = y r the backward takes r (dn - n (n . dn)).
+
    Layouts (row-major, contiguous): x, y, dy, dx (batch, T, C); w (K, C) = weight
    transposed; bias (C) or NULL; state, dstate (batch, K - 1, C); dw (batch, K, C) and
    dbias (batch, C): one slice per batch row, summed by the caller.
@@ -35,20 +39,51 @@ static inline void NAME(pre)(T *restrict s, const T *x, const T *st, const T *re
     }
 }
 
-void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, long Tn, long C,
-                    long K, int silu, long b0, long b1) {
+/* the L2 norm of the first nn groups of G channels of a row y (the delta layers' q and k
+   heads after their conv and SiLU): y <- y r, r = 1 / max(|y|, 1e-6) (sqrt_eps: 1 / sqrt(|y|^2
+   + 1e-6)), r stored negated where the floor holds it constant */
+static inline void NAME(l2_rows)(T *restrict y, T *restrict r, long nn, long G, int sqrt_eps) {
+    for (long gi = 0; gi < nn; gi++) {
+        T *restrict yg = y + gi * G, ss = 0;
+#pragma omp simd reduction(+ : ss)
+        for (long j = 0; j < G; j++) ss += yg[j] * yg[j];
+        const int floor = !sqrt_eps && ss <= (T)1e-12;
+        const T rr = sqrt_eps ? 1 / SQRT(ss + (T)1e-6) : 1 / SQRT(floor ? (T)1e-12 : ss);
+        for (long j = 0; j < G; j++) yg[j] *= rr;
+        r[gi] = floor ? -rr : rr;
+    }
+}
+
+static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
+                           long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
+                           long b0, long b1) {
     for (long b = b0; b < b1; b++)
         for (long t = 0; t < Tn; t++) {
             T *restrict yr = y + (b * Tn + t) * C;
             NAME(pre)(yr, x, st, w, bias, b, t, Tn, C, K);
             if (silu)
                 for (long c = 0; c < C; c++) yr[c] = yr[c] / (1 + EXP(-yr[c]));
+            if (nn) NAME(l2_rows)(yr, r + (b * Tn + t) * nn, nn, G, sqrt_eps);
         }
 }
 
-void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy, T *dx,
-                    T *dst, T *dw, T *db, long Tn, long C, long K, int silu, long b0, long b1) {
-    T *g = malloc(C * sizeof(T));
+void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, long Tn, long C,
+                    long K, int silu, long b0, long b1) {
+    NAME(fwd_rows)(x, w, bias, st, y, NULL, Tn, C, K, silu, 0, 1, 0, b0, b1);
+}
+
+/* conv_fwd, then the L2 norm of the first nn groups of G channels of each row (l2_rows);
+   r (batch, T, nn) keeps the norms' factors for the backward */
+void NAME(conv_l2_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
+                       long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
+                       long b0, long b1) {
+    NAME(fwd_rows)(x, w, bias, st, y, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
+}
+
+static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
+                           const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
+                           int silu, long nn, long G, long b0, long b1) {
+    T *g = malloc(C * sizeof(T)), *s = malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++) {
         T *restrict dwb = dw + b * K * C, *restrict dbb = db + b * C;
         memset(dwb, 0, K * C * sizeof(T));
@@ -56,22 +91,35 @@ void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T 
         if (K > 1) memset(dst + b * (K - 1) * C, 0, (K - 1) * C * sizeof(T));
         for (long t = 0; t < Tn; t++) {
             const T *restrict dyr = dy + (b * Tn + t) * C;
+            if (silu || nn) NAME(pre)(s, x, st, w, bias, b, t, Tn, C, K);
             if (silu) {
-                NAME(pre)(g, x, st, w, bias, b, t, Tn, C, K);
                 for (long c = 0; c < C; c++) {
-                    const T sg = 1 / (1 + EXP(-g[c]));
-                    g[c] = dyr[c] * sg * (1 + g[c] * (1 - sg));
+                    const T sg = 1 / (1 + EXP(-s[c]));
+                    g[c] = sg * (1 + s[c] * (1 - sg));  /* silu' */
+                    s[c] *= sg;                         /* silu */
                 }
             } else {
-                memcpy(g, dyr, C * sizeof(T));
+                for (long c = 0; c < C; c++) g[c] = 1;
             }
+            /* through the norms: dy_pre = r (dy - n (n . dy)), n = s r (r alone on the floor) */
+            for (long gi = 0; gi < nn; gi++) {
+                const T rs = r[(b * Tn + t) * nn + gi], rr = rs < 0 ? -rs : rs;
+                const T *restrict sg = s + gi * G, *restrict dg = dyr + gi * G;
+                T dot = 0;
+                if (rs > 0)
+#pragma omp simd reduction(+ : dot)
+                    for (long j = 0; j < G; j++) dot += sg[j] * dg[j];
+                dot *= rr * rr;
+                for (long j = 0; j < G; j++) g[gi * G + j] *= rr * (dg[j] - sg[j] * dot);
+            }
+            for (long c = nn * G; c < C; c++) g[c] *= dyr[c];
             for (long c = 0; c < C; c++) dbb[c] += g[c];
             for (long k = 0; k < K; k++) {
-                const long r = t + k;  /* row of xp */
-                const T *restrict xr = NAME(xp_row)(x, st, b, r, Tn, C, K), *restrict wk = w + k * C;
+                const long rw = t + k;  /* row of xp */
+                const T *restrict xr = NAME(xp_row)(x, st, b, rw, Tn, C, K), *restrict wk = w + k * C;
                 T *restrict dwk = dwb + k * C;
-                T *restrict out = r < K - 1 ? dst + (b * (K - 1) + r) * C
-                                            : dx + (b * Tn + r - (K - 1)) * C;
+                T *restrict out = rw < K - 1 ? dst + (b * (K - 1) + rw) * C
+                                             : dx + (b * Tn + rw - (K - 1)) * C;
                 for (long c = 0; c < C; c++) dwk[c] += g[c] * xr[c];
                 if (k == K - 1)
                     for (long c = 0; c < C; c++) out[c] = wk[c] * g[c];
@@ -81,6 +129,19 @@ void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T 
         }
     }
     free(g);
+    free(s);
+}
+
+void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy, T *dx,
+                    T *dst, T *dw, T *db, long Tn, long C, long K, int silu, long b0, long b1) {
+    NAME(bwd_rows)(x, w, bias, st, dy, NULL, dx, dst, dw, db, Tn, C, K, silu, 0, 1, b0, b1);
+}
+
+/* conv_bwd through conv_l2_fwd's norms (r from it) */
+void NAME(conv_l2_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
+                       const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
+                       int silu, long nn, long G, long b0, long b1) {
+    NAME(bwd_rows)(x, w, bias, st, dy, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
 }
 
 #endif

@@ -21,43 +21,59 @@ from rnnzoo.ops import native
 def _kernels(lib, dtype):
     P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     return (native.kernel(lib, "conv_fwd", dtype, [P] * 5 + [L] * 3 + [i32] + [L] * 2),
-            native.kernel(lib, "conv_bwd", dtype, [P] * 9 + [L] * 3 + [i32] + [L] * 2))
+            native.kernel(lib, "conv_bwd", dtype, [P] * 9 + [L] * 3 + [i32] + [L] * 2),
+            native.kernel(lib, "conv_l2_fwd", dtype, [P] * 6 + [L] * 3 + [i32, L, L, i32, L, L]),
+            native.kernel(lib, "conv_l2_bwd", dtype, [P] * 10 + [L] * 3 + [i32] + [L] * 4))
 
 
 class _NativeConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, x, weight, bias, state, silu):
+    def forward(ctx, lib, x, weight, bias, state, silu, nn, G, sqrt_eps):
         x, state = x.contiguous(), state.contiguous()
         w = weight.t().contiguous()  # (K, C)
         bias = None if bias is None else bias.contiguous()
         batch, T, C = x.shape
-        fwd, _ = _kernels(lib, x.dtype)
+        K, P = w.shape[0], native.ptr
+        fwd, _, l2_fwd, _ = _kernels(lib, x.dtype)
         y = torch.empty_like(x)
-        native.run(fwd, [(native.ptr(x), native.ptr(w), native.ptr(bias), native.ptr(state), native.ptr(y), T, C, w.shape[0],
-                          int(silu), *p) for p in native.rows(batch)])
-        ctx.save_for_backward(x, w, bias, state)
-        ctx.lib, ctx.silu = lib, silu
+        r = x.new_empty(batch, T, nn) if nn else None
+        if nn:
+            native.run(l2_fwd, [(P(x), P(w), P(bias), P(state), P(y), P(r), T, C, K, int(silu), nn,
+                                 G, int(sqrt_eps), *p) for p in native.rows(batch)])
+        else:
+            native.run(fwd, [(P(x), P(w), P(bias), P(state), P(y), T, C, K, int(silu), *p)
+                             for p in native.rows(batch)])
+        ctx.save_for_backward(x, w, bias, state, r)
+        ctx.lib, ctx.silu, ctx.nn, ctx.G = lib, silu, nn, G
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, w, bias, state = ctx.saved_tensors
+        x, w, bias, state, r = ctx.saved_tensors
         batch, T, C = x.shape
-        K = w.shape[0]
-        _, bwd = _kernels(ctx.lib, x.dtype)
+        K, P = w.shape[0], native.ptr
+        _, bwd, _, l2_bwd = _kernels(ctx.lib, x.dtype)
         dy = dy.contiguous()
         dx, dstate = torch.empty_like(x), torch.empty_like(state)
         dw, db = x.new_empty(batch, K, C), x.new_empty(batch, C)
-        native.run(bwd, [(native.ptr(x), native.ptr(w), native.ptr(bias), native.ptr(state), native.ptr(dy), native.ptr(dx),
-                          native.ptr(dstate), native.ptr(dw), native.ptr(db), T, C, K, int(ctx.silu), *p)
-                         for p in native.rows(batch)])
-        return (None, dx, dw.sum(0).t(), None if bias is None else db.sum(0), dstate, None)
+        if ctx.nn:
+            native.run(l2_bwd, [(P(x), P(w), P(bias), P(state), P(dy), P(r), P(dx), P(dstate),
+                                 P(dw), P(db), T, C, K, int(ctx.silu), ctx.nn, ctx.G, *p)
+                                for p in native.rows(batch)])
+        else:
+            native.run(bwd, [(P(x), P(w), P(bias), P(state), P(dy), P(dx), P(dstate), P(dw),
+                              P(db), T, C, K, int(ctx.silu), *p) for p in native.rows(batch)])
+        return (None, dx, dw.sum(0).t(), None if bias is None else db.sum(0), dstate, None, None,
+                None, None)
 
 
-def short_conv(lib, x, weight, bias, state, silu):
-    """(y, new state): `lib` = native.load("conv"); weight, bias, state in x's dtype."""
+def short_conv(lib, x, weight, bias, state, silu, norm_groups=0, group=1, sqrt_eps=False):
+    """(y, new state): `lib` = native.load("conv"); weight, bias, state in x's dtype.
+    norm_groups > 0: the first norm_groups groups of `group` channels of y are then L2
+    normalised, y / max(|y|, 1e-6) (sqrt_eps: y / sqrt(|y|^2 + 1e-6)), as
+    layers._delta_block.l2norm does to the delta layers' q and k heads."""
     K = weight.shape[1]
-    y = _NativeConv.apply(lib, x, weight, bias, state, silu)
+    y = _NativeConv.apply(lib, x, weight, bias, state, silu, norm_groups, group, sqrt_eps)
     xp = torch.cat([state, x], dim=1) if x.shape[1] < K - 1 else x
     return y, xp[:, xp.shape[1] - (K - 1):]
 

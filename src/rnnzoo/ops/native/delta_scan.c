@@ -8,22 +8,27 @@
    (DeltaProduct's n Householder steps) the gate acts at a token's first step (a = 1 at the
    others) and the query reads after its last; q, o, g have one row a token.
 
-   Forward: one pass over the state a step, S_t = S'_t + k_t u_t^T with the read-out and the
-   next step's decay and w_{t+1} = S'_{t+1}^T k_{t+1} in the same pass (a separate decay
-   pass only where a checkpoint is due: the state entering steps 0, CK, 2 CK, ... is
-   stored undecayed). It also writes w_t, so that the backward rebuilds S_t from the
+   Every column of S evolves on its own (w_t's and o_t's column j read S's column j only), so
+   each pair runs in tiles of VT columns (two 256-bit vectors of T, tile.h): the tile of S
+   (K x VT) in L1, u_t, o_t, w_{t+1} of the tile in registers. Forward: one pass over the
+   tile a step, S_t = S'_t + k_t u_t^T with the read-out and the next step's decay and
+   w_{t+1} = S'_{t+1}^T k_{t+1} in the same pass (a separate decay pass only where a
+   checkpoint is due: the state entering steps 0, CK, 2 CK, ... is stored undecayed). It also writes w_t, so that the backward rebuilds S_t from the
    checkpoints in one pass a step (S_t = a_t S_{t-1} + k_t u_t^T). Backward, dS the gradient
    of S_t (its own read plus the transposed later steps):
        dS += scale q_t do_t^T,   dq_t = scale S_t do_t,   du = dS^T k_t,   dk_t = dS u_t
        dv_t = beta_t du,   dbeta_t = <du, v_t - w_t>,   dw = -beta_t du
        dS' = dS + k_t dw^T,   dk_t += S'_t dw,   dg_t = <dS', S'_t>,   dS_{t-1} = a_t dS'
    where the second line of step t and the first of step t - 1 share one pass (both read
-   S_{t-1}).
+   S_{t-1}), and dk_t's two sums (dS u_t and S'_t dw) one reduction. The sums over columns
+   (dq, dk, dbeta, dg) add up over the tiles, block by block (a block's rows stay in cache);
+   a last, narrower tile is padded with zero columns, which stay zero.
 
    Layouts (row-major, contiguous), Tn steps, Tq = Tn / n tokens: k, dk (batch, Tn, H, K);
    v, w, dv (batch, Tn, H, V); beta, dbeta (batch, Tn, H); q, dq (batch, Tq, H, K); o, dout
    (batch, Tq, H, V); g, dg (batch, Tq, H); S0, ST, dST, dS0 (batch, H, K, V); ck (batch, H,
-   nck, K, V) with nck = ceil(Tn / CK). Each function does the (batch row, head) pairs
+   nck, K VP) with nck = ceil(Tn / CK), VP = V rounded up to a multiple of 16 (tile by tile,
+   each tile's K x VT block contiguous). Each function does the (batch row, head) pairs
    [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -33,64 +38,96 @@
 
 #else
 
+#include "tile.h"
+
+/* the forward's pass over a tile's rows at step t: S_t = S'_t + k_t u^T, its read-out o (read)
+   and the next step's S'_{t+1} = an S_t with w_{t+1} = S'_{t+1}^T k_{t+1} (fuse); out holds
+   o and w_{t+1}, two vectors each. Inlined with constant flags: four specialised loops. */
+TILE_INLINE void NAME(fwd_rows)(VEC *restrict S, const T *restrict kt, const VEC *u,
+                                const T *restrict qt, T scale, const T *restrict kn, T an,
+                                VEC *restrict out, long K, const int read, const int fuse) {
+    VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
+    for (long i = 0; i < K; i++) {
+        const T ki = kt[i];
+        const VEC s0 = S[2 * i] + ki * u[0], s1 = S[2 * i + 1] + ki * u[1];
+        if (read) {
+            const T qi = scale * qt[i];
+            o0 += qi * s0;
+            o1 += qi * s1;
+        }
+        if (fuse) {
+            const T ni = an * kn[i];
+            n0 += ni * s0;
+            n1 += ni * s1;
+            S[2 * i] = an * s0;
+            S[2 * i + 1] = an * s1;
+        } else {
+            S[2 * i] = s0;
+            S[2 * i + 1] = s1;
+        }
+    }
+    out[0] = o0, out[1] = o1, out[2] = n0, out[3] = n1;
+}
+
 void NAME(delta_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                      const T *restrict beta, const T *restrict g, const T *restrict S0,
                      T *restrict o, T *restrict w, T *restrict ST, T *restrict ck, T scale,
                      long Tn, long n, long H, long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, KV = K * V;
-    T *u = malloc(V * sizeof(T)), *scratch = malloc(2 * V * sizeof(T));
-    const T zero = 0;
+    const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, VP = TILE_PAD(V);
+    VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        T *restrict S = ST + p * KV;
-        memcpy(S, S0 + p * KV, KV * sizeof(T));
-        int decayed = 0;  /* S holds S'_t and w_t is written */
-        for (long t = 0; t < Tn; t++) {
-            const long row = (b * Tn + t) * H + h, tok = (b * Tq + t / n) * H + h;
-            const T *restrict kt = k + row * K, *restrict vt = v + row * V;
-            T *restrict wt = w + row * V;
-            if (!decayed) {
-                if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * KV, S, KV * sizeof(T));
-                const T a = t % n == 0 ? EXP(g[tok]) : 1;
-                for (long j = 0; j < V; j++) wt[j] = 0;
-                for (long i = 0; i < K; i++) {
-                    T *restrict Si = S + i * V;
-                    const T ki = kt[i];
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        Si[j] *= a;
-                        wt[j] += ki * Si[j];
+        for (long j0 = 0; j0 < V; j0 += VT) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, wd);
+            VEC wt[2] = {{0}, {0}}, out[4];
+            int decayed = 0;  /* S holds S'_t and wt is w_t */
+            for (long t = 0; t < Tn; t++) {
+                const long row = (b * Tn + t) * H + h, tok = (b * Tq + t / n) * H + h;
+                const T *restrict kt = k + row * K;
+                if (!decayed) {
+                    if (ck && t % CK == 0)
+                        memcpy(ck + (p * nck + t / CK) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
+                    const T a = t % n == 0 ? EXP(g[tok]) : 1;
+                    VEC w0 = {0}, w1 = {0};
+                    for (long i = 0; i < K; i++) {
+                        const VEC s0 = a * S[2 * i], s1 = a * S[2 * i + 1];
+                        S[2 * i] = s0;
+                        S[2 * i + 1] = s1;
+                        w0 += kt[i] * s0;
+                        w1 += kt[i] * s1;
                     }
+                    wt[0] = w0, wt[1] = w1;
                 }
+                NAME(tile_store)(w + row * V + j0, wt, wd);
+                VEC u[2];
+                NAME(tile_load)(u, v + row * V + j0, wd);
+                const T bt = beta[row];
+                u[0] = bt * (u[0] - wt[0]), u[1] = bt * (u[1] - wt[1]);
+                const long t1 = t + 1;
+                const int read = t % n == n - 1, fuse = t1 < Tn && !(ck && t1 % CK == 0);
+                const T *qt = read ? q + tok * K : NULL, *kn = fuse ? kt + H * K : NULL;
+                const T an = fuse && t1 % n == 0 ? EXP(g[(b * Tq + t1 / n) * H + h]) : 1;
+                if (read && fuse) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 1, 1);
+                else if (read) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 1, 0);
+                else if (fuse) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 0, 1);
+                else NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 0, 0);
+                if (read) NAME(tile_store)(o + tok * V + j0, out, wd);
+                wt[0] = out[2], wt[1] = out[3];
+                decayed = fuse;
             }
-            const T bt = beta[row];
-            for (long j = 0; j < V; j++) u[j] = bt * (vt[j] - wt[j]);
-            const int read = t % n == n - 1, t1 = t + 1;
-            const int fuse = t1 < Tn && !(ck && t1 % CK == 0);
-            /* not read / not fused: the same pass into scratch rows with zero weights */
-            T *restrict ot = read ? o + tok * V : scratch;
-            T *restrict wn = fuse ? w + (row + H) * V : scratch + V;
-            const T *restrict qt = read ? q + tok * K : NULL;
-            const T *restrict kn = fuse ? k + (row + H) * K : NULL;
-            const T an = fuse && t1 % n == 0 ? EXP(g[(b * Tq + t1 / n) * H + h]) : 1;
-            for (long j = 0; j < V; j++) { ot[j] = 0; wn[j] = 0; }
-            for (long i = 0; i < K; i++) {
-                T *restrict Si = S + i * V;
-                const T ki = kt[i], qi = read ? scale * qt[i] : zero;
-                const T kni = fuse ? an * kn[i] : zero, sa = fuse ? an : 1;
-#pragma omp simd
-                for (long j = 0; j < V; j++) {
-                    const T s = Si[j] + ki * u[j];
-                    ot[j] += qi * s;
-                    wn[j] += kni * s;
-                    Si[j] = sa * s;
-                }
-            }
-            decayed = fuse;
+            for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, wd);
         }
     }
-    free(u);
-    free(scratch);
+    free(S);
+}
+
+/* u = beta (v - w) of one step, a tile */
+TILE_INLINE void NAME(pseudo_value)(VEC *restrict u, const T *v, const T *w, T bt, long wd) {
+    VEC wt[2];
+    NAME(tile_load)(u, v, wd);
+    NAME(tile_load)(wt, w, wd);
+    u[0] = bt * (u[0] - wt[0]), u[1] = bt * (u[1] - wt[1]);
 }
 
 void NAME(delta_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -99,128 +136,135 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                      T *restrict dq, T *restrict dk, T *restrict dv, T *restrict dbeta,
                      T *restrict dg, T *restrict dS0, T scale, long Tn, long n, long H, long K,
                      long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, KV = K * V;
-    T *buf = malloc(CK * KV * sizeof(T));  /* S_t for the steps of one block */
-    T *u = malloc(V * sizeof(T)), *du = malloc(V * sizeof(T)), *dw = malloc(V * sizeof(T));
-    T *u1 = malloc(V * sizeof(T)), *du1 = malloc(V * sizeof(T)), *zeros = calloc(V, sizeof(T));
-    T dkscratch;
+    const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
+    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    const VEC zero = {0};
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        T *restrict dS = dS0 + p * KV;  /* the running gradient, ends as dS_0 */
-        if (dST) memcpy(dS, dST + p * KV, KV * sizeof(T));
-        else memset(dS, 0, KV * sizeof(T));
-        for (long c = nck - 1; c >= 0; c--) {
-            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *start = ck + (p * nck + c) * KV, *prev = start;
-            for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
-                const long row = (b * Tn + t) * H + h;
-                const T a = t % n == 0 ? EXP(g[(b * Tq + t / n) * H + h]) : 1, bt = beta[row];
-                const T *restrict kt = k + row * K, *restrict vt = v + row * V;
-                const T *restrict wt = w + row * V;
-                T *restrict St = buf + (t - t0) * KV;
-                for (long j = 0; j < V; j++) u[j] = bt * (vt[j] - wt[j]);
-                for (long i = 0; i < K; i++) {
-                    const T *restrict Pi = prev + i * V;
-                    T *restrict Si = St + i * V;
-                    const T ki = kt[i];
-#pragma omp simd
-                    for (long j = 0; j < V; j++) Si[j] = a * Pi[j] + ki * u[j];
-                }
-                prev = St;
-            }
-            /* the first half of the last step alone: dS += scale q do^T, dq, du, dk = dS u */
-            {
-                const long t = t1 - 1, row = (b * Tn + t) * H + h;
-                const long tok = (b * Tq + t / n) * H + h;
-                const int read = t % n == n - 1;
-                const T bt = beta[row];
-                const T *restrict kt = k + row * K, *restrict vt = v + row * V;
-                const T *restrict wt = w + row * V, *restrict St = buf + (t - t0) * KV;
-                const T *restrict dot = read ? dout + tok * V : zeros;
-                const T *restrict qt = read ? q + tok * K : NULL;
-                T *restrict dkt = dk + row * K;
-                for (long j = 0; j < V; j++) { u[j] = bt * (vt[j] - wt[j]); du[j] = 0; }
-                for (long i = 0; i < K; i++) {
-                    T *restrict dSi = dS + i * V;
-                    const T *restrict Si = St + i * V;
-                    const T qi = read ? scale * qt[i] : 0, ki = kt[i];
-                    T sq = 0, sk = 0;
-#pragma omp simd reduction(+ : sq, sk)
-                    for (long j = 0; j < V; j++) {
-                        const T d = dSi[j] + qi * dot[j];
-                        dSi[j] = d;
-                        sq += Si[j] * dot[j];
-                        sk += d * u[j];
-                        du[j] += ki * d;
-                    }
-                    if (read) dq[tok * K + i] = scale * sq;
-                    dkt[i] = sk;
-                }
-            }
-            for (long t = t1 - 1; t >= t0; t--) {
-                /* du, u hold step t's; the pass finishes step t and, when t > t0, does the
-                   first half of step t - 1 (its S_t is this step's S_{t-1}) */
-                const long row = (b * Tn + t) * H + h;
-                const int gate = t % n == 0;
-                const long gtok = (b * Tq + t / n) * H + h;
-                const T a = gate ? EXP(g[gtok]) : 1, bt = beta[row];
-                const T *restrict kt = k + row * K, *restrict vt = v + row * V;
-                const T *restrict wt = w + row * V;
-                const T *restrict Sp = t > t0 ? buf + (t - 1 - t0) * KV : start;  /* S_{t-1} */
-                T *restrict dkt = dk + row * K;
-                T db = 0;
-                for (long j = 0; j < V; j++) {
-                    dv[row * V + j] = bt * du[j];
-                    db += du[j] * (vt[j] - wt[j]);
-                    dw[j] = -bt * du[j];
-                }
-                dbeta[row] = db;
-                const int both = t > t0;
-                const long r1 = row - H, s1 = t - 1;
-                const int read1 = both && s1 % n == n - 1;
-                const long tok1 = both ? (b * Tq + s1 / n) * H + h : 0;
-                const T *restrict dot1 = read1 ? dout + tok1 * V : zeros;
-                const T *restrict qt1 = read1 ? q + tok1 * K : NULL;
-                const T *restrict kt1 = both ? k + r1 * K : NULL;
-                T *restrict dkt1 = both ? dk + r1 * K : &dkscratch;
-                if (both) {
-                    const T bt1 = beta[r1];
-                    const T *restrict vt1 = v + r1 * V, *restrict wt1 = w + r1 * V;
-                    for (long j = 0; j < V; j++) { u1[j] = bt1 * (vt1[j] - wt1[j]); du1[j] = 0; }
-                } else {
-                    for (long j = 0; j < V; j++) { u1[j] = 0; du1[j] = 0; }
-                }
-                T sa = 0;
-                for (long i = 0; i < K; i++) {
-                    T *restrict dSi = dS + i * V;
-                    const T *restrict Pi = Sp + i * V;
-                    const T ki = kt[i];
-                    const T qi = read1 ? scale * qt1[i] : 0, ki1 = both ? kt1[i] : 0;
-                    T sk = 0, s = 0, sq1 = 0, sk1 = 0;
-#pragma omp simd reduction(+ : sk, s, sq1, sk1)
-                    for (long j = 0; j < V; j++) {
-                        const T d = dSi[j] + ki * dw[j];
-                        sk += Pi[j] * dw[j];
-                        s += d * Pi[j];
-                        const T d1 = a * d + qi * dot1[j];   /* dS_{t-1} (+ its read) */
-                        dSi[j] = d1;
-                        sq1 += Pi[j] * dot1[j];
-                        sk1 += d1 * u1[j];
-                        du1[j] += ki1 * d1;
-                    }
-                    dkt[i] += a * sk;
-                    sa += s;
-                    if (both) {
-                        if (read1) dq[tok1 * K + i] = scale * sq1;
-                        dkt1[i] = sk1;
-                    }
-                }
-                if (gate) dg[gtok] = a * sa;
-                { T *x = u; u = u1; u1 = x; x = du; du = du1; du1 = x; }
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            VEC *dS = dSall + jn * 2 * K;
+            for (long i = 0; i < K; i++) {
+                if (dST) NAME(tile_load)(dS + 2 * i, dST + (p * K + i) * V + j0, wd);
+                else dS[2 * i] = dS[2 * i + 1] = zero;
             }
         }
+        for (long c = nck - 1; c >= 0; c--) {
+            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+            for (long t = t0; t < t1; t++) {  /* the block's rows of the summed gradients */
+                const long row = (b * Tn + t) * H + h, tok = (b * Tq + t / n) * H + h;
+                memset(dk + row * K, 0, K * sizeof(T));
+                dbeta[row] = 0;
+                if (t % n == n - 1) memset(dq + tok * K, 0, K * sizeof(T));
+                if (t % n == 0) dg[tok] = 0;
+            }
+            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+                const long wd = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict dS = dSall + jn * 2 * K;
+                const UVEC *start = (const UVEC *)(ck + (p * nck + c) * K * VP + j0 * K);
+                const UVEC *prev = start;
+                for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
+                    const long row = (b * Tn + t) * H + h;
+                    const T a = t % n == 0 ? EXP(g[(b * Tq + t / n) * H + h]) : 1;
+                    const T *restrict kt = k + row * K;
+                    VEC *restrict St = buf + (t - t0) * 2 * K, u[2];
+                    NAME(pseudo_value)(u, v + row * V + j0, w + row * V + j0, beta[row], wd);
+                    for (long i = 0; i < K; i++) {
+                        St[2 * i] = a * prev[2 * i] + kt[i] * u[0];
+                        St[2 * i + 1] = a * prev[2 * i + 1] + kt[i] * u[1];
+                    }
+                    prev = (const UVEC *)St;
+                }
+                VEC u[2], du[2], dot[2];
+                {   /* the first half of the block's last step: dS += scale q do^T, dq, du */
+                    const long t = t1 - 1, row = (b * Tn + t) * H + h;
+                    const long tok = (b * Tq + t / n) * H + h;
+                    const int read = t % n == n - 1;
+                    const T *restrict kt = k + row * K, *restrict qt = q + tok * K;
+                    const VEC *restrict St = buf + (t - t0) * 2 * K;
+                    NAME(pseudo_value)(u, v + row * V + j0, w + row * V + j0, beta[row], wd);
+                    if (read) NAME(tile_load)(dot, dout + tok * V + j0, wd);
+                    VEC du0 = {0}, du1 = {0};
+                    for (long i = 0; i < K; i++) {
+                        VEC d0 = dS[2 * i], d1 = dS[2 * i + 1];
+                        if (read) {
+                            const T qi = scale * qt[i];
+                            d0 += qi * dot[0];
+                            d1 += qi * dot[1];
+                            dS[2 * i] = d0;
+                            dS[2 * i + 1] = d1;
+                            dq[tok * K + i] += scale * NAME(hsum)(St[2 * i] * dot[0]
+                                                                  + St[2 * i + 1] * dot[1]);
+                        }
+                        du0 += kt[i] * d0;
+                        du1 += kt[i] * d1;
+                    }
+                    du[0] = du0, du[1] = du1;
+                }
+                for (long t = t1 - 1; t >= t0; t--) {
+                    /* du, u hold step t's; the pass finishes step t (dk, dg, dS' and the
+                       decay) and, when t > t0, does the first half of step t - 1 (its S_t is
+                       this step's S_{t-1}) */
+                    const long row = (b * Tn + t) * H + h;
+                    const int gate = t % n == 0;
+                    const long gtok = (b * Tq + t / n) * H + h;
+                    const T a = gate ? EXP(g[gtok]) : 1, bt = beta[row];
+                    VEC vw[2], wt[2];
+                    NAME(tile_load)(vw, v + row * V + j0, wd);
+                    NAME(tile_load)(wt, w + row * V + j0, wd);
+                    const VEC dvt[2] = {bt * du[0], bt * du[1]};
+                    NAME(tile_store)(dv + row * V + j0, dvt, wd);
+                    dbeta[row] += NAME(hsum)(du[0] * (vw[0] - wt[0]) + du[1] * (vw[1] - wt[1]));
+                    const VEC dw0 = -dvt[0], dw1 = -dvt[1];
+                    const VEC *restrict Sp = t > t0 ? buf + (t - 1 - t0) * 2 * K
+                                                    : (const VEC *)start;  /* S_{t-1} */
+                    const T *restrict kt = k + row * K;
+                    T *restrict dkt = dk + row * K;
+                    const int both = t > t0;
+                    const long r1 = row - H, s1 = t - 1;
+                    const int read1 = both && s1 % n == n - 1;
+                    const long tok1 = both ? (b * Tq + s1 / n) * H + h : 0;
+                    const T *restrict qt1 = read1 ? q + tok1 * K : NULL;
+                    const T *restrict kt1 = both ? k + r1 * K : kt;
+                    VEC u1[2] = {{0}, {0}};
+                    if (both) NAME(pseudo_value)(u1, v + r1 * V + j0, w + r1 * V + j0, beta[r1], wd);
+                    if (read1) NAME(tile_load)(dot, dout + tok1 * V + j0, wd);
+                    else dot[0] = dot[1] = zero;
+                    VEC gv = {0}, du10 = {0}, du11 = {0};
+                    for (long i = 0; i < K; i++) {
+                        const VEC P0 = Sp[2 * i], P1 = Sp[2 * i + 1];
+                        const VEC dA0 = dS[2 * i], dA1 = dS[2 * i + 1];
+                        dkt[i] += NAME(hsum)(dA0 * u[0] + dA1 * u[1] + a * (P0 * dw0 + P1 * dw1));
+                        const T ki = kt[i];
+                        const VEC d0 = dA0 + ki * dw0, d1 = dA1 + ki * dw1;
+                        gv += d0 * P0 + d1 * P1;
+                        VEC e0 = a * d0, e1 = a * d1;  /* dS_{t-1} (+ its read) */
+                        if (read1) {
+                            const T qi = scale * qt1[i];
+                            e0 += qi * dot[0];
+                            e1 += qi * dot[1];
+                            dq[tok1 * K + i] += scale * NAME(hsum)(P0 * dot[0] + P1 * dot[1]);
+                        }
+                        dS[2 * i] = e0;
+                        dS[2 * i + 1] = e1;
+                        du10 += kt1[i] * e0;
+                        du11 += kt1[i] * e1;
+                    }
+                    if (gate) dg[gtok] += a * NAME(hsum)(gv);
+                    u[0] = u1[0], u[1] = u1[1], du[0] = du10, du[1] = du11;
+                }
+            }
+        }
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            const VEC *dS = dSall + jn * 2 * K;
+            for (long i = 0; i < K; i++) NAME(tile_store)(dS0 + (p * K + i) * V + j0, dS + 2 * i, wd);
+        }
     }
-    free(buf); free(u); free(du); free(dw); free(u1); free(du1); free(zeros);
+    free(dSall);
+    free(buf);
 }
 
+#include "tile.h"  /* its names undefined for the next type */
 #endif

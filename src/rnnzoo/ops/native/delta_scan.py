@@ -1,7 +1,7 @@
 """The gated delta rule as its recurrence in C (delta_scan.c), forward and backward: the
-(K, V) state of one (batch row, head) in cache, recomputed backward from every 32nd, a few
-vectorised passes over it a step, where the chunked PyTorch form (ops.chunk.delta) runs
-(C, C) products and a triangular solve per chunk, which cost more than the recurrence's
+(K, V) state of one (batch row, head) in cache, in tiles of 16 columns (tile.h), recomputed
+backward from every 32nd, a few vectorised passes over it a step, where the chunked
+PyTorch form (ops.chunk.delta) runs (C, C) products and a triangular solve per chunk, which cost more than the recurrence's
 O(T K V) work on a CPU: fwd+bwd 1.5-2.1x slower at K = 32..128, B=16 T=512 and B=4 T=2048.
 
     S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale S_t^T q_t
@@ -46,7 +46,7 @@ class _NativeDelta(torch.autograd.Function):
         fwd, _ = _kernels(lib, q.dtype)
         o, w, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = q.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        ck = q.new_empty(B, H, -(-Tn // CK), K * (-(-V // 16) * 16)) if grad else None
         native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
                           native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
                           native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)

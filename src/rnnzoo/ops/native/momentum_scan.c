@@ -31,74 +31,67 @@
 
 #else
 
+#include "tile.h"
+#include "lanes.h"
+
+
 void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict p, const T *restrict la, const T *restrict lm,
                         const T *restrict beta, const T *restrict eta, const T *restrict S0,
                         const T *restrict M0, T *restrict o, T *restrict e, T *restrict ST,
                         T *restrict MT, T *restrict ck, T scale, long Tn, long H, long K,
                         long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, KV = K * V;
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
+    VEC *S = aligned_alloc(32, 4 * K * sizeof(VEC)), *M = S + 2 * K;  /* a tile of S, of M */
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
-        T *restrict S = ST + pr * KV, *restrict M = MT + pr * KV;
-        memcpy(S, S0 + pr * KV, KV * sizeof(T));
-        memcpy(M, M0 + pr * KV, KV * sizeof(T));
-        if (Tn == 0) continue;
-        {   /* e_0 = S_0^T p_0 - v_0 */
-            const long row = (b * Tn) * H + h;
-            T *restrict et = e + row * V;
-            const T *restrict pt = p + row * K, *restrict vt = v + row * V;
-            for (long j = 0; j < V; j++) et[j] = -vt[j];
+        for (long j0 = 0; j0 < V; j0 += VT) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
             for (long i = 0; i < K; i++) {
-                const T pi = pt[i];
-                const T *restrict Si = S + i * V;
-                for (long j = 0; j < V; j++) et[j] += pi * Si[j];
+                NAME(tile_load)(S + 2 * i, S0 + (pr * K + i) * V + j0, wd);
+                NAME(tile_load)(M + 2 * i, M0 + (pr * K + i) * V + j0, wd);
             }
-        }
-        for (long t = 0; t < Tn; t++) {
-            if (ck && t % CK == 0) {
-                memcpy(ck + (pr * nck + t / CK) * 2 * KV, S, KV * sizeof(T));
-                memcpy(ck + (pr * nck + t / CK) * 2 * KV + KV, M, KV * sizeof(T));
+            VEC et[2] = {{0}, {0}};
+            if (Tn) {  /* e_0 = S_0^T p_0 - v_0 */
+                const long row = b * Tn * H + h;
+                const T *restrict pt = p + row * K;
+                NAME(tile_load)(et, v + row * V + j0, wd);
+                et[0] = -et[0], et[1] = -et[1];
+                for (long i = 0; i < K; i++) et[0] += pt[i] * S[2 * i], et[1] += pt[i] * S[2 * i + 1];
             }
-            const long row = (b * Tn + t) * H + h, nrow = row + H;
-            const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
-            const T *restrict qt = q + row * K, *restrict kt = k + row * K;
-            const T *restrict et = e + row * V;
-            T *restrict ot = o + row * V;
-            const int next = t + 1 < Tn;
-            T *restrict en = next ? e + nrow * V : NULL;
-            const T *restrict pn = next ? p + nrow * K : NULL;
-            for (long j = 0; j < V; j++) ot[j] = 0;
-            if (next) {
-                const T *restrict vn = v + nrow * V;
-                for (long j = 0; j < V; j++) en[j] = -vn[j];
-            }
-            for (long i = 0; i < K; i++) {
-                T *restrict Si = S + i * V, *restrict Mi = M + i * V;
-                const T hk = ht * kt[i], qi = scale * qt[i], pi = next ? pn[i] : 0;
-                if (next) {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        const T m = mu * Mi[j] + hk * et[j];
-                        const T s = a * Si[j] - bt * m;
-                        Mi[j] = m;
-                        Si[j] = s;
-                        ot[j] += qi * s;
-                        en[j] += pi * s;
-                    }
-                } else {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        const T m = mu * Mi[j] + hk * et[j];
-                        const T s = a * Si[j] - bt * m;
-                        Mi[j] = m;
-                        Si[j] = s;
-                        ot[j] += qi * s;
-                    }
+            for (long t = 0; t < Tn; t++) {
+                if (ck && t % CK == 0)
+                    memcpy(ck + (pr * nck + t / CK) * 2 * K * VP + j0 * 2 * K, S,
+                           4 * K * sizeof(VEC));
+                const long row = (b * Tn + t) * H + h, nrow = row + H;
+                const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
+                const T *restrict qt = q + row * K, *restrict kt = k + row * K;
+                const int next = t + 1 < Tn;
+                NAME(tile_store)(e + row * V + j0, et, wd);
+                const T *restrict pn = next ? p + nrow * K : kt;  /* kt: unused weights */
+                const T pw = next ? 1 : 0;
+                VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
+                for (long i = 0; i < K; i++) {
+                    const T hk = ht * kt[i], qi = scale * qt[i], pi = pw * pn[i];
+                    const VEC m0 = mu * M[2 * i] + hk * et[0], m1 = mu * M[2 * i + 1] + hk * et[1];
+                    const VEC s0 = a * S[2 * i] - bt * m0, s1 = a * S[2 * i + 1] - bt * m1;
+                    M[2 * i] = m0, M[2 * i + 1] = m1, S[2 * i] = s0, S[2 * i + 1] = s1;
+                    o0 += qi * s0, o1 += qi * s1, n0 += pi * s0, n1 += pi * s1;
                 }
+                const VEC ot[2] = {o0, o1};
+                NAME(tile_store)(o + row * V + j0, ot, wd);
+                if (next) {  /* e_{t+1} = S_t^T p_{t+1} - v_{t+1} */
+                    NAME(tile_load)(et, v + nrow * V + j0, wd);
+                    et[0] = n0 - et[0], et[1] = n1 - et[1];
+                }
+            }
+            for (long i = 0; i < K; i++) {
+                NAME(tile_store)(ST + (pr * K + i) * V + j0, S + 2 * i, wd);
+                NAME(tile_store)(MT + (pr * K + i) * V + j0, M + 2 * i, wd);
             }
         }
     }
+    free(S);
 }
 
 void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restrict p,
@@ -109,104 +102,119 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         T *restrict dla, T *restrict dlm, T *restrict dbeta, T *restrict deta,
                         T *restrict dS0, T *restrict dM0, T scale, long Tn, long H, long K,
                         long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, KV = K * V;
-    T *buf = malloc(CK * 2 * KV * sizeof(T));  /* S_t, M_t for the steps of one block */
-    T *de = malloc(V * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
+    VEC *dall = aligned_alloc(32, ntile * 4 * K * sizeof(VEC));  /* dS, dM tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 4 * K * sizeof(VEC));  /* a tile's S_t, M_t of a block */
+    const VEC zero = {0};
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
-        T *restrict dS = dS0 + pr * KV, *restrict dM = dM0 + pr * KV;  /* end as dS_0, dM_0 */
-        if (dST) memcpy(dS, dST + pr * KV, KV * sizeof(T));
-        else memset(dS, 0, KV * sizeof(T));
-        if (dMT) memcpy(dM, dMT + pr * KV, KV * sizeof(T));
-        else memset(dM, 0, KV * sizeof(T));
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            VEC *dS = dall + jn * 4 * K, *dM = dS + 2 * K;
+            for (long i = 0; i < K; i++) {
+                if (dST) NAME(tile_load)(dS + 2 * i, dST + (pr * K + i) * V + j0, wd);
+                else dS[2 * i] = dS[2 * i + 1] = zero;
+                if (dMT) NAME(tile_load)(dM + 2 * i, dMT + (pr * K + i) * V + j0, wd);
+                else dM[2 * i] = dM[2 * i + 1] = zero;
+            }
+        }
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *start = ck + (pr * nck + c) * 2 * KV;
-            const T *Sp = start, *Mp = start + KV;
-            for (long t = t0; t < t1; t++) {  /* recompute S_t, M_t, t in the block */
+            for (long t = t0; t < t1; t++) {  /* the block's sums over the tiles, zeroed */
                 const long row = (b * Tn + t) * H + h;
-                const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
-                const T *restrict kt = k + row * K, *restrict et = e + row * V;
-                T *restrict St = buf + (t - t0) * 2 * KV, *restrict Mt = St + KV;
-                for (long i = 0; i < K; i++) {
-                    const T hk = ht * kt[i];
-                    const T *restrict Spi = Sp + i * V, *restrict Mpi = Mp + i * V;
-                    T *restrict Si = St + i * V, *restrict Mi = Mt + i * V;
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        const T m = mu * Mpi[j] + hk * et[j];
-                        Mi[j] = m;
-                        Si[j] = a * Spi[j] - bt * m;
-                    }
-                }
-                Sp = St;
-                Mp = Mt;
+                memset(dq + row * K, 0, K * sizeof(T));
+                memset(dk + row * K, 0, K * sizeof(T));
+                memset(dp + row * K, 0, K * sizeof(T));
+                dbeta[row] = dla[row] = dlm[row] = deta[row] = 0;
             }
-            for (long t = t1 - 1; t >= t0; t--) {
+            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+                const long wd = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict dS = dall + jn * 4 * K, *restrict dM = dS + 2 * K;
+                const VEC *start = (const VEC *)(ck + (pr * nck + c) * 2 * K * VP + j0 * 2 * K);
+                const VEC *Sp = start, *Mp = start + 2 * K;
+                for (long t = t0; t < t1; t++) {  /* recompute S_t, M_t, t in the block */
+                    const long row = (b * Tn + t) * H + h;
+                    const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
+                    const T *restrict kt = k + row * K;
+                    VEC et[2], *restrict St = buf + (t - t0) * 4 * K, *restrict Mt = St + 2 * K;
+                    NAME(tile_load)(et, e + row * V + j0, wd);
+                    for (long i = 0; i < K; i++) {
+                        const T hk = ht * kt[i];
+                        const VEC m0 = mu * Mp[2 * i] + hk * et[0], m1 = mu * Mp[2 * i + 1] + hk * et[1];
+                        Mt[2 * i] = m0, Mt[2 * i + 1] = m1;
+                        St[2 * i] = a * Sp[2 * i] - bt * m0, St[2 * i + 1] = a * Sp[2 * i + 1] - bt * m1;
+                    }
+                    Sp = St, Mp = Mt;
+                }
+                for (long t = t1 - 1; t >= t0; t--) {
+                    const long row = (b * Tn + t) * H + h;
+                    const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
+                    const T *restrict qt = q + row * K, *restrict kt = k + row * K;
+                    const T *restrict pt = p + row * K;
+                    const VEC *restrict St = buf + (t - t0) * 4 * K, *restrict Mt = St + 2 * K;
+                    const VEC *restrict Sq = t > t0 ? St - 4 * K : start;   /* S_{t-1} */
+                    const VEC *restrict Mq = Sq + 2 * K;                     /* M_{t-1} */
+                    VEC et[2], dot[2], vb = zero, va = zero, vm = zero, de0 = zero, de1 = zero;
+                    VEC sq[NV], sk[NV];
+                    NAME(tile_load)(et, e + row * V + j0, wd);
+                    NAME(tile_load)(dot, dout + row * V + j0, wd);
+                    T *restrict dkt = dk + row * K;
+                    for (long i0 = 0; i0 < K; i0 += NV) {
+                        const long m = K - i0 < NV ? K - i0 : NV;
+                        for (long l = 0; l < m; l++) {
+                            const long i = i0 + l;
+                            const T qi = scale * qt[i], ki = kt[i];
+                            const VEC D0 = dS[2 * i] + qi * dot[0], D1 = dS[2 * i + 1] + qi * dot[1];
+                            const VEC E0 = dM[2 * i] - bt * D0, E1 = dM[2 * i + 1] - bt * D1;
+                            sq[l] = scale * (St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
+                            sk[l] = E0 * et[0] + E1 * et[1];
+                            vb += D0 * Mt[2 * i] + D1 * Mt[2 * i + 1];
+                            va += D0 * Sq[2 * i] + D1 * Sq[2 * i + 1];
+                            vm += E0 * Mq[2 * i] + E1 * Mq[2 * i + 1];
+                            de0 += ki * E0, de1 += ki * E1;
+                            dS[2 * i] = a * D0, dS[2 * i + 1] = a * D1;
+                            dM[2 * i] = mu * E0, dM[2 * i + 1] = mu * E1;
+                        }
+                        NAME(add_sums)(dq + row * K + i0, sq, m);
+                        NAME(add_sums)(dkt + i0, sk, m);  /* E e_t, times eta below */
+                    }
+                    dbeta[row] -= NAME(hsum)(vb);
+                    dla[row] += a * NAME(hsum)(va);
+                    dlm[row] += mu * NAME(hsum)(vm);
+                    de0 *= ht, de1 *= ht;
+                    const VEC dvt[2] = {-de0, -de1};
+                    NAME(tile_store)(dv + row * V + j0, dvt, wd);
+                    for (long i0 = 0; i0 < K; i0 += NV) {  /* dp = S_{t-1} de, dS_{t-1} += p de^T */
+                        const long m = K - i0 < NV ? K - i0 : NV;
+                        for (long l = 0; l < m; l++) {
+                            const long i = i0 + l;
+                            sq[l] = Sq[2 * i] * de0 + Sq[2 * i + 1] * de1;
+                            dS[2 * i] += pt[i] * de0, dS[2 * i + 1] += pt[i] * de1;
+                        }
+                        NAME(add_sums)(dp + row * K + i0, sq, m);
+                    }
+                }
+            }
+            for (long t = t0; t < t1; t++) {  /* dk = eta E e_t, deta = k^T E e_t */
                 const long row = (b * Tn + t) * H + h;
-                const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
-                const T *restrict qt = q + row * K, *restrict kt = k + row * K;
-                const T *restrict pt = p + row * K, *restrict et = e + row * V;
-                const T *restrict dot = dout + row * V;
-                const T *restrict St = buf + (t - t0) * 2 * KV, *restrict Mt = St + KV;
-                const T *restrict Sq = t > t0 ? St - 2 * KV : start;        /* S_{t-1} */
-                const T *restrict Mq = t > t0 ? Mt - 2 * KV : start + KV;   /* M_{t-1} */
-                T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K;
-                T *restrict dpt = dp + row * K;
-                T sdb = 0, sda = 0, sdm = 0, sde = 0;
-                for (long j = 0; j < V; j++) de[j] = 0;
-                for (long i = 0; i < K; i++) {
-                    T *restrict dSi = dS + i * V, *restrict dMi = dM + i * V;
-                    const T *restrict Si = St + i * V, *restrict Mi = Mt + i * V;
-                    const T *restrict Spi = Sq + i * V, *restrict Mpi = Mq + i * V;
-                    const T qi = scale * qt[i], ki = kt[i];
-                    T sq = 0, sk = 0, db = 0, da = 0, dm = 0;
-#pragma omp simd reduction(+ : sq, sk, db, da, dm)
-                    for (long j = 0; j < V; j++) {
-                        const T D = dSi[j] + qi * dot[j];
-                        const T E = dMi[j] - bt * D;
-                        sq += Si[j] * dot[j];
-                        db += D * Mi[j];
-                        da += D * Spi[j];
-                        dm += E * Mpi[j];
-                        sk += E * et[j];
-                        de[j] += ki * E;
-                        dSi[j] = a * D;
-                        dMi[j] = mu * E;
-                    }
-                    dqt[i] = scale * sq;
-                    dkt[i] = ht * sk;
-                    sde += ki * sk;
-                    sdb += db;
-                    sda += da;
-                    sdm += dm;
-                }
-                dbeta[row] = -sdb;
-                dla[row] = a * sda;
-                dlm[row] = mu * sdm;
-                deta[row] = sde;
-                T *restrict dvt = dv + row * V;
-                for (long j = 0; j < V; j++) {
-                    de[j] *= ht;
-                    dvt[j] = -de[j];
-                }
-                for (long i = 0; i < K; i++) {
-                    T *restrict dSi = dS + i * V;
-                    const T *restrict Spi = Sq + i * V;
-                    const T pi = pt[i];
-                    T s = 0;
-#pragma omp simd reduction(+ : s)
-                    for (long j = 0; j < V; j++) {
-                        s += Spi[j] * de[j];
-                        dSi[j] += pi * de[j];
-                    }
-                    dpt[i] = s;
-                }
+                const T ht = eta[row], *restrict kt = k + row * K;
+                T *restrict dkt = dk + row * K, s = 0;
+                for (long i = 0; i < K; i++) s += kt[i] * dkt[i], dkt[i] *= ht;
+                deta[row] = s;
+            }
+        }
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            const VEC *dS = dall + jn * 4 * K, *dM = dS + 2 * K;
+            for (long i = 0; i < K; i++) {
+                NAME(tile_store)(dS0 + (pr * K + i) * V + j0, dS + 2 * i, wd);
+                NAME(tile_store)(dM0 + (pr * K + i) * V + j0, dM + 2 * i, wd);
             }
         }
     }
-    free(buf);
-    free(de);
+    free(dall); free(buf);
 }
 
+#include "lanes.h"
+#include "tile.h"  /* their names undefined for the next type */
 #endif

@@ -14,18 +14,22 @@
        db_t = dS z_t,   dz_t = dS^T b_t      (b NULL: dk_t = dS u_t, dv_t = dS^T k_t = -dz_t)
        da_t = S_{t-1} dz_t,   dw_t = d_t o rowsum(dS o S_{t-1}),   dS_{t-1} = diag(d_t) dS + a_t dz_t^T
 
-   One pass over the state a step each way: the forward's update of step t also sums
-   z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own read
-   and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass rebuilds
-   the states of a block.
+   Every column of S evolves on its own, so each pair runs in tiles of VT columns (two 256-bit
+   vectors of T, tile.h): the tile of S (K x VT) in L1, z, o and the next z of the tile in
+   registers. One pass over the tile a step each way: the forward's update of step t also
+   sums z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own
+   read and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass
+   rebuilds the states of a block. The sums over a row's columns (da, dw, dr, dk, db) add up
+   over the tiles, NV rows at a time (one transposing tree of shuffles, `lane_sums`); a last,
+   narrower tile is padded with zero columns, which stay zero.
 
    With after = 1 the erase reads the decayed state, a_t = p_t o d_t (a holds p: KDA, GDN-2);
    w may hold one log-decay a head (Kw = 1, Comba) instead of one a key channel (Kw = K).
 
    Layouts (row-major, contiguous): r, k, a, b and their gradients (batch, T, H, K); w, dw
-   (batch, T, H, Kw);
-   v, o, z, dv (batch, T, H, V); S0, ST, dST, dS0 (batch, H, K, V); ck (batch, H, nck, K, V)
-   with nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
+   (batch, T, H, Kw); v, o, z, dv (batch, T, H, V); S0, ST, dST, dS0 (batch, H, K, V);
+   ck (batch, H, nck, K VP) with nck = ceil(T / CK), VP = V rounded up to a multiple of 16 (the state entering steps
+   0, CK, 2 CK, ..., tile by tile, each tile's K x VT block contiguous). Each function does the
    (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -35,6 +39,9 @@
 
 #else
 
+#include "tile.h"
+#include "lanes.h"
+
 /* d = exp(w), 0 below exp.h's clamp (where exp is under the smallest normal number): a
    channel erased by a huge negative log-decay is erased exactly, as in torch. */
 static inline void NAME(decays)(T *restrict d, const T *restrict w, long K, long Kw) {
@@ -43,88 +50,141 @@ static inline void NAME(decays)(T *restrict d, const T *restrict w, long K, long
     else for (long i = 0; i < K; i++) d[i] = w[0] < lo ? 0 : EXP(w[0]);  /* one a head */
 }
 
+/* the erase keys of a step: e = a (o d when after: a = p e^w) */
+static inline void NAME(erase_keys)(T *restrict e, const T *restrict a, const T *restrict d,
+                                    long after, long K) {
+    for (long i = 0; i < K; i++) e[i] = after ? a[i] * d[i] : a[i];
+}
+
 void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restrict k,
                       const T *restrict v, const T *restrict a, const T *restrict b,
                       const T *restrict S0, T *restrict o, T *restrict z, T *restrict ST,
                       T *restrict ck, T scale, long after, long Kw, long Tn, long H, long K,
                       long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK;
-    T *d = malloc(K * sizeof(T)), *dn = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
-    T *zc = malloc(V * sizeof(T)), *zn = malloc(V * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
+    VEC *Sall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* S, tile by tile */
+    VEC *zall = aligned_alloc(32, ntile * 2 * sizeof(VEC));      /* z_t, tile by tile */
+    /* a block's decays d_t and erase keys e_t, one row more (the next block's first e) */
+    T *D = malloc((CK + 1) * K * sizeof(T)), *E = malloc((CK + 1) * K * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
-        T *restrict S = ST + p * K * V;
-        memcpy(S, S0 + p * K * V, K * V * sizeof(T));
-        if (Tn == 0) continue;
-        for (long j = 0; j < V; j++) zc[j] = 0;  /* z_0 = S_0^T a_0 */
-        NAME(decays)(dn, w + (bb * Tn * H + h) * Kw, K, Kw);
-        for (long i = 0; i < K; i++) {
-            const T ai = a[(bb * Tn * H + h) * K + i] * (after ? dn[i] : 1);
-            for (long j = 0; j < V; j++) zc[j] += ai * S[i * V + j];
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            for (long i = 0; i < K; i++)
+                NAME(tile_load)(Sall + jn * 2 * K + 2 * i, S0 + (p * K + i) * V + j0, wd);
         }
-        for (long t = 0; t < Tn; t++) {
-            if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * K * V, S, K * V * sizeof(T));
-            const long row = (bb * Tn + t) * H + h;
-            const T *restrict rt = r + row * K, *restrict kt = k + row * K;
-            const T *restrict vt = v + row * V;
-            const T *restrict an = t + 1 < Tn ? a + (row + H) * K : NULL;  /* a_{t+1} */
-            T *restrict ot = o + row * V;
-            NAME(decays)(d, w + row * Kw, K, Kw);
-            if (an && after) NAME(decays)(dn, w + (row + H) * Kw, K, Kw);
-            for (long j = 0; j < V; j++) { z[row * V + j] = zc[j]; ot[j] = 0; zn[j] = 0; }
-            if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zc[j];
-            for (long i = 0; i < K; i++) {
-                T *restrict Si = S + i * V;
-                const T di = d[i], ki = kt[i], ri = scale * rt[i];
-                const T ani = an ? an[i] * (after ? dn[i] : 1) : 0;
-                if (b) {
-                    const T bi = b[row * K + i];
-                    for (long j = 0; j < V; j++) {
-                        const T x = di * Si[j] + bi * zc[j] + ki * vt[j];
-                        Si[j] = x;
-                        ot[j] += ri * x;
-                        zn[j] += ani * x;
+        for (long c = 0; c < nck; c++) {
+            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+            for (long t = t0; t <= t1; t++) {
+                const long row = (bb * Tn + t) * H + h;
+                T *et = E + (t - t0) * K;
+                if (t == Tn) { for (long i = 0; i < K; i++) et[i] = 0; continue; }
+                T *dt = D + (t - t0) * K;
+                NAME(decays)(dt, w + row * Kw, K, Kw);
+                NAME(erase_keys)(et, a + row * K, dt, after, K);
+            }
+            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+                const long wd = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict S = Sall + jn * 2 * K, *zc = zall + 2 * jn;
+                if (t0 == 0) {  /* z_0 = S_0^T e_0 */
+                    zc[0] = zc[1] = (VEC){0};
+                    for (long i = 0; i < K; i++) zc[0] += E[i] * S[2 * i], zc[1] += E[i] * S[2 * i + 1];
+                }
+                if (ck) memcpy(ck + (p * nck + c) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
+                for (long t = t0; t < t1; t++) {
+                    const long row = (bb * Tn + t) * H + h;
+                    const T *restrict rt = r + row * K, *restrict kt = k + row * K;
+                    const T *restrict d = D + (t - t0) * K, *restrict e = E + (t + 1 - t0) * K;
+                    NAME(tile_store)(z + row * V + j0, zc, wd);
+                    VEC vt[2];
+                    NAME(tile_load)(vt, v + row * V + j0, wd);
+                    VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
+                    if (b) {
+                        const T *restrict bt = b + row * K;
+                        for (long i = 0; i < K; i++) {
+                            const T di = d[i], ki = kt[i], bi = bt[i], ri = scale * rt[i], ei = e[i];
+                            const VEC x0 = di * S[2 * i] + bi * zc[0] + ki * vt[0];
+                            const VEC x1 = di * S[2 * i + 1] + bi * zc[1] + ki * vt[1];
+                            S[2 * i] = x0, S[2 * i + 1] = x1;
+                            o0 += ri * x0, o1 += ri * x1, n0 += ei * x0, n1 += ei * x1;
+                        }
+                    } else {
+                        const VEC u0 = vt[0] - zc[0], u1 = vt[1] - zc[1];
+                        for (long i = 0; i < K; i++) {
+                            const T di = d[i], ki = kt[i], ri = scale * rt[i], ei = e[i];
+                            const VEC x0 = di * S[2 * i] + ki * u0, x1 = di * S[2 * i + 1] + ki * u1;
+                            S[2 * i] = x0, S[2 * i + 1] = x1;
+                            o0 += ri * x0, o1 += ri * x1, n0 += ei * x0, n1 += ei * x1;
+                        }
                     }
-                } else {
-                    for (long j = 0; j < V; j++) {
-                        const T x = di * Si[j] + ki * u[j];
-                        Si[j] = x;
-                        ot[j] += ri * x;
-                        zn[j] += ani * x;
-                    }
+                    const VEC ot[2] = {o0, o1};
+                    NAME(tile_store)(o + row * V + j0, ot, wd);
+                    zc[0] = n0, zc[1] = n1;
                 }
             }
-            T *tmp = zc; zc = zn; zn = tmp;
+        }
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            for (long i = 0; i < K; i++)
+                NAME(tile_store)(ST + (p * K + i) * V + j0, Sall + jn * 2 * K + 2 * i, wd);
         }
     }
-    free(d); free(dn); free(u); free(zc); free(zn);
+    free(Sall); free(zall); free(D); free(E);
 }
 
-/* S_t for the steps [t0, t1) of a block into buf, from the state entering t0. */
-static void NAME(rebuild)(const T *restrict w, const T *restrict k, const T *restrict v,
-                          const T *restrict b, const T *restrict z, const T *start,
-                          T *restrict buf, T *restrict d, T *restrict u, long bb, long h,
-                          long t0, long t1, long Kw, long Tn, long H, long K, long V) {
-    const T *prev = start;
-    for (long t = t0; t < t1; t++) {
-        const long row = (bb * Tn + t) * H + h;
-        const T *restrict kt = k + row * K, *restrict vt = v + row * V, *restrict zt = z + row * V;
-        T *restrict St = buf + (t - t0) * K * V;
-        NAME(decays)(d, w + row * Kw, K, Kw);
-        if (!b) for (long j = 0; j < V; j++) u[j] = vt[j] - zt[j];
-        for (long i = 0; i < K; i++) {
-            const T di = d[i], ki = kt[i];
-            const T *restrict Pi = prev + i * V;
-            T *restrict Si = St + i * V;
-            if (b) {
-                const T bi = b[row * K + i];
-                for (long j = 0; j < V; j++) Si[j] = di * Pi[j] + bi * zt[j] + ki * vt[j];
-            } else {
-                for (long j = 0; j < V; j++) Si[j] = di * Pi[j] + ki * u[j];
+/* The backward's pass over a tile's rows at step t, with P = S_{t-1} and dS the gradient of
+   S_t: step t's transpose (trans: da_t, dw_t sums and dS <- diag(d) dS + e dz_t^T) and step
+   s = t - 1's read and sums (read: dS += scale r_s do_s^T; dr_s, dk_s, db_s and dz_s, dv_s).
+   Without trans, d = 1 and dz_t = 0 (the block's last step, whose own read is all). The
+   per-row sums run NV rows at a time (lane_sums). dzv returns dz_s, dv_s (two vectors each). */
+TILE_INLINE void NAME(bwd_rows)(
+        VEC *restrict dS, const VEC *restrict P, const T *restrict d, const T *restrict e,
+        const VEC *dz, T *restrict da, T *restrict dwr, const T *restrict rs, const T *restrict ks,
+        const T *restrict bs, const VEC *dos, const VEC *us, const VEC *zs, T *restrict dr,
+        T *restrict dk, T *restrict db, VEC *restrict dzv, T scale, long K, const int trans,
+        const int read, const int hasb) {
+    VEC dz0 = {0}, dz1 = {0}, dv0 = {0}, dv1 = {0};
+    VEC sa[NV], sd[NV], sr[NV], sk[NV], sb[NV];
+    for (long i0 = 0; i0 < K; i0 += NV) {
+        const long m = K - i0 < NV ? K - i0 : NV;
+        for (long l = 0; l < m; l++) {
+            const long i = i0 + l;
+            const VEC P0 = P[2 * i], P1 = P[2 * i + 1];
+            VEC g0 = dS[2 * i], g1 = dS[2 * i + 1];
+            if (trans) {
+                sa[l] = P0 * dz[0] + P1 * dz[1];
+                sd[l] = g0 * P0 + g1 * P1;
+                g0 = d[i] * g0 + e[i] * dz[0];
+                g1 = d[i] * g1 + e[i] * dz[1];
             }
+            if (read) {
+                const T ri = scale * rs[i];
+                g0 += ri * dos[0];
+                g1 += ri * dos[1];
+                sr[l] = P0 * dos[0] + P1 * dos[1];
+                sk[l] = g0 * us[0] + g1 * us[1];
+                if (hasb) {
+                    sb[l] = g0 * zs[0] + g1 * zs[1];
+                    dz0 += bs[i] * g0, dz1 += bs[i] * g1;
+                    dv0 += ks[i] * g0, dv1 += ks[i] * g1;
+                } else {
+                    dz0 += ks[i] * g0, dz1 += ks[i] * g1;  /* du of step s */
+                }
+            }
+            dS[2 * i] = g0, dS[2 * i + 1] = g1;
         }
-        prev = St;
+        if (trans) {
+            NAME(add_sums)(da + i0, sa, m);
+            NAME(add_sums)(dwr + i0, sd, m);
+        }
+        if (read) {
+            for (long l = 0; l < m; l++) sr[l] *= scale;
+            NAME(add_sums)(dr + i0, sr, m);
+            NAME(add_sums)(dk + i0, sk, m);
+            if (hasb) NAME(add_sums)(db + i0, sb, m);
+        }
     }
+    dzv[0] = dz0, dzv[1] = dz1, dzv[2] = dv0, dzv[3] = dv1;
 }
 
 void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restrict k,
@@ -133,103 +193,117 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                       const T *restrict dout, T *restrict dr, T *restrict dw, T *restrict dk,
                       T *restrict dv, T *restrict da, T *restrict db, T *restrict dS0, T scale,
                       long after, long Kw, long Tn, long H, long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK;
-    T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
-    T *d = malloc(K * sizeof(T)), *u = malloc(V * sizeof(T));
-    T *dzc = malloc(V * sizeof(T)), *dzn = malloc(V * sizeof(T)), *dvn = malloc(V * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
+    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    T *D = malloc(CK * K * sizeof(T)), *E = malloc(CK * K * sizeof(T));  /* a block's d, e */
+    T *sd = malloc(CK * K * sizeof(T));  /* a block's rowsum(dS o S_{t-1}), for dw */
+    const VEC zero = {0};
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
-        T *restrict dS = dS0 + p * K * V;  /* the running gradient, ends as dS_0 */
-        if (dST) memcpy(dS, dST + p * K * V, K * V * sizeof(T));
-        else memset(dS, 0, K * V * sizeof(T));
-        if (Tn == 0) continue;
-        long c = nck - 1, t0 = c * CK;
-        NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0, Tn, Kw, Tn,
-                      H, K, V);
-        /* Step t (from Tn, a step that only hands dS_{T-1} its own read, down to 0): the
-           transpose of step t (when t < Tn), fused with step t-1's read (when t > 0). */
-        for (long t = Tn; t >= 0; t--) {
-            const long row = (bb * Tn + t) * H + h, prow = row - H;  /* steps t, t-1 */
-            const T *restrict Sp = t - 1 >= t0 ? buf + (t - 1 - t0) * K * V
-                                               : ck + (p * nck + c) * K * V;  /* S_{t-1} */
-            const T *restrict at = t < Tn ? a + row * K : NULL;
-            if (t < Tn) NAME(decays)(d, w + row * Kw, K, Kw);
-            else for (long i = 0; i < K; i++) d[i] = 1;
-            if (t == Tn) for (long j = 0; j < V; j++) dzc[j] = 0;
-            const T *restrict rp = r + prow * K, *restrict kp = k + prow * K;
-            const T *restrict vp = v + prow * V, *restrict zp = z + prow * V;
-            const T *restrict dop = dout + prow * V;
-            if (t > 0) {
-                for (long j = 0; j < V; j++) { dzn[j] = 0; dvn[j] = 0; }
-                if (!b) for (long j = 0; j < V; j++) u[j] = vp[j] - zp[j];
-            }
-            T dw_head = 0;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            VEC *dS = dSall + jn * 2 * K;
             for (long i = 0; i < K; i++) {
-                T *restrict dSi = dS + i * V;
-                const T *restrict Pi = Sp + i * V;
-                const T di = d[i], ea = after ? di : 1, ai = at ? at[i] * ea : 0;
-                T sa = 0, sd = 0;
-                if (t == 0) {
-#pragma omp simd reduction(+ : sa, sd)
-                    for (long j = 0; j < V; j++) {
-                        sa += Pi[j] * dzc[j];
-                        sd += dSi[j] * Pi[j];
-                        dSi[j] = di * dSi[j] + ai * dzc[j];
-                    }
-                } else if (b) {
-                    const T ri = scale * rp[i], ki = kp[i], bi = b[prow * K + i];
-                    T sr = 0, sk = 0, sb = 0;
-#pragma omp simd reduction(+ : sa, sd, sr, sk, sb)
-                    for (long j = 0; j < V; j++) {
-                        sa += Pi[j] * dzc[j];
-                        sd += dSi[j] * Pi[j];
-                        const T g = di * dSi[j] + ai * dzc[j] + ri * dop[j];
-                        dSi[j] = g;
-                        sr += Pi[j] * dop[j];
-                        sk += g * vp[j];
-                        sb += g * zp[j];
-                        dzn[j] += bi * g;
-                        dvn[j] += ki * g;
-                    }
-                    dr[prow * K + i] = scale * sr;
-                    dk[prow * K + i] = sk;
-                    db[prow * K + i] = sb;
-                } else {
-                    const T ri = scale * rp[i], ki = kp[i];
-                    T sr = 0, sk = 0;
-#pragma omp simd reduction(+ : sa, sd, sr, sk)
-                    for (long j = 0; j < V; j++) {
-                        sa += Pi[j] * dzc[j];
-                        sd += dSi[j] * Pi[j];
-                        const T g = di * dSi[j] + ai * dzc[j] + ri * dop[j];
-                        dSi[j] = g;
-                        sr += Pi[j] * dop[j];
-                        sk += g * u[j];
-                        dzn[j] += ki * g;  /* du of step t-1 */
-                    }
-                    dr[prow * K + i] = scale * sr;
-                    dk[prow * K + i] = sk;
-                }
-                if (t < Tn) {  /* a = p e^w after the decay: e^w's share of dw */
-                    da[row * K + i] = sa * ea;
-                    const T gw = di * sd + (after ? sa * ai : 0);
-                    if (Kw == K) dw[row * K + i] = gw;
-                    else dw_head += gw;
-                }
-            }
-            if (t < Tn && Kw != K) dw[row] = dw_head;
-            if (t == 0) break;
-            if (b) for (long j = 0; j < V; j++) dv[prow * V + j] = dvn[j];
-            else for (long j = 0; j < V; j++) { dv[prow * V + j] = dzn[j]; dzn[j] = -dzn[j]; }
-            T *tmp = dzc; dzc = dzn; dzn = tmp;
-            if (t == t0 && c > 0) {  /* step t-1 opens the block before */
-                c--; t0 = c * CK;
-                NAME(rebuild)(w, k, v, b, z, ck + (p * nck + c) * K * V, buf, d, u, bb, h, t0,
-                              t0 + CK, Kw, Tn, H, K, V);
+                if (dST) NAME(tile_load)(dS + 2 * i, dST + (p * K + i) * V + j0, wd);
+                else dS[2 * i] = dS[2 * i + 1] = zero;
             }
         }
+        for (long c = nck - 1; c >= 0; c--) {
+            const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
+            for (long t = t0; t < t1; t++) {  /* the block's decays, erase keys, zeroed sums */
+                const long row = (bb * Tn + t) * H + h;
+                NAME(decays)(D + (t - t0) * K, w + row * Kw, K, Kw);
+                NAME(erase_keys)(E + (t - t0) * K, a + row * K, D + (t - t0) * K, after, K);
+                memset(dr + row * K, 0, K * sizeof(T));
+                memset(dk + row * K, 0, K * sizeof(T));
+                memset(da + row * K, 0, K * sizeof(T));
+                memset(sd + (t - t0) * K, 0, K * sizeof(T));
+                if (b) memset(db + row * K, 0, K * sizeof(T));
+            }
+            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+                const long wd = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict dS = dSall + jn * 2 * K;
+                const VEC *start = (const VEC *)(ck + (p * nck + c) * K * VP + j0 * K);
+                const VEC *prev = start;
+                for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
+                    const long row = (bb * Tn + t) * H + h;
+                    const T *restrict kt = k + row * K, *restrict dt = D + (t - t0) * K;
+                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], zt[2];
+                    NAME(tile_load)(vt, v + row * V + j0, wd);
+                    NAME(tile_load)(zt, z + row * V + j0, wd);
+                    if (b) {
+                        const T *restrict bt = b + row * K;
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = dt[i] * prev[2 * i] + bt[i] * zt[0] + kt[i] * vt[0];
+                            St[2 * i + 1] = dt[i] * prev[2 * i + 1] + bt[i] * zt[1] + kt[i] * vt[1];
+                        }
+                    } else {
+                        const VEC u0 = vt[0] - zt[0], u1 = vt[1] - zt[1];
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = dt[i] * prev[2 * i] + kt[i] * u0;
+                            St[2 * i + 1] = dt[i] * prev[2 * i + 1] + kt[i] * u1;
+                        }
+                    }
+                    prev = St;
+                }
+                /* step t's transpose fused with step t - 1's read, t = t1 .. t0 (t1: the
+                   block's last step's read alone) */
+                VEC dz[2] = {zero, zero}, dzv[4];
+                for (long t = t1; t >= t0; t--) {
+                    const int trans = t < t1, read = t > t0;
+                    const long row = (bb * Tn + t) * H + h, s = t - 1, rs = row - H;
+                    const VEC *restrict P = s >= t0 ? buf + (s - t0) * 2 * K : start;
+                    const T *dt = trans ? D + (t - t0) * K : NULL, *et = trans ? E + (t - t0) * K : NULL;
+                    T *dat = trans ? da + row * K : NULL, *sdt = trans ? sd + (t - t0) * K : NULL;
+                    VEC dos[2] = {zero, zero}, us[2] = {zero, zero}, zs[2] = {zero, zero};
+                    if (read) {
+                        NAME(tile_load)(dos, dout + rs * V + j0, wd);
+                        NAME(tile_load)(us, v + rs * V + j0, wd);
+                        NAME(tile_load)(zs, z + rs * V + j0, wd);
+                        if (!b) us[0] -= zs[0], us[1] -= zs[1];
+                    }
+                    const T *rr = r + rs * K, *kr = k + rs * K, *br = b ? b + rs * K : NULL;
+                    T *drr = dr + rs * K, *dkr = dk + rs * K, *dbr = b ? db + rs * K : NULL;
+#define VD_ROWS(tr, rd, hb) NAME(bwd_rows)(dS, P, dt, et, dz, dat, sdt, rr, kr, br, dos, us, zs, \
+                                           drr, dkr, dbr, dzv, scale, K, tr, rd, hb)
+                    if (trans && read) { if (b) VD_ROWS(1, 1, 1); else VD_ROWS(1, 1, 0); }
+                    else if (read) { if (b) VD_ROWS(0, 1, 1); else VD_ROWS(0, 1, 0); }
+                    else VD_ROWS(1, 0, 0);
+#undef VD_ROWS
+                    if (read) {  /* dz_s and dv_s */
+                        if (b) {
+                            NAME(tile_store)(dv + rs * V + j0, dzv + 2, wd);
+                            dz[0] = dzv[0], dz[1] = dzv[1];
+                        } else {
+                            NAME(tile_store)(dv + rs * V + j0, dzv, wd);
+                            dz[0] = -dzv[0], dz[1] = -dzv[1];
+                        }
+                    }
+                }
+            }
+            for (long t = t0; t < t1; t++) {  /* dw (and a's share of it after the decay) */
+                const long row = (bb * Tn + t) * H + h;
+                const T *dt = D + (t - t0) * K, *et = E + (t - t0) * K, *sdt = sd + (t - t0) * K;
+                T *dat = da + row * K, gw_head = 0;
+                for (long i = 0; i < K; i++) {
+                    const T sa = dat[i], gw = dt[i] * sdt[i] + (after ? sa * et[i] : 0);
+                    if (after) dat[i] = sa * dt[i];
+                    if (Kw == K) dw[row * K + i] = gw;
+                    else gw_head += gw;
+                }
+                if (Kw != K) dw[row] = gw_head;
+            }
+        }
+        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
+            const long wd = V - j0 < VT ? V - j0 : VT;
+            const VEC *dS = dSall + jn * 2 * K;
+            for (long i = 0; i < K; i++) NAME(tile_store)(dS0 + (p * K + i) * V + j0, dS + 2 * i, wd);
+        }
     }
-    free(buf); free(d); free(u); free(dzc); free(dzn); free(dvn);
+    free(dSall); free(buf); free(D); free(E); free(sd);
 }
 
+#include "lanes.h"
+#include "tile.h"  /* their names undefined for the next type */
 #endif

@@ -1,8 +1,9 @@
 """The generalised delta rule with a decay per key channel as its recurrence in C
 (vector_delta.c), forward and backward: the (K, V) state of one (batch row, head) in cache,
-recomputed backward from every 32nd, a few vectorised passes over it a step, where the
-chunked PyTorch forms (ops.chunk.kda, ops.erase_delta, ops.chunk.delta.rwkv7) run (C, C)
-products, sub-chunk decays and a triangular solve per chunk.
+in tiles of 16 columns (tile.h), recomputed backward from every 32nd, a few vectorised
+passes over it a step, where the chunked PyTorch forms (ops.chunk.kda, ops.erase_delta,
+ops.chunk.delta.rwkv7) run (C, C) products, sub-chunk decays and a triangular solve per
+chunk.
 
     z_t = S_{t-1}^T a_t,   S_t = diag(exp w_t) S_{t-1} + b_t z_t^T + k_t v_t^T,   o_t = scale S_t^T r_t
 
@@ -25,7 +26,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.finite import finite_inputs, poison
 
 CK = 32  # the C file's checkpoint interval
 
@@ -51,7 +51,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         fwd, _ = _kernels(lib, r.dtype)
         o, z, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = r.new_empty(B, H, -(-Tn // CK), K, V) if grad else None
+        ck = r.new_empty(B, H, -(-Tn // CK), K * (-(-V // 16) * 16)) if grad else None
         P = native.ptr
         native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
                           scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
@@ -85,22 +85,3 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
     w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
-
-
-def clean_inputs(read, write):
-    """ops.finite's finite_inputs(read, write) -> (read, write, marks), without its copies
-    when every step of every tensor sums to a finite number (then every entry is finite, and
-    finite_inputs would change nothing): marks None. One host read, free on the CPU where
-    this kernel runs; the per-step sums are finite_inputs' own test."""
-    ts = [t for t in (*read, *write) if t is not None]
-    if all(bool(torch.isfinite(t.sum([d for d in range(2, t.dim())]) if t.dim() > 2 else t).all())
-           for t in ts):
-        return list(read), list(write), None
-    return finite_inputs(read, write)
-
-
-def marked(o, S, marks):
-    """(o, S) with ops.finite's NaN marks applied (none when marks is None)."""
-    if marks is None:
-        return o, S
-    return poison(o, marks.outputs), poison(S, marks.state)
