@@ -21,6 +21,7 @@ their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
     kernel(lib, name, dtype, argtypes)   the library's `<name>_f32` or `<name>_f64`
     rows(n)              range(n) cut into one contiguous (start, stop) per thread
     ptr(t)               a tensor's data pointer as a kernel argument (NULL for None)
+    tile_pad(v)          v rounded up as tile.h's TILE_PAD (a tiled kernel's row width)
 
 Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     selective_scan.c    Mamba's selective scan
@@ -50,8 +51,9 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     head_norm.c         the delta layers' per-head RMSNorm with its output gate
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
-column tiles as vector types: ssd_scan.c, mlstm_scan.c).
-lanes.h (the lane sums of NV vectors at once, a shuffle tree: vector_delta.c).
+column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines
+TILE_256; hsum_rows / add_sums: the lane sums of NV rows at once, a transposing shuffle tree:
+ssd_scan.c, mlstm_scan.c, delta_scan.c, vector_delta.c, momentum_scan.c).
 """
 
 from __future__ import annotations
@@ -174,6 +176,12 @@ def rows(n: int) -> list[tuple[int, int]]:
     p = max(1, min(torch.get_num_threads(), n))
     cuts = [n * i // p for i in range(p + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def tile_pad(v: int) -> int:
+    """v rounded up to a multiple of 32, as tile.h's TILE_PAD: the row width of a tiled
+    kernel's checkpoint buffer (every tile width, 256- or 512-bit, float or double, divides it)."""
+    return -(-v // 32) * 32
 
 
 def ptr(t):

@@ -33,6 +33,7 @@
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
+#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "delta_scan.c"
 #include "each_type.h"
 

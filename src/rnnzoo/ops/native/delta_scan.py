@@ -46,7 +46,7 @@ class _NativeDelta(torch.autograd.Function):
         fwd, _ = _kernels(lib, q.dtype)
         o, w, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = q.new_empty(B, H, -(-Tn // CK), K * (-(-V // 16) * 16)) if grad else None
+        ck = q.new_empty(B, H, -(-Tn // CK), K * native.tile_pad(V)) if grad else None
         native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
                           native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
                           native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)

@@ -26,13 +26,13 @@
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
+#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "momentum_scan.c"
 #include "each_type.h"
 
 #else
 
 #include "tile.h"
-#include "lanes.h"
 
 
 void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -215,6 +215,5 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
     free(dall); free(buf);
 }
 
-#include "lanes.h"
-#include "tile.h"  /* their names undefined for the next type */
+#include "tile.h"  /* its names undefined for the next type */
 #endif

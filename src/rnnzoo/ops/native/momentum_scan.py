@@ -47,7 +47,7 @@ class _NativeMomentum(torch.autograd.Function):
         o, e = torch.empty_like(v), torch.empty_like(v)
         ST, MT = torch.empty_like(S0), torch.empty_like(M0)
         grad = any(ctx.needs_input_grad)
-        ck = q.new_empty(B, H, -(-Tn // CK), 2 * K * (-(-V // 16) * 16)) if grad else None
+        ck = q.new_empty(B, H, -(-Tn // CK), 2 * K * native.tile_pad(V)) if grad else None
         ins = [native.ptr(t) for t in (q, k, v, p, la, lm, beta, eta, S0, M0)]
         outs = [native.ptr(t) for t in (o, e, ST, MT, ck)]
         native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)

@@ -39,7 +39,7 @@ class _NativeSSD(torch.autograd.Function):
         H, V = v.shape[2:]
         nck = -(-T // CK)
         o, ST = torch.empty_like(v), torch.empty_like(S0)
-        ck = S0.new_empty(B, H, nck, K * (-(-V // 32) * 32))  # VP: V padded to the C tiles (TILE_PAD)
+        ck = S0.new_empty(B, H, nck, K * native.tile_pad(V))  # VP: V padded to the C tiles (TILE_PAD)
         fwd, _ = _kernels(lib, q.dtype)
         native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(ST),
                           native.ptr(ck), T, G, H, K, V, *p) for p in native.rows(B * H)])

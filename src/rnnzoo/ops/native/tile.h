@@ -11,7 +11,7 @@
    buffer holding every tile of a row (the Python side pads the same). */
 #ifndef TILE_H_TYPE
 #define TILE_H_TYPE
-#ifdef __AVX512F__
+#if defined(__AVX512F__) && !defined(TILE_256)  /* a kernel tuned for 256-bit tiles defines TILE_256 */
 #define TILE_BYTES 64
 #else
 #define TILE_BYTES 32
@@ -119,6 +119,17 @@ TILE_INLINE VEC NAME(hsum_rows)(VEC *restrict x) {
     return r;
 }
 #endif
+
+/* out[i] += the lane sums of x[i], i < m <= NV (x is overwritten; x[m ..] unused) */
+TILE_INLINE void NAME(add_sums)(T *restrict out, VEC *restrict x, long m) {
+    if (m == NV) {
+        *(UVEC *)out += NAME(hsum_rows)(x);
+        return;
+    }
+    for (long i = m; i < NV; i++) x[i] = (VEC){0};
+    const VEC s = NAME(hsum_rows)(x);
+    for (long i = 0; i < m; i++) out[i] += s[i];
+}
 
 #else
 #undef TILE_H_TYPE

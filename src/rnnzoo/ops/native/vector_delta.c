@@ -20,7 +20,7 @@
    sums z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own
    read and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass
    rebuilds the states of a block. The sums over a row's columns (da, dw, dr, dk, db) add up
-   over the tiles, NV rows at a time (one transposing tree of shuffles, `lane_sums`); a last,
+   over the tiles, NV rows at a time (one transposing tree of shuffles, `hsum_rows`); a last,
    narrower tile is padded with zero columns, which stay zero.
 
    With after = 1 the erase reads the decayed state, a_t = p_t o d_t (a holds p: KDA, GDN-2);
@@ -34,13 +34,13 @@
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
+#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "vector_delta.c"
 #include "each_type.h"
 
 #else
 
 #include "tile.h"
-#include "lanes.h"
 
 /* d = exp(w), 0 below exp.h's clamp (where exp is under the smallest normal number): a
    channel erased by a huge negative log-decay is erased exactly, as in torch. */
@@ -136,7 +136,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
    S_t: step t's transpose (trans: da_t, dw_t sums and dS <- diag(d) dS + e dz_t^T) and step
    s = t - 1's read and sums (read: dS += scale r_s do_s^T; dr_s, dk_s, db_s and dz_s, dv_s).
    Without trans, d = 1 and dz_t = 0 (the block's last step, whose own read is all). The
-   per-row sums run NV rows at a time (lane_sums). dzv returns dz_s, dv_s (two vectors each). */
+   per-row sums run NV rows at a time (hsum_rows). dzv returns dz_s, dv_s (two vectors each). */
 TILE_INLINE void NAME(bwd_rows)(
         VEC *restrict dS, const VEC *restrict P, const T *restrict d, const T *restrict e,
         const VEC *dz, T *restrict da, T *restrict dwr, const T *restrict rs, const T *restrict ks,
@@ -304,6 +304,5 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
     free(dSall); free(buf); free(D); free(E); free(sd);
 }
 
-#include "lanes.h"
-#include "tile.h"  /* their names undefined for the next type */
+#include "tile.h"  /* its names undefined for the next type */
 #endif

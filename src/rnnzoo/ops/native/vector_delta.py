@@ -51,7 +51,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         fwd, _ = _kernels(lib, r.dtype)
         o, z, ST = torch.empty_like(v), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = r.new_empty(B, H, -(-Tn // CK), K * (-(-V // 16) * 16)) if grad else None
+        ck = r.new_empty(B, H, -(-Tn // CK), K * native.tile_pad(V)) if grad else None
         P = native.ptr
         native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
                           scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
