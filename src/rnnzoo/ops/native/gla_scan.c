@@ -40,57 +40,88 @@
 
 #else
 
+#include "tile.h"
+
+/* one state row of a tile: the three kinds of step (the decay per key row a_i, per column
+   tile av, or the bonus's read before the write) */
+#define ROW_FWD(acc0, acc1, i)                                                               \
+    do {                                                                                     \
+        const T ki = kt[i], qi = qt[i];                                                      \
+        const VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
+        VEC n0, n1;                                                                          \
+        if (col) {                                                                           \
+            n0 = av[0] * s0 + ki * vt[0];                                                    \
+            n1 = av[1] * s1 + ki * vt[1];                                                    \
+        } else {                                                                             \
+            n0 = at[i] * s0 + ki * vt[0];                                                    \
+            n1 = at[i] * s1 + ki * vt[1];                                                    \
+        }                                                                                    \
+        S[2 * (i)] = n0;                                                                     \
+        S[2 * (i) + 1] = n1;                                                                 \
+        acc0 += qi * (u ? s0 : n0);                                                          \
+        acc1 += qi * (u ? s1 : n1);                                                          \
+    } while (0)
+
+/* exp(g) of pair p for every step: ab[t A + i] */
+static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, long Tn, long H,
+                         long A) {
+    for (long t = 0; t < Tn; t++) {
+        const T *restrict gt = g + ((b * Tn + t) * H + h) * A;
+        T *restrict at = ab + t * A;
+#pragma omp simd
+        for (long i = 0; i < A; i++) at[i] = EXP(gt[i]);
+    }
+}
+
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
                    T *restrict o, T *restrict ST, T *restrict ck, long col, long Tn, long H,
                    long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
-    T *a = malloc(A * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+    VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
+    T *ab = malloc((Tn * A + 1) * sizeof(T)), *cb = malloc((Tn + 1) * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        T *restrict S = ST + p * K * V;
-        memcpy(S, S0 + p * K * V, K * V * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * K * V, S, K * V * sizeof(T));
-            const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-            const T *restrict qt = q + rk, *restrict kt = k + rk;
-            const T *restrict gt = g + (col ? rv : rk), *restrict vt = v + rv;
-            T *restrict ot = o + rv;
-#pragma omp simd
-            for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-            T c = 0;
-            if (u) {
-                const T *restrict uh = u + h * K;
-                for (long i = 0; i < K; i++) c += qt[i] * uh[i] * kt[i];
+        NAME(decays)(g, ab, b, h, Tn, H, A);
+        if (u)  /* the bonus's weight q_t . (u o k_t) */
+            for (long t = 0; t < Tn; t++) {
+                const long rk = ((b * Tn + t) * H + h) * K;
+                T c = 0;
+                for (long i = 0; i < K; i++) c += q[rk + i] * u[h * K + i] * k[rk + i];
+                cb[t] = c;
             }
-            for (long j = 0; j < V; j++) ot[j] = c * vt[j];
-            for (long i = 0; i < K; i++) {
-                T *restrict Si = S + i * V;
-                const T ki = kt[i], qi = qt[i], ai = col ? 0 : a[i];  /* a has V entries with col */
+        for (long j0 = 0; j0 < V; j0 += VT) {
+            const long w = V - j0 < VT ? V - j0 : VT;
+            for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
+            for (long t = 0; t < Tn; t++) {
+                if (ck && t % CK == 0)
+                    memcpy(ck + (p * nck + t / CK) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
+                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict at = ab + t * A;
+                VEC vt[2], av[2], o0 = {0}, o1 = {0}, e0 = {0}, e1 = {0};
+                NAME(tile_load)(vt, v + rv + j0, w);
+                if (col) NAME(tile_load)(av, at + j0, w);
                 if (u) {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        ot[j] += qi * Si[j];
-                        Si[j] = ai * Si[j] + ki * vt[j];
-                    }
-                } else if (col) {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        Si[j] = a[j] * Si[j] + ki * vt[j];
-                        ot[j] += qi * Si[j];
-                    }
-                } else {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        Si[j] = ai * Si[j] + ki * vt[j];
-                        ot[j] += qi * Si[j];
-                    }
+                    o0 = cb[t] * vt[0];
+                    o1 = cb[t] * vt[1];
                 }
+                long i = 0;
+                for (; i + 1 < K; i += 2) {  /* two rows' chains of adds, interleaved */
+                    ROW_FWD(o0, o1, i);
+                    ROW_FWD(e0, e1, i + 1);
+                }
+                if (i < K) ROW_FWD(o0, o1, i);
+                const VEC ot[2] = {o0 + e0, o1 + e1};
+                NAME(tile_store)(o + rv + j0, ot, w);
             }
+            for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, w);
         }
     }
-    free(a);
+    free(cb);
+    free(ab);
+    free(S);
 }
+#undef ROW_FWD
 
 void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict ck,
@@ -98,138 +129,196 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    T *restrict dk, T *restrict dv, T *restrict dg, T *restrict du,
                    T *restrict dS0, long col, long Tn, long H, long K, long V, long p0,
                    long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
-    T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
-    T *a = malloc(A * sizeof(T)), *an = malloc(A * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+    const long ntile = (V + VT - 1) / VT;
+    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* D, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    T *ab = malloc((Tn * A + 1) * sizeof(T));
+    T *ones = malloc(A * sizeof(T));
+    for (long i = 0; i < A; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         const T *restrict uh = u ? u + h * K : NULL;
         T *restrict duh = u ? du + p * K : NULL;
         if (u) for (long i = 0; i < K; i++) duh[i] = 0;
-        T *restrict D = dS0 + p * K * V;  /* the running gradient, ends as dS_0 */
-        if (dST) memcpy(D, dST + p * K * V, K * V * sizeof(T));
-        else memset(D, 0, K * V * sizeof(T));
-        for (long i = 0; i < A; i++) an[i] = 1;
+        NAME(decays)(g, ab, b, h, Tn, H, A);
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+            const long w = V - j0 < VT ? V - j0 : VT;
+            const VEC zero = {0};
+            VEC *D = dSall + n * 2 * K;
+            for (long i = 0; i < K; i++) {
+                if (dST) NAME(tile_load)(D + 2 * i, dST + (p * K + i) * V + j0, w);
+                else D[2 * i] = D[2 * i + 1] = zero;
+            }
+        }
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *start = ck + (p * nck + c) * K * V, *prev = start;
-            for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
-                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-                const T *restrict kt = k + rk, *restrict gt = g + (col ? rv : rk);
-                const T *restrict vt = v + rv;
-                T *restrict St = buf + (t - t0) * K * V;
-#pragma omp simd
-                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-                if (col) {
-                    for (long i = 0; i < K; i++) {
-                        const T ki = kt[i];
-#pragma omp simd
-                        for (long j = 0; j < V; j++)
-                            St[i * V + j] = a[j] * prev[i * V + j] + ki * vt[j];
-                    }
-                    prev = St;
-                    continue;
-                }
-                for (long i = 0; i < K; i++) {
-                    const T ai = a[i], ki = kt[i];
-#pragma omp simd
-                    for (long j = 0; j < V; j++) St[i * V + j] = ai * prev[i * V + j] + ki * vt[j];
-                }
-                prev = St;
+            for (long t = t0; t < t1; t++) {  /* the tiles add their rows' sums here */
+                const long rk = ((b * Tn + t) * H + h) * K;
+                memset(dq + rk, 0, K * sizeof(T));
+                memset(dk + rk, 0, K * sizeof(T));
+                if (!col) memset(dg + rk, 0, K * sizeof(T));
             }
-            for (long t = t1 - 1; t >= t0; t--) {
-                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-                const T *restrict qt = q + rk, *restrict kt = k + rk;
-                const T *restrict gt = g + (col ? rv : rk);
-                const T *restrict vt = v + rv, *restrict dot = dout + rv;
-                const T *restrict St = buf + (t - t0) * K * V;
-                const T *restrict Sp = t > t0 ? St - K * V : start;  /* S_{t-1} */
-                T *restrict dvt = dv + rv, *restrict dqt = dq + rk, *restrict dkt = dk + rk,
-                  *restrict dgt = dg + (col ? rv : rk);
-#pragma omp simd
-                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-                if (col) {
-                    for (long j = 0; j < V; j++) dvt[j] = dgt[j] = 0;
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T qi = qt[i], ki = kt[i];
-                        T sq = 0, sk = 0;
-#pragma omp simd reduction(+ : sq, sk)
-                        for (long j = 0; j < V; j++) {
-                            const T d = an[j] * Di[j] + qi * dot[j];
-                            Di[j] = d;
-                            sq += Si[j] * dot[j];
-                            sk += d * vt[j];
-                            dgt[j] += d * Si[j];
-                            dvt[j] += ki * d;
+            for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+                const long w = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict D = dSall + n * 2 * K;
+                const UVEC *start = (const UVEC *)(ck + (p * nck + c) * K * VP + j0 * K);
+                const UVEC *prev = start;
+                for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
+                    const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    const T *restrict kt = k + rk, *restrict at = ab + t * A;
+                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], av[2];
+                    NAME(tile_load)(vt, v + rv + j0, w);
+                    if (col) {
+                        NAME(tile_load)(av, at + j0, w);
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = av[0] * prev[2 * i] + kt[i] * vt[0];
+                            St[2 * i + 1] = av[1] * prev[2 * i + 1] + kt[i] * vt[1];
                         }
-                        dqt[i] = sq;
-                        dkt[i] = sk;
-                    }
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        dgt[j] -= vt[j] * dvt[j];
-                        an[j] = a[j];
-                    }
-                } else if (!u) {
-                    for (long j = 0; j < V; j++) dvt[j] = 0;
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T qi = qt[i], ki = kt[i], ani = an[i];
-                        T sq = 0, sk = 0, ss = 0;
-#pragma omp simd reduction(+ : sq, sk, ss)
-                        for (long j = 0; j < V; j++) {
-                            const T d = ani * Di[j] + qi * dot[j];
-                            Di[j] = d;
-                            sq += Si[j] * dot[j];
-                            sk += d * vt[j];
-                            ss += d * Si[j];
-                            dvt[j] += ki * d;
+                    } else {
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = at[i] * prev[2 * i] + kt[i] * vt[0];
+                            St[2 * i + 1] = at[i] * prev[2 * i + 1] + kt[i] * vt[1];
                         }
-                        dqt[i] = sq;
-                        dkt[i] = sk;
-                        dgt[i] = ss - ki * sk;
                     }
-                    for (long i = 0; i < K; i++) an[i] = a[i];
-                } else {
-                    T cv = 0, cb = 0;  /* do . v and q . (u o k) */
-                    for (long j = 0; j < V; j++) cv += dot[j] * vt[j];
-                    for (long i = 0; i < K; i++) cb += qt[i] * uh[i] * kt[i];
-                    for (long j = 0; j < V; j++) dvt[j] = cb * dot[j];
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V, *restrict Spi = Sp + i * V;
-                        const T qi = qt[i], ki = kt[i], ai = a[i];
-                        T sq = 0, sk = 0, ss = 0;
-#pragma omp simd reduction(+ : sq, sk, ss)
-                        for (long j = 0; j < V; j++) {
-                            const T d = Di[j];
-                            sk += d * vt[j];
-                            ss += d * Si[j];
-                            dvt[j] += ki * d;
-                            Di[j] = ai * d + qi * dot[j];
-                            sq += Spi[j] * dot[j];
+                    prev = (const UVEC *)St;
+                }
+                for (long t = t1 - 1; t >= t0; t--) {
+                    const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    const T *restrict qt = q + rk, *restrict kt = k + rk;
+                    const T *restrict an = t + 1 < Tn ? ab + (t + 1) * A : ones;
+                    const VEC *restrict St = buf + (t - t0) * 2 * K;
+                    const VEC *restrict Sp = t > t0 ? St - 2 * K : (const VEC *)start;
+                    T *restrict dqt = dq + rk, *restrict dkt = dk + rk;
+                    VEC vt[2], dot[2], dv0 = {0}, dv1 = {0}, f0 = {0}, f1 = {0};
+                    NAME(tile_load)(vt, v + rv + j0, w);
+                    NAME(tile_load)(dot, dout + rv + j0, w);
+                    if (col) {  /* the decay per column: dg_t = colsum(D o S_t) - v o dv */
+                        VEC anv[2], gv0 = {0}, gv1 = {0};
+                        NAME(tile_load)(anv, an + j0, w);
+                        for (long i = 0; i < K; i++) {
+                            const T qi = qt[i], ki = kt[i];
+                            const VEC d0 = anv[0] * D[2 * i] + qi * dot[0];
+                            const VEC d1 = anv[1] * D[2 * i + 1] + qi * dot[1];
+                            D[2 * i] = d0;
+                            D[2 * i + 1] = d1;
+                            dqt[i] += NAME(hsum)(St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
+                            dkt[i] += NAME(hsum)(d0 * vt[0] + d1 * vt[1]);
+                            gv0 += d0 * St[2 * i];
+                            gv1 += d1 * St[2 * i + 1];
+                            dv0 += ki * d0;
+                            dv1 += ki * d1;
                         }
-                        dqt[i] = sq + cv * uh[i] * ki;
-                        dkt[i] = sk + cv * uh[i] * qi;
-                        dgt[i] = ss - ki * sk;
-                        duh[i] += cv * qi * ki;
+                        const VEC dgt[2] = {gv0 - vt[0] * dv0, gv1 - vt[1] * dv1};
+                        NAME(tile_store)(dg + rv + j0, dgt, w);
+                    } else if (!u) {
+                        T *restrict dgt = dg + rk;
+                        long i = 0;
+#define ROW_BWD(acc0, acc1, i)                                                               \
+    do {                                                                                     \
+        const T qi = qt[i], ki = kt[i];                                                      \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = an[i] * D[2 * (i)] + qi * dot[0];                                     \
+        const VEC d1 = an[i] * D[2 * (i) + 1] + qi * dot[1];                                 \
+        D[2 * (i)] = d0;                                                                     \
+        D[2 * (i) + 1] = d1;                                                                 \
+        const T sk = NAME(hsum)(d0 * vt[0] + d1 * vt[1]);                                    \
+        dqt[i] += NAME(hsum)(s0 * dot[0] + s1 * dot[1]);                                     \
+        dkt[i] += sk;                                                                        \
+        dgt[i] += NAME(hsum)(d0 * s0 + d1 * s1) - ki * sk;                                   \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+    } while (0)
+                        for (; i + 1 < K; i += 2) {
+                            ROW_BWD(dv0, dv1, i);
+                            ROW_BWD(f0, f1, i + 1);
+                        }
+                        if (i < K) ROW_BWD(dv0, dv1, i);
+#undef ROW_BWD
+                    } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
+                        T *restrict dgt = dg + rk;
+                        const T *restrict at = ab + t * A;
+                        T cv = 0, cb = 0;  /* do . v and q . (u o k), whole rows */
+                        for (long j = 0; j < V; j++) cv += dout[rv + j] * v[rv + j];
+                        for (long i = 0; i < K; i++) cb += qt[i] * uh[i] * kt[i];
+                        dv0 = cb * dot[0];
+                        dv1 = cb * dot[1];
+                        if (n == 0)
+                            for (long i = 0; i < K; i++) {
+                                dqt[i] += cv * uh[i] * kt[i];
+                                dkt[i] += cv * uh[i] * qt[i];
+                                duh[i] += cv * qt[i] * kt[i];
+                            }
+                        long i = 0;
+#define ROW_BON(acc0, acc1, i)                                                               \
+    do {                                                                                     \
+        const T qi = qt[i], ki = kt[i];                                                      \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = D[2 * (i)], d1 = D[2 * (i) + 1];                                      \
+        const T sk = NAME(hsum)(d0 * vt[0] + d1 * vt[1]);                                    \
+        dkt[i] += sk;                                                                        \
+        dgt[i] += NAME(hsum)(d0 * s0 + d1 * s1) - ki * sk;                                   \
+        dqt[i] += NAME(hsum)(Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);               \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+        D[2 * (i)] = at[i] * d0 + qi * dot[0];                                               \
+        D[2 * (i) + 1] = at[i] * d1 + qi * dot[1];                                           \
+    } while (0)
+                        for (; i + 1 < K; i += 2) {
+                            ROW_BON(dv0, dv1, i);
+                            ROW_BON(f0, f1, i + 1);
+                        }
+                        if (i < K) ROW_BON(dv0, dv1, i);
+#undef ROW_BON
+                    }
+                    if (!col) {
+                        const VEC dvt[2] = {dv0 + f0, dv1 + f1};
+                        NAME(tile_store)(dv + rv + j0, dvt, w);
+                    } else {
+                        const VEC dvt[2] = {dv0, dv1};
+                        NAME(tile_store)(dv + rv + j0, dvt, w);
                     }
                 }
             }
         }
-        if (col)  /* through S_0's decay a_0 */
-            for (long i = 0; i < K; i++)
-                for (long j = 0; j < V; j++) D[i * V + j] *= an[j];
-        else if (!u)
-            for (long i = 0; i < K; i++)
-                for (long j = 0; j < V; j++) D[i * V + j] *= an[i];
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {  /* dS0: through S_0's decay a_0 */
+            const long w = V - j0 < VT ? V - j0 : VT;
+            const VEC *D = dSall + n * 2 * K;
+            VEC av[2];
+            if (col && Tn) NAME(tile_load)(av, ab + j0, w);
+            for (long i = 0; i < K; i++) {
+                const T ai = u || !Tn ? 1 : ab[i];
+                VEC d[2] = {D[2 * i], D[2 * i + 1]};
+                if (col && Tn) {
+                    d[0] *= av[0];
+                    d[1] *= av[1];
+                } else {
+                    d[0] *= ai;
+                    d[1] *= ai;
+                }
+                NAME(tile_store)(dS0 + (p * K + i) * V + j0, d, w);
+            }
+        }
     }
-    free(an);
-    free(a);
+    free(ones);
+    free(ab);
     free(buf);
+    free(dSall);
+}
+
+/* log1p(y) for 0 <= y <= 1, vectorisable: log(u) for u = 1 + y (u or u / 2 in
+   [sqrt(1/2), sqrt(2)], log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, as its
+   odd series), scaled by y / (u - 1) to recover the bits that 1 + y rounded away. */
+static inline T NAME(log1p_unit)(T y) {
+    static const T c[12] = {1.0 / 23, 1.0 / 21, 1.0 / 19, 1.0 / 17, 1.0 / 15, 1.0 / 13,
+                            1.0 / 11, 1.0 / 9, 1.0 / 7, 1.0 / 5, 1.0 / 3, 1.0};
+    const T u = 1 + y;
+    const int big = u > (T)1.41421356237309504880;
+    const T m = big ? u * (T)0.5 : u, s = (m - 1) / (m + 1), s2 = s * s;
+    T p = 0;
+    for (int i = sizeof(T) == 4 ? 7 : 0; i < 12; i++) p = p * s2 + c[i];  /* float: to s^9 */
+    const T l = 2 * s * p + (big ? (T)0.69314718055994530942 : 0);
+    return u == 1 ? y : l * (y / (u - 1));
 }
 
 void NAME(gate_fwd)(const T *restrict x, const T *restrict z0, T *restrict kout,
@@ -240,12 +329,14 @@ void NAME(gate_fwd)(const T *restrict x, const T *restrict z0, T *restrict kout,
         for (long t = 0; t < Tn; t++) {
             const T *restrict xt = x + (b * Tn + t) * C;
             T *restrict kt = kout + (b * Tn + t) * C, *restrict gt = gout + (b * Tn + t) * C;
+#pragma omp simd
             for (long c = 0; c < C; c++) {  /* logaddexp; NaN stays NaN */
-                const T zp = z[c], d = zp - xt[c];
-                const T m = d > 0 ? zp : xt[c];
-                const T zn = zp == -INFINITY ? xt[c] : m + LOG1P(EXP(d > 0 ? -d : d));
-                gt[c] = zp == -INFINITY ? 0 : zp - zn;
-                kt[c] = EXP(xt[c] - zn);
+                const T zp = z[c], xc = xt[c];
+                const int empty = zp == -INFINITY;
+                const T d = empty ? 0 : zp - xc, m = d > 0 ? zp : xc;
+                const T zn = empty ? xc : m + NAME(log1p_unit)(EXP(d > 0 ? -d : d));
+                gt[c] = empty ? 0 : zp - zn;
+                kt[c] = EXP(xc - zn);
                 z[c] = zn;
             }
         }
@@ -278,4 +369,5 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
     }
 }
 
+#include "tile.h"  /* its names undefined for the next type */
 #endif

@@ -44,7 +44,7 @@ class _NativeGLA(torch.autograd.Function):
         V = v.shape[-1]
         o, ST = torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = S0.new_empty(B, H, -(-T // CK), K, V) if grad else None
+        ck = S0.new_empty(B, H, -(-T // CK), K * -(-V // 16) * 16) if grad else None
         fwd, _ = _kernels(lib, q.dtype)
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), T, H,
