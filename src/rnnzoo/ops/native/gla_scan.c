@@ -73,6 +73,21 @@ static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, lo
     }
 }
 
+/* out[i] += the sum of R[i NV .. i NV + NV), i < K: each row's dot product, its lanes summed
+   for all rows at once (the compiler transposes groups of rows with permutes) instead of one
+   horizontal sum a row */
+static inline void NAME(row_sums)(const T *restrict R, T *restrict out, long K) {
+#pragma omp simd
+    for (long i = 0; i < K; i++) {
+        T s = 0;
+        for (long l = 0; l < NV; l++) s += R[i * NV + l];
+        out[i] += s;
+    }
+}
+
+/* a row's two vectors' products, added lane-wise into one vector, stored at R's row i */
+#define PUT(R, i, x) (*(VEC *)((R) + (i) * NV) = (x))
+
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
                    T *restrict o, T *restrict ST, T *restrict ck, long col, long Tn, long H,
@@ -135,6 +150,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     T *ab = malloc((Tn * A + 1) * sizeof(T));
     T *ones = malloc(A * sizeof(T));
+    T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
     for (long i = 0; i < A; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
@@ -202,8 +218,8 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                             const VEC d1 = anv[1] * D[2 * i + 1] + qi * dot[1];
                             D[2 * i] = d0;
                             D[2 * i + 1] = d1;
-                            dqt[i] += NAME(hsum)(St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
-                            dkt[i] += NAME(hsum)(d0 * vt[0] + d1 * vt[1]);
+                            PUT(Rq, i, St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
+                            PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);
                             gv0 += d0 * St[2 * i];
                             gv1 += d1 * St[2 * i + 1];
                             dv0 += ki * d0;
@@ -211,6 +227,8 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         }
                         const VEC dgt[2] = {gv0 - vt[0] * dv0, gv1 - vt[1] * dv1};
                         NAME(tile_store)(dg + rv + j0, dgt, w);
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
                     } else if (!u) {
                         T *restrict dgt = dg + rk;
                         long i = 0;
@@ -222,10 +240,9 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         const VEC d1 = an[i] * D[2 * (i) + 1] + qi * dot[1];                                 \
         D[2 * (i)] = d0;                                                                     \
         D[2 * (i) + 1] = d1;                                                                 \
-        const T sk = NAME(hsum)(d0 * vt[0] + d1 * vt[1]);                                    \
-        dqt[i] += NAME(hsum)(s0 * dot[0] + s1 * dot[1]);                                     \
-        dkt[i] += sk;                                                                        \
-        dgt[i] += NAME(hsum)(d0 * s0 + d1 * s1) - ki * sk;                                   \
+        PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        PUT(Rs, i, d0 * (s0 - ki * vt[0]) + d1 * (s1 - ki * vt[1]));                         \
         acc0 += ki * d0;                                                                     \
         acc1 += ki * d1;                                                                     \
     } while (0)
@@ -235,6 +252,9 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         }
                         if (i < K) ROW_BWD(dv0, dv1, i);
 #undef ROW_BWD
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
+                        NAME(row_sums)(Rs, dgt, K);
                     } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
                         T *restrict dgt = dg + rk;
                         const T *restrict at = ab + t * A;
@@ -255,10 +275,9 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         const T qi = qt[i], ki = kt[i];                                                      \
         const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
         const VEC d0 = D[2 * (i)], d1 = D[2 * (i) + 1];                                      \
-        const T sk = NAME(hsum)(d0 * vt[0] + d1 * vt[1]);                                    \
-        dkt[i] += sk;                                                                        \
-        dgt[i] += NAME(hsum)(d0 * s0 + d1 * s1) - ki * sk;                                   \
-        dqt[i] += NAME(hsum)(Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);               \
+        PUT(Rq, i, Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);                         \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        PUT(Rs, i, d0 * (s0 - ki * vt[0]) + d1 * (s1 - ki * vt[1]));                         \
         acc0 += ki * d0;                                                                     \
         acc1 += ki * d1;                                                                     \
         D[2 * (i)] = at[i] * d0 + qi * dot[0];                                               \
@@ -270,6 +289,9 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         }
                         if (i < K) ROW_BON(dv0, dv1, i);
 #undef ROW_BON
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
+                        NAME(row_sums)(Rs, dgt, K);
                     }
                     if (!col) {
                         const VEC dvt[2] = {dv0 + f0, dv1 + f1};
@@ -300,6 +322,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
             }
         }
     }
+    free(Rq);
     free(ones);
     free(ab);
     free(buf);
@@ -369,5 +392,6 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
     }
 }
 
+#undef PUT
 #include "tile.h"  /* its names undefined for the next type */
 #endif
