@@ -25,6 +25,7 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
 
 
@@ -75,7 +76,8 @@ class HGRN2(RecurrentLayer):
 
     def lion_output(self, o, x):
         """Per-head norm, then the output projection."""
-        return self.out_proj(self.norm(o).flatten(2))
+        return self.out_proj(rms_gate(o.flatten(2), self.norm.weight, self.value_dim,
+                                      self.norm.eps))  # ops.native.head_norm
 
     def _forward(self, x, state, mode):
         q, k, v, log_f, _ = self.lion_inputs(x)
