@@ -62,12 +62,21 @@
         acc1 += qi * (u ? s1 : n1);                                                          \
     } while (0)
 
+/* the rows of step t + PF of the tensors a step reads, fetched ahead: a (batch row, head)
+   pair's rows lie H K apart, and at small K a 4 KB page holds few of them, too few for the
+   hardware's stride prefetcher */
+#define PF 8
+static inline void NAME(ahead)(const T *restrict x, long n) {
+    for (long off = 0; off < n; off += 64 / (long)sizeof(T)) __builtin_prefetch(x + off);
+}
+
 /* exp(g) of pair p for every step: ab[t A + i] */
 static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, long Tn, long H,
                          long A) {
     for (long t = 0; t < Tn; t++) {
         const T *restrict gt = g + ((b * Tn + t) * H + h) * A;
         T *restrict at = ab + t * A;
+        if (t + PF < Tn) NAME(ahead)(gt + PF * H * A, A);
 #pragma omp simd
         for (long i = 0; i < A; i++) at[i] = EXP(gt[i]);
     }
@@ -112,6 +121,11 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 if (ck && t % CK == 0)
                     memcpy(ck + (p * nck + t / CK) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
                 const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                if (t + PF < Tn) {
+                    NAME(ahead)(q + rk + PF * H * K, K);
+                    NAME(ahead)(k + rk + PF * H * K, K);
+                    NAME(ahead)(v + rv + j0 + PF * H * V, w);
+                }
                 const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict at = ab + t * A;
                 VEC vt[2], av[2], o0 = {0}, o1 = {0}, e0 = {0}, e1 = {0};
                 NAME(tile_load)(vt, v + rv + j0, w);
@@ -171,6 +185,11 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
             for (long t = t0; t < t1; t++) {  /* the tiles add their rows' sums here */
                 const long rk = ((b * Tn + t) * H + h) * K;
+                if (t - CK >= 0) {  /* the next block's rows (written next) */
+                    NAME(ahead)(dq + rk - CK * H * K, K);
+                    NAME(ahead)(dk + rk - CK * H * K, K);
+                    if (!col) NAME(ahead)(dg + rk - CK * H * K, K);
+                }
                 memset(dq + rk, 0, K * sizeof(T));
                 memset(dk + rk, 0, K * sizeof(T));
                 if (!col) memset(dg + rk, 0, K * sizeof(T));
@@ -182,6 +201,10 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 const UVEC *prev = start;
                 for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
                     const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    if (t + PF < Tn) {
+                        NAME(ahead)(k + rk + PF * H * K, K);
+                        NAME(ahead)(v + rv + j0 + PF * H * V, w);
+                    }
                     const T *restrict kt = k + rk, *restrict at = ab + t * A;
                     VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], av[2];
                     NAME(tile_load)(vt, v + rv + j0, w);
@@ -201,6 +224,12 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 }
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    if (t - PF >= 0) {
+                        NAME(ahead)(q + rk - PF * H * K, K);
+                        NAME(ahead)(k + rk - PF * H * K, K);
+                        NAME(ahead)(v + rv + j0 - PF * H * V, w);
+                        NAME(ahead)(dout + rv + j0 - PF * H * V, w);
+                    }
                     const T *restrict qt = q + rk, *restrict kt = k + rk;
                     const T *restrict an = t + 1 < Tn ? ab + (t + 1) * A : ones;
                     const VEC *restrict St = buf + (t - t0) * 2 * K;
@@ -393,5 +422,6 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
 }
 
 #undef PUT
+#undef PF
 #include "tile.h"  /* its names undefined for the next type */
 #endif
