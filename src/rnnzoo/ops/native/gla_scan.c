@@ -111,6 +111,7 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
             for (long t = 0; t < Tn; t++) {
                 const long rk = ((b * Tn + t) * H + h) * K;
                 T c = 0;
+#pragma omp simd reduction(+ : c)
                 for (long i = 0; i < K; i++) c += q[rk + i] * u[h * K + i] * k[rk + i];
                 cb[t] = c;
             }
@@ -165,6 +166,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     T *ab = malloc((Tn * A + 1) * sizeof(T));
     T *ones = malloc(A * sizeof(T));
     T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
+    T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
     for (long i = 0; i < A; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
@@ -193,6 +195,16 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 memset(dq + rk, 0, K * sizeof(T));
                 memset(dk + rk, 0, K * sizeof(T));
                 if (!col) memset(dg + rk, 0, K * sizeof(T));
+                if (u) {  /* do . v and q . (u o k), whole rows */
+                    const long rv = ((b * Tn + t) * H + h) * V;
+                    T cv = 0, c = 0;
+#pragma omp simd reduction(+ : cv)
+                    for (long j = 0; j < V; j++) cv += dout[rv + j] * v[rv + j];
+#pragma omp simd reduction(+ : c)
+                    for (long i = 0; i < K; i++) c += q[rk + i] * uh[i] * k[rk + i];
+                    cvs[t - t0] = cv;
+                    cbs[t - t0] = c;
+                }
             }
             for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
                 const long w = V - j0 < VT ? V - j0 : VT;
@@ -287,12 +299,11 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
                         T *restrict dgt = dg + rk;
                         const T *restrict at = ab + t * A;
-                        T cv = 0, cb = 0;  /* do . v and q . (u o k), whole rows */
-                        for (long j = 0; j < V; j++) cv += dout[rv + j] * v[rv + j];
-                        for (long i = 0; i < K; i++) cb += qt[i] * uh[i] * kt[i];
+                        const T cv = cvs[t - t0], cb = cbs[t - t0];
                         dv0 = cb * dot[0];
                         dv1 = cb * dot[1];
                         if (n == 0)
+#pragma omp simd
                             for (long i = 0; i < K; i++) {
                                 dqt[i] += cv * uh[i] * kt[i];
                                 dkt[i] += cv * uh[i] * qt[i];
