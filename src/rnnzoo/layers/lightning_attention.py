@@ -27,9 +27,9 @@ from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
@@ -102,8 +102,8 @@ class LightningAttention(RecurrentLayer):
         if mode == "sequential":
             o, state = gated_linear_attention_recurrent(q, k, v, g, scale=1.0, initial_state=state)
         elif mode == "chunk":  # the ops keep a non-finite step out of earlier outputs
-            o, state = gated_linear_attention(q, k, v, g, scale=1.0, initial_state=state,
-                                              chunk_size=self.chunk_size)
+            # ssd: one group per head; on the CPU the C recurrence (ops.native.ssd_scan)
+            o, state = ssd(q, k, v, g, scale=1.0, initial_state=state, chunk_size=self.chunk_size)
         else:
             o, state = gated_linear_attention_parallel(q, k, v, g, scale=1.0,
                                                        initial_state=state)
