@@ -15,6 +15,14 @@
                du += c_t q_t o k_t
    and dS_0 = a_0 o D_0 (no bonus) or D_{-1} (bonus). S_t is recomputed from the state stored
    every CK steps by the forward (re-deriving S_{t-1} from S_t would divide by a_t).
+   dg is not summed row by row as written above but block by block (CK steps) from dq and dk:
+   within a block, with G the log-decay summed from its start, q reads the state through
+   e^{G_t} (e^{G_{t-1}} with the bonus) and k enters it through e^{-G_t}, so
+       dg_t = sum_{s >= t} (q_s o dq_s - k_s o dk_s) + rowsum(E o S_{t1-1})
+   over the block's steps (the bonus's q term over s > t, its own terms in dq, dk left out),
+   E the gradient S_{t1-1} takes from later steps: one reduction a block, not three a step.
+   The state runs in column tiles (tile.h); each row's dot products are stored as vectors and
+   summed for all rows at once; the rows of step t +- 8 are prefetched.
    With `col` (no bonus) the decay is per value channel instead (gated slot attention's slot
    scores, ops.gsa): S_t = S_{t-1} diag(a_t) + k_t v_t^T, g (batch, T, H, V), and
    dg_t = colsum(D_t o S_t) - v_t o dv_t.
@@ -166,6 +174,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     T *ab = malloc((Tn * A + 1) * sizeof(T));
     T *ones = malloc(A * sizeof(T));
     T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
+    T *ends = malloc(2 * K * sizeof(T)), *acc = ends + K;  /* dg's block-end term, its sum */
     T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
     for (long i = 0; i < A; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
@@ -194,7 +203,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 }
                 memset(dq + rk, 0, K * sizeof(T));
                 memset(dk + rk, 0, K * sizeof(T));
-                if (!col) memset(dg + rk, 0, K * sizeof(T));
                 if (u) {  /* do . v and q . (u o k), whole rows */
                     const long rv = ((b * Tn + t) * H + h) * V;
                     T cv = 0, c = 0;
@@ -206,6 +214,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     cbs[t - t0] = c;
                 }
             }
+            for (long i = 0; i < K; i++) ends[i] = 0;
             for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
                 const long w = V - j0 < VT ? V - j0 : VT;
                 VEC *restrict D = dSall + n * 2 * K;
@@ -233,6 +242,14 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         }
                     }
                     prev = (const UVEC *)St;
+                }
+                if (!col) {  /* rowsum(E o S_{t1-1}), E the gradient S_{t1-1} gets from later
+                                steps: D itself with the bonus, a_{t1} o D without */
+                    const VEC *restrict Se = buf + (t1 - 1 - t0) * 2 * K;
+                    const T *restrict ae = u || t1 >= Tn ? ones : ab + t1 * A;
+                    for (long i = 0; i < K; i++)
+                        PUT(Rs, i, ae[i] * (D[2 * i] * Se[2 * i] + D[2 * i + 1] * Se[2 * i + 1]));
+                    NAME(row_sums)(Rs, ends, K);
                 }
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
@@ -271,7 +288,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         NAME(row_sums)(Rq, dqt, K);
                         NAME(row_sums)(Rk, dkt, K);
                     } else if (!u) {
-                        T *restrict dgt = dg + rk;
                         long i = 0;
 #define ROW_BWD(acc0, acc1, i)                                                               \
     do {                                                                                     \
@@ -283,7 +299,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         D[2 * (i) + 1] = d1;                                                                 \
         PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
         PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
-        PUT(Rs, i, d0 * (s0 - ki * vt[0]) + d1 * (s1 - ki * vt[1]));                         \
         acc0 += ki * d0;                                                                     \
         acc1 += ki * d1;                                                                     \
     } while (0)
@@ -295,9 +310,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #undef ROW_BWD
                         NAME(row_sums)(Rq, dqt, K);
                         NAME(row_sums)(Rk, dkt, K);
-                        NAME(row_sums)(Rs, dgt, K);
                     } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
-                        T *restrict dgt = dg + rk;
                         const T *restrict at = ab + t * A;
                         const T cv = cvs[t - t0], cb = cbs[t - t0];
                         dv0 = cb * dot[0];
@@ -317,7 +330,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         const VEC d0 = D[2 * (i)], d1 = D[2 * (i) + 1];                                      \
         PUT(Rq, i, Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);                         \
         PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
-        PUT(Rs, i, d0 * (s0 - ki * vt[0]) + d1 * (s1 - ki * vt[1]));                         \
         acc0 += ki * d0;                                                                     \
         acc1 += ki * d1;                                                                     \
         D[2 * (i)] = at[i] * d0 + qi * dot[0];                                               \
@@ -331,7 +343,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #undef ROW_BON
                         NAME(row_sums)(Rq, dqt, K);
                         NAME(row_sums)(Rk, dkt, K);
-                        NAME(row_sums)(Rs, dgt, K);
                     }
                     if (!col) {
                         const VEC dvt[2] = {dv0 + f0, dv1 + f1};
@@ -340,6 +351,26 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         const VEC dvt[2] = {dv0, dv1};
                         NAME(tile_store)(dv + rv + j0, dvt, w);
                     }
+                }
+            }
+            if (col) continue;
+            /* dg over the block from dq and dk: with G the log-decay summed from the block's
+               start, q reads through e^{G_t} (e^{G_{t-1}} with the bonus) and k writes through
+               e^{-G_t}, so d/dG_t = q_t o dq_t - k_t o dk_t (the bonus's own terms left out)
+               plus, at the block's end, the rows of E o S_{t1-1}; dg_t sums them over s >= t
+               (the bonus's q term over s > t) */
+            for (long i = 0; i < K; i++) acc[i] = 0;
+            for (long t = t1 - 1; t >= t0; t--) {
+                const long rk = ((b * Tn + t) * H + h) * K;
+                const T *restrict qt = q + rk, *restrict kt = k + rk;
+                const T *restrict dqt = dq + rk, *restrict dkt = dk + rk;
+                T *restrict dgt = dg + rk;
+                const T cv = u ? cvs[t - t0] : 0;
+#pragma omp simd
+                for (long i = 0; i < K; i++) {
+                    const T qq = qt[i] * dqt[i], kk_ = kt[i] * dkt[i];
+                    dgt[i] = acc[i] + ends[i] - kk_ + (u ? cv * uh[i] * qt[i] * kt[i] : qq);
+                    acc[i] += qq - kk_;
                 }
             }
         }
@@ -362,6 +393,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
             }
         }
     }
+    free(ends);
     free(Rq);
     free(ones);
     free(ab);
