@@ -106,7 +106,7 @@ def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
     hk0 = torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt)
     hv0 = torch.zeros(B, H, M, V, dtype=dt, device=q.device) if hv0 is None else hv0.to(dt)
     # recurrences: a non-finite step never reaches an earlier output, so no finite_inputs marks
-    scores, hk = native_gla.gla_columns(lib, q * scale, k, s, log_alpha, hk0)
+    scores, hk = native_gla.gla_columns(lib, q, k, s, log_alpha, hk0, scale)
     o, hv = native_gla.gla(lib, scores.softmax(-1), s, v, log_alpha, hv0)
     return o.to(out_dtype), (hk, hv)
 

@@ -401,9 +401,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
            and backend.use_native(q, k, v, log_decay, initial_state, bonus) else None)
     if lib is not None:  # the recurrence in C, state in cache (ops.native.gla_scan); a
         # recurrence never carries a step into an earlier output: no finite_inputs marks
-        q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
+        q, k, v, g, S = _prepare(q, k, v, log_decay, 1, initial_state)  # the kernel scales q
         u = None if bonus is None else bonus.to(q.dtype)
-        o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u)
+        o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u,
+                              q.shape[-1] ** -0.5 if scale is None else scale)
         return o.to(out_dtype), S
     (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     B, T, H, K = q.shape

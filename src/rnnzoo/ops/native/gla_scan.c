@@ -27,6 +27,7 @@
    scores, ops.gsa): S_t = S_{t-1} diag(a_t) + k_t v_t^T, g (batch, T, H, V), and
    dg_t = colsum(D_t o S_t) - v_t o dv_t.
 
+   q enters times `scale` (q_t above is scale q_t; dq is the gradient of the unscaled q).
    Layouts (row-major, contiguous): q, k, g, dq, dk, dg (batch, T, H, K); v, o, do, dv
    (batch, T, H, V); u (H, K) or NULL; du (batch, H, K) (the caller sums the batch rows);
    S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K, V) with
@@ -54,7 +55,7 @@
    tile av, or the bonus's read before the write) */
 #define ROW_FWD(acc0, acc1, i)                                                               \
     do {                                                                                     \
-        const T ki = kt[i], qi = qt[i];                                                      \
+        const T ki = kt[i], qi = qt[i] * scale;                                              \
         const VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
         VEC n0, n1;                                                                          \
         if (col) {                                                                           \
@@ -107,7 +108,7 @@ static inline void NAME(row_sums)(const T *restrict R, T *restrict out, long K) 
 
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
-                   T *restrict o, T *restrict ST, T *restrict ck, long col, long Tn, long H,
+                   T *restrict o, T *restrict ST, T *restrict ck, long col, T scale, long Tn, long H,
                    long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
@@ -121,7 +122,7 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 T c = 0;
 #pragma omp simd reduction(+ : c)
                 for (long i = 0; i < K; i++) c += q[rk + i] * u[h * K + i] * k[rk + i];
-                cb[t] = c;
+                cb[t] = c * scale;
             }
         for (long j0 = 0; j0 < V; j0 += VT) {
             const long w = V - j0 < VT ? V - j0 : VT;
@@ -165,7 +166,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    const T *restrict g, const T *restrict u, const T *restrict ck,
                    const T *restrict dST, const T *restrict dout, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dg, T *restrict du,
-                   T *restrict dS0, long col, long Tn, long H, long K, long V, long p0,
+                   T *restrict dS0, long col, T scale, long Tn, long H, long K, long V, long p0,
                    long p1) {
     const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
     const long ntile = (V + VT - 1) / VT;
@@ -210,6 +211,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     for (long j = 0; j < V; j++) cv += dout[rv + j] * v[rv + j];
 #pragma omp simd reduction(+ : c)
                     for (long i = 0; i < K; i++) c += q[rk + i] * uh[i] * k[rk + i];
+                    c *= scale;
                     cvs[t - t0] = cv;
                     cbs[t - t0] = c;
                 }
@@ -271,7 +273,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         VEC anv[2], gv0 = {0}, gv1 = {0};
                         NAME(tile_load)(anv, an + j0, w);
                         for (long i = 0; i < K; i++) {
-                            const T qi = qt[i], ki = kt[i];
+                            const T qi = qt[i] * scale, ki = kt[i];
                             const VEC d0 = anv[0] * D[2 * i] + qi * dot[0];
                             const VEC d1 = anv[1] * D[2 * i + 1] + qi * dot[1];
                             D[2 * i] = d0;
@@ -291,7 +293,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         long i = 0;
 #define ROW_BWD(acc0, acc1, i)                                                               \
     do {                                                                                     \
-        const T qi = qt[i], ki = kt[i];                                                      \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
         const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
         const VEC d0 = an[i] * D[2 * (i)] + qi * dot[0];                                     \
         const VEC d1 = an[i] * D[2 * (i) + 1] + qi * dot[1];                                 \
@@ -319,13 +321,13 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #pragma omp simd
                             for (long i = 0; i < K; i++) {
                                 dqt[i] += cv * uh[i] * kt[i];
-                                dkt[i] += cv * uh[i] * qt[i];
-                                duh[i] += cv * qt[i] * kt[i];
+                                dkt[i] += cv * uh[i] * qt[i] * scale;
+                                duh[i] += cv * qt[i] * scale * kt[i];
                             }
                         long i = 0;
 #define ROW_BON(acc0, acc1, i)                                                               \
     do {                                                                                     \
-        const T qi = qt[i], ki = kt[i];                                                      \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
         const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
         const VEC d0 = D[2 * (i)], d1 = D[2 * (i) + 1];                                      \
         PUT(Rq, i, Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);                         \
@@ -353,6 +355,11 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     }
                 }
             }
+            for (long t = t0; t < t1; t++) {  /* dq so far is the gradient of scale q */
+                T *restrict dqt = dq + ((b * Tn + t) * H + h) * K;
+#pragma omp simd
+                for (long i = 0; i < K; i++) dqt[i] *= scale;
+            }
             if (col) continue;
             /* dg over the block from dq and dk: with G the log-decay summed from the block's
                start, q reads through e^{G_t} (e^{G_{t-1}} with the bonus) and k writes through
@@ -369,7 +376,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #pragma omp simd
                 for (long i = 0; i < K; i++) {
                     const T qq = qt[i] * dqt[i], kk_ = kt[i] * dkt[i];
-                    dgt[i] = acc[i] + ends[i] - kk_ + (u ? cv * uh[i] * qt[i] * kt[i] : qq);
+                    dgt[i] = acc[i] + ends[i] - kk_ + (u ? cv * uh[i] * qt[i] * scale * kt[i] : qq);
                     acc[i] += qq - kk_;
                 }
             }
