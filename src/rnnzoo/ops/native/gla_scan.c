@@ -53,12 +53,12 @@
 
 /* one state row of a tile: the three kinds of step (the decay per key row a_i, per column
    tile av, or the bonus's read before the write) */
-#define ROW_FWD(acc0, acc1, i)                                                               \
+#define ROW_FWD(acc0, acc1, i, cl, bn)  /* cl, bn: literal 0 or 1 */                      \
     do {                                                                                     \
         const T ki = kt[i], qi = qt[i] * scale;                                              \
         const VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
         VEC n0, n1;                                                                          \
-        if (col) {                                                                           \
+        if (cl) {                                                                            \
             n0 = av[0] * s0 + ki * vt[0];                                                    \
             n1 = av[1] * s1 + ki * vt[1];                                                    \
         } else {                                                                             \
@@ -67,8 +67,8 @@
         }                                                                                    \
         S[2 * (i)] = n0;                                                                     \
         S[2 * (i) + 1] = n1;                                                                 \
-        acc0 += qi * (u ? s0 : n0);                                                          \
-        acc1 += qi * (u ? s1 : n1);                                                          \
+        acc0 += qi * (bn ? s0 : n0);                                                         \
+        acc1 += qi * (bn ? s1 : n1);                                                         \
     } while (0)
 
 /* the rows of step t + PF of the tensors a step reads, fetched ahead: a (batch row, head)
@@ -144,12 +144,19 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     o0 = cb[t] * vt[0];
                     o1 = cb[t] * vt[1];
                 }
-                long i = 0;
-                for (; i + 1 < K; i += 2) {  /* two rows' chains of adds, interleaved */
-                    ROW_FWD(o0, o1, i);
-                    ROW_FWD(e0, e1, i + 1);
-                }
-                if (i < K) ROW_FWD(o0, o1, i);
+#define ROWS(cl, bn)                                                                         \
+    do {                                                                                     \
+        long i = 0;                                                                          \
+        for (; i + 1 < K; i += 2) { /* two rows' chains of adds, interleaved */              \
+            ROW_FWD(o0, o1, i, cl, bn);                                                      \
+            ROW_FWD(e0, e1, i + 1, cl, bn);                                                  \
+        }                                                                                    \
+        if (i < K) ROW_FWD(o0, o1, i, cl, bn);                                               \
+    } while (0)
+                if (col) ROWS(1, 0);
+                else if (u) ROWS(0, 1);
+                else ROWS(0, 0);
+#undef ROWS
                 const VEC ot[2] = {o0 + e0, o1 + e1};
                 NAME(tile_store)(o + rv + j0, ot, w);
             }
@@ -272,19 +279,23 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     if (col) {  /* the decay per column: dg_t = colsum(D o S_t) - v o dv */
                         VEC anv[2], gv0 = {0}, gv1 = {0};
                         NAME(tile_load)(anv, an + j0, w);
-                        for (long i = 0; i < K; i++) {
-                            const T qi = qt[i] * scale, ki = kt[i];
-                            const VEC d0 = anv[0] * D[2 * i] + qi * dot[0];
-                            const VEC d1 = anv[1] * D[2 * i + 1] + qi * dot[1];
-                            D[2 * i] = d0;
-                            D[2 * i + 1] = d1;
-                            PUT(Rq, i, St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
-                            PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);
-                            gv0 += d0 * St[2 * i];
-                            gv1 += d1 * St[2 * i + 1];
-                            dv0 += ki * d0;
-                            dv1 += ki * d1;
-                        }
+#define ROW_COL(g0, g1, acc0, acc1, i)                                                       \
+    do {                                                                                     \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = anv[0] * D[2 * (i)] + qi * dot[0];                                    \
+        const VEC d1 = anv[1] * D[2 * (i) + 1] + qi * dot[1];                                \
+        D[2 * (i)] = d0;                                                                     \
+        D[2 * (i) + 1] = d1;                                                                 \
+        PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        g0 += d0 * s0;                                                                       \
+        g1 += d1 * s1;                                                                       \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+    } while (0)
+                        for (long i = 0; i < K; i++) ROW_COL(gv0, gv1, dv0, dv1, i);
+#undef ROW_COL
                         const VEC dgt[2] = {gv0 - vt[0] * dv0, gv1 - vt[1] * dv1};
                         NAME(tile_store)(dg + rv + j0, dgt, w);
                         NAME(row_sums)(Rq, dqt, K);
@@ -346,13 +357,8 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         NAME(row_sums)(Rq, dqt, K);
                         NAME(row_sums)(Rk, dkt, K);
                     }
-                    if (!col) {
-                        const VEC dvt[2] = {dv0 + f0, dv1 + f1};
-                        NAME(tile_store)(dv + rv + j0, dvt, w);
-                    } else {
-                        const VEC dvt[2] = {dv0, dv1};
-                        NAME(tile_store)(dv + rv + j0, dvt, w);
-                    }
+                    const VEC dvt[2] = {dv0 + f0, dv1 + f1};
+                    NAME(tile_store)(dv + rv + j0, dvt, w);
                 }
             }
             for (long t = t0; t < t1; t++) {  /* dq so far is the gradient of scale q */
