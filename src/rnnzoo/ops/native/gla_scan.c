@@ -30,8 +30,9 @@
    q enters times `scale` (q_t above is scale q_t; dq is the gradient of the unscaled q).
    Layouts (row-major, contiguous): q, k, g, dq, dk, dg (batch, T, H, K); v, o, do, dv
    (batch, T, H, V); u (H, K) or NULL; du (batch, H, K) (the caller sums the batch rows);
-   S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K, V) with
-   nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
+   S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K VP) with
+   nck = ceil(T / CK), VP = V rounded up to a multiple of 16 (the state entering steps 0, CK,
+   2 CK, ..., column tile by tile, each tile's K x VT block contiguous). Each function does the
    (batch row, head) pairs [p0, p1).
 
    LightNet's additive gate (layers/lightnet.py) feeds this recurrence its keys and decays:
