@@ -379,7 +379,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     On CUDA (when triton imports; `ops.backend`) the Triton kernel
     `ops.triton.chunk_linear` runs instead, for every dtype but float64; on the CPU in
     float32/float64 (`backend.use_native`) a vector decay or a bonus runs as the C recurrence
-    `ops.native.gla_scan` (2-4x the chunk form fwd+bwd at the layers' shapes, docs/cpu-speed.md).
+    `ops.native.gla_scan` (its lead over the chunk form: docs/cpu-speed.md).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite);
     the C recurrence needs no marks: as the reference loop, its outputs from t on may be
     non-finite, never earlier ones.
