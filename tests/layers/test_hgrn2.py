@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnzoo
+from rnnzoo.layers.hgrn2 import _Gates
 
 
 def test_equals_hgrn_with_state_expansion_and_lower_bound():
@@ -35,3 +36,12 @@ def test_long_sequence_float32_is_finite():
     with torch.no_grad():
         y, s = layer(torch.randn(1, 65536, 8), mode="chunk")
     assert torch.isfinite(y).all() and torch.isfinite(s).all()
+
+
+def test_gates_function_gradcheck():
+    """q = silu(a), log f = logsigmoid(b), k = sigmoid(-b) with the hand-written gradient,
+    against autograd's numerical one, each output's gradient alone and all three together."""
+    qf = (3 * torch.randn(2, 3, 2, 2, 4, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(_Gates.apply, (qf,))
+    for i in range(3):
+        assert torch.autograd.gradcheck(lambda t, i=i: _Gates.apply(t)[i], (qf,))

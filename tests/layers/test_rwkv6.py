@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnzoo
+from rnnzoo.ops import backend
 
 
 def test_time_mixing_equals_the_papers_equations_and_fla_naive_wkv():
@@ -40,3 +41,25 @@ def test_long_sequence_float32_is_finite():
     with torch.no_grad():
         y, (s, x_last) = layer(torch.randn(1, 65536, 8), mode="chunk")
     assert torch.isfinite(y).all() and torch.isfinite(s).all()
+
+
+def test_native_head_equals_torch():
+    """The C output head (ops.native.gated_norm: LayerNorm per head times silu(g)) and the
+    C recurrence against the PyTorch forms, with a norm weight and bias away from 1 and 0."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2).double()
+    with torch.no_grad():
+        layer.norm.weight.normal_(1, 0.5)
+        layer.norm.bias.normal_(0, 0.5)
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+    params = [x, layer.norm.weight, layer.norm.bias, layer.g_proj.weight]
+
+    def run():
+        y = layer(x, mode="chunk")[0]
+        return [y, *torch.autograd.grad((y * y.detach().sin()).sum(), params)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() < 1e-10

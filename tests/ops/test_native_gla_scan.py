@@ -53,8 +53,11 @@ NAMES = ["o", "S", "q", "k", "v", "g", "S0", "u"]
 @pytest.mark.parametrize("T", [37, 70, 1])
 @pytest.mark.parametrize("bonus", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads):
-    ins = _inputs(dtype, T, bonus=bonus)
+@pytest.mark.parametrize("K,V", [(5, 6), (7, 21), (4, 16)])
+def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads, K, V):
+    """V = 6, 21, 16: one narrow column tile, a full one and a narrow one, one exact (the
+    kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs)."""
+    ins = _inputs(dtype, T, K=K, V=V, bonus=bonus)
     with threads_(threads):
         got = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
         with backend.force("torch"):
@@ -99,10 +102,12 @@ def test_strong_decays_native_and_chunked_equal_recurrent(calls, strength, bonus
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads):
+@pytest.mark.parametrize("M,V", [(3, 4), (19, 18)])
+def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads, M, V):
+    """M, V = 19, 18: both passes over more than one of the kernel's column tiles."""
     n = counter(monkeypatch, gla_scan, "gla_columns", "gla")
     gen = torch.Generator().manual_seed(0)
-    B, T, H, K, M, V = 2, 37, 2, 5, 3, 4
+    B, T, H, K = 2, 37, 2, 5
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     log_alpha = torch.nn.functional.logsigmoid(r(B, T, H, M)) / 4
     ins = [t.requires_grad_() for t in (r(B, T, H, K), r(B, T, H, K), r(B, T, H, V),
@@ -129,9 +134,9 @@ def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads):
 def test_lightnet_gate_scan_matches_logcumsumexp(monkeypatch, dtype, tol, empty):
     n = counter(monkeypatch, gla_scan, "additive_gate")
     gen = torch.Generator().manual_seed(0)
-    x = (3 * torch.randn(3, 11, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
-    z0 = (torch.full((3, 2, 5), float("-inf"), dtype=dtype) if empty
-          else torch.randn(3, 2, 5, generator=gen, dtype=dtype)).requires_grad_()
+    x = (3 * torch.randn(3, 11, 2, 13, generator=gen, dtype=dtype)).requires_grad_()
+    z0 = (torch.full((3, 2, 13), float("-inf"), dtype=dtype) if empty
+          else torch.randn(3, 2, 13, generator=gen, dtype=dtype)).requires_grad_()
     got = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
     with backend.force("torch"):
         want = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])

@@ -37,7 +37,7 @@ from rnnzoo.ops.chunk.delta import (
     delta_rule_step,
 )
 from rnnzoo.ops.native import conv as native_conv
-from rnnzoo.ops.native import head_norm as native_head_norm
+from rnnzoo.ops.native.head_norm import rms_gate
 
 
 def l2norm(x, sqrt_eps: bool = False):
@@ -110,27 +110,16 @@ def delta_state(layer, batch_size, device=None, dtype=None):
 def gated_head_output(layer, o, x, gate=torch.sigmoid):
     """o (B, T, H, V) -> layer.o_proj(layer.norm(o) * gate(layer.g_proj(x))): the per-head
     norm, times the output gate where the layer has one (g_proj None: no gate). An RMS
-    HeadNorm with a sigmoid or SiLU gate runs fused in C on a CPU (`ops.native.head_norm`)."""
+    HeadNorm with a sigmoid or SiLU gate runs fused in C on a CPU (`ops.native.head_norm.rms_gate`)."""
     z = None if layer.g_proj is None else layer.g_proj(x).to(o.dtype)
     act = {torch.sigmoid: "sigmoid", F.silu: "silu"}.get(gate)
     if layer.norm.kind == "rms" and (z is None or act is not None):
-        w = layer.norm.weight.to(o.dtype).flatten()
-        y = _head_norm(o.flatten(2), w, o.shape[-1], layer.norm.eps, z, act)
-        if y is not None:
-            return layer.o_proj(y.to(x.dtype))
+        w = layer.norm.weight.to(o.dtype)
+        return layer.o_proj(rms_gate(o.flatten(2), w, o.shape[-1], layer.norm.eps, z, act).to(x.dtype))
     o = layer.norm(o)
     if z is not None:
         o = o * gate(z).view(o.shape)
     return layer.o_proj(o.flatten(2).to(x.dtype))
-
-
-def _head_norm(o, w, G, eps, z, act):
-    """RMSNorm over each G channels of o (B, T, W), times w (W,) and act(z) (z None: no
-    gate), in C (`ops.native.head_norm`); None where it does not run (`backend.use_native`)."""
-    if not backend.use_native(o, w, z):
-        return None
-    lib = native_head_norm.load()
-    return None if lib is None else native_head_norm.head_norm(lib, o, w, G, eps, z, act)
 
 
 class DeltaBlock(RecurrentLayer):
@@ -204,13 +193,8 @@ class DeltaBlock(RecurrentLayer):
         """RMSNorm per head (and the output gate), then the output projection. o: (B, T, H, V)."""
         cdt, V = o.dtype, o.shape[-1]
         z = None if self.g_proj is None else self.g_proj(x).to(cdt)
-        y = _head_norm(o.flatten(2), self.norm_weight.to(cdt).repeat(o.shape[-2]), V,
-                       self.norm_eps, z, "silu")
-        if y is None:  # the PyTorch form
-            y = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight.to(cdt)
-            y = y.flatten(2)
-            if z is not None:
-                y = y * F.silu(z)
+        w = self.norm_weight.to(cdt).repeat(o.shape[-2])
+        y = rms_gate(o.flatten(2), w, V, self.norm_eps, z, None if z is None else "silu")
         return self.o_proj(y.to(x.dtype))
 
     def _forward(self, x, state, mode):

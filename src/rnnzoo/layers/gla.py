@@ -23,6 +23,7 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
 
 
@@ -81,7 +82,8 @@ class GLA(RecurrentLayer):
 
     def lion_output(self, o, x):
         """Per-head norm times the silu output gate, then the output projection."""
-        return self.out_proj(F.silu(self.out_gate(x)) * self.norm(o).flatten(2))
+        return self.out_proj(rms_gate(o.flatten(2), self.norm.weight, self.value_dim, self.norm.eps,
+                                      self.out_gate(x), "silu"))  # ops.native.head_norm
 
     def _forward(self, x, state, mode):
         q, k, v, log_alpha, scale = self.lion_inputs(x)

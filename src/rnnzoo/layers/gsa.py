@@ -25,6 +25,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.gsa import gated_slot_attention
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
 
 
@@ -72,7 +73,8 @@ class GSA(RecurrentLayer):
         return q, k, v, -torch.expm1(log_alpha), log_alpha
 
     def op_output(self, o, x):
-        return self.o_proj(self.norm(o).flatten(2).to(x.dtype))
+        o = rms_gate(o.flatten(2), self.norm.weight, self.head_dim, self.norm.eps)  # ops.native.head_norm
+        return self.o_proj(o.to(x.dtype))
 
     def lion_inputs(self, x):
         """The first pass (the slot scores) as ops.gsa runs it: one head a slot, q, k

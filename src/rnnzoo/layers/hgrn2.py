@@ -25,7 +25,36 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
+
+
+class _Gates(torch.autograd.Function):
+    """q = silu(a), log f = logsigmoid(b), k = 1 - f = sigmoid(-b) (lower bound 0) from the
+    projection's output qf (B, T, 2, H, K) = (a, b), whose gradient is written into one
+    buffer: d a = silu'(a) dq,  d b = sigma(-b) (d log f - sigma(b) dk)  (autograd would run a
+    pass per op and stack the two halves' gradients)."""
+
+    @staticmethod
+    def forward(ctx, qf):
+        a, b = qf.unbind(2)
+        ctx.save_for_backward(qf)
+        return F.silu(a), F.logsigmoid(b), torch.sigmoid(-b)
+
+    @staticmethod
+    def backward(ctx, dq, dlog_f, dk):
+        (qf,) = ctx.saved_tensors
+        a, b = qf.unbind(2)
+        d = torch.zeros_like(qf) if dq is None or dlog_f is None or dk is None \
+            else torch.empty_like(qf)
+        da, db = d.unbind(2)
+        if dq is not None:
+            torch.ops.aten.silu_backward.grad_input(dq, a, grad_input=da)
+        if dlog_f is not None or dk is not None:
+            s = torch.sigmoid(b)  # f
+            t = (torch.zeros_like(s) if dlog_f is None else dlog_f) - (0 if dk is None else dk * s)
+            torch.addcmul(t, s, t, value=-1, out=db)  # (1 - f) t
+        return d
 
 
 @register("hgrn2", family="matrix", paper="Qin et al. 2024, arXiv:2404.07904",
@@ -63,9 +92,13 @@ class HGRN2(RecurrentLayer):
         bidirectional=True, layers/bidirectional.py)."""
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.key_dim, self.value_dim
-        q, f = self.qf(x).view(B, T, 2, H, K).unbind(2)
-        q, f = F.silu(q), f.to(state_dtype(x.dtype))
+        qf = self.qf(x).view(B, T, 2, H, K)
         beta = self.lower_bound
+        if beta == 0.0 and qf.dtype == state_dtype(qf.dtype):  # one Function, one gradient
+            q, log_f, k = _Gates.apply(qf)
+            return q, k, self.i_proj(x).view(B, T, H, V), log_f, 1.0
+        q, f = qf.unbind(2)
+        q, f = F.silu(q), f.to(state_dtype(x.dtype))
         if beta == 0.0:  # log f and 1 - f without cancellation
             log_f, k = F.logsigmoid(f), torch.sigmoid(-f)
         else:
@@ -75,7 +108,8 @@ class HGRN2(RecurrentLayer):
 
     def lion_output(self, o, x):
         """Per-head norm, then the output projection."""
-        return self.out_proj(self.norm(o).flatten(2))
+        return self.out_proj(rms_gate(o.flatten(2), self.norm.weight, self.value_dim,
+                                      self.norm.eps))  # ops.native.head_norm
 
     def _forward(self, x, state, mode):
         q, k, v, log_f, _ = self.lion_inputs(x)

@@ -30,6 +30,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gla_scan as native_gla
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
 
 
@@ -90,9 +91,11 @@ class LightNet(RecurrentLayer):
         return F.silu(q), k, self.v_proj(x).to(cdt).view(B, T, self.num_heads, self.value_dim)
 
     def op_output(self, o, x):
-        """RMSNorm over all heads times swish of the low-rank gate, then W_o. o: (B, T, H, V)."""
-        o = F.rms_norm(o.flatten(2), (self.d_model,), self.norm_weight.to(o.dtype), self.norm_eps)
-        return self.o_proj((o * F.silu(self.g_proj(x).to(o.dtype))).to(x.dtype))
+        """RMSNorm over all heads times swish of the low-rank gate (one C pass each way on the
+        CPU, ops.native.head_norm), then W_o. o: (B, T, H, V)."""
+        o = rms_gate(o.flatten(2), self.norm_weight.to(o.dtype), self.d_model, self.norm_eps,
+                     self.g_proj(x).to(o.dtype), "silu")
+        return self.o_proj(o.to(x.dtype))
 
     def _forward(self, x, state, mode):
         S, z0 = state

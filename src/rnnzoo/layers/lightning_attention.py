@@ -27,10 +27,11 @@ from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.registry import register
 
 
@@ -86,9 +87,9 @@ class LightningAttention(RecurrentLayer):
 
     def op_output(self, o, x):
         """RMSNorm over all heads times the sigmoid gate, then W_o. o: (B, T, H, head_dim)."""
-        o = F.rms_norm(o.flatten(2), (o.shape[2] * o.shape[3],), self.norm_weight.to(o.dtype),
-                       self.norm_eps)
-        return self.o_proj((o * torch.sigmoid(self.g_proj(x).to(o.dtype))).to(x.dtype))
+        o = rms_gate(o.flatten(2), self.norm_weight.to(o.dtype), o.shape[2] * o.shape[3],
+                     self.norm_eps, self.g_proj(x).to(o.dtype), "sigmoid")  # ops.native.head_norm
+        return self.o_proj(o.to(x.dtype))
 
     def lion_inputs(self, x):
         """The op's q, k, v, log-decay and scale, for bidirectional=True (layers/bidirectional.py)."""
@@ -101,8 +102,8 @@ class LightningAttention(RecurrentLayer):
         if mode == "sequential":
             o, state = gated_linear_attention_recurrent(q, k, v, g, scale=1.0, initial_state=state)
         elif mode == "chunk":  # the ops keep a non-finite step out of earlier outputs
-            o, state = gated_linear_attention(q, k, v, g, scale=1.0, initial_state=state,
-                                              chunk_size=self.chunk_size)
+            # ssd: one group per head; on the CPU the C recurrence (ops.native.ssd_scan)
+            o, state = ssd(q, k, v, g, scale=1.0, initial_state=state, chunk_size=self.chunk_size)
         else:
             o, state = gated_linear_attention_parallel(q, k, v, g, scale=1.0,
                                                        initial_state=state)

@@ -20,9 +20,9 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
-    gated_linear_attention,
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
+    ssd,
 )
 from rnnzoo.registry import register
 
@@ -65,9 +65,10 @@ class LinearAttention(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         q, k, v, _, _ = self.lion_inputs(x)
-        if mode == "chunk":
-            o, state = gated_linear_attention(q, k, v, scale=1.0, initial_state=state,
-                                              chunk_size=self.chunk_size)
+        if mode == "chunk":  # ssd with no decay, one group per head: on the CPU the C
+            # recurrence (ops.native.ssd_scan)
+            o, state = ssd(q, k, v, q.new_zeros(q.shape[:3]), scale=1.0, initial_state=state,
+                           chunk_size=self.chunk_size)
         elif mode == "parallel":
             o, state = gated_linear_attention_parallel(q, k, v, scale=1.0, initial_state=state)
         else:

@@ -24,8 +24,9 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.registry import register
 
 
@@ -98,7 +99,8 @@ class RWKV6(RecurrentLayer):
 
     def _project(self, x, x_last, dtype):
         """r, k, v (B, T, H, K), the log-decay per key channel (B, T, H, K) in `dtype` and
-        the output gate g (B, T, d), x_last (B, d_model) being the input before x."""
+        the output gate's pre-activation g (B, T, d) (`_head` takes its silu), x_last
+        (B, d_model) being the input before x."""
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
         dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
@@ -112,7 +114,6 @@ class RWKV6(RecurrentLayer):
                                      m.add_(self.mu[:, None, :]), weights)
         k, v, r, g = (t.view(B, T, -1) for t in proj.unbind())
         r, k, v = (t.view(B, T, H, K) for t in (r, k, v))
-        g = F.silu(g)
         w = (self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up).view(B, T, d)
         return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
 
@@ -127,7 +128,20 @@ class RWKV6(RecurrentLayer):
         """The per-head norm times the gate, then the output projection (the gate's token
         shift recomputed: a bidirectional call runs the projections twice)."""
         g = self._project(x, x.new_zeros(x.shape[0], x.shape[2]), state_dtype(x.dtype))[-1]
-        return self.out_proj(self.norm(o).flatten(2) * g)
+        return self._head(o, g)
+
+    def _head(self, o, g):
+        """The per-head norm of o (B, T, H, K) times silu(g) (B, T, d), then the output
+        projection; on the CPU in float32/float64 one C pass each way (ops.native.gated_norm)."""
+        B, T, d = g.shape
+        lib = (gated_norm.load() if backend.use_native(o, g, self.norm.weight, self.norm.bias)
+               else None)
+        if lib is None:
+            return self.out_proj(self.norm(o).reshape(B, T, d) * F.silu(g))
+        y = gated_norm.norm_gate(lib, o.reshape(B, T, d), None, None, g,
+                                 self.norm.weight.view(d), self.norm.bias.view(d),
+                                 self.head_dim, self.norm.eps)
+        return self.out_proj(y)
 
     def _forward(self, x, state, mode):
         S, x_last = state
@@ -143,5 +157,4 @@ class RWKV6(RecurrentLayer):
                                           subchunk_size=self.subchunk_size, **kw)
         else:
             o, S = gated_linear_attention_recurrent(r, k, v, log_w, **kw)
-        y = self.out_proj(self.norm(o).reshape(B, T, d) * g)
-        return y, (S, x_final)
+        return self._head(o, g), (S, x_final)

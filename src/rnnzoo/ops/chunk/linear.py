@@ -379,8 +379,10 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     On CUDA (when triton imports; `ops.backend`) the Triton kernel
     `ops.triton.chunk_linear` runs instead, for every dtype but float64; on the CPU in
     float32/float64 (`backend.use_native`) a vector decay or a bonus runs as the C recurrence
-    `ops.native.gla_scan` (1.4-1.6x the chunk form fwd+bwd at the layers' shapes).
-    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite).
+    `ops.native.gla_scan` (its lead over the chunk form: docs/cpu-speed.md).
+    A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite);
+    the C recurrence needs no marks: as the reference loop, its outputs from t on may be
+    non-finite, never earlier ones.
     """
     _check(q, k, v, log_decay, initial_state, bonus)
     positive_int("chunk_size", chunk_size)
@@ -394,18 +396,22 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
             q, k, v, log_decay, scale=scale, initial_state=initial_state, bonus=bonus,
             chunk_size=chunk_size, subchunk_size=subchunk_size)
     out_dtype = q.dtype
+    vector = log_decay is not None and log_decay.dim() == 4
+    lib = (native_gla.load() if (vector or bonus is not None)
+           and backend.use_native(q, k, v, log_decay, initial_state, bonus) else None)
+    if lib is not None:  # the recurrence in C, state in cache (ops.native.gla_scan); a
+        # recurrence never carries a step into an earlier output: no finite_inputs marks
+        q, k, v, g, S = _prepare(q, k, v, log_decay, 1, initial_state)  # the kernel scales q
+        u = None if bonus is None else bonus.to(q.dtype)
+        o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u,
+                              q.shape[-1] ** -0.5 if scale is None else scale)
+        return o.to(out_dtype), S
     (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     B, T, H, K = q.shape
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, initial_state)
-    vector = g.dim() == 4
     C = min(chunk_size, T)
     if not vector and bonus is None:
         o, S = _scalar_chunkwise(q, k, v, g, S, C)
-        return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
-    u = None if bonus is None else bonus.to(q.dtype)
-    lib = native_gla.load() if backend.use_native(q, k, v, g, S, u) else None
-    if lib is not None:  # the recurrence in C, state in cache (ops.native.gla_scan)
-        o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u)
         return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
     if vector:
         fast = _vector_chunkwise(q, k, v, g, S, C, bonus)

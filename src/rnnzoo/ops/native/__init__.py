@@ -48,7 +48,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
-    head_norm.c         the delta layers' per-head RMSNorm with its output gate
+    head_norm.c         RMSNorm over head groups times a gate (the delta layers, lightnet, gla, gsa, hgrn2, ...)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines

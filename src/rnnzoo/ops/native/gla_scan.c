@@ -15,14 +15,24 @@
                du += c_t q_t o k_t
    and dS_0 = a_0 o D_0 (no bonus) or D_{-1} (bonus). S_t is recomputed from the state stored
    every CK steps by the forward (re-deriving S_{t-1} from S_t would divide by a_t).
+   dg is not summed row by row as written above but block by block (CK steps) from dq and dk:
+   within a block, with G the log-decay summed from its start, q reads the state through
+   e^{G_t} (e^{G_{t-1}} with the bonus) and k enters it through e^{-G_t}, so
+       dg_t = sum_{s >= t} (q_s o dq_s - k_s o dk_s) + rowsum(E o S_{t1-1})
+   over the block's steps (the bonus's q term over s > t, its own terms in dq, dk left out),
+   E the gradient S_{t1-1} takes from later steps: one reduction a block, not three a step.
+   The state runs in column tiles (tile.h); each row's dot products are stored as vectors and
+   summed for all rows at once; the rows of step t +- 8 are prefetched.
    With `col` (no bonus) the decay is per value channel instead (gated slot attention's slot
    scores, ops.gsa): S_t = S_{t-1} diag(a_t) + k_t v_t^T, g (batch, T, H, V), and
    dg_t = colsum(D_t o S_t) - v_t o dv_t.
 
+   q enters times `scale` (q_t above is scale q_t; dq is the gradient of the unscaled q).
    Layouts (row-major, contiguous): q, k, g, dq, dk, dg (batch, T, H, K); v, o, do, dv
    (batch, T, H, V); u (H, K) or NULL; du (batch, H, K) (the caller sums the batch rows);
-   S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K, V) with
-   nck = ceil(T / CK) (the state entering steps 0, CK, 2 CK, ...). Each function does the
+   S0, S_T, dS_T (may be NULL), dS0 (batch, H, K, V); ck (batch, H, nck, K VP) with
+   nck = ceil(T / CK), VP = V rounded up to a multiple of 16 (the state entering steps 0, CK,
+   2 CK, ..., column tile by tile, each tile's K x VT block contiguous). Each function does the
    (batch row, head) pairs [p0, p1).
 
    LightNet's additive gate (layers/lightnet.py) feeds this recurrence its keys and decays:
@@ -35,201 +45,390 @@
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
+#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "gla_scan.c"
 #include "each_type.h"
 
 #else
 
+#include "tile.h"
+
+/* one state row of a tile: the three kinds of step (the decay per key row a_i, per column
+   tile av, or the bonus's read before the write) */
+#define ROW_FWD(acc0, acc1, i, cl, bn)  /* cl, bn: literal 0 or 1 */                      \
+    do {                                                                                     \
+        const T ki = kt[i], qi = qt[i] * scale;                                              \
+        const VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
+        VEC n0, n1;                                                                          \
+        if (cl) {                                                                            \
+            n0 = av[0] * s0 + ki * vt[0];                                                    \
+            n1 = av[1] * s1 + ki * vt[1];                                                    \
+        } else {                                                                             \
+            n0 = at[i] * s0 + ki * vt[0];                                                    \
+            n1 = at[i] * s1 + ki * vt[1];                                                    \
+        }                                                                                    \
+        S[2 * (i)] = n0;                                                                     \
+        S[2 * (i) + 1] = n1;                                                                 \
+        acc0 += qi * (bn ? s0 : n0);                                                         \
+        acc1 += qi * (bn ? s1 : n1);                                                         \
+    } while (0)
+
+/* the rows of step t + PF of the tensors a step reads, fetched ahead: a (batch row, head)
+   pair's rows lie H K apart, and at small K a 4 KB page holds few of them, too few for the
+   hardware's stride prefetcher */
+#define PF 8
+static inline void NAME(ahead)(const T *restrict x, long n) {
+    for (long off = 0; off < n; off += 64 / (long)sizeof(T)) __builtin_prefetch(x + off);
+}
+
+/* exp(g) of pair p for every step: ab[t A + i] */
+static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, long Tn, long H,
+                         long A) {
+    for (long t = 0; t < Tn; t++) {
+        const T *restrict gt = g + ((b * Tn + t) * H + h) * A;
+        T *restrict at = ab + t * A;
+        if (t + PF < Tn) NAME(ahead)(gt + PF * H * A, A);
+#pragma omp simd
+        for (long i = 0; i < A; i++) at[i] = EXP(gt[i]);
+    }
+}
+
+/* out[i] += the sum of R[i NV .. i NV + NV), i < K: each row's dot product, its lanes summed
+   for all rows at once (the compiler transposes groups of rows with permutes) instead of one
+   horizontal sum a row */
+static inline void NAME(row_sums)(const T *restrict R, T *restrict out, long K) {
+#pragma omp simd
+    for (long i = 0; i < K; i++) {
+        T s = 0;
+        for (long l = 0; l < NV; l++) s += R[i * NV + l];
+        out[i] += s;
+    }
+}
+
+/* a row's two vectors' products, added lane-wise into one vector, stored at R's row i */
+#define PUT(R, i, x) (*(VEC *)((R) + (i) * NV) = (x))
+
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
-                   T *restrict o, T *restrict ST, T *restrict ck, long col, long Tn, long H,
+                   T *restrict o, T *restrict ST, T *restrict ck, long col, T scale, long Tn, long H,
                    long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
-    T *a = malloc(A * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+    VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
+    T *ab = malloc((Tn * A + 1) * sizeof(T)), *cb = malloc((Tn + 1) * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        T *restrict S = ST + p * K * V;
-        memcpy(S, S0 + p * K * V, K * V * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            if (ck && t % CK == 0) memcpy(ck + (p * nck + t / CK) * K * V, S, K * V * sizeof(T));
-            const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-            const T *restrict qt = q + rk, *restrict kt = k + rk;
-            const T *restrict gt = g + (col ? rv : rk), *restrict vt = v + rv;
-            T *restrict ot = o + rv;
-#pragma omp simd
-            for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-            T c = 0;
-            if (u) {
-                const T *restrict uh = u + h * K;
-                for (long i = 0; i < K; i++) c += qt[i] * uh[i] * kt[i];
+        NAME(decays)(g, ab, b, h, Tn, H, A);
+        if (u)  /* the bonus's weight q_t . (u o k_t) */
+            for (long t = 0; t < Tn; t++) {
+                const long rk = ((b * Tn + t) * H + h) * K;
+                T c = 0;
+#pragma omp simd reduction(+ : c)
+                for (long i = 0; i < K; i++) c += q[rk + i] * u[h * K + i] * k[rk + i];
+                cb[t] = c * scale;
             }
-            for (long j = 0; j < V; j++) ot[j] = c * vt[j];
-            for (long i = 0; i < K; i++) {
-                T *restrict Si = S + i * V;
-                const T ki = kt[i], qi = qt[i], ai = col ? 0 : a[i];  /* a has V entries with col */
-                if (u) {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        ot[j] += qi * Si[j];
-                        Si[j] = ai * Si[j] + ki * vt[j];
-                    }
-                } else if (col) {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        Si[j] = a[j] * Si[j] + ki * vt[j];
-                        ot[j] += qi * Si[j];
-                    }
-                } else {
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        Si[j] = ai * Si[j] + ki * vt[j];
-                        ot[j] += qi * Si[j];
-                    }
+        for (long j0 = 0; j0 < V; j0 += VT) {
+            const long w = V - j0 < VT ? V - j0 : VT;
+            for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
+            for (long t = 0; t < Tn; t++) {
+                if (ck && t % CK == 0)
+                    memcpy(ck + (p * nck + t / CK) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
+                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                if (t + PF < Tn) {
+                    NAME(ahead)(q + rk + PF * H * K, K);
+                    NAME(ahead)(k + rk + PF * H * K, K);
+                    NAME(ahead)(v + rv + j0 + PF * H * V, w);
                 }
+                const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict at = ab + t * A;
+                VEC vt[2], av[2], o0 = {0}, o1 = {0}, e0 = {0}, e1 = {0};
+                NAME(tile_load)(vt, v + rv + j0, w);
+                if (col) NAME(tile_load)(av, at + j0, w);
+                if (u) {
+                    o0 = cb[t] * vt[0];
+                    o1 = cb[t] * vt[1];
+                }
+#define ROWS(cl, bn)                                                                         \
+    do {                                                                                     \
+        long i = 0;                                                                          \
+        for (; i + 1 < K; i += 2) { /* two rows' chains of adds, interleaved */              \
+            ROW_FWD(o0, o1, i, cl, bn);                                                      \
+            ROW_FWD(e0, e1, i + 1, cl, bn);                                                  \
+        }                                                                                    \
+        if (i < K) ROW_FWD(o0, o1, i, cl, bn);                                               \
+    } while (0)
+                if (col) ROWS(1, 0);
+                else if (u) ROWS(0, 1);
+                else ROWS(0, 0);
+#undef ROWS
+                const VEC ot[2] = {o0 + e0, o1 + e1};
+                NAME(tile_store)(o + rv + j0, ot, w);
             }
+            for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, w);
         }
     }
-    free(a);
+    free(cb);
+    free(ab);
+    free(S);
 }
+#undef ROW_FWD
 
 void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict ck,
                    const T *restrict dST, const T *restrict dout, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dg, T *restrict du,
-                   T *restrict dS0, long col, long Tn, long H, long K, long V, long p0,
+                   T *restrict dS0, long col, T scale, long Tn, long H, long K, long V, long p0,
                    long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K;
-    T *buf = malloc(CK * K * V * sizeof(T));  /* S_t for the steps of one block */
-    T *a = malloc(A * sizeof(T)), *an = malloc(A * sizeof(T));
+    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+    const long ntile = (V + VT - 1) / VT;
+    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* D, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    T *ab = malloc((Tn * A + 1) * sizeof(T));
+    T *ones = malloc(A * sizeof(T));
+    T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
+    T *ends = malloc(2 * K * sizeof(T)), *acc = ends + K;  /* dg's block-end term, its sum */
+    T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
+    for (long i = 0; i < A; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         const T *restrict uh = u ? u + h * K : NULL;
         T *restrict duh = u ? du + p * K : NULL;
         if (u) for (long i = 0; i < K; i++) duh[i] = 0;
-        T *restrict D = dS0 + p * K * V;  /* the running gradient, ends as dS_0 */
-        if (dST) memcpy(D, dST + p * K * V, K * V * sizeof(T));
-        else memset(D, 0, K * V * sizeof(T));
-        for (long i = 0; i < A; i++) an[i] = 1;
+        NAME(decays)(g, ab, b, h, Tn, H, A);
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+            const long w = V - j0 < VT ? V - j0 : VT;
+            const VEC zero = {0};
+            VEC *D = dSall + n * 2 * K;
+            for (long i = 0; i < K; i++) {
+                if (dST) NAME(tile_load)(D + 2 * i, dST + (p * K + i) * V + j0, w);
+                else D[2 * i] = D[2 * i + 1] = zero;
+            }
+        }
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
-            const T *start = ck + (p * nck + c) * K * V, *prev = start;
-            for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
-                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
-                const T *restrict kt = k + rk, *restrict gt = g + (col ? rv : rk);
-                const T *restrict vt = v + rv;
-                T *restrict St = buf + (t - t0) * K * V;
-#pragma omp simd
-                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-                if (col) {
-                    for (long i = 0; i < K; i++) {
-                        const T ki = kt[i];
-#pragma omp simd
-                        for (long j = 0; j < V; j++)
-                            St[i * V + j] = a[j] * prev[i * V + j] + ki * vt[j];
-                    }
-                    prev = St;
-                    continue;
+            for (long t = t0; t < t1; t++) {  /* the tiles add their rows' sums here */
+                const long rk = ((b * Tn + t) * H + h) * K;
+                if (t - CK >= 0) {  /* the next block's rows (written next) */
+                    NAME(ahead)(dq + rk - CK * H * K, K);
+                    NAME(ahead)(dk + rk - CK * H * K, K);
+                    if (!col) NAME(ahead)(dg + rk - CK * H * K, K);
                 }
-                for (long i = 0; i < K; i++) {
-                    const T ai = a[i], ki = kt[i];
-#pragma omp simd
-                    for (long j = 0; j < V; j++) St[i * V + j] = ai * prev[i * V + j] + ki * vt[j];
+                memset(dq + rk, 0, K * sizeof(T));
+                memset(dk + rk, 0, K * sizeof(T));
+                if (u) {  /* do . v and q . (u o k), whole rows */
+                    const long rv = ((b * Tn + t) * H + h) * V;
+                    T cv = 0, c = 0;
+#pragma omp simd reduction(+ : cv)
+                    for (long j = 0; j < V; j++) cv += dout[rv + j] * v[rv + j];
+#pragma omp simd reduction(+ : c)
+                    for (long i = 0; i < K; i++) c += q[rk + i] * uh[i] * k[rk + i];
+                    c *= scale;
+                    cvs[t - t0] = cv;
+                    cbs[t - t0] = c;
                 }
-                prev = St;
             }
+            for (long i = 0; i < K; i++) ends[i] = 0;
+            for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
+                const long w = V - j0 < VT ? V - j0 : VT;
+                VEC *restrict D = dSall + n * 2 * K;
+                const UVEC *start = (const UVEC *)(ck + (p * nck + c) * K * VP + j0 * K);
+                const UVEC *prev = start;
+                for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
+                    const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    if (t + PF < Tn) {
+                        NAME(ahead)(k + rk + PF * H * K, K);
+                        NAME(ahead)(v + rv + j0 + PF * H * V, w);
+                    }
+                    const T *restrict kt = k + rk, *restrict at = ab + t * A;
+                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], av[2];
+                    NAME(tile_load)(vt, v + rv + j0, w);
+                    if (col) {
+                        NAME(tile_load)(av, at + j0, w);
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = av[0] * prev[2 * i] + kt[i] * vt[0];
+                            St[2 * i + 1] = av[1] * prev[2 * i + 1] + kt[i] * vt[1];
+                        }
+                    } else {
+                        for (long i = 0; i < K; i++) {
+                            St[2 * i] = at[i] * prev[2 * i] + kt[i] * vt[0];
+                            St[2 * i + 1] = at[i] * prev[2 * i + 1] + kt[i] * vt[1];
+                        }
+                    }
+                    prev = (const UVEC *)St;
+                }
+                if (!col) {  /* rowsum(E o S_{t1-1}), E the gradient S_{t1-1} gets from later
+                                steps: D itself with the bonus, a_{t1} o D without */
+                    const VEC *restrict Se = buf + (t1 - 1 - t0) * 2 * K;
+                    const T *restrict ae = u || t1 >= Tn ? ones : ab + t1 * A;
+                    for (long i = 0; i < K; i++)
+                        PUT(Rs, i, ae[i] * (D[2 * i] * Se[2 * i] + D[2 * i + 1] * Se[2 * i + 1]));
+                    NAME(row_sums)(Rs, ends, K);
+                }
+                for (long t = t1 - 1; t >= t0; t--) {
+                    const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                    if (t - PF >= 0) {
+                        NAME(ahead)(q + rk - PF * H * K, K);
+                        NAME(ahead)(k + rk - PF * H * K, K);
+                        NAME(ahead)(v + rv + j0 - PF * H * V, w);
+                        NAME(ahead)(dout + rv + j0 - PF * H * V, w);
+                    }
+                    const T *restrict qt = q + rk, *restrict kt = k + rk;
+                    const T *restrict an = t + 1 < Tn ? ab + (t + 1) * A : ones;
+                    const VEC *restrict St = buf + (t - t0) * 2 * K;
+                    const VEC *restrict Sp = t > t0 ? St - 2 * K : (const VEC *)start;
+                    T *restrict dqt = dq + rk, *restrict dkt = dk + rk;
+                    VEC vt[2], dot[2], dv0 = {0}, dv1 = {0}, f0 = {0}, f1 = {0};
+                    NAME(tile_load)(vt, v + rv + j0, w);
+                    NAME(tile_load)(dot, dout + rv + j0, w);
+                    if (col) {  /* the decay per column: dg_t = colsum(D o S_t) - v o dv */
+                        VEC anv[2], gv0 = {0}, gv1 = {0};
+                        NAME(tile_load)(anv, an + j0, w);
+#define ROW_COL(g0, g1, acc0, acc1, i)                                                       \
+    do {                                                                                     \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = anv[0] * D[2 * (i)] + qi * dot[0];                                    \
+        const VEC d1 = anv[1] * D[2 * (i) + 1] + qi * dot[1];                                \
+        D[2 * (i)] = d0;                                                                     \
+        D[2 * (i) + 1] = d1;                                                                 \
+        PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        g0 += d0 * s0;                                                                       \
+        g1 += d1 * s1;                                                                       \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+    } while (0)
+                        for (long i = 0; i < K; i++) ROW_COL(gv0, gv1, dv0, dv1, i);
+#undef ROW_COL
+                        const VEC dgt[2] = {gv0 - vt[0] * dv0, gv1 - vt[1] * dv1};
+                        NAME(tile_store)(dg + rv + j0, dgt, w);
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
+                    } else if (!u) {
+                        long i = 0;
+#define ROW_BWD(acc0, acc1, i)                                                               \
+    do {                                                                                     \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = an[i] * D[2 * (i)] + qi * dot[0];                                     \
+        const VEC d1 = an[i] * D[2 * (i) + 1] + qi * dot[1];                                 \
+        D[2 * (i)] = d0;                                                                     \
+        D[2 * (i) + 1] = d1;                                                                 \
+        PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+    } while (0)
+                        for (; i + 1 < K; i += 2) {
+                            ROW_BWD(dv0, dv1, i);
+                            ROW_BWD(f0, f1, i + 1);
+                        }
+                        if (i < K) ROW_BWD(dv0, dv1, i);
+#undef ROW_BWD
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
+                    } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
+                        const T *restrict at = ab + t * A;
+                        const T cv = cvs[t - t0], cb = cbs[t - t0];
+                        dv0 = cb * dot[0];
+                        dv1 = cb * dot[1];
+                        if (n == 0)
+#pragma omp simd
+                            for (long i = 0; i < K; i++) {
+                                dqt[i] += cv * uh[i] * kt[i];
+                                dkt[i] += cv * uh[i] * qt[i] * scale;
+                                duh[i] += cv * qt[i] * scale * kt[i];
+                            }
+                        long i = 0;
+#define ROW_BON(acc0, acc1, i)                                                               \
+    do {                                                                                     \
+        const T qi = qt[i] * scale, ki = kt[i];                                              \
+        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
+        const VEC d0 = D[2 * (i)], d1 = D[2 * (i) + 1];                                      \
+        PUT(Rq, i, Sp[2 * (i)] * dot[0] + Sp[2 * (i) + 1] * dot[1]);                         \
+        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
+        acc0 += ki * d0;                                                                     \
+        acc1 += ki * d1;                                                                     \
+        D[2 * (i)] = at[i] * d0 + qi * dot[0];                                               \
+        D[2 * (i) + 1] = at[i] * d1 + qi * dot[1];                                           \
+    } while (0)
+                        for (; i + 1 < K; i += 2) {
+                            ROW_BON(dv0, dv1, i);
+                            ROW_BON(f0, f1, i + 1);
+                        }
+                        if (i < K) ROW_BON(dv0, dv1, i);
+#undef ROW_BON
+                        NAME(row_sums)(Rq, dqt, K);
+                        NAME(row_sums)(Rk, dkt, K);
+                    }
+                    const VEC dvt[2] = {dv0 + f0, dv1 + f1};
+                    NAME(tile_store)(dv + rv + j0, dvt, w);
+                }
+            }
+            for (long t = t0; t < t1; t++) {  /* dq so far is the gradient of scale q */
+                T *restrict dqt = dq + ((b * Tn + t) * H + h) * K;
+#pragma omp simd
+                for (long i = 0; i < K; i++) dqt[i] *= scale;
+            }
+            if (col) continue;
+            /* dg over the block from dq and dk: with G the log-decay summed from the block's
+               start, q reads through e^{G_t} (e^{G_{t-1}} with the bonus) and k writes through
+               e^{-G_t}, so d/dG_t = q_t o dq_t - k_t o dk_t (the bonus's own terms left out)
+               plus, at the block's end, the rows of E o S_{t1-1}; dg_t sums them over s >= t
+               (the bonus's q term over s > t) */
+            for (long i = 0; i < K; i++) acc[i] = 0;
             for (long t = t1 - 1; t >= t0; t--) {
-                const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
+                const long rk = ((b * Tn + t) * H + h) * K;
                 const T *restrict qt = q + rk, *restrict kt = k + rk;
-                const T *restrict gt = g + (col ? rv : rk);
-                const T *restrict vt = v + rv, *restrict dot = dout + rv;
-                const T *restrict St = buf + (t - t0) * K * V;
-                const T *restrict Sp = t > t0 ? St - K * V : start;  /* S_{t-1} */
-                T *restrict dvt = dv + rv, *restrict dqt = dq + rk, *restrict dkt = dk + rk,
-                  *restrict dgt = dg + (col ? rv : rk);
+                const T *restrict dqt = dq + rk, *restrict dkt = dk + rk;
+                T *restrict dgt = dg + rk;
+                const T cv = u ? cvs[t - t0] : 0;
 #pragma omp simd
-                for (long i = 0; i < A; i++) a[i] = EXP(gt[i]);
-                if (col) {
-                    for (long j = 0; j < V; j++) dvt[j] = dgt[j] = 0;
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T qi = qt[i], ki = kt[i];
-                        T sq = 0, sk = 0;
-#pragma omp simd reduction(+ : sq, sk)
-                        for (long j = 0; j < V; j++) {
-                            const T d = an[j] * Di[j] + qi * dot[j];
-                            Di[j] = d;
-                            sq += Si[j] * dot[j];
-                            sk += d * vt[j];
-                            dgt[j] += d * Si[j];
-                            dvt[j] += ki * d;
-                        }
-                        dqt[i] = sq;
-                        dkt[i] = sk;
-                    }
-#pragma omp simd
-                    for (long j = 0; j < V; j++) {
-                        dgt[j] -= vt[j] * dvt[j];
-                        an[j] = a[j];
-                    }
-                } else if (!u) {
-                    for (long j = 0; j < V; j++) dvt[j] = 0;
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V;
-                        const T qi = qt[i], ki = kt[i], ani = an[i];
-                        T sq = 0, sk = 0, ss = 0;
-#pragma omp simd reduction(+ : sq, sk, ss)
-                        for (long j = 0; j < V; j++) {
-                            const T d = ani * Di[j] + qi * dot[j];
-                            Di[j] = d;
-                            sq += Si[j] * dot[j];
-                            sk += d * vt[j];
-                            ss += d * Si[j];
-                            dvt[j] += ki * d;
-                        }
-                        dqt[i] = sq;
-                        dkt[i] = sk;
-                        dgt[i] = ss - ki * sk;
-                    }
-                    for (long i = 0; i < K; i++) an[i] = a[i];
-                } else {
-                    T cv = 0, cb = 0;  /* do . v and q . (u o k) */
-                    for (long j = 0; j < V; j++) cv += dot[j] * vt[j];
-                    for (long i = 0; i < K; i++) cb += qt[i] * uh[i] * kt[i];
-                    for (long j = 0; j < V; j++) dvt[j] = cb * dot[j];
-                    for (long i = 0; i < K; i++) {
-                        T *restrict Di = D + i * V;
-                        const T *restrict Si = St + i * V, *restrict Spi = Sp + i * V;
-                        const T qi = qt[i], ki = kt[i], ai = a[i];
-                        T sq = 0, sk = 0, ss = 0;
-#pragma omp simd reduction(+ : sq, sk, ss)
-                        for (long j = 0; j < V; j++) {
-                            const T d = Di[j];
-                            sk += d * vt[j];
-                            ss += d * Si[j];
-                            dvt[j] += ki * d;
-                            Di[j] = ai * d + qi * dot[j];
-                            sq += Spi[j] * dot[j];
-                        }
-                        dqt[i] = sq + cv * uh[i] * ki;
-                        dkt[i] = sk + cv * uh[i] * qi;
-                        dgt[i] = ss - ki * sk;
-                        duh[i] += cv * qi * ki;
-                    }
+                for (long i = 0; i < K; i++) {
+                    const T qq = qt[i] * dqt[i], kk_ = kt[i] * dkt[i];
+                    dgt[i] = acc[i] + ends[i] - kk_ + (u ? cv * uh[i] * qt[i] * scale * kt[i] : qq);
+                    acc[i] += qq - kk_;
                 }
             }
         }
-        if (col)  /* through S_0's decay a_0 */
-            for (long i = 0; i < K; i++)
-                for (long j = 0; j < V; j++) D[i * V + j] *= an[j];
-        else if (!u)
-            for (long i = 0; i < K; i++)
-                for (long j = 0; j < V; j++) D[i * V + j] *= an[i];
+        for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {  /* dS0: through S_0's decay a_0 */
+            const long w = V - j0 < VT ? V - j0 : VT;
+            const VEC *D = dSall + n * 2 * K;
+            VEC av[2];
+            if (col && Tn) NAME(tile_load)(av, ab + j0, w);
+            for (long i = 0; i < K; i++) {
+                const T ai = u || !Tn ? 1 : ab[i];
+                VEC d[2] = {D[2 * i], D[2 * i + 1]};
+                if (col && Tn) {
+                    d[0] *= av[0];
+                    d[1] *= av[1];
+                } else {
+                    d[0] *= ai;
+                    d[1] *= ai;
+                }
+                NAME(tile_store)(dS0 + (p * K + i) * V + j0, d, w);
+            }
+        }
     }
-    free(an);
-    free(a);
+    free(ends);
+    free(Rq);
+    free(ones);
+    free(ab);
     free(buf);
+    free(dSall);
+}
+
+/* log1p(y) for 0 <= y <= 1, vectorisable: log(u) for u = 1 + y (u or u / 2 in
+   [sqrt(1/2), sqrt(2)], log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, as its
+   odd series), scaled by y / (u - 1) to recover the bits that 1 + y rounded away. */
+static inline T NAME(log1p_unit)(T y) {
+    static const T c[12] = {1.0 / 23, 1.0 / 21, 1.0 / 19, 1.0 / 17, 1.0 / 15, 1.0 / 13,
+                            1.0 / 11, 1.0 / 9, 1.0 / 7, 1.0 / 5, 1.0 / 3, 1.0};
+    const T u = 1 + y;
+    const int big = u > (T)1.41421356237309504880;
+    const T m = big ? u * (T)0.5 : u, s = (m - 1) / (m + 1), s2 = s * s;
+    T p = 0;
+    for (int i = sizeof(T) == 4 ? 7 : 0; i < 12; i++) p = p * s2 + c[i];  /* float: to s^9 */
+    const T l = 2 * s * p + (big ? (T)0.69314718055994530942 : 0);
+    return u == 1 ? y : l * (y / (u - 1));
 }
 
 void NAME(gate_fwd)(const T *restrict x, const T *restrict z0, T *restrict kout,
@@ -240,12 +439,14 @@ void NAME(gate_fwd)(const T *restrict x, const T *restrict z0, T *restrict kout,
         for (long t = 0; t < Tn; t++) {
             const T *restrict xt = x + (b * Tn + t) * C;
             T *restrict kt = kout + (b * Tn + t) * C, *restrict gt = gout + (b * Tn + t) * C;
+#pragma omp simd
             for (long c = 0; c < C; c++) {  /* logaddexp; NaN stays NaN */
-                const T zp = z[c], d = zp - xt[c];
-                const T m = d > 0 ? zp : xt[c];
-                const T zn = zp == -INFINITY ? xt[c] : m + LOG1P(EXP(d > 0 ? -d : d));
-                gt[c] = zp == -INFINITY ? 0 : zp - zn;
-                kt[c] = EXP(xt[c] - zn);
+                const T zp = z[c], xc = xt[c];
+                const int empty = zp == -INFINITY;
+                const T d = empty ? 0 : zp - xc, m = d > 0 ? zp : xc;
+                const T zn = empty ? xc : m + NAME(log1p_unit)(EXP(d > 0 ? -d : d));
+                gt[c] = empty ? 0 : zp - zn;
+                kt[c] = EXP(xc - zn);
                 z[c] = zn;
             }
         }
@@ -278,4 +479,7 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
     }
 }
 
+#undef PUT
+#undef PF
+#include "tile.h"  /* its names undefined for the next type */
 #endif

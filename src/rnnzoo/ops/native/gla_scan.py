@@ -8,7 +8,7 @@ cumulative sum of g's gradient).
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t
     (bonus u: o_t = (S_{t-1} + diag(u) k_t v_t^T)^T q_t, then S_t as above)
 
-q, k, g: (B, T, H, K) (q already scaled); v: (B, T, H, V); S0: (B, H, K, V); u: (H, K) or
+q, k, g: (B, T, H, K) (q scaled by `scale` inside); v: (B, T, H, V); S0: (B, H, K, V); u: (H, K) or
 None (`gla_columns`: g (B, T, H, V), the decay on the value axis); all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns
 o (B, T, H, V) and S_T, differentiable in all six. Threads split the (batch row, head) pairs.
 The caller handles non-finite inputs (ops.finite), as ops.chunk.linear does.
@@ -31,27 +31,28 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [L] * 7),
-            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L] * 7))
+    R = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [L, R] + [L] * 6),
+            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L, R] + [L] * 6))
 
 
 class _NativeGLA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, g, S0, u, col):
+    def forward(ctx, lib, q, k, v, g, S0, u, col, scale):
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
         u = None if u is None else u.contiguous()
         B, T, H, K = q.shape
         V = v.shape[-1]
         o, ST = torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
-        ck = S0.new_empty(B, H, -(-T // CK), K, V) if grad else None
+        ck = S0.new_empty(B, H, -(-T // CK), K * native.tile_pad(V)) if grad else None
         fwd, _ = _kernels(lib, q.dtype)
         P = native.ptr
-        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), T, H,
+        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), scale, T, H,
                           K, V, *p) for p in native.rows(B * H)])
         if grad:
             ctx.save_for_backward(q, k, v, g, u, ck)
-        ctx.lib, ctx.col = lib, col
+        ctx.lib, ctx.col, ctx.scale = lib, col, scale
         return o, ST
 
     @staticmethod
@@ -67,9 +68,9 @@ class _NativeGLA(torch.autograd.Function):
         _, bwd = _kernels(ctx.lib, q.dtype)
         P = native.ptr
         native.run(bwd, [(P(q), P(k), P(v), P(g), P(u), P(ck), P(dST), P(do), P(dq), P(dk),
-                          P(dv), P(dg), P(du), P(dS0), int(ctx.col), T, H, K, V, *p)
+                          P(dv), P(dg), P(du), P(dS0), int(ctx.col), ctx.scale, T, H, K, V, *p)
                          for p in native.rows(B * H)])
-        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None
+        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 
 class _AdditiveGate(torch.autograd.Function):
@@ -111,13 +112,13 @@ def additive_gate(lib, x, z0):
     return _AdditiveGate.apply(lib, x, z0)
 
 
-def gla(lib, q, k, v, g, S0, u=None):
-    """(o, S_T); `lib` = load()."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False)
+def gla(lib, q, k, v, g, S0, u=None, scale=1.0):
+    """(o, S_T) with q read as scale q (no pass over q for it); `lib` = load()."""
+    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False, scale)
 
 
-def gla_columns(lib, q, k, v, g, S0):
+def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     """The decay per value channel instead: S_t = S_{t-1} diag(exp(g_t)) + k_t v_t^T,
     o_t = S_t^T q_t, g (B, T, H, V) (gated slot attention's slot scores, ops.gsa); no bonus.
     -> (o, S_T); `lib` = load()."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True)
+    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)

@@ -1,15 +1,14 @@
-/* The delta layers' output head before W_o (layers/_delta_block.py): a per-head RMSNorm,
-   then an output gate, fused, forward and backward, one pass over a row each way.
+/* RMSNorm over groups of n channels times a per-channel weight, times a gate (the output
+   heads of lightnet, lightning_attention, gla, gsa, hgrn2), forward and backward in one pass
+   over a row each way:
 
-       n = x r,  r = 1 / sqrt(mean_group(x^2) + eps),   y = n w act(z)
-       act: 0 none (z unused), 1 silu, 2 sigmoid
-   Backward, with a = act(z):
-       dz = dy n w act'(z),   dw += dy n a,   dn = dy w a,   dx = r (dn - n mean_group(dn n))
+       out = (o r) w a,   r = 1 / sqrt(mean_group(o^2) + eps),   a = act(z)
+       act: 0 none (a = 1, z unused), 1 silu (z sigma(z)), 2 sigmoid (sigma(z))
 
-   Layouts (row-major, contiguous): x, z, y, dy, dx, dz (rows, W) with W = groups of G
-   contiguous channels; w (W); r (rows, W / G), saved by the forward; dw (W): this call's
-   slice of the weight gradient (the caller sums the slices). Each function does the rows
-   [r0, r1). Plain C; compiled by rnnzoo.ops.native. */
+   Backward, with n^ = o r, dn = dout a w:  do = r (dn - n^ mean_group(dn n^)),
+   dz = dout (n^ w) act'(z),  dw += dout a n^ (this call's rows only: the caller sums).
+   Layouts: o, z, out, do, dz (rows, W) contiguous, W a multiple of n; w, dw (W); rstd
+   (rows, W / n). Rows [r0, r1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "head_norm.c"
@@ -17,80 +16,79 @@
 
 #else
 
-static inline T NAME(sigm)(T z) { return 1 / (1 + EXP(-z)); }
+/* sigma(z), act(z) and act'(z) for act 1 (silu) or 2 (sigmoid); branch-free */
+#define GATE(z, s, a, da)                                                                    \
+    const T s = 1 / (1 + EXP(-(z)));                                                         \
+    const T a = act == 1 ? (z) * s : s;                                                      \
+    const T da = act == 1 ? s * (1 + (z) * (1 - s)) : s * (1 - s)
 
-void NAME(head_norm_fwd)(const T *restrict x, const T *restrict z, const T *restrict w,
-                         T *restrict y, T *restrict r, long W, long G, T eps, int act,
-                         long r0, long r1) {
-    const long ng = W / G;
-    for (long row = r0; row < r1; row++)
-        for (long gi = 0; gi < ng; gi++) {
-            const long o = row * W + gi * G;
-            const T *restrict xr = x + o;
+void NAME(rms_gate_fwd)(const T *restrict o, const T *restrict z, const T *restrict w,
+                        T *restrict out, T *restrict rstd, long W, long n, long act, T eps,
+                        long r0, long r1) {
+    const long G = W / n;
+    for (long r = r0; r < r1; r++)
+        for (long g = 0; g < G; g++) {
+            const long off = r * W + g * n;
+            const T *restrict x = o + off;
             T ss = 0;
 #pragma omp simd reduction(+ : ss)
-            for (long j = 0; j < G; j++) ss += xr[j] * xr[j];
-            const T rr = 1 / SQRT(ss / G + eps);
-            r[row * ng + gi] = rr;
-            T *restrict yr = y + o;
-            const T *restrict wr = w + gi * G;
-            if (act == 0) {
+            for (long j = 0; j < n; j++) ss += x[j] * x[j];
+            const T rs = 1 / SQRT(ss / n + eps);
+            rstd[r * G + g] = rs;
+            const T *restrict wg = w + g * n, *restrict zg = z ? z + off : NULL;
+            T *restrict y = out + off;
+            if (!act) {
 #pragma omp simd
-                for (long j = 0; j < G; j++) yr[j] = xr[j] * rr * wr[j];
-            } else {
-                const T *restrict zr = z + o;
+                for (long j = 0; j < n; j++) y[j] = x[j] * rs * wg[j];
+                continue;
+            }
 #pragma omp simd
-                for (long j = 0; j < G; j++) {
-                    const T s = NAME(sigm)(zr[j]);
-                    yr[j] = xr[j] * rr * wr[j] * (act == 1 ? zr[j] * s : s);
-                }
+            for (long j = 0; j < n; j++) {
+                GATE(zg[j], s, a, da);
+                (void)da;
+                y[j] = x[j] * rs * wg[j] * a;
             }
         }
 }
 
-void NAME(head_norm_bwd)(const T *restrict x, const T *restrict z, const T *restrict w,
-                         const T *restrict r, const T *restrict dy, T *restrict dx,
-                         T *restrict dz, T *restrict dw, long W, long G, int act, long r0,
-                         long r1) {
-    const long ng = W / G;
-    T *dn = malloc(G * sizeof(T));
-    memset(dw, 0, W * sizeof(T));
-    for (long row = r0; row < r1; row++)
-        for (long gi = 0; gi < ng; gi++) {
-            const long o = row * W + gi * G;
-            const T *restrict xr = x + o, *restrict dyr = dy + o, *restrict wr = w + gi * G;
-            const T rr = r[row * ng + gi];
-            T *restrict dwr = dw + gi * G;
-            T dot = 0;
-            if (act == 0) {
-#pragma omp simd reduction(+ : dot)
-                for (long j = 0; j < G; j++) {
-                    const T n = xr[j] * rr;
-                    dwr[j] += dyr[j] * n;
-                    dn[j] = dyr[j] * wr[j];
-                    dot += dn[j] * n;
+void NAME(rms_gate_bwd)(const T *restrict o, const T *restrict z, const T *restrict w,
+                        const T *restrict rstd, const T *restrict dout, T *restrict dx,
+                        T *restrict dz, T *restrict dw, long W, long n, long act, long r0,
+                        long r1) {
+    const long G = W / n;
+    for (long c = 0; c < W; c++) dw[c] = 0;
+    for (long r = r0; r < r1; r++)
+        for (long g = 0; g < G; g++) {
+            const long off = r * W + g * n;
+            const T *restrict x = o + off, *restrict dy = dout + off, *restrict wg = w + g * n;
+            const T *restrict zg = z ? z + off : NULL;
+            T *restrict dxg = dx + off, *restrict dzg = dz ? dz + off : NULL, *restrict dwg = dw + g * n;
+            const T rs = rstd[r * G + g];
+            T sdn = 0;
+            if (!act) {
+#pragma omp simd reduction(+ : sdn)
+                for (long j = 0; j < n; j++) {
+                    const T nh = x[j] * rs, dn = dy[j] * wg[j];
+                    dwg[j] += dy[j] * nh;
+                    dxg[j] = dn;
+                    sdn += dn * nh;
                 }
             } else {
-                const T *restrict zr = z + o;
-                T *restrict dzr = dz + o;
-#pragma omp simd reduction(+ : dot)
-                for (long j = 0; j < G; j++) {
-                    const T n = xr[j] * rr, s = NAME(sigm)(zr[j]);
-                    const T a = act == 1 ? zr[j] * s : s;
-                    const T da = act == 1 ? s * (1 + zr[j] * (1 - s)) : s * (1 - s);
-                    const T dnw = dyr[j] * n * wr[j];
-                    dzr[j] = dnw * da;
-                    dwr[j] += dyr[j] * n * a;
-                    dn[j] = dyr[j] * wr[j] * a;
-                    dot += dn[j] * n;
+#pragma omp simd reduction(+ : sdn)
+                for (long j = 0; j < n; j++) {
+                    GATE(zg[j], s, a, da);
+                    const T nh = x[j] * rs, dn = dy[j] * a * wg[j];
+                    dzg[j] = dy[j] * nh * wg[j] * da;
+                    dwg[j] += dy[j] * a * nh;
+                    dxg[j] = dn;
+                    sdn += dn * nh;
                 }
             }
-            const T m = dot / G;
-            T *restrict dxr = dx + o;
+            const T m = sdn / n;
 #pragma omp simd
-            for (long j = 0; j < G; j++) dxr[j] = rr * (dn[j] - xr[j] * rr * m);
+            for (long j = 0; j < n; j++) dxg[j] = rs * (dxg[j] - x[j] * rs * m);
         }
-    free(dn);
 }
 
+#undef GATE
 #endif
