@@ -45,6 +45,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
+    newton_schulz.c     Muon's Newton-Schulz iteration on the Gram matrix (atlas's momenta)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types: ssd_scan.c, mlstm_scan.c).
