@@ -223,10 +223,10 @@ def test_newton_schulz_on_the_gram_matrix_is_the_iteration():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_newton_schulz_polynomial_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
-    """ops.native.newton_schulz (the Gram form in C, a 16-wide fast path for the s x s
-    products and any other s) against the PyTorch form: values and gradients, tall and wide, a zero matrix
-    (trace 0: eps alone), and ns_steps other than 5."""
+def test_newton_schulz_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
+    """ops.native.newton_schulz (the Gram form in C: s = 16 and 32 on the register-blocked
+    products, any other s on the plain loops) against the PyTorch form: values and
+    gradients, tall and wide, a zero matrix (trace 0: eps alone), ns_steps other than 5."""
     from rnnzoo.ops import backend
     from rnnzoo.ops.native import newton_schulz as native_ns
     if native_ns.load() is None:
@@ -235,7 +235,8 @@ def test_newton_schulz_polynomial_in_c_equals_the_pytorch_form(dtype, tol, monke
     real = native_ns.newton_schulz
     monkeypatch.setattr(native_ns, "newton_schulz", lambda *a: calls.append(1) or real(*a))
     gen = torch.Generator().manual_seed(0)
-    for shape, steps in (((3, 16, 40), 5), ((2, 64, 16), 5), ((5, 3, 7), 3), ((2, 9, 20), 1)):
+    for shape, steps in (((3, 16, 40), 5), ((2, 64, 16), 5), ((2, 32, 64), 2), ((5, 3, 7), 3),
+                         ((2, 9, 20), 1)):
         G = torch.randn(*shape, generator=gen, dtype=dtype)
         G[0] = 0
         w = torch.randn(*shape, generator=gen, dtype=dtype)
@@ -252,4 +253,4 @@ def test_newton_schulz_polynomial_in_c_equals_the_pytorch_form(dtype, tol, monke
         (y, g), (y_ref, g_ref) = out
         assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()
         assert (g - g_ref).abs().max() <= tol * g_ref.abs().max() and g_ref.abs().max() > 0
-    assert len(calls) == 4
+    assert len(calls) == 5

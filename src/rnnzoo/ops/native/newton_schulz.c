@@ -13,29 +13,23 @@
 #include "each_type.h"
 #else
 
-/* Z = X Y (tx: X^T), s x s, Z distinct from X and Y; rows of Z accumulated in registers
-   (the compiler unrolls the fixed width S16 = 16, the head size at d_model 64). */
-#define S16 16
-#define NV ((long)(32 / sizeof(T)))          /* lanes of a 256-bit vector */
-typedef T NAME(v) __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
-static void NAME(mm16)(const T *X, const T *Y, T *Z, int tx)
+/* Z = X Y (tx: X^T), s x s, Z distinct from X and Y. Where 16 divides s, each row of Z
+   sixteen columns at a time, accumulated in registers. */
+static void NAME(mmn)(const T *restrict X, const T *restrict Y, T *restrict Z, long s, int tx)
 {
-    for (long i = 0; i < S16; i++) {
-        NAME(v) acc[S16 / 4] = {0};          /* S16 / NV vectors: 2 (float) or 4 (double) */
-        for (long k = 0; k < S16; k++) {
-            T x = tx ? X[k * S16 + i] : X[i * S16 + k];
-            const NAME(v) *y = (const NAME(v) *)(Y + k * S16);
-            for (long r = 0; r < S16 / NV; r++) acc[r] += x * y[r];
-        }
-        for (long r = 0; r < S16 / NV; r++) ((NAME(v) *)(Z + i * S16))[r] = acc[r];
-    }
-}
-#undef NV
-
-static void NAME(mmn)(const T *X, const T *Y, T *Z, long s, int tx)
-{
-    if (s == S16) {
-        NAME(mm16)(X, Y, Z, tx);
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
+    const long w = 16 / (32 / sizeof(T));          /* vectors in 16 columns: 2 or 4 */
+    if (s % 16 == 0) {
+        for (long i = 0; i < s; i++)
+            for (long c = 0; c < s; c += 16) {
+                V acc[4] = {0};
+                for (long k = 0; k < s; k++) {
+                    T x = tx ? X[k * s + i] : X[i * s + k];
+                    const V *y = (const V *)(Y + k * s + c);
+                    for (long r = 0; r < w; r++) acc[r] += x * y[r];
+                }
+                for (long r = 0; r < w; r++) ((V *)(Z + i * s + c))[r] = acc[r];
+            }
         return;
     }
     for (long i = 0; i < s * s; i++) Z[i] = 0;
