@@ -220,3 +220,37 @@ def test_newton_schulz_on_the_gram_matrix_is_the_iteration():
     G = torch.zeros(4, 12, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(newton_schulz(G).sum(), G)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_newton_schulz_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
+    """ops.native.newton_schulz (the Gram form in C: s = 16 and 32 on the register-blocked
+    products, any other s on the plain loops) against the PyTorch form: values and
+    gradients, tall and wide, a zero matrix (trace 0: eps alone), ns_steps other than 5."""
+    from rnnzoo.ops import backend
+    from rnnzoo.ops.native import newton_schulz as native_ns
+    if native_ns.load() is None:
+        pytest.skip("no C compiler")
+    calls = []
+    real = native_ns.newton_schulz
+    monkeypatch.setattr(native_ns, "newton_schulz", lambda *a: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    for shape, steps in (((3, 16, 40), 5), ((2, 64, 16), 5), ((2, 32, 64), 2), ((5, 3, 7), 3),
+                         ((2, 9, 20), 1)):
+        G = torch.randn(*shape, generator=gen, dtype=dtype)
+        G[0] = 0
+        w = torch.randn(*shape, generator=gen, dtype=dtype)
+        out = []
+        for force in (None, "torch"):
+            Gi = G.clone().requires_grad_()
+            if force:
+                with backend.force(force):
+                    y = newton_schulz(Gi, steps)
+            else:
+                y = newton_schulz(Gi, steps)
+            (grad,) = torch.autograd.grad((y * w).sum(), Gi)
+            out.append((y, grad))
+        (y, g), (y_ref, g_ref) = out
+        assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()
+        assert (g - g_ref).abs().max() <= tol * g_ref.abs().max() and g_ref.abs().max() > 0
+    assert len(calls) == 5

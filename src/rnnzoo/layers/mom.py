@@ -3,32 +3,40 @@ arXiv:2502.13685): N separate matrix memories, each token written to the top-k o
 by a router and read from the same ones, over Gated DeltaNet's memory (layers/_delta_block.py):
 
     r_t = softmax(W_r x_t) (N scores);  top-k memories T_t, weights w_tm = r_tm / sum_{T_t} r
-    memory m:  k_t^m, v_t^m, beta_t^m = its own projections (q_t shared)
-    S_t^m = alpha_t (I - beta_t^m k k^T) S_t-1^m + beta_t^m k v^T    if m in T_t,  else S_t-1^m
-    o_t = sum_{m in T_t} w_tm S_t^m^T q_t / sqrt(K)   (+ a shared memory written by every token,
-                                                        with shared_memory)
+    memory m sees only its routed tokens x_{t_1}, x_{t_2}, ... (t_l the l-th token with m in T):
+        q_l^m, k_l^m, v_l^m = silu(shortconv_m(W_q x, W_k^m x, W_v^m x)) over that sequence
+        S_l^m = alpha_l (I - beta_l^m k k^T) S_{l-1}^m + beta_l^m k v^T    (alpha, beta of x_{t_l})
+    o_t = sum_{m in T_t} w_tm S^m^T q^m / sqrt(K)   (+ a shared memory written by every token,
+                                                      its q, k, v convolved over all tokens,
+                                                      with shared_memory)
     y = W_o [RMSNorm(o) * silu(W_g x)]
 
-A memory a token skips takes an identity step (beta = 0, no decay). The reference
-(`sequential`) runs every memory over every token that way, as extra heads of one delta-rule
-loop. Since a skipped token leaves a memory as it was, memory m's states at its own tokens are
-those of the delta rule run on its routed tokens alone, in order: `chunk` (on a CPU) gathers
-each memory's tokens into a packed sequence, right-padded with identity steps to the longest
-one (L ~ T top_k / N), runs all routed memories as the heads of one chunked delta rule over
-those L steps (the shared memory over all T), and gathers each token's top-k outputs back.
-Elsewhere (and under sequence parallelism) `chunk` runs the masked form over all T, which
-needs no host read of the counts. One memory chosen always is Gated DeltaNet.
-State: (S (B, N' H, K, V) with N' = N (+ 1 shared), short-conv state).
+As in the paper's hardware-efficient form and its code (fla's MomAttention: the routed tokens
+of each memory gathered into a sequence of their own, projected and convolved there), a
+memory's state, conv state included, depends only on the tokens routed to it: a token it
+skips leaves it as it was. W_q and the conv filter of q are shared, so each memory reads its
+own q^m. The reference (`sequential`, and `step`) takes every memory at every token, the
+skipped ones as identity steps (conv window and delta state kept, beta = 0, no decay).
+`chunk` gathers each memory's tokens into a packed sequence (B N sequences, right-padded with
+identity steps to the longest routed count L ~ T top_k / N, read on the host; L = T where
+reading is not free), projects and convolves only those, runs all routed memories as the
+heads of one chunked delta rule over those L steps (the shared memory over all T), and
+gathers each token's top-k outputs back. One memory chosen always is Gated DeltaNet.
+State: (S (B, N' H, K, V) with N' = N (+ 1 shared), conv state (B, d_conv - 1, N' (2 H K + H V)):
+each memory's last d_conv - 1 projected routed tokens).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.checks import flag, int_in, positive_int
-from rnnzoo.dtypes import state_dtype
+from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
+from rnnzoo.layers._softplus import softplus
+from rnnzoo.layers.conv import causal_conv1d
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
 from rnnzoo.registry import register
@@ -38,7 +46,7 @@ from rnnzoo.registry import register
           tiny=dict(d_model=6, num_heads=2, head_dim=3, expand_v=1, num_memories=3, top_k=2,
                     shared_memory=True, d_conv=2, chunk_size=4))
 class MoM(DeltaBlock):
-    """x: (B, T, d_model) -> y; state (S (B, N' H, K, V), conv state)."""
+    """x: (B, T, d_model) -> y; state (S (B, N' H, K, V), conv state (B, d_conv-1, N' C_m))."""
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
                  expand_v: int = 2, num_memories: int = 4, top_k: int = 2,
@@ -53,10 +61,28 @@ class MoM(DeltaBlock):
         self.num_memories, self.top_k, self.shared_memory = N, self_top_k, shared
         self.router = nn.Linear(d_model, N, bias=False)
 
+    @property
+    def _width(self):
+        """C_m: one memory's conv channels, q, k, v (2 H K + H V)."""
+        return self.num_heads * (2 * self.head_dim + self.value_dim)
+
     def init_state(self, batch_size, device=None, dtype=None):
         S = torch.zeros(batch_size, self.num_householder * self.num_heads, self.head_dim,
                         self.value_dim, device=device, dtype=state_dtype(dtype))
-        return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
+        conv = torch.zeros(batch_size, self.conv.d_conv - 1, self.num_householder * self._width,
+                           device=device, dtype=state_dtype(dtype))
+        return S, conv
+
+    def _weights(self, dtype):
+        """Each memory's (q, k, v) rows of qkv_proj (N', C_m, d_model) and conv filters
+        (N', C_m, d_conv): q's are shared, k's and v's its own."""
+        HK, HV, Np = self.num_heads * self.head_dim, self.num_heads * self.value_dim, \
+            self.num_householder
+        ar = lambda n: torch.arange(n, device=self.conv.weight.device)  # noqa: E731
+        m = ar(Np)[:, None]
+        cols = torch.cat([ar(HK).expand(Np, HK), HK + m * HK + ar(HK),
+                          HK + Np * HK + m * HV + ar(HV)], 1)
+        return self.qkv_proj.weight[cols].to(dtype), self.conv.weight[cols].to(dtype)
 
     def _route(self, x, dtype):
         """Router softmax and its top-k: (read weights over the chosen (B, T, top_k), memory
@@ -64,68 +90,126 @@ class MoM(DeltaBlock):
         top, idx = torch.softmax(self.router(x).to(dtype), -1).topk(self.top_k, -1)
         return top / top.sum(-1, keepdim=True), idx
 
+    def _heads(self, y):
+        """Conv outputs y (..., C_m) -> q, k (unit norm, (..., H, K)), v (..., H, V)."""
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        q, k, v = y.split([H * K, H * K, H * V], -1)
+        q, k = (self.l2norm(t.unflatten(-1, (H, K))) for t in (q, k))
+        return q, k, v.unflatten(-1, (H, V))
+
+    def _gates(self, x):
+        """beta (B, T, N', H), g (B, T, H)."""
+        cdt = compute_dtype(x)
+        beta = torch.sigmoid(self.b_proj(x).to(cdt)).unflatten(-1, (self.num_householder, -1))
+        if self.allow_neg_eigval:
+            beta = 2 * beta
+        g = -self.A_log.to(cdt).exp() * softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
+        return beta, g
+
     def routed_inputs(self, x, conv_state):
-        """Every memory as heads: q, k (B, T, N' H, K), v (B, T, N' H, V), beta, g (B, T, N' H)
-        (identity steps where a memory is not chosen), read weights w (B, T, N'), conv state."""
-        q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
-        B, T, Np, H, _ = k.shape
-        top, idx = self._route(x, q.dtype)
-        r = q.new_zeros(B, T, self.num_memories)
-        w = r.scatter(-1, idx, top)
-        chosen = r.scatter(-1, idx, torch.ones_like(top))
+        """The reference's inputs, every memory at every token: q, k (B, T, N' H, K), v (B, T,
+        N' H, V), beta, g (B, T, N' H) (identity steps where a memory is not chosen), read
+        weights w (B, T, N'), conv state. A memory's conv window moves on only at its own
+        tokens: its k_t is the conv of its last d_conv routed tokens up to t."""
+        B, T, _ = x.shape
+        cdt, Np, Kc = compute_dtype(x), self.num_householder, self.conv.d_conv
+        Wp, Wc = self._weights(x.dtype)
+        P = torch.einsum("btd,ncd->btnc", x, Wp).to(cdt)              # (B, T, N', C_m)
+        Wc = Wc.to(cdt).permute(2, 0, 1)                              # (d_conv, N', C_m)
+        top, idx = self._route(x, cdt)
+        w = P.new_zeros(B, T, self.num_memories).scatter(-1, idx, top)
+        chosen = w.new_zeros(w.shape).scatter(-1, idx, torch.ones_like(top))
         if self.shared_memory:
             w = torch.cat([w, torch.ones_like(w[..., :1])], -1)
             chosen = torch.cat([chosen, torch.ones_like(chosen[..., :1])], -1)
+        # memory m's history: its conv state, then its routed tokens' projections in order
+        # (place K - 1 + r for its r-th routed token; the others to a spare last place)
+        rank = chosen.cumsum(1).long() - 1                                # (B, T, N')
+        at = torch.where(chosen > 0, rank + Kc - 1, Kc - 1 + T)[..., None].expand_as(P)
+        hist = torch.cat([conv_state.to(cdt).view(B, Kc - 1, Np, -1),
+                          P.new_zeros(B, T + 1, *P.shape[2:])], 1).scatter(1, at, P)
+        # a routed token's window: places r .. r + K - 1 (unrouted tokens read any)
+        r = rank.clamp(min=0)[..., None].expand_as(P)
+        y = sum(Wc[j] * hist.gather(1, r + j) for j in range(Kc))
+        q, k, v = (t.flatten(2, 3) for t in self._heads(F.silu(y)))
+        last = (rank[:, -1:] + 1)[..., None] + torch.arange(Kc - 1, device=x.device)[:, None, None]
+        win = hist.gather(1, last.expand(-1, -1, -1, P.shape[-1]))       # (B, d_conv-1, N', C_m)
+        beta, g = self._gates(x)
         beta = (beta * chosen[..., None]).flatten(2)
         g = (g[:, :, None] * chosen[..., None]).flatten(2)
-        q = q[:, :, None].expand(B, T, Np, H, q.shape[-1]).flatten(2, 3)
-        return q, k.flatten(2, 3), v.flatten(2, 3), beta, g, w, conv_state
+        return q, k, v, beta, g, w, win.flatten(2).to(conv_state.dtype)
 
     def _mix(self, o, w):
         """o (B, T, N' H, V), w (B, T, N') -> sum_m w_m o_m (B, T, H, V)."""
         B, T, _, V = o.shape
         return (o.view(B, T, -1, self.num_heads, V) * w[..., None, None]).sum(2)
 
+    def _conv(self, x, weight, state):
+        """silu(causal conv) of x (B, L, C) with filters (C, d_conv) and state (B, d_conv-1, C);
+        the state it leaves is not used (the packed sequences end at their own counts)."""
+        state = state.to(x.dtype)
+        if backend.use_native(x, weight, state):
+            from rnnzoo.ops.native import conv as native_conv
+            lib = native_conv.load()
+            if lib is not None:
+                return native_conv.short_conv(lib, x, weight, None, state, True)[0]
+        return F.silu(causal_conv1d(x, weight, None, state)[0])
+
     def _packed(self, x, S, conv_state):
-        """`chunk` with each routed memory run over its own tokens only (module docstring).
-        Reads the longest routed count on the host. -> (o (B, T, H, V), S, conv state)."""
-        q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
-        B, T, _, H, K = k.shape
-        N, V = self.num_memories, v.shape[-1]
-        w, idx = self._route(x, q.dtype)                                  # (B, T, top_k)
+        """`chunk`: each routed memory over its own tokens only (module docstring). Reads the
+        longest routed count on the host where that is free. -> (o (B, T, H, V), S, conv)."""
+        B, T, d = x.shape
+        N, H, K, V, Kc = self.num_memories, self.num_heads, self.head_dim, self.value_dim, \
+            self.conv.d_conv
+        cdt, Cm, Np = compute_dtype(x), self._width, self.num_householder
+        w, idx = self._route(x, cdt)                                      # (B, T, top_k)
         chosen = torch.zeros(B, T, N, dtype=torch.bool, device=x.device).scatter_(-1, idx, True)
         count = chosen.sum(1)                                             # (B, N)
-        L = max(int(count.max()), 1)
-        # memory m's l-th token: the routed ones first, in time order (a stable sort); its row
-        # in (B T, ...) tensors (q, g) and in (B T N', ...) ones (k, v, beta). Each (b, m)
-        # is a sequence of its own (batch B N), so that a non-finite input marks only it
+        L = max(int(count.max()), 1) if backend.host_readable(x) else T
+        # memory m's l-th token: the routed ones first, in time order (a stable sort). Each
+        # (m, b) is a sequence of its own (batch N B, memory-major), so that a non-finite
+        # input marks only it
         src = torch.sort((~chosen).to(torch.uint8), dim=1, stable=True).indices[:, :L]
-        src = src.transpose(1, 2)                                         # (B, N, L)
-        tok = (src + T * torch.arange(B, device=x.device)[:, None, None]).flatten()
-        mem = tok * k.shape[2] + torch.arange(N, device=x.device).repeat_interleave(L).repeat(B)
-        valid = torch.arange(L, device=x.device) < count[..., None]       # (B, N, L)
-
-        def pack(t, rows, vector=True, steps=True):  # -> (B N, L, H[, D]); past the count: zeros
-            t = t.reshape(-1, H, *t.shape[-1:] if vector else ()).index_select(0, rows)
-            t = t.view(B * N, L, *t.shape[1:])
-            if steps:  # beta = g = 0 (and k = v = 0): an identity step
-                t = torch.where(valid.view(B * N, L, *(1,) * (t.dim() - 2)), t, 0)
-            return t
-
-        # outputs past the count are never read: q needs no zeros
-        o, S_r = self._delta(pack(q, tok, steps=False), pack(k, mem), pack(v, mem),
-                             pack(beta, mem, False), pack(g, tok, False),
-                             S[:, :N * H].reshape(B * N, H, K, V))
-        S_r = S_r.view(B, N * H, K, V)
+        valid = (torch.arange(L, device=x.device) < count[..., None]).transpose(0, 1)
+        tok = src.permute(2, 0, 1) + T * torch.arange(B, device=x.device)[:, None]  # (N, B, L)
+        # its rows in (B T, ...) tensors and in (B T N', ...) ones (beta); past the count a
+        # zero row: an identity step (beta = g = 0), its q, k, v convolved from zeros
+        mem = torch.where(valid, tok * Np + torch.arange(N, device=x.device)[:, None, None],
+                          B * T * Np)
+        tok = torch.where(valid, tok, B * T)
+        Wp, Wc = self._weights(x.dtype)
+        # each memory's tokens projected and convolved: (N, B, L, C_m)
+        xp = torch.cat([x.reshape(B * T, d), x.new_zeros(1, d)])[tok]
+        P = (xp.reshape(N, B * L, d) @ Wp[:N].transpose(1, 2)).to(cdt).view(N, B, L, Cm)
+        states = conv_state[..., :N * Cm].unflatten(-1, (N, Cm))
+        y = torch.stack([self._conv(P[m], Wc[m].to(cdt), states[..., m, :]) for m in range(N)])
+        # the conv state each memory leaves: its last d_conv - 1 routed inputs
+        hist = torch.cat([states.to(cdt).permute(2, 0, 1, 3), P], 2)    # (N, B, d_conv-1+L, C_m)
+        at = count.T[..., None] + torch.arange(Kc - 1, device=x.device)    # (N, B, d_conv - 1)
+        conv_r = hist.gather(2, at[..., None].expand(-1, -1, -1, Cm)).permute(1, 2, 0, 3)
+        q, k, v = self._heads(y)                                           # (N, B, L, H, .)
+        beta, g = self._gates(x)
+        zero_row = lambda t: torch.cat([t.reshape(-1, H), t.new_zeros(1, H)])  # noqa: E731
+        beta_r, g_r = zero_row(beta)[mem], zero_row(g)[tok]                # (N, B, L, H)
+        flat = lambda t: t.reshape(N * B, L, *t.shape[3:])  # noqa: E731
+        S_r = S[:, :N * H].reshape(B, N, H, K, V).transpose(0, 1).reshape(N * B, H, K, V)
+        o, S_r = self._delta(flat(q), flat(k), flat(v), flat(beta_r), flat(g_r), S_r)
+        S_r = S_r.view(N, B, H, K, V).transpose(0, 1).reshape(B, N * H, K, V)
         # token t's j-th memory idx_tj holds it at place rank_tj of its packed sequence
         rank = (chosen.cumsum(1) - 1).gather(-1, idx)                     # (B, T, top_k)
-        at = (idx + N * torch.arange(B, device=x.device)[:, None, None]) * L + rank
-        o = o.reshape(B * N * L, H, V).index_select(0, at.flatten()).view(B, T, -1, H, V)
+        at = (idx * B + torch.arange(B, device=x.device)[:, None, None]) * L + rank
+        o = o.reshape(N * B * L, H, V).index_select(0, at.flatten()).view(B, T, -1, H, V)
         o = (o * w[..., None, None]).sum(2)
+        conv_r = conv_r.flatten(2)
         if self.shared_memory:
-            o_s, S_s = self._delta(q, k[:, :, N], v[:, :, N], beta[:, :, N], g, S[:, N * H:])
+            state = conv_state[..., N * Cm:]
+            P = (x @ Wp[N].T).to(cdt)
+            q_s, k_s, v_s = self._heads(self._conv(P, Wc[N].to(cdt), state))
+            o_s, S_s = self._delta(q_s, k_s, v_s, beta[:, :, N], g, S[:, N * H:])
+            conv_s = torch.cat([state.to(cdt), P], 1)[:, T:]
             o, S_r = o + o_s, torch.cat([S_r, S_s], 1)
-        return o, S_r, conv_state
+            conv_r = torch.cat([conv_r, conv_s], -1)
+        return o, S_r, conv_r.to(conv_state.dtype)
 
     def _delta(self, q, k, v, beta, g, S):
         """The delta rule of `_packed` (on the CPU its C recurrence, through delta_rule).
@@ -133,15 +217,15 @@ class MoM(DeltaBlock):
         return delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
 
     def _forward(self, x, state, mode):
+        if sequence_parallel.active():
+            raise ValueError("mom under sequence parallelism: its memories' convolutions run over "
+                             "their own routed tokens, which no rank's neighbour holds")
         S, conv_state = state
-        if mode == "chunk" and backend.host_readable(x) and not sequence_parallel.active():
+        if mode == "chunk":
             o, S, conv_state = self._packed(x, S, conv_state)
             return self.op_output(o, x), (S, conv_state)
         q, k, v, beta, g, w, conv_state = self.routed_inputs(x, conv_state)
-        if mode == "chunk":
-            o, S = delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
-        else:
-            o, S = delta_rule_recurrent(q, k, v, beta, g, initial_state=S)
+        o, S = delta_rule_recurrent(q, k, v, beta, g, initial_state=S)
         return self.op_output(self._mix(o, w), x), (S, conv_state)
 
     def _step(self, x_t, state):

@@ -32,9 +32,11 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rnnzoo.ops import backend
 from rnnzoo.ops.feature_maps import feature_size, features
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
+from rnnzoo.ops.native import newton_schulz as native_ns
 
 __all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential",
            "atlas_chunked"]
@@ -59,6 +61,11 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
         for _ in range(steps):
             A = X @ X.transpose(-1, -2)
             X = a * X + (b * A + c * A @ A) @ X
+        return X.transpose(-1, -2) if wide else X
+    lib = native_ns.load() if backend.use_native(X) else None
+    if lib is not None:  # the whole iteration in C (ops.native.newton_schulz)
+        X = native_ns.newton_schulz(lib, X.reshape(-1, short, long_), steps, MUON, eps)
+        X = X.view(*G.shape[:-2], short, long_)
         return X.transpose(-1, -2) if wide else X
     A = (X @ X.transpose(-1, -2)).reshape(-1, short, short)
     tr = A.diagonal(0, -2, -1).sum(-1)[:, None, None]

@@ -89,9 +89,9 @@ def pick_device(name: str, dist: Dist) -> torch.device:
 # Exact under sequence parallelism (tests/train/test_sequence_parallel.py), in the mode
 # `mode="auto"` picks (chunk or scan): the chunk ops ops.chunk's gated_linear_attention,
 # delta_rule, kda, rwkv7 and erase_delta (gdn2, comba) exchange their slice transitions
-# (sequence_parallel.lasp2), and so do the layers on them (mom's memories as delta-rule
-# heads, based's and rebased's normaliser as a value column of ones, gsa's two passes one
-# after the other, mamba3's SSD op started from its trapezoid term) and ops.momentum_delta
+# (sequence_parallel.lasp2), and so do the layers on them (based's and rebased's
+# normaliser as a value column of ones, gsa's two passes one after the other, mamba3's
+# SSD op started from its trapezoid term) and ops.momentum_delta
 # (its (S; M) pair stacked as one state); mlstm its unnormalised (C, n, m) and total log
 # forget, folding the stabiliser max-plus (mlstm_lasp2); the diagonal layers on
 # ops.scan.linear_scan their slice's (prod a, h) (scan_lasp2), mamba's selective scan
@@ -105,7 +105,7 @@ SEQUENCE_PARALLEL_LAYERS = ("gla", "linear_attention", "lightning_attention", "h
                             "rwkv6", "rwkv7", "mamba2", "deltanet", "gated_deltanet",
                             "deltaproduct", "kda", "gdn2", "comba", "mlstm", "longhorn", "mamba",
                             "hawk", "hgrn", "lru", "s5", "mingru", "minlstm", "gateloop", "linoss",
-                            "mom", "based", "rebased", "gsa", "mamba3",
+                            "based", "rebased", "gsa", "mamba3",
                             "momentum_deltanet")
 
 

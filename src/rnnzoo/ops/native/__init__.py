@@ -49,6 +49,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
     head_norm.c         RMSNorm over head groups times a gate (the delta layers, lightnet, gla, gsa, hgrn2, ...)
+    newton_schulz.c     Muon's Newton-Schulz iteration on the Gram matrix (atlas's momenta)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines

@@ -1,0 +1,58 @@
+"""Muon's Newton-Schulz iteration on the Gram matrix in C (newton_schulz.c), the form of
+ops.atlas.newton_schulz when the long side is >= 2x the short: for X (n, s, l), s <= l,
+
+    G = X X^T,  A_0 = G / nu^2 (nu = sqrt(tr G) + eps; eps where tr G <= 0),
+    P_i = a I + b A_i + c A_i^2,  A_{i+1} = P_i A_i P_i,  Y = (P_{steps-1} ... P_0 / nu) X
+
+one matrix at a time in cache (the Gram matrix, the iterates and both s x s x l products),
+instead of ~20 small batched products a call and their temporaries. The backward keeps only
+X: it recomputes G and the iterates and runs the chain rule back (every transpose as
+autograd takes it on the PyTorch form); it is not differentiable again. X: float32 or
+float64 on the CPU (`ops.backend.use_native`); threads split the n matrices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("newton_schulz")
+
+
+def _call(lib, name, X, *tensors, steps, coeffs, eps):
+    P, L, i32, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double
+    n, s, long_ = X.shape
+    fn = native.kernel(lib, name, X.dtype, [P] * (1 + len(tensors)) + [L, L, i32] + [D] * 4
+                       + [L, L])
+    ptrs = [native.ptr(t) for t in (X, *tensors)]
+    native.run(fn, [(*ptrs, s, long_, steps, *coeffs, eps, *p) for p in native.rows(n)])
+
+
+class _NewtonSchulz(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, X, steps, coeffs, eps):
+        X = X.contiguous()
+        Y = torch.empty_like(X)
+        _call(lib, "ns_fwd", X, Y, steps=steps, coeffs=coeffs, eps=eps)
+        ctx.save_for_backward(X)
+        ctx.lib, ctx.args = lib, dict(steps=steps, coeffs=coeffs, eps=eps)
+        return Y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY):
+        (X,) = ctx.saved_tensors
+        dX = torch.empty_like(X)
+        _call(ctx.lib, "ns_bwd", X, dY.contiguous(), dX, **ctx.args)
+        return None, dX, None, None, None
+
+
+def newton_schulz(lib, X, steps, coeffs, eps):
+    """Y (n, s, l) from X (n, s, l), s <= l; `lib` = load()."""
+    return _NewtonSchulz.apply(lib, X, steps, tuple(float(c) for c in coeffs), float(eps))
