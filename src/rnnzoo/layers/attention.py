@@ -28,7 +28,9 @@ by sigmoid(W_g x) before W_o (gated attention, Qiu et al. 2025, arXiv:2505.06708
 Qwen3-Next).
 
 Modes: `sequential` (reference: one token at a time through the cache) and
-`parallel` (one masked matrix product over cache + new tokens).
+`parallel` (one masked matrix product over cache + new tokens; a fresh sequence on the CPU
+runs causal blocks with the softmax in C, ops.native.attention, elsewhere PyTorch's fused
+kernel).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import frequencies, rotate
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.registry import register
 
 
@@ -119,7 +122,9 @@ class Attention(RecurrentLayer):
         H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
         q = q.view(B, T, H, Dh)
-        k, v = (t.view(B, T, KV, Dh).repeat_interleave(H // KV, 2) for t in (k, v))
+        k, v = (t.view(B, T, KV, Dh) for t in (k, v))
+        if H != KV:
+            k, v = (t.repeat_interleave(H // KV, 2) for t in (k, v))
         if self.qk_norm_eps is not None:
             q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
             k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
@@ -136,6 +141,10 @@ class Attention(RecurrentLayer):
             return x
         half = R // 2
         theta = frequencies(half, self.rope_base, x.dtype, x.device)
+        lib = native_attention.load() if backend.use_native(x) else None
+        if lib is not None:  # one pass in C, written in the (B, H, T, Dh) layout read next
+            angle = pos.to(x.dtype)[..., None] * theta
+            return native_attention.rope(lib, x, angle.cos(), angle.sin())
         if R == self.head_dim:
             return rotate(x, pos.to(x.dtype), theta, pairs="halves")
         return torch.cat([rotate(x[..., :R], pos.to(x.dtype), theta, pairs="halves"),
@@ -181,8 +190,13 @@ class Attention(RecurrentLayer):
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key or value is not finite (the cache keeps it)
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        if plain:  # plain causal attention: PyTorch's fused kernel
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        if plain:  # plain causal attention: blocks in C on the CPU, else PyTorch's fused kernel
+            lib = native_attention.load() if backend.use_native(q, keys, values) else None
+            if lib is not None:
+                out = native_attention.causal_softmax_attention(lib, q * self.head_dim ** -0.5,
+                                                                keys, values)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
             seen = (bad_k | bad_v).cumsum(1) > 0
         else:
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])

@@ -7,6 +7,14 @@
         matmuls), recomputed in the backward, instead of a dozen (B, H, Tq, Tk) tensors
         through autograd (layers.stickbreaking_attention keeps that form as its fallback);
         causal tiles skip the keys no query of the tile sees.
+    causal_softmax_attention(lib, q, k, v, bias) -> o    softmax attention of a fresh
+        sequence, o_i = sum_{j <= i} softmax_j(q_i . k_j + b_j) v_j (b: a bias per key, FoX's
+        forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
+        (and its backward) a C pass a row; each block's probabilities are kept for the
+        backward up to _KEEP bytes in all, else recomputed there.
+    rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
+        of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
+        (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
     pairs(lib, x, w, lin) -> psi             ops.feature_maps.packed's features: x (..., d)
         -> (..., [1 + d +] d (d + 1) / 2), [1, x] first when lin, then w_p x_a x_b over the
         pairs a <= b in row-major order (w (P,)); gradient in x only.
@@ -31,6 +39,9 @@ def load():
 def _kernel(lib, name, dtype):
     P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     return native.kernel(lib, name, dtype, {"sb_fwd": [P] * 3 + [L] * 10,
+                                            "sm_fwd": [P] * 2 + [L] * 7,
+                                            "sm_bwd": [P] * 2 + [L] * 5,
+                                            "rope": [P] * 4 + [L] * 13,
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L]}[name])
@@ -44,15 +55,17 @@ _BLOCK = 1 << 19  # entries of one block of logits (2 MB in float32): malloc reu
 _TILE = 128       # queries a tile when causal: tile [i0, i1) reads keys [0, i1 + shift) only
 
 
-def _blocks(N, Tq, Tk, causal, shift):
+def _blocks(N, Tq, Tk, causal, shift, tile=None, block=None):
     """[(n0, n1, i0, i1, e)]: head-rows [n0, n1) and queries [i0, i1) over keys [0, e)
-    (never empty: a first row with nothing visible still has its block, of zeros)."""
-    tile = min(_TILE, Tq) if causal else Tq
+    (never empty: a first row with nothing visible still has its block, of zeros), blocks
+    of about `block` logits (_BLOCK), query tiles of `tile` (_TILE) when causal."""
+    tile, block = tile or _TILE, block or _BLOCK
+    tile = min(tile, Tq) if causal else Tq
     out = []
     for i0 in range(0, Tq, tile):
         i1 = min(Tq, i0 + tile)
         e = max(1, min(Tk, i1 + shift) if causal else Tk)
-        g = max(1, _BLOCK // ((i1 - i0) * e))
+        g = max(1, block // ((i1 - i0) * e))
         out += [(n0, min(N, n0 + g), i0, i1, e) for n0 in range(0, N, g)]
     return out
 
@@ -116,6 +129,105 @@ def stick_breaking_attention(lib, q, k, v, visible=None, shift: int = 0):
     it), when each tile of queries reads only the keys it can see. The logits exist a block
     at a time (2 MB), forward and again in the backward (recomputed, never stored)."""
     return _StickBreaking.apply(lib, q, k, v, visible, shift)
+
+
+_KEEP = 1 << 28  # bytes of probabilities kept for the backward (256 MB); past it, recomputed
+_SM_TILE, _SM_BLOCK = 64, 1 << 18  # the softmax's tiles and blocks (1 MB): fastest measured
+
+
+def _sm_blocks(N, T):
+    return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
+
+
+class _Causal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, bias):
+        B, H, T, _ = q.shape
+        q2, k2, v2 = (t.reshape(B * H, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        b2 = None if bias is None else bias.reshape(B * H, T).contiguous()
+        blocks = _sm_blocks(B * H, T)
+        keep = sum((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks) \
+            * q.element_size() <= _KEEP
+        out = q2.new_empty(B * H, T, v.shape[-1])
+        Ps = [_softmax_block(lib, q2, k2, b2, blk) for blk in blocks] if keep else []
+        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
+            P = Ps[i] if keep else _softmax_block(lib, q2, k2, b2, (n0, n1, i0, i1, e))
+            out[n0:n1, i0:i1] = torch.bmm(P, v2[n0:n1, :e])
+        ctx.save_for_backward(q2, k2, v2, b2, *Ps)
+        ctx.lib, ctx.shapes = lib, (q.shape, v.shape, None if bias is None else bias.shape)
+        return out.view(B, H, T, -1)
+
+    @staticmethod
+    def backward(ctx, do):
+        q2, k2, v2, b2, *Ps = ctx.saved_tensors
+        (B, H, T, _), vshape, bshape = ctx.shapes
+        do2 = do.reshape(B * H, T, -1).contiguous()
+        bwd = _kernel(ctx.lib, "sm_bwd", q2.dtype)
+        dq = torch.empty_like(q2)
+        dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
+        db = None if b2 is None else torch.zeros_like(b2)
+        for i, (n0, n1, i0, i1, e) in enumerate(_sm_blocks(B * H, T)):
+            P = Ps[i] if Ps else _softmax_block(ctx.lib, q2, k2, b2, (n0, n1, i0, i1, e))
+            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
+            dS = torch.bmm(dob, vb.transpose(1, 2))
+            dv[n0:n1, :e] += torch.bmm(P.transpose(1, 2), dob)
+            _run(bwd, [native.ptr(P), native.ptr(dS)], (i1 - i0, e, i0), (n1 - n0) * (i1 - i0))
+            dq[n0:n1, i0:i1] = torch.bmm(dS, kb)
+            dk[n0:n1, :e] += torch.bmm(dS.transpose(1, 2), qb)
+            if db is not None:
+                db[n0:n1, :e] += dS.sum(1)
+        return (None, dq.view(B, H, T, -1), dk.view(B, H, T, -1), dv.view(vshape),
+                None if db is None else db.view(bshape))
+
+
+def _softmax_block(lib, q2, k2, b2, block):
+    """One block's probabilities (n1 - n0, i1 - i0, e): its logits and the C softmax rows."""
+    n0, n1, i0, i1, e = block
+    S = torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2))
+    _run(_kernel(lib, "sm_fwd", q2.dtype), [native.ptr(S), native.ptr(b2)],
+         (i1 - i0, e, n0, q2.shape[1], i0), (n1 - n0) * (i1 - i0))
+    return S
+
+
+def causal_softmax_attention(lib, q, k, v, bias=None):
+    """o_i = sum_{j <= i} softmax_j(q_i . k_j + bias_j) v_j: q, k (B, H, T, Dh) (the scale
+    already in q), v (B, H, T, Dv), bias (B, H, T) or None -> o (B, H, T, Dv); gradients in
+    q, k, v and bias. Causal tiles of _TILE queries read only the keys they can see; the
+    logits exist a block (1 MB) at a time."""
+    return _Causal.apply(lib, q, k, v, bias)
+
+
+def _rope(lib, x, y, cos, sin, sign):
+    B, Tn, H, D = x.shape
+    _run(_kernel(lib, "rope", x.dtype), [native.ptr(t) for t in (x, y, cos, sin)],
+         (*x.stride()[:3], *y.stride()[:3], Tn, H, D, 2 * cos.shape[-1], sign), B * Tn * H)
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, cos, sin):
+        B, Tn, H, D = x.shape
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        y = x.new_empty(B, H, Tn, D).transpose(1, 2)
+        _rope(lib, x, y, cos, sin, 1)
+        ctx.save_for_backward(cos, sin)
+        ctx.lib = lib
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        g = g if g.stride(-1) == 1 else g.contiguous()
+        dx = g.new_empty(g.shape)
+        _rope(ctx.lib, g, dx, cos, sin, -1)
+        return None, dx, None, None
+
+
+def rope(lib, x, cos, sin):
+    """x (B, T, H, D) turned by the angles whose cos and sin are cos, sin (B, T, R/2), R <= D
+    even, contiguous: y (B, T, H, D), a transposed view of a contiguous (B, H, T, D);
+    gradient in x only."""
+    return _Rope.apply(lib, x, cos.contiguous(), sin.contiguous())
 
 
 class _Pairs(torch.autograd.Function):
