@@ -2,7 +2,8 @@
 
 - stick-breaking: the blocked C kernels (ops/native/attention.py) equal the log-space
   PyTorch weights, values and gradients, causal (with and without the current token) and
-  under a general mask, through many small blocks and tiles; the layer runs them;
+  under a general mask, through many small blocks and tiles, weights kept for the backward
+  or recomputed there; the layer runs them;
 - causal softmax attention (plain attention and FoX on a fresh sequence): the blocked C
   softmax rows equal the masked softmax with a bias per key, kept or recomputed for the
   backward; the rotary kernel equals layers.rotary on a strided view; the attention layer
@@ -49,9 +50,12 @@ def _grads(out, inputs):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", ["causal", "strict", "mask"])
-def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case):
+@pytest.mark.parametrize("keep", [True, False])
+def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case, keep):
     monkeypatch.setattr(native_attention, "_BLOCK", 40)  # many blocks of a few rows
     monkeypatch.setattr(native_attention, "_TILE", 3)    # and causal tiles of 3 queries
+    if not keep:
+        monkeypatch.setattr(native_attention, "_KEEP", 0)  # weights recomputed
     torch.manual_seed(0)
     B, H, Tq, D = 2, 3, 10, 4
     Tk = 13 if case == "mask" else Tq

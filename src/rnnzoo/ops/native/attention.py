@@ -53,6 +53,7 @@ def _run(fn, ptrs, extra, rows):
 
 _BLOCK = 1 << 19  # entries of one block of logits (2 MB in float32): malloc reuses it
 _TILE = 128       # queries a tile when causal: tile [i0, i1) reads keys [0, i1 + shift) only
+_KEEP = 1 << 28   # bytes of weights (and logits) kept for the backward (256 MB); past it, recomputed
 
 
 def _blocks(N, Tq, Tk, causal, shift, tile=None, block=None):
@@ -71,9 +72,11 @@ def _blocks(N, Tq, Tk, causal, shift, tile=None, block=None):
 
 
 def _views(buf, blocks):
-    """Each block's (g, t, e) view of the start of buf (buf: the largest block's size)."""
-    return [buf[:(n1 - n0) * (i1 - i0) * e].view(n1 - n0, i1 - i0, e)
-            for n0, n1, i0, i1, e in blocks]
+    """Each block's (g, t, e) view of the start of buf (one buffer of the largest block's
+    size, or a list of one buffer a block)."""
+    bufs = buf if isinstance(buf, list) else [buf] * len(blocks)
+    return [b[:(n1 - n0) * (i1 - i0) * e].view(n1 - n0, i1 - i0, e)
+            for b, (n0, n1, i0, i1, e) in zip(bufs, blocks)]
 
 
 class _StickBreaking(torch.autograd.Function):
@@ -86,19 +89,25 @@ class _StickBreaking(torch.autograd.Function):
         fwd = _kernel(lib, "sb_fwd", q.dtype)
         out = q2.new_empty(B * H, Tq, v.shape[-1])
         blocks = _blocks(B * H, Tq, Tk, m is None, shift)
-        zbuf, abuf = q2.new_empty(2, max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
-        for (n0, n1, i0, i1, e), z, A in zip(blocks, _views(zbuf, blocks), _views(abuf, blocks)):
+        # each block's logits and weights, kept for the backward in blocks of their own up to
+        # _KEEP bytes in all; else two buffers reused by every block, recomputed there
+        sizes = [(n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks]
+        keep = 2 * sum(sizes) * q.element_size() <= _KEEP
+        zs, As = ([q2.new_empty(n) for n in sizes] for _ in range(2)) if keep else \
+            q2.new_empty(2, max(sizes))
+        zs, As = _views(zs, blocks), _views(As, blocks)
+        for (n0, n1, i0, i1, e), z, A in zip(blocks, zs, As):
             torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2), out=z)
             _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)],
                  (i1 - i0, e, n0, H, Tq, Tk, i0, shift), (n1 - n0) * (i1 - i0))
             out[n0:n1, i0:i1] = torch.bmm(A, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, m)  # the logits and weights: recomputed, not kept
+        ctx.save_for_backward(q2, k2, v2, m, *(zs + As if keep else ()))
         ctx.lib, ctx.shift, ctx.shapes = lib, shift, (q.shape, k.shape, v.shape)
         return out.view(B, H, Tq, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, m = ctx.saved_tensors
+        q2, k2, v2, m, *kept = ctx.saved_tensors
         (B, H, Tq, _), (_, _, Tk, _), vshape = ctx.shapes
         do2 = do.reshape(B * H, Tq, -1).contiguous()
         fwd, bwd = (_kernel(ctx.lib, n, q2.dtype) for n in ("sb_fwd", "sb_bwd"))
@@ -106,12 +115,16 @@ class _StickBreaking(torch.autograd.Function):
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
         blocks = _blocks(B * H, Tq, Tk, m is None, ctx.shift)
         bufs = q2.new_empty(4, max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
-        for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, *(_views(b, blocks) for b in bufs)):
+        zs, As = (kept[:len(blocks)], kept[len(blocks):]) if kept else \
+            (_views(bufs[0], blocks), _views(bufs[1], blocks))
+        for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, zs, As, *(_views(b, blocks)
+                                                                        for b in bufs[2:])):
             qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
             extra = (i1 - i0, e, n0, H, Tq, Tk, i0, ctx.shift)
             rows = (n1 - n0) * (i1 - i0)
-            torch.bmm(qb, kb.transpose(1, 2), out=z)
-            _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
+            if not kept:
+                torch.bmm(qb, kb.transpose(1, 2), out=z)
+                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
             torch.bmm(dob, vb.transpose(1, 2), out=dA)
             dv[n0:n1, :e] += torch.bmm(A.transpose(1, 2), dob)  # (strided: not baddbmm_)
             _run(bwd, [native.ptr(t) for t in (z, m, A, dA, dz)], extra, rows)
@@ -131,7 +144,6 @@ def stick_breaking_attention(lib, q, k, v, visible=None, shift: int = 0):
     return _StickBreaking.apply(lib, q, k, v, visible, shift)
 
 
-_KEEP = 1 << 28  # bytes of probabilities kept for the backward (256 MB); past it, recomputed
 _SM_TILE, _SM_BLOCK = 64, 1 << 18  # the softmax's tiles and blocks (1 MB): fastest measured
 
 
