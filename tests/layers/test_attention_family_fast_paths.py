@@ -6,8 +6,8 @@
   or recomputed there; the layer runs them;
 - causal softmax attention (plain attention and FoX on a fresh sequence): the blocked C
   softmax rows equal the masked softmax with a bias per key, kept or recomputed for the
-  backward; the rotary kernel equals layers.rotary on a strided view; the attention layer
-  runs both and equals its fallback;
+  backward; the rotary kernels (rope, heads) equal layers.rotary on strided views and the
+  split of the fused projection; the attention layer runs them and equals its fallback;
 - forgetting attention: the decay is a bias per key (C rows), or rides in one key channel
   so that PyTorch's fused attention gets no (T, T) bias (is_causal on a fresh sequence),
   and either way equals softmax with the bias D_ij = G_i - G_j built whole, gradients too;
@@ -192,9 +192,30 @@ def test_rope_kernel_equals_rotate_on_strided_heads(rotary_dim):
 
 
 @needs_native
+@pytest.mark.parametrize("rotary_dim", [6, 0])
+def test_heads_kernel_equals_split_rotate_transpose(rotary_dim):
+    torch.manual_seed(1)
+    B, T, H, D = 2, 7, 3, 6
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([[0], [5]]) + torch.arange(T)
+    theta = rotary.frequencies(rotary_dim // 2, 100.0)
+    angle = pos.double()[..., None] * theta
+    q, k, v = native_attention.heads(native_attention.load(), qkv, H, angle.cos(), angle.sin())
+    turn = (lambda t: rotary.rotate(t, pos.double(), theta, pairs="halves")) if rotary_dim \
+        else (lambda t: t)
+    ref = [t.transpose(1, 2) for t in (turn(qkv[..., :H * D].view(B, T, H, D)),
+                                       turn(qkv[..., H * D:2 * H * D].view(B, T, H, D)),
+                                       qkv[..., 2 * H * D:].view(B, T, H, D))]
+    for a, b in zip((q, k, v), ref):
+        assert a.is_contiguous() and (a - b).abs().max() < 1e-14
+    for a, b in zip(_grads(q + v, (qkv,)), _grads(ref[0] + ref[2], (qkv,))):  # k: no gradient
+        assert (a - b).abs().max() < 1e-14
+
+
+@needs_native
 @pytest.mark.parametrize("opts", [{}, dict(rotary_dim=2, num_kv_heads=1)])
 def test_attention_layer_runs_the_kernels_and_equals_its_fallback(monkeypatch, opts):
-    calls = counter(monkeypatch, native_attention, "causal_softmax_attention", "rope")
+    calls = counter(monkeypatch, native_attention, "causal_softmax_attention", "rope", "heads")
     torch.manual_seed(2)
     layer = rnnzoo.create("attention", d_model=8, num_heads=2, max_len=32, **opts).double()
     x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
@@ -206,10 +227,13 @@ def test_attention_layer_runs_the_kernels_and_equals_its_fallback(monkeypatch, o
         return (y, *s, *_grads(y, (x, *layer.parameters())))
 
     fast = run()
-    assert calls[0] == 1 + 4  # the fresh chunk's attention; q and k rotated in both chunks
+    # the fresh chunk's attention; in both chunks q, k, v split from the fused projection
+    # with q, k rotated in one kernel (heads), or with grouped keys q and k rotated apart
+    n = 1 + (4 if opts else 2)
+    assert calls[0] == n
     with backend.force("torch"):
         slow = run()
-    assert calls[0] == 5
+    assert calls[0] == n
     for a, b in zip(fast, slow):
         assert (a - b).abs().max() < 1e-12 * b.abs().max()
 

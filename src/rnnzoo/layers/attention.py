@@ -120,7 +120,16 @@ class Attention(RecurrentLayer):
         """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
         B, T, _ = x.shape
         H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
+        qkv = self.qkv(x).to(compute_dtype(x))
+        pos = start[:, None] + torch.arange(T, device=x.device)
+        if KV == H and self.qk_norm_eps is None and backend.use_native(qkv):
+            lib = native_attention.load()
+            if lib is not None:  # split, rotary and transposes in one pass in C
+                half = self.rotary_dim // 2
+                angle = pos.to(qkv.dtype)[..., None] * frequencies(half, self.rope_base,
+                                                                   qkv.dtype, x.device)
+                return (*native_attention.heads(lib, qkv, H, angle.cos(), angle.sin()), pos)
+        q, k, v = qkv.split([H * Dh, KV * Dh, KV * Dh], -1)
         q = q.view(B, T, H, Dh)
         k, v = (t.view(B, T, KV, Dh) for t in (k, v))
         if H != KV:
@@ -128,7 +137,6 @@ class Attention(RecurrentLayer):
         if self.qk_norm_eps is not None:
             q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
             k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
-        pos = start[:, None] + torch.arange(T, device=x.device)
         q, k = self.rope(q, pos), self.rope(k, pos)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 

@@ -15,6 +15,8 @@
     rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
         of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
         (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
+    heads(lib, qkv, H, cos, sin) -> q, k, v   the same for a fused [q | k | v] projection,
+        (B, H, T, D) each, split and transposed in the same pass.
     pairs(lib, x, w, lin) -> psi             ops.feature_maps.packed's features: x (..., d)
         -> (..., [1 + d +] d (d + 1) / 2), [1, x] first when lin, then w_p x_a x_b over the
         pairs a <= b in row-major order (w (P,)); gradient in x only.
@@ -233,6 +235,41 @@ class _Rope(torch.autograd.Function):
         dx = g.new_empty(g.shape)
         _rope(ctx.lib, g, dx, cos, sin, -1)
         return None, dx, None, None
+
+
+class _Heads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, qkv, H, cos, sin):
+        B, Tn, _ = qkv.shape
+        x = qkv.view(B, Tn, 3, H, -1)
+        ys = [x.new_empty(B, H, Tn, x.shape[-1]) for _ in range(3)]
+        for i, (y, c, s) in enumerate(zip(ys, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
+            _rope(lib, x[:, :, i], y.transpose(1, 2), c, s, 1)  # v: no channel turned, a copy
+        ctx.save_for_backward(cos, sin)
+        ctx.lib, ctx.H = lib, H
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *gs):
+        cos, sin = ctx.saved_tensors
+        B, H, Tn, D = next(g for g in gs if g is not None).shape
+        dqkv = cos.new_empty(B, Tn, 3 * H * D)
+        dx = dqkv.view(B, Tn, 3, H, D)
+        for i, (g, c, s) in enumerate(zip(gs, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
+            if g is None:
+                dx[:, :, i] = 0
+                continue
+            g = g if g.stride(-1) == 1 else g.contiguous()
+            _rope(ctx.lib, g.transpose(1, 2), dx[:, :, i], c, s, -1)
+        return None, dqkv, None, None, None
+
+
+def heads(lib, qkv, H: int, cos, sin):
+    """q, k, v (B, H, T, D), contiguous, from the fused projection qkv (B, T, 3 H D) laid
+    out [q | k | v], each head's D channels together; q and k turned by the rotary angles
+    whose cos and sin are cos, sin (B, T, R/2) (rope), v copied: one pass each way, the
+    split and transposes and the gradient's cat included. Gradient in qkv only."""
+    return _Heads.apply(lib, qkv, H, cos.contiguous(), sin.contiguous())
 
 
 def rope(lib, x, cos, sin):
