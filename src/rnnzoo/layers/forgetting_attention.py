@@ -36,6 +36,7 @@ from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import frequencies
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -90,6 +91,23 @@ class ForgettingAttention(Attention):
             q, k = self.rope(q, pos), self.rope(k, pos)
         return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt))
 
+    def _heads(self, x, start):
+        """op_inputs as (B, H, T, Dh) and (B, H, T); without qk_norm on the CPU, the split,
+        rotary positions and transposes in one C pass (ops.native.attention.heads)."""
+        if not self.qk_norm and backend.use_native(x):
+            lib = native_attention.load()
+            if lib is not None:
+                B, T, _ = x.shape
+                cdt = compute_dtype(x)
+                half = 0 if self.rope_base is None else self.head_dim // 2
+                pos = start[:, None] + torch.arange(T, device=x.device)
+                angle = pos.to(cdt)[..., None] * frequencies(half, self.rope_base or 1.0, cdt,
+                                                             x.device)
+                q, k, v = native_attention.heads(lib, self.qkv(x).to(cdt), self.num_heads,
+                                                 angle.cos(), angle.sin())
+                return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt)).transpose(1, 2)
+        return (t.transpose(1, 2) for t in self.op_inputs(x, start))
+
     def op_output(self, o, x):
         """o: (B, T, H, Dh) -> y: (B, T, d_model)."""
         o = o.flatten(2)
@@ -109,8 +127,7 @@ class ForgettingAttention(Attention):
                                  f"of this forgetting attention layer; build it with a larger "
                                  f"max_len or a sliding window")
             cached = top > 0
-        q, k, v, g = self.op_inputs(x, start)
-        q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))      # (B, H, T, ...)
+        q, k, v, g = self._heads(x, start)                            # (B, H, T, ...)
         pos = start[:, None] + torch.arange(T, device=x.device)
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key, value or gate is not finite (ops.finite)
