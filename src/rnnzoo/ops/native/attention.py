@@ -55,7 +55,7 @@ def _run(fn, ptrs, extra, rows):
 
 _BLOCK = 1 << 19  # entries of one block of logits (2 MB in float32): malloc reuses it
 _TILE = 128       # queries a tile when causal: tile [i0, i1) reads keys [0, i1 + shift) only
-_KEEP = 1 << 28   # bytes of weights (and logits) kept for the backward (256 MB); past it, recomputed
+_KEEP = 1 << 27   # bytes kept for a backward (128 MB: one per layer of a model); past it, recomputed
 
 
 def _blocks(N, Tq, Tk, causal, shift, tile=None, block=None):
