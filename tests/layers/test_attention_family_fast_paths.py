@@ -193,17 +193,18 @@ def test_rope_kernel_equals_rotate_on_strided_heads(rotary_dim):
 
 @needs_native
 @pytest.mark.parametrize("rotary_dim", [6, 0])
-def test_heads_kernel_equals_split_rotate_transpose(rotary_dim):
+def test_heads_kernel_equals_split_rotate_scale_transpose(rotary_dim):
     torch.manual_seed(1)
     B, T, H, D = 2, 7, 3, 6
     qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, requires_grad=True)
     pos = torch.tensor([[0], [5]]) + torch.arange(T)
     theta = rotary.frequencies(rotary_dim // 2, 100.0)
     angle = pos.double()[..., None] * theta
-    q, k, v = native_attention.heads(native_attention.load(), qkv, H, angle.cos(), angle.sin())
+    q, k, v = native_attention.heads(native_attention.load(), qkv, H, angle.cos(), angle.sin(),
+                                     0.5)
     turn = (lambda t: rotary.rotate(t, pos.double(), theta, pairs="halves")) if rotary_dim \
         else (lambda t: t)
-    ref = [t.transpose(1, 2) for t in (turn(qkv[..., :H * D].view(B, T, H, D)),
+    ref = [t.transpose(1, 2) for t in (0.5 * turn(qkv[..., :H * D].view(B, T, H, D)),
                                        turn(qkv[..., H * D:2 * H * D].view(B, T, H, D)),
                                        qkv[..., 2 * H * D:].view(B, T, H, D))]
     for a, b in zip((q, k, v), ref):

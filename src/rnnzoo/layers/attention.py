@@ -117,7 +117,8 @@ class Attention(RecurrentLayer):
                 torch.zeros(batch_size, device=device, dtype=sd))
 
     def _project(self, x, start):
-        """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
+        """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated, q times 1/sqrt(Dh);
+        pos (B, T) long."""
         B, T, _ = x.shape
         H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv(x).to(compute_dtype(x))
@@ -128,7 +129,8 @@ class Attention(RecurrentLayer):
                 half = self.rotary_dim // 2
                 angle = pos.to(qkv.dtype)[..., None] * frequencies(half, self.rope_base,
                                                                    qkv.dtype, x.device)
-                return (*native_attention.heads(lib, qkv, H, angle.cos(), angle.sin()), pos)
+                return (*native_attention.heads(lib, qkv, H, angle.cos(), angle.sin(),
+                                                Dh ** -0.5), pos)
         q, k, v = qkv.split([H * Dh, KV * Dh, KV * Dh], -1)
         q = q.view(B, T, H, Dh)
         k, v = (t.view(B, T, KV, Dh) for t in (k, v))
@@ -138,7 +140,7 @@ class Attention(RecurrentLayer):
             q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
             k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
         q, k = self.rope(q, pos), self.rope(k, pos)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
+        return (q * Dh ** -0.5).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 
     def rope(self, x, pos):
         """Rotary positions on x: (B, T, H, Dh) at absolute positions pos (B, T), channel
@@ -201,16 +203,16 @@ class Attention(RecurrentLayer):
         if plain:  # plain causal attention: blocks in C on the CPU, else PyTorch's fused kernel
             lib = native_attention.load() if backend.use_native(q, keys, values) else None
             if lib is not None:
-                out = native_attention.causal_softmax_attention(lib, q * self.head_dim ** -0.5,
-                                                                keys, values)
+                out = native_attention.causal_softmax_attention(lib, q, keys, values)
             else:
-                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
             seen = (bad_k | bad_v).cumsum(1) > 0
         else:
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
             if self.window is not None:
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
+                                                 scale=1.0)
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None]).transpose(1, 2).reshape(*x.shape[:2], -1)
         if self.g_proj is not None:

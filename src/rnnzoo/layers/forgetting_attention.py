@@ -92,8 +92,9 @@ class ForgettingAttention(Attention):
         return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt))
 
     def _heads(self, x, start):
-        """op_inputs as (B, H, T, Dh) and (B, H, T); without qk_norm on the CPU, the split,
-        rotary positions and transposes in one C pass (ops.native.attention.heads)."""
+        """op_inputs as (B, H, T, Dh) and (B, H, T), q times 1/sqrt(Dh); without qk_norm on
+        the CPU, the split, rotary positions, scale and transposes in one C pass
+        (ops.native.attention.heads)."""
         if not self.qk_norm and backend.use_native(x):
             lib = native_attention.load()
             if lib is not None:
@@ -104,9 +105,10 @@ class ForgettingAttention(Attention):
                 angle = pos.to(cdt)[..., None] * frequencies(half, self.rope_base or 1.0, cdt,
                                                              x.device)
                 q, k, v = native_attention.heads(lib, self.qkv(x).to(cdt), self.num_heads,
-                                                 angle.cos(), angle.sin())
+                                                 angle.cos(), angle.sin(), self.head_dim ** -0.5)
                 return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt)).transpose(1, 2)
-        return (t.transpose(1, 2) for t in self.op_inputs(x, start))
+        q, k, v, g = (t.transpose(1, 2) for t in self.op_inputs(x, start))
+        return q * self.head_dim ** -0.5, k, v, g
 
     def op_output(self, o, x):
         """o: (B, T, H, Dh) -> y: (B, T, d_model)."""
@@ -127,7 +129,7 @@ class ForgettingAttention(Attention):
                                  f"of this forgetting attention layer; build it with a larger "
                                  f"max_len or a sliding window")
             cached = top > 0
-        q, k, v, g = self._heads(x, start)                            # (B, H, T, ...)
+        q, k, v, g = self._heads(x, start)                 # (B, H, T, ...), q / sqrt(Dh)
         pos = start[:, None] + torch.arange(T, device=x.device)
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key, value or gate is not finite (ops.finite)
@@ -152,11 +154,10 @@ class ForgettingAttention(Attention):
         plain = not cached and self.window is None
         lib = native_attention.load() if plain and backend.use_native(q, keys, values) else None
         if lib is not None:  # causal blocks with the softmax in C, the bias added per key
-            out = native_attention.causal_softmax_attention(lib, q * self.head_dim ** -0.5,
-                                                            keys, values, k_bias)
+            out = native_attention.causal_softmax_attention(lib, q, keys, values, k_bias)
             seen = bad.cumsum(1) > 0
         else:
-            q = torch.cat([q * self.head_dim ** -0.5, torch.ones_like(q[..., :1])], -1)
+            q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
             keys = torch.cat([keys, k_bias[..., None]], -1)
             values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
             if plain:

@@ -211,12 +211,13 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
     }
 }
 
-/* y = rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
+/* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
 void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const T *restrict sn,
                 long sb, long st, long sh, long ob, long ot, long oh, long Tn, long H, long D,
-                long R, long sign, long r0, long r1) {
+                long R, long sign, double scale, long r0, long r1) {
     const long half = R / 2;
+    const T g = (T)scale;
     for (long r = r0; r < r1; r++) {
         const long b = r / (Tn * H), t = r / H % Tn, h = r % H;
         const T *restrict xr = x + b * sb + t * st + h * sh;
@@ -224,10 +225,10 @@ void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const 
         const T *restrict c = cs + (b * Tn + t) * half, *restrict sg = sn + (b * Tn + t) * half;
         for (long a = 0; a < half; a++) {
             const T x1 = xr[a], x2 = xr[a + half], sv = sign * sg[a];
-            yr[a] = x1 * c[a] - x2 * sv;
-            yr[a + half] = x2 * c[a] + x1 * sv;
+            yr[a] = g * (x1 * c[a] - x2 * sv);
+            yr[a + half] = g * (x2 * c[a] + x1 * sv);
         }
-        for (long a = R; a < D; a++) yr[a] = xr[a];
+        for (long a = R; a < D; a++) yr[a] = g * xr[a];
     }
 }
 

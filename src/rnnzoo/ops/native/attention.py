@@ -43,7 +43,7 @@ def _kernel(lib, name, dtype):
     return native.kernel(lib, name, dtype, {"sb_fwd": [P] * 3 + [L] * 10,
                                             "sm_fwd": [P] * 2 + [L] * 7,
                                             "sm_bwd": [P] * 2 + [L] * 5,
-                                            "rope": [P] * 4 + [L] * 13,
+                                            "rope": [P] * 4 + [L] * 11 + [ctypes.c_double, L, L],
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L]}[name])
@@ -211,10 +211,11 @@ def causal_softmax_attention(lib, q, k, v, bias=None):
     return _Causal.apply(lib, q, k, v, bias)
 
 
-def _rope(lib, x, y, cos, sin, sign):
+def _rope(lib, x, y, cos, sin, sign, scale=1.0):
     B, Tn, H, D = x.shape
     _run(_kernel(lib, "rope", x.dtype), [native.ptr(t) for t in (x, y, cos, sin)],
-         (*x.stride()[:3], *y.stride()[:3], Tn, H, D, 2 * cos.shape[-1], sign), B * Tn * H)
+         (*x.stride()[:3], *y.stride()[:3], Tn, H, D, 2 * cos.shape[-1], sign, scale),
+         B * Tn * H)
 
 
 class _Rope(torch.autograd.Function):
@@ -239,14 +240,15 @@ class _Rope(torch.autograd.Function):
 
 class _Heads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, qkv, H, cos, sin):
+    def forward(ctx, lib, qkv, H, cos, sin, scale):
         B, Tn, _ = qkv.shape
         x = qkv.view(B, Tn, 3, H, -1)
         ys = [x.new_empty(B, H, Tn, x.shape[-1]) for _ in range(3)]
         for i, (y, c, s) in enumerate(zip(ys, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
-            _rope(lib, x[:, :, i], y.transpose(1, 2), c, s, 1)  # v: no channel turned, a copy
+            # v: no channel turned, a copy; q scaled
+            _rope(lib, x[:, :, i], y.transpose(1, 2), c, s, 1, scale if i == 0 else 1.0)
         ctx.save_for_backward(cos, sin)
-        ctx.lib, ctx.H = lib, H
+        ctx.lib, ctx.scale = lib, scale
         return tuple(ys)
 
     @staticmethod
@@ -260,16 +262,17 @@ class _Heads(torch.autograd.Function):
                 dx[:, :, i] = 0
                 continue
             g = g if g.stride(-1) == 1 else g.contiguous()
-            _rope(ctx.lib, g.transpose(1, 2), dx[:, :, i], c, s, -1)
-        return None, dqkv, None, None, None
+            _rope(ctx.lib, g.transpose(1, 2), dx[:, :, i], c, s, -1,
+                  ctx.scale if i == 0 else 1.0)
+        return None, dqkv, None, None, None, None
 
 
-def heads(lib, qkv, H: int, cos, sin):
+def heads(lib, qkv, H: int, cos, sin, scale: float = 1.0):
     """q, k, v (B, H, T, D), contiguous, from the fused projection qkv (B, T, 3 H D) laid
     out [q | k | v], each head's D channels together; q and k turned by the rotary angles
-    whose cos and sin are cos, sin (B, T, R/2) (rope), v copied: one pass each way, the
-    split and transposes and the gradient's cat included. Gradient in qkv only."""
-    return _Heads.apply(lib, qkv, H, cos.contiguous(), sin.contiguous())
+    whose cos and sin are cos, sin (B, T, R/2) (rope), q times scale, v copied: one pass
+    each way, the split and transposes and the gradient's cat included. Gradient in qkv."""
+    return _Heads.apply(lib, qkv, H, cos.contiguous(), sin.contiguous(), scale)
 
 
 def rope(lib, x, cos, sin):
