@@ -2,10 +2,15 @@
 
 - stick-breaking: the blocked C kernels (ops/native/attention.py) equal the log-space
   PyTorch weights, values and gradients, causal (with and without the current token) and
-  under a general mask, through many small blocks and tiles; the layer runs them;
-- forgetting attention: the decay rides in one key channel, so PyTorch's fused attention
-  gets no (T, T) bias (is_causal on a fresh sequence) and still equals softmax with the
-  bias D_ij = G_i - G_j built whole, gradients too;
+  under a general mask, through many small blocks and tiles, weights kept for the backward
+  or recomputed there; the layer runs them;
+- causal softmax attention (plain attention and FoX on a fresh sequence): the blocked C
+  softmax rows equal the masked softmax with a bias per key, kept or recomputed for the
+  backward; the rotary kernels (rope, heads) equal layers.rotary on strided views and the
+  split of the fused projection; the attention layer runs them and equals its fallback;
+- forgetting attention: the decay is a bias per key (C rows), or rides in one key channel
+  so that PyTorch's fused attention gets no (T, T) bias (is_causal on a fresh sequence),
+  and either way equals softmax with the bias D_ij = G_i - G_j built whole, gradients too;
 - based / rebased: the chunk mode never forms the F-wide features (packed pairs across
   chunks, the kernel matrix inside) and equals the recurrent reference from a non-zero
   state, with the C feature kernel and with its PyTorch fallback.
@@ -13,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 
 import rnnzoo
 from rnnzoo.layers import forgetting_attention as fox_module
+from rnnzoo.layers import rotary
 from rnnzoo.layers import stickbreaking_attention as sb_module
 from rnnzoo.ops import backend
 from rnnzoo.ops import feature_maps as fm
@@ -43,9 +50,12 @@ def _grads(out, inputs):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", ["causal", "strict", "mask"])
-def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case):
+@pytest.mark.parametrize("keep", [True, False])
+def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case, keep):
     monkeypatch.setattr(native_attention, "_BLOCK", 40)  # many blocks of a few rows
     monkeypatch.setattr(native_attention, "_TILE", 3)    # and causal tiles of 3 queries
+    if not keep:
+        monkeypatch.setattr(native_attention, "_KEEP", 0)  # weights recomputed
     torch.manual_seed(0)
     B, H, Tq, D = 2, 3, 10, 4
     Tk = 13 if case == "mask" else Tq
@@ -104,29 +114,129 @@ def _fox_reference(layer, x):
     return layer.op_output((s.softmax(-1) @ v).transpose(1, 2), x)
 
 
-def test_forgetting_attention_gives_the_fused_kernel_no_bias_and_equals_the_definition(
-        monkeypatch):
+@pytest.mark.parametrize("native", [True, False])
+def test_forgetting_attention_takes_the_bias_per_key_and_equals_the_definition(monkeypatch,
+                                                                               native):
+    if native and native_attention.load() is None:
+        pytest.skip("no C compiler")
     seen, real = [], F.scaled_dot_product_attention
 
     def spy(*args, **kw):
         seen.append((kw.get("attn_mask"), kw.get("is_causal", False)))
         return real(*args, **kw)
     monkeypatch.setattr(fox_module.F, "scaled_dot_product_attention", spy)
+    calls = counter(monkeypatch, fox_module.native_attention, "causal_softmax_attention")
     torch.manual_seed(3)
     layer = rnnzoo.create("forgetting_attention", d_model=8, num_heads=2, max_len=32,
                           qk_norm=True, use_output_gate=True).double()
     with torch.no_grad():
         layer.f_proj.bias.fill_(-1.0)  # strong forgetting: the bias matters
     x = torch.randn(2, 12, 8, dtype=torch.float64, requires_grad=True)
-    y, s = layer(x, mode="parallel")
-    assert seen == [(None, True)]          # fresh: causal flag, no (T, T) tensor
-    ref = _fox_reference(layer, x)
-    assert (y - ref).abs().max() < 1e-12 * ref.abs().max()
-    params = (x, *layer.parameters())
-    for a, b in zip(_grads(y, params), _grads(ref, params)):
+    with backend.force("torch") if not native else contextlib.nullcontext():
+        y, s = layer(x, mode="parallel")
+        # fresh: the C softmax rows with the bias per key, else the causal flag; no (T, T)
+        assert (calls[0], seen) == ((1, []) if native else (0, [(None, True)]))
+        ref = _fox_reference(layer, x)
+        assert (y - ref).abs().max() < 1e-12 * ref.abs().max()
+        params = (x, *layer.parameters())
+        for a, b in zip(_grads(y, params), _grads(ref, params)):
+            assert (a - b).abs().max() < 1e-12 * b.abs().max()
+        layer(x[:, :3], s, mode="parallel")  # through the cache: a boolean mask, still no bias
+        assert seen[-1][0].dtype == torch.bool
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("keep", [True, False])
+def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, keep):
+    monkeypatch.setattr(native_attention, "_SM_TILE", 3)    # causal tiles of 3 queries
+    monkeypatch.setattr(native_attention, "_SM_BLOCK", 40)  # in many blocks of a few rows
+    if not keep:
+        monkeypatch.setattr(native_attention, "_KEEP", 0)   # probabilities recomputed
+    torch.manual_seed(0)
+    B, H, T, D, V = 2, 3, 11, 5, 4
+    q = (2 * torch.randn(B, H, T, D, dtype=dtype)).requires_grad_()
+    k = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, H, T, V, dtype=dtype, requires_grad=True)
+    b = (3 * torch.randn(B, H, T, dtype=dtype)).requires_grad_() if bias else None
+    o = native_attention.causal_softmax_attention(native_attention.load(), q, k, v, b)
+    s = q @ k.transpose(-1, -2) + (b[..., None, :] if bias else 0)
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    ref = s.softmax(-1) @ v
+    inputs = (q, k, v, b) if bias else (q, k, v)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (o - ref).abs().max() < tol * ref.abs().max()
+    for x, y in zip(_grads(o, inputs), _grads(ref, inputs)):
+        assert (x - y).abs().max() < tol * y.abs().max()
+
+
+@needs_native
+@pytest.mark.parametrize("rotary_dim", [6, 2])
+def test_rope_kernel_equals_rotate_on_strided_heads(rotary_dim):
+    torch.manual_seed(1)
+    B, T, H, D = 2, 7, 3, 6
+    qkv = torch.randn(B, T, 2 * H * D, dtype=torch.float64, requires_grad=True)
+    x = qkv[..., H * D:].view(B, T, H, D)   # a strided view, as the layers' split gives
+    pos = torch.tensor([[0], [5]]) + torch.arange(T)
+    half = rotary_dim // 2
+    theta = rotary.frequencies(half, 100.0)
+    angle = pos.double()[..., None] * theta
+    y = native_attention.rope(native_attention.load(), x, angle.cos(), angle.sin())
+    ref = torch.cat([rotary.rotate(x[..., :rotary_dim], pos.double(), theta, pairs="halves"),
+                     x[..., rotary_dim:]], -1)
+    assert y.shape == ref.shape and y.transpose(1, 2).is_contiguous()
+    assert (y - ref).abs().max() < 1e-14
+    for a, b in zip(_grads(y, (qkv,)), _grads(ref, (qkv,))):
+        assert (a - b).abs().max() < 1e-14
+
+
+@needs_native
+@pytest.mark.parametrize("rotary_dim", [6, 0])
+def test_heads_kernel_equals_split_rotate_scale_transpose(rotary_dim):
+    torch.manual_seed(1)
+    B, T, H, D = 2, 7, 3, 6
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([[0], [5]]) + torch.arange(T)
+    theta = rotary.frequencies(rotary_dim // 2, 100.0)
+    angle = pos.double()[..., None] * theta
+    q, k, v = native_attention.heads(native_attention.load(), qkv, H, angle.cos(), angle.sin(),
+                                     0.5)
+    turn = (lambda t: rotary.rotate(t, pos.double(), theta, pairs="halves")) if rotary_dim \
+        else (lambda t: t)
+    ref = [t.transpose(1, 2) for t in (0.5 * turn(qkv[..., :H * D].view(B, T, H, D)),
+                                       turn(qkv[..., H * D:2 * H * D].view(B, T, H, D)),
+                                       qkv[..., 2 * H * D:].view(B, T, H, D))]
+    for a, b in zip((q, k, v), ref):
+        assert a.is_contiguous() and (a - b).abs().max() < 1e-14
+    for a, b in zip(_grads(q + v, (qkv,)), _grads(ref[0] + ref[2], (qkv,))):  # k: no gradient
+        assert (a - b).abs().max() < 1e-14
+
+
+@needs_native
+@pytest.mark.parametrize("opts", [{}, dict(rotary_dim=2, num_kv_heads=1)])
+def test_attention_layer_runs_the_kernels_and_equals_its_fallback(monkeypatch, opts):
+    calls = counter(monkeypatch, native_attention, "causal_softmax_attention", "rope", "heads")
+    torch.manual_seed(2)
+    layer = rnnzoo.create("attention", d_model=8, num_heads=2, max_len=32, **opts).double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+
+    def run():  # fresh, then through the cache
+        y1, s = layer(x[:, :6], mode="parallel")
+        y2, s = layer(x[:, 6:], s, mode="parallel")
+        y = torch.cat([y1, y2], 1)
+        return (y, *s, *_grads(y, (x, *layer.parameters())))
+
+    fast = run()
+    # the fresh chunk's attention; in both chunks q, k, v split from the fused projection
+    # with q, k rotated in one kernel (heads), or with grouped keys q and k rotated apart
+    n = 1 + (4 if opts else 2)
+    assert calls[0] == n
+    with backend.force("torch"):
+        slow = run()
+    assert calls[0] == n
+    for a, b in zip(fast, slow):
         assert (a - b).abs().max() < 1e-12 * b.abs().max()
-    layer(x[:, :3], s, mode="parallel")    # through the cache: a boolean mask, still no bias
-    assert seen[1][0].dtype == torch.bool
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -24,7 +24,13 @@ def test_fresh_window_skips_the_empty_cache(name, monkeypatch):
         keys.append(k.shape[2])
         return plain(q, k, v, *args, **kw)
 
+    def native(lib, q, k, v, *args):  # a fresh sequence on the CPU: the C softmax rows
+        keys.append(k.shape[2])
+        return fused(lib, q, k, v, *args)
+
+    fused = attention.native_attention.causal_softmax_attention
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", sdpa)
+    monkeypatch.setattr(attention.native_attention, "causal_softmax_attention", native)
     y, s = layer(x, mode="chunk")
     assert keys == [5]                                  # T keys, not window + T
     y2, s2 = layer(x, s, mode="chunk")                  # begun: the buffer is read

@@ -28,7 +28,9 @@ by sigmoid(W_g x) before W_o (gated attention, Qiu et al. 2025, arXiv:2505.06708
 Qwen3-Next).
 
 Modes: `sequential` (reference: one token at a time through the cache) and
-`parallel` (one masked matrix product over cache + new tokens).
+`parallel` (one masked matrix product over cache + new tokens; a fresh sequence on the CPU
+runs causal blocks with the softmax in C, ops.native.attention, elsewhere PyTorch's fused
+kernel).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.rotary import frequencies, rotate
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.registry import register
 
 
@@ -114,18 +117,30 @@ class Attention(RecurrentLayer):
                 torch.zeros(batch_size, device=device, dtype=sd))
 
     def _project(self, x, start):
-        """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated; pos (B, T) long."""
+        """q, k, v: (B, H, T, Dh) in the compute dtype, q and k rotated, q times 1/sqrt(Dh);
+        pos (B, T) long."""
         B, T, _ = x.shape
         H, KV, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.qkv(x).to(compute_dtype(x)).split([H * Dh, KV * Dh, KV * Dh], -1)
+        qkv = self.qkv(x).to(compute_dtype(x))
+        pos = start[:, None] + torch.arange(T, device=x.device)
+        if KV == H and self.qk_norm_eps is None and backend.use_native(qkv):
+            lib = native_attention.load()
+            if lib is not None:  # split, rotary and transposes in one pass in C
+                half = self.rotary_dim // 2
+                angle = pos.to(qkv.dtype)[..., None] * frequencies(half, self.rope_base,
+                                                                   qkv.dtype, x.device)
+                return (*native_attention.heads(lib, qkv, H, angle.cos(), angle.sin(),
+                                                Dh ** -0.5), pos)
+        q, k, v = qkv.split([H * Dh, KV * Dh, KV * Dh], -1)
         q = q.view(B, T, H, Dh)
-        k, v = (t.view(B, T, KV, Dh).repeat_interleave(H // KV, 2) for t in (k, v))
+        k, v = (t.view(B, T, KV, Dh) for t in (k, v))
+        if H != KV:
+            k, v = (t.repeat_interleave(H // KV, 2) for t in (k, v))
         if self.qk_norm_eps is not None:
             q = F.rms_norm(q, (Dh,), eps=self.qk_norm_eps) * self.q_norm.to(q.dtype)
             k = F.rms_norm(k, (Dh,), eps=self.qk_norm_eps) * self.k_norm.to(k.dtype)
-        pos = start[:, None] + torch.arange(T, device=x.device)
         q, k = self.rope(q, pos), self.rope(k, pos)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
+        return (q * Dh ** -0.5).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 
     def rope(self, x, pos):
         """Rotary positions on x: (B, T, H, Dh) at absolute positions pos (B, T), channel
@@ -136,6 +151,10 @@ class Attention(RecurrentLayer):
             return x
         half = R // 2
         theta = frequencies(half, self.rope_base, x.dtype, x.device)
+        lib = native_attention.load() if backend.use_native(x) else None
+        if lib is not None:  # one pass in C, written in the (B, H, T, Dh) layout read next
+            angle = pos.to(x.dtype)[..., None] * theta
+            return native_attention.rope(lib, x, angle.cos(), angle.sin())
         if R == self.head_dim:
             return rotate(x, pos.to(x.dtype), theta, pairs="halves")
         return torch.cat([rotate(x[..., :R], pos.to(x.dtype), theta, pairs="halves"),
@@ -181,14 +200,19 @@ class Attention(RecurrentLayer):
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key or value is not finite (the cache keeps it)
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        if plain:  # plain causal attention: PyTorch's fused kernel
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        if plain:  # plain causal attention: blocks in C on the CPU, else PyTorch's fused kernel
+            lib = native_attention.load() if backend.use_native(q, keys, values) else None
+            if lib is not None:
+                out = native_attention.causal_softmax_attention(lib, q, keys, values)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
             seen = (bad_k | bad_v).cumsum(1) > 0
         else:
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
             if self.window is not None:
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
+                                                 scale=1.0)
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
         out = poison(out, (bad_q | seen)[:, None]).transpose(1, 2).reshape(*x.shape[:2], -1)
         if self.g_proj is not None:

@@ -87,7 +87,7 @@ class DeltaFormer(Attention):
         lib = native_df.load() if top == 0 and backend.use_native(q, k_f, v, beta) else None
         if lib is not None:  # a fresh sequence: row by row in C, no (T, T) matrix (ops.native)
             out, u = native_df.attend(lib, q, k_f, v, beta, self.head_dim ** -0.5)
-            return self._finish(x, state, k, u, out, late, pos, start + T)
+            return self._finish(x, state, k, u, out, late, pos, start + T, fresh=True)
         new_pos = pos[:, None, :]
         if top > 0:
             (kc, bad_kc), (uc, bad_uc) = finite(k_cache.to(q.dtype), 2), finite(u_cache.to(q.dtype), 2)
@@ -108,14 +108,15 @@ class DeltaFormer(Attention):
                                           unitriangular=True)
         values = u if uc is None else torch.cat([uc, u], 2)
         out = masked_softmax(scores, seen[:, None]) @ values
-        return self._finish(x, state, k, u, out, late, pos, start + T)
+        return self._finish(x, state, k, u, out, late, pos, start + T, fresh=top == 0)
 
-    def _finish(self, x, state, k, u, out, late, pos, end):
-        """y from the heads' outputs out (B, H, T, Dh), and the cache with k and residues u;
-        outputs and residues from a marked (non-finite) step on are NaN."""
+    def _finish(self, x, state, k, u, out, late, pos, end, fresh: bool):
+        """y from the heads' outputs out (B, H, T, Dh), and the cache with k and residues u
+        (fresh: every sequence starts at 0, Attention._write's cat); outputs and residues
+        from a marked (non-finite) step on are NaN."""
         y = self.op_output(poison(out, late[:, None]).transpose(1, 2), x)
         u = poison(u.transpose(1, 2), late).transpose(1, 2)  # a marked step's residue is NaN
-        return y, self._write(state, k.transpose(1, 2), u, pos, end)
+        return y, self._write(state, k.transpose(1, 2), u, pos, end, fresh=fresh)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

@@ -19,9 +19,10 @@ log f to every slot, so no long cumulative sum is ever differenced across the ca
     k_cache, v_cache: (B, H, capacity, Dh); decay_cache: (B, H, capacity); position: (B,)
 
 Modes: `sequential` (one token at a time through the cache) and `parallel` (one masked
-softmax over cache + new tokens). Both run PyTorch's fused attention with the decay as one
-more channel: softmax_j is blind to the row's G_i, so q_i . k_j / sqrt(Dh) + D_ij gives the
-weights of [q_i / sqrt(Dh), 1] . [k_j, -G_j].
+softmax over cache + new tokens). softmax_j is blind to the row's G_i, so q_i . k_j / sqrt(Dh)
++ D_ij gives the weights of q_i . k_j / sqrt(Dh) - G_j: a bias per key. A fresh sequence on
+the CPU adds it in the C softmax rows of ops.native.attention; otherwise PyTorch's fused
+attention takes it as one more channel, [q_i / sqrt(Dh), 1] . [k_j, -G_j].
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import frequencies
+from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.registry import register
 
 
@@ -87,6 +91,25 @@ class ForgettingAttention(Attention):
             q, k = self.rope(q, pos), self.rope(k, pos)
         return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt))
 
+    def _heads(self, x, start):
+        """op_inputs as (B, H, T, Dh) and (B, H, T), q times 1/sqrt(Dh); without qk_norm on
+        the CPU, the split, rotary positions, scale and transposes in one C pass
+        (ops.native.attention.heads)."""
+        if not self.qk_norm and backend.use_native(x):
+            lib = native_attention.load()
+            if lib is not None:
+                B, T, _ = x.shape
+                cdt = compute_dtype(x)
+                half = 0 if self.rope_base is None else self.head_dim // 2
+                pos = start[:, None] + torch.arange(T, device=x.device)
+                angle = pos.to(cdt)[..., None] * frequencies(half, self.rope_base or 1.0, cdt,
+                                                             x.device)
+                q, k, v = native_attention.heads(lib, self.qkv(x).to(cdt), self.num_heads,
+                                                 angle.cos(), angle.sin(), self.head_dim ** -0.5)
+                return q, k, v, F.logsigmoid(self.f_proj(x).to(cdt)).transpose(1, 2)
+        q, k, v, g = (t.transpose(1, 2) for t in self.op_inputs(x, start))
+        return q * self.head_dim ** -0.5, k, v, g
+
     def op_output(self, o, x):
         """o: (B, T, H, Dh) -> y: (B, T, d_model)."""
         o = o.flatten(2)
@@ -106,8 +129,7 @@ class ForgettingAttention(Attention):
                                  f"of this forgetting attention layer; build it with a larger "
                                  f"max_len or a sliding window")
             cached = top > 0
-        q, k, v, g = self.op_inputs(x, start)
-        q, k, v, g = (t.transpose(1, 2) for t in (q, k, v, g))      # (B, H, T, ...)
+        q, k, v, g = self._heads(x, start)                 # (B, H, T, ...), q / sqrt(Dh)
         pos = start[:, None] + torch.arange(T, device=x.device)
         # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
         # rows whose query or some visible key, value or gate is not finite (ops.finite)
@@ -115,9 +137,9 @@ class ForgettingAttention(Attention):
         seen_g = bad_g.cumsum(1) > 0                                   # (B, T)
         G = g.cumsum(-1)                                               # (B, H, T), inclusive
         # D_ij = G_i - G_j; the softmax over j does not see the row's own G_i, so the bias
-        # is -G_j (a cached key: the decay it has gathered, D_{start-1, s}), one more channel
-        # of every key against a channel of ones in every query: PyTorch's fused kernel
-        # (is_causal for a fresh sequence) takes it, and no (T, C + T) bias is ever built.
+        # is -G_j (a cached key: the decay it has gathered, D_{start-1, s}): added per key in
+        # the C rows, or one more channel of every key against a channel of ones in every
+        # query for PyTorch's fused kernel; no (T, C + T) bias is ever built.
         k_bias = -G
         if cached:
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
@@ -128,21 +150,28 @@ class ForgettingAttention(Attention):
             keys, values, key_pos = k, v, pos
         (q, bad_q), (keys, bad_k), (values, bad_v), (k_bias, bad_d) = (
             finite(t, 2) for t in (q, keys, values, k_bias))
-        q = torch.cat([q * self.head_dim ** -0.5, torch.ones_like(q[..., :1])], -1)
-        keys = torch.cat([keys, k_bias[..., None]], -1)
-        values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
         bad = bad_k | bad_v | bad_d
-        if not cached and self.window is None:
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+        plain = not cached and self.window is None
+        lib = native_attention.load() if plain and backend.use_native(q, keys, values) else None
+        if lib is not None:  # causal blocks with the softmax in C, the bias added per key
+            out = native_attention.causal_softmax_attention(lib, q, keys, values, k_bias)
             seen = bad.cumsum(1) > 0
         else:
-            visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
-            if self.window is not None:
-                visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
-                                                 scale=1.0)
-            seen = (visible & bad[:, None, :]).any(-1)
-        out = poison(out[..., :-1], (bad_q | seen | seen_g)[:, None])
+            q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
+            keys = torch.cat([keys, k_bias[..., None]], -1)
+            values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
+            if plain:
+                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+                seen = bad.cumsum(1) > 0
+            else:
+                visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+                if self.window is not None:
+                    visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+                out = F.scaled_dot_product_attention(q, keys, values,
+                                                     attn_mask=visible[:, None], scale=1.0)
+                seen = (visible & bad[:, None, :]).any(-1)
+            out = out[..., :-1]
+        out = poison(out, (bad_q | seen | seen_g)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         # every kept slot gathers this chunk's decay; the new key j has G_last - G_j
         d_new = G[..., -1:] - G

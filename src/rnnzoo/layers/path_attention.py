@@ -119,11 +119,17 @@ class PaTHAttention(Attention):
                                           chunk_size=self.chunk_size, k_cache=kc,
                                           v_cache=vc, cache_visible=visible)
         y = self.op_output(poison(out, bad), x)
+        end = (start + pos.shape[1]).to(position.dtype)
+        if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
+            T = pos.shape[1]
+            k_cache = torch.cat([keys.to(k_cache.dtype), k_cache.new_zeros(
+                *k_cache.shape[:2], k_cache.shape[2] - T, k_cache.shape[3])], 2)
+            v_cache = torch.cat([v.transpose(1, 2).to(v_cache.dtype), v_cache[:, :, T:]], 2)
+            return y, (k_cache, v_cache, end)
         index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
-        moved = torch.zeros_like(k_cache, dtype=keys.dtype) if moved is None else moved
         k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
         v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))
-        return y, (k_cache, v_cache, (start + pos.shape[1]).to(position.dtype))
+        return y, (k_cache, v_cache, end)
 
     def _step(self, x_t, state):
         y, state = self._forward(x_t[:, None], state, "sequential")

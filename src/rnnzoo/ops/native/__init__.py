@@ -34,6 +34,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
+                        (and the causal softmax rows of attention / FoX, rotary positions)
     longhorn_scan.c     Longhorn's diagonal online-learning scan
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
     vector_delta.c      the delta rule with a decay per key channel (kda, erase_delta, rwkv7 on a CPU)

@@ -20,6 +20,17 @@
        psi = [1, x, w_p x_a x_b over the pairs p = (a, b), a <= b]   (lin = 1: taylor)
        psi = [w_p x_a x_b]                                           (lin = 0: square)
    and dx from dpsi: dx_c = [dpsi_(1 + c)] + sum_p dpsi_p w_p (x_b [a = c] + x_a [b = c]).
+   Causal softmax rows (sm_fwd, sm_bwd): a block of logits s_i. over keys j (key j visible to
+   query i when j <= i), with an optional bias b_j per key (FoX's -G_j):
+
+       P_ij = exp(s_ij + b_j - m_i) / sum_{j' <= i} exp(s_ij' + b_j' - m_i),   m_i their max
+       dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij')        (dP = dL/dP; 0 past the diagonal)
+
+   in place (S becomes P, dP becomes dS), one row at a time.
+
+   Rotary positions (rope, GPT-NeoX's pairs (a, a + R/2) of the first R channels) from
+   tables c, s = cos, sin of the angles (positions, R/2): y_a = x_a c - x_{a+R/2} s,
+   y_{a+R/2} = x_{a+R/2} c + x_a s; sign -1 turns back (the backward); channels past R copied.
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -158,6 +169,67 @@ void NAME(sb_bwd)(const T *restrict z, const unsigned char *restrict mask, const
         }
     }
     free(zt);
+}
+
+/* Causal softmax of a block of logits S (rows, e) in place, row r = (head-row n0 + r / t,
+   query i0 + r % t), keys [0, e): keys j <= i visible, zeros past; bias (N, Tk) or NULL is
+   added to key j of head-row n (bias + n Tk). */
+void NAME(sm_fwd)(T *restrict S, const T *restrict bias, long t, long e, long n0, long Tk,
+                  long i0, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        const long i = i0 + r % t, end = i + 1 < e ? i + 1 : e;
+        T *restrict s = S + r * e;
+        if (bias) {
+            const T *restrict b = bias + (n0 + r / t) * Tk;
+            for (long j = 0; j < end; j++) s[j] += b[j];
+        }
+        T m = s[0], sum = 0;
+#pragma omp simd reduction(max:m)
+        for (long j = 0; j < end; j++) m = s[j] > m ? s[j] : m;
+#pragma omp simd reduction(+:sum)
+        for (long j = 0; j < end; j++) {
+            s[j] = EXP(s[j] - m);
+            sum += s[j];
+        }
+        const T inv = 1 / sum;
+        for (long j = 0; j < end; j++) s[j] *= inv;
+        for (long j = end; j < e; j++) s[j] = 0;
+    }
+}
+
+/* dP (rows, e) -> dS in place from the block's probabilities P (sm_fwd's layout). */
+void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, long r0,
+                  long r1) {
+    for (long r = r0; r < r1; r++) {
+        const long i = i0 + r % t, end = i + 1 < e ? i + 1 : e;
+        const T *restrict p = P + r * e;
+        T *restrict d = dP + r * e, dot = 0;
+#pragma omp simd reduction(+:dot)
+        for (long j = 0; j < end; j++) dot += p[j] * d[j];
+        for (long j = 0; j < end; j++) d[j] = p[j] * (d[j] - dot);
+        for (long j = end; j < e; j++) d[j] = 0;
+    }
+}
+
+/* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
+   y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
+void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const T *restrict sn,
+                long sb, long st, long sh, long ob, long ot, long oh, long Tn, long H, long D,
+                long R, long sign, double scale, long r0, long r1) {
+    const long half = R / 2;
+    const T g = (T)scale;
+    for (long r = r0; r < r1; r++) {
+        const long b = r / (Tn * H), t = r / H % Tn, h = r % H;
+        const T *restrict xr = x + b * sb + t * st + h * sh;
+        T *restrict yr = y + b * ob + t * ot + h * oh;
+        const T *restrict c = cs + (b * Tn + t) * half, *restrict sg = sn + (b * Tn + t) * half;
+        for (long a = 0; a < half; a++) {
+            const T x1 = xr[a], x2 = xr[a + half], sv = sign * sg[a];
+            yr[a] = g * (x1 * c[a] - x2 * sv);
+            yr[a + half] = g * (x2 * c[a] + x1 * sv);
+        }
+        for (long a = R; a < D; a++) yr[a] = g * xr[a];
+    }
 }
 
 void NAME(pairs_fwd)(const T *restrict x, const T *restrict w, T *restrict out, long d, int lin,

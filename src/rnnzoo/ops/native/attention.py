@@ -7,6 +7,16 @@
         matmuls), recomputed in the backward, instead of a dozen (B, H, Tq, Tk) tensors
         through autograd (layers.stickbreaking_attention keeps that form as its fallback);
         causal tiles skip the keys no query of the tile sees.
+    causal_softmax_attention(lib, q, k, v, bias) -> o    softmax attention of a fresh
+        sequence, o_i = sum_{j <= i} softmax_j(q_i . k_j + b_j) v_j (b: a bias per key, FoX's
+        forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
+        (and its backward) a C pass a row; each block's probabilities are kept for the
+        backward up to _KEEP bytes in all, else recomputed there.
+    rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
+        of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
+        (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
+    heads(lib, qkv, H, cos, sin) -> q, k, v   the same for a fused [q | k | v] projection,
+        (B, H, T, D) each, split and transposed in the same pass.
     pairs(lib, x, w, lin) -> psi             ops.feature_maps.packed's features: x (..., d)
         -> (..., [1 + d +] d (d + 1) / 2), [1, x] first when lin, then w_p x_a x_b over the
         pairs a <= b in row-major order (w (P,)); gradient in x only.
@@ -31,6 +41,9 @@ def load():
 def _kernel(lib, name, dtype):
     P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     return native.kernel(lib, name, dtype, {"sb_fwd": [P] * 3 + [L] * 10,
+                                            "sm_fwd": [P] * 2 + [L] * 7,
+                                            "sm_bwd": [P] * 2 + [L] * 5,
+                                            "rope": [P] * 4 + [L] * 11 + [ctypes.c_double, L, L],
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L]}[name])
@@ -42,25 +55,30 @@ def _run(fn, ptrs, extra, rows):
 
 _BLOCK = 1 << 19  # entries of one block of logits (2 MB in float32): malloc reuses it
 _TILE = 128       # queries a tile when causal: tile [i0, i1) reads keys [0, i1 + shift) only
+_KEEP = 1 << 27   # bytes kept for a backward (128 MB: one per layer of a model); past it, recomputed
 
 
-def _blocks(N, Tq, Tk, causal, shift):
+def _blocks(N, Tq, Tk, causal, shift, tile=None, block=None):
     """[(n0, n1, i0, i1, e)]: head-rows [n0, n1) and queries [i0, i1) over keys [0, e)
-    (never empty: a first row with nothing visible still has its block, of zeros)."""
-    tile = min(_TILE, Tq) if causal else Tq
+    (never empty: a first row with nothing visible still has its block, of zeros), blocks
+    of about `block` logits (_BLOCK), query tiles of `tile` (_TILE) when causal."""
+    tile, block = tile or _TILE, block or _BLOCK
+    tile = min(tile, Tq) if causal else Tq
     out = []
     for i0 in range(0, Tq, tile):
         i1 = min(Tq, i0 + tile)
         e = max(1, min(Tk, i1 + shift) if causal else Tk)
-        g = max(1, _BLOCK // ((i1 - i0) * e))
+        g = max(1, block // ((i1 - i0) * e))
         out += [(n0, min(N, n0 + g), i0, i1, e) for n0 in range(0, N, g)]
     return out
 
 
 def _views(buf, blocks):
-    """Each block's (g, t, e) view of the start of buf (buf: the largest block's size)."""
-    return [buf[:(n1 - n0) * (i1 - i0) * e].view(n1 - n0, i1 - i0, e)
-            for n0, n1, i0, i1, e in blocks]
+    """Each block's (g, t, e) view of the start of buf (one buffer of the largest block's
+    size, or a list of one buffer a block)."""
+    bufs = buf if isinstance(buf, list) else [buf] * len(blocks)
+    return [b[:(n1 - n0) * (i1 - i0) * e].view(n1 - n0, i1 - i0, e)
+            for b, (n0, n1, i0, i1, e) in zip(bufs, blocks)]
 
 
 class _StickBreaking(torch.autograd.Function):
@@ -73,19 +91,25 @@ class _StickBreaking(torch.autograd.Function):
         fwd = _kernel(lib, "sb_fwd", q.dtype)
         out = q2.new_empty(B * H, Tq, v.shape[-1])
         blocks = _blocks(B * H, Tq, Tk, m is None, shift)
-        zbuf, abuf = q2.new_empty(2, max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
-        for (n0, n1, i0, i1, e), z, A in zip(blocks, _views(zbuf, blocks), _views(abuf, blocks)):
+        # each block's logits and weights, kept for the backward in blocks of their own up to
+        # _KEEP bytes in all; else two buffers reused by every block, recomputed there
+        sizes = [(n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks]
+        keep = 2 * sum(sizes) * q.element_size() <= _KEEP
+        zs, As = ([q2.new_empty(n) for n in sizes] for _ in range(2)) if keep else \
+            q2.new_empty(2, max(sizes))
+        zs, As = _views(zs, blocks), _views(As, blocks)
+        for (n0, n1, i0, i1, e), z, A in zip(blocks, zs, As):
             torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2), out=z)
             _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)],
                  (i1 - i0, e, n0, H, Tq, Tk, i0, shift), (n1 - n0) * (i1 - i0))
             out[n0:n1, i0:i1] = torch.bmm(A, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, m)  # the logits and weights: recomputed, not kept
+        ctx.save_for_backward(q2, k2, v2, m, *(zs + As if keep else ()))
         ctx.lib, ctx.shift, ctx.shapes = lib, shift, (q.shape, k.shape, v.shape)
         return out.view(B, H, Tq, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, m = ctx.saved_tensors
+        q2, k2, v2, m, *kept = ctx.saved_tensors
         (B, H, Tq, _), (_, _, Tk, _), vshape = ctx.shapes
         do2 = do.reshape(B * H, Tq, -1).contiguous()
         fwd, bwd = (_kernel(ctx.lib, n, q2.dtype) for n in ("sb_fwd", "sb_bwd"))
@@ -93,12 +117,16 @@ class _StickBreaking(torch.autograd.Function):
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
         blocks = _blocks(B * H, Tq, Tk, m is None, ctx.shift)
         bufs = q2.new_empty(4, max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
-        for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, *(_views(b, blocks) for b in bufs)):
+        zs, As = (kept[:len(blocks)], kept[len(blocks):]) if kept else \
+            (_views(bufs[0], blocks), _views(bufs[1], blocks))
+        for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, zs, As, *(_views(b, blocks)
+                                                                        for b in bufs[2:])):
             qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
             extra = (i1 - i0, e, n0, H, Tq, Tk, i0, ctx.shift)
             rows = (n1 - n0) * (i1 - i0)
-            torch.bmm(qb, kb.transpose(1, 2), out=z)
-            _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
+            if not kept:
+                torch.bmm(qb, kb.transpose(1, 2), out=z)
+                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
             torch.bmm(dob, vb.transpose(1, 2), out=dA)
             dv[n0:n1, :e] += torch.bmm(A.transpose(1, 2), dob)  # (strided: not baddbmm_)
             _run(bwd, [native.ptr(t) for t in (z, m, A, dA, dz)], extra, rows)
@@ -116,6 +144,142 @@ def stick_breaking_attention(lib, q, k, v, visible=None, shift: int = 0):
     it), when each tile of queries reads only the keys it can see. The logits exist a block
     at a time (2 MB), forward and again in the backward (recomputed, never stored)."""
     return _StickBreaking.apply(lib, q, k, v, visible, shift)
+
+
+_SM_TILE, _SM_BLOCK = 64, 1 << 18  # the softmax's tiles and blocks (1 MB): fastest measured
+
+
+def _sm_blocks(N, T):
+    return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
+
+
+class _Causal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, bias):
+        B, H, T, _ = q.shape
+        q2, k2, v2 = (t.reshape(B * H, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        b2 = None if bias is None else bias.reshape(B * H, T).contiguous()
+        blocks = _sm_blocks(B * H, T)
+        keep = sum((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks) \
+            * q.element_size() <= _KEEP
+        out = q2.new_empty(B * H, T, v.shape[-1])
+        Ps = [_softmax_block(lib, q2, k2, b2, blk) for blk in blocks] if keep else []
+        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
+            P = Ps[i] if keep else _softmax_block(lib, q2, k2, b2, (n0, n1, i0, i1, e))
+            out[n0:n1, i0:i1] = torch.bmm(P, v2[n0:n1, :e])
+        ctx.save_for_backward(q2, k2, v2, b2, *Ps)
+        ctx.lib, ctx.shapes = lib, (q.shape, v.shape, None if bias is None else bias.shape)
+        return out.view(B, H, T, -1)
+
+    @staticmethod
+    def backward(ctx, do):
+        q2, k2, v2, b2, *Ps = ctx.saved_tensors
+        (B, H, T, _), vshape, bshape = ctx.shapes
+        do2 = do.reshape(B * H, T, -1).contiguous()
+        bwd = _kernel(ctx.lib, "sm_bwd", q2.dtype)
+        dq = torch.empty_like(q2)
+        dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
+        db = None if b2 is None else torch.zeros_like(b2)
+        for i, (n0, n1, i0, i1, e) in enumerate(_sm_blocks(B * H, T)):
+            P = Ps[i] if Ps else _softmax_block(ctx.lib, q2, k2, b2, (n0, n1, i0, i1, e))
+            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
+            dS = torch.bmm(dob, vb.transpose(1, 2))
+            dv[n0:n1, :e] += torch.bmm(P.transpose(1, 2), dob)
+            _run(bwd, [native.ptr(P), native.ptr(dS)], (i1 - i0, e, i0), (n1 - n0) * (i1 - i0))
+            dq[n0:n1, i0:i1] = torch.bmm(dS, kb)
+            dk[n0:n1, :e] += torch.bmm(dS.transpose(1, 2), qb)
+            if db is not None:
+                db[n0:n1, :e] += dS.sum(1)
+        return (None, dq.view(B, H, T, -1), dk.view(B, H, T, -1), dv.view(vshape),
+                None if db is None else db.view(bshape))
+
+
+def _softmax_block(lib, q2, k2, b2, block):
+    """One block's probabilities (n1 - n0, i1 - i0, e): its logits and the C softmax rows."""
+    n0, n1, i0, i1, e = block
+    S = torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2))
+    _run(_kernel(lib, "sm_fwd", q2.dtype), [native.ptr(S), native.ptr(b2)],
+         (i1 - i0, e, n0, q2.shape[1], i0), (n1 - n0) * (i1 - i0))
+    return S
+
+
+def causal_softmax_attention(lib, q, k, v, bias=None):
+    """o_i = sum_{j <= i} softmax_j(q_i . k_j + bias_j) v_j: q, k (B, H, T, Dh) (the scale
+    already in q), v (B, H, T, Dv), bias (B, H, T) or None -> o (B, H, T, Dv); gradients in
+    q, k, v and bias. Causal tiles of _TILE queries read only the keys they can see; the
+    logits exist a block (1 MB) at a time."""
+    return _Causal.apply(lib, q, k, v, bias)
+
+
+def _rope(lib, x, y, cos, sin, sign, scale=1.0):
+    B, Tn, H, D = x.shape
+    _run(_kernel(lib, "rope", x.dtype), [native.ptr(t) for t in (x, y, cos, sin)],
+         (*x.stride()[:3], *y.stride()[:3], Tn, H, D, 2 * cos.shape[-1], sign, scale),
+         B * Tn * H)
+
+
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, cos, sin):
+        B, Tn, H, D = x.shape
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        y = x.new_empty(B, H, Tn, D).transpose(1, 2)
+        _rope(lib, x, y, cos, sin, 1)
+        ctx.save_for_backward(cos, sin)
+        ctx.lib = lib
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        cos, sin = ctx.saved_tensors
+        g = g if g.stride(-1) == 1 else g.contiguous()
+        dx = g.new_empty(g.shape)
+        _rope(ctx.lib, g, dx, cos, sin, -1)
+        return None, dx, None, None
+
+
+class _Heads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, qkv, H, cos, sin, scale):
+        B, Tn, _ = qkv.shape
+        x = qkv.view(B, Tn, 3, H, -1)
+        ys = [x.new_empty(B, H, Tn, x.shape[-1]) for _ in range(3)]
+        for i, (y, c, s) in enumerate(zip(ys, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
+            # v: no channel turned, a copy; q scaled
+            _rope(lib, x[:, :, i], y.transpose(1, 2), c, s, 1, scale if i == 0 else 1.0)
+        ctx.save_for_backward(cos, sin)
+        ctx.lib, ctx.scale = lib, scale
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *gs):
+        cos, sin = ctx.saved_tensors
+        B, H, Tn, D = next(g for g in gs if g is not None).shape
+        dqkv = cos.new_empty(B, Tn, 3 * H * D)
+        dx = dqkv.view(B, Tn, 3, H, D)
+        for i, (g, c, s) in enumerate(zip(gs, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
+            if g is None:
+                dx[:, :, i] = 0
+                continue
+            g = g if g.stride(-1) == 1 else g.contiguous()
+            _rope(ctx.lib, g.transpose(1, 2), dx[:, :, i], c, s, -1,
+                  ctx.scale if i == 0 else 1.0)
+        return None, dqkv, None, None, None, None
+
+
+def heads(lib, qkv, H: int, cos, sin, scale: float = 1.0):
+    """q, k, v (B, H, T, D), contiguous, from the fused projection qkv (B, T, 3 H D) laid
+    out [q | k | v], each head's D channels together; q and k turned by the rotary angles
+    whose cos and sin are cos, sin (B, T, R/2) (rope), q times scale, v copied: one pass
+    each way, the split and transposes and the gradient's cat included. Gradient in qkv."""
+    return _Heads.apply(lib, qkv, H, cos.contiguous(), sin.contiguous(), scale)
+
+
+def rope(lib, x, cos, sin):
+    """x (B, T, H, D) turned by the angles whose cos and sin are cos, sin (B, T, R/2), R <= D
+    even, contiguous: y (B, T, H, D), a transposed view of a contiguous (B, H, T, D);
+    gradient in x only."""
+    return _Rope.apply(lib, x, cos.contiguous(), sin.contiguous())
 
 
 class _Pairs(torch.autograd.Function):
