@@ -59,6 +59,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.grid.base import GridLayer, register_grid
 from rnnzoo.grid.dag import grid_dag
 from rnnzoo.layers._softplus import inverse_softplus
+from rnnzoo.ops.native.linear import Linear
 
 HEADS = ("trend", "seasonal")
 
@@ -70,8 +71,8 @@ class _Path(nn.Module):
         super().__init__()
         D, N = d_model, d_state
         self.lag, self.backward = lag, backward
-        self.dt_proj = nn.Linear(D, 2 * D)
-        self.bc_proj = nn.Linear(D, 4 * N, bias=False)
+        self.dt_proj = Linear(D, 2 * D)
+        self.bc_proj = Linear(D, 4 * N, bias=False)
         decay = torch.arange(1, N + 1, dtype=torch.float32).log().expand(4, D, N).clone()
         decay[1:3] += math.log(8.0)                     # the cross terms A2, A3 decay fast
         self.A_log = nn.Parameter(decay)
@@ -110,8 +111,8 @@ class Chimera(GridLayer):
         self.ssm = nn.ModuleList(_Path(D, N, self.season if h == "seasonal" else 1, b)
                                  for h in heads for b in dirs)
         self.skip = nn.Parameter(torch.ones(D))
-        self.gate = nn.Linear(D, D) if self.gated else None
-        self.out = nn.Linear(D, D, bias=False)
+        self.gate = Linear(D, D) if self.gated else None
+        self.out = Linear(D, D, bias=False)
 
     def auto_mode(self, x):
         return "wavefront"
@@ -234,12 +235,12 @@ class VariateForecaster(nn.Module):
         d = layers[0].d_model
         self.channels = positive_int("channels", channels)
         self.horizon = positive_int("horizon", horizon)
-        self.lift = nn.Linear(1, d)
+        self.lift = Linear(1, d)
         self.variate = nn.Parameter(torch.randn(channels, d) * 0.02)
         self.layers = nn.ModuleList(layers)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in layers) if len(layers) > 1 \
             else None
-        self.head = nn.Linear(d, horizon)
+        self.head = Linear(d, horizon)
 
     def run(self, x: torch.Tensor, state=None):
         """x (B, T, C) -> (outputs (B, T, horizon * C), one state per layer)."""

@@ -49,6 +49,7 @@ from rnnzoo.checks import choice, divides, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.grid.base import GridLayer, register_grid
 from rnnzoo.grid.dag import grid_dag
+from rnnzoo.ops.native.linear import Linear
 
 GATES = {"P": ("source", "transition", "mark", "direct", "orientation"),
          "D": ("source_r", "source_d", "decay_r", "decay_d", "mix_r", "mix_d", "mark_l",
@@ -198,9 +199,9 @@ class PLSTM(GridLayer):
         self.propagation = choice("propagation", propagation, ("P", "D"))
         self.orientations = choice("orientations", orientations, (1, 4))
         self.gate_names = GATES[propagation]
-        self.qkv = nn.Linear(d_model, 3 * H * K, bias=False)
-        self.gates = nn.Linear(d_model, orientations * H * len(self.gate_names))
-        self.out = nn.Linear(H * K, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * H * K, bias=False)
+        self.gates = Linear(d_model, orientations * H * len(self.gate_names))
+        self.out = Linear(H * K, d_model, bias=False)
         with torch.no_grad():   # start with long memory: decays near 1, sources and marks open
             bias = self.gates.bias.view(orientations, H, len(self.gate_names))
             bias.zero_()

@@ -29,6 +29,7 @@ from torch import nn
 
 from rnnzoo.checks import choice, flag
 from rnnzoo.grid.base import GridLayer, register_grid
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import LAYERS, create
 
 DIRECTIONS = ("row", "row_rev", "col", "col_rev")
@@ -79,7 +80,7 @@ class MultiScan(GridLayer):
         n = 1 if share else len(directions)
         self.layers = nn.ModuleList([create(layer, d_model, **options) for _ in range(n)])
         self.modes = tuple(self.layers[0].modes)
-        self.proj = nn.Linear(len(directions) * d_model, d_model, bias=False) \
+        self.proj = Linear(len(directions) * d_model, d_model, bias=False) \
             if merge == "concat" else None
 
     def auto_mode(self, x):

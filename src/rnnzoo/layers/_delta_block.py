@@ -38,6 +38,7 @@ from rnnzoo.ops.chunk.delta import (
 )
 from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 
 
 def l2norm(x, sqrt_eps: bool = False):
@@ -146,19 +147,19 @@ class DeltaBlock(RecurrentLayer):
         self.num_heads, self.head_dim, self.value_dim, self.num_householder = H, K, V, n_h
         self.allow_neg_eigval, self.norm_eps = bool(allow_neg_eigval), norm_eps
         C = Hk * K + n_h * (Hk * K + H * V)
-        self.qkv_proj = nn.Linear(d_model, C, bias=False)
+        self.qkv_proj = Linear(d_model, C, bias=False)
         self.conv = ShortConv(C, d_conv, bias=False)
-        self.b_proj = nn.Linear(d_model, n_h * H)
+        self.b_proj = Linear(d_model, n_h * H)
         if forget_gate:  # Mamba-2 style decay, initialised as in Gated DeltaNet
-            self.a_proj = nn.Linear(d_model, H, bias=False)
+            self.a_proj = Linear(d_model, H, bias=False)
             self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
             dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
             self.dt_bias = nn.Parameter(inverse_softplus(dt))
         else:
             self.a_proj = None
-        self.g_proj = nn.Linear(d_model, H * V, bias=False) if output_gate else None
+        self.g_proj = Linear(d_model, H * V, bias=False) if output_gate else None
         self.norm_weight = nn.Parameter(torch.ones(V))
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return delta_state(self, batch_size, device, dtype)

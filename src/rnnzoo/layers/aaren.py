@@ -29,6 +29,7 @@ from torch import nn
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -46,8 +47,8 @@ class Aaren(RecurrentLayer):
         D = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.num_heads, self.head_dim = H, D
         self.query = nn.Parameter(torch.randn(H, D) * D ** -0.5)
-        self.kv_proj = nn.Linear(d_model, 2 * H * D, bias=False)
-        self.o_proj = nn.Linear(H * D, d_model, bias=False)
+        self.kv_proj = Linear(d_model, 2 * H * D, bias=False)
+        self.o_proj = Linear(H * D, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

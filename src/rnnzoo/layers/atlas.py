@@ -29,6 +29,7 @@ from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.titans import memory_geometry, memory_output, memory_qkv
 from rnnzoo.ops.atlas import atlas_chunked, atlas_init_state, atlas_sequential, atlas_step
 from rnnzoo.ops.feature_maps import FEATURE_MAPS, feature_size
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -53,9 +54,9 @@ class Atlas(RecurrentLayer):
                                                                    FEATURE_MAPS)
         self.muon = flag("muon", muon)
         self.ns_steps = positive_int("ns_steps", ns_steps)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * K, bias=False)
         self.conv = ShortConv(3 * H * K, d_conv, bias=False)
-        self.gate_proj = nn.Linear(d_model, 4 * H)          # theta, alpha, eta, gamma
+        self.gate_proj = Linear(d_model, 4 * H)          # theta, alpha, eta, gamma
         F_ = K if feature_map is None else feature_size(feature_map, K)
         widths = [F_, K] if self.kind == "linear" else [F_, 4 * K, K]
         self.memory = nn.ParameterList(nn.Parameter(torch.randn(H, i, o) / i ** 0.5)

@@ -46,6 +46,7 @@ from rnnzoo.layers.rotary import frequencies, rotate
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -101,13 +102,13 @@ class Attention(RecurrentLayer):
         self.num_kv_heads, self.rotary_dim = num_kv_heads, rotary_dim
         self.rope_base = float(rope_base)
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
-        self.out_proj = nn.Linear(inner, d_model, bias=flag("out_bias", out_bias))
+        self.qkv = Linear(d_model, inner + 2 * num_kv_heads * head_dim, bias=False)
+        self.out_proj = Linear(inner, d_model, bias=flag("out_bias", out_bias))
         self.qk_norm_eps = None if qk_norm_eps is None else positive("qk_norm_eps", qk_norm_eps)
         if qk_norm_eps is not None:
             self.q_norm = nn.Parameter(torch.ones(head_dim))
             self.k_norm = nn.Parameter(torch.ones(head_dim))
-        self.g_proj = nn.Linear(d_model, inner, bias=False) if flag("output_gate",
+        self.g_proj = Linear(d_model, inner, bias=False) if flag("output_gate",
                                                                    output_gate) else None
 
     def init_state(self, batch_size, device=None, dtype=None):

@@ -22,12 +22,12 @@ ops.feature_maps) and `parallel` (the masked kernel matrix 1 + s + s^2 / 2).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rnnzoo.checks import positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.feature_maps import feature_attention, feature_size, features
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -47,10 +47,10 @@ class Based(RecurrentLayer):
         self.head_dim = positive_int("head_dim", d_model // H if head_dim is None else head_dim)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.eps = H, real("eps", eps, lo=0)
-        self.q_proj = nn.Linear(d_model, H * feature_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, H * feature_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, H * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(H * self.head_dim, d_model, bias=False)
+        self.q_proj = Linear(d_model, H * feature_dim, bias=False)
+        self.k_proj = Linear(d_model, H * feature_dim, bias=False)
+        self.v_proj = Linear(d_model, H * self.head_dim, bias=False)
+        self.o_proj = Linear(H * self.head_dim, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         F = feature_size(self.feature_map, self.feature_dim)

@@ -32,6 +32,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -52,10 +53,10 @@ class Comba(RecurrentLayer):
         V = K * positive_int("expand_v", expand_v)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.value_dim = H, K, V
-        self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
+        self.qkv_proj = Linear(d_model, H * (2 * K + V), bias=False)
         self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
-        self.a_proj = nn.Linear(d_model, H, bias=False)
-        self.b_proj = nn.Linear(d_model, H, bias=False)
+        self.a_proj = Linear(d_model, H, bias=False)
+        self.b_proj = Linear(d_model, H, bias=False)
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         dt = torch.empty(H).uniform_(math.log(1e-3), math.log(1e-1)).exp()
         self.dt_bias = nn.Parameter(inverse_softplus(dt))
@@ -63,10 +64,10 @@ class Comba(RecurrentLayer):
         correction_factor = real("correction_factor", correction_factor)
         self.D = nn.Parameter(torch.full((H,), correction_factor)) \
             if flag("output_correction", output_correction) else None
-        self.g_proj = nn.Linear(d_model, H * V, bias=False) if flag("output_gate", output_gate) \
+        self.g_proj = Linear(d_model, H * V, bias=False) if flag("output_gate", output_gate) \
             else None
         self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return delta_state(self, batch_size, device, dtype)

@@ -20,7 +20,6 @@ output read through the same row of scores, no (T, T) matrix). The cache holds k
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
@@ -28,6 +27,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import deltaformer_attn as native_df
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -55,9 +55,9 @@ class DeltaFormer(Attention):
         RecurrentLayer.__init__(self, d_model)  # no rotary (Attention's checks), no window
         head_dim = set_heads(self, d_model, num_heads, head_dim, max_len)
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.b_proj = nn.Linear(d_model, num_heads, bias=True)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * inner, bias=False)
+        self.b_proj = Linear(d_model, num_heads, bias=True)
+        self.out_proj = Linear(inner, d_model, bias=False)
 
     def op_inputs(self, x):
         """q, k, v: (B, T, H, Dh), beta: (B, T, H), in the compute dtype."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
@@ -40,6 +39,7 @@ from rnnzoo.layers.rotary import frequencies
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -65,12 +65,12 @@ class ForgettingAttention(Attention):
         self.qk_norm, self.use_output_gate = flag("qk_norm", qk_norm), flag("use_output_gate",
                                                                             use_output_gate)
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.f_proj = nn.Linear(d_model, num_heads, bias=True)
+        self.qkv = Linear(d_model, 3 * inner, bias=False)
+        self.f_proj = Linear(d_model, num_heads, bias=True)
         self.q_norm = HeadNorm(num_heads, head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = HeadNorm(num_heads, head_dim, eps=norm_eps) if qk_norm else None
-        self.g_proj = nn.Linear(d_model, inner, bias=False) if use_output_gate else None
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.g_proj = Linear(d_model, inner, bias=False) if use_output_gate else None
+        self.out_proj = Linear(inner, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         k, v, position = super().init_state(batch_size, device, dtype)

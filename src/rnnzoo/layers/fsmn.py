@@ -28,6 +28,7 @@ from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.layers.conv import causal_conv1d
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -50,8 +51,8 @@ class FSMN(MaskedLayer):
         self.memory = choice("memory", memory, ("vector", "scalar"))
         shape = (d_model, order + 1) if memory == "vector" else (order + 1,)
         self.taps = nn.Parameter(torch.empty(shape).uniform_(-1, 1) / math.sqrt(order + 1))
-        self.proj = nn.Linear(d_model, d_model)
-        self.memory_proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj = Linear(d_model, d_model)
+        self.memory_proj = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.order, self.d_model, device=device,

@@ -26,6 +26,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -41,8 +42,8 @@ class GAM(RecurrentLayer):
         self.num_slots = positive_int("num_slots", num_slots)
         self.conv = ShortConv(d_model, positive_int("d_conv", d_conv), bias=True, silu=False)
         self.memory = nn.Parameter(torch.randn(num_slots, d_model) * d_model ** -0.5)
-        self.gate_proj = nn.Linear(d_model, 2 * d_model)
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.gate_proj = Linear(d_model, 2 * d_model)
+        self.o_proj = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return self.conv.init_state(batch_size, device, state_dtype(dtype))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -41,6 +40,7 @@ from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -61,8 +61,8 @@ class GateLoop(DiagonalLayer):
         self.num_heads, self.d_state, self.chunk_size = num_heads, d_state, chunk_size
         self.head_dim = d_model // num_heads
         hk = num_heads * d_state
-        self.in_proj = nn.Linear(d_model, 4 * hk + 2 * d_model)  # q, k, magnitude, phase, v, g
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.in_proj = Linear(d_model, 4 * hk + 2 * d_model)  # q, k, magnitude, phase, v, g
+        self.out_proj = Linear(d_model, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.num_heads, self.d_state, self.head_dim, device=device,

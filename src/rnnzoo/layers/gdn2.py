@@ -17,10 +17,10 @@ Modes: `sequential` (the loop) and `chunk` (the UT transform with per-channel de
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from rnnzoo.layers.kda import KDA
 from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -36,8 +36,8 @@ class GDN2(KDA):
         super().__init__(d_model, num_heads, head_dim, expand_v, d_conv, chunk_size,
                          subchunk_size, allow_neg_eigval, norm_eps)
         H, K, V = self.num_heads, self.head_dim, self.value_dim
-        self.b_proj = nn.Linear(d_model, H * K, bias=False)
-        self.w_proj = nn.Linear(d_model, H * V, bias=False)
+        self.b_proj = Linear(d_model, H * K, bias=False)
+        self.w_proj = Linear(d_model, H * V, bias=False)
 
     def op_inputs(self, x, conv_state):
         """q, k, g, b (B, T, H, K), v, w (B, T, H, V), new conv state."""

@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -24,6 +23,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -58,13 +58,13 @@ class GLA(RecurrentLayer):
         self.chunk_size, self.subchunk_size, self.gate_normalizer = (
             chunk_size, subchunk_size, gate_normalizer)
         H, K, V = num_heads, self.key_dim, self.value_dim
-        self.qk = nn.Linear(d_model, 2 * H * K, bias=False)
-        self.v = nn.Linear(d_model, H * V, bias=False)
-        self.gate_down = nn.Linear(d_model, decay_rank, bias=False)
-        self.gate_up = nn.Linear(decay_rank, H * K)
-        self.out_gate = nn.Linear(d_model, H * V)
+        self.qk = Linear(d_model, 2 * H * K, bias=False)
+        self.v = Linear(d_model, H * V, bias=False)
+        self.gate_down = Linear(d_model, decay_rank, bias=False)
+        self.gate_up = Linear(decay_rank, H * K)
+        self.out_gate = Linear(d_model, H * V)
         self.norm = HeadNorm(H, V, kind="rms")
-        self.out_proj = nn.Linear(H * V, d_model, bias=False)
+        self.out_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.num_heads, self.key_dim, self.value_dim,

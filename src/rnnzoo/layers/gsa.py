@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import choice, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -26,6 +25,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.gsa import gated_slot_attention
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -48,10 +48,10 @@ class GSA(RecurrentLayer):
                                           lo_open=True)
         self.feature_map = choice("feature_map", feature_map, ("swish", "identity"))
         self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * D, bias=False)
-        self.f_proj = nn.Linear(d_model, H * num_slots, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * D, bias=False)
+        self.f_proj = Linear(d_model, H * num_slots, bias=False)
         self.norm = HeadNorm(H, D, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * D, d_model, bias=False)
+        self.o_proj = Linear(H * D, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers.s4d import S4D
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -46,13 +46,13 @@ class GSS(DiagonalLayer):
         self.expand = positive_int("expand", expand)
         self.d_ssm = positive_int("d_ssm", max(1, d_model // 4) if d_ssm is None else d_ssm)
         width = self.expand * d_model
-        self.v_proj = nn.Linear(d_model, width)
-        self.u_proj = nn.Linear(d_model, self.d_ssm)
+        self.v_proj = Linear(d_model, width)
+        self.u_proj = Linear(d_model, self.d_ssm)
         self.ssm = S4D(self.d_ssm, d_state=d_state, init=init, dt_min=dt_min, dt_max=dt_max,
                        chunk_size=chunk_size)
         del self.ssm.out_proj  # only S4D's SSM is used, not its GLU output block
-        self.uc_proj = nn.Linear(self.d_ssm, width)
-        self.out_proj = nn.Linear(width, d_model)
+        self.uc_proj = Linear(self.d_ssm, width)
+        self.out_proj = Linear(width, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return self.ssm.init_state(batch_size, device=device, dtype=dtype)

@@ -35,7 +35,7 @@ from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops.native.linear import proj
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -59,7 +59,7 @@ class Hawk(DiagonalLayer):
             raise ValueError(f"d_rnn={d_rnn} must be divisible by num_heads, got {num_heads}")
         self.d_rnn, self.num_heads, self.d_conv = d_rnn, num_heads, d_conv
         self.gate_scale = positive("gate_scale", gate_scale)
-        self.in_proj = nn.Linear(d_model, 2 * d_rnn)  # gate branch, recurrent branch
+        self.in_proj = Linear(d_model, 2 * d_rnn)  # gate branch, recurrent branch
         self.conv = ShortConv(d_rnn, d_conv, silu=False, zero_bias=True)
         dh = d_rnn // num_heads
         self.gate_weight = nn.Parameter(torch.randn(2, num_heads, dh, dh) / math.sqrt(dh))  # W_a, W_x
@@ -67,7 +67,7 @@ class Hawk(DiagonalLayer):
         a_c = torch.empty(d_rnn).uniform_(0.9, 0.999)      # a^c uniform in [0.9, 0.999]
         a = a_c ** (1 / self.gate_scale)
         self.a_logit = nn.Parameter(torch.log(a) - torch.log1p(-a))  # Lambda, a = sigma(Lambda)
-        self.out_proj = nn.Linear(d_rnn, d_model)
+        self.out_proj = Linear(d_rnn, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sd = state_dtype(dtype)
@@ -94,7 +94,7 @@ class Hawk(DiagonalLayer):
 
     def _run(self, x, state, mode, mask=None):
         conv_state, h, *started = state
-        gate, u = proj(self.in_proj, x).chunk(2, dim=-1)
+        gate, u = self.in_proj(x).chunk(2, dim=-1)
         u, conv_state = self.conv(u, conv_state, mask)
         a_b = self.rg_lru_coefficients(u, started[0] if started else None)
         hs, h = diagonal_recurrence(*a_b, h, mode, mask)
@@ -102,5 +102,5 @@ class Hawk(DiagonalLayer):
             step = torch.ones_like(started[0]) if mask is None else mask[:, 0, 0].to(h.dtype)
             started = [torch.maximum(started[0], step) if x.shape[1] else started[0]]
         gate = F.gelu(gate, approximate="tanh" if self.gate_act == "gelu_tanh" else "none")
-        out = proj(self.out_proj, gate * hs.to(x.dtype))
+        out = self.out_proj(gate * hs.to(x.dtype))
         return out, (conv_state, h, *started)

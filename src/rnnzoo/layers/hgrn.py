@@ -27,6 +27,7 @@ from torch import nn
 from rnnzoo.checks import int_in
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -46,10 +47,10 @@ class HGRN(DiagonalLayer):
             raise ValueError(f"layer_idx must be < num_layers={num_layers}, got {layer_idx}")
         self.layer_idx, self.num_layers = layer_idx, num_layers
         self.hidden_size = expand * d_model
-        self.in_proj = nn.Linear(d_model, 3 * self.hidden_size)  # i, f, g
+        self.in_proj = Linear(d_model, 3 * self.hidden_size)  # i, f, g
         self.bound_logit = nn.Parameter(torch.zeros(self.hidden_size))
         self.norm = nn.LayerNorm(self.hidden_size)
-        self.out_proj = nn.Linear(self.hidden_size, d_model)
+        self.out_proj = Linear(self.hidden_size, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.hidden_size, device=device, dtype=state_dtype(dtype))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -26,6 +25,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -78,10 +78,10 @@ class HGRN2(RecurrentLayer):
         self.num_heads, self.key_dim, self.value_dim = num_heads, d_state, d_model // num_heads
         self.lower_bound, self.chunk_size, self.subchunk_size = lower_bound, chunk_size, subchunk_size
         H, K = num_heads, d_state
-        self.qf = nn.Linear(d_model, 2 * H * K, bias=False)
-        self.i_proj = nn.Linear(d_model, d_model, bias=False)
+        self.qf = Linear(d_model, 2 * H * K, bias=False)
+        self.i_proj = Linear(d_model, d_model, bias=False)
         self.norm = HeadNorm(H, self.value_dim, kind="rms")
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.out_proj = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.num_heads, self.key_dim, self.value_dim,

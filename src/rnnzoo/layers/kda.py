@@ -28,6 +28,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.kda import kda, kda_recurrent, kda_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -54,16 +55,16 @@ class KDA(RecurrentLayer):
         self.num_heads, self.head_dim, self.value_dim = H, K, V
         self.allow_neg_eigval = flag("allow_neg_eigval", allow_neg_eigval)
         self.sqrt_eps = flag("sqrt_eps", sqrt_eps)
-        self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
+        self.qkv_proj = Linear(d_model, H * (2 * K + V), bias=False)
         self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
-        self.f_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * K, bias=False))
+        self.f_proj = nn.Sequential(Linear(d_model, V, bias=False), Linear(V, H * K, bias=False))
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         dt = torch.empty(H * K).uniform_(math.log(1e-3), math.log(1e-1)).exp()
         self.dt_bias = nn.Parameter(inverse_softplus(dt))
-        self.b_proj = nn.Linear(d_model, H, bias=False)
-        self.g_proj = nn.Sequential(nn.Linear(d_model, V, bias=False), nn.Linear(V, H * V))
+        self.b_proj = Linear(d_model, H, bias=False)
+        self.g_proj = nn.Sequential(Linear(d_model, V, bias=False), Linear(V, H * V))
         self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return delta_state(self, batch_size, device, dtype)

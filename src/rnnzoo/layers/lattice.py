@@ -37,6 +37,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.lattice import lattice_sequential, lattice_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -56,13 +57,13 @@ class Lattice(RecurrentLayer):
         m = positive_int("num_slots", V if num_slots is None else num_slots)
         self.num_heads, self.head_dim, self.num_slots = H, V, m
         self.norm_eps = positive("norm_eps", norm_eps)
-        self.qkv_proj = nn.Linear(d_model, H * (2 * m + V), bias=False)
+        self.qkv_proj = Linear(d_model, H * (2 * m + V), bias=False)
         self.conv = ShortConv(H * (2 * m + V), d_conv, bias=False)
-        self.beta_proj = nn.Linear(d_model, H)
+        self.beta_proj = Linear(d_model, H)
         self.slots = nn.Parameter(torch.randn(H, m, V))
-        self.g_proj = nn.Linear(d_model, H * V)
+        self.g_proj = Linear(d_model, H * V)
         self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

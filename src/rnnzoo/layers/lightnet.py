@@ -31,6 +31,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -69,13 +70,13 @@ class LightNet(RecurrentLayer):
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.subchunk_size = positive_int("subchunk_size", subchunk_size)
         self.norm_eps = norm_eps
-        self.qk_proj = nn.Linear(d_model, 2 * H * K, bias=False)
-        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.qk_proj = Linear(d_model, 2 * H * K, bias=False)
+        self.v_proj = Linear(d_model, d_model, bias=False)
         self.g_proj = nn.Sequential(
-            nn.Linear(d_model, positive_int("gate_low_rank_dim", gate_low_rank_dim), bias=False),
-            nn.Linear(gate_low_rank_dim, d_model, bias=False))
+            Linear(d_model, positive_int("gate_low_rank_dim", gate_low_rank_dim), bias=False),
+            Linear(gate_low_rank_dim, d_model, bias=False))
         self.norm_weight = nn.Parameter(torch.ones(d_model))
-        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

@@ -32,6 +32,7 @@ from rnnzoo.ops.chunk.linear import (
     ssd,
 )
 from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -66,10 +67,10 @@ class LightningAttention(RecurrentLayer):
         self.num_heads, self.head_dim, self.norm_eps = H, D, norm_eps
         self.layer_idx, self.num_layers = layer_idx, num_layers
         self.depth_eps = positive("depth_eps", depth_eps, allow_zero=True)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * D, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * D, bias=False)
         self.norm_weight = nn.Parameter(torch.ones(H * D))
-        self.g_proj = nn.Linear(d_model, H * D, bias=False)
-        self.o_proj = nn.Linear(H * D, d_model, bias=False)
+        self.g_proj = Linear(d_model, H * D, bias=False)
+        self.o_proj = Linear(H * D, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.num_heads, self.head_dim, self.head_dim,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -24,6 +23,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -42,8 +42,8 @@ class LinearAttention(RecurrentLayer):
         positive_int("head_dim", head_dim)
         positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.chunk_size, self.eps = num_heads, head_dim, chunk_size, eps
-        self.qkv = nn.Linear(d_model, 3 * num_heads * head_dim, bias=False)
-        self.out_proj = nn.Linear(num_heads * head_dim, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * num_heads * head_dim, bias=False)
+        self.out_proj = Linear(num_heads * head_dim, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         H, D = self.num_heads, self.head_dim

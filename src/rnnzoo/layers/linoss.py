@@ -44,6 +44,7 @@ from torch import nn
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 A_MIN = 1e-6          # keeps M diagonalisable (a Jordan block at A = 0)
@@ -70,7 +71,7 @@ class LinOSS(DiagonalLayer):
         self.B = nn.Parameter(torch.empty(m, d_model).uniform_(-1, 1) / math.sqrt(d_model))
         self.C = nn.Parameter(torch.empty(d_model, m).uniform_(-1, 1) / math.sqrt(m))
         self.D = nn.Parameter(torch.randn(d_model))
-        self.out_proj = nn.Linear(d_model, 2 * d_model)  # followed by a GLU
+        self.out_proj = Linear(d_model, 2 * d_model)  # followed by a GLU
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

@@ -23,7 +23,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -33,6 +32,7 @@ from rnnzoo.ops.log_linear import (
     log_linear_attention_parallel,
     log_linear_attention_recurrent,
 )
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -58,7 +58,7 @@ class LogLinearMamba2(Mamba2):
         if not 2 <= num_levels <= 25:
             raise ValueError(f"num_levels must lie in [2, 25], got {num_levels}")
         self.num_levels = num_levels
-        self.level_proj = nn.Linear(d_model, self.num_heads * num_levels)
+        self.level_proj = Linear(d_model, self.num_heads * num_levels)
         with torch.no_grad():
             self.level_proj.weight.mul_(0.1)
             self.level_proj.bias.fill_(math.log(math.e - 1))            # softplus^-1(1)

@@ -42,6 +42,7 @@ from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention
 from rnnzoo.ops.native import longhorn_scan as native_longhorn
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -106,12 +107,12 @@ class Longhorn(RecurrentLayer):
             dt_rank = math.ceil(d_model / 16)
         self.dt_rank = positive_int("dt_rank ('auto' or)", dt_rank)
         d_inner = self.d_inner = expand * d_model
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
         self.conv = ShortConv(d_inner, positive_int("d_conv", d_conv))
-        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
+        self.x_proj = Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = Linear(self.dt_rank, d_inner)
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

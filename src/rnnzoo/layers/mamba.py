@@ -41,7 +41,7 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import proj
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -240,10 +240,10 @@ class Mamba(DiagonalLayer):
         self.allow_neg_eigval = allow_neg_eigval
         d_inner = self.d_inner = expand * d_model
 
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.in_proj = Linear(d_model, 2 * d_inner, bias=False)
         self.conv = ShortConv(d_inner, d_conv)
-        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
+        self.x_proj = Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = Linear(self.dt_rank, d_inner)
         with torch.no_grad():  # as mamba_simple.py: delta at init log-uniform in [dt_min, dt_max]
             self.dt_proj.weight.uniform_(-self.dt_rank ** -0.5, self.dt_rank ** -0.5)
             dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min))
@@ -251,7 +251,7 @@ class Mamba(DiagonalLayer):
             self.dt_proj.bias.copy_(inverse_softplus(dt))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1.0)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.bcdt_weight = (nn.Parameter(torch.ones(self.dt_rank + 2 * d_state))
                             if bcdt_rms_weight else None)
 
@@ -263,9 +263,9 @@ class Mamba(DiagonalLayer):
     def ssm_inputs(self, x, conv_state, mask=None):
         """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype.
         mask: (B, T, 1) bool, the valid steps, or None."""
-        x_in, z = proj(self.in_proj, x).chunk(2, dim=-1)
+        x_in, z = self.in_proj(x).chunk(2, dim=-1)
         u, conv_state = self.conv(x_in, conv_state, mask)
-        dt, B, C = proj(self.x_proj, u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
             cdt = compute_dtype(x)
             w = ((None,) * 3 if self.bcdt_weight is None else
@@ -288,5 +288,5 @@ class Mamba(DiagonalLayer):
                               allow_neg_eigval=self.allow_neg_eigval, chunk_size=self.chunk_size)
         if lib is not None:  # the skip D u and the gate in one C pass (ops.native.gated_norm)
             out = gated_norm.gate_rms(lib, y, u, D, z, None, self.d_inner, 0.0, norm=False)
-            return proj(self.out_proj, out.to(x.dtype)), (conv_state, h)
-        return proj(self.out_proj, (y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)
+            return self.out_proj(out.to(x.dtype)), (conv_state, h)
+        return self.out_proj((y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)

@@ -40,7 +40,7 @@ from rnnzoo.ops.chunk.linear import (
     ssd,
 )
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import linear, proj
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -111,14 +111,14 @@ class Mamba2(RecurrentLayer):
             raise ValueError(f"the number of heads d_inner / head_dim = {H} must be a "
                              f"multiple of n_groups, got n_groups={n_groups}")
         self.n_groups = G
-        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * G * d_state + H, bias=False)
+        self.in_proj = Linear(d_model, 2 * d_inner + 2 * G * d_state + H, bias=False)
         self.conv = ShortConv(d_inner + 2 * G * d_state, d_conv)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_bias = nn.Parameter(inverse_softplus(dt))
         self.A_log = nn.Parameter(torch.empty(H).uniform_(1, 16).log())
         self.D = nn.Parameter(torch.ones(H))
         self.norm_weight = nn.Parameter(torch.ones(d_inner)) if self.gated_norm else None
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         S = torch.zeros(batch_size, self.num_heads, self.d_state, self.head_dim, device=device,
@@ -158,18 +158,18 @@ class Mamba2(RecurrentLayer):
             lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
             if lib is not None:
                 D = self.D.repeat_interleave(self.head_dim)
-                return proj(self.out_proj, gated_norm.gate_rms(
+                return self.out_proj(gated_norm.gate_rms(
                     lib, y.flatten(2), xs.flatten(2), D, z, self.norm_weight,
                     self.d_inner // self.n_groups, self.norm_eps, norm=self.gated_norm))
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
         if not self.gated_norm:
-            return proj(self.out_proj, y * F.silu(z))
+            return self.out_proj(y * F.silu(z))
         if not self.norm_before_gate:
-            return proj(self.out_proj, _GatedRMSNorm.apply(
+            return self.out_proj(_GatedRMSNorm.apply(
                 y, z, self.norm_weight, self.d_inner // self.n_groups, self.norm_eps))
         y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
-        return proj(self.out_proj, y * self.norm_weight * F.silu(z))
+        return self.out_proj(y * self.norm_weight * F.silu(z))
 
     def lion_inputs(self, x):
         """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,

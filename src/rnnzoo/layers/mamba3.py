@@ -51,7 +51,7 @@ from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
-from rnnzoo.ops.native.linear import proj
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -97,7 +97,7 @@ class Mamba3(RecurrentLayer):
         self.chunk_size = chunk_size
         self.pairs = "halves" if is_mimo else "adjacent"
         # order as mamba_ssm's: [z, x, B, C, dt, A, lam, angles]
-        self.in_proj = nn.Linear(d_model, 2 * E + 2 * R * G * N + 3 * H + n_angles, bias=False)
+        self.in_proj = Linear(d_model, 2 * E + 2 * R * G * N + 3 * H + n_angles, bias=False)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter(inverse_softplus(dt))
@@ -111,7 +111,7 @@ class Mamba3(RecurrentLayer):
             self.mimo_o = nn.Parameter(torch.full((H, R, P), 1.0 / R))
         self.D = nn.Parameter(torch.ones(H))
         self.norm = HeadNorm(H, P, "rms", eps=norm_eps) if self.is_outproj_norm else None
-        self.out_proj = nn.Linear(E, d_model, bias=False)
+        self.out_proj = Linear(E, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt, H = state_dtype(dtype), self.num_heads
@@ -128,7 +128,7 @@ class Mamba3(RecurrentLayer):
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
-        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = proj(self.in_proj, u).split(
+        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
             [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
         # head h reads group h // (H / G): the groups broadcast over their heads in the bias
         # add (no gathered copy, and a sum, not a scatter, backward)
@@ -154,7 +154,7 @@ class Mamba3(RecurrentLayer):
             y = self.norm(y)
         y = y * F.silu(z)
         y = (y * self.mimo_o.transpose(0, 1)).sum(2) if self.is_mimo else y[:, :, 0]
-        return proj(self.out_proj, y.flatten(2).to(u.dtype))
+        return self.out_proj(y.flatten(2).to(u.dtype))
 
     def _ranked(self, x):
         """x (B, H, head_dim) -> the rank inputs (B, R, H, head_dim)."""

@@ -17,6 +17,7 @@ from torch import nn
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -30,8 +31,8 @@ class MinGRU(DiagonalLayer):
     def __init__(self, d_model: int, expand: int = 1):
         super().__init__(d_model)
         self.hidden_size = positive_int("expand", expand) * d_model
-        self.in_proj = nn.Linear(d_model, 2 * self.hidden_size)
-        self.out_proj = nn.Linear(self.hidden_size, d_model) if expand != 1 else nn.Identity()
+        self.in_proj = Linear(d_model, 2 * self.hidden_size)
+        self.out_proj = Linear(self.hidden_size, d_model) if expand != 1 else nn.Identity()
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.hidden_size, device=device, dtype=state_dtype(dtype))

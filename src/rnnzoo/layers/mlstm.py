@@ -34,7 +34,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
 from rnnzoo.ops.native import blockdiag as native_blockdiag
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import proj
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -108,17 +108,17 @@ class MLSTM(RecurrentLayer):
                              f"got num_heads={num_heads}")
         self.inner, self.num_heads, self.head_dim = inner, num_heads, inner // num_heads
         self.forget_gate, self.chunk_size = forget_gate, chunk_size
-        self.up_proj = nn.Linear(d_model, 2 * inner, bias=False)
+        self.up_proj = Linear(d_model, 2 * inner, bias=False)
         self.conv = ShortConv(inner, d_conv)
         self.q, self.k, self.v = (BlockDiagonalLinear(inner, qkv_blocksize) for _ in range(3))
-        self.gates = nn.Linear(3 * inner, 2 * num_heads)
+        self.gates = Linear(3 * inner, 2 * num_heads)
         with torch.no_grad():  # xLSTM's init: forget biases 3..6 (long memory), small input gates
             self.gates.weight.zero_()
             self.gates.bias[:num_heads].normal_(0, 0.1)
             self.gates.bias[num_heads:] = torch.linspace(3.0, 6.0, num_heads)
         self.norm = HeadNorm(num_heads, self.head_dim, kind="layer")
         self.skip = nn.Parameter(torch.ones(inner))
-        self.down_proj = nn.Linear(inner, d_model, bias=False)
+        self.down_proj = Linear(inner, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         dt, H, D = state_dtype(dtype), self.num_heads, self.head_dim
@@ -129,7 +129,7 @@ class MLSTM(RecurrentLayer):
         *cell_state, conv_state = state
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        x_m, z = proj(self.up_proj, x).chunk(2, -1)
+        x_m, z = self.up_proj(x).chunk(2, -1)
         x_c, conv_state = self.conv(x_m, conv_state)
         q, k, v = self.q(x_c), self.k(x_c), self.v(x_m)
         # [q, k, v] W_gates^T = x_c (W_q BD_q + W_k BD_k)^T + x_m (W_v BD_v)^T: the gates from
@@ -147,7 +147,7 @@ class MLSTM(RecurrentLayer):
                                   chunk_size=self.chunk_size)
         else:
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
-        return proj(self.down_proj, self._head(h, x_c, z)), (*cell_state, conv_state)
+        return self.down_proj(self._head(h, x_c, z)), (*cell_state, conv_state)
 
     def _head(self, h, x_c, z):
         """(GroupNorm_heads(h) + skip x_c) silu(z): one C pass each way on the CPU

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import flag, int_in, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -39,6 +38,7 @@ from rnnzoo.layers._softplus import softplus
 from rnnzoo.layers.conv import causal_conv1d
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -59,7 +59,7 @@ class MoM(DeltaBlock):
                          forget_gate=True, output_gate=True, allow_neg_eigval=allow_neg_eigval,
                          d_conv=d_conv, chunk_size=chunk_size, norm_eps=norm_eps)
         self.num_memories, self.top_k, self.shared_memory = N, self_top_k, shared
-        self.router = nn.Linear(d_model, N, bias=False)
+        self.router = Linear(d_model, N, bias=False)
 
     @property
     def _width(self):

@@ -38,6 +38,7 @@ from rnnzoo.ops.momentum_delta import (
     momentum_delta_recurrent,
     momentum_delta_step,
 )
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -67,9 +68,9 @@ class MomentumDeltaNet(RecurrentLayer):
         self.allow_neg_eigval = flag("allow_neg_eigval", allow_neg_eigval)
         self.min_log_mu = None if min_log_mu is None else real("min_log_mu", min_log_mu, hi=0.0)
         self.tau = math.sqrt(d_model / real("tau_factor", tau_factor, lo=0.0, lo_open=True))
-        self.qkv_proj = nn.Linear(d_model, H * (2 * K + V), bias=False)
+        self.qkv_proj = Linear(d_model, H * (2 * K + V), bias=False)
         self.conv = ShortConv(H * (2 * K + V), d_conv, bias=False)
-        self.gate_proj = nn.Linear(d_model, 4 * H, bias=False)       # a, b, m, e
+        self.gate_proj = Linear(d_model, 4 * H, bias=False)       # a, b, m, e
         self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
         self.Mu_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
         self.dt_bias = nn.Parameter(_inv_softplus_dt(H))
@@ -77,10 +78,10 @@ class MomentumDeltaNet(RecurrentLayer):
         self.log_factor = nn.Parameter(torch.empty(H).uniform_(0, 4).log())
         self.D_log = nn.Parameter(torch.empty(H).uniform_(0, 1).log()) \
             if flag("output_correction", output_correction) else None
-        self.g_proj = nn.Linear(d_model, H * V, bias=False) if flag("output_gate", output_gate) \
+        self.g_proj = Linear(d_model, H * V, bias=False) if flag("output_gate", output_gate) \
             else None
         self.norm = HeadNorm(H, V, kind="rms", eps=norm_eps)
-        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.o_proj = Linear(H * V, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         S, conv_state = delta_state(self, batch_size, device, dtype)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
@@ -34,6 +33,7 @@ from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.path_attention import path_attention
 from rnnzoo.registry import register
 
@@ -57,10 +57,10 @@ class PaTHAttention(Attention):
         head_dim = set_heads(self, d_model, num_heads, head_dim, max_len)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.w_proj = nn.Linear(d_model, inner, bias=False)
-        self.b_proj = nn.Linear(d_model, num_heads, bias=True)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * inner, bias=False)
+        self.w_proj = Linear(d_model, inner, bias=False)
+        self.b_proj = Linear(d_model, num_heads, bias=True)
+        self.out_proj = Linear(inner, d_model, bias=False)
 
     def op_inputs(self, x):
         """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""

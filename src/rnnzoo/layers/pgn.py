@@ -42,6 +42,7 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -144,8 +145,8 @@ class PGN(MaskedLayer):
         self.hie_weight = nn.Parameter(
             torch.empty(self.d_hidden, d_model, window_size).uniform_(-bound, bound))
         self.hie_bias = nn.Parameter(torch.empty(self.d_hidden).uniform_(-bound, bound))
-        self.gate = nn.Linear(d_model + self.d_hidden, 2 * self.d_hidden)
-        self.out_proj = nn.Linear(self.d_hidden, d_model)
+        self.gate = Linear(d_model + self.d_hidden, 2 * self.d_hidden)
+        self.out_proj = Linear(self.d_hidden, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.window_size, self.d_model, device=device,

@@ -22,7 +22,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -35,7 +34,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
     ssd,
 )
-from rnnzoo.ops.native.linear import proj
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -71,11 +70,11 @@ class RetNet(RecurrentLayer):
         self.num_heads, self.head_dim, self.chunk_size = num_heads, head_dim, chunk_size
         self.value_dim = expand_v * head_dim
         H, K, V = num_heads, head_dim, self.value_dim
-        self.qk = nn.Linear(d_model, 2 * H * K, bias=False)
-        self.v = nn.Linear(d_model, H * V, bias=False)
-        self.gate = nn.Linear(d_model, H * V, bias=False)
+        self.qk = Linear(d_model, 2 * H * K, bias=False)
+        self.v = Linear(d_model, H * V, bias=False)
+        self.gate = Linear(d_model, H * V, bias=False)
         self.norm = HeadNorm(H, V, kind="layer")
-        self.out_proj = nn.Linear(H * V, d_model, bias=False)
+        self.out_proj = Linear(H * V, d_model, bias=False)
         self.register_buffer("log_gamma", retention_decays(H).log(), persistent=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
@@ -92,7 +91,7 @@ class RetNet(RecurrentLayer):
         dt = state_dtype(x.dtype)
         if position is None:
             position = torch.zeros(B, device=x.device, dtype=dt)
-        qk = proj(self.qk, x).view(B, T, 2, H, K)
+        qk = self.qk(x).view(B, T, 2, H, K)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
         if backend.use_native(x):  # CPU, eager, float32/64 (else rotary.rotate)
@@ -107,12 +106,12 @@ class RetNet(RecurrentLayer):
         else:
             q, k = (rotate(t, positions, theta) for t in qk.unbind(2))
         g = self.log_gamma.to(dt).expand(B, T, H)
-        return q, k, proj(self.v, x).view(B, T, H, V), g, 1 / math.sqrt(K)
+        return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
     def lion_output(self, o, x):
         """The gated per-head GroupNorm, then the output projection."""
-        gate = F.silu(proj(self.gate, x))
-        return proj(self.out_proj, gate * self.norm(o).flatten(2))
+        gate = F.silu(self.gate(x))
+        return self.out_proj(gate * self.norm(o).flatten(2))
 
     def _forward(self, x, state, mode):
         state, position = state

@@ -27,6 +27,7 @@ from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -88,9 +89,9 @@ class RWKV6(RecurrentLayer):
         self.u = nn.Parameter((0.5 * (1 - ramp) + 0.1 * ((torch.arange(d) + 1) % 3 - 1))
                               .view(H, head_dim))
         self.r_proj, self.k_proj, self.v_proj, self.g_proj = (
-            nn.Linear(d, d, bias=False) for _ in range(4))
+            Linear(d, d, bias=False) for _ in range(4))
         self.norm = HeadNorm(H, head_dim, kind="layer", eps=64e-5)
-        self.out_proj = nn.Linear(d, d, bias=False)
+        self.out_proj = Linear(d, d, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         dt, H, K = state_dtype(dtype), self.num_heads, self.head_dim

@@ -31,6 +31,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
 from rnnzoo.ops.native import token_mix as native_mix
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 _MIXES = ("r", "w", "k", "v", "a", "g")
@@ -56,7 +57,7 @@ class RWKV7(RecurrentLayer):
         D = H * K
         ramp = torch.arange(d_model) / d_model
         self.mix = nn.Parameter(torch.stack([1 - ramp ** p for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
-        self.r_proj, self.k_proj, self.v_proj = (nn.Linear(d_model, D, bias=False) for _ in range(3))
+        self.r_proj, self.k_proj, self.v_proj = (Linear(d_model, D, bias=False) for _ in range(3))
         self.w0 = nn.Parameter(torch.linspace(-6, 2, D))  # slow to fast decays across channels
         self.w1, self.w2 = nn.Parameter(torch.randn(d_model, R) / math.sqrt(d_model)), nn.Parameter(torch.zeros(R, D))
         self.a0 = nn.Parameter(torch.zeros(D))
@@ -66,7 +67,7 @@ class RWKV7(RecurrentLayer):
         self.k_a = nn.Parameter(torch.ones(D))
         self.r_k = nn.Parameter(torch.full((H, K), -0.04))
         self.norm_weight, self.norm_bias = nn.Parameter(torch.ones(D)), nn.Parameter(torch.zeros(D))
-        self.o_proj = nn.Linear(D, d_model, bias=False)
+        self.o_proj = Linear(D, d_model, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

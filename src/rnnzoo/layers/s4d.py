@@ -33,6 +33,7 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -87,7 +88,7 @@ class S4D(DiagonalLayer):
         self.A_imag = nn.Parameter(s4d_imag_init(d_state, init).float().repeat(H, 1))
         self.C = nn.Parameter(torch.randn(H, N2, 2) * math.sqrt(0.5))  # complex normal, as real pairs
         self.D = nn.Parameter(torch.randn(H))
-        self.out_proj = nn.Linear(H, 2 * H)  # followed by a GLU
+        self.out_proj = Linear(H, 2 * H)  # followed by a GLU
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device,

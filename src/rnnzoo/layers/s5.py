@@ -31,6 +31,7 @@ from torch import nn
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -87,7 +88,7 @@ class S5(DiagonalLayer):
         self.D = nn.Parameter(torch.randn(d_model))
         self.log_dt = nn.Parameter(torch.rand(d_state) * (math.log(dt_max) - math.log(dt_min))
                                    + math.log(dt_min))
-        self.gate = nn.Linear(d_model, d_model)
+        self.gate = Linear(d_model, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         return torch.zeros(batch_size, self.d_state, device=device,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
@@ -31,6 +30,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -61,8 +61,8 @@ class StickBreakingAttention(Attention):
         head_dim = set_heads(self, d_model, num_heads, head_dim, max_len)
         self.attend_current = flag("attend_current", attend_current)
         inner = num_heads * head_dim
-        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.qkv = Linear(d_model, 3 * inner, bias=False)
+        self.out_proj = Linear(inner, d_model, bias=False)
 
     def op_inputs(self, x):
         """q, k, v: (B, T, H, Dh) in the compute dtype."""

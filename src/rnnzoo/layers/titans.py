@@ -58,6 +58,7 @@ from rnnzoo.ops.memory import (
     titans_sequential,
     titans_step,
 )
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -78,9 +79,9 @@ def memory_geometry(layer, d_model, num_heads, head_dim, memory_depth, chunk_siz
 def memory_output(layer, d_model, norm_eps):
     """The output every memory layer here shares: o_proj(HeadNorm(read) * g_proj(x))."""
     H, K = layer.num_heads, layer.head_dim
-    layer.g_proj = nn.Linear(d_model, H * K)
+    layer.g_proj = Linear(d_model, H * K)
     layer.norm = HeadNorm(H, K, kind="rms", eps=norm_eps)
-    layer.o_proj = nn.Linear(H * K, d_model, bias=False)
+    layer.o_proj = Linear(H * K, d_model, bias=False)
 
 
 def memory_qkv(layer, x, conv_state):
@@ -117,9 +118,9 @@ class Titans(RecurrentLayer):
         self.inner_norm = flag("inner_norm", inner_norm)
         self.memory_bias = flag("memory_bias", memory_bias)
         self.norm_eps = positive("norm_eps", norm_eps)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * K, bias=False)
         self.conv = ShortConv(3 * H * K, d_conv, bias=False)
-        self.gate_proj = nn.Linear(d_model, 3 * H)          # theta, alpha, eta
+        self.gate_proj = Linear(d_model, 3 * H)          # theta, alpha, eta
         widths = [K, K] if self.kind == "linear" else [K, 4 * K, K]
         self.memory = nn.ParameterList()
         for i, o in zip(widths[:-1], widths[1:]):
@@ -137,7 +138,7 @@ class Titans(RecurrentLayer):
         if self.block in ("mac", "mag"):  # the gate's norms' learned weights
             self.gate_norm = nn.Parameter(torch.ones(2, d_model))
         if self.block == "mac":  # the retrieval's query q_t = W_Q x_t
-            self.retrieve_proj = nn.Linear(d_model, H * K, bias=False)
+            self.retrieve_proj = Linear(d_model, H * K, bias=False)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

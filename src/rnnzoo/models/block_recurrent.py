@@ -37,6 +37,7 @@ from rnnzoo.checks import choice, divides, int_in
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.models.blocks import GatedMLP, RMSNorm
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops.native.linear import Linear
 
 
 def mha(q, k, v, num_heads):
@@ -56,7 +57,7 @@ class Gate(nn.Module):
         if kind == "fixed":
             self.bias = nn.Parameter(torch.zeros(d_model))
         else:
-            self.proj = nn.Linear(d_model, 3 * d_model)
+            self.proj = Linear(d_model, 3 * d_model)
 
     def forward(self, c, z):
         if self.kind == "fixed":
@@ -79,17 +80,17 @@ class RecurrentCell(nn.Module):
         # vertical
         self.norm = RMSNorm(d)
         self.mixer = mixer
-        self.q_tokens = nn.Linear(d, d, bias=False)
-        self.out_tokens = nn.Linear(2 * d, d, bias=False)
+        self.q_tokens = Linear(d, d, bias=False)
+        self.out_tokens = Linear(2 * d, d, bias=False)
         self.mlp_norm = RMSNorm(d) if mlp_ratio > 0 else None
         self.mlp = GatedMLP(d, mlp_ratio) if mlp_ratio > 0 else None
         # horizontal
         self.state_norm = RMSNorm(d)
         self.state_ids = nn.Parameter(torch.randn(num_state, d) * d ** -0.5)
-        self.kv_state = nn.Linear(d, 2 * d, bias=False)      # shared by both directions
-        self.q_state = nn.Linear(d, d, bias=False)
-        self.kv_tokens = nn.Linear(d, 2 * d, bias=False)
-        self.out_state = nn.Linear(2 * d, d, bias=False)
+        self.kv_state = Linear(d, 2 * d, bias=False)      # shared by both directions
+        self.q_state = Linear(d, d, bias=False)
+        self.kv_tokens = Linear(d, 2 * d, bias=False)
+        self.out_state = Linear(2 * d, d, bias=False)
         self.gate = Gate(d, gate)
         self.state_mlp_norm = RMSNorm(d) if mlp_ratio > 0 else None
         self.state_mlp = GatedMLP(d, mlp_ratio) if mlp_ratio > 0 else None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import get_layer_info
 
 
@@ -39,8 +40,8 @@ class GatedMLP(nn.Module):
     def __init__(self, d_model: int, ratio: float = 4.0):
         super().__init__()
         hidden = max(1, int(round(ratio * d_model * 2 / 3)))
-        self.up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.up = Linear(d_model, 2 * hidden, bias=False)
+        self.down = Linear(hidden, d_model, bias=False)
 
     def forward(self, x):
         gate, value = self.up(x).chunk(2, dim=-1)

@@ -43,6 +43,7 @@ from torch import nn
 from rnnzoo.checks import int_in, positive, positive_int
 from rnnzoo.models.blocks import RMSNorm
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops.native.linear import Linear
 
 
 class RecurrentDepth(SequenceModel):
@@ -65,7 +66,7 @@ class RecurrentDepth(SequenceModel):
         self.init_std = positive("init_std", init_std, allow_zero=True)
         self.backprop_depth = positive_int("backprop_depth", backprop_depth, allow_none=True)
         d = config.d_model
-        self.adapter = nn.Linear(2 * d, d, bias=False)
+        self.adapter = Linear(2 * d, d, bias=False)
         self.core_norm = RMSNorm(d)
 
     def parts(self):

@@ -32,6 +32,7 @@ from torch import nn
 
 from rnnzoo.checks import int_in
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
+from rnnzoo.ops.native.linear import Linear
 
 
 def parse_ratio(hybrid: str) -> tuple[int, int]:
@@ -103,7 +104,7 @@ class SequenceModel(nn.Module):
         if c.vocab_size is not None:
             self.embed = nn.Embedding(c.vocab_size, c.d_model)
         else:
-            self.embed = nn.Linear(c.input_dim, c.d_model)
+            self.embed = Linear(c.input_dim, c.d_model)
         names = c.layer_names()
         self.blocks = nn.ModuleList()
         for i, name in enumerate(names):
@@ -112,7 +113,7 @@ class SequenceModel(nn.Module):
                                 max_len=c.max_len)
             self.blocks.append(Block(mixer, c.d_model, c.mlp_ratio))
         self.norm = RMSNorm(c.d_model)
-        self.head = nn.Linear(c.d_model, c.output_dim)
+        self.head = Linear(c.d_model, c.output_dim)
 
     def _embed(self, inputs):
         c = self.config

@@ -40,6 +40,7 @@ from torch import nn
 from rnnzoo.checks import flag, int_in, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops.native.linear import Linear
 
 
 class ACT(NamedTuple):
@@ -113,7 +114,7 @@ class UniversalTransformer(SequenceModel):
         self.act = flag("act", act)
         self.threshold = real("threshold", threshold, lo=0.0, hi=1.0, lo_open=True)
         self.timing = flag("timing", timing)
-        self.halting = nn.Linear(config.d_model, 1)
+        self.halting = Linear(config.d_model, 1)
         nn.init.constant_(self.halting.bias, real("halt_bias", halt_bias))
 
     @property

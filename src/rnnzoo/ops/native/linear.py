@@ -2,7 +2,7 @@
 the library nn.LSTM's CPU kernel runs on), forward and backward; F.linear elsewhere.
 
     linear(x, weight, bias=None)   as F.linear: x (..., in), weight (out, in), bias (out,)
-    proj(module, x)                an nn.Linear's product: linear(x, module.weight, module.bias)
+    Linear(in_features, out_features, bias=True, ...)   nn.Linear whose product is `linear`
 
 Why: on this project's CPUs torch's F.linear goes to MKL's sgemm, which takes its AVX2 code
 on AMD processors (~90 GFLOP/s on one Zen 5 core), while oneDNN runs AVX-512 (~200 for
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rnnzoo.ops import backend
 
@@ -78,6 +79,10 @@ def linear(x, weight, bias=None):
     return F.linear(x, weight, bias)
 
 
-def proj(module, x):
-    """module(x) for an nn.Linear module, through `linear`."""
-    return linear(x, module.weight, module.bias)
+class Linear(nn.Linear):
+    """torch.nn.Linear whose product runs through `linear` (oneDNN on the CPU in float32,
+    F.linear elsewhere): the same parameters, initialisation and state dict. x: (..., in)
+    -> (..., out). The layers build their projections from it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
