@@ -402,19 +402,26 @@ def layer_flops(name: str, batch: int, length: int, d_model: int, options=None,
 
 def matmul_peak(threads: int | None = None, n: int = 1024, repeat: int = 7) -> float:
     """FLOP/s of a float32 (n, n) @ (n, n) matmul on CPU, at `threads` threads (the
-    current count if None): the best of `repeat` timings, 2 n^3 FLOPs each."""
+    current count if None): the best of `repeat` timings, 2 n^3 FLOPs each, of the faster of
+    torch.mm (MKL's sgemm) and oneDNN's product (`ops.native.linear`, what the layers'
+    projections and nn.LSTM run on; on AMD CPUs MKL takes its AVX2 code, oneDNN AVX-512)."""
+    from rnnzoo.ops.native.linear import _LP
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         a, b = torch.randn(n, n), torch.randn(n, n)
         out = torch.empty(n, n)
-        torch.mm(a, b, out=out)
+        products = [lambda: torch.mm(a, b, out=out)]
+        if _LP is not None:
+            products.append(lambda: _LP(a, b, None, "none", [], ""))
         best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            torch.mm(a, b, out=out)
-            best = min(best, time.perf_counter() - t0)
+        for product in products:
+            product()
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                product()
+                best = min(best, time.perf_counter() - t0)
         return 2 * n ** 3 / best
     finally:
         torch.set_num_threads(old)
