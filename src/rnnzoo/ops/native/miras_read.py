@@ -3,8 +3,9 @@ dense layer of the memory, inside every chunk from its start U_0,
 
     W_t = a_t W_t-1 - e_t X_t^T G_t  (W_-1 = U_0),    y_t = x_t phi(U_init + W_t)
 
-with phi the row softmax (`q=None`, Memora) or V |V|_q^(2-q) (Moneta), each step's weights
-made and used in cache, never stored: the backward recomputes them a chunk at a time.
+with phi the row softmax ("softmax", Memora), V |V|_q^(2-q) ("qscale", Moneta) or the identity
+("identity", Yaad), each step's weights made and used in cache, never stored: the backward
+recomputes them a chunk at a time.
 
 x, X: (B, H, N, C, I); G: (B, H, N, C, O); a, e: (B, H, N, C); U_init: (H, I, O);
 U_0: (B, H, N, I, O). Returns y (B, H, N, C, O), differentiable in all of them. All float32
@@ -20,34 +21,38 @@ import torch
 
 from rnnzoo.ops import native
 
+KINDS = {"softmax": 0, "qscale": 1, "identity": 2}
+
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "miras_read_fwd", dtype, [P] * 8 + [L] * 5 + [ctypes.c_int, real, L, L]),
+    return (native.kernel(lib, "miras_read_fwd", dtype, [P] * 9 + [L] * 5 + [ctypes.c_int, real, L, L]),
             native.kernel(lib, "miras_read_bwd", dtype,
-                          [P] * 15 + [L] * 5 + [ctypes.c_int, real, L, L]))
+                          [P] * 17 + [L] * 5 + [ctypes.c_int, real, L, L]))
 
 
 class _NativeRead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, x, u0, U0, a, e, X, G):
+    def forward(ctx, lib, kind, q, x, u0, U0, a, e, X, G):
         x, u0, U0, a, e, X, G = (t.contiguous() for t in (x, u0, U0, a, e, X, G))
         B, H, N, C, n_in = x.shape
         n_out = G.shape[-1]
         fwd, _ = _kernels(lib, x.dtype)
         y = x.new_empty(B, H, N, C, n_out)
-        kind, qv = (0, 0.0) if q is None else (1, float(q))
-        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, y)]
+        kind, qv = KINDS[kind], float(q or 0.0)
+        nrm = a.new_empty(a.shape) if kind == 1 else None     # the q-scale's norms per step
+        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, y, nrm)]
         native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
                          for p in native.rows(B * H * N) or [(0, 0)]])
-        ctx.save_for_backward(x, u0, U0, a, e, X, G)
+        ctx.save_for_backward(x, u0, U0, a, e, X, G, *((y, nrm) if kind == 1 else ()))
         ctx.lib, ctx.kind, ctx.q = lib, kind, qv
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, u0, U0, a, e, X, G = ctx.saved_tensors
+        x, u0, U0, a, e, X, G, *yn = ctx.saved_tensors
+        y, nrm = yn or (None, None)
         B, H, N, C, n_in = x.shape
         n_out = G.shape[-1]
         _, bwd = _kernels(ctx.lib, x.dtype)
@@ -55,16 +60,20 @@ class _NativeRead(torch.autograd.Function):
         dx, dU0, da, de, dX, dG = (torch.empty_like(t) for t in (x, U0, a, e, X, G))
         parts = native.rows(B * H * N) or [(0, 0)]
         du0 = u0.new_zeros(len(parts), *u0.shape)       # one dU_init per thread
-        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, dx, dU0)]
+        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0)]
         rest = [native.ptr(t) for t in (da, de, dX, dG)]
         native.run(bwd, [(*ptrs, native.ptr(du0[i]), *rest, H, N, C, n_in, n_out, ctx.kind,
                           ctx.q, *p) for i, p in enumerate(parts)])
-        return None, None, dx, du0.sum(0), dU0, da, de, dX, dG
+        du0 = du0.sum(0)
+        if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t, one product per head
+            du0 = (x.transpose(0, 1).flatten(1, 3).transpose(1, 2)
+                   @ dy.transpose(0, 1).flatten(1, 3))
+        return None, None, None, dx, du0, dU0, da, de, dX, dG
 
 
-def miras_read(lib, q, x, u0, U0, a, e, X, G):
-    """y (B, H, N, C, O); `lib` = native.load("miras_read"); q None: the row softmax."""
-    return _NativeRead.apply(lib, q, x, u0, U0, a, e, X, G)
+def miras_read(lib, kind, q, x, u0, U0, a, e, X, G):
+    """y (B, H, N, C, O); `lib` = native.load("miras_read"); kind one of KINDS (q: qscale's)."""
+    return _NativeRead.apply(lib, kind, q, x, u0, U0, a, e, X, G)
 
 
 def load():
