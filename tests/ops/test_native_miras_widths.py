@@ -39,6 +39,12 @@ def _inputs(n_in, n_out):
             r(B, H, N, C, n_in), r(B, H, N, C, n_out)]
 
 
+def _chunks(inputs):
+    """The kernel's arguments: U_0, X, G as lists of their chunks."""
+    x, u0, U0, a, e, X, G = inputs
+    return x, u0, U0.unbind(2), a, e, X.unbind(2), G.unbind(2)
+
+
 @pytest.mark.parametrize("kind,q", [("softmax", None), ("qscale", 4.0), ("identity", None)],
                          ids=["softmax", "qscale", "identity"])
 @pytest.mark.parametrize("n_in,n_out", [(32, 128), (128, 32)])
@@ -50,7 +56,7 @@ def test_native_read_at_benchmark_widths(kind, q, n_in, n_out):
     ref = outputs_and_grads([_reference(kind, q, *inputs)], inputs)
     for n in (1, 2):
         with threads(n):
-            got = outputs_and_grads([native_read.miras_read(lib, kind, q, *inputs)], inputs)
+            got = outputs_and_grads([native_read.miras_read(lib, kind, q, *_chunks(inputs))], inputs)
         for a, b in zip(got, ref):
             assert (a - b).abs().max() < 1e-10 * (1 + b.abs().max())
     assert min(t.abs().max() for t in got[1:]) > 1e-6                    # every gradient reached

@@ -707,28 +707,30 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last, first = (c + T - 1) // C, (T - 1) // C
-    starts, XGs, history = [], [], []
+    made, history = [], []        # per chunk: its U_0 and X, G of each weight
     # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
     # in backward, per chunk
     for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
                                                                                 A_end, c_end)))):
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
-        starts.append(U)
-        XGs.append((*Xs, *Gs))
+        made.append((*U, *Xs, *Gs))
         U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
         if j >= first:
             history.append([*Ug, *U])
         Ug = U
     final = _pick(history, last, first)
-    Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
-    XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
-    Xs, Gs = XG[:L], XG[L:]
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
-    if (read := _native_read(phi, q, *init)) is not None:
+    per = [list(t) for t in zip(*made)]        # per weight: its NT chunks' U_0, X, G
+    Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
+    read = _native_read(phi, q, *init)
+    if read is None:   # the PyTorch reads take every chunk at once: stacked, (B, H, NT, ...)
+        Ust, Xs, Gs = ([torch.stack(t, 2) for t in ts] for ts in (Ust, Xs, Gs))
+    if read is not None:
         # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
         # (the same U_t), never stored (for phi = identity too: the dual form's batches of
-        # (C, C) and (C, I) products ran at ~5 GFLOP/s)
+        # (C, C) and (C, I) products ran at ~5 GFLOP/s); the chunks' tensors as the loop made
+        # them (stacking them was a copy of every chunk's weights)
         x = qc
         for i, (u0, u, X, G) in enumerate(zip(init, Ust, Xs, Gs)):
             if i:

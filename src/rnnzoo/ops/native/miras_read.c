@@ -15,10 +15,11 @@
        dW += dV,  dU_init += dV,  da_t = <dW, W_t-1>,  de_t = -X_t dW G_t,
        dX_t = -e_t dW G_t,  dG_t = -e_t X_t dW,  dW <- a_t dW  (dU_0 = dW at the end)
 
-   Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * chunks, head
-   h = (j / N) % H): x, X (J, C, I); G, y, dy (J, C, O); a, e, the q-norms
-   nrm (J, C: written by the forward for kind 1, read by the backward, else unused); U_init, dU_init
-   (H, I, O); U_0, dU_0 (J, I, O). Each function does the chunks [j0, j1); the backward adds
+   Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * N chunks, head
+   h = (j / N) % H): x, dx (J, C, I); y, dy (J, C, O); a, e, the q-norms nrm (J, C: written
+   by the forward for kind 1, read by the backward, else unused); U_init, dU_init (H, I, O);
+   U_0, dU_0, X, dX, G, dG: N pointers each, one a chunk index n, to (batch * heads, I, O),
+   (batch * heads, C, I) and (batch * heads, C, O). Each function does the chunks [j0, j1); the backward adds
    into dU_init (each thread its own, zeroed and summed by the caller). Plain C; compiled by
    rnnzoo.ops.native. */
 
@@ -179,28 +180,34 @@ static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W,
     }
 }
 
-static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
-                                    const T *e, const T *X, const T *G, T *y, T *nrm, long H,
+/* chunk j's U_0, X and G: chunk n = j % N of (batch, head) j / N, each chunk's tensor apart
+   (the chunk loop's own outputs, not stacked) */
+#define CHUNK_POINTERS const T *U0j = U0[j % N] + (j / N) * n, \
+    *Xj = X[j % N] + (j / N) * C * I, *Gj = G[j % N] + (j / N) * C * O;
+
+static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                    const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H,
                                     long N, long C, long I, long O, int kind, T q, long j0,
                                     long j1) {
     long n = I * O;
     T *W = malloc(2 * n * sizeof(T)), *P = W + n;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
-        memcpy(W, U0 + j * n, n * sizeof(T));
+        CHUNK_POINTERS
+        memcpy(W, U0j, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
             if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
-                NAME(softmax_read)(u0h, W, P, a[s], e[s], X + s * I, G + s * O, x + s * I,
+                NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
                                    y + s * O, I, O);
                 continue;
             }
             if (kind == 2) {
-                NAME(linear_read)(u0h, W, a[s], e[s], X + s * I, G + s * O, x + s * I,
+                NAME(linear_read)(u0h, W, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
                                   y + s * O, I, O);
                 continue;
             }
-            NAME(advance)(W, W, a[s], e[s], X + s * I, G + s * O, I, O);
+            NAME(advance)(W, W, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
             NAME(phi)(u0h, W, P, I, O, kind, q, nrm + s);
             NAME(read)(x + s * I, P, y + s * O, I, O);
         }
@@ -208,10 +215,11 @@ static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *U0, const 
     free(W);
 }
 
-static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
-                                    const T *e, const T *X, const T *G, const T *dy,
-                                    const T *y, const T *nrm, T *dx, T *dU0, T *du0, T *da,
-                                    T *de, T *dX, T *dG, long H, long N, long C, long I, long O,
+static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                    const T *e, const T *const *X, const T *const *G,
+                                    const T *dy, const T *y, const T *nrm, T *dx,
+                                    T *const *dU0, T *du0, T *da, T *de, T *const *dX,
+                                    T *const *dG, long H, long N, long C, long I, long O,
                                     int kind, T q, long j0, long j1) {
     long n = I * O;
     /* the chunk's steps in segments of S, the last first: a segment's W (and softmax(V))
@@ -228,33 +236,35 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const 
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
         T *restrict dUi = du0 + ((j / N) % H) * n;   /* accumulated over the chunks */
+        CHUNK_POINTERS
+        T *dXj = dX[j % N] + (j / N) * C * I, *dGj = dG[j % N] + (j / N) * C * O;
         memset(dW, 0, n * sizeof(T));
         for (long t1 = C, t0; t1 > 0; t1 = t0) {
         t0 = ((t1 - 1) / S) * S;
-        memcpy(Wb, U0 + j * n, n * sizeof(T));
+        memcpy(Wb, U0j, n * sizeof(T));
         for (long t = 0; t < t0; t++)
-            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], X + (j * C + t) * I,
-                          G + (j * C + t) * O, I, O);
+            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], Xj + t * I,
+                          Gj + t * O, I, O);
         for (long t = t0; t < t1; t++) {
             long s = j * C + t, u = t - t0;
             if (kind == 0) {
                 NAME(softmax_step)(u0h, Wb + u * n, Wb + (u + 1) * n, Pb + u * n, a[s], e[s],
-                                   X + s * I, G + s * O, I, O);
+                                   Xj + t * I, Gj + t * O, I, O);
                 continue;
             }
-            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
+            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
         }
         for (long t = t1 - 1; t >= t0; t--) {
             long s = j * C + t, u = t - t0;
             const T *restrict P = Pb + u * n, *restrict Wt = Wb + (u + 1) * n,
-                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = G + s * O,
-                    *restrict Xs = X + s * I, *restrict dys = dy + s * O;
+                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = Gj + t * O,
+                    *restrict Xs = Xj + t * I, *restrict dys = dy + s * O;
             T *restrict dxs = dx + s * I;
             /* per row i: dV's row (in dv), then (dW now the gradient reaching W_t) its terms
                of da_t (in dav, O wide), de_t, dX_t, dG_t, and dW <- a_t dW for the step
                before */
             T at = a[s], et = e[s], det = 0, sc = 0, k = 0;
-            T *restrict dGs = dG + s * O;
+            T *restrict dGs = dGj + t * O;
             for (long o = 0; o < O; o++) { dGs[o] = 0; dav[o] = 0; }
             if (kind == 1) {
                 T nq = nrm[s];
@@ -306,7 +316,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const 
                     dw[o] = at * d;
                 }
                 T gi = NAME(dot)(dd, gs, O);
-                dX[s * I + i] = -et * gi;
+                dXj[t * I + i] = -et * gi;
                 det += Xs[i] * gi;
             }
             for (long o = 0; o < O; o++) dGs[o] *= -et;
@@ -314,7 +324,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const 
             de[s] = -det;
         }
         }
-        memcpy(dU0 + j * n, dW, n * sizeof(T));
+        memcpy(dU0[j % N] + (j / N) * n, dW, n * sizeof(T));
     }
     free(Wb);
 }
@@ -324,17 +334,18 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const 
 #define WIDTHS(CALL) switch (O) { case 32: CALL(32); break; case 64: CALL(64); break; \
     case 128: CALL(128); break; default: CALL(O); }
 
-void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, T *y, T *nrm, long H, long N, long C, long I,
+void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,
+                          const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H, long N, long C, long I,
                           long O, int kind, T q, long j0, long j1) {
 #define FWD(W) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, kind, q, j0, j1)
     WIDTHS(FWD)
 #undef FWD
 }
 
-void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, const T *dy, const T *y, const T *nrm, T *dx,
-                          T *dU0, T *du0, T *da, T *de, T *dX, T *dG, long H, long N, long C,
+void NAME(miras_read_bwd)(const T *x, const T *u0, const T *const *U0, const T *a,
+                          const T *e, const T *const *X, const T *const *G, const T *dy,
+                          const T *y, const T *nrm, T *dx, T *const *dU0, T *du0, T *da, T *de,
+                          T *const *dX, T *const *dG, long H, long N, long C,
                           long I, long O, int kind, T q, long j0, long j1) {
 #define BWD(W) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, dX, \
                                 dG, H, N, C, I, W, kind, q, j0, j1)
@@ -342,5 +353,6 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, cons
 #undef BWD
 }
 #undef WIDTHS
+#undef CHUNK_POINTERS
 
 #endif
