@@ -16,8 +16,9 @@
        dX_t = -e_t dW G_t,  dG_t = -e_t X_t dW,  dW <- a_t dW  (dU_0 = dW at the end)
 
    Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * N chunks, head
-   h = (j / N) % H): x, dx (J, C, I); y, dy (J, C, O); a, e, the q-norms nrm (J, C: written
-   by the forward for kind 1, read by the backward, else unused); U_init, dU_init (H, I, O);
+   h = (j / N) % H): x, dx (J, C, I); y, dy (J, C, O); a, e (J, C); nrm, written by the
+   forward and read by the backward: kind 0's row maxima and inverse sums (J, C, 2, I), kind 1's
+   q-norms (J, C), unused by kind 2; U_init, dU_init (H, I, O);
    U_0, dU_0, X, dX, G, dG: N pointers each, one a chunk index n, to (batch * heads, I, O),
    (batch * heads, C, I) and (batch * heads, C, O). Each function does the chunks [j0, j1); the backward adds
    into dU_init (each thread its own, zeroed and summed by the caller). Plain C; compiled by
@@ -114,10 +115,11 @@ static INLINE void NAME(read)(const T *restrict x, const T *restrict P, T *restr
 }
 
 /* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
-   the row's exponentials in p (O wide) */
+   the row's exponentials in p (O wide); each row's max and 1 / sum in st (2 I: the maxima,
+   then the inverses) for the backward */
 static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *restrict p, T at, T et,
                                const T *restrict xs, const T *restrict gs, const T *restrict xr,
-                               T *restrict y, long I, long O) {
+                               T *restrict y, T *restrict st, long I, long O) {
     for (long o = 0; o < O; o++) y[o] = 0;
     for (long i = 0; i < I; i++) {
         T c = et * xs[i], m = -INFINITY, sum = 0;
@@ -133,6 +135,8 @@ static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *re
         #pragma omp simd
         for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
         sum = NAME(total)(p, O);
+        st[i] = m;
+        st[I + i] = 1 / sum;
         T r = xr[i] / sum;
         #pragma omp simd
         for (long o = 0; o < O; o++) y[o] += r * p[o];
@@ -157,26 +161,20 @@ static INLINE void NAME(linear_read)(const T *restrict u0, T *restrict W, T at, 
     }
 }
 
-/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn) */
+/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn)
+   with the forward's row maxima and inverse sums st (one pass a row) */
 static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
                                T *restrict P, T at, T et, const T *restrict xs,
-                               const T *restrict gs, long I, long O) {
+                               const T *restrict gs, const T *restrict st, long I, long O) {
     for (long i = 0; i < I; i++) {
-        T c = et * xs[i], m = -INFINITY, sum = 0;
+        T c = et * xs[i], m = st[i], inv = st[I + i];
         const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
         T *restrict wn = Wn + i * O, *restrict p = P + i * O;
-        #pragma omp simd reduction(max:m)
+        #pragma omp simd
         for (long o = 0; o < O; o++) {
             wn[o] = at * w[o] - c * gs[o];
-            p[o] = ui[o] + wn[o];
-            m = p[o] > m ? p[o] : m;
+            p[o] = EXP(ui[o] + wn[o] - m) * inv;
         }
-        #pragma omp simd
-        for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
-        sum = NAME(total)(p, O);
-        T inv = 1 / sum;
-        #pragma omp simd
-        for (long o = 0; o < O; o++) p[o] *= inv;
     }
 }
 
@@ -199,7 +197,7 @@ static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0,
             long s = j * C + t;
             if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
                 NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
-                                   y + s * O, I, O);
+                                   y + s * O, nrm + s * 2 * I, I, O);
                 continue;
             }
             if (kind == 2) {
@@ -249,7 +247,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
             long s = j * C + t, u = t - t0;
             if (kind == 0) {
                 NAME(softmax_step)(u0h, Wb + u * n, Wb + (u + 1) * n, Pb + u * n, a[s], e[s],
-                                   Xj + t * I, Gj + t * O, I, O);
+                                   Xj + t * I, Gj + t * O, nrm + s * 2 * I, I, O);
                 continue;
             }
             NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], Xj + t * I, Gj + t * O, I, O);

@@ -48,12 +48,14 @@ class _NativeRead(torch.autograd.Function):
         fwd, _ = _kernels(lib, x.dtype)
         y = x.new_empty(B, H, N, C, n_out)
         kind, qv = KINDS[kind], float(q or 0.0)
-        nrm = a.new_empty(a.shape) if kind == 1 else None     # the q-scale's norms per step
+        # the softmax's row maxima and inverse sums, the q-scale's norms, per step
+        nrm = (a.new_empty(*a.shape, 2, n_in) if kind == 0 else a.new_empty(a.shape)
+               if kind == 1 else None)
         ptrs = [native.ptr(x), native.ptr(u0), _array(U0), native.ptr(a), native.ptr(e),
                 _array(X), _array(G), native.ptr(y), native.ptr(nrm)]
         native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
                          for p in native.rows(B * H * N) or [(0, 0)]])
-        ctx.save_for_backward(x, u0, a, e, *U0, *X, *G, *((y, nrm) if kind == 1 else ()))
+        ctx.save_for_backward(x, u0, a, e, *U0, *X, *G, *((y, nrm) if kind < 2 else ()))
         ctx.lib, ctx.kind, ctx.q = lib, kind, qv
         return y
 
