@@ -1,4 +1,5 @@
-"""ops.native.miras_read: Miras' per-step reads in C (Memora's row softmax, Moneta's q-scale)
+"""ops.native.miras_read: Miras' per-step reads in C (Memora's row softmax, Moneta's q-scale,
+Yaad's identity with the Huber bias)
 inside miras_chunked, against the same op on the PyTorch path (backend.force("torch")) and
 against the token-by-token reference: outputs, final state and every gradient (inputs, gates,
 U_init, the starting state), float64 to 1e-10 and float32 to 1e-4, both memory depths, a
@@ -15,7 +16,8 @@ from rnnzoo.ops import backend, memory
 from rnnzoo.ops.memory import attentional_bias, miras_chunked, miras_sequential, retention
 from rnnzoo.ops.native import miras_read as native_read
 
-CASES = [("kl", "l2", 4.0), ("lq", "lp", 4.0), ("lq", "lp", 3.0)]
+CASES = [("kl", "l2", 4.0), ("lq", "lp", 4.0), ("lq", "lp", 3.0), ("l2", "huber", 4.0)]
+IDS = ["kl", "lq4", "lq3", "yaad"]
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def _tensors(kind, dtype):
     q, k = F.normalize(r(B, T, H, K), dim=-1), F.normalize(r(B, T, H, K), dim=-1)
     v = r(B, T, H, K)
     eta, alpha = torch.sigmoid(r(B, T, H)), torch.sigmoid(r(B, T, H) + 2)
-    delta = torch.zeros(B, T, H, dtype=dtype)
+    delta = 0.5 * F.softplus(r(B, T, H))         # huber's threshold: some errors above it
     widths = [K, K] if kind == "linear" else [K, 4 * K, K]
     init = [r(H, i, o) / i ** 0.5 for i, o in zip(widths[:-1], widths[1:])]
     mem = memory.miras_init_state(kind, B, H, K, dtype=dtype)
@@ -50,7 +52,7 @@ def _run(op, kind, ret, bias, qn, dtype):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
-@pytest.mark.parametrize("ret,bias,qn", CASES, ids=["kl", "lq4", "lq3"])
+@pytest.mark.parametrize("ret,bias,qn", CASES, ids=IDS)
 def test_native_reads_equal_torch_and_reference(kind, ret, bias, qn, calls):
     native = _run(miras_chunked, kind, ret, bias, qn, torch.float64)
     assert calls[0] == (1 if kind == "linear" else 2)                     # one call a layer
@@ -64,7 +66,7 @@ def test_native_reads_equal_torch_and_reference(kind, ret, bias, qn, calls):
     assert max(t.abs().max() for t in native[-5:]) > 1e-3                 # gradients not all zero
 
 
-@pytest.mark.parametrize("ret,bias,qn", CASES[:2], ids=["kl", "lq4"])
+@pytest.mark.parametrize("ret,bias,qn", [CASES[0], CASES[1], CASES[3]], ids=["kl", "lq4", "yaad"])
 def test_native_reads_float32(ret, bias, qn, calls):
     native = _run(miras_chunked, "mlp", ret, bias, qn, torch.float32)
     assert calls[0] == 2

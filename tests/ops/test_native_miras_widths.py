@@ -1,4 +1,4 @@
-"""ops.native.miras_read at the benchmark's widths: the kernel compiled for a constant row
+"""ops.native.miras_read (softmax, q-scale and identity) at the benchmark's widths: the kernel compiled for a constant row
 width (O = 32 and 128, the two layers of a K = 32 MLP memory), its backward in segments of
 fewer steps than the chunk (S = 4 or 8 of C = 16 at these sizes) and its dU_init summed
 over two threads, against the recurrence written out step by step in PyTorch (float64):
@@ -13,14 +13,16 @@ from _native_check import outputs_and_grads, threads
 from rnnzoo.ops.native import miras_read as native_read
 
 
-def _reference(q, x, u0, U0, a, e, X, G):
+def _reference(kind, q, x, u0, U0, a, e, X, G):
     """The same reads as a PyTorch loop over the C steps of every chunk."""
     W, ys = U0, []
     for t in range(x.shape[3]):
         W = a[..., t, None, None] * W - e[..., t, None, None] * (
             X[..., t, :, None] * G[..., t, None, :])
         V = u0[:, None] + W
-        if q is None:
+        if kind == "identity":
+            P = V
+        elif kind == "softmax":
             P = torch.softmax(V, -1)
         else:
             P = V / torch.linalg.vector_norm(V, q, dim=(-2, -1), keepdim=True) ** (q - 2)
@@ -37,17 +39,24 @@ def _inputs(n_in, n_out):
             r(B, H, N, C, n_in), r(B, H, N, C, n_out)]
 
 
-@pytest.mark.parametrize("q", [None, 4.0], ids=["softmax", "qscale"])
+def _chunks(inputs):
+    """The kernel's arguments: U_0, X, G as lists of their chunks."""
+    x, u0, U0, a, e, X, G = inputs
+    return x, u0, U0.unbind(2), a, e, X.unbind(2), G.unbind(2)
+
+
+@pytest.mark.parametrize("kind,q", [("softmax", None), ("qscale", 4.0), ("identity", None)],
+                         ids=["softmax", "qscale", "identity"])
 @pytest.mark.parametrize("n_in,n_out", [(32, 128), (128, 32)])
-def test_native_read_at_benchmark_widths(q, n_in, n_out):
+def test_native_read_at_benchmark_widths(kind, q, n_in, n_out):
     lib = native_read.load()
     if lib is None:
         pytest.skip("no C compiler")
     inputs = [t.requires_grad_() for t in _inputs(n_in, n_out)]
-    ref = outputs_and_grads([_reference(q, *inputs)], inputs)
+    ref = outputs_and_grads([_reference(kind, q, *inputs)], inputs)
     for n in (1, 2):
         with threads(n):
-            got = outputs_and_grads([native_read.miras_read(lib, q, *inputs)], inputs)
+            got = outputs_and_grads([native_read.miras_read(lib, kind, q, *_chunks(inputs))], inputs)
         for a, b in zip(got, ref):
             assert (a - b).abs().max() < 1e-10 * (1 + b.abs().max())
     assert min(t.abs().max() for t in got[1:]) > 1e-6                    # every gradient reached

@@ -588,9 +588,9 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 #     kl: softmax over the output axis (Memora: log W_t = alpha log W_t-1 - eta grad + const,
 #         the memory stays on the simplex).
 # U is linear in the chunk's gradients (U_t = A_t U_0 - sum_{s<=t} RA_ts eta_s g_s), so a chunk
-# reads each step with its own weights without a step loop over the sequence: for phi = identity
-# in the dual form; for softmax and the q-scale on the CPU in a C kernel (ops/native/miras_read)
-# that runs the in-chunk recurrence in cache for every chunk at once, elsewhere by
+# reads each step with its own weights without a step loop over the sequence: on the CPU in a
+# C kernel (ops/native/miras_read) that runs the in-chunk recurrence in cache for every chunk
+# at once; elsewhere for phi = identity in the dual form, for softmax and the q-scale by
 # materialising every U_t, a group of chunks at a time.
 
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
@@ -655,15 +655,18 @@ def retention(kind, q=4.0):
 
 
 def _native_read(phi, *tensors):
-    """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi,
-    or None: (read function, its q argument)."""
-    if not (phi is _softmax_rows or isinstance(phi, _QScale)) or not backend.use_native(*tensors):
+    """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi
+    (the identity, the row softmax or a q-scale), or None: a function of (x, U_init, U_0, a,
+    e, X, G)."""
+    kind = ("identity" if phi is _identity else "softmax" if phi is _softmax_rows
+            else "qscale" if isinstance(phi, _QScale) else None)
+    if kind is None or not backend.use_native(*tensors):
         return None
     from rnnzoo.ops.native import miras_read as native_read
     lib = native_read.load()
     if lib is None:
         return None
-    return lambda *t: native_read.miras_read(lib, getattr(phi, "q", None), *t)
+    return lambda *t: native_read.miras_read(lib, kind, getattr(phi, "q", None), *t)
 
 
 def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
@@ -719,10 +722,10 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
 
     Only the weights pass from chunk to chunk: the loop takes a chunk's gradients at its
     start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else. The reads
-    then run over all chunks at once: the dual form for phi = identity; for Memora's softmax
-    and Moneta's q-scale on the CPU (float32/64, `backend.use_native`), the C kernel
-    ops/native/miras_read, which makes each step's weights in cache from the chunk's start
-    (W_t = a_t W_t-1 - e_t X_t^T G_t) and never stores them; otherwise each step's
+    then run over all chunks at once: on the CPU (float32/64, `backend.use_native`), the C
+    kernel ops/native/miras_read, which makes each step's weights in cache from the chunk's
+    start (W_t = a_t W_t-1 - e_t X_t^T G_t) and never stores them; elsewhere the dual form
+    for phi = identity; otherwise each step's
     U_t = A_t U_0 - Cm[t] @ (X_s (x) G_s) materialised (as the reference holds each step's
     weights), a group of chunks at a time to bound the memory."""
     B, T, H, K = q.shape
@@ -744,40 +747,43 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last, first = (c + T - 1) // C, (T - 1) // C
-    starts, XGs, history = [], [], []
+    made, history = [], []        # per chunk: its U_0 and X, G of each weight
     # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
     # in backward, per chunk
     for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
                                                                                 A_end, c_end)))):
         Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
         Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
-        starts.append(U)
-        XGs.append((*Xs, *Gs))
+        made.append((*U, *Xs, *Gs))
         U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
         if j >= first:
             history.append([*Ug, *U])
         Ug = U
     final = _pick(history, last, first)
-    Ust = [torch.stack(u, 2) for u in zip(*starts)]              # (B, H, NT, I, O)
-    XG = [torch.stack(t, 2) for t in zip(*XGs)]                  # (B, H, NT, C, I or O)
-    Xs, Gs = XG[:L], XG[L:]
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
-    if phi is _identity:  # linear in U: every read in the dual form, as Titans
+    per = [list(t) for t in zip(*made)]        # per weight: its NT chunks' U_0, X, G
+    Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
+    read = _native_read(phi, q, *init)
+    if read is None:   # the PyTorch reads take every chunk at once: stacked, (B, H, NT, ...)
+        Ust, Xs, Gs = ([torch.stack(t, 2) for t in ts] for ts in (Ust, Xs, Gs))
+    if read is not None:
+        # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
+        # (the same U_t), never stored (for phi = identity too: the dual form's batches of
+        # (C, C) and (C, I) products ran at ~5 GFLOP/s); the chunks' tensors as the loop made
+        # them (stacking them was a copy of every chunk's weights)
+        x = qc
+        for i, (u0, u, X, G) in enumerate(zip(init, Ust, Xs, Gs)):
+            if i:
+                x = _gelu(x)
+            x = read(x, u0.to(q.dtype), u, a, e, X, G)
+        z = x
+    elif phi is _identity:  # linear in U: every read in the dual form, as Titans
         x = qc
         for i, (u0, u, X, G) in enumerate(zip(u0s, Ust, Xs, Gs)):
             if i:
                 x = _gelu(x)
             x = (_per_head(x, u0[:, 0]) + Acum[..., None] * (x @ u)
                  - (Cm * (x @ X.transpose(-1, -2))) @ G)
-        z = x
-    elif (read := _native_read(phi, q, *init)) is not None:
-        # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
-        # (the same U_t), never stored
-        x = qc
-        for i, (u0, u, X, G) in enumerate(zip(init, Ust, Xs, Gs)):
-            if i:
-                x = _gelu(x)
-            x = read(x, u0.to(q.dtype), u, a, e, X, G)
         z = x
     else:
         size = B * H * C * max(u.shape[-2] * u.shape[-1] for u in u0s)

@@ -5,17 +5,22 @@
        W_-1 = U_0,  W_t = a_t W_t-1 - e_t X_t^T G_t,  V_t = U_init + W_t,  y_t = x_t phi(V_t)
 
    phi (kind 0): softmax over each row (O wide);  (kind 1): V |V|_q^(2-q), the norm over the
-   whole I x O matrix. Only (I, O) weights live at a time, in cache; the backward recomputes
+   whole I x O matrix;  (kind 2): the identity (Yaad; its dU_init = sum_t x_t^T dy_t is left
+   to the caller, one product). Only (I, O) weights live at a time, in cache; the backward recomputes
    a chunk's W_t and phi(V_t) and runs it back in time, dW the gradient reaching W_t:
 
+       identity: dx = V dy,  dV = x dy^T
        softmax: r = P dy,  dx = r,  dV = P o (x (dy - r)^T)
        q-scale: s = n^(2-q), w = x V,  dx = s V dy,  dV = s x dy^T - (q-2)(dy.w) n^(2-2q) V |V|^(q-2)
        dW += dV,  dU_init += dV,  da_t = <dW, W_t-1>,  de_t = -X_t dW G_t,
        dX_t = -e_t dW G_t,  dG_t = -e_t X_t dW,  dW <- a_t dW  (dU_0 = dW at the end)
 
-   Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * chunks, head
-   h = (j / N) % H): x, X (J, C, I); G, y, dy (J, C, O); a, e (J, C); U_init, dU_init
-   (H, I, O); U_0, dU_0 (J, I, O). Each function does the chunks [j0, j1); the backward adds
+   Layouts (row-major, contiguous), j indexing the chunks (J = batch * heads * N chunks, head
+   h = (j / N) % H): x, dx (J, C, I); y, dy (J, C, O); a, e (J, C); nrm, written by the
+   forward and read by the backward: kind 0's row maxima and inverse sums (J, C, 2, I), kind 1's
+   q-norms (J, C), unused by kind 2; U_init, dU_init (H, I, O);
+   U_0, dU_0, X, dX, G, dG: N pointers each, one a chunk index n, to (batch * heads, I, O),
+   (batch * heads, C, I) and (batch * heads, C, O). Each function does the chunks [j0, j1); the backward adds
    into dU_init (each thread its own, zeroed and summed by the caller). Plain C; compiled by
    rnnzoo.ops.native. */
 
@@ -28,6 +33,26 @@
 #ifndef INLINE
 #define INLINE inline __attribute__((always_inline))
 #endif
+
+/* Sums over a row (called, not inlined, and reassociated: an `omp simd` sum over a row of
+   constant width was folded lane by lane in order at the end of each row, 16 dependent adds,
+   three sums a row, most of the backward's time; -fassociative-math for the whole file would
+   also undo exp.h's rounding constant). */
+#define SUMS __attribute__((noinline, optimize("associative-math", "no-signed-zeros")))
+
+/* sum_o a[o] b[o] */
+static SUMS T NAME(dot)(const T *restrict a, const T *restrict b, long O) {
+    T s = 0;
+    for (long o = 0; o < O; o++) s += a[o] * b[o];
+    return s;
+}
+
+/* sum_o a[o] */
+static SUMS T NAME(total)(const T *restrict a, long O) {
+    T s = 0;
+    for (long o = 0; o < O; o++) s += a[o];
+    return s;
+}
 
 /* sum |v|^q over n values */
 static T NAME(qsum)(const T *restrict v, long n, T q) {
@@ -90,10 +115,11 @@ static INLINE void NAME(read)(const T *restrict x, const T *restrict P, T *restr
 }
 
 /* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
-   the row's exponentials in p (O wide) */
+   the row's exponentials in p (O wide); each row's max and 1 / sum in st (2 I: the maxima,
+   then the inverses) for the backward */
 static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *restrict p, T at, T et,
                                const T *restrict xs, const T *restrict gs, const T *restrict xr,
-                               T *restrict y, long I, long O) {
+                               T *restrict y, T *restrict st, long I, long O) {
     for (long o = 0; o < O; o++) y[o] = 0;
     for (long i = 0; i < I; i++) {
         T c = et * xs[i], m = -INFINITY, sum = 0;
@@ -106,178 +132,197 @@ static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *re
             p[o] = ui[o] + wn;
             m = p[o] > m ? p[o] : m;
         }
-        #pragma omp simd reduction(+:sum)
-        for (long o = 0; o < O; o++) {
-            p[o] = EXP(p[o] - m);
-            sum += p[o];
-        }
+        #pragma omp simd
+        for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
+        sum = NAME(total)(p, O);
+        st[i] = m;
+        st[I + i] = 1 / sum;
         T r = xr[i] / sum;
         #pragma omp simd
         for (long o = 0; o < O; o++) y[o] += r * p[o];
     }
 }
 
-/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn) */
-static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
-                               T *restrict P, T at, T et, const T *restrict xs,
-                               const T *restrict gs, long I, long O) {
+/* kind 2's step, row by row: W <- a W - e X^T G, y = x (U_init + W) */
+static INLINE void NAME(linear_read)(const T *restrict u0, T *restrict W, T at, T et,
+                                     const T *restrict xs, const T *restrict gs,
+                                     const T *restrict xr, T *restrict y, long I, long O) {
+    for (long o = 0; o < O; o++) y[o] = 0;
     for (long i = 0; i < I; i++) {
-        T c = et * xs[i], m = -INFINITY, sum = 0;
-        const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
-        T *restrict wn = Wn + i * O, *restrict p = P + i * O;
-        #pragma omp simd reduction(max:m)
-        for (long o = 0; o < O; o++) {
-            wn[o] = at * w[o] - c * gs[o];
-            p[o] = ui[o] + wn[o];
-            m = p[o] > m ? p[o] : m;
-        }
-        #pragma omp simd reduction(+:sum)
-        for (long o = 0; o < O; o++) {
-            p[o] = EXP(p[o] - m);
-            sum += p[o];
-        }
-        T inv = 1 / sum;
+        T c = et * xs[i], r = xr[i];
+        T *restrict w = W + i * O;
+        const T *restrict ui = u0 + i * O;
         #pragma omp simd
-        for (long o = 0; o < O; o++) p[o] *= inv;
+        for (long o = 0; o < O; o++) {
+            T wn = at * w[o] - c * gs[o];
+            w[o] = wn;
+            y[o] += r * (ui[o] + wn);
+        }
     }
 }
 
-static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
-                                    const T *e, const T *X, const T *G, T *y, long H, long N,
-                                    long C, long I, long O, int kind, T q, long j0, long j1) {
+/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn)
+   with the forward's row maxima and inverse sums st (one pass a row) */
+static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
+                               T *restrict P, T at, T et, const T *restrict xs,
+                               const T *restrict gs, const T *restrict st, long I, long O) {
+    for (long i = 0; i < I; i++) {
+        T c = et * xs[i], m = st[i], inv = st[I + i];
+        const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
+        T *restrict wn = Wn + i * O, *restrict p = P + i * O;
+        #pragma omp simd
+        for (long o = 0; o < O; o++) {
+            wn[o] = at * w[o] - c * gs[o];
+            p[o] = EXP(ui[o] + wn[o] - m) * inv;
+        }
+    }
+}
+
+/* chunk j's U_0, X and G: chunk n = j % N of (batch, head) j / N, each chunk's tensor apart
+   (the chunk loop's own outputs, not stacked) */
+#define CHUNK_POINTERS const T *U0j = U0[j % N] + (j / N) * n, \
+    *Xj = X[j % N] + (j / N) * C * I, *Gj = G[j % N] + (j / N) * C * O;
+
+static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                    const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H,
+                                    long N, long C, long I, long O, int kind, T q, long j0,
+                                    long j1) {
     long n = I * O;
-    T *W = malloc(2 * n * sizeof(T)), *P = W + n, norm;
+    T *W = malloc(2 * n * sizeof(T)), *P = W + n;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
-        memcpy(W, U0 + j * n, n * sizeof(T));
+        CHUNK_POINTERS
+        memcpy(W, U0j, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
             if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
-                NAME(softmax_read)(u0h, W, P, a[s], e[s], X + s * I, G + s * O, x + s * I,
-                                   y + s * O, I, O);
+                NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
+                                   y + s * O, nrm + s * 2 * I, I, O);
                 continue;
             }
-            NAME(advance)(W, W, a[s], e[s], X + s * I, G + s * O, I, O);
-            NAME(phi)(u0h, W, P, I, O, kind, q, &norm);
+            if (kind == 2) {
+                NAME(linear_read)(u0h, W, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
+                                  y + s * O, I, O);
+                continue;
+            }
+            NAME(advance)(W, W, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
+            NAME(phi)(u0h, W, P, I, O, kind, q, nrm + s);
             NAME(read)(x + s * I, P, y + s * O, I, O);
         }
     }
     free(W);
 }
 
-static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const T *a,
-                                    const T *e, const T *X, const T *G, const T *dy, T *dx,
-                                    T *dU0, T *du0, T *da, T *de, T *dX, T *dG, long H, long N,
-                                    long C, long I, long O, int kind, T q, long j0, long j1) {
+static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                    const T *e, const T *const *X, const T *const *G,
+                                    const T *dy, const T *y, const T *nrm, T *dx,
+                                    T *const *dU0, T *du0, T *da, T *de, T *const *dX,
+                                    T *const *dG, long H, long N, long C, long I, long O,
+                                    int kind, T q, long j0, long j1) {
     long n = I * O;
-    /* the chunk's steps in segments of S, the last first: a segment's W and phi(V) stay in
-       L2 (the whole chunk's, 2 C + 1 matrices, did not) at the cost of advancing W from the
-       chunk's start to each segment's (W alone, no phi) */
-    long S = (256 * 1024) / (2 * n * (long)sizeof(T));
+    /* the chunk's steps in segments of S, the last first: a segment's W (and softmax(V))
+       stay in L2 (the whole chunk's, 2 C + 1 matrices, did not) at the cost of advancing W
+       from the chunk's start to each segment's (W alone). The q-scale needs no phi(V): its
+       norms and its outputs y (for dy . y) come from the forward. */
+    long S = (256 * 1024) / ((kind == 0 ? 2 : 1) * n * (long)sizeof(T));
     S = S < 1 ? 1 : (S > C ? C : S);
-    /* W_t0-1 .. W_t1-1, phi(V_t0) .. phi(V_t1-1), dW, the q-norms, a row of V |V|^(q-2) */
-    T *Wb = malloc(((S + 1) * n + S * n + n + S + O) * sizeof(T));
-    T *Pb = Wb + (S + 1) * n, *dW = Pb + S * n, *norms = dW + n, *mv = norms + S;
+    /* W_t0-1 .. W_t1-1, softmax(V_t0) .. softmax(V_t1-1), dW, rows of V, dV, dW and da_t's
+       terms */
+    T *Wb = malloc(((S + 1) * n + (kind == 0 ? S * n : 0) + n + 4 * O) * sizeof(T));
+    T *Pb = Wb + (S + 1) * n, *dW = Pb + (kind == 0 ? S * n : 0), *vr = dW + n,
+      *dv = vr + O, *dd = dv + O, *dav = dd + O;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
         T *restrict dUi = du0 + ((j / N) % H) * n;   /* accumulated over the chunks */
+        CHUNK_POINTERS
+        T *dXj = dX[j % N] + (j / N) * C * I, *dGj = dG[j % N] + (j / N) * C * O;
         memset(dW, 0, n * sizeof(T));
         for (long t1 = C, t0; t1 > 0; t1 = t0) {
         t0 = ((t1 - 1) / S) * S;
-        memcpy(Wb, U0 + j * n, n * sizeof(T));
+        memcpy(Wb, U0j, n * sizeof(T));
         for (long t = 0; t < t0; t++)
-            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], X + (j * C + t) * I,
-                          G + (j * C + t) * O, I, O);
+            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], Xj + t * I,
+                          Gj + t * O, I, O);
         for (long t = t0; t < t1; t++) {
             long s = j * C + t, u = t - t0;
             if (kind == 0) {
                 NAME(softmax_step)(u0h, Wb + u * n, Wb + (u + 1) * n, Pb + u * n, a[s], e[s],
-                                   X + s * I, G + s * O, I, O);
+                                   Xj + t * I, Gj + t * O, nrm + s * 2 * I, I, O);
                 continue;
             }
-            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], X + s * I, G + s * O, I, O);
-            NAME(phi)(u0h, Wb + (u + 1) * n, Pb + u * n, I, O, kind, q, norms + u);
+            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
         }
         for (long t = t1 - 1; t >= t0; t--) {
             long s = j * C + t, u = t - t0;
             const T *restrict P = Pb + u * n, *restrict Wt = Wb + (u + 1) * n,
-                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = G + s * O,
-                    *restrict Xs = X + s * I, *restrict dys = dy + s * O;
+                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = Gj + t * O,
+                    *restrict Xs = Xj + t * I, *restrict dys = dy + s * O;
             T *restrict dxs = dx + s * I;
-            /* per row i: dV's row, then (dW now the gradient reaching W_t) its terms of
-               da_t, de_t, dX_t, dG_t, and dW <- a_t dW for the step before */
-            T at = a[s], et = e[s], dat = 0, det = 0, sc = 0, k = 0;
-            T *restrict dGs = dG + s * O;
-            for (long o = 0; o < O; o++) dGs[o] = 0;
+            /* per row i: dV's row (in dv), then (dW now the gradient reaching W_t) its terms
+               of da_t (in dav, O wide), de_t, dX_t, dG_t, and dW <- a_t dW for the step
+               before */
+            T at = a[s], et = e[s], det = 0, sc = 0, k = 0;
+            T *restrict dGs = dGj + t * O;
+            for (long o = 0; o < O; o++) { dGs[o] = 0; dav[o] = 0; }
             if (kind == 1) {
-                T nq = norms[u], dot = 0;
+                T nq = nrm[s];
                 sc = POW(nq, 2 - q);
-                for (long i = 0; i < I; i++) {
-                    const T *restrict p = P + i * O;
-                    #pragma omp simd reduction(+:dot)
-                    for (long o = 0; o < O; o++) dot += xs[i] * p[o] * dys[o];
-                }
-                /* dy . w with w = x V = (x P) / sc */
-                k = -(q - 2) * (dot / sc) * POW(nq, 2 - 2 * q);
+                /* dy . w with w = x V = y / sc */
+                k = -(q - 2) * (NAME(dot)(y + s * O, dys, O) / sc) * POW(nq, 2 - 2 * q);
             }
             for (long i = 0; i < I; i++) {
                 const T *restrict p = P + i * O, *restrict ui = u0h + i * O,
                         *restrict wt = Wt + i * O, *restrict wp = Wp + i * O;
                 T *restrict dw = dW + i * O, *restrict du = dUi + i * O;
-                T r = 0, gi = 0;
+                T xi = xs[i];
                 if (kind == 0) {
-                    #pragma omp simd reduction(+:r)
-                    for (long o = 0; o < O; o++) r += p[o] * dys[o];
+                    T r = NAME(dot)(p, dys, O);
                     dxs[i] = r;
-                    T xi = xs[i];
-                    #pragma omp simd reduction(+:dat, gi)
-                    for (long o = 0; o < O; o++) {
-                        T dv = p[o] * xi * (dys[o] - r);
-                        du[o] += dv;
-                        T d = dw[o] + dv;
-                        dat += d * wp[o];
-                        gi += d * gs[o];
-                        dGs[o] += Xs[i] * d;
-                        dw[o] = at * d;
-                    }
+                    #pragma omp simd
+                    for (long o = 0; o < O; o++) dv[o] = p[o] * xi * (dys[o] - r);
                 } else {
-                    T c = sc * xs[i];
-                    /* mv = V |V|^(q-2) for this row, the power chosen outside the loops */
-                    if (q == 4) {
-                        #pragma omp simd reduction(+:r)
-                        for (long o = 0; o < O; o++) {
-                            T v = ui[o] + wt[o];
-                            r += v * dys[o];
-                            mv[o] = v * v * v;
-                        }
-                    } else {
-                        for (long o = 0; o < O; o++) {
-                            T v = ui[o] + wt[o];
-                            r += v * dys[o];
-                            mv[o] = v * POW(fabs(v), q - 2);
+                    #pragma omp simd
+                    for (long o = 0; o < O; o++) vr[o] = ui[o] + wt[o];
+                    T r = NAME(dot)(vr, dys, O);
+                    if (kind == 2) {  /* dV = x dy^T, its dU_init summed by the caller */
+                        dxs[i] = r;
+                        #pragma omp simd
+                        for (long o = 0; o < O; o++) dv[o] = xi * dys[o];
+                    } else {          /* V |V|^(q-2), the power chosen outside the loops */
+                        T c = sc * xi;
+                        dxs[i] = sc * r;
+                        if (q == 4) {
+                            #pragma omp simd
+                            for (long o = 0; o < O; o++)
+                                dv[o] = c * dys[o] + k * vr[o] * vr[o] * vr[o];
+                        } else {
+                            for (long o = 0; o < O; o++)
+                                dv[o] = c * dys[o] + k * vr[o] * POW(fabs(vr[o]), q - 2);
                         }
                     }
-                    #pragma omp simd reduction(+:dat, gi)
-                    for (long o = 0; o < O; o++) {
-                        T dv = c * dys[o] + k * mv[o];
-                        du[o] += dv;
-                        T d = dw[o] + dv;
-                        dat += d * wp[o];
-                        gi += d * gs[o];
-                        dGs[o] += Xs[i] * d;
-                        dw[o] = at * d;
-                    }
-                    dxs[i] = sc * r;
                 }
-                dX[s * I + i] = -et * gi;
+                if (kind != 2) {
+                    #pragma omp simd
+                    for (long o = 0; o < O; o++) du[o] += dv[o];
+                }
+                #pragma omp simd
+                for (long o = 0; o < O; o++) {
+                    T d = dw[o] + dv[o];
+                    dd[o] = d;
+                    dav[o] += d * wp[o];
+                    dGs[o] += Xs[i] * d;
+                    dw[o] = at * d;
+                }
+                T gi = NAME(dot)(dd, gs, O);
+                dXj[t * I + i] = -et * gi;
                 det += Xs[i] * gi;
             }
             for (long o = 0; o < O; o++) dGs[o] *= -et;
-            da[s] = dat;
+            da[s] = NAME(total)(dav, O);
             de[s] = -det;
         }
         }
-        memcpy(dU0 + j * n, dW, n * sizeof(T));
+        memcpy(dU0[j % N] + (j / N) * n, dW, n * sizeof(T));
     }
     free(Wb);
 }
@@ -287,23 +332,25 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *U0, const 
 #define WIDTHS(CALL) switch (O) { case 32: CALL(32); break; case 64: CALL(64); break; \
     case 128: CALL(128); break; default: CALL(O); }
 
-void NAME(miras_read_fwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, T *y, long H, long N, long C, long I, long O,
-                          int kind, T q, long j0, long j1) {
-#define FWD(W) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, H, N, C, I, W, kind, q, j0, j1)
+void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,
+                          const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H, long N, long C, long I,
+                          long O, int kind, T q, long j0, long j1) {
+#define FWD(W) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, kind, q, j0, j1)
     WIDTHS(FWD)
 #undef FWD
 }
 
-void NAME(miras_read_bwd)(const T *x, const T *u0, const T *U0, const T *a, const T *e,
-                          const T *X, const T *G, const T *dy, T *dx, T *dU0, T *du0, T *da,
-                          T *de, T *dX, T *dG, long H, long N, long C, long I, long O, int kind,
-                          T q, long j0, long j1) {
-#define BWD(W) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, dx, dU0, du0, da, de, dX, dG, H, N, \
-                                C, I, W, kind, q, j0, j1)
+void NAME(miras_read_bwd)(const T *x, const T *u0, const T *const *U0, const T *a,
+                          const T *e, const T *const *X, const T *const *G, const T *dy,
+                          const T *y, const T *nrm, T *dx, T *const *dU0, T *du0, T *da, T *de,
+                          T *const *dX, T *const *dG, long H, long N, long C,
+                          long I, long O, int kind, T q, long j0, long j1) {
+#define BWD(W) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, dX, \
+                                dG, H, N, C, I, W, kind, q, j0, j1)
     WIDTHS(BWD)
 #undef BWD
 }
 #undef WIDTHS
+#undef CHUNK_POINTERS
 
 #endif

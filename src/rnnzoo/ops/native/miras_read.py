@@ -3,12 +3,14 @@ dense layer of the memory, inside every chunk from its start U_0,
 
     W_t = a_t W_t-1 - e_t X_t^T G_t  (W_-1 = U_0),    y_t = x_t phi(U_init + W_t)
 
-with phi the row softmax (`q=None`, Memora) or V |V|_q^(2-q) (Moneta), each step's weights
-made and used in cache, never stored: the backward recomputes them a chunk at a time.
+with phi the row softmax ("softmax", Memora), V |V|_q^(2-q) ("qscale", Moneta) or the identity
+("identity", Yaad), each step's weights made and used in cache, never stored: the backward
+recomputes them a chunk at a time.
 
-x, X: (B, H, N, C, I); G: (B, H, N, C, O); a, e: (B, H, N, C); U_init: (H, I, O);
-U_0: (B, H, N, I, O). Returns y (B, H, N, C, O), differentiable in all of them. All float32
-or all float64 on the CPU (`ops.backend.use_native` decides). Work is split over
+x: (B, H, N, C, I); a, e: (B, H, N, C); U_init: (H, I, O); U_0, X, G: lists of the N chunks
+(B, H, I, O), (B, H, C, I) and (B, H, C, O), as the chunk loop makes them (stacking them cost
+a copy of every chunk's weights). Returns y (B, H, N, C, O), differentiable in all of them.
+All float32 or all float64 on the CPU (`ops.backend.use_native` decides). Work is split over
 torch.get_num_threads() threads by chunks (ctypes lets go of the GIL during each call).
 """
 
@@ -20,51 +22,73 @@ import torch
 
 from rnnzoo.ops import native
 
+KINDS = {"softmax": 0, "qscale": 1, "identity": 2}
+
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "miras_read_fwd", dtype, [P] * 8 + [L] * 5 + [ctypes.c_int, real, L, L]),
+    return (native.kernel(lib, "miras_read_fwd", dtype, [P] * 9 + [L] * 5 + [ctypes.c_int, real, L, L]),
             native.kernel(lib, "miras_read_bwd", dtype,
-                          [P] * 15 + [L] * 5 + [ctypes.c_int, real, L, L]))
+                          [P] * 17 + [L] * 5 + [ctypes.c_int, real, L, L]))
+
+
+def _array(ts):
+    """The data pointers of a list of tensors as a C array (void *[len])."""
+    return (ctypes.c_void_p * len(ts))(*(t.data_ptr() for t in ts))
 
 
 class _NativeRead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, x, u0, U0, a, e, X, G):
-        x, u0, U0, a, e, X, G = (t.contiguous() for t in (x, u0, U0, a, e, X, G))
+    def forward(ctx, lib, kind, q, x, u0, a, e, *chunks):
+        x, u0, a, e = (t.contiguous() for t in (x, u0, a, e))
         B, H, N, C, n_in = x.shape
-        n_out = G.shape[-1]
+        U0, X, G = (list(t.contiguous() for t in chunks[i * N:(i + 1) * N]) for i in range(3))
+        n_out = G[0].shape[-1]
         fwd, _ = _kernels(lib, x.dtype)
         y = x.new_empty(B, H, N, C, n_out)
-        kind, qv = (0, 0.0) if q is None else (1, float(q))
-        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, y)]
+        kind, qv = KINDS[kind], float(q or 0.0)
+        # the softmax's row maxima and inverse sums, the q-scale's norms, per step
+        nrm = (a.new_empty(*a.shape, 2, n_in) if kind == 0 else a.new_empty(a.shape)
+               if kind == 1 else None)
+        ptrs = [native.ptr(x), native.ptr(u0), _array(U0), native.ptr(a), native.ptr(e),
+                _array(X), _array(G), native.ptr(y), native.ptr(nrm)]
         native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
                          for p in native.rows(B * H * N) or [(0, 0)]])
-        ctx.save_for_backward(x, u0, U0, a, e, X, G)
+        ctx.save_for_backward(x, u0, a, e, *U0, *X, *G, *((y, nrm) if kind < 2 else ()))
         ctx.lib, ctx.kind, ctx.q = lib, kind, qv
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, u0, U0, a, e, X, G = ctx.saved_tensors
+        x, u0, a, e, *rest = ctx.saved_tensors
         B, H, N, C, n_in = x.shape
-        n_out = G.shape[-1]
+        U0, X, G = (rest[i * N:(i + 1) * N] for i in range(3))
+        y, nrm = rest[3 * N:] or (None, None)
+        n_out = G[0].shape[-1]
         _, bwd = _kernels(ctx.lib, x.dtype)
         dy = dy.contiguous()
-        dx, dU0, da, de, dX, dG = (torch.empty_like(t) for t in (x, U0, a, e, X, G))
+        dx, da, de = (torch.empty_like(t) for t in (x, a, e))
+        dU0, dX, dG = ([torch.empty_like(t) for t in ts] for ts in (U0, X, G))
         parts = native.rows(B * H * N) or [(0, 0)]
         du0 = u0.new_zeros(len(parts), *u0.shape)       # one dU_init per thread
-        ptrs = [native.ptr(t) for t in (x, u0, U0, a, e, X, G, dy, dx, dU0)]
-        rest = [native.ptr(t) for t in (da, de, dX, dG)]
+        ptrs = [native.ptr(x), native.ptr(u0), _array(U0), native.ptr(a), native.ptr(e),
+                _array(X), _array(G), native.ptr(dy), native.ptr(y), native.ptr(nrm),
+                native.ptr(dx), _array(dU0)]
+        rest = [native.ptr(da), native.ptr(de), _array(dX), _array(dG)]
         native.run(bwd, [(*ptrs, native.ptr(du0[i]), *rest, H, N, C, n_in, n_out, ctx.kind,
                           ctx.q, *p) for i, p in enumerate(parts)])
-        return None, None, dx, du0.sum(0), dU0, da, de, dX, dG
+        du0 = du0.sum(0)
+        if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t, one product per head
+            du0 = (x.transpose(0, 1).flatten(1, 3).transpose(1, 2)
+                   @ dy.transpose(0, 1).flatten(1, 3))
+        return None, None, None, dx, du0, da, de, *dU0, *dX, *dG
 
 
-def miras_read(lib, q, x, u0, U0, a, e, X, G):
-    """y (B, H, N, C, O); `lib` = native.load("miras_read"); q None: the row softmax."""
-    return _NativeRead.apply(lib, q, x, u0, U0, a, e, X, G)
+def miras_read(lib, kind, q, x, u0, U0, a, e, X, G):
+    """y (B, H, N, C, O); `lib` = native.load("miras_read"); kind one of KINDS (q: qscale's);
+    U0, X, G: lists of N chunks."""
+    return _NativeRead.apply(lib, kind, q, x, u0, a, e, *U0, *X, *G)
 
 
 def load():
