@@ -36,6 +36,7 @@ from rnnzoo.ops.memory import (
     miras_step,
     retention,
 )
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -52,9 +53,9 @@ class MirasLayer(RecurrentLayer):
         super().__init__(d_model)
         H, K = memory_geometry(self, d_model, num_heads, head_dim, memory_depth, chunk_size,
                                base_lr)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * K, bias=False)
         self.conv = ShortConv(3 * H * K, d_conv, bias=False)
-        self.gate_proj = nn.Linear(d_model, 3 * H if self.with_delta else 2 * H)
+        self.gate_proj = Linear(d_model, 3 * H if self.with_delta else 2 * H)
         widths = [K, K] if self.kind == "linear" else [K, 4 * K, K]
         self.memory = nn.ParameterList(nn.Parameter(torch.randn(H, i, o) / i ** 0.5)
                                        for i, o in zip(widths[:-1], widths[1:]))
