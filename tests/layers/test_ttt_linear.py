@@ -192,3 +192,23 @@ def test_rope_positions_restart_every_minibatch():
 def test_rope_needs_an_even_head_dim():
     with pytest.raises(ValueError, match="head_dim must be even"):
         rnnzoo.create("ttt_linear", d_model=6, num_heads=2, head_dim=3, rope=True)
+
+
+@pytest.mark.parametrize("name", ["ttt_linear", "ttt_mlp"])
+def test_gradient_reaches_a_states_zero_sums(name):
+    """On the CPU the mini-batch mode skips reading a state's gradient sums it sees are zero
+    (a fresh state); asked for their gradient, it must read them all the same: the gradient
+    at exact zeros equals the gradient at sums of 1e-200, where the read runs."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=16, num_heads=2, mini_batch_size=4).double()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+
+    def grads(eps):
+        *mem, conv = layer.init_state(2, dtype=torch.float64)
+        L2 = (len(mem) - 1) // 2
+        acc = [(a + eps).requires_grad_() for a in mem[L2:2 * L2]]
+        y, _ = layer(x, (*mem[:L2], *acc, mem[-1], conv), mode="minibatch")
+        return torch.autograd.grad(y.square().sum(), acc, allow_unused=True)
+
+    for g0, g1 in zip(grads(0.0), grads(1e-200)):
+        assert g0 is not None and torch.allclose(g0, g1, rtol=1e-10, atol=1e-12)

@@ -32,6 +32,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.rotary import rotate
 from rnnzoo.ops.memory import inner_output, ttt_init_state, ttt_minibatch, ttt_sequential, ttt_step
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
@@ -58,9 +59,9 @@ class TTTLayer(RecurrentLayer):
         self.base_lr = positive("base_lr", base_lr)
         self.inner_norm = flag("inner_norm", inner_norm)
         self.norm_eps = positive("norm_eps", norm_eps)
-        self.qkv_proj = nn.Linear(d_model, 3 * H * K, bias=False)
+        self.qkv_proj = Linear(d_model, 3 * H * K, bias=False)
         self.conv = ShortConv(2 * H * K, d_conv, silu=False)
-        self.lr_proj = nn.Linear(d_model, H)
+        self.lr_proj = Linear(d_model, H)
         nn.init.normal_(self.lr_proj.weight, std=0.02)
         nn.init.zeros_(self.lr_proj.bias)
         self.tok_offset = nn.Parameter(torch.zeros(M))     # tok_t = max(1/(t+1) + offset_t, 0)
@@ -72,8 +73,8 @@ class TTTLayer(RecurrentLayer):
         self.inner_norm_weight = nn.Parameter(torch.ones(H, K))
         self.inner_norm_bias = nn.Parameter(torch.zeros(H, K))
         self.post_norm = nn.LayerNorm(H * K, eps=norm_eps)
-        self.g_proj = nn.Linear(d_model, H * K)
-        self.o_proj = nn.Linear(H * K, d_model)
+        self.g_proj = Linear(d_model, H * K)
+        self.o_proj = Linear(H * K, d_model)
 
     def init_state(self, batch_size, device=None, dtype=None):
         sdt = state_dtype(dtype)

@@ -262,8 +262,10 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, NT, I, O), (B, H, NT, O)
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, NT, M, I or O)
     # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
-    # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are skipped
-    begun = not (backend.host_readable(q) and not any(bool(a.any()) for a in Acc))
+    # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are
+    # skipped, unless their gradient is asked for
+    begun = not (backend.host_readable(q) and not any(a.requires_grad for a in Acc)
+                 and not any(bool(a.any()) for a in Acc))
     x = qc
     for i in range(L2 // 2):
         if i:
