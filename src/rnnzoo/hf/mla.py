@@ -57,7 +57,8 @@ class LatentAttention(Attention):
         return k, v, position
 
     def _project(self, x, start):
-        """q, k: (B, H, T, nope_dim + rope_dim), v: (B, H, T, v_dim); pos (B, T)."""
+        """q, k: (B, H, T, nope_dim + rope_dim), q times 1/sqrt(nope_dim + rope_dim) (as
+        Attention._project's); v: (B, H, T, v_dim); pos (B, T)."""
         B, T, _ = x.shape
         H, cdt = self.num_heads, compute_dtype(x)
         q = self.q_proj(x).to(cdt).view(B, T, H, self.head_dim)
@@ -66,7 +67,7 @@ class LatentAttention(Attention):
         k_nope, v = kv.split([self.nope_dim, self.v_dim], -1)
         k = torch.cat([k_nope, k_rope.to(cdt)[:, :, None].expand(B, T, H, self.rope_dim)], -1)
         pos = start[:, None] + torch.arange(T, device=x.device)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
+        return (q * self.head_dim ** -0.5).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), pos
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, kv_rank={self.kv_rank}, "
