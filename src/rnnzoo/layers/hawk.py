@@ -35,6 +35,7 @@ from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.layers.conv import ShortConv
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -93,7 +94,7 @@ class Hawk(DiagonalLayer):
 
     def _run(self, x, state, mode, mask=None):
         conv_state, h, *started = state
-        gate, u = self.in_proj(x).chunk(2, dim=-1)
+        gate, u = proj(self.in_proj, x).chunk(2, dim=-1)
         u, conv_state = self.conv(u, conv_state, mask)
         a_b = self.rg_lru_coefficients(u, started[0] if started else None)
         hs, h = diagonal_recurrence(*a_b, h, mode, mask)
@@ -101,4 +102,5 @@ class Hawk(DiagonalLayer):
             step = torch.ones_like(started[0]) if mask is None else mask[:, 0, 0].to(h.dtype)
             started = [torch.maximum(started[0], step) if x.shape[1] else started[0]]
         gate = F.gelu(gate, approximate="tanh" if self.gate_act == "gelu_tanh" else "none")
-        return self.out_proj(gate * hs.to(x.dtype)), (conv_state, h, *started)
+        out = proj(self.out_proj, gate * hs.to(x.dtype))
+        return out, (conv_state, h, *started)

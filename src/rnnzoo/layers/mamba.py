@@ -41,6 +41,7 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -262,9 +263,9 @@ class Mamba(DiagonalLayer):
     def ssm_inputs(self, x, conv_state, mask=None):
         """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype.
         mask: (B, T, 1) bool, the valid steps, or None."""
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        x_in, z = proj(self.in_proj, x).chunk(2, dim=-1)
         u, conv_state = self.conv(x_in, conv_state, mask)
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = proj(self.x_proj, u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
             cdt = compute_dtype(x)
             w = ((None,) * 3 if self.bcdt_weight is None else
@@ -287,5 +288,5 @@ class Mamba(DiagonalLayer):
                               allow_neg_eigval=self.allow_neg_eigval, chunk_size=self.chunk_size)
         if lib is not None:  # the skip D u and the gate in one C pass (ops.native.gated_norm)
             out = gated_norm.gate_rms(lib, y, u, D, z, None, self.d_inner, 0.0, norm=False)
-            return self.out_proj(out.to(x.dtype)), (conv_state, h)
-        return self.out_proj((y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)
+            return proj(self.out_proj, out.to(x.dtype)), (conv_state, h)
+        return proj(self.out_proj, (y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)

@@ -40,6 +40,7 @@ from rnnzoo.ops.chunk.linear import (
     ssd,
 )
 from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native.linear import linear
 from rnnzoo.registry import register
 
 
@@ -133,7 +134,7 @@ class Mamba2(RecurrentLayer):
         # three products over row blocks of in_proj's weight instead of one split: the split's
         # backward concatenated the three gradients (a (B, T, 2 d_inner + 2 G N + H) copy) and
         # xBC came out strided (copied again in front of the conv)
-        z, xBC, dt = (F.linear(x, w) for w in self.in_proj.weight.split(
+        z, xBC, dt = (linear(x, w) for w in self.in_proj.weight.split(
             [self.d_inner, self.d_inner + 2 * G * N, H]))
         xBC, conv_state = self.conv(xBC, conv_state)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
@@ -157,18 +158,21 @@ class Mamba2(RecurrentLayer):
             lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
             if lib is not None:
                 D = self.D.repeat_interleave(self.head_dim)
-                return self.out_proj(gated_norm.gate_rms(
+                return self._out(gated_norm.gate_rms(
                     lib, y.flatten(2), xs.flatten(2), D, z, self.norm_weight,
                     self.d_inner // self.n_groups, self.norm_eps, norm=self.gated_norm))
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
         if not self.gated_norm:
-            return self.out_proj(y * F.silu(z))
+            return self._out(y * F.silu(z))
         if not self.norm_before_gate:
-            return self.out_proj(_GatedRMSNorm.apply(y, z, self.norm_weight,
+            return self._out(_GatedRMSNorm.apply(y, z, self.norm_weight,
                                                      self.d_inner // self.n_groups, self.norm_eps))
         y = y.unflatten(-1, (self.n_groups, self.d_inner // self.n_groups))
         y = F.rms_norm(y, (self.d_inner // self.n_groups,), eps=self.norm_eps).flatten(-2)
-        return self.out_proj(y * self.norm_weight * F.silu(z))
+        return self._out(y * self.norm_weight * F.silu(z))
+
+    def _out(self, y):
+        return linear(y, self.out_proj.weight)  # oneDNN on the CPU (ops.native.linear)
 
     def lion_inputs(self, x):
         """q, k, v, log-decay, scale 1 from a zero conv state (bidirectional=True,

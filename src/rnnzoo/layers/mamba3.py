@@ -51,6 +51,7 @@ from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
 from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -127,7 +128,7 @@ class Mamba3(RecurrentLayer):
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
-        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
+        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = proj(self.in_proj, u).split(
             [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
         # head h reads group h // (H / G): the groups broadcast over their heads in the bias
         # add (no gathered copy, and a sum, not a scatter, backward)
@@ -153,7 +154,7 @@ class Mamba3(RecurrentLayer):
             y = self.norm(y)
         y = y * F.silu(z)
         y = (y * self.mimo_o.transpose(0, 1)).sum(2) if self.is_mimo else y[:, :, 0]
-        return self.out_proj(y.flatten(2).to(u.dtype))
+        return proj(self.out_proj, y.flatten(2).to(u.dtype))
 
     def _ranked(self, x):
         """x (B, H, head_dim) -> the rank inputs (B, R, H, head_dim)."""

@@ -34,6 +34,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.mesa import mesa, mesa_recurrent, mesa_step
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -82,11 +83,11 @@ class MesaNet(RecurrentLayer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        qk, conv_state = self.conv(self.qk_proj(x).to(cdt), conv_state)
+        qk, conv_state = self.conv(proj(self.qk_proj, x).to(cdt), conv_state)
         q, k = l2norm(qk.reshape(B, T, 2 * H, K)).chunk(2, 2)   # F.normalize's, eps 1e-6
-        v = self.v_proj(x).to(cdt).reshape(B, T, H, K)
-        g = F.logsigmoid(self.a_proj(x).to(cdt))
-        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        v = proj(self.v_proj, x).to(cdt).reshape(B, T, H, K)
+        g = F.logsigmoid(proj(self.a_proj, x).to(cdt))
+        beta = torch.sigmoid(proj(self.b_proj, x).to(cdt))
         lamb = F.softplus(self.lambda_params.to(cdt)) + self.lambda_lower_bound
         return q, k, v, g, beta, lamb, conv_state
 
@@ -94,8 +95,8 @@ class MesaNet(RecurrentLayer):
         """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, heads, K)."""
         o = self.norm(o)
         if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(o.dtype)).view(o.shape)
-        return self.o_proj(o.flatten(2).to(x.dtype))
+            o = o * F.silu(proj(self.g_proj, x).to(o.dtype)).view(o.shape)
+        return proj(self.o_proj, o.flatten(2).to(x.dtype))
 
     def _forward(self, x, state, mode):
         Hkk, Hkv, conv_state = state

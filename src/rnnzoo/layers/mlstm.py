@@ -34,6 +34,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
 from rnnzoo.ops.native import blockdiag as native_blockdiag
 from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -128,7 +129,7 @@ class MLSTM(RecurrentLayer):
         *cell_state, conv_state = state
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        x_m, z = self.up_proj(x).chunk(2, -1)
+        x_m, z = proj(self.up_proj, x).chunk(2, -1)
         x_c, conv_state = self.conv(x_m, conv_state)
         q, k, v = self.q(x_c), self.k(x_c), self.v(x_m)
         # [q, k, v] W_gates^T = x_c (W_q BD_q + W_k BD_k)^T + x_m (W_v BD_v)^T: the gates from
@@ -146,7 +147,7 @@ class MLSTM(RecurrentLayer):
                                   chunk_size=self.chunk_size)
         else:
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
-        return self.down_proj(self._head(h, x_c, z)), (*cell_state, conv_state)
+        return proj(self.down_proj, self._head(h, x_c, z)), (*cell_state, conv_state)
 
     def _head(self, h, x_c, z):
         """(GroupNorm_heads(h) + skip x_c) silu(z): one C pass each way on the CPU

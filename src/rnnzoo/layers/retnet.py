@@ -35,6 +35,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native.linear import proj
 from rnnzoo.registry import register
 
 
@@ -91,16 +92,17 @@ class RetNet(RecurrentLayer):
         dt = state_dtype(x.dtype)
         if position is None:
             position = torch.zeros(B, device=x.device, dtype=dt)
-        q, k = self.qk(x).view(B, T, 2, H, K).unbind(2)
+        q, k = proj(self.qk, x).view(B, T, 2, H, K).unbind(2)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
         q, k = rotate(q, positions, theta), rotate(k, positions, theta)
         g = self.log_gamma.to(dt).expand(B, T, H)
-        return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
+        return q, k, proj(self.v, x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
     def lion_output(self, o, x):
         """The gated per-head GroupNorm, then the output projection."""
-        return self.out_proj(F.silu(self.gate(x)) * self.norm(o).flatten(2))
+        gate = F.silu(proj(self.gate, x))
+        return proj(self.out_proj, gate * self.norm(o).flatten(2))
 
     def _forward(self, x, state, mode):
         state, position = state

@@ -41,6 +41,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
     lattice_scan.c      Lattice's orthogonal slot recurrence
+    linear.py           (no C) x W^T + b through oneDNN's float32 matmul (AVX-512 where MKL's sgemm is AVX2)
     simple_gated.c      cfn, ran and state_regularized_rnn's loops (`ops.native.cells`)
     lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
     highway_cells.c, gated_cells.c
