@@ -57,7 +57,7 @@ import torch
 from rnnzoo import checks
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_, uniform_init_
+from rnnzoo.cells.parts import StackedGates, affine, glorot_init_, uniform_init_
 from rnnzoo.ops import backend
 from rnnzoo.ops.native.cells import NativeStep
 
@@ -71,7 +71,7 @@ class _GRU(StackedGates):
 
     def project(self, x):
         """W_ih x + b_ih, plus b_hh for r and z (b_hn stays inside the reset product)."""
-        xp = x @ self.weight_ih.T
+        xp = affine(x, self.weight_ih)
         if self.bias_ih is None:
             return xp
         H = self.hidden_size
@@ -126,7 +126,7 @@ class GRUv3Cell(_GRU):
 
     def project(self, x):
         """W_ih x + b_ih + b_hh: b_hn adds outside the reset product here, so it folds in."""
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def recur(self, xp_t, state):
         h = state[0]

@@ -56,7 +56,14 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.manual import lstm_cell_back, manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
+from rnnzoo.cells.parts import (
+    StackedGates,
+    add_bias,
+    affine,
+    bias_param,
+    glorot_init_,
+    uniform_init_,
+)
 from rnnzoo.ops import backend
 from rnnzoo.ops.native.cells import NativeStep
 
@@ -222,7 +229,7 @@ class ResLSTM(PeepholeLSTMCell):
         nn.init.xavier_uniform_(self.weight_res)
 
     def project(self, x):
-        return torch.cat([super().project(x), x @ self.weight_res.T], -1)
+        return torch.cat([super().project(x), affine(x, self.weight_res)], -1)
 
     def pieces(self):
         return (4 * self.hidden_size, self.hidden_size)
@@ -341,7 +348,7 @@ class MultiplicativeLSTM(Cell):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_mh)], -1)
 
     def pieces(self):
