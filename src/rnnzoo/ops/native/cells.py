@@ -37,8 +37,10 @@ __all__ = ["NativeStep", "scan", "weight_grad"]
 def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """sum over rows of g^T r: g (..., G), r (..., K) -> (G, K), the gradient of a matrix W
     used as r W^T, through `ops.native.linear` (oneDNN on the CPU in float32), the wider side
-    as the product's output rows (the faster order there: 7 against 11 ms at G = 4K = 512)."""
-    g, r = g.reshape(-1, g.shape[-1]), r.reshape(-1, r.shape[-1])
+    as the product's output rows (the faster order there: 7 against 11 ms at G = 4K = 512).
+    Both made contiguous first: oneDNN takes a reference path (~1000x slower) on a strided or
+    expanded operand."""
+    g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
     if g.shape[1] > r.shape[1]:
         return linear(r.T, g.T).T
     return linear(g.T, r.T)
