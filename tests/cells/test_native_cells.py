@@ -33,7 +33,7 @@ MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c,
     ("lem", {}), ("lem", {"dt": 0.6}),
     ("nas", {}), ("nas", {"bias": False}), ("mut1", {}), ("mut2", {}), ("mut3", {}),
     ("rhn", {}), ("rhn", {"depth": 1, "coupled": False}), ("intersection_rnn", {}),
-    ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
+    ("gru", {}), ("gru", {"bias": False}), ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
     ("sgu", {}), ("sgu", {"bias": False}), ("dsgu", {}), ("scrn", {}),
     ("scrn", {"context_size": 3}),
     # simple_gated.c
@@ -169,3 +169,31 @@ def test_native_cell_empty_batch(calls, monkeypatch):
     want = _run(cell, x, s0, True, False, monkeypatch)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and (g.numel() == 0 or torch.equal(g, w))
+
+
+@pytest.mark.parametrize("G, K", [(12, 5), (5, 12), (7, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_grad_is_g_transposed_times_r(G, K, dtype):
+    """weight_grad (oneDNN in float32, either order of the product) equals g^T r over all rows."""
+    g, r = torch.randn(3, 11, G, dtype=dtype), torch.randn(3, 11, K, dtype=dtype)
+    want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
+    got = native_cells.weight_grad(g, r)
+    assert got.shape == (G, K) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                               atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_affine_with_a_strided_gradient():
+    """cells.parts.affine (the oneDNN projection) under torch.cat, whose backward hands it a
+    strided slice: gradients equal F.linear's, and biases that are None are skipped."""
+    from rnnzoo.cells.parts import affine
+    x = torch.randn(4, 9, 6, requires_grad=True)
+    w, b1, b2 = (torch.randn(10, 6, requires_grad=True), torch.randn(10, requires_grad=True),
+                 torch.randn(10, requires_grad=True))
+    dy = torch.randn(4, 9, 16)
+    ours = torch.autograd.grad((torch.cat([affine(x, w, b1, None, b2), x], -1) * dy).sum(),
+                               (x, w, b1, b2))
+    ref = torch.autograd.grad((torch.cat([torch.nn.functional.linear(x, w, b1 + b2), x], -1)
+                               * dy).sum(), (x, w, b1, b2))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -28,7 +28,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import activation, add_bias, bias_param
+from rnnzoo.cells.parts import activation, affine, bias_param
 
 PAPER = "Chang, Chen, Haber & Chi 2019, arXiv:1902.09689"
 
@@ -73,7 +73,7 @@ class AntisymmetricRNN(_Antisymmetric):
         self._phi = activation("nonlinearity", nonlinearity, ("tanh", "relu", "identity"))
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def transition(self, parts, state, w):
         h = state[0]
@@ -94,7 +94,7 @@ class GatedAntisymmetricRNN(_Antisymmetric):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is not None:
             xp = torch.cat([xp[..., :H], xp[..., H:] + self.bias_hh], -1)
         return xp

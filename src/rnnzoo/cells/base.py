@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
+from rnnzoo.ops.native.cells import weight_grad
 from rnnzoo.registry import CELLS
 
 
@@ -171,7 +172,7 @@ class _DeferredWeightGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         r = torch.stack(ctx.recorded.inputs, -2)
-        return g, None, g.flatten(0, -2).T @ r.flatten(0, -2)
+        return g, None, weight_grad(g, r)
 
 
 def fused_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import add_bias, bias_param
+from rnnzoo.cells.parts import affine, bias_param
 
 PAPER = "Vecoven, Ernst & Drion 2021, PLoS ONE 16(6):e0252676, arXiv:2006.05252"
 
@@ -45,7 +45,7 @@ class _Bistable(Cell):
 
     def project(self, x):
         """(..., I) -> (..., 3H): [2 (U_a x + b_a), U_c x + b_c, U x + b]."""
-        a, c, u = add_bias(x @ self.weight_ih.T, self.bias_ih).chunk(3, -1)
+        a, c, u = affine(x, self.weight_ih, self.bias_ih).chunk(3, -1)
         if self.bias_hh is not None:
             b_a, b_c = self.bias_hh.chunk(2)
             a, c = a + b_a, c + b_c

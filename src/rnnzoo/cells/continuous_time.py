@@ -31,7 +31,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import add_bias, uniform_init_
+from rnnzoo.cells.parts import affine, uniform_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -61,7 +61,7 @@ class LTCCell(Cell):
         return nn.functional.softplus(self.tau_raw)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias)
+        return affine(x, self.weight_ih, self.bias)
 
     def weights(self, batch_size):
         """W_hh^T, 1 / tau."""
@@ -153,7 +153,7 @@ class CfCCell(Cell):
         uniform_init_(self, hidden_size)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias)
+        return affine(x, self.weight_ih, self.bias)
 
     def weights(self, batch_size):
         """W_hh as a `RecurrentMatrix`, the heads' W^T (None without a backbone)."""

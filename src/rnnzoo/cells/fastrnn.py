@@ -28,7 +28,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import activation, add_bias, bias_param
+from rnnzoo.cells.parts import activation, affine, bias_param
 
 PAPER = "Kusupati et al. 2018, NeurIPS, arXiv:1901.02358"
 
@@ -68,7 +68,7 @@ class FastRNN(_Fast):
         self.beta = _scalar(beta_init, "beta_init")
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def weights(self, batch_size):
         shape = (batch_size, self.hidden_size)
@@ -107,7 +107,7 @@ class FastGRNN(_Fast):
 
     def project(self, x):
         """(..., I) -> (..., 2H): W x + b_z, W x + b_h."""
-        xp = x @ self.weight_ih.T
+        xp = affine(x, self.weight_ih)
         biases = [b for b in (self.bias_ih, self.bias_hh) if b is not None]
         xp = torch.cat([xp, xp], -1)
         return xp + sum(biases[1:], biases[0]) if biases else xp

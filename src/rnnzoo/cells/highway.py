@@ -32,7 +32,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
+from rnnzoo.cells.parts import affine, bias_param, uniform_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -54,7 +54,7 @@ class RHNCell(Cell):
 
     def project(self, x):
         """W x_t + b_1 (the first micro-step's input and bias), every step at once."""
-        return add_bias(x @ self.weight_ih.T, self.bias[0])
+        return affine(x, self.weight_ih, self.bias[0])
 
     def weights(self, batch_size):
         """R_1 as a `RecurrentMatrix`, then R_l^T and b_l of the later micro-steps."""
@@ -153,7 +153,7 @@ class IntersectionRNN(Cell):
 
     def project(self, x):
         """(..., I) -> (..., 3I + 2H): the pre-activations' input part, then x itself."""
-        return torch.cat([add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh), x], -1)
+        return torch.cat([affine(x, self.weight_ih, self.bias_ih, self.bias_hh), x], -1)
 
     def pieces(self):
         return (2 * (self.input_size + self.hidden_size), self.input_size)

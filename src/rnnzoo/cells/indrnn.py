@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import activation, add_bias, bias_param, uniform_init_
+from rnnzoo.cells.parts import activation, affine, bias_param, uniform_init_
 
 
 @cell("indrnn", paper="Li, Li, Cook, Zhu & Gao 2018, CVPR, arXiv:1803.04831",
@@ -40,7 +40,7 @@ class IndRNN(Cell):
         self.bias_hh = bias_param(hidden_size, bias)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def weights(self, batch_size):
         return (self.weight_hh.expand(batch_size, -1),)

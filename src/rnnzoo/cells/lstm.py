@@ -51,12 +51,19 @@ class says otherwise; peephole_lstm's peephole weights uniform in [-0.1, 0.1]
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
 from rnnzoo.cells.manual import lstm_cell_back, manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import StackedGates, add_bias, bias_param, glorot_init_, uniform_init_
+from rnnzoo.cells.parts import (
+    StackedGates,
+    affine,
+    bias_param,
+    glorot_init_,
+    uniform_init_,
+)
 from rnnzoo.ops import backend
 from rnnzoo.ops.native.cells import NativeStep
 
@@ -222,7 +229,11 @@ class ResLSTM(PeepholeLSTMCell):
         nn.init.xavier_uniform_(self.weight_res)
 
     def project(self, x):
-        return torch.cat([super().project(x), x @ self.weight_res.T], -1)
+        """[W_ih x + b_ih + b_hh, W_res x]: one product with the stacked weights (no cat of
+        two (B, T, .) results, whose backward would copy each slice)."""
+        H = self.hidden_size
+        pad = [None if b is None else F.pad(b, (0, H)) for b in (self.bias_ih, self.bias_hh)]
+        return affine(x, torch.cat([self.weight_ih, self.weight_res]), *pad)
 
     def pieces(self):
         return (4 * self.hidden_size, self.hidden_size)
@@ -341,8 +352,8 @@ class MultiplicativeLSTM(Cell):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
-        return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_mh)], -1)
+        b_mh = None if self.bias_mh is None else F.pad(self.bias_mh, (H, 0))
+        return affine(x, self.weight_ih, self.bias_ih, b_mh)
 
     def pieces(self):
         return (self.hidden_size, 4 * self.hidden_size)

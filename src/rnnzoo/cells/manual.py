@@ -44,6 +44,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend
+from rnnzoo.ops.native.cells import weight_grad
 
 __all__ = ["manual_loop", "manual_scan", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
            "layer_norm", "layer_norm_back"]
@@ -144,8 +145,7 @@ class _ManualLoop(torch.autograd.Function):
                 d_mats.append(None)
                 continue
             g_j.reverse()
-            g = torch.stack(g_j).flatten(0, -2)
-            d_mats.append(g.T @ torch.stack(r_j).flatten(0, -2))
+            d_mats.append(weight_grad(torch.stack(g_j), torch.stack(r_j)))
         d_vecs = [None if d is None or not need else d.sum_to_size(v.shape)
                   for d, v, need in zip(d_vecs, vecs, needs[len(mats):])]
         return (None, None, None, None, torch.stack(d_xp, 1), *d_state, *d_mats, *d_vecs)

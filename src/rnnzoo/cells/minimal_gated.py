@@ -57,7 +57,14 @@ from torch import nn
 
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import StackedGates, activation, add_bias, glorot_init_, uniform_init_
+from rnnzoo.cells.parts import (
+    StackedGates,
+    activation,
+    add_bias,
+    affine,
+    glorot_init_,
+    uniform_init_,
+)
 from rnnzoo.ops.native.cells import NativeStep
 
 COLLINS = "Collins, Sohl-Dickstein & Sussillo 2017, ICLR, arXiv:1611.09913"
@@ -92,7 +99,7 @@ class ATR(_OneProduct):
 
     def project(self, x):
         """(..., I) -> (..., 3H): p + b_hh, p - b_hh, p."""
-        p = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        p = affine(x, self.weight_ih, self.bias_ih)
         if self.bias_hh is None:
             return torch.cat([p, p, p], -1)
         return torch.cat([p + self.bias_hh, p - self.bias_hh, p], -1)
@@ -127,7 +134,7 @@ class CFN(_OneProduct):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         gates = xp[..., :2 * H] if self.bias_hh is None else xp[..., :2 * H] + self.bias_hh
         return torch.cat([gates, torch.tanh(xp[..., 2 * H:])], -1)
 
@@ -219,7 +226,7 @@ class LightRU(_OneProduct):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         f = xp[..., H:] if self.bias_hh is None else xp[..., H:] + self.bias_hh
         return torch.cat([torch.tanh(xp[..., :H]), f], -1)
 
@@ -281,8 +288,8 @@ class MinimalRNN(_OneProduct):
                 nn.init.zeros_(b)
 
     def project(self, x):
-        z = torch.tanh(add_bias(x @ self.weight_ih.T, self.bias_ih))
-        return torch.cat([z, add_bias(z @ self.weight_mm.T, self.bias_hh)], -1)
+        z = torch.tanh(affine(x, self.weight_ih, self.bias_ih))
+        return torch.cat([z, affine(z, self.weight_mm, self.bias_hh)], -1)
 
     def pieces(self):
         return (self.hidden_size, self.hidden_size)
@@ -344,7 +351,7 @@ class STAR(_SquashedGate):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         return torch.cat([torch.tanh(xp[..., :H]), add_bias(xp[..., H:], self.bias_hh)], -1)
 
 
@@ -354,7 +361,7 @@ class SGRN(_SquashedGate):
     State: h (B, H)."""
 
     def project(self, x):
-        u = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        u = affine(x, self.weight_ih, self.bias_ih)
         return torch.cat([u, add_bias(u, self.bias_hh)], -1)
 
     def transition(self, parts, state, w):
@@ -375,7 +382,7 @@ class SGU(StackedGates):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         b_z = None if self.bias_hh is None else self.bias_hh[H:]
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], b_z)], -1)
 

@@ -30,7 +30,7 @@ from rnnzoo.cells.manual import (
     sigmoid_back,
     tanh_back,
 )
-from rnnzoo.cells.parts import uniform_init_
+from rnnzoo.cells.parts import affine, uniform_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -48,7 +48,7 @@ class _LayerNormed(Cell):
 
     def project(self, x):
         """LN(W_ih x), every step at once: (..., input_size) -> (..., G*H)."""
-        return self.ln_ih(x @ self.weight_ih.T)
+        return self.ln_ih(affine(x, self.weight_ih))
 
     # the hand-written backward (`manual_loop`): W_hh, and the norms' gains and shifts
     def fused(self, x, state):

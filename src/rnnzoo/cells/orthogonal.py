@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell, fused_loop
-from rnnzoo.cells.parts import add_bias, uniform_init_
+from rnnzoo.cells.parts import affine, uniform_init_
 
 
 class _DerivedRecurrentMatrix(Cell):
@@ -81,7 +81,7 @@ class ExpRNNCell(_DerivedRecurrentMatrix):
         return torch.linalg.matrix_exp(P - P.T)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias)
+        return affine(x, self.weight_ih, self.bias)
 
     def transition(self, parts, state, w):
         return (modrelu(w[0](state[0], parts[0]), self.bias_mod),)
@@ -125,7 +125,7 @@ class LipschitzRNNCell(_DerivedRecurrentMatrix):
     def project(self, x):
         """(..., input_size) -> (..., 2H): [0, U x + b], so that one product with
         R = [A_beta; W_beta] adds the input to the W_beta half."""
-        u = add_bias(x @ self.weight_ih.T, self.bias)
+        u = affine(x, self.weight_ih, self.bias)
         return torch.cat([torch.zeros_like(u), u], -1)
 
     def transition(self, parts, state, w):

@@ -29,7 +29,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import add_bias, bias_param, uniform_init_
+from rnnzoo.cells.parts import affine, bias_param, uniform_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -68,7 +68,7 @@ class CoRNN(Cell):
             uniform_init_(p, input_size + 2 * H)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh, self.bias_ch)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh, self.bias_ch)
 
     def weights(self, batch_size):
         return self.weight_hh.T, self.weight_ch.T
@@ -120,7 +120,7 @@ class LEM(Cell):
             uniform_init_(p, H)
 
     def project(self, x):
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         return xp if self.bias_hh is None else xp + torch.cat([self.bias_hh, self.bias_ch])
 
     def pieces(self):
@@ -198,7 +198,7 @@ class UnICORNN(Cell):
         nn.init.uniform_(self.weight_ch, -0.1, 0.1)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias_ih)
+        return affine(x, self.weight_ih, self.bias_ih)
 
     def weights(self, batch_size):
         """w and the per-unit step dt * sigmoid(c)."""

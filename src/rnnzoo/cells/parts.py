@@ -2,7 +2,7 @@
 
     self._phi = activation("nonlinearity", nonlinearity, ("tanh", "relu"))
     self.bias_ih = bias_param(3 * H, bias)          # zeros, or None when bias=False
-    xp = add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+    xp = affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
     uniform_init_(self, H)                          # torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
     glorot_init_(self)                              # Xavier-uniform matrices, zero biases
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell
+from rnnzoo.ops.native.linear import linear
 
 
 def identity(t: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,13 @@ def add_bias(t: torch.Tensor, *biases) -> torch.Tensor:
     """t plus the biases that are not None, summed first (b_ih + b_hh: one full-size add)."""
     biases = [b for b in biases if b is not None]
     return t + sum(biases[1:], biases[0]) if biases else t
+
+
+def affine(x: torch.Tensor, weight: torch.Tensor, *biases) -> torch.Tensor:
+    """x (..., I) W^T (W (G, I)) plus the biases that are not None (each (G,)), summed first:
+    one `ops.native.linear` product with the bias added in place -> (..., G)."""
+    biases = [b for b in biases if b is not None]
+    return linear(x, weight, sum(biases[1:], biases[0]) if biases else None)
 
 
 def uniform_init_(target: nn.Module | torch.Tensor, fan: int):
@@ -92,4 +100,4 @@ class StackedGates(Cell):
 
     def project(self, x):
         """(..., input_size) -> (..., G*H): W_ih x + b_ih + b_hh, every step at once."""
-        return add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh)
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)

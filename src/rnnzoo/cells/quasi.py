@@ -31,7 +31,7 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import uniform_init_
+from rnnzoo.cells.parts import affine, uniform_init_
 from rnnzoo.ops.scan import linear_scan
 
 
@@ -93,7 +93,7 @@ class SRUCell(Cell):
     def project(self, x):
         """(..., input_size) -> (..., 4H): [W x, W_f x + b_f, W_r x + b_r, skip]."""
         H = self.hidden_size
-        xp = x @ self.weight_ih.T
+        xp = affine(x, self.weight_ih)
         gates = xp[..., H:3 * H] + self.bias
         skip = xp[..., 3 * H:] if self.skip_projection else x
         return torch.cat([xp[..., :H], gates, skip], -1)
@@ -142,7 +142,7 @@ class QRNNCell(Cell):
 
     def project(self, x):
         """(..., input_size) -> (..., window*3H): every tap of the convolution, bias in tap 0."""
-        xp = x @ self.weight_ih.T
+        xp = affine(x, self.weight_ih)
         return torch.cat([xp[..., :3 * self.hidden_size] + self.bias,
                           xp[..., 3 * self.hidden_size:]], -1)
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import activation, add_bias, bias_param, glorot_init_
+from rnnzoo.cells.parts import activation, add_bias, affine, bias_param, glorot_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -49,7 +49,7 @@ class RAN(Cell):
 
     def project(self, x):
         H = self.hidden_size
-        xp = x @ self.weight_ih.T
+        xp = affine(x, self.weight_ih)
         return torch.cat([xp[..., :H], add_bias(xp[..., H:], self.bias_ih, self.bias_hh)], -1)
 
     def pieces(self):

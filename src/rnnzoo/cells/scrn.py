@@ -26,7 +26,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.manual import manual_scan, sigmoid_back
-from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.parts import add_bias, affine, bias_param, glorot_init_
 from rnnzoo.ops.native.cells import NativeStep
 from rnnzoo.ops.scan import linear_scan
 
@@ -52,7 +52,7 @@ class SCRN(Cell):
 
     def project(self, x):
         S, H = self.context_size, self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         b_h = None if self.bias_hh is None else self.bias_hh[:H]
         return torch.cat([xp[..., :S] * (1.0 - self.alpha), add_bias(xp[..., S:], b_h)], -1)
 

@@ -48,7 +48,7 @@ import torch
 
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import StackedGates, add_bias, glorot_init_
+from rnnzoo.cells.parts import StackedGates, add_bias, affine, glorot_init_
 from rnnzoo.ops.native.cells import NativeStep
 
 
@@ -66,11 +66,7 @@ class NAS(StackedGates):
     def project(self, x):
         """(..., I) -> (..., 8H): W_ih x + b_ih + b_hh, the biases inside the product (one
         (B T, 8H) result instead of the product and its sum with the bias)."""
-        if self.bias_ih is None:
-            return x @ self.weight_ih.T
-        flat = torch.addmm(self.bias_ih + self.bias_hh, x.reshape(-1, x.shape[-1]),
-                           self.weight_ih.T)
-        return flat.view(*x.shape[:-1], flat.shape[-1])
+        return affine(x, self.weight_ih, self.bias_ih, self.bias_hh)
 
     def weights(self, batch_size):
         return (self.weight_hh.T,)
@@ -192,7 +188,7 @@ class MUT1(_MUT):
 
     def project(self, x):
         H = self.hidden_size
-        xp = add_bias(x @ self.weight_ih.T, self.bias_ih)
+        xp = affine(x, self.weight_ih, self.bias_ih)
         z = torch.sigmoid(xp[..., :H])
         xr = add_bias(xp[..., H:2 * H], None if self.bias_hh is None else self.bias_hh[:H])
         xh = add_bias(torch.tanh(xp[..., 2 * H:]),

@@ -22,7 +22,7 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, RecurrentMatrix, cell
 from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
-from rnnzoo.cells.parts import add_bias, uniform_init_
+from rnnzoo.cells.parts import affine, uniform_init_
 from rnnzoo.ops import backend
 from rnnzoo.ops.native.cells import NativeStep
 
@@ -62,7 +62,7 @@ class SLSTMCell(Cell):
         return blocks.view(K, 4, dh, H).transpose(0, 1).reshape(4 * H, H)
 
     def project(self, x):
-        return add_bias(x @ self.weight_ih.T, self.bias)
+        return affine(x, self.weight_ih, self.bias)
 
     def weights(self, batch_size):
         """R, built once per sequence, as a `RecurrentMatrix`."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
-from rnnzoo.cells.parts import add_bias, bias_param, glorot_init_
+from rnnzoo.cells.parts import add_bias, affine, bias_param, glorot_init_
 from rnnzoo.ops.scan import linear_scan
 
 PAPER = "Balduzzi & Ghifary 2016, arXiv:1602.02218"
@@ -44,7 +44,7 @@ class TRNN(Cell):
 
     def project(self, x):
         """[a, b] with h_t = a_t * h_{t-1} + b_t: a = f, b = (1 - f) z."""
-        z, f = add_bias(x @ self.weight_ih.T, self.bias_ih).chunk(2, -1)
+        z, f = affine(x, self.weight_ih, self.bias_ih).chunk(2, -1)
         f = torch.sigmoid(f)
         return torch.cat([f, z - f * z], -1)
 
@@ -80,7 +80,7 @@ class _TypedWithPrevious(Cell):
         glorot_init_(self)
 
     def project(self, x):
-        return torch.cat([add_bias(x @ self.weight_ih.T, self.bias_ih, self.bias_hh), x], -1)
+        return torch.cat([affine(x, self.weight_ih, self.bias_ih, self.bias_hh), x], -1)
 
     def _gates(self, pre):
         """(f, z, o): forget gate, latent value, output (tanh) from the pre-activations."""
@@ -100,7 +100,7 @@ class _TypedWithPrevious(Cell):
 
     def _all_gates(self, x, x_prev):
         shifted = torch.cat([x_prev.unsqueeze(1), x[:, :-1]], 1)
-        pre = add_bias(x @ self.weight_ih.T + shifted @ self.weight_hh.T,
+        pre = add_bias(affine(x, self.weight_ih) + shifted @ self.weight_hh.T,
                        self.bias_ih, self.bias_hh)
         return self._gates(pre)
 

@@ -27,6 +27,7 @@ from rnnzoo.cells.base import Cell
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.backend import step_runner
+from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.newton import call_cell, parallel_rnn
 from rnnzoo.registry import CELLS, register
 
@@ -47,7 +48,7 @@ class CellLayer(RecurrentLayer):
         super().__init__(d_model)
         self.cell = self.cell_cls(d_model, hidden_size or d_model, **cell_options)
         self.hidden_size = self.cell.output_size
-        self.out_proj = nn.Linear(self.hidden_size, d_model) if self.hidden_size != d_model \
+        self.out_proj = Linear(self.hidden_size, d_model) if self.hidden_size != d_model \
             else nn.Identity()
 
     def init_state(self, batch_size, device=None, dtype=None):

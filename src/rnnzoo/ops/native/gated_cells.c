@@ -4,6 +4,9 @@
 
    gru_v3 (cells/gru.py): (r, z) = sigma(xp_t[:2H] + h [U_r; U_z]^T),
        n = tanh(xp_t[2H:] + (r h) U_n^T),  h' = n + z (h - n);  saved h, r, z, n.
+   gru (cells/gru.py, torch.nn.GRU's reset placement): gh = h W^T (3H),
+       (r, z) = sigma(xp_t[:2H] + gh[:2H]), hn = gh[2H:] + b_hn, n = tanh(xp_t[2H:] + r hn),
+       h' = n + z (h - n);  vectors [b_hn] (none without bias);  saved h, r, z, n, hn.
    taugru (cells/gru.py), state (h_n, h_{n-1}, .., h_{n-d}):
        a = xp_t[:3H] + h [W_1; W_3; W_4]^T,  u = tanh(a_u), g, a = sigma(a_g, a_a),
        z = tanh(xp_t[3H:] + h_{n-d} W_2^T),  v = u + a z,  h' = h + g (v - h);
@@ -90,6 +93,61 @@ void NAME(gru3_fwd)(void **p, const long *d, long b0, long b1) {
 void NAME(gru3_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(gru3_back), d[2]);
 }
+
+/* ---- gru (torch.nn.GRU's cell) -------------------------------------------------------- */
+static void NAME(gru1_step)(const NAME(args) *a, long t, long b0, long b1, T *gh) {
+    const long H = a->H, S = a->S, nb = b1 - b0;
+    T *h = a->state[0];
+    const T *restrict bhn = a->nv ? a->vec[0] : a->zeros;
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    NAME(mm)(gh, 3 * H, 0, 0, h + b0 * H, H, a->WT[0], 3 * H, nb, H, 3 * H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict g = gh + (b - b0) * 3 * H, *restrict x = NAME(at)(a->xp, a, b, t, a->P);
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S), *restrict hr = h + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T r = NAME(sigm)(x[k] + g[k]), z = NAME(sigm)(x[H + k] + g[H + k]);
+            const T hn = g[2 * H + k] + bhn[k], n = NAME(tanh_)(x[2 * H + k] + r * hn);
+            sv[k] = hr[k]; sv[H + k] = r; sv[2 * H + k] = z; sv[3 * H + k] = n;
+            sv[4 * H + k] = hn;
+            hr[k] = n + z * (hr[k] - n);
+        }
+    }
+}
+
+static void NAME(gru1_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
+    const long H = a->H, T_ = a->Tn, S = a->S, nb = b1 - b0;
+    T *dh = a->state[0];
+    (void)scratch;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict h = sv, *restrict r = sv + H, *restrict z = sv + 2 * H,
+                *restrict n = sv + 3 * H, *restrict hn = sv + 4 * H;
+        T *restrict dhr = dh + b * H, *restrict g = NAME(at)(a->rg[0], a, b, t, 3 * H);
+        T *restrict dx = NAME(at)(a->dxp, a, b, t, a->P);
+        T *restrict dv = a->nv ? a->dvec[0] + b * H : scratch;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T dn = (dhr[k] - dhr[k] * z[k]) * (1 - n[k] * n[k]);
+            const T dr = dn * hn[k] * r[k] * (1 - r[k]);
+            const T dz = dhr[k] * (h[k] - n[k]) * z[k] * (1 - z[k]);
+            g[k] = dr; g[H + k] = dz; g[2 * H + k] = dn * r[k];
+            dx[k] = dr; dx[H + k] = dz; dx[2 * H + k] = dn;
+            dv[k] += dn * r[k];
+            dhr[k] = dhr[k] * z[k];
+        }
+    }
+    NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, 3 * H), T_ * 3 * H,
+             a->W[0], H, nb, 3 * H, H);
+}
+
+void NAME(gru1_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(gru1_step), 3 * d[2]);
+}
+
+void NAME(gru1_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(gru1_back), d[2]);
+}
+
 
 /* ---- taugru ------------------------------------------------------------------------- */
 static void NAME(taugru_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
