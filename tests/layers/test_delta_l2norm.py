@@ -20,3 +20,17 @@ def test_l2norm_values_and_gradients_float64():
         (y_ref * w).sum().backward()
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
         assert torch.autograd.gradcheck(lambda t: l2norm(t, sqrt_eps), x[1:].clone().requires_grad_())
+
+
+def test_l2norm_eps_matches_f_normalize_float64():
+    """eps=1e-12 (rwkv7's kappa): F.normalize's floor, values and gradients on both sides."""
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    x[0, 0] = 1e-14                           # |x| = 2e-14 below the floor 1e-12
+    x[0, 1] = 1e-9                            # above it, below l2norm's default 1e-6
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = l2norm(a, eps=1e-12), F.normalize(b, dim=-1, eps=1e-12)
+    torch.testing.assert_close(y, y_ref, rtol=1e-13, atol=1e-13)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)

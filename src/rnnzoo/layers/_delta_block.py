@@ -41,25 +41,26 @@ from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear
 
 
-def l2norm(x, sqrt_eps: bool = False):
-    """x / max(|x|, 1e-6) over the last axis, or x / sqrt(|x|^2 + 1e-6) (fla's l2norm)."""
-    return _L2Norm.apply(x, sqrt_eps)
+def l2norm(x, sqrt_eps: bool = False, eps: float = 1e-6):
+    """x / max(|x|, eps) over the last axis (eps 1e-12: F.normalize's), or
+    x / sqrt(|x|^2 + 1e-6) (fla's l2norm)."""
+    return _L2Norm.apply(x, sqrt_eps, eps)
 
 
 class _L2Norm(torch.autograd.Function):
-    """y = x r with r = 1 / max(|x|, 1e-6) (sqrt_eps: 1 / sqrt(|x|^2 + 1e-6)) over the last
+    """y = x r with r = 1 / max(|x|, eps) (sqrt_eps: 1 / sqrt(|x|^2 + 1e-6)) over the last
     axis, in two passes each way (F.normalize takes about six forward and more backward):
     dx = r (dy - y (y . dy)), the projection off y, where r depends on x; dx = r dy where
     the floor 1e-6 holds r constant."""
 
     @staticmethod
-    def forward(ctx, x, sqrt_eps):
+    def forward(ctx, x, sqrt_eps, eps):
         s = x.pow(2).sum(-1, keepdim=True)
         if sqrt_eps:
             r, floor = (s + 1e-6).rsqrt_(), None
         else:
-            floor = s <= 1e-12
-            r = s.clamp_(min=1e-12).rsqrt_()
+            floor = s <= eps * eps
+            r = s.clamp_(min=eps * eps).rsqrt_()
         y = x * r
         ctx.save_for_backward(y, r, floor)
         return y
@@ -70,7 +71,7 @@ class _L2Norm(torch.autograd.Function):
         dot = (dy * y).sum(-1, keepdim=True)
         if floor is not None:
             dot = dot.masked_fill(floor, 0)
-        return (dy - y * dot) * r, None
+        return (dy - y * dot) * r, None, None
 
 
 def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):

@@ -27,6 +27,7 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
@@ -91,11 +92,11 @@ class RWKV7(RecurrentLayer):
         w = -math.exp(-0.5) * torch.sigmoid(p["w0"] + torch.tanh(lora["w"] @ p["w1"]) @ p["w2"])
         a = torch.sigmoid(p["a0"] + lora["a"] @ p["a1"] @ p["a2"])
         g = torch.sigmoid(lora["g"] @ p["g1"]) @ p["g2"]
-        kappa = F.normalize((k * p["k_k"]).reshape(B, T, H, K), dim=-1, eps=1e-12)
-        k = k * (1 + (a - 1) * p["k_a"])
+        nkappa = l2norm((k * -p["k_k"]).reshape(B, T, H, K), eps=1e-12)  # -kappa, two passes
+        k = k * torch.addcmul(1 - p["k_a"], a, p["k_a"])                 # k o (1 + (a - 1) k_a)
         heads = lambda t: t.reshape(B, T, H, K)  # noqa: E731
-        a = heads(a)
-        return heads(r), heads(w), heads(k), heads(v), -kappa, kappa * a, g, x[:, -1].to(x_last.dtype)
+        b = torch.addcmul(nkappa.new_zeros(()), nkappa, heads(a), value=-1)  # kappa o a
+        return heads(r), heads(w), heads(k), heads(v), nkappa, b, g, x[:, -1].to(x_last.dtype)
 
     def op_output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
