@@ -25,7 +25,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.gsa import gated_slot_attention
 from rnnzoo.ops.native.head_norm import rms_gate
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -64,10 +64,12 @@ class GSA(RecurrentLayer):
         in the compute dtype."""
         B, T, _ = x.shape
         cdt = compute_dtype(x)
-        qkv = self.qkv_proj(x).to(cdt)
+        # three products on qkv_proj's row blocks: q, k, v each contiguous for the C kernels
+        # (no copies of strided slices before them, no stack of their gradients after)
+        qkv = (linear(x, w).to(cdt) for w in self.qkv_proj.weight.chunk(3))
         if self.feature_map == "swish":
-            qkv = F.silu(qkv)
-        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).unbind(2)
+            qkv = (F.silu(t) for t in qkv)
+        q, k, v = (t.view(B, T, self.num_heads, self.head_dim) for t in qkv)
         log_alpha = F.logsigmoid(self.f_proj(x).to(cdt)).view(B, T, self.num_heads, -1) \
             / self.gate_logit_normalizer
         return q, k, v, -torch.expm1(log_alpha), log_alpha
