@@ -79,7 +79,7 @@ class Comba(RecurrentLayer):
         q, k, v, conv_state = delta_qkv(self, x, conv_state)
         p = k if self.decay is None else k * torch.sigmoid(self.decay.to(cdt))[:, None]
         if self.D is not None:
-            q = q - self.D.to(cdt)[:, None] * p
+            q = torch.addcmul(q, p, -self.D.to(cdt)[:, None])
         g = -self.A_log.to(cdt).exp() * softplus(self.a_proj(x).to(cdt) + self.dt_bias.to(cdt))
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
         return q, k, p, v, g, beta, conv_state

@@ -28,7 +28,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops.chunk.kda import kda, kda_recurrent, kda_step
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -75,7 +75,8 @@ class KDA(RecurrentLayer):
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
         q, k, v, conv_state = delta_qkv(self, x, conv_state, self.sqrt_eps)
-        f = self.f_proj(x).to(cdt).reshape(B, T, H, K) + self.dt_bias.to(cdt).view(H, K)
+        down, up = self.f_proj                          # dt_bias as the up product's bias
+        f = linear(down(x), up.weight, self.dt_bias.to(up.weight.dtype)).to(cdt).reshape(B, T, H, K)
         g = -self.A_log.to(cdt).exp()[:, None] * softplus(f)
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
         if self.allow_neg_eigval:
