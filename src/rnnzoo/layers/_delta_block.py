@@ -203,7 +203,8 @@ class DeltaBlock(RecurrentLayer):
         S, conv_state = state
         q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
         if self.num_householder == 1:
-            k, v, beta = k[:, :, 0], v[:, :, 0], beta[:, :, 0]
+            k, v, beta = k.squeeze(2), v.squeeze(2), beta.squeeze(2)  # views each way (a
+            # select's backward fills zeros and copies the gradient in)
             if mode == "chunk":
                 o, S = delta_rule(q, k, v, beta, g, initial_state=S, chunk_size=self.chunk_size)
             else:
