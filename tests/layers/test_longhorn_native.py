@@ -76,3 +76,32 @@ def test_layer_scan_equals_its_pytorch_path(calls):
         want = run()
     assert calls[0] == 1
     _close(got, want, 1e-4)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_output_head_in_c_equals_its_pytorch_form(monkeypatch, dtype, tol):
+    """op_output's (y + D u) silu(z) through ops.native.gated_norm against the PyTorch form:
+    value and the gradients of y, u, z, D (odd width, 3-d rows)."""
+    n = [0]
+    real = longhorn.gated_norm.gate_rms
+
+    def counted(*a, **kw):
+        n[0] += 1
+        return real(*a, **kw)
+    monkeypatch.setattr(longhorn.gated_norm, "gate_rms", counted)
+    torch.manual_seed(0)
+    layer = rnnzoo.create("longhorn", d_model=7, expand=1).to(dtype)
+    with torch.no_grad():
+        layer.D.normal_()
+    y, u, z = (torch.randn(2, 5, 7, dtype=dtype, requires_grad=True) for _ in range(3))
+    x = torch.randn(2, 5, 7, dtype=dtype)
+
+    def run():
+        out = layer.op_output(y, u, z, x)
+        return [out, *torch.autograd.grad(out.square().sum(), (y, u, z, layer.D))]
+
+    got = run()
+    assert n[0] == 1
+    with backend.force("torch"):
+        want = run()
+    _close(got, want, tol)

@@ -1,6 +1,6 @@
 """ops.native.gated_norm: the C output heads of mamba2 (skip, gate, group RMSNorm; the gate
 alone without gated_norm), mamba (skip and gate) and mlstm (head LayerNorm, skip, gate)
-against each layer's PyTorch path under backend.force("torch"): outputs and the gradients of
+and longhorn (skip and gate) against each layer's PyTorch path under backend.force("torch"): outputs and the gradients of
 the input and of every parameter, float64 to 1e-10 on 2 threads (the rows split, each part's parameter gradients summed),
 float32 to 1e-5 on 1."""
 
@@ -19,7 +19,8 @@ CASES = [("mamba2", dict(d_model=8, d_state=4, head_dim=4, chunk_size=4)),
          ("mamba2", dict(d_model=8, d_state=4, head_dim=4, n_groups=2, chunk_size=4)),
          ("mamba2", dict(d_model=8, d_state=4, head_dim=4, gated_norm=False, chunk_size=4)),
          ("mamba", dict(d_model=8, d_state=4, dt_rank=2)),
-         ("mlstm", dict(d_model=8, num_heads=2, qkv_blocksize=4, chunk_size=4))]
+         ("mlstm", dict(d_model=8, num_heads=2, qkv_blocksize=4, chunk_size=4)),
+         ("longhorn", dict(d_model=8, d_state=4, d_conv=3, expand=1, dt_rank=2))]
 
 
 @pytest.fixture
@@ -60,3 +61,28 @@ def test_native_gated_norm_not_for_half():
     assert not backend.use_native(x.float(), x)
     y, _ = layer(x)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_gate_rms_reads_strided_rows(norm):
+    """xs and z as slices of wider tensors (rows further apart than W: read in place) give
+    what their contiguous copies give, values and every gradient, float64, 2 threads."""
+    torch.manual_seed(0)
+    lib = gated_norm.load()
+    if lib is None:
+        pytest.skip("gated_norm does not build")
+    W = 6
+    y = torch.randn(2, 5, W, dtype=torch.float64, requires_grad=True)
+    wide = torch.randn(2, 5, 2 * W + 3, dtype=torch.float64, requires_grad=True)
+    s, w = (torch.randn(W, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    g = torch.randn(2, 5, W, dtype=torch.float64)
+
+    def run(xs, z):
+        out = gated_norm.gate_rms(lib, y, xs, s, z, w if norm else None, 3, 1e-5, norm=norm)
+        return [out, *torch.autograd.grad((out * g).sum(), (y, wide, s) + ((w,) if norm else ()))]
+
+    with threads_(2):
+        got = run(wide[..., 1:W + 1], wide[..., W + 3:])
+        want = run(wide[..., 1:W + 1].contiguous(), wide[..., W + 3:].contiguous())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -35,7 +35,7 @@ from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer, diagonal_recurrence
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -81,10 +81,15 @@ class Hawk(DiagonalLayer):
         """a_t and b_t = sqrt(1 - a_t^2) i_t u_t of the RG-LRU for its input u: (B, T, d_rnn).
         started (B,): where 0, the first step's factor is 1 (normalize_first=False)."""
         B, T, _ = u.shape
-        heads = u.view(B, T, self.num_heads, -1)
-        gates = torch.einsum("bthi,ghij->gbthj", heads, self.gate_weight).reshape(2, B, T, -1)
+        if self.num_heads == 1:  # one dense product (oneDNN), W_a and W_x stacked, bias fused
+            w = self.gate_weight.transpose(-1, -2).reshape(-1, self.d_rnn)
+            gates = linear(u, w, self.gate_bias.reshape(-1)).view(B, T, 2, -1).movedim(2, 0)
+        else:
+            heads = u.view(B, T, self.num_heads, -1)
+            gates = torch.einsum("bthi,ghij->gbthj", heads, self.gate_weight).reshape(2, B, T, -1)
+            gates = gates + self.gate_bias.unsqueeze(1).unsqueeze(1)
         cdt = compute_dtype(u)
-        r, i = torch.sigmoid((gates + self.gate_bias.unsqueeze(1).unsqueeze(1)).to(cdt))
+        r, i = torch.sigmoid(gates.to(cdt))
         log_a = -self.gate_scale * F.softplus(-self.a_logit.to(cdt)) * r
         multiplier = torch.sqrt((-torch.expm1(2 * log_a)).clamp_min(torch.finfo(cdt).tiny))
         if started is not None and T > 0:

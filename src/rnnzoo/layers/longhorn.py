@@ -41,6 +41,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native import longhorn_scan as native_longhorn
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
@@ -130,7 +131,14 @@ class Longhorn(RecurrentLayer):
         return u.to(cdt), beta, k.to(cdt), q.to(cdt), z.to(cdt), conv_state
 
     def op_output(self, y, u, z, x):
-        """y + D u, gated by silu(z), then W_out. y, u, z: (B, T, d_inner)."""
+        """y + D u, gated by silu(z), then W_out. y, u, z: (B, T, d_inner). On the CPU in
+        float32/float64 the skip and gate in one C pass (ops.native.gated_norm.gate_rms)."""
+        if backend.use_native(y, u, z, self.D):
+            lib = gated_norm.load()
+            if lib is not None:
+                W = y.shape[-1]
+                return self.out_proj(gated_norm.gate_rms(lib, y, u, self.D, z, None, W, 0.0,
+                                                         norm=False).to(x.dtype))
         return self.out_proj(((y + self.D.to(y.dtype) * u) * F.silu(z)).to(x.dtype))
 
     def _forward(self, x, state, mode):

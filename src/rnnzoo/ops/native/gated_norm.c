@@ -14,6 +14,7 @@
        ds += da xs,   dxs = da s,   dy = rstd (da w - mean_group(da w) - yh mean_group(da w yh))
 
    Layouts (row-major, contiguous): y, xs, z, out, g, dy, dxs, dz (rows, W); s, w, b (W);
+   in gate_rms the rows of xs and z are xst and zst elements apart (strided views: >= W);
    stats: r (rows, W / n) for gate_rms, [mean, rstd] (rows, W / n, 2) for norm_gate; the
    parameter gradients dw, ds, db (W) are this call's own slice (the caller sums slices).
    xs, s may be NULL (no skip). Each function does rows [r0, r1). Plain C; compiled by
@@ -26,11 +27,11 @@
 #else
 
 void NAME(gate_rms_fwd)(const T *restrict y, const T *restrict xs, const T *restrict s, const T *restrict z, const T *restrict w, T *restrict out,
-                        T *restrict stats, long W, long n, T eps, int norm, long r0, long r1) {
+                        T *restrict stats, long W, long n, T eps, int norm, long xst, long zst, long r0, long r1) {
     const long G = W / n;
     for (long r = r0; r < r1; r++) {
-        const T *restrict yr = y + r * W, *restrict zr = z + r * W;
-        const T *restrict xr = xs ? xs + r * W : 0;
+        const T *restrict yr = y + r * W, *restrict zr = z + r * zst;
+        const T *restrict xr = xs ? xs + r * xst : 0;
         T *restrict o = out + r * W;
         if (xr)
             for (long c = 0; c < W; c++) o[c] = (yr[c] + s[c] * xr[c]) * zr[c] / (1 + EXP(-zr[c]));
@@ -50,14 +51,14 @@ void NAME(gate_rms_fwd)(const T *restrict y, const T *restrict xs, const T *rest
 
 void NAME(gate_rms_bwd)(const T *restrict y, const T *restrict xs, const T *restrict s, const T *restrict z, const T *restrict w,
                         const T *restrict stats, const T *restrict gr, T *restrict dy, T *restrict dxs, T *restrict dz, T *restrict dw, T *restrict ds, long W,
-                        long n, int norm, long r0, long r1) {
+                        long n, int norm, long xst, long zst, long r0, long r1) {
     const long G = W / n;
     T *u = malloc(2 * W * sizeof(T)), *du = u + W;
     if (norm) memset(dw, 0, W * sizeof(T));
     if (xs) memset(ds, 0, W * sizeof(T));
     for (long r = r0; r < r1; r++) {
-        const T *restrict yr = y + r * W, *restrict zr = z + r * W, *restrict g = gr + r * W;
-        const T *restrict xr = xs ? xs + r * W : 0;
+        const T *restrict yr = y + r * W, *restrict zr = z + r * zst, *restrict g = gr + r * W;
+        const T *restrict xr = xs ? xs + r * xst : 0;
         if (xr)
             for (long c = 0; c < W; c++) u[c] = (yr[c] + s[c] * xr[c]) * zr[c] / (1 + EXP(-zr[c]));
         else

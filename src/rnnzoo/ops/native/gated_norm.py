@@ -26,8 +26,8 @@ def load():
 def _kernel(lib, name, dtype):
     P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return native.kernel(lib, name, dtype, {"gate_rms_fwd": [P] * 7 + [L, L, real, i32, L, L],
-                                            "gate_rms_bwd": [P] * 12 + [L, L, i32, L, L],
+    return native.kernel(lib, name, dtype, {"gate_rms_fwd": [P] * 7 + [L, L, real, i32] + [L] * 4,
+                                            "gate_rms_bwd": [P] * 12 + [L, L, i32] + [L] * 4,
                                             "norm_gate_fwd": [P] * 8 + [L, L, real, L, L],
                                             "norm_gate_bwd": [P] * 14 + [L, L, L, L]}[name])
 
@@ -36,20 +36,32 @@ def _flat(t, W):
     return None if t is None else t.contiguous().view(-1, W)
 
 
+def _rows(t, W):
+    """t (..., W) as (rows, W) with unit column stride, a view where the rows are evenly
+    spaced (a slice of a wider tensor's channels), else a copy; and its row stride."""
+    if t is None:
+        return None, W
+    t2 = t.reshape(-1, W)
+    if t2.stride(1) != 1 or t2.stride(0) < W:
+        t2 = t2.contiguous()
+    return t2, t2.stride(0)
+
+
 class _GateRMS(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, n, eps, norm):
         shape, W = y.shape, y.shape[-1]
-        y2, xs2, z2 = _flat(y, W), _flat(xs, W), _flat(z, W)
+        y2 = _flat(y, W)  # xs, z may be strided rows (a slice of a projection's channels)
+        (xs2, xst), (z2, zst) = _rows(xs, W), _rows(z, W)
         s, w = (None if t is None else t.contiguous() for t in (s, w))
         rows = y2.shape[0]
         out = torch.empty_like(y2)
         stats = y2.new_empty(rows, W // n) if norm else None
         fwd = _kernel(lib, "gate_rms_fwd", y.dtype)
         native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(out),
-                          native.ptr(stats), W, n, eps, int(norm), *p) for p in native.rows(rows)])
+                          native.ptr(stats), W, n, eps, int(norm), xst, zst, *p) for p in native.rows(rows)])
         ctx.save_for_backward(y2, xs2, s, z2, w, stats)
-        ctx.lib, ctx.n, ctx.norm, ctx.shape = lib, n, norm, shape
+        ctx.lib, ctx.n, ctx.norm, ctx.shape, ctx.strides = lib, n, norm, shape, (xst, zst)
         return out.view(shape)
 
     @staticmethod
@@ -66,7 +78,7 @@ class _GateRMS(torch.autograd.Function):
         native.run(bwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(stats), native.ptr(g),
                           native.ptr(dy), native.ptr(dxs), native.ptr(dz),
                           native.ptr(None if dw is None else dw[i]),
-                          native.ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), a, b)
+                          native.ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), *ctx.strides, a, b)
                          for i, (a, b) in enumerate(parts)])
         shape = ctx.shape
         return (None, dy.view(shape), None if dxs is None else dxs.view(shape),
