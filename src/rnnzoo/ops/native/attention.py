@@ -46,7 +46,8 @@ def _kernel(lib, name, dtype):
                                             "rope": [P] * 4 + [L] * 11 + [ctypes.c_double, L, L],
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
-                                            "pairs_bwd": [P] * 4 + [L, i32, L, L]}[name])
+                                            "pairs_bwd": [P] * 4 + [L, i32, L, L],
+                                            "mm": [P] * 3 + [L] * 13}[name])
 
 
 def _run(fn, ptrs, extra, rows):
@@ -153,53 +154,77 @@ def _sm_blocks(N, T):
     return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
 
 
+def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False):
+    """C_b (m, n) = A_b (m, k) B_b (k, n) (acc: C_b += it) for the g blocks b of a batch, in C
+    (attention.c: mm): A's entry (i, p) at A + b sa + i a_rs + p a_cs (a_strides = (a_rs,
+    a_cs)), rows of B and C ldb and ldc apart, batch_strides (sa, sb, sc); A, B, C the
+    tensors whose data pointers start the first block."""
+    _run(_kernel(lib, "mm", C.dtype), [native.ptr(t) for t in (A, B, C)],
+         (m, n, k, *a_strides, ldb, ldc, *batch_strides, int(acc)), g * m)
+
+
 class _Causal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, bias):
         B, H, T, _ = q.shape
         q2, k2, v2 = (t.reshape(B * H, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        kT = k2.transpose(1, 2).contiguous()
         b2 = None if bias is None else bias.reshape(B * H, T).contiguous()
         blocks = _sm_blocks(B * H, T)
         keep = sum((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks) \
             * q.element_size() <= _KEEP
-        out = q2.new_empty(B * H, T, v.shape[-1])
-        Ps = [_softmax_block(lib, q2, k2, b2, blk) for blk in blocks] if keep else []
+        Dv = v.shape[-1]
+        out = q2.new_empty(B * H, T, Dv)
+        Ps = [_softmax_block(lib, q2, kT, b2, blk) for blk in blocks] if keep else []
         for i, (n0, n1, i0, i1, e) in enumerate(blocks):
-            P = Ps[i] if keep else _softmax_block(lib, q2, k2, b2, (n0, n1, i0, i1, e))
-            out[n0:n1, i0:i1] = torch.bmm(P, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, b2, *Ps)
+            P = Ps[i] if keep else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
+            t = i1 - i0
+            _mm(lib, P, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, T * Dv, T * Dv),
+                n1 - n0)
+        ctx.save_for_backward(q2, k2, v2, kT, b2, *Ps)
         ctx.lib, ctx.shapes = lib, (q.shape, v.shape, None if bias is None else bias.shape)
         return out.view(B, H, T, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, b2, *Ps = ctx.saved_tensors
-        (B, H, T, _), vshape, bshape = ctx.shapes
+        q2, k2, v2, kT, b2, *Ps = ctx.saved_tensors
+        (B, H, T, Dh), vshape, bshape = ctx.shapes
+        Dv = vshape[-1]
+        lib = ctx.lib
         do2 = do.reshape(B * H, T, -1).contiguous()
-        bwd = _kernel(ctx.lib, "sm_bwd", q2.dtype)
+        vT = v2.transpose(1, 2).contiguous()
+        bwd = _kernel(lib, "sm_bwd", q2.dtype)
         dq = torch.empty_like(q2)
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
         db = None if b2 is None else torch.zeros_like(b2)
-        for i, (n0, n1, i0, i1, e) in enumerate(_sm_blocks(B * H, T)):
-            P = Ps[i] if Ps else _softmax_block(ctx.lib, q2, k2, b2, (n0, n1, i0, i1, e))
-            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
-            dS = torch.bmm(dob, vb.transpose(1, 2))
-            dv[n0:n1, :e] += torch.bmm(P.transpose(1, 2), dob)
-            _run(bwd, [native.ptr(P), native.ptr(dS)], (i1 - i0, e, i0), (n1 - n0) * (i1 - i0))
-            dq[n0:n1, i0:i1] = torch.bmm(dS, kb)
-            dk[n0:n1, :e] += torch.bmm(dS.transpose(1, 2), qb)
+        blocks = _sm_blocks(B * H, T)
+        buf = q2.new_empty(max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
+        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
+            P = Ps[i] if Ps else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
+            g, t = n1 - n0, i1 - i0
+            dS = buf[:g * t * e].view(g, t, e)
+            _mm(lib, do2[n0, i0], vT[n0], dS, t, e, Dv, (Dv, 1), T, e, (T * Dv, Dv * T, t * e), g)
+            _mm(lib, P, do2[n0, i0], dv[n0], e, Dv, t, (1, e), Dv, Dv, (t * e, T * Dv, T * Dv), g,
+                acc=True)
+            _run(bwd, [native.ptr(P), native.ptr(dS)], (t, e, i0), g * t)
+            _mm(lib, dS, k2[n0], dq[n0, i0], t, Dh, e, (e, 1), Dh, Dh, (t * e, T * Dh, T * Dh), g)
+            _mm(lib, dS, q2[n0, i0], dk[n0], e, Dh, t, (1, e), Dh, Dh, (t * e, T * Dh, T * Dh), g,
+                acc=True)
             if db is not None:
                 db[n0:n1, :e] += dS.sum(1)
         return (None, dq.view(B, H, T, -1), dk.view(B, H, T, -1), dv.view(vshape),
                 None if db is None else db.view(bshape))
 
 
-def _softmax_block(lib, q2, k2, b2, block):
-    """One block's probabilities (n1 - n0, i1 - i0, e): its logits and the C softmax rows."""
+def _softmax_block(lib, q2, kT, b2, block):
+    """One block's probabilities (n1 - n0, i1 - i0, e): its logits q k^T (kT = k^T (N, Dh,
+    T)) and the C softmax rows."""
     n0, n1, i0, i1, e = block
-    S = torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2))
+    (_, T, Dh), t = q2.shape, i1 - i0
+    S = q2.new_empty(n1 - n0, t, e)
+    _mm(lib, q2[n0, i0], kT[n0], S, t, e, Dh, (Dh, 1), T, e, (T * Dh, Dh * T, t * e), n1 - n0)
     _run(_kernel(lib, "sm_fwd", q2.dtype), [native.ptr(S), native.ptr(b2)],
-         (i1 - i0, e, n0, q2.shape[1], i0), (n1 - n0) * (i1 - i0))
+         (t, e, n0, T, i0), (n1 - n0) * t)
     return S
 
 
