@@ -199,6 +199,22 @@ def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bmm_equals_matmul_with_gradients(dtype):
+    # based / rebased's chunk products: a read through any strides (a transposed view), b
+    # with strided columns (copied), leading dims flattened, gradients in both
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 9, 13, dtype=dtype).transpose(-1, -2).requires_grad_()
+    b = torch.randn(2, 3, 35, 9, dtype=dtype).transpose(-1, -2).requires_grad_()
+    c = native_attention.bmm(native_attention.load(), a, b)
+    ref = a @ b
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert c.shape == ref.shape and (c - ref).abs().max() < tol * ref.abs().max()
+    for x, y in zip(_grads(c, (a, b)), _grads(ref, (a, b))):
+        assert (x - y).abs().max() < tol * y.abs().max()
+
+
+@needs_native
 @pytest.mark.parametrize("rotary_dim", [6, 2])
 def test_rope_kernel_equals_rotate_on_strided_heads(rotary_dim):
     torch.manual_seed(1)

@@ -163,6 +163,46 @@ def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False)
          (m, n, k, *a_strides, ldb, ldc, *batch_strides, int(acc)), g * m)
 
 
+class _Bmm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, a, b):
+        b = b if b.stride(-1) == 1 else b.contiguous()
+        (G, m, k), n = a.shape, b.shape[-1]
+        c = a.new_empty(G, m, n)
+        _mm(lib, a, b, c, m, n, k, a.stride()[1:], b.stride(1), n,
+            (a.stride(0), b.stride(0), m * n), G)
+        ctx.save_for_backward(a, b)
+        ctx.lib = lib
+        return c
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: torch's differentiable products
+            return None, g @ b.transpose(1, 2), a.transpose(1, 2) @ g
+        g = g.contiguous()
+        (G, m, k), n = a.shape, b.shape[-1]
+        da = db = None
+        if ctx.needs_input_grad[1]:
+            bT = b.transpose(1, 2).contiguous()
+            da = a.new_empty(G, m, k)
+            _mm(ctx.lib, g, bT, da, m, k, n, (n, 1), k, k, (m * n, n * k, m * k), G)
+        if ctx.needs_input_grad[2]:
+            db = a.new_empty(G, k, n)
+            _mm(ctx.lib, a, g, db, k, n, m, a.stride()[:0:-1], n, n,
+                (a.stride(0), m * n, k * n), G)
+        return None, da, db
+
+
+def bmm(lib, a, b):
+    """a @ b for a (..., m, k), b (..., k, n) of the same leading shape (no broadcasting) ->
+    (..., m, n), through attention.c's mm (any strides of a; b copied when its columns are
+    not unit-strided), differentiable."""
+    lead = a.shape[:-2]
+    c = _Bmm.apply(lib, a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return c.view(*lead, *c.shape[-2:])
+
+
 class _Causal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, bias):
