@@ -22,7 +22,8 @@ masked (T, T) kernel matrix, which never builds the F-wide features of the seque
 tokens (only those of q, to read an initial state). The chunk form (`_chunk`) takes the
 kernel matrix inside each chunk and, across chunks, the packed features (`packed`: the
 quadratic part over the pairs a <= b only, about half of F, by the kernel's symmetry);
-under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features.
+under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features. Its
+batched products run on ops.native.attention.bmm where the C kernels do (CPU, float32/64).
 """
 
 from __future__ import annotations

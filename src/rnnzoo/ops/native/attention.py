@@ -11,7 +11,11 @@
         sequence, o_i = sum_{j <= i} softmax_j(q_i . k_j + b_j) v_j (b: a bias per key, FoX's
         forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
         (and its backward) a C pass a row; each block's probabilities are kept for the
-        backward up to _KEEP bytes in all, else recomputed there.
+        backward up to _KEEP bytes in all, else recomputed there. Its six block products
+        run on attention.c's mm (register tiles at the build's vector width), not MKL's bmm
+        (AVX2 code on AMD CPUs).
+    bmm(lib, a, b) -> a @ b                   the same batched product, differentiable: based
+        / rebased's chunk products (ops.feature_maps).
     rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
         of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
         (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
