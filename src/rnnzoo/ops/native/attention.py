@@ -92,9 +92,11 @@ class _StickBreaking(torch.autograd.Function):
         B, H, Tq, _ = q.shape
         Tk = k.shape[2]
         q2, k2, v2 = (t.reshape(B * H, *t.shape[2:]).contiguous() for t in (q, k, v))
+        kT = k2.transpose(1, 2).contiguous()
         m = None if visible is None else visible.contiguous()
         fwd = _kernel(lib, "sb_fwd", q.dtype)
-        out = q2.new_empty(B * H, Tq, v.shape[-1])
+        Dh, Dv = q.shape[-1], v.shape[-1]
+        out = q2.new_empty(B * H, Tq, Dv)
         blocks = _blocks(B * H, Tq, Tk, m is None, shift)
         # each block's logits and weights, kept for the backward in blocks of their own up to
         # _KEEP bytes in all; else two buffers reused by every block, recomputed there
@@ -104,19 +106,24 @@ class _StickBreaking(torch.autograd.Function):
             q2.new_empty(2, max(sizes))
         zs, As = _views(zs, blocks), _views(As, blocks)
         for (n0, n1, i0, i1, e), z, A in zip(blocks, zs, As):
-            torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2), out=z)
+            g, t = n1 - n0, i1 - i0
+            _mm(lib, q2[n0, i0], kT[n0], z, t, e, Dh, (Dh, 1), Tk, e, (Tq * Dh, Dh * Tk, t * e),
+                g)
             _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)],
-                 (i1 - i0, e, n0, H, Tq, Tk, i0, shift), (n1 - n0) * (i1 - i0))
-            out[n0:n1, i0:i1] = torch.bmm(A, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, m, *(zs + As if keep else ()))
+                 (t, e, n0, H, Tq, Tk, i0, shift), g * t)
+            _mm(lib, A, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, Tk * Dv, Tq * Dv),
+                g)
+        ctx.save_for_backward(q2, k2, v2, kT, m, *(zs + As if keep else ()))
         ctx.lib, ctx.shift, ctx.shapes = lib, shift, (q.shape, k.shape, v.shape)
         return out.view(B, H, Tq, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, m, *kept = ctx.saved_tensors
-        (B, H, Tq, _), (_, _, Tk, _), vshape = ctx.shapes
+        q2, k2, v2, kT, m, *kept = ctx.saved_tensors
+        (B, H, Tq, Dh), (_, _, Tk, _), vshape = ctx.shapes
+        Dv, lib = vshape[-1], ctx.lib
         do2 = do.reshape(B * H, Tq, -1).contiguous()
+        vT = v2.transpose(1, 2).contiguous()
         fwd, bwd = (_kernel(ctx.lib, n, q2.dtype) for n in ("sb_fwd", "sb_bwd"))
         dq = torch.empty_like(q2)
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
@@ -126,17 +133,21 @@ class _StickBreaking(torch.autograd.Function):
             (_views(bufs[0], blocks), _views(bufs[1], blocks))
         for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, zs, As, *(_views(b, blocks)
                                                                         for b in bufs[2:])):
-            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
-            extra = (i1 - i0, e, n0, H, Tq, Tk, i0, ctx.shift)
-            rows = (n1 - n0) * (i1 - i0)
+            g, t = n1 - n0, i1 - i0
+            extra = (t, e, n0, H, Tq, Tk, i0, ctx.shift)
             if not kept:
-                torch.bmm(qb, kb.transpose(1, 2), out=z)
-                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
-            torch.bmm(dob, vb.transpose(1, 2), out=dA)
-            dv[n0:n1, :e] += torch.bmm(A.transpose(1, 2), dob)  # (strided: not baddbmm_)
-            _run(bwd, [native.ptr(t) for t in (z, m, A, dA, dz)], extra, rows)
-            dq[n0:n1, i0:i1] = torch.bmm(dz, kb)
-            dk[n0:n1, :e] += torch.bmm(dz.transpose(1, 2), qb)
+                _mm(lib, q2[n0, i0], kT[n0], z, t, e, Dh, (Dh, 1), Tk, e,
+                    (Tq * Dh, Dh * Tk, t * e), g)
+                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, g * t)
+            _mm(lib, do2[n0, i0], vT[n0], dA, t, e, Dv, (Dv, 1), Tk, e, (Tq * Dv, Dv * Tk, t * e),
+                g)
+            _mm(lib, A, do2[n0, i0], dv[n0], e, Dv, t, (1, e), Dv, Dv, (t * e, Tq * Dv, Tk * Dv),
+                g, acc=True)
+            _run(bwd, [native.ptr(x) for x in (z, m, A, dA, dz)], extra, g * t)
+            _mm(lib, dz, k2[n0], dq[n0, i0], t, Dh, e, (e, 1), Dh, Dh, (t * e, Tk * Dh, Tq * Dh),
+                g)
+            _mm(lib, dz, q2[n0, i0], dk[n0], e, Dh, t, (1, e), Dh, Dh, (t * e, Tq * Dh, Tk * Dh),
+                g, acc=True)
         return (None, dq.view(B, H, Tq, -1), dk.view(B, H, Tk, -1), dv.view(vshape), None,
                 None)
 
