@@ -172,6 +172,49 @@ def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, k
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
+    # the softmax blocks' products (attention.c: mm): full and partial column tiles (45
+    # columns: 32 + 13 floats, 16 + 16 + 13 doubles), row groups across blocks and threads,
+    # A read transposed through its strides, C written into a strided slice or accumulated
+    torch.manual_seed(0)
+    g, m, n, k = 3, 13, 45, 7
+    A = torch.randn(g, k, m, dtype=dtype).transpose(1, 2) if transposed else \
+        torch.randn(g, m, k, dtype=dtype)
+    Bm = torch.randn(g, k, n + 5, dtype=dtype)[..., 2:n + 2]
+    C = torch.randn(g, m + 2, n, dtype=dtype)
+    ref = C.clone()
+    ref[:, 1:m + 1] += A @ Bm
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native_attention._mm(native_attention.load(), A, Bm, C[:, 1:], m, n, k,
+                             A.stride()[1:], Bm.stride(1), n, (A.stride(0), Bm.stride(0),
+                                                               C.stride(0)), g, acc=True)
+    finally:
+        torch.set_num_threads(prev)
+    assert (C - ref).abs().max() < (1e-12 if dtype == torch.float64 else 1e-5) * ref.abs().max()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bmm_equals_matmul_with_gradients(dtype):
+    # based / rebased's chunk products: a read through any strides (a transposed view), b
+    # with strided columns (copied), leading dims flattened, gradients in both
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 9, 13, dtype=dtype).transpose(-1, -2).requires_grad_()
+    b = torch.randn(2, 3, 35, 9, dtype=dtype).transpose(-1, -2).requires_grad_()
+    c = native_attention.bmm(native_attention.load(), a, b)
+    ref = a @ b
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert c.shape == ref.shape and (c - ref).abs().max() < tol * ref.abs().max()
+    for x, y in zip(_grads(c, (a, b)), _grads(ref, (a, b))):
+        assert (x - y).abs().max() < tol * y.abs().max()
+
+
+@needs_native
 @pytest.mark.parametrize("rotary_dim", [6, 2])
 def test_rope_kernel_equals_rotate_on_strided_heads(rotary_dim):
     torch.manual_seed(1)

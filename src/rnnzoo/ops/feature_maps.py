@@ -22,7 +22,8 @@ masked (T, T) kernel matrix, which never builds the F-wide features of the seque
 tokens (only those of q, to read an initial state). The chunk form (`_chunk`) takes the
 kernel matrix inside each chunk and, across chunks, the packed features (`packed`: the
 quadratic part over the pairs a <= b only, about half of F, by the kernel's symmetry);
-under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features.
+under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features. Its
+batched products run on ops.native.attention.bmm where the C kernels do (CPU, float32/64).
 """
 
 from __future__ import annotations
@@ -154,13 +155,15 @@ def _chunk(q, k, v1, feature_map, S0, C):
     if N * C != T:  # zero keys and values after the end: psi(0) 0^T adds nothing
         q, k, v1 = (torch.nn.functional.pad(t, (0, 0, 0, N * C - T)) for t in (q, k, v1))
     q, k, v1 = (t.unflatten(2, (N, C)) for t in (q, k, v1))            # (B, H, N, C, .)
+    lib = native_attention.load() if backend.use_native(q, k, v1) else None
+    mm = (lambda a, b: native_attention.bmm(lib, a, b)) if lib is not None else torch.matmul
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    o = torch.where(causal, kernel(q @ k.transpose(-1, -2), feature_map), 0.0) @ v1
+    o = mm(torch.where(causal, kernel(mm(q, k.transpose(-1, -2)), feature_map), 0.0), v1)
     psi_q, R = packed(q, feature_map)
     psi_k, _ = packed(k, feature_map)
-    U = psi_k.transpose(-1, -2) @ v1                                    # (B, H, N, F', W)
+    U = mm(psi_k.transpose(-1, -2), v1)                                 # (B, H, N, F', W)
     before = torch.cat([(R @ S0)[:, :, None], U[:, :, :-1]], 2).cumsum(2)
-    o = o + psi_q @ before
+    o = o + mm(psi_q, before)
     S = S0 + R.T @ U.sum(2)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return poison(o, marks.outputs), poison(S, marks.state)

@@ -11,7 +11,11 @@
         sequence, o_i = sum_{j <= i} softmax_j(q_i . k_j + b_j) v_j (b: a bias per key, FoX's
         forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
         (and its backward) a C pass a row; each block's probabilities are kept for the
-        backward up to _KEEP bytes in all, else recomputed there.
+        backward up to _KEEP bytes in all, else recomputed there. Its six block products
+        run on attention.c's mm (register tiles at the build's vector width), not MKL's bmm
+        (AVX2 code on AMD CPUs).
+    bmm(lib, a, b) -> a @ b                   the same batched product, differentiable: based
+        / rebased's chunk products (ops.feature_maps).
     rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
         of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
         (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
@@ -46,7 +50,8 @@ def _kernel(lib, name, dtype):
                                             "rope": [P] * 4 + [L] * 11 + [ctypes.c_double, L, L],
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
-                                            "pairs_bwd": [P] * 4 + [L, i32, L, L]}[name])
+                                            "pairs_bwd": [P] * 4 + [L, i32, L, L],
+                                            "mm": [P] * 3 + [L] * 13}[name])
 
 
 def _run(fn, ptrs, extra, rows):
@@ -87,9 +92,11 @@ class _StickBreaking(torch.autograd.Function):
         B, H, Tq, _ = q.shape
         Tk = k.shape[2]
         q2, k2, v2 = (t.reshape(B * H, *t.shape[2:]).contiguous() for t in (q, k, v))
+        kT = k2.transpose(1, 2).contiguous()
         m = None if visible is None else visible.contiguous()
         fwd = _kernel(lib, "sb_fwd", q.dtype)
-        out = q2.new_empty(B * H, Tq, v.shape[-1])
+        Dh, Dv = q.shape[-1], v.shape[-1]
+        out = q2.new_empty(B * H, Tq, Dv)
         blocks = _blocks(B * H, Tq, Tk, m is None, shift)
         # each block's logits and weights, kept for the backward in blocks of their own up to
         # _KEEP bytes in all; else two buffers reused by every block, recomputed there
@@ -99,19 +106,24 @@ class _StickBreaking(torch.autograd.Function):
             q2.new_empty(2, max(sizes))
         zs, As = _views(zs, blocks), _views(As, blocks)
         for (n0, n1, i0, i1, e), z, A in zip(blocks, zs, As):
-            torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2), out=z)
+            g, t = n1 - n0, i1 - i0
+            _mm(lib, q2[n0, i0], kT[n0], z, t, e, Dh, (Dh, 1), Tk, e, (Tq * Dh, Dh * Tk, t * e),
+                g)
             _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)],
-                 (i1 - i0, e, n0, H, Tq, Tk, i0, shift), (n1 - n0) * (i1 - i0))
-            out[n0:n1, i0:i1] = torch.bmm(A, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, m, *(zs + As if keep else ()))
+                 (t, e, n0, H, Tq, Tk, i0, shift), g * t)
+            _mm(lib, A, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, Tk * Dv, Tq * Dv),
+                g)
+        ctx.save_for_backward(q2, k2, v2, kT, m, *(zs + As if keep else ()))
         ctx.lib, ctx.shift, ctx.shapes = lib, shift, (q.shape, k.shape, v.shape)
         return out.view(B, H, Tq, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, m, *kept = ctx.saved_tensors
-        (B, H, Tq, _), (_, _, Tk, _), vshape = ctx.shapes
+        q2, k2, v2, kT, m, *kept = ctx.saved_tensors
+        (B, H, Tq, Dh), (_, _, Tk, _), vshape = ctx.shapes
+        Dv, lib = vshape[-1], ctx.lib
         do2 = do.reshape(B * H, Tq, -1).contiguous()
+        vT = v2.transpose(1, 2).contiguous()
         fwd, bwd = (_kernel(ctx.lib, n, q2.dtype) for n in ("sb_fwd", "sb_bwd"))
         dq = torch.empty_like(q2)
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
@@ -121,17 +133,21 @@ class _StickBreaking(torch.autograd.Function):
             (_views(bufs[0], blocks), _views(bufs[1], blocks))
         for (n0, n1, i0, i1, e), z, A, dA, dz in zip(blocks, zs, As, *(_views(b, blocks)
                                                                         for b in bufs[2:])):
-            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
-            extra = (i1 - i0, e, n0, H, Tq, Tk, i0, ctx.shift)
-            rows = (n1 - n0) * (i1 - i0)
+            g, t = n1 - n0, i1 - i0
+            extra = (t, e, n0, H, Tq, Tk, i0, ctx.shift)
             if not kept:
-                torch.bmm(qb, kb.transpose(1, 2), out=z)
-                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, rows)
-            torch.bmm(dob, vb.transpose(1, 2), out=dA)
-            dv[n0:n1, :e] += torch.bmm(A.transpose(1, 2), dob)  # (strided: not baddbmm_)
-            _run(bwd, [native.ptr(t) for t in (z, m, A, dA, dz)], extra, rows)
-            dq[n0:n1, i0:i1] = torch.bmm(dz, kb)
-            dk[n0:n1, :e] += torch.bmm(dz.transpose(1, 2), qb)
+                _mm(lib, q2[n0, i0], kT[n0], z, t, e, Dh, (Dh, 1), Tk, e,
+                    (Tq * Dh, Dh * Tk, t * e), g)
+                _run(fwd, [native.ptr(z), native.ptr(m), native.ptr(A)], extra, g * t)
+            _mm(lib, do2[n0, i0], vT[n0], dA, t, e, Dv, (Dv, 1), Tk, e, (Tq * Dv, Dv * Tk, t * e),
+                g)
+            _mm(lib, A, do2[n0, i0], dv[n0], e, Dv, t, (1, e), Dv, Dv, (t * e, Tq * Dv, Tk * Dv),
+                g, acc=True)
+            _run(bwd, [native.ptr(x) for x in (z, m, A, dA, dz)], extra, g * t)
+            _mm(lib, dz, k2[n0], dq[n0, i0], t, Dh, e, (e, 1), Dh, Dh, (t * e, Tk * Dh, Tq * Dh),
+                g)
+            _mm(lib, dz, q2[n0, i0], dk[n0], e, Dh, t, (1, e), Dh, Dh, (t * e, Tq * Dh, Tk * Dh),
+                g, acc=True)
         return (None, dq.view(B, H, Tq, -1), dk.view(B, H, Tk, -1), dv.view(vshape), None,
                 None)
 
@@ -153,53 +169,117 @@ def _sm_blocks(N, T):
     return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
 
 
+def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False):
+    """C_b (m, n) = A_b (m, k) B_b (k, n) (acc: C_b += it) for the g blocks b of a batch, in C
+    (attention.c: mm): A's entry (i, p) at A + b sa + i a_rs + p a_cs (a_strides = (a_rs,
+    a_cs)), rows of B and C ldb and ldc apart, batch_strides (sa, sb, sc); A, B, C the
+    tensors whose data pointers start the first block."""
+    _run(_kernel(lib, "mm", C.dtype), [native.ptr(t) for t in (A, B, C)],
+         (m, n, k, *a_strides, ldb, ldc, *batch_strides, int(acc)), g * m)
+
+
+class _Bmm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, a, b):
+        b = b if b.stride(-1) == 1 else b.contiguous()
+        (G, m, k), n = a.shape, b.shape[-1]
+        c = a.new_empty(G, m, n)
+        _mm(lib, a, b, c, m, n, k, a.stride()[1:], b.stride(1), n,
+            (a.stride(0), b.stride(0), m * n), G)
+        ctx.save_for_backward(a, b)
+        ctx.lib = lib
+        return c
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: torch's differentiable products
+            return None, g @ b.transpose(1, 2), a.transpose(1, 2) @ g
+        g = g.contiguous()
+        (G, m, k), n = a.shape, b.shape[-1]
+        da = db = None
+        if ctx.needs_input_grad[1]:
+            bT = b.transpose(1, 2).contiguous()
+            da = a.new_empty(G, m, k)
+            _mm(ctx.lib, g, bT, da, m, k, n, (n, 1), k, k, (m * n, n * k, m * k), G)
+        if ctx.needs_input_grad[2]:
+            db = a.new_empty(G, k, n)
+            _mm(ctx.lib, a, g, db, k, n, m, a.stride()[:0:-1], n, n,
+                (a.stride(0), m * n, k * n), G)
+        return None, da, db
+
+
+def bmm(lib, a, b):
+    """a @ b for a (..., m, k), b (..., k, n) of the same leading shape (no broadcasting) ->
+    (..., m, n), through attention.c's mm (any strides of a; b copied when its columns are
+    not unit-strided), differentiable."""
+    lead = a.shape[:-2]
+    c = _Bmm.apply(lib, a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return c.view(*lead, *c.shape[-2:])
+
+
 class _Causal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, bias):
         B, H, T, _ = q.shape
         q2, k2, v2 = (t.reshape(B * H, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        kT = k2.transpose(1, 2).contiguous()
         b2 = None if bias is None else bias.reshape(B * H, T).contiguous()
         blocks = _sm_blocks(B * H, T)
         keep = sum((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks) \
             * q.element_size() <= _KEEP
-        out = q2.new_empty(B * H, T, v.shape[-1])
-        Ps = [_softmax_block(lib, q2, k2, b2, blk) for blk in blocks] if keep else []
+        Dv = v.shape[-1]
+        out = q2.new_empty(B * H, T, Dv)
+        Ps = [_softmax_block(lib, q2, kT, b2, blk) for blk in blocks] if keep else []
         for i, (n0, n1, i0, i1, e) in enumerate(blocks):
-            P = Ps[i] if keep else _softmax_block(lib, q2, k2, b2, (n0, n1, i0, i1, e))
-            out[n0:n1, i0:i1] = torch.bmm(P, v2[n0:n1, :e])
-        ctx.save_for_backward(q2, k2, v2, b2, *Ps)
+            P = Ps[i] if keep else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
+            t = i1 - i0
+            _mm(lib, P, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, T * Dv, T * Dv),
+                n1 - n0)
+        ctx.save_for_backward(q2, k2, v2, kT, b2, *Ps)
         ctx.lib, ctx.shapes = lib, (q.shape, v.shape, None if bias is None else bias.shape)
         return out.view(B, H, T, -1)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, b2, *Ps = ctx.saved_tensors
-        (B, H, T, _), vshape, bshape = ctx.shapes
+        q2, k2, v2, kT, b2, *Ps = ctx.saved_tensors
+        (B, H, T, Dh), vshape, bshape = ctx.shapes
+        Dv = vshape[-1]
+        lib = ctx.lib
         do2 = do.reshape(B * H, T, -1).contiguous()
-        bwd = _kernel(ctx.lib, "sm_bwd", q2.dtype)
+        vT = v2.transpose(1, 2).contiguous()
+        bwd = _kernel(lib, "sm_bwd", q2.dtype)
         dq = torch.empty_like(q2)
         dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
         db = None if b2 is None else torch.zeros_like(b2)
-        for i, (n0, n1, i0, i1, e) in enumerate(_sm_blocks(B * H, T)):
-            P = Ps[i] if Ps else _softmax_block(ctx.lib, q2, k2, b2, (n0, n1, i0, i1, e))
-            qb, kb, vb, dob = q2[n0:n1, i0:i1], k2[n0:n1, :e], v2[n0:n1, :e], do2[n0:n1, i0:i1]
-            dS = torch.bmm(dob, vb.transpose(1, 2))
-            dv[n0:n1, :e] += torch.bmm(P.transpose(1, 2), dob)
-            _run(bwd, [native.ptr(P), native.ptr(dS)], (i1 - i0, e, i0), (n1 - n0) * (i1 - i0))
-            dq[n0:n1, i0:i1] = torch.bmm(dS, kb)
-            dk[n0:n1, :e] += torch.bmm(dS.transpose(1, 2), qb)
+        blocks = _sm_blocks(B * H, T)
+        buf = q2.new_empty(max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
+        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
+            P = Ps[i] if Ps else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
+            g, t = n1 - n0, i1 - i0
+            dS = buf[:g * t * e].view(g, t, e)
+            _mm(lib, do2[n0, i0], vT[n0], dS, t, e, Dv, (Dv, 1), T, e, (T * Dv, Dv * T, t * e), g)
+            _mm(lib, P, do2[n0, i0], dv[n0], e, Dv, t, (1, e), Dv, Dv, (t * e, T * Dv, T * Dv), g,
+                acc=True)
+            _run(bwd, [native.ptr(P), native.ptr(dS)], (t, e, i0), g * t)
+            _mm(lib, dS, k2[n0], dq[n0, i0], t, Dh, e, (e, 1), Dh, Dh, (t * e, T * Dh, T * Dh), g)
+            _mm(lib, dS, q2[n0, i0], dk[n0], e, Dh, t, (1, e), Dh, Dh, (t * e, T * Dh, T * Dh), g,
+                acc=True)
             if db is not None:
                 db[n0:n1, :e] += dS.sum(1)
         return (None, dq.view(B, H, T, -1), dk.view(B, H, T, -1), dv.view(vshape),
                 None if db is None else db.view(bshape))
 
 
-def _softmax_block(lib, q2, k2, b2, block):
-    """One block's probabilities (n1 - n0, i1 - i0, e): its logits and the C softmax rows."""
+def _softmax_block(lib, q2, kT, b2, block):
+    """One block's probabilities (n1 - n0, i1 - i0, e): its logits q k^T (kT = k^T (N, Dh,
+    T)) and the C softmax rows."""
     n0, n1, i0, i1, e = block
-    S = torch.bmm(q2[n0:n1, i0:i1], k2[n0:n1, :e].transpose(1, 2))
+    (_, T, Dh), t = q2.shape, i1 - i0
+    S = q2.new_empty(n1 - n0, t, e)
+    _mm(lib, q2[n0, i0], kT[n0], S, t, e, Dh, (Dh, 1), T, e, (T * Dh, Dh * T, t * e), n1 - n0)
     _run(_kernel(lib, "sm_fwd", q2.dtype), [native.ptr(S), native.ptr(b2)],
-         (i1 - i0, e, n0, q2.shape[1], i0), (n1 - n0) * (i1 - i0))
+         (t, e, n0, T, i0), (n1 - n0) * t)
     return S
 
 
