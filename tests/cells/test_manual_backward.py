@@ -18,7 +18,7 @@ B, T = 2, 5
 
 # (cell, options): every cell with a hand-written backward, and the options that change it
 CASES = [
-    ("gru", {}), ("gru", {"bias": False}), ("gru_v3", {}), ("gru_v3", {"bias": False}),
+    ("gru", {}), ("gru", {"bias": False}), ("gru_v3", {}), ("gru_v3", {"bias": False}), ("miru1", {}),
     ("lstm", {"peepholes": True}), ("peephole_lstm", {}), ("peephole_lstm", {"bias": False}),
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),

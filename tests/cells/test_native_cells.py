@@ -34,6 +34,7 @@ MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c,
     ("nas", {}), ("nas", {"bias": False}), ("mut1", {}), ("mut2", {}), ("mut3", {}),
     ("rhn", {}), ("rhn", {"depth": 1, "coupled": False}), ("intersection_rnn", {}),
     ("gru", {}), ("gru", {"bias": False}), ("gru_v3", {}), ("taugru", {}), ("taugru", {"delay": 3, "bias": False}),
+    ("miru1", {}), ("miru1", {"update_coefficient": 0.2, "bias": False}),
     ("sgu", {}), ("sgu", {"bias": False}), ("dsgu", {}), ("scrn", {}),
     ("scrn", {"context_size": 3}),
     # simple_gated.c

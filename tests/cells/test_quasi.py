@@ -53,3 +53,21 @@ def test_qrnn_is_a_masked_convolution_then_fo_pooling(window):
     for fused in (False, True):
         y, _ = cell(x, s0, fused=fused)
         assert (y - expected).abs().max() < 1e-14
+
+
+@pytest.mark.parametrize("window,T", [(1, 3), (2, 1), (3, 1), (3, 5), (4, 2)])
+def test_qrnn_fused_equals_its_loop_and_gradcheck(window, T):
+    """The fused mode's convolution (one buffer of tap sums, `_TapSum`) against the step
+    loop, carry included, on sequences shorter than the window; float64 gradcheck."""
+    torch.manual_seed(0)
+    cell = _perturbed(QRNNCell(3, 4, window=window).double())
+    x = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
+    s0 = tuple(torch.randn(2, n, dtype=torch.float64, requires_grad=True)
+               for n in cell.state_sizes)
+
+    def run(fused):
+        return lambda x, *s: (lambda y, s: (y, *s))(*cell(x, s, fused=fused))
+
+    for a, b in zip(run(True)(x, *s0), run(False)(x, *s0)):
+        assert (a - b).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(run(True), (x, *s0))

@@ -219,7 +219,8 @@ class _MiRU(StackedGates):
 @cell("miru1", paper=MIRU)
 class MiRU1(_MiRU):
     """MiRU1: GRU with a fixed update coefficient lambda and a learned reset gate.
-    See the module docstring. State: h (B, H)."""
+    See the module docstring. State: h (B, H). `fused` is the loop with its hand-written
+    backward (`manual_loop`, in C on the CPU)."""
 
     num_gates = 2
 
@@ -231,6 +232,35 @@ class MiRU1(_MiRU):
         r = torch.sigmoid(torch.addmm(xr, h, u_r))
         candidate = torch.tanh(torch.addmm(xh, r * h, u_h))
         return (self._mix(h, candidate),)
+
+    # -- the hand-written backward (`manual_loop`), in C: ops/native/gated_cells.c ----------
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """U_r and U_h (H, H)."""
+        return self.weight_hh.split(self.hidden_size), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/gated_cells.c, miru1)."""
+        return NativeStep("gated_cells", "miru1", 3 * self.hidden_size,
+                          floats=(self.update_coefficient,))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        r = torch.sigmoid(torch.addmm(xp_t[:, :H], h, wt[0]))
+        rh = r * h
+        n = torch.tanh(torch.addmm(xp_t[:, H:], rh, wt[1]))
+        return (self._mix(h, n),), None, (h, rh), (h, r, n)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, r, n), lam = d_state, saved, self.update_coefficient
+        d_n = tanh_back(dh * (1.0 - lam), n)
+        d_rh = d_n @ matrices[1]
+        d_r = sigmoid_back(d_rh * h, r)
+        dh_prev = torch.addmm(torch.addcmul(dh * lam, d_rh, r), d_r, matrices[0])
+        return torch.cat([d_r, d_n], -1), (dh_prev,), (d_r, d_n), ()
 
 
 @cell("miru2", paper=MIRU)

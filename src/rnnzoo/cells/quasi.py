@@ -121,6 +121,27 @@ class SRUCell(Cell):
         return h, (h[:, -1], c[:, -1])
 
 
+class _TapSum(torch.autograd.Function):
+    """taps (B, T, k, G), carry (B, k-1, G) -> full (B, T+k-1, G) with full[:, s] = carry[:, s]
+    (s < k-1) + sum_m taps[:, s-m, m] (0 <= s-m < T): the causal convolution's sums, the
+    last k-1 rows the sums pending for the next steps. Adds into one buffer (a sum of padded
+    copies costs k+1 zero-filled full-size buffers, both ways)."""
+
+    @staticmethod
+    def forward(ctx, taps, carry):
+        B, T, k, G = taps.shape
+        full = torch.cat([carry, taps.new_zeros(B, T, G)], 1)
+        for m in range(k):
+            full[:, m:m + T] += taps[:, :, m]
+        ctx.k = k
+        return full
+
+    @staticmethod
+    def backward(ctx, g):
+        T, k = g.shape[1] - ctx.k + 1, ctx.k
+        return torch.stack([g[:, m:m + T] for m in range(k)], 2), g[:, :k - 1]
+
+
 @cell("qrnn", paper="Bradbury et al. 2017, arXiv:1611.01576", tiny={"hidden_size": 5, "window": 2})
 class QRNNCell(Cell):
     """Quasi-recurrent cell with fo-pooling and a causal convolution of width `window`
@@ -141,10 +162,10 @@ class QRNNCell(Cell):
             (((window - 1) * 3 * hidden_size,) if window > 1 else ())
 
     def project(self, x):
-        """(..., input_size) -> (..., window*3H): every tap of the convolution, bias in tap 0."""
-        xp = affine(x, self.weight_ih)
-        return torch.cat([xp[..., :3 * self.hidden_size] + self.bias,
-                          xp[..., 3 * self.hidden_size:]], -1)
+        """(..., input_size) -> (..., window*3H): every tap of the convolution, bias in tap 0
+        (one product: the bias zero-padded over the other taps)."""
+        pad = (self.window - 1) * 3 * self.hidden_size
+        return affine(x, self.weight_ih, nn.functional.pad(self.bias, (0, pad)))
 
     def _convolve(self, xp, carry):
         """xp (B, T, window*3H), carry (B, (window-1)*3H) -> gate pre-activations (B, T, 3H),
@@ -153,16 +174,14 @@ class QRNNCell(Cell):
         G, k = 3 * self.hidden_size, self.window
         if k == 1:
             return xp, None
-        taps = xp.view(B, T, k, G)
-        full = nn.functional.pad(carry.view(B, k - 1, G), (0, 0, 0, T))  # (B, T+k-1, G)
-        for m in range(k):
-            full = full + nn.functional.pad(taps[:, :, m], (0, 0, m, k - 1 - m))
+        full = _TapSum.apply(xp.view(B, T, k, G), carry.view(B, k - 1, G))
         return full[:, :T], full[:, T:].reshape(B, -1)
 
     def _gates(self, pre):
-        H = self.hidden_size
-        zfo = torch.cat([torch.tanh(pre[..., :H]), torch.sigmoid(pre[..., H:])], -1)
-        return zfo[..., :H], zfo[..., H:2 * H], zfo[..., 2 * H:]
+        """pre (..., 3H) -> z, f, o (..., H) each: one view per gate (no slice of a
+        concatenation, whose backward fills a full-size zero gradient per slice)."""
+        z, f, o = pre.unflatten(-1, (3, self.hidden_size)).unbind(-2)
+        return torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
 
     def recur(self, xp_t, state):
         c = state[1]

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
-from rnnzoo.ops.native.linear import linear
+from rnnzoo.ops import backend, native
+from rnnzoo.ops.native.linear import _LP, _mm, linear
 
 __all__ = ["NativeStep", "scan", "weight_grad"]
 
@@ -41,9 +41,13 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     Both made contiguous first: oneDNN takes a reference path (~1000x slower) on a strided or
     expanded operand."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
-    if g.shape[1] > r.shape[1]:
-        return linear(r.T, g.T).T
-    return linear(g.T, r.T)
+    wide = g.shape[1] > r.shape[1]
+    if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
+            and backend.use_native(g, r)):
+        # oneDNN itself on the transposed views (dense strides, which it reads as they are):
+        # `linear` would first copy them (a (G, B T) copy of g, 32 MB for nas, per matrix)
+        return _mm(r.T, g.T).T if wide else _mm(g.T, r.T)
+    return linear(r.T, g.T).T if wide else linear(g.T, r.T)
 
 
 class NativeStep(NamedTuple):

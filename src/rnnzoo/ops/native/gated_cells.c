@@ -15,7 +15,9 @@
        gated = tg h, z_out = softplus(gated) | sigma(gated U_o^T),
        a_z = xp_t[H:] + h U_z^T, z = hard_sigmoid(a_z), h' = h + z (z_out - h);
        matrices U_g, U_z [, U_o], vectors [b_g]; saved h, x_g, tg, gated, z_out, a_z, z.
-   scrn (cells/scrn.py, its nonlinear part): h' = sigma(xp_t + h R^T); saved h'. */
+   scrn (cells/scrn.py, its nonlinear part): h' = sigma(xp_t + h R^T); saved h'.
+   miru1 (cells/gru.py): r = sigma(xp_t[:H] + h U_r^T), n = tanh(xp_t[H:] + (r h) U_h^T),
+       h' = (1 - lam) n + lam h;  matrices U_r, U_h;  floats [lam];  saved h, r, n. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "gated_cells.c"
@@ -92,6 +94,74 @@ void NAME(gru3_fwd)(void **p, const long *d, long b0, long b1) {
 
 void NAME(gru3_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_bwd)(p, d, b0, b1, NAME(gru3_back), d[2]);
+}
+
+/* ---- miru1 --------------------------------------------------------------------------- */
+static void NAME(miru1_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const T lam = (T)a->floats[0];
+    T *h = a->state[0];
+    const T *xp0 = NAME(at)(a->xp, a, b0, t, P);
+    for (long b = b0; b < b1; b++)
+        memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    NAME(mm)(pre, 2 * H, xp0, T_ * P, h + b0 * H, H, a->WT[0], H, nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict pr = pre + (b - b0) * 2 * H, *restrict hr = h + b * H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict rh = NAME(kept)(a->rg[1], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T r = NAME(sigm)(pr[k]);
+            sv[k] = hr[k]; sv[H + k] = r;
+            rh[k] = r * hr[k];
+        }
+    }
+    NAME(mm)(pre + H, 2 * H, xp0 + H, T_ * P, NAME(kept)(a->rg[1], a, b0, t, H),
+             NAME(kept_ld)(a, H), a->WT[1], H, nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict pr = pre + (b - b0) * 2 * H + H;
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict hr = h + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T n = NAME(tanh_)(pr[k]);
+            sv[2 * H + k] = n;
+            hr[k] = n * (1 - lam) + lam * hr[k];
+        }
+    }
+}
+
+static void NAME(miru1_back)(const NAME(args) *a, long t, long b0, long b1, T *drh) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const T lam = (T)a->floats[0];
+    T *dh = a->state[0];
+    for (long b = b0; b < b1; b++) {
+        const T *restrict n = NAME(at)(a->saved, a, b, t, S) + 2 * H, *restrict dhr = dh + b * H;
+        T *restrict dn = NAME(at)(a->rg[1], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++)
+            dn[k] = dhr[k] * (1 - lam) * (1 - n[k] * n[k]);
+        memcpy(NAME(at)(a->dxp, a, b, t, P) + H, dn, H * sizeof(T));
+    }
+    NAME(mm)(drh, H, 0, 0, NAME(at)(a->rg[1], a, b0, t, H), T_ * H, a->W[1], H, nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict h = sv, *restrict r = sv + H, *restrict dr = drh + (b - b0) * H;
+        T *restrict dhr = dh + b * H;
+        T *restrict g = NAME(at)(a->rg[0], a, b, t, H);
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            g[k] = dr[k] * h[k] * r[k] * (1 - r[k]);
+            dhr[k] = dhr[k] * lam + dr[k] * r[k];
+        }
+        memcpy(NAME(at)(a->dxp, a, b, t, P), g, H * sizeof(T));
+    }
+    NAME(mm)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, H), T_ * H,
+             a->W[0], H, nb, H, H);
+}
+
+void NAME(miru1_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_fwd)(p, d, b0, b1, NAME(miru1_step), 2 * d[2]);
+}
+
+void NAME(miru1_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_bwd)(p, d, b0, b1, NAME(miru1_back), d[2]);
 }
 
 /* ---- gru (torch.nn.GRU's cell) -------------------------------------------------------- */
