@@ -127,14 +127,23 @@ class _TapSum(torch.autograd.Function):
     last k-1 rows the sums pending for the next steps. Adds into one buffer (a sum of padded
     copies costs k+1 zero-filled full-size buffers, both ways)."""
 
+    generate_vmap_rule = True  # functorch transforms (ops.newton's jacobians) batch it
+
     @staticmethod
-    def forward(ctx, taps, carry):
+    def forward(taps, carry):
         B, T, k, G = taps.shape
         full = torch.cat([carry, taps.new_zeros(B, T, G)], 1)
         for m in range(k):
             full[:, m:m + T] += taps[:, :, m]
-        ctx.k = k
         return full
+
+    @staticmethod
+    def jvp(ctx, taps_t, carry_t):  # linear: the map of the tangents (forward-mode AD)
+        return _TapSum.forward(taps_t, carry_t)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.k = inputs[0].shape[2]
 
     @staticmethod
     def backward(ctx, g):
