@@ -172,18 +172,6 @@ def test_native_cell_empty_batch(calls, monkeypatch):
         assert g.shape == w.shape and (g.numel() == 0 or torch.equal(g, w))
 
 
-@pytest.mark.parametrize("G, K", [(12, 5), (5, 12), (7, 7)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_weight_grad_is_g_transposed_times_r(G, K, dtype):
-    """weight_grad (oneDNN in float32, either order of the product) equals g^T r over all rows."""
-    g, r = torch.randn(3, 11, G, dtype=dtype), torch.randn(3, 11, K, dtype=dtype)
-    want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
-    got = native_cells.weight_grad(g, r)
-    assert got.shape == (G, K) and got.dtype == dtype
-    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12,
-                               atol=1e-5 if dtype == torch.float32 else 1e-12)
-
-
 def test_affine_with_a_strided_gradient():
     """cells.parts.affine (the oneDNN projection) under torch.cat, whose backward hands it a
     strided slice: gradients equal F.linear's, and biases that are None are skipped."""

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
-from rnnzoo.ops.native.cells import weight_grad
+from rnnzoo.ops.native.linear import weight_grad
 from rnnzoo.registry import CELLS
 
 

@@ -44,7 +44,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend
-from rnnzoo.ops.native.cells import weight_grad
+from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["manual_loop", "manual_scan", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
            "layer_norm", "layer_norm_back"]

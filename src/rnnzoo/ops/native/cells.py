@@ -28,26 +28,10 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import backend, native
-from rnnzoo.ops.native.linear import _LP, _mm, linear
+from rnnzoo.ops import native
+from rnnzoo.ops.native.linear import weight_grad
 
-__all__ = ["NativeStep", "scan", "weight_grad"]
-
-
-def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """sum over rows of g^T r: g (..., G), r (..., K) -> (G, K), the gradient of a matrix W
-    used as r W^T, through `ops.native.linear` (oneDNN on the CPU in float32), the wider side
-    as the product's output rows (the faster order there: 7 against 11 ms at G = 4K = 512).
-    Both made contiguous first: oneDNN takes a reference path (~1000x slower) on a strided or
-    expanded operand."""
-    g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
-    wide = g.shape[1] > r.shape[1]
-    if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
-            and backend.use_native(g, r)):
-        # oneDNN itself on the transposed views (dense strides, which it reads as they are):
-        # `linear` would first copy them (a (G, B T) copy of g, 32 MB for nas, per matrix)
-        return _mm(r.T, g.T).T if wide else _mm(g.T, r.T)
-    return linear(r.T, g.T).T if wide else linear(g.T, r.T)
+__all__ = ["NativeStep", "scan"]
 
 
 class NativeStep(NamedTuple):
