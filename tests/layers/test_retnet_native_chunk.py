@@ -38,9 +38,9 @@ def test_retnet_chunk_runs_native_ssd(monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_retnet_complex_rotation_equals_rotary(monkeypatch, dtype, tol):
-    """On the native path q, k turn as one complex product; rotary.rotate (compile, other
-    devices and dtypes, RNNZOO_NATIVE=0) is the same rotation: q, k and the gradients of x
-    through them agree, from a nonzero start."""
+    """On the native path rotary.turn turns adjacent pairs as one complex product; its real
+    form (compile, other devices and dtypes, RNNZOO_NATIVE=0) is the same rotation: retnet's
+    q, k and the gradients of x through them agree, from a nonzero start."""
     from rnnzoo.ops import backend
 
     torch.manual_seed(0)

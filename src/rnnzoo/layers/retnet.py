@@ -27,8 +27,8 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.layers.rotary import rotate
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.layers.rotary import turn
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
@@ -94,24 +94,14 @@ class RetNet(RecurrentLayer):
         qk = self.qk(x).view(B, T, 2, H, K)
         positions = position[:, None] + torch.arange(T, device=x.device, dtype=position.dtype)
         theta = self.theta(K, positions.dtype, x.device)
-        if backend.use_native(x):  # CPU, eager, float32/64 (else rotary.rotate)
-            # q and k in one complex product (adjacent pairs as x_a + i x_b, times e^{i angle}):
-            # rotary.rotate's repeat, stack, cos, sin and products run once for both, and its
-            # backward is one product by the conjugate
-            angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
-            e = torch.polar(torch.ones_like(angle), angle).to(
-                torch.complex64 if x.dtype == torch.float32 else torch.complex128)
-            turned = torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * e[:, :, None, None]
-            q, k = torch.view_as_real(turned).flatten(-2).unbind(2)
-        else:
-            q, k = (rotate(t, positions, theta) for t in qk.unbind(2))
+        angle = positions[..., None] * theta.to(positions.dtype)  # (B, T, K/2)
+        q, k = turn(qk, angle[:, :, None, None]).unbind(2)  # both in one call
         g = self.log_gamma.to(dt).expand(B, T, H)
         return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
     def lion_output(self, o, x):
         """The gated per-head GroupNorm, then the output projection."""
-        gate = F.silu(self.gate(x))
-        return self.out_proj(gate * self.norm(o).flatten(2))
+        return self.out_proj(F.silu(self.gate(x)) * self.norm(o).flatten(2))
 
     def _forward(self, x, state, mode):
         state, position = state

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.checks import choice
+from rnnzoo.ops import backend
 
 
 def frequencies(half: int, base: float = 10000.0, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -36,6 +37,14 @@ def turn(x: torch.Tensor, angle: torch.Tensor, pairs: str = "adjacent") -> torch
     """x (..., K) with channel pair j turned by angle[..., j]; angle (..., K/2) broadcasts
     against x's leading dims (data-dependent angles, as Mamba-3's). Same shape and dtype as x."""
     choice("pairs", pairs, ("adjacent", "halves"))
+    if pairs == "adjacent" and backend.use_native(x):
+        # CPU, eager, float32/64: the pairs as complex numbers x_a + i x_b, times e^{i angle}:
+        # one product (its backward one product by the conjugate), where the real form below
+        # makes cos and sin and copies every channel by repeat_interleave and stack, both ways
+        e = torch.polar(torch.ones_like(angle), angle).to(
+            torch.complex64 if x.dtype == torch.float32 else torch.complex128)
+        pairs_c = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs_c * e).flatten(-2)
     if pairs == "adjacent":
         angle = angle.repeat_interleave(2, -1)
         half = x.unflatten(-1, (-1, 2))
