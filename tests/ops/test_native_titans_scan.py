@@ -81,3 +81,38 @@ def test_kernel_books_its_flops_while_counting():
         assert tally[0] == titans_scan.flops(2 * 3 * 4, 3, 5)[0]
         torch.autograd.grad(o.sum(), ins)
     assert tally[0] == sum(titans_scan.flops(2 * 3 * 4, 3, 5))
+
+
+def _gates_torch(q, k, a, e, m, th):
+    """The gate coefficients as ops.memory's PyTorch path makes them."""
+    from rnnzoo.ops.memory import _coefficients
+    Cm, f, REth, Acum, Ecum = _coefficients(a, e, m, th)
+    return Cm * (q @ k.transpose(-1, -2)), Acum, f, Cm[..., -1, :], REth, Ecum[..., -1]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("B,H,N,C,K", [(2, 3, 4, 5, 3), (1, 1, 2, 1, 2)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_native_gates_match_the_pytorch_coefficients(dtype, tol, B, H, N, C, K, n_threads):
+    """titans_gates against _coefficients and Cm o q k^T: all six outputs and the gradients
+    of all six inputs (gates in (0.2, 1.2), q, k random)."""
+    gen = torch.Generator().manual_seed(0)
+    ins = [torch.randn(B, H, N, C, K, generator=gen, dtype=dtype) for _ in range(2)]
+    ins += [0.2 + torch.rand(B, H, N, C, generator=gen, dtype=dtype) for _ in range(4)]
+    ins = [t.requires_grad_() for t in ins]
+    lib = titans_scan.load()
+    with threads(n_threads):
+        got = outputs_and_grads(titans_scan.titans_gates(lib, *ins), ins)
+    want = outputs_and_grads(_gates_torch(*ins), ins)
+    assert not got[0].triu(1).any()
+    assert_close(got, want, [f"out{i}" for i in range(len(want))], tol)
+
+
+def test_gates_book_their_flops():
+    ins = [torch.randn(2, 1, 3, 4, 5, dtype=torch.float64) for _ in range(2)]
+    ins += [torch.rand(2, 1, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    with flop_count.counting() as tally:
+        att = titans_scan.titans_gates(titans_scan.load(), *ins)[0]
+        assert tally[0] == titans_scan.gate_flops(6, 4, 5)[0]
+        torch.autograd.grad(att.sum(), ins[2:])
+    assert tally[0] == sum(titans_scan.gate_flops(6, 4, 5))

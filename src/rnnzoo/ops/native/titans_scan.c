@@ -280,6 +280,159 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
     free(gM);
 }
 
+/* The gate coefficients of one chunk (ops/memory.py, _coefficients) as one linear
+   recurrence over t on W = C + 2 columns: column 0 carries A (U starts 1, V 0), column 1
+   carries f and E (U 0, V 1), column 2 + s the step s (U = V = 1 from row s on):
+
+       U_t = a_t U_{t-1} + m_t V_{t-1},   V_t = e_t V_{t-1}
+
+   so A_t = U_t[0], f_t = U_t[1], E_T = V_{C-1}[1], Cm_ts = U_t[2+s] th_s (s <= t),
+   RE_{C-1,s} th_s = V_{C-1}[2+s] th_s. U, V: (C + 1, W), row 0 the start, row t + 1
+   after step t. */
+static inline __attribute__((always_inline)) void NAME(coef)(
+        const T *restrict a, const T *restrict e, const T *restrict m, T *restrict U,
+        T *restrict V, long C) {
+    const long W = C + 2;
+    memset(U, 0, (C + 1) * W * sizeof(T));
+    memset(V, 0, (C + 1) * W * sizeof(T));
+    U[0] = 1;
+    V[1] = 1;
+    for (long t = 0; t < C; t++) {
+        const T *restrict Up = U + t * W, *restrict Vp = V + t * W;
+        T *restrict Ut = U + (t + 1) * W, *restrict Vt = V + (t + 1) * W;
+        for (long c = 0; c < 2 + t; c++) {
+            Ut[c] = a[t] * Up[c] + m[t] * Vp[c];
+            Vt[c] = e[t] * Vp[c];
+        }
+        Ut[2 + t] = 1;
+        Vt[2 + t] = 1;
+    }
+}
+
+/* qk_ts = q_t . k_s, (C, C) in full, as rows over s of kt = k^T (K, C) */
+static inline __attribute__((always_inline)) void NAME(scores)(
+        const T *restrict q, const T *restrict k, T *restrict kt, T *restrict qk, long C,
+        long K) {
+    for (long s = 0; s < C; s++)
+        for (long j = 0; j < K; j++) kt[j * C + s] = k[s * K + j];
+    for (long t = 0; t < C; t++) {
+        T *restrict r = qk + t * C;
+        for (long s = 0; s < C; s++) r[s] = 0;
+        for (long j = 0; j < K; j++) {
+            const T w = q[t * K + j];
+            const T *restrict g = kt + j * C;
+#pragma omp simd
+            for (long s = 0; s < C; s++) r[s] += w * g[s];
+        }
+    }
+}
+
+/* a, e, m, th (pairs, N, C) -> att = Cm o (q k^T) (pairs, N, C, C; zero above the
+   diagonal), ga = A, gf = f, cl = Cm's last row, re = RE th (pairs, N, C), gE = E_T
+   (pairs, N) */
+static inline __attribute__((always_inline)) void NAME(gates_fwd)(
+        const T *restrict q, const T *restrict k, const T *restrict a, const T *restrict e,
+        const T *restrict m, const T *restrict th, T *restrict att, T *restrict ga,
+        T *restrict gf, T *restrict cl, T *restrict re, T *restrict gE, long N, long C,
+        long K, long p0, long p1) {
+    const long W = C + 2, CK = C * K;
+    T *U = malloc((2 * (C + 1) * W + K * C + C * C) * sizeof(T));
+    T *V = U + (C + 1) * W, *kt = V + (C + 1) * W, *qk = kt + K * C;
+    for (long c = p0 * N; c < p1 * N; c++) {
+        const T *restrict tc = th + c * C;
+        NAME(coef)(a + c * C, e + c * C, m + c * C, U, V, C);
+        NAME(scores)(q + c * CK, k + c * CK, kt, qk, C, K);
+        T *restrict at = att + c * C * C;
+        for (long t = 0; t < C; t++) {
+            const T *restrict Ut = U + (t + 1) * W + 2;
+            for (long s = 0; s <= t; s++) at[t * C + s] = Ut[s] * tc[s] * qk[t * C + s];
+            for (long s = t + 1; s < C; s++) at[t * C + s] = 0;
+            ga[c * C + t] = U[(t + 1) * W];
+            gf[c * C + t] = U[(t + 1) * W + 1];
+        }
+        for (long s = 0; s < C; s++) {
+            cl[c * C + s] = U[C * W + 2 + s] * tc[s];
+            re[c * C + s] = V[C * W + 2 + s] * tc[s];
+        }
+        gE[c] = V[C * W + 1];
+    }
+    free(U);
+}
+
+/* gates_fwd's backward: datt (read on and below the diagonal), dga, dgf, dcl, dre, dgE ->
+   dq, dk (through q k^T), da, de, dm, dth (through the recurrence, run back) */
+static inline __attribute__((always_inline)) void NAME(gates_bwd)(
+        const T *restrict q, const T *restrict k, const T *restrict a, const T *restrict e,
+        const T *restrict m, const T *restrict th, const T *restrict datt,
+        const T *restrict dga, const T *restrict dgf, const T *restrict dcl,
+        const T *restrict dre, const T *restrict dgE, T *restrict dq, T *restrict dk,
+        T *restrict da, T *restrict de, T *restrict dm, T *restrict dth, long N, long C,
+        long K, long p0, long p1) {
+    const long W = C + 2, CK = C * K;
+    T *U = malloc((2 * (C + 1) * W + K * C + 2 * C * C + 2 * W) * sizeof(T));
+    T *V = U + (C + 1) * W, *kt = V + (C + 1) * W, *qk = kt + K * C, *dqk = qk + C * C;
+    T *cu = dqk + C * C, *cv = cu + W;
+    for (long c = p0 * N; c < p1 * N; c++) {
+        const T *restrict tc = th + c * C, *restrict dat = datt + c * C * C;
+        const T *restrict ac = a + c * C, *restrict ec = e + c * C, *restrict mc = m + c * C;
+        const T *restrict qc = q + c * CK, *restrict kc = k + c * CK;
+        T *restrict dqc = dq + c * CK, *restrict dkc = dk + c * CK, *restrict dtc = dth + c * C;
+        NAME(coef)(ac, ec, mc, U, V, C);
+        NAME(scores)(qc, kc, kt, qk, C, K);
+        for (long s = 0; s < C; s++) dtc[s] = dre[c * C + s] * V[C * W + 2 + s];
+        for (long x = 0; x < W; x++) cu[x] = cv[x] = 0;
+        for (long s = 0; s < C; s++) cv[2 + s] = dre[c * C + s] * tc[s];
+        cv[1] = dgE[c];
+        /* row t: its local gradients into (cu, cv), then back through step t */
+        for (long t = C - 1; t >= 0; t--) {
+            const T *restrict Ut = U + (t + 1) * W, *restrict Up = U + t * W;
+            const T *restrict Vp = V + t * W;
+            cu[0] += dga[c * C + t];
+            cu[1] += dgf[c * C + t];
+            for (long s = 0; s <= t; s++) {
+                const T w = dat[t * C + s];
+                const T dC = w * qk[t * C + s] + (t == C - 1 ? dcl[c * C + s] : 0);
+                dqk[t * C + s] = w * Ut[2 + s] * tc[s];
+                dtc[s] += dC * Ut[2 + s];
+                cu[2 + s] += dC * tc[s];
+            }
+            T sa = 0, sm = 0, se = 0;
+            for (long x = 0; x < 2 + t; x++) {
+                sa += cu[x] * Up[x];
+                sm += cu[x] * Vp[x];
+                se += cv[x] * Vp[x];
+                cv[x] = mc[t] * cu[x] + ec[t] * cv[x];
+                cu[x] = ac[t] * cu[x];
+            }
+            da[c * C + t] = sa;
+            dm[c * C + t] = sm;
+            de[c * C + t] = se;
+        }
+        /* dq_t = sum_{s<=t} dqk_ts k_s, dk_s = sum_{t>=s} dqk_ts q_t */
+        for (long t = 0; t < C; t++) {
+            T *restrict dqt = dqc + t * K;
+            for (long j = 0; j < K; j++) dqt[j] = 0;
+            for (long s = 0; s <= t; s++) {
+                const T w = dqk[t * C + s];
+                const T *restrict ks = kc + s * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) dqt[j] += w * ks[j];
+            }
+        }
+        for (long s = 0; s < C; s++) {
+            T *restrict dks = dkc + s * K;
+            for (long j = 0; j < K; j++) dks[j] = 0;
+            for (long t = s; t < C; t++) {
+                const T w = dqk[t * C + s];
+                const T *restrict qt = qc + t * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) dks[j] += w * qt[j];
+            }
+        }
+    }
+    free(U);
+}
+
 /* the exported kernels: the bodies above compiled again for the width K = 32 (a constant
    lets the compiler unroll the rows), else for any K */
 void NAME(titans_fwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
@@ -303,6 +456,27 @@ void NAME(titans_bwd)(const T *q, const T *k, const T *R, const T *att, const T 
     else
         NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, dout, dMs, dSs, dq, dk, dR,
                   datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, N, C, K, p0, p1);
+}
+
+void NAME(titans_gates_fwd)(const T *q, const T *k, const T *a, const T *e, const T *m,
+                            const T *th, T *att, T *ga, T *gf, T *cl, T *re, T *gE, long N,
+                            long C, long K, long p0, long p1) {
+    if (K == 32)
+        NAME(gates_fwd)(q, k, a, e, m, th, att, ga, gf, cl, re, gE, N, C, 32, p0, p1);
+    else
+        NAME(gates_fwd)(q, k, a, e, m, th, att, ga, gf, cl, re, gE, N, C, K, p0, p1);
+}
+
+void NAME(titans_gates_bwd)(const T *q, const T *k, const T *a, const T *e, const T *m,
+                            const T *th, const T *datt, const T *dga, const T *dgf,
+                            const T *dcl, const T *dre, const T *dgE, T *dq, T *dk, T *da,
+                            T *de, T *dm, T *dth, long N, long C, long K, long p0, long p1) {
+    if (K == 32)
+        NAME(gates_bwd)(q, k, a, e, m, th, datt, dga, dgf, dcl, dre, dgE, dq, dk, da, de, dm,
+                        dth, N, C, 32, p0, p1);
+    else
+        NAME(gates_bwd)(q, k, a, e, m, th, datt, dga, dgf, dcl, dre, dgE, dq, dk, da, de, dm,
+                        dth, N, C, K, p0, p1);
 }
 
 #endif

@@ -33,6 +33,14 @@ def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
     return 2 * chunks * (5 * CKK + tri), 2 * chunks * (11 * CKK + C * C * K + tri + 3 * K * K)
 
 
+def gate_flops(chunks: int, C: int, K: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the gate kernels over `chunks` (pair, chunk)s: q k^T
+    (C^2 K) and the recurrence (2 C (C + 2)), backward q k^T again, dq and dk (C^2 K) and
+    the recurrence run back (5 C (C + 2))."""
+    rec = C * (C + 2)
+    return 2 * chunks * (C * C * K + 2 * rec), 2 * chunks * (2 * C * C * K + 5 * rec)
+
+
 def load():
     return native.load("titans_scan")
 
@@ -40,7 +48,9 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "titans_fwd", dtype, [P] * 15 + [L] * 5),
-            native.kernel(lib, "titans_bwd", dtype, [P] * 27 + [L] * 5))
+            native.kernel(lib, "titans_bwd", dtype, [P] * 27 + [L] * 5),
+            native.kernel(lib, "titans_gates_fwd", dtype, [P] * 12 + [L] * 5),
+            native.kernel(lib, "titans_gates_bwd", dtype, [P] * 18 + [L] * 5))
 
 
 class _NativeTitans(torch.autograd.Function):
@@ -48,7 +58,7 @@ class _NativeTitans(torch.autograd.Function):
     def forward(ctx, lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0):
         ins = [t.contiguous() for t in (q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0)]
         B, H, N, C, K = q.shape
-        fwd, _ = _kernels(lib, q.dtype)
+        fwd = _kernels(lib, q.dtype)[0]
         o = torch.empty_like(ins[0])
         Ms, Ss = (q.new_empty(B, H, N + 1, K, K) for _ in range(2))
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), N, C, K, p0, p1)
@@ -63,7 +73,7 @@ class _NativeTitans(torch.autograd.Function):
         *ins, Ms, Ss = ctx.saved_tensors
         q, P0 = ins[0], ins[9]
         B, H, N, C, K = q.shape
-        _, bwd = _kernels(ctx.lib, q.dtype)
+        bwd = _kernels(ctx.lib, q.dtype)[1]
         do = torch.zeros_like(q) if do is None else do.contiguous()
         dMs, dSs = (None if t is None else t.contiguous() for t in (dMs, dSs))
         grads = [torch.empty_like(t) for t in ins[:9]]
@@ -78,3 +88,45 @@ class _NativeTitans(torch.autograd.Function):
 def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0):
     """(o, Ms, Ss) as the module docstring says; `lib` = load()."""
     return _NativeTitans.apply(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0)
+
+
+class _NativeGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, a, e, m, th):
+        ins = [t.contiguous() for t in (q, k, a, e, m, th)]
+        B, H, N, C, K = q.shape
+        fwd = _kernels(lib, q.dtype)[2]
+        att = q.new_empty(B, H, N, C, C)
+        ga, gf, cl, re = (torch.empty_like(ins[2]) for _ in range(4))
+        gE = q.new_empty(B, H, N)
+        out = (att, ga, gf, cl, re, gE)
+        native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, out), N, C, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        ctx.save_for_backward(*ins)
+        ctx.lib = lib
+        flop_count.add(gate_flops(B * H * N, C, K)[0])
+        return out
+
+    @staticmethod
+    def backward(ctx, *douts):
+        ins = ctx.saved_tensors
+        B, H, N, C, K = ins[0].shape
+        bwd = _kernels(ctx.lib, ins[0].dtype)[3]
+        shapes = [(B, H, N, C, C)] + [(B, H, N, C)] * 4 + [(B, H, N)]
+        douts = [ins[0].new_zeros(n) if d is None else d.contiguous()
+                 for d, n in zip(douts, shapes)]
+        grads = [torch.empty_like(t) for t in ins]
+        native.run(bwd, [(*map(native.ptr, (*ins, *douts, *grads)), N, C, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        flop_count.add(gate_flops(B * H * N, C, K)[1])
+        return None, *grads
+
+
+def titans_gates(lib, q, k, a, e, m, th):
+    """The gate coefficients of ops.memory's chunk form in C, each chunk one recurrence
+    (titans_scan.c, coef): q, k (B, H, N, C, K); a, e, m, th (B, H, N, C), the steps'
+    1 - alpha, E's and S's factors and theta (1, 1, 0, 0 off the sequence). Returns
+    (att, ga, gf, cl, re, gE) as titans_linear takes them: att = Cm o q k^T (B, H, N, C, C),
+    zero above the diagonal; A, f, Cm's last row, RE's last row times theta (B, H, N, C); E_T
+    (B, H, N). Differentiable in all six inputs; `lib` = load()."""
+    return _NativeGates.apply(lib, q, k, a, e, m, th)
