@@ -529,22 +529,24 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
         R = ka @ W0[:, None] - v                                 # (B, H, N, C, K)
         aug = lambda W, b: torch.cat([W, b[..., None, :]], -2).to(q.dtype)  # noqa: E731
     else:
-        qa, ka, kg = q, k, k
-        R = _per_head(k, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None] - v
-        aug = lambda W, b: W.to(q.dtype)  # noqa: E731
         from rnnzoo.ops import flop_count  # here: the module's head is the TTT region's
         from rnnzoo.ops.native import titans_scan
 
+        qa, ka, kg = q, k, k
+        W0, b0 = (t.to(q.dtype) for t in init[:2])
         P0, M0, S0 = (t.to(q.dtype) for t in (Pg[0], Mc[0], S[0]))
-        lib = titans_scan.load() if flop_count.native(q, k, R, *gates, P0, M0, S0) else None
-        if lib is not None:  # the gates' coefficients, the chunk loop and its reads in C
-            read0 = _per_head(q, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
+        lib = titans_scan.load() if flop_count.native(q, k, v, *gates, P0, M0, S0, W0) else None
+        if lib is not None:  # the gates' coefficients, the chunk loop and every read in C
             coef = titans_scan.titans_gates(lib, q, k, *gates)      # (ops.native.titans_scan)
-            o, Ms, Ss = titans_scan.titans_linear(lib, q, k, R, *coef, P0, M0, S0)
-            P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j], Ms[:, :, j + 1],
-                                    Ss[:, :, j + 1]) for j in range(first, N)], last, first)
+            lo = max(first, 1)   # the states read: lo .. N (at most 3; Ms[:, :, i]: lo + i)
+            o, Ms, Ss = titans_scan.titans_linear(lib, q, k, b0[:, None, None] - v, *coef, P0,
+                                                  M0, S0, W0, N + 1 - lo)
+            P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j - lo], Ms[:, :, j + 1 - lo],
+                                    Ss[:, :, j + 1 - lo]) for j in range(first, N)], last, first)
             zero = lambda: torch.zeros_like(P_f[..., 0, :])  # noqa: E731
-            return [P_f, zero(), M_f, zero(), S_f, zero()], read0 + o
+            return [P_f, zero(), M_f, zero(), S_f, zero()], o + b0[:, None, None]
+        R = _per_head(k, W0) + b0[:, None, None] - v
+        aug = lambda W, b: W.to(q.dtype)  # noqa: E731
     Cm, f, REth, Acum, Ecum = _coefficients(*gates)
     att, read0 = _first_layer(q, k, init, Cm, bias)
     Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2J, K)
