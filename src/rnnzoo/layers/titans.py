@@ -46,6 +46,7 @@ from torch import nn
 
 from rnnzoo.checks import choice, flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
+from rnnzoo.layers._delta_block import conv_l2, l2norm
 from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -58,6 +59,7 @@ from rnnzoo.ops.memory import (
     titans_sequential,
     titans_step,
 )
+from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -84,13 +86,23 @@ def memory_output(layer, d_model, norm_eps):
     layer.o_proj = Linear(H * K, d_model, bias=False)
 
 
-def memory_qkv(layer, x, conv_state):
+def memory_qkv(layer, x, conv_state, fused=False):
     """The read/write inputs every memory layer here shares: q, k (unit norm per head), v:
-    (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state."""
+    (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state.
+    `fused`: the norms in the C convolution on the CPU (_delta_block.conv_l2; equal up to
+    rounding: Titans takes it, the other memory layers keep F.normalize's rounding)."""
     B, T, _ = x.shape
-    qkv, conv_state = layer.conv(layer.qkv_proj(x).to(compute_dtype(x)), conv_state)
-    q, k, v = qkv.reshape(B, T, 3, layer.num_heads, layer.head_dim).unbind(2)
-    return F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6), v, conv_state
+    H, K = layer.num_heads, layer.head_dim
+    qkv = layer.qkv_proj(x).to(compute_dtype(x))
+    if not fused:
+        qkv, conv_state = layer.conv(qkv, conv_state)
+        q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
+        return F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6), v, conv_state
+    qkv, conv_state, normed = conv_l2(layer.conv, qkv, conv_state, 2 * H, K, False)
+    q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
+    if not normed:
+        q, k = l2norm(q), l2norm(k)
+    return q, k, v, conv_state
 
 
 @register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
@@ -160,7 +172,7 @@ class Titans(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
         B, T, _ = x.shape
-        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        q, k, v, conv_state = memory_qkv(self, x, conv_state, fused=True)
         gates = torch.sigmoid(self.gate_proj(x).to(q.dtype))
         theta, alpha, eta = gates.reshape(B, T, 3, self.num_heads).unbind(2)
         return q, k, v, self.base_lr * theta, alpha, eta, conv_state
@@ -178,8 +190,10 @@ class Titans(RecurrentLayer):
         if self.inner_norm:
             w, b = self.inner_norm_weight.to(z.dtype), self.inner_norm_bias.to(z.dtype)
             z = q + F.layer_norm(z, z.shape[-1:], eps=self.norm_eps) * w + b
-        gate = torch.sigmoid((self.g_proj(x) if gate is None else gate).to(z.dtype)).view(z.shape)
-        return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
+        gate = (self.g_proj(x) if gate is None else gate).to(z.dtype)
+        y = rms_gate(z.flatten(2), self.norm.weight.to(z.dtype), self.head_dim, self.norm.eps,
+                     gate.view(z.shape[:-2] + (-1,)), "sigmoid")     # in C on the CPU
+        return self.o_proj(y.to(x.dtype))
 
     def combine(self, x, state, memory, attend):
         """The block around the memory: memory(x, mem_state) and attend(x, attn_state) each
@@ -197,9 +211,8 @@ class Titans(RecurrentLayer):
 
     def gate(self, y, m):
         """MAG's and MAC's y (x) M: n_y(y) * sigmoid(n_m(m))."""
-        w = self.gate_norm.to(y.dtype)
-        return F.rms_norm(y, y.shape[-1:], w[0], self.norm_eps) * torch.sigmoid(
-            F.rms_norm(m, m.shape[-1:], w[1], self.norm_eps))
+        w, D = self.gate_norm.to(y.dtype), y.shape[-1]
+        return rms_gate(y, w[0], D, self.norm_eps, rms_gate(m, w[1], D, self.norm_eps), "sigmoid")
 
     def _forward(self, x, state, mode):
         if self.block == "mac" and mode == "chunk":
@@ -256,20 +269,23 @@ class Titans(RecurrentLayer):
         # what reads x alone runs once for every piece: the retrieval's queries, the
         # retrieval's output gate, a fresh segment's attention state
         B = x.shape[0]
-        q = F.normalize(self.retrieve_proj(x).to(compute_dtype(x)).view(
-            B, T, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        q = l2norm(self.retrieve_proj(x).to(compute_dtype(x)).view(
+            B, T, self.num_heads, self.head_dim))
         gate = self.g_proj(x)
         start = self.segment_start(B, state[-3:])
-        ys = []
+        outs = []
         for piece, q_p, g_p in zip(*(t.split(sizes, 1) for t in (x, q, gate))):
-            y, state = self._mac_piece(piece, state, q_p, g_p, start)
-            ys.append(y)
-        return torch.cat(ys, 1), state
+            *out, state = self._mac_piece(piece, state, q_p, g_p, start)
+            outs.append(out)
+        # what the next piece does not read runs once for all: the memory's output, the gate
+        y, z, q_m = (torch.cat(t, 1) for t in zip(*outs))
+        return self.gate(y, self.op_output(z, q_m, y)), state
 
     def _mac_piece(self, x, state, q, gate, start):
-        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once; q the
-        retrieval's queries (B, T, H, K), gate g_proj(x), start a fresh segment's attention
-        state."""
+        """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once, up to
+        the memory's output: q the retrieval's queries (B, T, H, K), gate g_proj(x), start a
+        fresh segment's attention state. Returns (y, the memory's read z and its queries,
+        state): o = gate(y, op_output(z, queries, y))."""
         mem, att = state[:-3], state[-3:]
         L = (len(mem) - 2) // 3
         n = mem[3 * L].round()
@@ -282,8 +298,9 @@ class Titans(RecurrentLayer):
         y, att = self.attn._forward(torch.stack([h, x], 2).flatten(1, 2), att, "parallel")
         # the piece lies inside one segment (offset + T <= C): the memory's chunk form needs
         # one chunk, not the two that cover any offset
-        m, mem = self._memory(y[:, 1::2], mem, "chunk", within=True)
-        return self.gate(y[:, 1::2], m), (*mem, *att)
+        y = y[:, 1::2]
+        z, q, mem = self._memory_read(y, mem, "chunk", within=True)
+        return y, z, q, (*mem, *att)
 
     def _mac_step(self, x_t, state):
         """Memory as context, one token (section 4.1). At a segment's start (n = 0 or C) the
@@ -300,8 +317,8 @@ class Titans(RecurrentLayer):
         full = (n == self.chunk_size).view(-1, 1, 1, 1)
         seg = [torch.where(full if g.dim() == 4 else full[..., 0], m, g)
                for g, m in zip(mem[:L], mem[L:2 * L])]        # the memory at the segment start
-        q = F.normalize(self.retrieve_proj(x_t).to(compute_dtype(x_t)).view(
-            B, self.num_heads, self.head_dim), dim=-1, eps=1e-6)
+        q = l2norm(self.retrieve_proj(x_t).to(compute_dtype(x_t)).view(
+            B, self.num_heads, self.head_dim))
         init, w, b = self.op_args(q.dtype)
         zero = torch.zeros_like(q[..., 0])                    # a step that reads, learns nothing
         z, _ = titans_step(self.kind, q, q, q, zero, zero, zero, self.chunk_size, init,
@@ -313,6 +330,12 @@ class Titans(RecurrentLayer):
         return self.gate(y[:, 1], m), (*mem, *att)
 
     def _memory(self, x, state, mode, within=False):
+        z, q, state = self._memory_read(x, state, mode, within)
+        return self.op_output(z, q, x), state
+
+    def _memory_read(self, x, state, mode, within=False):
+        """The memory over x (B, T, d) before its output: (read z, queries q (B, T, H, K),
+        new state)."""
         *mem, conv_state = state
         q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
         init, w, b = self.op_args(q.dtype)
@@ -322,7 +345,7 @@ class Titans(RecurrentLayer):
             z, mem = titans_chunked(*args, within=within)
         else:
             z, mem = titans_sequential(*args)
-        return self.op_output(z, q, x), (*mem, conv_state)
+        return z, q, (*mem, conv_state)
 
     def _memory_step(self, x_t, state):
         *mem, conv_state = state

@@ -405,6 +405,28 @@ def _per_head(x, W):
     return (x.flatten(2, 3) @ W).view(*x.shape[:-1], W.shape[-1])
 
 
+def _coefficients(a, e, m, th):
+    """The gates' coefficients of every chunk at once (they do not depend on the memory):
+    a, e, m, th (B, H, N, C) (1 - alpha, E's and S's factors, theta) -> Cm (B, H, N, C, C),
+    f, REth = RE's last row times theta, Acum, Ecum (B, H, N, C)."""
+    RA, RE = _ratios(a), _ratios(e)
+    Acum, Ecum = torch.cumprod(a, -1), torch.cumprod(e, -1)
+    Eprev = torch.cat([torch.ones_like(Ecum[..., :1]), Ecum[..., :-1]], -1)
+    RE_prev = torch.cat([torch.zeros_like(RE[..., :1, :]), RE[..., :-1, :]], -2)
+    Cm = (RA + RA @ (m[..., :, None] * RE_prev)) * th[..., None, :]
+    f = (RA * (m * Eprev)[..., None, :]).sum(-1)
+    return Cm, f, RE[..., -1, :] * th, Acum, Ecum
+
+
+def _first_layer(q, k, init, Cm, bias):
+    """The first layer reads q and writes at k (B, H, N, C, K): its attention
+    Cm o (q_t . k_s (+ 1, the bias's input)) and its read through the initial weights do
+    not depend on the memory, so every chunk's are one product. Returns (att, read0)."""
+    qk = q @ k.transpose(-1, -2)
+    att = Cm * (qk + 1 if bias else qk)
+    return att, _per_head(q, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
+
+
 def _pick(history, last, first=0):
     """The state each batch element holds after its last chunk: history[j] lists the state
     tensors (B, ...) after chunk first + j; last (B,) is each element's last chunk (>= first).
@@ -423,8 +445,12 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     the caller knows that every sequence's steps lie inside one chunk (its offset plus T at
     most C, as Titans-MAC's segments do), so one chunk is laid out instead of the two that
     cover any offset."""
+    from rnnzoo.ops.finite import clean_inputs, marked  # here: the module's head is TTT's
+
     B, T, H, K = q.shape
-    (q,), (k, v, theta, alpha, eta), marks = finite_inputs(read=(q,), write=(k, v, theta, alpha, eta))
+    # where reading is free, no copies (nor NaN marks) for inputs that are all finite
+    check = clean_inputs if backend.host_readable(q) else finite_inputs
+    (q,), (k, v, theta, alpha, eta), marks = check((q,), (k, v, theta, alpha, eta))
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
     NT, first, last, place, take = _grid(c, T, C, within)
@@ -432,28 +458,15 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     a_g, e_g = 1 - place(alpha), 1 - place(1 - eta)   # identity off the sequence
     m_g, th_g = place(eta), place(theta)
     zs = []
-    # the gates' coefficients of every chunk at once (they do not depend on the memory)
-    a, e, m, th = (t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g))
-    RA_all, RE_all = _ratios(a), _ratios(e)
-    Acum_all, Ecum_all = torch.cumprod(a, -1), torch.cumprod(e, -1)
-    Eprev = torch.cat([torch.ones_like(Ecum_all[..., :1]), Ecum_all[..., :-1]], -1)
-    RE_prev = torch.cat([torch.zeros_like(RE_all[..., :1, :]), RE_all[..., :-1, :]], -2)
-    Cm_all = (RA_all + RA_all @ (m[..., :, None] * RE_prev)) * th[..., None, :]
-    f_all = (RA_all * (m * Eprev)[..., None, :]).sum(-1)
-    REth_all = RE_all[..., -1, :] * th                               # (B, H, NT, C)
-    # the first layer reads q and writes at k: its read through the initial weights and its
-    # attention q_t . k_s do not depend on the memory, so every chunk's are one product
+    gates = [t.reshape(B, H, NT, C) for t in (a_g, e_g, m_g, th_g)]
     q_ch, k_ch = (t.reshape(B, H, NT, C, K) for t in (qg, kg))
-    qk = q_ch @ k_ch.transpose(-1, -2)
-    att0_all = Cm_all * (qk + 1 if bias else qk)                   # the bias's input is 1
-    read0_all = _per_head(q_ch, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None]
     if kind == "linear" and not norm:
         final, z = _titans_linear_chunks(q_ch, k_ch, vg.reshape(B, H, NT, C, K), init, Pg, Mc,
-                                         S, bias, Cm_all, f_all, REth_all, Acum_all, Ecum_all,
-                                         att0_all, read0_all, last, first)
-        z = take(z.reshape(B, H, NT * C, K))
-        n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
-        return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+                                         S, bias, gates, last, first)
+        z, final = marked(take(z.reshape(B, H, NT * C, K)), tuple(final), marks)
+        return z, (*final, ((c + T - 1) % C + 1).to(state[-1].dtype))
+    Cm_all, f_all, REth_all, Acum_all, Ecum_all = _coefficients(*gates)
+    att0_all, read0_all = _first_layer(q_ch, k_ch, init, Cm_all, bias)
     history = []
     for j in range(NT):
         sl = slice(j * C, (j + 1) * C)
@@ -486,13 +499,11 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
             history.append([*Pg, *Mc, *S])
         Pg = Mc
     final = _pick(history, last, first)
-    z = take(torch.cat(zs, 2))
-    n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
-    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+    z, final = marked(take(torch.cat(zs, 2)), tuple(final), marks)
+    return z, (*final, ((c + T - 1) % C + 1).to(state[-1].dtype))
 
 
-def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecum, att, read0,
-                          last, first=0):
+def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
     """The linear memory without inner norm: a chunk's gradients G = k_a (W_0 + M') - v are
     linear in its gradient point M' (k_a = [k, 1], weights stacked W_a = [W; b]), so with
     (M, S) at a chunk's start (and M' = M from the second chunk on) the chunk maps
@@ -500,7 +511,7 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
     (R = k_a W_0 - v, Kc = diag(Cm[-1]) [k, bias], Ke = diag(RE theta) [k, bias]): the maps'
     matrices and every read are products over all chunks at once, and only (M, S), each
     (J, K) with J = K+1 (K for a weight-only memory whose bias rows are zero), passes from
-    chunk to chunk. q, k, v (B, H, N, C, K); gate coefficients as in titans_chunked.
+    chunk to chunk. q, k, v (B, H, N, C, K); gates (a, e, m, th) as _coefficients takes them.
     Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk
     (last (B,), none before `first`), z (B, H, N, C, K))."""
     B, H, N, C, K = q.shape
@@ -518,21 +529,26 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
         R = ka @ W0[:, None] - v                                 # (B, H, N, C, K)
         aug = lambda W, b: torch.cat([W, b[..., None, :]], -2).to(q.dtype)  # noqa: E731
     else:
-        qa, ka, kg = q, k, k
-        R = _per_head(k, init[0].to(q.dtype)) + init[1].to(q.dtype)[:, None, None] - v
-        aug = lambda W, b: W.to(q.dtype)  # noqa: E731
         from rnnzoo.ops import flop_count  # here: the module's head is the TTT region's
         from rnnzoo.ops.native import titans_scan
 
+        qa, ka, kg = q, k, k
+        W0, b0 = (t.to(q.dtype) for t in init[:2])
         P0, M0, S0 = (t.to(q.dtype) for t in (Pg[0], Mc[0], S[0]))
-        lib = titans_scan.load() if flop_count.native(q, k, R, att, P0, M0, S0) else None
-        if lib is not None:  # the chunk loop and its reads in C (ops.native.titans_scan)
-            o, Ms, Ss = titans_scan.titans_linear(lib, q, k, R, att, Acum, f, Cm[..., -1, :],
-                                                  REth, Ecum[..., -1], P0, M0, S0)
-            P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j], Ms[:, :, j + 1],
-                                    Ss[:, :, j + 1]) for j in range(first, N)], last, first)
+        lib = titans_scan.load() if flop_count.native(q, k, v, *gates, P0, M0, S0, W0) else None
+        if lib is not None:  # the gates' coefficients, the chunk loop and every read in C
+            coef = titans_scan.titans_gates(lib, q, k, *gates)      # (ops.native.titans_scan)
+            lo = max(first, 1)   # the states read: lo .. N (at most 3; Ms[:, :, i]: lo + i)
+            o, Ms, Ss = titans_scan.titans_linear(lib, q, k, b0[:, None, None] - v, *coef, P0,
+                                                  M0, S0, W0, N + 1 - lo)
+            P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j - lo], Ms[:, :, j + 1 - lo],
+                                    Ss[:, :, j + 1 - lo]) for j in range(first, N)], last, first)
             zero = lambda: torch.zeros_like(P_f[..., 0, :])  # noqa: E731
-            return [P_f, zero(), M_f, zero(), S_f, zero()], read0 + o
+            return [P_f, zero(), M_f, zero(), S_f, zero()], o + b0[:, None, None]
+        R = _per_head(k, W0) + b0[:, None, None] - v
+        aug = lambda W, b: W.to(q.dtype)  # noqa: E731
+    Cm, f, REth, Acum, Ecum = _coefficients(*gates)
+    att, read0 = _first_layer(q, k, init, Cm, bias)
     Pg0, Z = aug(*Pg), torch.cat([aug(*Mc), aug(*S)], -2)       # (B, H, 2J, K)
     A_T, f_T, E_T = Acum[..., -1], f[..., -1], Ecum[..., -1]     # (B, H, N)
     Kc, Ke = kg * Cm[..., -1, :, None], kg * REth[..., None]

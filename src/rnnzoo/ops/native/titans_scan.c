@@ -4,27 +4,29 @@
    For chunk n with gradient point P (the state's M' for the first chunk, the chunk's
    starting M after it), its C steps q, k, R (R = k W_0 + b_0 - v) and gate coefficients:
 
-       G   = k P + R                                   (C, K): every step's gradient
-       o_t = A_t q_t M + f_t q_t S - sum_{s<=t} att_ts G_s
+       G   = k (P + W0) + R                            (C, K): every step's gradient
+       o_t = q_t W0 + A_t q_t M + f_t q_t S - sum_{s<=t} att_ts G_s
        M  <- A_T M + f_T S - sum_s cl_s k_s G_s^T,     S <- E_T S - sum_s re_s k_s G_s^T
 
-   (A_T = A_{C-1}, f_T = f_{C-1}; att = Cm o (q k^T), read on and below its diagonal only,
+   (W0 the initial memory, R = b_0 - v; A_T = A_{C-1}, f_T = f_{C-1}; att = Cm o (q k^T), read on and below its diagonal only,
    datt zero above; cl = Cm's last row, re = RE theta; all made by the caller). Every chunk's starting (M, S) is written out
    (Ms, Ss: N + 1 of them, the last the final state); the backward reads them back and
    recomputes G. With gM, gS the gradients of the chunk's final (M, S):
 
        dA_T = <gM, M>, df_T = <gM, S>, dE_T = <gS, S>
        dG_s = -cl_s gM^T k_s - re_s gS^T k_s - sum_{t>=s} att_ts do_t,   dR = dG
-       dk_s = -cl_s gM G_s - re_s gS G_s + P dG_s,   dcl_s = -k_s^T gM G_s,  dre_s likewise
-       dA_t = do_t . q_t M,  df_t = do_t . q_t S,  dq_t = A_t M do_t + f_t S do_t
-       datt_ts = -do_t . G_s (s <= t, else 0),  dP = sum_s k_s dG_s^T
+       dk_s = -cl_s gM G_s - re_s gS G_s + (P + W0) dG_s,   dcl_s = -k_s^T gM G_s,  dre_s likewise
+       dA_t = do_t . q_t M,  df_t = do_t . q_t S,  dq_t = A_t M do_t + f_t S do_t + W0 do_t
+       datt_ts = -do_t . G_s (s <= t, else 0),  dP = sum_s k_s dG_s^T,
+       dW0 = sum over chunks of dP + sum_t q_t do_t^T
        gM <- A_T gM + sum_t A_t q_t do_t^T (+ dP after the first chunk),
        gS <- f_T gM + E_T gS + sum_t f_t q_t do_t^T          (plus dMs, dSs of each chunk)
 
    Layouts (row-major, contiguous), pr = b H + h a pair: q, k, R, o and their gradients
    (pairs, N, C, K); att, datt (pairs, N, C, C); ga (A), gf (f), cl, re and gradients
-   (pairs, N, C); gE (E_T), dgE (pairs, N); P0, M0, S0, dP0, dM0, dS0 (pairs, K, K); Ms, Ss,
-   dMs, dSs (pairs, N + 1, K, K) (dMs, dSs may be NULL: zero). Each function does the
+   (pairs, N, C); gE (E_T), dgE (pairs, N); P0, M0, S0, W0, dP0, dM0, dS0, dW0 (pairs, K, K); Ms, Ss,
+   dMs, dSs (pairs, N + 1 - lo, K, K): the gradients of the states from chunk lo on (those
+   before are zero; dMs, dSs may be NULL: all zero). Each function does the
    pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -53,12 +55,13 @@ static inline __attribute__((always_inline)) void NAME(fwd)(
         const T *restrict q, const T *restrict k, const T *restrict R, const T *restrict att,
         const T *restrict ga, const T *restrict gf, const T *restrict cl, const T *restrict re,
         const T *restrict gE, const T *restrict P0, const T *restrict M0, const T *restrict S0,
-        T *restrict o, T *restrict Ms, T *restrict Ss, long N, long C, long K, long p0,
-        long p1) {
+        const T *restrict W0, T *restrict o, T *restrict Ms, T *restrict Ss, long N, long C,
+        long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc(CK * sizeof(T));
+    T *G = malloc((CK + KK) * sizeof(T)), *Pe = G + CK;
     for (long pr = p0; pr < p1; pr++) {
         T *M = Ms + pr * (N + 1) * KK, *S = Ss + pr * (N + 1) * KK;
+        const T *restrict W = W0 + pr * KK;
         memcpy(M, M0 + pr * KK, KK * sizeof(T));
         memcpy(S, S0 + pr * KK, KK * sizeof(T));
         for (long n = 0; n < N; n++) {
@@ -69,15 +72,18 @@ static inline __attribute__((always_inline)) void NAME(fwd)(
             const T *restrict an = att + c * C * C, *restrict A = ga + c * C;
             const T *restrict f = gf + c * C, *restrict cn = cl + c * C, *restrict rn = re + c * C;
             T *restrict on = o + c * CK;
-            NAME(gradients)(kn, n ? Mn : P0 + pr * KK, R + c * CK, G, C, K);
+            const T *restrict P = n ? Mn : P0 + pr * KK;
+            for (long e = 0; e < KK; e++) Pe[e] = P[e] + W[e];
+            NAME(gradients)(kn, Pe, R + c * CK, G, C, K);
             for (long t = 0; t < C; t++) {
                 T *restrict ot = on + t * K;
                 for (long j = 0; j < K; j++) ot[j] = 0;
                 for (long i = 0; i < K; i++) {
-                    const T a = A[t] * qn[t * K + i], b = f[t] * qn[t * K + i];
+                    const T qi = qn[t * K + i], a = A[t] * qi, b = f[t] * qi;
                     const T *restrict Mi = Mn + i * K, *restrict Si = Sn + i * K;
+                    const T *restrict Wi = W + i * K;
 #pragma omp simd
-                    for (long j = 0; j < K; j++) ot[j] += a * Mi[j] + b * Si[j];
+                    for (long j = 0; j < K; j++) ot[j] += a * Mi[j] + b * Si[j] + qi * Wi[j];
                 }
                 for (long s = 0; s <= t; s++) {
                     const T w = an[t * C + s];
@@ -117,38 +123,61 @@ static inline __attribute__((always_inline)) void NAME(transpose)(const T *restr
         for (long j = 0; j < K; j++) Xt[j * K + i] = X[i * K + j];
 }
 
+/* y = sum_{j<m} x_j X_j over the n-wide rows X_j = X + j n, four rows a pass: one load and
+   store of y per four rows (a pass per row waited on its own store) */
+static inline __attribute__((always_inline)) void NAME(rows)(const T *restrict x,
+                                                             const T *restrict X,
+                                                             T *restrict y, long m, long n) {
+    for (long i = 0; i < n; i++) y[i] = 0;
+    long j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const T a = x[j], b = x[j + 1], c = x[j + 2], d = x[j + 3];
+        const T *restrict r0 = X + j * n, *restrict r1 = r0 + n, *restrict r2 = r1 + n;
+        const T *restrict r3 = r2 + n;
+#pragma omp simd
+        for (long i = 0; i < n; i++) y[i] += a * r0[i] + b * r1[i] + c * r2[i] + d * r3[i];
+    }
+    for (; j < m; j++) {
+        const T a = x[j];
+        const T *restrict r = X + j * n;
+#pragma omp simd
+        for (long i = 0; i < n; i++) y[i] += a * r[i];
+    }
+}
+
 /* y = x X^T over K rows: y_i = sum_j X_ij x_j, written as rows of Xt (no dot products:
    a horizontal sum per entry cost more than the products) */
 static inline __attribute__((always_inline)) void NAME(times_t)(const T *restrict x,
                                                                 const T *restrict Xt,
                                                                 T *restrict y, long K) {
-    for (long i = 0; i < K; i++) y[i] = 0;
-    for (long j = 0; j < K; j++) {
-        const T xj = x[j];
-        const T *restrict r = Xt + j * K;
-#pragma omp simd
-        for (long i = 0; i < K; i++) y[i] += xj * r[i];
-    }
+    NAME(rows)(x, Xt, y, K, K);
 }
 
 static inline __attribute__((always_inline)) void NAME(bwd)(
         const T *restrict q, const T *restrict k, const T *restrict R, const T *restrict att,
         const T *restrict ga, const T *restrict gf, const T *restrict cl, const T *restrict re,
         const T *restrict gE, const T *restrict P0, const T *restrict Ms, const T *restrict Ss,
-        const T *restrict dout, const T *restrict dMs, const T *restrict dSs, T *restrict dq,
-        T *restrict dk, T *restrict dR, T *restrict datt, T *restrict dga, T *restrict dgf,
-        T *restrict dcl, T *restrict dre, T *restrict dgE, T *restrict dP0, T *restrict dM0,
-        T *restrict dS0, long N, long C, long K, long p0, long p1) {
+        const T *restrict W0, const T *restrict dout, const T *restrict dMs,
+        const T *restrict dSs, T *restrict dq, T *restrict dk, T *restrict dR,
+        T *restrict datt, T *restrict dga, T *restrict dgf, T *restrict dcl, T *restrict dre,
+        T *restrict dgE, T *restrict dP0, T *restrict dM0, T *restrict dS0,
+        T *restrict dW0, long N, long lo, long C, long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc((3 * CK + 2 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
-    T *y = Gt + CK, *z = y + K;
-    T *gM = malloc(9 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
+    T *G = malloc((3 * CK + 3 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
+    T *y = Gt + CK, *z = y + K, *w = z + K;
+    T *gM = malloc(13 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
     T *gMt = nS + KK, *gSt = gMt + KK, *Mt = gSt + KK, *St = Mt + KK, *Pt = St + KK;
+    T *Pe = Pt + KK, *Wt = Pe + KK, *dP = Wt + KK;
     for (long pr = p0; pr < p1; pr++) {
         const long st = pr * (N + 1) * KK;
-        if (dMs) memcpy(gM, dMs + st + N * KK, KK * sizeof(T));
+        const T *restrict W = W0 + pr * KK;
+        T *restrict dW = dW0 + pr * KK;
+        memset(dW, 0, KK * sizeof(T));
+        NAME(transpose)(W, Wt, K);
+        const long dt0 = (pr * (N + 1 - lo) - lo) * KK;   /* state n's gradient: + n KK */
+        if (dMs) memcpy(gM, dMs + dt0 + N * KK, KK * sizeof(T));
         else memset(gM, 0, KK * sizeof(T));
-        if (dSs) memcpy(gS, dSs + st + N * KK, KK * sizeof(T));
+        if (dSs) memcpy(gS, dSs + dt0 + N * KK, KK * sizeof(T));
         else memset(gS, 0, KK * sizeof(T));
         for (long n = N - 1; n >= 0; n--) {
             const long c = pr * N + n;
@@ -162,16 +191,18 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             T *restrict dan = datt + c * C * C, *restrict dA = dga + c * C, *restrict df = dgf + c * C;
             T *restrict dcn = dcl + c * C, *restrict drn = dre + c * C;
             const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
-            NAME(gradients)(kn, P, R + c * CK, G, C, K);
+            for (long e = 0; e < KK; e++) Pe[e] = P[e] + W[e];
+            NAME(gradients)(kn, Pe, R + c * CK, G, C, K);
             for (long s = 0; s < C; s++)
                 for (long j = 0; j < K; j++) Gt[j * C + s] = G[s * K + j];
             NAME(transpose)(gM, gMt, K);
             NAME(transpose)(gS, gSt, K);
             NAME(transpose)(Mn, Mt, K);
             NAME(transpose)(Sn, St, K);
-            NAME(transpose)(P, Pt, K);
+            NAME(transpose)(Pe, Pt, K);
             /* the update's scalars */
             T sAM = 0, sFM = 0, sES = 0;
+#pragma omp simd reduction(+ : sAM, sFM, sES)
             for (long e = 0; e < KK; e++) {
                 sAM += gM[e] * Mn[e];
                 sFM += gM[e] * Sn[e];
@@ -182,16 +213,14 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             for (long s = 0; s < C; s++) {
                 const T *restrict ks = kn + s * K, *restrict Gs = G + s * K;
                 T *restrict dGs = dG + s * K, *restrict dks = dkn + s * K;
-                for (long j = 0; j < K; j++) dGs[j] = 0;
-                for (long i = 0; i < K; i++) {
-                    const T *restrict Mi = gM + i * K, *restrict Si = gS + i * K;
-                    const T a = -cn[s] * ks[i], b = -rn[s] * ks[i];
+                NAME(rows)(ks, gM, y, K, K);
+                NAME(rows)(ks, gS, z, K, K);
 #pragma omp simd
-                    for (long j = 0; j < K; j++) dGs[j] += a * Mi[j] + b * Si[j];
-                }
+                for (long j = 0; j < K; j++) dGs[j] = -cn[s] * y[j] - rn[s] * z[j];
                 NAME(times_t)(Gs, gMt, y, K);
                 NAME(times_t)(Gs, gSt, z, K);
                 T tc = 0, tr = 0;
+#pragma omp simd reduction(+ : tc, tr)
                 for (long i = 0; i < K; i++) {
                     dks[i] = -cn[s] * y[i] - rn[s] * z[i];
                     tc -= ks[i] * y[i];
@@ -200,27 +229,24 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                 dcn[s] = tc;
                 drn[s] = tr;
             }
-            /* the reads: y = M do_t, z = S do_t */
+            /* the reads: y = M do_t, z = S do_t, w = W0 do_t */
             for (long t = 0; t < C; t++) {
                 const T *restrict dt = don + t * K, *restrict qt = qn + t * K;
                 T *restrict dqt = dqn + t * K, *restrict dat = dan + t * C;
                 NAME(times_t)(dt, Mt, y, K);
                 NAME(times_t)(dt, St, z, K);
+                NAME(times_t)(dt, Wt, w, K);
                 T sa = 0, sf = 0;
+#pragma omp simd reduction(+ : sa, sf)
                 for (long i = 0; i < K; i++) {
-                    dqt[i] = A[t] * y[i] + f[t] * z[i];
+                    dqt[i] = A[t] * y[i] + f[t] * z[i] + w[i];
                     sa += qt[i] * y[i];
                     sf += qt[i] * z[i];
                 }
                 dA[t] = sa;
                 df[t] = sf;
-                for (long s = 0; s < C; s++) dat[s] = 0;
-                for (long j = 0; j < K; j++) {   /* datt_ts = -do_t . G_s */
-                    const T w = -dt[j];
-                    const T *restrict g = Gt + j * C;
-#pragma omp simd
-                    for (long s = 0; s < C; s++) dat[s] += w * g[s];
-                }
+                NAME(rows)(dt, Gt, dat, K, C);   /* datt_ts = -do_t . G_s */
+                for (long s = 0; s <= t; s++) dat[s] = -dat[s];
                 for (long s = 0; s <= t; s++) {
                     const T w = an[t * C + s];
                     T *restrict dGs = dG + s * K;
@@ -232,28 +258,29 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             dA[C - 1] += sAM;
             df[C - 1] += sFM;
             /* the gradients of the chunk's starting M, S */
-            for (long i = 0; i < K; i++) {
-                T *restrict nMi = nM + i * K, *restrict nSi = nS + i * K;
-                const T *restrict gMi = gM + i * K, *restrict gSi = gS + i * K;
 #pragma omp simd
-                for (long j = 0; j < K; j++) {
-                    nMi[j] = AT * gMi[j];
-                    nSi[j] = fT * gMi[j] + ET * gSi[j];
-                }
-                for (long t = 0; t < C; t++) {
-                    const T a = A[t] * qn[t * K + i], b = f[t] * qn[t * K + i];
-                    const T *restrict dt = don + t * K;
+            for (long e = 0; e < KK; e++) {
+                nM[e] = AT * gM[e];
+                nS[e] = fT * gM[e] + ET * gS[e];
+            }
+            for (long t = 0; t < C; t++) {   /* t outer: no row waits on its own store */
+                const T *restrict dt = don + t * K;
+                for (long i = 0; i < K; i++) {
+                    const T qi = qn[t * K + i], a = A[t] * qi, b = f[t] * qi;
+                    T *restrict nMi = nM + i * K, *restrict nSi = nS + i * K;
+                    T *restrict dWi = dW + i * K;
 #pragma omp simd
                     for (long j = 0; j < K; j++) {
                         nMi[j] += a * dt[j];
                         nSi[j] += b * dt[j];
+                        dWi[j] += qi * dt[j];
                     }
                 }
             }
-            /* G = k P + R: dR = dG, dk += P dG, dP = sum_s k_s dG_s^T (M's after chunk 0) */
+            /* G = k (P + W0) + R: dR = dG, dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
+               after chunk 0), dW0 += dP */
             memcpy(dR + c * CK, dG, CK * sizeof(T));
-            T *restrict dP = n ? nM : dP0 + pr * KK;
-            if (!n) memset(dP, 0, KK * sizeof(T));
+            memset(dP, 0, KK * sizeof(T));
             for (long s = 0; s < C; s++) {
                 const T *restrict ks = kn + s * K, *restrict dGs = dG + s * K;
                 T *restrict dks = dkn + s * K;
@@ -266,10 +293,16 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                     for (long j = 0; j < K; j++) dPi[j] += ki * dGs[j];
                 }
             }
-            if (dMs)
-                for (long e = 0; e < KK; e++) nM[e] += dMs[st + n * KK + e];
-            if (dSs)
-                for (long e = 0; e < KK; e++) nS[e] += dSs[st + n * KK + e];
+            T *restrict dPn = n ? nM : dP0 + pr * KK;
+            if (!n) memset(dPn, 0, KK * sizeof(T));
+            for (long e = 0; e < KK; e++) {
+                dPn[e] += dP[e];
+                dW[e] += dP[e];
+            }
+            if (dMs && n >= lo)
+                for (long e = 0; e < KK; e++) nM[e] += dMs[dt0 + n * KK + e];
+            if (dSs && n >= lo)
+                for (long e = 0; e < KK; e++) nS[e] += dSs[dt0 + n * KK + e];
             memcpy(gM, nM, KK * sizeof(T));
             memcpy(gS, nS, KK * sizeof(T));
         }
@@ -280,29 +313,208 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
     free(gM);
 }
 
+/* The gate coefficients of one chunk (ops/memory.py, _coefficients) as one linear
+   recurrence over t on W = C + 2 columns: column 0 carries A (U starts 1, V 0), column 1
+   carries f and E (U 0, V 1), column 2 + s the step s (U = V = 1 from row s on):
+
+       U_t = a_t U_{t-1} + m_t V_{t-1},   V_t = e_t V_{t-1}
+
+   so A_t = U_t[0], f_t = U_t[1], E_T = V_{C-1}[1], Cm_ts = U_t[2+s] th_s (s <= t),
+   RE_{C-1,s} th_s = V_{C-1}[2+s] th_s. U, V: (C + 1, W), row 0 the start, row t + 1
+   after step t. */
+static inline __attribute__((always_inline)) void NAME(coef)(
+        const T *restrict a, const T *restrict e, const T *restrict m, T *restrict U,
+        T *restrict V, long C) {
+    const long W = C + 2;
+    memset(U, 0, (C + 1) * W * sizeof(T));
+    memset(V, 0, (C + 1) * W * sizeof(T));
+    U[0] = 1;
+    V[1] = 1;
+    for (long t = 0; t < C; t++) {
+        const T *restrict Up = U + t * W, *restrict Vp = V + t * W;
+        T *restrict Ut = U + (t + 1) * W, *restrict Vt = V + (t + 1) * W;
+        for (long c = 0; c < 2 + t; c++) {
+            Ut[c] = a[t] * Up[c] + m[t] * Vp[c];
+            Vt[c] = e[t] * Vp[c];
+        }
+        Ut[2 + t] = 1;
+        Vt[2 + t] = 1;
+    }
+}
+
+/* qk_ts = q_t . k_s, (C, C) in full, as rows over s of kt = k^T (K, C) */
+static inline __attribute__((always_inline)) void NAME(scores)(
+        const T *restrict q, const T *restrict k, T *restrict kt, T *restrict qk, long C,
+        long K) {
+    for (long s = 0; s < C; s++)
+        for (long j = 0; j < K; j++) kt[j * C + s] = k[s * K + j];
+    for (long t = 0; t < C; t++) {
+        T *restrict r = qk + t * C;
+        for (long s = 0; s < C; s++) r[s] = 0;
+        for (long j = 0; j < K; j++) {
+            const T w = q[t * K + j];
+            const T *restrict g = kt + j * C;
+#pragma omp simd
+            for (long s = 0; s < C; s++) r[s] += w * g[s];
+        }
+    }
+}
+
+/* a, e, m, th (pairs, N, C) -> att = Cm o (q k^T) (pairs, N, C, C; zero above the
+   diagonal), ga = A, gf = f, cl = Cm's last row, re = RE th (pairs, N, C), gE = E_T
+   (pairs, N) */
+static inline __attribute__((always_inline)) void NAME(gates_fwd)(
+        const T *restrict q, const T *restrict k, const T *restrict a, const T *restrict e,
+        const T *restrict m, const T *restrict th, T *restrict att, T *restrict ga,
+        T *restrict gf, T *restrict cl, T *restrict re, T *restrict gE, long N, long C,
+        long K, long p0, long p1) {
+    const long W = C + 2, CK = C * K;
+    T *U = malloc((2 * (C + 1) * W + K * C + C * C) * sizeof(T));
+    T *V = U + (C + 1) * W, *kt = V + (C + 1) * W, *qk = kt + K * C;
+    for (long c = p0 * N; c < p1 * N; c++) {
+        const T *restrict tc = th + c * C;
+        NAME(coef)(a + c * C, e + c * C, m + c * C, U, V, C);
+        NAME(scores)(q + c * CK, k + c * CK, kt, qk, C, K);
+        T *restrict at = att + c * C * C;
+        for (long t = 0; t < C; t++) {
+            const T *restrict Ut = U + (t + 1) * W + 2;
+            for (long s = 0; s <= t; s++) at[t * C + s] = Ut[s] * tc[s] * qk[t * C + s];
+            for (long s = t + 1; s < C; s++) at[t * C + s] = 0;
+            ga[c * C + t] = U[(t + 1) * W];
+            gf[c * C + t] = U[(t + 1) * W + 1];
+        }
+        for (long s = 0; s < C; s++) {
+            cl[c * C + s] = U[C * W + 2 + s] * tc[s];
+            re[c * C + s] = V[C * W + 2 + s] * tc[s];
+        }
+        gE[c] = V[C * W + 1];
+    }
+    free(U);
+}
+
+/* gates_fwd's backward: datt (read on and below the diagonal), dga, dgf, dcl, dre, dgE ->
+   dq, dk (through q k^T), da, de, dm, dth (through the recurrence, run back) */
+static inline __attribute__((always_inline)) void NAME(gates_bwd)(
+        const T *restrict q, const T *restrict k, const T *restrict a, const T *restrict e,
+        const T *restrict m, const T *restrict th, const T *restrict datt,
+        const T *restrict dga, const T *restrict dgf, const T *restrict dcl,
+        const T *restrict dre, const T *restrict dgE, T *restrict dq, T *restrict dk,
+        T *restrict da, T *restrict de, T *restrict dm, T *restrict dth, long N, long C,
+        long K, long p0, long p1) {
+    const long W = C + 2, CK = C * K;
+    T *U = malloc((2 * (C + 1) * W + K * C + 2 * C * C + 2 * W) * sizeof(T));
+    T *V = U + (C + 1) * W, *kt = V + (C + 1) * W, *qk = kt + K * C, *dqk = qk + C * C;
+    T *cu = dqk + C * C, *cv = cu + W;
+    for (long c = p0 * N; c < p1 * N; c++) {
+        const T *restrict tc = th + c * C, *restrict dat = datt + c * C * C;
+        const T *restrict ac = a + c * C, *restrict ec = e + c * C, *restrict mc = m + c * C;
+        const T *restrict qc = q + c * CK, *restrict kc = k + c * CK;
+        T *restrict dqc = dq + c * CK, *restrict dkc = dk + c * CK, *restrict dtc = dth + c * C;
+        NAME(coef)(ac, ec, mc, U, V, C);
+        NAME(scores)(qc, kc, kt, qk, C, K);
+        for (long s = 0; s < C; s++) dtc[s] = dre[c * C + s] * V[C * W + 2 + s];
+        for (long x = 0; x < W; x++) cu[x] = cv[x] = 0;
+        for (long s = 0; s < C; s++) cv[2 + s] = dre[c * C + s] * tc[s];
+        cv[1] = dgE[c];
+        /* row t: its local gradients into (cu, cv), then back through step t */
+        for (long t = C - 1; t >= 0; t--) {
+            const T *restrict Ut = U + (t + 1) * W, *restrict Up = U + t * W;
+            const T *restrict Vp = V + t * W;
+            cu[0] += dga[c * C + t];
+            cu[1] += dgf[c * C + t];
+            for (long s = 0; s <= t; s++) {
+                const T w = dat[t * C + s];
+                const T dC = w * qk[t * C + s] + (t == C - 1 ? dcl[c * C + s] : 0);
+                dqk[t * C + s] = w * Ut[2 + s] * tc[s];
+                dtc[s] += dC * Ut[2 + s];
+                cu[2 + s] += dC * tc[s];
+            }
+            T sa = 0, sm = 0, se = 0;
+            for (long x = 0; x < 2 + t; x++) {
+                sa += cu[x] * Up[x];
+                sm += cu[x] * Vp[x];
+                se += cv[x] * Vp[x];
+                cv[x] = mc[t] * cu[x] + ec[t] * cv[x];
+                cu[x] = ac[t] * cu[x];
+            }
+            da[c * C + t] = sa;
+            dm[c * C + t] = sm;
+            de[c * C + t] = se;
+        }
+        /* dq_t = sum_{s<=t} dqk_ts k_s, dk_s = sum_{t>=s} dqk_ts q_t */
+        for (long t = 0; t < C; t++) {
+            T *restrict dqt = dqc + t * K;
+            for (long j = 0; j < K; j++) dqt[j] = 0;
+            for (long s = 0; s <= t; s++) {
+                const T w = dqk[t * C + s];
+                const T *restrict ks = kc + s * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) dqt[j] += w * ks[j];
+            }
+        }
+        for (long s = 0; s < C; s++) {
+            T *restrict dks = dkc + s * K;
+            for (long j = 0; j < K; j++) dks[j] = 0;
+            for (long t = s; t < C; t++) {
+                const T w = dqk[t * C + s];
+                const T *restrict qt = qc + t * K;
+#pragma omp simd
+                for (long j = 0; j < K; j++) dks[j] += w * qt[j];
+            }
+        }
+    }
+    free(U);
+}
+
 /* the exported kernels: the bodies above compiled again for the width K = 32 (a constant
    lets the compiler unroll the rows), else for any K */
 void NAME(titans_fwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
                       const T *gf, const T *cl, const T *re, const T *gE, const T *P0,
-                      const T *M0, const T *S0, T *o, T *Ms, T *Ss, long N, long C, long K,
-                      long p0, long p1) {
+                      const T *M0, const T *S0, const T *W0, T *o, T *Ms, T *Ss, long N,
+                      long C, long K, long p0, long p1) {
     if (K == 32)
-        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, o, Ms, Ss, N, C, 32, p0, p1);
+        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, o, Ms, Ss, N, C, 32, p0,
+                  p1);
     else
-        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, o, Ms, Ss, N, C, K, p0, p1);
+        NAME(fwd)(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, o, Ms, Ss, N, C, K, p0,
+                  p1);
 }
 
 void NAME(titans_bwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
                       const T *gf, const T *cl, const T *re, const T *gE, const T *P0,
-                      const T *Ms, const T *Ss, const T *dout, const T *dMs, const T *dSs,
-                      T *dq, T *dk, T *dR, T *datt, T *dga, T *dgf, T *dcl, T *dre, T *dgE,
-                      T *dP0, T *dM0, T *dS0, long N, long C, long K, long p0, long p1) {
+                      const T *Ms, const T *Ss, const T *W0, const T *dout, const T *dMs,
+                      const T *dSs, T *dq, T *dk, T *dR, T *datt, T *dga, T *dgf, T *dcl,
+                      T *dre, T *dgE, T *dP0, T *dM0, T *dS0, T *dW0, long N, long lo, long C,
+                      long K, long p0, long p1) {
     if (K == 32)
-        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, dout, dMs, dSs, dq, dk, dR,
-                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, N, C, 32, p0, p1);
+        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W0, dout, dMs, dSs, dq, dk, dR,
+                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, dW0, N, lo, C, 32, p0,
+                  p1);
     else
-        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, dout, dMs, dSs, dq, dk, dR,
-                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, N, C, K, p0, p1);
+        NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W0, dout, dMs, dSs, dq, dk, dR,
+                  datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, dW0, N, lo, C, K, p0,
+                  p1);
+}
+
+void NAME(titans_gates_fwd)(const T *q, const T *k, const T *a, const T *e, const T *m,
+                            const T *th, T *att, T *ga, T *gf, T *cl, T *re, T *gE, long N,
+                            long C, long K, long p0, long p1) {
+    if (K == 32)
+        NAME(gates_fwd)(q, k, a, e, m, th, att, ga, gf, cl, re, gE, N, C, 32, p0, p1);
+    else
+        NAME(gates_fwd)(q, k, a, e, m, th, att, ga, gf, cl, re, gE, N, C, K, p0, p1);
+}
+
+void NAME(titans_gates_bwd)(const T *q, const T *k, const T *a, const T *e, const T *m,
+                            const T *th, const T *datt, const T *dga, const T *dgf,
+                            const T *dcl, const T *dre, const T *dgE, T *dq, T *dk, T *da,
+                            T *de, T *dm, T *dth, long N, long C, long K, long p0, long p1) {
+    if (K == 32)
+        NAME(gates_bwd)(q, k, a, e, m, th, datt, dga, dgf, dcl, dre, dgE, dq, dk, da, de, dm,
+                        dth, N, C, 32, p0, p1);
+    else
+        NAME(gates_bwd)(q, k, a, e, m, th, datt, dga, dgf, dcl, dre, dgE, dq, dk, da, de, dm,
+                        dth, N, C, K, p0, p1);
 }
 
 #endif

@@ -3,15 +3,16 @@
 (batch row, head) pair at a time with its (K, K) memory M and surprise S in cache, instead of
 batches of small (C, K) x (K, K) products over all chunks and their stacked states.
 
-    G = k P + R,   o_t = A_t q_t M + f_t q_t S - sum_{s<=t} att_ts G_s,
+    G = k (P + W0) + R,   o_t = q_t W0 + A_t q_t M + f_t q_t S - sum_{s<=t} att_ts G_s,
     M <- A_T M + f_T S - sum_s cl_s k_s G_s^T,   S <- E_T S - sum_s re_s k_s G_s^T
 
-(P: the state's M' for the first chunk, the chunk's starting M after it.) q, k, R
-(B, H, N, C, K); att (B, H, N, C, C) (read on and below its diagonal only: its gradient is
-zero above); ga (A), gf (f), cl, re (B, H, N, C); gE (E_T) (B, H, N); P0, M0, S0 (B, H, K, K); all one dtype (float32 or
-float64) on the CPU (`ops.backend.use_native`). Returns o (B, H, N, C, K) and every chunk's
-starting (M, S), Ms and Ss (B, H, N + 1, K, K) (the last the final state), differentiable in
-all twelve inputs. Threads split the (batch row, head) pairs.
+(P: the state's M' for the first chunk, the chunk's starting M after it; W0 the initial
+memory, R = b_0 - v.) q, k, R (B, H, N, C, K); att (B, H, N, C, C) (read on and below its
+diagonal only: its gradient is zero above); ga (A), gf (f), cl, re (B, H, N, C); gE (E_T)
+(B, H, N); P0, M0, S0 (B, H, K, K); W0 (H, K, K); all one dtype (float32 or float64) on the
+CPU (`ops.backend.use_native`). Returns o (B, H, N, C, K) and every chunk's starting (M, S),
+Ms and Ss (B, H, N + 1, K, K) (the last the final state), differentiable in all thirteen
+inputs. Threads split the (batch row, head) pairs.
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
     """(forward, backward) FLOPs of the kernels over `chunks` (pair, chunk)s, 2 a
     multiply-add. Forward: G (C K^2), the reads q M, q S (2 C K^2) and att G (C (C+1) / 2 K),
     the update (2 C K^2). Backward: G again, the update's dG and gM G, gS G (4 C K^2), the
-    reads' M do, S do (2 C K^2), datt (C^2 K) and att^T do (C (C+1) / 2 K), the gradients of
-    M, S (2 C K^2), dk and dP (2 C K^2), the update's scalars (3 K^2)."""
+    reads' M do, S do, W0 do (3 C K^2), datt (C^2 K) and att^T do (C (C+1) / 2 K), the
+    gradients of M, S, W0 (3 C K^2), dk and dP (2 C K^2), the update's scalars (3 K^2). The
+    read through W0 (q W0) is one C K^2 more forward."""
     CKK, tri = C * K * K, C * (C + 1) // 2 * K
-    return 2 * chunks * (5 * CKK + tri), 2 * chunks * (11 * CKK + C * C * K + tri + 3 * K * K)
+    return 2 * chunks * (6 * CKK + tri), 2 * chunks * (13 * CKK + C * C * K + tri + 3 * K * K)
+
+
+def gate_flops(chunks: int, C: int, K: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the gate kernels over `chunks` (pair, chunk)s: q k^T
+    (C^2 K) and the recurrence (2 C (C + 2)), backward q k^T again, dq and dk (C^2 K) and
+    the recurrence run back (5 C (C + 2))."""
+    rec = C * (C + 2)
+    return 2 * chunks * (C * C * K + 2 * rec), 2 * chunks * (2 * C * C * K + 5 * rec)
 
 
 def load():
@@ -39,42 +49,93 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "titans_fwd", dtype, [P] * 15 + [L] * 5),
-            native.kernel(lib, "titans_bwd", dtype, [P] * 27 + [L] * 5))
+    return (native.kernel(lib, "titans_fwd", dtype, [P] * 16 + [L] * 5),
+            native.kernel(lib, "titans_bwd", dtype, [P] * 29 + [L] * 6),
+            native.kernel(lib, "titans_gates_fwd", dtype, [P] * 12 + [L] * 5),
+            native.kernel(lib, "titans_gates_bwd", dtype, [P] * 18 + [L] * 5))
 
 
 class _NativeTitans(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0):
-        ins = [t.contiguous() for t in (q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0)]
+    def forward(ctx, lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
         B, H, N, C, K = q.shape
-        fwd, _ = _kernels(lib, q.dtype)
+        W0 = W0.expand(B, H, K, K)          # per pair (each writes its own dW0, summed after)
+        ins = [t.contiguous() for t in (q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0)]
+        fwd = _kernels(lib, q.dtype)[0]
         o = torch.empty_like(ins[0])
         Ms, Ss = (q.new_empty(B, H, N + 1, K, K) for _ in range(2))
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), N, C, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins[:10], Ms, Ss)
-        ctx.lib = lib
+        ctx.save_for_backward(*ins[:10], Ms, Ss, ins[12])
+        ctx.lib, ctx.lo = lib, N + 1 - tail
         flop_count.add(flops(B * H * N, C, K)[0])
-        return o, Ms, Ss
+        if tail == N + 1:
+            return o, Ms, Ss
+        return o, Ms[:, :, ctx.lo:].clone(), Ss[:, :, ctx.lo:].clone()
 
     @staticmethod
     def backward(ctx, do, dMs, dSs):
-        *ins, Ms, Ss = ctx.saved_tensors
+        *ins, Ms, Ss, W0 = ctx.saved_tensors
         q, P0 = ins[0], ins[9]
         B, H, N, C, K = q.shape
-        _, bwd = _kernels(ctx.lib, q.dtype)
+        bwd = _kernels(ctx.lib, q.dtype)[1]
         do = torch.zeros_like(q) if do is None else do.contiguous()
         dMs, dSs = (None if t is None else t.contiguous() for t in (dMs, dSs))
         grads = [torch.empty_like(t) for t in ins[:9]]
         dP0 = torch.zeros_like(P0)
-        dM0, dS0 = torch.empty_like(P0), torch.empty_like(P0)
-        args = [native.ptr(t) for t in (*ins, Ms, Ss, do, dMs, dSs, *grads, dP0, dM0, dS0)]
-        native.run(bwd, [(*args, N, C, K, p0, p1) for p0, p1 in native.rows(B * H)])
+        dM0, dS0, dW0 = (torch.empty_like(P0) for _ in range(3))
+        args = [native.ptr(t) for t in (*ins, Ms, Ss, W0, do, dMs, dSs, *grads, dP0, dM0, dS0,
+                                        dW0)]
+        native.run(bwd, [(*args, N, ctx.lo, C, K, p0, p1) for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H * N, C, K)[1])
-        return None, *grads, dP0, dM0, dS0
+        return None, *grads, dP0, dM0, dS0, dW0.sum(0), None
 
 
-def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0):
-    """(o, Ms, Ss) as the module docstring says; `lib` = load()."""
-    return _NativeTitans.apply(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0)
+def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail=None):
+    """(o, Ms, Ss) as the module docstring says; `lib` = load(). `tail`: Ms, Ss hold only
+    the last `tail` states (a caller that reads only those: no gradient of the whole size
+    for the others, nor a pass over it)."""
+    tail = q.shape[2] + 1 if tail is None else tail
+    return _NativeTitans.apply(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail)
+
+
+class _NativeGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, a, e, m, th):
+        ins = [t.contiguous() for t in (q, k, a, e, m, th)]
+        B, H, N, C, K = q.shape
+        fwd = _kernels(lib, q.dtype)[2]
+        att = q.new_empty(B, H, N, C, C)
+        ga, gf, cl, re = (torch.empty_like(ins[2]) for _ in range(4))
+        gE = q.new_empty(B, H, N)
+        out = (att, ga, gf, cl, re, gE)
+        native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, out), N, C, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        ctx.save_for_backward(*ins)
+        ctx.lib = lib
+        flop_count.add(gate_flops(B * H * N, C, K)[0])
+        return out
+
+    @staticmethod
+    def backward(ctx, *douts):
+        ins = ctx.saved_tensors
+        B, H, N, C, K = ins[0].shape
+        bwd = _kernels(ctx.lib, ins[0].dtype)[3]
+        shapes = [(B, H, N, C, C)] + [(B, H, N, C)] * 4 + [(B, H, N)]
+        douts = [ins[0].new_zeros(n) if d is None else d.contiguous()
+                 for d, n in zip(douts, shapes)]
+        grads = [torch.empty_like(t) for t in ins]
+        native.run(bwd, [(*map(native.ptr, (*ins, *douts, *grads)), N, C, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        flop_count.add(gate_flops(B * H * N, C, K)[1])
+        return None, *grads
+
+
+def titans_gates(lib, q, k, a, e, m, th):
+    """The gate coefficients of ops.memory's chunk form in C, each chunk one recurrence
+    (titans_scan.c, coef): q, k (B, H, N, C, K); a, e, m, th (B, H, N, C), the steps'
+    1 - alpha, E's and S's factors and theta (1, 1, 0, 0 off the sequence). Returns
+    (att, ga, gf, cl, re, gE) as titans_linear takes them: att = Cm o q k^T (B, H, N, C, C),
+    zero above the diagonal; A, f, Cm's last row, RE's last row times theta (B, H, N, C); E_T
+    (B, H, N). Differentiable in all six inputs; `lib` = load()."""
+    return _NativeGates.apply(lib, q, k, a, e, m, th)
