@@ -784,13 +784,12 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     last, first = (c + T - 1) // C, (T - 1) // C
     loop = _native_loop(kind, phi, dloss, q, *init, *Ug, *U)
     if loop is not None:   # the whole loop in C, one (batch, head) memory at a time
-        Ust, tail, X2, G1, G2 = loop(first, kc, vc, dc, A_end[..., 0, 0], c_end[..., 0], init,
-                                     Ug, U)
-        # chunk-major (N, B, H, ...), as the reads take them; the state from the tail, the
-        # chunk starts first..NT
-        tail = [t.unbind(0) for t in tail]
-        history = [[*(Ug if j == 0 else [t[j - first] for t in tail]),
-                    *[t[j + 1 - first] for t in tail]] for j in range(first, NT)]
+        Us, X2, G1, G2 = loop(kc, vc, dc, A_end[..., 0, 0], c_end[..., 0], init, Ug, U)
+        # per weight its NT + 1 chunk starts; X, G chunk-major (N, B, H, ...) as the reads
+        # take them
+        history = [[*(Ug if j == 0 else [u[j] for u in Us]), *[u[j + 1] for u in Us]]
+                   for j in range(first, NT)]
+        Ust = [u[:NT] for u in Us]
         Xs, Gs = [kc.permute(2, 0, 1, 3, 4), X2], [G1, G2]
     else:
         made, history = [], []        # per chunk: its U_0 and X, G of each weight
@@ -811,7 +810,7 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
     read = _native_read(phi, q, *init)
     if read is None:   # the PyTorch reads take every chunk at once: stacked, (B, H, NT, ...)
-        Ust, Xs, Gs = ([torch.stack(t, 2) if isinstance(t, list) else t[:NT].movedim(0, 2)
+        Ust, Xs, Gs = ([torch.stack(t, 2) if isinstance(t, list) else t.movedim(0, 2)
                         for t in ts] for ts in (Ust, Xs, Gs))
     if read is not None:
         # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t

@@ -26,11 +26,12 @@
    Layouts (row-major, contiguous), pr = b H + h a pair, h = pr % H: k, v, dk, dv
    (pairs, N, C, K); dl (delta), cT, ddl, dcT (pairs, N, C); aT, daT (pairs, N); U1_init,
    dU1_init (H, K, F), U2_init, dU2_init (H, F, K); Pg1, U1, their gradients (pairs, K, F),
-   Pg2, U2 (pairs, F, K); Us1 (N + 1, pairs, K, F), Us2 (N + 1, pairs, F, K); X2, G1
+   Pg2, U2 (pairs, F, K); Us1, Us2: N + 1 pointers each, one a chunk start, to (pairs, K, F) and (pairs, F, K) (one
+   tensor each: a single (N + 1, ...) one is over glibc's mmap threshold, faulted in anew on
+   every call); X2, G1
    (N, pairs, C, F), G2 (N, pairs, C, K) (chunk-major: each chunk's slice is one block, as
-   the reads take it); their gradients alike (dUs1, dUs2, dX2, dG1, dG2 may be NULL: zero);
-   dTl1, dTl2 (N + 1 - first, pairs, ...) (or NULL) the gradients of a copy of Us[first:]
-   (what the final state picks from), added to chunk start first on.
+   the reads take it); their gradients alike (dX2, dG1, dG2 and the entries of dUs1, dUs2 may
+   be NULL: zero).
    Each function does the pairs [p0, p1); the backward adds into dU_init (each thread its
    own, zeroed and summed by the caller). Plain C; compiled by rnnzoo.ops.native. */
 
@@ -243,7 +244,7 @@ static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T
 
 static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                              const T *u1, const T *u2, const T *Pg1, const T *Pg2,
-                             const T *U1, const T *U2, T *Us1, T *Us2, T *X2o, T *G1o, T *G2o,
+                             const T *U1, const T *U2, T *const *Us1, T *const *Us2, T *X2o, T *G1o, T *G2o,
                              long H, long N, long C, long K, long F, long NP, int kind,
                              int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
@@ -253,11 +254,11 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
     for (long pr = p0; pr < p1; pr++) {
         const long h = pr % H;
         const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
-        memcpy(Us1 + pr * KF, U1 + pr * KF, KF * sizeof(T));
-        memcpy(Us2 + pr * KF, U2 + pr * KF, KF * sizeof(T));
+        memcpy(Us1[0] + pr * KF, U1 + pr * KF, KF * sizeof(T));
+        memcpy(Us2[0] + pr * KF, U2 + pr * KF, KF * sizeof(T));
         for (long n = 0; n < N; n++) {
             const long c = pr * N + n, o = n * NP + pr;
-            const T *P1 = n ? Us1 + o * KF : Pg1 + pr * KF, *P2 = n ? Us2 + o * KF : Pg2 + pr * KF;
+            const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
             T s1, s2;
             NAME(grads)(k + c * CK, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1,
                         X2, E, G2, R, G1, &s1, &s2, C, K, F, kind, loss);
@@ -265,8 +266,8 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
             memcpy(G1o + o * CF, G1, CF * sizeof(T));
             memcpy(G2o + o * CK, G2, CK * sizeof(T));
             const T a = aT[c], *cn = cT + c * C;
-            const T *restrict A1 = Us1 + o * KF, *restrict A2 = Us2 + o * KF;
-            T *restrict B1 = Us1 + (o + NP) * KF, *restrict B2 = Us2 + (o + NP) * KF;
+            const T *restrict A1 = Us1[n] + pr * KF, *restrict A2 = Us2[n] + pr * KF;
+            T *restrict B1 = Us1[n + 1] + pr * KF, *restrict B2 = Us2[n + 1] + pr * KF;
 #pragma omp simd
             for (long e = 0; e < KF; e++) { B1[e] = a * A1[e]; B2[e] = a * A2[e]; }
             /* U <- aT U - X^T (c o G) */
@@ -291,23 +292,13 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
     free(buf);
 }
 
-/* g += the tail's gradient at chunk start m (the tail: chunk starts first..N) */
-static INLINE void NAME(add_tail)(T *restrict g1, T *restrict g2, const T *restrict dTl1,
-                                  const T *restrict dTl2, long m, long first, long NP, long pr,
-                                  long KF) {
-    if (m < first) return;
-    const long o = ((m - first) * NP + pr) * KF;
-    if (dTl1) NAME(axpy)(g1, 1, dTl1 + o, KF);
-    if (dTl2) NAME(axpy)(g2, 1, dTl2 + o, KF);
-}
-
 static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                              const T *u1, const T *u2, const T *Pg1, const T *Pg2,
-                             const T *Us1, const T *Us2, const T *dUs1, const T *dUs2,
-                             const T *dTl1, const T *dTl2, const T *dX2o, const T *dG1o, const T *dG2o, T *dk, T *dv, T *ddl,
+                             const T *const *Us1, const T *const *Us2,
+                             const T *const *dUs1, const T *const *dUs2, const T *dX2o, const T *dG1o, const T *dG2o, T *dk, T *dv, T *ddl,
                              T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2, T *dU1, T *dU2,
-                             long H, long N, long C, long K, long F, long NP, long first,
-                             int kind, int loss, long p0, long p1) {
+                             long H, long N, long C, long K, long F, long NP, int kind,
+                             int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
     T *buf = malloc((SCRATCH(C, K, F) + 6 * KF + 3 * CF + 2 * CK + F) * sizeof(T));
     T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
@@ -319,21 +310,19 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
         const long h = pr % H;
         const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
         T *dh1 = du1 + h * KF, *dh2 = du2 + h * KF;
-        const long last = N * NP + pr;
-        for (long e = 0; e < KF; e++) {
-            gU1[e] = dUs1 ? dUs1[last * KF + e] : 0;
-            gU2[e] = dUs2 ? dUs2[last * KF + e] : 0;
-        }
-        NAME(add_tail)(gU1, gU2, dTl1, dTl2, N, first, NP, pr, KF);
+        memset(gU1, 0, KF * sizeof(T));
+        memset(gU2, 0, KF * sizeof(T));
+        if (dUs1[N]) NAME(axpy)(gU1, 1, dUs1[N] + pr * KF, KF);
+        if (dUs2[N]) NAME(axpy)(gU2, 1, dUs2[N] + pr * KF, KF);
         for (long n = N - 1; n >= 0; n--) {
             const long c = pr * N + n, o = n * NP + pr;
-            const T *P1 = n ? Us1 + o * KF : Pg1 + pr * KF, *P2 = n ? Us2 + o * KF : Pg2 + pr * KF;
+            const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
             const T *kn = k + c * CK, *cn = cT + c * C;
             T s1 = 0, s2 = 0;
             NAME(grads)(kn, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1, X2, E,
                         G2, R, G1, &s1, &s2, C, K, F, kind, loss);
             /* the update U' = aT U - X^T (c o G) */
-            daT[c] = NAME(dot)(gU1, Us1 + o * KF, KF) + NAME(dot)(gU2, Us2 + o * KF, KF);
+            daT[c] = NAME(dot)(gU1, Us1[n] + pr * KF, KF) + NAME(dot)(gU2, Us2[n] + pr * KF, KF);
             T *dkn = dk + c * CK;
             if (dG1o) memcpy(dR, dG1o + o * CF, CF * sizeof(T)); else memset(dR, 0, CF * sizeof(T));
             if (dX2o) memcpy(dX2, dX2o + o * CF, CF * sizeof(T)); else memset(dX2, 0, CF * sizeof(T));
@@ -428,13 +417,12 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             const T a = aT[c];
             NAME(scale)(gU1, a, KF);
             NAME(scale)(gU2, a, KF);
-            if (dUs1) NAME(axpy)(gU1, 1, dUs1 + o * KF, KF);
-            if (dUs2) NAME(axpy)(gU2, 1, dUs2 + o * KF, KF);
+            if (dUs1[n]) NAME(axpy)(gU1, 1, dUs1[n] + pr * KF, KF);
+            if (dUs2[n]) NAME(axpy)(gU2, 1, dUs2[n] + pr * KF, KF);
             if (n) {
                 NAME(axpy)(gU1, 1, dW1, KF);
                 NAME(axpy)(gU2, 1, dW2, KF);
             }
-            NAME(add_tail)(gU1, gU2, dTl1, dTl2, n, first, NP, pr, KF);
             if (!n) {
                 memcpy(dPg1 + pr * KF, dW1, KF * sizeof(T));
                 memcpy(dPg2 + pr * KF, dW2, KF * sizeof(T));
@@ -450,7 +438,8 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
    layers' default: constant widths let the compiler unroll the rows), else for any widths */
 void NAME(miras_chunk_fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                            const T *u1, const T *u2, const T *Pg1, const T *Pg2, const T *U1,
-                           const T *U2, T *Us1, T *Us2, T *X2, T *G1, T *G2, long H, long N,
+                           const T *U2, T *const *Us1, T *const *Us2, T *X2, T *G1, T *G2,
+                           long H, long N,
                            long C, long K, long F, long NP, int kind, int loss, long p0,
                            long p1) {
     if (C == 16 && K == 32 && F == 128)
@@ -462,20 +451,20 @@ void NAME(miras_chunk_fwd)(const T *k, const T *v, const T *dl, const T *aT, con
 }
 
 void NAME(miras_chunk_bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
-                           const T *u1, const T *u2, const T *Pg1, const T *Pg2, const T *Us1,
-                           const T *Us2, const T *dUs1, const T *dUs2, const T *dTl1,
-                           const T *dTl2, const T *dX2, const T *dG1, const T *dG2, T *dk,
+                           const T *u1, const T *u2, const T *Pg1, const T *Pg2,
+                           const T *const *Us1, const T *const *Us2, const T *const *dUs1,
+                           const T *const *dUs2, const T *dX2, const T *dG1, const T *dG2, T *dk,
                            T *dv, T *ddl, T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2,
                            T *dU1, T *dU2, long H, long N, long C, long K, long F, long NP,
-                           long first, int kind, int loss, long p0, long p1) {
+                           int kind, int loss, long p0, long p1) {
     if (C == 16 && K == 32 && F == 128)
-        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dTl1, dTl2, dX2,
+        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
                   dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, 16, 32,
-                  128, NP, first, kind, loss, p0, p1);
+                  128, NP, kind, loss, p0, p1);
     else
-        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dTl1, dTl2, dX2,
+        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
                   dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, C, K,
-                  F, NP, first, kind, loss, p0, p1);
+                  F, NP, kind, loss, p0, p1);
 }
 
 #undef GELU_S

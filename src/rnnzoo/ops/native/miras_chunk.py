@@ -10,9 +10,10 @@ pair's weights per chunk (and autograd's as many again backward).
 delta, c (B, H, N, C); aT (B, H, N); U_init [(H, K, F), (H, F, K)]; Pg, U0 [(B, H, K, F),
 (B, H, F, K)]; phi one of miras_read.KINDS ("softmax", "qscale" with q = 4, "identity"), loss
 one of LOSSES ("l2", "l3": 3 E |E|, "huber": E within delta, else delta sign(E)). Returns the
-chunks' starting accumulators Us [(N + 1, B, H, K, F), (N + 1, B, H, F, K)] (the last the
-final U), X2 (N, B, H, C, F), G1 (N, B, H, C, F) and G2 (N, B, H, C, K), chunk-major (each
-chunk's slice one block, as miras_read takes it), differentiable in every input. All float32
+chunks' starting accumulators Us, per weight a list of N + 1 tensors (B, H, K, F) or
+(B, H, F, K) (the last the final U), X2 (N, B, H, C, F), G1 (N, B, H, C, F) and G2
+(N, B, H, C, K), chunk-major (each chunk's slice one block, as miras_read takes it),
+differentiable in every input. All float32
 or all float64 on the CPU (`ops.backend.use_native`); threads split the (batch, head) pairs.
 """
 
@@ -44,52 +45,58 @@ def load():
 def _kernels(lib, dtype):
     P, L, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     return (native.kernel(lib, "miras_chunk_fwd", dtype, [P] * 16 + [L] * 6 + [i, i, L, L]),
-            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 29 + [L] * 7 + [i, i, L, L]))
+            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 27 + [L] * 6 + [i, i, L, L]))
+
+
+def _array(ts):
+    """Data pointers (NULL for None) as a C array (void *[len])."""
+    return (ctypes.c_void_p * len(ts))(*(None if t is None else t.data_ptr() for t in ts))
 
 
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, phi, loss, first, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
+    def forward(ctx, lib, phi, loss, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
         ins = [t.contiguous() for t in (k, v, dl, aT, c, u1, u2, P1, P2, U1, U2)]
         B, H, N, C, K = k.shape
         F = u1.shape[-1]
         fwd, _ = _kernels(lib, k.dtype)
-        Us1, Us2 = k.new_empty(N + 1, B, H, K, F), k.new_empty(N + 1, B, H, F, K)
+        # every chunk start its own tensor: one (N + 1, B, H, K, F) was over glibc's mmap
+        # threshold (32 MB at the #17 size), its pages faulted in anew on every call
+        Us1 = [k.new_empty(B, H, K, F) for _ in range(N + 1)]
+        Us2 = [k.new_empty(B, H, F, K) for _ in range(N + 1)]
         X2, G1, G2 = (k.new_empty(N, B, H, C, w) for w in (F, F, K))
-        native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (Us1, Us2, X2, G1, G2)), H, N,
-                          C, K, F, B * H, KINDS[phi], LOSSES[loss], p0, p1)
-                         for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins[:9], Us1, Us2)
-        ctx.lib, ctx.kinds, ctx.first = lib, (KINDS[phi], LOSSES[loss]), first
+        native.run(fwd, [(*map(native.ptr, ins), _array(Us1), _array(Us2),
+                          *map(native.ptr, (X2, G1, G2)), H, N, C, K, F, B * H, KINDS[phi],
+                          LOSSES[loss], p0, p1) for p0, p1 in native.rows(B * H)])
+        ctx.save_for_backward(*ins[:9], *Us1, *Us2)
+        ctx.lib, ctx.kinds = lib, (KINDS[phi], LOSSES[loss])
         flop_count.add(flops(B * H * N, C, K, F)[0])
-        return Us1, Us2, Us1[first:].clone(), Us2[first:].clone(), X2, G1, G2
+        return *Us1, *Us2, X2, G1, G2
 
     @staticmethod
-    def backward(ctx, dUs1, dUs2, dTl1, dTl2, dX2, dG1, dG2):
-        k, v, dl, aT, c, u1, u2, P1, P2, Us1, Us2 = ctx.saved_tensors
+    def backward(ctx, *douts):
+        k, v, dl, aT, c, u1, u2, P1, P2, *Us = ctx.saved_tensors
         B, H, N, C, K = k.shape
         F = u1.shape[-1]
         _, bwd = _kernels(ctx.lib, k.dtype)
-        douts = [None if t is None else t.contiguous()
-                 for t in (dUs1, dUs2, dTl1, dTl2, dX2, dG1, dG2)]
+        douts = [None if t is None else t.contiguous() for t in douts]
+        dUs1, dUs2, (dX2, dG1, dG2) = douts[:N + 1], douts[N + 1:2 * N + 2], douts[2 * N + 2:]
         grads = [torch.empty_like(t) for t in (k, v, dl, aT, c)]
         parts = native.rows(B * H)
         du = [u.new_zeros(len(parts), *u.shape) for u in (u1, u2)]   # one per thread
         dP1, dP2, dU1, dU2 = (torch.empty_like(t) for t in (P1, P2, P1, P2))
-        args = [native.ptr(t) for t in (k, v, dl, aT, c, u1, u2, P1, P2, Us1, Us2, *douts,
-                                        *grads)]
+        args = [*map(native.ptr, (k, v, dl, aT, c, u1, u2, P1, P2)), _array(Us[:N + 1]),
+                _array(Us[N + 1:]), _array(dUs1), _array(dUs2),
+                *map(native.ptr, (dX2, dG1, dG2, *grads))]
         native.run(bwd, [(*args, native.ptr(du[0][i]), native.ptr(du[1][i]),
                           *map(native.ptr, (dP1, dP2, dU1, dU2)), H, N, C, K, F, B * H,
-                          ctx.first, *ctx.kinds, p0, p1) for i, (p0, p1) in enumerate(parts)])
+                          *ctx.kinds, p0, p1) for i, (p0, p1) in enumerate(parts)])
         flop_count.add(flops(B * H * N, C, K, F)[1])
-        return (None, None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1,
-                dU2)
+        return (None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1, dU2)
 
 
-def miras_chunks(lib, phi, loss, first, k, v, dl, aT, c, init, Pg, U0):
-    """(Us, tail, X2, G1, G2) as the module docstring says, tail [Us1[first:], Us2[first:]]
-    as copies (what the final state picks from: its gradient needs no zero-padded Us);
-    `lib` = load()."""
-    Us1, Us2, Tl1, Tl2, X2, G1, G2 = _NativeChunks.apply(lib, phi, loss, first, k, v, dl, aT,
-                                                         c, *init, *Pg, *U0)
-    return [Us1, Us2], [Tl1, Tl2], X2, G1, G2
+def miras_chunks(lib, phi, loss, k, v, dl, aT, c, init, Pg, U0):
+    """(Us, X2, G1, G2) as the module docstring says; `lib` = load()."""
+    N = k.shape[2]
+    *Us, X2, G1, G2 = _NativeChunks.apply(lib, phi, loss, k, v, dl, aT, c, *init, *Pg, *U0)
+    return [Us[:N + 1], Us[N + 1:]], X2, G1, G2
