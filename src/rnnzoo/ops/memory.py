@@ -593,8 +593,7 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, Cm, f, REth, Acum, Ecu
 # reads each step with its own weights without a step loop over the sequence: on the CPU in a
 # C kernel (ops/native/miras_read) that runs the in-chunk recurrence in cache for every chunk
 # at once; elsewhere for phi = identity in the dual form, for softmax and the q-scale by
-# materialising every U_t, a group of chunks at a time. The chunk loop itself (each chunk's
-# gradients at its start) runs in C for the MLP memory (ops/native/miras_chunk).
+# materialising every U_t, a group of chunks at a time.
 
 GROUP = 1 << 21   # miras_chunked's per-step weights: elements per group of chunks
 
