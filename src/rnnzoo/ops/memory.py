@@ -626,15 +626,23 @@ class _LpBias:
         return self.p * torch.sign(e) * e.abs() ** (self.p - 1)
 
 
+def _l2_bias(e, delta):
+    return e
+
+
+def _huber_bias(e, delta):
+    return torch.where(torch.linalg.vector_norm(e, dim=-1, keepdim=True) <= delta, e,
+                       delta * torch.sign(e))
+
+
 def attentional_bias(kind, p=3.0):
     """The loss's gradient in the error e (and delta for huber): a function (e, delta) -> G."""
     if kind == "l2":
-        return lambda e, delta: e
+        return _l2_bias
     if kind == "lp":
         return _LpBias(p)
     if kind == "huber":
-        return lambda e, delta: torch.where(
-            torch.linalg.vector_norm(e, dim=-1, keepdim=True) <= delta, e, delta * torch.sign(e))
+        return _huber_bias
     raise ValueError(f"attentional bias must be 'l2', 'lp' or 'huber', got {kind!r}")
 
 
@@ -672,12 +680,16 @@ def retention(kind, q=4.0):
     raise ValueError(f"retention must be 'l2', 'lq' or 'kl', got {kind!r}")
 
 
+def _phi_kind(phi):
+    return ("identity" if phi is _identity else "softmax" if phi is _softmax_rows
+            else "qscale" if isinstance(phi, _QScale) else None)
+
+
 def _native_read(phi, *tensors):
     """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi
     (the identity, the row softmax or a q-scale), or None: a function of (x, U_init, U_0, a,
     e, X, G)."""
-    kind = ("identity" if phi is _identity else "softmax" if phi is _softmax_rows
-            else "qscale" if isinstance(phi, _QScale) else None)
+    kind = _phi_kind(phi)
     if kind is None or not backend.use_native(*tensors):
         return None
     from rnnzoo.ops.native import miras_read as native_read
@@ -685,6 +697,24 @@ def _native_read(phi, *tensors):
     if lib is None:
         return None
     return lambda *t: native_read.miras_read(lib, kind, getattr(phi, "q", None), *t)
+
+
+def _native_loop(kind, phi, dloss, *tensors):
+    """The C kernel of miras_chunked's chunk loop (ops/native/miras_chunk.py) for the MLP
+    memory with these tensors (one dtype), phi and dloss, or None: a function of (k, v,
+    delta, aT, c, U_init, Pg, U0) -> (Us, X2, G1, G2)."""
+    pk = _phi_kind(phi)
+    loss = ("l2" if dloss is _l2_bias else "huber" if dloss is _huber_bias
+            else "l3" if isinstance(dloss, _LpBias) and dloss.p == 3 else None)
+    from rnnzoo.ops import flop_count  # it books its FLOPs: bench.layer_flops takes it too
+    if (kind != "mlp" or pk is None or getattr(phi, "q", 4) != 4 or loss is None
+            or len({t.dtype for t in tensors}) != 1 or not flop_count.native(*tensors)):
+        return None
+    from rnnzoo.ops.native import miras_chunk
+    lib = miras_chunk.load()
+    if lib is None:
+        return None
+    return lambda *t: miras_chunk.miras_chunks(lib, pk, loss, *t)
 
 
 def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
@@ -739,7 +769,9 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     """The chunkwise form, equal to `miras_sequential`. Same arguments.
 
     Only the weights pass from chunk to chunk: the loop takes a chunk's gradients at its
-    start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else. The reads
+    start and its end accumulators U_C = A_C U_0 - X^T (Cm[C] o G), nothing else: on the CPU,
+    for the MLP memory with the three layers' rules, in the C kernel ops/native/miras_chunk
+    (one (batch, head) memory at a time, its backward by hand). The reads
     then run over all chunks at once: on the CPU (float32/64, `backend.use_native`), the C
     kernel ops/native/miras_read, which makes each step's weights in cache from the chunk's
     start (W_t = a_t W_t-1 - e_t X_t^T G_t) and never stores them; elsewhere the dual form
@@ -765,25 +797,36 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
     c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last, first = (c + T - 1) // C, (T - 1) // C
-    made, history = [], []        # per chunk: its U_0 and X, G of each weight
-    # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor
-    # in backward, per chunk
-    for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (kc, vc, dc,
-                                                                                A_end, c_end)))):
-        Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
-        Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
-        made.append((*U, *Xs, *Gs))
-        U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
-        if j >= first:
-            history.append([*Ug, *U])
-        Ug = U
+    loop = _native_loop(kind, phi, dloss, q, *init, *Ug, *U)
+    if loop is not None:   # the whole loop in C, one (batch, head) memory at a time
+        Us, X2, G1, G2 = loop(kc, vc, dc, A_end[..., 0, 0], c_end[..., 0], init, Ug, U)
+        # per weight its NT + 1 chunk starts; X, G chunk-major (N, B, H, ...) as the reads
+        # take them
+        history = [[*(Ug if j == 0 else [u[j] for u in Us]), *[u[j + 1] for u in Us]]
+                   for j in range(first, NT)]
+        Ust = [u[:NT] for u in Us]
+        Xs, Gs = [kc.permute(2, 0, 1, 3, 4), X2], [G1, G2]
+    else:
+        made, history = [], []        # per chunk: its U_0 and X, G of each weight
+        # unbound once: a chunk's slice taken in the loop would cost a whole-size zero
+        # tensor in backward, per chunk
+        for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (
+                kc, vc, dc, A_end, c_end)))):
+            Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
+            Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
+            made.append((*U, *Xs, *Gs))
+            U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
+            if j >= first:
+                history.append([*Ug, *U])
+            Ug = U
+        per = [list(t) for t in zip(*made)]        # per weight: its NT chunks' U_0, X, G
+        Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
     final = _pick(history, last, first)
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
-    per = [list(t) for t in zip(*made)]        # per weight: its NT chunks' U_0, X, G
-    Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
     read = _native_read(phi, q, *init)
     if read is None:   # the PyTorch reads take every chunk at once: stacked, (B, H, NT, ...)
-        Ust, Xs, Gs = ([torch.stack(t, 2) for t in ts] for ts in (Ust, Xs, Gs))
+        Ust, Xs, Gs = ([torch.stack(t, 2) if isinstance(t, list) else t.movedim(0, 2)
+                        for t in ts] for ts in (Ust, Xs, Gs))
     if read is not None:
         # each step's weights made in cache by the recurrence W_t = a_t W_t-1 - e_t X_t^T G_t
         # (the same U_t), never stored (for phi = identity too: the dual form's batches of

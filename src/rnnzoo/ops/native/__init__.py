@@ -32,6 +32,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     gated_norm.c        the output heads of mamba2, mamba and mlstm
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
+    miras_chunk.c       Miras' chunk loop for the MLP memory (memora, moneta, yaad)
     memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
                         (and the causal softmax rows of attention / FoX, rotary positions)

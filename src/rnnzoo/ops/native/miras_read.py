@@ -8,8 +8,9 @@ with phi the row softmax ("softmax", Memora), V |V|_q^(2-q) ("qscale", Moneta) o
 recomputes them a chunk at a time.
 
 x: (B, H, N, C, I); a, e: (B, H, N, C); U_init: (H, I, O); U_0, X, G: lists of the N chunks
-(B, H, I, O), (B, H, C, I) and (B, H, C, O), as the chunk loop makes them (stacking them cost
-a copy of every chunk's weights). Returns y (B, H, N, C, O), differentiable in all of them.
+(B, H, I, O), (B, H, C, I) and (B, H, C, O), as the Python chunk loop makes them (stacking them
+cost a copy of every chunk's weights), or (each of them) a chunk-major tensor (N, B, H, ...), as
+the C loop (miras_chunk) writes X and G. Returns y (B, H, N, C, O), differentiable in all of them.
 All float32 or all float64 on the CPU (`ops.backend.use_native` decides). Work is split over
 torch.get_num_threads() threads by chunks (ctypes lets go of the GIL during each call).
 """
@@ -33,17 +34,32 @@ def _kernels(lib, dtype):
                           [P] * 17 + [L] * 5 + [ctypes.c_int, real, L, L]))
 
 
-def _array(ts):
-    """The data pointers of a list of tensors as a C array (void *[len])."""
-    return (ctypes.c_void_p * len(ts))(*(t.data_ptr() for t in ts))
+def _array(ts, N):
+    """The data pointers of N chunks as a C array (void *[N]): a list of tensors, or a
+    chunk-major tensor (N, ...) whose slices are the chunks."""
+    if isinstance(ts, torch.Tensor):
+        step = ts.stride(0) * ts.element_size()
+        return (ctypes.c_void_p * N)(*(ts.data_ptr() + n * step for n in range(N)))
+    return (ctypes.c_void_p * N)(*(t.data_ptr() for t in ts))
+
+
+def _unflat(flat, stacked, N):
+    """[U0, X, G] from the Function's flat trailing inputs: each N tensors or one stacked."""
+    out, i = [], 0
+    for st in stacked:
+        n = 1 if st else N
+        out.append(flat[i] if st else list(flat[i:i + n]))
+        i += n
+    return out
 
 
 class _NativeRead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, kind, q, x, u0, a, e, *chunks):
+    def forward(ctx, lib, kind, q, stacked, x, u0, a, e, *chunks):
         x, u0, a, e = (t.contiguous() for t in (x, u0, a, e))
         B, H, N, C, n_in = x.shape
-        U0, X, G = (list(t.contiguous() for t in chunks[i * N:(i + 1) * N]) for i in range(3))
+        chunks = [t.contiguous() for t in chunks]
+        U0, X, G = _unflat(chunks, stacked, N)
         n_out = G[0].shape[-1]
         fwd, _ = _kernels(lib, x.dtype)
         y = x.new_empty(B, H, N, C, n_out)
@@ -51,44 +67,50 @@ class _NativeRead(torch.autograd.Function):
         # the softmax's row maxima and inverse sums, the q-scale's norms, per step
         nrm = (a.new_empty(*a.shape, 2, n_in) if kind == 0 else a.new_empty(a.shape)
                if kind == 1 else None)
-        ptrs = [native.ptr(x), native.ptr(u0), _array(U0), native.ptr(a), native.ptr(e),
-                _array(X), _array(G), native.ptr(y), native.ptr(nrm)]
+        ptrs = [native.ptr(x), native.ptr(u0), _array(U0, N), native.ptr(a), native.ptr(e),
+                _array(X, N), _array(G, N), native.ptr(y), native.ptr(nrm)]
         native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
                          for p in native.rows(B * H * N) or [(0, 0)]])
-        ctx.save_for_backward(x, u0, a, e, *U0, *X, *G, *((y, nrm) if kind < 2 else ()))
-        ctx.lib, ctx.kind, ctx.q = lib, kind, qv
+        ctx.save_for_backward(x, u0, a, e, *chunks, *((y, nrm) if kind < 2 else ()))
+        ctx.lib, ctx.kind, ctx.q, ctx.stacked = lib, kind, qv, stacked
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, u0, a, e, *rest = ctx.saved_tensors
         B, H, N, C, n_in = x.shape
-        U0, X, G = (rest[i * N:(i + 1) * N] for i in range(3))
-        y, nrm = rest[3 * N:] or (None, None)
+        M = sum(1 if st else N for st in ctx.stacked)
+        U0, X, G = _unflat(rest[:M], ctx.stacked, N)
+        y, nrm = rest[M:] or (None, None)
         n_out = G[0].shape[-1]
         _, bwd = _kernels(ctx.lib, x.dtype)
         dy = dy.contiguous()
         dx, da, de = (torch.empty_like(t) for t in (x, a, e))
-        dU0, dX, dG = ([torch.empty_like(t) for t in ts] for ts in (U0, X, G))
+        dU0, dX, dG = (torch.empty_like(t) if isinstance(t, torch.Tensor) else
+                       [torch.empty_like(c) for c in t] for t in (U0, X, G))
         parts = native.rows(B * H * N) or [(0, 0)]
         du0 = u0.new_zeros(len(parts), *u0.shape)       # one dU_init per thread
-        ptrs = [native.ptr(x), native.ptr(u0), _array(U0), native.ptr(a), native.ptr(e),
-                _array(X), _array(G), native.ptr(dy), native.ptr(y), native.ptr(nrm),
-                native.ptr(dx), _array(dU0)]
-        rest = [native.ptr(da), native.ptr(de), _array(dX), _array(dG)]
+        ptrs = [native.ptr(x), native.ptr(u0), _array(U0, N), native.ptr(a), native.ptr(e),
+                _array(X, N), _array(G, N), native.ptr(dy), native.ptr(y), native.ptr(nrm),
+                native.ptr(dx), _array(dU0, N)]
+        rest = [native.ptr(da), native.ptr(de), _array(dX, N), _array(dG, N)]
         native.run(bwd, [(*ptrs, native.ptr(du0[i]), *rest, H, N, C, n_in, n_out, ctx.kind,
                           ctx.q, *p) for i, p in enumerate(parts)])
         du0 = du0.sum(0)
         if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t, one product per head
             du0 = (x.transpose(0, 1).flatten(1, 3).transpose(1, 2)
                    @ dy.transpose(0, 1).flatten(1, 3))
-        return None, None, None, dx, du0, da, de, *dU0, *dX, *dG
+        flat = [d for t in (dU0, dX, dG) for d in ([t] if isinstance(t, torch.Tensor) else t)]
+        return (None, None, None, None, dx, du0, da, de, *flat)
 
 
 def miras_read(lib, kind, q, x, u0, U0, a, e, X, G):
     """y (B, H, N, C, O); `lib` = native.load("miras_read"); kind one of KINDS (q: qscale's);
-    U0, X, G: lists of N chunks."""
-    return _NativeRead.apply(lib, kind, q, x, u0, a, e, *U0, *X, *G)
+    U0, X, G: each a list of N chunks or a chunk-major tensor (N, B, H, ...) (no list, no
+    stack: its gradient is one tensor too)."""
+    stacked = tuple(isinstance(t, torch.Tensor) for t in (U0, X, G))
+    flat = [c for t in (U0, X, G) for c in ([t] if isinstance(t, torch.Tensor) else t)]
+    return _NativeRead.apply(lib, kind, q, stacked, x, u0, a, e, *flat)
 
 
 def load():

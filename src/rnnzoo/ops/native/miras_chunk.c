@@ -1,0 +1,473 @@
+/* The chunk loop of Miras' chunk form (ops/memory.py, miras_chunked) for the two-layer MLP
+   memory (K -> F -> K, tanh GELU between), forward and backward, one (batch row, head) pair
+   at a time with its four (K, F) / (F, K) weights in cache. Chunk n (C steps k, v, delta)
+   takes the memory's gradient at its gradient point Pg (the state's U' for the first chunk,
+   the chunk's starting U after it) and carries the accumulators U:
+
+       W1 = phi(U1_init + Pg1),  W2 = phi(U2_init + Pg2)                     (the retention)
+       Z1 = k W1,  X2 = gelu(Z1),  E = X2 W2 - v,  G2 = dloss(E, delta)       (C, F), (C, K)
+       R = G2 W2^T,  G1 = gelu'(Z1) o R
+       U1 <- aT U1 - k^T (c o G1),  U2 <- aT U2 - X2^T (c o G2)       (c: the rows' weights)
+
+   phi (kind 0): softmax over each row;  (1): V / sqrt(sum V^4) (the q-scale, q = 4);
+   (2): the identity.  dloss (kind 0): E (l2);  (1): 3 E |E| (l_3);  (2): Huber, E where the
+   row's |E|_2 <= delta, else delta sign(E).  Every chunk's starting U is written out (Us:
+   N + 1 of them, the last the final accumulators) with X2, G1, G2 (what the reads take); the
+   backward reads them back and recomputes the chunk. With gU the gradient of a chunk's final
+   U (plus the external dX2, dG1, dG2):
+
+       daT = <gU1, U1> + <gU2, U2>,   dc_s = -(k_s gU1) . G1_s - (X2_s gU2) . G2_s
+       dG1_s -= c_s k_s gU1,  dk_s -= c_s gU1 G1_s,  dG2_s -= c_s X2_s gU2,  dX2_s -= c_s gU2 G2_s
+       dR = dG1 o gelu'(Z1),  dZ1 = dG1 o R o gelu''(Z1),  dG2 += dR W2,  dW2 = dR^T G2
+       dE = dloss'(dG2),  dv = -dE,  dX2 += dE W2^T,  dW2 += X2^T dE,  dZ1 += dX2 o gelu'(Z1)
+       dk += dZ1 W1^T,  dW1 = k^T dZ1,  dV = phi'(dW),  dU_init += dV,  dPg = dV
+       gU <- aT gU + dUs (+ dPg after the first chunk, whose Pg is the state's U')
+
+   Layouts (row-major, contiguous), pr = b H + h a pair, h = pr % H: k, v, dk, dv
+   (pairs, N, C, K); dl (delta), cT, ddl, dcT (pairs, N, C); aT, daT (pairs, N); U1_init,
+   dU1_init (H, K, F), U2_init, dU2_init (H, F, K); Pg1, U1, their gradients (pairs, K, F),
+   Pg2, U2 (pairs, F, K); Us1, Us2: N + 1 pointers each, one a chunk start, to (pairs, K, F) and (pairs, F, K) (one
+   tensor each: a single (N + 1, ...) one is over glibc's mmap threshold, faulted in anew on
+   every call); X2, G1
+   (N, pairs, C, F), G2 (N, pairs, C, K) (chunk-major: each chunk's slice is one block, as
+   the reads take it); their gradients alike (dX2, dG1, dG2 and the entries of dUs1, dUs2 may
+   be NULL: zero).
+   Each function does the pairs [p0, p1); the backward adds into dU_init (each thread its
+   own, zeroed and summed by the caller). Plain C; compiled by rnnzoo.ops.native. */
+
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "miras_chunk.c"
+#include "each_type.h"
+
+#else
+
+#ifndef INLINE
+#define INLINE inline __attribute__((always_inline))
+#define SUMS __attribute__((noinline, optimize("associative-math", "no-signed-zeros")))
+#endif
+
+/* sum_o a[o] b[o], reassociated (see miras_read.c) */
+static SUMS T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
+    T s = 0;
+    for (long o = 0; o < n; o++) s += a[o] * b[o];
+    return s;
+}
+
+/* sum_o a[o] */
+static SUMS T NAME(total)(const T *restrict a, long n) {
+    T s = 0;
+    for (long o = 0; o < n; o++) s += a[o];
+    return s;
+}
+
+/* sum_o a[o]^4 */
+static SUMS T NAME(sum4)(const T *restrict a, long n) {
+    T s = 0;
+    for (long o = 0; o < n; o++) { const T a2 = a[o] * a[o]; s += a2 * a2; }
+    return s;
+}
+
+/* sum_o a[o] (b[o] + c[o]) */
+static SUMS T NAME(dot2)(const T *restrict a, const T *restrict b, const T *restrict c, long n) {
+    T s = 0;
+    for (long o = 0; o < n; o++) s += a[o] * (b[o] + c[o]);
+    return s;
+}
+
+/* the tanh GELU and its derivatives, as memory_gelu.c: u = s (z + c z^3), t = tanh u,
+   g = z (1 + t) / 2, g' = (1 + t) / 2 + z (1 - t^2) u' / 2,
+   g'' = (1 - t^2) (u' - z t u'^2 + z u'' / 2) */
+#define GELU_S ((T)0.7978845608028654)
+#define GELU_C ((T)0.044715)
+static INLINE T NAME(tanh_u)(T z, T *sech2) {
+    T u = GELU_S * (z + GELU_C * z * z * z), e = EXP(2 * u), r = 1 / (e + 1);
+    *sech2 = 4 * r * (e * r);
+    return 1 - 2 * r;
+}
+
+/* W = phi(u + P) (I, O); *s the q-scale's 1 / sqrt(sum V^4) (kind 1) */
+static INLINE void NAME(phi)(const T *restrict u, const T *restrict P, T *restrict W, long I,
+                             long O, int kind, T *s) {
+    const long n = I * O;
+#pragma omp simd
+    for (long e = 0; e < n; e++) W[e] = u[e] + P[e];
+    if (kind == 0) {
+        for (long i = 0; i < I; i++) {
+            T *restrict w = W + i * O;
+            T m = w[0];
+#pragma omp simd reduction(max:m)
+            for (long o = 0; o < O; o++) m = w[o] > m ? w[o] : m;
+#pragma omp simd
+            for (long o = 0; o < O; o++) w[o] = EXP(w[o] - m);
+            const T r = 1 / NAME(total)(w, O);
+#pragma omp simd
+            for (long o = 0; o < O; o++) w[o] *= r;
+        }
+    } else if (kind == 1) {
+        *s = 1 / SQRT(NAME(sum4)(W, n));
+#pragma omp simd
+        for (long e = 0; e < n; e++) W[e] *= *s;
+    }
+}
+
+/* dV = phi'(dW) at W = phi(u + P) (written over dW) */
+static INLINE void NAME(phi_back)(const T *restrict u, const T *restrict P, const T *restrict W,
+                                  T *restrict dW, long I, long O, int kind, T s) {
+    const long n = I * O;
+    if (kind == 0) {
+        for (long i = 0; i < I; i++) {
+            T *restrict d = dW + i * O;
+            const T *restrict w = W + i * O;
+            const T r = NAME(dot)(d, w, O);
+#pragma omp simd
+            for (long o = 0; o < O; o++) d[o] = w[o] * (d[o] - r);
+        }
+    } else if (kind == 1) {  /* dV = s dW - 2 s^3 <dW, V> V^3 */
+        const T f = 2 * s * s * s * NAME(dot2)(dW, u, P, n);
+#pragma omp simd
+        for (long e = 0; e < n; e++) {
+            const T v = u[e] + P[e];
+            dW[e] = s * dW[e] - f * v * v * v;
+        }
+    }
+}
+
+/* y += a x */
+static INLINE void NAME(axpy)(T *restrict y, T a, const T *restrict x, long n) {
+#pragma omp simd
+    for (long e = 0; e < n; e++) y[e] += a * x[e];
+}
+
+/* y *= a */
+static INLINE void NAME(scale)(T *restrict y, T a, long n) {
+#pragma omp simd
+    for (long e = 0; e < n; e++) y[e] *= a;
+}
+
+/* Y (R, O) (+)= A (R, I) B (I, O): rows of B, no dot products */
+static INLINE void NAME(mm)(const T *restrict A, const T *restrict B, T *restrict Y, long R,
+                            long I, long O, int add) {
+    if (O == 32 || O == 128) {     /* the row in registers (a local the compiler keeps) */
+        for (long r = 0; r < R; r++) {
+            T *restrict y = Y + r * O;
+            T acc[O];
+            for (long o = 0; o < O; o++) acc[o] = add ? y[o] : 0;
+            for (long i = 0; i < I; i++) {
+                const T a = A[r * I + i];
+                const T *restrict b = B + i * O;
+#pragma omp simd
+                for (long o = 0; o < O; o++) acc[o] += a * b[o];
+            }
+            for (long o = 0; o < O; o++) y[o] = acc[o];
+        }
+        return;
+    }
+    for (long r = 0; r < R; r++) {
+        T *restrict y = Y + r * O;
+        if (!add) memset(y, 0, O * sizeof(T));
+        for (long i = 0; i < I; i++) {
+            const T a = A[r * I + i];
+            const T *restrict b = B + i * O;
+#pragma omp simd
+            for (long o = 0; o < O; o++) y[o] += a * b[o];
+        }
+    }
+}
+
+/* Y (I, O) += A^T (R, I)^T B (R, O), each row r of A scaled by c[r] (c NULL: 1) */
+static INLINE void NAME(mtm)(const T *restrict A, const T *restrict B, const T *restrict c,
+                             T *restrict Y, long R, long I, long O) {
+    for (long r = 0; r < R; r++) {
+        const T cr = c ? c[r] : 1;
+        const T *restrict b = B + r * O;
+        for (long i = 0; i < I; i++) {
+            const T a = cr * A[r * I + i];
+            T *restrict y = Y + i * O;
+#pragma omp simd
+            for (long o = 0; o < O; o++) y[o] += a * b[o];
+        }
+    }
+}
+
+/* Xt (O, I) = X^T, X (I, O) */
+static INLINE void NAME(transpose)(const T *restrict X, T *restrict Xt, long I, long O) {
+    for (long i = 0; i < I; i++)
+        for (long o = 0; o < O; o++) Xt[o * I + i] = X[i * O + o];
+}
+
+/* the chunk's gradients at its gradient point (P1, P2): W1, W2, W2t = W2^T, Z1, X2, E, G2,
+   R, G1 as the header says (s1, s2: the q-scales) */
+static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T *restrict dl,
+                               const T *restrict u1, const T *restrict u2, const T *restrict P1,
+                               const T *restrict P2, T *restrict W1, T *restrict W2,
+                               T *restrict W2t, T *restrict Z1, T *restrict X2, T *restrict E,
+                               T *restrict G2, T *restrict R, T *restrict G1, T *s1, T *s2,
+                               long C, long K, long F, int kind, int loss) {
+    NAME(phi)(u1, P1, W1, K, F, kind, s1);
+    NAME(phi)(u2, P2, W2, F, K, kind, s2);
+    NAME(transpose)(W2, W2t, F, K);
+    NAME(mm)(k, W1, Z1, C, K, F, 0);
+#pragma omp simd
+    for (long e = 0; e < C * F; e++) {
+        T sech2, z = Z1[e];
+        X2[e] = (T)0.5 * z * (1 + NAME(tanh_u)(z, &sech2));
+    }
+    NAME(mm)(X2, W2, E, C, F, K, 0);
+    for (long s = 0; s < C; s++) {
+        T *restrict e = E + s * K, *restrict g = G2 + s * K;
+        const T *restrict vs = v + s * K;
+#pragma omp simd
+        for (long o = 0; o < K; o++) e[o] -= vs[o];
+        if (loss == 0) {
+            memcpy(g, e, K * sizeof(T));
+        } else if (loss == 1) {
+#pragma omp simd
+            for (long o = 0; o < K; o++) g[o] = 3 * e[o] * fabs(e[o]);
+        } else {
+            if (SQRT(NAME(dot)(e, e, K)) <= dl[s])
+                memcpy(g, e, K * sizeof(T));
+            else
+                for (long o = 0; o < K; o++)
+                    g[o] = e[o] > 0 ? dl[s] : e[o] < 0 ? -dl[s] : 0;
+        }
+    }
+    NAME(mm)(G2, W2t, R, C, K, F, 0);
+#pragma omp simd
+    for (long e = 0; e < C * F; e++) {
+        T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2), du = GELU_S * (1 + 3 * GELU_C * z * z);
+        G1[e] = R[e] * ((T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du);
+    }
+}
+
+/* scratch of one thread: W1, W2, W2t, Z1, X2, E, G2, R, G1 and (backward) more */
+#define SCRATCH(C, K, F) (3 * (K) * (F) + 4 * (C) * (F) + 2 * (C) * (K))
+
+static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
+                             const T *u1, const T *u2, const T *Pg1, const T *Pg2,
+                             const T *U1, const T *U2, T *const *Us1, T *const *Us2, T *X2o, T *G1o, T *G2o,
+                             long H, long N, long C, long K, long F, long NP, int kind,
+                             int loss, long p0, long p1) {
+    const long KF = K * F, CK = C * K, CF = C * F;
+    T *buf = malloc(SCRATCH(C, K, F) * sizeof(T));
+    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
+      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK;
+    for (long pr = p0; pr < p1; pr++) {
+        const long h = pr % H;
+        const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
+        memcpy(Us1[0] + pr * KF, U1 + pr * KF, KF * sizeof(T));
+        memcpy(Us2[0] + pr * KF, U2 + pr * KF, KF * sizeof(T));
+        for (long n = 0; n < N; n++) {
+            const long c = pr * N + n, o = n * NP + pr;
+            const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
+            T s1, s2;
+            NAME(grads)(k + c * CK, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1,
+                        X2, E, G2, R, G1, &s1, &s2, C, K, F, kind, loss);
+            memcpy(X2o + o * CF, X2, CF * sizeof(T));
+            memcpy(G1o + o * CF, G1, CF * sizeof(T));
+            memcpy(G2o + o * CK, G2, CK * sizeof(T));
+            const T a = aT[c], *cn = cT + c * C;
+            const T *restrict A1 = Us1[n] + pr * KF, *restrict A2 = Us2[n] + pr * KF;
+            T *restrict B1 = Us1[n + 1] + pr * KF, *restrict B2 = Us2[n + 1] + pr * KF;
+#pragma omp simd
+            for (long e = 0; e < KF; e++) { B1[e] = a * A1[e]; B2[e] = a * A2[e]; }
+            /* U <- aT U - X^T (c o G) */
+            for (long s = 0; s < C; s++) {
+                const T *restrict ks = k + c * CK + s * K, *restrict xs = X2 + s * F;
+                const T *restrict g1 = G1 + s * F, *restrict g2 = G2 + s * K;
+                for (long i = 0; i < K; i++) {
+                    const T w = cn[s] * ks[i];
+                    T *restrict b = B1 + i * F;
+#pragma omp simd
+                    for (long j = 0; j < F; j++) b[j] -= w * g1[j];
+                }
+                for (long i = 0; i < F; i++) {
+                    const T w = cn[s] * xs[i];
+                    T *restrict b = B2 + i * K;
+#pragma omp simd
+                    for (long j = 0; j < K; j++) b[j] -= w * g2[j];
+                }
+            }
+        }
+    }
+    free(buf);
+}
+
+static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
+                             const T *u1, const T *u2, const T *Pg1, const T *Pg2,
+                             const T *const *Us1, const T *const *Us2,
+                             const T *const *dUs1, const T *const *dUs2, const T *dX2o, const T *dG1o, const T *dG2o, T *dk, T *dv, T *ddl,
+                             T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2, T *dU1, T *dU2,
+                             long H, long N, long C, long K, long F, long NP, int kind,
+                             int loss, long p0, long p1) {
+    const long KF = K * F, CK = C * K, CF = C * F;
+    T *buf = malloc((SCRATCH(C, K, F) + 6 * KF + 3 * CF + 2 * CK + F) * sizeof(T));
+    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
+      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK;
+    T *gU1 = G2 + CK, *gU2 = gU1 + KF, *gt1 = gU2 + KF, *dW1 = gt1 + KF, *dW2 = dW1 + KF, *gt2 = dW2 + KF;
+    T *dZ1 = gt2 + KF, *dX2 = dZ1 + CF, *dR = dX2 + CF, *dG2 = dR + CF, *dE = dG2 + CK;
+    T *y = dE + CK;
+    for (long pr = p0; pr < p1; pr++) {
+        const long h = pr % H;
+        const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
+        T *dh1 = du1 + h * KF, *dh2 = du2 + h * KF;
+        memset(gU1, 0, KF * sizeof(T));
+        memset(gU2, 0, KF * sizeof(T));
+        if (dUs1[N]) NAME(axpy)(gU1, 1, dUs1[N] + pr * KF, KF);
+        if (dUs2[N]) NAME(axpy)(gU2, 1, dUs2[N] + pr * KF, KF);
+        for (long n = N - 1; n >= 0; n--) {
+            const long c = pr * N + n, o = n * NP + pr;
+            const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
+            const T *kn = k + c * CK, *cn = cT + c * C;
+            T s1 = 0, s2 = 0;
+            NAME(grads)(kn, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1, X2, E,
+                        G2, R, G1, &s1, &s2, C, K, F, kind, loss);
+            /* the update U' = aT U - X^T (c o G) */
+            daT[c] = NAME(dot)(gU1, Us1[n] + pr * KF, KF) + NAME(dot)(gU2, Us2[n] + pr * KF, KF);
+            T *dkn = dk + c * CK;
+            if (dG1o) memcpy(dR, dG1o + o * CF, CF * sizeof(T)); else memset(dR, 0, CF * sizeof(T));
+            if (dX2o) memcpy(dX2, dX2o + o * CF, CF * sizeof(T)); else memset(dX2, 0, CF * sizeof(T));
+            if (dG2o) memcpy(dG2, dG2o + o * CK, CK * sizeof(T)); else memset(dG2, 0, CK * sizeof(T));
+            NAME(transpose)(gU1, gt1, K, F);                                   /* (F, K) */
+            NAME(transpose)(gU2, gt2, F, K);                                   /* (K, F) */
+            for (long s = 0; s < C; s++) {
+                const T *restrict ks = kn + s * K, *restrict xs = X2 + s * F;
+                const T *restrict g1 = G1 + s * F, *restrict g2 = G2 + s * K;
+                T *restrict dks = dkn + s * K, *restrict dxs = dX2 + s * F;
+                T *restrict dg1 = dR + s * F, *restrict dg2 = dG2 + s * K;
+                /* y = k_s gU1 (F) */
+                NAME(mm)(ks, gU1, y, 1, K, F, 0);
+                T d = NAME(dot)(y, g1, F);
+#pragma omp simd
+                for (long j = 0; j < F; j++) dg1[j] -= cn[s] * y[j];
+                /* dk_s = -c_s gU1 G1_s = -c_s G1_s gU1^T */
+                NAME(mm)(g1, gt1, dks, 1, F, K, 0);
+#pragma omp simd
+                for (long i = 0; i < K; i++) dks[i] *= -cn[s];
+                /* y = X2_s gU2 (K) */
+                NAME(mm)(xs, gU2, y, 1, F, K, 0);
+                d += NAME(dot)(y, g2, K);
+#pragma omp simd
+                for (long j = 0; j < K; j++) dg2[j] -= cn[s] * y[j];
+                /* dX2_s -= c_s gU2 G2_s = c_s G2_s gU2^T */
+                NAME(mm)(g2, gt2, y, 1, K, F, 0);
+#pragma omp simd
+                for (long i = 0; i < F; i++) dxs[i] -= cn[s] * y[i];
+                dcT[c * C + s] = -d;
+            }
+            /* G1 = gelu'(Z1) o R: dR = dG1 gelu', dZ1 = dG1 R gelu'' (dR holds dG1) */
+#pragma omp simd
+            for (long e = 0; e < CF; e++) {
+                T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2),
+                  du = GELU_S * (1 + 3 * GELU_C * z * z);
+                T g1 = (T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du;
+                T g2 = sech2 * (du - z * t * du * du + 3 * GELU_S * GELU_C * z * z);
+                dZ1[e] = dR[e] * R[e] * g2;       /* dX2's share added below */
+                dR[e] *= g1;
+            }
+            /* R = G2 W2^T: dG2 += dR W2, dW2 = dR^T G2 */
+            NAME(mm)(dR, W2, dG2, C, F, K, 1);
+            memset(dW2, 0, KF * sizeof(T));
+            NAME(mtm)(dR, G2, NULL, dW2, C, F, K);
+            /* G2 = dloss(E) */
+            for (long s = 0; s < C; s++) {
+                T *restrict de = dE + s * K;
+                const T *restrict e = E + s * K, *restrict g = dG2 + s * K;
+                if (loss == 0) {
+                    memcpy(de, g, K * sizeof(T));
+                    ddl[c * C + s] = 0;
+                } else if (loss == 1) {
+#pragma omp simd
+                    for (long o = 0; o < K; o++) de[o] = 6 * fabs(e[o]) * g[o];
+                    ddl[c * C + s] = 0;
+                } else if (SQRT(NAME(dot)(e, e, K)) <= dl[c * C + s]) {
+                    memcpy(de, g, K * sizeof(T));
+                    ddl[c * C + s] = 0;
+                } else {
+                    T r = 0;
+                    for (long o = 0; o < K; o++) {
+                        de[o] = 0;
+                        r += e[o] > 0 ? g[o] : e[o] < 0 ? -g[o] : 0;
+                    }
+                    ddl[c * C + s] = r;
+                }
+            }
+            T *dvn = dv + c * CK;
+            for (long e = 0; e < CK; e++) dvn[e] = -dE[e];
+            /* E = X2 W2 - v: dX2 += dE W2^T, dW2 += X2^T dE */
+            NAME(mm)(dE, W2t, dX2, C, K, F, 1);
+            NAME(mtm)(X2, dE, NULL, dW2, C, F, K);
+            /* X2 = gelu(Z1) */
+#pragma omp simd
+            for (long e = 0; e < CF; e++) {
+                T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2),
+                  du = GELU_S * (1 + 3 * GELU_C * z * z);
+                dZ1[e] += dX2[e] * ((T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du);
+            }
+            /* Z1 = k W1: dk += dZ1 W1^T, dW1 = k^T dZ1 */
+            NAME(transpose)(W1, gt1, K, F);
+            NAME(mm)(dZ1, gt1, dkn, C, F, K, 1);
+            memset(dW1, 0, KF * sizeof(T));
+            NAME(mtm)(kn, dZ1, NULL, dW1, C, K, F);
+            /* W = phi(U_init + Pg) */
+            NAME(phi_back)(uh1, P1, W1, dW1, K, F, kind, s1);
+            NAME(phi_back)(uh2, P2, W2, dW2, F, K, kind, s2);
+            NAME(axpy)(dh1, 1, dW1, KF);
+            NAME(axpy)(dh2, 1, dW2, KF);
+            /* the gradient of the chunk's starting U */
+            const T a = aT[c];
+            NAME(scale)(gU1, a, KF);
+            NAME(scale)(gU2, a, KF);
+            if (dUs1[n]) NAME(axpy)(gU1, 1, dUs1[n] + pr * KF, KF);
+            if (dUs2[n]) NAME(axpy)(gU2, 1, dUs2[n] + pr * KF, KF);
+            if (n) {
+                NAME(axpy)(gU1, 1, dW1, KF);
+                NAME(axpy)(gU2, 1, dW2, KF);
+            }
+            if (!n) {
+                memcpy(dPg1 + pr * KF, dW1, KF * sizeof(T));
+                memcpy(dPg2 + pr * KF, dW2, KF * sizeof(T));
+            }
+        }
+        memcpy(dU1 + pr * KF, gU1, KF * sizeof(T));
+        memcpy(dU2 + pr * KF, gU2, KF * sizeof(T));
+    }
+    free(buf);
+}
+
+/* the exported kernels: the bodies above compiled again for C = 16, K = 32, F = 128 (the
+   layers' default: constant widths let the compiler unroll the rows), else for any widths */
+void NAME(miras_chunk_fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
+                           const T *u1, const T *u2, const T *Pg1, const T *Pg2, const T *U1,
+                           const T *U2, T *const *Us1, T *const *Us2, T *X2, T *G1, T *G2,
+                           long H, long N,
+                           long C, long K, long F, long NP, int kind, int loss, long p0,
+                           long p1) {
+    if (C == 16 && K == 32 && F == 128)
+        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, H, N, 16, 32,
+                  128, NP, kind, loss, p0, p1);
+    else
+        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, H, N, C, K,
+                  F, NP, kind, loss, p0, p1);
+}
+
+void NAME(miras_chunk_bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
+                           const T *u1, const T *u2, const T *Pg1, const T *Pg2,
+                           const T *const *Us1, const T *const *Us2, const T *const *dUs1,
+                           const T *const *dUs2, const T *dX2, const T *dG1, const T *dG2, T *dk,
+                           T *dv, T *ddl, T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2,
+                           T *dU1, T *dU2, long H, long N, long C, long K, long F, long NP,
+                           int kind, int loss, long p0, long p1) {
+    if (C == 16 && K == 32 && F == 128)
+        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
+                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, 16, 32,
+                  128, NP, kind, loss, p0, p1);
+    else
+        NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
+                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, C, K,
+                  F, NP, kind, loss, p0, p1);
+}
+
+#undef GELU_S
+#undef GELU_C
+
+#endif
