@@ -67,3 +67,21 @@ def test_mamba3_chunk_through_the_kernel_equals_sequential(monkeypatch, opts):
     want = run("sequential")
     names = ["y", "h", "B", "x_last", "x", "h0", "B0", "x0", *(n for n, _ in layer.named_parameters())]
     assert_close(got, want, names, 1e-10)
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+def test_mamba3_siso_chunk_nonfinite_input_is_causal(fill):
+    """The conformance suite's causality check on the SISO path (its registered tiny config is
+    MIMO): a non-finite input at step t leaves every earlier output finite and unchanged."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y_clean, _ = layer(x, mode="chunk")
+        for t in (3, 8):
+            x_bad = x.clone()
+            x_bad[0, t, 0] = fill
+            y, _ = layer(x_bad, mode="chunk")
+            assert bool(torch.isfinite(y[0, :t]).all())
+            assert (y[0, :t] - y_clean[0, :t]).abs().max() < 1e-12
+            assert (y[1] - y_clean[1]).abs().max() < 1e-12
