@@ -3,7 +3,8 @@
    channels), instead of a dozen elementwise passes through autograd.
 
    rms_gate (the gate before the norm, pre = 1: mamba2, and mamba / longhorn without the
-   norm; after it, pre = 0: the delta, gla, gsa, hgrn2, lightnet heads):
+   norm; after it, pre = 0: the delta, gla, gsa, hgrn2, lightnet heads, mamba3's SISO head,
+   mamba2 with norm_before_gate):
        a = y + s xs (a = y without a skip),   A = act(z) (1 without a gate),
        pre = 1:  out = (a A) r w,   r = (mean_group((a A)^2) + eps)^(-1/2)
        pre = 0:  out = a r w A,     r = (mean_group(a^2) + eps)^(-1/2)
