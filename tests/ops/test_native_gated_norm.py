@@ -1,5 +1,5 @@
-"""ops.native.gated_norm: the C output heads of mamba2 (skip, gate, group RMSNorm; the gate
-alone without gated_norm), mamba (skip and gate) and mlstm (head LayerNorm, skip, gate)
+"""ops.native.gated_norm: the C output heads of mamba2 (skip, gate, group RMSNorm, the gate
+before or after the norm; the gate alone without gated_norm), mamba (skip and gate) and mlstm (head LayerNorm, skip, gate)
 and longhorn (skip and gate) against each layer's PyTorch path under backend.force("torch"): outputs and the gradients of
 the input and of every parameter, float64 to 1e-10 on 2 threads (the rows split, each part's parameter gradients summed),
 float32 to 1e-5 on 1."""
@@ -18,6 +18,8 @@ from rnnzoo.ops.native import gated_norm
 CASES = [("mamba2", dict(d_model=8, d_state=4, head_dim=4, chunk_size=4)),
          ("mamba2", dict(d_model=8, d_state=4, head_dim=4, n_groups=2, chunk_size=4)),
          ("mamba2", dict(d_model=8, d_state=4, head_dim=4, gated_norm=False, chunk_size=4)),
+         ("mamba2", dict(d_model=8, d_state=4, head_dim=4, n_groups=2, norm_before_gate=True,
+                         chunk_size=4)),
          ("mamba", dict(d_model=8, d_state=4, dt_rank=2)),
          ("mlstm", dict(d_model=8, num_heads=2, qkv_blocksize=4, chunk_size=4)),
          ("longhorn", dict(d_model=8, d_state=4, d_conv=3, expand=1, dt_rank=2))]
@@ -25,7 +27,7 @@ CASES = [("mamba2", dict(d_model=8, d_state=4, head_dim=4, chunk_size=4)),
 
 @pytest.fixture
 def calls(monkeypatch):
-    return counter(monkeypatch, gated_norm, "gate_rms", "norm_gate")
+    return counter(monkeypatch, gated_norm, "rms_norm_gate", "norm_gate")
 
 
 def _run(layer, x):

@@ -154,13 +154,14 @@ class Mamba2(RecurrentLayer):
         """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
         norm, or after it with norm_before_gate; the gate alone without gated_norm), the
         projection."""
-        if not self.norm_before_gate and backend.use_native(y, xs, z, self.D):
+        if backend.use_native(y, xs, z, self.D):
             lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
             if lib is not None:
                 D = self.D.repeat_interleave(self.head_dim)
-                return self.out_proj(gated_norm.gate_rms(
-                    lib, y.flatten(2), xs.flatten(2), D, z, self.norm_weight,
-                    self.d_inner // self.n_groups, self.norm_eps, norm=self.gated_norm))
+                return self.out_proj(gated_norm.rms_norm_gate(
+                    lib, y.flatten(2), xs.flatten(2), D, z,
+                    self.norm_weight if self.gated_norm else None, self.d_inner // self.n_groups,
+                    self.norm_eps, "silu", pre=not self.norm_before_gate, norm=self.gated_norm))
         y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
         if not self.gated_norm:
             return self.out_proj(y * F.silu(z))

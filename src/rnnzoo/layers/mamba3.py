@@ -49,8 +49,10 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
+from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native import mamba3_qk as native_qk
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -120,22 +122,19 @@ class Mamba3(RecurrentLayer):
                 torch.zeros(batch_size, self.mimo_rank, H, self.d_state, **kw),
                 torch.zeros(batch_size, H, self.head_dim, **kw))
 
-    def ssm_inputs(self, u, dtype):
-        """u (B, T, d_model) -> in `dtype`: C, B (B, T, R, H, d_state) after norm and bias,
-        x (B, T, H, head_dim), the per-rank inputs xr (B, T, R, H, head_dim), log alpha,
-        beta, gamma (B, T, H), the angle steps dtheta (B, T, H, n_angles) of the rotated
-        pairs (the first n_angles of the d_state / 2) and the gate z (B, T, H, head_dim)."""
+    def ssm_inputs(self, u, dtype, raw=False):
+        """u (B, T, d_model) -> in `dtype`: C, B (B, T, R, H, d_state) after norm and bias
+        (raw: in_proj's (B, T, R G d_state) as they are), x (B, T, H, head_dim), the
+        per-rank inputs xr (B, T, R, H, head_dim), log alpha, beta, gamma (B, T, H), the
+        angle steps dtheta (B, T, H, n_angles) of the rotated pairs (the first n_angles of
+        the d_state / 2) and the gate z (B, T, H, head_dim)."""
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
         z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
             [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
-        # head h reads group h // (H / G): the groups broadcast over their heads in the bias
-        # add (no gathered copy, and a sum, not a scatter, backward)
-        Bm, Cm = ((norm(t.unflatten(-1, (R, G, N))).to(dtype)[:, :, :, :, None]
-                   + bias.transpose(0, 1).unflatten(1, (G, H // G))).flatten(3, 4)
-                  for t, norm, bias in ((Bm, self.B_norm, self.B_bias),
-                                        (Cm, self.C_norm, self.C_bias)))
+        if not raw:
+            Bm, Cm = self._normed(Bm, dtype, "B"), self._normed(Cm, dtype, "C")
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
         log_alpha = dt * (-F.softplus(dd_A.to(dtype))).clamp(max=-self.A_floor)
         lam = torch.sigmoid(lam.to(dtype))
@@ -144,6 +143,15 @@ class Mamba3(RecurrentLayer):
         xr = x[:, :, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, :, None]
         return (Cm, Bm, x, xr, log_alpha, (1 - lam) * dt, lam * dt, dtheta,
                 z.unflatten(-1, (H, P)))
+
+    def _normed(self, t, dtype, which):
+        """in_proj's B or C (B, T, R G d_state) -> (B, T, R, H, d_state), norm and bias. Head h
+        reads group h // (H / G): the groups broadcast over their heads in the bias add (no
+        gathered copy, and a sum, not a scatter, backward)."""
+        norm, bias = (self.B_norm, self.B_bias) if which == "B" else (self.C_norm, self.C_bias)
+        G, H = self.n_groups, self.num_heads
+        return (norm(t.unflatten(-1, (self.mimo_rank, G, self.d_state))).to(dtype)[:, :, :, :, None]
+                + bias.transpose(0, 1).unflatten(1, (G, H // G))).flatten(3, 4)
 
     def _output(self, y, z, u):
         """y (B, T, R, H, head_dim) -> out (B, T, d_model): gate (or gated norm), mix ranks."""
@@ -162,7 +170,26 @@ class Mamba3(RecurrentLayer):
 
     def _forward(self, u, state, mode):
         h, B_prev, x_prev = state
-        C, Bm, x, xr, log_alpha, beta, gamma, dtheta, z = self.ssm_inputs(u, h.dtype)
+        fused = (mode == "chunk" and not self.is_mimo and not sequence_parallel.active()
+                 and backend.use_native(u, h, self.B_bias, self.C_bias, self.B_norm.weight,
+                                        self.C_norm.weight))
+        lib = native_qk.load() if fused else None
+        C, Bm, x, xr, log_alpha, beta, gamma, dtheta, z = self.ssm_inputs(u, h.dtype,
+                                                                         raw=lib is not None)
+        if lib is not None:  # SISO on the CPU: q and k from the raw B and C in C
+            last = self._normed(Bm[:, -1:], h.dtype, "B")[:, 0], x[:, -1]
+            y, h = self._chunk_fused(lib, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev,
+                                     self._ranked(x_prev))
+            head = gated_norm.load() if backend.use_native(y, z) else None
+            if head is None:
+                return self._output(y + self.D[:, None].to(y.dtype) * xr, z, u), (h, *last)
+            # the skip D x, the norm (is_outproj_norm) and the gate in one C pass each way
+            norm = self.norm
+            y = gated_norm.rms_norm_gate(
+                head, y.flatten(2), x.flatten(2), self.D.to(y.dtype).repeat_interleave(self.head_dim),
+                z.flatten(2), None if norm is None else norm.weight, self.head_dim,
+                self.norm_eps if norm is None else norm.eps, "silu", pre=False, norm=norm is not None)
+            return self.out_proj(y.to(u.dtype)), (h, *last)
         last = Bm[:, -1], x[:, -1]
         if mode == "chunk" and sequence_parallel.active():  # this rank's slice of the steps
             B_prev, x_prev, last = self._halo(Bm, x, B_prev, x_prev)
@@ -242,6 +269,23 @@ class Mamba3(RecurrentLayer):
         qk = torch.einsum("btrhn,btshn->bthrs", C, Bm) * w
         y = o.unflatten(1, (T, R)) + torch.einsum("bthrs,btshp->btrhp", qk, xr)
         return self._turned_back(y, S, end)
+
+    def _chunk_fused(self, lib, Cx, Bx, xr, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
+        """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
+        norm, bias, rotation and the key's scale gamma_t + beta_{t+1}, with each step's
+        C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T."""
+        theta = dtheta.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
+        beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
+        beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
+        q, k, cb = native_qk.qk(lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight,
+                                self.C_norm.weight, self.B_bias[:, 0], self.C_bias[:, 0], theta,
+                                gamma + beta_next, self.norm_eps)
+        carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+        x = xr[:, :, 0]
+        o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
+                   chunk_size=self.chunk_size)
+        return self._turned_back((o + (cb * -beta_next)[..., None] * x)[:, :, None], S,
+                                 theta[:, -1])
 
     def _turned_back(self, y, S, end):
         """(y, the final state turned back by the call's last angles to the unrotated frame)."""

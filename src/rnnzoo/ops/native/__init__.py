@@ -29,7 +29,9 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     ssd_scan.c          Mamba-2's SSD as a recurrence
     gla_scan.c          vector-decay gated linear attention (and RWKV-6's bonus) as a recurrence
     mlstm_scan.c        the stabilised mLSTM recurrence
-    gated_norm.c        the output heads of mamba2, mamba and mlstm
+    gated_norm.c        the gated RMSNorm heads, gate before or after the norm (mamba2, mamba,
+                        longhorn; `ops.native.head_norm`: the delta layers, lightnet, gla,
+                        gsa, hgrn2, ...), and mlstm's head
     blockdiag.c         mlstm's block-diagonal q, k, v maps
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     miras_chunk.c       Miras' chunk loop for the MLP memory (memora, moneta, yaad)
@@ -50,8 +52,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
-    head_norm.c         RMSNorm over head groups times a gate (the delta layers, lightnet, gla, gsa, hgrn2, ...)
     newton_schulz.c     Muon's Newton-Schulz iteration on the Gram matrix (atlas's momenta)
+    mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines

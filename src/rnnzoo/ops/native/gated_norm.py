@@ -1,8 +1,11 @@
-"""The gated output heads of mamba2, mamba and mlstm, fused in C (gated_norm.c); each layer
-keeps its PyTorch form as the fallback (`ops.backend.use_native`, or the kernel not built).
+"""The gated output heads, fused in C (gated_norm.c); each layer keeps its PyTorch form as
+the fallback (`ops.backend.use_native`, or the kernel not built).
 
     gate_rms:  out = RMSNorm_groups((y + s xs) silu(z)) w      (norm=False: no norm, no w)
     norm_gate: out = (LayerNorm_groups(y) w + b + s xs) silu(z)
+    rms_norm_gate: either order of an RMSNorm and a gate, the one kernel behind gate_rms
+               (mamba2, mamba, longhorn) and `ops.native.head_norm.rms_gate` (the norm, then
+               the gate: the delta, gla, gsa, hgrn2 and lightnet heads)
 
 y, xs, z: (..., W) of one float dtype (float32 or float64) on the CPU; s, w, b: (W,);
 groups of n contiguous channels; xs and s may be None (no skip). Differentiable in every
@@ -24,10 +27,10 @@ def load():
 
 
 def _kernel(lib, name, dtype):
-    P, L, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    P, L = ctypes.c_void_p, ctypes.c_long
     real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return native.kernel(lib, name, dtype, {"gate_rms_fwd": [P] * 7 + [L, L, real, i32] + [L] * 4,
-                                            "gate_rms_bwd": [P] * 12 + [L, L, i32] + [L] * 4,
+    return native.kernel(lib, name, dtype, {"rms_gate_fwd": [P] * 7 + [L, L, real] + [L] * 7,
+                                            "rms_gate_bwd": [P] * 12 + [L] * 9,
                                             "norm_gate_fwd": [P] * 8 + [L, L, real, L, L],
                                             "norm_gate_bwd": [P] * 14 + [L, L, L, L]}[name])
 
@@ -47,21 +50,23 @@ def _rows(t, W):
     return t2, t2.stride(0)
 
 
-class _GateRMS(torch.autograd.Function):
+class _RMSGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, y, xs, s, z, w, n, eps, norm):
+    def forward(ctx, lib, y, xs, s, z, w, n, eps, act, pre, norm):
         shape, W = y.shape, y.shape[-1]
         y2 = _flat(y, W)  # xs, z may be strided rows (a slice of a projection's channels)
         (xs2, xst), (z2, zst) = _rows(xs, W), _rows(z, W)
-        s, w = (None if t is None else t.contiguous() for t in (s, w))
+        ctx.w_shape = None if w is None else w.shape
+        s, w = (None if t is None else t.contiguous().view(W) for t in (s, w))
         rows = y2.shape[0]
         out = torch.empty_like(y2)
         stats = y2.new_empty(rows, W // n) if norm else None
-        fwd = _kernel(lib, "gate_rms_fwd", y.dtype)
+        fwd = _kernel(lib, "rms_gate_fwd", y.dtype)
         native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(out),
-                          native.ptr(stats), W, n, eps, int(norm), xst, zst, *p) for p in native.rows(rows)])
+                          native.ptr(stats), W, n, eps, act, pre, int(norm), xst, zst, *p)
+                         for p in native.rows(rows)])
         ctx.save_for_backward(y2, xs2, s, z2, w, stats)
-        ctx.lib, ctx.n, ctx.norm, ctx.shape, ctx.strides = lib, n, norm, shape, (xst, zst)
+        ctx.lib, ctx.n, ctx.shape, ctx.flags = lib, n, shape, (act, pre, int(norm), xst, zst)
         return out.view(shape)
 
     @staticmethod
@@ -70,20 +75,21 @@ class _GateRMS(torch.autograd.Function):
         rows, W = y2.shape
         g = g.contiguous().view(rows, W)
         parts = native.rows(rows)
-        dy, dz = torch.empty_like(y2), torch.empty_like(y2)
+        dy = torch.empty_like(y2)
+        dz = None if z2 is None else torch.empty_like(y2)
         dxs = None if xs2 is None else torch.empty_like(y2)
-        dw = y2.new_empty(len(parts), W) if ctx.norm else None
+        dw = None if w is None else y2.new_empty(len(parts), W)
         ds = None if xs2 is None else y2.new_empty(len(parts), W)
-        bwd = _kernel(ctx.lib, "gate_rms_bwd", y2.dtype)
+        bwd = _kernel(ctx.lib, "rms_gate_bwd", y2.dtype)
         native.run(bwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(stats), native.ptr(g),
                           native.ptr(dy), native.ptr(dxs), native.ptr(dz),
                           native.ptr(None if dw is None else dw[i]),
-                          native.ptr(None if ds is None else ds[i]), W, ctx.n, int(ctx.norm), *ctx.strides, a, b)
+                          native.ptr(None if ds is None else ds[i]), W, ctx.n, *ctx.flags, a, b)
                          for i, (a, b) in enumerate(parts)])
         shape = ctx.shape
         return (None, dy.view(shape), None if dxs is None else dxs.view(shape),
-                None if ds is None else ds.sum(0), dz.view(shape),
-                None if dw is None else dw.sum(0), None, None, None)
+                None if ds is None else ds.sum(0), None if dz is None else dz.view(shape),
+                None if dw is None else dw.sum(0).view(ctx.w_shape), None, None, None, None, None)
 
 
 class _NormGate(torch.autograd.Function):
@@ -123,10 +129,22 @@ class _NormGate(torch.autograd.Function):
                 None, None)
 
 
+ACTS = {None: 0, "silu": 1, "sigmoid": 2}
+
+
+def rms_norm_gate(lib, y, xs, s, z, w, n, eps, act, pre, norm=True):
+    """(y + s xs) act(z) under an RMSNorm over groups of n channels times w (pre=True: the
+    gate before the norm), or RMSNorm_groups(y + s xs) w act(z) (pre=False); norm=False:
+    no norm (w None). act: None (z unused), "silu" or "sigmoid"; xs, s None: no skip; w
+    (W entries, any shape). `lib` = load()."""
+    return _RMSGate.apply(lib, y, xs, s, z if act else None, w, n, eps, ACTS[act], int(pre),
+                          norm)
+
+
 def gate_rms(lib, y, xs, s, z, w, n, eps, norm=True):
     """RMSNorm_groups((y + s xs) silu(z)) w (norm=False: (y + s xs) silu(z), w None);
     `lib` = load()."""
-    return _GateRMS.apply(lib, y, xs, s, z, w, n, eps, norm)
+    return rms_norm_gate(lib, y, xs, s, z, w, n, eps, "silu", True, norm)
 
 
 def norm_gate(lib, y, xs, s, z, w, b, n, eps):

@@ -1,7 +1,9 @@
-"""The stabilised mLSTM recurrence in C (mlstm_scan.c), forward and backward, the (K, V)
-memory of one (batch row, head) in cache and recomputed backward from every 32nd step; the
-backward is the exact chain rule through the max-stabiliser m (as autograd's through
-`ops.chunk.linear.mlstm_recurrent`), so state gradients (C, n, m) pass both ways.
+"""The stabilised mLSTM recurrence on the CPU: its memory C is Mamba-2's SSD
+(`ops.native.ssd_scan`, log-decay g_t = log f_t and key i_t k_t), and one C pass a step
+(mlstm_scan.c) gives the max-stabiliser m, those g_t and i_t k_t, and the normaliser n with
+s_t = q_t . n_t; the denominator and the division are two (B, T, H) / (B, T, H, V) tensor
+ops. Both C passes carry their exact backward (the max-stabiliser's included, as autograd's
+through `ops.chunk.linear.mlstm_recurrent`), so state gradients (C, n, m) pass both ways.
 
 q (already scaled), k: (B, T, H, K); v: (B, T, H, V); log_i, log_f: (B, T, H); the state
 (C (B, H, K, V), n (B, H, K), m (B, H)); all one dtype (float32 or float64) on the CPU
@@ -16,57 +18,55 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-
-CK = 32  # the C file's checkpoint interval
+from rnnzoo.ops.native import ssd_scan
 
 
 def load():
-    return native.load("mlstm_scan")
+    """mlstm_scan.c's library, None unless ssd_scan.c's builds too."""
+    lib = native.load("mlstm_scan")
+    return lib if lib is not None and ssd_scan.load() is not None else None
 
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "mlstm_fwd", dtype, [P] * 15 + [real] + [L] * 6),
-            native.kernel(lib, "mlstm_bwd", dtype, [P] * 22 + [real] + [L] * 6))
+    return (native.kernel(lib, "mlstm_gates_fwd", dtype, [P] * 12 + [L] * 5),
+            native.kernel(lib, "mlstm_gates_bwd", dtype, [P] * 20 + [L] * 5))
 
 
-class _NativeMLSTM(torch.autograd.Function):
+class _Gates(torch.autograd.Function):
+    """(q, k, li, lf, n0, m0) -> (g, kp, m, s, n_T, m_T), the names of mlstm_scan.c."""
+
     @staticmethod
-    def forward(ctx, lib, eps, q, k, v, li, lf, C0, n0, m0):
-        q, k, v, li, lf, C0, n0, m0 = (t.contiguous() for t in (q, k, v, li, lf, C0, n0, m0))
+    def forward(ctx, lib, q, k, li, lf, n0, m0):
+        q, k, li, lf, n0, m0 = (t.contiguous() for t in (q, k, li, lf, n0, m0))
         B, T, H, K = q.shape
-        V = v.shape[-1]
-        h, CT, nT, mT = torch.empty_like(v), torch.empty_like(C0), torch.empty_like(n0), \
-            torch.empty_like(m0)
-        s, m = torch.empty_like(li), torch.empty_like(li)
-        ck = q.new_empty(B, H, -(-T // CK), K * V + K)
+        g, m, s = (torch.empty_like(li) for _ in range(3))
+        kp, nT, mT = torch.empty_like(k), torch.empty_like(n0), torch.empty_like(m0)
         fwd, _ = _kernels(lib, q.dtype)
-        native.run(fwd, [tuple(native.ptr(t) for t in (q, k, v, li, lf, C0, n0, m0, h, CT, nT, mT, s,
-                                                 m, ck)) + (eps, T, H, K, V, *p)
-                         for p in native.rows(B * H)])
-        ctx.save_for_backward(q, k, v, li, lf, m0, h, s, m, ck)
-        ctx.lib, ctx.eps = lib, eps
-        return h, CT, nT, mT
+        native.run(fwd, [tuple(native.ptr(t) for t in (q, k, li, lf, n0, m0, g, kp, m, s, nT, mT))
+                         + (T, H, K, *p) for p in native.rows(B * H)])
+        ctx.save_for_backward(q, k, li, lf, n0, m0, g, m)
+        ctx.lib = lib
+        return g, kp, m, s, nT, mT
 
     @staticmethod
-    def backward(ctx, dh, dCT, dnT, dmT):
-        q, k, v, li, lf, m0, h, s, m, ck = ctx.saved_tensors
+    def backward(ctx, dg, dkp, dm, ds, dnT, dmT):
+        q, k, li, lf, n0, m0, g, m = ctx.saved_tensors
         B, T, H, K = q.shape
-        V = v.shape[-1]
-        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
-        dCT, dnT, dmT = (None if t is None else t.contiguous() for t in (dCT, dnT, dmT))
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dli, dlf = torch.empty_like(li), torch.empty_like(lf)
-        dC0, dn0, dm0 = v.new_empty(B, H, K, V), v.new_empty(B, H, K), v.new_empty(B, H)
+        dg, dkp, dm, ds, dnT, dmT = (t.contiguous() for t in (dg, dkp, dm, ds, dnT, dmT))
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dli, dlf, dn0, dm0 = (torch.empty_like(t) for t in (li, lf, n0, m0))
         _, bwd = _kernels(ctx.lib, q.dtype)
-        native.run(bwd, [tuple(native.ptr(t) for t in (q, k, v, li, lf, m0, h, s, m, ck, dh, dCT, dnT,
-                                                 dmT, dq, dk, dv, dli, dlf, dC0, dn0, dm0))
-                         + (ctx.eps, T, H, K, V, *p) for p in native.rows(B * H)])
-        return None, None, dq, dk, dv, dli, dlf, dC0, dn0, dm0
+        native.run(bwd, [tuple(native.ptr(t) for t in (q, k, li, lf, n0, m0, g, m, dg, dkp, dm, ds,
+                                                       dnT, dmT, dq, dk, dli, dlf, dn0, dm0))
+                         + (T, H, K, *p) for p in native.rows(B * H)])
+        return None, dq, dk, dli, dlf, dn0, dm0
 
 
 def mlstm(lib, q, k, v, log_i, log_f, state, eps):
     """(h, (C, n, m)); `lib` = load(); state = (C0, n0, m0)."""
-    h, C, n, m = _NativeMLSTM.apply(lib, eps, q, k, v, log_i, log_f, *state)
-    return h, (C, n, m)
+    C0, n0, m0 = state
+    g, kp, m, s, nT, mT = _Gates.apply(lib, q, k, log_i, log_f, n0, m0)
+    o, CT = ssd_scan.ssd(ssd_scan.load(), q, kp, v, g, C0)
+    den = torch.maximum(s.abs(), (-m).exp()) + eps
+    return o / den[..., None], (CT, nT, mT)

@@ -1,0 +1,106 @@
+"""Mamba-3's SISO queries and keys in C (mamba3_qk.c), forward and backward: the group RMSNorm
+of in_proj's raw B and C rows, the per-head bias, the rotation of the first n adjacent
+channel pairs and the key's scale in one pass, plus each head's C . B (the same-step
+correction). `torch_qk` is the same in PyTorch (the oracle of the test).
+
+    q = R(theta) (RMSNorm(C) wC + bC),   k = s R(theta) (RMSNorm(B) wB + bB),   cb = Cn . Bn
+
+Bx, Cx: (B, T, G N) (slices of a wider projection are read in place); wB, wC: (N,); bB, bC:
+(H, N); theta: (B, T, H, n) the angles; s: (B, T, H); all one dtype (float32 or float64) on
+the CPU (`ops.backend.use_native`). Returns q, k (B, T, H, N) and cb (B, T, H),
+differentiable in everything. Threads split the rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("mamba3_qk")
+
+
+def _kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "m3qk_fwd", dtype, [P, P, L] + [P] * 10 + [real] + [L] * 6),
+            native.kernel(lib, "m3qk_bwd", dtype, [P, P, L] + [P] * 18 + [real] + [L] * 6))
+
+
+def _rows(t):
+    """t (B, T, W) as rows of unit channel stride, in place where its rows are evenly spaced;
+    and that row stride."""
+    t2 = t.reshape(-1, t.shape[-1])
+    if t2.stride(1) != 1:
+        t2 = t2.contiguous()
+    return t2, t2.stride(0)
+
+
+class _QK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps):
+        Bsz, T, W = Bx.shape
+        H, N = bB.shape
+        G, n = W // N, theta.shape[-1]
+        cos, sin = theta.cos(), theta.sin()
+        (B2, SB), (C2, SC) = _rows(Bx), _rows(Cx)
+        if SB != SC:
+            B2, C2, SB = B2.contiguous(), C2.contiguous(), W
+        wB, wC, bB, bC, s = (t.contiguous() for t in (wB, wC, bB, bC, s))
+        q = Bx.new_empty(Bsz, T, H, N)
+        k, cb = torch.empty_like(q), Bx.new_empty(Bsz, T, H)
+        fwd, _ = _kernels(lib, Bx.dtype)
+        native.run(fwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, cos, sin, s, q, k, cb))
+                         + (eps, G, H, N, n, *p) for p in native.rows(Bsz * T)])
+        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, cos, sin, s)
+        ctx.lib, ctx.eps, ctx.stride, ctx.shape = lib, eps, SB, Bx.shape
+        return q, k, cb
+
+    @staticmethod
+    def backward(ctx, dq, dk, dcb):
+        B2, C2, wB, wC, bB, bC, cos, sin, s = ctx.saved_tensors
+        H, N = bB.shape
+        rows, G, n = B2.shape[0], ctx.shape[-1] // N, cos.shape[-1]
+        dq, dk, dcb = (t.contiguous() for t in (dq, dk, dcb))
+        parts = native.rows(rows)
+        dBx, dCx = (B2.new_empty(ctx.shape) for _ in range(2))
+        dtheta, ds = torch.empty_like(cos), torch.empty_like(s)
+        dw = B2.new_empty(2, len(parts), N)
+        db = B2.new_empty(2, len(parts), H, N)
+        _, bwd = _kernels(ctx.lib, B2.dtype)
+        native.run(bwd, [tuple(native.ptr(t) for t in (B2, C2)) + (ctx.stride,)
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, cos, sin, s, dq, dk, dcb,
+                                                         dBx, dCx, dw[0, i], dw[1, i], db[0, i],
+                                                         db[1, i], dtheta, ds))
+                         + (ctx.eps, G, H, N, n, a, b) for i, (a, b) in enumerate(parts)])
+        dw, db = dw.sum(1), db.sum(1)
+        return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dtheta, ds, None
+
+
+def qk(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps):
+    """(q, k, cb) as above for the angles theta (B, T, H, n); `lib` = load()."""
+    return _QK.apply(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps)
+
+
+def torch_qk(Bx, Cx, wB, wC, bB, bC, theta, s, eps):
+    """The PyTorch form of `qk`."""
+    H, N = bB.shape
+    G, n = Bx.shape[-1] // N, theta.shape[-1]
+
+    def normed(x, w, b):  # (B, T, H, N): group g's row to its heads
+        x = F.rms_norm(x.unflatten(-1, (G, N)), (N,), w, eps)
+        return (x[:, :, :, None] + b.unflatten(0, (G, H // G))).flatten(2, 3)
+
+    def turn(x):
+        e = torch.polar(torch.ones_like(theta), theta)
+        t = torch.view_as_real(torch.view_as_complex(x[..., :2 * n].unflatten(-1, (n, 2))) * e)
+        return torch.cat([t.flatten(-2), x[..., 2 * n:]], -1)
+
+    Bn, Cn = normed(Bx, wB, bB), normed(Cx, wC, bC)
+    return turn(Cn), turn(Bn) * s[..., None], (Cn * Bn).sum(-1)

@@ -1,0 +1,87 @@
+"""ops.native.mamba3_qk: Mamba-3's SISO queries and keys in C (norm, bias, rotation, scale,
+C . B) against their PyTorch form: values and the gradients of every input (the raw rows as
+slices of a wider projection, both norm weights and biases, the angles, the scale), float64
+and float32, one group and two, 1 and 2 threads; and mamba3's chunk mode through it against
+its sequential mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import assert_close, counter
+from _native_check import threads as threads_
+
+import rnnzoo
+from rnnzoo.ops.native import mamba3_qk
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("G,H,N,n,threads", [(1, 3, 10, 2, 1), (2, 4, 12, 6, 2)])
+def test_mamba3_qk_matches_torch(dtype, tol, G, H, N, n, threads):
+    lib = mamba3_qk.load()
+    assert lib is not None
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    B, T = 2, 5
+    wide = r(B, T, 2 * G * N + 3)
+    wB, wC, bB, bC = 1 + r(N) / 4, 1 + r(N) / 4, r(H, N), r(H, N)
+    theta, s = 3 * r(B, T, H, n), r(B, T, H)
+    ins = [t.requires_grad_() for t in (wide, wB, wC, bB, bC, theta, s)]
+    ws = [r(B, T, H, N), r(B, T, H, N), r(B, T, H)]
+
+    def run(f):
+        Bx, Cx = wide[..., 1:G * N + 1], wide[..., G * N + 3:]
+        outs = list(f(Bx, Cx, wB, wC, bB, bC, theta, s, 1e-5))
+        loss = sum((o * w).sum() for o, w in zip(outs, ws))
+        return outs + list(torch.autograd.grad(loss, ins))
+
+    with threads_(threads):
+        got = run(lambda *a: mamba3_qk.qk(lib, *a))
+    want = run(mamba3_qk.torch_qk)
+    assert_close(got, want, ["q", "k", "cb", "x", "wB", "wC", "bB", "bC", "theta", "s"], tol)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(n_groups=2, is_outproj_norm=True, rope_fraction=1.0)])
+def test_mamba3_chunk_through_the_kernel_equals_sequential(monkeypatch, opts):
+    """mamba3's SISO chunk mode on the CPU runs q and k through the kernel (counted) and
+    equals its sequential mode in float64: outputs, the final state (h, B, x) and the
+    gradients of the input, the initial state and every parameter."""
+    calls = counter(monkeypatch, mamba3_qk, "qk")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4,
+                          **opts).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    state = [0.3 * torch.randn_like(t).requires_grad_() for t in layer.init_state(2, dtype=torch.float64)]
+    ins = [x, *state, *layer.parameters()]
+
+    def run(mode):
+        y, s = layer(x, tuple(state), mode=mode)
+        loss = (y * torch.cos(y)).sum() + sum((t * t.sin()).sum() for t in s)
+        return [y, *s, *torch.autograd.grad(loss, ins)]
+
+    got = run("chunk")
+    assert calls[0] == 1
+    want = run("sequential")
+    names = ["y", "h", "B", "x_last", "x", "h0", "B0", "x0", *(n for n, _ in layer.named_parameters())]
+    assert_close(got, want, names, 1e-10)
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+def test_mamba3_siso_chunk_nonfinite_input_is_causal(fill):
+    """The conformance suite's causality check on the SISO path (its registered tiny config is
+    MIMO): a non-finite input at step t leaves every earlier output finite and unchanged."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    with torch.no_grad():
+        y_clean, _ = layer(x, mode="chunk")
+        for t in (3, 8):
+            x_bad = x.clone()
+            x_bad[0, t, 0] = fill
+            y, _ = layer(x_bad, mode="chunk")
+            assert bool(torch.isfinite(y[0, :t]).all())
+            assert (y[0, :t] - y_clean[0, :t]).abs().max() < 1e-12
+            assert (y[1] - y_clean[1]).abs().max() < 1e-12
