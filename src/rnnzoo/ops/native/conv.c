@@ -13,6 +13,10 @@
    output row after the SiLU (the delta layers' q and k heads), r (batch, T, nn) holding the
    factors; through a norm n = y r the backward takes r (dn - n (n . dn)).
 
+   conv_l2_fwd3 / conv_l2_bwd3 take y (and dy) as three contiguous pieces of its channels,
+   widths w0, w1 and C - w0 - w1 (the delta layers' q, k and v: no split copies before their
+   recurrences and no cat of the pieces' gradients after); a row runs in a scratch row.
+
    Layouts (row-major, contiguous): x, y, dy, dx (batch, T, C); w (K, C) = weight
    transposed; bias (C) or NULL; state, dstate (batch, K - 1, C); dw (batch, K, C) and
    dbias (batch, C): one slice per batch row, summed by the caller.
@@ -54,22 +58,39 @@ static inline void NAME(l2_rows)(T *restrict y, T *restrict r, long nn, long G, 
     }
 }
 
-static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
-                           long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
-                           long b0, long b1) {
+/* y's pieces: y[i] (batch, T, wd[i]) holds channels [wd[0] + .. + wd[i-1], + wd[i]) */
+static inline void NAME(put)(T *const *y, const long *wd, long row, const T *src) {
+    for (int i = 0; i < 3 && wd[i]; src += wd[i], i++)
+        memcpy(y[i] + row * wd[i], src, wd[i] * sizeof(T));
+}
+
+static inline void NAME(get)(T *dst, const T *const *y, const long *wd, long row) {
+    for (int i = 0; i < 3 && wd[i]; dst += wd[i], i++)
+        memcpy(dst, y[i] + row * wd[i], wd[i] * sizeof(T));
+}
+
+static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *const *y,
+                           const long *wd, T *r, long Tn, long C, long K, int silu, long nn,
+                           long G, int sqrt_eps, long b0, long b1) {
+    const int whole = wd[0] == C;
+    T *s = whole ? NULL : malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++)
         for (long t = 0; t < Tn; t++) {
-            T *restrict yr = y + (b * Tn + t) * C;
+            T *restrict yr = whole ? y[0] + (b * Tn + t) * C : s;
             NAME(pre)(yr, x, st, w, bias, b, t, Tn, C, K);
             if (silu)
                 for (long c = 0; c < C; c++) yr[c] = yr[c] / (1 + EXP(-yr[c]));
             if (nn) NAME(l2_rows)(yr, r + (b * Tn + t) * nn, nn, G, sqrt_eps);
+            if (!whole) NAME(put)(y, wd, b * Tn + t, s);
         }
+    free(s);
 }
 
 void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, long Tn, long C,
                     long K, int silu, long b0, long b1) {
-    NAME(fwd_rows)(x, w, bias, st, y, NULL, Tn, C, K, silu, 0, 1, 0, b0, b1);
+    T *ys[3] = {y, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, NULL, Tn, C, K, silu, 0, 1, 0, b0, b1);
 }
 
 /* conv_fwd, then the L2 norm of the first nn groups of G channels of each row (l2_rows);
@@ -77,20 +98,35 @@ void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, lo
 void NAME(conv_l2_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
                        long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
                        long b0, long b1) {
-    NAME(fwd_rows)(x, w, bias, st, y, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
+    T *ys[3] = {y, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
 }
 
-static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
-                           const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
-                           int silu, long nn, long G, long b0, long b1) {
+/* conv_l2_fwd into the three pieces y0, y1, y2 of widths w0, w1, C - w0 - w1 */
+void NAME(conv_l2_fwd3)(const T *x, const T *w, const T *bias, const T *st, T *y0, T *y1,
+                        T *y2, T *r, long Tn, long C, long K, int silu, long nn, long G,
+                        int sqrt_eps, long w0, long w1, long b0, long b1) {
+    T *ys[3] = {y0, y1, y2};
+    const long wd[3] = {w0, w1, C - w0 - w1};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
+}
+
+static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st,
+                           const T *const *dy, const long *wd, const T *r, T *dx, T *dst,
+                           T *dw, T *db, long Tn, long C, long K, int silu, long nn, long G,
+                           long b0, long b1) {
+    const int whole = wd[0] == C;
     T *g = malloc(C * sizeof(T)), *s = malloc(C * sizeof(T));
+    T *dyrow = whole ? NULL : malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++) {
         T *restrict dwb = dw + b * K * C, *restrict dbb = db + b * C;
         memset(dwb, 0, K * C * sizeof(T));
         memset(dbb, 0, C * sizeof(T));
         if (K > 1) memset(dst + b * (K - 1) * C, 0, (K - 1) * C * sizeof(T));
         for (long t = 0; t < Tn; t++) {
-            const T *restrict dyr = dy + (b * Tn + t) * C;
+            if (!whole) NAME(get)(dyrow, dy, wd, b * Tn + t);
+            const T *restrict dyr = whole ? dy[0] + (b * Tn + t) * C : dyrow;
             if (silu || nn) NAME(pre)(s, x, st, w, bias, b, t, Tn, C, K);
             if (silu) {
                 for (long c = 0; c < C; c++) {
@@ -130,18 +166,33 @@ static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st, c
     }
     free(g);
     free(s);
+    free(dyrow);
 }
 
 void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy, T *dx,
                     T *dst, T *dw, T *db, long Tn, long C, long K, int silu, long b0, long b1) {
-    NAME(bwd_rows)(x, w, bias, st, dy, NULL, dx, dst, dw, db, Tn, C, K, silu, 0, 1, b0, b1);
+    const T *dys[3] = {dy, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, NULL, dx, dst, dw, db, Tn, C, K, silu, 0, 1, b0, b1);
 }
 
 /* conv_bwd through conv_l2_fwd's norms (r from it) */
 void NAME(conv_l2_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
                        const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
                        int silu, long nn, long G, long b0, long b1) {
-    NAME(bwd_rows)(x, w, bias, st, dy, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
+    const T *dys[3] = {dy, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
+}
+
+/* conv_l2_bwd with dy in conv_l2_fwd3's three pieces */
+void NAME(conv_l2_bwd3)(const T *x, const T *w, const T *bias, const T *st, const T *dy0,
+                        const T *dy1, const T *dy2, const T *r, T *dx, T *dst, T *dw, T *db,
+                        long Tn, long C, long K, int silu, long nn, long G, long w0, long w1,
+                        long b0, long b1) {
+    const T *dys[3] = {dy0, dy1, dy2};
+    const long wd[3] = {w0, w1, C - w0 - w1};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
 }
 
 #endif
