@@ -51,7 +51,9 @@ class _LogDecay(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dg):
         f, sp, a = ctx.saved_tensors
-        return dg * torch.sigmoid(f).mul_(-a), -(dg * sp).sum((0, 1, 3)) * a[:, 0]
+        # df in f's layout (dg may come back strided from the recurrence: a product of it
+        # first would be strided too, and the projection's backward would copy it)
+        return torch.sigmoid(f).mul_(-a).mul_(dg), -(sp * dg).sum((0, 1, 3)) * a[:, 0]
 
 
 @register("kda", family="matrix", paper="Kimi Team 2025, arXiv:2510.26692 (Kimi Linear)",
