@@ -112,61 +112,102 @@ void NAME(conv_l2_fwd3)(const T *x, const T *w, const T *bias, const T *st, T *y
     NAME(fwd_rows)(x, w, bias, st, ys, wd, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
 }
 
+/* the backward of batch rows [b0, b1), K a constant where bwd_rows dispatches it (the loops
+   over k unrolled: one pass over a row for the pre-activation and SiLU, one for dbias and
+   dw, one for dx). g_t goes to a ring of its last K rows, from which row t of dxp is
+   gathered whole, dxp_t = sum_k w[k] g_{t-k} (g = 0 outside [0, T)): one store an element
+   where the scatter form added into K rows. */
+static inline __attribute__((always_inline)) void NAME(bwd_body)(
+    const T *x, const T *w, const T *bias, const T *st, const T *const *dy, const long *wd,
+    const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, const long K, int silu, long nn,
+    long G, long b0, long b1) {
+    const int whole = wd[0] == C;
+    T *ring = malloc(K * C * sizeof(T)), *s = malloc(C * sizeof(T));
+    T *dyrow = whole ? NULL : malloc(C * sizeof(T));
+    const T *xr[K], *wk[K], *gk[K];
+    T *dwk[K];
+    for (long k = 0; k < K; k++) wk[k] = w + k * C;
+    for (long b = b0; b < b1; b++) {
+        T *restrict dbb = db + b * C;
+        memset(dw + b * K * C, 0, K * C * sizeof(T));
+        memset(dbb, 0, C * sizeof(T));
+        memset(ring, 0, K * C * sizeof(T));
+        for (long k = 0; k < K; k++) dwk[k] = dw + (b * K + k) * C;
+        for (long t = 0; t < Tn + K - 1; t++) {
+            T *restrict g = ring + t % K * C;
+            if (t < Tn) {
+                if (!whole) NAME(get)(dyrow, dy, wd, b * Tn + t);
+                const T *restrict dyr = whole ? dy[0] + (b * Tn + t) * C : dyrow;
+                for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
+                if (silu || nn) {
+#pragma GCC ivdep
+                    for (long c = 0; c < C; c++) {
+                        T sc = bias ? bias[c] : 0;
+                        for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
+                        s[c] = sc;
+                    }
+                    if (silu)
+#pragma GCC ivdep
+                        for (long c = 0; c < C; c++) {
+                            const T sc = s[c], sg = 1 / (1 + EXP(-sc));
+                            g[c] = sg * (1 + sc * (1 - sg));  /* silu' */
+                            s[c] = sc * sg;                   /* silu */
+                        }
+                    else
+                        for (long c = 0; c < C; c++) g[c] = 1;
+                } else {
+                    for (long c = 0; c < C; c++) g[c] = 1;
+                }
+                /* through the norms: dy_pre = r (dy - n (n . dy)), n = s r (r alone on the floor) */
+                for (long gi = 0; gi < nn; gi++) {
+                    const T rs = r[(b * Tn + t) * nn + gi], rr = rs < 0 ? -rs : rs;
+                    const T *restrict sg = s + gi * G, *restrict dg = dyr + gi * G;
+                    T dot = 0;
+                    if (rs > 0)
+#pragma omp simd reduction(+ : dot)
+                        for (long j = 0; j < G; j++) dot += sg[j] * dg[j];
+                    dot *= rr * rr;
+                    for (long j = 0; j < G; j++) g[gi * G + j] *= rr * (dg[j] - sg[j] * dot);
+                }
+                for (long c = nn * G; c < C; c++) g[c] *= dyr[c];
+#pragma GCC ivdep
+                for (long c = 0; c < C; c++) {
+                    const T gc = g[c];
+                    dbb[c] += gc;
+                    for (long k = 0; k < K; k++) dwk[k][c] += gc * xr[k][c];
+                }
+            } else {
+                memset(g, 0, C * sizeof(T));
+            }
+            for (long k = 0; k < K; k++) gk[k] = ring + (t - k + K) % K * C;
+            T *restrict out = t < K - 1 ? dst + (b * (K - 1) + t) * C
+                                        : dx + (b * Tn + t - (K - 1)) * C;
+#pragma GCC ivdep
+            for (long c = 0; c < C; c++) {
+                T acc = 0;
+                for (long k = 0; k < K; k++) acc += wk[k][c] * gk[k][c];
+                out[c] = acc;
+            }
+        }
+    }
+    free(ring);
+    free(s);
+    free(dyrow);
+}
+
 static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st,
                            const T *const *dy, const long *wd, const T *r, T *dx, T *dst,
                            T *dw, T *db, long Tn, long C, long K, int silu, long nn, long G,
                            long b0, long b1) {
-    const int whole = wd[0] == C;
-    T *g = malloc(C * sizeof(T)), *s = malloc(C * sizeof(T));
-    T *dyrow = whole ? NULL : malloc(C * sizeof(T));
-    for (long b = b0; b < b1; b++) {
-        T *restrict dwb = dw + b * K * C, *restrict dbb = db + b * C;
-        memset(dwb, 0, K * C * sizeof(T));
-        memset(dbb, 0, C * sizeof(T));
-        if (K > 1) memset(dst + b * (K - 1) * C, 0, (K - 1) * C * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            if (!whole) NAME(get)(dyrow, dy, wd, b * Tn + t);
-            const T *restrict dyr = whole ? dy[0] + (b * Tn + t) * C : dyrow;
-            if (silu || nn) NAME(pre)(s, x, st, w, bias, b, t, Tn, C, K);
-            if (silu) {
-                for (long c = 0; c < C; c++) {
-                    const T sg = 1 / (1 + EXP(-s[c]));
-                    g[c] = sg * (1 + s[c] * (1 - sg));  /* silu' */
-                    s[c] *= sg;                         /* silu */
-                }
-            } else {
-                for (long c = 0; c < C; c++) g[c] = 1;
-            }
-            /* through the norms: dy_pre = r (dy - n (n . dy)), n = s r (r alone on the floor) */
-            for (long gi = 0; gi < nn; gi++) {
-                const T rs = r[(b * Tn + t) * nn + gi], rr = rs < 0 ? -rs : rs;
-                const T *restrict sg = s + gi * G, *restrict dg = dyr + gi * G;
-                T dot = 0;
-                if (rs > 0)
-#pragma omp simd reduction(+ : dot)
-                    for (long j = 0; j < G; j++) dot += sg[j] * dg[j];
-                dot *= rr * rr;
-                for (long j = 0; j < G; j++) g[gi * G + j] *= rr * (dg[j] - sg[j] * dot);
-            }
-            for (long c = nn * G; c < C; c++) g[c] *= dyr[c];
-            for (long c = 0; c < C; c++) dbb[c] += g[c];
-            for (long k = 0; k < K; k++) {
-                const long rw = t + k;  /* row of xp */
-                const T *restrict xr = NAME(xp_row)(x, st, b, rw, Tn, C, K), *restrict wk = w + k * C;
-                T *restrict dwk = dwb + k * C;
-                T *restrict out = rw < K - 1 ? dst + (b * (K - 1) + rw) * C
-                                             : dx + (b * Tn + rw - (K - 1)) * C;
-                for (long c = 0; c < C; c++) dwk[c] += g[c] * xr[c];
-                if (k == K - 1)
-                    for (long c = 0; c < C; c++) out[c] = wk[c] * g[c];
-                else
-                    for (long c = 0; c < C; c++) out[c] += wk[c] * g[c];
-            }
-        }
+#define BWD(KC) NAME(bwd_body)(x, w, bias, st, dy, wd, r, dx, dst, dw, db, Tn, C, KC, silu, \
+                               nn, G, b0, b1)
+    switch (K) {
+        case 2: BWD(2); break;
+        case 3: BWD(3); break;
+        case 4: BWD(4); break;
+        default: BWD(K);
     }
-    free(g);
-    free(s);
-    free(dyrow);
+#undef BWD
 }
 
 void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy, T *dx,
