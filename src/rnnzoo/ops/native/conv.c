@@ -34,12 +34,17 @@ static inline const T *NAME(xp_row)(const T *x, const T *st, long b, long r, lon
     return r < K - 1 ? st + (b * (K - 1) + r) * C : x + (b * Tn + r - (K - 1)) * C;
 }
 
-static inline void NAME(pre)(T *restrict s, const T *x, const T *st, const T *restrict w,
-                             const T *bias, long b, long t, long Tn, long C, long K) {
-    for (long c = 0; c < C; c++) s[c] = bias ? bias[c] : 0;
-    for (long k = 0; k < K; k++) {
-        const T *restrict xr = NAME(xp_row)(x, st, b, t + k, Tn, C, K), *restrict wk = w + k * C;
-        for (long c = 0; c < C; c++) s[c] += wk[c] * xr[c];
+/* s = bias + sum_k w[k] xp_{t+k}, in one pass (K a constant where the caller dispatches it) */
+static inline __attribute__((always_inline)) void NAME(pre)(
+    T *restrict s, const T *x, const T *st, const T *restrict w, const T *bias, long b, long t,
+    long Tn, long C, const long K) {
+    const T *xr[K];
+    for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
+#pragma GCC ivdep
+    for (long c = 0; c < C; c++) {
+        T sc = bias ? bias[c] : 0;
+        for (long k = 0; k < K; k++) sc += w[k * C + c] * xr[k][c];
+        s[c] = sc;
     }
 }
 
@@ -69,9 +74,9 @@ static inline void NAME(get)(T *dst, const T *const *y, const long *wd, long row
         memcpy(dst, y[i] + row * wd[i], wd[i] * sizeof(T));
 }
 
-static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *const *y,
-                           const long *wd, T *r, long Tn, long C, long K, int silu, long nn,
-                           long G, int sqrt_eps, long b0, long b1) {
+static inline __attribute__((always_inline)) void NAME(fwd_body)(
+    const T *x, const T *w, const T *bias, const T *st, T *const *y, const long *wd, T *r,
+    long Tn, long C, const long K, int silu, long nn, long G, int sqrt_eps, long b0, long b1) {
     const int whole = wd[0] == C;
     T *s = whole ? NULL : malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++)
@@ -84,6 +89,19 @@ static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T
             if (!whole) NAME(put)(y, wd, b * Tn + t, s);
         }
     free(s);
+}
+
+static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *const *y,
+                           const long *wd, T *r, long Tn, long C, long K, int silu, long nn,
+                           long G, int sqrt_eps, long b0, long b1) {
+#define FWD(KC) NAME(fwd_body)(x, w, bias, st, y, wd, r, Tn, C, KC, silu, nn, G, sqrt_eps, b0, b1)
+    switch (K) {  /* the loops over k unrolled for the usual widths */
+        case 2: FWD(2); break;
+        case 3: FWD(3); break;
+        case 4: FWD(4); break;
+        default: FWD(K);
+    }
+#undef FWD
 }
 
 void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, long Tn, long C,
