@@ -93,3 +93,25 @@ def test_native_conv_with_the_l2_norm_of_its_leading_groups(dtype, tol, sqrt_eps
     got = outputs_and_grads(native_conv.short_conv(lib, x, m.weight, m.bias, state, silu, 3, 5,
                                                    sqrt_eps), wrt)
     assert_close(got, want, ["y", "state", "x", "state0", "weight", "bias"], tol)
+
+
+@pytest.mark.parametrize("norm_groups", [3, 0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_conv_in_three_pieces(norm_groups, threads):
+    """short_conv(..., splits): y as three contiguous pieces (q, k, v of the delta layers),
+    equal to the whole y's split (outputs, new state and every gradient, float64); the
+    middle piece unused (its gradient None) counts as zeros; widths checked."""
+    m, x, state = _setup(3, 9, 17, 4, True, True, torch.float64)
+    wrt, lib = [x, state, *m.parameters()], native_conv.load()
+    run = lambda sp=None: native_conv.short_conv(lib, x, m.weight, m.bias, state,  # noqa: E731
+                                                 True, norm_groups, 5, False, sp)
+    with threads_(threads):
+        (a, b, c), s = run((5, 10, 2))
+        assert all(t.is_contiguous() for t in (a, b, c))
+        got = outputs_and_grads((a, c, s), wrt)
+        y, s = run()
+    want = outputs_and_grads((y[..., :5], y[..., 15:], s), wrt)
+    assert_close(got, want, ["q", "v", "state", "x", "state0", "weight", "bias"], 1e-12)
+    assert torch.equal(b, y[..., 5:15])
+    with pytest.raises(ValueError, match="splits"):
+        run((5, 10, 3))

@@ -50,3 +50,17 @@ def test_momentum_delta_runs_the_kernel_on_the_cpu(monkeypatch):
         o_torch, _ = momentum_delta(*ins[:8], initial_state=tuple(ins[8:]))
     assert ran[0] == 1
     assert (o - o_torch).abs().max() < 1e-5
+
+
+def test_momentum_delta_nonfinite_input_never_reaches_earlier_outputs():
+    """A NaN / inf at step t in any of the eight timed inputs, on the C path (which skips the
+    finite copies when every step is finite): outputs before t are the clean run's, the other
+    sequence's outputs and final state too."""
+    from _nonfinite import check_causal
+    ins = [t.detach() for t in _inputs(2, 12, 2, 3, 4, torch.float64)]
+
+    def op(*args):
+        o, (S, M) = momentum_delta(*args, initial_state=tuple(ins[8:]))
+        return o, torch.cat([S, M], -1)
+
+    check_causal(op, ins[:8], range(8), (5, 10))

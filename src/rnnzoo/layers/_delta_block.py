@@ -80,25 +80,27 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     q, k (B, T, H, K), unit norm per head (`l2norm`), and v (B, T, H, V); new conv state."""
     B, T, _ = x.shape
     H, K, V = layer.num_heads, layer.head_dim, layer.value_dim
-    qkv, conv_state, normed = conv_l2(layer.conv, layer.qkv_proj(x).to(compute_dtype(x)),
-                                      conv_state, 2 * H, K, sqrt_eps)
-    q, k, v = qkv.split([H * K, H * K, H * V], -1)
+    (q, k, v), conv_state, normed = conv_l2(layer.conv, layer.qkv_proj(x).to(compute_dtype(x)),
+                                            conv_state, 2 * H, K, sqrt_eps, (H * K, H * K, H * V))
     q, k = (t.reshape(B, T, H, K) if normed else l2norm(t.reshape(B, T, H, K), sqrt_eps)
             for t in (q, k))
     return q, k, v.reshape(B, T, H, V), conv_state
 
 
-def conv_l2(conv, x, conv_state, groups, G, sqrt_eps):
-    """(conv(x, conv_state) (y, new state) ..., normed): on a CPU the first `groups` groups of
-    G channels of y come back L2-normalised as `l2norm` gives them (normed True), fused into
-    the C convolution (`ops.native.conv`); elsewhere y as conv gives it (normed False)."""
+def conv_l2(conv, x, conv_state, groups, G, sqrt_eps, splits):
+    """((y's pieces of widths `splits` (three), each (B, T, width)), new conv state, normed):
+    conv(x, conv_state)'s output cut into q, k, v. On a CPU the first `groups` groups of G
+    channels come back L2-normalised as `l2norm` gives them (normed True), fused into the C
+    convolution (`ops.native.conv`), which writes each piece contiguous (no copies before
+    the C recurrences, no cat of their gradients); elsewhere views of y (normed False)."""
     w, b = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
     if not sequence_parallel.active() and backend.use_native(x, w, b, conv_state):
         lib = native_conv.load()
         if lib is not None:
             return (*native_conv.short_conv(lib, x, w, b, conv_state, conv.silu, groups, G,
-                                            sqrt_eps), True)
-    return (*conv(x, conv_state), False)
+                                            sqrt_eps, splits), True)
+    y, conv_state = conv(x, conv_state)
+    return y.split(list(splits), -1), conv_state, False
 
 
 def delta_state(layer, batch_size, device=None, dtype=None):
@@ -171,9 +173,9 @@ class DeltaBlock(RecurrentLayer):
         H, K, V, n_h = self.num_heads, self.head_dim, self.value_dim, self.num_householder
         cdt = compute_dtype(x)
         Hk = self.num_key_heads
-        qkv, conv_state, normed = conv_l2(self.conv, self.qkv_proj(x).to(cdt), conv_state,
-                                          (1 + n_h) * Hk, K, self.sqrt_eps)
-        q, k, v = qkv.split([Hk * K, n_h * Hk * K, n_h * H * V], -1)
+        (q, k, v), conv_state, normed = conv_l2(self.conv, self.qkv_proj(x).to(cdt),
+                                                conv_state, (1 + n_h) * Hk, K, self.sqrt_eps,
+                                                (Hk * K, n_h * Hk * K, n_h * H * V))
         q, k = q.reshape(B, T, Hk, K), k.reshape(B, T, n_h, Hk, K)
         if not normed:
             q, k = self.l2norm(q), self.l2norm(k)

@@ -38,7 +38,7 @@ from rnnzoo.layers._softplus import softplus
 from rnnzoo.layers.conv import causal_conv1d
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_rule, delta_rule_recurrent, delta_rule_step
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -90,11 +90,14 @@ class MoM(DeltaBlock):
         top, idx = torch.softmax(self.router(x).to(dtype), -1).topk(self.top_k, -1)
         return top / top.sum(-1, keepdim=True), idx
 
-    def _heads(self, y):
-        """Conv outputs y (..., C_m) -> q, k (unit norm, (..., H, K)), v (..., H, V)."""
+    def _heads(self, y, normed=False):
+        """Conv outputs y (..., C_m) -> q, k (unit norm, (..., H, K)), v (..., H, V); normed:
+        q and k already are."""
         H, K, V = self.num_heads, self.head_dim, self.value_dim
         q, k, v = y.split([H * K, H * K, H * V], -1)
-        q, k = (self.l2norm(t.unflatten(-1, (H, K))) for t in (q, k))
+        q, k = (t.unflatten(-1, (H, K)) for t in (q, k))
+        if not normed:
+            q, k = self.l2norm(q), self.l2norm(k)
         return q, k, v.unflatten(-1, (H, V))
 
     def _gates(self, x):
@@ -145,15 +148,18 @@ class MoM(DeltaBlock):
         return (o.view(B, T, -1, self.num_heads, V) * w[..., None, None]).sum(2)
 
     def _conv(self, x, weight, state):
-        """silu(causal conv) of x (B, L, C) with filters (C, d_conv) and state (B, d_conv-1, C);
-        the state it leaves is not used (the packed sequences end at their own counts)."""
+        """(silu(causal conv) of x (B, L, C) with filters (C, d_conv) and state (B, d_conv-1, C),
+        normed): on a CPU its q and k heads come back unit norm (`_heads`' l2norm fused into
+        the C convolution, normed True). The state it leaves is not used (the packed
+        sequences end at their own counts)."""
         state = state.to(x.dtype)
         if backend.use_native(x, weight, state):
             from rnnzoo.ops.native import conv as native_conv
             lib = native_conv.load()
             if lib is not None:
-                return native_conv.short_conv(lib, x, weight, None, state, True)[0]
-        return F.silu(causal_conv1d(x, weight, None, state)[0])
+                return native_conv.short_conv(lib, x, weight, None, state, True,
+                                              2 * self.num_heads, self.head_dim)[0], True
+        return F.silu(causal_conv1d(x, weight, None, state)[0]), False
 
     def _packed(self, x, S, conv_state):
         """`chunk`: each routed memory over its own tokens only (module docstring). Reads the
@@ -178,16 +184,22 @@ class MoM(DeltaBlock):
                           B * T * Np)
         tok = torch.where(valid, tok, B * T)
         Wp, Wc = self._weights(x.dtype)
-        # each memory's tokens projected and convolved: (N, B, L, C_m)
-        xp = torch.cat([x.reshape(B * T, d), x.new_zeros(1, d)])[tok]
-        P = (xp.reshape(N, B * L, d) @ Wp[:N].transpose(1, 2)).to(cdt).view(N, B, L, Cm)
+        # each memory's tokens projected (one oneDNN product each: `linear`) and convolved
+        # (N, B, L, C_m); unbind, not [m]: a select's backward fills a zero tensor per memory
+        xz = torch.cat([x.reshape(B * T, d), x.new_zeros(1, d)])
         states = conv_state[..., :N * Cm].unflatten(-1, (N, Cm))
-        y = torch.stack([self._conv(P[m], Wc[m].to(cdt), states[..., m, :]) for m in range(N)])
-        # the conv state each memory leaves: its last d_conv - 1 routed inputs
-        hist = torch.cat([states.to(cdt).permute(2, 0, 1, 3), P], 2)    # (N, B, d_conv-1+L, C_m)
+        ys = [self._conv(linear(xm, wm).to(cdt), wc.to(cdt), sm) for xm, wm, wc, sm in
+              zip(xz[tok].unbind(0), Wp[:N].unbind(0), Wc[:N].unbind(0), states.unbind(-2))]
+        y, normed = torch.stack([t for t, _ in ys]), ys[0][1]
+        # the conv state each memory leaves: its last d_conv - 1 routed inputs, place
+        # count + j of [conv state; its projected tokens], those tokens projected again
         at = count.T[..., None] + torch.arange(Kc - 1, device=x.device)    # (N, B, d_conv - 1)
-        conv_r = hist.gather(2, at[..., None].expand(-1, -1, -1, Cm)).permute(1, 2, 0, 3)
-        q, k, v = self._heads(y)                                           # (N, B, L, H, .)
+        last = xz[tok.gather(2, (at - (Kc - 1)).clamp(min=0))]             # (N, B, d_conv-1, d)
+        P = (last.flatten(1, 2) @ Wp[:N].transpose(1, 2)).to(cdt).view(N, B, Kc - 1, Cm)
+        old = states.to(cdt).permute(2, 0, 1, 3).gather(
+            2, at.clamp(max=Kc - 2)[..., None].expand(-1, -1, -1, Cm))
+        conv_r = torch.where((at < Kc - 1)[..., None], old, P).permute(1, 2, 0, 3)
+        q, k, v = self._heads(y, normed)                                   # (N, B, L, H, .)
         beta, g = self._gates(x)
         zero_row = lambda t: torch.cat([t.reshape(-1, H), t.new_zeros(1, H)])  # noqa: E731
         beta_r, g_r = zero_row(beta)[mem], zero_row(g)[tok]                # (N, B, L, H)
@@ -203,10 +215,11 @@ class MoM(DeltaBlock):
         conv_r = conv_r.flatten(2)
         if self.shared_memory:
             state = conv_state[..., N * Cm:]
-            P = (x @ Wp[N].T).to(cdt)
-            q_s, k_s, v_s = self._heads(self._conv(P, Wc[N].to(cdt), state))
+            P = linear(x, Wp[N]).to(cdt)
+            q_s, k_s, v_s = self._heads(*self._conv(P, Wc[N].to(cdt), state))
             o_s, S_s = self._delta(q_s, k_s, v_s, beta[:, :, N], g, S[:, N * H:])
-            conv_s = torch.cat([state.to(cdt), P], 1)[:, T:]
+            tail = P[:, max(T - Kc + 1, 0):]                               # its last inputs
+            conv_s = torch.cat([state.to(cdt), tail], 1)[:, tail.shape[1]:]
             o, S_r = o + o_s, torch.cat([S_r, S_s], 1)
             conv_r = torch.cat([conv_r, conv_s], -1)
         return o, S_r, conv_r.to(conv_state.dtype)

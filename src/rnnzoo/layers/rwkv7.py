@@ -32,7 +32,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.delta import rwkv7, rwkv7_recurrent, rwkv7_step
 from rnnzoo.ops.native import token_mix as native_mix
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 _MIXES = ("r", "w", "k", "v", "a", "g")
@@ -89,9 +89,12 @@ class RWKV7(RecurrentLayer):
         r, k, v = (p(xs[n]).to(cdt) for p, n in ((self.r_proj, "r"), (self.k_proj, "k"), (self.v_proj, "v")))
         lora = {n: xs[n].to(cdt) for n in ("w", "a", "g")}
         p = {n: getattr(self, n).to(cdt) for n in ("w0", "w1", "w2", "a0", "a1", "a2", "g1", "g2", "k_k", "k_a")}
-        w = -math.exp(-0.5) * torch.sigmoid(p["w0"] + torch.tanh(lora["w"] @ p["w1"]) @ p["w2"])
-        a = torch.sigmoid(p["a0"] + lora["a"] @ p["a1"] @ p["a2"])
-        g = torch.sigmoid(lora["g"] @ p["g1"]) @ p["g2"]
+        # the low-rank maps t @ m (+ bias) through oneDNN (ops.native.linear): MKL's AVX2 mm
+        # took twice as long
+        mm = lambda t, m, bias=None: linear(t, m.T, bias)  # noqa: E731
+        w = -math.exp(-0.5) * torch.sigmoid(mm(torch.tanh(mm(lora["w"], p["w1"])), p["w2"], p["w0"]))
+        a = torch.sigmoid(mm(mm(lora["a"], p["a1"]), p["a2"], p["a0"]))
+        g = mm(torch.sigmoid(mm(lora["g"], p["g1"])), p["g2"])
         nkappa = l2norm((k * -p["k_k"]).reshape(B, T, H, K), eps=1e-12)  # -kappa, two passes
         k = k * torch.addcmul(1 - p["k_a"], a, p["k_a"])                 # k o (1 + (a - 1) k_a)
         heads = lambda t: t.reshape(B, T, H, K)  # noqa: E731

@@ -45,7 +45,7 @@ from rnnzoo.ops.chunk._common import (
     to_chunks,
     unit_lower_inverse,
 )
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import momentum_scan
 
 __all__ = ["momentum_delta", "momentum_delta_recurrent", "momentum_delta_step"]
@@ -107,10 +107,14 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     T = q.shape[1]
     lib = momentum_scan.load() if backend.use_native(q, k, v, p, log_alpha, log_mu, beta, eta,
                                                      S, M) else None
-    (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
-    if lib is not None:  # the recurrence in C (ops.native.momentum_scan)
+    if lib is not None:  # the recurrence in C (ops.native.momentum_scan); the finite copies
+        # and NaN marks only where some step is not finite (clean_inputs)
+        (qf,), writes, marks = clean_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
         o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale)
-        return poison(o, marks.outputs).to(qf.dtype), tuple(poison(t, marks.state) for t in (S, M))
+        if marks is not None:
+            o, S, M = poison(o, marks.outputs), poison(S, marks.state), poison(M, marks.state)
+        return o.to(qf.dtype), (S, M)
+    (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
     C = max(1, min(chunk_size, T))
     # zero padding at the end is exact: alpha = mu = 1, beta = eta = 0 leave (S, M) unchanged
     q, k, v, p = (to_chunks(t.to(dt), C) for t in (qf, *writes[:3]))   # (B, H, N, C, D)

@@ -13,6 +13,10 @@
    output row after the SiLU (the delta layers' q and k heads), r (batch, T, nn) holding the
    factors; through a norm n = y r the backward takes r (dn - n (n . dn)).
 
+   conv_l2_fwd3 / conv_l2_bwd3 take y (and dy) as three contiguous pieces of its channels,
+   widths w0, w1 and C - w0 - w1 (the delta layers' q, k and v: no split copies before their
+   recurrences and no cat of the pieces' gradients after); a row runs in a scratch row.
+
    Layouts (row-major, contiguous): x, y, dy, dx (batch, T, C); w (K, C) = weight
    transposed; bias (C) or NULL; state, dstate (batch, K - 1, C); dw (batch, K, C) and
    dbias (batch, C): one slice per batch row, summed by the caller.
@@ -30,12 +34,17 @@ static inline const T *NAME(xp_row)(const T *x, const T *st, long b, long r, lon
     return r < K - 1 ? st + (b * (K - 1) + r) * C : x + (b * Tn + r - (K - 1)) * C;
 }
 
-static inline void NAME(pre)(T *restrict s, const T *x, const T *st, const T *restrict w,
-                             const T *bias, long b, long t, long Tn, long C, long K) {
-    for (long c = 0; c < C; c++) s[c] = bias ? bias[c] : 0;
-    for (long k = 0; k < K; k++) {
-        const T *restrict xr = NAME(xp_row)(x, st, b, t + k, Tn, C, K), *restrict wk = w + k * C;
-        for (long c = 0; c < C; c++) s[c] += wk[c] * xr[c];
+/* s = bias + sum_k w[k] xp_{t+k}, in one pass (K a constant where the caller dispatches it) */
+static inline __attribute__((always_inline)) void NAME(pre)(
+    T *restrict s, const T *x, const T *st, const T *restrict w, const T *bias, long b, long t,
+    long Tn, long C, const long K) {
+    const T *xr[K];
+    for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
+#pragma GCC ivdep
+    for (long c = 0; c < C; c++) {
+        T sc = bias ? bias[c] : 0;
+        for (long k = 0; k < K; k++) sc += w[k * C + c] * xr[k][c];
+        s[c] = sc;
     }
 }
 
@@ -54,22 +63,52 @@ static inline void NAME(l2_rows)(T *restrict y, T *restrict r, long nn, long G, 
     }
 }
 
-static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
-                           long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
-                           long b0, long b1) {
+/* y's pieces: y[i] (batch, T, wd[i]) holds channels [wd[0] + .. + wd[i-1], + wd[i]) */
+static inline void NAME(put)(T *const *y, const long *wd, long row, const T *src) {
+    for (int i = 0; i < 3 && wd[i]; src += wd[i], i++)
+        memcpy(y[i] + row * wd[i], src, wd[i] * sizeof(T));
+}
+
+static inline void NAME(get)(T *dst, const T *const *y, const long *wd, long row) {
+    for (int i = 0; i < 3 && wd[i]; dst += wd[i], i++)
+        memcpy(dst, y[i] + row * wd[i], wd[i] * sizeof(T));
+}
+
+static inline __attribute__((always_inline)) void NAME(fwd_body)(
+    const T *x, const T *w, const T *bias, const T *st, T *const *y, const long *wd, T *r,
+    long Tn, long C, const long K, int silu, long nn, long G, int sqrt_eps, long b0, long b1) {
+    const int whole = wd[0] == C;
+    T *s = whole ? NULL : malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++)
         for (long t = 0; t < Tn; t++) {
-            T *restrict yr = y + (b * Tn + t) * C;
+            T *restrict yr = whole ? y[0] + (b * Tn + t) * C : s;
             NAME(pre)(yr, x, st, w, bias, b, t, Tn, C, K);
             if (silu)
                 for (long c = 0; c < C; c++) yr[c] = yr[c] / (1 + EXP(-yr[c]));
             if (nn) NAME(l2_rows)(yr, r + (b * Tn + t) * nn, nn, G, sqrt_eps);
+            if (!whole) NAME(put)(y, wd, b * Tn + t, s);
         }
+    free(s);
+}
+
+static void NAME(fwd_rows)(const T *x, const T *w, const T *bias, const T *st, T *const *y,
+                           const long *wd, T *r, long Tn, long C, long K, int silu, long nn,
+                           long G, int sqrt_eps, long b0, long b1) {
+#define FWD(KC) NAME(fwd_body)(x, w, bias, st, y, wd, r, Tn, C, KC, silu, nn, G, sqrt_eps, b0, b1)
+    switch (K) {  /* the loops over k unrolled for the usual widths */
+        case 2: FWD(2); break;
+        case 3: FWD(3); break;
+        case 4: FWD(4); break;
+        default: FWD(K);
+    }
+#undef FWD
 }
 
 void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, long Tn, long C,
                     long K, int silu, long b0, long b1) {
-    NAME(fwd_rows)(x, w, bias, st, y, NULL, Tn, C, K, silu, 0, 1, 0, b0, b1);
+    T *ys[3] = {y, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, NULL, Tn, C, K, silu, 0, 1, 0, b0, b1);
 }
 
 /* conv_fwd, then the L2 norm of the first nn groups of G channels of each row (l2_rows);
@@ -77,71 +116,142 @@ void NAME(conv_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, lo
 void NAME(conv_l2_fwd)(const T *x, const T *w, const T *bias, const T *st, T *y, T *r,
                        long Tn, long C, long K, int silu, long nn, long G, int sqrt_eps,
                        long b0, long b1) {
-    NAME(fwd_rows)(x, w, bias, st, y, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
+    T *ys[3] = {y, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
 }
 
-static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
-                           const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
-                           int silu, long nn, long G, long b0, long b1) {
-    T *g = malloc(C * sizeof(T)), *s = malloc(C * sizeof(T));
+/* conv_l2_fwd into the three pieces y0, y1, y2 of widths w0, w1, C - w0 - w1 */
+void NAME(conv_l2_fwd3)(const T *x, const T *w, const T *bias, const T *st, T *y0, T *y1,
+                        T *y2, T *r, long Tn, long C, long K, int silu, long nn, long G,
+                        int sqrt_eps, long w0, long w1, long b0, long b1) {
+    T *ys[3] = {y0, y1, y2};
+    const long wd[3] = {w0, w1, C - w0 - w1};
+    NAME(fwd_rows)(x, w, bias, st, ys, wd, r, Tn, C, K, silu, nn, G, sqrt_eps, b0, b1);
+}
+
+/* the backward of batch rows [b0, b1), K a constant where bwd_rows dispatches it (the loops
+   over k unrolled: one pass over a row for the pre-activation and SiLU, one for dbias and
+   dw, one for dx). g_t goes to a ring of its last K rows, from which row t of dxp is
+   gathered whole, dxp_t = sum_k w[k] g_{t-k} (g = 0 outside [0, T)): one store an element
+   where the scatter form added into K rows. */
+static inline __attribute__((always_inline)) void NAME(bwd_body)(
+    const T *x, const T *w, const T *bias, const T *st, const T *const *dy, const long *wd,
+    const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, const long K, int silu, long nn,
+    long G, long b0, long b1) {
+    const int whole = wd[0] == C;
+    T *ring = malloc(K * C * sizeof(T)), *s = malloc(C * sizeof(T));
+    T *dyrow = whole ? NULL : malloc(C * sizeof(T));
+    const T *xr[K], *wk[K], *gk[K];
+    T *dwk[K];
+    for (long k = 0; k < K; k++) wk[k] = w + k * C;
     for (long b = b0; b < b1; b++) {
-        T *restrict dwb = dw + b * K * C, *restrict dbb = db + b * C;
-        memset(dwb, 0, K * C * sizeof(T));
+        T *restrict dbb = db + b * C;
+        memset(dw + b * K * C, 0, K * C * sizeof(T));
         memset(dbb, 0, C * sizeof(T));
-        if (K > 1) memset(dst + b * (K - 1) * C, 0, (K - 1) * C * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            const T *restrict dyr = dy + (b * Tn + t) * C;
-            if (silu || nn) NAME(pre)(s, x, st, w, bias, b, t, Tn, C, K);
-            if (silu) {
+        memset(ring, 0, K * C * sizeof(T));
+        for (long k = 0; k < K; k++) dwk[k] = dw + (b * K + k) * C;
+        for (long t = 0; t < Tn + K - 1; t++) {
+            T *restrict g = ring + t % K * C;
+            if (t < Tn) {
+                if (!whole) NAME(get)(dyrow, dy, wd, b * Tn + t);
+                const T *restrict dyr = whole ? dy[0] + (b * Tn + t) * C : dyrow;
+                for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
+                if (silu || nn) {
+#pragma GCC ivdep
+                    for (long c = 0; c < C; c++) {
+                        T sc = bias ? bias[c] : 0;
+                        for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
+                        s[c] = sc;
+                    }
+                    if (silu)
+#pragma GCC ivdep
+                        for (long c = 0; c < C; c++) {
+                            const T sc = s[c], sg = 1 / (1 + EXP(-sc));
+                            g[c] = sg * (1 + sc * (1 - sg));  /* silu' */
+                            s[c] = sc * sg;                   /* silu */
+                        }
+                    else
+                        for (long c = 0; c < C; c++) g[c] = 1;
+                } else {
+                    for (long c = 0; c < C; c++) g[c] = 1;
+                }
+                /* through the norms: dy_pre = r (dy - n (n . dy)), n = s r (r alone on the floor) */
+                for (long gi = 0; gi < nn; gi++) {
+                    const T rs = r[(b * Tn + t) * nn + gi], rr = rs < 0 ? -rs : rs;
+                    const T *restrict sg = s + gi * G, *restrict dg = dyr + gi * G;
+                    T dot = 0;
+                    if (rs > 0)
+#pragma omp simd reduction(+ : dot)
+                        for (long j = 0; j < G; j++) dot += sg[j] * dg[j];
+                    dot *= rr * rr;
+                    for (long j = 0; j < G; j++) g[gi * G + j] *= rr * (dg[j] - sg[j] * dot);
+                }
+                for (long c = nn * G; c < C; c++) g[c] *= dyr[c];
+#pragma GCC ivdep
                 for (long c = 0; c < C; c++) {
-                    const T sg = 1 / (1 + EXP(-s[c]));
-                    g[c] = sg * (1 + s[c] * (1 - sg));  /* silu' */
-                    s[c] *= sg;                         /* silu */
+                    const T gc = g[c];
+                    dbb[c] += gc;
+                    for (long k = 0; k < K; k++) dwk[k][c] += gc * xr[k][c];
                 }
             } else {
-                for (long c = 0; c < C; c++) g[c] = 1;
+                memset(g, 0, C * sizeof(T));
             }
-            /* through the norms: dy_pre = r (dy - n (n . dy)), n = s r (r alone on the floor) */
-            for (long gi = 0; gi < nn; gi++) {
-                const T rs = r[(b * Tn + t) * nn + gi], rr = rs < 0 ? -rs : rs;
-                const T *restrict sg = s + gi * G, *restrict dg = dyr + gi * G;
-                T dot = 0;
-                if (rs > 0)
-#pragma omp simd reduction(+ : dot)
-                    for (long j = 0; j < G; j++) dot += sg[j] * dg[j];
-                dot *= rr * rr;
-                for (long j = 0; j < G; j++) g[gi * G + j] *= rr * (dg[j] - sg[j] * dot);
-            }
-            for (long c = nn * G; c < C; c++) g[c] *= dyr[c];
-            for (long c = 0; c < C; c++) dbb[c] += g[c];
-            for (long k = 0; k < K; k++) {
-                const long rw = t + k;  /* row of xp */
-                const T *restrict xr = NAME(xp_row)(x, st, b, rw, Tn, C, K), *restrict wk = w + k * C;
-                T *restrict dwk = dwb + k * C;
-                T *restrict out = rw < K - 1 ? dst + (b * (K - 1) + rw) * C
-                                             : dx + (b * Tn + rw - (K - 1)) * C;
-                for (long c = 0; c < C; c++) dwk[c] += g[c] * xr[c];
-                if (k == K - 1)
-                    for (long c = 0; c < C; c++) out[c] = wk[c] * g[c];
-                else
-                    for (long c = 0; c < C; c++) out[c] += wk[c] * g[c];
+            for (long k = 0; k < K; k++) gk[k] = ring + (t - k + K) % K * C;
+            T *restrict out = t < K - 1 ? dst + (b * (K - 1) + t) * C
+                                        : dx + (b * Tn + t - (K - 1)) * C;
+#pragma GCC ivdep
+            for (long c = 0; c < C; c++) {
+                T acc = 0;
+                for (long k = 0; k < K; k++) acc += wk[k][c] * gk[k][c];
+                out[c] = acc;
             }
         }
     }
-    free(g);
+    free(ring);
     free(s);
+    free(dyrow);
+}
+
+static void NAME(bwd_rows)(const T *x, const T *w, const T *bias, const T *st,
+                           const T *const *dy, const long *wd, const T *r, T *dx, T *dst,
+                           T *dw, T *db, long Tn, long C, long K, int silu, long nn, long G,
+                           long b0, long b1) {
+#define BWD(KC) NAME(bwd_body)(x, w, bias, st, dy, wd, r, dx, dst, dw, db, Tn, C, KC, silu, \
+                               nn, G, b0, b1)
+    switch (K) {
+        case 2: BWD(2); break;
+        case 3: BWD(3); break;
+        case 4: BWD(4); break;
+        default: BWD(K);
+    }
+#undef BWD
 }
 
 void NAME(conv_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy, T *dx,
                     T *dst, T *dw, T *db, long Tn, long C, long K, int silu, long b0, long b1) {
-    NAME(bwd_rows)(x, w, bias, st, dy, NULL, dx, dst, dw, db, Tn, C, K, silu, 0, 1, b0, b1);
+    const T *dys[3] = {dy, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, NULL, dx, dst, dw, db, Tn, C, K, silu, 0, 1, b0, b1);
 }
 
 /* conv_bwd through conv_l2_fwd's norms (r from it) */
 void NAME(conv_l2_bwd)(const T *x, const T *w, const T *bias, const T *st, const T *dy,
                        const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, long K,
                        int silu, long nn, long G, long b0, long b1) {
-    NAME(bwd_rows)(x, w, bias, st, dy, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
+    const T *dys[3] = {dy, NULL, NULL};
+    const long wd[3] = {C, 0, 0};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
+}
+
+/* conv_l2_bwd with dy in conv_l2_fwd3's three pieces */
+void NAME(conv_l2_bwd3)(const T *x, const T *w, const T *bias, const T *st, const T *dy0,
+                        const T *dy1, const T *dy2, const T *r, T *dx, T *dst, T *dw, T *db,
+                        long Tn, long C, long K, int silu, long nn, long G, long w0, long w1,
+                        long b0, long b1) {
+    const T *dys[3] = {dy0, dy1, dy2};
+    const long wd[3] = {w0, w1, C - w0 - w1};
+    NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
 }
 
 #endif

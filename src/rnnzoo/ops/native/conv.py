@@ -6,7 +6,10 @@ x: (batch, T, C); weight: (C, K); bias: (C,) or None; state: (batch, K - 1, C), 
 float dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns y (batch,
 T, C), contiguous, differentiable in x, weight, bias and state; the new state is the
 caller's (the last K - 1 rows of [state; x]). Threads split the batch rows; each row
-writes its own slice of the weight and bias gradients, summed after.
+writes its own slice of the weight and bias gradients, summed after. With `splits` (three
+channel widths), y comes back as those three pieces, each contiguous (batch, T, width): the
+delta layers' q, k and v, which their C recurrences then read without a copy, and whose
+gradients come back to the conv without a cat.
 """
 
 from __future__ import annotations
@@ -23,57 +26,80 @@ def _kernels(lib, dtype):
     return (native.kernel(lib, "conv_fwd", dtype, [P] * 5 + [L] * 3 + [i32] + [L] * 2),
             native.kernel(lib, "conv_bwd", dtype, [P] * 9 + [L] * 3 + [i32] + [L] * 2),
             native.kernel(lib, "conv_l2_fwd", dtype, [P] * 6 + [L] * 3 + [i32, L, L, i32, L, L]),
-            native.kernel(lib, "conv_l2_bwd", dtype, [P] * 10 + [L] * 3 + [i32] + [L] * 4))
+            native.kernel(lib, "conv_l2_bwd", dtype, [P] * 10 + [L] * 3 + [i32] + [L] * 4),
+            native.kernel(lib, "conv_l2_fwd3", dtype,
+                          [P] * 8 + [L] * 3 + [i32, L, L, i32] + [L] * 4),
+            native.kernel(lib, "conv_l2_bwd3", dtype, [P] * 12 + [L] * 3 + [i32] + [L] * 6))
 
 
 class _NativeConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, x, weight, bias, state, silu, nn, G, sqrt_eps):
+    def forward(ctx, lib, x, weight, bias, state, silu, nn, G, sqrt_eps, splits):
         x, state = x.contiguous(), state.contiguous()
         w = weight.t().contiguous()  # (K, C)
         bias = None if bias is None else bias.contiguous()
         batch, T, C = x.shape
         K, P = w.shape[0], native.ptr
-        fwd, _, l2_fwd, _ = _kernels(lib, x.dtype)
-        y = torch.empty_like(x)
+        fwd, _, l2_fwd, _, fwd3, _ = _kernels(lib, x.dtype)
         r = x.new_empty(batch, T, nn) if nn else None
+        ctx.save_for_backward(x, w, bias, state, r)
+        ctx.lib, ctx.silu, ctx.nn, ctx.G, ctx.splits = lib, silu, nn, G, splits
+        if splits is not None:
+            ys = [x.new_empty(batch, T, n) for n in splits]
+            native.run(fwd3, [(P(x), P(w), P(bias), P(state), *map(P, ys), P(r), T, C, K,
+                               int(silu), nn, G, int(sqrt_eps), *splits[:2], *p)
+                              for p in native.rows(batch)])
+            return tuple(ys)
+        y = torch.empty_like(x)
         if nn:
             native.run(l2_fwd, [(P(x), P(w), P(bias), P(state), P(y), P(r), T, C, K, int(silu), nn,
                                  G, int(sqrt_eps), *p) for p in native.rows(batch)])
         else:
             native.run(fwd, [(P(x), P(w), P(bias), P(state), P(y), T, C, K, int(silu), *p)
                              for p in native.rows(batch)])
-        ctx.save_for_backward(x, w, bias, state, r)
-        ctx.lib, ctx.silu, ctx.nn, ctx.G = lib, silu, nn, G
         return y
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, *dys):
         x, w, bias, state, r = ctx.saved_tensors
         batch, T, C = x.shape
         K, P = w.shape[0], native.ptr
-        _, bwd, _, l2_bwd = _kernels(ctx.lib, x.dtype)
-        dy = dy.contiguous()
+        _, bwd, _, l2_bwd, _, bwd3 = _kernels(ctx.lib, x.dtype)
+        dys = [x.new_zeros(batch, T, n) if d is None else d.contiguous()
+               for d, n in zip(dys, ctx.splits or (C,))]
         dx, dstate = torch.empty_like(x), torch.empty_like(state)
         dw, db = x.new_empty(batch, K, C), x.new_empty(batch, C)
-        if ctx.nn:
-            native.run(l2_bwd, [(P(x), P(w), P(bias), P(state), P(dy), P(r), P(dx), P(dstate),
+        if ctx.splits is not None:
+            native.run(bwd3, [(P(x), P(w), P(bias), P(state), *map(P, dys), P(r), P(dx),
+                               P(dstate), P(dw), P(db), T, C, K, int(ctx.silu), ctx.nn, ctx.G,
+                               *ctx.splits[:2], *p) for p in native.rows(batch)])
+        elif ctx.nn:
+            native.run(l2_bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(r), P(dx), P(dstate),
                                  P(dw), P(db), T, C, K, int(ctx.silu), ctx.nn, ctx.G, *p)
                                 for p in native.rows(batch)])
         else:
-            native.run(bwd, [(P(x), P(w), P(bias), P(state), P(dy), P(dx), P(dstate), P(dw),
+            native.run(bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(dx), P(dstate), P(dw),
                               P(db), T, C, K, int(ctx.silu), *p) for p in native.rows(batch)])
         return (None, dx, dw.sum(0).t(), None if bias is None else db.sum(0), dstate, None, None,
-                None, None)
+                None, None, None)
 
 
-def short_conv(lib, x, weight, bias, state, silu, norm_groups=0, group=1, sqrt_eps=False):
+def short_conv(lib, x, weight, bias, state, silu, norm_groups=0, group=1, sqrt_eps=False,
+               splits=None):
     """(y, new state): `lib` = native.load("conv"); weight, bias, state in x's dtype.
     norm_groups > 0: the first norm_groups groups of `group` channels of y are then L2
     normalised, y / max(|y|, 1e-6) (sqrt_eps: y / sqrt(|y|^2 + 1e-6)), as
-    layers._delta_block.l2norm does to the delta layers' q and k heads."""
+    layers._delta_block.l2norm does to the delta layers' q and k heads. splits: three
+    channel widths summing to C: y is then the tuple of those pieces, each contiguous
+    (batch, T, width) (y.split(splits, -1), made contiguous, without the copies)."""
     K = weight.shape[1]
-    y = _NativeConv.apply(lib, x, weight, bias, state, silu, norm_groups, group, sqrt_eps)
+    if splits is not None:
+        splits = tuple(int(n) for n in splits)
+        if len(splits) != 3 or sum(splits) != x.shape[-1] or min(splits) < 1:
+            raise ValueError(f"short_conv: splits must be three positive widths summing to "
+                             f"{x.shape[-1]}, got {splits}")
+    y = _NativeConv.apply(lib, x, weight, bias, state, silu, norm_groups, group, sqrt_eps,
+                          splits)
     xp = torch.cat([state, x], dim=1) if x.shape[1] < K - 1 else x
     return y, xp[:, xp.shape[1] - (K - 1):]
 
