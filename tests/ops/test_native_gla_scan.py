@@ -53,10 +53,11 @@ NAMES = ["o", "S", "q", "k", "v", "g", "S0", "u"]
 @pytest.mark.parametrize("T", [37, 70, 1])
 @pytest.mark.parametrize("bonus", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("K,V", [(5, 6), (7, 21), (4, 16)])
+@pytest.mark.parametrize("K,V", [(5, 6), (7, 21), (4, 16), (19, 6)])
 def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads, K, V):
     """V = 6, 21, 16: one narrow column tile, a full one and a narrow one, one exact (the
-    kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs)."""
+    kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs); K = 19
+    sums its rows' dot products 8 rows (4 doubles) at a time and a part group."""
     ins = _inputs(dtype, T, K=K, V=V, bonus=bonus)
     with threads_(threads):
         got = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)

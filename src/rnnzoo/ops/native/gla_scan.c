@@ -94,15 +94,11 @@ static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, lo
 }
 
 /* out[i] += the sum of R[i NV .. i NV + NV), i < K: each row's dot product, its lanes summed
-   for all rows at once (the compiler transposes groups of rows with permutes) instead of one
-   horizontal sum a row */
-static inline void NAME(row_sums)(const T *restrict R, T *restrict out, long K) {
-#pragma omp simd
-    for (long i = 0; i < K; i++) {
-        T s = 0;
-        for (long l = 0; l < NV; l++) s += R[i * NV + l];
-        out[i] += s;
-    }
+   NV rows at a time (tile.h's add_sums) instead of one horizontal sum a row. R (aligned,
+   room for K rounded up to NV rows) is overwritten. */
+static inline void NAME(row_sums)(T *restrict R, T *restrict out, long K) {
+    for (long i0 = 0; i0 < K; i0 += NV)
+        NAME(add_sums)(out + i0, (VEC *)(R + i0 * NV), K - i0 < NV ? K - i0 : NV);
 }
 
 /* a row's two vectors' products, added lane-wise into one vector, stored at R's row i */
@@ -183,7 +179,8 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     T *ab = malloc((Tn * A + 1) * sizeof(T));
     T *ones = malloc(A * sizeof(T));
-    T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
+    const long KR = (K + NV - 1) / NV * NV;  /* row_sums' groups of NV rows */
+    T *Rq = aligned_alloc(32, 3 * KR * sizeof(VEC)), *Rk = Rq + KR * NV, *Rs = Rk + KR * NV;
     T *ends = malloc(2 * K * sizeof(T)), *acc = ends + K;  /* dg's block-end term, its sum */
     T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
     for (long i = 0; i < A; i++) ones[i] = 1;
