@@ -4,10 +4,13 @@ in float64 (matmul path) and float32 (oneDNN's products on the CPU)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from rnnzoo.layers.rwkv6 import _MixProject
+from rnnzoo.ops import backend
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
@@ -28,18 +31,21 @@ def test_mix_project_gradcheck():
     assert torch.autograd.gradcheck(_MixProject.apply, inputs(4, 3, 2, torch.float64))
 
 
+@pytest.mark.parametrize("forced", [False, True])  # oneDNN's products, or torch's
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_mix_project_values_and_grads(dtype, tol):
+def test_mix_project_values_and_grads(dtype, tol, forced):
     args = inputs(37, 24, 5, dtype)
-    outs = _MixProject.apply(*args)
+    with backend.force("torch") if forced else contextlib.nullcontext():
+        outs = _MixProject.apply(*args)
     ref = plain(*args)
     ws = [rand(*o.shape, seed=10 + i, dtype=dtype) for i, o in enumerate(ref)]
-    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), args,
-                                retain_graph=True)
+    with backend.force("torch") if forced else contextlib.nullcontext():
+        grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), args,
+                                    retain_graph=True)
     ref_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, ws)), args,
                                     retain_graph=True)
     for a, b in zip([*outs, *grads], [*ref, *ref_grads]):
         assert (a - b).abs().max() <= tol * b.abs().max()
-    # an unused output (the gate in lion_inputs) has no gradient
+    # outputs without a gradient (the gate in lion_inputs: None in the backward)
     g = torch.autograd.grad(outs[1].sum(), args[0], retain_graph=True)[0]
     assert torch.allclose(g, torch.autograd.grad(ref[1].sum(), args[0])[0], rtol=tol, atol=tol)

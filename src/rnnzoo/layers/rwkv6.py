@@ -67,28 +67,28 @@ class _MixProject(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_xw, *d_proj):
         dx, low, up, mixed, W, *c = ctx.saved_tensors
-        gm = [torch.zeros_like(dx) if d_xw is None else d_xw]  # the mixes' gradients
+        gm = [None if d_xw is None else d_xw.contiguous()]  # the mixes' gradients (None: 0)
         dW = torch.zeros_like(W)
         for i, g in enumerate(d_proj):
-            if g is None:
-                gm.append(torch.zeros_like(dx))
-                continue
-            g = g.contiguous()
-            gm.append(_prod(g, W[i].T))
-            dW[i] = _wgrad(g, mixed[i + 1])
-        d_x = gm[0] + gm[1]
-        for i in range(2, 5):
-            d_x += gm[i]
-        d_dx = gm[0] * c[0]
-        for i in range(1, 5):
-            d_dx.addcmul_(gm[i], c[i])
-        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
-        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
+            if g is not None:
+                g = g.contiguous()
+                dW[i] = _wgrad(g, mixed[i + 1])
+                g = _prod(g, W[i].T)
+            gm.append(g)
+        gm = [torch.zeros_like(dx) if g is None else g for g in gm]
+        d_x, d_dx, dc = gm[0] + gm[1], gm[0] * c[0], dx.new_empty(5, *dx.shape)
         for i in range(5):
-            dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)  # gm[1:] are ours
-            d_low[:, i] = _prod(dc, up[i])
-            d_up[i] = _wgrad(low[i], dc)
-            d_mu[i] = dc.sum(0)
+            if i > 1:
+                d_x += gm[i]
+            if i > 0:
+                d_dx.addcmul_(gm[i], c[i])
+            torch.mul(gm[i], dx, out=dc[i])
+        d_mu = dc.sum(1)
+        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
+        d_up = torch.empty_like(up)
+        for i in range(5):
+            d_low[:, i] = _prod(dc[i], up[i])
+            d_up[i] = _wgrad(low[i], dc[i])
         return d_x, d_dx, d_low, d_up, d_mu, dW
 
 
