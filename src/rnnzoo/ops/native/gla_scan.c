@@ -41,6 +41,7 @@
        G_t = dz_T [t = T-1] - dk_t k_t - dg_t [z_{t-1} > -inf] + dg_{t+1} + e^{g_{t+1}} G_{t+1},
        dx_t = k_t (dk_t + G_t),   dz0 = dg_0 + e^{g_0} G_0 where z0 > -inf, else 0.
    x, k, g (batch, T, C) with C channels contiguous; z0, zT (batch, C); batch rows [p0, p1).
+   Gated slot attention's forget gate (slot_gate_fwd / _bwd) is here too, beside it.
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -474,6 +475,38 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
             G[c] = z0[b * C + c] == -INFINITY ? 0 : dg[r] + EXP(gg[r]) * G[c];
         }
     }
+}
+
+/* expm1(x) for x <= 0: its Taylor series in Horner form above -1/2 (to x^9 in float, x^17
+   in double), e^x - 1 below (no cancellation there: e^x < 0.61) */
+static inline T NAME(expm1_neg)(T x) {
+    static const T c[16] = {1.0 / 17, 1.0 / 16, 1.0 / 15, 1.0 / 14, 1.0 / 13, 1.0 / 12,
+                            1.0 / 11, 1.0 / 10, 1.0 / 9, 1.0 / 8, 1.0 / 7, 1.0 / 6,
+                            1.0 / 5, 1.0 / 4, 1.0 / 3, 1.0 / 2};
+    T p = 1;
+    for (int i = sizeof(T) == 4 ? 8 : 0; i < 16; i++) p = 1 + p * x * c[i];
+    return x > (T)-0.5 ? x * p : EXP(x) - 1;
+}
+
+/* Gated slot attention's forget gate (layers/gsa.py), elementwise over entries [n0, n1):
+       la = logsigmoid(f) inv_n,   s = 1 - e^la = -expm1(la)
+   with logsigmoid(f) = min(f, 0) - log1p(e^-|f|); backward, from dla and ds:
+       df = (dla - ds e^la) sigmoid(-f) inv_n. */
+void NAME(slot_gate_fwd)(const T *restrict f, T *restrict la, T *restrict s, T inv_n,
+                         long n0, long n1) {
+#pragma omp simd
+    for (long i = n0; i < n1; i++) {
+        const T x = f[i], l = ((x < 0 ? x : 0) - NAME(log1p_unit)(EXP(x < 0 ? x : -x))) * inv_n;
+        la[i] = l;
+        s[i] = -NAME(expm1_neg)(l);
+    }
+}
+
+void NAME(slot_gate_bwd)(const T *restrict f, const T *restrict la, const T *restrict dla,
+                         const T *restrict ds, T *restrict df, T inv_n, long n0, long n1) {
+#pragma omp simd
+    for (long i = n0; i < n1; i++)
+        df[i] = (dla[i] - ds[i] * EXP(la[i])) * inv_n / (1 + EXP(f[i]));
 }
 
 #undef PUT
