@@ -157,13 +157,52 @@ def _chunk(q, k, v1, feature_map, S0, C):
     q, k, v1 = (t.unflatten(2, (N, C)) for t in (q, k, v1))            # (B, H, N, C, .)
     lib = native_attention.load() if backend.use_native(q, k, v1) else None
     mm = (lambda a, b: native_attention.bmm(lib, a, b)) if lib is not None else torch.matmul
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    o = mm(torch.where(causal, kernel(mm(q, k.transpose(-1, -2)), feature_map), 0.0), v1)
+    o = mm(_CausalKernel.apply(mm(q, k.transpose(-1, -2)), feature_map == "square"), v1)
     psi_q, R = packed(q, feature_map)
     psi_k, _ = packed(k, feature_map)
     U = mm(psi_k.transpose(-1, -2), v1)                                 # (B, H, N, F', W)
-    before = torch.cat([(R @ S0)[:, :, None], U[:, :, :-1]], 2).cumsum(2)
+    before, total = _Starts.apply(R @ S0, U)
     o = o + mm(psi_q, before)
-    S = S0 + R.T @ U.sum(2)
+    S = S0 + R.T @ total
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return poison(o, marks.outputs), poison(S, marks.state)
+
+
+class _CausalKernel(torch.autograd.Function):
+    """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above: three passes
+    forward and two backward, where torch.where over the composed kernel took some eleven."""
+
+    @staticmethod
+    def forward(ctx, s, square):
+        ctx.save_for_backward(s)
+        ctx.square = square
+        return (s * s if square else torch.addcmul(s + 1, s, s, value=0.5)).tril_()
+
+    @staticmethod
+    def backward(ctx, dA):
+        (s,) = ctx.saved_tensors
+        ds = torch.mul(dA, s).mul_(2) if ctx.square else torch.addcmul(dA, dA, s)
+        return ds.tril_(), None
+
+
+class _Starts(torch.autograd.Function):
+    """A running sum over chunks entered with `first`: first (B, H, F', W), U (B, H, N, F', W)
+    -> before (B, H, N, F', W), before_n = first + sum_{m<n} U_m, and total = sum_m U_m
+    (B, H, F', W). A pass each way (one add per chunk), where a cat and cumsum took three
+    forward and five backward (the cat's zero-filled slices, cumsum's flip-cumsum-flip)."""
+
+    @staticmethod
+    def forward(ctx, first, U):
+        before = U.new_empty(U.shape)
+        before[:, :, 0] = first
+        for n in range(1, U.shape[2]):
+            torch.add(before[:, :, n - 1], U[:, :, n - 1], out=before[:, :, n])
+        return before, U.sum(2)
+
+    @staticmethod
+    def backward(ctx, d_before, d_total):  # dU_n = d_total + sum_{m>n} d_before_m
+        dU = d_before.new_empty(d_before.shape)
+        dU[:, :, -1] = d_total
+        for n in range(dU.shape[2] - 2, -1, -1):
+            torch.add(dU[:, :, n + 1], d_before[:, :, n + 1], out=dU[:, :, n])
+        return d_before.sum(2), dU
