@@ -72,3 +72,20 @@ def test_chunk_starts_match_cumsum():
         assert torch.allclose(before, want, rtol=1e-14, atol=1e-14)
         assert torch.allclose(total, U.sum(2), rtol=1e-14, atol=1e-14)
         assert torch.autograd.gradcheck(_Starts.apply, [first, U])
+
+
+@pytest.mark.parametrize("feature_map", ["taylor", "square"])
+@pytest.mark.parametrize("d", [1, 5])
+def test_fold_unfold_read_and_write_the_full_state(feature_map, d):
+    """feature_maps.fold / unfold (the chunk form's packed states): psi(q) . fold(S) =
+    phi(q) . S for any state S, and unfold(psi(k)^T v) = phi(k)^T v, float64."""
+    from rnnzoo.ops.feature_maps import feature_size, fold, packed, unfold
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(3, 7, d, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
+    S = torch.randn(3, feature_size(feature_map, d), 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(packed(q, feature_map)[0] @ fold(S, d, feature_map),
+                          features(q, feature_map) @ S, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(unfold(packed(k, feature_map)[0].transpose(1, 2) @ v, d, feature_map),
+                          features(k, feature_map).transpose(1, 2) @ v, rtol=1e-12, atol=1e-12)

@@ -108,7 +108,8 @@ def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tenso
     psi(q) . psi(k) = phi(q) . phi(k) (the kernel is symmetric in the pair); and the fold
     R: (F', F), psi(q)^T (R S) = phi(q)^T S for any state S (F, W), so R S is S read packed
     and R^T P a packed sum P of psi(k) v^T unpacked (S's (a, b) and (b, a) entries of the
-    pair each get its half). Packed quadratic entries: x_a x_b c on the diagonal and
+    pair each get its half; the chunk form applies R as index gathers, `fold` and `unfold`).
+    Packed quadratic entries: x_a x_b c on the diagonal and
     x_a x_b c sqrt(2) off it, c = 1 / sqrt(2) (taylor) or 1 (square); R is 1 on the
     constant, linear and diagonal entries, 1 / sqrt(2) at both (a, b) and (b, a)."""
     d = x.shape[-1]
@@ -140,6 +141,37 @@ def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tenso
     return psi, Rf
 
 
+def _pairs(d: int, feature_map: str, device):
+    """The constant and linear rows' count, and the quadratic rows' indices: (a, b) and
+    (b, a) flattened (d d), for the pairs a <= b."""
+    a, b = torch.triu_indices(d, d, device=device)
+    return (0 if feature_map == "square" else 1 + d), a * d + b, b * d + a
+
+
+def fold(S: torch.Tensor, d: int, feature_map: str) -> torch.Tensor:
+    """R S: a state S (..., F, W) read packed (..., F', W), psi(q)^T R S = phi(q)^T S: the
+    constant and linear rows as they are, pair (a, b)'s row (S_ab + S_ba) / sqrt(2) (S_aa on
+    the diagonal). Index gathers, where R as a matrix cost a dense (F', F) product."""
+    lin, ab, ba = _pairs(d, feature_map, S.device)
+    Q = S[..., lin:, :]
+    diag = (ab == ba)[:, None]
+    P = torch.where(diag, Q[..., ab, :], (Q[..., ab, :] + Q[..., ba, :]) * math.sqrt(0.5))
+    return torch.cat([S[..., :lin, :], P], -2)
+
+
+def unfold(P: torch.Tensor, d: int, feature_map: str) -> torch.Tensor:
+    """R^T P: a packed sum P (..., F', W) of psi(k) v^T unpacked (..., F, W): pair (a, b)'s
+    row over sqrt(2) at both (a, b) and (b, a) (as it is on the diagonal)."""
+    lin, ab, ba = _pairs(d, feature_map, P.device)
+    n = ab.shape[0]
+    at = torch.empty(d * d, dtype=torch.long, device=P.device)  # the pair of each (a, b)
+    at[ab] = torch.arange(n, device=P.device)
+    at[ba] = torch.arange(n, device=P.device)
+    Q = P[..., lin:, :]
+    Q = torch.where((ab == ba)[:, None], Q, Q * math.sqrt(0.5))[..., at, :]
+    return torch.cat([P[..., :lin, :], Q], -2)
+
+
 def _chunk(q, k, v1, feature_map, S0, C):
     """o (B, T, H, W), S: chunkwise, the kernel matrix inside each chunk (from the d-wide
     q.k, never the F-wide features) and the packed features psi (`packed`) across chunks:
@@ -158,12 +190,11 @@ def _chunk(q, k, v1, feature_map, S0, C):
     lib = native_attention.load() if backend.use_native(q, k, v1) else None
     mm = (lambda a, b: native_attention.bmm(lib, a, b)) if lib is not None else torch.matmul
     o = mm(_CausalKernel.apply(mm(q, k.transpose(-1, -2)), feature_map == "square"), v1)
-    psi_q, R = packed(q, feature_map)
-    psi_k, _ = packed(k, feature_map)
+    psi_q, psi_k = packed(q, feature_map)[0], packed(k, feature_map)[0]
     U = mm(psi_k.transpose(-1, -2), v1)                                 # (B, H, N, F', W)
-    before, total = _Starts.apply(R @ S0, U)
+    before, total = _Starts.apply(fold(S0, d, feature_map), U)
     o = o + mm(psi_q, before)
-    S = S0 + R.T @ total
+    S = S0 + unfold(total, d, feature_map)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return poison(o, marks.outputs), poison(S, marks.state)
 
