@@ -9,7 +9,7 @@ import contextlib
 import pytest
 import torch
 
-from rnnzoo.layers.rwkv6 import _MixProject
+from rnnzoo.layers.rwkv6 import _MixProject, _NegExp
 from rnnzoo.ops import backend
 
 
@@ -49,3 +49,11 @@ def test_mix_project_values_and_grads(dtype, tol, forced):
     # outputs without a gradient (the gate in lion_inputs: None in the backward)
     g = torch.autograd.grad(outs[1].sum(), args[0], retain_graph=True)[0]
     assert torch.allclose(g, torch.autograd.grad(ref[1].sum(), args[0])[0], rtol=tol, atol=tol)
+
+
+def test_neg_exp_values_and_gradients():
+    """rwkv6's log-decay -exp(w) (_NegExp): values, float64 gradients and second derivatives."""
+    w = rand(3, 5).requires_grad_()
+    assert torch.equal(_NegExp.apply(w), -w.exp())
+    assert torch.autograd.gradcheck(_NegExp.apply, [w])
+    assert torch.autograd.gradgradcheck(_NegExp.apply, [w])

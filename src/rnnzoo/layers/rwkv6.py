@@ -76,20 +76,36 @@ class _MixProject(torch.autograd.Function):
                 g = _prod(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
-        d_x, d_dx, dc = gm[0] + gm[1], gm[0] * c[0], dx.new_empty(5, *dx.shape)
-        for i in range(5):
+        d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
+        for i in range(1, 5):
             if i > 1:
                 d_x += gm[i]
-            if i > 0:
-                d_dx.addcmul_(gm[i], c[i])
-            torch.mul(gm[i], dx, out=dc[i])
-        d_mu = dc.sum(1)
+            d_dx.addcmul_(gm[i], c[i])
         d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
-        d_up = torch.empty_like(up)
-        for i in range(5):
-            d_low[:, i] = _prod(dc[i], up[i])
-            d_up[i] = _wgrad(low[i], dc[i])
+        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
+        for i in range(5):  # the gradient of c_i, into gm[i] where that is ours (no fresh
+            # (5, N, d) buffer: its first touch costs page faults)
+            dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)
+            d_low[:, i] = _prod(dc, up[i])
+            d_up[i] = _wgrad(low[i], dc)
+            d_mu[i] = dc.sum(0)
         return d_x, d_dx, d_low, d_up, d_mu, dW
+
+
+class _NegExp(torch.autograd.Function):
+    """-exp(w), the log-decay: two passes forward and one backward (its own derivative),
+    where exp and neg through autograd took four."""
+
+    @staticmethod
+    def forward(ctx, w):
+        y = torch.exp(w).neg_()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        return dy * y
 
 
 @register("rwkv6", family="matrix", paper="Peng et al. 2024, arXiv:2404.05892",
@@ -151,7 +167,7 @@ class RWKV6(RecurrentLayer):
         g = g.view(B, T, d)
         w = linear.linear(torch.tanh(linear.linear(xw, self.decay_down.T)), self.decay_up.T,
                           self.w0).view(B, T, d)
-        return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
+        return r, k, v, _NegExp.apply(w.to(dtype)).view(B, T, H, K), g
 
     def lion_inputs(self, x):
         """r, k, v, the log-decay, scale 1 and the bonus u (H, K), from a zero token shift
