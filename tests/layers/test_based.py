@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import rnnzoo
-from rnnzoo.ops.feature_maps import feature_attention, features
+from rnnzoo.ops.feature_maps import _CausalKernel, _Starts, feature_attention, features, kernel
 
 
 @pytest.mark.parametrize("mode", ["sequential", "chunk", "parallel"])
@@ -48,3 +48,44 @@ def test_options_checked():
         rnnzoo.create("based", d_model=8, feature_dim=0)
     with pytest.raises(ValueError, match="eps must lie in"):
         rnnzoo.create("based", d_model=8, eps=-1.0)
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_causal_kernel_matches_masked_kernel(square):
+    """feature_maps._CausalKernel (the chunk form's in-chunk kernel matrix): values and
+    float64 gradients against torch.where over `kernel`, odd sizes."""
+    s = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    fm = "square" if square else "taylor"
+    want = torch.where(torch.ones(5, 5, dtype=torch.bool).tril(), kernel(s, fm), 0.0)
+    assert torch.allclose(_CausalKernel.apply(s, square), want, rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: _CausalKernel.apply(t, square), [s])
+
+
+def test_chunk_starts_match_cumsum():
+    """feature_maps._Starts (the states entering each chunk, and their total): values and
+    float64 gradients against cat + cumsum, one chunk and several."""
+    for N in (1, 4):
+        first = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+        U = torch.randn(2, 3, N, 5, 4, dtype=torch.float64, requires_grad=True)
+        before, total = _Starts.apply(first, U)
+        want = torch.cat([first[:, :, None], U[:, :, :-1]], 2).cumsum(2)
+        assert torch.allclose(before, want, rtol=1e-14, atol=1e-14)
+        assert torch.allclose(total, U.sum(2), rtol=1e-14, atol=1e-14)
+        assert torch.autograd.gradcheck(_Starts.apply, [first, U])
+
+
+@pytest.mark.parametrize("feature_map", ["taylor", "square"])
+@pytest.mark.parametrize("d", [1, 5])
+def test_fold_unfold_read_and_write_the_full_state(feature_map, d):
+    """feature_maps.fold / unfold (the chunk form's packed states): psi(q) . fold(S) =
+    phi(q) . S for any state S, and unfold(psi(k)^T v) = phi(k)^T v, float64."""
+    from rnnzoo.ops.feature_maps import feature_size, fold, packed, unfold
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(3, 7, d, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(3, 7, 4, generator=g, dtype=torch.float64)
+    S = torch.randn(3, feature_size(feature_map, d), 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(packed(q, feature_map)[0] @ fold(S, d, feature_map),
+                          features(q, feature_map) @ S, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(unfold(packed(k, feature_map)[0].transpose(1, 2) @ v, d, feature_map),
+                          features(k, feature_map).transpose(1, 2) @ v, rtol=1e-12, atol=1e-12)

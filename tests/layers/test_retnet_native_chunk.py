@@ -58,3 +58,34 @@ def test_retnet_complex_rotation_equals_rotary(monkeypatch, dtype, tol):
     want = run()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_retnet_head_native_matches_torch(monkeypatch, dtype, tol):
+    """The gated per-head LayerNorm (lion_output) through ops.native.gated_norm.norm_gate
+    against its PyTorch form (backend.force): output and the gradients of o, x and the
+    norm's and gate's parameters; head_dim 6, value groups of 12 (two heads)."""
+    from rnnzoo.ops import backend
+    from rnnzoo.ops.native import gated_norm
+
+    calls = counter(monkeypatch, gated_norm, "norm_gate")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("retnet", d_model=12, num_heads=2).to(dtype)
+    with torch.no_grad():
+        layer.norm.weight.normal_()
+        layer.norm.bias.normal_()
+    x = torch.randn(3, 7, 12, dtype=dtype, requires_grad=True)
+    o = torch.randn(3, 7, 2, 12, dtype=dtype, requires_grad=True)
+    params = [o, x, layer.norm.weight, layer.norm.bias, layer.gate.weight]
+    w = torch.randn(3, 7, 12, dtype=dtype)
+
+    def run():
+        y = layer.lion_output(o, x)
+        return [y, *torch.autograd.grad((y * w).sum(), params)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    assert calls[0] == 1
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= tol * b.abs().max()

@@ -53,10 +53,11 @@ NAMES = ["o", "S", "q", "k", "v", "g", "S0", "u"]
 @pytest.mark.parametrize("T", [37, 70, 1])
 @pytest.mark.parametrize("bonus", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("K,V", [(5, 6), (7, 21), (4, 16)])
+@pytest.mark.parametrize("K,V", [(5, 6), (7, 21), (4, 16), (19, 6)])
 def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads, K, V):
     """V = 6, 21, 16: one narrow column tile, a full one and a narrow one, one exact (the
-    kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs)."""
+    kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs); K = 19
+    sums its rows' dot products 8 rows (4 doubles) at a time and a part group."""
     ins = _inputs(dtype, T, K=K, V=V, bonus=bonus)
     with threads_(threads):
         got = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
@@ -142,3 +143,41 @@ def test_lightnet_gate_scan_matches_logcumsumexp(monkeypatch, dtype, tol, empty)
         want = outputs_and_grads(list(additive_gate(x, z0)), [x, z0])
     assert n[0] == 1
     assert_close(got, want, ["k", "g", "z_T", "x", "z0"], tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("normalizer", [8.0, 1.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gsa_slot_gate_matches_torch(monkeypatch, dtype, tol, normalizer, threads):
+    """gsa's forget gate in C (log alpha = logsigmoid(f) / n and s = -expm1(log alpha), both
+    sides of the series' switch at log alpha = -1/2, and f past exp's clamp) against its
+    PyTorch form in layers/gsa.py, values and gradients."""
+    from rnnzoo import create
+
+    n = counter(monkeypatch, gla_scan, "slot_gate")
+    layer = create("gsa", d_model=16, num_heads=2, num_slots=5).to(dtype)
+    layer.gate_logit_normalizer = normalizer
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 16, generator=gen, dtype=dtype)
+    with torch.no_grad():  # pre-activations from -15 to 15, and two far past exp's range
+        layer.f_proj.weight.mul_(40)
+        layer.f_proj.weight[0, :] = 0
+        layer.f_proj.weight[1, :] = 0
+        layer.f_proj.weight[0, 0] = 1e3
+        layer.f_proj.weight[1, 0] = -1e3
+    x.requires_grad_()
+    with threads_(threads):
+        got = outputs_and_grads(list(layer.op_inputs(x)[3:]), [x])
+    with backend.force("torch"):
+        want = outputs_and_grads(list(layer.op_inputs(x)[3:]), [x])
+    assert n[0] == 1
+    assert_close(got, want, ["s", "log_alpha", "x"], tol)
+
+
+def test_gsa_slot_gate_small_s_relative():
+    """s = 1 - alpha near 0 (f large) keeps its relative precision (expm1's series, not
+    e^x - 1); float64, entry by entry."""
+    f = torch.linspace(-3, 30, 301, dtype=torch.float64)
+    la, s = gla_scan.slot_gate(gla_scan.load(), f, 8.0)
+    want = -torch.expm1(torch.nn.functional.logsigmoid(f) / 8)
+    assert ((s - want).abs() / want).max() < 1e-14

@@ -23,7 +23,9 @@ from rnnzoo.checks import choice, positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend
 from rnnzoo.ops.gsa import gated_slot_attention
+from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -70,8 +72,12 @@ class GSA(RecurrentLayer):
         if self.feature_map == "swish":
             qkv = (F.silu(t) for t in qkv)
         q, k, v = (t.view(B, T, self.num_heads, self.head_dim) for t in qkv)
-        log_alpha = F.logsigmoid(self.f_proj(x).to(cdt)).view(B, T, self.num_heads, -1) \
-            / self.gate_logit_normalizer
+        f = self.f_proj(x).to(cdt).view(B, T, self.num_heads, -1)
+        lib = native_gla.load() if backend.use_native(f) else None
+        if lib is not None:  # one C pass each way (ops.native.gla_scan)
+            log_alpha, s = native_gla.slot_gate(lib, f, self.gate_logit_normalizer)
+            return q, k, v, s, log_alpha
+        log_alpha = F.logsigmoid(f) / self.gate_logit_normalizer
         return q, k, v, -torch.expm1(log_alpha), log_alpha
 
     def op_output(self, o, x):

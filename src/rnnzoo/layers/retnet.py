@@ -28,12 +28,13 @@ from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -100,8 +101,17 @@ class RetNet(RecurrentLayer):
         return q, k, self.v(x).view(B, T, H, V), g, 1 / math.sqrt(K)
 
     def lion_output(self, o, x):
-        """The gated per-head GroupNorm, then the output projection."""
-        return self.out_proj(F.silu(self.gate(x)) * self.norm(o).flatten(2))
+        """The gated per-head GroupNorm, then the output projection; on the CPU in
+        float32/float64 the norm and gate are one C pass each way (ops.native.gated_norm)."""
+        z, norm = self.gate(x), self.norm
+        lib = (gated_norm.load() if getattr(norm, "kind", None) == "layer"  # (fla_hub: RMS)
+               and backend.use_native(o, z, norm.weight, norm.bias) else None)
+        if lib is None:
+            return self.out_proj(F.silu(z) * norm(o).flatten(2))
+        W = z.shape[-1]
+        return self.out_proj(gated_norm.norm_gate(lib, o.reshape(z.shape), None, None, z,
+                                                  norm.weight.view(W), norm.bias.view(W),
+                                                  self.value_dim, norm.eps))
 
     def _forward(self, x, state, mode):
         state, position = state

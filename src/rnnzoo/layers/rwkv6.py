@@ -26,36 +26,86 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
-from rnnzoo.ops.native import gated_norm
+from rnnzoo.ops.native import gated_norm, linear
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
+def _prod(a, b, bias=None):
+    """a b^T (+ bias): a (N, k), b (M, k) -> (N, M); oneDNN's product on the CPU in float32
+    outside autograd (ops.native.linear), a matmul elsewhere (and under create_graph)."""
+    if (linear._LP is not None and a.dtype == torch.float32 and not torch.is_grad_enabled()
+            and backend.use_native(a, b)):
+        return linear._LP(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    return torch.addmm(bias, a, b.T) if bias is not None else a @ b.T
+
+
+def _wgrad(g, r):
+    """g^T r: g (N, G), r (N, K) -> (G, K) (oneDNN as `_prod`)."""
+    return g.T @ r if torch.is_grad_enabled() else linear.weight_grad(g, r)
+
+
 class _MixProject(torch.autograd.Function):
-    """The five ddlerp mixes x*_i = x + dx c_i (c_i = mu_i + m_i; i = w, k, v, r, g) and the
-    projections of the last four, x*_i W_i^T, with a hand-written backward that writes the
-    mixes' gradient into one buffer (autograd's addcmul backward took five full passes and a
-    cat over the (5, B T, d) mixes). x, dx (N, d); c (5, N, d); W (4, d, d) [out, in].
-    -> x*_w (N, d), projections (4, N, d)."""
+    """The five ddlerp mixes x*_i = x + dx c_i, c_i = mu_i + low_i up_i (i = w, k, v, r, g),
+    and the projections of the last four, x*_i W_i^T, with a hand-written backward. Each
+    product is one oneDNN call on the CPU in float32 (`_prod`; torch's bmm went to MKL's
+    AVX2 code at a third of the speed). x, dx (N, d); low (N, 5, r) (the tanh of the
+    down-projection); up (5, r, d); mu (5, d); W (4, d, d) [out, in].
+    -> x*_w and the projections k, v, r, g, each (N, d)."""
 
     @staticmethod
-    def forward(ctx, x, dx, c, W):
-        mixed = torch.addcmul(x, dx, c)  # (5, N, d)
-        proj = torch.bmm(mixed[1:], W.transpose(1, 2))
-        ctx.save_for_backward(dx, c, mixed, W)
-        return mixed[0], proj
+    def forward(ctx, x, dx, low, up, mu, W):
+        low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
+        c = [_prod(low[i], up[i].T, mu[i]) for i in range(5)]
+        mixed = x.new_empty(5, *x.shape)
+        for i in range(5):
+            torch.addcmul(x, dx, c[i], out=mixed[i])
+        proj = [_prod(mixed[i + 1], W[i]) for i in range(4)]
+        ctx.save_for_backward(dx, low, up, mixed, W, *c)
+        return mixed[0], *proj
 
     @staticmethod
-    def backward(ctx, d_xw, d_proj):
-        dx, c, mixed, W = ctx.saved_tensors
-        grad = torch.empty_like(mixed)  # the mixes' gradient
-        grad[0] = d_xw
-        torch.bmm(d_proj, W, out=grad[1:])
-        dW = torch.bmm(d_proj.transpose(1, 2), mixed[1:])
-        d_dx = grad[0] * c[0]
+    def backward(ctx, d_xw, *d_proj):
+        dx, low, up, mixed, W, *c = ctx.saved_tensors
+        gm = [None if d_xw is None else d_xw.contiguous()]  # the mixes' gradients (None: 0)
+        dW = torch.zeros_like(W)
+        for i, g in enumerate(d_proj):
+            if g is not None:
+                g = g.contiguous()
+                dW[i] = _wgrad(g, mixed[i + 1])
+                g = _prod(g, W[i].T)
+            gm.append(g)
+        gm = [torch.zeros_like(dx) if g is None else g for g in gm]
+        d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
         for i in range(1, 5):
-            d_dx.addcmul_(grad[i], c[i])
-        return grad.sum(0), d_dx, grad.mul_(dx), dW
+            if i > 1:
+                d_x += gm[i]
+            d_dx.addcmul_(gm[i], c[i])
+        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
+        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
+        for i in range(5):  # the gradient of c_i, into gm[i] where that is ours (no fresh
+            # (5, N, d) buffer: its first touch costs page faults)
+            dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)
+            d_low[:, i] = _prod(dc, up[i])
+            d_up[i] = _wgrad(low[i], dc)
+            d_mu[i] = dc.sum(0)
+        return d_x, d_dx, d_low, d_up, d_mu, dW
+
+
+class _NegExp(torch.autograd.Function):
+    """-exp(w), the log-decay: two passes forward and one backward (its own derivative),
+    where exp and neg through autograd took four."""
+
+    @staticmethod
+    def forward(ctx, w):
+        y = torch.exp(w).neg_()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        return dy * y
 
 
 @register("rwkv6", family="matrix", paper="Peng et al. 2024, arXiv:2404.05892",
@@ -105,18 +155,19 @@ class RWKV6(RecurrentLayer):
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
         dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
-        m = torch.tanh(torch.addcmul(x, dx, self.mu_x) @ self.mix_down).view(B * T, 5, -1)
-        m = torch.bmm(m.transpose(0, 1), self.mix_up)  # (5, B T, d)
-        # the five mixes at once and r, k, v, g as one batched product (a per-mix slice's
-        # backward would zero-fill a (5, B, T, d) gradient each)
+        low = torch.tanh(linear.linear(torch.addcmul(x, dx, self.mu_x), self.mix_down.T))
+        # the five mixes and r, k, v, g in one Function (a per-mix slice's backward would
+        # zero-fill a (5, B, T, d) gradient each)
         weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,
                                                   self.g_proj)])
-        xw, proj = _MixProject.apply(x.reshape(B * T, d), dx.reshape(B * T, d),
-                                     m.add_(self.mu[:, None, :]), weights)
-        k, v, r, g = (t.view(B, T, -1) for t in proj.unbind())
+        xw, k, v, r, g = _MixProject.apply(x.reshape(B * T, d), dx.reshape(B * T, d),
+                                           low.view(B * T, 5, -1), self.mix_up, self.mu,
+                                           weights)
         r, k, v = (t.view(B, T, H, K) for t in (r, k, v))
-        w = (self.w0 + torch.tanh(xw @ self.decay_down) @ self.decay_up).view(B, T, d)
-        return r, k, v, -w.to(dtype).exp().view(B, T, H, K), g
+        g = g.view(B, T, d)
+        w = linear.linear(torch.tanh(linear.linear(xw, self.decay_down.T)), self.decay_up.T,
+                          self.w0).view(B, T, d)
+        return r, k, v, _NegExp.apply(w.to(dtype)).view(B, T, H, K), g
 
     def lion_inputs(self, x):
         """r, k, v, the log-decay, scale 1 and the bonus u (H, K), from a zero token shift

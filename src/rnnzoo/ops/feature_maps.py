@@ -108,7 +108,8 @@ def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tenso
     psi(q) . psi(k) = phi(q) . phi(k) (the kernel is symmetric in the pair); and the fold
     R: (F', F), psi(q)^T (R S) = phi(q)^T S for any state S (F, W), so R S is S read packed
     and R^T P a packed sum P of psi(k) v^T unpacked (S's (a, b) and (b, a) entries of the
-    pair each get its half). Packed quadratic entries: x_a x_b c on the diagonal and
+    pair each get its half; the chunk form applies R as index gathers, `fold` and `unfold`).
+    Packed quadratic entries: x_a x_b c on the diagonal and
     x_a x_b c sqrt(2) off it, c = 1 / sqrt(2) (taylor) or 1 (square); R is 1 on the
     constant, linear and diagonal entries, 1 / sqrt(2) at both (a, b) and (b, a)."""
     d = x.shape[-1]
@@ -140,6 +141,37 @@ def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tenso
     return psi, Rf
 
 
+def _pairs(d: int, feature_map: str, device):
+    """The constant and linear rows' count, and the quadratic rows' indices: (a, b) and
+    (b, a) flattened (d d), for the pairs a <= b."""
+    a, b = torch.triu_indices(d, d, device=device)
+    return (0 if feature_map == "square" else 1 + d), a * d + b, b * d + a
+
+
+def fold(S: torch.Tensor, d: int, feature_map: str) -> torch.Tensor:
+    """R S: a state S (..., F, W) read packed (..., F', W), psi(q)^T R S = phi(q)^T S: the
+    constant and linear rows as they are, pair (a, b)'s row (S_ab + S_ba) / sqrt(2) (S_aa on
+    the diagonal). Index gathers, where R as a matrix cost a dense (F', F) product."""
+    lin, ab, ba = _pairs(d, feature_map, S.device)
+    Q = S[..., lin:, :]
+    diag = (ab == ba)[:, None]
+    P = torch.where(diag, Q[..., ab, :], (Q[..., ab, :] + Q[..., ba, :]) * math.sqrt(0.5))
+    return torch.cat([S[..., :lin, :], P], -2)
+
+
+def unfold(P: torch.Tensor, d: int, feature_map: str) -> torch.Tensor:
+    """R^T P: a packed sum P (..., F', W) of psi(k) v^T unpacked (..., F, W): pair (a, b)'s
+    row over sqrt(2) at both (a, b) and (b, a) (as it is on the diagonal)."""
+    lin, ab, ba = _pairs(d, feature_map, P.device)
+    n = ab.shape[0]
+    at = torch.empty(d * d, dtype=torch.long, device=P.device)  # the pair of each (a, b)
+    at[ab] = torch.arange(n, device=P.device)
+    at[ba] = torch.arange(n, device=P.device)
+    Q = P[..., lin:, :]
+    Q = torch.where((ab == ba)[:, None], Q, Q * math.sqrt(0.5))[..., at, :]
+    return torch.cat([P[..., :lin, :], Q], -2)
+
+
 def _chunk(q, k, v1, feature_map, S0, C):
     """o (B, T, H, W), S: chunkwise, the kernel matrix inside each chunk (from the d-wide
     q.k, never the F-wide features) and the packed features psi (`packed`) across chunks:
@@ -157,13 +189,51 @@ def _chunk(q, k, v1, feature_map, S0, C):
     q, k, v1 = (t.unflatten(2, (N, C)) for t in (q, k, v1))            # (B, H, N, C, .)
     lib = native_attention.load() if backend.use_native(q, k, v1) else None
     mm = (lambda a, b: native_attention.bmm(lib, a, b)) if lib is not None else torch.matmul
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    o = mm(torch.where(causal, kernel(mm(q, k.transpose(-1, -2)), feature_map), 0.0), v1)
-    psi_q, R = packed(q, feature_map)
-    psi_k, _ = packed(k, feature_map)
+    o = mm(_CausalKernel.apply(mm(q, k.transpose(-1, -2)), feature_map == "square"), v1)
+    psi_q, psi_k = packed(q, feature_map)[0], packed(k, feature_map)[0]
     U = mm(psi_k.transpose(-1, -2), v1)                                 # (B, H, N, F', W)
-    before = torch.cat([(R @ S0)[:, :, None], U[:, :, :-1]], 2).cumsum(2)
+    before, total = _Starts.apply(fold(S0, d, feature_map), U)
     o = o + mm(psi_q, before)
-    S = S0 + R.T @ U.sum(2)
+    S = S0 + unfold(total, d, feature_map)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return poison(o, marks.outputs), poison(S, marks.state)
+
+
+class _CausalKernel(torch.autograd.Function):
+    """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above: three passes
+    forward and two backward, where torch.where over the composed kernel took some eleven."""
+
+    @staticmethod
+    def forward(ctx, s, square):
+        ctx.save_for_backward(s)
+        ctx.square = square
+        return (s * s if square else torch.addcmul(s + 1, s, s, value=0.5)).tril_()
+
+    @staticmethod
+    def backward(ctx, dA):
+        (s,) = ctx.saved_tensors
+        ds = torch.mul(dA, s).mul_(2) if ctx.square else torch.addcmul(dA, dA, s)
+        return ds.tril_(), None
+
+
+class _Starts(torch.autograd.Function):
+    """A running sum over chunks entered with `first`: first (B, H, F', W), U (B, H, N, F', W)
+    -> before (B, H, N, F', W), before_n = first + sum_{m<n} U_m, and total = sum_m U_m
+    (B, H, F', W). A pass each way (one add per chunk), where a cat and cumsum took three
+    forward and five backward (the cat's zero-filled slices, cumsum's flip-cumsum-flip)."""
+
+    @staticmethod
+    def forward(ctx, first, U):
+        before = U.new_empty(U.shape)
+        before[:, :, 0] = first
+        for n in range(1, U.shape[2]):
+            torch.add(before[:, :, n - 1], U[:, :, n - 1], out=before[:, :, n])
+        return before, U.sum(2)
+
+    @staticmethod
+    def backward(ctx, d_before, d_total):  # dU_n = d_total + sum_{m>n} d_before_m
+        dU = d_before.new_empty(d_before.shape)
+        dU[:, :, -1] = d_total
+        for n in range(dU.shape[2] - 2, -1, -1):
+            torch.add(dU[:, :, n + 1], d_before[:, :, n + 1], out=dU[:, :, n])
+        return d_before.sum(2), dU

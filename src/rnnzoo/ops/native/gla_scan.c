@@ -41,6 +41,7 @@
        G_t = dz_T [t = T-1] - dk_t k_t - dg_t [z_{t-1} > -inf] + dg_{t+1} + e^{g_{t+1}} G_{t+1},
        dx_t = k_t (dk_t + G_t),   dz0 = dg_0 + e^{g_0} G_0 where z0 > -inf, else 0.
    x, k, g (batch, T, C) with C channels contiguous; z0, zT (batch, C); batch rows [p0, p1).
+   Gated slot attention's forget gate (slot_gate_fwd / _bwd) is here too, beside it.
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -94,15 +95,11 @@ static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, lo
 }
 
 /* out[i] += the sum of R[i NV .. i NV + NV), i < K: each row's dot product, its lanes summed
-   for all rows at once (the compiler transposes groups of rows with permutes) instead of one
-   horizontal sum a row */
-static inline void NAME(row_sums)(const T *restrict R, T *restrict out, long K) {
-#pragma omp simd
-    for (long i = 0; i < K; i++) {
-        T s = 0;
-        for (long l = 0; l < NV; l++) s += R[i * NV + l];
-        out[i] += s;
-    }
+   NV rows at a time (tile.h's add_sums) instead of one horizontal sum a row. R (aligned,
+   room for K rounded up to NV rows) is overwritten. */
+static inline void NAME(row_sums)(T *restrict R, T *restrict out, long K) {
+    for (long i0 = 0; i0 < K; i0 += NV)
+        NAME(add_sums)(out + i0, (VEC *)(R + i0 * NV), K - i0 < NV ? K - i0 : NV);
 }
 
 /* a row's two vectors' products, added lane-wise into one vector, stored at R's row i */
@@ -183,7 +180,8 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     T *ab = malloc((Tn * A + 1) * sizeof(T));
     T *ones = malloc(A * sizeof(T));
-    T *Rq = aligned_alloc(32, 3 * K * sizeof(VEC)), *Rk = Rq + K * NV, *Rs = Rk + K * NV;
+    const long KR = (K + NV - 1) / NV * NV;  /* row_sums' groups of NV rows */
+    T *Rq = aligned_alloc(32, 3 * KR * sizeof(VEC)), *Rk = Rq + KR * NV, *Rs = Rk + KR * NV;
     T *ends = malloc(2 * K * sizeof(T)), *acc = ends + K;  /* dg's block-end term, its sum */
     T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
     for (long i = 0; i < A; i++) ones[i] = 1;
@@ -477,6 +475,38 @@ void NAME(gate_bwd)(const T *restrict kk, const T *restrict gg, const T *restric
             G[c] = z0[b * C + c] == -INFINITY ? 0 : dg[r] + EXP(gg[r]) * G[c];
         }
     }
+}
+
+/* expm1(x) for x <= 0: its Taylor series in Horner form above -1/2 (to x^9 in float, x^17
+   in double), e^x - 1 below (no cancellation there: e^x < 0.61) */
+static inline T NAME(expm1_neg)(T x) {
+    static const T c[16] = {1.0 / 17, 1.0 / 16, 1.0 / 15, 1.0 / 14, 1.0 / 13, 1.0 / 12,
+                            1.0 / 11, 1.0 / 10, 1.0 / 9, 1.0 / 8, 1.0 / 7, 1.0 / 6,
+                            1.0 / 5, 1.0 / 4, 1.0 / 3, 1.0 / 2};
+    T p = 1;
+    for (int i = sizeof(T) == 4 ? 8 : 0; i < 16; i++) p = 1 + p * x * c[i];
+    return x > (T)-0.5 ? x * p : EXP(x) - 1;
+}
+
+/* Gated slot attention's forget gate (layers/gsa.py), elementwise over entries [n0, n1):
+       la = logsigmoid(f) inv_n,   s = 1 - e^la = -expm1(la)
+   with logsigmoid(f) = min(f, 0) - log1p(e^-|f|); backward, from dla and ds:
+       df = (dla - ds e^la) sigmoid(-f) inv_n. */
+void NAME(slot_gate_fwd)(const T *restrict f, T *restrict la, T *restrict s, T inv_n,
+                         long n0, long n1) {
+#pragma omp simd
+    for (long i = n0; i < n1; i++) {
+        const T x = f[i], l = ((x < 0 ? x : 0) - NAME(log1p_unit)(EXP(x < 0 ? x : -x))) * inv_n;
+        la[i] = l;
+        s[i] = -NAME(expm1_neg)(l);
+    }
+}
+
+void NAME(slot_gate_bwd)(const T *restrict f, const T *restrict la, const T *restrict dla,
+                         const T *restrict ds, T *restrict df, T inv_n, long n0, long n1) {
+#pragma omp simd
+    for (long i = n0; i < n1; i++)
+        df[i] = (dla[i] - ds[i] * EXP(la[i])) * inv_n / (1 + EXP(f[i]));
 }
 
 #undef PUT

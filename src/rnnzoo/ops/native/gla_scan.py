@@ -122,3 +122,39 @@ def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     o_t = S_t^T q_t, g (B, T, H, V) (gated slot attention's slot scores, ops.gsa); no bonus.
     -> (o, S_T); `lib` = load()."""
     return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)
+
+
+class _SlotGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, f, inv_n):
+        f = f.contiguous()
+        la, s = torch.empty_like(f), torch.empty_like(f)
+        R = ctypes.c_double if f.dtype == torch.float64 else ctypes.c_float
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "slot_gate_fwd", f.dtype, [P] * 3 + [R, L, L])
+        native.run(fwd, [(native.ptr(f), native.ptr(la), native.ptr(s), inv_n, *p)
+                         for p in native.rows(f.numel())])
+        ctx.save_for_backward(f, la)
+        ctx.lib, ctx.inv_n = lib, inv_n
+        return la, s
+
+    @staticmethod
+    def backward(ctx, dla, ds):
+        f, la = ctx.saved_tensors
+        dla = torch.zeros_like(f) if dla is None else dla.contiguous()
+        ds = torch.zeros_like(f) if ds is None else ds.contiguous()
+        df = torch.empty_like(f)
+        R = ctypes.c_double if f.dtype == torch.float64 else ctypes.c_float
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "slot_gate_bwd", f.dtype, [P] * 5 + [R, L, L])
+        P = native.ptr
+        native.run(bwd, [(P(f), P(la), P(dla), P(ds), P(df), ctx.inv_n, *p)
+                         for p in native.rows(f.numel())])
+        return None, df, None
+
+
+def slot_gate(lib, f, normalizer):
+    """Gated slot attention's forget gate from its pre-activation f (any shape): (log alpha
+    = logsigmoid(f) / normalizer, s = 1 - alpha = -expm1(log alpha)), one C pass each way
+    (three autograd ops and their backwards in PyTorch); `lib` = load()."""
+    return _SlotGate.apply(lib, f, 1.0 / normalizer)
