@@ -31,8 +31,8 @@ import torch
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers.s4d import S4D, _CausalFFTConv, as_real, vandermonde
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.layers.s4d import S4D, _CausalFFTConv, as_real, finite_conv_inputs, vandermonde
+from rnnzoo.ops.finite import marked
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
 
@@ -104,10 +104,8 @@ class LiquidS4(S4D):
         A_bar, Bp, C, dtA, direct = self.readouts(cdt)
         Q = self.n_ssm
         if mode == "conv":  # the FFT would spread a NaN or inf to every step (ops.finite)
-            _, (Uf,), marks = finite_inputs(write=(U,))
-            s, h = self._conv_degrees(Uf[..., :Q], h0, lengths, A_bar, Bp, C, dtA)
-            s = poison(s, marks.outputs)
-            h = poison(h, marks.state)
+            _, (Uf,), marks = finite_conv_inputs(U)
+            s, h = marked(*self._conv_degrees(Uf[..., :Q], h0, lengths, A_bar, Bp, C, dtA), marks)
         else:
             keep = () if mask is None else (mask.to(cdt),)
 

@@ -33,7 +33,8 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops import backend
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
@@ -81,6 +82,12 @@ def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
     return _Vandermonde.apply(dtA.real, dtA.imag, T)
 
 
+def finite_conv_inputs(t: torch.Tensor):
+    """finite_inputs(write=(t,)) for an FFT convolution; on the host `clean_inputs` (one read,
+    no nan_to_num copy and no NaN marks to add when every step is finite: marks None)."""
+    return (clean_inputs if backend.host_readable(t) else finite_inputs)((), (t,))
+
+
 def as_real(w: torch.Tensor) -> torch.Tensor:
     """w (..., N2) complex -> (..., 2 N2) real such that as_real(w) . vandermonde(dtA, T)
     = Re(sum_n w_n exp(dtA_n l))."""
@@ -101,7 +108,10 @@ class _CausalFFTConv(torch.autograd.Function):
         T = u.shape[1]
         uf, kf = torch.fft.rfft(u.permute(0, 2, 3, 1), n=2 * T), torch.fft.rfft(k, n=2 * T)
         ctx.save_for_backward(uf, kf)
-        return torch.fft.irfft((uf * kf).sum(-2), n=2 * T)[..., :T].transpose(1, 2).contiguous()
+        yf = uf[..., 0, :] * kf[:, 0]                      # the sum over q without a Q-wide temporary
+        for q in range(1, uf.shape[-2]):
+            yf.addcmul_(uf[..., q, :], kf[:, q])
+        return torch.fft.irfft(yf, n=2 * T)[..., :T].transpose(1, 2).contiguous()
 
     @staticmethod
     @once_differentiable
@@ -113,7 +123,8 @@ class _CausalFFTConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T].permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            dk = torch.fft.irfft((gf * uf.conj()).sum(0), n=2 * T)[..., :T]
+            # sum_b g^ conj(u^) as conj(sum_b conj(g^) u^): the conjugated operand the small one
+            dk = torch.fft.irfft((gf.conj() * uf).sum(0).conj(), n=2 * T)[..., :T]
         return du, dk
 
 
@@ -166,9 +177,9 @@ class S4D(DiagonalLayer):
         if mask is not None:
             u = torch.where(mask, u, torch.zeros((), dtype=cdt, device=u.device))
         if mode == "conv":  # the FFT would spread a NaN or inf to every step: convolve finite
-            _, (u,), marks = finite_inputs(write=(u,))  # values, then NaN from that step on
+            _, (u,), marks = finite_conv_inputs(u)  # values, then NaN from that step on
             s, h = self._conv(u, h0, None if mask is None else mask.flatten(1).sum(1))
-            return poison(s + self.D.to(cdt) * u, marks.outputs), poison(h, marks.state)
+            return marked(s + self.D.to(cdt) * u, h, marks)
         A_bar, B_bar, _, C = self.discretize(cdt)
         # a padded step is the identity: A_bar -> 1 (and b = 0 since u = 0 there)
         keep = () if mask is None else (mask.to(cdt),)
