@@ -105,7 +105,8 @@ class LiquidS4(S4D):
         Q = self.n_ssm
         if mode == "conv":  # the FFT would spread a NaN or inf to every step (ops.finite)
             _, (Uf,), marks = finite_conv_inputs(U)
-            s, h = marked(*self._conv_degrees(Uf[..., :Q], h0, lengths, A_bar, Bp, C, dtA), marks)
+            Uf = Uf if Q == Uf.shape[-1] else Uf[..., :Q]  # (a whole slice's backward copies)
+            s, h = marked(*self._conv_degrees(Uf, h0, lengths, A_bar, Bp, C, dtA), marks)
         else:
             keep = () if mask is None else (mask.to(cdt),)
 

@@ -121,7 +121,9 @@ class _CausalFFTConv(torch.autograd.Function):
         gf = torch.fft.rfft(dy.transpose(1, 2), n=2 * T).unsqueeze(-2)     # (B, H, 1, F)
         du = dk = None
         if ctx.needs_input_grad[0]:
-            du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T].permute(0, 3, 1, 2)
+            # contiguous in u's (B, T, H, Q) layout: the elementwise backward passes after it
+            # run far slower on a mix of layouts (as gelu's did on a transposed view)
+            du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T].permute(0, 3, 1, 2).contiguous()
         if ctx.needs_input_grad[1]:
             # sum_b g^ conj(u^) as conj(sum_b conj(g^) u^): the conjugated operand the small one
             dk = torch.fft.irfft((gf.conj() * uf).sum(0).conj(), n=2 * T)[..., :T]
