@@ -82,3 +82,17 @@ def test_options_are_checked():
         rnnzoo.create("pgn", d_model=2, window_size=0)
     with pytest.raises(ValueError, match="d_hidden"):
         rnnzoo.create("pgn", d_model=2, d_hidden=-1)
+
+
+def test_gated_unit_backward_by_hand_equals_autograd():
+    from rnnzoo.layers.pgn import _GatedUnit
+    g = torch.Generator().manual_seed(3)
+    gc = (3 * torch.randn(2, 5, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    H = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    s, c = torch.sigmoid(gc[..., :3]), torch.tanh(gc[..., 3:])
+    want = s * H + (1 - s) * c
+    got = _GatedUnit.apply(gc, H)
+    assert (got - want).abs().max() < 1e-14
+    do = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, (gc, H), do), torch.autograd.grad(want, (gc, H), do)):
+        assert (a - b).abs().max() < 1e-14

@@ -32,7 +32,8 @@ def _inputs(B, T, H, M, V, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("T,H,M,V", [(37, 2, 3, 5), (70, 1, 4, 4), (1, 3, 2, 6)])
+@pytest.mark.parametrize("T,H,M,V", [(37, 2, 3, 5), (70, 1, 4, 4), (1, 3, 2, 6),
+                                     (35, 1, 3, 32)])  # V = 32: the C file's constant-width path
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_lattice_matches_loop(calls, dtype, tol, T, H, M, V, threads):
     ins = [t.requires_grad_() for t in _inputs(2, T, H, M, V, dtype)]

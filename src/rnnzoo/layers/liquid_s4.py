@@ -27,43 +27,14 @@ step's products U^(1..P)_{t-1} (U^(P) is kept for a shape that does not depend o
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
-from rnnzoo.layers.s4d import S4D, as_real, vandermonde
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.layers.s4d import S4D, _CausalFFTConv, as_real, finite_conv_inputs, vandermonde
+from rnnzoo.ops.finite import marked
 from rnnzoo.ops.scan import linear_scan
 from rnnzoo.registry import register
-
-
-class _CausalFFTConv(torch.autograd.Function):
-    """y_t = sum_q sum_{l <= t} k_{q,l} u_{q,t-l}: Q causal convolutions summed, by a 2T-point
-    real FFT, the sum over q taken in the frequency domain (one inverse transform, not Q).
-    The backward written out: g^ = rfft(dy) once, du_q = irfft(g^ conj(k^_q)) and
-    dk_q = irfft(sum_b g^ conj(u^_q)), read at 0 .. T-1 (the zero padding to 2T keeps every
-    wrap-around at zero). u: (B, H, Q, T), k: (H, Q, T) -> y: (B, H, T)."""
-
-    @staticmethod
-    def forward(ctx, u, k):
-        T = u.shape[-1]
-        uf, kf = torch.fft.rfft(u, n=2 * T), torch.fft.rfft(k, n=2 * T)
-        ctx.save_for_backward(uf, kf)
-        return torch.fft.irfft((uf * kf).sum(-2), n=2 * T)[..., :T]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        uf, kf = ctx.saved_tensors
-        T = dy.shape[-1]
-        gf = torch.fft.rfft(dy, n=2 * T).unsqueeze(-2)                  # (B, H, 1, F)
-        du = dk = None
-        if ctx.needs_input_grad[0]:
-            du = torch.fft.irfft(gf * kf.conj(), n=2 * T)[..., :T]
-        if ctx.needs_input_grad[1]:
-            dk = torch.fft.irfft((gf * uf.conj()).sum(0), n=2 * T)[..., :T]
-        return du, dk
 
 
 @register("liquid_s4", family="diagonal", paper="Hasani et al. 2022, arXiv:2209.12951",
@@ -133,10 +104,9 @@ class LiquidS4(S4D):
         A_bar, Bp, C, dtA, direct = self.readouts(cdt)
         Q = self.n_ssm
         if mode == "conv":  # the FFT would spread a NaN or inf to every step (ops.finite)
-            _, (Uf,), marks = finite_inputs(write=(U,))
-            s, h = self._conv_degrees(Uf[..., :Q], h0, lengths, A_bar, Bp, C, dtA)
-            s = poison(s, marks.outputs)
-            h = poison(h, marks.state)
+            _, (Uf,), marks = finite_conv_inputs(U)
+            Uf = Uf if Q == Uf.shape[-1] else Uf[..., :Q]  # (a whole slice's backward copies)
+            s, h = marked(*self._conv_degrees(Uf, h0, lengths, A_bar, Bp, C, dtA), marks)
         else:
             keep = () if mask is None else (mask.to(cdt),)
 
@@ -167,19 +137,21 @@ class LiquidS4(S4D):
     def _conv_degrees(self, U, h0, lengths, A_bar, Bp, C, dtA):
         """The kernels K^(p) by FFT over U (B, T, H, Q), plus h0's free response; the final
         state by a Vandermonde contraction of the right-aligned inputs (as S4D's conv)."""
-        Bt, T = U.shape[:2]
-        P = vandermonde(dtA[:, 0], T + 1)                                   # (H, 2 N2, T+1)
-        K = 2 * torch.einsum("hqm,hml->hql", as_real(C * Bp), P[..., :T])   # (H, Q, T)
-        s = _CausalFFTConv.apply(U.permute(0, 2, 3, 1), K)                 # (B, H, T)
-        s = s + 2 * torch.einsum("bhm,hml->bhl", as_real(h0 * C).sum(2), P[..., 1:])
+        Bt, T, _, Q = U.shape
+        P = vandermonde(dtA[:, 0], T)                                       # (H, 2 N2, T)
+        # the kernels K^(p)_l and h0's free response 2 Re(sum C h0 A_bar^{l+1}), one product
+        rows = torch.cat([as_real(2 * C * Bp),
+                          as_real(2 * (h0 * C).sum(2) * A_bar[:, 0]).transpose(0, 1)], 1)
+        K, free = torch.bmm(rows, P).split([Q, Bt], 1)            # (H, Q, T), (H, B, T)
+        s = _CausalFFTConv.apply(U, K) + free.permute(1, 2, 0)                 # (B, T, H)
         if lengths is None:
-            rev, decay = U.flip(1), torch.complex(*P[..., T].chunk(2, -1)).unsqueeze(1)
+            rev, decay = U.flip(1), torch.exp(dtA * T)
         else:
             idx = (lengths.view(-1, 1) - 1 - torch.arange(T, device=U.device)) % T
             rev = U.gather(1, idx.view(Bt, T, 1, 1).expand_as(U))
             decay = torch.exp(dtA * lengths.view(-1, 1, 1, 1).to(U.dtype))
-        h = Bp * torch.complex(*torch.einsum("blhq,hml->bhqm", rev, P[..., :T]).chunk(2, -1))
-        return s.transpose(1, 2), h + decay * h0
+        h = Bp * torch.complex(*torch.einsum("blhq,hml->bhqm", rev, P).chunk(2, -1))
+        return s, h + decay * h0
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, liquid_degree={self.liquid_degree}, "
