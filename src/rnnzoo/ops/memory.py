@@ -48,10 +48,11 @@ KINDS = ("linear", "mlp")
 
 # -- the inner layer norm, forward and its gradient --------------------------------------------
 def layer_norm(z, w, b, eps):
-    """(LN(z) w + b, z_hat, std) over the last dim; w, b broadcast (H, D)."""
-    mean = z.mean(-1, keepdim=True)
-    std = torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + eps)
-    zhat = (z - mean) / std
+    """(LN(z) w + b, z_hat, std) over the last dim; w, b broadcast (H, D). The variance as the
+    mean square of z - mean (ATen's Welford var is ~12x slower on these short rows)."""
+    d = z - z.mean(-1, keepdim=True)
+    std = torch.sqrt((d * d).mean(-1, keepdim=True) + eps)
+    zhat = d / std
     return zhat * w + b, zhat, std
 
 
@@ -65,7 +66,9 @@ def _layer_norm_grad(dy, zhat, std, w):
 
 def inner_output(q, z, w, b, eps, norm=True):
     """f(q) = q + LN(z) w + b (or q + z without the inner norm); q, z (B, T, H, K)."""
-    return q + (layer_norm(z, w, b, eps)[0] if norm else z)
+    if not norm:
+        return q + z
+    return torch.addcmul(q + b, F.layer_norm(z, z.shape[-1:], eps=eps), w)
 
 
 def _native_gelu(*tensors):
