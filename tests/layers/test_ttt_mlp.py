@@ -9,6 +9,7 @@ import torch
 from _ttt_loop import paper_loop
 
 import rnnzoo
+from rnnzoo.ops import memory
 from rnnzoo.ops.memory import ttt_minibatch, ttt_sequential
 
 
@@ -63,3 +64,26 @@ def test_block_reads_q_plus_norm_of_the_mlp():
 def test_default_base_rate_is_the_papers():
     assert rnnzoo.create("ttt_mlp", d_model=8).base_lr == 0.1
     assert rnnzoo.create("ttt_linear", d_model=8).base_lr == 1.0
+
+
+@pytest.mark.parametrize("lengths", [None, [2, 5]], ids=["fresh", "begun"])
+def test_reads_in_groups_of_minibatches(monkeypatch, lengths):
+    """With the reads' stacks capped at one mini-batch's weights (memory._READ_BYTES), the
+    mini-batch form still equals the sequential one, from a fresh state and from one begun
+    mid-mini-batch (the first group reads its sums) at a different offset per sequence:
+    outputs, state, gradients."""
+    layer = perturbed(d_model=6, num_heads=2, head_dim=3, mini_batch_size=4)
+    x = torch.randn(2, 15, 6, dtype=torch.float64)
+    s = None
+    if lengths is not None:
+        with torch.no_grad():
+            _, s = layer(x[:, :5], mode="sequential", lengths=torch.tensor(lengths))
+    monkeypatch.setattr(memory, "_READ_BYTES", 1)
+    xs = x[:, 5:].clone().requires_grad_()
+    out = {}
+    for mode in ("sequential", "minibatch"):
+        y, s1 = layer(xs, s, mode=mode)
+        loss = y.square().sum() + sum(t.sum() for t in s1[:-2])
+        out[mode] = (y, *s1, *torch.autograd.grad(loss, (xs, *layer.parameters())))
+    for a, b in zip(out["sequential"], out["minibatch"]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)

@@ -3,7 +3,8 @@ the backward through the CG lines in reverse) against the PyTorch chunkwise form
 backend.force("torch")) and the step loop `mesa_recurrent`: outputs, final states and the
 gradients of q, k, v, g, beta, lambda and both initial states, with gradients on the final
 states too; K = 32 (the kernel's unrolled copy) and odd K, T across the 32-step checkpoints,
-the relative and a fixed CG guard, 1 and 2 threads."""
+the relative and a fixed CG guard, 1 and 2 threads; K = V = 32 (the kernels' copy for
+that head size) across a checkpoint."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("T,H,K,V,steps,eps,threads", [(37, 3, 5, 4, 4, None, 1),
                                                        (70, 2, 3, 2, 3, 1e-5, 2),
                                                        (33, 1, 32, 8, 30, None, 1),
-                                                       (1, 2, 32, 32, 5, 1e-5, 2)])
+                                                       (1, 2, 32, 32, 5, 1e-5, 2),
+                                                       (40, 1, 32, 32, 30, None, 1)])
 def test_native_mesa_matches_torch(calls, dtype, tol, T, H, K, V, steps, eps, threads):
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731

@@ -34,33 +34,55 @@
 
 #else
 
+#include "tile.h"
 #define INLINE static inline __attribute__((always_inline))
 
+/* a . b in vectors, their lanes summed as a tree (hsum): an `omp simd` reduction ends in a
+   serial chain of one add per lane */
 INLINE T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (long j = 0; j < n; j++) s += a[j] * b[j];
-    return s;
+    VEC s0 = {0}, s1 = {0};
+    long j = 0;
+    for (; j + 2 * NV <= n; j += 2 * NV) {
+        s0 += *(const UVEC *)(a + j) * *(const UVEC *)(b + j);
+        s1 += *(const UVEC *)(a + j + NV) * *(const UVEC *)(b + j + NV);
+    }
+    if (j + NV <= n) {
+        s0 += *(const UVEC *)(a + j) * *(const UVEC *)(b + j);
+        j += NV;
+    }
+    T r = NAME(hsum)(s0 + s1);
+    for (; j < n; j++) r += a[j] * b[j];
+    return r;
 }
 
 /* y = M^T p + lamb * p for a row-major (K, K) M: a sum of M's rows, JB columns at a time
-   in registers (two rows a pass: half the dependent adds), the rest column by column */
+   in registers (four rows a pass into four sums: a quarter of the dependent adds), the rest
+   column by column */
 #define JB 32
 INLINE void NAME(apply)(const T *restrict M, const T *restrict lamb, const T *restrict p,
                         T *restrict y, long K) {
     long jb = 0;
     for (; jb + JB <= K; jb += JB) {
-        T acc[JB];
-        for (long l = 0; l < JB; l++) acc[l] = lamb[jb + l] * p[jb + l];
-        long i = 0;
-        for (; i + 2 <= K; i += 2) {
-            const T p0 = p[i], p1 = p[i + 1];
-            const T *restrict M0 = M + i * K + jb, *restrict M1 = M0 + K;
-            for (long l = 0; l < JB; l++) acc[l] += p0 * M0[l] + p1 * M1[l];
+        T a0[JB], a1[JB], a2[JB], a3[JB];
+        for (long l = 0; l < JB; l++) {
+            a0[l] = lamb[jb + l] * p[jb + l];
+            a1[l] = a2[l] = a3[l] = 0;
         }
-        if (i < K)
-            for (long l = 0; l < JB; l++) acc[l] += p[i] * M[i * K + jb + l];
-        for (long l = 0; l < JB; l++) y[jb + l] = acc[l];
+        long i = 0;
+        for (; i + 4 <= K; i += 4) {
+            const T p0 = p[i], p1 = p[i + 1], p2 = p[i + 2], p3 = p[i + 3];
+            const T *restrict M0 = M + i * K + jb, *restrict M1 = M0 + K, *restrict M2 = M1 + K,
+                    *restrict M3 = M2 + K;
+            for (long l = 0; l < JB; l++) {
+                a0[l] += p0 * M0[l];
+                a1[l] += p1 * M1[l];
+                a2[l] += p2 * M2[l];
+                a3[l] += p3 * M3[l];
+            }
+        }
+        for (; i < K; i++)
+            for (long l = 0; l < JB; l++) a0[l] += p[i] * M[i * K + jb + l];
+        for (long l = 0; l < JB; l++) y[jb + l] = (a0[l] + a1[l]) + (a2[l] + a3[l]);
     }
     if (jb == K) return;
     for (long j = jb; j < K; j++) y[j] = lamb[j] * p[j];
@@ -68,6 +90,25 @@ INLINE void NAME(apply)(const T *restrict M, const T *restrict lamb, const T *re
         const T pi = p[i];
         const T *restrict Mi = M + i * K;
         for (long j = jb; j < K; j++) y[j] += pi * Mi[j];
+    }
+}
+
+/* y += M a for a row-major (R, W) M: each row's products summed in a vector, NV rows' sums
+   at once by hsum_rows (a dot product per row would end in a serial chain of adds) */
+INLINE void NAME(matvec)(const T *restrict M, const T *restrict a, T *restrict y, long R,
+                         long W) {
+    const long Wv = W / NV * NV;
+    for (long i0 = 0; i0 < R; i0 += NV) {
+        const long m = R - i0 < NV ? R - i0 : NV;
+        VEC acc[NV];
+        for (long r = 0; r < m; r++) {
+            const T *restrict Mi = M + (i0 + r) * W;
+            VEC s = {0};
+            for (long j = 0; j < Wv; j += NV) s += *(const UVEC *)(Mi + j) * *(const UVEC *)(a + j);
+            for (long j = Wv; j < W; j++) s[0] += Mi[j] * a[j];
+            acc[r] = s;
+        }
+        NAME(add_sums)(y + i0, acc, m);
     }
 }
 
@@ -119,13 +160,11 @@ INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
         T *restrict Api = tr ? tr + 3 * K * i + K : Ap;
         NAME(apply)(H, lamb, p, Api, K);
         const T den = NAME(dot)(p, Api, K) + eps, alpha = d / den;
-        T nw = 0;
-#pragma omp simd reduction(+ : nw)
         for (long j = 0; j < K; j++) {
             x[j] += alpha * p[j];
             r[j] -= alpha * Api[j];
-            nw += r[j] * r[j];
         }
+        const T nw = NAME(dot)(r, r, K);
         const T beta = nw / (d + eps);
         if (tr) {
             T *restrict ti = tr + 3 * K * i;
@@ -146,9 +185,8 @@ INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
 
 /* The step's solve and its gradient: x = CG_n(A, b) into ws[3 K n + 4 n + 3 K ..] (its
    iterates kept in ws), then the CG lines in reverse from dx: db = the gradient of b,
-   dl += that of lamb, S += that of H (sum_i p_i dAp_i^T). HT: H transposed. ws: 3 K n +
-   4 n + 7 K. */
-INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *restrict lh,
+   dl += that of lamb, S += that of H (sum_i p_i dAp_i^T). ws: 3 K n + 4 n + 7 K. */
+INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict lh,
                           const T *restrict b, const T *restrict dx, T *restrict db,
                           T *restrict dl, T *restrict S, long K, long n, T eps_abs, int rel,
                           T tiny, T tol2, T *restrict ws) {
@@ -170,12 +208,8 @@ INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *re
         T ddi = -dbe * be / (di + eps);
         deps += ddi;
         /* d_{i+1} = |r_{i+1}|^2;  r_{i+1} = r_i - alpha_i A p_i;  x_{i+1} = x_i + alpha_i p_i */
-        T dal = 0;
-#pragma omp simd reduction(+ : dal)
-        for (long j = 0; j < K; j++) {
-            dr[j] += dp[j] + 2 * dd * ri[j];
-            dal += dx[j] * pi[j] - dr[j] * Api[j];
-        }
+        for (long j = 0; j < K; j++) dr[j] += dp[j] + 2 * dd * ri[j];
+        const T dal = NAME(dot)(dx, pi, K) - NAME(dot)(dr, Api, K);
         /* alpha_i = d_i / den_i;  den_i = p_i . A p_i + eps */
         ddi += dal / den;
         const T dden = -dal * alpha / den;
@@ -187,7 +221,8 @@ INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict HT, const T *re
             dl[j] += dA * pi[j];
         }
         /* A p_i = H^T p_i + lamb p_i: dp_i += H dAp + lamb dAp */
-        NAME(apply)(HT, lh, Api, Hd, K);
+        for (long j = 0; j < K; j++) Hd[j] = lh[j] * Api[j];
+        NAME(matvec)(H, Api, Hd, K, K);
         for (long j = 0; j < K; j++) dp[j] += Hd[j];
         dd = ddi;
     }
@@ -212,17 +247,17 @@ static long NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *re
     NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, tol2, &ran, NULL, NULL);
     return ran;
 }
-static void NAME(cg_grad_any)(const T *restrict H, const T *restrict HT, const T *restrict lh,
-                              const T *restrict b, const T *restrict dx, T *restrict db,
-                              T *restrict dl, T *restrict S, long K, long n, T eps_abs,
-                              int rel, T tiny, T tol2, T *restrict ws) {
-    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, tol2, ws);
+static void NAME(cg_grad_any)(const T *restrict H, const T *restrict lh, const T *restrict b,
+                              const T *restrict dx, T *restrict db, T *restrict dl,
+                              T *restrict S, long K, long n, T eps_abs, int rel, T tiny,
+                              T tol2, T *restrict ws) {
+    NAME(cg_grad)(H, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, tol2, ws);
 }
-static void NAME(cg_grad_32)(const T *restrict H, const T *restrict HT, const T *restrict lh,
-                             const T *restrict b, const T *restrict dx, T *restrict db,
-                             T *restrict dl, T *restrict S, long K, long n, T eps_abs,
-                             int rel, T tiny, T tol2, T *restrict ws) {
-    NAME(cg_grad)(H, HT, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, tol2, ws);
+static void NAME(cg_grad_32)(const T *restrict H, const T *restrict lh, const T *restrict b,
+                             const T *restrict dx, T *restrict db, T *restrict dl,
+                             T *restrict S, long K, long n, T eps_abs, int rel, T tiny,
+                             T tol2, T *restrict ws) {
+    NAME(cg_grad)(H, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, tol2, ws);
 }
 
 INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -270,10 +305,11 @@ void NAME(mesa_fwd)(const T *restrict q, const T *restrict k, const T *restrict 
                     double tol, long p0, long p1) {
     T *w = malloc(4 * K * sizeof(T));
     for (long p = p0; p < p1; p++) {
-#define FWD(KC) NAME(fwd_pair)(q, k, v, g, beta, lamb, H0 + p * K * K, G0 + p * K * V, o, \
-                               HT + p * K * K, GT + p * K * V, ck, Tn, Hn, KC, V, n,        \
-                               (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, w, its)
-        FWD(K);
+#define FWD(KC, VC) NAME(fwd_pair)(q, k, v, g, beta, lamb, H0 + p * K * K, G0 + p * K * V, \
+                                   o, HT + p * K * K, GT + p * K * V, ck, Tn, Hn, KC, VC, n,   \
+                                   (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, w, its)
+        if (K == 32 && V == 32) FWD(32, 32);  /* compiled for the common head size */
+        else FWD(K, V);
 #undef FWD
     }
     free(w);
@@ -287,13 +323,13 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
                            T *restrict SH, T *restrict SG, long Tn, long Hn, long K, long V,
                            long n, T eps_abs, int rel, T tiny, T tol2, long p,
                            T *restrict buf, T *restrict tr) {
-    /* buf: per step of a block H_t, H_t^T, G_t; SH, SG end as dH0, dG0 */
-    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, L = 2 * KK + KV;
+    /* buf: per step of a block H_t, G_t; SH, SG end as dH0, dG0 */
+    const long nck = (Tn + CK - 1) / CK, KK = K * K, KV = K * V, L = KK + KV;
     const long b = p / Hn, h = p % Hn;
     T *restrict x = tr + 3 * K * n + 4 * n + 3 * K, *restrict dx = tr + 3 * K * n + 4 * n + 7 * K,
-      *restrict bk = dx + K;
-    void (*grad)(const T *, const T *, const T *, const T *, const T *, T *, T *, T *, long,
-                 long, T, int, T, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
+      *restrict bk = dx + K, *restrict u = bk + K;
+    void (*grad)(const T *, const T *, const T *, const T *, T *, T *, T *, long, long, T, int,
+                 T, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
     const T *restrict lh = lamb + h * K;
     if (dHT) memcpy(SH, dHT, KK * sizeof(T));
     else memset(SH, 0, KK * sizeof(T));
@@ -303,64 +339,53 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
     for (long c = nck - 1; c >= 0; c--) {
         const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
         const T *restrict ckc = ck + (p * nck + c) * (KK + KV);
-        for (long t = t0; t < t1; t++) {  /* recompute H_t, H_t^T, G_t, t in the block */
+        for (long t = t0; t < t1; t++) {  /* recompute H_t, G_t, t in the block */
             const long row = (b * Tn + t) * Hn + h;
             const T a = EXP(g[row]), bt = beta[row];
             const T *restrict kt = k + row * K, *restrict vt = v + row * V;
             T *restrict St = buf + (t - t0) * L;
-            const T *restrict Hp = t > t0 ? St - L : ckc, *restrict Gp = t > t0 ? St - L + 2 * KK
+            const T *restrict Hp = t > t0 ? St - L : ckc, *restrict Gp = t > t0 ? St - L + KK
                                                                                  : ckc + KK;
             for (long j = 0; j < K; j++) bk[j] = bt * kt[j];
             for (long i = 0; i < K; i++) {
                 for (long j = 0; j < K; j++) St[i * K + j] = a * Hp[i * K + j] + bk[i] * kt[j];
                 for (long j = 0; j < V; j++)
-                    St[2 * KK + i * V + j] = a * Gp[i * V + j] + bk[i] * vt[j];
+                    St[KK + i * V + j] = a * Gp[i * V + j] + bk[i] * vt[j];
             }
-            for (long i = 0; i < K; i++)  /* (H_t^T)_ij = H_t ji, the same roundings */
-                for (long j = 0; j < K; j++) St[KK + i * K + j] = St[j * K + i];
         }
         for (long t = t1 - 1; t >= t0; t--) {
             const long row = (b * Tn + t) * Hn + h;
             const T a = EXP(g[row]), bt = beta[row];
             const T *restrict qt = q + row * K, *restrict kt = k + row * K,
                     *restrict vt = v + row * V, *restrict dot = dout + row * V;
-            const T *restrict Ht = buf + (t - t0) * L, *restrict HtT = Ht + KK,
-                    *restrict Gt = Ht + 2 * KK;
-            const T *restrict Hp = t > t0 ? Ht - L : ckc, *restrict Gp = t > t0 ? Ht - L + 2 * KK
+            const T *restrict Ht = buf + (t - t0) * L, *restrict Gt = Ht + KK;
+            const T *restrict Hp = t > t0 ? Ht - L : ckc, *restrict Gp = t > t0 ? Ht - L + KK
                                                                                 : ckc + KK;
             /* o_t = G_t^T x: dx = G_t dout; then x and dq_t, dlamb, SH through the solve */
-            for (long i = 0; i < K; i++) dx[i] = NAME(dot)(Gt + i * V, dot, V);
-            grad(Ht, HtT, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tol2, tr);
+            memset(dx, 0, K * sizeof(T));
+            NAME(matvec)(Gt, dot, dx, K, V);
+            grad(Ht, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tol2, tr);
             for (long i = 0; i < K; i++)  /* SG += x dout^T */
                 for (long j = 0; j < V; j++) SG[i * V + j] += x[i] * dot[j];
             /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
+            /* u = SH k + SG v (row sums); dk = SH^T k + u, dv = SG^T k (times b) */
             T *restrict dkt = dk + row * K, *restrict dvt = dv + row * V;
-            for (long j = 0; j < K; j++) dkt[j] = 0;
+            memset(u, 0, K * sizeof(T));
+            NAME(matvec)(SH, kt, u, K, K);
+            NAME(matvec)(SG, vt, u, K, V);
+            for (long j = 0; j < K; j++) dkt[j] = u[j];
             for (long j = 0; j < V; j++) dvt[j] = 0;
-            T db = 0, da = 0;
             for (long i = 0; i < K; i++) {
-                T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
-                const T *restrict Hpi = Hp + i * K, *restrict Gpi = Gp + i * V;
+                const T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
                 const T ki = kt[i];
-                T sh = 0, sg = 0, dai = 0;
-#pragma omp simd reduction(+ : sh, dai)
-                for (long j = 0; j < K; j++) {
-                    sh += SHi[j] * kt[j];
-                    dkt[j] += SHi[j] * ki;
-                    dai += SHi[j] * Hpi[j];
-                    SHi[j] *= a;
-                }
-#pragma omp simd reduction(+ : sg, dai)
-                for (long j = 0; j < V; j++) {
-                    sg += SGi[j] * vt[j];
-                    dvt[j] += SGi[j] * ki;
-                    dai += SGi[j] * Gpi[j];
-                    SGi[j] *= a;
-                }
-                dkt[i] += sh + sg;
-                db += ki * (sh + sg);
-                da += dai;
+                for (long j = 0; j < K; j++) dkt[j] += SHi[j] * ki;
+                for (long j = 0; j < V; j++) dvt[j] += SGi[j] * ki;
             }
+            const T db = NAME(dot)(kt, u, K);
+            /* da = <SH, H_{t-1}> + <SG, G_{t-1}>; then SH, SG carry to step t-1 (times a) */
+            const T da = NAME(dot)(SH, Hp, KK) + NAME(dot)(SG, Gp, KV);
+            for (long j = 0; j < KK; j++) SH[j] *= a;
+            for (long j = 0; j < KV; j++) SG[j] *= a;
             for (long j = 0; j < K; j++) dkt[j] *= bt;
             for (long j = 0; j < V; j++) dvt[j] *= bt;
             dbeta[row] = db;
@@ -376,20 +401,23 @@ void NAME(mesa_bwd)(const T *restrict q, const T *restrict k, const T *restrict 
                     T *restrict dg, T *restrict dbeta, T *restrict dlamb, T *restrict dH0,
                     T *restrict dG0, long Tn, long Hn, long K, long V, long n, double eps_abs,
                     long rel, double tiny, double tol, long p0, long p1) {
-    T *buf = malloc(CK * (2 * K * K + K * V) * sizeof(T));
-    T *tr = malloc((3 * K * n + 4 * n + 9 * K) * sizeof(T));  /* cg_grad's, dx, k b */
+    T *buf = malloc(CK * (K * K + K * V) * sizeof(T));
+    T *tr = malloc((3 * K * n + 4 * n + 10 * K) * sizeof(T));  /* cg_grad's, dx, k b, u */
     for (long p = p0; p < p1; p++) {
-#define BWD(KC) NAME(bwd_pair)(q, k, v, g, beta, lamb, ck, dHT ? dHT + p * K * K : NULL,       \
-                               dGT ? dGT + p * K * V : NULL, dout, dq, dk, dv, dg, dbeta,     \
-                               dlamb + p * K, dH0 + p * K * K, dG0 + p * K * V, Tn, Hn, KC, V, \
-                               n, (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, buf, tr)
-        BWD(K);
+#define BWD(KC, VC) NAME(bwd_pair)(q, k, v, g, beta, lamb, ck, dHT ? dHT + p * K * K : NULL, \
+                                   dGT ? dGT + p * K * V : NULL, dout, dq, dk, dv, dg, dbeta,   \
+                                   dlamb + p * K, dH0 + p * K * K, dG0 + p * K * V, Tn, Hn, KC, \
+                                   VC, n, (T)eps_abs, (int)rel, (T)tiny, (T)(tol * tol), p, buf, \
+                                   tr)
+        if (K == 32 && V == 32) BWD(32, 32);
+        else BWD(K, V);
 #undef BWD
     }
     free(buf);
     free(tr);
 }
 
+#include "tile.h"  /* its names undefined for the next type */
 #undef INLINE
 #undef JB
 
