@@ -175,12 +175,15 @@ def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, k
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
-    # the softmax blocks' products (attention.c: mm): full and partial column tiles (45
-    # columns: 32 + 13 floats, 16 + 16 + 13 doubles), row groups across blocks and threads,
-    # A read transposed through its strides, C written into a strided slice or accumulated
+@pytest.mark.parametrize("n", [45, 48, 40])
+def test_block_product_kernel_equals_bmm(dtype, transposed, threads, n):
+    # the softmax blocks' products (mm.h: mm): full and partial column tiles (45 columns:
+    # 32 + 13 floats, 16 + 16 + 13 doubles, packed; 48 and 40: a last tile of one vector
+    # read in place, 16 floats or 8 doubles at AVX-512), row groups across blocks and
+    # threads, A read transposed through its strides, C written into a strided slice or
+    # accumulated
     torch.manual_seed(0)
-    g, m, n, k = 3, 13, 45, 7
+    g, m, k = 3, 13, 7
     A = torch.randn(g, k, m, dtype=dtype).transpose(1, 2) if transposed else \
         torch.randn(g, m, k, dtype=dtype)
     Bm = torch.randn(g, k, n + 5, dtype=dtype)[..., 2:n + 2]
