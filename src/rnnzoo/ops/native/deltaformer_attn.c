@@ -36,7 +36,7 @@
    A + i a_rs + p a_cs, B's and C's rows ldb and ldc apart */
 static inline void NAME(df_mm)(const T *A, long a_rs, long a_cs, const T *B, long ldb, T *C,
                                long ldc, long m, long n, long k, long acc) {
-    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, ldc, 0, 0, 0, acc, 0, m);
+    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, 1, ldc, 0, 0, 0, acc, 0, m);
 }
 
 static void NAME(df_transpose)(const T *restrict x, T *restrict xT, long Tn, long D) {

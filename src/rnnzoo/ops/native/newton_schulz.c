@@ -15,7 +15,8 @@
 
 #include "mm.h"  /* mm: the register-tiled product of attention.c */
 
-/* Z = X Y (tx: X^T, ty: Y^T), s x s, Z distinct from X and Y. */
+/* Z = X Y (tx: X^T, ty: Y^T), s x s, Z distinct from X and Y (Y^T transposed on the stack:
+   mm's own packing of a strided B allocates a buffer a call) */
 static void NAME(sq)(const T *X, const T *Y, T *Z, long s, int tx, int ty)
 {
     T Yt[ty ? s * s : 1];
@@ -24,7 +25,7 @@ static void NAME(sq)(const T *X, const T *Y, T *Z, long s, int tx, int ty)
             for (long j = 0; j < s; j++) Yt[j * s + i] = Y[i * s + j];
         Y = Yt;
     }
-    NAME(mm)(X, Y, Z, s, s, s, tx ? 1 : s, tx ? s : 1, s, s, 0, 0, 0, 0, 0, s);
+    NAME(mm)(X, Y, Z, s, s, s, tx ? 1 : s, tx ? s : 1, s, 1, s, 0, 0, 0, 0, 0, s);
 }
 
 /* A += alpha * X (s x s) */
@@ -79,7 +80,7 @@ static void NAME(gram)(const T *X, T *G, long s, long l)
 /* Y (+)= R X (s x s times s x l; acc: add to Y). */
 static void NAME(apply)(const T *R, const T *X, T *Y, long s, long l, int acc)
 {
-    NAME(mm)(R, X, Y, s, l, s, s, 1, l, l, 0, 0, 0, acc, 0, s);
+    NAME(mm)(R, X, Y, s, l, s, s, 1, l, 1, l, 0, 0, 0, acc, 0, s);
 }
 
 void NAME(ns_fwd)(const T *X, T *Y, long s, long l, int steps, double a, double b, double c,
