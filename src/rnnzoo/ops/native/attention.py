@@ -12,10 +12,10 @@
         forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
         (and its backward) a C pass a row; each block's probabilities are kept for the
         backward up to _KEEP bytes in all, else recomputed there. Its six block products
-        run on attention.c's mm (register tiles at the build's vector width), not MKL's bmm
-        (AVX2 code on AMD CPUs).
+        run on mm.h's mm (register tiles at the build's vector width; attention.c exports
+        it), not MKL's bmm (AVX2 code on AMD CPUs).
     bmm(lib, a, b) -> a @ b                   the same batched product, differentiable: based
-        / rebased's chunk products (ops.feature_maps).
+        / rebased's chunk products (ops.feature_maps), PaTH's (ops.path_attention).
     rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
         of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
         (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.

@@ -13,7 +13,7 @@
 #include "each_type.h"
 #else
 
-#include "mm.h"  /* mm: the register-tiled product of attention.c */
+#include "mm.h"  /* mm: the register-tiled batched product (shared with attention.c) */
 
 /* Z = X Y (tx: X^T, ty: Y^T), s x s, Z distinct from X and Y (Y^T transposed on the stack:
    mm's own packing of a strided B allocates a buffer a call) */
