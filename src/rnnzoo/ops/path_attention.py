@@ -25,9 +25,12 @@ probabilities in its backward (no (B, H, T, T) tensor is saved).
 
 from __future__ import annotations
 
-import torch
+from functools import partial
 
-from rnnzoo.ops import backend
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import backend, native
 from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -58,7 +61,8 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
     beta = to_chunks(beta[..., None], C)
     N = q.shape[2]
-    mm = _products(q)
+    lib = native_attention.load() if backend.use_native(q) else None
+    mm = _products(lib)
     q1, k1, P, intra = _UT.apply(mm, *(t.unflatten(3, (-1, c)).flatten(2, 3)
                                        for t in (q, k, w, beta)))
     for _ in range(levels):
@@ -72,19 +76,19 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         v0 = v_cache.to(q.dtype)
         bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
             hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
-    o, keys = _Attend.apply(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale)
+    attend = _Attend.apply if lib is None else partial(_AttendC.apply, lib)
+    o, keys = attend(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale)
     L = keys0.shape[2]
     o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
     moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
     return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
 
 
-def _products(x):
-    """The batched matrix product (a @ b, same leading dims) for tensors like x: attention.c's
-    mm in register tiles (ops.native.attention.bmm) where the C kernels run (CPU,
-    float32/64; MKL's bmm ran these 32 x 32 chunk products at ~16 GFLOP/s), else torch's."""
-    lib = native_attention.load() if backend.use_native(x) else None
-    return torch.matmul if lib is None else (lambda a, b: native_attention.bmm(lib, a, b))
+def _products(lib):
+    """The batched matrix product (a @ b, same leading dims): mm.h's register tiles
+    (ops.native.attention.bmm) where the C kernels run (lib, CPU, float32/64; MKL's bmm ran
+    these 32 x 32 chunk products at ~16 GFLOP/s), else torch's."""
+    return torch.matmul if lib is None else partial(native_attention.bmm, lib)
 
 
 def _merge(mm, q1, k1, P, intra):
@@ -217,3 +221,77 @@ class _Attend(torch.autograd.Function):
             dkeys += mm(ds.transpose(-1, -2), q1[:, :, n])
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
         return None, dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
+
+
+class _AttendC(torch.autograd.Function):
+    """_Attend with each block's scores, softmax and products in C (ops.native.attention, a
+    fresh lib): the scores written next to the block's intra scores (q1 and intra scaled
+    once), the softmax a C pass a row in place (attention.c: sm_fwd, keys past m + i
+    hidden: the intra block's upper triangle), and backward dS = P (dP - rowsum(P dP)) in
+    place (sm_bwd); the products accumulate into their outputs. Same arguments and results."""
+
+    @staticmethod
+    def forward(ctx, lib, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+        B, H, N, C, D = q1.shape
+        L = keys0.shape[2]
+        G = B * H
+        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
+        Lt = values.shape[2]
+        qs, intra_s = q1 * scale, intra * scale
+        o = q1.new_empty(B, H, N, C, D)
+        keys, read, probs = keys0.contiguous(), [], []
+        sm = native_attention._kernel(lib, "sm_fwd", q1.dtype)
+        for n in range(N):
+            m = L + n * C
+            p = q1.new_empty(B, H, C, m + C)
+            native_attention._mm(lib, qs[:, :, n], keys, p, C, m, D, (D, 1), 1, m + C,
+                                 (N * C * D, m * D, C * (m + C)), G, b_cs=D)
+            p[..., m:] = intra_s[:, :, n]
+            if L:
+                p[..., :L] += bias0
+            native_attention._run(sm, [native.ptr(p), None], (C, m + C, 0, m + C, m), G * C)
+            native_attention._mm(lib, p, values, o[:, :, n], C, D, m + C, (m + C, 1), D, D,
+                                 (C * (m + C), Lt * D, N * C * D), G)
+            read.append(keys)
+            probs.append(p)
+            keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
+        ctx.save_for_backward(qs, P, values, *read, *probs)
+        ctx.lib, ctx.mm, ctx.scale, ctx.L = lib, mm, scale, L
+        return o, keys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dkeys):
+        qs, P, values, *saved = ctx.saved_tensors
+        lib, mm, scale, L = ctx.lib, ctx.mm, ctx.scale, ctx.L
+        B, H, N, C, D = qs.shape
+        G, Lt = B * H, values.shape[2]
+        do = torch.zeros_like(qs) if do is None else do.contiguous()
+        dkeys = torch.zeros_like(values) if dkeys is None else dkeys
+        dvalues = torch.zeros_like(values)
+        dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
+        dintra = qs.new_empty(B, H, N, C, C)
+        sm = native_attention._kernel(lib, "sm_bwd", qs.dtype)
+        for n in reversed(range(N)):
+            keys, p = saved[n], saved[N + n]
+            m = L + n * C
+            e = m + C
+            dk1[:, :, n] = dkeys[:, :, m:e]
+            dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
+            dP[:, :, n] = mm(dmoved.transpose(-1, -2), keys)
+            dkeys = mm(dmoved, P[:, :, n]).contiguous()
+            do_n = do[:, :, n]
+            native_attention._mm(lib, p, do_n, dvalues, e, D, C, (1, e), D, D,
+                                 (C * e, N * C * D, Lt * D), G, acc=True)       # += P^T do
+            ds = qs.new_empty(B, H, C, e)
+            native_attention._mm(lib, do_n, values, ds, C, e, D, (D, 1), 1, e,
+                                 (N * C * D, Lt * D, C * e), G, b_cs=D)         # dP = do V^T
+            native_attention._run(sm, [native.ptr(p), native.ptr(ds)], (C, e, m), G * C)
+            dintra[:, :, n] = ds[..., m:]
+            native_attention._mm(lib, ds, keys, dq1[:, :, n], C, D, m, (e, 1), D, D,
+                                 (C * e, m * D, N * C * D), G)                   # dS K
+            native_attention._mm(lib, ds, qs[:, :, n], dkeys, m, D, C, (1, e), D, D,
+                                 (C * e, N * C * D, m * D), G, acc=True)        # += dS^T qs
+        dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
+        return (None, None, dq1.mul_(scale), dk1, dP, dintra.mul_(scale), dv, dkeys,
+                dvalues[:, :, :L], None, None)
