@@ -224,8 +224,8 @@ def test_newton_schulz_on_the_gram_matrix_is_the_iteration():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_newton_schulz_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
-    """ops.native.newton_schulz (the Gram form in C: s = 16 and 32 on the register-blocked
-    products, any other s on the plain loops) against the PyTorch form: values and
+    """ops.native.newton_schulz (the Gram form in C, its products on mm.h's
+    register tiles: s = 16, 32 and odd, full, in-place and packed column tiles) against the PyTorch form: values and
     gradients, tall and wide, a zero matrix (trace 0: eps alone), ns_steps other than 5."""
     from rnnzoo.ops import backend
     from rnnzoo.ops.native import newton_schulz as native_ns

@@ -175,15 +175,20 @@ def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, k
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
-    # the softmax blocks' products (attention.c: mm): full and partial column tiles (45
-    # columns: 32 + 13 floats, 16 + 16 + 13 doubles), row groups across blocks and threads,
-    # A read transposed through its strides, C written into a strided slice or accumulated
+@pytest.mark.parametrize("n", [45, 48, 40])
+@pytest.mark.parametrize("b_strided", [False, True])
+def test_block_product_kernel_equals_bmm(dtype, transposed, threads, n, b_strided):
+    # the softmax blocks' products (mm.h: mm): full and partial column tiles (45 columns:
+    # 32 + 13 floats, 16 + 16 + 13 doubles, packed; 48 and 40: a last tile of one vector
+    # read in place, 16 floats or 8 doubles at AVX-512), row groups across blocks and
+    # threads, A read transposed through its strides, B with strided columns (packed whole),
+    # C written into a strided slice or accumulated
     torch.manual_seed(0)
-    g, m, n, k = 3, 13, 45, 7
+    g, m, k = 3, 13, 7
     A = torch.randn(g, k, m, dtype=dtype).transpose(1, 2) if transposed else \
         torch.randn(g, m, k, dtype=dtype)
-    Bm = torch.randn(g, k, n + 5, dtype=dtype)[..., 2:n + 2]
+    Bm = torch.randn(g, n + 5, k, dtype=dtype)[:, 2:n + 2].transpose(1, 2) if b_strided else \
+        torch.randn(g, k, n + 5, dtype=dtype)[..., 2:n + 2]
     C = torch.randn(g, m + 2, n, dtype=dtype)
     ref = C.clone()
     ref[:, 1:m + 1] += A @ Bm
@@ -192,7 +197,8 @@ def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
     try:
         native_attention._mm(native_attention.load(), A, Bm, C[:, 1:], m, n, k,
                              A.stride()[1:], Bm.stride(1), n, (A.stride(0), Bm.stride(0),
-                                                               C.stride(0)), g, acc=True)
+                                                               C.stride(0)), g, acc=True,
+                             b_cs=Bm.stride(2))
     finally:
         torch.set_num_threads(prev)
     assert (C - ref).abs().max() < (1e-12 if dtype == torch.float64 else 1e-5) * ref.abs().max()
@@ -202,7 +208,7 @@ def test_block_product_kernel_equals_bmm(dtype, transposed, threads):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_bmm_equals_matmul_with_gradients(dtype):
     # based / rebased's chunk products: a read through any strides (a transposed view), b
-    # with strided columns (copied), leading dims flattened, gradients in both
+    # with strided columns (packed in the kernel), leading dims flattened, gradients in both
     torch.manual_seed(0)
     a = torch.randn(2, 3, 9, 13, dtype=dtype).transpose(-1, -2).requires_grad_()
     b = torch.randn(2, 3, 35, 9, dtype=dtype).transpose(-1, -2).requires_grad_()

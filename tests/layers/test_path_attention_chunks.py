@@ -5,11 +5,14 @@ the conformance suite's tiny config (chunk_size=4) never reaches; and its gradie
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 import rnnzoo
 import rnnzoo.ops.path_attention as path_op
+from rnnzoo.ops import backend
 
 
 def householder_attention(q, k, v, w, beta, scale, k_cache=None, v_cache=None, visible=None):
@@ -47,11 +50,16 @@ def inputs(B=2, T=70, Hn=2, D=4, L=0, seed=0):
 
 @pytest.mark.parametrize("chunk_size,ut_chunk", [(64, 32), (48, 32), (64, 8), (16, 32)])
 @pytest.mark.parametrize("cached", [False, True], ids=["fresh", "cache"])
-def test_chunks_equal_explicit_householder_products(monkeypatch, chunk_size, ut_chunk, cached):
+@pytest.mark.parametrize("force", [None, "torch"], ids=["native", "torch"])
+def test_chunks_equal_explicit_householder_products(monkeypatch, chunk_size, ut_chunk, cached,
+                                                    force):
+    # on the CPU the blocks' softmax and products run in C (_AttendC); "torch": _Attend
     monkeypatch.setattr(path_op, "UT_CHUNK", ut_chunk)   # 64 from 8: three merge levels
     args, (kc, vc, visible) = inputs(L=6 if cached else 0)
     cache = dict(k_cache=kc, v_cache=vc, cache_visible=visible) if cached else {}
-    o, keys, moved = path_op.path_attention(*args, scale=0.5, chunk_size=chunk_size, **cache)
+    with backend.force(force) if force else contextlib.nullcontext():
+        o, keys, moved = path_op.path_attention(*args, scale=0.5, chunk_size=chunk_size,
+                                                **cache)
     o_ref, keys_ref, moved_ref = householder_attention(*args, 0.5, **{
         "k_cache": kc, "v_cache": vc, "visible": visible} if cached else {})
     assert (o - o_ref).abs().max() < 1e-12
@@ -59,7 +67,8 @@ def test_chunks_equal_explicit_householder_products(monkeypatch, chunk_size, ut_
     assert moved is None if not cached else (moved - moved_ref).abs().max() < 1e-12
 
 
-def test_merged_blocks_gradcheck(monkeypatch):
+@pytest.mark.parametrize("force", [None, "torch"], ids=["native", "torch"])
+def test_merged_blocks_gradcheck(monkeypatch, force):
     monkeypatch.setattr(path_op, "UT_CHUNK", 2)          # blocks of 8 from chunks of 2
     (q, k, v, w, beta), (kc, vc, visible) = inputs(B=2, T=10, Hn=1, D=3, L=3, seed=1)
     leaves = [t.requires_grad_() for t in (q, k, v, w, beta, kc, vc)]
@@ -68,7 +77,8 @@ def test_merged_blocks_gradcheck(monkeypatch):
         return path_op.path_attention(q, k, v, w, beta, scale=0.7, chunk_size=8, k_cache=kc,
                                       v_cache=vc, cache_visible=visible)
 
-    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, fast_mode=True)
+    with backend.force(force) if force else contextlib.nullcontext():
+        assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-7, fast_mode=True)
 
 
 def test_layer_chunk_gradients_equal_sequential_across_merged_blocks():

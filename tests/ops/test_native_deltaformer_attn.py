@@ -22,14 +22,17 @@ def calls(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("T,threads", [(37, 1), (1, 2), (20, 2)])
-def test_native_deltaformer_matches_torch(calls, dtype, tol, T, threads):
+@pytest.mark.parametrize("T,threads,d_model,heads", [(37, 1, 12, 3), (1, 2, 12, 3),
+                                                     (20, 2, 12, 3), (61, 1, 70, 2)])
+def test_native_deltaformer_matches_torch(calls, dtype, tol, T, threads, d_model, heads):
+    # rows in blocks of 24 (the last one partial), head dims 4 and 35 (one register tile of
+    # the block products and a packed tail)
     torch.manual_seed(0)
-    layer = rnnzoo.create("deltaformer", d_model=12, num_heads=3, max_len=64).to(dtype)
-    x = torch.randn(2, T, 12, dtype=dtype, requires_grad=True)
+    layer = rnnzoo.create("deltaformer", d_model=d_model, num_heads=heads, max_len=64).to(dtype)
+    x = torch.randn(2, T, d_model, dtype=dtype, requires_grad=True)
     gen = torch.Generator().manual_seed(1)
-    wy = torch.randn(2, T, 12, generator=gen, dtype=dtype)
-    wu = torch.randn(2, 3, 64, 4, generator=gen, dtype=dtype)
+    wy = torch.randn(2, T, d_model, generator=gen, dtype=dtype)
+    wu = torch.randn(2, heads, 64, d_model // heads, generator=gen, dtype=dtype)
     ins = [x, *layer.parameters()]
 
     def run():

@@ -25,10 +25,15 @@ probabilities in its backward (no (B, H, T, T) tensor is saved).
 
 from __future__ import annotations
 
-import torch
+from functools import partial
 
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import backend, native
 from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import attention as native_attention
 
 __all__ = ["path_attention"]
 
@@ -56,9 +61,12 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
     beta = to_chunks(beta[..., None], C)
     N = q.shape[2]
-    q1, k1, P, intra = _UT.apply(*(t.unflatten(3, (-1, c)).flatten(2, 3) for t in (q, k, w, beta)))
+    lib = native_attention.load() if backend.use_native(q) else None
+    mm = _products(lib)
+    q1, k1, P, intra = _UT.apply(mm, *(t.unflatten(3, (-1, c)).flatten(2, 3)
+                                       for t in (q, k, w, beta)))
     for _ in range(levels):
-        q1, k1, P, intra = _merge(q1, k1, P, intra)
+        q1, k1, P, intra = _merge(mm, q1, k1, P, intra)
     if k_cache is None:
         keys0 = v0 = q.new_zeros(B, H, 0, D)
         bias0 = q.new_zeros(B, 1, 1, 0)
@@ -68,25 +76,33 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         v0 = v_cache.to(q.dtype)
         bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
             hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
-    o, keys = _Attend.apply(q1, k1, P, intra, v, keys0, v0, bias0, scale)
+    attend = _Attend.apply if lib is None else partial(_AttendC.apply, lib)
+    o, keys = attend(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale)
     L = keys0.shape[2]
     o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
     moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
     return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
 
 
-def _merge(q1, k1, P, intra):
+def _products(lib):
+    """The batched matrix product (a @ b, same leading dims): mm.h's register tiles
+    (ops.native.attention.bmm) where the C kernels run (lib, CPU, float32/64; MKL's bmm ran
+    these 32 x 32 chunk products at ~16 GFLOP/s), else torch's."""
+    return torch.matmul if lib is None else partial(native_attention.bmm, lib)
+
+
+def _merge(mm, q1, k1, P, intra):
     """Chunks (B, H, 2M, c, ...) pairwise into (B, H, M, 2c, ...): the right chunk's queries
     move back through the left chunk's product, the left chunk's keys forward through the
     right one's, and the right queries meet the left keys in the lower-left block."""
     (qa, qb), (ka, kb), (Pa, Pb), (Sa, Sb) = (t.unflatten(2, (-1, 2)).unbind(3)
                                               for t in (q1, k1, P, intra))
-    q1 = torch.cat([qa, qb @ Pa], -2)
-    k1 = torch.cat([ka @ Pb.transpose(-1, -2), kb], -2)
-    cross = qb @ ka.transpose(-1, -2)
+    q1 = torch.cat([qa, mm(qb, Pa)], -2)
+    k1 = torch.cat([mm(ka, Pb.transpose(-1, -2)), kb], -2)
+    cross = mm(qb, ka.transpose(-1, -2))
     intra = torch.cat([torch.cat([Sa, torch.full_like(Sa, float("-inf"))], -1),
                        torch.cat([cross, Sb], -1)], -2)
-    return q1, k1, Pb @ Pa, intra
+    return q1, k1, mm(Pb, Pa), intra
 
 
 class _UT(torch.autograd.Function):
@@ -96,29 +112,32 @@ class _UT(torch.autograd.Function):
     slices)."""
 
     @staticmethod
-    def forward(ctx, q, k, w, beta):
+    def forward(ctx, mm, q, k, w, beta):
+        q, k, w = (t.contiguous() for t in (q, k, w))                 # read by many products
         C, D = q.shape[-2:]
         lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
         strict = lower.tril(-1)
         wt = w.transpose(-1, -2)
-        sww = (w @ wt).mul_(strict)                                   # SL(W W^T)
-        swk = (w @ k.transpose(-1, -2)).mul_(strict)                  # SL(W K^T)
-        qw = (q @ wt).mul_(lower)                                     # tril(Q W^T)
+        sww = mm(w, wt).mul_(strict)                                  # SL(W W^T)
+        swk = mm(w, k.transpose(-1, -2)).mul_(strict)                 # SL(W K^T)
+        qw = mm(q, wt).mul_(lower)                                    # tril(Q W^T)
         Tinv = unit_lower_inverse(sww * beta)                         # (I + diag(beta) SL(W W^T))^-1
-        YZ = Tinv @ torch.cat([w * beta, swk * beta], -1)
+        YZ = mm(Tinv, torch.cat([w * beta, swk * beta], -1))
         Y, Z = YZ.split([D, C], -1)
-        qYZ = qw @ YZ
+        qYZ = mm(qw, YZ)
         q1 = q - qYZ[..., :D]
-        intra = (q @ k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
+        intra = mm(q, k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
         intra.masked_fill_(lower == 0, float("-inf"))
-        k1 = k - Z.transpose(-1, -2) @ w
-        P = torch.eye(D, dtype=q.dtype, device=q.device) - wt @ Y
+        k1 = k - mm(Z.transpose(-1, -2), w)
+        P = torch.eye(D, dtype=q.dtype, device=q.device) - mm(wt, Y)
         ctx.save_for_backward(q, k, w, beta, Tinv, YZ, qw, sww, swk)
+        ctx.mm = mm
         return q1, k1, P, intra
 
     @staticmethod
     def backward(ctx, dq1, dk1, dP, dintra):
         q, k, w, beta, Tinv, YZ, qw, sww, swk = ctx.saved_tensors
+        mm = ctx.mm
         C, D = q.shape[-2:]
         dq1, dk1, dintra = (torch.zeros_like(t) if g is None else g
                             for g, t in ((dq1, q), (dk1, k), (dintra, sww)))
@@ -127,23 +146,23 @@ class _UT(torch.autograd.Function):
         strict = lower.tril(-1)
         Y, Z = YZ.split([D, C], -1)
         dI = dintra * lower
-        dqw = (dq1 @ Y.transpose(-1, -2)).add_(dI @ Z.transpose(-1, -2)).mul_(-lower)
+        dqw = mm(dq1, Y.transpose(-1, -2)).add_(mm(dI, Z.transpose(-1, -2))).mul_(-lower)
         qwt = qw.transpose(-1, -2)
-        dY = (qwt @ dq1).add_(w @ dP).neg_()
-        dZ = (qwt @ dI).add_(w @ dk1.transpose(-1, -2)).neg_()
-        dq = dq1 + dI @ k + dqw @ w
-        dk = dk1 + dI.transpose(-1, -2) @ q
-        dw = dqw.transpose(-1, -2) @ q - Y @ dP.transpose(-1, -2) - Z @ dk1
-        dR = Tinv.transpose(-1, -2) @ torch.cat([dY, dZ], -1)
-        dA = (dR @ YZ.transpose(-1, -2)).mul_(-strict)
+        dY = mm(qwt, dq1).add_(mm(w, dP)).neg_()
+        dZ = mm(qwt, dI).add_(mm(w, dk1.transpose(-1, -2))).neg_()
+        dq = dq1 + mm(dI, k) + mm(dqw, w)
+        dk = dk1 + mm(dI.transpose(-1, -2), q)
+        dw = mm(dqw.transpose(-1, -2), q) - mm(Y, dP.transpose(-1, -2)) - mm(Z, dk1)
+        dR = mm(Tinv.transpose(-1, -2), torch.cat([dY, dZ], -1))
+        dA = mm(dR, YZ.transpose(-1, -2)).mul_(-strict)
         dR1, dR2 = dR.split([D, C], -1)
         dbeta = ((dA * sww).sum(-1, keepdim=True) + (dR1 * w).sum(-1, keepdim=True)
                  + (dR2 * swk).sum(-1, keepdim=True))
         dsww = dA * beta
         dswk = dR2.mul(beta).mul_(strict)
-        dw += (dsww + dsww.transpose(-1, -2)) @ w + dR1 * beta + dswk @ k
-        dk += dswk.transpose(-1, -2) @ w
-        return dq, dk, dw, dbeta
+        dw += mm(dsww + dsww.transpose(-1, -2), w) + dR1 * beta + mm(dswk, k)
+        dk += mm(dswk.transpose(-1, -2), w)
+        return None, dq, dk, dw, dbeta
 
 
 class _Attend(torch.autograd.Function):
@@ -157,30 +176,30 @@ class _Attend(torch.autograd.Function):
     matrix and N C^2 / 2 keys a head); the backward runs the chunks in reverse."""
 
     @staticmethod
-    def forward(ctx, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+    def forward(ctx, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
         N, C = q1.shape[2:4]
         L = keys0.shape[2]
         values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
         keys, outs, read, probs = keys0, [], [], []
         for n in range(N):
-            s = q1[:, :, n] @ keys.transpose(-1, -2)                  # (B, H, C, L + n C)
+            s = mm(q1[:, :, n], keys.transpose(-1, -2))               # (B, H, C, L + n C)
             if L:
                 s[..., :L] += bias0
             p = torch.cat([s, intra[:, :, n]], -1).mul_(scale).softmax(-1)
-            outs.append(p @ values[:, :, :L + (n + 1) * C])
+            outs.append(mm(p, values[:, :, :L + (n + 1) * C]))
             read.append(keys)
             probs.append(p)
-            keys = torch.cat([keys @ P[:, :, n].transpose(-1, -2), k1[:, :, n]], 2)
+            keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
         o = torch.stack(outs, 2)
         ctx.save_for_backward(q1, P, values, o, *read, *probs)
-        ctx.scale, ctx.L = scale, L
+        ctx.scale, ctx.L, ctx.mm = scale, L, mm
         return o, keys
 
     @staticmethod
     def backward(ctx, do, dkeys):
         q1, P, values, o, *saved = ctx.saved_tensors
         B, H, N, C, D = q1.shape
-        L, scale = ctx.L, ctx.scale
+        L, scale, mm = ctx.L, ctx.scale, ctx.mm
         dkeys = torch.zeros_like(values) if dkeys is None else dkeys
         dvalues = torch.zeros_like(values)
         dq1, dk1, dP = torch.empty_like(q1), torch.empty_like(q1), torch.empty_like(P)
@@ -190,15 +209,89 @@ class _Attend(torch.autograd.Function):
             m = L + n * C
             dk1[:, :, n] = dkeys[:, :, m:m + C]
             dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
-            dP[:, :, n] = dmoved.transpose(-1, -2) @ keys
-            dkeys = dmoved @ P[:, :, n]
+            dP[:, :, n] = mm(dmoved.transpose(-1, -2), keys)
+            dkeys = mm(dmoved, P[:, :, n])
             do_n = do[:, :, n]
-            dvalues[:, :, :m + C] += p.transpose(-1, -2) @ do_n
-            dp = do_n @ values[:, :, :m + C].transpose(-1, -2)
+            dvalues[:, :, :m + C] += mm(p.transpose(-1, -2), do_n)
+            dp = mm(do_n, values[:, :, :m + C].transpose(-1, -2))
             ds = p * (dp - (do_n * o[:, :, n]).sum(-1, keepdim=True)).mul_(scale)
             dintra[:, :, n] = ds[..., m:]
             ds = ds[..., :m]
-            dq1[:, :, n] = ds @ keys
-            dkeys += ds.transpose(-1, -2) @ q1[:, :, n]
+            dq1[:, :, n] = mm(ds, keys)
+            dkeys += mm(ds.transpose(-1, -2), q1[:, :, n])
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
-        return dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
+        return None, dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
+
+
+class _AttendC(torch.autograd.Function):
+    """_Attend with each block's scores, softmax and products in C (ops.native.attention, a
+    fresh lib): the scores written next to the block's intra scores (q1 and intra scaled
+    once), the softmax a C pass a row in place (attention.c: sm_fwd, keys past m + i
+    hidden: the intra block's upper triangle), and backward dS = P (dP - rowsum(P dP)) in
+    place (sm_bwd); the products accumulate into their outputs. Same arguments and results."""
+
+    @staticmethod
+    def forward(ctx, lib, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+        B, H, N, C, D = q1.shape
+        L = keys0.shape[2]
+        G = B * H
+        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
+        Lt = values.shape[2]
+        qs, intra_s = q1 * scale, intra * scale
+        o = q1.new_empty(B, H, N, C, D)
+        keys, read, probs = keys0.contiguous(), [], []
+        sm = native_attention._kernel(lib, "sm_fwd", q1.dtype)
+        for n in range(N):
+            m = L + n * C
+            p = q1.new_empty(B, H, C, m + C)
+            native_attention._mm(lib, qs[:, :, n], keys, p, C, m, D, (D, 1), 1, m + C,
+                                 (N * C * D, m * D, C * (m + C)), G, b_cs=D)
+            p[..., m:] = intra_s[:, :, n]
+            if L:
+                p[..., :L] += bias0
+            native_attention._run(sm, [native.ptr(p), None], (C, m + C, 0, m + C, m), G * C)
+            native_attention._mm(lib, p, values, o[:, :, n], C, D, m + C, (m + C, 1), D, D,
+                                 (C * (m + C), Lt * D, N * C * D), G)
+            read.append(keys)
+            probs.append(p)
+            keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
+        ctx.save_for_backward(qs, P, values, *read, *probs)
+        ctx.lib, ctx.mm, ctx.scale, ctx.L = lib, mm, scale, L
+        return o, keys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dkeys):
+        qs, P, values, *saved = ctx.saved_tensors
+        lib, mm, scale, L = ctx.lib, ctx.mm, ctx.scale, ctx.L
+        B, H, N, C, D = qs.shape
+        G, Lt = B * H, values.shape[2]
+        do = torch.zeros_like(qs) if do is None else do.contiguous()
+        dkeys = torch.zeros_like(values) if dkeys is None else dkeys
+        dvalues = torch.zeros_like(values)
+        dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
+        dintra = qs.new_empty(B, H, N, C, C)
+        sm = native_attention._kernel(lib, "sm_bwd", qs.dtype)
+        for n in reversed(range(N)):
+            keys, p = saved[n], saved[N + n]
+            m = L + n * C
+            e = m + C
+            dk1[:, :, n] = dkeys[:, :, m:e]
+            dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
+            dP[:, :, n] = mm(dmoved.transpose(-1, -2), keys)
+            dkeys = mm(dmoved, P[:, :, n]).contiguous()
+            do_n = do[:, :, n]
+            native_attention._mm(lib, p, do_n, dvalues, e, D, C, (1, e), D, D,
+                                 (C * e, N * C * D, Lt * D), G, acc=True)       # += P^T do
+            ds = qs.new_empty(B, H, C, e)
+            native_attention._mm(lib, do_n, values, ds, C, e, D, (D, 1), 1, e,
+                                 (N * C * D, Lt * D, C * e), G, b_cs=D)         # dP = do V^T
+            native_attention._run(sm, [native.ptr(p), native.ptr(ds)], (C, e, m), G * C)
+            dintra[:, :, n] = ds[..., m:]
+            native_attention._mm(lib, ds, keys, dq1[:, :, n], C, D, m, (e, 1), D, D,
+                                 (C * e, m * D, N * C * D), G)                   # dS K
+            native_attention._mm(lib, ds, qs[:, :, n], dkeys, m, D, C, (1, e), D, D,
+                                 (C * e, N * C * D, m * D), G, acc=True)        # += dS^T qs
+        dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
+        return (None, None, dq1.mul_(scale), dk1, dP, dintra.mul_(scale), dv, dkeys,
+                dvalues[:, :, :L], None, None)

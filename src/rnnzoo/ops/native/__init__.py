@@ -59,6 +59,8 @@ float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a s
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines
 TILE_256; hsum_rows / add_sums: the lane sums of NV rows at once, a transposing shuffle tree:
 ssd_scan.c, mlstm_scan.c, delta_scan.c, vector_delta.c, momentum_scan.c).
+mm.h: a batched small-matrix product in register tiles (attention.c exports it as mm;
+newton_schulz.c's products).
 """
 
 from __future__ import annotations

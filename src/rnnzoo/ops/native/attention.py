@@ -12,10 +12,10 @@
         forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
         (and its backward) a C pass a row; each block's probabilities are kept for the
         backward up to _KEEP bytes in all, else recomputed there. Its six block products
-        run on attention.c's mm (register tiles at the build's vector width), not MKL's bmm
-        (AVX2 code on AMD CPUs).
+        run on mm.h's mm (register tiles at the build's vector width; attention.c exports
+        it), not MKL's bmm (AVX2 code on AMD CPUs).
     bmm(lib, a, b) -> a @ b                   the same batched product, differentiable: based
-        / rebased's chunk products (ops.feature_maps).
+        / rebased's chunk products (ops.feature_maps), PaTH's (ops.path_attention).
     rope(lib, x, cos, sin) -> y             rotary positions (GPT-NeoX's pairs (a, a + R/2)
         of the first R = 2 cos.shape[-1] channels) on x (B, T, H, D) in one pass; y is
         (B, T, H, D) laid out as (B, H, T, D), the layout attention reads next.
@@ -51,7 +51,7 @@ def _kernel(lib, name, dtype):
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L],
-                                            "mm": [P] * 3 + [L] * 13}[name])
+                                            "mm": [P] * 3 + [L] * 14}[name])
 
 
 def _run(fn, ptrs, extra, rows):
@@ -169,23 +169,22 @@ def _sm_blocks(N, T):
     return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
 
 
-def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False):
+def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False, b_cs=1):
     """C_b (m, n) = A_b (m, k) B_b (k, n) (acc: C_b += it) for the g blocks b of a batch, in C
-    (attention.c: mm): A's entry (i, p) at A + b sa + i a_rs + p a_cs (a_strides = (a_rs,
-    a_cs)), rows of B and C ldb and ldc apart, batch_strides (sa, sb, sc); A, B, C the
-    tensors whose data pointers start the first block."""
+    (mm.h: mm): A's entry (i, p) at A + b sa + i a_rs + p a_cs (a_strides = (a_rs, a_cs)),
+    B's (p, j) at B + b sb + p ldb + j b_cs, rows of C ldc apart, batch_strides (sa, sb, sc);
+    A, B, C the tensors whose data pointers start the first block."""
     _run(_kernel(lib, "mm", C.dtype), [native.ptr(t) for t in (A, B, C)],
-         (m, n, k, *a_strides, ldb, ldc, *batch_strides, int(acc)), g * m)
+         (m, n, k, *a_strides, ldb, b_cs, ldc, *batch_strides, int(acc)), g * m)
 
 
 class _Bmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, a, b):
-        b = b if b.stride(-1) == 1 else b.contiguous()
         (G, m, k), n = a.shape, b.shape[-1]
         c = a.new_empty(G, m, n)
         _mm(lib, a, b, c, m, n, k, a.stride()[1:], b.stride(1), n,
-            (a.stride(0), b.stride(0), m * n), G)
+            (a.stride(0), b.stride(0), m * n), G, b_cs=b.stride(2))
         ctx.save_for_backward(a, b)
         ctx.lib = lib
         return c
@@ -198,10 +197,10 @@ class _Bmm(torch.autograd.Function):
         g = g.contiguous()
         (G, m, k), n = a.shape, b.shape[-1]
         da = db = None
-        if ctx.needs_input_grad[1]:
-            bT = b.transpose(1, 2).contiguous()
+        if ctx.needs_input_grad[1]:  # g b^T: b^T read through its strides
             da = a.new_empty(G, m, k)
-            _mm(ctx.lib, g, bT, da, m, k, n, (n, 1), k, k, (m * n, n * k, m * k), G)
+            _mm(ctx.lib, g, b, da, m, k, n, (n, 1), b.stride(2), k,
+                (m * n, b.stride(0), m * k), G, b_cs=b.stride(1))
         if ctx.needs_input_grad[2]:
             db = a.new_empty(G, k, n)
             _mm(ctx.lib, a, g, db, k, n, m, a.stride()[:0:-1], n, n,
@@ -211,10 +210,11 @@ class _Bmm(torch.autograd.Function):
 
 def bmm(lib, a, b):
     """a @ b for a (..., m, k), b (..., k, n) of the same leading shape (no broadcasting) ->
-    (..., m, n), through attention.c's mm (any strides of a; b copied when its columns are
-    not unit-strided), differentiable."""
+    (..., m, n), through mm.h's mm (any strides of a and b: b with strided columns is packed
+    a block at a time in the kernel), differentiable."""
     lead = a.shape[:-2]
-    c = _Bmm.apply(lib, a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    G = lead.numel()  # not -1: a product of empty matrices has no batch size to infer
+    c = _Bmm.apply(lib, a.reshape(G, *a.shape[-2:]), b.reshape(G, *b.shape[-2:]))
     return c.view(*lead, *c.shape[-2:])
 
 

@@ -13,6 +13,11 @@
        ds_t = g,   dq_t = scale sum_{j<=t} ds_j k_j,   dk_j += scale ds_j q_t
    Scores are recomputed in the backward from L_t (stored), w and u are stored.
 
+   Rows run in blocks of RB: a block's scores against every key it sees are one product
+   (mm.h), as are what the rows before the block give it (w from their u) and, backward,
+   what it gives them (du, dk) and its dP, dq; only the terms between rows of one block run
+   row by row (forward substitution), in order forward and in reverse backward.
+
    Layouts (row-major, contiguous): q, k, v, u, w, o and their gradients (pairs, T, D);
    beta, L, dbeta (pairs, T); du_ext may be NULL. Each function does the pairs [p0, p1).
    Plain C; compiled by rnnzoo.ops.native. */
@@ -23,52 +28,15 @@
 
 #else
 
-#define JB 32  /* columns kept in registers by the two helpers below */
+#include "mm.h"  /* mm: the block products */
 
-/* y[j] = sum_d x[d] XT[d][j] for j < n, XT (D, ld) row-major */
-static void NAME(df_cols)(const T *restrict x, const T *restrict XT, T *restrict y, long n,
-                          long ld, long D) {
-    long jb = 0;
-    for (; jb + JB <= n; jb += JB) {
-        T acc[JB] = {0};
-        for (long d = 0; d < D; d++) {
-            const T xd = x[d];
-            const T *restrict Xd = XT + d * ld + jb;
-            for (long l = 0; l < JB; l++) acc[l] += xd * Xd[l];
-        }
-        for (long l = 0; l < JB; l++) y[jb + l] = acc[l];
-    }
-    for (long j = jb; j < n; j++) y[j] = 0;
-    for (long d = 0; d < D; d++)
-        for (long j = jb; j < n; j++) y[j] += x[d] * XT[d * ld + j];
-}
+#define RB 24  /* rows a block (a multiple of mm.h's 6 rows a register tile) */
 
-/* y[d] = sum_{j<n} c[j] X[j][d], X (n, D) row-major: two rows a pass, JB columns in registers */
-static void NAME(df_rows)(const T *restrict c, const T *restrict X, T *restrict y, long n,
-                          long D) {
-    long db = 0;
-    for (; db + JB <= D; db += JB) {
-        T acc[JB] = {0};
-        long j = 0;
-        for (; j + 2 <= n; j += 2) {
-            const T c0 = c[j], c1 = c[j + 1];
-            const T *restrict X0 = X + j * D + db, *restrict X1 = X0 + D;
-            for (long l = 0; l < JB; l++) acc[l] += c0 * X0[l] + c1 * X1[l];
-        }
-        if (j < n)
-            for (long l = 0; l < JB; l++) acc[l] += c[j] * X[j * D + db + l];
-        for (long l = 0; l < JB; l++) y[db + l] = acc[l];
-    }
-    for (long d = db; d < D; d++) y[d] = 0;
-    for (long j = 0; j < n; j++)
-        for (long d = db; d < D; d++) y[d] += c[j] * X[j * D + d];
-}
-
-/* s[j] = scale q . k_j for j <= t, from kT (D, Tn) */
-static void NAME(df_scores)(const T *restrict qt, const T *restrict kT, T *restrict s, long t,
-                            long Tn, long D, T scale) {
-    NAME(df_cols)(qt, kT, s, t + 1, Tn, D);
-    for (long j = 0; j <= t; j++) s[j] *= scale;
+/* C (m, n) (+)= A (m, k) B (k, n): one block of mm.h's product, A's entry (i, p) at
+   A + i a_rs + p a_cs, B's and C's rows ldb and ldc apart */
+static inline void NAME(df_mm)(const T *A, long a_rs, long a_cs, const T *B, long ldb, T *C,
+                               long ldc, long m, long n, long k, long acc) {
+    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, 1, ldc, 0, 0, 0, acc, 0, m);
 }
 
 static void NAME(df_transpose)(const T *restrict x, T *restrict xT, long Tn, long D) {
@@ -76,80 +44,79 @@ static void NAME(df_transpose)(const T *restrict x, T *restrict xT, long Tn, lon
         for (long d = 0; d < D; d++) xT[d * Tn + j] = x[j * D + d];
 }
 
+/* Row t's scores s[0 .. t] (scaled in place) -> P_tj = exp(s_j - L_t) for j < t in place,
+   L_t, a_t, c_t (row 0: L = -inf, a = 1, c = 0). known (the backward): L_t is the given
+   Lt, not computed. */
+static inline T NAME(df_row)(T *restrict s, long t, T scale, T Lt, int known, T *a, T *c) {
+    for (long j = 0; j <= t; j++) s[j] *= scale;
+    if (t == 0) {
+        *a = 1;
+        *c = 0;
+        return -INFINITY;
+    }
+    if (known) {
+        for (long j = 0; j < t; j++) s[j] = EXP(s[j] - Lt);
+    } else {
+        T m = s[0], Z = 0;
+        for (long j = 1; j < t; j++) m = s[j] > m ? s[j] : m;
+#pragma omp simd reduction(+ : Z)
+        for (long j = 0; j < t; j++) {
+            s[j] = EXP(s[j] - m);
+            Z += s[j];
+        }
+        const T inv = 1 / Z;
+        for (long j = 0; j < t; j++) s[j] *= inv;
+        Lt = m + (T)log(Z);
+    }
+    *a = 1 / (1 + EXP(Lt - s[t]));
+    *c = 1 / (1 + EXP(s[t] - Lt));
+    return Lt;
+}
+
 void NAME(dfa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict beta, T *restrict u, T *restrict w, T *restrict o,
                    T *restrict L, long Tn, long D, double scale, long p0, long p1) {
-    T *kT = malloc((D * Tn + Tn) * sizeof(T)), *s = kT + D * Tn;
+    T *kT = malloc((D * Tn + RB * Tn) * sizeof(T)), *S = kT + D * Tn;
+    T a[RB], c[RB];
     for (long p = p0; p < p1; p++) {
         const long off = p * Tn * D;
         const T *restrict qp = q + off, *restrict vp = v + off;
         T *restrict up = u + off, *restrict wp = w + off, *restrict op = o + off;
         NAME(df_transpose)(k + off, kT, Tn, D);
-        for (long t = 0; t < Tn; t++) {
-            NAME(df_scores)(qp + t * D, kT, s, t, Tn, D, (T)scale);
-            T *restrict wt = wp + t * D, *restrict ut = up + t * D, *restrict ot = op + t * D;
-            const T *restrict vt = vp + t * D;
-            const T bt = beta[p * Tn + t];
-            if (t == 0) {
-                for (long d = 0; d < D; d++) wt[d] = 0;
-                L[p * Tn] = -INFINITY;
-                for (long d = 0; d < D; d++) ot[d] = ut[d] = vt[d];
-                continue;
-            }
-            T m = s[0];
-            for (long j = 1; j < t; j++) m = s[j] > m ? s[j] : m;
-            T Z = 0;
-#pragma omp simd reduction(+ : Z)
-            for (long j = 0; j < t; j++) {
-                s[j] = EXP(s[j] - m);
-                Z += s[j];
-            }
-            const T Lt = m + (T)log(Z), inv = 1 / Z;
-            L[p * Tn + t] = Lt;
-            for (long j = 0; j < t; j++) s[j] *= inv;  /* P_tj */
-            NAME(df_rows)(s, up, wt, t, D);
-            const T a = 1 / (1 + EXP(Lt - s[t])), c = 1 / (1 + EXP(s[t] - Lt));
-            for (long d = 0; d < D; d++) {
-                ut[d] = vt[d] - bt * wt[d];
-                ot[d] = c * wt[d] + a * ut[d];
+        for (long t0 = 0; t0 < Tn; t0 += RB) {
+            const long t1 = t0 + RB < Tn ? t0 + RB : Tn, nb = t1 - t0;
+            NAME(df_mm)(qp + t0 * D, D, 1, kT, Tn, S, Tn, nb, t1, D, 0);   /* scores */
+            for (long r = 0; r < nb; r++)
+                L[p * Tn + t0 + r] = NAME(df_row)(S + r * Tn, t0 + r, (T)scale, 0, 0, a + r, c + r);
+            NAME(df_mm)(S, Tn, 1, up, D, wp + t0 * D, D, nb, D, t0, 0);  /* w from rows < t0 */
+            for (long r = 0; r < nb; r++) {
+                const long t = t0 + r;
+                const T *restrict P = S + r * Tn, *restrict vt = vp + t * D;
+                T *restrict wt = wp + t * D, *restrict ut = up + t * D, *restrict ot = op + t * D;
+                for (long j = t0; j < t; j++)
+                    for (long d = 0; d < D; d++) wt[d] += P[j] * up[j * D + d];
+                const T bt = beta[p * Tn + t];
+                for (long d = 0; d < D; d++) {
+                    ut[d] = vt[d] - bt * wt[d];
+                    ot[d] = c[r] * wt[d] + a[r] * ut[d];
+                }
             }
         }
     }
     free(kT);
 }
 
-/* Y[j] += sum_{r<R} C[r][j] W[r] for j < n: C (R, ld), W (R, D), Y (n, D) row-major */
-static void NAME(df_acc)(T *restrict Y, const T *restrict C, long ld, const T *restrict W,
-                         long R, long n, long D) {
-    for (long j = 0; j < n; j++) {
-        T *restrict Yj = Y + j * D;
-        long db = 0;
-        for (; db + JB <= D; db += JB) {
-            T acc[JB];
-            for (long l = 0; l < JB; l++) acc[l] = Yj[db + l];
-            for (long r = 0; r < R; r++) {
-                const T cr = C[r * ld + j];
-                const T *restrict Wr = W + r * D + db;
-                for (long l = 0; l < JB; l++) acc[l] += cr * Wr[l];
-            }
-            for (long l = 0; l < JB; l++) Yj[db + l] = acc[l];
-        }
-        for (long r = 0; r < R; r++)
-            for (long d = db; d < D; d++) Yj[d] += C[r * ld + j] * W[r * D + d];
-    }
-}
-
-/* Rows in blocks of RB, last block first, each block's rows in reverse: what a row adds to
-   the rows before its block (P_tj dw_t into du_j, ds_tj q_t into dk_j) is kept (Pb, dWb,
-   DSb) and added once a block (df_acc), the rest at once. */
-#define RB 16
+/* Blocks last first: a block's scores recomputed from L, its du and dw row by row in reverse
+   (du_t complete once the rows after t have given theirs), then dP = dW U^T, dS, and the
+   products dq = dS K, dk += dS^T Q, du_{<t0} += P^T dW. */
 void NAME(dfa_bwd)(const T *restrict q, const T *restrict k, const T *restrict beta,
                    const T *restrict u, const T *restrict w, const T *restrict L,
                    const T *restrict dout, const T *restrict du_ext, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dbeta, long Tn, long D,
                    double scale, long p0, long p1) {
-    T *kT = malloc((2 * D * Tn + Tn + 2 * RB * Tn + RB * D) * sizeof(T)), *uT = kT + D * Tn,
-      *dP = uT + D * Tn, *Pb = dP + Tn, *DSb = Pb + RB * Tn, *dWb = DSb + RB * Tn;
+    T *kT = malloc((2 * D * Tn + 2 * RB * Tn + RB * D) * sizeof(T)), *uT = kT + D * Tn,
+      *Pb = uT + D * Tn, *DSb = Pb + RB * Tn, *dWb = DSb + RB * Tn;
+    T a[RB], c[RB], g[RB];
     const T sc = (T)scale;
     for (long p = p0; p < p1; p++) {
         const long off = p * Tn * D;
@@ -162,56 +129,49 @@ void NAME(dfa_bwd)(const T *restrict q, const T *restrict k, const T *restrict b
         else memset(dvp, 0, Tn * D * sizeof(T));
         memset(dkp, 0, Tn * D * sizeof(T));
         for (long t0 = (Tn - 1) / RB * RB; t0 >= 0; t0 -= RB) {
-            const long t1 = t0 + RB < Tn ? t0 + RB : Tn;
-            for (long t = t1 - 1; t >= t0; t--) {
-                const T *restrict qt = qp + t * D, *restrict ut = up + t * D,
+            const long t1 = t0 + RB < Tn ? t0 + RB : Tn, nb = t1 - t0;
+            NAME(df_mm)(qp + t0 * D, D, 1, kT, Tn, Pb, Tn, nb, t1, D, 0);  /* scores */
+            for (long r = 0; r < nb; r++)
+                NAME(df_row)(Pb + r * Tn, t0 + r, sc, L[p * Tn + t0 + r], 1, a + r, c + r);
+            for (long r = nb - 1; r >= 0; r--) {
+                const long t = t0 + r;
+                const T *restrict P = Pb + r * Tn, *restrict ut = up + t * D,
                         *restrict wt = wp + t * D, *restrict dot = dop + t * D;
-                T *restrict dut = dvp + t * D, *restrict dw = dWb + (t - t0) * D;
-                T *restrict P = Pb + (t - t0) * Tn, *restrict ds = DSb + (t - t0) * Tn;
+                T *restrict dut = dvp + t * D, *restrict dw = dWb + r * D;
                 const T bt = beta[p * Tn + t];
-                NAME(df_scores)(qt, kT, ds, t, Tn, D, sc);
-                T a = 1, c = 0;
-                const T Lt = L[p * Tn + t];
-                if (t > 0) {
-                    a = 1 / (1 + EXP(Lt - ds[t]));
-                    c = 1 / (1 + EXP(ds[t] - Lt));
-                }
                 T db = 0, dc = 0, da = 0;
                 for (long d = 0; d < D; d++) {
-                    dut[d] += a * dot[d];
-                    dw[d] = c * dot[d] - bt * dut[d];
+                    dut[d] += a[r] * dot[d];
+                    dw[d] = c[r] * dot[d] - bt * dut[d];
                     db -= dut[d] * wt[d];
                     dc += dot[d] * wt[d];
                     da += dot[d] * ut[d];
                 }
                 dbeta[p * Tn + t] = db;
-                const T g = (da - dc) * a * c;
-                for (long j = 0; j < t; j++) P[j] = EXP(ds[j] - Lt);  /* P_tj */
-                NAME(df_cols)(dw, uT, dP, t, Tn, D);
-                T rho = 0;
-#pragma omp simd reduction(+ : rho)
-                for (long j = 0; j < t; j++) rho += P[j] * dP[j];
-                for (long j = 0; j < t; j++) ds[j] = sc * P[j] * (dP[j] - rho - g);
-                ds[t] = sc * g;
+                g[r] = (da - dc) * a[r] * c[r];
                 for (long j = t0; j < t; j++) {  /* this block's earlier rows: now */
                     T *restrict duj = dvp + j * D;
                     for (long d = 0; d < D; d++) duj[d] += P[j] * dw[d];
                 }
-                for (long j = t0; j <= t; j++) {
-                    T *restrict dkj = dkp + j * D;
-                    for (long d = 0; d < D; d++) dkj[d] += ds[j] * qt[d];
-                }
-                NAME(df_rows)(ds, kp, dqp + t * D, t + 1, D);
             }
-            /* the rows before the block, once */
-            NAME(df_acc)(dvp, Pb, Tn, dWb, t1 - t0, t0, D);
-            NAME(df_acc)(dkp, DSb, Tn, qp + t0 * D, t1 - t0, t0, D);
+            NAME(df_mm)(dWb, D, 1, uT, Tn, DSb, Tn, nb, t1, D, 0);         /* dP */
+            for (long r = 0; r < nb; r++) {
+                const long t = t0 + r;
+                const T *restrict P = Pb + r * Tn;
+                T *restrict ds = DSb + r * Tn, rho = 0;
+#pragma omp simd reduction(+ : rho)
+                for (long j = 0; j < t; j++) rho += P[j] * ds[j];
+                for (long j = 0; j < t; j++) ds[j] = sc * P[j] * (ds[j] - rho - g[r]);
+                ds[t] = sc * g[r];
+                for (long j = t + 1; j < t1; j++) ds[j] = 0;
+            }
+            NAME(df_mm)(DSb, Tn, 1, kp, D, dqp + t0 * D, D, nb, D, t1, 0);  /* dq = dS K */
+            NAME(df_mm)(DSb, 1, Tn, qp + t0 * D, D, dkp, D, t1, D, nb, 1);  /* dk += dS^T Q */
+            NAME(df_mm)(Pb, 1, Tn, dWb, D, dvp, D, t0, D, nb, 1);           /* du += P^T dW */
         }
     }
     free(kT);
 }
 #undef RB
-
-#undef JB
 
 #endif

@@ -13,46 +13,19 @@
 #include "each_type.h"
 #else
 
-/* Z = X Y (tx: X^T), s x s, Z distinct from X and Y. Where 16 divides s, each row of Z
-   sixteen columns at a time, accumulated in registers. */
-static void NAME(mmn)(const T *restrict X, const T *restrict Y, T *restrict Z, long s, int tx)
-{
-    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
-    const long w = 16 / (32 / sizeof(T));          /* vectors in 16 columns: 2 or 4 */
-    if (s % 16 == 0) {
-        for (long i = 0; i < s; i++)
-            for (long c = 0; c < s; c += 16) {
-                V acc[4] = {0};
-                for (long k = 0; k < s; k++) {
-                    T x = tx ? X[k * s + i] : X[i * s + k];
-                    const V *y = (const V *)(Y + k * s + c);
-                    for (long r = 0; r < w; r++) acc[r] += x * y[r];
-                }
-                for (long r = 0; r < w; r++) ((V *)(Z + i * s + c))[r] = acc[r];
-            }
-        return;
-    }
-    for (long i = 0; i < s * s; i++) Z[i] = 0;
-    for (long i = 0; i < s; i++)
-        for (long k = 0; k < s; k++) {
-            T x = tx ? X[k * s + i] : X[i * s + k];
-            T *z = Z + i * s;
-            const T *y = Y + k * s;
-            for (long j = 0; j < s; j++) z[j] += x * y[j];
-        }
-}
+#include "mm.h"  /* mm: the register-tiled batched product (shared with attention.c) */
 
-/* Z = X Y (tx: X^T, ty: Y^T), s x s, Z distinct from X and Y. */
-static void NAME(mm)(const T *X, const T *Y, T *Z, long s, int tx, int ty)
+/* Z = X Y (tx: X^T, ty: Y^T), s x s, Z distinct from X and Y (Y^T transposed on the stack:
+   mm's own packing of a strided B allocates a buffer a call) */
+static void NAME(sq)(const T *X, const T *Y, T *Z, long s, int tx, int ty)
 {
-    if (!ty) {
-        NAME(mmn)(X, Y, Z, s, tx);
-        return;
+    T Yt[ty ? s * s : 1];
+    if (ty) {
+        for (long i = 0; i < s; i++)
+            for (long j = 0; j < s; j++) Yt[j * s + i] = Y[i * s + j];
+        Y = Yt;
     }
-    T Yt[s * s];
-    for (long i = 0; i < s; i++)
-        for (long j = 0; j < s; j++) Yt[j * s + i] = Y[i * s + j];
-    NAME(mmn)(X, Yt, Z, s, tx);
+    NAME(mm)(X, Y, Z, s, s, s, tx ? 1 : s, tx ? s : 1, s, 1, s, 0, 0, 0, 0, 0, s);
 }
 
 /* A += alpha * X (s x s) */
@@ -78,14 +51,14 @@ static T NAME(iterate)(const T *G, T *W, long s, int steps, T a, T b, T c, T eps
     T tmp[s2];
     for (int k = 0; k < steps; k++) {
         T *Ak = A + k * s2, *Pk = P + k * s2, *Qk = Q + k * s2;
-        NAME(mm)(Ak, Ak, Pk, s, 0, 0);
+        NAME(sq)(Ak, Ak, Pk, s, 0, 0);
         for (long i = 0; i < s2; i++) Pk[i] = c * Pk[i] + b * Ak[i];
         for (long i = 0; i < s; i++) Pk[i * s + i] += a;
         if (k == 0) memcpy(Qk, Pk, s2 * sizeof(T));
-        else NAME(mm)(Pk, Qk - s2, Qk, s, 0, 0);
+        else NAME(sq)(Pk, Qk - s2, Qk, s, 0, 0);
         if (k + 1 < steps) {
-            NAME(mm)(Pk, Ak, tmp, s, 0, 0);
-            NAME(mm)(tmp, Pk, Ak + s2, s, 0, 0);
+            NAME(sq)(Pk, Ak, tmp, s, 0, 0);
+            NAME(sq)(tmp, Pk, Ak + s2, s, 0, 0);
         }
     }
     return nu;
@@ -104,42 +77,10 @@ static void NAME(gram)(const T *X, T *G, long s, long l)
         }
 }
 
-/* Y (+)= R X (s x s times s x l; acc: add to Y). Where 16 divides l, four rows of Y by
-   sixteen columns at a time in registers. */
-static void NAME(apply)(const T *restrict R, const T *restrict X, T *restrict Y, long s,
-                        long l, int acc)
+/* Y (+)= R X (s x s times s x l; acc: add to Y). */
+static void NAME(apply)(const T *R, const T *X, T *Y, long s, long l, int acc)
 {
-    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
-    const long nv = 32 / sizeof(T), w = 16 / nv;  /* vectors in 16 columns: 2 or 4 */
-    long i0 = 0;
-    if (l % 16 == 0)
-        for (; i0 + 4 <= s; i0 += 4)
-            for (long c = 0; c < l; c += 16) {
-                V z[4][4] = {{0}};
-                for (long k = 0; k < s; k++) {
-                    const V *x = (const V *)(X + k * l + c);
-                    for (long r = 0; r < 4; r++) {
-                        T rk = R[(i0 + r) * s + k];
-                        for (long v = 0; v < w; v++) z[r][v] += rk * x[v];
-                    }
-                }
-                for (long r = 0; r < 4; r++)
-                    for (long v = 0; v < w; v++) {
-                        V *y = (V *)(Y + (i0 + r) * l + c);
-                        if (acc) y[v] += z[r][v];
-                        else y[v] = z[r][v];
-                    }
-            }
-    for (long i = i0; i < s; i++) {
-        T *y = Y + i * l;
-        if (!acc)
-            for (long m = 0; m < l; m++) y[m] = 0;
-        for (long k = 0; k < s; k++) {
-            T r = R[i * s + k];
-            const T *x = X + k * l;
-            for (long m = 0; m < l; m++) y[m] += r * x[m];
-        }
-    }
+    NAME(mm)(R, X, Y, s, l, s, s, 1, l, 1, l, 0, 0, 0, acc, 0, s);
 }
 
 void NAME(ns_fwd)(const T *X, T *Y, long s, long l, int steps, double a, double b, double c,
@@ -178,26 +119,26 @@ static void NAME(poly_bwd)(const T *g, const T *dr, T *dg, T *W, long s, int ste
         T *Ak = A + k * s2, *Pk = P + k * s2;
         /* Q_k = P_k Q_{k-1} */
         if (k > 0) {
-            NAME(mm)(dQ, Q + (k - 1) * s2, dP, s, 0, 1);
-            NAME(mm)(Pk, dQ, t1, s, 1, 0);
+            NAME(sq)(dQ, Q + (k - 1) * s2, dP, s, 0, 1);
+            NAME(sq)(Pk, dQ, t1, s, 1, 0);
             memcpy(dQ, t1, s2 * sizeof(T));
         } else {
             memcpy(dP, dQ, s2 * sizeof(T));
         }
         if (k + 1 < steps) {  /* A_{k+1} = V P_k, V = P_k A_k; dA holds dA_{k+1} */
-            NAME(mm)(Pk, Ak, t1, s, 0, 0);               /* V */
-            NAME(mm)(t1, dA, t2, s, 1, 0);               /* V^T dA */
+            NAME(sq)(Pk, Ak, t1, s, 0, 0);               /* V */
+            NAME(sq)(t1, dA, t2, s, 1, 0);               /* V^T dA */
             NAME(axpy)(dP, t2, 1, s);
-            NAME(mm)(dA, Pk, t1, s, 0, 1);               /* dV = dA P^T */
-            NAME(mm)(t1, Ak, t2, s, 0, 1);               /* dV A^T */
+            NAME(sq)(dA, Pk, t1, s, 0, 1);               /* dV = dA P^T */
+            NAME(sq)(t1, Ak, t2, s, 0, 1);               /* dV A^T */
             NAME(axpy)(dP, t2, 1, s);
-            NAME(mm)(Pk, t1, dA, s, 1, 0);               /* dA_k = P^T dV */
+            NAME(sq)(Pk, t1, dA, s, 1, 0);               /* dA_k = P^T dV */
         } else {
             for (long i = 0; i < s2; i++) dA[i] = 0;
         }
         /* P_k = a I + b A_k + c A_k A_k */
-        NAME(mm)(dP, Ak, t1, s, 0, 1);
-        NAME(mm)(Ak, dP, t2, s, 1, 0);
+        NAME(sq)(dP, Ak, t1, s, 0, 1);
+        NAME(sq)(Ak, dP, t2, s, 1, 0);
         for (long i = 0; i < s2; i++) dA[i] += b * dP[i] + c * (t1[i] + t2[i]);
     }
     /* A_0 = G / nu^2 */
