@@ -98,8 +98,9 @@ def memory_qkv(layer, x, conv_state, fused=False):
         qkv, conv_state = layer.conv(qkv, conv_state)
         q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
         return F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6), v, conv_state
-    qkv, conv_state, normed = conv_l2(layer.conv, qkv, conv_state, 2 * H, K, False)
-    q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
+    (q, k, v), conv_state, normed = conv_l2(layer.conv, qkv, conv_state, 2 * H, K, False,
+                                            (H * K,) * 3)
+    q, k, v = (t.reshape(B, T, H, K) for t in (q, k, v))
     if not normed:
         q, k = l2norm(q), l2norm(k)
     return q, k, v, conv_state
