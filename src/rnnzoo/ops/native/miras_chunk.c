@@ -43,22 +43,9 @@
 
 #ifndef INLINE
 #define INLINE inline __attribute__((always_inline))
-#define SUMS __attribute__((noinline, optimize("associative-math", "no-signed-zeros")))
 #endif
 
-/* sum_o a[o] b[o], reassociated (see miras_read.c) */
-static SUMS T NAME(dot)(const T *restrict a, const T *restrict b, long n) {
-    T s = 0;
-    for (long o = 0; o < n; o++) s += a[o] * b[o];
-    return s;
-}
-
-/* sum_o a[o] */
-static SUMS T NAME(total)(const T *restrict a, long n) {
-    T s = 0;
-    for (long o = 0; o < n; o++) s += a[o];
-    return s;
-}
+#include "assoc_sums.h"
 
 /* sum_o a[o]^4 */
 static SUMS T NAME(sum4)(const T *restrict a, long n) {

@@ -34,25 +34,7 @@
 #define INLINE inline __attribute__((always_inline))
 #endif
 
-/* Sums over a row (called, not inlined, and reassociated: an `omp simd` sum over a row of
-   constant width was folded lane by lane in order at the end of each row, 16 dependent adds,
-   three sums a row, most of the backward's time; -fassociative-math for the whole file would
-   also undo exp.h's rounding constant). */
-#define SUMS __attribute__((noinline, optimize("associative-math", "no-signed-zeros")))
-
-/* sum_o a[o] b[o] */
-static SUMS T NAME(dot)(const T *restrict a, const T *restrict b, long O) {
-    T s = 0;
-    for (long o = 0; o < O; o++) s += a[o] * b[o];
-    return s;
-}
-
-/* sum_o a[o] */
-static SUMS T NAME(total)(const T *restrict a, long O) {
-    T s = 0;
-    for (long o = 0; o < O; o++) s += a[o];
-    return s;
-}
+#include "assoc_sums.h"
 
 /* sum |v|^q over n values */
 static T NAME(qsum)(const T *restrict v, long n, T q) {
