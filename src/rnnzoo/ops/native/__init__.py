@@ -60,7 +60,8 @@ column tiles as vector types, 512-bit where the build targets AVX-512 unless a k
 TILE_256; hsum_rows / add_sums: the lane sums of NV rows at once, a transposing shuffle tree:
 ssd_scan.c, mlstm_scan.c, delta_scan.c, vector_delta.c, momentum_scan.c).
 mm.h: a batched small-matrix product in register tiles (attention.c exports it as mm;
-newton_schulz.c's products).
+newton_schulz.c's products). assoc_sums.h: reassociated row sums dot / total (miras_read.c,
+miras_chunk.c). softmax_row.h: one row's softmax in place (attention.c, deltaformer_attn.c).
 """
 
 from __future__ import annotations

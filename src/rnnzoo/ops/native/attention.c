@@ -40,6 +40,7 @@
 #else
 
 #include "mm.h"  /* mm: the batched block products (exported here) */
+#include "softmax_row.h"
 
 /* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
    (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
@@ -185,16 +186,8 @@ void NAME(sm_fwd)(T *restrict S, const T *restrict bias, long t, long e, long n0
             const T *restrict b = bias + (n0 + r / t) * Tk;
             for (long j = 0; j < end; j++) s[j] += b[j];
         }
-        T m = s[0], sum = 0;
-#pragma omp simd reduction(max:m)
-        for (long j = 0; j < end; j++) m = s[j] > m ? s[j] : m;
-#pragma omp simd reduction(+:sum)
-        for (long j = 0; j < end; j++) {
-            s[j] = EXP(s[j] - m);
-            sum += s[j];
-        }
-        const T inv = 1 / sum;
-        for (long j = 0; j < end; j++) s[j] *= inv;
+        T Z;
+        NAME(softmax_row)(s, end, &Z);
         for (long j = end; j < e; j++) s[j] = 0;
     }
 }

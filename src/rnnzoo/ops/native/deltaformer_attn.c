@@ -29,6 +29,7 @@
 #else
 
 #include "mm.h"  /* mm: the block products */
+#include "softmax_row.h"
 
 #define RB 24  /* rows a block (a multiple of mm.h's 6 rows a register tile) */
 
@@ -57,15 +58,8 @@ static inline T NAME(df_row)(T *restrict s, long t, T scale, T Lt, int known, T 
     if (known) {
         for (long j = 0; j < t; j++) s[j] = EXP(s[j] - Lt);
     } else {
-        T m = s[0], Z = 0;
-        for (long j = 1; j < t; j++) m = s[j] > m ? s[j] : m;
-#pragma omp simd reduction(+ : Z)
-        for (long j = 0; j < t; j++) {
-            s[j] = EXP(s[j] - m);
-            Z += s[j];
-        }
-        const T inv = 1 / Z;
-        for (long j = 0; j < t; j++) s[j] *= inv;
+        T Z;
+        const T m = NAME(softmax_row)(s, t, &Z);
         Lt = m + (T)log(Z);
     }
     *a = 1 / (1 + EXP(Lt - s[t]));
