@@ -3,6 +3,7 @@ timing helper, the command line with and without the peers."""
 
 import math
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,7 @@ def test_vs_lstm_table_rows_and_utilisation(monkeypatch):
         assert r["utilisation"] == pytest.approx(r["flops"] / (r["ms"] / 1e3) / 1e9)
     text = "\n".join(lines)
     assert "torch.nn.LSTM" in text and "over 2x nn.LSTM at 1 thread(s):" in text
+    assert "malloc thresholds default" in text  # only the command pins the process's malloc
 
 
 def test_matmul_peak_is_a_rate():
@@ -187,6 +189,8 @@ def test_command_line_vs_lstm_and_bad_threads():
               *SMALL], [ROOT / "src"])
     assert r.returncode == 0, r.stderr
     assert "x LSTM" in r.stdout and "util" in r.stdout and "mingru" in r.stdout
+    if platform.libc_ver()[0] == "glibc":
+        assert "malloc thresholds pinned" in r.stdout
     import argparse
     p = argparse.ArgumentParser()
     bench.add_arguments(p)

@@ -456,16 +456,36 @@ def _compiled(layer, x, mode, eager_run, repeat) -> dict:
     raise AssertionError("unreachable")
 
 
+def steady_allocator() -> bool:
+    """Pin glibc's malloc thresholds (mmap 256 MB, trim 1 GB) so that large temporaries are
+    reused instead of mapped and unmapped on every call. Without it nn.LSTM's own time is
+    bimodal (about 35 or 50 ms at the #17 size, by the allocator state earlier work left),
+    and every ratio against it moves with it. Pinned, both sides run in the fast state and
+    the ratios are the stricter ones. Returns False where there is no glibc mallopt."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 256 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), repeat=3,
-                  options=None, out=print, compile: bool = False) -> list[dict]:
+                  options=None, out=print, compile: bool = False,
+                  pin_allocator: bool = False) -> list[dict]:
     """For each thread count and layer: the layer's `auto` mode forward+backward time, its
     ratio to torch.nn.LSTM(d_model, d_model) (the two timed alternately, `repeat` pairs
     after one warm-up each, the median of the per-pair ratios: robust on a busy machine),
     FLOPs and utilisation. Prints one table per thread count; returns the rows.
     compile: also torch.compile the layer's forward (fullgraph where it traces whole) and
-    report the compile time (first forward+backward) and the eager / compiled time ratio."""
+    report the compile time (first forward+backward) and the eager / compiled time ratio.
+    pin_allocator: `steady_allocator()` first (for the whole process: the command sets it)."""
     options = options or {}
     rows = []
+    pinned = pin_allocator and steady_allocator()
     old = torch.get_num_threads()
     try:
         for n in threads:
@@ -479,7 +499,8 @@ def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), rep
             lf = lstm_flops(batch, length, d_model, d_model)
             out(f"rnnzoo bench --vs-lstm: B={batch} T={length} d_model={d_model} float32, "
                 f"fwd+bwd, {n} thread(s), matmul peak {peak / 1e9:.1f} GFLOP/s, "
-                f"torch {torch.__version__}")
+                f"torch {torch.__version__}, malloc thresholds "
+                f"{'pinned' if pinned else 'default'}")
             head = (f"{'layer':<24}{'auto mode':<12}{'ms':>9}{'x LSTM':>8}{'GFLOP':>8}"
                     f"{'GFLOP/s':>9}{'util':>7}")
             if compile:
@@ -590,7 +611,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         if any(n < 1 for n in threads) or args.device != "cpu" or args.dtype != "float32":
             raise SystemExit("rnnzoo bench: --vs-lstm runs float32 on cpu with --threads >= 1")
         rows = speed_vs_lstm(layers, args.batch, lengths[0], args.d_model, threads,
-                             args.repeat, options, compile=args.compile)
+                             args.repeat, options, compile=args.compile, pin_allocator=True)
         if args.json:
             from rnnzoo.io import atomic_write_text
             atomic_write_text(args.json, json.dumps(rows, indent=1))
