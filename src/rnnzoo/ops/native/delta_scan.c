@@ -21,7 +21,8 @@
        dS' = dS + k_t dw^T,   dk_t += S'_t dw,   dg_t = <dS', S'_t>,   dS_{t-1} = a_t dS'
    where the second line of step t and the first of step t - 1 share one pass (both read
    S_{t-1}), and dk_t's two sums (dS u_t and S'_t dw) one reduction. The sums over columns
-   (dq, dk, dbeta, dg) add up over the tiles, block by block (a block's rows stay in cache);
+   (dq, dk, dbeta, dg) add up over the tiles, block by block (a block's rows stay in cache),
+   dk's and dq's NV rows at a time (one transposing tree of shuffles, tile.h's add_sums);
    a last, narrower tile is padded with zero columns, which stay zero.
 
    Layouts (row-major, contiguous), Tn steps, Tq = Tn / n tokens: k, dk (batch, Tn, H, K);
@@ -186,20 +187,25 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                     const VEC *restrict St = buf + (t - t0) * 2 * K;
                     NAME(pseudo_value)(u, v + row * V + j0, w + row * V + j0, beta[row], wd);
                     if (read) NAME(tile_load)(dot, dout + tok * V + j0, wd);
-                    VEC du0 = {0}, du1 = {0};
-                    for (long i = 0; i < K; i++) {
-                        VEC d0 = dS[2 * i], d1 = dS[2 * i + 1];
-                        if (read) {
-                            const T qi = scale * qt[i];
-                            d0 += qi * dot[0];
-                            d1 += qi * dot[1];
-                            dS[2 * i] = d0;
-                            dS[2 * i + 1] = d1;
-                            dq[tok * K + i] += scale * NAME(hsum)(St[2 * i] * dot[0]
-                                                                  + St[2 * i + 1] * dot[1]);
+                    const VEC sd0 = scale * dot[0], sd1 = scale * dot[1];
+                    VEC du0 = {0}, du1 = {0}, sq[NV];
+                    for (long i0 = 0; i0 < K; i0 += NV) {
+                        const long m = K - i0 < NV ? K - i0 : NV;
+                        for (long l = 0; l < m; l++) {
+                            const long i = i0 + l;
+                            VEC d0 = dS[2 * i], d1 = dS[2 * i + 1];
+                            if (read) {
+                                const T qi = scale * qt[i];
+                                d0 += qi * dot[0];
+                                d1 += qi * dot[1];
+                                dS[2 * i] = d0;
+                                dS[2 * i + 1] = d1;
+                                sq[l] = St[2 * i] * sd0 + St[2 * i + 1] * sd1;
+                            }
+                            du0 += kt[i] * d0;
+                            du1 += kt[i] * d1;
                         }
-                        du0 += kt[i] * d0;
-                        du1 += kt[i] * d1;
+                        if (read) NAME(add_sums)(dq + tok * K + i0, sq, m);
                     }
                     du[0] = du0, du[1] = du1;
                 }
@@ -232,25 +238,32 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k, const T *restrict
                     if (both) NAME(pseudo_value)(u1, v + r1 * V + j0, w + r1 * V + j0, beta[r1], wd);
                     if (read1) NAME(tile_load)(dot, dout + tok1 * V + j0, wd);
                     else dot[0] = dot[1] = zero;
-                    VEC gv = {0}, du10 = {0}, du11 = {0};
-                    for (long i = 0; i < K; i++) {
-                        const VEC P0 = Sp[2 * i], P1 = Sp[2 * i + 1];
-                        const VEC dA0 = dS[2 * i], dA1 = dS[2 * i + 1];
-                        dkt[i] += NAME(hsum)(dA0 * u[0] + dA1 * u[1] + a * (P0 * dw0 + P1 * dw1));
-                        const T ki = kt[i];
-                        const VEC d0 = dA0 + ki * dw0, d1 = dA1 + ki * dw1;
-                        gv += d0 * P0 + d1 * P1;
-                        VEC e0 = a * d0, e1 = a * d1;  /* dS_{t-1} (+ its read) */
-                        if (read1) {
-                            const T qi = scale * qt1[i];
-                            e0 += qi * dot[0];
-                            e1 += qi * dot[1];
-                            dq[tok1 * K + i] += scale * NAME(hsum)(P0 * dot[0] + P1 * dot[1]);
+                    VEC gv = {0}, du10 = {0}, du11 = {0}, sk[NV], sq[NV];
+                    const VEC aw0 = a * dw0, aw1 = a * dw1, sd0 = scale * dot[0], sd1 = scale * dot[1];
+                    for (long i0 = 0; i0 < K; i0 += NV) {  /* dk's and dq's sums NV rows at once */
+                        const long m = K - i0 < NV ? K - i0 : NV;
+                        for (long l = 0; l < m; l++) {
+                            const long i = i0 + l;
+                            const VEC P0 = Sp[2 * i], P1 = Sp[2 * i + 1];
+                            const VEC dA0 = dS[2 * i], dA1 = dS[2 * i + 1];
+                            sk[l] = dA0 * u[0] + dA1 * u[1] + P0 * aw0 + P1 * aw1;
+                            const T ki = kt[i];
+                            const VEC d0 = dA0 + ki * dw0, d1 = dA1 + ki * dw1;
+                            gv += d0 * P0 + d1 * P1;
+                            VEC e0 = a * d0, e1 = a * d1;  /* dS_{t-1} (+ its read) */
+                            if (read1) {
+                                const T qi = scale * qt1[i];
+                                e0 += qi * dot[0];
+                                e1 += qi * dot[1];
+                                sq[l] = P0 * sd0 + P1 * sd1;
+                            }
+                            dS[2 * i] = e0;
+                            dS[2 * i + 1] = e1;
+                            du10 += kt1[i] * e0;
+                            du11 += kt1[i] * e1;
                         }
-                        dS[2 * i] = e0;
-                        dS[2 * i + 1] = e1;
-                        du10 += kt1[i] * e0;
-                        du11 += kt1[i] * e1;
+                        NAME(add_sums)(dkt + i0, sk, m);
+                        if (read1) NAME(add_sums)(dq + tok1 * K + i0, sq, m);
                     }
                     if (gate) dg[gtok] += a * NAME(hsum)(gv);
                     u[0] = u1[0], u[1] = u1[1], du[0] = du10, du[1] = du11;
