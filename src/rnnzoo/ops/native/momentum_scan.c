@@ -17,6 +17,8 @@
        dlm_t = mu_t <E, M_{t-1}>,  dk_t = eta_t E e_t,  deta_t = k_t^T E e_t,
        de = eta_t E^T k_t,  dv_t = -de,  dp_t = S_{t-1} de
        dS_{t-1} = alpha_t D + p_t de^T,  dM_{t-1} = mu_t E
+   p_t de^T and dp_t = S_{t-1} de wait for step t - 1's pass, which reads dS_{t-1} and S_{t-1}
+   (one pass a step; a second only at a block's first step).
 
    Layouts (row-major, contiguous): q, k, p and their gradients (batch, T, H, K); v, o, e, dv
    (batch, T, H, V); la, lm, beta, eta and their gradients (batch, T, H); S0, M0, ST, MT,
@@ -146,6 +148,12 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     }
                     Sp = St, Mp = Mt;
                 }
+                /* step t + 1's last terms, dp_{t+1} = S_t de_{t+1} and dS_t += p_{t+1} de_{t+1}^T,
+                   wait for step t's pass (which reads S_t and dS_t anyway): pde, pp (pend) */
+                VEC pde[2] = {zero, zero};
+                const T *restrict pp = p;
+                long prow = 0;
+                int pend = 0;
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long row = (b * Tn + t) * H + h;
                     const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
@@ -155,18 +163,22 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     const VEC *restrict Sq = t > t0 ? St - 4 * K : start;   /* S_{t-1} */
                     const VEC *restrict Mq = Sq + 2 * K;                     /* M_{t-1} */
                     VEC et[2], dot[2], vb = zero, va = zero, vm = zero, de0 = zero, de1 = zero;
-                    VEC sq[NV], sk[NV];
+                    VEC sq[NV], sk[NV], sp[NV];
                     NAME(tile_load)(et, e + row * V + j0, wd);
                     NAME(tile_load)(dot, dout + row * V + j0, wd);
+                    const VEC sd0 = scale * dot[0], sd1 = scale * dot[1];
                     T *restrict dkt = dk + row * K;
                     for (long i0 = 0; i0 < K; i0 += NV) {
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
                             const long i = i0 + l;
-                            const T qi = scale * qt[i], ki = kt[i];
-                            const VEC D0 = dS[2 * i] + qi * dot[0], D1 = dS[2 * i + 1] + qi * dot[1];
+                            const T qi = scale * qt[i], ki = kt[i], pi = pp[i];
+                            const VEC S0 = St[2 * i], S1 = St[2 * i + 1];
+                            const VEC D0 = dS[2 * i] + pi * pde[0] + qi * dot[0],
+                                      D1 = dS[2 * i + 1] + pi * pde[1] + qi * dot[1];
                             const VEC E0 = dM[2 * i] - bt * D0, E1 = dM[2 * i + 1] - bt * D1;
-                            sq[l] = scale * (St[2 * i] * dot[0] + St[2 * i + 1] * dot[1]);
+                            sq[l] = S0 * sd0 + S1 * sd1;
+                            sp[l] = S0 * pde[0] + S1 * pde[1];
                             sk[l] = E0 * et[0] + E1 * et[1];
                             vb += D0 * Mt[2 * i] + D1 * Mt[2 * i + 1];
                             va += D0 * Sq[2 * i] + D1 * Sq[2 * i + 1];
@@ -177,6 +189,7 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         }
                         NAME(add_sums)(dq + row * K + i0, sq, m);
                         NAME(add_sums)(dkt + i0, sk, m);  /* E e_t, times eta below */
+                        if (pend) NAME(add_sums)(dp + prow * K + i0, sp, m);
                     }
                     dbeta[row] -= NAME(hsum)(vb);
                     dla[row] += a * NAME(hsum)(va);
@@ -184,6 +197,10 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     de0 *= ht, de1 *= ht;
                     const VEC dvt[2] = {-de0, -de1};
                     NAME(tile_store)(dv + row * V + j0, dvt, wd);
+                    if (t > t0) {  /* to step t - 1's pass */
+                        pde[0] = de0, pde[1] = de1, pp = pt, prow = row, pend = 1;
+                        continue;
+                    }
                     for (long i0 = 0; i0 < K; i0 += NV) {  /* dp = S_{t-1} de, dS_{t-1} += p de^T */
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
