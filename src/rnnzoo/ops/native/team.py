@@ -1,0 +1,92 @@
+"""`run` as ops.native.run, with the ranges taken by the threads of the OpenMP team torch runs
+its own ops on (libgomp's GOMP_parallel calling team.c's `team_body`), not by a thread pool
+of our own.
+
+Why: after each of torch's parallel ops libgomp's idle workers spin for a while
+(GOMP_SPINCOUNT, milliseconds) before they sleep. ops.native.run's pool thread then shares
+a core with a spinning worker wherever there are as many cores as threads, and a C kernel's
+second range runs at part speed. Measured (2 threads on the 2-core machine, loaded): the
+delta_scan forward at DeltaProduct's size right after a parallel torch op, run / run here,
+medians of 40 alternated: 81 / 72 and 83 / 72 ms; with GOMP_SPINCOUNT=0 both 57-58 ms.
+At 2 threads a whole delta layer's process time was about twice its 1-thread time with
+libgomp's default spin and equal to it with GOMP_SPINCOUNT=0.
+
+    run(fn, arg_lists)   fn(*args) for each args, the same kernels and ranges as
+                         ops.native.run (bit-identical results), on the OpenMP team when
+                         torch's libgomp is loaded in the process, the platform passes
+                         arguments as team.c expects (x86-64 or AArch64 Linux) and fn's
+                         arguments fit (at most TEAM_NI integer-class, TEAM_NF floating, one
+                         floating type); else ops.native.run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+from rnnzoo.ops import native
+
+TEAM_NI, TEAM_NF = 32, 4  # team.c's argument rows
+_INT = (ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_ulong, ctypes.c_uint)
+_FLOAT = (ctypes.c_float, ctypes.c_double)
+_team: tuple | None = None
+_looked = False
+
+
+class _Job(ctypes.Structure):
+    _fields_ = [("fn", ctypes.c_void_p), ("parts", ctypes.c_long), ("dbl", ctypes.c_long),
+                ("next", ctypes.c_long), ("ia", ctypes.c_void_p), ("fa", ctypes.c_void_p)]
+
+
+def team():
+    """(GOMP_parallel, team_body's address) when the team path is usable, else None."""
+    global _team, _looked
+    if not _looked:
+        _looked = True
+        if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
+            try:  # libgomp only if already loaded (torch's OpenMP runtime), never a second one
+                gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+                par = gomp.GOMP_parallel
+                par.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                par.restype = None
+                lib = native.load("team")
+                if lib is not None:
+                    _team = (par, ctypes.cast(lib.team_body, ctypes.c_void_p).value)
+            except (OSError, AttributeError):
+                _team = None
+    return _team
+
+
+def _value(a):
+    if isinstance(a, ctypes.c_void_p):
+        return a.value or 0
+    return 0 if a is None else int(a)
+
+
+def run(fn, arg_lists) -> None:
+    """fn(*args) for each args in arg_lists (see the module docstring)."""
+    arg_lists = list(arg_lists)
+    types = fn.argtypes or []
+    floats = [t for t in types if t in _FLOAT]
+    ints = [t for t in types if t in _INT]
+    t = team() if len(arg_lists) > 1 else None
+    if (t is None or len(ints) + len(floats) != len(types) or len(ints) > TEAM_NI
+            or len(floats) > TEAM_NF or len(set(floats)) > 1):
+        native.run(fn, arg_lists)
+        return
+    n = len(arg_lists)
+    ia, fa = (ctypes.c_long * (TEAM_NI * n))(), (ctypes.c_double * (TEAM_NF * n))()
+    for r, args in enumerate(arg_lists):
+        i = f = 0
+        for ty, a in zip(types, args, strict=True):
+            if ty in _FLOAT:
+                fa[TEAM_NF * r + f] = float(a)
+                f += 1
+            else:
+                ia[TEAM_NI * r + i] = _value(a)
+                i += 1
+    job = _Job(ctypes.cast(fn, ctypes.c_void_p).value, n, int(floats[:1] == [ctypes.c_double]),
+               0, ctypes.addressof(ia), ctypes.addressof(fa))
+    t[0](t[1], ctypes.byref(job), n, 0)
