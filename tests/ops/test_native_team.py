@@ -18,7 +18,7 @@ from rnnzoo.ops import native
 from rnnzoo.ops.native import delta_scan, team
 
 on_gomp = (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
-           and "OpenMP" in torch.__config__.parallel_info())
+           and "OpenMP" in torch.__config__.parallel_info() and team.gomp_path() is not None)
 
 
 def _delta(dtype, B=3, T=21, n=2, H=2, K=19, V=20):

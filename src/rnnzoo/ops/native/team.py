@@ -13,7 +13,8 @@ libgomp's default spin and equal to it with GOMP_SPINCOUNT=0.
 
     run(fn, arg_lists)   fn(*args) for each args, the same kernels and ranges as
                          ops.native.run (bit-identical results), on the OpenMP team when
-                         torch's libgomp is loaded in the process, the platform passes
+                         torch's libgomp is loaded in the process (one libgomp mapped,
+                         found in /proc/self/maps), the platform passes
                          arguments as team.c expects (x86-64 or AArch64 Linux) and fn's
                          arguments fit (at most TEAM_NI integer-class, TEAM_NF floating, one
                          floating type); else ops.native.run.
@@ -40,14 +41,28 @@ class _Job(ctypes.Structure):
                 ("next", ctypes.c_long), ("ia", ctypes.c_void_p), ("fa", ctypes.c_void_p)]
 
 
+def gomp_path() -> str | None:
+    """The file of the one libgomp mapped into this process (torch's OpenMP runtime, under
+    whatever name the wheel gave it), None when there is none or more than one."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split(None, 5)[-1].strip() for line in f if "libgomp" in line}
+    except OSError:
+        return None
+    paths = {q for q in paths if os.path.basename(q).startswith("libgomp")}
+    return paths.pop() if len(paths) == 1 else None
+
+
 def team():
     """(GOMP_parallel, team_body's address) when the team path is usable, else None."""
     global _team, _looked
     if not _looked:
         _looked = True
-        if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
+        path = gomp_path()
+        if path and sys.platform.startswith("linux") and platform.machine() in ("x86_64",
+                                                                                 "aarch64"):
             try:  # libgomp only if already loaded (torch's OpenMP runtime), never a second one
-                gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOW | os.RTLD_NOLOAD)
+                gomp = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_NOLOAD)
                 par = gomp.GOMP_parallel
                 par.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
                 par.restype = None
