@@ -30,6 +30,10 @@ CASES = [
     ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
     ("mut1", {}), ("mut2", {}), ("mut3", {}), ("mut3", {"bias": False}), ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
     ("cfn", {}), ("cfn", {"bias": False}), ("ran", {}), ("ran", {"nonlinearity": "identity"}),
+    ("ugrnn", {}), ("ligru", {}), ("ligru", {"nonlinearity": "tanh"}),
+    ("gated_antisymmetric_rnn", {}), ("nbr", {}), ("br", {}), ("br", {"bias": False}),
+    ("fastgrnn", {}), ("fastgrnn", {"gate_nonlinearity": "tanh", "update_nonlinearity": "relu"}),
+    ("mgu", {}), ("star", {}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
 ]
 
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import (
     StackedGates,
     activation,
@@ -171,9 +171,48 @@ class CFN(_OneProduct):
         return torch.cat([d_a, dh * te[:, H:]], 1), (dh_prev,), (d_a,), ()
 
 
+class _GateAndCandidate:
+    """UGRNN's and Li-GRU's hand-written backward (`manual_loop`; the C step gate2 of
+    ops/native/plain_cells.c): a = xp_t + h W_hh^T holds the candidate's pre-activation
+    and the gate's (`candidate_first`: in that order), c = phi(a_c), g = sigmoid(a_g),
+    h' = c + g (h - c). With d = dh_t: d a_c = d (1 - g) phi'(c), d a_g = d (h - c) g (1 - g),
+    dh_{t-1} = d g + d a W_hh."""
+
+    candidate_first = True
+    relu = False
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "gate2", 3 * self.hidden_size,
+                          ints=(int(not self.candidate_first), int(self.relu)), g_is_dxp=True)
+
+    def _split_gates(self, a):
+        H = self.hidden_size
+        return (a[:, :H], a[:, H:]) if self.candidate_first else (a[:, H:], a[:, :H])
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h = state[0]
+        a_c, a_g = self._split_gates(torch.addmm(xp_t, h, wt[0]))
+        c, g = (torch.relu if self.relu else torch.tanh)(a_c), torch.sigmoid(a_g)
+        return (torch.lerp(c, h, g),), None, (h,), (h, c, g)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, c, g) = d_state, saved
+        d_c = (relu_back if self.relu else tanh_back)(dh - dh * g, c)
+        d_g = sigmoid_back(dh * (h - c), g)
+        da = torch.cat([d_c, d_g] if self.candidate_first else [d_g, d_c], 1)
+        return da, (torch.addmm(dh * g, da, matrices[0]),), (da,), ()
+
+
 @cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
       tiny={"hidden_size": 5})
-class LiGRU(_OneProduct):
+class LiGRU(_GateAndCandidate, _OneProduct):
     """Light GRU (Ravanelli et al. 2018): a GRU without reset gate, ReLU candidate.
 
         z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
@@ -187,11 +226,13 @@ class LiGRU(_OneProduct):
     """
 
     num_gates = 2
+    candidate_first = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "relu"):
         super().__init__(input_size, hidden_size, bias)
         self.nonlinearity = nonlinearity
+        self.relu = nonlinearity == "relu"
         self._phi = activation("nonlinearity", nonlinearity, ("relu", "tanh"))
         for w, init in ((self.weight_ih, nn.init.xavier_uniform_),
                         (self.weight_hh, nn.init.orthogonal_)):
@@ -263,6 +304,35 @@ class MGU(_OneProduct):
         f = torch.sigmoid(torch.addmm(x_f, h, w[0]))
         return (torch.lerp(h, torch.tanh(torch.addmm(x_h, f * h, w[1])), f),)
 
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward: with d = dh_t,
+        d a_c = d f (1 - c^2),  d(f h) = d a_c U_h,  d a_f = (d (c - h) + d(f h) h) f (1 - f),
+        dh_{t-1} = d (1 - f) + d(f h) f + d a_f U_f."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return tuple(self.weight_hh.chunk(2)), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "mgu", 3 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        f = torch.sigmoid(torch.addmm(xp_t[:, :H], h, wt[0]))
+        fh = f * h
+        c = torch.tanh(torch.addmm(xp_t[:, H:], fh, wt[1]))
+        return (torch.lerp(h, c, f),), None, (h, fh), (h, f, c)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, f, c) = d_state, saved
+        d_c = tanh_back(dh * f, c)
+        d_fh = d_c @ matrices[1]
+        d_f = sigmoid_back(torch.addcmul(dh * (c - h), d_fh, h), f)
+        dh_prev = torch.addmm(torch.addcmul(dh - dh * f, d_fh, f), d_f, matrices[0])
+        return torch.cat([d_f, d_c], 1), (dh_prev,), (d_f, d_c), ()
+
 
 @cell("minimal_rnn", paper="Chen 2017, arXiv:1711.06788", tiny={"hidden_size": 5})
 class MinimalRNN(_OneProduct):
@@ -301,7 +371,7 @@ class MinimalRNN(_OneProduct):
 
 
 @cell("ugrnn", paper=COLLINS, tiny={"hidden_size": 5})
-class UGRNN(_OneProduct):
+class UGRNN(_GateAndCandidate, _OneProduct):
     """Update-gate RNN: one gate between h_{t-1} and a tanh candidate.
 
         c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
@@ -353,6 +423,32 @@ class STAR(_SquashedGate):
         H = self.hidden_size
         xp = affine(x, self.weight_ih, self.bias_ih)
         return torch.cat([torch.tanh(xp[..., :H]), add_bias(xp[..., H:], self.bias_hh)], -1)
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward: with d = dh_t (1 - h_t^2),
+        d z = d k,  d a_k = d (z - h) k (1 - k),  dh_{t-1} = d (1 - k) + d a_k W_hh."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "star", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        z = xp_t[:, :H]
+        k = torch.sigmoid(torch.addmm(xp_t[:, H:], h, wt[0]))
+        h_new = torch.tanh(torch.addcmul(h, k, z - h))
+        return (h_new,), None, (h,), (h, k, z, h_new)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, k, z, h_new) = d_state, saved
+        d = tanh_back(dh, h_new)
+        d_k = sigmoid_back(d * (z - h), k)
+        return torch.cat([d * k, d_k], 1), (torch.addmm(d - d * k, d_k, matrices[0]),), (d_k,), ()
 
 
 @cell("sgrn", paper="IET Gener. Transm. Distrib. 2021, doi:10.1049/gtd2.12056")
