@@ -23,7 +23,7 @@ CASES = [
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
     ("ln_lstm", {}), ("ln_gru", {}), ("sgu", {}), ("dsgu", {}), ("dsgu", {"bias": False}),
-    ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("taugru", {}), ("taugru", {"delay": 3}),
+    ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("nas", {"bias": False}), ("taugru", {}), ("taugru", {"delay": 3}),
     ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
     ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
