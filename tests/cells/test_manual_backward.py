@@ -33,7 +33,8 @@ CASES = [
     ("ugrnn", {}), ("ligru", {}), ("ligru", {"nonlinearity": "tanh"}),
     ("gated_antisymmetric_rnn", {}), ("nbr", {}), ("br", {}), ("br", {"bias": False}),
     ("fastgrnn", {}), ("fastgrnn", {"gate_nonlinearity": "tanh", "update_nonlinearity": "relu"}),
-    ("mgu", {}), ("star", {}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
+    ("mgu", {}), ("star", {}), ("sgrn", {}), ("lightru", {}), ("atr", {}),
+    ("atr", {"bias": False}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
 ]
 
 

@@ -48,7 +48,8 @@ MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c,
     ("nbr", {}), ("br", {}), ("br", {"bias": False}), ("fastgrnn", {}),
     ("fastgrnn", {"gate_nonlinearity": "tanh", "update_nonlinearity": "relu"}),
     ("fastgrnn", {"update_nonlinearity": "sigmoid"}),
-    ("mgu", {}), ("star", {}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
+    ("mgu", {}), ("star", {}), ("sgrn", {}), ("lightru", {}), ("lightru", {"bias": False}),
+    ("atr", {}), ("atr", {"bias": False}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
 ]
 CASES = LSTM_CASES + MORE_CASES
 # (cell, options, (B, T, D, H)): at 1 thread row blocks of 4 and single rows, at 2 threads

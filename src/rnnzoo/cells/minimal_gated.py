@@ -82,6 +82,45 @@ class _OneProduct(StackedGates):
         return (self.weight_hh.T,)
 
 
+class _GatedMix:
+    """STAR's, SGRN's and LightRU's hand-written backward (`manual_loop`; the C step mix of
+    ops/native/plain_cells.c): xp_t = [candidate z | gate input],
+    k = sigmoid(+-a), a = gate input + h W_hh^T (- with `flip`: SGRN's 1 - f),
+    m = h + k (z - h), h' = tanh(m) (`squash`) or m. With d = dh_t (times 1 - h'^2 when
+    squashed): d z = d k, d a = +-d (z - h) k (1 - k), dh_{t-1} = d (1 - k) + d a W_hh."""
+
+    flip = False
+    squash = True
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "mix", 4 * self.hidden_size,
+                          ints=(int(self.flip), int(self.squash)))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        z = xp_t[:, :H]
+        a = torch.addmm(xp_t[:, H:], h, wt[0])
+        k = torch.sigmoid(-a if self.flip else a)
+        m = torch.addcmul(h, k, z - h)
+        h_new = torch.tanh(m) if self.squash else m
+        return (h_new,), None, (h,), (h, k, z, h_new)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, k, z, h_new) = d_state, saved
+        d = tanh_back(dh, h_new) if self.squash else dh
+        d_a = sigmoid_back(d * (z - h), k)
+        d_a = -d_a if self.flip else d_a
+        return torch.cat([d * k, d_a], 1), (torch.addmm(d - d * k, d_a, matrices[0]),), \
+            (d_a,), ()
+
+
 @cell("atr", paper="Zhang, Xiong, Su, Lin & Zhang 2018, EMNLP, arXiv:1810.12546",
       tiny={"hidden_size": 5})
 class ATR(_OneProduct):
@@ -113,6 +152,34 @@ class ATR(_OneProduct):
         pm, p = parts
         i, f = torch.sigmoid(torch.addmm(pm, h, w[0])).chunk(2, -1)
         return (torch.addcmul(i * p, f, h),)
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward; the step multiplies h by U once (the
+        reference by [U; -U]): q = h U^T, i = sigmoid(xp_i + q), f = sigmoid(xp_f - q).
+        With d = dh_t: d a_i = d p i (1 - i), d a_f = d h f (1 - f), d p = d i,
+        dh_{t-1} = d f + (d a_i - d a_f) U."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "atr", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        q = h @ wt[0]
+        i, f = torch.sigmoid(xp_t[:, :H] + q), torch.sigmoid(xp_t[:, H:2 * H] - q)
+        p = xp_t[:, 2 * H:]
+        return (torch.addcmul(i * p, f, h),), None, (h,), (h, i, f, p)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, i, f, p) = d_state, saved
+        d_i, d_f = sigmoid_back(dh * p, i), sigmoid_back(dh * h, f)
+        g = d_i - d_f
+        return torch.cat([d_i, d_f, dh * i], 1), (torch.addmm(dh * f, g, matrices[0]),), (g,), ()
 
 
 @cell("cfn", paper="Laurent & von Brecht 2017, ICLR, arXiv:1612.06212", tiny={"hidden_size": 5})
@@ -250,7 +317,7 @@ class LiGRU(_GateAndCandidate, _OneProduct):
 
 @cell("lightru", paper="Ye et al. 2024, Electronics 13(16):3204, doi:10.3390/electronics13163204",
       tiny={"hidden_size": 5})
-class LightRU(_OneProduct):
+class LightRU(_GatedMix, _OneProduct):
     """Light recurrent unit (Ye et al. 2024): the candidate sees the input only.
 
         c_t = tanh(W_c x_t + b_c)
@@ -261,6 +328,7 @@ class LightRU(_OneProduct):
     """
 
     num_gates, recurrent_gates = 2, 1
+    squash = False
 
     def pieces(self):
         return (self.hidden_size, self.hidden_size)
@@ -414,7 +482,7 @@ class _SquashedGate(StackedGates):
 
 
 @cell("star", paper="Turkoglu et al. 2021, arXiv:1911.11033")
-class STAR(_SquashedGate):
+class STAR(_GatedMix, _SquashedGate):
     """STAR (see the module docstring). State: h (B, H)."""
 
     num_gates = 2
@@ -424,37 +492,13 @@ class STAR(_SquashedGate):
         xp = affine(x, self.weight_ih, self.bias_ih)
         return torch.cat([torch.tanh(xp[..., :H]), add_bias(xp[..., H:], self.bias_hh)], -1)
 
-    # -- the hand-written backward (`manual_loop`) ------------------------------------------
-    def fused(self, x, state):
-        """The loop with its hand-written backward: with d = dh_t (1 - h_t^2),
-        d z = d k,  d a_k = d (z - h) k (1 - k),  dh_{t-1} = d (1 - k) + d a_k W_hh."""
-        return manual_loop(self, x, state)
-
-    def manual_params(self):
-        return (self.weight_hh,), ()
-
-    def manual_native(self):
-        """The same step in C (ops/native/plain_cells.c)."""
-        return NativeStep("plain_cells", "star", 4 * self.hidden_size)
-
-    def manual_step(self, xp_t, state, wt, vectors):
-        h, H = state[0], self.hidden_size
-        z = xp_t[:, :H]
-        k = torch.sigmoid(torch.addmm(xp_t[:, H:], h, wt[0]))
-        h_new = torch.tanh(torch.addcmul(h, k, z - h))
-        return (h_new,), None, (h,), (h, k, z, h_new)
-
-    def manual_back(self, d_state, saved, matrices, vectors):
-        (dh,), (h, k, z, h_new) = d_state, saved
-        d = tanh_back(dh, h_new)
-        d_k = sigmoid_back(d * (z - h), k)
-        return torch.cat([d * k, d_k], 1), (torch.addmm(d - d * k, d_k, matrices[0]),), (d_k,), ()
-
 
 @cell("sgrn", paper="IET Gener. Transm. Distrib. 2021, doi:10.1049/gtd2.12056")
-class SGRN(_SquashedGate):
+class SGRN(_GatedMix, _SquashedGate):
     """SGRN (see the module docstring); i_t = 1 - f_t, so h = tanh(h + (1 - f)(u - h)).
     State: h (B, H)."""
+
+    flip = True
 
     def project(self, x):
         u = affine(x, self.weight_ih, self.bias_ih)

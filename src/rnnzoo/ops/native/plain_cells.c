@@ -18,8 +18,13 @@
        n = act_u(xp_t[H:] + q),  h' = (zeta + nu) n + z (h - zeta n);  saved h, z, n.
    mgu (cells/minimal_gated.py), matrices U_f, U_h: f = sigma(xp_t[:H] + h U_f^T),
        c = tanh(xp_t[H:] + (f h) U_h^T),  h' = h + f (c - h);  saved h, f, c.
-   star (cells/minimal_gated.py): xp_t = [tanh candidate z | gate input],
-       k = sigma(xp_t[H:] + h W^T),  h' = tanh(h + k (z - h));  saved h, k, z, h'.
+   mix (star, sgrn, lightru; cells/minimal_gated.py), ints [flip, squash]:
+       xp_t = [candidate z | gate input],  k = sigma(+-(xp_t[H:] + h W^T)) (- with flip),
+       m = h + k (z - h),  h' = tanh(m) (squash) or m;  saved h, k, z, h'.
+   atr (cells/minimal_gated.py): xp_t = [p + b | p - b | p],  q = h U^T,
+       i = sigma(xp_t[:H] + q),  f = sigma(xp_t[H:2H] - q),  h' = i p + f h;  the product's
+       gradient d a_i - d a_f (U once, where the reference multiplies by [U; -U]);
+       saved h, i, f, p.
    cornn (cells/oscillator.py), state (y, z), matrices W_hh, W_ch, floats [dt, A, B, C]:
        f = tanh(xp_t + y W_hh^T + z W_ch^T),  z' = A z + B y + C f,  y' = y + dt z'
        (implicit damping A = C / dt = 1 / (1 + dt epsilon), B = -A dt gamma; explicit
@@ -365,9 +370,10 @@ void NAME(mgu_bwd)(void **p, const long *d, long b0, long b1) {
     NAME(drive_packed)(p, d, b0, b1, NAME(mgu_back), d[2], 1);
 }
 
-/* ---- star --------------------------------------------------------------------------- */
-static void NAME(star_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
-    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+/* ---- mix: star, sgrn, lightru ------------------------------------------------------ */
+static void NAME(mix_step)(const NAME(args) *a, long t, long b0, long b1, T *pre) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, squash = a->ints[1];
+    const T sign = a->ints[0] ? -1 : 1;
     T *h = a->state[0];
     NAME(keep_h)(a, t, b0, b1, 0, h);
     NAME(mmp)(pre, H, NAME(at)(a->xp, a, b0, t, P) + H, T_ * P, h + b0 * H, H, a->WT[0],
@@ -377,15 +383,17 @@ static void NAME(star_step)(const NAME(args) *a, long t, long b0, long b1, T *pr
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
         T *restrict hr = h + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
-            const T kg = NAME(sigm)(pr[k]), hn = NAME(tanh_)(hr[k] + kg * (z[k] - hr[k]));
+            const T kg = NAME(sigm)(sign * pr[k]), m = hr[k] + kg * (z[k] - hr[k]);
+            const T hn = squash ? NAME(tanh_)(m) : m;
             sv[k] = hr[k]; sv[H + k] = kg; sv[2 * H + k] = z[k]; sv[3 * H + k] = hn;
             hr[k] = hn;
         }
     }
 }
 
-static void NAME(star_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
-    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+static void NAME(mix_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0, squash = a->ints[1];
+    const T sign = a->ints[0] ? -1 : 1;
     T *dh = a->state[0];
     (void)scratch;
     for (long b = b0; b < b1; b++) {
@@ -395,8 +403,8 @@ static void NAME(star_back)(const NAME(args) *a, long t, long b0, long b1, T *sc
         T *restrict g = NAME(at)(a->rg[0], a, b, t, H), *restrict dp = NAME(at)(a->dxp, a, b, t, P);
         T *restrict dhr = dh + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
-            const T d = dhr[k] * (1 - hn[k] * hn[k]);
-            const T da = d * (z[k] - h[k]) * kg[k] * (1 - kg[k]);
+            const T d = squash ? dhr[k] * (1 - hn[k] * hn[k]) : dhr[k];
+            const T da = sign * d * (z[k] - h[k]) * kg[k] * (1 - kg[k]);
             dp[k] = d * kg[k]; dp[H + k] = da; g[k] = da;
             dhr[k] = d * (1 - kg[k]);
         }
@@ -405,12 +413,59 @@ static void NAME(star_back)(const NAME(args) *a, long t, long b0, long b1, T *sc
               a->W[0], nb, H, H);
 }
 
-void NAME(star_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_packed)(p, d, b0, b1, NAME(star_step), d[2], 0);
+void NAME(mix_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_packed)(p, d, b0, b1, NAME(mix_step), d[2], 0);
 }
 
-void NAME(star_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_packed)(p, d, b0, b1, NAME(star_back), 1, 1);
+void NAME(mix_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_packed)(p, d, b0, b1, NAME(mix_back), 1, 1);
+}
+
+/* ---- atr ---------------------------------------------------------------------------- */
+static void NAME(atr_step)(const NAME(args) *a, long t, long b0, long b1, T *q) {
+    const long H = a->H, P = a->P, S = a->S, nb = b1 - b0;
+    T *h = a->state[0];
+    NAME(keep_h)(a, t, b0, b1, 0, h);
+    NAME(mmp)(q, H, 0, 0, h + b0 * H, H, a->WT[0], nb, H, H);
+    for (long b = b0; b < b1; b++) {
+        const T *restrict qr = q + (b - b0) * H, *restrict x = NAME(at)(a->xp, a, b, t, P);
+        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict hr = h + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T i = NAME(sigm)(x[k] + qr[k]), f = NAME(sigm)(x[H + k] - qr[k]);
+            sv[k] = hr[k]; sv[H + k] = i; sv[2 * H + k] = f; sv[3 * H + k] = x[2 * H + k];
+            hr[k] = i * x[2 * H + k] + f * hr[k];
+        }
+    }
+}
+
+static void NAME(atr_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
+    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    T *dh = a->state[0];
+    (void)scratch;
+    for (long b = b0; b < b1; b++) {
+        const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
+        const T *restrict h = sv, *restrict i = sv + H, *restrict f = sv + 2 * H,
+                *restrict pv = sv + 3 * H;
+        T *restrict g = NAME(at)(a->rg[0], a, b, t, H), *restrict dp = NAME(at)(a->dxp, a, b, t, P);
+        T *restrict dhr = dh + b * H;
+        ELEMENTWISE for (long k = 0; k < H; k++) {
+            const T d = dhr[k];
+            const T di = d * pv[k] * i[k] * (1 - i[k]), df = d * h[k] * f[k] * (1 - f[k]);
+            dp[k] = di; dp[H + k] = df; dp[2 * H + k] = d * i[k]; g[k] = di - df;
+            dhr[k] = d * f[k];
+        }
+    }
+    NAME(mmp)(dh + b0 * H, H, dh + b0 * H, H, NAME(at)(a->rg[0], a, b0, t, H), T_ * H,
+              a->W[0], nb, H, H);
+}
+
+void NAME(atr_fwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_packed)(p, d, b0, b1, NAME(atr_step), d[2], 0);
+}
+
+void NAME(atr_bwd)(void **p, const long *d, long b0, long b1) {
+    NAME(drive_packed)(p, d, b0, b1, NAME(atr_back), 1, 1);
 }
 
 /* ---- cornn -------------------------------------------------------------------------- */
