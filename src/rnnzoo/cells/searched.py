@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.manual import manual_loop, manual_scan, relu_back, sigmoid_back, tanh_back
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, affine, glorot_init_
 from rnnzoo.ops.native.cells import NativeStep
 
@@ -87,10 +87,11 @@ class NAS(StackedGates):
         """`manual_loop` with the biases added in the step rather than in the projection
         (the vector b_ih + b_hh, its gradient summed in the loop: two passes over the
         (B, T, 8H) projections less)."""
-        if torch.compiler.is_compiling():
-            return self.loop(x, state)
-        mats, vecs = self.manual_params()
-        return manual_scan(self, affine(x, self.weight_ih), state, mats, vecs)
+        return manual_loop(self, x, state)
+
+    def manual_project(self, x):
+        """W_ih x, without the biases (the step adds them)."""
+        return affine(x, self.weight_ih)
 
     def manual_params(self):
         """W_hh; the summed biases (none without bias)."""
