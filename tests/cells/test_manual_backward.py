@@ -23,13 +23,18 @@ CASES = [
     ("res_lstm", {}), ("wmclstm", {}), ("wmclstm", {"bias": False}),
     ("multiplicative_lstm", {}), ("multiplicative_lstm", {"bias": False}), ("mclstm", {}),
     ("ln_lstm", {}), ("ln_gru", {}), ("sgu", {}), ("dsgu", {}), ("dsgu", {"bias": False}),
-    ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("taugru", {}), ("taugru", {"delay": 3}),
+    ("lem", {}), ("lem", {"dt": 0.5}), ("nas", {}), ("nas", {"bias": False}), ("taugru", {}), ("taugru", {"delay": 3}),
     ("intersection_rnn", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
     ("rhn", {"depth": 2, "coupled": False}), ("ltc", {"ode_unfolds": 2}), ("ltc", {"dt": 0.5}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"dt": 0.3}),
     ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}), ("janet", {}),
     ("mut1", {}), ("mut2", {}), ("mut3", {}), ("mut3", {"bias": False}), ("scrn", {}), ("scrn", {"context_size": 3, "alpha": 0.5, "bias": False}),
     ("cfn", {}), ("cfn", {"bias": False}), ("ran", {}), ("ran", {"nonlinearity": "identity"}),
+    ("ugrnn", {}), ("ligru", {}), ("ligru", {"nonlinearity": "tanh"}),
+    ("gated_antisymmetric_rnn", {}), ("nbr", {}), ("br", {}), ("br", {"bias": False}),
+    ("fastgrnn", {}), ("fastgrnn", {"gate_nonlinearity": "tanh", "update_nonlinearity": "relu"}),
+    ("mgu", {}), ("star", {}), ("sgrn", {}), ("lightru", {}), ("atr", {}),
+    ("atr", {"bias": False}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
 ]
 
 

@@ -27,7 +27,8 @@ LSTM_CASES = [  # lstm_cells.c, slstm.c, normalized.c, para.c
     ("paralstm", {}), ("paragru", {}), ("cifg_lstm", {}), ("original_lstm", {}),
     ("original_lstm", {"bias": False}), ("janet", {}), ("janet", {"beta": 0.3}),
 ]
-MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c, simple_gated.c
+MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c, simple_gated.c,
+    # plain_cells.c
     ("ltc", {}), ("ltc", {"ode_unfolds": 2, "dt": 0.7}),
     ("cfc", {}), ("cfc", {"backbone_units": 0}), ("cfc", {"backbone_units": 7, "dt": 0.5}),
     ("lem", {}), ("lem", {"dt": 0.6}),
@@ -41,6 +42,14 @@ MORE_CASES = [  # ode_cells.c, searched_cells.c, highway_cells.c, gated_cells.c,
     ("cfn", {}), ("cfn", {"bias": False}), ("ran", {}), ("ran", {"nonlinearity": "identity"}),
     ("state_regularized_rnn", {}), ("state_regularized_rnn", {"assignment": "hard"}),
     ("state_regularized_rnn", {"num_centroids": 3, "temperature": 0.5}),
+    # plain_cells.c
+    ("ugrnn", {}), ("ugrnn", {"bias": False}), ("ligru", {}), ("ligru", {"nonlinearity": "tanh"}),
+    ("gated_antisymmetric_rnn", {}), ("gated_antisymmetric_rnn", {"epsilon": 0.7, "gamma": 0.3}),
+    ("nbr", {}), ("br", {}), ("br", {"bias": False}), ("fastgrnn", {}),
+    ("fastgrnn", {"gate_nonlinearity": "tanh", "update_nonlinearity": "relu"}),
+    ("fastgrnn", {"update_nonlinearity": "sigmoid"}),
+    ("mgu", {}), ("star", {}), ("sgrn", {}), ("lightru", {}), ("lightru", {"bias": False}),
+    ("atr", {}), ("atr", {"bias": False}), ("cornn", {}), ("cornn", {"implicit_damping": False}),
 ]
 CASES = LSTM_CASES + MORE_CASES
 # (cell, options, (B, T, D, H)): at 1 thread row blocks of 4 and single rows, at 2 threads

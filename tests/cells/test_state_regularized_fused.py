@@ -24,7 +24,7 @@ def _grads(cell, x, h0, fused):
 
 @pytest.mark.parametrize("base,assignment,bias", [
     ("gru", "soft", True), ("gru", "hard", True), ("gru", "soft", False),
-    ("gru_v3", "soft", True)])
+    ("gru_v3", "soft", True), ("mgu", "soft", True), ("br", "hard", True)])
 def test_fused_equals_the_reference_loop(base, assignment, bias, monkeypatch):
     torch.manual_seed(0)
     cell = StateRegularized(3, 5, num_centroids=4, temperature=0.6, assignment=assignment,
@@ -60,7 +60,7 @@ def test_fused_gradcheck_with_the_gru_base():
 
 
 def test_a_base_without_a_manual_step_runs_the_reference_loop(monkeypatch):
-    cell = StateRegularized(3, 4, num_centroids=3, base="mgu").double()
+    cell = StateRegularized(3, 4, num_centroids=3, base="minimal_rnn").double()
     monkeypatch.setattr(manual._ManualLoop, "apply", lambda *a: pytest.fail("manual ran"))
     x = torch.randn(2, 5, 3, dtype=F64)
     h0 = torch.zeros(2, 4, dtype=F64)

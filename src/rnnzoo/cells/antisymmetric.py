@@ -28,7 +28,9 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import activation, affine, bias_param
+from rnnzoo.ops.native.cells import NativeStep
 
 PAPER = "Chang, Chen, Haber & Chi 2019, arXiv:1902.09689"
 
@@ -108,3 +110,32 @@ class GatedAntisymmetricRNN(_Antisymmetric):
         h = state[0]
         z, c = torch.addmm(parts[0], h, w[0]).chunk(2, -1)
         return (torch.addcmul(h, torch.sigmoid(z), torch.tanh(c), value=self.epsilon),)
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward; the step multiplies h by A once (the
+        reference by [A; A]): q = h A^T, z = sigmoid(xp_z + q), u = tanh(xp_h + q),
+        h' = h + epsilon z u. With d = dh_t epsilon: d a_z = d u z (1 - z),
+        d a_u = d z (1 - u^2), dh_{t-1} = dh_t + (d a_z + d a_u) A."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """A = W_hh - W_hh^T - gamma I."""
+        return (_Antisymmetric.weights(self, 1)[0].T,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "gasym", 2 * self.hidden_size, floats=(self.epsilon,))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        q = h @ wt[0]
+        z, u = torch.sigmoid(xp_t[:, :H] + q), torch.tanh(xp_t[:, H:] + q)
+        return (torch.addcmul(h, z, u, value=self.epsilon),), None, (h,), (z, u)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (z, u) = d_state, saved
+        d = dh * self.epsilon
+        d_z, d_u = sigmoid_back(d * u, z), tanh_back(d * z, u)
+        g = d_z + d_u
+        return torch.cat([d_z, d_u], 1), (torch.addmm(dh, g, matrices[0]),), (g,), ()

@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import affine, bias_param
+from rnnzoo.ops.native.cells import NativeStep
 
 PAPER = "Vecoven, Ernst & Drion 2021, PLoS ONE 16(6):e0252676, arXiv:2006.05252"
 
@@ -56,6 +58,25 @@ class _Bistable(Cell):
         cand = torch.tanh(torch.addcmul(u, half_a, h, value=2))
         return (torch.lerp(cand, h, c_gate),)
 
+    # -- the hand-written backward (`manual_loop`; C steps nbr, br: ops/native/plain_cells.c)
+    def fused(self, x, state):
+        """The loop with its hand-written backward: with d = dh_t, s = a_t / 2 and
+        n the candidate, d u = d (1 - c) (1 - n^2), d a_s = 2 d u h s (1 - s),
+        d a_c = d (h - n) c (1 - c), dh_{t-1} = d c + 2 d u s + (the gates' feedback)."""
+        return manual_loop(self, x, state)
+
+    def _update(self, xp_t, h, s, c):
+        """The step from the gates s = sigmoid(2 a_pre) = a_t / 2 and c: (new state, saved)."""
+        n = torch.tanh(torch.addcmul(xp_t[:, 2 * self.hidden_size:], s, h, value=2))
+        return (torch.lerp(n, h, c),), (h, s, c, n)
+
+    def _update_back(self, dh, saved):
+        """d a_s, d a_c, d u, and dh_{t-1} without the gates' feedback."""
+        h, s, c, n = saved
+        du = tanh_back(dh - dh * c, n)
+        return (sigmoid_back(2 * du * h, s), sigmoid_back(dh * (h - n), c), du,
+                torch.addcmul(dh * c, du, s, value=2))
+
 
 @cell("br", paper=PAPER, tiny={"hidden_size": 5})
 class BR(_Bistable):
@@ -85,6 +106,28 @@ class BR(_Bistable):
         half_a = torch.sigmoid(torch.addcmul(a2, w[0], h))
         return self._candidate(half_a, u, h, torch.sigmoid(torch.addcmul(c, w[1], h)))
 
+    def manual_params(self):
+        """No matrix; the vectors 2 w_a, w_c."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (), (2 * w_a, w_c)
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "br", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        s = torch.sigmoid(torch.addcmul(xp_t[:, :H], vectors[0], h))
+        c = torch.sigmoid(torch.addcmul(xp_t[:, H:2 * H], vectors[1], h))
+        new, saved = self._update(xp_t, h, s, c)
+        return new, None, (), saved
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        d_s, d_c, du, dh = self._update_back(d_state[0], saved)
+        h = saved[0]
+        dh = torch.addcmul(torch.addcmul(dh, d_s, vectors[0]), d_c, vectors[1])
+        return torch.cat([d_s, d_c, du], 1), (dh,), (), (d_s * h, d_c * h)
+
 
 @cell("nbr", paper=PAPER, tiny={"hidden_size": 5})
 class NBR(_Bistable):
@@ -112,3 +155,23 @@ class NBR(_Bistable):
         ac, u = parts
         half_a, c = torch.sigmoid(torch.addmm(ac, h, w[0])).chunk(2, -1)
         return self._candidate(half_a, u, h, c)
+
+    def manual_params(self):
+        """M = [2 W_a; W_c] (2H, H)."""
+        w_a, w_c = self.weight_hh.chunk(2)
+        return (torch.cat([2 * w_a, w_c]),), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "nbr", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        sc = torch.sigmoid(torch.addmm(xp_t[:, :2 * H], h, wt[0]))
+        new, saved = self._update(xp_t, h, sc[:, :H], sc[:, H:])
+        return new, None, (h,), saved
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        d_s, d_c, du, dh = self._update_back(d_state[0], saved)
+        g = torch.cat([d_s, d_c], 1)
+        return torch.cat([g, du], 1), (torch.addmm(dh, g, matrices[0]),), (g,), ()

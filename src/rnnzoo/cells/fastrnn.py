@@ -28,9 +28,13 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import activation, affine, bias_param
+from rnnzoo.ops.native.cells import NativeStep
 
 PAPER = "Kusupati et al. 2018, NeurIPS, arXiv:1901.02358"
+_BACK = {"sigmoid": sigmoid_back, "tanh": tanh_back, "relu": relu_back}  # from the output
+_KIND = {"sigmoid": 0, "tanh": 1, "relu": 2}  # the C step's (ops/native/plain_cells.c)
 
 
 def _scalar(value: float, arg: str) -> nn.Parameter:
@@ -126,3 +130,39 @@ class FastGRNN(_Fast):
         z, cand = self._gate(z), self._update(cand)
         # (zeta (1 - z) + nu) h~ + z h  =  (zeta + nu) h~ + z (h - zeta h~)
         return (torch.addcmul(zeta_nu * cand, z, torch.addcmul(h, zeta, cand, value=-1)),)
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward; the step multiplies h by U once (the
+        reference by [U; U]): q = h U^T, z = sigma_g(xp_z + q), n = sigma_u(xp_h + q),
+        h' = (zeta + nu) n + z (h - zeta n). With d = dh_t: d a_z = d (h - zeta n) sigma_g',
+        d a_n = d (zeta + nu - zeta z) sigma_u', dh_{t-1} = d z + (d a_z + d a_n) U,
+        d zeta = -sum d z n, d (zeta + nu) = sum d n."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        """U; sigmoid(zeta), sigmoid(zeta) + sigmoid(nu), one value each."""
+        zeta = torch.sigmoid(self.zeta)
+        return (self.weight_hh,), (zeta, zeta + torch.sigmoid(self.nu))
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "fastg", 3 * self.hidden_size,
+                          ints=(_KIND[self.gate_nonlinearity], _KIND[self.update_nonlinearity]))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        zeta, zeta_nu = vectors
+        q = h @ wt[0]
+        z, n = self._gate(xp_t[:, :H] + q), self._update(xp_t[:, H:] + q)
+        return (torch.addcmul(zeta_nu * n, z, torch.addcmul(h, zeta, n, value=-1)),), None, \
+            (h,), (h, z, n)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, z, n) = d_state, saved
+        zeta, zeta_nu = vectors
+        d_z = _BACK[self.gate_nonlinearity](dh * torch.addcmul(h, zeta, n, value=-1), z)
+        d_n = _BACK[self.update_nonlinearity](dh * torch.addcmul(zeta_nu, zeta, z, value=-1), n)
+        g = d_z + d_n
+        return torch.cat([d_z, d_n], 1), (torch.addmm(dh * z, g, matrices[0]),), (g,), \
+            (-(dh * z * n), dh * n)

@@ -27,6 +27,8 @@ and g_j is the gradient at that product's output. A cell opts in with three meth
         gradients at the products' outputs (B, G_j); d_vectors one entry per vector (None
         where zero), any shape that sums to the vector's (a (B, n) contribution is summed
         over the batch after the loop)
+    manual_project(x) -> xp   (optional) the projection the step reads, where it is not
+        `project`'s (nas: without the biases, which its step adds as a vector)
 
 Equal to the reference loop (the conformance suite checks outputs, states and gradients,
 float64 gradcheck included); not twice differentiable (the backward runs without autograd).
@@ -157,7 +159,7 @@ def manual_loop(cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tupl
     if torch.compiler.is_compiling():
         return cell.loop(x, state)
     mats, vecs = cell.manual_params()
-    return manual_scan(cell, cell.project(x), state, mats, vecs)
+    return manual_scan(cell, getattr(cell, "manual_project", cell.project)(x), state, mats, vecs)
 
 
 def manual_scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.manual import manual_loop, sigmoid_back, tanh_back
+from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import (
     StackedGates,
     activation,
@@ -80,6 +80,45 @@ class _OneProduct(StackedGates):
 
     def weights(self, batch_size):
         return (self.weight_hh.T,)
+
+
+class _GatedMix:
+    """STAR's, SGRN's and LightRU's hand-written backward (`manual_loop`; the C step mix of
+    ops/native/plain_cells.c): xp_t = [candidate z | gate input],
+    k = sigmoid(+-a), a = gate input + h W_hh^T (- with `flip`: SGRN's 1 - f),
+    m = h + k (z - h), h' = tanh(m) (`squash`) or m. With d = dh_t (times 1 - h'^2 when
+    squashed): d z = d k, d a = +-d (z - h) k (1 - k), dh_{t-1} = d (1 - k) + d a W_hh."""
+
+    flip = False
+    squash = True
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "mix", 4 * self.hidden_size,
+                          ints=(int(self.flip), int(self.squash)))
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        z = xp_t[:, :H]
+        a = torch.addmm(xp_t[:, H:], h, wt[0])
+        k = torch.sigmoid(-a if self.flip else a)
+        m = torch.addcmul(h, k, z - h)
+        h_new = torch.tanh(m) if self.squash else m
+        return (h_new,), None, (h,), (h, k, z, h_new)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, k, z, h_new) = d_state, saved
+        d = tanh_back(dh, h_new) if self.squash else dh
+        d_a = sigmoid_back(d * (z - h), k)
+        d_a = -d_a if self.flip else d_a
+        return torch.cat([d * k, d_a], 1), (torch.addmm(d - d * k, d_a, matrices[0]),), \
+            (d_a,), ()
 
 
 @cell("atr", paper="Zhang, Xiong, Su, Lin & Zhang 2018, EMNLP, arXiv:1810.12546",
@@ -113,6 +152,34 @@ class ATR(_OneProduct):
         pm, p = parts
         i, f = torch.sigmoid(torch.addmm(pm, h, w[0])).chunk(2, -1)
         return (torch.addcmul(i * p, f, h),)
+
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward; the step multiplies h by U once (the
+        reference by [U; -U]): q = h U^T, i = sigmoid(xp_i + q), f = sigmoid(xp_f - q).
+        With d = dh_t: d a_i = d p i (1 - i), d a_f = d h f (1 - f), d p = d i,
+        dh_{t-1} = d f + (d a_i - d a_f) U."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "atr", 4 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        q = h @ wt[0]
+        i, f = torch.sigmoid(xp_t[:, :H] + q), torch.sigmoid(xp_t[:, H:2 * H] - q)
+        p = xp_t[:, 2 * H:]
+        return (torch.addcmul(i * p, f, h),), None, (h,), (h, i, f, p)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, i, f, p) = d_state, saved
+        d_i, d_f = sigmoid_back(dh * p, i), sigmoid_back(dh * h, f)
+        g = d_i - d_f
+        return torch.cat([d_i, d_f, dh * i], 1), (torch.addmm(dh * f, g, matrices[0]),), (g,), ()
 
 
 @cell("cfn", paper="Laurent & von Brecht 2017, ICLR, arXiv:1612.06212", tiny={"hidden_size": 5})
@@ -171,9 +238,48 @@ class CFN(_OneProduct):
         return torch.cat([d_a, dh * te[:, H:]], 1), (dh_prev,), (d_a,), ()
 
 
+class _GateAndCandidate:
+    """UGRNN's and Li-GRU's hand-written backward (`manual_loop`; the C step gate2 of
+    ops/native/plain_cells.c): a = xp_t + h W_hh^T holds the candidate's pre-activation
+    and the gate's (`candidate_first`: in that order), c = phi(a_c), g = sigmoid(a_g),
+    h' = c + g (h - c). With d = dh_t: d a_c = d (1 - g) phi'(c), d a_g = d (h - c) g (1 - g),
+    dh_{t-1} = d g + d a W_hh."""
+
+    candidate_first = True
+    relu = False
+
+    def fused(self, x, state):
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return (self.weight_hh,), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "gate2", 3 * self.hidden_size,
+                          ints=(int(not self.candidate_first), int(self.relu)), g_is_dxp=True)
+
+    def _split_gates(self, a):
+        H = self.hidden_size
+        return (a[:, :H], a[:, H:]) if self.candidate_first else (a[:, H:], a[:, :H])
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h = state[0]
+        a_c, a_g = self._split_gates(torch.addmm(xp_t, h, wt[0]))
+        c, g = (torch.relu if self.relu else torch.tanh)(a_c), torch.sigmoid(a_g)
+        return (torch.lerp(c, h, g),), None, (h,), (h, c, g)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, c, g) = d_state, saved
+        d_c = (relu_back if self.relu else tanh_back)(dh - dh * g, c)
+        d_g = sigmoid_back(dh * (h - c), g)
+        da = torch.cat([d_c, d_g] if self.candidate_first else [d_g, d_c], 1)
+        return da, (torch.addmm(dh * g, da, matrices[0]),), (da,), ()
+
+
 @cell("ligru", paper="Ravanelli, Brakel, Omologo & Bengio 2018, arXiv:1803.10225",
       tiny={"hidden_size": 5})
-class LiGRU(_OneProduct):
+class LiGRU(_GateAndCandidate, _OneProduct):
     """Light GRU (Ravanelli et al. 2018): a GRU without reset gate, ReLU candidate.
 
         z_t = sigmoid(W_z x_t + U_z h_{t-1} + b_z)
@@ -187,11 +293,13 @@ class LiGRU(_OneProduct):
     """
 
     num_gates = 2
+    candidate_first = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "relu"):
         super().__init__(input_size, hidden_size, bias)
         self.nonlinearity = nonlinearity
+        self.relu = nonlinearity == "relu"
         self._phi = activation("nonlinearity", nonlinearity, ("relu", "tanh"))
         for w, init in ((self.weight_ih, nn.init.xavier_uniform_),
                         (self.weight_hh, nn.init.orthogonal_)):
@@ -209,7 +317,7 @@ class LiGRU(_OneProduct):
 
 @cell("lightru", paper="Ye et al. 2024, Electronics 13(16):3204, doi:10.3390/electronics13163204",
       tiny={"hidden_size": 5})
-class LightRU(_OneProduct):
+class LightRU(_GatedMix, _OneProduct):
     """Light recurrent unit (Ye et al. 2024): the candidate sees the input only.
 
         c_t = tanh(W_c x_t + b_c)
@@ -220,6 +328,7 @@ class LightRU(_OneProduct):
     """
 
     num_gates, recurrent_gates = 2, 1
+    squash = False
 
     def pieces(self):
         return (self.hidden_size, self.hidden_size)
@@ -263,6 +372,35 @@ class MGU(_OneProduct):
         f = torch.sigmoid(torch.addmm(x_f, h, w[0]))
         return (torch.lerp(h, torch.tanh(torch.addmm(x_h, f * h, w[1])), f),)
 
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward: with d = dh_t,
+        d a_c = d f (1 - c^2),  d(f h) = d a_c U_h,  d a_f = (d (c - h) + d(f h) h) f (1 - f),
+        dh_{t-1} = d (1 - f) + d(f h) f + d a_f U_f."""
+        return manual_loop(self, x, state)
+
+    def manual_params(self):
+        return tuple(self.weight_hh.chunk(2)), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "mgu", 3 * self.hidden_size)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        h, H = state[0], self.hidden_size
+        f = torch.sigmoid(torch.addmm(xp_t[:, :H], h, wt[0]))
+        fh = f * h
+        c = torch.tanh(torch.addmm(xp_t[:, H:], fh, wt[1]))
+        return (torch.lerp(h, c, f),), None, (h, fh), (h, f, c)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dh,), (h, f, c) = d_state, saved
+        d_c = tanh_back(dh * f, c)
+        d_fh = d_c @ matrices[1]
+        d_f = sigmoid_back(torch.addcmul(dh * (c - h), d_fh, h), f)
+        dh_prev = torch.addmm(torch.addcmul(dh - dh * f, d_fh, f), d_f, matrices[0])
+        return torch.cat([d_f, d_c], 1), (dh_prev,), (d_f, d_c), ()
+
 
 @cell("minimal_rnn", paper="Chen 2017, arXiv:1711.06788", tiny={"hidden_size": 5})
 class MinimalRNN(_OneProduct):
@@ -301,7 +439,7 @@ class MinimalRNN(_OneProduct):
 
 
 @cell("ugrnn", paper=COLLINS, tiny={"hidden_size": 5})
-class UGRNN(_OneProduct):
+class UGRNN(_GateAndCandidate, _OneProduct):
     """Update-gate RNN: one gate between h_{t-1} and a tanh candidate.
 
         c_t = tanh(W_c x_t + U_c h_{t-1} + b_c)
@@ -344,7 +482,7 @@ class _SquashedGate(StackedGates):
 
 
 @cell("star", paper="Turkoglu et al. 2021, arXiv:1911.11033")
-class STAR(_SquashedGate):
+class STAR(_GatedMix, _SquashedGate):
     """STAR (see the module docstring). State: h (B, H)."""
 
     num_gates = 2
@@ -356,9 +494,11 @@ class STAR(_SquashedGate):
 
 
 @cell("sgrn", paper="IET Gener. Transm. Distrib. 2021, doi:10.1049/gtd2.12056")
-class SGRN(_SquashedGate):
+class SGRN(_GatedMix, _SquashedGate):
     """SGRN (see the module docstring); i_t = 1 - f_t, so h = tanh(h + (1 - f)(u - h)).
     State: h (B, H)."""
+
+    flip = True
 
     def project(self, x):
         u = affine(x, self.weight_ih, self.bias_ih)

@@ -84,6 +84,44 @@ class CoRNN(Cell):
             z = torch.add(z * (1 - dt * self.epsilon) - (dt * self.gamma) * y, force, alpha=dt)
         return torch.add(y, z, alpha=dt), z
 
+    # -- the hand-written backward (`manual_loop`) ------------------------------------------
+    def fused(self, x, state):
+        """The loop with its hand-written backward: z' = A z + B y + C f, y' = y + dt z'
+        (`_coefficients`), f = tanh(a). With dz~ = dz_t + dt dy_t: d a = C dz~ (1 - f^2),
+        dy_{t-1} = dy_t + B dz~ + d a W_hh, dz_{t-1} = A dz~ + d a W_ch."""
+        return manual_loop(self, x, state)
+
+    def _coefficients(self):
+        """(A, B, C) of z' = A z + B y + C f."""
+        dt, gamma, eps = self.dt, self.gamma, self.epsilon
+        if self.implicit_damping:
+            a = 1 / (1 + dt * eps)
+            return a, -a * dt * gamma, a * dt
+        return 1 - dt * eps, -dt * gamma, dt
+
+    def manual_params(self):
+        return (self.weight_hh, self.weight_ch), ()
+
+    def manual_native(self):
+        """The same step in C (ops/native/plain_cells.c)."""
+        return NativeStep("plain_cells", "cornn", self.hidden_size,
+                          floats=(self.dt, *self._coefficients()), g_is_dxp=True)
+
+    def manual_step(self, xp_t, state, wt, vectors):
+        y, z = state
+        a, b, c = self._coefficients()
+        f = torch.tanh(torch.addmm(torch.addmm(xp_t, y, wt[0]), z, wt[1]))
+        z_new = torch.add(torch.add(a * z, y, alpha=b), f, alpha=c)
+        return (torch.add(y, z_new, alpha=self.dt), z_new), None, (y, z), (f,)
+
+    def manual_back(self, d_state, saved, matrices, vectors):
+        (dy, dz), (f,) = d_state, saved
+        a, b, c = self._coefficients()
+        dzt = torch.add(dz, dy, alpha=self.dt)
+        da = tanh_back(c * dzt, f)
+        return da, (torch.addmm(torch.add(dy, dzt, alpha=b), da, matrices[0]),
+                    torch.addmm(a * dzt, da, matrices[1])), (da, da), ()
+
 
 @cell("lem", paper="Rusch, Mishra, Erichson & Mahoney 2022, ICLR, arXiv:2110.04744",
       tiny={"hidden_size": 5})

@@ -84,10 +84,18 @@ class NAS(StackedGates):
 
     # -- the hand-written backward (`manual_loop`) ------------------------------------------
     def fused(self, x, state):
+        """`manual_loop` with the biases added in the step rather than in the projection
+        (the vector b_ih + b_hh, its gradient summed in the loop: two passes over the
+        (B, T, 8H) projections less)."""
         return manual_loop(self, x, state)
 
+    def manual_project(self, x):
+        """W_ih x, without the biases (the step adds them)."""
+        return affine(x, self.weight_ih)
+
     def manual_params(self):
-        return (self.weight_hh,), ()
+        """W_hh; the summed biases (none without bias)."""
+        return (self.weight_hh,), (() if self.bias_ih is None else (self.bias_ih + self.bias_hh,))
 
     def manual_native(self):
         """The same step in C (ops/native/searched_cells.c)."""
@@ -95,7 +103,7 @@ class NAS(StackedGates):
 
     def manual_step(self, xp_t, state, wt, vectors):
         h, c = state
-        g = torch.addmm(xp_t, h, wt[0]).chunk(8, 1)
+        g = torch.addmm(xp_t + vectors[0] if vectors else xp_t, h, wt[0]).chunk(8, 1)
         s0, r1, s2, r3 = torch.sigmoid(g[0]), torch.relu(g[1]), torch.sigmoid(g[2]), \
             torch.relu(g[3])
         t4, s5, t6, s7 = torch.tanh(g[4]), torch.sigmoid(g[5]), torch.tanh(g[6]), \
@@ -122,7 +130,7 @@ class NAS(StackedGates):
                         sigmoid_back(d_l1, s2), relu_back(d_l1, r3),
                         tanh_back(d_l2 * s5, t4), sigmoid_back(d_l2 * t4, s5),
                         tanh_back(d_l3, t6), sigmoid_back(d_l3, s7)], 1)
-        return da, (da @ matrices[0], dc_prev), (da,), ()
+        return da, (da @ matrices[0], dc_prev), (da,), ((da,) if vectors else ())
 
 
 

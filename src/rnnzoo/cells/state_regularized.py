@@ -177,7 +177,8 @@ class StateRegularized(Cell):
         if steps is None or torch.compiler.is_compiling():
             return self.loop(x, state)
         mixture = _Mixture(self, steps)
-        return manual_scan(mixture, steps.project(x), state, *mixture.manual_params())
+        return manual_scan(mixture, getattr(steps, "manual_project", steps.project)(x), state,
+                           *mixture.manual_params())
 
     def extra_repr(self) -> str:
         return (f"num_centroids={self.num_centroids}, temperature={self.temperature}, "

@@ -49,6 +49,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     titans_scan.c       Titans' linear weight-only memory: its chunk loop and reads
     linear.py           (no C) x W^T + b through oneDNN's float32 matmul (AVX-512 where MKL's sgemm is AVX2)
     simple_gated.c      cfn, ran and state_regularized_rnn's loops (`ops.native.cells`)
+    plain_cells.c       ugrnn, ligru, mgu, star, sgrn, lightru, atr, nbr, br, fastgrnn,
+                        gated_antisymmetric_rnn and cornn's loops (`ops.native.cells`)
     lstm_cells.c, slstm.c, normalized.c, para.c, ode_cells.c, searched_cells.c,
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)

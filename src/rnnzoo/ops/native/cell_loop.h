@@ -226,6 +226,22 @@ static inline T NAME(dot)(const T *x, const T *y, long n) {
 static inline T NAME(sigm)(T x) { return 1 / (1 + EXP(-x)); }
 static inline T NAME(tanh_)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
 
+/* rows [b0, b1) of step t of a (B, T, width) tensor brought towards the cache, one step
+   ahead of their use: the rows of one step lie T * width apart (2 MB for nas' projections),
+   which the hardware prefetcher does not follow, and the products' first reads of them
+   stalled (measured: nas' forward loop 34 -> 31 ms, forward + backward 94 -> 87 ms, 1 thread) */
+static inline void NAME(prefetch_step)(const T *base, const NAME(args) *a, long b0, long b1,
+                                       long t, long width, int write) {
+    if (!base || t < 0 || t >= a->Tn) return;
+    for (long b = b0; b < b1; b++) {
+        const char *row = (const char *)NAME(at)(base, a, b, t, width);
+        for (long o = 0; o < width * (long)sizeof(T); o += 64) {
+            if (write) __builtin_prefetch(row + o, 1, 2);
+            else __builtin_prefetch(row + o, 0, 2);
+        }
+    }
+}
+
 /* the forward over all steps: state = init, then step(t) for t = 0..T-1 (y_t = state[0]
    copied by the driver when `own`) */
 static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
@@ -238,6 +254,7 @@ static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step
     T *scratch = malloc((scratch_per_row * (b1 - b0) + 1) * sizeof(T)), *zeros = calloc(8 * a.H, sizeof(T));
     a.zeros = zeros;
     for (long t = 0; t < a.Tn; t++) {
+        NAME(prefetch_step)(a.xp, &a, b0, b1, t + 1, a.P, 0);
         step(&a, t, b0, b1, scratch);
         if (a.own)
             for (long b = b0; b < b1; b++)
@@ -267,6 +284,11 @@ static void NAME(drive_bwd)(void **p, const long *d, long b0, long b1, NAME(step
                 const T *restrict dy = NAME(at)(a.y, &a, b, t, a.O);
                 for (long k = 0; k < a.O; k++) ds[k] += dy[k];
             }
+        NAME(prefetch_step)(a.saved, &a, b0, b1, t - 1, a.S, 0);
+        NAME(prefetch_step)(a.y, &a, b0, b1, t - 1, a.O, 0);
+        for (long j = 0; j < a.nm; j++)
+            NAME(prefetch_step)(a.rg[j], &a, b0, b1, t - 1, a.G[j], 1);
+        if (a.nm == 0 || a.rg[0] != a.dxp) NAME(prefetch_step)(a.dxp, &a, b0, b1, t - 1, a.P, 1);
         step(&a, t, b0, b1, scratch);
     }
     free(scratch);

@@ -2,8 +2,10 @@
    rnnzoo.ops.native.cells (driver: cell_loop.h), forward and backward, as their
    manual_step / manual_back:
 
-   nas: g = xp_t + h W^T (8H), a fixed tree of sigma/relu/tanh (module docstring of
-     cells/searched.py); state (h, c); saved the eight activated gates and c_{t-1} (9H: the
+   nas: g = xp_t + h W^T + b (8H; b the vector, absent without bias), a fixed tree of
+     sigma/relu/tanh (module docstring of cells/searched.py); state (h, c); dvec the bias's
+     gradient (the summed biases, added here and not in the projection: two passes over the
+     (B, T, 8H) projections less); saved the eight activated gates and c_{t-1} (9H: the
      backward computes the tree's other seven tanh/sigma again, cheaper than storing and
      reading them back); W^T (forward) and W (backward) packed once per call (cell_loop.h's
      drive_packed).
@@ -32,15 +34,19 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
               nb, H, 8 * H);
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
+    const T *restrict bias = a->nv ? a->vec[0] : a->zeros;
     for (long b = b0; b < b1; b++) {
         const T *restrict g = gates + (b - b0) * 8 * H;
         T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
         T *restrict hr = h + b * H, *restrict cr = c + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
-            const T s0 = NAME(sigm)(g[k]), r1 = g[H + k] > 0 ? g[H + k] : 0;
-            const T s2 = NAME(sigm)(g[2 * H + k]), r3 = g[3 * H + k] > 0 ? g[3 * H + k] : 0;
-            const T t4 = NAME(tanh_)(g[4 * H + k]), s5 = NAME(sigm)(g[5 * H + k]);
-            const T t6 = NAME(tanh_)(g[6 * H + k]), s7 = NAME(sigm)(g[7 * H + k]);
+            const T g1 = g[H + k] + bias[H + k], g3 = g[3 * H + k] + bias[3 * H + k];
+            const T s0 = NAME(sigm)(g[k] + bias[k]), r1 = g1 > 0 ? g1 : 0;
+            const T s2 = NAME(sigm)(g[2 * H + k] + bias[2 * H + k]), r3 = g3 > 0 ? g3 : 0;
+            const T t4 = NAME(tanh_)(g[4 * H + k] + bias[4 * H + k]);
+            const T s5 = NAME(sigm)(g[5 * H + k] + bias[5 * H + k]);
+            const T t6 = NAME(tanh_)(g[6 * H + k] + bias[6 * H + k]);
+            const T s7 = NAME(sigm)(g[7 * H + k] + bias[7 * H + k]);
             const T l0 = NAME(tanh_)(s0 * r1), tl2 = NAME(tanh_)(t4 * s5);
             const T sl3 = NAME(sigm)(t6 + s7);
             const T A = NAME(tanh_)(l0 + cr[k]), Bv = NAME(tanh_)(s2 + r3);
@@ -56,8 +62,8 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
 static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     T *dh = a->state[0], *dc = a->state[1];
-    (void)scratch;
     for (long b = b0; b < b1; b++) {
+        T *restrict dv = a->nv ? a->dvec[0] + b * 8 * H : scratch;  /* the bias's gradient */
         const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
         const T *restrict s0 = sv, *restrict r1 = sv + H, *restrict s2 = sv + 2 * H,
                 *restrict r3 = sv + 3 * H, *restrict t4 = sv + 4 * H, *restrict s5 = sv + 5 * H,
@@ -86,6 +92,7 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
             da[6 * H + k] = d_l3 * (1 - t6[k] * t6[k]);
             da[7 * H + k] = d_l3 * s7[k] * (1 - s7[k]);
             dcr[k] = dcp;
+            for (long j = 0; j < 8; j++) dv[j * H + k] += da[j * H + k];
         }
         if (a->rg[0] != a->dxp)  /* one buffer with g_is_dxp */
             memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
@@ -100,7 +107,7 @@ void NAME(nas_fwd)(void **p, const long *d, long b0, long b1) {
 }
 
 void NAME(nas_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 1, 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 8 * d[2], 1);
 }
 
 /* ---- mut1, mut2, mut3 --------------------------------------------------------------- */
