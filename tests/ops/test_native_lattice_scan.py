@@ -74,3 +74,24 @@ def test_native_lattice_nan_keeps_its_step(calls):
     assert calls[0] == 1
     assert torch.isfinite(o[:, :3]).all() and torch.isnan(o[:, 3:]).all()
     assert torch.isnan(S).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("M,V", [(20, 32), (37, 16), (1, 64)])
+def test_native_lattice_whole_vector_rows(calls, dtype, tol, M, V):
+    """The path where a row is whole vectors (V a multiple of the lanes): more rows than one
+    transposed sum takes (a partial last group), an odd count, one row; B=1, one head."""
+    ins = [t.requires_grad_() for t in _inputs(1, 41, 1, M, V, dtype, seed=2)]
+    gen = torch.Generator().manual_seed(3)
+    wo = torch.randn(1, 41, 1, V, generator=gen, dtype=dtype)
+    wS = torch.randn(1, 1, M, V, generator=gen, dtype=dtype)
+
+    def run():
+        o, S = lattice.lattice_sequential(*ins)
+        return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    assert calls[0] == 1
+    assert_close(got, want, ["o", "S", "q", "k", "v", "beta", "S0"], tol)

@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import flop_count
+from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.native import attention as native_attention
 
 
 def _levels(a: torch.Tensor, b: torch.Tensor, L: int) -> torch.Tensor:
@@ -173,7 +174,8 @@ def _host_position(count, S, L):
         return None
     if S.requires_grad:
         return int(n[0]), list(range(1, L))
-    live = S.ne(0).flatten(3).any(-1).any(0).any(0).tolist()  # (L - 1,): a non-zero slot
+    live = S.flatten(3).any(-1).any(0).any(0).tolist()  # (L - 1,): a non-zero (or NaN) slot,
+    # one pass over S (S.ne(0) wrote a bool copy of it first)
     return int(n[0]), [i + 1 for i in range(L - 1) if live[i]]
 
 
@@ -183,8 +185,14 @@ def _lev(a: int, b: int, L: int) -> int:
 
 
 def _bmm(a, b):
-    """a (..., n, k) @ b (..., k, m), same leading dims, as one torch.bmm on 3-d views (a
-    5-d matmul copies a transposed operand, and its backward copies them again)."""
+    """a (..., n, k) @ b (..., k, m), same leading dims, as one batched product on 3-d views
+    (a 5-d matmul copies a transposed operand, and its backward copies them again): mm.h's
+    (ops.native.attention.bmm, any strides) where the C kernels run (`backend.use_native`:
+    MKL's bmm takes its AVX2 code on AMD and ran the 64 x 64 x 64 blocks here at ~50
+    GFLOP/s), else torch.bmm (also what bench.layer_flops counts, under backend.force)."""
+    lib = native_attention.load() if backend.use_native(a, b) else None
+    if lib is not None:
+        return native_attention.bmm(lib, a, b)
     return torch.bmm(a.flatten(0, -3), b.flatten(0, -3)).unflatten(0, a.shape[:-2])
 
 
