@@ -64,6 +64,20 @@ def _layer_norm_grad(dy, zhat, std, w):
             - zhat * (dzh * zhat).sum(-1, keepdim=True)) / (D * std)
 
 
+def _norm_loss_grad(Z, target, w, b, eps):
+    """d/dZ of 1/2 |LN(Z) w + b - target|^2: Z, target (B, H, M, K), w, b (H, K). On the CPU
+    one C pass a row each way (ops.native.ttt_norm; ~17 small ops forward and ~35 backward
+    a mini-batch in torch)."""
+    if Z.dim() == 4 and Z.shape == target.shape and w.shape == b.shape == Z.shape[1:2] + Z.shape[3:] \
+            and backend.use_native(Z, target, w, b):
+        from rnnzoo.ops.native import ttt_norm
+        if (lib := ttt_norm.load()) is not None:
+            return ttt_norm.norm_loss_grad(lib, Z, target, w, b, eps)
+    w, b = w[:, None], b[:, None]                                      # (H, 1, K)
+    y, zhat, std = layer_norm(Z, w, b, eps)
+    return _layer_norm_grad(y - target, zhat, std, w)
+
+
 def inner_output(q, z, w, b, eps, norm=True):
     """f(q) = q + LN(z) w + b (or q + z without the inner norm); q, z (B, T, H, K)."""
     if not norm:
@@ -118,9 +132,7 @@ def _grads(kind, P, k, v, w, b, eps, norm, residual=True, dloss=None):
         Xs = [k, X2]
     target = v - k if residual else v
     if norm:
-        w, b = w[:, None], b[:, None]                                  # (H, 1, K)
-        y, zhat, std = layer_norm(Z, w, b, eps)
-        G = _layer_norm_grad(y - target, zhat, std, w)
+        G = _norm_loss_grad(Z, target, w, b, eps)
     else:
         G = Z - target if dloss is None else dloss(Z - target)
     if kind == "linear":
@@ -237,6 +249,15 @@ def _grid(c, T, C, within=False):
 _READ_BYTES = 16 << 20
 
 
+def _ttt_read_lib(*tensors):
+    """ops.native.ttt_read's library when the reads should run in C on these tensors, else
+    None."""
+    if not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import ttt_read
+    return ttt_read.load()
+
+
 def _read_all(starts, XGs, x, Acc, tok_c):
     """The dual-form reads of n mini-batches at once: starts, XGs the loop's per mini-batch
     weights (W_1, b_1, ...) and (X_1, ..., Gl_1, ...); x (B, H, n, M, K) their queries; Acc
@@ -246,13 +267,19 @@ def _read_all(starts, XGs, x, Acc, tok_c):
     XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, n, M, I or O)
     flat = lambda t: t.flatten(0, 2)  # noqa: E731
     x = x.contiguous()                                               # flat views, no copies
+    lib = _ttt_read_lib(x, tok_c, *Pst, *XG)
     for i in range(L2 // 2):
         if i:
             x = _gelu(x)
         W, bias, X, G = Pst[2 * i], Pst[2 * i + 1], XG[i], XG[L2 // 2 + i]
-        att = tok_c * torch.tril(torch.bmm(flat(x), flat(X).transpose(1, 2)) + 1)  # (., M, M)
-        z = torch.baddbmm(flat(bias)[:, None], flat(x), flat(W))
-        z = torch.baddbmm(z, att, flat(G), alpha=-1).view(*x.shape[:-1], -1)
+        if lib is not None:  # one C pass a block (ops.native.ttt_read)
+            from rnnzoo.ops.native import ttt_read
+            z = ttt_read.read(lib, flat(x), flat(X), flat(W), flat(bias), flat(G),
+                              tok_c[:, 0]).view(*x.shape[:-1], -1)
+        else:
+            att = tok_c * torch.tril(torch.bmm(flat(x), flat(X).transpose(1, 2)) + 1)  # (., M, M)
+            z = torch.baddbmm(flat(bias)[:, None], flat(x), flat(W))
+            z = torch.baddbmm(z, att, flat(G), alpha=-1).view(*x.shape[:-1], -1)
         if Acc is not None:
             A, Ab = Acc[2 * i], Acc[2 * i + 1]
             head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])

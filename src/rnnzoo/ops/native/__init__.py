@@ -36,6 +36,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     miras_chunk.c       Miras' chunk loop for the MLP memory (memora, moneta, yaad)
     memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)
+    ttt_norm.c          the TTT inner loss's gradient through its layer norm, and its backward
+    ttt_read.c          the TTT dual-form read of a mini-batch block (x W + c - A G), and its backward
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
                         (and the causal softmax rows of attention / FoX, rotary positions)
     longhorn_scan.c     Longhorn's diagonal online-learning scan

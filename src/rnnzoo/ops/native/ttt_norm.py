@@ -1,0 +1,60 @@
+"""The gradient of test-time training's inner loss through its layer norm in C (ttt_norm.c),
+a row at a time, with its backward:
+
+    norm_loss_grad(lib, z, target, w, b, eps) -> G = d/dz 1/2 |LN(z) w + b - target|^2
+
+z, target: (B, H, M, D) contiguous rows; w, b: (H, D) the inner norm's weight and bias; G
+(B, H, M, D). Differentiable in z, target, w and b, once (the loop's gradients are part of
+the TTT layers' forward, so their backward needs this one, nothing beyond). Equal to
+ops.memory's layer_norm and _layer_norm_grad to rounding. float32 or float64 on the CPU
+(`ops.backend.use_native` decides); threads split the rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("ttt_norm")
+
+
+def _call(lib, name, tensors, D, per, H, eps, n_rows):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [L] * 3
+                       + [ctypes.c_double, L, L])
+    ptrs = [native.ptr(t) for t in tensors]
+    native.run(fn, [(*ptrs, D, per, H, eps, *p) for p in native.rows(n_rows) or [(0, 0)]])
+
+
+class _NormLossGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, eps, z, target, w, b):
+        z, target, w, b = (t.contiguous() for t in (z, target, w, b))
+        H, per, D = z.shape[-3:]
+        G = torch.empty_like(z)
+        _call(lib, "ttt_norm_fwd", (z, target, w, b, G), D, per, H, eps, z.numel() // D)
+        ctx.save_for_backward(z, target, w, b)
+        ctx.lib, ctx.eps = lib, eps
+        return G
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dG):
+        z, target, w, b = ctx.saved_tensors
+        H, per, D = z.shape[-3:]
+        dz, dt, dw, db = (torch.empty_like(z) for _ in range(4))
+        _call(ctx.lib, "ttt_norm_bwd", (z, target, w, b, dG.contiguous(), dz, dt, dw, db),
+              D, per, H, ctx.eps, z.numel() // D)
+        rows = [i for i in range(z.dim()) if i != z.dim() - 3 and i != z.dim() - 1]
+        return None, None, dz, dt, dw.sum(rows), db.sum(rows)
+
+
+def norm_loss_grad(lib, z, target, w, b, eps: float):
+    """G (B, H, M, D) = the loss's gradient in z; `lib` = load()."""
+    return _NormLossGrad.apply(lib, float(eps), z, target, w, b)
