@@ -51,6 +51,7 @@ from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import frequencies
 from rnnzoo.ops import backend
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.memory import (
@@ -342,6 +343,14 @@ class Titans(RecurrentLayer):
         w_in = torch.cat([self.qkv_proj.weight, self.gate_proj.weight])
         b_in = torch.cat([torch.zeros_like(w_in[:3 * HK, 0]), self.gate_proj.bias])
         w_m, b_m = _chain(w_in, b_in, attn.out_proj)
+        rot = attn.rope
+        lib = native_attention.load() if backend.use_native(x) else None
+        if lib is not None:  # the h's rotary angles, the same in every segment: made once
+            ang = (P + 2 * torch.arange(C, device=x.device, dtype=cd))[:, None] * frequencies(
+                attn.rotary_dim // 2, attn.rope_base, cd, x.device)
+            cos, sin = (t.expand(B, C, -1).contiguous() for t in (ang.cos(), ang.sin()))
+            rot = lambda t, p: native_attention.rope(  # noqa: E731
+                lib, t, cos[:, :t.shape[1]], sin[:, :t.shape[1]])
         kp, vp = (t[:, :, :P].to(cd) for t in start[:2])
         zeros = qx.new_zeros(B, H, P, Dh)
         mem, L = state[:-3], (len(state) - 5) // 3
@@ -355,7 +364,7 @@ class Titans(RecurrentLayer):
             seg = [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])]
             u = self.op_gated(memory_read(init, seg, q_s), q_s, None, g_s)
             kh, vh = linear(u, w_kv, b_kv).view(B, n_, 2, H, Dh).unbind(2)
-            kh, vh = attn.rope(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
+            kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
             # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh)
             ks, vs, qs = (torch.cat([c, torch.stack([h, t], 3).flatten(2, 3)], 2)
                           for c, h, t in ((kp, kh, kx_s), (vp, vh, vx_s),

@@ -466,12 +466,16 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     the caller knows that every sequence's steps lie inside one chunk (its offset plus T at
     most C, as Titans-MAC's segments do), so one chunk is laid out instead of the two that
     cover any offset."""
-    from rnnzoo.ops.finite import clean_inputs, marked  # here: the module's head is TTT's
+    from rnnzoo.ops.finite import marked  # here: the module's head is TTT's
 
     B, T, H, K = q.shape
-    # where reading is free, no copies (nor NaN marks) for inputs that are all finite
-    check = clean_inputs if backend.host_readable(q) else finite_inputs
-    (q,), (k, v, theta, alpha, eta), marks = check((q,), (k, v, theta, alpha, eta))
+    # where reading is free, no copies (nor NaN marks) for inputs that are all finite: one
+    # host read of their total (a non-finite entry, or an overflow, makes it non-finite)
+    if not (backend.host_readable(q)
+            and bool(torch.isfinite(sum(t.sum() for t in (q, k, v, theta, alpha, eta))))):
+        (q,), (k, v, theta, alpha, eta), marks = finite_inputs((q,), (k, v, theta, alpha, eta))
+    else:
+        marks = None
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
     NT, first, last, place, take = _grid(c, T, C, within)
