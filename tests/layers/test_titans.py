@@ -321,3 +321,30 @@ def test_weight_only_chunk_form_with_zero_bias_rows_equals_the_loop():
     for a, b in zip(s_seq, s_chk):
         assert (a - b).abs().max() < 1e-10
     assert all(not s_chk[i].any() for i in (1, 3, 5))
+
+
+@pytest.mark.parametrize("num_persistent", [0, 2])
+def test_mac_aligned_chunk_equals_the_steps_with_gradients(num_persistent):
+    """A batch at a segment's start takes MAC's aligned chunk form (the segment loop cut to
+    memory -> retrieval -> attention -> memory, composed products): outputs, final state and
+    every gradient equal token by token, for a last segment cut short (T = 10, C = 4) and
+    again from the state after a whole number of segments (n = C: the next piece opens a
+    fresh segment too)."""
+    layer = perturbed(d_model=8, num_heads=2, head_dim=4, chunk_size=4, block="mac",
+                      num_persistent=num_persistent)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    x = torch.randn(3, 10, 8, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        _, s8 = layer(x[:, :8], mode="sequential")
+    for x_in, state in ((x, None), (x, s8)):
+        outs = [layer(x_in, state, mode=m) for m in ("chunk", "sequential")]
+        grads = [torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype)
+                                      .view_as(y)).sum(), [x, *params], allow_unused=True)
+                 for y, _ in outs]
+        (y_c, s_c), (y_s, s_s) = outs
+        assert (y_c - y_s).abs().max() < 1e-12
+        assert all((a - b).abs().max() < 1e-12 for a, b in zip(s_c, s_s))
+        for a, b in zip(*grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert (a - b).abs().max() < 1e-11

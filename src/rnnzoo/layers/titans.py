@@ -51,6 +51,9 @@ from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.layers.rotary import frequencies
+from rnnzoo.ops import backend
+from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.memory import (
     _select,
     memory_read,
@@ -59,8 +62,9 @@ from rnnzoo.ops.memory import (
     titans_sequential,
     titans_step,
 )
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.head_norm import rms_gate
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -86,14 +90,15 @@ def memory_output(layer, d_model, norm_eps):
     layer.o_proj = Linear(H * K, d_model, bias=False)
 
 
-def memory_qkv(layer, x, conv_state, fused=False):
+def memory_qkv(layer, x, conv_state, fused=False, qkv=None):
     """The read/write inputs every memory layer here shares: q, k (unit norm per head), v:
     (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state.
     `fused`: the norms in the C convolution on the CPU (_delta_block.conv_l2; equal up to
-    rounding: Titans takes it, the other memory layers keep F.normalize's rounding)."""
-    B, T, _ = x.shape
+    rounding: Titans takes it, the other memory layers keep F.normalize's rounding). `qkv`:
+    layer.qkv_proj(x) when the caller made it (x then unread)."""
     H, K = layer.num_heads, layer.head_dim
-    qkv = layer.qkv_proj(x).to(compute_dtype(x))
+    qkv = layer.qkv_proj(x).to(compute_dtype(x)) if qkv is None else qkv
+    B, T, _ = qkv.shape
     if not fused:
         qkv, conv_state = layer.conv(qkv, conv_state)
         q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
@@ -104,6 +109,28 @@ def memory_qkv(layer, x, conv_state, fused=False):
     if not normed:
         q, k = l2norm(q), l2norm(k)
     return q, k, v, conv_state
+
+
+def _chain(w, b, inner):
+    """The linear map x -> (inner(x)) w^T + b as one (weight, bias): w (O, d), b (O,) or
+    None, inner a Linear (d, I) -> (w W_inner, w b_inner + b)."""
+    bias = b
+    if inner.bias is not None:
+        bias = w @ inner.bias if bias is None else bias + w @ inner.bias
+    return w @ inner.weight, bias
+
+
+def _causal_attention(q, k, v):
+    """Causal softmax attention of a fresh sequence as layers.attention's parallel mode runs
+    it (q scaled; (B, H, T, Dh) each; in C on the CPU), non-finite entries zeroed and the
+    rows that see one marked NaN as it does."""
+    (q, bad_q), (k, bad_k), (v, bad_v) = (finite(t, 2) for t in (q, k, v))
+    lib = native_attention.load() if backend.use_native(q, k, v) else None
+    if lib is not None:
+        out = native_attention.causal_softmax_attention(lib, q, k, v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+    return poison(out, (bad_q | ((bad_k | bad_v).cumsum(1) > 0))[:, None])
 
 
 @register("titans", family="matrix", paper="Behrouz et al. 2024, arXiv:2501.00663 (Titans)",
@@ -170,11 +197,14 @@ class Titans(RecurrentLayer):
             _, state = self._forward(p.expand(batch_size, -1, -1), state, "chunk")
         return tuple(t.to(device=device if device is not None else at, dtype=sdt) for t in state)
 
-    def op_inputs(self, x, conv_state):
-        """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state."""
-        B, T, _ = x.shape
-        q, k, v, conv_state = memory_qkv(self, x, conv_state, fused=True)
-        gates = torch.sigmoid(self.gate_proj(x).to(q.dtype))
+    def op_inputs(self, x, conv_state, proj=None):
+        """q, k, v (B, T, H, K); theta, alpha, eta (B, T, H); new conv state. `proj`: the
+        caller's [qkv_proj(x) | gate_proj(x)] (B, T, 3 H K + 3 H) (x then unread)."""
+        HK = self.num_heads * self.head_dim
+        qkv, g = (None, self.gate_proj(x)) if proj is None else proj.split([3 * HK, proj.shape[-1] - 3 * HK], -1)
+        q, k, v, conv_state = memory_qkv(self, x, conv_state, fused=True, qkv=qkv)
+        B, T = q.shape[:2]
+        gates = torch.sigmoid(g.to(q.dtype))
         theta, alpha, eta = gates.reshape(B, T, 3, self.num_heads).unbind(2)
         return q, k, v, self.base_lr * theta, alpha, eta, conv_state
 
@@ -188,13 +218,16 @@ class Titans(RecurrentLayer):
     def op_output(self, z, q, x, gate=None):
         """The memory's read z = f(q) (plus q + LN with inner_norm), norm, gate, W_o; gate:
         g_proj(x) when already made."""
+        return self.o_proj(self.op_gated(z, q, x, gate).to(x.dtype))
+
+    def op_gated(self, z, q, x, gate=None):
+        """op_output before W_o: (B, T, H K) in z's dtype."""
         if self.inner_norm:
             w, b = self.inner_norm_weight.to(z.dtype), self.inner_norm_bias.to(z.dtype)
             z = q + F.layer_norm(z, z.shape[-1:], eps=self.norm_eps) * w + b
         gate = (self.g_proj(x) if gate is None else gate).to(z.dtype)
-        y = rms_gate(z.flatten(2), self.norm.weight.to(z.dtype), self.head_dim, self.norm.eps,
-                     gate.view(z.shape[:-2] + (-1,)), "sigmoid")     # in C on the CPU
-        return self.o_proj(y.to(x.dtype))
+        return rms_gate(z.flatten(2), self.norm.weight.to(z.dtype), self.head_dim, self.norm.eps,
+                        gate.view(z.shape[:-2] + (-1,)), "sigmoid")     # in C on the CPU
 
     def combine(self, x, state, memory, attend):
         """The block around the memory: memory(x, mem_state) and attend(x, attn_state) each
@@ -251,6 +284,8 @@ class Titans(RecurrentLayer):
         C, L = self.chunk_size, (len(state) - 5) // 3
         offset = torch.remainder(state[3 * L].round(), C)
         groups = offset.long().unique().tolist()
+        if groups == [0] and x.dtype == compute_dtype(x) == self.o_proj.weight.dtype:
+            return self._mac_aligned(x, state)
         if len(groups) > 1:  # sequences at different places in their segments
             y, out = torch.empty_like(x), [t.clone() for t in state]
             for c in groups:
@@ -281,6 +316,70 @@ class Titans(RecurrentLayer):
         # what the next piece does not read runs once for all: the memory's output, the gate
         y, z, q_m = (torch.cat(t, 1) for t in zip(*outs))
         return self.gate(y, self.op_output(z, q_m, y)), state
+
+    def _mac_aligned(self, x, state):
+        """_mac_pieces for sequences that all stand at a segment's start (every piece opens a
+        fresh segment): what does not read the memory runs once over all of x (the
+        retrieval's queries and gate, the attention's queries, keys and values of the x's,
+        its W_out), and the segment loop keeps only the chain memory -> retrieval -> attention
+        -> memory, with the products that follow each other there composed: W_{k,v} W_o
+        from the retrieval's gated read to its keys and values, [W_qkv; W_gates] W_out from
+        the attention's heads to the memory's inputs. The attention's queries are the x's
+        (the retrieval tokens' outputs are not read: their queries are zeros). Equal to
+        _mac_pieces up to rounding."""
+        B, T, _ = x.shape
+        C, P, attn, cd = self.chunk_size, self.num_persistent, self.attn, x.dtype
+        H, Dh, HK = attn.num_heads, attn.head_dim, self.num_heads * self.head_dim
+        q = l2norm(self.retrieve_proj(x).view(B, T, self.num_heads, self.head_dim))
+        gate = self.g_proj(x)
+        start = self.segment_start(B, state[-3:])
+        # Titans' attention: as many key/value heads as query heads, full rotary, no norms,
+        # no output gate (__init__); x_i sits at P + 2 i + 1 of its segment, h_i at P + 2 i
+        pos = (P + 2 * torch.remainder(torch.arange(T, device=x.device), C)).expand(B, T)
+        qx, kx, vx = attn.qkv(x).view(B, T, 3, H, Dh).unbind(2)
+        qx = attn.rope(qx, pos + 1).transpose(1, 2) * Dh ** -0.5
+        kx, vx = attn.rope(kx, pos + 1).transpose(1, 2), vx.transpose(1, 2)
+        w_kv, b_kv = _chain(attn.qkv.weight[H * Dh:], attn.qkv.bias, self.o_proj)
+        w_in = torch.cat([self.qkv_proj.weight, self.gate_proj.weight])
+        b_in = torch.cat([torch.zeros_like(w_in[:3 * HK, 0]), self.gate_proj.bias])
+        w_m, b_m = _chain(w_in, b_in, attn.out_proj)
+        rot = attn.rope
+        lib = native_attention.load() if backend.use_native(x) else None
+        if lib is not None:  # the h's rotary angles, the same in every segment: made once
+            ang = (P + 2 * torch.arange(C, device=x.device, dtype=cd))[:, None] * frequencies(
+                attn.rotary_dim // 2, attn.rope_base, cd, x.device)
+            cos, sin = (t.expand(B, C, -1).contiguous() for t in (ang.cos(), ang.sin()))
+            rot = lambda t, p: native_attention.rope(  # noqa: E731
+                lib, t, cos[:, :t.shape[1]], sin[:, :t.shape[1]])
+        kp, vp = (t[:, :, :P].to(cd) for t in start[:2])
+        zeros = qx.new_zeros(B, H, P, Dh)
+        mem, L = state[:-3], (len(state) - 5) // 3
+        init = self.op_args(cd)[0]
+        outs, sizes = [], [C] * (T // C) + ([T % C] if T % C else [])
+        # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece)
+        for q_s, g_s, p_s, qx_s, kx_s, vx_s in zip(*(t.split(sizes, 1) for t in (q, gate, pos)),
+                                                  *(t.split(sizes, 2) for t in (qx, kx, vx))):
+            n_ = q_s.shape[1]
+            full = mem[3 * L].round() == C
+            seg = [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])]
+            u = self.op_gated(memory_read(init, seg, q_s), q_s, None, g_s)
+            kh, vh = linear(u, w_kv, b_kv).view(B, n_, 2, H, Dh).unbind(2)
+            kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
+            # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh)
+            ks, vs, qs = (torch.cat([c, torch.stack([h, t], 3).flatten(2, 3)], 2)
+                          for c, h, t in ((kp, kh, kx_s), (vp, vh, vx_s),
+                                          (zeros, torch.zeros_like(kh), qx_s)))
+            a = _causal_attention(qs, ks, vs)[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
+            z, q_m, mem = self._memory_read(None, mem, "chunk", within=True,
+                                            proj=linear(a, w_m, b_m))
+            outs.append((a, z, q_m))
+        a, z, q_m = (torch.cat(t, 1) for t in zip(*outs))
+        y = attn.out_proj(a)
+        # the attention's state: the last segment's tokens in its first slots (p's included)
+        att = [torch.cat([t.to(c.dtype), c[:, :, t.shape[2]:]], 2)
+               for t, c in zip((ks, vs), start[:2])]
+        return (self.gate(y, self.op_output(z, q_m, y)),
+                (*mem, *att, start[2] + (ks.shape[2] - P)))
 
     def _mac_piece(self, x, state, q, gate, start):
         """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once, up to
@@ -334,11 +433,11 @@ class Titans(RecurrentLayer):
         z, q, state = self._memory_read(x, state, mode, within)
         return self.op_output(z, q, x), state
 
-    def _memory_read(self, x, state, mode, within=False):
+    def _memory_read(self, x, state, mode, within=False, proj=None):
         """The memory over x (B, T, d) before its output: (read z, queries q (B, T, H, K),
-        new state)."""
+        new state); proj as op_inputs takes it."""
         *mem, conv_state = state
-        q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state)
+        q, k, v, theta, alpha, eta, conv_state = self.op_inputs(x, conv_state, proj)
         init, w, b = self.op_args(q.dtype)
         args = (self.kind, q, k, v, theta, alpha, eta, self.chunk_size, init, tuple(mem),
                 w, b, self.norm_eps, self.inner_norm, self.memory_bias)

@@ -493,12 +493,16 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     the caller knows that every sequence's steps lie inside one chunk (its offset plus T at
     most C, as Titans-MAC's segments do), so one chunk is laid out instead of the two that
     cover any offset."""
-    from rnnzoo.ops.finite import clean_inputs, marked  # here: the module's head is TTT's
+    from rnnzoo.ops.finite import marked  # here: the module's head is TTT's
 
     B, T, H, K = q.shape
-    # where reading is free, no copies (nor NaN marks) for inputs that are all finite
-    check = clean_inputs if backend.host_readable(q) else finite_inputs
-    (q,), (k, v, theta, alpha, eta), marks = check((q,), (k, v, theta, alpha, eta))
+    # where reading is free, no copies (nor NaN marks) for inputs that are all finite: one
+    # host read of their total (a non-finite entry, or an overflow, makes it non-finite)
+    if not (backend.host_readable(q)
+            and bool(torch.isfinite(sum(t.sum() for t in (q, k, v, theta, alpha, eta))))):
+        (q,), (k, v, theta, alpha, eta), marks = finite_inputs((q,), (k, v, theta, alpha, eta))
+    else:
+        marks = None
     Pg, Mc, S, n = _titans_split(state)
     Pg, c = _titans_roll(Pg, Mc, n, C)
     NT, first, last, place, take = _grid(c, T, C, within)
@@ -585,6 +589,7 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
         P0, M0, S0 = (t.to(q.dtype) for t in (Pg[0], Mc[0], S[0]))
         lib = titans_scan.load() if flop_count.native(q, k, v, *gates, P0, M0, S0, W0) else None
         if lib is not None:  # the gates' coefficients, the chunk loop and every read in C
+            q, k = q.contiguous(), k.contiguous()   # once: both kernels read them dense
             coef = titans_scan.titans_gates(lib, q, k, *gates)      # (ops.native.titans_scan)
             lo = max(first, 1)   # the states read: lo .. N (at most 3; Ms[:, :, i]: lo + i)
             o, Ms, Ss = titans_scan.titans_linear(lib, q, k, b0[:, None, None] - v, *coef, P0,

@@ -34,6 +34,44 @@
 #include "each_type.h"
 
 #else
+#include "mm.h"  /* mm: the chunk's (C, K) x (K, K) products in register tiles (and tile.h's
+                    vectors, loads and stores, whose macros it undefines again) */
+
+/* Y_i += sum_t a_t x_ti D_t, Z_i += sum_t b_t x_ti D_t, W_i += sum_t x_ti D_t for the K rows
+   i (x, D: (C, K) row-major; a, b: (C,) or NULL for none; Z, W NULL for none): a tile of a
+   row's columns in registers over t (a pass per t, as rank-1 updates, stored and reloaded
+   every row: a chain through memory) */
+static inline __attribute__((always_inline)) void NAME(outer3)(
+        const T *restrict x, const T *restrict D, const T *restrict a, const T *restrict b,
+        T *restrict Y, T *restrict Z, T *restrict W, long C, long K) {
+    const long VW = 2 * (long)(sizeof(NAME(vec)) / sizeof(T));   /* a tile: two vectors */
+    for (long j = 0; j < K; j += VW) {
+        const long w = K - j < VW ? K - j : VW;
+        for (long i = 0; i < K; i++) {
+            NAME(vec) y[2], z[2] = {{0}}, u[2] = {{0}}, d[2];
+            NAME(tile_load)(y, Y + i * K + j, w);
+            if (Z) NAME(tile_load)(z, Z + i * K + j, w);
+            if (W) NAME(tile_load)(u, W + i * K + j, w);
+            for (long t = 0; t < C; t++) {
+                NAME(tile_load)(d, D + t * K + j, w);
+                const T xi = x[t * K + i], p = a ? a[t] * xi : xi, r = b ? b[t] * xi : 0;
+                y[0] += p * d[0];
+                y[1] += p * d[1];
+                if (Z) {
+                    z[0] += r * d[0];
+                    z[1] += r * d[1];
+                }
+                if (W) {
+                    u[0] += xi * d[0];
+                    u[1] += xi * d[1];
+                }
+            }
+            NAME(tile_store)(Y + i * K + j, y, w);
+            if (Z) NAME(tile_store)(Z + i * K + j, z, w);
+            if (W) NAME(tile_store)(W + i * K + j, u, w);
+        }
+    }
+}
 
 /* G = k P + R, (C, K) */
 static inline __attribute__((always_inline)) void NAME(gradients)(const T *restrict k, const T *restrict P, const T *restrict R,
@@ -163,8 +201,8 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
         T *restrict dgE, T *restrict dP0, T *restrict dM0, T *restrict dS0,
         T *restrict dW0, long N, long lo, long C, long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc((3 * CK + 3 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
-    T *y = Gt + CK, *z = y + K, *w = z + K;
+    T *G = malloc((6 * CK + 3 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
+    T *Y = Gt + CK, *Z = Y + CK, *V = Z + CK, *y = V + CK;
     T *gM = malloc(13 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
     T *gMt = nS + KK, *gSt = gMt + KK, *Mt = gSt + KK, *St = Mt + KK, *Pt = St + KK;
     T *Pe = Pt + KK, *Wt = Pe + KK, *dP = Wt + KK;
@@ -209,52 +247,56 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                 sES += gS[e] * Sn[e];
             }
             dgE[c] = sES;
-            /* the update's dG, dk, dcl, dre: y = gM G_s, z = gS G_s */
-            for (long s = 0; s < C; s++) {
-                const T *restrict ks = kn + s * K, *restrict Gs = G + s * K;
-                T *restrict dGs = dG + s * K, *restrict dks = dkn + s * K;
-                NAME(rows)(ks, gM, y, K, K);
-                NAME(rows)(ks, gS, z, K, K);
+            /* the update's dG, dk, dcl, dre: Y = k gM, Z = k gS, then Y = G gM^T, Z = G gS^T
+               (C, K) products (mm: rows of the right factor, a block of rows in registers) */
+            NAME(mm)(kn, gM, Y, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(kn, gS, Z, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            for (long s = 0; s < C; s++)
 #pragma omp simd
-                for (long j = 0; j < K; j++) dGs[j] = -cn[s] * y[j] - rn[s] * z[j];
-                NAME(times_t)(Gs, gMt, y, K);
-                NAME(times_t)(Gs, gSt, z, K);
+                for (long j = 0; j < K; j++) dG[s * K + j] = -cn[s] * Y[s * K + j] - rn[s] * Z[s * K + j];
+            NAME(mm)(G, gMt, Y, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(G, gSt, Z, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            for (long s = 0; s < C; s++) {
+                const T *restrict ks = kn + s * K, *restrict ys = Y + s * K, *restrict zs = Z + s * K;
+                T *restrict dks = dkn + s * K;
                 T tc = 0, tr = 0;
 #pragma omp simd reduction(+ : tc, tr)
                 for (long i = 0; i < K; i++) {
-                    dks[i] = -cn[s] * y[i] - rn[s] * z[i];
-                    tc -= ks[i] * y[i];
-                    tr -= ks[i] * z[i];
+                    dks[i] = -cn[s] * ys[i] - rn[s] * zs[i];
+                    tc -= ks[i] * ys[i];
+                    tr -= ks[i] * zs[i];
                 }
                 dcn[s] = tc;
                 drn[s] = tr;
             }
-            /* the reads: y = M do_t, z = S do_t, w = W0 do_t */
+            /* the reads: Y = do M^T, Z = do S^T, V = do W0^T; datt = -do G^T on and below the
+               diagonal; dG -= att^T do */
+            NAME(mm)(don, Mt, Y, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(don, St, Z, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(don, Wt, V, C, K, K, K, 1, K, 1, K, 0, 0, 0, 0, 0, C);
             for (long t = 0; t < C; t++) {
-                const T *restrict dt = don + t * K, *restrict qt = qn + t * K;
-                T *restrict dqt = dqn + t * K, *restrict dat = dan + t * C;
-                NAME(times_t)(dt, Mt, y, K);
-                NAME(times_t)(dt, St, z, K);
-                NAME(times_t)(dt, Wt, w, K);
+                const T *restrict qt = qn + t * K, *restrict yt = Y + t * K;
+                const T *restrict zt = Z + t * K, *restrict vt = V + t * K;
+                T *restrict dqt = dqn + t * K;
                 T sa = 0, sf = 0;
 #pragma omp simd reduction(+ : sa, sf)
                 for (long i = 0; i < K; i++) {
-                    dqt[i] = A[t] * y[i] + f[t] * z[i] + w[i];
-                    sa += qt[i] * y[i];
-                    sf += qt[i] * z[i];
+                    dqt[i] = A[t] * yt[i] + f[t] * zt[i] + vt[i];
+                    sa += qt[i] * yt[i];
+                    sf += qt[i] * zt[i];
                 }
                 dA[t] = sa;
                 df[t] = sf;
-                NAME(rows)(dt, Gt, dat, K, C);   /* datt_ts = -do_t . G_s */
+            }
+            NAME(mm)(don, Gt, dan, C, C, K, K, 1, C, 1, C, 0, 0, 0, 0, 0, C);
+            for (long t = 0; t < C; t++) {
+                T *restrict dat = dan + t * C;
                 for (long s = 0; s <= t; s++) dat[s] = -dat[s];
-                for (long s = 0; s <= t; s++) {
-                    const T w = an[t * C + s];
-                    T *restrict dGs = dG + s * K;
-#pragma omp simd
-                    for (long j = 0; j < K; j++) dGs[j] -= w * dt[j];
-                }
                 for (long s = t + 1; s < C; s++) dat[s] = 0;
             }
+            NAME(mm)(an, don, Y, C, K, C, 1, C, K, 1, K, 0, 0, 0, 0, 0, C);
+#pragma omp simd
+            for (long e = 0; e < CK; e++) dG[e] -= Y[e];
             dA[C - 1] += sAM;
             df[C - 1] += sFM;
             /* the gradients of the chunk's starting M, S */
@@ -263,36 +305,17 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                 nM[e] = AT * gM[e];
                 nS[e] = fT * gM[e] + ET * gS[e];
             }
-            for (long t = 0; t < C; t++) {   /* t outer: no row waits on its own store */
-                const T *restrict dt = don + t * K;
-                for (long i = 0; i < K; i++) {
-                    const T qi = qn[t * K + i], a = A[t] * qi, b = f[t] * qi;
-                    T *restrict nMi = nM + i * K, *restrict nSi = nS + i * K;
-                    T *restrict dWi = dW + i * K;
-#pragma omp simd
-                    for (long j = 0; j < K; j++) {
-                        nMi[j] += a * dt[j];
-                        nSi[j] += b * dt[j];
-                        dWi[j] += qi * dt[j];
-                    }
-                }
-            }
+            NAME(outer3)(qn, don, A, f, nM, nS, dW, C, K);
             /* G = k (P + W0) + R: dR = dG, dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
                after chunk 0), dW0 += dP */
             memcpy(dR + c * CK, dG, CK * sizeof(T));
             memset(dP, 0, KK * sizeof(T));
             for (long s = 0; s < C; s++) {
-                const T *restrict ks = kn + s * K, *restrict dGs = dG + s * K;
                 T *restrict dks = dkn + s * K;
-                NAME(times_t)(dGs, Pt, y, K);
-                for (long i = 0; i < K; i++) {
-                    T *restrict dPi = dP + i * K;
-                    const T ki = ks[i];
-                    dks[i] += y[i];
-#pragma omp simd
-                    for (long j = 0; j < K; j++) dPi[j] += ki * dGs[j];
-                }
+                NAME(times_t)(dG + s * K, Pt, y, K);
+                for (long i = 0; i < K; i++) dks[i] += y[i];
             }
+            NAME(outer3)(kn, dG, NULL, NULL, dP, NULL, NULL, C, K);
             T *restrict dPn = n ? nM : dP0 + pr * KK;
             if (!n) memset(dPn, 0, KK * sizeof(T));
             for (long e = 0; e < KK; e++) {
