@@ -6,12 +6,12 @@
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
    pair runs in tiles of VT columns (two vectors of T, tile.h): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
-   load, one store and a few fused multiply-adds a step. The backward is two sweeps of a
-   tile, neither storing a state:
-     forward again from S_0:  S_t as above,  dq_t = S_t do_t;
-     backward from dS_T, with dS the gradient of S_t (its own read plus a_{t+1} times the
-     next one's):  dS = a_{t+1} dS_{t+1} + q_t do_t^T,  dk_t = dS v_t,  dv_t = dS^T k_t,
-     dS_0 = a_1 dS_1;
+   load, one store and a few fused multiply-adds a step. The backward is two sweeps, neither
+   storing a state: dq_t = S_t do_t is this forward again on the transposed state
+   (S_t^T = a_t S_{t-1}^T + v_t k_t^T, read by do_t: ssd_scan.py calls ssd_fwd with q, k, v
+   = do, v, k and S_0^T), then ssd_bwd runs the gradient back from dS_T, with dS the gradient
+   of S_t (its own read plus a_{t+1} times the next one's):
+       dS = a_{t+1} dS_{t+1} + q_t do_t^T,  dk_t = dS v_t,  dv_t = dS^T k_t,  dS_0 = a_1 dS_1;
    and the log-decays' gradients from those (Mamba-2's chunk kernels' identity): with G_t =
    g_1 + ... + g_t, S_t's terms carry exp(G_t - G_s) (or exp(G_t) S_0), so
        dL/dG_t = q_t . dq_t - k_t . dk_t   (+ <dS_T, S_T> at the last step),
@@ -20,8 +20,8 @@
    and do keep them zero and add nothing.)
 
    Layouts (row-major, contiguous): q, k (batch, T, G, K); v, o, dv (batch, T, H, V);
-   g, dg (batch, T, H); S0, S_T, dS_T, dS0 (batch, H, K, V); dq, dk (batch, T, H, K): per
-   head, the caller sums the heads of a group. Head h reads group h / (H / G).
+   g, dg (batch, T, H); S0, S_T, dS_T, dS0 (batch, H, K, V); dq (ssd_bwd's input), dk
+   (batch, T, H, K): per head, the caller sums the heads of a group. Head h reads group h / (H / G).
    Each function does the (batch row, head) pairs [p0, p1). Plain C; compiled by
    rnnzoo.ops.native. */
 
@@ -86,53 +86,19 @@ TILE_INLINE void NAME(put_sums)(T *restrict out, VEC *restrict x, long m, long f
 }
 
 void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                   const T *restrict g, const T *restrict S0, const T *restrict dST,
-                   const T *restrict dout, T *restrict dq, T *restrict dk, T *restrict dv,
-                   T *restrict dg, T *restrict dS0, long Tn, long G, long H, long K, long V,
-                   long p0, long p1) {
+                   const T *restrict g, const T *restrict ST, const T *restrict dST,
+                   const T *restrict dout, const T *restrict dq, T *restrict dk,
+                   T *restrict dv, T *restrict dg, T *restrict dS0, long Tn, long G, long H,
+                   long K, long V, long p0, long p1) {
     const long R = H / G;
-    VEC *S = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));  /* S_t, then dS, of one tile */
+    VEC *dS = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));  /* dS of one tile */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         double last = 0;  /* <dS_T, S_T> */
-        for (long j0 = 0; j0 < V; j0 += VT) {  /* forward: S_t, dq_t = S_t do_t */
-            const long w = V - j0 < VT ? V - j0 : VT;
-            for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
-            for (long t = 0; t < Tn; t++) {
-                const long row = (b * Tn + t) * H + h;
-                const T a = EXP(g[row]);
-                const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
-                T *restrict dqt = dq + row * K;
-                VEC vt[2], dot[2];
-                NAME(tile_load)(vt, v + row * V + j0, w);
-                NAME(tile_load)(dot, dout + row * V + j0, w);
-                for (long i = 0; i < K; i += NV) {  /* NV rows, their sums as one transpose */
-                    const long m = K - i < NV ? K - i : NV;
-                    VEC pq[NV];
-                    for (long r = 0; r < m; r++) {
-                        const T ki = kt[i + r];
-                        const VEC s0 = a * S[2 * (i + r)] + ki * vt[0];
-                        const VEC s1 = a * S[2 * (i + r) + 1] + ki * vt[1];
-                        S[2 * (i + r)] = s0;
-                        S[2 * (i + r) + 1] = s1;
-                        pq[r] = s0 * dot[0] + s1 * dot[1];
-                    }
-                    NAME(put_sums)(dqt + i, pq, m, j0 == 0);
-                }
-            }
-            if (dST) {
-                VEC acc = {0};
-                for (long i = 0; i < K; i++) {
-                    VEC d[2];
-                    NAME(tile_load)(d, dST + (p * K + i) * V + j0, w);
-                    acc += d[0] * S[2 * i] + d[1] * S[2 * i + 1];
-                }
-                last += NAME(hsum)(acc);
-            }
-        }
+        if (dST)
+            for (long e = p * K * V; e < (p + 1) * K * V; e++) last += (double)dST[e] * ST[e];
         for (long j0 = 0; j0 < V; j0 += VT) {  /* backward: dS, dk_t = dS v_t, dv_t = dS^T k_t */
             const long w = V - j0 < VT ? V - j0 : VT;
-            VEC *restrict dS = S;
             for (long i = 0; i < K; i++) {
                 if (dST) NAME(tile_load)(dS + 2 * i, dST + (p * K + i) * V + j0, w);
                 else dS[2 * i] = dS[2 * i + 1] = (VEC){0};
@@ -188,7 +154,7 @@ void NAME(ssd_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
             dg[row] = (T)acc;
         }
     }
-    free(S);
+    free(dS);
 }
 
 #include "tile.h"  /* its names undefined for the next type */
