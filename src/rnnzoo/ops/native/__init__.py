@@ -53,7 +53,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
     newton_schulz.c     Muon's Newton-Schulz iteration on the Gram matrix (atlas's momenta)
-    mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale)
+    mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),
+                        and its angles' running sum (float64, wrapped)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines
