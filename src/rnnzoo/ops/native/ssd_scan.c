@@ -16,12 +16,13 @@
    g_1 + ... + g_t, S_t's terms carry exp(G_t - G_s) (or exp(G_t) S_0), so
        dL/dG_t = q_t . dq_t - k_t . dk_t   (+ <dS_T, S_T> at the last step),
        dg_t = the sum of dL/dG_u over u >= t.
-   (dq, dk summed over the tiles; a last, narrower tile is padded with zero columns: zero v
-   and do keep them zero and add nothing.)
+   (dk summed over ssd_bwd's tiles; a last, narrower tile is padded with zero columns: zero
+   v and do keep them zero and add nothing.)
 
    Layouts (row-major, contiguous): q, k (batch, T, G, K); v, o, dv (batch, T, H, V);
    g, dg (batch, T, H); S0, S_T, dS_T, dS0 (batch, H, K, V); dq (ssd_bwd's input), dk
-   (batch, T, H, K): per head, the caller sums the heads of a group. Head h reads group h / (H / G).
+   (batch, T, H, K): per head, the caller sums the heads of a group. Head h reads group
+   h / (H / G).
    Each function does the (batch row, head) pairs [p0, p1). Plain C; compiled by
    rnnzoo.ops.native. */
 
