@@ -6,6 +6,8 @@ its sequential mode."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from _native_check import assert_close, counter
@@ -85,3 +87,24 @@ def test_mamba3_siso_chunk_nonfinite_input_is_causal(fill):
             assert bool(torch.isfinite(y[0, :t]).all())
             assert (y[0, :t] - y_clean[0, :t]).abs().max() < 1e-12
             assert (y[1] - y_clean[1]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("B,T,threads", [(3, 37, 2), (1, 1, 1), (2, 300, 1)])
+def test_mamba3_angles_match_torch(dtype, tol, B, T, threads):
+    """`angles` (the float64 sum of the steps along T, wrapped to [0, 2 pi)) against the
+    PyTorch form mamba3's `_chunk` uses, and its gradient (a reverse sum) against autograd's;
+    steps large enough that the sum wraps several times."""
+    lib = mamba3_qk.load()
+    gen = torch.Generator().manual_seed(0)
+    d = (3 * torch.randn(B, T, 3, 5, generator=gen, dtype=dtype)).requires_grad_()
+    w = torch.randn(B, T, 3, 5, generator=gen, dtype=dtype)
+
+    def run(f):
+        theta = f(d)
+        return [theta, *torch.autograd.grad((theta * w).sum(), [d])]
+
+    with threads_(threads):
+        got = run(lambda d: mamba3_qk.angles(lib, d))
+    want = run(lambda d: d.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(d.dtype))
+    assert_close(got, want, ["theta", "d"], tol)

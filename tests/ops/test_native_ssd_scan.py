@@ -1,7 +1,7 @@
 """ops.native.ssd_scan: Mamba-2's SSD as a C recurrence against the chunked PyTorch form
 (`_ScalarChunk`, under backend.force("torch")): outputs, final state and the gradients of q,
 k, v, the log-decays and the initial state (with a gradient on the final state too), groups
-of heads sharing q and k, T not a multiple of the 32-step checkpoint, 1 and 2 threads."""
+of heads sharing q and k, odd T (37, 70, 1), 1 and 2 threads."""
 
 from __future__ import annotations
 

@@ -274,7 +274,7 @@ class Mamba3(RecurrentLayer):
         """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
         norm, bias, rotation and the key's scale gamma_t + beta_{t+1}, with each step's
         C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T."""
-        theta = dtheta.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(dtheta.dtype)
+        theta = native_qk.angles(lib, dtheta)  # as _chunk's: float64 sum, wrapped
         beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
         q, k, cb = native_qk.qk(lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight,

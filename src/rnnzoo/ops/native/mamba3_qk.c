@@ -158,4 +158,45 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
     free(bn);
 }
 
+/* The angles: theta[b, t] = the sum of d[b, u] over u <= t, summed in double and wrapped to
+   [0, 2 pi) as torch.remainder (x - 2 pi floor(x / 2 pi)); d, theta (batch, T, W) with W = H n
+   (layers.mamba3: the float64 cumsum of its angle steps). Backward: dd[b, t] = the sum of
+   dtheta[b, u] over u >= t, in double. Batch rows [b0, b1). */
+void NAME(m3_angles_fwd)(const T *restrict d, T *restrict theta, long Tn, long W, long b0,
+                         long b1) {
+    const double tau = 2 * 3.14159265358979323846;
+    double *acc = malloc(W * sizeof(double));
+    for (long b = b0; b < b1; b++) {
+        for (long i = 0; i < W; i++) acc[i] = 0;
+        for (long t = 0; t < Tn; t++) {
+            const T *restrict dt = d + (b * Tn + t) * W;
+            T *restrict th = theta + (b * Tn + t) * W;
+#pragma omp simd
+            for (long i = 0; i < W; i++) {
+                acc[i] += dt[i];
+                th[i] = (T)(acc[i] - tau * floor(acc[i] / tau));
+            }
+        }
+    }
+    free(acc);
+}
+
+void NAME(m3_angles_bwd)(const T *restrict dtheta, T *restrict dd, long Tn, long W, long b0,
+                         long b1) {
+    double *acc = malloc(W * sizeof(double));
+    for (long b = b0; b < b1; b++) {
+        for (long i = 0; i < W; i++) acc[i] = 0;
+        for (long t = Tn - 1; t >= 0; t--) {
+            const T *restrict g = dtheta + (b * Tn + t) * W;
+            T *restrict o = dd + (b * Tn + t) * W;
+#pragma omp simd
+            for (long i = 0; i < W; i++) {
+                acc[i] += g[i];
+                o[i] = (T)acc[i];
+            }
+        }
+    }
+    free(acc);
+}
+
 #endif

@@ -83,6 +83,40 @@ class _QK(torch.autograd.Function):
         return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dtheta, ds, None
 
 
+class _Angles(torch.autograd.Function):
+    """theta = cumsum(d, 1) in double, wrapped to [0, 2 pi); backward the reverse cumsum."""
+
+    @staticmethod
+    def forward(ctx, lib, d):
+        d = d.contiguous()
+        B, T = d.shape[:2]
+        W = d[0, 0].numel()
+        theta = torch.empty_like(d)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "m3_angles_fwd", d.dtype, [P, P] + [L] * 4)
+        native.run(fwd, [(native.ptr(d), native.ptr(theta), T, W, *p) for p in native.rows(B)])
+        ctx.lib = lib
+        return theta
+
+    @staticmethod
+    def backward(ctx, dtheta):
+        dtheta = dtheta.contiguous()
+        B, T = dtheta.shape[:2]
+        W = dtheta[0, 0].numel()
+        dd = torch.empty_like(dtheta)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "m3_angles_bwd", dtheta.dtype, [P, P] + [L] * 4)
+        native.run(bwd, [(native.ptr(dtheta), native.ptr(dd), T, W, *p) for p in native.rows(B)])
+        return None, dd
+
+
+def angles(lib, d):
+    """d (B, T, ...) -> its sum along T, summed in float64 and wrapped to [0, 2 pi) (as
+    `d.double().cumsum(1).remainder(2 pi)`), in d's dtype: mamba3's angles from their steps,
+    one C pass each way; `lib` = load()."""
+    return _Angles.apply(lib, d)
+
+
 def qk(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps):
     """(q, k, cb) as above for the angles theta (B, T, H, n); `lib` = load()."""
     return _QK.apply(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps)

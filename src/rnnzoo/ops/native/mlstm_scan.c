@@ -4,24 +4,27 @@
    that this pass returns; one (batch row, head) pair at a time:
 
        m_t = max(lf_t + m_{t-1}, li_t),  g_t = lf_t + m_{t-1} - m_t,  i_t = exp(li_t - m_t)
-       kp_t = i_t k_t,   n_t = exp(g_t) n_{t-1} + kp_t,   s_t = q_t . n_t
+       kp_t = i_t k_t,   n_t = exp(g_t) n_{t-1} + kp_t,   s_t = q_t . n_t,
+       den_t = max(|s_t|, exp(-m_t)) + eps,   qs_t = q_t / den_t
 
-   (the caller: C_t = exp(g_t) C_{t-1} + kp_t v_t^T through ssd_scan, den_t = max(|s_t|,
-   exp(-m_t)) + eps, h_t = C_t^T q_t / den_t).
+   (the caller: C_t = exp(g_t) C_{t-1} + kp_t v_t^T and h_t = C_t^T qs_t through ssd_scan:
+   the division by den_t rides on q, K numbers a step, in this pass).
 
    Backward: the exact chain rule with m an ordinary variable (the maximum routes its gradient
-   to the larger argument, half each on a tie, as torch.maximum). Given the gradients dg, dkp,
-   dm, ds of the four outputs a step and dn_T, dm_T, going down with dn the gradient of n_t:
-       dn += ds_t q_t,   dq_t = ds_t n_t,   dk_t = i_t (dkp_t + dn),
+   to the larger argument, half each on a tie, as torch.maximum; |s|'s as torch.abs). Given
+   the gradients dg, dkp, dqs of the three outputs a step and dn_T, dm_T, going down with dn
+   the gradient of n_t: d den = -(q_t . dqs_t) / den^2 gives ds_t and dm_t (den's share of
+   m's gradient), then
+       dn += ds_t q_t,   dq_t = ds_t n_t + dqs_t / den_t,   dk_t = i_t (dkp_t + dn),
        L = k_t . dk_t   (d / d log i_t),   G = dg_t + f_t n_{t-1} . dn   (d / d g_t),
        dn <- f_t dn,   M = dm_t + (the gradient from step t + 1) - G - L   (d / d m_t),
        dli_t = L + M (1 - w),  dlf_t = G + M w,  to m_{t-1}: G + M w,
    w = 1, 0 or 1/2 as lf_t + m_{t-1} beats, loses to or ties li_t. n_t is recomputed
    forward into a (T + 1) K buffer (K numbers a step: cheap next to the memory's K V).
 
-   Layouts (row-major, contiguous): q, k, kp, dq, dk, dkp (batch, T, H, K) (q already
-   scaled); li, lf, g, m, s and their gradients (batch, T, H); n0, nT, dnT, dn0 (batch, H, K);
-   m0, mT, dmT, dm0 (batch, H). Each function does the (batch row, head) pairs [p0, p1).
+   Layouts (row-major, contiguous): q, k, kp, qs and their gradients (batch, T, H, K) (q
+   already scaled); li, lf, g and their gradients, m and s (kept for the backward) (batch, T,
+   H); n0, nT, dnT, dn0 (batch, H, K); m0, mT, dmT, dm0 (batch, H). Each function does the (batch row, head) pairs [p0, p1).
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -32,9 +35,9 @@
 
 void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *restrict li,
                            const T *restrict lf, const T *restrict n0, const T *restrict m0,
-                           T *restrict g, T *restrict kp, T *restrict m_out, T *restrict s_out,
-                           T *restrict nT, T *restrict mT, long Tn, long H, long K, long p0,
-                           long p1) {
+                           T *restrict g, T *restrict kp, T *restrict qs, T *restrict m_out,
+                           T *restrict s_out, T *restrict nT, T *restrict mT, double eps,
+                           long Tn, long H, long K, long p0, long p1) {
     for (long p = p0; p < p1; p++) {
         const long b = p / H, hh = p % H;
         T *restrict n = nT + p * K;
@@ -45,7 +48,7 @@ void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *re
             const T a = lf[row] + m, mn = a > li[row] ? a : li[row];
             const T gt = a - mn, f = EXP(gt), i = EXP(li[row] - mn);
             const T *restrict qt = q + row * K, *restrict kt = k + row * K;
-            T *restrict kpt = kp + row * K, s = 0;
+            T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
 #pragma omp simd reduction(+:s)
             for (long r = 0; r < K; r++) {
                 const T ik = i * kt[r];
@@ -53,6 +56,9 @@ void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *re
                 n[r] = f * n[r] + ik;
                 s += qt[r] * n[r];
             }
+            const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
+#pragma omp simd
+            for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
             g[row] = gt;
             m_out[row] = mn;
             s_out[row] = s;
@@ -64,11 +70,11 @@ void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *re
 
 void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *restrict li,
                            const T *restrict lf, const T *restrict n0, const T *restrict m0,
-                           const T *restrict g, const T *restrict m_in, const T *restrict dg,
-                           const T *restrict dkp, const T *restrict dm_in,
-                           const T *restrict ds, const T *restrict dnT, const T *restrict dmT,
-                           T *restrict dq, T *restrict dk, T *restrict dli, T *restrict dlf,
-                           T *restrict dn0, T *restrict dm0, long Tn, long H, long K, long p0,
+                           const T *restrict g, const T *restrict m_in, const T *restrict s_in,
+                           const T *restrict dg, const T *restrict dkp, const T *restrict dqs,
+                           const T *restrict dnT, const T *restrict dmT, T *restrict dq,
+                           T *restrict dk, T *restrict dli, T *restrict dlf, T *restrict dn0,
+                           T *restrict dm0, double eps, long Tn, long H, long K, long p0,
                            long p1) {
     T *ns = malloc((Tn + 1) * K * sizeof(T));  /* n_0 .. n_T: n_{t-1} at ns + t K */
     for (long p = p0; p < p1; p++) {
@@ -87,22 +93,29 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
         T dm = dmT ? dmT[p] : 0;
         for (long t = Tn - 1; t >= 0; t--) {
             const long row = (b * Tn + t) * H + hh;
-            const T mp = t ? m_in[row - H] : m0[p], a = lf[row] + mp;
-            const T f = EXP(g[row]), i = EXP(li[row] - m_in[row]), dst = ds[row];
+            const T mp = t ? m_in[row - H] : m0[p], a = lf[row] + mp, mt = m_in[row];
+            const T f = EXP(g[row]), i = EXP(li[row] - mt), s = s_in[row];
             const T *restrict qt = q + row * K, *restrict kt = k + row * K,
-                    *restrict dkpt = dkp + row * K, *restrict nt = ns + (t + 1) * K,
-                    *restrict prev = ns + t * K;
-            T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K, L = 0, X = 0;
+                    *restrict dkpt = dkp + row * K, *restrict dqst = dqs + row * K,
+                    *restrict nt = ns + (t + 1) * K, *restrict prev = ns + t * K;
+            T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K, L = 0, X = 0, Y = 0;
+            /* den = max(|s|, exp(-m)) + eps, qs = q / den: d den = -(q . dqs) / den^2, to |s|
+               or exp(-m) as torch.maximum splits it */
+#pragma omp simd reduction(+:Y)
+            for (long r = 0; r < K; r++) Y += qt[r] * dqst[r];
+            const T as = s < 0 ? -s : s, e = EXP(-mt), inv = 1 / ((as > e ? as : e) + (T)eps);
+            const T dden = -Y * inv * inv, ws = as > e ? 1 : (as < e ? 0 : (T)0.5);
+            const T dst = dden * ws * (s > 0 ? 1 : (s < 0 ? -1 : 0)), dmt = -dden * (1 - ws) * e;
 #pragma omp simd reduction(+:L, X)
             for (long r = 0; r < K; r++) {
                 const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
-                dqt[r] = dst * nt[r];
+                dqt[r] = dst * nt[r] + dqst[r] * inv;
                 dkt[r] = dkr;
                 L += kt[r] * dkr;
                 X += prev[r] * dnr;
                 dn[r] = f * dnr;
             }
-            const T G = dg[row] + f * X, M = dm_in[row] + dm - G - L;
+            const T G = dg[row] + f * X, M = dmt + dm - G - L;
             const T w = a > li[row] ? 1 : (a < li[row] ? 0 : (T)0.5);  /* torch.maximum's split */
             dli[row] = L + M * (1 - w);
             dlf[row] = G + M * w;
