@@ -160,6 +160,20 @@ def test_gradients_equal_reference(name, mode):
 
 
 @pytest.mark.parametrize("name,mode", MODE_CASES)
+def test_every_parameter_gets_a_gradient(name, mode):
+    """From a fresh state (as training starts), every trainable parameter reaches the output
+    and final state: else DDP's reducer fails, and an option that drops a part of the block
+    has left its parameters behind."""
+    layer = make(name)
+    y, s = layer(inputs(layer), mode=mode)
+    loss = y.square().sum() + sum(t.abs().square().sum() for t in flat(s))
+    named = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    unused = [n for (n, _), g in zip(named, grads) if g is None]
+    assert not unused, f"trainable parameters that get no gradient: {unused}"
+
+
+@pytest.mark.parametrize("name,mode", MODE_CASES)
 def test_gradcheck(name, mode):
     layer = make(name)
     x = inputs(layer, B=1, T=4).requires_grad_()

@@ -348,3 +348,22 @@ def test_mac_aligned_chunk_equals_the_steps_with_gradients(num_persistent):
             assert (a is None) == (b is None)
             if a is not None:
                 assert (a - b).abs().max() < 1e-11
+
+
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp"])
+@pytest.mark.parametrize("inner_norm", [False, True])
+def test_inner_norm_parameters_exist_only_with_the_norm_and_all_get_gradients(name, inner_norm):
+    """The inner LayerNorm's weight and bias are parameters only when the option is on (an
+    unused parameter breaks DDP's reducer), and with either setting every trainable
+    parameter reaches the output in each mode."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=16, num_heads=2, inner_norm=inner_norm).double()
+    names = {n for n, _ in layer.named_parameters()}
+    assert ({"inner_norm_weight", "inner_norm_bias"} <= names) == inner_norm
+    assert not ({"inner_norm_weight", "inner_norm_bias"} & names) or inner_norm
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    for mode in layer.modes:
+        named = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
+        grads = torch.autograd.grad(layer(x, mode=mode)[0].square().sum(),
+                                    [p for _, p in named], allow_unused=True)
+        assert [n for (n, _), g in zip(named, grads) if g is None] == [], mode

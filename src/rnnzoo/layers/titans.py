@@ -166,8 +166,8 @@ class Titans(RecurrentLayer):
         for i, o in zip(widths[:-1], widths[1:]):
             self.memory.append(nn.Parameter(torch.randn(H, i, o) / i ** 0.5))
             self.memory.append(nn.Parameter(torch.zeros(H, o), requires_grad=memory_bias))
-        self.inner_norm_weight = nn.Parameter(torch.ones(H, K))
-        self.inner_norm_bias = nn.Parameter(torch.zeros(H, K))
+        self.inner_norm_weight = nn.Parameter(torch.ones(H, K)) if self.inner_norm else None
+        self.inner_norm_bias = nn.Parameter(torch.zeros(H, K)) if self.inner_norm else None
         memory_output(self, d_model, norm_eps)
         self.attn = None
         if self.block != "lmm":  # the short-term memory: sliding-window attention
@@ -209,11 +209,13 @@ class Titans(RecurrentLayer):
         return q, k, v, self.base_lr * theta, alpha, eta, conv_state
 
     def op_args(self, dtype):
-        """(initial memory weights, inner norm weight, inner norm bias) in `dtype`."""
+        """(initial memory weights, inner norm weight, inner norm bias) in `dtype`; the norm's
+        are None without `inner_norm`."""
         init = [p.to(dtype) if i % 2 == 0 or self.memory_bias else torch.zeros_like(p, dtype=dtype)
                 for i, p in enumerate(self.memory)]
-        return (init, self.inner_norm_weight.to(dtype),
-                self.inner_norm_bias.to(dtype))
+        if not self.inner_norm:  # no inner norm, no parameters for it
+            return init, None, None
+        return init, self.inner_norm_weight.to(dtype), self.inner_norm_bias.to(dtype)
 
     def op_output(self, z, q, x, gate=None):
         """The memory's read z = f(q) (plus q + LN with inner_norm), norm, gate, W_o; gate:

@@ -70,8 +70,8 @@ class TTTLayer(RecurrentLayer):
         for i, o in zip(widths[:-1], widths[1:]):
             self.inner.append(nn.Parameter(0.02 * torch.randn(H, i, o)))
             self.inner.append(nn.Parameter(torch.zeros(H, o)))
-        self.inner_norm_weight = nn.Parameter(torch.ones(H, K))
-        self.inner_norm_bias = nn.Parameter(torch.zeros(H, K))
+        self.inner_norm_weight = nn.Parameter(torch.ones(H, K)) if self.inner_norm else None
+        self.inner_norm_bias = nn.Parameter(torch.zeros(H, K)) if self.inner_norm else None
         self.post_norm = nn.LayerNorm(H * K, eps=norm_eps)
         self.g_proj = Linear(d_model, H * K)
         self.o_proj = Linear(H * K, d_model)
@@ -113,11 +113,17 @@ class TTTLayer(RecurrentLayer):
     def op_args(self, dtype):
         """The inner model's learned part: (tok, initial weights, norm weight, norm bias)."""
         return (self.token_factors(dtype), [p.to(dtype) for p in self.inner],
-                self.inner_norm_weight.to(dtype), self.inner_norm_bias.to(dtype))
+                *self.norm_args(dtype))
+
+    def norm_args(self, dtype):
+        """The inner norm's (weight, bias) in `dtype`; (None, None) without `inner_norm`."""
+        if not self.inner_norm:
+            return None, None
+        return self.inner_norm_weight.to(dtype), self.inner_norm_bias.to(dtype)
 
     def op_output(self, q, z, x):
         """o = q + LN(z), then the gated output block. q, z: (B, T, H, K)."""
-        w, b = self.inner_norm_weight.to(z.dtype), self.inner_norm_bias.to(z.dtype)
+        w, b = self.norm_args(z.dtype)
         o = inner_output(q, z, w, b, self.norm_eps, self.inner_norm).flatten(2)
         gate = F.gelu(self.g_proj(x).to(o.dtype), approximate="tanh")
         o = F.layer_norm(o, o.shape[-1:], self.post_norm.weight.to(o.dtype),
