@@ -1,7 +1,7 @@
-"""ops.native.team.run: the C kernels' ranges on torch's OpenMP team (libgomp's GOMP_parallel
-and team.c) give bit-identical results to ops.native.run's thread pool, float32 and float64
-(team.c passes the floating arguments as float or double), the team path is the one taken
-where torch runs on libgomp, and arguments team.c cannot pass go to ops.native.run."""
+"""ops.native.run on torch's OpenMP team (ops.native.team: libgomp's GOMP_parallel and team.c)
+gives bit-identical results to its thread pool, float32 and float64 (team.c passes the
+floating arguments as float or double), the team path is the one taken where torch runs on
+libgomp, and arguments team.c cannot pass are left to the pool."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from _native_check import outputs_and_grads, threads
 
-from rnnzoo.ops import native
 from rnnzoo.ops.native import delta_scan, team
 
 on_gomp = (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
@@ -33,33 +32,44 @@ def _delta(dtype, B=3, T=21, n=2, H=2, K=19, V=20):
     return outputs_and_grads(delta_scan.delta(lib, *ins, 0.7, n), ins)
 
 
-@pytest.mark.skipif(not on_gomp, reason="torch not on libgomp here: team.run is ops.native.run")
+@pytest.mark.skipif(not on_gomp, reason="torch not on libgomp here: ops.native.run uses its pool")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_team_run_equals_the_pool_and_is_taken(monkeypatch, dtype):
+def test_native_run_takes_the_team_and_equals_the_pool(monkeypatch, dtype):
     assert team.team() is not None
     with threads(3):  # 3 ranges of 6 (batch row, head) pairs: the delta kernels' 18 and 23
         monkeypatch.setattr(team, "_team", None)  # arguments, 12 and 17 of them on the stack
         pool = _delta(dtype)
         monkeypatch.undo()
-
-        def refuse(fn, arg_lists):
-            raise AssertionError("ops.native.run called: the team path was not taken")
-        monkeypatch.setattr(native, "run", refuse)
+        taken, real = [], team.run
+        monkeypatch.setattr(team, "run", lambda fn, a: taken.append(real(fn, a)) or taken[-1])
         got = _delta(dtype)
+    assert taken and all(taken), taken  # every call of ops.native.run went to the team
     for a, b in zip(got, pool):
         assert torch.equal(a, b)
 
 
-def test_arguments_team_c_cannot_pass_go_to_the_pool(monkeypatch):
-    calls = []
-    monkeypatch.setattr(native, "run", lambda fn, arg_lists: calls.append(len(arg_lists)))
-
-    class Fn:  # stands in for a ctypes function: only argtypes is read before the fallback
+def test_arguments_team_c_cannot_pass_are_left_to_the_pool():
+    class Fn:  # stands in for a ctypes function: only argtypes is read before refusing
         argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_double, ctypes.c_long]
-    team.run(Fn, [(None, 1.0, 2.0, 0), (None, 1.0, 2.0, 1)])       # float and double
+    assert team.run(Fn, [(None, 1.0, 2.0, 0), (None, 1.0, 2.0, 1)]) is False  # float and double
     Fn.argtypes = [ctypes.c_long] * (team.TEAM_NI + 1)
-    team.run(Fn, [(0,) * (team.TEAM_NI + 1)] * 2)                      # too many integers
+    assert team.run(Fn, [(0,) * (team.TEAM_NI + 1)] * 2) is False         # too many integers
     Fn.argtypes = [ctypes.c_long, ctypes.POINTER(ctypes.c_float)]
-    team.run(Fn, [(0, None)] * 2)                                      # a type it does not know
-    team.run(Fn, [(0, None)])                                          # one range
-    assert calls == [2, 2, 2, 1]
+    assert team.run(Fn, [(0, None)] * 2) is False                         # a type it does not know
+    assert team.run(Fn, [(0, None)]) is False                             # one range
+
+
+def test_integer_arguments_as_team_c_passes_them():
+    """Pointers arrive as addresses whether given as None, an int, c_void_p, a ctypes array
+    (a kernel's table of row pointers) or a pointer; other objects leave the call to the pool."""
+    table = (ctypes.c_void_p * 3)(1, 2, 3)
+    assert team._value(None) == 0 and team._value(7) == 7 and team._value(ctypes.c_int(-2)) == -2
+    assert team._value(ctypes.c_void_p(16)) == 16 and team._value(ctypes.c_void_p()) == 0
+    assert team._value(table) == ctypes.addressof(table)
+    assert team._value(ctypes.pointer(table)) == ctypes.addressof(table)
+    with pytest.raises(TypeError):
+        team._value(b"row")
+
+    class Fn:
+        argtypes = [ctypes.c_void_p, ctypes.c_long]
+    assert team.run(Fn, [(b"row", 0), (b"row", 1)]) is False

@@ -16,8 +16,10 @@ warns once (one line naming the error) and returns None from then on, and the op
 their PyTorch path. Whether an op goes native at all is `ops.backend.use_native`
 (`RNNZOO_NATIVE=0` turns it off).
 
-    run(fn, arg_lists)   one kernel call per argument list, on a thread pool when there
-                         are several (ctypes lets go of the GIL during each call)
+    run(fn, arg_lists)   one kernel call per argument list; when there are several, on the
+                         threads of torch's own OpenMP team (ops.native.team) where the
+                         kernel's arguments allow, else on a thread pool (ctypes lets go of
+                         the GIL during each call)
     kernel(lib, name, dtype, argtypes)   the library's `<name>_f32` or `<name>_f64`
     rows(n)              range(n) cut into one contiguous (start, stop) per thread
     ptr(t)               a tensor's data pointer as a kernel argument (NULL for None)
@@ -57,9 +59,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     highway_cells.c, gated_cells.c
                         the classic cells' whole loops (`ops.native.cells`)
     newton_schulz.c     Muon's Newton-Schulz iteration on the Gram matrix (atlas's momenta)
-    mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale)
-    team.c              `run`'s ranges on torch's own OpenMP team (`ops.native.team.run`: the
-                        delta kernels, conv, token_mix), not on a pool thread of ours
+    team.c              (no kernel) `run`'s ranges on torch's own OpenMP team
+                        (`ops.native.team`), not on a pool thread of ours
     mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),
                         and its angles' running sum (float64, wrapped)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
@@ -162,10 +163,15 @@ def load(name: str) -> ctypes.CDLL | None:
 
 
 def run(fn, arg_lists) -> None:
-    """fn(*args) for each args in arg_lists: the first on this thread, the others on a
-    thread pool (the kernels split their work by these ranges: torch.get_num_threads())."""
+    """fn(*args) for each args in arg_lists (the kernels split their work by these ranges:
+    torch.get_num_threads()): on torch's own OpenMP team where `ops.native.team` can pass
+    fn's arguments, else the first on this thread and the others on a thread pool."""
     global _pool, _pool_size
     arg_lists = list(arg_lists)
+    if len(arg_lists) > 1:
+        from rnnzoo.ops.native import team
+        if team.run(fn, arg_lists):
+            return
     if len(arg_lists) - 1 > _pool_size:
         if _pool is not None:
             _pool.shutdown(wait=False)

@@ -19,7 +19,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import team
 
 
 def _kernels(lib, dtype):
@@ -47,16 +46,16 @@ class _NativeConv(torch.autograd.Function):
         ctx.lib, ctx.silu, ctx.nn, ctx.G, ctx.splits = lib, silu, nn, G, splits
         if splits is not None:
             ys = [x.new_empty(batch, T, n) for n in splits]
-            team.run(fwd3, [(P(x), P(w), P(bias), P(state), *map(P, ys), P(r), T, C, K,
+            native.run(fwd3, [(P(x), P(w), P(bias), P(state), *map(P, ys), P(r), T, C, K,
                                int(silu), nn, G, int(sqrt_eps), *splits[:2], *p)
                               for p in native.rows(batch)])
             return tuple(ys)
         y = torch.empty_like(x)
         if nn:
-            team.run(l2_fwd, [(P(x), P(w), P(bias), P(state), P(y), P(r), T, C, K, int(silu), nn,
+            native.run(l2_fwd, [(P(x), P(w), P(bias), P(state), P(y), P(r), T, C, K, int(silu), nn,
                                  G, int(sqrt_eps), *p) for p in native.rows(batch)])
         else:
-            team.run(fwd, [(P(x), P(w), P(bias), P(state), P(y), T, C, K, int(silu), *p)
+            native.run(fwd, [(P(x), P(w), P(bias), P(state), P(y), T, C, K, int(silu), *p)
                              for p in native.rows(batch)])
         return y
 
@@ -71,15 +70,15 @@ class _NativeConv(torch.autograd.Function):
         dx, dstate = torch.empty_like(x), torch.empty_like(state)
         dw, db = x.new_empty(batch, K, C), x.new_empty(batch, C)
         if ctx.splits is not None:
-            team.run(bwd3, [(P(x), P(w), P(bias), P(state), *map(P, dys), P(r), P(dx),
+            native.run(bwd3, [(P(x), P(w), P(bias), P(state), *map(P, dys), P(r), P(dx),
                                P(dstate), P(dw), P(db), T, C, K, int(ctx.silu), ctx.nn, ctx.G,
                                *ctx.splits[:2], *p) for p in native.rows(batch)])
         elif ctx.nn:
-            team.run(l2_bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(r), P(dx), P(dstate),
+            native.run(l2_bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(r), P(dx), P(dstate),
                                  P(dw), P(db), T, C, K, int(ctx.silu), ctx.nn, ctx.G, *p)
                                 for p in native.rows(batch)])
         else:
-            team.run(bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(dx), P(dstate), P(dw),
+            native.run(bwd, [(P(x), P(w), P(bias), P(state), P(dys[0]), P(dx), P(dstate), P(dw),
                               P(db), T, C, K, int(ctx.silu), *p) for p in native.rows(batch)])
         return (None, dx, dw.sum(0).t(), None if bias is None else db.sum(0), dstate, None, None,
                 None, None, None)

@@ -22,7 +22,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import team
 
 CK = 32  # the C file's checkpoint interval
 
@@ -48,7 +47,7 @@ class _NativeDelta(torch.autograd.Function):
         o, w, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
         ck = q.new_empty(B, H, -(-Tn // CK), K * native.tile_pad(V)) if grad else None
-        team.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
+        native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
                           native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
                           native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
@@ -67,7 +66,7 @@ class _NativeDelta(torch.autograd.Function):
         dST = None if dST is None else dST.contiguous()
         dq, dk, dv, dbeta, dg = (torch.empty_like(t) for t in (q, k, v, beta, g))
         dS0 = q.new_empty(B, H, K, V)
-        team.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
+        native.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
                           native.ptr(g), native.ptr(w), native.ptr(ck), native.ptr(dST),
                           native.ptr(do), native.ptr(dq), native.ptr(dk), native.ptr(dv),
                           native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,

@@ -21,7 +21,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import team
 
 CK = 32  # the C file's checkpoint interval
 
@@ -51,7 +50,7 @@ class _NativeMomentum(torch.autograd.Function):
         ck = q.new_empty(B, H, -(-Tn // CK), 2 * K * native.tile_pad(V)) if grad else None
         ins = [native.ptr(t) for t in (q, k, v, p, la, lm, beta, eta, S0, M0)]
         outs = [native.ptr(t) for t in (o, e, ST, MT, ck)]
-        team.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
+        native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         if grad:
             ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck)
@@ -72,7 +71,7 @@ class _NativeMomentum(torch.autograd.Function):
         dS0, dM0 = q.new_empty(B, H, K, V), q.new_empty(B, H, K, V)
         args = [native.ptr(t) for t in (q, k, p, la, lm, beta, eta, e, ck, dST, dMT, do, dq, dk,
                                         dv, dp, dla, dlm, dbeta, deta, dS0, dM0)]
-        team.run(bwd, [(*args, ctx.scale, Tn, H, K, V, p0, p1)
+        native.run(bwd, [(*args, ctx.scale, Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         return None, dq, dk, dv, dp, dla, dlm, dbeta, deta, dS0, dM0, None
 

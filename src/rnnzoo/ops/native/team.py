@@ -1,23 +1,20 @@
-"""`run` as ops.native.run, with the ranges taken by the threads of the OpenMP team torch runs
-its own ops on (libgomp's GOMP_parallel calling team.c's `team_body`), not by a thread pool
-of our own.
+"""ops.native.run's ranges on the threads of the OpenMP team torch runs its own ops on
+(libgomp's GOMP_parallel calling team.c's `team_body`), instead of a thread pool of our own.
 
 Why: after each of torch's parallel ops libgomp's idle workers spin for a while
-(GOMP_SPINCOUNT, milliseconds) before they sleep. ops.native.run's pool thread then shares
-a core with a spinning worker wherever there are as many cores as threads, and a C kernel's
-second range runs at part speed. Measured (2 threads on the 2-core machine, loaded): the
-delta_scan forward at DeltaProduct's size right after a parallel torch op, run / run here,
-medians of 40 alternated: 81 / 72 and 83 / 72 ms; with GOMP_SPINCOUNT=0 both 57-58 ms.
-At 2 threads a whole delta layer's process time was about twice its 1-thread time with
-libgomp's default spin and equal to it with GOMP_SPINCOUNT=0.
+(GOMP_SPINCOUNT, milliseconds) before they sleep. A pool thread of ours then shares a core
+with a spinning worker wherever there are as many cores as threads, and a C kernel's second
+range runs at part speed. Measured (2 threads on the 2-core machine, loaded): the delta_scan
+forward at DeltaProduct's size right after a parallel torch op, pool / team, medians of 40
+alternated: 81 / 72 and 83 / 72 ms; with GOMP_SPINCOUNT=0 both 57-58 ms.
 
-    run(fn, arg_lists)   fn(*args) for each args, the same kernels and ranges as
-                         ops.native.run (bit-identical results), on the OpenMP team when
-                         torch's libgomp is loaded in the process (one libgomp mapped,
-                         found in /proc/self/maps), the platform passes
-                         arguments as team.c expects (x86-64 or AArch64 Linux) and fn's
-                         arguments fit (at most TEAM_NI integer-class, TEAM_NF floating, one
-                         floating type); else ops.native.run.
+    run(fn, arg_lists) -> bool   fn(*args) for each args on the team (bit-identical to the
+                         pool: the same kernels and ranges) and True, when torch's libgomp
+                         is loaded in the process (one libgomp mapped, found in
+                         /proc/self/maps), the platform passes arguments as team.c expects
+                         (x86-64 or AArch64 Linux) and fn's arguments fit (at most TEAM_NI
+                         integer-class, TEAM_NF floating, one floating type); else False,
+                         having run nothing (ops.native.run then uses its pool).
 """
 
 from __future__ import annotations
@@ -74,34 +71,45 @@ def team():
     return _team
 
 
-def _value(a):
-    if isinstance(a, ctypes.c_void_p):
-        return a.value or 0
-    return 0 if a is None else int(a)
+def _value(a) -> int:
+    """An integer-class argument as the long team.c passes: None, an int, a ctypes scalar, or
+    the address of a ctypes pointer or array (kept alive by the caller's argument list)."""
+    if a is None:
+        return 0
+    if isinstance(a, (ctypes.Array, ctypes._Pointer, ctypes.c_void_p)):
+        return ctypes.cast(a, ctypes.c_void_p).value or 0
+    if isinstance(a, ctypes._SimpleCData):
+        a = a.value
+    if isinstance(a, int):
+        return a
+    raise TypeError(f"team.c cannot pass {type(a).__name__}")
 
 
-def run(fn, arg_lists) -> None:
-    """fn(*args) for each args in arg_lists (see the module docstring)."""
-    arg_lists = list(arg_lists)
+def run(fn, arg_lists) -> bool:
+    """fn(*args) for each args in arg_lists on the OpenMP team, when the team path is usable
+    for fn (see the module docstring); False, having run nothing, when it is not."""
     types = fn.argtypes or []
     floats = [t for t in types if t in _FLOAT]
     ints = [t for t in types if t in _INT]
     t = team() if len(arg_lists) > 1 else None
     if (t is None or len(ints) + len(floats) != len(types) or len(ints) > TEAM_NI
             or len(floats) > TEAM_NF or len(set(floats)) > 1):
-        native.run(fn, arg_lists)
-        return
+        return False
     n = len(arg_lists)
     ia, fa = (ctypes.c_long * (TEAM_NI * n))(), (ctypes.c_double * (TEAM_NF * n))()
-    for r, args in enumerate(arg_lists):
-        i = f = 0
-        for ty, a in zip(types, args, strict=True):
-            if ty in _FLOAT:
-                fa[TEAM_NF * r + f] = float(a)
-                f += 1
-            else:
-                ia[TEAM_NI * r + i] = _value(a)
-                i += 1
+    try:
+        for r, args in enumerate(arg_lists):
+            i = f = 0
+            for ty, a in zip(types, args, strict=True):
+                if ty in _FLOAT:
+                    fa[TEAM_NF * r + f] = float(a)
+                    f += 1
+                else:
+                    ia[TEAM_NI * r + i] = _value(a)
+                    i += 1
+    except TypeError:  # an argument only ctypes' own conversion knows: the pool runs it
+        return False
     job = _Job(ctypes.cast(fn, ctypes.c_void_p).value, n, int(floats[:1] == [ctypes.c_double]),
                0, ctypes.addressof(ia), ctypes.addressof(fa))
     t[0](t[1], ctypes.byref(job), n, 0)
+    return True

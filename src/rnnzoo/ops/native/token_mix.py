@@ -14,7 +14,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import team
 
 
 def load():
@@ -36,7 +35,7 @@ class _TokenMix(torch.autograd.Function):
         fwd, _ = _kernels(lib, x.dtype)
         out = x.new_empty(n, *x.shape)
         P = native.ptr
-        team.run(fwd, [(P(x), P(step), P(mu), P(out), n, rows, D, r0, r1)
+        native.run(fwd, [(P(x), P(step), P(mu), P(out), n, rows, D, r0, r1)
                          for r0, r1 in native.rows(rows)])
         ctx.save_for_backward(step, mu)
         ctx.lib = lib
@@ -54,7 +53,7 @@ class _TokenMix(torch.autograd.Function):
         parts = native.rows(rows)
         dmu = mu.new_empty(len(parts), n, D)
         P = native.ptr
-        team.run(bwd, [(ctypes.cast(ptrs, ctypes.c_void_p), P(step), P(mu), P(dx), P(dstep), P(dmu[i]), n, D, r0, r1)
+        native.run(bwd, [(ctypes.cast(ptrs, ctypes.c_void_p), P(step), P(mu), P(dx), P(dstep), P(dmu[i]), n, D, r0, r1)
                          for i, (r0, r1) in enumerate(parts)])
         return None, dx, dstep, dmu.sum(0)
 

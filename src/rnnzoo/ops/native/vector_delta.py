@@ -26,7 +26,6 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import team
 
 CK = 32  # the C file's checkpoint interval
 
@@ -54,7 +53,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         grad = any(ctx.needs_input_grad)
         ck = r.new_empty(B, H, -(-Tn // CK), K * native.tile_pad(V)) if grad else None
         P = native.ptr
-        team.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
+        native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
                           scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         if grad:
@@ -74,7 +73,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         db = None if b is None else torch.empty_like(b)
         dS0 = r.new_empty(B, H, K, V)
         P = native.ptr
-        team.run(bwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(z), P(ck), P(dST), P(do),
+        native.run(bwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(z), P(ck), P(dST), P(do),
                           P(dr), P(dw), P(dk), P(dv), P(da), P(db), P(dS0), ctx.scale,
                           ctx.after, w.shape[-1], Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
