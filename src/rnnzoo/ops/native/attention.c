@@ -206,6 +206,83 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
     }
 }
 
+/* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
+   (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
+   tiles of `tile` queries [i0, i1) over keys [0, i1): S = q k^T (k transposed once a head
+   into a buffer), sm_fwd's rows, out = P v. The tiles' P are kept in P (N, PT), tile after
+   tile (t (i1) entries each, PT in all a head-row), when P is not NULL; else in a buffer.
+   A head-row's products stay in cache, and threads split the head-rows (one call each). */
+void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict bias, T *restrict out, T *restrict P, long T_, long Dh,
+                        long Dv, long tile, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *kT = malloc((size_t)(Dh * Tn + (P ? 0 : tile * Tn) + 1) * sizeof(T));
+    T *scratch = kT + Dh * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *bn = bias ? bias + n * Tn : 0;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        T *Pn = P ? P + n * PT : scratch;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
+            NAME(mm)(qn + i0 * Dh, kT, Pn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);
+            NAME(mm)(Pn, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0, t);
+            if (P) Pn += t * e;
+        }
+    }
+    free(kT);
+}
+
+/* Its backward for head-rows [n0, n1): do (N, T, Dv) -> dq, dk (N, T, Dh), dv (N, T, Dv),
+   db (N, T) when bias is not NULL (written whole, no zeroing needed), the tiles' P read from
+   P (sm_heads_fwd's layout) or, when P is NULL, recomputed. Per tile: dP = do v^T, dv += P^T do,
+   dS = sm_bwd(P, dP), db += column sums of dS, dq = dS k, dk += dS^T q. */
+void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict bias, const T *restrict do_, const T *restrict P,
+                        T *restrict dq, T *restrict dk, T *restrict dv, T *restrict db, long T_,
+                        long Dh, long Dv, long tile, long PT, long n0, long n1) {
+    const long Tn = T_;
+    /* vT, dS, and kT and a P buffer for recomputing */
+    T *vT = malloc((size_t)((Dv + Dh + 2 * tile) * Tn + 1) * sizeof(T));
+    T *dS = vT + Dv * Tn, *kT = dS + tile * Tn, *Pbuf = kT + Dh * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *don = do_ + n * Tn * Dv, *bn = bias ? bias + n * Tn : 0;
+        T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
+        T *dbn = db ? db + n * Tn : 0;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        if (!P)
+            for (long j = 0; j < Tn; j++)
+                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
+        memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
+        if (dbn) memset(dbn, 0, (size_t)Tn * sizeof(T));
+        const T *Pn = P ? P + n * PT : Pbuf;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
+            if (!P) {
+                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                NAME(sm_fwd)(Pbuf, bn, t, e, 0, Tn, i0, 0, t);
+            }
+            NAME(mm)(don + i0 * Dv, vT, dS, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(Pn, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
+            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);
+            if (dbn)
+                for (long r = 0; r < t; r++) {
+                    const T *restrict d = dS + r * e;
+                    for (long j = 0; j < e; j++) dbn[j] += d[j];
+                }
+            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dS, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            if (P) Pn += t * e;
+        }
+    }
+    free(vT);
+}
+
 /* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
 void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const T *restrict sn,
