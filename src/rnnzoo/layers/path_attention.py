@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers.attention import Attention, set_heads
+from rnnzoo.layers.attention import Attention, set_heads, write_front
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
@@ -122,10 +122,9 @@ class PaTHAttention(Attention):
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
             T = pos.shape[1]
-            k_cache = torch.cat([keys.to(k_cache.dtype), k_cache.new_zeros(
-                *k_cache.shape[:2], k_cache.shape[2] - T, k_cache.shape[3])], 2)
-            v_cache = torch.cat([v.transpose(1, 2).to(v_cache.dtype), v_cache[:, :, T:]], 2)
-            return y, (k_cache, v_cache, end)
+            k_new = torch.zeros_like(k_cache)
+            k_new[:, :, :T] = keys
+            return y, (k_new, write_front(v_cache, v.transpose(1, 2)), end)
         index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
         k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
         v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))
