@@ -206,6 +206,79 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
     }
 }
 
+/* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys
+   j <= i + shift), one at a time: q (N, T, Dh) (the scale in), k (N, T, Dh), v (N, T, Dv) ->
+   out (N, T, Dv), in tiles of `tile` queries [i0, i1) over keys [0, e), e = max(1, min(T,
+   i1 + shift)): z = q k^T (k transposed once a head), A = sb_fwd(z), out = A v. The tiles'
+   z and A are kept in Z, A (N, PT) when not NULL (tile after tile, t e entries each), else
+   in buffers. Threads split the head-rows (one call each). */
+void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        T *restrict out, T *restrict Z, T *restrict A, long T_, long Dh, long Dv,
+                        long tile, long shift, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *kT = malloc((size_t)(Dh * Tn + 2 * tile * Tn + 1) * sizeof(T));
+    T *zb = kT + Dh * Tn, *ab = zb + tile * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
+            long e = i1 + shift < Tn ? i1 + shift : Tn;
+            e = e < 1 ? 1 : e;
+            NAME(mm)(qn + i0 * Dh, kT, zn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(sb_fwd)(zn, 0, an, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0,
+                     t);
+            if (Z) zn += t * e, an += t * e;
+        }
+    }
+    free(kT);
+}
+
+/* Its backward for head-rows [n0, n1): do (N, T, Dv) -> dq, dk (N, T, Dh), dv (N, T, Dv)
+   (written whole), z and A read from Z, A (sb_heads_fwd's layout) or, when NULL,
+   recomputed. Per tile: dA = do v^T, dv += A^T do, dz = sb_bwd, dq = dz k, dk += dz^T q. */
+void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict do_, const T *restrict Z, const T *restrict A,
+                        T *restrict dq, T *restrict dk, T *restrict dv, long T_, long Dh, long Dv,
+                        long tile, long shift, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *vT = malloc((size_t)((Dv + Dh + 4 * tile) * Tn + 1) * sizeof(T));
+    T *kT = vT + Dv * Tn, *dA = kT + Dh * Tn, *dz = dA + tile * Tn, *zb = dz + tile * Tn,
+      *ab = zb + tile * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *don = do_ + n * Tn * Dv;
+        T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        if (!Z)
+            for (long j = 0; j < Tn; j++)
+                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
+        memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
+        const T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
+            long e = i1 + shift < Tn ? i1 + shift : Tn;
+            e = e < 1 ? 1 : e;
+            if (!Z) {
+                NAME(mm)(qn + i0 * Dh, kT, zb, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                NAME(sb_fwd)(zb, 0, ab, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            }
+            NAME(mm)(don + i0 * Dv, vT, dA, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(an, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
+            NAME(sb_bwd)(zn, 0, an, dA, dz, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dz, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            if (Z) zn += t * e, an += t * e;
+        }
+    }
+    free(vT);
+}
+
 /* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
    (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
    tiles of `tile` queries [i0, i1) over keys [0, i1): S = q k^T (k transposed once a head
