@@ -206,6 +206,106 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
     }
 }
 
+/* PaTH attention's block attention (ops.path_attention._AttendHeads) for whole head-rows
+   [g0, g1) of G = B H, one at a time, N chunks of C steps, D channels, a cache of L keys:
+   qs (G, N, C, D) the moved queries times the scale, k1 (G, N, C, D) the keys moved to their
+   chunk's end, P (G, N, D, D) the chunks' products, intra (G, N, C, C) the intra scores times
+   the scale (-inf above the diagonal), values (G, L + N C, D), keys0 (G, L, D) the cache's
+   keys, bias (B, L) 0 / -inf per slot (NULL when L = 0; head-row g reads row g / H).
+   Chunk n (m = L + n C keys before it, e = m + C): S = [qs_n K^T | intra_n] (+ bias on the
+   cache's keys), the causal softmax rows (keys <= m + r for row r), o_n = S values[:e];
+   then K <- [K P_n^T ; k1_n]. Saved for the backward: each chunk's keys read, KS (G, sum_n
+   m D), and probabilities, PS (G, sum_n C e). keys (G, L + N C, D): every key moved to the
+   last step. */
+void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restrict P,
+                    const T *restrict intra, const T *restrict values, const T *restrict keys0,
+                    const T *restrict bias, T *restrict o, T *restrict keys, T *restrict KS,
+                    T *restrict PS, long N, long C, long D, long L, long H, long KT, long PT,
+                    long g0, long g1) {
+    const long Lt = L + N * C;
+    for (long g = g0; g < g1; g++) {
+        const T *qg = qs + g * N * C * D, *kg = k1 + g * N * C * D, *Pg = P + g * N * D * D;
+        const T *ig = intra + g * N * C * C, *vg = values + g * Lt * D;
+        const T *bg = bias ? bias + (g / H) * L : 0;
+        T *K = keys + g * Lt * D, *og = o + g * N * C * D, *ks = KS + g * KT, *ps = PS + g * PT;
+        memcpy(K, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
+        for (long n = 0; n < N; n++) {
+            const long m = L + n * C, e = m + C;
+            if (m) NAME(mm)(qg + n * C * D, K, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            for (long r = 0; r < C; r++) {
+                T *restrict s = ps + r * e;
+                const T *restrict in = ig + (n * C + r) * C;
+                for (long j = 0; j < C; j++) s[m + j] = in[j];
+                if (bg) for (long j = 0; j < L; j++) s[j] += bg[j];
+            }
+            NAME(sm_fwd)(ps, 0, C, e, 0, e, m, 0, C);
+            NAME(mm)(ps, vg, og + n * C * D, C, D, e, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
+            if (m) {  /* K[:m] <- K[:m] P_n^T, the keys read kept */
+                memcpy(ks, K, (size_t)(m * D) * sizeof(T));
+                NAME(mm)(ks, Pg + n * D * D, K, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
+            }
+            memcpy(K + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
+            ks += m * D;
+            ps += C * e;
+        }
+    }
+}
+
+/* Its backward for head-rows [g0, g1): do (G, N, C, D), dkeys (G, L + N C, D) the gradient of
+   the moved keys (NULL: zero) -> dqs (G, N, C, D) (of qs: the caller applies the scale),
+   dk1 (G, N, C, D), dP (G, N, D, D), dintra (G, N, C, C) (of the scaled intra scores),
+   dvalues (G, L + N C, D), dkeys0 (G, L, D). Chunks in reverse: dk1_n = dK[m:e],
+   dP_n = dK[:m]^T K_n, dK[:m] <- dK[:m] P_n, dvalues[:e] += P^T do_n, dS = sm_bwd(P, do_n
+   values^T), dintra_n = dS[:, m:], dqs_n = dS[:, :m] K_n, dK[:m] += dS[:, :m]^T qs_n. */
+void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict values,
+                    const T *restrict KS, const T *restrict PS, const T *restrict do_,
+                    const T *restrict dkeys, T *restrict dqs, T *restrict dk1, T *restrict dP,
+                    T *restrict dintra, T *restrict dvalues, T *restrict dkeys0, long N, long C,
+                    long D, long L, long KT, long PT, long g0, long g1) {
+    const long Lt = L + N * C;
+    T *dK = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
+    T *tmp = dK + Lt * D, *ds = tmp + Lt * D;
+    for (long g = g0; g < g1; g++) {
+        const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D, *vg = values + g * Lt * D;
+        const T *dog = do_ + g * N * C * D;
+        T *dvg = dvalues + g * Lt * D;
+        if (dkeys) memcpy(dK, dkeys + g * Lt * D, (size_t)(Lt * D) * sizeof(T));
+        else memset(dK, 0, (size_t)(Lt * D) * sizeof(T));
+        memset(dvg, 0, (size_t)(Lt * D) * sizeof(T));
+        const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
+        for (long n = N - 1; n >= 0; n--) {
+            const long m = L + n * C, e = m + C;
+            ks -= m * D;
+            ps -= C * e;
+            const T *don = dog + n * C * D, *qn = qg + n * C * D;
+            memcpy(dk1 + (g * N + n) * C * D, dK + m * D, (size_t)(C * D) * sizeof(T));
+            T *dPn = dP + (g * N + n) * D * D;
+            if (m) {
+                NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
+                NAME(mm)(dK, Pg + n * D * D, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+                memcpy(dK, tmp, (size_t)(m * D) * sizeof(T));
+            } else {
+                memset(dPn, 0, (size_t)(D * D) * sizeof(T));
+            }
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, e);
+            NAME(mm)(don, vg, ds, C, e, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
+            T *di = dintra + (g * N + n) * C * C;
+            for (long r = 0; r < C; r++)
+                for (long j = 0; j < C; j++) di[r * C + j] = ds[r * e + m + j];
+            if (m) {
+                NAME(mm)(ds, ks, dqs + (g * N + n) * C * D, C, D, m, e, 1, D, 1, D, 0, 0, 0, 0,
+                         0, C);
+                NAME(mm)(ds, qn, dK, m, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, m);
+            } else {
+                memset(dqs + (g * N + n) * C * D, 0, (size_t)(C * D) * sizeof(T));
+            }
+        }
+        memcpy(dkeys0 + g * L * D, dK, (size_t)(L * D) * sizeof(T));
+    }
+    free(dK);
+}
+
 /* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys
    j <= i + shift), one at a time: q (N, T, Dh) (the scale in), k (N, T, Dh), v (N, T, Dv) ->
    out (N, T, Dv), in tiles of `tile` queries [i0, i1) over keys [0, e), e = max(1, min(T,
