@@ -54,6 +54,7 @@ def _grads(out, inputs):
 def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, case, keep):
     monkeypatch.setattr(native_attention, "_BLOCK", 40)  # many blocks of a few rows
     monkeypatch.setattr(native_attention, "_TILE", 3)    # and causal tiles of 3 queries
+    monkeypatch.setattr(native_attention, "_SB_TILE", 3)  # (a head-row at a time: causal)
     if not keep:
         monkeypatch.setattr(native_attention, "_KEEP", 0)  # weights recomputed
     torch.manual_seed(0)
@@ -76,6 +77,41 @@ def test_stick_breaking_kernels_equal_the_log_space_weights(monkeypatch, dtype, 
         assert (a - b).abs().max() < tol * b.abs().max()
     if case == "strict":  # the first query sees nothing: a zero row, not a NaN
         assert o[:, :, 0].abs().max() == 0
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shift", [0, -1])
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("shape, tile, threads", [((2, 3, 10, 4, 5), 3, 4),   # 6 head-rows, 4 parts
+                                                  ((1, 1, 7, 3, 2), 3, 2),     # one head-row
+                                                  ((1, 2, 70, 16, 8), 64, 2),  # a short last tile
+                                                  ((1, 1, 1, 4, 4), 64, 1)])   # one token
+def test_stick_breaking_head_rows_kernel_equals_the_log_space_weights(monkeypatch, dtype, shift,
+                                                                      keep, shape, tile,
+                                                                      threads):
+    monkeypatch.setattr(native_attention, "_SB_TILE", tile)
+    if not keep:
+        monkeypatch.setattr(native_attention, "_KEEP", 0)  # z and A recomputed
+    torch.manual_seed(0)
+    B, H, T, D, V = shape
+    q = (2 * torch.randn(B, H, T, D, dtype=dtype)).requires_grad_()
+    k = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, H, T, V, dtype=dtype, requires_grad=True)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the head-rows split over threads
+    try:
+        o = native_attention.stick_breaking_attention(native_attention.load(), q, k, v, None,
+                                                      shift)
+        grads = _grads(o, (q, k, v))
+    finally:
+        torch.set_num_threads(prev)
+    visible = torch.ones(T, T, dtype=torch.bool).tril(shift).expand(B, T, T)
+    ref = sb_module.stick_breaking_weights(q @ k.transpose(-1, -2), visible[:, None]) @ v
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert (o - ref).abs().max() <= tol * ref.abs().max()
+    for a, b in zip(grads, _grads(ref, (q, k, v))):
+        assert (a - b).abs().max() <= tol * b.abs().max()
 
 
 @needs_native
@@ -149,25 +185,35 @@ def test_forgetting_attention_takes_the_bias_per_key_and_equals_the_definition(m
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("keep", [True, False])
-def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, keep):
-    monkeypatch.setattr(native_attention, "_SM_TILE", 3)    # causal tiles of 3 queries
-    monkeypatch.setattr(native_attention, "_SM_BLOCK", 40)  # in many blocks of a few rows
+@pytest.mark.parametrize("shape, tile, threads", [((2, 3, 11, 5, 4), 3, 1),
+                                                  ((2, 3, 11, 5, 4), 3, 4),    # 6 head-rows, 4 parts
+                                                  ((1, 1, 7, 3, 2), 3, 2),     # one head-row
+                                                  ((1, 2, 70, 32, 16), 64, 2)])  # a short last tile
+def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, keep, shape,
+                                                     tile, threads):
+    monkeypatch.setattr(native_attention, "_SM_TILE", tile)  # causal tiles of `tile` queries
     if not keep:
         monkeypatch.setattr(native_attention, "_KEEP", 0)   # probabilities recomputed
     torch.manual_seed(0)
-    B, H, T, D, V = 2, 3, 11, 5, 4
+    B, H, T, D, V = shape
     q = (2 * torch.randn(B, H, T, D, dtype=dtype)).requires_grad_()
     k = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
     v = torch.randn(B, H, T, V, dtype=dtype, requires_grad=True)
     b = (3 * torch.randn(B, H, T, dtype=dtype)).requires_grad_() if bias else None
-    o = native_attention.causal_softmax_attention(native_attention.load(), q, k, v, b)
+    inputs = (q, k, v, b) if bias else (q, k, v)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the head-rows split over threads
+    try:
+        o = native_attention.causal_softmax_attention(native_attention.load(), q, k, v, b)
+        grads = _grads(o, inputs)
+    finally:
+        torch.set_num_threads(prev)
     s = q @ k.transpose(-1, -2) + (b[..., None, :] if bias else 0)
     s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     ref = s.softmax(-1) @ v
-    inputs = (q, k, v, b) if bias else (q, k, v)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert (o - ref).abs().max() < tol * ref.abs().max()
-    for x, y in zip(_grads(o, inputs), _grads(ref, inputs)):
+    for x, y in zip(grads, _grads(ref, inputs)):
         assert (x - y).abs().max() < tol * y.abs().max()
 
 

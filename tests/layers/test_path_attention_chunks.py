@@ -53,7 +53,7 @@ def inputs(B=2, T=70, Hn=2, D=4, L=0, seed=0):
 @pytest.mark.parametrize("force", [None, "torch"], ids=["native", "torch"])
 def test_chunks_equal_explicit_householder_products(monkeypatch, chunk_size, ut_chunk, cached,
                                                     force):
-    # on the CPU the blocks' softmax and products run in C (_AttendC); "torch": _Attend
+    # on the CPU the blocks' softmax and products run in C (_AttendHeads); "torch": _Attend
     monkeypatch.setattr(path_op, "UT_CHUNK", ut_chunk)   # 64 from 8: three merge levels
     args, (kc, vc, visible) = inputs(L=6 if cached else 0)
     cache = dict(k_cache=kc, v_cache=vc, cache_visible=visible) if cached else {}
@@ -97,3 +97,38 @@ def test_layer_chunk_gradients_equal_sequential_across_merged_blocks():
         grads.append(torch.autograd.grad(loss, [xs, ks, *layer.parameters()]))
     for g_seq, g_chunk in zip(*grads):
         assert (g_seq - g_chunk).abs().max() < 1e-10 * (1 + g_seq.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, L, threads", [((2, 70, 3, 4), 6, 4),   # 6 head-rows, 4 parts
+                                               ((1, 37, 1, 8), 0, 2),   # one head-row, fresh
+                                               ((1, 5, 1, 4), 3, 2)])   # one short chunk
+def test_head_rows_kernel_equals_the_torch_blocks(dtype, shape, L, threads):
+    # the C blocks (_AttendHeads, threads over head-rows) against _Attend: outputs, moved
+    # keys and every input gradient, with and without a cache
+    B, T, Hn, D = shape
+    (q, k, v, w, beta), (kc, vc, visible) = inputs(B=B, T=T, Hn=Hn, D=D, L=L)
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v, w, beta, kc, vc)]
+    g = torch.Generator().manual_seed(3)
+    results = []
+    for force in (None, "torch"):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with backend.force(force) if force else contextlib.nullcontext():
+                q_, k_, v_, w_, b_, kc_, vc_ = leaves
+                cache = dict(k_cache=kc_, v_cache=vc_, cache_visible=visible) if L else {}
+                o, keys, moved = path_op.path_attention(q_, k_, v_, w_, b_, scale=0.6,
+                                                        chunk_size=16, **cache)
+                outs = [o, keys] + ([moved] if L else [])
+                g.manual_seed(3)
+                loss = sum((t * torch.randn(t.shape, generator=g, dtype=dtype)).sum()
+                           for t in outs)
+                used = leaves if L else leaves[:5]
+                results.append((outs, torch.autograd.grad(loss, used)))
+        finally:
+            torch.set_num_threads(prev)
+    (fast, dfast), (ref, dref) = results
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(fast + list(dfast), ref + list(dref)):
+        assert (a - b).abs().max() <= tol * (1 + b.abs().max())

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers.attention import Attention, set_heads
+from rnnzoo.layers.attention import Attention, set_heads, write_front
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import frequencies
@@ -185,7 +185,7 @@ class ForgettingAttention(Attention):
     def _write_decay(self, d_cache, d, pos, fresh: bool = False):
         """Attention._write for the (B, H, capacity) decay cache."""
         if fresh and self.window is None:
-            return torch.cat([d.to(d_cache.dtype), d_cache[:, :, d.shape[2]:]], 2)
+            return write_front(d_cache, d)
         keep = min(d.shape[2], self.capacity)
         d, pos = d[:, :, -keep:], pos[:, -keep:]
         slot = pos if self.window is None else torch.remainder(pos, self.window)

@@ -29,10 +29,12 @@ import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers.attention import Attention, set_heads
+from rnnzoo.layers.attention import Attention, set_heads, write_front
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
+from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.path_attention import path_attention
 from rnnzoo.registry import register
@@ -62,11 +64,22 @@ class PaTHAttention(Attention):
         self.b_proj = Linear(d_model, num_heads, bias=True)
         self.out_proj = Linear(inner, d_model, bias=False)
 
-    def op_inputs(self, x):
-        """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""
+    def op_inputs(self, x, heads: bool = False):
+        """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2). heads: q,
+        k, v split on the CPU by one C pass (ops.native.attention.heads) into (B, H, T, Dh)
+        memory, the layout ops.path_attention's chunks read (no copies there, no stack of
+        the split's gradient)."""
         B, T, _ = x.shape
         cdt = compute_dtype(x)
-        q, k, v = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, -1).unbind(2)
+        qkv = self.qkv(x).to(cdt)
+        lib = native_attention.load() if heads and backend.use_native(qkv) else None
+        if lib is not None:
+            none = qkv.new_empty(B, T, 0)  # no rotary channels, no scale
+            q, k, v = (t.transpose(1, 2) for t in native_attention.heads(lib, qkv,
+                                                                          self.num_heads,
+                                                                          none, none))
+        else:
+            q, k, v = qkv.view(B, T, 3, self.num_heads, -1).unbind(2)
         w = F.normalize(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1), dim=-1, eps=1e-6)
         return q, k, v, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
 
@@ -81,7 +94,7 @@ class PaTHAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this PaTH attention layer; build it with a larger max_len")
-        q, k, v, w, beta = self.op_inputs(x)
+        q, k, v, w, beta = self.op_inputs(x, heads=mode == "chunk")
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)
         if mode == "chunk":
@@ -122,10 +135,10 @@ class PaTHAttention(Attention):
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
             T = pos.shape[1]
-            k_cache = torch.cat([keys.to(k_cache.dtype), k_cache.new_zeros(
-                *k_cache.shape[:2], k_cache.shape[2] - T, k_cache.shape[3])], 2)
-            v_cache = torch.cat([v.transpose(1, 2).to(v_cache.dtype), v_cache[:, :, T:]], 2)
-            return y, (k_cache, v_cache, end)
+            k_new = torch.empty_like(k_cache)
+            k_new[:, :, :T] = keys
+            k_new[:, :, T:] = 0
+            return y, (k_new, write_front(v_cache, v.transpose(1, 2)), end)
         index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
         k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
         v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))

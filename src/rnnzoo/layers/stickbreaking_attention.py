@@ -80,7 +80,15 @@ class StickBreakingAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this stick-breaking attention layer; build it with a larger max_len")
-        q, k, v = (t.transpose(1, 2) for t in self.op_inputs(x))     # (B, H, T, Dh)
+        qkv = self.qkv(x).to(compute_dtype(x))
+        lib = native_attention.load() if backend.use_native(qkv) else None
+        if lib is not None and top == 0:  # split, transposes and q's scale in one C pass
+            none = qkv.new_empty(x.shape[0], T, 0)  # no rotary channels
+            q, k, v = native_attention.heads(lib, qkv, self.num_heads, none, none,
+                                             self.head_dim ** -0.5)
+        else:  # (B, H, T, Dh) views, as op_inputs
+            q, k, v = qkv.view(*x.shape[:2], 3, self.num_heads, -1).unbind(2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         pos = start[:, None] + torch.arange(T, device=x.device)
         if top > 0:
             keys = torch.cat([k_cache.to(k.dtype), k], dim=2)
@@ -89,8 +97,8 @@ class StickBreakingAttention(Attention):
         else:
             keys, values, key_pos = k, v, pos
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        q = q * self.head_dim ** -0.5
-        lib = native_attention.load() if backend.use_native(q, keys, values) else None
+        if lib is None or top > 0:
+            q = q * self.head_dim ** -0.5
         bad = bad_k | bad_v
         if lib is not None and top == 0:  # fresh: causal tiles, no (T, T) mask at all
             out = native_attention.stick_breaking_attention(lib, q, keys, values, None,

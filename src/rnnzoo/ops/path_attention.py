@@ -76,7 +76,7 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         v0 = v_cache.to(q.dtype)
         bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
             hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
-    attend = _Attend.apply if lib is None else partial(_AttendC.apply, lib)
+    attend = _Attend.apply if lib is None else partial(_AttendHeads.apply, lib)
     o, keys = attend(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale)
     L = keys0.shape[2]
     o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
@@ -223,75 +223,49 @@ class _Attend(torch.autograd.Function):
         return None, dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
 
 
-class _AttendC(torch.autograd.Function):
-    """_Attend with each block's scores, softmax and products in C (ops.native.attention, a
-    fresh lib): the scores written next to the block's intra scores (q1 and intra scaled
-    once), the softmax a C pass a row in place (attention.c: sm_fwd, keys past m + i
-    hidden: the intra block's upper triangle), and backward dS = P (dP - rowsum(P dP)) in
-    place (sm_bwd); the products accumulate into their outputs. Same arguments and results."""
+class _AttendHeads(torch.autograd.Function):
+    """_Attend in one C call per thread over whole head-rows (attention.c: path_fwd /
+    path_bwd): each head's chunks in order, its scores written next to the chunk's intra
+    scores (q1 and intra scaled once), the softmax rows in place (sm_fwd; backward dS =
+    P (dP - rowsum(P dP)), sm_bwd), the products and the moved keys in cache, where a
+    thread-pool run per block product and torch's cats of the keys ran before; a fresh lib.
+    Same arguments and results."""
 
     @staticmethod
     def forward(ctx, lib, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
         B, H, N, C, D = q1.shape
         L = keys0.shape[2]
-        G = B * H
-        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
-        Lt = values.shape[2]
+        values = torch.cat([v0, v.flatten(2, 3)], 2).contiguous()  # (B, H, L + N C, D)
         qs, intra_s = q1 * scale, intra * scale
-        o = q1.new_empty(B, H, N, C, D)
-        keys, read, probs = keys0.contiguous(), [], []
-        sm = native_attention._kernel(lib, "sm_fwd", q1.dtype)
-        for n in range(N):
-            m = L + n * C
-            p = q1.new_empty(B, H, C, m + C)
-            native_attention._mm(lib, qs[:, :, n], keys, p, C, m, D, (D, 1), 1, m + C,
-                                 (N * C * D, m * D, C * (m + C)), G, b_cs=D)
-            p[..., m:] = intra_s[:, :, n]
-            if L:
-                p[..., :L] += bias0
-            native_attention._run(sm, [native.ptr(p), None], (C, m + C, 0, m + C, m), G * C)
-            native_attention._mm(lib, p, values, o[:, :, n], C, D, m + C, (m + C, 1), D, D,
-                                 (C * (m + C), Lt * D, N * C * D), G)
-            read.append(keys)
-            probs.append(p)
-            keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
-        ctx.save_for_backward(qs, P, values, *read, *probs)
-        ctx.lib, ctx.mm, ctx.scale, ctx.L = lib, mm, scale, L
+        k1, P, keys0 = k1.contiguous(), P.contiguous(), keys0.contiguous()
+        bias = bias0.reshape(B, L).contiguous() if L else None
+        KT = sum(L + n * C for n in range(N)) * D
+        PT = sum(C * (L + (n + 1) * C) for n in range(N))
+        o, keys = q1.new_empty(B, H, N, C, D), q1.new_empty(B, H, L + N * C, D)
+        KS, PS = q1.new_empty(B * H, KT), q1.new_empty(B * H, PT)
+        native_attention._run(native_attention._kernel(lib, "path_fwd", q1.dtype),
+                              [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
+                                                       bias, o, keys, KS, PS)],
+                              (N, C, D, L, H, KT, PT), B * H)
+        ctx.save_for_backward(qs, P, values, KS, PS)
+        ctx.lib, ctx.scale, ctx.L = lib, scale, L
         return o, keys
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dkeys):
-        qs, P, values, *saved = ctx.saved_tensors
-        lib, mm, scale, L = ctx.lib, ctx.mm, ctx.scale, ctx.L
+        qs, P, values, KS, PS = ctx.saved_tensors
+        lib, scale, L = ctx.lib, ctx.scale, ctx.L
         B, H, N, C, D = qs.shape
-        G, Lt = B * H, values.shape[2]
         do = torch.zeros_like(qs) if do is None else do.contiguous()
-        dkeys = torch.zeros_like(values) if dkeys is None else dkeys
-        dvalues = torch.zeros_like(values)
+        dkeys = None if dkeys is None else dkeys.contiguous()
         dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
         dintra = qs.new_empty(B, H, N, C, C)
-        sm = native_attention._kernel(lib, "sm_bwd", qs.dtype)
-        for n in reversed(range(N)):
-            keys, p = saved[n], saved[N + n]
-            m = L + n * C
-            e = m + C
-            dk1[:, :, n] = dkeys[:, :, m:e]
-            dmoved = dkeys[:, :, :m]                                  # of keys @ P_n^T
-            dP[:, :, n] = mm(dmoved.transpose(-1, -2), keys)
-            dkeys = mm(dmoved, P[:, :, n]).contiguous()
-            do_n = do[:, :, n]
-            native_attention._mm(lib, p, do_n, dvalues, e, D, C, (1, e), D, D,
-                                 (C * e, N * C * D, Lt * D), G, acc=True)       # += P^T do
-            ds = qs.new_empty(B, H, C, e)
-            native_attention._mm(lib, do_n, values, ds, C, e, D, (D, 1), 1, e,
-                                 (N * C * D, Lt * D, C * e), G, b_cs=D)         # dP = do V^T
-            native_attention._run(sm, [native.ptr(p), native.ptr(ds)], (C, e, m), G * C)
-            dintra[:, :, n] = ds[..., m:]
-            native_attention._mm(lib, ds, keys, dq1[:, :, n], C, D, m, (e, 1), D, D,
-                                 (C * e, m * D, N * C * D), G)                   # dS K
-            native_attention._mm(lib, ds, qs[:, :, n], dkeys, m, D, C, (1, e), D, D,
-                                 (C * e, N * C * D, m * D), G, acc=True)        # += dS^T qs
+        dvalues, dkeys0 = torch.empty_like(values), qs.new_empty(B, H, L, D)
+        native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
+                              [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
+                                                       dk1, dP, dintra, dvalues, dkeys0)],
+                              (N, C, D, L, KS.shape[1], PS.shape[1]), B * H)
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
-        return (None, None, dq1.mul_(scale), dk1, dP, dintra.mul_(scale), dv, dkeys,
+        return (None, None, dq1.mul_(scale), dk1, dP, dintra.mul_(scale), dv, dkeys0,
                 dvalues[:, :, :L], None, None)

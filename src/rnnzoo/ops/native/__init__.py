@@ -41,7 +41,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     ttt_norm.c          the TTT inner loss's gradient through its layer norm, and its backward
     ttt_read.c          the TTT dual-form read of a mini-batch block (x W + c - A G), and its backward
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
-                        (and the causal softmax rows of attention / FoX, rotary positions)
+                        (and the causal softmax rows of attention / FoX, rotary positions;
+                        PaTH's block attention, path_fwd / path_bwd)
     longhorn_scan.c     Longhorn's diagonal online-learning scan
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
     vector_delta.c      the delta rule with a decay per key channel (kda, erase_delta, rwkv7 on a CPU)

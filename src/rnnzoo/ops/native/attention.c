@@ -206,6 +206,256 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
     }
 }
 
+/* PaTH attention's block attention (ops.path_attention._AttendHeads) for whole head-rows
+   [g0, g1) of G = B H, one at a time, N chunks of C steps, D channels, a cache of L keys:
+   qs (G, N, C, D) the moved queries times the scale, k1 (G, N, C, D) the keys moved to their
+   chunk's end, P (G, N, D, D) the chunks' products, intra (G, N, C, C) the intra scores times
+   the scale (-inf above the diagonal), values (G, L + N C, D), keys0 (G, L, D) the cache's
+   keys, bias (B, L) 0 / -inf per slot (NULL when L = 0; head-row g reads row g / H).
+   Chunk n (m = L + n C keys before it, e = m + C): S = [qs_n K^T | intra_n] (+ bias on the
+   cache's keys), the causal softmax rows (keys <= m + r for row r), o_n = S values[:e];
+   then K <- [K P_n^T ; k1_n]. Saved for the backward: each chunk's keys read, KS (G, sum_n
+   m D), and probabilities, PS (G, sum_n C e). keys (G, L + N C, D): every key moved to the
+   last step. */
+void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restrict P,
+                    const T *restrict intra, const T *restrict values, const T *restrict keys0,
+                    const T *restrict bias, T *restrict o, T *restrict keys, T *restrict KS,
+                    T *restrict PS, long N, long C, long D, long L, long H, long KT, long PT,
+                    long g0, long g1) {
+    const long Lt = L + N * C;
+    for (long g = g0; g < g1; g++) {
+        const T *qg = qs + g * N * C * D, *kg = k1 + g * N * C * D, *Pg = P + g * N * D * D;
+        const T *ig = intra + g * N * C * C, *vg = values + g * Lt * D;
+        const T *bg = bias ? bias + (g / H) * L : 0;
+        T *K = keys + g * Lt * D, *og = o + g * N * C * D, *ks = KS + g * KT, *ps = PS + g * PT;
+        memcpy(K, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
+        for (long n = 0; n < N; n++) {
+            const long m = L + n * C, e = m + C;
+            if (m) NAME(mm)(qg + n * C * D, K, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            for (long r = 0; r < C; r++) {
+                T *restrict s = ps + r * e;
+                const T *restrict in = ig + (n * C + r) * C;
+                for (long j = 0; j < C; j++) s[m + j] = in[j];
+                if (bg) for (long j = 0; j < L; j++) s[j] += bg[j];
+            }
+            NAME(sm_fwd)(ps, 0, C, e, 0, e, m, 0, C);
+            NAME(mm)(ps, vg, og + n * C * D, C, D, e, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
+            if (m) {  /* K[:m] <- K[:m] P_n^T, the keys read kept */
+                memcpy(ks, K, (size_t)(m * D) * sizeof(T));
+                NAME(mm)(ks, Pg + n * D * D, K, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
+            }
+            memcpy(K + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
+            ks += m * D;
+            ps += C * e;
+        }
+    }
+}
+
+/* Its backward for head-rows [g0, g1): do (G, N, C, D), dkeys (G, L + N C, D) the gradient of
+   the moved keys (NULL: zero) -> dqs (G, N, C, D) (of qs: the caller applies the scale),
+   dk1 (G, N, C, D), dP (G, N, D, D), dintra (G, N, C, C) (of the scaled intra scores),
+   dvalues (G, L + N C, D), dkeys0 (G, L, D). Chunks in reverse: dk1_n = dK[m:e],
+   dP_n = dK[:m]^T K_n, dK[:m] <- dK[:m] P_n, dvalues[:e] += P^T do_n, dS = sm_bwd(P, do_n
+   values^T), dintra_n = dS[:, m:], dqs_n = dS[:, :m] K_n, dK[:m] += dS[:, :m]^T qs_n. */
+void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict values,
+                    const T *restrict KS, const T *restrict PS, const T *restrict do_,
+                    const T *restrict dkeys, T *restrict dqs, T *restrict dk1, T *restrict dP,
+                    T *restrict dintra, T *restrict dvalues, T *restrict dkeys0, long N, long C,
+                    long D, long L, long KT, long PT, long g0, long g1) {
+    const long Lt = L + N * C;
+    T *dK = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
+    T *tmp = dK + Lt * D, *ds = tmp + Lt * D;
+    for (long g = g0; g < g1; g++) {
+        const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D, *vg = values + g * Lt * D;
+        const T *dog = do_ + g * N * C * D;
+        T *dvg = dvalues + g * Lt * D;
+        if (dkeys) memcpy(dK, dkeys + g * Lt * D, (size_t)(Lt * D) * sizeof(T));
+        else memset(dK, 0, (size_t)(Lt * D) * sizeof(T));
+        memset(dvg, 0, (size_t)(Lt * D) * sizeof(T));
+        const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
+        for (long n = N - 1; n >= 0; n--) {
+            const long m = L + n * C, e = m + C;
+            ks -= m * D;
+            ps -= C * e;
+            const T *don = dog + n * C * D, *qn = qg + n * C * D;
+            memcpy(dk1 + (g * N + n) * C * D, dK + m * D, (size_t)(C * D) * sizeof(T));
+            T *dPn = dP + (g * N + n) * D * D;
+            if (m) {
+                NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
+                NAME(mm)(dK, Pg + n * D * D, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+                memcpy(dK, tmp, (size_t)(m * D) * sizeof(T));
+            } else {
+                memset(dPn, 0, (size_t)(D * D) * sizeof(T));
+            }
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, e);
+            NAME(mm)(don, vg, ds, C, e, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
+            T *di = dintra + (g * N + n) * C * C;
+            for (long r = 0; r < C; r++)
+                for (long j = 0; j < C; j++) di[r * C + j] = ds[r * e + m + j];
+            if (m) {
+                NAME(mm)(ds, ks, dqs + (g * N + n) * C * D, C, D, m, e, 1, D, 1, D, 0, 0, 0, 0,
+                         0, C);
+                NAME(mm)(ds, qn, dK, m, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, m);
+            } else {
+                memset(dqs + (g * N + n) * C * D, 0, (size_t)(C * D) * sizeof(T));
+            }
+        }
+        memcpy(dkeys0 + g * L * D, dK, (size_t)(L * D) * sizeof(T));
+    }
+    free(dK);
+}
+
+/* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys
+   j <= i + shift), one at a time: q (N, T, Dh) (the scale in), k (N, T, Dh), v (N, T, Dv) ->
+   out (N, T, Dv), in tiles of `tile` queries [i0, i1) over keys [0, e), e = max(1, min(T,
+   i1 + shift)): z = q k^T (k transposed once a head), A = sb_fwd(z), out = A v. The tiles'
+   z and A are kept in Z, A (N, PT) when not NULL (tile after tile, t e entries each), else
+   in buffers. Threads split the head-rows (one call each). */
+void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        T *restrict out, T *restrict Z, T *restrict A, long T_, long Dh, long Dv,
+                        long tile, long shift, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *kT = malloc((size_t)(Dh * Tn + 2 * tile * Tn + 1) * sizeof(T));
+    T *zb = kT + Dh * Tn, *ab = zb + tile * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
+            long e = i1 + shift < Tn ? i1 + shift : Tn;
+            e = e < 1 ? 1 : e;
+            NAME(mm)(qn + i0 * Dh, kT, zn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(sb_fwd)(zn, 0, an, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0,
+                     t);
+            if (Z) zn += t * e, an += t * e;
+        }
+    }
+    free(kT);
+}
+
+/* Its backward for head-rows [n0, n1): do (N, T, Dv) -> dq, dk (N, T, Dh), dv (N, T, Dv)
+   (written whole), z and A read from Z, A (sb_heads_fwd's layout) or, when NULL,
+   recomputed. Per tile: dA = do v^T, dv += A^T do, dz = sb_bwd, dq = dz k, dk += dz^T q. */
+void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict do_, const T *restrict Z, const T *restrict A,
+                        T *restrict dq, T *restrict dk, T *restrict dv, long T_, long Dh, long Dv,
+                        long tile, long shift, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *vT = malloc((size_t)((Dv + Dh + 4 * tile) * Tn + 1) * sizeof(T));
+    T *kT = vT + Dv * Tn, *dA = kT + Dh * Tn, *dz = dA + tile * Tn, *zb = dz + tile * Tn,
+      *ab = zb + tile * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *don = do_ + n * Tn * Dv;
+        T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        if (!Z)
+            for (long j = 0; j < Tn; j++)
+                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
+        memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
+        const T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
+            long e = i1 + shift < Tn ? i1 + shift : Tn;
+            e = e < 1 ? 1 : e;
+            if (!Z) {
+                NAME(mm)(qn + i0 * Dh, kT, zb, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                NAME(sb_fwd)(zb, 0, ab, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            }
+            NAME(mm)(don + i0 * Dv, vT, dA, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(an, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
+            NAME(sb_bwd)(zn, 0, an, dA, dz, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+            NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dz, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            if (Z) zn += t * e, an += t * e;
+        }
+    }
+    free(vT);
+}
+
+/* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
+   (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
+   tiles of `tile` queries [i0, i1) over keys [0, i1): S = q k^T (k transposed once a head
+   into a buffer), sm_fwd's rows, out = P v. The tiles' P are kept in P (N, PT), tile after
+   tile (t (i1) entries each, PT in all a head-row), when P is not NULL; else in a buffer.
+   A head-row's products stay in cache, and threads split the head-rows (one call each). */
+void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict bias, T *restrict out, T *restrict P, long T_, long Dh,
+                        long Dv, long tile, long PT, long n0, long n1) {
+    const long Tn = T_;
+    T *kT = malloc((size_t)(Dh * Tn + (P ? 0 : tile * Tn) + 1) * sizeof(T));
+    T *scratch = kT + Dh * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *bn = bias ? bias + n * Tn : 0;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        T *Pn = P ? P + n * PT : scratch;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
+            NAME(mm)(qn + i0 * Dh, kT, Pn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);
+            NAME(mm)(Pn, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0, t);
+            if (P) Pn += t * e;
+        }
+    }
+    free(kT);
+}
+
+/* Its backward for head-rows [n0, n1): do (N, T, Dv) -> dq, dk (N, T, Dh), dv (N, T, Dv),
+   db (N, T) when bias is not NULL (written whole, no zeroing needed), the tiles' P read from
+   P (sm_heads_fwd's layout) or, when P is NULL, recomputed. Per tile: dP = do v^T, dv += P^T do,
+   dS = sm_bwd(P, dP), db += column sums of dS, dq = dS k, dk += dS^T q. */
+void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict bias, const T *restrict do_, const T *restrict P,
+                        T *restrict dq, T *restrict dk, T *restrict dv, T *restrict db, long T_,
+                        long Dh, long Dv, long tile, long PT, long n0, long n1) {
+    const long Tn = T_;
+    /* vT, dS, and kT and a P buffer for recomputing */
+    T *vT = malloc((size_t)((Dv + Dh + 2 * tile) * Tn + 1) * sizeof(T));
+    T *dS = vT + Dv * Tn, *kT = dS + tile * Tn, *Pbuf = kT + Dh * Tn;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
+        const T *don = do_ + n * Tn * Dv, *bn = bias ? bias + n * Tn : 0;
+        T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
+        T *dbn = db ? db + n * Tn : 0;
+        for (long j = 0; j < Tn; j++)
+            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        if (!P)
+            for (long j = 0; j < Tn; j++)
+                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
+        memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
+        if (dbn) memset(dbn, 0, (size_t)Tn * sizeof(T));
+        const T *Pn = P ? P + n * PT : Pbuf;
+        for (long i0 = 0; i0 < Tn; i0 += tile) {
+            const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
+            if (!P) {
+                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                NAME(sm_fwd)(Pbuf, bn, t, e, 0, Tn, i0, 0, t);
+            }
+            NAME(mm)(don + i0 * Dv, vT, dS, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(Pn, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
+            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);
+            if (dbn)
+                for (long r = 0; r < t; r++) {
+                    const T *restrict d = dS + r * e;
+                    for (long j = 0; j < e; j++) dbn[j] += d[j];
+                }
+            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dS, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            if (P) Pn += t * e;
+        }
+    }
+    free(vT);
+}
+
 /* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
 void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const T *restrict sn,

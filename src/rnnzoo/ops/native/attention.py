@@ -6,12 +6,14 @@
         and weights a block of rows at a time (one pass a row each way in C, between
         matmuls), recomputed in the backward, instead of a dozen (B, H, Tq, Tk) tensors
         through autograd (layers.stickbreaking_attention keeps that form as its fallback);
-        causal tiles skip the keys no query of the tile sees.
+        causal tiles skip the keys no query of the tile sees; a fresh (causal) sequence runs
+        one C call per thread over whole (batch x head) rows.
     causal_softmax_attention(lib, q, k, v, bias) -> o    softmax attention of a fresh
         sequence, o_i = sum_{j <= i} softmax_j(q_i . k_j + b_j) v_j (b: a bias per key, FoX's
-        forget gates, or none): blocks of rows in causal tiles between matmuls, the softmax
-        (and its backward) a C pass a row; each block's probabilities are kept for the
-        backward up to _KEEP bytes in all, else recomputed there. Its six block products
+        forget gates, or none): one C call per thread over whole head-rows (sm_heads_fwd /
+        sm_heads_bwd: each head's causal tiles of _SM_TILE queries, products and softmax
+        rows in cache, no thread pool round trip per block); each tile's probabilities are
+        kept for the backward up to _KEEP bytes in all, else recomputed there. Its products
         run on mm.h's mm (register tiles at the build's vector width; attention.c exports
         it), not MKL's bmm (AVX2 code on AMD CPUs).
     bmm(lib, a, b) -> a @ b                   the same batched product, differentiable: based
@@ -51,7 +53,13 @@ def _kernel(lib, name, dtype):
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L],
-                                            "mm": [P] * 3 + [L] * 14}[name])
+                                            "mm": [P] * 3 + [L] * 14,
+                                            "sm_heads_fwd": [P] * 6 + [L] * 7,
+                                            "path_fwd": [P] * 11 + [L] * 9,
+                                            "path_bwd": [P] * 13 + [L] * 8,
+                                            "sb_heads_fwd": [P] * 6 + [L] * 8,
+                                            "sb_heads_bwd": [P] * 9 + [L] * 8,
+                                            "sm_heads_bwd": [P] * 10 + [L] * 7}[name])
 
 
 def _run(fn, ptrs, extra, rows):
@@ -152,21 +160,55 @@ class _StickBreaking(torch.autograd.Function):
                 None)
 
 
+class _StickBreakingHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, shift):
+        B, H, T, Dh = q.shape
+        N, Dv, tile = B * H, v.shape[-1], min(_SB_TILE, T)
+        q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        PT = sum((min(T, i0 + tile) - i0) * max(1, min(T, i0 + tile + shift))
+                 for i0 in range(0, T, tile))
+        keep = 2 * N * PT * q.element_size() <= _KEEP
+        Z, A = q2.new_empty(2, N, PT).unbind(0) if keep else (None, None)
+        out = q2.new_empty(N, T, Dv)
+        _run(_kernel(lib, "sb_heads_fwd", q.dtype),
+             [native.ptr(t) for t in (q2, k2, v2, out, Z, A)], (T, Dh, Dv, tile, shift, PT), N)
+        ctx.save_for_backward(q2, k2, v2, Z, A)
+        ctx.lib, ctx.shift, ctx.tile, ctx.PT, ctx.vshape = lib, shift, tile, PT, v.shape
+        return out.view(B, H, T, Dv)
+
+    @staticmethod
+    def backward(ctx, do):
+        q2, k2, v2, Z, A = ctx.saved_tensors
+        N, T, Dh = q2.shape
+        Dv = v2.shape[-1]
+        do2 = do.reshape(N, T, Dv).contiguous()
+        dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+        _run(_kernel(ctx.lib, "sb_heads_bwd", q2.dtype),
+             [native.ptr(t) for t in (q2, k2, v2, do2, Z, A, dq, dk, dv)],
+             (T, Dh, Dv, ctx.tile, ctx.shift, ctx.PT), N)
+        shape = ctx.vshape[:2]
+        return (None, dq.view(*shape, T, Dh), dk.view(*shape, T, Dh), dv.view(ctx.vshape),
+                None)
+
+
 def stick_breaking_attention(lib, q, k, v, visible=None, shift: int = 0):
     """o = A v with A the stick-breaking weights of the logits q k^T: q (B, H, Tq, Dh) (the
     scale already in), k (B, H, Tk, Dh), v (B, H, Tk, Dv) -> o (B, H, Tq, Dv). Visible keys:
     visible (B, Tq, Tk) bool (keys in position order), or None for causal with Tk = Tq: key
     j visible to query i when j <= i + shift (shift 0: the current token too; -1: before
-    it), when each tile of queries reads only the keys it can see. The logits exist a block
-    at a time (2 MB), forward and again in the backward (recomputed, never stored)."""
+    it): one C call per thread over whole head-rows (sb_heads_fwd / sb_heads_bwd), causal
+    tiles of _SB_TILE queries reading only the keys they can see, each tile's logits and
+    weights kept for the backward up to _KEEP bytes, else recomputed. With a mask: blocks of
+    rows (2 MB of logits), recomputed in the backward unless they fit _KEEP."""
+    if visible is None:
+        return _StickBreakingHeads.apply(lib, q, k, v, shift)
     return _StickBreaking.apply(lib, q, k, v, visible, shift)
 
 
-_SM_TILE, _SM_BLOCK = 64, 1 << 18  # the softmax's tiles and blocks (1 MB): fastest measured
 
-
-def _sm_blocks(N, T):
-    return _blocks(N, T, T, True, 0, _SM_TILE, _SM_BLOCK)
+_SM_TILE = 64  # the causal softmax's tiles of queries: fastest measured
+_SB_TILE = 64  # stick-breaking's causal tiles of a head-row (64: 141 ms, 128: 145, 256: 153)
 
 
 def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False, b_cs=1):
@@ -218,77 +260,45 @@ def bmm(lib, a, b):
     return c.view(*lead, *c.shape[-2:])
 
 
-class _Causal(torch.autograd.Function):
+class _CausalHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, bias):
-        B, H, T, _ = q.shape
-        q2, k2, v2 = (t.reshape(B * H, T, t.shape[-1]).contiguous() for t in (q, k, v))
-        kT = k2.transpose(1, 2).contiguous()
-        b2 = None if bias is None else bias.reshape(B * H, T).contiguous()
-        blocks = _sm_blocks(B * H, T)
-        keep = sum((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks) \
-            * q.element_size() <= _KEEP
-        Dv = v.shape[-1]
-        out = q2.new_empty(B * H, T, Dv)
-        Ps = [_softmax_block(lib, q2, kT, b2, blk) for blk in blocks] if keep else []
-        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
-            P = Ps[i] if keep else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
-            t = i1 - i0
-            _mm(lib, P, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, T * Dv, T * Dv),
-                n1 - n0)
-        ctx.save_for_backward(q2, k2, v2, kT, b2, *Ps)
-        ctx.lib, ctx.shapes = lib, (q.shape, v.shape, None if bias is None else bias.shape)
-        return out.view(B, H, T, -1)
+        B, H, T, Dh = q.shape
+        N, Dv, tile = B * H, v.shape[-1], min(_SM_TILE, T)
+        q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        b2 = None if bias is None else bias.reshape(N, T).contiguous()
+        PT = sum((min(T, i0 + tile) - i0) * min(T, i0 + tile) for i0 in range(0, T, tile))
+        P = q2.new_empty(N, PT) if N * PT * q.element_size() <= _KEEP else None
+        out = q2.new_empty(N, T, Dv)
+        _run(_kernel(lib, "sm_heads_fwd", q.dtype),
+             [native.ptr(t) for t in (q2, k2, v2, b2, out, P)], (T, Dh, Dv, tile, PT), N)
+        ctx.save_for_backward(q2, k2, v2, b2, P)
+        ctx.lib, ctx.shapes, ctx.tile = lib, (q.shape, v.shape, None if bias is None else
+                                               bias.shape), tile
+        return out.view(B, H, T, Dv)
 
     @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, kT, b2, *Ps = ctx.saved_tensors
+        q2, k2, v2, b2, P = ctx.saved_tensors
         (B, H, T, Dh), vshape, bshape = ctx.shapes
-        Dv = vshape[-1]
-        lib = ctx.lib
-        do2 = do.reshape(B * H, T, -1).contiguous()
-        vT = v2.transpose(1, 2).contiguous()
-        bwd = _kernel(lib, "sm_bwd", q2.dtype)
-        dq = torch.empty_like(q2)
-        dk, dv = torch.zeros_like(k2), torch.zeros_like(v2)
-        db = None if b2 is None else torch.zeros_like(b2)
-        blocks = _sm_blocks(B * H, T)
-        buf = q2.new_empty(max((n1 - n0) * (i1 - i0) * e for n0, n1, i0, i1, e in blocks))
-        for i, (n0, n1, i0, i1, e) in enumerate(blocks):
-            P = Ps[i] if Ps else _softmax_block(lib, q2, kT, b2, (n0, n1, i0, i1, e))
-            g, t = n1 - n0, i1 - i0
-            dS = buf[:g * t * e].view(g, t, e)
-            _mm(lib, do2[n0, i0], vT[n0], dS, t, e, Dv, (Dv, 1), T, e, (T * Dv, Dv * T, t * e), g)
-            _mm(lib, P, do2[n0, i0], dv[n0], e, Dv, t, (1, e), Dv, Dv, (t * e, T * Dv, T * Dv), g,
-                acc=True)
-            _run(bwd, [native.ptr(P), native.ptr(dS)], (t, e, i0), g * t)
-            _mm(lib, dS, k2[n0], dq[n0, i0], t, Dh, e, (e, 1), Dh, Dh, (t * e, T * Dh, T * Dh), g)
-            _mm(lib, dS, q2[n0, i0], dk[n0], e, Dh, t, (1, e), Dh, Dh, (t * e, T * Dh, T * Dh), g,
-                acc=True)
-            if db is not None:
-                db[n0:n1, :e] += dS.sum(1)
-        return (None, dq.view(B, H, T, -1), dk.view(B, H, T, -1), dv.view(vshape),
+        N, Dv = B * H, vshape[-1]
+        do2 = do.reshape(N, T, Dv).contiguous()
+        dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+        db = None if b2 is None else torch.empty_like(b2)
+        PT = 0 if P is None else P.shape[1]
+        _run(_kernel(ctx.lib, "sm_heads_bwd", q2.dtype),
+             [native.ptr(t) for t in (q2, k2, v2, b2, do2, P, dq, dk, dv, db)],
+             (T, Dh, Dv, ctx.tile, PT), N)
+        return (None, dq.view(B, H, T, Dh), dk.view(B, H, T, Dh), dv.view(vshape),
                 None if db is None else db.view(bshape))
-
-
-def _softmax_block(lib, q2, kT, b2, block):
-    """One block's probabilities (n1 - n0, i1 - i0, e): its logits q k^T (kT = k^T (N, Dh,
-    T)) and the C softmax rows."""
-    n0, n1, i0, i1, e = block
-    (_, T, Dh), t = q2.shape, i1 - i0
-    S = q2.new_empty(n1 - n0, t, e)
-    _mm(lib, q2[n0, i0], kT[n0], S, t, e, Dh, (Dh, 1), T, e, (T * Dh, Dh * T, t * e), n1 - n0)
-    _run(_kernel(lib, "sm_fwd", q2.dtype), [native.ptr(S), native.ptr(b2)],
-         (t, e, n0, T, i0), (n1 - n0) * t)
-    return S
 
 
 def causal_softmax_attention(lib, q, k, v, bias=None):
     """o_i = sum_{j <= i} softmax_j(q_i . k_j + bias_j) v_j: q, k (B, H, T, Dh) (the scale
     already in q), v (B, H, T, Dv), bias (B, H, T) or None -> o (B, H, T, Dv); gradients in
-    q, k, v and bias. Causal tiles of _TILE queries read only the keys they can see; the
-    logits exist a block (1 MB) at a time."""
-    return _Causal.apply(lib, q, k, v, bias)
+    q, k, v and bias. Causal tiles of _SM_TILE queries read only the keys they can see;
+    threads split the B H head-rows (one C call each way per thread)."""
+    return _CausalHeads.apply(lib, q, k, v, bias)
 
 
 def _rope(lib, x, y, cos, sin, sign, scale=1.0):
