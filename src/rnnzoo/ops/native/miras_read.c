@@ -97,7 +97,7 @@ static INLINE void NAME(sums)(VEC *restrict v, T *restrict out, long n) {
 static INLINE void NAME(fwd_rows)(const T *x, const T *u0, const T *const *U0, const T *a,
                                   const T *e, const T *const *X, const T *const *G, T *y,
                                   T *nrm, long H, long N, long C, long I, long O, int kind, T q,
-                                  long j0, long j1) {
+                                  int q4, long j0, long j1) {
     const long n = I * O, VO = (O + NV - 1) / NV, CP = (C + NV - 1) / NV * NV;
     long nv = 2 * C * VO + VO + CP;     /* G_t, y_t (C VO each), U_init's row, sum partials */
     size_t bytes = nv * sizeof(VEC) + CP * sizeof(T);
@@ -132,7 +132,7 @@ static INLINE void NAME(fwd_rows)(const T *x, const T *u0, const T *const *U0, c
                     VEC vr = ub[v] + w[v];
                     yt[v] += xi * vr;
                     if (kind == 1) {
-                        if (q == 4) {
+                        if (q4) {
                             VEC v2 = vr * vr;
                             qacc += v2 * v2;
                         } else {
@@ -161,11 +161,11 @@ static INLINE void NAME(fwd_rows)(const T *x, const T *u0, const T *const *U0, c
 
 static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
                                     const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H,
-                                    long N, long C, long I, long O, int kind, T q, long j0,
-                                    long j1) {
+                                    long N, long C, long I, long O, int kind, T q, int q4,
+                                    long j0, long j1) {
     long n = I * O;
     if (kind != 0) {
-        NAME(fwd_rows)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, O, kind, q, j0, j1);
+        NAME(fwd_rows)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, O, kind, q, q4, j0, j1);
         return;
     }
     T *W = malloc(2 * n * sizeof(T)), *P = W + n;
@@ -194,7 +194,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
                                     const T *dy, const T *y, const T *nrm, T *dx,
                                     T *const *dU0, T *du0, T *da, T *de, T *const *dX,
                                     T *const *dG, long H, long N, long C, long I, long O,
-                                    int kind, T q, long j0, long j1) {
+                                    int kind, T q, int q4, long j0, long j1) {
     const long n = I * O, VO = (O + NV - 1) / NV, CP = (C + NV - 1) / NV * NV;
     /* vectors: dy_t, G_t, dG_t (C VO each), W_-1 .. W_C-1 ((C + 1) VO), P_t (C VO), the
        row of U_init (VO), the lane partials of three sums (3 CP); then scalars: the three
@@ -275,7 +275,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
                         racc += vr * dyt[v];
                         if (kind == 2) {
                             dv = c * dyt[v];
-                        } else if (q == 4) {
+                        } else if (q4) {
                             dv = c * dyt[v] + k * (vr * vr * vr);
                         } else {    /* V |V|^(q-2), lane by lane */
                             VEC pw;
@@ -321,16 +321,18 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
 
 /* the exported kernels: the bodies above with the row width O a constant for the common
    widths (short rows' loops otherwise spend more on their set-up than on their work) */
-#define WIDTHS(CALL, K) switch (O) { case 32: CALL(32, K); break; case 64: CALL(64, K); break; \
-    case 128: CALL(128, K); break; default: CALL(O, K); }
-/* and the kind a constant too (its branches out of the inner loops) */
-#define EACH(CALL) switch (kind) { case 0: WIDTHS(CALL, 0) break; case 1: WIDTHS(CALL, 1) break; \
-    default: WIDTHS(CALL, 2) }
+#define WIDTHS(CALL, K, Q4) switch (O) { case 32: CALL(32, K, Q4); break; \
+    case 64: CALL(64, K, Q4); break; case 128: CALL(128, K, Q4); break; default: CALL(O, K, Q4); }
+/* and the kind a constant too (its branches out of the inner loops), q = 4 apart */
+#define EACH(CALL) switch (kind) { case 0: WIDTHS(CALL, 0, 0) break; \
+    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { WIDTHS(CALL, 1, 0) } break; \
+    default: WIDTHS(CALL, 2, 0) }
 
 void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,
                           const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H, long N, long C, long I,
                           long O, int kind, T q, long j0, long j1) {
-#define FWD(W, K) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, K, q, j0, j1)
+#define FWD(W, K, Q4) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, K, q, Q4, \
+                                      j0, j1)
     EACH(FWD)
 #undef FWD
 }
@@ -340,8 +342,8 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *const *U0, const T *
                           const T *y, const T *nrm, T *dx, T *const *dU0, T *du0, T *da, T *de,
                           T *const *dX, T *const *dG, long H, long N, long C,
                           long I, long O, int kind, T q, long j0, long j1) {
-#define BWD(W, K) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, dX, \
-                                   dG, H, N, C, I, W, K, q, j0, j1)
+#define BWD(W, K, Q4) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, \
+                                       dX, dG, H, N, C, I, W, K, q, Q4, j0, j1)
     EACH(BWD)
 #undef BWD
 }
