@@ -1,7 +1,7 @@
 """ops.native.miras_read (softmax, q-scale and identity) at the benchmark's widths: the kernel compiled for a constant row
-width (O = 32 and 128, the two layers of a K = 32 MLP memory), its backward in segments of
-fewer steps than the chunk (S = 4 or 8 of C = 16 at these sizes) and its dU_init summed
-over two threads, against the recurrence written out step by step in PyTorch (float64):
+width (O = 32 and 128, the two layers of a K = 32 MLP memory), a row at a time with the
+per-step sums summed 16 steps at a time (C = 16, and C = 20: a second, partial group), and its
+dU_init summed over two threads, against the recurrence written out step by step in PyTorch (float64):
 y_t = x_t phi(U_init + W_t), W_t = a_t W_t-1 - e_t X_t^T G_t from U_0, every gradient."""
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def _reference(kind, q, x, u0, U0, a, e, X, G):
     return torch.stack(ys, 3)
 
 
-def _inputs(n_in, n_out):
+def _inputs(n_in, n_out, C=16):
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    B, H, N, C = 1, 2, 3, 16
+    B, H, N = 1, 2, 3
     return [r(B, H, N, C, n_in), r(H, n_in, n_out) / n_in ** 0.5, 0.3 * r(B, H, N, n_in, n_out),
             torch.sigmoid(r(B, H, N, C) + 2), 0.5 * torch.sigmoid(r(B, H, N, C)),
             r(B, H, N, C, n_in), r(B, H, N, C, n_out)]
@@ -47,12 +47,12 @@ def _chunks(inputs):
 
 @pytest.mark.parametrize("kind,q", [("softmax", None), ("qscale", 4.0), ("identity", None)],
                          ids=["softmax", "qscale", "identity"])
-@pytest.mark.parametrize("n_in,n_out", [(32, 128), (128, 32)])
-def test_native_read_at_benchmark_widths(kind, q, n_in, n_out):
+@pytest.mark.parametrize("n_in,n_out,C", [(32, 128, 16), (128, 32, 16), (32, 128, 20)])
+def test_native_read_at_benchmark_widths(kind, q, n_in, n_out, C):
     lib = native_read.load()
     if lib is None:
         pytest.skip("no C compiler")
-    inputs = [t.requires_grad_() for t in _inputs(n_in, n_out)]
+    inputs = [t.requires_grad_() for t in _inputs(n_in, n_out, C)]
     ref = outputs_and_grads([_reference(kind, q, *inputs)], inputs)
     for n in (1, 2):
         with threads(n):

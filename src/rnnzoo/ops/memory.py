@@ -847,10 +847,16 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     chunks = lambda t: t.reshape(B, H, NT, C, *t.shape[3:])  # noqa: E731
     qc, kc, vc, dc, e = (chunks(place(t)) for t in (q, k, v, delta, eta))
     a = chunks(1 - place(1 - alpha))                   # identity steps off the sequence
-    Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
-    c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
     last, first = (c + T - 1) // C, (T - 1) // C
     loop = _native_loop(kind, phi, dloss, q, *init, *Ug, *U)
+    read = _native_read(phi, q, *init)
+    if loop is None or read is None:   # the PyTorch loop and reads take every (t, s) ratio
+        Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)   # every chunk at once
+        c_end, A_end = Cm[..., -1, :, None], Acum[..., -1, None, None]
+    else:   # the C kernels take only each chunk's last row and whole product (suffix products)
+        suf = torch.cumprod(a.flip(-1), -1).flip(-1)              # prod_{r >= s} a_r
+        c_end = (torch.cat([suf[..., 1:], torch.ones_like(a[..., :1])], -1) * e)[..., None]
+        A_end = suf[..., :1, None]
     if loop is not None:   # the whole loop in C, one (batch, head) memory at a time
         Us, X2, G1, G2 = loop(kc, vc, dc, A_end[..., 0, 0], c_end[..., 0], init, Ug, U)
         # per weight its NT + 1 chunk starts; X, G chunk-major (N, B, H, ...) as the reads
@@ -876,7 +882,6 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
     final = _pick(history, last, first)
     u0s = [u0.to(q.dtype)[:, None] for u0 in init]               # (H, 1, I, O)
-    read = _native_read(phi, q, *init)
     if read is None:   # the PyTorch reads take every chunk at once: stacked, (B, H, NT, ...)
         Ust, Xs, Gs = ([torch.stack(t, 2) if isinstance(t, list) else t.movedim(0, 2)
                         for t in ts] for ts in (Ust, Xs, Gs))

@@ -46,6 +46,7 @@
 #endif
 
 #include "assoc_sums.h"
+#include "mm.h"
 
 /* sum_o a[o]^4 */
 static SUMS T NAME(sum4)(const T *restrict a, long n) {
@@ -131,49 +132,16 @@ static INLINE void NAME(scale)(T *restrict y, T a, long n) {
     for (long e = 0; e < n; e++) y[e] *= a;
 }
 
-/* Y (R, O) (+)= A (R, I) B (I, O): rows of B, no dot products */
-static INLINE void NAME(mm)(const T *restrict A, const T *restrict B, T *restrict Y, long R,
-                            long I, long O, int add) {
-    if (O == 32 || O == 128) {     /* the row in registers (a local the compiler keeps) */
-        for (long r = 0; r < R; r++) {
-            T *restrict y = Y + r * O;
-            T acc[O];
-            for (long o = 0; o < O; o++) acc[o] = add ? y[o] : 0;
-            for (long i = 0; i < I; i++) {
-                const T a = A[r * I + i];
-                const T *restrict b = B + i * O;
-#pragma omp simd
-                for (long o = 0; o < O; o++) acc[o] += a * b[o];
-            }
-            for (long o = 0; o < O; o++) y[o] = acc[o];
-        }
-        return;
-    }
-    for (long r = 0; r < R; r++) {
-        T *restrict y = Y + r * O;
-        if (!add) memset(y, 0, O * sizeof(T));
-        for (long i = 0; i < I; i++) {
-            const T a = A[r * I + i];
-            const T *restrict b = B + i * O;
-#pragma omp simd
-            for (long o = 0; o < O; o++) y[o] += a * b[o];
-        }
-    }
+/* Y (R, O) (+)= A (R, I) B (I, O), row-major, on mm.h's register tiles */
+static INLINE void NAME(mmr)(const T *restrict A, const T *restrict B, T *restrict Y, long R,
+                             long I, long O, int add) {
+    NAME(mm)(A, B, Y, R, O, I, I, 1, O, 1, O, 0, 0, 0, add, 0, R);
 }
 
-/* Y (I, O) += A^T (R, I)^T B (R, O), each row r of A scaled by c[r] (c NULL: 1) */
-static INLINE void NAME(mtm)(const T *restrict A, const T *restrict B, const T *restrict c,
-                             T *restrict Y, long R, long I, long O) {
-    for (long r = 0; r < R; r++) {
-        const T cr = c ? c[r] : 1;
-        const T *restrict b = B + r * O;
-        for (long i = 0; i < I; i++) {
-            const T a = cr * A[r * I + i];
-            T *restrict y = Y + i * O;
-#pragma omp simd
-            for (long o = 0; o < O; o++) y[o] += a * b[o];
-        }
-    }
+/* Y (I, O) (+)= A^T B, A (R, I), B (R, O) */
+static INLINE void NAME(mtm)(const T *restrict A, const T *restrict B, T *restrict Y, long R,
+                             long I, long O, int add) {
+    NAME(mm)(A, B, Y, I, O, R, 1, I, O, 1, O, 0, 0, 0, add, 0, I);
 }
 
 /* Xt (O, I) = X^T, X (I, O) */
@@ -193,13 +161,13 @@ static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T
     NAME(phi)(u1, P1, W1, K, F, kind, s1);
     NAME(phi)(u2, P2, W2, F, K, kind, s2);
     NAME(transpose)(W2, W2t, F, K);
-    NAME(mm)(k, W1, Z1, C, K, F, 0);
+    NAME(mmr)(k, W1, Z1, C, K, F, 0);
 #pragma omp simd
     for (long e = 0; e < C * F; e++) {
         T sech2, z = Z1[e];
         X2[e] = (T)0.5 * z * (1 + NAME(tanh_u)(z, &sech2));
     }
-    NAME(mm)(X2, W2, E, C, F, K, 0);
+    NAME(mmr)(X2, W2, E, C, F, K, 0);
     for (long s = 0; s < C; s++) {
         T *restrict e = E + s * K, *restrict g = G2 + s * K;
         const T *restrict vs = v + s * K;
@@ -218,7 +186,7 @@ static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T
                     g[o] = e[o] > 0 ? dl[s] : e[o] < 0 ? -dl[s] : 0;
         }
     }
-    NAME(mm)(G2, W2t, R, C, K, F, 0);
+    NAME(mmr)(G2, W2t, R, C, K, F, 0);
 #pragma omp simd
     for (long e = 0; e < C * F; e++) {
         T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2), du = GELU_S * (1 + 3 * GELU_C * z * z);
@@ -235,9 +203,9 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
                              long H, long N, long C, long K, long F, long NP, int kind,
                              int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
-    T *buf = malloc(SCRATCH(C, K, F) * sizeof(T));
+    T *buf = malloc((SCRATCH(C, K, F) + CK + CF) * sizeof(T));
     T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
-      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK;
+      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK, *kc = G2 + CK, *xc = kc + CK;
     for (long pr = p0; pr < p1; pr++) {
         const long h = pr % H;
         const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
@@ -257,23 +225,14 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
             T *restrict B1 = Us1[n + 1] + pr * KF, *restrict B2 = Us2[n + 1] + pr * KF;
 #pragma omp simd
             for (long e = 0; e < KF; e++) { B1[e] = a * A1[e]; B2[e] = a * A2[e]; }
-            /* U <- aT U - X^T (c o G) */
+            /* U <- aT U - X^T (c o G): the rows of k and X2 scaled by -c, two products */
             for (long s = 0; s < C; s++) {
-                const T *restrict ks = k + c * CK + s * K, *restrict xs = X2 + s * F;
-                const T *restrict g1 = G1 + s * F, *restrict g2 = G2 + s * K;
-                for (long i = 0; i < K; i++) {
-                    const T w = cn[s] * ks[i];
-                    T *restrict b = B1 + i * F;
-#pragma omp simd
-                    for (long j = 0; j < F; j++) b[j] -= w * g1[j];
-                }
-                for (long i = 0; i < F; i++) {
-                    const T w = cn[s] * xs[i];
-                    T *restrict b = B2 + i * K;
-#pragma omp simd
-                    for (long j = 0; j < K; j++) b[j] -= w * g2[j];
-                }
+                const T w = -cn[s];
+                for (long i = 0; i < K; i++) kc[s * K + i] = w * k[c * CK + s * K + i];
+                for (long i = 0; i < F; i++) xc[s * F + i] = w * X2[s * F + i];
             }
+            NAME(mtm)(kc, G1, B1, C, K, F, 1);
+            NAME(mtm)(xc, G2, B2, C, F, K, 1);
         }
     }
     free(buf);
@@ -287,12 +246,12 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
                              long H, long N, long C, long K, long F, long NP, int kind,
                              int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
-    T *buf = malloc((SCRATCH(C, K, F) + 6 * KF + 3 * CF + 2 * CK + F) * sizeof(T));
+    T *buf = malloc((SCRATCH(C, K, F) + 6 * KF + 5 * CF + 3 * CK) * sizeof(T));
     T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
       *G1 = R + CF, *E = G1 + CF, *G2 = E + CK;
     T *gU1 = G2 + CK, *gU2 = gU1 + KF, *gt1 = gU2 + KF, *dW1 = gt1 + KF, *dW2 = dW1 + KF, *gt2 = dW2 + KF;
     T *dZ1 = gt2 + KF, *dX2 = dZ1 + CF, *dR = dX2 + CF, *dG2 = dR + CF, *dE = dG2 + CK;
-    T *y = dE + CK;
+    T *Y1 = dE + CK, *Y3 = Y1 + CF, *Y2 = Y3 + CF;
     for (long pr = p0; pr < p1; pr++) {
         const long h = pr % H;
         const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
@@ -316,30 +275,23 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             if (dG2o) memcpy(dG2, dG2o + o * CK, CK * sizeof(T)); else memset(dG2, 0, CK * sizeof(T));
             NAME(transpose)(gU1, gt1, K, F);                                   /* (F, K) */
             NAME(transpose)(gU2, gt2, F, K);                                   /* (K, F) */
+            /* per step s: y1 = k_s gU1, y2 = X2_s gU2 (the update's products, as four
+               products over the chunk's C rows): dc_s, dG1_s, dG2_s, dk_s, dX2_s */
+            NAME(mmr)(kn, gU1, Y1, C, K, F, 0);
+            NAME(mmr)(X2, gU2, Y2, C, F, K, 0);
+            NAME(mmr)(G1, gt1, dkn, C, F, K, 0);                 /* G1_s gU1^T */
+            NAME(mmr)(G2, gt2, Y3, C, K, F, 0);                  /* G2_s gU2^T */
             for (long s = 0; s < C; s++) {
-                const T *restrict ks = kn + s * K, *restrict xs = X2 + s * F;
-                const T *restrict g1 = G1 + s * F, *restrict g2 = G2 + s * K;
+                const T cs = cn[s];
+                const T *restrict y1 = Y1 + s * F, *restrict y2 = Y2 + s * K,
+                        *restrict y3 = Y3 + s * F;
                 T *restrict dks = dkn + s * K, *restrict dxs = dX2 + s * F;
                 T *restrict dg1 = dR + s * F, *restrict dg2 = dG2 + s * K;
-                /* y = k_s gU1 (F) */
-                NAME(mm)(ks, gU1, y, 1, K, F, 0);
-                T d = NAME(dot)(y, g1, F);
+                dcT[c * C + s] = -(NAME(dot)(y1, G1 + s * F, F) + NAME(dot)(y2, G2 + s * K, K));
 #pragma omp simd
-                for (long j = 0; j < F; j++) dg1[j] -= cn[s] * y[j];
-                /* dk_s = -c_s gU1 G1_s = -c_s G1_s gU1^T */
-                NAME(mm)(g1, gt1, dks, 1, F, K, 0);
+                for (long j = 0; j < F; j++) { dg1[j] -= cs * y1[j]; dxs[j] -= cs * y3[j]; }
 #pragma omp simd
-                for (long i = 0; i < K; i++) dks[i] *= -cn[s];
-                /* y = X2_s gU2 (K) */
-                NAME(mm)(xs, gU2, y, 1, F, K, 0);
-                d += NAME(dot)(y, g2, K);
-#pragma omp simd
-                for (long j = 0; j < K; j++) dg2[j] -= cn[s] * y[j];
-                /* dX2_s -= c_s gU2 G2_s = c_s G2_s gU2^T */
-                NAME(mm)(g2, gt2, y, 1, K, F, 0);
-#pragma omp simd
-                for (long i = 0; i < F; i++) dxs[i] -= cn[s] * y[i];
-                dcT[c * C + s] = -d;
+                for (long j = 0; j < K; j++) { dg2[j] -= cs * y2[j]; dks[j] *= -cs; }
             }
             /* G1 = gelu'(Z1) o R: dR = dG1 gelu', dZ1 = dG1 R gelu'' (dR holds dG1) */
 #pragma omp simd
@@ -352,9 +304,8 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
                 dR[e] *= g1;
             }
             /* R = G2 W2^T: dG2 += dR W2, dW2 = dR^T G2 */
-            NAME(mm)(dR, W2, dG2, C, F, K, 1);
-            memset(dW2, 0, KF * sizeof(T));
-            NAME(mtm)(dR, G2, NULL, dW2, C, F, K);
+            NAME(mmr)(dR, W2, dG2, C, F, K, 1);
+            NAME(mtm)(dR, G2, dW2, C, F, K, 0);
             /* G2 = dloss(E) */
             for (long s = 0; s < C; s++) {
                 T *restrict de = dE + s * K;
@@ -381,8 +332,8 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             T *dvn = dv + c * CK;
             for (long e = 0; e < CK; e++) dvn[e] = -dE[e];
             /* E = X2 W2 - v: dX2 += dE W2^T, dW2 += X2^T dE */
-            NAME(mm)(dE, W2t, dX2, C, K, F, 1);
-            NAME(mtm)(X2, dE, NULL, dW2, C, F, K);
+            NAME(mmr)(dE, W2t, dX2, C, K, F, 1);
+            NAME(mtm)(X2, dE, dW2, C, F, K, 1);
             /* X2 = gelu(Z1) */
 #pragma omp simd
             for (long e = 0; e < CF; e++) {
@@ -392,9 +343,8 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             }
             /* Z1 = k W1: dk += dZ1 W1^T, dW1 = k^T dZ1 */
             NAME(transpose)(W1, gt1, K, F);
-            NAME(mm)(dZ1, gt1, dkn, C, F, K, 1);
-            memset(dW1, 0, KF * sizeof(T));
-            NAME(mtm)(kn, dZ1, NULL, dW1, C, K, F);
+            NAME(mmr)(dZ1, gt1, dkn, C, F, K, 1);
+            NAME(mtm)(kn, dZ1, dW1, C, K, F, 0);
             /* W = phi(U_init + Pg) */
             NAME(phi_back)(uh1, P1, W1, dW1, K, F, kind, s1);
             NAME(phi_back)(uh2, P2, W2, dW2, F, K, kind, s2);

@@ -6,8 +6,13 @@
 
    phi (kind 0): softmax over each row (O wide);  (kind 1): V |V|_q^(2-q), the norm over the
    whole I x O matrix;  (kind 2): the identity (Yaad; its dU_init = sum_t x_t^T dy_t is left
-   to the caller, one product). Only (I, O) weights live at a time, in cache; the backward recomputes
-   a chunk's W_t and phi(V_t) and runs it back in time, dW the gradient reaching W_t:
+   to the caller, one product). The rows of W_t are independent but for the per-step sums
+   over them (the q-norm, dx_t, da_t, de_t, dG_t), so the q-scale's and the identity's
+   forward and every backward run a chunk one weight row at a time (its W_t over the C steps
+   in registers or L1, the per-step sums as lane partials, summed NV steps at a time by
+   tile.h's hsum_rows); the softmax's forward, which needs each row's max and sum at once,
+   goes a step at a time, row by row. The backward recomputes a row's W_t and phi(V_t) and
+   runs it back in time, dW the gradient reaching W_t:
 
        identity: dx = V dy,  dV = x dy^T
        softmax: r = P dy,  dx = r,  dV = P o (x (dy - r)^T)
@@ -35,66 +40,10 @@
 #endif
 
 #include "assoc_sums.h"
-
-/* sum |v|^q over n values */
-static T NAME(qsum)(const T *restrict v, long n, T q) {
-    T s = 0;
-    if (q == 4) {
-        #pragma omp simd reduction(+:s)
-        for (long k = 0; k < n; k++) { T u = v[k] * v[k]; s += u * u; }
-    } else if (q == 2) {
-        for (long k = 0; k < n; k++) s += v[k] * v[k];
-    } else {
-        for (long k = 0; k < n; k++) s += POW(fabs(v[k]), q);
-    }
-    return s;
-}
-
-/* P = phi(U_init + W) (P may not alias W); the q-norm of V in *norm for kind 1 */
-static INLINE void NAME(phi)(const T *restrict u0, const T *restrict W, T *restrict P, long I, long O,
-                      int kind, T q, T *norm) {
-    long n = I * O;
-    for (long k = 0; k < n; k++) P[k] = u0[k] + W[k];
-    if (kind == 0) {
-        for (long i = 0; i < I; i++) {
-            T *restrict p = P + i * O;
-            T m = p[0], s = 0;
-            #pragma omp simd reduction(max:m)
-            for (long o = 1; o < O; o++) m = p[o] > m ? p[o] : m;
-            for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
-            #pragma omp simd reduction(+:s)
-            for (long o = 0; o < O; o++) s += p[o];
-            T inv = 1 / s;
-            for (long o = 0; o < O; o++) p[o] *= inv;
-        }
-    } else {
-        T nq = POW(NAME(qsum)(P, n, q), 1 / q);
-        T sc = POW(nq, 2 - q);
-        *norm = nq;
-        for (long k = 0; k < n; k++) P[k] *= sc;
-    }
-}
-
-/* Wn = a W - e X^T G (Wn may be W) */
-static INLINE void NAME(advance)(const T *W, T *Wn, T at, T et, const T *restrict xs,
-                                 const T *restrict gs, long I, long O) {
-    for (long i = 0; i < I; i++) {
-        T c = et * xs[i];
-        const T *w = W + i * O;
-        T *wn = Wn + i * O;
-        for (long o = 0; o < O; o++) wn[o] = at * w[o] - c * gs[o];
-    }
-}
-
-/* y += x P over the rows of P (y zeroed first) */
-static INLINE void NAME(read)(const T *restrict x, const T *restrict P, T *restrict y, long I,
-                              long O) {
-    for (long o = 0; o < O; o++) y[o] = 0;
-    for (long i = 0; i < I; i++) {
-        const T *restrict p = P + i * O;
-        for (long o = 0; o < O; o++) y[o] += x[i] * p[o];
-    }
-}
+#include "tile.h"
+#ifndef UNROLL
+#define UNROLL _Pragma("GCC unroll 8")
+#endif
 
 /* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
    the row's exponentials in p (O wide); each row's max and 1 / sum in st (2 I: the maxima,
@@ -125,200 +74,266 @@ static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *re
     }
 }
 
-/* kind 2's step, row by row: W <- a W - e X^T G, y = x (U_init + W) */
-static INLINE void NAME(linear_read)(const T *restrict u0, T *restrict W, T at, T et,
-                                     const T *restrict xs, const T *restrict gs,
-                                     const T *restrict xr, T *restrict y, long I, long O) {
-    for (long o = 0; o < O; o++) y[o] = 0;
-    for (long i = 0; i < I; i++) {
-        T c = et * xs[i], r = xr[i];
-        T *restrict w = W + i * O;
-        const T *restrict ui = u0 + i * O;
-        #pragma omp simd
-        for (long o = 0; o < O; o++) {
-            T wn = at * w[o] - c * gs[o];
-            w[o] = wn;
-            y[o] += r * (ui[o] + wn);
-        }
-    }
-}
-
-/* kind 0's step for the backward, row by row: Wn = a W - e X^T G, P = softmax_rows(U_init + Wn)
-   with the forward's row maxima and inverse sums st (one pass a row) */
-static INLINE void NAME(softmax_step)(const T *restrict u0, const T *restrict W, T *restrict Wn,
-                               T *restrict P, T at, T et, const T *restrict xs,
-                               const T *restrict gs, const T *restrict st, long I, long O) {
-    for (long i = 0; i < I; i++) {
-        T c = et * xs[i], m = st[i], inv = st[I + i];
-        const T *restrict w = W + i * O, *restrict ui = u0 + i * O;
-        T *restrict wn = Wn + i * O, *restrict p = P + i * O;
-        #pragma omp simd
-        for (long o = 0; o < O; o++) {
-            wn[o] = at * w[o] - c * gs[o];
-            p[o] = EXP(ui[o] + wn[o] - m) * inv;
-        }
-    }
-}
-
 /* chunk j's U_0, X and G: chunk n = j % N of (batch, head) j / N, each chunk's tensor apart
    (the chunk loop's own outputs, not stacked) */
 #define CHUNK_POINTERS const T *U0j = U0[j % N] + (j / N) * n, \
     *Xj = X[j % N] + (j / N) * C * I, *Gj = G[j % N] + (j / N) * C * O;
 
+/* the lane sums of v[0 .. n) into out[0 .. n), NV at a time (v, rounded up to NV vectors,
+   is overwritten) */
+static INLINE void NAME(sums)(VEC *restrict v, T *restrict out, long n) {
+    for (long b = 0; b < n; b += NV) {
+        long m = n - b < NV ? n - b : NV;
+        for (long l = m; l < NV; l++) v[b + l] = (VEC){0};
+        VEC s = NAME(hsum_rows)(v + b);
+        for (long l = 0; l < m; l++) out[b + l] = s[l];
+    }
+}
+
+/* kinds 1 and 2's forward a row of the weights at a time (as the backward below): row i's
+   W_t in registers over the chunk's steps, y_t += x_t[i] (U_init + W_t)[i] into the chunk's
+   (C, O) outputs in L1, and for the q-scale the lane partials of sum |V_t|^q, summed once a
+   chunk, which then scales y_t (y_t = x_t V_t |V_t|_q^(2-q)). */
+static INLINE void NAME(fwd_rows)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                  const T *e, const T *const *X, const T *const *G, T *y,
+                                  T *nrm, long H, long N, long C, long I, long O, int kind, T q,
+                                  int q4, long j0, long j1) {
+    const long n = I * O, VO = (O + NV - 1) / NV, CP = (C + NV - 1) / NV * NV;
+    long nv = 2 * C * VO + VO + CP;     /* G_t, y_t (C VO each), U_init's row, sum partials */
+    size_t bytes = nv * sizeof(VEC) + CP * sizeof(T);
+    bytes = (bytes + TILE_BYTES - 1) / TILE_BYTES * TILE_BYTES;
+    VEC *buf = aligned_alloc(TILE_BYTES, bytes);
+    memset(buf, 0, bytes);
+    VEC *Gb = buf, *yb = Gb + C * VO, *ub = yb + C * VO, *qv = ub + VO;
+    T *qs = (T *)(qv + CP);
+    for (long j = j0; j < j1; j++) {
+        const T *u0h = u0 + ((j / N) % H) * n;
+        CHUNK_POINTERS
+        const T *aj = a + j * C, *ej = e + j * C, *xj = x + j * C * I;
+        for (long t = 0; t < C; t++) {
+            T *g = (T *)(Gb + t * VO);
+            for (long o = 0; o < O; o++) g[o] = Gj[t * O + o];
+            for (long v = 0; v < VO; v++) yb[t * VO + v] = (VEC){0};
+            qv[t] = (VEC){0};
+        }
+        for (long i = 0; i < I; i++) {
+            T *u = (T *)ub;
+            VEC w[VO];
+            T *wr = (T *)w;
+            for (long o = 0; o < O; o++) { u[o] = u0h[i * O + o]; wr[o] = U0j[i * O + o]; }
+            for (long o = O; o < VO * NV; o++) wr[o] = 0;
+            for (long t = 0; t < C; t++) {
+                T at = aj[t], c = ej[t] * Xj[t * I + i], xi = xj[t * I + i];
+                const VEC *gt = Gb + t * VO;
+                VEC *yt = yb + t * VO, qacc = (VEC){0};
+                UNROLL
+                for (long v = 0; v < VO; v++) {
+                    w[v] = at * w[v] - c * gt[v];
+                    VEC vr = ub[v] + w[v];
+                    yt[v] += xi * vr;
+                    if (kind == 1) {
+                        if (q4) {
+                            VEC v2 = vr * vr;
+                            qacc += v2 * v2;
+                        } else {
+                            for (long l = 0; l < NV; l++) qacc[l] += POW(fabs(vr[l]), q);
+                        }
+                    }
+                }
+                if (kind == 1) qv[t] += qacc;
+            }
+        }
+        if (kind == 1) NAME(sums)(qv, qs, C);
+        for (long t = 0; t < C; t++) {
+            T sc = 1;
+            if (kind == 1) {
+                T nq = POW(qs[t], 1 / q);
+                sc = POW(nq, 2 - q);
+                nrm[j * C + t] = nq;
+            }
+            const T *yr = (const T *)(yb + t * VO);
+            T *ys = y + (j * C + t) * O;
+            for (long o = 0; o < O; o++) ys[o] = sc * yr[o];
+        }
+    }
+    free(buf);
+}
+
 static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
                                     const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H,
-                                    long N, long C, long I, long O, int kind, T q, long j0,
-                                    long j1) {
+                                    long N, long C, long I, long O, int kind, T q, int q4,
+                                    long j0, long j1) {
     long n = I * O;
+    if (kind != 0) {
+        NAME(fwd_rows)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, O, kind, q, q4, j0, j1);
+        return;
+    }
     T *W = malloc(2 * n * sizeof(T)), *P = W + n;
-    for (long j = j0; j < j1; j++) {
+    for (long j = j0; j < j1; j++) {   /* the softmax a step at a time, each row in one pass */
         const T *u0h = u0 + ((j / N) % H) * n;
         CHUNK_POINTERS
         memcpy(W, U0j, n * sizeof(T));
         for (long t = 0; t < C; t++) {
             long s = j * C + t;
-            if (kind == 0) {  /* a row at a time: advance, softmax and read in one pass */
-                NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
-                                   y + s * O, nrm + s * 2 * I, I, O);
-                continue;
-            }
-            if (kind == 2) {
-                NAME(linear_read)(u0h, W, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
-                                  y + s * O, I, O);
-                continue;
-            }
-            NAME(advance)(W, W, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
-            NAME(phi)(u0h, W, P, I, O, kind, q, nrm + s);
-            NAME(read)(x + s * I, P, y + s * O, I, O);
+            NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
+                               y + s * O, nrm + s * 2 * I, I, O);
         }
     }
     free(W);
 }
 
+/* the backward a row of the weights at a time: the rows of W_t (and of phi) are independent
+   but for the per-step sums (dx_t, da_t, de_t, dX_t over a row; dG_t over the rows), so each
+   row i runs the whole chunk forward (its C + 1 rows of W, O wide, in L1) and back (dW's and
+   dU_init's row in registers), and the row sums of all C steps are lane partials summed by
+   one transposing tree (hsum_rows) per NV steps instead of a horizontal sum per step. A row
+   is OP = O rounded up to NV wide, its pad lanes zero throughout (W, G, dy, U_init and the
+   softmax's P are zero there, so dV and dW are). */
 static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
                                     const T *e, const T *const *X, const T *const *G,
                                     const T *dy, const T *y, const T *nrm, T *dx,
                                     T *const *dU0, T *du0, T *da, T *de, T *const *dX,
                                     T *const *dG, long H, long N, long C, long I, long O,
-                                    int kind, T q, long j0, long j1) {
-    long n = I * O;
-    /* the chunk's steps in segments of S, the last first: a segment's W (and softmax(V))
-       stay in L2 (the whole chunk's, 2 C + 1 matrices, did not) at the cost of advancing W
-       from the chunk's start to each segment's (W alone). The q-scale needs no phi(V): its
-       norms and its outputs y (for dy . y) come from the forward. */
-    long S = (256 * 1024) / ((kind == 0 ? 2 : 1) * n * (long)sizeof(T));
-    S = S < 1 ? 1 : (S > C ? C : S);
-    /* W_t0-1 .. W_t1-1, softmax(V_t0) .. softmax(V_t1-1), dW, rows of V, dV, dW and da_t's
-       terms */
-    T *Wb = malloc(((S + 1) * n + (kind == 0 ? S * n : 0) + n + 4 * O) * sizeof(T));
-    T *Pb = Wb + (S + 1) * n, *dW = Pb + (kind == 0 ? S * n : 0), *vr = dW + n,
-      *dv = vr + O, *dd = dv + O, *dav = dd + O;
+                                    int kind, T q, int q4, long j0, long j1) {
+    const long n = I * O, VO = (O + NV - 1) / NV, CP = (C + NV - 1) / NV * NV;
+    /* vectors: dy_t, G_t, dG_t (C VO each), W_-1 .. W_C-1 ((C + 1) VO), P_t (C VO), the
+       row of U_init (VO), the lane partials of three sums (3 CP); then scalars: the three
+       sums (3 CP), the q-scale's two factors, da_t and de_t's sums (4 C) */
+    long nv = (5 * C + 1) * VO + VO + 3 * CP;
+    size_t bytes = nv * sizeof(VEC) + (3 * CP + 4 * C) * sizeof(T);
+    bytes = (bytes + TILE_BYTES - 1) / TILE_BYTES * TILE_BYTES;
+    VEC *buf = aligned_alloc(TILE_BYTES, bytes);
+    memset(buf, 0, bytes);
+    VEC *dyb = buf, *Gb = dyb + C * VO, *dGb = Gb + C * VO, *Wr = dGb + C * VO,
+        *Pr = Wr + (C + 1) * VO, *ub = Pr + C * VO, *rv = ub + VO, *av = rv + CP,
+        *gv = av + CP;
+    T *rs = (T *)(gv + CP), *as = rs + CP, *gsum = as + CP, *sc = gsum + CP, *kk = sc + C,
+      *dat = kk + C, *det = dat + C;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
-        T *restrict dUi = du0 + ((j / N) % H) * n;   /* accumulated over the chunks */
+        T *dUi = du0 + ((j / N) % H) * n;   /* accumulated over the chunks */
         CHUNK_POINTERS
         T *dXj = dX[j % N] + (j / N) * C * I, *dGj = dG[j % N] + (j / N) * C * O;
-        memset(dW, 0, n * sizeof(T));
-        for (long t1 = C, t0; t1 > 0; t1 = t0) {
-        t0 = ((t1 - 1) / S) * S;
-        memcpy(Wb, U0j, n * sizeof(T));
-        for (long t = 0; t < t0; t++)
-            NAME(advance)(Wb, Wb, a[j * C + t], e[j * C + t], Xj + t * I,
-                          Gj + t * O, I, O);
-        for (long t = t0; t < t1; t++) {
-            long s = j * C + t, u = t - t0;
-            if (kind == 0) {
-                NAME(softmax_step)(u0h, Wb + u * n, Wb + (u + 1) * n, Pb + u * n, a[s], e[s],
-                                   Xj + t * I, Gj + t * O, nrm + s * 2 * I, I, O);
-                continue;
-            }
-            NAME(advance)(Wb + u * n, Wb + (u + 1) * n, a[s], e[s], Xj + t * I, Gj + t * O, I, O);
-        }
-        for (long t = t1 - 1; t >= t0; t--) {
-            long s = j * C + t, u = t - t0;
-            const T *restrict P = Pb + u * n, *restrict Wt = Wb + (u + 1) * n,
-                    *restrict Wp = Wb + u * n, *restrict xs = x + s * I, *restrict gs = Gj + t * O,
-                    *restrict Xs = Xj + t * I, *restrict dys = dy + s * O;
-            T *restrict dxs = dx + s * I;
-            /* per row i: dV's row (in dv), then (dW now the gradient reaching W_t) its terms
-               of da_t (in dav, O wide), de_t, dX_t, dG_t, and dW <- a_t dW for the step
-               before */
-            T at = a[s], et = e[s], det = 0, sc = 0, k = 0;
-            T *restrict dGs = dGj + t * O;
-            for (long o = 0; o < O; o++) { dGs[o] = 0; dav[o] = 0; }
+        const T *dyj = dy + j * C * O, *aj = a + j * C, *ej = e + j * C, *xj = x + j * C * I;
+        for (long t = 0; t < C; t++) {
+            T *d = (T *)(dyb + t * VO), *g = (T *)(Gb + t * VO);
+            for (long o = 0; o < O; o++) { d[o] = dyj[t * O + o]; g[o] = Gj[t * O + o]; }
+            for (long v = 0; v < VO; v++) dGb[t * VO + v] = (VEC){0};
+            dat[t] = 0;
+            det[t] = 0;
             if (kind == 1) {
-                T nq = nrm[s];
-                sc = POW(nq, 2 - q);
+                T nq = nrm[j * C + t];
+                sc[t] = POW(nq, 2 - q);
                 /* dy . w with w = x V = y / sc */
-                k = -(q - 2) * (NAME(dot)(y + s * O, dys, O) / sc) * POW(nq, 2 - 2 * q);
+                kk[t] = -(q - 2) * (NAME(dot)(y + (j * C + t) * O, dyj + t * O, O) / sc[t])
+                        * POW(nq, 2 - 2 * q);
             }
-            for (long i = 0; i < I; i++) {
-                const T *restrict p = P + i * O, *restrict ui = u0h + i * O,
-                        *restrict wt = Wt + i * O, *restrict wp = Wp + i * O;
-                T *restrict dw = dW + i * O, *restrict du = dUi + i * O;
-                T xi = xs[i];
+        }
+        for (long i = 0; i < I; i++) {
+            T *u = (T *)ub, *w0 = (T *)Wr;
+            for (long o = 0; o < O; o++) { u[o] = u0h[i * O + o]; w0[o] = U0j[i * O + o]; }
+            VEC w[VO];          /* the running row in registers, stored for the way back */
+            UNROLL
+            for (long v = 0; v < VO; v++) w[v] = Wr[v];
+            for (long t = 0; t < C; t++) {      /* the row of W_t, and of P_t for the softmax */
+                T at = aj[t], c = ej[t] * Xj[t * I + i];
+                const VEC *gt = Gb + t * VO;
+                VEC *wt = Wr + (t + 1) * VO;
+                UNROLL
+                for (long v = 0; v < VO; v++) {
+                    w[v] = at * w[v] - c * gt[v];
+                    wt[v] = w[v];
+                }
                 if (kind == 0) {
-                    T r = NAME(dot)(p, dys, O);
-                    dxs[i] = r;
+                    const T *st = nrm + (j * C + t) * 2 * I, *wr = (const T *)wt;
+                    T m = st[i], inv = st[I + i], *p = (T *)(Pr + t * VO);
                     #pragma omp simd
-                    for (long o = 0; o < O; o++) dv[o] = p[o] * xi * (dys[o] - r);
-                } else {
-                    #pragma omp simd
-                    for (long o = 0; o < O; o++) vr[o] = ui[o] + wt[o];
-                    T r = NAME(dot)(vr, dys, O);
-                    if (kind == 2) {  /* dV = x dy^T, its dU_init summed by the caller */
-                        dxs[i] = r;
-                        #pragma omp simd
-                        for (long o = 0; o < O; o++) dv[o] = xi * dys[o];
-                    } else {          /* V |V|^(q-2), the power chosen outside the loops */
-                        T c = sc * xi;
-                        dxs[i] = sc * r;
-                        if (q == 4) {
-                            #pragma omp simd
-                            for (long o = 0; o < O; o++)
-                                dv[o] = c * dys[o] + k * vr[o] * vr[o] * vr[o];
-                        } else {
-                            for (long o = 0; o < O; o++)
-                                dv[o] = c * dys[o] + k * vr[o] * POW(fabs(vr[o]), q - 2);
+                    for (long o = 0; o < O; o++) p[o] = EXP(u[o] + wr[o] - m) * inv;
+                    VEC r = (VEC){0};
+                    for (long v = 0; v < VO; v++) r += Pr[t * VO + v] * dyb[t * VO + v];
+                    rv[t] = r;
+                }
+            }
+            if (kind == 0) NAME(sums)(rv, rs, C);   /* r_t = P_t dy_t, which dV_t takes */
+            VEC dw[VO], du[VO];
+            UNROLL
+            for (long v = 0; v < VO; v++) { dw[v] = (VEC){0}; du[v] = (VEC){0}; }
+            for (long t = C - 1; t >= 0; t--) {
+                T at = aj[t], xi = xj[t * I + i], Xi = Xj[t * I + i], r = rs[t];
+                T c = kind == 1 ? sc[t] * xi : xi, k = kk[t];
+                const VEC *dyt = dyb + t * VO, *wt = Wr + (t + 1) * VO, *wp = Wr + t * VO,
+                          *gt = Gb + t * VO, *pt = Pr + t * VO;
+                VEC *dgt = dGb + t * VO;
+                VEC racc = (VEC){0}, aacc = (VEC){0}, gacc = (VEC){0};
+                UNROLL
+                for (long v = 0; v < VO; v++) {
+                    VEC dv;
+                    if (kind == 0) {
+                        dv = pt[v] * (xi * (dyt[v] - r));
+                    } else {
+                        VEC vr = ub[v] + wt[v];
+                        racc += vr * dyt[v];
+                        if (kind == 2) {
+                            dv = c * dyt[v];
+                        } else if (q4) {
+                            dv = c * dyt[v] + k * (vr * vr * vr);
+                        } else {    /* V |V|^(q-2), lane by lane */
+                            VEC pw;
+                            for (long l = 0; l < NV; l++) pw[l] = POW(fabs(vr[l]), q - 2);
+                            dv = c * dyt[v] + k * (vr * pw);
                         }
                     }
+                    if (kind != 2) du[v] += dv;
+                    VEC dd = dw[v] + dv;
+                    aacc += dd * wp[v];
+                    dgt[v] += Xi * dd;
+                    gacc += dd * gt[v];
+                    dw[v] = at * dd;
                 }
-                if (kind != 2) {
-                    #pragma omp simd
-                    for (long o = 0; o < O; o++) du[o] += dv[o];
-                }
-                #pragma omp simd
-                for (long o = 0; o < O; o++) {
-                    T d = dw[o] + dv[o];
-                    dd[o] = d;
-                    dav[o] += d * wp[o];
-                    dGs[o] += Xs[i] * d;
-                    dw[o] = at * d;
-                }
-                T gi = NAME(dot)(dd, gs, O);
-                dXj[t * I + i] = -et * gi;
-                det += Xs[i] * gi;
+                if (kind != 0) rv[t] = racc;
+                av[t] = aacc;
+                gv[t] = gacc;
             }
-            for (long o = 0; o < O; o++) dGs[o] *= -et;
-            da[s] = NAME(total)(dav, O);
-            de[s] = -det;
+            if (kind != 0) NAME(sums)(rv, rs, C);
+            NAME(sums)(av, as, C);
+            NAME(sums)(gv, gsum, C);
+            for (long t = 0; t < C; t++) {
+                dx[(j * C + t) * I + i] = kind == 1 ? sc[t] * rs[t] : rs[t];
+                dat[t] += as[t];
+                dXj[t * I + i] = -ej[t] * gsum[t];
+                det[t] += Xj[t * I + i] * gsum[t];
+            }
+            const T *dwr = (const T *)dw, *dur = (const T *)du;
+            T *dU0r = dU0[j % N] + (j / N) * n + i * O, *dUr = dUi + i * O;
+            for (long o = 0; o < O; o++) dU0r[o] = dwr[o];
+            if (kind != 2)
+                for (long o = 0; o < O; o++) dUr[o] += dur[o];
         }
+        for (long t = 0; t < C; t++) {
+            const T *dg = (const T *)(dGb + t * VO);
+            for (long o = 0; o < O; o++) dGj[t * O + o] = -ej[t] * dg[o];
+            da[j * C + t] = dat[t];
+            de[j * C + t] = -det[t];
         }
-        memcpy(dU0[j % N] + (j / N) * n, dW, n * sizeof(T));
     }
-    free(Wb);
+    free(buf);
 }
 
 /* the exported kernels: the bodies above with the row width O a constant for the common
    widths (short rows' loops otherwise spend more on their set-up than on their work) */
-#define WIDTHS(CALL) switch (O) { case 32: CALL(32); break; case 64: CALL(64); break; \
-    case 128: CALL(128); break; default: CALL(O); }
+#define WIDTHS(CALL, K, Q4) switch (O) { case 32: CALL(32, K, Q4); break; \
+    case 64: CALL(64, K, Q4); break; case 128: CALL(128, K, Q4); break; default: CALL(O, K, Q4); }
+/* and the kind a constant too (its branches out of the inner loops), q = 4 apart */
+#define EACH(CALL) switch (kind) { case 0: WIDTHS(CALL, 0, 0) break; \
+    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { WIDTHS(CALL, 1, 0) } break; \
+    default: WIDTHS(CALL, 2, 0) }
 
 void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,
                           const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H, long N, long C, long I,
                           long O, int kind, T q, long j0, long j1) {
-#define FWD(W) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, kind, q, j0, j1)
-    WIDTHS(FWD)
+#define FWD(W, K, Q4) NAME(fwd_chunks)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, W, K, q, Q4, \
+                                      j0, j1)
+    EACH(FWD)
 #undef FWD
 }
 
@@ -327,12 +342,14 @@ void NAME(miras_read_bwd)(const T *x, const T *u0, const T *const *U0, const T *
                           const T *y, const T *nrm, T *dx, T *const *dU0, T *du0, T *da, T *de,
                           T *const *dX, T *const *dG, long H, long N, long C,
                           long I, long O, int kind, T q, long j0, long j1) {
-#define BWD(W) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, dX, \
-                                dG, H, N, C, I, W, kind, q, j0, j1)
-    WIDTHS(BWD)
+#define BWD(W, K, Q4) NAME(bwd_chunks)(x, u0, U0, a, e, X, G, dy, y, nrm, dx, dU0, du0, da, de, \
+                                       dX, dG, H, N, C, I, W, K, q, Q4, j0, j1)
+    EACH(BWD)
 #undef BWD
 }
+#undef EACH
 #undef WIDTHS
 #undef CHUNK_POINTERS
+#include "tile.h"  /* its names undefined for the next type */
 
 #endif
