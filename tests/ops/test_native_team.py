@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from _native_check import outputs_and_grads, threads
 
+from rnnzoo.ops import native
 from rnnzoo.ops.native import delta_scan, team
 
 on_gomp = (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
@@ -35,13 +36,13 @@ def _delta(dtype, B=3, T=21, n=2, H=2, K=19, V=20):
 @pytest.mark.skipif(not on_gomp, reason="torch not on libgomp here: ops.native.run uses its pool")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_native_run_takes_the_team_and_equals_the_pool(monkeypatch, dtype):
-    assert team.team() is not None
+    assert team.team(native.load) is not None
     with threads(3):  # 3 ranges of 6 (batch row, head) pairs: the delta kernels' 18 and 23
         monkeypatch.setattr(team, "_team", None)  # arguments, 12 and 17 of them on the stack
         pool = _delta(dtype)
         monkeypatch.undo()
         taken, real = [], team.run
-        monkeypatch.setattr(team, "run", lambda fn, a: taken.append(real(fn, a)) or taken[-1])
+        monkeypatch.setattr(team, "run", lambda fn, a, load: taken.append(real(fn, a, load)) or taken[-1])
         got = _delta(dtype)
     assert taken and all(taken), taken  # every call of ops.native.run went to the team
     for a, b in zip(got, pool):
@@ -51,12 +52,15 @@ def test_native_run_takes_the_team_and_equals_the_pool(monkeypatch, dtype):
 def test_arguments_team_c_cannot_pass_are_left_to_the_pool():
     class Fn:  # stands in for a ctypes function: only argtypes is read before refusing
         argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_double, ctypes.c_long]
-    assert team.run(Fn, [(None, 1.0, 2.0, 0), (None, 1.0, 2.0, 1)]) is False  # float and double
+
+    def refused(args):
+        return team.run(Fn, args, native.load) is False
+    assert refused([(None, 1.0, 2.0, 0), (None, 1.0, 2.0, 1)])  # float and double
     Fn.argtypes = [ctypes.c_long] * (team.TEAM_NI + 1)
-    assert team.run(Fn, [(0,) * (team.TEAM_NI + 1)] * 2) is False         # too many integers
+    assert refused([(0,) * (team.TEAM_NI + 1)] * 2)             # too many integers
     Fn.argtypes = [ctypes.c_long, ctypes.POINTER(ctypes.c_float)]
-    assert team.run(Fn, [(0, None)] * 2) is False                         # a type it does not know
-    assert team.run(Fn, [(0, None)]) is False                             # one range
+    assert refused([(0, None)] * 2)                             # a type it does not know
+    assert refused([(0, None)])                                 # one range
 
 
 def test_integer_arguments_as_team_c_passes_them():
@@ -72,4 +76,4 @@ def test_integer_arguments_as_team_c_passes_them():
 
     class Fn:
         argtypes = [ctypes.c_void_p, ctypes.c_long]
-    assert team.run(Fn, [(b"row", 0), (b"row", 1)]) is False
+    assert team.run(Fn, [(b"row", 0), (b"row", 1)], native.load) is False

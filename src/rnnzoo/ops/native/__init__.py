@@ -89,6 +89,8 @@ from pathlib import Path
 
 import torch
 
+from rnnzoo.ops.native import team
+
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
 _HERE = Path(__file__).resolve().parent
 _libs: dict[str, ctypes.CDLL | None] = {}  # name -> library, or None after a failed build
@@ -170,8 +172,7 @@ def run(fn, arg_lists) -> None:
     global _pool, _pool_size
     arg_lists = list(arg_lists)
     if len(arg_lists) > 1:
-        from rnnzoo.ops.native import team
-        if team.run(fn, arg_lists):
+        if team.run(fn, arg_lists, load):
             return
     if len(arg_lists) - 1 > _pool_size:
         if _pool is not None:

@@ -8,7 +8,7 @@ range runs at part speed. Measured (2 threads on the 2-core machine, loaded): th
 forward at DeltaProduct's size right after a parallel torch op, pool / team, medians of 40
 alternated: 81 / 72 and 83 / 72 ms; with GOMP_SPINCOUNT=0 both 57-58 ms.
 
-    run(fn, arg_lists) -> bool   fn(*args) for each args on the team (bit-identical to the
+    run(fn, arg_lists, load) -> bool   fn(*args) for each args on the team (bit-identical to the
                          pool: the same kernels and ranges) and True, when torch's libgomp
                          is loaded in the process (one libgomp mapped, found in
                          /proc/self/maps), the platform passes arguments as team.c expects
@@ -23,8 +23,6 @@ import ctypes
 import os
 import platform
 import sys
-
-from rnnzoo.ops import native
 
 TEAM_NI, TEAM_NF = 32, 4  # team.c's argument rows
 _INT = (ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_ulong, ctypes.c_uint)
@@ -50,8 +48,9 @@ def gomp_path() -> str | None:
     return paths.pop() if len(paths) == 1 else None
 
 
-def team():
-    """(GOMP_parallel, team_body's address) when the team path is usable, else None."""
+def team(load):
+    """(GOMP_parallel, team_body's address) when the team path is usable, else None; load:
+    ops.native.load (team.c is built like any kernel)."""
     global _team, _looked
     if not _looked:
         _looked = True
@@ -63,7 +62,7 @@ def team():
                 par = gomp.GOMP_parallel
                 par.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
                 par.restype = None
-                lib = native.load("team")
+                lib = load("team")
                 if lib is not None:
                     _team = (par, ctypes.cast(lib.team_body, ctypes.c_void_p).value)
             except (OSError, AttributeError):
@@ -85,13 +84,13 @@ def _value(a) -> int:
     raise TypeError(f"team.c cannot pass {type(a).__name__}")
 
 
-def run(fn, arg_lists) -> bool:
+def run(fn, arg_lists, load) -> bool:
     """fn(*args) for each args in arg_lists on the OpenMP team, when the team path is usable
     for fn (see the module docstring); False, having run nothing, when it is not."""
     types = fn.argtypes or []
     floats = [t for t in types if t in _FLOAT]
     ints = [t for t in types if t in _INT]
-    t = team() if len(arg_lists) > 1 else None
+    t = team(load) if len(arg_lists) > 1 else None
     if (t is None or len(ints) + len(floats) != len(types) or len(ints) > TEAM_NI
             or len(floats) > TEAM_NF or len(set(floats)) > 1):
         return False
