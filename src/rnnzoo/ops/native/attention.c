@@ -44,6 +44,12 @@
 
 /* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
    (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
+/* dst (D, Tn) = src (Tn, D) transposed: a head's keys or values as columns for mm. */
+static inline void NAME(transpose)(T *restrict dst, const T *restrict src, long Tn, long D) {
+    for (long j = 0; j < Tn; j++)
+        for (long c = 0; c < D; c++) dst[c * Tn + j] = src[j * D + c];
+}
+
 static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
     for (long j = 0; j < e; j++) {
         const T t = EXP(-z[j]), b = 1 / (1 + t);
@@ -320,8 +326,7 @@ void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
     T *zb = kT + Dh * Tn, *ab = zb + tile * Tn;
     for (long n = n0; n < n1; n++) {
         const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
-        for (long j = 0; j < Tn; j++)
-            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        NAME(transpose)(kT, kn, Tn, Dh);
         T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
@@ -352,11 +357,9 @@ void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
         const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
         const T *don = do_ + n * Tn * Dv;
         T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
-        for (long j = 0; j < Tn; j++)
-            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        NAME(transpose)(vT, vn, Tn, Dv);
         if (!Z)
-            for (long j = 0; j < Tn; j++)
-                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+            NAME(transpose)(kT, kn, Tn, Dh);
         memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
         memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
         const T *zn = Z ? Z + n * PT : zb, *an = A ? A + n * PT : ab;
@@ -394,8 +397,7 @@ void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
     for (long n = n0; n < n1; n++) {
         const T *qn = q + n * Tn * Dh, *kn = k + n * Tn * Dh, *vn = v + n * Tn * Dv;
         const T *bn = bias ? bias + n * Tn : 0;
-        for (long j = 0; j < Tn; j++)
-            for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+        NAME(transpose)(kT, kn, Tn, Dh);
         T *Pn = P ? P + n * PT : scratch;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
@@ -425,11 +427,9 @@ void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
         const T *don = do_ + n * Tn * Dv, *bn = bias ? bias + n * Tn : 0;
         T *dqn = dq + n * Tn * Dh, *dkn = dk + n * Tn * Dh, *dvn = dv + n * Tn * Dv;
         T *dbn = db ? db + n * Tn : 0;
-        for (long j = 0; j < Tn; j++)
-            for (long c = 0; c < Dv; c++) vT[c * Tn + j] = vn[j * Dv + c];
+        NAME(transpose)(vT, vn, Tn, Dv);
         if (!P)
-            for (long j = 0; j < Tn; j++)
-                for (long c = 0; c < Dh; c++) kT[c * Tn + j] = kn[j * Dh + c];
+            NAME(transpose)(kT, kn, Tn, Dh);
         memset(dkn, 0, (size_t)(Tn * Dh) * sizeof(T));
         memset(dvn, 0, (size_t)(Tn * Dv) * sizeof(T));
         if (dbn) memset(dbn, 0, (size_t)Tn * sizeof(T));
