@@ -76,3 +76,17 @@ def test_weight_grad_is_g_transposed_times_r(G, K, dtype):
     assert got.shape == (G, K) and got.dtype == dtype
     torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12,
                                atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_product_and_weight_grad_stay_differentiable_under_grad_mode():
+    """Outside autograd, product (a b^T + bias) and weight_grad equal the matmul; with grad
+    enabled (a create_graph backward) they are the matmul itself, so a second derivative
+    flows through them (oneDNN's op has no derivative of its own)."""
+    a, b, bias = torch.randn(6, 5), torch.randn(4, 5), torch.randn(4)
+    with torch.no_grad():
+        torch.testing.assert_close(native_linear.product(a, b, bias), a @ b.T + bias)
+        torch.testing.assert_close(native_linear.product(a, b), a @ b.T)
+    a.requires_grad_()
+    for f in (lambda: native_linear.product(a, b, bias), lambda: native_linear.weight_grad(a, a)):
+        (da,) = torch.autograd.grad(f().square().sum(), a)
+        assert da.abs().sum() > 0

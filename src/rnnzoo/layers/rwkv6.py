@@ -27,40 +27,26 @@ from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gated_norm, linear
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, product, weight_grad
 from rnnzoo.registry import register
-
-
-def _prod(a, b, bias=None):
-    """a b^T (+ bias): a (N, k), b (M, k) -> (N, M); oneDNN's product on the CPU in float32
-    outside autograd (ops.native.linear), a matmul elsewhere (and under create_graph)."""
-    if (linear._LP is not None and a.dtype == torch.float32 and not torch.is_grad_enabled()
-            and backend.use_native(a, b)):
-        return linear._LP(a.contiguous(), b.contiguous(), bias, "none", [], "")
-    return torch.addmm(bias, a, b.T) if bias is not None else a @ b.T
-
-
-def _wgrad(g, r):
-    """g^T r: g (N, G), r (N, K) -> (G, K) (oneDNN as `_prod`)."""
-    return g.T @ r if torch.is_grad_enabled() else linear.weight_grad(g, r)
 
 
 class _MixProject(torch.autograd.Function):
     """The five ddlerp mixes x*_i = x + dx c_i, c_i = mu_i + low_i up_i (i = w, k, v, r, g),
     and the projections of the last four, x*_i W_i^T, with a hand-written backward. Each
-    product is one oneDNN call on the CPU in float32 (`_prod`; torch's bmm went to MKL's
-    AVX2 code at a third of the speed). x, dx (N, d); low (N, 5, r) (the tanh of the
+    product is one oneDNN call on the CPU in float32 (`ops.native.linear.product`; torch's
+    bmm went to MKL's AVX2 code at a third of the speed). x, dx (N, d); low (N, 5, r) (the tanh of the
     down-projection); up (5, r, d); mu (5, d); W (4, d, d) [out, in].
     -> x*_w and the projections k, v, r, g, each (N, d)."""
 
     @staticmethod
     def forward(ctx, x, dx, low, up, mu, W):
         low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
-        c = [_prod(low[i], up[i].T, mu[i]) for i in range(5)]
+        c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
         mixed = x.new_empty(5, *x.shape)
         for i in range(5):
             torch.addcmul(x, dx, c[i], out=mixed[i])
-        proj = [_prod(mixed[i + 1], W[i]) for i in range(4)]
+        proj = [product(mixed[i + 1], W[i]) for i in range(4)]
         ctx.save_for_backward(dx, low, up, mixed, W, *c)
         return mixed[0], *proj
 
@@ -72,8 +58,8 @@ class _MixProject(torch.autograd.Function):
         for i, g in enumerate(d_proj):
             if g is not None:
                 g = g.contiguous()
-                dW[i] = _wgrad(g, mixed[i + 1])
-                g = _prod(g, W[i].T)
+                dW[i] = weight_grad(g, mixed[i + 1])
+                g = product(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
         d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
@@ -86,8 +72,8 @@ class _MixProject(torch.autograd.Function):
         for i in range(5):  # the gradient of c_i, into gm[i] where that is ours (no fresh
             # (5, N, d) buffer: its first touch costs page faults)
             dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)
-            d_low[:, i] = _prod(dc, up[i])
-            d_up[i] = _wgrad(low[i], dc)
+            d_low[:, i] = product(dc, up[i])
+            d_up[i] = weight_grad(low[i], dc)
             d_mu[i] = dc.sum(0)
         return d_x, d_dx, d_low, d_up, d_mu, dW
 

@@ -68,14 +68,25 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+def product(a: torch.Tensor, b: torch.Tensor, bias=None) -> torch.Tensor:
+    """a b^T (+ bias): a (N, k), b (M, k) -> (N, M). On the CPU in float32 outside autograd
+    (a hand-written backward's products), oneDNN's product with the bias added in it; else
+    (and under create_graph: oneDNN's op has no derivative) a matmul."""
+    if (_LP is not None and a.dtype == torch.float32 and not torch.is_grad_enabled()
+            and backend.use_native(a, b)):
+        return _LP(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    return torch.addmm(bias, a, b.T) if bias is not None else a @ b.T
+
+
 def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """sum over rows of g^T r: g (..., G), r (..., K) -> (G, K), the gradient of a matrix W
-    used as r W^T. On the CPU in float32, oneDNN's product on the transposed views of the
-    dense operands (which it reads as they are: no transposed copy), the wider side as the
-    product's output rows (the faster order: 7 against 11 ms at G = 4K = 512); else g^T r."""
+    used as r W^T. On the CPU in float32 outside autograd, oneDNN's product on the
+    transposed views of the dense operands (which it reads as they are: no transposed copy),
+    the wider side as the product's output rows (the faster order: 7 against 11 ms at
+    G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
-            and backend.use_native(g, r)):
+            and not torch.is_grad_enabled() and backend.use_native(g, r)):
         return _mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)
     return g.T @ r
 
