@@ -160,14 +160,20 @@ class _StickBreaking(torch.autograd.Function):
                 None)
 
 
+def _tile_scores(T: int, tile: int, shift: int = 0) -> int:
+    """The scores a head's causal tiles keep: each tile of queries [i0, i1) against the keys
+    [0, min(T, i1 + shift)), at least one (sb_heads_* and sm_heads_*'s packed P)."""
+    return sum((min(T, i0 + tile) - i0) * max(1, min(T, i0 + tile + shift))
+               for i0 in range(0, T, tile))
+
+
 class _StickBreakingHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, shift):
         B, H, T, Dh = q.shape
         N, Dv, tile = B * H, v.shape[-1], min(_SB_TILE, T)
         q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
-        PT = sum((min(T, i0 + tile) - i0) * max(1, min(T, i0 + tile + shift))
-                 for i0 in range(0, T, tile))
+        PT = _tile_scores(T, tile, shift)
         keep = 2 * N * PT * q.element_size() <= _KEEP
         Z, A = q2.new_empty(2, N, PT).unbind(0) if keep else (None, None)
         out = q2.new_empty(N, T, Dv)
@@ -267,7 +273,7 @@ class _CausalHeads(torch.autograd.Function):
         N, Dv, tile = B * H, v.shape[-1], min(_SM_TILE, T)
         q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
         b2 = None if bias is None else bias.reshape(N, T).contiguous()
-        PT = sum((min(T, i0 + tile) - i0) * min(T, i0 + tile) for i0 in range(0, T, tile))
+        PT = _tile_scores(T, tile)
         P = q2.new_empty(N, PT) if N * PT * q.element_size() <= _KEEP else None
         out = q2.new_empty(N, T, Dv)
         _run(_kernel(lib, "sm_heads_fwd", q.dtype),
