@@ -128,3 +128,77 @@ def test_native_titans_tail_is_the_last_states(tail):
     want = outputs_and_grads((o, Ms[:, :, -tail:], Ss[:, :, -tail:]), ins)
     got = outputs_and_grads(titans_scan.titans_linear(lib, *ins, tail=tail), ins)
     assert_close(got, want, [f"out{i}" for i in range(len(want))], 1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("B,H,n,C", [(2, 3, 5, 5), (1, 1, 3, 4), (3, 2, 1, 4)])
+def test_titans_segment_equals_the_chunk_form(dtype, tol, B, H, n, C):
+    """ops.memory.titans_segment (one chunk opened and ended inside by every sequence, in
+    two kernel calls) against titans_chunked(within=True) from a state at a chunk's start
+    (n = C, so M' rolls to M, and P0 = M as MAC's aligned segments give it): the read, the
+    final M and S and the gradients of every input, a segment cut short (n < C) included."""
+    from rnnzoo.ops.memory import titans_chunked, titans_segment
+
+    K = 4
+    gen = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k = (torch.nn.functional.normalize(r(B, n, H, K), dim=-1) for _ in range(2))
+    v = r(B, n, H, K)
+    theta, alpha, eta = (torch.rand(B, n, H, generator=gen, dtype=dtype) for _ in range(3))
+    W0, M, S, Pg = 0.5 * r(H, K, K), 0.3 * r(B, H, K, K), 0.3 * r(B, H, K, K), r(B, H, K, K)
+    ins = [t.requires_grad_() for t in (q, k, v, theta, alpha, eta, W0, M, S)]
+    zb = torch.zeros(B, H, K, dtype=dtype)
+    state = (Pg, zb, M, zb, S, zb, torch.full((B,), float(C), dtype=dtype))
+    init = [W0, torch.zeros(H, K, dtype=dtype)]
+    z_ref, s_ref = titans_chunked("linear", q, k, v, theta, alpha, eta, C, init, state, None,
+                                  None, 1e-6, False, False, within=True)
+    lib = titans_scan.load()
+    gates = torch.stack([theta, alpha, eta]).permute(0, 1, 3, 2).contiguous()
+    tr = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
+    z, M1, S1 = titans_segment(lib, tr(q), tr(k), tr(v), gates, W0, M, M, S)
+    z = z.transpose(1, 2)
+    assert_close((z, M1, S1), (z_ref, s_ref[2], s_ref[4]), ("z", "M", "S"), tol)
+    w = [r(*t.shape) for t in (z, M1, S1)]
+    grads = [torch.autograd.grad(sum((a * b).sum() for a, b in zip(outs, w)), ins)
+             for outs in ((z, M1, S1), (z_ref, s_ref[2], s_ref[4]))]
+    assert_close(grads[0], grads[1], "q k v theta alpha eta W0 M S".split(), tol)
+
+
+def test_mac_takes_the_fast_segments_and_leaves_them_at_a_non_finite_input(monkeypatch):
+    """Titans-MAC's aligned chunk form runs its segments' memory through titans_segment on
+    the CPU, and a non-finite value met mid-sequence (an attention logit overflowing from a
+    huge input at a later segment) sends the rest to the general form: outputs equal the
+    steps', NaN where theirs are; a NaN memory in the state never enters the fast form."""
+    from rnnzoo.layers import titans as titans_layer
+
+    calls = []
+    real = titans_layer.titans_segment
+    monkeypatch.setattr(titans_layer, "titans_segment", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = rnnzoo.create("titans_mac", d_model=16, num_heads=2, chunk_size=4,
+                          num_persistent=1).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(3, 14, 16, dtype=torch.float64)
+        y_c, _ = layer(x, mode="chunk")
+        y_s, _ = layer(x, mode="sequential")
+        assert len(calls) == 4 and (y_c - y_s).abs().max() < 1e-12
+        x[2, 10] = 1e200
+        calls.clear()
+        y_c, s_c = layer(x, mode="chunk")
+        y_s, s_s = layer(x, mode="sequential")
+        assert len(calls) == 2 and y_c.isnan().any()
+        assert torch.equal(y_c.isnan(), y_s.isnan())
+        assert (y_c - y_s).nan_to_num().abs().max() < 1e-12
+        for a, b in zip(s_c, s_s):
+            assert torch.equal(a.isnan(), b.isnan())
+        _, s8 = layer(x[:, :8], mode="sequential")
+        s8 = list(s8)
+        s8[2] = s8[2].clone()
+        s8[2][1] = float("nan")
+        calls.clear()
+        y_c, _ = layer(x[:, 8:10], tuple(s8), mode="chunk")
+        y_s, _ = layer(x[:, 8:10], tuple(s8), mode="sequential")
+        assert not calls and torch.equal(y_c.isnan(), y_s.isnan()) and y_c[1].isnan().all()
+        assert (y_c - y_s).nan_to_num().abs().max() < 1e-12

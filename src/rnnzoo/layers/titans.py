@@ -40,6 +40,8 @@ segment at a time, cut where each sequence's segments end).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,10 +61,12 @@ from rnnzoo.ops.memory import (
     memory_read,
     titans_chunked,
     titans_init_state,
+    titans_segment,
     titans_sequential,
     titans_step,
 )
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native import titans_scan
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -328,11 +332,14 @@ class Titans(RecurrentLayer):
         from the retrieval's gated read to its keys and values, [W_qkv; W_gates] W_out from
         the attention's heads to the memory's inputs. The attention's queries are the x's
         (the retrieval tokens' outputs are not read: their queries are zeros). Equal to
-        _mac_pieces up to rounding."""
+        _mac_pieces up to rounding. On the CPU (`_mac_fast`) a segment's memory is one
+        ops.memory.titans_segment and its attention one C call while their inputs are
+        finite (one host read each a segment), the general forms from the first that is not."""
         B, T, _ = x.shape
         C, P, attn, cd = self.chunk_size, self.num_persistent, self.attn, x.dtype
         H, Dh, HK = attn.num_heads, attn.head_dim, self.num_heads * self.head_dim
-        q = l2norm(self.retrieve_proj(x).view(B, T, self.num_heads, self.head_dim))
+        Hm, K = self.num_heads, self.head_dim
+        q = l2norm(self.retrieve_proj(x).view(B, T, Hm, K))
         gate = self.g_proj(x)
         start = self.segment_start(B, state[-3:])
         # Titans' attention: as many key/value heads as query heads, full rotary, no norms,
@@ -354,34 +361,102 @@ class Titans(RecurrentLayer):
             rot = lambda t, p: native_attention.rope(  # noqa: E731
                 lib, t, cos[:, :t.shape[1]], sin[:, :t.shape[1]])
         kp, vp = (t[:, :, :P].to(cd) for t in start[:2])
-        zeros = qx.new_zeros(B, H, P, Dh)
         mem, L = state[:-3], (len(state) - 5) // 3
         init = self.op_args(cd)[0]
-        outs, sizes = [], [C] * (T // C) + ([T % C] if T % C else [])
+        sizes = [C] * (T // C) + ([T % C] if T % C else [])
+        # the fast form's memory: [gradient point (the memory the segment reads), M, S, conv
+        # state, the state's M' (the last segment's gradient point)]
+        tlib = self._mac_fast(lib, mem, L, (qx, kx, vx, kp, vp))
+        fast, ran = None, False
+        if tlib is not None:
+            P0 = _select(mem[3 * L].round() == C, mem[L], mem[0])
+            fast = [P0, mem[L], mem[2 * L], mem[-1], P0]
+        # the attention's queries [0 (p's), 0 (h_1), x_1, ..., 0 (h_n), x_n], every segment's
+        qz = torch.stack([torch.zeros_like(qx), qx], 3).flatten(2, 3)
+        zeros = qx.new_zeros(B, H, P, Dh)
+        qss = [torch.cat([zeros, t], 2) if P else t for t in qz.split([2 * n for n in sizes], 2)]
+        outs = []
         # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece)
-        for q_s, g_s, p_s, qx_s, kx_s, vx_s in zip(*(t.split(sizes, 1) for t in (q, gate, pos)),
-                                                  *(t.split(sizes, 2) for t in (qx, kx, vx))):
+        qT = q.transpose(1, 2).contiguous() if fast is not None else q.transpose(1, 2)
+        for q_s, g_s, p_s, qs, qT_s, kx_s, vx_s in zip(
+                *(t.split(sizes, 1) for t in (q, gate, pos)), qss,
+                *(t.split(sizes, 2) for t in (qT, kx, vx))):
             n_ = q_s.shape[1]
-            full = mem[3 * L].round() == C
-            seg = [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])]
-            u = self.op_gated(memory_read(init, seg, q_s), q_s, None, g_s)
-            kh, vh = linear(u, w_kv, b_kv).view(B, n_, 2, H, Dh).unbind(2)
+            if fast is not None:   # memory_read of a weight-only memory, (b, h) pairs batched
+                W = (init[0] + fast[0]).view(B * Hm, K, K)
+                u = torch.bmm(qT_s.view(B * Hm, n_, K), W).view(B, Hm, n_, K).transpose(1, 2)
+            else:
+                full = mem[3 * L].round() == C
+                u = memory_read(init, [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])],
+                                q_s)
+            kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
+            kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
             kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
             # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh)
-            ks, vs, qs = (torch.cat([c, torch.stack([h, t], 3).flatten(2, 3)], 2)
-                          for c, h, t in ((kp, kh, kx_s), (vp, vh, vx_s),
-                                          (zeros, torch.zeros_like(kh), qx_s)))
-            a = _causal_attention(qs, ks, vs)[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
-            z, q_m, mem = self._memory_read(None, mem, "chunk", within=True,
-                                            proj=linear(a, w_m, b_m))
-            outs.append((a, z, q_m))
-        a, z, q_m = (torch.cat(t, 1) for t in zip(*outs))
+            ks, vs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in ((kh, kx_s), (vh, vx_s)))
+            if P:
+                ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+            if fast is not None and math.isfinite(kv.sum().item()):
+                a = native_attention.causal_softmax_attention(lib, qs, ks, vs)
+            else:
+                a = _causal_attention(qs, ks, vs)
+            a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
+            proj = linear(a, w_m, b_m)
+            if fast is not None and math.isfinite(proj.sum().item()):
+                z, fast, ran = *self._mac_fast_memory(tlib, proj, fast, init[0]), True
+                outs.append((a, z, None))
+                continue
+            if fast is not None:   # non-finite: the general form from here on
+                mem = self._mac_fast_state(fast, mem[3 * L], C) if ran else mem
+                fast = None
+            z, q_m, mem = self._memory_read(None, mem, "chunk", within=True, proj=proj)
+            outs.append((a, z, q_m if self.inner_norm else None))
+        a, z = (torch.cat([o[i] for o in outs], 1) for i in range(2))
+        q_m = torch.cat([o[2] for o in outs], 1) if self.inner_norm else None
+        if fast is not None:
+            mem = self._mac_fast_state(fast, mem[3 * L], sizes[-1])
         y = attn.out_proj(a)
         # the attention's state: the last segment's tokens in its first slots (p's included)
         att = [torch.cat([t.to(c.dtype), c[:, :, t.shape[2]:]], 2)
                for t, c in zip((ks, vs), start[:2])]
         return (self.gate(y, self.op_output(z, q_m, y)),
                 (*mem, *att, start[2] + (ks.shape[2] - P)))
+
+    def _mac_fast(self, lib, mem, L, hoisted):
+        """titans_scan's library when _mac_aligned's fast form applies, else None: the C
+        attention (`lib`), a linear weight-only memory without inner norm whose state's bias
+        rows are zero constants in the compute dtype, and finite hoisted attention inputs
+        (their total read once: a non-finite entry or an overflow makes it non-finite)."""
+        if (lib is None or self.kind != "linear" or self.inner_norm or self.memory_bias
+                or any(t.dtype != hoisted[0].dtype for t in mem[:-1])
+                or any(t.requires_grad or bool(t.any()) for t in mem[1:2 * L + 1:2])
+                or not bool(torch.isfinite(sum(t.sum() for t in hoisted)))):
+            return None
+        return titans_scan.load()
+
+    def _mac_fast_memory(self, tlib, proj, fast, W0):
+        """One aligned segment's memory in the fast form: proj (B, n, 3 H K + 3 H) the
+        memory's inputs (finite), fast as _mac_aligned keeps it, W0 the initial memory.
+        Returns (the read z (B, n, H, K), the new fast state)."""
+        P0, M, S, conv_state, _ = fast
+        B, n, _ = proj.shape
+        H = self.num_heads
+        qkv, g = proj.split([proj.shape[-1] - 3 * H, 3 * H], -1)
+        q, k, v, conv_state = memory_qkv(self, None, conv_state, fused=True, qkv=qkv)
+        gates = torch.sigmoid(g).view(B, n, 3, H).permute(2, 0, 3, 1)
+        if self.base_lr != 1:
+            gates = gates * gates.new_tensor([self.base_lr, 1.0, 1.0]).view(3, 1, 1, 1)
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+        z, M, S = titans_segment(tlib, q, k, v, gates.contiguous(), W0, P0, M, S)
+        return z.transpose(1, 2), [M, M, S, conv_state, P0]
+
+    @staticmethod
+    def _mac_fast_state(fast, count, n):
+        """The memory's state tuple (M', M, S with zero bias rows, step count n (count's
+        dtype), conv state) from _mac_aligned's fast form."""
+        _, M, S, conv_state, Pg = fast
+        zero = lambda: torch.zeros_like(M[..., 0, :])  # noqa: E731
+        return (Pg, zero(), M, zero(), S, zero(), torch.full_like(count, n), conv_state)
 
     def _mac_piece(self, x, state, q, gate, start):
         """_mac_step over tokens x (B, T, d) that lie inside one segment, all at once, up to
