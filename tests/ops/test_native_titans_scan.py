@@ -202,3 +202,27 @@ def test_mac_takes_the_fast_segments_and_leaves_them_at_a_non_finite_input(monke
         y_s, _ = layer(x[:, 8:10], tuple(s8), mode="sequential")
         assert not calls and torch.equal(y_c.isnan(), y_s.isnan()) and y_c[1].isnan().all()
         assert (y_c - y_s).nan_to_num().abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("row", [1, 3, 5])
+def test_mac_keeps_the_general_form_for_a_state_with_bias_rows(monkeypatch, row):
+    """A state whose M', M or S bias row is not zero (a memory_bias layer's state handed to
+    a weight-only one) is outside titans_segment's weight-only map: MAC's aligned form keeps
+    titans_chunked and still equals the steps."""
+    from rnnzoo.layers import titans as titans_layer
+
+    calls = []
+    real = titans_layer.titans_segment
+    monkeypatch.setattr(titans_layer, "titans_segment", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = rnnzoo.create("titans_mac", d_model=8, num_heads=2, chunk_size=4).double()
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    with torch.no_grad():
+        _, s4 = layer(x[:, :4], mode="sequential")
+        s4 = list(s4)
+        s4[row] = 0.3 * torch.randn_like(s4[row])
+        y_c, s_c = layer(x[:, 4:], tuple(s4), mode="chunk")
+        y_s, s_s = layer(x[:, 4:], tuple(s4), mode="sequential")
+    assert not calls
+    assert (y_c - y_s).abs().max() < 1e-12
+    assert all((a - b).abs().max() < 1e-12 for a, b in zip(s_c, s_s))

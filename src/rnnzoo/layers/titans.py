@@ -429,7 +429,7 @@ class Titans(RecurrentLayer):
         (their total read once: a non-finite entry or an overflow makes it non-finite)."""
         if (lib is None or self.kind != "linear" or self.inner_norm or self.memory_bias
                 or any(t.dtype != hoisted[0].dtype for t in mem[:-1])
-                or any(t.requires_grad or bool(t.any()) for t in mem[1:2 * L + 1:2])
+                or any(t.requires_grad or bool(t.any()) for t in mem[1:3 * L:2])
                 or not bool(torch.isfinite(sum(t.sum() for t in hoisted)))):
             return None
         return titans_scan.load()
