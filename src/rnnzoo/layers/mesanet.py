@@ -29,13 +29,26 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import l2norm
+from rnnzoo.layers._delta_block import gated_head_output, l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.mesa import mesa, mesa_recurrent, mesa_step
+from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
+
+
+def _conv_l2(conv, x, state, groups, G):
+    """(silu(conv(x)), new state, normed): on a CPU (`ops.native.conv`) its first `groups`
+    groups of G channels come back unit norm as `l2norm` makes them (normed True)."""
+    w = conv.weight.to(x.dtype)
+    if not sequence_parallel.active() and backend.use_native(x, w, state):
+        lib = native_conv.load()
+        if lib is not None:
+            return (*native_conv.short_conv(lib, x, w, None, state, conv.silu, groups, G), True)
+    return (*conv(x, state), False)
 
 
 @register("mesanet", family="matrix", paper="von Oswald et al. 2025, arXiv:2506.05233 (MesaNet)",
@@ -83,8 +96,10 @@ class MesaNet(RecurrentLayer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        qk, conv_state = self.conv(self.qk_proj(x).to(cdt), conv_state)
-        q, k = l2norm(qk.reshape(B, T, 2 * H, K)).chunk(2, 2)   # F.normalize's, eps 1e-6
+        # on a CPU the C convolution returns q and k unit norm (conv_l2's fused l2norm)
+        qk, conv_state, normed = _conv_l2(self.conv, self.qk_proj(x).to(cdt), conv_state, 2 * H, K)
+        qk = qk.reshape(B, T, 2 * H, K)
+        q, k = (qk if normed else l2norm(qk)).chunk(2, 2)   # F.normalize's, eps 1e-6
         v = self.v_proj(x).to(cdt).reshape(B, T, H, K)
         g = F.logsigmoid(self.a_proj(x).to(cdt))
         beta = torch.sigmoid(self.b_proj(x).to(cdt))
@@ -92,11 +107,9 @@ class MesaNet(RecurrentLayer):
         return q, k, v, g, beta, lamb, conv_state
 
     def op_output(self, o, x):
-        """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, heads, K)."""
-        o = self.norm(o)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(o.dtype)).view(o.shape)
-        return self.o_proj(o.flatten(2).to(x.dtype))
+        """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, heads, K). Fused in C on
+        a CPU (`gated_head_output`)."""
+        return gated_head_output(self, o, x, F.silu)
 
     def _forward(self, x, state, mode):
         Hkk, Hkv, conv_state = state
