@@ -29,7 +29,8 @@ def calls(monkeypatch):
                                                        (70, 2, 3, 2, 3, 1e-5, 2),
                                                        (33, 1, 32, 8, 30, None, 1),
                                                        (1, 2, 32, 32, 5, 1e-5, 2),
-                                                       (40, 1, 32, 32, 30, None, 1)])
+                                                       (40, 1, 32, 32, 30, None, 1),
+                                                       (21, 2, 19, 21, 6, None, 1)])
 def test_native_mesa_matches_torch(calls, dtype, tol, T, H, K, V, steps, eps, threads):
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731

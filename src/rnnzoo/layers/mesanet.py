@@ -33,9 +33,23 @@ from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.mesa import mesa, mesa_recurrent, mesa_step
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native import conv as native_conv
+from rnnzoo.ops.native.head_norm import rms_gate
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
+
+
+def _conv_l2(conv, x, state, groups, G):
+    """(silu(conv(x)), new state, normed): on a CPU (`ops.native.conv`) its first `groups`
+    groups of G channels come back unit norm as `l2norm` makes them (normed True)."""
+    w = conv.weight.to(x.dtype)
+    if not sequence_parallel.active() and backend.use_native(x, w, state):
+        lib = native_conv.load()
+        if lib is not None:
+            return (*native_conv.short_conv(lib, x, w, None, state, conv.silu, groups, G), True)
+    return (*conv(x, state), False)
 
 
 @register("mesanet", family="matrix", paper="von Oswald et al. 2025, arXiv:2506.05233 (MesaNet)",
@@ -80,27 +94,46 @@ class MesaNet(RecurrentLayer):
 
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, heads, K), g (log gamma), beta (B, T, heads), lambda (heads, K), conv."""
+        *ins, _, conv_state = self._inputs(x, conv_state)
+        return (*ins, conv_state)
+
+    def _inputs(self, x, conv_state):
+        """op_inputs' tensors and z = W_g x (B, T, heads K; None without the output gate)
+        before the conv state. W_v, W_g, W_a, W_b run as one product (one pass over x and
+        one weight gradient for the four); W_q, W_k as their own, whose output the conv
+        reads whole."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        qk, conv_state = self.conv(self.qk_proj(x).to(cdt), conv_state)
-        q, k = l2norm(qk.reshape(B, T, 2 * H, K)).chunk(2, 2)   # F.normalize's, eps 1e-6
-        v = self.v_proj(x).to(cdt).reshape(B, T, H, K)
-        g = F.logsigmoid(self.a_proj(x).to(cdt))
-        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        # on a CPU the C convolution returns q and k unit norm (conv_l2's fused l2norm)
+        qk, conv_state, normed = _conv_l2(self.conv, self.qk_proj(x).to(cdt), conv_state, 2 * H, K)
+        qk = qk.reshape(B, T, 2 * H, K)
+        q, k = (qk if normed else l2norm(qk)).chunk(2, 2)   # F.normalize's, eps 1e-6
+        gate = self.g_proj is not None
+        W = torch.cat([self.v_proj.weight, *([self.g_proj.weight] if gate else []),
+                       self.a_proj.weight, self.b_proj.weight])
+        bias = torch.cat([self.a_proj.bias.new_zeros((1 + gate) * H * K), self.a_proj.bias,
+                          self.b_proj.bias])
+        v, *z, a, b = linear(x, W, bias).to(cdt).split([H * K] * (1 + gate) + [H, H], -1)
+        g, beta = F.logsigmoid(a), torch.sigmoid(b)
         lamb = F.softplus(self.lambda_params.to(cdt)) + self.lambda_lower_bound
-        return q, k, v, g, beta, lamb, conv_state
+        return q, k, v.reshape(B, T, H, K), g, beta, lamb, z[0] if gate else None, conv_state
 
     def op_output(self, o, x):
         """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, heads, K)."""
-        o = self.norm(o)
-        if self.g_proj is not None:
-            o = o * F.silu(self.g_proj(x).to(o.dtype)).view(o.shape)
-        return self.o_proj(o.flatten(2).to(x.dtype))
+        return self._output(o, None if self.g_proj is None else self.g_proj(x), x)
+
+    def _output(self, o, z, x):
+        """op_output with z = W_g x given (None: no gate): the norm and gate in C on a CPU
+        (`ops.native.head_norm.rms_gate`)."""
+        w = self.norm.weight.to(o.dtype)
+        y = rms_gate(o.flatten(2), w, o.shape[-1], self.norm.eps,
+                     None if z is None else z.to(o.dtype), None if z is None else "silu")
+        return self.o_proj(y.to(x.dtype))
 
     def _forward(self, x, state, mode):
         Hkk, Hkv, conv_state = state
-        q, k, v, g, beta, lamb, conv_state = self.op_inputs(x, conv_state)
+        q, k, v, g, beta, lamb, z, conv_state = self._inputs(x, conv_state)
         if mode == "chunk":
             o, (Hkk, Hkv) = mesa(q, k, v, g, beta, lamb, initial_state=(Hkk, Hkv),
                                  cg_steps=self.max_cg_steps, cg_tol=self.cg_tol,
@@ -108,14 +141,14 @@ class MesaNet(RecurrentLayer):
         else:
             o, (Hkk, Hkv) = mesa_recurrent(q, k, v, g, beta, lamb, initial_state=(Hkk, Hkv),
                                            cg_steps=self.max_cg_steps, cg_tol=self.cg_tol)
-        return self.op_output(o, x), (Hkk, Hkv, conv_state)
+        return self._output(o, z, x), (Hkk, Hkv, conv_state)
 
     def _step(self, x_t, state):
         Hkk, Hkv, conv_state = state
-        q, k, v, g, beta, lamb, conv_state = self.op_inputs(x_t[:, None], conv_state)
+        q, k, v, g, beta, lamb, z, conv_state = self._inputs(x_t[:, None], conv_state)
         o, Hkk, Hkv = mesa_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], lamb, Hkk, Hkv,
                                 self.max_cg_steps, cg_tol=self.cg_tol)
-        return self.op_output(o[:, None], x_t[:, None])[:, 0], (Hkk, Hkv, conv_state)
+        return self._output(o[:, None], z, x_t[:, None])[:, 0], (Hkk, Hkv, conv_state)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "

@@ -91,10 +91,10 @@ class MoM(DeltaBlock):
         return top / top.sum(-1, keepdim=True), idx
 
     def _heads(self, y, normed=False):
-        """Conv outputs y (..., C_m) -> q, k (unit norm, (..., H, K)), v (..., H, V); normed:
-        q and k already are."""
+        """Conv outputs y (..., C_m), or its q, k, v pieces, -> q, k (unit norm, (..., H, K)),
+        v (..., H, V); normed: q and k already are."""
         H, K, V = self.num_heads, self.head_dim, self.value_dim
-        q, k, v = y.split([H * K, H * K, H * V], -1)
+        q, k, v = y.split([H * K, H * K, H * V], -1) if isinstance(y, torch.Tensor) else y
         q, k = (t.unflatten(-1, (H, K)) for t in (q, k))
         if not normed:
             q, k = self.l2norm(q), self.l2norm(k)
@@ -148,18 +148,21 @@ class MoM(DeltaBlock):
         return (o.view(B, T, -1, self.num_heads, V) * w[..., None, None]).sum(2)
 
     def _conv(self, x, weight, state):
-        """(silu(causal conv) of x (B, L, C) with filters (C, d_conv) and state (B, d_conv-1, C),
-        normed): on a CPU its q and k heads come back unit norm (`_heads`' l2norm fused into
-        the C convolution, normed True). The state it leaves is not used (the packed
-        sequences end at their own counts)."""
+        """((q, k, v): silu(causal conv) of x (B, L, C) with filters (C, d_conv) and state
+        (B, d_conv-1, C) cut into its (B, L, H K), (B, L, H K), (B, L, H V) pieces, normed):
+        on a CPU the C convolution writes each piece contiguous, q and k unit norm (`_heads`'
+        l2norm fused in, normed True). The state it leaves is not used (the packed sequences
+        end at their own counts)."""
         state = state.to(x.dtype)
+        H, K = self.num_heads, self.head_dim
+        splits = [H * K, H * K, H * self.value_dim]
         if backend.use_native(x, weight, state):
             from rnnzoo.ops.native import conv as native_conv
             lib = native_conv.load()
             if lib is not None:
-                return native_conv.short_conv(lib, x, weight, None, state, True,
-                                              2 * self.num_heads, self.head_dim)[0], True
-        return F.silu(causal_conv1d(x, weight, None, state)[0]), False
+                return native_conv.short_conv(lib, x, weight, None, state, True, 2 * H, K,
+                                              False, splits)[0], True
+        return F.silu(causal_conv1d(x, weight, None, state)[0]).split(splits, -1), False
 
     def _packed(self, x, S, conv_state):
         """`chunk`: each routed memory over its own tokens only (module docstring). Reads the
@@ -190,7 +193,8 @@ class MoM(DeltaBlock):
         states = conv_state[..., :N * Cm].unflatten(-1, (N, Cm))
         ys = [self._conv(linear(xm, wm).to(cdt), wc.to(cdt), sm) for xm, wm, wc, sm in
               zip(xz[tok].unbind(0), Wp[:N].unbind(0), Wc[:N].unbind(0), states.unbind(-2))]
-        y, normed = torch.stack([t for t, _ in ys]), ys[0][1]
+        # (N, B, L, width) each: contiguous, so the delta rule's reshapes are views
+        y, normed = [torch.stack([t[i] for t, _ in ys]) for i in range(3)], ys[0][1]
         # the conv state each memory leaves: its last d_conv - 1 routed inputs, place
         # count + j of [conv state; its projected tokens], those tokens projected again
         at = count.T[..., None] + torch.arange(Kc - 1, device=x.device)    # (N, B, d_conv - 1)
@@ -210,8 +214,9 @@ class MoM(DeltaBlock):
         # token t's j-th memory idx_tj holds it at place rank_tj of its packed sequence
         rank = (chosen.cumsum(1) - 1).gather(-1, idx)                     # (B, T, top_k)
         at = (idx * B + torch.arange(B, device=x.device)[:, None, None]) * L + rank
-        o = o.reshape(N * B * L, H, V).index_select(0, at.flatten()).view(B, T, -1, H, V)
-        o = (o * w[..., None, None]).sum(2)
+        o = o.reshape(N * B * L, H * V).index_select(0, at.flatten()).view(B, T, -1, H * V)
+        o = torch.einsum("btj,btjd->btd", w, o).view(B, T, H, V)  # a batched product: cheaper
+        # both ways than a broadcast product and its sum
         conv_r = conv_r.flatten(2)
         if self.shared_memory:
             state = conv_state[..., N * Cm:]

@@ -112,31 +112,6 @@ INLINE void NAME(matvec)(const T *restrict M, const T *restrict a, T *restrict y
     }
 }
 
-/* S += P^T D for P, D (n, K) rows at a stride of ld: JB columns of a row of S at a time in
-   registers */
-INLINE void NAME(rank_n)(T *restrict S, const T *restrict P, const T *restrict D, long n,
-                         long ld, long K) {
-    for (long r = 0; r < K; r++) {
-        T *restrict Sr = S + r * K;
-        long jb = 0;
-        for (; jb + JB <= K; jb += JB) {
-            T acc[JB];
-            for (long l = 0; l < JB; l++) acc[l] = Sr[jb + l];
-            for (long i = 0; i < n; i++) {
-                const T pr = P[i * ld + r];
-                const T *restrict Di = D + i * ld + jb;
-                for (long l = 0; l < JB; l++) acc[l] += pr * Di[l];
-            }
-            for (long l = 0; l < JB; l++) Sr[jb + l] = acc[l];
-        }
-        for (long i = 0; i < n; i++) {
-            const T pr = P[i * ld + r];
-            const T *restrict Di = D + i * ld;
-            for (long j = jb; j < K; j++) Sr[j] += pr * Di[j];
-        }
-    }
-}
-
 /* x = CG_n(A, b), stopping before iteration i once d_i <= tol2 d_0 (tol2 > 0); w: 3 K
    scratch. With tr: per step i, tr[3 K i ..] = p_i, A p_i, r_{i+1} and sc[4 i ..] = alpha_i,
    beta_i, d_i, den_i. Returns eps; *ran = the iterations run. */
@@ -185,10 +160,12 @@ INLINE T NAME(cg)(const T *restrict H, const T *restrict lamb, const T *restrict
 
 /* The step's solve and its gradient: x = CG_n(A, b) into ws[3 K n + 4 n + 3 K ..] (its
    iterates kept in ws), then the CG lines in reverse from dx: db = the gradient of b,
-   dl += that of lamb, S += that of H (sum_i p_i dAp_i^T). ws: 3 K n + 4 n + 7 K. */
-INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict lh,
+   dl += that of lamb. Returns the iterations run, `ran`; H's gradient is sum_{i < ran}
+   p_i dAp_i^T, p_i = ws[3 K i ..], dAp_i = ws[3 K i + K ..] (the caller adds it).
+   ws: 3 K n + 4 n + 7 K. */
+INLINE long NAME(cg_grad)(const T *restrict H, const T *restrict lh,
                           const T *restrict b, const T *restrict dx, T *restrict db,
-                          T *restrict dl, T *restrict S, long K, long n, T eps_abs, int rel,
+                          T *restrict dl, long K, long n, T eps_abs, int rel,
                           T tiny, T tol2, T *restrict ws) {
     T *restrict tr = ws, *restrict sc = ws + 3 * K * n, *restrict w = sc + 4 * n,
       *restrict x = w + 3 * K, *restrict dr = x + K, *restrict dp = dr + K,
@@ -229,7 +206,7 @@ INLINE void NAME(cg_grad)(const T *restrict H, const T *restrict lh,
     /* r_0 = p_0 = b, d_0 = |b|^2, eps = 1e-10 d_0 + tiny */
     const T dd0 = 2 * (dd + (rel ? (T)1e-10 * deps : 0));
     for (long j = 0; j < K; j++) db[j] = dr[j] + dp[j] + dd0 * b[j];
-    NAME(rank_n)(S, tr, tr + K, ran, 3 * K, K);
+    return ran;
 }
 
 /* cg and cg_grad compiled for any K and for K = 32 (its loops unrolled, in registers) */
@@ -247,17 +224,15 @@ static long NAME(cg_32)(const T *restrict H, const T *restrict lamb, const T *re
     NAME(cg)(H, lamb, b, x, w, 32, n, eps_abs, rel, tiny, tol2, &ran, NULL, NULL);
     return ran;
 }
-static void NAME(cg_grad_any)(const T *restrict H, const T *restrict lh, const T *restrict b,
-                              const T *restrict dx, T *restrict db, T *restrict dl,
-                              T *restrict S, long K, long n, T eps_abs, int rel, T tiny,
-                              T tol2, T *restrict ws) {
-    NAME(cg_grad)(H, lh, b, dx, db, dl, S, K, n, eps_abs, rel, tiny, tol2, ws);
+static long NAME(cg_grad_any)(const T *restrict H, const T *restrict lh, const T *restrict b,
+                              const T *restrict dx, T *restrict db, T *restrict dl, long K,
+                              long n, T eps_abs, int rel, T tiny, T tol2, T *restrict ws) {
+    return NAME(cg_grad)(H, lh, b, dx, db, dl, K, n, eps_abs, rel, tiny, tol2, ws);
 }
-static void NAME(cg_grad_32)(const T *restrict H, const T *restrict lh, const T *restrict b,
-                             const T *restrict dx, T *restrict db, T *restrict dl,
-                             T *restrict S, long K, long n, T eps_abs, int rel, T tiny,
-                             T tol2, T *restrict ws) {
-    NAME(cg_grad)(H, lh, b, dx, db, dl, S, 32, n, eps_abs, rel, tiny, tol2, ws);
+static long NAME(cg_grad_32)(const T *restrict H, const T *restrict lh, const T *restrict b,
+                             const T *restrict dx, T *restrict db, T *restrict dl, long K,
+                             long n, T eps_abs, int rel, T tiny, T tol2, T *restrict ws) {
+    return NAME(cg_grad)(H, lh, b, dx, db, dl, 32, n, eps_abs, rel, tiny, tol2, ws);
 }
 
 INLINE void NAME(fwd_pair)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -328,8 +303,8 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
     const long b = p / Hn, h = p % Hn;
     T *restrict x = tr + 3 * K * n + 4 * n + 3 * K, *restrict dx = tr + 3 * K * n + 4 * n + 7 * K,
       *restrict bk = dx + K, *restrict u = bk + K;
-    void (*grad)(const T *, const T *, const T *, const T *, T *, T *, T *, long, long, T, int,
-                 T, T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
+    long (*grad)(const T *, const T *, const T *, const T *, T *, T *, long, long, T, int, T,
+                 T, T *) = K == 32 ? NAME(cg_grad_32) : NAME(cg_grad_any);
     const T *restrict lh = lamb + h * K;
     if (dHT) memcpy(SH, dHT, KK * sizeof(T));
     else memset(SH, 0, KK * sizeof(T));
@@ -364,30 +339,67 @@ INLINE void NAME(bwd_pair)(const T *restrict q, const T *restrict k, const T *re
             /* o_t = G_t^T x: dx = G_t dout; then x and dq_t, dlamb, SH through the solve */
             memset(dx, 0, K * sizeof(T));
             NAME(matvec)(Gt, dot, dx, K, V);
-            grad(Ht, lh, qt, dx, dq + row * K, dl, SH, K, n, eps_abs, rel, tiny, tol2, tr);
-            for (long i = 0; i < K; i++)  /* SG += x dout^T */
-                for (long j = 0; j < V; j++) SG[i * V + j] += x[i] * dot[j];
-            /* H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T */
-            /* u = SH k + SG v (row sums); dk = SH^T k + u, dv = SG^T k (times b) */
+            const long ran = grad(Ht, lh, qt, dx, dq + row * K, dl, K, n, eps_abs, rel, tiny,
+                                  tol2, tr);
+            /* one pass over the rows of SH, SG: SH += sum_i p_i dAp_i^T (the solve's), SG +=
+               x dout^T; then with H_t = a H_{t-1} + b k k^T, G_t = a G_{t-1} + b k v^T:
+               u = SH k + SG v (row sums), dk = b (SH^T k + u), dv = b SG^T k, db = k . u,
+               da = <SH, H_{t-1}> + <SG, G_{t-1}>; SH, SG carry to step t-1 times a */
             T *restrict dkt = dk + row * K, *restrict dvt = dv + row * V;
-            memset(u, 0, K * sizeof(T));
-            NAME(matvec)(SH, kt, u, K, K);
-            NAME(matvec)(SG, vt, u, K, V);
-            for (long j = 0; j < K; j++) dkt[j] = u[j];
+            for (long j = 0; j < K; j++) dkt[j] = 0;
             for (long j = 0; j < V; j++) dvt[j] = 0;
-            for (long i = 0; i < K; i++) {
-                const T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
-                const T ki = kt[i];
-                for (long j = 0; j < K; j++) dkt[j] += SHi[j] * ki;
-                for (long j = 0; j < V; j++) dvt[j] += SGi[j] * ki;
+            for (long j = 0; j < K; j++) u[j] = 0;
+            VEC dav = {0}, acc[NV];
+            T das = 0;
+            const long Kv = K / NV * NV, Vv = V / NV * NV;
+            for (long i0 = 0; i0 < K; i0 += NV) {
+                const long m = K - i0 < NV ? K - i0 : NV;
+                for (long r = 0; r < m; r++) {
+                    const long i = i0 + r;
+                    T *restrict SHi = SH + i * K, *restrict SGi = SG + i * V;
+                    const T *restrict Hpi = Hp + i * K, *restrict Gpi = Gp + i * V;
+                    for (long l = 0; l < ran; l++) {
+                        const T pl = tr[3 * K * l + i];
+                        const T *restrict Dl = tr + 3 * K * l + K;
+                        for (long j = 0; j < K; j++) SHi[j] += pl * Dl[j];
+                    }
+                    const T xi = x[i], ki = kt[i];
+                    VEC su = {0};
+                    for (long j = 0; j < Kv; j += NV) {
+                        const VEC h = *(UVEC *)(SHi + j);
+                        su += h * *(const UVEC *)(kt + j);
+                        dav += h * *(const UVEC *)(Hpi + j);
+                        *(UVEC *)(dkt + j) += h * ki;
+                        *(UVEC *)(SHi + j) = h * a;
+                    }
+                    for (long j = Kv; j < K; j++) {
+                        const T h = SHi[j];
+                        su[0] += h * kt[j];
+                        das += h * Hpi[j];
+                        dkt[j] += h * ki;
+                        SHi[j] = h * a;
+                    }
+                    for (long j = 0; j < Vv; j += NV) {
+                        const VEC gv = *(UVEC *)(SGi + j) + xi * *(const UVEC *)(dot + j);
+                        su += gv * *(const UVEC *)(vt + j);
+                        dav += gv * *(const UVEC *)(Gpi + j);
+                        *(UVEC *)(dvt + j) += gv * ki;
+                        *(UVEC *)(SGi + j) = gv * a;
+                    }
+                    for (long j = Vv; j < V; j++) {
+                        const T gv = SGi[j] + xi * dot[j];
+                        su[0] += gv * vt[j];
+                        das += gv * Gpi[j];
+                        dvt[j] += gv * ki;
+                        SGi[j] = gv * a;
+                    }
+                    acc[r] = su;
+                }
+                NAME(add_sums)(u + i0, acc, m);
             }
-            const T db = NAME(dot)(kt, u, K);
-            /* da = <SH, H_{t-1}> + <SG, G_{t-1}>; then SH, SG carry to step t-1 (times a) */
-            const T da = NAME(dot)(SH, Hp, KK) + NAME(dot)(SG, Gp, KV);
-            for (long j = 0; j < KK; j++) SH[j] *= a;
-            for (long j = 0; j < KV; j++) SG[j] *= a;
-            for (long j = 0; j < K; j++) dkt[j] *= bt;
+            for (long j = 0; j < K; j++) dkt[j] = bt * (dkt[j] + u[j]);
             for (long j = 0; j < V; j++) dvt[j] *= bt;
+            const T db = NAME(dot)(kt, u, K), da = NAME(hsum)(dav) + das;
             dbeta[row] = db;
             dg[row] = da * a;
         }
