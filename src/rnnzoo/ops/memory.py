@@ -742,8 +742,9 @@ def _native_read(phi, *tensors):
     """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi
     (the identity, the row softmax or a q-scale), or None: a function of (x, U_init, U_0, a,
     e, X, G)."""
+    from rnnzoo.ops import flop_count  # it books its FLOPs: bench.layer_flops takes it too
     kind = _phi_kind(phi)
-    if kind is None or not backend.use_native(*tensors):
+    if kind is None or not flop_count.native(*tensors):
         return None
     from rnnzoo.ops.native import miras_read as native_read
     lib = native_read.load()
