@@ -62,3 +62,27 @@ def test_outside_counting_native_is_use_native():
         assert not flop_count.native(t)
         with flop_count.counting():
             assert flop_count.native(t) and not flop_count.native(t.double(), t)
+
+
+
+
+def test_miras_layers_count_their_c_reads(monkeypatch):
+    """memora, moneta and yaad count the C reads' recurrence (miras_read.flops, 16 I O a
+    step and layer, over the T / C chunks of a fresh batch), exactly; memora's and moneta's
+    PyTorch form of the reads (the (C I, C) x (C, O) product of every step, C times the
+    recurrence's work) counted more than that (yaad's is the dual form, fewer)."""
+    from rnnzoo.ops import memory
+    from rnnzoo.ops.native import miras_read
+    B, T, d, H, C = 2, 32, 16, 2, 8
+    K = d // H
+    steps = B * H * T
+    read = sum(sum(miras_read.flops(steps, i, o)) for i, o in ((K, 4 * K), (4 * K, K)))
+    opts = dict(num_heads=H, chunk_size=C)
+    for name in ("memora", "moneta", "yaad"):
+        got = bench.layer_flops(name, B, T, d, opts)
+        with monkeypatch.context() as m:
+            m.setattr(miras_read, "flops", lambda *a: (0, 0))
+            assert got - bench.layer_flops(name, B, T, d, opts) == read
+            m.setattr(memory, "_native_read", lambda *a: None)
+            old = bench.layer_flops(name, B, T, d, opts)
+        assert old - got > read if name != "yaad" else old != got

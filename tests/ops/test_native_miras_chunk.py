@@ -86,10 +86,13 @@ def test_other_rules_keep_the_pytorch_loop():
 
 
 def test_books_its_flops():
-    """While counting (bench.layer_flops) the kernel runs and books miras_chunk.flops."""
+    """While counting (bench.layer_flops) the kernel runs and books miras_chunk.flops (the
+    reads theirs, miras_read.flops)."""
     from rnnzoo.ops import flop_count
+    from rnnzoo.ops.native import miras_read
     B, T, H, K, C = 2, 32, 2, 4, 16
     with flop_count.counting() as tally:
         _run("l2", "kl", B, T, H, K, C, torch.zeros(B), torch.float32, True)
-    fwd, bwd = miras_chunk.flops(B * H * 3, C, K, 4 * K)     # 3 chunks: T + C - 1 steps
-    assert tally[0] == fwd + bwd
+    fwd, bwd = miras_chunk.flops(B * H * 2, C, K, 4 * K)     # 2 chunks: a fresh batch, padded
+    reads = sum(sum(miras_read.flops(B * H * T, i, o)) for i, o in ((K, 4 * K), (4 * K, K)))
+    assert tally[0] == fwd + bwd + reads

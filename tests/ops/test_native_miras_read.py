@@ -73,3 +73,24 @@ def test_native_reads_float32(ret, bias, qn, calls):
     ref = _run(miras_sequential, "mlp", ret, bias, qn, torch.float32)
     for a, c in zip(native, ref):
         assert (a - c).abs().max() < 1e-4 * (1 + c.abs().max())
+
+
+@pytest.mark.parametrize("kind", ["softmax", "qscale", "identity"])
+def test_books_its_flops(kind):
+    """While counting (bench.layer_flops) the kernel books, forward and backward, per
+    (batch, head, step) and layer: the rank-one update and the read (2 + 2 multiply-adds an
+    entry), then the update again, dx, dV's outer product, da, dX and dG (6): by hand
+    16 I O FLOPs a step, only the identity's dU_init product added by the counter."""
+    from rnnzoo.ops import flop_count
+    B, H, N, C, n_in, n_out = 2, 3, 2, 4, 5, 7
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).requires_grad_()  # noqa: E731
+    x, u0, a, e = r(B, H, N, C, n_in), r(H, n_in, n_out), r(B, H, N, C), r(B, H, N, C)
+    U0, X, G = r(N, B, H, n_in, n_out), r(N, B, H, C, n_in), r(N, B, H, C, n_out)
+    lib = native_read.load()
+    with flop_count.counting() as tally:
+        y = native_read.miras_read(lib, kind, 4.0, x, u0, U0, a.sigmoid(), e, X, G)
+        assert tally[0] == 2 * 2 * B * H * N * C * n_in * n_out              # 4 I O a step
+        y.sum().backward()
+    assert tally[0] == 16 * B * H * N * C * n_in * n_out
+    assert native_read.flops(B * H * N * C, n_in, n_out) == (tally[0] // 4, 3 * tally[0] // 4)

@@ -763,8 +763,9 @@ def _native_read(phi, *tensors):
     """The C kernel of the per-step reads (ops/native/miras_read.py) for these tensors and phi
     (the identity, the row softmax or a q-scale), or None: a function of (x, U_init, U_0, a,
     e, X, G)."""
+    from rnnzoo.ops import flop_count  # it books its FLOPs: bench.layer_flops takes it too
     kind = _phi_kind(phi)
-    if kind is None or not backend.use_native(*tensors):
+    if kind is None or not flop_count.native(*tensors):
         return None
     from rnnzoo.ops.native import miras_read as native_read
     lib = native_read.load()
@@ -857,18 +858,10 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     L = (len(state) - 1) // 2
     Ug, U, n = list(state[:L]), list(state[L:2 * L]), state[-1]
     Ug, c = _titans_roll(Ug, U, n, C)
-    NT = (T + 2 * C - 2) // C
-    pos = c[:, None] + torch.arange(T, device=q.device)
-
-    def place(t):
-        out = t.new_zeros(B, NT * C, *t.shape[2:])
-        idx = pos.view(B, T, *[1] * (t.dim() - 2)).expand_as(t)
-        return out.scatter(1, idx, t).transpose(1, 2)
-
+    NT, first, last, place, take = _grid(c, T, C)   # a batch at one offset: padded, no scatter
     chunks = lambda t: t.reshape(B, H, NT, C, *t.shape[3:])  # noqa: E731
     qc, kc, vc, dc, e = (chunks(place(t)) for t in (q, k, v, delta, eta))
     a = chunks(1 - place(1 - alpha))                   # identity steps off the sequence
-    last, first = (c + T - 1) // C, (T - 1) // C
     loop = _native_loop(kind, phi, dloss, q, *init, *Ug, *U)
     read = _native_read(phi, q, *init)
     if loop is None or read is None:   # the PyTorch loop and reads take every (t, s) ratio
@@ -942,7 +935,6 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
                 x = (x[..., None, :] @ phi(V))[..., 0, :]
             zs.append(x)
         z = torch.cat(zs, 2)
-    z = z.reshape(B, H, NT * C, -1).transpose(1, 2)
-    z = z.gather(1, pos.view(B, T, 1, 1).expand(B, T, H, z.shape[-1]))
+    z = take(z.reshape(B, H, NT * C, -1))
     n_out = ((c + T - 1) % C + 1).to(state[-1].dtype)
     return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)

@@ -12,8 +12,10 @@
    phi (kind 0): softmax over each row;  (1): V / sqrt(sum V^4) (the q-scale, q = 4);
    (2): the identity.  dloss (kind 0): E (l2);  (1): 3 E |E| (l_3);  (2): Huber, E where the
    row's |E|_2 <= delta, else delta sign(E).  Every chunk's starting U is written out (Us:
-   N + 1 of them, the last the final accumulators) with X2, G1, G2 (what the reads take); the
-   backward reads them back and recomputes the chunk. With gU the gradient of a chunk's final
+   N + 1 of them, the last the final accumulators) with X2, G1, G2 (what the reads take), and
+   for the backward the error E and the GELU's factors D1 = gelu'(Z1), D2 = R o gelu''(Z1)
+   (one tanh an entry, in the forward); the backward reads them back and recomputes only
+   W = phi(U_init + Pg). With gU the gradient of a chunk's final
    U (plus the external dX2, dG1, dG2):
 
        daT = <gU1, U1> + <gU2, U2>,   dc_s = -(k_s gU1) . G1_s - (X2_s gU2) . G2_s
@@ -28,8 +30,8 @@
    dU1_init (H, K, F), U2_init, dU2_init (H, F, K); Pg1, U1, their gradients (pairs, K, F),
    Pg2, U2 (pairs, F, K); Us1, Us2: N + 1 pointers each, one a chunk start, to (pairs, K, F) and (pairs, F, K) (one
    tensor each: a single (N + 1, ...) one is over glibc's mmap threshold, faulted in anew on
-   every call); X2, G1
-   (N, pairs, C, F), G2 (N, pairs, C, K) (chunk-major: each chunk's slice is one block, as
+   every call); X2, G1, D1, D2
+   (N, pairs, C, F), G2, E (N, pairs, C, K) (chunk-major: each chunk's slice is one block, as
    the reads take it); their gradients alike (dX2, dG1, dG2 and the entries of dUs1, dUs2 may
    be NULL: zero).
    Each function does the pairs [p0, p1); the backward adds into dU_init (each thread its
@@ -120,6 +122,13 @@ static INLINE void NAME(phi_back)(const T *restrict u, const T *restrict P, cons
     }
 }
 
+/* the n entries at p into the cache ahead of their use (a chunk's blocks: separate tensors,
+   which the hardware prefetcher meets cold at each chunk) */
+static INLINE void NAME(prefetch)(const T *p, long n) {
+    if (!p) return;
+    for (long e = 0; e < n; e += 64 / sizeof(T)) __builtin_prefetch(p + e, 0, 2);
+}
+
 /* y += a x */
 static INLINE void NAME(axpy)(T *restrict y, T a, const T *restrict x, long n) {
 #pragma omp simd
@@ -151,21 +160,25 @@ static INLINE void NAME(transpose)(const T *restrict X, T *restrict Xt, long I, 
 }
 
 /* the chunk's gradients at its gradient point (P1, P2): W1, W2, W2t = W2^T, Z1, X2, E, G2,
-   R, G1 as the header says (s1, s2: the q-scales) */
+   R, G1 as the header says (s1, s2: the q-scales), and what the backward takes of the GELU
+   (one tanh an entry): D1 = gelu'(Z1), D2 = R o gelu''(Z1) */
 static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T *restrict dl,
                                const T *restrict u1, const T *restrict u2, const T *restrict P1,
                                const T *restrict P2, T *restrict W1, T *restrict W2,
                                T *restrict W2t, T *restrict Z1, T *restrict X2, T *restrict E,
-                               T *restrict G2, T *restrict R, T *restrict G1, T *s1, T *s2,
-                               long C, long K, long F, int kind, int loss) {
+                               T *restrict G2, T *restrict R, T *restrict G1, T *restrict D1,
+                               T *restrict D2, T *s1, T *s2, long C, long K, long F, int kind,
+                               int loss) {
     NAME(phi)(u1, P1, W1, K, F, kind, s1);
     NAME(phi)(u2, P2, W2, F, K, kind, s2);
     NAME(transpose)(W2, W2t, F, K);
     NAME(mmr)(k, W1, Z1, C, K, F, 0);
 #pragma omp simd
     for (long e = 0; e < C * F; e++) {
-        T sech2, z = Z1[e];
-        X2[e] = (T)0.5 * z * (1 + NAME(tanh_u)(z, &sech2));
+        T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2), du = GELU_S * (1 + 3 * GELU_C * z * z);
+        X2[e] = (T)0.5 * z * (1 + t);
+        D1[e] = (T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du;
+        D2[e] = sech2 * (du - z * t * du * du + 3 * GELU_S * GELU_C * z * z);
     }
     NAME(mmr)(X2, W2, E, C, F, K, 0);
     for (long s = 0; s < C; s++) {
@@ -189,23 +202,21 @@ static INLINE void NAME(grads)(const T *restrict k, const T *restrict v, const T
     NAME(mmr)(G2, W2t, R, C, K, F, 0);
 #pragma omp simd
     for (long e = 0; e < C * F; e++) {
-        T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2), du = GELU_S * (1 + 3 * GELU_C * z * z);
-        G1[e] = R[e] * ((T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du);
+        G1[e] = R[e] * D1[e];
+        D2[e] *= R[e];
     }
 }
 
-/* scratch of one thread: W1, W2, W2t, Z1, X2, E, G2, R, G1 and (backward) more */
-#define SCRATCH(C, K, F) (3 * (K) * (F) + 4 * (C) * (F) + 2 * (C) * (K))
 
 static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                              const T *u1, const T *u2, const T *Pg1, const T *Pg2,
                              const T *U1, const T *U2, T *const *Us1, T *const *Us2, T *X2o, T *G1o, T *G2o,
-                             long H, long N, long C, long K, long F, long NP, int kind,
-                             int loss, long p0, long p1) {
+                             T *D1o, T *D2o, T *Eo, long H, long N, long C, long K, long F,
+                             long NP, int kind, int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
-    T *buf = malloc((SCRATCH(C, K, F) + CK + CF) * sizeof(T));
-    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
-      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK, *kc = G2 + CK, *xc = kc + CK;
+    T *buf = malloc((3 * KF + 3 * CF + CK) * sizeof(T));   /* W1 W2 W2t, Z1 R xc, kc */
+    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *R = Z1 + CF, *kc = R + CF,
+      *xc = kc + CK;
     for (long pr = p0; pr < p1; pr++) {
         const long h = pr % H;
         const T *uh1 = u1 + h * KF, *uh2 = u2 + h * KF;
@@ -214,12 +225,11 @@ static INLINE void NAME(fwd)(const T *k, const T *v, const T *dl, const T *aT, c
         for (long n = 0; n < N; n++) {
             const long c = pr * N + n, o = n * NP + pr;
             const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
-            T s1, s2;
+            T s1, s2, *X2 = X2o + o * CF, *G2 = G2o + o * CK;   /* written in place */
             NAME(grads)(k + c * CK, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1,
-                        X2, E, G2, R, G1, &s1, &s2, C, K, F, kind, loss);
-            memcpy(X2o + o * CF, X2, CF * sizeof(T));
-            memcpy(G1o + o * CF, G1, CF * sizeof(T));
-            memcpy(G2o + o * CK, G2, CK * sizeof(T));
+                        X2, Eo + o * CK, G2, R, G1o + o * CF, D1o + o * CF, D2o + o * CF, &s1,
+                        &s2, C, K, F, kind, loss);
+            const T *G1 = G1o + o * CF;
             const T a = aT[c], *cn = cT + c * C;
             const T *restrict A1 = Us1[n] + pr * KF, *restrict A2 = Us2[n] + pr * KF;
             T *restrict B1 = Us1[n + 1] + pr * KF, *restrict B2 = Us2[n + 1] + pr * KF;
@@ -243,13 +253,13 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
                              const T *const *Us1, const T *const *Us2,
                              const T *const *dUs1, const T *const *dUs2, const T *dX2o, const T *dG1o, const T *dG2o, T *dk, T *dv, T *ddl,
                              T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2, T *dU1, T *dU2,
-                             long H, long N, long C, long K, long F, long NP, int kind,
-                             int loss, long p0, long p1) {
+                             const T *X2o, const T *G1o, const T *G2o, const T *D1o,
+                             const T *D2o, const T *Eo, long H, long N, long C, long K, long F,
+                             long NP, int kind, int loss, long p0, long p1) {
     const long KF = K * F, CK = C * K, CF = C * F;
-    T *buf = malloc((SCRATCH(C, K, F) + 6 * KF + 5 * CF + 3 * CK) * sizeof(T));
-    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF, *Z1 = W2t + KF, *X2 = Z1 + CF, *R = X2 + CF,
-      *G1 = R + CF, *E = G1 + CF, *G2 = E + CK;
-    T *gU1 = G2 + CK, *gU2 = gU1 + KF, *gt1 = gU2 + KF, *dW1 = gt1 + KF, *dW2 = dW1 + KF, *gt2 = dW2 + KF;
+    T *buf = malloc((9 * KF + 5 * CF + 3 * CK) * sizeof(T));
+    T *W1 = buf, *W2 = W1 + KF, *W2t = W2 + KF;
+    T *gU1 = W2t + KF, *gU2 = gU1 + KF, *gt1 = gU2 + KF, *dW1 = gt1 + KF, *dW2 = dW1 + KF, *gt2 = dW2 + KF;
     T *dZ1 = gt2 + KF, *dX2 = dZ1 + CF, *dR = dX2 + CF, *dG2 = dR + CF, *dE = dG2 + CK;
     T *Y1 = dE + CK, *Y3 = Y1 + CF, *Y2 = Y3 + CF;
     for (long pr = p0; pr < p1; pr++) {
@@ -264,9 +274,31 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             const long c = pr * N + n, o = n * NP + pr;
             const T *P1 = (n ? Us1[n] : Pg1) + pr * KF, *P2 = (n ? Us2[n] : Pg2) + pr * KF;
             const T *kn = k + c * CK, *cn = cT + c * C;
+            if (n) {   /* the next chunk's (n - 1) blocks, while this one computes */
+                const long op = o - NP;
+                NAME(prefetch)((n > 1 ? Us1[n - 1] : Pg1) + pr * KF, KF);
+                NAME(prefetch)((n > 1 ? Us2[n - 1] : Pg2) + pr * KF, KF);
+                NAME(prefetch)(Us1[n - 1] + pr * KF, KF);
+                NAME(prefetch)(Us2[n - 1] + pr * KF, KF);
+                if (dUs1[n - 1]) NAME(prefetch)(dUs1[n - 1] + pr * KF, KF);
+                if (dUs2[n - 1]) NAME(prefetch)(dUs2[n - 1] + pr * KF, KF);
+                NAME(prefetch)(X2o + op * CF, CF);
+                NAME(prefetch)(G1o + op * CF, CF);
+                NAME(prefetch)(D1o + op * CF, CF);
+                NAME(prefetch)(D2o + op * CF, CF);
+                NAME(prefetch)(G2o + op * CK, CK);
+                NAME(prefetch)(Eo + op * CK, CK);
+                if (dX2o) NAME(prefetch)(dX2o + op * CF, CF);
+                if (dG1o) NAME(prefetch)(dG1o + op * CF, CF);
+                if (dG2o) NAME(prefetch)(dG2o + op * CK, CK);
+            }
+            /* the forward's X2, G1, G2, E and GELU factors D1, D2; the weights again */
+            const T *X2 = X2o + o * CF, *G1 = G1o + o * CF, *G2 = G2o + o * CK,
+                    *D1 = D1o + o * CF, *D2 = D2o + o * CF, *E = Eo + o * CK;
             T s1 = 0, s2 = 0;
-            NAME(grads)(kn, v + c * CK, dl + c * C, uh1, uh2, P1, P2, W1, W2, W2t, Z1, X2, E,
-                        G2, R, G1, &s1, &s2, C, K, F, kind, loss);
+            NAME(phi)(uh1, P1, W1, K, F, kind, &s1);
+            NAME(phi)(uh2, P2, W2, F, K, kind, &s2);
+            NAME(transpose)(W2, W2t, F, K);
             /* the update U' = aT U - X^T (c o G) */
             daT[c] = NAME(dot)(gU1, Us1[n] + pr * KF, KF) + NAME(dot)(gU2, Us2[n] + pr * KF, KF);
             T *dkn = dk + c * CK;
@@ -296,12 +328,8 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             /* G1 = gelu'(Z1) o R: dR = dG1 gelu', dZ1 = dG1 R gelu'' (dR holds dG1) */
 #pragma omp simd
             for (long e = 0; e < CF; e++) {
-                T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2),
-                  du = GELU_S * (1 + 3 * GELU_C * z * z);
-                T g1 = (T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du;
-                T g2 = sech2 * (du - z * t * du * du + 3 * GELU_S * GELU_C * z * z);
-                dZ1[e] = dR[e] * R[e] * g2;       /* dX2's share added below */
-                dR[e] *= g1;
+                dZ1[e] = dR[e] * D2[e];       /* dX2's share added below */
+                dR[e] *= D1[e];
             }
             /* R = G2 W2^T: dG2 += dR W2, dW2 = dR^T G2 */
             NAME(mmr)(dR, W2, dG2, C, F, K, 1);
@@ -336,11 +364,7 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             NAME(mtm)(X2, dE, dW2, C, F, K, 1);
             /* X2 = gelu(Z1) */
 #pragma omp simd
-            for (long e = 0; e < CF; e++) {
-                T z = Z1[e], sech2, t = NAME(tanh_u)(z, &sech2),
-                  du = GELU_S * (1 + 3 * GELU_C * z * z);
-                dZ1[e] += dX2[e] * ((T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du);
-            }
+            for (long e = 0; e < CF; e++) dZ1[e] += dX2[e] * D1[e];
             /* Z1 = k W1: dk += dZ1 W1^T, dW1 = k^T dZ1 */
             NAME(transpose)(W1, gt1, K, F);
             NAME(mmr)(dZ1, gt1, dkn, C, F, K, 1);
@@ -376,15 +400,15 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
 void NAME(miras_chunk_fwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                            const T *u1, const T *u2, const T *Pg1, const T *Pg2, const T *U1,
                            const T *U2, T *const *Us1, T *const *Us2, T *X2, T *G1, T *G2,
-                           long H, long N,
+                           T *D1, T *D2, T *E, long H, long N,
                            long C, long K, long F, long NP, int kind, int loss, long p0,
                            long p1) {
     if (C == 16 && K == 32 && F == 128)
-        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, H, N, 16, 32,
-                  128, NP, kind, loss, p0, p1);
+        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, D1, D2, E,
+                  H, N, 16, 32, 128, NP, kind, loss, p0, p1);
     else
-        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, H, N, C, K,
-                  F, NP, kind, loss, p0, p1);
+        NAME(fwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, U1, U2, Us1, Us2, X2, G1, G2, D1, D2, E,
+                  H, N, C, K, F, NP, kind, loss, p0, p1);
 }
 
 void NAME(miras_chunk_bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
@@ -392,16 +416,17 @@ void NAME(miras_chunk_bwd)(const T *k, const T *v, const T *dl, const T *aT, con
                            const T *const *Us1, const T *const *Us2, const T *const *dUs1,
                            const T *const *dUs2, const T *dX2, const T *dG1, const T *dG2, T *dk,
                            T *dv, T *ddl, T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2,
-                           T *dU1, T *dU2, long H, long N, long C, long K, long F, long NP,
-                           int kind, int loss, long p0, long p1) {
+                           T *dU1, T *dU2, const T *X2, const T *G1, const T *G2,
+                           const T *D1, const T *D2, const T *E, long H, long N, long C, long K,
+                           long F, long NP, int kind, int loss, long p0, long p1) {
     if (C == 16 && K == 32 && F == 128)
         NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
-                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, 16, 32,
-                  128, NP, kind, loss, p0, p1);
+                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, X2, G1, G2,
+                  D1, D2, E, H, N, 16, 32, 128, NP, kind, loss, p0, p1);
     else
         NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
-                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, H, N, C, K,
-                  F, NP, kind, loss, p0, p1);
+                  dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, X2, G1, G2,
+                  D1, D2, E, H, N, C, K, F, NP, kind, loss, p0, p1);
 }
 
 #undef GELU_S

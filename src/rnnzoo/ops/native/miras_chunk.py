@@ -31,11 +31,12 @@ LOSSES = {"l2": 0, "l3": 1, "huber": 2}
 
 def flops(chunks: int, C: int, K: int, F: int) -> tuple[int, int]:
     """(forward, backward) FLOPs over `chunks` (pair, chunk)s, 2 a multiply-add: forward the
-    products k W1, X2 W2, G2 W2^T and the two updates (5 C K F); backward that again (the
-    recompute), the update's four vector-matrix products and the two dc dots (4 C K F), and
-    dR W2, dR^T G2, dE W2^T, X2^T dE, dZ1 W1^T, k^T dZ1 (6 C K F)."""
+    products k W1, X2 W2, G2 W2^T and the two updates (5 C K F); backward (which takes the
+    forward's X2, G1, G2, E and GELU factors, recomputing only phi) the update's four
+    vector-matrix products and the two dc dots (4 C K F), and dR W2, dR^T G2, dE W2^T,
+    X2^T dE, dZ1 W1^T, k^T dZ1 (6 C K F)."""
     ckf = C * K * F
-    return 2 * chunks * 5 * ckf, 2 * chunks * 15 * ckf
+    return 2 * chunks * 5 * ckf, 2 * chunks * 10 * ckf
 
 
 def load():
@@ -44,8 +45,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    return (native.kernel(lib, "miras_chunk_fwd", dtype, [P] * 16 + [L] * 6 + [i, i, L, L]),
-            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 27 + [L] * 6 + [i, i, L, L]))
+    return (native.kernel(lib, "miras_chunk_fwd", dtype, [P] * 19 + [L] * 6 + [i, i, L, L]),
+            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 33 + [L] * 6 + [i, i, L, L]))
 
 
 def _array(ts):
@@ -65,17 +66,21 @@ class _NativeChunks(torch.autograd.Function):
         Us1 = [k.new_empty(B, H, K, F) for _ in range(N + 1)]
         Us2 = [k.new_empty(B, H, F, K) for _ in range(N + 1)]
         X2, G1, G2 = (k.new_empty(N, B, H, C, w) for w in (F, F, K))
+        # for the backward, which then recomputes no product of the chunk's gradients: the
+        # GELU's factors gelu'(Z1) and R gelu''(Z1) and the error E
+        D1, D2, E = (k.new_empty(N, B, H, C, w) for w in (F, F, K))
         native.run(fwd, [(*map(native.ptr, ins), _array(Us1), _array(Us2),
-                          *map(native.ptr, (X2, G1, G2)), H, N, C, K, F, B * H, KINDS[phi],
-                          LOSSES[loss], p0, p1) for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins[:9], *Us1, *Us2)
+                          *map(native.ptr, (X2, G1, G2, D1, D2, E)), H, N, C, K, F, B * H,
+                          KINDS[phi], LOSSES[loss], p0, p1) for p0, p1 in native.rows(B * H)])
+        ctx.save_for_backward(*ins[:9], X2, G1, G2, D1, D2, E, *Us1, *Us2)
         ctx.lib, ctx.kinds = lib, (KINDS[phi], LOSSES[loss])
         flop_count.add(flops(B * H * N, C, K, F)[0])
         return *Us1, *Us2, X2, G1, G2
 
     @staticmethod
     def backward(ctx, *douts):
-        k, v, dl, aT, c, u1, u2, P1, P2, *Us = ctx.saved_tensors
+        k, v, dl, aT, c, u1, u2, P1, P2, *rest = ctx.saved_tensors
+        fwd_out, Us = rest[:6], rest[6:]
         B, H, N, C, K = k.shape
         F = u1.shape[-1]
         _, bwd = _kernels(ctx.lib, k.dtype)
@@ -89,7 +94,7 @@ class _NativeChunks(torch.autograd.Function):
                 _array(Us[N + 1:]), _array(dUs1), _array(dUs2),
                 *map(native.ptr, (dX2, dG1, dG2, *grads))]
         native.run(bwd, [(*args, native.ptr(du[0][i]), native.ptr(du[1][i]),
-                          *map(native.ptr, (dP1, dP2, dU1, dU2)), H, N, C, K, F, B * H,
+                          *map(native.ptr, (dP1, dP2, dU1, dU2, *fwd_out)), H, N, C, K, F, B * H,
                           *ctx.kinds, p0, p1) for i, (p0, p1) in enumerate(parts)])
         flop_count.add(flops(B * H * N, C, K, F)[1])
         return (None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1, dU2)

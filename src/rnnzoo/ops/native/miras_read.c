@@ -207,7 +207,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
     VEC *dyb = buf, *Gb = dyb + C * VO, *dGb = Gb + C * VO, *Wr = dGb + C * VO,
         *Pr = Wr + (C + 1) * VO, *ub = Pr + C * VO, *rv = ub + VO, *av = rv + CP,
         *gv = av + CP;
-    T *rs = (T *)(gv + CP), *as = rs + CP, *gsum = as + CP, *sc = gsum + CP, *kk = sc + C,
+    T *rs = (T *)(gv + CP), *gsum = rs + 2 * CP, *sc = gsum + CP, *kk = sc + C,
       *dat = kk + C, *det = dat + C;
     for (long j = j0; j < j1; j++) {
         const T *u0h = u0 + ((j / N) % H) * n;
@@ -219,7 +219,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
             T *d = (T *)(dyb + t * VO), *g = (T *)(Gb + t * VO);
             for (long o = 0; o < O; o++) { d[o] = dyj[t * O + o]; g[o] = Gj[t * O + o]; }
             for (long v = 0; v < VO; v++) dGb[t * VO + v] = (VEC){0};
-            dat[t] = 0;
+            av[t] = (VEC){0};
             det[t] = 0;
             if (kind == 1) {
                 T nq = nrm[j * C + t];
@@ -291,15 +291,13 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
                     dw[v] = at * dd;
                 }
                 if (kind != 0) rv[t] = racc;
-                av[t] = aacc;
+                av[t] += aacc;      /* da_t's lane partials: over all rows, summed once */
                 gv[t] = gacc;
             }
             if (kind != 0) NAME(sums)(rv, rs, C);
-            NAME(sums)(av, as, C);
             NAME(sums)(gv, gsum, C);
             for (long t = 0; t < C; t++) {
                 dx[(j * C + t) * I + i] = kind == 1 ? sc[t] * rs[t] : rs[t];
-                dat[t] += as[t];
                 dXj[t * I + i] = -ej[t] * gsum[t];
                 det[t] += Xj[t * I + i] * gsum[t];
             }
@@ -309,6 +307,7 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
             if (kind != 2)
                 for (long o = 0; o < O; o++) dUr[o] += dur[o];
         }
+        NAME(sums)(av, dat, C);
         for (long t = 0; t < C; t++) {
             const T *dg = (const T *)(dGb + t * VO);
             for (long o = 0; o < O; o++) dGj[t * O + o] = -ej[t] * dg[o];

@@ -21,9 +21,21 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 KINDS = {"softmax": 0, "qscale": 1, "identity": 2}
+
+
+def flops(steps: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the kernels over `steps` (batch, head, step)s of one
+    (n_in, n_out) = (I, O) layer, 2 a multiply-add (as mesa_scan books a rank-one
+    update): forward the step's update W_t = a_t W_t-1 - e_t X_t^T G_t (2 I O) and its read x_t phi(V_t) (2 I O);
+    backward the update recomputed, dx_t (V_t dy_t, or P_t dy_t), dV_t's outer product
+    x_t dy_t^T, da_t = <dW, W_t-1>, dX_t = dW G_t and dG_t = X_t dW (6 x 2 I O). The
+    softmax's exponentials, the q-norms and the identity's dU_init (a torch product, which
+    the counter sees) are not in it."""
+    n = steps * n_in * n_out
+    return 4 * n, 12 * n
 
 
 def _kernels(lib, dtype):
@@ -73,6 +85,7 @@ class _NativeRead(torch.autograd.Function):
                          for p in native.rows(B * H * N) or [(0, 0)]])
         ctx.save_for_backward(x, u0, a, e, *chunks, *((y, nrm) if kind < 2 else ()))
         ctx.lib, ctx.kind, ctx.q, ctx.stacked = lib, kind, qv, stacked
+        flop_count.add(flops(B * H * N * C, n_in, n_out)[0])
         return y
 
     @staticmethod
@@ -97,6 +110,7 @@ class _NativeRead(torch.autograd.Function):
         native.run(bwd, [(*ptrs, native.ptr(du0[i]), *rest, H, N, C, n_in, n_out, ctx.kind,
                           ctx.q, *p) for i, p in enumerate(parts)])
         du0 = du0.sum(0)
+        flop_count.add(flops(B * H * N * C, n_in, n_out)[1])
         if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t, one product per head
             du0 = (x.transpose(0, 1).flatten(1, 3).transpose(1, 2)
                    @ dy.transpose(0, 1).flatten(1, 3))
