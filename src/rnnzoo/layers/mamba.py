@@ -117,6 +117,17 @@ class _DeltaProj(torch.autograd.Function):
         return (dpre @ W).view(ctx.shape), (dt2.t() @ dpre).t(), dpre.sum(0)
 
 
+def _delta(dt, W, b):
+    """softplus(dt W^T + b): on the CPU in float32/float64 one C pass each way
+    (ops.native.selective_scan.delta_softplus), else `_DeltaProj`."""
+    if backend.use_native(dt, W, b) and dt.dtype == W.dtype == b.dtype:
+        from rnnzoo.ops.native import selective_scan as native_ss
+        lib = native_ss.load()
+        if lib is not None:
+            return native_ss.delta_softplus(lib, dt, W, b)
+    return _DeltaProj.apply(dt, W, b)
+
+
 def _exponent(A, allow_neg_eigval):
     """A^T (d_state, d_inner), in base 2 (times log2 e) unless allow_neg_eigval: exp2 is
     about twice as fast as exp on a CPU."""
@@ -272,7 +283,7 @@ class Mamba(DiagonalLayer):
                  self.bcdt_weight.to(cdt).split([self.dt_rank, self.d_state, self.d_state]))
             dt, B, C = (F.rms_norm(t.to(cdt), (t.shape[-1],), w_t, eps=self.bcdt_rms_eps).to(t.dtype)
                         for t, w_t in zip((dt, B, C), w))
-        delta = _DeltaProj.apply(dt, self.dt_proj.weight, self.dt_proj.bias)
+        delta = _delta(dt, self.dt_proj.weight, self.dt_proj.bias)
         cdt = compute_dtype(x)
         A = -torch.exp(self.A_log.to(cdt))
         return u.to(cdt), delta.to(cdt), A, B.to(cdt), C.to(cdt), z, conv_state
