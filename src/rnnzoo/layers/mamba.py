@@ -41,7 +41,7 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -274,7 +274,10 @@ class Mamba(DiagonalLayer):
     def ssm_inputs(self, x, conv_state, mask=None):
         """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype.
         mask: (B, T, 1) bool, the valid steps, or None."""
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        # two products, not one split in two: each output dense (no copy for the conv or the
+        # gate), and the backward sums two input gradients instead of concatenating the halves
+        W = self.in_proj.weight
+        x_in, z = linear(x, W[:self.d_inner]), linear(x, W[self.d_inner:])
         u, conv_state = self.conv(x_in, conv_state, mask)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
