@@ -98,3 +98,36 @@ def test_fresh_state_and_options():
         rnnzoo.create("lightnet", d_model=8, expand_ratio=0)
     with pytest.raises(ValueError, match="must be a multiple of num_heads"):
         rnnzoo.create("lightnet", d_model=6, num_heads=4)
+
+
+@pytest.mark.parametrize("rank", [2, 4, 7])
+@pytest.mark.parametrize("mode", ["sequential", "chunk"])
+def test_stacked_input_product_equals_the_separate_projections(rank, mode):
+    """The layer's one product of x with [W_qk; W_v; W_g2 W_g1] (the gate's pair folded
+    when 2 rank >= d_model; rank 2 at d_model 8 keeps the two products) against the pieces
+    run apart: qk_proj, v_proj, the additive gate, the recurrence and the norm gate on
+    g_proj(x) through its two Linear layers; outputs, states and every parameter's gradient
+    in float64."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("lightnet", d_model=8, num_heads=2, gate_low_rank_dim=rank,
+                          chunk_size=4, subchunk_size=2).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    S0, z0 = layer.init_state(2, dtype=torch.float64)
+    params = list(layer.parameters())
+    y, (S, z) = layer(x, (S0, z0), mode=mode)
+    got = [y, S, z, *torch.autograd.grad((y * y).sum() + S.sum(), params)]
+    q, k_logits, v = layer.op_inputs(x)
+    k, g, z_ref = additive_gate(k_logits, z0)
+    o, S_ref = gated_linear_attention_recurrent(q, k, v, g, scale=layer.key_dim ** -0.5,
+                                                initial_state=S0)
+    from rnnzoo.ops.native.head_norm import rms_gate
+    h = rms_gate(o.flatten(2), layer.norm_weight, 8, layer.norm_eps,
+                 layer.g_proj[1](layer.g_proj[0](x)), "silu")
+    y_ref = layer.o_proj(h)
+    want = [y_ref, S_ref, z_ref,
+            *torch.autograd.grad((y_ref * y_ref).sum() + S_ref.sum(), params)]
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= 1e-12 * b.abs().max().clamp(min=1)

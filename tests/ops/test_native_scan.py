@@ -180,3 +180,27 @@ def test_native_fallback_when_no_compiler(fresh, monkeypatch):
     with pytest.warns(RuntimeWarning, match="not runnable"):
         assert native.load("selective_scan") is None
     assert native.load("selective_scan") is None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("lead,R,D", [((1, 1), 1, 1), ((2, 7), 3, 5), ((1, 33), 8, 40),
+                                      ((3, 5), 2, 17)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_delta_softplus_matches_torch(dtype, tol, lead, R, D, threads):
+    """Mamba's step sizes softplus(dt W^T + b) in C (delta_fwd / delta_bwd) against the
+    PyTorch `_DeltaProj`: the output and the gradients of dt, W and b, with pre-activations
+    on both sides of softplus' threshold 20 and far below 0; two threads split the rows
+    (each range its own dW, db, summed after)."""
+    from rnnzoo.layers.mamba import _DeltaProj
+    lib = native_ss.load()
+    g = torch.Generator().manual_seed(0)
+    dt = (8 * torch.randn(*lead, R, generator=g, dtype=dtype)).requires_grad_()
+    W = torch.randn(D, R, generator=g, dtype=dtype).requires_grad_()
+    b = torch.randn(D, generator=g, dtype=dtype).requires_grad_()
+    with threads_(threads):
+        got = outputs_and_grads([native_ss.delta_softplus(lib, dt, W, b)], [dt, W, b])
+    want = outputs_and_grads([_DeltaProj.apply(dt, W, b)], [dt, W, b])
+    pre = dt.detach() @ W.detach().T + b.detach()
+    if lead[1] > 5:
+        assert (pre > 20).any() and (pre < -20).any()  # both ends of softplus taken
+    assert_close(got, want, ["delta", "dt", "W", "b"], tol)

@@ -31,7 +31,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native.head_norm import rms_gate
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -84,6 +84,28 @@ class LightNet(RecurrentLayer):
         return (torch.zeros(batch_size, H, K, self.value_dim, device=device, dtype=sdt),
                 torch.full((batch_size, H, K), float("-inf"), device=device, dtype=sdt))
 
+    def _gate_weight(self):
+        """The output gate's matrix (d_model, d_model): W_g2 W_g1 folded into one when that
+        is the cheaper product (2 gate_low_rank_dim >= d_model; a (d, d) row product instead
+        of a (d, r) and an (r, d) one), else None (the two products run)."""
+        up, down = self.g_proj[1].weight, self.g_proj[0].weight
+        return up @ down if 2 * down.shape[0] >= self.d_model else None
+
+    def _inputs(self, x):
+        """q, key logits (B, T, H, K), v (B, T, H, V) and the gate's pre-activation
+        (B, T, d_model) in the compute dtype: one product of x with the stacked
+        [W_qk; W_v; W_g] where the gate's pair folds (`_gate_weight`)."""
+        B, T, _ = x.shape
+        H, K, d = self.num_heads, self.key_dim, self.d_model
+        cdt = compute_dtype(x)
+        Wg = self._gate_weight()
+        if Wg is None:
+            return (*self.op_inputs(x), self.g_proj(x).to(cdt))
+        W = torch.cat([self.qk_proj.weight, self.v_proj.weight, Wg])
+        qk, v, g = linear(x, W).to(cdt).split([2 * H * K, d, d], -1)
+        q, k = qk.reshape(B, T, 2, H, K).unbind(2)
+        return F.silu(q), k, v.reshape(B, T, H, self.value_dim), g
+
     def op_inputs(self, x):
         """q, key logits (B, T, H, K) and v (B, T, H, V) in the compute dtype."""
         B, T, _ = x.shape
@@ -91,16 +113,22 @@ class LightNet(RecurrentLayer):
         q, k = self.qk_proj(x).to(cdt).view(B, T, 2, self.num_heads, self.key_dim).unbind(2)
         return F.silu(q), k, self.v_proj(x).to(cdt).view(B, T, self.num_heads, self.value_dim)
 
-    def op_output(self, o, x):
-        """RMSNorm over all heads times swish of the low-rank gate (one C pass each way on the
-        CPU, ops.native.head_norm), then W_o. o: (B, T, H, V)."""
+    def _output(self, o, gate, x):
+        """RMSNorm over all heads times swish of the gate (one C pass each way on the CPU,
+        ops.native.head_norm), then W_o. o: (B, T, H, V), gate (B, T, d_model)."""
         o = rms_gate(o.flatten(2), self.norm_weight.to(o.dtype), self.d_model, self.norm_eps,
-                     self.g_proj(x).to(o.dtype), "silu")
+                     gate.to(o.dtype), "silu")
         return self.o_proj(o.to(x.dtype))
+
+    def op_output(self, o, x):
+        """RMSNorm over all heads times swish of the low-rank gate of x, then W_o.
+        o: (B, T, H, V)."""
+        Wg = self._gate_weight()
+        return self._output(o, self.g_proj(x) if Wg is None else linear(x, Wg), x)
 
     def _forward(self, x, state, mode):
         S, z0 = state
-        q, k_logits, v = self.op_inputs(x)
+        q, k_logits, v, gate = self._inputs(x)
         k, g, z = additive_gate(k_logits, z0.to(k_logits.dtype))
         kw = dict(scale=1 / math.sqrt(self.key_dim), initial_state=S)
         if mode == "chunk":
@@ -108,7 +136,7 @@ class LightNet(RecurrentLayer):
                                           subchunk_size=self.subchunk_size, **kw)
         else:
             o, S = gated_linear_attention_recurrent(q, k, v, g, **kw)
-        return self.op_output(o, x), (S, z.to(S.dtype))
+        return self._output(o, gate, x), (S, z.to(S.dtype))
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, "

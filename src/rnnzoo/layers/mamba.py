@@ -41,7 +41,7 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.native import gated_norm
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.ops.scan import chunked_scan
 from rnnzoo.registry import register
 
@@ -115,6 +115,17 @@ class _DeltaProj(torch.autograd.Function):
         dt2, W, pre = ctx.saved_tensors
         dpre = torch.ops.aten.softplus_backward(g.reshape(pre.shape), pre, 1, 20)
         return (dpre @ W).view(ctx.shape), (dt2.t() @ dpre).t(), dpre.sum(0)
+
+
+def _delta(dt, W, b):
+    """softplus(dt W^T + b): on the CPU in float32/float64 one C pass each way
+    (ops.native.selective_scan.delta_softplus), else `_DeltaProj`."""
+    if backend.use_native(dt, W, b) and dt.dtype == W.dtype == b.dtype:
+        from rnnzoo.ops.native import selective_scan as native_ss
+        lib = native_ss.load()
+        if lib is not None:
+            return native_ss.delta_softplus(lib, dt, W, b)
+    return _DeltaProj.apply(dt, W, b)
 
 
 def _exponent(A, allow_neg_eigval):
@@ -263,7 +274,10 @@ class Mamba(DiagonalLayer):
     def ssm_inputs(self, x, conv_state, mask=None):
         """(u, delta, A, B, C, z, new conv_state) of the selective scan, u..C in the compute dtype.
         mask: (B, T, 1) bool, the valid steps, or None."""
-        x_in, z = self.in_proj(x).chunk(2, dim=-1)
+        # two products, not one split in two: each output dense (no copy for the conv or the
+        # gate), and the backward sums two input gradients instead of concatenating the halves
+        W = self.in_proj.weight
+        x_in, z = linear(x, W[:self.d_inner]), linear(x, W[self.d_inner:])
         u, conv_state = self.conv(x_in, conv_state, mask)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.bcdt_rms_eps is not None:
@@ -272,7 +286,7 @@ class Mamba(DiagonalLayer):
                  self.bcdt_weight.to(cdt).split([self.dt_rank, self.d_state, self.d_state]))
             dt, B, C = (F.rms_norm(t.to(cdt), (t.shape[-1],), w_t, eps=self.bcdt_rms_eps).to(t.dtype)
                         for t, w_t in zip((dt, B, C), w))
-        delta = _DeltaProj.apply(dt, self.dt_proj.weight, self.dt_proj.bias)
+        delta = _delta(dt, self.dt_proj.weight, self.dt_proj.bias)
         cdt = compute_dtype(x)
         A = -torch.exp(self.A_log.to(cdt))
         return u.to(cdt), delta.to(cdt), A, B.to(cdt), C.to(cdt), z, conv_state

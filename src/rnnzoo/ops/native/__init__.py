@@ -72,6 +72,7 @@ ssd_scan.c, mlstm_scan.c, delta_scan.c, vector_delta.c, momentum_scan.c).
 mm.h: a batched small-matrix product in register tiles (attention.c exports it as mm;
 newton_schulz.c's products). assoc_sums.h: reassociated row sums dot / total (miras_read.c,
 miras_chunk.c). softmax_row.h: one row's softmax in place (attention.c, deltaformer_attn.c).
+log1p.h: a vectorisable log1p on [0, 1], per type (gla_scan.c, selective_scan.c).
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@
    d_inner), one slice per batch row (the caller sums them). dB and dC are added to: the
    caller zeroes them, one copy per group of channels run at once.
    Each function does the batch rows [b0, b1) and the channels [d0, d1).
+
+   The step sizes beside the scan (delta_fwd / delta_bwd), one pass each way over rows
+   [r0, r1) in place of a product, torch's softplus and their backwards:
+       delta = softplus(dt W^T + b)   (torch's: the identity above 20),  dt (rows, R),
+       Wt (R, D) = W transposed, b (D); backward from g = dL/ddelta, with p = dt W^T + b
+       recomputed: dp = g sigmoid(p) (g above 20), ddt = dp W, dWt += dt^T dp, db += dp
+   (dWt and db: this range's own (R + 1, D) slice, zeroed here; the caller sums them).
    Plain C, no Python or torch headers: compiled on first use by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -34,6 +41,61 @@
 #else  /* the kernels, for one T */
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#include "log1p.h"  /* NAME(log1p_unit) */
+
+/* out = b + x W^T for one row: x (R), Wt (R, D) */
+static inline void NAME(pre_row)(T *restrict out, const T *restrict x, const T *restrict Wt,
+                                 const T *restrict bias, long R, long D) {
+    for (long d = 0; d < D; d++) out[d] = bias[d];
+    for (long r = 0; r < R; r++) {
+        const T xr = x[r];
+        const T *restrict w = Wt + r * D;
+        #pragma omp simd
+        for (long d = 0; d < D; d++) out[d] += xr * w[d];
+    }
+}
+
+void NAME(delta_fwd)(const T *dt, const T *Wt, const T *bias, T *delta, long R, long D,
+                     long r0, long r1) {
+    for (long row = r0; row < r1; row++) {
+        T *restrict out = delta + row * D;
+        NAME(pre_row)(out, dt + row * R, Wt, bias, R, D);
+        #pragma omp simd
+        for (long d = 0; d < D; d++) {
+            const T p = out[d];
+            out[d] = p > 20 ? p : (p > 0 ? p : 0) + NAME(log1p_unit)(EXP(p > 0 ? -p : p));
+        }
+    }
+}
+
+void NAME(delta_bwd)(const T *dt, const T *Wt, const T *bias, const T *g, T *ddt, T *dWt,
+                     long R, long D, long r0, long r1) {
+    T *restrict dp = malloc(D * sizeof(T)), *restrict db = dWt + R * D;
+    memset(dWt, 0, (R + 1) * D * sizeof(T));
+    for (long row = r0; row < r1; row++) {
+        const T *restrict x = dt + row * R, *restrict gr = g + row * D;
+        NAME(pre_row)(dp, x, Wt, bias, R, D);
+        #pragma omp simd
+        for (long d = 0; d < D; d++) {
+            const T p = dp[d];
+            dp[d] = p > 20 ? gr[d] : gr[d] / (1 + EXP(-p));
+            db[d] += dp[d];
+        }
+        for (long r = 0; r < R; r++) {
+            const T xr = x[r];
+            const T *restrict w = Wt + r * D;
+            T *restrict dw = dWt + r * D;
+            T acc = 0;
+            #pragma omp simd reduction(+ : acc)
+            for (long d = 0; d < D; d++) {
+                acc += dp[d] * w[d];
+                dw[d] += xr * dp[d];
+            }
+            ddt[row * R + r] = acc;
+        }
+    }
+    free(dp);
+}
 
 /* the block of channels [ds, ds + nd) of one row, zero-padded to DB */
 static inline void NAME(block)(T *restrict out, const T *restrict row, long nd) {

@@ -9,6 +9,8 @@ h0: (batch, d_inner, d_state). Returns y (batch, T, d_inner) and h_{T-1} (batch,
 d_state), differentiable in u, delta, A, B, C, h0. All float32 or all float64 on the CPU
 (`ops.backend.use_native` decides); the state is kept in the inputs' dtype.
 
+`delta_softplus`: the step sizes softplus(dt W^T + b) that feed the scan, one C pass each way.
+
 The forward keeps only the state entering every chunk of `CHUNK` steps (batch, T / CHUNK,
 d_state, d_inner); the backward recomputes each chunk from it. Work is split over
 torch.get_num_threads() threads, by batch rows (or, with fewer rows than threads, by
@@ -103,6 +105,43 @@ def selective_scan(lib, u, delta, A, B, C, h0, *, allow_neg_eigval=False):
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     return _NativeScan.apply(lib, u, delta, A, B, C, h0, allow_neg_eigval)
+
+
+class _DeltaStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, dt, W, b):
+        R, D = dt.shape[-1], W.shape[0]
+        dt2, Wt, b = dt.reshape(-1, R).contiguous(), W.t().contiguous(), b.contiguous()
+        delta = dt2.new_empty(dt2.shape[0], D)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "delta_fwd", dt.dtype, [P] * 4 + [L] * 4)
+        native.run(fwd, [(native.ptr(dt2), native.ptr(Wt), native.ptr(b), native.ptr(delta),
+                          R, D, *p) for p in native.rows(dt2.shape[0])])
+        ctx.save_for_backward(dt2, Wt, b)
+        ctx.lib, ctx.shape = lib, dt.shape
+        return delta.view(*dt.shape[:-1], D)
+
+    @staticmethod
+    def backward(ctx, g):
+        dt2, Wt, b = ctx.saved_tensors
+        R, D = Wt.shape
+        g = g.reshape(-1, D).contiguous()
+        parts = native.rows(dt2.shape[0])
+        ddt, dWb = torch.empty_like(dt2), dt2.new_empty(len(parts), R + 1, D)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "delta_bwd", g.dtype, [P] * 6 + [L] * 4)
+        native.run(bwd, [(native.ptr(dt2), native.ptr(Wt), native.ptr(b), native.ptr(g),
+                          native.ptr(ddt), native.ptr(dWb[i]), R, D, *p)
+                         for i, p in enumerate(parts)])
+        dWb = dWb.sum(0)
+        return None, ddt.view(ctx.shape), dWb[:R].t(), dWb[R]
+
+
+def delta_softplus(lib, dt, W, b):
+    """Mamba's step sizes softplus(dt W^T + b) (torch's softplus), one C pass each way (the
+    thin dt_rank -> d_inner product done in it: no pre-activation tensor): dt (..., R),
+    W (D, R), b (D,) -> (..., D); `lib` = load()."""
+    return _DeltaStep.apply(lib, dt, W, b)
 
 
 def load():
