@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, native
 from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import path_chunk as native_path_chunk
 
@@ -59,7 +59,9 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     cache). A non-finite
     q, k, w or beta at step t makes the outputs from t on NaN (ops.finite), and both keys."""
     B, T, H, D = q.shape
-    (q,), (k, w, beta), marks = finite_inputs((q,), (k, w, beta))
+    # the C kernels: no copies and no marks when every input is finite (one host read, free there)
+    (q,), (k, w, beta), marks = (clean_inputs if backend.use_native(q) else finite_inputs)(
+        (q,), (k, w, beta))
     C = min(chunk_size, T)                                            # attention blocks
     c, levels = C, 0                                                  # UT chunks: C / 2^levels
     while c > UT_CHUNK and c % 2 == 0:
@@ -87,14 +89,20 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         v0 = v_cache.to(v.dtype)
         bias0 = torch.zeros((), dtype=v.dtype, device=v.device).masked_fill(
             hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
-    if pc is not None:
+    if pc is not None:  # o (B, N C, H, D)
         o, keys = _AttendHeads.apply(lib, q1, k1, P, intra, v, keys0, v0, bias0)
     else:
         o, keys = _Attend.apply(_products(lib), q1, k1, P, intra, v, keys0, v0, bias0, scale)
+        o = o.movedim(1, 3).reshape(B, N * C, H, D)
     L = keys0.shape[2]
-    o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
-    moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
-    return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
+    o, keys, moved = o[:, :T], keys[:, :, L:L + T], keys[:, :, :L] if k_cache is not None else None
+    return (o, keys, moved) if marks is None else _marked(o, keys, moved, marks)
+
+
+def _marked(o, keys, moved, marks):
+    """NaN from a non-finite input on: o's steps (marks.outputs), the keys' sequences."""
+    return (poison(o, marks.outputs), poison(keys, marks.state),
+            None if moved is None else poison(moved, marks.state))
 
 
 def _products(lib):
@@ -243,7 +251,8 @@ class _AttendHeads(torch.autograd.Function):
     the products and the moved keys in cache, where a thread-pool run per block product and
     torch's cats of the keys ran before; a fresh lib. Takes the queries and intra scores
     with the scale in (qs, intra_s: ops.native.path_chunk's pieces, read on and below
-    the diagonal) and no scale; else _Attend's arguments and results."""
+    the diagonal) and no scale, and returns o as (B, N C, H, D) (the layout the output
+    projection reads: no transposing copy each way); else _Attend's arguments and results."""
 
     @staticmethod
     def forward(ctx, lib, qs, k1, P, intra_s, v, keys0, v0, bias0):
@@ -254,7 +263,7 @@ class _AttendHeads(torch.autograd.Function):
         bias = bias0.reshape(B, L).contiguous() if L else None
         KT = sum(L + n * C for n in range(N)) * D
         PT = sum(C * (L + (n + 1) * C) for n in range(N))
-        o, keys = qs.new_empty(B, H, N, C, D), qs.new_empty(B, H, L + N * C, D)
+        o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, L + N * C, D)
         KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
         native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
                               [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
@@ -270,7 +279,7 @@ class _AttendHeads(torch.autograd.Function):
         qs, P, values, KS, PS = ctx.saved_tensors
         lib, L = ctx.lib, ctx.L
         B, H, N, C, D = qs.shape
-        do = torch.zeros_like(qs) if do is None else do.contiguous()
+        do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
         dkeys = None if dkeys is None else dkeys.contiguous()
         dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
         dintra = qs.new_empty(B, H, N, C, C)
@@ -278,6 +287,6 @@ class _AttendHeads(torch.autograd.Function):
         native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
                               [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
                                                        dk1, dP, dintra, dvalues, dkeys0)],
-                              (N, C, D, L, KS.shape[1], PS.shape[1]), B * H)
+                              (N, C, D, L, H, KS.shape[1], PS.shape[1]), B * H)
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
         return None, dq1, dk1, dP, dintra, dv, dkeys0, dvalues[:, :, :L], None
