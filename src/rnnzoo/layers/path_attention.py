@@ -25,10 +25,10 @@ only; the cache is read only when some sequence has one).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.attention import Attention, set_heads, write_front
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
@@ -80,7 +80,7 @@ class PaTHAttention(Attention):
                                                                           none, none))
         else:
             q, k, v = qkv.view(B, T, 3, self.num_heads, -1).unbind(2)
-        w = F.normalize(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1), dim=-1, eps=1e-6)
+        w = l2norm(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1))  # F.normalize's, eps 1e-6
         return q, k, v, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
 
     def op_output(self, o, x):
@@ -121,17 +121,20 @@ class PaTHAttention(Attention):
         """The chunkwise form (ops.path_attention): the cache is read only when some sequence
         has one (cached), and its keys are moved through the new reflections either way."""
         k_cache, v_cache, position = state
-        v_new, bad = finite(v)                                                    # (B, T, H, Dh)
-        bad = bad.cumsum(1) > 0
+        v_new, bad = v, None  # C kernels, every value finite: no copy, no marks (one host read)
+        if not (backend.use_native(v) and bool(torch.isfinite(v.sum((2, 3))).all())):
+            v_new, bad = finite(v)                                                # (B, T, H, Dh)
+            bad = bad.cumsum(1) > 0
         kc = vc = visible = None
         if cached:
             kc, (vc, bad_c) = k_cache, finite(v_cache.to(q.dtype), 2)
             visible = slots < start[:, None]                                      # (B, L)
-            bad = bad | (visible & bad_c).any(-1, keepdim=True)
+            bad_c = (visible & bad_c).any(-1, keepdim=True)
+            bad = bad_c if bad is None else bad | bad_c
         out, keys, moved = path_attention(q, k, v_new, w, beta, scale=self.head_dim ** -0.5,
                                           chunk_size=self.chunk_size, k_cache=kc,
                                           v_cache=vc, cache_visible=visible)
-        y = self.op_output(poison(out, bad), x)
+        y = self.op_output(out if bad is None else poison(out, bad), x)
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
             T = pos.shape[1]

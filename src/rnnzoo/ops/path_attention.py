@@ -21,6 +21,11 @@ Q'_n P_{n-1} ... P_0, which costs C rows a chunk instead of the cache's L rows.
 
 A custom autograd Function keeps only the per-chunk pieces and recomputes each chunk's
 probabilities in its backward (no (B, H, T, T) tensor is saved).
+
+Where the C kernels run (CPU, float32/64), the pieces come from ops.native.path_chunk (the UT
+chunks and merges of a block in cache, one call per thread over (batch x head) rows) and the
+blocks' attention from attention.c's path_fwd / path_bwd (_AttendHeads); elsewhere _UT, _merge
+and _Attend run as torch products.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, native
 from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native import path_chunk as native_path_chunk
 
 __all__ = ["path_attention"]
 
@@ -53,35 +59,50 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     cache). A non-finite
     q, k, w or beta at step t makes the outputs from t on NaN (ops.finite), and both keys."""
     B, T, H, D = q.shape
-    (q,), (k, w, beta), marks = finite_inputs((q,), (k, w, beta))
+    # the C kernels: no copies and no marks when every input is finite (one host read, free there)
+    (q,), (k, w, beta), marks = (clean_inputs if backend.use_native(q) else finite_inputs)(
+        (q,), (k, w, beta))
     C = min(chunk_size, T)                                            # attention blocks
     c, levels = C, 0                                                  # UT chunks: C / 2^levels
     while c > UT_CHUNK and c % 2 == 0:
         c, levels = c // 2, levels + 1
-    q, k, v, w = (to_chunks(t, C) for t in (q, k, v, w))            # (B, H, N, C, D)
-    beta = to_chunks(beta[..., None], C)
-    N = q.shape[2]
     lib = native_attention.load() if backend.use_native(q) else None
-    mm = _products(lib)
-    q1, k1, P, intra = _UT.apply(mm, *(t.unflatten(3, (-1, c)).flatten(2, 3)
-                                       for t in (q, k, w, beta)))
-    for _ in range(levels):
-        q1, k1, P, intra = _merge(mm, q1, k1, P, intra)
+    pc = native_path_chunk.load() if lib is not None else None
+    v = to_chunks(v, C)                                               # (B, H, N, C, D)
+    N = v.shape[2]
+    if pc is not None:  # the UT chunks and merges in C, scale in: qs, k1, P, scale intra
+        q1, k1, P, intra = native_path_chunk.pieces(pc, q, k, w, beta, scale, c, levels)
+    else:
+        q, k, w = (to_chunks(t, C) for t in (q, k, w))               # (B, H, N, C, D)
+        beta = to_chunks(beta[..., None], C)
+        mm = _products(lib)
+        q1, k1, P, intra = _UT.apply(mm, *(t.unflatten(3, (-1, c)).flatten(2, 3)
+                                           for t in (q, k, w, beta)))
+        for _ in range(levels):
+            q1, k1, P, intra = _merge(mm, q1, k1, P, intra)
     if k_cache is None:
-        keys0 = v0 = q.new_zeros(B, H, 0, D)
-        bias0 = q.new_zeros(B, 1, 1, 0)
+        keys0 = v0 = v.new_zeros(B, H, 0, D)
+        bias0 = v.new_zeros(B, 1, 1, 0)
     else:
         hide = ~cache_visible[:, None, :, None]                      # (B, 1, L, 1)
-        keys0 = k_cache.to(q.dtype).masked_fill(hide, 0)              # empty slots hold nothing
-        v0 = v_cache.to(q.dtype)
-        bias0 = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(
+        keys0 = k_cache.to(v.dtype).masked_fill(hide, 0)              # empty slots hold nothing
+        v0 = v_cache.to(v.dtype)
+        bias0 = torch.zeros((), dtype=v.dtype, device=v.device).masked_fill(
             hide.transpose(-1, -2), float("-inf"))                    # (B, 1, 1, L)
-    attend = _Attend.apply if lib is None else partial(_AttendHeads.apply, lib)
-    o, keys = attend(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale)
+    if pc is not None:  # o (B, N C, H, D)
+        o, keys = _AttendHeads.apply(lib, q1, k1, P, intra, v, keys0, v0, bias0)
+    else:
+        o, keys = _Attend.apply(_products(lib), q1, k1, P, intra, v, keys0, v0, bias0, scale)
+        o = o.movedim(1, 3).reshape(B, N * C, H, D)
     L = keys0.shape[2]
-    o = o.movedim(1, 3).reshape(B, N * C, H, D)[:, :T]
-    moved = poison(keys[:, :, :L], marks.state) if k_cache is not None else None
-    return poison(o, marks.outputs), poison(keys[:, :, L:L + T], marks.state), moved
+    o, keys, moved = o[:, :T], keys[:, :, L:L + T], keys[:, :, :L] if k_cache is not None else None
+    return (o, keys, moved) if marks is None else _marked(o, keys, moved, marks)
+
+
+def _marked(o, keys, moved, marks):
+    """NaN from a non-finite input on: o's steps (marks.outputs), the keys' sequences."""
+    return (poison(o, marks.outputs), poison(keys, marks.state),
+            None if moved is None else poison(moved, marks.state))
 
 
 def _products(lib):
@@ -226,38 +247,39 @@ class _Attend(torch.autograd.Function):
 class _AttendHeads(torch.autograd.Function):
     """_Attend in one C call per thread over whole head-rows (attention.c: path_fwd /
     path_bwd): each head's chunks in order, its scores written next to the chunk's intra
-    scores (q1 and intra scaled once), the softmax rows in place (sm_fwd; backward dS =
-    P (dP - rowsum(P dP)), sm_bwd), the products and the moved keys in cache, where a
-    thread-pool run per block product and torch's cats of the keys ran before; a fresh lib.
-    Same arguments and results."""
+    scores, the softmax rows in place (sm_fwd; backward dS = P (dP - rowsum(P dP)), sm_bwd),
+    the products and the moved keys in cache, where a thread-pool run per block product and
+    torch's cats of the keys ran before; a fresh lib. Takes the queries and intra scores
+    with the scale in (qs, intra_s: ops.native.path_chunk's pieces, read on and below
+    the diagonal) and no scale, and returns o as (B, N C, H, D) (the layout the output
+    projection reads: no transposing copy each way); else _Attend's arguments and results."""
 
     @staticmethod
-    def forward(ctx, lib, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
-        B, H, N, C, D = q1.shape
+    def forward(ctx, lib, qs, k1, P, intra_s, v, keys0, v0, bias0):
+        B, H, N, C, D = qs.shape
         L = keys0.shape[2]
-        values = torch.cat([v0, v.flatten(2, 3)], 2).contiguous()  # (B, H, L + N C, D)
-        qs, intra_s = q1 * scale, intra * scale
-        k1, P, keys0 = k1.contiguous(), P.contiguous(), keys0.contiguous()
+        values = (torch.cat([v0, v.flatten(2, 3)], 2) if L else v.flatten(2, 3)).contiguous()
+        qs, intra_s, k1, P, keys0 = (t.contiguous() for t in (qs, intra_s, k1, P, keys0))
         bias = bias0.reshape(B, L).contiguous() if L else None
         KT = sum(L + n * C for n in range(N)) * D
         PT = sum(C * (L + (n + 1) * C) for n in range(N))
-        o, keys = q1.new_empty(B, H, N, C, D), q1.new_empty(B, H, L + N * C, D)
-        KS, PS = q1.new_empty(B * H, KT), q1.new_empty(B * H, PT)
-        native_attention._run(native_attention._kernel(lib, "path_fwd", q1.dtype),
+        o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, L + N * C, D)
+        KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
+        native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
                               [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
                                                        bias, o, keys, KS, PS)],
                               (N, C, D, L, H, KT, PT), B * H)
         ctx.save_for_backward(qs, P, values, KS, PS)
-        ctx.lib, ctx.scale, ctx.L = lib, scale, L
+        ctx.lib, ctx.L = lib, L
         return o, keys
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dkeys):
         qs, P, values, KS, PS = ctx.saved_tensors
-        lib, scale, L = ctx.lib, ctx.scale, ctx.L
+        lib, L = ctx.lib, ctx.L
         B, H, N, C, D = qs.shape
-        do = torch.zeros_like(qs) if do is None else do.contiguous()
+        do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
         dkeys = None if dkeys is None else dkeys.contiguous()
         dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
         dintra = qs.new_empty(B, H, N, C, C)
@@ -265,7 +287,6 @@ class _AttendHeads(torch.autograd.Function):
         native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
                               [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
                                                        dk1, dP, dintra, dvalues, dkeys0)],
-                              (N, C, D, L, KS.shape[1], PS.shape[1]), B * H)
+                              (N, C, D, L, H, KS.shape[1], PS.shape[1]), B * H)
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
-        return (None, None, dq1.mul_(scale), dk1, dP, dintra.mul_(scale), dv, dkeys0,
-                dvalues[:, :, :L], None, None)
+        return None, dq1, dk1, dP, dintra, dv, dkeys0, dvalues[:, :, :L], None

@@ -64,6 +64,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
                         (`ops.native.team`), not on a pool thread of ours
     mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),
                         and its angles' running sum (float64, wrapped)
+    path_chunk.c        PaTH attention's chunk pieces: each sub-chunk's UT transform and the
+                        merges up to the attention block (ops.path_attention)
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines

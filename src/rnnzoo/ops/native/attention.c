@@ -222,7 +222,7 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
    cache's keys), the causal softmax rows (keys <= m + r for row r), o_n = S values[:e];
    then K <- [K P_n^T ; k1_n]. Saved for the backward: each chunk's keys read, KS (G, sum_n
    m D), and probabilities, PS (G, sum_n C e). keys (G, L + N C, D): every key moved to the
-   last step. */
+   last step. o (B, N C, H, D) (head-row g = b H + h): the layout the output projection reads. */
 void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restrict P,
                     const T *restrict intra, const T *restrict values, const T *restrict keys0,
                     const T *restrict bias, T *restrict o, T *restrict keys, T *restrict KS,
@@ -233,11 +233,12 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
         const T *qg = qs + g * N * C * D, *kg = k1 + g * N * C * D, *Pg = P + g * N * D * D;
         const T *ig = intra + g * N * C * C, *vg = values + g * Lt * D;
         const T *bg = bias ? bias + (g / H) * L : 0;
-        T *K = keys + g * Lt * D, *og = o + g * N * C * D, *ks = KS + g * KT, *ps = PS + g * PT;
-        memcpy(K, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
-        for (long n = 0; n < N; n++) {
+        T *K = keys + g * Lt * D, *og = o + ((g / H) * N * C * H + g % H) * D, *ks = KS + g * KT,
+          *ps = PS + g * PT;
+        memcpy(ks, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
+        for (long n = 0; n < N; n++) {  /* block n reads its keys at ks (m rows), kept */
             const long m = L + n * C, e = m + C;
-            if (m) NAME(mm)(qg + n * C * D, K, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            if (m) NAME(mm)(qg + n * C * D, ks, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
             for (long r = 0; r < C; r++) {
                 T *restrict s = ps + r * e;
                 const T *restrict in = ig + (n * C + r) * C;
@@ -245,19 +246,18 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
                 if (bg) for (long j = 0; j < L; j++) s[j] += bg[j];
             }
             NAME(sm_fwd)(ps, 0, C, e, 0, e, m, 0, C);
-            NAME(mm)(ps, vg, og + n * C * D, C, D, e, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
-            if (m) {  /* K[:m] <- K[:m] P_n^T, the keys read kept */
-                memcpy(ks, K, (size_t)(m * D) * sizeof(T));
-                NAME(mm)(ks, Pg + n * D * D, K, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
-            }
-            memcpy(K + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
+            NAME(mm)(ps, vg, og + n * C * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
+            /* the next block's keys [K P_n^T ; k1_n] straight after these (the last: keys) */
+            T *next = n + 1 < N ? ks + m * D : K;
+            if (m) NAME(mm)(ks, Pg + n * D * D, next, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
+            memcpy(next + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
             ks += m * D;
             ps += C * e;
         }
     }
 }
 
-/* Its backward for head-rows [g0, g1): do (G, N, C, D), dkeys (G, L + N C, D) the gradient of
+/* Its backward for head-rows [g0, g1): do (B, N C, H, D) (o's layout), dkeys (G, L + N C, D) the gradient of
    the moved keys (NULL: zero) -> dqs (G, N, C, D) (of qs: the caller applies the scale),
    dk1 (G, N, C, D), dP (G, N, D, D), dintra (G, N, C, C) (of the scaled intra scores),
    dvalues (G, L + N C, D), dkeys0 (G, L, D). Chunks in reverse: dk1_n = dK[m:e],
@@ -267,13 +267,13 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
                     const T *restrict KS, const T *restrict PS, const T *restrict do_,
                     const T *restrict dkeys, T *restrict dqs, T *restrict dk1, T *restrict dP,
                     T *restrict dintra, T *restrict dvalues, T *restrict dkeys0, long N, long C,
-                    long D, long L, long KT, long PT, long g0, long g1) {
+                    long D, long L, long H, long KT, long PT, long g0, long g1) {
     const long Lt = L + N * C;
-    T *dK = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
-    T *tmp = dK + Lt * D, *ds = tmp + Lt * D;
+    T *buf = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
+    T *dK = buf, *tmp = dK + Lt * D, *ds = tmp + Lt * D;
     for (long g = g0; g < g1; g++) {
         const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D, *vg = values + g * Lt * D;
-        const T *dog = do_ + g * N * C * D;
+        const T *dog = do_ + ((g / H) * N * C * H + g % H) * D;
         T *dvg = dvalues + g * Lt * D;
         if (dkeys) memcpy(dK, dkeys + g * Lt * D, (size_t)(Lt * D) * sizeof(T));
         else memset(dK, 0, (size_t)(Lt * D) * sizeof(T));
@@ -283,18 +283,19 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
             const long m = L + n * C, e = m + C;
             ks -= m * D;
             ps -= C * e;
-            const T *don = dog + n * C * D, *qn = qg + n * C * D;
+            const T *don = dog + n * C * H * D, *qn = qg + n * C * D;
             memcpy(dk1 + (g * N + n) * C * D, dK + m * D, (size_t)(C * D) * sizeof(T));
             T *dPn = dP + (g * N + n) * D * D;
-            if (m) {
+            if (m) {  /* dK[:m] P_n into the other buffer, which becomes dK */
                 NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
                 NAME(mm)(dK, Pg + n * D * D, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
-                memcpy(dK, tmp, (size_t)(m * D) * sizeof(T));
+                T *t = dK;
+                dK = tmp, tmp = t;
             } else {
                 memset(dPn, 0, (size_t)(D * D) * sizeof(T));
             }
-            NAME(mm)(ps, don, dvg, e, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, e);
-            NAME(mm)(don, vg, ds, C, e, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, D, 0, 0, 0, 1, 0, e);
+            NAME(mm)(don, vg, ds, C, e, D, H * D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
             NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
             T *di = dintra + (g * N + n) * C * C;
             for (long r = 0; r < C; r++)
@@ -309,7 +310,7 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
         }
         memcpy(dkeys0 + g * L * D, dK, (size_t)(L * D) * sizeof(T));
     }
-    free(dK);
+    free(buf);
 }
 
 /* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys

@@ -1,0 +1,405 @@
+/* PaTH attention's chunk pieces (ops.path_attention._ChunkHeads): the UT transform of every
+   sub-chunk of c steps and the pairwise merges up to the attention block of C = c 2^levels
+   steps, one C call per thread over whole (batch x head) rows, the products on mm.h's mm in
+   per-block buffers (a block's pieces stay in cache; the torch form ran ~50 batched products,
+   a triangular solve and ~60 elementwise passes over (B, H, N, ...) tensors a fwd+bwd).
+
+   One sub-chunk (rows q_t, k_t, w_t of Q, K, W (c, D); b = beta; SL / tril: strictly lower /
+   lower parts), as ops.path_attention._UT:
+       G = SL(W W^T), SK = SL(W K^T), QW = tril(Q W^T)
+       (I + diag(b) G) [Y | Z] = [diag(b) W | diag(b) SK]      (forward substitution)
+       Q' = Q - QW Y,  intra = tril(Q K^T) - QW Z,  K' = K - Z^T W,  P = I - W^T Y
+   Merging pieces a, b (b after a), as ops.path_attention._merge:
+       Q' = [Q'_a ; Q'_b P_a],  K' = [K'_a P_b^T ; K'_b],  P = P_b P_a,
+       intra's lower-left block Q'_b K'_a^T.
+   Outputs of a block: qs = scale Q' (C, D), K' (C, D), P (D, D), scale intra (C, C) (zero
+   above the diagonal: path_fwd reads only the causal part). The backward recomputes a
+   block's forward (keeping each level's pieces and each sub-chunk's G, SK, QW, [Y | Z]) and
+   runs the merges top-down, then each sub-chunk's UT backward (ops.path_attention._UT's):
+       X = [dQ' | dI] (dI = tril(d intra)),  dQW = -tril(X [Y | Z]^T)
+       d[Y | Z] = -(QW^T X + W [dP | dK'^T]),  dR = (I + diag(b) G)^-T d[Y | Z]
+       dA = -SL(dR [Y | Z]^T),  db = rowsum(dA o G) + rowsum(dR_Y o W) + rowsum(dR_Z o SK)
+       dQ = dQ' + dI K + dQW W,  dK = dK' + dI^T Q + (b o dR_Z)^T W,
+       dW = dQW^T Q - [Y | Z] [dP^T ; dK'] + (b o dA + (b o dA)^T) W + b o dR_Y + (b o dR_Z) K
+   (b o M: row i of M times b_i; (b o dR_Z) strictly lower.)
+
+   Layout: q, k (B, H, T, D)-strided as (b, h, t) strides (sq), w likewise (sw), beta (sb):
+   entry (b, h, t, d) at base + b s[0] + h s[1] + t s[2] + d. Steps t >= T read as zero
+   (a last short block: the zero padding of ops.chunk.to_chunks). Outputs (G = B H, N blocks):
+   qs, k1 (G, N, C, D), P (G, N, D, D), intra (G, N, C, C). Gradients dq, dk, dw, dbeta
+   written with the inputs' strides (steps < T only). */
+
+#ifndef T
+#define KERNELS "path_chunk.c"
+#include "each_type.h"
+
+#else
+
+#include "mm.h"
+
+/* C (m, n) (+)= A (m, k) B (k, n): A's (i, p) at A + i a_rs + p a_cs, B row-major (ldb) */
+static inline void NAME(pm)(const T *A, long a_rs, long a_cs, const T *B, long ldb, T *C,
+                            long ldc, long m, long n, long k, long acc) {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        if (!acc) for (long i = 0; i < m; i++) memset(C + i * ldc, 0, (size_t)n * sizeof(T));
+        return;
+    }
+    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, 1, ldc, 0, 0, 0, acc, 0, m);
+}
+
+/* dst (cols, rows) = src (rows, cols; row stride lds) transposed */
+static inline void NAME(tr)(T *restrict dst, const T *restrict src, long rows, long cols,
+                            long lds) {
+    for (long i = 0; i < rows; i++)
+        for (long j = 0; j < cols; j++) dst[j * rows + i] = src[i * lds + j];
+}
+
+/* Y (c, E) holds R; rows i in order: Y_i = R_i - sum_{m < i} b_i G_im Y_m ((I + diag(b) G)^-1 R,
+   G strictly lower), or (back) rows from the last: Y_i = R_i - sum_{m > i} b_m G_mi Y_m
+   ((I + diag(b) G)^-T R); a row's 32 columns at a time in registers */
+#define PC_W 32
+static void NAME(pc_subst)(T *restrict Y, long E, long c, const T *restrict G,
+                           const T *restrict b, long back) {
+    for (long j = 0; j < E; j += PC_W) {
+        const long w = E - j < PC_W ? E - j : PC_W;
+        for (long s = 1; s < c; s++) {
+            const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
+            T *restrict y = Y + i * E + j;
+            if (w == PC_W) {
+                T acc[PC_W];
+                for (long l = 0; l < PC_W; l++) acc[l] = y[l];
+                for (long m = m0; m < m1; m++) {
+                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+                    const T *restrict x = Y + m * E + j;
+                    for (long l = 0; l < PC_W; l++) acc[l] -= f * x[l];
+                }
+                for (long l = 0; l < PC_W; l++) y[l] = acc[l];
+            } else {
+                for (long m = m0; m < m1; m++) {
+                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+                    const T *restrict x = Y + m * E + j;
+                    for (long l = 0; l < w; l++) y[l] -= f * x[l];
+                }
+            }
+        }
+    }
+}
+
+typedef struct {
+    long c, D, C, S, L;  /* sub-chunk, channels, block, sub-chunks a block, levels */
+    T *q, *k, *w, *b;    /* the block's inputs (C, D), (C) */
+    T *ql, *kl, *Pl;     /* each level's pieces: (L + 1) (C, D), (L + 1) (C, D), (2 S, D, D) */
+    T *G, *SK, *QW, *YZ; /* each sub-chunk's: S (c, c) x 3, S (c, D + c) */
+    T *intra;            /* (C, C), unscaled */
+    T *t1, *t2, *t3;     /* temporaries of (D + 2 c) max(D, c, ...) */
+} NAME(pblk);
+
+static long NAME(pc_tmp)(long c, long D, long C) {  /* covers every use of t1, t2, t3 */
+    return (2 * D + 5 * c) * (c + D) + C * D + 64;
+}
+
+static T *NAME(pc_alloc)(NAME(pblk) *s, long c, long D, long levels) {
+    const long S = 1L << levels, C = c * S, tmp = NAME(pc_tmp)(c, D, C);
+    const long n = 2 * C * D + C + 2 * (levels + 1) * C * D + 2 * S * D * D
+                   + S * (3 * c * c + c * (D + c)) + C * C + 3 * tmp;
+    T *buf = aligned_alloc(64, (size_t)((n + 15) / 16 * 16) * sizeof(T));
+    T *p = buf;
+    s->c = c, s->D = D, s->C = C, s->S = S, s->L = levels;
+    s->q = p, p += C * D;
+    s->k = p, p += C * D;
+    s->w = p, p += C * D;
+    s->b = p, p += C;
+    s->ql = p, p += (levels + 1) * C * D;
+    s->kl = p, p += (levels + 1) * C * D;
+    s->Pl = p, p += 2 * S * D * D;
+    s->G = p, p += S * c * c;
+    s->SK = p, p += S * c * c;
+    s->QW = p, p += S * c * c;
+    s->YZ = p, p += S * c * (D + c);
+    s->intra = p, p += C * C;
+    s->t1 = p, p += tmp;
+    s->t2 = p, p += tmp;
+    s->t3 = p;
+    return buf;
+}
+
+/* the block's inputs: steps [t0, t0 + C) of head-row (bi, h), zero from T on */
+static void NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const T *beta,
+                          const long *sq, const long *sw, const long *sb, long bi, long h,
+                          long t0, long Tn) {
+    const long C = s->C, D = s->D;
+    for (long r = 0; r < C; r++) {
+        const long t = t0 + r;
+        if (t < Tn) {
+            memcpy(s->q + r * D, q + bi * sq[0] + h * sq[1] + t * sq[2], (size_t)D * sizeof(T));
+            memcpy(s->k + r * D, k + bi * sq[0] + h * sq[1] + t * sq[2], (size_t)D * sizeof(T));
+            memcpy(s->w + r * D, w + bi * sw[0] + h * sw[1] + t * sw[2], (size_t)D * sizeof(T));
+            s->b[r] = beta[bi * sb[0] + h * sb[1] + t * sb[2]];
+        } else {
+            memset(s->q + r * D, 0, (size_t)D * sizeof(T));
+            memset(s->k + r * D, 0, (size_t)D * sizeof(T));
+            memset(s->w + r * D, 0, (size_t)D * sizeof(T));
+            s->b[r] = 0;
+        }
+    }
+}
+
+/* piece j's P at level l: Pl + (offset of level l) + j D D (level l has S >> l pieces) */
+static inline T *NAME(pc_P)(NAME(pblk) *s, long l, long j) {
+    long off = 0;
+    for (long i = 0; i < l; i++) off += s->S >> i;
+    return s->Pl + (off + j) * s->D * s->D;
+}
+
+/* sub-chunk j's UT transform: level-0 pieces (Q', K', P), its intra on the block's diagonal
+   (not for the backward, which reads the pieces only), and G, SK, QW, [Y | Z] kept */
+static void NAME(pc_ut)(NAME(pblk) *s, long j, long bwd) {
+    const long c = s->c, D = s->D, C = s->C, E = D + c;
+    const T *Q = s->q + j * c * D, *K = s->k + j * c * D, *W = s->w + j * c * D,
+            *b = s->b + j * c;
+    T *G = s->G + j * c * c, *SK = s->SK + j * c * c, *QW = s->QW + j * c * c,
+      *YZ = s->YZ + j * c * E, *WT = s->t1, *KT = s->t1 + D * c, *QZ = s->t2;
+    NAME(tr)(WT, W, c, D, D);
+    NAME(tr)(KT, K, c, D, D);
+    NAME(pm)(W, D, 1, WT, c, G, c, c, c, D, 0);
+    NAME(pm)(W, D, 1, KT, c, SK, c, c, c, D, 0);
+    NAME(pm)(Q, D, 1, WT, c, QW, c, c, c, D, 0);
+    T *in = s->intra + j * c * C + j * c;
+    if (!bwd) NAME(pm)(Q, D, 1, KT, c, in, C, c, c, D, 0);
+    for (long i = 0; i < c; i++) {
+        for (long m = i; m < c; m++) G[i * c + m] = SK[i * c + m] = 0;
+        for (long m = i + 1; m < c; m++) QW[i * c + m] = 0;
+    }
+    /* [Y | Z] = (I + diag(b) G)^-1 [b W | b SK] */
+    for (long i = 0; i < c; i++) {
+        T *restrict y = YZ + i * E;
+        for (long d = 0; d < D; d++) y[d] = b[i] * W[i * D + d];
+        for (long m = 0; m < c; m++) y[D + m] = b[i] * SK[i * c + m];
+    }
+    NAME(pc_subst)(YZ, E, c, G, b, 0);
+    NAME(pm)(QW, c, 1, YZ, E, QZ, E, c, E, c, 0);
+    T *q1 = s->ql + j * c * D, *k1 = s->kl + j * c * D, *P = NAME(pc_P)(s, 0, j);
+    for (long i = 0; i < c; i++) {
+        for (long d = 0; d < D; d++) q1[i * D + d] = Q[i * D + d] - QZ[i * E + d];
+        if (bwd) continue;
+        for (long m = 0; m <= i; m++) in[i * C + m] -= QZ[i * E + D + m];
+        for (long m = i + 1; m < c; m++) in[i * C + m] = 0;
+    }
+    NAME(pm)(YZ + D, 1, E, W, D, k1, D, c, D, c, 0);  /* Z^T W */
+    for (long i = 0; i < c * D; i++) k1[i] = K[i] - k1[i];
+    NAME(pm)(WT, c, 1, YZ, E, P, D, D, D, c, 0);      /* W^T Y */
+    for (long i = 0; i < D * D; i++) P[i] = -P[i];
+    for (long d = 0; d < D; d++) P[d * D + d] += 1;
+}
+
+/* level l's pieces merged pairwise into level l + 1's; the cross blocks into intra */
+static void NAME(pc_merge)(NAME(pblk) *s, long l) {
+    const long D = s->D, C = s->C, cl = s->c << l, n = s->S >> l;
+    const T *ql = s->ql + l * C * D, *kl = s->kl + l * C * D;
+    T *qn = s->ql + (l + 1) * C * D, *kn = s->kl + (l + 1) * C * D, *t = s->t1;
+    for (long p = 0; p < n / 2; p++) {
+        const long oa = 2 * p * cl, ob = oa + cl;
+        const T *Pa = NAME(pc_P)(s, l, 2 * p), *Pb = NAME(pc_P)(s, l, 2 * p + 1);
+        memcpy(qn + oa * D, ql + oa * D, (size_t)(cl * D) * sizeof(T));
+        NAME(pm)(ql + ob * D, D, 1, Pa, D, qn + ob * D, D, cl, D, D, 0);     /* Q'_b P_a */
+        NAME(tr)(t, Pb, D, D, D);
+        NAME(pm)(kl + oa * D, D, 1, t, D, kn + oa * D, D, cl, D, D, 0);      /* K'_a P_b^T */
+        memcpy(kn + ob * D, kl + ob * D, (size_t)(cl * D) * sizeof(T));
+        NAME(tr)(t, kl + oa * D, cl, D, D);
+        NAME(pm)(ql + ob * D, D, 1, t, cl, s->intra + ob * C + oa, C, cl, cl, D, 0);
+        for (long i = 0; i < cl; i++)
+            memset(s->intra + (oa + i) * C + ob, 0, (size_t)cl * sizeof(T));
+        NAME(pm)(Pb, D, 1, Pa, D, NAME(pc_P)(s, l + 1, p), D, D, D, D, 0);   /* P_b P_a */
+    }
+}
+
+/* the block's pieces; for the backward (bwd) only what it reads: no intra, no last merge
+   (the merges' backward reads their inputs) */
+static void NAME(pc_forward)(NAME(pblk) *s, long bwd) {
+    for (long j = 0; j < s->S; j++) NAME(pc_ut)(s, j, bwd);
+    for (long l = 0; l < s->L - (bwd ? 1 : 0); l++) NAME(pc_merge)(s, l);
+}
+
+void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+                          const T *restrict beta, T *restrict qs, T *restrict k1,
+                          T *restrict P, T *restrict intra, long Tn, long H, long D, long c,
+                          long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
+                          long sw2, long sb0, long sb1, long sb2, double scale, long g0,
+                          long g1) {
+    NAME(pblk) s;
+    T *buf = NAME(pc_alloc)(&s, c, D, levels);
+    const long C = s.C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
+               sb[3] = {sb0, sb1, sb2};
+    const T sc = (T)scale;
+    for (long g = g0; g < g1; g++)
+        for (long n = 0; n < N; n++) {
+            NAME(pc_load)(&s, q, k, w, beta, sq, sw, sb, g / H, g % H, n * C, Tn);
+            NAME(pc_forward)(&s, 0);
+            const long o = g * N + n;
+            const T *qt = s.ql + s.L * C * D;
+            T *qo = qs + o * C * D, *io = intra + o * C * C;
+            for (long i = 0; i < C * D; i++) qo[i] = sc * qt[i];
+            memcpy(k1 + o * C * D, s.kl + s.L * C * D, (size_t)(C * D) * sizeof(T));
+            memcpy(P + o * D * D, NAME(pc_P)(&s, s.L, 0), (size_t)(D * D) * sizeof(T));
+            for (long i = 0; i < C * C; i++) io[i] = sc * s.intra[i];
+        }
+    free(buf);
+}
+
+/* the UT backward of sub-chunk j: dq1, dk1 (c, D) row-major (ld D), dPj (D, D), dI (c, c)
+   (ld ldi, read on and below the diagonal) -> dQ, dK, dW (c, D) (ld D), db (c) */
+static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, const T *dPj,
+                            const T *dI, long ldi, T *dQ, T *dK, T *dW, T *db) {
+    const long c = s->c, D = s->D, E = D + c, F = 2 * c;
+    const T *Q = s->q + j * c * D, *K = s->k + j * c * D, *W = s->w + j * c * D,
+            *b = s->b + j * c;
+    const T *G = s->G + j * c * c, *SK = s->SK + j * c * c, *QW = s->QW + j * c * c,
+            *YZ = s->YZ + j * c * E;
+    T *X = s->t1;            /* [dQ' | dI] (c, E); later [dI | dQW] / [dS | dSK] (c, 2c) */
+    T *YZT = s->t2;          /* [Y | Z]^T (E, c) */
+    T *t = s->t3;
+    T *dR = X + c * E;       /* (c, E) */
+    T *Fm = dR + c * E;      /* (c, 2c) */
+    T *dqw = Fm + c * F;     /* (c, c) */
+    T *KW = t;               /* [K ; W] (2c, D) */
+    T *Em = KW + F * D;      /* [dP | dK'^T] (D, E), then [dP^T ; dK'] (E, D) */
+    for (long i = 0; i < c; i++) {
+        memcpy(X + i * E, dq1 + i * D, (size_t)D * sizeof(T));
+        for (long m = 0; m < c; m++) X[i * E + D + m] = m <= i ? dI[i * ldi + m] : 0;
+    }
+    NAME(tr)(YZT, YZ, c, E, E);
+    NAME(pm)(X, E, 1, YZT, c, dqw, c, c, c, E, 0);
+    for (long i = 0; i < c; i++)
+        for (long m = 0; m < c; m++) dqw[i * c + m] = m <= i ? -dqw[i * c + m] : 0;
+    /* d[Y | Z] = -(QW^T X + W [dP | dK'^T]) into dR */
+    for (long d = 0; d < D; d++) {
+        memcpy(Em + d * E, dPj + d * D, (size_t)D * sizeof(T));
+        for (long m = 0; m < c; m++) Em[d * E + D + m] = dk1[m * D + d];
+    }
+    NAME(pm)(QW, 1, c, X, E, dR, E, c, E, c, 0);
+    NAME(pm)(W, D, 1, Em, E, dR, E, c, E, D, 1);
+    /* dQ = dQ' + [dI | dQW] [K ; W];  dK = dK' + dI^T Q */
+    memcpy(KW, K, (size_t)(c * D) * sizeof(T));
+    memcpy(KW + c * D, W, (size_t)(c * D) * sizeof(T));
+    for (long i = 0; i < c; i++) {
+        memcpy(Fm + i * F, X + i * E + D, (size_t)c * sizeof(T));
+        memcpy(Fm + i * F + c, dqw + i * c, (size_t)c * sizeof(T));
+    }
+    NAME(pm)(Fm, F, 1, KW, D, dQ, D, c, D, F, 0);
+    for (long i = 0; i < c * D; i++) dQ[i] += dq1[i];
+    NAME(pm)(X + D, 1, E, Q, D, dK, D, c, D, c, 0);
+    for (long i = 0; i < c * D; i++) dK[i] += dk1[i];
+    /* dW = dQW^T Q - [Y | Z] [dP^T ; dK'] */
+    NAME(pm)(dqw, 1, c, Q, D, dW, D, c, D, c, 0);
+    for (long d = 0; d < D; d++)
+        for (long e = 0; e < D; e++) Em[d * D + e] = -dPj[e * D + d];
+    for (long i = 0; i < c * D; i++) Em[D * D + i] = -dk1[i];
+    NAME(pm)(YZ, E, 1, Em, D, dW, D, c, D, E, 1);
+    /* dR = (I + diag(b) G)^-T (-dR) */
+    for (long i = 0; i < c * E; i++) dR[i] = -dR[i];
+    NAME(pc_subst)(dR, E, c, G, b, 1);
+    /* dA = -SL(dR [Y | Z]^T) into dqw's place (dqw done) */
+    T *dA = dqw;
+    NAME(pm)(dR, E, 1, YZT, c, dA, c, c, c, E, 0);
+    for (long i = 0; i < c; i++) {
+        T acc = 0;
+        for (long m = 0; m < i; m++) {
+            dA[i * c + m] = -dA[i * c + m];
+            acc += dA[i * c + m] * G[i * c + m];
+        }
+        for (long m = i; m < c; m++) dA[i * c + m] = 0;
+        for (long d = 0; d < D; d++) acc += dR[i * E + d] * W[i * D + d];
+        for (long m = 0; m < i; m++) acc += dR[i * E + D + m] * SK[i * c + m];
+        db[i] = acc;
+    }
+    /* dW += [b o dR_Z | S] [K ; W] + b o dR_Y, S = b o dA + (b o dA)^T;  dK += (b o dR_Z)^T W */
+    for (long i = 0; i < c; i++)
+        for (long m = 0; m < c; m++) {
+            Fm[i * F + m] = m < i ? b[i] * dR[i * E + D + m] : 0;
+            Fm[i * F + c + m] = b[i] * dA[i * c + m] + b[m] * dA[m * c + i];
+        }
+    NAME(pm)(Fm, F, 1, KW, D, dW, D, c, D, F, 1);
+    for (long i = 0; i < c; i++)
+        for (long d = 0; d < D; d++) dW[i * D + d] += b[i] * dR[i * E + d];
+    NAME(pm)(Fm, 1, F, W, D, dK, D, c, D, c, 1);
+}
+
+void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+                          const T *restrict beta, const T *restrict dqs,
+                          const T *restrict dk1, const T *restrict dP,
+                          const T *restrict dintra, T *restrict dq, T *restrict dk,
+                          T *restrict dw, T *restrict dbeta, long Tn, long H, long D, long c,
+                          long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
+                          long sw2, long sb0, long sb1, long sb2, double scale, long g0,
+                          long g1) {
+    NAME(pblk) s;
+    T *buf = NAME(pc_alloc)(&s, c, D, levels);
+    const long C = s.C, S = s.S, L = s.L, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
+               sb[3] = {sb0, sb1, sb2};
+    const T sc = (T)scale;
+    /* gradients of each level's pieces (as ql, kl, Pl), the block's scaled intra gradient,
+       and the block's input gradients */
+    const long nP = 2 * S * D * D;
+    T *gb = aligned_alloc(64, (size_t)((2 * (L + 1) * C * D + nP + C * C + 3 * C * D + C + 15)
+                                       / 16 * 16) * sizeof(T));
+    T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
+      *dI = dPl + nP, *gq = dI + C * C, *gk = gq + C * D, *gw = gk + C * D, *gbt = gw + C * D;
+    for (long g = g0; g < g1; g++)
+        for (long n = 0; n < N; n++) {
+            const long bi = g / H, h = g % H, t0 = n * C, o = g * N + n;
+            NAME(pc_load)(&s, q, k, w, beta, sq, sw, sb, bi, h, t0, Tn);
+            NAME(pc_forward)(&s, 1);
+            const T *dqo = dqs + o * C * D, *dio = dintra + o * C * C;
+            T *dqt = dql + L * C * D;
+            for (long i = 0; i < C * D; i++) dqt[i] = sc * dqo[i];
+            memcpy(dkl + L * C * D, dk1 + o * C * D, (size_t)(C * D) * sizeof(T));
+            T *dPt = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
+            memcpy(dPt, dP + o * D * D, (size_t)(D * D) * sizeof(T));
+            for (long i = 0; i < C * C; i++) dI[i] = sc * dio[i];
+            for (long l = L - 1; l >= 0; l--) {
+                const long cl = s.c << l, np = S >> (l + 1);
+                const T *ql = s.ql + l * C * D, *kl = s.kl + l * C * D;
+                const T *dqn = dql + (l + 1) * C * D, *dkn = dkl + (l + 1) * C * D;
+                T *dqc = dql + l * C * D, *dkc = dkl + l * C * D, *t = s.t1;
+                for (long p = 0; p < np; p++) {
+                    const long oa = 2 * p * cl, ob = oa + cl;
+                    const T *Pa = NAME(pc_P)(&s, l, 2 * p), *Pb = NAME(pc_P)(&s, l, 2 * p + 1),
+                            *Pab = NAME(pc_P)(&s, l + 1, p);
+                    T *dPa = dPl + (Pa - s.Pl), *dPb = dPl + (Pb - s.Pl);
+                    const T *dPab = dPl + (Pab - s.Pl), *dX = dI + ob * C + oa;
+                    /* dQ'_a = dQ[a];  dQ'_b = dQ[b] P_a^T + dX K'_a */
+                    memcpy(dqc + oa * D, dqn + oa * D, (size_t)(cl * D) * sizeof(T));
+                    NAME(tr)(t, Pa, D, D, D);
+                    NAME(pm)(dqn + ob * D, D, 1, t, D, dqc + ob * D, D, cl, D, D, 0);
+                    NAME(pm)(dX, C, 1, kl + oa * D, D, dqc + ob * D, D, cl, D, cl, 1);
+                    /* dK'_a = dK[a] P_b + dX^T Q'_b;  dK'_b = dK[b] */
+                    NAME(pm)(dkn + oa * D, D, 1, Pb, D, dkc + oa * D, D, cl, D, D, 0);
+                    NAME(pm)(dX, 1, C, ql + ob * D, D, dkc + oa * D, D, cl, D, cl, 1);
+                    memcpy(dkc + ob * D, dkn + ob * D, (size_t)(cl * D) * sizeof(T));
+                    /* dP_a = Q'_b^T dQ[b] + P_b^T dP;  dP_b = dK[a]^T K'_a + dP P_a^T */
+                    NAME(pm)(ql + ob * D, 1, D, dqn + ob * D, D, dPa, D, D, D, cl, 0);
+                    NAME(pm)(Pb, 1, D, dPab, D, dPa, D, D, D, D, 1);
+                    NAME(pm)(dkn + oa * D, 1, D, kl + oa * D, D, dPb, D, D, D, cl, 0);
+                    NAME(pm)(dPab, D, 1, t, D, dPb, D, D, D, D, 1);
+                }
+            }
+            for (long j = 0; j < S; j++)
+                NAME(pc_ut_bwd)(&s, j, dql + j * s.c * D, dkl + j * s.c * D,
+                                dPl + j * D * D, dI + j * s.c * C + j * s.c, C,
+                                gq + j * s.c * D, gk + j * s.c * D, gw + j * s.c * D,
+                                gbt + j * s.c);
+            for (long r = 0; r < C && t0 + r < Tn; r++) {
+                const long t = t0 + r, oq = bi * sq[0] + h * sq[1] + t * sq[2],
+                           ow = bi * sw[0] + h * sw[1] + t * sw[2];
+                memcpy(dq + oq, gq + r * D, (size_t)D * sizeof(T));
+                memcpy(dk + oq, gk + r * D, (size_t)D * sizeof(T));
+                memcpy(dw + ow, gw + r * D, (size_t)D * sizeof(T));
+                dbeta[bi * sb[0] + h * sb[1] + t * sb[2]] = gbt[r];
+            }
+        }
+    free(gb);
+    free(buf);
+}
+
+#endif

@@ -1,0 +1,79 @@
+"""PaTH attention's chunk pieces in C (path_chunk.c): every sub-chunk's UT transform and the
+pairwise merges up to the attention block, forward and backward, one C call per thread over
+whole (batch x head) rows, a block's pieces in cache (ops.path_attention's torch form, _UT
+and _merge, ran ~50 batched products, a triangular solve and ~60 elementwise passes over
+(B, H, N, ...) tensors a fwd+bwd).
+
+    pieces(lib, q, k, w, beta, scale, c, levels) -> qs, k1, P, intra
+        q, k, w (B, T, H, D), beta (B, T, H); blocks of C = c 2^levels steps (the last
+        zero-padded), N of them: qs = scale Q' and k1 = K' (B, H, N, C, D), P (B, H, N, D, D),
+        intra (B, H, N, C, C) times scale, zero above the diagonal (ops.path_attention's
+        module docstring names the pieces). Differentiable in q, k, w and beta; the backward
+        recomputes each block's forward.
+
+All float32 or all float64 on the CPU (`ops.backend.use_native`); `lib` = load().
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("path_chunk")
+
+
+def _kernel(lib, name, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    n = {"path_chunk_fwd": 8, "path_chunk_bwd": 12}[name]
+    return native.kernel(lib, name, dtype, [P] * n + [L] * 15 + [ctypes.c_double, L, L])
+
+
+def _dense(t):
+    """t with a unit channel stride and no zero stride (its gradient is written with its
+    strides)."""
+    return t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous()
+
+
+class _Pieces(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, w, beta, scale, c, levels):
+        q, k, w, beta = (_dense(t) for t in (q, k, w, beta))
+        if q.stride() != k.stride():  # one set of strides for both
+            q, k = q.contiguous(), k.contiguous()
+        B, Tn, H, D = q.shape
+        C = c << levels
+        N = -(-Tn // C)
+        strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
+        extra = (Tn, H, D, c, levels, N, *strides, float(scale))
+        qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
+        P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
+        native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
+                   [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
+                    for r in native.rows(B * H) or [(0, 0)]])
+        ctx.save_for_backward(q, k, w, beta)
+        ctx.lib, ctx.extra = lib, extra
+        return qs, k1, P, intra
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dqs, dk1, dP, dintra):
+        q, k, w, beta = ctx.saved_tensors
+        B, _, H, _ = q.shape
+        dqs, dk1, dP, dintra = (g.contiguous() for g in (dqs, dk1, dP, dintra))
+        dq, dk, dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype,
+                                              device=t.device) for t in (q, k, w, beta))
+        native.run(_kernel(ctx.lib, "path_chunk_bwd", q.dtype),
+                   [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
+                                                dq, dk, dw, db)), *ctx.extra, *r)
+                    for r in native.rows(B * H) or [(0, 0)]])
+        return None, dq, dk, dw, db, None, None, None
+
+
+def pieces(lib, q, k, w, beta, scale, c, levels):
+    return _Pieces.apply(lib, q, k, w, beta, scale, c, levels)
