@@ -64,6 +64,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
                         (`ops.native.team`), not on a pool thread of ours
     mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),
                         and its angles' running sum (float64, wrapped)
+    log_linear.c        log-linear attention's aligned chunk block: the intra-chunk product with
+                        the Fenwick level weights, the chunk states, their reads, the final buckets
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines
