@@ -50,7 +50,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native import mlstm_scan as native_mlstm
 from rnnzoo.ops.native import ssd_scan as native_ssd
@@ -472,16 +472,22 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
         return gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
                                       initial_state=initial_state, chunk_size=chunk_size)
     out_dtype = q.dtype
-    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
           if initial_state is None else initial_state)
+    if backend.use_native(q, k, v, log_decay, S0):
+        # the C recurrence on the CPU: no zeroed copies and NaN marks unless some step of the
+        # inputs is not finite (one host read, ops.finite.clean_inputs)
+        (q,), (k, v, log_decay), marks = clean_inputs((q,), (k, v, log_decay))
+    else:
+        (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
     lib = native_ssd.load() if backend.use_native(q, k, v, g, S) else None
     if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
         o, S = native_ssd.ssd(lib, q, k, v, g, S)
     else:
         o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
-    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    o, S = marked(o, S, marks)
+    return o.to(out_dtype), S
 
 
 def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, initial_state=None,
