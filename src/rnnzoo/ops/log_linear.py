@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.chunk._common import causal_decay
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import log_linear as native_log_linear
 
@@ -348,8 +348,9 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                          initial_state=None, chunk_size=64):
     """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
-    (q, level_weights), (k, v, log_decay), marks = finite_inputs((q, level_weights),
-                                                                 (k, v, log_decay))
+    # on the CPU no zeroed copies unless some step is not finite (one host read)
+    clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
+    (q, level_weights), (k, v, log_decay), marks = clean((q, level_weights), (k, v, log_decay))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state)
     T = q.shape[1]
@@ -360,9 +361,11 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
     if pos is not None:
         y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
-        return poison(y, marks.outputs), (poison(S, marks.state), count)
+        y, S = marked(y, S, marks)
+        return y, (S, count)
     y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
-    return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
+    y, S = marked(y, S, marks)
+    return y, (S, n.to(count.dtype))
 
 
 def log_linear_attention_parallel(q, k, v, log_decay, level_weights, *, scale=None,

@@ -560,14 +560,18 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
                                  initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
-    (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))
+    native = backend.use_native(q, k, v, log_i, log_f, *(initial_state or ()))
+    # the C recurrence: no zeroed copies and NaN marks unless some step is not finite
+    (q,), (k, v, log_i, log_f), marks = (clean_inputs if native else finite_inputs)(
+        (q,), (k, v, log_i, log_f))
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
     lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
-        h, state = native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps)
-        return poison(h, marks.outputs).to(out_dtype), poison(state, marks.state)
+        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
+                          marks)
+        return h.to(out_dtype), state
     L = min(chunk_size, T)
     pad = -T % L
     if pad:  # padded steps: forget gate 1, input gate 0 (log -inf), k = v = 0: no effect
@@ -601,4 +605,5 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
     h = num * (torch.maximum(den.abs(), (-m_row).exp()) + eps).reciprocal()[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)
+    h, state = marked(h, (Cs, ns, ms), marks)
+    return h.to(out_dtype), state
