@@ -152,7 +152,8 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
    and dv are added to (ll_intra's results), F, U and the other gradients written whole.
    Backward (dF may be NULL: zeros):
        dH_p = (w_p o Q_i)^T dy_i,   Z = dy_i H_p^T,   dq_i += w_p o Z,   dw_p = rowsum(Q_i o Z),
-       dcP[p, j] = <dH_p, U_j>,   dcF[l, j] = <dF_l, U_j>,
+       dcP[p, j] = <dH_p, U_j>,   dcF[l, j] = <dF_l, U_j>   (0 where cP, cF are 0: the caller's
+       coefficients are a mask times a decay, whose gradient that 0 cancels),
        dU_j = sum_p cP[p, j] dH_p + sum_l cF[l, j] dF_l,
        dk_j = f_j o (V_j dU_j^T),   df_j = rowsum(K_j o V_j dU_j^T),   dv_j = f_j o (K_j dU_j). */
 
@@ -242,19 +243,16 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 NAME(ll_axpy)(dqi + s * K, wp[s], Z + s * K, K);
             }
             for (long j = 0; j < N; j++) {
-                dcPr[p * N + j] = NAME(ll_dot)(dH, Ur + j * KV, KV);
-                if (cPr[p * N + j] != 0) NAME(ll_axpy)(dU + j * KV, cPr[p * N + j], dH, KV);
+                const T c = cPr[p * N + j];
+                dcPr[p * N + j] = c != 0 ? NAME(ll_dot)(dH, Ur + j * KV, KV) : 0;
+                if (c != 0) NAME(ll_axpy)(dU + j * KV, c, dH, KV);
             }
         }
         for (long l = 0; l < NL; l++)
             for (long j = 0; j < N; j++) {
-                if (!dFr) {
-                    dcFr[l * N + j] = 0;
-                    continue;
-                }
-                dcFr[l * N + j] = NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV);
-                if (cFr[l * N + j] != 0)
-                    NAME(ll_axpy)(dU + j * KV, cFr[l * N + j], dFr + l * KV, KV);
+                const T c = cFr[l * N + j];
+                dcFr[l * N + j] = dFr && c != 0 ? NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV) : 0;
+                if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
             }
         for (long j = 0; j < N; j++) {
             const T *kj = kr + j * C * K, *vj = vr + j * C * V, *fj = fr + j * C;
