@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.chunk._common import causal_decay
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native import log_linear as native_log_linear
 
 
 def _levels(a: torch.Tensor, b: torch.Tensor, L: int) -> torch.Tensor:
@@ -276,11 +277,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
-    lev = _levels(off[:, None], off[None, :], L)                        # (C, C), <= c
-    yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                         # (B, H, N, C, V)
-    # chunk states, decayed to their chunk's end
-    U = _bmm((kc * (gl[..., None] - G).exp()[..., None]).transpose(-1, -2), vc)
-    U = U.flatten(3)                                                    # (B, H, N, K V)
+    lib = native_log_linear.load() if backend.use_native(qc, kc, vc, G, lamc) else None
+    f = (gl[..., None] - G).exp()                       # (B, H, N, C): each step to its chunk's end
     # the (chunk, level) blocks that hold tokens of this call
     m_top = L - 2 - c
     pairs, rows = [], []
@@ -296,22 +294,20 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         if j1 > 0:
             pairs.append((i, L - 1))
             rows.append([float(j < j1) for j in range(N)])
+    P = len(pairs)
+    ip = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
     if pairs:
-        P = len(pairs)
         mask = torch.tensor(rows, dtype=q.dtype, device=dev)             # (P, N)
-        ip = torch.tensor([p[0] for p in pairs], device=dev)
         lp = torch.tensor([p[1] for p in pairs], device=dev)
         # segment sums: D[I, J] = sum_{J < r < I} gl_r, from a masked cumulative sum
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
         cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
-        D = cs.index_select(2, ip - 1)                                   # (B, H, P, N)
-        Hp = _bmm(D.exp() * mask, U).unflatten(-1, (K, V))                # (B, H, P, K, V)
+        cP = cs.index_select(2, ip - 1).exp() * mask                     # (B, H, P, N)
         lam_p = torch.gather(lamc.index_select(2, ip), 4,
                              lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
-        qp = qc.index_select(2, ip) * (lam_p * G.index_select(2, ip).exp())[..., None]
-        yc = yc.index_add(2, ip, _bmm(qp, Hp))
-    yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
-    y = yc if y is None else y + yc
+        w = lam_p * G.index_select(2, ip).exp()                          # (B, H, P, C)
+    else:
+        cP, w = G.new_zeros(B, H, 0, N), G.new_zeros(B, H, 0, C)
     # the final buckets: whole chunks before end's chunk by their level, end's own chunk
     # (when end is not on the grid) token by token
     Ie, e_off = end >> c, end % C
@@ -320,8 +316,19 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         fin[min(c + (Ie ^ (I0 + j)).bit_length(), L - 1) - 1][j] = 1.0
     fin = torch.tensor(fin, dtype=q.dtype, device=dev)
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
-    Sfin = _bmm(after.exp()[:, :, None] * fin, U)                        # (B, H, L - 1, K V)
-    Sfin = Sfin.unflatten(-1, (K, V))
+    cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
+    if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
+        yc, Sfin = native_log_linear.chunks(lib, ip, qc, kc, vc, G, lamc, f, w, cP, cF)
+    else:
+        lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
+        yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                     # (B, H, N, C, V)
+        U = _bmm((kc * f[..., None]).transpose(-1, -2), vc).flatten(3)  # (B, H, N, K V)
+        if pairs:
+            Hp = _bmm(cP, U).unflatten(-1, (K, V))                        # (B, H, P, K, V)
+            yc = yc.index_add(2, ip, _bmm(qc.index_select(2, ip) * w[..., None], Hp))
+        Sfin = _bmm(cF, U).unflatten(-1, (K, V))                         # (B, H, L - 1, K, V)
+    yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
+    y = yc if y is None else y + yc
     Sout = Sfin if Sout is None else Sout + Sfin
     if e_off:
         kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
@@ -341,8 +348,9 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
                          initial_state=None, chunk_size=64):
     """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
-    (q, level_weights), (k, v, log_decay), marks = finite_inputs((q, level_weights),
-                                                                 (k, v, log_decay))
+    # on the CPU no zeroed copies unless some step is not finite (one host read)
+    clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
+    (q, level_weights), (k, v, log_decay), marks = clean((q, level_weights), (k, v, log_decay))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state)
     T = q.shape[1]
@@ -353,9 +361,11 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
     if pos is not None:
         y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
-        return poison(y, marks.outputs), (poison(S, marks.state), count)
+        y, S = marked(y, S, marks)
+        return y, (S, count)
     y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
-    return poison(y, marks.outputs), (poison(S, marks.state), n.to(count.dtype))
+    y, S = marked(y, S, marks)
+    return y, (S, n.to(count.dtype))
 
 
 def log_linear_attention_parallel(q, k, v, log_decay, level_weights, *, scale=None,

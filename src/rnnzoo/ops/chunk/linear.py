@@ -50,7 +50,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import gla_scan as native_gla
 from rnnzoo.ops.native import mlstm_scan as native_mlstm
 from rnnzoo.ops.native import ssd_scan as native_ssd
@@ -472,16 +472,22 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
         return gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
                                       initial_state=initial_state, chunk_size=chunk_size)
     out_dtype = q.dtype
-    (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
           if initial_state is None else initial_state)
+    if backend.use_native(q, k, v, log_decay, S0):
+        # the C recurrence on the CPU: no zeroed copies and NaN marks unless some step of the
+        # inputs is not finite (one host read, ops.finite.clean_inputs)
+        (q,), (k, v, log_decay), marks = clean_inputs((q,), (k, v, log_decay))
+    else:
+        (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
     lib = native_ssd.load() if backend.use_native(q, k, v, g, S) else None
     if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
         o, S = native_ssd.ssd(lib, q, k, v, g, S)
     else:
         o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
-    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    o, S = marked(o, S, marks)
+    return o.to(out_dtype), S
 
 
 def gated_linear_attention_parallel(q, k, v, log_decay=None, *, scale=None, initial_state=None,
@@ -554,14 +560,18 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
                                  initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
-    (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))
+    native = backend.use_native(q, k, v, log_i, log_f, *(initial_state or ()))
+    # the C recurrence: no zeroed copies and NaN marks unless some step is not finite
+    (q,), (k, v, log_i, log_f), marks = (clean_inputs if native else finite_inputs)(
+        (q,), (k, v, log_i, log_f))
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
     lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
-        h, state = native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps)
-        return poison(h, marks.outputs).to(out_dtype), poison(state, marks.state)
+        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
+                          marks)
+        return h.to(out_dtype), state
     L = min(chunk_size, T)
     pad = -T % L
     if pad:  # padded steps: forget gate 1, input gate 0 (log -inf), k = v = 0: no effect
@@ -595,4 +605,5 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     den = scores.sum(-1) + (q_inter * n0[:, :, :, None, :]).sum(-1)
     h = num * (torch.maximum(den.abs(), (-m_row).exp()) + eps).reciprocal()[..., None]
     h = h.permute(0, 2, 3, 1, 4).reshape(B, -1, H, v.shape[-1])[:, :T]
-    return poison(h, marks.outputs).to(out_dtype), poison((Cs, ns, ms), marks.state)
+    h, state = marked(h, (Cs, ns, ms), marks)
+    return h.to(out_dtype), state

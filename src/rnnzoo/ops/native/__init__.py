@@ -66,6 +66,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
                         and its angles' running sum (float64, wrapped)
     path_chunk.c        PaTH attention's chunk pieces: each sub-chunk's UT transform and the
                         merges up to the attention block (ops.path_attention)
+    log_linear.c        log-linear attention's aligned chunk block: the intra-chunk product with
+                        the Fenwick level weights, the chunk states, their reads, the final buckets
 Shared headers: exp.h (a vectorisable exp), each_type.h (a kernel file's body compiled for
 float and for double), cell_loop.h (the classic cells' loop driver), tile.h (a state row's
 column tiles as vector types, 512-bit where the build targets AVX-512 unless a kernel defines

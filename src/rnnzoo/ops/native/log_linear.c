@@ -1,0 +1,272 @@
+/* Log-linear attention's intra-chunk block (rnnzoo.ops.log_linear, Guo et al. 2025), forward
+   and backward, one chunk of C steps at a time:
+
+       y = (S o M) v,   S = q k^T,   M[t, s] = lam[t, lev(t, s)] e^(G_t - G_s)   (s <= t; else 0)
+
+   with lev(t, s) = min(bit length of t XOR s, L - 1) the Fenwick level of offset s seen from
+   offset t (0 on the diagonal). For s < t the level l runs are contiguous: bit l - 1 of t set,
+   s in [t >> l << l, (t >> l << l) + 2^(l - 1)). Backward, with dA = dy v^T:
+
+       dv = (S o M)^T dy,   dS = dA o M,   dq = dS k,   dk = dS^T q,
+       dM = dA o S,   E = dM o M,   dG_t = sum_s E[t, s] - sum_s E[s, t],
+       dlam[t, l] = sum_{s: lev(t, s) = l} dM[t, s] e^(G_t - G_s).
+
+   Causal tiles of `tile` rows [i0, i1) over columns [0, i1) (mm.h's products), so the zeros
+   above the diagonal are neither multiplied nor stored. Layouts (blocks n = (b, h, chunk) of
+   NB, each contiguous): q, k (NB, C, K), v, y, dy (NB, C, V), G (NB, C), lam, dlam (NB, C, L),
+   S (NB, C, C): the forward's scores, tile rows [i0, i1) of it filled over columns [0, i1)
+   (the rest unwritten), read back by the backward. Each call does blocks [n0, n1).
+   Plain C; compiled by rnnzoo.ops.native. */
+
+#ifndef T  /* instantiated for float and double by each_type.h */
+#define KERNELS "log_linear.c"
+#include "each_type.h"
+
+#else
+
+#include "mm.h"
+
+static inline void NAME(ll_transpose)(T *restrict dst, const T *restrict src, long n, long d) {
+    for (long j = 0; j < n; j++)
+        for (long c = 0; c < d; c++) dst[c * n + j] = src[j * d + c];
+}
+
+/* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after */
+static inline void NAME(ll_mrow)(T *restrict m, const T *restrict G, const T *restrict lam,
+                                 long t, long e, long L) {
+    const T gt = G[t];
+    for (long l = 1; (1L << (l - 1)) <= t; l++) {
+        if (!(t >> (l - 1) & 1)) continue;
+        const long s0 = t >> l << l, s1 = s0 + (1L << (l - 1));
+        const T w = lam[l < L - 1 ? l : L - 1];
+#pragma omp simd
+        for (long s = s0; s < s1; s++) m[s] = w * EXP(gt - G[s]);
+    }
+    m[t] = lam[0];
+    for (long s = t + 1; s < e; s++) m[s] = 0;
+}
+
+void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict G, const T *restrict lam, T *restrict y, T *restrict S,
+                        long C, long K, long V, long L, long tile, long n0, long n1) {
+    T *kT = malloc((size_t)(K * C + 2 * tile * C + 1) * sizeof(T));
+    T *A = kT + K * C, *M = A + tile * C;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * C * K, *vn = v + n * C * V, *Gn = G + n * C, *ln = lam + n * C * L;
+        T *Sn = S + n * C * C, *yn = y + n * C * V;
+        NAME(ll_transpose)(kT, k + n * C * K, C, K);
+        for (long i0 = 0; i0 < C; i0 += tile) {
+            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
+            NAME(mm)(qn + i0 * K, kT, Sn + i0 * C, t, e, K, K, 1, C, 1, C, 0, 0, 0, 0, 0, t);
+            for (long r = 0; r < t; r++) {
+                T *restrict a = A + r * e, *restrict m = M + r * e;
+                const T *restrict s = Sn + (i0 + r) * C;
+                NAME(ll_mrow)(m, Gn, ln + (i0 + r) * L, i0 + r, e, L);
+#pragma omp simd
+                for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
+            }
+            NAME(mm)(A, vn, yn + i0 * V, t, V, e, e, 1, V, 1, V, 0, 0, 0, 0, 0, t);
+        }
+    }
+    free(kT);
+}
+
+void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict G, const T *restrict lam, const T *restrict S,
+                        const T *restrict dy, T *restrict dq, T *restrict dk, T *restrict dv,
+                        T *restrict dG, T *restrict dlam, long C, long K, long V, long L,
+                        long tile, long n0, long n1) {
+    T *vT = malloc((size_t)(V * C + 3 * tile * C + 1) * sizeof(T));
+    T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C;
+    for (long n = n0; n < n1; n++) {
+        const T *qn = q + n * C * K, *kn = k + n * C * K, *Gn = G + n * C;
+        const T *ln = lam + n * C * L, *Sn = S + n * C * C, *dyn = dy + n * C * V;
+        T *dqn = dq + n * C * K, *dkn = dk + n * C * K, *dvn = dv + n * C * V;
+        T *dGn = dG + n * C, *dln = dlam + n * C * L;
+        NAME(ll_transpose)(vT, v + n * C * V, C, V);
+        memset(dkn, 0, (size_t)(C * K) * sizeof(T));
+        memset(dvn, 0, (size_t)(C * V) * sizeof(T));
+        memset(dGn, 0, (size_t)C * sizeof(T));
+        memset(dln, 0, (size_t)(C * L) * sizeof(T));
+        for (long i0 = 0; i0 < C; i0 += tile) {
+            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
+            for (long r = 0; r < t; r++) {
+                T *restrict a = A + r * e, *restrict m = M + r * e;
+                const T *restrict s = Sn + (i0 + r) * C;
+                NAME(ll_mrow)(m, Gn, ln + (i0 + r) * L, i0 + r, e, L);
+#pragma omp simd
+                for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
+            }
+            NAME(mm)(dyn + i0 * V, vT, dA, t, e, V, V, 1, C, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(A, dyn + i0 * V, dvn, e, V, t, 1, e, V, 1, V, 0, 0, 0, 1, 0, e);
+            for (long r = 0; r < t; r++) {
+                const long tt = i0 + r;
+                T *restrict d = dA + r * e;
+                const T *restrict m = M + r * e, *restrict s = Sn + tt * C;
+                const T *restrict lr = ln + tt * L;
+                T *restrict dl = dln + tt * L;
+                const T gt = Gn[tt];
+                T rowE = 0;
+                for (long l = 1; (1L << (l - 1)) <= tt; l++) {
+                    if (!(tt >> (l - 1) & 1)) continue;
+                    const long s0 = tt >> l << l, s1 = s0 + (1L << (l - 1));
+                    const long lv = l < L - 1 ? l : L - 1;
+                    const T w = lr[lv];
+                    T acc = 0, accE = 0;
+#pragma omp simd reduction(+ : acc, accE)
+                    for (long j = s0; j < s1; j++) {
+                        const T D = EXP(gt - Gn[j]), dM = d[j] * s[j], E = dM * w * D;
+                        acc += dM * D;
+                        accE += E;
+                        dGn[j] -= E;
+                        d[j] *= m[j];
+                    }
+                    dl[lv] += acc;
+                    rowE += accE;
+                }
+                {  /* the diagonal: level 0, no decay; its E cancels in dG */
+                    const T dM = d[tt] * s[tt];
+                    dl[0] += dM;
+                    d[tt] *= m[tt];
+                }
+                dGn[tt] += rowE;
+                for (long j = tt + 1; j < e; j++) d[j] = 0;
+            }
+            NAME(mm)(dA, kn, dqn + i0 * K, t, K, e, e, 1, K, 1, K, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dA, qn + i0 * K, dkn, e, K, t, 1, e, K, 1, K, 0, 0, 0, 1, 0, e);
+        }
+    }
+    free(vT);
+}
+
+/* The chunks' reads of the Fenwick blocks and the final buckets, one (batch, head) row at a
+   time (rows [r0, r1) of BH), with the coefficients from the caller:
+
+       U_j = (f_j o K_j)^T V_j                      (chunk j's state, decayed to its end)
+       H_p = sum_j cP[p, j] U_j,   y_i += w_p o (Q_i H_p)   for the pairs p of chunk i = ip[p]
+       F_l = sum_j cF[l, j] U_j                     (the final buckets)
+
+   Layouts: q, k, dq, dk (BH, N, C, K); v, y, dy, dv (BH, N, C, V); f, df (BH, N, C); w, dw
+   (BH, P, C); cP, dcP (BH, P, N); cF, dcF (BH, NL, N); F, dF (BH, NL, K, V); U (BH, N, K, V),
+   the forward's chunk states, read back by the backward; ip (P,) the pairs' chunks. y, dq, dk
+   and dv are added to (ll_intra's results), F, U and the other gradients written whole.
+   Backward (dF may be NULL: zeros):
+       dH_p = (w_p o Q_i)^T dy_i,   Z = dy_i H_p^T,   dq_i += w_p o Z,   dw_p = rowsum(Q_i o Z),
+       dcP[p, j] = <dH_p, U_j>,   dcF[l, j] = <dF_l, U_j>   (0 where cP, cF are 0: the caller's
+       coefficients are a mask times a decay, whose gradient that 0 cancels),
+       dU_j = sum_p cP[p, j] dH_p + sum_l cF[l, j] dF_l,
+       dk_j = f_j o (V_j dU_j^T),   df_j = rowsum(K_j o V_j dU_j^T),   dv_j = f_j o (K_j dU_j). */
+
+static inline T NAME(ll_dot)(const T *restrict a, const T *restrict b, long n) {
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (long i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+static inline void NAME(ll_axpy)(T *restrict y, T a, const T *restrict x, long n) {
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* H = sum_j c[j] U_j over the N states of KV entries (zero coefficients skipped) */
+static inline void NAME(ll_mix)(T *restrict H, const T *restrict c, const T *restrict U, long N,
+                                long KV) {
+    memset(H, 0, (size_t)KV * sizeof(T));
+    for (long j = 0; j < N; j++)
+        if (c[j] != 0) NAME(ll_axpy)(H, c[j], U + j * KV, KV);
+}
+
+void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict f, const T *restrict w, const T *restrict cP,
+                        const T *restrict cF, const long *restrict ip, T *restrict y,
+                        T *restrict F, T *restrict U, long N, long C, long K, long V, long P,
+                        long NL, long r0, long r1) {
+    const long KV = K * V;
+    T *buf = malloc((size_t)(C * K + KV + 1) * sizeof(T));
+    T *kd = buf, *H = kd + C * K;
+    for (long r = r0; r < r1; r++) {
+        const T *qr = q + r * N * C * K, *kr = k + r * N * C * K, *vr = v + r * N * C * V;
+        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *cFr = cF + r * NL * N;
+        T *yr = y + r * N * C * V, *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
+        for (long j = 0; j < N; j++) {
+            const T *kj = kr + j * C * K, *fj = fr + j * C;
+            for (long s = 0; s < C; s++)
+                for (long c = 0; c < K; c++) kd[s * K + c] = fj[s] * kj[s * K + c];
+            NAME(mm)(kd, vr + j * C * V, Ur + j * KV, K, V, C, 1, K, V, 1, V, 0, 0, 0, 0, 0, K);
+        }
+        for (long p = 0; p < P; p++) {
+            const long i = ip[p];
+            const T *qi = qr + i * C * K, *wp = wr + p * C;
+            NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
+            for (long s = 0; s < C; s++)
+                for (long c = 0; c < K; c++) kd[s * K + c] = wp[s] * qi[s * K + c];
+            NAME(mm)(kd, H, yr + i * C * V, C, V, K, K, 1, V, 1, V, 0, 0, 0, 1, 0, C);
+        }
+        for (long l = 0; l < NL; l++) NAME(ll_mix)(Fr + l * KV, cFr + l * N, Ur, N, KV);
+    }
+    free(buf);
+}
+
+void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                        const T *restrict f, const T *restrict w, const T *restrict cP,
+                        const T *restrict cF, const long *restrict ip, const T *restrict U,
+                        const T *restrict dy, const T *restrict dF, T *restrict dq,
+                        T *restrict dk, T *restrict dv, T *restrict df, T *restrict dw,
+                        T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long P,
+                        long NL, long r0, long r1) {
+    const long KV = K * V, CM = C * (K > V ? K : V);
+    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 1) * sizeof(T));
+    T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
+    for (long r = r0; r < r1; r++) {
+        const T *qr = q + r * N * C * K, *kr = k + r * N * C * K, *vr = v + r * N * C * V;
+        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + r * N * C * V;
+        const T *dFr = dF ? dF + r * NL * KV : 0;
+        T *dqr = dq + r * N * C * K, *dkr = dk + r * N * C * K, *dvr = dv + r * N * C * V;
+        T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
+        T *dcFr = dcF + r * NL * N;
+        memset(dU, 0, (size_t)(N * KV) * sizeof(T));
+        for (long p = 0; p < P; p++) {
+            const long i = ip[p];
+            const T *qi = qr + i * C * K, *wp = wr + p * C, *dyi = dyr + i * C * V;
+            T *dqi = dqr + i * C * K, *dwp = dwr + p * C;
+            NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
+            NAME(ll_transpose)(HT, H, K, V);
+            for (long s = 0; s < C; s++)
+                for (long c = 0; c < V; c++) X[s * V + c] = wp[s] * dyi[s * V + c];
+            NAME(mm)(qi, X, dH, K, V, C, 1, K, V, 1, V, 0, 0, 0, 0, 0, K);
+            NAME(mm)(dyi, HT, Z, C, K, V, V, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            for (long s = 0; s < C; s++) {
+                dwp[s] = NAME(ll_dot)(qi + s * K, Z + s * K, K);
+                NAME(ll_axpy)(dqi + s * K, wp[s], Z + s * K, K);
+            }
+            for (long j = 0; j < N; j++) {
+                const T c = cPr[p * N + j];
+                dcPr[p * N + j] = c != 0 ? NAME(ll_dot)(dH, Ur + j * KV, KV) : 0;
+                if (c != 0) NAME(ll_axpy)(dU + j * KV, c, dH, KV);
+            }
+        }
+        for (long l = 0; l < NL; l++)
+            for (long j = 0; j < N; j++) {
+                const T c = cFr[l * N + j];
+                dcFr[l * N + j] = dFr && c != 0 ? NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV) : 0;
+                if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
+            }
+        for (long j = 0; j < N; j++) {
+            const T *kj = kr + j * C * K, *vj = vr + j * C * V, *fj = fr + j * C;
+            NAME(ll_transpose)(HT, dU + j * KV, K, V);
+            NAME(mm)(vj, HT, Z, C, K, V, V, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(kj, dU + j * KV, X, C, V, K, K, 1, V, 1, V, 0, 0, 0, 0, 0, C);
+            for (long s = 0; s < C; s++) {
+                dfr[j * C + s] = NAME(ll_dot)(kj + s * K, Z + s * K, K);
+                NAME(ll_axpy)(dkr + (j * C + s) * K, fj[s], Z + s * K, K);
+                NAME(ll_axpy)(dvr + (j * C + s) * V, fj[s], X + s * V, V);
+            }
+        }
+    }
+    free(buf);
+}
+
+#endif
