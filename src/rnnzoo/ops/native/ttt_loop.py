@@ -1,4 +1,4 @@
-"""TTT-Linear's mini-batch loop in C (ttt_loop.c), a (batch x head) row at a time over all
+"""TTT-Linear's (and TTT-MLP's: mlp_loop) mini-batch loop in C (ttt_loop.c), a (batch x head) row at a time over all
 its mini-batches, forward and backward:
 
     loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps) -> (P, pc, Gl, S, s)
@@ -75,3 +75,63 @@ class _Loop(torch.autograd.Function):
 def loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps: float):
     """(P, pc, Gl, S, s); `lib` = load()."""
     return _Loop.apply(lib, float(eps), W, c, A0, a0, k, v, lr, w, b, tok)
+
+
+def _call_mlp(lib, name, tensors, dims, eps, n):
+    P = ctypes.c_void_p
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * (len(tensors) + 1)
+                       + [ctypes.c_double, ctypes.c_long, ctypes.c_long])
+    ptrs = [native.ptr(t) for t in (*tensors, dims)]
+    native.run(fn, [(*ptrs, eps, *p) for p in native.rows(n) or [(0, 0)]])
+
+
+class _MLPLoop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, eps, F, Ws, A, k, v, lr, w, b, tok, last):
+        Ws, A, k, v, lr, tok, last = (t.contiguous() for t in (Ws, A, k, v, lr, tok, last))
+        w, b = (None if t is None else t.contiguous() for t in (w, b))
+        B, H, NT, M, K = k.shape
+        P1, P2 = k.new_empty(B, H, NT, K, F), k.new_empty(B, H, NT, F, K)
+        pb1, pb2 = k.new_empty(B, H, NT, F), k.new_empty(B, H, NT, K)
+        X2, Gl1, Gl2 = k.new_empty(B, H, NT, M, F), k.new_empty(B, H, NT, M, F), torch.empty_like(k)
+        Fin = k.new_empty(B, H, 2 * Ws.shape[-1])
+        dims = torch.tensor([NT, M, K, F, H, int(w is not None)], dtype=torch.long)
+        _call_mlp(lib, "ttt_mlp_fwd", (Ws, A, k, v, lr, w, b, tok, last, P1, pb1, P2, pb2, X2,
+                                       Gl1, Gl2, Fin), dims, eps, B * H)
+        ctx.save_for_backward(P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last)
+        ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        return P1, pb1, P2, pb2, X2, Gl1, Gl2, Fin
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last = ctx.saved_tensors
+        B, H = k.shape[:2]
+        dWs, dA = torch.empty_like(A), torch.empty_like(A)
+        dk, dv, dlr = torch.empty_like(k), torch.empty_like(v), torch.empty_like(lr)
+        dn, dtau = k.new_empty(B, H, 2, k.shape[-1]), k.new_empty(B, H)
+        _call_mlp(ctx.lib, "ttt_mlp_bwd", (P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last,
+                                           *(g.contiguous() for g in grads), dWs, dA, dk, dv,
+                                           dlr, dn, dtau), ctx.dims, ctx.eps, B * H)
+        dtok = torch.zeros_like(tok)
+        dtok[-1] = dtau.sum()
+        norm = w is not None
+        dn = dn.sum(0)
+        return (None, None, None, dWs, dA, dk, dv, dlr, dn[:, 0] if norm else None,
+                dn[:, 1] if norm else None, dtok, None)
+
+
+def mlp_loop(lib, W, A, k, v, lr, w, b, tok, last, eps: float):
+    """TTT-MLP's loop: W, A the start weights (W_1, b_1, W_2, b_2) and the state's sums
+    (A_1, Ab_1, A_2, Ab_2), each (B, H, I, O) or (B, H, O), W_1 (K, F); k, v (B, H, NT, M,
+    K), lr (B, H, NT, M); last (B,) each element's last mini-batch. Returns (P1, pb1, P2, pb2,
+    X2, Gl1, Gl2, final): each mini-batch's start weights, its second layer's inputs X2 (B, H,
+    NT, M, F) and lr-weighted gradients Gl1 (B, H, NT, M, F), Gl2 (B, H, NT, M, K), and the
+    weights and sums of each element's last mini-batch (8 tensors, W's shapes)."""
+    B, H = k.shape[:2]
+    F = W[0].shape[-1]
+    flat = lambda ts: torch.cat([t.reshape(B, H, -1) for t in ts], -1)  # noqa: E731
+    *out, Fin = _MLPLoop.apply(lib, float(eps), F, flat(W), flat(A), k, v, lr, w, b, tok, last)
+    sizes = [t[0, 0].numel() for t in W] * 2
+    final = [t.view(B, H, *s.shape[2:]) for t, s in zip(Fin.split(sizes, -1), [*W, *W])]
+    return (*out, final)
