@@ -258,13 +258,12 @@ def _ttt_read_lib(*tensors):
     return ttt_read.load()
 
 
-def _read_all(starts, XGs, x, Acc, tok_c):
-    """The dual-form reads of n mini-batches at once: starts, XGs the loop's per mini-batch
-    weights (W_1, b_1, ...) and (X_1, ..., Gl_1, ...); x (B, H, n, M, K) their queries; Acc
-    the sums the state brought, read by the first (None: zero). Returns (B, H, n, M, K)."""
-    L2 = len(starts[0])
-    Pst = [torch.stack(t, 2) for t in zip(*starts)]                 # (B, H, n, I, O), (B, H, n, O)
-    XG = [torch.stack(t, 2) for t in zip(*XGs)]                      # (B, H, n, M, I or O)
+def _read_all(Pst, XG, x, Acc, tok_c):
+    """The dual-form reads of n mini-batches at once: Pst, XG the loop's per mini-batch
+    weights [W_1, b_1, ...] (B, H, n, I, O), (B, H, n, O) and [X_1, ..., Gl_1, ...] (B, H, n,
+    M, I or O), stacked; x (B, H, n, M, K) their queries; Acc the sums the state brought, read
+    by the first (None: zero). Returns (B, H, n, M, K)."""
+    L2 = len(Pst)
     flat = lambda t: t.flatten(0, 2)  # noqa: E731
     x = x.contiguous()                                               # flat views, no copies
     lib = _ttt_read_lib(x, tok_c, *Pst, *XG)
@@ -298,10 +297,65 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     NT, first, last, place, take = _grid(c, T, M)
     chunks = lambda t: t.reshape(B, H, NT, M, t.shape[-1])  # noqa: E731
     qc = chunks(place(q))
-    # the loop's inputs as (NT, B, H, M, D), one copy: each mini-batch's slice dense
-    kc, vc, lc = (chunks(place(t)).permute(2, 0, 1, 3, 4).contiguous()
-                  for t in (k, v, lr[..., None]))
     tok_c = tok.to(q.dtype).view(M, 1)
+    # the torch loop's reads go in groups of mini-batches whose stacked weights stay under
+    # _READ_BYTES: glibc maps a block over 32 MB afresh on every call (and its gradient), page
+    # by page (the C loops make the stacks whole: slices of them would cost a whole-size zero
+    # gradient each)
+    per = max(1, _READ_BYTES // max(1, B * max(a.numel() for a in init) * q.element_size()))
+    if kind == "linear" and (lib := _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)) is not None:
+        # the whole loop in C, a (batch x head) row at a time (ops.native.ttt_loop)
+        from rnnzoo.ops.native import ttt_loop
+        kc, vc, lc = (chunks(place(t)).contiguous() for t in (k, v, lr[..., None]))
+        W, bias = _weights(init, dP)
+        P, pc, Gl, S, s = ttt_loop.loop(lib, W, bias, *Acc, kc, vc, lc[..., 0],
+                                        w if norm else None, b if norm else None, tok, eps)
+        rows = torch.arange(B, device=q.device)
+        final = [P[rows, :, last] - init[0].to(P.dtype), pc[rows, :, last] - init[1].to(P.dtype),
+                 S[rows, :, last], s[rows, :, last]]
+        groups, per = [([P, pc], [kc, Gl])], NT
+    elif kind == "mlp" and (lib := _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)) \
+            is not None:
+        # TTT-MLP's loop in C likewise (ops.native.ttt_loop.mlp_loop)
+        from rnnzoo.ops.native import ttt_loop
+        kc, vc, lc = (chunks(place(t)).contiguous() for t in (k, v, lr[..., None]))
+        P1, pb1, P2, pb2, X2, Gl1, Gl2, fin = ttt_loop.mlp_loop(
+            lib, _weights(init, dP), Acc, kc, vc, lc[..., 0], w if norm else None,
+            b if norm else None, tok, last, eps)
+        final = [f - p0.to(f.dtype) for f, p0 in zip(fin[:4], init)] + fin[4:]
+        groups, per = [([P1, pb1, P2, pb2], [kc, X2, Gl1, Gl2])], NT  # made whole: read whole
+    else:
+        groups, final = _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last,
+                              chunks(place(k)), chunks(place(v)), chunks(place(lr[..., None])),
+                              per)
+    # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
+    # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are
+    # skipped, unless their gradient is asked for
+    begun = not (backend.host_readable(q) and not any(a.requires_grad for a in Acc)
+                 and not any(bool(a.any()) for a in Acc))
+    zs = [_read_all(Pst, XG, x, Acc if begun and not i else None, tok_c)
+          for i, ((Pst, XG), x) in enumerate(zip(groups, qc.split(per, 2)))]
+    z = take((zs[0] if len(zs) == 1 else torch.cat(zs, 2)).reshape(B, H, NT * M, -1))
+    n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
+    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+
+
+def _ttt_loop_lib(*tensors):
+    """ops.native.ttt_loop's library when TTT-Linear's loop should run in C on these tensors,
+    else None."""
+    if not backend.use_native(*tensors):
+        return None
+    from rnnzoo.ops.native import ttt_loop
+    return ttt_loop.load()
+
+
+def _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last, kc, vc, lc, per):
+    """ttt_minibatch's loop in torch, one mini-batch at a time; kc, vc, lc (B, H, NT, M, D) its
+    inputs. Returns (groups, final): each group of `per` mini-batches' stacked start weights
+    and (inputs, lr-weighted gradients), as _read_all takes them, and the state after each
+    element's last mini-batch."""
+    # the loop's inputs as (NT, B, H, M, D), one copy: each mini-batch's slice dense
+    kc, vc, lc = (t.permute(2, 0, 1, 3, 4).contiguous() for t in (kc, vc, lc))
     starts, XGs, history = [], [], []
     # the loop carries only the weights: a mini-batch's gradients at its start and its sums;
     # every read runs after it, all mini-batches at once (unbound once: a slice taken in the
@@ -317,20 +371,9 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
         if j >= first:
             history.append([*dP, *end])
         dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, end)]
-    final = _pick(history, last, first)
-    # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
-    # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are
-    # skipped, unless their gradient is asked for
-    begun = not (backend.host_readable(q) and not any(a.requires_grad for a in Acc)
-                 and not any(bool(a.any()) for a in Acc))
-    # the reads, in groups of mini-batches whose stacked weights stay under _READ_BYTES:
-    # glibc maps a block over 32 MB afresh on every call (and its gradient), page by page
-    per = max(1, _READ_BYTES // max(1, B * max(a.numel() for a in init) * q.element_size()))
-    zs = [_read_all(starts[j:j + per], XGs[j:j + per], x, Acc if begun and not j else None,
-                    tok_c) for j, x in zip(range(0, NT, per), qc.split(per, 2))]
-    z = take((zs[0] if len(zs) == 1 else torch.cat(zs, 2)).reshape(B, H, NT * M, -1))
-    n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
-    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+    stack = lambda ts: [torch.stack(t, 2) for t in zip(*ts)]  # noqa: E731
+    groups = [(stack(starts[j:j + per]), stack(XGs[j:j + per])) for j in range(0, len(XGs), per)]
+    return groups, _pick(history, last, first)
 
 
 # -- Titans: momentum (surprise) and weight decay (forgetting) ----------------------------------

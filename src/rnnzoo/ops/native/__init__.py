@@ -40,6 +40,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)
     ttt_norm.c          the TTT inner loss's gradient through its layer norm, and its backward
     ttt_read.c          the TTT dual-form read of a mini-batch block (x W + c - A G), and its backward
+    ttt_loop.c          TTT-Linear's and TTT-MLP's whole mini-batch loops a (batch x head) row at a time, and their
+                        backward (ttt_norm.h: the inner norm's row, shared with ttt_norm.c)
     attention.c         stick-breaking attention's rows; Based / ReBased's packed features
                         (and the causal softmax rows of attention / FoX, rotary positions;
                         PaTH's block attention, path_fwd / path_bwd)

@@ -20,38 +20,7 @@
 
 #else
 
-/* mean, s and zh of one row into zh; returns s */
-static inline T NAME(ttt_norm_row)(const T *restrict z, T *restrict zh, long D, T eps) {
-    T mu = 0, v = 0;
-    #pragma omp simd reduction(+:mu)
-    for (long j = 0; j < D; j++) mu += z[j];
-    mu /= D;
-    #pragma omp simd reduction(+:v)
-    for (long j = 0; j < D; j++) {
-        zh[j] = z[j] - mu;
-        v += zh[j] * zh[j];
-    }
-    T s = SQRT(v / D + eps), is = 1 / s;
-    #pragma omp simd
-    for (long j = 0; j < D; j++) zh[j] *= is;
-    return s;
-}
-
-/* out = J x = (x - mean x - zh mean(x zh)) / s */
-static inline void NAME(ttt_norm_jac)(const T *restrict x, const T *restrict zh, T s,
-                                      T *restrict out, long D) {
-    T sx = 0, sxz = 0;
-    #pragma omp simd reduction(+:sx, sxz)
-    for (long j = 0; j < D; j++) {
-        sx += x[j];
-        sxz += x[j] * zh[j];
-    }
-    const T is = 1 / s;
-    sx /= D;
-    sxz /= D;
-    #pragma omp simd
-    for (long j = 0; j < D; j++) out[j] = (x[j] - sx - zh[j] * sxz) * is;
-}
+#include "ttt_norm.h"
 
 void NAME(ttt_norm_fwd)(const T *restrict Z, const T *restrict tg, const T *restrict w,
                         const T *restrict b, T *restrict G, long D, long per, long H,
@@ -59,11 +28,8 @@ void NAME(ttt_norm_fwd)(const T *restrict Z, const T *restrict tg, const T *rest
     T *zh = malloc(2 * D * sizeof(T)), *u = zh + D;
     for (long r = r0; r < r1; r++) {
         const long h = (r / per) % H;
-        const T *z = Z + r * D, *t = tg + r * D, *wh = w + h * D, *bh = b + h * D;
-        T s = NAME(ttt_norm_row)(z, zh, D, (T)eps);
-        #pragma omp simd
-        for (long j = 0; j < D; j++) u[j] = (zh[j] * wh[j] + bh[j] - t[j]) * wh[j];
-        NAME(ttt_norm_jac)(u, zh, s, G + r * D, D);
+        NAME(ttt_norm_fwd_row)(Z + r * D, tg + r * D, w + h * D, b + h * D, G + r * D, zh, u,
+                               D, (T)eps);
     }
     free(zh);
 }
@@ -72,52 +38,13 @@ void NAME(ttt_norm_bwd)(const T *restrict Z, const T *restrict tg, const T *rest
                         const T *restrict b, const T *restrict dG, T *restrict dZ,
                         T *restrict dt, T *restrict dw, T *restrict db, long D, long per,
                         long H, double eps, long r0, long r1) {
-    T *zh = malloc(5 * D * sizeof(T)), *e = zh + D, *u = e + D, *rg = u + D, *x = rg + D;
+    T *sc = malloc(5 * D * sizeof(T));
     for (long r = r0; r < r1; r++) {
-        const long h = (r / per) % H;
-        const T *z = Z + r * D, *t = tg + r * D, *wh = w + h * D, *bh = b + h * D;
-        const T *g = dG + r * D;
-        T *dz = dZ + r * D;
-        const T s = NAME(ttt_norm_row)(z, zh, D, (T)eps);
-        T m = 0, c = 0, S = 0, gd = 0, sg = 0;
-        #pragma omp simd reduction(+:m, c, S, gd, sg)
-        for (long j = 0; j < D; j++) {
-            e[j] = zh[j] * wh[j] + bh[j] - t[j];
-            u[j] = e[j] * wh[j];
-            m += u[j];
-            c += u[j] * zh[j];          /* mean(u d) = s mean(u zh) */
-            gd += g[j] * zh[j];         /* sum g d = s sum g zh */
-            sg += g[j];
-            S += g[j] * u[j];
-        }
-        m /= D;
-        c *= s / D;
-        gd *= s;
-        S -= sg * m;
-        NAME(ttt_norm_jac)(g, zh, s, rg, D);
-        #pragma omp simd
-        for (long j = 0; j < D; j++) {
-            const T de = rg[j] * wh[j];
-            dt[r * D + j] = -de;
-            db[r * D + j] = de;
-            dw[r * D + j] = e[j] * rg[j] + zh[j] * de;
-            x[j] = wh[j] * de;
-        }
-        NAME(ttt_norm_jac)(x, zh, s, dz, D);
-        /* center(v), d = s zh: v = zh (3 gd c / (D s^4) - S / (D s^2)) - (g c + gd u / D) / s^3 */
-        const T is3 = 1 / (s * s * s), a = (3 * gd * c / (s * s) - S) / (D * s * s);
-        const T gdD = gd / D;
-        T mv = 0;
-        #pragma omp simd reduction(+:mv)
-        for (long j = 0; j < D; j++) {
-            x[j] = zh[j] * a - (g[j] * c + gdD * u[j]) * is3;
-            mv += x[j];
-        }
-        mv /= D;
-        #pragma omp simd
-        for (long j = 0; j < D; j++) dz[j] += x[j] - mv;
+        const long h = (r / per) % H, o = r * D;
+        NAME(ttt_norm_bwd_row)(Z + o, tg + o, w + h * D, b + h * D, dG + o, dZ + o, dt + o,
+                               dw + o, db + o, sc, D, (T)eps);
     }
-    free(zh);
+    free(sc);
 }
 
 #endif

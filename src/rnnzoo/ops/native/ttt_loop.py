@@ -1,0 +1,137 @@
+"""TTT-Linear's (and TTT-MLP's: mlp_loop) mini-batch loop in C (ttt_loop.c), a (batch x head) row at a time over all
+its mini-batches, forward and backward:
+
+    loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps) -> (P, pc, Gl, S, s)
+
+W (B, H, K, K), c (B, H, K): the weights at the loop's start; A0, a0 the same shapes: the sums
+the state brought (added to the first mini-batch's); k, v (B, H, NT, M, K), lr (B, H, NT, M):
+the mini-batches' inputs and rates; w, b (H, K) the inner norm (None, None: no norm); tok (M,)
+(its last entry is the weights' step). Returns each mini-batch's start weights P (B, H, NT, K,
+K), pc (B, H, NT, K), its lr-weighted gradients Gl (B, H, NT, M, K) and its sums S (B, H, NT,
+K, K), s (B, H, NT, K) (the first with A0, a0): ops.memory's loop, equal to rounding.
+Differentiable in all inputs, once. float32 or float64 on the CPU (`ops.backend.use_native`
+decides); threads split the rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("ttt_loop")
+
+
+def _call(lib, name, tensors, dims, eps, n):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [L] * 5
+                       + [ctypes.c_double, L, L])
+    ptrs = [native.ptr(t) for t in tensors]
+    native.run(fn, [(*ptrs, *dims, eps, *p) for p in native.rows(n) or [(0, 0)]])
+
+
+class _Loop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, eps, W, c, A0, a0, k, v, lr, w, b, tok):
+        W, c, A0, a0, k, v, lr, tok = (t.contiguous() for t in (W, c, A0, a0, k, v, lr, tok))
+        w, b = (None if t is None else t.contiguous() for t in (w, b))
+        B, H, NT, M, K = k.shape
+        P = k.new_empty(B, H, NT, K, K)
+        S = torch.empty_like(P)
+        pc, s = (k.new_empty(B, H, NT, K) for _ in range(2))
+        Gl = torch.empty_like(k)
+        dims = (NT, M, K, H, int(w is not None))
+        _call(lib, "ttt_loop_fwd", (W, c, A0, a0, k, v, lr, w, b, tok, P, pc, Gl, S, s), dims,
+              eps, B * H)
+        ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s)
+        ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        return P, pc, Gl, S, s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dP, dpc, dGl, dS, ds):
+        P, pc, k, v, lr, w, b, tok, S, s = ctx.saved_tensors
+        B, H, NT, M, K = k.shape
+        dW, dA0 = (k.new_empty(B, H, K, K) for _ in range(2))
+        dc, da0, dnw, dnb = (k.new_empty(B, H, K) for _ in range(4))
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dlr, dtau = torch.empty_like(lr), k.new_empty(B, H)
+        grads = [t.contiguous() for t in (dP, dpc, dGl, dS, ds)]
+        _call(ctx.lib, "ttt_loop_bwd", (P, pc, k, v, lr, w, b, tok, S, s, *grads, dW, dc, dA0,
+                                        da0, dk, dv, dlr, dnw, dnb, dtau), ctx.dims, ctx.eps,
+              B * H)
+        dtok = torch.zeros_like(tok)
+        dtok[-1] = dtau.sum()
+        norm = w is not None
+        return (None, None, dW, dc, dA0, da0, dk, dv, dlr, dnw.sum(0) if norm else None,
+                dnb.sum(0) if norm else None, dtok)
+
+
+def loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps: float):
+    """(P, pc, Gl, S, s); `lib` = load()."""
+    return _Loop.apply(lib, float(eps), W, c, A0, a0, k, v, lr, w, b, tok)
+
+
+def _call_mlp(lib, name, tensors, dims, eps, n):
+    P = ctypes.c_void_p
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * (len(tensors) + 1)
+                       + [ctypes.c_double, ctypes.c_long, ctypes.c_long])
+    ptrs = [native.ptr(t) for t in (*tensors, dims)]
+    native.run(fn, [(*ptrs, eps, *p) for p in native.rows(n) or [(0, 0)]])
+
+
+class _MLPLoop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, eps, F, Ws, A, k, v, lr, w, b, tok, last):
+        Ws, A, k, v, lr, tok, last = (t.contiguous() for t in (Ws, A, k, v, lr, tok, last))
+        w, b = (None if t is None else t.contiguous() for t in (w, b))
+        B, H, NT, M, K = k.shape
+        P1, P2 = k.new_empty(B, H, NT, K, F), k.new_empty(B, H, NT, F, K)
+        pb1, pb2 = k.new_empty(B, H, NT, F), k.new_empty(B, H, NT, K)
+        X2, Gl1, Gl2 = k.new_empty(B, H, NT, M, F), k.new_empty(B, H, NT, M, F), torch.empty_like(k)
+        Fin = k.new_empty(B, H, 2 * Ws.shape[-1])
+        dims = torch.tensor([NT, M, K, F, H, int(w is not None)], dtype=torch.long)
+        _call_mlp(lib, "ttt_mlp_fwd", (Ws, A, k, v, lr, w, b, tok, last, P1, pb1, P2, pb2, X2,
+                                       Gl1, Gl2, Fin), dims, eps, B * H)
+        ctx.save_for_backward(P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last)
+        ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        return P1, pb1, P2, pb2, X2, Gl1, Gl2, Fin
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last = ctx.saved_tensors
+        B, H = k.shape[:2]
+        dWs, dA = torch.empty_like(A), torch.empty_like(A)
+        dk, dv, dlr = torch.empty_like(k), torch.empty_like(v), torch.empty_like(lr)
+        dn, dtau = k.new_empty(B, H, 2, k.shape[-1]), k.new_empty(B, H)
+        _call_mlp(ctx.lib, "ttt_mlp_bwd", (P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last,
+                                           *(g.contiguous() for g in grads), dWs, dA, dk, dv,
+                                           dlr, dn, dtau), ctx.dims, ctx.eps, B * H)
+        dtok = torch.zeros_like(tok)
+        dtok[-1] = dtau.sum()
+        norm = w is not None
+        dn = dn.sum(0)
+        return (None, None, None, dWs, dA, dk, dv, dlr, dn[:, 0] if norm else None,
+                dn[:, 1] if norm else None, dtok, None)
+
+
+def mlp_loop(lib, W, A, k, v, lr, w, b, tok, last, eps: float):
+    """TTT-MLP's loop: W, A the start weights (W_1, b_1, W_2, b_2) and the state's sums
+    (A_1, Ab_1, A_2, Ab_2), each (B, H, I, O) or (B, H, O), W_1 (K, F); k, v (B, H, NT, M,
+    K), lr (B, H, NT, M); last (B,) each element's last mini-batch. Returns (P1, pb1, P2, pb2,
+    X2, Gl1, Gl2, final): each mini-batch's start weights, its second layer's inputs X2 (B, H,
+    NT, M, F) and lr-weighted gradients Gl1 (B, H, NT, M, F), Gl2 (B, H, NT, M, K), and the
+    weights and sums of each element's last mini-batch (8 tensors, W's shapes)."""
+    B, H = k.shape[:2]
+    F = W[0].shape[-1]
+    flat = lambda ts: torch.cat([t.reshape(B, H, -1) for t in ts], -1)  # noqa: E731
+    *out, Fin = _MLPLoop.apply(lib, float(eps), F, flat(W), flat(A), k, v, lr, w, b, tok, last)
+    sizes = [t[0, 0].numel() for t in W] * 2
+    final = [t.view(B, H, *s.shape[2:]) for t, s in zip(Fin.split(sizes, -1), [*W, *W])]
+    return (*out, final)
