@@ -203,7 +203,7 @@ def _newton_schulz_packed(St, shapes, steps):
     return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
 
 
-GROUP = 1 << 22  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+GROUP = 1 << 24  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
 def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
@@ -266,8 +266,10 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     Muon U = S, c = 1) is another. The loop runs over the T / C chunks (each chunk's gradient
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
     own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
-    autograd the chunks run in checkpointed segments of about GROUP elements per (steps, I,
-    O) tensor: the graph of one chunk is ~36 times its momenta."""
+    autograd the chunks run in segments of at most GROUP elements per (steps, I, O) tensor,
+    all but the last checkpointed (its backward comes first, so recomputing it would save
+    nothing): the graph of one chunk keeps ~44 bytes an element in float32 (362 MB at B=4,
+    T=512, d_model 64, whole), so a segment ~0.7 GB."""
     B, T, H, K = q.shape
     L = len(init)
     (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
@@ -312,12 +314,13 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     args = (fk, vE, gE, qf, Dp, Rp)
     size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
     seg = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
+    seg = -(-NT // -(-NT // seg))                          # segments of even length
     zs, hist = [], []
     for j0 in range(0, NT, seg):
         part = [t[:, :, j0:j0 + seg] for t in args]
         fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps)
         ins = (*part, *Pg, *Mc, *S)
-        out = checkpoint(fn, *ins, use_reentrant=False) if seg < NT else fn(*ins)
+        out = checkpoint(fn, *ins, use_reentrant=False) if j0 + seg < NT else fn(*ins)
         zs.append(out[0])
         Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
         h = out[1 + 2 * L:]
