@@ -235,10 +235,14 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
         Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
         Mp, Sp = Ms[:, :, -1], St[:, :, -1]
         x = q_j
-        for i, (w0, Mt) in enumerate(zip(init, _unpack(Ms, shapes))):
+        for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
             if i:
                 x = _gelu(x)
-            x = x @ w0.to(x.dtype) + (x[..., None, :] @ Mt)[..., 0, :]
+            # x M_t, through the stored (short-first) form: a transposed M_t's gradient
+            # would be copied back into the packed layout
+            read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
+                (x[..., None, :] @ Mt)[..., 0, :]
+            x = x @ w0.to(x.dtype) + read
         zs.append(x)
         Mc = _unpack(Mp, shapes)
         if j >= first:
