@@ -82,8 +82,9 @@ static T NAME(norm)(const T *G, long s, T eps, T *tr)
     return (t > 0 ? SQRT(t) : 0) + eps;
 }
 
-/* The iterates of one matrix: A_i, P_i, Q_i (i < steps) in W (3 steps s^2), from G. */
-static T NAME(iterate)(const T *G, T *W, long s, int steps, T a, T b, T c, T eps, T *tr)
+/* The iterates of one matrix: A_i, P_i, Q_i (i < steps) in W (3 steps s^2), from G; V_i =
+   P_i A_i (i < steps - 1) at V unless V is 0. */
+static T NAME(iterate)(const T *G, T *W, T *V, long s, int steps, T a, T b, T c, T eps, T *tr)
 {
     long s2 = s * s;
     T nu = NAME(norm)(G, s, eps, tr), *A = W, *P = W + steps * s2, *Q = W + 2 * steps * s2;
@@ -97,8 +98,9 @@ static T NAME(iterate)(const T *G, T *W, long s, int steps, T a, T b, T c, T eps
         if (k == 0) memcpy(Qk, Pk, s2 * sizeof(T));
         else NAME(sq)(Pk, Qk - s2, Qk, s);
         if (k + 1 < steps) {
-            NAME(sq)(Pk, Ak, tmp, s);
-            NAME(sq)(tmp, Pk, Ak + s2, s);
+            T *Vk = V ? V + k * s2 : tmp;
+            NAME(sq)(Pk, Ak, Vk, s);
+            NAME(sq)(Vk, Pk, Ak + s2, s);
         }
     }
     return nu;
@@ -133,7 +135,7 @@ void NAME(ns_fwd)(const T *X, T *Y, long s, long l, int steps, double a, double 
     T *G = W + 3 * steps * s2, *R = G + s2;
     for (long m = start; m < stop; m++) {
         NAME(gram)(X + m * s * l, G, s, l);
-        T nu = NAME(iterate)(G, W, s, steps, a, b, c, eps, &tr);
+        T nu = NAME(iterate)(G, W, 0, s, steps, a, b, c, eps, &tr);
         const T *Q = W + (3 * steps - 1) * s2;
         for (long i = 0; i < s2; i++) R[i] = Q[i] / nu;
         NAME(apply)(R, X + m * s * l, Y + m * s * l, s, l, 0);
@@ -149,7 +151,8 @@ static void NAME(poly_bwd)(const T *g, const T *dr, T *dg, T *W, long s, int ste
     T tr;
     T *dQ = W + 3 * steps * s2, *dA = dQ + s2, *dP = dA + s2, *t1 = dP + s2, *t2 = t1 + s2;
     T *A = W, *P = W + steps * s2, *Q = W + 2 * steps * s2;
-    T nu = NAME(iterate)(g, W, s, steps, a, b, c, eps, &tr);
+    T *V = t2 + s2;  /* V_k = P_k A_k, kept from the recomputed iteration */
+    T nu = NAME(iterate)(g, W, V, s, steps, a, b, c, eps, &tr);
     T dq = 0;  /* the sums below as vector reductions (a scalar chain of s^2 adds each) */
     const T *Qf = Q + (steps - 1) * s2;
 #pragma omp simd reduction(+ : dq)
@@ -170,8 +173,7 @@ static void NAME(poly_bwd)(const T *g, const T *dr, T *dg, T *W, long s, int ste
             memcpy(dP, dQ, s2 * sizeof(T));
         }
         if (k + 1 < steps) {  /* A_{k+1} = V P_k, V = P_k A_k; dA holds dA_{k+1} */
-            NAME(sq)(Pk, Ak, t1, s);               /* V */
-            NAME(sq)(t1, dA, t2, s);               /* V^T dA */
+            NAME(sq)(V + k * s2, dA, t2, s);       /* V^T dA */
             NAME(axpy)(dP, t2, 1, s);
             NAME(sq)(dA, Pk, t1, s);               /* dV = dA P^T */
             NAME(sq)(t1, Ak, t2, s);               /* dV A^T */
@@ -205,8 +207,8 @@ void NAME(ns_bwd)(const T *X, const T *dY, T *dX, long s, long l, int steps, dou
                   double b, double c, double eps, long start, long stop)
 {
     long s2 = s * s;
-    T *W = malloc((3 * steps + 9) * s2 * sizeof(T)), tr;
-    T *G = W + (3 * steps + 5) * s2, *R = G + s2, *dR = R + s2, *dG = dR + s2;
+    T *W = malloc((4 * steps + 9) * s2 * sizeof(T)), tr;
+    T *G = W + (4 * steps + 5) * s2, *R = G + s2, *dR = R + s2, *dG = dR + s2;
     for (long m = start; m < stop; m++) {
         const T *x = X + m * s * l, *dy = dY + m * s * l;
         T *dx = dX + m * s * l;
