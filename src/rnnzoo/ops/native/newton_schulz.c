@@ -6,8 +6,9 @@
        Y   = R X,  R = Q_{steps-1} / nu
 
    ns_fwd: X (n, s, l) -> Y. ns_bwd: (X, dY) -> dX, recomputing G and the iterates (kept per
-   matrix in a workspace) and running the chain rule back with every transpose written out,
-   as autograd does on the PyTorch form. Matrices [start, stop) of the n. */
+   matrix in a workspace) and running the chain rule back as autograd does on the PyTorch
+   form, but with the transposes of the iterates (symmetric: polynomials in A_0) taken as the
+   matrices themselves, which differs from it by rounding. Matrices [start, stop) of the n. */
 #ifndef T
 #define KERNELS "newton_schulz.c"
 #include "each_type.h"
