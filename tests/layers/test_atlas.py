@@ -235,8 +235,10 @@ def test_newton_schulz_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
     real = native_ns.newton_schulz
     monkeypatch.setattr(native_ns, "newton_schulz", lambda *a: calls.append(1) or real(*a))
     gen = torch.Generator().manual_seed(0)
+    # s = 16 (sq16; with l a multiple of 16 float32's Gram is one vector's dots, hsum_rows);
+    # s = 8, l = 24: the same dots for float64 (8 doubles a vector with AVX-512)
     for shape, steps in (((3, 16, 40), 5), ((2, 64, 16), 5), ((2, 32, 64), 2), ((5, 3, 7), 3),
-                         ((2, 9, 20), 1)):
+                         ((2, 9, 20), 1), ((2, 8, 24), 5)):
         G = torch.randn(*shape, generator=gen, dtype=dtype)
         G[0] = 0
         w = torch.randn(*shape, generator=gen, dtype=dtype)
@@ -253,4 +255,4 @@ def test_newton_schulz_in_c_equals_the_pytorch_form(dtype, tol, monkeypatch):
         (y, g), (y_ref, g_ref) = out
         assert (y - y_ref).abs().max() <= tol * y_ref.abs().max()
         assert (g - g_ref).abs().max() <= tol * g_ref.abs().max() and g_ref.abs().max() > 0
-    assert len(calls) == 5
+    assert len(calls) == 6

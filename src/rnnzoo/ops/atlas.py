@@ -172,63 +172,89 @@ def atlas_sequential(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, fe
     return torch.cat(zs, 1), state
 
 
-def _newton_schulz_all(Ss, steps):
-    """newton_schulz of each tensor of Ss, those of one shape (short side first) in one call:
-    the MLP memory's (F, 4K) and (4K, K) momenta are both K x 4K for F = K."""
-    Xs = [s.transpose(-1, -2) if s.shape[-2] > s.shape[-1] else s for s in Ss]
-    if len(Xs) == 1 or any(x.shape != Xs[0].shape for x in Xs):
-        return [newton_schulz(s, steps) for s in Ss]
-    Ys = newton_schulz(torch.cat(Xs), steps).chunk(len(Xs))
-    return [y.transpose(-1, -2) if x is not s else y for x, y, s in zip(Xs, Ys, Ss)]
+def _short_first(W):
+    """(..., I, O) as (..., s, l), the short side first (a transposed view when I > O)."""
+    return W.transpose(-1, -2) if W.shape[-2] > W.shape[-1] else W
 
 
-GROUP = 1 << 22  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+def _pack(Ws):
+    """The weights' short-side-first forms, flattened, side by side: (..., N)."""
+    return torch.cat([_short_first(W).flatten(-2) for W in Ws], -1)
 
 
-def _chunk_run(kind, j0, first, fk, vE, gE, q, D, RAc, Ecum, Acum, init, Pg, Mc, S,
-               feature_map, muon, ns_steps):
+def _unpack(t, shapes):
+    """Views of a packed (..., N) tensor as weights of `shapes` [(I, O), ...]: (..., I, O)
+    each (a transposed view where I > O)."""
+    out = []
+    for part, (i, o) in zip(t.split([i * o for i, o in shapes], -1), shapes):
+        w = part.unflatten(-1, (min(i, o), max(i, o)))
+        out.append(w.transpose(-1, -2) if i > o else w)
+    return out
+
+
+def _newton_schulz_packed(St, shapes, steps):
+    """newton_schulz of each weight's part of a packed (..., N) momentum: one call on the
+    whole tensor when every weight has one short-first shape (the MLP memory's (F, 4K) and
+    (4K, K) momenta, both K x 4K for F = K)."""
+    forms = {(min(i, o), max(i, o)) for i, o in shapes}
+    if len(forms) == 1:
+        ((short, long_),) = forms
+        return newton_schulz(St.reshape(-1, short, long_), steps).view(St.shape)
+    return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
+
+
+GROUP = 1 << 24  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+
+
+def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
+               ns_steps):
     """Chunks j0, j0 + 1, ... of atlas_chunked (one per entry of the (B, H, N, ...) tensors):
     returns (z (B, H, N, C, O), M and S after the last chunk, then the state (M', M, S) after
-    every chunk j >= first)."""
+    every chunk j >= first). Inside, every weight's M and S are packed (`_pack`: short side
+    first, side by side, (B, H, N)), so each chunk's momenta, Newton-Schulz and memories are
+    one product each over all the weights."""
+    shapes = [tuple(w.shape[-2:]) for w in init]
+    Mp, Sp = _pack(Mc), _pack(S)
     zs, hist = [], []
-    for j, (fk_j, v_j, g_j, q_j, D_j, R_j, E_j, A_j) in enumerate(zip(
-            *(t.unbind(2) for t in (fk, vE, gE, q, D, RAc, Ecum, Acum))), j0):
+    for j, (fk_j, v_j, g_j, q_j, D_j, R_j) in enumerate(zip(
+            *(t.unbind(2) for t in (fk, vE, gE, q, Dp, Rp))), j0):
         P = [w0.to(p.dtype) + p for w0, p in zip(init, Pg)]
         Xs, Gs = _grads(kind, [t for W in P for t in (W, None)], fk_j, v_j, None, None, 0.0,
                         False, residual=False)
-        Sts = []
-        for X, G, st in zip(Xs, Gs, S):
-            B, H, C = D_j.shape[:3]
-            flat = lambda t: t.reshape(B * H, *t.shape[2:])  # noqa: E731
-            # every step's momentum at once: S_t = E_t S_0 - X^T diag(D[t]) (gamma o G)
-            CX = D_j[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]   # (B, H, C, I, W)
-            Sts.append(torch.baddbmm(flat(E_j[..., None, None] * st[:, :, None]).flatten(1, 2),
-                                     flat(CX).flatten(1, 2), flat(g_j[..., None] * G),
-                                     alpha=-1).view(B, H, C, *st.shape[-2:]))
-        Us = _newton_schulz_all(Sts, ns_steps) if muon else Sts
-        Ms = []
-        for St, U, m in zip(Sts, Us, Mc):
-            # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-            Ms.append(torch.baddbmm(flat(A_j[..., None] * m.flatten(-2)[:, :, None]), flat(R_j),
-                                    flat(U.flatten(-2))).view(St.shape))
-        newM, newS = [t[:, :, -1] for t in Ms], [t[:, :, -1] for t in Sts]
+        # every step's momentum at once: S_t = E_t S_0 - sum_w D[t, w] X_w^T gamma_w G_w,
+        # with the window's outer products (short side first) one product's rows after S_0
+        Zs = []
+        for X, G, (i, o) in zip(Xs, Gs, shapes):
+            G = g_j[..., None] * G
+            Z = G[..., :, None] * X[..., None, :] if i > o else X[..., :, None] * G[..., None, :]
+            Zs.append(Z.flatten(-2))
+        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
+        St = D_j @ torch.cat([Sp[:, :, None], Z], 2)                   # (B, H, C, N)
+        U = _newton_schulz_packed(St, shapes, ns_steps) if muon else St
+        # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
+        Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
+        Mp, Sp = Ms[:, :, -1], St[:, :, -1]
         x = q_j
-        for i, (w0, Mt) in enumerate(zip(init, Ms)):
+        for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
             if i:
                 x = _gelu(x)
-            x = x @ w0.to(x.dtype) + (x[..., None, :] @ Mt)[..., 0, :]
+            # x M_t, through the stored (short-first) form: a transposed M_t's gradient
+            # would be copied back into the packed layout
+            read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
+                (x[..., None, :] @ Mt)[..., 0, :]
+            x = x @ w0.to(x.dtype) + read
         zs.append(x)
-        Mc, S = newM, newS
+        Mc = _unpack(Mp, shapes)
         if j >= first:
-            hist += [*Pg, *Mc, *S]
+            hist += [*Pg, *Mc, *_unpack(Sp, shapes)]
         Pg = Mc
-    return (torch.stack(zs, 2), *Mc, *S, *hist)
+    return (torch.stack(zs, 2), *Mc, *_unpack(Sp, shapes), *hist)
 
 
 def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, *t):
-    """_chunk_run on flat tensors (the eight chunk inputs, then M', M, S), for checkpoint."""
-    return _chunk_run(kind, j0, first, *t[:8], init, t[8:8 + L], t[8 + L:8 + 2 * L],
-                      t[8 + 2 * L:], feature_map, muon, ns_steps)
+    """_chunk_run on flat tensors (the six chunk inputs, then M', M, S), for checkpoint."""
+    return _chunk_run(kind, j0, first, *t[:6], init, t[6:6 + L], t[6 + L:6 + 2 * L],
+                      t[6 + 2 * L:], feature_map, muon, ns_steps)
 
 
 def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map=None,
@@ -244,8 +270,10 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     Muon U = S, c = 1) is another. The loop runs over the T / C chunks (each chunk's gradient
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
     own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
-    autograd the chunks run in checkpointed segments of about GROUP elements per (steps, I,
-    O) tensor: the graph of one chunk is ~36 times its momenta."""
+    autograd the chunks run in segments of at most GROUP elements per (steps, I, O) tensor,
+    all but the last checkpointed (its backward comes first, so recomputing it would save
+    nothing): the graph of one chunk keeps ~44 bytes an element in float32 (362 MB at B=4,
+    T=512, d_model 64, whole), so a segment ~0.7 GB."""
     B, T, H, K = q.shape
     L = len(init)
     (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
@@ -282,19 +310,21 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     i_ = torch.arange(C + W1, device=q.device)
     band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
     D = (_ratios(e) * w_in[..., None, :]) @ band           # (B, H, NT, C, C + W1)
-    RAc = _ratios(a) * c_out[..., None, :]
-    Ecum, Acum = torch.cumprod(e, -1), torch.cumprod(a, -1)
+    # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
+    Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
+    Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
     qf = chunks(place(phi(q, feature_map), grid, on_grid))
     first, last = (T - 1) // C, (c + T - 1) // C
-    args = (fk, vE, gE, qf, D, RAc, Ecum, Acum)
+    args = (fk, vE, gE, qf, Dp, Rp)
     size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
     seg = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
+    seg = -(-NT // -(-NT // seg))                          # segments of even length
     zs, hist = [], []
     for j0 in range(0, NT, seg):
         part = [t[:, :, j0:j0 + seg] for t in args]
         fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps)
         ins = (*part, *Pg, *Mc, *S)
-        out = checkpoint(fn, *ins, use_reentrant=False) if seg < NT else fn(*ins)
+        out = checkpoint(fn, *ins, use_reentrant=False) if j0 + seg < NT else fn(*ins)
         zs.append(out[0])
         Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
         h = out[1 + 2 * L:]

@@ -6,8 +6,9 @@ ops.atlas.newton_schulz when the long side is >= 2x the short: for X (n, s, l), 
 
 one matrix at a time in cache (the Gram matrix, the iterates and both s x s x l products),
 instead of ~20 small batched products a call and their temporaries. The backward keeps only
-X: it recomputes G and the iterates and runs the chain rule back (every transpose as
-autograd takes it on the PyTorch form); it is not differentiable again. X: float32 or
+X: it recomputes G and the iterates and runs the chain rule back (as autograd does on the
+PyTorch form, the iterates' transposes taken as the symmetric iterates themselves); it is not
+differentiable again. X: float32 or
 float64 on the CPU (`ops.backend.use_native`); threads split the n matrices.
 """
 
