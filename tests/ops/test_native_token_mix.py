@@ -30,3 +30,37 @@ def test_rwkv7_layer_runs_it(monkeypatch):
     layer = rnnzoo.create("rwkv7", d_model=8, num_heads=2, low_rank=2)
     layer(torch.randn(2, 5, 8))
     assert calls[0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("rows", [1, 11])
+def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows):
+    """RWKV-6's per-row mixes x + step o c_m and their backward (dc_m written over g_m for
+    all but the first, as the layer calls it) against torch's addcmul and autograd."""
+    g = torch.Generator().manual_seed(1)
+    x, step = (torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(2))
+    c = [torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(5)]
+    gm = [torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(5)]
+    lib = token_mix.load()
+    xr, sr = x.clone().requires_grad_(), step.clone().requires_grad_()
+    cr = [t.clone().requires_grad_() for t in c]
+    want = torch.stack([torch.addcmul(xr, sr, t) for t in cr])
+    want_d = torch.autograd.grad(want, [xr, sr, *cr], torch.stack(gm))
+    dc = [torch.empty_like(x), *gm[1:]]
+    with threads(nthreads):
+        got = token_mix.ddlerp_mixes(lib, x, step, c)
+        dx, dstep, dmu = token_mix.ddlerp_grads(lib, [t.clone() if i == 0 else t
+                                                      for i, t in enumerate(gm)],
+                                                c, step, dc)
+    tol = 1e-14 if dtype == torch.float64 else 1e-6
+    assert_close([got, dx, dstep, *dc, dmu], [want, *want_d[:2], *want_d[2:],
+                                             torch.stack([t.sum(0) for t in want_d[2:]])],
+                 ["mixes", "dx", "dstep"] + [f"dc{i}" for i in range(5)] + ["dmu"], tol)
+
+
+def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "ddlerp_mixes", "ddlerp_grads")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8, requires_grad=True))[0].sum().backward()
+    assert calls[0] == 2

@@ -26,7 +26,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
-from rnnzoo.ops.native import gated_norm, linear
+from rnnzoo.ops.native import gated_norm, linear, token_mix
 from rnnzoo.ops.native.linear import Linear, product, weight_grad
 from rnnzoo.registry import register
 
@@ -43,9 +43,13 @@ class _MixProject(torch.autograd.Function):
     def forward(ctx, x, dx, low, up, mu, W):
         low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
         c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
-        mixed = x.new_empty(5, *x.shape)
-        for i in range(5):
-            torch.addcmul(x, dx, c[i], out=mixed[i])
+        ctx.lib = lib = token_mix.load() if backend.use_native(x, dx, up) else None
+        if lib is not None:  # the five mixes in one C pass (ops.native.token_mix)
+            mixed = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), c)
+        else:
+            mixed = x.new_empty(5, *x.shape)
+            for i in range(5):
+                torch.addcmul(x, dx, c[i], out=mixed[i])
         proj = [product(mixed[i + 1], W[i]) for i in range(4)]
         ctx.save_for_backward(dx, low, up, mixed, W, *c)
         return mixed[0], *proj
@@ -62,13 +66,21 @@ class _MixProject(torch.autograd.Function):
                 g = product(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
+        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
+        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
+        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients (over gm[1:]) and d_mu in
+            # one C pass (ops.native.token_mix)
+            dc = [torch.empty_like(dx), *gm[1:]]
+            d_x, d_dx, d_mu = token_mix.ddlerp_grads(ctx.lib, gm, c, dx.contiguous(), dc)
+            for i in range(5):
+                d_low[:, i] = product(dc[i], up[i])
+                d_up[i] = weight_grad(low[i], dc[i])
+            return d_x, d_dx, d_low, d_up, d_mu, dW
         d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
         for i in range(1, 5):
             if i > 1:
                 d_x += gm[i]
             d_dx.addcmul_(gm[i], c[i])
-        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
-        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
         for i in range(5):  # the gradient of c_i, into gm[i] where that is ours (no fresh
             # (5, N, d) buffer: its first touch costs page faults)
             dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)

@@ -58,6 +58,46 @@ class _TokenMix(torch.autograd.Function):
         return None, dx, dstep, dmu.sum(0)
 
 
+def _mix_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 4 + [L] * 5),
+            native.kernel(lib, "mixp_bwd", dtype, [P] * 5 + [L] * 4))
+
+
+def _pointers(ts):
+    arr = (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+    return arr, ctypes.cast(arr, ctypes.c_void_p)
+
+
+def ddlerp_mixes(lib, x, step, c):
+    """RWKV-6's mixes x + step o c_m: x, step (N, D), c a list of n (N, D), all contiguous,
+    one dtype -> (n, N, D). No autograd (`ddlerp_grads` is its backward)."""
+    n, (N, D) = len(c), x.shape
+    fwd, _ = _mix_kernels(lib, x.dtype)
+    out = x.new_empty(n, N, D)
+    keep, pc = _pointers(c)
+    P = native.ptr
+    native.run(fwd, [(P(x), P(step), pc, P(out), n, N, D, r0, r1) for r0, r1 in native.rows(N)])
+    return out
+
+
+def ddlerp_grads(lib, g, c, step, dc):
+    """The backward of `ddlerp_mixes` from the mixes' gradients g (n tensors (N, D),
+    contiguous): -> dx = sum g_m, dstep = sum g_m o c_m (each (N, D)) and dmu (n, D), the
+    row sums of dc_m = g_m o step, which are written into dc (n tensors (N, D); dc_m may be
+    g_m itself, else disjoint from every input)."""
+    n, (N, D) = len(g), step.shape
+    _, bwd = _mix_kernels(lib, step.dtype)
+    keep, pp = _pointers([*g, *c, *dc])
+    dx, dstep = torch.empty_like(step), torch.empty_like(step)
+    parts = native.rows(N)
+    dmu = step.new_empty(len(parts), n, D)
+    P = native.ptr
+    native.run(bwd, [(pp, P(step), P(dx), P(dstep), P(dmu[i]), n, D, r0, r1)
+                     for i, (r0, r1) in enumerate(parts)])
+    return dx, dstep, dmu.sum(0)
+
+
 def token_mix(lib, x, step, mu):
     """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
     return _TokenMix.apply(lib, x, step, mu)
