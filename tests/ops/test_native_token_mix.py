@@ -34,29 +34,28 @@ def test_rwkv7_layer_runs_it(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("nthreads", [1, 2])
-@pytest.mark.parametrize("rows", [1, 11])
-def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows):
-    """RWKV-6's per-row mixes x + step o c_m and their backward (dc_m written over g_m for
-    all but the first, as the layer calls it) against torch's addcmul and autograd."""
+@pytest.mark.parametrize("rows,R,D", [(1, 3, 9), (139, 32, 128), (70, 5, 20)])
+def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows, R, D):
+    """RWKV-6's mixes x + step o (low_m up_m + mu_m) and their backward (rows past one
+    64-row block and not a multiple of it, ranks and widths off the tile widths) against
+    torch's products and autograd."""
     g = torch.Generator().manual_seed(1)
-    x, step = (torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(2))
-    c = [torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(5)]
-    gm = [torch.randn(rows, 9, generator=g, dtype=dtype) for _ in range(5)]
+    x, step = (torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(2))
+    low = torch.randn(rows, 5, R, generator=g, dtype=dtype)
+    up, mu = torch.randn(5, R, D, generator=g, dtype=dtype), torch.randn(5, D, generator=g, dtype=dtype)
+    gm = [torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(5)]
+    ins = [t.clone().requires_grad_() for t in (x, step, low, up, mu)]
+    xr, sr, lr, ur, mr = ins
+    cs = [lr[:, m] @ ur[m] + mr[m] for m in range(5)]
+    want = torch.stack([torch.addcmul(xr, sr, t) for t in cs])
+    want_d = torch.autograd.grad(want, ins, torch.stack(gm))
     lib = token_mix.load()
-    xr, sr = x.clone().requires_grad_(), step.clone().requires_grad_()
-    cr = [t.clone().requires_grad_() for t in c]
-    want = torch.stack([torch.addcmul(xr, sr, t) for t in cr])
-    want_d = torch.autograd.grad(want, [xr, sr, *cr], torch.stack(gm))
-    dc = [torch.empty_like(x), *gm[1:]]
     with threads(nthreads):
-        got = token_mix.ddlerp_mixes(lib, x, step, c)
-        dx, dstep, dmu = token_mix.ddlerp_grads(lib, [t.clone() if i == 0 else t
-                                                      for i, t in enumerate(gm)],
-                                                c, step, dc)
-    tol = 1e-14 if dtype == torch.float64 else 1e-6
-    assert_close([got, dx, dstep, *dc, dmu], [want, *want_d[:2], *want_d[2:],
-                                             torch.stack([t.sum(0) for t in want_d[2:]])],
-                 ["mixes", "dx", "dstep"] + [f"dc{i}" for i in range(5)] + ["dmu"], tol)
+        got, c = token_mix.ddlerp_mixes(lib, x, step, low, up, mu)
+        got_d = token_mix.ddlerp_grads(lib, gm, c, step, low, up)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    assert_close([got, c, *got_d], [want, torch.stack(cs), *want_d],
+                 ["mixes", "c", "dx", "dstep", "dlow", "dup", "dmu"], tol)
 
 
 def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):

@@ -41,17 +41,22 @@ class _MixProject(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dx, low, up, mu, W):
-        low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
-        c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
-        ctx.lib = lib = token_mix.load() if backend.use_native(x, dx, up) else None
-        if lib is not None:  # the five mixes in one C pass (ops.native.token_mix)
-            mixed = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), c)
+        ctx.lib = lib = (token_mix.load() if backend.use_native(x, dx, low, up, mu, W)
+                         else None)
+        if lib is not None:  # c and the five mixes in C, a block of rows at a time
+            # (ops.native.token_mix; no (5, N, r) transposed copy of low)
+            low = low.contiguous()
+            mixed, c = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), low,
+                                              up.contiguous(), mu.contiguous())
         else:
+            low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
+            c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
             mixed = x.new_empty(5, *x.shape)
             for i in range(5):
                 torch.addcmul(x, dx, c[i], out=mixed[i])
         proj = [product(mixed[i + 1], W[i]) for i in range(4)]
-        ctx.save_for_backward(dx, low, up, mixed, W, *c)
+        # native: low (N, 5, r), c one (5, N, d) tensor; else low (5, N, r), c five (N, d)
+        ctx.save_for_backward(dx, low, up, mixed, W, *(c if lib is None else [c]))
         return mixed[0], *proj
 
     @staticmethod
@@ -66,16 +71,13 @@ class _MixProject(torch.autograd.Function):
                 g = product(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
+        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
+            # a block of rows at a time (ops.native.token_mix)
+            d_x, d_dx, d_low, d_up, d_mu = token_mix.ddlerp_grads(
+                ctx.lib, gm, c[0], dx.contiguous(), low, up.contiguous())
+            return d_x, d_dx, d_low, d_up, d_mu, dW
         d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
         d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
-        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients (over gm[1:]) and d_mu in
-            # one C pass (ops.native.token_mix)
-            dc = [torch.empty_like(dx), *gm[1:]]
-            d_x, d_dx, d_mu = token_mix.ddlerp_grads(ctx.lib, gm, c, dx.contiguous(), dc)
-            for i in range(5):
-                d_low[:, i] = product(dc[i], up[i])
-                d_up[i] = weight_grad(low[i], dc[i])
-            return d_x, d_dx, d_low, d_up, d_mu, dW
         d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
         for i in range(1, 5):
             if i > 1:

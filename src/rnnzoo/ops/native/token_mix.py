@@ -60,42 +60,38 @@ class _TokenMix(torch.autograd.Function):
 
 def _mix_kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 4 + [L] * 5),
-            native.kernel(lib, "mixp_bwd", dtype, [P] * 5 + [L] * 4))
+    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 7 + [L] * 6),
+            native.kernel(lib, "mixp_bwd", dtype, [P] * 10 + [L] * 6))
 
 
-def _pointers(ts):
-    arr = (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
-    return arr, ctypes.cast(arr, ctypes.c_void_p)
-
-
-def ddlerp_mixes(lib, x, step, c):
-    """RWKV-6's mixes x + step o c_m: x, step (N, D), c a list of n (N, D), all contiguous,
-    one dtype -> (n, N, D). No autograd (`ddlerp_grads` is its backward)."""
-    n, (N, D) = len(c), x.shape
+def ddlerp_mixes(lib, x, step, low, up, mu):
+    """RWKV-6's mixes x + step o c_m, c_m = low[:, m] up_m + mu_m: x, step (N, D), low
+    (N, n, R), up (n, R, D), mu (n, D), contiguous, one dtype -> (mixes (n, N, D), c
+    (n, N, D)). No autograd (`ddlerp_grads` is its backward)."""
+    (N, D), (n, R) = x.shape, low.shape[1:]
     fwd, _ = _mix_kernels(lib, x.dtype)
-    out = x.new_empty(n, N, D)
-    keep, pc = _pointers(c)
+    out, c = x.new_empty(n, N, D), x.new_empty(n, N, D)
     P = native.ptr
-    native.run(fwd, [(P(x), P(step), pc, P(out), n, N, D, r0, r1) for r0, r1 in native.rows(N)])
-    return out
+    native.run(fwd, [(P(x), P(step), P(low), P(up), P(mu), P(c), P(out), n, N, D, R, r0, r1)
+                     for r0, r1 in native.rows(N)])
+    return out, c
 
 
-def ddlerp_grads(lib, g, c, step, dc):
+def ddlerp_grads(lib, g, c, step, low, up):
     """The backward of `ddlerp_mixes` from the mixes' gradients g (n tensors (N, D),
-    contiguous): -> dx = sum g_m, dstep = sum g_m o c_m (each (N, D)) and dmu (n, D), the
-    row sums of dc_m = g_m o step, which are written into dc (n tensors (N, D); dc_m may be
-    g_m itself, else disjoint from every input)."""
-    n, (N, D) = len(g), step.shape
+    contiguous) and its c: -> dx, dstep (N, D), dlow (N, n, R), dup (n, R, D), dmu (n, D)."""
+    (N, D), (n, R) = step.shape, low.shape[1:]
     _, bwd = _mix_kernels(lib, step.dtype)
-    keep, pp = _pointers([*g, *c, *dc])
-    dx, dstep = torch.empty_like(step), torch.empty_like(step)
+    arr = (ctypes.c_void_p * n)(*[t.data_ptr() for t in g])
+    upT = up.transpose(1, 2).contiguous()
+    dx, dstep, dlow = torch.empty_like(step), torch.empty_like(step), low.new_empty(N, n, R)
     parts = native.rows(N)
-    dmu = step.new_empty(len(parts), n, D)
+    dup, dmu = up.new_empty(len(parts), n, R, D), up.new_empty(len(parts), n, D)
     P = native.ptr
-    native.run(bwd, [(pp, P(step), P(dx), P(dstep), P(dmu[i]), n, D, r0, r1)
+    native.run(bwd, [(ctypes.cast(arr, ctypes.c_void_p), P(c), P(step), P(low), P(upT), P(dx),
+                      P(dstep), P(dlow), P(dup[i]), P(dmu[i]), n, N, D, R, r0, r1)
                      for i, (r0, r1) in enumerate(parts)])
-    return dx, dstep, dmu.sum(0)
+    return dx, dstep, dlow, dup.sum(0), dmu.sum(0)
 
 
 def token_mix(lib, x, step, mu):
