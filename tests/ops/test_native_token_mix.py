@@ -58,8 +58,31 @@ def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows, R, D):
                  ["mixes", "c", "dx", "dstep", "dlow", "dup", "dmu"], tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 7)])
+@pytest.mark.parametrize("only", [None, "step", "xx"])
+def test_shift_mix_equals_torch(dtype, nthreads, B, T, only):
+    """RWKV-6's token shift and first mix, values and the gradients of x, x_last and mu (also
+    with one of the two outputs unused) against torch's cat, sub and addcmul."""
+    g = torch.Generator().manual_seed(2)
+    ins = [torch.randn(*s, generator=g, dtype=dtype).requires_grad_()
+           for s in ((B, T, 5), (B, 5), (5,))]
+    x, x_last, mu = ins
+    step = torch.cat([x_last[:, None], x[:, :-1]], 1) - x
+    want = [step, torch.addcmul(x, step, mu)]
+    with threads(nthreads):
+        got = list(token_mix.shift_mix(token_mix.load(), x, x_last, mu))
+        keep = [i for i, n in enumerate(["step", "xx"]) if only in (None, n)]
+        wrt = ins if 1 in keep else ins[:2]  # mu is unused without xx
+        got = outputs_and_grads([got[i] for i in keep], wrt)
+    want = outputs_and_grads([want[i] for i in keep], wrt)
+    assert_close(got, want, [f"out{i}" for i in keep] + ["dx", "dx_last", "dmu"][:len(wrt)],
+                 1e-14 if dtype == torch.float64 else 1e-6)
+
+
 def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
-    calls = counter(monkeypatch, token_mix, "ddlerp_mixes", "ddlerp_grads")
+    calls = counter(monkeypatch, token_mix, "ddlerp_mixes", "ddlerp_grads", "shift_mix")
     layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
     layer(torch.randn(2, 5, 8, requires_grad=True))[0].sum().backward()
-    assert calls[0] == 2
+    assert calls[0] == 3

@@ -154,8 +154,13 @@ class RWKV6(RecurrentLayer):
         (B, d_model) being the input before x."""
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
-        dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
-        low = torch.tanh(linear.linear(torch.addcmul(x, dx, self.mu_x), self.mix_down.T))
+        lib = token_mix.load() if backend.use_native(x, self.mu_x) else None
+        if lib is not None:  # the shift and the first mix in one C pass each way
+            dx, xx = token_mix.shift_mix(lib, x, x_last.to(x.dtype), self.mu_x)
+        else:
+            dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
+            xx = torch.addcmul(x, dx, self.mu_x)
+        low = torch.tanh(linear.linear(xx, self.mix_down.T))
         # the five mixes and r, k, v, g in one Function (a per-mix slice's backward would
         # zero-fill a (5, B, T, d) gradient each)
         weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,

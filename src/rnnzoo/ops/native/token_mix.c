@@ -119,4 +119,39 @@ void NAME(mixp_bwd)(const T *const *g, const T *restrict c, const T *restrict st
     free(dc);
 }
 
+/* RWKV-6's token shift and first mix: step_t = x_{t-1} - x_t (x_{-1} = xlast, (B, D)) and
+   xx = x + step o mu, x (B, T, D), the batches [b0, b1); backward from the gradients of step
+   and xx (e = gstep + gxx o mu): dx_t = gxx_t - e_t + e_{t+1}, dxlast = e_0 and this call's
+   dmu = sum gxx o step. */
+void NAME(shift_fwd)(const T *restrict x, const T *restrict xlast, const T *restrict mu,
+                     T *restrict step, T *restrict xx, long Tn, long D, long b0, long b1) {
+    for (long b = b0; b < b1; b++)
+        for (long t = 0; t < Tn; t++) {
+            const long o = (b * Tn + t) * D;
+            const T *restrict prev = t ? x + o - D : xlast + b * D;
+            for (long d = 0; d < D; d++) {
+                const T s = prev[d] - x[o + d];
+                step[o + d] = s;
+                xx[o + d] = x[o + d] + s * mu[d];
+            }
+        }
+}
+
+void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *restrict step,
+                     const T *restrict mu, T *restrict dx, T *restrict dxlast,
+                     T *restrict dmu, long Tn, long D, long b0, long b1) {
+    memset(dmu, 0, D * sizeof(T));
+    for (long b = b0; b < b1; b++)
+        for (long t = Tn - 1; t >= 0; t--) {  /* dx_t's e_{t+1} part was added at t + 1 */
+            const long o = (b * Tn + t) * D;
+            T *restrict before = t ? dx + o - D : dxlast + b * D;
+            for (long d = 0; d < D; d++) {
+                const T e = gstep[o + d] + gxx[o + d] * mu[d];
+                dx[o + d] = (t + 1 < Tn ? dx[o + d] : 0) + gxx[o + d] - e;
+                before[d] = e;
+                dmu[d] += gxx[o + d] * step[o + d];
+            }
+        }
+}
+
 #endif

@@ -94,6 +94,44 @@ def ddlerp_grads(lib, g, c, step, low, up):
     return dx, dstep, dlow, dup.sum(0), dmu.sum(0)
 
 
+class _Shift(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, x_last, mu):
+        x, x_last, mu = x.contiguous(), x_last.contiguous(), mu.contiguous()
+        B, T, D = x.shape
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "shift_fwd", x.dtype, [P] * 5 + [L] * 4)
+        step, xx = torch.empty_like(x), torch.empty_like(x)
+        native.run(fwd, [(native.ptr(x), native.ptr(x_last), native.ptr(mu), native.ptr(step),
+                          native.ptr(xx), T, D, b0, b1) for b0, b1 in native.rows(B)])
+        ctx.save_for_backward(step, mu)
+        ctx.lib = lib
+        return step, xx
+
+    @staticmethod
+    def backward(ctx, gstep, gxx):
+        step, mu = ctx.saved_tensors
+        B, T, D = step.shape
+        gstep = torch.zeros_like(step) if gstep is None else gstep.contiguous()
+        gxx = torch.zeros_like(step) if gxx is None else gxx.contiguous()
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "shift_bwd", step.dtype, [P] * 7 + [L] * 4)
+        dx, dx_last = torch.empty_like(step), step.new_empty(B, D)
+        parts = native.rows(B)
+        dmu = step.new_empty(len(parts), D)
+        native.run(bwd, [(native.ptr(gstep), native.ptr(gxx), native.ptr(step), native.ptr(mu),
+                          native.ptr(dx), native.ptr(dx_last), native.ptr(dmu[i]), T, D, b0, b1)
+                         for i, (b0, b1) in enumerate(parts)])
+        return None, dx, dx_last, dmu.sum(0)
+
+
+def shift_mix(lib, x, x_last, mu):
+    """RWKV-6's token shift and first mix: x (B, T, D), x_last (B, D) (the input before x),
+    mu (D,) -> step = x_{t-1} - x_t and x + step o mu, each (B, T, D); differentiable in x,
+    x_last and mu."""
+    return _Shift.apply(lib, x, x_last, mu)
+
+
 def token_mix(lib, x, step, mu):
     """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
     return _TokenMix.apply(lib, x, step, mu)
