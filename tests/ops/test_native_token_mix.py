@@ -30,3 +30,59 @@ def test_rwkv7_layer_runs_it(monkeypatch):
     layer = rnnzoo.create("rwkv7", d_model=8, num_heads=2, low_rank=2)
     layer(torch.randn(2, 5, 8))
     assert calls[0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("rows,R,D", [(1, 3, 9), (139, 32, 128), (70, 5, 20)])
+def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows, R, D):
+    """RWKV-6's mixes x + step o (low_m up_m + mu_m) and their backward (rows past one
+    64-row block and not a multiple of it, ranks and widths off the tile widths) against
+    torch's products and autograd."""
+    g = torch.Generator().manual_seed(1)
+    x, step = (torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(2))
+    low = torch.randn(rows, 5, R, generator=g, dtype=dtype)
+    up, mu = torch.randn(5, R, D, generator=g, dtype=dtype), torch.randn(5, D, generator=g, dtype=dtype)
+    gm = [torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(5)]
+    ins = [t.clone().requires_grad_() for t in (x, step, low, up, mu)]
+    xr, sr, lr, ur, mr = ins
+    cs = [lr[:, m] @ ur[m] + mr[m] for m in range(5)]
+    want = torch.stack([torch.addcmul(xr, sr, t) for t in cs])
+    want_d = torch.autograd.grad(want, ins, torch.stack(gm))
+    lib = token_mix.load()
+    with threads(nthreads):
+        got, c = token_mix.ddlerp_mixes(lib, x, step, low, up, mu)
+        got_d = token_mix.ddlerp_grads(lib, gm, c, step, low, up)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    assert_close([got, c, *got_d], [want, torch.stack(cs), *want_d],
+                 ["mixes", "c", "dx", "dstep", "dlow", "dup", "dmu"], tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 7)])
+@pytest.mark.parametrize("only", [None, "step", "xx"])
+def test_shift_mix_equals_torch(dtype, nthreads, B, T, only):
+    """RWKV-6's token shift and first mix, values and the gradients of x, x_last and mu (also
+    with one of the two outputs unused) against torch's cat, sub and addcmul."""
+    g = torch.Generator().manual_seed(2)
+    ins = [torch.randn(*s, generator=g, dtype=dtype).requires_grad_()
+           for s in ((B, T, 5), (B, 5), (5,))]
+    x, x_last, mu = ins
+    step = torch.cat([x_last[:, None], x[:, :-1]], 1) - x
+    want = [step, torch.addcmul(x, step, mu)]
+    with threads(nthreads):
+        got = list(token_mix.shift_mix(token_mix.load(), x, x_last, mu))
+        keep = [i for i, n in enumerate(["step", "xx"]) if only in (None, n)]
+        wrt = ins if 1 in keep else ins[:2]  # mu is unused without xx
+        got = outputs_and_grads([got[i] for i in keep], wrt)
+    want = outputs_and_grads([want[i] for i in keep], wrt)
+    assert_close(got, want, [f"out{i}" for i in keep] + ["dx", "dx_last", "dmu"][:len(wrt)],
+                 1e-14 if dtype == torch.float64 else 1e-6)
+
+
+def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "ddlerp_mixes", "ddlerp_grads", "shift_mix")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8, requires_grad=True))[0].sum().backward()
+    assert calls[0] == 3

@@ -26,7 +26,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
-from rnnzoo.ops.native import gated_norm, linear
+from rnnzoo.ops.native import gated_norm, linear, token_mix
 from rnnzoo.ops.native.linear import Linear, product, weight_grad
 from rnnzoo.registry import register
 
@@ -41,13 +41,22 @@ class _MixProject(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dx, low, up, mu, W):
-        low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
-        c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
-        mixed = x.new_empty(5, *x.shape)
-        for i in range(5):
-            torch.addcmul(x, dx, c[i], out=mixed[i])
+        ctx.lib = lib = (token_mix.load() if backend.use_native(x, dx, low, up, mu, W)
+                         else None)
+        if lib is not None:  # c and the five mixes in C, a block of rows at a time
+            # (ops.native.token_mix; no (5, N, r) transposed copy of low)
+            low = low.contiguous()
+            mixed, c = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), low,
+                                              up.contiguous(), mu.contiguous())
+        else:
+            low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
+            c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
+            mixed = x.new_empty(5, *x.shape)
+            for i in range(5):
+                torch.addcmul(x, dx, c[i], out=mixed[i])
         proj = [product(mixed[i + 1], W[i]) for i in range(4)]
-        ctx.save_for_backward(dx, low, up, mixed, W, *c)
+        # native: low (N, 5, r), c one (5, N, d) tensor; else low (5, N, r), c five (N, d)
+        ctx.save_for_backward(dx, low, up, mixed, W, *(c if lib is None else [c]))
         return mixed[0], *proj
 
     @staticmethod
@@ -62,13 +71,18 @@ class _MixProject(torch.autograd.Function):
                 g = product(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
+        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
+            # a block of rows at a time (ops.native.token_mix)
+            d_x, d_dx, d_low, d_up, d_mu = token_mix.ddlerp_grads(
+                ctx.lib, gm, c[0], dx.contiguous(), low, up.contiguous())
+            return d_x, d_dx, d_low, d_up, d_mu, dW
+        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
+        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
         d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]
         for i in range(1, 5):
             if i > 1:
                 d_x += gm[i]
             d_dx.addcmul_(gm[i], c[i])
-        d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
-        d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
         for i in range(5):  # the gradient of c_i, into gm[i] where that is ours (no fresh
             # (5, N, d) buffer: its first touch costs page faults)
             dc = gm[i] * dx if i == 0 else gm[i].mul_(dx)
@@ -140,8 +154,13 @@ class RWKV6(RecurrentLayer):
         (B, d_model) being the input before x."""
         B, T, d = x.shape
         H, K = self.num_heads, self.head_dim
-        dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
-        low = torch.tanh(linear.linear(torch.addcmul(x, dx, self.mu_x), self.mix_down.T))
+        lib = token_mix.load() if backend.use_native(x, self.mu_x) else None
+        if lib is not None:  # the shift and the first mix in one C pass each way
+            dx, xx = token_mix.shift_mix(lib, x, x_last.to(x.dtype), self.mu_x)
+        else:
+            dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
+            xx = torch.addcmul(x, dx, self.mu_x)
+        low = torch.tanh(linear.linear(xx, self.mix_down.T))
         # the five mixes and r, k, v, g in one Function (a per-mix slice's backward would
         # zero-fill a (5, B, T, d) gradient each)
         weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,

@@ -49,6 +49,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     delta_scan.c        the gated delta rule as a recurrence (delta_rule and delta_product on a CPU)
     vector_delta.c      the delta rule with a decay per key channel (kda, erase_delta, rwkv7 on a CPU)
     token_mix.c         RWKV-7's six token-shift mixes
+                        (and RWKV-6's token shift, its ddlerp mixes with their low-rank products on mm.h)
     momentum_scan.c     the momentum delta rule as a recurrence (momentum_delta on a CPU)
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution

@@ -7,7 +7,15 @@
    dmu_m = sum over rows of g_m o step (this call's rows; the caller sums the calls).
    Layouts (row-major, contiguous): x, step, dx, dstep (rows, D); out, g (n, rows, D) (out:
    one tensor; g: n pointers, any of which may be NULL for a zero gradient); mu, dmu (n, D).
-   Each function does the rows [r0, r1). Plain C; compiled by rnnzoo.ops.native. */
+   Each function does the rows [r0, r1). Plain C; compiled by rnnzoo.ops.native.
+
+   RWKV-6's ddlerp mixes x_m = x + step o c_m with a per-row c_m = low_m up_m + mu_m
+   (low (rows, n, R), up (n, R, D), mu (n, D); upT (n, D, R) is up transposed): mixp_fwd
+   writes c (n, rows, D) and the n mixes out (n, rows, D), a block of rows at a time on
+   mm.h's tiles; mixp_bwd from the mixes' gradients g_m (n pointers to (rows, D), none
+   NULL) gives dx = sum_m g_m, dstep = sum_m g_m o c_m, dlow (rows, n, R) = dc_m up_m^T
+   with dc_m = g_m o step (a block at a time, never stored), and this call's partial sums
+   dup (n, R, D) = sum low_m^T dc_m, dmu (n, D) = sum dc_m (the caller sums the calls). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "token_mix.c"
@@ -46,6 +54,104 @@ void NAME(tmix_bwd)(const T *const *g, const T *restrict step, const T *restrict
             }
         }
     }
+}
+
+#include "mm.h"
+#define MIX_BLOCK 64  /* rows a block: its c, dc tiles stay in cache between the passes */
+
+void NAME(mixp_fwd)(const T *restrict x, const T *restrict step, const T *restrict low,
+                    const T *restrict up, const T *restrict mu, T *restrict c,
+                    T *restrict out, long n, long rows, long D, long R, long r0, long r1) {
+    for (long b0 = r0; b0 < r1; b0 += MIX_BLOCK) {
+        const long b1 = b0 + MIX_BLOCK < r1 ? b0 + MIX_BLOCK : r1;
+        for (long m = 0; m < n; m++)  /* c_m = low_m up_m on this block's rows */
+            NAME(mm)(low + m * R, up + m * R * D, c + m * rows * D, rows, D, R, n * R, 1, D, 1,
+                     D, 0, 0, 0, 0, b0, b1);
+        for (long r = b0; r < b1; r++) {
+            const T *restrict xr = x + r * D, *restrict sr = step + r * D;
+            for (long m = 0; m < n; m++) {
+                T *restrict cr = c + (m * rows + r) * D, *restrict o = out + (m * rows + r) * D;
+                const T *restrict mm = mu + m * D;
+                for (long d = 0; d < D; d++) {
+                    const T v = cr[d] + mm[d];
+                    cr[d] = v;
+                    o[d] = xr[d] + sr[d] * v;
+                }
+            }
+        }
+    }
+}
+
+void NAME(mixp_bwd)(const T *const *g, const T *restrict c, const T *restrict step,
+                    const T *restrict low, const T *restrict upT, T *restrict dx,
+                    T *restrict dstep, T *restrict dlow, T *restrict dup, T *restrict dmu,
+                    long n, long rows, long D, long R, long r0, long r1) {
+    memset(dmu, 0, n * D * sizeof(T));
+    memset(dup, 0, n * R * D * sizeof(T));
+    T *dc = malloc((size_t)n * MIX_BLOCK * D * sizeof(T));
+    for (long b0 = r0; b0 < r1; b0 += MIX_BLOCK) {
+        const long b1 = b0 + MIX_BLOCK < r1 ? b0 + MIX_BLOCK : r1, nb = b1 - b0;
+        for (long r = b0; r < b1; r++) {
+            const T *restrict sr = step + r * D;
+            T *restrict dxr = dx + r * D, *restrict dsr = dstep + r * D;
+            for (long d = 0; d < D; d++) { dxr[d] = 0; dsr[d] = 0; }
+            for (long m = 0; m < n; m++) {
+                const T *restrict gr = g[m] + r * D, *restrict cr = c + (m * rows + r) * D;
+                T *restrict dcr = dc + (m * MIX_BLOCK + r - b0) * D, *restrict dm = dmu + m * D;
+                for (long d = 0; d < D; d++) {
+                    const T v = gr[d] * sr[d];
+                    dxr[d] += gr[d];
+                    dsr[d] += gr[d] * cr[d];
+                    dcr[d] = v;
+                    dm[d] += v;
+                }
+            }
+        }
+        for (long m = 0; m < n; m++) {
+            const T *dcm = dc + m * MIX_BLOCK * D;
+            /* dlow[:, m] = dc_m up_m^T on the block; dup_m += low_m^T dc_m */
+            NAME(mm)(dcm, upT + m * D * R, dlow + b0 * n * R + m * R, nb, R, D, D, 1, R, 1,
+                     n * R, 0, 0, 0, 0, 0, nb);
+            NAME(mm)(low + b0 * n * R + m * R, dcm, dup + m * R * D, R, D, nb, 1, n * R, D, 1,
+                     D, 0, 0, 0, 1, 0, R);
+        }
+    }
+    free(dc);
+}
+
+/* RWKV-6's token shift and first mix: step_t = x_{t-1} - x_t (x_{-1} = xlast, (B, D)) and
+   xx = x + step o mu, x (B, T, D), the batches [b0, b1); backward from the gradients of step
+   and xx (e = gstep + gxx o mu): dx_t = gxx_t - e_t + e_{t+1}, dxlast = e_0 and this call's
+   dmu = sum gxx o step. */
+void NAME(shift_fwd)(const T *restrict x, const T *restrict xlast, const T *restrict mu,
+                     T *restrict step, T *restrict xx, long Tn, long D, long b0, long b1) {
+    for (long b = b0; b < b1; b++)
+        for (long t = 0; t < Tn; t++) {
+            const long o = (b * Tn + t) * D;
+            const T *restrict prev = t ? x + o - D : xlast + b * D;
+            for (long d = 0; d < D; d++) {
+                const T s = prev[d] - x[o + d];
+                step[o + d] = s;
+                xx[o + d] = x[o + d] + s * mu[d];
+            }
+        }
+}
+
+void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *restrict step,
+                     const T *restrict mu, T *restrict dx, T *restrict dxlast,
+                     T *restrict dmu, long Tn, long D, long b0, long b1) {
+    memset(dmu, 0, D * sizeof(T));
+    for (long b = b0; b < b1; b++)
+        for (long t = Tn - 1; t >= 0; t--) {  /* dx_t's e_{t+1} part was added at t + 1 */
+            const long o = (b * Tn + t) * D;
+            T *restrict before = t ? dx + o - D : dxlast + b * D;
+            for (long d = 0; d < D; d++) {
+                const T e = gstep[o + d] + gxx[o + d] * mu[d];
+                dx[o + d] = (t + 1 < Tn ? dx[o + d] : 0) + gxx[o + d] - e;
+                before[d] = e;
+                dmu[d] += gxx[o + d] * step[o + d];
+            }
+        }
 }
 
 #endif

@@ -58,6 +58,80 @@ class _TokenMix(torch.autograd.Function):
         return None, dx, dstep, dmu.sum(0)
 
 
+def _mix_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 7 + [L] * 6),
+            native.kernel(lib, "mixp_bwd", dtype, [P] * 10 + [L] * 6))
+
+
+def ddlerp_mixes(lib, x, step, low, up, mu):
+    """RWKV-6's mixes x + step o c_m, c_m = low[:, m] up_m + mu_m: x, step (N, D), low
+    (N, n, R), up (n, R, D), mu (n, D), contiguous, one dtype -> (mixes (n, N, D), c
+    (n, N, D)). No autograd (`ddlerp_grads` is its backward)."""
+    (N, D), (n, R) = x.shape, low.shape[1:]
+    fwd, _ = _mix_kernels(lib, x.dtype)
+    out, c = x.new_empty(n, N, D), x.new_empty(n, N, D)
+    P = native.ptr
+    native.run(fwd, [(P(x), P(step), P(low), P(up), P(mu), P(c), P(out), n, N, D, R, r0, r1)
+                     for r0, r1 in native.rows(N)])
+    return out, c
+
+
+def ddlerp_grads(lib, g, c, step, low, up):
+    """The backward of `ddlerp_mixes` from the mixes' gradients g (n tensors (N, D),
+    contiguous) and its c: -> dx, dstep (N, D), dlow (N, n, R), dup (n, R, D), dmu (n, D)."""
+    (N, D), (n, R) = step.shape, low.shape[1:]
+    _, bwd = _mix_kernels(lib, step.dtype)
+    arr = (ctypes.c_void_p * n)(*[t.data_ptr() for t in g])
+    upT = up.transpose(1, 2).contiguous()
+    dx, dstep, dlow = torch.empty_like(step), torch.empty_like(step), low.new_empty(N, n, R)
+    parts = native.rows(N)
+    dup, dmu = up.new_empty(len(parts), n, R, D), up.new_empty(len(parts), n, D)
+    P = native.ptr
+    native.run(bwd, [(ctypes.cast(arr, ctypes.c_void_p), P(c), P(step), P(low), P(upT), P(dx),
+                      P(dstep), P(dlow), P(dup[i]), P(dmu[i]), n, N, D, R, r0, r1)
+                     for i, (r0, r1) in enumerate(parts)])
+    return dx, dstep, dlow, dup.sum(0), dmu.sum(0)
+
+
+class _Shift(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, x_last, mu):
+        x, x_last, mu = x.contiguous(), x_last.contiguous(), mu.contiguous()
+        B, T, D = x.shape
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "shift_fwd", x.dtype, [P] * 5 + [L] * 4)
+        step, xx = torch.empty_like(x), torch.empty_like(x)
+        native.run(fwd, [(native.ptr(x), native.ptr(x_last), native.ptr(mu), native.ptr(step),
+                          native.ptr(xx), T, D, b0, b1) for b0, b1 in native.rows(B)])
+        ctx.save_for_backward(step, mu)
+        ctx.lib = lib
+        return step, xx
+
+    @staticmethod
+    def backward(ctx, gstep, gxx):
+        step, mu = ctx.saved_tensors
+        B, T, D = step.shape
+        gstep = torch.zeros_like(step) if gstep is None else gstep.contiguous()
+        gxx = torch.zeros_like(step) if gxx is None else gxx.contiguous()
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "shift_bwd", step.dtype, [P] * 7 + [L] * 4)
+        dx, dx_last = torch.empty_like(step), step.new_empty(B, D)
+        parts = native.rows(B)
+        dmu = step.new_empty(len(parts), D)
+        native.run(bwd, [(native.ptr(gstep), native.ptr(gxx), native.ptr(step), native.ptr(mu),
+                          native.ptr(dx), native.ptr(dx_last), native.ptr(dmu[i]), T, D, b0, b1)
+                         for i, (b0, b1) in enumerate(parts)])
+        return None, dx, dx_last, dmu.sum(0)
+
+
+def shift_mix(lib, x, x_last, mu):
+    """RWKV-6's token shift and first mix: x (B, T, D), x_last (B, D) (the input before x),
+    mu (D,) -> step = x_{t-1} - x_t and x + step o mu, each (B, T, D); differentiable in x,
+    x_last and mu."""
+    return _Shift.apply(lib, x, x_last, mu)
+
+
 def token_mix(lib, x, step, mu):
     """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
     return _TokenMix.apply(lib, x, step, mu)
