@@ -43,14 +43,36 @@ def inputs(B, T, H, D, dtype, seed=0):
     return [t.requires_grad_() for t in (q, k, w, beta)]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
-@pytest.mark.parametrize("B,T,H,D,c,levels,threads", [
+CASES = [
     (2, 70, 3, 8, 32, 1, 2),     # blocks of 64, the last of 6 steps; 6 head-rows on 2 threads
     (1, 37, 1, 35, 8, 2, 1),     # one head-row, blocks of 32 from chunks of 8, a packed tail
     (2, 29, 2, 4, 3, 2, 2),      # odd sub-chunks: blocks of 12
     (1, 5, 1, 4, 16, 0, 1),      # one short block, no merge
     (1, 64, 2, 32, 32, 1, 1),    # the layer's shapes: full 32-wide tiles
-])
+]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,c,levels,threads", CASES)
+def test_pieces_from_the_fused_projection(dtype, tol, B, T, H, D, c, levels, threads):
+    """pieces_qkv: q and k read from qkv (B, T, 3, H, D) in place, v returned as (B, H, T, D),
+    and the one gradient of qkv (q's and k's parts written by the kernel, v's copied) against
+    the torch pieces over qkv.unbind(2)."""
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=dtype).requires_grad_()
+    _, _, w, beta = inputs(B, T, H, D, dtype)
+    ins = [qkv, w, beta]
+    with threads_(threads):
+        got = outputs_and_grads(path_chunk.pieces_qkv(lib, qkv, w, beta, 0.3, c, levels), ins)
+    q, k, v = qkv.unbind(2)
+    want = outputs_and_grads((*torch_pieces(q, k, w, beta, 0.3, c, levels),
+                              v.transpose(1, 2)), ins)
+    assert_close(got, want, ["qs", "k1", "P", "intra", "v", "dqkv", "dw", "dbeta"], tol)
+    assert got[4].is_contiguous()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,c,levels,threads", CASES)
 def test_pieces_match_torch(dtype, tol, B, T, H, D, c, levels, threads):
     ins = inputs(B, T, H, D, dtype)
     with threads_(threads):
@@ -60,7 +82,7 @@ def test_pieces_match_torch(dtype, tol, B, T, H, D, c, levels, threads):
 
 
 def test_layer_runs_the_kernel_and_matches_sequential(monkeypatch):
-    calls = counter(monkeypatch, path_chunk, "pieces")
+    calls = counter(monkeypatch, path_chunk, "pieces_qkv")
     torch.manual_seed(0)
     layer = rnnzoo.create("path_attention", d_model=16, num_heads=2, max_len=80,
                           chunk_size=64).double()

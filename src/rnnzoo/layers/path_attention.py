@@ -34,7 +34,6 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
-from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.path_attention import path_attention
 from rnnzoo.registry import register
@@ -64,24 +63,20 @@ class PaTHAttention(Attention):
         self.b_proj = Linear(d_model, num_heads, bias=True)
         self.out_proj = Linear(inner, d_model, bias=False)
 
-    def op_inputs(self, x, heads: bool = False):
-        """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2). heads: q,
-        k, v split on the CPU by one C pass (ops.native.attention.heads) into (B, H, T, Dh)
-        memory, the layout ops.path_attention's chunks read (no copies there, no stack of
-        the split's gradient)."""
+    def op_inputs(self, x):
+        """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""
+        qkv, w, beta = self.fused_inputs(x)
+        return (*qkv.unbind(2), w, beta)
+
+    def fused_inputs(self, x):
+        """op_inputs with q, k, v as the fused projection qkv (B, T, 3, H, Dh) (q, k, v =
+        qkv.unbind(2)): ops.path_attention reads them from it in place on the CPU (no split
+        into heads, one gradient tensor)."""
         B, T, _ = x.shape
         cdt = compute_dtype(x)
-        qkv = self.qkv(x).to(cdt)
-        lib = native_attention.load() if heads and backend.use_native(qkv) else None
-        if lib is not None:
-            none = qkv.new_empty(B, T, 0)  # no rotary channels, no scale
-            q, k, v = (t.transpose(1, 2) for t in native_attention.heads(lib, qkv,
-                                                                          self.num_heads,
-                                                                          none, none))
-        else:
-            q, k, v = qkv.view(B, T, 3, self.num_heads, -1).unbind(2)
+        qkv = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, -1)
         w = l2norm(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1))  # F.normalize's, eps 1e-6
-        return q, k, v, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
+        return qkv, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
 
     def op_output(self, o, x):
         return self.out_proj(o.flatten(2).to(x.dtype))
@@ -94,11 +89,12 @@ class PaTHAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this PaTH attention layer; build it with a larger max_len")
-        q, k, v, w, beta = self.op_inputs(x, heads=mode == "chunk")
+        qkv, w, beta = self.fused_inputs(x)
+        q, k, v = qkv.unbind(2)
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)
         if mode == "chunk":
-            return self._chunk(x, state, q, k, v, w, beta, start, pos, slots, top > 0)
+            return self._chunk(x, state, qkv, w, beta, start, pos, slots, top > 0)
         onehot = (slots == pos[..., None]).to(q.dtype)[:, :, None].expand(-1, -1, self.num_heads, -1)
         # slots from the position on are empty: read as zero (the new keys are written there)
         empty = (slots >= start[:, None])[:, None, :, None]
@@ -117,10 +113,11 @@ class PaTHAttention(Attention):
         y = self.op_output(out.transpose(1, 2), x)
         return y, (S.transpose(-1, -2).to(k_cache.dtype), v_all, end)
 
-    def _chunk(self, x, state, q, k, v, w, beta, start, pos, slots, cached):
+    def _chunk(self, x, state, qkv, w, beta, start, pos, slots, cached):
         """The chunkwise form (ops.path_attention): the cache is read only when some sequence
         has one (cached), and its keys are moved through the new reflections either way."""
         k_cache, v_cache, position = state
+        q, k, v = qkv.unbind(2)
         v_new, bad = v, None  # C kernels, every value finite: no copy, no marks (one host read)
         if not (backend.use_native(v) and bool(torch.isfinite(v.sum((2, 3))).all())):
             v_new, bad = finite(v)                                                # (B, T, H, Dh)
@@ -133,7 +130,8 @@ class PaTHAttention(Attention):
             bad = bad_c if bad is None else bad | bad_c
         out, keys, moved = path_attention(q, k, v_new, w, beta, scale=self.head_dim ** -0.5,
                                           chunk_size=self.chunk_size, k_cache=kc,
-                                          v_cache=vc, cache_visible=visible)
+                                          v_cache=vc, cache_visible=visible,
+                                          qkv=qkv if v_new is v else None)
         y = self.op_output(out if bad is None else poison(out, bad), x)
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter

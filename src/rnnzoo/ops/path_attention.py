@@ -47,12 +47,16 @@ UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are me
 
 
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
-                   cache_visible=None):
+                   cache_visible=None, qkv=None):
     """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H); optional cache of earlier
     tokens: k_cache (B, H, L, Dh) their keys moved through every reflection so far, v_cache
     (B, H, L, Dh) (finite), cache_visible (B, L) bool, the slots that hold a token (the
     others are read as empty: zero keys, never attended).
     v must be finite (the caller marks outputs that read a non-finite value).
+    qkv: optional (B, T, 3, H, Dh), the fused projection whose unbind(2) is q, k, v: where the
+    C kernels run and q, k, w, beta are finite, the chunk kernel reads q and k from it in
+    place and its gradient comes as one tensor (ops.native.path_chunk.pieces_qkv: no
+    split into heads, no stack of the three gradients).
 
     Returns o (B, T, H, Dh), the new keys moved to the last step (B, H, T, Dh), and the cache's
     keys moved through the new reflections (B, H, L, Dh, zero in empty slots; None without a
@@ -68,11 +72,15 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         c, levels = c // 2, levels + 1
     lib = native_attention.load() if backend.use_native(q) else None
     pc = native_path_chunk.load() if lib is not None else None
-    v = to_chunks(v, C)                                               # (B, H, N, C, D)
-    N = v.shape[2]
-    if pc is not None:  # the UT chunks and merges in C, scale in: qs, k1, P, scale intra
+    N = -(-T // C)
+    if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
+        q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
+        v = to_chunks(v.transpose(1, 2), C)                          # (B, H, N, C, D)
+    elif pc is not None:  # the UT chunks and merges in C, scale in: qs, k1, P, scale intra
+        v = to_chunks(v, C)
         q1, k1, P, intra = native_path_chunk.pieces(pc, q, k, w, beta, scale, c, levels)
     else:
+        v = to_chunks(v, C)
         q, k, w = (to_chunks(t, C) for t in (q, k, w))               # (B, H, N, C, D)
         beta = to_chunks(beta[..., None], C)
         mm = _products(lib)

@@ -30,6 +30,8 @@
    written with the inputs' strides (steps < T only). */
 
 #ifndef T
+/* GCC: no memcpy / memset calls for the copy and fill loops (pc_cp, pc_zero; a call a row) */
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
 #define KERNELS "path_chunk.c"
 #include "each_type.h"
 
@@ -37,12 +39,23 @@
 
 #include "mm.h"
 
+/* dst[0, n) = src[0, n) / = 0 in line: the rows here are D or c values, and glibc's
+   memmove / memset calls (~0.4 M of them a fwd+bwd at the #17 size) cost more than the
+   copies (the pragma at the top keeps the compiler from turning these loops into calls) */
+static inline void NAME(pc_cp)(T *restrict dst, const T *restrict src, long n) {
+    for (long i = 0; i < n; i++) dst[i] = src[i];
+}
+
+static inline void NAME(pc_zero)(T *restrict dst, long n) {
+    for (long i = 0; i < n; i++) dst[i] = 0;
+}
+
 /* C (m, n) (+)= A (m, k) B (k, n): A's (i, p) at A + i a_rs + p a_cs, B row-major (ldb) */
 static inline void NAME(pm)(const T *A, long a_rs, long a_cs, const T *B, long ldb, T *C,
                             long ldc, long m, long n, long k, long acc) {
     if (m <= 0 || n <= 0) return;
     if (k <= 0) {
-        if (!acc) for (long i = 0; i < m; i++) memset(C + i * ldc, 0, (size_t)n * sizeof(T));
+        if (!acc) for (long i = 0; i < m; i++) NAME(pc_zero)(C + i * ldc, n);
         return;
     }
     NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, 1, ldc, 0, 0, 0, acc, 0, m);
@@ -132,14 +145,14 @@ static void NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, con
     for (long r = 0; r < C; r++) {
         const long t = t0 + r;
         if (t < Tn) {
-            memcpy(s->q + r * D, q + bi * sq[0] + h * sq[1] + t * sq[2], (size_t)D * sizeof(T));
-            memcpy(s->k + r * D, k + bi * sq[0] + h * sq[1] + t * sq[2], (size_t)D * sizeof(T));
-            memcpy(s->w + r * D, w + bi * sw[0] + h * sw[1] + t * sw[2], (size_t)D * sizeof(T));
+            NAME(pc_cp)(s->q + r * D, q + bi * sq[0] + h * sq[1] + t * sq[2], D);
+            NAME(pc_cp)(s->k + r * D, k + bi * sq[0] + h * sq[1] + t * sq[2], D);
+            NAME(pc_cp)(s->w + r * D, w + bi * sw[0] + h * sw[1] + t * sw[2], D);
             s->b[r] = beta[bi * sb[0] + h * sb[1] + t * sb[2]];
         } else {
-            memset(s->q + r * D, 0, (size_t)D * sizeof(T));
-            memset(s->k + r * D, 0, (size_t)D * sizeof(T));
-            memset(s->w + r * D, 0, (size_t)D * sizeof(T));
+            NAME(pc_zero)(s->q + r * D, D);
+            NAME(pc_zero)(s->k + r * D, D);
+            NAME(pc_zero)(s->w + r * D, D);
             s->b[r] = 0;
         }
     }
@@ -201,15 +214,15 @@ static void NAME(pc_merge)(NAME(pblk) *s, long l) {
     for (long p = 0; p < n / 2; p++) {
         const long oa = 2 * p * cl, ob = oa + cl;
         const T *Pa = NAME(pc_P)(s, l, 2 * p), *Pb = NAME(pc_P)(s, l, 2 * p + 1);
-        memcpy(qn + oa * D, ql + oa * D, (size_t)(cl * D) * sizeof(T));
+        NAME(pc_cp)(qn + oa * D, ql + oa * D, cl * D);
         NAME(pm)(ql + ob * D, D, 1, Pa, D, qn + ob * D, D, cl, D, D, 0);     /* Q'_b P_a */
         NAME(tr)(t, Pb, D, D, D);
         NAME(pm)(kl + oa * D, D, 1, t, D, kn + oa * D, D, cl, D, D, 0);      /* K'_a P_b^T */
-        memcpy(kn + ob * D, kl + ob * D, (size_t)(cl * D) * sizeof(T));
+        NAME(pc_cp)(kn + ob * D, kl + ob * D, cl * D);
         NAME(tr)(t, kl + oa * D, cl, D, D);
         NAME(pm)(ql + ob * D, D, 1, t, cl, s->intra + ob * C + oa, C, cl, cl, D, 0);
         for (long i = 0; i < cl; i++)
-            memset(s->intra + (oa + i) * C + ob, 0, (size_t)cl * sizeof(T));
+            NAME(pc_zero)(s->intra + (oa + i) * C + ob, cl);
         NAME(pm)(Pb, D, 1, Pa, D, NAME(pc_P)(s, l + 1, p), D, D, D, D, 0);   /* P_b P_a */
     }
 }
@@ -240,8 +253,8 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
             const T *qt = s.ql + s.L * C * D;
             T *qo = qs + o * C * D, *io = intra + o * C * C;
             for (long i = 0; i < C * D; i++) qo[i] = sc * qt[i];
-            memcpy(k1 + o * C * D, s.kl + s.L * C * D, (size_t)(C * D) * sizeof(T));
-            memcpy(P + o * D * D, NAME(pc_P)(&s, s.L, 0), (size_t)(D * D) * sizeof(T));
+            NAME(pc_cp)(k1 + o * C * D, s.kl + s.L * C * D, C * D);
+            NAME(pc_cp)(P + o * D * D, NAME(pc_P)(&s, s.L, 0), D * D);
             for (long i = 0; i < C * C; i++) io[i] = sc * s.intra[i];
         }
     free(buf);
@@ -265,7 +278,7 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     T *KW = t;               /* [K ; W] (2c, D) */
     T *Em = KW + F * D;      /* [dP | dK'^T] (D, E), then [dP^T ; dK'] (E, D) */
     for (long i = 0; i < c; i++) {
-        memcpy(X + i * E, dq1 + i * D, (size_t)D * sizeof(T));
+        NAME(pc_cp)(X + i * E, dq1 + i * D, D);
         for (long m = 0; m < c; m++) X[i * E + D + m] = m <= i ? dI[i * ldi + m] : 0;
     }
     NAME(tr)(YZT, YZ, c, E, E);
@@ -274,17 +287,17 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
         for (long m = 0; m < c; m++) dqw[i * c + m] = m <= i ? -dqw[i * c + m] : 0;
     /* d[Y | Z] = -(QW^T X + W [dP | dK'^T]) into dR */
     for (long d = 0; d < D; d++) {
-        memcpy(Em + d * E, dPj + d * D, (size_t)D * sizeof(T));
+        NAME(pc_cp)(Em + d * E, dPj + d * D, D);
         for (long m = 0; m < c; m++) Em[d * E + D + m] = dk1[m * D + d];
     }
     NAME(pm)(QW, 1, c, X, E, dR, E, c, E, c, 0);
     NAME(pm)(W, D, 1, Em, E, dR, E, c, E, D, 1);
     /* dQ = dQ' + [dI | dQW] [K ; W];  dK = dK' + dI^T Q */
-    memcpy(KW, K, (size_t)(c * D) * sizeof(T));
-    memcpy(KW + c * D, W, (size_t)(c * D) * sizeof(T));
+    NAME(pc_cp)(KW, K, c * D);
+    NAME(pc_cp)(KW + c * D, W, c * D);
     for (long i = 0; i < c; i++) {
-        memcpy(Fm + i * F, X + i * E + D, (size_t)c * sizeof(T));
-        memcpy(Fm + i * F + c, dqw + i * c, (size_t)c * sizeof(T));
+        NAME(pc_cp)(Fm + i * F, X + i * E + D, c);
+        NAME(pc_cp)(Fm + i * F + c, dqw + i * c, c);
     }
     NAME(pm)(Fm, F, 1, KW, D, dQ, D, c, D, F, 0);
     for (long i = 0; i < c * D; i++) dQ[i] += dq1[i];
@@ -353,9 +366,9 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
             const T *dqo = dqs + o * C * D, *dio = dintra + o * C * C;
             T *dqt = dql + L * C * D;
             for (long i = 0; i < C * D; i++) dqt[i] = sc * dqo[i];
-            memcpy(dkl + L * C * D, dk1 + o * C * D, (size_t)(C * D) * sizeof(T));
+            NAME(pc_cp)(dkl + L * C * D, dk1 + o * C * D, C * D);
             T *dPt = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
-            memcpy(dPt, dP + o * D * D, (size_t)(D * D) * sizeof(T));
+            NAME(pc_cp)(dPt, dP + o * D * D, D * D);
             for (long i = 0; i < C * C; i++) dI[i] = sc * dio[i];
             for (long l = L - 1; l >= 0; l--) {
                 const long cl = s.c << l, np = S >> (l + 1);
@@ -369,14 +382,14 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
                     T *dPa = dPl + (Pa - s.Pl), *dPb = dPl + (Pb - s.Pl);
                     const T *dPab = dPl + (Pab - s.Pl), *dX = dI + ob * C + oa;
                     /* dQ'_a = dQ[a];  dQ'_b = dQ[b] P_a^T + dX K'_a */
-                    memcpy(dqc + oa * D, dqn + oa * D, (size_t)(cl * D) * sizeof(T));
+                    NAME(pc_cp)(dqc + oa * D, dqn + oa * D, cl * D);
                     NAME(tr)(t, Pa, D, D, D);
                     NAME(pm)(dqn + ob * D, D, 1, t, D, dqc + ob * D, D, cl, D, D, 0);
                     NAME(pm)(dX, C, 1, kl + oa * D, D, dqc + ob * D, D, cl, D, cl, 1);
                     /* dK'_a = dK[a] P_b + dX^T Q'_b;  dK'_b = dK[b] */
                     NAME(pm)(dkn + oa * D, D, 1, Pb, D, dkc + oa * D, D, cl, D, D, 0);
                     NAME(pm)(dX, 1, C, ql + ob * D, D, dkc + oa * D, D, cl, D, cl, 1);
-                    memcpy(dkc + ob * D, dkn + ob * D, (size_t)(cl * D) * sizeof(T));
+                    NAME(pc_cp)(dkc + ob * D, dkn + ob * D, cl * D);
                     /* dP_a = Q'_b^T dQ[b] + P_b^T dP;  dP_b = dK[a]^T K'_a + dP P_a^T */
                     NAME(pm)(ql + ob * D, 1, D, dqn + ob * D, D, dPa, D, D, D, cl, 0);
                     NAME(pm)(Pb, 1, D, dPab, D, dPa, D, D, D, D, 1);
@@ -392,9 +405,9 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
             for (long r = 0; r < C && t0 + r < Tn; r++) {
                 const long t = t0 + r, oq = bi * sq[0] + h * sq[1] + t * sq[2],
                            ow = bi * sw[0] + h * sw[1] + t * sw[2];
-                memcpy(dq + oq, gq + r * D, (size_t)D * sizeof(T));
-                memcpy(dk + oq, gk + r * D, (size_t)D * sizeof(T));
-                memcpy(dw + ow, gw + r * D, (size_t)D * sizeof(T));
+                NAME(pc_cp)(dq + oq, gq + r * D, D);
+                NAME(pc_cp)(dk + oq, gk + r * D, D);
+                NAME(pc_cp)(dw + ow, gw + r * D, D);
                 dbeta[bi * sb[0] + h * sb[1] + t * sb[2]] = gbt[r];
             }
         }

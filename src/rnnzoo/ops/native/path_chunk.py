@@ -10,6 +10,11 @@ and _merge, ran ~50 batched products, a triangular solve and ~60 elementwise pas
         intra (B, H, N, C, C) times scale, zero above the diagonal (ops.path_attention's
         module docstring names the pieces). Differentiable in q, k, w and beta; the backward
         recomputes each block's forward.
+    pieces_qkv(lib, qkv, w, beta, scale, c, levels) -> qs, k1, P, intra, v
+        the same from the fused projection qkv (B, T, 3, H, D), q, k, v = qkv.unbind(2):
+        q and k read in place, v returned as (B, H, T, D) contiguous (the layout the
+        attention kernel reads), the gradient of q, k and v written into one tensor (no
+        split into heads and no stack of the three gradients).
 
 All float32 or all float64 on the CPU (`ops.backend.use_native`); `lib` = load().
 """
@@ -40,40 +45,81 @@ def _dense(t):
     return t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous()
 
 
+def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
+    """The kernel's pieces of q, k, w, beta (q and k with one set of strides); ctx keeps
+    what _backward reads."""
+    B, Tn, H, D = q.shape
+    C = c << levels
+    N = -(-Tn // C)
+    strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
+    extra = (Tn, H, D, c, levels, N, *strides, float(scale))
+    qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
+    P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
+    native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
+               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
+                for r in native.rows(B * H) or [(0, 0)]])
+    ctx.lib, ctx.extra = lib, extra
+    return qs, k1, P, intra
+
+
+def _backward(ctx, q, k, w, beta, grads, dq, dk):
+    """The input gradients into dq, dk (q's strides) and new dw, dbeta (w's, beta's)."""
+    B, _, H, _ = q.shape
+    dqs, dk1, dP, dintra = (g.contiguous() for g in grads)
+    dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+              for t in (w, beta))
+    native.run(_kernel(ctx.lib, "path_chunk_bwd", q.dtype),
+               [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
+                                            dq, dk, dw, db)), *ctx.extra, *r)
+                for r in native.rows(B * H) or [(0, 0)]])
+    return dw, db
+
+
 class _Pieces(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, q, k, w, beta, scale, c, levels):
         q, k, w, beta = (_dense(t) for t in (q, k, w, beta))
         if q.stride() != k.stride():  # one set of strides for both
             q, k = q.contiguous(), k.contiguous()
-        B, Tn, H, D = q.shape
-        C = c << levels
-        N = -(-Tn // C)
-        strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
-        extra = (Tn, H, D, c, levels, N, *strides, float(scale))
-        qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
-        P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
-        native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
-                   [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
-                    for r in native.rows(B * H) or [(0, 0)]])
         ctx.save_for_backward(q, k, w, beta)
-        ctx.lib, ctx.extra = lib, extra
-        return qs, k1, P, intra
+        return _forward(ctx, lib, q, k, w, beta, scale, c, levels)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dqs, dk1, dP, dintra):
+    def backward(ctx, *grads):
         q, k, w, beta = ctx.saved_tensors
-        B, _, H, _ = q.shape
-        dqs, dk1, dP, dintra = (g.contiguous() for g in (dqs, dk1, dP, dintra))
-        dq, dk, dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype,
-                                              device=t.device) for t in (q, k, w, beta))
-        native.run(_kernel(ctx.lib, "path_chunk_bwd", q.dtype),
-                   [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
-                                                dq, dk, dw, db)), *ctx.extra, *r)
-                    for r in native.rows(B * H) or [(0, 0)]])
-        return None, dq, dk, dw, db, None, None, None
+        dq, dk = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                  for t in (q, k))
+        return None, dq, dk, *_backward(ctx, q, k, w, beta, grads, dq, dk), None, None, None
+
+
+class _PiecesQKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, qkv, w, beta, scale, c, levels):
+        qkv, w, beta = qkv.contiguous(), _dense(w), _dense(beta)
+        q, k, v = qkv.unbind(2)
+        ctx.save_for_backward(qkv, w, beta)
+        return (*_forward(ctx, lib, q, k, w, beta, scale, c, levels),
+                v.transpose(1, 2).contiguous())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dqs, dk1, dP, dintra, dv):
+        qkv, w, beta = ctx.saved_tensors
+        q, k, _ = qkv.unbind(2)
+        dqkv = torch.empty_like(qkv)
+        dq, dk, dvs = dqkv.unbind(2)  # q's strides: the kernel writes them in place
+        dw, db = _backward(ctx, q, k, w, beta, (dqs, dk1, dP, dintra), dq, dk)
+        if dv is None:
+            dvs.zero_()
+        else:
+            dvs.copy_(dv.transpose(1, 2))
+        return None, dqkv, dw, db, None, None, None
 
 
 def pieces(lib, q, k, w, beta, scale, c, levels):
     return _Pieces.apply(lib, q, k, w, beta, scale, c, levels)
+
+
+def pieces_qkv(lib, qkv, w, beta, scale, c, levels):
+    return _PiecesQKV.apply(lib, qkv, w, beta, scale, c, levels)
