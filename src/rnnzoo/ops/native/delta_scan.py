@@ -34,7 +34,7 @@ def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
     return (native.kernel(lib, "delta_fwd", dtype, [P] * 10 + [F] + [L] * 7),
-            native.kernel(lib, "delta_bwd", dtype, [P] * 15 + [F] + [L] * 7))
+            native.kernel(lib, "delta_bwd", dtype, [P] * 14 + [F] + [L] * 7))
 
 
 class _NativeDelta(torch.autograd.Function):
@@ -44,30 +44,30 @@ class _NativeDelta(torch.autograd.Function):
         B, Tn, H, K = k.shape
         V = v.shape[-1]
         fwd, _ = _kernels(lib, q.dtype)
-        o, w, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
+        o, d, ST = q.new_empty(B, Tn // n, H, V), torch.empty_like(v), torch.empty_like(S0)
         grad = any(ctx.needs_input_grad)
         ck = q.new_empty(B, H, -(-Tn // CK), K * native.tile_pad(V)) if grad else None
         native.run(fwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
-                          native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(w),
+                          native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(d),
                           native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         if grad:
-            ctx.save_for_backward(q, k, v, beta, g, w, ck)
+            ctx.save_for_backward(q, k, beta, g, d, ck)  # d = v - w: no v backward
         ctx.lib, ctx.scale, ctx.n = lib, scale, n
         return o, ST
 
     @staticmethod
     def backward(ctx, do, dST):
-        q, k, v, beta, g, w, ck = ctx.saved_tensors
+        q, k, beta, g, d, ck = ctx.saved_tensors
         B, Tn, H, K = k.shape
-        V = v.shape[-1]
+        V = d.shape[-1]
         _, bwd = _kernels(ctx.lib, q.dtype)
-        do = v.new_zeros(B, Tn // ctx.n, H, V) if do is None else do.contiguous()
+        do = d.new_zeros(B, Tn // ctx.n, H, V) if do is None else do.contiguous()
         dST = None if dST is None else dST.contiguous()
-        dq, dk, dv, dbeta, dg = (torch.empty_like(t) for t in (q, k, v, beta, g))
+        dq, dk, dv, dbeta, dg = (torch.empty_like(t) for t in (q, k, d, beta, g))
         dS0 = q.new_empty(B, H, K, V)
-        native.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(v), native.ptr(beta),
-                          native.ptr(g), native.ptr(w), native.ptr(ck), native.ptr(dST),
+        native.run(bwd, [(native.ptr(q), native.ptr(k), native.ptr(beta),
+                          native.ptr(g), native.ptr(d), native.ptr(ck), native.ptr(dST),
                           native.ptr(do), native.ptr(dq), native.ptr(dk), native.ptr(dv),
                           native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,
                           Tn, ctx.n, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
