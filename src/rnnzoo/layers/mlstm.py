@@ -136,14 +136,24 @@ class MLSTM(RecurrentLayer):
         x_m, z = (linear(x, w) for w in self.up_proj.weight.split(self.inner))  # no bias
         x_c, conv_state = self.conv(x_m, conv_state)
         # q's 1/sqrt(D) folded into its block weights (no (B, T, inner) scaling pass each way)
-        q, k, v = self.q(x_c, self.head_dim ** -0.5), self.k(x_c), self.v(x_m)
+        scale = self.head_dim ** -0.5
         # [q, k, v] W_gates^T = x_c (W_q BD_q + W_k BD_k)^T + x_m (W_v BD_v)^T: the gates from
         # x_c and x_m through (2H, inner) maps built from the parameters, with no (B, T, 3 inner)
-        # concatenation and no product over it (nor its backward's (rows, 2H) x (2H, 3 inner));
-        # through oneDNN on the CPU (ops.native.linear: MKL's N = 8 products ran ~1.5x slower)
+        # concatenation and no product over it (nor its backward's (rows, 2H) x (2H, 3 inner))
         Wq, Wk, Wv = self.gates.weight.split(self.inner, 1)
-        gates = (linear(x_c, self.q.right(Wq) + self.k.right(Wk), self.gates.bias)
-                 + linear(x_m, self.v.right(Wv)))
+        Gc, Gm = self.q.right(Wq) + self.k.right(Wk), self.v.right(Wv)
+        lib = (native_blockdiag.load()
+               if backend.use_native(x_c, x_m, self.q.weight, self.k.weight, self.v.weight, Gc)
+               else None)
+        if lib is not None:  # q, k and x_c's gates in one C pass, v and x_m's in another
+            q, k, g_c = native_blockdiag.blockdiag_gated(lib, x_c, self.q.weight * scale,
+                                                         self.k.weight, Gc)
+            v, _, g_m = native_blockdiag.blockdiag_gated(lib, x_m, self.v.weight, None, Gm)
+            gates = g_c + g_m + self.gates.bias
+        else:  # the gates' products through oneDNN on the CPU (ops.native.linear: MKL's
+            # N = 8 products ran ~1.5x slower)
+            q, k, v = self.q(x_c, scale), self.k(x_c), self.v(x_m)
+            gates = linear(x_c, Gc, self.gates.bias) + linear(x_m, Gm)
         log_i, f = gates.to(cell_state[0].dtype).chunk(2, -1)
         log_f = F.logsigmoid(f) if self.forget_gate == "sigmoid" else f
         q, k, v = (t.view(B, T, H, D) for t in (q, k, v))

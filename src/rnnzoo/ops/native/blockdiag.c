@@ -9,13 +9,21 @@
    Layouts: x (rows, dim) with row stride xs (a view of a wider tensor is fine); y, dy, dx
    (rows, dim) contiguous; W, dW (dim / bs, bs, bs) contiguous, dW this call's own slice
    (the caller sums slices). Each function does rows [r0, r1). Plain C; compiled by
-   rnnzoo.ops.native. */
+   rnnzoo.ops.native.
+
+   blockdiag_gated_fwd / _bwd: one or two maps of the same x (W1, y1, dy1, dW1 NULL for one)
+   and a dense product with few outputs, g[r, j] = sum_c G[j, c] x[r, c] (G (ng, dim), g
+   (rows, ng) contiguous: mlstm's gate pre-activations from x_c or x_m), in one pass over
+   each row; the backward sums every part of dx in that pass (no separate products of
+   (rows, dim) x (dim, ng) and no additions of (rows, dim) gradients after). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "blockdiag.c"
 #include "each_type.h"
 
 #else
+
+#include "tile.h"  /* VEC, UVEC, NV, hsum: the gates' dot products */
 
 /* bodies with bs a parameter that the calls below make a constant where they can (bs = 4,
    xLSTM's default, and 2, 8): the block loops then unroll into straight vector code */
@@ -73,4 +81,142 @@ void NAME(blockdiag_bwd)(const T *restrict x, const T *restrict W, const T *rest
     else NAME(bwd_rows)(x, W, dy, dx, dW, xs, dim, bs, r0, r1);
 }
 
+/* g[j] = G[j, :] . x for j < ng: eight rows at a time, a vector accumulator each (eight
+   independent chains: one chain a row waits on its FMA latency), the rest one by one */
+static inline void NAME(gate_dots)(const T *restrict G, const T *restrict x, T *restrict g,
+                                   long dim, long ng) {
+    long j0 = 0;
+    for (; j0 + 8 <= ng; j0 += 8) {
+        VEC a[8] = {0};
+        long c = 0;
+        for (; c + NV <= dim; c += NV) {
+            const VEC xv = *(const UVEC *)(x + c);
+            for (long jj = 0; jj < 8; jj++) a[jj] += *(const UVEC *)(G + (j0 + jj) * dim + c) * xv;
+        }
+        for (long jj = 0; jj < 8; jj++) {
+            T s = NAME(hsum)(a[jj]);
+            for (long cc = c; cc < dim; cc++) s += G[(j0 + jj) * dim + cc] * x[cc];
+            g[j0 + jj] = s;
+        }
+    }
+    for (; j0 < ng; j0++) {
+        T s = 0;
+#pragma omp simd reduction(+ : s)
+        for (long c = 0; c < dim; c++) s += G[j0 * dim + c] * x[c];
+        g[j0] = s;
+    }
+}
+
+/* dx += sum_j dg[j] G[j, :] and dG[j, :] += dg[j] x, a vector of columns at a time (dx's
+   vector kept in a register across the ng rows) */
+static inline void NAME(gate_dots_bwd)(const T *restrict G, const T *restrict x,
+                                       const T *restrict dg, T *restrict dx, T *restrict dG,
+                                       long dim, long ng) {
+    long c = 0;
+    for (; c + NV <= dim; c += NV) {
+        const VEC xv = *(const UVEC *)(x + c);
+        VEC d = *(UVEC *)(dx + c);
+        for (long j = 0; j < ng; j++) {
+            d += *(const UVEC *)(G + j * dim + c) * dg[j];
+            *(UVEC *)(dG + j * dim + c) += xv * dg[j];
+        }
+        *(UVEC *)(dx + c) = d;
+    }
+    for (; c < dim; c++)
+        for (long j = 0; j < ng; j++) {
+            dx[c] += G[j * dim + c] * dg[j];
+            dG[j * dim + c] += dg[j] * x[c];
+        }
+}
+
+static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W0,
+                                        const T *restrict W1, const T *restrict G,
+                                        T *restrict y0, T *restrict y1, T *restrict g, long xs,
+                                        long dim, const long bs, long ng, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        const T *restrict xr = x + r * xs;
+        T *restrict y0r = y0 + r * dim;
+        for (long b = 0; b < dim; b += bs)
+            for (long o = 0; o < bs; o++) {
+                T a0 = 0;
+                for (long i = 0; i < bs; i++) a0 += W0[(b + o) * bs + i] * xr[b + i];
+                y0r[b + o] = a0;
+            }
+        if (W1) {
+            T *restrict y1r = y1 + r * dim;
+            for (long b = 0; b < dim; b += bs)
+                for (long o = 0; o < bs; o++) {
+                    T a1 = 0;
+                    for (long i = 0; i < bs; i++) a1 += W1[(b + o) * bs + i] * xr[b + i];
+                    y1r[b + o] = a1;
+                }
+        }
+        NAME(gate_dots)(G, xr, g + r * ng, dim, ng);
+    }
+}
+
+static inline void NAME(gated_bwd_rows)(const T *restrict x, const T *restrict W0,
+                                        const T *restrict W1, const T *restrict G,
+                                        const T *restrict dy0, const T *restrict dy1,
+                                        const T *restrict dg, T *restrict dx, T *restrict dW0,
+                                        T *restrict dW1, T *restrict dG, long xs, long dim,
+                                        const long bs, long ng, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        const T *restrict xr = x + r * xs, *restrict d0 = dy0 + r * dim;
+        T *restrict dxr = dx + r * dim;
+        for (long b = 0; b < dim; b += bs) {
+            for (long i = 0; i < bs; i++) {
+                T acc = 0;
+                for (long o = 0; o < bs; o++) acc += W0[(b + o) * bs + i] * d0[b + o];
+                dxr[b + i] = acc;
+            }
+            for (long o = 0; o < bs; o++)
+                for (long i = 0; i < bs; i++) dW0[(b + o) * bs + i] += d0[b + o] * xr[b + i];
+        }
+        if (W1) {
+            const T *restrict d1 = dy1 + r * dim;
+            for (long b = 0; b < dim; b += bs) {
+                for (long i = 0; i < bs; i++) {
+                    T acc = 0;
+                    for (long o = 0; o < bs; o++) acc += W1[(b + o) * bs + i] * d1[b + o];
+                    dxr[b + i] += acc;
+                }
+                for (long o = 0; o < bs; o++)
+                    for (long i = 0; i < bs; i++) dW1[(b + o) * bs + i] += d1[b + o] * xr[b + i];
+            }
+        }
+        NAME(gate_dots_bwd)(G, xr, dg + r * ng, dxr, dG, dim, ng);
+    }
+}
+
+void NAME(blockdiag_gated_fwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
+                               const T *restrict G, T *restrict y0, T *restrict y1,
+                               T *restrict g, long xs, long dim, long bs, long ng, long r0,
+                               long r1) {
+    if (bs == 4) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1);
+    else if (bs == 2) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1);
+    else if (bs == 8) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1);
+    else NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1);
+}
+
+void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
+                               const T *restrict G, const T *restrict dy0,
+                               const T *restrict dy1, const T *restrict dg, T *restrict dx,
+                               T *restrict dW0, T *restrict dW1, T *restrict dG, long xs,
+                               long dim, long bs, long ng, long r0, long r1) {
+    memset(dW0, 0, dim * bs * sizeof(T));
+    if (dW1) memset(dW1, 0, dim * bs * sizeof(T));
+    memset(dG, 0, ng * dim * sizeof(T));
+    if (bs == 4)
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 4, ng, r0, r1);
+    else if (bs == 2)
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 2, ng, r0, r1);
+    else if (bs == 8)
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 8, ng, r0, r1);
+    else
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, bs, ng, r0,
+                             r1);
+}
+
+#include "tile.h"  /* its names undefined for the next type */
 #endif
