@@ -155,16 +155,54 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
     }
 }
 
+/* The map's backward for bs = 4 on whole vectors of columns (NV lanes = NV / 4 blocks): with
+   lane c = 4 b + i and dy_o = dy's lanes 4 b + o broadcast over each block (a shuffle),
+       dx[c] (+)= sum_o Wo[o][c] dy_o[c],   Wo[o][4 b + i] = W[b, o, i],
+       Do[o][c] += dy_o[c] x[c]             (dW[b, o, i] = Do[o][4 b + i], put back after)
+   eight FMAs and four shuffles a vector instead of 32 scalar multiply-adds. Columns past the
+   last whole vector: the scalar body. */
+#if TILE_CAT(TILE_SIZE, NAME()) == 4
+typedef int NAME(imask) __attribute__((vector_size(TILE_BYTES)));
+#else
+typedef long long NAME(imask) __attribute__((vector_size(TILE_BYTES)));
+#endif
+
+static inline void NAME(bwd4_vec)(const T *restrict xr, const T *restrict dyr,
+                                  T *restrict dxr, const T *restrict Wo, T *restrict Do,
+                                  long ld, long nvd, int add) {
+    NAME(imask) m[4];
+    for (long o = 0; o < 4; o++)
+        for (long l = 0; l < NV; l++) m[o][l] = (l & ~3L) | o;
+    for (long c = 0; c < nvd; c += NV) {
+        const VEC xv = *(const UVEC *)(xr + c), dv = *(const UVEC *)(dyr + c);
+        VEC acc = {0};
+        if (add) acc = *(const UVEC *)(dxr + c);
+        for (long o = 0; o < 4; o++) {
+            const VEC d = __builtin_shuffle(dv, m[o]);
+            acc += *(const VEC *)(Wo + o * ld + c) * d;
+            *(VEC *)(Do + o * ld + c) += d * xv;
+        }
+        *(UVEC *)(dxr + c) = acc;
+    }
+}
+
+/* (v: bs = 4's vector buffers Wo0, Do0, Wo1, Do1 (4 rows of ld each) for the columns [0, c0),
+   NULL with c0 = 0 for the scalar body alone) */
 static inline void NAME(gated_bwd_rows)(const T *restrict x, const T *restrict W0,
                                         const T *restrict W1, const T *restrict G,
                                         const T *restrict dy0, const T *restrict dy1,
                                         const T *restrict dg, T *restrict dx, T *restrict dW0,
                                         T *restrict dW1, T *restrict dG, long xs, long dim,
-                                        const long bs, long ng, long r0, long r1) {
+                                        const long bs, long ng, long r0, long r1, T *restrict v,
+                                        long ld, long c0) {
     for (long r = r0; r < r1; r++) {
         const T *restrict xr = x + r * xs, *restrict d0 = dy0 + r * dim;
         T *restrict dxr = dx + r * dim;
-        for (long b = 0; b < dim; b += bs) {
+        if (c0) {
+            NAME(bwd4_vec)(xr, d0, dxr, v, v + 4 * ld, ld, c0, 0);
+            if (W1) NAME(bwd4_vec)(xr, dy1 + r * dim, dxr, v + 8 * ld, v + 12 * ld, ld, c0, 1);
+        }
+        for (long b = c0; b < dim; b += bs) {
             for (long i = 0; i < bs; i++) {
                 T acc = 0;
                 for (long o = 0; o < bs; o++) acc += W0[(b + o) * bs + i] * d0[b + o];
@@ -175,7 +213,7 @@ static inline void NAME(gated_bwd_rows)(const T *restrict x, const T *restrict W
         }
         if (W1) {
             const T *restrict d1 = dy1 + r * dim;
-            for (long b = 0; b < dim; b += bs) {
+            for (long b = c0; b < dim; b += bs) {
                 for (long i = 0; i < bs; i++) {
                     T acc = 0;
                     for (long o = 0; o < bs; o++) acc += W1[(b + o) * bs + i] * d1[b + o];
@@ -207,15 +245,39 @@ void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const 
     memset(dW0, 0, dim * bs * sizeof(T));
     if (dW1) memset(dW1, 0, dim * bs * sizeof(T));
     memset(dG, 0, ng * dim * sizeof(T));
-    if (bs == 4)
-        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 4, ng, r0, r1);
+    if (bs == 4 && dim >= NV) {  /* whole vectors of columns on bwd4_vec, the rest scalar */
+        const long c0 = dim / NV * NV, ld = c0;
+        T *v = aligned_alloc(TILE_BYTES, 16 * ld * sizeof(T));
+        for (long m = 0; m < 2; m++) {  /* Wo from W, Do zero */
+            const T *restrict W = m ? W1 : W0;
+            if (!W) continue;
+            T *restrict Wo = v + 8 * m * ld;
+            for (long c = 0; c < c0; c++)
+                for (long o = 0; o < 4; o++) Wo[o * ld + c] = W[(c & ~3L) * 4 + o * 4 + (c & 3)];
+            memset(Wo + 4 * ld, 0, 4 * ld * sizeof(T));
+        }
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 4, ng, r0, r1,
+                             v, ld, c0);
+        for (long m = 0; m < 2; m++) {  /* dW[b, o, i] = Do[o][4 b + i] */
+            T *restrict dW = m ? dW1 : dW0;
+            if (!dW) continue;
+            const T *restrict Do = v + (8 * m + 4) * ld;
+            for (long c = 0; c < c0; c++)
+                for (long o = 0; o < 4; o++) dW[(c & ~3L) * 4 + o * 4 + (c & 3)] = Do[o * ld + c];
+        }
+        free(v);
+    } else if (bs == 4)
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 4, ng, r0, r1,
+                             NULL, 0, 0);
     else if (bs == 2)
-        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 2, ng, r0, r1);
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 2, ng, r0, r1,
+                             NULL, 0, 0);
     else if (bs == 8)
-        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 8, ng, r0, r1);
+        NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 8, ng, r0, r1,
+                             NULL, 0, 0);
     else
         NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, bs, ng, r0,
-                             r1);
+                             r1, NULL, 0, 0);
 }
 
 #include "tile.h"  /* its names undefined for the next type */
