@@ -129,14 +129,56 @@ static inline void NAME(gate_dots_bwd)(const T *restrict G, const T *restrict x,
         }
 }
 
+#if TILE_CAT(TILE_SIZE, NAME()) == 4
+typedef int NAME(imask) __attribute__((vector_size(TILE_BYTES)));
+#else
+typedef long long NAME(imask) __attribute__((vector_size(TILE_BYTES)));
+#endif
+
+/* m[j]: lane l reads lane 4 (l / 4) + j (block-wise broadcast of a block's entry j) */
+static inline void NAME(block_masks)(NAME(imask) *m) {
+    for (long j = 0; j < 4; j++)
+        for (long l = 0; l < NV; l++) m[j][l] = (l & ~3L) | j;
+}
+
+/* The map's forward for bs = 4 on whole vectors of columns: lane c = 4 b + o,
+   y[c] = sum_i Wi[i][c] x_i[c] with Wi[i][4 b + o] = W[b, o, i] and x_i = x's lanes 4 b + i
+   broadcast over each block (a shuffle). Columns [0, nvd). */
+static inline void NAME(fwd4_vec)(const T *restrict xr, T *restrict yr, const T *restrict Wi,
+                                  long ld, long nvd) {
+    NAME(imask) m[4];
+    NAME(block_masks)(m);
+    for (long c = 0; c < nvd; c += NV) {
+        const VEC xv = *(const UVEC *)(xr + c);
+        VEC acc = {0};
+        for (long i = 0; i < 4; i++) acc += *(const VEC *)(Wi + i * ld + c) * __builtin_shuffle(xv, m[i]);
+        *(UVEC *)(yr + c) = acc;
+    }
+}
+
+/* Wi (the forward's) or Wo (the backward's) for columns [0, c0) of W (c0 / 4, 4, 4): row j,
+   lane 4 b + l holds W[b, l, j] (fwd) or W[b, j, l] (bwd) */
+static inline void NAME(lane_major)(const T *restrict W, T *restrict out, long ld, long c0,
+                                    int bwd) {
+    for (long c = 0; c < c0; c++)
+        for (long j = 0; j < 4; j++)
+            out[j * ld + c] = bwd ? W[(c & ~3L) * 4 + j * 4 + (c & 3)]
+                                  : W[(c & ~3L) * 4 + (c & 3) * 4 + j];
+}
+
 static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W0,
                                         const T *restrict W1, const T *restrict G,
                                         T *restrict y0, T *restrict y1, T *restrict g, long xs,
-                                        long dim, const long bs, long ng, long r0, long r1) {
+                                        long dim, const long bs, long ng, long r0, long r1,
+                                        const T *restrict v, long ld, long c0) {
     for (long r = r0; r < r1; r++) {
         const T *restrict xr = x + r * xs;
         T *restrict y0r = y0 + r * dim;
-        for (long b = 0; b < dim; b += bs)
+        if (c0) {  /* bs = 4's whole vectors (v: Wi of W0, then of W1, 4 rows of ld each) */
+            NAME(fwd4_vec)(xr, y0r, v, ld, c0);
+            if (W1) NAME(fwd4_vec)(xr, y1 + r * dim, v + 4 * ld, ld, c0);
+        }
+        for (long b = c0; b < dim; b += bs)
             for (long o = 0; o < bs; o++) {
                 T a0 = 0;
                 for (long i = 0; i < bs; i++) a0 += W0[(b + o) * bs + i] * xr[b + i];
@@ -144,7 +186,7 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
             }
         if (W1) {
             T *restrict y1r = y1 + r * dim;
-            for (long b = 0; b < dim; b += bs)
+            for (long b = c0; b < dim; b += bs)
                 for (long o = 0; o < bs; o++) {
                     T a1 = 0;
                     for (long i = 0; i < bs; i++) a1 += W1[(b + o) * bs + i] * xr[b + i];
@@ -161,18 +203,12 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
        Do[o][c] += dy_o[c] x[c]             (dW[b, o, i] = Do[o][4 b + i], put back after)
    eight FMAs and four shuffles a vector instead of 32 scalar multiply-adds. Columns past the
    last whole vector: the scalar body. */
-#if TILE_CAT(TILE_SIZE, NAME()) == 4
-typedef int NAME(imask) __attribute__((vector_size(TILE_BYTES)));
-#else
-typedef long long NAME(imask) __attribute__((vector_size(TILE_BYTES)));
-#endif
 
 static inline void NAME(bwd4_vec)(const T *restrict xr, const T *restrict dyr,
                                   T *restrict dxr, const T *restrict Wo, T *restrict Do,
                                   long ld, long nvd, int add) {
     NAME(imask) m[4];
-    for (long o = 0; o < 4; o++)
-        for (long l = 0; l < NV; l++) m[o][l] = (l & ~3L) | o;
+    NAME(block_masks)(m);
     for (long c = 0; c < nvd; c += NV) {
         const VEC xv = *(const UVEC *)(xr + c), dv = *(const UVEC *)(dyr + c);
         VEC acc = {0};
@@ -231,10 +267,21 @@ void NAME(blockdiag_gated_fwd)(const T *restrict x, const T *restrict W0, const 
                                const T *restrict G, T *restrict y0, T *restrict y1,
                                T *restrict g, long xs, long dim, long bs, long ng, long r0,
                                long r1) {
-    if (bs == 4) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1);
-    else if (bs == 2) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1);
-    else if (bs == 8) NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1);
-    else NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1);
+    if (bs == 4 && dim >= NV) {  /* whole vectors of columns on fwd4_vec, the rest scalar */
+        const long c0 = dim / NV * NV, ld = c0;
+        T *v = aligned_alloc(TILE_BYTES, 8 * ld * sizeof(T));
+        NAME(lane_major)(W0, v, ld, c0, 0);
+        if (W1) NAME(lane_major)(W1, v + 4 * ld, ld, c0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, v, ld, c0);
+        free(v);
+    } else if (bs == 4)
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, NULL, 0, 0);
+    else if (bs == 2)
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1, NULL, 0, 0);
+    else if (bs == 8)
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1, NULL, 0, 0);
+    else
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1, NULL, 0, 0);
 }
 
 void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
@@ -251,10 +298,8 @@ void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const 
         for (long m = 0; m < 2; m++) {  /* Wo from W, Do zero */
             const T *restrict W = m ? W1 : W0;
             if (!W) continue;
-            T *restrict Wo = v + 8 * m * ld;
-            for (long c = 0; c < c0; c++)
-                for (long o = 0; o < 4; o++) Wo[o * ld + c] = W[(c & ~3L) * 4 + o * 4 + (c & 3)];
-            memset(Wo + 4 * ld, 0, 4 * ld * sizeof(T));
+            NAME(lane_major)(W, v + 8 * m * ld, ld, c0, 1);
+            memset(v + (8 * m + 4) * ld, 0, 4 * ld * sizeof(T));
         }
         NAME(gated_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, 4, ng, r0, r1,
                              v, ld, c0);
