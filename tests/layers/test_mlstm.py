@@ -62,3 +62,28 @@ def test_block_diagonal_groups_equal_the_blockwise_map(dim, blocksize, per_group
     got = torch.autograd.grad((layer(x) * w).sum(), (x, layer.weight))
     for a, b in zip(got, torch.autograd.grad((want * w).sum(), (x, layer.weight))):
         assert (a - b).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_native_path_matches_the_torch_path(dtype, tol):
+    """The CPU's C path (the up-projection's halves, q's scale in its blocks, q, k, v and the
+    gates from ops.native.blockdiag.blockdiag_gated) against the PyTorch path: outputs, state
+    and every gradient."""
+    from rnnzoo.ops import backend
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mlstm", d_model=12, num_heads=3, chunk_size=4).to(dtype)
+    with torch.no_grad():  # gates that depend on the input (they start at zero weight)
+        layer.gates.weight.normal_(0, 0.3)
+    x = torch.randn(2, 9, 12, dtype=dtype, requires_grad=True)
+    params = [x, *layer.parameters()]
+
+    def run():
+        y, state = layer(x, mode="chunk")
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)).sum()
+        return [y, *state[:3], *torch.autograd.grad(loss, params)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert (a - b).abs().max() <= tol * b.abs().max().clamp(min=1), i

@@ -71,3 +71,56 @@ def test_native_blockdiag_matches_torch(calls, dtype, tol, bs, threads):
             want = run()
     assert calls["blockdiag"][0] == 1
     assert_close(got, want, ["y", "x", "weight"], tol)
+
+
+def _gated_reference(x, W0, W1, G):
+    """(x BD0^T, x BD1^T, x G^T) in PyTorch: the blocks as a batched product."""
+    def bd(W):
+        xb = x.unflatten(-1, (W.shape[0], W.shape[-1]))
+        return torch.einsum("...bi,boi->...bo", xb, W).flatten(-2)
+    return bd(W0), None if W1 is None else bd(W1), x @ G.T
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("dim,bs,ng,two,threads", [
+    (256, 4, 8, True, 1),  # mlstm's shape: whole vectors, the eight-row gate path
+    (36, 4, 11, True, 2),  # a column tail past the vectors, eight rows and three after
+    (12, 3, 3, False, 1),  # one map, fewer than eight gate rows, a bs without its own body
+    (40, 2, 16, False, 2),
+])
+def test_native_blockdiag_gated_matches_torch(dtype, tol, dim, bs, ng, two, threads):
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    wide = r(3, 7, 2 * dim).requires_grad_()
+    W0, G = r(dim // bs, bs, bs).requires_grad_(), r(ng, dim).requires_grad_()
+    W1 = r(dim // bs, bs, bs).requires_grad_() if two else None
+    ws = [r(3, 7, dim), r(3, 7, dim), r(3, 7, ng)]
+    ins = [wide, W0, G] + ([W1] if two else [])
+
+    def run(f):
+        outs = f(wide[..., dim:], W0, W1, G)  # x a strided view, as mlstm's split halves
+        loss = sum((o * w).sum() for o, w in zip(outs, ws) if o is not None)
+        return [o for o in outs if o is not None] + list(torch.autograd.grad(loss, ins))
+
+    lib = blockdiag.load()
+    with threads_(threads):
+        got = run(lambda *a: blockdiag.blockdiag_gated(lib, *a))
+    want = run(_gated_reference)
+    names = ["y0"] + (["y1"] if two else []) + ["g", "x", "W0", "G"] + (["W1"] if two else [])
+    assert_close(got, want, names, tol)
+
+
+def test_native_blockdiag_gated_unused_outputs():
+    """Outputs that get no gradient (k unused, the gates unused) count as zeros."""
+    gen = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, W0, W1, G = (r(*s).requires_grad_() for s in ((5, 24), (6, 4, 4), (6, 4, 4), (8, 24)))
+    w = r(5, 24)
+    lib = blockdiag.load()
+    got = torch.autograd.grad((blockdiag.blockdiag_gated(lib, x, W0, W1, G)[0] * w).sum(),
+                              [x, W0, W1, G], allow_unused=True)
+    want = torch.autograd.grad((_gated_reference(x, W0, W1, G)[0] * w).sum(), [x, W0],
+                               allow_unused=True)
+    assert_close(got[:2], want, ["x", "W0"], 1e-12)
+    assert got[2] is None or not got[2].abs().max()
+    assert got[3] is None or not got[3].abs().max()

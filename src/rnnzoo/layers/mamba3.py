@@ -178,6 +178,10 @@ class Mamba3(RecurrentLayer):
                                                                          raw=lib is not None)
         if lib is not None:  # SISO on the CPU: q and k from the raw B and C in C
             last = self._normed(Bm[:, -1:], h.dtype, "B")[:, 0], x[:, -1]
+            # x once contiguous (a strided slice of in_proj's output): the SSD and the head
+            # would each copy it
+            x = x.contiguous()
+            xr = x[:, :, None]
             y, h = self._chunk_fused(lib, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev,
                                      self._ranked(x_prev))
             head = gated_norm.load() if backend.use_native(y, z) else None
@@ -284,8 +288,9 @@ class Mamba3(RecurrentLayer):
         x = xr[:, :, 0]
         o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
                    chunk_size=self.chunk_size)
-        return self._turned_back((o + (cb * -beta_next)[..., None] * x)[:, :, None], S,
-                                 theta[:, -1])
+        # o + (cb * -beta_next) x in one pass (no (B, T, H, head_dim) product first)
+        return self._turned_back(torch.addcmul(o, (cb * -beta_next)[..., None], x)[:, :, None],
+                                 S, theta[:, -1])
 
     def _turned_back(self, y, S, end):
         """(y, the final state turned back by the call's last angles to the unrotated frame)."""

@@ -68,14 +68,16 @@ class BlockDiagonalLinear(nn.Module):
         return torch.einsum("mbo,boi->mbi", W.view(W.shape[0], self.blocks, self.blocksize),
                             blocks).reshape(W.shape[0], -1)
 
-    def forward(self, x):
-        if backend.use_native(x, self.weight):  # bs multiply-adds an output, in C
+    def forward(self, x, scale=None):
+        """x (..., dim) -> x BD^T (times `scale` when given: folded into the small weight)."""
+        W = self.weight if scale is None else self.weight * scale
+        if backend.use_native(x, W):  # bs multiply-adds an output, in C
             lib = native_blockdiag.load()
             if lib is not None:
-                return native_blockdiag.blockdiag(lib, x, self.weight)
+                return native_blockdiag.blockdiag(lib, x, W)
         per, bs = self.per_group, self.blocksize
         groups = self.blocks // per
-        W = self.weight.view(groups, per, bs, bs)
+        W = W.view(groups, per, bs, bs)
         if per > 1:  # (groups, per * bs, per * bs), block-diagonal
             eye = torch.eye(per, dtype=W.dtype, device=W.device)
             W = torch.einsum("gpoi,pq->gpoqi", W, eye).reshape(groups, per * bs, per * bs)
@@ -129,24 +131,38 @@ class MLSTM(RecurrentLayer):
         *cell_state, conv_state = state
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        x_m, z = self.up_proj(x).chunk(2, -1)
+        # x W_up^T as its two halves' products: x_m and z come out contiguous (no copies of
+        # a strided half for the conv and the gates, no (B, T, 2 inner) cat in the backward)
+        x_m, z = (linear(x, w) for w in self.up_proj.weight.split(self.inner))  # no bias
         x_c, conv_state = self.conv(x_m, conv_state)
-        q, k, v = self.q(x_c), self.k(x_c), self.v(x_m)
+        # q's 1/sqrt(D) folded into its block weights (no (B, T, inner) scaling pass each way)
+        scale = self.head_dim ** -0.5
         # [q, k, v] W_gates^T = x_c (W_q BD_q + W_k BD_k)^T + x_m (W_v BD_v)^T: the gates from
         # x_c and x_m through (2H, inner) maps built from the parameters, with no (B, T, 3 inner)
-        # concatenation and no product over it (nor its backward's (rows, 2H) x (2H, 3 inner));
-        # through oneDNN on the CPU (ops.native.linear: MKL's N = 8 products ran ~1.5x slower)
+        # concatenation and no product over it (nor its backward's (rows, 2H) x (2H, 3 inner))
         Wq, Wk, Wv = self.gates.weight.split(self.inner, 1)
-        gates = (linear(x_c, self.q.right(Wq) + self.k.right(Wk), self.gates.bias)
-                 + linear(x_m, self.v.right(Wv)))
+        Gc, Gm = self.q.right(Wq) + self.k.right(Wk), self.v.right(Wv)
+        lib = (native_blockdiag.load()
+               if backend.use_native(x_c, x_m, self.q.weight, self.k.weight, self.v.weight, Gc)
+               else None)
+        if lib is not None:  # q, k and x_c's gates in one C pass, v and x_m's in another
+            q, k, g_c = native_blockdiag.blockdiag_gated(lib, x_c, self.q.weight * scale,
+                                                         self.k.weight, Gc)
+            v, _, g_m = native_blockdiag.blockdiag_gated(lib, x_m, self.v.weight, None, Gm)
+            gates = g_c + g_m + self.gates.bias
+        else:  # the gates' products through oneDNN on the CPU (ops.native.linear: MKL's
+            # N = 8 products ran ~1.5x slower)
+            q, k, v = self.q(x_c, scale), self.k(x_c), self.v(x_m)
+            gates = linear(x_c, Gc, self.gates.bias) + linear(x_m, Gm)
         log_i, f = gates.to(cell_state[0].dtype).chunk(2, -1)
         log_f = F.logsigmoid(f) if self.forget_gate == "sigmoid" else f
         q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
         if mode == "chunk":
-            h, cell_state = mlstm(q, k, v, log_i, log_f, initial_state=tuple(cell_state),
-                                  chunk_size=self.chunk_size)
+            h, cell_state = mlstm(q, k, v, log_i, log_f, scale=1.0,
+                                  initial_state=tuple(cell_state), chunk_size=self.chunk_size)
         else:
-            h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, initial_state=tuple(cell_state))
+            h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, scale=1.0,
+                                            initial_state=tuple(cell_state))
         return self.down_proj(self._head(h, x_c, z)), (*cell_state, conv_state)
 
     def _head(self, h, x_c, z):

@@ -507,7 +507,8 @@ def _mlstm_prepare(q, k, v, log_i, log_f, scale, initial_state):
     B, T, H, K = q.shape
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
-    q, k, v, log_i, log_f = q.to(dt) * scale, k.to(dt), v.to(dt), log_i.to(dt), log_f.to(dt)
+    q = q.to(dt) if scale == 1 else q.to(dt) * scale  # scale 1: q scaled by the caller
+    k, v, log_i, log_f = k.to(dt), v.to(dt), log_i.to(dt), log_f.to(dt)
     if initial_state is None:
         z = q.new_zeros
         initial_state = (z(B, H, K, v.shape[-1]), z(B, H, K), z(B, H))

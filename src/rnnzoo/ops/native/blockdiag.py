@@ -66,3 +66,56 @@ class _NativeBlockDiag(torch.autograd.Function):
 def blockdiag(lib, x, weight):
     """y = x BD^T; `lib` = load()."""
     return _NativeBlockDiag.apply(lib, x, weight)
+
+
+def _gated_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "blockdiag_gated_fwd", dtype, [P] * 7 + [L] * 6),
+            native.kernel(lib, "blockdiag_gated_bwd", dtype, [P] * 11 + [L] * 6))
+
+
+class _NativeBlockDiagGated(torch.autograd.Function):
+    """(x, W0, W1 or None, G) -> (y0, y1 or None, g), blockdiag.c's names."""
+
+    @staticmethod
+    def forward(ctx, lib, x, W0, W1, G):
+        x2, W0, G = _rows(x), W0.contiguous(), G.contiguous()
+        W1 = None if W1 is None else W1.contiguous()
+        rows, dim = x2.shape
+        bs, ng = W0.shape[-1], G.shape[0]
+        y0, g = x2.new_empty(rows, dim), x2.new_empty(rows, ng)
+        y1 = None if W1 is None else x2.new_empty(rows, dim)
+        fwd, _ = _gated_kernels(lib, x.dtype)
+        native.run(fwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, y0, y1, g)), x2.stride(0), dim,
+                          bs, ng, *p) for p in native.rows(rows)])
+        ctx.save_for_backward(x2, W0, W1, G)
+        ctx.lib, ctx.shape = lib, x.shape
+        lead = x.shape[:-1]
+        return (y0.view(x.shape), None if y1 is None else y1.view(x.shape), g.view(*lead, ng))
+
+    @staticmethod
+    def backward(ctx, dy0, dy1, dg):
+        x2, W0, W1, G = ctx.saved_tensors
+        rows, dim = x2.shape
+        bs, ng = W0.shape[-1], G.shape[0]
+        dy0, dg = ((x2.new_zeros(rows, n) if d is None else d.contiguous().view(rows, n))
+                   for d, n in ((dy0, dim), (dg, ng)))
+        if W1 is not None:
+            dy1 = x2.new_zeros(rows, dim) if dy1 is None else dy1.contiguous().view(rows, dim)
+        parts = native.rows(rows)
+        dx = torch.empty_like(dy0)
+        dW0, dG = W0.new_empty(len(parts), *W0.shape), G.new_empty(len(parts), *G.shape)
+        dW1 = None if W1 is None else W1.new_empty(len(parts), *W1.shape)
+        _, bwd = _gated_kernels(ctx.lib, x2.dtype)
+        native.run(bwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, dy0, None if W1 is None else dy1,
+                                                    dg, dx, dW0[i], None if W1 is None else dW1[i],
+                                                    dG[i])),
+                          x2.stride(0), dim, bs, ng, a, b) for i, (a, b) in enumerate(parts)])
+        return (None, dx.view(ctx.shape), dW0.sum(0), None if W1 is None else dW1.sum(0),
+                dG.sum(0))
+
+
+def blockdiag_gated(lib, x, W0, W1, G):
+    """(x BD0^T, x BD1^T or None, x G^T) in one pass each way: x (..., dim), W0 / W1 (dim / bs,
+    bs, bs) (W1 may be None), G (ng, dim); `lib` = load()."""
+    return _NativeBlockDiagGated.apply(lib, x, W0, W1, G)
