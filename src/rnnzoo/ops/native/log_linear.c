@@ -46,6 +46,18 @@ static inline void NAME(ll_mrow)(T *restrict m, const T *restrict G, const T *re
     for (long s = t + 1; s < e; s++) m[s] = 0;
 }
 
+/* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e) */
+static void NAME(ll_tile)(T *restrict A, T *restrict M, const T *restrict S, const T *restrict G,
+                          const T *restrict lam, long i0, long t, long e, long C, long L) {
+    for (long r = 0; r < t; r++) {
+        T *restrict a = A + r * e, *restrict m = M + r * e;
+        const T *restrict s = S + (i0 + r) * C;
+        NAME(ll_mrow)(m, G, lam + (i0 + r) * L, i0 + r, e, L);
+#pragma omp simd
+        for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
+    }
+}
+
 void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict G, const T *restrict lam, T *restrict y, T *restrict S,
                         long C, long K, long V, long L, long tile, long n0, long n1) {
@@ -58,13 +70,7 @@ void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restr
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
             NAME(mm)(qn + i0 * K, kT, Sn + i0 * C, t, e, K, K, 1, C, 1, C, 0, 0, 0, 0, 0, t);
-            for (long r = 0; r < t; r++) {
-                T *restrict a = A + r * e, *restrict m = M + r * e;
-                const T *restrict s = Sn + (i0 + r) * C;
-                NAME(ll_mrow)(m, Gn, ln + (i0 + r) * L, i0 + r, e, L);
-#pragma omp simd
-                for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
-            }
+            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L);
             NAME(mm)(A, vn, yn + i0 * V, t, V, e, e, 1, V, 1, V, 0, 0, 0, 0, 0, t);
         }
     }
@@ -90,13 +96,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         memset(dln, 0, (size_t)(C * L) * sizeof(T));
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
-            for (long r = 0; r < t; r++) {
-                T *restrict a = A + r * e, *restrict m = M + r * e;
-                const T *restrict s = Sn + (i0 + r) * C;
-                NAME(ll_mrow)(m, Gn, ln + (i0 + r) * L, i0 + r, e, L);
-#pragma omp simd
-                for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
-            }
+            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L);
             NAME(mm)(dyn + i0 * V, vT, dA, t, e, V, V, 1, C, 1, e, 0, 0, 0, 0, 0, t);
             NAME(mm)(A, dyn + i0 * V, dvn, e, V, t, 1, e, V, 1, V, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < t; r++) {
