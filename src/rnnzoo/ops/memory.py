@@ -298,33 +298,30 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     chunks = lambda t: t.reshape(B, H, NT, M, t.shape[-1])  # noqa: E731
     qc = chunks(place(q))
     tok_c = tok.to(q.dtype).view(M, 1)
-    # the torch loop's reads go in groups of mini-batches whose stacked weights stay under
-    # _READ_BYTES: glibc maps a block over 32 MB afresh on every call (and its gradient), page
-    # by page (the C loops make the stacks whole: slices of them would cost a whole-size zero
-    # gradient each)
-    per = max(1, _READ_BYTES // max(1, B * max(a.numel() for a in init) * q.element_size()))
-    if kind == "linear" and (lib := _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)) is not None:
-        # the whole loop in C, a (batch x head) row at a time (ops.native.ttt_loop)
+    lib = _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)
+    if lib is not None:   # the whole loop in C, a (batch x head) row at a time
         from rnnzoo.ops.native import ttt_loop
         kc, vc, lc = (chunks(place(t)).contiguous() for t in (k, v, lr[..., None]))
-        W, bias = _weights(init, dP)
-        P, pc, Gl, S, s = ttt_loop.loop(lib, W, bias, *Acc, kc, vc, lc[..., 0],
-                                        w if norm else None, b if norm else None, tok, eps)
-        rows = torch.arange(B, device=q.device)
-        final = [P[rows, :, last] - init[0].to(P.dtype), pc[rows, :, last] - init[1].to(P.dtype),
-                 S[rows, :, last], s[rows, :, last]]
-        groups, per = [([P, pc], [kc, Gl])], NT
-    elif kind == "mlp" and (lib := _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)) \
-            is not None:
-        # TTT-MLP's loop in C likewise (ops.native.ttt_loop.mlp_loop)
-        from rnnzoo.ops.native import ttt_loop
-        kc, vc, lc = (chunks(place(t)).contiguous() for t in (k, v, lr[..., None]))
-        P1, pb1, P2, pb2, X2, Gl1, Gl2, fin = ttt_loop.mlp_loop(
-            lib, _weights(init, dP), Acc, kc, vc, lc[..., 0], w if norm else None,
-            b if norm else None, tok, last, eps)
-        final = [f - p0.to(f.dtype) for f, p0 in zip(fin[:4], init)] + fin[4:]
-        groups, per = [([P1, pb1, P2, pb2], [kc, X2, Gl1, Gl2])], NT  # made whole: read whole
+        nw, nb = (w, b) if norm else (None, None)
+        if kind == "linear":
+            W, bias = _weights(init, dP)
+            P, pc, Gl, S, s = ttt_loop.loop(lib, W, bias, *Acc, kc, vc, lc[..., 0], nw, nb, tok,
+                                            eps)
+            rows = torch.arange(B, device=q.device)
+            final = [P[rows, :, last] - init[0].to(P.dtype),
+                     pc[rows, :, last] - init[1].to(P.dtype), S[rows, :, last], s[rows, :, last]]
+            groups = [([P, pc], [kc, Gl])]
+        else:
+            P1, pb1, P2, pb2, X2, Gl1, Gl2, fin = ttt_loop.mlp_loop(
+                lib, _weights(init, dP), Acc, kc, vc, lc[..., 0], nw, nb, tok, last, eps)
+            final = [f - p0.to(f.dtype) for f, p0 in zip(fin[:4], init)] + fin[4:]
+            groups = [([P1, pb1, P2, pb2], [kc, X2, Gl1, Gl2])]
+        per = NT   # the stacks are made whole: read whole (slices would cost a whole-size
+        # zero gradient each)
     else:
+        # the reads go in groups of mini-batches whose stacked weights stay under _READ_BYTES:
+        # glibc maps a block over 32 MB afresh on every call (and its gradient), page by page
+        per = max(1, _READ_BYTES // max(1, B * max(a.numel() for a in init) * q.element_size()))
         groups, final = _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last,
                               chunks(place(k)), chunks(place(v)), chunks(place(lr[..., None])),
                               per)
@@ -341,8 +338,8 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
 
 
 def _ttt_loop_lib(*tensors):
-    """ops.native.ttt_loop's library when TTT-Linear's loop should run in C on these tensors,
-    else None."""
+    """ops.native.ttt_loop's library when the TTT loop (linear or MLP) should run in C on these
+    tensors, else None."""
     if not backend.use_native(*tensors):
         return None
     from rnnzoo.ops.native import ttt_loop
