@@ -87,9 +87,10 @@ def delta_qkv(layer, x, conv_state, sqrt_eps: bool = False):
     return q, k, v.reshape(B, T, H, V), conv_state
 
 
-def conv_l2(conv, x, conv_state, groups, G, sqrt_eps, splits):
-    """((y's pieces of widths `splits` (three), each (B, T, width)), new conv state, normed):
-    conv(x, conv_state)'s output cut into q, k, v. On a CPU the first `groups` groups of G
+def conv_l2(conv, x, conv_state, groups, G, sqrt_eps=False, splits=None):
+    """((y's pieces of widths `splits` (three), each (B, T, width); y (B, T, C) itself when
+    splits is None), new conv state, normed): conv(x, conv_state)'s output, cut into q, k, v
+    where splits are given. On a CPU the first `groups` groups of G
     channels come back L2-normalised as `l2norm` gives them (normed True), fused into the C
     convolution (`ops.native.conv`), which writes each piece contiguous (no copies before
     the C recurrences, no cat of their gradients); elsewhere views of y (normed False)."""
@@ -100,7 +101,7 @@ def conv_l2(conv, x, conv_state, groups, G, sqrt_eps, splits):
             return (*native_conv.short_conv(lib, x, w, b, conv_state, conv.silu, groups, G,
                                             sqrt_eps, splits), True)
     y, conv_state = conv(x, conv_state)
-    return y.split(list(splits), -1), conv_state, False
+    return (y if splits is None else y.split(list(splits), -1)), conv_state, False
 
 
 def delta_state(layer, batch_size, device=None, dtype=None):

@@ -29,27 +29,14 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers._delta_block import l2norm
+from rnnzoo.layers._delta_block import conv_l2, l2norm
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.mesa import mesa, mesa_recurrent, mesa_step
-from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
-
-
-def _conv_l2(conv, x, state, groups, G):
-    """(silu(conv(x)), new state, normed): on a CPU (`ops.native.conv`) its first `groups`
-    groups of G channels come back unit norm as `l2norm` makes them (normed True)."""
-    w = conv.weight.to(x.dtype)
-    if not sequence_parallel.active() and backend.use_native(x, w, state):
-        lib = native_conv.load()
-        if lib is not None:
-            return (*native_conv.short_conv(lib, x, w, None, state, conv.silu, groups, G), True)
-    return (*conv(x, state), False)
 
 
 @register("mesanet", family="matrix", paper="von Oswald et al. 2025, arXiv:2506.05233 (MesaNet)",
@@ -105,8 +92,8 @@ class MesaNet(RecurrentLayer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        # on a CPU the C convolution returns q and k unit norm (conv_l2's fused l2norm)
-        qk, conv_state, normed = _conv_l2(self.conv, self.qk_proj(x).to(cdt), conv_state, 2 * H, K)
+        # on a CPU the C convolution returns q and k unit norm (its fused l2norm)
+        qk, conv_state, normed = conv_l2(self.conv, self.qk_proj(x).to(cdt), conv_state, 2 * H, K)
         qk = qk.reshape(B, T, 2 * H, K)
         q, k = (qk if normed else l2norm(qk)).chunk(2, 2)   # F.normalize's, eps 1e-6
         gate = self.g_proj is not None
