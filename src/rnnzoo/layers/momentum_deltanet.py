@@ -87,8 +87,10 @@ class MomentumDeltaNet(RecurrentLayer):
         S, conv_state = delta_state(self, batch_size, device, dtype)
         return S, torch.zeros_like(S), conv_state
 
-    def op_inputs(self, x, conv_state):
-        """q, k (B, T, H, K), v (B, T, H, V), log_alpha, log_mu, beta, eta (B, T, H), conv state."""
+    def op_inputs(self, x, conv_state, correct=True):
+        """q, k (B, T, H, K), v (B, T, H, V), log_alpha, log_mu, beta, eta (B, T, H), conv state;
+        q with the output correction q - exp(D_log) k unless correct is False (the ops take
+        it as their `correction`, `correction` below)."""
         cdt = compute_dtype(x)
         q, k, v, conv_state = delta_qkv(self, x, conv_state)
         a, b, m, e = self.gate_proj(x).to(cdt).chunk(4, -1)
@@ -102,9 +104,13 @@ class MomentumDeltaNet(RecurrentLayer):
         log_mu = -self.Mu_log.to(cdt).exp() * F.softplus(m + self.mu_bias.to(cdt))
         if self.min_log_mu is not None:
             log_mu = log_mu.clamp(min=self.min_log_mu)
-        if self.D_log is not None:
-            q = q - self.D_log.to(cdt).exp()[:, None] * k
+        if correct and self.D_log is not None:
+            q = q - self.correction(cdt)[:, None] * k
         return q, k, v, log_alpha, log_mu, beta, eta, conv_state
+
+    def correction(self, dtype):
+        """exp(D_log) (H,) in dtype, or None without the output correction."""
+        return None if self.D_log is None else self.D_log.to(dtype).exp()
 
     def op_output(self, o, x):
         """Per-head RMSNorm (times silu(W_g x)), then W_o. o: (B, T, H, V)."""
@@ -112,9 +118,10 @@ class MomentumDeltaNet(RecurrentLayer):
 
     def _forward(self, x, state, mode):
         S, M, conv_state = state
-        q, k, v, la, lm, beta, eta, conv_state = self.op_inputs(x, conv_state)
+        q, k, v, la, lm, beta, eta, conv_state = self.op_inputs(x, conv_state, correct=False)
         fn = momentum_delta if mode == "chunk" else momentum_delta_recurrent
-        o, (S, M) = fn(q, k, v, k, la, lm, beta, eta, initial_state=(S, M))
+        o, (S, M) = fn(q, k, v, k, la, lm, beta, eta, initial_state=(S, M),
+                       correction=self.correction(q.dtype))
         return self.op_output(o, x), (S, M, conv_state)
 
     def _step(self, x_t, state):

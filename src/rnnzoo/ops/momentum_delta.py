@@ -61,16 +61,23 @@ def momentum_delta_step(q_t, k_t, v_t, p_t, log_alpha_t, log_mu_t, beta_t, eta_t
 
 
 def momentum_delta_recurrent(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None,
-                             initial_state=None):
+                             initial_state=None, correction=None):
     """The loop. q, k, p: (B, T, H, K); v: (B, T, H, V); log_alpha, log_mu (<= 0), beta, eta:
-    (B, T, H); initial_state: (S, M), each (B, H, K, V), or None (zeros). Returns o
-    (B, T, H, V) in q's dtype and (S, M) in float32 (float64 for float64 q)."""
+    (B, T, H); initial_state: (S, M), each (B, H, K, V), or None (zeros); correction (H,) or
+    None: the outputs read at q - correction k (Momentum DeltaNet's output correction).
+    Returns o (B, T, H, V) in q's dtype and (S, M) in float32 (float64 for float64 q)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
+    q = _corrected(q, k, correction)
     out = []
     for args in zip(*(t.to(dt).unbind(1) for t in (q, k, v, p, log_alpha, log_mu, beta, eta))):
         o_t, S, M = momentum_delta_step(*args, S, M, scale)
         out.append(o_t)
     return torch.stack(out, 1).to(q.dtype), (S, M)
+
+
+def _corrected(q, k, correction):
+    """q - correction k, correction (H,) per head (None: q)."""
+    return q if correction is None else q - correction.to(q.dtype)[:, None] * k
 
 
 def _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state):
@@ -92,25 +99,32 @@ def _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state):
 
 
 def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, initial_state=None,
-                   chunk_size=32):
+                   chunk_size=32, correction=None):
     """The chunk form (module docstring), equal to `momentum_delta_recurrent` (same arguments
     and returns). On a CPU, float32 or float64 in one dtype, the recurrence in C instead
     (`ops.native.momentum_scan`: one pass over (S, M) a step forward, the chunks' (C, C)
-    products and (2K, 2K) maps cost more there). A non-finite input at step t makes outputs
-    from t on NaN (ops.finite)."""
+    products and (2K, 2K) maps cost more there; it reads at q - correction k itself and sums
+    k's two gradients where p is k). A non-finite input at step t makes outputs from t on NaN
+    (ops.finite)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
+    native = not sequence_parallel.active() and backend.use_native(
+        q, k, v, p, log_alpha, log_mu, beta, eta, S, M, correction)
+    lib = momentum_scan.load() if native else None
+    if lib is None:
+        q = _corrected(q, k, correction)
     if sequence_parallel.active():  # this rank's time slice: LASP-2 over the stacked (S; M)
         o, Z = sequence_parallel.lasp2(_stacked, q, torch.cat([k, p], -1), v, log_alpha, log_mu,
                                        beta, eta, initial_state=torch.cat([S, M], -2),
                                        scale=scale, chunk_size=chunk_size)
         return o, Z.chunk(2, -2)
     T = q.shape[1]
-    lib = momentum_scan.load() if backend.use_native(q, k, v, p, log_alpha, log_mu, beta, eta,
-                                                     S, M) else None
     if lib is not None:  # the recurrence in C (ops.native.momentum_scan); the finite copies
         # and NaN marks only where some step is not finite (clean_inputs)
         (qf,), writes, marks = clean_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
-        o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale)
+        if marks is not None and p is k:
+            writes[2] = writes[0]  # still one tensor (its gradients summed in the kernel)
+        corr = None if correction is None else correction.to(qf.dtype)
+        o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr)
         if marks is not None:
             o, S, M = poison(o, marks.outputs), poison(S, marks.state), poison(M, marks.state)
         return o.to(qf.dtype), (S, M)

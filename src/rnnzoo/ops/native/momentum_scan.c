@@ -19,6 +19,10 @@
        dS_{t-1} = alpha_t D + p_t de^T,  dM_{t-1} = mu_t E
    p_t de^T and dp_t = S_{t-1} de wait for step t - 1's pass, which reads dS_{t-1} and S_{t-1}
    (one pass a step; a second only at a block's first step).
+   Momentum DeltaNet's extras: Dc (H) or NULL, the read at q_t - Dc_h k_t instead of q_t (its
+   output correction; then dk_t -= Dc_h dq_t and dD (batch, H) = -sum_t k_t . dq_t); pk, p is
+   k itself (dk_t += dp_t, one gradient). Both per row at the end of a block: no pass over
+   (batch, T, H, K) tensors in torch for them.
 
    Layouts (row-major, contiguous): q, k, p and their gradients (batch, T, H, K); v, o, e, dv
    (batch, T, H, V); la, lm, beta, eta and their gradients (batch, T, H); S0, M0, ST, MT,
@@ -41,12 +45,13 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict p, const T *restrict la, const T *restrict lm,
                         const T *restrict beta, const T *restrict eta, const T *restrict S0,
                         const T *restrict M0, T *restrict o, T *restrict e, T *restrict ST,
-                        T *restrict MT, T *restrict ck, T scale, long Tn, long H, long K,
-                        long V, long p0, long p1) {
+                        T *restrict MT, T *restrict ck, const T *restrict Dc, T scale,
+                        long Tn, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 4 * K * sizeof(VEC)), *M = S + 2 * K;  /* a tile of S, of M */
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
+        const T dh = Dc ? Dc[h] : 0;  /* the read is at q - dh k */
         for (long j0 = 0; j0 < V; j0 += VT) {
             const long wd = V - j0 < VT ? V - j0 : VT;
             for (long i = 0; i < K; i++) {
@@ -74,7 +79,7 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                 const T pw = next ? 1 : 0;
                 VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
                 for (long i = 0; i < K; i++) {
-                    const T hk = ht * kt[i], qi = scale * qt[i], pi = pw * pn[i];
+                    const T hk = ht * kt[i], qi = scale * (qt[i] - dh * kt[i]), pi = pw * pn[i];
                     const VEC m0 = mu * M[2 * i] + hk * et[0], m1 = mu * M[2 * i + 1] + hk * et[1];
                     const VEC s0 = a * S[2 * i] - bt * m0, s1 = a * S[2 * i + 1] - bt * m1;
                     M[2 * i] = m0, M[2 * i + 1] = m1, S[2 * i] = s0, S[2 * i + 1] = s1;
@@ -102,14 +107,17 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict dST, const T *restrict dMT, const T *restrict dout,
                         T *restrict dq, T *restrict dk, T *restrict dv, T *restrict dp,
                         T *restrict dla, T *restrict dlm, T *restrict dbeta, T *restrict deta,
-                        T *restrict dS0, T *restrict dM0, T scale, long Tn, long H, long K,
-                        long V, long p0, long p1) {
+                        T *restrict dS0, T *restrict dM0, const T *restrict Dc,
+                        T *restrict dD, T scale, long Tn, long H, long K, long V, long pk,
+                        long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
     VEC *dall = aligned_alloc(32, ntile * 4 * K * sizeof(VEC));  /* dS, dM tile by tile */
     VEC *buf = aligned_alloc(32, CK * 4 * K * sizeof(VEC));  /* a tile's S_t, M_t of a block */
     const VEC zero = {0};
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
+        const T dh = Dc ? Dc[h] : 0;
+        T dDs = 0;  /* -sum_t k_t . dq_t */
         for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
             const long wd = V - j0 < VT ? V - j0 : VT;
             VEC *dS = dall + jn * 4 * K, *dM = dS + 2 * K;
@@ -172,7 +180,7 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
                             const long i = i0 + l;
-                            const T qi = scale * qt[i], ki = kt[i], pi = pp[i];
+                            const T ki = kt[i], qi = scale * (qt[i] - dh * ki), pi = pp[i];
                             const VEC S0 = St[2 * i], S1 = St[2 * i + 1];
                             const VEC D0 = dS[2 * i] + pi * pde[0] + qi * dot[0],
                                       D1 = dS[2 * i + 1] + pi * pde[1] + qi * dot[1];
@@ -212,12 +220,20 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     }
                 }
             }
-            for (long t = t0; t < t1; t++) {  /* dk = eta E e_t, deta = k^T E e_t */
+            for (long t = t0; t < t1; t++) {  /* dk = eta E e_t, deta = k^T E e_t; with p = k
+                (pk) dk += dp; with the read at q - dh k, dk -= dh dq and dD -= k . dq */
                 const long row = (b * Tn + t) * H + h;
-                const T ht = eta[row], *restrict kt = k + row * K;
-                T *restrict dkt = dk + row * K, s = 0;
+                const T ht = eta[row], *restrict kt = k + row * K, *restrict dqt = dq + row * K;
+                const T *restrict dpt = dp + row * K;
+                T *restrict dkt = dk + row * K, s = 0, c = 0;
                 for (long i = 0; i < K; i++) s += kt[i] * dkt[i], dkt[i] *= ht;
                 deta[row] = s;
+                if (pk)
+                    for (long i = 0; i < K; i++) dkt[i] += dpt[i];
+                if (Dc) {
+                    for (long i = 0; i < K; i++) c += kt[i] * dqt[i], dkt[i] -= dh * dqt[i];
+                    dDs -= c;
+                }
             }
         }
         for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
@@ -228,6 +244,7 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 NAME(tile_store)(dM0 + (pr * K + i) * V + j0, dM + 2 * i, wd);
             }
         }
+        if (dD) dD[pr] = dDs;
     }
     free(dall); free(buf);
 }

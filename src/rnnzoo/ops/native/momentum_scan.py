@@ -32,15 +32,18 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "momentum_fwd", dtype, [P] * 15 + [F] + [L] * 6),
-            native.kernel(lib, "momentum_bwd", dtype, [P] * 22 + [F] + [L] * 6))
+    return (native.kernel(lib, "momentum_fwd", dtype, [P] * 16 + [F] + [L] * 6),
+            native.kernel(lib, "momentum_bwd", dtype, [P] * 24 + [F] + [L] * 7))
 
 
 class _NativeMomentum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale):
-        q, k, v, p, la, lm, beta, eta, S0, M0 = (
-            t.contiguous() for t in (q, k, v, p, la, lm, beta, eta, S0, M0))
+    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr):
+        pk = p is k  # one tensor: the kernel sums its two gradients
+        q, k, v, la, lm, beta, eta, S0, M0 = (
+            t.contiguous() for t in (q, k, v, la, lm, beta, eta, S0, M0))
+        p = k if pk else p.contiguous()
+        corr = None if corr is None else corr.contiguous()
         B, Tn, H, K = q.shape
         V = v.shape[-1]
         fwd, _ = _kernels(lib, q.dtype)
@@ -49,17 +52,17 @@ class _NativeMomentum(torch.autograd.Function):
         grad = any(ctx.needs_input_grad)
         ck = q.new_empty(B, H, -(-Tn // CK), 2 * K * native.tile_pad(V)) if grad else None
         ins = [native.ptr(t) for t in (q, k, v, p, la, lm, beta, eta, S0, M0)]
-        outs = [native.ptr(t) for t in (o, e, ST, MT, ck)]
+        outs = [native.ptr(t) for t in (o, e, ST, MT, ck, corr)]
         native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         if grad:
-            ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck)
-        ctx.lib, ctx.scale, ctx.V = lib, scale, V
+            ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck, corr)
+        ctx.lib, ctx.scale, ctx.V, ctx.pk = lib, scale, V, pk
         return o, ST, MT
 
     @staticmethod
     def backward(ctx, do, dST, dMT):
-        q, k, p, la, lm, beta, eta, e, ck = ctx.saved_tensors
+        q, k, p, la, lm, beta, eta, e, ck, corr = ctx.saved_tensors
         B, Tn, H, K = q.shape
         V = ctx.V
         _, bwd = _kernels(ctx.lib, q.dtype)
@@ -69,13 +72,18 @@ class _NativeMomentum(torch.autograd.Function):
         dv = torch.empty_like(e)
         dla, dlm, dbeta, deta = (torch.empty_like(t) for t in (la, lm, beta, eta))
         dS0, dM0 = q.new_empty(B, H, K, V), q.new_empty(B, H, K, V)
+        dcorr = None if corr is None else q.new_empty(B, H)
         args = [native.ptr(t) for t in (q, k, p, la, lm, beta, eta, e, ck, dST, dMT, do, dq, dk,
-                                        dv, dp, dla, dlm, dbeta, deta, dS0, dM0)]
-        native.run(bwd, [(*args, ctx.scale, Tn, H, K, V, p0, p1)
+                                        dv, dp, dla, dlm, dbeta, deta, dS0, dM0, corr, dcorr)]
+        native.run(bwd, [(*args, ctx.scale, Tn, H, K, V, int(ctx.pk), p0, p1)
                          for p0, p1 in native.rows(B * H)])
-        return None, dq, dk, dv, dp, dla, dlm, dbeta, deta, dS0, dM0, None
+        return (None, dq, dk, dv, None if ctx.pk else dp, dla, dlm, dbeta, deta, dS0, dM0, None,
+                None if dcorr is None else dcorr.sum(0))
 
 
-def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale):
-    """(o (B, T, H, V), S_T, M_T (B, H, K, V)); `lib` = load()."""
-    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale)
+def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None):
+    """(o (B, T, H, V), S_T, M_T (B, H, K, V)); `lib` = load(). corr (H,) or None: the read
+    at q - corr k (Momentum DeltaNet's output correction) instead of q, in the kernel (no
+    (B, T, H, K) pass each way for it). p may be k itself (Momentum DeltaNet): its two
+    gradients are then summed in the kernel."""
+    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr)
