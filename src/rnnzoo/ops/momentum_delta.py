@@ -120,9 +120,11 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     T = q.shape[1]
     if lib is not None:  # the recurrence in C (ops.native.momentum_scan); the finite copies
         # and NaN marks only where some step is not finite (clean_inputs)
-        (qf,), writes, marks = clean_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
-        if marks is not None and p is k:
-            writes[2] = writes[0]  # still one tensor (its gradients summed in the kernel)
+        pk = p is k  # one tensor: checked once, its gradients summed in the kernel
+        (qf,), writes, marks = clean_inputs((q,), (k, v, None if pk else p, log_alpha, log_mu,
+                                                   beta, eta))
+        if pk:
+            writes[2] = writes[0]
         corr = None if correction is None else correction.to(qf.dtype)
         o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr)
         if marks is not None:
