@@ -49,6 +49,10 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                         long Tn, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 4 * K * sizeof(VEC)), *M = S + 2 * K;  /* a tile of S, of M */
+    /* a step's row weights eta k, scale (q - dh k), p_{t+1}: vectorised once a step, read
+       broadcast from memory in the pass */
+    T *hkv = aligned_alloc(32, ((3 * K * sizeof(T) + 31) / 32) * 32), *qev = hkv + K,
+      *pv = qev + K;
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
         const T dh = Dc ? Dc[h] : 0;  /* the read is at q - dh k */
@@ -77,9 +81,11 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                 NAME(tile_store)(e + row * V + j0, et, wd);
                 const T *restrict pn = next ? p + nrow * K : kt;  /* kt: unused weights */
                 const T pw = next ? 1 : 0;
+                for (long i = 0; i < K; i++)
+                    hkv[i] = ht * kt[i], qev[i] = scale * (qt[i] - dh * kt[i]), pv[i] = pw * pn[i];
                 VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
                 for (long i = 0; i < K; i++) {
-                    const T hk = ht * kt[i], qi = scale * (qt[i] - dh * kt[i]), pi = pw * pn[i];
+                    const T hk = hkv[i], qi = qev[i], pi = pv[i];
                     const VEC m0 = mu * M[2 * i] + hk * et[0], m1 = mu * M[2 * i + 1] + hk * et[1];
                     const VEC s0 = a * S[2 * i] - bt * m0, s1 = a * S[2 * i + 1] - bt * m1;
                     M[2 * i] = m0, M[2 * i + 1] = m1, S[2 * i] = s0, S[2 * i + 1] = s1;
@@ -98,7 +104,7 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
             }
         }
     }
-    free(S);
+    free(S); free(hkv);
 }
 
 void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restrict p,
@@ -113,6 +119,7 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
     VEC *dall = aligned_alloc(32, ntile * 4 * K * sizeof(VEC));  /* dS, dM tile by tile */
     VEC *buf = aligned_alloc(32, CK * 4 * K * sizeof(VEC));  /* a tile's S_t, M_t of a block */
+    T *qev = aligned_alloc(32, ((K * sizeof(T) + 31) / 32) * 32);  /* a step's row weights */
     const VEC zero = {0};
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
@@ -148,8 +155,9 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     const T *restrict kt = k + row * K;
                     VEC et[2], *restrict St = buf + (t - t0) * 4 * K, *restrict Mt = St + 2 * K;
                     NAME(tile_load)(et, e + row * V + j0, wd);
+                    for (long i = 0; i < K; i++) qev[i] = ht * kt[i];  /* eta k, here */
                     for (long i = 0; i < K; i++) {
-                        const T hk = ht * kt[i];
+                        const T hk = qev[i];
                         const VEC m0 = mu * Mp[2 * i] + hk * et[0], m1 = mu * Mp[2 * i + 1] + hk * et[1];
                         Mt[2 * i] = m0, Mt[2 * i + 1] = m1;
                         St[2 * i] = a * Sp[2 * i] - bt * m0, St[2 * i + 1] = a * Sp[2 * i + 1] - bt * m1;
@@ -176,11 +184,12 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     NAME(tile_load)(dot, dout + row * V + j0, wd);
                     const VEC sd0 = scale * dot[0], sd1 = scale * dot[1];
                     T *restrict dkt = dk + row * K;
+                    for (long i = 0; i < K; i++) qev[i] = scale * (qt[i] - dh * kt[i]);
                     for (long i0 = 0; i0 < K; i0 += NV) {
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
                             const long i = i0 + l;
-                            const T ki = kt[i], qi = scale * (qt[i] - dh * ki), pi = pp[i];
+                            const T ki = kt[i], qi = qev[i], pi = pp[i];
                             const VEC S0 = St[2 * i], S1 = St[2 * i + 1];
                             const VEC D0 = dS[2 * i] + pi * pde[0] + qi * dot[0],
                                       D1 = dS[2 * i + 1] + pi * pde[1] + qi * dot[1];
@@ -246,7 +255,7 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
         }
         if (dD) dD[pr] = dDs;
     }
-    free(dall); free(buf);
+    free(dall); free(buf); free(qev);
 }
 
 #include "tile.h"  /* its names undefined for the next type */
