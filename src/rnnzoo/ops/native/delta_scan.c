@@ -47,22 +47,23 @@
 /* the forward's pass over a tile's rows at step t: S_t = S'_t + k_t u^T, its read-out o (read)
    and the next step's S'_{t+1} = an S_t with w_{t+1} = S'_{t+1}^T k_{t+1} (fuse); out holds
    o and w_{t+1}, two vectors each; fuse 1: an = 1 (the next step is not a gate's: no decay,
-   DeltaProduct's later Householder steps), 2: the decay. Inlined with constant flags: six
-   specialised loops. */
+   DeltaProduct's later Householder steps), 2: the decay. qs = scale q_t and kn = an k_{t+1}
+   come scaled (a step's rows, vectorised once by the caller: the loop reads them broadcast
+   from memory, no scalar product a row). Inlined with constant flags: six specialised loops. */
 TILE_INLINE void NAME(fwd_rows)(VEC *restrict S, const T *restrict kt, const VEC *u,
-                                const T *restrict qt, T scale, const T *restrict kn, T an,
+                                const T *restrict qs, const T *restrict kn, T an,
                                 VEC *restrict out, long K, const int read, const int fuse) {
     VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
     for (long i = 0; i < K; i++) {
         const T ki = kt[i];
         const VEC s0 = S[2 * i] + ki * u[0], s1 = S[2 * i + 1] + ki * u[1];
         if (read) {
-            const T qi = scale * qt[i];
+            const T qi = qs[i];
             o0 += qi * s0;
             o1 += qi * s1;
         }
         if (fuse == 2) {
-            const T ni = an * kn[i];
+            const T ni = kn[i];
             n0 += ni * s0;
             n1 += ni * s1;
             S[2 * i] = an * s0;
@@ -87,6 +88,7 @@ void NAME(delta_fwd)(const T *restrict q, const T *restrict k, const T *restrict
                      long Tn, long n, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
+    T *qs = aligned_alloc(32, ((2 * K * sizeof(T) + 31) / 32) * 32), *ks = qs + K;  /* scaled rows */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         for (long j0 = 0; j0 < V; j0 += VT) {
@@ -122,12 +124,18 @@ void NAME(delta_fwd)(const T *restrict q, const T *restrict k, const T *restrict
                 const T *qt = read ? q + tok * K : NULL, *kn = fuse ? kt + H * K : NULL;
                 const int fz = fuse ? 1 + (t1 % n == 0) : 0;
                 const T an = fz == 2 ? EXP(g[(b * Tq + t1 / n) * H + h]) : 1;
-                if (read && fz == 2) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 1, 2);
-                else if (read && fz) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 1, 1);
-                else if (read) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 1, 0);
-                else if (fz == 2) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 0, 2);
-                else if (fz) NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 0, 1);
-                else NAME(fwd_rows)(S, kt, u, qt, scale, kn, an, out, K, 0, 0);
+                if (read)
+                    for (long i = 0; i < K; i++) qs[i] = scale * qt[i];
+                if (fz == 2) {
+                    for (long i = 0; i < K; i++) ks[i] = an * kn[i];
+                    kn = ks;
+                }
+                if (read && fz == 2) NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 1, 2);
+                else if (read && fz) NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 1, 1);
+                else if (read) NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 1, 0);
+                else if (fz == 2) NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 0, 2);
+                else if (fz) NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 0, 1);
+                else NAME(fwd_rows)(S, kt, u, qs, kn, an, out, K, 0, 0);
                 if (read) NAME(tile_store)(o + tok * V + j0, out, wd);
                 wt[0] = out[2], wt[1] = out[3];
                 decayed = fuse;
@@ -135,7 +143,7 @@ void NAME(delta_fwd)(const T *restrict q, const T *restrict k, const T *restrict
             for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, wd);
         }
     }
-    free(S);
+    free(S); free(qs);
 }
 
 /* dt = d = v - w and u = beta d of one step, a tile */
@@ -148,10 +156,11 @@ TILE_INLINE void NAME(pseudo_value)(VEC *restrict u, VEC *restrict dt, const T *
    sums dS u_t + S'_t dw, dg's <dS', S'_t> where the gate acts (gate), dS_{t-1} = a dS') and
    starts step t - 1 (its read q do^T and dq's sums (read1), du_{t-1} = dS_{t-1}^T k_{t-1});
    Sp holds S_{t-1}, out gets gv and du_{t-1}. Inlined with constant flags: at a step without
-   the gate (DeltaProduct's later Householder steps) no dg sum and no decay. */
+   the gate (DeltaProduct's later Householder steps) no dg sum and no decay. qs1 = scale
+   q_{t-1}, scaled by the caller (a vectorised loop once a step). */
 TILE_INLINE void NAME(bwd_rows)(const VEC *restrict Sp, VEC *restrict dS, const VEC *u,
                                 const VEC *dw, T a, const T *restrict kt, const T *restrict kt1,
-                                const T *restrict qt1, T scale, const VEC *dot,
+                                const T *restrict qs1, T scale, const VEC *dot,
                                 T *restrict dkt, T *restrict dq1, VEC *restrict out, long K,
                                 const int gate, const int read1) {
     VEC gv = {0}, du10 = {0}, du11 = {0}, sk[NV], sq[NV];
@@ -173,7 +182,7 @@ TILE_INLINE void NAME(bwd_rows)(const VEC *restrict Sp, VEC *restrict dS, const 
                 e0 = a * d0, e1 = a * d1;
             }
             if (read1) {
-                const T qi = scale * qt1[i];
+                const T qi = qs1[i];
                 e0 += qi * dot[0];
                 e1 += qi * dot[1];
                 sq[l] = P0 * sd0 + P1 * sd1;
@@ -198,6 +207,7 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
     const long nck = (Tn + CK - 1) / CK, Tq = Tn / n, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
     VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    T *qs1 = aligned_alloc(32, ((K * sizeof(T) + 31) / 32) * 32);  /* scale q_{t-1} */
     const VEC zero = {0};
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
@@ -297,15 +307,19 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
                     const T *restrict kt1 = both ? k + r1 * K : kt;
                     VEC u1[2] = {{0}, {0}}, d1[2] = {{0}, {0}};
                     if (both) NAME(pseudo_value)(u1, d1, d + r1 * V + j0, beta[r1], wd);
-                    if (read1) NAME(tile_load)(dot, dout + tok1 * V + j0, wd);
-                    else dot[0] = dot[1] = zero;
+                    if (read1) {
+                        NAME(tile_load)(dot, dout + tok1 * V + j0, wd);
+                        for (long i = 0; i < K; i++) qs1[i] = scale * qt1[i];
+                    } else {
+                        dot[0] = dot[1] = zero;
+                    }
                     VEC out[3];  /* gv, du_{t-1} */
                     const VEC dw[2] = {dw0, dw1};
                     T *restrict dq1 = read1 ? dq + tok1 * K : NULL;
-                    if (gate && read1) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qt1, scale, dot, dkt, dq1, out, K, 1, 1);
-                    else if (gate) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qt1, scale, dot, dkt, dq1, out, K, 1, 0);
-                    else if (read1) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qt1, scale, dot, dkt, dq1, out, K, 0, 1);
-                    else NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qt1, scale, dot, dkt, dq1, out, K, 0, 0);
+                    if (gate && read1) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qs1, scale, dot, dkt, dq1, out, K, 1, 1);
+                    else if (gate) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qs1, scale, dot, dkt, dq1, out, K, 1, 0);
+                    else if (read1) NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qs1, scale, dot, dkt, dq1, out, K, 0, 1);
+                    else NAME(bwd_rows)(Sp, dS, u, dw, a, kt, kt1, qs1, scale, dot, dkt, dq1, out, K, 0, 0);
                     if (gate) dg[gtok] += a * NAME(hsum)(out[0]);
                     const VEC du10 = out[1], du11 = out[2];
                     u[0] = u1[0], u[1] = u1[1], dd[0] = d1[0], dd[1] = d1[1];
@@ -321,6 +335,7 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
     }
     free(dSall);
     free(buf);
+    free(qs1);
 }
 
 #include "tile.h"  /* its names undefined for the next type */
