@@ -365,22 +365,15 @@ static inline __attribute__((always_inline)) void NAME(coef)(
     }
 }
 
-/* qk_ts = q_t . k_s, (C, C) in full, as rows over s of kt = k^T (K, C) */
+/* qk_ts = q_t . k_s, (C, C) in full: q (C, K) times kt = k^T (K, C) on mm (a block of
+   rows in registers over the K terms; a pass per term through memory was a chain of stores
+   and reloads) */
 static inline __attribute__((always_inline)) void NAME(scores)(
         const T *restrict q, const T *restrict k, T *restrict kt, T *restrict qk, long C,
         long K) {
     for (long s = 0; s < C; s++)
         for (long j = 0; j < K; j++) kt[j * C + s] = k[s * K + j];
-    for (long t = 0; t < C; t++) {
-        T *restrict r = qk + t * C;
-        for (long s = 0; s < C; s++) r[s] = 0;
-        for (long j = 0; j < K; j++) {
-            const T w = q[t * K + j];
-            const T *restrict g = kt + j * C;
-#pragma omp simd
-            for (long s = 0; s < C; s++) r[s] += w * g[s];
-        }
-    }
+    NAME(mm)(q, kt, qk, C, C, K, K, 1, C, 1, C, 0, 0, 0, 0, 0, C);
 }
 
 /* a, e, m, th (pairs, N, C) -> att = Cm o (q k^T) (pairs, N, C, C; zero above the
@@ -445,6 +438,7 @@ static inline __attribute__((always_inline)) void NAME(gates_bwd)(
             const T *restrict Vp = V + t * W;
             cu[0] += dga[c * C + t];
             cu[1] += dgf[c * C + t];
+            for (long s = t + 1; s < C; s++) dqk[t * C + s] = 0;
             for (long s = 0; s <= t; s++) {
                 const T w = dat[t * C + s];
                 const T dC = w * qk[t * C + s] + (t == C - 1 ? dcl[c * C + s] : 0);
@@ -464,27 +458,9 @@ static inline __attribute__((always_inline)) void NAME(gates_bwd)(
             dm[c * C + t] = sm;
             de[c * C + t] = se;
         }
-        /* dq_t = sum_{s<=t} dqk_ts k_s, dk_s = sum_{t>=s} dqk_ts q_t */
-        for (long t = 0; t < C; t++) {
-            T *restrict dqt = dqc + t * K;
-            for (long j = 0; j < K; j++) dqt[j] = 0;
-            for (long s = 0; s <= t; s++) {
-                const T w = dqk[t * C + s];
-                const T *restrict ks = kc + s * K;
-#pragma omp simd
-                for (long j = 0; j < K; j++) dqt[j] += w * ks[j];
-            }
-        }
-        for (long s = 0; s < C; s++) {
-            T *restrict dks = dkc + s * K;
-            for (long j = 0; j < K; j++) dks[j] = 0;
-            for (long t = s; t < C; t++) {
-                const T w = dqk[t * C + s];
-                const T *restrict qt = qc + t * K;
-#pragma omp simd
-                for (long j = 0; j < K; j++) dks[j] += w * qt[j];
-            }
-        }
+        /* dq = dqk k, dk = dqk^T q (dqk zero above its diagonal), (C, K) products on mm */
+        NAME(mm)(dqk, kc, dqc, C, K, C, C, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+        NAME(mm)(dqk, qc, dkc, C, K, C, 1, C, K, 1, K, 0, 0, 0, 0, 0, C);
     }
     free(U);
 }
