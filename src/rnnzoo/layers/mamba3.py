@@ -181,12 +181,12 @@ class Mamba3(RecurrentLayer):
             # x once contiguous (a strided slice of in_proj's output): the SSD and the head
             # would each copy it
             x = x.contiguous()
-            xr = x[:, :, None]
-            y, h = self._chunk_fused(lib, C, Bm, xr, log_alpha, beta, gamma, dtheta, h, B_prev,
+            y, h = self._chunk_fused(lib, C, Bm, x, log_alpha, beta, gamma, dtheta, h, B_prev,
                                      self._ranked(x_prev))
             head = gated_norm.load() if backend.use_native(y, z) else None
             if head is None:
-                return self._output(y + self.D[:, None].to(y.dtype) * xr, z, u), (h, *last)
+                y = y + self.D[:, None].to(y.dtype) * x[:, :, None]
+                return self._output(y, z, u), (h, *last)
             # the skip D x, the norm (is_outproj_norm) and the gate in one C pass each way
             norm = self.norm
             y = gated_norm.rms_norm_gate(
@@ -274,10 +274,12 @@ class Mamba3(RecurrentLayer):
         y = o.unflatten(1, (T, R)) + torch.einsum("bthrs,btshp->btrhp", qk, xr)
         return self._turned_back(y, S, end)
 
-    def _chunk_fused(self, lib, Cx, Bx, xr, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
+    def _chunk_fused(self, lib, Cx, Bx, x, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
         """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
         norm, bias, rotation and the key's scale gamma_t + beta_{t+1}, with each step's
-        C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T."""
+        C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
+        head_dim), the one rank's inputs (not a select of xr: its backward fills a zero
+        (B, T, 1, H, head_dim) tensor)."""
         theta = native_qk.angles(lib, dtheta)  # as _chunk's: float64 sum, wrapped
         beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
@@ -285,12 +287,11 @@ class Mamba3(RecurrentLayer):
                                 self.C_norm.weight, self.B_bias[:, 0], self.C_bias[:, 0], theta,
                                 gamma + beta_next, self.norm_eps)
         carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
-        x = xr[:, :, 0]
+        # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
+        # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
         o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
-                   chunk_size=self.chunk_size)
-        # o + (cb * -beta_next) x in one pass (no (B, T, H, head_dim) product first)
-        return self._turned_back(torch.addcmul(o, (cb * -beta_next)[..., None], x)[:, :, None],
-                                 S, theta[:, -1])
+                   chunk_size=self.chunk_size, diag=cb * -beta_next)
+        return self._turned_back(o[:, :, None], S, theta[:, -1])
 
     def _turned_back(self, y, S, end):
         """(y, the final state turned back by the call's last angles to the unrotated frame)."""

@@ -446,13 +446,15 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
-def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64):
+def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64, diag=None):
     """Chunkwise scalar-decay linear attention with q and k shared by groups of heads (Mamba-2's
     SSD with n_groups, C = q, B = k): q, k (B, T, G, K), v (B, T, H, V) with H a multiple of G
-    (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V).
+    (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V);
+    diag (B, T, H) or None: o_t += diag_t v_t (a same-step term; mamba3's correction).
     -> (o (B, T, H, V), S_T). Equal to `gated_linear_attention` on q, k repeated to the heads;
     the score product q k^T and its gradients are computed once per group. On the CPU in
-    float32/float64 (`backend.use_native`) the C recurrence `ops.native.ssd_scan` runs instead.
+    float32/float64 (`backend.use_native`) the C recurrence `ops.native.ssd_scan` runs instead
+    (diag inside it).
     """
     B, T, G, K = q.shape
     if v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % G or k.shape != q.shape:
@@ -467,10 +469,16 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
                          f"got {tuple(initial_state.shape)}")
     heads = lambda t: t.repeat_interleave(H // G, 2)  # noqa: E731
     positive_int("chunk_size", chunk_size)
+    if diag is not None and diag.shape != (B, T, H):
+        raise ValueError(f"ssd: diag must be (B, T, H) = {(B, T, H)}, got {tuple(diag.shape)}")
+
+    def plus_diag(o):  # the paths without the term inside
+        return o if diag is None else torch.addcmul(o, diag[..., None].to(o.dtype), v.to(o.dtype))
     if sequence_parallel.active() or (q.dtype != torch.float64 and backend.use_triton(
             q, k, v, log_decay, initial_state)):
-        return gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
+        o, S = gated_linear_attention(heads(q), heads(k), v, log_decay, scale=scale,
                                       initial_state=initial_state, chunk_size=chunk_size)
+        return plus_diag(o), S
     out_dtype = q.dtype
     S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
           if initial_state is None else initial_state)
@@ -481,11 +489,12 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     else:
         (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
-    lib = native_ssd.load() if backend.use_native(q, k, v, g, S) else None
+    lib = native_ssd.load() if backend.use_native(q, k, v, g, S, diag) else None
     if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
-        o, S = native_ssd.ssd(lib, q, k, v, g, S)
+        o, S = native_ssd.ssd(lib, q, k, v, g, S, diag)
     else:
         o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
+        o = plus_diag(o)
     o, S = marked(o, S, marks)
     return o.to(out_dtype), S
 

@@ -29,6 +29,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     selective_scan.c    Mamba's selective scan
     conv.c              the short convolution with its SiLU
     ssd_scan.c          Mamba-2's SSD as a recurrence
+    ssd_chunk.c         its backward by chunks on mm.h's tiles (`ops.native.ssd_scan`)
     gla_scan.c          vector-decay gated linear attention (and RWKV-6's bonus) as a recurrence
     mlstm_scan.c        the stabilised mLSTM recurrence
     gated_norm.c        the gated RMSNorm heads, gate before or after the norm (mamba2, mamba,
