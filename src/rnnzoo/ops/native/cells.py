@@ -21,7 +21,8 @@ the Python loop) when the cell names no kernel or the kernel cannot be built.
 is the whole of d xp: NativeStep.g_is_dxp; nas): the weight gradients, w_in's and the
 matrices', in C (cell_loop.h's `cells_wgrad`, g^T r on the buffers as they are: ~100
 GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
-(8192, 128)); the projection and d x = d xp w_in stay oneDNN's products.
+(8192, 128)), and so are the projection and d x = d xp w_in (`cells_mm`: the loops' packed
+row tiles, 22 against oneDNN's 27-32 ms each at that size, 1 thread, loaded machine).
 
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
@@ -38,7 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, native
-from rnnzoo.ops.native.linear import product, weight_grad
+from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["NativeStep", "scan", "scan_projected"]
 
@@ -87,6 +88,17 @@ def _weight_grad(lib, g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (R, K) @ b (K, N), both dense, by cell_loop.h's `cells_mm` (b packed once a thread,
+    the row tiles of the loops' own product), a's rows split over the threads."""
+    (R, K), N = a.shape, b.shape[1]
+    out = a.new_empty(R, N)
+    fn = native.kernel(lib, "cells_mm", a.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4)
+    native.run(fn, [(out.data_ptr(), a.data_ptr(), b.data_ptr(), K, N, r0, r1)
+                    for r0, r1 in native.rows(R)])
+    return out
+
+
 class _NativeLoop(torch.autograd.Function):
     """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state); with `proj`
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
@@ -98,7 +110,7 @@ class _NativeLoop(torch.autograd.Function):
         if proj:
             x, w_in = xp.reshape(-1, xp.shape[-1]).contiguous(), tensors.pop()
             ctx.x, ctx.x_shape, ctx.w_in = x, xp.shape, w_in
-            xp = product(x, w_in).view(*xp.shape[:-1], w_in.shape[0])
+            xp = _product(lib, x, w_in.t().contiguous()).view(*xp.shape[:-1], w_in.shape[0])
         xp = xp.contiguous()
         state, mats, vecs = (tensors[:n_state], tensors[n_state:n_state + n_mat],
                              tensors[n_state + n_mat:])
@@ -149,7 +161,7 @@ class _NativeLoop(torch.autograd.Function):
             return (None,) * 7 + (d_xp, *d_state, *d_mats, *d_vecs)
         d_x = d_w = None
         if ctx.needs_input_grad[7]:
-            d_x = product(d_xp.view(-1, d_xp.shape[-1]), ctx.w_in.t()).view(ctx.x_shape)
+            d_x = _product(ctx.lib, d_xp.view(-1, d_xp.shape[-1]), ctx.w_in).view(ctx.x_shape)
         if ctx.needs_input_grad[-1]:
             d_w = _weight_grad(ctx.lib, d_xp, ctx.x)
         return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
