@@ -49,7 +49,7 @@ import torch
 from rnnzoo.cells.base import cell
 from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, affine, glorot_init_
-from rnnzoo.ops.native.cells import NativeStep
+from rnnzoo.ops.native.cells import NativeStep, scan_projected
 
 
 @cell("nas", paper="Zoph & Le 2017, arXiv:1611.01578")
@@ -86,7 +86,14 @@ class NAS(StackedGates):
     def fused(self, x, state):
         """`manual_loop` with the biases added in the step rather than in the projection
         (the vector b_ih + b_hh, its gradient summed in the loop: two passes over the
-        (B, T, 8H) projections less)."""
+        (B, T, 8H) projections less); where the C loop runs, the projection W_ih x inside
+        its autograd node (`ops.native.cells.scan_projected`: both weight gradients from
+        one transposed d xp)."""
+        if not torch.compiler.is_compiling():
+            mats, vecs = self.manual_params()
+            done = scan_projected(self, x, self.weight_ih, state, mats, vecs)
+            if done is not None:
+                return done
         return manual_loop(self, x, state)
 
     def manual_project(self, x):

@@ -203,7 +203,81 @@ static __attribute__((unused)) void NAME(mmp)(T *out, long ldo, const T *init, l
         NAME(mm)(out + n, ldo, init ? init + n : 0, ldi, A, lda, Bp, N - n, rows, M, N - n);
 }
 
-/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
+/* out (rows, N) = A (rows, K) Bm (K, N), all row-major, out's rows [r0, r1): Bm packed once
+   a call (NAME(pack)), then NAME(mmp) a block of 64 rows at a time */
+void NAME(cells_mm)(T *restrict out, const T *restrict A, const T *restrict Bm, long K, long N,
+                    long r0, long r1) {
+    T *packed = malloc((K * N + 1) * sizeof(T));
+    NAME(pack)(packed, Bm, N, K, N);
+    for (long r = r0; r < r1; r += 64)
+        NAME(mmp)(out + r * N, N, 0, 0, A + r * K, K, packed, r1 - r < 64 ? r1 - r : 64, K, N);
+    free(packed);
+}
+
+/* The weight gradient of a product r W^T over all steps, out (G, K) = g^T r = sum_n
+   g[n, :]^T r[n, :] (g (N, G), r (N, K) row-major: the loop's buffers as they are), rows
+   [i0, i1) of out (a thread's share). Register tiles of WG_R_ rows of out by 2 vectors of
+   its columns: per n, 2 vectors of r's row and WG_R_ of g's entries broadcast (adjacent in
+   g's row); n in blocks of WG_MC_ (the block's rows of g and r stay in L2, out's tiles are
+   read and written once a block). oneDNN's product runs this shape (N = 8192, G = 1024,
+   K = 128) at ~75 GFLOP/s, as g's transposed view. */
+#if defined(__AVX512F__)
+#define WG_R_ 8
+#else
+#define WG_R_ 4
+#endif
+#define WG_MC_ 64
+static inline __attribute__((always_inline)) void NAME(wg_tile)(T *out, long ldo, const T *A, long lda,
+                                                               const T *Bm, long ldb, long M,
+                                                               const long R, const long NV) {
+    NAME(vec_t) acc[WG_R_][2];
+    for (long r = 0; r < R; r++)
+        for (long j = 0; j < NV; j++) acc[r][j] = *(const NAME(vec_t) *)(out + r * ldo + j * VL_);
+    for (long m = 0; m < M; m++) {
+        NAME(vec_t) bv[2];
+        for (long j = 0; j < NV; j++) {
+            bv[j] = *(const NAME(vec_t) *)(Bm + m * ldb + j * VL_);
+            KEEP_IN_REGISTER_(bv[j]);
+        }
+        for (long r = 0; r < R; r++) {
+            const T s = A[m * lda + r];
+            for (long j = 0; j < NV; j++) acc[r][j] += s * bv[j];
+        }
+    }
+    for (long r = 0; r < R; r++)
+        for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j];
+}
+
+void NAME(cells_wgrad)(T *restrict out, const T *restrict g, const T *restrict r, long N, long G,
+                       long K, long i0, long i1) {
+    for (long i = i0; i < i1; i++) memset(out + i * K, 0, K * sizeof(T));
+    for (long m0 = 0; m0 < N; m0 += WG_MC_) {
+        const long mc = N - m0 < WG_MC_ ? N - m0 : WG_MC_;
+        const T *gb = g + m0 * G, *rb = r + m0 * K;
+        for (long i = i0; i < i1; i += WG_R_) {
+            const long R = i1 - i < WG_R_ ? i1 - i : WG_R_;
+            long j = 0;
+#define WG_(RR, NV) NAME(wg_tile)(out + i * K + j, K, gb + i, G, rb + j, K, mc, RR, NV)
+            for (; j + 2 * VL_ <= K; j += 2 * VL_) {
+                if (R == WG_R_) WG_(WG_R_, 2);
+                else WG_(R, 2);
+            }
+            for (; j + VL_ <= K; j += VL_) {
+                if (R == WG_R_) WG_(WG_R_, 1);
+                else WG_(R, 1);
+            }
+#undef WG_
+            for (; j < K; j++)
+                for (long ii = i; ii < i + R; ii++) {
+                    T acc = out[ii * K + j];
+                    for (long m = 0; m < mc; m++) acc += gb[m * G + ii] * rb[m * K + j];
+                    out[ii * K + j] = acc;
+                }
+        }
+    }
+}
+
+/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
    loop would not vectorise: reordering a floating-point sum needs -ffast-math) */
 static inline T NAME(dot)(const T *x, const T *y, long n) {
     NAME(vec_t) acc[4] = {{0}, {0}, {0}, {0}};
@@ -242,6 +316,34 @@ static inline void NAME(prefetch_step)(const T *base, const NAME(args) *a, long 
     }
 }
 
+/* dst[0:n] = src[0:n] with streaming stores (AVX-512 builds, dst 64-byte aligned and n
+   whole cache lines; else memcpy): for a step's rows of a (B, T, width) buffer that is
+   read again only after the loop (nas' saved gates forward, its d xp backward). A plain
+   store first reads each line of the (32-37 MB) buffer for ownership, and the lines push
+   the packed recurrent matrix out of L2. The driver fences once at its end. */
+#if defined(__AVX512F__) && !defined(RNNZOO_CELL_LOOP_NT)
+#define RNNZOO_CELL_LOOP_NT
+#include <immintrin.h>
+#endif
+static inline __attribute__((unused)) void NAME(stream_row)(T *dst, const T *src, long n) {
+#if defined(__AVX512F__)
+    if (((unsigned long)dst % 64) == 0 && (n * sizeof(T)) % 64 == 0) {
+        for (long i = 0; i < n; i += 64 / sizeof(T)) {
+            if (sizeof(T) == 4) _mm512_stream_ps((float *)(dst + i), _mm512_loadu_ps((const float *)(src + i)));
+            else _mm512_stream_pd((double *)(dst + i), _mm512_loadu_pd((const double *)(src + i)));
+        }
+        return;
+    }
+#endif
+    memcpy(dst, src, n * sizeof(T));
+}
+
+static inline void NAME(stream_fence)(void) {
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
+}
+
 /* the forward over all steps: state = init, then step(t) for t = 0..T-1 (y_t = state[0]
    copied by the driver when `own`) */
 static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
@@ -260,14 +362,16 @@ static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step
             for (long b = b0; b < b1; b++)
                 memcpy(NAME(at)(a.y, &a, b, t, a.O), a.state[0] + b * a.ssz[0], a.O * sizeof(T));
     }
+    NAME(stream_fence)();
     free(scratch);
     free(zeros);
 }
 
 /* the backward: d state = d final state, dvec = 0, then (dy_t added to d state[0] when
-   `own`) step(t) for t = T-1..0 */
-static void NAME(drive_bwd)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
-                            long scratch_per_row) {
+   `own`) step(t) for t = T-1..0; `streamed`: the step writes its gradients' rows (rg, dxp)
+   with stream_row, so they are not prefetched for writing */
+static void NAME(drive_bwd_)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
+                             long scratch_per_row, int streamed) {
     NAME(args) a;
     NAME(parse)(&a, p, d);
     for (long i = 0; i < a.ns; i++)
@@ -286,18 +390,26 @@ static void NAME(drive_bwd)(void **p, const long *d, long b0, long b1, NAME(step
             }
         NAME(prefetch_step)(a.saved, &a, b0, b1, t - 1, a.S, 0);
         NAME(prefetch_step)(a.y, &a, b0, b1, t - 1, a.O, 0);
-        for (long j = 0; j < a.nm; j++)
+        for (long j = 0; j < a.nm && !streamed; j++)
             NAME(prefetch_step)(a.rg[j], &a, b0, b1, t - 1, a.G[j], 1);
-        if (a.nm == 0 || a.rg[0] != a.dxp) NAME(prefetch_step)(a.dxp, &a, b0, b1, t - 1, a.P, 1);
+        if (!streamed && (a.nm == 0 || a.rg[0] != a.dxp))
+            NAME(prefetch_step)(a.dxp, &a, b0, b1, t - 1, a.P, 1);
         step(&a, t, b0, b1, scratch);
     }
+    NAME(stream_fence)();
     free(scratch);
     free(zeros);
 }
 
+static __attribute__((unused)) void NAME(drive_bwd)(void **p, const long *d, long b0, long b1,
+                                                    NAME(step_fn) step, long scratch_per_row) {
+    NAME(drive_bwd_)(p, d, b0, b1, step, scratch_per_row, 0);
+}
+
 /* drive_fwd (backward = 0) or drive_bwd (1) with the recurrent matrices the steps multiply
    by handed over packed (NAME(pack)): in the forward each WT[j], in the backward each W[j],
-   copied once per call, for steps that use NAME(mmp) on them */
+   copied once per call, for steps that use NAME(mmp) on them; the backward's steps stream
+   their gradients' rows out (drive_bwd_'s `streamed`: nas, the one user) */
 static __attribute__((unused)) void NAME(drive_packed)(void **p, const long *d, long b0, long b1,
                               NAME(step_fn) step, long scratch_per_row, int backward) {
     NAME(args) a;
@@ -311,7 +423,7 @@ static __attribute__((unused)) void NAME(drive_packed)(void **p, const long *d, 
         NAME(pack)(packed, q[at + j], cols, rows, cols);
         q[at + j] = packed;
     }
-    if (backward) NAME(drive_bwd)(q, d, b0, b1, step, scratch_per_row);
+    if (backward) NAME(drive_bwd_)(q, d, b0, b1, step, scratch_per_row, 1);
     else NAME(drive_fwd)(q, d, b0, b1, step, scratch_per_row);
     for (long j = 0; j < a.nm; j++) free(q[at + j]);
     free(q);

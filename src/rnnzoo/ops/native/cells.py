@@ -14,9 +14,19 @@ the Python loop) when the cell names no kernel or the kernel cannot be built.
     scan(cell, xp (B, T, P), state (tuple of (B, n_i)), matrices ((G_j, K_j), ...),
          vectors (...)) -> (outputs (B, T, output_size), final state) | None
 
+    scan_projected(cell, x (B, T, I), w_in (P, I), state, matrices, vectors)
+        -> the same | None
+
+`scan` with the input projection xp = x w_in^T inside (a cell whose first matrix's gradient
+is the whole of d xp: NativeStep.g_is_dxp; nas): the weight gradients, w_in's and the
+matrices', in C (cell_loop.h's `cells_wgrad`, g^T r on the buffers as they are: ~100
+GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
+(8192, 128)), and so are the projection and d x = d xp w_in (`cells_mm`: the loops' packed
+row tiles, 22 against oneDNN's 27-32 ms each at that size, 1 thread, loaded machine).
+
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
-xp, the state, the matrices and the vectors; not twice.
+xp (x and w_in), the state, the matrices and the vectors; not twice.
 """
 
 from __future__ import annotations
@@ -28,10 +38,10 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import backend, native
 from rnnzoo.ops.native.linear import weight_grad
 
-__all__ = ["NativeStep", "scan"]
+__all__ = ["NativeStep", "scan", "scan_projected"]
 
 
 class NativeStep(NamedTuple):
@@ -66,13 +76,42 @@ def _call(kernel, tensors, sizes, batch):
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
+def _weight_grad(lib, g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """sum over rows of g^T r: g (..., G), r (..., K) dense -> (G, K), by cell_loop.h's
+    `cells_wgrad` (in every cell's library `lib`), out's rows split over the threads."""
+    g, r = g.reshape(-1, g.shape[-1]), r.reshape(-1, r.shape[-1])
+    (N, G), K = g.shape, r.shape[1]
+    out = g.new_empty(G, K)
+    fn = native.kernel(lib, "cells_wgrad", g.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5)
+    native.run(fn, [(out.data_ptr(), g.data_ptr(), r.data_ptr(), N, G, K, i0, i1)
+                    for i0, i1 in native.rows(G)])
+    return out
+
+
+def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (R, K) @ b (K, N), both dense, by cell_loop.h's `cells_mm` (b packed once a thread,
+    the row tiles of the loops' own product), a's rows split over the threads."""
+    (R, K), N = a.shape, b.shape[1]
+    out = a.new_empty(R, N)
+    fn = native.kernel(lib, "cells_mm", a.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4)
+    native.run(fn, [(out.data_ptr(), a.data_ptr(), b.data_ptr(), K, N, r0, r1)
+                    for r0, r1 in native.rows(R)])
+    return out
+
+
 class _NativeLoop(torch.autograd.Function):
-    """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state)."""
+    """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state); with `proj`
+    the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
 
     @staticmethod
-    def forward(ctx, lib, spec, H, keep, n_state, n_mat, xp, *tensors):
-        xp = xp.contiguous()
+    def forward(ctx, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
         tensors = [t.contiguous() for t in tensors]
+        ctx.x = None
+        if proj:
+            x, w_in = xp.reshape(-1, xp.shape[-1]).contiguous(), tensors.pop()
+            ctx.x, ctx.x_shape, ctx.w_in = x, xp.shape, w_in
+            xp = _product(lib, x, w_in.t().contiguous()).view(*xp.shape[:-1], w_in.shape[0])
+        xp = xp.contiguous()
         state, mats, vecs = (tensors[:n_state], tensors[n_state:n_state + n_mat],
                              tensors[n_state + n_mat:])
         B, T, P = xp.shape
@@ -113,12 +152,19 @@ class _NativeLoop(torch.autograd.Function):
         _, bwd = _kernels(ctx.lib, ctx.spec.fn, d_out.dtype)
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
                     *gs, *d_vecs], ctx.sizes, B)
-        needs = ctx.needs_input_grad[7 + ctx.n_state:]
-        d_mats = [weight_grad(g, r) if need else None
-                  for g, r, need in zip(gs, ctx.rs, needs)]
+        needs = ctx.needs_input_grad[8 + ctx.n_state:]
+        wg = (lambda g, r: _weight_grad(ctx.lib, g, r)) if ctx.x is not None else weight_grad
+        d_mats = [wg(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
         d_vecs = [d.sum(0).view(v.shape) if need else None
-                  for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:])]
-        return (None, None, None, None, None, None, d_xp, *d_state, *d_mats, *d_vecs)
+                  for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:len(vecs) + ctx.n_mat])]
+        if ctx.x is None:
+            return (None,) * 7 + (d_xp, *d_state, *d_mats, *d_vecs)
+        d_x = d_w = None
+        if ctx.needs_input_grad[7]:
+            d_x = _product(ctx.lib, d_xp.view(-1, d_xp.shape[-1]), ctx.w_in).view(ctx.x_shape)
+        if ctx.needs_input_grad[-1]:
+            d_w = _weight_grad(ctx.lib, d_xp, ctx.x)
+        return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 
 def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, keep: bool
@@ -132,6 +178,27 @@ def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, 
     lib = native.load(spec.file)
     if lib is None:
         return None
-    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices), xp, *state,
-                                  *matrices, *vectors)
+    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+                                  False, xp, *state, *matrices, *vectors)
+    return out, tuple(new)
+
+
+def scan_projected(cell, x: torch.Tensor, w_in: torch.Tensor, state: tuple, matrices: tuple,
+                   vectors: tuple) -> tuple[torch.Tensor, tuple] | None:
+    """`scan` over xp = x w_in^T (x (B, T, I), w_in (P, I)), the projection inside the loop's
+    autograd node (module docstring), for a cell whose NativeStep has g_is_dxp and whose first
+    matrix's output is P wide. None where the C loop does not run (not native tensors, no
+    kernel, or it cannot be built): the caller then runs its own projection and loop."""
+    tensors = (x, w_in, *state, *matrices, *vectors)
+    if not backend.use_native(*tensors) or not x.numel():
+        return None
+    spec = cell.manual_native()
+    if spec is None or not spec.g_is_dxp or matrices[0].shape[0] != w_in.shape[0]:
+        return None
+    lib = native.load(spec.file)
+    if lib is None:
+        return None
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+                                  True, x, *state, *matrices, *vectors, w_in)
     return out, tuple(new)

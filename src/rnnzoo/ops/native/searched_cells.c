@@ -35,9 +35,10 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
     const T *restrict bias = a->nv ? a->vec[0] : a->zeros;
+    T *tmp = gates + nb * 8 * H;  /* a row of saved, streamed out (kept: read only backward) */
     for (long b = b0; b < b1; b++) {
         const T *restrict g = gates + (b - b0) * 8 * H;
-        T *restrict sv = NAME(kept)(a->saved, a, b, t, S);
+        T *restrict sv = a->keep ? tmp : NAME(kept)(a->saved, a, b, t, S);
         T *restrict hr = h + b * H, *restrict cr = c + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
             const T g1 = g[H + k] + bias[H + k], g3 = g[3 * H + k] + bias[3 * H + k];
@@ -56,6 +57,7 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
             sv[8 * H + k] = cr[k];
             hr[k] = hn; cr[k] = cn;
         }
+        if (a->keep) NAME(stream_row)(NAME(kept)(a->saved, a, b, t, S), tmp, S);
     }
 }
 
@@ -63,12 +65,13 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     T *dh = a->state[0], *dc = a->state[1];
     for (long b = b0; b < b1; b++) {
-        T *restrict dv = a->nv ? a->dvec[0] + b * 8 * H : scratch;  /* the bias's gradient */
+        T *restrict dv = a->nv ? a->dvec[0] + b * 8 * H : scratch;  /* the bias's gradient
+                                                                        (or none: a dump) */
         const T *restrict sv = NAME(at)(a->saved, a, b, t, S);
         const T *restrict s0 = sv, *restrict r1 = sv + H, *restrict s2 = sv + 2 * H,
                 *restrict r3 = sv + 3 * H, *restrict t4 = sv + 4 * H, *restrict s5 = sv + 5 * H,
                 *restrict t6 = sv + 6 * H, *restrict s7 = sv + 7 * H, *restrict cp = sv + 8 * H;
-        T *restrict da = NAME(at)(a->rg[0], a, b, t, 8 * H);
+        T *restrict da = scratch + nb * 8 * H + (b - b0) * 8 * H;
         T *restrict dhr = dh + b * H, *restrict dcr = dc + b * H;
         ELEMENTWISE for (long k = 0; k < H; k++) {
             /* the tree again from the saved gates (7 of the forward's 13 exps) */
@@ -94,20 +97,21 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
             dcr[k] = dcp;
             for (long j = 0; j < 8; j++) dv[j * H + k] += da[j * H + k];
         }
-        if (a->rg[0] != a->dxp)  /* one buffer with g_is_dxp */
-            memcpy(NAME(at)(a->dxp, a, b, t, P), da, 8 * H * sizeof(T));
+        /* d a to the products' gradient (and d xp: one buffer with g_is_dxp), streamed:
+           read only after the loop */
+        NAME(stream_row)(NAME(at)(a->rg[0], a, b, t, 8 * H), da, 8 * H);
+        if (a->rg[0] != a->dxp) NAME(stream_row)(NAME(at)(a->dxp, a, b, t, P), da, 8 * H);
     }
-    NAME(mmp)(dh + b0 * H, H, 0, 0, NAME(at)(a->rg[0], a, b0, t, 8 * H), T_ * 8 * H, a->W[0],
-              nb, 8 * H, H);
+    NAME(mmp)(dh + b0 * H, H, 0, 0, scratch + nb * 8 * H, 8 * H, a->W[0], nb, 8 * H, H);
 }
 
 /* W (8H, H) is 512 KB at H = 128: its products run on packed copies (drive_packed, mmp) */
 void NAME(nas_fwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_packed)(p, d, b0, b1, NAME(nas_step), 8 * d[2], 0);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_step), 17 * d[2], 0);
 }
 
 void NAME(nas_bwd)(void **p, const long *d, long b0, long b1) {
-    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 8 * d[2], 1);
+    NAME(drive_packed)(p, d, b0, b1, NAME(nas_back), 16 * d[2], 1);
 }
 
 /* ---- mut1, mut2, mut3 --------------------------------------------------------------- */
