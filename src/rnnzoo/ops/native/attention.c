@@ -41,13 +41,13 @@
 
 #include "mm.h"  /* mm: the batched block products (exported here) */
 #include "softmax_row.h"
+#include "transpose.h"
 
 /* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
    (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
 /* dst (D, Tn) = src (Tn, D) transposed: a head's keys or values as columns for mm. */
 static inline void NAME(transpose)(T *restrict dst, const T *restrict src, long Tn, long D) {
-    for (long j = 0; j < Tn; j++)
-        for (long c = 0; c < D; c++) dst[c * Tn + j] = src[j * D + c];
+    NAME(trs)(dst, Tn, src, D, Tn, D);
 }
 
 static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
@@ -229,6 +229,7 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
                     T *restrict PS, long N, long C, long D, long L, long H, long KT, long PT,
                     long g0, long g1) {
     const long Lt = L + N * C;
+    T *kt = malloc((size_t)(Lt * D + D * D) * sizeof(T)), *pt = kt + Lt * D;  /* K^T, P_n^T */
     for (long g = g0; g < g1; g++) {
         const T *qg = qs + g * N * C * D, *kg = k1 + g * N * C * D, *Pg = P + g * N * D * D;
         const T *ig = intra + g * N * C * C, *vg = values + g * Lt * D;
@@ -238,7 +239,10 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
         memcpy(ks, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
         for (long n = 0; n < N; n++) {  /* block n reads its keys at ks (m rows), kept */
             const long m = L + n * C, e = m + C;
-            if (m) NAME(mm)(qg + n * C * D, ks, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            if (m) {
+                NAME(trs)(kt, m, ks, D, m, D);
+                NAME(mm)(qg + n * C * D, kt, ps, C, m, D, D, 1, m, 1, e, 0, 0, 0, 0, 0, C);
+            }
             for (long r = 0; r < C; r++) {
                 T *restrict s = ps + r * e;
                 const T *restrict in = ig + (n * C + r) * C;
@@ -249,12 +253,16 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
             NAME(mm)(ps, vg, og + n * C * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
             /* the next block's keys [K P_n^T ; k1_n] straight after these (the last: keys) */
             T *next = n + 1 < N ? ks + m * D : K;
-            if (m) NAME(mm)(ks, Pg + n * D * D, next, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
+            if (m) {
+                NAME(trs)(pt, D, Pg + n * D * D, D, D, D);
+                NAME(mm)(ks, pt, next, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+            }
             memcpy(next + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
             ks += m * D;
             ps += C * e;
         }
     }
+    free(kt);
 }
 
 /* Its backward for head-rows [g0, g1): do (B, N C, H, D) (o's layout), dkeys (G, L + N C, D) the gradient of
@@ -269,10 +277,11 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
                     T *restrict dintra, T *restrict dvalues, T *restrict dkeys0, long N, long C,
                     long D, long L, long H, long KT, long PT, long g0, long g1) {
     const long Lt = L + N * C;
-    T *buf = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
-    T *dK = buf, *tmp = dK + Lt * D, *ds = tmp + Lt * D;
+    T *buf = malloc((size_t)(3 * Lt * D + C * Lt + 1) * sizeof(T));
+    T *dK = buf, *tmp = dK + Lt * D, *vt = tmp + Lt * D, *ds = vt + Lt * D;
     for (long g = g0; g < g1; g++) {
         const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D, *vg = values + g * Lt * D;
+        NAME(trs)(vt, Lt, vg, D, Lt, D);  /* V^T (D, Lt): the columns of do V^T */
         const T *dog = do_ + ((g / H) * N * C * H + g % H) * D;
         T *dvg = dvalues + g * Lt * D;
         if (dkeys) memcpy(dK, dkeys + g * Lt * D, (size_t)(Lt * D) * sizeof(T));
@@ -295,7 +304,7 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
                 memset(dPn, 0, (size_t)(D * D) * sizeof(T));
             }
             NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, D, 0, 0, 0, 1, 0, e);
-            NAME(mm)(don, vg, ds, C, e, D, H * D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            NAME(mm)(don, vt, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
             NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
             T *di = dintra + (g * N + n) * C * C;
             for (long r = 0; r < C; r++)

@@ -38,6 +38,7 @@
 #else
 
 #include "mm.h"
+#include "transpose.h"
 
 /* dst[0, n) = src[0, n) / = 0 in line: the rows here are D or c values, and glibc's
    memmove / memset calls (~0.4 M of them a fwd+bwd at the #17 size) cost more than the
@@ -64,8 +65,7 @@ static inline void NAME(pm)(const T *A, long a_rs, long a_cs, const T *B, long l
 /* dst (cols, rows) = src (rows, cols; row stride lds) transposed */
 static inline void NAME(tr)(T *restrict dst, const T *restrict src, long rows, long cols,
                             long lds) {
-    for (long i = 0; i < rows; i++)
-        for (long j = 0; j < cols; j++) dst[j * rows + i] = src[i * lds + j];
+    NAME(trs)(dst, rows, src, lds, rows, cols);
 }
 
 /* Y (c, E) holds R; rows i in order: Y_i = R_i - sum_{m < i} b_i G_im Y_m ((I + diag(b) G)^-1 R,
@@ -286,10 +286,8 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     for (long i = 0; i < c; i++)
         for (long m = 0; m < c; m++) dqw[i * c + m] = m <= i ? -dqw[i * c + m] : 0;
     /* d[Y | Z] = -(QW^T X + W [dP | dK'^T]) into dR */
-    for (long d = 0; d < D; d++) {
-        NAME(pc_cp)(Em + d * E, dPj + d * D, D);
-        for (long m = 0; m < c; m++) Em[d * E + D + m] = dk1[m * D + d];
-    }
+    for (long d = 0; d < D; d++) NAME(pc_cp)(Em + d * E, dPj + d * D, D);
+    NAME(trs)(Em + D, E, dk1, D, c, D);
     NAME(pm)(QW, 1, c, X, E, dR, E, c, E, c, 0);
     NAME(pm)(W, D, 1, Em, E, dR, E, c, E, D, 1);
     /* dQ = dQ' + [dI | dQW] [K ; W];  dK = dK' + dI^T Q */
@@ -305,9 +303,9 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     for (long i = 0; i < c * D; i++) dK[i] += dk1[i];
     /* dW = dQW^T Q - [Y | Z] [dP^T ; dK'] */
     NAME(pm)(dqw, 1, c, Q, D, dW, D, c, D, c, 0);
-    for (long d = 0; d < D; d++)
-        for (long e = 0; e < D; e++) Em[d * D + e] = -dPj[e * D + d];
-    for (long i = 0; i < c * D; i++) Em[D * D + i] = -dk1[i];
+    NAME(trs)(Em, D, dPj, D, D, D);
+    NAME(pc_cp)(Em + D * D, dk1, c * D);
+    for (long i = 0; i < E * D; i++) Em[i] = -Em[i];
     NAME(pm)(YZ, E, 1, Em, D, dW, D, c, D, E, 1);
     /* dR = (I + diag(b) G)^-T (-dR) */
     for (long i = 0; i < c * E; i++) dR[i] = -dR[i];
@@ -327,11 +325,13 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
         db[i] = acc;
     }
     /* dW += [b o dR_Z | S] [K ; W] + b o dR_Y, S = b o dA + (b o dA)^T;  dK += (b o dR_Z)^T W */
-    for (long i = 0; i < c; i++)
-        for (long m = 0; m < c; m++) {
-            Fm[i * F + m] = m < i ? b[i] * dR[i * E + D + m] : 0;
-            Fm[i * F + c + m] = b[i] * dA[i * c + m] + b[m] * dA[m * c + i];
-        }
+    T *dAT = YZT;  /* dA^T (c, c) in [Y | Z]^T's place (read for the last time above) */
+    NAME(tr)(dAT, dA, c, c, c);
+    for (long i = 0; i < c; i++) {
+        for (long m = 0; m < c; m++) Fm[i * F + m] = m < i ? b[i] * dR[i * E + D + m] : 0;
+        for (long m = 0; m < c; m++)
+            Fm[i * F + c + m] = b[i] * dA[i * c + m] + b[m] * dAT[i * c + m];
+    }
     NAME(pm)(Fm, F, 1, KW, D, dW, D, c, D, F, 1);
     for (long i = 0; i < c; i++)
         for (long d = 0; d < D; d++) dW[i * D + d] += b[i] * dR[i * E + d];
