@@ -131,15 +131,13 @@ class PaTHAttention(Attention):
         out, keys, moved = path_attention(q, k, v_new, w, beta, scale=self.head_dim ** -0.5,
                                           chunk_size=self.chunk_size, k_cache=kc,
                                           v_cache=vc, cache_visible=visible,
-                                          qkv=qkv if v_new is v else None)
+                                          qkv=qkv if v_new is v else None,
+                                          keys_len=None if cached else self.max_len)
         y = self.op_output(out if bad is None else poison(out, bad), x)
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
-            T = pos.shape[1]
-            k_new = torch.empty_like(k_cache)
-            k_new[:, :, :T] = keys
-            k_new[:, :, T:] = 0
-            return y, (k_new, write_front(v_cache, v.transpose(1, 2)), end)
+            # (keys: a fresh cache of max_len slots from the op, zero past T)
+            return y, (keys.to(k_cache.dtype), write_front(v_cache, v.transpose(1, 2)), end)
         index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
         k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
         v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))

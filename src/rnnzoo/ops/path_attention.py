@@ -47,7 +47,7 @@ UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are me
 
 
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
-                   cache_visible=None, qkv=None):
+                   cache_visible=None, qkv=None, keys_len=None):
     """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H); optional cache of earlier
     tokens: k_cache (B, H, L, Dh) their keys moved through every reflection so far, v_cache
     (B, H, L, Dh) (finite), cache_visible (B, L) bool, the slots that hold a token (the
@@ -57,6 +57,9 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     C kernels run and q, k, w, beta are finite, the chunk kernel reads q and k from it in
     place and its gradient comes as one tensor (ops.native.path_chunk.pieces_qkv: no
     split into heads, no stack of the three gradients).
+    keys_len: without a cache, the keys returned as a fresh cache of that many slots
+    (B, H, keys_len, D), zero past T (keys_len >= T); on the C path with qkv and T a
+    multiple of the block, written so by the kernel (_PathQKV: v read in place too).
 
     Returns o (B, T, H, Dh), the new keys moved to the last step (B, H, T, Dh), and the cache's
     keys moved through the new reflections (B, H, L, Dh, zero in empty slots; None without a
@@ -73,6 +76,10 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     lib = native_attention.load() if backend.use_native(q) else None
     pc = native_path_chunk.load() if lib is not None else None
     N = -(-T // C)
+    if pc is not None and qkv is not None and marks is None and k_cache is None and N * C == T:
+        o, keys = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
+                                 T if keys_len is None else keys_len)
+        return o, keys, None
     if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
         q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
         v = to_chunks(v.transpose(1, 2), C)                          # (B, H, N, C, D)
@@ -104,7 +111,14 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         o = o.movedim(1, 3).reshape(B, N * C, H, D)
     L = keys0.shape[2]
     o, keys, moved = o[:, :T], keys[:, :, L:L + T], keys[:, :, :L] if k_cache is not None else None
-    return (o, keys, moved) if marks is None else _marked(o, keys, moved, marks)
+    if marks is not None:
+        o, keys, moved = _marked(o, keys, moved, marks)
+    if keys_len is not None and k_cache is None:  # a fresh cache: empty + two slice writes
+        new = keys.new_empty(B, H, keys_len, D)
+        new[:, :, :T] = keys
+        new[:, :, T:] = 0
+        keys = new
+    return o, keys, moved
 
 
 def _marked(o, keys, moved, marks):
@@ -252,6 +266,50 @@ class _Attend(torch.autograd.Function):
         return None, dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
 
 
+def _value_strides(v):
+    """(b, h, t) element strides of values v (B, H, Lt, D) (any strides, unit channels)."""
+    return v.stride(0), v.stride(1), v.stride(2)
+
+
+def _attend_fwd(lib, qs, k1, P, intra_s, values, keys0, bias0, Lk=None):
+    """path_fwd over every head-row: values (B, H, L + N C, D) with unit channel stride (read
+    through its strides); keys (B, H, Lk, D), zero past L + N C (Lk None: L + N C). Returns
+    o (B, N C, H, D), keys, and what the backward reads (KS, PS)."""
+    B, H, N, C, D = qs.shape
+    L = keys0.shape[2]
+    Lk = L + N * C if Lk is None else Lk
+    qs, intra_s, k1, P, keys0 = (t.contiguous() for t in (qs, intra_s, k1, P, keys0))
+    bias = bias0.reshape(B, L).contiguous() if L else None
+    KT = sum(L + n * C for n in range(N)) * D
+    PT = sum(C * (L + (n + 1) * C) for n in range(N))
+    o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, Lk, D)
+    KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
+    native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
+                          [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
+                                                   bias, o, keys, KS, PS)],
+                          (N, C, D, L, H, KT, PT, *_value_strides(values), Lk), B * H)
+    return o, keys, KS, PS
+
+
+def _attend_bwd(lib, qs, P, values, KS, PS, do, dkeys, dvalues, L):
+    """path_bwd over every head-row: the gradients of _attend_fwd's qs, k1, P, intra_s
+    (new) and of keys0 (B, H, L, D); dvalues (values' shape, any strides with unit channels)
+    written whole."""
+    B, H, N, C, D = qs.shape
+    do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
+    dkeys = None if dkeys is None else dkeys.contiguous()
+    Lk = 0 if dkeys is None else dkeys.shape[2]
+    dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
+    dintra = qs.new_empty(B, H, N, C, C)
+    dkeys0 = qs.new_empty(B, H, L, D)
+    native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
+                          [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
+                                                   dk1, dP, dintra, dvalues, dkeys0)],
+                          (N, C, D, L, H, KS.shape[1], PS.shape[1], *_value_strides(values),
+                           *_value_strides(dvalues), Lk), B * H)
+    return dq1, dk1, dP, dintra, dkeys0
+
+
 class _AttendHeads(torch.autograd.Function):
     """_Attend in one C call per thread over whole head-rows (attention.c: path_fwd /
     path_bwd): each head's chunks in order, its scores written next to the chunk's intra
@@ -264,20 +322,10 @@ class _AttendHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lib, qs, k1, P, intra_s, v, keys0, v0, bias0):
-        B, H, N, C, D = qs.shape
         L = keys0.shape[2]
         values = (torch.cat([v0, v.flatten(2, 3)], 2) if L else v.flatten(2, 3)).contiguous()
-        qs, intra_s, k1, P, keys0 = (t.contiguous() for t in (qs, intra_s, k1, P, keys0))
-        bias = bias0.reshape(B, L).contiguous() if L else None
-        KT = sum(L + n * C for n in range(N)) * D
-        PT = sum(C * (L + (n + 1) * C) for n in range(N))
-        o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, L + N * C, D)
-        KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
-        native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
-                              [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
-                                                       bias, o, keys, KS, PS)],
-                              (N, C, D, L, H, KT, PT), B * H)
-        ctx.save_for_backward(qs, P, values, KS, PS)
+        o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra_s, values, keys0, bias0)
+        ctx.save_for_backward(qs.contiguous(), P.contiguous(), values, KS, PS)
         ctx.lib, ctx.L = lib, L
         return o, keys
 
@@ -285,16 +333,43 @@ class _AttendHeads(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, dkeys):
         qs, P, values, KS, PS = ctx.saved_tensors
-        lib, L = ctx.lib, ctx.L
+        L = ctx.L
         B, H, N, C, D = qs.shape
-        do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
-        dkeys = None if dkeys is None else dkeys.contiguous()
-        dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
-        dintra = qs.new_empty(B, H, N, C, C)
-        dvalues, dkeys0 = torch.empty_like(values), qs.new_empty(B, H, L, D)
-        native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
-                              [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
-                                                       dk1, dP, dintra, dvalues, dkeys0)],
-                              (N, C, D, L, H, KS.shape[1], PS.shape[1]), B * H)
+        dvalues = torch.empty_like(values)
+        dq1, dk1, dP, dintra, dkeys0 = _attend_bwd(ctx.lib, qs, P, values, KS, PS, do, dkeys,
+                                                   dvalues, L)
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
         return None, dq1, dk1, dP, dintra, dv, dkeys0, dvalues[:, :, :L], None
+
+
+class _PathQKV(torch.autograd.Function):
+    """A fresh sequence (no cache) whose T is a multiple of the block, from the fused
+    projection qkv (B, T, 3, H, D): the chunk pieces (ops.native.path_chunk, q and k read in
+    place) and the block attention (_AttendHeads' kernels) with v read in place too, and
+    the gradient of q, k and v written into one tensor by the two kernels (no copy of v
+    either way, one autograd node). Returns o (B, T, H, D) and the keys moved to the last
+    step as a fresh cache (B, H, Lk, D), zero past T."""
+
+    @staticmethod
+    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk):
+        qkv, w, beta = qkv.contiguous(), native_path_chunk._dense(w), native_path_chunk._dense(beta)
+        q, k, v = qkv.unbind(2)
+        extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels)
+        qs, k1, P, intra = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra)
+        keys0 = qs.new_zeros(qs.shape[0], qs.shape[1], 0, qs.shape[-1])
+        o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0, None, Lk)
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS)
+        ctx.lib, ctx.pc, ctx.extra = lib, pc, extra
+        return o, keys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dkeys):
+        qkv, w, beta, qs, P, KS, PS = ctx.saved_tensors
+        q, k, v = qkv.unbind(2)
+        dqkv = torch.empty_like(qkv)
+        dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
+        grads = _attend_bwd(ctx.lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
+                            dv.transpose(1, 2), 0)[:4]
+        dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra)
+        return None, None, dqkv, dw, db, None, None, None, None

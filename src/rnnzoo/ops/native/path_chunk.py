@@ -45,34 +45,50 @@ def _dense(t):
     return t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous()
 
 
-def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
-    """The kernel's pieces of q, k, w, beta (q and k with one set of strides); ctx keeps
-    what _backward reads."""
-    B, Tn, H, D = q.shape
-    C = c << levels
-    N = -(-Tn // C)
+def chunk_args(q, w, beta, scale, c, levels):
+    """The kernels' trailing arguments for q (B, T, H, D) (k with q's strides), w, beta."""
+    _, Tn, H, D = q.shape
+    N = -(-Tn // (c << levels))
     strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
-    extra = (Tn, H, D, c, levels, N, *strides, float(scale))
+    return (Tn, H, D, c, levels, N, *strides, float(scale))
+
+
+def chunk_fwd(lib, q, k, w, beta, extra):
+    """The kernel's pieces qs, k1, P, intra of q, k, w, beta (q and k with one set of
+    strides; extra = chunk_args)."""
+    B, _, H, D = q.shape
+    _, _, _, c, levels, N = extra[:6]
+    C = c << levels
     qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
     P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
     native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
-    ctx.lib, ctx.extra = lib, extra
     return qs, k1, P, intra
 
 
-def _backward(ctx, q, k, w, beta, grads, dq, dk):
-    """The input gradients into dq, dk (q's strides) and new dw, dbeta (w's, beta's)."""
+def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra):
+    """The input gradients into dq, dk (q's strides) and new dw, dbeta (w's, beta's) from
+    the gradients of the four pieces."""
     B, _, H, _ = q.shape
     dqs, dk1, dP, dintra = (g.contiguous() for g in grads)
     dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
               for t in (w, beta))
-    native.run(_kernel(ctx.lib, "path_chunk_bwd", q.dtype),
+    native.run(_kernel(lib, "path_chunk_bwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
-                                            dq, dk, dw, db)), *ctx.extra, *r)
+                                            dq, dk, dw, db)), *extra, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return dw, db
+
+
+def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
+    """chunk_fwd; ctx keeps what _backward reads."""
+    ctx.lib, ctx.extra = lib, chunk_args(q, w, beta, scale, c, levels)
+    return chunk_fwd(lib, q, k, w, beta, ctx.extra)
+
+
+def _backward(ctx, q, k, w, beta, grads, dq, dk):
+    return chunk_bwd(ctx.lib, q, k, w, beta, grads, dq, dk, ctx.extra)
 
 
 class _Pieces(torch.autograd.Function):
