@@ -79,3 +79,56 @@ def test_layer_through_the_fused_path_matches_sequential(monkeypatch):
     assert calls[0] == 1
     assert_close(res[0], res[1], ["y", "k_cache", "v_cache", "dx"]
                  + [f"d{n}" for n, _ in layer.named_parameters()], 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H, D, C, c, Lk,
+                                                threads):
+    """path_attention_fresh: w's l2norm (eps) and beta's 2 sigmoid in the chunk kernel, against
+    path_attention's torch path over l2norm(w_raw) and 2 sigmoid(beta_raw); one w row of zeros
+    and one below eps (the floor, where the gradient is r dy)."""
+    from rnnzoo.layers._delta_block import l2norm
+
+    monkeypatch.setattr(path_op, "UT_CHUNK", c)
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=dtype)
+    w_raw = 3 * torch.randn(B, T, H, D, generator=g, dtype=dtype)
+    w_raw[0, 1, 0] = 0
+    w_raw[0, 2, 0] *= 1e-9
+    beta_raw = 2 * torch.randn(B, T, H, generator=g, dtype=dtype)
+    ins = [t.requires_grad_() for t in (qkv, w_raw, beta_raw)]
+    with threads_(threads):
+        o, keys = path_op.path_attention_fresh(qkv, w_raw, beta_raw, scale=0.4, chunk_size=C,
+                                               keys_len=Lk, eps=1e-6)
+    got = outputs_and_grads([o, keys], ins)
+    with backend.force("torch"):
+        q, k, v = qkv.unbind(2)
+        o, keys, _ = path_op.path_attention(q, k, v, l2norm(w_raw, eps=1e-6),
+                                            2 * torch.sigmoid(beta_raw), scale=0.4,
+                                            chunk_size=C, keys_len=Lk)
+    want = outputs_and_grads([o, keys], ins)
+    assert_close(got, want, ["o", "keys", "dqkv", "dw_raw", "dbeta_raw"], tol)
+
+
+@pytest.mark.parametrize("where", ["q", "v", "w", "beta"])
+def test_not_finite_inputs_take_the_marking_path(where):
+    """path_attention_fresh declines (None) when any input has an inf or NaN, and the layer
+    then gives the torch path's outputs and state, NaN where they read it."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 32, 3, 2, 4, generator=g)
+    w_raw, beta_raw = torch.randn(2, 32, 2, 4, generator=g), torch.randn(2, 32, 2, generator=g)
+    t, i = {"q": (qkv, (1, 5, 0, 1, 2)), "v": (qkv, (1, 5, 2, 1, 2)),
+            "w": (w_raw, (1, 5, 1, 3)), "beta": (beta_raw, (1, 5, 0))}[where]
+    t[i] = float("inf")
+    assert path_op.path_attention_fresh(qkv, w_raw, beta_raw, scale=0.4, chunk_size=16) is None
+    torch.manual_seed(0)
+    layer = rnnzoo.create("path_attention", d_model=8, num_heads=2, max_len=40, chunk_size=16)
+    x = torch.randn(2, 32, 8)
+    x[1, 5, 3] = float("nan")
+    y, state = layer(x, mode="chunk")
+    with backend.force("torch"):
+        y_ref, state_ref = layer(x, mode="chunk")
+    for a, b in zip([y, *state], [y_ref, *state_ref]):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.allclose(a.nan_to_num(), b.nan_to_num(), atol=1e-5)

@@ -35,8 +35,10 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native.linear import Linear
-from rnnzoo.ops.path_attention import path_attention
+from rnnzoo.ops.path_attention import path_attention, path_attention_fresh
 from rnnzoo.registry import register
+
+_W_EPS = 1e-6  # w = w_proj(x) / max(|w_proj(x)|, eps) per head
 
 
 @register("path_attention", family="attention",
@@ -72,11 +74,18 @@ class PaTHAttention(Attention):
         """op_inputs with q, k, v as the fused projection qkv (B, T, 3, H, Dh) (q, k, v =
         qkv.unbind(2)): ops.path_attention reads them from it in place on the CPU (no split
         into heads, one gradient tensor)."""
+        return self._normalised(*self._projections(x))
+
+    def _projections(self, x):
+        """qkv (B, T, 3, H, Dh), w and beta before their normalisation: (B, T, H, Dh), (B, T, H)."""
         B, T, _ = x.shape
         cdt = compute_dtype(x)
         qkv = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, -1)
-        w = l2norm(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1))  # F.normalize's, eps 1e-6
-        return qkv, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
+        return qkv, self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1), self.b_proj(x).to(cdt)
+
+    @staticmethod
+    def _normalised(qkv, w, beta):
+        return qkv, l2norm(w, eps=_W_EPS), 2 * torch.sigmoid(beta)  # w: F.normalize's, eps 1e-6
 
     def op_output(self, o, x):
         return self.out_proj(o.flatten(2).to(x.dtype))
@@ -89,7 +98,18 @@ class PaTHAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this PaTH attention layer; build it with a larger max_len")
-        qkv, w, beta = self.fused_inputs(x)
+        qkv, w, beta = self._projections(x)
+        if mode == "chunk" and top == 0:  # a fresh sequence: l2norm and sigmoid in the C kernel
+            fresh = path_attention_fresh(qkv, w, beta, scale=self.head_dim ** -0.5,
+                                         chunk_size=self.chunk_size, keys_len=self.max_len,
+                                         eps=_W_EPS)
+            if fresh is not None:
+                out, keys = fresh
+                end = (start + T).to(position.dtype)
+                return self.op_output(out, x), (keys.to(k_cache.dtype),
+                                                write_front(v_cache, qkv[:, :, 2].transpose(1, 2)),
+                                                end)
+        qkv, w, beta = self._normalised(qkv, w, beta)
         q, k, v = qkv.unbind(2)
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)

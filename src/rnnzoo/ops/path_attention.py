@@ -41,9 +41,41 @@ from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import path_chunk as native_path_chunk
 
-__all__ = ["path_attention"]
+__all__ = ["path_attention", "path_attention_fresh"]
 
 UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
+
+
+def _block_sizes(chunk_size, T):
+    """(C, c, levels): attention blocks of C steps merged from UT chunks of c = C / 2^levels."""
+    C = min(chunk_size, T)
+    c, levels = C, 0
+    while c > UT_CHUNK and c % 2 == 0:
+        c, levels = c // 2, levels + 1
+    return C, c, levels
+
+
+def path_attention_fresh(qkv, w_raw, beta_raw, *, scale, chunk_size=64, keys_len=None,
+                         eps=1e-6):
+    """path_attention of a fresh sequence (no cache) from the projections before their
+    normalisation: qkv (B, T, 3, H, Dh) (q, k, v = qkv.unbind(2)), w_raw (B, T, H, Dh) with
+    w = w_raw / max(|w_raw|, eps) per head, beta_raw (B, T, H) with beta = 2 sigmoid(beta_raw):
+    both applied in the chunk kernel (forward and backward; no torch passes over w and beta),
+    and every input's finiteness summed there (no host read of each tensor's sums).
+    Returns (o (B, T, H, Dh), keys (B, H, keys_len or T, Dh), zero past T), or None where
+    this C path does not run (not the native kernels, T not a multiple of the block, or an
+    input not finite): then the caller normalises and calls path_attention."""
+    B, T, _, H, D = qkv.shape
+    C, c, levels = _block_sizes(chunk_size, T)
+    if T % C or not backend.use_native(qkv, w_raw, beta_raw):
+        return None
+    lib = native_attention.load()
+    pc = native_path_chunk.load() if lib is not None else None
+    if pc is None:
+        return None
+    o, keys, fin = _PathQKV.apply(lib, pc, qkv, w_raw, beta_raw, scale, c, levels,
+                                  T if keys_len is None else keys_len, eps)
+    return (o, keys) if bool(torch.isfinite(fin).all()) else None
 
 
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
@@ -69,16 +101,13 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     # the C kernels: no copies and no marks when every input is finite (one host read, free there)
     (q,), (k, w, beta), marks = (clean_inputs if backend.use_native(q) else finite_inputs)(
         (q,), (k, w, beta))
-    C = min(chunk_size, T)                                            # attention blocks
-    c, levels = C, 0                                                  # UT chunks: C / 2^levels
-    while c > UT_CHUNK and c % 2 == 0:
-        c, levels = c // 2, levels + 1
+    C, c, levels = _block_sizes(chunk_size, T)  # attention blocks, UT chunks: C / 2^levels
     lib = native_attention.load() if backend.use_native(q) else None
     pc = native_path_chunk.load() if lib is not None else None
     N = -(-T // C)
     if pc is not None and qkv is not None and marks is None and k_cache is None and N * C == T:
-        o, keys = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
-                                 T if keys_len is None else keys_len)
+        o, keys, _ = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
+                                    T if keys_len is None else keys_len)
         return o, keys, None
     if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
         q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
@@ -347,24 +376,27 @@ class _PathQKV(torch.autograd.Function):
     projection qkv (B, T, 3, H, D): the chunk pieces (ops.native.path_chunk, q and k read in
     place) and the block attention (_AttendHeads' kernels) with v read in place too, and
     the gradient of q, k and v written into one tensor by the two kernels (no copy of v
-    either way, one autograd node). Returns o (B, T, H, D) and the keys moved to the last
-    step as a fresh cache (B, H, Lk, D), zero past T."""
+    either way, one autograd node). Returns o (B, T, H, D), the keys moved to the last
+    step as a fresh cache (B, H, Lk, D), zero past T, and fin (B H), 0 where a head-row's
+    inputs are finite (not differentiable). raw_eps: w and beta are the projections before
+    the l2norm (that eps) and 2 sigmoid, which the chunk kernels apply."""
 
     @staticmethod
-    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk):
+    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None):
         qkv, w, beta = qkv.contiguous(), native_path_chunk._dense(w), native_path_chunk._dense(beta)
         q, k, v = qkv.unbind(2)
-        extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels)
-        qs, k1, P, intra = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra)
+        extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
+        qs, k1, P, intra, fin = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True)
         keys0 = qs.new_zeros(qs.shape[0], qs.shape[1], 0, qs.shape[-1])
         o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0, None, Lk)
         ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS)
         ctx.lib, ctx.pc, ctx.extra = lib, pc, extra
-        return o, keys
+        ctx.mark_non_differentiable(fin)
+        return o, keys, fin
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, do, dkeys):
+    def backward(ctx, do, dkeys, _):
         qkv, w, beta, qs, P, KS, PS = ctx.saved_tensors
         q, k, v = qkv.unbind(2)
         dqkv = torch.empty_like(qkv)
@@ -372,4 +404,4 @@ class _PathQKV(torch.autograd.Function):
         grads = _attend_bwd(ctx.lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
                             dv.transpose(1, 2), 0)[:4]
         dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra)
-        return None, None, dqkv, dw, db, None, None, None, None
+        return None, None, dqkv, dw, db, None, None, None, None, None

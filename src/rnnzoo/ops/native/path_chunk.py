@@ -35,8 +35,9 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 8, "path_chunk_bwd": 12}[name]
-    return native.kernel(lib, name, dtype, [P] * n + [L] * 15 + [ctypes.c_double, L, L])
+    n = {"path_chunk_fwd": 10, "path_chunk_bwd": 12}[name]
+    D = ctypes.c_double
+    return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
 
 
 def _dense(t):
@@ -45,26 +46,31 @@ def _dense(t):
     return t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous()
 
 
-def chunk_args(q, w, beta, scale, c, levels):
-    """The kernels' trailing arguments for q (B, T, H, D) (k with q's strides), w, beta."""
+def chunk_args(q, w, beta, scale, c, levels, raw_eps=None):
+    """The kernels' trailing arguments for q (B, T, H, D) (k with q's strides), w, beta.
+    raw_eps: w and beta are the projections before the l2norm (that eps: w / max(|w|, eps))
+    and 2 sigmoid, which the kernels apply (forward and backward)."""
     _, Tn, H, D = q.shape
     N = -(-Tn // (c << levels))
     strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
-    return (Tn, H, D, c, levels, N, *strides, float(scale))
+    return (Tn, H, D, c, levels, N, *strides, int(raw_eps is not None), float(raw_eps or 0),
+            float(scale))
 
 
-def chunk_fwd(lib, q, k, w, beta, extra):
+def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False):
     """The kernel's pieces qs, k1, P, intra of q, k, w, beta (q and k with one set of
-    strides; extra = chunk_args)."""
+    strides; extra = chunk_args), and with check fin (B H): 0 where the head-row's q, k, w,
+    beta (and v, with q's strides, when given) are finite, else inf or NaN (else None)."""
     B, _, H, D = q.shape
     _, _, _, c, levels, N = extra[:6]
     C = c << levels
     qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
     P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
+    fin = q.new_zeros(B * H) if check else None
     native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
-               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
-                for r in native.rows(B * H) or [(0, 0)]])
-    return qs, k1, P, intra
+               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra, v, fin)), *extra,
+                 *r) for r in native.rows(B * H) or [(0, 0)]])
+    return qs, k1, P, intra, fin
 
 
 def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra):
@@ -84,7 +90,7 @@ def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra):
 def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
     """chunk_fwd; ctx keeps what _backward reads."""
     ctx.lib, ctx.extra = lib, chunk_args(q, w, beta, scale, c, levels)
-    return chunk_fwd(lib, q, k, w, beta, ctx.extra)
+    return chunk_fwd(lib, q, k, w, beta, ctx.extra)[:4]
 
 
 def _backward(ctx, q, k, w, beta, grads, dq, dk):
