@@ -85,9 +85,10 @@ def test_layer_through_the_fused_path_matches_sequential(monkeypatch):
 @pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
 def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H, D, C, c, Lk,
                                                 threads):
-    """path_attention_fresh: w's l2norm (eps) and beta's 2 sigmoid in the chunk kernel, against
-    path_attention's torch path over l2norm(w_raw) and 2 sigmoid(beta_raw); one w row of zeros
-    and one below eps (the floor, where the gradient is r dy)."""
+    """path_attention_fresh: one projection [q | k | v | w | beta], w's l2norm (eps) and
+    2 sigmoid(beta + bias) in the chunk kernel, the projection's gradient one tensor, against
+    path_attention's torch path over l2norm(w_raw) and 2 sigmoid(beta_raw + bias); one w row
+    of zeros and one below eps (the floor, where the gradient is r dy)."""
     from rnnzoo.layers._delta_block import l2norm
 
     monkeypatch.setattr(path_op, "UT_CHUNK", c)
@@ -97,18 +98,21 @@ def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H
     w_raw[0, 1, 0] = 0
     w_raw[0, 2, 0] *= 1e-9
     beta_raw = 2 * torch.randn(B, T, H, generator=g, dtype=dtype)
-    ins = [t.requires_grad_() for t in (qkv, w_raw, beta_raw)]
+    bias = torch.randn(H, generator=g, dtype=dtype)
+    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    ins = [t.requires_grad_() for t in (proj, bias)]
     with threads_(threads):
-        o, keys = path_op.path_attention_fresh(qkv, w_raw, beta_raw, scale=0.4, chunk_size=C,
-                                               keys_len=Lk, eps=1e-6)
+        o, keys = path_op.path_attention_fresh(proj, H, scale=0.4, chunk_size=C, keys_len=Lk,
+                                               eps=1e-6, beta_bias=bias)
     got = outputs_and_grads([o, keys], ins)
     with backend.force("torch"):
+        qkv, w_raw, beta_raw = path_op._proj_views(proj, H)
         q, k, v = qkv.unbind(2)
         o, keys, _ = path_op.path_attention(q, k, v, l2norm(w_raw, eps=1e-6),
-                                            2 * torch.sigmoid(beta_raw), scale=0.4,
+                                            2 * torch.sigmoid(beta_raw + bias), scale=0.4,
                                             chunk_size=C, keys_len=Lk)
     want = outputs_and_grads([o, keys], ins)
-    assert_close(got, want, ["o", "keys", "dqkv", "dw_raw", "dbeta_raw"], tol)
+    assert_close(got, want, ["o", "keys", "dproj", "dbias"], tol)
 
 
 @pytest.mark.parametrize("where", ["q", "v", "w", "beta"])
@@ -121,7 +125,8 @@ def test_not_finite_inputs_take_the_marking_path(where):
     t, i = {"q": (qkv, (1, 5, 0, 1, 2)), "v": (qkv, (1, 5, 2, 1, 2)),
             "w": (w_raw, (1, 5, 1, 3)), "beta": (beta_raw, (1, 5, 0))}[where]
     t[i] = float("inf")
-    assert path_op.path_attention_fresh(qkv, w_raw, beta_raw, scale=0.4, chunk_size=16) is None
+    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    assert path_op.path_attention_fresh(proj, 2, scale=0.4, chunk_size=16) is None
     torch.manual_seed(0)
     layer = rnnzoo.create("path_attention", d_model=8, num_heads=2, max_len=40, chunk_size=16)
     x = torch.randn(2, 32, 8)

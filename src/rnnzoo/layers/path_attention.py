@@ -34,8 +34,8 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
-from rnnzoo.ops.native.linear import Linear
-from rnnzoo.ops.path_attention import path_attention, path_attention_fresh
+from rnnzoo.ops.native.linear import Linear, linear
+from rnnzoo.ops.path_attention import fresh_applies, path_attention, path_attention_fresh
 from rnnzoo.registry import register
 
 _W_EPS = 1e-6  # w = w_proj(x) / max(|w_proj(x)|, eps) per head
@@ -98,18 +98,12 @@ class PaTHAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this PaTH attention layer; build it with a larger max_len")
-        qkv, w, beta = self._projections(x)
-        if mode == "chunk" and top == 0:  # a fresh sequence: l2norm and sigmoid in the C kernel
-            fresh = path_attention_fresh(qkv, w, beta, scale=self.head_dim ** -0.5,
-                                         chunk_size=self.chunk_size, keys_len=self.max_len,
-                                         eps=_W_EPS)
+        if (mode == "chunk" and top == 0 and compute_dtype(x) == x.dtype
+                and fresh_applies(T, self.chunk_size, x, self.qkv.weight)):
+            fresh = self._fresh(x, state, start)  # None: an input not finite
             if fresh is not None:
-                out, keys = fresh
-                end = (start + T).to(position.dtype)
-                return self.op_output(out, x), (keys.to(k_cache.dtype),
-                                                write_front(v_cache, qkv[:, :, 2].transpose(1, 2)),
-                                                end)
-        qkv, w, beta = self._normalised(qkv, w, beta)
+                return fresh
+        qkv, w, beta = self._normalised(*self._projections(x))
         q, k, v = qkv.unbind(2)
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)
@@ -132,6 +126,28 @@ class PaTHAttention(Attention):
         out = poison(out, (visible & bad_v[:, None, :]).any(-1)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         return y, (S.transpose(-1, -2).to(k_cache.dtype), v_all, end)
+
+    def _fresh(self, x, state, start):
+        """The chunk mode of a fresh sequence in one product and two C kernels each way
+        (ops.path_attention.path_attention_fresh): q, k, v, w and beta from one oneDNN
+        product over the three projections' weights (b_proj's bias added in the kernel), w's
+        l2norm and beta's sigmoid in the chunk kernel, one gradient of the product; None
+        when an input is not finite (the caller's path then marks it)."""
+        k_cache, v_cache, position = state
+        H = self.num_heads
+        weight = torch.cat([self.qkv.weight, self.w_proj.weight, self.b_proj.weight])
+        proj = linear(x, weight)                                     # (B, T, 4 H Dh + H)
+        fresh = path_attention_fresh(proj, H, scale=self.head_dim ** -0.5,
+                                     chunk_size=self.chunk_size, keys_len=self.max_len,
+                                     eps=_W_EPS, beta_bias=self.b_proj.bias)
+        if fresh is None:
+            return None
+        out, keys = fresh
+        B, T, _ = x.shape
+        v = proj[..., 2 * H * self.head_dim:3 * H * self.head_dim].view(B, T, H, -1)
+        return self.op_output(out, x), (keys.to(k_cache.dtype),
+                                         write_front(v_cache, v.transpose(1, 2)),
+                                         (start + T).to(position.dtype))
 
     def _chunk(self, x, state, qkv, w, beta, start, pos, slots, cached):
         """The chunkwise form (ops.path_attention): the cache is read only when some sequence

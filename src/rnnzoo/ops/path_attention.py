@@ -25,7 +25,10 @@ probabilities in its backward (no (B, H, T, T) tensor is saved).
 Where the C kernels run (CPU, float32/64), the pieces come from ops.native.path_chunk (the UT
 chunks and merges of a block in cache, one call per thread over (batch x head) rows) and the
 blocks' attention from attention.c's path_fwd / path_bwd (_AttendHeads); elsewhere _UT, _merge
-and _Attend run as torch products.
+and _Attend run as torch products. A fresh sequence whose length is a multiple of the block
+runs both kernels in one Function over the fused projection (_PathQKV: q, k, v read in place,
+one gradient tensor, the keys written as the fresh cache), and path_attention_fresh takes w
+and beta before their l2norm and sigmoid, which the chunk kernel applies.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import path_chunk as native_path_chunk
 
-__all__ = ["path_attention", "path_attention_fresh"]
+__all__ = ["fresh_applies", "path_attention", "path_attention_fresh"]
 
 UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
 
@@ -55,26 +58,35 @@ def _block_sizes(chunk_size, T):
     return C, c, levels
 
 
-def path_attention_fresh(qkv, w_raw, beta_raw, *, scale, chunk_size=64, keys_len=None,
-                         eps=1e-6):
-    """path_attention of a fresh sequence (no cache) from the projections before their
-    normalisation: qkv (B, T, 3, H, Dh) (q, k, v = qkv.unbind(2)), w_raw (B, T, H, Dh) with
-    w = w_raw / max(|w_raw|, eps) per head, beta_raw (B, T, H) with beta = 2 sigmoid(beta_raw):
-    both applied in the chunk kernel (forward and backward; no torch passes over w and beta),
-    and every input's finiteness summed there (no host read of each tensor's sums).
+def fresh_applies(T, chunk_size, *tensors):
+    """Whether path_attention_fresh can run (before its inputs are computed): the native
+    kernels on these tensors and T a multiple of the block; it may still decline (an input
+    not finite)."""
+    C = _block_sizes(chunk_size, T)[0]
+    return (T % C == 0 and backend.use_native(*tensors) and native_attention.load() is not None
+            and native_path_chunk.load() is not None)
+
+
+def path_attention_fresh(proj, heads, *, scale, chunk_size=64, keys_len=None, eps=1e-6,
+                         beta_bias=None):
+    """path_attention of a fresh sequence (no cache) from one projection before its
+    normalisation, proj (B, T, 4 H Dh + H) = [q | k | v | w | beta] per token (each (H, Dh),
+    beta (H)), heads = H: w = w / max(|w|, eps) per head and beta = 2 sigmoid(beta +
+    beta_bias) (beta_bias (H,) or None) are applied in the chunk kernel (forward and backward;
+    no torch passes over w and beta), every input's finiteness is summed there (no host read
+    of each tensor's sums), and the gradient is one (B, T, 4 H Dh + H) tensor written by the
+    kernels (the projection's one product each way).
     Returns (o (B, T, H, Dh), keys (B, H, keys_len or T, Dh), zero past T), or None where
-    this C path does not run (not the native kernels, T not a multiple of the block, or an
-    input not finite): then the caller normalises and calls path_attention."""
-    B, T, _, H, D = qkv.shape
+    this C path does not run (fresh_applies false, or an input not finite): then the caller
+    normalises and calls path_attention."""
+    B, T, _ = proj.shape
     C, c, levels = _block_sizes(chunk_size, T)
-    if T % C or not backend.use_native(qkv, w_raw, beta_raw):
+    if not fresh_applies(T, chunk_size, proj, beta_bias):
         return None
-    lib = native_attention.load()
-    pc = native_path_chunk.load() if lib is not None else None
-    if pc is None:
-        return None
-    o, keys, fin = _PathQKV.apply(lib, pc, qkv, w_raw, beta_raw, scale, c, levels,
-                                  T if keys_len is None else keys_len, eps)
+    lib, pc = native_attention.load(), native_path_chunk.load()
+    o, keys, fin = _PathQKV.apply(lib, pc, None, None, None, scale, c, levels,
+                                  T if keys_len is None else keys_len, eps, beta_bias, proj,
+                                  heads)
     return (o, keys) if bool(torch.isfinite(fin).all()) else None
 
 
@@ -382,26 +394,50 @@ class _PathQKV(torch.autograd.Function):
     the l2norm (that eps) and 2 sigmoid, which the chunk kernels apply."""
 
     @staticmethod
-    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None):
-        qkv, w, beta = qkv.contiguous(), native_path_chunk._dense(w), native_path_chunk._dense(beta)
+    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None, bias=None,
+                proj=None, H=None):
+        if proj is None:
+            qkv = qkv.contiguous()
+            w, beta = native_path_chunk._dense(w), native_path_chunk._dense(beta)
+        else:  # one projection [q | k | v | w | beta] (B, T, 4 H D + H): its views
+            qkv, w, beta = _proj_views(proj.contiguous(), H)
         q, k, v = qkv.unbind(2)
         extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
-        qs, k1, P, intra, fin = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True)
+        qs, k1, P, intra, fin = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True,
+                                                            bias)
         keys0 = qs.new_zeros(qs.shape[0], qs.shape[1], 0, qs.shape[-1])
         o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0, None, Lk)
-        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS)
-        ctx.lib, ctx.pc, ctx.extra = lib, pc, extra
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, bias,
+                              None if proj is None else proj.contiguous())
+        ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
         ctx.mark_non_differentiable(fin)
         return o, keys, fin
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dkeys, _):
-        qkv, w, beta, qs, P, KS, PS = ctx.saved_tensors
+        qkv, w, beta, qs, P, KS, PS, bias, proj = ctx.saved_tensors
         q, k, v = qkv.unbind(2)
-        dqkv = torch.empty_like(qkv)
+        dw = db = dproj = None
+        if proj is None:
+            dqkv = torch.empty_like(qkv)
+        else:
+            dproj = torch.empty_like(proj)
+            dqkv, dw, db = _proj_views(dproj, ctx.H)
         dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
         grads = _attend_bwd(ctx.lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
                             dv.transpose(1, 2), 0)[:4]
-        dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra)
-        return None, None, dqkv, dw, db, None, None, None, None, None
+        dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra,
+                                             dw, db, bias)
+        dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
+        if proj is not None:
+            return (None,) * 10 + (dbias, dproj, None)
+        return None, None, dqkv, dw, db, None, None, None, None, None, dbias, None, None
+
+
+def _proj_views(proj, H):
+    """qkv (B, T, 3, H, D), w (B, T, H, D), beta (B, T, H): views of proj (B, T, 4 H D + H)."""
+    B, T, F = proj.shape
+    D = (F - H) // (4 * H)
+    return (proj[..., :3 * H * D].view(B, T, 3, H, D), proj[..., 3 * H * D:4 * H * D].view(
+        B, T, H, D), proj[..., 4 * H * D:])

@@ -141,12 +141,13 @@ static T *NAME(pc_alloc)(NAME(pblk) *s, long c, long D, long levels) {
 }
 
 /* the block's inputs: steps [t0, t0 + C) of head-row (bi, h), zero from T on. raw: w and
-   beta are the projections before the layer's l2norm (eps) and 2 sigmoid, applied here (the
-   rows' r and floor kept for the backward). With check, returns 0 when q, k, w, beta (and
+   beta are the projections before the layer's l2norm (eps) and 2 sigmoid (of beta + bias[h]
+   when bias is not NULL), applied here (the rows' r and floor kept for the backward). With check, returns 0 when q, k, w, beta (and
    v, read with q's strides, when not NULL) are finite in the block, else inf or NaN. */
 static T NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const T *beta,
-                       const T *v, const long *sq, const long *sw, const long *sb, long bi,
-                       long h, long t0, long Tn, long raw, T eps, long check) {
+                       const T *bias, const T *v, const long *sq, const long *sw,
+                       const long *sb, long bi, long h, long t0, long Tn, long raw, T eps,
+                       long check) {
     const long C = s->C, D = s->D;
     T bad = 0;
     for (long r = 0; r < C; r++) {
@@ -170,7 +171,7 @@ static T NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const 
                 const T rr = 1 / SQRT(fl ? eps * eps : ss);
                 for (long d = 0; d < D; d++) wr[d] *= rr;
                 s->r[r] = rr, s->fl[r] = fl;
-                b = 2 / (1 + EXP(-b));
+                b = 2 / (1 + EXP(-(bias ? b + bias[h] : b)));
             }
             s->b[r] = b;
         } else {
@@ -262,7 +263,7 @@ static void NAME(pc_forward)(NAME(pblk) *s, long bwd) {
 void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, T *restrict qs, T *restrict k1,
                           T *restrict P, T *restrict intra, const T *restrict v,
-                          T *restrict fin, long Tn, long H, long D, long c, long levels, long N,
+                          T *restrict fin, const T *restrict bias, long Tn, long H, long D, long c, long levels, long N,
                           long sq0, long sq1, long sq2, long sw0, long sw1, long sw2, long sb0,
                           long sb1, long sb2, long raw, double eps, double scale, long g0,
                           long g1) {
@@ -273,8 +274,8 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
     const T sc = (T)scale;
     for (long g = g0; g < g1; g++)
         for (long n = 0; n < N; n++) {
-            const T bad = NAME(pc_load)(&s, q, k, w, beta, v, sq, sw, sb, g / H, g % H, n * C,
-                                        Tn, raw, (T)eps, fin != 0);
+            const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, g / H, g % H,
+                                        n * C, Tn, raw, (T)eps, fin != 0);
             if (fin) fin[g] = n ? fin[g] + bad : bad;
             NAME(pc_forward)(&s, 0);
             const long o = g * N + n;
@@ -370,7 +371,8 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
                           const T *restrict beta, const T *restrict dqs,
                           const T *restrict dk1, const T *restrict dP,
                           const T *restrict dintra, T *restrict dq, T *restrict dk,
-                          T *restrict dw, T *restrict dbeta, long Tn, long H, long D, long c,
+                          T *restrict dw, T *restrict dbeta, const T *restrict bias, long Tn,
+                          long H, long D, long c,
                           long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
                           long sw2, long sb0, long sb1, long sb2, long raw, double eps,
                           double scale, long g0, long g1) {
@@ -389,7 +391,7 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
     for (long g = g0; g < g1; g++)
         for (long n = 0; n < N; n++) {
             const long bi = g / H, h = g % H, t0 = n * C, o = g * N + n;
-            NAME(pc_load)(&s, q, k, w, beta, 0, sq, sw, sb, bi, h, t0, Tn, raw, (T)eps, 0);
+            NAME(pc_load)(&s, q, k, w, beta, bias, 0, sq, sw, sb, bi, h, t0, Tn, raw, (T)eps, 0);
             NAME(pc_forward)(&s, 1);
             const T *dqo = dqs + o * C * D, *dio = dintra + o * C * C;
             T *dqt = dql + L * C * D;

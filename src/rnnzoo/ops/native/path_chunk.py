@@ -16,6 +16,10 @@ and _merge, ran ~50 batched products, a triangular solve and ~60 elementwise pas
         attention kernel reads), the gradient of q, k and v written into one tensor (no
         split into heads and no stack of the three gradients).
 
+    chunk_args / chunk_fwd / chunk_bwd: the kernels' calls themselves, for a Function that
+        runs them with others (ops.path_attention._PathQKV: w and beta given raw, their
+        l2norm and 2 sigmoid in the kernel, and the inputs' finiteness summed there).
+
 All float32 or all float64 on the CPU (`ops.backend.use_native`); `lib` = load().
 """
 
@@ -35,7 +39,7 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 10, "path_chunk_bwd": 12}[name]
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13}[name]
     D = ctypes.c_double
     return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
 
@@ -57,10 +61,11 @@ def chunk_args(q, w, beta, scale, c, levels, raw_eps=None):
             float(scale))
 
 
-def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False):
+def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False, bias=None):
     """The kernel's pieces qs, k1, P, intra of q, k, w, beta (q and k with one set of
     strides; extra = chunk_args), and with check fin (B H): 0 where the head-row's q, k, w,
-    beta (and v, with q's strides, when given) are finite, else inf or NaN (else None)."""
+    beta (and v, with q's strides, when given) are finite, else inf or NaN (else None).
+    bias (H,): added to raw beta before its sigmoid."""
     B, _, H, D = q.shape
     _, _, _, c, levels, N = extra[:6]
     C = c << levels
@@ -68,21 +73,22 @@ def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False):
     P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
     fin = q.new_zeros(B * H) if check else None
     native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
-               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra, v, fin)), *extra,
-                 *r) for r in native.rows(B * H) or [(0, 0)]])
+               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra, v, fin, bias)),
+                 *extra, *r) for r in native.rows(B * H) or [(0, 0)]])
     return qs, k1, P, intra, fin
 
 
-def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra):
-    """The input gradients into dq, dk (q's strides) and new dw, dbeta (w's, beta's) from
-    the gradients of the four pieces."""
+def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra, dw=None, db=None, bias=None):
+    """The input gradients into dq, dk (q's strides) and dw, dbeta (given with w's and
+    beta's strides, else new) from the gradients of the four pieces; bias as chunk_fwd's."""
     B, _, H, _ = q.shape
     dqs, dk1, dP, dintra = (g.contiguous() for g in grads)
     dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-              for t in (w, beta))
+              if d is None else d for t, d in ((w, dw), (beta, db)))
+    assert dw.stride() == w.stride() and db.stride() == beta.stride()
     native.run(_kernel(lib, "path_chunk_bwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
-                                            dq, dk, dw, db)), *extra, *r)
+                                            dq, dk, dw, db, bias)), *extra, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return dw, db
 
