@@ -34,9 +34,11 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
-from rnnzoo.ops.native.linear import Linear
-from rnnzoo.ops.path_attention import path_attention
+from rnnzoo.ops.native.linear import Linear, linear
+from rnnzoo.ops.path_attention import fresh_applies, path_attention, path_attention_fresh
 from rnnzoo.registry import register
+
+_W_EPS = 1e-6  # w = w_proj(x) / max(|w_proj(x)|, eps) per head
 
 
 @register("path_attention", family="attention",
@@ -72,11 +74,18 @@ class PaTHAttention(Attention):
         """op_inputs with q, k, v as the fused projection qkv (B, T, 3, H, Dh) (q, k, v =
         qkv.unbind(2)): ops.path_attention reads them from it in place on the CPU (no split
         into heads, one gradient tensor)."""
+        return self._normalised(*self._projections(x))
+
+    def _projections(self, x):
+        """qkv (B, T, 3, H, Dh), w and beta before their normalisation: (B, T, H, Dh), (B, T, H)."""
         B, T, _ = x.shape
         cdt = compute_dtype(x)
         qkv = self.qkv(x).to(cdt).view(B, T, 3, self.num_heads, -1)
-        w = l2norm(self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1))  # F.normalize's, eps 1e-6
-        return qkv, w, 2 * torch.sigmoid(self.b_proj(x).to(cdt))
+        return qkv, self.w_proj(x).to(cdt).view(B, T, self.num_heads, -1), self.b_proj(x).to(cdt)
+
+    @staticmethod
+    def _normalised(qkv, w, beta):
+        return qkv, l2norm(w, eps=_W_EPS), 2 * torch.sigmoid(beta)  # w: F.normalize's, eps 1e-6
 
     def op_output(self, o, x):
         return self.out_proj(o.flatten(2).to(x.dtype))
@@ -89,7 +98,12 @@ class PaTHAttention(Attention):
         if top + T > self.max_len:
             raise ValueError(f"sequence of {top + T} tokens exceeds max_len={self.max_len} of "
                              f"this PaTH attention layer; build it with a larger max_len")
-        qkv, w, beta = self.fused_inputs(x)
+        if (mode == "chunk" and top == 0 and compute_dtype(x) == x.dtype
+                and fresh_applies(T, self.chunk_size, x, self.qkv.weight)):
+            fresh = self._fresh(x, state, start)  # None: an input not finite
+            if fresh is not None:
+                return fresh
+        qkv, w, beta = self._normalised(*self._projections(x))
         q, k, v = qkv.unbind(2)
         pos = start[:, None] + torch.arange(T, device=x.device)                   # (B, T)
         slots = torch.arange(self.max_len, device=x.device)
@@ -113,6 +127,28 @@ class PaTHAttention(Attention):
         y = self.op_output(out.transpose(1, 2), x)
         return y, (S.transpose(-1, -2).to(k_cache.dtype), v_all, end)
 
+    def _fresh(self, x, state, start):
+        """The chunk mode of a fresh sequence in one product and two C kernels each way
+        (ops.path_attention.path_attention_fresh): q, k, v, w and beta from one oneDNN
+        product over the three projections' weights (b_proj's bias added in the kernel), w's
+        l2norm and beta's sigmoid in the chunk kernel, one gradient of the product; None
+        when an input is not finite (the caller's path then marks it)."""
+        k_cache, v_cache, position = state
+        H = self.num_heads
+        weight = torch.cat([self.qkv.weight, self.w_proj.weight, self.b_proj.weight])
+        proj = linear(x, weight)                                     # (B, T, 4 H Dh + H)
+        fresh = path_attention_fresh(proj, H, scale=self.head_dim ** -0.5,
+                                     chunk_size=self.chunk_size, keys_len=self.max_len,
+                                     eps=_W_EPS, beta_bias=self.b_proj.bias)
+        if fresh is None:
+            return None
+        out, keys = fresh
+        B, T, _ = x.shape
+        v = proj[..., 2 * H * self.head_dim:3 * H * self.head_dim].view(B, T, H, -1)
+        return self.op_output(out, x), (keys.to(k_cache.dtype),
+                                         write_front(v_cache, v.transpose(1, 2)),
+                                         (start + T).to(position.dtype))
+
     def _chunk(self, x, state, qkv, w, beta, start, pos, slots, cached):
         """The chunkwise form (ops.path_attention): the cache is read only when some sequence
         has one (cached), and its keys are moved through the new reflections either way."""
@@ -131,15 +167,13 @@ class PaTHAttention(Attention):
         out, keys, moved = path_attention(q, k, v_new, w, beta, scale=self.head_dim ** -0.5,
                                           chunk_size=self.chunk_size, k_cache=kc,
                                           v_cache=vc, cache_visible=visible,
-                                          qkv=qkv if v_new is v else None)
+                                          qkv=qkv if v_new is v else None,
+                                          keys_len=None if cached else self.max_len)
         y = self.op_output(out if bad is None else poison(out, bad), x)
         end = (start + pos.shape[1]).to(position.dtype)
         if not cached:  # every sequence starts at 0: the new tokens fill slots [0, T), no scatter
-            T = pos.shape[1]
-            k_new = torch.empty_like(k_cache)
-            k_new[:, :, :T] = keys
-            k_new[:, :, T:] = 0
-            return y, (k_new, write_front(v_cache, v.transpose(1, 2)), end)
+            # (keys: a fresh cache of max_len slots from the op, zero past T)
+            return y, (keys.to(k_cache.dtype), write_front(v_cache, v.transpose(1, 2)), end)
         index = pos[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
         k_cache = moved.scatter(2, index, keys).to(k_cache.dtype)
         v_cache = v_cache.scatter(2, index, v.transpose(1, 2).to(v_cache.dtype))

@@ -25,7 +25,10 @@ probabilities in its backward (no (B, H, T, T) tensor is saved).
 Where the C kernels run (CPU, float32/64), the pieces come from ops.native.path_chunk (the UT
 chunks and merges of a block in cache, one call per thread over (batch x head) rows) and the
 blocks' attention from attention.c's path_fwd / path_bwd (_AttendHeads); elsewhere _UT, _merge
-and _Attend run as torch products.
+and _Attend run as torch products. A fresh sequence whose length is a multiple of the block
+runs both kernels in one Function over the fused projection (_PathQKV: q, k, v read in place,
+one gradient tensor, the keys written as the fresh cache), and path_attention_fresh takes w
+and beta before their l2norm and sigmoid, which the chunk kernel applies.
 """
 
 from __future__ import annotations
@@ -41,13 +44,54 @@ from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import path_chunk as native_path_chunk
 
-__all__ = ["path_attention"]
+__all__ = ["fresh_applies", "path_attention", "path_attention_fresh"]
 
 UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
 
 
+def _block_sizes(chunk_size, T):
+    """(C, c, levels): attention blocks of C steps merged from UT chunks of c = C / 2^levels."""
+    C = min(chunk_size, T)
+    c, levels = C, 0
+    while c > UT_CHUNK and c % 2 == 0:
+        c, levels = c // 2, levels + 1
+    return C, c, levels
+
+
+def fresh_applies(T, chunk_size, *tensors):
+    """Whether path_attention_fresh can run (before its inputs are computed): the native
+    kernels on these tensors and T a multiple of the block; it may still decline (an input
+    not finite)."""
+    C = _block_sizes(chunk_size, T)[0]
+    return (T % C == 0 and backend.use_native(*tensors) and native_attention.load() is not None
+            and native_path_chunk.load() is not None)
+
+
+def path_attention_fresh(proj, heads, *, scale, chunk_size=64, keys_len=None, eps=1e-6,
+                         beta_bias=None):
+    """path_attention of a fresh sequence (no cache) from one projection before its
+    normalisation, proj (B, T, 4 H Dh + H) = [q | k | v | w | beta] per token (each (H, Dh),
+    beta (H)), heads = H: w = w / max(|w|, eps) per head and beta = 2 sigmoid(beta +
+    beta_bias) (beta_bias (H,) or None) are applied in the chunk kernel (forward and backward;
+    no torch passes over w and beta), every input's finiteness is summed there (no host read
+    of each tensor's sums), and the gradient is one (B, T, 4 H Dh + H) tensor written by the
+    kernels (the projection's one product each way).
+    Returns (o (B, T, H, Dh), keys (B, H, keys_len or T, Dh), zero past T), or None where
+    this C path does not run (fresh_applies false, or an input not finite): then the caller
+    normalises and calls path_attention."""
+    B, T, _ = proj.shape
+    C, c, levels = _block_sizes(chunk_size, T)
+    if not fresh_applies(T, chunk_size, proj, beta_bias):
+        return None
+    lib, pc = native_attention.load(), native_path_chunk.load()
+    o, keys, fin = _PathQKV.apply(lib, pc, None, None, None, scale, c, levels,
+                                  T if keys_len is None else keys_len, eps, beta_bias, proj,
+                                  heads)
+    return (o, keys) if bool(torch.isfinite(fin).all()) else None
+
+
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
-                   cache_visible=None, qkv=None):
+                   cache_visible=None, qkv=None, keys_len=None):
     """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H); optional cache of earlier
     tokens: k_cache (B, H, L, Dh) their keys moved through every reflection so far, v_cache
     (B, H, L, Dh) (finite), cache_visible (B, L) bool, the slots that hold a token (the
@@ -57,6 +101,9 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     C kernels run and q, k, w, beta are finite, the chunk kernel reads q and k from it in
     place and its gradient comes as one tensor (ops.native.path_chunk.pieces_qkv: no
     split into heads, no stack of the three gradients).
+    keys_len: without a cache, the keys returned as a fresh cache of that many slots
+    (B, H, keys_len, D), zero past T (keys_len >= T); on the C path with qkv and T a
+    multiple of the block, written so by the kernel (_PathQKV: v read in place too).
 
     Returns o (B, T, H, Dh), the new keys moved to the last step (B, H, T, Dh), and the cache's
     keys moved through the new reflections (B, H, L, Dh, zero in empty slots; None without a
@@ -66,13 +113,14 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     # the C kernels: no copies and no marks when every input is finite (one host read, free there)
     (q,), (k, w, beta), marks = (clean_inputs if backend.use_native(q) else finite_inputs)(
         (q,), (k, w, beta))
-    C = min(chunk_size, T)                                            # attention blocks
-    c, levels = C, 0                                                  # UT chunks: C / 2^levels
-    while c > UT_CHUNK and c % 2 == 0:
-        c, levels = c // 2, levels + 1
+    C, c, levels = _block_sizes(chunk_size, T)  # attention blocks, UT chunks: C / 2^levels
     lib = native_attention.load() if backend.use_native(q) else None
     pc = native_path_chunk.load() if lib is not None else None
     N = -(-T // C)
+    if pc is not None and qkv is not None and marks is None and k_cache is None and N * C == T:
+        o, keys, _ = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
+                                    T if keys_len is None else keys_len)
+        return o, keys, None
     if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
         q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
         v = to_chunks(v.transpose(1, 2), C)                          # (B, H, N, C, D)
@@ -104,7 +152,14 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
         o = o.movedim(1, 3).reshape(B, N * C, H, D)
     L = keys0.shape[2]
     o, keys, moved = o[:, :T], keys[:, :, L:L + T], keys[:, :, :L] if k_cache is not None else None
-    return (o, keys, moved) if marks is None else _marked(o, keys, moved, marks)
+    if marks is not None:
+        o, keys, moved = _marked(o, keys, moved, marks)
+    if keys_len is not None and k_cache is None:  # a fresh cache: empty + two slice writes
+        new = keys.new_empty(B, H, keys_len, D)
+        new[:, :, :T] = keys
+        new[:, :, T:] = 0
+        keys = new
+    return o, keys, moved
 
 
 def _marked(o, keys, moved, marks):
@@ -252,6 +307,50 @@ class _Attend(torch.autograd.Function):
         return None, dq1, dk1, dP, dintra, dv, dkeys, dvalues[:, :, :L], None, None
 
 
+def _value_strides(v):
+    """(b, h, t) element strides of values v (B, H, Lt, D) (any strides, unit channels)."""
+    return v.stride(0), v.stride(1), v.stride(2)
+
+
+def _attend_fwd(lib, qs, k1, P, intra_s, values, keys0, bias0, Lk=None):
+    """path_fwd over every head-row: values (B, H, L + N C, D) with unit channel stride (read
+    through its strides); keys (B, H, Lk, D), zero past L + N C (Lk None: L + N C). Returns
+    o (B, N C, H, D), keys, and what the backward reads (KS, PS)."""
+    B, H, N, C, D = qs.shape
+    L = keys0.shape[2]
+    Lk = L + N * C if Lk is None else Lk
+    qs, intra_s, k1, P, keys0 = (t.contiguous() for t in (qs, intra_s, k1, P, keys0))
+    bias = bias0.reshape(B, L).contiguous() if L else None
+    KT = sum(L + n * C for n in range(N)) * D
+    PT = sum(C * (L + (n + 1) * C) for n in range(N))
+    o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, Lk, D)
+    KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
+    native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
+                          [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
+                                                   bias, o, keys, KS, PS)],
+                          (N, C, D, L, H, KT, PT, *_value_strides(values), Lk), B * H)
+    return o, keys, KS, PS
+
+
+def _attend_bwd(lib, qs, P, values, KS, PS, do, dkeys, dvalues, L):
+    """path_bwd over every head-row: the gradients of _attend_fwd's qs, k1, P, intra_s
+    (new) and of keys0 (B, H, L, D); dvalues (values' shape, any strides with unit channels)
+    written whole."""
+    B, H, N, C, D = qs.shape
+    do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
+    dkeys = None if dkeys is None else dkeys.contiguous()
+    Lk = 0 if dkeys is None else dkeys.shape[2]
+    dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
+    dintra = qs.new_empty(B, H, N, C, C)
+    dkeys0 = qs.new_empty(B, H, L, D)
+    native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
+                          [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
+                                                   dk1, dP, dintra, dvalues, dkeys0)],
+                          (N, C, D, L, H, KS.shape[1], PS.shape[1], *_value_strides(values),
+                           *_value_strides(dvalues), Lk), B * H)
+    return dq1, dk1, dP, dintra, dkeys0
+
+
 class _AttendHeads(torch.autograd.Function):
     """_Attend in one C call per thread over whole head-rows (attention.c: path_fwd /
     path_bwd): each head's chunks in order, its scores written next to the chunk's intra
@@ -264,20 +363,10 @@ class _AttendHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lib, qs, k1, P, intra_s, v, keys0, v0, bias0):
-        B, H, N, C, D = qs.shape
         L = keys0.shape[2]
         values = (torch.cat([v0, v.flatten(2, 3)], 2) if L else v.flatten(2, 3)).contiguous()
-        qs, intra_s, k1, P, keys0 = (t.contiguous() for t in (qs, intra_s, k1, P, keys0))
-        bias = bias0.reshape(B, L).contiguous() if L else None
-        KT = sum(L + n * C for n in range(N)) * D
-        PT = sum(C * (L + (n + 1) * C) for n in range(N))
-        o, keys = qs.new_empty(B, N * C, H, D), qs.new_empty(B, H, L + N * C, D)
-        KS, PS = qs.new_empty(B * H, KT), qs.new_empty(B * H, PT)
-        native_attention._run(native_attention._kernel(lib, "path_fwd", qs.dtype),
-                              [native.ptr(t) for t in (qs, k1, P, intra_s, values, keys0,
-                                                       bias, o, keys, KS, PS)],
-                              (N, C, D, L, H, KT, PT), B * H)
-        ctx.save_for_backward(qs, P, values, KS, PS)
+        o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra_s, values, keys0, bias0)
+        ctx.save_for_backward(qs.contiguous(), P.contiguous(), values, KS, PS)
         ctx.lib, ctx.L = lib, L
         return o, keys
 
@@ -285,16 +374,70 @@ class _AttendHeads(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, do, dkeys):
         qs, P, values, KS, PS = ctx.saved_tensors
-        lib, L = ctx.lib, ctx.L
+        L = ctx.L
         B, H, N, C, D = qs.shape
-        do = qs.new_zeros(B, N * C, H, D) if do is None else do.contiguous()
-        dkeys = None if dkeys is None else dkeys.contiguous()
-        dq1, dk1, dP = torch.empty_like(qs), torch.empty_like(qs), torch.empty_like(P)
-        dintra = qs.new_empty(B, H, N, C, C)
-        dvalues, dkeys0 = torch.empty_like(values), qs.new_empty(B, H, L, D)
-        native_attention._run(native_attention._kernel(lib, "path_bwd", qs.dtype),
-                              [native.ptr(t) for t in (qs, P, values, KS, PS, do, dkeys, dq1,
-                                                       dk1, dP, dintra, dvalues, dkeys0)],
-                              (N, C, D, L, H, KS.shape[1], PS.shape[1]), B * H)
+        dvalues = torch.empty_like(values)
+        dq1, dk1, dP, dintra, dkeys0 = _attend_bwd(ctx.lib, qs, P, values, KS, PS, do, dkeys,
+                                                   dvalues, L)
         dv = dvalues[:, :, L:].reshape(B, H, N, C, D)
         return None, dq1, dk1, dP, dintra, dv, dkeys0, dvalues[:, :, :L], None
+
+
+class _PathQKV(torch.autograd.Function):
+    """A fresh sequence (no cache) whose T is a multiple of the block, from the fused
+    projection qkv (B, T, 3, H, D): the chunk pieces (ops.native.path_chunk, q and k read in
+    place) and the block attention (_AttendHeads' kernels) with v read in place too, and
+    the gradient of q, k and v written into one tensor by the two kernels (no copy of v
+    either way, one autograd node). Returns o (B, T, H, D), the keys moved to the last
+    step as a fresh cache (B, H, Lk, D), zero past T, and fin (B H), 0 where a head-row's
+    inputs are finite (not differentiable). raw_eps: w and beta are the projections before
+    the l2norm (that eps) and 2 sigmoid, which the chunk kernels apply."""
+
+    @staticmethod
+    def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None, bias=None,
+                proj=None, H=None):
+        if proj is None:
+            qkv = qkv.contiguous()
+            w, beta = native_path_chunk._dense(w), native_path_chunk._dense(beta)
+        else:  # one projection [q | k | v | w | beta] (B, T, 4 H D + H): its views
+            qkv, w, beta = _proj_views(proj.contiguous(), H)
+        q, k, v = qkv.unbind(2)
+        extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
+        qs, k1, P, intra, fin = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True,
+                                                            bias)
+        keys0 = qs.new_zeros(qs.shape[0], qs.shape[1], 0, qs.shape[-1])
+        o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0, None, Lk)
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, bias,
+                              None if proj is None else proj.contiguous())
+        ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
+        ctx.mark_non_differentiable(fin)
+        return o, keys, fin
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dkeys, _):
+        qkv, w, beta, qs, P, KS, PS, bias, proj = ctx.saved_tensors
+        q, k, v = qkv.unbind(2)
+        dw = db = dproj = None
+        if proj is None:
+            dqkv = torch.empty_like(qkv)
+        else:
+            dproj = torch.empty_like(proj)
+            dqkv, dw, db = _proj_views(dproj, ctx.H)
+        dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
+        grads = _attend_bwd(ctx.lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
+                            dv.transpose(1, 2), 0)[:4]
+        dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra,
+                                             dw, db, bias)
+        dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
+        if proj is not None:
+            return (None,) * 10 + (dbias, dproj, None)
+        return None, None, dqkv, dw, db, None, None, None, None, None, dbias, None, None
+
+
+def _proj_views(proj, H):
+    """qkv (B, T, 3, H, D), w (B, T, H, D), beta (B, T, H): views of proj (B, T, 4 H D + H)."""
+    B, T, F = proj.shape
+    D = (F - H) // (4 * H)
+    return (proj[..., :3 * H * D].view(B, T, 3, H, D), proj[..., 3 * H * D:4 * H * D].view(
+        B, T, H, D), proj[..., 4 * H * D:])

@@ -81,6 +81,8 @@ mm.h: a batched small-matrix product in register tiles (attention.c exports it a
 newton_schulz.c's products). assoc_sums.h: reassociated row sums dot / total (miras_read.c,
 miras_chunk.c). softmax_row.h: one row's softmax in place (attention.c, deltaformer_attn.c).
 log1p.h: a vectorisable log1p on [0, 1], per type (gla_scan.c, selective_scan.c).
+transpose.h: trs, a block transpose (float in 8 x 8 vector shuffles; path_chunk.c,
+attention.c).
 """
 
 from __future__ import annotations

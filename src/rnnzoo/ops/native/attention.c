@@ -41,13 +41,13 @@
 
 #include "mm.h"  /* mm: the batched block products (exported here) */
 #include "softmax_row.h"
+#include "transpose.h"
 
 /* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
    (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
 /* dst (D, Tn) = src (Tn, D) transposed: a head's keys or values as columns for mm. */
 static inline void NAME(transpose)(T *restrict dst, const T *restrict src, long Tn, long D) {
-    for (long j = 0; j < Tn; j++)
-        for (long c = 0; c < D; c++) dst[c * Tn + j] = src[j * D + c];
+    NAME(trs)(dst, Tn, src, D, Tn, D);
 }
 
 static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
@@ -216,29 +216,37 @@ void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, 
    [g0, g1) of G = B H, one at a time, N chunks of C steps, D channels, a cache of L keys:
    qs (G, N, C, D) the moved queries times the scale, k1 (G, N, C, D) the keys moved to their
    chunk's end, P (G, N, D, D) the chunks' products, intra (G, N, C, C) the intra scores times
-   the scale (-inf above the diagonal), values (G, L + N C, D), keys0 (G, L, D) the cache's
-   keys, bias (B, L) 0 / -inf per slot (NULL when L = 0; head-row g reads row g / H).
+   the scale (-inf above the diagonal), values (G, L + N C, D): row j of head-row g = b H + h
+   at values + b vb + h vh + j vt (a (B, T, 3, H, D) projection's v read in place), keys0
+   (G, L, D) the cache's keys, bias (B, L) 0 / -inf per slot (NULL when L = 0; head-row g
+   reads row g / H).
    Chunk n (m = L + n C keys before it, e = m + C): S = [qs_n K^T | intra_n] (+ bias on the
    cache's keys), the causal softmax rows (keys <= m + r for row r), o_n = S values[:e];
    then K <- [K P_n^T ; k1_n]. Saved for the backward: each chunk's keys read, KS (G, sum_n
-   m D), and probabilities, PS (G, sum_n C e). keys (G, L + N C, D): every key moved to the
-   last step. o (B, N C, H, D) (head-row g = b H + h): the layout the output projection reads. */
+   m D), and probabilities, PS (G, sum_n C e). keys (G, Lk, D), Lk >= L + N C: every key
+   moved to the last step, zeros in rows [L + N C, Lk) (a fresh cache of Lk slots). o (B, N C,
+   H, D) (head-row g = b H + h): the layout the output projection reads. */
 void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restrict P,
                     const T *restrict intra, const T *restrict values, const T *restrict keys0,
                     const T *restrict bias, T *restrict o, T *restrict keys, T *restrict KS,
                     T *restrict PS, long N, long C, long D, long L, long H, long KT, long PT,
-                    long g0, long g1) {
+                    long vb, long vh, long vt, long Lk, long g0, long g1) {
     const long Lt = L + N * C;
+    T *kt = malloc((size_t)(Lt * D + D * D) * sizeof(T)), *pt = kt + Lt * D;  /* K^T, P_n^T */
     for (long g = g0; g < g1; g++) {
         const T *qg = qs + g * N * C * D, *kg = k1 + g * N * C * D, *Pg = P + g * N * D * D;
-        const T *ig = intra + g * N * C * C, *vg = values + g * Lt * D;
+        const T *ig = intra + g * N * C * C, *vg = values + (g / H) * vb + (g % H) * vh;
         const T *bg = bias ? bias + (g / H) * L : 0;
-        T *K = keys + g * Lt * D, *og = o + ((g / H) * N * C * H + g % H) * D, *ks = KS + g * KT,
+        T *K = keys + g * Lk * D, *og = o + ((g / H) * N * C * H + g % H) * D, *ks = KS + g * KT,
           *ps = PS + g * PT;
         memcpy(ks, keys0 + g * L * D, (size_t)(L * D) * sizeof(T));
+        memset(K + Lt * D, 0, (size_t)((Lk - Lt) * D) * sizeof(T));
         for (long n = 0; n < N; n++) {  /* block n reads its keys at ks (m rows), kept */
             const long m = L + n * C, e = m + C;
-            if (m) NAME(mm)(qg + n * C * D, ks, ps, C, m, D, D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            if (m) {
+                NAME(trs)(kt, m, ks, D, m, D);
+                NAME(mm)(qg + n * C * D, kt, ps, C, m, D, D, 1, m, 1, e, 0, 0, 0, 0, 0, C);
+            }
             for (long r = 0; r < C; r++) {
                 T *restrict s = ps + r * e;
                 const T *restrict in = ig + (n * C + r) * C;
@@ -246,38 +254,46 @@ void NAME(path_fwd)(const T *restrict qs, const T *restrict k1, const T *restric
                 if (bg) for (long j = 0; j < L; j++) s[j] += bg[j];
             }
             NAME(sm_fwd)(ps, 0, C, e, 0, e, m, 0, C);
-            NAME(mm)(ps, vg, og + n * C * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
+            NAME(mm)(ps, vg, og + n * C * H * D, C, D, e, e, 1, vt, 1, H * D, 0, 0, 0, 0, 0, C);
             /* the next block's keys [K P_n^T ; k1_n] straight after these (the last: keys) */
             T *next = n + 1 < N ? ks + m * D : K;
-            if (m) NAME(mm)(ks, Pg + n * D * D, next, m, D, D, D, 1, 1, D, D, 0, 0, 0, 0, 0, m);
+            if (m) {
+                NAME(trs)(pt, D, Pg + n * D * D, D, D, D);
+                NAME(mm)(ks, pt, next, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+            }
             memcpy(next + m * D, kg + n * C * D, (size_t)(C * D) * sizeof(T));
             ks += m * D;
             ps += C * e;
         }
     }
+    free(kt);
 }
 
-/* Its backward for head-rows [g0, g1): do (B, N C, H, D) (o's layout), dkeys (G, L + N C, D) the gradient of
-   the moved keys (NULL: zero) -> dqs (G, N, C, D) (of qs: the caller applies the scale),
-   dk1 (G, N, C, D), dP (G, N, D, D), dintra (G, N, C, C) (of the scaled intra scores),
-   dvalues (G, L + N C, D), dkeys0 (G, L, D). Chunks in reverse: dk1_n = dK[m:e],
+/* Its backward for head-rows [g0, g1): do (B, N C, H, D) (o's layout), dkeys (G, Lk, D) the
+   gradient of the moved keys (rows past L + N C not read; NULL: zero) -> dqs (G, N, C, D) (of
+   qs: the caller applies the scale), dk1 (G, N, C, D), dP (G, N, D, D), dintra (G, N, C, C)
+   (of the scaled intra scores), dvalues (G, L + N C, D) (written whole, row j of head-row
+   g = b H + h at dvalues + b db + h dh + j dt), dkeys0 (G, L, D); values read as path_fwd's. Chunks in reverse: dk1_n = dK[m:e],
    dP_n = dK[:m]^T K_n, dK[:m] <- dK[:m] P_n, dvalues[:e] += P^T do_n, dS = sm_bwd(P, do_n
    values^T), dintra_n = dS[:, m:], dqs_n = dS[:, :m] K_n, dK[:m] += dS[:, :m]^T qs_n. */
 void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict values,
                     const T *restrict KS, const T *restrict PS, const T *restrict do_,
                     const T *restrict dkeys, T *restrict dqs, T *restrict dk1, T *restrict dP,
                     T *restrict dintra, T *restrict dvalues, T *restrict dkeys0, long N, long C,
-                    long D, long L, long H, long KT, long PT, long g0, long g1) {
+                    long D, long L, long H, long KT, long PT, long vb, long vh, long vt,
+                    long db, long dh, long dt, long Lk, long g0, long g1) {
     const long Lt = L + N * C;
-    T *buf = malloc((size_t)(2 * Lt * D + C * Lt + 1) * sizeof(T));
-    T *dK = buf, *tmp = dK + Lt * D, *ds = tmp + Lt * D;
+    T *buf = malloc((size_t)(3 * Lt * D + C * Lt + 1) * sizeof(T));
+    T *dK = buf, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D;
     for (long g = g0; g < g1; g++) {
-        const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D, *vg = values + g * Lt * D;
+        const T *qg = qs + g * N * C * D, *Pg = P + g * N * D * D;
+        const T *vg = values + (g / H) * vb + (g % H) * vh;
+        NAME(trs)(vT, Lt, vg, vt, Lt, D);  /* V^T (D, Lt): the columns of do V^T */
         const T *dog = do_ + ((g / H) * N * C * H + g % H) * D;
-        T *dvg = dvalues + g * Lt * D;
-        if (dkeys) memcpy(dK, dkeys + g * Lt * D, (size_t)(Lt * D) * sizeof(T));
+        T *dvg = dvalues + (g / H) * db + (g % H) * dh;
+        if (dkeys) memcpy(dK, dkeys + g * Lk * D, (size_t)(Lt * D) * sizeof(T));
         else memset(dK, 0, (size_t)(Lt * D) * sizeof(T));
-        memset(dvg, 0, (size_t)(Lt * D) * sizeof(T));
+        for (long j = 0; j < Lt; j++) memset(dvg + j * dt, 0, (size_t)D * sizeof(T));
         const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
         for (long n = N - 1; n >= 0; n--) {
             const long m = L + n * C, e = m + C;
@@ -294,8 +310,8 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
             } else {
                 memset(dPn, 0, (size_t)(D * D) * sizeof(T));
             }
-            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, D, 0, 0, 0, 1, 0, e);
-            NAME(mm)(don, vg, ds, C, e, D, H * D, 1, 1, D, e, 0, 0, 0, 0, 0, C);
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, dt, 0, 0, 0, 1, 0, e);
+            NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
             NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
             T *di = dintra + (g * N + n) * C * C;
             for (long r = 0; r < C; r++)

@@ -55,8 +55,8 @@ def _kernel(lib, name, dtype):
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L],
                                             "mm": [P] * 3 + [L] * 14,
                                             "sm_heads_fwd": [P] * 6 + [L] * 7,
-                                            "path_fwd": [P] * 11 + [L] * 9,
-                                            "path_bwd": [P] * 13 + [L] * 9,
+                                            "path_fwd": [P] * 11 + [L] * 13,
+                                            "path_bwd": [P] * 13 + [L] * 16,
                                             "sb_heads_fwd": [P] * 6 + [L] * 8,
                                             "sb_heads_bwd": [P] * 9 + [L] * 8,
                                             "sm_heads_bwd": [P] * 10 + [L] * 7}[name])

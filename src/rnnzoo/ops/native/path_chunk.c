@@ -38,6 +38,7 @@
 #else
 
 #include "mm.h"
+#include "transpose.h"
 
 /* dst[0, n) = src[0, n) / = 0 in line: the rows here are D or c values, and glibc's
    memmove / memset calls (~0.4 M of them a fwd+bwd at the #17 size) cost more than the
@@ -64,8 +65,7 @@ static inline void NAME(pm)(const T *A, long a_rs, long a_cs, const T *B, long l
 /* dst (cols, rows) = src (rows, cols; row stride lds) transposed */
 static inline void NAME(tr)(T *restrict dst, const T *restrict src, long rows, long cols,
                             long lds) {
-    for (long i = 0; i < rows; i++)
-        for (long j = 0; j < cols; j++) dst[j * rows + i] = src[i * lds + j];
+    NAME(trs)(dst, rows, src, lds, rows, cols);
 }
 
 /* Y (c, E) holds R; rows i in order: Y_i = R_i - sum_{m < i} b_i G_im Y_m ((I + diag(b) G)^-1 R,
@@ -102,6 +102,7 @@ static void NAME(pc_subst)(T *restrict Y, long E, long c, const T *restrict G,
 typedef struct {
     long c, D, C, S, L;  /* sub-chunk, channels, block, sub-chunks a block, levels */
     T *q, *k, *w, *b;    /* the block's inputs (C, D), (C) */
+    T *r, *fl;           /* raw inputs: each row's 1 / max(|w|, eps) and floor (1: |w| <= eps) */
     T *ql, *kl, *Pl;     /* each level's pieces: (L + 1) (C, D), (L + 1) (C, D), (2 S, D, D) */
     T *G, *SK, *QW, *YZ; /* each sub-chunk's: S (c, c) x 3, S (c, D + c) */
     T *intra;            /* (C, C), unscaled */
@@ -114,7 +115,7 @@ static long NAME(pc_tmp)(long c, long D, long C) {  /* covers every use of t1, t
 
 static T *NAME(pc_alloc)(NAME(pblk) *s, long c, long D, long levels) {
     const long S = 1L << levels, C = c * S, tmp = NAME(pc_tmp)(c, D, C);
-    const long n = 2 * C * D + C + 2 * (levels + 1) * C * D + 2 * S * D * D
+    const long n = 3 * C * D + 3 * C + 2 * (levels + 1) * C * D + 2 * S * D * D
                    + S * (3 * c * c + c * (D + c)) + C * C + 3 * tmp;
     T *buf = aligned_alloc(64, (size_t)((n + 15) / 16 * 16) * sizeof(T));
     T *p = buf;
@@ -123,6 +124,8 @@ static T *NAME(pc_alloc)(NAME(pblk) *s, long c, long D, long levels) {
     s->k = p, p += C * D;
     s->w = p, p += C * D;
     s->b = p, p += C;
+    s->r = p, p += C;
+    s->fl = p, p += C;
     s->ql = p, p += (levels + 1) * C * D;
     s->kl = p, p += (levels + 1) * C * D;
     s->Pl = p, p += 2 * S * D * D;
@@ -137,18 +140,40 @@ static T *NAME(pc_alloc)(NAME(pblk) *s, long c, long D, long levels) {
     return buf;
 }
 
-/* the block's inputs: steps [t0, t0 + C) of head-row (bi, h), zero from T on */
-static void NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const T *beta,
-                          const long *sq, const long *sw, const long *sb, long bi, long h,
-                          long t0, long Tn) {
+/* the block's inputs: steps [t0, t0 + C) of head-row (bi, h), zero from T on. raw: w and
+   beta are the projections before the layer's l2norm (eps) and 2 sigmoid (of beta + bias[h]
+   when bias is not NULL), applied here (the rows' r and floor kept for the backward). With check, returns 0 when q, k, w, beta (and
+   v, read with q's strides, when not NULL) are finite in the block, else inf or NaN. */
+static T NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const T *beta,
+                       const T *bias, const T *v, const long *sq, const long *sw,
+                       const long *sb, long bi, long h, long t0, long Tn, long raw, T eps,
+                       long check) {
     const long C = s->C, D = s->D;
+    T bad = 0;
     for (long r = 0; r < C; r++) {
         const long t = t0 + r;
         if (t < Tn) {
-            NAME(pc_cp)(s->q + r * D, q + bi * sq[0] + h * sq[1] + t * sq[2], D);
-            NAME(pc_cp)(s->k + r * D, k + bi * sq[0] + h * sq[1] + t * sq[2], D);
-            NAME(pc_cp)(s->w + r * D, w + bi * sw[0] + h * sw[1] + t * sw[2], D);
-            s->b[r] = beta[bi * sb[0] + h * sb[1] + t * sb[2]];
+            const long oq = bi * sq[0] + h * sq[1] + t * sq[2];
+            T *restrict qr = s->q + r * D, *restrict kr = s->k + r * D, *restrict wr = s->w + r * D;
+            NAME(pc_cp)(qr, q + oq, D);
+            NAME(pc_cp)(kr, k + oq, D);
+            NAME(pc_cp)(wr, w + bi * sw[0] + h * sw[1] + t * sw[2], D);
+            T b = beta[bi * sb[0] + h * sb[1] + t * sb[2]], z = b * 0, ss = 0;
+            if (check) {
+                for (long d = 0; d < D; d++) z += qr[d] * 0 + kr[d] * 0 + wr[d] * 0;
+                if (v)
+                    for (long d = 0; d < D; d++) z += v[oq + d] * 0;
+                bad += z;
+            }
+            if (raw) {  /* the layer's l2norm: w / max(|w|, eps); beta = 2 sigmoid */
+                for (long d = 0; d < D; d++) ss += wr[d] * wr[d];
+                const int fl = ss <= eps * eps;
+                const T rr = 1 / SQRT(fl ? eps * eps : ss);
+                for (long d = 0; d < D; d++) wr[d] *= rr;
+                s->r[r] = rr, s->fl[r] = fl;
+                b = 2 / (1 + EXP(-(bias ? b + bias[h] : b)));
+            }
+            s->b[r] = b;
         } else {
             NAME(pc_zero)(s->q + r * D, D);
             NAME(pc_zero)(s->k + r * D, D);
@@ -156,6 +181,7 @@ static void NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, con
             s->b[r] = 0;
         }
     }
+    return bad;
 }
 
 /* piece j's P at level l: Pl + (offset of level l) + j D D (level l has S >> l pieces) */
@@ -236,9 +262,10 @@ static void NAME(pc_forward)(NAME(pblk) *s, long bwd) {
 
 void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, T *restrict qs, T *restrict k1,
-                          T *restrict P, T *restrict intra, long Tn, long H, long D, long c,
-                          long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
-                          long sw2, long sb0, long sb1, long sb2, double scale, long g0,
+                          T *restrict P, T *restrict intra, const T *restrict v,
+                          T *restrict fin, const T *restrict bias, long Tn, long H, long D, long c, long levels, long N,
+                          long sq0, long sq1, long sq2, long sw0, long sw1, long sw2, long sb0,
+                          long sb1, long sb2, long raw, double eps, double scale, long g0,
                           long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
@@ -247,7 +274,9 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
     const T sc = (T)scale;
     for (long g = g0; g < g1; g++)
         for (long n = 0; n < N; n++) {
-            NAME(pc_load)(&s, q, k, w, beta, sq, sw, sb, g / H, g % H, n * C, Tn);
+            const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, g / H, g % H,
+                                        n * C, Tn, raw, (T)eps, fin != 0);
+            if (fin) fin[g] = n ? fin[g] + bad : bad;
             NAME(pc_forward)(&s, 0);
             const long o = g * N + n;
             const T *qt = s.ql + s.L * C * D;
@@ -286,10 +315,8 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     for (long i = 0; i < c; i++)
         for (long m = 0; m < c; m++) dqw[i * c + m] = m <= i ? -dqw[i * c + m] : 0;
     /* d[Y | Z] = -(QW^T X + W [dP | dK'^T]) into dR */
-    for (long d = 0; d < D; d++) {
-        NAME(pc_cp)(Em + d * E, dPj + d * D, D);
-        for (long m = 0; m < c; m++) Em[d * E + D + m] = dk1[m * D + d];
-    }
+    for (long d = 0; d < D; d++) NAME(pc_cp)(Em + d * E, dPj + d * D, D);
+    NAME(trs)(Em + D, E, dk1, D, c, D);
     NAME(pm)(QW, 1, c, X, E, dR, E, c, E, c, 0);
     NAME(pm)(W, D, 1, Em, E, dR, E, c, E, D, 1);
     /* dQ = dQ' + [dI | dQW] [K ; W];  dK = dK' + dI^T Q */
@@ -305,9 +332,9 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     for (long i = 0; i < c * D; i++) dK[i] += dk1[i];
     /* dW = dQW^T Q - [Y | Z] [dP^T ; dK'] */
     NAME(pm)(dqw, 1, c, Q, D, dW, D, c, D, c, 0);
-    for (long d = 0; d < D; d++)
-        for (long e = 0; e < D; e++) Em[d * D + e] = -dPj[e * D + d];
-    for (long i = 0; i < c * D; i++) Em[D * D + i] = -dk1[i];
+    NAME(trs)(Em, D, dPj, D, D, D);
+    NAME(pc_cp)(Em + D * D, dk1, c * D);
+    for (long i = 0; i < E * D; i++) Em[i] = -Em[i];
     NAME(pm)(YZ, E, 1, Em, D, dW, D, c, D, E, 1);
     /* dR = (I + diag(b) G)^-T (-dR) */
     for (long i = 0; i < c * E; i++) dR[i] = -dR[i];
@@ -327,11 +354,13 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
         db[i] = acc;
     }
     /* dW += [b o dR_Z | S] [K ; W] + b o dR_Y, S = b o dA + (b o dA)^T;  dK += (b o dR_Z)^T W */
-    for (long i = 0; i < c; i++)
-        for (long m = 0; m < c; m++) {
-            Fm[i * F + m] = m < i ? b[i] * dR[i * E + D + m] : 0;
-            Fm[i * F + c + m] = b[i] * dA[i * c + m] + b[m] * dA[m * c + i];
-        }
+    T *dAT = YZT;  /* dA^T (c, c) in [Y | Z]^T's place (read for the last time above) */
+    NAME(tr)(dAT, dA, c, c, c);
+    for (long i = 0; i < c; i++) {
+        for (long m = 0; m < c; m++) Fm[i * F + m] = m < i ? b[i] * dR[i * E + D + m] : 0;
+        for (long m = 0; m < c; m++)
+            Fm[i * F + c + m] = b[i] * dA[i * c + m] + b[m] * dAT[i * c + m];
+    }
     NAME(pm)(Fm, F, 1, KW, D, dW, D, c, D, F, 1);
     for (long i = 0; i < c; i++)
         for (long d = 0; d < D; d++) dW[i * D + d] += b[i] * dR[i * E + d];
@@ -342,10 +371,11 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
                           const T *restrict beta, const T *restrict dqs,
                           const T *restrict dk1, const T *restrict dP,
                           const T *restrict dintra, T *restrict dq, T *restrict dk,
-                          T *restrict dw, T *restrict dbeta, long Tn, long H, long D, long c,
+                          T *restrict dw, T *restrict dbeta, const T *restrict bias, long Tn,
+                          long H, long D, long c,
                           long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
-                          long sw2, long sb0, long sb1, long sb2, double scale, long g0,
-                          long g1) {
+                          long sw2, long sb0, long sb1, long sb2, long raw, double eps,
+                          double scale, long g0, long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, S = s.S, L = s.L, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
@@ -361,7 +391,7 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
     for (long g = g0; g < g1; g++)
         for (long n = 0; n < N; n++) {
             const long bi = g / H, h = g % H, t0 = n * C, o = g * N + n;
-            NAME(pc_load)(&s, q, k, w, beta, sq, sw, sb, bi, h, t0, Tn);
+            NAME(pc_load)(&s, q, k, w, beta, bias, 0, sq, sw, sb, bi, h, t0, Tn, raw, (T)eps, 0);
             NAME(pc_forward)(&s, 1);
             const T *dqo = dqs + o * C * D, *dio = dintra + o * C * C;
             T *dqt = dql + L * C * D;
@@ -402,6 +432,16 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
                                 dPl + j * D * D, dI + j * s.c * C + j * s.c, C,
                                 gq + j * s.c * D, gk + j * s.c * D, gw + j * s.c * D,
                                 gbt + j * s.c);
+            if (raw)  /* through the l2norm (dx = r (dy - y (y . dy)); floor: r dy) and
+                         2 sigmoid (b (1 - b / 2), b = 2 sigmoid) */
+                for (long r = 0; r < C; r++) {
+                    const T *restrict y = s.w + r * D;
+                    T *restrict gr = gw + r * D, dot = 0;
+                    for (long d = 0; d < D; d++) dot += y[d] * gr[d];
+                    dot = s.fl[r] ? 0 : dot;
+                    for (long d = 0; d < D; d++) gr[d] = s.r[r] * (gr[d] - y[d] * dot);
+                    gbt[r] *= s.b[r] * (1 - s.b[r] / 2);
+                }
             for (long r = 0; r < C && t0 + r < Tn; r++) {
                 const long t = t0 + r, oq = bi * sq[0] + h * sq[1] + t * sq[2],
                            ow = bi * sw[0] + h * sw[1] + t * sw[2];

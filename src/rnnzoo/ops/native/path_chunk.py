@@ -16,6 +16,10 @@ and _merge, ran ~50 batched products, a triangular solve and ~60 elementwise pas
         attention kernel reads), the gradient of q, k and v written into one tensor (no
         split into heads and no stack of the three gradients).
 
+    chunk_args / chunk_fwd / chunk_bwd: the kernels' calls themselves, for a Function that
+        runs them with others (ops.path_attention._PathQKV: w and beta given raw, their
+        l2norm and 2 sigmoid in the kernel, and the inputs' finiteness summed there).
+
 All float32 or all float64 on the CPU (`ops.backend.use_native`); `lib` = load().
 """
 
@@ -35,8 +39,9 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 8, "path_chunk_bwd": 12}[name]
-    return native.kernel(lib, name, dtype, [P] * n + [L] * 15 + [ctypes.c_double, L, L])
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13}[name]
+    D = ctypes.c_double
+    return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
 
 
 def _dense(t):
@@ -45,34 +50,57 @@ def _dense(t):
     return t if t.stride(-1) == 1 and 0 not in t.stride() else t.contiguous()
 
 
-def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
-    """The kernel's pieces of q, k, w, beta (q and k with one set of strides); ctx keeps
-    what _backward reads."""
-    B, Tn, H, D = q.shape
-    C = c << levels
-    N = -(-Tn // C)
+def chunk_args(q, w, beta, scale, c, levels, raw_eps=None):
+    """The kernels' trailing arguments for q (B, T, H, D) (k with q's strides), w, beta.
+    raw_eps: w and beta are the projections before the l2norm (that eps: w / max(|w|, eps))
+    and 2 sigmoid, which the kernels apply (forward and backward)."""
+    _, Tn, H, D = q.shape
+    N = -(-Tn // (c << levels))
     strides = [s for t in (q, w, beta) for s in (t.stride(0), t.stride(2), t.stride(1))]
-    extra = (Tn, H, D, c, levels, N, *strides, float(scale))
+    return (Tn, H, D, c, levels, N, *strides, int(raw_eps is not None), float(raw_eps or 0),
+            float(scale))
+
+
+def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False, bias=None):
+    """The kernel's pieces qs, k1, P, intra of q, k, w, beta (q and k with one set of
+    strides; extra = chunk_args), and with check fin (B H): 0 where the head-row's q, k, w,
+    beta (and v, with q's strides, when given) are finite, else inf or NaN (else None).
+    bias (H,): added to raw beta before its sigmoid."""
+    B, _, H, D = q.shape
+    _, _, _, c, levels, N = extra[:6]
+    C = c << levels
     qs, k1 = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, C, D)
     P, intra = q.new_empty(B, H, N, D, D), q.new_empty(B, H, N, C, C)
+    fin = q.new_zeros(B * H) if check else None
     native.run(_kernel(lib, "path_chunk_fwd", q.dtype),
-               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra)), *extra, *r)
-                for r in native.rows(B * H) or [(0, 0)]])
-    ctx.lib, ctx.extra = lib, extra
-    return qs, k1, P, intra
+               [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra, v, fin, bias)),
+                 *extra, *r) for r in native.rows(B * H) or [(0, 0)]])
+    return qs, k1, P, intra, fin
 
 
-def _backward(ctx, q, k, w, beta, grads, dq, dk):
-    """The input gradients into dq, dk (q's strides) and new dw, dbeta (w's, beta's)."""
+def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra, dw=None, db=None, bias=None):
+    """The input gradients into dq, dk (q's strides) and dw, dbeta (given with w's and
+    beta's strides, else new) from the gradients of the four pieces; bias as chunk_fwd's."""
     B, _, H, _ = q.shape
     dqs, dk1, dP, dintra = (g.contiguous() for g in grads)
     dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-              for t in (w, beta))
-    native.run(_kernel(ctx.lib, "path_chunk_bwd", q.dtype),
+              if d is None else d for t, d in ((w, dw), (beta, db)))
+    assert dw.stride() == w.stride() and db.stride() == beta.stride()
+    native.run(_kernel(lib, "path_chunk_bwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, dqs, dk1, dP, dintra,
-                                            dq, dk, dw, db)), *ctx.extra, *r)
+                                            dq, dk, dw, db, bias)), *extra, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return dw, db
+
+
+def _forward(ctx, lib, q, k, w, beta, scale, c, levels):
+    """chunk_fwd; ctx keeps what _backward reads."""
+    ctx.lib, ctx.extra = lib, chunk_args(q, w, beta, scale, c, levels)
+    return chunk_fwd(lib, q, k, w, beta, ctx.extra)[:4]
+
+
+def _backward(ctx, q, k, w, beta, grads, dq, dk):
+    return chunk_bwd(ctx.lib, q, k, w, beta, grads, dq, dk, ctx.extra)
 
 
 class _Pieces(torch.autograd.Function):

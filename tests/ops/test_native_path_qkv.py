@@ -1,0 +1,139 @@
+"""ops.path_attention._PathQKV: a fresh PaTH sequence whose length is a multiple of the block,
+from the fused projection qkv (B, T, 3, H, D): the chunk pieces and the block attention in C
+with q, k and v read in place from qkv, the gradient of qkv written by the two kernels, and
+the keys returned as a fresh cache of keys_len slots (zero past T). Against the torch path
+(backend.force("torch"): _UT, _merge, _Attend over qkv.unbind(2), the cache padded after):
+the output, the keys and the gradients of qkv, w and beta, with and without a gradient
+reaching the keys; float64 tight, float32 loose; one batch row, one head, a head dim with a
+packed tail (35), three merge levels, 1 and 2 threads; and the layer (chunk against
+sequential, output, state and every gradient) through it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import threads as threads_
+
+import rnnzoo
+import rnnzoo.ops.path_attention as path_op
+from rnnzoo.ops import backend
+from rnnzoo.ops.native import path_chunk
+
+pytestmark = pytest.mark.skipif(path_chunk.load() is None, reason="no C compiler")
+
+CASES = [  # B, T, H, D, chunk_size, UT chunk, keys_len, threads
+    (2, 64, 3, 8, 32, 16, 80, 2),    # two blocks of 32 from 16 (one merge), 6 head-rows
+    (1, 32, 1, 35, 32, 32, 32, 1),   # one head-row, one block, no merge, a packed tail
+    (1, 48, 2, 4, 16, 2, 50, 2),     # three blocks of 16 from 2 (three merge levels)
+]
+
+
+def run(qkv, w, beta, C, Lk, force):
+    q, k, v = qkv.unbind(2)
+    with backend.force(force) if force else contextlib.nullcontext():
+        o, keys, moved = path_op.path_attention(q, k, v, w, beta, scale=0.4, chunk_size=C,
+                                                qkv=qkv, keys_len=Lk)
+    assert moved is None
+    return o, keys
+
+
+@pytest.mark.parametrize("keys_grad", [True, False], ids=["keys-grad", "no-keys-grad"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_fused_path_matches_torch(monkeypatch, dtype, tol, keys_grad, B, T, H, D, C, c, Lk,
+                                  threads):
+    monkeypatch.setattr(path_op, "UT_CHUNK", c)
+    calls = counter(monkeypatch, path_op._PathQKV, "apply")
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=dtype).requires_grad_()
+    w = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g, dtype=dtype),
+                                      dim=-1).requires_grad_()
+    beta = (2 * torch.rand(B, T, H, generator=g, dtype=dtype)).requires_grad_()
+    ins = [qkv, w, beta]
+    res = []
+    for force in (None, "torch"):
+        with threads_(threads):
+            o, keys = run(qkv, w, beta, C, Lk, force)
+        assert keys.shape == (B, H, Lk, D) and (keys[:, :, T:] == 0).all()
+        res.append(outputs_and_grads([o, keys] if keys_grad else [o], ins) + [keys])
+    assert calls[0] == 1
+    names = ["o", "keys", "dqkv", "dw", "dbeta"] if keys_grad else ["o", "dqkv", "dw", "dbeta",
+                                                                     "keys"]
+    assert_close(res[0], res[1], names, tol)
+
+
+def test_layer_through_the_fused_path_matches_sequential(monkeypatch):
+    calls = counter(monkeypatch, path_op._PathQKV, "apply")
+    torch.manual_seed(0)
+    layer = rnnzoo.create("path_attention", d_model=16, num_heads=2, max_len=80,
+                          chunk_size=32).double()
+    x = torch.randn(2, 64, 16, dtype=torch.float64, requires_grad=True)
+    ins = [x, *layer.parameters()]
+    res = []
+    for mode in ("chunk", "sequential"):
+        y, (kc, vc, _) = layer(x, mode=mode)
+        res.append(outputs_and_grads([y, kc, vc], ins))
+    assert calls[0] == 1
+    assert_close(res[0], res[1], ["y", "k_cache", "v_cache", "dx"]
+                 + [f"d{n}" for n, _ in layer.named_parameters()], 1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H, D, C, c, Lk,
+                                                threads):
+    """path_attention_fresh: one projection [q | k | v | w | beta], w's l2norm (eps) and
+    2 sigmoid(beta + bias) in the chunk kernel, the projection's gradient one tensor, against
+    path_attention's torch path over l2norm(w_raw) and 2 sigmoid(beta_raw + bias); one w row
+    of zeros and one below eps (the floor, where the gradient is r dy)."""
+    from rnnzoo.layers._delta_block import l2norm
+
+    monkeypatch.setattr(path_op, "UT_CHUNK", c)
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(B, T, 3, H, D, generator=g, dtype=dtype)
+    w_raw = 3 * torch.randn(B, T, H, D, generator=g, dtype=dtype)
+    w_raw[0, 1, 0] = 0
+    w_raw[0, 2, 0] *= 1e-9
+    beta_raw = 2 * torch.randn(B, T, H, generator=g, dtype=dtype)
+    bias = torch.randn(H, generator=g, dtype=dtype)
+    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    ins = [t.requires_grad_() for t in (proj, bias)]
+    with threads_(threads):
+        o, keys = path_op.path_attention_fresh(proj, H, scale=0.4, chunk_size=C, keys_len=Lk,
+                                               eps=1e-6, beta_bias=bias)
+    got = outputs_and_grads([o, keys], ins)
+    with backend.force("torch"):
+        qkv, w_raw, beta_raw = path_op._proj_views(proj, H)
+        q, k, v = qkv.unbind(2)
+        o, keys, _ = path_op.path_attention(q, k, v, l2norm(w_raw, eps=1e-6),
+                                            2 * torch.sigmoid(beta_raw + bias), scale=0.4,
+                                            chunk_size=C, keys_len=Lk)
+    want = outputs_and_grads([o, keys], ins)
+    assert_close(got, want, ["o", "keys", "dproj", "dbias"], tol)
+
+
+@pytest.mark.parametrize("where", ["q", "v", "w", "beta"])
+def test_not_finite_inputs_take_the_marking_path(where):
+    """path_attention_fresh declines (None) when any input has an inf or NaN, and the layer
+    then gives the torch path's outputs and state, NaN where they read it."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 32, 3, 2, 4, generator=g)
+    w_raw, beta_raw = torch.randn(2, 32, 2, 4, generator=g), torch.randn(2, 32, 2, generator=g)
+    t, i = {"q": (qkv, (1, 5, 0, 1, 2)), "v": (qkv, (1, 5, 2, 1, 2)),
+            "w": (w_raw, (1, 5, 1, 3)), "beta": (beta_raw, (1, 5, 0))}[where]
+    t[i] = float("inf")
+    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    assert path_op.path_attention_fresh(proj, 2, scale=0.4, chunk_size=16) is None
+    torch.manual_seed(0)
+    layer = rnnzoo.create("path_attention", d_model=8, num_heads=2, max_len=40, chunk_size=16)
+    x = torch.randn(2, 32, 8)
+    x[1, 5, 3] = float("nan")
+    y, state = layer(x, mode="chunk")
+    with backend.force("torch"):
+        y_ref, state_ref = layer(x, mode="chunk")
+    for a, b in zip([y, *state], [y_ref, *state_ref]):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.allclose(a.nan_to_num(), b.nan_to_num(), atol=1e-5)
