@@ -3,12 +3,15 @@ each step's conjugate-gradient solve runs on that step's own H_t (K x K, in cach
 vector products of K^2 a step, where the chunkwise PyTorch form applies H_t through (C, K)
 and (C, C) products (K^2 + 2 C K a step and iteration) and autograd keeps every iterate.
 The backward runs the CG lines in reverse (the truncated solve's exact gradient, as autograd
-through the loop), recomputing each step's iterates and its H_t, G_t from every 32nd state.
+through the loop), recomputing each step's iterates and its H_t, G_t from every 8th state.
+The kernels run `lanes` (batch row, head) pairs at once, one per vector lane (16 floats or 8
+doubles with AVX-512): every product and division of the recurrence and of the solves is then
+one vector operation for the group, with no horizontal sums or serial scalar chains.
 
 q, k: (B, T, H, K); v: (B, T, H, V); g (log-decays), beta: (B, T, H); lamb: (H, K); H0:
 (B, H, K, K); G0: (B, H, K, V); all one dtype (float32 or float64) on the CPU
 (`ops.backend.use_native`), finite (the caller's `finite_inputs`). Returns o (B, T, H, V),
-H_T, G_T, differentiable in all eight tensors. Threads split the (batch row, head) pairs.
+H_T, G_T, differentiable in all eight tensors. Threads split the groups of pairs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from rnnzoo.ops import flop_count, native
 
-CK = 32  # the C file's checkpoint interval
+CK = 8  # the C file's checkpoint interval
 
 
 def flops(steps: int, its: int, K: int, V: int) -> tuple[int, int]:
@@ -45,6 +48,16 @@ def _kernels(lib, dtype):
             native.kernel(lib, "mesa_bwd", dtype, [P] * 18 + tail))
 
 
+def _groups(lib, dtype, pairs: int) -> tuple[int, list[tuple[int, int]]]:
+    """(lanes, the threads' pair ranges): the kernels run `lanes` pairs at once, a group,
+    so each range starts at a multiple of it (a group is one thread's, and its checkpoint
+    block is in the group's lane layout)."""
+    fn = getattr(lib, f"mesa_lanes_{'f64' if dtype == torch.float64 else 'f32'}")
+    fn.argtypes, fn.restype = [], ctypes.c_long
+    lanes = fn()
+    return lanes, [(a * lanes, min(b * lanes, pairs)) for a, b in native.rows(-(-pairs // lanes))]
+
+
 class _NativeMesa(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0):
@@ -53,16 +66,17 @@ class _NativeMesa(torch.autograd.Function):
         V = v.shape[-1]
         nck = -(-T // CK)
         o, HT, GT = torch.empty_like(v), torch.empty_like(H0), torch.empty_like(G0)
-        ck = q.new_empty(B, H, nck, K * K + K * V)
+        lanes, ranges = _groups(lib, q.dtype, B * H)
+        ck = q.new_empty(-(-B * H // lanes), nck, K * K + K * V, lanes)
         its = torch.zeros(B * H, dtype=torch.long)
         scalars = (T, H, K, V, steps, 0.0 if eps is None else float(eps), int(eps is None),
                    torch.finfo(q.dtype).tiny, float(tol))
         fwd, _ = _kernels(lib, q.dtype)
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(H0), P(G0), P(o), P(HT),
-                          P(GT), P(ck), P(its), *scalars, *r) for r in native.rows(B * H)])
+                          P(GT), P(ck), P(its), *scalars, *r) for r in ranges])
         ctx.save_for_backward(q, k, v, g, beta, lamb, ck)
-        ctx.lib, ctx.scalars = lib, scalars
+        ctx.lib, ctx.scalars, ctx.ranges = lib, scalars, ranges
         ctx.its = int(its.sum())
         flop_count.add(flops(B * T * H, ctx.its, K, V)[0])
         return o, HT, GT
@@ -80,7 +94,7 @@ class _NativeMesa(torch.autograd.Function):
         P = native.ptr
         native.run(bwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(ck), P(dHT), P(dGT), P(do),
                           P(dq), P(dk), P(dv), P(dg), P(dbeta), P(dlamb), P(dH0), P(dG0),
-                          *ctx.scalars, *r) for r in native.rows(B * H)])
+                          *ctx.scalars, *r) for r in ctx.ranges])
         flop_count.add(flops(B * T * H, ctx.its, K, v.shape[-1])[1])
         return None, None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0
 
