@@ -43,30 +43,45 @@ static inline long NAME(ll_tm)(long b, long j, long h, long C, long H, long N, l
     return ((b * N + j) * C * H + h) * D;
 }
 
-/* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after */
-static inline void NAME(ll_mrow)(T *restrict m, const T *restrict G, const T *restrict lam,
-                                 long t, long e, long L) {
+/* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after;
+   the decays e^(G_t - G_s) (s < t, 0 from t on) also into dd unless NULL. The decays in one
+   pass over whole vectors, then each level run (the runs of the set bits of t partition
+   [0, t)) scaled by its weight: the exps ran a short loop a run before */
+static inline void NAME(ll_mrow)(T *restrict m, T *restrict dd, const T *restrict G,
+                                 const T *restrict lam, long t, long e, long L) {
     const T gt = G[t];
+    if (dd) {
+#pragma omp simd
+        for (long s = 0; s < e; s++) {
+            const T x = EXP(gt - G[s]);
+            m[s] = dd[s] = s < t ? x : 0;
+        }
+    } else {
+#pragma omp simd
+        for (long s = 0; s < e; s++) {
+            const T x = EXP(gt - G[s]);
+            m[s] = s < t ? x : 0;
+        }
+    }
     for (long l = 1; (1L << (l - 1)) <= t; l++) {
         if (!(t >> (l - 1) & 1)) continue;
         const long s0 = t >> l << l, s1 = s0 + (1L << (l - 1));
         const T w = lam[l < L - 1 ? l : L - 1];
 #pragma omp simd
-        for (long s = s0; s < s1; s++) m[s] = w * EXP(gt - G[s]);
+        for (long s = s0; s < s1; s++) m[s] *= w;
     }
     m[t] = lam[0];
-    for (long s = t + 1; s < e; s++) m[s] = 0;
 }
 
-/* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e); lam's
-   rows ldl apart */
-static void NAME(ll_tile)(T *restrict A, T *restrict M, const T *restrict S, const T *restrict G,
-                          const T *restrict lam, long i0, long t, long e, long C, long L,
-                          long ldl) {
+/* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e), and the
+   decays' rows into D unless NULL; lam's rows ldl apart */
+static void NAME(ll_tile)(T *restrict A, T *restrict M, T *restrict D, const T *restrict S,
+                          const T *restrict G, const T *restrict lam, long i0, long t, long e,
+                          long C, long L, long ldl) {
     for (long r = 0; r < t; r++) {
         T *restrict a = A + r * e, *restrict m = M + r * e;
         const T *restrict s = S + (i0 + r) * C;
-        NAME(ll_mrow)(m, G, lam + (i0 + r) * ldl, i0 + r, e, L);
+        NAME(ll_mrow)(m, D ? D + r * e : 0, G, lam + (i0 + r) * ldl, i0 + r, e, L);
 #pragma omp simd
         for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
     }
@@ -89,7 +104,7 @@ void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restr
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
             NAME(mm)(qn + i0 * qt, kT, Sn + i0 * C, t, e, K, qt, 1, C, 1, C, 0, 0, 0, 0, 0, t);
-            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L, ldl);
+            NAME(ll_tile)(A, M, 0, Sn, Gn, ln, i0, t, e, C, L, ldl);
             NAME(mm)(A, vn, yn + i0 * ldv, t, V, e, e, 1, ldv, 1, ldv, 0, 0, 0, 0, 0, t);
         }
     }
@@ -102,8 +117,8 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         T *restrict dG, T *restrict dlam, long C, long K, long V, long L,
                         long tile, long H, long N, long qb, long qt, long qg, long hg, long n0,
                         long n1) {
-    T *vT = malloc((size_t)(V * C + 3 * tile * C + 1) * sizeof(T));
-    T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C;
+    T *vT = malloc((size_t)(V * C + 4 * tile * C + 1) * sizeof(T));
+    T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C, *Dt = dA + tile * C;
     const long ldv = H * V, ldk = H * K, ldl = H * L;
     for (long n = n0; n < n1; n++) {
         const long b = n / (H * N), h = n / N % H, j = n % N;
@@ -123,16 +138,15 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         memset(dGn, 0, (size_t)C * sizeof(T));
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
-            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L, ldl);
+            NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, i0, t, e, C, L, ldl);
             NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
             NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, ldv, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < t; r++) {
                 const long tt = i0 + r;
                 T *restrict d = dA + r * e;
-                const T *restrict m = M + r * e, *restrict s = Sn + tt * C;
+                const T *restrict m = M + r * e, *restrict s = Sn + tt * C, *Dr = Dt + r * e;
                 const T *restrict lr = ln + tt * ldl;
                 T *restrict dl = dln + tt * ldl;
-                const T gt = Gn[tt];
                 T rowE = 0;
                 for (long l = 1; (1L << (l - 1)) <= tt; l++) {
                     if (!(tt >> (l - 1) & 1)) continue;
@@ -142,7 +156,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     T acc = 0, accE = 0;
 #pragma omp simd reduction(+ : acc, accE)
                     for (long j = s0; j < s1; j++) {
-                        const T D = EXP(gt - Gn[j]), dM = d[j] * s[j], E = dM * w * D;
+                        const T D = Dr[j], dM = d[j] * s[j], E = dM * w * D;
                         acc += dM * D;
                         accE += E;
                         dGn[j] -= E;
