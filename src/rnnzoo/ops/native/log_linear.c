@@ -17,8 +17,10 @@
    at row b Tp + j C + t (Tp = N C) of
      q, k:  entry (b, row, h, c) at b qb + row qt + (h / hg) qg + c (head h reads group
             h / hg: a group's q and k shared by hg heads without a copy; q and k share strides),
-     v, y, dy, dv (B, Tp, H, V), dq, dk (B, Tp, H, K) (each head its own gradient: the caller
-            sums a group's heads), lam, dlam (B, Tp, H, L), all contiguous;
+     v, y, dy, dv (B, Tp, H, V), lam, dlam (B, Tp, H, L), dq, dk (B, Tp, H / gd, K), all
+            contiguous: gd = 1, each head its own gradient (the caller sums a group's heads),
+            or gd = hg, a group's heads summed here in head order (then a call's blocks must
+            hold whole batches: the first head of a group writes, the others add);
    G (NB, C) and S (NB, C, C), heads first: S the forward's scores, tile rows [i0, i1) of it
    filled over columns [0, i1) (the rest unwritten), read back by the backward. Each call does
    blocks [n0, n1). Plain C; compiled by rnnzoo.ops.native. */
@@ -115,15 +117,16 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict G, const T *restrict lam, const T *restrict S,
                         const T *restrict dy, T *restrict dq, T *restrict dk, T *restrict dv,
                         T *restrict dG, T *restrict dlam, long C, long K, long V, long L,
-                        long tile, long H, long N, long qb, long qt, long qg, long hg, long n0,
-                        long n1) {
+                        long tile, long H, long N, long qb, long qt, long qg, long hg, long gd,
+                        long n0, long n1) {
     T *vT = malloc((size_t)(V * C + 4 * tile * C + 1) * sizeof(T));
     T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C, *Dt = dA + tile * C;
-    const long ldv = H * V, ldk = H * K, ldl = H * L;
+    const long ldv = H * V, ldk = H / gd * K, ldl = H * L;
     for (long n = n0; n < n1; n++) {
-        const long b = n / (H * N), h = n / N % H, j = n % N;
+        const long b = n / (H * N), h = n / N % H, j = n % N, first = h % gd == 0;
         const long qo = b * qb + j * C * qt + h / hg * qg;
-        const long ov = NAME(ll_tm)(b, j, h, C, H, N, V), ok = NAME(ll_tm)(b, j, h, C, H, N, K);
+        const long ov = NAME(ll_tm)(b, j, h, C, H, N, V);
+        const long ok = NAME(ll_tm)(b, j, h / gd, C, H / gd, N, K);
         const long ol = NAME(ll_tm)(b, j, h, C, H, N, L);
         const T *qn = q + qo, *kn = k + qo, *Gn = G + n * C;
         const T *ln = lam + ol, *Sn = S + n * C * C, *dyn = dy + ov;
@@ -131,7 +134,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         T *dGn = dG + n * C, *dln = dlam + ol;
         NAME(ll_transpose)(vT, v + ov, C, V, ldv);
         for (long s = 0; s < C; s++) {
-            memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
+            if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
             memset(dvn + s * ldv, 0, (size_t)V * sizeof(T));
             memset(dln + s * ldl, 0, (size_t)L * sizeof(T));
         }
@@ -173,7 +176,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 dGn[tt] += rowE;
                 for (long j = tt + 1; j < e; j++) d[j] = 0;
             }
-            NAME(mm)(dA, kn, dqn + i0 * ldk, t, K, e, e, 1, qt, 1, ldk, 0, 0, 0, 0, 0, t);
+            NAME(mm)(dA, kn, dqn + i0 * ldk, t, K, e, e, 1, qt, 1, ldk, 0, 0, 0, !first, 0, t);
             NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, 1, 0, e);
         }
     }
@@ -259,13 +262,14 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict dy, const T *restrict dF, T *restrict dq,
                         T *restrict dk, T *restrict dv, T *restrict df, T *restrict dw,
                         T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long P,
-                        long NL, long NH, long qb, long qt, long qg, long hg, long r0, long r1) {
-    const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = NH * K;
+                        long NL, long NH, long qb, long qt, long qg, long hg, long gd, long r0,
+                        long r1) {
+    const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = NH / gd * K;
     T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
-        const long ok = NAME(ll_tm)(b, 0, h, C, NH, N, K);
+        const long ok = NAME(ll_tm)(b, 0, h / gd, C, NH / gd, N, K);
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg, *vr = v + ov;
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
@@ -341,12 +345,12 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   T *restrict dv, T *restrict dG, T *restrict dlam, T *restrict df,
                   T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
                   long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
-                  long hg, long r0, long r1) {
+                  long hg, long gd, long r0, long r1) {
     for (long r = r0; r < r1; r++) {
         NAME(ll_intra_bwd)(q, k, v, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H, N,
-                           qb, qt, qg, hg, r * N, r * N + N);
+                           qb, qt, qg, hg, gd, r * N, r * N + N);
         NAME(ll_inter_bwd)(q, k, v, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP, dcF,
-                           N, C, K, V, P, NL, H, qb, qt, qg, hg, r, r + 1);
+                           N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, r, r + 1);
     }
 }
 

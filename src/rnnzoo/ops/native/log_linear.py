@@ -26,7 +26,7 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "ll_fwd", dtype, [P] * 14 + [L] * 15),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 23 + [L] * 15))
+            native.kernel(lib, "ll_bwd", dtype, [P] * 23 + [L] * 16))
 
 
 def _qk_layout(q, k, H):
@@ -68,16 +68,21 @@ class _NativeChunks(torch.autograd.Function):
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
         dy = torch.zeros_like(v) if dy is None else dy.contiguous()
         dF = None if dF is None else dF.contiguous()
-        dq, dk = (q.new_empty(B, Tp, H, K) for _ in range(2))  # each head's, summed by group
+        # a group's heads summed in C where the threads can split whole batches (each call
+        # then holds every head of its batches); else each head's, summed here
+        gd = H // Gq if B >= torch.get_num_threads() else 1
+        parts = ([(b0 * H, b1 * H) for b0, b1 in native.rows(B)] if gd > 1
+                 else native.rows(B * H))
+        dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
         dv, dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (v, G, lam, f, w, cP,
                                                                          cF))
         kern = _kernels(ctx.lib, q.dtype)
         native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, G, lam, f, w, cP, cF, ip, S,
                                                         U, dy, dF, dq, dk, dv, dG, dlam, df, dw,
                                                         dcP, dcF)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *p)
-                             for p in native.rows(B * H)])
-        if Gq != H:
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *p)
+                             for p in parts])
+        if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
         return None, None, None, dq, dk, dv, dG, dlam, df, dw, dcP, dcF
 
