@@ -74,12 +74,19 @@ class LogLinearMamba2(Mamba2):
         """x (B, T, d_model) -> q, k (B, T, H, d_state), v (B, T, H, head_dim), log_decay
         (B, T, H), level weights (B, T, H, num_levels), and (z, xs, conv_state) for
         `op_output`. Mamba-2's projection (`Mamba2._project`) plus the level weights."""
+        q, k, *rest = self._group_inputs(x, conv_state)
+        return self._heads(q), self._heads(k), *rest
+
+    def _group_inputs(self, x, conv_state):
+        """`op_inputs` with q, k by group (B, T, n_groups, d_state), views of the conv's
+        output: the ops take a group shared by H / n_groups heads (the C block reads it in
+        place; no repeated copies of q and k each way)."""
         Bsz, T, _ = x.shape
         sdt = conv_state.dtype
         q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, sdt)
         lam = F.softplus(self.level_proj(x).to(sdt)).reshape(Bsz, T, self.num_heads,
                                                               self.num_levels)
-        return self._heads(q), self._heads(k), v, log_decay, lam, (z, xs, conv_state)
+        return q, k, v, log_decay, lam, (z, xs, conv_state)
 
     def op_output(self, y, x, rest):
         """y (B, T, H, head_dim) from the op -> the block's output (B, T, d_model): Mamba-2's
@@ -89,7 +96,7 @@ class LogLinearMamba2(Mamba2):
 
     def _forward(self, x, state, mode):
         buckets, count, conv_state = state
-        q, k, v, g, lam, rest = self.op_inputs(x, conv_state)
+        q, k, v, g, lam, rest = self._group_inputs(x, conv_state)
         kw = dict(scale=1.0, initial_state=(buckets, count))
         if mode == "chunk":
             y, (buckets, count) = log_linear_attention(q, k, v, g, lam,

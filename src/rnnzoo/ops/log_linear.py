@@ -57,9 +57,20 @@ def _levels(a: torch.Tensor, b: torch.Tensor, L: int) -> torch.Tensor:
     return lev
 
 
-def _prepare(q, k, v, log_decay, level_weights, scale, initial_state, L_from=None):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+def _heads(t, H):
+    """q or k (B, T, G, K) with G dividing H -> (B, T, H, K): group h // (H / G) to head h."""
+    return t if t.shape[2] == H else t.repeat_interleave(H // t.shape[2], 2)
+
+
+def _prepare(q, k, v, log_decay, level_weights, scale, initial_state, groups=False):
+    """The inputs in the state dtype, q and k repeated to v's heads unless `groups`."""
+    B, T, G, K = q.shape
+    H, V = v.shape[2], v.shape[-1]
+    if H % G or k.shape[2] != G:
+        raise ValueError(f"q and k need the same number of heads (groups), dividing v's {H}; "
+                         f"got {G} and {k.shape[2]}")
+    if not groups:
+        q, k = _heads(q, H), _heads(k, H)
     L = level_weights.shape[-1]
     if L < 2:
         raise ValueError(f"level_weights needs at least 2 levels in its last dim, got {L}")
@@ -79,7 +90,8 @@ def _prepare(q, k, v, log_decay, level_weights, scale, initial_state, L_from=Non
 
 def log_linear_attention_recurrent(q, k, v, log_decay, level_weights, *, scale=None,
                                    initial_state=None):
-    """The reference loop. q, k: (B, T, H, K); v: (B, T, H, V); log_decay: (B, T, H) or
+    """The reference loop. q, k: (B, T, H, K) (or (B, T, G, K), a group shared by H / G
+    heads); v: (B, T, H, V); log_decay: (B, T, H) or
     None (<= 0); level_weights: (B, T, H, L), lambda_t^(l) for l = 0 .. L - 1;
     initial_state: (buckets (B, H, L - 1, K, V), count (B,)) or None.
     Returns y (B, T, H, V) in the state dtype and the final (buckets, count)."""
@@ -175,8 +187,11 @@ def _host_position(count, S, L):
         return None
     if S.requires_grad:
         return int(n[0]), list(range(1, L))
-    live = S.flatten(3).any(-1).any(0).any(0).tolist()  # (L - 1,): a non-zero (or NaN) slot,
-    # one pass over S (S.ne(0) wrote a bool copy of it first)
+    # (L - 1,): a slot with a non-zero (or NaN) entry, from its largest and smallest entries
+    # (NaN propagates; two vectorised passes over S ran ~4x faster than any(), whose bool
+    # reduction is not vectorised)
+    Sr = S.flatten(3)                                                   # (B, H, L - 1, K V)
+    live = (Sr.amax(-1).ne(0) | Sr.amin(-1).ne(0)).flatten(0, 1).any(0).tolist()
     return int(n[0]), [i + 1 for i in range(L - 1) if live[i]]
 
 
@@ -240,9 +255,10 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     chunks per level. Each chunk reads only the blocks that hold tokens (popcount(I) of
     them, not L - 1 dense slots), each block's state a decayed sum of the chunk states; the
     initial buckets, linear in the output, are read only where non-zero (`live`).
+    q, k may hold G groups of H / G heads (read in place by the C block, repeated elsewhere).
     Returns (y (B, T, H, V), buckets, count)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    B, T, _, K = q.shape
+    H, V = v.shape[2], v.shape[-1]
     c = C.bit_length() - 1
     dev = q.device
     end = n0 + T
@@ -257,7 +273,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         w0 = w0 * G_all.exp()[..., None]
         sl = torch.tensor([s - 1 for s in live], device=dev)
         S_live = S.index_select(2, sl)                                   # (B, H, nl, K, V)
-        y = torch.einsum("bthl,bthk,bhlkv->bthv", w0, q * scale, S_live)
+        y = torch.einsum("bthl,bthk,bhlkv->bthv", w0, _heads(q, H) * scale, S_live)
         # ... and at the end slot l moves to max(l, lev(end, n0)), decayed by e^{G_T}
         to = torch.tensor([max(s, _lev(end, n0, L)) - 1 for s in live], device=dev)
         moved = S_live * G_all[:, -1].exp()[:, :, None, None, None]
@@ -273,11 +289,20 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
             x = F.pad(x, [0, 0] * (x.dim() - 3) + [h0, N * C - h0 - T])
         return x.contiguous().unflatten(2, (N, C))
 
-    qc, kc, vc, lamc = (chunks(x) for x in (q if scale == 1 else q * scale, k, v, lam))
+    def steps(x):  # (B, T, ...) -> (B, N C, ...) time-major: h0 zeros before, zeros after T
+        if h0 or N * C > T:
+            x = F.pad(x, [0, 0] * (x.dim() - 2) + [h0, N * C - h0 - T])
+        return x
+
+    qs = q if scale == 1 else q * scale
     G = chunks(g[..., None])[..., 0].cumsum(-1)                         # (B, H, N, C)
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
-    lib = native_log_linear.load() if backend.use_native(qc, kc, vc, G, lamc) else None
+    lib = native_log_linear.load() if backend.use_native(q, k, v, G, lam) else None
+    if lib is not None:  # time-major, q and k by group, read in place by the C block
+        qt, kt, vt, lamt = (steps(x) for x in (qs, k, v, lam))
+    else:
+        qc, kc, vc, lamc = (chunks(x) for x in (_heads(qs, H), _heads(k, H), v, lam))
     f = (gl[..., None] - G).exp()                       # (B, H, N, C): each step to its chunk's end
     # the (chunk, level) blocks that hold tokens of this call
     m_top = L - 2 - c
@@ -303,8 +328,13 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
         cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
         cP = cs.index_select(2, ip - 1).exp() * mask                     # (B, H, P, N)
-        lam_p = torch.gather(lamc.index_select(2, ip), 4,
-                             lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
+        if lib is not None:  # lam at each pair's chunk and level: (B, P, C, H) -> heads first
+            lam_p = torch.gather(lamt.view(B, N, C, H, -1).index_select(1, ip), 4,
+                                 lp[:, None, None, None].expand(B, P, C, H, 1))[..., 0]
+            lam_p = lam_p.permute(0, 3, 1, 2)
+        else:
+            lam_p = torch.gather(lamc.index_select(2, ip), 4,
+                                 lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
         w = lam_p * G.index_select(2, ip).exp()                          # (B, H, P, C)
     else:
         cP, w = G.new_zeros(B, H, 0, N), G.new_zeros(B, H, 0, C)
@@ -318,7 +348,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
     if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
-        yc, Sfin = native_log_linear.chunks(lib, ip, qc, kc, vc, G, lamc, f, w, cP, cF)
+        yc, Sfin = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF)
+        yc = yc[:, h0:h0 + T]  # (B, T, H, V)
     else:
         lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
         yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                     # (B, H, N, C, V)
@@ -327,18 +358,22 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
             Hp = _bmm(cP, U).unflatten(-1, (K, V))                        # (B, H, P, K, V)
             yc = yc.index_add(2, ip, _bmm(qc.index_select(2, ip) * w[..., None], Hp))
         Sfin = _bmm(cF, U).unflatten(-1, (K, V))                         # (B, H, L - 1, K, V)
-    yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
+        yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
     y = yc if y is None else y + yc
     Sout = Sfin if Sout is None else Sout + Sfin
     if e_off:
-        kl = kc[:, :, -1] * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
+        if lib is not None:  # the last chunk's k and v, heads first (B, H, C, .)
+            kl, vl = _heads(kt[:, -C:], H).transpose(1, 2), vt[:, -C:].transpose(1, 2)
+        else:
+            kl, vl = kc[:, :, -1], vc[:, :, -1]
+        kl = kl * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
         s = 0
         while s < e_off:  # offsets with the same level seen from e_off form one run
             lv = _lev(e_off, s, L)
             s1 = s
             while s1 < e_off and _lev(e_off, s1, L) == lv:
                 s1 += 1
-            part = _bmm(kl[:, :, s:s1].transpose(-1, -2), vc[:, :, -1, s:s1])  # (B, H, K, V)
+            part = _bmm(kl[:, :, s:s1].transpose(-1, -2), vl[:, :, s:s1])  # (B, H, K, V)
             Sout = Sout.index_add(2, torch.tensor([lv - 1], device=dev), part[:, :, None])
             s = s1
     return y, Sout, torch.full_like(count, end % (1 << (L - 1)))
@@ -352,8 +387,8 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
     (q, level_weights), (k, v, log_decay), marks = clean((q, level_weights), (k, v, log_decay))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
-                                                   initial_state)
-    T = q.shape[1]
+                                                   initial_state, groups=True)
+    T, H = q.shape[1], v.shape[2]
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if T == 0:
         return v.new_zeros(v.shape), (S, count)
@@ -363,7 +398,8 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
         y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
         y, S = marked(y, S, marks)
         return y, (S, count)
-    y, S, n = _chunked(q, k, v, g, lam, scale, S, n, L, min(chunk_size, T))
+    y, S, n = _chunked(_heads(q, H), _heads(k, H), v, g, lam, scale, S, n, L,
+                       min(chunk_size, T))
     y, S = marked(y, S, marks)
     return y, (S, n.to(count.dtype))
 

@@ -12,11 +12,18 @@
        dlam[t, l] = sum_{s: lev(t, s) = l} dM[t, s] e^(G_t - G_s).
 
    Causal tiles of `tile` rows [i0, i1) over columns [0, i1) (mm.h's products), so the zeros
-   above the diagonal are neither multiplied nor stored. Layouts (blocks n = (b, h, chunk) of
-   NB, each contiguous): q, k (NB, C, K), v, y, dy (NB, C, V), G (NB, C), lam, dlam (NB, C, L),
-   S (NB, C, C): the forward's scores, tile rows [i0, i1) of it filled over columns [0, i1)
-   (the rest unwritten), read back by the backward. Each call does blocks [n0, n1).
-   Plain C; compiled by rnnzoo.ops.native. */
+   above the diagonal are neither multiplied nor stored. Layouts, time-major as the layer makes
+   them (no heads-first copies): blocks n = (b, h, chunk j) of NB = B H N, step t of block n
+   at row b Tp + j C + t (Tp = N C) of
+     q, k:  entry (b, row, h, c) at b qb + row qt + (h / hg) qg + c (head h reads group
+            h / hg: a group's q and k shared by hg heads without a copy; q and k share strides),
+     v, y, dy, dv (B, Tp, H, V), lam, dlam (B, Tp, H, L), dq, dk (B, Tp, H / gd, K), all
+            contiguous: gd = 1, each head its own gradient (the caller sums a group's heads),
+            or gd = hg, a group's heads summed here in head order (then a call's blocks must
+            hold whole batches: the first head of a group writes, the others add);
+   G (NB, C) and S (NB, C, C), heads first: S the forward's scores, tile rows [i0, i1) of it
+   filled over columns [0, i1) (the rest unwritten), read back by the backward. Each call does
+   blocks [n0, n1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "log_linear.c"
@@ -26,33 +33,57 @@
 
 #include "mm.h"
 
-static inline void NAME(ll_transpose)(T *restrict dst, const T *restrict src, long n, long d) {
+/* dst (d, n) = src^T, src (n, d) with rows ld apart */
+static inline void NAME(ll_transpose)(T *restrict dst, const T *restrict src, long n, long d,
+                                      long ld) {
     for (long j = 0; j < n; j++)
-        for (long c = 0; c < d; c++) dst[c * n + j] = src[j * d + c];
+        for (long c = 0; c < d; c++) dst[c * n + j] = src[j * ld + c];
 }
 
-/* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after */
-static inline void NAME(ll_mrow)(T *restrict m, const T *restrict G, const T *restrict lam,
-                                 long t, long e, long L) {
+/* offset of block (b, j, h)'s first row in a contiguous (B, Tp, H, D) tensor */
+static inline long NAME(ll_tm)(long b, long j, long h, long C, long H, long N, long D) {
+    return ((b * N + j) * C * H + h) * D;
+}
+
+/* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after;
+   the decays e^(G_t - G_s) (s < t, 0 from t on) also into dd unless NULL. The decays in one
+   pass over whole vectors, then each level run (the runs of the set bits of t partition
+   [0, t)) scaled by its weight: the exps ran a short loop a run before */
+static inline void NAME(ll_mrow)(T *restrict m, T *restrict dd, const T *restrict G,
+                                 const T *restrict lam, long t, long e, long L) {
     const T gt = G[t];
+    if (dd) {
+#pragma omp simd
+        for (long s = 0; s < e; s++) {
+            const T x = EXP(gt - G[s]);
+            m[s] = dd[s] = s < t ? x : 0;
+        }
+    } else {
+#pragma omp simd
+        for (long s = 0; s < e; s++) {
+            const T x = EXP(gt - G[s]);
+            m[s] = s < t ? x : 0;
+        }
+    }
     for (long l = 1; (1L << (l - 1)) <= t; l++) {
         if (!(t >> (l - 1) & 1)) continue;
         const long s0 = t >> l << l, s1 = s0 + (1L << (l - 1));
         const T w = lam[l < L - 1 ? l : L - 1];
 #pragma omp simd
-        for (long s = s0; s < s1; s++) m[s] = w * EXP(gt - G[s]);
+        for (long s = s0; s < s1; s++) m[s] *= w;
     }
     m[t] = lam[0];
-    for (long s = t + 1; s < e; s++) m[s] = 0;
 }
 
-/* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e) */
-static void NAME(ll_tile)(T *restrict A, T *restrict M, const T *restrict S, const T *restrict G,
-                          const T *restrict lam, long i0, long t, long e, long C, long L) {
+/* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e), and the
+   decays' rows into D unless NULL; lam's rows ldl apart */
+static void NAME(ll_tile)(T *restrict A, T *restrict M, T *restrict D, const T *restrict S,
+                          const T *restrict G, const T *restrict lam, long i0, long t, long e,
+                          long C, long L, long ldl) {
     for (long r = 0; r < t; r++) {
         T *restrict a = A + r * e, *restrict m = M + r * e;
         const T *restrict s = S + (i0 + r) * C;
-        NAME(ll_mrow)(m, G, lam + (i0 + r) * L, i0 + r, e, L);
+        NAME(ll_mrow)(m, D ? D + r * e : 0, G, lam + (i0 + r) * ldl, i0 + r, e, L);
 #pragma omp simd
         for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
     }
@@ -60,18 +91,23 @@ static void NAME(ll_tile)(T *restrict A, T *restrict M, const T *restrict S, con
 
 void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict G, const T *restrict lam, T *restrict y, T *restrict S,
-                        long C, long K, long V, long L, long tile, long n0, long n1) {
+                        long C, long K, long V, long L, long tile, long H, long N, long qb,
+                        long qt, long qg, long hg, long n0, long n1) {
     T *kT = malloc((size_t)(K * C + 2 * tile * C + 1) * sizeof(T));
     T *A = kT + K * C, *M = A + tile * C;
+    const long ldv = H * V, ldl = H * L;
     for (long n = n0; n < n1; n++) {
-        const T *qn = q + n * C * K, *vn = v + n * C * V, *Gn = G + n * C, *ln = lam + n * C * L;
-        T *Sn = S + n * C * C, *yn = y + n * C * V;
-        NAME(ll_transpose)(kT, k + n * C * K, C, K);
+        const long b = n / (H * N), h = n / N % H, j = n % N;
+        const long qo = b * qb + j * C * qt + h / hg * qg;
+        const T *qn = q + qo, *vn = v + NAME(ll_tm)(b, j, h, C, H, N, V), *Gn = G + n * C;
+        const T *ln = lam + NAME(ll_tm)(b, j, h, C, H, N, L);
+        T *Sn = S + n * C * C, *yn = y + NAME(ll_tm)(b, j, h, C, H, N, V);
+        NAME(ll_transpose)(kT, k + qo, C, K, qt);
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
-            NAME(mm)(qn + i0 * K, kT, Sn + i0 * C, t, e, K, K, 1, C, 1, C, 0, 0, 0, 0, 0, t);
-            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L);
-            NAME(mm)(A, vn, yn + i0 * V, t, V, e, e, 1, V, 1, V, 0, 0, 0, 0, 0, t);
+            NAME(mm)(qn + i0 * qt, kT, Sn + i0 * C, t, e, K, qt, 1, C, 1, C, 0, 0, 0, 0, 0, t);
+            NAME(ll_tile)(A, M, 0, Sn, Gn, ln, i0, t, e, C, L, ldl);
+            NAME(mm)(A, vn, yn + i0 * ldv, t, V, e, e, 1, ldv, 1, ldv, 0, 0, 0, 0, 0, t);
         }
     }
     free(kT);
@@ -81,31 +117,39 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict G, const T *restrict lam, const T *restrict S,
                         const T *restrict dy, T *restrict dq, T *restrict dk, T *restrict dv,
                         T *restrict dG, T *restrict dlam, long C, long K, long V, long L,
-                        long tile, long n0, long n1) {
-    T *vT = malloc((size_t)(V * C + 3 * tile * C + 1) * sizeof(T));
-    T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C;
+                        long tile, long H, long N, long qb, long qt, long qg, long hg, long gd,
+                        long n0, long n1) {
+    T *vT = malloc((size_t)(V * C + 4 * tile * C + 1) * sizeof(T));
+    T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C, *Dt = dA + tile * C;
+    const long ldv = H * V, ldk = H / gd * K, ldl = H * L;
     for (long n = n0; n < n1; n++) {
-        const T *qn = q + n * C * K, *kn = k + n * C * K, *Gn = G + n * C;
-        const T *ln = lam + n * C * L, *Sn = S + n * C * C, *dyn = dy + n * C * V;
-        T *dqn = dq + n * C * K, *dkn = dk + n * C * K, *dvn = dv + n * C * V;
-        T *dGn = dG + n * C, *dln = dlam + n * C * L;
-        NAME(ll_transpose)(vT, v + n * C * V, C, V);
-        memset(dkn, 0, (size_t)(C * K) * sizeof(T));
-        memset(dvn, 0, (size_t)(C * V) * sizeof(T));
+        const long b = n / (H * N), h = n / N % H, j = n % N, first = h % gd == 0;
+        const long qo = b * qb + j * C * qt + h / hg * qg;
+        const long ov = NAME(ll_tm)(b, j, h, C, H, N, V);
+        const long ok = NAME(ll_tm)(b, j, h / gd, C, H / gd, N, K);
+        const long ol = NAME(ll_tm)(b, j, h, C, H, N, L);
+        const T *qn = q + qo, *kn = k + qo, *Gn = G + n * C;
+        const T *ln = lam + ol, *Sn = S + n * C * C, *dyn = dy + ov;
+        T *dqn = dq + ok, *dkn = dk + ok, *dvn = dv + ov;
+        T *dGn = dG + n * C, *dln = dlam + ol;
+        NAME(ll_transpose)(vT, v + ov, C, V, ldv);
+        for (long s = 0; s < C; s++) {
+            if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
+            memset(dvn + s * ldv, 0, (size_t)V * sizeof(T));
+            memset(dln + s * ldl, 0, (size_t)L * sizeof(T));
+        }
         memset(dGn, 0, (size_t)C * sizeof(T));
-        memset(dln, 0, (size_t)(C * L) * sizeof(T));
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
-            NAME(ll_tile)(A, M, Sn, Gn, ln, i0, t, e, C, L);
-            NAME(mm)(dyn + i0 * V, vT, dA, t, e, V, V, 1, C, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(A, dyn + i0 * V, dvn, e, V, t, 1, e, V, 1, V, 0, 0, 0, 1, 0, e);
+            NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, i0, t, e, C, L, ldl);
+            NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
+            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, ldv, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < t; r++) {
                 const long tt = i0 + r;
                 T *restrict d = dA + r * e;
-                const T *restrict m = M + r * e, *restrict s = Sn + tt * C;
-                const T *restrict lr = ln + tt * L;
-                T *restrict dl = dln + tt * L;
-                const T gt = Gn[tt];
+                const T *restrict m = M + r * e, *restrict s = Sn + tt * C, *Dr = Dt + r * e;
+                const T *restrict lr = ln + tt * ldl;
+                T *restrict dl = dln + tt * ldl;
                 T rowE = 0;
                 for (long l = 1; (1L << (l - 1)) <= tt; l++) {
                     if (!(tt >> (l - 1) & 1)) continue;
@@ -115,7 +159,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     T acc = 0, accE = 0;
 #pragma omp simd reduction(+ : acc, accE)
                     for (long j = s0; j < s1; j++) {
-                        const T D = EXP(gt - Gn[j]), dM = d[j] * s[j], E = dM * w * D;
+                        const T D = Dr[j], dM = d[j] * s[j], E = dM * w * D;
                         acc += dM * D;
                         accE += E;
                         dGn[j] -= E;
@@ -132,8 +176,8 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 dGn[tt] += rowE;
                 for (long j = tt + 1; j < e; j++) d[j] = 0;
             }
-            NAME(mm)(dA, kn, dqn + i0 * K, t, K, e, e, 1, K, 1, K, 0, 0, 0, 0, 0, t);
-            NAME(mm)(dA, qn + i0 * K, dkn, e, K, t, 1, e, K, 1, K, 0, 0, 0, 1, 0, e);
+            NAME(mm)(dA, kn, dqn + i0 * ldk, t, K, e, e, 1, qt, 1, ldk, 0, 0, 0, !first, 0, t);
+            NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, 1, 0, e);
         }
     }
     free(vT);
@@ -146,7 +190,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
        H_p = sum_j cP[p, j] U_j,   y_i += w_p o (Q_i H_p)   for the pairs p of chunk i = ip[p]
        F_l = sum_j cF[l, j] U_j                     (the final buckets)
 
-   Layouts: q, k, dq, dk (BH, N, C, K); v, y, dy, dv (BH, N, C, V); f, df (BH, N, C); w, dw
+   Layouts: q, k, dq, dk, v, y, dy, dv time-major as ll_intra's; f, df (BH, N, C); w, dw
    (BH, P, C); cP, dcP (BH, P, N); cF, dcF (BH, NL, N); F, dF (BH, NL, K, V); U (BH, N, K, V),
    the forward's chunk states, read back by the backward; ip (P,) the pairs' chunks. y, dq, dk
    and dv are added to (ll_intra's results), F, U and the other gradients written whole.
@@ -181,28 +225,31 @@ void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict f, const T *restrict w, const T *restrict cP,
                         const T *restrict cF, const long *restrict ip, T *restrict y,
                         T *restrict F, T *restrict U, long N, long C, long K, long V, long P,
-                        long NL, long r0, long r1) {
-    const long KV = K * V;
+                        long NL, long NH, long qb, long qt, long qg, long hg, long r0, long r1) {
+    const long KV = K * V, ldv = NH * V;
     T *buf = malloc((size_t)(C * K + KV + 1) * sizeof(T));
     T *kd = buf, *H = kd + C * K;
     for (long r = r0; r < r1; r++) {
-        const T *qr = q + r * N * C * K, *kr = k + r * N * C * K, *vr = v + r * N * C * V;
+        const long b = r / NH, h = r % NH;
+        const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
+        const T *vr = v + NAME(ll_tm)(b, 0, h, C, NH, N, V);
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N;
-        T *yr = y + r * N * C * V, *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
+        T *yr = y + NAME(ll_tm)(b, 0, h, C, NH, N, V), *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
         for (long j = 0; j < N; j++) {
-            const T *kj = kr + j * C * K, *fj = fr + j * C;
+            const T *kj = kr + j * C * qt, *fj = fr + j * C;
             for (long s = 0; s < C; s++)
-                for (long c = 0; c < K; c++) kd[s * K + c] = fj[s] * kj[s * K + c];
-            NAME(mm)(kd, vr + j * C * V, Ur + j * KV, K, V, C, 1, K, V, 1, V, 0, 0, 0, 0, 0, K);
+                for (long c = 0; c < K; c++) kd[s * K + c] = fj[s] * kj[s * qt + c];
+            NAME(mm)(kd, vr + j * C * ldv, Ur + j * KV, K, V, C, 1, K, ldv, 1, V, 0, 0, 0, 0, 0,
+                     K);
         }
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * K, *wp = wr + p * C;
+            const T *qi = qr + i * C * qt, *wp = wr + p * C;
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
             for (long s = 0; s < C; s++)
-                for (long c = 0; c < K; c++) kd[s * K + c] = wp[s] * qi[s * K + c];
-            NAME(mm)(kd, H, yr + i * C * V, C, V, K, K, 1, V, 1, V, 0, 0, 0, 1, 0, C);
+                for (long c = 0; c < K; c++) kd[s * K + c] = wp[s] * qi[s * qt + c];
+            NAME(mm)(kd, H, yr + i * C * ldv, C, V, K, K, 1, V, 1, ldv, 0, 0, 0, 1, 0, C);
         }
         for (long l = 0; l < NL; l++) NAME(ll_mix)(Fr + l * KV, cFr + l * N, Ur, N, KV);
     }
@@ -215,32 +262,35 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict dy, const T *restrict dF, T *restrict dq,
                         T *restrict dk, T *restrict dv, T *restrict df, T *restrict dw,
                         T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long P,
-                        long NL, long r0, long r1) {
-    const long KV = K * V, CM = C * (K > V ? K : V);
+                        long NL, long NH, long qb, long qt, long qg, long hg, long gd, long r0,
+                        long r1) {
+    const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = NH / gd * K;
     T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
     for (long r = r0; r < r1; r++) {
-        const T *qr = q + r * N * C * K, *kr = k + r * N * C * K, *vr = v + r * N * C * V;
+        const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
+        const long ok = NAME(ll_tm)(b, 0, h / gd, C, NH / gd, N, K);
+        const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg, *vr = v + ov;
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
-        const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + r * N * C * V;
+        const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
         const T *dFr = dF ? dF + r * NL * KV : 0;
-        T *dqr = dq + r * N * C * K, *dkr = dk + r * N * C * K, *dvr = dv + r * N * C * V;
+        T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + ov;
         T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
         T *dcFr = dcF + r * NL * N;
         memset(dU, 0, (size_t)(N * KV) * sizeof(T));
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * K, *wp = wr + p * C, *dyi = dyr + i * C * V;
-            T *dqi = dqr + i * C * K, *dwp = dwr + p * C;
+            const T *qi = qr + i * C * qt, *wp = wr + p * C, *dyi = dyr + i * C * ldv;
+            T *dqi = dqr + i * C * ldk, *dwp = dwr + p * C;
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
-            NAME(ll_transpose)(HT, H, K, V);
+            NAME(ll_transpose)(HT, H, K, V, V);
             for (long s = 0; s < C; s++)
-                for (long c = 0; c < V; c++) X[s * V + c] = wp[s] * dyi[s * V + c];
-            NAME(mm)(qi, X, dH, K, V, C, 1, K, V, 1, V, 0, 0, 0, 0, 0, K);
-            NAME(mm)(dyi, HT, Z, C, K, V, V, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+                for (long c = 0; c < V; c++) X[s * V + c] = wp[s] * dyi[s * ldv + c];
+            NAME(mm)(qi, X, dH, K, V, C, 1, qt, V, 1, V, 0, 0, 0, 0, 0, K);
+            NAME(mm)(dyi, HT, Z, C, K, V, ldv, 1, K, 1, K, 0, 0, 0, 0, 0, C);
             for (long s = 0; s < C; s++) {
-                dwp[s] = NAME(ll_dot)(qi + s * K, Z + s * K, K);
-                NAME(ll_axpy)(dqi + s * K, wp[s], Z + s * K, K);
+                dwp[s] = NAME(ll_dot)(qi + s * qt, Z + s * K, K);
+                NAME(ll_axpy)(dqi + s * ldk, wp[s], Z + s * K, K);
             }
             for (long j = 0; j < N; j++) {
                 const T c = cPr[p * N + j];
@@ -255,18 +305,53 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
             }
         for (long j = 0; j < N; j++) {
-            const T *kj = kr + j * C * K, *vj = vr + j * C * V, *fj = fr + j * C;
-            NAME(ll_transpose)(HT, dU + j * KV, K, V);
-            NAME(mm)(vj, HT, Z, C, K, V, V, 1, K, 1, K, 0, 0, 0, 0, 0, C);
-            NAME(mm)(kj, dU + j * KV, X, C, V, K, K, 1, V, 1, V, 0, 0, 0, 0, 0, C);
+            const T *kj = kr + j * C * qt, *vj = vr + j * C * ldv, *fj = fr + j * C;
+            NAME(ll_transpose)(HT, dU + j * KV, K, V, V);
+            NAME(mm)(vj, HT, Z, C, K, V, ldv, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(kj, dU + j * KV, X, C, V, K, qt, 1, V, 1, V, 0, 0, 0, 0, 0, C);
             for (long s = 0; s < C; s++) {
-                dfr[j * C + s] = NAME(ll_dot)(kj + s * K, Z + s * K, K);
-                NAME(ll_axpy)(dkr + (j * C + s) * K, fj[s], Z + s * K, K);
-                NAME(ll_axpy)(dvr + (j * C + s) * V, fj[s], X + s * V, V);
+                dfr[j * C + s] = NAME(ll_dot)(kj + s * qt, Z + s * K, K);
+                NAME(ll_axpy)(dkr + (j * C + s) * ldk, fj[s], Z + s * K, K);
+                NAME(ll_axpy)(dvr + (j * C + s) * ldv, fj[s], X + s * V, V);
             }
         }
     }
     free(buf);
+}
+
+/* Both passes a (batch, head) row at a time, rows [r0, r1) of B H: ll_intra over the row's N
+   chunks (blocks r N .. r N + N - 1), then ll_inter's adds into the same row's y (forward) or
+   dq, dk, dv (backward) while they are in cache (as two passes over all rows, ll_inter's
+   read-modify-writes of those rows missed the cache). Arguments: ll_intra's and ll_inter's. */
+void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                  const T *restrict G, const T *restrict lam, const T *restrict f,
+                  const T *restrict w, const T *restrict cP, const T *restrict cF,
+                  const long *restrict ip, T *restrict y, T *restrict S, T *restrict F,
+                  T *restrict U, long N, long C, long K, long V, long L, long P, long NL,
+                  long tile, long H, long qb, long qt, long qg, long hg, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        NAME(ll_intra_fwd)(q, k, v, G, lam, y, S, C, K, V, L, tile, H, N, qb, qt, qg, hg,
+                           r * N, r * N + N);
+        NAME(ll_inter_fwd)(q, k, v, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
+                           qg, hg, r, r + 1);
+    }
+}
+
+void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                  const T *restrict G, const T *restrict lam, const T *restrict f,
+                  const T *restrict w, const T *restrict cP, const T *restrict cF,
+                  const long *restrict ip, const T *restrict S, const T *restrict U,
+                  const T *restrict dy, const T *restrict dF, T *restrict dq, T *restrict dk,
+                  T *restrict dv, T *restrict dG, T *restrict dlam, T *restrict df,
+                  T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
+                  long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
+                  long hg, long gd, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        NAME(ll_intra_bwd)(q, k, v, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H, N,
+                           qb, qt, qg, hg, gd, r * N, r * N + N);
+        NAME(ll_inter_bwd)(q, k, v, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP, dcF,
+                           N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, r, r + 1);
+    }
 }
 
 #endif

@@ -1,10 +1,12 @@
 """Log-linear attention's intra-chunk block in C (log_linear.c), forward and backward:
 y = (Q K^T o M) V per chunk with M[t, s] = lam[t, lev(t, s)] e^(G_t - G_s) (s <= t), the
 level of each pair from the offsets themselves (Fenwick runs of a chunk on the aligned grid,
-`ops.log_linear._aligned`). Heads first: q, k (B, H, N, C, K), v (.., V), G (B, H, N, C),
-lam (B, H, N, C, L); float32 or float64 on the CPU (`ops.backend.use_native`). Differentiable
-in all five; threads split the (batch, head, chunk) blocks. The PyTorch form is
-`ops.log_linear._Intra` (the fallback and the test's oracle)."""
+`ops.log_linear._aligned`), plus the chunks' reads of the Fenwick blocks' states and the final
+buckets. The kernels read the layer's time-major tensors in place (`chunks_tm`: q, k (B, Tp,
+G, K) strided, a group shared by H / G heads; v, lam (B, Tp, H, .)); `chunks` is the same on
+heads-first (B, H, N, C, .) tensors. Float32 or float64 on the CPU (`ops.backend.use_native`).
+Differentiable in all inputs; threads split the (batch, head, chunk) blocks. The PyTorch form
+is `ops.log_linear._Intra` and the torch chunk states (the fallback and the tests' oracle)."""
 
 from __future__ import annotations
 
@@ -23,58 +25,84 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_intra_fwd", dtype, [P] * 7 + [L] * 7),
-            native.kernel(lib, "ll_intra_bwd", dtype, [P] * 12 + [L] * 7),
-            native.kernel(lib, "ll_inter_fwd", dtype, [P] * 11 + [L] * 8),
-            native.kernel(lib, "ll_inter_bwd", dtype, [P] * 18 + [L] * 8))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 14 + [L] * 15),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 23 + [L] * 16))
+
+
+def _qk_layout(q, k, H):
+    """q, k (B, Tp, G, K) with unit last stride and the same strides (else contiguous copies)
+    -> (q, k, (qb, qt, qg, hg)): the batch, step and group strides, heads per group."""
+    if q.stride() != k.stride() or q.stride(-1) != 1 or q.shape != k.shape:
+        q, k = q.contiguous(), k.contiguous()
+    return q, k, (*q.stride()[:3], H // q.shape[2])
 
 
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, q, k, v, G, lam, f, w, cP, cF):
-        B, H, N, C, K = q.shape
-        V, L, P, NL = v.shape[-1], lam.shape[-1], ip.shape[0], cF.shape[2]
-        NB = B * H * N
-        q, k, v, G, lam, f, w, cP, cF = (t.contiguous() for t in (q, k, v, G, lam, f, w, cP, cF))
+    def forward(ctx, lib, ip, N, q, k, v, G, lam, f, w, cP, cF):
+        B, Tp, _, K = q.shape
+        H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
+        C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
+        q, k, lay = _qk_layout(q, k, H)
+        v, G, lam, f, w, cP, cF = (t.contiguous() for t in (v, G, lam, f, w, cP, cF))
         y = v.new_empty(v.shape)
-        S = q.new_empty(NB, C, C)
+        S = q.new_empty(B * H * N, C, C)
         F = v.new_empty(B, H, NL, K, V)
         U = v.new_empty(B, H, N, K, V)
         kern = _kernels(lib, q.dtype)
-        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, G, lam, y, S)), C, K, V, L,
-                              min(TILE, C), *p) for p in native.rows(NB)])
-        native.run(kern[2], [(*(native.ptr(t) for t in (q, k, v, f, w, cP, cF, ip, y, F, U)),
-                              N, C, K, V, P, NL, *p) for p in native.rows(B * H)])
+        ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
+        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, G, lam, f, w, cP, cF, ip, y,
+                                                        S, F, U)),
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *p)
+                             for p in native.rows(B * H)])
         ctx.save_for_backward(ip, q, k, v, G, lam, f, w, cP, cF, S, U)
-        ctx.lib = lib
+        ctx.lib, ctx.N, ctx.lay = lib, N, lay
         return y, F
 
     @staticmethod
     def backward(ctx, dy, dF):
         ip, q, k, v, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
-        B, H, N, C, K = q.shape
-        V, L, P, NL = v.shape[-1], lam.shape[-1], ip.shape[0], cF.shape[2]
-        NB = B * H * N
+        B, Tp, Gq, K = q.shape
+        H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
+        N, lay = ctx.N, ctx.lay
+        C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
         dy = torch.zeros_like(v) if dy is None else dy.contiguous()
         dF = None if dF is None else dF.contiguous()
-        dq, dk, dv, dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (
-            q, k, v, G, lam, f, w, cP, cF))
+        # a group's heads summed in C where the threads can split whole batches (each call
+        # then holds every head of its batches); else each head's, summed here
+        gd = H // Gq if B >= torch.get_num_threads() else 1
+        parts = ([(b0 * H, b1 * H) for b0, b1 in native.rows(B)] if gd > 1
+                 else native.rows(B * H))
+        dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
+        dv, dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (v, G, lam, f, w, cP,
+                                                                         cF))
         kern = _kernels(ctx.lib, q.dtype)
-        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, G, lam, S, dy, dq, dk, dv, dG,
-                                                        dlam)), C, K, V, L, min(TILE, C), *p)
-                             for p in native.rows(NB)])
-        native.run(kern[3], [(*(native.ptr(t) for t in (q, k, v, f, w, cP, cF, ip, U, dy, dF,
-                                                        dq, dk, dv, df, dw, dcP, dcF)),
-                              N, C, K, V, P, NL, *p) for p in native.rows(B * H)])
-        return None, None, dq, dk, dv, dG, dlam, df, dw, dcP, dcF
+        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, G, lam, f, w, cP, cF, ip, S,
+                                                        U, dy, dF, dq, dk, dv, dG, dlam, df, dw,
+                                                        dcP, dcF)),
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *p)
+                             for p in parts])
+        if dq.shape[2] != Gq:
+            dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
+        return None, None, None, dq, dk, dv, dG, dlam, df, dw, dcP, dcF
+
+
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF):
+    """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
+    q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
+    v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
+    heads first: G (B, H, N, C) the decays' running sums within each chunk, f (B, H, N, C) the
+    decay of each step to its chunk's end, w (B, H, P, C) the pairs' row weights, cP (B, H, P,
+    N) the pairs' coefficients of the chunk states, cF (B, H, NL, N) the final buckets', ip
+    (P,) int64 the pairs' chunks -> y (B, Tp, H, V): the intra-chunk block (ll_intra) plus the
+    pairs' reads, and the final buckets F (B, H, NL, K, V) (ll_inter); `lib` = load()."""
+    return _NativeChunks.apply(lib, ip, G.shape[2], q, k, v, G, lam, f, w, cP, cF)
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
-    """The aligned chunk form's products (`ops.log_linear._aligned`), heads first:
-    q, k (B, H, N, C, K), v (.., V), G (B, H, N, C) the decays' running sums within each
-    chunk, lam (B, H, N, C, L) the level weights; f (B, H, N, C) the decay of each step to
-    its chunk's end, w (B, H, P, C) the pairs' row weights, cP (B, H, P, N) the pairs'
-    coefficients of the chunk states, cF (B, H, NL, N) the final buckets', ip (P,) int64 the
-    pairs' chunks -> y (B, H, N, C, V): the intra-chunk block (ll_intra) plus the pairs'
-    reads, and the final buckets F (B, H, NL, K, V) (ll_inter); `lib` = load()."""
-    return _NativeChunks.apply(lib, ip, q, k, v, G, lam, f, w, cP, cF)
+    """`chunks_tm` on heads-first tensors: q, k (B, H, N, C, K), v (.., V), lam (.., L), the
+    rest as there -> y (B, H, N, C, V), F (B, H, NL, K, V)."""
+    B, H, N, C = G.shape
+    tm = [t.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, t.shape[-1]) for t in (q, k, v, lam)]
+    y, F = chunks_tm(lib, ip, *tm[:3], G, tm[3], f, w, cP, cF)
+    return y.view(B, N, C, H, -1).permute(0, 3, 1, 2, 4), F
