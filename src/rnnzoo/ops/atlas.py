@@ -36,6 +36,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.feature_maps import feature_size, features
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
+from rnnzoo.ops.native import atlas_scan
 from rnnzoo.ops.native import newton_schulz as native_ns
 
 __all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential",
@@ -207,12 +208,14 @@ GROUP = 1 << 24  # atlas_chunked under autograd: elements of one (steps, I, O) t
 
 
 def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
-               ns_steps):
+               ns_steps, lib=None):
     """Chunks j0, j0 + 1, ... of atlas_chunked (one per entry of the (B, H, N, ...) tensors):
     returns (z (B, H, N, C, O), M and S after the last chunk, then the state (M', M, S) after
     every chunk j >= first). Inside, every weight's M and S are packed (`_pack`: short side
     first, side by side, (B, H, N)), so each chunk's momenta, Newton-Schulz and memories are
-    one product each over all the weights."""
+    one product each over all the weights. With `lib` (ops.native.atlas_scan) Dp and Rp are
+    the steps' (e, w) and (a, c) stacked (B, H, N, C, 2), and the momenta and memories run
+    as their recurrences in C (no materialised outer products)."""
     shapes = [tuple(w.shape[-2:]) for w in init]
     Mp, Sp = _pack(Mc), _pack(S)
     zs, hist = [], []
@@ -223,16 +226,23 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
                         False, residual=False)
         # every step's momentum at once: S_t = E_t S_0 - sum_w D[t, w] X_w^T gamma_w G_w,
         # with the window's outer products (short side first) one product's rows after S_0
-        Zs = []
-        for X, G, (i, o) in zip(Xs, Gs, shapes):
-            G = g_j[..., None] * G
-            Z = G[..., :, None] * X[..., None, :] if i > o else X[..., :, None] * G[..., None, :]
-            Zs.append(Z.flatten(-2))
-        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
-        St = D_j @ torch.cat([Sp[:, :, None], Z], 2)                   # (B, H, C, N)
+        if lib is not None:  # the same sums as recurrences, a (batch, head) row in cache
+            pairs = [(g_j[..., None] * G, X) if i > o else (X, g_j[..., None] * G)
+                     for X, G, (i, o) in zip(Xs, Gs, shapes)]
+            St = atlas_scan.momenta(lib, Sp, *D_j.unbind(-1), pairs, fk_j.shape[-2] - D_j.shape[-2])
+        else:
+            Zs = []
+            for X, G, (i, o) in zip(Xs, Gs, shapes):
+                G = g_j[..., None] * G
+                Z = G[..., :, None] * X[..., None, :] if i > o else \
+                    X[..., :, None] * G[..., None, :]
+                Zs.append(Z.flatten(-2))
+            Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
+            St = D_j @ torch.cat([Sp[:, :, None], Z], 2)               # (B, H, C, N)
         U = _newton_schulz_packed(St, shapes, ns_steps) if muon else St
         # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-        Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
+        Ms = atlas_scan.memories(lib, Mp, U, *R_j.unbind(-1)) if lib is not None else \
+            R_j @ torch.cat([Mp[:, :, None], U], 2)
         Mp, Sp = Ms[:, :, -1], St[:, :, -1]
         x = q_j
         for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
@@ -251,10 +261,10 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
     return (torch.stack(zs, 2), *Mc, *_unpack(Sp, shapes), *hist)
 
 
-def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, *t):
+def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, lib, *t):
     """_chunk_run on flat tensors (the six chunk inputs, then M', M, S), for checkpoint."""
     return _chunk_run(kind, j0, first, *t[:6], init, t[6:6 + L], t[6 + L:6 + 2 * L],
-                      t[6 + 2 * L:], feature_map, muon, ns_steps)
+                      t[6 + 2 * L:], feature_map, muon, ns_steps, lib)
 
 
 def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map=None,
@@ -306,13 +316,17 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     th = chunks(place(theta, grid, on_grid))
     on = chunks(place(torch.ones_like(theta), grid, on_grid))
     w_in, c_out = (on, th) if muon else (th, on)
-    t_ = torch.arange(C, device=q.device)
-    i_ = torch.arange(C + W1, device=q.device)
-    band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
-    D = (_ratios(e) * w_in[..., None, :]) @ band           # (B, H, NT, C, C + W1)
-    # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
-    Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
-    Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
+    lib = atlas_scan.load() if backend.use_native(q) else None
+    if lib is not None:  # the steps' coefficients of the C recurrences
+        Dp, Rp = torch.stack([e, w_in], -1), torch.stack([a, c_out], -1)
+    else:
+        t_ = torch.arange(C, device=q.device)
+        i_ = torch.arange(C + W1, device=q.device)
+        band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
+        D = (_ratios(e) * w_in[..., None, :]) @ band       # (B, H, NT, C, C + W1)
+        # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
+        Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
+        Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
     qf = chunks(place(phi(q, feature_map), grid, on_grid))
     first, last = (T - 1) // C, (c + T - 1) // C
     args = (fk, vE, gE, qf, Dp, Rp)
@@ -322,7 +336,7 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     zs, hist = [], []
     for j0 in range(0, NT, seg):
         part = [t[:, :, j0:j0 + seg] for t in args]
-        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps)
+        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
         ins = (*part, *Pg, *Mc, *S)
         out = checkpoint(fn, *ins, use_reentrant=False) if j0 + seg < NT else fn(*ins)
         zs.append(out[0])
