@@ -204,7 +204,7 @@ def _newton_schulz_packed(St, shapes, steps):
     return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
 
 
-GROUP = 1 << 24  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+GROUP = 1 << 25  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
 def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
@@ -331,14 +331,17 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     first, last = (T - 1) // C, (c + T - 1) // C
     args = (fk, vE, gE, qf, Dp, Rp)
     size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
-    seg = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
-    seg = -(-NT // -(-NT // seg))                          # segments of even length
+    cap = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
+    # the last segment (kept, not recomputed) as long as allowed, the rest in even segments
+    rest = NT - min(NT, cap)
+    n_rest = -(-rest // cap)
+    bounds = [rest * i // n_rest for i in range(n_rest)] + [rest, NT]
     zs, hist = [], []
-    for j0 in range(0, NT, seg):
-        part = [t[:, :, j0:j0 + seg] for t in args]
+    for j0, j1 in zip(bounds[:-1], bounds[1:]):
+        part = [t[:, :, j0:j1] for t in args]
         fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
         ins = (*part, *Pg, *Mc, *S)
-        out = checkpoint(fn, *ins, use_reentrant=False) if j0 + seg < NT else fn(*ins)
+        out = checkpoint(fn, *ins, use_reentrant=False) if j1 < NT else fn(*ins)
         zs.append(out[0])
         Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
         h = out[1 + 2 * L:]
