@@ -1,12 +1,15 @@
-"""ops.native.atlas_scan, ATLAS's chunk momenta and memories as C recurrences (atlas_chunked's
-CPU path), against a plain PyTorch loop over the steps: outputs and the gradients of every
-input, one and two weights (tall and wide blocks of the packed state), window 1 and 4,
-a chunk of one step, one row, 1 and 2 threads, float64 tight and float32 loose."""
+"""ops.native.atlas_scan, ATLAS's chunk momenta and memories (with the memory model's reads)
+as C recurrences (atlas_chunked's CPU path), against a plain PyTorch loop over the steps:
+outputs and the gradients of every input, one and two weights (tall and wide blocks of the
+packed state), windows 1, 4 and 8, a chunk of one step, one row and head, 1 and 2 threads,
+float64 tight and float32 loose; and the layer's chunk mode taking them, equal to its
+PyTorch path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _native_check import assert_close, counter, outputs_and_grads, threads
 
 import rnnzoo
@@ -25,12 +28,24 @@ def _momenta_loop(S0, e, w, pairs, W1):
     return torch.stack(out, -2)
 
 
-def _memories_loop(M0, U, a, c):
+def _reads_loop(M0, U, a, c, q, W0):
+    """z_t of the memory model at weights W0 + M_t, M_t = a_t M_{t-1} + c_t U_t, blocks of
+    M stored short side first; and the last M_t."""
     M, out = M0, []
     for t in range(a.shape[-1]):
         M = a[..., t, None] * M + c[..., t, None] * U[..., t, :]
-        out.append(M)
-    return torch.stack(out, -2)
+        x, off = q[..., t, :], 0
+        for k, w0 in enumerate(W0):
+            i, o = w0.shape[-2:]
+            blk = M[..., off:off + i * o]
+            off += i * o
+            Mk = blk.unflatten(-1, (o, i)).transpose(-1, -2) if i > o else \
+                blk.unflatten(-1, (i, o))
+            if k:
+                x = F.gelu(x, approximate="tanh")
+            x = (x[..., None, :] @ (w0 + Mk))[..., 0, :]
+        out.append(x)
+    return torch.stack(out, -2), M
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -50,29 +65,33 @@ def test_native_momenta_match_the_loop(dtype, tol, lead, C, W1, shapes, n_thread
     lib = atlas_scan.load()
     assert lib is not None
     with threads(n_threads):
-        got = outputs_and_grads([atlas_scan.momenta(lib, ins[0], ins[1], ins[2], pairs, W1)],
+        got = outputs_and_grads(atlas_scan.momenta(lib, ins[0], ins[1], ins[2], pairs, W1),
                                 ins)
-    want = outputs_and_grads([_momenta_loop(ins[0], ins[1], ins[2], pairs, W1)], ins)
-    names = ["St", "dS0", "de", "dw", *[f"d{x}{k}" for k in range(len(shapes)) for x in "uv"]]
+    St = _momenta_loop(ins[0], ins[1], ins[2], pairs, W1)
+    want = outputs_and_grads([St, St[..., -1, :]], ins)
+    names = ["St", "S_last", "dS0", "de", "dw", *[f"d{x}{k}" for k in range(len(shapes)) for x in "uv"]]
     assert_close(got, want, names, tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("lead,C,N", [((2, 3), 5, 37), ((1,), 1, 4), ((2, 2), 16, 2048)])
+@pytest.mark.parametrize("B,H,C,shapes", [(2, 3, 5, [(4, 9), (9, 3)]), (1, 1, 1, [(5, 2)]),
+                                          (2, 2, 16, [(16, 64), (64, 16)]),
+                                          (1, 2, 3, [(7, 3), (3, 4)])])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_native_memories_match_the_loop(dtype, tol, lead, C, N, n_threads):
+def test_native_reads_match_the_loop(dtype, tol, B, H, C, shapes, n_threads):
     gen = torch.Generator().manual_seed(0)
-    ins = [torch.randn(*lead, N, generator=gen, dtype=dtype),
-           torch.randn(*lead, C, N, generator=gen, dtype=dtype),
-           torch.rand(*lead, C, generator=gen, dtype=dtype),
-           torch.randn(*lead, C, generator=gen, dtype=dtype)]
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    N = sum(i * o for i, o in shapes)
+    ins = [r(B, H, N), r(B, H, C, N), torch.rand(B, H, C, generator=gen, dtype=dtype),
+           r(B, H, C), r(B, H, C, shapes[0][0]), *[r(H, i, o) for i, o in shapes]]
     ins = [t.requires_grad_() for t in ins]
     lib = atlas_scan.load()
     assert lib is not None
     with threads(n_threads):
-        got = outputs_and_grads([atlas_scan.memories(lib, *ins)], ins)
-    want = outputs_and_grads([_memories_loop(*ins)], ins)
-    assert_close(got, want, ["Ms", "dM0", "dU", "da", "dc"], tol)
+        got = outputs_and_grads(atlas_scan.reads(lib, *ins[:5], ins[5:]), ins)
+    want = outputs_and_grads(_reads_loop(*ins[:5], ins[5:]), ins)
+    names = ["z", "M_last", "dM0", "dU", "da", "dc", "dq", *[f"dW{k}" for k in range(len(shapes))]]
+    assert_close(got, want, names, tol)
 
 
 @pytest.mark.parametrize("options", [dict(muon=True), dict(muon=False, memory_depth=1),
@@ -83,7 +102,7 @@ def test_atlas_chunk_takes_the_recurrences_and_equals_the_torch_path(monkeypatch
     torch.manual_seed(0)
     layer = rnnzoo.create("atlas", d_model=8, num_heads=2, chunk_size=4, **options).double()
     x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
-    calls = counter(monkeypatch, atlas_scan, "momenta", "memories")
+    calls = counter(monkeypatch, atlas_scan, "momenta", "reads")
 
     def run():
         y, state = layer(x, mode="chunk")

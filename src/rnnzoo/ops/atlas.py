@@ -229,7 +229,8 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
         if lib is not None:  # the same sums as recurrences, a (batch, head) row in cache
             pairs = [(g_j[..., None] * G, X) if i > o else (X, g_j[..., None] * G)
                      for X, G, (i, o) in zip(Xs, Gs, shapes)]
-            St = atlas_scan.momenta(lib, Sp, *D_j.unbind(-1), pairs, fk_j.shape[-2] - D_j.shape[-2])
+            St, Sp = atlas_scan.momenta(lib, Sp, *D_j.unbind(-1), pairs,
+                                        fk_j.shape[-2] - D_j.shape[-2])
         else:
             Zs = []
             for X, G, (i, o) in zip(Xs, Gs, shapes):
@@ -239,20 +240,24 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
                 Zs.append(Z.flatten(-2))
             Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
             St = D_j @ torch.cat([Sp[:, :, None], Z], 2)               # (B, H, C, N)
+            Sp = St[:, :, -1]
         U = _newton_schulz_packed(St, shapes, ns_steps) if muon else St
-        # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-        Ms = atlas_scan.memories(lib, Mp, U, *R_j.unbind(-1)) if lib is not None else \
-            R_j @ torch.cat([Mp[:, :, None], U], 2)
-        Mp, Sp = Ms[:, :, -1], St[:, :, -1]
-        x = q_j
-        for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
-            if i:
-                x = _gelu(x)
-            # x M_t, through the stored (short-first) form: a transposed M_t's gradient
-            # would be copied back into the packed layout
-            read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
-                (x[..., None, :] @ Mt)[..., 0, :]
-            x = x @ w0.to(x.dtype) + read
+        if lib is not None:  # the memories and their reads, a (batch, head) row in cache
+            x, Mp = atlas_scan.reads(lib, Mp, U, *R_j.unbind(-1), q_j,
+                                     [w0.to(q_j.dtype) for w0 in init])
+        else:
+            # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
+            Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
+            Mp = Ms[:, :, -1]
+            x = q_j
+            for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
+                if i:
+                    x = _gelu(x)
+                # x M_t, through the stored (short-first) form: a transposed M_t's gradient
+                # would be copied back into the packed layout
+                read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
+                    (x[..., None, :] @ Mt)[..., 0, :]
+                x = x @ w0.to(x.dtype) + read
         zs.append(x)
         Mc = _unpack(Mp, shapes)
         if j >= first:

@@ -4,11 +4,17 @@
 
    mom_fwd: S_t = e_t S_{t-1} - w_t g_t, g_t = sum_{i=t}^{t+W1} u_i v_i^T per weight (the
    window's outer products, u (C+W1, s), v (C+W1, l): weight k's s x l block of the packed
-   state), S_{-1} = S0; St (R, C, N) holds every S_t. mom_bwd: from dSt the gradients of S0,
+   state), S_{-1} = S0; St (R, C, N) holds every S_t, Slast (R, N) the last again (its own
+   output: no select's gradient over St). mom_bwd: from dSt and dSlast the gradients of S0,
    u, v, e, w (the recurrence run back; S_{t-1} read from St).
 
-   mem_fwd: M_t = a_t M_{t-1} + c_t U_t (U (R, C, N)), M_{-1} = M0; Ms (R, C, N).
-   mem_bwd: the gradients of M0, U, a, c from dMs.
+   read_fwd / read_bwd: the memories M_t = a_t M_{t-1} + c_t U_t (U (R, C, N), M_{-1} = M0)
+   with the chunk's reads through them (Ms (R, C, N) kept for the backward, the last M_t
+   returned; no (C, N) read gradients stored): z_t = x2 (W0_2 + M2_t), x2 = gelu(h),
+   h = q_t (W0_1 + M1_t) (the MLP memory: two weights, I1 x O1 and I2 x O2), or
+   z_t = q_t (W0_1 + M1_t) (one weight: I2 = 0). Weight k's block of M is its I x O matrix,
+   stored transposed (O x I) where I > O (short side first); W0_k (H, I, O) per head (row r's head: r % H). read_bwd gives
+   dW0_k per row (R, I, O): the caller sums the batch.
 
    Rows [start, stop) of the R. Weight 2 is absent where s2 = 0. */
 #ifndef T
@@ -42,7 +48,7 @@ static void NAME(mom_block)(const T *prev, T *out, const T *u, const T *v, long 
 }
 
 void NAME(mom_fwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *v2,
-                   const T *e, const T *w, T *St, long s1, long l1, long s2, long l2, long C,
+                   const T *e, const T *w, T *St, T *Slast, long s1, long l1, long s2, long l2, long C,
                    long W1, long start, long stop)
 {
     const long N = s1 * l1 + s2 * l2, W = C + W1;
@@ -57,6 +63,7 @@ void NAME(mom_fwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *
             if (s2)
                 NAME(mom_block)(prev + s1 * l1, out + s1 * l1, uu2, vv2, s2, l2, t, W1, et, wt);
         }
+        memcpy(Slast + r * N, St + (r * C + C - 1) * N, N * sizeof(T));
     }
 }
 
@@ -82,7 +89,7 @@ static T NAME(mom_block_bwd)(const T *dS, const T *u, const T *v, T *du, T *dv, 
 }
 
 void NAME(mom_bwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *v2,
-                   const T *e, const T *w, const T *St, const T *dSt, T *dS0, T *du1, T *dv1,
+                   const T *e, const T *w, const T *St, const T *dSt, const T *dSlast, T *dS0, T *du1, T *dv1,
                    T *du2, T *dv2, T *de, T *dw, long s1, long l1, long s2, long l2, long C,
                    long W1, long start, long stop)
 {
@@ -99,7 +106,7 @@ void NAME(mom_bwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *
             memset(dvv2, 0, W * l2 * sizeof(T));
         }
         T *dS = dS0 + r * N;  /* dL/dS_t, carried back; ends as dL/dS0 */
-        memset(dS, 0, N * sizeof(T));
+        memcpy(dS, dSlast + r * N, N * sizeof(T));
         for (long t = C - 1; t >= 0; t--) {
             const T *g = dSt + (r * C + t) * N;
             const T *prev = t ? St + (r * C + t - 1) * N : S0 + r * N;
@@ -121,34 +128,153 @@ void NAME(mom_bwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *
     }
 }
 
-void NAME(mem_fwd)(const T *M0, const T *U, const T *a, const T *c, T *Ms, long N, long C,
-                   long start, long stop)
+#define GELU_S ((T)0.7978845608028654)
+#define GELU_C ((T)0.044715)
+
+/* ops.memory._gelu's tanh GELU (memory_gelu.c's form): g(z) and g'(z) */
+static inline T NAME(gelu1)(T z, T *dg)
 {
-    for (long r = start; r < stop; r++)
-        for (long t = 0; t < C; t++) {
-            const T *prev = t ? Ms + (r * C + t - 1) * N : M0 + r * N, *ut = U + (r * C + t) * N;
-            T *out = Ms + (r * C + t) * N;
-            const T at = a[r * C + t], ct = c[r * C + t];
-#pragma omp simd
-            for (long i = 0; i < N; i++) out[i] = at * prev[i] + ct * ut[i];
-        }
+    T u = GELU_S * (z + GELU_C * z * z * z), e = EXP(2 * u), r = 1 / (e + 1);
+    T sech2 = 4 * r * (e * r), t = 1 - 2 * r, du = GELU_S * (1 + 3 * GELU_C * z * z);
+    *dg = (T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du;
+    return (T)0.5 * z * (1 + t);
 }
 
-void NAME(mem_bwd)(const T *M0, const T *U, const T *a, const T *c, const T *Ms, const T *dMs,
-                   T *dM0, T *dU, T *da, T *dc, long N, long C, long start, long stop)
+/* y (+)= x W for W I x O, row-major (tr = 0) or stored as W^T (O x I, tr = 1) */
+static void NAME(vecmat)(const T *x, const T *W, long I, long O, int tr, T *y, int acc)
 {
+    if (!acc)
+        memset(y, 0, O * sizeof(T));
+    if (tr) {
+        for (long o = 0; o < O; o++) y[o] += NAME(dot)(W + o * I, x, I);
+    } else {
+        for (long i = 0; i < I; i++) {
+            const T xi = x[i], *w = W + i * O;
+#pragma omp simd
+            for (long o = 0; o < O; o++) y[o] += xi * w[o];
+        }
+    }
+}
+
+/* dx (+)= W dy (W as in vecmat) */
+static void NAME(matvec)(const T *W, const T *dy, long I, long O, int tr, T *dx, int acc)
+{
+    if (!acc)
+        memset(dx, 0, I * sizeof(T));
+    if (tr) {
+        for (long o = 0; o < O; o++) {
+            const T d = dy[o], *w = W + o * I;
+#pragma omp simd
+            for (long i = 0; i < I; i++) dx[i] += d * w[i];
+        }
+    } else {
+        for (long i = 0; i < I; i++) dx[i] += NAME(dot)(W + i * O, dy, O);
+    }
+}
+
+/* D (+)= x dy^T (I x O; stored transposed where tr) */
+static void NAME(outer)(const T *x, const T *dy, long I, long O, int tr, T *D, int acc)
+{
+    if (tr) {
+        for (long o = 0; o < O; o++) {
+            const T d = dy[o];
+            T *r = D + o * I;
+            if (acc) {
+#pragma omp simd
+                for (long i = 0; i < I; i++) r[i] += d * x[i];
+            } else {
+#pragma omp simd
+                for (long i = 0; i < I; i++) r[i] = d * x[i];
+            }
+        }
+    } else {
+        for (long i = 0; i < I; i++) {
+            const T xi = x[i];
+            T *r = D + i * O;
+            if (acc) {
+#pragma omp simd
+                for (long o = 0; o < O; o++) r[o] += xi * dy[o];
+            } else {
+#pragma omp simd
+                for (long o = 0; o < O; o++) r[o] = xi * dy[o];
+            }
+        }
+    }
+}
+
+void NAME(read_fwd)(const T *M0, const T *U, const T *a, const T *c, const T *q, const T *W01,
+                    const T *W02, T *Ms, T *Mlast, T *z, T *hs, long H, long I1, long O1,
+                    long I2, long O2, long C, long start, long stop)
+{
+    const long N1 = I1 * O1, N = N1 + I2 * O2, Z = I2 ? O2 : O1;
+    T *x2 = malloc((O1 + 1) * sizeof(T));
     for (long r = start; r < stop; r++) {
-        T *dM = dM0 + r * N;
-        memset(dM, 0, N * sizeof(T));
+        const T *w1 = W01 + (r % H) * N1, *w2 = I2 ? W02 + (r % H) * I2 * O2 : 0;
+        for (long t = 0; t < C; t++) {
+            const T *prev = t ? Ms + (r * C + t - 1) * N : M0 + r * N, *ut = U + (r * C + t) * N;
+            T *m = Ms + (r * C + t) * N;
+            const T at = a[r * C + t], ct = c[r * C + t];
+#pragma omp simd
+            for (long i = 0; i < N; i++) m[i] = at * prev[i] + ct * ut[i];
+            const T *qt = q + (r * C + t) * I1;
+            T *h = I2 ? hs + (r * C + t) * O1 : z + (r * C + t) * Z;
+            NAME(vecmat)(qt, w1, I1, O1, 0, h, 0);
+            NAME(vecmat)(qt, m, I1, O1, I1 > O1, h, 1);
+            if (I2) {
+                T dg;
+                for (long o = 0; o < O1; o++) x2[o] = NAME(gelu1)(h[o], &dg);
+                T *zt = z + (r * C + t) * Z;
+                NAME(vecmat)(x2, w2, I2, O2, 0, zt, 0);
+                NAME(vecmat)(x2, m + N1, I2, O2, I2 > O2, zt, 1);
+            }
+        }
+        memcpy(Mlast + r * N, Ms + (r * C + C - 1) * N, N * sizeof(T));
+    }
+    free(x2);
+}
+
+void NAME(read_bwd)(const T *M0, const T *U, const T *a, const T *c, const T *q, const T *W01,
+                    const T *W02, const T *Ms, const T *hs, const T *dz, const T *dMlast,
+                    T *dM0, T *dU, T *da, T *dc, T *dq, T *dW1, T *dW2, long H, long I1,
+                    long O1, long I2, long O2, long C, long start, long stop)
+{
+    const long N1 = I1 * O1, N = N1 + I2 * O2, Z = I2 ? O2 : O1;
+    T *dL = malloc((N + 3 * O1 + 1) * sizeof(T)), *x2 = dL + N, *g2 = x2 + O1, *dh = g2 + O1;
+    for (long r = start; r < stop; r++) {
+        const T *w1 = W01 + (r % H) * N1, *w2 = I2 ? W02 + (r % H) * I2 * O2 : 0;
+        T *dW1r = dW1 + r * N1, *dW2r = I2 ? dW2 + r * I2 * O2 : 0;
+        memset(dW1r, 0, N1 * sizeof(T));
+        if (I2)
+            memset(dW2r, 0, I2 * O2 * sizeof(T));
+        T *dM = dM0 + r * N;  /* dL/dM_t carried back; ends as dL/dM0 */
+        memcpy(dM, dMlast + r * N, N * sizeof(T));
         for (long t = C - 1; t >= 0; t--) {
             const T *prev = t ? Ms + (r * C + t - 1) * N : M0 + r * N, *ut = U + (r * C + t) * N;
-            const T *g = dMs + (r * C + t) * N;
+            const T *m = Ms + (r * C + t) * N, *qt = q + (r * C + t) * I1;
+            const T *dzt = dz + (r * C + t) * Z;
+            T *dqt = dq + (r * C + t) * I1;
+            const T *dy1 = dzt;
+            if (I2) {
+                const T *h = hs + (r * C + t) * O1;
+                for (long o = 0; o < O1; o++) x2[o] = NAME(gelu1)(h[o], g2 + o);
+                /* layer 2: dx2 = W2 dz, dM2 = x2 dz^T */
+                NAME(matvec)(w2, dzt, I2, O2, 0, dh, 0);
+                NAME(matvec)(m + N1, dzt, I2, O2, I2 > O2, dh, 1);
+                NAME(outer)(x2, dzt, I2, O2, I2 > O2, dL + N1, 0);
+                NAME(outer)(x2, dzt, I2, O2, 0, dW2r, 1);
+                for (long o = 0; o < O1; o++) dh[o] *= g2[o];
+                dy1 = dh;
+            }
+            NAME(matvec)(w1, dy1, I1, O1, 0, dqt, 0);
+            NAME(matvec)(m, dy1, I1, O1, I1 > O1, dqt, 1);
+            NAME(outer)(qt, dy1, I1, O1, I1 > O1, dL, 0);
+            NAME(outer)(qt, dy1, I1, O1, 0, dW1r, 1);
             T *du = dU + (r * C + t) * N;
             const T at = a[r * C + t], ct = c[r * C + t];
             T sa = 0, sc = 0;
 #pragma omp simd reduction(+ : sa, sc)
             for (long i = 0; i < N; i++) {
-                const T d = dM[i] + g[i];
+                const T d = dM[i] + dL[i];
                 du[i] = ct * d;
                 sc += d * ut[i];
                 sa += d * prev[i];
@@ -158,5 +284,9 @@ void NAME(mem_bwd)(const T *M0, const T *U, const T *a, const T *c, const T *Ms,
             dc[r * C + t] = sc;
         }
     }
+    free(dL);
 }
+
+#undef GELU_S
+#undef GELU_C
 #endif
