@@ -30,28 +30,47 @@ static T NAME(dot)(const T *restrict x, const T *restrict y, long n)
     return acc;
 }
 
-/* out = e prev - w sum_i u_i v_i^T over the window i = t .. t + W1 (one weight's block) */
-static void NAME(mom_block)(const T *prev, T *out, const T *u, const T *v, long s, long l,
-                            long t, long W1, T e, T w)
+/* X += coef u_i v_i^T (one weight's s x l block) */
+static void NAME(rank1)(T *X, const T *u, const T *v, long s, long l, long i, T coef)
 {
+    const T *ui = u + i * s, *vi = v + i * l;
     for (long a = 0; a < s; a++) {
-        T *o = out + a * l;
-        const T *p = prev + a * l;
+        const T c = coef * ui[a];
+        T *x = X + a * l;
 #pragma omp simd
-        for (long b = 0; b < l; b++) o[b] = e * p[b];
-        for (long i = t; i <= t + W1; i++) {
-            const T coef = w * u[i * s + a], *vi = v + i * l;
-#pragma omp simd
-            for (long b = 0; b < l; b++) o[b] -= coef * vi[b];
-        }
+        for (long b = 0; b < l; b++) x[b] += c * vi[b];
     }
 }
 
+/* g += coef Z_i, Z_i = u_i v_i^T of every weight (packed) */
+static void NAME(zadd)(T *g, const T *u1, const T *v1, const T *u2, const T *v2, long s1,
+                       long l1, long s2, long l2, long i, T coef)
+{
+    NAME(rank1)(g, u1, v1, s1, l1, i, coef);
+    if (s2)
+        NAME(rank1)(g + s1 * l1, u2, v2, s2, l2, i, coef);
+}
+
+/* g = g_t = sum_{i=t}^{t+W1} Z_i from g_{t-1} (t > 0: running, one Z in and one out, where
+   the window is over 2) or afresh */
+static void NAME(window)(T *g, const T *u1, const T *v1, const T *u2, const T *v2, long s1,
+                         long l1, long s2, long l2, long N, long t, long W1)
+{
+    if (t && W1 > 1) {
+        NAME(zadd)(g, u1, v1, u2, v2, s1, l1, s2, l2, t + W1, 1);
+        NAME(zadd)(g, u1, v1, u2, v2, s1, l1, s2, l2, t - 1, -1);
+        return;
+    }
+    memset(g, 0, N * sizeof(T));
+    for (long i = t; i <= t + W1; i++) NAME(zadd)(g, u1, v1, u2, v2, s1, l1, s2, l2, i, 1);
+}
+
 void NAME(mom_fwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *v2,
-                   const T *e, const T *w, T *St, T *Slast, long s1, long l1, long s2, long l2, long C,
-                   long W1, long start, long stop)
+                   const T *e, const T *w, T *St, T *Slast, long s1, long l1, long s2, long l2,
+                   long C, long W1, long start, long stop)
 {
     const long N = s1 * l1 + s2 * l2, W = C + W1;
+    T *g = malloc(N * sizeof(T));
     for (long r = start; r < stop; r++) {
         const T *uu1 = u1 + r * W * s1, *vv1 = v1 + r * W * l1;
         const T *uu2 = s2 ? u2 + r * W * s2 : 0, *vv2 = s2 ? v2 + r * W * l2 : 0;
@@ -59,73 +78,94 @@ void NAME(mom_fwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *
             const T *prev = t ? St + (r * C + t - 1) * N : S0 + r * N;
             T *out = St + (r * C + t) * N;
             const T et = e[r * C + t], wt = w[r * C + t];
-            NAME(mom_block)(prev, out, uu1, vv1, s1, l1, t, W1, et, wt);
-            if (s2)
-                NAME(mom_block)(prev + s1 * l1, out + s1 * l1, uu2, vv2, s2, l2, t, W1, et, wt);
+            NAME(window)(g, uu1, vv1, uu2, vv2, s1, l1, s2, l2, N, t, W1);
+#pragma omp simd
+            for (long i = 0; i < N; i++) out[i] = et * prev[i] - wt * g[i];
         }
         memcpy(Slast + r * N, St + (r * C + C - 1) * N, N * sizeof(T));
     }
+    free(g);
 }
 
-/* One weight's block of step t backward: dS is dL/dS_t (this block); adds to du, dv;
-   returns sum_i u_i^T dS v_i (= <dS, g_t>). */
-static T NAME(mom_block_bwd)(const T *dS, const T *u, const T *v, T *du, T *dv, long s,
-                             long l, long t, long W1, T w)
+/* du_i = H v_i, dv_i = H^T u_i for one weight's block H (s x l) */
+static void NAME(uv_bwd)(const T *Hb, const T *u, const T *v, T *du, T *dv, long s, long l,
+                         long i)
 {
-    T total = 0;
-    for (long i = t; i <= t + W1; i++) {
-        const T *ui = u + i * s, *vi = v + i * l;
-        T *dui = du + i * s, *dvi = dv + i * l;
-        for (long a = 0; a < s; a++) {
-            const T *row = dS + a * l;
-            const T y = NAME(dot)(row, vi, l), c = -w * ui[a];
-            total += ui[a] * y;
-            dui[a] -= w * y;
+    const T *ui = u + i * s, *vi = v + i * l;
+    T *dui = du + i * s, *dvi = dv + i * l;
+    memset(dvi, 0, l * sizeof(T));
+    for (long a = 0; a < s; a++) {
+        const T *row = Hb + a * l, c = ui[a];
+        dui[a] = NAME(dot)(row, vi, l);
 #pragma omp simd
-            for (long b = 0; b < l; b++) dvi[b] += c * row[b];
-        }
+        for (long b = 0; b < l; b++) dvi[b] += c * row[b];
     }
-    return total;
 }
 
+/* Backward: dS_t (dL/dS_t, carried back through e) kept for every t; then
+   de_t = <dS_t, S_{t-1}>, dw_t = -<dS_t, g_t> (g_t rebuilt as in the forward) and, with
+   H_i = -sum_{t: t <= i <= t + W1} w_t dS_t (a running sum over i), du_i = H_i v_i,
+   dv_i = H_i^T u_i. */
 void NAME(mom_bwd)(const T *S0, const T *u1, const T *v1, const T *u2, const T *v2,
-                   const T *e, const T *w, const T *St, const T *dSt, const T *dSlast, T *dS0, T *du1, T *dv1,
-                   T *du2, T *dv2, T *de, T *dw, long s1, long l1, long s2, long l2, long C,
-                   long W1, long start, long stop)
+                   const T *e, const T *w, const T *St, const T *dSt, const T *dSlast, T *dS0,
+                   T *du1, T *dv1, T *du2, T *dv2, T *de, T *dw, long s1, long l1, long s2,
+                   long l2, long C, long W1, long start, long stop)
 {
     const long N = s1 * l1 + s2 * l2, W = C + W1;
+    T *dSall = malloc((C + 2) * N * sizeof(T)), *g = dSall + C * N, *Hb = g + N;
     for (long r = start; r < stop; r++) {
         const T *uu1 = u1 + r * W * s1, *vv1 = v1 + r * W * l1;
         const T *uu2 = s2 ? u2 + r * W * s2 : 0, *vv2 = s2 ? v2 + r * W * l2 : 0;
         T *duu1 = du1 + r * W * s1, *dvv1 = dv1 + r * W * l1;
         T *duu2 = s2 ? du2 + r * W * s2 : 0, *dvv2 = s2 ? dv2 + r * W * l2 : 0;
-        memset(duu1, 0, W * s1 * sizeof(T));
-        memset(dvv1, 0, W * l1 * sizeof(T));
-        if (s2) {
-            memset(duu2, 0, W * s2 * sizeof(T));
-            memset(dvv2, 0, W * l2 * sizeof(T));
-        }
+        const T *ee = e + r * C, *ww = w + r * C;
         T *dS = dS0 + r * N;  /* dL/dS_t, carried back; ends as dL/dS0 */
         memcpy(dS, dSlast + r * N, N * sizeof(T));
         for (long t = C - 1; t >= 0; t--) {
-            const T *g = dSt + (r * C + t) * N;
+            const T *gt = dSt + (r * C + t) * N;
             const T *prev = t ? St + (r * C + t - 1) * N : S0 + r * N;
-            const T et = e[r * C + t], wt = w[r * C + t];
-            T dE = 0;
+            T *keep = dSall + t * N, dE = 0;
 #pragma omp simd reduction(+ : dE)
             for (long i = 0; i < N; i++) {
-                dS[i] += g[i];
-                dE += dS[i] * prev[i];
+                const T d = dS[i] + gt[i];
+                keep[i] = d;
+                dE += d * prev[i];
+                dS[i] = ee[t] * d;
             }
-            T gw = NAME(mom_block_bwd)(dS, uu1, vv1, duu1, dvv1, s1, l1, t, W1, wt);
-            if (s2)
-                gw += NAME(mom_block_bwd)(dS + s1 * l1, uu2, vv2, duu2, dvv2, s2, l2, t, W1, wt);
             de[r * C + t] = dE;
-            dw[r * C + t] = -gw;
+        }
+        for (long t = 0; t < C; t++) {
+            NAME(window)(g, uu1, vv1, uu2, vv2, s1, l1, s2, l2, N, t, W1);
+            dw[r * C + t] = -NAME(dot)(dSall + t * N, g, N);
+        }
+        for (long i = 0; i < W; i++) {
+            /* H_i = -sum w_t dS_t over t in [i - W1, i] within [0, C) */
+            if (i && W1 > 1) {
+                const T *in = i < C ? dSall + i * N : 0;
+                const T *out = i - W1 - 1 >= 0 ? dSall + (i - W1 - 1) * N : 0;
+                const T wi = in ? ww[i] : 0, wo = out ? ww[i - W1 - 1] : 0;
+                if (in) {
 #pragma omp simd
-            for (long i = 0; i < N; i++) dS[i] *= et;
+                    for (long k = 0; k < N; k++) Hb[k] -= wi * in[k];
+                }
+                if (out) {
+#pragma omp simd
+                    for (long k = 0; k < N; k++) Hb[k] += wo * out[k];
+                }
+            } else {
+                memset(Hb, 0, N * sizeof(T));
+                for (long t = i - W1 < 0 ? 0 : i - W1; t <= i && t < C; t++) {
+                    const T wt = ww[t], *d = dSall + t * N;
+#pragma omp simd
+                    for (long k = 0; k < N; k++) Hb[k] -= wt * d[k];
+                }
+            }
+            NAME(uv_bwd)(Hb, uu1, vv1, duu1, dvv1, s1, l1, i);
+            if (s2)
+                NAME(uv_bwd)(Hb + s1 * l1, uu2, vv2, duu2, dvv2, s2, l2, i);
         }
     }
+    free(dSall);
 }
 
 #define GELU_S ((T)0.7978845608028654)
