@@ -284,11 +284,13 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     once, and M_t = A_t M_0 + sum_{s <= t} RA[t, s] c_s U_s (U = NS(S), c = theta; without
     Muon U = S, c = 1) is another. The loop runs over the T / C chunks (each chunk's gradient
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
-    own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
-    autograd the chunks run in segments of at most GROUP elements per (steps, I, O) tensor,
-    all but the last checkpointed (its backward comes first, so recomputing it would save
-    nothing): the graph of one chunk keeps ~44 bytes an element in float32 (362 MB at B=4,
-    T=512, d_model 64, whole), so a segment ~0.7 GB."""
+    own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. On the
+    CPU (ops.native.atlas_scan) the momenta and the memories with their reads run as their
+    step recurrences in C instead of those products. Under autograd the chunks run in
+    segments of at most GROUP elements per (steps, I, O) tensor, all but the last
+    checkpointed (its backward comes first, so recomputing it would save nothing), the last
+    as long as GROUP allows and the others even: at T=2048, B=4, d_model 64 one chunk of 129
+    is recomputed (peak RSS ~1.4 GB with the C recurrences)."""
     B, T, H, K = q.shape
     L = len(init)
     (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
