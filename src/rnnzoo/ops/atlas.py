@@ -36,6 +36,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.feature_maps import feature_size, features
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
+from rnnzoo.ops.native import atlas_scan
 from rnnzoo.ops.native import newton_schulz as native_ns
 
 __all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential",
@@ -203,16 +204,18 @@ def _newton_schulz_packed(St, shapes, steps):
     return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
 
 
-GROUP = 1 << 24  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
+GROUP = 1 << 25  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
 def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
-               ns_steps):
+               ns_steps, lib=None):
     """Chunks j0, j0 + 1, ... of atlas_chunked (one per entry of the (B, H, N, ...) tensors):
     returns (z (B, H, N, C, O), M and S after the last chunk, then the state (M', M, S) after
     every chunk j >= first). Inside, every weight's M and S are packed (`_pack`: short side
     first, side by side, (B, H, N)), so each chunk's momenta, Newton-Schulz and memories are
-    one product each over all the weights."""
+    one product each over all the weights. With `lib` (ops.native.atlas_scan) Dp and Rp are
+    the steps' (e, w) and (a, c) stacked (B, H, N, C, 2), and the momenta and memories run
+    as their recurrences in C (no materialised outer products)."""
     shapes = [tuple(w.shape[-2:]) for w in init]
     Mp, Sp = _pack(Mc), _pack(S)
     zs, hist = [], []
@@ -223,26 +226,38 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
                         False, residual=False)
         # every step's momentum at once: S_t = E_t S_0 - sum_w D[t, w] X_w^T gamma_w G_w,
         # with the window's outer products (short side first) one product's rows after S_0
-        Zs = []
-        for X, G, (i, o) in zip(Xs, Gs, shapes):
-            G = g_j[..., None] * G
-            Z = G[..., :, None] * X[..., None, :] if i > o else X[..., :, None] * G[..., None, :]
-            Zs.append(Z.flatten(-2))
-        Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
-        St = D_j @ torch.cat([Sp[:, :, None], Z], 2)                   # (B, H, C, N)
+        if lib is not None:  # the same sums as recurrences, a (batch, head) row in cache
+            pairs = [(g_j[..., None] * G, X) if i > o else (X, g_j[..., None] * G)
+                     for X, G, (i, o) in zip(Xs, Gs, shapes)]
+            St, Sp = atlas_scan.momenta(lib, Sp, *D_j.unbind(-1), pairs,
+                                        fk_j.shape[-2] - D_j.shape[-2])
+        else:
+            Zs = []
+            for X, G, (i, o) in zip(Xs, Gs, shapes):
+                G = g_j[..., None] * G
+                Z = G[..., :, None] * X[..., None, :] if i > o else \
+                    X[..., :, None] * G[..., None, :]
+                Zs.append(Z.flatten(-2))
+            Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
+            St = D_j @ torch.cat([Sp[:, :, None], Z], 2)               # (B, H, C, N)
+            Sp = St[:, :, -1]
         U = _newton_schulz_packed(St, shapes, ns_steps) if muon else St
-        # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-        Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
-        Mp, Sp = Ms[:, :, -1], St[:, :, -1]
-        x = q_j
-        for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
-            if i:
-                x = _gelu(x)
-            # x M_t, through the stored (short-first) form: a transposed M_t's gradient
-            # would be copied back into the packed layout
-            read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
-                (x[..., None, :] @ Mt)[..., 0, :]
-            x = x @ w0.to(x.dtype) + read
+        if lib is not None:  # the memories and their reads, a (batch, head) row in cache
+            x, Mp = atlas_scan.reads(lib, Mp, U, *R_j.unbind(-1), q_j,
+                                     [w0.to(q_j.dtype) for w0 in init])
+        else:
+            # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
+            Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
+            Mp = Ms[:, :, -1]
+            x = q_j
+            for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
+                if i:
+                    x = _gelu(x)
+                # x M_t, through the stored (short-first) form: a transposed M_t's gradient
+                # would be copied back into the packed layout
+                read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
+                    (x[..., None, :] @ Mt)[..., 0, :]
+                x = x @ w0.to(x.dtype) + read
         zs.append(x)
         Mc = _unpack(Mp, shapes)
         if j >= first:
@@ -251,10 +266,10 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
     return (torch.stack(zs, 2), *Mc, *_unpack(Sp, shapes), *hist)
 
 
-def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, *t):
+def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, lib, *t):
     """_chunk_run on flat tensors (the six chunk inputs, then M', M, S), for checkpoint."""
     return _chunk_run(kind, j0, first, *t[:6], init, t[6:6 + L], t[6 + L:6 + 2 * L],
-                      t[6 + 2 * L:], feature_map, muon, ns_steps)
+                      t[6 + 2 * L:], feature_map, muon, ns_steps, lib)
 
 
 def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map=None,
@@ -269,11 +284,13 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     once, and M_t = A_t M_0 + sum_{s <= t} RA[t, s] c_s U_s (U = NS(S), c = theta; without
     Muon U = S, c = 1) is another. The loop runs over the T / C chunks (each chunk's gradient
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
-    own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. Under
-    autograd the chunks run in segments of at most GROUP elements per (steps, I, O) tensor,
-    all but the last checkpointed (its backward comes first, so recomputing it would save
-    nothing): the graph of one chunk keeps ~44 bytes an element in float32 (362 MB at B=4,
-    T=512, d_model 64, whole), so a segment ~0.7 GB."""
+    own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. On the
+    CPU (ops.native.atlas_scan) the momenta and the memories with their reads run as their
+    step recurrences in C instead of those products. Under autograd the chunks run in
+    segments of at most GROUP elements per (steps, I, O) tensor, all but the last
+    checkpointed (its backward comes first, so recomputing it would save nothing), the last
+    as long as GROUP allows and the others even: at T=2048, B=4, d_model 64 one chunk of 129
+    is recomputed (peak RSS ~1.4 GB with the C recurrences)."""
     B, T, H, K = q.shape
     L = len(init)
     (q,), (k, v, theta, alpha, eta, gamma), marks = finite_inputs(
@@ -306,25 +323,32 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     th = chunks(place(theta, grid, on_grid))
     on = chunks(place(torch.ones_like(theta), grid, on_grid))
     w_in, c_out = (on, th) if muon else (th, on)
-    t_ = torch.arange(C, device=q.device)
-    i_ = torch.arange(C + W1, device=q.device)
-    band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
-    D = (_ratios(e) * w_in[..., None, :]) @ band           # (B, H, NT, C, C + W1)
-    # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
-    Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
-    Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
+    lib = atlas_scan.load() if backend.use_native(q) else None
+    if lib is not None:  # the steps' coefficients of the C recurrences
+        Dp, Rp = torch.stack([e, w_in], -1), torch.stack([a, c_out], -1)
+    else:
+        t_ = torch.arange(C, device=q.device)
+        i_ = torch.arange(C + W1, device=q.device)
+        band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
+        D = (_ratios(e) * w_in[..., None, :]) @ band       # (B, H, NT, C, C + W1)
+        # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
+        Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
+        Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
     qf = chunks(place(phi(q, feature_map), grid, on_grid))
     first, last = (T - 1) // C, (c + T - 1) // C
     args = (fk, vE, gE, qf, Dp, Rp)
     size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
-    seg = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
-    seg = -(-NT // -(-NT // seg))                          # segments of even length
+    cap = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
+    # the last segment (kept, not recomputed) as long as allowed, the rest in even segments
+    rest = NT - min(NT, cap)
+    n_rest = -(-rest // cap)
+    bounds = [rest * i // n_rest for i in range(n_rest)] + [rest, NT]
     zs, hist = [], []
-    for j0 in range(0, NT, seg):
-        part = [t[:, :, j0:j0 + seg] for t in args]
-        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps)
+    for j0, j1 in zip(bounds[:-1], bounds[1:]):
+        part = [t[:, :, j0:j1] for t in args]
+        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
         ins = (*part, *Pg, *Mc, *S)
-        out = checkpoint(fn, *ins, use_reentrant=False) if j0 + seg < NT else fn(*ins)
+        out = checkpoint(fn, *ins, use_reentrant=False) if j1 < NT else fn(*ins)
         zs.append(out[0])
         Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
         h = out[1 + 2 * L:]

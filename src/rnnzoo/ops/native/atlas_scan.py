@@ -1,0 +1,114 @@
+"""A chunk of ATLAS's momenta and memories as their recurrences in C (atlas_scan.c), the
+form ops.atlas.atlas_chunked takes on the CPU instead of one (C, C + window) product of the
+window's materialised outer products and one (C, C + 1) product of the memories:
+
+    S_t = e_t S_{t-1} - w_t sum_{i=t}^{t+W1} u_i v_i^T     (each weight's block; S_{-1} = S0)
+    M_t = a_t M_{t-1} + c_t U_t                               (M_{-1} = M0)
+
+on the packed states (..., N): every weight's short-side-first s x l matrix flattened, side
+by side (ops.atlas._pack). u (..., C + W1, s), v (..., C + W1, l) per weight (one or two);
+e, w, a, c (..., C); U (..., C, N). `reads` runs the memories with the chunk's reads of the
+memory model through them (ops.atlas's MLP or linear memory), keeping no per-step read
+gradients. float32 or float64 on the CPU
+(`ops.backend.use_native`); threads split the rows (the leading dims). Differentiable in
+every input (the backward runs each recurrence back; S_{t-1}, M_{t-1} read from the
+outputs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from rnnzoo.ops import native
+
+
+def load():
+    return native.load("atlas_scan")
+
+
+def _run(lib, name, dtype, tensors, ints, R):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    fn = native.kernel(lib, name, dtype, [P] * len(tensors) + [L] * (len(ints) + 2))
+    ptrs = [native.ptr(t) for t in tensors]
+    native.run(fn, [(*ptrs, *ints, p0, p1) for p0, p1 in native.rows(R)])
+
+
+class _Momenta(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2):
+        S0, e, w, u1, v1 = (t.contiguous() for t in (S0, e, w, u1, v1))
+        u2, v2 = (None if t is None else t.contiguous() for t in (u2, v2))
+        C, N = e.shape[-1], S0.shape[-1]
+        R = e.numel() // C
+        dims = (u1.shape[-1], v1.shape[-1], 0 if u2 is None else u2.shape[-1],
+                0 if v2 is None else v2.shape[-1], C, W1)
+        St, Slast = S0.new_empty(*e.shape, N), torch.empty_like(S0)
+        _run(lib, "mom_fwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, Slast), dims, R)
+        ctx.save_for_backward(S0, e, w, u1, v1, u2, v2, St)
+        ctx.lib, ctx.dims, ctx.R = lib, dims, R
+        return St, Slast
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dSt, dSlast):
+        S0, e, w, u1, v1, u2, v2, St = ctx.saved_tensors
+        dSt = torch.zeros_like(St) if dSt is None else dSt.contiguous()
+        dSlast = torch.zeros_like(S0) if dSlast is None else dSlast.contiguous()
+        grads = [torch.empty_like(t) if t is not None else None
+                 for t in (S0, u1, v1, u2, v2, e, w)]
+        _run(ctx.lib, "mom_bwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, dSt, dSlast,
+                                            *grads), ctx.dims, ctx.R)
+        dS0, du1, dv1, du2, dv2, de, dw = grads
+        return None, None, dS0, de, dw, du1, dv1, du2, dv2
+
+
+class _Reads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, M0, U, a, c, q, W01, W02):
+        M0, U, a, c, q, W01 = (t.contiguous() for t in (M0, U, a, c, q, W01))
+        W02 = None if W02 is None else W02.contiguous()
+        C, H = a.shape[-1], W01.shape[0]
+        R = a.numel() // C
+        (I1, O1), (I2, O2) = W01.shape[1:], (W02.shape[1:] if W02 is not None else (0, 0))
+        Ms, Mlast = torch.empty_like(U), torch.empty_like(M0)
+        z = U.new_empty(*a.shape, O2 if W02 is not None else O1)
+        hs = U.new_empty(*a.shape, O1) if W02 is not None else None
+        dims = (H, I1, O1, I2, O2, C)
+        _run(lib, "read_fwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, Mlast, z, hs), dims, R)
+        ctx.save_for_backward(M0, U, a, c, q, W01, W02, Ms, hs)
+        ctx.lib, ctx.dims, ctx.R = lib, dims, R
+        return z, Mlast
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dz, dMlast):
+        M0, U, a, c, q, W01, W02, Ms, hs = ctx.saved_tensors
+        B = ctx.R // W01.shape[0]
+        dz = a.new_zeros(*a.shape, ctx.dims[4] or ctx.dims[2]) if dz is None else \
+            dz.contiguous()
+        dMlast = torch.zeros_like(M0) if dMlast is None else dMlast.contiguous()
+        dM0, dU, da, dc, dq = (torch.empty_like(t) for t in (M0, U, a, c, q))
+        dW1 = W01.new_empty(B, *W01.shape)
+        dW2 = None if W02 is None else W02.new_empty(B, *W02.shape)
+        _run(ctx.lib, "read_bwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, dM0,
+                                             dU, da, dc, dq, dW1, dW2), ctx.dims, ctx.R)
+        return (None, dM0, dU, da, dc, dq, dW1.sum(0),
+                None if dW2 is None else dW2.sum(0))
+
+
+def momenta(lib, S0, e, w, pairs, W1):
+    """(S_t (..., C, N) of every step of a chunk, the last of them (..., N)); S0 (..., N),
+    e, w (..., C), pairs [(u, v)] per weight (one or two), W1 = window - 1; `lib` = load()."""
+    (u1, v1), (u2, v2) = pairs[0], (pairs[1] if len(pairs) > 1 else (None, None))
+    return _Momenta.apply(lib, W1, S0, e, w, u1, v1, u2, v2)
+
+
+def reads(lib, M0, U, a, c, q, W0):
+    """(z (B, H, C, O), M_{C-1} (B, H, N)): the memories M_t = a_t M_{t-1} + c_t U_t (M0
+    (B, H, N), U (B, H, C, N), a, c (B, H, C)) read by the memory model at q (B, H, C, I):
+    z_t = q_t (W0_1 + M1_t) for one weight, gelu(q_t (W0_1 + M1_t)) (W0_2 + M2_t) for two;
+    W0 the initial weights [(H, I, O)], M_t's blocks packed short side first."""
+    return _Reads.apply(lib, M0, U, a, c, q, W0[0], W0[1] if len(W0) > 1 else None)
