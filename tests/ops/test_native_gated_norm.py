@@ -2,7 +2,8 @@
 before or after the norm; the gate alone without gated_norm), mamba (skip and gate) and mlstm (head LayerNorm, skip, gate)
 and longhorn (skip and gate) against each layer's PyTorch path under backend.force("torch"): outputs and the gradients of
 the input and of every parameter, float64 to 1e-10 on 2 threads (the rows split, each part's parameter gradients summed),
-float32 to 1e-5 on 1."""
+float32 to 3e-5 on 1 (the SSD's C chunked backward sums in another order than the PyTorch
+path's: A_log's gradient differed by 1.04e-5 relative in float32, by < 1e-10 in float64)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _run(layer, x):
 
 
 @pytest.mark.parametrize("dtype,tol,threads", [(torch.float64, 1e-10, 2),
-                                               (torch.float32, 1e-5, 1)])
+                                               (torch.float32, 3e-5, 1)])
 @pytest.mark.parametrize("name,opts", CASES)
 def test_native_gated_norm_matches_torch(calls, dtype, tol, name, opts, threads):
     with threads_(threads):
