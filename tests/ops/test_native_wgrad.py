@@ -1,0 +1,47 @@
+"""ops.native.wgrad: the weight gradient g^T r in C (wgrad.c) equals the float64 product
+(float64 build tight, float32 loose), over odd shapes: N not a multiple of the row block
+(64) and N = 1, G not a multiple of the 8-row tile and G = 1, K with a tail past the last
+vector (scalar columns), K narrower than a vector, at 1 and 2 threads; and linear.weight_grad
+takes it in float32 for K or G a multiple of 16 (both orientations) and equals g^T r there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import counter, threads
+
+from rnnzoo.ops import native
+from rnnzoo.ops.native import linear as native_linear
+from rnnzoo.ops.native import wgrad
+
+pytestmark = pytest.mark.skipif(native.load("wgrad") is None, reason="no C compiler")
+
+
+@pytest.mark.parametrize("N, G, K", [(200, 13, 37), (1, 1, 16), (64, 8, 32), (130, 20, 5),
+                                     (67, 33, 128), (9, 17, 48)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_wgrad_is_g_transposed_times_r(N, G, K, dtype, n_threads):
+    gen = torch.Generator().manual_seed(N * 1000 + G * 10 + K)
+    g = torch.randn(N, G, generator=gen, dtype=dtype)
+    r = torch.randn(N, K, generator=gen, dtype=dtype)
+    with threads(n_threads):
+        got = wgrad.weight_grad(g, r)
+    want = g.double().T @ r.double()
+    assert got.shape == (G, K) and got.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * N ** 0.5)
+
+
+@pytest.mark.skipif(not native_linear._AVX512, reason="wgrad.c is taken on AVX-512 only")
+@pytest.mark.parametrize("G, K", [(24, 32), (32, 7), (8, 128)])
+def test_weight_grad_takes_wgrad(monkeypatch, G, K):
+    calls = counter(monkeypatch, wgrad, "weight_grad")
+    gen = torch.Generator().manual_seed(G + K)
+    g, r = torch.randn(2, 75, G, generator=gen), torch.randn(2, 75, K, generator=gen)
+    with torch.no_grad():
+        got = native_linear.weight_grad(g, r)
+    assert calls[0] == 1
+    want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
+    assert got.shape == (G, K)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
