@@ -2,7 +2,8 @@
 (float64 build tight, float32 loose), over odd shapes: N not a multiple of the row block
 (64) and N = 1, G not a multiple of the 8-row tile and G = 1, K with a tail past the last
 vector (scalar columns), K narrower than a vector, at 1 and 2 threads; and linear.weight_grad
-takes it in float32 for K or G a multiple of 16 (both orientations) and equals g^T r there."""
+takes it in float32 for K or G a multiple of 16 (both orientations, not K >= 256 with G < 64)
+and equals g^T r either way."""
 
 from __future__ import annotations
 
@@ -34,14 +35,16 @@ def test_wgrad_is_g_transposed_times_r(N, G, K, dtype, n_threads):
 
 
 @pytest.mark.skipif(not native_linear._AVX512, reason="wgrad.c is taken on AVX-512 only")
-@pytest.mark.parametrize("G, K", [(24, 32), (32, 7), (8, 128)])
-def test_weight_grad_takes_wgrad(monkeypatch, G, K):
+@pytest.mark.parametrize("G, K, taken", [(24, 32, 1), (32, 7, 1), (8, 128, 1), (8, 256, 0),
+                                         (7, 9, 0)])
+def test_weight_grad_takes_wgrad(monkeypatch, G, K, taken):
+    """wgrad.c where K (or G) is a multiple of 16, not for K >= 256 with G < 64 (oneDNN)."""
     calls = counter(monkeypatch, wgrad, "weight_grad")
     gen = torch.Generator().manual_seed(G + K)
     g, r = torch.randn(2, 75, G, generator=gen), torch.randn(2, 75, K, generator=gen)
     with torch.no_grad():
         got = native_linear.weight_grad(g, r)
-    assert calls[0] == 1
+    assert calls[0] == taken
     want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
     assert got.shape == (G, K)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)

@@ -84,14 +84,16 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """sum over rows of g^T r: g (..., G), r (..., K) -> (G, K), the gradient of a matrix W
     used as r W^T. On the CPU in float32 outside autograd: where torch runs AVX-512 and K (or
     else G) is a multiple of 16, wgrad.c's register tiles on the dense operands as they are
-    (~15% faster than oneDNN at the layers' shapes, N = 8192, K = 128, G = 8 .. 1024: oneDNN
-    copies its transposed first operand each call); else oneDNN's product on the transposed
+    (1.1-1.7x oneDNN at the layers' shapes, N = 8192, K = 128, G = 4 .. 1664: oneDNN copies
+    its transposed first operand each call; not at K >= 256 with G < 64, 768 -> 8 and
+    256 -> 40, where they tie); else oneDNN's product on the transposed
     views, the wider side as the product's output rows (the faster order: 7 against 11 ms at
     G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
             and not torch.is_grad_enabled() and backend.use_native(g, r)):
-        if _AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0):
+        if (_AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0)
+                and not (r.shape[1] >= 256 and g.shape[1] < 64)):
             out = (_wgrad.weight_grad(g, r) if r.shape[1] % 16 == 0
                    else _wgrad.weight_grad(r, g))
             if out is not None:
