@@ -3,7 +3,8 @@
 (64) and N = 1, G not a multiple of the 8-row tile and G = 1, K with a tail past the last
 vector (scalar columns), K narrower than a vector, at 1 and 2 threads; and linear.weight_grad
 takes it in float32 for K or G a multiple of 16 (both orientations, not K >= 256 with G < 64)
-and equals g^T r either way."""
+and equals g^T r either way; with the bias's gradient (g's column sums) through linear's
+backward."""
 
 from __future__ import annotations
 
@@ -28,10 +29,30 @@ def test_wgrad_is_g_transposed_times_r(N, G, K, dtype, n_threads):
     r = torch.randn(N, K, generator=gen, dtype=dtype)
     with threads(n_threads):
         got = wgrad.weight_grad(g, r)
+        got_b, db = wgrad.weight_grad(g, r, bias=True)
     want = g.double().T @ r.double()
-    assert got.shape == (G, K) and got.dtype == dtype
+    assert got.shape == (G, K) and got.dtype == dtype and db.shape == (G,)
     tol = 1e-12 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * N ** 0.5)
+    assert torch.equal(got_b, got)
+    torch.testing.assert_close(db.double(), g.double().sum(0), rtol=tol, atol=tol * N ** 0.5)
+
+
+@pytest.mark.parametrize("out, inp", [(20, 32), (48, 9), (5, 16)])
+def test_linear_bias_grad_through_wgrad(monkeypatch, out, inp):
+    """linear's backward: the weight (and, where wgrad.c takes K = in, the bias) gradient
+    from wgrad.c equal F.linear's."""
+    calls = counter(monkeypatch, wgrad, "weight_grad")
+    gen = torch.Generator().manual_seed(out + inp)
+    x = torch.randn(3, 70, inp, generator=gen, requires_grad=True)
+    w = torch.randn(out, inp, generator=gen, requires_grad=True)
+    b = torch.randn(out, generator=gen, requires_grad=True)
+    dy = torch.randn(3, 70, out, generator=gen)
+    got = torch.autograd.grad(native_linear.linear(x, w, b), (x, w, b), dy)
+    want = torch.autograd.grad(torch.nn.functional.linear(x, w, b), (x, w, b), dy)
+    assert calls[0] == (1 if native_linear._AVX512 else 0)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.skipif(not native_linear._AVX512, reason="wgrad.c is taken on AVX-512 only")

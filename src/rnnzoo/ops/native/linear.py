@@ -65,8 +65,10 @@ class _Linear(torch.autograd.Function):
             db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
             return dx, dw, db
         dx = _mm(g2, weight.t()).view(ctx.shape) if ctx.needs_input_grad[0] else None
-        dw = weight_grad(g2, x2) if ctx.needs_input_grad[1] else None
-        db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        want_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dw, db = _weight_grads(g2, x2, want_db) if ctx.needs_input_grad[1] else (None, None)
+        if want_db and db is None:
+            db = g2.sum(0)
         return dx, dw, db
 
 
@@ -90,16 +92,27 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     views, the wider side as the product's output rows (the faster order: 7 against 11 ms at
     G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
+    return _weight_grads(g, r, False)[0]
+
+
+def _weight_grads(g, r, bias):
+    """weight_grad's (g^T r, g.sum(0)) on dense g (N, G), r (N, K); the second only with
+    bias where wgrad.c sums it while it reads g (a bias's gradient: torch's g.sum(0) reads an
+    (8192, 644) g from memory again, ~2 ms), else None."""
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
             and not torch.is_grad_enabled() and backend.use_native(g, r)):
         if (_AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0)
                 and not (r.shape[1] >= 256 and g.shape[1] < 64)):
-            out = (_wgrad.weight_grad(g, r) if r.shape[1] % 16 == 0
-                   else _wgrad.weight_grad(r, g))
-            if out is not None:
-                return out if r.shape[1] % 16 == 0 else out.T
-        return _mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)
-    return g.T @ r
+            if r.shape[1] % 16 == 0:
+                out = _wgrad.weight_grad(g, r, bias)
+                if out is not None:
+                    return out if bias else (out, None)
+            else:
+                out = _wgrad.weight_grad(r, g)
+                if out is not None:
+                    return out.T, None
+        return (_mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)), None
+    return g.T @ r, None
 
 
 def linear(x, weight, bias=None):
