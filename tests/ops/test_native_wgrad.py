@@ -69,3 +69,19 @@ def test_weight_grad_takes_wgrad(monkeypatch, G, K, taken):
     want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
     assert got.shape == (G, K)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_strided_bias():
+    """linear's forward takes the bias into oneDNN's product: a strided bias (a view) gives
+    F.linear's output and gradients."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 33, 32, generator=gen, requires_grad=True)
+    w = torch.randn(24, 32, generator=gen, requires_grad=True)
+    b_full = torch.randn(48, generator=gen, requires_grad=True)
+    dy = torch.randn(2, 33, 24, generator=gen)
+    outs = []
+    for f in (native_linear.linear, torch.nn.functional.linear):
+        y = f(x, w, b_full[::2])
+        outs.append((y, *torch.autograd.grad(y, (x, w, b_full), dy)))
+    for a, e in zip(*outs):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)

@@ -47,9 +47,9 @@ class _Linear(torch.autograd.Function):
         # dense operands: oneDNN takes any dense strides (the transposed views below), but an
         # expanded or sliced tensor sends it to a reference loop ~1000x slower
         x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
-        y = _mm(x2, weight)
-        if bias is not None:
-            y += bias
+        # the bias added inside oneDNN's product (a separate y += bias passed over y again:
+        # 128 -> 644 15.4 against 14.5 ms)
+        y = _LP(x2, weight, None if bias is None else bias.contiguous(), "none", [], "")
         ctx.save_for_backward(x2, weight)
         ctx.has_bias, ctx.shape = bias is not None, x.shape
         return y.view(*x.shape[:-1], weight.shape[0])
