@@ -57,6 +57,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     lattice_scan.c      Lattice's orthogonal slot recurrence
     titans_scan.c       Titans' linear weight-only memory: its chunk loop and reads
     linear.py           (no C) x W^T + b through oneDNN's float32 matmul (AVX-512 where MKL's sgemm is AVX2)
+    wgrad.c             the weight gradient g^T r of linear.py's products (linear.weight_grad)
     simple_gated.c      cfn, ran and state_regularized_rnn's loops (`ops.native.cells`)
     plain_cells.c       ugrnn, ligru, mgu, star, sgrn, lightru, atr, nbr, br, fastgrnn,
                         gated_antisymmetric_rnn and cornn's loops (`ops.native.cells`)

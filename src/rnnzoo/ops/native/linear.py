@@ -7,8 +7,8 @@ the library nn.LSTM's CPU kernel runs on), forward and backward; F.linear elsewh
 Why: on this project's CPUs torch's F.linear goes to MKL's sgemm, which takes its AVX2 code
 on AMD processors (~90 GFLOP/s on one Zen 5 core), while oneDNN runs AVX-512 (~200 for
 the products x W^T and dy W of a (8192, 128) x (128, 644) projection, ~110 for the weight
-gradient dy^T x). Same float32 arithmetic, no lower precision (differences are rounding
-order). Taken when ops.backend.use_native holds (CPU, eager, not forced to torch), the
+gradient dy^T x, which wgrad.c's register tiles run ~15% faster: see weight_grad). Same
+float32 arithmetic, no lower precision (differences are rounding order). Taken when ops.backend.use_native holds (CPU, eager, not forced to torch), the
 tensors are float32 and torch has the op; float64, other devices, torch.compile and
 backend.force("torch") (FLOP counting) keep F.linear.
 """
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnzoo.ops import backend
+from rnnzoo.ops.native import wgrad as _wgrad
 
 
 def _op():
@@ -32,6 +33,7 @@ def _op():
 
 
 _LP = _op()
+_AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def _mm(a, b):
@@ -45,9 +47,9 @@ class _Linear(torch.autograd.Function):
         # dense operands: oneDNN takes any dense strides (the transposed views below), but an
         # expanded or sliced tensor sends it to a reference loop ~1000x slower
         x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
-        y = _mm(x2, weight)
-        if bias is not None:
-            y += bias
+        # the bias added inside oneDNN's product (a separate y += bias passed over y again:
+        # 128 -> 644 15.4 against 14.5 ms)
+        y = _LP(x2, weight, None if bias is None else bias.contiguous(), "none", [], "")
         ctx.save_for_backward(x2, weight)
         ctx.has_bias, ctx.shape = bias is not None, x.shape
         return y.view(*x.shape[:-1], weight.shape[0])
@@ -63,8 +65,10 @@ class _Linear(torch.autograd.Function):
             db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
             return dx, dw, db
         dx = _mm(g2, weight.t()).view(ctx.shape) if ctx.needs_input_grad[0] else None
-        dw = weight_grad(g2, x2) if ctx.needs_input_grad[1] else None
-        db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        want_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dw, db = _weight_grads(g2, x2, want_db) if ctx.needs_input_grad[1] else (None, None)
+        if want_db and db is None:
+            db = g2.sum(0)
         return dx, dw, db
 
 
@@ -80,15 +84,35 @@ def product(a: torch.Tensor, b: torch.Tensor, bias=None) -> torch.Tensor:
 
 def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """sum over rows of g^T r: g (..., G), r (..., K) -> (G, K), the gradient of a matrix W
-    used as r W^T. On the CPU in float32 outside autograd, oneDNN's product on the
-    transposed views of the dense operands (which it reads as they are: no transposed copy),
-    the wider side as the product's output rows (the faster order: 7 against 11 ms at
+    used as r W^T. On the CPU in float32 outside autograd: where torch runs AVX-512 and K (or
+    else G) is a multiple of 16, wgrad.c's register tiles on the dense operands as they are
+    (1.1-1.7x oneDNN at the layers' shapes, N = 8192, K = 128, G = 4 .. 1664: oneDNN copies
+    its transposed first operand each call; not at K >= 256 with G < 64, 768 -> 8 and
+    256 -> 40, where they tie); else oneDNN's product on the transposed
+    views, the wider side as the product's output rows (the faster order: 7 against 11 ms at
     G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
+    return _weight_grads(g, r, False)[0]
+
+
+def _weight_grads(g, r, bias):
+    """weight_grad's (g^T r, g.sum(0)) on dense g (N, G), r (N, K); the second only with
+    bias where wgrad.c sums it while it reads g (a bias's gradient: torch's g.sum(0) reads an
+    (8192, 644) g from memory again, ~2 ms), else None."""
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
             and not torch.is_grad_enabled() and backend.use_native(g, r)):
-        return _mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)
-    return g.T @ r
+        if (_AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0)
+                and not (r.shape[1] >= 256 and g.shape[1] < 64)):
+            if r.shape[1] % 16 == 0:
+                out = _wgrad.weight_grad(g, r, bias)
+                if out is not None:
+                    return out if bias else (out, None)
+            else:
+                out = _wgrad.weight_grad(r, g)
+                if out is not None:
+                    return out.T, None
+        return (_mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)), None
+    return g.T @ r, None
 
 
 def linear(x, weight, bias=None):
