@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
@@ -83,9 +82,10 @@ class LogLinearMamba2(Mamba2):
         place; no repeated copies of q and k each way)."""
         Bsz, T, _ = x.shape
         sdt = conv_state.dtype
-        q, k, v, log_decay, xs, z, conv_state = self._project(x, conv_state, sdt)
-        lam = F.softplus(self.level_proj(x).to(sdt)).reshape(Bsz, T, self.num_heads,
-                                                              self.num_levels)
+        # the level weights' product with dt's (Mamba2._project's extra rows)
+        q, k, v, log_decay, xs, z, conv_state, lam = self._project(
+            x, conv_state, sdt, extra=(self.level_proj.weight, self.level_proj.bias))
+        lam = lam.reshape(Bsz, T, self.num_heads, self.num_levels)
         return q, k, v, log_decay, lam, (z, xs, conv_state)
 
     def op_output(self, y, x, rest):

@@ -125,26 +125,39 @@ class Mamba2(RecurrentLayer):
                         dtype=state_dtype(dtype))
         return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
 
-    def _project(self, x, conv_state, dtype):
+    def _project(self, x, conv_state, dtype, extra=None):
         """The op's inputs q = C, k = B (B, T, n_groups, d_state), v = dt x (B, T, H, head_dim), the
         log-decay dt A (B, T, H) in `dtype`; the skip input xs (B, T, H, head_dim), the gate z
-        (B, T, d_inner) and the new conv state."""
+        (B, T, d_inner) and the new conv state. With `extra` = (W (E, d_model), b (E,)), one
+        more output after those: softplus(x W^T + b) (B, T, E) in `dtype` (a subclass's
+        projection, e.g. LogLinearMamba2's level weights), from dt's product."""
         Bsz, T, _ = x.shape
         H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
         # three products over row blocks of in_proj's weight instead of one split: the split's
         # backward concatenated the three gradients (a (B, T, 2 d_inner + 2 G N + H) copy) and
         # xBC came out strided (copied again in front of the conv)
-        z, xBC, dt = (linear(x, w) for w in self.in_proj.weight.split(
-            [self.d_inner, self.d_inner + 2 * G * N, H]))
+        wz, wxbc, wdt = self.in_proj.weight.split([self.d_inner, self.d_inner + 2 * G * N, H])
+        z, xBC = linear(x, wz), linear(x, wxbc)
+        out = ()
+        if extra is not None and x.dtype == dtype:
+            # dt's rows and the extra rows as one product with dt_bias and b as its bias, one
+            # softplus: no second product each way, no second (B, T, d_model) gradient to add
+            sp = F.softplus(linear(x, torch.cat([wdt, extra[0]]),
+                                   torch.cat([self.dt_bias.to(x.dtype), extra[1]])))
+            dt, out = sp[..., :H], (sp[..., H:],)
+        else:
+            dt = F.softplus(linear(x, wdt).to(dtype) + self.dt_bias)  # (B, T, H)
+            if extra is not None:
+                out = (F.softplus(linear(x, *extra).to(dtype)),)
         xBC, conv_state = self.conv(xBC, conv_state)
         xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
         xs = xs.reshape(Bsz, T, H, P)
-        dt = F.softplus(dt.to(dtype) + self.dt_bias)  # (B, T, H)
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
         log_decay = -dt * self.A_log.to(dtype).exp()
         v = xs.to(dtype) * dt[..., None]
-        return Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state
+        return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state,
+                *out)
 
     def _heads(self, t):
         """A group's (B, T, G, d_state) input repeated to its heads: (B, T, H, d_state)."""
