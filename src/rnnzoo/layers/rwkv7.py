@@ -107,7 +107,14 @@ class RWKV7(RecurrentLayer):
         B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5, in torch's one fused pass each way
         o = F.group_norm(o.reshape(B * T, H * K), H, self.norm_weight.to(cdt),
                          self.norm_bias.to(cdt), eps=K * 1e-5).view(B, T, H * K)
-        bonus = (r * k * self.r_k.to(cdt)).sum(-1, keepdim=True) * v
+        rk = self.r_k.to(cdt)
+        lib = native_mix.load() if backend.use_native(o, r, k, v, g, rk) else None
+        if lib is not None:  # the bonus term and the gate in one C pass each way (token_mix)
+            y = native_mix.bonus_gate(lib, o.view(B * T, H, K), r.reshape(B * T, H, K),
+                                      k.reshape(B * T, H, K), v.reshape(B * T, H, K),
+                                      g.reshape(B * T, H, K), rk).view(B, T, H * K)
+            return self.o_proj(y.to(x.dtype))
+        bonus = (r * k * rk).sum(-1, keepdim=True) * v
         return self.o_proj(((o + bonus.flatten(2)) * g).to(x.dtype))
 
     def _forward(self, x, state, mode):

@@ -154,4 +154,53 @@ void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *re
         }
 }
 
+/* RWKV-7's output head before its projection, per token and head h (rows N, H heads):
+
+       y = (o + s v) o g,     s = sum_i r_i k_i rk_{h,i}     (the bonus term)
+
+   o, v, g, y, dy and their gradients (N, H, V); r, k, dr, dk (N, H, K); rk, drk (H, K).
+   Backward from dy: gp = dy o g, do = gp, dg = dy o (o + s v), dv = s gp, ds = <gp, v>,
+   dr = ds k o rk, dk = ds r o rk and this call's partial drk = sum_n ds r o k (the caller
+   sums the calls). Each function does the tokens [r0, r1). */
+void NAME(bonus_fwd)(const T *restrict o, const T *restrict r, const T *restrict k,
+                     const T *restrict v, const T *restrict g, const T *restrict rk,
+                     T *restrict y, long H, long K, long V, long r0, long r1) {
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = (n * H + h) * K, u = (n * H + h) * V;
+            const T *restrict rkh = rk + h * K;
+            T s = 0;
+            for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
+            for (long j = 0; j < V; j++) y[u + j] = (o[u + j] + s * v[u + j]) * g[u + j];
+        }
+}
+
+void NAME(bonus_bwd)(const T *restrict dy, const T *restrict o, const T *restrict r,
+                     const T *restrict k, const T *restrict v, const T *restrict g,
+                     const T *restrict rk, T *restrict dout, T *restrict dr, T *restrict dk,
+                     T *restrict dv, T *restrict dg, T *restrict drk, long H, long K, long V,
+                     long r0, long r1) {
+    memset(drk, 0, H * K * sizeof(T));
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = (n * H + h) * K, u = (n * H + h) * V;
+            const T *restrict rkh = rk + h * K;
+            T *restrict drkh = drk + h * K;
+            T s = 0, ds = 0;
+            for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
+            for (long j = 0; j < V; j++) {
+                const T gp = dy[u + j] * g[u + j];
+                dout[u + j] = gp;
+                dg[u + j] = dy[u + j] * (o[u + j] + s * v[u + j]);
+                dv[u + j] = s * gp;
+                ds += gp * v[u + j];
+            }
+            for (long i = 0; i < K; i++) {
+                dr[q + i] = ds * k[q + i] * rkh[i];
+                dk[q + i] = ds * r[q + i] * rkh[i];
+                drkh[i] += ds * r[q + i] * k[q + i];
+            }
+        }
+}
+
 #endif

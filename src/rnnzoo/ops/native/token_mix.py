@@ -135,3 +135,45 @@ def shift_mix(lib, x, x_last, mu):
 def token_mix(lib, x, step, mu):
     """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
     return _TokenMix.apply(lib, x, step, mu)
+
+
+class _Bonus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, o, r, k, v, g, rk):
+        o, r, k, v, g, rk = (t.contiguous() for t in (o, r, k, v, g, rk))
+        N, H, K = r.shape
+        V = v.shape[-1]
+        P, L = ctypes.c_void_p, ctypes.c_long
+        fwd = native.kernel(lib, "bonus_fwd", o.dtype, [P] * 7 + [L] * 5)
+        y = torch.empty_like(v)
+        P = native.ptr
+        native.run(fwd, [(P(o), P(r), P(k), P(v), P(g), P(rk), P(y), H, K, V, r0, r1)
+                         for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(o, r, k, v, g, rk)
+        ctx.lib = lib
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        o, r, k, v, g, rk = ctx.saved_tensors
+        N, H, K = r.shape
+        V = v.shape[-1]
+        dy = dy.contiguous()
+        P, L = ctypes.c_void_p, ctypes.c_long
+        bwd = native.kernel(ctx.lib, "bonus_bwd", o.dtype, [P] * 13 + [L] * 5)
+        do, dr, dk, dv, dg = (torch.empty_like(t) for t in (o, r, k, v, g))
+        parts = native.rows(N)
+        drk = rk.new_empty(len(parts), H, K)
+        P = native.ptr
+        native.run(bwd, [(P(dy), P(o), P(r), P(k), P(v), P(g), P(rk), P(do), P(dr), P(dk),
+                          P(dv), P(dg), P(drk[i]), H, K, V, r0, r1)
+                         for i, (r0, r1) in enumerate(parts)])
+        return None, do, dr, dk, dv, dg, drk.sum(0)
+
+
+def bonus_gate(lib, o, r, k, v, g, rk):
+    """RWKV-7's (o + (sum_i r_i k_i rk_i) v) o g per token and head: o, v, g (N, H, V);
+    r, k (N, H, K); rk (H, K); one dtype on the CPU -> (N, H, V), differentiable in all six
+    (token_mix.c's bonus_fwd / bonus_bwd: one pass each way where torch takes ~6 forward and
+    ~12 backward)."""
+    return _Bonus.apply(lib, o, r, k, v, g, rk)
