@@ -104,16 +104,16 @@ class RWKV7(RecurrentLayer):
     def op_output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
         cdt = o.dtype
-        B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5, in torch's one fused pass each way
-        o = F.group_norm(o.reshape(B * T, H * K), H, self.norm_weight.to(cdt),
-                         self.norm_bias.to(cdt), eps=K * 1e-5).view(B, T, H * K)
-        rk = self.r_k.to(cdt)
-        lib = native_mix.load() if backend.use_native(o, r, k, v, g, rk) else None
-        if lib is not None:  # the bonus term and the gate in one C pass each way (token_mix)
-            y = native_mix.bonus_gate(lib, o.view(B * T, H, K), r.reshape(B * T, H, K),
-                                      k.reshape(B * T, H, K), v.reshape(B * T, H, K),
-                                      g.reshape(B * T, H, K), rk).view(B, T, H * K)
-            return self.o_proj(y.to(x.dtype))
+        B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5
+        rk, nw, nb = self.r_k.to(cdt), self.norm_weight.to(cdt), self.norm_bias.to(cdt)
+        lib = native_mix.load() if backend.use_native(o, r, k, v, g, rk, nw, nb) else None
+        if lib is not None:  # the norm, bonus term and gate in one C pass each way (token_mix)
+            heads = lambda t: t.reshape(B * T, H, K)  # noqa: E731
+            y = native_mix.bonus_gate(lib, heads(o), nw.view(H, K), nb.view(H, K), K * 1e-5,
+                                      heads(r), heads(k), heads(v), heads(g), rk)
+            return self.o_proj(y.view(B, T, H * K).to(x.dtype))
+        # torch's group norm in its one fused pass each way
+        o = F.group_norm(o.reshape(B * T, H * K), H, nw, nb, eps=K * 1e-5).view(B, T, H * K)
         bonus = (r * k * rk).sum(-1, keepdim=True) * v
         return self.o_proj(((o + bonus.flatten(2)) * g).to(x.dtype))
 

@@ -154,46 +154,73 @@ void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *re
         }
 }
 
-/* RWKV-7's output head before its projection, per token and head h (rows N, H heads):
+/* RWKV-7's output head before its projection, per token and head h (rows N, H heads): the
+   head's group norm, the bonus term and the gate,
 
-       y = (o + s v) o g,     s = sum_i r_i k_i rk_{h,i}     (the bonus term)
+       y = (n + s v) o g,   n = (x - mean x) / sqrt(var x + eps) o nw_h + nb_h,
+       s = sum_i r_i k_i rk_{h,i}
 
-   o, v, g, y, dy and their gradients (N, H, V); r, k, dr, dk (N, H, K); rk, drk (H, K).
-   Backward from dy: gp = dy o g, do = gp, dg = dy o (o + s v), dv = s gp, ds = <gp, v>,
-   dr = ds k o rk, dk = ds r o rk and this call's partial drk = sum_n ds r o k (the caller
-   sums the calls). Each function does the tokens [r0, r1). */
-void NAME(bonus_fwd)(const T *restrict o, const T *restrict r, const T *restrict k,
-                     const T *restrict v, const T *restrict g, const T *restrict rk,
-                     T *restrict y, long H, long K, long V, long r0, long r1) {
+   x, v, g, y, dy and their gradients (N, H, V); r, k, dr, dk (N, H, K); rk, drk (H, K);
+   nw, nb, dnw, dnb (H, V). Backward from dy: gp = dy o g, dg = dy o (n + s v), dv = s gp,
+   ds = <gp, v>, dr = ds k o rk, dk = ds r o rk, the norm's dx = (m - mean m - xh mean(m o xh))
+   / sqrt(var + eps) with xh the normalised x and m = gp o nw, and this call's partial sums
+   drk = sum_n ds r o k, dnw = sum_n gp o xh, dnb = sum_n gp (the caller sums the calls).
+   Each function does the tokens [r0, r1). */
+static inline T NAME(head_norm)(const T *restrict x, long V, T eps, T *restrict rs) {
+    T mu = 0, var = 0;
+    for (long j = 0; j < V; j++) mu += x[j];
+    mu /= V;
+    for (long j = 0; j < V; j++) var += (x[j] - mu) * (x[j] - mu);
+    *rs = 1 / SQRT(var / V + eps);
+    return mu;
+}
+
+void NAME(bonus_fwd)(const T *restrict x, const T *restrict nw, const T *restrict nb,
+                     const T *restrict r, const T *restrict k, const T *restrict v,
+                     const T *restrict g, const T *restrict rk, T *restrict y, T eps, long H,
+                     long K, long V, long r0, long r1) {
     for (long n = r0; n < r1; n++)
         for (long h = 0; h < H; h++) {
             const long q = (n * H + h) * K, u = (n * H + h) * V;
-            const T *restrict rkh = rk + h * K;
-            T s = 0;
+            const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
+            T s = 0, rs;
             for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
-            for (long j = 0; j < V; j++) y[u + j] = (o[u + j] + s * v[u + j]) * g[u + j];
+            const T mu = NAME(head_norm)(x + u, V, eps, &rs);
+            for (long j = 0; j < V; j++)
+                y[u + j] = ((x[u + j] - mu) * rs * w[j] + bi[j] + s * v[u + j]) * g[u + j];
         }
 }
 
-void NAME(bonus_bwd)(const T *restrict dy, const T *restrict o, const T *restrict r,
-                     const T *restrict k, const T *restrict v, const T *restrict g,
-                     const T *restrict rk, T *restrict dout, T *restrict dr, T *restrict dk,
-                     T *restrict dv, T *restrict dg, T *restrict drk, long H, long K, long V,
-                     long r0, long r1) {
+void NAME(bonus_bwd)(const T *restrict dy, const T *restrict x, const T *restrict nw,
+                     const T *restrict nb, const T *restrict r, const T *restrict k,
+                     const T *restrict v, const T *restrict g, const T *restrict rk,
+                     T *restrict dx, T *restrict dr, T *restrict dk, T *restrict dv,
+                     T *restrict dg, T *restrict drk, T *restrict dnw, T *restrict dnb, T eps,
+                     long H, long K, long V, long r0, long r1) {
     memset(drk, 0, H * K * sizeof(T));
+    memset(dnw, 0, H * V * sizeof(T));
+    memset(dnb, 0, H * V * sizeof(T));
     for (long n = r0; n < r1; n++)
         for (long h = 0; h < H; h++) {
             const long q = (n * H + h) * K, u = (n * H + h) * V;
-            const T *restrict rkh = rk + h * K;
-            T *restrict drkh = drk + h * K;
-            T s = 0, ds = 0;
+            const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
+            T *restrict drkh = drk + h * K, *restrict dwh = dnw + h * V, *restrict dbh = dnb + h * V;
+            T s = 0, ds = 0, rs, mm = 0, mx = 0;
             for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
+            const T mu = NAME(head_norm)(x + u, V, eps, &rs);
             for (long j = 0; j < V; j++) {
-                const T gp = dy[u + j] * g[u + j];
-                dout[u + j] = gp;
-                dg[u + j] = dy[u + j] * (o[u + j] + s * v[u + j]);
+                const T gp = dy[u + j] * g[u + j], xh = (x[u + j] - mu) * rs, m = gp * w[j];
+                dg[u + j] = dy[u + j] * (xh * w[j] + bi[j] + s * v[u + j]);
                 dv[u + j] = s * gp;
                 ds += gp * v[u + j];
+                dwh[j] += gp * xh;
+                dbh[j] += gp;
+                mm += m, mx += m * xh;
+            }
+            mm /= V, mx /= V;
+            for (long j = 0; j < V; j++) {
+                const T xh = (x[u + j] - mu) * rs;
+                dx[u + j] = (dy[u + j] * g[u + j] * w[j] - mm - xh * mx) * rs;
             }
             for (long i = 0; i < K; i++) {
                 dr[q + i] = ds * k[q + i] * rkh[i];

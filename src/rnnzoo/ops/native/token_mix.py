@@ -139,41 +139,44 @@ def token_mix(lib, x, step, mu):
 
 class _Bonus(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, o, r, k, v, g, rk):
-        o, r, k, v, g, rk = (t.contiguous() for t in (o, r, k, v, g, rk))
+    def forward(ctx, lib, x, nw, nb, eps, r, k, v, g, rk):
+        x, nw, nb, r, k, v, g, rk = (t.contiguous() for t in (x, nw, nb, r, k, v, g, rk))
         N, H, K = r.shape
         V = v.shape[-1]
         P, L = ctypes.c_void_p, ctypes.c_long
-        fwd = native.kernel(lib, "bonus_fwd", o.dtype, [P] * 7 + [L] * 5)
+        F = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "bonus_fwd", x.dtype, [P] * 9 + [F] + [L] * 5)
         y = torch.empty_like(v)
         P = native.ptr
-        native.run(fwd, [(P(o), P(r), P(k), P(v), P(g), P(rk), P(y), H, K, V, r0, r1)
-                         for r0, r1 in native.rows(N)])
-        ctx.save_for_backward(o, r, k, v, g, rk)
-        ctx.lib = lib
+        native.run(fwd, [(P(x), P(nw), P(nb), P(r), P(k), P(v), P(g), P(rk), P(y), eps, H, K, V,
+                          r0, r1) for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(x, nw, nb, r, k, v, g, rk)
+        ctx.lib, ctx.eps = lib, eps
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        o, r, k, v, g, rk = ctx.saved_tensors
+        x, nw, nb, r, k, v, g, rk = ctx.saved_tensors
         N, H, K = r.shape
         V = v.shape[-1]
         dy = dy.contiguous()
         P, L = ctypes.c_void_p, ctypes.c_long
-        bwd = native.kernel(ctx.lib, "bonus_bwd", o.dtype, [P] * 13 + [L] * 5)
-        do, dr, dk, dv, dg = (torch.empty_like(t) for t in (o, r, k, v, g))
+        F = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "bonus_bwd", x.dtype, [P] * 17 + [F] + [L] * 5)
+        dx, dr, dk, dv, dg = (torch.empty_like(t) for t in (x, r, k, v, g))
         parts = native.rows(N)
-        drk = rk.new_empty(len(parts), H, K)
+        drk, dnw, dnb = (t.new_empty(len(parts), *t.shape) for t in (rk, nw, nb))
         P = native.ptr
-        native.run(bwd, [(P(dy), P(o), P(r), P(k), P(v), P(g), P(rk), P(do), P(dr), P(dk),
-                          P(dv), P(dg), P(drk[i]), H, K, V, r0, r1)
-                         for i, (r0, r1) in enumerate(parts)])
-        return None, do, dr, dk, dv, dg, drk.sum(0)
+        native.run(bwd, [(P(dy), P(x), P(nw), P(nb), P(r), P(k), P(v), P(g), P(rk), P(dx), P(dr),
+                          P(dk), P(dv), P(dg), P(drk[i]), P(dnw[i]), P(dnb[i]), ctx.eps, H, K, V,
+                          r0, r1) for i, (r0, r1) in enumerate(parts)])
+        return None, dx, dnw.sum(0), dnb.sum(0), None, dr, dk, dv, dg, drk.sum(0)
 
 
-def bonus_gate(lib, o, r, k, v, g, rk):
-    """RWKV-7's (o + (sum_i r_i k_i rk_i) v) o g per token and head: o, v, g (N, H, V);
-    r, k (N, H, K); rk (H, K); one dtype on the CPU -> (N, H, V), differentiable in all six
-    (token_mix.c's bonus_fwd / bonus_bwd: one pass each way where torch takes ~6 forward and
-    ~12 backward)."""
-    return _Bonus.apply(lib, o, r, k, v, g, rk)
+def bonus_gate(lib, x, nw, nb, eps, r, k, v, g, rk):
+    """RWKV-7's (GroupNorm_H(x) + (sum_i r_i k_i rk_i) v) o g per token and head: x, v, g
+    (N, H, V); nw, nb (H, V) the norm's weight and bias, eps its epsilon; r, k (N, H, K);
+    rk (H, K); one dtype on the CPU -> (N, H, V), differentiable in all tensors
+    (token_mix.c's bonus_fwd / bonus_bwd: one pass each way where torch's group norm and
+    the elementwise form take ~7 passes forward and ~14 backward)."""
+    return _Bonus.apply(lib, x, nw, nb, float(eps), r, k, v, g, rk)
