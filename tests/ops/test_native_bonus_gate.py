@@ -37,3 +37,49 @@ def test_bonus_gate(dtype, tol, N, H, K, V, threads):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     finally:
         torch.set_num_threads(old)
+
+
+def _keys_torch(k, ap, wp, kk, ka, wc, eps, H):
+    N, D = k.shape
+    a = torch.sigmoid(ap)
+    kap = (k * -kk).view(N, H, D // H)
+    nk = (kap / kap.norm(dim=-1, keepdim=True).clamp(min=eps)).view(N, D)
+    return wc * torch.sigmoid(wp), k * (1 - ka + a * ka), nk, -nk * a
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("N,H,K", [(1, 1, 3), (37, 4, 32), (70, 2, 7)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("used", ["all", "nk_b", "w_kt"])
+def test_rwkv7_keys(dtype, tol, N, H, K, threads, used):
+    """token_mix.rwkv7_keys against the torch form (F.normalize's clamp), values and the five
+    input gradients, with some outputs unused (their gradients None); a zero key row tests
+    the norm's floor."""
+    lib = token_mix.load()
+    if lib is None:
+        pytest.skip("no C compiler")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g0 = torch.Generator().manual_seed(N * 5 + K)
+        D = H * K
+        shapes = [(N, D), (N, D), (N, D), (D,), (D,)]
+        ins = [(3 * torch.randn(*s, generator=g0, dtype=dtype)) for s in shapes]
+        ins[0][0, :K] = 0  # the floor
+        ins = [t.requires_grad_() for t in ins]
+        outs = token_mix.rwkv7_keys(lib, *ins, -0.6, 1e-12, H)
+        refs = _keys_torch(*ins, -0.6, 1e-12, H)
+        keep = {"all": (0, 1, 2, 3), "nk_b": (2, 3), "w_kt": (0, 1)}[used]
+        dys = [torch.randn(N, D, generator=g0, dtype=dtype) for _ in range(4)]
+        loss = sum((outs[i] * dys[i]).sum() for i in keep)
+        ref_loss = sum((refs[i] * dys[i]).sum() for i in keep)
+        grads = torch.autograd.grad(loss, ins, allow_unused=True)
+        ref_grads = torch.autograd.grad(ref_loss, ins, allow_unused=True)
+        for a, b in zip(outs, refs):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        for a, b in zip(grads, ref_grads):
+            b = torch.zeros_like(ins[0] if a is None else a) if b is None else b
+            a = torch.zeros_like(b) if a is None else a
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    finally:
+        torch.set_num_threads(old)

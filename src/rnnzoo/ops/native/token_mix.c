@@ -230,4 +230,83 @@ void NAME(bonus_bwd)(const T *restrict dy, const T *restrict x, const T *restric
         }
 }
 
+/* RWKV-7's keys, per token and head h (rows N, H heads of K; D = H K; the parameters kk,
+   ka (D,)):
+
+       a = sigmoid(ap),   kap = -k o kk,   nk = kap / max(|kap|, eps),
+       kt = k o (1 - ka + a o ka),   b = -nk o a,   w = wc sigmoid(wp)
+
+   k, ap, wp, w, kt, nk, b and their gradients (N, D) (dw, dkt, dnk, db: NULL for zero);
+   kk, ka, dkk, dka (D,). Backward: dn = dnk - db o a, dkap = (dn - nk <nk, dn>) / max(|kap|,
+   eps) (<.> taken as 0 at the floor), dk = dkt o (1 - ka + a ka) - dkap o kk,
+   dap = (dkt o k o ka - db o nk) a (1 - a), dwp = dw wc s (1 - s) with s = sigmoid(wp), and
+   this call's partial sums dkk = sum_n -dkap o k, dka = sum_n dkt o k o (a - 1). Each function
+   does the tokens [r0, r1). */
+static inline T NAME(sig)(T x) { return 1 / (1 + EXP(-x)); }
+
+void NAME(keys_fwd)(const T *restrict k, const T *restrict ap, const T *restrict wp,
+                    const T *restrict kk, const T *restrict ka, T *restrict w, T *restrict kt,
+                    T *restrict nk, T *restrict b, T wc, T eps, long H, long K, long r0,
+                    long r1) {
+    const long D = H * K;
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = n * D + h * K;
+            T ss = 0;
+            for (long i = 0; i < K; i++) {
+                const T x = k[q + i] * kk[h * K + i];
+                ss += x * x;
+            }
+            const T rn = 1 / SQRT(ss > eps * eps ? ss : eps * eps);
+            for (long i = 0; i < K; i++) {
+                const long c = h * K + i;
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[c] * rn;
+                nk[q + i] = kn;
+                b[q + i] = -(kn * a);
+                kt[q + i] = k[q + i] * (1 - ka[c] + a * ka[c]);
+                w[q + i] = wc * NAME(sig)(wp[q + i]);
+            }
+        }
+}
+
+void NAME(keys_bwd)(const T *restrict dw, const T *restrict dkt, const T *restrict dnk,
+                    const T *restrict db, const T *restrict k, const T *restrict ap,
+                    const T *restrict wp, const T *restrict kk, const T *restrict ka,
+                    T *restrict dk, T *restrict dap, T *restrict dwp, T *restrict dkk,
+                    T *restrict dka, T wc, T eps, long H, long K, long r0, long r1) {
+    const long D = H * K;
+    memset(dkk, 0, D * sizeof(T));
+    memset(dka, 0, D * sizeof(T));
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = n * D + h * K;
+            T ss = 0, dot = 0;
+            for (long i = 0; i < K; i++) {
+                const T x = k[q + i] * kk[h * K + i];
+                ss += x * x;
+            }
+            const int floor = ss <= eps * eps;
+            const T rn = 1 / SQRT(floor ? eps * eps : ss);
+            for (long i = 0; i < K; i++) {
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[h * K + i] * rn;
+                const T dn = (dnk ? dnk[q + i] : 0) - (db ? db[q + i] * a : 0);
+                dot += kn * dn;
+            }
+            if (floor) dot = 0;
+            for (long i = 0; i < K; i++) {
+                const long c = h * K + i;
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[c] * rn;
+                const T gb = db ? db[q + i] : 0, gt = dkt ? dkt[q + i] : 0;
+                const T dn = (dnk ? dnk[q + i] : 0) - gb * a;
+                const T dkap = (dn - kn * dot) * rn;
+                dk[q + i] = gt * (1 - ka[c] + a * ka[c]) - dkap * kk[c];
+                dap[q + i] = (gt * k[q + i] * ka[c] - gb * kn) * a * (1 - a);
+                dkk[c] -= dkap * k[q + i];
+                dka[c] += gt * k[q + i] * (a - 1);
+                const T s = NAME(sig)(wp[q + i]);
+                dwp[q + i] = dw ? dw[q + i] * wc * s * (1 - s) : 0;
+            }
+        }
+}
+
 #endif

@@ -180,3 +180,46 @@ def bonus_gate(lib, x, nw, nb, eps, r, k, v, g, rk):
     (token_mix.c's bonus_fwd / bonus_bwd: one pass each way where torch's group norm and
     the elementwise form take ~7 passes forward and ~14 backward)."""
     return _Bonus.apply(lib, x, nw, nb, float(eps), r, k, v, g, rk)
+
+
+class _Keys(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, k, ap, wp, kk, ka, wc, eps, H):
+        k, ap, wp, kk, ka = (t.contiguous() for t in (k, ap, wp, kk, ka))
+        N, D = k.shape
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if k.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "keys_fwd", k.dtype, [P] * 9 + [F] * 2 + [L] * 4)
+        w, kt, nk, b = (torch.empty_like(k) for _ in range(4))
+        P = native.ptr
+        native.run(fwd, [(P(k), P(ap), P(wp), P(kk), P(ka), P(w), P(kt), P(nk), P(b), wc, eps,
+                          H, D // H, r0, r1) for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(k, ap, wp, kk, ka)
+        ctx.lib, ctx.wc, ctx.eps, ctx.H = lib, wc, eps, H
+        return w, kt, nk, b
+
+    @staticmethod
+    def backward(ctx, dw, dkt, dnk, db):
+        k, ap, wp, kk, ka = ctx.saved_tensors
+        N, D = k.shape
+        dw, dkt, dnk, db = (None if t is None else t.contiguous() for t in (dw, dkt, dnk, db))
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if k.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "keys_bwd", k.dtype, [P] * 14 + [F] * 2 + [L] * 4)
+        dk, dap, dwp = (torch.empty_like(k) for _ in range(3))
+        parts = native.rows(N)
+        dkk, dka = k.new_empty(len(parts), D), k.new_empty(len(parts), D)
+        P = native.ptr
+        native.run(bwd, [(P(dw), P(dkt), P(dnk), P(db), P(k), P(ap), P(wp), P(kk), P(ka), P(dk),
+                          P(dap), P(dwp), P(dkk[i]), P(dka[i]), ctx.wc, ctx.eps, ctx.H, D // ctx.H,
+                          r0, r1) for i, (r0, r1) in enumerate(parts)])
+        return None, dk, dap, dwp, dkk.sum(0), dka.sum(0), None, None, None
+
+
+def rwkv7_keys(lib, k, ap, wp, kk, ka, wc, eps, H):
+    """RWKV-7's keys per token and head in one C pass each way (token_mix.c keys_fwd /
+    keys_bwd): k, ap, wp (N, H K) (the key, the learning rate's and the decay's
+    pre-sigmoids), kk, ka (H K,) -> (w = wc sigmoid(wp), k o (1 - ka + a ka), nk =
+    normalize(-k o kk) per head (floor eps), -nk o a), each (N, H K), with a = sigmoid(ap);
+    differentiable in k, ap, wp, kk, ka. Replaces ~12 torch passes forward, ~25 backward."""
+    return _Keys.apply(lib, k, ap, wp, kk, ka, float(wc), float(eps), H)
