@@ -168,8 +168,10 @@ void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *re
    Each function does the tokens [r0, r1). */
 static inline T NAME(head_norm)(const T *restrict x, long V, T eps, T *restrict rs) {
     T mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
     for (long j = 0; j < V; j++) mu += x[j];
     mu /= V;
+#pragma omp simd reduction(+ : var)
     for (long j = 0; j < V; j++) var += (x[j] - mu) * (x[j] - mu);
     *rs = 1 / SQRT(var / V + eps);
     return mu;
@@ -184,6 +186,7 @@ void NAME(bonus_fwd)(const T *restrict x, const T *restrict nw, const T *restric
             const long q = (n * H + h) * K, u = (n * H + h) * V;
             const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
             T s = 0, rs;
+#pragma omp simd reduction(+ : s)
             for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
             const T mu = NAME(head_norm)(x + u, V, eps, &rs);
             for (long j = 0; j < V; j++)
@@ -206,8 +209,10 @@ void NAME(bonus_bwd)(const T *restrict dy, const T *restrict x, const T *restric
             const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
             T *restrict drkh = drk + h * K, *restrict dwh = dnw + h * V, *restrict dbh = dnb + h * V;
             T s = 0, ds = 0, rs, mm = 0, mx = 0;
+#pragma omp simd reduction(+ : s)
             for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
             const T mu = NAME(head_norm)(x + u, V, eps, &rs);
+#pragma omp simd reduction(+ : ds, mm, mx)
             for (long j = 0; j < V; j++) {
                 const T gp = dy[u + j] * g[u + j], xh = (x[u + j] - mu) * rs, m = gp * w[j];
                 dg[u + j] = dy[u + j] * (xh * w[j] + bi[j] + s * v[u + j]);
@@ -236,7 +241,7 @@ void NAME(bonus_bwd)(const T *restrict dy, const T *restrict x, const T *restric
        a = sigmoid(ap),   kap = -k o kk,   nk = kap / max(|kap|, eps),
        kt = k o (1 - ka + a o ka),   b = -nk o a,   w = wc sigmoid(wp)
 
-   k, ap, wp, w, kt, nk, b and their gradients (N, D) (dw, dkt, dnk, db: NULL for zero);
+   k, ap, wp, w, kt, nk, b and their gradients (N, D);
    kk, ka, dkk, dka (D,). Backward: dn = dnk - db o a, dkap = (dn - nk <nk, dn>) / max(|kap|,
    eps) (<.> taken as 0 at the floor), dk = dkt o (1 - ka + a ka) - dkap o kk,
    dap = (dkt o k o ka - db o nk) a (1 - a), dwp = dw wc s (1 - s) with s = sigmoid(wp), and
@@ -253,6 +258,7 @@ void NAME(keys_fwd)(const T *restrict k, const T *restrict ap, const T *restrict
         for (long h = 0; h < H; h++) {
             const long q = n * D + h * K;
             T ss = 0;
+#pragma omp simd reduction(+ : ss)
             for (long i = 0; i < K; i++) {
                 const T x = k[q + i] * kk[h * K + i];
                 ss += x * x;
@@ -275,38 +281,43 @@ void NAME(keys_bwd)(const T *restrict dw, const T *restrict dkt, const T *restri
                     T *restrict dk, T *restrict dap, T *restrict dwp, T *restrict dkk,
                     T *restrict dka, T wc, T eps, long H, long K, long r0, long r1) {
     const long D = H * K;
+    T *A = malloc(2 * K * sizeof(T)), *DN = A + K;  /* a head's a and dn */
     memset(dkk, 0, D * sizeof(T));
     memset(dka, 0, D * sizeof(T));
     for (long n = r0; n < r1; n++)
         for (long h = 0; h < H; h++) {
             const long q = n * D + h * K;
+            const T *restrict kh = kk + h * K, *restrict ah = ka + h * K;
+            T *restrict dkkh = dkk + h * K, *restrict dkah = dka + h * K;
             T ss = 0, dot = 0;
+#pragma omp simd reduction(+ : ss)
             for (long i = 0; i < K; i++) {
-                const T x = k[q + i] * kk[h * K + i];
+                const T x = k[q + i] * kh[i];
                 ss += x * x;
             }
             const int floor = ss <= eps * eps;
             const T rn = 1 / SQRT(floor ? eps * eps : ss);
+#pragma omp simd reduction(+ : dot)
             for (long i = 0; i < K; i++) {
-                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[h * K + i] * rn;
-                const T dn = (dnk ? dnk[q + i] : 0) - (db ? db[q + i] * a : 0);
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kh[i] * rn;
+                const T dn = dnk[q + i] - db[q + i] * a;
+                A[i] = a, DN[i] = dn;
                 dot += kn * dn;
             }
             if (floor) dot = 0;
+#pragma omp simd
             for (long i = 0; i < K; i++) {
-                const long c = h * K + i;
-                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[c] * rn;
-                const T gb = db ? db[q + i] : 0, gt = dkt ? dkt[q + i] : 0;
-                const T dn = (dnk ? dnk[q + i] : 0) - gb * a;
-                const T dkap = (dn - kn * dot) * rn;
-                dk[q + i] = gt * (1 - ka[c] + a * ka[c]) - dkap * kk[c];
-                dap[q + i] = (gt * k[q + i] * ka[c] - gb * kn) * a * (1 - a);
-                dkk[c] -= dkap * k[q + i];
-                dka[c] += gt * k[q + i] * (a - 1);
-                const T s = NAME(sig)(wp[q + i]);
-                dwp[q + i] = dw ? dw[q + i] * wc * s * (1 - s) : 0;
+                const T a = A[i], kn = -k[q + i] * kh[i] * rn, gt = dkt[q + i];
+                const T dkap = (DN[i] - kn * dot) * rn;
+                dk[q + i] = gt * (1 - ah[i] + a * ah[i]) - dkap * kh[i];
+                dap[q + i] = (gt * k[q + i] * ah[i] - db[q + i] * kn) * a * (1 - a);
+                dkkh[i] -= dkap * k[q + i];
+                dkah[i] += gt * k[q + i] * (a - 1);
+                const T sw = NAME(sig)(wp[q + i]);
+                dwp[q + i] = dw[q + i] * wc * sw * (1 - sw);
             }
         }
+    free(A);
 }
 
 #endif

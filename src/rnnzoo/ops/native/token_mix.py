@@ -202,7 +202,8 @@ class _Keys(torch.autograd.Function):
     def backward(ctx, dw, dkt, dnk, db):
         k, ap, wp, kk, ka = ctx.saved_tensors
         N, D = k.shape
-        dw, dkt, dnk, db = (None if t is None else t.contiguous() for t in (dw, dkt, dnk, db))
+        dw, dkt, dnk, db = (torch.zeros_like(k) if t is None else t.contiguous()
+                            for t in (dw, dkt, dnk, db))
         P, L = ctypes.c_void_p, ctypes.c_long
         F = ctypes.c_double if k.dtype == torch.float64 else ctypes.c_float
         bwd = native.kernel(ctx.lib, "keys_bwd", k.dtype, [P] * 14 + [F] * 2 + [L] * 4)
