@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.layers.kda import KDA
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.layers._softplus import softplus
+from rnnzoo.layers.kda import KDA, _LogDecay
+from rnnzoo.ops import backend
 from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -41,10 +45,22 @@ class GDN2(KDA):
 
     def op_inputs(self, x, conv_state):
         """q, k, g, b (B, T, H, K), v, w (B, T, H, V), new conv state."""
-        q, k, v, g, b, conv_state = super().op_inputs(x, conv_state)  # b: KDA's beta, widened
-        B, T, H, K = q.shape
-        w = torch.sigmoid(self.w_proj(x).to(q.dtype)).reshape(B, T, H, self.value_dim)
-        return q, k, v, g, b.reshape(B, T, H, K), w, conv_state
+        B, T, _ = x.shape
+        H, K, V = self.num_heads, self.head_dim, self.value_dim
+        cdt = compute_dtype(x)
+        q, k, v, conv_state = delta_qkv(self, x, conv_state, self.sqrt_eps)
+        down, up = self.f_proj                          # dt_bias as the up product's bias
+        f = linear(down(x), up.weight, self.dt_bias.to(up.weight.dtype)).to(cdt).reshape(B, T, H, K)
+        A_log = self.A_log.to(cdt)
+        g = _LogDecay.apply(f, A_log) if backend.use_native(f, A_log) \
+            else -A_log.exp()[:, None] * softplus(f)
+        # the erase and write gates from one product and one sigmoid (one x^T copy and one dx
+        # product fewer than two projections; split's backward is one cat)
+        bw = torch.sigmoid(linear(x, torch.cat([self.b_proj.weight, self.w_proj.weight])).to(cdt))
+        b, w = bw.split([H * K, H * V], -1)
+        if self.allow_neg_eigval:
+            b = 2 * b
+        return q, k, v, g, b.reshape(B, T, H, K), w.reshape(B, T, H, V), conv_state
 
     def _forward(self, x, state, mode):
         S, conv_state = state
