@@ -5,6 +5,10 @@ cost one pass each forward and about five each backward (dx, dstep, dmu per mix)
 x, step: (..., D), one dtype (float32 or float64) on the CPU (`ops.backend.use_native`);
 mu: (n, D). Returns the n mixes (..., D), differentiable in x, step and mu. Threads split
 the rows.
+
+RWKV-7's keys (`rwkv7_keys`: w, k~, -kappa, kappa o a from the pre-sigmoids) and its output
+head before the projection (`bonus_gate`: the head group norm, the bonus term and the gate)
+are here too, one C pass each way each.
 """
 
 from __future__ import annotations
