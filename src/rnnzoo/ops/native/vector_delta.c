@@ -308,5 +308,44 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
     free(dSall); free(buf); free(D); free(E); free(sd); free(R);
 }
 
+/* GDN-2's gated inputs from the pre-sigmoids of its two gates, per token (rows N): the
+   erase key p = bs sigmoid(z_b) o k and the value u = sigmoid(z_w) o v, z (N, A + C) holding
+   z_b (A) then z_w (C) per row; k, p, dk, dp (N, A); v, u, dv, du (N, C); dz (N, A + C).
+   Backward: dk = dp o b, dv = du o w, dz_b = dp o k bs s_b (1 - s_b), dz_w = du o v s_w (1 - s_w).
+   Each function does the rows [r0, r1). */
+static inline T NAME(sigm)(T x) { return 1 / (1 + EXP(-x)); }
+
+void NAME(gates_fwd)(const T *restrict z, const T *restrict k, const T *restrict v,
+                     T *restrict p, T *restrict u, T bs, long A, long C, long r0, long r1) {
+    for (long n = r0; n < r1; n++) {
+        const T *restrict zn = z + n * (A + C);
+#pragma omp simd
+        for (long i = 0; i < A; i++) p[n * A + i] = bs * NAME(sigm)(zn[i]) * k[n * A + i];
+#pragma omp simd
+        for (long j = 0; j < C; j++) u[n * C + j] = NAME(sigm)(zn[A + j]) * v[n * C + j];
+    }
+}
+
+void NAME(gates_bwd)(const T *restrict dp, const T *restrict du, const T *restrict z,
+                     const T *restrict k, const T *restrict v, T *restrict dz, T *restrict dk,
+                     T *restrict dv, T bs, long A, long C, long r0, long r1) {
+    for (long n = r0; n < r1; n++) {
+        const T *restrict zn = z + n * (A + C);
+        T *restrict dzn = dz + n * (A + C);
+#pragma omp simd
+        for (long i = 0; i < A; i++) {
+            const T s = NAME(sigm)(zn[i]), g = dp[n * A + i];
+            dk[n * A + i] = g * bs * s;
+            dzn[i] = g * k[n * A + i] * bs * s * (1 - s);
+        }
+#pragma omp simd
+        for (long j = 0; j < C; j++) {
+            const T s = NAME(sigm)(zn[A + j]), g = du[n * C + j];
+            dv[n * C + j] = g * s;
+            dzn[A + j] = g * v[n * C + j] * s * (1 - s);
+        }
+    }
+}
+
 #include "tile.h"  /* its names undefined for the next type */
 #endif
