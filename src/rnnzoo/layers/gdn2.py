@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from rnnzoo.layers.kda import KDA
+from rnnzoo.dtypes import compute_dtype
+from rnnzoo.layers._delta_block import delta_qkv
+from rnnzoo.layers._softplus import softplus
+from rnnzoo.layers.kda import KDA, _LogDecay
+from rnnzoo.ops import backend
 from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native import vector_delta as native_vector
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -41,24 +46,62 @@ class GDN2(KDA):
 
     def op_inputs(self, x, conv_state):
         """q, k, g, b (B, T, H, K), v, w (B, T, H, V), new conv state."""
-        q, k, v, g, b, conv_state = super().op_inputs(x, conv_state)  # b: KDA's beta, widened
-        B, T, H, K = q.shape
-        w = torch.sigmoid(self.w_proj(x).to(q.dtype)).reshape(B, T, H, self.value_dim)
-        return q, k, v, g, b.reshape(B, T, H, K), w, conv_state
+        q, k, v, g, z, conv_state = self._gate_inputs(x, conv_state)
+        return q, k, v, g, *self._gates(z), conv_state
+
+    def _gates(self, z):
+        """b (B, T, H, K), w (B, T, H, V) from their pre-sigmoids z (B, T, H (K + V))."""
+        B, T, H, K, V = *z.shape[:2], self.num_heads, self.head_dim, self.value_dim
+        b, w = torch.sigmoid(z).split([H * K, H * V], -1)
+        if self.allow_neg_eigval:
+            b = 2 * b
+        return b.reshape(B, T, H, K), w.reshape(B, T, H, V)
+
+    def _gate_inputs(self, x, conv_state):
+        """q, k, g (B, T, H, K), v (B, T, H, V), z (B, T, H (K + V)) the erase and write
+        gates' pre-sigmoids (`_gated`), new conv state."""
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        cdt = compute_dtype(x)
+        q, k, v, conv_state = delta_qkv(self, x, conv_state, self.sqrt_eps)
+        down, up = self.f_proj                          # dt_bias as the up product's bias
+        f = linear(down(x), up.weight, self.dt_bias.to(up.weight.dtype)).to(cdt).reshape(B, T, H, K)
+        A_log = self.A_log.to(cdt)
+        g = _LogDecay.apply(f, A_log) if backend.use_native(f, A_log) \
+            else -A_log.exp()[:, None] * softplus(f)
+        # the erase and write gates from one product and one sigmoid (one x^T copy and one dx
+        # product fewer than two projections; split's backward is one cat)
+        z = linear(x, torch.cat([self.b_proj.weight, self.w_proj.weight])).to(cdt)
+        return q, k, v, g, z, conv_state
+
+    def _gated(self, k, v, z):
+        """The erase key b o k and the value w o v (B, T, H, K / V) from z (B, T, H (K + V)),
+        the two gates' pre-sigmoids; on the CPU one C pass each way (vector_delta)."""
+        B, T, H, K = k.shape
+        V, bs = self.value_dim, 2.0 if self.allow_neg_eigval else 1.0
+        lib = native_vector.load() if backend.use_native(z, k, v) else None
+        if lib is not None:
+            p, u = native_vector.gated_inputs(lib, z.reshape(B * T, -1), k.reshape(B * T, H * K),
+                                              v.reshape(B * T, H * V), bs)
+            return p.view(B, T, H, K), u.view(B, T, H, V)
+        b, w = self._gates(z)
+        return b * k, w * v
 
     def _forward(self, x, state, mode):
         S, conv_state = state
-        q, k, v, g, b, w, conv_state = self.op_inputs(x, conv_state)
+        q, k, v, g, z, conv_state = self._gate_inputs(x, conv_state)
+        p, u = self._gated(k, v, z)
         if mode == "chunk":
-            o, S = erase_delta(q, k, w * v, g, b * k, initial_state=S, chunk_size=self.chunk_size,
+            o, S = erase_delta(q, k, u, g, p, initial_state=S, chunk_size=self.chunk_size,
                                subchunk_size=self.subchunk_size)
         else:
-            o, S = erase_delta_recurrent(q, k, w * v, g, b * k, initial_state=S)
+            o, S = erase_delta_recurrent(q, k, u, g, p, initial_state=S)
         return self.op_output(o, x), (S, conv_state)
 
     def _step(self, x_t, state):
         S, conv_state = state
-        q, k, v, g, b, w, conv_state = self.op_inputs(x_t[:, None], conv_state)
-        q, k, v, g, b, w = (t[:, 0] for t in (q, k, v, g, b, w))
-        o, S = erase_delta_step(q, k, w * v, g, b * k, S, self.head_dim ** -0.5)
+        q, k, v, g, z, conv_state = self._gate_inputs(x_t[:, None], conv_state)
+        p, u = self._gated(k, v, z)
+        q, k, u, g, p = (t[:, 0] for t in (q, k, u, g, p))
+        o, S = erase_delta_step(q, k, u, g, p, S, self.head_dim ** -0.5)
         return self.op_output(o[:, None], x_t[:, None])[:, 0], (S, conv_state)

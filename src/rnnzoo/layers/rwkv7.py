@@ -92,22 +92,37 @@ class RWKV7(RecurrentLayer):
         # the low-rank maps t @ m (+ bias) through oneDNN (ops.native.linear): MKL's AVX2 mm
         # took twice as long
         mm = lambda t, m, bias=None: linear(t, m.T, bias)  # noqa: E731
-        w = -math.exp(-0.5) * torch.sigmoid(mm(torch.tanh(mm(lora["w"], p["w1"])), p["w2"], p["w0"]))
-        a = torch.sigmoid(mm(mm(lora["a"], p["a1"]), p["a2"], p["a0"]))
+        wp = mm(torch.tanh(mm(lora["w"], p["w1"])), p["w2"], p["w0"])  # the pre-sigmoids
+        ap = mm(mm(lora["a"], p["a1"]), p["a2"], p["a0"])
         g = mm(torch.sigmoid(mm(lora["g"], p["g1"])), p["g2"])
-        nkappa = l2norm((k * -p["k_k"]).reshape(B, T, H, K), eps=1e-12)  # -kappa, two passes
-        k = k * torch.addcmul(1 - p["k_a"], a, p["k_a"])                 # k o (1 + (a - 1) k_a)
         heads = lambda t: t.reshape(B, T, H, K)  # noqa: E731
+        if lib is not None and backend.use_native(k, ap, wp, p["k_k"], p["k_a"]):
+            # w, k~, -kappa, kappa o a in one C pass each way (token_mix.rwkv7_keys)
+            w, k, nkappa, b = (heads(t) for t in native_mix.rwkv7_keys(
+                lib, k.reshape(B * T, H * K), ap.reshape(B * T, H * K), wp.reshape(B * T, H * K),
+                p["k_k"], p["k_a"], -math.exp(-0.5), 1e-12, H))
+            return heads(r), w, k, heads(v), nkappa, b, g, x[:, -1].to(x_last.dtype)
+        w = -math.exp(-0.5) * torch.sigmoid(wp)
+        a = torch.sigmoid(ap)
+        nkappa = l2norm(heads(k * -p["k_k"]), eps=1e-12)      # -kappa, two passes
+        k = k * torch.addcmul(1 - p["k_a"], a, p["k_a"])       # k o (1 + (a - 1) k_a)
         b = torch.addcmul(nkappa.new_zeros(()), nkappa, heads(a), value=-1)  # kappa o a
         return heads(r), heads(w), heads(k), heads(v), nkappa, b, g, x[:, -1].to(x_last.dtype)
 
     def op_output(self, o, r, k, v, g, x):
         """GroupNorm per head, the bonus term (r o k o r_k) v, the gate, the projection."""
         cdt = o.dtype
-        B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5, in torch's one fused pass each way
-        o = F.group_norm(o.reshape(B * T, H * K), H, self.norm_weight.to(cdt),
-                         self.norm_bias.to(cdt), eps=K * 1e-5).view(B, T, H * K)
-        bonus = (r * k * self.r_k.to(cdt)).sum(-1, keepdim=True) * v
+        B, T, H, K = o.shape   # GroupNorm_H with eps K 1e-5
+        rk, nw, nb = self.r_k.to(cdt), self.norm_weight.to(cdt), self.norm_bias.to(cdt)
+        lib = native_mix.load() if backend.use_native(o, r, k, v, g, rk, nw, nb) else None
+        if lib is not None:  # the norm, bonus term and gate in one C pass each way (token_mix)
+            heads = lambda t: t.reshape(B * T, H, K)  # noqa: E731
+            y = native_mix.bonus_gate(lib, heads(o), nw.view(H, K), nb.view(H, K), K * 1e-5,
+                                      heads(r), heads(k), heads(v), heads(g), rk)
+            return self.o_proj(y.view(B, T, H * K).to(x.dtype))
+        # torch's group norm in its one fused pass each way
+        o = F.group_norm(o.reshape(B * T, H * K), H, nw, nb, eps=K * 1e-5).view(B, T, H * K)
+        bonus = (r * k * rk).sum(-1, keepdim=True) * v
         return self.o_proj(((o + bonus.flatten(2)) * g).to(x.dtype))
 
     def _forward(self, x, state, mode):

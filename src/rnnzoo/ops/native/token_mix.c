@@ -154,4 +154,170 @@ void NAME(shift_bwd)(const T *restrict gstep, const T *restrict gxx, const T *re
         }
 }
 
+/* RWKV-7's output head before its projection, per token and head h (rows N, H heads): the
+   head's group norm, the bonus term and the gate,
+
+       y = (n + s v) o g,   n = (x - mean x) / sqrt(var x + eps) o nw_h + nb_h,
+       s = sum_i r_i k_i rk_{h,i}
+
+   x, v, g, y, dy and their gradients (N, H, V); r, k, dr, dk (N, H, K); rk, drk (H, K);
+   nw, nb, dnw, dnb (H, V). Backward from dy: gp = dy o g, dg = dy o (n + s v), dv = s gp,
+   ds = <gp, v>, dr = ds k o rk, dk = ds r o rk, the norm's dx = (m - mean m - xh mean(m o xh))
+   / sqrt(var + eps) with xh the normalised x and m = gp o nw, and this call's partial sums
+   drk = sum_n ds r o k, dnw = sum_n gp o xh, dnb = sum_n gp (the caller sums the calls).
+   Each function does the tokens [r0, r1). */
+static inline T NAME(head_norm)(const T *restrict x, long V, T eps, T *restrict rs) {
+    T mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
+    for (long j = 0; j < V; j++) mu += x[j];
+    mu /= V;
+#pragma omp simd reduction(+ : var)
+    for (long j = 0; j < V; j++) var += (x[j] - mu) * (x[j] - mu);
+    *rs = 1 / SQRT(var / V + eps);
+    return mu;
+}
+
+void NAME(bonus_fwd)(const T *restrict x, const T *restrict nw, const T *restrict nb,
+                     const T *restrict r, const T *restrict k, const T *restrict v,
+                     const T *restrict g, const T *restrict rk, T *restrict y, T eps, long H,
+                     long K, long V, long r0, long r1) {
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = (n * H + h) * K, u = (n * H + h) * V;
+            const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
+            T s = 0, rs;
+#pragma omp simd reduction(+ : s)
+            for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
+            const T mu = NAME(head_norm)(x + u, V, eps, &rs);
+            for (long j = 0; j < V; j++)
+                y[u + j] = ((x[u + j] - mu) * rs * w[j] + bi[j] + s * v[u + j]) * g[u + j];
+        }
+}
+
+void NAME(bonus_bwd)(const T *restrict dy, const T *restrict x, const T *restrict nw,
+                     const T *restrict nb, const T *restrict r, const T *restrict k,
+                     const T *restrict v, const T *restrict g, const T *restrict rk,
+                     T *restrict dx, T *restrict dr, T *restrict dk, T *restrict dv,
+                     T *restrict dg, T *restrict drk, T *restrict dnw, T *restrict dnb, T eps,
+                     long H, long K, long V, long r0, long r1) {
+    memset(drk, 0, H * K * sizeof(T));
+    memset(dnw, 0, H * V * sizeof(T));
+    memset(dnb, 0, H * V * sizeof(T));
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = (n * H + h) * K, u = (n * H + h) * V;
+            const T *restrict rkh = rk + h * K, *restrict w = nw + h * V, *restrict bi = nb + h * V;
+            T *restrict drkh = drk + h * K, *restrict dwh = dnw + h * V, *restrict dbh = dnb + h * V;
+            T s = 0, ds = 0, rs, mm = 0, mx = 0;
+#pragma omp simd reduction(+ : s)
+            for (long i = 0; i < K; i++) s += r[q + i] * k[q + i] * rkh[i];
+            const T mu = NAME(head_norm)(x + u, V, eps, &rs);
+#pragma omp simd reduction(+ : ds, mm, mx)
+            for (long j = 0; j < V; j++) {
+                const T gp = dy[u + j] * g[u + j], xh = (x[u + j] - mu) * rs, m = gp * w[j];
+                dg[u + j] = dy[u + j] * (xh * w[j] + bi[j] + s * v[u + j]);
+                dv[u + j] = s * gp;
+                ds += gp * v[u + j];
+                dwh[j] += gp * xh;
+                dbh[j] += gp;
+                mm += m, mx += m * xh;
+            }
+            mm /= V, mx /= V;
+            for (long j = 0; j < V; j++) {
+                const T xh = (x[u + j] - mu) * rs;
+                dx[u + j] = (dy[u + j] * g[u + j] * w[j] - mm - xh * mx) * rs;
+            }
+            for (long i = 0; i < K; i++) {
+                dr[q + i] = ds * k[q + i] * rkh[i];
+                dk[q + i] = ds * r[q + i] * rkh[i];
+                drkh[i] += ds * r[q + i] * k[q + i];
+            }
+        }
+}
+
+/* RWKV-7's keys, per token and head h (rows N, H heads of K; D = H K; the parameters kk,
+   ka (D,)):
+
+       a = sigmoid(ap),   kap = -k o kk,   nk = kap / max(|kap|, eps),
+       kt = k o (1 - ka + a o ka),   b = -nk o a,   w = wc sigmoid(wp)
+
+   k, ap, wp, w, kt, nk, b and their gradients (N, D);
+   kk, ka, dkk, dka (D,). Backward: dn = dnk - db o a, dkap = (dn - nk <nk, dn>) / max(|kap|,
+   eps) (<.> taken as 0 at the floor), dk = dkt o (1 - ka + a ka) - dkap o kk,
+   dap = (dkt o k o ka - db o nk) a (1 - a), dwp = dw wc s (1 - s) with s = sigmoid(wp), and
+   this call's partial sums dkk = sum_n -dkap o k, dka = sum_n dkt o k o (a - 1). Each function
+   does the tokens [r0, r1). */
+static inline T NAME(sig)(T x) { return 1 / (1 + EXP(-x)); }
+
+void NAME(keys_fwd)(const T *restrict k, const T *restrict ap, const T *restrict wp,
+                    const T *restrict kk, const T *restrict ka, T *restrict w, T *restrict kt,
+                    T *restrict nk, T *restrict b, T wc, T eps, long H, long K, long r0,
+                    long r1) {
+    const long D = H * K;
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = n * D + h * K;
+            T ss = 0;
+#pragma omp simd reduction(+ : ss)
+            for (long i = 0; i < K; i++) {
+                const T x = k[q + i] * kk[h * K + i];
+                ss += x * x;
+            }
+            const T rn = 1 / SQRT(ss > eps * eps ? ss : eps * eps);
+            for (long i = 0; i < K; i++) {
+                const long c = h * K + i;
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kk[c] * rn;
+                nk[q + i] = kn;
+                b[q + i] = -(kn * a);
+                kt[q + i] = k[q + i] * (1 - ka[c] + a * ka[c]);
+                w[q + i] = wc * NAME(sig)(wp[q + i]);
+            }
+        }
+}
+
+void NAME(keys_bwd)(const T *restrict dw, const T *restrict dkt, const T *restrict dnk,
+                    const T *restrict db, const T *restrict k, const T *restrict ap,
+                    const T *restrict wp, const T *restrict kk, const T *restrict ka,
+                    T *restrict dk, T *restrict dap, T *restrict dwp, T *restrict dkk,
+                    T *restrict dka, T wc, T eps, long H, long K, long r0, long r1) {
+    const long D = H * K;
+    T *A = malloc(2 * K * sizeof(T)), *DN = A + K;  /* a head's a and dn */
+    memset(dkk, 0, D * sizeof(T));
+    memset(dka, 0, D * sizeof(T));
+    for (long n = r0; n < r1; n++)
+        for (long h = 0; h < H; h++) {
+            const long q = n * D + h * K;
+            const T *restrict kh = kk + h * K, *restrict ah = ka + h * K;
+            T *restrict dkkh = dkk + h * K, *restrict dkah = dka + h * K;
+            T ss = 0, dot = 0;
+#pragma omp simd reduction(+ : ss)
+            for (long i = 0; i < K; i++) {
+                const T x = k[q + i] * kh[i];
+                ss += x * x;
+            }
+            const int floor = ss <= eps * eps;
+            const T rn = 1 / SQRT(floor ? eps * eps : ss);
+#pragma omp simd reduction(+ : dot)
+            for (long i = 0; i < K; i++) {
+                const T a = NAME(sig)(ap[q + i]), kn = -k[q + i] * kh[i] * rn;
+                const T dn = dnk[q + i] - db[q + i] * a;
+                A[i] = a, DN[i] = dn;
+                dot += kn * dn;
+            }
+            if (floor) dot = 0;
+#pragma omp simd
+            for (long i = 0; i < K; i++) {
+                const T a = A[i], kn = -k[q + i] * kh[i] * rn, gt = dkt[q + i];
+                const T dkap = (DN[i] - kn * dot) * rn;
+                dk[q + i] = gt * (1 - ah[i] + a * ah[i]) - dkap * kh[i];
+                dap[q + i] = (gt * k[q + i] * ah[i] - db[q + i] * kn) * a * (1 - a);
+                dkkh[i] -= dkap * k[q + i];
+                dkah[i] += gt * k[q + i] * (a - 1);
+                const T sw = NAME(sig)(wp[q + i]);
+                dwp[q + i] = dw[q + i] * wc * sw * (1 - sw);
+            }
+        }
+    free(A);
+}
+
 #endif

@@ -5,6 +5,10 @@ cost one pass each forward and about five each backward (dx, dstep, dmu per mix)
 x, step: (..., D), one dtype (float32 or float64) on the CPU (`ops.backend.use_native`);
 mu: (n, D). Returns the n mixes (..., D), differentiable in x, step and mu. Threads split
 the rows.
+
+RWKV-7's keys (`rwkv7_keys`: w, k~, -kappa, kappa o a from the pre-sigmoids) and its output
+head before the projection (`bonus_gate`: the head group norm, the bonus term and the gate)
+are here too, one C pass each way each.
 """
 
 from __future__ import annotations
@@ -135,3 +139,92 @@ def shift_mix(lib, x, x_last, mu):
 def token_mix(lib, x, step, mu):
     """The n mixes x + mu_m o step, m = 0..n-1, as a tuple; `lib` = load()."""
     return _TokenMix.apply(lib, x, step, mu)
+
+
+class _Bonus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, nw, nb, eps, r, k, v, g, rk):
+        x, nw, nb, r, k, v, g, rk = (t.contiguous() for t in (x, nw, nb, r, k, v, g, rk))
+        N, H, K = r.shape
+        V = v.shape[-1]
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "bonus_fwd", x.dtype, [P] * 9 + [F] + [L] * 5)
+        y = torch.empty_like(v)
+        P = native.ptr
+        native.run(fwd, [(P(x), P(nw), P(nb), P(r), P(k), P(v), P(g), P(rk), P(y), eps, H, K, V,
+                          r0, r1) for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(x, nw, nb, r, k, v, g, rk)
+        ctx.lib, ctx.eps = lib, eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, nw, nb, r, k, v, g, rk = ctx.saved_tensors
+        N, H, K = r.shape
+        V = v.shape[-1]
+        dy = dy.contiguous()
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if x.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "bonus_bwd", x.dtype, [P] * 17 + [F] + [L] * 5)
+        dx, dr, dk, dv, dg = (torch.empty_like(t) for t in (x, r, k, v, g))
+        parts = native.rows(N)
+        drk, dnw, dnb = (t.new_empty(len(parts), *t.shape) for t in (rk, nw, nb))
+        P = native.ptr
+        native.run(bwd, [(P(dy), P(x), P(nw), P(nb), P(r), P(k), P(v), P(g), P(rk), P(dx), P(dr),
+                          P(dk), P(dv), P(dg), P(drk[i]), P(dnw[i]), P(dnb[i]), ctx.eps, H, K, V,
+                          r0, r1) for i, (r0, r1) in enumerate(parts)])
+        return None, dx, dnw.sum(0), dnb.sum(0), None, dr, dk, dv, dg, drk.sum(0)
+
+
+def bonus_gate(lib, x, nw, nb, eps, r, k, v, g, rk):
+    """RWKV-7's (GroupNorm_H(x) + (sum_i r_i k_i rk_i) v) o g per token and head: x, v, g
+    (N, H, V); nw, nb (H, V) the norm's weight and bias, eps its epsilon; r, k (N, H, K);
+    rk (H, K); one dtype on the CPU -> (N, H, V), differentiable in all tensors
+    (token_mix.c's bonus_fwd / bonus_bwd: one pass each way where torch's group norm and
+    the elementwise form take ~7 passes forward and ~14 backward)."""
+    return _Bonus.apply(lib, x, nw, nb, float(eps), r, k, v, g, rk)
+
+
+class _Keys(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, k, ap, wp, kk, ka, wc, eps, H):
+        k, ap, wp, kk, ka = (t.contiguous() for t in (k, ap, wp, kk, ka))
+        N, D = k.shape
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if k.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "keys_fwd", k.dtype, [P] * 9 + [F] * 2 + [L] * 4)
+        w, kt, nk, b = (torch.empty_like(k) for _ in range(4))
+        P = native.ptr
+        native.run(fwd, [(P(k), P(ap), P(wp), P(kk), P(ka), P(w), P(kt), P(nk), P(b), wc, eps,
+                          H, D // H, r0, r1) for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(k, ap, wp, kk, ka)
+        ctx.lib, ctx.wc, ctx.eps, ctx.H = lib, wc, eps, H
+        return w, kt, nk, b
+
+    @staticmethod
+    def backward(ctx, dw, dkt, dnk, db):
+        k, ap, wp, kk, ka = ctx.saved_tensors
+        N, D = k.shape
+        dw, dkt, dnk, db = (torch.zeros_like(k) if t is None else t.contiguous()
+                            for t in (dw, dkt, dnk, db))
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if k.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "keys_bwd", k.dtype, [P] * 14 + [F] * 2 + [L] * 4)
+        dk, dap, dwp = (torch.empty_like(k) for _ in range(3))
+        parts = native.rows(N)
+        dkk, dka = k.new_empty(len(parts), D), k.new_empty(len(parts), D)
+        P = native.ptr
+        native.run(bwd, [(P(dw), P(dkt), P(dnk), P(db), P(k), P(ap), P(wp), P(kk), P(ka), P(dk),
+                          P(dap), P(dwp), P(dkk[i]), P(dka[i]), ctx.wc, ctx.eps, ctx.H, D // ctx.H,
+                          r0, r1) for i, (r0, r1) in enumerate(parts)])
+        return None, dk, dap, dwp, dkk.sum(0), dka.sum(0), None, None, None
+
+
+def rwkv7_keys(lib, k, ap, wp, kk, ka, wc, eps, H):
+    """RWKV-7's keys per token and head in one C pass each way (token_mix.c keys_fwd /
+    keys_bwd): k, ap, wp (N, H K) (the key, the learning rate's and the decay's
+    pre-sigmoids), kk, ka (H K,) -> (w = wc sigmoid(wp), k o (1 - ka + a ka), nk =
+    normalize(-k o kk) per head (floor eps), -nk o a), each (N, H K), with a = sigmoid(ap);
+    differentiable in k, ap, wp, kk, ka. Replaces ~12 torch passes forward, ~25 backward."""
+    return _Keys.apply(lib, k, ap, wp, kk, ka, float(wc), float(eps), H)

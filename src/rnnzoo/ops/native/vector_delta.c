@@ -66,6 +66,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
     VEC *zall = aligned_alloc(32, ntile * 2 * sizeof(VEC));      /* z_t, tile by tile */
     /* a block's decays d_t and erase keys e_t, one row more (the next block's first e) */
     T *D = malloc((CK + 1) * K * sizeof(T)), *E = malloc((CK + 1) * K * sizeof(T));
+    T *R = malloc(CK * K * sizeof(T));  /* a block's scale r_t: no scalar product per row below */
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
         for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
@@ -80,6 +81,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                 T *et = E + (t - t0) * K;
                 if (t == Tn) { for (long i = 0; i < K; i++) et[i] = 0; continue; }
                 T *dt = D + (t - t0) * K;
+                if (t < t1) for (long i = 0; i < K; i++) R[(t - t0) * K + i] = scale * r[row * K + i];
                 NAME(decays)(dt, w + row * Kw, K, Kw);
                 NAME(erase_keys)(et, a + row * K, dt, after, K);
             }
@@ -93,7 +95,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                 if (ck) memcpy(ck + (p * nck + c) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
                 for (long t = t0; t < t1; t++) {
                     const long row = (bb * Tn + t) * H + h;
-                    const T *restrict rt = r + row * K, *restrict kt = k + row * K;
+                    const T *restrict rt = R + (t - t0) * K, *restrict kt = k + row * K;
                     const T *restrict d = D + (t - t0) * K, *restrict e = E + (t + 1 - t0) * K;
                     NAME(tile_store)(z + row * V + j0, zc, wd);
                     VEC vt[2];
@@ -102,7 +104,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                     if (b) {
                         const T *restrict bt = b + row * K;
                         for (long i = 0; i < K; i++) {
-                            const T di = d[i], ki = kt[i], bi = bt[i], ri = scale * rt[i], ei = e[i];
+                            const T di = d[i], ki = kt[i], bi = bt[i], ri = rt[i], ei = e[i];
                             const VEC x0 = di * S[2 * i] + bi * zc[0] + ki * vt[0];
                             const VEC x1 = di * S[2 * i + 1] + bi * zc[1] + ki * vt[1];
                             S[2 * i] = x0, S[2 * i + 1] = x1;
@@ -111,7 +113,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                     } else {
                         const VEC u0 = vt[0] - zc[0], u1 = vt[1] - zc[1];
                         for (long i = 0; i < K; i++) {
-                            const T di = d[i], ki = kt[i], ri = scale * rt[i], ei = e[i];
+                            const T di = d[i], ki = kt[i], ri = rt[i], ei = e[i];
                             const VEC x0 = di * S[2 * i] + ki * u0, x1 = di * S[2 * i + 1] + ki * u1;
                             S[2 * i] = x0, S[2 * i + 1] = x1;
                             o0 += ri * x0, o1 += ri * x1, n0 += ei * x0, n1 += ei * x1;
@@ -129,7 +131,7 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                 NAME(tile_store)(ST + (p * K + i) * V + j0, Sall + jn * 2 * K + 2 * i, wd);
         }
     }
-    free(Sall); free(zall); free(D); free(E);
+    free(Sall); free(zall); free(D); free(E); free(R);
 }
 
 /* The backward's pass over a tile's rows at step t, with P = S_{t-1} and dS the gradient of
@@ -158,7 +160,7 @@ TILE_INLINE void NAME(bwd_rows)(
                 g1 = d[i] * g1 + e[i] * dz[1];
             }
             if (read) {
-                const T ri = scale * rs[i];
+                const T ri = rs[i];  /* rs holds scale r_s */
                 g0 += ri * dos[0];
                 g1 += ri * dos[1];
                 sr[l] = P0 * dos[0] + P1 * dos[1];
@@ -198,6 +200,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
     T *D = malloc(CK * K * sizeof(T)), *E = malloc(CK * K * sizeof(T));  /* a block's d, e */
     T *sd = malloc(CK * K * sizeof(T));  /* a block's rowsum(dS o S_{t-1}), for dw */
+    T *R = malloc(CK * K * sizeof(T));   /* a block's scale r_t */
     const VEC zero = {0};
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
@@ -219,6 +222,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                 memset(dk + row * K, 0, K * sizeof(T));
                 memset(da + row * K, 0, K * sizeof(T));
                 memset(sd + (t - t0) * K, 0, K * sizeof(T));
+                for (long i = 0; i < K; i++) R[(t - t0) * K + i] = scale * r[row * K + i];
                 if (b) memset(db + row * K, 0, K * sizeof(T));
             }
             for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
@@ -263,7 +267,7 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                         NAME(tile_load)(zs, z + rs * V + j0, wd);
                         if (!b) us[0] -= zs[0], us[1] -= zs[1];
                     }
-                    const T *rr = r + rs * K, *kr = k + rs * K, *br = b ? b + rs * K : NULL;
+                    const T *rr = R + (read ? s - t0 : 0) * K, *kr = k + rs * K, *br = b ? b + rs * K : NULL;
                     T *drr = dr + rs * K, *dkr = dk + rs * K, *dbr = b ? db + rs * K : NULL;
 #define VD_ROWS(tr, rd, hb) NAME(bwd_rows)(dS, P, dt, et, dz, dat, sdt, rr, kr, br, dos, us, zs, \
                                            drr, dkr, dbr, dzv, scale, K, tr, rd, hb)
@@ -301,7 +305,46 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
             for (long i = 0; i < K; i++) NAME(tile_store)(dS0 + (p * K + i) * V + j0, dS + 2 * i, wd);
         }
     }
-    free(dSall); free(buf); free(D); free(E); free(sd);
+    free(dSall); free(buf); free(D); free(E); free(sd); free(R);
+}
+
+/* GDN-2's gated inputs from the pre-sigmoids of its two gates, per token (rows N): the
+   erase key p = bs sigmoid(z_b) o k and the value u = sigmoid(z_w) o v, z (N, A + C) holding
+   z_b (A) then z_w (C) per row; k, p, dk, dp (N, A); v, u, dv, du (N, C); dz (N, A + C).
+   Backward: dk = dp o b, dv = du o w, dz_b = dp o k bs s_b (1 - s_b), dz_w = du o v s_w (1 - s_w).
+   Each function does the rows [r0, r1). */
+static inline T NAME(sigm)(T x) { return 1 / (1 + EXP(-x)); }
+
+void NAME(gates_fwd)(const T *restrict z, const T *restrict k, const T *restrict v,
+                     T *restrict p, T *restrict u, T bs, long A, long C, long r0, long r1) {
+    for (long n = r0; n < r1; n++) {
+        const T *restrict zn = z + n * (A + C);
+#pragma omp simd
+        for (long i = 0; i < A; i++) p[n * A + i] = bs * NAME(sigm)(zn[i]) * k[n * A + i];
+#pragma omp simd
+        for (long j = 0; j < C; j++) u[n * C + j] = NAME(sigm)(zn[A + j]) * v[n * C + j];
+    }
+}
+
+void NAME(gates_bwd)(const T *restrict dp, const T *restrict du, const T *restrict z,
+                     const T *restrict k, const T *restrict v, T *restrict dz, T *restrict dk,
+                     T *restrict dv, T bs, long A, long C, long r0, long r1) {
+    for (long n = r0; n < r1; n++) {
+        const T *restrict zn = z + n * (A + C);
+        T *restrict dzn = dz + n * (A + C);
+#pragma omp simd
+        for (long i = 0; i < A; i++) {
+            const T s = NAME(sigm)(zn[i]), g = dp[n * A + i];
+            dk[n * A + i] = g * bs * s;
+            dzn[i] = g * k[n * A + i] * bs * s * (1 - s);
+        }
+#pragma omp simd
+        for (long j = 0; j < C; j++) {
+            const T s = NAME(sigm)(zn[A + j]), g = du[n * C + j];
+            dv[n * C + j] = g * s;
+            dzn[A + j] = g * v[n * C + j] * s * (1 - s);
+        }
+    }
 }
 
 #include "tile.h"  /* its names undefined for the next type */

@@ -85,3 +85,42 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
     w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
+
+
+class _Gates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, z, k, v, bs):
+        z, k, v = z.contiguous(), k.contiguous(), v.contiguous()
+        N, A, C = z.shape[0], k.shape[-1], v.shape[-1]
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if z.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "gates_fwd", z.dtype, [P] * 5 + [F] + [L] * 4)
+        p, u = torch.empty_like(k), torch.empty_like(v)
+        P = native.ptr
+        native.run(fwd, [(P(z), P(k), P(v), P(p), P(u), bs, A, C, r0, r1)
+                         for r0, r1 in native.rows(N)])
+        ctx.save_for_backward(z, k, v)
+        ctx.lib, ctx.bs = lib, bs
+        return p, u
+
+    @staticmethod
+    def backward(ctx, dp, du):
+        z, k, v = ctx.saved_tensors
+        N, A, C = z.shape[0], k.shape[-1], v.shape[-1]
+        dp = torch.zeros_like(k) if dp is None else dp.contiguous()
+        du = torch.zeros_like(v) if du is None else du.contiguous()
+        P, L = ctypes.c_void_p, ctypes.c_long
+        F = ctypes.c_double if z.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "gates_bwd", z.dtype, [P] * 8 + [F] + [L] * 4)
+        dz, dk, dv = torch.empty_like(z), torch.empty_like(k), torch.empty_like(v)
+        P = native.ptr
+        native.run(bwd, [(P(dp), P(du), P(z), P(k), P(v), P(dz), P(dk), P(dv), ctx.bs, A, C,
+                          r0, r1) for r0, r1 in native.rows(N)])
+        return None, dz, dk, dv, None
+
+
+def gated_inputs(lib, z, k, v, bs=1.0):
+    """GDN-2's erase key and value from its gates' pre-sigmoids in one C pass each way:
+    z (N, A + C) (z_b then z_w per row), k (N, A), v (N, C), one dtype on the CPU ->
+    (bs sigmoid(z_b) o k, sigmoid(z_w) o v), differentiable in z, k, v."""
+    return _Gates.apply(lib, z, k, v, float(bs))
