@@ -43,18 +43,26 @@ static int NAME(dots)(const T *A, const T *B, T *out, long s, long l)
 }
 
 /* Z = X Y (s = 16): Y's 16 rows held in vectors of 16, each row of Z one chain of 16
-   broadcast multiply-adds (the same sums, in the same order, as mm) */
+   broadcast multiply-adds (the same sums, in the same order, as mm), R rows' chains
+   interleaved (independent multiply-adds back to back, not one row's dependent chain) */
 static inline void NAME(sq16)(const T *restrict X, const T *restrict Y, T *restrict Z)
 {
     typedef T R16 __attribute__((vector_size(16 * sizeof(T)), aligned(sizeof(T)), may_alias));
+    enum { R = 4 };
     R16 y[16];
-    for (int p = 0; p < 16; p++) y[p] = *(const R16 *)(Y + 16 * p);
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) {
-        R16 acc = X[16 * i] * y[0];
+    for (int p = 0; p < 16; p++) y[p] = *(const R16 *)(Y + 16 * p);  /* no memcpy to the stack */
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += R) {
+        R16 acc[R];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) acc[r] = X[16 * (i + r)] * y[0];
 #pragma GCC unroll 16
-        for (int p = 1; p < 16; p++) acc += X[16 * i + p] * y[p];
-        *(R16 *)(Z + 16 * i) = acc;
+        for (int p = 1; p < 16; p++)
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r] += X[16 * (i + r) + p] * y[p];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) *(R16 *)(Z + 16 * (i + r)) = acc[r];
     }
 }
 
