@@ -214,70 +214,7 @@ void NAME(cells_mm)(T *restrict out, const T *restrict A, const T *restrict Bm, 
     free(packed);
 }
 
-/* The weight gradient of a product r W^T over all steps, out (G, K) = g^T r = sum_n
-   g[n, :]^T r[n, :] (g (N, G), r (N, K) row-major: the loop's buffers as they are), rows
-   [i0, i1) of out (a thread's share). Register tiles of WG_R_ rows of out by 2 vectors of
-   its columns: per n, 2 vectors of r's row and WG_R_ of g's entries broadcast (adjacent in
-   g's row); n in blocks of WG_MC_ (the block's rows of g and r stay in L2, out's tiles are
-   read and written once a block). oneDNN's product runs this shape (N = 8192, G = 1024,
-   K = 128) at ~75 GFLOP/s, as g's transposed view. */
-#if defined(__AVX512F__)
-#define WG_R_ 8
-#else
-#define WG_R_ 4
-#endif
-#define WG_MC_ 64
-static inline __attribute__((always_inline)) void NAME(wg_tile)(T *out, long ldo, const T *A, long lda,
-                                                               const T *Bm, long ldb, long M,
-                                                               const long R, const long NV) {
-    NAME(vec_t) acc[WG_R_][2];
-    for (long r = 0; r < R; r++)
-        for (long j = 0; j < NV; j++) acc[r][j] = *(const NAME(vec_t) *)(out + r * ldo + j * VL_);
-    for (long m = 0; m < M; m++) {
-        NAME(vec_t) bv[2];
-        for (long j = 0; j < NV; j++) {
-            bv[j] = *(const NAME(vec_t) *)(Bm + m * ldb + j * VL_);
-            KEEP_IN_REGISTER_(bv[j]);
-        }
-        for (long r = 0; r < R; r++) {
-            const T s = A[m * lda + r];
-            for (long j = 0; j < NV; j++) acc[r][j] += s * bv[j];
-        }
-    }
-    for (long r = 0; r < R; r++)
-        for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j];
-}
-
-void NAME(cells_wgrad)(T *restrict out, const T *restrict g, const T *restrict r, long N, long G,
-                       long K, long i0, long i1) {
-    for (long i = i0; i < i1; i++) memset(out + i * K, 0, K * sizeof(T));
-    for (long m0 = 0; m0 < N; m0 += WG_MC_) {
-        const long mc = N - m0 < WG_MC_ ? N - m0 : WG_MC_;
-        const T *gb = g + m0 * G, *rb = r + m0 * K;
-        for (long i = i0; i < i1; i += WG_R_) {
-            const long R = i1 - i < WG_R_ ? i1 - i : WG_R_;
-            long j = 0;
-#define WG_(RR, NV) NAME(wg_tile)(out + i * K + j, K, gb + i, G, rb + j, K, mc, RR, NV)
-            for (; j + 2 * VL_ <= K; j += 2 * VL_) {
-                if (R == WG_R_) WG_(WG_R_, 2);
-                else WG_(R, 2);
-            }
-            for (; j + VL_ <= K; j += VL_) {
-                if (R == WG_R_) WG_(WG_R_, 1);
-                else WG_(R, 1);
-            }
-#undef WG_
-            for (; j < K; j++)
-                for (long ii = i; ii < i + R; ii++) {
-                    T acc = out[ii * K + j];
-                    for (long m = 0; m < mc; m++) acc += gb[m * G + ii] * rb[m * K + j];
-                    out[ii * K + j] = acc;
-                }
-        }
-    }
-}
-
-/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
+/* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
    loop would not vectorise: reordering a floating-point sum needs -ffast-math) */
 static inline T NAME(dot)(const T *x, const T *y, long n) {
     NAME(vec_t) acc[4] = {{0}, {0}, {0}, {0}};

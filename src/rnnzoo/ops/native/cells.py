@@ -19,7 +19,7 @@ the Python loop) when the cell names no kernel or the kernel cannot be built.
 
 `scan` with the input projection xp = x w_in^T inside (a cell whose first matrix's gradient
 is the whole of d xp: NativeStep.g_is_dxp; nas): the weight gradients, w_in's and the
-matrices', in C (cell_loop.h's `cells_wgrad`, g^T r on the buffers as they are: ~100
+matrices', in C (wgrad.c's `weight_grad`, g^T r on the buffers as they are: ~100
 GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
 (8192, 128)), and so are the projection and d x = d xp w_in (`cells_mm`: the loops' packed
 row tiles, 22 against oneDNN's 27-32 ms each at that size, 1 thread, loaded machine).
@@ -39,6 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, native
+from rnnzoo.ops.native import wgrad
 from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["NativeStep", "scan", "scan_projected"]
@@ -76,16 +77,12 @@ def _call(kernel, tensors, sizes, batch):
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
-def _weight_grad(lib, g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """sum over rows of g^T r: g (..., G), r (..., K) dense -> (G, K), by cell_loop.h's
-    `cells_wgrad` (in every cell's library `lib`), out's rows split over the threads."""
-    g, r = g.reshape(-1, g.shape[-1]), r.reshape(-1, r.shape[-1])
-    (N, G), K = g.shape, r.shape[1]
-    out = g.new_empty(G, K)
-    fn = native.kernel(lib, "cells_wgrad", g.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5)
-    native.run(fn, [(out.data_ptr(), g.data_ptr(), r.data_ptr(), N, G, K, i0, i1)
-                    for i0, i1 in native.rows(G)])
-    return out
+def _weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """sum over rows of g^T r: g (..., G), r (..., K) dense -> (G, K), by wgrad.c (the
+    library's weight-gradient kernel) on the buffers as they are; g^T r without it."""
+    g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
+    out = wgrad.weight_grad(g, r)
+    return g.T @ r if out is None else out
 
 
 def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,7 +150,7 @@ class _NativeLoop(torch.autograd.Function):
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
                     *gs, *d_vecs], ctx.sizes, B)
         needs = ctx.needs_input_grad[8 + ctx.n_state:]
-        wg = (lambda g, r: _weight_grad(ctx.lib, g, r)) if ctx.x is not None else weight_grad
+        wg = _weight_grad if ctx.x is not None else weight_grad
         d_mats = [wg(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
         d_vecs = [d.sum(0).view(v.shape) if need else None
                   for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:len(vecs) + ctx.n_mat])]
@@ -163,7 +160,7 @@ class _NativeLoop(torch.autograd.Function):
         if ctx.needs_input_grad[7]:
             d_x = _product(ctx.lib, d_xp.view(-1, d_xp.shape[-1]), ctx.w_in).view(ctx.x_shape)
         if ctx.needs_input_grad[-1]:
-            d_w = _weight_grad(ctx.lib, d_xp, ctx.x)
+            d_w = _weight_grad(d_xp, ctx.x)
         return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 

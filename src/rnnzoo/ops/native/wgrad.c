@@ -6,7 +6,7 @@
    and db[i0, i1) = the column sums of g (a bias's gradient) where db is not NULL: read
    while g's block is in cache (torch's g.sum(0) reads (8192, 644) from memory again, ~2 ms).
    Register tiles of WG_R rows of out by 2 vectors of its columns (16 of the 32 AVX-512
-   registers; the idea of cell_loop.h's cells_wgrad): per n, 2 vectors of r's row and WG_R
+   registers; ops.native.cells' weight gradients take it too): per n, 2 vectors of r's row and WG_R
    of g's entries (adjacent in g's row) broadcast; n in blocks of WG_MC rows (a block of r
    stays in L1, out's tiles are read and written once a block). oneDNN's product runs these
    shapes (N = 8192, K = 128, G from 8 to ~1000) at ~75-110 GFLOP/s on one Zen 5 core,
