@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.layers._delta_block import delta_qkv
-from rnnzoo.layers._softplus import softplus
-from rnnzoo.layers.kda import KDA, _LogDecay
+from rnnzoo.layers.kda import KDA
 from rnnzoo.ops import backend
 from rnnzoo.ops.erase_delta import erase_delta, erase_delta_recurrent, erase_delta_step
 from rnnzoo.ops.native import vector_delta as native_vector
@@ -60,18 +58,10 @@ class GDN2(KDA):
     def _gate_inputs(self, x, conv_state):
         """q, k, g (B, T, H, K), v (B, T, H, V), z (B, T, H (K + V)) the erase and write
         gates' pre-sigmoids (`_gated`), new conv state."""
-        B, T, _ = x.shape
-        H, K = self.num_heads, self.head_dim
-        cdt = compute_dtype(x)
-        q, k, v, conv_state = delta_qkv(self, x, conv_state, self.sqrt_eps)
-        down, up = self.f_proj                          # dt_bias as the up product's bias
-        f = linear(down(x), up.weight, self.dt_bias.to(up.weight.dtype)).to(cdt).reshape(B, T, H, K)
-        A_log = self.A_log.to(cdt)
-        g = _LogDecay.apply(f, A_log) if backend.use_native(f, A_log) \
-            else -A_log.exp()[:, None] * softplus(f)
+        q, k, v, g, conv_state = self._qkv_decay(x, conv_state)
         # the erase and write gates from one product and one sigmoid (one x^T copy and one dx
         # product fewer than two projections; split's backward is one cat)
-        z = linear(x, torch.cat([self.b_proj.weight, self.w_proj.weight])).to(cdt)
+        z = linear(x, torch.cat([self.b_proj.weight, self.w_proj.weight])).to(compute_dtype(x))
         return q, k, v, g, z, conv_state
 
     def _gated(self, k, v, z):

@@ -93,8 +93,9 @@ class KDA(RecurrentLayer):
     def init_state(self, batch_size, device=None, dtype=None):
         return delta_state(self, batch_size, device, dtype)
 
-    def op_inputs(self, x, conv_state):
-        """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H, K), beta (B, T, H), new conv state."""
+    def _qkv_decay(self, x, conv_state):
+        """q, k (B, T, H, K), v (B, T, H, V), the per-channel log-decay g (B, T, H, K), new
+        conv state (also GDN2's)."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
@@ -104,7 +105,12 @@ class KDA(RecurrentLayer):
         A_log = self.A_log.to(cdt)
         g = _LogDecay.apply(f, A_log) if backend.use_native(f, A_log) \
             else -A_log.exp()[:, None] * softplus(f)
-        beta = torch.sigmoid(self.b_proj(x).to(cdt))
+        return q, k, v, g, conv_state
+
+    def op_inputs(self, x, conv_state):
+        """q, k (B, T, H, K), v (B, T, H, V), g (B, T, H, K), beta (B, T, H), new conv state."""
+        q, k, v, g, conv_state = self._qkv_decay(x, conv_state)
+        beta = torch.sigmoid(self.b_proj(x).to(compute_dtype(x)))
         if self.allow_neg_eigval:
             beta = 2 * beta
         return q, k, v, g, beta, conv_state
