@@ -1,10 +1,11 @@
 """nas' C loop with its projection inside the autograd node (ops.native.cells.scan_projected)
-and the products it takes in C (the weight gradients by wgrad.c, the products by cell_loop.h's cells_mm), against the Python
-hand-written backward (RNNZOO_NATIVE=0) and the reference loop: outputs, final states and
-the gradients of x, the initial state, W_ih, W_hh and the biases, float64 to 1e-10 and
-float32 close, at 1 and 2 threads; widths whose rows are whole cache lines (the streamed
-saved gates and d xp) and widths that are not; B = 1, T = 1; inputs or weights that need no
-gradient; no-grad runs."""
+and the products it takes in C (the weight gradients by linear.weight_grad: wgrad.c's kernel
+in float32, tested here in both dtypes at nas' shapes; the products by cell_loop.h's
+cells_mm), against the Python hand-written backward (RNNZOO_NATIVE=0) and the reference loop:
+outputs, final states and the gradients of x, the initial state, W_ih, W_hh and the biases,
+float64 to 1e-10 and float32 close, at 1 and 2 threads; widths whose rows are whole cache
+lines (the streamed saved gates and d xp) and widths that are not; B = 1, T = 1; inputs or
+weights that need no gradient; no-grad runs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from _cells import perturbed
 
 from rnnzoo.ops import native
 from rnnzoo.ops.native import cells as native_cells
+from rnnzoo.ops.native import wgrad
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def _wgrad(g, r, threads):
     try:
         torch.set_num_threads(threads)
         assert native.load("wgrad") is not None  # the kernel, not the g^T r fallback
-        return native_cells._weight_grad(g, r)
+        return wgrad.weight_grad(g, r)
     finally:
         torch.set_num_threads(old)
 

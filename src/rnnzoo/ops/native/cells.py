@@ -18,11 +18,12 @@ the Python loop) when the cell names no kernel or the kernel cannot be built.
         -> the same | None
 
 `scan` with the input projection xp = x w_in^T inside (a cell whose first matrix's gradient
-is the whole of d xp: NativeStep.g_is_dxp; nas): the weight gradients, w_in's and the
-matrices', in C (wgrad.c's `weight_grad`, g^T r on the buffers as they are: ~100
-GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
-(8192, 128)), and so are the projection and d x = d xp w_in (`cells_mm`: the loops' packed
-row tiles, 22 against oneDNN's 27-32 ms each at that size, 1 thread, loaded machine).
+is the whole of d xp: NativeStep.g_is_dxp; nas): the projection and d x = d xp w_in in C
+(`cells_mm`: the loops' packed row tiles, 22 against oneDNN's 27-32 ms each at that size, 1
+thread, loaded machine); the weight gradients, w_in's and the matrices', by
+ops.native.linear's `weight_grad` (in float32 wgrad.c's kernel on the buffers as they are:
+~100 GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
+(8192, 128)).
 
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
@@ -39,7 +40,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, native
-from rnnzoo.ops.native import wgrad
 from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["NativeStep", "scan", "scan_projected"]
@@ -75,14 +75,6 @@ def _call(kernel, tensors, sizes, batch):
     p = (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
     d = (ctypes.c_long * len(sizes))(*sizes)
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
-
-
-def _weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """sum over rows of g^T r: g (..., G), r (..., K) dense -> (G, K), by wgrad.c (the
-    library's weight-gradient kernel) on the buffers as they are; g^T r without it."""
-    g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
-    out = wgrad.weight_grad(g, r)
-    return g.T @ r if out is None else out
 
 
 def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -150,8 +142,7 @@ class _NativeLoop(torch.autograd.Function):
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
                     *gs, *d_vecs], ctx.sizes, B)
         needs = ctx.needs_input_grad[8 + ctx.n_state:]
-        wg = _weight_grad if ctx.x is not None else weight_grad
-        d_mats = [wg(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
+        d_mats = [weight_grad(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
         d_vecs = [d.sum(0).view(v.shape) if need else None
                   for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:len(vecs) + ctx.n_mat])]
         if ctx.x is None:
@@ -160,7 +151,7 @@ class _NativeLoop(torch.autograd.Function):
         if ctx.needs_input_grad[7]:
             d_x = _product(ctx.lib, d_xp.view(-1, d_xp.shape[-1]), ctx.w_in).view(ctx.x_shape)
         if ctx.needs_input_grad[-1]:
-            d_w = _weight_grad(d_xp, ctx.x)
+            d_w = weight_grad(d_xp, ctx.x)
         return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 
