@@ -15,9 +15,10 @@
 
    conv_l2_fwd3 / conv_l2_bwd3 take y (and dy) as three contiguous pieces of its channels,
    widths w0, w1 and C - w0 - w1 (the delta layers' q, k and v: no split copies before their
-   recurrences and no cat of the pieces' gradients after), each piece's rows written and
-   read in place where no piece boundary falls inside a norm group (the delta layers: whole
-   heads), else a row through a scratch row.
+   recurrences and no cat of the pieces' gradients after). The forward writes a row through
+   a scratch row (written in place, piece by piece, it ran slower); the backward reads dy's
+   pieces in place where no piece boundary falls inside a norm group (the delta layers:
+   whole heads), else through a scratch row.
 
    Layouts (row-major, contiguous): x, y, dy, dx (batch, T, C); w (K, C) = weight
    transposed; bias (C) or NULL; state, dstate (batch, K - 1, C); dw (batch, K, C) and
@@ -36,18 +37,16 @@ static inline const T *NAME(xp_row)(const T *x, const T *st, long b, long r, lon
     return r < K - 1 ? st + (b * (K - 1) + r) * C : x + (b * Tn + r - (K - 1)) * C;
 }
 
-/* s[c - c0] = bias + sum_k w[k] xp_{t+k} for the channels [c0, c1), in one pass (K a
-   constant where the caller dispatches it) */
+/* s = bias + sum_k w[k] xp_{t+k}, in one pass (K a constant where the caller dispatches it) */
 static inline __attribute__((always_inline)) void NAME(pre)(
     T *restrict s, const T *x, const T *st, const T *restrict w, const T *bias, long b, long t,
-    long Tn, long C, const long K, long c0, long c1) {
+    long Tn, long C, const long K) {
     const T *xr[K];
-    for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K) + c0;
-    const T *restrict wc = w + c0, *restrict bc = bias ? bias + c0 : NULL;
+    for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
 #pragma GCC ivdep
-    for (long c = 0; c < c1 - c0; c++) {
-        T sc = bc ? bc[c] : 0;
-        for (long k = 0; k < K; k++) sc += wc[k * C + c] * xr[k][c];
+    for (long c = 0; c < C; c++) {
+        T sc = bias ? bias[c] : 0;
+        for (long k = 0; k < K; k++) sc += w[k * C + c] * xr[k][c];
         s[c] = sc;
     }
 }
@@ -78,7 +77,7 @@ static inline void NAME(get)(T *dst, const T *const *y, const long *wd, long row
         memcpy(dst, y[i] + row * wd[i], wd[i] * sizeof(T));
 }
 
-/* whether the pieces are written and read in place (no row copy through a scratch row): no
+/* whether the backward reads dy's pieces in place (no row copy through a scratch row): no
    boundary between two pieces inside a norm group (always so for the delta layers, whose
    pieces are whole heads) */
 static inline int NAME(in_place)(const long *wd, long nn, long G) {
@@ -93,11 +92,11 @@ static inline __attribute__((always_inline)) void NAME(fwd_body)(
     const T *x, const T *w, const T *bias, const T *st, T *const *y, const long *wd, T *r,
     long Tn, long C, const long K, int silu, long nn, long G, int sqrt_eps, long b0, long b1) {
     const int whole = wd[0] == C;
-    T *s = whole ? NULL : malloc(C * sizeof(T));  /* a row's pieces through L1 (in place: slower) */
+    T *s = whole ? NULL : malloc(C * sizeof(T));
     for (long b = b0; b < b1; b++)
         for (long t = 0; t < Tn; t++) {
             T *restrict yr = whole ? y[0] + (b * Tn + t) * C : s;
-            NAME(pre)(yr, x, st, w, bias, b, t, Tn, C, K, 0, C);
+            NAME(pre)(yr, x, st, w, bias, b, t, Tn, C, K);
             if (silu)
                 for (long c = 0; c < C; c++) yr[c] = yr[c] / (1 + EXP(-yr[c]));
             if (nn) NAME(l2_rows)(yr, r + (b * Tn + t) * nn, nn, G, sqrt_eps);
