@@ -115,3 +115,19 @@ def test_native_conv_in_three_pieces(norm_groups, threads):
     assert torch.equal(b, y[..., 5:15])
     with pytest.raises(ValueError, match="splits"):
         run((5, 10, 3))
+
+
+@pytest.mark.parametrize("T", [8, 9])
+def test_native_conv_in_three_pieces_across_a_norm_group(T):
+    """splits whose boundary falls inside a norm group (the backward then reads dy through a
+    scratch row, not in place; the delta layers' pieces are whole heads): equal to the whole
+    y's split, float64, even and odd T (the backward takes steps in pairs)."""
+    m, x, state = _setup(2, T, 17, 4, True, True, torch.float64)
+    wrt, lib = [x, state, *m.parameters()], native_conv.load()
+    run = lambda sp=None: native_conv.short_conv(lib, x, m.weight, m.bias, state,  # noqa: E731
+                                                 True, 3, 5, False, sp)
+    (a, b, c), s = run((7, 6, 4))
+    got = outputs_and_grads((a, b, c, s), wrt)
+    y, s = run()
+    want = outputs_and_grads((y[..., :7], y[..., 7:13], y[..., 13:], s), wrt)
+    assert_close(got, want, ["q", "k", "v", "state", "x", "state0", "weight", "bias"], 1e-12)
