@@ -374,9 +374,10 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
    widths (short rows' loops otherwise spend more on their set-up than on their work) */
 #define WIDTHS(CALL, K, Q4) switch (O) { case 32: CALL(32, K, Q4); break; \
     case 64: CALL(64, K, Q4); break; case 128: CALL(128, K, Q4); break; default: CALL(O, K, Q4); }
-/* and the kind a constant too (its branches out of the inner loops), q = 4 apart */
+/* and the kind a constant too (its branches out of the inner loops), q = 4 apart (a general
+   q, its powers lane by lane, is not worth a body per width: one, compiled once) */
 #define EACH(CALL) switch (kind) { case 0: WIDTHS(CALL, 0, 0) break; \
-    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { WIDTHS(CALL, 1, 0) } break; \
+    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { CALL(O, 1, 0); } break; \
     default: WIDTHS(CALL, 2, 0) }
 
 void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,
