@@ -94,3 +94,45 @@ def test_books_its_flops(kind):
         y.sum().backward()
     assert tally[0] == 16 * B * H * N * C * n_in * n_out
     assert native_read.flops(B * H * N * C, n_in, n_out) == (tally[0] // 4, 3 * tally[0] // 4)
+
+
+def _softmax_read_ref(x, u0, U0, a, e, X, G):
+    """miras_read's softmax kind step by step in PyTorch: W_t = a_t W_t-1 - e_t X_t^T G_t from
+    each chunk's U_0, y_t = x_t softmax_rows(U_init + W_t). Chunk-major U0, X, G."""
+    B, H, N, C, _ = x.shape
+    ys = []
+    for n in range(N):
+        W, yc = U0[n], []
+        for t in range(C):
+            W = (a[:, :, n, t, None, None] * W
+                 - e[:, :, n, t, None, None] * X[n][:, :, t, :, None] * G[n][:, :, t, None, :])
+            P = torch.softmax(u0 + W, -1)
+            yc.append((x[:, :, n, t, None, :] @ P)[..., 0, :])
+        ys.append(torch.stack(yc, 2))
+    return torch.stack(ys, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n_out", [7, 32])
+def test_softmax_rows_drifting_within_a_chunk(dtype, n_out):
+    """The softmax forward shifts each row's exponentials by its max at the chunk's start; a
+    chunk whose rows drift ~300 a step from it (sums out of range) takes each step's own max
+    instead (a test that fails in both dtypes without it). Forward and every input gradient against the PyTorch steps, both chunks."""
+    B, H, N, C, n_in = 2, 1, 2, 5, 3
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    G = r(N, B, H, C, n_out)
+    G[1] = 300 * G[1].sign()                     # chunk 1 drifts: past exp_d's range too
+    ins = [r(B, H, N, C, n_in), r(H, n_in, n_out), r(N, B, H, n_in, n_out),
+           torch.sigmoid(r(B, H, N, C) + 2), torch.rand(B, H, N, C, generator=g, dtype=dtype),
+           r(N, B, H, C, n_in), G]
+    ins = [t.requires_grad_() for t in ins]
+    dy = r(B, H, N, C, n_out)
+    y = native_read.miras_read(native_read.load(), "softmax", None, *ins)
+    got = [y, *torch.autograd.grad((y * dy).sum(), ins)]
+    y = _softmax_read_ref(*ins)
+    want = [y, *torch.autograd.grad((y * dy).sum(), ins)]
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() <= tol * (1 + b.abs().max())

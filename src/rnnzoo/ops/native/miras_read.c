@@ -7,11 +7,10 @@
    phi (kind 0): softmax over each row (O wide);  (kind 1): V |V|_q^(2-q), the norm over the
    whole I x O matrix;  (kind 2): the identity (Yaad; its dU_init = sum_t x_t^T dy_t is left
    to the caller, one product). The rows of W_t are independent but for the per-step sums
-   over them (the q-norm, dx_t, da_t, de_t, dG_t), so the q-scale's and the identity's
-   forward and every backward run a chunk one weight row at a time (its W_t over the C steps
-   in registers or L1, the per-step sums as lane partials, summed NV steps at a time by
-   tile.h's hsum_rows); the softmax's forward, which needs each row's max and sum at once,
-   goes a step at a time, row by row. The backward recomputes a row's W_t and phi(V_t) and
+   over them (the q-norm, dx_t, da_t, de_t, dG_t, the softmax's row sums), so every forward
+   and backward runs a chunk one weight row at a time (its W_t over the C steps in registers
+   or L1, the per-step sums as lane partials, summed NV steps at a time by tile.h's
+   hsum_rows; the softmax's exponentials shifted by the row's max at the chunk's start). The backward recomputes a row's W_t and phi(V_t) and
    runs it back in time, dW the gradient reaching W_t:
 
        identity: dx = V dy,  dV = x dy^T
@@ -44,35 +43,6 @@
 #ifndef UNROLL
 #define UNROLL _Pragma("GCC unroll 8")
 #endif
-
-/* kind 0's step, row by row in cache: W <- a W - e X^T G, y = x softmax_rows(U_init + W);
-   the row's exponentials in p (O wide); each row's max and 1 / sum in st (2 I: the maxima,
-   then the inverses) for the backward */
-static INLINE void NAME(softmax_read)(const T *restrict u0, T *restrict W, T *restrict p, T at, T et,
-                               const T *restrict xs, const T *restrict gs, const T *restrict xr,
-                               T *restrict y, T *restrict st, long I, long O) {
-    for (long o = 0; o < O; o++) y[o] = 0;
-    for (long i = 0; i < I; i++) {
-        T c = et * xs[i], m = -INFINITY, sum = 0;
-        T *restrict w = W + i * O;
-        const T *restrict ui = u0 + i * O;
-        #pragma omp simd reduction(max:m)
-        for (long o = 0; o < O; o++) {
-            T wn = at * w[o] - c * gs[o];
-            w[o] = wn;
-            p[o] = ui[o] + wn;
-            m = p[o] > m ? p[o] : m;
-        }
-        #pragma omp simd
-        for (long o = 0; o < O; o++) p[o] = EXP(p[o] - m);
-        sum = NAME(total)(p, O);
-        st[i] = m;
-        st[I + i] = 1 / sum;
-        T r = xr[i] / sum;
-        #pragma omp simd
-        for (long o = 0; o < O; o++) y[o] += r * p[o];
-    }
-}
 
 /* chunk j's U_0, X and G: chunk n = j % N of (batch, head) j / N, each chunk's tensor apart
    (the chunk loop's own outputs, not stacked) */
@@ -159,27 +129,109 @@ static INLINE void NAME(fwd_rows)(const T *x, const T *u0, const T *const *U0, c
     free(buf);
 }
 
+/* kind 0's forward a row of the weights at a time too: row i's W_t in registers over the
+   chunk's steps, its P_t row exp(V_t - m) for every step in L1 (C rows) and their sums as
+   lane partials summed NV steps at a time (a step at a time, every row and step took a max
+   and a sum across its lanes), then y_t += x_t[i] / s_t P_t. The shift m is the row's max of
+   V at the chunk's start, one horizontal max a row and chunk: the softmax is blind to it, and
+   where a step's sum s_t leaves [1e-20, 1e30] (V_t drifted ~45 from it, or not finite) the
+   row's steps are done again, each with its own max. The backward takes each step's m and
+   1 / s_t (nrm) as before. */
+static INLINE void NAME(softmax_rows)(const T *x, const T *u0, const T *const *U0, const T *a,
+                                      const T *e, const T *const *X, const T *const *G, T *y,
+                                      T *nrm, long H, long N, long C, long I, long O, long j0,
+                                      long j1) {
+    const long n = I * O, VO = (O + NV - 1) / NV, CP = (C + NV - 1) / NV * NV;
+    long nv = 3 * C * VO + 2 * VO + CP;   /* G_t, y_t, P_t (C VO each), U_init's row, the
+                                             pad mask, the sums' lane partials */
+    size_t bytes = nv * sizeof(VEC) + (CP + 2 * C) * sizeof(T);
+    bytes = (bytes + TILE_BYTES - 1) / TILE_BYTES * TILE_BYTES;
+    VEC *buf = aligned_alloc(TILE_BYTES, bytes);
+    memset(buf, 0, bytes);
+    VEC *Gb = buf, *yb = Gb + C * VO, *Pb = yb + C * VO, *ub = Pb + C * VO, *mk = ub + VO,
+        *sv = mk + VO;
+    T *ss = (T *)(sv + CP), *mt = ss + CP, *iv = mt + C;
+    for (long o = 0; o < O; o++) ((T *)mk)[o] = 1;    /* pad lanes 0: out of the sums */
+    for (long j = j0; j < j1; j++) {
+        const T *u0h = u0 + ((j / N) % H) * n;
+        CHUNK_POINTERS
+        const T *aj = a + j * C, *ej = e + j * C, *xj = x + j * C * I;
+        for (long t = 0; t < C; t++) {
+            T *g = (T *)(Gb + t * VO);
+            for (long o = 0; o < O; o++) g[o] = Gj[t * O + o];
+            for (long v = 0; v < VO; v++) yb[t * VO + v] = (VEC){0};
+        }
+        for (long i = 0; i < I; i++) {
+            T *u = (T *)ub, m0 = -INFINITY;
+            #pragma omp simd reduction(max:m0)
+            for (long o = 0; o < O; o++) {
+                u[o] = u0h[i * O + o];
+                T v0 = u[o] + U0j[i * O + o];
+                m0 = v0 > m0 ? v0 : m0;
+            }
+            for (int exact = 0; exact < 2; exact++) {
+                VEC w[VO];
+                T *wr = (T *)w, m = m0;
+                for (long o = 0; o < O; o++) wr[o] = U0j[i * O + o];
+                for (long o = O; o < VO * NV; o++) wr[o] = 0;
+                for (long t = 0; t < C; t++) {
+                    T at = aj[t], c = ej[t] * Xj[t * I + i];
+                    const VEC *gt = Gb + t * VO;
+                    VEC *pv = Pb + t * VO;
+                    T *p = (T *)pv;
+                    UNROLL
+                    for (long v = 0; v < VO; v++) {
+                        w[v] = at * w[v] - c * gt[v];
+                        pv[v] = ub[v] + w[v];
+                    }
+                    if (exact) {
+                        m = -INFINITY;
+                        #pragma omp simd reduction(max:m)
+                        for (long o = 0; o < O; o++) m = p[o] > m ? p[o] : m;
+                    }
+                    mt[t] = m;
+                    #pragma omp simd
+                    for (long o = 0; o < VO * NV; o++) p[o] = EXP(p[o] - m);
+                    if (O % NV) pv[VO - 1] *= mk[VO - 1];
+                    VEC s = (VEC){0};
+                    UNROLL
+                    for (long v = 0; v < VO; v++) s += pv[v];
+                    sv[t] = s;
+                }
+                NAME(sums)(sv, ss, C);
+                int ok = 1;
+                for (long t = 0; t < C; t++) ok &= ss[t] >= (T)1e-20 && ss[t] <= (T)1e30;
+                if (ok) break;
+            }
+            #pragma omp simd
+            for (long t = 0; t < C; t++) iv[t] = 1 / ss[t];
+            for (long t = 0; t < C; t++) {
+                T r = xj[t * I + i] * iv[t], *st = nrm + (j * C + t) * 2 * I;
+                st[i] = mt[t];
+                st[I + i] = iv[t];
+                const VEC *pv = Pb + t * VO;
+                VEC *yt = yb + t * VO;
+                UNROLL
+                for (long v = 0; v < VO; v++) yt[v] += r * pv[v];
+            }
+        }
+        for (long t = 0; t < C; t++) {
+            const T *yr = (const T *)(yb + t * VO);
+            T *ys = y + (j * C + t) * O;
+            for (long o = 0; o < O; o++) ys[o] = yr[o];
+        }
+    }
+    free(buf);
+}
+
 static INLINE void NAME(fwd_chunks)(const T *x, const T *u0, const T *const *U0, const T *a,
                                     const T *e, const T *const *X, const T *const *G, T *y, T *nrm, long H,
                                     long N, long C, long I, long O, int kind, T q, int q4,
                                     long j0, long j1) {
-    long n = I * O;
-    if (kind != 0) {
+    if (kind == 0)
+        NAME(softmax_rows)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, O, j0, j1);
+    else
         NAME(fwd_rows)(x, u0, U0, a, e, X, G, y, nrm, H, N, C, I, O, kind, q, q4, j0, j1);
-        return;
-    }
-    T *W = malloc(2 * n * sizeof(T)), *P = W + n;
-    for (long j = j0; j < j1; j++) {   /* the softmax a step at a time, each row in one pass */
-        const T *u0h = u0 + ((j / N) % H) * n;
-        CHUNK_POINTERS
-        memcpy(W, U0j, n * sizeof(T));
-        for (long t = 0; t < C; t++) {
-            long s = j * C + t;
-            NAME(softmax_read)(u0h, W, P, a[s], e[s], Xj + t * I, Gj + t * O, x + s * I,
-                               y + s * O, nrm + s * 2 * I, I, O);
-        }
-    }
-    free(W);
 }
 
 /* the backward a row of the weights at a time: the rows of W_t (and of phi) are independent
@@ -322,9 +374,10 @@ static INLINE void NAME(bwd_chunks)(const T *x, const T *u0, const T *const *U0,
    widths (short rows' loops otherwise spend more on their set-up than on their work) */
 #define WIDTHS(CALL, K, Q4) switch (O) { case 32: CALL(32, K, Q4); break; \
     case 64: CALL(64, K, Q4); break; case 128: CALL(128, K, Q4); break; default: CALL(O, K, Q4); }
-/* and the kind a constant too (its branches out of the inner loops), q = 4 apart */
+/* and the kind a constant too (its branches out of the inner loops), q = 4 apart (a general
+   q, its powers lane by lane, is not worth a body per width: one, compiled once) */
 #define EACH(CALL) switch (kind) { case 0: WIDTHS(CALL, 0, 0) break; \
-    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { WIDTHS(CALL, 1, 0) } break; \
+    case 1: if (q == 4) { WIDTHS(CALL, 1, 1) } else { CALL(O, 1, 0); } break; \
     default: WIDTHS(CALL, 2, 0) }
 
 void NAME(miras_read_fwd)(const T *x, const T *u0, const T *const *U0, const T *a,

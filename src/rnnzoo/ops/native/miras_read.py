@@ -111,9 +111,10 @@ class _NativeRead(torch.autograd.Function):
                           ctx.q, *p) for i, p in enumerate(parts)])
         du0 = du0.sum(0)
         flop_count.add(flops(B * H * N * C, n_in, n_out)[1])
-        if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t, one product per head
-            du0 = (x.transpose(0, 1).flatten(1, 3).transpose(1, 2)
-                   @ dy.transpose(0, 1).flatten(1, 3))
+        if ctx.kind == 2:    # dU_init = sum_t x_t^T dy_t: a product per (batch, head) on
+            # views (a product per head took copies of the whole x and dy), summed over batch
+            du0 = torch.bmm(x.view(B * H, N * C, n_in).transpose(1, 2),
+                            dy.view(B * H, N * C, n_out)).view(B, H, n_in, n_out).sum(0)
         flat = [d for t in (dU0, dX, dG) for d in ([t] if isinstance(t, torch.Tensor) else t)]
         return (None, None, None, None, dx, du0, da, de, *flat)
 
