@@ -466,16 +466,12 @@ class Titans(RecurrentLayer):
         memory's inputs (finite), fast as _mac_aligned keeps it, W0 the initial memory.
         Returns (the read z (B, n, H, K), the new fast state)."""
         P0, M, S, conv_state, _ = fast
-        B, n, _ = proj.shape
         H = self.num_heads
         qkv, g = proj.split([proj.shape[-1] - 3 * H, 3 * H], -1)
         q, k, v, conv_state = memory_qkv(self, None, conv_state, fused=True, qkv=qkv)
-        gates = torch.sigmoid(g).view(B, n, 3, H).permute(2, 0, 3, 1)
-        if self.base_lr != 1:
-            gates = gates * gates.new_tensor([self.base_lr, 1.0, 1.0]).view(3, 1, 1, 1)
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-        z, M, S = titans_segment(tlib, q, k, v, gates.contiguous(), W0, P0, M, S)
-        return z.transpose(1, 2), [M, M, S, conv_state, P0]
+        # the gates' sigmoids and the kernels' (B, H, n, K) layout inside one autograd node
+        z, M, S = titans_segment(tlib, q, k, v, g, W0, P0, M, S, self.base_lr)
+        return z, [M, M, S, conv_state, P0]
 
     @staticmethod
     def _mac_fast_state(fast, count, n):
