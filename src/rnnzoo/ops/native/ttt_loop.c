@@ -29,6 +29,7 @@
 #else
 
 #include "ttt_norm.h"
+#include "mm.h"  /* mm: the MLP loop's products on register tiles */
 
 /* Z (M, K) = k (M, K) W (K, K) + c;  t = v - k */
 static inline void NAME(ttt_loop_z)(const T *restrict k, const T *restrict v,
@@ -274,31 +275,17 @@ static inline void NAME(ttt_gelu_row)(const T *restrict z, T *restrict y, T *res
     }
 }
 
-/* C (m, n) = (acc ? C : 0) + A (m, p) B (p, n), all row-major */
+/* C (m, n) = (acc ? C : 0) + A (m, p) B (p, n), all row-major, on mm.h's register tiles */
 static inline __attribute__((always_inline)) void NAME(ttt_nn)(
         const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n,
         int acc) {
-    for (long i = 0; i < m; i++) {
-        T *c = C + i * n;
-        if (!acc) memset(c, 0, n * sizeof(T));
-        for (long q = 0; q < p; q++) {
-            const T a = A[i * p + q], *b = B + q * n;
-            #pragma omp simd
-            for (long o = 0; o < n; o++) c[o] += a * b[o];
-        }
-    }
+    NAME(mm)(A, B, C, m, n, p, p, 1, n, 1, n, 0, 0, 0, acc, 0, m);
 }
 
-/* C (p, n) += A (m, p)^T B (m, n) */
+/* C (p, n) += A (m, p)^T B (m, n) (A^T read through its strides) */
 static inline __attribute__((always_inline)) void NAME(ttt_tn)(
         const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n) {
-    for (long i = 0; i < m; i++)
-        for (long q = 0; q < p; q++) {
-            const T a = A[i * p + q], *b = B + i * n;
-            T *c = C + q * n;
-            #pragma omp simd
-            for (long o = 0; o < n; o++) c[o] += a * b[o];
-        }
+    NAME(mm)(A, B, C, p, n, m, 1, p, n, 1, n, 0, 0, 0, 1, 0, p);
 }
 
 /* out (c, r) = in (r, c)^T */
