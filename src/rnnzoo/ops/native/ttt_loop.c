@@ -29,6 +29,7 @@
 #else
 
 #include "ttt_norm.h"
+#include "transpose.h"
 #include "mm.h"  /* mm: the MLP loop's products on register tiles */
 
 /* Z (M, K) = k (M, K) W (K, K) + c;  t = v - k */
@@ -288,10 +289,9 @@ static inline __attribute__((always_inline)) void NAME(ttt_tn)(
     NAME(mm)(A, B, C, p, n, m, 1, p, n, 1, n, 0, 0, 0, 1, 0, p);
 }
 
-/* out (c, r) = in (r, c)^T */
+/* out (c, r) = in (r, c)^T (transpose.h's 8 x 8 vector blocks) */
 static inline void NAME(ttt_tr)(const T *restrict in, T *restrict out, long r, long c) {
-    for (long i = 0; i < r; i++)
-        for (long j = 0; j < c; j++) out[j * r + i] = in[i * c + j];
+    NAME(trs)(out, r, in, c, r, c);
 }
 
 /* row sums: s (n) = (acc ? s : 0) + sum_i A_i (m, n) */
