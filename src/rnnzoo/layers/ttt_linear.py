@@ -31,7 +31,14 @@ from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.rotary import rotate
-from rnnzoo.ops.memory import inner_output, ttt_init_state, ttt_minibatch, ttt_sequential, ttt_step
+from rnnzoo.ops.memory import (
+    _gelu,
+    inner_output,
+    ttt_init_state,
+    ttt_minibatch,
+    ttt_sequential,
+    ttt_step,
+)
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -125,7 +132,7 @@ class TTTLayer(RecurrentLayer):
         """o = q + LN(z), then the gated output block. q, z: (B, T, H, K)."""
         w, b = self.norm_args(z.dtype)
         o = inner_output(q, z, w, b, self.norm_eps, self.inner_norm).flatten(2)
-        gate = F.gelu(self.g_proj(x).to(o.dtype), approximate="tanh")
+        gate = _gelu(self.g_proj(x).to(o.dtype))   # tanh GELU (in C on the CPU: ATen's costs more)
         o = F.layer_norm(o, o.shape[-1:], self.post_norm.weight.to(o.dtype),
                          self.post_norm.bias.to(o.dtype), self.norm_eps)
         return self.o_proj((gate * o).to(x.dtype))

@@ -29,25 +29,39 @@
 #else
 
 #include "ttt_norm.h"
+#include "transpose.h"
+#include "mm.h"  /* mm: the MLP loop's products on register tiles */
+
+/* C (m, n) = (acc ? C : 0) + A (m, p) B (p, n), all row-major, on mm.h's register tiles */
+static inline __attribute__((always_inline)) void NAME(ttt_nn)(
+        const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n,
+        int acc) {
+    NAME(mm)(A, B, C, m, n, p, p, 1, n, 1, n, 0, 0, 0, acc, 0, m);
+}
+
+/* C (p, n) += A (m, p)^T B (m, n) (A^T read through its strides) */
+static inline __attribute__((always_inline)) void NAME(ttt_tn)(
+        const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n) {
+    NAME(mm)(A, B, C, p, n, m, 1, p, n, 1, n, 0, 0, 0, 1, 0, p);
+}
+
+/* out (c, r) = in (r, c)^T (transpose.h's 8 x 8 vector blocks) */
+static inline void NAME(ttt_tr)(const T *restrict in, T *restrict out, long r, long c) {
+    NAME(trs)(out, r, in, c, r, c);
+}
 
 /* Z (M, K) = k (M, K) W (K, K) + c;  t = v - k */
 static inline void NAME(ttt_loop_z)(const T *restrict k, const T *restrict v,
                                     const T *restrict W, const T *restrict c, T *restrict Z,
                                     T *restrict t, long M, long K) {
     for (long i = 0; i < M; i++) {
-        T *z = Z + i * K;
-        const T *ki = k + i * K;
         #pragma omp simd
         for (long o = 0; o < K; o++) {
-            z[o] = c[o];
-            t[i * K + o] = v[i * K + o] - ki[o];
-        }
-        for (long p = 0; p < K; p++) {
-            const T a = ki[p], *w = W + p * K;
-            #pragma omp simd
-            for (long o = 0; o < K; o++) z[o] += a * w[o];
+            Z[i * K + o] = c[o];
+            t[i * K + o] = v[i * K + o] - k[i * K + o];
         }
     }
+    NAME(ttt_nn)(k, W, Z, M, K, K, 1);
 }
 
 /* G = the inner loss's gradient in Z, row by row; sc: scratch (2 K) */
@@ -98,16 +112,10 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_fwd_rows)(
                 memset(sj, 0, K * sizeof(T));
             }
             for (long i = 0; i < M; i++) {
-                const T *g = Glj + i * K, *ki = kj + i * K;
                 #pragma omp simd
-                for (long o = 0; o < K; o++) sj[o] += g[o];
-                for (long p = 0; p < K; p++) {
-                    const T a = ki[p];
-                    T *row = Sj + p * K;
-                    #pragma omp simd
-                    for (long o = 0; o < K; o++) row[o] += a * g[o];
-                }
+                for (long o = 0; o < K; o++) sj[o] += Glj[i * K + o];
             }
+            NAME(ttt_tn)(kj, Glj, Sj, M, K, K);
             #pragma omp simd
             for (long i = 0; i < KK; i++) W[i] -= tau * Sj[i];
             #pragma omp simd
@@ -163,32 +171,21 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
                 memcpy(dA0 + r * KK, gS, KK * sizeof(T));
                 memcpy(da0 + r * K, gs, K * sizeof(T));
             }
-            for (long p = 0; p < K; p++)
-                for (long o = 0; o < K; o++) {
-                    gST[o * K + p] = gS[p * K + o];
-                    WT[o * K + p] = Wj[p * K + o];
-                }
+            NAME(ttt_tr)(gS, gST, K, K);
+            NAME(ttt_tr)(Wj, WT, K, K);
             NAME(ttt_loop_z)(kj, vj, Wj, cj, Z, t, M, K);
             NAME(ttt_loop_g)(Z, t, wh, bh, G, sc, M, K, norm, (T)eps);
+            /* dGl' = dGl + gs + k gS (in dg);  dk = lr (G gS^T) */
             for (long i = 0; i < M; i++) {
-                const T *ki = kj + i * K, *gi = G + i * K, l = lj[i];
+                #pragma omp simd
+                for (long o = 0; o < K; o++) dg[i * K + o] = dGlj[i * K + o] + gs[o];
+            }
+            NAME(ttt_nn)(kj, gS, dg, M, K, K, 1);
+            NAME(ttt_nn)(G, gST, dkj, M, K, K, 0);
+            for (long i = 0; i < M; i++) {
+                const T *gi = G + i * K, l = lj[i];
                 T *d = dg + i * K, *dki = dkj + i * K;
-                /* dGl' = dGl + gs + k gS */
-                #pragma omp simd
-                for (long o = 0; o < K; o++) d[o] = dGlj[i * K + o] + gs[o];
-                for (long p = 0; p < K; p++) {
-                    const T a = ki[p], *row = gS + p * K;
-                    #pragma omp simd
-                    for (long o = 0; o < K; o++) d[o] += a * row[o];
-                }
-                /* dk = lr (G gS^T), dlr = G . dGl', dG = lr dGl' */
-                #pragma omp simd
-                for (long p = 0; p < K; p++) dki[p] = 0;
-                for (long o = 0; o < K; o++) {
-                    const T a = l * gi[o], *row = gST + o * K;
-                    #pragma omp simd
-                    for (long p = 0; p < K; p++) dki[p] += a * row[p];
-                }
+                /* dlr = G . dGl', dG = lr dGl' */
                 T x = 0;
                 #pragma omp simd reduction(+:x)
                 for (long o = 0; o < K; o++) {
@@ -212,26 +209,17 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
                         dtr[o] = -d[o];
                     }
                 }
-                /* dv = dt, dk -= dt, dk += dZ W^T, gc += dZ */
+                /* dv = dt, dk -= dt, gc += dZ */
                 #pragma omp simd
                 for (long o = 0; o < K; o++) {
                     dvj[i * K + o] = dtr[o];
-                    dki[o] -= dtr[o];
+                    dki[o] = l * dki[o] - dtr[o];
                     gc[o] += dzi[o];
                 }
-                for (long o = 0; o < K; o++) {
-                    const T a = dzi[o], *row = WT + o * K;
-                    #pragma omp simd
-                    for (long p = 0; p < K; p++) dki[p] += a * row[p];
-                }
-                /* gW += k_i^T dZ_i */
-                for (long p = 0; p < K; p++) {
-                    const T a = ki[p];
-                    T *row = gW + p * K;
-                    #pragma omp simd
-                    for (long o = 0; o < K; o++) row[o] += a * dzi[o];
-                }
             }
+            /* dk += dZ W^T,  gW += k^T dZ */
+            NAME(ttt_nn)(dZ, WT, dkj, M, K, K, 1);
+            NAME(ttt_tn)(kj, dZ, gW, M, K, K);
         }
         memcpy(dW + r * KK, gW, KK * sizeof(T));
         memcpy(dc + r * K, gc, K * sizeof(T));
@@ -272,39 +260,6 @@ static inline void NAME(ttt_gelu_row)(const T *restrict z, T *restrict y, T *res
         if (d1) d1[j] = (T)0.5 * (1 + t) + (T)0.5 * x * sech2 * du;
         if (d2) d2[j] = sech2 * (du - x * t * du * du + 3 * TTT_GS * TTT_GC * x * x);
     }
-}
-
-/* C (m, n) = (acc ? C : 0) + A (m, p) B (p, n), all row-major */
-static inline __attribute__((always_inline)) void NAME(ttt_nn)(
-        const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n,
-        int acc) {
-    for (long i = 0; i < m; i++) {
-        T *c = C + i * n;
-        if (!acc) memset(c, 0, n * sizeof(T));
-        for (long q = 0; q < p; q++) {
-            const T a = A[i * p + q], *b = B + q * n;
-            #pragma omp simd
-            for (long o = 0; o < n; o++) c[o] += a * b[o];
-        }
-    }
-}
-
-/* C (p, n) += A (m, p)^T B (m, n) */
-static inline __attribute__((always_inline)) void NAME(ttt_tn)(
-        const T *restrict A, const T *restrict B, T *restrict C, long m, long p, long n) {
-    for (long i = 0; i < m; i++)
-        for (long q = 0; q < p; q++) {
-            const T a = A[i * p + q], *b = B + i * n;
-            T *c = C + q * n;
-            #pragma omp simd
-            for (long o = 0; o < n; o++) c[o] += a * b[o];
-        }
-}
-
-/* out (c, r) = in (r, c)^T */
-static inline void NAME(ttt_tr)(const T *restrict in, T *restrict out, long r, long c) {
-    for (long i = 0; i < r; i++)
-        for (long j = 0; j < c; j++) out[j * r + i] = in[i * c + j];
 }
 
 /* row sums: s (n) = (acc ? s : 0) + sum_i A_i (m, n) */

@@ -23,11 +23,11 @@
 #else
 
 #include "mm.h"
+#include "transpose.h"
 
-/* out (c, r) = in (r, c)^T */
+/* out (c, r) = in (r, c)^T (transpose.h's 8 x 8 vector blocks) */
 static inline void NAME(ttt_transpose)(const T *restrict in, T *restrict out, long r, long c) {
-    for (long i = 0; i < r; i++)
-        for (long j = 0; j < c; j++) out[j * r + i] = in[i * c + j];
+    NAME(trs)(out, r, in, c, r, c);
 }
 
 /* C (m, n) (+)= A (m, k) B (k, n), one block, A's entry (i, p) at A + i a_rs + p a_cs, B and C
