@@ -37,7 +37,7 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.feature_maps import feature_size, features
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
-from rnnzoo.ops.native import atlas_scan, memory_gelu
+from rnnzoo.ops.native import atlas_scan
 from rnnzoo.ops.native import newton_schulz as native_ns
 
 __all__ = ["newton_schulz", "atlas_init_state", "atlas_step", "atlas_sequential",
@@ -206,79 +206,62 @@ def _newton_schulz_packed(St, shapes, steps):
 
 
 class _Chunks(torch.autograd.Function):
-    """Chunks of atlas_chunked on the CPU kernels (ops.native.atlas_scan, newton_schulz,
-    memory_gelu), forward and backward by hand: one autograd node for a run of chunks
-    instead of ~40 a chunk. Inputs chunk-major and contiguous: fk (n, B, H, C + W1, F), v
-    (n, B, H, C + W1, K), gamma (n, B, H, C + W1), q (n, B, H, C, F), the steps' e, w, a, c
-    (n, B, H, C); the initial weights W0 [(H, I, O)] (one or two), the gradient point Pg
-    [(B, H, I, O)], the packed M and S (B, H, N) before the first chunk. Returns z (n, B, H,
-    C, O) and the packed M and S after every chunk (n, B, H, N). The window gradients
-    (`_grads` with residual=False, no biases) and their backward are written out: for the
-    MLP Z1 = k P1, X2 = gelu(Z1), G = X2 P2 - v, G1 = (G P2^T) gelu'(Z1); the linear memory
-    G = k P1 - v."""
+    """Chunks of atlas_chunked on the CPU kernels (ops.native.atlas_scan, newton_schulz),
+    forward and backward by hand: one autograd node for a run of chunks instead of ~40 a
+    chunk. Inputs chunk-major and contiguous: fk (n, B, H, C + W1, F), v (n, B, H, C + W1, K),
+    gamma (n, B, H, C + W1), q (n, B, H, C, F), the steps' e, w, a, c (n, B, H, C); the packed
+    M and S (B, H, N) before the first chunk; then the initial weights W0 [(H, I, O)] (one or
+    two) and the gradient point Pg [(B, H, I, O)]. Returns z (n, B, H, C, O) and the packed
+    M and S after every chunk (n, B, H, N). A chunk: the window gradients at W0 + Pg
+    (atlas_scan.grads_fwd, `_grads` with residual=False and no biases, written out; for the
+    MLP Z1 = k P1, X2 = gelu(Z1), G = X2 P2 - v, G1 = (G P2^T) gelu'(Z1)), the momenta,
+    Newton-Schulz, the memories with their reads; the backward runs the chunks back."""
 
     @staticmethod
     def forward(ctx, cfg, fk, v, g, q, e, w, a, c, M0, S0, *wp):
-        lib, ns_lib, gelu_lib, W1, muon, ns_args, shapes = cfg
+        lib, ns_lib, W1, muon, ns_args, shapes = cfg
         n, L = e.shape[0], len(shapes)
-        mlp, W0, Pg = L == 2, wp[:L], wp[L:]
+        W0 = [t.contiguous() for t in wp[:L]]
+        W01, W02 = W0[0], (W0[1] if L == 2 else None)
         s, l_ = min(shapes[0]), max(shapes[0])
-        W01, W02 = W0[0].contiguous(), (W0[1].contiguous() if mlp else None)
         Mall, Sall = M0.new_empty(n, *M0.shape), S0.new_empty(n, *S0.shape)
         z = q.new_empty(*e.shape, shapes[-1][1])
+        Pg0 = _pack(wp[L:])
         Mp, Sp, keep = M0.contiguous(), S0.contiguous(), []
         for j in range(n):
-            P = [w0 + p for w0, p in zip(W0, Pg)]
-            k_j, g_j = fk[j], g[j][..., None]
-            if mlp:
-                Z1 = k_j @ P[0]
-                X2 = torch.empty_like(Z1)
-                memory_gelu._call(gelu_lib, "gelu_fwd", Z1, X2)
-                G = torch.matmul(X2, P[1]).sub_(v[j])
-                Y = G @ P[1].transpose(-1, -2)
-                G1 = torch.empty_like(Z1)
-                memory_gelu._call(gelu_lib, "gelu_bwd", Y, Z1, G1)
-                Xs, Gs, inner = (k_j, X2), (G1, G), (Z1, Y)
-            else:
-                G = torch.matmul(k_j, P[0]).sub_(v[j])
-                Xs, Gs, inner = (k_j,), (G,), ()
-            pairs = [(g_j * G_, X) if i > o else (X, g_j * G_)
-                     for X, G_, (i, o) in zip(Xs, Gs, shapes)]
-            St, Sp = atlas_scan.mom_fwd(lib, W1, Sp, e[j], w[j], *[t for p in pairs for t in p],
-                                        Slast=Sall[j])
+            out = atlas_scan.grads_fwd(lib, Mall[j - 1] if j else Pg0, W01, W02, fk[j], v[j],
+                                       g[j])
+            saved, Xs, Gs = (out[:5], (fk[j], out[1]), out[5:]) if L == 2 else \
+                (out[:1], (fk[j],), out[1:])
+            pairs = [t for X, G_, (i, o) in zip(Xs, Gs, shapes)
+                     for t in ((G_, X) if i > o else (X, G_))]
+            St, Sp = atlas_scan.mom_fwd(lib, W1, Sp, e[j], w[j], *pairs, Slast=Sall[j])
             U = native_ns.fwd(ns_lib, St.view(-1, s, l_), *ns_args).view(St.shape) if muon \
                 else St
             _, Mp, Ms, hs = atlas_scan.read_fwd(lib, Mp, U, a[j], c[j], q[j], W01, W02, z=z[j],
                                                 Mlast=Mall[j])
-            keep += [*inner, *Xs[1:], *Gs, *[t for p in pairs for t in p], St, U, Ms, hs]
-            Pg = _unpack(Mp, shapes)
+            keep += [*saved, *pairs, St, U, Ms, hs]
         ctx.cfg, ctx.n_keep = cfg, len(keep) // n
-        ctx.save_for_backward(fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, *wp[L:],
-                              *keep)
+        ctx.save_for_backward(fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep)
         return z, Mall, Sall
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dz, dMall, dSall):
-        lib, ns_lib, gelu_lib, W1, muon, ns_args, shapes = ctx.cfg
-        fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, *rest = ctx.saved_tensors
+        lib, ns_lib, W1, muon, ns_args, shapes = ctx.cfg
+        fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep = ctx.saved_tensors
         L = len(shapes)
-        mlp, Pg0, keep = L == 2, rest[:L], rest[L:]
-        n, m = e.shape[0], ctx.n_keep
+        n, m, ns = e.shape[0], ctx.n_keep, 5 if L == 2 else 1
         s, l_ = min(shapes[0]), max(shapes[0])
-        W0 = [W01, W02][:L]
         dz = q.new_zeros(*e.shape, shapes[-1][1]) if dz is None else dz.contiguous()
         dfk, dv, dg, dq = (torch.empty_like(t) for t in (fk, v, g, q))
         de, dw, da, dc = (torch.empty_like(t) for t in (e, w, a, c))
-        dW0 = [torch.zeros_like(w0) for w0 in W0]
+        dW0 = [torch.zeros_like(W01), None if W02 is None else torch.zeros_like(W02)][:L]
+        dWp = torch.zeros_like(M0)                      # the gradient points' part of dW0
         dMp, dSp = torch.zeros_like(M0), torch.zeros_like(S0)
         for j in reversed(range(n)):
             kj = keep[j * m:(j + 1) * m]
-            if mlp:
-                Z1, Y, X2, G1, G, u1, v1, u2, v2, St, U, Ms, hs = kj
-            else:
-                G, u1, v1, St, U, Ms, hs = kj
-                u2 = v2 = None
+            saved, pairs, (St, U, Ms, hs) = kj[:ns], kj[ns:ns + 2 * L], kj[ns + 2 * L:]
             Mprev, Sprev = (Mall[j - 1], Sall[j - 1]) if j else (M0, S0)
             if dMall is not None:
                 dMp += dMall[j]
@@ -288,44 +271,27 @@ class _Chunks(torch.autograd.Function):
                 lib, Mprev, U, a[j], c[j], q[j], W01, W02, Ms, hs, dz[j], dMp, da=da[j],
                 dc=dc[j], dq=dq[j])
             dW0[0] += dW1.sum(0)
-            if mlp:
+            if L == 2:
                 dW0[1] += dW2.sum(0)
             dSt = native_ns.bwd(ns_lib, St.view(-1, s, l_), dU.view(-1, s, l_),
                                 *ns_args).view(St.shape) if muon else dU
             dSp, du1, dv1, du2, dv2, *_ = atlas_scan.mom_bwd(
-                lib, W1, Sprev, e[j], w[j], u1, v1, u2, v2, St, dSt, dSp, de=de[j], dw=dw[j])
-            # the pairs' gradients to the window gradients (X_l, gamma G_l)
-            Pg = _unpack(Mall[j - 1], shapes) if j else Pg0
-            P = [w0 + p for w0, p in zip(W0, Pg)]
-            k_j, g_j = fk[j], g[j][..., None]
-            Gs = (G1, G) if mlp else (G,)
+                lib, W1, Sprev, e[j], w[j], *pairs, *[None] * (4 - 2 * L), St, dSt, dSp,
+                de=de[j], dw=dw[j])
+            # the pairs' gradients: (dX_l, d(gamma G_l)) per weight
             dX, dGg = [], []
             for (i, o), du, dv_ in zip(shapes, (du1, du2), (dv1, dv2)):
                 dX.append(dv_ if i > o else du)
                 dGg.append(du if i > o else dv_)
-            dg[j] = sum((d * G_).sum(-1) for d, G_ in zip(dGg, Gs))
-            if mlp:
-                dY, dZ1 = torch.empty_like(Z1), torch.empty_like(Z1)
-                memory_gelu._call(gelu_lib, "gelu_bwd2", (g_j * dGg[0]).contiguous(), Y, Z1, dY,
-                                  dZ1)
-                dG = torch.addcmul(dY @ P[1], g_j, dGg[1])
-                dX2 = torch.matmul(dG, P[1].transpose(-1, -2)).add_(dX[1])
-                dZ1b = torch.empty_like(Z1)
-                memory_gelu._call(gelu_lib, "gelu_bwd", dX2, Z1, dZ1b)
-                dZ1 += dZ1b
-                dP = [k_j.transpose(-1, -2) @ dZ1,
-                      torch.matmul(dY.transpose(-1, -2), G).add_(X2.transpose(-1, -2) @ dG)]
-                dk = torch.matmul(dZ1, P[0].transpose(-1, -2)).add_(dX[0])
-            else:
-                dG = g_j * dGg[0]
-                dP = [k_j.transpose(-1, -2) @ dG]
-                dk = torch.matmul(dG, P[0].transpose(-1, -2)).add_(dX[0])
-            dfk[j], dv[j] = dk, -dG
-            for acc, d in zip(dW0, dP):
-                acc += d.sum(0)
-            if j:
-                dMp = dM0.add_(_pack(dP))
-        return (None, dfk, dv, dg, dq, de, dw, da, dc, dM0, dSp, *dW0, *dP)
+            dPg = dM0 if j else torch.zeros_like(M0)
+            dfk[j], dv[j], dg[j] = atlas_scan.grads_bwd(
+                lib, Mprev if j else Pg0, W01, W02, fk[j], g[j], saved, dX[0],
+                dX[1] if L == 2 else None, dGg[0] if L == 2 else None, dGg[-1], dPg, dWp)
+            dMp = dPg
+        for acc, d in zip(dW0, _unpack(dWp, shapes)):
+            acc += d.sum(0)
+        return (None, dfk, dv, dg, dq, de, dw, da, dc, dM0, dSp, *dW0,
+                *_unpack(dPg, shapes))
 
 
 GROUP = 1 << 25  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
@@ -409,17 +375,15 @@ def _segment_native(cfg, j0, first, L, init, *t):
     return (z.movedim(0, 2), *_unpack(Mall[-1], shapes), *_unpack(Sall[-1], shapes), *hist)
 
 
-def _native_config(q, kind, init, W1, muon, ns_steps):
+def _native_config(q, init, W1, muon, ns_steps):
     """_Chunks' configuration where it can run (the C kernels load; with Muon every weight one
     short-first shape, the long side >= 2x the short), else None."""
     if not backend.use_native(q):
         return None
     shapes = [tuple(w.shape[-2:]) for w in init]
     forms = {(min(i, o), max(i, o)) for i, o in shapes}
-    libs = (atlas_scan.load(), native_ns.load() if muon else None,
-            memory_gelu.load() if kind != "linear" else None)
-    if libs[0] is None or (muon and (libs[1] is None or len(forms) > 1)) or \
-            (kind != "linear" and libs[2] is None):
+    libs = (atlas_scan.load(), native_ns.load() if muon else None)
+    if libs[0] is None or (muon and (libs[1] is None or len(forms) > 1)):
         return None
     ((short, long_),) = forms if muon else ((1, 2),)
     if long_ < 2 * short:
@@ -478,7 +442,7 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     th = chunks(place(theta, grid, on_grid))
     on = chunks(place(torch.ones_like(theta), grid, on_grid))
     w_in, c_out = (on, th) if muon else (th, on)
-    cfg = _native_config(q, kind, init, W1, muon, ns_steps)
+    cfg = _native_config(q, init, W1, muon, ns_steps)
     lib = atlas_scan.load() if cfg is None and backend.use_native(q) else None
     if cfg is not None:  # chunk-major, contiguous: _Chunks' inputs
         Dp = Rp = None

@@ -93,6 +93,38 @@ def read_bwd(lib, M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, da=None, dc=None
     return dM0, dU, da, dc, dq, dW1, dW2
 
 
+def grads_fwd(lib, Pg, W01, W02, k, v, g):
+    """The window gradients of a chunk at weights W0 + Pg (Pg packed (B, H, N), W0 (H, I, O)
+    one or two), k (B, H, W, I1), v (B, H, W, O), gamma g (B, H, W), no autograd, every
+    tensor contiguous: (Z1, X2, Y, G1, G, G1s, Gs) for the MLP (atlas_scan.c's grads_fwd;
+    G1s = g G1 and Gs = g G the pairs' scaled factors), (G, Gs) for the linear memory."""
+    H, (I1, O1) = W01.shape[0], W01.shape[1:]
+    I2, O2 = W02.shape[1:] if W02 is not None else (0, 0)
+    W = g.shape[-1]
+    G = k.new_empty(*g.shape, O2 or O1)
+    Gs = torch.empty_like(G)
+    mid = [k.new_empty(*g.shape, O1) for _ in range(5)] if W02 is not None else [None] * 5
+    Z1, X2, Y, G1, G1s = mid
+    _run(lib, "grads_fwd", k.dtype, (Pg, W01, W02, k, v, g, Z1, X2, Y, G1, G, G1s, Gs),
+         (H, I1, O1, I2, O2, W), g.numel() // W)
+    return (Z1, X2, Y, G1, G, G1s, Gs) if W02 is not None else (G, Gs)
+
+
+def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None):
+    """grads_fwd's backward: (dk, dv, dg) from the gradients of k (as X_0), X2, G1s and Gs
+    (dX1, dG1s None for the linear memory); saved: grads_fwd's (Z1, X2, Y, G1, G) (MLP) or
+    (G,); the weights' gradient is added into the packed dPa and dPb (B, H, N)."""
+    H, (I1, O1) = W01.shape[0], W01.shape[1:]
+    I2, O2 = W02.shape[1:] if W02 is not None else (0, 0)
+    W = g.shape[-1]
+    Z1, X2, Y, G1, G = saved if W02 is not None else (None,) * 4 + tuple(saved)
+    dk, dv, dg = torch.empty_like(k), torch.empty_like(G), torch.empty_like(g)
+    _run(lib, "grads_bwd", k.dtype, (Pg, W01, W02, k, g, Z1, X2, Y, G1, G, dX0, dX1, dG1s, dGs,
+                                      dk, dv, dg, dPa, dPb), (H, I1, O1, I2, O2, W),
+         g.numel() // W)
+    return dk, dv, dg
+
+
 class _Momenta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2):
