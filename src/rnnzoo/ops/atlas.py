@@ -259,6 +259,9 @@ class _Chunks(torch.autograd.Function):
         dW0 = [torch.zeros_like(W01), None if W02 is None else torch.zeros_like(W02)][:L]
         dWp = torch.zeros_like(M0)                      # the gradient points' part of dW0
         dMp, dSp = torch.zeros_like(M0), torch.zeros_like(S0)
+        # one dU and one dS_t buffer for every chunk (fresh (B, H, C, N) tensors a chunk
+        # cost their pages' first touch again where malloc hands them back to the system)
+        bufU, bufS = torch.empty_like(keep[-4]), torch.empty_like(keep[-4])
         for j in reversed(range(n)):
             kj = keep[j * m:(j + 1) * m]
             saved, pairs, (St, U, Ms, hs) = kj[:ns], kj[ns:ns + 2 * L], kj[ns + 2 * L:]
@@ -269,12 +272,12 @@ class _Chunks(torch.autograd.Function):
                 dSp += dSall[j]
             dM0, dU, *_, dW1, dW2 = atlas_scan.read_bwd(
                 lib, Mprev, U, a[j], c[j], q[j], W01, W02, Ms, hs, dz[j], dMp, da=da[j],
-                dc=dc[j], dq=dq[j])
+                dc=dc[j], dq=dq[j], dU=bufU)
             dW0[0] += dW1.sum(0)
             if L == 2:
                 dW0[1] += dW2.sum(0)
-            dSt = native_ns.bwd(ns_lib, St.view(-1, s, l_), dU.view(-1, s, l_),
-                                *ns_args).view(St.shape) if muon else dU
+            dSt = native_ns.bwd(ns_lib, St.view(-1, s, l_), dU.view(-1, s, l_), *ns_args,
+                                dX=bufS.view(-1, s, l_)).view(St.shape) if muon else dU
             dSp, du1, dv1, du2, dv2, *_ = atlas_scan.mom_bwd(
                 lib, W1, Sprev, e[j], w[j], *pairs, *[None] * (4 - 2 * L), St, dSt, dSp,
                 de=de[j], dw=dw[j])

@@ -76,13 +76,16 @@ def read_fwd(lib, M0, U, a, c, q, W01, W02=None, z=None, Mlast=None):
     return z, Mlast, Ms, hs
 
 
-def read_bwd(lib, M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, da=None, dc=None, dq=None):
+def read_bwd(lib, M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, da=None, dc=None, dq=None,
+             dU=None):
     """(dM0, dU, da, dc, dq, dW01 per row (B, H, I1, O1), dW02 per row or None) of
-    read_fwd, no autograd; every tensor contiguous (da, dc, dq, when given, are written)."""
+    read_fwd, no autograd; every tensor contiguous (da, dc, dq, dU, when given, are
+    written)."""
     C, H = a.shape[-1], W01.shape[0]
     (I1, O1), (I2, O2) = W01.shape[1:], (W02.shape[1:] if W02 is not None else (0, 0))
     R = a.numel() // C
-    dM0, dU = torch.empty_like(M0), torch.empty_like(U)
+    dM0 = torch.empty_like(M0)
+    dU = torch.empty_like(U) if dU is None else dU
     da = torch.empty_like(a) if da is None else da
     dc = torch.empty_like(c) if dc is None else dc
     dq = torch.empty_like(q) if dq is None else dq

@@ -42,9 +42,10 @@ def fwd(lib, X, steps, coeffs, eps):
     return Y
 
 
-def bwd(lib, X, dY, steps, coeffs, eps):
-    """dX of fwd from dY, X and dY (n, s, l) contiguous, no autograd."""
-    dX = torch.empty_like(X)
+def bwd(lib, X, dY, steps, coeffs, eps, dX=None):
+    """dX of fwd from dY, X and dY (n, s, l) contiguous, no autograd (dX, when given, is
+    written)."""
+    dX = torch.empty_like(X) if dX is None else dX
     _call(lib, "ns_bwd", X, dY, dX, steps=steps, coeffs=coeffs, eps=eps)
     return dX
 
