@@ -408,7 +408,9 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
     own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. On the
     CPU (ops.native.atlas_scan) the momenta and the memories with their reads run as their
-    step recurrences in C instead of those products. Under autograd the chunks run in
+    step recurrences in C instead of those products; where `_native_config` allows, a
+    segment's chunks run as one autograd node (`_Chunks`: the window gradients in C too, the
+    backward by hand), else as a per-chunk graph (`_chunk_run`). Under autograd the chunks run in
     segments of at most GROUP elements per (steps, I, O) tensor, all but the last
     checkpointed (its backward comes first, so recomputing it would save nothing), the last
     as long as GROUP allows and the others even: at T=2048, B=4, d_model 64 one chunk of 129

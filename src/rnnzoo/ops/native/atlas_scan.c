@@ -16,6 +16,11 @@
    stored transposed (O x I) where I > O (short side first); W0_k (H, I, O) per head (row r's head: r % H). read_bwd gives
    dW0_k per row (R, I, O): the caller sums the batch.
 
+   grads_fwd / grads_bwd: the Omega rule's window gradients of a chunk (the momenta's pairs
+   u, v) at the weights W0 + Pg, Pg packed, and their backward, the weights' gradient added
+   into packed buffers (one row's P, P2^T and dP in cache; the products vectorised over their
+   output rows).
+
    Rows [start, stop) of the R. Weight 2 is absent where s2 = 0. */
 #ifndef T
 #define KERNELS "atlas_scan.c"

@@ -9,7 +9,10 @@ on the packed states (..., N): every weight's short-side-first s x l matrix flat
 by side (ops.atlas._pack). u (..., C + W1, s), v (..., C + W1, l) per weight (one or two);
 e, w, a, c (..., C); U (..., C, N). `reads` runs the memories with the chunk's reads of the
 memory model through them (ops.atlas's MLP or linear memory), keeping no per-step read
-gradients. float32 or float64 on the CPU
+gradients. `grads_fwd` / `grads_bwd` are the Omega rule's window gradients (the pairs u, v)
+of a chunk at the weights W0 + Pg and their backward. mom_fwd / mom_bwd, read_fwd /
+read_bwd, grads_fwd / grads_bwd run without autograd (ops.atlas._Chunks' backward by hand);
+`momenta` and `reads` are the first two as autograd Functions. float32 or float64 on the CPU
 (`ops.backend.use_native`); threads split the rows (the leading dims). Differentiable in
 every input (the backward runs each recurrence back; S_{t-1}, M_{t-1} read from the
 outputs).
