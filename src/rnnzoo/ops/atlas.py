@@ -30,6 +30,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from rnnzoo.ops import backend
@@ -204,6 +205,98 @@ def _newton_schulz_packed(St, shapes, steps):
     return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
 
 
+class _Chunks(torch.autograd.Function):
+    """Chunks of atlas_chunked on the CPU kernels (ops.native.atlas_scan, newton_schulz),
+    forward and backward by hand: one autograd node for a run of chunks instead of ~40 a
+    chunk. Inputs chunk-major and contiguous: fk (n, B, H, C + W1, F), v (n, B, H, C + W1, K),
+    gamma (n, B, H, C + W1), q (n, B, H, C, F), the steps' e, w, a, c (n, B, H, C); the packed
+    M and S (B, H, N) before the first chunk; then the initial weights W0 [(H, I, O)] (one or
+    two) and the gradient point Pg [(B, H, I, O)]. Returns z (n, B, H, C, O) and the packed
+    M and S after every chunk (n, B, H, N). A chunk: the window gradients at W0 + Pg
+    (atlas_scan.grads_fwd, `_grads` with residual=False and no biases, written out; for the
+    MLP Z1 = k P1, X2 = gelu(Z1), G = X2 P2 - v, G1 = (G P2^T) gelu'(Z1)), the momenta,
+    Newton-Schulz, the memories with their reads; the backward runs the chunks back."""
+
+    @staticmethod
+    def forward(ctx, cfg, fk, v, g, q, e, w, a, c, M0, S0, *wp):
+        lib, ns_lib, W1, muon, ns_args, shapes = cfg
+        n, L = e.shape[0], len(shapes)
+        W0 = [t.contiguous() for t in wp[:L]]
+        W01, W02 = W0[0], (W0[1] if L == 2 else None)
+        s, l_ = min(shapes[0]), max(shapes[0])
+        Mall, Sall = M0.new_empty(n, *M0.shape), S0.new_empty(n, *S0.shape)
+        z = q.new_empty(*e.shape, shapes[-1][1])
+        Pg0 = _pack(wp[L:])
+        Mp, Sp, keep = M0.contiguous(), S0.contiguous(), []
+        for j in range(n):
+            out = atlas_scan.grads_fwd(lib, Mall[j - 1] if j else Pg0, W01, W02, fk[j], v[j],
+                                       g[j])
+            saved, Xs, Gs = (out[:5], (fk[j], out[1]), out[5:]) if L == 2 else \
+                (out[:1], (fk[j],), out[1:])
+            pairs = [t for X, G_, (i, o) in zip(Xs, Gs, shapes)
+                     for t in ((G_, X) if i > o else (X, G_))]
+            St, Sp = atlas_scan.mom_fwd(lib, W1, Sp, e[j], w[j], *pairs, Slast=Sall[j])
+            U = native_ns.fwd(ns_lib, St.view(-1, s, l_), *ns_args).view(St.shape) if muon \
+                else St
+            _, Mp, Ms, hs = atlas_scan.read_fwd(lib, Mp, U, a[j], c[j], q[j], W01, W02, z=z[j],
+                                                Mlast=Mall[j])
+            keep += [*saved, *pairs, St, U, Ms, hs]
+        ctx.cfg, ctx.n_keep = cfg, len(keep) // n
+        ctx.save_for_backward(fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep)
+        return z, Mall, Sall
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dz, dMall, dSall):
+        lib, ns_lib, W1, muon, ns_args, shapes = ctx.cfg
+        fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep = ctx.saved_tensors
+        L = len(shapes)
+        n, m, ns = e.shape[0], ctx.n_keep, 5 if L == 2 else 1
+        s, l_ = min(shapes[0]), max(shapes[0])
+        dz = q.new_zeros(*e.shape, shapes[-1][1]) if dz is None else dz.contiguous()
+        dfk, dv, dg, dq = (torch.empty_like(t) for t in (fk, v, g, q))
+        de, dw, da, dc = (torch.empty_like(t) for t in (e, w, a, c))
+        dW0 = [torch.zeros_like(W01), None if W02 is None else torch.zeros_like(W02)][:L]
+        dWp = torch.zeros_like(M0)                      # the gradient points' part of dW0
+        dMp, dSp = torch.zeros_like(M0), torch.zeros_like(S0)
+        # one dU and one dS_t buffer for every chunk (fresh (B, H, C, N) tensors a chunk
+        # cost their pages' first touch again where malloc hands them back to the system)
+        bufU, bufS = torch.empty_like(keep[-4]), torch.empty_like(keep[-4])
+        for j in reversed(range(n)):
+            kj = keep[j * m:(j + 1) * m]
+            saved, pairs, (St, U, Ms, hs) = kj[:ns], kj[ns:ns + 2 * L], kj[ns + 2 * L:]
+            Mprev, Sprev = (Mall[j - 1], Sall[j - 1]) if j else (M0, S0)
+            if dMall is not None:
+                dMp += dMall[j]
+            if dSall is not None:
+                dSp += dSall[j]
+            dM0, dU, *_, dW1, dW2 = atlas_scan.read_bwd(
+                lib, Mprev, U, a[j], c[j], q[j], W01, W02, Ms, hs, dz[j], dMp, da=da[j],
+                dc=dc[j], dq=dq[j], dU=bufU)
+            dW0[0] += dW1.sum(0)
+            if L == 2:
+                dW0[1] += dW2.sum(0)
+            dSt = native_ns.bwd(ns_lib, St.view(-1, s, l_), dU.view(-1, s, l_), *ns_args,
+                                dX=bufS.view(-1, s, l_)).view(St.shape) if muon else dU
+            dSp, du1, dv1, du2, dv2, *_ = atlas_scan.mom_bwd(
+                lib, W1, Sprev, e[j], w[j], *pairs, *[None] * (4 - 2 * L), St, dSt, dSp,
+                de=de[j], dw=dw[j])
+            # the pairs' gradients: (dX_l, d(gamma G_l)) per weight
+            dX, dGg = [], []
+            for (i, o), du, dv_ in zip(shapes, (du1, du2), (dv1, dv2)):
+                dX.append(dv_ if i > o else du)
+                dGg.append(du if i > o else dv_)
+            dPg = dM0 if j else torch.zeros_like(M0)
+            dfk[j], dv[j], dg[j] = atlas_scan.grads_bwd(
+                lib, Mprev if j else Pg0, W01, W02, fk[j], g[j], saved, dX[0],
+                dX[1] if L == 2 else None, dGg[0] if L == 2 else None, dGg[-1], dPg, dWp)
+            dMp = dPg
+        for acc, d in zip(dW0, _unpack(dWp, shapes)):
+            acc += d.sum(0)
+        return (None, dfk, dv, dg, dq, de, dw, da, dc, dM0, dSp, *dW0,
+                *_unpack(dPg, shapes))
+
+
 GROUP = 1 << 25  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
@@ -272,6 +365,35 @@ def _segment(kind, j0, first, L, init, feature_map, muon, ns_steps, lib, *t):
                       t[6 + 2 * L:], feature_map, muon, ns_steps, lib)
 
 
+def _segment_native(cfg, j0, first, L, init, *t):
+    """_chunk_run's result for chunks j0, j0 + 1, ... through _Chunks: t the eight
+    chunk-major inputs (fk, v, gamma, q, e, w, a, c), then M', M, S."""
+    shapes = cfg[-1]
+    Pg, Mc, S = t[8:8 + L], t[8 + L:8 + 2 * L], t[8 + 2 * L:]
+    z, Mall, Sall = _Chunks.apply(cfg, *t[:8], _pack(Mc), _pack(S), *init, *Pg)
+    hist = []
+    for j in range(max(first - j0, 0), Mall.shape[0]):
+        hist += [*(_unpack(Mall[j - 1], shapes) if j else Pg), *_unpack(Mall[j], shapes),
+                 *_unpack(Sall[j], shapes)]
+    return (z.movedim(0, 2), *_unpack(Mall[-1], shapes), *_unpack(Sall[-1], shapes), *hist)
+
+
+def _native_config(q, init, W1, muon, ns_steps):
+    """_Chunks' configuration where it can run (the C kernels load; with Muon every weight one
+    short-first shape, the long side >= 2x the short), else None."""
+    if not backend.use_native(q):
+        return None
+    shapes = [tuple(w.shape[-2:]) for w in init]
+    forms = {(min(i, o), max(i, o)) for i, o in shapes}
+    libs = (atlas_scan.load(), native_ns.load() if muon else None)
+    if libs[0] is None or (muon and (libs[1] is None or len(forms) > 1)):
+        return None
+    ((short, long_),) = forms if muon else ((1, 2),)
+    if long_ < 2 * short:
+        return None
+    return (*libs, W1, muon, (ns_steps, tuple(float(x) for x in MUON), 1e-7), shapes)
+
+
 def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map=None,
                   muon=False, ns_steps=5):
     """The chunkwise form, equal to `atlas_sequential`. Same arguments.
@@ -286,7 +408,9 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     point is the memory the previous one left). Every sequence sits on the chunk grid at its
     own offset, with identity steps (alpha = 0, eta = 1, nothing written) off it. On the
     CPU (ops.native.atlas_scan) the momenta and the memories with their reads run as their
-    step recurrences in C instead of those products. Under autograd the chunks run in
+    step recurrences in C instead of those products; where `_native_config` allows, a
+    segment's chunks run as one autograd node (`_Chunks`: the window gradients in C too, the
+    backward by hand), else as a per-chunk graph (`_chunk_run`). Under autograd the chunks run in
     segments of at most GROUP elements per (steps, I, O) tensor, all but the last
     checkpointed (its backward comes first, so recomputing it would save nothing), the last
     as long as GROUP allows and the others even: at T=2048, B=4, d_model 64 one chunk of 129
@@ -323,8 +447,13 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     th = chunks(place(theta, grid, on_grid))
     on = chunks(place(torch.ones_like(theta), grid, on_grid))
     w_in, c_out = (on, th) if muon else (th, on)
-    lib = atlas_scan.load() if backend.use_native(q) else None
-    if lib is not None:  # the steps' coefficients of the C recurrences
+    cfg = _native_config(q, init, W1, muon, ns_steps)
+    lib = atlas_scan.load() if cfg is None and backend.use_native(q) else None
+    if cfg is not None:  # chunk-major, contiguous: _Chunks' inputs
+        Dp = Rp = None
+        cm = lambda t: t.movedim(2, 0).contiguous()  # noqa: E731
+        fk, vE, gE, e, w_in, a, c_out = (cm(t) for t in (fk, vE, gE, e, w_in, a, c_out))
+    elif lib is not None:  # the steps' coefficients of the C recurrences
         Dp, Rp = torch.stack([e, w_in], -1), torch.stack([a, c_out], -1)
     else:
         t_ = torch.arange(C, device=q.device)
@@ -337,6 +466,8 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     qf = chunks(place(phi(q, feature_map), grid, on_grid))
     first, last = (T - 1) // C, (c + T - 1) // C
     args = (fk, vE, gE, qf, Dp, Rp)
+    if cfg is not None:
+        args = (fk, vE, gE, qf.movedim(2, 0).contiguous(), e, w_in, a, c_out)
     size = B * H * C * max(w.shape[-2] * w.shape[-1] for w in init)
     cap = NT if not torch.is_grad_enabled() else max(1, GROUP // size)
     # the last segment (kept, not recomputed) as long as allowed, the rest in even segments
@@ -345,8 +476,12 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     bounds = [rest * i // n_rest for i in range(n_rest)] + [rest, NT]
     zs, hist = [], []
     for j0, j1 in zip(bounds[:-1], bounds[1:]):
-        part = [t[:, :, j0:j1] for t in args]
-        fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
+        if cfg is not None:
+            part = [t[j0:j1] for t in args]
+            fn = partial(_segment_native, cfg, j0, first, L, init)
+        else:
+            part = [t[:, :, j0:j1] for t in args]
+            fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
         ins = (*part, *Pg, *Mc, *S)
         out = checkpoint(fn, *ins, use_reentrant=False) if j1 < NT else fn(*ins)
         zs.append(out[0])

@@ -68,6 +68,7 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     atlas_scan.c        atlas's chunk momenta (the window's outer products) and memories with
                         the memory model's reads as recurrences, a (batch x head) row in cache
                         (ops.atlas.atlas_chunked)
+                        and the Omega rule's window gradients of a chunk with their backward
     team.c              (no kernel) `run`'s ranges on torch's own OpenMP team
                         (`ops.native.team`), not on a pool thread of ours
     mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),

@@ -16,6 +16,11 @@
    stored transposed (O x I) where I > O (short side first); W0_k (H, I, O) per head (row r's head: r % H). read_bwd gives
    dW0_k per row (R, I, O): the caller sums the batch.
 
+   grads_fwd / grads_bwd: the Omega rule's window gradients of a chunk (the momenta's pairs
+   u, v) at the weights W0 + Pg, Pg packed, and their backward, the weights' gradient added
+   into packed buffers (one row's P, P2^T and dP in cache; the products vectorised over their
+   output rows).
+
    Rows [start, stop) of the R. Weight 2 is absent where s2 = 0. */
 #ifndef T
 #define KERNELS "atlas_scan.c"
@@ -325,6 +330,157 @@ void NAME(read_bwd)(const T *M0, const T *U, const T *a, const T *c, const T *q,
         }
     }
     free(dL);
+}
+
+/* g'(z) and g''(z) of the tanh GELU (memory_gelu.c's formulas) */
+static inline void NAME(gelu2)(T z, T *d1, T *d2)
+{
+    T u = GELU_S * (z + GELU_C * z * z * z), e = EXP(2 * u), r = 1 / (e + 1);
+    T sech2 = 4 * r * (e * r), t = 1 - 2 * r, du = GELU_S * (1 + 3 * GELU_C * z * z);
+    *d1 = (T)0.5 * (1 + t) + (T)0.5 * z * sech2 * du;
+    *d2 = sech2 * (du - z * t * du * du + 3 * GELU_S * GELU_C * z * z);
+}
+
+/* P (I x O, row-major) = w0 + the weight's block m of a packed state (O x I where I > O) */
+static void NAME(weights)(T *P, const T *w0, const T *m, long I, long O)
+{
+    for (long i = 0; i < I; i++)
+        for (long o = 0; o < O; o++)
+            P[i * O + o] = w0[i * O + o] + (I > O ? m[o * I + i] : m[i * O + o]);
+}
+
+/* the weight's block D of a packed tensor += dP (I x O) */
+static void NAME(add_block)(T *D, const T *dP, long I, long O)
+{
+    for (long i = 0; i < I; i++)
+        for (long o = 0; o < O; o++)
+            D[I > O ? o * I + i : i * O + o] += dP[i * O + o];
+}
+
+/* y += c x (n) */
+static inline void NAME(axpy)(T c, const T *restrict x, T *restrict y, long n)
+{
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] += c * x[i];
+}
+
+/* The Omega rule's window gradients of a chunk at the weights P = W0 + Pg (Pg packed (R,
+   N), W0_k (H, I, O)), for the W = C + W1 tokens k (R, W, I1), v (R, W, O2 or O1), gamma
+   g (R, W), the memory weight-only and its target v: for the MLP (I2 > 0)
+       Z1 = k P1, X2 = gelu(Z1), G = X2 P2 - v, Y = G P2^T, G1 = Y o gelu'(Z1),
+   giving Z1, X2, Y, G1, G (R, W, .) and the scaled G1s = g G1, Gs = g G; for the linear
+   memory G = k P1 - v and Gs (Z1 .. G1s unused, may be NULL). */
+void NAME(grads_fwd)(const T *Pg, const T *W01, const T *W02, const T *k, const T *v,
+                     const T *g, T *Z1, T *X2, T *Y, T *G1, T *G, T *G1s, T *Gs, long H, long I1,
+                     long O1, long I2, long O2, long W, long start, long stop)
+{
+    const long N1 = I1 * O1, N = N1 + I2 * O2, Z = I2 ? O2 : O1;
+    T *P1 = malloc((N1 + 2 * I2 * O2 + O1 + 1) * sizeof(T)), *P2 = P1 + N1, *P2T = P2 + I2 * O2;
+    T *gp = P2T + I2 * O2;
+    for (long r = start; r < stop; r++) {
+        NAME(weights)(P1, W01 + (r % H) * N1, Pg + r * N, I1, O1);
+        if (I2) {
+            NAME(weights)(P2, W02 + (r % H) * I2 * O2, Pg + r * N + N1, I2, O2);
+            for (long h = 0; h < I2; h++)
+                for (long o = 0; o < O2; o++) P2T[o * I2 + h] = P2[h * O2 + o];
+        }
+        for (long t = 0; t < W; t++) {
+            const long rt = r * W + t;
+            const T *kt = k + rt * I1, *vt = v + rt * Z, gt = g[rt];
+            T *gz = G + rt * Z, *z1 = I2 ? Z1 + rt * O1 : gz;
+            memset(z1, 0, O1 * sizeof(T));
+            for (long i = 0; i < I1; i++) NAME(axpy)(kt[i], P1 + i * O1, z1, O1);
+            if (I2) {
+                T *x2 = X2 + rt * O1, *y = Y + rt * O1, *g1 = G1 + rt * O1, *g1s = G1s + rt * O1;
+                for (long o = 0; o < O1; o++) x2[o] = NAME(gelu1)(z1[o], gp + o);
+                memset(gz, 0, O2 * sizeof(T));
+                for (long h = 0; h < I2; h++) NAME(axpy)(x2[h], P2 + h * O2, gz, O2);
+                memset(y, 0, O1 * sizeof(T));
+                for (long o = 0; o < O2; o++) {
+                    gz[o] -= vt[o];
+                    NAME(axpy)(gz[o], P2T + o * I2, y, I2);
+                }
+#pragma omp simd
+                for (long o = 0; o < O1; o++) {
+                    g1[o] = y[o] * gp[o];
+                    g1s[o] = gt * g1[o];
+                }
+            } else {
+                for (long o = 0; o < O1; o++) gz[o] -= vt[o];
+            }
+            T *gs = Gs + rt * Z;
+            for (long o = 0; o < Z; o++) gs[o] = gt * gz[o];
+        }
+    }
+    free(P1);
+}
+
+/* grads_fwd's backward from the gradients dX0 (of k as X_0), dX1 (of X2), dG1s, dGs (of the
+   outputs; dX1, dG1s NULL for the linear memory): dk, dv, dg (R, W, .), and the weights'
+   gradient dP added into the packed dPa and dPb (R, N; dPb may be NULL). */
+void NAME(grads_bwd)(const T *Pg, const T *W01, const T *W02, const T *k, const T *g,
+                     const T *Z1, const T *X2, const T *Y, const T *G1, const T *G,
+                     const T *dX0, const T *dX1, const T *dG1s, const T *dGs, T *dk, T *dv,
+                     T *dg, T *dPa, T *dPb, long H, long I1, long O1, long I2, long O2, long W,
+                     long start, long stop)
+{
+    const long N1 = I1 * O1, N2 = I2 * O2, N = N1 + N2, Z = I2 ? O2 : O1;
+    T *P1 = malloc((2 * N1 + 3 * N2 + 4 * O1 + Z + 1) * sizeof(T)), *P2 = P1 + N1;
+    T *P2T = P2 + N2, *dP1 = P2T + N2, *dP2 = dP1 + N1, *d1 = dP2 + N2, *dY = d1 + O1;
+    T *dZ1 = dY + O1, *dX2 = dZ1 + O1, *dG = dX2 + O1;
+    for (long r = start; r < stop; r++) {
+        NAME(weights)(P1, W01 + (r % H) * N1, Pg + r * N, I1, O1);
+        memset(dP1, 0, (N1 + N2) * sizeof(T));
+        if (I2) {
+            NAME(weights)(P2, W02 + (r % H) * N2, Pg + r * N + N1, I2, O2);
+            for (long h = 0; h < I2; h++)
+                for (long o = 0; o < O2; o++) P2T[o * I2 + h] = P2[h * O2 + o];
+        }
+        for (long t = 0; t < W; t++) {
+            const long rt = r * W + t;
+            const T *kt = k + rt * I1, *gz = G + rt * Z, *dgs = dGs + rt * Z, gt = g[rt];
+            T *dvt = dv + rt * Z, *dkt = dk + rt * I1, dgt = NAME(dot)(dgs, gz, Z);
+            for (long o = 0; o < Z; o++) dG[o] = gt * dgs[o];
+            const T *dy1 = dG;  /* the gradient of k P1 */
+            if (I2) {
+                const T *z1 = Z1 + rt * O1, *y = Y + rt * O1, *x2 = X2 + rt * O1;
+                const T *dg1s = dG1s + rt * O1, *dx1 = dX1 + rt * O1;
+                dgt += NAME(dot)(dg1s, G1 + rt * O1, O1);
+                for (long o = 0; o < O1; o++) {
+                    T d2, dG1 = gt * dg1s[o];
+                    NAME(gelu2)(z1[o], d1 + o, &d2);
+                    dY[o] = dG1 * d1[o];
+                    dZ1[o] = dG1 * y[o] * d2;
+                }
+                for (long h = 0; h < I2; h++) NAME(axpy)(dY[h], P2 + h * O2, dG, O2);
+                memcpy(dX2, dx1, O1 * sizeof(T));
+                for (long o = 0; o < O2; o++) NAME(axpy)(dG[o], P2T + o * I2, dX2, I2);
+#pragma omp simd
+                for (long o = 0; o < O1; o++) dZ1[o] += dX2[o] * d1[o];
+                for (long h = 0; h < I2; h++) {
+                    NAME(axpy)(dY[h], gz, dP2 + h * O2, O2);
+                    NAME(axpy)(x2[h], dG, dP2 + h * O2, O2);
+                }
+                dy1 = dZ1;
+            }
+            for (long o = 0; o < Z; o++) dvt[o] = -dG[o];
+            dg[rt] = dgt;
+            const T *dx0 = dX0 + rt * I1;
+            for (long i = 0; i < I1; i++) {
+                dkt[i] = dx0[i] + NAME(dot)(dy1, P1 + i * O1, O1);
+                NAME(axpy)(kt[i], dy1, dP1 + i * O1, O1);
+            }
+        }
+        NAME(add_block)(dPa + r * N, dP1, I1, O1);
+        if (I2)
+            NAME(add_block)(dPa + r * N + N1, dP2, I2, O2);
+        if (dPb) {
+            NAME(add_block)(dPb + r * N, dP1, I1, O1);
+            if (I2)
+                NAME(add_block)(dPb + r * N + N1, dP2, I2, O2);
+        }
+    }
+    free(P1);
 }
 
 #undef GELU_S

@@ -9,7 +9,10 @@ on the packed states (..., N): every weight's short-side-first s x l matrix flat
 by side (ops.atlas._pack). u (..., C + W1, s), v (..., C + W1, l) per weight (one or two);
 e, w, a, c (..., C); U (..., C, N). `reads` runs the memories with the chunk's reads of the
 memory model through them (ops.atlas's MLP or linear memory), keeping no per-step read
-gradients. float32 or float64 on the CPU
+gradients. `grads_fwd` / `grads_bwd` are the Omega rule's window gradients (the pairs u, v)
+of a chunk at the weights W0 + Pg and their backward. mom_fwd / mom_bwd, read_fwd /
+read_bwd, grads_fwd / grads_bwd run without autograd (ops.atlas._Chunks' backward by hand);
+`momenta` and `reads` are the first two as autograd Functions. float32 or float64 on the CPU
 (`ops.backend.use_native`); threads split the rows (the leading dims). Differentiable in
 every input (the backward runs each recurrence back; S_{t-1}, M_{t-1} read from the
 outputs).
@@ -36,19 +39,106 @@ def _run(lib, name, dtype, tensors, ints, R):
     native.run(fn, [(*ptrs, *ints, p0, p1) for p0, p1 in native.rows(R)])
 
 
+def mom_fwd(lib, W1, S0, e, w, u1, v1, u2=None, v2=None, Slast=None):
+    """(St (..., C, N), Slast (..., N)) of the momenta, no autograd; every tensor contiguous
+    (Slast, when given, is written)."""
+    C, N = e.shape[-1], S0.shape[-1]
+    dims = (u1.shape[-1], v1.shape[-1], 0 if u2 is None else u2.shape[-1],
+            0 if v2 is None else v2.shape[-1], C, W1)
+    St = S0.new_empty(*e.shape, N)
+    Slast = torch.empty_like(S0) if Slast is None else Slast
+    _run(lib, "mom_fwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, Slast), dims, e.numel() // C)
+    return St, Slast
+
+
+def mom_bwd(lib, W1, S0, e, w, u1, v1, u2, v2, St, dSt, dSlast, de=None, dw=None):
+    """(dS0, du1, dv1, du2, dv2, de, dw) of mom_fwd from dSt, dSlast, no autograd; every
+    tensor contiguous (de, dw, when given, are written)."""
+    C = e.shape[-1]
+    dims = (u1.shape[-1], v1.shape[-1], 0 if u2 is None else u2.shape[-1],
+            0 if v2 is None else v2.shape[-1], C, W1)
+    grads = [torch.empty_like(t) if t is not None else None for t in (S0, u1, v1, u2, v2)]
+    de = torch.empty_like(e) if de is None else de
+    dw = torch.empty_like(w) if dw is None else dw
+    _run(lib, "mom_bwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, dSt, dSlast, *grads, de, dw),
+         dims, e.numel() // C)
+    return (*grads, de, dw)
+
+
+def read_fwd(lib, M0, U, a, c, q, W01, W02=None, z=None, Mlast=None):
+    """(z (..., C, O), Mlast, Ms (..., C, N), hs (..., C, O1) or None) of the memories and
+    their reads, no autograd; every tensor contiguous (z, Mlast, when given, are written)."""
+    C, H = a.shape[-1], W01.shape[0]
+    (I1, O1), (I2, O2) = W01.shape[1:], (W02.shape[1:] if W02 is not None else (0, 0))
+    Ms = torch.empty_like(U)
+    Mlast = torch.empty_like(M0) if Mlast is None else Mlast
+    z = U.new_empty(*a.shape, O2 if W02 is not None else O1) if z is None else z
+    hs = U.new_empty(*a.shape, O1) if W02 is not None else None
+    _run(lib, "read_fwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, Mlast, z, hs),
+         (H, I1, O1, I2, O2, C), a.numel() // C)
+    return z, Mlast, Ms, hs
+
+
+def read_bwd(lib, M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, da=None, dc=None, dq=None,
+             dU=None):
+    """(dM0, dU, da, dc, dq, dW01 per row (B, H, I1, O1), dW02 per row or None) of
+    read_fwd, no autograd; every tensor contiguous (da, dc, dq, dU, when given, are
+    written)."""
+    C, H = a.shape[-1], W01.shape[0]
+    (I1, O1), (I2, O2) = W01.shape[1:], (W02.shape[1:] if W02 is not None else (0, 0))
+    R = a.numel() // C
+    dM0 = torch.empty_like(M0)
+    dU = torch.empty_like(U) if dU is None else dU
+    da = torch.empty_like(a) if da is None else da
+    dc = torch.empty_like(c) if dc is None else dc
+    dq = torch.empty_like(q) if dq is None else dq
+    dW1 = W01.new_empty(R // H, *W01.shape)
+    dW2 = None if W02 is None else W02.new_empty(R // H, *W02.shape)
+    _run(lib, "read_bwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, dM0, dU, da,
+                                     dc, dq, dW1, dW2), (H, I1, O1, I2, O2, C), R)
+    return dM0, dU, da, dc, dq, dW1, dW2
+
+
+def grads_fwd(lib, Pg, W01, W02, k, v, g):
+    """The window gradients of a chunk at weights W0 + Pg (Pg packed (B, H, N), W0 (H, I, O)
+    one or two), k (B, H, W, I1), v (B, H, W, O), gamma g (B, H, W), no autograd, every
+    tensor contiguous: (Z1, X2, Y, G1, G, G1s, Gs) for the MLP (atlas_scan.c's grads_fwd;
+    G1s = g G1 and Gs = g G the pairs' scaled factors), (G, Gs) for the linear memory."""
+    H, (I1, O1) = W01.shape[0], W01.shape[1:]
+    I2, O2 = W02.shape[1:] if W02 is not None else (0, 0)
+    W = g.shape[-1]
+    G = k.new_empty(*g.shape, O2 or O1)
+    Gs = torch.empty_like(G)
+    mid = [k.new_empty(*g.shape, O1) for _ in range(5)] if W02 is not None else [None] * 5
+    Z1, X2, Y, G1, G1s = mid
+    _run(lib, "grads_fwd", k.dtype, (Pg, W01, W02, k, v, g, Z1, X2, Y, G1, G, G1s, Gs),
+         (H, I1, O1, I2, O2, W), g.numel() // W)
+    return (Z1, X2, Y, G1, G, G1s, Gs) if W02 is not None else (G, Gs)
+
+
+def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None):
+    """grads_fwd's backward: (dk, dv, dg) from the gradients of k (as X_0), X2, G1s and Gs
+    (dX1, dG1s None for the linear memory); saved: grads_fwd's (Z1, X2, Y, G1, G) (MLP) or
+    (G,); the weights' gradient is added into the packed dPa and dPb (B, H, N)."""
+    H, (I1, O1) = W01.shape[0], W01.shape[1:]
+    I2, O2 = W02.shape[1:] if W02 is not None else (0, 0)
+    W = g.shape[-1]
+    Z1, X2, Y, G1, G = saved if W02 is not None else (None,) * 4 + tuple(saved)
+    dk, dv, dg = torch.empty_like(k), torch.empty_like(G), torch.empty_like(g)
+    _run(lib, "grads_bwd", k.dtype, (Pg, W01, W02, k, g, Z1, X2, Y, G1, G, dX0, dX1, dG1s, dGs,
+                                      dk, dv, dg, dPa, dPb), (H, I1, O1, I2, O2, W),
+         g.numel() // W)
+    return dk, dv, dg
+
+
 class _Momenta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2):
         S0, e, w, u1, v1 = (t.contiguous() for t in (S0, e, w, u1, v1))
         u2, v2 = (None if t is None else t.contiguous() for t in (u2, v2))
-        C, N = e.shape[-1], S0.shape[-1]
-        R = e.numel() // C
-        dims = (u1.shape[-1], v1.shape[-1], 0 if u2 is None else u2.shape[-1],
-                0 if v2 is None else v2.shape[-1], C, W1)
-        St, Slast = S0.new_empty(*e.shape, N), torch.empty_like(S0)
-        _run(lib, "mom_fwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, Slast), dims, R)
+        St, Slast = mom_fwd(lib, W1, S0, e, w, u1, v1, u2, v2)
         ctx.save_for_backward(S0, e, w, u1, v1, u2, v2, St)
-        ctx.lib, ctx.dims, ctx.R = lib, dims, R
+        ctx.lib, ctx.W1 = lib, W1
         return St, Slast
 
     @staticmethod
@@ -57,11 +147,8 @@ class _Momenta(torch.autograd.Function):
         S0, e, w, u1, v1, u2, v2, St = ctx.saved_tensors
         dSt = torch.zeros_like(St) if dSt is None else dSt.contiguous()
         dSlast = torch.zeros_like(S0) if dSlast is None else dSlast.contiguous()
-        grads = [torch.empty_like(t) if t is not None else None
-                 for t in (S0, u1, v1, u2, v2, e, w)]
-        _run(ctx.lib, "mom_bwd", S0.dtype, (S0, u1, v1, u2, v2, e, w, St, dSt, dSlast,
-                                            *grads), ctx.dims, ctx.R)
-        dS0, du1, dv1, du2, dv2, de, dw = grads
+        dS0, du1, dv1, du2, dv2, de, dw = mom_bwd(ctx.lib, ctx.W1, S0, e, w, u1, v1, u2, v2, St,
+                                                  dSt, dSlast)
         return None, None, dS0, de, dw, du1, dv1, du2, dv2
 
 
@@ -70,31 +157,20 @@ class _Reads(torch.autograd.Function):
     def forward(ctx, lib, M0, U, a, c, q, W01, W02):
         M0, U, a, c, q, W01 = (t.contiguous() for t in (M0, U, a, c, q, W01))
         W02 = None if W02 is None else W02.contiguous()
-        C, H = a.shape[-1], W01.shape[0]
-        R = a.numel() // C
-        (I1, O1), (I2, O2) = W01.shape[1:], (W02.shape[1:] if W02 is not None else (0, 0))
-        Ms, Mlast = torch.empty_like(U), torch.empty_like(M0)
-        z = U.new_empty(*a.shape, O2 if W02 is not None else O1)
-        hs = U.new_empty(*a.shape, O1) if W02 is not None else None
-        dims = (H, I1, O1, I2, O2, C)
-        _run(lib, "read_fwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, Mlast, z, hs), dims, R)
+        z, Mlast, Ms, hs = read_fwd(lib, M0, U, a, c, q, W01, W02)
         ctx.save_for_backward(M0, U, a, c, q, W01, W02, Ms, hs)
-        ctx.lib, ctx.dims, ctx.R = lib, dims, R
+        ctx.lib = lib
         return z, Mlast
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dz, dMlast):
         M0, U, a, c, q, W01, W02, Ms, hs = ctx.saved_tensors
-        B = ctx.R // W01.shape[0]
-        dz = a.new_zeros(*a.shape, ctx.dims[4] or ctx.dims[2]) if dz is None else \
-            dz.contiguous()
+        width = (W02 if W02 is not None else W01).shape[-1]
+        dz = a.new_zeros(*a.shape, width) if dz is None else dz.contiguous()
         dMlast = torch.zeros_like(M0) if dMlast is None else dMlast.contiguous()
-        dM0, dU, da, dc, dq = (torch.empty_like(t) for t in (M0, U, a, c, q))
-        dW1 = W01.new_empty(B, *W01.shape)
-        dW2 = None if W02 is None else W02.new_empty(B, *W02.shape)
-        _run(ctx.lib, "read_bwd", M0.dtype, (M0, U, a, c, q, W01, W02, Ms, hs, dz, dMlast, dM0,
-                                             dU, da, dc, dq, dW1, dW2), ctx.dims, ctx.R)
+        dM0, dU, da, dc, dq, dW1, dW2 = read_bwd(ctx.lib, M0, U, a, c, q, W01, W02, Ms, hs, dz,
+                                                 dMlast)
         return (None, dM0, dU, da, dc, dq, dW1.sum(0),
                 None if dW2 is None else dW2.sum(0))
 

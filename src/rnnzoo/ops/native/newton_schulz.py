@@ -35,12 +35,26 @@ def _call(lib, name, X, *tensors, steps, coeffs, eps):
     native.run(fn, [(*ptrs, s, long_, steps, *coeffs, eps, *p) for p in native.rows(n)])
 
 
+def fwd(lib, X, steps, coeffs, eps):
+    """Y of X (n, s, l) contiguous, no autograd."""
+    Y = torch.empty_like(X)
+    _call(lib, "ns_fwd", X, Y, steps=steps, coeffs=coeffs, eps=eps)
+    return Y
+
+
+def bwd(lib, X, dY, steps, coeffs, eps, dX=None):
+    """dX of fwd from dY, X and dY (n, s, l) contiguous, no autograd (dX, when given, is
+    written)."""
+    dX = torch.empty_like(X) if dX is None else dX
+    _call(lib, "ns_bwd", X, dY, dX, steps=steps, coeffs=coeffs, eps=eps)
+    return dX
+
+
 class _NewtonSchulz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, X, steps, coeffs, eps):
         X = X.contiguous()
-        Y = torch.empty_like(X)
-        _call(lib, "ns_fwd", X, Y, steps=steps, coeffs=coeffs, eps=eps)
+        Y = fwd(lib, X, steps, coeffs, eps)
         ctx.save_for_backward(X)
         ctx.lib, ctx.args = lib, dict(steps=steps, coeffs=coeffs, eps=eps)
         return Y
@@ -49,9 +63,7 @@ class _NewtonSchulz(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dY):
         (X,) = ctx.saved_tensors
-        dX = torch.empty_like(X)
-        _call(ctx.lib, "ns_bwd", X, dY.contiguous(), dX, **ctx.args)
-        return None, dX, None, None, None
+        return None, bwd(ctx.lib, X, dY.contiguous(), **ctx.args), None, None, None
 
 
 def newton_schulz(lib, X, steps, coeffs, eps):
