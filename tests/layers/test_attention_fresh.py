@@ -1,0 +1,97 @@
+"""The attention layer's fresh-sequence path (Attention._attend on the CPU: a fresh sequence,
+T <= window, finite q, k, v) runs the causal kernel without the finite marks and writes the
+cache's first T slots without a scatter; it equals the marked form (outputs, state, every
+gradient) and the sequential reference's state, for full attention, a sliding window and
+Titans-MAG / MAL's attention branch (which runs through it); a non-finite input, a begun state
+or T over the window take the marked form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from rnnzoo.layers.attention import Attention
+
+
+def _layer(name, window, heads, dtype):
+    torch.manual_seed(0)
+    if name == "attention":
+        return rnnzoo.create(name, d_model=8, num_heads=heads, window=window, max_len=16).to(dtype)
+    return rnnzoo.create(name, d_model=8, num_heads=heads, chunk_size=4, d_conv=2,
+                         window=window).to(dtype).attn
+
+
+def _run(attn, x, state, mode="parallel"):
+    xx = x.clone().requires_grad_()
+    y, new = attn._forward(xx, state, mode)
+    attn.zero_grad(set_to_none=True)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    (y * g).sum().backward()
+    return y, new, [xx.grad] + [p.grad for p in attn.parameters()]
+
+
+@pytest.mark.parametrize("name", ["attention", "titans_mag", "titans_mal"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("B,T,heads,window", [(2, 7, 2, 7), (1, 5, 1, 9), (3, 12, 2, None)])
+def test_fresh_path_equals_marked_form_and_reference(monkeypatch, name, dtype, tol, B, T, heads,
+                                                     window):
+    if window is None and name != "attention":
+        window = 12
+    attn = _layer(name, window, heads, dtype)
+    state = attn.init_state(B, dtype=dtype)
+    # a cache already holding values past T: the fresh path keeps them, as the scatter does
+    state = (state[0] + torch.randn_like(state[0]), state[1] + torch.randn_like(state[1]),
+             state[2])
+    x = torch.randn(B, T, 8, dtype=dtype)
+    marked = []
+    plain = attn._attend_marked
+    monkeypatch.setattr(attn, "_attend_marked", lambda *a: marked.append(1) or plain(*a))
+    fast = _run(attn, x, state)
+    assert marked == []                                   # the fresh path ran
+    monkeypatch.setattr(Attention, "_finite", staticmethod(lambda *ts: False))
+    slow = _run(attn, x, state)
+    assert marked == [1]
+    ref = _run(attn, x, state, "sequential")
+    for other in (slow, ref):
+        torch.testing.assert_close(fast[0], other[0], rtol=tol, atol=tol)
+        for a, b in zip(fast[1], other[1]):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        for a, b in zip(fast[2], other[2]):
+            assert a is not None and b is not None
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["attention", "titans_mag"])
+def test_other_cases_take_the_marked_form(monkeypatch, name):
+    """A NaN input (rows before it finite, from it NaN), a begun state, T over the window."""
+    attn = _layer(name, 6, 2, torch.float64)
+    state = attn.init_state(2, dtype=torch.float64)
+    marked = []
+    plain = attn._attend_marked
+    monkeypatch.setattr(attn, "_attend_marked", lambda *a: marked.append(1) or plain(*a))
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    attn._forward(x, state, "parallel")
+    assert marked == []
+    bad = x.clone()
+    bad[1, 2, 3] = float("nan")
+    y, _ = attn._forward(bad, state, "parallel")
+    assert marked == [1]
+    assert not y[1, 2:].isfinite().any() and y[1, :2].isfinite().all() and y[0].isfinite().all()
+    attn._forward(x, (state[0], state[1], state[2] + 1), "parallel")          # begun
+    attn._forward(torch.randn(2, 7, 8, dtype=torch.float64), state, "parallel")  # over the window
+    assert marked == [1, 1, 1]
+
+
+def test_titans_block_runs_the_fresh_path(monkeypatch):
+    """MAG's chunk mode attends through the attention layer's fresh path (no other copy)."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("titans_mag", d_model=8, num_heads=2, chunk_size=4, d_conv=2,
+                          window=8).double()
+    calls = []
+    plain = Attention._causal
+    monkeypatch.setattr(Attention, "_causal", staticmethod(lambda *a: calls.append(1)
+                                                           or plain(*a)))
+    monkeypatch.setattr(layer.attn, "_attend_marked", lambda *a: pytest.fail("marked form"))
+    layer(torch.randn(2, 6, 8, dtype=torch.float64), mode="chunk")
+    assert calls == [1]
