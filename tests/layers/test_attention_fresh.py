@@ -3,7 +3,8 @@ T <= window, finite q, k, v) runs the causal kernel without the finite marks and
 cache's first T slots without a scatter; it equals the marked form (outputs, state, every
 gradient) and the sequential reference's state, for full attention, a sliding window and
 Titans-MAG / MAL's attention branch (which runs through it); a non-finite input, a begun state
-or T over the window take the marked form."""
+or T over the window take the marked form. Forgetting attention's fresh path (no finite marks
+on q, k, v and the gates) likewise."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import rnnzoo
+from rnnzoo.layers import forgetting_attention as fox_module
 from rnnzoo.layers.attention import Attention
 
 
@@ -95,3 +97,36 @@ def test_titans_block_runs_the_fresh_path(monkeypatch):
     monkeypatch.setattr(layer.attn, "_attend_marked", lambda *a: pytest.fail("marked form"))
     layer(torch.randn(2, 6, 8, dtype=torch.float64), mode="chunk")
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("B,T,heads,rope", [(2, 7, 2, None), (1, 5, 1, 10000.0)])
+def test_forgetting_attention_fresh_path(monkeypatch, dtype, tol, B, T, heads, rope):
+    torch.manual_seed(0)
+    attn = rnnzoo.create("forgetting_attention", d_model=8, num_heads=heads, max_len=16,
+                         rope_base=rope).to(dtype)
+    state = attn.init_state(B, dtype=dtype)
+    state = (state[0] + torch.randn_like(state[0]), state[1] + torch.randn_like(state[1]),
+             state[2] + torch.randn_like(state[2]), state[3])
+    x = torch.randn(B, T, 8, dtype=dtype)
+    marks = []
+    plain = fox_module.finite
+    monkeypatch.setattr(fox_module, "finite", lambda *a: marks.append(1) or plain(*a))
+    fast = _run(attn, x, state)
+    assert marks == []                                   # the fresh path: no marks
+    monkeypatch.setattr(Attention, "_finite", staticmethod(lambda *ts: False))
+    slow = _run(attn, x, state)
+    assert marks
+    ref = _run(attn, x, state, "sequential")
+    for other in (slow, ref):
+        torch.testing.assert_close(fast[0], other[0], rtol=tol, atol=tol)
+        for a, b in zip(fast[1], other[1]):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        for a, b in zip(fast[2], other[2]):
+            assert a is not None and b is not None
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    monkeypatch.undo()
+    bad = x.clone()
+    bad[-1, 2, 3] = float("nan")
+    y, s = attn._forward(bad, state, "parallel")
+    assert not y[-1, 2:].isfinite().any() and y[-1, :2].isfinite().all() and y[:-1].isfinite().all()
