@@ -4,7 +4,8 @@ cache's first T slots without a scatter; it equals the marked form (outputs, sta
 gradient) and the sequential reference's state, for full attention, a sliding window and
 Titans-MAG / MAL's attention branch (which runs through it); a non-finite input, a begun state
 or T over the window take the marked form. Forgetting attention's fresh path (no finite marks
-on q, k, v and the gates) likewise."""
+on q, k, v and the gates) likewise. The causal C kernel's tiles whose first rows skip the
+keys past the tile's upper corner."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import rnnzoo
 from rnnzoo.layers import forgetting_attention as fox_module
 from rnnzoo.layers.attention import Attention
+from rnnzoo.ops.native import attention as native_attention
 
 
 def _layer(name, window, heads, dtype):
@@ -130,3 +132,35 @@ def test_forgetting_attention_fresh_path(monkeypatch, dtype, tol, B, T, heads, r
     bad[-1, 2, 3] = float("nan")
     y, s = attn._forward(bad, state, "parallel")
     assert not y[-1, 2:].isfinite().any() and y[-1, :2].isfinite().all() and y[:-1].isfinite().all()
+
+
+@pytest.mark.skipif(native_attention.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("shape,tile", [((1, 2, 100, 8, 5), 64), ((2, 1, 45, 4, 3), 20),
+                                        ((1, 1, 64, 32, 32), 64)])
+@pytest.mark.parametrize("bias,keep", [(False, True), (True, True), (True, False)])
+def test_causal_kernel_tile_corners(monkeypatch, dtype, tol, shape, tile, bias, keep):
+    """sm_heads_fwd / bwd: a tile's first rows (a multiple of 6 near half the tile) multiply
+    only the keys up to a multiple of 16 past their last query, the rest the whole tile's
+    keys; outputs and the gradients of q, k, v and the bias equal the masked softmax, with
+    full and partial tiles (100 = 64 + 36, 45 = 20 + 20 + 5), probabilities kept or
+    recomputed in the backward."""
+    monkeypatch.setattr(native_attention, "_SM_TILE", tile)
+    if not keep:
+        monkeypatch.setattr(native_attention, "_KEEP", 0)
+    torch.manual_seed(0)
+    B, H, T, D, V = shape
+    q = (2 * torch.randn(B, H, T, D, dtype=dtype)).requires_grad_()
+    k = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, H, T, V, dtype=dtype, requires_grad=True)
+    b = (3 * torch.randn(B, H, T, dtype=dtype)).requires_grad_() if bias else None
+    inputs = [t for t in (q, k, v, b) if t is not None]
+    out = native_attention.causal_softmax_attention(native_attention.load(), q, k, v, b)
+    s = q @ k.transpose(-1, -2) + (0 if b is None else b[:, :, None, :])
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    ref = s.softmax(-1) @ v
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    g = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    for a, w in zip(torch.autograd.grad((out * g).sum(), inputs),
+                    torch.autograd.grad((ref * g).sum(), inputs)):
+        torch.testing.assert_close(a, w, rtol=tol, atol=tol)

@@ -399,10 +399,20 @@ void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
     free(vT);
 }
 
+/* A causal tile's rows [0, s) (queries i0 + r) see keys [0, n1) only, n1 < e: their products
+   skip the tile's upper corner, keys [n1, e) (about a quarter of the diagonal block). s is a
+   multiple of mm's 6-row tile near t / 2, n1 a multiple of 16 columns (whole vectors);
+   returns s, 0 (and n1 = e) when nothing would be skipped. */
+static inline long NAME(corner)(long t, long i0, long e, long *n1) {
+    const long s = t / 12 * 6, n = (i0 + s + 15) / 16 * 16;
+    *n1 = s && n < e ? n : e;
+    return s && n < e ? s : 0;
+}
+
 /* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
    (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
-   tiles of `tile` queries [i0, i1) over keys [0, i1): S = q k^T (k transposed once a head
-   into a buffer), sm_fwd's rows, out = P v. The tiles' P are kept in P (N, PT), tile after
+   tiles of `tile` queries [i0, i1) over keys [0, i1) (the tile's first rows over fewer:
+   corner): S = q k^T (k transposed once a head into a buffer), sm_fwd's rows, out = P v. The tiles' P are kept in P (N, PT), tile after
    tile (t (i1) entries each, PT in all a head-row), when P is not NULL; else in a buffer.
    A head-row's products stay in cache, and threads split the head-rows (one call each). */
 void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -418,9 +428,14 @@ void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
         T *Pn = P ? P + n * PT : scratch;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
-            NAME(mm)(qn + i0 * Dh, kT, Pn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);
-            NAME(mm)(Pn, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0, t);
+            long c;  /* rows [0, s) over keys [0, c) */
+            const long s = NAME(corner)(t, i0, e, &c);
+            T *o = out + (n * Tn + i0) * Dv;
+            NAME(mm)(qn + i0 * Dh, kT, Pn, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, s);
+            NAME(mm)(qn + i0 * Dh, kT, Pn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, s, t);
+            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);  /* zeros past each row's diagonal */
+            NAME(mm)(Pn, vn, o, t, Dv, c, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0, s);
+            NAME(mm)(Pn, vn, o, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, s, t);
             if (P) Pn += t * e;
         }
     }
@@ -453,20 +468,29 @@ void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
         const T *Pn = P ? P + n * PT : Pbuf;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
+            long c;  /* rows [0, s) over keys [0, c); keys [c, e) get rows [s, t) only */
+            const long s = NAME(corner)(t, i0, e, &c);
             if (!P) {
-                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, s);
+                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, s, t);
                 NAME(sm_fwd)(Pbuf, bn, t, e, 0, Tn, i0, 0, t);
             }
-            NAME(mm)(don + i0 * Dv, vT, dS, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(Pn, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
-            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);
+            NAME(mm)(don + i0 * Dv, vT, dS, t, c, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, s);
+            NAME(mm)(don + i0 * Dv, vT, dS, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, s, t);
+            NAME(mm)(Pn, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, c);
+            NAME(mm)(Pn + s * e, don + (i0 + s) * Dv, dvn, e, Dv, t - s, 1, e, Dv, 1, Dv, 0, 0, 0,
+                     1, c, e);
+            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);  /* zeros past each row's diagonal */
             if (dbn)
                 for (long r = 0; r < t; r++) {
                     const T *restrict d = dS + r * e;
                     for (long j = 0; j < e; j++) dbn[j] += d[j];
                 }
-            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
-            NAME(mm)(dS, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, c, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, s);
+            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, s, t);
+            NAME(mm)(dS, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, c);
+            NAME(mm)(dS + s * e, qn + (i0 + s) * Dh, dkn, e, Dh, t - s, 1, e, Dh, 1, Dh, 0, 0, 0,
+                     1, c, e);
             if (P) Pn += t * e;
         }
     }
