@@ -164,3 +164,40 @@ def test_causal_kernel_tile_corners(monkeypatch, dtype, tol, shape, tile, bias, 
     for a, w in zip(torch.autograd.grad((out * g).sum(), inputs),
                     torch.autograd.grad((ref * g).sum(), inputs)):
         torch.testing.assert_close(a, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(native_attention.load() is None, reason="no C compiler")
+@pytest.mark.parametrize("B,T,H", [(2, 7, 3), (1, 5, 1), (3, 2, 2)])
+def test_heads_kernel_rows_split_over_threads(B, T, H):
+    """heads (and rope inside it): rows taken in the output's order ((b, h, t) when writing
+    the (B, H, T, D) heads, (b, t, h) for the gradient), cut over 1, 2 or 3 threads: the same
+    q, k, v and gradient of qkv, each equal to the split, turned and scaled projection (a row
+    missed or written twice fails)."""
+    from rnnzoo.layers import rotary
+    torch.manual_seed(0)
+    D = 6
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.float64, requires_grad=True)
+    pos = torch.arange(T).expand(B, T) + torch.arange(B)[:, None]
+    theta = rotary.frequencies(2, 100.0)
+    angle = pos.double()[..., None] * theta
+    parts = qkv.view(B, T, 3, H, D).unbind(2)
+
+    def turn(t):  # the first 4 of 6 channels turned
+        return torch.cat([rotary.rotate(t[..., :4], pos.double(), theta, pairs="halves"),
+                          t[..., 4:]], -1)
+
+    ref = [t.transpose(1, 2) for t in (0.5 * turn(parts[0]), turn(parts[1]), parts[2])]
+    g = [torch.randn(t.shape, dtype=torch.float64) for t in ref]
+    want = torch.autograd.grad(sum((t * w).sum() for t, w in zip(ref, g)), qkv)[0]
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = native_attention.heads(native_attention.load(), qkv, H, angle.cos(),
+                                         angle.sin(), 0.5)
+            for a, b in zip(out, ref):
+                torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+            got = torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, g)), qkv)[0]
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    finally:
+        torch.set_num_threads(old)

@@ -504,8 +504,10 @@ void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const 
                 long R, long sign, double scale, long r0, long r1) {
     const long half = R / 2;
     const T g = (T)scale;
+    const int by_head = oh > ot;  /* y (B, H, T, D): rows in y's order, (b, h, t) */
     for (long r = r0; r < r1; r++) {
-        const long b = r / (Tn * H), t = r / H % Tn, h = r % H;
+        const long b = r / (Tn * H), t = by_head ? r % Tn : r / H % Tn,
+                   h = by_head ? r / Tn % H : r % H;
         const T *restrict xr = x + b * sb + t * st + h * sh;
         T *restrict yr = y + b * ob + t * ot + h * oh;
         const T *restrict c = cs + (b * Tn + t) * half, *restrict sg = sn + (b * Tn + t) * half;
