@@ -4,8 +4,8 @@ cache's first T slots without a scatter; it equals the marked form (outputs, sta
 gradient) and the sequential reference's state, for full attention, a sliding window and
 Titans-MAG / MAL's attention branch (which runs through it); a non-finite input, a begun state
 or T over the window take the marked form. Forgetting attention's fresh path (no finite marks
-on q, k, v and the gates) likewise. The causal C kernel's tiles whose first rows skip the
-keys past the tile's upper corner."""
+on q, k, v and the gates) likewise. The causal C kernel's tiles by bands of rows that skip
+the keys past their last query; the heads kernel's rows over threads."""
 
 from __future__ import annotations
 
@@ -140,9 +140,9 @@ def test_forgetting_attention_fresh_path(monkeypatch, dtype, tol, B, T, heads, r
                                         ((1, 1, 64, 32, 32), 64)])
 @pytest.mark.parametrize("bias,keep", [(False, True), (True, True), (True, False)])
 def test_causal_kernel_tile_corners(monkeypatch, dtype, tol, shape, tile, bias, keep):
-    """sm_heads_fwd / bwd: a tile's first rows (a multiple of 6 near half the tile) multiply
-    only the keys up to a multiple of 16 past their last query, the rest the whole tile's
-    keys; outputs and the gradients of q, k, v and the bias equal the masked softmax, with
+    """sm_heads_fwd / bwd by bands: a tile's rows in bands (multiples of 6 rows) multiply
+    only the keys up to the multiple of 16 past the band's last query, the last band the
+    whole tile's keys; outputs and the gradients of q, k, v and the bias equal the masked softmax, with
     full and partial tiles (100 = 64 + 36, 45 = 20 + 20 + 5), probabilities kept or
     recomputed in the backward."""
     monkeypatch.setattr(native_attention, "_SM_TILE", tile)
