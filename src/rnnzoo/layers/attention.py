@@ -209,15 +209,42 @@ class Attention(RecurrentLayer):
         else:  # an empty cache (a fresh sequence): the new tokens only
             keys, values, key_pos = k, v, pos
         plain = keys is k and (self.window is None or T <= self.window)
-        # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
-        # rows whose query or some visible key or value is not finite (the cache keeps it)
+        if plain and self._finite(q, k, v):  # a fresh sequence of finite values: no marks
+            out = self._causal(q, k, v)
+        else:
+            out = self._attend_marked(q, keys, values, pos, key_pos, plain)
+        out = out.transpose(1, 2).reshape(*x.shape[:2], -1)
+        if self.g_proj is not None:
+            out = out * torch.sigmoid(self.g_proj(x).to(out.dtype))
+        y = self.out_proj(out.to(x.dtype))
+        return y, self._write(state, k, v, pos, start + T, fresh=not cached)
+
+    @staticmethod
+    def _finite(*ts) -> bool:
+        """Whether every entry of the tensors ts is finite, known where reading on the host is
+        free (the CPU in eager mode; elsewhere False): one read of their total, which a
+        non-finite entry (or a total that overflows: then the marked form, exact too) makes
+        non-finite."""
+        return backend.host_readable(ts[0]) and bool(torch.isfinite(sum(t.sum() for t in ts)))
+
+    @staticmethod
+    def _causal(q, k, v):
+        """Causal softmax attention of a fresh sequence: q (scaled), k, v (B, H, T, Dh) ->
+        (B, H, T, Dh); blocks in C on the CPU, else PyTorch's fused kernel."""
+        lib = native_attention.load() if backend.use_native(q, k, v) else None
+        if lib is not None:
+            return native_attention.causal_softmax_attention(lib, q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+
+    def _attend_marked(self, q, keys, values, pos, key_pos, plain):
+        """The attention of q (B, H, T, Dh) over keys, values (B, H, S, Dh) at key_pos (B, S)
+        (-1: an empty slot), on their finite values, NaN in the rows whose query or some
+        visible key or value is not finite (a softmax row meets every key as 0 * NaN; the
+        cache keeps the non-finite entry). plain: a fresh causal sequence (keys = the new
+        tokens, T <= window)."""
         (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
-        if plain:  # plain causal attention: blocks in C on the CPU, else PyTorch's fused kernel
-            lib = native_attention.load() if backend.use_native(q, keys, values) else None
-            if lib is not None:
-                out = native_attention.causal_softmax_attention(lib, q, keys, values)
-            else:
-                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+        if plain:
+            out = self._causal(q, keys, values)
             seen = (bad_k | bad_v).cumsum(1) > 0
         else:
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
@@ -226,18 +253,14 @@ class Attention(RecurrentLayer):
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
                                                  scale=1.0)
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
-        out = poison(out, (bad_q | seen)[:, None]).transpose(1, 2).reshape(*x.shape[:2], -1)
-        if self.g_proj is not None:
-            out = out * torch.sigmoid(self.g_proj(x).to(out.dtype))
-        y = self.out_proj(out.to(x.dtype))
-        return y, self._write(state, k, v, pos, start + T, fresh=not cached)
+        return poison(out, (bad_q | seen)[:, None])
 
     def _write(self, state, k, v, pos, end, fresh: bool = False):
         """The cache with the new tokens k, v (B, H, T, .) at positions pos (B, T) written in;
-        fresh: every row starts at position 0 in full attention (slot s = token s), so they
+        fresh: every row starts at position 0 (slot s = token s while T <= capacity), so they
         fill slots [0, T) and the rest stays as it was (no scatter)."""
         k_cache, v_cache, _ = state
-        if fresh and self.window is None:
+        if fresh and k.shape[2] <= self.capacity:  # slot = position (a ring buffer not wrapped)
             return write_front(k_cache, k), write_front(v_cache, v), end.to(state[2].dtype)
         keep = min(k.shape[2], self.capacity)  # a ring buffer keeps only the last `window`
         k, v, pos = k[:, :, -keep:], v[:, :, -keep:], pos[:, -keep:]

@@ -131,10 +131,14 @@ class ForgettingAttention(Attention):
             cached = top > 0
         q, k, v, g = self._heads(x, start)                 # (B, H, T, ...), q / sqrt(Dh)
         pos = start[:, None] + torch.arange(T, device=x.device)
-        # a softmax row meets every key as 0 * NaN: attend over finite values, then NaN in the
-        # rows whose query or some visible key, value or gate is not finite (ops.finite)
-        g, bad_g = finite(g, 2)
-        seen_g = bad_g.cumsum(1) > 0                                   # (B, T)
+        plain = not cached and self.window is None
+        # a fresh sequence of finite values (Attention._finite) needs no marks; else a softmax
+        # row meets every key as 0 * NaN: attend over finite values, then NaN in the rows
+        # whose query or some visible key, value or gate is not finite (ops.finite)
+        clean = plain and self._finite(q, k, v, g)
+        if not clean:
+            g, bad_g = finite(g, 2)
+            seen_g = bad_g.cumsum(1) > 0                               # (B, T)
         G = g.cumsum(-1)                                               # (B, H, T), inclusive
         # D_ij = G_i - G_j; the softmax over j does not see the row's own G_i, so the bias
         # is -G_j (a cached key: the decay it has gathered, D_{start-1, s}): added per key in
@@ -148,30 +152,14 @@ class ForgettingAttention(Attention):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
         else:
             keys, values, key_pos = k, v, pos
-        (q, bad_q), (keys, bad_k), (values, bad_v), (k_bias, bad_d) = (
-            finite(t, 2) for t in (q, keys, values, k_bias))
-        bad = bad_k | bad_v | bad_d
-        plain = not cached and self.window is None
-        lib = native_attention.load() if plain and backend.use_native(q, keys, values) else None
-        if lib is not None:  # causal blocks with the softmax in C, the bias added per key
-            out = native_attention.causal_softmax_attention(lib, q, keys, values, k_bias)
-            seen = bad.cumsum(1) > 0
-        else:
-            q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
-            keys = torch.cat([keys, k_bias[..., None]], -1)
-            values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
-            if plain:
-                out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
-                seen = bad.cumsum(1) > 0
-            else:
-                visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
-                if self.window is not None:
-                    visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-                out = F.scaled_dot_product_attention(q, keys, values,
-                                                     attn_mask=visible[:, None], scale=1.0)
-                seen = (visible & bad[:, None, :]).any(-1)
-            out = out[..., :-1]
-        out = poison(out, (bad_q | seen | seen_g)[:, None])
+        if not clean:
+            (q, bad_q), (keys, bad_k), (values, bad_v), (k_bias, bad_d) = (
+                finite(t, 2) for t in (q, keys, values, k_bias))
+            bad = bad_k | bad_v | bad_d
+        out, visible = self._biased(q, keys, values, k_bias, pos, key_pos, plain)
+        if not clean:
+            seen = bad.cumsum(1) > 0 if plain else (visible & bad[:, None, :]).any(-1)
+            out = poison(out, (bad_q | seen | seen_g)[:, None])
         y = self.op_output(out.transpose(1, 2), x)
         # every kept slot gathers this chunk's decay; the new key j has G_last - G_j
         d_new = G[..., -1:] - G
@@ -180,7 +168,28 @@ class ForgettingAttention(Attention):
         k_cache, v_cache, end = self._write((k_cache, v_cache, position), k, v, pos, start + T,
                                             fresh=fresh)
         d_cache = self._write_decay(d_old, d_new, pos, fresh)
-        return y, (k_cache, v_cache, poison(d_cache, seen_g[:, -1]), end)
+        return y, (k_cache, v_cache, d_cache if clean else poison(d_cache, seen_g[:, -1]), end)
+
+    def _biased(self, q, keys, values, k_bias, pos, key_pos, plain):
+        """softmax_j(q_i . k_j + k_bias_j) v_j over the visible keys: q (B, H, T, Dh), keys,
+        values (B, H, S, Dh), k_bias (B, H, S), positions pos (B, T) and key_pos (B, S) (-1:
+        an empty slot); plain: a fresh causal sequence (keys = the new tokens) -> (out (B, H,
+        T, Dh), visible (B, T, S) bool, None when plain)."""
+        lib = native_attention.load() if plain and backend.use_native(q, keys, values) else None
+        if lib is not None:  # causal blocks with the softmax in C, the bias added per key
+            return native_attention.causal_softmax_attention(lib, q, keys, values, k_bias), None
+        q = torch.cat([q, torch.ones_like(q[..., :1])], -1)
+        keys = torch.cat([keys, k_bias[..., None]], -1)
+        values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
+        if plain:
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+            return out[..., :-1], None
+        visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
+        if self.window is not None:
+            visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
+                                             scale=1.0)
+        return out[..., :-1], visible
 
     def _write_decay(self, d_cache, d, pos, fresh: bool = False):
         """Attention._write for the (B, H, capacity) decay cache."""

@@ -49,7 +49,7 @@ from torch import nn
 from rnnzoo.checks import choice, flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._delta_block import conv_l2, l2norm
-from rnnzoo.layers.attention import Attention, write_front
+from rnnzoo.layers.attention import Attention
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
@@ -264,35 +264,8 @@ class Titans(RecurrentLayer):
                 ys.append(y_t)
             return torch.stack(ys, 1), state
         return self.combine(x, state, lambda x, s: self._memory(x, s, mode),
-                            self._window if mode == "chunk" else
-                            lambda x, s: self.attn._forward(x, s, "sequential"))
-
-    def _window(self, x, att):
-        """MAG's and MAL's sliding-window attention over x (B, T, d) in parallel: (y, new
-        attention state), as self.attn._forward(x, att, "parallel"). On the CPU, for a fresh
-        sequence (every position 0, read on the host) of T <= window tokens with finite
-        queries, keys and values (one host read of their total: a non-finite entry or an
-        overflow makes it non-finite), the C kernels without the attention layer's finite
-        marks, NaN poison and ring-buffer scatter: its heads (split, rotary, scale), the
-        causal attention, W_out, and the cache's first T slots (slot = position while
-        T <= window). Else the attention layer itself."""
-        attn, (B, T, _) = self.attn, x.shape
-        start = att[2]
-        lib = native_attention.load() if backend.use_native(x, *att) else None
-        if (lib is None or T > attn.window or not T or not backend.host_readable(start)
-                or bool(start.round().any())):
-            return attn._forward(x, att, "parallel")
-        H, Dh = attn.num_heads, attn.head_dim
-        qkv = attn.qkv(x).to(compute_dtype(x))
-        ang = torch.arange(T, device=x.device, dtype=qkv.dtype)[:, None] * frequencies(
-            attn.rotary_dim // 2, attn.rope_base, qkv.dtype, x.device)
-        cos, sin = (t.expand(B, T, -1) for t in (ang.cos(), ang.sin()))
-        q, k, v = native_attention.heads(lib, qkv, H, cos, sin, Dh ** -0.5)
-        if not math.isfinite((q.sum() + k.sum() + v.sum()).item()):
-            return attn._forward(x, att, "parallel")
-        out = native_attention.causal_softmax_attention(lib, q, k, v)
-        y = attn.out_proj(out.transpose(1, 2).reshape(B, T, H * Dh).to(x.dtype))
-        return y, (write_front(att[0], k), write_front(att[1], v), start + T)
+                            lambda x, s: self.attn._forward(
+                                x, s, "parallel" if mode == "chunk" else "sequential"))
 
     def _step(self, x_t, state):
         if self.block == "mac":

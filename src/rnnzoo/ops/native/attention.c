@@ -399,10 +399,28 @@ void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
     free(vT);
 }
 
+/* A causal tile's bands: band m = 1, 2, ... is rows [R(m-1), R(m)) (queries i0 + r, R(0) = 0)
+   over keys [0, C(m)) only, C(m) = i0 + 16 m (whole vectors) and R(m) the multiple of 6 (mm's
+   row tile) at or below 16 m, until C(m) reaches e: the last band is the remaining rows over
+   all e keys. Keys [C(m-1), C(m)) then get queries [R(m-1), t) only. The products skip ~70%
+   of the diagonal block's upper triangle (1440 of 2016 entries at t = 64). */
+static inline void NAME(band)(long t, long i0, long e, long m, long *r, long *c) {
+    const long rr = 16 * m / 6 * 6, cc = i0 + 16 * m, last = cc >= e || rr >= t;
+    *r = last ? t : rr;
+    *c = last ? e : cc;
+}
+
+/* rows [r, r1) over keys [0, c) for each band of the tile (t, i0, e) */
+#define BANDS for (long m = 1, r = 0, r1, c; NAME(band)(t, i0, e, m, &r1, &c), r < t; m++, r = r1)
+/* keys [c0, c) and their queries [r, t) for each band */
+#define KEY_BANDS for (long m = 1, r = 0, c0 = 0, r1, c; \
+                       NAME(band)(t, i0, e, m, &r1, &c), c0 < e; m++, r = r1, c0 = c)
+
 /* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
    (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
-   tiles of `tile` queries [i0, i1) over keys [0, i1): S = q k^T (k transposed once a head
-   into a buffer), sm_fwd's rows, out = P v. The tiles' P are kept in P (N, PT), tile after
+   tiles of `tile` queries [i0, i1) over keys [0, i1) (by bands: the tile's first rows over
+   fewer): S = q k^T (k transposed once a head into a buffer), sm_fwd's rows, out = P v. The
+   tiles' P are kept in P (N, PT), tile after
    tile (t (i1) entries each, PT in all a head-row), when P is not NULL; else in a buffer.
    A head-row's products stay in cache, and threads split the head-rows (one call each). */
 void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -418,9 +436,10 @@ void NAME(sm_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
         T *Pn = P ? P + n * PT : scratch;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
-            NAME(mm)(qn + i0 * Dh, kT, Pn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);
-            NAME(mm)(Pn, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0, t);
+            T *o = out + (n * Tn + i0) * Dv;
+            BANDS NAME(mm)(qn + i0 * Dh, kT, Pn, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            NAME(sm_fwd)(Pn, bn, t, e, 0, Tn, i0, 0, t);  /* zeros past each row's diagonal */
+            BANDS NAME(mm)(Pn, vn, o, t, Dv, c, e, 1, Dv, 1, Dv, 0, 0, 0, 0, r, r1);
             if (P) Pn += t * e;
         }
     }
@@ -454,24 +473,29 @@ void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
             if (!P) {
-                NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
+                BANDS NAME(mm)(qn + i0 * Dh, kT, Pbuf, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r,
+                               r1);
                 NAME(sm_fwd)(Pbuf, bn, t, e, 0, Tn, i0, 0, t);
             }
-            NAME(mm)(don + i0 * Dv, vT, dS, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(Pn, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
-            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);
+            BANDS NAME(mm)(don + i0 * Dv, vT, dS, t, c, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(Pn + r * e, don + (i0 + r) * Dv, dvn, e, Dv, t - r, 1, e, Dv, 1, Dv,
+                               0, 0, 0, 1, c0, c);
+            NAME(sm_bwd)(Pn, dS, t, e, i0, 0, t);  /* zeros past each row's diagonal */
             if (dbn)
                 for (long r = 0; r < t; r++) {
                     const T *restrict d = dS + r * e;
                     for (long j = 0; j < e; j++) dbn[j] += d[j];
                 }
-            NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
-            NAME(mm)(dS, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            BANDS NAME(mm)(dS, kn, dqn + i0 * Dh, t, Dh, c, e, 1, Dh, 1, Dh, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(dS + r * e, qn + (i0 + r) * Dh, dkn, e, Dh, t - r, 1, e, Dh, 1, Dh,
+                               0, 0, 0, 1, c0, c);
             if (P) Pn += t * e;
         }
     }
     free(vT);
 }
+#undef BANDS
+#undef KEY_BANDS
 
 /* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
@@ -480,8 +504,10 @@ void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const 
                 long R, long sign, double scale, long r0, long r1) {
     const long half = R / 2;
     const T g = (T)scale;
+    const int by_head = oh > ot;  /* y (B, H, T, D): rows in y's order, (b, h, t) */
     for (long r = r0; r < r1; r++) {
-        const long b = r / (Tn * H), t = r / H % Tn, h = r % H;
+        const long b = r / (Tn * H), t = by_head ? r % Tn : r / H % Tn,
+                   h = by_head ? r / Tn % H : r % H;
         const T *restrict xr = x + b * sb + t * st + h * sh;
         T *restrict yr = y + b * ob + t * ot + h * oh;
         const T *restrict c = cs + (b * Tn + t) * half, *restrict sg = sn + (b * Tn + t) * half;
