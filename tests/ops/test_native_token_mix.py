@@ -64,8 +64,7 @@ def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows, R, D):
 def test_ddlerp_projections_equal_torch(dtype, nthreads, rows, R, D, np_):
     """The mixes with the last np_ projected in the same blocks (proj_j = mix_{5-np_+j} W_j^T)
     and the backward taking the projections' gradients in those mixes' places: values and
-    the gradients of x, step, low, up and mu against torch's products and autograd (W's is
-    the layer's weight_grad, outside the kernel)."""
+    the gradients of x, step, low, up, mu and W against torch's products and autograd."""
     g = torch.Generator().manual_seed(3)
     x, step = (torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(2))
     low = torch.randn(rows, 5, R, generator=g, dtype=dtype)
@@ -78,14 +77,14 @@ def test_ddlerp_projections_equal_torch(dtype, nthreads, rows, R, D, np_):
     proj = [mixes[5 - np_ + j] @ wr[j].T for j in range(np_)]
     outs = mixes[:5 - np_] + proj
     want = [torch.stack(mixes), torch.stack(proj)]
-    want_d = torch.autograd.grad(outs, ins[:5], gm)
+    want_d = torch.autograd.grad(outs, ins, gm)
     lib = token_mix.load()
     with threads(nthreads):
         got, c, got_p = token_mix.ddlerp_mixes(lib, x, step, low, up, mu, W)
-        got_d = token_mix.ddlerp_grads(lib, gm, c, step, low, up, W)
+        got_d = token_mix.ddlerp_grads(lib, gm, c, step, low, up, W, got)
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     assert_close([got, got_p, *got_d], [w.detach() for w in want] + list(want_d),
-                 ["mixes", "proj", "dx", "dstep", "dlow", "dup", "dmu"], tol)
+                 ["mixes", "proj", "dx", "dstep", "dlow", "dup", "dmu", "dW"], tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -64,17 +64,14 @@ class _MixProject(torch.autograd.Function):
     def backward(ctx, d_xw, *d_proj):
         dx, low, up, mixed, W, *c = ctx.saved_tensors
         gm = [None if d_xw is None else d_xw.contiguous()]  # the mixes' gradients (None: 0)
-        dW = torch.zeros_like(W)
         if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
             # a block of rows at a time (ops.native.token_mix), g_i W_i among them
+            # and the weights' gradients (per-thread partial sums)
             gp = [torch.zeros_like(dx) if g is None else g.contiguous() for g in d_proj]
-            for i, g in enumerate(d_proj):
-                if g is not None:
-                    dW[i] = weight_grad(gp[i], mixed[i + 1])
             gm = [torch.zeros_like(dx) if gm[0] is None else gm[0], *gp]
-            d_x, d_dx, d_low, d_up, d_mu = token_mix.ddlerp_grads(
-                ctx.lib, gm, c[0], dx.contiguous(), low, up.contiguous(), W)
-            return d_x, d_dx, d_low, d_up, d_mu, dW
+            return token_mix.ddlerp_grads(ctx.lib, gm, c[0], dx.contiguous(), low,
+                                          up.contiguous(), W, mixed)
+        dW = torch.zeros_like(W)
         for i, g in enumerate(d_proj):
             if g is not None:
                 g = g.contiguous()

@@ -19,7 +19,9 @@
    With np > 0 the last np mixes are projected in the same blocks: mixp_fwd writes proj_j
    (np, rows, D) = out_{n-np+j} WT_j (WT (np, D, D): the weights [out, in] transposed), and
    mixp_bwd's last np pointers g are then the projections' gradients gp_j, turned into the
-   mixes' gradients gp_j W_j (W (np, D, D)) a block at a time (never stored). */
+   mixes' gradients gp_j W_j (W (np, D, D)) a block at a time (never stored), and it writes
+   this call's partial weight gradients dW (np, D, D) = sum gp_j^T out_{n-np+j} (out: the
+   forward's mixes). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "token_mix.c"
@@ -92,18 +94,24 @@ void NAME(mixp_fwd)(const T *restrict x, const T *restrict step, const T *restri
 
 void NAME(mixp_bwd)(const T *const *g, const T *restrict c, const T *restrict step,
                     const T *restrict low, const T *restrict upT, const T *restrict W,
-                    T *restrict dx, T *restrict dstep, T *restrict dlow, T *restrict dup,
-                    T *restrict dmu, long np, long n, long rows, long D, long R, long r0,
-                    long r1) {
+                    const T *restrict out, T *restrict dW, T *restrict dx, T *restrict dstep,
+                    T *restrict dlow, T *restrict dup, T *restrict dmu, long np, long n,
+                    long rows, long D, long R, long r0, long r1) {
     memset(dmu, 0, n * D * sizeof(T));
     memset(dup, 0, n * R * D * sizeof(T));
+    if (np) memset(dW, 0, np * D * D * sizeof(T));
     T *dc = malloc((size_t)n * MIX_BLOCK * D * sizeof(T));
     T *gb = np ? malloc((size_t)np * MIX_BLOCK * D * sizeof(T)) : 0;
     for (long b0 = r0; b0 < r1; b0 += MIX_BLOCK) {
         const long b1 = b0 + MIX_BLOCK < r1 ? b0 + MIX_BLOCK : r1, nb = b1 - b0;
-        for (long j = 0; j < np; j++)  /* the last np mixes' gradients gp_j W_j on the block */
-            NAME(mm)(g[n - np + j] + b0 * D, W + j * D * D, gb + j * MIX_BLOCK * D, nb, D, D, D,
-                     1, D, 1, D, 0, 0, 0, 0, 0, nb);
+        for (long j = 0; j < np; j++) {  /* the last np mixes' gradients gp_j W_j on the
+                                            block, and dW_j += gp_j^T out_{n-np+j} */
+            const T *gp = g[n - np + j] + b0 * D;
+            NAME(mm)(gp, W + j * D * D, gb + j * MIX_BLOCK * D, nb, D, D, D, 1, D, 1, D, 0, 0, 0,
+                     0, 0, nb);
+            NAME(mm)(gp, out + ((n - np + j) * rows + b0) * D, dW + j * D * D, D, D, nb, 1, D, D,
+                     1, D, 0, 0, 0, 1, 0, D);
+        }
         for (long r = b0; r < b1; r++) {
             const T *restrict sr = step + r * D;
             T *restrict dxr = dx + r * D, *restrict dsr = dstep + r * D;

@@ -65,7 +65,7 @@ class _TokenMix(torch.autograd.Function):
 def _mix_kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "mixp_fwd", dtype, [P] * 9 + [L] * 7),
-            native.kernel(lib, "mixp_bwd", dtype, [P] * 11 + [L] * 7))
+            native.kernel(lib, "mixp_bwd", dtype, [P] * 13 + [L] * 7))
 
 
 def ddlerp_mixes(lib, x, step, low, up, mu, W=None):
@@ -86,11 +86,12 @@ def ddlerp_mixes(lib, x, step, low, up, mu, W=None):
     return (out, c) if W is None else (out, c, proj)
 
 
-def ddlerp_grads(lib, g, c, step, low, up, W=None):
+def ddlerp_grads(lib, g, c, step, low, up, W=None, mixes=None):
     """The backward of `ddlerp_mixes` from the mixes' gradients g (n tensors (N, D),
     contiguous) and its c: -> dx, dstep (N, D), dlow (N, n, R), dup (n, R, D), dmu (n, D).
-    With W (np, D, D), the last np of g are the projections' gradients gp_j (the mixes'
-    gradients gp_j W_j, a block of rows at a time, never stored)."""
+    With W (np, D, D) and the forward's mixes (n, N, D), the last np of g are the projections'
+    gradients gp_j (the mixes' gradients gp_j W_j, a block of rows at a time, never stored),
+    and W's gradient (np, D, D) = gp_j^T mixes[n - np + j] is returned last."""
     (N, D), (n, R) = step.shape, low.shape[1:]
     _, bwd = _mix_kernels(lib, step.dtype)
     arr = (ctypes.c_void_p * n)(*[t.data_ptr() for t in g])
@@ -100,11 +101,14 @@ def ddlerp_grads(lib, g, c, step, low, up, W=None):
     dx, dstep, dlow = torch.empty_like(step), torch.empty_like(step), low.new_empty(N, n, R)
     parts = native.rows(N)
     dup, dmu = up.new_empty(len(parts), n, R, D), up.new_empty(len(parts), n, D)
+    dW = None if W is None else W.new_empty(len(parts), *W.shape)
     P = native.ptr
     native.run(bwd, [(ctypes.cast(arr, ctypes.c_void_p), P(c), P(step), P(low), P(upT), P(W),
-                      P(dx), P(dstep), P(dlow), P(dup[i]), P(dmu[i]), np_, n, N, D, R, r0, r1)
+                      P(mixes), None if W is None else P(dW[i]), P(dx), P(dstep), P(dlow),
+                      P(dup[i]), P(dmu[i]), np_, n, N, D, R, r0, r1)
                      for i, (r0, r1) in enumerate(parts)])
-    return dx, dstep, dlow, dup.sum(0), dmu.sum(0)
+    grads = dx, dstep, dlow, dup.sum(0), dmu.sum(0)
+    return grads if W is None else (*grads, dW.sum(0))
 
 
 class _Shift(torch.autograd.Function):
