@@ -60,6 +60,35 @@ def test_ddlerp_mixes_and_grads_equal_torch(dtype, nthreads, rows, R, D):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("rows,R,D,np_", [(1, 3, 9, 4), (139, 32, 128, 4), (70, 5, 20, 2)])
+def test_ddlerp_projections_equal_torch(dtype, nthreads, rows, R, D, np_):
+    """The mixes with the last np_ projected in the same blocks (proj_j = mix_{5-np_+j} W_j^T)
+    and the backward taking the projections' gradients in those mixes' places: values and
+    the gradients of x, step, low, up, mu and W against torch's products and autograd."""
+    g = torch.Generator().manual_seed(3)
+    x, step = (torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(2))
+    low = torch.randn(rows, 5, R, generator=g, dtype=dtype)
+    up, mu = torch.randn(5, R, D, generator=g, dtype=dtype), torch.randn(5, D, generator=g, dtype=dtype)
+    W = torch.randn(np_, D, D, generator=g, dtype=dtype) / D ** 0.5
+    gm = [torch.randn(rows, D, generator=g, dtype=dtype) for _ in range(5)]
+    ins = [t.clone().requires_grad_() for t in (x, step, low, up, mu, W)]
+    xr, sr, lr, ur, mr, wr = ins
+    mixes = [torch.addcmul(xr, sr, lr[:, m] @ ur[m] + mr[m]) for m in range(5)]
+    proj = [mixes[5 - np_ + j] @ wr[j].T for j in range(np_)]
+    outs = mixes[:5 - np_] + proj
+    want = [torch.stack(mixes), torch.stack(proj)]
+    want_d = torch.autograd.grad(outs, ins, gm)
+    lib = token_mix.load()
+    with threads(nthreads):
+        got, c, got_p = token_mix.ddlerp_mixes(lib, x, step, low, up, mu, W)
+        got_d = token_mix.ddlerp_grads(lib, gm, c, step, low, up, W, got)
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    assert_close([got, got_p, *got_d], [w.detach() for w in want] + list(want_d),
+                 ["mixes", "proj", "dx", "dstep", "dlow", "dup", "dmu", "dW"], tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("B,T", [(1, 1), (3, 7)])
 @pytest.mark.parametrize("only", [None, "step", "xx"])
 def test_shift_mix_equals_torch(dtype, nthreads, B, T, only):

@@ -45,24 +45,32 @@ class _MixProject(torch.autograd.Function):
                          else None)
         if lib is not None:  # c and the five mixes in C, a block of rows at a time
             # (ops.native.token_mix; no (5, N, r) transposed copy of low)
-            low = low.contiguous()
-            mixed, c = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), low,
-                                              up.contiguous(), mu.contiguous())
-        else:
-            low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
-            c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
-            mixed = x.new_empty(5, *x.shape)
-            for i in range(5):
-                torch.addcmul(x, dx, c[i], out=mixed[i])
+            low = low.contiguous()  # and the four projections in the same blocks (mm.h's
+            # tiles ran (8192, 128) x (128, 128) in 3.2 ms to oneDNN's 4.0)
+            mixed, c, proj = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), low,
+                                                    up.contiguous(), mu.contiguous(), W)
+            ctx.save_for_backward(dx, low, up, mixed, W, c)  # low (N, 5, r), c (5, N, d)
+            return mixed[0], *proj
+        low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
+        c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
+        mixed = x.new_empty(5, *x.shape)
+        for i in range(5):
+            torch.addcmul(x, dx, c[i], out=mixed[i])
         proj = [product(mixed[i + 1], W[i]) for i in range(4)]
-        # native: low (N, 5, r), c one (5, N, d) tensor; else low (5, N, r), c five (N, d)
-        ctx.save_for_backward(dx, low, up, mixed, W, *(c if lib is None else [c]))
+        ctx.save_for_backward(dx, low, up, mixed, W, *c)  # low (5, N, r), c five (N, d)
         return mixed[0], *proj
 
     @staticmethod
     def backward(ctx, d_xw, *d_proj):
         dx, low, up, mixed, W, *c = ctx.saved_tensors
         gm = [None if d_xw is None else d_xw.contiguous()]  # the mixes' gradients (None: 0)
+        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
+            # a block of rows at a time (ops.native.token_mix), g_i W_i among them
+            # and the weights' gradients (per-thread partial sums)
+            gp = [torch.zeros_like(dx) if g is None else g.contiguous() for g in d_proj]
+            gm = [torch.zeros_like(dx) if gm[0] is None else gm[0], *gp]
+            return token_mix.ddlerp_grads(ctx.lib, gm, c[0], dx.contiguous(), low,
+                                          up.contiguous(), W, mixed)
         dW = torch.zeros_like(W)
         for i, g in enumerate(d_proj):
             if g is not None:
@@ -71,11 +79,6 @@ class _MixProject(torch.autograd.Function):
                 g = product(g, W[i].T)
             gm.append(g)
         gm = [torch.zeros_like(dx) if g is None else g for g in gm]
-        if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
-            # a block of rows at a time (ops.native.token_mix)
-            d_x, d_dx, d_low, d_up, d_mu = token_mix.ddlerp_grads(
-                ctx.lib, gm, c[0], dx.contiguous(), low, up.contiguous())
-            return d_x, d_dx, d_low, d_up, d_mu, dW
         d_low = dx.new_empty(dx.shape[0], 5, low.shape[2])
         d_up, d_mu = torch.empty_like(up), dx.new_empty(5, dx.shape[1])
         d_x, d_dx = gm[0] + gm[1], gm[0] * c[0]

@@ -15,7 +15,13 @@
    mm.h's tiles; mixp_bwd from the mixes' gradients g_m (n pointers to (rows, D), none
    NULL) gives dx = sum_m g_m, dstep = sum_m g_m o c_m, dlow (rows, n, R) = dc_m up_m^T
    with dc_m = g_m o step (a block at a time, never stored), and this call's partial sums
-   dup (n, R, D) = sum low_m^T dc_m, dmu (n, D) = sum dc_m (the caller sums the calls). */
+   dup (n, R, D) = sum low_m^T dc_m, dmu (n, D) = sum dc_m (the caller sums the calls).
+   With np > 0 the last np mixes are projected in the same blocks: mixp_fwd writes proj_j
+   (np, rows, D) = out_{n-np+j} WT_j (WT (np, D, D): the weights [out, in] transposed), and
+   mixp_bwd's last np pointers g are then the projections' gradients gp_j, turned into the
+   mixes' gradients gp_j W_j (W (np, D, D)) a block at a time (never stored), and it writes
+   this call's partial weight gradients dW (np, D, D) = sum gp_j^T out_{n-np+j} (out: the
+   forward's mixes). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "token_mix.c"
@@ -61,7 +67,8 @@ void NAME(tmix_bwd)(const T *const *g, const T *restrict step, const T *restrict
 
 void NAME(mixp_fwd)(const T *restrict x, const T *restrict step, const T *restrict low,
                     const T *restrict up, const T *restrict mu, T *restrict c,
-                    T *restrict out, long n, long rows, long D, long R, long r0, long r1) {
+                    T *restrict out, const T *restrict WT, T *restrict proj, long np, long n,
+                    long rows, long D, long R, long r0, long r1) {
     for (long b0 = r0; b0 < r1; b0 += MIX_BLOCK) {
         const long b1 = b0 + MIX_BLOCK < r1 ? b0 + MIX_BLOCK : r1;
         for (long m = 0; m < n; m++)  /* c_m = low_m up_m on this block's rows */
@@ -79,24 +86,40 @@ void NAME(mixp_fwd)(const T *restrict x, const T *restrict step, const T *restri
                 }
             }
         }
+        for (long j = 0; j < np; j++)  /* proj_j = out_{n-np+j} WT_j on the block, in cache */
+            NAME(mm)(out + (n - np + j) * rows * D, WT + j * D * D, proj + j * rows * D, rows, D,
+                     D, D, 1, D, 1, D, 0, 0, 0, 0, b0, b1);
     }
 }
 
 void NAME(mixp_bwd)(const T *const *g, const T *restrict c, const T *restrict step,
-                    const T *restrict low, const T *restrict upT, T *restrict dx,
-                    T *restrict dstep, T *restrict dlow, T *restrict dup, T *restrict dmu,
-                    long n, long rows, long D, long R, long r0, long r1) {
+                    const T *restrict low, const T *restrict upT, const T *restrict W,
+                    const T *restrict out, T *restrict dW, T *restrict dx, T *restrict dstep,
+                    T *restrict dlow, T *restrict dup, T *restrict dmu, long np, long n,
+                    long rows, long D, long R, long r0, long r1) {
     memset(dmu, 0, n * D * sizeof(T));
     memset(dup, 0, n * R * D * sizeof(T));
+    if (np) memset(dW, 0, np * D * D * sizeof(T));
     T *dc = malloc((size_t)n * MIX_BLOCK * D * sizeof(T));
+    T *gb = np ? malloc((size_t)np * MIX_BLOCK * D * sizeof(T)) : 0;
     for (long b0 = r0; b0 < r1; b0 += MIX_BLOCK) {
         const long b1 = b0 + MIX_BLOCK < r1 ? b0 + MIX_BLOCK : r1, nb = b1 - b0;
+        for (long j = 0; j < np; j++) {  /* the last np mixes' gradients gp_j W_j on the
+                                            block, and dW_j += gp_j^T out_{n-np+j} */
+            const T *gp = g[n - np + j] + b0 * D;
+            NAME(mm)(gp, W + j * D * D, gb + j * MIX_BLOCK * D, nb, D, D, D, 1, D, 1, D, 0, 0, 0,
+                     0, 0, nb);
+            NAME(mm)(gp, out + ((n - np + j) * rows + b0) * D, dW + j * D * D, D, D, nb, 1, D, D,
+                     1, D, 0, 0, 0, 1, 0, D);
+        }
         for (long r = b0; r < b1; r++) {
             const T *restrict sr = step + r * D;
             T *restrict dxr = dx + r * D, *restrict dsr = dstep + r * D;
             for (long d = 0; d < D; d++) { dxr[d] = 0; dsr[d] = 0; }
             for (long m = 0; m < n; m++) {
-                const T *restrict gr = g[m] + r * D, *restrict cr = c + (m * rows + r) * D;
+                const T *restrict gr = m < n - np ? g[m] + r * D
+                                       : gb + ((m - n + np) * MIX_BLOCK + r - b0) * D;
+                const T *restrict cr = c + (m * rows + r) * D;
                 T *restrict dcr = dc + (m * MIX_BLOCK + r - b0) * D, *restrict dm = dmu + m * D;
                 for (long d = 0; d < D; d++) {
                     const T v = gr[d] * sr[d];
@@ -117,6 +140,7 @@ void NAME(mixp_bwd)(const T *const *g, const T *restrict c, const T *restrict st
         }
     }
     free(dc);
+    free(gb);
 }
 
 /* RWKV-6's token shift and first mix: step_t = x_{t-1} - x_t (x_{-1} = xlast, (B, D)) and

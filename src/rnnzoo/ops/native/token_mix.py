@@ -64,38 +64,51 @@ class _TokenMix(torch.autograd.Function):
 
 def _mix_kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 7 + [L] * 6),
-            native.kernel(lib, "mixp_bwd", dtype, [P] * 10 + [L] * 6))
+    return (native.kernel(lib, "mixp_fwd", dtype, [P] * 9 + [L] * 7),
+            native.kernel(lib, "mixp_bwd", dtype, [P] * 13 + [L] * 7))
 
 
-def ddlerp_mixes(lib, x, step, low, up, mu):
+def ddlerp_mixes(lib, x, step, low, up, mu, W=None):
     """RWKV-6's mixes x + step o c_m, c_m = low[:, m] up_m + mu_m: x, step (N, D), low
     (N, n, R), up (n, R, D), mu (n, D), contiguous, one dtype -> (mixes (n, N, D), c
-    (n, N, D)). No autograd (`ddlerp_grads` is its backward)."""
+    (n, N, D)); with W (np, D, D) ([out, in], np <= n) also the last np mixes' projections
+    proj_j = mixes[n - np + j] W_j^T (np, N, D), in the same blocks of rows. No autograd
+    (`ddlerp_grads` is its backward)."""
     (N, D), (n, R) = x.shape, low.shape[1:]
     fwd, _ = _mix_kernels(lib, x.dtype)
     out, c = x.new_empty(n, N, D), x.new_empty(n, N, D)
+    np_ = 0 if W is None else W.shape[0]
+    WT = None if W is None else W.transpose(1, 2).contiguous()
+    proj = None if W is None else x.new_empty(np_, N, D)
     P = native.ptr
-    native.run(fwd, [(P(x), P(step), P(low), P(up), P(mu), P(c), P(out), n, N, D, R, r0, r1)
-                     for r0, r1 in native.rows(N)])
-    return out, c
+    native.run(fwd, [(P(x), P(step), P(low), P(up), P(mu), P(c), P(out), P(WT), P(proj), np_,
+                      n, N, D, R, r0, r1) for r0, r1 in native.rows(N)])
+    return (out, c) if W is None else (out, c, proj)
 
 
-def ddlerp_grads(lib, g, c, step, low, up):
+def ddlerp_grads(lib, g, c, step, low, up, W=None, mixes=None):
     """The backward of `ddlerp_mixes` from the mixes' gradients g (n tensors (N, D),
-    contiguous) and its c: -> dx, dstep (N, D), dlow (N, n, R), dup (n, R, D), dmu (n, D)."""
+    contiguous) and its c: -> dx, dstep (N, D), dlow (N, n, R), dup (n, R, D), dmu (n, D).
+    With W (np, D, D) and the forward's mixes (n, N, D), the last np of g are the projections'
+    gradients gp_j (the mixes' gradients gp_j W_j, a block of rows at a time, never stored),
+    and W's gradient (np, D, D) = gp_j^T mixes[n - np + j] is returned last."""
     (N, D), (n, R) = step.shape, low.shape[1:]
     _, bwd = _mix_kernels(lib, step.dtype)
     arr = (ctypes.c_void_p * n)(*[t.data_ptr() for t in g])
     upT = up.transpose(1, 2).contiguous()
+    W = None if W is None else W.contiguous()
+    np_ = 0 if W is None else W.shape[0]
     dx, dstep, dlow = torch.empty_like(step), torch.empty_like(step), low.new_empty(N, n, R)
     parts = native.rows(N)
     dup, dmu = up.new_empty(len(parts), n, R, D), up.new_empty(len(parts), n, D)
+    dW = None if W is None else W.new_empty(len(parts), *W.shape)
     P = native.ptr
-    native.run(bwd, [(ctypes.cast(arr, ctypes.c_void_p), P(c), P(step), P(low), P(upT), P(dx),
-                      P(dstep), P(dlow), P(dup[i]), P(dmu[i]), n, N, D, R, r0, r1)
+    native.run(bwd, [(ctypes.cast(arr, ctypes.c_void_p), P(c), P(step), P(low), P(upT), P(W),
+                      P(mixes), None if W is None else P(dW[i]), P(dx), P(dstep), P(dlow),
+                      P(dup[i]), P(dmu[i]), np_, n, N, D, R, r0, r1)
                      for i, (r0, r1) in enumerate(parts)])
-    return dx, dstep, dlow, dup.sum(0), dmu.sum(0)
+    grads = dx, dstep, dlow, dup.sum(0), dmu.sum(0)
+    return grads if W is None else (*grads, dW.sum(0))
 
 
 class _Shift(torch.autograd.Function):
