@@ -91,6 +91,23 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             const T *gc = g + row0;
             T *dqc = dq + ((b * Tn + t0) * H + h) * K, *dkc = dk + ((b * Tn + t0) * H + h) * K;
             T *dvc = dv + ((b * Tn + t0) * H + h) * V;
+            if (c > 0) {  /* the previous chunk's start state and rows into L2 while this one
+                             runs (the chunks go backwards, so the hardware does not see the
+                             stream: its reads were ~40% of the kernel's own time) */
+                const long u0 = t0 - L;
+                const char *sp = (const char *)(Sc + (p * NC + c - 1) * K * V);
+                for (long x = 0; x < (long)(K * V * sizeof(T)); x += 64) __builtin_prefetch(sp + x, 0, 2);
+                for (long t = 0; t < L; t++) {
+                    const char *qr = (const char *)(q + ((b * Tn + u0 + t) * G + gi) * K);
+                    const char *kr = (const char *)(k + ((b * Tn + u0 + t) * G + gi) * K);
+                    const char *vr = (const char *)(v + ((b * Tn + u0 + t) * H + h) * V);
+                    const char *orr = (const char *)(dout + ((b * Tn + u0 + t) * H + h) * V);
+                    for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
+                        __builtin_prefetch(qr + x, 0, 2), __builtin_prefetch(kr + x, 0, 2);
+                    for (long x = 0; x < (long)(V * sizeof(T)); x += 64)
+                        __builtin_prefetch(vr + x, 0, 2), __builtin_prefetch(orr + x, 0, 2);
+                }
+            }
             double run = 0;
             for (long t = 0; t < n; t++) Gf[t] = (T)(Gl[t] = run += gc[t * H]);
             for (long t = 0; t < n; t++) {
