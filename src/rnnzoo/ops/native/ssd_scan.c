@@ -38,6 +38,7 @@
 
 /* log-decay span of the scaled tile: e^20 ~ 5e8, well inside float's range */
 #define SSD_SPAN 20
+#define SSD_AHEAD 4
 
 void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict d, const T *restrict S0,
@@ -87,6 +88,14 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     }
                 const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
                 const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
+                /* a later step's q, k rows (G K apart) into L1: mamba3's are per head (two
+                   16.8 MB tensors) and ssd_fwd there was bound by their reads */
+                if (t + SSD_AHEAD < Tn) {
+                    const char *qa = (const char *)(qt + SSD_AHEAD * G * K);
+                    const char *ka = (const char *)(kt + SSD_AHEAD * G * K);
+                    for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
+                        __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
+                }
                 VEC vr[2], vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even, odd rows */
                 NAME(tile_load)(vr, v + row * V + j0, w);
                 vt[0] = c[t] * vr[0], vt[1] = c[t] * vr[1];
@@ -121,6 +130,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 }
 
 #undef SSD_SPAN
+#undef SSD_AHEAD
 #undef SSD_STREAM
 #include "tile.h"  /* its names undefined for the next type */
 #endif
