@@ -45,3 +45,41 @@ def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads, K, V):
             want = run()
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"], tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_ssd_scaled_tile_span(calls, dtype, tol, grad, threads):
+    """ssd_fwd's tile holds S e^(-D), made exact where D would pass -SSD_SPAN (20): steps of
+    -60 (e^120 overflows float: a tile scaled past them is inf), a run of small decays whose sum
+    passes the span between stored chunk starts (T = 150, no gradient: no chunk starts at all),
+    decays of exactly 0; outputs, final state and (grad) every gradient against the chunked
+    PyTorch form."""
+    gen = torch.Generator().manual_seed(1)
+    B, T, G, H, K, V = 2, 150, 1, 2, 19, 40
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    q, k, v, S0 = r(B, T, G, K), r(B, T, G, K), r(B, T, H, V), r(B, H, K, V)
+    g = -0.4 * torch.rand(B, T, H, generator=gen, dtype=dtype)
+    g[:, 10] = -60.0
+    g[1, 11:14] = -60.0
+    g[:, 40:50] = 0.0
+    g[0, 100, 1] = -25.0
+    ins = [q, k, v, g, S0]
+    if grad:
+        ins = [t.requires_grad_() for t in ins]
+    wo, wS = r(B, T, H, V), r(B, H, K, V)
+
+    def run():
+        o, S = linear.ssd(q, k, v, g, scale=0.7, initial_state=S0, chunk_size=8)
+        if not grad:
+            return [o, S]
+        return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
+
+    with threads_(threads):
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    assert calls[0] == 1
+    assert all(t.isfinite().all() for t in got)
+    assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"][:len(got)], tol)

@@ -82,6 +82,7 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             dS[e] = dST ? dST[p * K * V + e] : 0;
             if (dST) last += (double)dST[p * K * V + e] * ST[p * K * V + e];
         }
+        double acc = last;  /* dg's running sum, from the last step back */
         for (long c = NC - 1; c >= 0; c--) {
             const long t0 = c * L, n = Tn - t0 < L ? Tn - t0 : L;
             const T *qc = q + ((b * Tn + t0) * G + gi) * K, *kc = k + ((b * Tn + t0) * G + gi) * K;
@@ -90,6 +91,23 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             const T *gc = g + row0;
             T *dqc = dq + ((b * Tn + t0) * H + h) * K, *dkc = dk + ((b * Tn + t0) * H + h) * K;
             T *dvc = dv + ((b * Tn + t0) * H + h) * V;
+            if (c > 0) {  /* the previous chunk's start state and rows into L2 while this one
+                             runs (the chunks go backwards, so the hardware does not see the
+                             stream: its reads were ~40% of the kernel's own time) */
+                const long u0 = t0 - L;
+                const char *sp = (const char *)(Sc + (p * NC + c - 1) * K * V);
+                for (long x = 0; x < (long)(K * V * sizeof(T)); x += 64) __builtin_prefetch(sp + x, 0, 2);
+                for (long t = 0; t < L; t++) {
+                    const char *qr = (const char *)(q + ((b * Tn + u0 + t) * G + gi) * K);
+                    const char *kr = (const char *)(k + ((b * Tn + u0 + t) * G + gi) * K);
+                    const char *vr = (const char *)(v + ((b * Tn + u0 + t) * H + h) * V);
+                    const char *orr = (const char *)(dout + ((b * Tn + u0 + t) * H + h) * V);
+                    for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
+                        __builtin_prefetch(qr + x, 0, 2), __builtin_prefetch(kr + x, 0, 2);
+                    for (long x = 0; x < (long)(V * sizeof(T)); x += 64)
+                        __builtin_prefetch(vr + x, 0, 2), __builtin_prefetch(orr + x, 0, 2);
+                }
+            }
             double run = 0;
             for (long t = 0; t < n; t++) Gf[t] = (T)(Gl[t] = run += gc[t * H]);
             for (long t = 0; t < n; t++) {
@@ -145,20 +163,20 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                 NAME(ssd_mm)(A + i0 * n + i0, oc + i0 * vs, dvc + i0 * vs, m, V, n - i0, 1, n, vs,
                              1, vs, 1);
             }
+            /* dg_t: the dL/dG_u for u >= t, from the chunk's final dq, dk while they are in
+               cache (a pass over the whole row after the chunks read q, k, dq, dk again from
+               memory: ~14% of the kernel's own time) */
+            for (long t = n - 1; t >= 0; t--) {
+                const T *restrict qt = qc + t * qs, *restrict kt = kc + t * qs;
+                const T *restrict dqt = dqc + t * ks, *restrict dkt = dkc + t * ks;
+                T s = 0;
+#pragma omp simd reduction(+:s)
+                for (long i = 0; i < K; i++) s += qt[i] * dqt[i] - kt[i] * dkt[i];
+                acc += s;
+                dg[row0 + t * H] = (T)acc;
+            }
         }
         for (long e = 0; e < K * V; e++) dS0[p * K * V + e] = dS[e];
-        double acc = last;  /* dg_t: the dL/dG_u for u >= t */
-        for (long t = Tn - 1; t >= 0; t--) {
-            const long row = (b * Tn + t) * H + h;
-            const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
-            const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
-            const T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K;
-            T s = 0;
-#pragma omp simd reduction(+:s)
-            for (long i = 0; i < K; i++) s += qt[i] * dqt[i] - kt[i] * dkt[i];
-            acc += s;
-            dg[row] = (T)acc;
-        }
     }
     free(Gl), free(Gf), free(P), free(A), free(dOs), free(Kt), free(Vt), free(dS), free(St);
 }

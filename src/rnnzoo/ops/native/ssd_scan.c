@@ -8,7 +8,12 @@
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
    pair runs in tiles of VT columns (two vectors of T, tile.h): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
-   load, one store and a few fused multiply-adds a step. With Sc (not NULL) it also stores
+   load, one store and two fused multiply-adds a step: the tile holds S_t e^(-D_t), D_t the
+   log-decays summed since it was last exact, so a step adds k_t (e^(-D_t) v_t) without
+   scaling the tile and o_t = e^(D_t) (S_t e^(-D_t))^T q_t (three vector operations a row
+   before, the decay's product among them: mamba3's K = 128 forward 25 -> ~19 ms). The tile is
+   made exact (times e^D) where a chunk's start state is stored and at the end, and a step
+   whose D would pass -SSD_SPAN (or is not finite) runs the exact a_t S + k_t v_t instead. With Sc (not NULL) it also stores
    the state before every L-th step, S_0 first (Sc: (batch, H, ceil(T / L), K, V)), from
    which ssd_chunk.c's ssd_bwd_chunk runs the backward by chunks.
 
@@ -24,30 +29,79 @@
 
 #include "tile.h"
 
+#if defined(__AVX512F__) && TILE_BYTES == 64
+#include <immintrin.h>
+#define SSD_STREAM 1
+#else
+#define SSD_STREAM 0
+#endif
+
+/* log-decay span of the scaled tile: e^20 ~ 5e8, well inside float's range */
+#define SSD_SPAN 20
+#define SSD_AHEAD 4
+
 void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict d, const T *restrict S0,
                    T *restrict o, T *restrict ST, T *restrict Sc, long L, long Tn, long G, long H, long K, long V, long p0,
                    long p1) {
     const long R = H / G, NC = L > 0 ? (Tn + L - 1) / L : 0;
     VEC *S = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));
+    /* a pair's per-step factors, shared by its tiles: the tile times m_t before step t
+       (1: none; where it is made exact), then S e^(-D) += k_t (c_t v_t), o_t = e_t (...) */
+    T *m = malloc((Tn + 1) * sizeof(T)), *c = malloc(Tn * sizeof(T)), *e = malloc(Tn * sizeof(T));
+    double *D = malloc((Tn + 1) * sizeof(double));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
+        double run = 0;  /* the log-decays summed since the tile was last exact */
+        for (long t = 0; t <= Tn; t++) {
+            D[t] = 0;  /* m_t's log (0: none) */
+            if (t == Tn || (Sc && t % L == 0) ) {  /* exact at a stored chunk start, and at the end */
+                D[t] = run, run = 0;
+                if (t == Tn) break;
+            }
+            run += g[(b * Tn + t) * H + h];
+            if (!(run >= -SSD_SPAN)) D[t] += run, run = 0;  /* past the span, or not finite: */
+            c[t] = (T)-run, e[t] = (T)run;                   /* the exact step a_t S + k_t v_t */
+        }
+#pragma omp simd
+        for (long t = 0; t <= Tn; t++) m[t] = EXP((T)D[t]);
+#pragma omp simd
+        for (long t = 0; t < Tn; t++) c[t] = EXP(c[t]), e[t] = EXP(e[t]);
         for (long j0 = 0; j0 < V; j0 += VT) {
             const long w = V - j0 < VT ? V - j0 : VT;
             for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
             for (long t = 0; t < Tn; t++) {
                 const long row = (b * Tn + t) * H + h;
+                if (m[t] != 1)
+                    for (long i = 0; i < K; i++) S[2 * i] *= m[t], S[2 * i + 1] *= m[t];
                 if (Sc && t % L == 0)  /* the chunk's start state, for ssd_bwd_chunk */
-                    for (long i = 0; i < K; i++)
-                        NAME(tile_store)(Sc + ((p * NC + t / L) * K + i) * V + j0, S + 2 * i, w);
-                const T a = EXP(g[row]);
+                    for (long i = 0; i < K; i++) {
+                        T *dst = Sc + ((p * NC + t / L) * K + i) * V + j0;
+#if SSD_STREAM
+                        if (sizeof(T) == 4 && w == VT && (uintptr_t)dst % 64 == 0) {
+                            /* streamed past the cache: the backward reads it much later */
+                            _mm512_stream_ps((float *)dst, (__m512)S[2 * i]);
+                            _mm512_stream_ps((float *)(dst + NV), (__m512)S[2 * i + 1]);
+                        } else
+#endif
+                            NAME(tile_store)(dst, S + 2 * i, w);
+                    }
                 const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
                 const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
-                VEC vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even and odd rows */
-                NAME(tile_load)(vt, v + row * V + j0, w);
+                /* a later step's q, k rows (G K apart) into L1: mamba3's are per head (two
+                   16.8 MB tensors) and ssd_fwd there was bound by their reads */
+                if (t + SSD_AHEAD < Tn) {
+                    const char *qa = (const char *)(qt + SSD_AHEAD * G * K);
+                    const char *ka = (const char *)(kt + SSD_AHEAD * G * K);
+                    for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
+                        __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
+                }
+                VEC vr[2], vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even, odd rows */
+                NAME(tile_load)(vr, v + row * V + j0, w);
+                vt[0] = c[t] * vr[0], vt[1] = c[t] * vr[1];
 #define SSD_FWD_ROW(i, oa, ob)                                                          \
     do {                                                                                \
-        const VEC s0 = a * S[2 * (i)] + kt[i] * vt[0], s1 = a * S[2 * (i) + 1] + kt[i] * vt[1]; \
+        const VEC s0 = S[2 * (i)] + kt[i] * vt[0], s1 = S[2 * (i) + 1] + kt[i] * vt[1]; \
         S[2 * (i)] = s0;                                                                \
         S[2 * (i) + 1] = s1;                                                            \
         oa += qt[i] * s0;                                                               \
@@ -61,14 +115,22 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 if (i < K) SSD_FWD_ROW(i, o0, o1);
 #undef SSD_FWD_ROW
                 const T dt = d ? d[row] : 0;  /* the same step's extra term d_t v_t */
-                const VEC ot[2] = {o0 + o2 + dt * vt[0], o1 + o3 + dt * vt[1]};
+                const VEC ot[2] = {e[t] * (o0 + o2) + dt * vr[0], e[t] * (o1 + o3) + dt * vr[1]};
                 NAME(tile_store)(o + row * V + j0, ot, w);
             }
+            if (m[Tn] != 1)
+                for (long i = 0; i < K; i++) S[2 * i] *= m[Tn], S[2 * i + 1] *= m[Tn];
             for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, w);
         }
     }
-    free(S);
+#if SSD_STREAM
+    _mm_sfence();
+#endif
+    free(S), free(m), free(c), free(e), free(D);
 }
 
+#undef SSD_SPAN
+#undef SSD_AHEAD
+#undef SSD_STREAM
 #include "tile.h"  /* its names undefined for the next type */
 #endif
