@@ -65,6 +65,8 @@ def test_native_ssd_scaled_tile_span(calls, dtype, tol, grad, threads):
     g[1, 11:14] = -60.0
     g[:, 40:50] = 0.0
     g[0, 100, 1] = -25.0
+    g[:, 32] = -25.0  # on stored chunk starts (ssd_scan.CHUNK = 32): a_t after the store
+    g[1, 64] = -20.5
     ins = [q, k, v, g, S0]
     if grad:
         ins = [t.requires_grad_() for t in ins]

@@ -49,22 +49,33 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
     /* a pair's per-step factors, shared by its tiles: the tile times m_t before step t
        (1: none; where it is made exact), then S e^(-D) += k_t (c_t v_t), o_t = e_t (...) */
     T *m = malloc((Tn + 1) * sizeof(T)), *c = malloc(Tn * sizeof(T)), *e = malloc(Tn * sizeof(T));
-    double *D = malloc((Tn + 1) * sizeof(double));
+    /* ma_t: a_t itself, applied after the store, where a stored chunk start's own step runs
+       exact (m_t there makes the stored state exact: a_t must not reach Sc) */
+    T *ma = malloc(Tn * sizeof(T));
+    double *D = malloc((Tn + 1) * sizeof(double)), *A = malloc(Tn * sizeof(double));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         double run = 0;  /* the log-decays summed since the tile was last exact */
         for (long t = 0; t <= Tn; t++) {
+            const int start = Sc && t % L == 0;
             D[t] = 0;  /* m_t's log (0: none) */
-            if (t == Tn || (Sc && t % L == 0) ) {  /* exact at a stored chunk start, and at the end */
+            if (t == Tn || start) {  /* exact at a stored chunk start, and at the end */
                 D[t] = run, run = 0;
                 if (t == Tn) break;
             }
+            A[t] = 0;
             run += g[(b * Tn + t) * H + h];
-            if (!(run >= -SSD_SPAN)) D[t] += run, run = 0;  /* past the span, or not finite: */
-            c[t] = (T)-run, e[t] = (T)run;                   /* the exact step a_t S + k_t v_t */
+            if (!(run >= -SSD_SPAN)) {  /* past the span, or not finite: the exact step */
+                if (start) A[t] = run;  /* a_t S + k_t v_t, a_t after the stored state */
+                else D[t] += run;
+                run = 0;
+            }
+            c[t] = (T)-run, e[t] = (T)run;
         }
 #pragma omp simd
         for (long t = 0; t <= Tn; t++) m[t] = EXP((T)D[t]);
+#pragma omp simd
+        for (long t = 0; t < Tn; t++) ma[t] = EXP((T)A[t]);
 #pragma omp simd
         for (long t = 0; t < Tn; t++) c[t] = EXP(c[t]), e[t] = EXP(e[t]);
         for (long j0 = 0; j0 < V; j0 += VT) {
@@ -86,6 +97,8 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #endif
                             NAME(tile_store)(dst, S + 2 * i, w);
                     }
+                if (ma[t] != 1)
+                    for (long i = 0; i < K; i++) S[2 * i] *= ma[t], S[2 * i + 1] *= ma[t];
                 const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
                 const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
                 /* a later step's q, k rows (G K apart) into L1: mamba3's are per head (two
@@ -126,7 +139,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #if SSD_STREAM
     _mm_sfence();
 #endif
-    free(S), free(m), free(c), free(e), free(D);
+    free(S), free(m), free(c), free(e), free(D), free(ma), free(A);
 }
 
 #undef SSD_SPAN
