@@ -126,14 +126,10 @@ def _chain(w, b, inner):
 
 def _causal_attention(q, k, v):
     """Causal softmax attention of a fresh sequence as layers.attention's parallel mode runs
-    it (q scaled; (B, H, T, Dh) each; in C on the CPU), non-finite entries zeroed and the
-    rows that see one marked NaN as it does."""
+    it (q scaled; (B, H, T, Dh) each; `Attention._causal`: in C on the CPU), non-finite
+    entries zeroed and the rows that see one marked NaN as it does."""
     (q, bad_q), (k, bad_k), (v, bad_v) = (finite(t, 2) for t in (q, k, v))
-    lib = native_attention.load() if backend.use_native(q, k, v) else None
-    if lib is not None:
-        out = native_attention.causal_softmax_attention(lib, q, k, v)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+    out = Attention._causal(q, k, v)
     return poison(out, (bad_q | ((bad_k | bad_v).cumsum(1) > 0))[:, None])
 
 
@@ -396,8 +392,8 @@ class Titans(RecurrentLayer):
             ks, vs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in ((kh, kx_s), (vh, vx_s)))
             if P:
                 ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
-            if fast is not None and math.isfinite(kv.sum().item()):
-                a = native_attention.causal_softmax_attention(lib, qs, ks, vs)
+            if fast is not None and math.isfinite(kv.sum().item()):  # q, the x tokens: hoisted
+                a = Attention._causal(qs, ks, vs)
             else:
                 a = _causal_attention(qs, ks, vs)
             a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
