@@ -93,14 +93,14 @@ def test_a_memory_ignores_tokens_not_routed_to_it():
                       top_k=2, d_conv=4, chunk_size=4)
     x = torch.randn(1, 20, 8, dtype=torch.float64)
     with torch.no_grad():
-        _, idx = layer._route(x, x.dtype)
+        _, idx = layer._route(layer._gates(x)[2])
         chosen = torch.zeros(20, 4, dtype=torch.bool).scatter_(-1, idx[0], True)
         # a token t0 and a memory m it skips that takes the very next token
         t0, m = next((t, m) for t in range(19) for m in range(4)
                      if not chosen[t, m] and chosen[t + 1, m])
         x2 = x.clone()
         x2[0, t0] += 0.01 * torch.randn(8, dtype=torch.float64)
-        assert torch.equal(layer._route(x2, x.dtype)[1], idx)       # the same routing
+        assert torch.equal(layer._route(layer._gates(x2)[2])[1], idx)       # the same routing
         H, Cm = 2, layer._width
         for mode in layer.modes:
             (_, (S1, c1)), (_, (S2, c2)) = layer(x, mode=mode), layer(x2, mode=mode)

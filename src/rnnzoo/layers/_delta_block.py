@@ -192,16 +192,21 @@ class DeltaBlock(RecurrentLayer):
             g = -self.A_log.to(cdt).exp() * softplus(a.to(cdt) + self.dt_bias.to(cdt))
         return q, k, v, beta, g, conv_state
 
-    def gate_inputs(self, x):
-        """(W_b x + b_b (B, T, n_h H), W_a x (B, T, H) or None without the forget gate): with
-        the gate one product of the stacked weights (one pass over x, one x^T in the weight
-        gradient, where two products of 4-8 output columns each cost ~2 ms fwd+bwd)."""
-        if self.a_proj is None:
+    def gate_inputs(self, x, extra=None):
+        """(W_b x + b_b (B, T, n_h H), W_a x (B, T, H) or None without the forget gate), and
+        with extra (E, d_model) rows (MoM's router) x extra^T (B, T, E) third: the stacked
+        weights in one product (one pass over x, one x^T in the weight gradient, where
+        products of 4-16 output columns each cost ~2 ms fwd+bwd)."""
+        a = None if self.a_proj is None else self.a_proj.weight
+        if a is None and extra is None:
             return self.b_proj(x), None
-        wb, bb = self.b_proj.weight, self.b_proj.bias
-        y = linear(x, torch.cat([wb, self.a_proj.weight.to(wb.dtype)]),
-                   F.pad(bb, (0, self.num_heads)))
-        return y.split([wb.shape[0], self.num_heads], -1)
+        ws = [w for w in (self.b_proj.weight, a, extra) if w is not None]
+        rows = [w.shape[0] for w in ws]
+        y = linear(x, torch.cat([w.to(ws[0].dtype) for w in ws]),
+                   F.pad(self.b_proj.bias, (0, sum(rows[1:]))))
+        b, *rest = y.split(rows, -1)
+        g = rest.pop(0) if a is not None else None
+        return (b, g) if extra is None else (b, g, rest[0])
 
     def l2norm(self, x):
         return l2norm(x, self.sqrt_eps)

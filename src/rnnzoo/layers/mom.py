@@ -84,12 +84,9 @@ class MoM(DeltaBlock):
                           HK + Np * HK + m * HV + ar(HV)], 1)
         return self.qkv_proj.weight[cols].to(dtype), self.conv.weight[cols].to(dtype)
 
-    def _route(self, x, dtype, logits=None):
-        """Router softmax and its top-k: (read weights over the chosen (B, T, top_k), memory
-        indices (B, T, top_k)); logits (B, T, N): the router's, from `_gates`' product (there
-        when None)."""
-        if logits is None:
-            logits = self._gates(x)[2].to(dtype)
+    def _route(self, logits):
+        """Router softmax and its top-k from the router's logits (B, T, N) (`_gates`' third):
+        (read weights over the chosen (B, T, top_k), memory indices (B, T, top_k))."""
         top, idx = torch.softmax(logits, -1).topk(self.top_k, -1)
         return top / top.sum(-1, keepdim=True), idx
 
@@ -105,14 +102,9 @@ class MoM(DeltaBlock):
 
     def _gates(self, x):
         """beta (B, T, N', H), g (B, T, H), router logits (B, T, N): W_b, W_a and the
-        router's rows in one product (one pass over x, one x^T in the weight gradient:
-        three products of 4-16 output columns cost ~8 ms fwd+bwd at the #17 size)."""
-        cdt, H, N = compute_dtype(x), self.num_heads, self.num_memories
-        wb = self.b_proj.weight
-        y = linear(x, torch.cat([wb, self.a_proj.weight.to(wb.dtype),
-                                 self.router.weight.to(wb.dtype)]),
-                   F.pad(self.b_proj.bias, (0, H + N))).to(cdt)
-        b, a, logits = y.split([wb.shape[0], H, N], -1)
+        router's rows in one product (`gate_inputs`)."""
+        cdt = compute_dtype(x)
+        b, a, logits = (t.to(cdt) for t in self.gate_inputs(x, extra=self.router.weight))
         beta = torch.sigmoid(b).unflatten(-1, (self.num_householder, -1))
         if self.allow_neg_eigval:
             beta = 2 * beta
@@ -130,7 +122,7 @@ class MoM(DeltaBlock):
         P = torch.einsum("btd,ncd->btnc", x, Wp).to(cdt)              # (B, T, N', C_m)
         Wc = Wc.to(cdt).permute(2, 0, 1)                              # (d_conv, N', C_m)
         beta, g, logits = self._gates(x)
-        top, idx = self._route(x, cdt, logits)
+        top, idx = self._route(logits)
         w = P.new_zeros(B, T, self.num_memories).scatter(-1, idx, top)
         chosen = w.new_zeros(w.shape).scatter(-1, idx, torch.ones_like(top))
         if self.shared_memory:
@@ -182,7 +174,7 @@ class MoM(DeltaBlock):
             self.conv.d_conv
         cdt, Cm, Np = compute_dtype(x), self._width, self.num_householder
         beta, g, logits = self._gates(x)
-        w, idx = self._route(x, cdt, logits)                                   # (B, T, top_k)
+        w, idx = self._route(logits)                                   # (B, T, top_k)
         chosen = torch.zeros(B, T, N, dtype=torch.bool, device=x.device).scatter_(-1, idx, True)
         count = chosen.sum(1)                                             # (B, N)
         L = max(int(count.max()), 1) if backend.host_readable(x) else T
