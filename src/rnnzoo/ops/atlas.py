@@ -261,7 +261,8 @@ class _Chunks(torch.autograd.Function):
         dMp, dSp = torch.zeros_like(M0), torch.zeros_like(S0)
         # one dU and one dS_t buffer for every chunk (fresh (B, H, C, N) tensors a chunk
         # cost their pages' first touch again where malloc hands them back to the system)
-        bufU, bufS = torch.empty_like(keep[-4]), torch.empty_like(keep[-4])
+        bufU = torch.empty_like(keep[-4])
+        bufS = torch.empty_like(bufU) if muon else None
         for j in reversed(range(n)):
             kj = keep[j * m:(j + 1) * m]
             saved, pairs, (St, U, Ms, hs) = kj[:ns], kj[ns:ns + 2 * L], kj[ns + 2 * L:]
@@ -287,9 +288,10 @@ class _Chunks(torch.autograd.Function):
                 dX.append(dv_ if i > o else du)
                 dGg.append(du if i > o else dv_)
             dPg = dM0 if j else torch.zeros_like(M0)
-            dfk[j], dv[j], dg[j] = atlas_scan.grads_bwd(
+            atlas_scan.grads_bwd(
                 lib, Mprev if j else Pg0, W01, W02, fk[j], g[j], saved, dX[0],
-                dX[1] if L == 2 else None, dGg[0] if L == 2 else None, dGg[-1], dPg, dWp)
+                dX[1] if L == 2 else None, dGg[0] if L == 2 else None, dGg[-1], dPg, dWp,
+                dk=dfk[j], dv=dv[j], dg=dg[j])
             dMp = dPg
         for acc, d in zip(dW0, _unpack(dWp, shapes)):
             acc += d.sum(0)

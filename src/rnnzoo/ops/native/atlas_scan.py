@@ -116,15 +116,18 @@ def grads_fwd(lib, Pg, W01, W02, k, v, g):
     return (Z1, X2, Y, G1, G, G1s, Gs) if W02 is not None else (G, Gs)
 
 
-def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None):
+def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None, dk=None,
+              dv=None, dg=None):
     """grads_fwd's backward: (dk, dv, dg) from the gradients of k (as X_0), X2, G1s and Gs
     (dX1, dG1s None for the linear memory); saved: grads_fwd's (Z1, X2, Y, G1, G) (MLP) or
-    (G,); the weights' gradient is added into the packed dPa and dPb (B, H, N)."""
+    (G,); the weights' gradient is added into the packed dPa and dPb (B, H, N). dk, dv, dg:
+    contiguous buffers to write them into (shaped as k, G, g; fresh where None)."""
     H, (I1, O1) = W01.shape[0], W01.shape[1:]
     I2, O2 = W02.shape[1:] if W02 is not None else (0, 0)
     W = g.shape[-1]
     Z1, X2, Y, G1, G = saved if W02 is not None else (None,) * 4 + tuple(saved)
-    dk, dv, dg = torch.empty_like(k), torch.empty_like(G), torch.empty_like(g)
+    dk, dv, dg = (torch.empty_like(t) if d is None else d
+                  for d, t in ((dk, k), (dv, G), (dg, g)))
     _run(lib, "grads_bwd", k.dtype, (Pg, W01, W02, k, g, Z1, X2, Y, G1, G, dX0, dX1, dG1s, dGs,
                                       dk, dv, dg, dPa, dPb), (H, I1, O1, I2, O2, W),
          g.numel() // W)
