@@ -33,9 +33,10 @@ from rnnzoo.registry import register
 
 class _MixProject(torch.autograd.Function):
     """The five ddlerp mixes x*_i = x + dx c_i, c_i = mu_i + low_i up_i (i = w, k, v, r, g),
-    and the projections of the last four, x*_i W_i^T, with a hand-written backward. Each
-    product is one oneDNN call on the CPU in float32 (`ops.native.linear.product`; torch's
-    bmm went to MKL's AVX2 code at a third of the speed). x, dx (N, d); low (N, 5, r) (the tanh of the
+    and the projections of the last four, x*_i W_i^T, with a hand-written backward. On the
+    native path (ops.native.token_mix) the projections and their weight gradients run inside
+    the mix kernel, a 64-row block at a time on mm.h's tiles; elsewhere each product is one
+    `ops.native.linear.product`. x, dx (N, d); low (N, 5, r) (the tanh of the
     down-projection); up (5, r, d); mu (5, d); W (4, d, d) [out, in].
     -> x*_w and the projections k, v, r, g, each (N, d)."""
 
