@@ -89,3 +89,35 @@ def test_fold_unfold_read_and_write_the_full_state(feature_map, d):
                           features(q, feature_map) @ S, rtol=1e-12, atol=1e-12)
     assert torch.allclose(unfold(packed(k, feature_map)[0].transpose(1, 2) @ v, d, feature_map),
                           features(k, feature_map).transpose(1, 2) @ v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_causal_kernel_upper_is_the_transposed_kernel(square):
+    """_CausalKernel with upper=True (the chunk form's transposed kernel matrix from k q^T):
+    the transpose of the lower one, float64 gradients, odd sizes."""
+    s = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    want = _CausalKernel.apply(s.transpose(-1, -2), square).transpose(-1, -2)
+    assert torch.allclose(_CausalKernel.apply(s, square, True), want, rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: _CausalKernel.apply(t, square, True), [s])
+
+
+def test_chunk_read_and_transpose_functions():
+    """feature_maps._Read (before psi_q^T on the C products, psi_q's gradient as g^T before)
+    and _Transposed (a contiguous transpose each way): values and float64 gradients."""
+    from rnnzoo.ops import backend
+    from rnnzoo.ops.feature_maps import _Read, _Transposed
+    from rnnzoo.ops.native import attention as native_attention
+
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    psi = torch.randn(2, 3, 4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(_Transposed.apply(x), x.transpose(-1, -2))
+    assert _Transposed.apply(x).is_contiguous()
+    assert torch.autograd.gradcheck(_Transposed.apply, [x])
+    lib = native_attention.load() if backend.use_native(before) else None
+    if lib is None:
+        pytest.skip("no native attention kernels here")
+    want = before @ psi.transpose(-1, -2)
+    assert torch.allclose(_Read.apply(lib, before, psi), want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda b, p: _Read.apply(lib, b, p), [before, psi])

@@ -186,34 +186,41 @@ def _chunk(q, k, v1, feature_map, S0, C):
     q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
     if N * C != T:  # zero keys and values after the end: psi(0) 0^T adds nothing
         q, k, v1 = (torch.nn.functional.pad(t, (0, 0, 0, N * C - T)) for t in (q, k, v1))
-    q, k, v1 = (t.unflatten(2, (N, C)) for t in (q, k, v1))            # (B, H, N, C, .)
+    q, k, v1 = (t.unflatten(2, (N, C)).contiguous() for t in (q, k, v1))  # (B, H, N, C, .)
     lib = native_attention.load() if backend.use_native(q, k, v1) else None
     mm = (lambda a, b: native_attention.bmm(lib, a, b)) if lib is not None else torch.matmul
-    o = mm(_CausalKernel.apply(mm(q, k.transpose(-1, -2)), feature_map == "square"), v1)
+    # the products laid out (W, .): W = V + 1 (17, 33) is a vector and one column, their
+    # other side (C, F') whole vectors; o^T and U^T, transposed once at the end
+    At = _CausalKernel.apply(mm(k, q.transpose(-1, -2)), feature_map == "square", True)
     psi_q, psi_k = packed(q, feature_map)[0], packed(k, feature_map)[0]
-    U = mm(psi_k.transpose(-1, -2), v1)                                 # (B, H, N, F', W)
-    before, total = _Starts.apply(fold(S0, d, feature_map), U)
-    o = o + mm(psi_q, before)
-    S = S0 + unfold(total, d, feature_map)
+    Ut = mm(v1.transpose(-1, -2), psi_k)                                # (B, H, N, W, F')
+    before, total = _Starts.apply(fold(S0, d, feature_map).transpose(-1, -2), Ut)
+    read = (_Read.apply(lib, before, psi_q) if lib is not None
+            else mm(before, psi_q.transpose(-1, -2)))
+    o = _Transposed.apply(mm(v1.transpose(-1, -2), At) + read)         # (B, H, N, C, W)
+    S = S0 + unfold(total.transpose(-1, -2), d, feature_map)
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)
     return poison(o, marks.outputs), poison(S, marks.state)
 
 
+
 class _CausalKernel(torch.autograd.Function):
-    """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above: three passes
-    forward and two backward, where torch.where over the composed kernel took some eleven."""
+    """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above (upper: on and
+    above, 0 below, for the transposed scores k q^T): three passes forward and two backward,
+    where torch.where over the composed kernel took some eleven."""
 
     @staticmethod
-    def forward(ctx, s, square):
+    def forward(ctx, s, square, upper=False):
         ctx.save_for_backward(s)
-        ctx.square = square
-        return (s * s if square else torch.addcmul(s + 1, s, s, value=0.5)).tril_()
+        ctx.square, ctx.upper = square, upper
+        A = s * s if square else torch.addcmul(s + 1, s, s, value=0.5)
+        return A.triu_() if upper else A.tril_()
 
     @staticmethod
     def backward(ctx, dA):
         (s,) = ctx.saved_tensors
         ds = torch.mul(dA, s).mul_(2) if ctx.square else torch.addcmul(dA, dA, s)
-        return ds.tril_(), None
+        return (ds.triu_() if ctx.upper else ds.tril_()), None, None
 
 
 class _Starts(torch.autograd.Function):
@@ -237,3 +244,36 @@ class _Starts(torch.autograd.Function):
         for n in range(dU.shape[2] - 2, -1, -1):
             torch.add(dU[:, :, n + 1], d_before[:, :, n + 1], out=dU[:, :, n])
         return d_before.sum(2), dU
+
+
+class _Read(torch.autograd.Function):
+    """before (..., W, F') psi_q^T: psi_q (..., C, F') -> (..., W, C) on `bmm`, whose
+    gradient in psi_q comes as g^T before (C, F') directly (bmm's backward of the
+    transposed operand gave its transpose (F', C), copied back for `pairs`)."""
+
+    @staticmethod
+    def forward(ctx, lib, before, psi_q):
+        ctx.save_for_backward(before, psi_q)
+        ctx.lib = lib
+        return native_attention.bmm(lib, before, psi_q.transpose(-1, -2))
+
+    @staticmethod
+    def backward(ctx, g):
+        before, psi_q = ctx.saved_tensors
+        d_before = native_attention.bmm(ctx.lib, g, psi_q) if ctx.needs_input_grad[1] else None
+        d_psi = (native_attention.bmm(ctx.lib, g.transpose(-1, -2), before)
+                 if ctx.needs_input_grad[2] else None)
+        return None, d_before, d_psi
+
+
+class _Transposed(torch.autograd.Function):
+    """x (..., m, n) -> its transpose (..., n, m), contiguous, and the gradient's transpose
+    contiguous too (once, where each product reading it copied it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.transpose(-1, -2).contiguous()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(-1, -2).contiguous()
