@@ -65,6 +65,25 @@ def test_baseline_is_skipped_beyond_its_max_length(monkeypatch):
                                                                   (16, "scan")]
 
 
+def test_a_failing_baseline_is_reported_and_the_table_goes_on(monkeypatch):
+    monkeypatch.setattr(bench, "BASELINES", Registry("baseline", names=r".+"))
+
+    @bench.register_baseline("mingru", "broken peer")
+    def broken(layer, x):
+        def run():
+            raise RuntimeError("an in-place write to a view\nsecond line")
+        return run
+
+    groups = bench.cases_for(["mingru"], {"scan"}, [8], 2, 4, {}, "float32", "cpu")
+    rows, text = _table(groups, memory=False)
+    assert "broken peer" in text and "failed: RuntimeError: an in-place write to a view" in text
+    assert "second line" not in text
+    assert [(r["mode"], r["baseline_label"]) for r in rows] == [("scan", "scan")]  # timed
+    monkeypatch.setattr(bench, "time_case", lambda *a: 1 / 0)  # a layer of ours: raises
+    with pytest.raises(ZeroDivisionError):
+        _table(groups, memory=False)
+
+
 def test_peak_memory_probe_and_its_time_limit():
     small = bench.Case(layer="mingru", mode="scan", batch=2, length=16, d_model=4, options={})
     peak, done = bench.peak_memory(small)

@@ -318,6 +318,12 @@ def run_table(groups, repeat=5, warmup=1, backward=True, memory=True, out=print)
             except ImportError as e:
                 out(f"{case.layer:<18}{case.baseline or case.mode:<22}{case.length:>7}  skipped: {e}")
                 continue
+            except Exception as e:  # a peer's own failure is its row's, not the table's
+                if case.baseline is None:  # (a layer of ours that fails raises)
+                    raise
+                out(f"{case.layer:<18}{case.baseline:<22}{case.length:>7}  failed: "
+                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
             total = t.get("fwd_bwd", t["fwd"])
             mem = peak_memory(case)[0] / 2**20 if memory else float("nan")
             label = case.baseline or case.mode
