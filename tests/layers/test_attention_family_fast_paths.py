@@ -188,7 +188,14 @@ def test_forgetting_attention_takes_the_bias_per_key_and_equals_the_definition(m
 @pytest.mark.parametrize("shape, tile, threads", [((2, 3, 11, 5, 4), 3, 1),
                                                   ((2, 3, 11, 5, 4), 3, 4),    # 6 head-rows, 4 parts
                                                   ((1, 1, 7, 3, 2), 3, 2),     # one head-row
-                                                  ((1, 2, 70, 32, 16), 64, 2)])  # a short last tile
+                                                  ((1, 2, 70, 32, 16), 64, 2),  # a short last tile
+                                                  # tiles by bands (multiples of 6 rows, keys
+                                                  # to the next multiple of 16): full and
+                                                  # partial tiles, 100 = 64 + 36,
+                                                  # 45 = 20 + 20 + 5, one exact tile
+                                                  ((1, 2, 100, 8, 5), 64, 1),
+                                                  ((2, 1, 45, 4, 3), 20, 2),
+                                                  ((1, 1, 64, 32, 32), 64, 1)])
 def test_causal_softmax_kernels_equal_masked_softmax(monkeypatch, dtype, bias, keep, shape,
                                                      tile, threads):
     monkeypatch.setattr(native_attention, "_SM_TILE", tile)  # causal tiles of `tile` queries

@@ -4,8 +4,8 @@ cache's first T slots without a scatter; it equals the marked form (outputs, sta
 gradient) and the sequential reference's state, for full attention, a sliding window and
 Titans-MAG / MAL's attention branch (which runs through it); a non-finite input, a begun state
 or T over the window take the marked form. Forgetting attention's fresh path (no finite marks
-on q, k, v and the gates) likewise. The causal C kernel's tiles by bands of rows that skip
-the keys past their last query; the heads kernel's rows over threads."""
+on q, k, v and the gates) likewise. The heads kernel's rows over threads (the causal kernel's
+tiles by bands: test_attention_family_fast_paths)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,16 @@ def _run(attn, x, state, mode="parallel"):
     return y, new, [xx.grad] + [p.grad for p in attn.parameters()]
 
 
+def _assert_same_run(run, other, tol):
+    """Two `_run`s agree: outputs, state, and every gradient (none missing)."""
+    torch.testing.assert_close(run[0], other[0], rtol=tol, atol=tol)
+    for a, b in zip(run[1], other[1]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for a, b in zip(run[2], other[2]):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("name", ["attention", "titans_mag", "titans_mal"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("B,T,heads,window", [(2, 7, 2, 7), (1, 5, 1, 9), (3, 12, 2, None)])
@@ -58,12 +68,7 @@ def test_fresh_path_equals_marked_form_and_reference(monkeypatch, name, dtype, t
     assert marked == [1]
     ref = _run(attn, x, state, "sequential")
     for other in (slow, ref):
-        torch.testing.assert_close(fast[0], other[0], rtol=tol, atol=tol)
-        for a, b in zip(fast[1], other[1]):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
-        for a, b in zip(fast[2], other[2]):
-            assert a is not None and b is not None
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        _assert_same_run(fast, other, tol)
 
 
 @pytest.mark.parametrize("name", ["attention", "titans_mag"])
@@ -121,49 +126,12 @@ def test_forgetting_attention_fresh_path(monkeypatch, dtype, tol, B, T, heads, r
     assert marks
     ref = _run(attn, x, state, "sequential")
     for other in (slow, ref):
-        torch.testing.assert_close(fast[0], other[0], rtol=tol, atol=tol)
-        for a, b in zip(fast[1], other[1]):
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
-        for a, b in zip(fast[2], other[2]):
-            assert a is not None and b is not None
-            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        _assert_same_run(fast, other, tol)
     monkeypatch.undo()
     bad = x.clone()
     bad[-1, 2, 3] = float("nan")
     y, s = attn._forward(bad, state, "parallel")
     assert not y[-1, 2:].isfinite().any() and y[-1, :2].isfinite().all() and y[:-1].isfinite().all()
-
-
-@pytest.mark.skipif(native_attention.load() is None, reason="no C compiler")
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("shape,tile", [((1, 2, 100, 8, 5), 64), ((2, 1, 45, 4, 3), 20),
-                                        ((1, 1, 64, 32, 32), 64)])
-@pytest.mark.parametrize("bias,keep", [(False, True), (True, True), (True, False)])
-def test_causal_kernel_tile_corners(monkeypatch, dtype, tol, shape, tile, bias, keep):
-    """sm_heads_fwd / bwd by bands: a tile's rows in bands (multiples of 6 rows) multiply
-    only the keys up to the multiple of 16 past the band's last query, the last band the
-    whole tile's keys; outputs and the gradients of q, k, v and the bias equal the masked softmax, with
-    full and partial tiles (100 = 64 + 36, 45 = 20 + 20 + 5), probabilities kept or
-    recomputed in the backward."""
-    monkeypatch.setattr(native_attention, "_SM_TILE", tile)
-    if not keep:
-        monkeypatch.setattr(native_attention, "_KEEP", 0)
-    torch.manual_seed(0)
-    B, H, T, D, V = shape
-    q = (2 * torch.randn(B, H, T, D, dtype=dtype)).requires_grad_()
-    k = torch.randn(B, H, T, D, dtype=dtype, requires_grad=True)
-    v = torch.randn(B, H, T, V, dtype=dtype, requires_grad=True)
-    b = (3 * torch.randn(B, H, T, dtype=dtype)).requires_grad_() if bias else None
-    inputs = [t for t in (q, k, v, b) if t is not None]
-    out = native_attention.causal_softmax_attention(native_attention.load(), q, k, v, b)
-    s = q @ k.transpose(-1, -2) + (0 if b is None else b[:, :, None, :])
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    ref = s.softmax(-1) @ v
-    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
-    g = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
-    for a, w in zip(torch.autograd.grad((out * g).sum(), inputs),
-                    torch.autograd.grad((ref * g).sum(), inputs)):
-        torch.testing.assert_close(a, w, rtol=tol, atol=tol)
 
 
 @pytest.mark.skipif(native_attention.load() is None, reason="no C compiler")
