@@ -25,6 +25,7 @@ from torch import nn
 
 from rnnzoo.checks import positive
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._delta_block import gated_head_output
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.titans import memory_geometry, memory_output, memory_qkv
@@ -73,15 +74,18 @@ class MirasLayer(RecurrentLayer):
     def op_inputs(self, x, conv_state):
         """q, k, v (B, T, H, K); eta, alpha, delta (B, T, H); new conv state."""
         B, T, _ = x.shape
-        q, k, v, conv_state = memory_qkv(self, x, conv_state)
+        # the norms of q and k fused into the C convolution on the CPU (F.normalize's six
+        # passes each way elsewhere; equal up to rounding)
+        q, k, v, conv_state = memory_qkv(self, x, conv_state, fused=True)
         gates = self.gate_proj(x).to(q.dtype).reshape(B, T, -1, self.num_heads)
         eta, alpha = self.base_lr * torch.sigmoid(gates[:, :, 0]), torch.sigmoid(gates[:, :, 1])
         delta = F.softplus(gates[:, :, 2]) if self.with_delta else torch.zeros_like(eta)
         return q, k, v, eta, alpha, delta, conv_state
 
     def op_output(self, z, x):
-        gate = torch.sigmoid(self.g_proj(x).to(z.dtype)).view(z.shape)
-        return self.o_proj((self.norm(z) * gate).flatten(2).to(x.dtype))
+        """z (B, T, H, K) -> o_proj(RMSNorm(z) * sigmoid(g_proj(x))), the norm and gate in C
+        on the CPU (`_delta_block.gated_head_output`)."""
+        return gated_head_output(self, z, x)
 
     def _forward(self, x, state, mode):
         *mem, conv_state = state
