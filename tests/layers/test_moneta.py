@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _miras_loop import OPS, miras_loop, setup
 
 import rnnzoo
@@ -47,3 +48,50 @@ def test_rule_names_checked():
         retention("l1")
     with pytest.raises(ValueError, match="p and q must be at least 1"):
         rnnzoo.create("moneta", d_model=8, p=0.5)
+
+
+@pytest.mark.parametrize("name", ["moneta", "yaad", "memora"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_block_inputs_and_output_as_written(name, dtype):
+    """MirasLayer.op_inputs / op_output (the q, k norms fused into the C convolution, the
+    RMSNorm and sigmoid gate in C on the CPU) against the block written plainly with torch
+    ops: values and the gradients of x and every parameter."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=12, num_heads=2, head_dim=3).to(dtype)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, 7, 12, dtype=dtype, requires_grad=True)
+    conv0 = 0.5 * torch.randn_like(layer.init_state(3, dtype=dtype)[-1])
+    z = torch.randn(3, 7, 2, 3, dtype=dtype, requires_grad=True)
+    B, T, H, K = 3, 7, 2, 3
+
+    def plain():
+        qkv, conv = layer.conv(layer.qkv_proj(x), conv0)
+        q, k, v = qkv.reshape(B, T, 3, H, K).unbind(2)
+        q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+        gates = layer.gate_proj(x).reshape(B, T, -1, H)
+        eta, alpha = layer.base_lr * torch.sigmoid(gates[:, :, 0]), torch.sigmoid(gates[:, :, 1])
+        delta = F.softplus(gates[:, :, 2]) if layer.with_delta else torch.zeros_like(eta)
+        gate = torch.sigmoid(layer.g_proj(x)).view(z.shape)
+        return q, k, v, eta, alpha, delta, conv, layer.o_proj((layer.norm(z) * gate).flatten(2))
+
+    def fused():
+        return (*layer.op_inputs(x, conv0), layer.op_output(z, x))
+
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    outs = []
+    for f in (plain, fused):
+        ys = f()
+        w = [torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(i))
+             for i, y in enumerate(ys)]
+        params = [x, z, *layer.parameters()]
+        grads = torch.autograd.grad(sum((y * wi).sum() for y, wi in zip(ys, w)), params,
+                                    allow_unused=True)
+        outs.append((ys, grads))
+    for a, b in zip(outs[0][0], outs[1][0]):
+        assert (a - b).abs().max() < tol
+    for a, b in zip(*(o[1] for o in outs)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert (a - b).abs().max() < tol * max(1.0, a.abs().max())
