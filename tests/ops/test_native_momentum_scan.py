@@ -1,7 +1,7 @@
 """ops.native.momentum_scan, the momentum delta rule's C recurrence (momentum_delta's CPU
 path), against the reference loop (ops.momentum_delta.momentum_delta_recurrent): outputs,
 final (S, M) and the gradients of all ten inputs (with gradients on the final states too),
-T not a multiple of the 32-step checkpoint, 1 and 2 threads; and momentum_delta proven to
+T not a multiple of the 64-step checkpoint, 1 and 2 threads; and momentum_delta proven to
 take it on CPU float32/64 (and not under force("torch"))."""
 
 from __future__ import annotations

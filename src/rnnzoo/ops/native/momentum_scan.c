@@ -31,7 +31,7 @@
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
-#define CK 32
+#define CK 64
 #define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "momentum_scan.c"
 #include "each_type.h"
