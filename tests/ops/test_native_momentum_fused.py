@@ -2,7 +2,7 @@
 (`corr`, per head) and p passed as k itself (its two gradients summed in the kernel), against
 the reference loop with the correction applied in torch and p a separate leaf: outputs, final
 (S, M) and the gradients of q, k (p's added in), v, the gates, S0, M0 and D; float64 tight,
-float32 loose; T not a multiple of the 32-step checkpoint, B = 1, one head, a narrow second
+float32 loose; T not a multiple of the 64-step checkpoint, B = 1, one head, a narrow second
 column tile, 1 and 2 threads. Also the layer and momentum_delta's C path against its torch
 chunk form with the correction."""
 
@@ -31,7 +31,8 @@ def _inputs(B, T, H, K, V, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("B,T,H,K,V", [(2, 70, 3, 5, 6), (1, 1, 1, 2, 3), (1, 37, 1, 9, 21)])
+@pytest.mark.parametrize("B,T,H,K,V", [(2, 70, 3, 5, 6), (1, 1, 1, 2, 3), (1, 37, 1, 9, 21),
+                                     (1, 70, 2, 9, 40)])  # two column tiles, two checkpoints
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("with_corr", [True, False])
 def test_fused_correction_and_shared_key_match_the_loop(dtype, tol, B, T, H, K, V, n_threads,

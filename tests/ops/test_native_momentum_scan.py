@@ -1,7 +1,7 @@
 """ops.native.momentum_scan, the momentum delta rule's C recurrence (momentum_delta's CPU
 path), against the reference loop (ops.momentum_delta.momentum_delta_recurrent): outputs,
 final (S, M) and the gradients of all ten inputs (with gradients on the final states too),
-T not a multiple of the 32-step checkpoint, 1 and 2 threads; and momentum_delta proven to
+T not a multiple of the 64-step checkpoint, 1 and 2 threads; and momentum_delta proven to
 take it on CPU float32/64 (and not under force("torch"))."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def _inputs(B, T, H, K, V, dtype):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("B,T,H,K,V", [(2, 70, 3, 5, 6), (1, 1, 1, 2, 3),
-                                     (1, 37, 2, 9, 21)])  # two column tiles, the 2nd narrow
+                                     (1, 37, 2, 9, 21),  # two 256-bit tiles, the 2nd narrow
+                                     (1, 37, 2, 9, 40)])  # two column tiles (32 floats, 16 doubles), the 2nd narrow
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_native_momentum_matches_the_loop(dtype, tol, B, T, H, K, V, n_threads):
     ins = _inputs(B, T, H, K, V, dtype)

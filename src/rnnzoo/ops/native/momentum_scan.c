@@ -31,7 +31,7 @@
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
-#define CK 32
+#define CK 64
 #define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
 #define KERNELS "momentum_scan.c"
 #include "each_type.h"
@@ -39,6 +39,37 @@
 #else
 
 #include "tile.h"
+
+/* A column tile here is WV vectors of a state row (WT columns, two tile.h tiles): twice the
+   independent work a step, between one step's end (its error row e, its de) and the next
+   step's start, which wait for a sum over all K rows. Its checkpoints are rows of WT columns
+   at column j0 of ck's VP, as tile.h's tiles would be (VP a multiple of WT). */
+#define WV 4
+#define WT (WV * NV)
+
+/* x[0 .. WV) <- src[0 .. w), zeros past w */
+TILE_INLINE void NAME(wide_load)(VEC *restrict x, const T *restrict src, long w) {
+    NAME(tile_load)(x, src, w < VT ? w : VT);
+    NAME(tile_load)(x + 2, src + VT, w > VT ? w - VT : 0);
+}
+
+/* the cache lines of x[0 .. n) fetched ahead: a (batch, head) pair's rows lie H rows apart, a
+   step's few lines each (for reading, or for writing) */
+#ifndef MS_PF
+#define MS_PF 4  /* steps ahead */
+#endif
+TILE_INLINE void NAME(pf_read)(const T *x, long n) {
+    for (long j = 0; j < n; j += 64 / (long)sizeof(T)) __builtin_prefetch(x + j, 0, 3);
+}
+TILE_INLINE void NAME(pf_write)(T *x, long n) {
+    for (long j = 0; j < n; j += 64 / (long)sizeof(T)) __builtin_prefetch(x + j, 1, 3);
+}
+
+/* dst[0 .. w) <- x[0 .. WV) */
+TILE_INLINE void NAME(wide_store)(T *restrict dst, const VEC *restrict x, long w) {
+    NAME(tile_store)(dst, x, w < VT ? w : VT);
+    if (w > VT) NAME(tile_store)(dst + VT, x + 2, w - VT);
+}
 
 
 void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -48,63 +79,85 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                         T *restrict MT, T *restrict ck, const T *restrict Dc, T scale,
                         long Tn, long H, long K, long V, long p0, long p1) {
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
-    VEC *S = aligned_alloc(32, 4 * K * sizeof(VEC)), *M = S + 2 * K;  /* a tile of S, of M */
-    /* a step's row weights eta k, scale (q - dh k), p_{t+1}: vectorised once a step, read
-       broadcast from memory in the pass */
-    T *hkv = aligned_alloc(32, ((3 * K * sizeof(T) + 31) / 32) * 32), *qev = hkv + K,
-      *pv = qev + K;
+    VEC *S = aligned_alloc(32, 2 * WV * K * sizeof(VEC)), *M = S + WV * K;  /* a tile of S, of M */
+    /* the read's row weights scale (q - dh k), step t's and t + 1's (written a step ahead:
+       a store read back at once, broadcast, holds the step's start) */
+    T *qw = aligned_alloc(32, ((2 * K * sizeof(T) + 31) / 32) * 32);
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
         const T dh = Dc ? Dc[h] : 0;  /* the read is at q - dh k */
-        for (long j0 = 0; j0 < V; j0 += VT) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
+        for (long j0 = 0; j0 < V; j0 += WT) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
             for (long i = 0; i < K; i++) {
-                NAME(tile_load)(S + 2 * i, S0 + (pr * K + i) * V + j0, wd);
-                NAME(tile_load)(M + 2 * i, M0 + (pr * K + i) * V + j0, wd);
+                NAME(wide_load)(S + WV * i, S0 + (pr * K + i) * V + j0, wd);
+                NAME(wide_load)(M + WV * i, M0 + (pr * K + i) * V + j0, wd);
             }
-            VEC et[2] = {{0}, {0}};
+            VEC et[WV] = {{0}};
             if (Tn) {  /* e_0 = S_0^T p_0 - v_0 */
                 const long row = b * Tn * H + h;
                 const T *restrict pt = p + row * K;
-                NAME(tile_load)(et, v + row * V + j0, wd);
-                et[0] = -et[0], et[1] = -et[1];
-                for (long i = 0; i < K; i++) et[0] += pt[i] * S[2 * i], et[1] += pt[i] * S[2 * i + 1];
+                NAME(wide_load)(et, v + row * V + j0, wd);
+                for (int w = 0; w < WV; w++) et[w] = -et[w];
+                for (long i = 0; i < K; i++)
+                    for (int w = 0; w < WV; w++) et[w] += pt[i] * S[WV * i + w];
+            }
+            T a = 0, mu = 0;
+            if (Tn) {
+                const long row = b * Tn * H + h;
+                a = EXP(la[row]), mu = EXP(lm[row]);
+                for (long i = 0; i < K; i++) qw[i] = scale * (q[row * K + i] - dh * k[row * K + i]);
             }
             for (long t = 0; t < Tn; t++) {
                 if (ck && t % CK == 0)
                     memcpy(ck + (pr * nck + t / CK) * 2 * K * VP + j0 * 2 * K, S,
-                           4 * K * sizeof(VEC));
+                           2 * WV * K * sizeof(VEC));
                 const long row = (b * Tn + t) * H + h, nrow = row + H;
-                const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
-                const T *restrict qt = q + row * K, *restrict kt = k + row * K;
+                const T bt = beta[row], ht = eta[row];
+                const T *restrict kt = k + row * K, *restrict qev = qw + (t & 1) * K;
                 const int next = t + 1 < Tn;
-                NAME(tile_store)(e + row * V + j0, et, wd);
-                const T *restrict pn = next ? p + nrow * K : kt;  /* kt: unused weights */
-                const T pw = next ? 1 : 0;
-                for (long i = 0; i < K; i++)
-                    hkv[i] = ht * kt[i], qev[i] = scale * (qt[i] - dh * kt[i]), pv[i] = pw * pn[i];
-                VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
+                if (t + MS_PF < Tn) {
+                    const long fr = row + MS_PF * H;
+                    NAME(pf_read)(q + fr * K, K);
+                    NAME(pf_read)(k + fr * K, K);
+                    if (p != k) NAME(pf_read)(p + fr * K, K);
+                    NAME(pf_read)(v + fr * V + j0, wd);
+                    NAME(pf_write)(e + fr * V + j0, wd);
+                    NAME(pf_write)(o + fr * V + j0, wd);
+                }
+                NAME(wide_store)(e + row * V + j0, et, wd);
+                const T *restrict pn = next ? p + nrow * K : kt;  /* kt: n unused */
+                T an = 0, mun = 0;
+                if (next) {  /* step t + 1's weights */
+                    const T *restrict qn = q + nrow * K, *restrict kn = k + nrow * K;
+                    T *restrict qwn = qw + ((t + 1) & 1) * K;
+                    for (long i = 0; i < K; i++) qwn[i] = scale * (qn[i] - dh * kn[i]);
+                    an = EXP(la[nrow]), mun = EXP(lm[nrow]);
+                }
+                VEC ov[WV] = {{0}}, nv[WV] = {{0}}, het[WV];
+                for (int w = 0; w < WV; w++) het[w] = ht * et[w];
                 for (long i = 0; i < K; i++) {
-                    const T hk = hkv[i], qi = qev[i], pi = pv[i];
-                    const VEC m0 = mu * M[2 * i] + hk * et[0], m1 = mu * M[2 * i + 1] + hk * et[1];
-                    const VEC s0 = a * S[2 * i] - bt * m0, s1 = a * S[2 * i + 1] - bt * m1;
-                    M[2 * i] = m0, M[2 * i + 1] = m1, S[2 * i] = s0, S[2 * i + 1] = s1;
-                    o0 += qi * s0, o1 += qi * s1, n0 += pi * s0, n1 += pi * s1;
+                    const T ki = kt[i], qi = qev[i], pi = pn[i];
+                    for (int w = 0; w < WV; w++) {
+                        const VEC m = mu * M[WV * i + w] + ki * het[w];
+                        const VEC s = a * S[WV * i + w] - bt * m;
+                        M[WV * i + w] = m, S[WV * i + w] = s;
+                        ov[w] += qi * s, nv[w] += pi * s;
+                    }
                 }
-                const VEC ot[2] = {o0, o1};
-                NAME(tile_store)(o + row * V + j0, ot, wd);
+                NAME(wide_store)(o + row * V + j0, ov, wd);
                 if (next) {  /* e_{t+1} = S_t^T p_{t+1} - v_{t+1} */
-                    NAME(tile_load)(et, v + nrow * V + j0, wd);
-                    et[0] = n0 - et[0], et[1] = n1 - et[1];
+                    NAME(wide_load)(et, v + nrow * V + j0, wd);
+                    for (int w = 0; w < WV; w++) et[w] = nv[w] - et[w];
                 }
+                a = an, mu = mun;
             }
             for (long i = 0; i < K; i++) {
-                NAME(tile_store)(ST + (pr * K + i) * V + j0, S + 2 * i, wd);
-                NAME(tile_store)(MT + (pr * K + i) * V + j0, M + 2 * i, wd);
+                NAME(wide_store)(ST + (pr * K + i) * V + j0, S + WV * i, wd);
+                NAME(wide_store)(MT + (pr * K + i) * V + j0, M + WV * i, wd);
             }
         }
     }
-    free(S); free(hkv);
+    free(S); free(qw);
 }
 
 void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restrict p,
@@ -116,125 +169,165 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         T *restrict dS0, T *restrict dM0, const T *restrict Dc,
                         T *restrict dD, T scale, long Tn, long H, long K, long V, long pk,
                         long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
-    VEC *dall = aligned_alloc(32, ntile * 4 * K * sizeof(VEC));  /* dS, dM tile by tile */
-    VEC *buf = aligned_alloc(32, CK * 4 * K * sizeof(VEC));  /* a tile's S_t, M_t of a block */
-    T *qev = aligned_alloc(32, ((K * sizeof(T) + 31) / 32) * 32);  /* a step's row weights */
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + WT - 1) / WT;
+    VEC *dall = aligned_alloc(32, ntile * 2 * WV * K * sizeof(VEC));  /* dS, dM tile by tile */
+    VEC *buf = aligned_alloc(32, CK * 2 * WV * K * sizeof(VEC));  /* a tile's S_t, M_t of a block */
+    /* the read's row weights scale (q - dh k) of steps t and t - 1 (written a step ahead);
+       exp(la), exp(lm) of the block's steps */
+    T *qev = aligned_alloc(32, ((2 * K * sizeof(T) + 31) / 32) * 32);
+    T *ea = aligned_alloc(32, ((2 * CK * sizeof(T) + 31) / 32) * 32), *em = ea + CK;
     const VEC zero = {0};
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
         const T dh = Dc ? Dc[h] : 0;
         T dDs = 0;  /* -sum_t k_t . dq_t */
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
-            VEC *dS = dall + jn * 4 * K, *dM = dS + 2 * K;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
+            VEC *dS = dall + jn * 2 * WV * K, *dM = dS + WV * K;
             for (long i = 0; i < K; i++) {
-                if (dST) NAME(tile_load)(dS + 2 * i, dST + (pr * K + i) * V + j0, wd);
-                else dS[2 * i] = dS[2 * i + 1] = zero;
-                if (dMT) NAME(tile_load)(dM + 2 * i, dMT + (pr * K + i) * V + j0, wd);
-                else dM[2 * i] = dM[2 * i + 1] = zero;
+                if (dST) NAME(wide_load)(dS + WV * i, dST + (pr * K + i) * V + j0, wd);
+                else for (int w = 0; w < WV; w++) dS[WV * i + w] = zero;
+                if (dMT) NAME(wide_load)(dM + WV * i, dMT + (pr * K + i) * V + j0, wd);
+                else for (int w = 0; w < WV; w++) dM[WV * i + w] = zero;
             }
         }
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
             for (long t = t0; t < t1; t++) {  /* the block's sums over the tiles, zeroed */
                 const long row = (b * Tn + t) * H + h;
+                ea[t - t0] = EXP(la[row]), em[t - t0] = EXP(lm[row]);
                 memset(dq + row * K, 0, K * sizeof(T));
                 memset(dk + row * K, 0, K * sizeof(T));
                 memset(dp + row * K, 0, K * sizeof(T));
                 dbeta[row] = dla[row] = dlm[row] = deta[row] = 0;
             }
-            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-                const long wd = V - j0 < VT ? V - j0 : VT;
-                VEC *restrict dS = dall + jn * 4 * K, *restrict dM = dS + 2 * K;
+            for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+                const long wd = V - j0 < WT ? V - j0 : WT;
+                VEC *restrict dS = dall + jn * 2 * WV * K, *restrict dM = dS + WV * K;
                 const VEC *start = (const VEC *)(ck + (pr * nck + c) * 2 * K * VP + j0 * 2 * K);
-                const VEC *Sp = start, *Mp = start + 2 * K;
+                const VEC *Sp = start, *Mp = start + WV * K;
                 for (long t = t0; t < t1; t++) {  /* recompute S_t, M_t, t in the block */
                     const long row = (b * Tn + t) * H + h;
-                    const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
+                    const T a = ea[t - t0], mu = em[t - t0], bt = beta[row], ht = eta[row];
                     const T *restrict kt = k + row * K;
-                    VEC et[2], *restrict St = buf + (t - t0) * 4 * K, *restrict Mt = St + 2 * K;
-                    NAME(tile_load)(et, e + row * V + j0, wd);
-                    for (long i = 0; i < K; i++) qev[i] = ht * kt[i];  /* eta k, here */
+                    VEC et[WV], *restrict St = buf + (t - t0) * 2 * WV * K, *restrict Mt = St + WV * K;
+                    if (t + MS_PF < t1) {
+                        const long fr = row + MS_PF * H;
+                        NAME(pf_read)(k + fr * K, K);
+                        NAME(pf_read)(e + fr * V + j0, wd);
+                    }
+                    NAME(wide_load)(et, e + row * V + j0, wd);
+                    for (int w = 0; w < WV; w++) et[w] *= ht;  /* eta e */
                     for (long i = 0; i < K; i++) {
-                        const T hk = qev[i];
-                        const VEC m0 = mu * Mp[2 * i] + hk * et[0], m1 = mu * Mp[2 * i + 1] + hk * et[1];
-                        Mt[2 * i] = m0, Mt[2 * i + 1] = m1;
-                        St[2 * i] = a * Sp[2 * i] - bt * m0, St[2 * i + 1] = a * Sp[2 * i + 1] - bt * m1;
+                        const T ki = kt[i];
+                        for (int w = 0; w < WV; w++) {
+                            const VEC m = mu * Mp[WV * i + w] + ki * et[w];
+                            Mt[WV * i + w] = m, St[WV * i + w] = a * Sp[WV * i + w] - bt * m;
+                        }
                     }
                     Sp = St, Mp = Mt;
                 }
                 /* step t + 1's last terms, dp_{t+1} = S_t de_{t+1} and dS_t += p_{t+1} de_{t+1}^T,
                    wait for step t's pass (which reads S_t and dS_t anyway): pde, pp (pend) */
-                VEC pde[2] = {zero, zero};
+                VEC pde[WV] = {{0}};
                 const T *restrict pp = p;
                 long prow = 0;
                 int pend = 0;
+                {
+                    const long row = (b * Tn + t1 - 1) * H + h;
+                    T *restrict qw = qev + ((t1 - 1) & 1) * K;
+                    for (long i = 0; i < K; i++) qw[i] = scale * (q[row * K + i] - dh * k[row * K + i]);
+                }
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long row = (b * Tn + t) * H + h;
-                    const T a = EXP(la[row]), mu = EXP(lm[row]), bt = beta[row], ht = eta[row];
-                    const T *restrict qt = q + row * K, *restrict kt = k + row * K;
+                    const T a = ea[t - t0], mu = em[t - t0], bt = beta[row], ht = eta[row];
+                    const T *restrict kt = k + row * K, *restrict qw = qev + (t & 1) * K;
                     const T *restrict pt = p + row * K;
-                    const VEC *restrict St = buf + (t - t0) * 4 * K, *restrict Mt = St + 2 * K;
-                    const VEC *restrict Sq = t > t0 ? St - 4 * K : start;   /* S_{t-1} */
-                    const VEC *restrict Mq = Sq + 2 * K;                     /* M_{t-1} */
-                    VEC et[2], dot[2], vb = zero, va = zero, vm = zero, de0 = zero, de1 = zero;
+                    if (t - MS_PF >= t0) {
+                        const long fr = row - MS_PF * H;
+                        NAME(pf_read)(q + fr * K, K);
+                        if (p != k) NAME(pf_read)(p + fr * K, K);
+                        NAME(pf_read)(dout + fr * V + j0, wd);
+                        NAME(pf_write)(dv + fr * V + j0, wd);
+                    }
+                    if (t > t0) {  /* step t - 1's read weights, a step ahead */
+                        const T *restrict qn = q + (row - H) * K, *restrict kn = k + (row - H) * K;
+                        T *restrict qwn = qev + ((t - 1) & 1) * K;
+                        for (long i = 0; i < K; i++) qwn[i] = scale * (qn[i] - dh * kn[i]);
+                    }
+                    const VEC *restrict St = buf + (t - t0) * 2 * WV * K, *restrict Mt = St + WV * K;
+                    const VEC *restrict Sq = t > t0 ? St - 2 * WV * K : start;  /* S_{t-1} */
+                    const VEC *restrict Mq = Sq + WV * K;                        /* M_{t-1} */
+                    VEC et[WV], dot[WV], de[WV] = {{0}}, vb = zero, va = zero, vm = zero;
                     VEC sq[NV], sk[NV], sp[NV];
-                    NAME(tile_load)(et, e + row * V + j0, wd);
-                    NAME(tile_load)(dot, dout + row * V + j0, wd);
-                    const VEC sd0 = scale * dot[0], sd1 = scale * dot[1];
+                    NAME(wide_load)(et, e + row * V + j0, wd);
+                    NAME(wide_load)(dot, dout + row * V + j0, wd);
                     T *restrict dkt = dk + row * K;
-                    for (long i = 0; i < K; i++) qev[i] = scale * (qt[i] - dh * kt[i]);
                     for (long i0 = 0; i0 < K; i0 += NV) {
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
                             const long i = i0 + l;
-                            const T ki = kt[i], qi = qev[i], pi = pp[i];
-                            const VEC S0 = St[2 * i], S1 = St[2 * i + 1];
-                            const VEC D0 = dS[2 * i] + pi * pde[0] + qi * dot[0],
-                                      D1 = dS[2 * i + 1] + pi * pde[1] + qi * dot[1];
-                            const VEC E0 = dM[2 * i] - bt * D0, E1 = dM[2 * i + 1] - bt * D1;
-                            sq[l] = S0 * sd0 + S1 * sd1;
-                            sp[l] = S0 * pde[0] + S1 * pde[1];
-                            sk[l] = E0 * et[0] + E1 * et[1];
-                            vb += D0 * Mt[2 * i] + D1 * Mt[2 * i + 1];
-                            va += D0 * Sq[2 * i] + D1 * Sq[2 * i + 1];
-                            vm += E0 * Mq[2 * i] + E1 * Mq[2 * i + 1];
-                            de0 += ki * E0, de1 += ki * E1;
-                            dS[2 * i] = a * D0, dS[2 * i + 1] = a * D1;
-                            dM[2 * i] = mu * E0, dM[2 * i + 1] = mu * E1;
+                            const T ki = kt[i], qi = qw[i], pi = pp[i];
+                            VEC D[WV], E[WV];
+                            for (int w = 0; w < WV; w++) {
+                                D[w] = dS[WV * i + w] + pi * pde[w] + qi * dot[w];
+                                E[w] = dM[WV * i + w] - bt * D[w];
+                            }
+                            /* each row's sums over its WV vectors first: one add a row
+                               on the accumulators' chains */
+                            VEC xq = St[WV * i] * dot[0], xp = St[WV * i] * pde[0],
+                                xk = E[0] * et[0], xb = D[0] * Mt[WV * i],
+                                xa = D[0] * Sq[WV * i], xm = E[0] * Mq[WV * i];
+                            for (int w = 1; w < WV; w++) {
+                                const VEC Sw = St[WV * i + w];
+                                xq += Sw * dot[w], xp += Sw * pde[w], xk += E[w] * et[w];
+                                xb += D[w] * Mt[WV * i + w];
+                                xa += D[w] * Sq[WV * i + w];
+                                xm += E[w] * Mq[WV * i + w];
+                            }
+                            sq[l] = xq, sp[l] = xp, sk[l] = xk;
+                            vb += xb, va += xa, vm += xm;
+                            for (int w = 0; w < WV; w++) {
+                                de[w] += ki * E[w];
+                                dS[WV * i + w] = a * D[w], dM[WV * i + w] = mu * E[w];
+                            }
                         }
-                        NAME(add_sums)(dq + row * K + i0, sq, m);
+                        NAME(add_sums)(dq + row * K + i0, sq, m);  /* S_t do_t, times scale below */
                         NAME(add_sums)(dkt + i0, sk, m);  /* E e_t, times eta below */
                         if (pend) NAME(add_sums)(dp + prow * K + i0, sp, m);
                     }
                     dbeta[row] -= NAME(hsum)(vb);
                     dla[row] += a * NAME(hsum)(va);
                     dlm[row] += mu * NAME(hsum)(vm);
-                    de0 *= ht, de1 *= ht;
-                    const VEC dvt[2] = {-de0, -de1};
-                    NAME(tile_store)(dv + row * V + j0, dvt, wd);
+                    VEC dvt[WV];
+                    for (int w = 0; w < WV; w++) de[w] *= ht, dvt[w] = -de[w];
+                    NAME(wide_store)(dv + row * V + j0, dvt, wd);
                     if (t > t0) {  /* to step t - 1's pass */
-                        pde[0] = de0, pde[1] = de1, pp = pt, prow = row, pend = 1;
+                        for (int w = 0; w < WV; w++) pde[w] = de[w];
+                        pp = pt, prow = row, pend = 1;
                         continue;
                     }
                     for (long i0 = 0; i0 < K; i0 += NV) {  /* dp = S_{t-1} de, dS_{t-1} += p de^T */
                         const long m = K - i0 < NV ? K - i0 : NV;
                         for (long l = 0; l < m; l++) {
                             const long i = i0 + l;
-                            sq[l] = Sq[2 * i] * de0 + Sq[2 * i + 1] * de1;
-                            dS[2 * i] += pt[i] * de0, dS[2 * i + 1] += pt[i] * de1;
+                            VEC x = Sq[WV * i] * de[0];
+                            for (int w = 1; w < WV; w++) x += Sq[WV * i + w] * de[w];
+                            sq[l] = x;
+                            for (int w = 0; w < WV; w++) dS[WV * i + w] += pt[i] * de[w];
                         }
                         NAME(add_sums)(dp + row * K + i0, sq, m);
                     }
                 }
             }
-            for (long t = t0; t < t1; t++) {  /* dk = eta E e_t, deta = k^T E e_t; with p = k
-                (pk) dk += dp; with the read at q - dh k, dk -= dh dq and dD -= k . dq */
+            for (long t = t0; t < t1; t++) {  /* dq = scale S_t do_t; dk = eta E e_t, deta =
+                k^T E e_t; with p = k (pk) dk += dp; with the read at q - dh k, dk -= dh dq and
+                dD -= k . dq */
                 const long row = (b * Tn + t) * H + h;
-                const T ht = eta[row], *restrict kt = k + row * K, *restrict dqt = dq + row * K;
+                const T ht = eta[row], *restrict kt = k + row * K;
                 const T *restrict dpt = dp + row * K;
-                T *restrict dkt = dk + row * K, s = 0, c = 0;
+                T *restrict dkt = dk + row * K, *restrict dqt = dq + row * K, s = 0, c = 0;
+                for (long i = 0; i < K; i++) dqt[i] *= scale;
                 for (long i = 0; i < K; i++) s += kt[i] * dkt[i], dkt[i] *= ht;
                 deta[row] = s;
                 if (pk)
@@ -245,18 +338,20 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 }
             }
         }
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
-            const VEC *dS = dall + jn * 4 * K, *dM = dS + 2 * K;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
+            const VEC *dS = dall + jn * 2 * WV * K, *dM = dS + WV * K;
             for (long i = 0; i < K; i++) {
-                NAME(tile_store)(dS0 + (pr * K + i) * V + j0, dS + 2 * i, wd);
-                NAME(tile_store)(dM0 + (pr * K + i) * V + j0, dM + 2 * i, wd);
+                NAME(wide_store)(dS0 + (pr * K + i) * V + j0, dS + WV * i, wd);
+                NAME(wide_store)(dM0 + (pr * K + i) * V + j0, dM + WV * i, wd);
             }
         }
         if (dD) dD[pr] = dDs;
     }
-    free(dall); free(buf); free(qev);
+    free(dall); free(buf); free(qev); free(ea);
 }
 
+#undef WV
+#undef WT
 #include "tile.h"  /* its names undefined for the next type */
 #endif

@@ -1,6 +1,6 @@
 """The momentum delta rule (ops.momentum_delta) as its recurrence in C (momentum_scan.c),
 forward and backward: the (K, V) states S and M of one (batch row, head) in cache, one pass
-over them a step forward, rebuilt backward from every 32nd step. The chunk form runs (C, C)
+over them a step forward, rebuilt backward from every 64th step. The chunk form runs (C, C)
 products, two solves and a (2K, 2K) map per chunk, more than the recurrence's O(T K V) work
 costs on a CPU.
 
@@ -22,7 +22,7 @@ import torch
 
 from rnnzoo.ops import native
 
-CK = 32  # the C file's checkpoint interval
+CK = 64  # the C file's checkpoint interval
 
 
 def load():
