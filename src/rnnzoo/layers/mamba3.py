@@ -127,7 +127,8 @@ class Mamba3(RecurrentLayer):
         (raw: in_proj's (B, T, R G d_state) as they are), x (B, T, H, head_dim), the
         per-rank inputs xr (B, T, R, H, head_dim), log alpha, beta, gamma (B, T, H), the
         angle steps dtheta (B, T, H, n_angles) of the rotated pairs (the first n_angles of
-        the d_state / 2) and the gate z (B, T, H, head_dim)."""
+        the d_state / 2; raw: their inputs (phi (B, T, n_angles), dt (B, T, H)), dtheta =
+        pi tanh(phi) dt) and the gate z (B, T, H, head_dim)."""
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
@@ -138,7 +139,9 @@ class Mamba3(RecurrentLayer):
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
         log_alpha = dt * (-F.softplus(dd_A.to(dtype))).clamp(max=-self.A_floor)
         lam = torch.sigmoid(lam.to(dtype))
-        dtheta = (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None]
+        # raw: the angles' inputs as they are (ops.native.mamba3_qk.qk_turned forms them)
+        dtheta = ((phi.to(dtype), dt) if raw else
+                  (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None])
         x = x.unflatten(-1, (H, P)).to(dtype)
         xr = x[:, :, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, :, None]
         return (Cm, Bm, x, xr, log_alpha, (1 - lam) * dt, lam * dt, dtheta,
@@ -276,22 +279,24 @@ class Mamba3(RecurrentLayer):
 
     def _chunk_fused(self, lib, Cx, Bx, x, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
         """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
-        norm, bias, rotation and the key's scale gamma_t + beta_{t+1}, with each step's
-        C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
+        norm, bias, rotation (its angles from dtheta = (phi, dt), ssm_inputs' raw form) and
+        the key's scale gamma_t + beta_{t+1}, with each step's C_t . B_t, in one C pass each
+        way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
         head_dim), the one rank's inputs (not a select of xr: its backward fills a zero
         (B, T, 1, H, head_dim) tensor)."""
-        theta = native_qk.angles(lib, dtheta)  # as _chunk's: float64 sum, wrapped
         beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
-        q, k, cb = native_qk.qk(lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight,
-                                self.C_norm.weight, self.B_bias[:, 0], self.C_bias[:, 0], theta,
-                                gamma + beta_next, self.norm_eps)
+        # the angles (as _chunk's: float64 sum, wrapped) from phi and dt inside the kernel
+        phi, dt = dtheta
+        q, k, cb, end = native_qk.qk_turned(
+            lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight, self.C_norm.weight,
+            self.B_bias[:, 0], self.C_bias[:, 0], phi, dt, gamma + beta_next, self.norm_eps)
         carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
         # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
         # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
         o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
                    chunk_size=self.chunk_size, diag=cb * -beta_next)
-        return self._turned_back(o[:, :, None], S, theta[:, -1])
+        return self._turned_back(o[:, :, None], S, end)
 
     def _turned_back(self, y, S, end):
         """(y, the final state turned back by the call's last angles to the unrotated frame)."""

@@ -158,45 +158,114 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
     free(bn);
 }
 
-/* The angles: theta[b, t] = the sum of d[b, u] over u <= t, summed in double and wrapped to
-   [0, 2 pi) as torch.remainder (x - 2 pi floor(x / 2 pi)); d, theta (batch, T, W) with W = H n
-   (layers.mamba3: the float64 cumsum of its angle steps). Backward: dd[b, t] = the sum of
-   dtheta[b, u] over u >= t, in double. Batch rows [b0, b1). */
-void NAME(m3_angles_fwd)(const T *restrict d, T *restrict theta, long Tn, long W, long b0,
-                         long b1) {
-    const double tau = 2 * 3.14159265358979323846;
-    double *acc = malloc(W * sizeof(double));
-    for (long b = b0; b < b1; b++) {
-        for (long i = 0; i < W; i++) acc[i] = 0;
-        for (long t = 0; t < Tn; t++) {
-            const T *restrict dt = d + (b * Tn + t) * W;
-            T *restrict th = theta + (b * Tn + t) * W;
-#pragma omp simd
-            for (long i = 0; i < W; i++) {
-                acc[i] += dt[i];
-                th[i] = (T)(acc[i] - tau * floor(acc[i] / tau));
-            }
-        }
+/* The angles from their inputs, as the cosines and sines the qk kernels read (layers.mamba3's
+   RoPE reading of its rotation): per batch row b, head h, pair j,
+       d_t = (pi tanh(phi_tj)) dt_th,   theta_t = the sum of d_u over u <= t in double, wrapped
+       to [0, 2 pi) (as torch.remainder),   cs, sn = cos(theta_t), sin(theta_t),   end = theta_T
+   (one pass instead of tanh on a strided slice, a broadcast product, the sum and cos / sin,
+   each a (B, T, H, n) tensor). Backward, from dtheta (rows, H, n) and dend (batch, H, n) or
+   NULL: a_t = dend + the sum of dtheta_u over u >= t (double), then
+       dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
+   Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
+   (batch, T, H); cs, sn, dtheta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T,
+   n). Batch rows [b0, b1). */
+
+/* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
+   from the rounding constant's bits as exp_f's) and cephes' sinf / cosf polynomials, which
+   vectorise; for double libm's */
+static inline void NAME(m3_sincos)(T x, T *restrict s, T *restrict c) {
+    if (sizeof(T) == 8) {
+        *s = sin((double)x), *c = cos((double)x);
+        return;
     }
-    free(acc);
+    const float xf = (float)x, t = xf * 0.636619772367581343f + 12582912.0f;
+    const float k = t - 12582912.0f;
+    const float r = ((xf - k * 1.5703125f) - k * 4.837512969970703125e-4f)
+                    - k * 7.54978995489188216e-8f;
+    const float z = r * r;
+    const float sp = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r
+                     + r;
+    const float cp = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z
+                      + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+    union { float f; uint32_t i; } tb = {t};
+    const uint32_t q = tb.i & 3u;
+    const float s0 = (q & 1u) ? cp : sp, c0 = (q & 1u) ? sp : cp;
+    *s = (T)((q & 2u) ? -s0 : s0);
+    *c = (T)(((q + 1u) & 2u) ? -c0 : c0);
 }
 
-void NAME(m3_angles_bwd)(const T *restrict dtheta, T *restrict dd, long Tn, long W, long b0,
-                         long b1) {
-    double *acc = malloc(W * sizeof(double));
+static inline T NAME(m3_tanh)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
+
+void NAME(m3_turns_fwd)(const T *restrict phi, long SP, const T *restrict dt, T *restrict cs,
+                        T *restrict sn, T *restrict end, long Tn, long H, long n, long b0,
+                        long b1) {
+    const double tau = 2 * 3.14159265358979323846;
+    const T pi = (T)3.14159265358979323846;
+    double *acc = malloc(H * n * sizeof(double));
+    T *a = malloc(n * sizeof(T)), *th = malloc(H * n * sizeof(T));
     for (long b = b0; b < b1; b++) {
-        for (long i = 0; i < W; i++) acc[i] = 0;
-        for (long t = Tn - 1; t >= 0; t--) {
-            const T *restrict g = dtheta + (b * Tn + t) * W;
-            T *restrict o = dd + (b * Tn + t) * W;
+        for (long i = 0; i < H * n; i++) acc[i] = 0;
+        for (long t = 0; t < Tn; t++) {
+            const long row = b * Tn + t;
+            const T *restrict ph = phi + row * SP, *restrict dtr = dt + row * H;
 #pragma omp simd
-            for (long i = 0; i < W; i++) {
-                acc[i] += g[i];
-                o[i] = (T)acc[i];
+            for (long j = 0; j < n; j++) a[j] = pi * NAME(m3_tanh)(ph[j]);
+            for (long h = 0; h < H; h++) {
+                const T dth = dtr[h];
+                double *restrict ac = acc + h * n;
+                T *restrict w = th + h * n;
+#pragma omp simd
+                for (long j = 0; j < n; j++) {
+                    ac[j] += (double)(a[j] * dth);
+                    w[j] = (T)(ac[j] - tau * floor(ac[j] / tau));
+                }
             }
+            T *restrict c = cs + row * H * n, *restrict s = sn + row * H * n;
+#pragma omp simd
+            for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], s + i, c + i);
+        }
+        if (Tn > 0)
+            memcpy(end + b * H * n, th, H * n * sizeof(T));
+        else
+            memset(end + b * H * n, 0, H * n * sizeof(T));
+    }
+    free(acc), free(a), free(th);
+}
+
+void NAME(m3_turns_bwd)(const T *restrict phi, long SP, const T *restrict dt,
+                        const T *restrict dtheta, const T *restrict dend, T *restrict dphi,
+                        T *restrict ddt, long Tn, long H, long n, long b0, long b1) {
+    const T pi = (T)3.14159265358979323846;
+    double *acc = malloc(H * n * sizeof(double));
+    T *a = malloc(n * sizeof(T)), *da = malloc(n * sizeof(T));
+    for (long b = b0; b < b1; b++) {
+        for (long i = 0; i < H * n; i++) acc[i] = dend ? dend[b * H * n + i] : 0;
+        for (long t = Tn - 1; t >= 0; t--) {
+            const long row = b * Tn + t;
+            const T *restrict ph = phi + row * SP, *restrict dtr = dt + row * H;
+            const T *restrict g = dtheta + row * H * n;
+#pragma omp simd
+            for (long j = 0; j < n; j++) a[j] = NAME(m3_tanh)(ph[j]), da[j] = 0;
+            for (long h = 0; h < H; h++) {
+                const T dth = dtr[h];
+                double *restrict ac = acc + h * n;
+                const T *restrict gh = g + h * n;
+                T dd = 0;
+#pragma omp simd reduction(+ : dd)
+                for (long j = 0; j < n; j++) {
+                    ac[j] += gh[j];
+                    const T gj = (T)ac[j];
+                    da[j] += gj * dth;
+                    dd += gj * (pi * a[j]);
+                }
+                ddt[row * H + h] = dd;
+            }
+            T *restrict dp = dphi + row * n;
+#pragma omp simd
+            for (long j = 0; j < n; j++) dp[j] = da[j] * pi * (1 - a[j] * a[j]);
         }
     }
-    free(acc);
+    free(acc), free(a), free(da);
 }
 
 #endif
