@@ -121,3 +121,20 @@ def test_mamba3_qk_turned_matches_torch(dtype, tol, B, T, G, H, N, n, threads):
     want = run(torch_form)
     assert_close(got, want, ["q", "k", "cb", "end", "wide", "wB", "wC", "bB", "bC", "dt", "s"],
                  tol)
+
+
+@pytest.mark.parametrize("zero", [(), (1,), (2,), (1, 2)])
+def test_mamba3_siso_chunk_state_without_grad(zero):
+    """The SISO chunk path skips the trapezoid's beta_0 term only where the state's B or x
+    make it zero (a fresh state): states without gradients, with B, x or both zero, equal the
+    sequential mode (outputs and final state, float64)."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    state = [0.3 * torch.randn_like(t) for t in layer.init_state(2, dtype=torch.float64)]
+    for i in zero:
+        state[i].zero_()
+    with torch.no_grad():
+        got = layer(x, tuple(state), mode="chunk")
+        want = layer(x, tuple(state), mode="sequential")
+    assert_close([got[0], *got[1]], [want[0], *want[1]], ["y", "h", "B", "x"], 1e-10)

@@ -291,10 +291,15 @@ class Mamba3(RecurrentLayer):
         q, k, cb, end = native_qk.qk_turned(
             lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight, self.C_norm.weight,
             self.B_bias[:, 0], self.C_bias[:, 0], phi, dt, gamma + beta_next, self.norm_eps)
-        carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+        # the trapezoid's beta_0 term from the state's B and x; none on a fresh state (both
+        # zero, no gradient asked: two small host reads on the CPU spare a state-size product,
+        # sum and add each way. A non-finite beta_0 marks step 0's decay either way.)
+        if xr_prev.requires_grad or B_prev.requires_grad or bool(B_prev.any()) or \
+                bool(xr_prev.any()):
+            h = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
         # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
         # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
-        o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
+        o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h,
                    chunk_size=self.chunk_size, diag=cb * -beta_next)
         return self._turned_back(o[:, :, None], S, end)
 
