@@ -11,7 +11,7 @@ the CPU (`ops.backend.use_native`). Returns q, k (B, T, H, N) and cb (B, T, H),
 differentiable in everything. Threads split the rows.
 
 `qk_turned` (mamba3's path) forms the angles itself, theta = the float64 sum along T of
-pi tanh(phi) dt, wrapped to [0, 2 pi), with their cos and sin (m3_turns_fwd / bwd), and also
+pi tanh(phi) dt, wrapped to [0, 2 pi), with their cos and sin (m3qkt_fwd / bwd), and also
 returns the last step's theta_T; `torch_turns` is those angles in PyTorch.
 """
 
@@ -88,15 +88,20 @@ class _QK(torch.autograd.Function):
         return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dtheta, ds, None
 
 
-def _turns(lib, dtype):
+def _turned(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "m3_turns_fwd", dtype, [P, L] + [P] * 4 + [L] * 5),
-            native.kernel(lib, "m3_turns_bwd", dtype, [P, L] + [P] * 5 + [L] * 5))
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "m3qkt_fwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 7 + [real]
+                          + [L] * 7),
+            native.kernel(lib, "m3qkt_bwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 16 + [real]
+                          + [L] * 7))
 
 
 class _QKTurned(torch.autograd.Function):
-    """`qk` with its angles from their inputs (m3_turns_fwd / bwd around m3qk_fwd / bwd): one
-    autograd node, no (B, T, H, n) angle, step, cos or sin tensor through autograd."""
+    """`qk` with its angles from their inputs (m3qkt_fwd / bwd): one autograd node and one pass
+    each way, a row's cos and sin formed where its q and k are (no (B, T, H, n) angle step,
+    cos, sin or angle gradient tensor); the angles (B, T, H, n) kept for the backward. Threads
+    split the batch rows (the angles run along T)."""
 
     @staticmethod
     def forward(ctx, lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
@@ -104,52 +109,44 @@ class _QKTurned(torch.autograd.Function):
         H, N = bB.shape
         G, n = W // N, phi.shape[-1]
         phi2, SP = _rows(phi)
-        dt = dt.contiguous()
-        cos, sin = Bx.new_empty(Bsz, T, H, n), Bx.new_empty(Bsz, T, H, n)
-        end = Bx.new_empty(Bsz, H, n)
-        tf, _ = _turns(lib, Bx.dtype)
-        native.run(tf, [(native.ptr(phi2), SP) + tuple(native.ptr(t) for t in (dt, cos, sin, end))
-                        + (T, H, n, *p) for p in native.rows(Bsz)])
         (B2, SB), (C2, SC) = _rows(Bx), _rows(Cx)
         if SB != SC:
             B2, C2, SB = B2.contiguous(), C2.contiguous(), W
-        wB, wC, bB, bC, s = (t.contiguous() for t in (wB, wC, bB, bC, s))
+        wB, wC, bB, bC, dt, s = (t.contiguous() for t in (wB, wC, bB, bC, dt, s))
         q = Bx.new_empty(Bsz, T, H, N)
         k, cb = torch.empty_like(q), Bx.new_empty(Bsz, T, H)
-        fwd, _ = _kernels(lib, Bx.dtype)
+        theta, end = Bx.new_empty(Bsz, T, H, n), Bx.new_empty(Bsz, H, n)
+        fwd, _ = _turned(lib, Bx.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
-                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, cos, sin, s, q, k, cb))
-                         + (eps, G, H, N, n, *p) for p in native.rows(Bsz * T)])
-        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, cos, sin, s, phi2, dt)
-        ctx.lib, ctx.eps, ctx.stride, ctx.shape, ctx.SP = lib, eps, SB, Bx.shape, SP
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
+                         + tuple(native.ptr(t) for t in (dt, s, q, k, cb, theta, end))
+                         + (eps, G, H, N, n, T, *p) for p in native.rows(Bsz)])
+        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, phi2, dt, s, theta)
+        ctx.lib, ctx.eps, ctx.strides, ctx.shape = lib, eps, (SB, SP), Bx.shape
         ctx.phi_shape = phi.shape
         return q, k, cb, end
 
     @staticmethod
     def backward(ctx, dq, dk, dcb, dend):
-        B2, C2, wB, wC, bB, bC, cos, sin, s, phi2, dt = ctx.saved_tensors
+        B2, C2, wB, wC, bB, bC, phi2, dt, s, theta = ctx.saved_tensors
         H, N = bB.shape
-        rows, G, n = B2.shape[0], ctx.shape[-1] // N, cos.shape[-1]
-        dq, dk, dcb = (t.contiguous() for t in (dq, dk, dcb))
-        parts = native.rows(rows)
+        Bsz, T, W = ctx.shape
+        G, n = W // N, theta.shape[-1]
+        SB, SP = ctx.strides
+        dq, dk, dcb, dend = (t.contiguous() for t in (dq, dk, dcb, dend))
+        parts = native.rows(Bsz)
         dBx, dCx = (B2.new_empty(ctx.shape) for _ in range(2))
-        dtheta, ds = torch.empty_like(cos), torch.empty_like(s)
+        dphi, ddt, ds = B2.new_empty(ctx.phi_shape), torch.empty_like(dt), torch.empty_like(s)
         dw = B2.new_empty(2, len(parts), N)
         db = B2.new_empty(2, len(parts), H, N)
-        _, bwd = _kernels(ctx.lib, B2.dtype)
-        native.run(bwd, [tuple(native.ptr(t) for t in (B2, C2)) + (ctx.stride,)
-                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, cos, sin, s, dq, dk, dcb,
-                                                         dBx, dCx, dw[0, i], dw[1, i], db[0, i],
-                                                         db[1, i], dtheta, ds))
-                         + (ctx.eps, G, H, N, n, a, b) for i, (a, b) in enumerate(parts)])
+        _, bwd = _turned(ctx.lib, B2.dtype)
+        native.run(bwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
+                         + tuple(native.ptr(t) for t in (dt, s, theta, dq, dk, dcb, dend, dBx, dCx,
+                                                         dw[0, i], dw[1, i], db[0, i], db[1, i],
+                                                         dphi, ddt, ds))
+                         + (ctx.eps, G, H, N, n, T, a, b) for i, (a, b) in enumerate(parts)])
         dw, db = dw.sum(1), db.sum(1)
-        Bsz, T = ctx.phi_shape[:2]
-        dend = dend.contiguous()
-        dphi, ddt = phi2.new_empty(ctx.phi_shape), torch.empty_like(dt)
-        _, tb = _turns(ctx.lib, B2.dtype)
-        native.run(tb, [(native.ptr(phi2), ctx.SP)
-                        + tuple(native.ptr(t) for t in (dt, dtheta, dend, dphi, ddt))
-                        + (T, H, n, *p) for p in native.rows(Bsz)])
         return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dphi, ddt, ds, None
 
 
