@@ -233,6 +233,19 @@ static inline void NAME(m3_sincos)(T x, T *restrict s, T *restrict c) {
 
 static inline T NAME(m3_tanh)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
 
+/* a later row's raw B, C (W channels) and phi (n) into the cache: in_proj's output rows, S
+   and SP elements apart, read first from memory (~40% of m3qkt_fwd's samples were those
+   first loads) */
+#define M3_AHEAD 2
+static inline void NAME(m3_ahead)(const T *Bx, const T *Cx, const T *phi, long S, long SP,
+                                  long W, long n, long r) {
+    const char *b = (const char *)(Bx + r * S), *c = (const char *)(Cx + r * S);
+    for (long x = 0; x < (long)(W * sizeof(T)); x += 64)
+        __builtin_prefetch(b + x, 0, 3), __builtin_prefetch(c + x, 0, 3);
+    const char *p = (const char *)(phi + r * SP);
+    for (long x = 0; x < (long)(n * sizeof(T)); x += 64) __builtin_prefetch(p + x, 0, 3);
+}
+
 void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
                      const T *restrict wC, const T *restrict bB, const T *restrict bC,
                      const T *restrict phi, long SP, const T *restrict dt, const T *restrict s,
@@ -248,6 +261,7 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
         for (long i = 0; i < H * n; i++) acc[i] = 0;
         for (long t = 0; t < Tn; t++) {
             const long r = b * Tn + t;
+            if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
             const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
             T *restrict th = theta + r * H * n;
 #pragma omp simd
@@ -293,6 +307,7 @@ void NAME(m3qkt_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
     for (long b = b0; b < b1; b++) {
         for (long t = 0; t < Tn; t++) {
             const long r = b * Tn + t;
+            if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
             const T *restrict th = theta + r * H * n;
 #pragma omp simd
             for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
@@ -329,4 +344,5 @@ void NAME(m3qkt_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
     free(acc), free(a);
 }
 
+#undef M3_AHEAD
 #endif
