@@ -132,8 +132,11 @@ class Mamba3(RecurrentLayer):
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
-        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
-            [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
+        z, x, Bm, Cm, gates, phi = self.in_proj(u).split(
+            [E, E, R * G * N, R * G * N, 3 * H, self.n_angles], -1)
+        # dt, A, lam as three contiguous (B, T, H) tensors: one copy (and one backward) of the
+        # 3H columns, where each elementwise op on an H-wide strided slice ran H at a time
+        dd_dt, dd_A, lam = gates.unflatten(-1, (3, H)).permute(2, 0, 1, 3).contiguous()
         if not raw:
             Bm, Cm = self._normed(Bm, dtype, "B"), self._normed(Cm, dtype, "C")
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
