@@ -108,7 +108,7 @@ def test_mamba3_qk_turned_matches_torch(dtype, tol, B, T, G, H, N, n, threads):
 
     def run(f):
         Bx, Cx, phi = wide[..., 1:G * N + 1], wide[..., G * N + 2:2 * G * N + 2], wide[..., -n:]
-        outs = list(f(Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5))
+        outs = list(f(Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5))[:4]
         loss = sum((o * w).sum() for o, w in zip(outs, ws))
         return outs + list(torch.autograd.grad(loss, ins))
 
@@ -121,6 +121,16 @@ def test_mamba3_qk_turned_matches_torch(dtype, tol, B, T, G, H, N, n, threads):
     want = run(torch_form)
     assert_close(got, want, ["q", "k", "cb", "end", "wide", "wB", "wC", "bB", "bC", "dt", "s"],
                  tol)
+    # fin: each (row, head)'s q and k summed; not finite where a raw row holds an inf
+    Bx, Cx, phi = wide[..., 1:G * N + 1], wide[..., G * N + 2:2 * G * N + 2], wide[..., -n:]
+    with torch.no_grad():
+        fin = mamba3_qk.qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5)[4]
+        assert_close([fin], [(want[0] + want[1]).sum(-1)], ["fin"], tol)
+        Cx = Cx.clone()
+        Cx[0, T // 2, 0] = float("inf")
+        fin = mamba3_qk.qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5)[4]
+        assert not bool(torch.isfinite(fin[0, T // 2]).all())  # the heads of group 0
+        assert bool(torch.isfinite(fin[0, :T // 2]).all()) and bool(torch.isfinite(fin[1:]).all())
 
 
 @pytest.mark.parametrize("zero", [(), (1,), (2,), (1, 2)])
@@ -138,3 +148,43 @@ def test_mamba3_siso_chunk_state_without_grad(zero):
         got = layer(x, tuple(state), mode="chunk")
         want = layer(x, tuple(state), mode="sequential")
     assert_close([got[0], *got[1]], [want[0], *want[1]], ["y", "h", "B", "x"], 1e-10)
+
+
+def test_mamba3_siso_chunk_finite_qk_from_the_kernel(monkeypatch):
+    """mamba3's SISO chunk path tells the SSD that q and k are finite (`finite_qk`, from the
+    qk kernel's sums) on finite inputs only: a NaN input step makes it run the full check."""
+    import rnnzoo.layers.mamba3 as m3
+    seen = []
+    real = m3.ssd
+
+    def spy(*a, **kw):
+        seen.append(kw.get("finite_qk"))
+        return real(*a, **kw)
+    monkeypatch.setattr(m3, "ssd", spy)
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    layer(x, mode="chunk")
+    x[1, 6, 0] = float("nan")
+    layer(x, mode="chunk")
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize("bad", [None, "v", "g"])
+def test_ssd_finite_qk_checks_v_and_decays(bad):
+    """ops.chunk.linear.ssd(finite_qk=True) (q and k known finite) equals the full check:
+    on finite inputs, and with a non-finite value or decay at one step (marked alike)."""
+    from rnnzoo.ops.chunk.linear import ssd
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, K, V = 2, 11, 2, 5, 3
+    q, k, v, g = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V), -r(B, T, H).abs()
+    if bad == "v":
+        v[0, 4, 1, 2] = float("inf")
+    elif bad == "g":
+        g[1, 7, 0] = float("nan")
+    got = ssd(q, k, v, g, scale=1.0, chunk_size=4, finite_qk=True)
+    want = ssd(q, k, v, g, scale=1.0, chunk_size=4)
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))

@@ -291,7 +291,7 @@ class Mamba3(RecurrentLayer):
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
         # the angles (as _chunk's: float64 sum, wrapped) from phi and dt inside the kernel
         phi, dt = dtheta
-        q, k, cb, end = native_qk.qk_turned(
+        q, k, cb, end, fin = native_qk.qk_turned(
             lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight, self.C_norm.weight,
             self.B_bias[:, 0], self.C_bias[:, 0], phi, dt, gamma + beta_next, self.norm_eps)
         # the trapezoid's beta_0 term from the state's B and x; none on a fresh state (both
@@ -302,8 +302,11 @@ class Mamba3(RecurrentLayer):
             h = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
         # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
         # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
+        # fin: each (step, head)'s q and k summed by the kernel: the SSD's finiteness check
+        # then reads x and the decays only (not q and k again, 2 x 16.8 MB at the #17 size)
         o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h,
-                   chunk_size=self.chunk_size, diag=cb * -beta_next)
+                   chunk_size=self.chunk_size, diag=cb * -beta_next,
+                   finite_qk=bool(torch.isfinite(fin).all()))
         return self._turned_back(o[:, :, None], S, end)
 
     def _turned_back(self, y, S, end):

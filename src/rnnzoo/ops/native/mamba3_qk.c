@@ -47,8 +47,8 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
                                       const T *restrict bB, const T *restrict bC,
                                       const T *restrict cos_, const T *restrict sin_,
                                       const T *restrict sr, T *restrict q, T *restrict k,
-                                      T *restrict cbr, T eps, long G, long H, long N, long n,
-                                      T *restrict bn) {
+                                      T *restrict cbr, T *restrict fin, T eps, long G, long H,
+                                      long N, long n, T *restrict bn) {
     const long R = H / G;
     T *restrict cn = bn + N;
     for (long g = 0; g < G; g++) {
@@ -74,6 +74,12 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
             for (long c = 2 * n; c < N; c++) {
                 qr[c] = cn[c];
                 kr[c] = sc * bn[c];
+            }
+            if (fin) {  /* the head's q and k summed: finite exactly when every entry is */
+                T f = 0;
+#pragma omp simd reduction(+ : f)
+                for (long c = 0; c < N; c++) f += qr[c] + kr[c];
+                fin[h] = f;
             }
         }
     }
@@ -173,8 +179,8 @@ void NAME(m3qk_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
     T *bn = malloc(2 * N * sizeof(T));
     for (long r = r0; r < r1; r++)
         NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, cs + r * H * n, sn + r * H * n,
-                           s + r * H, q + r * H * N, k + r * H * N, cb + r * H, eps, G, H, N, n,
-                           bn);
+                           s + r * H, q + r * H * N, k + r * H * N, cb + r * H, NULL, eps, G,
+                           H, N, n, bn);
     free(bn);
 }
 
@@ -204,7 +210,8 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
    the row's dtheta as m3qk_bwd's, a_t = dend + the sum of dtheta_u over u >= t (double), then
        dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
    Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
-   (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); the rest
+   (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); fin
+   (batch, T, H) each head's q and k summed (finite exactly when all of them are); the rest
    as m3qk_fwd / bwd's with rows = batch T. Batch rows [b0, b1). */
 
 /* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
@@ -249,8 +256,8 @@ static inline void NAME(m3_ahead)(const T *Bx, const T *Cx, const T *phi, long S
 void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
                      const T *restrict wC, const T *restrict bB, const T *restrict bC,
                      const T *restrict phi, long SP, const T *restrict dt, const T *restrict s,
-                     T *restrict q, T *restrict k, T *restrict cb, T *restrict theta,
-                     T *restrict end, T eps, long G, long H, long N, long n, long Tn, long b0,
+                     T *restrict q, T *restrict k, T *restrict cb, T *restrict fin,
+                     T *restrict theta, T *restrict end, T eps, long G, long H, long N, long n, long Tn, long b0,
                      long b1) {
     const double tau = 2 * 3.14159265358979323846;
     const T pi = (T)3.14159265358979323846;
@@ -279,7 +286,8 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
 #pragma omp simd
             for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
             NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, co, si, s + r * H,
-                               q + r * H * N, k + r * H * N, cb + r * H, eps, G, H, N, n, bn);
+                               q + r * H * N, k + r * H * N, cb + r * H, fin + r * H, eps, G,
+                               H, N, n, bn);
         }
         if (Tn > 0)
             memcpy(end + b * H * n, theta + ((b + 1) * Tn - 1) * H * n, H * n * sizeof(T));

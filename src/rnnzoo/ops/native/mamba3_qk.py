@@ -91,7 +91,7 @@ class _QK(torch.autograd.Function):
 def _turned(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "m3qkt_fwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 7 + [real]
+    return (native.kernel(lib, "m3qkt_fwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 8 + [real]
                           + [L] * 7),
             native.kernel(lib, "m3qkt_bwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 16 + [real]
                           + [L] * 7))
@@ -115,19 +115,20 @@ class _QKTurned(torch.autograd.Function):
         wB, wC, bB, bC, dt, s = (t.contiguous() for t in (wB, wC, bB, bC, dt, s))
         q = Bx.new_empty(Bsz, T, H, N)
         k, cb = torch.empty_like(q), Bx.new_empty(Bsz, T, H)
-        theta, end = Bx.new_empty(Bsz, T, H, n), Bx.new_empty(Bsz, H, n)
+        theta, end, fin = Bx.new_empty(Bsz, T, H, n), Bx.new_empty(Bsz, H, n), torch.empty_like(cb)
         fwd, _ = _turned(lib, Bx.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
                          + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
-                         + tuple(native.ptr(t) for t in (dt, s, q, k, cb, theta, end))
+                         + tuple(native.ptr(t) for t in (dt, s, q, k, cb, fin, theta, end))
                          + (eps, G, H, N, n, T, *p) for p in native.rows(Bsz)])
         ctx.save_for_backward(B2, C2, wB, wC, bB, bC, phi2, dt, s, theta)
         ctx.lib, ctx.eps, ctx.strides, ctx.shape = lib, eps, (SB, SP), Bx.shape
         ctx.phi_shape = phi.shape
-        return q, k, cb, end
+        ctx.mark_non_differentiable(fin)
+        return q, k, cb, end, fin
 
     @staticmethod
-    def backward(ctx, dq, dk, dcb, dend):
+    def backward(ctx, dq, dk, dcb, dend, _):
         B2, C2, wB, wC, bB, bC, phi2, dt, s, theta = ctx.saved_tensors
         H, N = bB.shape
         Bsz, T, W = ctx.shape
@@ -156,9 +157,11 @@ def qk(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps):
 
 
 def qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
-    """(q, k, cb, theta_T) as `qk` for the angles theta = the sum along T (float64, wrapped to
-    [0, 2 pi)) of pi tanh(phi) dt: phi (B, T, n) (a slice of a wider projection is read in
-    place), dt (B, T, H); theta_T (B, H, n) the last step's angles. `lib` = load()."""
+    """(q, k, cb, theta_T, fin) as `qk` for the angles theta = the sum along T (float64,
+    wrapped to [0, 2 pi)) of pi tanh(phi) dt: phi (B, T, n) (a slice of a wider projection is
+    read in place), dt (B, T, H); theta_T (B, H, n) the last step's angles; fin (B, T, H), no
+    gradient: each head's q and k entries summed (finite exactly when they all are: ops.finite's
+    test, without reading q and k again). `lib` = load()."""
     return _QKTurned.apply(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps)
 
 
