@@ -6,8 +6,6 @@ its sequential mode."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from _native_check import assert_close, counter
@@ -48,7 +46,7 @@ def test_mamba3_chunk_through_the_kernel_equals_sequential(monkeypatch, opts):
     """mamba3's SISO chunk mode on the CPU runs q and k through the kernel (counted) and
     equals its sequential mode in float64: outputs, the final state (h, B, x) and the
     gradients of the input, the initial state and every parameter."""
-    calls = counter(monkeypatch, mamba3_qk, "qk")
+    calls = counter(monkeypatch, mamba3_qk, "qk_turned")
     torch.manual_seed(0)
     layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4,
                           **opts).double()
@@ -89,22 +87,104 @@ def test_mamba3_siso_chunk_nonfinite_input_is_causal(fill):
             assert (y[1] - y_clean[1]).abs().max() < 1e-12
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
-@pytest.mark.parametrize("B,T,threads", [(3, 37, 2), (1, 1, 1), (2, 300, 1)])
-def test_mamba3_angles_match_torch(dtype, tol, B, T, threads):
-    """`angles` (the float64 sum of the steps along T, wrapped to [0, 2 pi)) against the
-    PyTorch form mamba3's `_chunk` uses, and its gradient (a reverse sum) against autograd's;
-    steps large enough that the sum wraps several times."""
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("B,T,G,H,N,n,threads", [(2, 37, 1, 3, 10, 2, 2), (1, 1, 2, 4, 12, 6, 1),
+                                                 (2, 70, 1, 2, 8, 4, 1)])
+def test_mamba3_qk_turned_matches_torch(dtype, tol, B, T, G, H, N, n, threads):
+    """`qk_turned` (the angles from phi and dt inside the kernel: pi tanh(phi) dt summed in
+    float64 and wrapped, their cos and sin) against `torch_qk` on `torch_turns`' angles:
+    q, k, cb, the last angles and the gradients of the raw rows and phi (slices of one wider
+    projection), dt, both norm weights and biases and the scale; steps large enough that the
+    angles wrap many times."""
     lib = mamba3_qk.load()
     gen = torch.Generator().manual_seed(0)
-    d = (3 * torch.randn(B, T, 3, 5, generator=gen, dtype=dtype)).requires_grad_()
-    w = torch.randn(B, T, 3, 5, generator=gen, dtype=dtype)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    wide = r(B, T, 2 * G * N + n + 3)
+    wide[..., -n:] *= 2
+    wB, wC, bB, bC = 1 + r(N) / 4, 1 + r(N) / 4, r(H, N), r(H, N)
+    dt, s = 2 * r(B, T, H).abs(), r(B, T, H)
+    ins = [t.requires_grad_() for t in (wide, wB, wC, bB, bC, dt, s)]
+    ws = [r(B, T, H, N), r(B, T, H, N), r(B, T, H), r(B, H, n)]
 
     def run(f):
-        theta = f(d)
-        return [theta, *torch.autograd.grad((theta * w).sum(), [d])]
+        Bx, Cx, phi = wide[..., 1:G * N + 1], wide[..., G * N + 2:2 * G * N + 2], wide[..., -n:]
+        outs = list(f(Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5))[:4]
+        loss = sum((o * w).sum() for o, w in zip(outs, ws))
+        return outs + list(torch.autograd.grad(loss, ins))
+
+    def torch_form(Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
+        theta = mamba3_qk.torch_turns(phi, dt)
+        return (*mamba3_qk.torch_qk(Bx, Cx, wB, wC, bB, bC, theta, s, eps), theta[:, -1])
 
     with threads_(threads):
-        got = run(lambda d: mamba3_qk.angles(lib, d))
-    want = run(lambda d: d.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(d.dtype))
-    assert_close(got, want, ["theta", "d"], tol)
+        got = run(lambda *a: mamba3_qk.qk_turned(lib, *a))
+    want = run(torch_form)
+    assert_close(got, want, ["q", "k", "cb", "end", "wide", "wB", "wC", "bB", "bC", "dt", "s"],
+                 tol)
+    # fin: each (row, head)'s q and k summed; not finite where a raw row holds an inf
+    Bx, Cx, phi = wide[..., 1:G * N + 1], wide[..., G * N + 2:2 * G * N + 2], wide[..., -n:]
+    with torch.no_grad():
+        fin = mamba3_qk.qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5)[4]
+        assert_close([fin], [(want[0] + want[1]).sum(-1)], ["fin"], tol)
+        Cx = Cx.clone()
+        Cx[0, T // 2, 0] = float("inf")
+        fin = mamba3_qk.qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5)[4]
+        assert not bool(torch.isfinite(fin[0, T // 2]).all())  # the heads of group 0
+        assert bool(torch.isfinite(fin[0, :T // 2]).all()) and bool(torch.isfinite(fin[1:]).all())
+
+
+@pytest.mark.parametrize("zero", [(), (1,), (2,), (1, 2)])
+def test_mamba3_siso_chunk_state_without_grad(zero):
+    """The SISO chunk path skips the trapezoid's beta_0 term only where the state's B or x
+    make it zero (a fresh state): states without gradients, with B, x or both zero, equal the
+    sequential mode (outputs and final state, float64)."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    state = [0.3 * torch.randn_like(t) for t in layer.init_state(2, dtype=torch.float64)]
+    for i in zero:
+        state[i].zero_()
+    with torch.no_grad():
+        got = layer(x, tuple(state), mode="chunk")
+        want = layer(x, tuple(state), mode="sequential")
+    assert_close([got[0], *got[1]], [want[0], *want[1]], ["y", "h", "B", "x"], 1e-10)
+
+
+def test_mamba3_siso_chunk_finite_qk_from_the_kernel(monkeypatch):
+    """mamba3's SISO chunk path tells the SSD that q and k are finite (`finite_qk`, from the
+    qk kernel's sums) on finite inputs only: a NaN input step makes it run the full check."""
+    import rnnzoo.layers.mamba3 as m3
+    seen = []
+    real = m3.ssd
+
+    def spy(*a, **kw):
+        seen.append(kw.get("finite_qk"))
+        return real(*a, **kw)
+    monkeypatch.setattr(m3, "ssd", spy)
+    torch.manual_seed(0)
+    layer = rnnzoo.create("mamba3", d_model=8, d_state=10, head_dim=4, chunk_size=4).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    layer(x, mode="chunk")
+    x[1, 6, 0] = float("nan")
+    layer(x, mode="chunk")
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize("bad", [None, "v", "g"])
+def test_ssd_finite_qk_checks_v_and_decays(bad):
+    """ops.chunk.linear.ssd(finite_qk=True) (q and k known finite) equals the full check:
+    on finite inputs, and with a non-finite value or decay at one step (marked alike)."""
+    from rnnzoo.ops.chunk.linear import ssd
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, K, V = 2, 11, 2, 5, 3
+    q, k, v, g = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V), -r(B, T, H).abs()
+    if bad == "v":
+        v[0, 4, 1, 2] = float("inf")
+    elif bad == "g":
+        g[1, 7, 0] = float("nan")
+    got = ssd(q, k, v, g, scale=1.0, chunk_size=4, finite_qk=True)
+    want = ssd(q, k, v, g, scale=1.0, chunk_size=4)
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))

@@ -127,18 +127,24 @@ class Mamba3(RecurrentLayer):
         (raw: in_proj's (B, T, R G d_state) as they are), x (B, T, H, head_dim), the
         per-rank inputs xr (B, T, R, H, head_dim), log alpha, beta, gamma (B, T, H), the
         angle steps dtheta (B, T, H, n_angles) of the rotated pairs (the first n_angles of
-        the d_state / 2) and the gate z (B, T, H, head_dim)."""
+        the d_state / 2; raw: their inputs (phi (B, T, n_angles), dt (B, T, H)), dtheta =
+        pi tanh(phi) dt) and the gate z (B, T, H, head_dim)."""
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
-        z, x, Bm, Cm, dd_dt, dd_A, lam, phi = self.in_proj(u).split(
-            [E, E, R * G * N, R * G * N, H, H, H, self.n_angles], -1)
+        z, x, Bm, Cm, gates, phi = self.in_proj(u).split(
+            [E, E, R * G * N, R * G * N, 3 * H, self.n_angles], -1)
+        # dt, A, lam as three contiguous (B, T, H) tensors: one copy (and one backward) of the
+        # 3H columns, where each elementwise op on an H-wide strided slice ran H at a time
+        dd_dt, dd_A, lam = gates.unflatten(-1, (3, H)).permute(2, 0, 1, 3).contiguous()
         if not raw:
             Bm, Cm = self._normed(Bm, dtype, "B"), self._normed(Cm, dtype, "C")
         dt = F.softplus(dd_dt.to(dtype) + self.dt_bias)
         log_alpha = dt * (-F.softplus(dd_A.to(dtype))).clamp(max=-self.A_floor)
         lam = torch.sigmoid(lam.to(dtype))
-        dtheta = (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None]
+        # raw: the angles' inputs as they are (ops.native.mamba3_qk.qk_turned forms them)
+        dtheta = ((phi.to(dtype), dt) if raw else
+                  (math.pi * torch.tanh(phi.to(dtype)))[:, :, None] * dt[..., None])
         x = x.unflatten(-1, (H, P)).to(dtype)
         xr = x[:, :, None] * self.mimo_x.transpose(0, 1) if self.is_mimo else x[:, :, None]
         return (Cm, Bm, x, xr, log_alpha, (1 - lam) * dt, lam * dt, dtheta,
@@ -276,22 +282,32 @@ class Mamba3(RecurrentLayer):
 
     def _chunk_fused(self, lib, Cx, Bx, x, log_alpha, beta, gamma, dtheta, h, B_prev, xr_prev):
         """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
-        norm, bias, rotation and the key's scale gamma_t + beta_{t+1}, with each step's
-        C_t . B_t, in one C pass each way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
+        norm, bias, rotation (its angles from dtheta = (phi, dt), ssm_inputs' raw form) and
+        the key's scale gamma_t + beta_{t+1}, with each step's C_t . B_t, in one C pass each
+        way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
         head_dim), the one rank's inputs (not a select of xr: its backward fills a zero
         (B, T, 1, H, head_dim) tensor)."""
-        theta = native_qk.angles(lib, dtheta)  # as _chunk's: float64 sum, wrapped
         beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
         beta_next = torch.where(beta_next.isfinite(), beta_next, 0.0)
-        q, k, cb = native_qk.qk(lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight,
-                                self.C_norm.weight, self.B_bias[:, 0], self.C_bias[:, 0], theta,
-                                gamma + beta_next, self.norm_eps)
-        carry = beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
+        # the angles (as _chunk's: float64 sum, wrapped) from phi and dt inside the kernel
+        phi, dt = dtheta
+        q, k, cb, end, fin = native_qk.qk_turned(
+            lib, Bx.to(h.dtype), Cx.to(h.dtype), self.B_norm.weight, self.C_norm.weight,
+            self.B_bias[:, 0], self.C_bias[:, 0], phi, dt, gamma + beta_next, self.norm_eps)
+        # the trapezoid's beta_0 term from the state's B and x; none on a fresh state (both
+        # zero, no gradient asked: two small host reads on the CPU spare a state-size product,
+        # sum and add each way. A non-finite beta_0 marks step 0's decay either way.)
+        if xr_prev.requires_grad or B_prev.requires_grad or bool(B_prev.any()) or \
+                bool(xr_prev.any()):
+            h = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
         # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
         # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
-        o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h + carry,
-                   chunk_size=self.chunk_size, diag=cb * -beta_next)
-        return self._turned_back(o[:, :, None], S, theta[:, -1])
+        # fin: each (step, head)'s q and k summed by the kernel: the SSD's finiteness check
+        # then reads x and the decays only (not q and k again, 2 x 16.8 MB at the #17 size)
+        o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h,
+                   chunk_size=self.chunk_size, diag=cb * -beta_next,
+                   finite_qk=bool(torch.isfinite(fin).all()))
+        return self._turned_back(o[:, :, None], S, end)
 
     def _turned_back(self, y, S, end):
         """(y, the final state turned back by the call's last angles to the unrotated frame)."""

@@ -446,7 +446,8 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
 
 
-def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64, diag=None):
+def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int = 64, diag=None,
+        finite_qk: bool = False):
     """Chunkwise scalar-decay linear attention with q and k shared by groups of heads (Mamba-2's
     SSD with n_groups, C = q, B = k): q, k (B, T, G, K), v (B, T, H, V) with H a multiple of G
     (head h reads group h // (H / G)), log_decay (B, T, H); initial_state (B, H, K, V);
@@ -454,7 +455,9 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     -> (o (B, T, H, V), S_T). Equal to `gated_linear_attention` on q, k repeated to the heads;
     the score product q k^T and its gradients are computed once per group. On the CPU in
     float32/float64 (`backend.use_native`) the C recurrence `ops.native.ssd_scan` runs instead
-    (diag inside it).
+    (diag inside it). finite_qk: the caller knows every entry of q and k is finite (mamba3's
+    qk kernel sums them as it writes them); the C path's finiteness check (one host read) then
+    reads v and log_decay only.
     """
     B, T, G, K = q.shape
     if v.dim() != 4 or v.shape[:2] != (B, T) or v.shape[2] % G or k.shape != q.shape:
@@ -485,7 +488,10 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     if backend.use_native(q, k, v, log_decay, S0):
         # the C recurrence on the CPU: no zeroed copies and NaN marks unless some step of the
         # inputs is not finite (one host read, ops.finite.clean_inputs)
-        (q,), (k, v, log_decay), marks = clean_inputs((q,), (k, v, log_decay))
+        if finite_qk:  # q and k need no cleaning and give no marks
+            _, (v, log_decay), marks = clean_inputs((), (v, log_decay))
+        else:
+            (q,), (k, v, log_decay), marks = clean_inputs((q,), (k, v, log_decay))
     else:
         (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)

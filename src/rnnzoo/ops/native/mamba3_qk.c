@@ -16,7 +16,8 @@
    Layouts: Bx, Cx rows S elements apart, G N contiguous channels each (slices of in_proj's
    output); wB, wC (N); bB, bC (H, N); cs, sn, dtheta (rows, H, n); s, cb, ds, dcb (rows, H);
    q, k, dq, dk (rows, H, N) contiguous; dBx, dCx (rows, G N); dwB, dwC (N), dbB, dbC (H, N)
-   this call's own sums (the caller adds the slices). Rows [r0, r1). Plain C; compiled by
+   this call's own sums (the caller adds the slices). Rows [r0, r1). m3qkt_fwd / bwd (below)
+   run the same rows with their angles formed in the pass. Plain C; compiled by
    rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -39,41 +40,147 @@ static inline void NAME(m3_norm)(const T *restrict x, T r, const T *restrict w,
     for (long c = 0; c < N; c++) y[c] = x[c] * r * w[c] + b[c];
 }
 
+/* one row's q, k, cb (all groups; row pointers: bx, cx its raw B and C, co, si (H, n), sr,
+   cbr (H), qr, kr (H, N)); bn: 2 N scratch */
+static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict cx0,
+                                      const T *restrict wB, const T *restrict wC,
+                                      const T *restrict bB, const T *restrict bC,
+                                      const T *restrict cos_, const T *restrict sin_,
+                                      const T *restrict sr, T *restrict q, T *restrict k,
+                                      T *restrict cbr, T *restrict fin, T eps, long G, long H,
+                                      long N, long n, T *restrict bn) {
+    const long R = H / G;
+    T *restrict cn = bn + N;
+    for (long g = 0; g < G; g++) {
+        const T *restrict bx = bx0 + g * N, *restrict cx = cx0 + g * N;
+        const T rb = NAME(m3_rstd)(bx, N, eps), rc = NAME(m3_rstd)(cx, N, eps);
+        for (long h = g * R; h < (g + 1) * R; h++) {
+            NAME(m3_norm)(bx, rb, wB, bB + h * N, bn, N);
+            NAME(m3_norm)(cx, rc, wC, bC + h * N, cn, N);
+            const T *restrict co = cos_ + h * n, *restrict si = sin_ + h * n;
+            T *restrict qr = q + h * N, *restrict kr = k + h * N, sc = sr[h], dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (long c = 0; c < N; c++) dot += cn[c] * bn[c];
+            cbr[h] = dot;
+#pragma omp simd
+            for (long j = 0; j < n; j++) {
+                const T b0 = bn[2 * j], b1 = bn[2 * j + 1], c0 = cn[2 * j], c1 = cn[2 * j + 1];
+                qr[2 * j] = c0 * co[j] - c1 * si[j];
+                qr[2 * j + 1] = c0 * si[j] + c1 * co[j];
+                kr[2 * j] = sc * (b0 * co[j] - b1 * si[j]);
+                kr[2 * j + 1] = sc * (b0 * si[j] + b1 * co[j]);
+            }
+#pragma omp simd
+            for (long c = 2 * n; c < N; c++) {
+                qr[c] = cn[c];
+                kr[c] = sc * bn[c];
+            }
+            if (fin) {  /* the head's q and k summed: finite exactly when every entry is */
+                T f = 0;
+#pragma omp simd reduction(+ : f)
+                for (long c = 0; c < N; c++) f += qr[c] + kr[c];
+                fin[h] = f;
+            }
+        }
+    }
+}
+
+/* one row's backward (row pointers as m3qk_row_fwd's; dbx, dcx (G N), dth (H, n), dsr (H));
+   adds to dwB, dwC, dbB, dbC; w: 6 N scratch */
+static inline void NAME(m3qk_row_bwd)(const T *restrict bx0, const T *restrict cx0,
+                                      const T *restrict wB, const T *restrict wC,
+                                      const T *restrict bB, const T *restrict bC,
+                                      const T *restrict cos_, const T *restrict sin_,
+                                      const T *restrict sr, const T *restrict dq,
+                                      const T *restrict dk, const T *restrict dcbr,
+                                      T *restrict dbx0, T *restrict dcx0, T *restrict dwB,
+                                      T *restrict dwC, T *restrict dbB, T *restrict dbC,
+                                      T *restrict dth0, T *restrict dsr, T eps, long G, long H,
+                                      long N, long n, T *restrict w) {
+    const long R = H / G;
+    T *restrict bn = w, *restrict cn = w + N, *restrict db = w + 2 * N, *restrict dc = w + 3 * N,
+      *restrict eb = w + 4 * N, *restrict ec = w + 5 * N;
+    for (long g = 0; g < G; g++) {
+        const T *restrict bx = bx0 + g * N, *restrict cx = cx0 + g * N;
+        const T rb = NAME(m3_rstd)(bx, N, eps), rc = NAME(m3_rstd)(cx, N, eps);
+        memset(eb, 0, 2 * N * sizeof(T));  /* eb, ec: sum over the group's heads */
+        for (long h = g * R; h < (g + 1) * R; h++) {
+            NAME(m3_norm)(bx, rb, wB, bB + h * N, bn, N);
+            NAME(m3_norm)(cx, rc, wC, bC + h * N, cn, N);
+            const T *restrict co = cos_ + h * n, *restrict si = sin_ + h * n;
+            const T *restrict dqr = dq + h * N, *restrict dkr = dk + h * N;
+            T *restrict dth = dth0 + h * n;
+            const T sc = sr[h], dd = dcbr[h];
+            T dsc = 0;
+#pragma omp simd reduction(+ : dsc)
+            for (long j = 0; j < n; j++) {
+                const T b0 = bn[2 * j], b1 = bn[2 * j + 1], c0 = cn[2 * j], c1 = cn[2 * j + 1];
+                const T q0 = c0 * co[j] - c1 * si[j], q1 = c0 * si[j] + c1 * co[j];
+                const T k0 = b0 * co[j] - b1 * si[j], k1 = b0 * si[j] + b1 * co[j];
+                const T dq0 = dqr[2 * j], dq1 = dqr[2 * j + 1];
+                const T dk0 = dkr[2 * j], dk1 = dkr[2 * j + 1];
+                dsc += k0 * dk0 + k1 * dk1;
+                dth[j] = (q0 * dq1 - q1 * dq0) + sc * (k0 * dk1 - k1 * dk0);
+                dc[2 * j] = dq0 * co[j] + dq1 * si[j] + dd * b0;
+                dc[2 * j + 1] = dq1 * co[j] - dq0 * si[j] + dd * b1;
+                db[2 * j] = sc * (dk0 * co[j] + dk1 * si[j]) + dd * c0;
+                db[2 * j + 1] = sc * (dk1 * co[j] - dk0 * si[j]) + dd * c1;
+            }
+#pragma omp simd reduction(+ : dsc)
+            for (long c = 2 * n; c < N; c++) {
+                dsc += bn[c] * dkr[c];
+                dc[c] = dqr[c] + dd * bn[c];
+                db[c] = sc * dkr[c] + dd * cn[c];
+            }
+            dsr[h] = dsc;
+            T *restrict dbh = dbB + h * N, *restrict dch = dbC + h * N;
+#pragma omp simd
+            for (long c = 0; c < N; c++) {
+                dbh[c] += db[c];
+                dch[c] += dc[c];
+                eb[c] += db[c];
+                ec[c] += dc[c];
+            }
+        }
+        T mb = 0, mc = 0;
+#pragma omp simd reduction(+ : mb, mc)
+        for (long c = 0; c < N; c++) {
+            const T xb = bx[c] * rb, xc = cx[c] * rc;
+            dwB[c] += eb[c] * xb;
+            dwC[c] += ec[c] * xc;
+            eb[c] *= wB[c];
+            ec[c] *= wC[c];
+            mb += eb[c] * xb;
+            mc += ec[c] * xc;
+        }
+        mb /= N;
+        mc /= N;
+        T *restrict dbr = dbx0 + g * N, *restrict dcr = dcx0 + g * N;
+#pragma omp simd
+        for (long c = 0; c < N; c++) {
+            dbr[c] = rb * (eb[c] - bx[c] * rb * mb);
+            dcr[c] = rc * (ec[c] - cx[c] * rc * mc);
+        }
+    }
+}
+
+static inline void NAME(m3qk_zero)(T *dwB, T *dwC, T *dbB, T *dbC, long H, long N) {
+    memset(dwB, 0, N * sizeof(T));
+    memset(dwC, 0, N * sizeof(T));
+    memset(dbB, 0, H * N * sizeof(T));
+    memset(dbC, 0, H * N * sizeof(T));
+}
+
 void NAME(m3qk_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
                     const T *restrict wC, const T *restrict bB, const T *restrict bC,
                     const T *restrict cs, const T *restrict sn, const T *restrict s,
                     T *restrict q, T *restrict k, T *restrict cb, T eps, long G, long H, long N,
                     long n, long r0, long r1) {
-    const long R = H / G;
-    T *bn = malloc(2 * N * sizeof(T)), *cn = bn + N;
+    T *bn = malloc(2 * N * sizeof(T));
     for (long r = r0; r < r1; r++)
-        for (long g = 0; g < G; g++) {
-            const T *restrict bx = Bx + r * S + g * N, *restrict cx = Cx + r * S + g * N;
-            const T rb = NAME(m3_rstd)(bx, N, eps), rc = NAME(m3_rstd)(cx, N, eps);
-            for (long h = g * R; h < (g + 1) * R; h++) {
-                const long rh = r * H + h;
-                NAME(m3_norm)(bx, rb, wB, bB + h * N, bn, N);
-                NAME(m3_norm)(cx, rc, wC, bC + h * N, cn, N);
-                const T *restrict co = cs + rh * n, *restrict si = sn + rh * n;
-                T *restrict qr = q + rh * N, *restrict kr = k + rh * N, sc = s[rh], dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (long c = 0; c < N; c++) dot += cn[c] * bn[c];
-                cb[rh] = dot;
-#pragma omp simd
-                for (long j = 0; j < n; j++) {
-                    const T b0 = bn[2 * j], b1 = bn[2 * j + 1], c0 = cn[2 * j], c1 = cn[2 * j + 1];
-                    qr[2 * j] = c0 * co[j] - c1 * si[j];
-                    qr[2 * j + 1] = c0 * si[j] + c1 * co[j];
-                    kr[2 * j] = sc * (b0 * co[j] - b1 * si[j]);
-                    kr[2 * j + 1] = sc * (b0 * si[j] + b1 * co[j]);
-                }
-#pragma omp simd
-                for (long c = 2 * n; c < N; c++) {
-                    qr[c] = cn[c];
-                    kr[c] = sc * bn[c];
-                }
-            }
-        }
+        NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, cs + r * H * n, sn + r * H * n,
+                           s + r * H, q + r * H * N, k + r * H * N, cb + r * H, NULL, eps, G,
+                           H, N, n, bn);
     free(bn);
 }
 
@@ -84,119 +191,166 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
                     T *restrict dBx, T *restrict dCx, T *restrict dwB, T *restrict dwC,
                     T *restrict dbB, T *restrict dbC, T *restrict dtheta, T *restrict ds,
                     T eps, long G, long H, long N, long n, long r0, long r1) {
-    const long R = H / G;
-    T *bn = malloc(6 * N * sizeof(T)), *cn = bn + N, *db = cn + N, *dc = db + N, *eb = dc + N,
-      *ec = eb + N;
-    memset(dwB, 0, N * sizeof(T));
-    memset(dwC, 0, N * sizeof(T));
-    memset(dbB, 0, H * N * sizeof(T));
-    memset(dbC, 0, H * N * sizeof(T));
+    T *w = malloc(6 * N * sizeof(T));
+    NAME(m3qk_zero)(dwB, dwC, dbB, dbC, H, N);
     for (long r = r0; r < r1; r++)
-        for (long g = 0; g < G; g++) {
-            const T *restrict bx = Bx + r * S + g * N, *restrict cx = Cx + r * S + g * N;
-            const T rb = NAME(m3_rstd)(bx, N, eps), rc = NAME(m3_rstd)(cx, N, eps);
-            memset(eb, 0, 2 * N * sizeof(T));  /* eb, ec: sum over the group's heads */
-            for (long h = g * R; h < (g + 1) * R; h++) {
-                const long rh = r * H + h;
-                NAME(m3_norm)(bx, rb, wB, bB + h * N, bn, N);
-                NAME(m3_norm)(cx, rc, wC, bC + h * N, cn, N);
-                const T *restrict co = cs + rh * n, *restrict si = sn + rh * n;
-                const T *restrict dqr = dq + rh * N, *restrict dkr = dk + rh * N;
-                T *restrict dth = dtheta + rh * n;
-                const T sc = s[rh], dd = dcb[rh];
-                T dsc = 0;
-#pragma omp simd reduction(+ : dsc)
-                for (long j = 0; j < n; j++) {
-                    const T b0 = bn[2 * j], b1 = bn[2 * j + 1], c0 = cn[2 * j], c1 = cn[2 * j + 1];
-                    const T q0 = c0 * co[j] - c1 * si[j], q1 = c0 * si[j] + c1 * co[j];
-                    const T k0 = b0 * co[j] - b1 * si[j], k1 = b0 * si[j] + b1 * co[j];
-                    const T dq0 = dqr[2 * j], dq1 = dqr[2 * j + 1];
-                    const T dk0 = dkr[2 * j], dk1 = dkr[2 * j + 1];
-                    dsc += k0 * dk0 + k1 * dk1;
-                    dth[j] = (q0 * dq1 - q1 * dq0) + sc * (k0 * dk1 - k1 * dk0);
-                    dc[2 * j] = dq0 * co[j] + dq1 * si[j] + dd * b0;
-                    dc[2 * j + 1] = dq1 * co[j] - dq0 * si[j] + dd * b1;
-                    db[2 * j] = sc * (dk0 * co[j] + dk1 * si[j]) + dd * c0;
-                    db[2 * j + 1] = sc * (dk1 * co[j] - dk0 * si[j]) + dd * c1;
-                }
-#pragma omp simd reduction(+ : dsc)
-                for (long c = 2 * n; c < N; c++) {
-                    dsc += bn[c] * dkr[c];
-                    dc[c] = dqr[c] + dd * bn[c];
-                    db[c] = sc * dkr[c] + dd * cn[c];
-                }
-                ds[rh] = dsc;
-                T *restrict dbh = dbB + h * N, *restrict dch = dbC + h * N;
-#pragma omp simd
-                for (long c = 0; c < N; c++) {
-                    dbh[c] += db[c];
-                    dch[c] += dc[c];
-                    eb[c] += db[c];
-                    ec[c] += dc[c];
-                }
-            }
-            T mb = 0, mc = 0;
-#pragma omp simd reduction(+ : mb, mc)
-            for (long c = 0; c < N; c++) {
-                const T xb = bx[c] * rb, xc = cx[c] * rc;
-                dwB[c] += eb[c] * xb;
-                dwC[c] += ec[c] * xc;
-                eb[c] *= wB[c];
-                ec[c] *= wC[c];
-                mb += eb[c] * xb;
-                mc += ec[c] * xc;
-            }
-            mb /= N;
-            mc /= N;
-            T *restrict dbr = dBx + r * G * N + g * N, *restrict dcr = dCx + r * G * N + g * N;
-#pragma omp simd
-            for (long c = 0; c < N; c++) {
-                dbr[c] = rb * (eb[c] - bx[c] * rb * mb);
-                dcr[c] = rc * (ec[c] - cx[c] * rc * mc);
-            }
-        }
-    free(bn);
+        NAME(m3qk_row_bwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, cs + r * H * n,
+                           sn + r * H * n, s + r * H, dq + r * H * N, dk + r * H * N, dcb + r * H,
+                           dBx + r * G * N, dCx + r * G * N, dwB, dwC, dbB, dbC,
+                           dtheta + r * H * n, ds + r * H, eps, G, H, N, n, w);
+    free(w);
 }
 
-/* The angles: theta[b, t] = the sum of d[b, u] over u <= t, summed in double and wrapped to
-   [0, 2 pi) as torch.remainder (x - 2 pi floor(x / 2 pi)); d, theta (batch, T, W) with W = H n
-   (layers.mamba3: the float64 cumsum of its angle steps). Backward: dd[b, t] = the sum of
-   dtheta[b, u] over u >= t, in double. Batch rows [b0, b1). */
-void NAME(m3_angles_fwd)(const T *restrict d, T *restrict theta, long Tn, long W, long b0,
-                         long b1) {
+/* `qk` with its angles from their inputs (m3qkt_fwd / m3qkt_bwd; layers.mamba3's RoPE reading
+   of its rotation): per batch row b, head h, pair j,
+       d_t = (pi tanh(phi_tj)) dt_th,   theta_t = the sum of d_u over u <= t in double, wrapped
+       to [0, 2 pi) (as torch.remainder),   end = theta_T,
+   each row's cos and sin formed where its q and k are (no (B, T, H, n) step, angle, cos or sin
+   tensor; the angles kept for the backward). Backward, a batch row's steps from the last:
+   the row's dtheta as m3qk_bwd's, a_t = dend + the sum of dtheta_u over u >= t (double), then
+       dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
+   Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
+   (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); fin
+   (batch, T, H) each head's q and k summed (finite exactly when all of them are); the rest
+   as m3qk_fwd / bwd's with rows = batch T. Batch rows [b0, b1). */
+
+/* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
+   from the rounding constant's bits as exp_f's) and cephes' sinf / cosf polynomials, which
+   vectorise; for double libm's */
+static inline void NAME(m3_sincos)(T x, T *restrict s, T *restrict c) {
+    if (sizeof(T) == 8) {
+        *s = sin((double)x), *c = cos((double)x);
+        return;
+    }
+    const float xf = (float)x, t = xf * 0.636619772367581343f + 12582912.0f;
+    const float k = t - 12582912.0f;
+    const float r = ((xf - k * 1.5703125f) - k * 4.837512969970703125e-4f)
+                    - k * 7.54978995489188216e-8f;
+    const float z = r * r;
+    const float sp = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r
+                     + r;
+    const float cp = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z
+                      + 4.166664568298827e-2f) * z * z - 0.5f * z + 1.0f;
+    union { float f; uint32_t i; } tb = {t};
+    const uint32_t q = tb.i & 3u;
+    const float s0 = (q & 1u) ? cp : sp, c0 = (q & 1u) ? sp : cp;
+    *s = (T)((q & 2u) ? -s0 : s0);
+    *c = (T)(((q + 1u) & 2u) ? -c0 : c0);
+}
+
+static inline T NAME(m3_tanh)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
+
+/* a later row's raw B, C (W channels) and phi (n) into the cache: in_proj's output rows, S
+   and SP elements apart, read first from memory (~40% of m3qkt_fwd's samples were those
+   first loads) */
+#define M3_AHEAD 2
+static inline void NAME(m3_ahead)(const T *Bx, const T *Cx, const T *phi, long S, long SP,
+                                  long W, long n, long r) {
+    const char *b = (const char *)(Bx + r * S), *c = (const char *)(Cx + r * S);
+    for (long x = 0; x < (long)(W * sizeof(T)); x += 64)
+        __builtin_prefetch(b + x, 0, 3), __builtin_prefetch(c + x, 0, 3);
+    const char *p = (const char *)(phi + r * SP);
+    for (long x = 0; x < (long)(n * sizeof(T)); x += 64) __builtin_prefetch(p + x, 0, 3);
+}
+
+void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
+                     const T *restrict wC, const T *restrict bB, const T *restrict bC,
+                     const T *restrict phi, long SP, const T *restrict dt, const T *restrict s,
+                     T *restrict q, T *restrict k, T *restrict cb, T *restrict fin,
+                     T *restrict theta, T *restrict end, T eps, long G, long H, long N, long n, long Tn, long b0,
+                     long b1) {
     const double tau = 2 * 3.14159265358979323846;
-    double *acc = malloc(W * sizeof(double));
+    const T pi = (T)3.14159265358979323846;
+    double *acc = malloc(H * n * sizeof(double));
+    T *a = malloc((n + 2 * H * n + 2 * N) * sizeof(T)), *co = a + n, *si = co + H * n,
+      *bn = si + H * n;
     for (long b = b0; b < b1; b++) {
-        for (long i = 0; i < W; i++) acc[i] = 0;
+        for (long i = 0; i < H * n; i++) acc[i] = 0;
         for (long t = 0; t < Tn; t++) {
-            const T *restrict dt = d + (b * Tn + t) * W;
-            T *restrict th = theta + (b * Tn + t) * W;
+            const long r = b * Tn + t;
+            if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
+            const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
+            T *restrict th = theta + r * H * n;
 #pragma omp simd
-            for (long i = 0; i < W; i++) {
-                acc[i] += dt[i];
-                th[i] = (T)(acc[i] - tau * floor(acc[i] / tau));
+            for (long j = 0; j < n; j++) a[j] = pi * NAME(m3_tanh)(ph[j]);
+            for (long h = 0; h < H; h++) {
+                const T dth = dtr[h];
+                double *restrict ac = acc + h * n;
+                T *restrict w = th + h * n;
+#pragma omp simd
+                for (long j = 0; j < n; j++) {
+                    ac[j] += (double)(a[j] * dth);
+                    w[j] = (T)(ac[j] - tau * floor(ac[j] / tau));
+                }
             }
+#pragma omp simd
+            for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
+            NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, co, si, s + r * H,
+                               q + r * H * N, k + r * H * N, cb + r * H, fin + r * H, eps, G,
+                               H, N, n, bn);
         }
+        if (Tn > 0)
+            memcpy(end + b * H * n, theta + ((b + 1) * Tn - 1) * H * n, H * n * sizeof(T));
+        else
+            memset(end + b * H * n, 0, H * n * sizeof(T));
     }
-    free(acc);
+    free(acc), free(a);
 }
 
-void NAME(m3_angles_bwd)(const T *restrict dtheta, T *restrict dd, long Tn, long W, long b0,
-                         long b1) {
-    double *acc = malloc(W * sizeof(double));
+void NAME(m3qkt_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
+                     const T *restrict wC, const T *restrict bB, const T *restrict bC,
+                     const T *restrict phi, long SP, const T *restrict dt, const T *restrict s,
+                     const T *restrict theta, const T *restrict dq, const T *restrict dk,
+                     const T *restrict dcb, const T *restrict dend, T *restrict dBx,
+                     T *restrict dCx, T *restrict dwB, T *restrict dwC, T *restrict dbB,
+                     T *restrict dbC, T *restrict dphi, T *restrict ddt, T *restrict ds, T eps,
+                     long G, long H, long N, long n, long Tn, long b0, long b1) {
+    const T pi = (T)3.14159265358979323846;
+    double *acc = malloc(H * n * sizeof(double));
+    /* g: a batch row's angle gradients (T, H, n; in L2), its steps' qk backward run forwards
+       (the rows' reads in address order), then summed from the last */
+    T *a = malloc((2 * n + 2 * H * n + 6 * N + Tn * H * n) * sizeof(T)), *da = a + n,
+      *co = da + n, *si = co + H * n, *w = si + H * n, *g = w + 6 * N;
+    NAME(m3qk_zero)(dwB, dwC, dbB, dbC, H, N);
     for (long b = b0; b < b1; b++) {
-        for (long i = 0; i < W; i++) acc[i] = 0;
-        for (long t = Tn - 1; t >= 0; t--) {
-            const T *restrict g = dtheta + (b * Tn + t) * W;
-            T *restrict o = dd + (b * Tn + t) * W;
+        for (long t = 0; t < Tn; t++) {
+            const long r = b * Tn + t;
+            if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
+            const T *restrict th = theta + r * H * n;
 #pragma omp simd
-            for (long i = 0; i < W; i++) {
-                acc[i] += g[i];
-                o[i] = (T)acc[i];
+            for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
+            NAME(m3qk_row_bwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, co, si, s + r * H,
+                               dq + r * H * N, dk + r * H * N, dcb + r * H, dBx + r * G * N,
+                               dCx + r * G * N, dwB, dwC, dbB, dbC, g + t * H * n, ds + r * H,
+                               eps, G, H, N, n, w);
+        }
+        for (long i = 0; i < H * n; i++) acc[i] = dend[b * H * n + i];
+        for (long t = Tn - 1; t >= 0; t--) {
+            const long r = b * Tn + t;
+            const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
+#pragma omp simd
+            for (long j = 0; j < n; j++) a[j] = NAME(m3_tanh)(ph[j]), da[j] = 0;
+            for (long h = 0; h < H; h++) {
+                const T dth = dtr[h];
+                double *restrict ac = acc + h * n;
+                const T *restrict gh = g + (t * H + h) * n;
+                T dd = 0;
+#pragma omp simd reduction(+ : dd)
+                for (long j = 0; j < n; j++) {
+                    ac[j] += gh[j];
+                    const T gj = (T)ac[j];
+                    da[j] += gj * dth;
+                    dd += gj * (pi * a[j]);
+                }
+                ddt[r * H + h] = dd;
             }
+            T *restrict dp = dphi + r * n;
+#pragma omp simd
+            for (long j = 0; j < n; j++) dp[j] = da[j] * pi * (1 - a[j] * a[j]);
         }
     }
-    free(acc);
+    free(acc), free(a);
 }
 
+#undef M3_AHEAD
 #endif

@@ -9,11 +9,16 @@ Bx, Cx: (B, T, G N) (slices of a wider projection are read in place); wB, wC: (N
 (H, N); theta: (B, T, H, n) the angles; s: (B, T, H); all one dtype (float32 or float64) on
 the CPU (`ops.backend.use_native`). Returns q, k (B, T, H, N) and cb (B, T, H),
 differentiable in everything. Threads split the rows.
+
+`qk_turned` (mamba3's path) forms the angles itself, theta = the float64 sum along T of
+pi tanh(phi) dt, wrapped to [0, 2 pi), with their cos and sin (m3qkt_fwd / bwd), and also
+returns the last step's theta_T; `torch_turns` is those angles in PyTorch.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 
 import torch
 import torch.nn.functional as F
@@ -83,43 +88,87 @@ class _QK(torch.autograd.Function):
         return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dtheta, ds, None
 
 
-class _Angles(torch.autograd.Function):
-    """theta = cumsum(d, 1) in double, wrapped to [0, 2 pi); backward the reverse cumsum."""
+def _turned(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    real = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "m3qkt_fwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 8 + [real]
+                          + [L] * 7),
+            native.kernel(lib, "m3qkt_bwd", dtype, [P, P, L] + [P] * 5 + [L] + [P] * 16 + [real]
+                          + [L] * 7))
+
+
+class _QKTurned(torch.autograd.Function):
+    """`qk` with its angles from their inputs (m3qkt_fwd / bwd): one autograd node and one pass
+    each way, a row's cos and sin formed where its q and k are (no (B, T, H, n) angle step,
+    cos, sin or angle gradient tensor); the angles (B, T, H, n) kept for the backward. Threads
+    split the batch rows (the angles run along T)."""
 
     @staticmethod
-    def forward(ctx, lib, d):
-        d = d.contiguous()
-        B, T = d.shape[:2]
-        W = d[0, 0].numel()
-        theta = torch.empty_like(d)
-        P, L = ctypes.c_void_p, ctypes.c_long
-        fwd = native.kernel(lib, "m3_angles_fwd", d.dtype, [P, P] + [L] * 4)
-        native.run(fwd, [(native.ptr(d), native.ptr(theta), T, W, *p) for p in native.rows(B)])
-        ctx.lib = lib
-        return theta
+    def forward(ctx, lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
+        Bsz, T, W = Bx.shape
+        H, N = bB.shape
+        G, n = W // N, phi.shape[-1]
+        phi2, SP = _rows(phi)
+        (B2, SB), (C2, SC) = _rows(Bx), _rows(Cx)
+        if SB != SC:
+            B2, C2, SB = B2.contiguous(), C2.contiguous(), W
+        wB, wC, bB, bC, dt, s = (t.contiguous() for t in (wB, wC, bB, bC, dt, s))
+        q = Bx.new_empty(Bsz, T, H, N)
+        k, cb = torch.empty_like(q), Bx.new_empty(Bsz, T, H)
+        theta, end, fin = Bx.new_empty(Bsz, T, H, n), Bx.new_empty(Bsz, H, n), torch.empty_like(cb)
+        fwd, _ = _turned(lib, Bx.dtype)
+        native.run(fwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
+                         + tuple(native.ptr(t) for t in (dt, s, q, k, cb, fin, theta, end))
+                         + (eps, G, H, N, n, T, *p) for p in native.rows(Bsz)])
+        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, phi2, dt, s, theta)
+        ctx.lib, ctx.eps, ctx.strides, ctx.shape = lib, eps, (SB, SP), Bx.shape
+        ctx.phi_shape = phi.shape
+        ctx.mark_non_differentiable(fin)
+        return q, k, cb, end, fin
 
     @staticmethod
-    def backward(ctx, dtheta):
-        dtheta = dtheta.contiguous()
-        B, T = dtheta.shape[:2]
-        W = dtheta[0, 0].numel()
-        dd = torch.empty_like(dtheta)
-        P, L = ctypes.c_void_p, ctypes.c_long
-        bwd = native.kernel(ctx.lib, "m3_angles_bwd", dtheta.dtype, [P, P] + [L] * 4)
-        native.run(bwd, [(native.ptr(dtheta), native.ptr(dd), T, W, *p) for p in native.rows(B)])
-        return None, dd
-
-
-def angles(lib, d):
-    """d (B, T, ...) -> its sum along T, summed in float64 and wrapped to [0, 2 pi) (as
-    `d.double().cumsum(1).remainder(2 pi)`), in d's dtype: mamba3's angles from their steps,
-    one C pass each way; `lib` = load()."""
-    return _Angles.apply(lib, d)
+    def backward(ctx, dq, dk, dcb, dend, _):
+        B2, C2, wB, wC, bB, bC, phi2, dt, s, theta = ctx.saved_tensors
+        H, N = bB.shape
+        Bsz, T, W = ctx.shape
+        G, n = W // N, theta.shape[-1]
+        SB, SP = ctx.strides
+        dq, dk, dcb, dend = (t.contiguous() for t in (dq, dk, dcb, dend))
+        parts = native.rows(Bsz)
+        dBx, dCx = (B2.new_empty(ctx.shape) for _ in range(2))
+        dphi, ddt, ds = B2.new_empty(ctx.phi_shape), torch.empty_like(dt), torch.empty_like(s)
+        dw = B2.new_empty(2, len(parts), N)
+        db = B2.new_empty(2, len(parts), H, N)
+        _, bwd = _turned(ctx.lib, B2.dtype)
+        native.run(bwd, [tuple(native.ptr(t) for t in (B2, C2)) + (SB,)
+                         + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
+                         + tuple(native.ptr(t) for t in (dt, s, theta, dq, dk, dcb, dend, dBx, dCx,
+                                                         dw[0, i], dw[1, i], db[0, i], db[1, i],
+                                                         dphi, ddt, ds))
+                         + (ctx.eps, G, H, N, n, T, a, b) for i, (a, b) in enumerate(parts)])
+        dw, db = dw.sum(1), db.sum(1)
+        return None, dBx, dCx, dw[0], dw[1], db[0], db[1], dphi, ddt, ds, None
 
 
 def qk(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps):
     """(q, k, cb) as above for the angles theta (B, T, H, n); `lib` = load()."""
     return _QK.apply(lib, Bx, Cx, wB, wC, bB, bC, theta, s, eps)
+
+
+def qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
+    """(q, k, cb, theta_T, fin) as `qk` for the angles theta = the sum along T (float64,
+    wrapped to [0, 2 pi)) of pi tanh(phi) dt: phi (B, T, n) (a slice of a wider projection is
+    read in place), dt (B, T, H); theta_T (B, H, n) the last step's angles; fin (B, T, H), no
+    gradient: each head's q and k entries summed (finite exactly when they all are: ops.finite's
+    test, without reading q and k again). `lib` = load()."""
+    return _QKTurned.apply(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps)
+
+
+def torch_turns(phi, dt):
+    """The PyTorch form of `qk_turned`'s angles (B, T, H, n) (as mamba3's `_chunk`)."""
+    d = (math.pi * torch.tanh(phi))[:, :, None] * dt[..., None]
+    return d.to(torch.float64).cumsum(1).remainder(2 * math.pi).to(d.dtype)
 
 
 def torch_qk(Bx, Cx, wB, wC, bB, bC, theta, s, eps):

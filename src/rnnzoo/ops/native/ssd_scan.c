@@ -108,6 +108,9 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     const char *ka = (const char *)(kt + SSD_AHEAD * G * K);
                     for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
                         __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
+                    /* and v_t's tile slice (rows H V apart: past a page every few steps) */
+                    const char *va = (const char *)(v + (row + SSD_AHEAD * H) * V + j0);
+                    for (long x = 0; x < (long)(w * sizeof(T)); x += 64) __builtin_prefetch(va + x, 0, 3);
                 }
                 VEC vr[2], vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even, odd rows */
                 NAME(tile_load)(vr, v + row * V + j0, w);
