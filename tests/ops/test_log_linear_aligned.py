@@ -71,3 +71,26 @@ def test_rows_at_different_counts_keep_the_dense_form(calls):
     got, want, names = _run(2, 20, 1, 5, 4, 6, True, spread=True)
     assert calls[0] == 0
     assert_close(got, want, names, 1e-12)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3, float("nan")])
+def test_expanded_constant_buckets_read_as_their_value(calls, value):
+    """Buckets given as one value expanded (the layer's fresh state: no zeros written): read
+    from that one value, empty when it is 0, else every slot live (NaN included), the same
+    outputs and final buckets as the materialized tensor on the same path."""
+    B, T, H, L, K, V = 2, 23, 2, 6, 3, 4
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5
+    count = torch.full((B,), 5.0, dtype=torch.float64)
+    S = torch.tensor(value, dtype=torch.float64).expand(B, H, L - 1, K, V)
+    outs = [ll.log_linear_attention(q, k, v, g, lam, initial_state=(s, count), chunk_size=4)
+            for s in (S, S.contiguous())]
+    assert calls[0] == 2
+    (y, (S1, n1)), (y2, (S2, n2)) = outs
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(S1, S2, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.equal(n1, n2)
+    assert bool(y.isnan().any()) == (value != value)

@@ -69,6 +69,20 @@ class LogLinearMamba2(Mamba2):
         count = torch.zeros(batch_size, device=device, dtype=dt)
         return buckets, count, self.conv.init_state(batch_size, device, dt)
 
+    def _check_or_init_state(self, state, x):
+        """A fresh sequence (no state given) gets its empty buckets as one zero expanded to
+        (B, H, num_levels - 1, d_state, head_dim): the op reads them as empty from that one
+        value (ops.log_linear._host_position), so no 4 B H (L - 1) d_state head_dim bytes of
+        zeros are written and scanned each call. `init_state` still returns real zeros."""
+        if state is not None:
+            return super()._check_or_init_state(state, x)
+        dt = state_dtype(x.dtype)
+        B = x.shape[0]
+        buckets = x.new_zeros((), dtype=dt).expand(B, self.num_heads, self.num_levels - 1,
+                                                   self.d_state, self.head_dim)
+        return (buckets, x.new_zeros(B, dtype=dt),
+                self.conv.init_state(B, x.device, dt))
+
     def op_inputs(self, x, conv_state):
         """x (B, T, d_model) -> q, k (B, T, H, d_state), v (B, T, H, head_dim), log_decay
         (B, T, H), level weights (B, T, H, num_levels), and (z, xs, conv_state) for

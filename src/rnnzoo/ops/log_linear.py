@@ -187,6 +187,9 @@ def _host_position(count, S, L):
         return None
     if S.requires_grad:
         return int(n[0]), list(range(1, L))
+    if not any(S.stride()):  # one value expanded (a fresh sequence's empty buckets)
+        one = S.as_strided((1,), (1,))
+        return int(n[0]), [] if bool(one.eq(0).all()) else list(range(1, L))
     # (L - 1,): a slot with a non-zero (or NaN) entry, from its largest and smallest entries
     # (NaN propagates; two vectorised passes over S ran ~4x faster than any(), whose bool
     # reduction is not vectorised)
