@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter
+from _native_check import assert_close, counter, threads
 
 from rnnzoo.ops import backend
 from rnnzoo.ops import log_linear as ll
@@ -94,3 +94,45 @@ def test_expanded_constant_buckets_read_as_their_value(calls, value):
     torch.testing.assert_close(S1, S2, rtol=1e-12, atol=1e-12, equal_nan=True)
     assert torch.equal(n1, n2)
     assert bool(y.isnan().any()) == (value != value)
+
+
+@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", [(2, 37, 2, 6, 8, 0, False),
+                                                  (2, 45, 3, 6, 8, 13, True),
+                                                  (1, 20, 1, 5, 4, 3, False),
+                                                  (2, 64, 2, 8, 16, 0, False)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthreads):
+    """v_scale u (the values u_t v_t) with v a column view of a wider tensor (the layer's
+    conv output), read in place by the C block: outputs, final buckets and the gradients of
+    q, k, the wide tensor, u, the decays and the level weights against the torch path given
+    v * u, float64 and float32, T off the chunk grid, from positions off it, B = 1 with one
+    head, 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(T + n0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    K, V = 3, 4
+    q, k, wide = r(B, T, 1, K), r(B, T, 1, K), r(B, T, H * V + 5)
+    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
+    S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=dtype)
+    count = torch.full((B,), float(n0), dtype=dtype)
+    ins = [q, k, wide, u, g, lam]
+    for t in ins:
+        t.requires_grad_()
+    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
+
+    def go(inside):
+        v = wide[..., 2:2 + H * V].unflatten(-1, (H, V))
+        kw = dict(v_scale=u) if inside else {}
+        y, (S1, n1) = ll.log_linear_attention(q, k, v if inside else v * u[..., None], g, lam,
+                                              initial_state=(S, count), chunk_size=C, **kw)
+        grads = torch.autograd.grad((y * wy).sum() + (S1 * wS).sum(), ins)
+        return [y, S1, n1, *grads]
+
+    with threads(nthreads):
+        got = go(True)
+    with backend.force("torch"):
+        want = go(False)
+    assert calls[0] == 1
+    assert_close(got, want, ["y", "S", "count", "q", "k", "wide", "u", "g", "lam"], tol)

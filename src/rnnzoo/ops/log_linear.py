@@ -251,7 +251,7 @@ class _Intra(torch.autograd.Function):
         return dq, dk, dv, dG, dlam, None
 
 
-def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
     grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
     chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
@@ -259,6 +259,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     them, not L - 1 dense slots), each block's state a decayed sum of the chunk states; the
     initial buckets, linear in the output, are read only where non-zero (`live`).
     q, k may hold G groups of H / G heads (read in place by the C block, repeated elsewhere).
+    u (B, T, H) or None: v's per-step scales (the tokens' values are u_t v_t), inside the C
+    block's products where it runs, else applied to v here.
     Returns (y (B, T, H, V), buckets, count)."""
     B, T, _, K = q.shape
     H, V = v.shape[2], v.shape[-1]
@@ -302,8 +304,11 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
     lib = native_log_linear.load() if backend.use_native(q, k, v, G, lam) else None
+    if lib is None and u is not None:
+        v, u = v * u[..., None], None
     if lib is not None:  # time-major, q and k by group, read in place by the C block
         qt, kt, vt, lamt = (steps(x) for x in (qs, k, v, lam))
+        ut = None if u is None else steps(u[..., None])[..., 0]
     else:
         qc, kc, vc, lamc = (chunks(x) for x in (_heads(qs, H), _heads(k, H), v, lam))
     f = (gl[..., None] - G).exp()                       # (B, H, N, C): each step to its chunk's end
@@ -351,7 +356,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
     if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
-        yc, Sfin = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF)
+        yc, Sfin = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF, ut)
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)
     else:
         lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
@@ -366,7 +371,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     Sout = Sfin if Sout is None else Sout + Sfin
     if e_off:
         if lib is not None:  # the last chunk's k and v, heads first (B, H, C, .)
-            kl, vl = _heads(kt[:, -C:], H).transpose(1, 2), vt[:, -C:].transpose(1, 2)
+            vl = vt[:, -C:] if ut is None else vt[:, -C:] * ut[:, -C:, :, None]
+            kl, vl = _heads(kt[:, -C:], H).transpose(1, 2), vl.transpose(1, 2)
         else:
             kl, vl = kc[:, :, -1], vc[:, :, -1]
         kl = kl * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
@@ -383,14 +389,18 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
 
 
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
-                         initial_state=None, chunk_size=64):
-    """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
+                         initial_state=None, chunk_size=64, v_scale=None):
+    """Chunkwise log-linear attention; same arguments and returns as the recurrent form, and
+    v_scale (B, T, H) or None: the values are v * v_scale[..., None] (Mamba-2's v = dt x),
+    scaled inside the C block's products where it runs (no scaled copy of v each way).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
     # on the CPU no zeroed copies unless some step is not finite (one host read)
     clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
-    (q, level_weights), (k, v, log_decay), marks = clean((q, level_weights), (k, v, log_decay))
+    (q, level_weights), (k, v, log_decay, u), marks = clean((q, level_weights),
+                                                            (k, v, log_decay, v_scale))
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state, groups=True)
+    u = None if u is None else u.to(v.dtype)
     T, H = q.shape[1], v.shape[2]
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if T == 0:
@@ -398,9 +408,11 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     C = _fast_chunk(min(chunk_size, T), L)
     pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
     if pos is not None:
-        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
+        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u)
         y, S = marked(y, S, marks)
         return y, (S, count)
+    if u is not None:
+        v = v * u[..., None]
     y, S, n = _chunked(_heads(q, H), _heads(k, H), v, g, lam, scale, S, n, L,
                        min(chunk_size, T))
     y, S = marked(y, S, marks)
