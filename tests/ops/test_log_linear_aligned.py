@@ -133,6 +133,31 @@ def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, n
     with threads(nthreads):
         got = go(True)
     with backend.force("torch"):
-        want = go(False)
+        want, torch_u = go(False), go(True)
     assert calls[0] == 1
-    assert_close(got, want, ["y", "S", "count", "q", "k", "wide", "u", "g", "lam"], tol)
+    names = ["y", "S", "count", "q", "k", "wide", "u", "g", "lam"]
+    assert_close(got, want, names, tol)
+    assert_close(torch_u, want, names, tol)  # v_scale on the torch path (the dense form)
+
+
+def test_v_scale_on_the_dense_form(calls):
+    """Rows at different counts (the dense chunk form, not the C block): v_scale equals v * u."""
+    gen = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, L, K, V = 2, 19, 2, 5, 3, 4
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    u = torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5
+    state = (r(B, H, L - 1, K, V), torch.tensor([3.0, 6.0], dtype=torch.float64))
+    ins = [v, u]
+    for t in ins:
+        t.requires_grad_()
+    runs = []
+    for inside in (True, False):
+        kw = dict(v_scale=u) if inside else {}
+        y, (S1, _) = ll.log_linear_attention(q, k, v if inside else v * u[..., None], g, lam,
+                                             initial_state=state, chunk_size=4, **kw)
+        runs.append([y, S1, *torch.autograd.grad((y * y).sum() + S1.sum(), ins)])
+    assert calls[0] == 0
+    assert_close(runs[0], runs[1], ["y", "S", "v", "u"], 1e-12)
