@@ -161,3 +161,38 @@ def test_v_scale_on_the_dense_form(calls):
         runs.append([y, S1, *torch.autograd.grad((y * y).sum() + S1.sum(), ins)])
     assert calls[0] == 0
     assert_close(runs[0], runs[1], ["y", "S", "v", "u"], 1e-12)
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v", "g", "lam", "u"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_c_block_reports_non_finite_inputs(calls, name, bad):
+    """The C block runs before any host check and reports a non-finite input itself; the call
+    then runs again on ops.finite's cleaned inputs: outputs before the bad step as without it,
+    NaN at it (a read input: q, lam) or from it on (a written one: k, v, g, u) in its row, the
+    rest as without it, the other row untouched."""
+    B, T, H, L, K, V, t0 = 2, 21, 2, 6, 3, 4, 9
+    gen = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    ins = dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
+               g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
+               lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
+               u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1)
+
+    def go(d):
+        return ll.log_linear_attention(d["q"], d["k"], d["v"], d["g"], d["lam"], v_scale=d["u"],
+                                       chunk_size=8)[0]
+
+    clean = go(ins)
+    assert calls[0] == 1
+    broken = dict(ins)
+    broken[name] = ins[name].clone()
+    broken[name][1, t0] = bad
+    y = go(broken)
+    assert calls[0] == 3  # the unchecked run, then the one on cleaned inputs
+    torch.testing.assert_close(y[0], clean[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[1, :t0], clean[1, :t0], rtol=1e-12, atol=1e-12)
+    if name in ("q", "lam"):
+        assert bool(y[1, t0].isnan().all())
+        torch.testing.assert_close(y[1, t0 + 1:], clean[1, t0 + 1:], rtol=1e-12, atol=1e-12)
+    else:
+        assert bool(y[1, t0:].isnan().all())

@@ -251,7 +251,7 @@ class _Intra(torch.autograd.Function):
         return dq, dk, dv, dG, dlam, None
 
 
-def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None):
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
     grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
     chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
@@ -261,7 +261,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None):
     q, k may hold G groups of H / G heads (read in place by the C block, repeated elsewhere).
     u (B, T, H) or None: v's per-step scales (the tokens' values are u_t v_t), inside the C
     block's products where it runs, else applied to v here.
-    Returns (y (B, T, H, V), buckets, count)."""
+    Returns (y (B, T, H, V), buckets, count); with `check` (inputs not checked on the host),
+    None where the C block does not run or reports a non-finite input."""
     B, T, _, K = q.shape
     H, V = v.shape[2], v.shape[-1]
     c = C.bit_length() - 1
@@ -304,6 +305,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None):
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
     lib = native_log_linear.load() if backend.use_native(q, k, v, G, lam) else None
+    if check and lib is None:
+        return None
     if lib is None and u is not None:
         v, u = v * u[..., None], None
     if lib is not None:  # time-major, q and k by group, read in place by the C block
@@ -355,7 +358,10 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None):
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
     if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
-        yc, Sfin = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF, ut)
+        yc, Sfin, *bad = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF,
+                                                     ut, check=check)
+        if bad and bool(bad[0].isnan().any()):
+            return None
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)
     else:
         lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
@@ -393,10 +399,26 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
     v_scale (B, T, H) or None: the values are v * v_scale[..., None] (Mamba-2's v = dt x),
     scaled inside the C block's products where it runs (no scaled copy of v each way).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
-    # on the CPU no zeroed copies unless some step is not finite (one host read)
-    clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
-    (q, level_weights), (k, v, log_decay, u), marks = clean((q, level_weights),
-                                                            (k, v, log_decay, v_scale))
+    read, write = (q, level_weights), (k, v, log_decay, v_scale)
+    if backend.use_native(q, k, v, log_decay, level_weights):
+        # the C block checks its own inputs while they are in cache: no host pass over them
+        # unless it does not run or finds a non-finite one; then no zeroed copies unless some
+        # step is not finite (one host read)
+        out = _chunk_form(*read, *write, scale, initial_state, chunk_size, None, True)
+        if out is not None:
+            return out
+        (q, level_weights), (k, v, log_decay, v_scale), marks = clean_inputs(read, write)
+    else:
+        (q, level_weights), (k, v, log_decay, v_scale), marks = finite_inputs(read, write)
+    return _chunk_form(q, level_weights, k, v, log_decay, v_scale, scale, initial_state,
+                       chunk_size, marks, False)
+
+
+def _chunk_form(q, level_weights, k, v, log_decay, u, scale, initial_state, chunk_size, marks,
+                check):
+    """`log_linear_attention` on inputs made finite (ops.finite's marks, or None: all finite)
+    or, with `check`, not checked yet: then only the C block runs (it reports a non-finite
+    input itself), and None comes back where it does not run or finds one."""
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state, groups=True)
     u = None if u is None else u.to(v.dtype)
@@ -406,8 +428,13 @@ def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
         return v.new_zeros(v.shape), (S, count)
     C = _fast_chunk(min(chunk_size, T), L)
     pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
+    if check and pos is None:
+        return None
     if pos is not None:
-        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u)
+        out = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u, check=check)
+        if out is None:
+            return None
+        y, S, count = out
         y, S = marked(y, S, marks)
         return y, (S, count)
     if u is not None:

@@ -114,9 +114,9 @@ static void NAME(ll_tile)(T *restrict A, T *restrict M, T *restrict D, const T *
 
 void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict u, const T *restrict G, const T *restrict lam,
-                        T *restrict y, T *restrict S, long C, long K, long V, long L, long tile,
-                        long H, long N, long qb, long qt, long qg, long hg, long vb, long vt,
-                        long n0, long n1) {
+                        T *restrict y, T *restrict S, T *restrict chk, long C, long K, long V,
+                        long L, long tile, long H, long N, long qb, long qt, long qg, long hg,
+                        long vb, long vt, long n0, long n1) {
     T *kT = malloc((size_t)(K * C + 2 * tile * C + C + 1) * sizeof(T));
     T *A = kT + K * C, *M = A + tile * C, *uc = M + tile * C;
     const long ldv = H * V, ldl = H * L;
@@ -133,6 +133,23 @@ void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restr
             NAME(mm)(qn + i0 * qt, kT, Sn + i0 * C, t, e, K, qt, 1, C, 1, C, 0, 0, 0, 0, 0, t);
             NAME(ll_tile)(A, M, 0, Sn, Gn, ln, u ? uc : 0, i0, t, e, C, L, ldl);
             NAME(mm)(A, vn, yn + i0 * ldv, t, V, e, e, 1, vt, 1, ldv, 0, 0, 0, 0, 0, t);
+        }
+        if (chk) {  /* the block's inputs summed while in cache: non-finite iff one of them is
+                       (or the sum overflows: then the caller's own check decides) */
+            const T *kn = k + qo;
+            T a = 0;
+            for (long s = 0; s < C; s++) {
+                const T *qs = qn + s * qt, *ks = kn + s * qt, *vs = vn + s * vt;
+                const T *ls = ln + s * ldl;
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < K; c++) a += qs[c] + ks[c];
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < V; c++) a += vs[c];
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < L; c++) a += ls[c];
+                a += Gn[s] + (u ? uc[s] : 0);
+            }
+            *chk += a;
         }
     }
     free(kT);
@@ -366,12 +383,14 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
                   const T *restrict cF, const long *restrict ip, T *restrict y, T *restrict S,
-                  T *restrict F, T *restrict U, long N, long C, long K, long V, long L, long P,
-                  long NL, long tile, long H, long qb, long qt, long qg, long hg, long vb,
-                  long vt, long r0, long r1) {
+                  T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
+                  long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
+                  long hg, long vb, long vt, long r0, long r1) {
     for (long r = r0; r < r1; r++) {
-        NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, C, K, V, L, tile, H, N, qb, qt, qg, hg,
-                           vb, vt, r * N, r * N + N);
+        T a = 0;
+        NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, bad ? &a : 0, C, K, V, L, tile, H, N, qb,
+                           qt, qg, hg, vb, vt, r * N, r * N + N);
+        if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
         NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
                            qg, hg, vb, vt, r, r + 1);
     }

@@ -25,7 +25,7 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 15 + [L] * 17),
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 16 + [L] * 17),
             native.kernel(lib, "ll_bwd", dtype, [P] * 25 + [L] * 18))
 
 
@@ -47,7 +47,7 @@ def _v_layout(v):
 
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, q, k, v, u, G, lam, f, w, cP, cF):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
@@ -59,18 +59,22 @@ class _NativeChunks(torch.autograd.Function):
         S = q.new_empty(B * H * N, C, C)
         F = v.new_empty(B, H, NL, K, V)
         U = v.new_empty(B, H, N, K, V)
+        bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
         native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, y,
-                                                        S, F, U)),
+                                                        S, F, U, bad)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
                              for p in native.rows(B * H)])
         ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U)
         ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
-        return y, F
+        if bad is None:
+            return y, F
+        ctx.mark_non_differentiable(bad)
+        return y, F, bad
 
     @staticmethod
-    def backward(ctx, dy, dF):
+    def backward(ctx, dy, dF, *_):
         ip, q, k, v, u, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
@@ -95,10 +99,10 @@ class _NativeChunks(torch.autograd.Function):
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
-        return None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF
+        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -108,8 +112,11 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None):
     (P,) int64 the pairs' chunks -> y (B, Tp, H, V): the intra-chunk block (ll_intra) plus the
     pairs' reads, and the final buckets F (B, H, NL, K, V) (ll_inter); `lib` = load().
     v may be a strided view (heads V apart, unit last stride: read in place). u (B, Tp, H) or
-    None: per-step scales of v (the products read u_t v_t; its gradient du_t = v_t . dv'_t)."""
-    return _NativeChunks.apply(lib, ip, G.shape[2], q, k, v, u, G, lam, f, w, cP, cF)
+    None: per-step scales of v (the products read u_t v_t; its gradient du_t = v_t . dv'_t).
+    check: a third output, (B H,) 0 for each (batch, head) row whose q, k, v, lam, G, u are all
+    finite, NaN where one is not (each block's inputs summed while in cache), so that the caller
+    needs no host pass of its own over them."""
+    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF)
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
