@@ -171,3 +171,19 @@ def test_options_checked():
         rnnzoo.create("log_linear_mamba2", d_model=8, head_dim=4, num_levels=1)
     with pytest.raises(ValueError, match="level_weights needs at least 2 levels"):
         log_linear_attention_recurrent(*torch.randn(3, 1, 2, 1, 2), None, torch.ones(1, 2, 1, 1))
+
+
+def test_fresh_state_equals_init_state():
+    """No state given: the buckets are one zero expanded (no zeros written); the outputs,
+    final state and gradients equal a run from `init_state`'s zeros."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("log_linear_mamba2", d_model=8, d_state=4, head_dim=4, d_conv=3,
+                          chunk_size=4, num_levels=4).double()
+    x = torch.randn(2, 11, layer.d_model, dtype=torch.float64, requires_grad=True)
+    runs = []
+    for state in (None, layer.init_state(2, dtype=torch.float64)):
+        y, st = layer(x, state, mode="chunk")
+        gx, = torch.autograd.grad((y * y).sum() + sum((s * s).sum() for s in st), x)
+        runs.append([y, *st, gx])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter
+from _native_check import assert_close, counter, threads
 
 from rnnzoo.ops import backend
 from rnnzoo.ops import log_linear as ll
@@ -71,3 +71,128 @@ def test_rows_at_different_counts_keep_the_dense_form(calls):
     got, want, names = _run(2, 20, 1, 5, 4, 6, True, spread=True)
     assert calls[0] == 0
     assert_close(got, want, names, 1e-12)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3, float("nan")])
+def test_expanded_constant_buckets_read_as_their_value(calls, value):
+    """Buckets given as one value expanded (the layer's fresh state: no zeros written): read
+    from that one value, empty when it is 0, else every slot live (NaN included), the same
+    outputs and final buckets as the materialized tensor on the same path."""
+    B, T, H, L, K, V = 2, 23, 2, 6, 3, 4
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5
+    count = torch.full((B,), 5.0, dtype=torch.float64)
+    S = torch.tensor(value, dtype=torch.float64).expand(B, H, L - 1, K, V)
+    outs = [ll.log_linear_attention(q, k, v, g, lam, initial_state=(s, count), chunk_size=4)
+            for s in (S, S.contiguous())]
+    assert calls[0] == 2
+    (y, (S1, n1)), (y2, (S2, n2)) = outs
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(S1, S2, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert torch.equal(n1, n2)
+    assert bool(y.isnan().any()) == (value != value)
+
+
+@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", [(2, 37, 2, 6, 8, 0, False),
+                                                  (2, 45, 3, 6, 8, 13, True),
+                                                  (1, 20, 1, 5, 4, 3, False),
+                                                  (2, 64, 2, 8, 16, 0, False)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthreads):
+    """v_scale u (the values u_t v_t) with v a column view of a wider tensor (the layer's
+    conv output), read in place by the C block: outputs, final buckets and the gradients of
+    q, k, the wide tensor, u, the decays and the level weights against the torch path given
+    v * u, float64 and float32, T off the chunk grid, from positions off it, B = 1 with one
+    head, 1 and 2 threads."""
+    gen = torch.Generator().manual_seed(T + n0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    K, V = 3, 4
+    q, k, wide = r(B, T, 1, K), r(B, T, 1, K), r(B, T, H * V + 5)
+    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
+    S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=dtype)
+    count = torch.full((B,), float(n0), dtype=dtype)
+    ins = [q, k, wide, u, g, lam]
+    for t in ins:
+        t.requires_grad_()
+    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
+
+    def go(inside):
+        v = wide[..., 2:2 + H * V].unflatten(-1, (H, V))
+        kw = dict(v_scale=u) if inside else {}
+        y, (S1, n1) = ll.log_linear_attention(q, k, v if inside else v * u[..., None], g, lam,
+                                              initial_state=(S, count), chunk_size=C, **kw)
+        grads = torch.autograd.grad((y * wy).sum() + (S1 * wS).sum(), ins)
+        return [y, S1, n1, *grads]
+
+    with threads(nthreads):
+        got = go(True)
+    with backend.force("torch"):
+        want, torch_u = go(False), go(True)
+    assert calls[0] == 1
+    names = ["y", "S", "count", "q", "k", "wide", "u", "g", "lam"]
+    assert_close(got, want, names, tol)
+    assert_close(torch_u, want, names, tol)  # v_scale on the torch path (the dense form)
+
+
+def test_v_scale_on_the_dense_form(calls):
+    """Rows at different counts (the dense chunk form, not the C block): v_scale equals v * u."""
+    gen = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, L, K, V = 2, 19, 2, 5, 3, 4
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    u = torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5
+    state = (r(B, H, L - 1, K, V), torch.tensor([3.0, 6.0], dtype=torch.float64))
+    ins = [v, u]
+    for t in ins:
+        t.requires_grad_()
+    runs = []
+    for inside in (True, False):
+        kw = dict(v_scale=u) if inside else {}
+        y, (S1, _) = ll.log_linear_attention(q, k, v if inside else v * u[..., None], g, lam,
+                                             initial_state=state, chunk_size=4, **kw)
+        runs.append([y, S1, *torch.autograd.grad((y * y).sum() + S1.sum(), ins)])
+    assert calls[0] == 0
+    assert_close(runs[0], runs[1], ["y", "S", "v", "u"], 1e-12)
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v", "g", "lam", "u"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_c_block_reports_non_finite_inputs(calls, name, bad):
+    """The C block runs before any host check and reports a non-finite input itself; the call
+    then runs again on ops.finite's cleaned inputs: outputs before the bad step as without it,
+    NaN at it (a read input: q, lam) or from it on (a written one: k, v, g, u) in its row, the
+    rest as without it, the other row untouched."""
+    B, T, H, L, K, V, t0 = 2, 21, 2, 6, 3, 4, 9
+    gen = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    ins = dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
+               g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
+               lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
+               u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1)
+
+    def go(d):
+        return ll.log_linear_attention(d["q"], d["k"], d["v"], d["g"], d["lam"], v_scale=d["u"],
+                                       chunk_size=8)[0]
+
+    clean = go(ins)
+    assert calls[0] == 1
+    broken = dict(ins)
+    broken[name] = ins[name].clone()
+    broken[name][1, t0] = bad
+    y = go(broken)
+    assert calls[0] == 3  # the unchecked run, then the one on cleaned inputs
+    torch.testing.assert_close(y[0], clean[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[1, :t0], clean[1, :t0], rtol=1e-12, atol=1e-12)
+    if name in ("q", "lam"):
+        assert bool(y[1, t0].isnan().all())
+        torch.testing.assert_close(y[1, t0 + 1:], clean[1, t0 + 1:], rtol=1e-12, atol=1e-12)
+    else:
+        assert bool(y[1, t0:].isnan().all())

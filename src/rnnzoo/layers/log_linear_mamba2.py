@@ -69,6 +69,20 @@ class LogLinearMamba2(Mamba2):
         count = torch.zeros(batch_size, device=device, dtype=dt)
         return buckets, count, self.conv.init_state(batch_size, device, dt)
 
+    def _check_or_init_state(self, state, x):
+        """A fresh sequence (no state given) gets its empty buckets as one zero expanded to
+        (B, H, num_levels - 1, d_state, head_dim): the op reads them as empty from that one
+        value (ops.log_linear._host_position), so no 4 B H (L - 1) d_state head_dim bytes of
+        zeros are written and scanned each call. `init_state` still returns real zeros."""
+        if state is not None:
+            return super()._check_or_init_state(state, x)
+        dt = state_dtype(x.dtype)
+        B = x.shape[0]
+        buckets = x.new_zeros((), dtype=dt).expand(B, self.num_heads, self.num_levels - 1,
+                                                   self.d_state, self.head_dim)
+        return (buckets, x.new_zeros(B, dtype=dt),
+                self.conv.init_state(B, x.device, dt))
+
     def op_inputs(self, x, conv_state):
         """x (B, T, d_model) -> q, k (B, T, H, d_state), v (B, T, H, head_dim), log_decay
         (B, T, H), level weights (B, T, H, num_levels), and (z, xs, conv_state) for
@@ -76,17 +90,19 @@ class LogLinearMamba2(Mamba2):
         q, k, *rest = self._group_inputs(x, conv_state)
         return self._heads(q), self._heads(k), *rest
 
-    def _group_inputs(self, x, conv_state):
+    def _group_inputs(self, x, conv_state, unscaled_v=False):
         """`op_inputs` with q, k by group (B, T, n_groups, d_state), views of the conv's
         output: the ops take a group shared by H / n_groups heads (the C block reads it in
-        place; no repeated copies of q and k each way)."""
+        place; no repeated copies of q and k each way). With `unscaled_v`: v is x (the conv
+        output's view) and dt (B, T, H), v's per-step scale, comes after the level weights."""
         Bsz, T, _ = x.shape
         sdt = conv_state.dtype
         # the level weights' product with dt's (Mamba2._project's extra rows)
-        q, k, v, log_decay, xs, z, conv_state, lam = self._project(
-            x, conv_state, sdt, extra=(self.level_proj.weight, self.level_proj.bias))
+        q, k, v, log_decay, xs, z, conv_state, lam, *dt = self._project(
+            x, conv_state, sdt, extra=(self.level_proj.weight, self.level_proj.bias),
+            unscaled_v=unscaled_v)
         lam = lam.reshape(Bsz, T, self.num_heads, self.num_levels)
-        return q, k, v, log_decay, lam, (z, xs, conv_state)
+        return q, k, v, log_decay, lam, *dt, (z, xs, conv_state)
 
     def op_output(self, y, x, rest):
         """y (B, T, H, head_dim) from the op -> the block's output (B, T, d_model): Mamba-2's
@@ -96,12 +112,14 @@ class LogLinearMamba2(Mamba2):
 
     def _forward(self, x, state, mode):
         buckets, count, conv_state = state
-        q, k, v, g, lam, rest = self._group_inputs(x, conv_state)
         kw = dict(scale=1.0, initial_state=(buckets, count))
-        if mode == "chunk":
-            y, (buckets, count) = log_linear_attention(q, k, v, g, lam,
+        if mode == "chunk":  # v = dt x scaled inside the op (no scaled copy each way)
+            q, k, v, g, lam, dt, rest = self._group_inputs(x, conv_state, unscaled_v=True)
+            y, (buckets, count) = log_linear_attention(q, k, v, g, lam, v_scale=dt,
                                                        chunk_size=self.chunk_size, **kw)
-        elif mode == "parallel":
+            return self.op_output(y, x, rest), (buckets, count, rest[2])
+        q, k, v, g, lam, rest = self._group_inputs(x, conv_state)
+        if mode == "parallel":
             y, (buckets, count) = log_linear_attention_parallel(q, k, v, g, lam, **kw)
         else:
             y, (buckets, count) = log_linear_attention_recurrent(q, k, v, g, lam, **kw)

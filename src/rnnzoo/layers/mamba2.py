@@ -125,12 +125,14 @@ class Mamba2(RecurrentLayer):
                         dtype=state_dtype(dtype))
         return S, self.conv.init_state(batch_size, device, state_dtype(dtype))
 
-    def _project(self, x, conv_state, dtype, extra=None):
+    def _project(self, x, conv_state, dtype, extra=None, unscaled_v=False):
         """The op's inputs q = C, k = B (B, T, n_groups, d_state), v = dt x (B, T, H, head_dim), the
         log-decay dt A (B, T, H) in `dtype`; the skip input xs (B, T, H, head_dim), the gate z
         (B, T, d_inner) and the new conv state. With `extra` = (W (E, d_model), b (E,)), one
         more output after those: softplus(x W^T + b) (B, T, E) in `dtype` (a subclass's
-        projection, e.g. LogLinearMamba2's level weights), from dt's product."""
+        projection, e.g. LogLinearMamba2's level weights), from dt's product. With
+        `unscaled_v`, v is x itself (xs in `dtype`, not dt x) and dt (B, T, H) comes last (for
+        an op that scales v by dt inside its products)."""
         Bsz, T, _ = x.shape
         H, N, P, G = self.num_heads, self.d_state, self.head_dim, self.n_groups
         # three products over row blocks of in_proj's weight instead of one split: the split's
@@ -155,6 +157,9 @@ class Mamba2(RecurrentLayer):
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
         log_decay = -dt * self.A_log.to(dtype).exp()
+        if unscaled_v:
+            return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), xs.to(dtype), log_decay, xs,
+                    z, conv_state, *out, dt)
         v = xs.to(dtype) * dt[..., None]
         return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state,
                 *out)

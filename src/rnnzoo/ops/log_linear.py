@@ -187,6 +187,9 @@ def _host_position(count, S, L):
         return None
     if S.requires_grad:
         return int(n[0]), list(range(1, L))
+    if not any(S.stride()):  # one value expanded (a fresh sequence's empty buckets)
+        one = S.as_strided((1,), (1,))
+        return int(n[0]), [] if bool(one.eq(0).all()) else list(range(1, L))
     # (L - 1,): a slot with a non-zero (or NaN) entry, from its largest and smallest entries
     # (NaN propagates; two vectorised passes over S ran ~4x faster than any(), whose bool
     # reduction is not vectorised)
@@ -248,7 +251,7 @@ class _Intra(torch.autograd.Function):
         return dq, dk, dv, dG, dlam, None
 
 
-def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
     grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
     chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
@@ -256,7 +259,10 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     them, not L - 1 dense slots), each block's state a decayed sum of the chunk states; the
     initial buckets, linear in the output, are read only where non-zero (`live`).
     q, k may hold G groups of H / G heads (read in place by the C block, repeated elsewhere).
-    Returns (y (B, T, H, V), buckets, count)."""
+    u (B, T, H) or None: v's per-step scales (the tokens' values are u_t v_t), inside the C
+    block's products where it runs, else applied to v here.
+    Returns (y (B, T, H, V), buckets, count); with `check` (inputs not checked on the host),
+    None where the C block does not run or reports a non-finite input."""
     B, T, _, K = q.shape
     H, V = v.shape[2], v.shape[-1]
     c = C.bit_length() - 1
@@ -299,8 +305,13 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     gl = G[..., -1]                                                     # (B, H, N)
     off = torch.arange(C, device=dev)
     lib = native_log_linear.load() if backend.use_native(q, k, v, G, lam) else None
+    if check and lib is None:
+        return None
+    if lib is None and u is not None:
+        v, u = v * u[..., None], None
     if lib is not None:  # time-major, q and k by group, read in place by the C block
         qt, kt, vt, lamt = (steps(x) for x in (qs, k, v, lam))
+        ut = None if u is None else steps(u[..., None])[..., 0]
     else:
         qc, kc, vc, lamc = (chunks(x) for x in (_heads(qs, H), _heads(k, H), v, lam))
     f = (gl[..., None] - G).exp()                       # (B, H, N, C): each step to its chunk's end
@@ -328,10 +339,9 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
         cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
         cP = cs.index_select(2, ip - 1).exp() * mask                     # (B, H, P, N)
-        if lib is not None:  # lam at each pair's chunk and level: (B, P, C, H) -> heads first
-            lam_p = torch.gather(lamt.view(B, N, C, H, -1).index_select(1, ip), 4,
-                                 lp[:, None, None, None].expand(B, P, C, H, 1))[..., 0]
-            lam_p = lam_p.permute(0, 3, 1, 2)
+        if lib is not None:  # lam at each pair's chunk and level: (P, B, C, H) -> heads first
+            # (one indexing op: index_select + gather ran ~3x slower each way)
+            lam_p = lamt.view(B, N, C, H, -1)[:, ip, :, :, lp].permute(1, 3, 0, 2)
         else:
             lam_p = torch.gather(lamc.index_select(2, ip), 4,
                                  lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
@@ -348,7 +358,10 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     after = gl.flip(-1).cumsum(-1).flip(-1) - gl                         # sum_{r > J} gl_r
     cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
     if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
-        yc, Sfin = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF)
+        yc, Sfin, *bad = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF,
+                                                     ut, check=check)
+        if bad and bool(bad[0].isnan().any()):
+            return None
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)
     else:
         lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
@@ -363,7 +376,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
     Sout = Sfin if Sout is None else Sout + Sfin
     if e_off:
         if lib is not None:  # the last chunk's k and v, heads first (B, H, C, .)
-            kl, vl = _heads(kt[:, -C:], H).transpose(1, 2), vt[:, -C:].transpose(1, 2)
+            vl = vt[:, -C:] if ut is None else vt[:, -C:] * ut[:, -C:, :, None]
+            kl, vl = _heads(kt[:, -C:], H).transpose(1, 2), vl.transpose(1, 2)
         else:
             kl, vl = kc[:, :, -1], vc[:, :, -1]
         kl = kl * (gl[..., -1, None] - G[:, :, -1]).exp()[..., None]  # (B, H, C, K)
@@ -380,24 +394,51 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live):
 
 
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
-                         initial_state=None, chunk_size=64):
-    """Chunkwise log-linear attention; same arguments and returns as the recurrent form.
+                         initial_state=None, chunk_size=64, v_scale=None):
+    """Chunkwise log-linear attention; same arguments and returns as the recurrent form, and
+    v_scale (B, T, H) or None: the values are v * v_scale[..., None] (Mamba-2's v = dt x),
+    scaled inside the C block's products where it runs (no scaled copy of v each way).
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
-    # on the CPU no zeroed copies unless some step is not finite (one host read)
-    clean = clean_inputs if backend.use_native(q, k, v, log_decay, level_weights) else finite_inputs
-    (q, level_weights), (k, v, log_decay), marks = clean((q, level_weights), (k, v, log_decay))
+    read, write = (q, level_weights), (k, v, log_decay, v_scale)
+    if backend.use_native(q, k, v, log_decay, level_weights):
+        # the C block checks its own inputs while they are in cache: no host pass over them
+        # unless it does not run or finds a non-finite one; then no zeroed copies unless some
+        # step is not finite (one host read)
+        out = _chunk_form(*read, *write, scale, initial_state, chunk_size, None, True)
+        if out is not None:
+            return out
+        (q, level_weights), (k, v, log_decay, v_scale), marks = clean_inputs(read, write)
+    else:
+        (q, level_weights), (k, v, log_decay, v_scale), marks = finite_inputs(read, write)
+    return _chunk_form(q, level_weights, k, v, log_decay, v_scale, scale, initial_state,
+                       chunk_size, marks, False)
+
+
+def _chunk_form(q, level_weights, k, v, log_decay, u, scale, initial_state, chunk_size, marks,
+                check):
+    """`log_linear_attention` on inputs made finite (ops.finite's marks, or None: all finite)
+    or, with `check`, not checked yet: then only the C block runs (it reports a non-finite
+    input itself), and None comes back where it does not run or finds one."""
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state, groups=True)
+    u = None if u is None else u.to(v.dtype)
     T, H = q.shape[1], v.shape[2]
     n = count.round().long() % (1 << (L - 1))  # any float count reads as a position
     if T == 0:
         return v.new_zeros(v.shape), (S, count)
     C = _fast_chunk(min(chunk_size, T), L)
     pos = _host_position(count, S, L) if C and flop_count.native(q, S) else None
+    if check and pos is None:
+        return None
     if pos is not None:
-        y, S, count = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos)
+        out = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u, check=check)
+        if out is None:
+            return None
+        y, S, count = out
         y, S = marked(y, S, marks)
         return y, (S, count)
+    if u is not None:
+        v = v * u[..., None]
     y, S, n = _chunked(_heads(q, H), _heads(k, H), v, g, lam, scale, S, n, L,
                        min(chunk_size, T))
     y, S = marked(y, S, marks)

@@ -46,6 +46,22 @@ static inline long NAME(ll_tm)(long b, long j, long h, long C, long H, long N, l
     return ((b * N + j) * C * H + h) * D;
 }
 
+/* offset of block (b, j, h)'s first row of v: entry (b, row, h, c) at b vb + row vt + h V + c */
+static inline long NAME(ll_vo)(long b, long j, long h, long C, long V, long vb, long vt) {
+    return b * vb + j * C * vt + h * V;
+}
+
+/* block (b, j, h)'s C per-step scales of v into uc (u (B, Tp, H); 1 where u is NULL) */
+static inline void NAME(ll_uc)(T *restrict uc, const T *restrict u, long b, long j, long h,
+                               long C, long H, long N) {
+    if (!u) {
+        for (long s = 0; s < C; s++) uc[s] = 1;
+        return;
+    }
+    const T *un = u + (b * N + j) * C * H + h;
+    for (long s = 0; s < C; s++) uc[s] = un[s * H];
+}
+
 /* row t of M over columns [0, e): lam's level weight times the decay for s <= t, 0 after;
    the decays e^(G_t - G_s) (s < t, 0 from t on) also into dd unless NULL. The decays in one
    pass over whole vectors, then each level run (the runs of the set bits of t partition
@@ -77,51 +93,77 @@ static inline void NAME(ll_mrow)(T *restrict m, T *restrict dd, const T *restric
 }
 
 /* tile rows [i0, i0 + t) over columns [0, e): M's rows and A = S o M, each (t, e), and the
-   decays' rows into D unless NULL; lam's rows ldl apart */
+   decays' rows into D unless NULL; lam's rows ldl apart; A's columns times uc unless NULL
+   (the forward's v scales: A diag(u) v) */
 static void NAME(ll_tile)(T *restrict A, T *restrict M, T *restrict D, const T *restrict S,
-                          const T *restrict G, const T *restrict lam, long i0, long t, long e,
-                          long C, long L, long ldl) {
+                          const T *restrict G, const T *restrict lam, const T *restrict uc,
+                          long i0, long t, long e, long C, long L, long ldl) {
     for (long r = 0; r < t; r++) {
         T *restrict a = A + r * e, *restrict m = M + r * e;
         const T *restrict s = S + (i0 + r) * C;
         NAME(ll_mrow)(m, D ? D + r * e : 0, G, lam + (i0 + r) * ldl, i0 + r, e, L);
+        if (uc) {
 #pragma omp simd
-        for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
+            for (long j = 0; j < e; j++) a[j] = s[j] * m[j] * uc[j];
+        } else {
+#pragma omp simd
+            for (long j = 0; j < e; j++) a[j] = s[j] * m[j];
+        }
     }
 }
 
 void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                        const T *restrict G, const T *restrict lam, T *restrict y, T *restrict S,
-                        long C, long K, long V, long L, long tile, long H, long N, long qb,
-                        long qt, long qg, long hg, long n0, long n1) {
-    T *kT = malloc((size_t)(K * C + 2 * tile * C + 1) * sizeof(T));
-    T *A = kT + K * C, *M = A + tile * C;
+                        const T *restrict u, const T *restrict G, const T *restrict lam,
+                        T *restrict y, T *restrict S, T *restrict chk, long C, long K, long V,
+                        long L, long tile, long H, long N, long qb, long qt, long qg, long hg,
+                        long vb, long vt, long n0, long n1) {
+    T *kT = malloc((size_t)(K * C + 2 * tile * C + C + 1) * sizeof(T));
+    T *A = kT + K * C, *M = A + tile * C, *uc = M + tile * C;
     const long ldv = H * V, ldl = H * L;
     for (long n = n0; n < n1; n++) {
         const long b = n / (H * N), h = n / N % H, j = n % N;
         const long qo = b * qb + j * C * qt + h / hg * qg;
-        const T *qn = q + qo, *vn = v + NAME(ll_tm)(b, j, h, C, H, N, V), *Gn = G + n * C;
+        const T *qn = q + qo, *vn = v + NAME(ll_vo)(b, j, h, C, V, vb, vt), *Gn = G + n * C;
         const T *ln = lam + NAME(ll_tm)(b, j, h, C, H, N, L);
         T *Sn = S + n * C * C, *yn = y + NAME(ll_tm)(b, j, h, C, H, N, V);
+        if (u) NAME(ll_uc)(uc, u, b, j, h, C, H, N);
         NAME(ll_transpose)(kT, k + qo, C, K, qt);
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
             NAME(mm)(qn + i0 * qt, kT, Sn + i0 * C, t, e, K, qt, 1, C, 1, C, 0, 0, 0, 0, 0, t);
-            NAME(ll_tile)(A, M, 0, Sn, Gn, ln, i0, t, e, C, L, ldl);
-            NAME(mm)(A, vn, yn + i0 * ldv, t, V, e, e, 1, ldv, 1, ldv, 0, 0, 0, 0, 0, t);
+            NAME(ll_tile)(A, M, 0, Sn, Gn, ln, u ? uc : 0, i0, t, e, C, L, ldl);
+            NAME(mm)(A, vn, yn + i0 * ldv, t, V, e, e, 1, vt, 1, ldv, 0, 0, 0, 0, 0, t);
+        }
+        if (chk) {  /* the block's inputs summed while in cache: non-finite iff one of them is
+                       (or the sum overflows: then the caller's own check decides) */
+            const T *kn = k + qo;
+            T a = 0;
+            for (long s = 0; s < C; s++) {
+                const T *qs = qn + s * qt, *ks = kn + s * qt, *vs = vn + s * vt;
+                const T *ls = ln + s * ldl;
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < K; c++) a += qs[c] + ks[c];
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < V; c++) a += vs[c];
+#pragma omp simd reduction(+ : a)
+                for (long c = 0; c < L; c++) a += ls[c];
+                a += Gn[s] + (u ? uc[s] : 0);
+            }
+            *chk += a;
         }
     }
     free(kT);
 }
 
 void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                        const T *restrict G, const T *restrict lam, const T *restrict S,
-                        const T *restrict dy, T *restrict dq, T *restrict dk, T *restrict dv,
-                        T *restrict dG, T *restrict dlam, long C, long K, long V, long L,
-                        long tile, long H, long N, long qb, long qt, long qg, long hg, long gd,
-                        long n0, long n1) {
-    T *vT = malloc((size_t)(V * C + 4 * tile * C + 1) * sizeof(T));
+                        const T *restrict u, const T *restrict G, const T *restrict lam,
+                        const T *restrict S, const T *restrict dy, T *restrict dq, T *restrict dk,
+                        T *restrict dv, T *restrict dG, T *restrict dlam, long C, long K, long V,
+                        long L, long tile, long H, long N, long qb, long qt, long qg, long hg,
+                        long gd, long vb, long vt, long n0, long n1) {
+    T *vT = malloc((size_t)(V * C + 4 * tile * C + C + 1) * sizeof(T));
     T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C, *Dt = dA + tile * C;
+    T *uc = Dt + tile * C;
     const long ldv = H * V, ldk = H / gd * K, ldl = H * L;
     for (long n = n0; n < n1; n++) {
         const long b = n / (H * N), h = n / N % H, j = n % N, first = h % gd == 0;
@@ -133,7 +175,13 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         const T *ln = lam + ol, *Sn = S + n * C * C, *dyn = dy + ov;
         T *dqn = dq + ok, *dkn = dk + ok, *dvn = dv + ov;
         T *dGn = dG + n * C, *dln = dlam + ol;
-        NAME(ll_transpose)(vT, v + ov, C, V, ldv);
+        NAME(ll_transpose)(vT, v + NAME(ll_vo)(b, j, h, C, V, vb, vt), C, V, vt);
+        if (u) {  /* v' = diag(u) v: dA = dy v'^T; dv here is v''s gradient */
+            NAME(ll_uc)(uc, u, b, j, h, C, H, N);
+            for (long c = 0; c < V; c++)
+#pragma omp simd
+                for (long s = 0; s < C; s++) vT[c * C + s] *= uc[s];
+        }
         for (long s = 0; s < C; s++) {
             if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
             memset(dvn + s * ldv, 0, (size_t)V * sizeof(T));
@@ -142,7 +190,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         memset(dGn, 0, (size_t)C * sizeof(T));
         for (long i0 = 0; i0 < C; i0 += tile) {
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
-            NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, i0, t, e, C, L, ldl);
+            NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, 0, i0, t, e, C, L, ldl);
             NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
             NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, ldv, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < t; r++) {
@@ -223,25 +271,29 @@ static inline void NAME(ll_mix)(T *restrict H, const T *restrict c, const T *res
 }
 
 void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                        const T *restrict f, const T *restrict w, const T *restrict cP,
-                        const T *restrict cF, const long *restrict ip, T *restrict y,
-                        T *restrict F, T *restrict U, long N, long C, long K, long V, long P,
-                        long NL, long NH, long qb, long qt, long qg, long hg, long r0, long r1) {
+                        const T *restrict u, const T *restrict f, const T *restrict w,
+                        const T *restrict cP, const T *restrict cF, const long *restrict ip,
+                        T *restrict y, T *restrict F, T *restrict U, long N, long C, long K,
+                        long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
+                        long vb, long vt, long r0, long r1) {
     const long KV = K * V, ldv = NH * V;
-    T *buf = malloc((size_t)(C * K + KV + 1) * sizeof(T));
-    T *kd = buf, *H = kd + C * K;
+    T *buf = malloc((size_t)(C * K + KV + C + 1) * sizeof(T));
+    T *kd = buf, *H = kd + C * K, *uc = H + KV;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
-        const T *vr = v + NAME(ll_tm)(b, 0, h, C, NH, N, V);
+        const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N;
         T *yr = y + NAME(ll_tm)(b, 0, h, C, NH, N, V), *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
-        for (long j = 0; j < N; j++) {
+        for (long j = 0; j < N; j++) {  /* U_j = (f_j u_j o K_j)^T V_j */
             const T *kj = kr + j * C * qt, *fj = fr + j * C;
-            for (long s = 0; s < C; s++)
-                for (long c = 0; c < K; c++) kd[s * K + c] = fj[s] * kj[s * qt + c];
-            NAME(mm)(kd, vr + j * C * ldv, Ur + j * KV, K, V, C, 1, K, ldv, 1, V, 0, 0, 0, 0, 0,
+            NAME(ll_uc)(uc, u, b, j, h, C, NH, N);
+            for (long s = 0; s < C; s++) {
+                const T fs = fj[s] * uc[s];
+                for (long c = 0; c < K; c++) kd[s * K + c] = fs * kj[s * qt + c];
+            }
+            NAME(mm)(kd, vr + j * C * vt, Ur + j * KV, K, V, C, 1, K, vt, 1, V, 0, 0, 0, 0, 0,
                      K);
         }
         for (long p = 0; p < P; p++) {
@@ -258,20 +310,22 @@ void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restr
 }
 
 void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                        const T *restrict f, const T *restrict w, const T *restrict cP,
-                        const T *restrict cF, const long *restrict ip, const T *restrict U,
-                        const T *restrict dy, const T *restrict dF, T *restrict dq,
-                        T *restrict dk, T *restrict dv, T *restrict df, T *restrict dw,
-                        T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long P,
-                        long NL, long NH, long qb, long qt, long qg, long hg, long gd, long r0,
-                        long r1) {
+                        const T *restrict u, const T *restrict f, const T *restrict w,
+                        const T *restrict cP, const T *restrict cF, const long *restrict ip,
+                        const T *restrict U, const T *restrict dy, const T *restrict dF,
+                        T *restrict dq, T *restrict dk, T *restrict dv, T *restrict df,
+                        T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
+                        long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
+                        long gd, long vb, long vt, long r0, long r1) {
     const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = NH / gd * K;
-    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 1) * sizeof(T));
+    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + C + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
+    T *uc = Z + CM;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
         const long ok = NAME(ll_tm)(b, 0, h / gd, C, NH / gd, N, K);
-        const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg, *vr = v + ov;
+        const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
+        const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
         const T *dFr = dF ? dF + r * NL * KV : 0;
@@ -305,14 +359,15 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 dcFr[l * N + j] = dFr && c != 0 ? NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV) : 0;
                 if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
             }
-        for (long j = 0; j < N; j++) {
-            const T *kj = kr + j * C * qt, *vj = vr + j * C * ldv, *fj = fr + j * C;
+        for (long j = 0; j < N; j++) {  /* Z = V_j dU_j^T, its rows times u (v' = u v) */
+            const T *kj = kr + j * C * qt, *vj = vr + j * C * vt, *fj = fr + j * C;
+            NAME(ll_uc)(uc, u, b, j, h, C, NH, N);
             NAME(ll_transpose)(HT, dU + j * KV, K, V, V);
-            NAME(mm)(vj, HT, Z, C, K, V, ldv, 1, K, 1, K, 0, 0, 0, 0, 0, C);
+            NAME(mm)(vj, HT, Z, C, K, V, vt, 1, K, 1, K, 0, 0, 0, 0, 0, C);
             NAME(mm)(kj, dU + j * KV, X, C, V, K, qt, 1, V, 1, V, 0, 0, 0, 0, 0, C);
             for (long s = 0; s < C; s++) {
-                dfr[j * C + s] = NAME(ll_dot)(kj + s * qt, Z + s * K, K);
-                NAME(ll_axpy)(dkr + (j * C + s) * ldk, fj[s], Z + s * K, K);
+                dfr[j * C + s] = uc[s] * NAME(ll_dot)(kj + s * qt, Z + s * K, K);
+                NAME(ll_axpy)(dkr + (j * C + s) * ldk, fj[s] * uc[s], Z + s * K, K);
                 NAME(ll_axpy)(dvr + (j * C + s) * ldv, fj[s], X + s * V, V);
             }
         }
@@ -325,33 +380,48 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
    dq, dk, dv (backward) while they are in cache (as two passes over all rows, ll_inter's
    read-modify-writes of those rows missed the cache). Arguments: ll_intra's and ll_inter's. */
 void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                  const T *restrict G, const T *restrict lam, const T *restrict f,
-                  const T *restrict w, const T *restrict cP, const T *restrict cF,
-                  const long *restrict ip, T *restrict y, T *restrict S, T *restrict F,
-                  T *restrict U, long N, long C, long K, long V, long L, long P, long NL,
-                  long tile, long H, long qb, long qt, long qg, long hg, long r0, long r1) {
+                  const T *restrict u, const T *restrict G, const T *restrict lam,
+                  const T *restrict f, const T *restrict w, const T *restrict cP,
+                  const T *restrict cF, const long *restrict ip, T *restrict y, T *restrict S,
+                  T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
+                  long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
+                  long hg, long vb, long vt, long r0, long r1) {
     for (long r = r0; r < r1; r++) {
-        NAME(ll_intra_fwd)(q, k, v, G, lam, y, S, C, K, V, L, tile, H, N, qb, qt, qg, hg,
-                           r * N, r * N + N);
-        NAME(ll_inter_fwd)(q, k, v, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
-                           qg, hg, r, r + 1);
+        T a = 0;
+        NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, bad ? &a : 0, C, K, V, L, tile, H, N, qb,
+                           qt, qg, hg, vb, vt, r * N, r * N + N);
+        if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
+        NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
+                           qg, hg, vb, vt, r, r + 1);
     }
 }
 
 void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
-                  const T *restrict G, const T *restrict lam, const T *restrict f,
-                  const T *restrict w, const T *restrict cP, const T *restrict cF,
-                  const long *restrict ip, const T *restrict S, const T *restrict U,
-                  const T *restrict dy, const T *restrict dF, T *restrict dq, T *restrict dk,
-                  T *restrict dv, T *restrict dG, T *restrict dlam, T *restrict df,
-                  T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
-                  long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
-                  long hg, long gd, long r0, long r1) {
+                  const T *restrict u, const T *restrict G, const T *restrict lam,
+                  const T *restrict f, const T *restrict w, const T *restrict cP,
+                  const T *restrict cF, const long *restrict ip, const T *restrict S,
+                  const T *restrict U, const T *restrict dy, const T *restrict dF,
+                  T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
+                  T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
+                  T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long L,
+                  long P, long NL, long tile, long H, long qb, long qt, long qg, long hg,
+                  long gd, long vb, long vt, long r0, long r1) {
     for (long r = r0; r < r1; r++) {
-        NAME(ll_intra_bwd)(q, k, v, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H, N,
-                           qb, qt, qg, hg, gd, r * N, r * N + N);
-        NAME(ll_inter_bwd)(q, k, v, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP, dcF,
-                           N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, r, r + 1);
+        NAME(ll_intra_bwd)(q, k, v, u, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H,
+                           N, qb, qt, qg, hg, gd, vb, vt, r * N, r * N + N);
+        NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP,
+                           dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, r, r + 1);
+        if (u) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv', the row's steps while in cache */
+            const long b = r / H, h = r % H, Tp = N * C;
+            for (long t = 0; t < Tp; t++) {
+                const long i = (b * Tp + t) * H + h;
+                T *restrict d = dv + i * V;
+                du[i] = NAME(ll_dot)(v + b * vb + t * vt + h * V, d, V);
+                const T ut = u[i];
+#pragma omp simd
+                for (long c = 0; c < V; c++) d[c] *= ut;
+            }
+        }
     }
 }
 

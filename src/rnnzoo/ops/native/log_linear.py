@@ -25,8 +25,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 14 + [L] * 15),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 23 + [L] * 16))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 16 + [L] * 17),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 25 + [L] * 18))
 
 
 def _qk_layout(q, k, H):
@@ -37,36 +37,50 @@ def _qk_layout(q, k, H):
     return q, k, (*q.stride()[:3], H // q.shape[2])
 
 
+def _v_layout(v):
+    """v (B, Tp, H, V) with its heads V apart and unit last stride (a column view of the
+    layer's conv output), else a contiguous copy -> (v, (vb, vt)): the batch and step strides."""
+    if v.stride(-1) != 1 or v.stride(2) != v.shape[-1]:
+        v = v.contiguous()
+    return v, tuple(v.stride()[:2])
+
+
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, q, k, v, G, lam, f, w, cP, cF):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
         q, k, lay = _qk_layout(q, k, H)
-        v, G, lam, f, w, cP, cF = (t.contiguous() for t in (v, G, lam, f, w, cP, cF))
+        v, vlay = _v_layout(v)
+        G, lam, f, w, cP, cF = (t.contiguous() for t in (G, lam, f, w, cP, cF))
+        u = None if u is None else u.contiguous()
         y = v.new_empty(v.shape)
         S = q.new_empty(B * H * N, C, C)
         F = v.new_empty(B, H, NL, K, V)
         U = v.new_empty(B, H, N, K, V)
+        bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
-        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, G, lam, f, w, cP, cF, ip, y,
-                                                        S, F, U)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *p)
+        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, y,
+                                                        S, F, U, bad)),
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
                              for p in native.rows(B * H)])
-        ctx.save_for_backward(ip, q, k, v, G, lam, f, w, cP, cF, S, U)
-        ctx.lib, ctx.N, ctx.lay = lib, N, lay
-        return y, F
+        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U)
+        ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
+        if bad is None:
+            return y, F
+        ctx.mark_non_differentiable(bad)
+        return y, F, bad
 
     @staticmethod
-    def backward(ctx, dy, dF):
-        ip, q, k, v, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
+    def backward(ctx, dy, dF, *_):
+        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
-        N, lay = ctx.N, ctx.lay
+        N, lay, vlay = ctx.N, ctx.lay, ctx.vlay
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
-        dy = torch.zeros_like(v) if dy is None else dy.contiguous()
+        dy = v.new_zeros(v.shape) if dy is None else dy.contiguous()
         dF = None if dF is None else dF.contiguous()
         # a group's heads summed in C where the threads can split whole batches (each call
         # then holds every head of its batches); else each head's, summed here
@@ -74,20 +88,21 @@ class _NativeChunks(torch.autograd.Function):
         parts = ([(b0 * H, b1 * H) for b0, b1 in native.rows(B)] if gd > 1
                  else native.rows(B * H))
         dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
-        dv, dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (v, G, lam, f, w, cP,
-                                                                         cF))
+        dv = v.new_empty(v.shape)
+        du = None if u is None else torch.empty_like(u)
+        dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, w, cP, cF))
         kern = _kernels(ctx.lib, q.dtype)
-        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, G, lam, f, w, cP, cF, ip, S,
-                                                        U, dy, dF, dq, dk, dv, dG, dlam, df, dw,
-                                                        dcP, dcF)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *p)
+        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, S,
+                                                        U, dy, dF, dq, dk, dv, du, dG, dlam, df,
+                                                        dw, dcP, dcF)),
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay, *p)
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
-        return None, None, None, dq, dk, dv, dG, dlam, df, dw, dcP, dcF
+        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -95,8 +110,13 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF):
     decay of each step to its chunk's end, w (B, H, P, C) the pairs' row weights, cP (B, H, P,
     N) the pairs' coefficients of the chunk states, cF (B, H, NL, N) the final buckets', ip
     (P,) int64 the pairs' chunks -> y (B, Tp, H, V): the intra-chunk block (ll_intra) plus the
-    pairs' reads, and the final buckets F (B, H, NL, K, V) (ll_inter); `lib` = load()."""
-    return _NativeChunks.apply(lib, ip, G.shape[2], q, k, v, G, lam, f, w, cP, cF)
+    pairs' reads, and the final buckets F (B, H, NL, K, V) (ll_inter); `lib` = load().
+    v may be a strided view (heads V apart, unit last stride: read in place). u (B, Tp, H) or
+    None: per-step scales of v (the products read u_t v_t; its gradient du_t = v_t . dv'_t).
+    check: a third output, (B H,) 0 for each (batch, head) row whose q, k, v, lam, G, u are all
+    finite, NaN where one is not (each block's inputs summed while in cache), so that the caller
+    needs no host pass of its own over them."""
+    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF)
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
