@@ -70,32 +70,39 @@ static inline void NAME(tr)(T *restrict dst, const T *restrict src, long rows, l
 
 /* Y (c, E) holds R; rows i in order: Y_i = R_i - sum_{m < i} b_i G_im Y_m ((I + diag(b) G)^-1 R,
    G strictly lower), or (back) rows from the last: Y_i = R_i - sum_{m > i} b_m G_mi Y_m
-   ((I + diag(b) G)^-T R); a row's 64 columns at a time in registers (E = D + c = 64 at
-   once: four vectors a step, so the chain over m is not one FMA's latency a step) */
-#define PC_W 64
+   ((I + diag(b) G)^-T R); W columns of a row at a time in registers (pc_subst_w): 64 where
+   E allows (E = D + c = 64 at the #17 size: four vectors a step, where 32 columns left the
+   chain over m at one FMA's latency a step), then 32, the rest in memory */
+static inline __attribute__((always_inline)) void NAME(pc_subst_w)(
+    T *restrict Y, long E, long c, const T *restrict G, const T *restrict b, long back, long j,
+    const long W) {
+    for (long s = 1; s < c; s++) {
+        const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
+        T *restrict y = Y + i * E + j;
+        T acc[64];
+        for (long l = 0; l < W; l++) acc[l] = y[l];
+        for (long m = m0; m < m1; m++) {
+            const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+            const T *restrict x = Y + m * E + j;
+            for (long l = 0; l < W; l++) acc[l] -= f * x[l];
+        }
+        for (long l = 0; l < W; l++) y[l] = acc[l];
+    }
+}
+
 static void NAME(pc_subst)(T *restrict Y, long E, long c, const T *restrict G,
                            const T *restrict b, long back) {
-    for (long j = 0; j < E; j += PC_W) {
-        const long w = E - j < PC_W ? E - j : PC_W;
-        for (long s = 1; s < c; s++) {
-            const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
-            T *restrict y = Y + i * E + j;
-            if (w == PC_W) {
-                T acc[PC_W];
-                for (long l = 0; l < PC_W; l++) acc[l] = y[l];
-                for (long m = m0; m < m1; m++) {
-                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
-                    const T *restrict x = Y + m * E + j;
-                    for (long l = 0; l < PC_W; l++) acc[l] -= f * x[l];
-                }
-                for (long l = 0; l < PC_W; l++) y[l] = acc[l];
-            } else {
-                for (long m = m0; m < m1; m++) {
-                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
-                    const T *restrict x = Y + m * E + j;
-                    for (long l = 0; l < w; l++) y[l] -= f * x[l];
-                }
-            }
+    long j = 0;
+    for (; E - j >= 64; j += 64) NAME(pc_subst_w)(Y, E, c, G, b, back, j, 64);
+    for (; E - j >= 32; j += 32) NAME(pc_subst_w)(Y, E, c, G, b, back, j, 32);
+    if (j == E) return;
+    for (long s = 1; s < c; s++) {
+        const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
+        T *restrict y = Y + i * E + j;
+        for (long m = m0; m < m1; m++) {
+            const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+            const T *restrict x = Y + m * E + j;
+            for (long l = 0; l < E - j; l++) y[l] -= f * x[l];
         }
     }
 }
