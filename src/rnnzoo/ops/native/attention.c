@@ -310,9 +310,11 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
             } else {
                 memset(dPn, 0, (size_t)(D * D) * sizeof(T));
             }
-            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, dt, 0, 0, 0, 1, 0, e);
+            /* P read first in row order by sm_bwd (cold: the hardware prefetcher follows
+               it), then across its rows by dV's product from cache */
             NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
             NAME(sm_bwd)(ps, ds, C, e, m, 0, C);
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, dt, 0, 0, 0, 1, 0, e);
             T *di = dintra + (g * N + n) * C * C;
             for (long r = 0; r < C; r++)
                 for (long j = 0; j < C; j++) di[r * C + j] = ds[r * e + m + j];

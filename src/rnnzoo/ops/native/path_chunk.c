@@ -70,31 +70,39 @@ static inline void NAME(tr)(T *restrict dst, const T *restrict src, long rows, l
 
 /* Y (c, E) holds R; rows i in order: Y_i = R_i - sum_{m < i} b_i G_im Y_m ((I + diag(b) G)^-1 R,
    G strictly lower), or (back) rows from the last: Y_i = R_i - sum_{m > i} b_m G_mi Y_m
-   ((I + diag(b) G)^-T R); a row's 32 columns at a time in registers */
-#define PC_W 32
+   ((I + diag(b) G)^-T R); W columns of a row at a time in registers (pc_subst_w): 64 where
+   E allows (E = D + c = 64 at the #17 size: four vectors a step, where 32 columns left the
+   chain over m at one FMA's latency a step), then 32, the rest in memory */
+static inline __attribute__((always_inline)) void NAME(pc_subst_w)(
+    T *restrict Y, long E, long c, const T *restrict G, const T *restrict b, long back, long j,
+    const long W) {
+    for (long s = 1; s < c; s++) {
+        const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
+        T *restrict y = Y + i * E + j;
+        T acc[64];
+        for (long l = 0; l < W; l++) acc[l] = y[l];
+        for (long m = m0; m < m1; m++) {
+            const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+            const T *restrict x = Y + m * E + j;
+            for (long l = 0; l < W; l++) acc[l] -= f * x[l];
+        }
+        for (long l = 0; l < W; l++) y[l] = acc[l];
+    }
+}
+
 static void NAME(pc_subst)(T *restrict Y, long E, long c, const T *restrict G,
                            const T *restrict b, long back) {
-    for (long j = 0; j < E; j += PC_W) {
-        const long w = E - j < PC_W ? E - j : PC_W;
-        for (long s = 1; s < c; s++) {
-            const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
-            T *restrict y = Y + i * E + j;
-            if (w == PC_W) {
-                T acc[PC_W];
-                for (long l = 0; l < PC_W; l++) acc[l] = y[l];
-                for (long m = m0; m < m1; m++) {
-                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
-                    const T *restrict x = Y + m * E + j;
-                    for (long l = 0; l < PC_W; l++) acc[l] -= f * x[l];
-                }
-                for (long l = 0; l < PC_W; l++) y[l] = acc[l];
-            } else {
-                for (long m = m0; m < m1; m++) {
-                    const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
-                    const T *restrict x = Y + m * E + j;
-                    for (long l = 0; l < w; l++) y[l] -= f * x[l];
-                }
-            }
+    long j = 0;
+    for (; E - j >= 64; j += 64) NAME(pc_subst_w)(Y, E, c, G, b, back, j, 64);
+    for (; E - j >= 32; j += 32) NAME(pc_subst_w)(Y, E, c, G, b, back, j, 32);
+    if (j == E) return;
+    for (long s = 1; s < c; s++) {
+        const long i = back ? c - 1 - s : s, m0 = back ? i + 1 : 0, m1 = back ? c : i;
+        T *restrict y = Y + i * E + j;
+        for (long m = m0; m < m1; m++) {
+            const T f = back ? b[m] * G[m * c + i] : b[i] * G[i * c + m];
+            const T *restrict x = Y + m * E + j;
+            for (long l = 0; l < E - j; l++) y[l] -= f * x[l];
         }
     }
 }
@@ -159,13 +167,14 @@ static T NAME(pc_load)(NAME(pblk) *s, const T *q, const T *k, const T *w, const 
             NAME(pc_cp)(kr, k + oq, D);
             NAME(pc_cp)(wr, w + bi * sw[0] + h * sw[1] + t * sw[2], D);
             T b = beta[bi * sb[0] + h * sb[1] + t * sb[2]], z = b * 0, ss = 0;
-            if (check) {
-                for (long d = 0; d < D; d++) z += qr[d] * 0 + kr[d] * 0 + wr[d] * 0;
-                if (v)
-                    for (long d = 0; d < D; d++) z += v[oq + d] * 0;
+            if (check) {  /* the sums in vector lanes (simd; a serial chain of adds was slow) */
+                const T *restrict vr = v ? v + oq : qr;
+#pragma omp simd reduction(+:z)
+                for (long d = 0; d < D; d++) z += qr[d] * 0 + kr[d] * 0 + wr[d] * 0 + vr[d] * 0;
                 bad += z;
             }
             if (raw) {  /* the layer's l2norm: w / max(|w|, eps); beta = 2 sigmoid */
+#pragma omp simd reduction(+:ss)
                 for (long d = 0; d < D; d++) ss += wr[d] * wr[d];
                 const int fl = ss <= eps * eps;
                 const T rr = 1 / SQRT(fl ? eps * eps : ss);
@@ -344,13 +353,19 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     NAME(pm)(dR, E, 1, YZT, c, dA, c, c, c, E, 0);
     for (long i = 0; i < c; i++) {
         T acc = 0;
+        T *restrict da = dA + i * c;
+        const T *restrict gi = G + i * c, *restrict ri = dR + i * E, *restrict ski = SK + i * c,
+                          *restrict wi = W + i * D;
+#pragma omp simd reduction(+:acc)
         for (long m = 0; m < i; m++) {
-            dA[i * c + m] = -dA[i * c + m];
-            acc += dA[i * c + m] * G[i * c + m];
+            da[m] = -da[m];
+            acc += da[m] * gi[m];
         }
-        for (long m = i; m < c; m++) dA[i * c + m] = 0;
-        for (long d = 0; d < D; d++) acc += dR[i * E + d] * W[i * D + d];
-        for (long m = 0; m < i; m++) acc += dR[i * E + D + m] * SK[i * c + m];
+        for (long m = i; m < c; m++) da[m] = 0;
+#pragma omp simd reduction(+:acc)
+        for (long d = 0; d < D; d++) acc += ri[d] * wi[d];
+#pragma omp simd reduction(+:acc)
+        for (long m = 0; m < i; m++) acc += ri[D + m] * ski[m];
         db[i] = acc;
     }
     /* dW += [b o dR_Z | S] [K ; W] + b o dR_Y, S = b o dA + (b o dA)^T;  dK += (b o dR_Z)^T W */
@@ -437,6 +452,7 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
                 for (long r = 0; r < C; r++) {
                     const T *restrict y = s.w + r * D;
                     T *restrict gr = gw + r * D, dot = 0;
+#pragma omp simd reduction(+:dot)
                     for (long d = 0; d < D; d++) dot += y[d] * gr[d];
                     dot = s.fl[r] ? 0 : dot;
                     for (long d = 0; d < D; d++) gr[d] = s.r[r] * (gr[d] - y[d] * dot);
