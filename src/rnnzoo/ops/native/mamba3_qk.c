@@ -75,7 +75,7 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
                 qr[c] = cn[c];
                 kr[c] = sc * bn[c];
             }
-            if (fin) {  /* the head's q and k summed: finite exactly when every entry is */
+            if (fin) {  /* the head's q and k summed: finite only if every entry is */
                 T f = 0;
 #pragma omp simd reduction(+ : f)
                 for (long c = 0; c < N; c++) f += qr[c] + kr[c];
@@ -211,7 +211,7 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
        dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
    Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
    (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); fin
-   (batch, T, H) each head's q and k summed (finite exactly when all of them are); the rest
+   (batch, T, H) each head's q and k summed (finite only if all of them are); the rest
    as m3qk_fwd / bwd's with rows = batch T. Batch rows [b0, b1). */
 
 /* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
