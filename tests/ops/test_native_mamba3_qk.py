@@ -188,3 +188,26 @@ def test_ssd_finite_qk_checks_v_and_decays(bad):
     for a, b in zip(got, want):
         assert torch.equal(a.isnan(), b.isnan())
         assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+@pytest.mark.parametrize("phi_scale", [1e-5, 1e-3, 1.0])
+def test_mamba3_qk_turned_float32_angles_as_accurate_as_torch(phi_scale):
+    """float32 angles over a long sequence: the kernel's theta_T (pi tanh(phi) dt summed) within
+    a few times torch's float32 form of the float64 angles, small phi included (there a tanh
+    as 2 / (1 + e^{-2x}) - 1 was off by an ulp of 1 a step, which the sum kept: ~100x torch's
+    error at phi ~ 1e-5)."""
+    import math
+    lib = mamba3_qk.load()
+    gen = torch.Generator().manual_seed(0)
+    B, T, G, H, N, n = 2, 512, 1, 2, 8, 4
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    Bx, Cx, wB, wC, bB, bC = r(B, T, G * N), r(B, T, G * N), r(N), r(N), r(H, N), r(H, N)
+    phi, dt, s = phi_scale * r(B, T, n), r(B, T, H).abs(), r(B, T, H)
+    end = mamba3_qk.qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, 1e-5)[3]
+    truth = mamba3_qk.torch_turns(phi.double(), dt.double())[:, -1]
+    torch_f32 = mamba3_qk.torch_turns(phi, dt)[:, -1]
+
+    def err(a):  # on the circle
+        d = (a.double() - truth).remainder(2 * math.pi)
+        return torch.minimum(d, 2 * math.pi - d).max().item()
+    assert err(end) <= 4 * err(torch_f32) + 1e-6, (err(end), err(torch_f32))

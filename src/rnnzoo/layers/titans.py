@@ -98,7 +98,7 @@ def memory_qkv(layer, x, conv_state, fused=False, qkv=None):
     """The read/write inputs every memory layer here shares: q, k (unit norm per head), v:
     (B, T, H, K) in the compute dtype, from layer.qkv_proj through layer.conv; new conv state.
     `fused`: the norms in the C convolution on the CPU (_delta_block.conv_l2; equal up to
-    rounding: Titans takes it, the other memory layers keep F.normalize's rounding). `qkv`:
+    rounding: Titans and the Miras layers take it, Atlas keeps F.normalize's). `qkv`:
     layer.qkv_proj(x) when the caller made it (x then unread)."""
     H, K = layer.num_heads, layer.head_dim
     qkv = layer.qkv_proj(x).to(compute_dtype(x)) if qkv is None else qkv

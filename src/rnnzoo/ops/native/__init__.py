@@ -72,7 +72,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     team.c              (no kernel) `run`'s ranges on torch's own OpenMP team
                         (`ops.native.team`), not on a pool thread of ours
     mamba3_qk.c         Mamba-3's SISO queries and keys (group RMSNorm, head bias, rotation, scale),
-                        and its angles' running sum (float64, wrapped)
+                        its angles from their inputs (pi tanh(phi) dt summed in float64,
+                        wrapped) with their cos and sin in the same pass
     path_chunk.c        PaTH attention's chunk pieces: each sub-chunk's UT transform and the
                         merges up to the attention block (ops.path_attention)
     log_linear.c        log-linear attention's aligned chunk block: the intra-chunk product with

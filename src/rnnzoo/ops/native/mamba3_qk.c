@@ -75,7 +75,7 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
                 qr[c] = cn[c];
                 kr[c] = sc * bn[c];
             }
-            if (fin) {  /* the head's q and k summed: finite exactly when every entry is */
+            if (fin) {  /* the head's q and k summed: finite only if every entry is */
                 T f = 0;
 #pragma omp simd reduction(+ : f)
                 for (long c = 0; c < N; c++) f += qr[c] + kr[c];
@@ -211,7 +211,7 @@ void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T 
        dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
    Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
    (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); fin
-   (batch, T, H) each head's q and k summed (finite exactly when all of them are); the rest
+   (batch, T, H) each head's q and k summed (finite only if all of them are); the rest
    as m3qk_fwd / bwd's with rows = batch T. Batch rows [b0, b1). */
 
 /* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
@@ -238,7 +238,19 @@ static inline void NAME(m3_sincos)(T x, T *restrict s, T *restrict c) {
     *c = (T)(((q + 1u) & 2u) ? -c0 : c0);
 }
 
-static inline T NAME(m3_tanh)(T x) { return 2 / (1 + EXP(-2 * x)) - 1; }
+/* tanh for the angles' steps pi tanh(phi) dt. 2 / (1 + e^{-2x}) - 1 alone is one minus a
+   number near one at small |x|: an absolute error of an ulp of 1 (~1e-7 in float), each step's,
+   which the sum along T keeps (the angles drifted ~100x torch's float32 form where phi is
+   small). As cephes' tanhf: below |x| = 0.625 its odd polynomial, above 1 - 2 / (e^{2|x|} + 1)
+   (relative error ~1 ulp either side); for double libm's, as m3_sincos. */
+static inline T NAME(m3_tanh)(T x) {
+    if (sizeof(T) == 8) return tanh((double)x);
+    const float xf = (float)x, z = xf * xf;
+    const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                      + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * xf + xf;
+    const float e = copysignf(1 - 2 / (1 + EXP(2 * fabsf(xf))), xf);  /* cephes' form too */
+    return (T)(z < 0.390625f ? p : e);  /* 0.625^2 */
+}
 
 /* a later row's raw B, C (W channels) and phi (n) into the cache: in_proj's output rows, S
    and SP elements apart, read first from memory (~40% of m3qkt_fwd's samples were those

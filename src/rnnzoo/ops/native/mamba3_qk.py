@@ -160,8 +160,9 @@ def qk_turned(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
     """(q, k, cb, theta_T, fin) as `qk` for the angles theta = the sum along T (float64,
     wrapped to [0, 2 pi)) of pi tanh(phi) dt: phi (B, T, n) (a slice of a wider projection is
     read in place), dt (B, T, H); theta_T (B, H, n) the last step's angles; fin (B, T, H), no
-    gradient: each head's q and k entries summed (finite exactly when they all are: ops.finite's
-    test, without reading q and k again). `lib` = load()."""
+    gradient: each head's q and k entries summed (finite only if they all are, as ops.finite's
+    test: finite entries whose sum overflows only send the caller to its full check; without
+    reading q and k again). `lib` = load()."""
     return _QKTurned.apply(lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps)
 
 
