@@ -16,8 +16,8 @@
    Layouts: Bx, Cx rows S elements apart, G N contiguous channels each (slices of in_proj's
    output); wB, wC (N); bB, bC (H, N); cs, sn, dtheta (rows, H, n); s, cb, ds, dcb (rows, H);
    q, k, dq, dk (rows, H, N) contiguous; dBx, dCx (rows, G N); dwB, dwC (N), dbB, dbC (H, N)
-   this call's own sums (the caller adds the slices). Rows [r0, r1). m3qkt_fwd / bwd (below)
-   run the same rows with their angles formed in the pass. Plain C; compiled by
+   this call's own sums (the caller adds the slices). m3qkt_fwd / bwd (below) run these rows
+   with their angles formed in the pass. Plain C; compiled by
    rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -171,48 +171,18 @@ static inline void NAME(m3qk_zero)(T *dwB, T *dwC, T *dbB, T *dbC, long H, long 
     memset(dbC, 0, H * N * sizeof(T));
 }
 
-void NAME(m3qk_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
-                    const T *restrict wC, const T *restrict bB, const T *restrict bC,
-                    const T *restrict cs, const T *restrict sn, const T *restrict s,
-                    T *restrict q, T *restrict k, T *restrict cb, T eps, long G, long H, long N,
-                    long n, long r0, long r1) {
-    T *bn = malloc(2 * N * sizeof(T));
-    for (long r = r0; r < r1; r++)
-        NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, cs + r * H * n, sn + r * H * n,
-                           s + r * H, q + r * H * N, k + r * H * N, cb + r * H, NULL, eps, G,
-                           H, N, n, bn);
-    free(bn);
-}
-
-void NAME(m3qk_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T *restrict wB,
-                    const T *restrict wC, const T *restrict bB, const T *restrict bC,
-                    const T *restrict cs, const T *restrict sn, const T *restrict s,
-                    const T *restrict dq, const T *restrict dk, const T *restrict dcb,
-                    T *restrict dBx, T *restrict dCx, T *restrict dwB, T *restrict dwC,
-                    T *restrict dbB, T *restrict dbC, T *restrict dtheta, T *restrict ds,
-                    T eps, long G, long H, long N, long n, long r0, long r1) {
-    T *w = malloc(6 * N * sizeof(T));
-    NAME(m3qk_zero)(dwB, dwC, dbB, dbC, H, N);
-    for (long r = r0; r < r1; r++)
-        NAME(m3qk_row_bwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, cs + r * H * n,
-                           sn + r * H * n, s + r * H, dq + r * H * N, dk + r * H * N, dcb + r * H,
-                           dBx + r * G * N, dCx + r * G * N, dwB, dwC, dbB, dbC,
-                           dtheta + r * H * n, ds + r * H, eps, G, H, N, n, w);
-    free(w);
-}
-
-/* `qk` with its angles from their inputs (m3qkt_fwd / m3qkt_bwd; layers.mamba3's RoPE reading
+/* q, k and cb with their angles from their inputs (m3qkt_fwd / m3qkt_bwd; layers.mamba3's RoPE reading
    of its rotation): per batch row b, head h, pair j,
        d_t = (pi tanh(phi_tj)) dt_th,   theta_t = the sum of d_u over u <= t in double, wrapped
        to [0, 2 pi) (as torch.remainder),   end = theta_T,
    each row's cos and sin formed where its q and k are (no (B, T, H, n) step, angle, cos or sin
    tensor; the angles kept for the backward). Backward, a batch row's steps from the last:
-   the row's dtheta as m3qk_bwd's, a_t = dend + the sum of dtheta_u over u >= t (double), then
+   the row's dtheta by m3qk_row_bwd, a_t = dend + the sum of dtheta_u over u >= t (double), then
        dphi_tj = pi (1 - tanh^2) sum_h a_thj dt_th,   ddt_th = sum_j a_thj pi tanh(phi_tj).
    Layouts: phi rows SP elements apart (a slice of in_proj's output), n contiguous; dt, ddt
    (batch, T, H); theta (batch, T, H, n); end, dend (batch, H, n); dphi (batch, T, n); fin
    (batch, T, H) each head's q and k summed (finite only if all of them are); the rest
-   as m3qk_fwd / bwd's with rows = batch T. Batch rows [b0, b1). */
+   as the row functions' with rows = batch T. Batch rows [b0, b1). */
 
 /* sin and cos of x in [0, 2 pi]: for float by the quadrant (x = k pi/2 + r, |r| <= pi/4, k
    from the rounding constant's bits as exp_f's) and cephes' sinf / cosf polynomials, which
