@@ -4,6 +4,9 @@ memory without momentum."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +14,11 @@ from _miras_loop import OPS, miras_loop, setup
 
 import rnnzoo
 from rnnzoo.ops.memory import attentional_bias, retention, titans_init_state, titans_sequential
+from rnnzoo.ops.native import conv as native_conv
+from rnnzoo.ops.native import gated_norm
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ops"))
+from _native_check import counter  # noqa: E402
 
 
 @pytest.mark.parametrize("op", OPS, ids=["sequential", "chunk"])
@@ -52,10 +60,12 @@ def test_rule_names_checked():
 
 @pytest.mark.parametrize("name", ["moneta", "yaad", "memora"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_block_inputs_and_output_as_written(name, dtype):
+def test_block_inputs_and_output_as_written(monkeypatch, name, dtype):
     """MirasLayer.op_inputs / op_output (the q, k norms fused into the C convolution, the
     RMSNorm and sigmoid gate in C on the CPU) against the block written plainly with torch
-    ops: values and the gradients of x and every parameter."""
+    ops: values and the gradients of x and every parameter. The C kernels must have run."""
+    calls = counter(monkeypatch, native_conv, "short_conv")
+    gates = counter(monkeypatch, gated_norm, "rms_norm_gate")
     torch.manual_seed(0)
     layer = rnnzoo.create(name, d_model=12, num_heads=2, head_dim=3).to(dtype)
     with torch.no_grad():
@@ -77,7 +87,12 @@ def test_block_inputs_and_output_as_written(name, dtype):
         return q, k, v, eta, alpha, delta, conv, layer.o_proj((layer.norm(z) * gate).flatten(2))
 
     def fused():
-        return (*layer.op_inputs(x, conv0), layer.op_output(z, x))
+        before = calls[0], gates[0]
+        ys = (*layer.op_inputs(x, conv0), layer.op_output(z, x))
+        ran.append((calls[0] - before[0], gates[0] - before[1]))
+        return ys
+
+    ran = []
 
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     outs = []
@@ -89,6 +104,7 @@ def test_block_inputs_and_output_as_written(name, dtype):
         grads = torch.autograd.grad(sum((y * wi).sum() for y, wi in zip(ys, w)), params,
                                     allow_unused=True)
         outs.append((ys, grads))
+    assert ran == [(1, 1)]  # the fused side's convolution and norm x gate ran in C
     for a, b in zip(outs[0][0], outs[1][0]):
         assert (a - b).abs().max() < tol
     for a, b in zip(*(o[1] for o in outs)):
