@@ -43,6 +43,25 @@
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #include "log1p.h"  /* NAME(log1p_unit) */
 
+/* 2^x for the scan's a_t = exp(delta A) = 2^(delta A log2 e), A scaled by log2 e once
+   (`blocks_of_A`): in float range reduction x = k + r, |r| <= 1/2 (exact), and Cephes'
+   exp2f polynomial (relative error 1.7e-7, one product and two polynomial terms fewer than
+   exp_f); in double exp_d (A unscaled there: SCALE = 1). Clamped to normal results. */
+#define SCALE (sizeof(T) == 4 ? (T)1.44269504088896341 : (T)1)
+#define INV_SCALE (sizeof(T) == 4 ? (T)0.69314718055994530942 : (T)1)
+static inline T NAME(pow2)(T x) {
+    if (sizeof(T) != 4) return EXP(x);
+    float y = x < -126.0f ? -126.0f : (x > 127.0f ? 127.0f : (float)x);
+    float t = y + 12582912.0f;   /* 1.5 * 2^23: rounds to an integer */
+    float k = t - 12582912.0f, r = y - k;
+    float p = 1.0f + r * (6.931472028550421e-1f + r * (2.402264791363012e-1f
+              + r * (5.550332471162809e-2f + r * (9.618437357674640e-3f
+              + r * (1.339887440266574e-3f + r * 1.535336188319500e-4f)))));
+    union { float f; uint32_t i; } tb = {t}, s;
+    s.i = (tb.i + 127u) << 23;
+    return p * s.f;
+}
+
 /* out = b + x W^T for one row: x (R), Wt (R, D) */
 static inline void NAME(pre_row)(T *restrict out, const T *restrict x, const T *restrict Wt,
                                  const T *restrict bias, long R, long D) {
@@ -99,7 +118,22 @@ void NAME(delta_bwd)(const T *dt, const T *Wt, const T *bias, const T *g, T *ddt
 
 /* the block of channels [ds, ds + nd) of one row, zero-padded to DB */
 static inline void NAME(block)(T *restrict out, const T *restrict row, long nd) {
+    if (nd == DB) {
+        for (long j = 0; j < DB; j++) out[j] = row[j];
+        return;
+    }
     for (long j = 0; j < DB; j++) out[j] = j < nd ? row[j] : 0;
+}
+
+/* a hint to fetch the channels [d0, d1) of row `row` (D wide) of each of a, b, c (c may be
+   NULL): the step the loop reaches two steps on */
+static inline void NAME(fetch)(const T *a, const T *b, const T *c, long row, long D, long d0,
+                               long d1) {
+    for (long d = d0; d < d1; d += 64 / sizeof(T)) {
+        __builtin_prefetch(a + row * D + d);
+        __builtin_prefetch(b + row * D + d);
+        if (c) __builtin_prefetch(c + row * D + d);
+    }
 }
 
 /* A^T's channels [d0, d1) in blocks (nb, N, DB), zero-padded */
@@ -109,13 +143,16 @@ static T *NAME(blocks_of_A)(const T *At, long D, long N, long d0, long d1) {
     for (long k = 0; k < nb; k++)
         for (long n = 0; n < N; n++)
             for (long j = 0; j < DB && d0 + k * DB + j < d1; j++)
-                A[(k * N + n) * DB + j] = At[n * D + d0 + k * DB + j];
+                A[(k * N + n) * DB + j] = At[n * D + d0 + k * DB + j] * SCALE;
     return A;
 }
 
-void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
-                    const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, int neg,
-                    long b0, long b1, long d0, long d1) {
+/* scan_fwd and scan_bwd's bodies, inlined twice each: neg a constant there (a = 2^x, no
+   product and sum with 1 and 0 per element when it is 0) */
+static inline __attribute__((always_inline)) void NAME(scan_fwd_)(
+        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *h0, T *y,
+        T *hT, T *ck, long L, long D, long N, long K, const int neg, long b0, long b1,
+        long d0, long d1) {
     const T m = neg ? 2 : 1, o = neg ? -1 : 0;
     const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB;
     T *A = NAME(blocks_of_A)(At, D, N, d0, d1), *h = calloc(nb * S, sizeof(T));
@@ -129,6 +166,7 @@ void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
         for (long t = 0; t < L; t++) {
             const long row = b * L + t;
             const T *Bt = Bm + row * N, *Ct = Cm + row * N;
+            if (t + 2 < L) NAME(fetch)(u, dl, NULL, row + 2, D, d0, d1);
             for (long k = 0; k < nb; k++) {
                 const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
                 T *restrict hk = h + k * S;
@@ -144,7 +182,7 @@ void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                 for (long n = 0; n < N; n++) {
                     const T Bn = Bt[n], Cn = Ct[n];
                     for (long j = 0; j < DB; j++) {
-                        T a = m * EXP(dt[j] * Ak[n * DB + j]) + o;
+                        T a = m * NAME(pow2)(dt[j] * Ak[n * DB + j]) + o;
                         T hv = a * hk[n * DB + j] + du[j] * Bn;
                         hk[n * DB + j] = hv;
                         acc[j] += Cn * hv;
@@ -161,10 +199,17 @@ void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
     free(h); free(A);
 }
 
-void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
-                    const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB,
-                    T *gC, T *gh0, long L, long D, long N, long K, int neg,
+void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
+                    const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, int neg,
                     long b0, long b1, long d0, long d1) {
+    if (neg) NAME(scan_fwd_)(u, dl, At, Bm, Cm, h0, y, hT, ck, L, D, N, K, 1, b0, b1, d0, d1);
+    else NAME(scan_fwd_)(u, dl, At, Bm, Cm, h0, y, hT, ck, L, D, N, K, 0, b0, b1, d0, d1);
+}
+
+static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
+        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *dy,
+        const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB, T *gC, T *gh0, long L,
+        long D, long N, long K, const int neg, long b0, long b1, long d0, long d1) {
     const T m = neg ? 2 : 1, o = neg ? -1 : 0;
     const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB, P = nb * S;
     T *A = NAME(blocks_of_A)(At, D, N, d0, d1);
@@ -191,6 +236,7 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
             for (long i = 0; i < nt; i++) {          /* recompute the chunk's a_t and h_t */
                 const long row = b * L + t0 + i;
                 const T *Bt = Bm + row * N;
+                if (i + 2 < nt) NAME(fetch)(u, dl, NULL, row + 2, D, d0, d1);
                 for (long k = 0; k < nb; k++) {
                     const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
                     const T *restrict Ak = A + k * S;
@@ -203,7 +249,7 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                     for (long n = 0; n < N; n++) {
                         const T Bn = Bt[n];
                         for (long j = 0; j < DB; j++) {
-                            T a = m * EXP(dt[j] * Ak[n * DB + j]) + o;
+                            T a = m * NAME(pow2)(dt[j] * Ak[n * DB + j]) + o;
                             ai[n * DB + j] = a;
                             hi[n * DB + j] = a * hp[n * DB + j] + du[j] * Bn;
                         }
@@ -214,6 +260,7 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                 const long row = b * L + t0 + i;
                 const T *Bt = Bm + row * N, *Ct = Cm + row * N;
                 T *gBt = gB + row * N, *gCt = gC + row * N;
+                if (t0 + i >= 2) NAME(fetch)(u, dl, dy, row - 2, D, d0, d1);
                 memset(sCa, 0, S * sizeof(T));
                 memset(sBa, 0, S * sizeof(T));
                 for (long k = 0; k < nb; k++) {
@@ -242,10 +289,17 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
                             lk[q] = l * ai[q];
                         }
                     }
-                    for (long j = 0; j < nd; j++) {
-                        gu[row * D + ds + j] = lB[j] * dt[j];
-                        gdl[row * D + ds + j] = lB[j] * uu[j] + gs[j];
-                    }
+                    T *restrict guk = gu + row * D + ds, *restrict gdk = gdl + row * D + ds;
+                    if (nd == DB)
+                        for (long j = 0; j < DB; j++) {
+                            guk[j] = lB[j] * dt[j];
+                            gdk[j] = lB[j] * uu[j] + gs[j] * INV_SCALE;
+                        }
+                    else
+                        for (long j = 0; j < nd; j++) {
+                            guk[j] = lB[j] * dt[j];
+                            gdk[j] = lB[j] * uu[j] + gs[j] * INV_SCALE;
+                        }
                 }
                 for (long n = 0; n < N; n++) {
                     T sC = 0, sB = 0;
@@ -269,6 +323,18 @@ void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *
     free(A); free(lam); free(gA); free(hs0); free(ab); free(hb); free(sCa); free(sBa);
 }
 
+void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
+                    const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB,
+                    T *gC, T *gh0, long L, long D, long N, long K, int neg,
+                    long b0, long b1, long d0, long d1) {
+    if (neg) NAME(scan_bwd_)(u, dl, At, Bm, Cm, dy, dhT, ck, gu, gdl, gAt, gB, gC, gh0, L, D, N,
+                             K, 1, b0, b1, d0, d1);
+    else NAME(scan_bwd_)(u, dl, At, Bm, Cm, dy, dhT, ck, gu, gdl, gAt, gB, gC, gh0, L, D, N,
+                         K, 0, b0, b1, d0, d1);
+}
+
 #undef MIN
+#undef SCALE
+#undef INV_SCALE
 
 #endif
