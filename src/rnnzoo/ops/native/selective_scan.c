@@ -147,15 +147,23 @@ static T *NAME(blocks_of_A)(const T *At, long D, long N, long d0, long d1) {
     return A;
 }
 
+/* the skip weights Dv's channels [d0, d1) in blocks of DB, zero-padded (all zero without Dv) */
+static T *NAME(blocks_of_D)(const T *Dv, long d0, long d1) {
+    T *Dk = calloc((d1 - d0 + DB - 1) / DB * DB, sizeof(T));
+    for (long d = d0; Dv && d < d1; d++) Dk[d - d0] = Dv[d];
+    return Dk;
+}
+
 /* scan_fwd and scan_bwd's bodies, inlined twice each: neg a constant there (a = 2^x, no
    product and sum with 1 and 0 per element when it is 0) */
 static inline __attribute__((always_inline)) void NAME(scan_fwd_)(
-        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *h0, T *y,
-        T *hT, T *ck, long L, long D, long N, long K, const int neg, long b0, long b1,
-        long d0, long d1) {
+        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *Dv,
+        const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, const int neg,
+        long b0, long b1, long d0, long d1) {
     const T m = neg ? 2 : 1, o = neg ? -1 : 0;
     const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB;
     T *A = NAME(blocks_of_A)(At, D, N, d0, d1), *h = calloc(nb * S, sizeof(T));
+    T *Dk = NAME(blocks_of_D)(Dv, d0, d1);
     for (long b = b0; b < b1; b++) {
         for (long k = 0; k < nb; k++)
             for (long n = 0; n < N; n++)
@@ -178,7 +186,7 @@ static inline __attribute__((always_inline)) void NAME(scan_fwd_)(
                 T dt[DB], du[DB], acc[DB];
                 NAME(block)(dt, dl + row * D + ds, nd);
                 NAME(block)(du, u + row * D + ds, nd);
-                for (long j = 0; j < DB; j++) { du[j] *= dt[j]; acc[j] = 0; }
+                for (long j = 0; j < DB; j++) { acc[j] = Dk[k * DB + j] * du[j]; du[j] *= dt[j]; }
                 for (long n = 0; n < N; n++) {
                     const T Bn = Bt[n], Cn = Ct[n];
                     for (long j = 0; j < DB; j++) {
@@ -196,23 +204,25 @@ static inline __attribute__((always_inline)) void NAME(scan_fwd_)(
                 for (long j = 0; j < DB && d0 + k * DB + j < d1; j++)
                     hT[(b * D + d0 + k * DB + j) * N + n] = h[k * S + n * DB + j];
     }
-    free(h); free(A);
+    free(h); free(A); free(Dk);
 }
 
 void NAME(scan_fwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
-                    const T *h0, T *y, T *hT, T *ck, long L, long D, long N, long K, int neg,
-                    long b0, long b1, long d0, long d1) {
-    if (neg) NAME(scan_fwd_)(u, dl, At, Bm, Cm, h0, y, hT, ck, L, D, N, K, 1, b0, b1, d0, d1);
-    else NAME(scan_fwd_)(u, dl, At, Bm, Cm, h0, y, hT, ck, L, D, N, K, 0, b0, b1, d0, d1);
+                    const T *Dv, const T *h0, T *y, T *hT, T *ck, long L, long D, long N,
+                    long K, int neg, long b0, long b1, long d0, long d1) {
+    if (neg) NAME(scan_fwd_)(u, dl, At, Bm, Cm, Dv, h0, y, hT, ck, L, D, N, K, 1, b0, b1, d0, d1);
+    else NAME(scan_fwd_)(u, dl, At, Bm, Cm, Dv, h0, y, hT, ck, L, D, N, K, 0, b0, b1, d0, d1);
 }
 
 static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
-        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *dy,
-        const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB, T *gC, T *gh0, long L,
-        long D, long N, long K, const int neg, long b0, long b1, long d0, long d1) {
+        const T *u, const T *dl, const T *At, const T *Bm, const T *Cm, const T *Dv,
+        const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gDv, T *gB, T *gC,
+        T *gh0, long L, long D, long N, long K, const int neg, long b0, long b1, long d0,
+        long d1) {
     const T m = neg ? 2 : 1, o = neg ? -1 : 0;
     const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB, P = nb * S;
-    T *A = NAME(blocks_of_A)(At, D, N, d0, d1);
+    T *A = NAME(blocks_of_A)(At, D, N, d0, d1), *Dk = NAME(blocks_of_D)(Dv, d0, d1);
+    T *gDk = malloc(nb * DB * sizeof(T));
     T *lam = calloc(P, sizeof(T)), *gA = calloc(P, sizeof(T)), *hs0 = calloc(P, sizeof(T));
     T *ab = calloc(K * P, sizeof(T)), *hb = calloc(K * P, sizeof(T));
     /* dC_t, dB_t's terms per (n, lane), summed over the blocks, then over the lanes once a
@@ -226,6 +236,7 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                     lam[k * S + n * DB + j] = (dhT && d < d1) ? dhT[(b * D + d) * N + n] : 0;
                     gA[k * S + n * DB + j] = 0;
                 }
+        memset(gDk, 0, nb * DB * sizeof(T));
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * K, nt = MIN(K, L - t0);
             for (long k = 0; k < nb; k++)
@@ -283,21 +294,24 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                             sCa[q] += hi[q] * g[j];
                             sBa[q] += l * du[j];
                             lB[j] += l * Bn;
-                            T gd = l * hp[q] * (ai[q] - o);
+                            const T la = l * ai[q];  /* lambda a: a's term of lambda_{t-1} */
+                            /* da/d(delta A) = a (lambda a h_{t-1}: one product), a + 1 with neg */
+                            const T gd = (neg ? la + l : la) * hp[q];
                             gAk[q] += gd * dt[j];
                             gs[j] += gd * Ak[q];
-                            lk[q] = l * ai[q];
+                            lk[q] = la;
                         }
                     }
+                    for (long j = 0; j < DB; j++) gDk[k * DB + j] += g[j] * uu[j];
                     T *restrict guk = gu + row * D + ds, *restrict gdk = gdl + row * D + ds;
                     if (nd == DB)
                         for (long j = 0; j < DB; j++) {
-                            guk[j] = lB[j] * dt[j];
+                            guk[j] = lB[j] * dt[j] + Dk[k * DB + j] * g[j];
                             gdk[j] = lB[j] * uu[j] + gs[j] * INV_SCALE;
                         }
                     else
                         for (long j = 0; j < nd; j++) {
-                            guk[j] = lB[j] * dt[j];
+                            guk[j] = lB[j] * dt[j] + Dk[k * DB + j] * g[j];
                             gdk[j] = lB[j] * uu[j] + gs[j] * INV_SCALE;
                         }
                 }
@@ -319,18 +333,19 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                     gh0[(b * D + d) * N + n] = lam[k * S + n * DB + j];
                     gAt[(b * N + n) * D + d] = gA[k * S + n * DB + j];
                 }
+        for (long d = d0; gDv && d < d1; d++) gDv[b * D + d] = gDk[d - d0];
     }
-    free(A); free(lam); free(gA); free(hs0); free(ab); free(hb); free(sCa); free(sBa);
+    free(A); free(Dk); free(gDk); free(lam); free(gA); free(hs0); free(ab); free(hb); free(sCa); free(sBa);
 }
 
 void NAME(scan_bwd)(const T *u, const T *dl, const T *At, const T *Bm, const T *Cm,
-                    const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt, T *gB,
-                    T *gC, T *gh0, long L, long D, long N, long K, int neg,
+                    const T *Dv, const T *dy, const T *dhT, const T *ck, T *gu, T *gdl, T *gAt,
+                    T *gDv, T *gB, T *gC, T *gh0, long L, long D, long N, long K, int neg,
                     long b0, long b1, long d0, long d1) {
-    if (neg) NAME(scan_bwd_)(u, dl, At, Bm, Cm, dy, dhT, ck, gu, gdl, gAt, gB, gC, gh0, L, D, N,
-                             K, 1, b0, b1, d0, d1);
-    else NAME(scan_bwd_)(u, dl, At, Bm, Cm, dy, dhT, ck, gu, gdl, gAt, gB, gC, gh0, L, D, N,
-                         K, 0, b0, b1, d0, d1);
+    if (neg) NAME(scan_bwd_)(u, dl, At, Bm, Cm, Dv, dy, dhT, ck, gu, gdl, gAt, gDv, gB, gC, gh0,
+                             L, D, N, K, 1, b0, b1, d0, d1);
+    else NAME(scan_bwd_)(u, dl, At, Bm, Cm, Dv, dy, dhT, ck, gu, gdl, gAt, gDv, gB, gC, gh0,
+                         L, D, N, K, 0, b0, b1, d0, d1);
 }
 
 #undef MIN
