@@ -2,26 +2,31 @@
 
    Per batch row b and inner channel d, over the d_state entries n:
        a_t = exp(delta_t A[d, n])           (or 2 exp(delta_t A) - 1 with allow_neg_eigval)
-       h_t = a_t h_{t-1} + delta_t u_t B_t[n],        y_t = sum_n C_t[n] h_t[n]
+       h_t = a_t h_{t-1} + delta_t u_t B_t[n],        y_t = sum_n C_t[n] h_t[n] + Dv[d] u_t
    Backward (lambda_t = dL/dh_t, over the same steps in reverse):
        lambda_t = C_t dy_t + a_{t+1} lambda_{t+1}      (lambda_{T-1} also gets dL/dh_{T-1})
        dB_t[n] += sum_d lambda_t delta_t u_t,         dC_t[n] += sum_d h_t dy_t
        du_t = delta_t sum_n lambda_t B_t,             g_t = lambda_t h_{t-1} da_t/d(delta_t A)
        ddelta_t = u_t sum_n lambda_t B_t + sum_n g_t A, dA += g_t delta_t,  dh0 = a_0 lambda_0
+       (and du_t += Dv dy_t, dDv += sum_t dy_t u_t for the skip; Dv NULL: no skip)
 
    The state of one batch row (d_inner x d_state, in blocks of DB channels, d_state x DB
    each) stays in a small local array; time is the outer loop, so each step reads one
    contiguous row of u and delta (a block-outer order reads one cache line per 1 KB
    stride and ran ~4x slower); the inner loops run along the DB channels of a block
    (vectorised), and no (batch, T, d_inner, d_state) tensor is ever written. The forward
-   stores the state entering every chunk of K steps (`ck`); the backward recomputes one
-   chunk's a_t, h_t from it into K x d_inner x d_state buffers (L2-sized for small K) and
-   runs the adjoint backwards over them.
+   stores the state entering every chunk of K steps (`ck`); the backward takes a chunk one
+   block of DB channels at a time (its K rows of u, delta, dy are 64-byte pieces, read K
+   steps in a row: short enough not to cost what the whole-sequence block order did),
+   recomputes that block's a_t, h_t into K x d_state x DB buffers (64 KB at K = 32: they
+   stay in L2, where the whole row's K x d_inner x d_state ones (1 MB) did not) and runs
+   the adjoint backwards over them; dB_t, dC_t's lane sums wait in K x d_state x DB
+   buffers until the chunk's last block.
 
    Layouts (row-major, contiguous): u, delta, y, du, ddelta (batch, T, d_inner);
    At (d_state, d_inner) = A transposed; B, C, dB, dC (batch, T, d_state); h0, hT, dhT, dh0
    (batch, d_inner, d_state); ck (batch, ceil(T/K), d_state, d_inner); dAt (batch, d_state,
-   d_inner), one slice per batch row (the caller sums them). dB and dC are added to: the
+   d_inner) and dDv (batch, d_inner), one slice per batch row (the caller sums them). dB and dC are added to: the
    caller zeroes them, one copy per group of channels run at once.
    Each function does the batch rows [b0, b1) and the channels [d0, d1).
 
@@ -223,11 +228,13 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
     const long nck = (L + K - 1) / K, nb = (d1 - d0 + DB - 1) / DB, S = N * DB, P = nb * S;
     T *A = NAME(blocks_of_A)(At, D, N, d0, d1), *Dk = NAME(blocks_of_D)(Dv, d0, d1);
     T *gDk = malloc(nb * DB * sizeof(T));
-    T *lam = calloc(P, sizeof(T)), *gA = calloc(P, sizeof(T)), *hs0 = calloc(P, sizeof(T));
-    T *ab = calloc(K * P, sizeof(T)), *hb = calloc(K * P, sizeof(T));
-    /* dC_t, dB_t's terms per (n, lane), summed over the blocks, then over the lanes once a
-       step (a sum over the lanes per block and n took two horizontal sums each) */
-    T *sCa = malloc(S * sizeof(T)), *sBa = malloc(S * sizeof(T));
+    T *lam = calloc(P, sizeof(T)), *gA = calloc(P, sizeof(T)), *hs0 = calloc(S, sizeof(T));
+    /* one block's a_t, h_t over a chunk (K x d_state x DB each: L1/L2-sized) */
+    T *ab = calloc(K * S, sizeof(T)), *hb = calloc(K * S, sizeof(T));
+    /* dC_t, dB_t's terms per (t, n, lane) over the chunk, summed over the blocks, then over
+       the lanes once a step (a sum over the lanes per block and n took two horizontal sums
+       each) */
+    T *sCa = malloc(K * S * sizeof(T)), *sBa = malloc(K * S * sizeof(T));
     for (long b = b0; b < b1; b++) {
         for (long k = 0; k < nb; k++)
             for (long n = 0; n < N; n++)
@@ -239,20 +246,21 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
         memset(gDk, 0, nb * DB * sizeof(T));
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * K, nt = MIN(K, L - t0);
-            for (long k = 0; k < nb; k++)
-                for (long n = 0; n < N; n++)
-                    NAME(block)(hs0 + k * S + n * DB,
-                                ck + ((b * nck + c) * N + n) * D + d0 + k * DB,
-                                MIN(DB, d1 - d0 - k * DB));
-            for (long i = 0; i < nt; i++) {          /* recompute the chunk's a_t and h_t */
-                const long row = b * L + t0 + i;
-                const T *Bt = Bm + row * N;
-                if (i + 2 < nt) NAME(fetch)(u, dl, NULL, row + 2, D, d0, d1);
-                for (long k = 0; k < nb; k++) {
-                    const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
-                    const T *restrict Ak = A + k * S;
-                    const T *restrict hp = (i ? hb + (i - 1) * P : hs0) + k * S;
-                    T *restrict ai = ab + i * P + k * S, *restrict hi = hb + i * P + k * S;
+            memset(sCa, 0, nt * S * sizeof(T));
+            memset(sBa, 0, nt * S * sizeof(T));
+            for (long k = 0; k < nb; k++) {  /* one block of channels over the whole chunk */
+                const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
+                const T *restrict Ak = A + k * S;
+                T *restrict lk = lam + k * S, *restrict gAk = gA + k * S;
+                for (long n = 0; n < N; n++) {
+                    NAME(block)(hs0 + n * DB, ck + ((b * nck + c) * N + n) * D + ds, nd);
+                    if (k + 1 < nb) __builtin_prefetch(ck + ((b * nck + c) * N + n) * D + ds + DB);
+                }
+                for (long i = 0; i < nt; i++) {      /* recompute the block's a_t and h_t */
+                    const long row = b * L + t0 + i;
+                    const T *Bt = Bm + row * N;
+                    const T *restrict hp = i ? hb + (i - 1) * S : hs0;
+                    T *restrict ai = ab + i * S, *restrict hi = hb + i * S;
                     T dt[DB], du[DB];
                     NAME(block)(dt, dl + row * D + ds, nd);
                     NAME(block)(du, u + row * D + ds, nd);
@@ -266,20 +274,12 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                         }
                     }
                 }
-            }
-            for (long i = nt - 1; i >= 0; i--) {     /* the adjoint, backwards */
-                const long row = b * L + t0 + i;
-                const T *Bt = Bm + row * N, *Ct = Cm + row * N;
-                T *gBt = gB + row * N, *gCt = gC + row * N;
-                if (t0 + i >= 2) NAME(fetch)(u, dl, dy, row - 2, D, d0, d1);
-                memset(sCa, 0, S * sizeof(T));
-                memset(sBa, 0, S * sizeof(T));
-                for (long k = 0; k < nb; k++) {
-                    const long ds = d0 + k * DB, nd = MIN(DB, d1 - ds);
-                    const T *restrict hi = hb + i * P + k * S, *restrict ai = ab + i * P + k * S;
-                    const T *restrict hp = (i ? hb + (i - 1) * P : hs0) + k * S;
-                    const T *restrict Ak = A + k * S;
-                    T *restrict lk = lam + k * S, *restrict gAk = gA + k * S;
+                for (long i = nt - 1; i >= 0; i--) { /* the adjoint, backwards */
+                    const long row = b * L + t0 + i;
+                    const T *Bt = Bm + row * N, *Ct = Cm + row * N;
+                    const T *restrict hi = hb + i * S, *restrict ai = ab + i * S;
+                    const T *restrict hp = i ? hb + (i - 1) * S : hs0;
+                    T *restrict sCi = sCa + i * S, *restrict sBi = sBa + i * S;
                     T dt[DB], uu[DB], du[DB], g[DB], lB[DB], gs[DB];
                     NAME(block)(dt, dl + row * D + ds, nd);
                     NAME(block)(uu, u + row * D + ds, nd);
@@ -291,8 +291,8 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                         for (long j = 0; j < DB; j++) {
                             const long q = n * DB + j;
                             T l = lk[q] + Cn * g[j];
-                            sCa[q] += hi[q] * g[j];
-                            sBa[q] += l * du[j];
+                            sCi[q] += hi[q] * g[j];
+                            sBi[q] += l * du[j];
                             lB[j] += l * Bn;
                             const T la = l * ai[q];  /* lambda a: a's term of lambda_{t-1} */
                             /* da/d(delta A) = a (lambda a h_{t-1}: one product), a + 1 with neg */
@@ -315,14 +315,17 @@ static inline __attribute__((always_inline)) void NAME(scan_bwd_)(
                             gdk[j] = lB[j] * uu[j] + gs[j] * INV_SCALE;
                         }
                 }
+            }
+            for (long i = 0; i < nt; i++) {          /* dB_t, dC_t: the lanes summed */
+                const long row = b * L + t0 + i;
                 for (long n = 0; n < N; n++) {
                     T sC = 0, sB = 0;
                     for (long j = 0; j < DB; j++) {
-                        sC += sCa[n * DB + j];
-                        sB += sBa[n * DB + j];
+                        sC += sCa[i * S + n * DB + j];
+                        sB += sBa[i * S + n * DB + j];
                     }
-                    gCt[n] += sC;
-                    gBt[n] += sB;
+                    gC[row * N + n] += sC;
+                    gB[row * N + n] += sB;
                 }
             }
         }
