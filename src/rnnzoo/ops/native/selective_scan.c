@@ -51,19 +51,22 @@
 /* 2^x for the scan's a_t = exp(delta A) = 2^(delta A log2 e), A scaled by log2 e once
    (`blocks_of_A`): in float range reduction x = k + r, |r| <= 1/2 (exact), and Cephes'
    exp2f polynomial (relative error 1.7e-7, one product and two polynomial terms fewer than
-   exp_f); in double exp_d (A unscaled there: SCALE = 1). Clamped to normal results. */
+   exp_f); in double exp_d (A unscaled there: SCALE = 1). Clamped to normal results, on the
+   exponent: a result below 2^-126 (or an argument beyond +-2^31) takes 2^-126, one above
+   2^127 takes 2^127; NaN stays NaN (through r). */
 #define SCALE (sizeof(T) == 4 ? (T)1.44269504088896341 : (T)1)
 #define INV_SCALE (sizeof(T) == 4 ? (T)0.69314718055994530942 : (T)1)
 static inline T NAME(pow2)(T x) {
     if (sizeof(T) != 4) return EXP(x);
-    float y = x < -126.0f ? -126.0f : (x > 127.0f ? 127.0f : (float)x);
-    float t = y + 12582912.0f;   /* 1.5 * 2^23: rounds to an integer */
-    float k = t - 12582912.0f, r = y - k;
-    float p = 1.0f + r * (6.931472028550421e-1f + r * (2.402264791363012e-1f
-              + r * (5.550332471162809e-2f + r * (9.618437357674640e-3f
-              + r * (1.339887440266574e-3f + r * 1.535336188319500e-4f)))));
-    union { float f; uint32_t i; } tb = {t}, s;
-    s.i = (tb.i + 127u) << 23;
+    const float y = x, k = (y + 12582912.0f) - 12582912.0f;  /* 1.5 * 2^23: y rounded */
+    const float r = y - k;   /* |r| <= 1/2 (0 for |y| >= 2^23, where y is whole) */
+    int e = (int)k;          /* NaN or beyond the int range: INT_MIN */
+    e = e < -126 ? -126 : e; /* the clamp on the integer exponent: max / min instructions */
+    e = e > 127 ? 127 : e;   /* (on the float y they became compares and blends) */
+    const float p = 1.0f + r * (6.931472028550421e-1f + r * (2.402264791363012e-1f
+                    + r * (5.550332471162809e-2f + r * (9.618437357674640e-3f
+                    + r * (1.339887440266574e-3f + r * 1.535336188319500e-4f)))));
+    union { float f; uint32_t i; } s = {.i = (uint32_t)(e + 127) << 23};
     return p * s.f;
 }
 
