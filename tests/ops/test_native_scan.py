@@ -204,3 +204,23 @@ def test_native_delta_softplus_matches_torch(dtype, tol, lead, R, D, threads):
     if lead[1] > 5:
         assert (pre > 20).any() and (pre < -20).any()  # both ends of softplus taken
     assert_close(got, want, ["delta", "dt", "W", "b"], tol)
+
+
+@pytest.mark.parametrize("neg", [False, True])
+def test_native_scan_float32_decays_beyond_the_exponent_range(calls, neg):
+    """float32's a_t = 2^(delta A log2 e) with the exponent clamped: steps whose delta A is
+    far below float's range (a_t underflows to 0 in torch, 2^-126 in C) and a NaN in u (it
+    passes through, not clamped away), against the PyTorch path."""
+    xs = _inputs(2, 9, 20, 4, torch.float32, True)
+    with torch.no_grad():
+        xs[2][:, 0] = -400.0  # delta A log2 e down to ~ -350: below 2^-126
+        xs[1][:, 3] = 0.9
+    got = _run(xs, neg)
+    assert calls[0] == 1
+    with backend.force("torch"):
+        want = _run(xs, neg)
+    assert_close(got, want, ["y", "h", "u", "delta", "A", "B", "C", "D", "h0"], 1e-5)
+    xs[0] = xs[0].detach().clone()
+    xs[0][1, 4, 7] = float("nan")
+    y, h = selective_scan(*xs, allow_neg_eigval=neg)
+    assert y[1, 4:, 7].isnan().all() and not y[0].isnan().any() and h[1, 7].isnan().all()

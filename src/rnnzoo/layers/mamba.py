@@ -77,9 +77,8 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         from rnnzoo.ops.native import selective_scan as native_ss
         lib = native_ss.load()
         if lib is not None:
-            y, h = native_ss.selective_scan(lib, u, delta, A, B, C, h0,
+            return native_ss.selective_scan(lib, u, delta, A, B, C, h0, D,  # D u inside
                                             allow_neg_eigval=allow_neg_eigval)
-            return _skip(y, D, u), h
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":
@@ -296,11 +295,11 @@ class Mamba(DiagonalLayer):
         u, delta, A, B, C, z, conv_state = self.ssm_inputs(x, conv_state, mask)
         if mask is not None:  # delta = 0 makes a padded step the identity: a = 1, b = 0
             delta = delta * mask
-        D = self.D.to(u.dtype)
-        lib = gated_norm.load() if backend.use_native(u, z, D) else None
-        y, h = selective_scan(u, delta, A, B, C, None if lib else D, h0, mode=mode,
+        y, h = selective_scan(u, delta, A, B, C, self.D.to(u.dtype), h0, mode=mode,
                               allow_neg_eigval=self.allow_neg_eigval, chunk_size=self.chunk_size)
-        if lib is not None:  # the skip D u and the gate in one C pass (ops.native.gated_norm)
-            out = gated_norm.gate_rms(lib, y, u, D, z, None, self.d_inner, 0.0, norm=False)
+        lib = gated_norm.load() if backend.use_native(y, z) else None
+        if lib is not None:  # the gate in one C pass (ops.native.gated_norm); D u is in y (on
+            # the CPU the C scan adds it: no separate gradient of u to sum)
+            out = gated_norm.gate_rms(lib, y, None, None, z, None, self.d_inner, 0.0, norm=False)
             return self.out_proj(out.to(x.dtype)), (conv_state, h)
         return self.out_proj((y * F.silu(z.to(y.dtype))).to(x.dtype)), (conv_state, h)

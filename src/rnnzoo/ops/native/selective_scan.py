@@ -1,8 +1,8 @@
 """Mamba's selective scan on the CPU, fused in C (selective_scan.c): same contract as
-`rnnzoo.layers.mamba.selective_scan` without the D u term (the caller adds it).
+`rnnzoo.layers.mamba.selective_scan`, the skip D u inside (D None: none).
 
     h_t = a_t h_{t-1} + delta_t u_t B_t,  a_t = exp(delta_t A) (or 2 exp(delta_t A) - 1),
-    y_t = C_t . h_t
+    y_t = C_t . h_t + D u_t
 
 u, delta: (batch, T, d_inner); A: (d_inner, d_state); B, C: (batch, T, d_state);
 h0: (batch, d_inner, d_state). Returns y (batch, T, d_inner) and h_{T-1} (batch, d_inner,
@@ -47,33 +47,35 @@ def _parts(batch, d_inner):
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "scan_fwd", dtype, [P] * 9 + [L] * 4 + [ctypes.c_int] + [L] * 4),
-            native.kernel(lib, "scan_bwd", dtype, [P] * 14 + [L] * 4 + [ctypes.c_int] + [L] * 4))
+    return (native.kernel(lib, "scan_fwd", dtype, [P] * 10 + [L] * 4 + [ctypes.c_int] + [L] * 4),
+            native.kernel(lib, "scan_bwd", dtype, [P] * 16 + [L] * 4 + [ctypes.c_int] + [L] * 4))
 
 
 class _NativeScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, u, delta, A, B, C, h0, allow_neg_eigval):
+    def forward(ctx, lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval):
         u, delta, B, C, h0 = (t.contiguous() for t in (u, delta, B, C, h0))
+        Dv = None if Dv is None else Dv.contiguous()
         At = A.t().contiguous()
         batch, T, D = u.shape
         N = At.shape[0]
         fwd, _ = _kernels(lib, u.dtype)
         y = torch.empty_like(u)
         hT = torch.empty_like(h0)
-        grad = ctx.needs_input_grad[1:7]
+        grad = ctx.needs_input_grad[1:8]
         ck = u.new_empty(batch, -(-T // CHUNK), N, D) if any(grad) else None
         neg = int(bool(allow_neg_eigval))
-        native.run(fwd, [(native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C), native.ptr(h0), native.ptr(y),
+        native.run(fwd, [(native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C),
+                          native.ptr(Dv), native.ptr(h0), native.ptr(y),
                           native.ptr(hT), native.ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
         if ck is not None:
-            ctx.save_for_backward(u, delta, At, B, C, ck)
+            ctx.save_for_backward(u, delta, At, B, C, ck, Dv)
         ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
         return y, hT
 
     @staticmethod
     def backward(ctx, dy, dh):
-        u, delta, At, B, C, ck = ctx.saved_tensors
+        u, delta, At, B, C, ck, Dv = ctx.saved_tensors
         batch, T, D = u.shape
         N = At.shape[0]
         _, bwd = _kernels(ctx.lib, u.dtype)
@@ -83,6 +85,7 @@ class _NativeScan(torch.autograd.Function):
         groups = len(parts) if parts[0][2:] != (0, D) else 1  # split by channels: own dB, dC
         gu, gd = torch.empty_like(u), torch.empty_like(delta)
         gA = u.new_zeros(batch, N, D)
+        gDv = None if Dv is None else u.new_empty(batch, D)
         gB = u.new_zeros(groups, batch, T, N)
         gC = u.new_zeros(groups, batch, T, N)
         gh0 = u.new_empty(batch, D, N)
@@ -90,21 +93,24 @@ class _NativeScan(torch.autograd.Function):
 
         def args(i, p):
             g = i if groups > 1 else 0
-            return (native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C), native.ptr(dy), native.ptr(dh),
-                    native.ptr(ck), native.ptr(gu), native.ptr(gd), native.ptr(gA),
+            return (native.ptr(u), native.ptr(delta), native.ptr(At), native.ptr(B), native.ptr(C),
+                    native.ptr(Dv), native.ptr(dy), native.ptr(dh),
+                    native.ptr(ck), native.ptr(gu), native.ptr(gd), native.ptr(gA), native.ptr(gDv),
                     ctypes.c_void_p(gB.data_ptr() + g * step),
                     ctypes.c_void_p(gC.data_ptr() + g * step), native.ptr(gh0),
                     T, D, N, ctx.K, ctx.neg, *p)
         native.run(bwd, [args(i, p) for i, p in enumerate(parts)])
         gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))
-        return None, gu, gd, gA.sum(0).t(), gB, gC, gh0, None
+        return (None, gu, gd, gA.sum(0).t(), gB, gC, gh0,
+                None if gDv is None else gDv.sum(0), None)
 
 
-def selective_scan(lib, u, delta, A, B, C, h0, *, allow_neg_eigval=False):
-    """(y without D u, final state); `lib` = native.load("selective_scan")."""
+def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False):
+    """(y with D u when D is given, final state); D: (d_inner,) or None;
+    `lib` = native.load("selective_scan")."""
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
-    return _NativeScan.apply(lib, u, delta, A, B, C, h0, allow_neg_eigval)
+    return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval)
 
 
 class _DeltaStep(torch.autograd.Function):
