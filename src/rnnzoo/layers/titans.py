@@ -341,21 +341,28 @@ class Titans(RecurrentLayer):
         # Titans' attention: as many key/value heads as query heads, full rotary, no norms,
         # no output gate (__init__); x_i sits at P + 2 i + 1 of its segment, h_i at P + 2 i
         pos = (P + 2 * torch.remainder(torch.arange(T, device=x.device), C)).expand(B, T)
-        qx, kx, vx = attn.qkv(x).view(B, T, 3, H, Dh).unbind(2)
-        qx = attn.rope(qx, pos + 1).transpose(1, 2) * Dh ** -0.5
-        kx, vx = attn.rope(kx, pos + 1).transpose(1, 2), vx.transpose(1, 2)
         w_kv, b_kv = _chain(attn.qkv.weight[H * Dh:], attn.qkv.bias, self.o_proj)
         w_in = torch.cat([self.qkv_proj.weight, self.gate_proj.weight])
         b_in = torch.cat([torch.zeros_like(w_in[:3 * HK, 0]), self.gate_proj.bias])
         w_m, b_m = _chain(w_in, b_in, attn.out_proj)
         rot = attn.rope
         lib = native_attention.load() if backend.use_native(x) else None
-        if lib is not None:  # the h's rotary angles, the same in every segment: made once
+        if lib is None:
+            qx, kx, vx = attn.qkv(x).view(B, T, 3, H, Dh).unbind(2)
+            qx = attn.rope(qx, pos + 1).transpose(1, 2) * Dh ** -0.5
+            kx, vx = attn.rope(kx, pos + 1).transpose(1, 2), vx.transpose(1, 2)
+        else:  # the rotary angles, the same in every segment: made once (h_i's, x_i's)
             ang = (P + 2 * torch.arange(C, device=x.device, dtype=cd))[:, None] * frequencies(
                 attn.rotary_dim // 2, attn.rope_base, cd, x.device)
             cos, sin = (t.expand(B, C, -1).contiguous() for t in (ang.cos(), ang.sin()))
             rot = lambda t, p: native_attention.rope(  # noqa: E731
                 lib, t, cos[:, :t.shape[1]], sin[:, :t.shape[1]])
+            ang = (pos[0] + 1).to(cd)[:, None] * frequencies(attn.rotary_dim // 2,
+                                                             attn.rope_base, cd, x.device)
+            # the x's queries (scaled), keys, values (B, H, T, Dh): split, turned and
+            # transposed in one pass each way
+            qx, kx, vx = native_attention.heads(lib, attn.qkv(x), H, *(
+                t.expand(B, T, -1) for t in (ang.cos(), ang.sin())), Dh ** -0.5)
         kp, vp = (t[:, :, :P].to(cd) for t in start[:2])
         mem, L = state[:-3], (len(state) - 5) // 3
         init = self.op_args(cd)[0]
@@ -367,16 +374,12 @@ class Titans(RecurrentLayer):
         if tlib is not None:
             P0 = _select(mem[3 * L].round() == C, mem[L], mem[0])
             fast = [P0, mem[L], mem[2 * L], mem[-1], P0]
-        # the attention's queries [0 (p's), 0 (h_1), x_1, ..., 0 (h_n), x_n], every segment's
-        qz = torch.stack([torch.zeros_like(qx), qx], 3).flatten(2, 3)
-        zeros = qx.new_zeros(B, H, P, Dh)
-        qss = [torch.cat([zeros, t], 2) if P else t for t in qz.split([2 * n for n in sizes], 2)]
         outs = []
         # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece)
         qT = q.transpose(1, 2).contiguous() if fast is not None else q.transpose(1, 2)
-        for q_s, g_s, p_s, qs, qT_s, kx_s, vx_s in zip(
-                *(t.split(sizes, 1) for t in (q, gate, pos)), qss,
-                *(t.split(sizes, 2) for t in (qT, kx, vx))):
+        for q_s, g_s, p_s, qT_s, qx_s, kx_s, vx_s in zip(
+                *(t.split(sizes, 1) for t in (q, gate, pos)),
+                *(t.split(sizes, 2) for t in (qT, qx, kx, vx))):
             n_ = q_s.shape[1]
             if fast is not None:   # memory_read of a weight-only memory, (b, h) pairs batched
                 W = (init[0] + fast[0]).view(B * Hm, K, K)
@@ -386,17 +389,23 @@ class Titans(RecurrentLayer):
                 u = memory_read(init, [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])],
                                 q_s)
             kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
-            kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
-            kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
-            # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh)
-            ks, vs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in ((kh, kx_s), (vh, vx_s)))
-            if P:
-                ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
             if fast is not None and math.isfinite(kv.sum().item()):  # q, the x tokens: hoisted
-                a = Attention._causal(qs, ks, vs)
+                # the h's rotary keys, the interleave and the attention at the x's: one node
+                a, ks, vs = titans_scan.mac_attention(lib, kv, qx_s, kx_s, vx_s, kp, vp,
+                                                      cos[:, :n_].contiguous(),
+                                                      sin[:, :n_].contiguous())
             else:
+                kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
+                kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
+                # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh); the attention's queries
+                # [0 (p's), 0 (h_1), x_1, ..., 0 (h_n), x_n]
+                ks, vs, qs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in (
+                    (kh, kx_s), (vh, vx_s), (torch.zeros_like(qx_s), qx_s)))
+                if P:
+                    ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+                    qs = torch.cat([qx_s.new_zeros(B, H, P, Dh), qs], 2)
                 a = _causal_attention(qs, ks, vs)
-            a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
+                a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
             proj = linear(a, w_m, b_m)
             if fast is not None and math.isfinite(proj.sum().item()):
                 z, fast, ran = *self._mac_fast_memory(tlib, proj, fast, init[0]), True

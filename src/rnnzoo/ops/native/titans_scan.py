@@ -229,3 +229,73 @@ def titans_segment_tokens(lib, q, k, v, g, lr, W0, P0, M0, S0):
     transposes to the kernels' (B, H, n, K), the sigmoids and the read's transpose back
     inside the same autograd node. Returns z (B, n, H, K) and the final M, S (B, H, K, K)."""
     return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr))
+
+
+class _Saved:
+    """A stand-in for an autograd ctx where a Function's forward and backward run inside
+    another's (save_for_backward keeps the tensors, attributes as set)."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+class _MacAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin):
+        from rnnzoo.ops.native import attention as na
+
+        B, n = kv.shape[:2]
+        H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
+        T = P + 2 * n
+        kvv = kv.view(B, n, 2, H, Dh)
+        ks, vs = kv.new_empty(B, H, T, Dh), kv.new_empty(B, H, T, Dh)
+        qs = kv.new_zeros(B, H, T, Dh)
+        if P:
+            ks[:, :, :P], vs[:, :, :P] = kp, vp
+        # the h's keys turned by their angles straight into their (even) rows
+        na._rope(lib, kvv[:, :, 0] if kvv.stride(-1) == 1 else kvv[:, :, 0].contiguous(),
+                 ks[:, :, P::2].transpose(1, 2), cos, sin, 1)
+        vs[:, :, P::2] = kvv[:, :, 1].transpose(1, 2)
+        ks[:, :, P + 1::2], vs[:, :, P + 1::2], qs[:, :, P + 1::2] = kx, vx, qx
+        sub = _Saved()
+        o = na._CausalHeads.forward(sub, lib, qs, ks, vs, None)
+        a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh)
+        ctx.sub, ctx.lib, ctx.dims = sub, lib, (B, n, H, Dh, P)
+        ctx.save_for_backward(cos, sin)
+        return a, ks, vs
+
+    @staticmethod
+    def backward(ctx, da, dks, dvs):
+        from rnnzoo.ops.native import attention as na
+
+        cos, sin = ctx.saved_tensors
+        B, n, H, Dh, P = ctx.dims
+        T = P + 2 * n
+        do = cos.new_zeros(B, H, T, Dh)
+        if da is not None:
+            do[:, :, P + 1::2] = da.view(B, n, H, Dh).transpose(1, 2)
+        _, dq, dk, dv, _ = na._CausalHeads.backward(ctx.sub, do)
+        ctx.sub = None
+        if dks is not None:
+            dk = dk + dks
+        if dvs is not None:
+            dv = dv + dvs
+        dkv = dk.new_empty(B, n, 2, H, Dh)
+        na._rope(ctx.lib, dk[:, :, P::2].transpose(1, 2), dkv[:, :, 0], cos, sin, -1)
+        dkv[:, :, 1] = dv[:, :, P::2].transpose(1, 2)
+        odd = slice(P + 1, None, 2)
+        return (None, dkv.view(B, n, 2 * H * Dh), dq[:, :, odd], dk[:, :, odd], dv[:, :, odd],
+                dk[:, :, :P], dv[:, :, :P], None, None)
+
+
+def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin):
+    """Titans-MAC's attention over one segment, [p, h_1, x_1, ..., h_n, x_n], at the x's,
+    as one autograd node (the h's keys' rotary positions, the interleave, the causal kernel
+    and the x rows' output): kv (B, n, 2 H Dh) the h's keys and values ([k | v], each head's
+    Dh channels together, the keys not yet turned); qx (scaled), kx (turned), vx (B, H, n,
+    Dh) the x's; kp, vp (B, H, P, Dh) the persistent tokens' (P >= 0); cos, sin (B, n, R/2)
+    the h's angles (contiguous). Returns the x rows' outputs a (B, n, H Dh) and the keys and
+    values ks, vs (B, H, P + 2 n, Dh); differentiable in kv, qx, kx, vx, kp, vp. Equal to
+    ops.native.attention's rope, the interleave by stack and causal_softmax_attention at
+    every row up to rounding; `lib` = ops.native.attention.load()."""
+    return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin)
