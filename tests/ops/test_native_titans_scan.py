@@ -153,10 +153,8 @@ def test_titans_segment_equals_the_chunk_form(dtype, tol, B, H, n, C):
     z_ref, s_ref = titans_chunked("linear", q, k, v, theta, alpha, eta, C, init, state, None,
                                   None, 1e-6, False, False, within=True)
     lib = titans_scan.load()
-    gates = torch.stack([theta, alpha, eta]).permute(0, 1, 3, 2).contiguous()
-    tr = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
-    z, M1, S1 = titans_segment(lib, tr(q), tr(k), tr(v), gates, W0, M, M, S)
-    z = z.transpose(1, 2)
+    logits = torch.cat([torch.logit(t) for t in (theta, alpha, eta)], -1)  # (B, n, 3 H)
+    z, M1, S1 = titans_segment(lib, q, k, v, logits, W0, M, M, S)
     assert_close((z, M1, S1), (z_ref, s_ref[2], s_ref[4]), ("z", "M", "S"), tol)
     w = [r(*t.shape) for t in (z, M1, S1)]
     grads = [torch.autograd.grad(sum((a * b).sum() for a, b in zip(outs, w)), ins)

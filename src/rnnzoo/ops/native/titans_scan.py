@@ -142,20 +142,17 @@ def titans_gates(lib, q, k, a, e, m, th):
 
 
 class _NativeSegment(torch.autograd.Function):
-    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node: the
-    coefficients, 1 - alpha, R = -v and the kernels' states stay inside (no nodes for the
-    gates' split, the negation, the coefficients and the state slices)."""
+    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node, on the
+    tokens' layout: the transposes to the kernels' (B, H, n, K) and back, the gates'
+    sigmoids, the coefficients, 1 - alpha, R = -v and the kernels' states stay inside (no
+    nodes for the gates' split, the negation, the coefficients and the state slices)."""
 
     @staticmethod
-    def forward(ctx, lib, q, k, v, gates, W0, P0, M0, S0, lr=None):
-        ctx.lr, extra = lr, ()
-        if lr is not None:   # the tokens' layout (B, n, H, K) and the gates' logits
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            B, H, n, _ = q.shape
-            sg = torch.sigmoid(gates).view(B, n, 3, H).permute(2, 0, 3, 1).contiguous()
-            extra = (sg,)
-            gates = sg * sg.new_tensor([lr, 1.0, 1.0]).view(3, 1, 1, 1) if lr != 1 else sg
+    def forward(ctx, lib, q, k, v, g, W0, P0, M0, S0, lr):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         B, H, n, K = q.shape
+        sg = torch.sigmoid(g).view(B, n, 3, H).permute(2, 0, 3, 1).contiguous()
+        gates = sg * sg.new_tensor([lr, 1.0, 1.0]).view(3, 1, 1, 1) if lr != 1 else sg
         fwd, _, gfwd, _ = _kernels(lib, q.dtype)
         th, al, eta = gates.unbind(0)
         a = 1 - al
@@ -173,20 +170,17 @@ class _NativeSegment(torch.autograd.Function):
         Ms, Ss = (q.new_empty(B, H, 2, K, K) for _ in range(2))
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), 1, n, K, p0, p1)
                         for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*gin[2:], *ins[:10], Ms, Ss, W, *extra)
-        ctx.lib = lib
+        ctx.save_for_backward(*gin[2:], *ins[:10], Ms, Ss, W, sg)
+        ctx.lib, ctx.lr = lib, lr
         flop_count.add(flops(B * H, n, K)[0] + gate_flops(B * H, n, K)[0])
-        o = o.view(B, H, n, K) if lr is None else o.view(B, H, n, K).transpose(1, 2)
-        return o, Ms[:, :, 1].clone(), Ss[:, :, 1].clone()
+        return o.view(B, H, n, K).transpose(1, 2), Ms[:, :, 1].clone(), Ss[:, :, 1].clone()
 
     @staticmethod
     def backward(ctx, do, dM, dS):
-        a, e, m, th, q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, *sg = ctx.saved_tensors
+        a, e, m, th, q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, s = ctx.saved_tensors
         B, H, _, n, K = q.shape
-        if ctx.lr is not None and do is not None:
-            do = do.transpose(1, 2)
         _, bwd, _, gbwd = _kernels(ctx.lib, q.dtype)
-        do = torch.zeros_like(q) if do is None else do.contiguous()
+        do = torch.zeros_like(q) if do is None else do.transpose(1, 2).contiguous()
         dMs, dSs = (None if t is None else t.contiguous() for t in (dM, dS))
         grads = [torch.empty_like(t) for t in (q, k, R, att, ga, gf, cl, re, gE)]
         dP0 = torch.zeros_like(P0)
@@ -203,31 +197,20 @@ class _NativeSegment(torch.autograd.Function):
         da, de, dm, dth = ggate
         dq, dk, dv = (grads[0] + gq).view(B, H, n, K), (grads[1] + gk).view(B, H, n, K), \
             (-grads[2]).view(B, H, n, K)
-        if ctx.lr is None:
-            dgates = torch.stack([dth, -da, de + dm]).view(3, B, H, n)
-            return None, dq, dk, dv, dgates, dW.sum(0), dP0, dM0, dS0, None
         # the logits' gradient: sigmoid' = s (1 - s), theta's times base_lr
-        s = sg[0]
         dg = torch.stack([ctx.lr * dth, -da, de + dm]).view(3, B, H, n) * s * (1 - s)
         dg = dg.permute(1, 3, 0, 2).reshape(B, n, 3 * H)
         return (None, dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), dg,
                 dW.sum(0), dP0, dM0, dS0, None)
 
 
-def titans_segment(lib, q, k, v, gates, W0, P0, M0, S0):
+def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
     """One chunk that every sequence opens and ends inside (ops.memory.titans_segment's C
     path): titans_gates(q, k, 1 - alpha, eta, eta, theta) and titans_linear(q, k, -v, ...)
-    over a single chunk as one differentiable call. q, k, v (B, H, n, K); gates (3, B, H, n):
-    theta, alpha, eta; W0 (H, K, K); P0, M0, S0 (B, H, K, K). Returns z (B, H, n, K) and the
-    final M, S (B, H, K, K); `lib` = load()."""
-    return _NativeSegment.apply(lib, q, k, v, gates, W0, P0, M0, S0)
-
-
-def titans_segment_tokens(lib, q, k, v, g, lr, W0, P0, M0, S0):
-    """titans_segment on the tokens' layout: q, k, v (B, n, H, K) (any strides), g (B, n, 3 H)
-    the gates' logits (theta's H heads, alpha's, eta's; theta = lr sigmoid(.)): the
-    transposes to the kernels' (B, H, n, K), the sigmoids and the read's transpose back
-    inside the same autograd node. Returns z (B, n, H, K) and the final M, S (B, H, K, K)."""
+    over a single chunk as one differentiable call, on the tokens' layout: q, k, v (B, n, H,
+    K) (any strides), g (B, n, 3 H) the gates' logits (theta's H heads, alpha's, eta's;
+    theta = lr sigmoid(.), alpha, eta = sigmoid(.)); W0 (H, K, K); P0, M0, S0 (B, H, K, K).
+    Returns z (B, n, H, K) and the final M, S (B, H, K, K); `lib` = load()."""
     return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr))
 
 
