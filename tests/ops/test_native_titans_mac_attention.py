@@ -66,3 +66,35 @@ def test_mac_attention_equals_pytorch(dtype, tol, B, H, n, Dh, P, R, keys_read, 
     want = outputs_and_grads(want, ins)
     names = ["a", "ks", "vs"][:len(got) - 6] + "dkv dqx dkx dvx dkp dvp".split()
     assert_close(got, want, names, tol)
+
+
+def _retrieve_reference(qT, W0, P0, g, nw, eps, w, b):
+    B, H, n, K = qT.shape
+    u = (qT @ (W0 + P0)).transpose(1, 2)                          # (B, n, H, K)
+    z = torch.nn.functional.rms_norm(u, (K,), eps=eps) * nw * torch.sigmoid(g).view(B, n, H, K)
+    return torch.nn.functional.linear(z.flatten(2), w, b)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("B,H,n,K,D", [(2, 3, 5, 4, 6), (1, 1, 1, 8, 16), (3, 4, 16, 32, 256)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads):
+    """titans_scan.mac_retrieve (the segment memory's read, RMS norm times the gate, W_{k,v}
+    W_o in one node) against the same written out: the output and every input's gradient."""
+    from rnnzoo.ops.native import gated_norm
+
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    qT = torch.nn.functional.normalize(r(B, H, n, K), dim=-1)
+    ins = [t.requires_grad_() for t in (qT, 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
+                                        r(B, n, H * K), 1 + 0.1 * r(H, K), r(D, H * K) / K,
+                                        r(D))]
+    b = ins[6] if bias else None
+    lib = gated_norm.load()
+    assert lib is not None
+    with threads(n_threads):
+        got = outputs_and_grads([titans_scan.mac_retrieve(lib, *ins[:5], 1e-6, ins[5], b)],
+                                ins[:6 + bias])
+    want = outputs_and_grads([_retrieve_reference(*ins[:5], 1e-6, ins[5], b)], ins[:6 + bias])
+    assert_close(got, want, "kv dq dW0 dP0 dg dnw dw db".split(), tol)

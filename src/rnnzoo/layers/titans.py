@@ -66,7 +66,7 @@ from rnnzoo.ops.memory import (
     titans_step,
 )
 from rnnzoo.ops.native import attention as native_attention
-from rnnzoo.ops.native import titans_scan
+from rnnzoo.ops.native import head_norm, titans_scan
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -371,6 +371,8 @@ class Titans(RecurrentLayer):
         # state, the state's M' (the last segment's gradient point)]
         tlib = self._mac_fast(lib, mem, L, (qx, kx, vx, kp, vp))
         fast, ran = None, False
+        glib = head_norm.load() if tlib is not None else None
+        nw = self.norm.weight.to(cd)
         if tlib is not None:
             P0 = _select(mem[3 * L].round() == C, mem[L], mem[0])
             fast = [P0, mem[L], mem[2 * L], mem[-1], P0]
@@ -381,14 +383,18 @@ class Titans(RecurrentLayer):
                 *(t.split(sizes, 1) for t in (q, gate, pos)),
                 *(t.split(sizes, 2) for t in (qT, qx, kx, vx))):
             n_ = q_s.shape[1]
-            if fast is not None:   # memory_read of a weight-only memory, (b, h) pairs batched
-                W = (init[0] + fast[0]).view(B * Hm, K, K)
-                u = torch.bmm(qT_s.view(B * Hm, n_, K), W).view(B, Hm, n_, K).transpose(1, 2)
+            if fast is not None and glib is not None:  # the read, norm, gate, W_{k,v} W_o
+                kv = titans_scan.mac_retrieve(glib, qT_s, init[0], fast[0], g_s, nw,
+                                              self.norm.eps, w_kv, b_kv)
             else:
-                full = mem[3 * L].round() == C
-                u = memory_read(init, [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])],
-                                q_s)
-            kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
+                if fast is not None:   # memory_read of a weight-only memory, (b, h) batched
+                    W = (init[0] + fast[0]).view(B * Hm, K, K)
+                    u = torch.bmm(qT_s.view(B * Hm, n_, K), W).view(B, Hm, n_, K).transpose(1, 2)
+                else:
+                    full = mem[3 * L].round() == C
+                    u = memory_read(init, [_select(full, m, g)
+                                           for g, m in zip(mem[:L], mem[L:2 * L])], q_s)
+                kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
             if fast is not None and math.isfinite(kv.sum().item()):  # q, the x tokens: hoisted
                 # the h's rotary keys, the interleave and the attention at the x's: one node
                 a, ks, vs = titans_scan.mac_attention(lib, kv, qx_s, kx_s, vx_s, kp, vp,

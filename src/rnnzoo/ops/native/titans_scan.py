@@ -282,3 +282,52 @@ def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin):
     ops.native.attention's rope, the interleave by stack and causal_softmax_attention at
     every row up to rounding; `lib` = ops.native.attention.load()."""
     return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin)
+
+
+class _MacRetrieve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, glib, qT, W0, P0, g, nw, eps, w, b):
+        from rnnzoo.ops.native import gated_norm
+        from rnnzoo.ops.native.linear import product
+
+        B, H, n, K = qT.shape
+        q2, W = qT.reshape(B * H, n, K), (W0 + P0).view(B * H, K, K)
+        u = torch.bmm(q2, W).view(B, H, n, K).transpose(1, 2).reshape(B, n, H * K)
+        sub = _Saved()
+        z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
+                                        gated_norm.ACTS["sigmoid"], 0, True)
+        z2 = z.view(B * n, H * K)
+        ctx.save_for_backward(q2, W, z2, w)
+        ctx.sub, ctx.bias = sub, b is not None
+        return product(z2, w, b).view(B, n, -1)
+
+    @staticmethod
+    def backward(ctx, dkv):
+        from rnnzoo.ops.native import gated_norm
+        from rnnzoo.ops.native.linear import _weight_grads, product
+
+        q2, W, z2, w = ctx.saved_tensors
+        BH, n, K = q2.shape
+        B, H = z2.shape[0] // n, BH // (z2.shape[0] // n)
+        g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
+        dw, db = _weight_grads(g2, z2, ctx.bias)
+        if ctx.bias and db is None:
+            db = g2.sum(0)
+        dz = product(g2, w.t()).view(B, n, H * K)
+        _, du, _, _, dg, dnw, *_ = gated_norm._RMSGate.backward(ctx.sub, dz)
+        ctx.sub = None
+        du = du.view(B, n, H, K).transpose(1, 2).reshape(BH, n, K)
+        dq = torch.bmm(du, W.transpose(1, 2)).view(B, H, n, K)
+        dP = torch.bmm(q2.transpose(1, 2), du).view(B, H, K, K)
+        return None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
+
+
+def mac_retrieve(glib, qT, W0, P0, g, nw, eps, w, b=None):
+    """Titans-MAC's retrieval of one segment up to its keys and values, as one autograd
+    node: the read u = q (W0 + P0) of the memory the segment starts with, its RMS norm per
+    head times nw and sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the
+    composed W_{k,v} W_o). qT (B, H, n, K) the queries (unit rows); W0 (H, K, K) the
+    initial memory, P0 (B, H, K, K) the segment's memory; g (B, n, H K) the gate's logits;
+    nw (H, K) the norm's weight; w (O, H K), b (O,) or None. Returns (B, n, O);
+    differentiable in qT, W0, P0, g, nw, w, b. `glib` = ops.native.gated_norm.load()."""
+    return _MacRetrieve.apply(glib, qT, W0, P0, g, nw, float(eps), w, b)
