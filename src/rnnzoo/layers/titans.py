@@ -54,7 +54,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import frequencies
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.memory import (
     _select,
@@ -66,6 +66,7 @@ from rnnzoo.ops.memory import (
     titans_step,
 )
 from rnnzoo.ops.native import attention as native_attention
+from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native import head_norm, titans_scan
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
@@ -328,9 +329,11 @@ class Titans(RecurrentLayer):
         from the retrieval's gated read to its keys and values, [W_qkv; W_gates] W_out from
         the attention's heads to the memory's inputs. The attention's queries are the x's
         (the retrieval tokens' outputs are not read: their queries are zeros). Equal to
-        _mac_pieces up to rounding. On the CPU (`_mac_fast`) a segment's memory is one
-        ops.memory.titans_segment and its attention one C call while their inputs are
-        finite (one host read each a segment), the general forms from the first that is not."""
+        _mac_pieces up to rounding. On the CPU (`_mac_fast`) a segment is three autograd
+        nodes (titans_scan.mac_retrieve, mac_attention, mac_memory: the read to the keys
+        and values, the attention to the memory's inputs, the conv and the memory; the last
+        ops.memory.titans_segment without the C conv) while their inputs are finite (one
+        host read each a segment), the general forms from the first that is not."""
         B, T, _ = x.shape
         C, P, attn, cd = self.chunk_size, self.num_persistent, self.attn, x.dtype
         H, Dh, HK = attn.num_heads, attn.head_dim, self.num_heads * self.head_dim
@@ -396,10 +399,10 @@ class Titans(RecurrentLayer):
                                            for g, m in zip(mem[:L], mem[L:2 * L])], q_s)
                 kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
             if fast is not None and math.isfinite(kv.sum().item()):  # q, the x tokens: hoisted
-                # the h's rotary keys, the interleave and the attention at the x's: one node
-                a, ks, vs = titans_scan.mac_attention(lib, kv, qx_s, kx_s, vx_s, kp, vp,
-                                                      cos[:, :n_].contiguous(),
-                                                      sin[:, :n_].contiguous())
+                # the h's rotary keys, the interleave, the attention at the x's, W_m: one node
+                a, proj, ks, vs = titans_scan.mac_attention(lib, kv, qx_s, kx_s, vx_s, kp, vp,
+                                                            cos[:, :n_].contiguous(),
+                                                            sin[:, :n_].contiguous(), w_m, b_m)
             else:
                 kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
                 kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
@@ -412,7 +415,7 @@ class Titans(RecurrentLayer):
                     qs = torch.cat([qx_s.new_zeros(B, H, P, Dh), qs], 2)
                 a = _causal_attention(qs, ks, vs)
                 a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
-            proj = linear(a, w_m, b_m)
+                proj = linear(a, w_m, b_m)
             if fast is not None and math.isfinite(proj.sum().item()):
                 z, fast, ran = *self._mac_fast_memory(tlib, proj, fast, init[0]), True
                 outs.append((a, z, None))
@@ -451,6 +454,14 @@ class Titans(RecurrentLayer):
         Returns (the read z (B, n, H, K), the new fast state)."""
         P0, M, S, conv_state, _ = fast
         H = self.num_heads
+        w = self.conv.weight.to(proj.dtype)
+        clib = (native_conv.load() if not sequence_parallel.active()
+                and backend.use_native(proj, w, conv_state) else None)
+        if clib is not None:   # the conv and the memory in one node
+            z, M, S, conv_state = titans_scan.mac_memory(clib, tlib, proj, w, conv_state,
+                                                         self.conv.silu, W0, P0, M, S,
+                                                         self.base_lr)
+            return z, [M, M, S, conv_state, P0]
         qkv, g = proj.split([proj.shape[-1] - 3 * H, 3 * H], -1)
         q, k, v, conv_state = memory_qkv(self, None, conv_state, fused=True, qkv=qkv)
         # the gates' sigmoids and the kernels' (B, H, n, K) layout inside one autograd node

@@ -13,6 +13,12 @@ diagonal only: its gradient is zero above); ga (A), gf (f), cl, re (B, H, N, C);
 CPU (`ops.backend.use_native`). Returns o (B, H, N, C, K) and every chunk's starting (M, S),
 Ms and Ss (B, H, N + 1, K, K) (the last the final state), differentiable in all thirteen
 inputs. Threads split the (batch row, head) pairs.
+
+Titans-MAC's aligned segments run as three autograd nodes each (layers.titans._mac_aligned):
+mac_retrieve (the read of the segment's memory up to the attention's keys and values),
+mac_attention (the attention at the x rows and the memory's input projection), mac_memory
+(the short conv and titans_segment); each calls the kernels' Functions (gated_norm, linear,
+attention, conv, this module's) forward and backward inside it through a `_Saved` ctx.
 """
 
 from __future__ import annotations
@@ -224,8 +230,9 @@ class _Saved:
 
 class _MacAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin):
+    def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
         from rnnzoo.ops.native import attention as na
+        from rnnzoo.ops.native.linear import product
 
         B, n = kv.shape[:2]
         H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
@@ -242,18 +249,28 @@ class _MacAttention(torch.autograd.Function):
         ks[:, :, P + 1::2], vs[:, :, P + 1::2], qs[:, :, P + 1::2] = kx, vx, qx
         sub = _Saved()
         o = na._CausalHeads.forward(sub, lib, qs, ks, vs, None)
-        a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh)
-        ctx.sub, ctx.lib, ctx.dims = sub, lib, (B, n, H, Dh, P)
-        ctx.save_for_backward(cos, sin)
-        return a, ks, vs
+        # (one head: the reshape of the strided rows is a view)
+        a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh).contiguous()
+        ctx.sub, ctx.lib, ctx.dims, ctx.bias = sub, lib, (B, n, H, Dh, P), b is not None
+        ctx.save_for_backward(cos, sin, a, w)
+        return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
 
     @staticmethod
-    def backward(ctx, da, dks, dvs):
+    def backward(ctx, da, dproj, dks, dvs):
         from rnnzoo.ops.native import attention as na
+        from rnnzoo.ops.native.linear import _weight_grads, product
 
-        cos, sin = ctx.saved_tensors
+        cos, sin, a, w = ctx.saved_tensors
         B, n, H, Dh, P = ctx.dims
         T = P + 2 * n
+        dw = db = None
+        if dproj is not None:   # proj = a w^T + b
+            g2 = dproj.reshape(B * n, -1).contiguous()
+            dw, db = _weight_grads(g2, a.view(B * n, H * Dh), ctx.bias)
+            if ctx.bias and db is None:
+                db = g2.sum(0)
+            ga = product(g2, w.t()).view(B, n, H * Dh)
+            da = ga if da is None else da + ga
         do = cos.new_zeros(B, H, T, Dh)
         if da is not None:
             do[:, :, P + 1::2] = da.view(B, n, H, Dh).transpose(1, 2)
@@ -268,20 +285,22 @@ class _MacAttention(torch.autograd.Function):
         dkv[:, :, 1] = dv[:, :, P::2].transpose(1, 2)
         odd = slice(P + 1, None, 2)
         return (None, dkv.view(B, n, 2 * H * Dh), dq[:, :, odd], dk[:, :, odd], dv[:, :, odd],
-                dk[:, :, :P], dv[:, :, :P], None, None)
+                dk[:, :, :P], dv[:, :, :P], None, None, dw, db)
 
 
-def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin):
+def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
     """Titans-MAC's attention over one segment, [p, h_1, x_1, ..., h_n, x_n], at the x's,
     as one autograd node (the h's keys' rotary positions, the interleave, the causal kernel
     and the x rows' output): kv (B, n, 2 H Dh) the h's keys and values ([k | v], each head's
     Dh channels together, the keys not yet turned); qx (scaled), kx (turned), vx (B, H, n,
     Dh) the x's; kp, vp (B, H, P, Dh) the persistent tokens' (P >= 0); cos, sin (B, n, R/2)
-    the h's angles (contiguous). Returns the x rows' outputs a (B, n, H Dh) and the keys and
-    values ks, vs (B, H, P + 2 n, Dh); differentiable in kv, qx, kx, vx, kp, vp. Equal to
-    ops.native.attention's rope, the interleave by stack and causal_softmax_attention at
-    every row up to rounding; `lib` = ops.native.attention.load()."""
-    return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin)
+    the h's angles (contiguous); w (O, H Dh), b (O,) or None the product that follows (the
+    memory's inputs, [W_qkv; W_gates] W_out). Returns the x rows' outputs a (B, n, H Dh),
+    a w^T + b (B, n, O) and the keys and values ks, vs (B, H, P + 2 n, Dh); differentiable
+    in kv, qx, kx, vx, kp, vp, w, b. Equal to ops.native.attention's rope, the interleave by
+    stack, causal_softmax_attention and F.linear up to rounding; `lib` =
+    ops.native.attention.load()."""
+    return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b)
 
 
 class _MacRetrieve(torch.autograd.Function):
@@ -331,3 +350,53 @@ def mac_retrieve(glib, qT, W0, P0, g, nw, eps, w, b=None):
     nw (H, K) the norm's weight; w (O, H K), b (O,) or None. Returns (B, n, O);
     differentiable in qT, W0, P0, g, nw, w, b. `glib` = ops.native.gated_norm.load()."""
     return _MacRetrieve.apply(glib, qT, W0, P0, g, nw, float(eps), w, b)
+
+
+class _MacMemory(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+        from rnnzoo.ops.native import conv as native_conv
+
+        B, n, _ = proj.shape
+        H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
+        HK = H * K
+        qkv, g = proj[..., :3 * HK], proj[..., 3 * HK:]
+        conv = _Saved()
+        q, k, v = native_conv._NativeConv.forward(conv, clib, qkv, cw, None, state, silu,
+                                                  2 * H, K, False, (HK,) * 3)
+        seg = _Saved()
+        z, M, S = _NativeSegment.forward(seg, tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g,
+                                         W0, P0, M0, S0, lr)
+        xp = torch.cat([state, qkv], 1) if n < d else qkv   # the conv's new state
+        ctx.subs, ctx.dims = (conv, seg), (B, n, HK, d)
+        return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
+
+    @staticmethod
+    def backward(ctx, dz, dM, dS, dnew):
+        from rnnzoo.ops.native import conv as native_conv
+
+        conv, seg = ctx.subs
+        ctx.subs = None
+        B, n, HK, d = ctx.dims
+        _, dq, dk, dv, dg, dW0, dP0, dM0, dS0, _ = _NativeSegment.backward(seg, dz, dM, dS)
+        _, dqkv, dcw, _, dstate, *_ = native_conv._NativeConv.backward(
+            conv, *(t.reshape(B, n, HK) for t in (dq, dk, dv)))
+        if dnew is not None:   # the new state: the last d rows of [state, qkv]
+            if n >= d:
+                dqkv[:, n - d:] += dnew
+            else:
+                dqkv += dnew[:, d - n:]
+                dstate[:, n:] += dnew[:, :d - n]
+        return (None, None, torch.cat([dqkv, dg], -1), dcw, dstate, None, dW0, dP0, dM0, dS0,
+                None)
+
+
+def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    """Titans-MAC's memory over one aligned segment as one autograd node: proj (B, n, 3 H K
+    + 3 H) the memory's inputs (finite) [q | k | v | the gates' logits], the short
+    convolution (weight cw (3 H K, d + 1) without bias, state (B, d, 3 H K), SiLU if silu,
+    q and k L2-normalised per head: ops.native.conv's kernel) then titans_segment (W0, P0,
+    M0, S0, lr as it takes them). Returns z (B, n, H, K), M, S (B, H, K, K) and the conv's
+    new state (B, d, 3 H K); differentiable in proj, cw, state, W0, P0, M0, S0. `clib` =
+    ops.native.conv.load(), `tlib` = load()."""
+    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr))
