@@ -27,7 +27,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import backend, flop_count, native
 
 
 def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
@@ -220,6 +220,17 @@ def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
     return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr))
 
 
+def _times(g, w):
+    """g w for g (N, O), w (O, I): a linear's input gradient, through oneDNN on w's
+    transposed view where linear's backward takes it (no transposing copy of w), else a
+    matmul."""
+    from rnnzoo.ops.native.linear import _LP, _mm
+
+    if _LP is not None and g.dtype == torch.float32 and backend.use_native(g, w):
+        return _mm(g, w.t())
+    return g @ w
+
+
 class _Saved:
     """A stand-in for an autograd ctx where a Function's forward and backward run inside
     another's (save_for_backward keeps the tensors, attributes as set)."""
@@ -258,7 +269,7 @@ class _MacAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, da, dproj, dks, dvs):
         from rnnzoo.ops.native import attention as na
-        from rnnzoo.ops.native.linear import _weight_grads, product
+        from rnnzoo.ops.native.linear import _weight_grads
 
         cos, sin, a, w = ctx.saved_tensors
         B, n, H, Dh, P = ctx.dims
@@ -269,7 +280,7 @@ class _MacAttention(torch.autograd.Function):
             dw, db = _weight_grads(g2, a.view(B * n, H * Dh), ctx.bias)
             if ctx.bias and db is None:
                 db = g2.sum(0)
-            ga = product(g2, w.t()).view(B, n, H * Dh)
+            ga = _times(g2, w).view(B, n, H * Dh)
             da = ga if da is None else da + ga
         do = cos.new_zeros(B, H, T, Dh)
         if da is not None:
@@ -323,7 +334,7 @@ class _MacRetrieve(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dkv):
         from rnnzoo.ops.native import gated_norm
-        from rnnzoo.ops.native.linear import _weight_grads, product
+        from rnnzoo.ops.native.linear import _weight_grads
 
         q2, W, z2, w = ctx.saved_tensors
         BH, n, K = q2.shape
@@ -332,7 +343,7 @@ class _MacRetrieve(torch.autograd.Function):
         dw, db = _weight_grads(g2, z2, ctx.bias)
         if ctx.bias and db is None:
             db = g2.sum(0)
-        dz = product(g2, w.t()).view(B, n, H * K)
+        dz = _times(g2, w).view(B, n, H * K)
         _, du, _, _, dg, dnw, *_ = gated_norm._RMSGate.backward(ctx.sub, dz)
         ctx.sub = None
         du = du.view(B, n, H, K).transpose(1, 2).reshape(BH, n, K)
