@@ -153,10 +153,8 @@ def test_titans_segment_equals_the_chunk_form(dtype, tol, B, H, n, C):
     z_ref, s_ref = titans_chunked("linear", q, k, v, theta, alpha, eta, C, init, state, None,
                                   None, 1e-6, False, False, within=True)
     lib = titans_scan.load()
-    gates = torch.stack([theta, alpha, eta]).permute(0, 1, 3, 2).contiguous()
-    tr = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
-    z, M1, S1 = titans_segment(lib, tr(q), tr(k), tr(v), gates, W0, M, M, S)
-    z = z.transpose(1, 2)
+    logits = torch.cat([torch.logit(t) for t in (theta, alpha, eta)], -1)  # (B, n, 3 H)
+    z, M1, S1 = titans_segment(lib, q, k, v, logits, W0, M, M, S)
     assert_close((z, M1, S1), (z_ref, s_ref[2], s_ref[4]), ("z", "M", "S"), tol)
     w = [r(*t.shape) for t in (z, M1, S1)]
     grads = [torch.autograd.grad(sum((a * b).sum() for a, b in zip(outs, w)), ins)
@@ -164,16 +162,24 @@ def test_titans_segment_equals_the_chunk_form(dtype, tol, B, H, n, C):
     assert_close(grads[0], grads[1], "q k v theta alpha eta W0 M S".split(), tol)
 
 
+def _fast_segments(monkeypatch, titans_layer):
+    """A list that grows by one at each segment MAC's fast form runs (its memory through
+    titans_segment, or with the conv in one node through titans_scan.mac_memory)."""
+    calls = []
+    for mod, name in ((titans_layer, "titans_segment"), (titans_scan, "mac_memory")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, real=real: calls.append(1) or real(*a))
+    return calls
+
+
 def test_mac_takes_the_fast_segments_and_leaves_them_at_a_non_finite_input(monkeypatch):
-    """Titans-MAC's aligned chunk form runs its segments' memory through titans_segment on
-    the CPU, and a non-finite value met mid-sequence (an attention logit overflowing from a
+    """Titans-MAC's aligned chunk form runs its segments' memory through titans_segment (or
+    titans_scan.mac_memory, the conv and titans_segment in one node) on the CPU, and a non-finite value met mid-sequence (an attention logit overflowing from a
     huge input at a later segment) sends the rest to the general form: outputs equal the
     steps', NaN where theirs are; a NaN memory in the state never enters the fast form."""
     from rnnzoo.layers import titans as titans_layer
 
-    calls = []
-    real = titans_layer.titans_segment
-    monkeypatch.setattr(titans_layer, "titans_segment", lambda *a: calls.append(1) or real(*a))
+    calls = _fast_segments(monkeypatch, titans_layer)
     torch.manual_seed(0)
     layer = rnnzoo.create("titans_mac", d_model=16, num_heads=2, chunk_size=4,
                           num_persistent=1).double()
@@ -211,9 +217,7 @@ def test_mac_keeps_the_general_form_for_a_state_with_bias_rows(monkeypatch, row)
     titans_chunked and still equals the steps."""
     from rnnzoo.layers import titans as titans_layer
 
-    calls = []
-    real = titans_layer.titans_segment
-    monkeypatch.setattr(titans_layer, "titans_segment", lambda *a: calls.append(1) or real(*a))
+    calls = _fast_segments(monkeypatch, titans_layer)
     torch.manual_seed(0)
     layer = rnnzoo.create("titans_mac", d_model=8, num_heads=2, chunk_size=4).double()
     x = torch.randn(2, 6, 8, dtype=torch.float64)

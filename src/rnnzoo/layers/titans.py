@@ -54,7 +54,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import frequencies
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.memory import (
     _select,
@@ -66,7 +66,8 @@ from rnnzoo.ops.memory import (
     titans_step,
 )
 from rnnzoo.ops.native import attention as native_attention
-from rnnzoo.ops.native import titans_scan
+from rnnzoo.ops.native import conv as native_conv
+from rnnzoo.ops.native import head_norm, titans_scan
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -328,9 +329,11 @@ class Titans(RecurrentLayer):
         from the retrieval's gated read to its keys and values, [W_qkv; W_gates] W_out from
         the attention's heads to the memory's inputs. The attention's queries are the x's
         (the retrieval tokens' outputs are not read: their queries are zeros). Equal to
-        _mac_pieces up to rounding. On the CPU (`_mac_fast`) a segment's memory is one
-        ops.memory.titans_segment and its attention one C call while their inputs are
-        finite (one host read each a segment), the general forms from the first that is not."""
+        _mac_pieces up to rounding. On the CPU (`_mac_fast`) a segment is three autograd
+        nodes (titans_scan.mac_retrieve, mac_attention, mac_memory: the read to the keys
+        and values, the attention to the memory's inputs, the conv and the memory; the last
+        ops.memory.titans_segment without the C conv) while their inputs are finite (one
+        host read each a segment), the general forms from the first that is not."""
         B, T, _ = x.shape
         C, P, attn, cd = self.chunk_size, self.num_persistent, self.attn, x.dtype
         H, Dh, HK = attn.num_heads, attn.head_dim, self.num_heads * self.head_dim
@@ -341,21 +344,28 @@ class Titans(RecurrentLayer):
         # Titans' attention: as many key/value heads as query heads, full rotary, no norms,
         # no output gate (__init__); x_i sits at P + 2 i + 1 of its segment, h_i at P + 2 i
         pos = (P + 2 * torch.remainder(torch.arange(T, device=x.device), C)).expand(B, T)
-        qx, kx, vx = attn.qkv(x).view(B, T, 3, H, Dh).unbind(2)
-        qx = attn.rope(qx, pos + 1).transpose(1, 2) * Dh ** -0.5
-        kx, vx = attn.rope(kx, pos + 1).transpose(1, 2), vx.transpose(1, 2)
         w_kv, b_kv = _chain(attn.qkv.weight[H * Dh:], attn.qkv.bias, self.o_proj)
         w_in = torch.cat([self.qkv_proj.weight, self.gate_proj.weight])
         b_in = torch.cat([torch.zeros_like(w_in[:3 * HK, 0]), self.gate_proj.bias])
         w_m, b_m = _chain(w_in, b_in, attn.out_proj)
         rot = attn.rope
         lib = native_attention.load() if backend.use_native(x) else None
-        if lib is not None:  # the h's rotary angles, the same in every segment: made once
+        if lib is None:
+            qx, kx, vx = attn.qkv(x).view(B, T, 3, H, Dh).unbind(2)
+            qx = attn.rope(qx, pos + 1).transpose(1, 2) * Dh ** -0.5
+            kx, vx = attn.rope(kx, pos + 1).transpose(1, 2), vx.transpose(1, 2)
+        else:  # the rotary angles, the same in every segment: made once (h_i's, x_i's)
             ang = (P + 2 * torch.arange(C, device=x.device, dtype=cd))[:, None] * frequencies(
                 attn.rotary_dim // 2, attn.rope_base, cd, x.device)
             cos, sin = (t.expand(B, C, -1).contiguous() for t in (ang.cos(), ang.sin()))
             rot = lambda t, p: native_attention.rope(  # noqa: E731
                 lib, t, cos[:, :t.shape[1]], sin[:, :t.shape[1]])
+            ang = (pos[0] + 1).to(cd)[:, None] * frequencies(attn.rotary_dim // 2,
+                                                             attn.rope_base, cd, x.device)
+            # the x's queries (scaled), keys, values (B, H, T, Dh): split, turned and
+            # transposed in one pass each way
+            qx, kx, vx = native_attention.heads(lib, attn.qkv(x), H, *(
+                t.expand(B, T, -1) for t in (ang.cos(), ang.sin())), Dh ** -0.5)
         kp, vp = (t[:, :, :P].to(cd) for t in start[:2])
         mem, L = state[:-3], (len(state) - 5) // 3
         init = self.op_args(cd)[0]
@@ -364,40 +374,48 @@ class Titans(RecurrentLayer):
         # state, the state's M' (the last segment's gradient point)]
         tlib = self._mac_fast(lib, mem, L, (qx, kx, vx, kp, vp))
         fast, ran = None, False
+        glib = head_norm.load() if tlib is not None else None
+        nw = self.norm.weight.to(cd)
         if tlib is not None:
             P0 = _select(mem[3 * L].round() == C, mem[L], mem[0])
             fast = [P0, mem[L], mem[2 * L], mem[-1], P0]
-        # the attention's queries [0 (p's), 0 (h_1), x_1, ..., 0 (h_n), x_n], every segment's
-        qz = torch.stack([torch.zeros_like(qx), qx], 3).flatten(2, 3)
-        zeros = qx.new_zeros(B, H, P, Dh)
-        qss = [torch.cat([zeros, t], 2) if P else t for t in qz.split([2 * n for n in sizes], 2)]
         outs = []
         # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece)
         qT = q.transpose(1, 2).contiguous() if fast is not None else q.transpose(1, 2)
-        for q_s, g_s, p_s, qs, qT_s, kx_s, vx_s in zip(
-                *(t.split(sizes, 1) for t in (q, gate, pos)), qss,
-                *(t.split(sizes, 2) for t in (qT, kx, vx))):
+        for q_s, g_s, p_s, qT_s, qx_s, kx_s, vx_s in zip(
+                *(t.split(sizes, 1) for t in (q, gate, pos)),
+                *(t.split(sizes, 2) for t in (qT, qx, kx, vx))):
             n_ = q_s.shape[1]
-            if fast is not None:   # memory_read of a weight-only memory, (b, h) pairs batched
-                W = (init[0] + fast[0]).view(B * Hm, K, K)
-                u = torch.bmm(qT_s.view(B * Hm, n_, K), W).view(B, Hm, n_, K).transpose(1, 2)
+            if fast is not None and glib is not None:  # the read, norm, gate, W_{k,v} W_o
+                kv = titans_scan.mac_retrieve(glib, qT_s, init[0], fast[0], g_s, nw,
+                                              self.norm.eps, w_kv, b_kv)
             else:
-                full = mem[3 * L].round() == C
-                u = memory_read(init, [_select(full, m, g) for g, m in zip(mem[:L], mem[L:2 * L])],
-                                q_s)
-            kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
-            kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
-            kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
-            # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh)
-            ks, vs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in ((kh, kx_s), (vh, vx_s)))
-            if P:
-                ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+                if fast is not None:   # memory_read of a weight-only memory, (b, h) batched
+                    W = (init[0] + fast[0]).view(B * Hm, K, K)
+                    u = torch.bmm(qT_s.view(B * Hm, n_, K), W).view(B, Hm, n_, K).transpose(1, 2)
+                else:
+                    full = mem[3 * L].round() == C
+                    u = memory_read(init, [_select(full, m, g)
+                                           for g, m in zip(mem[:L], mem[L:2 * L])], q_s)
+                kv = linear(self.op_gated(u, q_s, None, g_s), w_kv, b_kv)
             if fast is not None and math.isfinite(kv.sum().item()):  # q, the x tokens: hoisted
-                a = Attention._causal(qs, ks, vs)
+                # the h's rotary keys, the interleave, the attention at the x's, W_m: one node
+                a, proj, ks, vs = titans_scan.mac_attention(lib, kv, qx_s, kx_s, vx_s, kp, vp,
+                                                            cos[:, :n_].contiguous(),
+                                                            sin[:, :n_].contiguous(), w_m, b_m)
             else:
+                kh, vh = kv.view(B, n_, 2, H, Dh).unbind(2)
+                kh, vh = rot(kh, p_s).transpose(1, 2), vh.transpose(1, 2)
+                # [p, h_1, x_1, ..., h_n, x_n]: (B, H, P + 2 n, Dh); the attention's queries
+                # [0 (p's), 0 (h_1), x_1, ..., 0 (h_n), x_n]
+                ks, vs, qs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in (
+                    (kh, kx_s), (vh, vx_s), (torch.zeros_like(qx_s), qx_s)))
+                if P:
+                    ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+                    qs = torch.cat([qx_s.new_zeros(B, H, P, Dh), qs], 2)
                 a = _causal_attention(qs, ks, vs)
-            a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
-            proj = linear(a, w_m, b_m)
+                a = a[:, :, P + 1::2].transpose(1, 2).reshape(B, n_, -1)
+                proj = linear(a, w_m, b_m)
             if fast is not None and math.isfinite(proj.sum().item()):
                 z, fast, ran = *self._mac_fast_memory(tlib, proj, fast, init[0]), True
                 outs.append((a, z, None))
@@ -436,6 +454,14 @@ class Titans(RecurrentLayer):
         Returns (the read z (B, n, H, K), the new fast state)."""
         P0, M, S, conv_state, _ = fast
         H = self.num_heads
+        w = self.conv.weight.to(proj.dtype)
+        clib = (native_conv.load() if not sequence_parallel.active()
+                and backend.use_native(proj, w, conv_state) else None)
+        if clib is not None:   # the conv and the memory in one node
+            z, M, S, conv_state = titans_scan.mac_memory(clib, tlib, proj, w, conv_state,
+                                                         self.conv.silu, W0, P0, M, S,
+                                                         self.base_lr)
+            return z, [M, M, S, conv_state, P0]
         qkv, g = proj.split([proj.shape[-1] - 3 * H, 3 * H], -1)
         q, k, v, conv_state = memory_qkv(self, None, conv_state, fused=True, qkv=qkv)
         # the gates' sigmoids and the kernels' (B, H, n, K) layout inside one autograd node

@@ -597,25 +597,21 @@ def titans_chunked(kind, q, k, v, theta, alpha, eta, C, init, state, w, b, eps, 
     return z, (*final, ((c + T - 1) % C + 1).to(state[-1].dtype))
 
 
-def titans_segment(lib, q, k, v, gates, W0, P0, M0, S0, lr=None):
+def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
     """titans_chunked's C path for one chunk that every sequence opens and ends inside (the
     aligned segments of Titans-MAC): the linear weight-only memory without inner norm, with
     finite inputs and zero bias state, in two kernel calls under one autograd node
     (ops.native.titans_scan.titans_segment) and no chunk machinery (grid, roll, finite
-    marks, pick). q, k, v (B, H, n, K) contiguous, n <= C; gates (3, B, H, n)
-    contiguous: theta (base_lr included), alpha, eta; W0 (H, K, K) the initial memory; P0 the
-    gradient point, M0, S0 (B, H, K, K) the state's M', M, S weights. `lib` =
-    ops.native.titans_scan.load(). Returns z (B, H, n, K) (the initial memory's zero bias not
-    added), M, S (B, H, K, K) after the n steps (M' stays P0). Equal to titans_chunked up to
-    rounding (E's factors are eta itself, not 1 - (1 - eta)). With `lr` (base_lr), the
-    tokens' layout: q, k, v (B, n, H, K) (any strides), gates the logits (B, n, 3 H) (theta's
-    H heads, alpha's, eta's; theta = lr sigmoid), z (B, n, H, K): the transposes and
-    sigmoids inside the same autograd node (titans_scan.titans_segment_tokens)."""
+    marks, pick). q, k, v (B, n, H, K) (any strides), n <= C; g (B, n, 3 H) the gates'
+    logits (theta's H heads, alpha's, eta's: theta = lr sigmoid(.) with lr = base_lr,
+    alpha, eta = sigmoid(.)); W0 (H, K, K) the initial memory; P0 the gradient point, M0,
+    S0 (B, H, K, K) the state's M', M, S weights. `lib` = ops.native.titans_scan.load().
+    Returns z (B, n, H, K) (the initial memory's zero bias not added), M, S (B, H, K, K)
+    after the n steps (M' stays P0). Equal to titans_chunked up to rounding (E's factors
+    are eta itself, not 1 - (1 - eta))."""
     from rnnzoo.ops.native import titans_scan  # here: the module's head is the TTT region's
 
-    if lr is not None:
-        return titans_scan.titans_segment_tokens(lib, q, k, v, gates, lr, W0, P0, M0, S0)
-    return titans_scan.titans_segment(lib, q, k, v, gates, W0, P0, M0, S0)
+    return titans_scan.titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr)
 
 
 def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):

@@ -13,6 +13,12 @@ diagonal only: its gradient is zero above); ga (A), gf (f), cl, re (B, H, N, C);
 CPU (`ops.backend.use_native`). Returns o (B, H, N, C, K) and every chunk's starting (M, S),
 Ms and Ss (B, H, N + 1, K, K) (the last the final state), differentiable in all thirteen
 inputs. Threads split the (batch row, head) pairs.
+
+Titans-MAC's aligned segments run as three autograd nodes each (layers.titans._mac_aligned):
+mac_retrieve (the read of the segment's memory up to the attention's keys and values),
+mac_attention (the attention at the x rows and the memory's input projection), mac_memory
+(the short conv and titans_segment); each calls the kernels' Functions (gated_norm, linear,
+attention, conv, this module's) forward and backward inside it through a `_Saved` ctx.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import backend, flop_count, native
 
 
 def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
@@ -142,20 +148,17 @@ def titans_gates(lib, q, k, a, e, m, th):
 
 
 class _NativeSegment(torch.autograd.Function):
-    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node: the
-    coefficients, 1 - alpha, R = -v and the kernels' states stay inside (no nodes for the
-    gates' split, the negation, the coefficients and the state slices)."""
+    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node, on the
+    tokens' layout: the transposes to the kernels' (B, H, n, K) and back, the gates'
+    sigmoids, the coefficients, 1 - alpha, R = -v and the kernels' states stay inside (no
+    nodes for the gates' split, the negation, the coefficients and the state slices)."""
 
     @staticmethod
-    def forward(ctx, lib, q, k, v, gates, W0, P0, M0, S0, lr=None):
-        ctx.lr, extra = lr, ()
-        if lr is not None:   # the tokens' layout (B, n, H, K) and the gates' logits
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            B, H, n, _ = q.shape
-            sg = torch.sigmoid(gates).view(B, n, 3, H).permute(2, 0, 3, 1).contiguous()
-            extra = (sg,)
-            gates = sg * sg.new_tensor([lr, 1.0, 1.0]).view(3, 1, 1, 1) if lr != 1 else sg
+    def forward(ctx, lib, q, k, v, g, W0, P0, M0, S0, lr):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         B, H, n, K = q.shape
+        sg = torch.sigmoid(g).view(B, n, 3, H).permute(2, 0, 3, 1).contiguous()
+        gates = sg * sg.new_tensor([lr, 1.0, 1.0]).view(3, 1, 1, 1) if lr != 1 else sg
         fwd, _, gfwd, _ = _kernels(lib, q.dtype)
         th, al, eta = gates.unbind(0)
         a = 1 - al
@@ -173,20 +176,17 @@ class _NativeSegment(torch.autograd.Function):
         Ms, Ss = (q.new_empty(B, H, 2, K, K) for _ in range(2))
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), 1, n, K, p0, p1)
                         for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*gin[2:], *ins[:10], Ms, Ss, W, *extra)
-        ctx.lib = lib
+        ctx.save_for_backward(*gin[2:], *ins[:10], Ms, Ss, W, sg)
+        ctx.lib, ctx.lr = lib, lr
         flop_count.add(flops(B * H, n, K)[0] + gate_flops(B * H, n, K)[0])
-        o = o.view(B, H, n, K) if lr is None else o.view(B, H, n, K).transpose(1, 2)
-        return o, Ms[:, :, 1].clone(), Ss[:, :, 1].clone()
+        return o.view(B, H, n, K).transpose(1, 2), Ms[:, :, 1].clone(), Ss[:, :, 1].clone()
 
     @staticmethod
     def backward(ctx, do, dM, dS):
-        a, e, m, th, q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, *sg = ctx.saved_tensors
+        a, e, m, th, q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, s = ctx.saved_tensors
         B, H, _, n, K = q.shape
-        if ctx.lr is not None and do is not None:
-            do = do.transpose(1, 2)
         _, bwd, _, gbwd = _kernels(ctx.lib, q.dtype)
-        do = torch.zeros_like(q) if do is None else do.contiguous()
+        do = torch.zeros_like(q) if do is None else do.transpose(1, 2).contiguous()
         dMs, dSs = (None if t is None else t.contiguous() for t in (dM, dS))
         grads = [torch.empty_like(t) for t in (q, k, R, att, ga, gf, cl, re, gE)]
         dP0 = torch.zeros_like(P0)
@@ -203,29 +203,211 @@ class _NativeSegment(torch.autograd.Function):
         da, de, dm, dth = ggate
         dq, dk, dv = (grads[0] + gq).view(B, H, n, K), (grads[1] + gk).view(B, H, n, K), \
             (-grads[2]).view(B, H, n, K)
-        if ctx.lr is None:
-            dgates = torch.stack([dth, -da, de + dm]).view(3, B, H, n)
-            return None, dq, dk, dv, dgates, dW.sum(0), dP0, dM0, dS0, None
         # the logits' gradient: sigmoid' = s (1 - s), theta's times base_lr
-        s = sg[0]
         dg = torch.stack([ctx.lr * dth, -da, de + dm]).view(3, B, H, n) * s * (1 - s)
         dg = dg.permute(1, 3, 0, 2).reshape(B, n, 3 * H)
         return (None, dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), dg,
                 dW.sum(0), dP0, dM0, dS0, None)
 
 
-def titans_segment(lib, q, k, v, gates, W0, P0, M0, S0):
+def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
     """One chunk that every sequence opens and ends inside (ops.memory.titans_segment's C
     path): titans_gates(q, k, 1 - alpha, eta, eta, theta) and titans_linear(q, k, -v, ...)
-    over a single chunk as one differentiable call. q, k, v (B, H, n, K); gates (3, B, H, n):
-    theta, alpha, eta; W0 (H, K, K); P0, M0, S0 (B, H, K, K). Returns z (B, H, n, K) and the
-    final M, S (B, H, K, K); `lib` = load()."""
-    return _NativeSegment.apply(lib, q, k, v, gates, W0, P0, M0, S0)
-
-
-def titans_segment_tokens(lib, q, k, v, g, lr, W0, P0, M0, S0):
-    """titans_segment on the tokens' layout: q, k, v (B, n, H, K) (any strides), g (B, n, 3 H)
-    the gates' logits (theta's H heads, alpha's, eta's; theta = lr sigmoid(.)): the
-    transposes to the kernels' (B, H, n, K), the sigmoids and the read's transpose back
-    inside the same autograd node. Returns z (B, n, H, K) and the final M, S (B, H, K, K)."""
+    over a single chunk as one differentiable call, on the tokens' layout: q, k, v (B, n, H,
+    K) (any strides), g (B, n, 3 H) the gates' logits (theta's H heads, alpha's, eta's;
+    theta = lr sigmoid(.), alpha, eta = sigmoid(.)); W0 (H, K, K); P0, M0, S0 (B, H, K, K).
+    Returns z (B, n, H, K) and the final M, S (B, H, K, K); `lib` = load()."""
     return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr))
+
+
+def _times(g, w):
+    """g w for g (N, O), w (O, I): a linear's input gradient, through oneDNN on w's
+    transposed view where linear's backward takes it (no transposing copy of w), else a
+    matmul."""
+    from rnnzoo.ops.native.linear import _LP, _mm
+
+    if _LP is not None and g.dtype == torch.float32 and backend.use_native(g, w):
+        return _mm(g, w.t())
+    return g @ w
+
+
+class _Saved:
+    """A stand-in for an autograd ctx where a Function's forward and backward run inside
+    another's (save_for_backward keeps the tensors, attributes as set)."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+class _MacAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
+        from rnnzoo.ops.native import attention as na
+        from rnnzoo.ops.native.linear import product
+
+        B, n = kv.shape[:2]
+        H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
+        T = P + 2 * n
+        kvv = kv.view(B, n, 2, H, Dh)
+        ks, vs = kv.new_empty(B, H, T, Dh), kv.new_empty(B, H, T, Dh)
+        qs = kv.new_zeros(B, H, T, Dh)
+        if P:
+            ks[:, :, :P], vs[:, :, :P] = kp, vp
+        # the h's keys turned by their angles straight into their (even) rows
+        na._rope(lib, kvv[:, :, 0] if kvv.stride(-1) == 1 else kvv[:, :, 0].contiguous(),
+                 ks[:, :, P::2].transpose(1, 2), cos, sin, 1)
+        vs[:, :, P::2] = kvv[:, :, 1].transpose(1, 2)
+        ks[:, :, P + 1::2], vs[:, :, P + 1::2], qs[:, :, P + 1::2] = kx, vx, qx
+        sub = _Saved()
+        o = na._CausalHeads.forward(sub, lib, qs, ks, vs, None)
+        # (one head: the reshape of the strided rows is a view)
+        a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh).contiguous()
+        ctx.sub, ctx.lib, ctx.dims, ctx.bias = sub, lib, (B, n, H, Dh, P), b is not None
+        ctx.save_for_backward(cos, sin, a, w)
+        return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
+
+    @staticmethod
+    def backward(ctx, da, dproj, dks, dvs):
+        from rnnzoo.ops.native import attention as na
+        from rnnzoo.ops.native.linear import _weight_grads
+
+        cos, sin, a, w = ctx.saved_tensors
+        B, n, H, Dh, P = ctx.dims
+        T = P + 2 * n
+        dw = db = None
+        if dproj is not None:   # proj = a w^T + b
+            g2 = dproj.reshape(B * n, -1).contiguous()
+            dw, db = _weight_grads(g2, a.view(B * n, H * Dh), ctx.bias)
+            if ctx.bias and db is None:
+                db = g2.sum(0)
+            ga = _times(g2, w).view(B, n, H * Dh)
+            da = ga if da is None else da + ga
+        do = cos.new_zeros(B, H, T, Dh)
+        if da is not None:
+            do[:, :, P + 1::2] = da.view(B, n, H, Dh).transpose(1, 2)
+        _, dq, dk, dv, _ = na._CausalHeads.backward(ctx.sub, do)
+        ctx.sub = None
+        if dks is not None:
+            dk = dk + dks
+        if dvs is not None:
+            dv = dv + dvs
+        dkv = dk.new_empty(B, n, 2, H, Dh)
+        na._rope(ctx.lib, dk[:, :, P::2].transpose(1, 2), dkv[:, :, 0], cos, sin, -1)
+        dkv[:, :, 1] = dv[:, :, P::2].transpose(1, 2)
+        odd = slice(P + 1, None, 2)
+        return (None, dkv.view(B, n, 2 * H * Dh), dq[:, :, odd], dk[:, :, odd], dv[:, :, odd],
+                dk[:, :, :P], dv[:, :, :P], None, None, dw, db)
+
+
+def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
+    """Titans-MAC's attention over one segment, [p, h_1, x_1, ..., h_n, x_n], at the x's,
+    as one autograd node (the h's keys' rotary positions, the interleave, the causal kernel
+    and the x rows' output): kv (B, n, 2 H Dh) the h's keys and values ([k | v], each head's
+    Dh channels together, the keys not yet turned); qx (scaled), kx (turned), vx (B, H, n,
+    Dh) the x's; kp, vp (B, H, P, Dh) the persistent tokens' (P >= 0); cos, sin (B, n, R/2)
+    the h's angles (contiguous); w (O, H Dh), b (O,) or None the product that follows (the
+    memory's inputs, [W_qkv; W_gates] W_out). Returns the x rows' outputs a (B, n, H Dh),
+    a w^T + b (B, n, O) and the keys and values ks, vs (B, H, P + 2 n, Dh); differentiable
+    in kv, qx, kx, vx, kp, vp, w, b. Equal to ops.native.attention's rope, the interleave by
+    stack, causal_softmax_attention and F.linear up to rounding; `lib` =
+    ops.native.attention.load()."""
+    return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b)
+
+
+class _MacRetrieve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, glib, qT, W0, P0, g, nw, eps, w, b):
+        from rnnzoo.ops.native import gated_norm
+        from rnnzoo.ops.native.linear import product
+
+        B, H, n, K = qT.shape
+        q2, W = qT.reshape(B * H, n, K), (W0 + P0).view(B * H, K, K)
+        u = torch.bmm(q2, W).view(B, H, n, K).transpose(1, 2).reshape(B, n, H * K)
+        sub = _Saved()
+        z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
+                                        gated_norm.ACTS["sigmoid"], 0, True)
+        z2 = z.view(B * n, H * K)
+        ctx.save_for_backward(q2, W, z2, w)
+        ctx.sub, ctx.bias = sub, b is not None
+        return product(z2, w, b).view(B, n, -1)
+
+    @staticmethod
+    def backward(ctx, dkv):
+        from rnnzoo.ops.native import gated_norm
+        from rnnzoo.ops.native.linear import _weight_grads
+
+        q2, W, z2, w = ctx.saved_tensors
+        BH, n, K = q2.shape
+        B, H = z2.shape[0] // n, BH // (z2.shape[0] // n)
+        g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
+        dw, db = _weight_grads(g2, z2, ctx.bias)
+        if ctx.bias and db is None:
+            db = g2.sum(0)
+        dz = _times(g2, w).view(B, n, H * K)
+        _, du, _, _, dg, dnw, *_ = gated_norm._RMSGate.backward(ctx.sub, dz)
+        ctx.sub = None
+        du = du.view(B, n, H, K).transpose(1, 2).reshape(BH, n, K)
+        dq = torch.bmm(du, W.transpose(1, 2)).view(B, H, n, K)
+        dP = torch.bmm(q2.transpose(1, 2), du).view(B, H, K, K)
+        return None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
+
+
+def mac_retrieve(glib, qT, W0, P0, g, nw, eps, w, b=None):
+    """Titans-MAC's retrieval of one segment up to its keys and values, as one autograd
+    node: the read u = q (W0 + P0) of the memory the segment starts with, its RMS norm per
+    head times nw and sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the
+    composed W_{k,v} W_o). qT (B, H, n, K) the queries (unit rows); W0 (H, K, K) the
+    initial memory, P0 (B, H, K, K) the segment's memory; g (B, n, H K) the gate's logits;
+    nw (H, K) the norm's weight; w (O, H K), b (O,) or None. Returns (B, n, O);
+    differentiable in qT, W0, P0, g, nw, w, b. `glib` = ops.native.gated_norm.load()."""
+    return _MacRetrieve.apply(glib, qT, W0, P0, g, nw, float(eps), w, b)
+
+
+class _MacMemory(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+        from rnnzoo.ops.native import conv as native_conv
+
+        B, n, _ = proj.shape
+        H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
+        HK = H * K
+        qkv, g = proj[..., :3 * HK], proj[..., 3 * HK:]
+        conv = _Saved()
+        q, k, v = native_conv._NativeConv.forward(conv, clib, qkv, cw, None, state, silu,
+                                                  2 * H, K, False, (HK,) * 3)
+        seg = _Saved()
+        z, M, S = _NativeSegment.forward(seg, tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g,
+                                         W0, P0, M0, S0, lr)
+        xp = torch.cat([state, qkv], 1) if n < d else qkv   # the conv's new state
+        ctx.subs, ctx.dims = (conv, seg), (B, n, HK, d)
+        return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
+
+    @staticmethod
+    def backward(ctx, dz, dM, dS, dnew):
+        from rnnzoo.ops.native import conv as native_conv
+
+        conv, seg = ctx.subs
+        ctx.subs = None
+        B, n, HK, d = ctx.dims
+        _, dq, dk, dv, dg, dW0, dP0, dM0, dS0, _ = _NativeSegment.backward(seg, dz, dM, dS)
+        _, dqkv, dcw, _, dstate, *_ = native_conv._NativeConv.backward(
+            conv, *(t.reshape(B, n, HK) for t in (dq, dk, dv)))
+        if dnew is not None:   # the new state: the last d rows of [state, qkv]
+            if n >= d:
+                dqkv[:, n - d:] += dnew
+            else:
+                dqkv += dnew[:, d - n:]
+                dstate[:, n:] += dnew[:, :d - n]
+        return (None, None, torch.cat([dqkv, dg], -1), dcw, dstate, None, dW0, dP0, dM0, dS0,
+                None)
+
+
+def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    """Titans-MAC's memory over one aligned segment as one autograd node: proj (B, n, 3 H K
+    + 3 H) the memory's inputs (finite) [q | k | v | the gates' logits], the short
+    convolution (weight cw (3 H K, d + 1) without bias, state (B, d, 3 H K), SiLU if silu,
+    q and k L2-normalised per head: ops.native.conv's kernel) then titans_segment (W0, P0,
+    M0, S0, lr as it takes them). Returns z (B, n, H, K), M, S (B, H, K, K) and the conv's
+    new state (B, d, 3 H K); differentiable in proj, cw, state, W0, P0, M0, S0. `clib` =
+    ops.native.conv.load(), `tlib` = load()."""
+    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr))
