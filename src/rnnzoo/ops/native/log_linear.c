@@ -382,7 +382,8 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
 void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, T *restrict y, T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const T *restrict sk,
+                  T *restrict y, T *restrict S,
                   T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
                   long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
                   long hg, long vb, long vt, long r0, long r1) {
@@ -393,6 +394,16 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
         if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
         NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
                            qg, hg, vb, vt, r, r + 1);
+        if (sk) {  /* the skip y += sk_h v (the unscaled v), the row's steps while in cache */
+            const long b = r / H, h = r % H, Tp = N * C;
+            const T sh = sk[h];
+            for (long t = 0; t < Tp; t++) {
+                T *restrict yt = y + ((b * Tp + t) * H + h) * V;
+                const T *restrict vs = v + b * vb + t * vt + h * V;
+#pragma omp simd
+                for (long c = 0; c < V; c++) yt[c] += sh * vs[c];
+            }
+        }
     }
 }
 
@@ -401,7 +412,7 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
                   const T *restrict cF, const long *restrict ip, const T *restrict S,
                   const T *restrict U, const T *restrict dy, const T *restrict dF,
-                  T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
+                  const T *restrict sk, T *restrict dsk, T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
                   T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
                   T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long L,
                   long P, long NL, long tile, long H, long qb, long qt, long qg, long hg,
@@ -411,16 +422,28 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                            N, qb, qt, qg, hg, gd, vb, vt, r * N, r * N + N);
         NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP,
                            dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, r, r + 1);
-        if (u) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv', the row's steps while in cache */
+        if (u || sk) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv'; the skip sk_h v:
+                           dv += sk_h dy, dsk = v . dy; the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;
+            const T sh = sk ? sk[h] : 0;
+            T ds = 0;
             for (long t = 0; t < Tp; t++) {
                 const long i = (b * Tp + t) * H + h;
                 T *restrict d = dv + i * V;
-                du[i] = NAME(ll_dot)(v + b * vb + t * vt + h * V, d, V);
-                const T ut = u[i];
+                const T *restrict vs = v + b * vb + t * vt + h * V, *restrict dyt = dy + i * V;
+                if (u) {
+                    du[i] = NAME(ll_dot)(vs, d, V);
+                    const T ut = u[i];
 #pragma omp simd
-                for (long c = 0; c < V; c++) d[c] *= ut;
+                    for (long c = 0; c < V; c++) d[c] *= ut;
+                }
+                if (sk) {
+                    ds += NAME(ll_dot)(vs, dyt, V);
+#pragma omp simd
+                    for (long c = 0; c < V; c++) d[c] += sh * dyt[c];
+                }
             }
+            if (sk) dsk[r] = ds;
         }
     }
 }

@@ -25,8 +25,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 16 + [L] * 17),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 25 + [L] * 18))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 17 + [L] * 17),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 27 + [L] * 18))
 
 
 def _qk_layout(q, k, H):
@@ -47,7 +47,7 @@ def _v_layout(v):
 
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
@@ -55,6 +55,7 @@ class _NativeChunks(torch.autograd.Function):
         v, vlay = _v_layout(v)
         G, lam, f, w, cP, cF = (t.contiguous() for t in (G, lam, f, w, cP, cF))
         u = None if u is None else u.contiguous()
+        sk = None if sk is None else sk.contiguous()
         y = v.new_empty(v.shape)
         S = q.new_empty(B * H * N, C, C)
         F = v.new_empty(B, H, NL, K, V)
@@ -62,11 +63,11 @@ class _NativeChunks(torch.autograd.Function):
         bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
-        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, y,
-                                                        S, F, U, bad)),
+        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, sk,
+                                                        y, S, F, U, bad)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
                              for p in native.rows(B * H)])
-        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U)
+        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
         ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
         if bad is None:
             return y, F
@@ -75,7 +76,7 @@ class _NativeChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dF, *_):
-        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
+        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         N, lay, vlay = ctx.N, ctx.lay, ctx.vlay
@@ -90,19 +91,21 @@ class _NativeChunks(torch.autograd.Function):
         dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
         dv = v.new_empty(v.shape)
         du = None if u is None else torch.empty_like(u)
+        dsk = None if sk is None else v.new_empty(B, H)
         dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, w, cP, cF))
         kern = _kernels(ctx.lib, q.dtype)
         native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, S,
-                                                        U, dy, dF, dq, dk, dv, du, dG, dlam, df,
-                                                        dw, dcP, dcF)),
+                                                        U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
+                                                        dlam, df, dw, dcP, dcF)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay, *p)
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
-        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF
+        dsk = None if dsk is None else dsk.sum(0)
+        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -115,8 +118,11 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
     None: per-step scales of v (the products read u_t v_t; its gradient du_t = v_t . dv'_t).
     check: a third output, (B H,) 0 for each (batch, head) row whose q, k, v, lam, G, u are all
     finite, NaN where one is not (each block's inputs summed while in cache), so that the caller
-    needs no host pass of its own over them."""
-    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF)
+    needs no host pass of its own over them. skip (H,) or None: y also holds skip_h v_t (the
+    unscaled v; Mamba-2's D x), added (and its gradients dv += skip dy, dskip = sum v . dy)
+    while each row is in cache."""
+    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF,
+                               skip)
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
