@@ -214,6 +214,49 @@ def test_skip_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthr
     assert_close(torch_skip, want, names, tol)  # skip on the torch path
 
 
+@pytest.mark.parametrize("order", ["vkq", "qvk"])
+@pytest.mark.parametrize("B,T,H,Gq,C", [(2, 32, 4, 1, 8), (1, 24, 4, 2, 4), (3, 16, 4, 2, 8)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gradient_into_the_wide_input(monkeypatch, order, B, T, H, Gq, C, dtype, tol, nthreads):
+    """q, k, v column views that tile one contiguous (B, T, W) tensor (the layer's conv
+    output): the C block writes their gradients into one gradient of that tensor (no three
+    gradients and a cat): the wide gradient and the others against the torch path, groups of
+    1 and 2 heads summed in C or (B < threads) per head then summed, T on the chunk grid,
+    two column orders. The wide path must run (counted)."""
+    from rnnzoo.ops.native import log_linear as nl
+    hits = []
+    wide_fn = nl._wide
+    monkeypatch.setattr(nl, "_wide", lambda q, k, v: hits.append(wide_fn(q, k, v)) or hits[-1])
+    gen = torch.Generator().manual_seed(B * T + H)
+    K, V, L = 3, 4, 6
+    widths = dict(q=Gq * K, k=Gq * K, v=H * V)
+    wide = torch.randn(B, T, sum(widths.values()), generator=gen, dtype=dtype)
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
+    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
+    D = torch.randn(H, generator=gen, dtype=dtype)
+    ins = [wide, g, lam, u, D]
+    for t in ins:
+        t.requires_grad_()
+    wy = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
+
+    def go():
+        cols = dict(zip(order, wide.split([widths[c] for c in order], -1)))
+        q, k = (cols[c].unflatten(-1, (Gq, K)) for c in "qk")
+        y, (S1, _) = ll.log_linear_attention(q, k, cols["v"].unflatten(-1, (H, V)), g, lam,
+                                             v_scale=u, skip=D, chunk_size=C, scale=1.0)
+        grads = torch.autograd.grad((y * wy).sum() + S1.square().sum(), ins)
+        return [y, S1, *grads]
+
+    with threads(nthreads):
+        got = go()
+    assert len(hits) == 1 and hits[0] is not None
+    with backend.force("torch"):
+        want = go()
+    assert_close(got, want, ["y", "S", "wide", "g", "lam", "u", "D"], tol)
+
+
 @pytest.mark.parametrize("name", ["q", "v", "u"])
 def test_skip_with_a_non_finite_input(calls, name):
     """A non-finite input sends the call through ops.finite's rerun: the skip is then added

@@ -26,7 +26,7 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "ll_fwd", dtype, [P] * 17 + [L] * 17),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 27 + [L] * 18))
+            native.kernel(lib, "ll_bwd", dtype, [P] * 27 + [L] * 22))
 
 
 def _qk_layout(q, k, H):
@@ -45,12 +45,39 @@ def _v_layout(v):
     return v, tuple(v.stride()[:2])
 
 
+def _wide(q, k, v):
+    """The tensor whose last dim q, k (B, Tp, G, K) and v (B, Tp, H, V) tile as column views
+    (the layer's conv output (B, Tp, W), W = 2 G K + H V), contiguous, in the layouts the C
+    block reads in place; else None."""
+    base = q._base
+    if base is None or k._base is not base or v._base is not base or base.dim() != 3:
+        return None
+    if not base.is_contiguous() or base.shape[:2] != q.shape[:2]:
+        return None
+    Gq, K = q.shape[2:]
+    H, V = v.shape[2:]
+    if (q.stride() != k.stride() or q.stride() != (*base.stride()[:2], K, 1)
+            or v.stride() != (*base.stride()[:2], V, 1)):
+        return None
+    cols = sorted((t.storage_offset() - base.storage_offset(), n)
+                  for t, n in ((q, Gq * K), (k, Gq * K), (v, H * V)))
+    at = 0
+    for o, n in cols:
+        if o != at:
+            return None
+        at += n
+    return base if at == base.shape[2] else None
+
+
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
+        # the gradients of q, k, v as column views of one gradient of `wide` (no cat of three)
+        ctx.wide = None if wide is None else tuple(t.storage_offset() - wide.storage_offset()
+                                                   for t in (q, k, v))
         q, k, lay = _qk_layout(q, k, H)
         v, vlay = _v_layout(v)
         G, lam, f, w, cP, cF = (t.contiguous() for t in (G, lam, f, w, cP, cF))
@@ -88,8 +115,18 @@ class _NativeChunks(torch.autograd.Function):
         gd = H // Gq if B >= torch.get_num_threads() else 1
         parts = ([(b0 * H, b1 * H) for b0, b1 in native.rows(B)] if gd > 1
                  else native.rows(B * H))
-        dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
-        dv = v.new_empty(v.shape)
+        dwide = None
+        if ctx.wide is not None:  # dq, dk, dv written into their columns of one (B, Tp, W)
+            W = 2 * Gq * K + H * V
+            dwide = q.new_empty(B, Tp, W)
+            dq_w, dk_w, dv = (dwide.as_strided((B, Tp, n, d), (Tp * W, W, d, 1), o)
+                              for o, n, d in zip(ctx.wide, (Gq, Gq, H), (K, K, V)))
+        else:
+            dv = v.new_empty(v.shape)
+        if dwide is not None and gd * Gq == H:  # each group's heads summed in C
+            dq, dk = dq_w, dk_w
+        else:
+            dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
         du = None if u is None else torch.empty_like(u)
         dsk = None if sk is None else v.new_empty(B, H)
         dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, w, cP, cF))
@@ -97,12 +134,18 @@ class _NativeChunks(torch.autograd.Function):
         native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, S,
                                                         U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
                                                         dlam, df, dw, dcP, dcF)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay, *p)
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay,
+                              *dq.stride()[:2], *dv.stride()[:2], *p)
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
+        if dwide is not None:
+            if dq is not dq_w:
+                dq_w.copy_(dq)
+                dk_w.copy_(dk)
+            dq = dk = dv = None
         dsk = None if dsk is None else dsk.sum(0)
-        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk
+        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk, dwide
 
 
 def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None):
@@ -122,7 +165,7 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=
     unscaled v; Mamba-2's D x), added (and its gradients dv += skip dy, dskip = sum v . dy)
     while each row is in cache."""
     return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF,
-                               skip)
+                               skip, _wide(q, k, v))
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
