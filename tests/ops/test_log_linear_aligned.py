@@ -163,6 +163,127 @@ def test_v_scale_on_the_dense_form(calls):
     assert_close(runs[0], runs[1], ["y", "S", "v", "u"], 1e-12)
 
 
+@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", [(2, 37, 2, 6, 8, 0, False),
+                                                  (2, 45, 3, 6, 8, 13, True),
+                                                  (1, 20, 1, 5, 4, 3, False),
+                                                  (2, 64, 2, 8, 16, 0, False)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_skip_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthreads, scaled):
+    """skip D (H,): the output also holds D_h v_t (the unscaled v, a column view of a wider
+    tensor), added by the C block: outputs, final buckets and the gradients of q, k, the wide
+    tensor, u (with v_scale), the decays, the level weights and D against the torch path plus
+    D v added outside, float64 and float32, T off the chunk grid, from positions off it, B = 1
+    with one head, 1 and 2 threads; and the torch path given skip itself."""
+    gen = torch.Generator().manual_seed(T + n0 + 1)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    K, V = 3, 4
+    q, k, wide = r(B, T, 1, K), r(B, T, 1, K), r(B, T, H * V + 5)
+    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
+    D = r(H)
+    S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=dtype)
+    count = torch.full((B,), float(n0), dtype=dtype)
+    ins = [q, k, wide, u, g, lam, D]
+    for t in ins:
+        t.requires_grad_()
+    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
+
+    def go(inside):
+        v = wide[..., 2:2 + H * V].unflatten(-1, (H, V))
+        kw = dict(v_scale=u) if scaled else {}
+        if inside:
+            kw["skip"] = D
+        y, (S1, n1) = ll.log_linear_attention(q, k, v, g, lam, initial_state=(S, count),
+                                              chunk_size=C, **kw)
+        if not inside:
+            y = y + D[:, None] * v
+        grads = torch.autograd.grad((y * wy).sum() + (S1 * wS).sum(), ins, allow_unused=True)
+        return [y, S1, n1, *(gr if gr is not None else torch.zeros_like(t)
+                             for gr, t in zip(grads, ins))]
+
+    with threads(nthreads):
+        got = go(True)
+    with backend.force("torch"):
+        want, torch_skip = go(False), go(True)
+    assert calls[0] == 1
+    names = ["y", "S", "count", "q", "k", "wide", "u", "g", "lam", "D"]
+    assert_close(got, want, names, tol)
+    assert_close(torch_skip, want, names, tol)  # skip on the torch path
+
+
+@pytest.mark.parametrize("order", ["vkq", "qvk"])
+@pytest.mark.parametrize("B,T,H,Gq,C", [(2, 32, 4, 1, 8), (1, 24, 4, 2, 4), (3, 16, 4, 2, 8)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gradient_into_the_wide_input(monkeypatch, order, B, T, H, Gq, C, dtype, tol, nthreads):
+    """q, k, v column views that tile one contiguous (B, T, W) tensor (the layer's conv
+    output): the C block writes their gradients into one gradient of that tensor (no three
+    gradients and a cat): the wide gradient and the others against the torch path, groups of
+    1 and 2 heads summed in C or (B < threads) per head then summed, T on the chunk grid,
+    two column orders. The wide path must run (counted)."""
+    from rnnzoo.ops.native import log_linear as nl
+    hits = []
+    wide_fn = nl._wide
+    monkeypatch.setattr(nl, "_wide", lambda q, k, v: hits.append(wide_fn(q, k, v)) or hits[-1])
+    gen = torch.Generator().manual_seed(B * T + H)
+    K, V, L = 3, 4, 6
+    widths = dict(q=Gq * K, k=Gq * K, v=H * V)
+    wide = torch.randn(B, T, sum(widths.values()), generator=gen, dtype=dtype)
+    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
+    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
+    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
+    D = torch.randn(H, generator=gen, dtype=dtype)
+    ins = [wide, g, lam, u, D]
+    for t in ins:
+        t.requires_grad_()
+    wy = torch.randn(B, T, H, V, generator=gen, dtype=dtype)
+
+    def go():
+        cols = dict(zip(order, wide.split([widths[c] for c in order], -1)))
+        q, k = (cols[c].unflatten(-1, (Gq, K)) for c in "qk")
+        y, (S1, _) = ll.log_linear_attention(q, k, cols["v"].unflatten(-1, (H, V)), g, lam,
+                                             v_scale=u, skip=D, chunk_size=C, scale=1.0)
+        grads = torch.autograd.grad((y * wy).sum() + S1.square().sum(), ins)
+        return [y, S1, *grads]
+
+    with threads(nthreads):
+        got = go()
+    assert len(hits) == 1 and hits[0] is not None
+    with backend.force("torch"):
+        want = go()
+    assert_close(got, want, ["y", "S", "wide", "g", "lam", "u", "D"], tol)
+
+
+@pytest.mark.parametrize("name", ["q", "v", "u"])
+def test_skip_with_a_non_finite_input(calls, name):
+    """A non-finite input sends the call through ops.finite's rerun: the skip is then added
+    to that run's output (the policy's NaN where D v itself is NaN), equal to the run without
+    skip plus D v; no rows at different counts needed."""
+    B, T, H, L, K, V, t0 = 2, 21, 2, 6, 3, 4, 9
+    gen = torch.Generator().manual_seed(12)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    ins = dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
+               g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
+               lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
+               u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1)
+    D = r(H)
+    x = ins[name].clone()
+    x[0, t0].view(-1)[0] = float("nan")
+    ins[name] = x
+    a = dict(v_scale=ins["u"], chunk_size=4)
+    args = [ins[n] for n in ("q", "k", "v", "g", "lam")]
+    y, (S1, _) = ll.log_linear_attention(*args, skip=D, **a)
+    y0, (S0, _) = ll.log_linear_attention(*args, **a)
+    assert calls[0] == 4  # each call: the C block reports, the rerun on cleaned inputs
+    want = y0 + D[:, None] * ins["v"]
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(S1, S0, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert bool(y[0, t0].isnan().all()) and not bool(y[1].isnan().any())
+
+
 @pytest.mark.parametrize("name", ["q", "k", "v", "g", "lam", "u"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_c_block_reports_non_finite_inputs(calls, name, bad):

@@ -113,11 +113,13 @@ class LogLinearMamba2(Mamba2):
     def _forward(self, x, state, mode):
         buckets, count, conv_state = state
         kw = dict(scale=1.0, initial_state=(buckets, count))
-        if mode == "chunk":  # v = dt x scaled inside the op (no scaled copy each way)
+        if mode == "chunk":  # v = dt x scaled inside the op (no scaled copy each way), and
+            # the skip D x added there (v is x: no (B, T, d_inner) add and gradient sum here)
             q, k, v, g, lam, dt, rest = self._group_inputs(x, conv_state, unscaled_v=True)
-            y, (buckets, count) = log_linear_attention(q, k, v, g, lam, v_scale=dt,
+            y, (buckets, count) = log_linear_attention(q, k, v, g, lam, v_scale=dt, skip=self.D,
                                                        chunk_size=self.chunk_size, **kw)
-            return self.op_output(y, x, rest), (buckets, count, rest[2])
+            z, xs, _ = rest
+            return self._output(y, xs, z, x, skipped=True), (buckets, count, rest[2])
         q, k, v, g, lam, rest = self._group_inputs(x, conv_state)
         if mode == "parallel":
             y, (buckets, count) = log_linear_attention_parallel(q, k, v, g, lam, **kw)

@@ -168,19 +168,21 @@ class Mamba2(RecurrentLayer):
         """A group's (B, T, G, d_state) input repeated to its heads: (B, T, H, d_state)."""
         return t.repeat_interleave(self.num_heads // self.n_groups, 2)
 
-    def _output(self, y, xs, z, x):
+    def _output(self, y, xs, z, x, skipped=False):
         """y (B, T, H, head_dim) -> out: the skip D x, the gated RMSNorm (gate before the
         norm, or after it with norm_before_gate; the gate alone without gated_norm), the
-        projection."""
+        projection. `skipped`: y already holds D x (an op that adds it itself; xs unused)."""
         if backend.use_native(y, xs, z, self.D):
             lib = gated_norm.load()  # the skip, gate and norm in one C pass (ops.native.gated_norm)
             if lib is not None:
-                D = self.D.repeat_interleave(self.head_dim)
+                D = None if skipped else self.D.repeat_interleave(self.head_dim)
                 return self.out_proj(gated_norm.rms_norm_gate(
-                    lib, y.flatten(2), xs.flatten(2), D, z,
+                    lib, y.flatten(2), None if skipped else xs.flatten(2), D, z,
                     self.norm_weight if self.gated_norm else None, self.d_inner // self.n_groups,
                     self.norm_eps, "silu", pre=not self.norm_before_gate, norm=self.gated_norm))
-        y = (y + self.D[:, None].to(y.dtype) * xs).flatten(2).to(x.dtype)
+        if not skipped:
+            y = y + self.D[:, None].to(y.dtype) * xs
+        y = y.flatten(2).to(x.dtype)
         if not self.gated_norm:
             return self.out_proj(y * F.silu(z))
         if not self.norm_before_gate:

@@ -251,7 +251,8 @@ class _Intra(torch.autograd.Function):
         return dq, dk, dv, dG, dlam, None
 
 
-def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False):
+def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False,
+             skip=None):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
     grid of multiples of C = 2^c counted from position 0, so a pair of tokens in different
     chunks I > J sits at level min(c + 1 + msb(I XOR J), L - 1), a Fenwick block of whole
@@ -261,6 +262,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
     q, k may hold G groups of H / G heads (read in place by the C block, repeated elsewhere).
     u (B, T, H) or None: v's per-step scales (the tokens' values are u_t v_t), inside the C
     block's products where it runs, else applied to v here.
+    skip (H,) or None: y also holds skip_h v_t (the unscaled v), added by the C block; only
+    with `check` (the C block then runs, or None comes back).
     Returns (y (B, T, H, V), buckets, count); with `check` (inputs not checked on the host),
     None where the C block does not run or reports a non-finite input."""
     B, T, _, K = q.shape
@@ -359,7 +362,9 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
     cF = after.exp()[:, :, None] * fin                                   # (B, H, L - 1, N)
     if lib is not None:  # the whole block in C, the levels from the offsets (ops.native.log_linear)
         yc, Sfin, *bad = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF,
-                                                     ut, check=check)
+                                                     ut, check=check,
+                                                     skip=None if skip is None else
+                                                     skip.to(vt.dtype))
         if bad and bool(bad[0].isnan().any()):
             return None
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)
@@ -394,31 +399,38 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
 
 
 def log_linear_attention(q, k, v, log_decay, level_weights, *, scale=None,
-                         initial_state=None, chunk_size=64, v_scale=None):
+                         initial_state=None, chunk_size=64, v_scale=None, skip=None):
     """Chunkwise log-linear attention; same arguments and returns as the recurrent form, and
     v_scale (B, T, H) or None: the values are v * v_scale[..., None] (Mamba-2's v = dt x),
     scaled inside the C block's products where it runs (no scaled copy of v each way).
+    skip (H,) or None: the output also holds skip_h v_t (the unscaled v: Mamba-2's D x), added
+    inside the C block where it runs (no (B, T, H, V) add and gradient sum each way), else here.
     A non-finite input at step t makes outputs from t on NaN, never earlier ones (ops.finite)."""
+    v0 = v
     read, write = (q, level_weights), (k, v, log_decay, v_scale)
     if backend.use_native(q, k, v, log_decay, level_weights):
         # the C block checks its own inputs while they are in cache: no host pass over them
         # unless it does not run or finds a non-finite one; then no zeroed copies unless some
         # step is not finite (one host read)
-        out = _chunk_form(*read, *write, scale, initial_state, chunk_size, None, True)
+        out = _chunk_form(*read, *write, scale, initial_state, chunk_size, None, True, skip)
         if out is not None:
             return out
         (q, level_weights), (k, v, log_decay, v_scale), marks = clean_inputs(read, write)
     else:
         (q, level_weights), (k, v, log_decay, v_scale), marks = finite_inputs(read, write)
-    return _chunk_form(q, level_weights, k, v, log_decay, v_scale, scale, initial_state,
-                       chunk_size, marks, False)
+    y, state = _chunk_form(q, level_weights, k, v, log_decay, v_scale, scale, initial_state,
+                           chunk_size, marks, False)
+    if skip is not None:
+        y = y + skip[:, None].to(y.dtype) * v0
+    return y, state
 
 
 def _chunk_form(q, level_weights, k, v, log_decay, u, scale, initial_state, chunk_size, marks,
-                check):
+                check, skip=None):
     """`log_linear_attention` on inputs made finite (ops.finite's marks, or None: all finite)
     or, with `check`, not checked yet: then only the C block runs (it reports a non-finite
-    input itself), and None comes back where it does not run or finds one."""
+    input itself), and None comes back where it does not run or finds one. skip: only with
+    `check` (see `log_linear_attention`)."""
     q, k, v, g, lam, scale, S, count, L = _prepare(q, k, v, log_decay, level_weights, scale,
                                                    initial_state, groups=True)
     u = None if u is None else u.to(v.dtype)
@@ -431,7 +443,8 @@ def _chunk_form(q, level_weights, k, v, log_decay, u, scale, initial_state, chun
     if check and pos is None:
         return None
     if pos is not None:
-        out = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u, check=check)
+        out = _aligned(q, k, v, g, lam, scale, S, count, L, C, *pos, u=u, check=check,
+                       skip=skip)
         if out is None:
             return None
         y, S, count = out

@@ -160,20 +160,21 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict S, const T *restrict dy, T *restrict dq, T *restrict dk,
                         T *restrict dv, T *restrict dG, T *restrict dlam, long C, long K, long V,
                         long L, long tile, long H, long N, long qb, long qt, long qg, long hg,
-                        long gd, long vb, long vt, long n0, long n1) {
+                        long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt,
+                        long n0, long n1) {
     T *vT = malloc((size_t)(V * C + 4 * tile * C + C + 1) * sizeof(T));
     T *A = vT + V * C, *M = A + tile * C, *dA = M + tile * C, *Dt = dA + tile * C;
     T *uc = Dt + tile * C;
-    const long ldv = H * V, ldk = H / gd * K, ldl = H * L;
+    const long ldv = H * V, ldk = dqt, ldl = H * L;
     for (long n = n0; n < n1; n++) {
         const long b = n / (H * N), h = n / N % H, j = n % N, first = h % gd == 0;
         const long qo = b * qb + j * C * qt + h / hg * qg;
         const long ov = NAME(ll_tm)(b, j, h, C, H, N, V);
-        const long ok = NAME(ll_tm)(b, j, h / gd, C, H / gd, N, K);
+        const long ok = b * dqb + j * C * dqt + h / gd * K, odv = b * dvb + j * C * dvt + h * V;
         const long ol = NAME(ll_tm)(b, j, h, C, H, N, L);
         const T *qn = q + qo, *kn = k + qo, *Gn = G + n * C;
         const T *ln = lam + ol, *Sn = S + n * C * C, *dyn = dy + ov;
-        T *dqn = dq + ok, *dkn = dk + ok, *dvn = dv + ov;
+        T *dqn = dq + ok, *dkn = dk + ok, *dvn = dv + odv;
         T *dGn = dG + n * C, *dln = dlam + ol;
         NAME(ll_transpose)(vT, v + NAME(ll_vo)(b, j, h, C, V, vb, vt), C, V, vt);
         if (u) {  /* v' = diag(u) v: dA = dy v'^T; dv here is v''s gradient */
@@ -184,7 +185,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
         }
         for (long s = 0; s < C; s++) {
             if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
-            memset(dvn + s * ldv, 0, (size_t)V * sizeof(T));
+            memset(dvn + s * dvt, 0, (size_t)V * sizeof(T));
             memset(dln + s * ldl, 0, (size_t)L * sizeof(T));
         }
         memset(dGn, 0, (size_t)C * sizeof(T));
@@ -192,7 +193,7 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
             const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
             NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, 0, i0, t, e, C, L, ldl);
             NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, ldv, 0, 0, 0, 1, 0, e);
+            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, dvt, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < t; r++) {
                 const long tt = i0 + r;
                 T *restrict d = dA + r * e;
@@ -316,20 +317,21 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         T *restrict dq, T *restrict dk, T *restrict dv, T *restrict df,
                         T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
                         long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
-                        long gd, long vb, long vt, long r0, long r1) {
-    const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = NH / gd * K;
+                        long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt,
+                        long r0, long r1) {
+    const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = dqt;
     T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + C + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
     T *uc = Z + CM;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
-        const long ok = NAME(ll_tm)(b, 0, h / gd, C, NH / gd, N, K);
+        const long ok = b * dqb + h / gd * K, odv = b * dvb + h * V;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
         const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
         const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
         const T *dFr = dF ? dF + r * NL * KV : 0;
-        T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + ov;
+        T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + odv;
         T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
         T *dcFr = dcF + r * NL * N;
         memset(dU, 0, (size_t)(N * KV) * sizeof(T));
@@ -368,7 +370,7 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
             for (long s = 0; s < C; s++) {
                 dfr[j * C + s] = uc[s] * NAME(ll_dot)(kj + s * qt, Z + s * K, K);
                 NAME(ll_axpy)(dkr + (j * C + s) * ldk, fj[s] * uc[s], Z + s * K, K);
-                NAME(ll_axpy)(dvr + (j * C + s) * ldv, fj[s], X + s * V, V);
+                NAME(ll_axpy)(dvr + (j * C + s) * dvt, fj[s], X + s * V, V);
             }
         }
     }
@@ -382,7 +384,8 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
 void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, T *restrict y, T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const T *restrict sk,
+                  T *restrict y, T *restrict S,
                   T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
                   long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
                   long hg, long vb, long vt, long r0, long r1) {
@@ -393,6 +396,16 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
         if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
         NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
                            qg, hg, vb, vt, r, r + 1);
+        if (sk) {  /* the skip y += sk_h v (the unscaled v), the row's steps while in cache */
+            const long b = r / H, h = r % H, Tp = N * C;
+            const T sh = sk[h];
+            for (long t = 0; t < Tp; t++) {
+                T *restrict yt = y + ((b * Tp + t) * H + h) * V;
+                const T *restrict vs = v + b * vb + t * vt + h * V;
+#pragma omp simd
+                for (long c = 0; c < V; c++) yt[c] += sh * vs[c];
+            }
+        }
     }
 }
 
@@ -401,26 +414,40 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
                   const T *restrict cF, const long *restrict ip, const T *restrict S,
                   const T *restrict U, const T *restrict dy, const T *restrict dF,
-                  T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
+                  const T *restrict sk, T *restrict dsk, T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
                   T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
                   T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long L,
                   long P, long NL, long tile, long H, long qb, long qt, long qg, long hg,
-                  long gd, long vb, long vt, long r0, long r1) {
+                  long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt, long r0,
+                  long r1) {
     for (long r = r0; r < r1; r++) {
         NAME(ll_intra_bwd)(q, k, v, u, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H,
-                           N, qb, qt, qg, hg, gd, vb, vt, r * N, r * N + N);
+                           N, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb, dvt, r * N, r * N + N);
         NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP,
-                           dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, r, r + 1);
-        if (u) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv', the row's steps while in cache */
+                           dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb,
+                           dvt, r, r + 1);
+        if (u || sk) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv'; the skip sk_h v:
+                           dv += sk_h dy, dsk = v . dy; the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;
+            const T sh = sk ? sk[h] : 0;
+            T ds = 0;
             for (long t = 0; t < Tp; t++) {
                 const long i = (b * Tp + t) * H + h;
-                T *restrict d = dv + i * V;
-                du[i] = NAME(ll_dot)(v + b * vb + t * vt + h * V, d, V);
-                const T ut = u[i];
+                T *restrict d = dv + b * dvb + t * dvt + h * V;
+                const T *restrict vs = v + b * vb + t * vt + h * V, *restrict dyt = dy + i * V;
+                if (u) {
+                    du[i] = NAME(ll_dot)(vs, d, V);
+                    const T ut = u[i];
 #pragma omp simd
-                for (long c = 0; c < V; c++) d[c] *= ut;
+                    for (long c = 0; c < V; c++) d[c] *= ut;
+                }
+                if (sk) {
+                    ds += NAME(ll_dot)(vs, dyt, V);
+#pragma omp simd
+                    for (long c = 0; c < V; c++) d[c] += sh * dyt[c];
+                }
             }
+            if (sk) dsk[r] = ds;
         }
     }
 }

@@ -25,8 +25,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 16 + [L] * 17),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 25 + [L] * 18))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 17 + [L] * 17),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 27 + [L] * 22))
 
 
 def _qk_layout(q, k, H):
@@ -45,16 +45,44 @@ def _v_layout(v):
     return v, tuple(v.stride()[:2])
 
 
+def _wide(q, k, v):
+    """The tensor whose last dim q, k (B, Tp, G, K) and v (B, Tp, H, V) tile as column views
+    (the layer's conv output (B, Tp, W), W = 2 G K + H V), contiguous, in the layouts the C
+    block reads in place; else None."""
+    base = q._base
+    if base is None or k._base is not base or v._base is not base or base.dim() != 3:
+        return None
+    if not base.is_contiguous() or base.shape[:2] != q.shape[:2]:
+        return None
+    Gq, K = q.shape[2:]
+    H, V = v.shape[2:]
+    if (q.stride() != k.stride() or q.stride() != (*base.stride()[:2], K, 1)
+            or v.stride() != (*base.stride()[:2], V, 1)):
+        return None
+    cols = sorted((t.storage_offset() - base.storage_offset(), n)
+                  for t, n in ((q, Gq * K), (k, Gq * K), (v, H * V)))
+    at = 0
+    for o, n in cols:
+        if o != at:
+            return None
+        at += n
+    return base if at == base.shape[2] else None
+
+
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
+        # the gradients of q, k, v as column views of one gradient of `wide` (no cat of three)
+        ctx.wide = None if wide is None else tuple(t.storage_offset() - wide.storage_offset()
+                                                   for t in (q, k, v))
         q, k, lay = _qk_layout(q, k, H)
         v, vlay = _v_layout(v)
         G, lam, f, w, cP, cF = (t.contiguous() for t in (G, lam, f, w, cP, cF))
         u = None if u is None else u.contiguous()
+        sk = None if sk is None else sk.contiguous()
         y = v.new_empty(v.shape)
         S = q.new_empty(B * H * N, C, C)
         F = v.new_empty(B, H, NL, K, V)
@@ -62,11 +90,11 @@ class _NativeChunks(torch.autograd.Function):
         bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
-        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, y,
-                                                        S, F, U, bad)),
+        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, sk,
+                                                        y, S, F, U, bad)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
                              for p in native.rows(B * H)])
-        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U)
+        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
         ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
         if bad is None:
             return y, F
@@ -75,7 +103,7 @@ class _NativeChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dF, *_):
-        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U = ctx.saved_tensors
+        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         N, lay, vlay = ctx.N, ctx.lay, ctx.vlay
@@ -87,22 +115,40 @@ class _NativeChunks(torch.autograd.Function):
         gd = H // Gq if B >= torch.get_num_threads() else 1
         parts = ([(b0 * H, b1 * H) for b0, b1 in native.rows(B)] if gd > 1
                  else native.rows(B * H))
-        dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
-        dv = v.new_empty(v.shape)
+        dwide = None
+        if ctx.wide is not None:  # dq, dk, dv written into their columns of one (B, Tp, W)
+            W = 2 * Gq * K + H * V
+            dwide = q.new_empty(B, Tp, W)
+            dq_w, dk_w, dv = (dwide.as_strided((B, Tp, n, d), (Tp * W, W, d, 1), o)
+                              for o, n, d in zip(ctx.wide, (Gq, Gq, H), (K, K, V)))
+        else:
+            dv = v.new_empty(v.shape)
+        if dwide is not None and gd * Gq == H:  # each group's heads summed in C
+            dq, dk = dq_w, dk_w
+        else:
+            dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
         du = None if u is None else torch.empty_like(u)
+        dsk = None if sk is None else v.new_empty(B, H)
         dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, w, cP, cF))
         kern = _kernels(ctx.lib, q.dtype)
         native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, S,
-                                                        U, dy, dF, dq, dk, dv, du, dG, dlam, df,
-                                                        dw, dcP, dcF)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay, *p)
+                                                        U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
+                                                        dlam, df, dw, dcP, dcF)),
+                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay,
+                              *dq.stride()[:2], *dv.stride()[:2], *p)
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
-        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF
+        if dwide is not None:
+            if dq is not dq_w:
+                dq_w.copy_(dq)
+                dk_w.copy_(dk)
+            dq = dk = dv = None
+        dsk = None if dsk is None else dsk.sum(0)
+        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk, dwide
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -115,8 +161,11 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False):
     None: per-step scales of v (the products read u_t v_t; its gradient du_t = v_t . dv'_t).
     check: a third output, (B H,) 0 for each (batch, head) row whose q, k, v, lam, G, u are all
     finite, NaN where one is not (each block's inputs summed while in cache), so that the caller
-    needs no host pass of its own over them."""
-    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF)
+    needs no host pass of its own over them. skip (H,) or None: y also holds skip_h v_t (the
+    unscaled v; Mamba-2's D x), added (and its gradients dv += skip dy, dskip = sum v . dy)
+    while each row is in cache."""
+    return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF,
+                               skip, _wide(q, k, v))
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
