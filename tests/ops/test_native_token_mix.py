@@ -115,3 +115,36 @@ def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
     layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
     layer(torch.randn(2, 5, 8, requires_grad=True))[0].sum().backward()
     assert calls[0] == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(1,), (139, 5), (3, 7, 20)])
+def test_tanh_equals_torch(dtype, nthreads, shape):
+    """token_mix.tanh (1 - 2 / (exp(2x) + 1) in C): values over a wide range, the gradient and
+    the gradient's gradient against torch.tanh; the values at +-inf, nan, +-1e4 and 1e-30."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 4).requires_grad_()
+    with threads(nthreads):
+        y = token_mix.tanh(token_mix.load(), x)
+        (dx,) = torch.autograd.grad(y, x, torch.randn(shape, generator=g, dtype=dtype),
+                                    create_graph=True)
+        got = [y, dx, *torch.autograd.grad(dx.square().sum(), x)]
+    g = torch.Generator().manual_seed(3)
+    torch.randn(shape, generator=g, dtype=dtype)
+    y = torch.tanh(x)
+    (dx,) = torch.autograd.grad(y, x, torch.randn(shape, generator=g, dtype=dtype),
+                                create_graph=True)
+    want = [y, dx, *torch.autograd.grad(dx.square().sum(), x)]
+    assert_close(got, want, ["y", "dx", "ddx"], 1e-14 if dtype == torch.float64 else 1e-6)
+    edge = torch.tensor([float("inf"), -float("inf"), float("nan"), 1e4, -1e4, 1e-30, 0.0],
+                        dtype=dtype)
+    got = token_mix.tanh(token_mix.load(), edge)
+    torch.testing.assert_close(got, torch.tanh(edge), equal_nan=True, rtol=0, atol=1e-7)
+
+
+def test_rwkv6_layer_runs_the_tanh_kernel(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "tanh")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8))
+    assert calls[0] == 2
