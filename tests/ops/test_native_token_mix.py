@@ -148,3 +148,33 @@ def test_rwkv6_layer_runs_the_tanh_kernel(monkeypatch):
     layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
     layer(torch.randn(2, 5, 8))
     assert calls[0] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(1,), (139, 5), (3, 7, 20)])
+def test_negexp_equals_torch(dtype, nthreads, shape):
+    """token_mix.negexp (-exp in C): values over [-20, 20] and the gradient against
+    -torch.exp; near and past the largest finite exp, +-inf, nan (equal); below exp.h's clamp
+    the smallest normal where torch's is subnormal or 0 (absolute 1e-37)."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 6).clamp(-20, 20).requires_grad_()
+    with threads(nthreads):
+        got = outputs_and_grads([token_mix.negexp(token_mix.load(), x)], [x])
+    want = outputs_and_grads([-torch.exp(x)], [x])
+    assert_close(got, want, ["y", "dx"], 1e-14 if dtype == torch.float64 else 1e-6)
+    big = 709.7 if dtype == torch.float64 else 88.7
+    edge = torch.tensor([float("inf"), float("nan"), 88.1, 88.7, 88.73, big, 709.8],
+                        dtype=dtype)
+    torch.testing.assert_close(token_mix.negexp(token_mix.load(), edge), -torch.exp(edge),
+                               equal_nan=True, rtol=1e-6, atol=0)
+    low = torch.tensor([-float("inf"), -100.0, -800.0], dtype=dtype)
+    torch.testing.assert_close(token_mix.negexp(token_mix.load(), low), -torch.exp(low),
+                               rtol=0, atol=1e-37)
+
+
+def test_rwkv6_layer_runs_the_negexp_kernel(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "negexp")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8))
+    assert calls[0] == 1

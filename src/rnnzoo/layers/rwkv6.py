@@ -178,7 +178,8 @@ class RWKV6(RecurrentLayer):
         g = g.view(B, T, d)
         w = linear.linear(tanh(linear.linear(xw, self.decay_down.T)), self.decay_up.T,
                           self.w0).view(B, T, d)
-        return r, k, v, _NegExp.apply(w.to(dtype)).view(B, T, H, K), g
+        w = _NegExp.apply(w.to(dtype)) if lib is None else token_mix.negexp(lib, w.to(dtype))
+        return r, k, v, w.view(B, T, H, K), g
 
     def lion_inputs(self, x):
         """r, k, v, the log-decay, scale 1 and the bonus u (H, K), from a zero token shift
