@@ -115,3 +115,66 @@ def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
     layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
     layer(torch.randn(2, 5, 8, requires_grad=True))[0].sum().backward()
     assert calls[0] == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(1,), (139, 5), (3, 7, 20)])
+def test_tanh_equals_torch(dtype, nthreads, shape):
+    """token_mix.tanh (1 - 2 / (exp(2x) + 1) in C): values over a wide range, the gradient and
+    the gradient's gradient against torch.tanh; the values at +-inf, nan, +-1e4 and 1e-30."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 4).requires_grad_()
+    with threads(nthreads):
+        y = token_mix.tanh(token_mix.load(), x)
+        (dx,) = torch.autograd.grad(y, x, torch.randn(shape, generator=g, dtype=dtype),
+                                    create_graph=True)
+        got = [y, dx, *torch.autograd.grad(dx.square().sum(), x)]
+    g = torch.Generator().manual_seed(3)
+    torch.randn(shape, generator=g, dtype=dtype)
+    y = torch.tanh(x)
+    (dx,) = torch.autograd.grad(y, x, torch.randn(shape, generator=g, dtype=dtype),
+                                create_graph=True)
+    want = [y, dx, *torch.autograd.grad(dx.square().sum(), x)]
+    assert_close(got, want, ["y", "dx", "ddx"], 1e-14 if dtype == torch.float64 else 1e-6)
+    edge = torch.tensor([float("inf"), -float("inf"), float("nan"), 1e4, -1e4, 1e-30, 0.0],
+                        dtype=dtype)
+    got = token_mix.tanh(token_mix.load(), edge)
+    torch.testing.assert_close(got, torch.tanh(edge), equal_nan=True, rtol=0, atol=1e-7)
+
+
+def test_rwkv6_layer_runs_the_tanh_kernel(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "tanh")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8))
+    assert calls[0] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(1,), (139, 5), (3, 7, 20)])
+def test_negexp_equals_torch(dtype, nthreads, shape):
+    """token_mix.negexp (-exp in C): values over [-20, 20] and the gradient against
+    -torch.exp; near and past the largest finite exp, +-inf, nan (equal); below exp.h's clamp
+    the smallest normal where torch's is subnormal or 0 (absolute 1e-37)."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 6).clamp(-20, 20).requires_grad_()
+    with threads(nthreads):
+        got = outputs_and_grads([token_mix.negexp(token_mix.load(), x)], [x])
+    want = outputs_and_grads([-torch.exp(x)], [x])
+    assert_close(got, want, ["y", "dx"], 1e-14 if dtype == torch.float64 else 1e-6)
+    big = 709.7 if dtype == torch.float64 else 88.7
+    edge = torch.tensor([float("inf"), float("nan"), 88.1, 88.7, 88.73, big, 709.8],
+                        dtype=dtype)
+    torch.testing.assert_close(token_mix.negexp(token_mix.load(), edge), -torch.exp(edge),
+                               equal_nan=True, rtol=1e-6, atol=0)
+    low = torch.tensor([-float("inf"), -100.0, -800.0], dtype=dtype)
+    torch.testing.assert_close(token_mix.negexp(token_mix.load(), low), -torch.exp(low),
+                               rtol=0, atol=1e-37)
+
+
+def test_rwkv6_layer_runs_the_negexp_kernel(monkeypatch):
+    calls = counter(monkeypatch, token_mix, "negexp")
+    layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
+    layer(torch.randn(2, 5, 8))
+    assert calls[0] == 1

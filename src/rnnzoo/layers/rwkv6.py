@@ -164,7 +164,9 @@ class RWKV6(RecurrentLayer):
         else:
             dx = torch.cat([x_last[:, None].to(x.dtype), x[:, :-1]], 1) - x
             xx = torch.addcmul(x, dx, self.mu_x)
-        low = torch.tanh(linear.linear(xx, self.mix_down.T))
+        # the two low-rank tanhs in C (token_mix.tanh: ATen's float32 tanh is ~7x slower)
+        tanh = torch.tanh if lib is None else (lambda t: token_mix.tanh(lib, t))
+        low = tanh(linear.linear(xx, self.mix_down.T))
         # the five mixes and r, k, v, g in one Function (a per-mix slice's backward would
         # zero-fill a (5, B, T, d) gradient each)
         weights = torch.stack([p.weight for p in (self.k_proj, self.v_proj, self.r_proj,
@@ -174,9 +176,10 @@ class RWKV6(RecurrentLayer):
                                            weights)
         r, k, v = (t.view(B, T, H, K) for t in (r, k, v))
         g = g.view(B, T, d)
-        w = linear.linear(torch.tanh(linear.linear(xw, self.decay_down.T)), self.decay_up.T,
+        w = linear.linear(tanh(linear.linear(xw, self.decay_down.T)), self.decay_up.T,
                           self.w0).view(B, T, d)
-        return r, k, v, _NegExp.apply(w.to(dtype)).view(B, T, H, K), g
+        w = _NegExp.apply(w.to(dtype)) if lib is None else token_mix.negexp(lib, w.to(dtype))
+        return r, k, v, w.view(B, T, H, K), g
 
     def lion_inputs(self, x):
         """r, k, v, the log-decay, scale 1 and the bonus u (H, K), from a zero token shift

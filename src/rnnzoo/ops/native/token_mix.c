@@ -344,4 +344,25 @@ void NAME(keys_bwd)(const T *restrict dw, const T *restrict dkt, const T *restri
     free(A);
 }
 
+/* y = tanh x = 1 - 2 / (exp(2x) + 1) with exp.h's exponential, elementwise over [j0, j1)
+   (RWKV-6's two low-rank tanhs; ATen's float32 tanh costs ~6x its sigmoid at 1 thread).
+   Absolute error near 0 ~ the dtype's epsilon (cancellation), as memory_gelu.c's tanh. */
+void NAME(tanh_fwd)(const T *restrict x, T *restrict y, long j0, long j1) {
+    #pragma omp simd
+    for (long j = j0; j < j1; j++) y[j] = 1 - 2 / (EXP(2 * x[j]) + 1);
+}
+
+/* y = -exp x elementwise over [j0, j1) (RWKV-6's log-decay), on exp.h's exponential, which
+   clamps its argument to its normal results: above the clamp (88 float, 709 double) as
+   e^20 exp(x - 20) (-inf past the largest finite exp, as libm); below it (-87, -708) the
+   smallest normal (~1e-38, ~1e-308) where libm gives a subnormal or 0. */
+void NAME(negexp_fwd)(const T *restrict x, T *restrict y, long j0, long j1) {
+    const T hi = sizeof(T) == 4 ? (T)88 : (T)709, e20 = (T)485165195.40979028;
+    #pragma omp simd
+    for (long j = j0; j < j1; j++) {
+        const int up = x[j] > hi;  /* one exp either way: its argument and factor selected */
+        y[j] = -(EXP(up ? x[j] - 20 : x[j]) * (up ? e20 : 1));
+    }
+}
+
 #endif
