@@ -39,6 +39,7 @@
 
 #include "mm.h"
 #include "transpose.h"
+#include "softmax_row.h"
 
 /* dst[0, n) = src[0, n) / = 0 in line: the rows here are D or c values, and glibc's
    memmove / memset calls (~0.4 M of them a fwd+bwd at the #17 size) cost more than the
@@ -295,6 +296,70 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
             NAME(pc_cp)(P + o * D * D, NAME(pc_P)(&s, s.L, 0), D * D);
             for (long i = 0; i < C * C; i++) io[i] = sc * s.intra[i];
         }
+    free(buf);
+}
+
+/* path_chunk_fwd and attention.c's path_fwd in one pass, for a fresh sequence (no cache, T =
+   N C): each block's pieces go from cache straight into its attention (path_fwd's block step:
+   scores [qs_n K^T | intra_n], the causal softmax rows in PS, o_n = P values, then the keys
+   K <- [K P_n^T ; k1_n]), where k1 and intra (16 MB at the #17 size) went to memory and back.
+   q, k, w, beta, bias, fin and the strides as path_chunk_fwd's (check on, v read with q's
+   strides as the values too); o, keys, KS, PS (KT, PT, Lk) as path_fwd's with L = 0; qs and P
+   as path_chunk_fwd's (what path_bwd reads). */
+void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+                          const T *restrict beta, const T *restrict v, T *restrict fin,
+                          const T *restrict bias, T *restrict o, T *restrict keys,
+                          T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
+                          long Tn, long H, long D, long c, long levels, long N, long sq0,
+                          long sq1, long sq2, long sw0, long sw1, long sw2, long sb0, long sb1,
+                          long sb2, long raw, double eps, double scale, long KT, long PT,
+                          long Lk, long g0, long g1) {
+    NAME(pblk) s;
+    T *buf = NAME(pc_alloc)(&s, c, D, levels);
+    const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
+               sb[3] = {sb0, sb1, sb2};
+    const T sc = (T)scale;
+    T *kt = aligned_alloc(64, (size_t)((Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
+    T *pt = kt + Lt * D;  /* K^T, P_n^T */
+    for (long g = g0; g < g1; g++) {
+        const long bi = g / H, h = g % H;
+        const T *vg = v + bi * sq0 + h * sq1;
+        T *K = keys + g * Lk * D, *og = o + (bi * Lt * H + h) * D, *ks = KS + g * KT,
+          *ps = PS + g * PT;
+        NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
+        for (long n = 0; n < N; n++) {
+            const long m = n * C, e = m + C, ob = g * N + n;
+            const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, bi, h, m, Tn,
+                                        raw, (T)eps, 1);
+            fin[g] = n ? fin[g] + bad : bad;
+            NAME(pc_forward)(&s, 0);
+            const T *qt = s.ql + L * C * D, *Pn = NAME(pc_P)(&s, L, 0);
+            T *qn = qs + ob * C * D;
+            for (long i = 0; i < C * D; i++) qn[i] = sc * qt[i];
+            NAME(pc_cp)(P + ob * D * D, Pn, D * D);
+            if (m) {
+                NAME(trs)(kt, m, ks, D, m, D);
+                NAME(mm)(qn, kt, ps, C, m, D, D, 1, m, 1, e, 0, 0, 0, 0, 0, C);
+            }
+            for (long r = 0; r < C; r++) {  /* path_fwd's sm_fwd: keys <= m + r, zeros past */
+                T *restrict sr = ps + r * e, Z;
+                const T *restrict in = s.intra + r * C;
+                for (long j = 0; j <= r; j++) sr[m + j] = sc * in[j];
+                NAME(softmax_row)(sr, m + r + 1, &Z);
+                for (long j = m + r + 1; j < e; j++) sr[j] = 0;
+            }
+            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, sq2, 1, H * D, 0, 0, 0, 0, 0, C);
+            T *next = n + 1 < N ? ks + m * D : K;  /* the next block's keys after these */
+            if (m) {
+                NAME(trs)(pt, D, Pn, D, D, D);
+                NAME(mm)(ks, pt, next, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+            }
+            NAME(pc_cp)(next + m * D, s.kl + L * C * D, C * D);
+            ks += m * D;
+            ps += C * e;
+        }
+    }
+    free(kt);
     free(buf);
 }
 
