@@ -40,7 +40,8 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 13}[name]
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 13,
+         "path_fused_bwd": 17}[name]
     D = ctypes.c_double
     return native.kernel(lib, name, dtype,
                          [P] * n + [L] * 16 + [D, D] + [L] * (5 if "fused" in name else 2))
@@ -97,6 +98,25 @@ def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
                                             P)), *extra, KT, PT, Lk, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return o, keys, KS, PS, fin, qs, P
+
+
+def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk, dv, dw, db, extra,
+              bias):
+    """fused_fwd's backward in one kernel (path_fused_bwd: each block's piece gradients
+    from cache into its chunk backward): do (B, T, H, D), dkeys (B, H, Lk, D) or None ->
+    dq, dk, dv (written, q's strides), dw, db (written, w's and beta's strides)."""
+    B, Tn, H, D = q.shape
+    c, levels, N = extra[3:6]
+    KT, PT = KS.shape[1], PS.shape[1]
+    do = do.contiguous()
+    dkeys = None if dkeys is None else dkeys.contiguous()
+    Lk = 0 if dkeys is None else dkeys.shape[2]
+    assert dq.stride() == q.stride() and dk.stride() == q.stride() and dv.stride() == q.stride()
+    assert dw.stride() == w.stride() and db.stride() == beta.stride()
+    native.run(_kernel(lib, "path_fused_bwd", q.dtype),
+               [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
+                                            dv, dw, db, bias)), *extra, KT, PT, Lk, *r)
+                for r in native.rows(B * H) or [(0, 0)]])
 
 
 def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra, dw=None, db=None, bias=None):
