@@ -137,3 +137,67 @@ def test_not_finite_inputs_take_the_marking_path(where):
     for a, b in zip([y, *state], [y_ref, *state_ref]):
         assert torch.equal(a.isnan(), b.isnan())
         assert torch.allclose(a.nan_to_num(), b.nan_to_num(), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threads):
+    """path_chunk.fused_fwd (path_fused_fwd: the chunk pieces and the block attention in one
+    pass) against chunk_fwd then path_fwd (ops.path_attention._attend_fwd): o, keys, KS, PS,
+    fin, qs and P the same bits, with the raw projections (l2norm, sigmoid, a beta bias) and
+    with a value that is not finite (fin)."""
+    g = torch.Generator().manual_seed(5)
+    proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype)
+    proj[0, T // 2, 2 * H * D] = float("inf")  # a value: fin marks its head-row
+    bias = torch.randn(H, generator=g, dtype=dtype)
+    qkv, w, beta = path_op._proj_views(proj, H)
+    q, k, v = qkv.unbind(2)
+    _, c, levels = path_op._block_sizes(C, T)
+    lib, pc = path_op.native_attention.load(), path_chunk.load()
+    extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
+    with threads_(threads):
+        got = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias, Lk)
+        qs, k1, P, intra, fin = path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True, bias)
+        keys0 = qs.new_zeros(B, H, 0, D)
+        o, keys, KS, PS = path_op._attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0,
+                                              None, Lk)
+    assert not torch.isfinite(fin).all()
+    for a, b in zip(got, (o, keys, KS, PS, fin, qs, P)):
+        assert a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("keys_grad", [True, False], ids=["keys-grad", "no-keys-grad"])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, c, Lk,
+                                               threads):
+    """path_chunk.fused_bwd (path_fused_bwd: each block's attention backward, its piece
+    gradients straight into its chunk backward) against path_bwd then path_chunk_bwd
+    (ops.path_attention._attend_bwd, path_chunk.chunk_bwd): dq, dk, dv, dw, dbeta the same
+    bits, with the raw projections and a beta bias, with and without a keys gradient."""
+    g = torch.Generator().manual_seed(6)
+    proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype)
+    bias = torch.randn(H, generator=g, dtype=dtype)
+    do = torch.randn(B, T, H, D, generator=g, dtype=dtype)
+    dkeys = torch.randn(B, H, Lk, D, generator=g, dtype=dtype) if keys_grad else None
+    qkv, w, beta = path_op._proj_views(proj, H)
+    q, k, v = qkv.unbind(2)
+    _, c, levels = path_op._block_sizes(C, T)
+    lib, pc = path_op.native_attention.load(), path_chunk.load()
+    extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
+    grads = []
+    with threads_(threads):
+        _, _, KS, PS, _, qs, P = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias, Lk)
+        for fused in (True, False):
+            dproj = torch.full_like(proj, float("nan"))  # every gradient written
+            dqkv, dw, db = path_op._proj_views(dproj, H)
+            dq, dk, dv = dqkv.unbind(2)
+            if fused:
+                path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
+                                     dv, dw, db, extra, bias)
+            else:
+                pieces = path_op._attend_bwd(lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
+                                             dv.transpose(1, 2), 0)[:4]
+                path_chunk.chunk_bwd(pc, q, k, w, beta, pieces, dq, dk, extra, dw, db, bias)
+            grads.append(dproj)
+    assert torch.isfinite(grads[0]).all() and torch.equal(grads[0], grads[1])

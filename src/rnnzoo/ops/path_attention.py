@@ -386,7 +386,9 @@ class _AttendHeads(torch.autograd.Function):
 class _PathQKV(torch.autograd.Function):
     """A fresh sequence (no cache) whose T is a multiple of the block, from the fused
     projection qkv (B, T, 3, H, D): the chunk pieces (ops.native.path_chunk, q and k read in
-    place) and the block attention (_AttendHeads' kernels) with v read in place too, and
+    place) and the block attention (_AttendHeads' kernels) with v read in place too (each
+    way in one kernel, path_chunk.fused_fwd / fused_bwd: the pieces k1 and intra, and every
+    piece's gradient, stay in cache), and
     the gradient of q, k and v written into one tensor by the two kernels (no copy of v
     either way, one autograd node). Returns o (B, T, H, D), the keys moved to the last
     step as a fresh cache (B, H, Lk, D), zero past T, and fin (B H), 0 where a head-row's
@@ -403,10 +405,8 @@ class _PathQKV(torch.autograd.Function):
             qkv, w, beta = _proj_views(proj.contiguous(), H)
         q, k, v = qkv.unbind(2)
         extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
-        qs, k1, P, intra, fin = native_path_chunk.chunk_fwd(pc, q, k, w, beta, extra, v, True,
-                                                            bias)
-        keys0 = qs.new_zeros(qs.shape[0], qs.shape[1], 0, qs.shape[-1])
-        o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0, None, Lk)
+        o, keys, KS, PS, fin, qs, P = native_path_chunk.fused_fwd(pc, q, k, w, beta, v, extra,
+                                                                  bias, Lk)
         ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, bias,
                               None if proj is None else proj.contiguous())
         ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
@@ -425,10 +425,12 @@ class _PathQKV(torch.autograd.Function):
             dproj = torch.empty_like(proj)
             dqkv, dw, db = _proj_views(dproj, ctx.H)
         dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
-        grads = _attend_bwd(ctx.lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
-                            dv.transpose(1, 2), 0)[:4]
-        dw, db = native_path_chunk.chunk_bwd(ctx.pc, q, k, w, beta, grads, dq, dk, ctx.extra,
-                                             dw, db, bias)
+        if dw is None:  # w's and beta's strides (the kernel writes them so)
+            dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                      for t in (w, beta))
+        do = qs.new_zeros(q.shape) if do is None else do
+        native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
+                                    dv, dw, db, ctx.extra, bias)
         dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
         if proj is not None:
             return (None,) * 10 + (dbias, dproj, None)

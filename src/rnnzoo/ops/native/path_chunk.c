@@ -39,6 +39,7 @@
 
 #include "mm.h"
 #include "transpose.h"
+#include "softmax_row.h"
 
 /* dst[0, n) = src[0, n) / = 0 in line: the rows here are D or c values, and glibc's
    memmove / memset calls (~0.4 M of them a fwd+bwd at the #17 size) cost more than the
@@ -298,6 +299,70 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
     free(buf);
 }
 
+/* path_chunk_fwd and attention.c's path_fwd in one pass, for a fresh sequence (no cache, T =
+   N C): each block's pieces go from cache straight into its attention (path_fwd's block step:
+   scores [qs_n K^T | intra_n], the causal softmax rows in PS, o_n = P values, then the keys
+   K <- [K P_n^T ; k1_n]), where k1 and intra (16 MB at the #17 size) went to memory and back.
+   q, k, w, beta, bias, fin and the strides as path_chunk_fwd's (check on, v read with q's
+   strides as the values too); o, keys, KS, PS (KT, PT, Lk) as path_fwd's with L = 0; qs and P
+   as path_chunk_fwd's (what path_bwd reads). */
+void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+                          const T *restrict beta, const T *restrict v, T *restrict fin,
+                          const T *restrict bias, T *restrict o, T *restrict keys,
+                          T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
+                          long Tn, long H, long D, long c, long levels, long N, long sq0,
+                          long sq1, long sq2, long sw0, long sw1, long sw2, long sb0, long sb1,
+                          long sb2, long raw, double eps, double scale, long KT, long PT,
+                          long Lk, long g0, long g1) {
+    NAME(pblk) s;
+    T *buf = NAME(pc_alloc)(&s, c, D, levels);
+    const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
+               sb[3] = {sb0, sb1, sb2};
+    const T sc = (T)scale;
+    T *kt = aligned_alloc(64, (size_t)((Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
+    T *pt = kt + Lt * D;  /* K^T, P_n^T */
+    for (long g = g0; g < g1; g++) {
+        const long bi = g / H, h = g % H;
+        const T *vg = v + bi * sq0 + h * sq1;
+        T *K = keys + g * Lk * D, *og = o + (bi * Lt * H + h) * D, *ks = KS + g * KT,
+          *ps = PS + g * PT;
+        NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
+        for (long n = 0; n < N; n++) {
+            const long m = n * C, e = m + C, ob = g * N + n;
+            const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, bi, h, m, Tn,
+                                        raw, (T)eps, 1);
+            fin[g] = n ? fin[g] + bad : bad;
+            NAME(pc_forward)(&s, 0);
+            const T *qt = s.ql + L * C * D, *Pn = NAME(pc_P)(&s, L, 0);
+            T *qn = qs + ob * C * D;
+            for (long i = 0; i < C * D; i++) qn[i] = sc * qt[i];
+            NAME(pc_cp)(P + ob * D * D, Pn, D * D);
+            if (m) {
+                NAME(trs)(kt, m, ks, D, m, D);
+                NAME(mm)(qn, kt, ps, C, m, D, D, 1, m, 1, e, 0, 0, 0, 0, 0, C);
+            }
+            for (long r = 0; r < C; r++) {  /* path_fwd's sm_fwd: keys <= m + r, zeros past */
+                T *restrict sr = ps + r * e, Z;
+                const T *restrict in = s.intra + r * C;
+                for (long j = 0; j <= r; j++) sr[m + j] = sc * in[j];
+                NAME(softmax_row)(sr, m + r + 1, &Z);
+                for (long j = m + r + 1; j < e; j++) sr[j] = 0;
+            }
+            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, sq2, 1, H * D, 0, 0, 0, 0, 0, C);
+            T *next = n + 1 < N ? ks + m * D : K;  /* the next block's keys after these */
+            if (m) {
+                NAME(trs)(pt, D, Pn, D, D, D);
+                NAME(mm)(ks, pt, next, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+            }
+            NAME(pc_cp)(next + m * D, s.kl + L * C * D, C * D);
+            ks += m * D;
+            ps += C * e;
+        }
+    }
+    free(kt);
+    free(buf);
+}
+
 /* the UT backward of sub-chunk j: dq1, dk1 (c, D) row-major (ld D), dPj (D, D), dI (c, c)
    (ld ldi, read on and below the diagonal) -> dQ, dK, dW (c, D) (ld D), db (c) */
 static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, const T *dPj,
@@ -382,6 +447,78 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     NAME(pm)(Fm, 1, F, W, D, dK, D, c, D, c, 1);
 }
 
+/* the layout of a block's gradient buffer (pc_gbuf values): each level's piece gradients
+   (as ql, kl, Pl), the block's scaled intra gradient (C, C), its input gradients */
+static long NAME(pc_gbuf)(const NAME(pblk) *s) {
+    return 2 * (s->L + 1) * s->C * s->D + 2 * s->S * s->D * s->D + s->C * s->C
+           + 3 * s->C * s->D + s->C;
+}
+
+/* a block's backward from its pieces' gradients in gb (the top level's dQ' (scaled back),
+   dK', dP at dql + L C D, dkl + L C D, dPl's top piece; dI (C, C), scaled back, read on and
+   below the diagonal), s holding pc_forward(s, 1) of the block: the merges top-down, each
+   sub-chunk's UT backward, the raw inputs' l2norm and sigmoid, and the rows of steps < Tn
+   written to dq, dk (q's strides sq), dw (sw), dbeta (sb) */
+static void NAME(pc_block_bwd)(NAME(pblk) *s, T *gb, T *restrict dq, T *restrict dk,
+                               T *restrict dw, T *restrict dbeta, const long *sq,
+                               const long *sw, const long *sb, long bi, long h, long t0,
+                               long Tn, long raw) {
+    const long C = s->C, S = s->S, L = s->L, D = s->D, nP = 2 * S * D * D;
+    T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
+      *dI = dPl + nP, *gq = dI + C * C, *gk = gq + C * D, *gw = gk + C * D, *gbt = gw + C * D;
+    for (long l = L - 1; l >= 0; l--) {
+        const long cl = s->c << l, np = S >> (l + 1);
+        const T *ql = s->ql + l * C * D, *kl = s->kl + l * C * D;
+        const T *dqn = dql + (l + 1) * C * D, *dkn = dkl + (l + 1) * C * D;
+        T *dqc = dql + l * C * D, *dkc = dkl + l * C * D, *t = s->t1;
+        for (long p = 0; p < np; p++) {
+            const long oa = 2 * p * cl, ob = oa + cl;
+            const T *Pa = NAME(pc_P)(s, l, 2 * p), *Pb = NAME(pc_P)(s, l, 2 * p + 1),
+                    *Pab = NAME(pc_P)(s, l + 1, p);
+            T *dPa = dPl + (Pa - s->Pl), *dPb = dPl + (Pb - s->Pl);
+            const T *dPab = dPl + (Pab - s->Pl), *dX = dI + ob * C + oa;
+            /* dQ'_a = dQ[a];  dQ'_b = dQ[b] P_a^T + dX K'_a */
+            NAME(pc_cp)(dqc + oa * D, dqn + oa * D, cl * D);
+            NAME(tr)(t, Pa, D, D, D);
+            NAME(pm)(dqn + ob * D, D, 1, t, D, dqc + ob * D, D, cl, D, D, 0);
+            NAME(pm)(dX, C, 1, kl + oa * D, D, dqc + ob * D, D, cl, D, cl, 1);
+            /* dK'_a = dK[a] P_b + dX^T Q'_b;  dK'_b = dK[b] */
+            NAME(pm)(dkn + oa * D, D, 1, Pb, D, dkc + oa * D, D, cl, D, D, 0);
+            NAME(pm)(dX, 1, C, ql + ob * D, D, dkc + oa * D, D, cl, D, cl, 1);
+            NAME(pc_cp)(dkc + ob * D, dkn + ob * D, cl * D);
+            /* dP_a = Q'_b^T dQ[b] + P_b^T dP;  dP_b = dK[a]^T K'_a + dP P_a^T */
+            NAME(pm)(ql + ob * D, 1, D, dqn + ob * D, D, dPa, D, D, D, cl, 0);
+            NAME(pm)(Pb, 1, D, dPab, D, dPa, D, D, D, D, 1);
+            NAME(pm)(dkn + oa * D, 1, D, kl + oa * D, D, dPb, D, D, D, cl, 0);
+            NAME(pm)(dPab, D, 1, t, D, dPb, D, D, D, D, 1);
+        }
+    }
+    for (long j = 0; j < S; j++)
+        NAME(pc_ut_bwd)(s, j, dql + j * s->c * D, dkl + j * s->c * D,
+                        dPl + j * D * D, dI + j * s->c * C + j * s->c, C,
+                        gq + j * s->c * D, gk + j * s->c * D, gw + j * s->c * D,
+                        gbt + j * s->c);
+    if (raw)  /* through the l2norm (dx = r (dy - y (y . dy)); floor: r dy) and
+                 2 sigmoid (b (1 - b / 2), b = 2 sigmoid) */
+        for (long r = 0; r < C; r++) {
+            const T *restrict y = s->w + r * D;
+            T *restrict gr = gw + r * D, dot = 0;
+#pragma omp simd reduction(+:dot)
+            for (long d = 0; d < D; d++) dot += y[d] * gr[d];
+            dot = s->fl[r] ? 0 : dot;
+            for (long d = 0; d < D; d++) gr[d] = s->r[r] * (gr[d] - y[d] * dot);
+            gbt[r] *= s->b[r] * (1 - s->b[r] / 2);
+        }
+    for (long r = 0; r < C && t0 + r < Tn; r++) {
+        const long t = t0 + r, oq = bi * sq[0] + h * sq[1] + t * sq[2],
+                   ow = bi * sw[0] + h * sw[1] + t * sw[2];
+        NAME(pc_cp)(dq + oq, gq + r * D, D);
+        NAME(pc_cp)(dk + oq, gk + r * D, D);
+        NAME(pc_cp)(dw + ow, gw + r * D, D);
+        dbeta[bi * sb[0] + h * sb[1] + t * sb[2]] = gbt[r];
+    }
+}
+
 void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict dqs,
                           const T *restrict dk1, const T *restrict dP,
@@ -396,13 +533,9 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
     const long C = s.C, S = s.S, L = s.L, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
                sb[3] = {sb0, sb1, sb2};
     const T sc = (T)scale;
-    /* gradients of each level's pieces (as ql, kl, Pl), the block's scaled intra gradient,
-       and the block's input gradients */
-    const long nP = 2 * S * D * D;
-    T *gb = aligned_alloc(64, (size_t)((2 * (L + 1) * C * D + nP + C * C + 3 * C * D + C + 15)
-                                       / 16 * 16) * sizeof(T));
+    T *gb = aligned_alloc(64, (size_t)((NAME(pc_gbuf)(&s) + 15) / 16 * 16) * sizeof(T));
     T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
-      *dI = dPl + nP, *gq = dI + C * C, *gk = gq + C * D, *gw = gk + C * D, *gbt = gw + C * D;
+      *dI = dPl + 2 * S * D * D;
     for (long g = g0; g < g1; g++)
         for (long n = 0; n < N; n++) {
             const long bi = g / H, h = g % H, t0 = n * C, o = g * N + n;
@@ -415,58 +548,89 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
             T *dPt = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
             NAME(pc_cp)(dPt, dP + o * D * D, D * D);
             for (long i = 0; i < C * C; i++) dI[i] = sc * dio[i];
-            for (long l = L - 1; l >= 0; l--) {
-                const long cl = s.c << l, np = S >> (l + 1);
-                const T *ql = s.ql + l * C * D, *kl = s.kl + l * C * D;
-                const T *dqn = dql + (l + 1) * C * D, *dkn = dkl + (l + 1) * C * D;
-                T *dqc = dql + l * C * D, *dkc = dkl + l * C * D, *t = s.t1;
-                for (long p = 0; p < np; p++) {
-                    const long oa = 2 * p * cl, ob = oa + cl;
-                    const T *Pa = NAME(pc_P)(&s, l, 2 * p), *Pb = NAME(pc_P)(&s, l, 2 * p + 1),
-                            *Pab = NAME(pc_P)(&s, l + 1, p);
-                    T *dPa = dPl + (Pa - s.Pl), *dPb = dPl + (Pb - s.Pl);
-                    const T *dPab = dPl + (Pab - s.Pl), *dX = dI + ob * C + oa;
-                    /* dQ'_a = dQ[a];  dQ'_b = dQ[b] P_a^T + dX K'_a */
-                    NAME(pc_cp)(dqc + oa * D, dqn + oa * D, cl * D);
-                    NAME(tr)(t, Pa, D, D, D);
-                    NAME(pm)(dqn + ob * D, D, 1, t, D, dqc + ob * D, D, cl, D, D, 0);
-                    NAME(pm)(dX, C, 1, kl + oa * D, D, dqc + ob * D, D, cl, D, cl, 1);
-                    /* dK'_a = dK[a] P_b + dX^T Q'_b;  dK'_b = dK[b] */
-                    NAME(pm)(dkn + oa * D, D, 1, Pb, D, dkc + oa * D, D, cl, D, D, 0);
-                    NAME(pm)(dX, 1, C, ql + ob * D, D, dkc + oa * D, D, cl, D, cl, 1);
-                    NAME(pc_cp)(dkc + ob * D, dkn + ob * D, cl * D);
-                    /* dP_a = Q'_b^T dQ[b] + P_b^T dP;  dP_b = dK[a]^T K'_a + dP P_a^T */
-                    NAME(pm)(ql + ob * D, 1, D, dqn + ob * D, D, dPa, D, D, D, cl, 0);
-                    NAME(pm)(Pb, 1, D, dPab, D, dPa, D, D, D, D, 1);
-                    NAME(pm)(dkn + oa * D, 1, D, kl + oa * D, D, dPb, D, D, D, cl, 0);
-                    NAME(pm)(dPab, D, 1, t, D, dPb, D, D, D, D, 1);
-                }
-            }
-            for (long j = 0; j < S; j++)
-                NAME(pc_ut_bwd)(&s, j, dql + j * s.c * D, dkl + j * s.c * D,
-                                dPl + j * D * D, dI + j * s.c * C + j * s.c, C,
-                                gq + j * s.c * D, gk + j * s.c * D, gw + j * s.c * D,
-                                gbt + j * s.c);
-            if (raw)  /* through the l2norm (dx = r (dy - y (y . dy)); floor: r dy) and
-                         2 sigmoid (b (1 - b / 2), b = 2 sigmoid) */
-                for (long r = 0; r < C; r++) {
-                    const T *restrict y = s.w + r * D;
-                    T *restrict gr = gw + r * D, dot = 0;
-#pragma omp simd reduction(+:dot)
-                    for (long d = 0; d < D; d++) dot += y[d] * gr[d];
-                    dot = s.fl[r] ? 0 : dot;
-                    for (long d = 0; d < D; d++) gr[d] = s.r[r] * (gr[d] - y[d] * dot);
-                    gbt[r] *= s.b[r] * (1 - s.b[r] / 2);
-                }
-            for (long r = 0; r < C && t0 + r < Tn; r++) {
-                const long t = t0 + r, oq = bi * sq[0] + h * sq[1] + t * sq[2],
-                           ow = bi * sw[0] + h * sw[1] + t * sw[2];
-                NAME(pc_cp)(dq + oq, gq + r * D, D);
-                NAME(pc_cp)(dk + oq, gk + r * D, D);
-                NAME(pc_cp)(dw + ow, gw + r * D, D);
-                dbeta[bi * sb[0] + h * sb[1] + t * sb[2]] = gbt[r];
-            }
+            NAME(pc_block_bwd)(&s, gb, dq, dk, dw, dbeta, sq, sw, sb, bi, h, t0, Tn, raw);
         }
+    free(gb);
+    free(buf);
+}
+
+/* path_fused_fwd's backward: attention.c's path_bwd block by block in reverse (L = 0; qs, P,
+   KS, PS as path_fused_fwd wrote them), each block's piece gradients (dqs_n, dk1_n, dP_n,
+   dintra_n) taken from cache by its chunk backward (path_chunk_bwd's, the block's pieces
+   recomputed there as before), where they went to memory and back (26 MB at the #17 size).
+   do, dkeys (NULL: zero) as path_bwd's; dv written whole with q's strides (sq); dq, dk, dw,
+   dbeta as path_chunk_bwd's. */
+void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+                          const T *restrict beta, const T *restrict v, const T *restrict qs,
+                          const T *restrict P, const T *restrict KS, const T *restrict PS,
+                          const T *restrict do_, const T *restrict dkeys, T *restrict dq,
+                          T *restrict dk, T *restrict dv, T *restrict dw, T *restrict dbeta,
+                          const T *restrict bias, long Tn, long H, long D, long c,
+                          long levels, long N, long sq0, long sq1, long sq2, long sw0,
+                          long sw1, long sw2, long sb0, long sb1, long sb2, long raw,
+                          double eps, double scale, long KT, long PT, long Lk, long g0,
+                          long g1) {
+    NAME(pblk) s;
+    T *buf = NAME(pc_alloc)(&s, c, D, levels);
+    const long C = s.C, S = s.S, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2},
+               sw[3] = {sw0, sw1, sw2}, sb[3] = {sb0, sb1, sb2};
+    const T sc = (T)scale;
+    T *gb = aligned_alloc(64, (size_t)((NAME(pc_gbuf)(&s) + 15) / 16 * 16) * sizeof(T));
+    T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
+      *dI = dPl + 2 * S * D * D;
+    T *ab = aligned_alloc(64, (size_t)((3 * Lt * D + C * Lt + 15) / 16 * 16) * sizeof(T));
+    T *dK = ab, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D;
+    for (long g = g0; g < g1; g++) {
+        const long bi = g / H, h = g % H;
+        NAME(trs)(vT, Lt, v + bi * sq0 + h * sq1, sq2, Lt, D);  /* V^T (D, Lt) */
+        const T *dog = do_ + (bi * Lt * H + h) * D;
+        T *dvg = dv + bi * sq0 + h * sq1;
+        if (dkeys) NAME(pc_cp)(dK, dkeys + g * Lk * D, Lt * D);
+        else NAME(pc_zero)(dK, Lt * D);
+        for (long j = 0; j < Lt; j++) NAME(pc_zero)(dvg + j * sq2, D);
+        const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
+        for (long n = N - 1; n >= 0; n--) {
+            const long m = n * C, e = m + C, ob = g * N + n;
+            ks -= m * D;
+            ps -= C * e;
+            NAME(pc_load)(&s, q, k, w, beta, bias, 0, sq, sw, sb, bi, h, m, Tn, raw, (T)eps, 0);
+            NAME(pc_forward)(&s, 1);
+            const T *don = dog + m * H * D, *qn = qs + ob * C * D, *Pn = P + ob * D * D;
+            T *dqt = dql + L * C * D, *dPn = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
+            NAME(pc_cp)(dkl + L * C * D, dK + m * D, C * D);
+            if (m) {  /* dK[:m] P_n into the other buffer, which becomes dK */
+                NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
+                NAME(mm)(dK, Pn, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
+                T *t = dK;
+                dK = tmp, tmp = t;
+            } else {
+                NAME(pc_zero)(dPn, D * D);
+            }
+            /* path_bwd's order: dS = P (do V^T - rowsum) reading P by rows, then dV */
+            NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
+            for (long r = 0; r < C; r++) {
+                const long end = m + r + 1;
+                const T *restrict pr = ps + r * e;
+                T *restrict dr = ds + r * e, dot = 0;
+#pragma omp simd reduction(+:dot)
+                for (long j = 0; j < end; j++) dot += pr[j] * dr[j];
+                for (long j = 0; j < end; j++) dr[j] = pr[j] * (dr[j] - dot);
+                for (long j = end; j < e; j++) dr[j] = 0;
+            }
+            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, sq2, 0, 0, 0, 1, 0, e);
+            for (long r = 0; r < C; r++)  /* the intra gradient, scaled back */
+                for (long j = 0; j < C; j++) dI[r * C + j] = sc * ds[r * e + m + j];
+            if (m) {
+                NAME(mm)(ds, ks, dqt, C, D, m, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
+                NAME(mm)(ds, qn, dK, m, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, m);
+                for (long i = 0; i < C * D; i++) dqt[i] *= sc;
+            } else {
+                NAME(pc_zero)(dqt, C * D);
+            }
+            NAME(pc_block_bwd)(&s, gb, dq, dk, dw, dbeta, sq, sw, sb, bi, h, m, Tn, raw);
+        }
+    }
+    free(ab);
     free(gb);
     free(buf);
 }

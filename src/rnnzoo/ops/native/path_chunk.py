@@ -16,9 +16,10 @@ and _merge, ran ~50 batched products, a triangular solve and ~60 elementwise pas
         attention kernel reads), the gradient of q, k and v written into one tensor (no
         split into heads and no stack of the three gradients).
 
-    chunk_args / chunk_fwd / chunk_bwd: the kernels' calls themselves, for a Function that
-        runs them with others (ops.path_attention._PathQKV: w and beta given raw, their
-        l2norm and 2 sigmoid in the kernel, and the inputs' finiteness summed there).
+    chunk_args / chunk_fwd / chunk_bwd / fused_fwd: the kernels' calls themselves, for a
+        Function that runs them with others (ops.path_attention._PathQKV: w and beta given
+        raw, their l2norm and 2 sigmoid in the kernel, and the inputs' finiteness summed
+        there; fused_fwd runs the block attention's forward on each block's pieces in cache).
 
 All float32 or all float64 on the CPU (`ops.backend.use_native`); `lib` = load().
 """
@@ -39,9 +40,11 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13}[name]
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 13,
+         "path_fused_bwd": 17}[name]
     D = ctypes.c_double
-    return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
+    return native.kernel(lib, name, dtype,
+                         [P] * n + [L] * 16 + [D, D] + [L] * (5 if "fused" in name else 2))
 
 
 def _dense(t):
@@ -76,6 +79,44 @@ def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False, bias=None):
                [(*(native.ptr(t) for t in (q, k, w, beta, qs, k1, P, intra, v, fin, bias)),
                  *extra, *r) for r in native.rows(B * H) or [(0, 0)]])
     return qs, k1, P, intra, fin
+
+
+def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
+    """chunk_fwd with check and the block attention (ops.path_attention._attend_fwd, no
+    cache) in one kernel (path_fused_fwd: k1 and intra never leave cache), for T a multiple
+    of the block: o (B, T, H, D), keys (B, H, Lk, D) (zero past T), KS, PS (what the
+    attention backward reads), fin, and qs, P (chunk_fwd's)."""
+    B, Tn, H, D = q.shape
+    c, levels, N = extra[3:6]
+    C = c << levels
+    KT, PT = sum(n * C for n in range(N)) * D, sum(C * (n + 1) * C for n in range(N))
+    qs, P = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, D, D)
+    o, keys = q.new_empty(B, N * C, H, D), q.new_empty(B, H, Lk, D)
+    KS, PS, fin = q.new_empty(B * H, KT), q.new_empty(B * H, PT), q.new_zeros(B * H)
+    native.run(_kernel(lib, "path_fused_fwd", q.dtype),
+               [(*(native.ptr(t) for t in (q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs,
+                                            P)), *extra, KT, PT, Lk, *r)
+                for r in native.rows(B * H) or [(0, 0)]])
+    return o, keys, KS, PS, fin, qs, P
+
+
+def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk, dv, dw, db, extra,
+              bias):
+    """fused_fwd's backward in one kernel (path_fused_bwd: each block's piece gradients
+    from cache into its chunk backward): do (B, T, H, D), dkeys (B, H, Lk, D) or None ->
+    dq, dk, dv (written, q's strides), dw, db (written, w's and beta's strides)."""
+    B, Tn, H, D = q.shape
+    c, levels, N = extra[3:6]
+    KT, PT = KS.shape[1], PS.shape[1]
+    do = do.contiguous()
+    dkeys = None if dkeys is None else dkeys.contiguous()
+    Lk = 0 if dkeys is None else dkeys.shape[2]
+    assert dq.stride() == q.stride() and dk.stride() == q.stride() and dv.stride() == q.stride()
+    assert dw.stride() == w.stride() and db.stride() == beta.stride()
+    native.run(_kernel(lib, "path_fused_bwd", q.dtype),
+               [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
+                                            dv, dw, db, bias)), *extra, KT, PT, Lk, *r)
+                for r in native.rows(B * H) or [(0, 0)]])
 
 
 def chunk_bwd(lib, q, k, w, beta, grads, dq, dk, extra, dw=None, db=None, bias=None):
