@@ -121,8 +121,9 @@ def test_rwkv6_layer_runs_the_ddlerp_kernels(monkeypatch):
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("shape", [(1,), (139, 5), (3, 7, 20)])
 def test_tanh_equals_torch(dtype, nthreads, shape):
-    """token_mix.tanh (1 - 2 / (exp(2x) + 1) in C): values over a wide range, the gradient and
-    the gradient's gradient against torch.tanh; the values at +-inf, nan, +-1e4 and 1e-30."""
+    """token_mix.tanh (exp.h's tanh in C): values over a wide range, the gradient and the
+    gradient's gradient against torch.tanh; the values at +-inf, nan, +-1e4 and 1e-30; small
+    inputs to a relative 4 ulp (1 - 2 / (e^{2x} + 1) alone gives 0 for 1e-8)."""
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(shape, generator=g, dtype=dtype) * 4).requires_grad_()
     with threads(nthreads):
@@ -141,6 +142,11 @@ def test_tanh_equals_torch(dtype, nthreads, shape):
                         dtype=dtype)
     got = token_mix.tanh(token_mix.load(), edge)
     torch.testing.assert_close(got, torch.tanh(edge), equal_nan=True, rtol=0, atol=1e-7)
+    small = torch.logspace(-12, 0, 301, dtype=dtype)
+    small = torch.cat([small, -small])
+    want = torch.tanh(small.double())
+    rel = ((token_mix.tanh(token_mix.load(), small).double() - want) / want).abs().max()
+    assert rel < 4 * torch.finfo(dtype).eps
 
 
 def test_rwkv6_layer_runs_the_tanh_kernel(monkeypatch):

@@ -1,6 +1,8 @@
-/* exp_f, exp_d: a vectorisable exp for the kernels of rnnzoo.ops.native (shared header). */
+/* exp_f, exp_d: a vectorisable exp for the kernels of rnnzoo.ops.native (shared header); tanh_f,
+   tanh_d on it. */
 #ifndef RNNZOO_NATIVE_EXP_H
 #define RNNZOO_NATIVE_EXP_H
+#include <math.h>
 #include <stdint.h>
 
 /* exp by range reduction x = k ln2 + r, |r| <= ln2 / 2, and a Taylor polynomial in r;
@@ -32,5 +34,20 @@ static inline double exp_d(double x) {
     s.i = (tb.i + 1023u) << 52;
     return p * s.f;
 }
+
+/* tanh_f, tanh_d: tanh with a relative error of about an ulp everywhere. 1 - 2 / (e^{2x} + 1)
+   alone is one minus a number near one at small |x|: an absolute error of an ulp of 1, which a
+   sum over steps keeps (mamba3's angles drifted ~100x torch's float32 form where phi was small).
+   As cephes' tanhf: below |x| = 0.625 its odd polynomial, above that form with exp_f; double
+   takes libm's tanh. */
+static inline float tanh_f(float x) {
+    const float z = x * x;
+    const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                      + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+    const float e = copysignf(1 - 2 / (1 + exp_f(2 * fabsf(x))), x);
+    return z < 0.390625f ? p : e;  /* 0.625^2 */
+}
+
+static inline double tanh_d(double x) { return tanh(x); }
 
 #endif

@@ -208,20 +208,6 @@ static inline void NAME(m3_sincos)(T x, T *restrict s, T *restrict c) {
     *c = (T)(((q + 1u) & 2u) ? -c0 : c0);
 }
 
-/* tanh for the angles' steps pi tanh(phi) dt. 2 / (1 + e^{-2x}) - 1 alone is one minus a
-   number near one at small |x|: an absolute error of an ulp of 1 (~1e-7 in float), each step's,
-   which the sum along T keeps (the angles drifted ~100x torch's float32 form where phi is
-   small). As cephes' tanhf: below |x| = 0.625 its odd polynomial, above 1 - 2 / (e^{2|x|} + 1)
-   (relative error ~1 ulp either side); for double libm's, as m3_sincos. */
-static inline T NAME(m3_tanh)(T x) {
-    if (sizeof(T) == 8) return tanh((double)x);
-    const float xf = (float)x, z = xf * xf;
-    const float p = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
-                      + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * xf + xf;
-    const float e = copysignf(1 - 2 / (1 + EXP(2 * fabsf(xf))), xf);  /* cephes' form too */
-    return (T)(z < 0.390625f ? p : e);  /* 0.625^2 */
-}
-
 /* a later row's raw B, C (W channels) and phi (n) into the cache: in_proj's output rows, S
    and SP elements apart, read first from memory (~40% of m3qkt_fwd's samples were those
    first loads) */
@@ -254,7 +240,7 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
             const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
             T *restrict th = theta + r * H * n;
 #pragma omp simd
-            for (long j = 0; j < n; j++) a[j] = pi * NAME(m3_tanh)(ph[j]);
+            for (long j = 0; j < n; j++) a[j] = pi * TANH(ph[j]);
             for (long h = 0; h < H; h++) {
                 const T dth = dtr[h];
                 double *restrict ac = acc + h * n;
@@ -311,7 +297,7 @@ void NAME(m3qkt_bwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
             const long r = b * Tn + t;
             const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
 #pragma omp simd
-            for (long j = 0; j < n; j++) a[j] = NAME(m3_tanh)(ph[j]), da[j] = 0;
+            for (long j = 0; j < n; j++) a[j] = TANH(ph[j]), da[j] = 0;
             for (long h = 0; h < H; h++) {
                 const T dth = dtr[h];
                 double *restrict ac = acc + h * n;

@@ -344,12 +344,11 @@ void NAME(keys_bwd)(const T *restrict dw, const T *restrict dkt, const T *restri
     free(A);
 }
 
-/* y = tanh x = 1 - 2 / (exp(2x) + 1) with exp.h's exponential, elementwise over [j0, j1)
-   (RWKV-6's two low-rank tanhs; ATen's float32 tanh costs ~6x its sigmoid at 1 thread).
-   Absolute error near 0 ~ the dtype's epsilon (cancellation), as memory_gelu.c's tanh. */
+/* y = tanh x (exp.h's TANH: about an ulp relative), elementwise over [j0, j1) (RWKV-6's two
+   low-rank tanhs; ATen's float32 tanh costs ~6x its sigmoid at 1 thread). */
 void NAME(tanh_fwd)(const T *restrict x, T *restrict y, long j0, long j1) {
     #pragma omp simd
-    for (long j = j0; j < j1; j++) y[j] = 1 - 2 / (EXP(2 * x[j]) + 1);
+    for (long j = j0; j < j1; j++) y[j] = TANH(x[j]);
 }
 
 /* y = -exp x elementwise over [j0, j1) (RWKV-6's log-decay), on exp.h's exponential, which
