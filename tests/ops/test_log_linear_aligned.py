@@ -96,19 +96,11 @@ def test_expanded_constant_buckets_read_as_their_value(calls, value):
     assert bool(y.isnan().any()) == (value != value)
 
 
-@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", [(2, 37, 2, 6, 8, 0, False),
-                                                  (2, 45, 3, 6, 8, 13, True),
-                                                  (1, 20, 1, 5, 4, 3, False),
-                                                  (2, 64, 2, 8, 16, 0, False)])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("nthreads", [1, 2])
-def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthreads):
-    """v_scale u (the values u_t v_t) with v a column view of a wider tensor (the layer's
-    conv output), read in place by the C block: outputs, final buckets and the gradients of
-    q, k, the wide tensor, u, the decays and the level weights against the torch path given
-    v * u, float64 and float32, T off the chunk grid, from positions off it, B = 1 with one
-    head, 1 and 2 threads."""
-    gen = torch.Generator().manual_seed(T + n0)
+def _wide_case(B, T, H, L, n0, buckets, dtype, seed):
+    """The C block's inputs with v a column view of a wider tensor (the layer's conv output):
+    q, k (B, T, 1, 3), wide (B, T, H 4 + 5), u, g (B, T, H), lam (B, T, H, L), the buckets S
+    (random or zero) at count n0, the loss weights wy, wS; and the generator's randn."""
+    gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     K, V = 3, 4
     q, k, wide = r(B, T, 1, K), r(B, T, 1, K), r(B, T, H * V + 5)
@@ -117,10 +109,28 @@ def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, n
     lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
     S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=dtype)
     count = torch.full((B,), float(n0), dtype=dtype)
+    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
+    return q, k, wide, u, g, lam, S, count, wy, wS, r
+
+
+WIDE_CASES = [(2, 37, 2, 6, 8, 0, False), (2, 45, 3, 6, 8, 13, True), (1, 20, 1, 5, 4, 3, False),
+              (2, 64, 2, 8, 16, 0, False)]
+
+
+@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", WIDE_CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_v_scale_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthreads):
+    """v_scale u (the values u_t v_t) with v a column view of a wider tensor (the layer's
+    conv output), read in place by the C block: outputs, final buckets and the gradients of
+    q, k, the wide tensor, u, the decays and the level weights against the torch path given
+    v * u, float64 and float32, T off the chunk grid, from positions off it, B = 1 with one
+    head, 1 and 2 threads."""
+    q, k, wide, u, g, lam, S, count, wy, wS, _ = _wide_case(B, T, H, L, n0, buckets, dtype, T + n0)
+    V = 4
     ins = [q, k, wide, u, g, lam]
     for t in ins:
         t.requires_grad_()
-    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
 
     def go(inside):
         v = wide[..., 2:2 + H * V].unflatten(-1, (H, V))
@@ -163,10 +173,7 @@ def test_v_scale_on_the_dense_form(calls):
     assert_close(runs[0], runs[1], ["y", "S", "v", "u"], 1e-12)
 
 
-@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", [(2, 37, 2, 6, 8, 0, False),
-                                                  (2, 45, 3, 6, 8, 13, True),
-                                                  (1, 20, 1, 5, 4, 3, False),
-                                                  (2, 64, 2, 8, 16, 0, False)])
+@pytest.mark.parametrize("B,T,H,L,C,n0,buckets", WIDE_CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("scaled", [False, True])
@@ -176,20 +183,12 @@ def test_skip_in_the_c_block(calls, B, T, H, L, C, n0, buckets, dtype, tol, nthr
     tensor, u (with v_scale), the decays, the level weights and D against the torch path plus
     D v added outside, float64 and float32, T off the chunk grid, from positions off it, B = 1
     with one head, 1 and 2 threads; and the torch path given skip itself."""
-    gen = torch.Generator().manual_seed(T + n0 + 1)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    K, V = 3, 4
-    q, k, wide = r(B, T, 1, K), r(B, T, 1, K), r(B, T, H * V + 5)
-    u = torch.rand(B, T, H, generator=gen, dtype=dtype) + 0.1
-    g = -torch.rand(B, T, H, generator=gen, dtype=dtype)
-    lam = torch.rand(B, T, H, L, generator=gen, dtype=dtype) + 0.5
-    D = r(H)
-    S = r(B, H, L - 1, K, V) if buckets else torch.zeros(B, H, L - 1, K, V, dtype=dtype)
-    count = torch.full((B,), float(n0), dtype=dtype)
+    q, k, wide, u, g, lam, S, count, wy, wS, r = _wide_case(B, T, H, L, n0, buckets, dtype,
+                                                           T + n0 + 1)
+    D, V = r(H), 4
     ins = [q, k, wide, u, g, lam, D]
     for t in ins:
         t.requires_grad_()
-    wy, wS = r(B, T, H, V), r(B, H, L - 1, K, V)
 
     def go(inside):
         v = wide[..., 2:2 + H * V].unflatten(-1, (H, V))
@@ -257,18 +256,25 @@ def test_gradient_into_the_wide_input(monkeypatch, order, B, T, H, Gq, C, dtype,
     assert_close(got, want, ["y", "S", "wide", "g", "lam", "u", "D"], tol)
 
 
+def _small_case(seed):
+    """float64 q, k (2, 21, 1, 3), v (2, 21, 2, 4), g, u (2, 21, 2), lam (2, 21, 2, 6) by
+    name, and the generator's randn; the bad step t0 = 9."""
+    B, T, H, L, K, V = 2, 21, 2, 6, 3, 4
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    return dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
+                g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
+                lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
+                u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1), r
+
+
 @pytest.mark.parametrize("name", ["q", "v", "u"])
 def test_skip_with_a_non_finite_input(calls, name):
     """A non-finite input sends the call through ops.finite's rerun: the skip is then added
     to that run's output (the policy's NaN where D v itself is NaN), equal to the run without
     skip plus D v; no rows at different counts needed."""
-    B, T, H, L, K, V, t0 = 2, 21, 2, 6, 3, 4, 9
-    gen = torch.Generator().manual_seed(12)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    ins = dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
-               g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
-               lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
-               u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1)
+    ins, r = _small_case(12)
+    H, t0 = 2, 9
     D = r(H)
     x = ins[name].clone()
     x[0, t0].view(-1)[0] = float("nan")
@@ -291,13 +297,8 @@ def test_c_block_reports_non_finite_inputs(calls, name, bad):
     then runs again on ops.finite's cleaned inputs: outputs before the bad step as without it,
     NaN at it (a read input: q, lam) or from it on (a written one: k, v, g, u) in its row, the
     rest as without it, the other row untouched."""
-    B, T, H, L, K, V, t0 = 2, 21, 2, 6, 3, 4, 9
-    gen = torch.Generator().manual_seed(11)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    ins = dict(q=r(B, T, 1, K), k=r(B, T, 1, K), v=r(B, T, H, V),
-               g=-torch.rand(B, T, H, generator=gen, dtype=torch.float64),
-               lam=torch.rand(B, T, H, L, generator=gen, dtype=torch.float64) + 0.5,
-               u=torch.rand(B, T, H, generator=gen, dtype=torch.float64) + 0.1)
+    ins, _ = _small_case(11)
+    t0 = 9
 
     def go(d):
         return ll.log_linear_attention(d["q"], d["k"], d["v"], d["g"], d["lam"], v_scale=d["u"],
