@@ -219,6 +219,15 @@ def rows(n: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
+def elementwise(lib: ctypes.CDLL, name: str, *tensors) -> None:
+    """The kernel `name`(pointers of tensors..., j0, j1) over tensors (inputs, then outputs,
+    all contiguous, one shape and dtype), element ranges [j0, j1) split by `rows`."""
+    fn = kernel(lib, name, tensors[0].dtype, [ctypes.c_void_p] * len(tensors)
+                + [ctypes.c_long] * 2)
+    ptrs = [ptr(t) for t in tensors]
+    run(fn, [(*ptrs, *r) for r in rows(tensors[0].numel()) or [(0, 0)]])
+
+
 def tile_pad(v: int) -> int:
     """v rounded up to a multiple of 32, as tile.h's TILE_PAD: the row width of a tiled
     kernel's checkpoint buffer (every tile width, 256- or 512-bit, float or double, divides it)."""

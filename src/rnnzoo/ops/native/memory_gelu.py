@@ -11,8 +11,6 @@ decides); threads split the elements.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -23,20 +21,12 @@ def load():
     return native.load("memory_gelu")
 
 
-def _call(lib, name, *tensors):
-    """The kernel `name` over tensors (inputs, then outputs), all contiguous, one shape."""
-    P, L = ctypes.c_void_p, ctypes.c_long
-    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [L, L])
-    ptrs = [native.ptr(t) for t in tensors]
-    native.run(fn, [(*ptrs, *p) for p in native.rows(tensors[0].numel()) or [(0, 0)]])
-
-
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, z):
         z = z.contiguous()
         y = torch.empty_like(z)
-        _call(lib, "gelu_fwd", z, y)
+        native.elementwise(lib, "gelu_fwd", z, y)
         ctx.save_for_backward(z)
         ctx.lib = lib
         return y
@@ -52,7 +42,7 @@ class _GeluBack(torch.autograd.Function):
     def forward(ctx, lib, g, z):
         g, z = g.contiguous(), z.contiguous()
         out = torch.empty_like(z)
-        _call(lib, "gelu_bwd", g, z, out)
+        native.elementwise(lib, "gelu_bwd", g, z, out)
         ctx.save_for_backward(g, z)
         ctx.lib = lib
         return out
@@ -62,7 +52,7 @@ class _GeluBack(torch.autograd.Function):
     def backward(ctx, d):
         g, z = ctx.saved_tensors
         dg, dz = torch.empty_like(z), torch.empty_like(z)
-        _call(ctx.lib, "gelu_bwd2", d.contiguous(), g, z, dg, dz)
+        native.elementwise(ctx.lib, "gelu_bwd2", d.contiguous(), g, z, dg, dz)
         return None, dg, dz
 
 

@@ -243,24 +243,15 @@ def rwkv7_keys(lib, k, ap, wp, kk, ka, wc, eps, H):
     return _Keys.apply(lib, k, ap, wp, kk, ka, float(wc), float(eps), H)
 
 
-def _elementwise(lib, name, x):
-    """The kernel `name` (x, y, j0, j1) over x's elements into a new y."""
-    x = x.contiguous()
-    y = torch.empty_like(x)
-    P, L = ctypes.c_void_p, ctypes.c_long
-    fn = native.kernel(lib, name, x.dtype, [P, P, L, L])
-    native.run(fn, [(native.ptr(x), native.ptr(y), j0, j1)
-                    for j0, j1 in native.rows(x.numel()) or [(0, 0)]])
-    return y
-
-
 class _Pointwise(torch.autograd.Function):
     """y = f(x) by the kernel `name`; backward dy f'(x) from y alone: tanh's ATen
     tanh_backward (dy (1 - y^2), differentiable again), -exp's dy y."""
 
     @staticmethod
     def forward(ctx, lib, name, x):
-        y = _elementwise(lib, name, x)
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        native.elementwise(lib, name, x, y)
         ctx.save_for_backward(y)
         ctx.name = name
         return y
