@@ -202,13 +202,8 @@ void NAME(sm_fwd)(T *restrict S, const T *restrict bias, long t, long e, long n0
 void NAME(sm_bwd)(const T *restrict P, T *restrict dP, long t, long e, long i0, long r0,
                   long r1) {
     for (long r = r0; r < r1; r++) {
-        const long i = i0 + r % t, end = i + 1 < e ? i + 1 : e;
-        const T *restrict p = P + r * e;
-        T *restrict d = dP + r * e, dot = 0;
-#pragma omp simd reduction(+:dot)
-        for (long j = 0; j < end; j++) dot += p[j] * d[j];
-        for (long j = 0; j < end; j++) d[j] = p[j] * (d[j] - dot);
-        for (long j = end; j < e; j++) d[j] = 0;
+        const long i = i0 + r % t;
+        NAME(softmax_row_bwd)(P + r * e, dP + r * e, i + 1 < e ? i + 1 : e, e);
     }
 }
 

@@ -608,15 +608,8 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             }
             /* path_bwd's order: dS = P (do V^T - rowsum) reading P by rows, then dV */
             NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
-            for (long r = 0; r < C; r++) {
-                const long end = m + r + 1;
-                const T *restrict pr = ps + r * e;
-                T *restrict dr = ds + r * e, dot = 0;
-#pragma omp simd reduction(+:dot)
-                for (long j = 0; j < end; j++) dot += pr[j] * dr[j];
-                for (long j = 0; j < end; j++) dr[j] = pr[j] * (dr[j] - dot);
-                for (long j = end; j < e; j++) dr[j] = 0;
-            }
+            for (long r = 0; r < C; r++)
+                NAME(softmax_row_bwd)(ps + r * e, ds + r * e, m + r + 1, e);
             NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, sq2, 0, 0, 0, 1, 0, e);
             for (long r = 0; r < C; r++)  /* the intra gradient, scaled back */
                 for (long j = 0; j < C; j++) dI[r * C + j] = sc * ds[r * e + m + j];
