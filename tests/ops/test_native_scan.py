@@ -224,3 +224,22 @@ def test_native_scan_float32_decays_beyond_the_exponent_range(calls, neg):
     xs[0][1, 4, 7] = float("nan")
     y, h = selective_scan(*xs, allow_neg_eigval=neg)
     assert y[1, 4:, 7].isnan().all() and not y[0].isnan().any() and h[1, 7].isnan().all()
+
+
+@pytest.mark.parametrize("neg", [False, True])
+def test_native_scan_float32_infinite_delta_A(calls, neg):
+    """delta A far below float's exponent range, finite (-3e19: delta ~0.3 times A = -1e20)
+    or -inf (1e20 * -1e20, or an A = -inf channel): exp gives a_t = 0 (2 * 0 - 1 with
+    allow_neg_eigval) in torch. The C scan's 2^x reduced y = delta A log2 e unclamped: r
+    took the FMA-contracted product's rounding error (2^x = inf at -3e19) or -inf + inf =
+    NaN, and the outputs were inf / NaN from finite inputs."""
+    xs = [t.detach() for t in _inputs(1, 6, 20, 4, torch.float32, True)]
+    xs[1][0, 2, 3] = 1e20  # delta A = 1e20 * -1e20: -inf in float32
+    xs[2][3, :] = -1e20
+    xs[2][5, 1] = float("-inf")
+    got = selective_scan(*xs, allow_neg_eigval=neg)
+    assert calls[0] == 1
+    want = selective_scan(*xs, allow_neg_eigval=neg, mode="sequential")
+    assert torch.isfinite(want[0]).all() and torch.isfinite(want[1]).all()
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

@@ -52,15 +52,24 @@
    (`blocks_of_A`): in float range reduction x = k + r, |r| <= 1/2 (exact), and Cephes'
    exp2f polynomial (relative error 1.7e-7, one product and two polynomial terms fewer than
    exp_f); in double exp_d (A unscaled there: SCALE = 1). Clamped to normal results, on the
-   exponent: a result below 2^-126 (or an argument beyond +-2^31) takes 2^-126, one above
-   2^127 takes 2^127; NaN stays NaN (through r). */
+   exponent: a result below 2^-126 takes 2^-126, one above 2^127 takes 2^127; NaN stays NaN
+   (through r). The argument is first clamped to [-150, 128] as a float: beyond 2^23 the
+   reduction is not exact (with the product dt A contracted into k's and r's FMAs, r took
+   the product's rounding error, up to half an ulp of y: at y = -1e10, 2^x came out 1e-29,
+   at -3e19 inf; an argument of -inf made r = NaN), and past 2^31 the int conversion
+   wraps (+1e12 gave 2^-126). The clamp's ternaries keep NaN (on AVX-512 two compares and
+   masked moves more per element: not measured). The polynomial's 1.7e-7 is on r; y's own
+   rounding adds ~|y| 2^-24 relative (3.9e-6 at |delta A| = 87, an absolute error on a_t
+   <= 1 of ~1e-7 at most). */
 #define SCALE (sizeof(T) == 4 ? (T)1.44269504088896341 : (T)1)
 #define INV_SCALE (sizeof(T) == 4 ? (T)0.69314718055994530942 : (T)1)
 static inline T NAME(pow2)(T x) {
     if (sizeof(T) != 4) return EXP(x);
-    const float y = x, k = (y + 12582912.0f) - 12582912.0f;  /* 1.5 * 2^23: y rounded */
-    const float r = y - k;   /* |r| <= 1/2 (0 for |y| >= 2^23, where y is whole) */
-    int e = (int)k;          /* NaN or beyond the int range: INT_MIN */
+    float y = x < -150.0f ? -150.0f : x;  /* NaN stays */
+    y = y > 128.0f ? 128.0f : y;
+    const float k = (y + 12582912.0f) - 12582912.0f;  /* 1.5 * 2^23: y rounded */
+    const float r = y - k;   /* |r| <= 1/2 */
+    int e = (int)k;          /* NaN: INT_MIN */
     e = e < -126 ? -126 : e; /* the clamp on the integer exponent: max / min instructions */
     e = e > 127 ? 127 : e;   /* (on the float y they became compares and blends) */
     const float p = 1.0f + r * (6.931472028550421e-1f + r * (2.402264791363012e-1f
