@@ -1,11 +1,14 @@
 """What the tests of rnnzoo.ops.native share: a call counter that proves the native path
-ran, a thread-count context, and the weighted-sum loss whose gradients they compare."""
+ran, a thread-count context, one run on the native path against the same run on PyTorch's,
+and the weighted-sum loss whose gradients they compare."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from rnnzoo.ops import backend
 
 
 def counter(monkeypatch, module, *names: str) -> list[int]:
@@ -30,6 +33,16 @@ def threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def native_vs_torch(run, n: int):
+    """(run() at n threads, then run() under backend.force("torch") at the same count): a
+    kernel's results and the PyTorch path's reference."""
+    with threads(n):
+        got = run()
+        with backend.force("torch"):
+            want = run()
+    return got, want
 
 
 def outputs_and_grads(outputs, inputs) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter, outputs_and_grads
+from _native_check import assert_close, counter, native_vs_torch, outputs_and_grads
 from _native_check import threads as threads_
 
 from rnnzoo.layers.lightnet import additive_gate
@@ -59,10 +59,8 @@ def test_native_gla_matches_chunked(calls, dtype, tol, T, bonus, threads, K, V):
     kernel's tiles are 16 floats or 8 doubles); K = 5, 7 odd (its rows run in pairs); K = 19
     sums its rows' dot products 8 rows (4 doubles) at a time and a part group."""
     ins = _inputs(dtype, T, K=K, V=V, bonus=bonus)
-    with threads_(threads):
-        got = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
-        with backend.force("torch"):
-            want = _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4)
+    got, want = native_vs_torch(
+        lambda: _run(ins, bonus, scale=0.7, chunk_size=8, subchunk_size=4), threads)
     assert calls[0] == 1
     assert_close(got, want, NAMES, tol)
 
@@ -121,10 +119,7 @@ def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads, M, V)
                                            chunk_size=8)
         return outputs_and_grads([o, hk, hv], ins)
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert n[0] == 2
     assert_close(got, want, ["o", "hk", "hv", "q", "k", "v", "s", "log_alpha", "hk0", "hv0"],
                  tol)

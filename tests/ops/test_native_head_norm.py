@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter, outputs_and_grads
-from _native_check import threads as threads_
+from _native_check import assert_close, counter, native_vs_torch, outputs_and_grads
 
-from rnnzoo.ops import backend
 from rnnzoo.ops.native import head_norm
 
 
@@ -29,9 +27,6 @@ def test_rms_gate_matches_torch(monkeypatch, dtype, tol, act, G, n, threads):
         out = head_norm.rms_gate(o, w, n, 1e-5, z if act else None, act)
         return outputs_and_grads([out], ins)
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls[0] == 1  # the native call (the forced one never loads)
     assert_close(got, want, ["out", "o", "z", "w"] if act else ["out", "o", "w"], tol)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _native_check import assert_close, counter
-from _native_check import threads as threads_
+from _native_check import assert_close, counter, native_vs_torch
 
 from rnnzoo.ops import backend, lattice
 from rnnzoo.ops.native import lattice_scan
@@ -45,10 +44,7 @@ def test_native_lattice_matches_loop(calls, dtype, tol, T, H, M, V, threads):
         o, S = lattice.lattice_sequential(*ins)
         return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "beta", "S0"], tol)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _native_check import assert_close, counter
+from _native_check import assert_close, counter, native_vs_torch
 from _native_check import threads as threads_
 
 from rnnzoo.layers.mlstm import BlockDiagonalLinear
-from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
 from rnnzoo.ops.native import blockdiag, mlstm_scan
 
@@ -65,10 +64,7 @@ def test_native_blockdiag_matches_torch(calls, dtype, tol, bs, threads):
         y = m(wide[..., 12:])  # a strided view, as mlstm's x_m
         return [y, *torch.autograd.grad((y * g).sum(), [wide, m.weight])]
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls["blockdiag"][0] == 1
     assert_close(got, want, ["y", "x", "weight"], tol)
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter
-from _native_check import threads as threads_
+from _native_check import assert_close, counter, native_vs_torch
 
 from rnnzoo.ops import backend
 from rnnzoo.ops.chunk import linear
@@ -44,10 +43,7 @@ def test_chunked_backward_matches_torch(monkeypatch, dtype, tol, L, T, G, H, K, 
     monkeypatch.setattr(ssd_scan, "CHUNK", L)
     calls = counter(monkeypatch, ssd_scan, "ssd")
     ins, wo, wS = _case(dtype, 2, T, G, H, K, V)
-    with threads_(threads):
-        got = _run(ins, wo, wS)
-        with backend.force("torch"):
-            want = _run(ins, wo, wS)
+    got, want = native_vs_torch(lambda: _run(ins, wo, wS), threads)
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"], tol)
 
@@ -91,9 +87,6 @@ def test_diag_term(monkeypatch, dtype, tol, L, T, G, H, K, V, threads):
         o, S = linear.ssd(q, k, v, g, scale=0.6, initial_state=S0, chunk_size=8, diag=d)
         return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0", "d"], tol)

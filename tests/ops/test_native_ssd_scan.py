@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _native_check import assert_close, counter
-from _native_check import threads as threads_
+from _native_check import assert_close, counter, native_vs_torch
 
-from rnnzoo.ops import backend
 from rnnzoo.ops.chunk import linear
 from rnnzoo.ops.native import ssd_scan
 
@@ -39,10 +37,7 @@ def test_native_ssd_matches_chunked(calls, dtype, tol, T, G, H, threads, K, V):
         o, S = linear.ssd(q, k, v, g, scale=0.7, initial_state=S0, chunk_size=8)
         return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"], tol)
 
@@ -78,10 +73,7 @@ def test_native_ssd_scaled_tile_span(calls, dtype, tol, grad, threads):
             return [o, S]
         return [o, S, *torch.autograd.grad((o * wo).sum() + (S * wS).sum(), ins)]
 
-    with threads_(threads):
-        got = run()
-        with backend.force("torch"):
-            want = run()
+    got, want = native_vs_torch(run, threads)
     assert calls[0] == 1
     assert all(t.isfinite().all() for t in got)
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"][:len(got)], tol)
