@@ -87,8 +87,8 @@ class NAS(StackedGates):
         """`manual_loop` with the biases added in the step rather than in the projection
         (the vector b_ih + b_hh, its gradient summed in the loop: two passes over the
         (B, T, 8H) projections less); where the C loop runs, the projection W_ih x inside
-        its autograd node (`ops.native.cells.scan_projected`: both weight gradients from
-        one transposed d xp)."""
+        autograd node and each step's rows of it in the C loop (`ops.native.cells.
+        scan_projected`)."""
         if not torch.compiler.is_compiling():
             mats, vecs = self.manual_params()
             done = scan_projected(self, x, self.weight_ih, state, mats, vecs)

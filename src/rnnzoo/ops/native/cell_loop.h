@@ -8,9 +8,10 @@
    Every argument arrives in one array of pointers and one of sizes (`cells.py` builds them):
 
      p = [xp, y (forward) or dy (backward), saved, dxp,
-          state[n_s], init[n_s], W[n_m], WT[n_m], vec[n_v], rg[n_m], dvec[n_v]]
+          state[n_s], init[n_s], W[n_m], WT[n_m], vec[n_v], rg[n_m], dvec[n_v],
+          x, w_in, dx]
      d = [T, B, H, P, O, S, keep, own, n_s, n_m, n_v, n_int,
-          state sizes[n_s], (G_j, K_j)[n_m], vector lengths[n_v], ints[n_int], floats]
+          state sizes[n_s], (G_j, K_j)[n_m], vector lengths[n_v], ints[n_int], I, floats]
 
    xp (B, T, P) the projections, y / dy (B, T, O), dxp (B, T, P); W_j (G_j, K_j) the
    recurrent matrices and WT_j their transposes (K_j, G_j), all contiguous.
@@ -26,6 +27,11 @@
    `floats`: the cell's float options as doubles, their bits in d's last slots (a.floats).
    `own`: the output is state[0] (the driver copies it to y, and adds dy to its gradient);
    otherwise the cell's step writes y and reads dy itself.
+   x, w_in, dx (NULL where absent; I = x's width): the input projection xp = x w_in^T inside
+   the loop (cells.scan_projected; nas). Forward: x (B, T, I) in place of xp (then NULL) and
+   w_in^T (I, P); backward: w_in (P, I) and dx (B, T, I), d x_t = d xp_t w_in. A step that
+   takes them multiplies a step's rows itself (drive_packed hands w_in over packed), so that
+   the (B, T, P) projection is never written and read back, nor d xp read for d x.
 
    A cell gives two step functions, (args, t, b0, b1, scratch) -> void, and calls
    NAME(drive_fwd) / NAME(drive_bwd) from its exported functions with the scratch size per
@@ -61,6 +67,9 @@ typedef struct {
     const T *init[NAME_MAX_];
     const T *W[NAME_MAX_], *WT[NAME_MAX_], *vec[NAME_MAX_];
     T *rg[NAME_MAX_], *dvec[NAME_MAX_];
+    const T *x, *w_in;  /* the projection inside the loop (NULL: none); x (B, T, I) */
+    T *dx;
+    long I;
     const T *zeros;  /* 8 H zeros: an absent vector, so that loops need no branch */
 } NAME(args);
 
@@ -74,7 +83,8 @@ static void NAME(parse)(NAME(args) *a, void **p, const long *d) {
     for (long j = 0; j < a->nm; j++) { a->G[j] = *q++; a->K[j] = *q++; }
     for (long v = 0; v < a->nv; v++) a->vlen[v] = *q++;
     a->ints = q;
-    a->floats = (const double *)(q + a->nint);
+    a->I = q[a->nint];
+    a->floats = (const double *)(q + a->nint + 1);
     a->xp = p[0]; a->y = p[1]; a->saved = p[2]; a->dxp = p[3];
     void **r = p + 4;
     for (long i = 0; i < a->ns; i++) a->state[i] = *r++;
@@ -84,6 +94,7 @@ static void NAME(parse)(NAME(args) *a, void **p, const long *d) {
     for (long v = 0; v < a->nv; v++) a->vec[v] = *r++;
     for (long j = 0; j < a->nm; j++) a->rg[j] = *r++;
     for (long v = 0; v < a->nv; v++) a->dvec[v] = *r++;
+    a->x = *r++; a->w_in = *r++; a->dx = *r++;
 }
 
 /* row b, step t of a (B, T, width) tensor; `kept` ones (saved, rg) hold one step without keep */
@@ -294,6 +305,7 @@ static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step
     a.zeros = zeros;
     for (long t = 0; t < a.Tn; t++) {
         NAME(prefetch_step)(a.xp, &a, b0, b1, t + 1, a.P, 0);
+        NAME(prefetch_step)(a.x, &a, b0, b1, t + 1, a.I, 0);
         step(&a, t, b0, b1, scratch);
         if (a.own)
             for (long b = b0; b < b1; b++)
@@ -345,13 +357,14 @@ static __attribute__((unused)) void NAME(drive_bwd)(void **p, const long *d, lon
 
 /* drive_fwd (backward = 0) or drive_bwd (1) with the recurrent matrices the steps multiply
    by handed over packed (NAME(pack)): in the forward each WT[j], in the backward each W[j],
-   copied once per call, for steps that use NAME(mmp) on them; the backward's steps stream
-   their gradients' rows out (drive_bwd_'s `streamed`: nas, the one user) */
+   copied once per call, for steps that use NAME(mmp) on them, and w_in where given (forward
+   w_in^T (I, P), backward w_in (P, I)); the backward's steps stream their gradients' rows
+   out (drive_bwd_'s `streamed`: nas, the one user) */
 static __attribute__((unused)) void NAME(drive_packed)(void **p, const long *d, long b0, long b1,
                               NAME(step_fn) step, long scratch_per_row, int backward) {
     NAME(args) a;
     NAME(parse)(&a, p, d);
-    const long n = 4 + 2 * a.ns + 3 * a.nm + 2 * a.nv, at = 4 + 2 * a.ns + (backward ? 0 : a.nm);
+    const long n = 4 + 2 * a.ns + 3 * a.nm + 2 * a.nv + 3, at = 4 + 2 * a.ns + (backward ? 0 : a.nm);
     void **q = malloc(n * sizeof(void *));
     memcpy(q, p, n * sizeof(void *));
     for (long j = 0; j < a.nm; j++) {
@@ -360,8 +373,15 @@ static __attribute__((unused)) void NAME(drive_packed)(void **p, const long *d, 
         NAME(pack)(packed, q[at + j], cols, rows, cols);
         q[at + j] = packed;
     }
+    if (a.w_in) {  /* w_in^T (I, P) forward, w_in (P, I) backward */
+        const long rows = backward ? a.P : a.I, cols = backward ? a.I : a.P;
+        T *packed = malloc((rows * cols + 1) * sizeof(T));
+        NAME(pack)(packed, a.w_in, cols, rows, cols);
+        q[n - 2] = packed;
+    }
     if (backward) NAME(drive_bwd_)(q, d, b0, b1, step, scratch_per_row, 1);
     else NAME(drive_fwd)(q, d, b0, b1, step, scratch_per_row);
     for (long j = 0; j < a.nm; j++) free(q[at + j]);
+    if (a.w_in) free(q[n - 2]);
     free(q);
 }

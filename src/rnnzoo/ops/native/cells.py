@@ -18,9 +18,11 @@ the Python loop) when the cell names no kernel or the kernel cannot be built.
         -> the same | None
 
 `scan` with the input projection xp = x w_in^T inside (a cell whose first matrix's gradient
-is the whole of d xp: NativeStep.g_is_dxp; nas): the projection and d x = d xp w_in in C
-(`cells_mm`: the loops' packed row tiles, 22 against oneDNN's 27-32 ms each at that size, 1
-thread, loaded machine); the weight gradients, w_in's and the matrices', by
+is the whole of d xp: NativeStep.g_is_dxp; nas): the projection and d x = d xp w_in in the C
+loop itself, each step's rows before the recurrent product (x_t w_in^T, then += h W^T: the
+same sums as a whole-sequence product first), and d x_t from the step's d xp_t rows (the
+(B, T, P) projection is never written and read back: nas 0.956x of a separate projection,
+1 thread; cell_loop.h's x / w_in / dx); the weight gradients, w_in's and the matrices', by
 ops.native.linear's `weight_grad` (in float32 wgrad.c's kernel on the buffers as they are:
 ~100 GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
 (8192, 128)).
@@ -79,7 +81,8 @@ def _call(kernel, tensors, sizes, batch):
 
 def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (R, K) @ b (K, N), both dense, by cell_loop.h's `cells_mm` (b packed once a thread,
-    the row tiles of the loops' own product), a's rows split over the threads."""
+    the row tiles of the loops' own product), a's rows split over the threads. (nas' projection
+    and d x ran on it before they moved into the loop; tests/cells/test_native_nas.py.)"""
     (R, K), N = a.shape, b.shape[1]
     out = a.new_empty(R, N)
     fn = native.kernel(lib, "cells_mm", a.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4)
@@ -95,32 +98,37 @@ class _NativeLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
         tensors = [t.contiguous() for t in tensors]
-        ctx.x = None
-        if proj:
-            x, w_in = xp.reshape(-1, xp.shape[-1]).contiguous(), tensors.pop()
-            ctx.x, ctx.x_shape, ctx.w_in = x, xp.shape, w_in
-            xp = _product(lib, x, w_in.t().contiguous()).view(*xp.shape[:-1], w_in.shape[0])
-        xp = xp.contiguous()
+        ctx.x = x = None
+        if proj:  # xp = x w_in^T, each step's rows in the C loop
+            x, w_in = xp.contiguous(), tensors.pop()
+            ctx.x, ctx.w_in = x, w_in
+            B, T, _ = x.shape
+            P, xp = w_in.shape[0], None
+        else:
+            xp = xp.contiguous()
+            B, T, P = xp.shape
         state, mats, vecs = (tensors[:n_state], tensors[n_state:n_state + n_mat],
                              tensors[n_state + n_mat:])
-        B, T, P = xp.shape
+        like = x if proj else xp
         out = spec.out or state[0].shape[1]
         wt = [w.t().contiguous() for w in mats]
         kept = T if keep else 1
-        y = xp.new_empty(B, T, out)
+        y = like.new_empty(B, T, out)
         final = [torch.empty_like(s) for s in state]
-        saved = xp.new_empty(B, kept, spec.saved)
-        rs = [xp.new_empty(B, kept, w.shape[1]) for w in mats]
+        saved = like.new_empty(B, kept, spec.saved)
+        rs = [like.new_empty(B, kept, w.shape[1]) for w in mats]
         sizes = [T, B, H, P, out, spec.saved, int(keep), int(spec.out == 0), n_state, n_mat,
                  len(vecs), len(spec.ints), *(s.shape[1] for s in state),
                  *(n for w in mats for n in w.shape), *(v.numel() for v in vecs), *spec.ints,
+                 x.shape[2] if proj else 0,
                  *(struct.unpack("q", struct.pack("d", f))[0] for f in spec.floats)]
-        fwd, _ = _kernels(lib, spec.fn, xp.dtype)
+        fwd, _ = _kernels(lib, spec.fn, like.dtype)
         _call(fwd, [xp, y, saved, None, *final, *state, *mats, *wt, *vecs, *rs,
-                    *([None] * len(vecs))], sizes, B)
+                    *([None] * len(vecs)), x, w_in.t().contiguous() if proj else None, None],
+              sizes, B)
         ctx.lib, ctx.spec, ctx.sizes, ctx.n_state, ctx.n_mat = lib, spec, sizes, n_state, n_mat
         ctx.saved, ctx.rs, ctx.wt = saved, rs, wt
-        ctx.xp_shape = xp.shape
+        ctx.xp_shape = (B, T, P)
         ctx.save_for_backward(*mats, *vecs)
         return (y, *final)
 
@@ -138,20 +146,19 @@ class _NativeLoop(torch.autograd.Function):
         gs = [d_xp if j == 0 and shared else d_out.new_empty(B, ctx.xp_shape[1], w.shape[0])
               for j, w in enumerate(mats)]
         d_vecs = [d_out.new_empty(B, v.numel()) for v in vecs]
+        d_x = None
+        if ctx.x is not None and ctx.needs_input_grad[7]:  # d x = d xp w_in, in the loop
+            d_x = d_out.new_empty(ctx.x.shape)
         _, bwd = _kernels(ctx.lib, ctx.spec.fn, d_out.dtype)
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
-                    *gs, *d_vecs], ctx.sizes, B)
+                    *gs, *d_vecs, None, None if d_x is None else ctx.w_in, d_x], ctx.sizes, B)
         needs = ctx.needs_input_grad[8 + ctx.n_state:]
         d_mats = [weight_grad(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
         d_vecs = [d.sum(0).view(v.shape) if need else None
                   for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:len(vecs) + ctx.n_mat])]
         if ctx.x is None:
             return (None,) * 7 + (d_xp, *d_state, *d_mats, *d_vecs)
-        d_x = d_w = None
-        if ctx.needs_input_grad[7]:
-            d_x = _product(ctx.lib, d_xp.view(-1, d_xp.shape[-1]), ctx.w_in).view(ctx.x_shape)
-        if ctx.needs_input_grad[-1]:
-            d_w = weight_grad(d_xp, ctx.x)
+        d_w = weight_grad(d_xp, ctx.x) if ctx.needs_input_grad[-1] else None
         return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 

@@ -30,8 +30,13 @@
 static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gates) {
     const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
     T *h = a->state[0], *c = a->state[1];
-    NAME(mmp)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0],
-              nb, H, 8 * H);
+    if (a->x) {  /* the projection here: gates = x_t w_in^T, then += h W^T (the same sums) */
+        NAME(mmp)(gates, 8 * H, 0, 0, NAME(at)(a->x, a, b0, t, a->I), T_ * a->I, a->w_in, nb,
+                  a->I, 8 * H);
+        NAME(mmp)(gates, 8 * H, gates, 8 * H, h + b0 * H, H, a->WT[0], nb, H, 8 * H);
+    } else
+        NAME(mmp)(gates, 8 * H, NAME(at)(a->xp, a, b0, t, P), T_ * P, h + b0 * H, H, a->WT[0],
+                  nb, H, 8 * H);
     for (long b = b0; b < b1; b++)
         memcpy(NAME(kept)(a->rg[0], a, b, t, H), h + b * H, H * sizeof(T));
     const T *restrict bias = a->nv ? a->vec[0] : a->zeros;
@@ -103,6 +108,9 @@ static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scr
         if (a->rg[0] != a->dxp) NAME(stream_row)(NAME(at)(a->dxp, a, b, t, P), da, 8 * H);
     }
     NAME(mmp)(dh + b0 * H, H, 0, 0, scratch + nb * 8 * H, 8 * H, a->W[0], nb, 8 * H, H);
+    if (a->dx)  /* d x_t = d xp_t w_in */
+        NAME(mmp)(NAME(at)(a->dx, a, b0, t, a->I), T_ * a->I, 0, 0, scratch + nb * 8 * H, 8 * H,
+                  a->w_in, nb, 8 * H, a->I);
 }
 
 /* W (8H, H) is 512 KB at H = 128: its products run on packed copies (drive_packed, mmp) */
