@@ -318,7 +318,8 @@ static void NAME(drive_fwd)(void **p, const long *d, long b0, long b1, NAME(step
 
 /* the backward: d state = d final state, dvec = 0, then (dy_t added to d state[0] when
    `own`) step(t) for t = T-1..0; `streamed`: the step writes its gradients' rows (rg, dxp)
-   with stream_row, so they are not prefetched for writing */
+   with stream_row, so they are not prefetched for writing, and it prefetches its saved rows
+   itself (nas keeps them in its own layout) */
 static void NAME(drive_bwd_)(void **p, const long *d, long b0, long b1, NAME(step_fn) step,
                              long scratch_per_row, int streamed) {
     NAME(args) a;
@@ -337,7 +338,7 @@ static void NAME(drive_bwd_)(void **p, const long *d, long b0, long b1, NAME(ste
                 const T *restrict dy = NAME(at)(a.y, &a, b, t, a.O);
                 for (long k = 0; k < a.O; k++) ds[k] += dy[k];
             }
-        NAME(prefetch_step)(a.saved, &a, b0, b1, t - 1, a.S, 0);
+        if (!streamed) NAME(prefetch_step)(a.saved, &a, b0, b1, t - 1, a.S, 0);
         NAME(prefetch_step)(a.y, &a, b0, b1, t - 1, a.O, 0);
         for (long j = 0; j < a.nm && !streamed; j++)
             NAME(prefetch_step)(a.rg[j], &a, b0, b1, t - 1, a.G[j], 1);
