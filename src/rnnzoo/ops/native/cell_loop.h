@@ -214,17 +214,6 @@ static __attribute__((unused)) void NAME(mmp)(T *out, long ldo, const T *init, l
         NAME(mm)(out + n, ldo, init ? init + n : 0, ldi, A, lda, Bp, N - n, rows, M, N - n);
 }
 
-/* out (rows, N) = A (rows, K) Bm (K, N), all row-major, out's rows [r0, r1): Bm packed once
-   a call (NAME(pack)), then NAME(mmp) a block of 64 rows at a time */
-void NAME(cells_mm)(T *restrict out, const T *restrict A, const T *restrict Bm, long K, long N,
-                    long r0, long r1) {
-    T *packed = malloc((K * N + 1) * sizeof(T));
-    NAME(pack)(packed, Bm, N, K, N);
-    for (long r = r0; r < r1; r += 64)
-        NAME(mmp)(out + r * N, N, 0, 0, A + r * K, K, packed, r1 - r < 64 ? r1 - r : 64, K, N);
-    free(packed);
-}
-
 /* sum_k x[k] y[k] (y NULL: sum_k x[k]) over k < n, in 4 vector accumulators (a plain
    loop would not vectorise: reordering a floating-point sum needs -ffast-math) */
 static inline T NAME(dot)(const T *x, const T *y, long n) {

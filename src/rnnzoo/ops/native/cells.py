@@ -79,18 +79,6 @@ def _call(kernel, tensors, sizes, batch):
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
-def _product(lib, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (R, K) @ b (K, N), both dense, by cell_loop.h's `cells_mm` (b packed once a thread,
-    the row tiles of the loops' own product), a's rows split over the threads. (nas' projection
-    and d x ran on it before they moved into the loop; tests/cells/test_native_nas.py.)"""
-    (R, K), N = a.shape, b.shape[1]
-    out = a.new_empty(R, N)
-    fn = native.kernel(lib, "cells_mm", a.dtype, [ctypes.c_void_p] * 3 + [ctypes.c_long] * 4)
-    native.run(fn, [(out.data_ptr(), a.data_ptr(), b.data_ptr(), K, N, r0, r1)
-                    for r0, r1 in native.rows(R)])
-    return out
-
-
 class _NativeLoop(torch.autograd.Function):
     """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state); with `proj`
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
