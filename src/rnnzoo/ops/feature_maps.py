@@ -28,13 +28,14 @@ batched products run on ops.native.attention.bmm where the C kernels do (CPU, fl
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, native, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -77,7 +78,9 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
                                     device=q.device, dtype=state_dtype(q.dtype))
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
     if mode == "parallel":
-        o, S = _parallel(q, k, v1, feature_map, initial_state)
+        lib = poly_lib(q, k, v)
+        o, S = (_parallel(q, k, v1, feature_map, initial_state) if lib is None
+                else _parallel_heads(lib, q, k, v1, feature_map, initial_state))
     elif mode == "chunk" and not sequence_parallel.active() and not backend.use_triton(q, k, v):
         o, S = _chunk(q, k, v1, feature_map, initial_state, chunk_size)
     else:
@@ -100,6 +103,70 @@ def _parallel(q, k, v1, feature_map, S0):
     S = S0 + features(k, feature_map).transpose(-1, -2) @ v1
     return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
 
+
+def poly_lib(*tensors):
+    """ops/native/poly_attn.c's library where the C kernels run for these tensors, else None."""
+    return native.load("poly_attn") if backend.use_native(*tensors) else None
+
+
+_PA_TILE = 64  # the parallel form's causal tiles of queries (as attention.c's _SM_TILE)
+
+
+def _parallel_heads(lib, q, k, v1, feature_map, S0):
+    """`_parallel` on C head-rows (poly_attn.c: the kernel matrix a causal tile at a time,
+    never whole); the initial state read through the packed features of q (skipped for a
+    zero state that takes no gradient, where reading it is free), the final state summed
+    through those of k."""
+    (q,), (k, v1), marks = finite_inputs((q,), (k, v1))
+    dt = S0.dtype
+    d = q.shape[-1]
+    q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
+    o = _PolyHeads.apply(lib, q, k, v1, feature_map == "square")       # (B, H, T, W)
+    alib = native_attention.load()
+    mm = (lambda a, b: native_attention.bmm(alib, a, b)) if alib is not None else torch.matmul
+    if S0.requires_grad or not backend.host_readable(S0) or bool(S0.any()):
+        o = o + mm(packed(q, feature_map)[0], fold(S0, d, feature_map))
+    Ut = mm(v1.transpose(-1, -2), packed(k, feature_map)[0])         # (B, H, W, F'): W rows
+    S = S0 + unfold(Ut.transpose(-1, -2), d, feature_map)
+    return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
+
+
+class _PolyHeads(torch.autograd.Function):
+    """o = P v with P = kernel(q k^T) on and below the diagonal: q, k (B, H, T, d), v (B, H,
+    T, W) -> (B, H, T, W), one C call per thread over whole head-rows each way; the tiles'
+    scores kept for the backward up to attention's _KEEP bytes, else recomputed."""
+
+    @staticmethod
+    def forward(ctx, lib, q, k, v, square):
+        B, H, T, d = q.shape
+        N, W, tile = B * H, v.shape[-1], min(_PA_TILE, T)
+        q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        PT = native_attention._tile_scores(T, tile)
+        S = q2.new_empty(N, PT) if N * PT * q.element_size() <= native_attention._KEEP else None
+        out = q2.new_empty(N, T, W)
+        native_attention._run(native.kernel(lib, "pa_heads_fwd", q.dtype, _PA_ARGS["pa_heads_fwd"]),
+                              [native.ptr(t) for t in (q2, k2, v2, out, S)],
+                              (T, d, W, tile, int(square), PT), N)
+        ctx.save_for_backward(q2, k2, v2, S)
+        ctx.lib, ctx.square, ctx.tile, ctx.PT, ctx.shape = lib, square, tile, PT, (B, H)
+        return out.view(B, H, T, W)
+
+    @staticmethod
+    def backward(ctx, do):
+        q2, k2, v2, S = ctx.saved_tensors
+        N, T, d = q2.shape
+        W = v2.shape[-1]
+        do2 = do.reshape(N, T, W).contiguous()
+        dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+        fn = native.kernel(ctx.lib, "pa_heads_bwd", q2.dtype, _PA_ARGS["pa_heads_bwd"])
+        native_attention._run(fn, [native.ptr(t) for t in (q2, k2, v2, do2, S, dq, dk, dv)],
+                              (T, d, W, ctx.tile, int(ctx.square), ctx.PT), N)
+        B, H = ctx.shape
+        return (None, dq.view(B, H, T, d), dk.view(B, H, T, d), dv.view(B, H, T, W), None)
+
+
+_PA_ARGS = {"pa_heads_fwd": [ctypes.c_void_p] * 5 + [ctypes.c_long] * 8,
+            "pa_heads_bwd": [ctypes.c_void_p] * 8 + [ctypes.c_long] * 8}
 
 
 def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tensor]:
