@@ -37,7 +37,7 @@ from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.ops import backend, native, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
 
 __all__ = ["FEATURE_MAPS", "feature_attention", "feature_size", "features", "kernel"]
@@ -116,8 +116,9 @@ def _parallel_heads(lib, q, k, v1, feature_map, S0):
     """`_parallel` on C head-rows (poly_attn.c: the kernel matrix a causal tile at a time,
     never whole); the initial state read through the packed features of q (skipped for a
     zero state that takes no gradient, where reading it is free), the final state summed
-    through those of k."""
-    (q,), (k, v1), marks = finite_inputs((q,), (k, v1))
+    through those of k. Inputs checked by one sum each (`clean_inputs`: no copies when
+    finite)."""
+    (q,), (k, v1), marks = clean_inputs((q,), (k, v1))
     dt = S0.dtype
     d = q.shape[-1]
     q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
@@ -128,7 +129,7 @@ def _parallel_heads(lib, q, k, v1, feature_map, S0):
         o = o + mm(packed(q, feature_map)[0], fold(S0, d, feature_map))
     Ut = mm(v1.transpose(-1, -2), packed(k, feature_map)[0])         # (B, H, W, F'): W rows
     S = S0 + unfold(Ut.transpose(-1, -2), d, feature_map)
-    return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
+    return marked(o.transpose(1, 2), S, marks)
 
 
 class _PolyHeads(torch.autograd.Function):
