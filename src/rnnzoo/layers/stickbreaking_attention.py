@@ -52,7 +52,9 @@ class StickBreakingAttention(Attention):
     host_reads = {
         **RecurrentLayer.host_reads,
         **{case: "reads the position held in the state to check max_len and to skip the "
-           "empty cache of a fresh sequence" for case in ("sequential", "parallel", "step")},
+           "empty cache of a fresh sequence (and, on the C kernels, whether a fresh "
+           "projection sums to a finite number)" for case in ("sequential", "parallel",
+                                                              "step")},
     }
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
@@ -96,13 +98,21 @@ class StickBreakingAttention(Attention):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
         else:
             keys, values, key_pos = k, v, pos
-        (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
+        # a fresh sequence on the C kernels whose projection sums to a finite number (one sum,
+        # read on the host: free there) has only finite q, k, v: no zeroed copies, no marks
+        clean = lib is not None and top == 0 and bool(torch.isfinite(qkv.sum()))
+        if not clean:
+            (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2)
+                                                           for t in (q, keys, values))
         if lib is None or top > 0:
             q = q * self.head_dim ** -0.5
-        bad = bad_k | bad_v
+        bad = None if clean else bad_k | bad_v
         if lib is not None and top == 0:  # fresh: causal tiles, no (T, T) mask at all
             out = native_attention.stick_breaking_attention(lib, q, keys, values, None,
                                                             0 if self.attend_current else -1)
+            if clean:  # q, k, v as they were: nothing to mark
+                return (self.op_output(out.transpose(1, 2), x),
+                        self._write(state, k, v, pos, start + T, fresh=True))
             seen = bad.cumsum(1) - (0 if self.attend_current else bad.long()) > 0
         else:
             before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \
