@@ -90,3 +90,33 @@ def test_masked_rows_on_vectors_equal_the_log_space_weights(dtype, tol, scale):
     grads = _grads(o, (q, k, v))
     _close(o, grads, *_reference(q, k, v, visible), tol)
     assert o[:, :, 5].abs().max() == 0
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, threads", [((2, 7, 3, 5), 2), ((1, 1, 1, 4), 1)])
+@pytest.mark.parametrize("unused", [None, 0, 2])  # an output without a gradient
+def test_split_equals_views_transposes_and_scale(dtype, shape, threads, unused):
+    """sb_split: q (times the scale), k, v (B, H, T, D) from the fused projection, and the
+    gradient gathered back in its layout (zeros for an output that takes none)"""
+    B, T, H, D = shape
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64).to(dtype)
+    qkv.requires_grad_()
+    scale = 0.37
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = sb_module._Split.apply(native_attention.load(), qkv, H, scale)
+        used = [t for i, t in enumerate(got) if i != unused]
+        grad = torch.autograd.grad(sum((t * (i + 1)).sum() for i, t in enumerate(used)), qkv)[0]
+    finally:
+        torch.set_num_threads(prev)
+    q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
+    want = (q.transpose(1, 2) * scale, k.transpose(1, 2), v.transpose(1, 2))
+    want_used = [t for i, t in enumerate(want) if i != unused]
+    want_grad = torch.autograd.grad(sum((t * (i + 1)).sum() for i, t in enumerate(want_used)),
+                                    qkv)[0]
+    for a, b in zip(got, want):
+        assert a.is_contiguous() and torch.equal(a, b)
+    assert torch.equal(grad, want_grad)

@@ -20,6 +20,8 @@ elsewhere the log-space form below.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,7 @@ from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, native
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.linear import Linear
@@ -40,6 +42,38 @@ def stick_breaking_weights(z, visible):
     log_om = F.logsigmoid(-z).masked_fill(~visible, 0.0)
     after = log_om.flip(-1).cumsum(-1).flip(-1) - log_om          # sum over visible l > j
     return (F.logsigmoid(z) + after).masked_fill(~visible, float("-inf")).exp()
+
+
+class _Split(torch.autograd.Function):
+    """qkv (B, T, 3 H D) laid out [q | k | v] -> q (times scale), k, v (B, H, T, D) contiguous,
+    one C pass each way over the (b, t) rows (attention.c: sb_split; a plain copy a head, where
+    the rotary `heads` kernel took ~3x as long with no channel to turn)."""
+
+    @staticmethod
+    def forward(ctx, lib, qkv, H, scale):
+        qkv = qkv.contiguous()
+        B, T, w = qkv.shape
+        q, k, v = qkv.new_empty(3, B, H, T, w // (3 * H)).unbind(0)
+        fn = native.kernel(lib, "sb_split", qkv.dtype, _SPLIT_ARGS)
+        native_attention._run(fn, [native.ptr(t) for t in (qkv, q, k, v)],
+                              (T, H, w // (3 * H), scale, 0), B * T)
+        ctx.lib, ctx.H, ctx.scale = lib, H, scale
+        return q, k, v
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        ref = next(g for g in (dq, dk, dv) if g is not None)
+        B, H, T, D = ref.shape
+        dq, dk, dv = (torch.zeros_like(ref) if g is None else g.contiguous()
+                      for g in (dq, dk, dv))
+        dqkv = dq.new_empty(B, T, 3 * H * D)
+        fn = native.kernel(ctx.lib, "sb_split", dq.dtype, _SPLIT_ARGS)
+        native_attention._run(fn, [native.ptr(t) for t in (dqkv, dq, dk, dv)],
+                              (T, H, D, ctx.scale, 1), B * T)
+        return None, dqkv, None, None
+
+
+_SPLIT_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_double] + [ctypes.c_long] * 3
 
 
 @register("stickbreaking_attention", family="attention",
@@ -85,9 +119,7 @@ class StickBreakingAttention(Attention):
         qkv = self.qkv(x).to(compute_dtype(x))
         lib = native_attention.load() if backend.use_native(qkv) else None
         if lib is not None and top == 0:  # split, transposes and q's scale in one C pass
-            none = qkv.new_empty(x.shape[0], T, 0)  # no rotary channels
-            q, k, v = native_attention.heads(lib, qkv, self.num_heads, none, none,
-                                             self.head_dim ** -0.5)
+            q, k, v = _Split.apply(lib, qkv, self.num_heads, self.head_dim ** -0.5)
         else:  # (B, H, T, Dh) views, as op_inputs
             q, k, v = qkv.view(*x.shape[:2], 3, self.num_heads, -1).unbind(2)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

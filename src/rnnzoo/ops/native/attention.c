@@ -217,6 +217,33 @@ void NAME(sb_bwd)(const T *restrict z, const unsigned char *restrict mask, const
     NAME(sb_rows_bwd)(z, mask, A, dA, dz, t, e, n0, H, Tq, Tk, i0, shift, r0, r1, 0);
 }
 
+/* Stick-breaking's split of its fused projection, rows r = (b, t) of B x T: qkv (B, T, 3 H D)
+   laid out [q | k | v] (each head's D channels together) -> q (scale times), k, v (B, H, T, D);
+   back: the gradient's way, dq (times scale), dk, dv -> dqkv (in qkv's place). One division a
+   row of 3 H D values, each head's D channels one contiguous copy. */
+void NAME(sb_split)(T *restrict qkv, T *restrict q, T *restrict k, T *restrict v, long T_,
+                    long H, long D, double scale, long back, long r0, long r1) {
+    const T s = (T)scale;
+    const long w = H * D;
+    for (long r = r0; r < r1; r++) {
+        const long b = r / T_, t = r % T_;
+        T *restrict x = qkv + r * 3 * w;
+        for (long h = 0; h < H; h++) {
+            const long o = ((b * H + h) * T_ + t) * D;
+            T *restrict xq = x + h * D, *restrict xk = xq + w, *restrict xv = xk + w;
+            if (back) {
+                for (long a = 0; a < D; a++) xq[a] = s * q[o + a];
+                memcpy(xk, k + o, (size_t)D * sizeof(T));
+                memcpy(xv, v + o, (size_t)D * sizeof(T));
+            } else {
+                for (long a = 0; a < D; a++) q[o + a] = s * xq[a];
+                memcpy(k + o, xk, (size_t)D * sizeof(T));
+                memcpy(v + o, xv, (size_t)D * sizeof(T));
+            }
+        }
+    }
+}
+
 /* Causal softmax of a block of logits S (rows, e) in place, row r = (head-row n0 + r / t,
    query i0 + r % t), keys [0, e): keys j <= i visible, zeros past; bias (N, Tk) or NULL is
    added to key j of head-row n (bias + n Tk). */
