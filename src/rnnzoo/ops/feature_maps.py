@@ -77,10 +77,11 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
         initial_state = torch.zeros(B, H, feature_size(feature_map, q.shape[-1]), V + 1,
                                     device=q.device, dtype=state_dtype(q.dtype))
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    if mode == "parallel" and poly_lib(q, k, v) is not None:
+        o, S = _parallel_heads(poly_lib(q, k, v), q, k, v1, feature_map, initial_state, eps)
+        return o.to(q.dtype), S
     if mode == "parallel":
-        lib = poly_lib(q, k, v)
-        o, S = (_parallel(q, k, v1, feature_map, initial_state) if lib is None
-                else _parallel_heads(lib, q, k, v1, feature_map, initial_state))
+        o, S = _parallel(q, k, v1, feature_map, initial_state)
     elif mode == "chunk" and not sequence_parallel.active() and not backend.use_triton(q, k, v):
         o, S = _chunk(q, k, v1, feature_map, initial_state, chunk_size)
     else:
@@ -112,12 +113,12 @@ def poly_lib(*tensors):
 _PA_TILE = 64  # the parallel form's causal tiles of queries (as attention.c's _SM_TILE)
 
 
-def _parallel_heads(lib, q, k, v1, feature_map, S0):
+def _parallel_heads(lib, q, k, v1, feature_map, S0, eps):
     """`_parallel` on C head-rows (poly_attn.c: the kernel matrix a causal tile at a time,
-    never whole); the initial state read through the packed features of q (skipped for a
-    zero state that takes no gradient, where reading it is free), the final state summed
-    through those of k. Inputs checked by one sum each (`clean_inputs`: no copies when
-    finite)."""
+    never whole), normalised (`_Normalised`): -> o (B, T, H, V), S. The initial state read
+    through the packed features of q (skipped for a zero state that takes no gradient, where
+    reading it is free), the final state summed through those of k. Inputs checked by one sum
+    each (`clean_inputs`: no copies when finite)."""
     (q,), (k, v1), marks = clean_inputs((q,), (k, v1))
     dt = S0.dtype
     d = q.shape[-1]
@@ -129,7 +130,33 @@ def _parallel_heads(lib, q, k, v1, feature_map, S0):
         o = o + mm(packed(q, feature_map)[0], fold(S0, d, feature_map))
     Ut = mm(v1.transpose(-1, -2), packed(k, feature_map)[0])         # (B, H, W, F'): W rows
     S = S0 + unfold(Ut.transpose(-1, -2), d, feature_map)
-    return marked(o.transpose(1, 2), S, marks)
+    return marked(_Normalised.apply(o, eps), S, marks)
+
+
+class _Normalised(torch.autograd.Function):
+    """o (B, H, T, V + 1) -> o[..., :V] / (o[..., V:] + eps) laid out (B, T, H, V), contiguous
+    (the output projection's layout): one pass each way, the gradient (B, H, T, V + 1)
+    contiguous for the kernel's backward (where the sliced division's autograd took a zeroed
+    gradient, slice copies and the transposes' copies)."""
+
+    @staticmethod
+    def forward(ctx, o, eps):
+        B, H, T, W = o.shape
+        den = o[..., W - 1:] + eps
+        y = o.new_empty(B, T, H, W - 1)
+        torch.div(o[..., :W - 1], den, out=y.transpose(1, 2))
+        ctx.save_for_backward(y, den)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, den = ctx.saved_tensors
+        gt, yt = g.transpose(1, 2), y.transpose(1, 2)
+        B, H, T, V = gt.shape
+        do = g.new_empty(B, H, T, V + 1)
+        torch.div(gt, den, out=do[..., :V])
+        do[..., V:] = torch.mul(gt, yt).sum(-1, keepdim=True).div_(den).neg_()
+        return do, None
 
 
 class _PolyHeads(torch.autograd.Function):
