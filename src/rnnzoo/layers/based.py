@@ -26,7 +26,7 @@ import torch
 from rnnzoo.checks import positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops.feature_maps import feature_attention, feature_size, features
+from rnnzoo.ops.feature_maps import feature_attention, feature_size, features, poly_lib
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -51,6 +51,16 @@ class Based(RecurrentLayer):
         self.k_proj = Linear(d_model, H * feature_dim, bias=False)
         self.v_proj = Linear(d_model, H * self.head_dim, bias=False)
         self.o_proj = Linear(H * self.head_dim, d_model, bias=False)
+
+    def auto_mode(self, x: torch.Tensor) -> str:
+        """`parallel` where its C kernel runs (ops/native/poly_attn.c) and T <= 768: the kernel
+        matrix by causal tiles costs about T (d + W) multiply-adds a token each way, under the
+        chunk form's packed products (F' = 153 / 136 wide, C = 64: small products at a third of
+        the matmul peak) up to there (measured, based fwd+bwd at 1 thread: T = 256 49.6 vs
+        92.0 ms, 1024 325.6 vs 318.3); else `chunk`."""
+        if x.shape[1] <= 768 and poly_lib(x) is not None:
+            return "parallel"
+        return "chunk"
 
     def init_state(self, batch_size, device=None, dtype=None):
         F = feature_size(self.feature_map, self.feature_dim)

@@ -20,6 +20,8 @@ elsewhere the log-space form below.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 import torch.nn.functional as F
 
@@ -27,7 +29,7 @@ from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
 from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, native
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.linear import Linear
@@ -42,6 +44,38 @@ def stick_breaking_weights(z, visible):
     return (F.logsigmoid(z) + after).masked_fill(~visible, float("-inf")).exp()
 
 
+class _Split(torch.autograd.Function):
+    """qkv (B, T, 3 H D) laid out [q | k | v] -> q (times scale), k, v (B, H, T, D) contiguous,
+    one C pass each way over the (b, t) rows (attention.c: sb_split; a plain copy a head, where
+    the rotary `heads` kernel took ~3x as long with no channel to turn)."""
+
+    @staticmethod
+    def forward(ctx, lib, qkv, H, scale):
+        qkv = qkv.contiguous()
+        B, T, w = qkv.shape
+        q, k, v = qkv.new_empty(3, B, H, T, w // (3 * H)).unbind(0)
+        fn = native.kernel(lib, "sb_split", qkv.dtype, _SPLIT_ARGS)
+        native_attention._run(fn, [native.ptr(t) for t in (qkv, q, k, v)],
+                              (T, H, w // (3 * H), scale, 0), B * T)
+        ctx.lib, ctx.H, ctx.scale = lib, H, scale
+        return q, k, v
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        ref = next(g for g in (dq, dk, dv) if g is not None)
+        B, H, T, D = ref.shape
+        dq, dk, dv = (torch.zeros_like(ref) if g is None else g.contiguous()
+                      for g in (dq, dk, dv))
+        dqkv = dq.new_empty(B, T, 3 * H * D)
+        fn = native.kernel(ctx.lib, "sb_split", dq.dtype, _SPLIT_ARGS)
+        native_attention._run(fn, [native.ptr(t) for t in (dqkv, dq, dk, dv)],
+                              (T, H, D, ctx.scale, 1), B * T)
+        return None, dqkv, None, None
+
+
+_SPLIT_ARGS = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_double] + [ctypes.c_long] * 3
+
+
 @register("stickbreaking_attention", family="attention",
           paper="Tan et al. 2024, arXiv:2410.17980 (stick-breaking attention)",
           tiny=dict(d_model=4, num_heads=2, max_len=16, attend_current=True))
@@ -52,7 +86,9 @@ class StickBreakingAttention(Attention):
     host_reads = {
         **RecurrentLayer.host_reads,
         **{case: "reads the position held in the state to check max_len and to skip the "
-           "empty cache of a fresh sequence" for case in ("sequential", "parallel", "step")},
+           "empty cache of a fresh sequence (and, on the C kernels, whether a fresh "
+           "projection sums to a finite number)" for case in ("sequential", "parallel",
+                                                              "step")},
     }
 
     def __init__(self, d_model: int, num_heads: int = 4, head_dim: int | None = None,
@@ -83,9 +119,7 @@ class StickBreakingAttention(Attention):
         qkv = self.qkv(x).to(compute_dtype(x))
         lib = native_attention.load() if backend.use_native(qkv) else None
         if lib is not None and top == 0:  # split, transposes and q's scale in one C pass
-            none = qkv.new_empty(x.shape[0], T, 0)  # no rotary channels
-            q, k, v = native_attention.heads(lib, qkv, self.num_heads, none, none,
-                                             self.head_dim ** -0.5)
+            q, k, v = _Split.apply(lib, qkv, self.num_heads, self.head_dim ** -0.5)
         else:  # (B, H, T, Dh) views, as op_inputs
             q, k, v = qkv.view(*x.shape[:2], 3, self.num_heads, -1).unbind(2)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -96,13 +130,21 @@ class StickBreakingAttention(Attention):
             key_pos = torch.cat([self._slot_positions(start), pos], dim=1)
         else:
             keys, values, key_pos = k, v, pos
-        (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2) for t in (q, keys, values))
+        # a fresh sequence on the C kernels whose projection sums to a finite number (one sum,
+        # read on the host: free there) has only finite q, k, v: no zeroed copies, no marks
+        clean = lib is not None and top == 0 and bool(torch.isfinite(qkv.sum()))
+        if not clean:
+            (q, bad_q), (keys, bad_k), (values, bad_v) = (finite(t, 2)
+                                                           for t in (q, keys, values))
         if lib is None or top > 0:
             q = q * self.head_dim ** -0.5
-        bad = bad_k | bad_v
+        bad = None if clean else bad_k | bad_v
         if lib is not None and top == 0:  # fresh: causal tiles, no (T, T) mask at all
             out = native_attention.stick_breaking_attention(lib, q, keys, values, None,
                                                             0 if self.attend_current else -1)
+            if clean:  # q, k, v as they were: nothing to mark
+                return (self.op_output(out.transpose(1, 2), x),
+                        self._write(state, k, v, pos, start + T, fresh=True))
             seen = bad.cumsum(1) - (0 if self.attend_current else bad.long()) > 0
         else:
             before = key_pos[:, None, :] <= pos[:, :, None] if self.attend_current \

@@ -28,15 +28,16 @@ batched products run on ops.native.attention.bmm where the C kernels do (CPU, fl
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, native, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
 
 __all__ = ["FEATURE_MAPS", "feature_attention", "feature_size", "features", "kernel"]
@@ -76,6 +77,9 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
         initial_state = torch.zeros(B, H, feature_size(feature_map, q.shape[-1]), V + 1,
                                     device=q.device, dtype=state_dtype(q.dtype))
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    if mode == "parallel" and poly_lib(q, k, v) is not None:
+        o, S = _parallel_heads(poly_lib(q, k, v), q, k, v1, feature_map, initial_state, eps)
+        return o.to(q.dtype), S
     if mode == "parallel":
         o, S = _parallel(q, k, v1, feature_map, initial_state)
     elif mode == "chunk" and not sequence_parallel.active() and not backend.use_triton(q, k, v):
@@ -100,6 +104,97 @@ def _parallel(q, k, v1, feature_map, S0):
     S = S0 + features(k, feature_map).transpose(-1, -2) @ v1
     return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
 
+
+def poly_lib(*tensors):
+    """ops/native/poly_attn.c's library where the C kernels run for these tensors, else None."""
+    return native.load("poly_attn") if backend.use_native(*tensors) else None
+
+
+_PA_TILE = 64  # the parallel form's causal tiles of queries (as attention.c's _SM_TILE)
+
+
+def _parallel_heads(lib, q, k, v1, feature_map, S0, eps):
+    """`_parallel` on C head-rows (poly_attn.c: the kernel matrix a causal tile at a time,
+    never whole), normalised (`_Normalised`): -> o (B, T, H, V), S. The initial state read
+    through the packed features of q (skipped for a zero state that takes no gradient, where
+    reading it is free), the final state summed through those of k. Inputs checked by one sum
+    each (`clean_inputs`: no copies when finite)."""
+    (q,), (k, v1), marks = clean_inputs((q,), (k, v1))
+    dt = S0.dtype
+    d = q.shape[-1]
+    q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
+    o = _PolyHeads.apply(lib, q, k, v1, feature_map == "square")       # (B, H, T, W)
+    alib = native_attention.load()
+    mm = (lambda a, b: native_attention.bmm(alib, a, b)) if alib is not None else torch.matmul
+    if S0.requires_grad or not backend.host_readable(S0) or bool(S0.any()):
+        o = o + mm(packed(q, feature_map)[0], fold(S0, d, feature_map))
+    Ut = mm(v1.transpose(-1, -2), packed(k, feature_map)[0])         # (B, H, W, F'): W rows
+    S = S0 + unfold(Ut.transpose(-1, -2), d, feature_map)
+    return marked(_Normalised.apply(o, eps), S, marks)
+
+
+class _Normalised(torch.autograd.Function):
+    """o (B, H, T, V + 1) -> o[..., :V] / (o[..., V:] + eps) laid out (B, T, H, V), contiguous
+    (the output projection's layout): one pass each way, the gradient (B, H, T, V + 1)
+    contiguous for the kernel's backward (where the sliced division's autograd took a zeroed
+    gradient, slice copies and the transposes' copies)."""
+
+    @staticmethod
+    def forward(ctx, o, eps):
+        B, H, T, W = o.shape
+        den = o[..., W - 1:] + eps
+        y = o.new_empty(B, T, H, W - 1)
+        torch.div(o[..., :W - 1], den, out=y.transpose(1, 2))
+        ctx.save_for_backward(y, den)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, den = ctx.saved_tensors
+        gt, yt = g.transpose(1, 2), y.transpose(1, 2)
+        B, H, T, V = gt.shape
+        do = g.new_empty(B, H, T, V + 1)
+        torch.div(gt, den, out=do[..., :V])
+        do[..., V:] = torch.mul(gt, yt).sum(-1, keepdim=True).div_(den).neg_()
+        return do, None
+
+
+class _PolyHeads(torch.autograd.Function):
+    """o = P v with P = kernel(q k^T) on and below the diagonal: q, k (B, H, T, d), v (B, H,
+    T, W) -> (B, H, T, W), one C call per thread over whole head-rows each way; the tiles'
+    scores kept for the backward up to attention's _KEEP bytes, else recomputed."""
+
+    @staticmethod
+    def forward(ctx, lib, q, k, v, square):
+        B, H, T, d = q.shape
+        N, W, tile = B * H, v.shape[-1], min(_PA_TILE, T)
+        q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
+        PT = native_attention._tile_scores(T, tile)
+        S = q2.new_empty(N, PT) if N * PT * q.element_size() <= native_attention._KEEP else None
+        out = q2.new_empty(N, T, W)
+        native_attention._run(native.kernel(lib, "pa_heads_fwd", q.dtype, _PA_ARGS["pa_heads_fwd"]),
+                              [native.ptr(t) for t in (q2, k2, v2, out, S)],
+                              (T, d, W, tile, int(square), PT), N)
+        ctx.save_for_backward(q2, k2, v2, S)
+        ctx.lib, ctx.square, ctx.tile, ctx.PT, ctx.shape = lib, square, tile, PT, (B, H)
+        return out.view(B, H, T, W)
+
+    @staticmethod
+    def backward(ctx, do):
+        q2, k2, v2, S = ctx.saved_tensors
+        N, T, d = q2.shape
+        W = v2.shape[-1]
+        do2 = do.reshape(N, T, W).contiguous()
+        dq, dk, dv = torch.empty_like(q2), torch.empty_like(k2), torch.empty_like(v2)
+        fn = native.kernel(ctx.lib, "pa_heads_bwd", q2.dtype, _PA_ARGS["pa_heads_bwd"])
+        native_attention._run(fn, [native.ptr(t) for t in (q2, k2, v2, do2, S, dq, dk, dv)],
+                              (T, d, W, ctx.tile, int(ctx.square), ctx.PT), N)
+        B, H = ctx.shape
+        return (None, dq.view(B, H, T, d), dk.view(B, H, T, d), dv.view(B, H, T, W), None)
+
+
+_PA_ARGS = {"pa_heads_fwd": [ctypes.c_void_p] * 5 + [ctypes.c_long] * 8,
+            "pa_heads_bwd": [ctypes.c_void_p] * 8 + [ctypes.c_long] * 8}
 
 
 def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tensor]:

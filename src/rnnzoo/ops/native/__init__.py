@@ -54,6 +54,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
     momentum_scan.c     the momentum delta rule as a recurrence (momentum_delta on a CPU)
     mesa_scan.c         MesaNet's readout: each step's conjugate gradients on its own H_t
     deltaformer_attn.c  DeltaFormer's attention rows with the forward substitution
+    poly_attn.c         Based / ReBased's parallel form: the polynomial kernel matrix by causal
+                        tiles of whole (batch x head) rows, and its backward (ops.feature_maps)
     lattice_scan.c      Lattice's orthogonal slot recurrence
     titans_scan.c       Titans' linear weight-only memory: its chunk loop and reads
     linear.py           (no C) x W^T + b through oneDNN's float32 matmul (AVX-512 where MKL's sgemm is AVX2)

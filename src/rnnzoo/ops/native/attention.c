@@ -43,19 +43,9 @@
 #include "softmax_row.h"
 #include "transpose.h"
 
-/* beta = sigmoid(z) and om = sigmoid(-z) = e^-z beta from one exp, both to full precision
-   (for z << 0 beta is 1 / (1 + e^-z) itself, for z >> 0 om is e^-z beta). */
 /* dst (D, Tn) = src (Tn, D) transposed: a head's keys or values as columns for mm. */
 static inline void NAME(transpose)(T *restrict dst, const T *restrict src, long Tn, long D) {
     NAME(trs)(dst, Tn, src, D, Tn, D);
-}
-
-static inline void NAME(sigmoids)(const T *restrict z, T *restrict beta, T *restrict om, long e) {
-    for (long j = 0; j < e; j++) {
-        const T t = EXP(-z[j]), b = 1 / (1 + t);
-        beta[j] = b;
-        om[j] = t * b;
-    }
 }
 
 /* The visibility of one row: its mask row (mask not NULL), else keys j <= diag; returns one
@@ -66,118 +56,192 @@ static inline long NAME(row_end)(const unsigned char *restrict m, long diag, lon
     return e;
 }
 
-/* A block of rows of stick-breaking weights: z, A (rows, e), row r = (head-row n0 + r / t,
-   query i0 + r % t); head-row n is batch row n / H. Visible keys: mask (B, Tq, Tk) bytes
-   when not NULL, else keys j <= query + shift (0: the current key too, -1: before it).
-   The scans run SB_ROWS rows side by side: independent chains, not one serial product. */
-#ifndef SB_ROWS
-#define SB_ROWS 8
+/* A row's scans run on vectors of SB_L lanes (an AVX-512 register, else an AVX2 one), the row
+   in order: within a vector the suffix products (forward) or prefix sums (backward) by
+   log2(SB_L) shifted products or sums, across vectors one scalar carried (its chain is one
+   multiply or add a vector, not one a key); the sigmoids and the products with A, dA in
+   contiguous passes over the row before. */
+#ifdef __AVX512F__
+#define SB_BYTES 64
+#else
+#define SB_BYTES 32
 #endif
+#define SB_L ((long)(SB_BYTES / sizeof(T)))
+typedef T NAME(sbv) __attribute__((vector_size(SB_BYTES)));
+typedef T NAME(sbu) __attribute__((vector_size(SB_BYTES), aligned(sizeof(T)), may_alias));
+typedef __typeof__((NAME(sbv)){0} < (NAME(sbv)){0}) NAME(sbi);
 
-/* The group of rows [r, r + SB_ROWS): their mask rows (or NULL), ends, and the longest end;
-   rows past r1 get end 0 and write to `spare`. */
-static inline long NAME(sb_group)(const unsigned char *restrict mask, long r, long r1, long t,
-                                  long e, long n0, long H, long Tq, long Tk, long i0, long shift,
-                                  const unsigned char **m, long *end) {
-    long most = 0;
-    for (long k = 0; k < SB_ROWS; k++) {
-        m[k] = 0;
-        end[k] = 0;
-        if (r + k >= r1) continue;
-        const long n = n0 + (r + k) / t, i = i0 + (r + k) % t;
-        m[k] = mask ? mask + ((n / H) * Tq + i) * Tk : 0;
-        end[k] = NAME(row_end)(m[k], i + shift, e);
-        most = end[k] > most ? end[k] : most;
-    }
-    return most;
+/* x shifted by s lanes, down (lane l takes x[l + s]) or up (lane l takes x[l - s]), the lanes
+   shifted in taken from fill (a broadcast) */
+static inline __attribute__((always_inline)) NAME(sbv) NAME(sb_shift)(NAME(sbv) x,
+                                                                      NAME(sbv) fill, int s,
+                                                                      int down) {
+    NAME(sbi) m;
+    for (int l = 0; l < SB_L; l++)
+        m[l] = down ? (l + s < SB_L ? l + s : SB_L) : (l >= s ? l - s : SB_L);
+    return __builtin_shuffle(x, fill, m);
 }
 
-/* The group's logits transposed to zt[j SB_ROWS + k] (key j of row k), then beta = sigmoid(z)
-   where visible, else 0, and om = sigmoid(-z) where visible, else 1: one contiguous pass. */
-static inline void NAME(sb_load)(const T *restrict z, long r, long r1, long e, long most,
-                                 const unsigned char **m, const long *end, T *restrict zt,
-                                 T *restrict bt, T *restrict ot) {
-    for (long k = 0; k < SB_ROWS; k++) {
-        const T *restrict zr = z + (r + k) * e;
-        if (r + k < r1)
-            for (long j = 0; j < most; j++)
-                zt[j * SB_ROWS + k] = j < end[k] && (!m[k] || m[k][j]) ? zr[j] : (T)INFINITY;
-        else
-            for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = (T)INFINITY;
+/* The first n keys of a row visible where m (e bytes) allows (m NULL: all of them), the rest
+   of its e keys not: bt = sigmoid(z), ot = sigmoid(-z) (0 and 1 where not visible) for keys
+   [0, np), np = n rounded up to SB_L, the padding not visible either. Both from one E =
+   exp(-z) and to full precision (for z << 0 beta is 1 / (1 + E) itself, for z >> 0 om is E
+   beta). mode 0: z read; 1: z read and E written over it (for a backward: mode 2); 2: E read. */
+static inline __attribute__((always_inline)) void NAME(sb_sigmoids)(
+        T *z, const unsigned char *restrict m, long n, long np, T *restrict bt, T *restrict ot,
+        int mode) {
+    if (m) {
+        for (long j = 0; j < n; j++) {
+            const int v = m[j] != 0;
+            const T x = v ? z[j] : 0, tt = mode == 2 ? x : EXP(-x), b = 1 / (1 + tt);
+            if (mode == 1) z[j] = tt;
+            bt[j] = v ? b : 0;
+            ot[j] = v ? tt * b : 1;
+        }
+    } else {
+        for (long j = 0; j < n; j++) {
+            const T tt = mode == 2 ? z[j] : EXP(-z[j]), b = 1 / (1 + tt);
+            if (mode == 1) z[j] = tt;
+            bt[j] = b;
+            ot[j] = tt * b;
+        }
     }
-    /* not visible: z = +inf stands for it (beta 0, om 1 below), never a real logit's value
-       since the caller's logits are finite */
-    for (long j = 0; j < most * SB_ROWS; j++) {
-        const int v = zt[j] != (T)INFINITY;
-        const T x = v ? zt[j] : 0, tt = EXP(-x), b = 1 / (1 + tt);
-        bt[j] = v ? b : 0;
-        ot[j] = v ? tt * b : 1;
+    for (long j = n; j < np; j++) bt[j] = 0, ot[j] = 1;
+}
+
+/* dst[0 .. e) <- x's lanes from key c on (those before e), zeros from np to e */
+static inline void NAME(sb_store)(T *restrict dst, NAME(sbv) x, long c, long e) {
+    if (c + SB_L <= e) *(NAME(sbu) *)(dst + c) = x;
+    else for (long l = 0; c + l < e; l++) dst[c + l] = x[l];
+}
+
+/* Row r of a block (r0 <= r < r1: head-row n0 + r / t, query i0 + r % t; head-row n is batch
+   row n / H): its mask row (or NULL) and its end. Visible keys: mask (B, Tq, Tk) bytes when
+   not NULL, else keys j <= query + shift (0: the current key too, -1: before it). */
+static inline long NAME(sb_row)(const unsigned char *restrict mask, long r, long t, long e,
+                                long n0, long H, long Tq, long Tk, long i0, long shift,
+                                const unsigned char **m) {
+    const long n = n0 + r / t, i = i0 + r % t;
+    *m = mask ? mask + ((n / H) * Tq + i) * Tk : 0;
+    return NAME(row_end)(*m, i + shift, e);
+}
+
+/* A block of rows of stick-breaking weights: z, A (rows, e), rows [r0, r1) (see sb_row).
+   Keys past a row's end are zeros, not read. mode: sb_sigmoids'. */
+static inline __attribute__((always_inline)) void NAME(sb_rows_fwd)(
+        T *z, const unsigned char *restrict mask, T *restrict A, long t, long e, long n0, long H,
+        long Tq, long Tk, long i0, long shift, long r0, long r1, int mode) {
+    typedef NAME(sbv) V;
+    const long ep = (e + SB_L - 1) / SB_L * SB_L;
+    T *bt = aligned_alloc(SB_BYTES, 2 * ep * sizeof(T) + SB_BYTES), *ot = bt + ep;
+    const V one = (V){0} + 1;
+    for (long r = r0; r < r1; r++) {
+        const unsigned char *m;
+        const long n = NAME(sb_row)(mask, r, t, e, n0, H, Tq, Tk, i0, shift, &m);
+        const long np = (n + SB_L - 1) / SB_L * SB_L;
+        T *restrict a = A + r * e;
+        NAME(sb_sigmoids)(z + r * e, m, n, np, bt, ot, mode);
+        T acc = 1;   /* the product of sigmoid(-z) over the keys past this vector */
+        for (long c = np - SB_L; c >= 0; c -= SB_L) {
+            V s = *(const V *)(ot + c);   /* suffix products within the vector, inclusive */
+            s *= NAME(sb_shift)(s, one, 1, 1);
+            s *= NAME(sb_shift)(s, one, 2, 1);
+            if (SB_L > 4) s *= NAME(sb_shift)(s, one, 4, 1);
+            if (SB_L > 8) s *= NAME(sb_shift)(s, one, 8, 1);
+            V p = NAME(sb_shift)(s, one, 1, 1) * acc;   /* exclusive, times the carry */
+            /* below 1e-30 flushed to 0 (exp of the log form underflows there too, and
+               denormal products are slow) */
+            p = (V)((NAME(sbi))p & (p >= (T)1e-30));
+            NAME(sb_store)(a, *(const V *)(bt + c) * p, c, e);
+            acc *= s[0];
+            acc = acc < (T)1e-30 ? 0 : acc;
+        }
+        for (long j = np; j < e; j++) a[j] = 0;
     }
+    free(bt);
 }
 
 void NAME(sb_fwd)(const T *restrict z, const unsigned char *restrict mask, T *restrict A,
                   long t, long e, long n0, long H, long Tq, long Tk, long i0, long shift,
                   long r0, long r1) {
-    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
-    const unsigned char *m[SB_ROWS];
-    long end[SB_ROWS];
-    for (long r = r0; r < r1; r += SB_ROWS) {
-        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
-        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
-        T acc[SB_ROWS];
-        for (long k = 0; k < SB_ROWS; k++) acc[k] = 1;
-        for (long j = most - 1; j >= 0; j--) {   /* SB_ROWS independent products, one vector */
-            T *restrict b = bt + j * SB_ROWS;
-            const T *restrict o = ot + j * SB_ROWS;
-            for (long k = 0; k < SB_ROWS; k++) {
-                b[k] *= acc[k];
-                const T next = acc[k] * o[k];
-                acc[k] = next < (T)1e-30 ? 0 : next;
-            }
+    NAME(sb_rows_fwd)((T *)z, mask, A, t, e, n0, H, Tq, Tk, i0, shift, r0, r1, 0);
+}
+
+/* Its backward: dz (rows, e) from z (mode 0) or E = exp(-z) (mode 2), A and dA = dL/dA
+   (rows, e), dL = dA A. */
+static inline __attribute__((always_inline)) void NAME(sb_rows_bwd)(
+        const T *restrict z, const unsigned char *restrict mask, const T *restrict A,
+        const T *restrict dA, T *restrict dz, long t, long e, long n0, long H, long Tq, long Tk,
+        long i0, long shift, long r0, long r1, int mode) {
+    typedef NAME(sbv) V;
+    const long ep = (e + SB_L - 1) / SB_L * SB_L;
+    T *bt = aligned_alloc(SB_BYTES, 3 * ep * sizeof(T) + SB_BYTES), *ut = bt + ep,
+      *lt = ut + ep;
+    const V zero = (V){0};
+    for (long r = r0; r < r1; r++) {
+        const unsigned char *m;
+        const long n = NAME(sb_row)(mask, r, t, e, n0, H, Tq, Tk, i0, shift, &m);
+        const long np = (n + SB_L - 1) / SB_L * SB_L;
+        const T *restrict zr = z + r * e, *restrict a = A + r * e, *restrict g = dA + r * e;
+        T *restrict d = dz + r * e;
+        /* bt = sigmoid(z), lt = dL, ut = dL sigmoid(-z) (as sb_sigmoids; all 0 where not
+           visible) */
+        for (long j = 0; j < n; j++) {
+            const int v = !m || m[j];
+            const T x = v ? zr[j] : 0, tt = mode == 2 ? x : EXP(-x), b = 1 / (1 + tt);
+            const T l = v ? g[j] * a[j] : 0;
+            bt[j] = v ? b : 0;
+            lt[j] = l;
+            ut[j] = l * (tt * b);
         }
-        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
-            T *restrict a = A + (r + k) * e;
-            for (long j = 0; j < most; j++) a[j] = bt[j * SB_ROWS + k];
-            for (long j = most; j < e; j++) a[j] = 0;
+        for (long j = n; j < np; j++) bt[j] = 0, lt[j] = 0, ut[j] = 0;
+        T before = 0;   /* the sum of dL over the keys before this vector */
+        for (long c = 0; c < np; c += SB_L) {
+            V s = *(const V *)(lt + c);   /* prefix sums within the vector, inclusive */
+            s += NAME(sb_shift)(s, zero, 1, 0);
+            s += NAME(sb_shift)(s, zero, 2, 0);
+            if (SB_L > 4) s += NAME(sb_shift)(s, zero, 4, 0);
+            if (SB_L > 8) s += NAME(sb_shift)(s, zero, 8, 0);
+            const V p = NAME(sb_shift)(s, zero, 1, 0) + before;
+            NAME(sb_store)(d, *(const V *)(ut + c) - *(const V *)(bt + c) * p, c, e);
+            before += s[SB_L - 1];
         }
+        for (long j = np; j < e; j++) d[j] = 0;
     }
-    free(zt);
+    free(bt);
 }
 
 void NAME(sb_bwd)(const T *restrict z, const unsigned char *restrict mask, const T *restrict A,
                   const T *restrict dA, T *restrict dz, long t, long e, long n0, long H, long Tq,
                   long Tk, long i0, long shift, long r0, long r1) {
-    T *zt = malloc(3 * SB_ROWS * e * sizeof(T)), *bt = zt + SB_ROWS * e, *ot = bt + SB_ROWS * e;
-    const unsigned char *m[SB_ROWS];
-    long end[SB_ROWS];
-    for (long r = r0; r < r1; r += SB_ROWS) {
-        const long most = NAME(sb_group)(mask, r, r1, t, e, n0, H, Tq, Tk, i0, shift, m, end);
-        NAME(sb_load)(z, r, r1, e, most, m, end, zt, bt, ot);
-        for (long k = 0; k < SB_ROWS; k++) {   /* zt now holds dL = dA A (0 where not visible) */
-            const T *restrict ar = A + (r + k) * e, *restrict g = dA + (r + k) * e;
-            if (r + k < r1)
-                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = g[j] * ar[j];
-            else
-                for (long j = 0; j < most; j++) zt[j * SB_ROWS + k] = 0;
-        }
-        T before[SB_ROWS];
-        for (long k = 0; k < SB_ROWS; k++) before[k] = 0;
-        for (long j = 0; j < most; j++) {
-            T *restrict dl = zt + j * SB_ROWS;
-            const T *restrict b = bt + j * SB_ROWS, *restrict o = ot + j * SB_ROWS;
-            for (long k = 0; k < SB_ROWS; k++) {
-                const T x = dl[k];
-                dl[k] = x * o[k] - b[k] * before[k];   /* not visible: 0 * 1 - 0 * before */
-                before[k] += x;
+    NAME(sb_rows_bwd)(z, mask, A, dA, dz, t, e, n0, H, Tq, Tk, i0, shift, r0, r1, 0);
+}
+
+/* Stick-breaking's split of its fused projection, rows r = (b, t) of B x T: qkv (B, T, 3 H D)
+   laid out [q | k | v] (each head's D channels together) -> q (scale times), k, v (B, H, T, D);
+   back: the gradient's way, dq (times scale), dk, dv -> dqkv (in qkv's place). One division a
+   row of 3 H D values, each head's D channels one contiguous copy. */
+void NAME(sb_split)(T *restrict qkv, T *restrict q, T *restrict k, T *restrict v, long T_,
+                    long H, long D, double scale, long back, long r0, long r1) {
+    const T s = (T)scale;
+    const long w = H * D;
+    for (long r = r0; r < r1; r++) {
+        const long b = r / T_, t = r % T_;
+        T *restrict x = qkv + r * 3 * w;
+        for (long h = 0; h < H; h++) {
+            const long o = ((b * H + h) * T_ + t) * D;
+            T *restrict xq = x + h * D, *restrict xk = xq + w, *restrict xv = xk + w;
+            if (back) {
+                for (long a = 0; a < D; a++) xq[a] = s * q[o + a];
+                memcpy(xk, k + o, (size_t)D * sizeof(T));
+                memcpy(xv, v + o, (size_t)D * sizeof(T));
+            } else {
+                for (long a = 0; a < D; a++) q[o + a] = s * xq[a];
+                memcpy(k + o, xk, (size_t)D * sizeof(T));
+                memcpy(v + o, xv, (size_t)D * sizeof(T));
             }
         }
-        for (long k = 0; k < SB_ROWS && r + k < r1; k++) {
-            T *restrict d = dz + (r + k) * e;
-            for (long j = 0; j < most; j++) d[j] = zt[j * SB_ROWS + k];
-            for (long j = most; j < e; j++) d[j] = 0;
-        }
     }
-    free(zt);
 }
 
 /* Causal softmax of a block of logits S (rows, e) in place, row r = (head-row n0 + r / t,
@@ -326,12 +390,21 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
     free(buf);
 }
 
+/* A causal tile's bands (below, with sm_heads_*): rows [r, r1) over keys [0, c) (SB_BANDS),
+   keys [c0, c) and their queries [r, t) (SB_KEY_BANDS). */
+static inline void NAME(band)(long t, long i0, long e, long m, long *r, long *c);
+#define SB_BANDS for (long m = 1, r = 0, r1, c; NAME(band)(t, i0, e, m, &r1, &c), r < t; m++, r = r1)
+#define SB_KEY_BANDS for (long m = 1, r = 0, c0 = 0, r1, c; \
+                          NAME(band)(t, i0, e, m, &r1, &c), c0 < e; m++, r = r1, c0 = c)
+
 /* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys
    j <= i + shift), one at a time: q (N, T, Dh) (the scale in), k (N, T, Dh), v (N, T, Dv) ->
    out (N, T, Dv), in tiles of `tile` queries [i0, i1) over keys [0, e), e = max(1, min(T,
-   i1 + shift)): z = q k^T (k transposed once a head), A = sb_fwd(z), out = A v. The tiles'
-   z and A are kept in Z, A (N, PT) when not NULL (tile after tile, t e entries each), else
-   in buffers. Threads split the head-rows (one call each). */
+   i1 + shift)) by bands (the tile's first rows over fewer keys): z = q k^T (k transposed
+   once a head), A = sb_fwd(z), out = A v. The tiles'
+   E = exp(-z) (over z, for the backward's sigmoids) and A are kept in Z, A (N, PT) when not
+   NULL (tile after tile, t e entries each), else in buffers. Threads split the head-rows (one
+   call each). */
 void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         T *restrict out, T *restrict Z, T *restrict A, long T_, long Dh, long Dv,
                         long tile, long shift, long PT, long n0, long n1) {
@@ -346,10 +419,10 @@ void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
             long e = i1 + shift < Tn ? i1 + shift : Tn;
             e = e < 1 ? 1 : e;
-            NAME(mm)(qn + i0 * Dh, kT, zn, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(sb_fwd)(zn, 0, an, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
-            NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, e, e, 1, Dv, 1, Dv, 0, 0, 0, 0, 0,
-                     t);
+            SB_BANDS NAME(mm)(qn + i0 * Dh, kT, zn, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            NAME(sb_rows_fwd)(zn, 0, an, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 1);
+            SB_BANDS NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, c, e, 1, Dv, 1, Dv, 0, 0, 0,
+                              0, r, r1);
             if (Z) zn += t * e, an += t * e;
         }
     }
@@ -357,7 +430,7 @@ void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
 }
 
 /* Its backward for head-rows [n0, n1): do (N, T, Dv) -> dq, dk (N, T, Dh), dv (N, T, Dv)
-   (written whole), z and A read from Z, A (sb_heads_fwd's layout) or, when NULL,
+   (written whole), E and A read from Z, A (sb_heads_fwd's layout) or, when NULL,
    recomputed. Per tile: dA = do v^T, dv += A^T do, dz = sb_bwd, dq = dz k, dk += dz^T q. */
 void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict do_, const T *restrict Z, const T *restrict A,
@@ -382,19 +455,24 @@ void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
             long e = i1 + shift < Tn ? i1 + shift : Tn;
             e = e < 1 ? 1 : e;
             if (!Z) {
-                NAME(mm)(qn + i0 * Dh, kT, zb, t, e, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-                NAME(sb_fwd)(zb, 0, ab, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
+                SB_BANDS NAME(mm)(qn + i0 * Dh, kT, zb, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r,
+                                  r1);
+                NAME(sb_rows_fwd)(zb, 0, ab, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 1);
             }
-            NAME(mm)(don + i0 * Dv, vT, dA, t, e, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(an, don + i0 * Dv, dvn, e, Dv, t, 1, e, Dv, 1, Dv, 0, 0, 0, 1, 0, e);
-            NAME(sb_bwd)(zn, 0, an, dA, dz, t, e, n, 1, Tn, Tn, i0, shift, 0, t);
-            NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, e, e, 1, Dh, 1, Dh, 0, 0, 0, 0, 0, t);
-            NAME(mm)(dz, qn + i0 * Dh, dkn, e, Dh, t, 1, e, Dh, 1, Dh, 0, 0, 0, 1, 0, e);
+            SB_BANDS NAME(mm)(don + i0 * Dv, vT, dA, t, c, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            SB_KEY_BANDS NAME(mm)(an + r * e, don + (i0 + r) * Dv, dvn, e, Dv, t - r, 1, e, Dv, 1,
+                                  Dv, 0, 0, 0, 1, c0, c);
+            NAME(sb_rows_bwd)(zn, 0, an, dA, dz, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 2);
+            SB_BANDS NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, c, e, 1, Dh, 1, Dh, 0, 0, 0, 0, r, r1);
+            SB_KEY_BANDS NAME(mm)(dz + r * e, qn + (i0 + r) * Dh, dkn, e, Dh, t - r, 1, e, Dh, 1,
+                                  Dh, 0, 0, 0, 1, c0, c);
             if (Z) zn += t * e, an += t * e;
         }
     }
     free(vT);
 }
+#undef SB_BANDS
+#undef SB_KEY_BANDS
 
 /* A causal tile's bands: band m = 1, 2, ... is rows [R(m-1), R(m)) (queries i0 + r, R(0) = 0)
    over keys [0, C(m)) only, C(m) = i0 + 16 m (whole vectors) and R(m) the multiple of 6 (mm's

@@ -1,0 +1,70 @@
+"""ops/native/poly_attn.c: Based's and ReBased's parallel form on C head-rows (the kernel
+matrix 1 + s + s^2 / 2 or s^2 by causal tiles and bands, its backward) against the PyTorch
+parallel form (the masked (T, T) kernel matrix): outputs, final state and the gradients of
+q, k, v and the initial state, float64 tight and float32 loose; T not a multiple of the tile,
+one batch row, one head, scores kept or recomputed, 1 and 2 threads; a zero initial state
+(its read skipped) and a non-zero one; the layers' auto mode takes it at short lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _native_check import assert_close, counter, native_vs_torch, outputs_and_grads
+
+import rnnzoo
+from rnnzoo.ops import feature_maps as fm
+
+needs_native = pytest.mark.skipif(fm.poly_lib(torch.zeros(1)) is None,
+                                  reason="no C compiler: the PyTorch path is the only one")
+
+
+@needs_native
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("fmap", ["taylor", "square"])
+@pytest.mark.parametrize("shape, tile, threads", [((2, 45, 3, 4, 5), 16, 2),   # short last tile
+                                                  ((1, 37, 1, 3, 2), 8, 1),    # B = 1, one head
+                                                  ((2, 70, 2, 5, 6), 64, 2)])  # bands of one tile
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("state", ["zero", "random", "zero_grad"])
+def test_poly_heads_equal_the_masked_kernel_matrix(monkeypatch, dtype, tol, fmap, shape, tile,
+                                                   threads, keep, state):
+    monkeypatch.setattr(fm, "_PA_TILE", tile)
+    if not keep:
+        monkeypatch.setattr(fm.native_attention, "_KEEP", 0)  # scores recomputed
+    calls = counter(monkeypatch, fm, "_parallel_heads")
+    B, T, H, d, V = shape
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(B, T, H, d, generator=g, dtype=torch.float64).to(dtype)
+            for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64).to(dtype)
+    F = fm.feature_size(fmap, d)
+    S0 = (0.3 * torch.randn(B, H, F, V + 1, generator=g, dtype=torch.float64)
+          if state == "random" else torch.zeros(B, H, F, V + 1, dtype=torch.float64))
+    S0 = S0.to(dtype)
+    grad_in = [q, k, v] + ([S0] if state != "zero" else [])
+    for t in grad_in:
+        t.requires_grad_()
+
+    def run():
+        o, S = fm.feature_attention(q, k, v, fmap, mode="parallel", initial_state=S0)
+        return outputs_and_grads([o, S], grad_in)
+
+    got, want = native_vs_torch(run, threads)
+    assert calls[0] == 1
+    assert_close(got, want, ["o", "S", "dq", "dk", "dv", "dS0"], tol)
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["based", "rebased"])
+def test_auto_mode_takes_the_parallel_kernel_at_short_lengths(monkeypatch, name):
+    calls = counter(monkeypatch, fm, "_parallel_heads")
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=16, num_heads=2, feature_dim=4)
+    assert layer.auto_mode(torch.zeros(1, 2000, 16)) == "chunk"
+    x = torch.randn(2, 21, 16, requires_grad=True)
+    assert layer.auto_mode(x) == "parallel"
+    y, S = layer(x)
+    assert calls[0] == 1
+    y_ref, S_ref = layer(x, mode="chunk")
+    assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
+    assert (S - S_ref).abs().max() < 1e-5 * S_ref.abs().max()
