@@ -34,6 +34,27 @@
 #include "mm.h"
 #include "transpose.h"
 
+/* Sums over a row as LL_LANES partial sums (one vector of floats: the adds of the row run
+   lane-parallel), then the lanes as a tree: an `omp simd reduction` ended each sum with its
+   lanes added one after the other through memory (16 dependent scalar adds a dot: ~1/3 of
+   ll_bwd's row pass, and of the dots of ll_inter_bwd and the finite check's sums) */
+#ifndef LL_LANES
+#define LL_LANES 16
+#endif
+static inline T NAME(ll_tree)(T *restrict p) {
+    for (int w = LL_LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) p[l] += p[l + w];
+    return p[0];
+}
+
+/* p[l] += the entries i = l (mod LL_LANES) of x[0 .. n) */
+static inline void NAME(ll_sum_into)(T *restrict p, const T *restrict x, long n) {
+    long i = 0;
+    for (; i + LL_LANES <= n; i += LL_LANES)
+        for (int l = 0; l < LL_LANES; l++) p[l] += x[i + l];
+    for (; i < n; i++) p[i % LL_LANES] += x[i];
+}
+
 /* dst (d, n) = src^T, src (n, d) with rows ld apart: transpose.h's 8 x 8 blocks of vector
    shuffles (the scalar copy was ~40% of ll_intra_bwd's and ~30% of ll_inter_bwd's own time) */
 static inline void NAME(ll_transpose)(T *restrict dst, const T *restrict src, long n, long d,
@@ -137,19 +158,16 @@ void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restr
         if (chk) {  /* the block's inputs summed while in cache: non-finite iff one of them is
                        (or the sum overflows: then the caller's own check decides) */
             const T *kn = k + qo;
-            T a = 0;
+            T p[LL_LANES] = {0};
             for (long s = 0; s < C; s++) {
-                const T *qs = qn + s * qt, *ks = kn + s * qt, *vs = vn + s * vt;
-                const T *ls = ln + s * ldl;
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < K; c++) a += qs[c] + ks[c];
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < V; c++) a += vs[c];
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < L; c++) a += ls[c];
-                a += Gn[s] + (u ? uc[s] : 0);
+                NAME(ll_sum_into)(p, qn + s * qt, K);
+                NAME(ll_sum_into)(p, kn + s * qt, K);
+                NAME(ll_sum_into)(p, vn + s * vt, V);
+                NAME(ll_sum_into)(p, ln + s * ldl, L);
             }
-            *chk += a;
+            NAME(ll_sum_into)(p, Gn, C);
+            if (u) NAME(ll_sum_into)(p, uc, C);
+            *chk += NAME(ll_tree)(p);
         }
     }
     free(kT);
@@ -207,8 +225,22 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     const long lv = l < L - 1 ? l : L - 1;
                     const T w = lr[lv];
                     T acc = 0, accE = 0;
-#pragma omp simd reduction(+ : acc, accE)
-                    for (long j = s0; j < s1; j++) {
+                    long j = s0;
+                    if (s1 - s0 >= LL_LANES) {  /* lane sums (ll_tree) */
+                        T pa[LL_LANES] = {0}, pe[LL_LANES] = {0};
+                        for (; j + LL_LANES <= s1; j += LL_LANES)
+                            for (int l = 0; l < LL_LANES; l++) {
+                                const long i = j + l;
+                                const T D = Dr[i], dM = d[i] * s[i], E = dM * w * D;
+                                pa[l] += dM * D;
+                                pe[l] += E;
+                                dGn[i] -= E;
+                                d[i] *= m[i];
+                            }
+                        acc = NAME(ll_tree)(pa);
+                        accE = NAME(ll_tree)(pe);
+                    }
+                    for (; j < s1; j++) {
                         const T D = Dr[j], dM = d[j] * s[j], E = dM * w * D;
                         acc += dM * D;
                         accE += E;
@@ -252,10 +284,12 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
        dk_j = f_j o (V_j dU_j^T),   df_j = rowsum(K_j o V_j dU_j^T),   dv_j = f_j o (K_j dU_j). */
 
 static inline T NAME(ll_dot)(const T *restrict a, const T *restrict b, long n) {
-    T acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (long i = 0; i < n; i++) acc += a[i] * b[i];
-    return acc;
+    T p[LL_LANES] = {0};
+    long i = 0;
+    for (; i + LL_LANES <= n; i += LL_LANES)
+        for (int l = 0; l < LL_LANES; l++) p[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) p[i % LL_LANES] += a[i] * b[i];
+    return NAME(ll_tree)(p);
 }
 
 static inline void NAME(ll_axpy)(T *restrict y, T a, const T *restrict x, long n) {
