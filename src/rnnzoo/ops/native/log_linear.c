@@ -201,17 +201,16 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
 #pragma omp simd
                 for (long s = 0; s < C; s++) vT[c * C + s] *= uc[s];
         }
-        for (long s = 0; s < C; s++) {
-            if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
-            memset(dvn + s * dvt, 0, (size_t)V * sizeof(T));
-            memset(dln + s * ldl, 0, (size_t)L * sizeof(T));
-        }
-        memset(dGn, 0, (size_t)C * sizeof(T));
-        for (long i0 = 0; i0 < C; i0 += tile) {
-            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
+        /* no zeroing of dk, dv: the tiles run last first, and the last tile's products (over
+           columns [0, C), all of them) write them (dk: the group's first head), the others add */
+        for (long s = 0; s < C; s++)
+            for (long c = 0; c < L; c++) dln[s * ldl + c] = 0;
+        for (long s = 0; s < C; s++) dGn[s] = 0;
+        for (long i0 = (C - 1) / tile * tile; i0 >= 0; i0 -= tile) {
+            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1, add = i1 < C;
             NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, 0, i0, t, e, C, L, ldl);
             NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, dvt, 0, 0, 0, 1, 0, e);
+            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, dvt, 0, 0, 0, add, 0, e);
             for (long r = 0; r < t; r++) {
                 const long tt = i0 + r;
                 T *restrict d = dA + r * e;
@@ -259,7 +258,8 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 for (long j = tt + 1; j < e; j++) d[j] = 0;
             }
             NAME(mm)(dA, kn, dqn + i0 * ldk, t, K, e, e, 1, qt, 1, ldk, 0, 0, 0, !first, 0, t);
-            NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, 1, 0, e);
+            NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, add || !first, 0,
+                     e);
         }
     }
     free(vT);
@@ -297,12 +297,28 @@ static inline void NAME(ll_axpy)(T *restrict y, T a, const T *restrict x, long n
     for (long i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-/* H = sum_j c[j] U_j over the N states of KV entries (zero coefficients skipped) */
+/* y = a x (first) or y += a x */
+static inline void NAME(ll_axpy_or_set)(T *restrict y, T a, const T *restrict x, long n,
+                                        int first) {
+    if (!first) {
+        NAME(ll_axpy)(y, a, x, n);
+        return;
+    }
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] = a * x[i];
+}
+
+/* H = sum_j c[j] U_j over the N states of KV entries (zero coefficients skipped; the first
+   term written, not added to zeros) */
 static inline void NAME(ll_mix)(T *restrict H, const T *restrict c, const T *restrict U, long N,
                                 long KV) {
-    memset(H, 0, (size_t)KV * sizeof(T));
+    int first = 1;
     for (long j = 0; j < N; j++)
-        if (c[j] != 0) NAME(ll_axpy)(H, c[j], U + j * KV, KV);
+        if (c[j] != 0) {
+            NAME(ll_axpy_or_set)(H, c[j], U + j * KV, KV, first);
+            first = 0;
+        }
+    if (first) memset(H, 0, (size_t)KV * sizeof(T));
 }
 
 void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -357,6 +373,7 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
     T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + C + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
     T *uc = Z + CM;
+    unsigned char *live = malloc((size_t)N + 1);  /* dU_j written (else 0: nothing to add) */
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
         const long ok = b * dqb + h / gd * K, odv = b * dvb + h * V;
@@ -368,7 +385,7 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
         T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + odv;
         T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
         T *dcFr = dcF + r * NL * N;
-        memset(dU, 0, (size_t)(N * KV) * sizeof(T));
+        memset(live, 0, (size_t)N);
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
             const T *qi = qr + i * C * qt, *wp = wr + p * C, *dyi = dyr + i * C * ldv;
@@ -386,17 +403,28 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
             for (long j = 0; j < N; j++) {
                 const T c = cPr[p * N + j];
                 dcPr[p * N + j] = c != 0 ? NAME(ll_dot)(dH, Ur + j * KV, KV) : 0;
-                if (c != 0) NAME(ll_axpy)(dU + j * KV, c, dH, KV);
+                if (c != 0) {
+                    NAME(ll_axpy_or_set)(dU + j * KV, c, dH, KV, !live[j]);
+                    live[j] = 1;
+                }
             }
         }
         for (long l = 0; l < NL; l++)
             for (long j = 0; j < N; j++) {
                 const T c = cFr[l * N + j];
                 dcFr[l * N + j] = dFr && c != 0 ? NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV) : 0;
-                if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
+                if (dFr && c != 0) {
+                    NAME(ll_axpy_or_set)(dU + j * KV, c, dFr + l * KV, KV, !live[j]);
+                    live[j] = 1;
+                }
             }
         for (long j = 0; j < N; j++) {  /* Z = V_j dU_j^T, its rows times u (v' = u v) */
             const T *kj = kr + j * C * qt, *vj = vr + j * C * vt, *fj = fr + j * C;
+            if (!live[j]) {  /* dU_j = 0 (no later chunk reads chunk j, no final bucket's
+                                gradient): no products, df_j = 0 */
+                for (long s = 0; s < C; s++) dfr[j * C + s] = 0;
+                continue;
+            }
             NAME(ll_uc)(uc, u, b, j, h, C, NH, N);
             NAME(ll_transpose)(HT, dU + j * KV, K, V, V);
             NAME(mm)(vj, HT, Z, C, K, V, vt, 1, K, 1, K, 0, 0, 0, 0, 0, C);
@@ -408,6 +436,7 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
             }
         }
     }
+    free(live);
     free(buf);
 }
 
