@@ -276,6 +276,9 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
    (BH, P, C); cP, dcP (BH, P, N); cF, dcF (BH, NL, N); F, dF (BH, NL, K, V); U (BH, N, K, V),
    the forward's chunk states, read back by the backward; ip (P,) the pairs' chunks. y, dq, dk
    and dv are added to (ll_intra's results), F, U and the other gradients written whole.
+   With lp (P,) the pairs' levels (else NULL), w is not read but made from lam (B, Tp, H, L)
+   and G (BH, N, C) as w_p = lam[.., lp[p]] e^(G of chunk ip[p]) (ll_pair_w), and dw is not
+   written: its terms go into dlam and dG (added: ll_intra_bwd writes those rows first).
    Backward (dF may be NULL: zeros):
        dH_p = (w_p o Q_i)^T dy_i,   Z = dy_i H_p^T,   dq_i += w_p o Z,   dw_p = rowsum(Q_i o Z),
        dcP[p, j] = <dH_p, U_j>,   dcF[l, j] = <dF_l, U_j>   (0 where cP, cF are 0: the caller's
@@ -321,20 +324,35 @@ static inline void NAME(ll_mix)(T *restrict H, const T *restrict c, const T *res
     if (first) memset(H, 0, (size_t)KV * sizeof(T));
 }
 
+/* pair p's row weights w (C) from the level weights themselves (lp: the pair's level): w_s =
+   lam[b, i C + s, h, lp] e^(G[r, i, s]) for chunk i of row r = (b, h); e^G into e unless NULL */
+static inline void NAME(ll_pair_w)(T *restrict w, T *restrict e, const T *restrict lam,
+                                   const T *restrict G, long lv, long b, long i, long h, long r,
+                                   long C, long NH, long N, long L) {
+    const T *lr = lam + NAME(ll_tm)(b, i, h, C, NH, N, L) + lv, *Gr = G + (r * N + i) * C;
+    for (long s = 0; s < C; s++) {
+        const T x = EXP(Gr[s]);
+        if (e) e[s] = x;
+        w[s] = lr[s * NH * L] * x;
+    }
+}
+
 void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict u, const T *restrict f, const T *restrict w,
                         const T *restrict cP, const T *restrict cF, const long *restrict ip,
+                        const T *restrict lam, const T *restrict G, const long *restrict lp,
+                        long L,
                         T *restrict y, T *restrict F, T *restrict U, long N, long C, long K,
                         long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
                         long vb, long vt, long r0, long r1) {
     const long KV = K * V, ldv = NH * V;
-    T *buf = malloc((size_t)(C * K + KV + C + 1) * sizeof(T));
-    T *kd = buf, *H = kd + C * K, *uc = H + KV;
+    T *buf = malloc((size_t)(C * K + KV + 2 * C + 1) * sizeof(T));
+    T *kd = buf, *H = kd + C * K, *uc = H + KV, *wb = uc + C;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
         const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
-        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *fr = f + r * N * C, *wr = w ? w + r * P * C : 0, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N;
         T *yr = y + NAME(ll_tm)(b, 0, h, C, NH, N, V), *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
         for (long j = 0; j < N; j++) {  /* U_j = (f_j u_j o K_j)^T V_j */
@@ -349,7 +367,8 @@ void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restr
         }
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * qt, *wp = wr + p * C;
+            const T *qi = qr + i * C * qt, *wp = lp ? wb : wr + p * C;
+            if (lp) NAME(ll_pair_w)(wb, 0, lam, G, lp[p], b, i, h, r, C, NH, N, L);
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
             for (long s = 0; s < C; s++)
                 for (long c = 0; c < K; c++) kd[s * K + c] = wp[s] * qi[s * qt + c];
@@ -364,32 +383,35 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict u, const T *restrict f, const T *restrict w,
                         const T *restrict cP, const T *restrict cF, const long *restrict ip,
                         const T *restrict U, const T *restrict dy, const T *restrict dF,
+                        const T *restrict lam, const T *restrict G, const long *restrict lp,
+                        long L, T *restrict dlam, T *restrict dG,
                         T *restrict dq, T *restrict dk, T *restrict dv, T *restrict df,
                         T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
                         long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
                         long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt,
                         long r0, long r1) {
     const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = dqt;
-    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + C + 1) * sizeof(T));
+    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 4 * C + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
-    T *uc = Z + CM;
+    T *uc = Z + CM, *wb = uc + C, *eb = wb + C, *dwb = eb + C;
     unsigned char *live = malloc((size_t)N + 1);  /* dU_j written (else 0: nothing to add) */
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
         const long ok = b * dqb + h / gd * K, odv = b * dvb + h * V;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
         const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
-        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *fr = f + r * N * C, *wr = w ? w + r * P * C : 0, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
         const T *dFr = dF ? dF + r * NL * KV : 0;
         T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + odv;
-        T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
+        T *dfr = df + r * N * C, *dwr = dw ? dw + r * P * C : 0, *dcPr = dcP + r * P * N;
         T *dcFr = dcF + r * NL * N;
         memset(live, 0, (size_t)N);
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * qt, *wp = wr + p * C, *dyi = dyr + i * C * ldv;
-            T *dqi = dqr + i * C * ldk, *dwp = dwr + p * C;
+            const T *qi = qr + i * C * qt, *wp = lp ? wb : wr + p * C, *dyi = dyr + i * C * ldv;
+            T *dqi = dqr + i * C * ldk, *dwp = lp ? dwb : dwr + p * C;
+            if (lp) NAME(ll_pair_w)(wb, eb, lam, G, lp[p], b, i, h, r, C, NH, N, L);
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
             NAME(ll_transpose)(HT, H, K, V, V);
             for (long s = 0; s < C; s++)
@@ -399,6 +421,14 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
             for (long s = 0; s < C; s++) {
                 dwp[s] = NAME(ll_dot)(qi + s * qt, Z + s * K, K);
                 NAME(ll_axpy)(dqi + s * ldk, wp[s], Z + s * K, K);
+            }
+            if (lp) {  /* w = lam e^G: dlam += dw e^G at the pair's level, dG += dw w (ll_intra_bwd
+                          wrote these rows first: its levels are below the pairs') */
+                T *dl = dlam + NAME(ll_tm)(b, i, h, C, NH, N, L) + lp[p], *dg = dG + (r * N + i) * C;
+                for (long s = 0; s < C; s++) {
+                    dl[s * NH * L] += dwb[s] * eb[s];
+                    dg[s] += dwb[s] * wb[s];
+                }
             }
             for (long j = 0; j < N; j++) {
                 const T c = cPr[p * N + j];
@@ -447,8 +477,8 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
 void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, const T *restrict sk,
-                  T *restrict y, T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const long *restrict lp,
+                  const T *restrict sk, T *restrict y, T *restrict S,
                   T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
                   long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
                   long hg, long vb, long vt, long r0, long r1) {
@@ -457,8 +487,8 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
         NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, bad ? &a : 0, C, K, V, L, tile, H, N, qb,
                            qt, qg, hg, vb, vt, r * N, r * N + N);
         if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
-        NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
-                           qg, hg, vb, vt, r, r + 1);
+        NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, lam, G, lp, L, y, F, U, N, C, K, V, P,
+                           NL, H, qb, qt, qg, hg, vb, vt, r, r + 1);
         if (sk) {  /* the skip y += sk_h v (the unscaled v), the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;
             const T sh = sk[h];
@@ -475,7 +505,8 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
 void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, const T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const long *restrict lp,
+                  const T *restrict S,
                   const T *restrict U, const T *restrict dy, const T *restrict dF,
                   const T *restrict sk, T *restrict dsk, T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
                   T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
@@ -486,9 +517,9 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
     for (long r = r0; r < r1; r++) {
         NAME(ll_intra_bwd)(q, k, v, u, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H,
                            N, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb, dvt, r * N, r * N + N);
-        NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP,
-                           dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb,
-                           dvt, r, r + 1);
+        NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, lam, G, lp, L, dlam, dG, dq,
+                           dk, dv, df, dw, dcP, dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb,
+                           vt, dqb, dqt, dvb, dvt, r, r + 1);
         if (u || sk) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv'; the skip sk_h v:
                            dv += sk_h dy, dsk = v . dy; the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;
