@@ -52,7 +52,7 @@ static inline void NAME(ll_sum_into)(T *restrict p, const T *restrict x, long n)
     long i = 0;
     for (; i + LL_LANES <= n; i += LL_LANES)
         for (int l = 0; l < LL_LANES; l++) p[l] += x[i + l];
-    for (; i < n; i++) p[i % LL_LANES] += x[i];
+    for (; i < n; i++) p[0] += x[i];
 }
 
 /* dst (d, n) = src^T, src (n, d) with rows ld apart: transpose.h's 8 x 8 blocks of vector
@@ -291,7 +291,7 @@ static inline T NAME(ll_dot)(const T *restrict a, const T *restrict b, long n) {
     long i = 0;
     for (; i + LL_LANES <= n; i += LL_LANES)
         for (int l = 0; l < LL_LANES; l++) p[l] += a[i + l] * b[i + l];
-    for (; i < n; i++) p[i % LL_LANES] += a[i] * b[i];
+    for (; i < n; i++) p[0] += a[i] * b[i];
     return NAME(ll_tree)(p);
 }
 
