@@ -342,13 +342,12 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
         keep = torch.ones(N, N, dtype=torch.bool, device=dev).tril(-1)   # r > J
         cs = gl[..., :, None].expand(B, H, N, N).masked_fill(~keep, 0).cumsum(-2)
         cP = cs.index_select(2, ip - 1).exp() * mask                     # (B, H, P, N)
-        if lib is not None:  # lam at each pair's chunk and level: (P, B, C, H) -> heads first
-            # (one indexing op: index_select + gather ran ~3x slower each way)
-            lam_p = lamt.view(B, N, C, H, -1)[:, ip, :, :, lp].permute(1, 3, 0, 2)
+        if lib is not None:  # the C block makes w = lam[.., lp] e^G at each pair's chunk
+            w = None          # itself (no indexed copy of lam and scatter back each way)
         else:
             lam_p = torch.gather(lamc.index_select(2, ip), 4,
                                  lp[:, None, None].expand(B, H, P, C, 1))[..., 0]
-        w = lam_p * G.index_select(2, ip).exp()                          # (B, H, P, C)
+            w = lam_p * G.index_select(2, ip).exp()                      # (B, H, P, C)
     else:
         cP, w = G.new_zeros(B, H, 0, N), G.new_zeros(B, H, 0, C)
     # the final buckets: whole chunks before end's chunk by their level, end's own chunk
@@ -364,7 +363,8 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
         yc, Sfin, *bad = native_log_linear.chunks_tm(lib, ip, qt, kt, vt, G, lamt, f, w, cP, cF,
                                                      ut, check=check,
                                                      skip=None if skip is None else
-                                                     skip.to(vt.dtype))
+                                                     skip.to(vt.dtype),
+                                                     lp=lp if w is None else None)
         if bad and bool(bad[0].isnan().any()):
             return None
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)

@@ -34,6 +34,27 @@
 #include "mm.h"
 #include "transpose.h"
 
+/* Sums over a row as LL_LANES partial sums (one vector of floats: the adds of the row run
+   lane-parallel), then the lanes as a tree: an `omp simd reduction` ended each sum with its
+   lanes added one after the other through memory (16 dependent scalar adds a dot: ~1/3 of
+   ll_bwd's row pass, and of the dots of ll_inter_bwd and the finite check's sums) */
+#ifndef LL_LANES
+#define LL_LANES 16
+#endif
+static inline T NAME(ll_tree)(T *restrict p) {
+    for (int w = LL_LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) p[l] += p[l + w];
+    return p[0];
+}
+
+/* p[l] += the entries i = l (mod LL_LANES) of x[0 .. n) */
+static inline void NAME(ll_sum_into)(T *restrict p, const T *restrict x, long n) {
+    long i = 0;
+    for (; i + LL_LANES <= n; i += LL_LANES)
+        for (int l = 0; l < LL_LANES; l++) p[l] += x[i + l];
+    for (; i < n; i++) p[0] += x[i];
+}
+
 /* dst (d, n) = src^T, src (n, d) with rows ld apart: transpose.h's 8 x 8 blocks of vector
    shuffles (the scalar copy was ~40% of ll_intra_bwd's and ~30% of ll_inter_bwd's own time) */
 static inline void NAME(ll_transpose)(T *restrict dst, const T *restrict src, long n, long d,
@@ -137,19 +158,16 @@ void NAME(ll_intra_fwd)(const T *restrict q, const T *restrict k, const T *restr
         if (chk) {  /* the block's inputs summed while in cache: non-finite iff one of them is
                        (or the sum overflows: then the caller's own check decides) */
             const T *kn = k + qo;
-            T a = 0;
+            T p[LL_LANES] = {0};
             for (long s = 0; s < C; s++) {
-                const T *qs = qn + s * qt, *ks = kn + s * qt, *vs = vn + s * vt;
-                const T *ls = ln + s * ldl;
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < K; c++) a += qs[c] + ks[c];
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < V; c++) a += vs[c];
-#pragma omp simd reduction(+ : a)
-                for (long c = 0; c < L; c++) a += ls[c];
-                a += Gn[s] + (u ? uc[s] : 0);
+                NAME(ll_sum_into)(p, qn + s * qt, K);
+                NAME(ll_sum_into)(p, kn + s * qt, K);
+                NAME(ll_sum_into)(p, vn + s * vt, V);
+                NAME(ll_sum_into)(p, ln + s * ldl, L);
             }
-            *chk += a;
+            NAME(ll_sum_into)(p, Gn, C);
+            if (u) NAME(ll_sum_into)(p, uc, C);
+            *chk += NAME(ll_tree)(p);
         }
     }
     free(kT);
@@ -183,17 +201,16 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
 #pragma omp simd
                 for (long s = 0; s < C; s++) vT[c * C + s] *= uc[s];
         }
-        for (long s = 0; s < C; s++) {
-            if (first) memset(dkn + s * ldk, 0, (size_t)K * sizeof(T));
-            memset(dvn + s * dvt, 0, (size_t)V * sizeof(T));
-            memset(dln + s * ldl, 0, (size_t)L * sizeof(T));
-        }
-        memset(dGn, 0, (size_t)C * sizeof(T));
-        for (long i0 = 0; i0 < C; i0 += tile) {
-            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1;
+        /* no zeroing of dk, dv: the tiles run last first, and the last tile's products (over
+           columns [0, C), all of them) write them (dk: the group's first head), the others add */
+        for (long s = 0; s < C; s++)
+            for (long c = 0; c < L; c++) dln[s * ldl + c] = 0;
+        for (long s = 0; s < C; s++) dGn[s] = 0;
+        for (long i0 = (C - 1) / tile * tile; i0 >= 0; i0 -= tile) {
+            const long i1 = i0 + tile < C ? i0 + tile : C, t = i1 - i0, e = i1, add = i1 < C;
             NAME(ll_tile)(A, M, Dt, Sn, Gn, ln, 0, i0, t, e, C, L, ldl);
             NAME(mm)(dyn + i0 * ldv, vT, dA, t, e, V, ldv, 1, C, 1, e, 0, 0, 0, 0, 0, t);
-            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, dvt, 0, 0, 0, 1, 0, e);
+            NAME(mm)(A, dyn + i0 * ldv, dvn, e, V, t, 1, e, ldv, 1, dvt, 0, 0, 0, add, 0, e);
             for (long r = 0; r < t; r++) {
                 const long tt = i0 + r;
                 T *restrict d = dA + r * e;
@@ -207,8 +224,22 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     const long lv = l < L - 1 ? l : L - 1;
                     const T w = lr[lv];
                     T acc = 0, accE = 0;
-#pragma omp simd reduction(+ : acc, accE)
-                    for (long j = s0; j < s1; j++) {
+                    long j = s0;
+                    if (s1 - s0 >= LL_LANES) {  /* lane sums (ll_tree) */
+                        T pa[LL_LANES] = {0}, pe[LL_LANES] = {0};
+                        for (; j + LL_LANES <= s1; j += LL_LANES)
+                            for (int l = 0; l < LL_LANES; l++) {
+                                const long i = j + l;
+                                const T D = Dr[i], dM = d[i] * s[i], E = dM * w * D;
+                                pa[l] += dM * D;
+                                pe[l] += E;
+                                dGn[i] -= E;
+                                d[i] *= m[i];
+                            }
+                        acc = NAME(ll_tree)(pa);
+                        accE = NAME(ll_tree)(pe);
+                    }
+                    for (; j < s1; j++) {
                         const T D = Dr[j], dM = d[j] * s[j], E = dM * w * D;
                         acc += dM * D;
                         accE += E;
@@ -227,7 +258,8 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 for (long j = tt + 1; j < e; j++) d[j] = 0;
             }
             NAME(mm)(dA, kn, dqn + i0 * ldk, t, K, e, e, 1, qt, 1, ldk, 0, 0, 0, !first, 0, t);
-            NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, 1, 0, e);
+            NAME(mm)(dA, qn + i0 * qt, dkn, e, K, t, 1, e, qt, 1, ldk, 0, 0, 0, add || !first, 0,
+                     e);
         }
     }
     free(vT);
@@ -244,6 +276,9 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
    (BH, P, C); cP, dcP (BH, P, N); cF, dcF (BH, NL, N); F, dF (BH, NL, K, V); U (BH, N, K, V),
    the forward's chunk states, read back by the backward; ip (P,) the pairs' chunks. y, dq, dk
    and dv are added to (ll_intra's results), F, U and the other gradients written whole.
+   With lp (P,) the pairs' levels (else NULL), w is not read but made from lam (B, Tp, H, L)
+   and G (BH, N, C) as w_p = lam[.., lp[p]] e^(G of chunk ip[p]) (ll_pair_w), and dw is not
+   written: its terms go into dlam and dG (added: ll_intra_bwd writes those rows first).
    Backward (dF may be NULL: zeros):
        dH_p = (w_p o Q_i)^T dy_i,   Z = dy_i H_p^T,   dq_i += w_p o Z,   dw_p = rowsum(Q_i o Z),
        dcP[p, j] = <dH_p, U_j>,   dcF[l, j] = <dF_l, U_j>   (0 where cP, cF are 0: the caller's
@@ -252,10 +287,12 @@ void NAME(ll_intra_bwd)(const T *restrict q, const T *restrict k, const T *restr
        dk_j = f_j o (V_j dU_j^T),   df_j = rowsum(K_j o V_j dU_j^T),   dv_j = f_j o (K_j dU_j). */
 
 static inline T NAME(ll_dot)(const T *restrict a, const T *restrict b, long n) {
-    T acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (long i = 0; i < n; i++) acc += a[i] * b[i];
-    return acc;
+    T p[LL_LANES] = {0};
+    long i = 0;
+    for (; i + LL_LANES <= n; i += LL_LANES)
+        for (int l = 0; l < LL_LANES; l++) p[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) p[0] += a[i] * b[i];
+    return NAME(ll_tree)(p);
 }
 
 static inline void NAME(ll_axpy)(T *restrict y, T a, const T *restrict x, long n) {
@@ -263,28 +300,59 @@ static inline void NAME(ll_axpy)(T *restrict y, T a, const T *restrict x, long n
     for (long i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-/* H = sum_j c[j] U_j over the N states of KV entries (zero coefficients skipped) */
+/* y = a x (first) or y += a x */
+static inline void NAME(ll_axpy_or_set)(T *restrict y, T a, const T *restrict x, long n,
+                                        int first) {
+    if (!first) {
+        NAME(ll_axpy)(y, a, x, n);
+        return;
+    }
+#pragma omp simd
+    for (long i = 0; i < n; i++) y[i] = a * x[i];
+}
+
+/* H = sum_j c[j] U_j over the N states of KV entries (zero coefficients skipped; the first
+   term written, not added to zeros) */
 static inline void NAME(ll_mix)(T *restrict H, const T *restrict c, const T *restrict U, long N,
                                 long KV) {
-    memset(H, 0, (size_t)KV * sizeof(T));
+    int first = 1;
     for (long j = 0; j < N; j++)
-        if (c[j] != 0) NAME(ll_axpy)(H, c[j], U + j * KV, KV);
+        if (c[j] != 0) {
+            NAME(ll_axpy_or_set)(H, c[j], U + j * KV, KV, first);
+            first = 0;
+        }
+    if (first) memset(H, 0, (size_t)KV * sizeof(T));
+}
+
+/* pair p's row weights w (C) from the level weights themselves (lp: the pair's level): w_s =
+   lam[b, i C + s, h, lp] e^(G[r, i, s]) for chunk i of row r = (b, h); e^G into e unless NULL */
+static inline void NAME(ll_pair_w)(T *restrict w, T *restrict e, const T *restrict lam,
+                                   const T *restrict G, long lv, long b, long i, long h, long r,
+                                   long C, long NH, long N, long L) {
+    const T *lr = lam + NAME(ll_tm)(b, i, h, C, NH, N, L) + lv, *Gr = G + (r * N + i) * C;
+    for (long s = 0; s < C; s++) {
+        const T x = EXP(Gr[s]);
+        if (e) e[s] = x;
+        w[s] = lr[s * NH * L] * x;
+    }
 }
 
 void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                         const T *restrict u, const T *restrict f, const T *restrict w,
                         const T *restrict cP, const T *restrict cF, const long *restrict ip,
+                        const T *restrict lam, const T *restrict G, const long *restrict lp,
+                        long L,
                         T *restrict y, T *restrict F, T *restrict U, long N, long C, long K,
                         long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
                         long vb, long vt, long r0, long r1) {
     const long KV = K * V, ldv = NH * V;
-    T *buf = malloc((size_t)(C * K + KV + C + 1) * sizeof(T));
-    T *kd = buf, *H = kd + C * K, *uc = H + KV;
+    T *buf = malloc((size_t)(C * K + KV + 2 * C + 1) * sizeof(T));
+    T *kd = buf, *H = kd + C * K, *uc = H + KV, *wb = uc + C;
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
         const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
-        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *fr = f + r * N * C, *wr = w ? w + r * P * C : 0, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N;
         T *yr = y + NAME(ll_tm)(b, 0, h, C, NH, N, V), *Fr = F + r * NL * KV, *Ur = U + r * N * KV;
         for (long j = 0; j < N; j++) {  /* U_j = (f_j u_j o K_j)^T V_j */
@@ -299,7 +367,8 @@ void NAME(ll_inter_fwd)(const T *restrict q, const T *restrict k, const T *restr
         }
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * qt, *wp = wr + p * C;
+            const T *qi = qr + i * C * qt, *wp = lp ? wb : wr + p * C;
+            if (lp) NAME(ll_pair_w)(wb, 0, lam, G, lp[p], b, i, h, r, C, NH, N, L);
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
             for (long s = 0; s < C; s++)
                 for (long c = 0; c < K; c++) kd[s * K + c] = wp[s] * qi[s * qt + c];
@@ -314,31 +383,35 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict u, const T *restrict f, const T *restrict w,
                         const T *restrict cP, const T *restrict cF, const long *restrict ip,
                         const T *restrict U, const T *restrict dy, const T *restrict dF,
+                        const T *restrict lam, const T *restrict G, const long *restrict lp,
+                        long L, T *restrict dlam, T *restrict dG,
                         T *restrict dq, T *restrict dk, T *restrict dv, T *restrict df,
                         T *restrict dw, T *restrict dcP, T *restrict dcF, long N, long C, long K,
                         long V, long P, long NL, long NH, long qb, long qt, long qg, long hg,
                         long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt,
                         long r0, long r1) {
     const long KV = K * V, CM = C * (K > V ? K : V), ldv = NH * V, ldk = dqt;
-    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + C + 1) * sizeof(T));
+    T *buf = malloc((size_t)(N * KV + 3 * KV + 2 * CM + 4 * C + 1) * sizeof(T));
     T *dU = buf, *H = dU + N * KV, *HT = H + KV, *dH = HT + KV, *X = dH + KV, *Z = X + CM;
-    T *uc = Z + CM;
+    T *uc = Z + CM, *wb = uc + C, *eb = wb + C, *dwb = eb + C;
+    unsigned char *live = malloc((size_t)N + 1);  /* dU_j written (else 0: nothing to add) */
     for (long r = r0; r < r1; r++) {
         const long b = r / NH, h = r % NH, ov = NAME(ll_tm)(b, 0, h, C, NH, N, V);
         const long ok = b * dqb + h / gd * K, odv = b * dvb + h * V;
         const T *qr = q + b * qb + h / hg * qg, *kr = k + b * qb + h / hg * qg;
         const T *vr = v + NAME(ll_vo)(b, 0, h, C, V, vb, vt);
-        const T *fr = f + r * N * C, *wr = w + r * P * C, *cPr = cP + r * P * N;
+        const T *fr = f + r * N * C, *wr = w ? w + r * P * C : 0, *cPr = cP + r * P * N;
         const T *cFr = cF + r * NL * N, *Ur = U + r * N * KV, *dyr = dy + ov;
         const T *dFr = dF ? dF + r * NL * KV : 0;
         T *dqr = dq + ok, *dkr = dk + ok, *dvr = dv + odv;
-        T *dfr = df + r * N * C, *dwr = dw + r * P * C, *dcPr = dcP + r * P * N;
+        T *dfr = df + r * N * C, *dwr = dw ? dw + r * P * C : 0, *dcPr = dcP + r * P * N;
         T *dcFr = dcF + r * NL * N;
-        memset(dU, 0, (size_t)(N * KV) * sizeof(T));
+        memset(live, 0, (size_t)N);
         for (long p = 0; p < P; p++) {
             const long i = ip[p];
-            const T *qi = qr + i * C * qt, *wp = wr + p * C, *dyi = dyr + i * C * ldv;
-            T *dqi = dqr + i * C * ldk, *dwp = dwr + p * C;
+            const T *qi = qr + i * C * qt, *wp = lp ? wb : wr + p * C, *dyi = dyr + i * C * ldv;
+            T *dqi = dqr + i * C * ldk, *dwp = lp ? dwb : dwr + p * C;
+            if (lp) NAME(ll_pair_w)(wb, eb, lam, G, lp[p], b, i, h, r, C, NH, N, L);
             NAME(ll_mix)(H, cPr + p * N, Ur, N, KV);
             NAME(ll_transpose)(HT, H, K, V, V);
             for (long s = 0; s < C; s++)
@@ -349,20 +422,39 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
                 dwp[s] = NAME(ll_dot)(qi + s * qt, Z + s * K, K);
                 NAME(ll_axpy)(dqi + s * ldk, wp[s], Z + s * K, K);
             }
+            if (lp) {  /* w = lam e^G: dlam += dw e^G at the pair's level, dG += dw w (ll_intra_bwd
+                          wrote these rows first: its levels are below the pairs') */
+                T *dl = dlam + NAME(ll_tm)(b, i, h, C, NH, N, L) + lp[p], *dg = dG + (r * N + i) * C;
+                for (long s = 0; s < C; s++) {
+                    dl[s * NH * L] += dwb[s] * eb[s];
+                    dg[s] += dwb[s] * wb[s];
+                }
+            }
             for (long j = 0; j < N; j++) {
                 const T c = cPr[p * N + j];
                 dcPr[p * N + j] = c != 0 ? NAME(ll_dot)(dH, Ur + j * KV, KV) : 0;
-                if (c != 0) NAME(ll_axpy)(dU + j * KV, c, dH, KV);
+                if (c != 0) {
+                    NAME(ll_axpy_or_set)(dU + j * KV, c, dH, KV, !live[j]);
+                    live[j] = 1;
+                }
             }
         }
         for (long l = 0; l < NL; l++)
             for (long j = 0; j < N; j++) {
                 const T c = cFr[l * N + j];
                 dcFr[l * N + j] = dFr && c != 0 ? NAME(ll_dot)(dFr + l * KV, Ur + j * KV, KV) : 0;
-                if (dFr && c != 0) NAME(ll_axpy)(dU + j * KV, c, dFr + l * KV, KV);
+                if (dFr && c != 0) {
+                    NAME(ll_axpy_or_set)(dU + j * KV, c, dFr + l * KV, KV, !live[j]);
+                    live[j] = 1;
+                }
             }
         for (long j = 0; j < N; j++) {  /* Z = V_j dU_j^T, its rows times u (v' = u v) */
             const T *kj = kr + j * C * qt, *vj = vr + j * C * vt, *fj = fr + j * C;
+            if (!live[j]) {  /* dU_j = 0 (no later chunk reads chunk j, no final bucket's
+                                gradient): no products, df_j = 0 */
+                for (long s = 0; s < C; s++) dfr[j * C + s] = 0;
+                continue;
+            }
             NAME(ll_uc)(uc, u, b, j, h, C, NH, N);
             NAME(ll_transpose)(HT, dU + j * KV, K, V, V);
             NAME(mm)(vj, HT, Z, C, K, V, vt, 1, K, 1, K, 0, 0, 0, 0, 0, C);
@@ -374,6 +466,7 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
             }
         }
     }
+    free(live);
     free(buf);
 }
 
@@ -384,8 +477,8 @@ void NAME(ll_inter_bwd)(const T *restrict q, const T *restrict k, const T *restr
 void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, const T *restrict sk,
-                  T *restrict y, T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const long *restrict lp,
+                  const T *restrict sk, T *restrict y, T *restrict S,
                   T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
                   long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
                   long hg, long vb, long vt, long r0, long r1) {
@@ -394,8 +487,8 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
         NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, bad ? &a : 0, C, K, V, L, tile, H, N, qb,
                            qt, qg, hg, vb, vt, r * N, r * N + N);
         if (bad) bad[r] = a - a;  /* 0, or NaN where an input of the row is not finite */
-        NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, y, F, U, N, C, K, V, P, NL, H, qb, qt,
-                           qg, hg, vb, vt, r, r + 1);
+        NAME(ll_inter_fwd)(q, k, v, u, f, w, cP, cF, ip, lam, G, lp, L, y, F, U, N, C, K, V, P,
+                           NL, H, qb, qt, qg, hg, vb, vt, r, r + 1);
         if (sk) {  /* the skip y += sk_h v (the unscaled v), the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;
             const T sh = sk[h];
@@ -412,7 +505,8 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
 void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict u, const T *restrict G, const T *restrict lam,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
-                  const T *restrict cF, const long *restrict ip, const T *restrict S,
+                  const T *restrict cF, const long *restrict ip, const long *restrict lp,
+                  const T *restrict S,
                   const T *restrict U, const T *restrict dy, const T *restrict dF,
                   const T *restrict sk, T *restrict dsk, T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
                   T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
@@ -423,9 +517,9 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
     for (long r = r0; r < r1; r++) {
         NAME(ll_intra_bwd)(q, k, v, u, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H,
                            N, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb, dvt, r * N, r * N + N);
-        NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, dq, dk, dv, df, dw, dcP,
-                           dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb,
-                           dvt, r, r + 1);
+        NAME(ll_inter_bwd)(q, k, v, u, f, w, cP, cF, ip, U, dy, dF, lam, G, lp, L, dlam, dG, dq,
+                           dk, dv, df, dw, dcP, dcF, N, C, K, V, P, NL, H, qb, qt, qg, hg, gd, vb,
+                           vt, dqb, dqt, dvb, dvt, r, r + 1);
         if (u || sk) {  /* dv' (v' = u v) -> du = v . dv', dv = u dv'; the skip sk_h v:
                            dv += sk_h dy, dsk = v . dy; the row's steps while in cache */
             const long b = r / H, h = r % H, Tp = N * C;

@@ -25,8 +25,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 17 + [L] * 17),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 27 + [L] * 22))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 18 + [L] * 17),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 28 + [L] * 22))
 
 
 def _qk_layout(q, k, H):
@@ -71,7 +71,7 @@ def _wide(q, k, v):
 
 class _NativeChunks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp):
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
@@ -80,7 +80,8 @@ class _NativeChunks(torch.autograd.Function):
                                                    for t in (q, k, v))
         q, k, lay = _qk_layout(q, k, H)
         v, vlay = _v_layout(v)
-        G, lam, f, w, cP, cF = (t.contiguous() for t in (G, lam, f, w, cP, cF))
+        G, lam, f, cP, cF = (t.contiguous() for t in (G, lam, f, cP, cF))
+        w = None if w is None else w.contiguous()
         u = None if u is None else u.contiguous()
         sk = None if sk is None else sk.contiguous()
         y = v.new_empty(v.shape)
@@ -90,11 +91,11 @@ class _NativeChunks(torch.autograd.Function):
         bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
-        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, sk,
-                                                        y, S, F, U, bad)),
+        native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, lp,
+                                                        sk, y, S, F, U, bad)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
                              for p in native.rows(B * H)])
-        ctx.save_for_backward(ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
+        ctx.save_for_backward(ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
         ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
         if bad is None:
             return y, F
@@ -103,7 +104,7 @@ class _NativeChunks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dF, *_):
-        ip, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors
+        ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         N, lay, vlay = ctx.N, ctx.lay, ctx.vlay
@@ -129,10 +130,11 @@ class _NativeChunks(torch.autograd.Function):
             dq, dk = (q.new_empty(B, Tp, H // gd, K) for _ in range(2))
         du = None if u is None else torch.empty_like(u)
         dsk = None if sk is None else v.new_empty(B, H)
-        dG, dlam, df, dw, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, w, cP, cF))
+        dG, dlam, df, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, cP, cF))
+        dw = None if w is None else torch.empty_like(w)
         kern = _kernels(ctx.lib, q.dtype)
-        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, S,
-                                                        U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
+        native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, lp,
+                                                        S, U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
                                                         dlam, df, dw, dcP, dcF)),
                               N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay,
                               *dq.stride()[:2], *dv.stride()[:2], *p)
@@ -145,10 +147,11 @@ class _NativeChunks(torch.autograd.Function):
                 dk_w.copy_(dk)
             dq = dk = dv = None
         dsk = None if dsk is None else dsk.sum(0)
-        return None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk, dwide
+        return (None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk, dwide,
+                None)
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None, lp=None):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -163,9 +166,13 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=
     finite, NaN where one is not (each block's inputs summed while in cache), so that the caller
     needs no host pass of its own over them. skip (H,) or None: y also holds skip_h v_t (the
     unscaled v; Mamba-2's D x), added (and its gradients dv += skip dy, dskip = sum v . dy)
-    while each row is in cache."""
+    while each row is in cache. lp (P,) int64 or None: the pairs' levels; then w is None and
+    the kernels make w = lam[.., lp] e^G at each pair's chunk themselves (no indexed copy of
+    lam and its scatter back each way)."""
+    if (w is None) == (lp is None):
+        raise ValueError("chunks_tm: give w or lp, not both")
     return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF,
-                               skip, _wide(q, k, v))
+                               skip, _wide(q, k, v), lp)
 
 
 def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
