@@ -33,38 +33,47 @@
 
 #else
 
+/* The pairs [p0, p1) as runs of heads [h0, h1) of one batch row b: each step t goes over
+   those heads (their rows lie side by side, one contiguous read; the heads' chains are
+   independent, so the CPU overlaps them), the same arithmetic per head as one head at a time. */
+#define HEAD_RUNS(p, p0, p1, b, h0, h1)                                                        \
+    for (long p = p0, b, h0, h1; p < p1 && (b = p / H, h0 = p % H,                             \
+                                            h1 = h0 + (p1 - p) < H ? h0 + (p1 - p) : H, 1);   \
+         p += h1 - h0)
+
 void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *restrict li,
                            const T *restrict lf, const T *restrict n0, const T *restrict m0,
                            T *restrict g, T *restrict kp, T *restrict qs, T *restrict m_out,
                            T *restrict s_out, T *restrict nT, T *restrict mT, double eps,
                            long Tn, long H, long K, long p0, long p1) {
-    for (long p = p0; p < p1; p++) {
-        const long b = p / H, hh = p % H;
-        T *restrict n = nT + p * K;
-        memcpy(n, n0 + p * K, K * sizeof(T));
-        T m = m0[p];
+    HEAD_RUNS(p, p0, p1, b, h0, h1) {
+        memcpy(nT + p * K, n0 + p * K, (h1 - h0) * K * sizeof(T));
+        memcpy(mT + p, m0 + p, (h1 - h0) * sizeof(T));
         for (long t = 0; t < Tn; t++) {
-            const long row = (b * Tn + t) * H + hh;
-            const T a = lf[row] + m, mn = a > li[row] ? a : li[row];
-            const T gt = a - mn, f = EXP(gt), i = EXP(li[row] - mn);
-            const T *restrict qt = q + row * K, *restrict kt = k + row * K;
-            T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
+            for (long hh = h0; hh < h1; hh++) {
+                const long row = (b * Tn + t) * H + hh;
+                T *restrict n = nT + (b * H + hh) * K;
+                const T m = mT[b * H + hh];
+                const T a = lf[row] + m, mn = a > li[row] ? a : li[row];
+                const T gt = a - mn, f = EXP(gt), i = EXP(li[row] - mn);
+                const T *restrict qt = q + row * K, *restrict kt = k + row * K;
+                T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
 #pragma omp simd reduction(+:s)
-            for (long r = 0; r < K; r++) {
-                const T ik = i * kt[r];
-                kpt[r] = ik;
-                n[r] = f * n[r] + ik;
-                s += qt[r] * n[r];
-            }
-            const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
+                for (long r = 0; r < K; r++) {
+                    const T ik = i * kt[r];
+                    kpt[r] = ik;
+                    n[r] = f * n[r] + ik;
+                    s += qt[r] * n[r];
+                }
+                const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
 #pragma omp simd
-            for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
-            g[row] = gt;
-            m_out[row] = mn;
-            s_out[row] = s;
-            m = mn;
+                for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
+                g[row] = gt;
+                m_out[row] = mn;
+                s_out[row] = s;
+                mT[b * H + hh] = mn;
+            }
         }
-        mT[p] = m;
     }
 }
 
@@ -76,54 +85,62 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
                            T *restrict dk, T *restrict dli, T *restrict dlf, T *restrict dn0,
                            T *restrict dm0, double eps, long Tn, long H, long K, long p0,
                            long p1) {
-    T *ns = malloc((Tn + 1) * K * sizeof(T));  /* n_0 .. n_T: n_{t-1} at ns + t K */
-    for (long p = p0; p < p1; p++) {
-        const long b = p / H, hh = p % H;
-        memcpy(ns, n0 + p * K, K * sizeof(T));
-        for (long t = 0; t < Tn; t++) {
-            const long row = (b * Tn + t) * H + hh;
-            const T f = EXP(g[row]), i = EXP(li[row] - m_in[row]);
-            const T *restrict kt = k + row * K, *restrict prev = ns + t * K;
-            T *restrict nt = ns + (t + 1) * K;
+    /* n_0 .. n_T of a run's heads: n_{t-1} of head hh at ns + (t H + hh - h0) K */
+    T *ns = malloc((Tn + 1) * H * K * sizeof(T));
+    HEAD_RUNS(p, p0, p1, b, h0, h1) {
+        const long nh = h1 - h0;
+        memcpy(ns, n0 + p * K, nh * K * sizeof(T));
+        for (long t = 0; t < Tn; t++)
+            for (long hh = h0; hh < h1; hh++) {
+                const long row = (b * Tn + t) * H + hh;
+                const T f = EXP(g[row]), i = EXP(li[row] - m_in[row]);
+                const T *restrict kt = k + row * K, *restrict prev = ns + (t * nh + hh - h0) * K;
+                T *restrict nt = ns + ((t + 1) * nh + hh - h0) * K;
 #pragma omp simd
-            for (long r = 0; r < K; r++) nt[r] = f * prev[r] + i * kt[r];
-        }
-        T *restrict dn = dn0 + p * K;
-        if (dnT) memcpy(dn, dnT + p * K, K * sizeof(T)); else memset(dn, 0, K * sizeof(T));
-        T dm = dmT ? dmT[p] : 0;
-        for (long t = Tn - 1; t >= 0; t--) {
-            const long row = (b * Tn + t) * H + hh;
-            const T mp = t ? m_in[row - H] : m0[p], a = lf[row] + mp, mt = m_in[row];
-            const T f = EXP(g[row]), i = EXP(li[row] - mt), s = s_in[row];
-            const T *restrict qt = q + row * K, *restrict kt = k + row * K,
-                    *restrict dkpt = dkp + row * K, *restrict dqst = dqs + row * K,
-                    *restrict nt = ns + (t + 1) * K, *restrict prev = ns + t * K;
-            T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K, L = 0, X = 0, Y = 0;
-            /* den = max(|s|, exp(-m)) + eps, qs = q / den: d den = -(q . dqs) / den^2, to |s|
-               or exp(-m) as torch.maximum splits it */
-#pragma omp simd reduction(+:Y)
-            for (long r = 0; r < K; r++) Y += qt[r] * dqst[r];
-            const T as = s < 0 ? -s : s, e = EXP(-mt), inv = 1 / ((as > e ? as : e) + (T)eps);
-            const T dden = -Y * inv * inv, ws = as > e ? 1 : (as < e ? 0 : (T)0.5);
-            const T dst = dden * ws * (s > 0 ? 1 : (s < 0 ? -1 : 0)), dmt = -dden * (1 - ws) * e;
-#pragma omp simd reduction(+:L, X)
-            for (long r = 0; r < K; r++) {
-                const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
-                dqt[r] = dst * nt[r] + dqst[r] * inv;
-                dkt[r] = dkr;
-                L += kt[r] * dkr;
-                X += prev[r] * dnr;
-                dn[r] = f * dnr;
+                for (long r = 0; r < K; r++) nt[r] = f * prev[r] + i * kt[r];
             }
-            const T G = dg[row] + f * X, M = dmt + dm - G - L;
-            const T w = a > li[row] ? 1 : (a < li[row] ? 0 : (T)0.5);  /* torch.maximum's split */
-            dli[row] = L + M * (1 - w);
-            dlf[row] = G + M * w;
-            dm = G + M * w;  /* to m_{t-1} */
+        if (dnT) memcpy(dn0 + p * K, dnT + p * K, nh * K * sizeof(T));
+        else memset(dn0 + p * K, 0, nh * K * sizeof(T));
+        for (long hh = h0; hh < h1; hh++) dm0[b * H + hh] = dmT ? dmT[b * H + hh] : 0;
+        for (long t = Tn - 1; t >= 0; t--) {
+            for (long hh = h0; hh < h1; hh++) {
+                const long row = (b * Tn + t) * H + hh;
+                T *restrict dn = dn0 + (b * H + hh) * K;
+                const T dm = dm0[b * H + hh];
+                const T mp = t ? m_in[row - H] : m0[b * H + hh], a = lf[row] + mp, mt = m_in[row];
+                const T f = EXP(g[row]), i = EXP(li[row] - mt), s = s_in[row];
+                const T *restrict qt = q + row * K, *restrict kt = k + row * K,
+                        *restrict dkpt = dkp + row * K, *restrict dqst = dqs + row * K,
+                        *restrict nt = ns + ((t + 1) * nh + hh - h0) * K,
+                        *restrict prev = ns + (t * nh + hh - h0) * K;
+                T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K, L = 0, X = 0, Y = 0;
+                /* den = max(|s|, exp(-m)) + eps, qs = q / den: d den = -(q . dqs) / den^2, to
+                   |s| or exp(-m) as torch.maximum splits it */
+#pragma omp simd reduction(+:Y)
+                for (long r = 0; r < K; r++) Y += qt[r] * dqst[r];
+                const T as = s < 0 ? -s : s, e = EXP(-mt), inv = 1 / ((as > e ? as : e) + (T)eps);
+                const T dden = -Y * inv * inv, ws = as > e ? 1 : (as < e ? 0 : (T)0.5);
+                const T dst = dden * ws * (s > 0 ? 1 : (s < 0 ? -1 : 0)), dmt = -dden * (1 - ws) * e;
+#pragma omp simd reduction(+:L, X)
+                for (long r = 0; r < K; r++) {
+                    const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
+                    dqt[r] = dst * nt[r] + dqst[r] * inv;
+                    dkt[r] = dkr;
+                    L += kt[r] * dkr;
+                    X += prev[r] * dnr;
+                    dn[r] = f * dnr;
+                }
+                const T G = dg[row] + f * X, M = dmt + dm - G - L;
+                const T w = a > li[row] ? 1 : (a < li[row] ? 0 : (T)0.5);  /* torch.maximum's split */
+                dli[row] = L + M * (1 - w);
+                dlf[row] = G + M * w;
+                dm0[b * H + hh] = G + M * w;  /* to m_{t-1} */
+            }
         }
-        dm0[p] = dm;
     }
     free(ns);
 }
+
+#undef HEAD_RUNS
 
 #endif
