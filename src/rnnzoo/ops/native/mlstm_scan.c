@@ -114,6 +114,17 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
                         *restrict nt = ns + ((t + 1) * nh + hh - h0) * K,
                         *restrict prev = ns + (t * nh + hh - h0) * K;
                 T *restrict dqt = dq + row * K, *restrict dkt = dk + row * K, L = 0, X = 0, Y = 0;
+                if (t >= 2) {  /* rows read in descending order: the prefetchers miss them */
+                    const long ahead = (row - 2 * H) * K;
+                    for (long r = 0; r < K; r += 64 / (long)sizeof(T)) {
+                        __builtin_prefetch(q + ahead + r);
+                        __builtin_prefetch(k + ahead + r);
+                        __builtin_prefetch(dkp + ahead + r);
+                        __builtin_prefetch(dqs + ahead + r);
+                        __builtin_prefetch(dq + ahead + r, 1);
+                        __builtin_prefetch(dk + ahead + r, 1);
+                    }
+                }
                 /* den = max(|s|, exp(-m)) + eps, qs = q / den: d den = -(q . dqs) / den^2, to
                    |s| or exp(-m) as torch.maximum splits it */
 #pragma omp simd reduction(+:Y)
