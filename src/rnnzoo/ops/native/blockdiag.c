@@ -14,7 +14,8 @@
    blockdiag_gated_fwd / _bwd: one or two maps of the same x (W1, y1, dy1, dW1 NULL for one)
    and a dense product with few outputs, g[r, j] = sum_c G[j, c] x[r, c] (G (ng, dim), g
    (rows, ng) contiguous: mlstm's gate pre-activations from x_c or x_m), in one pass over
-   each row; the backward sums every part of dx in that pass (no separate products of
+   each row (the forward also writes the sum of all its outputs over its rows to *sum, when
+   sum is not NULL: a finiteness check without another pass); the backward sums every part of dx in that pass (no separate products of
    (rows, dim) x (dim, ng) and no additions of (rows, dim) gradients after). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -190,7 +191,9 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
                                         const T *restrict W1, const T *restrict G,
                                         T *restrict y0, T *restrict y1, T *restrict g, long xs,
                                         long dim, const long bs, long ng, long r0, long r1,
-                                        const T *restrict v, long ld, long c0) {
+                                        const T *restrict v, long ld, long c0, T *restrict sum) {
+    T total = 0;
+    VEC acc[4] = {{0}};
     for (long r = r0; r < r1; r++) {
         const T *restrict xr = x + r * xs;
         T *restrict y0r = y0 + r * dim;
@@ -214,7 +217,20 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
                 }
         }
         NAME(gate_dots)(G, xr, g + r * ng, dim, ng);
+        if (sum) {  /* the row's outputs summed while in L1 (a finiteness check's sum), in
+                       four vector accumulators kept across the rows */
+            const T *restrict y1r = W1 ? y1 + r * dim : 0, *restrict gr = g + r * ng;
+            long c = 0;
+            for (; c + NV <= dim; c += NV) {
+                VEC a = *(const UVEC *)(y0r + c);
+                if (y1r) a += *(const UVEC *)(y1r + c);
+                acc[(c / NV) & 3] += a;
+            }
+            for (; c < dim; c++) total += y0r[c] + (y1r ? y1r[c] : 0);
+            for (long j = 0; j < ng; j++) total += gr[j];
+        }
     }
+    if (sum) *sum = total + NAME(hsum)(acc[0] + acc[1] + acc[2] + acc[3]);
 }
 
 /* The map's backward for bs = 4 on whole vectors of columns (NV lanes = NV / 4 blocks): with
@@ -302,23 +318,23 @@ static inline void NAME(gated_bwd_rows)(const T *restrict x, const T *restrict W
 
 void NAME(blockdiag_gated_fwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
                                const T *restrict G, T *restrict y0, T *restrict y1,
-                               T *restrict g, long xs, long dim, long bs, long ng, long r0,
-                               long r1) {
+                               T *restrict g, T *restrict sum, long xs, long dim, long bs,
+                               long ng, long r0, long r1) {
     if (bs == 4 && dim >= NV) {  /* whole vectors of columns on fwd4_vec, the rest scalar */
         const long c0 = dim / NV * NV, ld = c0;
         T *v = aligned_alloc(TILE_BYTES, 8 * ld * sizeof(T));
         NAME(lane_major)(W0, v, ld, c0, 0);
         if (W1) NAME(lane_major)(W1, v + 4 * ld, ld, c0, 0);
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, v, ld, c0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, v, ld, c0, sum);
         free(v);
     } else if (bs == 4)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, NULL, 0, 0, sum);
     else if (bs == 2)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1, NULL, 0, 0, sum);
     else if (bs == 8)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1, NULL, 0, 0, sum);
     else
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1, NULL, 0, 0, sum);
 }
 
 void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
