@@ -120,3 +120,46 @@ def test_native_blockdiag_gated_unused_outputs():
     assert_close(got[:2], want, ["x", "W0"], 1e-12)
     assert got[2] is None or not got[2].abs().max()
     assert got[3] is None or not got[3].abs().max()
+
+
+@pytest.mark.parametrize("two,threads", [(True, 1), (False, 2), (True, 2)])
+def test_native_blockdiag_gated_total(two, threads):
+    """total=True's fourth output is the sum of the three outputs' entries (each thread's rows
+    summed in the kernel), and not finite once one input entry is NaN or inf."""
+    gen = torch.Generator().manual_seed(2)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, W0, W1, G = r(3, 7, 20), r(5, 4, 4), r(5, 4, 4), r(9, 20)
+    lib = blockdiag.load()
+    with threads_(threads):
+        y0, y1, g, total = blockdiag.blockdiag_gated(lib, x, W0, W1 if two else None, G,
+                                                     total=True)
+        want = y0.sum() + (y1.sum() if two else 0) + g.sum()
+        assert total.shape == () and abs(float(total - want)) < 1e-10 * float(y0.abs().sum())
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            xb = x.clone()
+            xb[2, 6, 19] = bad
+            assert not torch.isfinite(blockdiag.blockdiag_gated(lib, xb, W0, W1, G, total=True)[3])
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf")])
+def test_mlstm_layer_finite_check_from_the_kernels(monkeypatch, bad):
+    """The layer passes finite=True to linear.mlstm when blockdiag_gated's sums are finite
+    (the C path then skips clean_inputs' sums over q, k, v) and not otherwise (clean_inputs
+    runs and marks); either way the output equals the PyTorch path's (NaN where it is)."""
+    from rnnzoo import create
+    from rnnzoo.ops import backend
+    from rnnzoo.ops.chunk import linear
+
+    calls = counter(monkeypatch, linear, "clean_inputs")
+    torch.manual_seed(0)
+    layer = create("mlstm", d_model=16, num_heads=2).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    if bad is not None:
+        x[0, 5, 3] = bad
+    got = layer(x, mode="chunk")[0]
+    assert calls[0] == (0 if bad is None else 1)
+    with backend.force("torch"):
+        want = layer(x, mode="chunk")[0]
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    ok = ~torch.isnan(want)
+    assert (got[ok] - want[ok]).abs().max() < 1e-10

@@ -145,11 +145,18 @@ class MLSTM(RecurrentLayer):
         lib = (native_blockdiag.load()
                if backend.use_native(x_c, x_m, self.q.weight, self.k.weight, self.v.weight, Gc)
                else None)
+        finite = False
         if lib is not None:  # q, k and x_c's gates in one C pass, v and x_m's in another
-            q, k, g_c = native_blockdiag.blockdiag_gated(lib, x_c, self.q.weight * scale,
-                                                         self.k.weight, Gc)
-            v, _, g_m = native_blockdiag.blockdiag_gated(lib, x_m, self.v.weight, None, Gm)
+            q, k, g_c, s_c = native_blockdiag.blockdiag_gated(
+                lib, x_c, self.q.weight * scale, self.k.weight, Gc, total=True)
+            v, _, g_m, s_m = native_blockdiag.blockdiag_gated(lib, x_m, self.v.weight, None, Gm,
+                                                              total=True)
             gates = g_c + g_m + self.gates.bias
+            # q, k, v and the gates all finite when this sum is (the kernels sum their outputs
+            # as they write them): mlstm's C path then skips its own sums over q, k, v
+            # (ops.finite.clean_inputs); else (or on an overflowing sum) it checks as before
+            with torch.no_grad():
+                finite = bool(torch.isfinite(s_c + s_m + gates.sum()))
         else:  # the gates' products through oneDNN on the CPU (ops.native.linear: MKL's
             # N = 8 products ran ~1.5x slower)
             q, k, v = self.q(x_c, scale), self.k(x_c), self.v(x_m)
@@ -159,7 +166,8 @@ class MLSTM(RecurrentLayer):
         q, k, v = (t.view(B, T, H, D) for t in (q, k, v))
         if mode == "chunk":
             h, cell_state = mlstm(q, k, v, log_i, log_f, scale=1.0,
-                                  initial_state=tuple(cell_state), chunk_size=self.chunk_size)
+                                  initial_state=tuple(cell_state), chunk_size=self.chunk_size,
+                                  finite=finite)
         else:
             h, cell_state = mlstm_recurrent(q, k, v, log_i, log_f, scale=1.0,
                                             initial_state=tuple(cell_state))

@@ -552,8 +552,10 @@ def mlstm_recurrent(q, k, v, log_i, log_f, *, scale=None, initial_state=None, ep
 
 
 def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
-          chunk_size: int = 64):
-    """Chunkwise mLSTM, equal to `mlstm_recurrent` (same arguments and returns).
+          chunk_size: int = 64, finite: bool = False):
+    """Chunkwise mLSTM, equal to `mlstm_recurrent` (same arguments and returns; finite=True:
+    the caller has found q, k, v, log_i and log_f all finite, and the C path skips its own
+    check, ops.finite.clean_inputs' sums).
 
     With F the log forget gates summed from the chunk start (inclusive) and m0 the
     stabiliser entering the chunk, token j reaches row i >= j with log weight
@@ -578,8 +580,11 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     out_dtype = q.dtype
     native = backend.use_native(q, k, v, log_i, log_f, *(initial_state or ()))
     # the C recurrence: no zeroed copies and NaN marks unless some step is not finite
-    (q,), (k, v, log_i, log_f), marks = (clean_inputs if native else finite_inputs)(
-        (q,), (k, v, log_i, log_f))
+    if native and finite:
+        marks = None
+    else:
+        (q,), (k, v, log_i, log_f), marks = (clean_inputs if native else finite_inputs)(
+            (q,), (k, v, log_i, log_f))
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)

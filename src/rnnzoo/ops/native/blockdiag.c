@@ -14,7 +14,8 @@
    blockdiag_gated_fwd / _bwd: one or two maps of the same x (W1, y1, dy1, dW1 NULL for one)
    and a dense product with few outputs, g[r, j] = sum_c G[j, c] x[r, c] (G (ng, dim), g
    (rows, ng) contiguous: mlstm's gate pre-activations from x_c or x_m), in one pass over
-   each row; the backward sums every part of dx in that pass (no separate products of
+   each row (the forward also writes the sum of all its outputs over its rows to *sum, when
+   sum is not NULL: a finiteness check without another pass); the backward sums every part of dx in that pass (no separate products of
    (rows, dim) x (dim, ng) and no additions of (rows, dim) gradients after). */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -24,6 +25,10 @@
 #else
 
 #include "tile.h"  /* VEC, UVEC, NV, hsum: the gates' dot products */
+
+#ifndef GATE_ROWS  /* rows a block of gate_dots_bwd (their x and dx rows stay in L1) */
+#define GATE_ROWS 8
+#endif
 
 /* bodies with bs a parameter that the calls below make a constant where they can (bs = 4,
    xLSTM's default, and 2, 8): the block loops then unroll into straight vector code */
@@ -107,26 +112,42 @@ static inline void NAME(gate_dots)(const T *restrict G, const T *restrict x, T *
     }
 }
 
-/* dx += sum_j dg[j] G[j, :] and dG[j, :] += dg[j] x, a vector of columns at a time (dx's
-   vector kept in a register across the ng rows) */
+/* for the rows r < nr of a block (x's rows xs apart, dx's and dg's dim and ng apart):
+   dx[r] += sum_j dg[r, j] G[j, :] and dG[j, :] += sum_r dg[r, j] x[r], a vector of columns
+   at a time: eight of dG's rows held in registers across the block's rows (not loaded and
+   stored back once a row), dx's vector across the ng rows of G */
 static inline void NAME(gate_dots_bwd)(const T *restrict G, const T *restrict x,
                                        const T *restrict dg, T *restrict dx, T *restrict dG,
-                                       long dim, long ng) {
+                                       long xs, long dim, long ng, long nr) {
     long c = 0;
     for (; c + NV <= dim; c += NV) {
-        const VEC xv = *(const UVEC *)(x + c);
-        VEC d = *(UVEC *)(dx + c);
-        for (long j = 0; j < ng; j++) {
-            d += *(const UVEC *)(G + j * dim + c) * dg[j];
-            *(UVEC *)(dG + j * dim + c) += xv * dg[j];
+        for (long r = 0; r < nr; r++) {
+            VEC d = *(UVEC *)(dx + r * dim + c);
+            for (long j = 0; j < ng; j++) d += *(const UVEC *)(G + j * dim + c) * dg[r * ng + j];
+            *(UVEC *)(dx + r * dim + c) = d;
         }
-        *(UVEC *)(dx + c) = d;
+        long j0 = 0;
+        for (; j0 + 8 <= ng; j0 += 8) {
+            VEC a[8];
+            for (long jj = 0; jj < 8; jj++) a[jj] = *(UVEC *)(dG + (j0 + jj) * dim + c);
+            for (long r = 0; r < nr; r++) {
+                const VEC xv = *(const UVEC *)(x + r * xs + c);
+                for (long jj = 0; jj < 8; jj++) a[jj] += xv * dg[r * ng + j0 + jj];
+            }
+            for (long jj = 0; jj < 8; jj++) *(UVEC *)(dG + (j0 + jj) * dim + c) = a[jj];
+        }
+        for (; j0 < ng; j0++) {
+            VEC a = *(UVEC *)(dG + j0 * dim + c);
+            for (long r = 0; r < nr; r++) a += *(const UVEC *)(x + r * xs + c) * dg[r * ng + j0];
+            *(UVEC *)(dG + j0 * dim + c) = a;
+        }
     }
     for (; c < dim; c++)
-        for (long j = 0; j < ng; j++) {
-            dx[c] += G[j * dim + c] * dg[j];
-            dG[j * dim + c] += dg[j] * x[c];
-        }
+        for (long r = 0; r < nr; r++)
+            for (long j = 0; j < ng; j++) {
+                dx[r * dim + c] += G[j * dim + c] * dg[r * ng + j];
+                dG[j * dim + c] += dg[r * ng + j] * x[r * xs + c];
+            }
 }
 
 #if TILE_CAT(TILE_SIZE, NAME()) == 4
@@ -170,7 +191,9 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
                                         const T *restrict W1, const T *restrict G,
                                         T *restrict y0, T *restrict y1, T *restrict g, long xs,
                                         long dim, const long bs, long ng, long r0, long r1,
-                                        const T *restrict v, long ld, long c0) {
+                                        const T *restrict v, long ld, long c0, T *restrict sum) {
+    T total = 0;
+    VEC acc[4] = {{0}};
     for (long r = r0; r < r1; r++) {
         const T *restrict xr = x + r * xs;
         T *restrict y0r = y0 + r * dim;
@@ -194,7 +217,20 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
                 }
         }
         NAME(gate_dots)(G, xr, g + r * ng, dim, ng);
+        if (sum) {  /* the row's outputs summed while in L1 (a finiteness check's sum), in
+                       four vector accumulators kept across the rows */
+            const T *restrict y1r = W1 ? y1 + r * dim : 0, *restrict gr = g + r * ng;
+            long c = 0;
+            for (; c + NV <= dim; c += NV) {
+                VEC a = *(const UVEC *)(y0r + c);
+                if (y1r) a += *(const UVEC *)(y1r + c);
+                acc[(c / NV) & 3] += a;
+            }
+            for (; c < dim; c++) total += y0r[c] + (y1r ? y1r[c] : 0);
+            for (long j = 0; j < ng; j++) total += gr[j];
+        }
     }
+    if (sum) *sum = total + NAME(hsum)(acc[0] + acc[1] + acc[2] + acc[3]);
 }
 
 /* The map's backward for bs = 4 on whole vectors of columns (NV lanes = NV / 4 blocks): with
@@ -204,21 +240,31 @@ static inline void NAME(gated_fwd_rows)(const T *restrict x, const T *restrict W
    eight FMAs and four shuffles a vector instead of 32 scalar multiply-adds. Columns past the
    last whole vector: the scalar body. */
 
-static inline void NAME(bwd4_vec)(const T *restrict xr, const T *restrict dyr,
-                                  T *restrict dxr, const T *restrict Wo, T *restrict Do,
-                                  long ld, long nvd, int add) {
+static inline void NAME(bwd4_vec)(const T *restrict x, const T *restrict dy,
+                                  T *restrict dx, const T *restrict Wo, T *restrict Do,
+                                  long ld, long nvd, int add, long xs, long dim, long nr) {
+    /* rows r < nr (x's xs apart, dy's and dx's dim apart): Wo's and Do's vectors of a column
+       block held in registers across the rows (Do not loaded and stored back once a row) */
     NAME(imask) m[4];
     NAME(block_masks)(m);
     for (long c = 0; c < nvd; c += NV) {
-        const VEC xv = *(const UVEC *)(xr + c), dv = *(const UVEC *)(dyr + c);
-        VEC acc = {0};
-        if (add) acc = *(const UVEC *)(dxr + c);
+        VEC w[4], D[4];
         for (long o = 0; o < 4; o++) {
-            const VEC d = __builtin_shuffle(dv, m[o]);
-            acc += *(const VEC *)(Wo + o * ld + c) * d;
-            *(VEC *)(Do + o * ld + c) += d * xv;
+            w[o] = *(const VEC *)(Wo + o * ld + c);
+            D[o] = *(const VEC *)(Do + o * ld + c);
         }
-        *(UVEC *)(dxr + c) = acc;
+        for (long r = 0; r < nr; r++) {
+            const VEC xv = *(const UVEC *)(x + r * xs + c), dv = *(const UVEC *)(dy + r * dim + c);
+            VEC acc = {0};
+            if (add) acc = *(const UVEC *)(dx + r * dim + c);
+            for (long o = 0; o < 4; o++) {
+                const VEC d = __builtin_shuffle(dv, m[o]);
+                acc += w[o] * d;
+                D[o] += d * xv;
+            }
+            *(UVEC *)(dx + r * dim + c) = acc;
+        }
+        for (long o = 0; o < 4; o++) *(VEC *)(Do + o * ld + c) = D[o];
     }
 }
 
@@ -231,57 +277,64 @@ static inline void NAME(gated_bwd_rows)(const T *restrict x, const T *restrict W
                                         T *restrict dW1, T *restrict dG, long xs, long dim,
                                         const long bs, long ng, long r0, long r1, T *restrict v,
                                         long ld, long c0) {
-    for (long r = r0; r < r1; r++) {
-        const T *restrict xr = x + r * xs, *restrict d0 = dy0 + r * dim;
-        T *restrict dxr = dx + r * dim;
+    for (long ra = r0; ra < r1; ra += GATE_ROWS) {  /* blocks of rows (in L1) */
+        const long nr = r1 - ra < GATE_ROWS ? r1 - ra : GATE_ROWS;
         if (c0) {
-            NAME(bwd4_vec)(xr, d0, dxr, v, v + 4 * ld, ld, c0, 0);
-            if (W1) NAME(bwd4_vec)(xr, dy1 + r * dim, dxr, v + 8 * ld, v + 12 * ld, ld, c0, 1);
+            NAME(bwd4_vec)(x + ra * xs, dy0 + ra * dim, dx + ra * dim, v, v + 4 * ld, ld, c0, 0,
+                           xs, dim, nr);
+            if (W1)
+                NAME(bwd4_vec)(x + ra * xs, dy1 + ra * dim, dx + ra * dim, v + 8 * ld,
+                               v + 12 * ld, ld, c0, 1, xs, dim, nr);
         }
-        for (long b = c0; b < dim; b += bs) {
-            for (long i = 0; i < bs; i++) {
-                T acc = 0;
-                for (long o = 0; o < bs; o++) acc += W0[(b + o) * bs + i] * d0[b + o];
-                dxr[b + i] = acc;
-            }
-            for (long o = 0; o < bs; o++)
-                for (long i = 0; i < bs; i++) dW0[(b + o) * bs + i] += d0[b + o] * xr[b + i];
-        }
-        if (W1) {
-            const T *restrict d1 = dy1 + r * dim;
+        for (long r = ra; r < ra + nr && c0 < dim; r++) {  /* the scalar body's columns */
+            const T *restrict xr = x + r * xs, *restrict d0 = dy0 + r * dim;
+            T *restrict dxr = dx + r * dim;
             for (long b = c0; b < dim; b += bs) {
                 for (long i = 0; i < bs; i++) {
                     T acc = 0;
-                    for (long o = 0; o < bs; o++) acc += W1[(b + o) * bs + i] * d1[b + o];
-                    dxr[b + i] += acc;
+                    for (long o = 0; o < bs; o++) acc += W0[(b + o) * bs + i] * d0[b + o];
+                    dxr[b + i] = acc;
                 }
                 for (long o = 0; o < bs; o++)
-                    for (long i = 0; i < bs; i++) dW1[(b + o) * bs + i] += d1[b + o] * xr[b + i];
+                    for (long i = 0; i < bs; i++) dW0[(b + o) * bs + i] += d0[b + o] * xr[b + i];
+            }
+            if (W1) {
+                const T *restrict d1 = dy1 + r * dim;
+                for (long b = c0; b < dim; b += bs) {
+                    for (long i = 0; i < bs; i++) {
+                        T acc = 0;
+                        for (long o = 0; o < bs; o++) acc += W1[(b + o) * bs + i] * d1[b + o];
+                        dxr[b + i] += acc;
+                    }
+                    for (long o = 0; o < bs; o++)
+                        for (long i = 0; i < bs; i++)
+                            dW1[(b + o) * bs + i] += d1[b + o] * xr[b + i];
+                }
             }
         }
-        NAME(gate_dots_bwd)(G, xr, dg + r * ng, dxr, dG, dim, ng);
+        NAME(gate_dots_bwd)(G, x + ra * xs, dg + ra * ng, dx + ra * dim, dG, xs, dim, ng, nr);
     }
 }
 
 void NAME(blockdiag_gated_fwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,
                                const T *restrict G, T *restrict y0, T *restrict y1,
-                               T *restrict g, long xs, long dim, long bs, long ng, long r0,
-                               long r1) {
+                               T *restrict g, T *restrict sum, long xs, long dim, long bs,
+                               long ng, long r0, long r1) {
     if (bs == 4 && dim >= NV) {  /* whole vectors of columns on fwd4_vec, the rest scalar */
         const long c0 = dim / NV * NV, ld = c0;
         T *v = aligned_alloc(TILE_BYTES, 8 * ld * sizeof(T));
         NAME(lane_major)(W0, v, ld, c0, 0);
         if (W1) NAME(lane_major)(W1, v + 4 * ld, ld, c0, 0);
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, v, ld, c0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, v, ld, c0, sum);
         free(v);
     } else if (bs == 4)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 4, ng, r0, r1, NULL, 0, 0, sum);
     else if (bs == 2)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 2, ng, r0, r1, NULL, 0, 0, sum);
     else if (bs == 8)
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, 8, ng, r0, r1, NULL, 0, 0, sum);
     else
-        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1, NULL, 0, 0);
+        NAME(gated_fwd_rows)(x, W0, W1, G, y0, y1, g, xs, dim, bs, ng, r0, r1, NULL, 0, 0, sum);
 }
 
 void NAME(blockdiag_gated_bwd)(const T *restrict x, const T *restrict W0, const T *restrict W1,

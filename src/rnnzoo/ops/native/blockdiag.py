@@ -70,12 +70,13 @@ def blockdiag(lib, x, weight):
 
 def _gated_kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "blockdiag_gated_fwd", dtype, [P] * 7 + [L] * 6),
+    return (native.kernel(lib, "blockdiag_gated_fwd", dtype, [P] * 8 + [L] * 6),
             native.kernel(lib, "blockdiag_gated_bwd", dtype, [P] * 11 + [L] * 6))
 
 
 class _NativeBlockDiagGated(torch.autograd.Function):
-    """(x, W0, W1 or None, G) -> (y0, y1 or None, g), blockdiag.c's names."""
+    """(x, W0, W1 or None, G) -> (y0, y1 or None, g, total), blockdiag.c's names; total
+    (one entry per thread's rows, not differentiable) sums y0, y1 and g."""
 
     @staticmethod
     def forward(ctx, lib, x, W0, W1, G):
@@ -85,16 +86,20 @@ class _NativeBlockDiagGated(torch.autograd.Function):
         bs, ng = W0.shape[-1], G.shape[0]
         y0, g = x2.new_empty(rows, dim), x2.new_empty(rows, ng)
         y1 = None if W1 is None else x2.new_empty(rows, dim)
+        parts = native.rows(rows)
+        total = x2.new_zeros(max(1, len(parts)))
         fwd, _ = _gated_kernels(lib, x.dtype)
-        native.run(fwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, y0, y1, g)), x2.stride(0), dim,
-                          bs, ng, *p) for p in native.rows(rows)])
+        native.run(fwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, y0, y1, g, total[i])),
+                          x2.stride(0), dim, bs, ng, *p) for i, p in enumerate(parts)])
         ctx.save_for_backward(x2, W0, W1, G)
         ctx.lib, ctx.shape = lib, x.shape
+        ctx.mark_non_differentiable(total)
         lead = x.shape[:-1]
-        return (y0.view(x.shape), None if y1 is None else y1.view(x.shape), g.view(*lead, ng))
+        return (y0.view(x.shape), None if y1 is None else y1.view(x.shape), g.view(*lead, ng),
+                total)
 
     @staticmethod
-    def backward(ctx, dy0, dy1, dg):
+    def backward(ctx, dy0, dy1, dg, _):
         x2, W0, W1, G = ctx.saved_tensors
         rows, dim = x2.shape
         bs, ng = W0.shape[-1], G.shape[0]
@@ -115,7 +120,10 @@ class _NativeBlockDiagGated(torch.autograd.Function):
                 dG.sum(0))
 
 
-def blockdiag_gated(lib, x, W0, W1, G):
+def blockdiag_gated(lib, x, W0, W1, G, total=False):
     """(x BD0^T, x BD1^T or None, x G^T) in one pass each way: x (..., dim), W0 / W1 (dim / bs,
-    bs, bs) (W1 may be None), G (ng, dim); `lib` = load()."""
-    return _NativeBlockDiagGated.apply(lib, x, W0, W1, G)
+    bs, bs) (W1 may be None), G (ng, dim); `lib` = load(). total=True appends the sum of the
+    three outputs' entries (a 0-dim tensor, not differentiable: finite only when every entry
+    is, the finiteness check of ops.finite.clean_inputs without another pass over them)."""
+    *out, parts = _NativeBlockDiagGated.apply(lib, x, W0, W1, G)
+    return (*out, parts.sum()) if total else tuple(out)
