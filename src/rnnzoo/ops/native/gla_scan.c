@@ -696,8 +696,11 @@ void NAME(gsa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
     const long nk = gsa_pad(K) / NV, nv = gsa_pad(V) / NV;
 #define GSA_FWD(a, b) NAME(gsa_fwd_pairs)(q, k, v, s, la, hk0, hv0, o, hkT, hvT, ck,         \
                                           scale, Tn, H, K, V, M, p0, p1, a, b)
-    if (nk == 32 / NV && nv == 32 / NV) GSA_FWD(32 / NV, 32 / NV);  /* head_dim 32 */
-    else GSA_FWD(nk, nv);
+#if TILE_LANES == 8  /* float, head_dim 32 (the double build keeps the general form) */
+    if (nk == 4 && nv == 4) GSA_FWD(4, 4);
+    else
+#endif
+        GSA_FWD(nk, nv);
 #undef GSA_FWD
 }
 
@@ -876,10 +879,13 @@ void NAME(gsa_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #define GSA_BWD(a, b, acc)                                                                   \
     NAME(gsa_bwd_pairs)(q, k, v, s, la, ck, dout, dhkT, dhvT, dq, dk, dv, ds, dla,  \
                         dhk0, dhv0, scale, Tn, H, K, V, M, p0, p1, a, b, acc)
-    if (nk == 32 / NV && nv == 32 / NV) {  /* head_dim 32: the sums in registers */
-        VEC acc[2 * 32 / NV];
-        GSA_BWD(32 / NV, 32 / NV, acc);
-    } else {
+#if TILE_LANES == 8  /* float, head_dim 32: the sums in registers */
+    if (nk == 4 && nv == 4) {
+        VEC acc[8];
+        GSA_BWD(4, 4, acc);
+    } else
+#endif
+    {
         VEC *acc = aligned_alloc(32, (nk + nv) * sizeof(VEC));
         GSA_BWD(nk, nv, acc);
         free(acc);
