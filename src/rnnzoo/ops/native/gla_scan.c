@@ -537,15 +537,14 @@ static void NAME(gsa_store)(const T *restrict W, T *restrict hk, T *restrict hv,
     for (long m = 0; m < M; m++) memcpy(hv + m * V, W + m * RW + KP, V * sizeof(T));
 }
 
-/* x <- [k_t | v_t] and qv <- scale q_t (when q), padded with zeros */
+/* x <- [k_t | v_t] and qv <- scale q_t, padded with zeros */
 static inline void NAME(gsa_row)(T *restrict x, T *restrict qv, const T *restrict qt,
                                  const T *restrict kt, const T *restrict vt, T scale, long K,
                                  long V) {
     const long KP = gsa_pad(K), VP = gsa_pad(V);
     for (long i = 0; i < KP; i++) x[i] = i < K ? kt[i] : 0;
     for (long j = 0; j < VP; j++) x[KP + j] = j < V ? vt[j] : 0;
-    if (qv)
-        for (long i = 0; i < KP; i++) qv[i] = i < K ? scale * qt[i] : 0;
+    for (long i = 0; i < KP; i++) qv[i] = i < K ? scale * qt[i] : 0;
 }
 
 /* out[c] = sum_m w[m] X[m nr + c], c < n vectors: four chains of adds over m */
@@ -589,22 +588,21 @@ static inline void NAME(gsa_ahead)(const T *x, long n, long b, long h, long t0, 
 }
 
 /* steps [t0, t1) of pair (b, h) into a block's buffers (rows padded with zeros): xb [k | v]
-   (RW a step), qb scale q (KP; when not NULL), sb s and ab e^{la} (MP) */
+   (RW a step), qb scale q (KP), sb s and ab e^{la} (MP) */
 static void NAME(gsa_gather)(const T *restrict q, const T *restrict k, const T *restrict v,
                              const T *restrict s, const T *restrict la, T *restrict xb,
                              T *restrict qb, T *restrict sb, T *restrict ab, T scale, long b,
                              long h, long t0, long t1, long Tn, long H, long K, long V,
                              long M) {
     const long KP = gsa_pad(K), VP = gsa_pad(V), RW = KP + VP, MP = gsa_pad(M);
-    if (qb) NAME(gsa_ahead)(q, K, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(q, K, b, h, t0, t1, Tn, H);
     NAME(gsa_ahead)(k, K, b, h, t0, t1, Tn, H);
     NAME(gsa_ahead)(v, V, b, h, t0, t1, Tn, H);
     NAME(gsa_ahead)(s, M, b, h, t0, t1, Tn, H);
     NAME(gsa_ahead)(la, M, b, h, t0, t1, Tn, H);
     for (long t = t0; t < t1; t++) {
         const long r = (b * Tn + t) * H + h, i = t - t0;
-        NAME(gsa_row)(xb + i * RW, qb ? qb + i * KP : NULL, q + r * K, k + r * K, v + r * V,
-                      scale, K, V);
+        NAME(gsa_row)(xb + i * RW, qb + i * KP, q + r * K, k + r * K, v + r * V, scale, K, V);
         NAME(gsa_mrow)(sb + i * MP, s + r * M, M, MP, 0);
         NAME(gsa_mrow)(ab + i * MP, la + r * M, M, MP, 1);
     }
