@@ -103,8 +103,8 @@ def test_strong_decays_native_and_chunked_equal_recurrent(calls, strength, bonus
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("M,V", [(3, 4), (19, 18)])
 def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads, M, V):
-    """M, V = 19, 18: both passes over more than one of the kernel's column tiles."""
-    n = counter(monkeypatch, gla_scan, "gla_columns", "gla")
+    """M, V = 19, 18: slot rows of more than one vector each side."""
+    n = counter(monkeypatch, gla_scan, "gsa_passes")
     gen = torch.Generator().manual_seed(0)
     B, T, H, K = 2, 37, 2, 5
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
@@ -120,9 +120,47 @@ def test_gsa_native_passes_match_chunked(monkeypatch, dtype, tol, threads, M, V)
         return outputs_and_grads([o, hk, hv], ins)
 
     got, want = native_vs_torch(run, threads)
-    assert n[0] == 2
+    assert n[0] == 1
     assert_close(got, want, ["o", "hk", "hv", "q", "k", "v", "s", "log_alpha", "hk0", "hv0"],
                  tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B,T,H,K,M,V", [(1, 70, 1, 32, 64, 32), (2, 33, 3, 9, 7, 17),
+                                         (2, 1, 2, 3, 3, 2), (3, 64, 1, 8, 5, 8)])
+@pytest.mark.parametrize("case", ["all", "o only", "no state", "sharp"])
+def test_gsa_passes_kernel_matches_torch(monkeypatch, dtype, tol, threads, B, T, H, K, M, V,
+                                         case):
+    """gla_scan.gsa_passes (gsa_fwd / gsa_bwd: both passes and the softmax as one recurrence)
+    against the chunked PyTorch form: o, both states and every input's gradient. K = V = 32 is
+    the kernel's unrolled head_dim-32 path (float and double), the others its general one;
+    T = 70, 33 end inside a checkpoint block, 64 on one, 1 is a single step. "o only": the
+    states' gradients zero; "no state": the zero start the op makes; "sharp": scores 30x
+    larger (a softmax near one-hot) and decays to e^-2 a step."""
+    if case == "no state" and T == 1:
+        pytest.skip("log alpha's gradient is exactly 0 there (it decays a zero state): "
+                    "rounding noise on both sides, nothing to compare relative to")
+    n = counter(monkeypatch, gla_scan, "gsa_passes")
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    log_alpha = torch.nn.functional.logsigmoid(r(B, T, H, M) * (4 if case == "sharp" else 1)) / 2
+    ins = [r(B, T, H, K) * (30 if case == "sharp" else 1), r(B, T, H, K), r(B, T, H, V),
+           -torch.expm1(log_alpha), log_alpha]
+    if case != "no state":
+        ins += [r(B, H, K, M), r(B, H, M, V)]
+    ins = [t.requires_grad_() for t in ins]
+
+    def run():
+        q, k, v, s, la, *state = ins
+        o, (hk, hv) = gated_slot_attention(q, k, v, s, la, initial_state=state or None,
+                                           chunk_size=16)
+        return outputs_and_grads([o] if case == "o only" else [o, hk, hv], ins)
+
+    got, want = native_vs_torch(run, threads)
+    assert n[0] == 1
+    names = ["o"] if case == "o only" else ["o", "hk", "hv"]
+    assert_close(got, want, names + ["q", "k", "v", "s", "log_alpha", "hk0", "hv0"], tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])

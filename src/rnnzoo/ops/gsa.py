@@ -24,9 +24,9 @@ P_t = softmax(scores_t) o e^{LA_t} and X = S o e^{-LA},
     o    = ((P X^T) o causal) V + P hv_0,      hv_C = e^{LA_C} o hv_0 + (S o e^{LA_C - LA})^T V,
 
 so both passes run in one function on the same chunked tensors. On the CPU in float32/float64
-(`ops.backend.use_native`) both passes run instead as C recurrences (ops.native.gla_scan: the
-first with the decay on the state's slot axis, the second on its key axis), the softmax
-between them in PyTorch. Otherwise the chunked function runs on the CPU, where
+(`ops.backend.use_native`) both passes and the softmax between them run instead as one C
+recurrence (ops.native.gla_scan.gsa_passes: hk^T and hv side by side as (M, K + V) slot rows
+that share the decay). Otherwise the chunked function runs on the CPU, where
 the decay a chunk accumulates is read without a device sync, while that span stays below
 ops.chunk.linear's factorising limit (far from overflow); otherwise (and off the CPU) the
 two passes are ops.chunk.linear's, the first with a head a slot, which cut chunks into
@@ -93,10 +93,9 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
 
 
 def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
-    """Both passes as C recurrences (ops.native.gla_scan) on the CPU in float32/float64
-    (`backend.use_native`): the slot scores with the decay on hk's slot axis (gla_columns),
-    the softmax in PyTorch, the read with the decay on hv's key axis; or None where the
-    kernels do not run. -> (o (B, T, H, V), (hk, hv))."""
+    """Both passes and the softmax over slots as one C recurrence each way
+    (ops.native.gla_scan.gsa_passes) on the CPU in float32/float64 (`backend.use_native`);
+    or None where the kernels do not run. -> (o (B, T, H, V), (hk, hv))."""
     lib = native_gla.load() if backend.use_native(q, k, v, s, log_alpha) else None
     if lib is None:
         return None
@@ -106,8 +105,7 @@ def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
     hk0 = torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt)
     hv0 = torch.zeros(B, H, M, V, dtype=dt, device=q.device) if hv0 is None else hv0.to(dt)
     # recurrences: a non-finite step never reaches an earlier output, so no finite_inputs marks
-    scores, hk = native_gla.gla_columns(lib, q, k, s, log_alpha, hk0, scale)
-    o, hv = native_gla.gla(lib, scores.softmax(-1), s, v, log_alpha, hv0)
+    o, hk, hv = native_gla.gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale)
     return o.to(out_dtype), (hk, hv)
 
 

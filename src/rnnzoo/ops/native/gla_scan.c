@@ -41,7 +41,8 @@
        G_t = dz_T [t = T-1] - dk_t k_t - dg_t [z_{t-1} > -inf] + dg_{t+1} + e^{g_{t+1}} G_{t+1},
        dx_t = k_t (dk_t + G_t),   dz0 = dg_0 + e^{g_0} G_0 where z0 > -inf, else 0.
    x, k, g (batch, T, C) with C channels contiguous; z0, zT (batch, C); batch rows [p0, p1).
-   Gated slot attention's forget gate (slot_gate_fwd / _bwd) is here too, beside it.
+   Gated slot attention's forget gate (slot_gate_fwd / _bwd) is here too, beside it, and its two
+   passes with the softmax between them as one recurrence (gsa_fwd / gsa_bwd).
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -496,6 +497,403 @@ void NAME(slot_gate_bwd)(const T *restrict f, const T *restrict la, const T *res
         df[i] = (dla[i] - ds[i] * EXP(la[i])) * inv_n / (1 + EXP(f[i]));
 }
 
+/* Gated slot attention's two passes as one recurrence (ops.gsa, layers/gsa.py). Both states
+   decay per slot m, so their slot rows side by side, W = [hk^T | hv] (M, K + V), follow
+       W_t = diag(a_t) W_{t-1} + s_t [k_t | v_t]^T,   a_t = e^{la_t},
+       sc_t = W_t[:, :K] (scale q_t),  P_t = softmax(sc_t),  o_t = W_t[:, K:]^T P_t,
+   a step a sweep over the M rows (the scores as each row's dot product, its lanes summed
+   NV rows at a time), the softmax, and a pass over W_t's value columns for o: the (M) scores
+   never leave the step. K and V are padded to KP, VP (multiples of 8, zeros) in W's rows of
+   RW = KP + VP. Backward, with D_t the gradient of W_t and x_t = [k_t | v_t]:
+       dP_t = W_t[:, K:] do_t,   dsc_t = P_t o (dP_t - P_t . dP_t),
+       D_t = a_{t+1} o D_{t+1} + [dsc_t (scale q_t) | P_t do_t^T],
+       dq_t = scale W_t[:, :K]^T dsc_t,  [dk_t | dv_t] = D_t^T s_t,  ds_t = D_t x_t,
+   and la's gradient block by block (GCK steps) as gla_bwd's: with G the log-decay summed
+   from the block's start, dla_t = sum_{r >= t} (sc_r o dsc_r + P_r o dP_r - s_r o ds_r) + the
+   rows of (a_{t1} o D_{t1}) o W_{t1-1} at the block's end t1. A block runs forward first
+   from the state the forward stored at its start (ck (batch, H, nck, M RW)), W_t in place,
+   with sc_t, P_t, dP_t, dsc_t and dq_t (nothing of W_t kept), then backward with D alone.
+   Inputs are gathered a block at a time into padded rows, outputs scattered at its end.
+   Layouts: q, k, dq, dk (batch, T, H, K); v, o, do, dv (batch, T, H, V); s, la, ds, dla
+   (batch, T, H, M); hk (batch, H, K, M), hv (batch, H, M, V) (hk0, hv0, hkT, hvT, their
+   gradients; dhkT, dhvT may be NULL). Pairs [p0, p1). */
+#define gsa_pad(n) (((n) + 7) / 8 * 8)
+
+/* W's rows from the states hk (K, M) and hv (M, V) of one pair, zeros in the padding */
+static void NAME(gsa_load)(T *restrict W, const T *restrict hk, const T *restrict hv, long K,
+                           long V, long M, long RW) {
+    const long KP = gsa_pad(K);
+    memset(W, 0, M * RW * sizeof(T));
+    for (long i = 0; i < K; i++)
+        for (long m = 0; m < M; m++) W[m * RW + i] = hk[i * M + m];
+    for (long m = 0; m < M; m++) memcpy(W + m * RW + KP, hv + m * V, V * sizeof(T));
+}
+
+static void NAME(gsa_store)(const T *restrict W, T *restrict hk, T *restrict hv, long K,
+                            long V, long M, long RW) {
+    const long KP = gsa_pad(K);
+    for (long i = 0; i < K; i++)
+        for (long m = 0; m < M; m++) hk[i * M + m] = W[m * RW + i];
+    for (long m = 0; m < M; m++) memcpy(hv + m * V, W + m * RW + KP, V * sizeof(T));
+}
+
+/* x <- [k_t | v_t] and qv <- scale q_t, padded with zeros */
+static inline void NAME(gsa_row)(T *restrict x, T *restrict qv, const T *restrict qt,
+                                 const T *restrict kt, const T *restrict vt, T scale, long K,
+                                 long V) {
+    const long KP = gsa_pad(K), VP = gsa_pad(V);
+    for (long i = 0; i < KP; i++) x[i] = i < K ? kt[i] : 0;
+    for (long j = 0; j < VP; j++) x[KP + j] = j < V ? vt[j] : 0;
+    for (long i = 0; i < KP; i++) qv[i] = i < K ? scale * qt[i] : 0;
+}
+
+/* out[c] = sum_m w[m] X[m nr + c], c < n vectors: four chains of adds over m */
+static inline void NAME(gsa_colsum)(const T *restrict w, const VEC *restrict X, long nr,
+                                    long M, long n, VEC *restrict out) {
+    for (long c = 0; c < n; c++) {
+        VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        long m = 0;
+        for (; m + 3 < M; m += 4) {
+            a0 += w[m] * X[m * nr + c];
+            a1 += w[m + 1] * X[(m + 1) * nr + c];
+            a2 += w[m + 2] * X[(m + 2) * nr + c];
+            a3 += w[m + 3] * X[(m + 3) * nr + c];
+        }
+        for (; m < M; m++) a0 += w[m] * X[m * nr + c];
+        out[c] = (a0 + a1) + (a2 + a3);
+    }
+}
+
+#include "softmax_row.h"
+
+#define GCK 32  /* gsa's checkpoint interval */
+#define GSA_INLINE static inline __attribute__((always_inline))
+
+/* a (MP) row of e^{la} or of s, zeros past M */
+static inline void NAME(gsa_mrow)(T *restrict dst, const T *restrict src, long M, long MP, int ex) {
+    if (ex) {
+#pragma omp simd
+        for (long m = 0; m < M; m++) dst[m] = EXP(src[m]);
+    } else {
+        memcpy(dst, src, M * sizeof(T));
+    }
+    for (long m = M; m < MP; m++) dst[m] = 0;
+}
+
+/* the rows of steps [t0, t1) of pair (b, h) in x (n wide) fetched ahead (a block's worth
+   while the block before it computes: a row is touched once a block) */
+static inline void NAME(gsa_ahead)(const T *x, long n, long b, long h, long t0, long t1,
+                                   long Tn, long H) {
+    for (long t = t0; t < t1; t++) NAME(ahead)(x + ((b * Tn + t) * H + h) * n, n);
+}
+
+/* steps [t0, t1) of pair (b, h) into a block's buffers (rows padded with zeros): xb [k | v]
+   (RW a step), qb scale q (KP), sb s and ab e^{la} (MP) */
+static void NAME(gsa_gather)(const T *restrict q, const T *restrict k, const T *restrict v,
+                             const T *restrict s, const T *restrict la, T *restrict xb,
+                             T *restrict qb, T *restrict sb, T *restrict ab, T scale, long b,
+                             long h, long t0, long t1, long Tn, long H, long K, long V,
+                             long M) {
+    const long KP = gsa_pad(K), VP = gsa_pad(V), RW = KP + VP, MP = gsa_pad(M);
+    NAME(gsa_ahead)(q, K, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(k, K, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(v, V, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(s, M, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(la, M, b, h, t0, t1, Tn, H);
+    for (long t = t0; t < t1; t++) {
+        const long r = (b * Tn + t) * H + h, i = t - t0;
+        NAME(gsa_row)(xb + i * RW, qb + i * KP, q + r * K, k + r * K, v + r * V, scale, K, V);
+        NAME(gsa_mrow)(sb + i * MP, s + r * M, M, MP, 0);
+        NAME(gsa_mrow)(ab + i * MP, la + r * M, M, MP, 1);
+    }
+}
+
+/* the forward over pairs [p0, p1), nk = KP / NV and nv = VP / NV vectors a row (constants
+   where gsa_fwd dispatches a common shape: the row loops unroll). A block of GCK steps at a
+   time: its input rows gathered, its outputs scattered at its end. */
+GSA_INLINE void NAME(gsa_fwd_pairs)(const T *restrict q, const T *restrict k,
+                                    const T *restrict v, const T *restrict s,
+                                    const T *restrict la, const T *restrict hk0,
+                                    const T *restrict hv0, T *restrict o, T *restrict hkT,
+                                    T *restrict hvT, T *restrict ck, T scale, long Tn, long H, long K, long V,
+                                    long M, long p0, long p1, const long nk, const long nv) {
+    const long nr = nk + nv, RW = nr * NV, KP = nk * NV, VP = nv * NV, MP = gsa_pad(M);
+    const long nck = (Tn + GCK - 1) / GCK, MR = (M + NV - 1) / NV * NV;
+    VEC *W = aligned_alloc(32, M * RW * sizeof(T));
+    T *xb = aligned_alloc(32, GCK * (RW + KP + VP + 4 * MP) * sizeof(T));
+    T *qb = xb + GCK * RW, *ob = qb + GCK * KP, *sb = ob + GCK * VP, *ab = sb + GCK * MP;
+    T *scb = ab + GCK * MP, *pb = scb + GCK * MP;
+    T *R = aligned_alloc(32, MR * NV * sizeof(T));
+    for (long p = p0; p < p1; p++) {
+        const long b = p / H, h = p % H;
+        NAME(gsa_load)((T *)W, hk0 + p * K * M, hv0 + p * M * V, K, V, M, RW);
+        for (long c = 0; c < nck; c++) {
+            const long t0 = c * GCK, t1 = t0 + GCK < Tn ? t0 + GCK : Tn;
+            if (ck) memcpy(ck + (p * nck + c) * M * RW, W, M * RW * sizeof(T));
+            NAME(gsa_gather)(q, k, v, s, la, xb, qb, sb, ab, scale, b, h, t0, t1, Tn, H, K, V, M);
+            {  /* the next block's rows, or the next pair's first */
+                const long nb = t1 < Tn ? b : (p + 1) / H, nh = t1 < Tn ? h : (p + 1) % H;
+                const long u0 = t1 < Tn ? t1 : 0, u1 = u0 + GCK < Tn ? u0 + GCK : Tn;
+                if (t1 < Tn || p + 1 < p1) {
+                    NAME(gsa_ahead)(q, K, nb, nh, u0, u1, Tn, H);
+                    NAME(gsa_ahead)(k, K, nb, nh, u0, u1, Tn, H);
+                    NAME(gsa_ahead)(v, V, nb, nh, u0, u1, Tn, H);
+                    NAME(gsa_ahead)(s, M, nb, nh, u0, u1, Tn, H);
+                    NAME(gsa_ahead)(la, M, nb, nh, u0, u1, Tn, H);
+                }
+            }
+            for (long t = t0; t < t1; t++) {
+                const long i = t - t0;
+                const VEC *restrict x = (const VEC *)(xb + i * RW), *restrict qv = (const VEC *)(qb + i * KP);
+                const T *restrict st = sb + i * MP, *restrict at = ab + i * MP;
+                T *restrict sct = scb + i * MP, *restrict P = pb + i * MP;
+                for (long m = 0; m < M; m++) {
+                    VEC *restrict Wm = W + m * nr, acc = {0}, acc2 = {0};
+                    const T am = at[m], sm = st[m];
+                    long cc = 0;
+                    for (; cc + 1 < nk; cc += 2) {
+                        const VEC w0 = am * Wm[cc] + sm * x[cc];
+                        const VEC w1 = am * Wm[cc + 1] + sm * x[cc + 1];
+                        Wm[cc] = w0;
+                        Wm[cc + 1] = w1;
+                        acc += w0 * qv[cc];
+                        acc2 += w1 * qv[cc + 1];
+                    }
+                    if (cc < nk) {
+                        const VEC w = am * Wm[cc] + sm * x[cc];
+                        Wm[cc] = w;
+                        acc += w * qv[cc];
+                    }
+                    for (cc = nk; cc < nr; cc++) Wm[cc] = am * Wm[cc] + sm * x[cc];
+                    PUT(R, m, acc + acc2);
+                }
+                for (long m = 0; m < M; m++) sct[m] = 0;
+                NAME(row_sums)(R, sct, M);
+                memcpy(P, sct, M * sizeof(T));
+                T Z;
+                NAME(softmax_row)(P, M, &Z);
+                NAME(gsa_colsum)(P, W + nk, nr, M, nv, (VEC *)(ob + i * VP));
+            }
+            for (long t = t0; t < t1; t++) {
+                const long r = (b * Tn + t) * H + h, i = t - t0;
+                memcpy(o + r * V, ob + i * VP, V * sizeof(T));
+            }
+        }
+        NAME(gsa_store)((const T *)W, hkT + p * K * M, hvT + p * M * V, K, V, M, RW);
+    }
+    free(R);
+    free(xb);
+    free(W);
+}
+
+void NAME(gsa_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                   const T *restrict s, const T *restrict la, const T *restrict hk0,
+                   const T *restrict hv0, T *restrict o, T *restrict hkT, T *restrict hvT,
+                   T *restrict ck, T scale, long Tn, long H,
+                   long K, long V, long M, long p0, long p1) {
+    const long nk = gsa_pad(K) / NV, nv = gsa_pad(V) / NV;
+#define GSA_FWD(a, b) NAME(gsa_fwd_pairs)(q, k, v, s, la, hk0, hv0, o, hkT, hvT, ck,         \
+                                          scale, Tn, H, K, V, M, p0, p1, a, b)
+#if TILE_LANES == 8  /* float, head_dim 32 (the double build keeps the general form) */
+    if (nk == 4 && nv == 4) GSA_FWD(4, 4);
+    else
+#endif
+        GSA_FWD(nk, nv);
+#undef GSA_FWD
+}
+
+/* one backward step's sweep over the rows m: D <- a_{t+1} o D + [dsc q~ | P do], its rows'
+   dot products with x = [k | v] into R, acc = D^T s */
+GSA_INLINE void NAME(gsa_bwd_rows)(VEC *restrict D, const VEC *restrict x,
+                                   const VEC *restrict qv, const VEC *restrict dov,
+                                   const T *restrict an, const T *restrict dsc,
+                                   const T *restrict Pt, const T *restrict st, T *restrict R,
+                                   VEC *restrict acc, long M, const long nk, const long nv) {
+    const long nr = nk + nv;
+    for (long c = 0; c < nr; c++) acc[c] = (VEC){0};
+    for (long m = 0; m < M; m++) {
+        VEC *restrict Dm = D + m * nr, e = {0}, e2 = {0};
+        const T a1 = an[m], dm = dsc[m], pm = Pt[m], sm = st[m];
+        for (long c = 0; c < nk; c++) {
+            const VEC d = a1 * Dm[c] + dm * qv[c];
+            Dm[c] = d;
+            e += d * x[c];
+            acc[c] += sm * d;
+        }
+        for (long c = nk; c < nr; c++) {
+            const VEC d = a1 * Dm[c] + pm * dov[c - nk];
+            Dm[c] = d;
+            e2 += d * x[c];
+            acc[c] += sm * d;
+        }
+        PUT(R, m, e + e2);
+    }
+}
+
+/* the backward, a block of GCK steps at a time: forward over the block from its checkpoint,
+   W_t in place, with dP_t (in the same row pass), dsc_t and dq_t (a second pass over W_t's
+   key columns); then backward over the block with D alone (no W_t kept) */
+GSA_INLINE void NAME(gsa_bwd_pairs)(const T *restrict q, const T *restrict k,
+                                    const T *restrict v, const T *restrict s,
+                                    const T *restrict la, const T *restrict ck,
+                                    const T *restrict dout, const T *restrict dhkT,
+                                    const T *restrict dhvT, T *restrict dq, T *restrict dk,
+                                    T *restrict dv, T *restrict ds, T *restrict dla,
+                                    T *restrict dhk0, T *restrict dhv0, T scale, long Tn, long H,
+                                    long K, long V, long M, long p0, long p1, const long nk,
+                                    const long nv, VEC *restrict acc) {
+    const long nr = nk + nv, RW = nr * NV, KP = nk * NV, VP = nv * NV, MP = gsa_pad(M);
+    const long nck = (Tn + GCK - 1) / GCK, MR = (M + NV - 1) / NV * NV;
+    VEC *D = aligned_alloc(32, M * RW * sizeof(T)), *W = aligned_alloc(32, M * RW * sizeof(T));
+    /* the block's rows: inputs x, q, do, s, e^la (one more step), sc, P; dP, dsc; outputs
+       dk|dv, dq, ds, dla */
+    T *xb = aligned_alloc(32, (GCK * (2 * RW + 2 * KP + VP + 8 * MP) + MP) * sizeof(T));
+    T *qb = xb + GCK * RW, *dob = qb + GCK * KP, *sb = dob + GCK * VP, *scb = sb + GCK * MP;
+    T *pb = scb + GCK * MP, *dkvb = pb + GCK * MP, *dqb = dkvb + GCK * RW, *dsb = dqb + GCK * KP;
+    T *dlab = dsb + GCK * MP, *dPb = dlab + GCK * MP, *dscb = dPb + GCK * MP, *ab = dscb + GCK * MP;
+    T *R = aligned_alloc(32, 2 * MR * NV * sizeof(T)), *R2 = R + MR * NV;
+    T *ones = malloc(3 * M * sizeof(T));
+    T *restrict ends = ones + M, *restrict gacc = ends + M;
+    for (long m = 0; m < M; m++) ones[m] = 1;
+    for (long p = p0; p < p1; p++) {
+        const long b = p / H, h = p % H;
+        T *restrict Dt = (T *)D;
+        memset(D, 0, M * RW * sizeof(T));
+        if (dhkT)
+            for (long i = 0; i < K; i++)
+                for (long m = 0; m < M; m++) Dt[m * RW + i] = dhkT[(p * K + i) * M + m];
+        if (dhvT)
+            for (long m = 0; m < M; m++)
+                memcpy(Dt + m * RW + KP, dhvT + (p * M + m) * V, V * sizeof(T));
+        for (long c = nck - 1; c >= 0; c--) {
+            const long t0 = c * GCK, t1 = t0 + GCK < Tn ? t0 + GCK : Tn, n = t1 - t0;
+            NAME(gsa_gather)(q, k, v, s, la, xb, qb, sb, ab, scale, b, h, t0, t1, Tn, H, K, V, M);
+            if (t1 < Tn) NAME(gsa_mrow)(ab + n * MP, la + ((b * Tn + t1) * H + h) * M, M, MP, 1);
+            for (long t = t0; t < t1; t++) {
+                const long r = (b * Tn + t) * H + h, i = t - t0;
+                for (long j = 0; j < VP; j++) dob[i * VP + j] = j < V ? dout[r * V + j] : 0;
+            }
+            if (c > 0) {  /* the block before's rows */
+                const long u0 = t0 - GCK;
+                NAME(gsa_ahead)(dout, V, b, h, u0, t0, Tn, H);
+            }
+            const T *an_end = t1 < Tn ? ab + n * MP : ones;
+            memcpy(W, ck + (p * nck + c) * M * RW, M * RW * sizeof(T));
+            for (long i = 0; i < n; i++) {  /* forward: W_t, dP_t, dsc_t, dq_t */
+                const VEC *restrict x = (const VEC *)(xb + i * RW);
+                const VEC *restrict dov = (const VEC *)(dob + i * VP);
+                const T *restrict at = ab + i * MP, *restrict st = sb + i * MP;
+                const VEC *restrict qv = (const VEC *)(qb + i * KP);
+                T *restrict Pt = pb + i * MP, *restrict sct = scb + i * MP;
+                T *restrict dP = dPb + i * MP, *restrict dsc = dscb + i * MP;
+                for (long m = 0; m < M; m++) {  /* W_t, its scores and dP = W_t[:, K:] do */
+                    VEC *restrict Wm = W + m * nr, e = {0}, f = {0};
+                    const T am = at[m], sm = st[m];
+                    for (long cc = 0; cc < nk; cc++) {
+                        const VEC w = am * Wm[cc] + sm * x[cc];
+                        Wm[cc] = w;
+                        f += w * qv[cc];
+                    }
+                    for (long cc = nk; cc < nr; cc++) {
+                        const VEC w = am * Wm[cc] + sm * x[cc];
+                        Wm[cc] = w;
+                        e += w * dov[cc - nk];
+                    }
+                    PUT(R, m, e);
+                    PUT(R2, m, f);
+                }
+                memset(dP, 0, M * sizeof(T));
+                NAME(row_sums)(R, dP, M);
+                memset(sct, 0, M * sizeof(T));
+                NAME(row_sums)(R2, sct, M);
+                memcpy(Pt, sct, M * sizeof(T));
+                T Z;
+                NAME(softmax_row)(Pt, M, &Z);
+                T dot = 0;
+#pragma omp simd reduction(+ : dot)
+                for (long m = 0; m < M; m++) dot += Pt[m] * dP[m];
+#pragma omp simd
+                for (long m = 0; m < M; m++) dsc[m] = Pt[m] * (dP[m] - dot);
+                NAME(gsa_colsum)(dsc, W, nr, M, nk, (VEC *)(dqb + i * KP));
+            }
+            {  /* the block end's rows of (a_{t1} o D) o W_{t1-1} */
+                for (long m = 0; m < M; m++) {
+                    VEC e = {0};
+                    for (long cc = 0; cc < nr; cc++) e += D[m * nr + cc] * W[m * nr + cc];
+                    PUT(R, m, an_end[m] * e);
+                }
+                for (long m = 0; m < M; m++) ends[m] = gacc[m] = 0;
+                NAME(row_sums)(R, ends, M);
+            }
+            for (long i = n - 1; i >= 0; i--) {
+                const T *restrict an = i + 1 < n ? ab + (i + 1) * MP : an_end;
+                const T *restrict Pt = pb + i * MP, *restrict sct = scb + i * MP,
+                        *restrict st = sb + i * MP, *restrict dP = dPb + i * MP,
+                        *restrict dsc = dscb + i * MP;
+                NAME(gsa_bwd_rows)(D, (const VEC *)(xb + i * RW), (const VEC *)(qb + i * KP),
+                                   (const VEC *)(dob + i * VP), an, dsc, Pt, st, R, acc, M,
+                                   nk, nv);
+                T *restrict dst = dsb + i * MP, *restrict dlt = dlab + i * MP;
+                memset(dst, 0, M * sizeof(T));
+                NAME(row_sums)(R, dst, M);
+                memcpy(dkvb + i * RW, acc, RW * sizeof(T));
+#pragma omp simd
+                for (long m = 0; m < M; m++) {
+                    gacc[m] += sct[m] * dsc[m] + Pt[m] * dP[m] - st[m] * dst[m];
+                    dlt[m] = ends[m] + gacc[m];
+                }
+            }
+            for (long t = t0; t < t1; t++) {
+                const long r = (b * Tn + t) * H + h, i = t - t0;
+                for (long j = 0; j < K; j++) dq[r * K + j] = scale * dqb[i * KP + j];
+                memcpy(dk + r * K, dkvb + i * RW, K * sizeof(T));
+                memcpy(dv + r * V, dkvb + i * RW + KP, V * sizeof(T));
+                memcpy(ds + r * M, dsb + i * MP, M * sizeof(T));
+                memcpy(dla + r * M, dlab + i * MP, M * sizeof(T));
+            }
+        }
+        /* the entering state's gradient: through step 0's decay (ab holds block 0's) */
+        const T *a0 = Tn ? ab : ones;
+        for (long m = 0; m < M; m++) {
+            for (long i = 0; i < K; i++) dhk0[(p * K + i) * M + m] = a0[m] * Dt[m * RW + i];
+            for (long j = 0; j < V; j++) dhv0[(p * M + m) * V + j] = a0[m] * Dt[m * RW + KP + j];
+        }
+    }
+    free(ones);
+    free(R);
+    free(xb);
+    free(W);
+    free(D);
+}
+
+void NAME(gsa_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
+                   const T *restrict s, const T *restrict la, const T *restrict ck,
+                   const T *restrict dout,
+                   const T *restrict dhkT, const T *restrict dhvT, T *restrict dq,
+                   T *restrict dk, T *restrict dv, T *restrict ds, T *restrict dla,
+                   T *restrict dhk0, T *restrict dhv0, T scale, long Tn, long H, long K, long V,
+                   long M, long p0, long p1) {
+    const long nk = gsa_pad(K) / NV, nv = gsa_pad(V) / NV;
+#define GSA_BWD(a, b, acc)                                                                   \
+    NAME(gsa_bwd_pairs)(q, k, v, s, la, ck, dout, dhkT, dhvT, dq, dk, dv, ds, dla,  \
+                        dhk0, dhv0, scale, Tn, H, K, V, M, p0, p1, a, b, acc)
+#if TILE_LANES == 8  /* float, head_dim 32: the sums in registers */
+    if (nk == 4 && nv == 4) {
+        VEC acc[8];
+        GSA_BWD(4, 4, acc);
+    } else
+#endif
+    {
+        VEC *acc = aligned_alloc(32, (nk + nv) * sizeof(VEC));
+        GSA_BWD(nk, nv, acc);
+        free(acc);
+    }
+#undef GSA_BWD
+}
+#undef GSA_INLINE
+#undef GCK
+
+#undef gsa_pad
 #undef PUT
 #undef PF
 #include "tile.h"  /* its names undefined for the next type */

@@ -23,6 +23,7 @@ import torch
 from rnnzoo.ops import native
 
 CK = 32  # the C file's checkpoint interval
+GCK = 32  # gsa_fwd/gsa_bwd's
 
 
 def load():
@@ -158,3 +159,56 @@ def slot_gate(lib, f, normalizer):
     = logsigmoid(f) / normalizer, s = 1 - alpha = -expm1(log alpha)), one C pass each way
     (three autograd ops and their backwards in PyTorch); `lib` = load()."""
     return _SlotGate.apply(lib, f, 1.0 / normalizer)
+
+
+def _pad8(n):
+    return -(-n // 8) * 8
+
+
+class _NativeGSA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, q, k, v, s, la, hk0, hv0, scale):
+        q, k, v, s, la, hk0, hv0 = (t.contiguous() for t in (q, k, v, s, la, hk0, hv0))
+        B, T, H, K = q.shape
+        V, M = v.shape[-1], s.shape[-1]
+        o, hk, hv = torch.empty_like(v), torch.empty_like(hk0), torch.empty_like(hv0)
+        grad = any(ctx.needs_input_grad)
+        ck = s.new_empty(B, H, -(-T // GCK), M * (_pad8(K) + _pad8(V))) if grad else None
+        P, L = ctypes.c_void_p, ctypes.c_long
+        R = ctypes.c_double if q.dtype == torch.float64 else ctypes.c_float
+        fwd = native.kernel(lib, "gsa_fwd", q.dtype, [P] * 11 + [R] + [L] * 7)
+        P = native.ptr
+        native.run(fwd, [(P(q), P(k), P(v), P(s), P(la), P(hk0), P(hv0), P(o), P(hk), P(hv),
+                          P(ck), scale, T, H, K, V, M, *p)
+                         for p in native.rows(B * H)])
+        if grad:
+            ctx.save_for_backward(q, k, v, s, la, ck)
+        ctx.lib, ctx.scale = lib, scale
+        return o, hk, hv
+
+    @staticmethod
+    def backward(ctx, do, dhk, dhv):
+        q, k, v, s, la, ck = ctx.saved_tensors
+        B, T, H, K = q.shape
+        V, M = v.shape[-1], s.shape[-1]
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dhk, dhv = (None if t is None else t.contiguous() for t in (dhk, dhv))
+        dq, dk, dv, ds, dla = (torch.empty_like(t) for t in (q, k, v, s, la))
+        dhk0, dhv0 = q.new_empty(B, H, K, M), q.new_empty(B, H, M, V)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        R = ctypes.c_double if q.dtype == torch.float64 else ctypes.c_float
+        bwd = native.kernel(ctx.lib, "gsa_bwd", q.dtype, [P] * 16 + [R] + [L] * 7)
+        P = native.ptr
+        native.run(bwd, [(P(q), P(k), P(v), P(s), P(la), P(ck), P(do), P(dhk),
+                          P(dhv), P(dq), P(dk), P(dv), P(ds), P(dla), P(dhk0), P(dhv0),
+                          ctx.scale, T, H, K, V, M, *p) for p in native.rows(B * H)])
+        return None, dq, dk, dv, ds, dla, dhk0, dhv0, None
+
+
+def gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale):
+    """Gated slot attention's two passes and the softmax over slots between them as one C
+    recurrence each way (gla_scan.c's gsa_fwd / gsa_bwd: the two states' slot rows side by
+    side, the scores never leave the step): q, k (B, T, H, K), v (B, T, H, V), s = 1 - alpha
+    and log_alpha (B, T, H, M), hk0 (B, H, K, M), hv0 (B, H, M, V), one dtype (float32 or
+    float64) on the CPU. -> (o (B, T, H, V), hk, hv); `lib` = load()."""
+    return _NativeGSA.apply(lib, q, k, v, s, log_alpha, hk0, hv0, scale)
