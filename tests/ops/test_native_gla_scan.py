@@ -138,9 +138,6 @@ def test_gsa_passes_kernel_matches_torch(monkeypatch, dtype, tol, threads, B, T,
     T = 70, 33 end inside a checkpoint block, 64 on one, 1 is a single step. "o only": the
     states' gradients zero; "no state": the zero start the op makes; "sharp": scores 30x
     larger (a softmax near one-hot) and decays to e^-2 a step."""
-    if case == "no state" and T == 1:
-        pytest.skip("log alpha's gradient is exactly 0 there (it decays a zero state): "
-                    "rounding noise on both sides, nothing to compare relative to")
     n = counter(monkeypatch, gla_scan, "gsa_passes")
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
@@ -160,7 +157,15 @@ def test_gsa_passes_kernel_matches_torch(monkeypatch, dtype, tol, threads, B, T,
     got, want = native_vs_torch(run, threads)
     assert n[0] == 1
     names = ["o"] if case == "o only" else ["o", "hk", "hv"]
-    assert_close(got, want, names + ["q", "k", "v", "s", "log_alpha", "hk0", "hv0"], tol)
+    names += ["q", "k", "v", "s", "log_alpha", "hk0", "hv0"][:len(want) - len(names)]
+    if case == "no state" and T == 1:
+        # a single step from the zero state: log alpha only decays that zero, so its gradient
+        # is 0 up to rounding on both sides; held to tol of the other gradients' scale
+        i = names.index("log_alpha")
+        scale = max(w.abs().max().item() for w in want[names.index("q"):])
+        assert (got[i] - want[i]).abs().max().item() <= tol * scale
+        got, want, names = (x[:i] + x[i + 1:] for x in (list(got), list(want), names))
+    assert_close(got, want, names, tol)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
