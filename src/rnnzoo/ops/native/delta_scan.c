@@ -9,8 +9,11 @@
    others) and the query reads after its last; q, o, g have one row a token.
 
    Every column of S evolves on its own (w_t's and o_t's column j read S's column j only), so
-   each pair runs in tiles of VT columns (two 256-bit vectors of T, tile.h): the tile of S
-   (K x VT) in L1, u_t, o_t, w_{t+1} of the tile in registers. Forward: one pass over the
+   each pair runs in tiles of WT columns (four 256-bit vectors of T, wide.h: 32 floats, twice
+   tile.h's tile, so twice the independent work between one step's end, w_{t+1}'s sum over
+   all K rows, and the next step's start): the tile of S (K x WT) in L1, u_t, o_t, w_{t+1}
+   of the tile in registers; a step's rows prefetched a few steps ahead (a pair's rows lie H
+   rows apart). Forward: one pass over the
    tile a step, S_t = S'_t + k_t u_t^T with the read-out and the next step's decay and
    w_{t+1} = S'_{t+1}^T k_{t+1} in the same pass (a separate decay pass only where a
    checkpoint is due: the state entering steps 0, CK, 2 CK, ... is stored undecayed). It also
@@ -30,13 +33,13 @@
    Layouts (row-major, contiguous), Tn steps, Tq = Tn / n tokens: k, dk (batch, Tn, H, K);
    v, d, dv (batch, Tn, H, V); beta, dbeta (batch, Tn, H); q, dq (batch, Tq, H, K); o, dout
    (batch, Tq, H, V); g, dg (batch, Tq, H); S0, ST, dST, dS0 (batch, H, K, V); ck (batch, H,
-   nck, K VP) with nck = ceil(Tn / CK), VP = V rounded up to a multiple of 16 (tile by tile,
-   each tile's K x VT block contiguous). Each function does the (batch row, head) pairs
+   nck, K VP) with nck = ceil(Tn / CK), VP = V rounded up to a multiple of 32 (tile by tile,
+   each tile's K x WT block contiguous). Each function does the (batch row, head) pairs
    [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
-#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
+#define TILE_256  /* tuned for 256-bit vectors, four a tile (wide.h) */
 #define KERNELS "delta_scan.c"
 #include "each_type.h"
 
