@@ -1,11 +1,11 @@
 /* A wide column tile: WV = 4 vectors of a state row (WT columns, two of tile.h's tiles), for
    the recurrences whose every step waits for a sum over all K rows of the step before
-   (momentum_scan.c, delta_scan.c, vector_delta.c): twice a tile.h tile's independent work between one step's
-   end and the next step's start, half the per-step work a column. Their checkpoints are
-   rows of WT columns at column j0 of a TILE_PAD(V) row (a multiple of WT). Also prefetches
-   of a step's rows (a (batch, head) pair's rows lie H rows apart: a page boundary every few
-   steps, where the hardware prefetcher stops). Included after tile.h inside each_type.h's
-   per-type body; a second inclusion undefines its macros (as tile.h). */
+   (momentum_scan.c, delta_scan.c, vector_delta.c): twice a tile.h tile's independent work
+   between one step's end and the next step's start, half the per-step work a column. Their
+   checkpoints are rows of WT columns at column j0 of a TILE_PAD(V) row (a multiple of WT).
+   Also prefetches of a step's rows (a (batch, head) pair's rows lie H rows apart: a page
+   boundary every few steps, where the hardware prefetcher stops). Included after tile.h inside
+   each_type.h's per-type body; a second inclusion undefines its macros (as tile.h). */
 #ifndef WIDE_H_TYPE
 #define WIDE_H_TYPE
 #define WV 4
