@@ -18,7 +18,9 @@
    vectors of T, wide.h: 32 floats, twice tile.h's tile, so twice the independent work between
    one step's end, z_{t+1}'s sum over all K rows, and the next step's start): the tile of S
    (K x WT) in L1, z, o and the next z of the tile in registers; a step's rows prefetched a
-   few steps ahead (behind, backward: a pair's rows lie H rows apart). One pass over the tile a step each way: the forward's update of step t also
+   few steps ahead (behind, backward: a pair's rows lie H rows apart), and the rows of r, w, a
+   of the next block (backward: the block before, with dr, dk, da, db for writing) while a
+   block's decays are formed. One pass over the tile a step each way: the forward's update of step t also
    sums z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own
    read and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass
    rebuilds the states of a block. The sums over a row's columns (da, dw, dr, dk, db) add up
@@ -117,6 +119,12 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                 T *et = E + (t - t0) * K;
                 if (t == Tn) { for (long i = 0; i < K; i++) et[i] = 0; continue; }
                 T *dt = D + (t - t0) * K;
+                if (t < t1 && t + CK < Tn) {  /* the next block's rows of r, w, a, fetched ahead */
+                    const long fr = row + CK * H;
+                    NAME(pf_read)(r + fr * K, K);
+                    NAME(pf_read)(w + fr * Kw, Kw);
+                    NAME(pf_read)(a + fr * K, K);
+                }
                 if (t < t1) for (long i = 0; i < K; i++) R[(t - t0) * K + i] = scale * r[row * K + i];
                 NAME(decays)(dt, w + row * Kw, K, Kw);
                 NAME(erase_keys)(et, a + row * K, dt, after, K);
@@ -249,6 +257,16 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
             for (long t = t0; t < t1; t++) {  /* the block's decays, erase keys, zeroed sums */
                 const long row = (bb * Tn + t) * H + h;
+                if (c > 0) {  /* the rows of the block before, fetched ahead */
+                    const long fr = row - CK * H;
+                    NAME(pf_read)(r + fr * K, K);
+                    NAME(pf_read)(w + fr * Kw, Kw);
+                    NAME(pf_read)(a + fr * K, K);
+                    NAME(pf_write)(dr + fr * K, K);
+                    NAME(pf_write)(dk + fr * K, K);
+                    NAME(pf_write)(da + fr * K, K);
+                    if (b) NAME(pf_write)(db + fr * K, K);
+                }
                 NAME(decays)(D + (t - t0) * K, w + row * Kw, K, Kw);
                 NAME(erase_keys)(E + (t - t0) * K, a + row * K, D + (t - t0) * K, after, K);
                 memset(dr + row * K, 0, K * sizeof(T));
