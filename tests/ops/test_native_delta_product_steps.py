@@ -31,8 +31,12 @@ def _inputs(B, T, n, H, K, V, dtype, gated):
                                               (1, 1, 2, 1, 2, 3, True),
                                               (2, 37, 1, 2, 7, 21, True),   # two column tiles,
                                               (1, 19, 2, 1, 3, 16, True),  # the 2nd narrow
-                                              (1, 21, 2, 2, 19, 20, True)])  # dk, dq summed
-# NV rows at once: K = 19 is two full groups of 8 floats (4 doubles) and a part
+                                              (1, 21, 2, 2, 19, 20, True),  # dk, dq summed
+                                              # NV rows at once: K = 19 is two full groups of 8
+                                              # floats (4 doubles) and a part
+                                              (2, 70, 1, 2, 9, 40, True),   # wide tiles of 32
+                                              (1, 45, 3, 1, 6, 72, False)])  # floats (wide.h): the
+# last narrow, two checkpoint blocks
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_delta_product_on_the_kernel_matches_the_loop(monkeypatch, dtype, tol, B, T, n, H, K, V,
                                                        gated, n_threads):

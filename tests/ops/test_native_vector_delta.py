@@ -50,7 +50,9 @@ CASES = {
 @pytest.mark.parametrize("path", ["native", "chunks"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("K,V", [(K, V), (9, 21)])  # V = 21: two column tiles, the 2nd narrow
+# V = 21: one column tile of 32 (wide.h) whose second half is partly filled; V = 56: two,
+# the second 24 wide (its second 16-float half partly filled)
+@pytest.mark.parametrize("K,V", [(K, V), (9, 21), (9, 56)])
 def test_equals_the_loop(case, dtype, path, K, V, monkeypatch):
     fast, loop, kw = CASES[case]
     if path == "chunks":

@@ -91,6 +91,8 @@ miras_chunk.c). softmax_row.h: one row's softmax in place (attention.c, deltafor
 log1p.h: a vectorisable log1p on [0, 1], per type (gla_scan.c, selective_scan.c).
 transpose.h: trs, a block transpose (float in 8 x 8 vector shuffles; path_chunk.c,
 attention.c).
+wide.h: a column tile of four vectors (two of tile.h's) and a step's row prefetches, for the
+recurrences whose steps wait on a sum over all state rows (delta_scan.c, momentum_scan.c).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The gated delta rule as its recurrence in C (delta_scan.c), forward and backward: the
-(K, V) state of one (batch row, head) in cache, in tiles of 16 columns (tile.h), recomputed
+(K, V) state of one (batch row, head) in cache, in tiles of 32 columns (wide.h), recomputed
 backward from every 32nd, a few vectorised passes over it a step, where the chunked
 PyTorch form (ops.chunk.delta) runs (C, C) products and a triangular solve per chunk, which cost more than the recurrence's
 O(T K V) work on a CPU: fwd+bwd 1.5-2.1x slower at K = 32..128, B=16 T=512 and B=4 T=2048.

@@ -40,36 +40,13 @@
 
 #include "tile.h"
 
-/* A column tile here is WV vectors of a state row (WT columns, two tile.h tiles): twice the
+/* A column tile here is wide.h's WV vectors of a state row (WT columns): twice the
    independent work a step, between one step's end (its error row e, its de) and the next
-   step's start, which wait for a sum over all K rows. Its checkpoints are rows of WT columns
-   at column j0 of ck's VP, as tile.h's tiles would be (VP a multiple of WT). */
-#define WV 4
-#define WT (WV * NV)
-
-/* x[0 .. WV) <- src[0 .. w), zeros past w */
-TILE_INLINE void NAME(wide_load)(VEC *restrict x, const T *restrict src, long w) {
-    NAME(tile_load)(x, src, w < VT ? w : VT);
-    NAME(tile_load)(x + 2, src + VT, w > VT ? w - VT : 0);
-}
-
-/* the cache lines of x[0 .. n) fetched ahead: a (batch, head) pair's rows lie H rows apart, a
-   step's few lines each (for reading, or for writing) */
+   step's start, which wait for a sum over all K rows. */
+#include "wide.h"
 #ifndef MS_PF
 #define MS_PF 4  /* steps ahead */
 #endif
-TILE_INLINE void NAME(pf_read)(const T *x, long n) {
-    for (long j = 0; j < n; j += 64 / (long)sizeof(T)) __builtin_prefetch(x + j, 0, 3);
-}
-TILE_INLINE void NAME(pf_write)(T *x, long n) {
-    for (long j = 0; j < n; j += 64 / (long)sizeof(T)) __builtin_prefetch(x + j, 1, 3);
-}
-
-/* dst[0 .. w) <- x[0 .. WV) */
-TILE_INLINE void NAME(wide_store)(T *restrict dst, const VEC *restrict x, long w) {
-    NAME(tile_store)(dst, x, w < VT ? w : VT);
-    if (w > VT) NAME(tile_store)(dst + VT, x + 2, w - VT);
-}
 
 
 void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -351,7 +328,6 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
     free(dall); free(buf); free(qev); free(ea);
 }
 
-#undef WV
-#undef WT
+#include "wide.h"  /* its names undefined for the next type */
 #include "tile.h"  /* its names undefined for the next type */
 #endif

@@ -14,9 +14,13 @@
        db_t = dS z_t,   dz_t = dS^T b_t      (b NULL: dk_t = dS u_t, dv_t = dS^T k_t = -dz_t)
        da_t = S_{t-1} dz_t,   dw_t = d_t o rowsum(dS o S_{t-1}),   dS_{t-1} = diag(d_t) dS + a_t dz_t^T
 
-   Every column of S evolves on its own, so each pair runs in tiles of VT columns (two 256-bit
-   vectors of T, tile.h): the tile of S (K x VT) in L1, z, o and the next z of the tile in
-   registers. One pass over the tile a step each way: the forward's update of step t also
+   Every column of S evolves on its own, so each pair runs in tiles of WT columns (four 256-bit
+   vectors of T, wide.h: 32 floats, twice tile.h's tile, so twice the independent work between
+   one step's end, z_{t+1}'s sum over all K rows, and the next step's start): the tile of S
+   (K x WT) in L1, z, o and the next z of the tile in registers; a step's rows prefetched a
+   few steps ahead (behind, backward: a pair's rows lie H rows apart), and the rows of r, w, a
+   of the next block (backward: the block before, with dr, dk, da, db for writing) while a
+   block's decays are formed. One pass over the tile a step each way: the forward's update of step t also
    sums z_{t+1} = S_t^T a_{t+1}; the backward's dS_{t-1} of step t also adds step t-1's own
    read and sums its dr, dk, db, dz (both read S_{t-1} and dS). The backward's other pass
    rebuilds the states of a block. The sums over a row's columns (da, dw, dr, dk, db) add up
@@ -28,19 +32,23 @@
 
    Layouts (row-major, contiguous): r, k, a, b and their gradients (batch, T, H, K); w, dw
    (batch, T, H, Kw); v, o, z, dv (batch, T, H, V); S0, ST, dST, dS0 (batch, H, K, V);
-   ck (batch, H, nck, K VP) with nck = ceil(T / CK), VP = V rounded up to a multiple of 16 (the state entering steps
-   0, CK, 2 CK, ..., tile by tile, each tile's K x VT block contiguous). Each function does the
+   ck (batch, H, nck, K VP) with nck = ceil(T / CK), VP = V rounded up to a multiple of 32 (the state entering steps
+   0, CK, 2 CK, ..., tile by tile, each tile's K x WT block contiguous). Each function does the
    (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define CK 32
-#define TILE_256  /* tuned for tiles of two 256-bit vectors (tile.h) */
+#define TILE_256  /* tuned for 256-bit vectors, four a tile (wide.h) */
 #define KERNELS "vector_delta.c"
 #include "each_type.h"
 
 #else
 
 #include "tile.h"
+#include "wide.h"
+#ifndef VD_PF
+#define VD_PF 4  /* steps ahead (behind, backward), the prefetches of a step's rows */
+#endif
 
 /* d = exp(w), 0 below exp.h's clamp (where exp is under the smallest normal number): a
    channel erased by a huge negative log-decay is erased exactly, as in torch. */
@@ -56,23 +64,53 @@ static inline void NAME(erase_keys)(T *restrict e, const T *restrict a, const T 
     for (long i = 0; i < K; i++) e[i] = after ? a[i] * d[i] : a[i];
 }
 
+/* the forward's pass over a tile's rows at step t: S <- diag(d) S + b z^T + k v^T (hasb; else
+   diag(d) S + k (v - z)^T), with o = S^T rs (rs = scale r_t) and the next z = S^T e
+   (e = e_{t+1}) summed in the same pass; out gets o and the next z, WV vectors each */
+TILE_INLINE void NAME(fwd_rows)(VEC *restrict S, const T *restrict d, const T *restrict kt,
+                                const T *restrict bt, const T *restrict rs, const T *restrict e,
+                                const VEC *zc, const VEC *vt, VEC *restrict out, long K,
+                                const int hasb) {
+    VEC o[WV] = {{0}}, n[WV] = {{0}}, u[WV];
+    for (int w = 0; w < WV; w++) {
+        u[w] = vt[w];
+        if (!hasb) u[w] -= zc[w];
+    }
+    for (long i = 0; i < K; i++) {
+        const T di = d[i], ki = kt[i], ri = rs[i], ei = e[i];
+        VEC x[WV];
+        if (hasb) {
+            const T bi = bt[i];
+            for (int w = 0; w < WV; w++) x[w] = di * S[WV * i + w] + bi * zc[w] + ki * u[w];
+        } else {
+            for (int w = 0; w < WV; w++) x[w] = di * S[WV * i + w] + ki * u[w];
+        }
+        for (int w = 0; w < WV; w++) {
+            S[WV * i + w] = x[w];
+            o[w] += ri * x[w];
+            n[w] += ei * x[w];
+        }
+    }
+    for (int w = 0; w < WV; w++) out[w] = o[w], out[WV + w] = n[w];
+}
+
 void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restrict k,
                       const T *restrict v, const T *restrict a, const T *restrict b,
                       const T *restrict S0, T *restrict o, T *restrict z, T *restrict ST,
                       T *restrict ck, T scale, long after, long Kw, long Tn, long H, long K,
                       long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
-    VEC *Sall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* S, tile by tile */
-    VEC *zall = aligned_alloc(32, ntile * 2 * sizeof(VEC));      /* z_t, tile by tile */
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + WT - 1) / WT;
+    VEC *Sall = aligned_alloc(32, ntile * WV * K * sizeof(VEC));  /* S, tile by tile */
+    VEC *zall = aligned_alloc(32, ntile * WV * sizeof(VEC));      /* z_t, tile by tile */
     /* a block's decays d_t and erase keys e_t, one row more (the next block's first e) */
     T *D = malloc((CK + 1) * K * sizeof(T)), *E = malloc((CK + 1) * K * sizeof(T));
     T *R = malloc(CK * K * sizeof(T));  /* a block's scale r_t: no scalar product per row below */
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
             for (long i = 0; i < K; i++)
-                NAME(tile_load)(Sall + jn * 2 * K + 2 * i, S0 + (p * K + i) * V + j0, wd);
+                NAME(wide_load)(Sall + jn * WV * K + WV * i, S0 + (p * K + i) * V + j0, wd);
         }
         for (long c = 0; c < nck; c++) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
@@ -81,54 +119,51 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
                 T *et = E + (t - t0) * K;
                 if (t == Tn) { for (long i = 0; i < K; i++) et[i] = 0; continue; }
                 T *dt = D + (t - t0) * K;
+                if (t < t1 && t + CK < Tn) {  /* the next block's rows of r, w, a, fetched ahead */
+                    const long fr = row + CK * H;
+                    NAME(pf_read)(r + fr * K, K);
+                    NAME(pf_read)(w + fr * Kw, Kw);
+                    NAME(pf_read)(a + fr * K, K);
+                }
                 if (t < t1) for (long i = 0; i < K; i++) R[(t - t0) * K + i] = scale * r[row * K + i];
                 NAME(decays)(dt, w + row * Kw, K, Kw);
                 NAME(erase_keys)(et, a + row * K, dt, after, K);
             }
-            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-                const long wd = V - j0 < VT ? V - j0 : VT;
-                VEC *restrict S = Sall + jn * 2 * K, *zc = zall + 2 * jn;
+            for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+                const long wd = V - j0 < WT ? V - j0 : WT;
+                VEC *restrict S = Sall + jn * WV * K, *zc = zall + WV * jn;
                 if (t0 == 0) {  /* z_0 = S_0^T e_0 */
-                    zc[0] = zc[1] = (VEC){0};
-                    for (long i = 0; i < K; i++) zc[0] += E[i] * S[2 * i], zc[1] += E[i] * S[2 * i + 1];
+                    for (int x = 0; x < WV; x++) zc[x] = (VEC){0};
+                    for (long i = 0; i < K; i++)
+                        for (int x = 0; x < WV; x++) zc[x] += E[i] * S[WV * i + x];
                 }
-                if (ck) memcpy(ck + (p * nck + c) * K * VP + j0 * K, S, 2 * K * sizeof(VEC));
+                if (ck) memcpy(ck + (p * nck + c) * K * VP + j0 * K, S, WV * K * sizeof(VEC));
                 for (long t = t0; t < t1; t++) {
                     const long row = (bb * Tn + t) * H + h;
-                    const T *restrict rt = R + (t - t0) * K, *restrict kt = k + row * K;
-                    const T *restrict d = D + (t - t0) * K, *restrict e = E + (t + 1 - t0) * K;
-                    NAME(tile_store)(z + row * V + j0, zc, wd);
-                    VEC vt[2];
-                    NAME(tile_load)(vt, v + row * V + j0, wd);
-                    VEC o0 = {0}, o1 = {0}, n0 = {0}, n1 = {0};
-                    if (b) {
-                        const T *restrict bt = b + row * K;
-                        for (long i = 0; i < K; i++) {
-                            const T di = d[i], ki = kt[i], bi = bt[i], ri = rt[i], ei = e[i];
-                            const VEC x0 = di * S[2 * i] + bi * zc[0] + ki * vt[0];
-                            const VEC x1 = di * S[2 * i + 1] + bi * zc[1] + ki * vt[1];
-                            S[2 * i] = x0, S[2 * i + 1] = x1;
-                            o0 += ri * x0, o1 += ri * x1, n0 += ei * x0, n1 += ei * x1;
-                        }
-                    } else {
-                        const VEC u0 = vt[0] - zc[0], u1 = vt[1] - zc[1];
-                        for (long i = 0; i < K; i++) {
-                            const T di = d[i], ki = kt[i], ri = rt[i], ei = e[i];
-                            const VEC x0 = di * S[2 * i] + ki * u0, x1 = di * S[2 * i + 1] + ki * u1;
-                            S[2 * i] = x0, S[2 * i + 1] = x1;
-                            o0 += ri * x0, o1 += ri * x1, n0 += ei * x0, n1 += ei * x1;
-                        }
+                    if (t + VD_PF < Tn) {
+                        const long fr = row + VD_PF * H;
+                        NAME(pf_read)(k + fr * K, K);
+                        if (b) NAME(pf_read)(b + fr * K, K);
+                        NAME(pf_read)(v + fr * V + j0, wd);
+                        NAME(pf_write)(z + fr * V + j0, wd);
+                        NAME(pf_write)(o + fr * V + j0, wd);
                     }
-                    const VEC ot[2] = {o0, o1};
-                    NAME(tile_store)(o + row * V + j0, ot, wd);
-                    zc[0] = n0, zc[1] = n1;
+                    const T *rt = R + (t - t0) * K, *kt = k + row * K, *bt = b ? b + row * K : NULL;
+                    const T *d = D + (t - t0) * K, *e = E + (t + 1 - t0) * K;
+                    NAME(wide_store)(z + row * V + j0, zc, wd);
+                    VEC vt[WV], out[2 * WV];
+                    NAME(wide_load)(vt, v + row * V + j0, wd);
+                    if (b) NAME(fwd_rows)(S, d, kt, bt, rt, e, zc, vt, out, K, 1);
+                    else NAME(fwd_rows)(S, d, kt, bt, rt, e, zc, vt, out, K, 0);
+                    NAME(wide_store)(o + row * V + j0, out, wd);
+                    for (int x = 0; x < WV; x++) zc[x] = out[WV + x];
                 }
             }
         }
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
             for (long i = 0; i < K; i++)
-                NAME(tile_store)(ST + (p * K + i) * V + j0, Sall + jn * 2 * K + 2 * i, wd);
+                NAME(wide_store)(ST + (p * K + i) * V + j0, Sall + jn * WV * K + WV * i, wd);
         }
     }
     free(Sall); free(zall); free(D); free(E); free(R);
@@ -138,42 +173,48 @@ void NAME(vdelta_fwd)(const T *restrict r, const T *restrict w, const T *restric
    S_t: step t's transpose (trans: da_t, dw_t sums and dS <- diag(d) dS + e dz_t^T) and step
    s = t - 1's read and sums (read: dS += scale r_s do_s^T; dr_s, dk_s, db_s and dz_s, dv_s).
    Without trans, d = 1 and dz_t = 0 (the block's last step, whose own read is all). The
-   per-row sums run NV rows at a time (hsum_rows). dzv returns dz_s, dv_s (two vectors each). */
+   per-row sums run NV rows at a time (hsum_rows), each row's sum over its WV vectors formed
+   first. dzv returns dz_s, dv_s (WV vectors each). */
 TILE_INLINE void NAME(bwd_rows)(
         VEC *restrict dS, const VEC *restrict P, const T *restrict d, const T *restrict e,
         const VEC *dz, T *restrict da, T *restrict dwr, const T *restrict rs, const T *restrict ks,
         const T *restrict bs, const VEC *dos, const VEC *us, const VEC *zs, T *restrict dr,
         T *restrict dk, T *restrict db, VEC *restrict dzv, T scale, long K, const int trans,
         const int read, const int hasb) {
-    VEC dz0 = {0}, dz1 = {0}, dv0 = {0}, dv1 = {0};
+    VEC dzs[WV] = {{0}}, dvs[WV] = {{0}};
     VEC sa[NV], sd[NV], sr[NV], sk[NV], sb[NV];
     for (long i0 = 0; i0 < K; i0 += NV) {
         const long m = K - i0 < NV ? K - i0 : NV;
         for (long l = 0; l < m; l++) {
             const long i = i0 + l;
-            const VEC P0 = P[2 * i], P1 = P[2 * i + 1];
-            VEC g0 = dS[2 * i], g1 = dS[2 * i + 1];
+            const VEC *restrict Pi = P + WV * i;
+            VEC g[WV];
+            for (int x = 0; x < WV; x++) g[x] = dS[WV * i + x];
             if (trans) {
-                sa[l] = P0 * dz[0] + P1 * dz[1];
-                sd[l] = g0 * P0 + g1 * P1;
-                g0 = d[i] * g0 + e[i] * dz[0];
-                g1 = d[i] * g1 + e[i] * dz[1];
+                VEC xa = Pi[0] * dz[0], xd = g[0] * Pi[0];
+                for (int x = 1; x < WV; x++) xa += Pi[x] * dz[x], xd += g[x] * Pi[x];
+                sa[l] = xa, sd[l] = xd;
+                const T di = d[i], ei = e[i];
+                for (int x = 0; x < WV; x++) g[x] = di * g[x] + ei * dz[x];
             }
             if (read) {
                 const T ri = rs[i];  /* rs holds scale r_s */
-                g0 += ri * dos[0];
-                g1 += ri * dos[1];
-                sr[l] = P0 * dos[0] + P1 * dos[1];
-                sk[l] = g0 * us[0] + g1 * us[1];
+                for (int x = 0; x < WV; x++) g[x] += ri * dos[x];
+                VEC xr = Pi[0] * dos[0], xk = g[0] * us[0];
+                for (int x = 1; x < WV; x++) xr += Pi[x] * dos[x], xk += g[x] * us[x];
+                sr[l] = xr, sk[l] = xk;
                 if (hasb) {
-                    sb[l] = g0 * zs[0] + g1 * zs[1];
-                    dz0 += bs[i] * g0, dz1 += bs[i] * g1;
-                    dv0 += ks[i] * g0, dv1 += ks[i] * g1;
+                    VEC xb = g[0] * zs[0];
+                    for (int x = 1; x < WV; x++) xb += g[x] * zs[x];
+                    sb[l] = xb;
+                    const T bi = bs[i], ki = ks[i];
+                    for (int x = 0; x < WV; x++) dzs[x] += bi * g[x], dvs[x] += ki * g[x];
                 } else {
-                    dz0 += ks[i] * g0, dz1 += ks[i] * g1;  /* du of step s */
+                    const T ki = ks[i];
+                    for (int x = 0; x < WV; x++) dzs[x] += ki * g[x];  /* du of step s */
                 }
             }
-            dS[2 * i] = g0, dS[2 * i + 1] = g1;
+            for (int x = 0; x < WV; x++) dS[WV * i + x] = g[x];
         }
         if (trans) {
             NAME(add_sums)(da + i0, sa, m);
@@ -186,7 +227,7 @@ TILE_INLINE void NAME(bwd_rows)(
             if (hasb) NAME(add_sums)(db + i0, sb, m);
         }
     }
-    dzv[0] = dz0, dzv[1] = dz1, dzv[2] = dv0, dzv[3] = dv1;
+    for (int x = 0; x < WV; x++) dzv[x] = dzs[x], dzv[WV + x] = dvs[x];
 }
 
 void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restrict k,
@@ -195,27 +236,37 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                       const T *restrict dout, T *restrict dr, T *restrict dw, T *restrict dk,
                       T *restrict dv, T *restrict da, T *restrict db, T *restrict dS0, T scale,
                       long after, long Kw, long Tn, long H, long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + VT - 1) / VT;
-    VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* dS, tile by tile */
-    VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V), ntile = (V + WT - 1) / WT;
+    VEC *dSall = aligned_alloc(32, ntile * WV * K * sizeof(VEC));  /* dS, tile by tile */
+    VEC *buf = aligned_alloc(32, CK * WV * K * sizeof(VEC));  /* one tile's S_t of a block */
     T *D = malloc(CK * K * sizeof(T)), *E = malloc(CK * K * sizeof(T));  /* a block's d, e */
     T *sd = malloc(CK * K * sizeof(T));  /* a block's rowsum(dS o S_{t-1}), for dw */
     T *R = malloc(CK * K * sizeof(T));   /* a block's scale r_t */
     const VEC zero = {0};
     for (long p = p0; p < p1; p++) {
         const long bb = p / H, h = p % H;
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
-            VEC *dS = dSall + jn * 2 * K;
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
+            VEC *dS = dSall + jn * WV * K;
             for (long i = 0; i < K; i++) {
-                if (dST) NAME(tile_load)(dS + 2 * i, dST + (p * K + i) * V + j0, wd);
-                else dS[2 * i] = dS[2 * i + 1] = zero;
+                if (dST) NAME(wide_load)(dS + WV * i, dST + (p * K + i) * V + j0, wd);
+                else for (int x = 0; x < WV; x++) dS[WV * i + x] = zero;
             }
         }
         for (long c = nck - 1; c >= 0; c--) {
             const long t0 = c * CK, t1 = t0 + CK < Tn ? t0 + CK : Tn;
             for (long t = t0; t < t1; t++) {  /* the block's decays, erase keys, zeroed sums */
                 const long row = (bb * Tn + t) * H + h;
+                if (c > 0) {  /* the rows of the block before, fetched ahead */
+                    const long fr = row - CK * H;
+                    NAME(pf_read)(r + fr * K, K);
+                    NAME(pf_read)(w + fr * Kw, Kw);
+                    NAME(pf_read)(a + fr * K, K);
+                    NAME(pf_write)(dr + fr * K, K);
+                    NAME(pf_write)(dk + fr * K, K);
+                    NAME(pf_write)(da + fr * K, K);
+                    if (b) NAME(pf_write)(db + fr * K, K);
+                }
                 NAME(decays)(D + (t - t0) * K, w + row * Kw, K, Kw);
                 NAME(erase_keys)(E + (t - t0) * K, a + row * K, D + (t - t0) * K, after, K);
                 memset(dr + row * K, 0, K * sizeof(T));
@@ -225,47 +276,63 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                 for (long i = 0; i < K; i++) R[(t - t0) * K + i] = scale * r[row * K + i];
                 if (b) memset(db + row * K, 0, K * sizeof(T));
             }
-            for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-                const long wd = V - j0 < VT ? V - j0 : VT;
-                VEC *restrict dS = dSall + jn * 2 * K;
+            for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+                const long wd = V - j0 < WT ? V - j0 : WT;
+                VEC *restrict dS = dSall + jn * WV * K;
                 const VEC *start = (const VEC *)(ck + (p * nck + c) * K * VP + j0 * K);
                 const VEC *prev = start;
                 for (long t = t0; t < t1; t++) {  /* recompute S_t, t in the block */
                     const long row = (bb * Tn + t) * H + h;
+                    if (t + VD_PF < t1) {
+                        const long fr = row + VD_PF * H;
+                        NAME(pf_read)(k + fr * K, K);
+                        if (b) NAME(pf_read)(b + fr * K, K);
+                        NAME(pf_read)(v + fr * V + j0, wd);
+                        NAME(pf_read)(z + fr * V + j0, wd);
+                    }
                     const T *restrict kt = k + row * K, *restrict dt = D + (t - t0) * K;
-                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], zt[2];
-                    NAME(tile_load)(vt, v + row * V + j0, wd);
-                    NAME(tile_load)(zt, z + row * V + j0, wd);
+                    VEC *restrict St = buf + (t - t0) * WV * K, vt[WV], zt[WV];
+                    NAME(wide_load)(vt, v + row * V + j0, wd);
+                    NAME(wide_load)(zt, z + row * V + j0, wd);
                     if (b) {
                         const T *restrict bt = b + row * K;
-                        for (long i = 0; i < K; i++) {
-                            St[2 * i] = dt[i] * prev[2 * i] + bt[i] * zt[0] + kt[i] * vt[0];
-                            St[2 * i + 1] = dt[i] * prev[2 * i + 1] + bt[i] * zt[1] + kt[i] * vt[1];
-                        }
+                        for (long i = 0; i < K; i++)
+                            for (int x = 0; x < WV; x++)
+                                St[WV * i + x] = dt[i] * prev[WV * i + x] + bt[i] * zt[x] + kt[i] * vt[x];
                     } else {
-                        const VEC u0 = vt[0] - zt[0], u1 = vt[1] - zt[1];
-                        for (long i = 0; i < K; i++) {
-                            St[2 * i] = dt[i] * prev[2 * i] + kt[i] * u0;
-                            St[2 * i + 1] = dt[i] * prev[2 * i + 1] + kt[i] * u1;
-                        }
+                        VEC u[WV];
+                        for (int x = 0; x < WV; x++) u[x] = vt[x] - zt[x];
+                        for (long i = 0; i < K; i++)
+                            for (int x = 0; x < WV; x++)
+                                St[WV * i + x] = dt[i] * prev[WV * i + x] + kt[i] * u[x];
                     }
                     prev = St;
                 }
                 /* step t's transpose fused with step t - 1's read, t = t1 .. t0 (t1: the
                    block's last step's read alone) */
-                VEC dz[2] = {zero, zero}, dzv[4];
+                VEC dz[WV], dzv[2 * WV];
+                for (int x = 0; x < WV; x++) dz[x] = zero;
                 for (long t = t1; t >= t0; t--) {
                     const int trans = t < t1, read = t > t0;
                     const long row = (bb * Tn + t) * H + h, s = t - 1, rs = row - H;
-                    const VEC *restrict P = s >= t0 ? buf + (s - t0) * 2 * K : start;
+                    if (s - VD_PF >= t0) {
+                        const long fr = rs - VD_PF * H;
+                        NAME(pf_read)(k + fr * K, K);
+                        if (b) NAME(pf_read)(b + fr * K, K);
+                        NAME(pf_read)(dout + fr * V + j0, wd);
+                        NAME(pf_read)(v + fr * V + j0, wd);
+                        NAME(pf_read)(z + fr * V + j0, wd);
+                        NAME(pf_write)(dv + fr * V + j0, wd);
+                    }
+                    const VEC *restrict P = s >= t0 ? buf + (s - t0) * WV * K : start;
                     const T *dt = trans ? D + (t - t0) * K : NULL, *et = trans ? E + (t - t0) * K : NULL;
                     T *dat = trans ? da + row * K : NULL, *sdt = trans ? sd + (t - t0) * K : NULL;
-                    VEC dos[2] = {zero, zero}, us[2] = {zero, zero}, zs[2] = {zero, zero};
+                    VEC dos[WV] = {{0}}, us[WV] = {{0}}, zs[WV] = {{0}};
                     if (read) {
-                        NAME(tile_load)(dos, dout + rs * V + j0, wd);
-                        NAME(tile_load)(us, v + rs * V + j0, wd);
-                        NAME(tile_load)(zs, z + rs * V + j0, wd);
-                        if (!b) us[0] -= zs[0], us[1] -= zs[1];
+                        NAME(wide_load)(dos, dout + rs * V + j0, wd);
+                        NAME(wide_load)(us, v + rs * V + j0, wd);
+                        NAME(wide_load)(zs, z + rs * V + j0, wd);
+                        if (!b) for (int x = 0; x < WV; x++) us[x] -= zs[x];
                     }
                     const T *rr = R + (read ? s - t0 : 0) * K, *kr = k + rs * K, *br = b ? b + rs * K : NULL;
                     T *drr = dr + rs * K, *dkr = dk + rs * K, *dbr = b ? db + rs * K : NULL;
@@ -277,11 +344,11 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
 #undef VD_ROWS
                     if (read) {  /* dz_s and dv_s */
                         if (b) {
-                            NAME(tile_store)(dv + rs * V + j0, dzv + 2, wd);
-                            dz[0] = dzv[0], dz[1] = dzv[1];
+                            NAME(wide_store)(dv + rs * V + j0, dzv + WV, wd);
+                            for (int x = 0; x < WV; x++) dz[x] = dzv[x];
                         } else {
-                            NAME(tile_store)(dv + rs * V + j0, dzv, wd);
-                            dz[0] = -dzv[0], dz[1] = -dzv[1];
+                            NAME(wide_store)(dv + rs * V + j0, dzv, wd);
+                            for (int x = 0; x < WV; x++) dz[x] = -dzv[x];
                         }
                     }
                 }
@@ -299,10 +366,10 @@ void NAME(vdelta_bwd)(const T *restrict r, const T *restrict w, const T *restric
                 if (Kw != K) dw[row] = gw_head;
             }
         }
-        for (long j0 = 0, jn = 0; j0 < V; j0 += VT, jn++) {
-            const long wd = V - j0 < VT ? V - j0 : VT;
-            const VEC *dS = dSall + jn * 2 * K;
-            for (long i = 0; i < K; i++) NAME(tile_store)(dS0 + (p * K + i) * V + j0, dS + 2 * i, wd);
+        for (long j0 = 0, jn = 0; j0 < V; j0 += WT, jn++) {
+            const long wd = V - j0 < WT ? V - j0 : WT;
+            const VEC *dS = dSall + jn * WV * K;
+            for (long i = 0; i < K; i++) NAME(wide_store)(dS0 + (p * K + i) * V + j0, dS + WV * i, wd);
         }
     }
     free(dSall); free(buf); free(D); free(E); free(sd); free(R);
@@ -347,5 +414,6 @@ void NAME(gates_bwd)(const T *restrict dp, const T *restrict du, const T *restri
     }
 }
 
-#include "tile.h"  /* its names undefined for the next type */
+#include "wide.h"  /* its names and tile.h's undefined for the next type */
+#include "tile.h"
 #endif

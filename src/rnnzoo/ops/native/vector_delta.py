@@ -1,6 +1,6 @@
 """The generalised delta rule with a decay per key channel as its recurrence in C
 (vector_delta.c), forward and backward: the (K, V) state of one (batch row, head) in cache,
-in tiles of 16 columns (tile.h), recomputed backward from every 32nd, a few vectorised
+in tiles of 32 columns (wide.h), recomputed backward from every 32nd, a few vectorised
 passes over it a step, where the chunked PyTorch forms (ops.chunk.kda, ops.erase_delta,
 ops.chunk.delta.rwkv7) run (C, C) products, sub-chunk decays and a triangular solve per
 chunk.
