@@ -319,11 +319,12 @@ void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *res
     const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
                sb[3] = {sb0, sb1, sb2};
     const T sc = (T)scale;
-    T *kt = aligned_alloc(64, (size_t)((Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
-    T *pt = kt + Lt * D;  /* K^T, P_n^T */
+    T *kt = aligned_alloc(64, (size_t)((2 * Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
+    T *pt = kt + Lt * D, *vg = pt + D * D;  /* K^T, P_n^T, the head-row's values */
     for (long g = g0; g < g1; g++) {
         const long bi = g / H, h = g % H;
-        const T *vg = v + bi * sq0 + h * sq1;
+        for (long j = 0; j < Lt; j++)  /* its values dense, read by every block's product */
+            NAME(pc_cp)(vg + j * D, v + bi * sq0 + h * sq1 + j * sq2, D);
         T *K = keys + g * Lk * D, *og = o + (bi * Lt * H + h) * D, *ks = KS + g * KT,
           *ps = PS + g * PT;
         NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
@@ -348,7 +349,7 @@ void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *res
                 NAME(softmax_row)(sr, m + r + 1, &Z);
                 for (long j = m + r + 1; j < e; j++) sr[j] = 0;
             }
-            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, sq2, 1, H * D, 0, 0, 0, 0, 0, C);
+            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
             T *next = n + 1 < N ? ks + m * D : K;  /* the next block's keys after these */
             if (m) {
                 NAME(trs)(pt, D, Pn, D, D, D);
@@ -578,8 +579,8 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
     T *gb = aligned_alloc(64, (size_t)((NAME(pc_gbuf)(&s) + 15) / 16 * 16) * sizeof(T));
     T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
       *dI = dPl + 2 * S * D * D;
-    T *ab = aligned_alloc(64, (size_t)((3 * Lt * D + C * Lt + 15) / 16 * 16) * sizeof(T));
-    T *dK = ab, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D;
+    T *ab = aligned_alloc(64, (size_t)((4 * Lt * D + C * Lt + 15) / 16 * 16) * sizeof(T));
+    T *dK = ab, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D, *dV = ds + C * Lt;
     for (long g = g0; g < g1; g++) {
         const long bi = g / H, h = g % H;
         NAME(trs)(vT, Lt, v + bi * sq0 + h * sq1, sq2, Lt, D);  /* V^T (D, Lt) */
@@ -587,7 +588,6 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
         T *dvg = dv + bi * sq0 + h * sq1;
         if (dkeys) NAME(pc_cp)(dK, dkeys + g * Lk * D, Lt * D);
         else NAME(pc_zero)(dK, Lt * D);
-        for (long j = 0; j < Lt; j++) NAME(pc_zero)(dvg + j * sq2, D);
         const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
         for (long n = N - 1; n >= 0; n--) {
             const long m = n * C, e = m + C, ob = g * N + n;
@@ -610,7 +610,8 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
             for (long r = 0; r < C; r++)
                 NAME(softmax_row_bwd)(ps + r * e, ds + r * e, m + r + 1, e);
-            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, sq2, 0, 0, 0, 1, 0, e);
+            /* the last block (the first here) covers every value: dV written, then added */
+            NAME(mm)(ps, don, dV, e, D, C, 1, e, H * D, 1, D, 0, 0, 0, n < N - 1, 0, e);
             for (long r = 0; r < C; r++)  /* the intra gradient, scaled back */
                 for (long j = 0; j < C; j++) dI[r * C + j] = sc * ds[r * e + m + j];
             if (m) {
@@ -622,6 +623,7 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             }
             NAME(pc_block_bwd)(&s, gb, dq, dk, dw, dbeta, sq, sw, sb, bi, h, m, Tn, raw);
         }
+        for (long j = 0; j < Lt; j++) NAME(pc_cp)(dvg + j * sq2, dV + j * D, D);
     }
     free(ab);
     free(gb);
