@@ -183,7 +183,8 @@ def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threa
         o, keys, KS, PS = path_op._attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0,
                                               None, Lk)
     assert not torch.isfinite(fin).all()
-    for a, b in zip(got, (o, keys, KS, PS, fin, qs, P)):
+    assert got[7].shape == (B * H * (T // C), 3 * C * D + 3 * C)  # the blocks' loaded inputs
+    for a, b in zip(got[:7], (o, keys, KS, PS, fin, qs, P)):
         assert a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
@@ -207,13 +208,14 @@ def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, 
     extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
     grads = []
     with threads_(threads):
-        _, _, KS, PS, _, qs, P = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias, Lk)
+        _, _, KS, PS, _, qs, P, IN = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias,
+                                                          Lk)
         for fused in (True, False):
             dproj = torch.full_like(proj, float("nan"))  # every gradient written
             dq, dk, dv, dw, db = path_op.proj_views(dproj, H)
             if fused:
-                path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
-                                     dv, dw, db, extra, bias)
+                path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
+                                     dk, dv, dw, db, extra, bias)
             else:
                 pieces = path_op._attend_bwd(lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
                                              dv.transpose(1, 2), 0)[:4]

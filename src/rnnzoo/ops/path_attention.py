@@ -406,9 +406,9 @@ class _PathQKV(torch.autograd.Function):
             proj = proj.contiguous()
             q, k, v, w, beta = proj_views(proj, H)
         extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
-        o, keys, KS, PS, fin, qs, P = native_path_chunk.fused_fwd(pc, q, k, w, beta, v, extra,
-                                                                  bias, Lk)
-        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, bias, proj)
+        o, keys, KS, PS, fin, qs, P, IN = native_path_chunk.fused_fwd(pc, q, k, w, beta, v,
+                                                                      extra, bias, Lk)
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, IN, bias, proj)
         ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
         ctx.mark_non_differentiable(fin)
         return o, keys, fin
@@ -416,7 +416,7 @@ class _PathQKV(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dkeys, _):
-        qkv, w, beta, qs, P, KS, PS, bias, proj = ctx.saved_tensors
+        qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors
         dqkv = dproj = None
         if proj is None:
             q, k, v = qkv.unbind(2)
@@ -429,8 +429,8 @@ class _PathQKV(torch.autograd.Function):
             dproj = torch.empty_like(proj)
             dq, dk, dv, dw, db = proj_views(dproj, ctx.H)
         do = qs.new_zeros(q.shape) if do is None else do
-        native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
-                                    dv, dw, db, ctx.extra, bias)
+        native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
+                                    dk, dv, dw, db, ctx.extra, bias)
         dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
         if proj is not None:
             return (None,) * 10 + (dbias, dproj, None)
