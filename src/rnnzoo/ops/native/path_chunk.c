@@ -312,10 +312,10 @@ void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *res
                           const T *restrict beta, const T *restrict v, T *restrict fin,
                           const T *restrict bias, T *restrict o, T *restrict keys,
                           T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
-                          T *restrict IN, long Tn, long H, long D, long c, long levels, long N, long sq0,
-                          long sq1, long sq2, long sw0, long sw1, long sw2, long sb0, long sb1,
-                          long sb2, long raw, double eps, double scale, long KT, long PT,
-                          long Lk, long g0, long g1) {
+                          T *restrict IN, long Tn, long H, long D, long c, long levels, long N,
+                          long sq0, long sq1, long sq2, long sw0, long sw1, long sw2, long sb0,
+                          long sb1, long sb2, long raw, double eps, double scale, long KT,
+                          long PT, long Lk, long g0, long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
@@ -563,15 +563,15 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
    dintra_n) taken from cache by its chunk backward (path_chunk_bwd's, the block's pieces
    recomputed there as before), where they went to memory and back (26 MB at the #17 size).
    do, dkeys (NULL: zero) as path_bwd's; dv written whole with q's strides (sq); dq, dk, dw,
-   dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w and beta are read there
-   only). */
+   dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w, beta and bias are not
+   read again: IN holds what pc_load made of them). */
 void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, const T *restrict qs,
                           const T *restrict P, const T *restrict KS, const T *restrict PS,
-                          const T *restrict IN, const T *restrict do_, const T *restrict dkeys, T *restrict dq,
-                          T *restrict dk, T *restrict dv, T *restrict dw, T *restrict dbeta,
-                          const T *restrict bias, long Tn, long H, long D, long c,
-                          long levels, long N, long sq0, long sq1, long sq2, long sw0,
+                          const T *restrict IN, const T *restrict do_, const T *restrict dkeys,
+                          T *restrict dq, T *restrict dk, T *restrict dv, T *restrict dw,
+                          T *restrict dbeta, const T *restrict bias, long Tn, long H, long D,
+                          long c, long levels, long N, long sq0, long sq1, long sq2, long sw0,
                           long sw1, long sw2, long sb0, long sb1, long sb2, long raw,
                           double eps, double scale, long KT, long PT, long Lk, long g0,
                           long g1) {
