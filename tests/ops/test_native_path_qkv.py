@@ -85,8 +85,8 @@ def test_layer_through_the_fused_path_matches_sequential(monkeypatch):
 @pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
 def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H, D, C, c, Lk,
                                                 threads):
-    """path_attention_fresh: one projection [q | k | v | w | beta], w's l2norm (eps) and
-    2 sigmoid(beta + bias) in the chunk kernel, the projection's gradient one tensor, against
+    """path_attention_fresh: one projection (per head [q | k | v | w], then beta), w's
+    l2norm (eps) and 2 sigmoid(beta + bias) in the chunk kernel, the projection's gradient one tensor, against
     path_attention's torch path over l2norm(w_raw) and 2 sigmoid(beta_raw + bias); one w row
     of zeros and one below eps (the floor, where the gradient is r dy)."""
     from rnnzoo.layers._delta_block import l2norm
@@ -99,20 +99,42 @@ def test_raw_projections_match_torch_normalised(monkeypatch, dtype, tol, B, T, H
     w_raw[0, 2, 0] *= 1e-9
     beta_raw = 2 * torch.randn(B, T, H, generator=g, dtype=dtype)
     bias = torch.randn(H, generator=g, dtype=dtype)
-    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    proj = _proj(qkv, w_raw, beta_raw)
     ins = [t.requires_grad_() for t in (proj, bias)]
     with threads_(threads):
         o, keys = path_op.path_attention_fresh(proj, H, scale=0.4, chunk_size=C, keys_len=Lk,
                                                eps=1e-6, beta_bias=bias)
     got = outputs_and_grads([o, keys], ins)
     with backend.force("torch"):
-        qkv, w_raw, beta_raw = path_op._proj_views(proj, H)
-        q, k, v = qkv.unbind(2)
+        q, k, v, w_raw, beta_raw = path_op.proj_views(proj, H)
         o, keys, _ = path_op.path_attention(q, k, v, l2norm(w_raw, eps=1e-6),
                                             2 * torch.sigmoid(beta_raw + bias), scale=0.4,
                                             chunk_size=C, keys_len=Lk)
     want = outputs_and_grads([o, keys], ins)
     assert_close(got, want, ["o", "keys", "dproj", "dbias"], tol)
+
+
+def _proj(qkv, w, beta):
+    """path_attention_fresh's projection (B, T, 4 H D + H) from qkv (B, T, 3, H, D), w
+    (B, T, H, D), beta (B, T, H): per head [q | k | v | w], then beta."""
+    return torch.cat([torch.stack([*qkv.unbind(2), w], 3).flatten(2), beta], -1)
+
+
+def test_proj_views_and_weight_agree():
+    """proj_views reads back what _proj laid out, and a projection through proj_weight's
+    weight is the four projections' outputs and beta's in that layout."""
+    g = torch.Generator().manual_seed(9)
+    B, T, H, D, d = 2, 3, 3, 4, 5
+    qkv, w = torch.randn(B, T, 3, H, D, generator=g), torch.randn(B, T, H, D, generator=g)
+    beta = torch.randn(B, T, H, generator=g)
+    for a, b in zip(path_op.proj_views(_proj(qkv, w, beta), H), (*qkv.unbind(2), w, beta)):
+        assert torch.equal(a, b)
+    x = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    ws = [torch.randn(n, d, generator=g, dtype=torch.float64) for n in (H * D,) * 4 + (H,)]
+    got = path_op.proj_views(x @ path_op.proj_weight(*ws, H).T, H)
+    want = [(x @ t.T).view(B, T, H, D) for t in ws[:4]] + [x @ ws[4].T]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("where", ["q", "v", "w", "beta"])
@@ -125,7 +147,7 @@ def test_not_finite_inputs_take_the_marking_path(where):
     t, i = {"q": (qkv, (1, 5, 0, 1, 2)), "v": (qkv, (1, 5, 2, 1, 2)),
             "w": (w_raw, (1, 5, 1, 3)), "beta": (beta_raw, (1, 5, 0))}[where]
     t[i] = float("inf")
-    proj = torch.cat([qkv.flatten(2), w_raw.flatten(2), beta_raw], -1)
+    proj = _proj(qkv, w_raw, beta_raw)
     assert path_op.path_attention_fresh(proj, 2, scale=0.4, chunk_size=16) is None
     torch.manual_seed(0)
     layer = rnnzoo.create("path_attention", d_model=8, num_heads=2, max_len=40, chunk_size=16)
@@ -150,8 +172,7 @@ def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threa
     proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype)
     proj[0, T // 2, 2 * H * D] = float("inf")  # a value: fin marks its head-row
     bias = torch.randn(H, generator=g, dtype=dtype)
-    qkv, w, beta = path_op._proj_views(proj, H)
-    q, k, v = qkv.unbind(2)
+    q, k, v, w, beta = path_op.proj_views(proj, H)
     _, c, levels = path_op._block_sizes(C, T)
     lib, pc = path_op.native_attention.load(), path_chunk.load()
     extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
@@ -162,7 +183,8 @@ def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threa
         o, keys, KS, PS = path_op._attend_fwd(lib, qs, k1, P, intra, v.transpose(1, 2), keys0,
                                               None, Lk)
     assert not torch.isfinite(fin).all()
-    for a, b in zip(got, (o, keys, KS, PS, fin, qs, P)):
+    assert got[7].shape == (B * H * (T // C), 3 * C * D + 3 * C)  # the blocks' loaded inputs
+    for a, b in zip(got[:7], (o, keys, KS, PS, fin, qs, P)):
         assert a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
@@ -180,21 +202,20 @@ def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, 
     bias = torch.randn(H, generator=g, dtype=dtype)
     do = torch.randn(B, T, H, D, generator=g, dtype=dtype)
     dkeys = torch.randn(B, H, Lk, D, generator=g, dtype=dtype) if keys_grad else None
-    qkv, w, beta = path_op._proj_views(proj, H)
-    q, k, v = qkv.unbind(2)
+    q, k, v, w, beta = path_op.proj_views(proj, H)
     _, c, levels = path_op._block_sizes(C, T)
     lib, pc = path_op.native_attention.load(), path_chunk.load()
     extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
     grads = []
     with threads_(threads):
-        _, _, KS, PS, _, qs, P = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias, Lk)
+        _, _, KS, PS, _, qs, P, IN = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias,
+                                                          Lk)
         for fused in (True, False):
             dproj = torch.full_like(proj, float("nan"))  # every gradient written
-            dqkv, dw, db = path_op._proj_views(dproj, H)
-            dq, dk, dv = dqkv.unbind(2)
+            dq, dk, dv, dw, db = path_op.proj_views(dproj, H)
             if fused:
-                path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
-                                     dv, dw, db, extra, bias)
+                path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
+                                     dk, dv, dw, db, extra, bias)
             else:
                 pieces = path_op._attend_bwd(lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
                                              dv.transpose(1, 2), 0)[:4]

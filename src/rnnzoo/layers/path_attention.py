@@ -35,7 +35,13 @@ from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import rwkv7_recurrent
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native.linear import Linear, linear
-from rnnzoo.ops.path_attention import fresh_applies, path_attention, path_attention_fresh
+from rnnzoo.ops.path_attention import (
+    fresh_applies,
+    path_attention,
+    path_attention_fresh,
+    proj_views,
+    proj_weight,
+)
 from rnnzoo.registry import register
 
 _W_EPS = 1e-6  # w = w_proj(x) / max(|w_proj(x)|, eps) per head
@@ -135,19 +141,18 @@ class PaTHAttention(Attention):
         when an input is not finite (the caller's path then marks it)."""
         k_cache, v_cache, position = state
         H = self.num_heads
-        weight = torch.cat([self.qkv.weight, self.w_proj.weight, self.b_proj.weight])
-        proj = linear(x, weight)                                     # (B, T, 4 H Dh + H)
+        weight = proj_weight(*self.qkv.weight.chunk(3), self.w_proj.weight, self.b_proj.weight, H)
+        proj = linear(x, weight)                   # (B, T, 4 H Dh + H): per head [q k v w], beta
         fresh = path_attention_fresh(proj, H, scale=self.head_dim ** -0.5,
                                      chunk_size=self.chunk_size, keys_len=self.max_len,
                                      eps=_W_EPS, beta_bias=self.b_proj.bias)
         if fresh is None:
             return None
         out, keys = fresh
-        B, T, _ = x.shape
-        v = proj[..., 2 * H * self.head_dim:3 * H * self.head_dim].view(B, T, H, -1)
+        v = proj_views(proj, H)[2]                                   # (B, T, H, Dh)
         return self.op_output(out, x), (keys.to(k_cache.dtype),
                                          write_front(v_cache, v.transpose(1, 2)),
-                                         (start + T).to(position.dtype))
+                                         (start + x.shape[1]).to(position.dtype))
 
     def _chunk(self, x, state, qkv, w, beta, start, pos, slots, cached):
         """The chunkwise form (ops.path_attention): the cache is read only when some sequence

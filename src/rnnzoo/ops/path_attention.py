@@ -44,7 +44,7 @@ from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import path_chunk as native_path_chunk
 
-__all__ = ["fresh_applies", "path_attention", "path_attention_fresh"]
+__all__ = ["fresh_applies", "path_attention", "path_attention_fresh", "proj_views", "proj_weight"]
 
 UT_CHUNK = 32  # the UT transform's chunk; attention blocks of chunk_size are merged from them
 
@@ -70,8 +70,8 @@ def fresh_applies(T, chunk_size, *tensors):
 def path_attention_fresh(proj, heads, *, scale, chunk_size=64, keys_len=None, eps=1e-6,
                          beta_bias=None):
     """path_attention of a fresh sequence (no cache) from one projection before its
-    normalisation, proj (B, T, 4 H Dh + H) = [q | k | v | w | beta] per token (each (H, Dh),
-    beta (H)), heads = H: w = w / max(|w|, eps) per head and beta = 2 sigmoid(beta +
+    normalisation, proj (B, T, 4 H Dh + H) = [q_0 | k_0 | v_0 | w_0 | q_1 | ... | w_{H-1} |
+    beta] per token (each (Dh,), beta (H); proj_weight builds its weight), heads = H: w = w / max(|w|, eps) per head and beta = 2 sigmoid(beta +
     beta_bias) (beta_bias (H,) or None) are applied in the chunk kernel (forward and backward;
     no torch passes over w and beta), every input's finiteness is summed there (no host read
     of each tensor's sums), and the gradient is one (B, T, 4 H Dh + H) tensor written by the
@@ -401,14 +401,14 @@ class _PathQKV(torch.autograd.Function):
         if proj is None:
             qkv = qkv.contiguous()
             w, beta = native_path_chunk._dense(w), native_path_chunk._dense(beta)
-        else:  # one projection [q | k | v | w | beta] (B, T, 4 H D + H): its views
-            qkv, w, beta = _proj_views(proj.contiguous(), H)
-        q, k, v = qkv.unbind(2)
+            q, k, v = qkv.unbind(2)
+        else:  # one projection, per head [q | k | v | w] then beta: its views
+            proj = proj.contiguous()
+            q, k, v, w, beta = proj_views(proj, H)
         extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
-        o, keys, KS, PS, fin, qs, P = native_path_chunk.fused_fwd(pc, q, k, w, beta, v, extra,
-                                                                  bias, Lk)
-        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, bias,
-                              None if proj is None else proj.contiguous())
+        o, keys, KS, PS, fin, qs, P, IN = native_path_chunk.fused_fwd(pc, q, k, w, beta, v,
+                                                                      extra, bias, Lk)
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, IN, bias, proj)
         ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
         ctx.mark_non_differentiable(fin)
         return o, keys, fin
@@ -416,30 +416,40 @@ class _PathQKV(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dkeys, _):
-        qkv, w, beta, qs, P, KS, PS, bias, proj = ctx.saved_tensors
-        q, k, v = qkv.unbind(2)
-        dw = db = dproj = None
+        qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors
+        dqkv = dproj = None
         if proj is None:
+            q, k, v = qkv.unbind(2)
             dqkv = torch.empty_like(qkv)
-        else:
-            dproj = torch.empty_like(proj)
-            dqkv, dw, db = _proj_views(dproj, ctx.H)
-        dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
-        if dw is None:  # w's and beta's strides (the kernel writes them so)
+            dq, dk, dv = dqkv.unbind(2)  # q's strides: the kernels write them in place
             dw, db = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-                      for t in (w, beta))
+                      for t in (w, beta))  # w's and beta's strides (the kernel writes them so)
+        else:
+            q, k, v = proj_views(proj, ctx.H)[:3]
+            dproj = torch.empty_like(proj)
+            dq, dk, dv, dw, db = proj_views(dproj, ctx.H)
         do = qs.new_zeros(q.shape) if do is None else do
-        native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
-                                    dv, dw, db, ctx.extra, bias)
+        native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
+                                    dk, dv, dw, db, ctx.extra, bias)
         dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
         if proj is not None:
             return (None,) * 10 + (dbias, dproj, None)
         return None, None, dqkv, dw, db, None, None, None, None, None, dbias, None, None
 
 
-def _proj_views(proj, H):
-    """qkv (B, T, 3, H, D), w (B, T, H, D), beta (B, T, H): views of proj (B, T, 4 H D + H)."""
+def proj_views(proj, H):
+    """q, k, v, w (B, T, H, D) and beta (B, T, H): views of proj (B, T, 4 H D + H), laid out
+    per head [q_h | k_h | v_h | w_h] (h = 0 .. H - 1), then beta: a head's four rows of a
+    step in 4 D contiguous values (the kernels read a head-row's steps: 9 cache lines a step
+    where the four parts H D apart touched 12)."""
     B, T, F = proj.shape
     D = (F - H) // (4 * H)
-    return (proj[..., :3 * H * D].view(B, T, 3, H, D), proj[..., 3 * H * D:4 * H * D].view(
-        B, T, H, D), proj[..., 4 * H * D:])
+    return (*proj[..., :4 * H * D].view(B, T, H, 4, D).unbind(3), proj[..., 4 * H * D:])
+
+
+def proj_weight(wq, wk, wv, ww, wb, H):
+    """The weight of path_attention_fresh's projection (4 H D + H, d) from those of q, k, v,
+    w (H D, d each, heads in order) and beta (H, d): its rows in proj_views' order."""
+    d = wq.shape[-1]
+    return torch.cat([torch.stack([t.view(H, -1, d) for t in (wq, wk, wv, ww)], 1).flatten(0, 2),
+                      wb])

@@ -305,25 +305,28 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
    K <- [K P_n^T ; k1_n]), where k1 and intra (16 MB at the #17 size) went to memory and back.
    q, k, w, beta, bias, fin and the strides as path_chunk_fwd's (check on, v read with q's
    strides as the values too); o, keys, KS, PS (KT, PT, Lk) as path_fwd's with L = 0; qs and P
-   as path_chunk_fwd's (what path_bwd reads). */
+   as path_chunk_fwd's (what path_bwd reads); IN (B H N, 3 C D + 3 C): each block's inputs as
+   pc_load left them (q, k, w normalised, beta, w's 1 / norm and floor flag), which
+   path_fused_bwd reads in order where it loaded the projection's strided rows again. */
 void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, T *restrict fin,
                           const T *restrict bias, T *restrict o, T *restrict keys,
                           T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
-                          long Tn, long H, long D, long c, long levels, long N, long sq0,
-                          long sq1, long sq2, long sw0, long sw1, long sw2, long sb0, long sb1,
-                          long sb2, long raw, double eps, double scale, long KT, long PT,
-                          long Lk, long g0, long g1) {
+                          T *restrict IN, long Tn, long H, long D, long c, long levels, long N,
+                          long sq0, long sq1, long sq2, long sw0, long sw1, long sw2, long sb0,
+                          long sb1, long sb2, long raw, double eps, double scale, long KT,
+                          long PT, long Lk, long g0, long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
-               sb[3] = {sb0, sb1, sb2};
+               sb[3] = {sb0, sb1, sb2}, NI = 3 * C * D + 3 * C;
     const T sc = (T)scale;
-    T *kt = aligned_alloc(64, (size_t)((Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
-    T *pt = kt + Lt * D;  /* K^T, P_n^T */
+    T *kt = aligned_alloc(64, (size_t)((2 * Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
+    T *pt = kt + Lt * D, *vg = pt + D * D;  /* K^T, P_n^T, the head-row's values */
     for (long g = g0; g < g1; g++) {
         const long bi = g / H, h = g % H;
-        const T *vg = v + bi * sq0 + h * sq1;
+        for (long j = 0; j < Lt; j++)  /* its values dense, read by every block's product */
+            NAME(pc_cp)(vg + j * D, v + bi * sq0 + h * sq1 + j * sq2, D);
         T *K = keys + g * Lk * D, *og = o + (bi * Lt * H + h) * D, *ks = KS + g * KT,
           *ps = PS + g * PT;
         NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
@@ -332,6 +335,7 @@ void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *res
             const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, bi, h, m, Tn,
                                         raw, (T)eps, 1);
             fin[g] = n ? fin[g] + bad : bad;
+            NAME(pc_cp)(IN + ob * NI, s.q, NI);  /* the block's loaded inputs, for the backward */
             NAME(pc_forward)(&s, 0);
             const T *qt = s.ql + L * C * D, *Pn = NAME(pc_P)(&s, L, 0);
             T *qn = qs + ob * C * D;
@@ -348,7 +352,7 @@ void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *res
                 NAME(softmax_row)(sr, m + r + 1, &Z);
                 for (long j = m + r + 1; j < e; j++) sr[j] = 0;
             }
-            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, sq2, 1, H * D, 0, 0, 0, 0, 0, C);
+            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
             T *next = n + 1 < N ? ks + m * D : K;  /* the next block's keys after these */
             if (m) {
                 NAME(trs)(pt, D, Pn, D, D, D);
@@ -559,14 +563,15 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
    dintra_n) taken from cache by its chunk backward (path_chunk_bwd's, the block's pieces
    recomputed there as before), where they went to memory and back (26 MB at the #17 size).
    do, dkeys (NULL: zero) as path_bwd's; dv written whole with q's strides (sq); dq, dk, dw,
-   dbeta as path_chunk_bwd's. */
+   dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w, beta and bias are not
+   read again: IN holds what pc_load made of them). */
 void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, const T *restrict qs,
                           const T *restrict P, const T *restrict KS, const T *restrict PS,
-                          const T *restrict do_, const T *restrict dkeys, T *restrict dq,
-                          T *restrict dk, T *restrict dv, T *restrict dw, T *restrict dbeta,
-                          const T *restrict bias, long Tn, long H, long D, long c,
-                          long levels, long N, long sq0, long sq1, long sq2, long sw0,
+                          const T *restrict IN, const T *restrict do_, const T *restrict dkeys,
+                          T *restrict dq, T *restrict dk, T *restrict dv, T *restrict dw,
+                          T *restrict dbeta, const T *restrict bias, long Tn, long H, long D,
+                          long c, long levels, long N, long sq0, long sq1, long sq2, long sw0,
                           long sw1, long sw2, long sb0, long sb1, long sb2, long raw,
                           double eps, double scale, long KT, long PT, long Lk, long g0,
                           long g1) {
@@ -578,8 +583,8 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
     T *gb = aligned_alloc(64, (size_t)((NAME(pc_gbuf)(&s) + 15) / 16 * 16) * sizeof(T));
     T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
       *dI = dPl + 2 * S * D * D;
-    T *ab = aligned_alloc(64, (size_t)((3 * Lt * D + C * Lt + 15) / 16 * 16) * sizeof(T));
-    T *dK = ab, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D;
+    T *ab = aligned_alloc(64, (size_t)((4 * Lt * D + C * Lt + 15) / 16 * 16) * sizeof(T));
+    T *dK = ab, *tmp = dK + Lt * D, *vT = tmp + Lt * D, *ds = vT + Lt * D, *dV = ds + C * Lt;
     for (long g = g0; g < g1; g++) {
         const long bi = g / H, h = g % H;
         NAME(trs)(vT, Lt, v + bi * sq0 + h * sq1, sq2, Lt, D);  /* V^T (D, Lt) */
@@ -587,13 +592,12 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
         T *dvg = dv + bi * sq0 + h * sq1;
         if (dkeys) NAME(pc_cp)(dK, dkeys + g * Lk * D, Lt * D);
         else NAME(pc_zero)(dK, Lt * D);
-        for (long j = 0; j < Lt; j++) NAME(pc_zero)(dvg + j * sq2, D);
         const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
         for (long n = N - 1; n >= 0; n--) {
             const long m = n * C, e = m + C, ob = g * N + n;
             ks -= m * D;
             ps -= C * e;
-            NAME(pc_load)(&s, q, k, w, beta, bias, 0, sq, sw, sb, bi, h, m, Tn, raw, (T)eps, 0);
+            NAME(pc_cp)(s.q, IN + ob * (3 * C * D + 3 * C), 3 * C * D + 3 * C);  /* q k w b r fl */
             NAME(pc_forward)(&s, 1);
             const T *don = dog + m * H * D, *qn = qs + ob * C * D, *Pn = P + ob * D * D;
             T *dqt = dql + L * C * D, *dPn = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
@@ -610,7 +614,8 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
             for (long r = 0; r < C; r++)
                 NAME(softmax_row_bwd)(ps + r * e, ds + r * e, m + r + 1, e);
-            NAME(mm)(ps, don, dvg, e, D, C, 1, e, H * D, 1, sq2, 0, 0, 0, 1, 0, e);
+            /* the last block (the first here) covers every value: dV written, then added */
+            NAME(mm)(ps, don, dV, e, D, C, 1, e, H * D, 1, D, 0, 0, 0, n < N - 1, 0, e);
             for (long r = 0; r < C; r++)  /* the intra gradient, scaled back */
                 for (long j = 0; j < C; j++) dI[r * C + j] = sc * ds[r * e + m + j];
             if (m) {
@@ -622,6 +627,7 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             }
             NAME(pc_block_bwd)(&s, gb, dq, dk, dw, dbeta, sq, sw, sb, bi, h, m, Tn, raw);
         }
+        for (long j = 0; j < Lt; j++) NAME(pc_cp)(dvg + j * sq2, dV + j * D, D);
     }
     free(ab);
     free(gb);

@@ -40,8 +40,8 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 13,
-         "path_fused_bwd": 17}[name]
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 14,
+         "path_fused_bwd": 18}[name]
     D = ctypes.c_double
     return native.kernel(lib, name, dtype,
                          [P] * n + [L] * 16 + [D, D] + [L] * (5 if "fused" in name else 2))
@@ -85,7 +85,9 @@ def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
     """chunk_fwd with check and the block attention (ops.path_attention._attend_fwd, no
     cache) in one kernel (path_fused_fwd: k1 and intra never leave cache), for T a multiple
     of the block: o (B, T, H, D), keys (B, H, Lk, D) (zero past T), KS, PS (what the
-    attention backward reads), fin, and qs, P (chunk_fwd's)."""
+    attention backward reads), fin, qs, P (chunk_fwd's), and IN (B H N, 3 C D + 3 C), each
+    block's inputs as the kernel loaded them (w normalised, beta's sigmoid, w's 1 / norm and
+    floor flag), which fused_bwd reads instead of the projection's strided rows."""
     B, Tn, H, D = q.shape
     c, levels, N = extra[3:6]
     C = c << levels
@@ -93,18 +95,19 @@ def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
     qs, P = q.new_empty(B, H, N, C, D), q.new_empty(B, H, N, D, D)
     o, keys = q.new_empty(B, N * C, H, D), q.new_empty(B, H, Lk, D)
     KS, PS, fin = q.new_empty(B * H, KT), q.new_empty(B * H, PT), q.new_zeros(B * H)
+    IN = q.new_empty(B * H * N, 3 * C * D + 3 * C)
     native.run(_kernel(lib, "path_fused_fwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs,
-                                            P)), *extra, KT, PT, Lk, *r)
+                                            P, IN)), *extra, KT, PT, Lk, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
-    return o, keys, KS, PS, fin, qs, P
+    return o, keys, KS, PS, fin, qs, P, IN
 
 
-def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk, dv, dw, db, extra,
+def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq, dk, dv, dw, db, extra,
               bias):
     """fused_fwd's backward in one kernel (path_fused_bwd: each block's piece gradients
-    from cache into its chunk backward): do (B, T, H, D), dkeys (B, H, Lk, D) or None ->
-    dq, dk, dv (written, q's strides), dw, db (written, w's and beta's strides)."""
+    from cache into its chunk backward; IN fused_fwd's): do (B, T, H, D), dkeys (B, H, Lk, D)
+    or None -> dq, dk, dv (written, q's strides), dw, db (written, w's and beta's strides)."""
     B, Tn, H, D = q.shape
     c, levels, N = extra[3:6]
     KT, PT = KS.shape[1], PS.shape[1]
@@ -114,8 +117,8 @@ def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk, dv, dw, d
     assert dq.stride() == q.stride() and dk.stride() == q.stride() and dv.stride() == q.stride()
     assert dw.stride() == w.stride() and db.stride() == beta.stride()
     native.run(_kernel(lib, "path_fused_bwd", q.dtype),
-               [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, do, dkeys, dq, dk,
-                                            dv, dw, db, bias)), *extra, KT, PT, Lk, *r)
+               [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
+                                            dk, dv, dw, db, bias)), *extra, KT, PT, Lk, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
 
 
