@@ -205,15 +205,18 @@ void NAME(norm_gate_fwd)(const T *restrict y, const T *restrict xs, const T *res
         const T *restrict xr = xs ? xs + r * W : zero;
         T *restrict o = out + r * W;
         for (long gi = 0; gi < G; gi++) {
-            const T *restrict yg = yr + gi * n;
+            const long c0 = gi * n, c1 = c0 + n;
             T mu = 0, var = 0;
-            for (long c = 0; c < n; c++) mu += yg[c];
+#pragma omp simd reduction(+ : mu)
+            for (long c = c0; c < c1; c++) mu += yr[c];
             mu /= n;
-            for (long c = 0; c < n; c++) var += (yg[c] - mu) * (yg[c] - mu);
+#pragma omp simd reduction(+ : var)
+            for (long c = c0; c < c1; c++) var += (yr[c] - mu) * (yr[c] - mu);
             const T rstd = 1 / SQRT(var / n + eps);
             stats[2 * (r * G + gi)] = mu;
             stats[2 * (r * G + gi) + 1] = rstd;
-            for (long c = gi * n; c < (gi + 1) * n; c++) {
+#pragma omp simd
+            for (long c = c0; c < c1; c++) {
                 const T a = (yr[c] - mu) * rstd * w[c] + b[c] + s[c] * xr[c];
                 o[c] = a * zr[c] / (1 + EXP(-zr[c]));
             }
@@ -226,40 +229,41 @@ void NAME(norm_gate_bwd)(const T *restrict y, const T *restrict xs, const T *res
                          const T *restrict b, const T *restrict stats, const T *restrict gr, T *restrict dy, T *restrict dxs, T *restrict dz, T *restrict dw,
                          T *restrict db, T *restrict ds, long W, long n, long r0, long r1) {
     const long G = W / n;
-    T *dyh = malloc(W * sizeof(T)), *zero = calloc(W, sizeof(T));
+    /* no skip: s = xs = 0 and dxs, ds go to scratch (one loop either way) */
+    T *dyh = malloc(W * sizeof(T)), *zero = xs ? 0 : calloc(3 * W, sizeof(T));
+    T *restrict dsk = xs ? ds : zero + W;
+    const T *restrict sk = xs ? s : zero;
     memset(dw, 0, W * sizeof(T));
     memset(db, 0, W * sizeof(T));
-    if (xs) memset(ds, 0, W * sizeof(T));
+    memset(dsk, 0, W * sizeof(T));
     for (long r = r0; r < r1; r++) {
         const T *restrict yr = y + r * W, *restrict zr = z + r * W, *restrict g = gr + r * W;
-        const T *restrict xr = xs ? xs + r * W : 0;
+        const T *restrict xk = xs ? xs + r * W : zero;
         T *restrict dyr = dy + r * W, *restrict dzr = dz + r * W;
-        T *restrict dxr = xs ? dxs + r * W : 0;
-        const T *restrict xk = xr ? xr : zero, *restrict sk = xr ? s : zero;
+        T *restrict dxr = xs ? dxs + r * W : zero + 2 * W;
         for (long gi = 0; gi < G; gi++) {
             const T mu = stats[2 * (r * G + gi)], rstd = stats[2 * (r * G + gi) + 1];
             T m1 = 0, m2 = 0;
             const long c0 = gi * n, c1 = (gi + 1) * n;
-            if (xr)
-                for (long c = c0; c < c1; c++) {
-                    const T da = g[c] * zr[c] / (1 + EXP(-zr[c]));
-                    dxr[c] = da * s[c];
-                    ds[c] += da * xr[c];
-                }
+#pragma omp simd reduction(+ : m1, m2)
             for (long c = c0; c < c1; c++) {
                 const T yh = (yr[c] - mu) * rstd, zc = zr[c], sg = 1 / (1 + EXP(-zc));
                 const T a = yh * w[c] + b[c] + sk[c] * xk[c];
                 const T da = g[c] * zc * sg;
                 dzr[c] = g[c] * a * sg * (1 + zc * (1 - sg));
+                dxr[c] = da * sk[c];
+                dsk[c] += da * xk[c];
                 dw[c] += da * yh;
                 db[c] += da;
-                dyh[c] = da * w[c];
-                m1 += dyh[c];
-                m2 += dyh[c] * yh;
+                const T d = da * w[c];
+                dyh[c] = d;
+                m1 += d;
+                m2 += d * yh;
             }
             m1 /= n;
             m2 /= n;
-            for (long c = gi * n; c < (gi + 1) * n; c++)
+#pragma omp simd
+            for (long c = c0; c < c1; c++)
                 dyr[c] = rstd * (dyh[c] - m1 - (yr[c] - mu) * rstd * m2);
         }
     }
