@@ -91,6 +91,8 @@ miras_chunk.c). softmax_row.h: one row's softmax in place (attention.c, deltafor
 log1p.h: a vectorisable log1p on [0, 1], per type (gla_scan.c, selective_scan.c).
 transpose.h: trs, a block transpose (float in 8 x 8 vector shuffles; path_chunk.c,
 attention.c).
+bands.h: a causal tile's bands, BANDS / KEY_BANDS (attention.c's sb_heads_* and sm_heads_*,
+poly_attn.c).
 """
 
 from __future__ import annotations
