@@ -18,8 +18,9 @@ last output column is the normaliser:
     [num_t, den_t] = S_t^T phi(q_t),              o_t = num_t / (den_t + eps)
 
 so the recurrent form is ops.chunk.linear's (no decay), and the parallel form is the
-masked (T, T) kernel matrix, which never builds the F-wide features of the sequence's own
-tokens (only those of q, to read an initial state). The chunk form (`_chunk`) takes the
+masked (T, T) kernel matrix (on the C kernels, ops/native/poly_attn.c, by causal tiles,
+never whole), which never builds the F-wide features of the sequence's own tokens (only
+those of q, to read an initial state, and the packed ones of k for the final state). The chunk form (`_chunk`) takes the
 kernel matrix inside each chunk and, across chunks, the packed features (`packed`: the
 quadratic part over the pairs a <= b only, about half of F, by the kernel's symmetry);
 under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features. Its

@@ -110,7 +110,7 @@ static inline __attribute__((always_inline)) void NAME(sb_sigmoids)(
     for (long j = n; j < np; j++) bt[j] = 0, ot[j] = 1;
 }
 
-/* dst[0 .. e) <- x's lanes from key c on (those before e), zeros from np to e */
+/* dst[c .. min(c + SB_L, e)) <- x's lanes (those before key e; the caller zeros [np, e)) */
 static inline void NAME(sb_store)(T *restrict dst, NAME(sbv) x, long c, long e) {
     if (c + SB_L <= e) *(NAME(sbu) *)(dst + c) = x;
     else for (long l = 0; c + l < e; l++) dst[c + l] = x[l];
