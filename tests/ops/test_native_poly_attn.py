@@ -81,3 +81,14 @@ def test_auto_mode_is_chunk_without_a_tensor_or_under_sequence_parallelism(monke
     assert layer.auto_mode(None) == "chunk"
     monkeypatch.setattr(sequence_parallel, "active", lambda: True)
     assert layer.auto_mode(torch.zeros(1, 21, 16)) == "chunk"
+
+
+@needs_native
+def test_parallel_with_no_steps_returns_the_initial_state():
+    """T = 0 on the C path as on the PyTorch one (which gives it): empty outputs and the
+    initial state back (the C path's tiles of min(64, T) = 0 queries raised ValueError)."""
+    q, k = torch.randn(2, 0, 2, 4), torch.randn(2, 0, 2, 4)
+    v = torch.randn(2, 0, 2, 3)
+    S0 = torch.randn(2, 2, fm.feature_size("taylor", 4), 4)
+    o, S = fm.feature_attention(q, k, v, mode="parallel", initial_state=S0)
+    assert o.shape == (2, 0, 2, 3) and torch.equal(S, S0)

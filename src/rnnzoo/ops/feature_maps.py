@@ -78,7 +78,7 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
         initial_state = torch.zeros(B, H, feature_size(feature_map, q.shape[-1]), V + 1,
                                     device=q.device, dtype=state_dtype(q.dtype))
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-    if mode == "parallel" and poly_lib(q, k, v) is not None:
+    if mode == "parallel" and T and poly_lib(q, k, v) is not None:  # (T = 0: no tiles)
         o, S = _parallel_heads(poly_lib(q, k, v), q, k, v1, feature_map, initial_state, eps)
         return o.to(q.dtype), S
     if mode == "parallel":
