@@ -120,3 +120,34 @@ def test_split_equals_views_transposes_and_scale(dtype, shape, threads, unused):
     for a, b in zip(got, want):
         assert a.is_contiguous() and torch.equal(a, b)
     assert torch.equal(grad, want_grad)
+
+
+@needs_native
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fresh_sequence_with_a_nonfinite_input_stays_causal(fill, threads):
+    """The layer's fresh-sequence C path skips the zeroed copies and marks only when the
+    projection sums to a finite number; with a NaN or inf at step t of one sequence it must
+    take them (the tiles' A v meets the later NaN with a 0): outputs before t and the other
+    sequences' outputs finite and equal to the clean run's. The conformance suite's
+    non-finite check starts from a used state, not this path."""
+    import rnnzoo
+
+    torch.manual_seed(0)
+    layer = rnnzoo.create("stickbreaking_attention", d_model=16, num_heads=2, max_len=64)
+    x = torch.randn(3, 40, 16)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            y_clean = layer(x)[0]
+            for t in (3, 20):
+                xb = x.clone()
+                xb[1, t, 5] = fill
+                y = layer(xb)[0]
+                assert bool(torch.isfinite(y[1, :t]).all()), t
+                assert torch.allclose(y[1, :t], y_clean[1, :t], atol=1e-6, rtol=1e-5)
+                assert torch.allclose(y[[0, 2]], y_clean[[0, 2]], atol=1e-6, rtol=1e-5)
+                assert not bool(torch.isfinite(y[1, t:]).any())
+    finally:
+        torch.set_num_threads(prev)

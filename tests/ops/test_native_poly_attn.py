@@ -68,3 +68,27 @@ def test_auto_mode_takes_the_parallel_kernel_at_short_lengths(monkeypatch, name)
     y_ref, S_ref = layer(x, mode="chunk")
     assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
     assert (S - S_ref).abs().max() < 1e-5 * S_ref.abs().max()
+
+
+@pytest.mark.parametrize("name", ["based", "rebased"])
+def test_auto_mode_is_chunk_without_a_tensor_or_under_sequence_parallelism(monkeypatch, name):
+    """`rnnzoo train --sequence-parallel` runs mode="auto" and needs a mode with the LASP-2
+    hook (chunk): the parallel kernel matrix of a rank's slice would miss the earlier ranks'
+    tokens. auto_mode(None) (the sequence-parallel check's question) answers without x."""
+    from rnnzoo.ops import sequence_parallel
+
+    layer = rnnzoo.create(name, d_model=16, num_heads=2, feature_dim=4)
+    assert layer.auto_mode(None) == "chunk"
+    monkeypatch.setattr(sequence_parallel, "active", lambda: True)
+    assert layer.auto_mode(torch.zeros(1, 21, 16)) == "chunk"
+
+
+@needs_native
+def test_parallel_with_no_steps_returns_the_initial_state():
+    """T = 0 on the C path as on the PyTorch one (which gives it): empty outputs and the
+    initial state back (the C path's tiles of min(64, T) = 0 queries raised ValueError)."""
+    q, k = torch.randn(2, 0, 2, 4), torch.randn(2, 0, 2, 4)
+    v = torch.randn(2, 0, 2, 3)
+    S0 = torch.randn(2, 2, fm.feature_size("taylor", 4), 4)
+    o, S = fm.feature_attention(q, k, v, mode="parallel", initial_state=S0)
+    assert o.shape == (2, 0, 2, 3) and torch.equal(S, S0)

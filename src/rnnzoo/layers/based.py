@@ -26,6 +26,7 @@ import torch
 from rnnzoo.checks import positive_int, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.ops import sequence_parallel
 from rnnzoo.ops.feature_maps import feature_attention, feature_size, features, poly_lib
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
@@ -57,8 +58,12 @@ class Based(RecurrentLayer):
         matrix by causal tiles costs about T (d + W) multiply-adds a token each way, under the
         chunk form's packed products (F' = 153 / 136 wide, C = 64: small products at a third of
         the matmul peak) up to there (measured, based fwd+bwd at 1 thread: T = 256 49.6 vs
-        92.0 ms, 1024 325.6 vs 318.3); else `chunk`."""
-        if x.shape[1] <= 768 and poly_lib(x) is not None:
+        92.0 ms, 1024 325.6 vs 318.3); else `chunk`, and always `chunk` without x (the
+        sequence-parallel check asks auto_mode(None)) or under sequence parallelism (only
+        the chunk form joins the ranks' LASP-2 exchange: a rank's own kernel matrix would
+        miss the earlier ranks' tokens)."""
+        if (x is not None and not sequence_parallel.active() and x.shape[1] <= 768
+                and poly_lib(x) is not None):
             return "parallel"
         return "chunk"
 

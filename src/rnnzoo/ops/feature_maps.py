@@ -18,8 +18,9 @@ last output column is the normaliser:
     [num_t, den_t] = S_t^T phi(q_t),              o_t = num_t / (den_t + eps)
 
 so the recurrent form is ops.chunk.linear's (no decay), and the parallel form is the
-masked (T, T) kernel matrix, which never builds the F-wide features of the sequence's own
-tokens (only those of q, to read an initial state). The chunk form (`_chunk`) takes the
+masked (T, T) kernel matrix (on the C kernels, ops/native/poly_attn.c, by causal tiles,
+never whole), which never builds the F-wide features of the sequence's own tokens (only
+those of q, to read an initial state, and the packed ones of k for the final state). The chunk form (`_chunk`) takes the
 kernel matrix inside each chunk and, across chunks, the packed features (`packed`: the
 quadratic part over the pairs a <= b only, about half of F, by the kernel's symmetry);
 under sequence parallelism or on CUDA it is ops.chunk.linear's on the full features. Its
@@ -77,7 +78,7 @@ def feature_attention(q, k, v, feature_map: str = "taylor", *, mode: str = "chun
         initial_state = torch.zeros(B, H, feature_size(feature_map, q.shape[-1]), V + 1,
                                     device=q.device, dtype=state_dtype(q.dtype))
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
-    if mode == "parallel" and poly_lib(q, k, v) is not None:
+    if mode == "parallel" and T and poly_lib(q, k, v) is not None:  # (T = 0: no tiles)
         o, S = _parallel_heads(poly_lib(q, k, v), q, k, v1, feature_map, initial_state, eps)
         return o.to(q.dtype), S
     if mode == "parallel":

@@ -93,6 +93,8 @@ transpose.h: trs, a block transpose (float in 8 x 8 vector shuffles; path_chunk.
 attention.c).
 wide.h: a column tile of four vectors (two of tile.h's) and a step's row prefetches, for the
 recurrences whose steps wait on a sum over all state rows (delta_scan.c, momentum_scan.c).
+bands.h: a causal tile's bands, BANDS / KEY_BANDS (attention.c's sb_heads_* and sm_heads_*,
+poly_attn.c).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@
 #else
 
 #include "mm.h"  /* mm: the batched block products (exported here) */
+#include "bands.h"  /* BANDS, KEY_BANDS: a causal tile's bands (sb_heads_*, sm_heads_*) */
 #include "softmax_row.h"
 #include "transpose.h"
 
@@ -109,7 +110,7 @@ static inline __attribute__((always_inline)) void NAME(sb_sigmoids)(
     for (long j = n; j < np; j++) bt[j] = 0, ot[j] = 1;
 }
 
-/* dst[0 .. e) <- x's lanes from key c on (those before e), zeros from np to e */
+/* dst[c .. min(c + SB_L, e)) <- x's lanes (those before key e; the caller zeros [np, e)) */
 static inline void NAME(sb_store)(T *restrict dst, NAME(sbv) x, long c, long e) {
     if (c + SB_L <= e) *(NAME(sbu) *)(dst + c) = x;
     else for (long l = 0; c + l < e; l++) dst[c + l] = x[l];
@@ -390,13 +391,6 @@ void NAME(path_bwd)(const T *restrict qs, const T *restrict P, const T *restrict
     free(buf);
 }
 
-/* A causal tile's bands (below, with sm_heads_*): rows [r, r1) over keys [0, c) (SB_BANDS),
-   keys [c0, c) and their queries [r, t) (SB_KEY_BANDS). */
-static inline void NAME(band)(long t, long i0, long e, long m, long *r, long *c);
-#define SB_BANDS for (long m = 1, r = 0, r1, c; NAME(band)(t, i0, e, m, &r1, &c), r < t; m++, r = r1)
-#define SB_KEY_BANDS for (long m = 1, r = 0, c0 = 0, r1, c; \
-                          NAME(band)(t, i0, e, m, &r1, &c), c0 < e; m++, r = r1, c0 = c)
-
 /* Causal stick-breaking attention of whole head-rows [n0, n1) of N (Tq = Tk = T, keys
    j <= i + shift), one at a time: q (N, T, Dh) (the scale in), k (N, T, Dh), v (N, T, Dv) ->
    out (N, T, Dv), in tiles of `tile` queries [i0, i1) over keys [0, e), e = max(1, min(T,
@@ -419,10 +413,10 @@ void NAME(sb_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0;
             long e = i1 + shift < Tn ? i1 + shift : Tn;
             e = e < 1 ? 1 : e;
-            SB_BANDS NAME(mm)(qn + i0 * Dh, kT, zn, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            BANDS NAME(mm)(qn + i0 * Dh, kT, zn, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
             NAME(sb_rows_fwd)(zn, 0, an, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 1);
-            SB_BANDS NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, c, e, 1, Dv, 1, Dv, 0, 0, 0,
-                              0, r, r1);
+            BANDS NAME(mm)(an, vn, out + (n * Tn + i0) * Dv, t, Dv, c, e, 1, Dv, 1, Dv, 0, 0, 0,
+                           0, r, r1);
             if (Z) zn += t * e, an += t * e;
         }
     }
@@ -455,41 +449,22 @@ void NAME(sb_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
             long e = i1 + shift < Tn ? i1 + shift : Tn;
             e = e < 1 ? 1 : e;
             if (!Z) {
-                SB_BANDS NAME(mm)(qn + i0 * Dh, kT, zb, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r,
-                                  r1);
+                BANDS NAME(mm)(qn + i0 * Dh, kT, zb, t, c, Dh, Dh, 1, Tn, 1, e, 0, 0, 0, 0, r,
+                               r1);
                 NAME(sb_rows_fwd)(zb, 0, ab, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 1);
             }
-            SB_BANDS NAME(mm)(don + i0 * Dv, vT, dA, t, c, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
-            SB_KEY_BANDS NAME(mm)(an + r * e, don + (i0 + r) * Dv, dvn, e, Dv, t - r, 1, e, Dv, 1,
-                                  Dv, 0, 0, 0, 1, c0, c);
+            BANDS NAME(mm)(don + i0 * Dv, vT, dA, t, c, Dv, Dv, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(an + r * e, don + (i0 + r) * Dv, dvn, e, Dv, t - r, 1, e, Dv, 1,
+                               Dv, 0, 0, 0, 1, c0, c);
             NAME(sb_rows_bwd)(zn, 0, an, dA, dz, t, e, n, 1, Tn, Tn, i0, shift, 0, t, 2);
-            SB_BANDS NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, c, e, 1, Dh, 1, Dh, 0, 0, 0, 0, r, r1);
-            SB_KEY_BANDS NAME(mm)(dz + r * e, qn + (i0 + r) * Dh, dkn, e, Dh, t - r, 1, e, Dh, 1,
-                                  Dh, 0, 0, 0, 1, c0, c);
+            BANDS NAME(mm)(dz, kn, dqn + i0 * Dh, t, Dh, c, e, 1, Dh, 1, Dh, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(dz + r * e, qn + (i0 + r) * Dh, dkn, e, Dh, t - r, 1, e, Dh, 1,
+                               Dh, 0, 0, 0, 1, c0, c);
             if (Z) zn += t * e, an += t * e;
         }
     }
     free(vT);
 }
-#undef SB_BANDS
-#undef SB_KEY_BANDS
-
-/* A causal tile's bands: band m = 1, 2, ... is rows [R(m-1), R(m)) (queries i0 + r, R(0) = 0)
-   over keys [0, C(m)) only, C(m) = i0 + 16 m (whole vectors) and R(m) the multiple of 6 (mm's
-   row tile) at or below 16 m, until C(m) reaches e: the last band is the remaining rows over
-   all e keys. Keys [C(m-1), C(m)) then get queries [R(m-1), t) only. The products skip ~70%
-   of the diagonal block's upper triangle (1440 of 2016 entries at t = 64). */
-static inline void NAME(band)(long t, long i0, long e, long m, long *r, long *c) {
-    const long rr = 16 * m / 6 * 6, cc = i0 + 16 * m, last = cc >= e || rr >= t;
-    *r = last ? t : rr;
-    *c = last ? e : cc;
-}
-
-/* rows [r, r1) over keys [0, c) for each band of the tile (t, i0, e) */
-#define BANDS for (long m = 1, r = 0, r1, c; NAME(band)(t, i0, e, m, &r1, &c), r < t; m++, r = r1)
-/* keys [c0, c) and their queries [r, t) for each band */
-#define KEY_BANDS for (long m = 1, r = 0, c0 = 0, r1, c; \
-                       NAME(band)(t, i0, e, m, &r1, &c), c0 < e; m++, r = r1, c0 = c)
 
 /* Causal softmax attention of whole head-rows [n0, n1) of N, one at a time: q (N, T, Dh)
    (the scale in), k (N, T, Dh), v (N, T, Dv), bias (N, T) or NULL -> out (N, T, Dv), in causal
@@ -569,8 +544,6 @@ void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
     }
     free(vT);
 }
-#undef BANDS
-#undef KEY_BANDS
 
 /* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */

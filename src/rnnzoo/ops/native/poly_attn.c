@@ -7,7 +7,7 @@
 
    and its backward: dP = do v^T, dv = P^T do, ds = dP kernel'(s) (1 + s, or 2 s), dq = ds k,
    dk = ds^T q. Whole head-rows a call, in causal tiles of `tile` queries [i0, i1) over keys
-   [0, i1), each tile by bands (its first rows over fewer keys, attention.c's sm_heads_* way);
+   [0, i1), each tile by bands (its first rows over fewer keys: bands.h, as attention.c's);
    the products on mm.h, the tiles' scores s kept for the backward when S is not NULL (else
    recomputed there). Plain C; compiled by rnnzoo.ops.native. */
 
@@ -18,21 +18,8 @@
 #else
 
 #include "mm.h"
+#include "bands.h"  /* BANDS, KEY_BANDS: a causal tile's bands */
 #include "transpose.h"
-
-/* band m = 1, 2, ... of a tile: rows [R(m - 1), R(m)) (queries i0 + r, R(0) = 0) over keys
-   [0, C(m)), C(m) = i0 + 16 m (whole vectors), R(m) the multiple of 6 (mm's rows) at or under
-   16 m; the last band ends at the tile's rows and keys (t, e) */
-static inline void NAME(pa_band)(long t, long i0, long e, long m, long *r, long *c) {
-    const long rr = 16 * m / 6 * 6, cc = i0 + 16 * m, last = cc >= e || rr >= t;
-    *r = last ? t : rr;
-    *c = last ? e : cc;
-}
-
-#define PA_BANDS for (long m = 1, r = 0, r1, c; NAME(pa_band)(t, i0, e, m, &r1, &c), r < t; \
-                      m++, r = r1)
-#define PA_KEY_BANDS for (long m = 1, r = 0, c0 = 0, r1, c; \
-                          NAME(pa_band)(t, i0, e, m, &r1, &c), c0 < e; m++, r = r1, c0 = c)
 
 /* P = kernel(s) on and below each row's diagonal (row r: keys j <= i0 + r), zeros past it up
    to e; s, P (t, e) */
@@ -64,10 +51,10 @@ void NAME(pa_heads_fwd)(const T *restrict q, const T *restrict k, const T *restr
         T *Sn = S ? S + n * PT : sb;
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
-            PA_BANDS NAME(mm)(qn + i0 * d, kT, Sn, t, c, d, d, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            BANDS NAME(mm)(qn + i0 * d, kT, Sn, t, c, d, d, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
             NAME(pa_kernel)(Sn, P, t, e, i0, (int)square);
-            PA_BANDS NAME(mm)(P, vn, out + (n * Tn + i0) * W, t, W, c, e, 1, W, 1, W, 0, 0, 0, 0,
-                              r, r1);
+            BANDS NAME(mm)(P, vn, out + (n * Tn + i0) * W, t, W, c, e, 1, W, 1, W, 0, 0, 0, 0,
+                           r, r1);
             if (S) Sn += t * e;
         }
     }
@@ -96,12 +83,12 @@ void NAME(pa_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
         for (long i0 = 0; i0 < Tn; i0 += tile) {
             const long i1 = i0 + tile < Tn ? i0 + tile : Tn, t = i1 - i0, e = i1;
             if (!S)
-                PA_BANDS NAME(mm)(qn + i0 * d, kT, sb, t, c, d, d, 1, Tn, 1, e, 0, 0, 0, 0, r,
-                                  r1);
+                BANDS NAME(mm)(qn + i0 * d, kT, sb, t, c, d, d, 1, Tn, 1, e, 0, 0, 0, 0, r,
+                               r1);
             NAME(pa_kernel)(Sn, P, t, e, i0, (int)square);
-            PA_BANDS NAME(mm)(don + i0 * W, vT, dP, t, c, W, W, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
-            PA_KEY_BANDS NAME(mm)(P + r * e, don + (i0 + r) * W, dvn, e, W, t - r, 1, e, W, 1,
-                                  W, 0, 0, 0, 1, c0, c);
+            BANDS NAME(mm)(don + i0 * W, vT, dP, t, c, W, W, 1, Tn, 1, e, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(P + r * e, don + (i0 + r) * W, dvn, e, W, t - r, 1, e, W, 1,
+                               W, 0, 0, 0, 1, c0, c);
             for (long r = 0; r < t; r++) {   /* dP -> ds = dP kernel'(s), zeros past the diagonal */
                 const long end = i0 + r + 1 < e ? i0 + r + 1 : e;
                 const T *restrict sr = Sn + r * e;
@@ -112,15 +99,13 @@ void NAME(pa_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
                     for (long j = 0; j < end; j++) g[j] *= 1 + sr[j];
                 for (long j = end; j < e; j++) g[j] = 0;
             }
-            PA_BANDS NAME(mm)(dP, kn, dqn + i0 * d, t, d, c, e, 1, d, 1, d, 0, 0, 0, 0, r, r1);
-            PA_KEY_BANDS NAME(mm)(dP + r * e, qn + (i0 + r) * d, dkn, e, d, t - r, 1, e, d, 1, d,
-                                  0, 0, 0, 1, c0, c);
+            BANDS NAME(mm)(dP, kn, dqn + i0 * d, t, d, c, e, 1, d, 1, d, 0, 0, 0, 0, r, r1);
+            KEY_BANDS NAME(mm)(dP + r * e, qn + (i0 + r) * d, dkn, e, d, t - r, 1, e, d, 1, d,
+                               0, 0, 0, 1, c0, c);
             if (S) Sn += t * e;
         }
     }
     free(vT);
 }
-#undef PA_BANDS
-#undef PA_KEY_BANDS
 
 #endif

@@ -75,7 +75,7 @@ static void NAME(nas_step)(const NAME(args) *a, long t, long b0, long b1, T *gat
 }
 
 static void NAME(nas_back)(const NAME(args) *a, long t, long b0, long b1, T *scratch) {
-    const long H = a->H, T_ = a->Tn, P = a->P, S = a->S, nb = b1 - b0;
+    const long H = a->H, T_ = a->Tn, P = a->P, nb = b1 - b0;
     T *dh = a->state[0], *dc = a->state[1];
     if (t > 0)  /* the next step's saved rows, one block */
         for (const char *q = (const char *)NAME(nas_saved)(a, b0, t - 1),
