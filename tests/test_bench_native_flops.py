@@ -1,14 +1,16 @@
 """bench.layer_flops counts what the CPU path does where an op's native path does other work
 than its PyTorch form (ops.flop_count): mesanet's C recurrence (each step's CG on its own H_t,
 stopped at cg_tol) books its formula with the iterations it ran, not the chunk form's
-products; log_linear_mamba2 counts its aligned chunks, not the dense-slot chunk form."""
+products; log_linear_mamba2 counts its aligned chunks, not the dense-slot chunk form; Based's
+parallel form counts poly_attn.c's causal tiles."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rnnzoo import bench
-from rnnzoo.ops import backend, flop_count
+from rnnzoo.ops import backend, feature_maps, flop_count
 from rnnzoo.ops.native import mesa_scan
 
 
@@ -86,3 +88,25 @@ def test_miras_layers_count_their_c_reads(monkeypatch):
             m.setattr(memory, "_native_read", lambda *a: None)
             old = bench.layer_flops(name, B, T, d, opts)
         assert old - got > read if name != "yaad" else old != got
+
+
+@pytest.mark.skipif(feature_maps.poly_lib(torch.zeros(1)) is None, reason="no C compiler")
+def test_based_counts_its_c_tiles():
+    """Based / ReBased's auto mode at T <= 768 is the parallel form in poly_attn.c, whose
+    products cover the causal tiles' bands only (bands.h: 2656 of a 64-query tile's 4096
+    score entries; a tile of <= 16 queries whole): layer_flops books those (s = q k^T and
+    P v forward; dP, dv, dq, dk backward), not the chunk form that backend.force picks."""
+    assert feature_maps.band_entries(64, 64) == 64 * 64 - 1440
+    assert feature_maps.band_entries(13, 64) == 13 * 13
+    B, H, T, d, V = 2, 3, 70, 5, 4
+    q, k = (torch.randn(B, T, H, d, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, T, H, V, requires_grad=True)
+    with flop_count.counting() as tally:
+        o, _ = feature_maps.feature_attention(q, k, v, "taylor", mode="parallel")
+        o.sum().backward()
+    n, W = feature_maps.band_entries(T, 64), V + 1  # v carries the normaliser's column
+    assert tally[0] == 2 * B * H * n * (d + W) + 2 * B * H * n * 2 * (W + d)
+    for name in ("based", "rebased"):
+        got = bench.layer_flops(name, 2, 40, 16)
+        assert got == bench.layer_flops(name, 2, 40, 16, mode="parallel")
+        assert got != bench.layer_flops(name, 2, 40, 16, mode="chunk")

@@ -36,7 +36,7 @@ import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend, native, sequence_parallel
+from rnnzoo.ops import backend, flop_count, native, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -107,8 +107,25 @@ def _parallel(q, k, v1, feature_map, S0):
 
 
 def poly_lib(*tensors):
-    """ops/native/poly_attn.c's library where the C kernels run for these tensors, else None."""
-    return native.load("poly_attn") if backend.use_native(*tensors) else None
+    """ops/native/poly_attn.c's library where the C kernels run for these tensors, else None
+    (inside bench.layer_flops' counting, where the CPU timing runs them: ops.flop_count)."""
+    return native.load("poly_attn") if flop_count.native(*tensors) else None
+
+
+def band_entries(T: int, tile: int) -> int:
+    """The score entries poly_attn.c's products cover on one head-row: its causal tiles of
+    `tile` queries over T, each by bands.h's bands (rows x keys; the key bands cover the same
+    entries); each entry is d multiply-adds for s and W for P v, and so on."""
+    n = 0
+    for i0 in range(0, T, tile):
+        t = min(tile, T - i0)
+        e, m, r = i0 + t, 1, 0
+        while r < t:
+            rr, cc = 16 * m // 6 * 6, i0 + 16 * m
+            r1, c = (t, e) if cc >= e or rr >= t else (rr, cc)
+            n += (r1 - r) * c
+            m, r = m + 1, r1
+    return n
 
 
 _PA_TILE = 64  # the parallel form's causal tiles of queries (as attention.c's _SM_TILE)
@@ -125,7 +142,7 @@ def _parallel_heads(lib, q, k, v1, feature_map, S0, eps):
     d = q.shape[-1]
     q, k, v1 = (t.to(dt).transpose(1, 2) for t in (q, k, v1))          # (B, H, T, .)
     o = _PolyHeads.apply(lib, q, k, v1, feature_map == "square")       # (B, H, T, W)
-    alib = native_attention.load()
+    alib = native_attention.load() if backend.use_native(q) else None  # (counted: torch's)
     mm = (lambda a, b: native_attention.bmm(alib, a, b)) if alib is not None else torch.matmul
     if S0.requires_grad or not backend.host_readable(S0) or bool(S0.any()):
         o = o + mm(packed(q, feature_map)[0], fold(S0, d, feature_map))
@@ -178,6 +195,7 @@ class _PolyHeads(torch.autograd.Function):
                               (T, d, W, tile, int(square), PT), N)
         ctx.save_for_backward(q2, k2, v2, S)
         ctx.lib, ctx.square, ctx.tile, ctx.PT, ctx.shape = lib, square, tile, PT, (B, H)
+        flop_count.add(2 * N * band_entries(T, tile) * (d + W))  # s = q k^T, P v
         return out.view(B, H, T, W)
 
     @staticmethod
@@ -190,6 +208,8 @@ class _PolyHeads(torch.autograd.Function):
         fn = native.kernel(ctx.lib, "pa_heads_bwd", q2.dtype, _PA_ARGS["pa_heads_bwd"])
         native_attention._run(fn, [native.ptr(t) for t in (q2, k2, v2, do2, S, dq, dk, dv)],
                               (T, d, W, ctx.tile, int(ctx.square), ctx.PT), N)
+        n = band_entries(T, ctx.tile)  # dP, dv, dq, dk (and s again without S)
+        flop_count.add(2 * N * n * (2 * (W + d) + (d if S is None else 0)))
         B, H = ctx.shape
         return (None, dq.view(B, H, T, d), dk.view(B, H, T, d), dv.view(B, H, T, W), None)
 
