@@ -587,6 +587,17 @@ static inline void NAME(gsa_ahead)(const T *x, long n, long b, long h, long t0, 
     for (long t = t0; t < t1; t++) NAME(ahead)(x + ((b * Tn + t) * H + h) * n, n);
 }
 
+/* gsa_ahead on each input of the passes: q, k (K wide), v (V), s, la (M) */
+static inline void NAME(gsa_ahead_inputs)(const T *q, const T *k, const T *v, const T *s,
+                                          const T *la, long b, long h, long t0, long t1,
+                                          long Tn, long H, long K, long V, long M) {
+    NAME(gsa_ahead)(q, K, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(k, K, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(v, V, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(s, M, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead)(la, M, b, h, t0, t1, Tn, H);
+}
+
 /* steps [t0, t1) of pair (b, h) into a block's buffers (rows padded with zeros): xb [k | v]
    (RW a step), qb scale q (KP), sb s and ab e^{la} (MP) */
 static void NAME(gsa_gather)(const T *restrict q, const T *restrict k, const T *restrict v,
@@ -595,11 +606,7 @@ static void NAME(gsa_gather)(const T *restrict q, const T *restrict k, const T *
                              long h, long t0, long t1, long Tn, long H, long K, long V,
                              long M) {
     const long KP = gsa_pad(K), VP = gsa_pad(V), RW = KP + VP, MP = gsa_pad(M);
-    NAME(gsa_ahead)(q, K, b, h, t0, t1, Tn, H);
-    NAME(gsa_ahead)(k, K, b, h, t0, t1, Tn, H);
-    NAME(gsa_ahead)(v, V, b, h, t0, t1, Tn, H);
-    NAME(gsa_ahead)(s, M, b, h, t0, t1, Tn, H);
-    NAME(gsa_ahead)(la, M, b, h, t0, t1, Tn, H);
+    NAME(gsa_ahead_inputs)(q, k, v, s, la, b, h, t0, t1, Tn, H, K, V, M);
     for (long t = t0; t < t1; t++) {
         const long r = (b * Tn + t) * H + h, i = t - t0;
         NAME(gsa_row)(xb + i * RW, qb + i * KP, q + r * K, k + r * K, v + r * V, scale, K, V);
@@ -634,13 +641,8 @@ GSA_INLINE void NAME(gsa_fwd_pairs)(const T *restrict q, const T *restrict k,
             {  /* the next block's rows, or the next pair's first */
                 const long nb = t1 < Tn ? b : (p + 1) / H, nh = t1 < Tn ? h : (p + 1) % H;
                 const long u0 = t1 < Tn ? t1 : 0, u1 = u0 + GCK < Tn ? u0 + GCK : Tn;
-                if (t1 < Tn || p + 1 < p1) {
-                    NAME(gsa_ahead)(q, K, nb, nh, u0, u1, Tn, H);
-                    NAME(gsa_ahead)(k, K, nb, nh, u0, u1, Tn, H);
-                    NAME(gsa_ahead)(v, V, nb, nh, u0, u1, Tn, H);
-                    NAME(gsa_ahead)(s, M, nb, nh, u0, u1, Tn, H);
-                    NAME(gsa_ahead)(la, M, nb, nh, u0, u1, Tn, H);
-                }
+                if (t1 < Tn || p + 1 < p1)
+                    NAME(gsa_ahead_inputs)(q, k, v, s, la, nb, nh, u0, u1, Tn, H, K, V, M);
             }
             for (long t = t0; t < t1; t++) {
                 const long i = t - t0;
