@@ -8,7 +8,8 @@
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
    pair runs in tiles of VT columns (two vectors of T, tile.h): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
-   load, one store and two fused multiply-adds a step: the tile holds S_t e^(-D_t), D_t the
+   load, one store and two fused multiply-adds a step (one load and one store for up to
+   SSD_STEPS steps in a row: ssd_steps): the tile holds S_t e^(-D_t), D_t the
    log-decays summed since it was last exact, so a step adds k_t (e^(-D_t) v_t) without
    scaling the tile and o_t = e^(D_t) (S_t e^(-D_t))^T q_t (three vector operations a row
    before, the decay's product among them: mamba3's K = 128 forward 25 -> ~19 ms). The tile is
@@ -39,6 +40,52 @@
 /* log-decay span of the scaled tile: e^20 ~ 5e8, well inside float's range */
 #define SSD_SPAN 20
 #define SSD_AHEAD 4
+#define SSD_STEPS 3
+
+/* ns (1 .. SSD_STEPS, a constant where inlined) steps on the tile S (K rows of two vectors),
+   from step rows q0, k0 (qs apart), v0, o0 (the tile's slices, vs apart), d0 (ds apart; NULL:
+   none), c, e (the steps' scales): row i of step u: S += k_u[i] (c_u v_u), then o_u +=
+   q_u[i] S (acc[u]: the even rows' halves in 0, 1, the odd rows' in 2, 3), o_u = e_u o_u +
+   d_u v_u; each state row loaded and stored once for the ns steps. One step a pass was bound
+   by the row's stores as much as by its multiply-adds (mamba3's K = 128 forward alone 0.71x
+   with 3 steps; 4 steps' 16 accumulators spill: slower than 3) */
+static inline __attribute__((always_inline)) void NAME(ssd_steps)(
+        VEC *restrict S, long K, const T *restrict q0, const T *restrict k0, long qs,
+        const T *restrict v0, T *restrict o0, long vs, const T *restrict d0, long ds,
+        const T *restrict c, const T *restrict e, long w, const int ns) {
+    VEC vr[SSD_STEPS][2], vt[SSD_STEPS][2], acc[SSD_STEPS][4];
+#pragma GCC unroll 8
+    for (int u = 0; u < ns; u++) {
+        NAME(tile_load)(vr[u], v0 + u * vs, w);
+        vt[u][0] = c[u] * vr[u][0], vt[u][1] = c[u] * vr[u][1];
+        acc[u][0] = acc[u][1] = acc[u][2] = acc[u][3] = (VEC){0};
+    }
+#define SSD_ROW(i, a0, a1)                                                             \
+    do {                                                                               \
+        VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
+        _Pragma("GCC unroll 8") for (int u = 0; u < ns; u++) {                         \
+            const T kk = k0[u * qs + (i)], qq = q0[u * qs + (i)];                      \
+            s0 = s0 + kk * vt[u][0], s1 = s1 + kk * vt[u][1];                          \
+            acc[u][a0] += qq * s0;                                                     \
+            acc[u][a1] += qq * s1;                                                     \
+        }                                                                              \
+        S[2 * (i)] = s0, S[2 * (i) + 1] = s1;                                          \
+    } while (0)
+    long i = 0;
+    for (; i + 2 <= K; i += 2) {  /* two chains of adds per half of o, not one */
+        SSD_ROW(i, 0, 1);
+        SSD_ROW(i + 1, 2, 3);
+    }
+    if (i < K) SSD_ROW(i, 0, 1);
+#undef SSD_ROW
+#pragma GCC unroll 8
+    for (int u = 0; u < ns; u++) {
+        const T du = d0 ? d0[u * ds] : 0;  /* the same step's extra term d_t v_t */
+        const VEC ot[2] = {e[u] * (acc[u][0] + acc[u][2]) + du * vr[u][0],
+                           e[u] * (acc[u][1] + acc[u][3]) + du * vr[u][1]};
+        NAME(tile_store)(o0 + u * vs, ot, w);
+    }
+}
 
 void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict d, const T *restrict S0,
@@ -81,7 +128,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
         for (long j0 = 0; j0 < V; j0 += VT) {
             const long w = V - j0 < VT ? V - j0 : VT;
             for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
-            for (long t = 0; t < Tn; t++) {
+            for (long t = 0; t < Tn;) {
                 const long row = (b * Tn + t) * H + h;
                 if (m[t] != 1)
                     for (long i = 0; i < K; i++) S[2 * i] *= m[t], S[2 * i + 1] *= m[t];
@@ -99,40 +146,33 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     }
                 if (ma[t] != 1)
                     for (long i = 0; i < K; i++) S[2 * i] *= ma[t], S[2 * i + 1] *= ma[t];
-                const T *restrict qt = q + ((b * Tn + t) * G + gi) * K;
-                const T *restrict kt = k + ((b * Tn + t) * G + gi) * K;
-                /* a later step's q, k rows (G K apart) into L1: mamba3's are per head (two
+                /* steps t .. t + ns - 1 in one pass over the tile where the later ones have
+                   nothing of their own before them (no scaling, no stored state); the same
+                   operations in the same order as step by step (equal outputs) */
+                int ns = 1;
+                while (ns < SSD_STEPS && t + ns < Tn && m[t + ns] == 1  /* ma: at starts only */
+                       && !(Sc && (t + ns) % L == 0))
+                    ns++;
+                /* later steps' q, k rows (G K apart) into L1: mamba3's are per head (two
                    16.8 MB tensors) and ssd_fwd there was bound by their reads */
-                if (t + SSD_AHEAD < Tn) {
-                    const char *qa = (const char *)(qt + SSD_AHEAD * G * K);
-                    const char *ka = (const char *)(kt + SSD_AHEAD * G * K);
+                for (long u = t + SSD_AHEAD; u < t + SSD_AHEAD + ns && u < Tn; u++) {
+                    const char *qa = (const char *)(q + ((b * Tn + u) * G + gi) * K);
+                    const char *ka = (const char *)(k + ((b * Tn + u) * G + gi) * K);
                     for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
                         __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
                     /* and v_t's tile slice (rows H V apart: past a page every few steps) */
-                    const char *va = (const char *)(v + (row + SSD_AHEAD * H) * V + j0);
+                    const char *va = (const char *)(v + ((b * Tn + u) * H + h) * V + j0);
                     for (long x = 0; x < (long)(w * sizeof(T)); x += 64) __builtin_prefetch(va + x, 0, 3);
                 }
-                VEC vr[2], vt[2], o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};  /* o: even, odd rows */
-                NAME(tile_load)(vr, v + row * V + j0, w);
-                vt[0] = c[t] * vr[0], vt[1] = c[t] * vr[1];
-#define SSD_FWD_ROW(i, oa, ob)                                                          \
-    do {                                                                                \
-        const VEC s0 = S[2 * (i)] + kt[i] * vt[0], s1 = S[2 * (i) + 1] + kt[i] * vt[1]; \
-        S[2 * (i)] = s0;                                                                \
-        S[2 * (i) + 1] = s1;                                                            \
-        oa += qt[i] * s0;                                                               \
-        ob += qt[i] * s1;                                                               \
-    } while (0)
-                long i = 0;
-                for (; i + 2 <= K; i += 2) {  /* two chains of adds per half of o, not one */
-                    SSD_FWD_ROW(i, o0, o1);
-                    SSD_FWD_ROW(i + 1, o2, o3);
-                }
-                if (i < K) SSD_FWD_ROW(i, o0, o1);
-#undef SSD_FWD_ROW
-                const T dt = d ? d[row] : 0;  /* the same step's extra term d_t v_t */
-                const VEC ot[2] = {e[t] * (o0 + o2) + dt * vr[0], e[t] * (o1 + o3) + dt * vr[1]};
-                NAME(tile_store)(o + row * V + j0, ot, w);
+                const T *qt = q + ((b * Tn + t) * G + gi) * K, *kt = k + ((b * Tn + t) * G + gi) * K;
+                const T *dt = d ? d + row : NULL;
+#define SSD_BLOCK(ns) NAME(ssd_steps)(S, K, qt, kt, G * K, v + row * V + j0, o + row * V + j0, \
+                                      H * V, dt, H, c + t, e + t, w, ns)
+                if (ns == SSD_STEPS) SSD_BLOCK(SSD_STEPS);
+                else if (ns == 2) SSD_BLOCK(2);
+                else SSD_BLOCK(1);
+#undef SSD_BLOCK
+                t += ns;
             }
             if (m[Tn] != 1)
                 for (long i = 0; i < K; i++) S[2 * i] *= m[Tn], S[2 * i + 1] *= m[Tn];
@@ -147,6 +187,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 
 #undef SSD_SPAN
 #undef SSD_AHEAD
+#undef SSD_STEPS
 #undef SSD_STREAM
 #include "tile.h"  /* its names undefined for the next type */
 #endif
