@@ -184,21 +184,20 @@ class Mamba3(RecurrentLayer):
                                                                          raw=lib is not None)
         if lib is not None:  # SISO on the CPU: q and k from the raw B and C in C
             last = self._normed(Bm[:, -1:], h.dtype, "B")[:, 0], x[:, -1]
-            # x once contiguous (a strided slice of in_proj's output): the SSD and the head
-            # would each copy it
+            # x once contiguous (a strided slice of in_proj's output; the SSD would copy it)
             x = x.contiguous()
             y, h = self._chunk_fused(lib, C, Bm, x, log_alpha, beta, gamma, dtheta, h, B_prev,
                                      self._ranked(x_prev))
+            # y holds the skip D x already (the SSD's same-step term)
             head = gated_norm.load() if backend.use_native(y, z) else None
             if head is None:
-                y = y + self.D[:, None].to(y.dtype) * x[:, :, None]
                 return self._output(y, z, u), (h, *last)
-            # the skip D x, the norm (is_outproj_norm) and the gate in one C pass each way
+            # the norm (is_outproj_norm) and the gate in one C pass each way
             norm = self.norm
             y = gated_norm.rms_norm_gate(
-                head, y.flatten(2), x.flatten(2), self.D.to(y.dtype).repeat_interleave(self.head_dim),
-                z.flatten(2), None if norm is None else norm.weight, self.head_dim,
-                self.norm_eps if norm is None else norm.eps, "silu", pre=False, norm=norm is not None)
+                head, y.flatten(2), None, None, z.flatten(2), None if norm is None else norm.weight,
+                self.head_dim, self.norm_eps if norm is None else norm.eps, "silu", pre=False,
+                norm=norm is not None)
             return self.out_proj(y.to(u.dtype)), (h, *last)
         last = Bm[:, -1], x[:, -1]
         if mode == "chunk" and sequence_parallel.active():  # this rank's slice of the steps
@@ -284,7 +283,7 @@ class Mamba3(RecurrentLayer):
         """`_chunk` for SISO on the CPU from in_proj's raw C and B (B, T, G d_state): their
         norm, bias, rotation (its angles from dtheta = (phi, dt), ssm_inputs' raw form) and
         the key's scale gamma_t + beta_{t+1}, with each step's C_t . B_t, in one C pass each
-        way (ops.native.mamba3_qk) -> y, h_T. x: (B, T, H,
+        way (ops.native.mamba3_qk) -> y (with the skip D x), h_T. x: (B, T, H,
         head_dim), the one rank's inputs (not a select of xr: its backward fills a zero
         (B, T, 1, H, head_dim) tensor)."""
         beta_next = F.pad(beta[:, 1:], (0, 0, 0, 1))  # as in _chunk
@@ -300,12 +299,14 @@ class Mamba3(RecurrentLayer):
         if xr_prev.requires_grad or B_prev.requires_grad or bool(B_prev.any()) or \
                 bool(xr_prev.any()):
             h = h + beta[:, 0, :, None, None] * torch.einsum("brhn,brhp->bhnp", B_prev, xr_prev)
-        # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t as the op's diag term (in
-        # the C kernels: no (B, T, H, head_dim) pass and product backward of it)
+        # the same-step correction o_t - beta_{t+1} (C_t . B_t) x_t and the skip D x as the op's
+        # diag term (in the C kernels: no (B, T, H, head_dim) pass, add or product backward of
+        # either; D's gradient from the kernel's dd, a (B, T, H) sum)
         # fin: each (step, head)'s q and k summed by the kernel: the SSD's finiteness check
         # then reads x and the decays only (not q and k again, 2 x 16.8 MB at the #17 size)
         o, S = ssd(q, k, x, log_alpha + 0 * beta, scale=1.0, initial_state=h,
-                   chunk_size=self.chunk_size, diag=cb * -beta_next,
+                   chunk_size=self.chunk_size, diag=torch.addcmul(self.D.to(cb.dtype), cb,
+                                                                  beta_next, value=-1),
                    finite_qk=bool(torch.isfinite(fin).all()))
         return self._turned_back(o[:, :, None], S, end)
 
