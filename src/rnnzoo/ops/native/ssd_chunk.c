@@ -36,6 +36,7 @@
 #else
 
 #include "mm.h"
+#include "transpose.h"
 
 #define SSD_TR 16
 
@@ -44,21 +45,10 @@ static inline void NAME(ssd_mm)(const T *A, const T *B, T *C, long m, long n, lo
     if (m > 0 && n > 0) NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, b_cs, ldc, 0, 0, 0, acc, 0, m);
 }
 
-/* dst (d, n) = src^T, src n rows of d, ld apart: blocks of 8 x 8 */
+/* dst (d, n) = src^T, src n rows of d, ld apart: transpose.h's 8 x 8 blocks of shuffles */
 static inline void NAME(ssd_transpose)(T *restrict dst, const T *restrict src, long n, long d,
                                        long ld) {
-    long t0 = 0;
-    for (; t0 + 8 <= n; t0 += 8) {
-        long c0 = 0;
-        for (; c0 + 8 <= d; c0 += 8)
-            for (long c = 0; c < 8; c++)
-#pragma omp simd
-                for (long r = 0; r < 8; r++) dst[(c0 + c) * n + t0 + r] = src[(t0 + r) * ld + c0 + c];
-        for (; c0 < d; c0++)
-            for (long r = 0; r < 8; r++) dst[c0 * n + t0 + r] = src[(t0 + r) * ld + c0];
-    }
-    for (; t0 < n; t0++)
-        for (long c = 0; c < d; c++) dst[c * n + t0] = src[t0 * ld + c];
+    NAME(trs)(dst, n, src, ld, n, d);
 }
 
 void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *restrict v,
