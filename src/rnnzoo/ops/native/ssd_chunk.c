@@ -18,8 +18,9 @@
    exp(G_t) S_0) with G_t = g_1 + ... + g_t, so
        dL/dG_t = q_t . dq_t - k_t . dk_t   (+ <dS_T, S_T> at the last step),
        dg_t = the sum of dL/dG_u over u >= t (in double).
-   The operands mm.h wants transposed (K^T, V^T of a chunk, S^T, dS^T) are copied in 8 x 8
-   blocks (a strided B packed by mm ran at ~1 element a ns: 16% of the kernel).
+   The operands mm.h wants transposed (K^T, V^T of a chunk, S^T) and dv^T, made as dS^T K^T
+   (dS is kept as dS^T, which dk = V dS^T reads as it is), are copied in 8 x 8 blocks (a
+   strided B packed by mm ran at ~1 element a ns: 16% of the kernel).
    Per chunk and step ~4 K V + L (3 K + 2 V) / 2 multiply-adds against the recurrence's 5 K V
    (ssd_bwd before: the forward again on S^T for dq, then dS back with lane sums for dk).
 
@@ -63,15 +64,18 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
     T *Gf = malloc(L * sizeof(T));
     T *P = malloc(L * L * sizeof(T)), *A = malloc(L * L * sizeof(T));
     T *dOs = malloc(L * V * sizeof(T)), *Kt = malloc(K * L * sizeof(T));
-    T *Vt = malloc(V * L * sizeof(T)), *dS = malloc(K * V * sizeof(T));
-    T *St = malloc(K * V * sizeof(T));  /* S^T, then dS^T */
+    /* dS kept transposed (V, K): dk = V dS^T reads it as it is, dv^T = dS^T K^T from the K^T
+       of the chunk (a (V, n) transpose a chunk, not dS's (K, V) one) */
+    T *Vt = malloc(V * L * sizeof(T)), *dSt = malloc(K * V * sizeof(T));
+    T *St = malloc((K > L ? K : L) * V * sizeof(T));  /* S^T, then dv^T */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         double last = 0;  /* <dS_T, S_T> */
-        for (long e = 0; e < K * V; e++) {
-            dS[e] = dST ? dST[p * K * V + e] : 0;
-            if (dST) last += (double)dST[p * K * V + e] * ST[p * K * V + e];
-        }
+        if (dST) {
+            NAME(ssd_transpose)(dSt, dST + p * K * V, K, V, V);
+            for (long e = 0; e < K * V; e++) last += (double)dST[p * K * V + e] * ST[p * K * V + e];
+        } else
+            memset(dSt, 0, K * V * sizeof(T));
         double acc = last;  /* dg's running sum, from the last step back */
         for (long c = NC - 1; c >= 0; c--) {
             const long t0 = c * L, n = Tn - t0 < L ? Tn - t0 : L;
@@ -110,9 +114,9 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             /* the start state's and the last state's gradient's terms */
             NAME(ssd_transpose)(St, Sc + (p * NC + c) * K * V, K, V, V);
             NAME(ssd_mm)(dOs, St, dqc, n, K, V, V, 1, K, 1, ks, 0);
-            NAME(ssd_transpose)(St, dS, K, V, V);
-            NAME(ssd_mm)(vc, St, dkc, n, K, V, vs, 1, K, 1, ks, 0);
-            NAME(ssd_mm)(kc, dS, dvc, n, V, K, qs, 1, V, 1, vs, 0);
+            NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vs, 1, K, 1, ks, 0);
+            NAME(ssd_mm)(dSt, Kt, St, V, n, K, K, 1, n, 1, n, 0);  /* dv^T */
+            NAME(trs)(dvc, vs, St, n, V, n);
             for (long t = 0; t < n; t++) {
                 const T w = EXP((T)(Gl[n - 1] - Gl[t]));
 #pragma omp simd
@@ -122,8 +126,8 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             }
             const T an = EXP((T)Gl[n - 1]);
 #pragma omp simd
-            for (long e = 0; e < K * V; e++) dS[e] *= an;
-            NAME(ssd_mm)(qc, dOs, dS, K, V, n, 1, qs, V, 1, V, 1);
+            for (long e = 0; e < K * V; e++) dSt[e] *= an;
+            NAME(ssd_mm)(dOs, qc, dSt, V, K, n, 1, V, qs, 1, K, 1);
             /* the causal tiles of P and A */
             for (long i0 = 0; i0 < n; i0 += SSD_TR) {
                 const long i1 = i0 + SSD_TR < n ? i0 + SSD_TR : n;
@@ -166,9 +170,9 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                 dg[row0 + t * H] = (T)acc;
             }
         }
-        for (long e = 0; e < K * V; e++) dS0[p * K * V + e] = dS[e];
+        NAME(ssd_transpose)(dS0 + p * K * V, dSt, V, K, K);
     }
-    free(Gl), free(Gf), free(P), free(A), free(dOs), free(Kt), free(Vt), free(dS), free(St);
+    free(Gl), free(Gf), free(P), free(A), free(dOs), free(Kt), free(Vt), free(dSt), free(St);
 }
 #undef SSD_TR
 #endif
