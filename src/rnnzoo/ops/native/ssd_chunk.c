@@ -18,9 +18,10 @@
    exp(G_t) S_0) with G_t = g_1 + ... + g_t, so
        dL/dG_t = q_t . dq_t - k_t . dk_t   (+ <dS_T, S_T> at the last step),
        dg_t = the sum of dL/dG_u over u >= t (in double).
-   The operands mm.h wants transposed (K^T, V^T of a chunk, S^T) and dv^T, made as dS^T K^T
-   (dS is kept as dS^T, which dk = V dS^T reads as it is), are copied in 8 x 8 blocks (a
-   strided B packed by mm ran at ~1 element a ns: 16% of the kernel).
+   The operands mm.h wants transposed (K^T, V^T, dO^T of a chunk) and the products made
+   transposed (dq^T = S dO^T from the stored state as it is; dv^T = dS^T K^T, dS kept as dS^T,
+   which dk = V dS^T reads as it is) are copied in 8 x 8 blocks (a strided B packed by mm ran
+   at ~1 element a ns: 16% of the kernel).
    Per chunk and step ~4 K V + L (3 K + 2 V) / 2 multiply-adds against the recurrence's 5 K V
    (ssd_bwd before: the forward again on S^T for dq, then dS back with lane sums for dk).
 
@@ -67,7 +68,8 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
     /* dS kept transposed (V, K): dk = V dS^T reads it as it is, dv^T = dS^T K^T from the K^T
        of the chunk (a (V, n) transpose a chunk, not dS's (K, V) one) */
     T *Vt = malloc(V * L * sizeof(T)), *dSt = malloc(K * V * sizeof(T));
-    T *St = malloc((K > L ? K : L) * V * sizeof(T));  /* S^T, then dv^T */
+    T *St = malloc(V * L * sizeof(T));  /* dv^T */
+    T *dOt = malloc(V * L * sizeof(T)), *dqt = malloc(K * L * sizeof(T));  /* dO^T, dq^T */
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         double last = 0;  /* <dS_T, S_T> */
@@ -111,9 +113,12 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             }
             NAME(ssd_transpose)(Kt, kc, n, K, qs);
             NAME(ssd_transpose)(Vt, vc, n, V, vs);
-            /* the start state's and the last state's gradient's terms */
-            NAME(ssd_transpose)(St, Sc + (p * NC + c) * K * V, K, V, V);
-            NAME(ssd_mm)(dOs, St, dqc, n, K, V, V, 1, K, 1, ks, 0);
+            /* the start state's and the last state's gradient's terms; dq^T = S dO^T from
+               the stored state as it is (dO^T and dq^T transposed: V n + K n elements
+               against S^T's K V) */
+            NAME(ssd_transpose)(dOt, dOs, n, V, V);
+            NAME(ssd_mm)(Sc + (p * NC + c) * K * V, dOt, dqt, K, n, V, V, 1, n, 1, n, 0);
+            NAME(trs)(dqc, ks, dqt, n, K, n);
             NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vs, 1, K, 1, ks, 0);
             NAME(ssd_mm)(dSt, Kt, St, V, n, K, K, 1, n, 1, n, 0);  /* dv^T */
             NAME(trs)(dvc, vs, St, n, V, n);
@@ -173,6 +178,7 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
         NAME(ssd_transpose)(dS0 + p * K * V, dSt, V, K, K);
     }
     free(Gl), free(Gf), free(P), free(A), free(dOs), free(Kt), free(Vt), free(dSt), free(St);
+    free(dOt), free(dqt);
 }
 #undef SSD_TR
 #endif
