@@ -259,3 +259,25 @@ def test_fresh_values_cache_matches_write_front(monkeypatch, dtype, tol, B, T, H
             out = (*out, write_front(cache, path_op.proj_views(proj, H)[2].transpose(1, 2)))
         res.append(outputs_and_grads(list(out), [proj, cache]))
     assert_close(res[0], res[1], ["o", "keys", "values", "dproj", "dcache"], tol)
+
+
+def test_fused_kernels_run_on_torchs_team(monkeypatch):
+    """At 2 threads both fused kernels' ranges go to torch's OpenMP team (ops.native.team:
+    their sizes in one array keep them within its 32 integer arguments), not a pool thread
+    of ours beside libgomp's spinning workers; skipped where the team path is unusable."""
+    from rnnzoo.ops.native import load, team
+
+    if team.team(load) is None:
+        pytest.skip("no team path here (libgomp not loaded or another platform)")
+    ran, orig = [], team.run
+
+    def spy(fn, args, ld):
+        ran.append((fn.__name__, orig(fn, args, ld)))
+        return ran[-1][1]
+
+    monkeypatch.setattr(team, "run", spy)
+    proj = torch.randn(2, 32, 4 * 2 * 8 + 2, requires_grad=True)
+    with threads_(2):
+        o, keys = path_op.path_attention_fresh(proj, 2, scale=0.4, chunk_size=16)
+        o.sum().backward()
+    assert ("path_fused_fwd_f32", True) in ran and ("path_fused_bwd_f32", True) in ran

@@ -310,7 +310,7 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
    path_fused_bwd reads in order where it loaded the projection's strided rows again. vals
    (B H, Lv, D), Lv >= T, or NULL: the values dense are written into each head-row's first T
    rows (a fresh cache of values; the rows past T are not written), else into a buffer. */
-void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, T *restrict fin,
                           const T *restrict bias, T *restrict o, T *restrict keys,
                           T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
@@ -569,7 +569,7 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
    first T rows of dvals (B H, Lv, D: the gradient of path_fused_fwd's vals) unless NULL; dq,
    dk, dw, dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w, beta and bias
    are not read again: IN holds what pc_load made of them). */
-void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, const T *restrict qs,
                           const T *restrict P, const T *restrict KS, const T *restrict PS,
                           const T *restrict IN, const T *restrict do_, const T *restrict dkeys,
@@ -643,6 +643,30 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
     free(ab);
     free(gb);
     free(buf);
+}
+
+/* The two fused kernels as run() calls them: the sizes and strides in one array a = [Tn, H,
+   D, c, levels, N, sq0, sq1, sq2, sw0, sw1, sw2, sb0, sb1, sb2, raw, KT, PT, Lk, Lv] (the
+   arguments of pf_fwd / pf_bwd above), so a call has 18 integer-class arguments and two
+   doubles and runs on torch's OpenMP team (ops.native.team: at most 32), not a pool thread
+   of ours beside libgomp's spinning workers. */
+void NAME(path_fused_fwd)(const T *q, const T *k, const T *w, const T *beta, const T *v, T *fin,
+                          const T *bias, T *o, T *keys, T *KS, T *PS, T *qs, T *P, T *IN,
+                          T *vals, const long *a, double eps, double scale, long g0, long g1) {
+    NAME(pf_fwd)(q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs, P, IN, vals, a[0], a[1], a[2],
+                 a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14],
+                 a[15], eps, scale, a[16], a[17], a[18], a[19], g0, g1);
+}
+
+void NAME(path_fused_bwd)(const T *q, const T *k, const T *w, const T *beta, const T *v,
+                          const T *qs, const T *P, const T *KS, const T *PS, const T *IN,
+                          const T *do_, const T *dkeys, T *dq, T *dk, T *dv, T *dw, T *dbeta,
+                          const T *bias, const T *dvals, const long *a, double eps,
+                          double scale, long g0, long g1) {
+    NAME(pf_bwd)(q, k, w, beta, v, qs, P, KS, PS, IN, do_, dkeys, dq, dk, dv, dw, dbeta, bias,
+                 dvals, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10],
+                 a[11], a[12], a[13], a[14], a[15], eps, scale, a[16], a[17], a[18], a[19], g0,
+                 g1);
 }
 
 #endif

@@ -40,11 +40,18 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 15,
-         "path_fused_bwd": 19}[name]
     D = ctypes.c_double
-    return native.kernel(lib, name, dtype,
-                         [P] * n + [L] * 16 + [D, D] + [L] * (6 if "fused" in name else 2))
+    if "fused" in name:  # the sizes in one array (_sizes): run() takes the team (<= 32 ints)
+        n = {"path_fused_fwd": 16, "path_fused_bwd": 20}[name]
+        return native.kernel(lib, name, dtype, [P] * n + [D, D, L, L])
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13}[name]
+    return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
+
+
+def _sizes(extra, *more):
+    """The fused kernels' array of sizes and strides: chunk_args' 16 integers, then more
+    (KT, PT, Lk, Lv), int64; and chunk_args' two floats (eps, scale)."""
+    return torch.tensor([*extra[:16], *more], dtype=torch.int64), extra[16:]
 
 
 def _dense(t):
@@ -100,9 +107,10 @@ def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk, vals=None):
     IN = q.new_empty(B * H * N, 3 * C * D + 3 * C)
     Lv = 0 if vals is None else vals.shape[2]
     assert vals is None or (vals.shape == (B, H, Lv, D) and vals.is_contiguous() and Lv >= Tn)
+    sizes, floats = _sizes(extra, KT, PT, Lk, Lv)
     native.run(_kernel(lib, "path_fused_fwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs,
-                                            P, IN, vals)), *extra, KT, PT, Lk, Lv, *r)
+                                            P, IN, vals, sizes)), *floats, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return o, keys, KS, PS, fin, qs, P, IN
 
@@ -124,10 +132,10 @@ def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq, dk, dv, d
     Lv = 0 if dvals is None else dvals.shape[2]
     assert dq.stride() == q.stride() and dk.stride() == q.stride() and dv.stride() == q.stride()
     assert dw.stride() == w.stride() and db.stride() == beta.stride()
+    sizes, floats = _sizes(extra, KT, PT, Lk, Lv)
     native.run(_kernel(lib, "path_fused_bwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
-                                            dk, dv, dw, db, bias, dvals)), *extra, KT, PT, Lk,
-                 Lv, *r)
+                                            dk, dv, dw, db, bias, dvals, sizes)), *floats, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
 
 
