@@ -597,6 +597,7 @@ static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *rest
         T *dvg = dv + bi * sq0 + h * sq1;
         if (dkeys) NAME(pc_cp)(dK, dkeys + g * Lk * D, Lt * D);
         else NAME(pc_zero)(dK, Lt * D);
+        int dK0 = !dkeys;  /* dK all zero: the last block's dP_n and dK P_n are zero */
         const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
         for (long n = N - 1; n >= 0; n--) {
             const long m = n * C, e = m + C, ob = g * N + n;
@@ -607,7 +608,7 @@ static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *rest
             const T *don = dog + m * H * D, *qn = qs + ob * C * D, *Pn = P + ob * D * D;
             T *dqt = dql + L * C * D, *dPn = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
             NAME(pc_cp)(dkl + L * C * D, dK + m * D, C * D);
-            if (m) {  /* dK[:m] P_n into the other buffer, which becomes dK */
+            if (m && !dK0) {  /* dK[:m] P_n into the other buffer, which becomes dK */
                 NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
                 NAME(mm)(dK, Pn, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
                 T *t = dK;
@@ -626,6 +627,7 @@ static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *rest
             if (m) {
                 NAME(mm)(ds, ks, dqt, C, D, m, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
                 NAME(mm)(ds, qn, dK, m, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, m);
+                dK0 = 0;
                 for (long i = 0; i < C * D; i++) dqt[i] *= sc;
             } else {
                 NAME(pc_zero)(dqt, C * D);
