@@ -55,3 +55,27 @@ def test_identity_reflections_give_softmax_attention():
 def test_options_checked():
     with pytest.raises(ValueError, match="exceeds max_len=8"):
         rnnzoo.create("path_attention", d_model=8, max_len=8)(torch.randn(1, 9, 8))
+
+
+
+@pytest.mark.parametrize("mode,T", [("sequential", 7), ("chunk", 7), ("chunk", 8)])
+def test_no_state_equals_the_zero_state(mode, T):
+    """state None (the caches as one zero expanded: `_check_or_init_state`) gives the
+    outputs, state and gradients of `init_state`'s real zeros, in every path (T = 8: the
+    fused C path of a fresh sequence; 7: the unfused chunk form), and the returned caches
+    are tensors of their own (written in place without error)."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create("path_attention", d_model=8, num_heads=2, max_len=12,
+                          chunk_size=4).double()
+    x = torch.randn(2, T, 8, dtype=torch.float64, requires_grad=True)
+    res = []
+    for state in (None, layer.init_state(2, dtype=torch.float64)):
+        y, (kc, vc, pos) = layer(x, state, mode=mode)
+        loss = y.sin().sum() + (kc * kc).sum() + (vc ** 3).sum()
+        grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+        res.append([t.detach().clone() for t in (y, kc, vc, pos, *grads)])
+        for t in (kc, vc):
+            assert 0 not in t.stride()
+            t.detach().add_(1)  # its own memory
+    for a, b in zip(*res):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13)

@@ -186,6 +186,12 @@ def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threa
     assert got[7].shape == (B * H * (T // C), 3 * C * D + 3 * C)  # the blocks' loaded inputs
     for a, b in zip(got[:7], (o, keys, KS, PS, fin, qs, P)):
         assert a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
+    vals = torch.full((B, H, Lk, D), 7.0, dtype=dtype)  # the values written into a cache
+    with threads_(threads):
+        again = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias, Lk, vals)
+    for a, b in zip(again, got):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    assert torch.equal(vals[:, :, :T], v.transpose(1, 2)) and (vals[:, :, T:] == 7).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -206,19 +212,72 @@ def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, 
     _, c, levels = path_op._block_sizes(C, T)
     lib, pc = path_op.native_attention.load(), path_chunk.load()
     extra = path_chunk.chunk_args(q, w, beta, 0.4, c, levels, 1e-6)
+    dvals = torch.randn(B, H, Lk + 3, D, generator=g, dtype=dtype)  # a values cache's
     grads = []
     with threads_(threads):
         _, _, KS, PS, _, qs, P, IN = path_chunk.fused_fwd(pc, q, k, w, beta, v, extra, bias,
                                                           Lk)
-        for fused in (True, False):
+        for fused in (True, False, "dvals"):
             dproj = torch.full_like(proj, float("nan"))  # every gradient written
             dq, dk, dv, dw, db = path_op.proj_views(dproj, H)
             if fused:
                 path_chunk.fused_bwd(pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
-                                     dk, dv, dw, db, extra, bias)
+                                     dk, dv, dw, db, extra, bias,
+                                     dvals if fused == "dvals" else None)
             else:
                 pieces = path_op._attend_bwd(lib, qs, P, v.transpose(1, 2), KS, PS, do, dkeys,
                                              dv.transpose(1, 2), 0)[:4]
                 path_chunk.chunk_bwd(pc, q, k, w, beta, pieces, dq, dk, extra, dw, db, bias)
             grads.append(dproj)
     assert torch.isfinite(grads[0]).all() and torch.equal(grads[0], grads[1])
+    # with dvals: its first T slots added to dv, the other gradients unchanged
+    want = grads[0].clone()
+    path_op.proj_views(want, H)[2].add_(dvals[:, :, :T].transpose(1, 2))
+    assert torch.equal(grads[2], want)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 3e-5)])
+@pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
+def test_fresh_values_cache_matches_write_front(monkeypatch, dtype, tol, B, T, H, D, C, c, Lk,
+                                                threads):
+    """path_attention_fresh(values=cache): the cache with its first T slots replaced by v,
+    written by the forward kernel, equals the layer's write_front of v, and the gradients
+    through it (to the projection: dv plus the cache's first T slots; to the cache: its
+    other slots) equal those through write_front; o and keys as without it."""
+    from rnnzoo.layers.attention import write_front
+
+    monkeypatch.setattr(path_op, "UT_CHUNK", c)
+    g = torch.Generator().manual_seed(8)
+    proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype).requires_grad_()
+    cache = torch.randn(B, H, Lk + 2, D, generator=g, dtype=dtype).requires_grad_()
+    res = []
+    for given in (True, False):
+        with threads_(threads):
+            out = path_op.path_attention_fresh(proj, H, scale=0.4, chunk_size=C, keys_len=Lk,
+                                               values=cache if given else None)
+        if not given:
+            out = (*out, write_front(cache, path_op.proj_views(proj, H)[2].transpose(1, 2)))
+        res.append(outputs_and_grads(list(out), [proj, cache]))
+    assert_close(res[0], res[1], ["o", "keys", "values", "dproj", "dcache"], tol)
+
+
+def test_fused_kernels_run_on_torchs_team(monkeypatch):
+    """At 2 threads both fused kernels' ranges go to torch's OpenMP team (ops.native.team:
+    their sizes in one array keep them within its 32 integer arguments), not a pool thread
+    of ours beside libgomp's spinning workers; skipped where the team path is unusable."""
+    from rnnzoo.ops.native import load, team
+
+    if team.team(load) is None:
+        pytest.skip("no team path here (libgomp not loaded or another platform)")
+    ran, orig = [], team.run
+
+    def spy(fn, args, ld):
+        ran.append((fn.__name__, orig(fn, args, ld)))
+        return ran[-1][1]
+
+    monkeypatch.setattr(team, "run", spy)
+    proj = torch.randn(2, 32, 4 * 2 * 8 + 2, requires_grad=True)
+    with threads_(2):
+        o, keys = path_op.path_attention_fresh(proj, 2, scale=0.4, chunk_size=16)
+        o.sum().backward()
+    assert ("path_fused_fwd_f32", True) in ran and ("path_fused_bwd_f32", True) in ran

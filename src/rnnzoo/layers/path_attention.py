@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.checks import positive_int
-from rnnzoo.dtypes import compute_dtype
+from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._delta_block import l2norm
 from rnnzoo.layers.attention import Attention, set_heads, write_front
 from rnnzoo.layers.base import RecurrentLayer
@@ -70,6 +70,18 @@ class PaTHAttention(Attention):
         self.w_proj = Linear(d_model, inner, bias=False)
         self.b_proj = Linear(d_model, num_heads, bias=True)
         self.out_proj = Linear(inner, d_model, bias=False)
+
+    def _check_or_init_state(self, state, x):
+        """A fresh sequence (no state given) gets its empty caches as one zero expanded to
+        (B, H, max_len, Dh): `_forward` only reads them (the keys come back as a new cache,
+        the values through a copy), so the two 4 B H max_len Dh bytes of zeros are not written
+        each call. `init_state` still returns real zeros."""
+        if state is not None:
+            return super()._check_or_init_state(state, x)
+        dt = state_dtype(x.dtype)
+        B = x.shape[0]
+        empty = x.new_zeros((), dtype=dt).expand(B, self.num_heads, self.capacity, self.head_dim)
+        return empty, empty, x.new_zeros(B, dtype=dt)
 
     def op_inputs(self, x):
         """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""
@@ -143,15 +155,17 @@ class PaTHAttention(Attention):
         H = self.num_heads
         weight = proj_weight(*self.qkv.weight.chunk(3), self.w_proj.weight, self.b_proj.weight, H)
         proj = linear(x, weight)                   # (B, T, 4 H Dh + H): per head [q k v w], beta
+        # the values' cache written by the kernel (where the dtypes agree), else write_front
+        values = v_cache if v_cache.dtype == proj.dtype else None
         fresh = path_attention_fresh(proj, H, scale=self.head_dim ** -0.5,
                                      chunk_size=self.chunk_size, keys_len=self.max_len,
-                                     eps=_W_EPS, beta_bias=self.b_proj.bias)
+                                     eps=_W_EPS, beta_bias=self.b_proj.bias, values=values)
         if fresh is None:
             return None
-        out, keys = fresh
-        v = proj_views(proj, H)[2]                                   # (B, T, H, Dh)
-        return self.op_output(out, x), (keys.to(k_cache.dtype),
-                                         write_front(v_cache, v.transpose(1, 2)),
+        out, keys, *vals = fresh
+        if values is None:
+            vals = [write_front(v_cache, proj_views(proj, H)[2].transpose(1, 2))]
+        return self.op_output(out, x), (keys.to(k_cache.dtype), vals[0],
                                          (start + x.shape[1]).to(position.dtype))
 
     def _chunk(self, x, state, qkv, w, beta, start, pos, slots, cached):

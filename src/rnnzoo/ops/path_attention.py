@@ -68,7 +68,7 @@ def fresh_applies(T, chunk_size, *tensors):
 
 
 def path_attention_fresh(proj, heads, *, scale, chunk_size=64, keys_len=None, eps=1e-6,
-                         beta_bias=None):
+                         beta_bias=None, values=None):
     """path_attention of a fresh sequence (no cache) from one projection before its
     normalisation, proj (B, T, 4 H Dh + H) = [q_0 | k_0 | v_0 | w_0 | q_1 | ... | w_{H-1} |
     beta] per token (each (Dh,), beta (H); proj_weight builds its weight), heads = H: w = w / max(|w|, eps) per head and beta = 2 sigmoid(beta +
@@ -76,18 +76,24 @@ def path_attention_fresh(proj, heads, *, scale, chunk_size=64, keys_len=None, ep
     no torch passes over w and beta), every input's finiteness is summed there (no host read
     of each tensor's sums), and the gradient is one (B, T, 4 H Dh + H) tensor written by the
     kernels (the projection's one product each way).
-    Returns (o (B, T, H, Dh), keys (B, H, keys_len or T, Dh), zero past T), or None where
-    this C path does not run (fresh_applies false, or an input not finite): then the caller
-    normalises and calls path_attention."""
+    values: None or a cache of values (B, H, L, Dh), L >= T, proj's dtype: then a third
+    result, that cache with its first T slots replaced by v (the layer's write_front),
+    written by the forward kernel (which reads v there: no transposing copy of v), its
+    gradient's first T slots added to v's by the backward one.
+    Returns (o (B, T, H, Dh), keys (B, H, keys_len or T, Dh), zero past T[, values]), or None
+    where this C path does not run (fresh_applies false, or an input not finite): then the
+    caller normalises and calls path_attention."""
     B, T, _ = proj.shape
     C, c, levels = _block_sizes(chunk_size, T)
     if not fresh_applies(T, chunk_size, proj, beta_bias):
         return None
     lib, pc = native_attention.load(), native_path_chunk.load()
-    o, keys, fin = _PathQKV.apply(lib, pc, None, None, None, scale, c, levels,
-                                  T if keys_len is None else keys_len, eps, beta_bias, proj,
-                                  heads)
-    return (o, keys) if bool(torch.isfinite(fin).all()) else None
+    o, keys, fin, vals = _PathQKV.apply(lib, pc, None, None, None, scale, c, levels,
+                                        T if keys_len is None else keys_len, eps, beta_bias,
+                                        proj, heads, values)
+    if not bool(torch.isfinite(fin).all()):
+        return None
+    return (o, keys) if values is None else (o, keys, vals)
 
 
 def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_cache=None,
@@ -118,8 +124,8 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
     pc = native_path_chunk.load() if lib is not None else None
     N = -(-T // C)
     if pc is not None and qkv is not None and marks is None and k_cache is None and N * C == T:
-        o, keys, _ = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
-                                    T if keys_len is None else keys_len)
+        o, keys = _PathQKV.apply(lib, pc, qkv, w, beta, scale, c, levels,
+                                 T if keys_len is None else keys_len)[:2]
         return o, keys, None
     if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
         q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
@@ -391,13 +397,17 @@ class _PathQKV(torch.autograd.Function):
     piece's gradient, stay in cache), and
     the gradient of q, k and v written into one tensor by the two kernels (no copy of v
     either way, one autograd node). Returns o (B, T, H, D), the keys moved to the last
-    step as a fresh cache (B, H, Lk, D), zero past T, and fin (B H), 0 where a head-row's
-    inputs are finite (not differentiable). raw_eps: w and beta are the projections before
-    the l2norm (that eps) and 2 sigmoid, which the chunk kernels apply."""
+    step as a fresh cache (B, H, Lk, D), zero past T, fin (B H), 0 where a head-row's
+    inputs are finite (not differentiable), and vals: with values (B, H, L, D) a copy of it
+    whose first T slots are v, written by the forward kernel (else None). raw_eps: w and
+    beta are the projections before the l2norm (that eps) and 2 sigmoid, which the chunk
+    kernels apply. Gradients not given stay None (no zero-filled do, dkeys or dvals: the
+    kernel takes None for zero)."""
 
     @staticmethod
     def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None, bias=None,
-                proj=None, H=None):
+                proj=None, H=None, values=None):
+        ctx.set_materialize_grads(False)
         if proj is None:
             qkv = qkv.contiguous()
             w, beta = native_path_chunk._dense(w), native_path_chunk._dense(beta)
@@ -406,16 +416,21 @@ class _PathQKV(torch.autograd.Function):
             proj = proj.contiguous()
             q, k, v, w, beta = proj_views(proj, H)
         extra = native_path_chunk.chunk_args(q, w, beta, scale, c, levels, raw_eps)
+        vals = None
+        if values is not None:  # the kernel writes v into the first T slots
+            T = q.shape[1]
+            vals = torch.empty(values.shape, dtype=q.dtype, device=q.device)
+            vals[:, :, T:] = values[:, :, T:]
         o, keys, KS, PS, fin, qs, P, IN = native_path_chunk.fused_fwd(pc, q, k, w, beta, v,
-                                                                      extra, bias, Lk)
+                                                                      extra, bias, Lk, vals)
         ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, IN, bias, proj)
         ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
         ctx.mark_non_differentiable(fin)
-        return o, keys, fin
+        return o, keys, fin, vals
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, do, dkeys, _):
+    def backward(ctx, do, dkeys, _, dvals):
         qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors
         dqkv = dproj = None
         if proj is None:
@@ -430,11 +445,15 @@ class _PathQKV(torch.autograd.Function):
             dq, dk, dv, dw, db = proj_views(dproj, ctx.H)
         do = qs.new_zeros(q.shape) if do is None else do
         native_path_chunk.fused_bwd(ctx.pc, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
-                                    dk, dv, dw, db, ctx.extra, bias)
+                                    dk, dv, dw, db, ctx.extra, bias, dvals)
         dbias = db.sum((0, 1)) if bias is not None and ctx.needs_input_grad[10] else None
+        dvalues = None
+        if dvals is not None and ctx.needs_input_grad[13]:  # the slots past T: values' own
+            dvalues = dvals.clone()
+            dvalues[:, :, :q.shape[1]] = 0
         if proj is not None:
-            return (None,) * 10 + (dbias, dproj, None)
-        return None, None, dqkv, dw, db, None, None, None, None, None, dbias, None, None
+            return (None,) * 10 + (dbias, dproj, None, dvalues)
+        return None, None, dqkv, dw, db, None, None, None, None, None, dbias, None, None, None
 
 
 def proj_views(proj, H):

@@ -307,24 +307,27 @@ void NAME(path_chunk_fwd)(const T *restrict q, const T *restrict k, const T *res
    strides as the values too); o, keys, KS, PS (KT, PT, Lk) as path_fwd's with L = 0; qs and P
    as path_chunk_fwd's (what path_bwd reads); IN (B H N, 3 C D + 3 C): each block's inputs as
    pc_load left them (q, k, w normalised, beta, w's 1 / norm and floor flag), which
-   path_fused_bwd reads in order where it loaded the projection's strided rows again. */
-void NAME(path_fused_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+   path_fused_bwd reads in order where it loaded the projection's strided rows again. vals
+   (B H, Lv, D), Lv >= T, or NULL: the values dense are written into each head-row's first T
+   rows (a fresh cache of values; the rows past T are not written), else into a buffer. */
+static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, T *restrict fin,
                           const T *restrict bias, T *restrict o, T *restrict keys,
                           T *restrict KS, T *restrict PS, T *restrict qs, T *restrict P,
-                          T *restrict IN, long Tn, long H, long D, long c, long levels, long N,
-                          long sq0, long sq1, long sq2, long sw0, long sw1, long sw2, long sb0,
-                          long sb1, long sb2, long raw, double eps, double scale, long KT,
-                          long PT, long Lk, long g0, long g1) {
+                          T *restrict IN, T *restrict vals, long Tn, long H, long D, long c,
+                          long levels, long N, long sq0, long sq1, long sq2, long sw0, long sw1,
+                          long sw2, long sb0, long sb1, long sb2, long raw, double eps,
+                          double scale, long KT, long PT, long Lk, long Lv, long g0, long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
                sb[3] = {sb0, sb1, sb2}, NI = 3 * C * D + 3 * C;
     const T sc = (T)scale;
     T *kt = aligned_alloc(64, (size_t)((2 * Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
-    T *pt = kt + Lt * D, *vg = pt + D * D;  /* K^T, P_n^T, the head-row's values */
+    T *pt = kt + Lt * D, *vbuf = pt + D * D;  /* K^T, P_n^T, the head-row's values */
     for (long g = g0; g < g1; g++) {
         const long bi = g / H, h = g % H;
+        T *vg = vals ? vals + g * Lv * D : vbuf;  /* the values' cache rows, when asked */
         for (long j = 0; j < Lt; j++)  /* its values dense, read by every block's product */
             NAME(pc_cp)(vg + j * D, v + bi * sq0 + h * sq1 + j * sq2, D);
         T *K = keys + g * Lk * D, *og = o + (bi * Lt * H + h) * D, *ks = KS + g * KT,
@@ -562,19 +565,21 @@ void NAME(path_chunk_bwd)(const T *restrict q, const T *restrict k, const T *res
    KS, PS as path_fused_fwd wrote them), each block's piece gradients (dqs_n, dk1_n, dP_n,
    dintra_n) taken from cache by its chunk backward (path_chunk_bwd's, the block's pieces
    recomputed there as before), where they went to memory and back (26 MB at the #17 size).
-   do, dkeys (NULL: zero) as path_bwd's; dv written whole with q's strides (sq); dq, dk, dw,
-   dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w, beta and bias are not
-   read again: IN holds what pc_load made of them). */
-void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
+   do, dkeys (NULL: zero) as path_bwd's; dv written whole with q's strides (sq), plus the
+   first T rows of dvals (B H, Lv, D: the gradient of path_fused_fwd's vals) unless NULL; dq,
+   dk, dw, dbeta as path_chunk_bwd's; IN as path_fused_fwd wrote it (q, k, w, beta and bias
+   are not read again: IN holds what pc_load made of them). */
+static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *restrict w,
                           const T *restrict beta, const T *restrict v, const T *restrict qs,
                           const T *restrict P, const T *restrict KS, const T *restrict PS,
                           const T *restrict IN, const T *restrict do_, const T *restrict dkeys,
                           T *restrict dq, T *restrict dk, T *restrict dv, T *restrict dw,
-                          T *restrict dbeta, const T *restrict bias, long Tn, long H, long D,
-                          long c, long levels, long N, long sq0, long sq1, long sq2, long sw0,
+                          T *restrict dbeta, const T *restrict bias,
+                          const T *restrict dvals, long Tn, long H, long D, long c,
+                          long levels, long N, long sq0, long sq1, long sq2, long sw0,
                           long sw1, long sw2, long sb0, long sb1, long sb2, long raw,
-                          double eps, double scale, long KT, long PT, long Lk, long g0,
-                          long g1) {
+                          double eps, double scale, long KT, long PT, long Lk, long Lv,
+                          long g0, long g1) {
     NAME(pblk) s;
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, S = s.S, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2},
@@ -592,6 +597,7 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
         T *dvg = dv + bi * sq0 + h * sq1;
         if (dkeys) NAME(pc_cp)(dK, dkeys + g * Lk * D, Lt * D);
         else NAME(pc_zero)(dK, Lt * D);
+        int dK0 = !dkeys;  /* dK all zero: the last block's dP_n and dK P_n are zero */
         const T *ks = KS + (g + 1) * KT, *ps = PS + (g + 1) * PT;
         for (long n = N - 1; n >= 0; n--) {
             const long m = n * C, e = m + C, ob = g * N + n;
@@ -602,7 +608,7 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             const T *don = dog + m * H * D, *qn = qs + ob * C * D, *Pn = P + ob * D * D;
             T *dqt = dql + L * C * D, *dPn = dPl + (NAME(pc_P)(&s, L, 0) - s.Pl);
             NAME(pc_cp)(dkl + L * C * D, dK + m * D, C * D);
-            if (m) {  /* dK[:m] P_n into the other buffer, which becomes dK */
+            if (m && !dK0) {  /* dK[:m] P_n into the other buffer, which becomes dK */
                 NAME(mm)(dK, ks, dPn, D, D, m, 1, D, D, 1, D, 0, 0, 0, 0, 0, D);
                 NAME(mm)(dK, Pn, tmp, m, D, D, D, 1, D, 1, D, 0, 0, 0, 0, 0, m);
                 T *t = dK;
@@ -621,17 +627,48 @@ void NAME(path_fused_bwd)(const T *restrict q, const T *restrict k, const T *res
             if (m) {
                 NAME(mm)(ds, ks, dqt, C, D, m, e, 1, D, 1, D, 0, 0, 0, 0, 0, C);
                 NAME(mm)(ds, qn, dK, m, D, C, 1, e, D, 1, D, 0, 0, 0, 1, 0, m);
+                dK0 = 0;
                 for (long i = 0; i < C * D; i++) dqt[i] *= sc;
             } else {
                 NAME(pc_zero)(dqt, C * D);
             }
             NAME(pc_block_bwd)(&s, gb, dq, dk, dw, dbeta, sq, sw, sb, bi, h, m, Tn, raw);
         }
-        for (long j = 0; j < Lt; j++) NAME(pc_cp)(dvg + j * sq2, dV + j * D, D);
+        if (dvals) {  /* the values' cache gradient, its first T rows */
+            const T *dvl = dvals + g * Lv * D;
+            for (long j = 0; j < Lt; j++)
+                for (long i = 0; i < D; i++) dvg[j * sq2 + i] = dV[j * D + i] + dvl[j * D + i];
+        } else {
+            for (long j = 0; j < Lt; j++) NAME(pc_cp)(dvg + j * sq2, dV + j * D, D);
+        }
     }
     free(ab);
     free(gb);
     free(buf);
+}
+
+/* The two fused kernels as run() calls them: the sizes and strides in one array a = [Tn, H,
+   D, c, levels, N, sq0, sq1, sq2, sw0, sw1, sw2, sb0, sb1, sb2, raw, KT, PT, Lk, Lv] (the
+   arguments of pf_fwd / pf_bwd above), so a call has 18 integer-class arguments and two
+   doubles and runs on torch's OpenMP team (ops.native.team: at most 32), not a pool thread
+   of ours beside libgomp's spinning workers. */
+void NAME(path_fused_fwd)(const T *q, const T *k, const T *w, const T *beta, const T *v, T *fin,
+                          const T *bias, T *o, T *keys, T *KS, T *PS, T *qs, T *P, T *IN,
+                          T *vals, const long *a, double eps, double scale, long g0, long g1) {
+    NAME(pf_fwd)(q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs, P, IN, vals, a[0], a[1], a[2],
+                 a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14],
+                 a[15], eps, scale, a[16], a[17], a[18], a[19], g0, g1);
+}
+
+void NAME(path_fused_bwd)(const T *q, const T *k, const T *w, const T *beta, const T *v,
+                          const T *qs, const T *P, const T *KS, const T *PS, const T *IN,
+                          const T *do_, const T *dkeys, T *dq, T *dk, T *dv, T *dw, T *dbeta,
+                          const T *bias, const T *dvals, const long *a, double eps,
+                          double scale, long g0, long g1) {
+    NAME(pf_bwd)(q, k, w, beta, v, qs, P, KS, PS, IN, do_, dkeys, dq, dk, dv, dw, dbeta, bias,
+                 dvals, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10],
+                 a[11], a[12], a[13], a[14], a[15], eps, scale, a[16], a[17], a[18], a[19], g0,
+                 g1);
 }
 
 #endif

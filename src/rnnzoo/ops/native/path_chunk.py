@@ -40,11 +40,18 @@ def load():
 
 def _kernel(lib, name, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13, "path_fused_fwd": 14,
-         "path_fused_bwd": 18}[name]
     D = ctypes.c_double
-    return native.kernel(lib, name, dtype,
-                         [P] * n + [L] * 16 + [D, D] + [L] * (5 if "fused" in name else 2))
+    if "fused" in name:  # the sizes in one array (_sizes): run() takes the team (<= 32 ints)
+        n = {"path_fused_fwd": 16, "path_fused_bwd": 20}[name]
+        return native.kernel(lib, name, dtype, [P] * n + [D, D, L, L])
+    n = {"path_chunk_fwd": 11, "path_chunk_bwd": 13}[name]
+    return native.kernel(lib, name, dtype, [P] * n + [L] * 16 + [D, D, L, L])
+
+
+def _sizes(extra, *more):
+    """The fused kernels' array of sizes and strides: chunk_args' 16 integers, then more
+    (KT, PT, Lk, Lv), int64; and chunk_args' two floats (eps, scale)."""
+    return torch.tensor([*extra[:16], *more], dtype=torch.int64), extra[16:]
 
 
 def _dense(t):
@@ -81,13 +88,15 @@ def chunk_fwd(lib, q, k, w, beta, extra, v=None, check=False, bias=None):
     return qs, k1, P, intra, fin
 
 
-def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
+def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk, vals=None):
     """chunk_fwd with check and the block attention (ops.path_attention._attend_fwd, no
     cache) in one kernel (path_fused_fwd: k1 and intra never leave cache), for T a multiple
     of the block: o (B, T, H, D), keys (B, H, Lk, D) (zero past T), KS, PS (what the
     attention backward reads), fin, qs, P (chunk_fwd's), and IN (B H N, 3 C D + 3 C), each
     block's inputs as the kernel loaded them (w normalised, beta's sigmoid, w's 1 / norm and
-    floor flag), which fused_bwd reads instead of the projection's strided rows."""
+    floor flag), which fused_bwd reads instead of the projection's strided rows.
+    vals: None or (B, H, Lv, D) contiguous, Lv >= T: the values v written into its first T
+    slots (a fresh cache of values; the kernel reads them there), the rest left as it is."""
     B, Tn, H, D = q.shape
     c, levels, N = extra[3:6]
     C = c << levels
@@ -96,29 +105,37 @@ def fused_fwd(lib, q, k, w, beta, v, extra, bias, Lk):
     o, keys = q.new_empty(B, N * C, H, D), q.new_empty(B, H, Lk, D)
     KS, PS, fin = q.new_empty(B * H, KT), q.new_empty(B * H, PT), q.new_zeros(B * H)
     IN = q.new_empty(B * H * N, 3 * C * D + 3 * C)
+    Lv = 0 if vals is None else vals.shape[2]
+    assert vals is None or (vals.shape == (B, H, Lv, D) and vals.is_contiguous() and Lv >= Tn)
+    sizes, floats = _sizes(extra, KT, PT, Lk, Lv)
     native.run(_kernel(lib, "path_fused_fwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, v, fin, bias, o, keys, KS, PS, qs,
-                                            P, IN)), *extra, KT, PT, Lk, *r)
+                                            P, IN, vals, sizes)), *floats, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
     return o, keys, KS, PS, fin, qs, P, IN
 
 
 def fused_bwd(lib, q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq, dk, dv, dw, db, extra,
-              bias):
+              bias, dvals=None):
     """fused_fwd's backward in one kernel (path_fused_bwd: each block's piece gradients
     from cache into its chunk backward; IN fused_fwd's): do (B, T, H, D), dkeys (B, H, Lk, D)
-    or None -> dq, dk, dv (written, q's strides), dw, db (written, w's and beta's strides)."""
+    or None, dvals (fused_fwd's vals' gradient, (B, H, Lv, D)) or None -> dq, dk, dv
+    (written, q's strides; dv plus dvals' first T slots), dw, db (written, w's and beta's
+    strides)."""
     B, Tn, H, D = q.shape
     c, levels, N = extra[3:6]
     KT, PT = KS.shape[1], PS.shape[1]
     do = do.contiguous()
     dkeys = None if dkeys is None else dkeys.contiguous()
     Lk = 0 if dkeys is None else dkeys.shape[2]
+    dvals = None if dvals is None else dvals.contiguous()
+    Lv = 0 if dvals is None else dvals.shape[2]
     assert dq.stride() == q.stride() and dk.stride() == q.stride() and dv.stride() == q.stride()
     assert dw.stride() == w.stride() and db.stride() == beta.stride()
+    sizes, floats = _sizes(extra, KT, PT, Lk, Lv)
     native.run(_kernel(lib, "path_fused_bwd", q.dtype),
                [(*(native.ptr(t) for t in (q, k, w, beta, v, qs, P, KS, PS, IN, do, dkeys, dq,
-                                            dk, dv, dw, db, bias)), *extra, KT, PT, Lk, *r)
+                                            dk, dv, dw, db, bias, dvals, sizes)), *floats, *r)
                 for r in native.rows(B * H) or [(0, 0)]])
 
 
