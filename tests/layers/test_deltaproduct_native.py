@@ -108,3 +108,16 @@ def test_layer_chunk_mode_takes_the_kernel_and_matches_sequential(monkeypatch, d
     assert (ran[0], sums[0]) == (1, 0)
     for a, b in ((yc, ys), (sc[0], ss[0]), (gc, gs)):
         assert (a - b).abs().max() <= tol * b.abs().max()
+
+
+def test_gate_of_minus_inf_empties_the_state_as_the_loop_does():
+    """exp(-inf) = 0: the state is emptied at that token, finite, and the results equal the
+    reference loop's (delta_product's marks would set them NaN; docs/design.md lets a
+    non-finite input at step t leave the outputs from t on as the arithmetic gives them)."""
+    q, k, v, beta, g, S0 = _inputs()
+    g[0, 6, 1] = -float("inf")
+    o, S = dp._product(q, k, v, beta, g, S0, chunk_size=4)
+    want_o, want_S = chunk_delta.delta_product_recurrent(q, k, v, beta, g, initial_state=S0)
+    assert bool(o.isfinite().all()) and bool(S.isfinite().all())
+    assert (o - want_o).abs().max() <= 1e-12 * want_o.abs().max()
+    assert (S - want_S).abs().max() <= 1e-12 * want_S.abs().max()
