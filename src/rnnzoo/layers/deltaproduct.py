@@ -16,7 +16,7 @@ import torch
 
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import flop_count, sequence_parallel
 from rnnzoo.ops.chunk.delta import delta_product
 from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.registry import register
@@ -33,11 +33,13 @@ def _product(q, k, v, beta, g, S0, chunk_size):
     (0 * inf is NaN), so S_T holds it (a gate of -inf, exp(g) = 0, empties the state
     instead, finite as in the reference loop). A non-finite query reaches its own output
     only, as the marks would set it. So outputs before a non-finite step equal the clean
-    run's either way (docs/design.md); the results are delta_product's own."""
+    run's either way (docs/design.md); the results are delta_product's own. Inside
+    bench.layer_flops' counting this path runs too (ops.flop_count.native; the kernel books
+    delta_scan.flops), as the CPU timing takes it."""
     B, T, n_h, H, K = k.shape
     lib = None
     if (not sequence_parallel.active() and k.dim() == 5 and q.shape == (B, T, H, K)
-            and backend.use_native(q, k, v, beta, g, S0)):
+            and flop_count.native(q, k, v, beta, g, S0)):
         lib = native_delta.load()
     if lib is None:
         return delta_product(q, k, v, beta, g, initial_state=S0, chunk_size=chunk_size)
