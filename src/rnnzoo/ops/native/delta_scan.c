@@ -52,10 +52,11 @@
 #define DS_STREAM 1
 #endif
 
-/* dst[0 .. n) <- x[0 .. n / NV) for the forward's rows the backward reads much later (d,
-   the checkpoints: 32 MB at DeltaProduct's B=16 T=512), written past the caches (streaming
-   stores: no read of the lines first) where dst is 32-byte aligned and n a whole number of
-   vectors, else as wide_store / a copy */
+/* dst[0 .. n) <- x[0 .. n / NV) for the rows written once and not read again soon (the
+   forward's d and checkpoints, which the backward reads much later: 32 MB at DeltaProduct's
+   B=16 T=512; the backward's dv, 16 MB), written past the caches (streaming stores: no read
+   of the lines first) where dst is 32-byte aligned and n a whole number of vectors, else as
+   wide_store / a copy */
 TILE_INLINE void NAME(stream_rows)(T *restrict dst, const VEC *restrict x, long n, long wd) {
 #ifdef DS_STREAM
     if (TILE_BYTES == 32 && wd == WT && ((unsigned long)dst & 31) == 0) {
@@ -335,7 +336,6 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
                         const long ft = (b * Tq + s / n) * H + h;
                         NAME(pf_read)(k + fr * K, K);
                         NAME(pf_read)(d + fr * V + j0, wd);
-                        NAME(pf_write)(dv + fr * V + j0, wd);
                         if (s % n == n - 1) {
                             NAME(pf_read)(q + ft * K, K);
                             NAME(pf_read)(dout + ft * V + j0, wd);
@@ -343,7 +343,7 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
                     }
                     VEC dw[WV], xb;
                     for (int w = 0; w < WV; w++) dw[w] = bt * du[w];  /* dv */
-                    NAME(wide_store)(dv + row * V + j0, dw, wd);
+                    NAME(stream_rows)(dv + row * V + j0, dw, WT, wd);
                     xb = du[0] * dd[0];
                     for (int w = 1; w < WV; w++) xb += du[w] * dd[w];
                     dbeta[row] += NAME(hsum)(xb);
@@ -383,6 +383,9 @@ void NAME(delta_bwd)(const T *restrict q, const T *restrict k,
             for (long i = 0; i < K; i++) NAME(wide_store)(dS0 + (p * K + i) * V + j0, dS + WV * i, wd);
         }
     }
+#ifdef DS_STREAM
+    _mm_sfence();  /* dv's streaming stores */
+#endif
     free(dSall);
     free(buf);
     free(qs1);
