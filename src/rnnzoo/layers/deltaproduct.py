@@ -12,8 +12,45 @@ forget_gate=False gives the ungated DeltaProduct, allow_neg_eigval beta in (0, 2
 
 from __future__ import annotations
 
+import torch
+
+from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
+from rnnzoo.ops import flop_count, sequence_parallel
+from rnnzoo.ops.chunk.delta import delta_product
+from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.registry import register
+
+
+def _product(q, k, v, beta, g, S0, chunk_size):
+    """delta_product(q, k, v, beta, g, initial_state=S0, chunk_size=chunk_size) (shapes as
+    there: k (B, T, n_h, H, K), ...; returns o (B, T, H, V), S_T), whose CPU path (the C
+    recurrence, ops.native.delta_scan) runs here without clean_inputs' sums over q, k, v,
+    beta and g first (~1.7 ms a call at B=16 T=512: 28 MB read): the recurrence runs, and
+    where its final state is not finite, delta_product runs again with its marks
+    (ops.finite). That catches what the sums catch: a NaN or inf key, value, beta or gate
+    enters the state, and there is no division in the recurrence to take it out again
+    (0 * inf is NaN), so S_T holds it (a gate of -inf, exp(g) = 0, empties the state
+    instead, finite as in the reference loop). A non-finite query reaches its own output
+    only, as the marks would set it. So outputs before a non-finite step equal the clean
+    run's either way (docs/design.md); the results are delta_product's own. Inside
+    bench.layer_flops' counting this path runs too (ops.flop_count.native; the kernel books
+    delta_scan.flops), as the CPU timing takes it."""
+    B, T, n_h, H, K = k.shape
+    lib = None
+    if (not sequence_parallel.active() and k.dim() == 5 and q.shape == (B, T, H, K)
+            and flop_count.native(q, k, v, beta, g, S0)):
+        lib = native_delta.load()
+    if lib is None:
+        return delta_product(q, k, v, beta, g, initial_state=S0, chunk_size=chunk_size)
+    V = v.shape[-1]
+    S = (q.new_zeros(B, H, K, V) if S0 is None else S0).to(compute_dtype(q))
+    o, ST = native_delta.delta(lib, q, k.reshape(B, T * n_h, H, K), v.reshape(B, T * n_h, H, V),
+                               beta.reshape(B, T * n_h, H),
+                               beta.new_zeros(B, T, H) if g is None else g, S, K ** -0.5, n_h)
+    if not bool(torch.isfinite(ST).all()):
+        return delta_product(q, k, v, beta, g, initial_state=S0, chunk_size=chunk_size)
+    return o.to(q.dtype), ST
 
 
 @register("deltaproduct", family="matrix", paper="Siems et al. 2025, arXiv:2502.10297",
@@ -31,3 +68,11 @@ class DeltaProduct(DeltaBlock):
                          forget_gate=forget_gate, output_gate=True,
                          allow_neg_eigval=allow_neg_eigval, d_conv=d_conv,
                          chunk_size=chunk_size, norm_eps=norm_eps)
+
+    def _forward(self, x, state, mode):
+        if mode != "chunk" or self.num_householder == 1:
+            return super()._forward(x, state, mode)
+        S, conv_state = state
+        q, k, v, beta, g, conv_state = self.op_inputs(x, conv_state)
+        o, S = _product(q, k, v, beta, g, S, self.chunk_size)
+        return self.op_output(o, x), (S, conv_state)

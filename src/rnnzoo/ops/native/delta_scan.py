@@ -21,9 +21,22 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 CK = 32  # the C file's checkpoint interval
+
+
+def flops(pairs: int, tokens: int, n: int, K: int, V: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of delta_fwd / delta_bwd over `pairs` (batch, head) pairs of
+    `tokens` tokens of n steps each, 2 a multiply-add (as the counter books a product), per
+    entry of the (K, V) state: forward w = S'^T k and S += k u^T a step, the read S^T q a
+    token (2 n + 1); backward the rebuild's k u^T, dk's dS u + S' dw, dS' = dS + k dw^T and
+    du = dS^T k a step (5 n), the read's q do^T and dq = S do and the gate's <dS', S'> a
+    token (3), and one du a checkpoint block (its first step's, which the block before
+    forms again). Booked while counting (ops.flop_count: DeltaProduct's chunk mode takes
+    this path there, as the CPU timing does)."""
+    kv, blocks = pairs * K * V, -(-tokens * n // CK)
+    return 2 * kv * (2 * n + 1) * tokens, 2 * kv * ((5 * n + 3) * tokens + blocks)
 
 
 def load():
@@ -51,6 +64,7 @@ class _NativeDelta(torch.autograd.Function):
                           native.ptr(g), native.ptr(S0), native.ptr(o), native.ptr(d),
                           native.ptr(ST), native.ptr(ck), scale, Tn, n, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn // n, n, K, V)[0])
         if grad:
             ctx.save_for_backward(q, k, beta, g, d, ck)  # d = v - w: no v backward
         ctx.lib, ctx.scale, ctx.n = lib, scale, n
@@ -71,6 +85,7 @@ class _NativeDelta(torch.autograd.Function):
                           native.ptr(do), native.ptr(dq), native.ptr(dk), native.ptr(dv),
                           native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,
                           Tn, ctx.n, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn // ctx.n, ctx.n, K, V)[1])
         return None, dq, dk, dv, dbeta, dg, dS0, None, None
 
 
