@@ -30,6 +30,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._delta_block import conv_l2
 from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -151,8 +152,14 @@ class Mamba2(RecurrentLayer):
             dt = F.softplus(linear(x, wdt).to(dtype) + self.dt_bias)  # (B, T, H)
             if extra is not None:
                 out = (F.softplus(linear(x, *extra).to(dtype)),)
-        xBC, conv_state = self.conv(xBC, conv_state)
-        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
+        widths = (self.d_inner, G * N, G * N)
+        if unscaled_v:  # one (B, T, C) output: the log-linear op takes it whole
+            xBC, conv_state = self.conv(xBC, conv_state)
+            xs, Bm, Cm = xBC.split(widths, -1)
+        else:  # x, B, C as three contiguous pieces from the C conv (ops.native.conv's splits):
+            # no cat of their gradients in the backward, no copies of B, C in front of the SSD
+            (xs, Bm, Cm), conv_state, _ = conv_l2(self.conv, xBC, conv_state, 0, 1,
+                                                  splits=widths)
         xs = xs.reshape(Bsz, T, H, P)
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
