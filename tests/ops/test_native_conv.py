@@ -131,3 +131,20 @@ def test_native_conv_in_three_pieces_across_a_norm_group(T):
     y, s = run()
     want = outputs_and_grads((y[..., :7], y[..., 7:13], y[..., 13:], s), wrt)
     assert_close(got, want, ["q", "k", "v", "state", "x", "state0", "weight", "bias"], 1e-12)
+
+
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("T", [8, 9])
+def test_native_conv_in_three_pieces_without_norms(silu, T):
+    """splits without norms (mamba2's x, B, C): the backward reads each piece of dy in place
+    in its one fused pass; equal to the whole y's split, float64, with and without the SiLU,
+    even and odd T."""
+    m, x, state = _setup(2, T, 17, 4, True, silu, torch.float64)
+    wrt, lib = [x, state, *m.parameters()], native_conv.load()
+    run = lambda sp=None: native_conv.short_conv(lib, x, m.weight, m.bias, state,  # noqa: E731
+                                                 silu, 0, 1, False, sp)
+    (a, b, c), s = run((9, 3, 5))
+    got = outputs_and_grads((a, b, c, s), wrt)
+    y, s = run()
+    want = outputs_and_grads((y[..., :9], y[..., 9:12], y[..., 12:], s), wrt)
+    assert_close(got, want, ["x", "B", "C", "state", "x", "state0", "weight", "bias"], 1e-12)
