@@ -1,5 +1,6 @@
 """Mamba-2's CPU paths against its PyTorch path (backend.force("torch")): the C conv's
-three contiguous pieces x, B, C (`conv_l2(..., splits=...)` in `Mamba2._project`)."""
+three contiguous pieces x, B, C (`conv_l2(..., splits=...)` in `Mamba2._project`) and the
+values dt x with their gradients summed in C (`ops.native.conv.scaled_values`)."""
 
 import pytest
 import torch
@@ -22,19 +23,22 @@ def _run(layer, x, state, mode):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("B,T,groups,mode", [(2, 37, 1, "chunk"), (1, 5, 2, "chunk"),
-                                             (2, 9, 2, "sequential")])
-def test_split_conv_equals_the_torch_path(dtype, tol, B, T, groups, mode, monkeypatch):
+@pytest.mark.parametrize("B,T,groups,mode,d,P", [(2, 37, 1, "chunk", 8, 4), (1, 5, 2, "chunk", 8, 4),
+                                                 (2, 9, 2, "sequential", 8, 4),
+                                                 (2, 21, 1, "chunk", 16, 16)])
+def test_split_conv_equals_the_torch_path(dtype, tol, B, T, groups, mode, d, P, monkeypatch):
     if native_conv.load() is None:
         pytest.skip("the C conv does not build here")
     torch.manual_seed(0)
-    layer = rnnzoo.create("mamba2", d_model=8, d_state=4, head_dim=4, chunk_size=8,
+    layer = rnnzoo.create("mamba2", d_model=d, d_state=4, head_dim=P, chunk_size=8,
                           n_groups=groups).to(dtype)
-    x = torch.randn(B, T, 8, dtype=dtype)
+    x = torch.randn(B, T, d, dtype=dtype)
     S0, c0 = layer.init_state(B, dtype=dtype)
     state = (torch.randn_like(S0), torch.randn_like(c0))
-    calls = []
-    real = native_conv.short_conv
+    calls, scaled = [], []
+    real, real_scaled = native_conv.short_conv, native_conv.scaled_values
+    monkeypatch.setattr(native_conv, "scaled_values",
+                        lambda *a: scaled.append(1) or real_scaled(*a))
 
     def counted(*args, **kw):
         calls.append(kw.get("splits", args[9] if len(args) > 9 else None))
@@ -42,9 +46,10 @@ def test_split_conv_equals_the_torch_path(dtype, tol, B, T, groups, mode, monkey
     monkeypatch.setattr(native_conv, "short_conv", counted)
     got = _run(layer, x, state, mode)
     assert calls == [(layer.d_inner, groups * 4, groups * 4)]  # the split path ran
+    assert scaled == [1]
     with backend.force("torch"):
         want = _run(layer, x, state, mode)
-    assert len(calls) == 1
+    assert len(calls) == 1 and len(scaled) == 1
     for g, w in zip(got, want):
         assert g is not None and w is not None
         assert (g - w).abs().max() <= tol * (1 + w.abs().max())

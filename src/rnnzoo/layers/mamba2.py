@@ -40,6 +40,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -167,7 +168,11 @@ class Mamba2(RecurrentLayer):
         if unscaled_v:
             return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), xs.to(dtype), log_decay, xs,
                     z, conv_state, *out, dt)
-        v = xs.to(dtype) * dt[..., None]
+        if xs.dtype == dtype and backend.use_native(xs, dt) and native_conv.load():
+            # v = dt x and the skip's x: their gradients summed with dt's made in one C pass
+            v, xs = native_conv.scaled_values(native_conv.load(), xs, dt)
+        else:
+            v = xs.to(dtype) * dt[..., None]
         return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state,
                 *out)
 

@@ -333,4 +333,39 @@ void NAME(conv_l2_bwd3)(const T *x, const T *w, const T *bias, const T *st, cons
     NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
 }
 
+/* Mamba-2's values v = u x beside the conv (x: the conv's first piece read as (rows, V), u one
+   scale a row: dt per step and head); the backward in one pass over each row: dx = u dv + dxs
+   (dxs: x's other gradient, the skip's; NULL: none) and du = x . dv (16 lane partials added as
+   a tree). Rows [r0, r1) of the B T H rows. */
+static inline __attribute__((always_inline)) void NAME(scale_row)(
+    const T *restrict x, T u, const T *restrict dv, const T *restrict dxs, T *restrict dx,
+    T *restrict du, long V) {
+    T p[16] = {0};
+    long c = 0;
+    for (; c + 16 <= V; c += 16)
+#pragma GCC ivdep
+        for (int l = 0; l < 16; l++) {
+            p[l] += x[c + l] * dv[c + l];
+            dx[c + l] = u * dv[c + l] + (dxs ? dxs[c + l] : 0);
+        }
+    for (; c < V; c++) {
+        p[0] += x[c] * dv[c];
+        dx[c] = u * dv[c] + (dxs ? dxs[c] : 0);
+    }
+    for (int w = 8; w; w >>= 1)
+        for (int l = 0; l < w; l++) p[l] += p[l + w];
+    *du = p[0];
+}
+
+void NAME(scale_bwd)(const T *restrict x, const T *restrict u, const T *restrict dv,
+                     const T *restrict dxs, T *restrict dx, T *restrict du, long V, long r0,
+                     long r1) {
+    if (dxs)
+        for (long r = r0; r < r1; r++)
+            NAME(scale_row)(x + r * V, u[r], dv + r * V, dxs + r * V, dx + r * V, du + r, V);
+    else
+        for (long r = r0; r < r1; r++)
+            NAME(scale_row)(x + r * V, u[r], dv + r * V, NULL, dx + r * V, du + r, V);
+}
+
 #endif
