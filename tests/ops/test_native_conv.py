@@ -131,3 +131,59 @@ def test_native_conv_in_three_pieces_across_a_norm_group(T):
     y, s = run()
     want = outputs_and_grads((y[..., :7], y[..., 7:13], y[..., 13:], s), wrt)
     assert_close(got, want, ["q", "k", "v", "state", "x", "state0", "weight", "bias"], 1e-12)
+
+
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("T", [8, 9])
+def test_native_conv_in_three_pieces_without_norms(silu, T):
+    """splits without norms (mamba2's x, B, C): the backward reads each piece of dy in place
+    in its one fused pass; equal to the whole y's split, float64, with and without the SiLU,
+    even and odd T."""
+    m, x, state = _setup(2, T, 17, 4, True, silu, torch.float64)
+    wrt, lib = [x, state, *m.parameters()], native_conv.load()
+    run = lambda sp=None: native_conv.short_conv(lib, x, m.weight, m.bias, state,  # noqa: E731
+                                                 silu, 0, 1, False, sp)
+    (a, b, c), s = run((9, 3, 5))
+    got = outputs_and_grads((a, b, c, s), wrt)
+    y, s = run()
+    want = outputs_and_grads((y[..., :9], y[..., 9:12], y[..., 12:], s), wrt)
+    assert_close(got, want, ["x", "B", "C", "state", "x", "state0", "weight", "bias"], 1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("V", [64, 21, 5])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("used", ["both", "v", "x"])
+def test_scaled_values(dtype, tol, V, threads, used):
+    """scaled_values(x, u) = (x u, x) (mamba2's dt x and the skip's x): outputs and the
+    gradients of x (both outputs' summed) and u from conv.c's one pass, against autograd on
+    x * u[..., None]; V a multiple of the 16 lanes or not; only one output used."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 2, V, generator=g, dtype=dtype).requires_grad_()
+    u = torch.rand(3, 7, 2, generator=g, dtype=dtype).requires_grad_()
+    dv, dxs = (torch.randn(3, 7, 2, V, generator=g, dtype=dtype) for _ in range(2))
+
+    def loss(v, x2):
+        return ((v * dv).sum() if used != "x" else 0) + ((x2 * dxs).sum() if used != "v" else 0)
+    with threads_(threads):
+        v, x2 = native_conv.scaled_values(native_conv.load(), x, u)
+        got = [v.detach(), x2.detach(), *torch.autograd.grad(loss(v, x2), [x, u],
+                                                              allow_unused=True)]
+    want_v = x * u[..., None]
+    want = [want_v.detach(), x.detach(), *torch.autograd.grad(loss(want_v, x), [x, u],
+                                                              allow_unused=True)]
+    if used == "x":  # u's gradient: none, or zeros
+        assert got[3] is None or not got[3].any()
+        got, want = got[:3], want[:3]
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= tol * (1 + b.abs().max())
+
+
+def test_scaled_values_double_backward():
+    """under create_graph the backward is differentiable (torch ops, not the C pass)."""
+    x = torch.randn(2, 3, 2, 8, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(2, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, u: native_conv.scaled_values(native_conv.load(), x, u), (x, u))
+    assert torch.autograd.gradgradcheck(
+        lambda x, u: native_conv.scaled_values(native_conv.load(), x, u), (x, u))

@@ -30,6 +30,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers._delta_block import conv_l2
 from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
@@ -39,6 +40,7 @@ from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_recurrent,
     ssd,
 )
+from rnnzoo.ops.native import conv as native_conv
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
@@ -151,8 +153,14 @@ class Mamba2(RecurrentLayer):
             dt = F.softplus(linear(x, wdt).to(dtype) + self.dt_bias)  # (B, T, H)
             if extra is not None:
                 out = (F.softplus(linear(x, *extra).to(dtype)),)
-        xBC, conv_state = self.conv(xBC, conv_state)
-        xs, Bm, Cm = xBC.split([self.d_inner, G * N, G * N], -1)
+        widths = (self.d_inner, G * N, G * N)
+        if unscaled_v:  # one (B, T, C) output: the log-linear op takes it whole
+            xBC, conv_state = self.conv(xBC, conv_state)
+            xs, Bm, Cm = xBC.split(widths, -1)
+        else:  # x, B, C as three contiguous pieces from the C conv (ops.native.conv's splits):
+            # no cat of their gradients in the backward, no copies of B, C in front of the SSD
+            (xs, Bm, Cm), conv_state, _ = conv_l2(self.conv, xBC, conv_state, 0, 1,
+                                                  splits=widths)
         xs = xs.reshape(Bsz, T, H, P)
         if self.dt_floor:
             dt = dt.clamp(min=self.dt_floor)
@@ -160,7 +168,11 @@ class Mamba2(RecurrentLayer):
         if unscaled_v:
             return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), xs.to(dtype), log_decay, xs,
                     z, conv_state, *out, dt)
-        v = xs.to(dtype) * dt[..., None]
+        if xs.dtype == dtype and backend.use_native(xs, dt) and native_conv.load():
+            # v = dt x and the skip's x: their gradients summed with dt's made in one C pass
+            v, xs = native_conv.scaled_values(native_conv.load(), xs, dt)
+        else:
+            v = xs.to(dtype) * dt[..., None]
         return (Cm.view(Bsz, T, G, N), Bm.view(Bsz, T, G, N), v, log_decay, xs, z, conv_state,
                 *out)
 

@@ -160,7 +160,8 @@ static inline void NAME(norm_grad)(T *restrict g, const T *restrict s, const T *
    gathered whole, dxp_t = sum_k w[k] g_{t-k} (g = 0 outside [0, T)): one store an element
    where the scatter form added into K rows. Without norms (dy whole) the pre-activation,
    silu' and dy's product are one pass over a row (the call alone, B=16 T=512, 1 thread:
-   C = 384 8.3 -> 6.4 ms, C = 896 18.3 -> 13.3). dbias, dw and dxp take two steps a pass (odd t:
+   C = 384 8.3 -> 6.4 ms, C = 896 18.3 -> 13.3), dy's pieces read in place (mamba2's x, B,
+   C: C = 384 in pieces 256 / 64 / 64 8.2-8.7 -> 7.6-7.7 ms, as fast as whole). dbias, dw and dxp take two steps a pass (odd t:
    steps t - 1 and t), which loads and stores dw's rows and loads w's once for two steps
    (C = 896, B=16 T=512: the backward 22.0 -> 19.7 ms with dw's pairs alone). */
 static inline __attribute__((always_inline)) void NAME(bwd_body)(
@@ -168,7 +169,7 @@ static inline __attribute__((always_inline)) void NAME(bwd_body)(
     const T *r, T *dx, T *dst, T *dw, T *db, long Tn, long C, const long K, int silu, long nn,
     long G, long b0, long b1) {
     const int direct = NAME(in_place)(wd, nn, G);
-    const int fused = !nn && wd[0] == C;  /* no norm, dy whole: no s row, no pass for dy */
+    const int fused = !nn;  /* no norm: no s row, no pass for dy (its pieces read in place) */
     const long R = K + 1, tn = Tn + K - 1;  /* the ring's rows; dxp's rows */
     T *ring = malloc(R * C * sizeof(T)), *s = malloc(C * sizeof(T));
     T *dyrow = direct ? NULL : malloc(C * sizeof(T));
@@ -186,19 +187,22 @@ static inline __attribute__((always_inline)) void NAME(bwd_body)(
             if (t < Tn) {
                 const long row = b * Tn + t;
                 for (long k = 0; k < K; k++) xr[k] = NAME(xp_row)(x, st, b, t + k, Tn, C, K);
-                if (fused) {  /* g = dy silu'(s) (or dy) in one pass over the row */
-                    const T *restrict dp = dy[0] + row * C;
-                    if (silu)
+                if (fused)  /* g = dy silu'(s) (or dy) in one pass over each piece of dy */
+                    for (long i = 0, off = 0; i < 3 && wd[i]; off += wd[i], i++) {
+                        const T *restrict dp = dy[i] + row * wd[i];
+                        const long e = off + wd[i];
+                        if (silu)
 #pragma GCC ivdep
-                        for (long c = 0; c < C; c++) {
-                            T sc = bias ? bias[c] : 0;
-                            for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
-                            const T sg = 1 / (1 + EXP(-sc));
-                            g[c] = dp[c] * sg * (1 + sc * (1 - sg));
-                        }
-                    else
-                        memcpy(g, dp, C * sizeof(T));
-                } else if (silu || nn) {
+                            for (long c = off; c < e; c++) {
+                                T sc = bias ? bias[c] : 0;
+                                for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
+                                const T sg = 1 / (1 + EXP(-sc));
+                                g[c] = dp[c - off] * sg * (1 + sc * (1 - sg));
+                            }
+                        else
+                            memcpy(g + off, dp, wd[i] * sizeof(T));
+                    }
+                else if (silu || nn) {
 #pragma GCC ivdep
                     for (long c = 0; c < C; c++) {
                         T sc = bias ? bias[c] : 0;
@@ -327,6 +331,41 @@ void NAME(conv_l2_bwd3)(const T *x, const T *w, const T *bias, const T *st, cons
     const T *dys[3] = {dy0, dy1, dy2};
     const long wd[3] = {w0, w1, C - w0 - w1};
     NAME(bwd_rows)(x, w, bias, st, dys, wd, r, dx, dst, dw, db, Tn, C, K, silu, nn, G, b0, b1);
+}
+
+/* Mamba-2's values v = u x beside the conv (x: the conv's first piece read as (rows, V), u one
+   scale a row: dt per step and head); the backward in one pass over each row: dx = u dv + dxs
+   (dxs: x's other gradient, the skip's; NULL: none) and du = x . dv (16 lane partials added as
+   a tree). Rows [r0, r1) of the B T H rows. */
+static inline __attribute__((always_inline)) void NAME(scale_row)(
+    const T *restrict x, T u, const T *restrict dv, const T *restrict dxs, T *restrict dx,
+    T *restrict du, long V) {
+    T p[16] = {0};
+    long c = 0;
+    for (; c + 16 <= V; c += 16)
+#pragma GCC ivdep
+        for (int l = 0; l < 16; l++) {
+            p[l] += x[c + l] * dv[c + l];
+            dx[c + l] = u * dv[c + l] + (dxs ? dxs[c + l] : 0);
+        }
+    for (; c < V; c++) {
+        p[0] += x[c] * dv[c];
+        dx[c] = u * dv[c] + (dxs ? dxs[c] : 0);
+    }
+    for (int w = 8; w; w >>= 1)
+        for (int l = 0; l < w; l++) p[l] += p[l + w];
+    *du = p[0];
+}
+
+void NAME(scale_bwd)(const T *restrict x, const T *restrict u, const T *restrict dv,
+                     const T *restrict dxs, T *restrict dx, T *restrict du, long V, long r0,
+                     long r1) {
+    if (dxs)
+        for (long r = r0; r < r1; r++)
+            NAME(scale_row)(x + r * V, u[r], dv + r * V, dxs + r * V, dx + r * V, du + r, V);
+    else
+        for (long r = r0; r < r1; r++)
+            NAME(scale_row)(x + r * V, u[r], dv + r * V, NULL, dx + r * V, du + r, V);
 }
 
 #endif

@@ -106,3 +106,40 @@ def short_conv(lib, x, weight, bias, state, silu, norm_groups=0, group=1, sqrt_e
 
 def load():
     return native.load("conv")
+
+
+class _ScaledValues(torch.autograd.Function):
+    """(v = x u[..., None], x): Mamba-2's values dt x beside the conv, and x itself for the
+    skip D x. The backward sums x's two gradients and makes u's in one C pass (conv.c's
+    scale_bwd): dx = u dv + dxs, du = x . dv (autograd's MulBackward and its add of the two
+    gradients read and wrote the (B, T, H, V) tensors five times)."""
+
+    @staticmethod
+    def forward(ctx, lib, x, u):
+        ctx.save_for_backward(x, u)
+        ctx.lib = lib
+        return x * u[..., None], x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dv, dxs):
+        x, u = ctx.saved_tensors
+        if dv is None:
+            return None, dxs, None
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            dx = dv * u[..., None]
+            return None, dx if dxs is None else dx + dxs, (dv * x).sum(-1)
+        dv = dv.contiguous()
+        dxs = None if dxs is None else dxs.contiguous()
+        dx, du = torch.empty_like(x), torch.empty_like(u)
+        n, V = u.numel(), x.shape[-1]
+        P = native.ptr
+        fn = native.kernel(ctx.lib, "scale_bwd", x.dtype, [ctypes.c_void_p] * 6 + [ctypes.c_long] * 3)
+        native.run(fn, [(P(x), P(u), P(dv), P(dxs), P(dx), P(du), V, *p) for p in native.rows(n)])
+        return None, dx, du
+
+
+def scaled_values(lib, x, u):
+    """(x u[..., None], x) for x (..., V) contiguous and u (...) in x's dtype: a value scaled
+    per row and the row itself, whose gradients the backward sums in one C pass (`lib` =
+    load())."""
+    return _ScaledValues.apply(lib, x.contiguous(), u.contiguous())
