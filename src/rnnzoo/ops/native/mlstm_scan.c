@@ -161,22 +161,24 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
 #undef HEAD_RUNS
 
 /* mlstm_qk_fwd / mlstm_qk_bwd: the layer's (layers.mlstm) q, k and gates with the pass above,
-   fused: from x_c's rows, by blocks of QK_STEPS steps of one batch row, blockdiag.h's
-   gated rows give q = x_c BDq^T (q's scale folded into Wq), k = x_c BDk^T and gc = x_c Gc^T
-   into a scratch block (in L1 / L2: q and k never reach memory), then each step of the block
-   does the gates,
+   fused: from x_c's rows, by blocks of bl steps of one batch row, blockdiag.h's gated rows
+   give q = x_c BDq^T (q's scale folded into Wq), k = x_c BDk^T and gc = x_c Gc^T into a
+   scratch block (in L1 / L2: q and k never reach memory), then each step of the block does
+   the gates,
        li = gc[:H] + gm[:H],   fr = gc[H:] + gm[H:],   lf = log sigmoid(fr) (lf = fr: exp_gate)
-   (aux = [li | lf | sigmoid(-fr)] kept for the backward) and the recurrence above (mlstm_gates_fwd's
-   arithmetic). *sum: the sum of this call's q, k and gc entries (the finiteness check).
-   The backward recomputes k for n_t's ascending pass and q, k again a block at a time going
-   down, where a step does mlstm_gates_bwd's two passes' work (dq and dk into scratch), the
-   gates' gradient dpre = [dli | dlf sigmoid(-fr)], and the block's dx, dWq, dWk, dGc through
-   blockdiag.h's gated backward rows.
+   (aux = [li | lf | sigmoid(-fr)] kept for the backward) and the recurrence above
+   (mlstm_gates_fwd's arithmetic); n at each block's start goes to nck. *sum: the sum of this
+   call's q, k and gc entries (the finiteness check).
+   The backward goes down by blocks: q and k recomputed, the block's n_t from its checkpoint,
+   then each step descending does mlstm_gates_bwd's two passes' work (dq and dk into scratch)
+   and the gates' gradient dpre = [dli | dlf sigmoid(-fr)], and the block's dx, dWq, dWk, dGc
+   go through blockdiag.h's gated backward rows.
 
    Layouts: x (B, T, H K) with row stride xs (rows of B T); Wq, Wk (H K / bs, bs, bs); Gc
-   (2 H, H K); gm, dpre (B, T, 2 H); aux (B, T, 3 H); dx and dx0 (B, T, H K) contiguous (dx0,
-   or NULL: the gradient of the layer's other use of x, added into dx); dWq, dWk, dGc this
-   call's own slices; the rest as above. Each function does the batch rows [b0, b1). */
+   (2 H, H K); gm, dpre (B, T, 2 H); aux (B, T, 3 H); nck (B, ceil(T / bl), H K); dx and dx0
+   (B, T, H K) contiguous (dx0, or NULL: the gradient of the layer's other use of x, added
+   into dx); dWq, dWk, dGc this call's own slices; the rest as above. Each function does the
+   batch rows [b0, b1). */
 
 #include "tile.h"
 #define BD_ONLY4  /* bs = 4 (xLSTM's) as a constant, others by the general body: compile time */
@@ -200,9 +202,6 @@ static __attribute__((noinline)) void NAME(qk_rows_bwd)(
                       dx0);
 }
 
-#ifndef QK_STEPS  /* steps a block of the fused pass (their q, k rows stay in L1 / L2) */
-#define QK_STEPS 16
-#endif
 #ifndef QK_AHEAD  /* steps ahead the backward's descending pass prefetches dkp's and dqs' rows */
 #define QK_AHEAD 2
 #endif
@@ -235,19 +234,22 @@ void NAME(mlstm_qk_fwd)(const T *restrict x, const T *restrict Wq, const T *rest
                         const T *restrict Gc, const T *restrict gm, const T *restrict n0,
                         const T *restrict m0, T *restrict aux, T *restrict g, T *restrict kp,
                         T *restrict qs, T *restrict m_out, T *restrict s_out, T *restrict nT,
-                        T *restrict mT, T *restrict sum, double eps, long exp_gate, long xs,
-                        long bs, long Tn, long H, long K, long b0, long b1) {
+                        T *restrict mT, T *restrict nck, T *restrict sum, double eps,
+                        long exp_gate, long xs, long bs, long bl, long Tn, long H, long K, long b0,
+                        long b1) {
     const long dim = H * K, ng = 2 * H;
     long c0;
     T *v = NAME(bd_setup)(Wq, Wk, dim, bs, 0, &c0);
-    T *qb = malloc((2 * QK_STEPS * dim + QK_STEPS * ng) * sizeof(T));
-    T *kb = qb + QK_STEPS * dim, *gb = kb + QK_STEPS * dim, total = 0;
+    T *qb = malloc((2 * bl * dim + bl * ng) * sizeof(T));
+    T *kb = qb + bl * dim, *gb = kb + bl * dim, total = 0;
+    const long nb = (Tn + bl - 1) / bl;
     for (long b = b0; b < b1; b++) {
         memcpy(nT + b * dim, n0 + b * dim, dim * sizeof(T));
         memcpy(mT + b * H, m0 + b * H, H * sizeof(T));
-        for (long t0 = 0; t0 < Tn; t0 += QK_STEPS) {
-            const long nt = Tn - t0 < QK_STEPS ? Tn - t0 : QK_STEPS;
+        for (long t0 = 0; t0 < Tn; t0 += bl) {
+            const long nt = Tn - t0 < bl ? Tn - t0 : bl;
             T part;
+            memcpy(nck + (b * nb + t0 / bl) * dim, nT + b * dim, dim * sizeof(T));
             NAME(qk_rows)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, qb, kb, gb, xs, dim, bs, ng, nt, v,
                           c0, &part);
             total += part;
@@ -288,50 +290,48 @@ void NAME(mlstm_qk_fwd)(const T *restrict x, const T *restrict Wq, const T *rest
 
 void NAME(mlstm_qk_bwd)(const T *restrict x, const T *restrict Wq, const T *restrict Wk,
                         const T *restrict Gc, const T *restrict aux, const T *restrict n0,
-                        const T *restrict m0, const T *restrict g, const T *restrict m_in,
-                        const T *restrict s_in, const T *restrict dg, const T *restrict dkp,
+                        const T *restrict m0, const T *restrict nck, const T *restrict g,
+                        const T *restrict m_in, const T *restrict s_in, const T *restrict dg,
+                        const T *restrict dkp,
                         const T *restrict dqs, const T *restrict dnT, const T *restrict dmT,
                         const T *restrict dx0, T *restrict dx, T *restrict dWq,
                         T *restrict dWk, T *restrict dGc,
                         T *restrict dpre, T *restrict dn0, T *restrict dm0, double eps,
-                        long exp_gate, long xs, long bs, long Tn, long H, long K, long b0,
-                        long b1) {
+                        long exp_gate, long xs, long bs, long bl, long Tn, long H, long K,
+                        long b0, long b1) {
     const long dim = H * K, ng = 2 * H;
     memset(dWq, 0, dim * bs * sizeof(T));
     memset(dWk, 0, dim * bs * sizeof(T));
     memset(dGc, 0, ng * dim * sizeof(T));
     long cf, cb;
     T *vf = NAME(bd_setup)(Wq, Wk, dim, bs, 0, &cf), *vb = NAME(bd_setup)(Wq, Wk, dim, bs, 1, &cb);
-    /* n_0 .. n_T of a batch row (n_t of head hh at ns + t dim + hh K), then the blocks' q, k,
-       dq, dk rows and a dummy gate row */
-    T *ns = malloc(((Tn + 1) * dim + 4 * QK_STEPS * dim + QK_STEPS * ng) * sizeof(T));
-    T *qb = ns + (Tn + 1) * dim, *kb = qb + QK_STEPS * dim, *dqb = kb + QK_STEPS * dim,
-      *dkb = dqb + QK_STEPS * dim, *gb = dkb + QK_STEPS * dim;
+    /* a block's n_{t0} .. n_{t0 + bl} (n_{t0 + j} of head hh at ns + j dim + hh K), q, k, dq,
+       dk rows and a dummy gate row */
+    T *ns = malloc(((bl + 1) * dim + 4 * bl * dim + bl * ng) * sizeof(T));
+    T *qb = ns + (bl + 1) * dim, *kb = qb + bl * dim, *dqb = kb + bl * dim, *dkb = dqb + bl * dim,
+      *gb = dkb + bl * dim;
+    const long nb = (Tn + bl - 1) / bl;
     for (long b = b0; b < b1; b++) {
-        memcpy(ns, n0 + b * dim, dim * sizeof(T));
-        for (long t0 = 0; t0 < Tn; t0 += QK_STEPS) {  /* ascending: k, then n_t */
-            const long nt = Tn - t0 < QK_STEPS ? Tn - t0 : QK_STEPS;
-            NAME(qk_rows)(x + (b * Tn + t0) * xs, Wk, NULL, Gc, kb, NULL, gb, xs, dim, bs, 0, nt,
-                          vf ? vf + 4 * cf : NULL, cf, NULL);
+        if (dnT) memcpy(dn0 + b * dim, dnT + b * dim, dim * sizeof(T));
+        else memset(dn0 + b * dim, 0, dim * sizeof(T));
+        for (long hh = 0; hh < H; hh++) dm0[b * H + hh] = dmT ? dmT[b * H + hh] : 0;
+        for (long t0 = (nb - 1) * bl; t0 >= 0; t0 -= bl) {  /* the blocks, descending */
+            const long nt = Tn - t0 < bl ? Tn - t0 : bl;
+            NAME(qk_rows)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, qb, kb, gb, xs, dim, bs, 0, nt, vf, cf,
+                          NULL);
+            /* the block's n_t from the forward's checkpoint of its start */
+            memcpy(ns, nck + (b * nb + t0 / bl) * dim, dim * sizeof(T));
             for (long j = 0; j < nt; j++) {
-                const long t = t0 + j, bt = b * Tn + t;
+                const long bt = b * Tn + t0 + j;
                 for (long hh = 0; hh < H; hh++) {
                     const long row = bt * H + hh;
                     const T f = EXP(g[row]), i = EXP(aux[bt * 3 * H + hh] - m_in[row]);
-                    const T *restrict kt = kb + j * dim + hh * K, *restrict prev = ns + t * dim + hh * K;
-                    T *restrict n = ns + (t + 1) * dim + hh * K;
+                    const T *restrict kt = kb + j * dim + hh * K, *restrict prev = ns + j * dim + hh * K;
+                    T *restrict n = ns + (j + 1) * dim + hh * K;
 #pragma omp simd
                     for (long r = 0; r < K; r++) n[r] = f * prev[r] + i * kt[r];
                 }
             }
-        }
-        if (dnT) memcpy(dn0 + b * dim, dnT + b * dim, dim * sizeof(T));
-        else memset(dn0 + b * dim, 0, dim * sizeof(T));
-        for (long hh = 0; hh < H; hh++) dm0[b * H + hh] = dmT ? dmT[b * H + hh] : 0;
-        for (long t0 = (Tn - 1) / QK_STEPS * QK_STEPS; t0 >= 0; t0 -= QK_STEPS) {  /* descending */
-            const long nt = Tn - t0 < QK_STEPS ? Tn - t0 : QK_STEPS;
-            NAME(qk_rows)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, qb, kb, gb, xs, dim, bs, 0, nt, vf, cf,
-                          NULL);
             for (long j = nt - 1; j >= 0; j--) {
                 const long t = t0 + j, bt = b * Tn + t;
                 if (t >= QK_AHEAD) {  /* rows read in descending order: the prefetchers miss them */
@@ -350,8 +350,8 @@ void NAME(mlstm_qk_bwd)(const T *restrict x, const T *restrict Wq, const T *rest
                     const T f = EXP(g[row]), i = EXP(li - mt), s = s_in[row];
                     const T *restrict qt = qb + j * dim + hh * K, *restrict kt = kb + j * dim + hh * K,
                             *restrict dqst = dqs + row * K, *restrict dkpt = dkp + row * K,
-                            *restrict nt_ = ns + (t + 1) * dim + hh * K,
-                            *restrict prev = ns + t * dim + hh * K;
+                            *restrict nt_ = ns + (j + 1) * dim + hh * K,
+                            *restrict prev = ns + j * dim + hh * K;
                     T *restrict dqt = dqb + j * dim + hh * K, *restrict dkt = dkb + j * dim + hh * K;
                     T Y = 0, L = 0, X = 0;
 #pragma omp simd reduction(+:Y)

@@ -67,8 +67,12 @@ class _Gates(torch.autograd.Function):
 
 def _qk_kernels(lib, dtype):
     P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
-    return (native.kernel(lib, "mlstm_qk_fwd", dtype, [P] * 16 + [D] + [L] * 8),
-            native.kernel(lib, "mlstm_qk_bwd", dtype, [P] * 23 + [D] + [L] * 8))
+    return (native.kernel(lib, "mlstm_qk_fwd", dtype, [P] * 17 + [D] + [L] * 9),
+            native.kernel(lib, "mlstm_qk_bwd", dtype, [P] * 24 + [D] + [L] * 9))
+
+
+# steps a block of mlstm_qk_fwd / _bwd (the forward keeps n at each block's start)
+QK_BLOCK = 16
 
 
 class _QKGates(torch.autograd.Function):
@@ -87,14 +91,15 @@ class _QKGates(torch.autograd.Function):
         g, m, s = (x.new_empty(B, T, H) for _ in range(3))
         kp, qs = (x.new_empty(B, T, H, K) for _ in range(2))
         nT, mT = torch.empty_like(n0), torch.empty_like(m0)
+        nck = x.new_empty(B, -(-T // QK_BLOCK), dim)
         parts = native.rows(B)
         total = x.new_zeros(max(1, len(parts)))
         fwd, _ = _qk_kernels(lib, x.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, gm, n0, m0, aux, g, kp, qs,
-                                                       m, s, nT, mT, total[i]))
-                         + (eps, int(exp_gate), x2.stride(0), bs, T, H, K, *p)
+                                                       m, s, nT, mT, nck, total[i]))
+                         + (eps, int(exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
                          for i, p in enumerate(parts)])
-        ctx.save_for_backward(x2, Wq, Wk, Gc, aux, n0, m0, g, m, s)
+        ctx.save_for_backward(x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s)
         ctx.lib, ctx.eps, ctx.exp_gate, ctx.shape = lib, eps, exp_gate, x.shape
         ctx.mark_non_differentiable(total)
         ctx.set_materialize_grads(False)
@@ -102,7 +107,7 @@ class _QKGates(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dg, dkp, dqs, dnT, dmT, _, dthrough):
-        x2, Wq, Wk, Gc, aux, n0, m0, g, m, s = ctx.saved_tensors
+        x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s = ctx.saved_tensors
         B, T, dim = ctx.shape
         H = n0.shape[1]
         K, bs = dim // H, Wq.shape[-1]
@@ -115,10 +120,10 @@ class _QKGates(torch.autograd.Function):
         dn0, dm0 = torch.empty_like(n0), torch.empty_like(m0)
         dWq, dWk, dGc = (w.new_empty(len(parts), *w.shape) for w in (Wq, Wk, Gc))
         _, bwd = _qk_kernels(ctx.lib, x2.dtype)
-        native.run(bwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, aux, n0, m0, g, m, s, dg, dkp,
-                                                       dqs, dnT, dmT, dx0, dx, dWq[i], dWk[i], dGc[i],
-                                                       dpre, dn0, dm0))
-                         + (ctx.eps, int(ctx.exp_gate), x2.stride(0), bs, T, H, K, *p)
+        native.run(bwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s,
+                                                       dg, dkp, dqs, dnT, dmT, dx0, dx, dWq[i],
+                                                       dWk[i], dGc[i], dpre, dn0, dm0))
+                         + (ctx.eps, int(ctx.exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
                          for i, p in enumerate(parts)])
         return (None, dx, dWq.sum(0), dWk.sum(0), dGc.sum(0), dpre, dn0, dm0, None, None)
 
