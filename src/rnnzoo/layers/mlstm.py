@@ -66,8 +66,10 @@ class BlockDiagonalLinear(nn.Module):
         """W BD for W (m, dim), BD the (dim, dim) block-diagonal matrix whose map is forward
         (forward(x) = x BD^T)."""
         blocks = self.weight  # (blocks, out, in): BD[o, i] within each block
-        return torch.einsum("mbo,boi->mbi", W.view(W.shape[0], self.blocks, self.blocksize),
-                            blocks).reshape(W.shape[0], -1)
+        # a broadcast product summed over o (not einsum's batched product over the blocks:
+        # 64 (m, 4) x (4, 4) products, fwd+bwd ~0.38 against ~0.24 ms at mlstm's size)
+        return (W.view(W.shape[0], self.blocks, self.blocksize, 1) * blocks).sum(2).reshape(
+            W.shape[0], -1)
 
     def forward(self, x, scale=None):
         """x (..., dim) -> x BD^T (times `scale` when given: folded into the small weight)."""
