@@ -163,3 +163,117 @@ def test_mlstm_layer_finite_check_from_the_kernels(monkeypatch, bad):
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     ok = ~torch.isnan(want)
     assert (got[ok] - want[ok]).abs().max() < 1e-10
+
+
+def _qk_reference(x, Wq, Wk, G, gm, v, state, exp_gate):
+    """mlstm_scan.qk_gates in PyTorch: q, k, the gates through _gated_reference, log sigmoid
+    (or the exp gate's identity) and the reference loop; x passed through as the third output."""
+    B, T, _ = x.shape
+    H, K = state[1].shape[1:]
+    q, k, gc = _gated_reference(x, Wq, Wk, G)
+    li, f = (gc + gm).chunk(2, -1)
+    lf = f if exp_gate else F.logsigmoid(f)
+    h, st = mlstm_recurrent(q.view(B, T, H, K), k.view(B, T, H, K), v, li, lf, scale=1.0,
+                            initial_state=state)
+    return h, st, x
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 5e-5)])
+@pytest.mark.parametrize("B,T,H,K,bs,exp_gate,threads", [
+    (3, 37, 2, 16, 4, False, 2),  # whole vectors (bs = 4), T past two 16-step blocks
+    (2, 33, 1, 24, 4, True, 1),  # one head, a column tail past the vectors, the exp gate
+    (1, 5, 3, 6, 3, False, 1),  # B = 1, a bs without its own body, inside one block
+    (2, 1, 2, 8, 2, False, 2),  # T = 1
+])
+def test_mlstm_qk_gates_matches_torch(dtype, tol, B, T, H, K, bs, exp_gate, threads):
+    """mlstm_qk_fwd / _bwd (q, k and the gates from x fused with the gates pass, then the
+    SSD) against PyTorch: h, the final (C, n, m), x passed through, and the gradients of x
+    (the pass-through's included), Wq, Wk, G, gm, v and the initial state."""
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    dim, V = H * K, K + 3
+    x, Wq, Wk = r(B, T, dim), r(dim // bs, bs, bs) * 0.5, r(dim // bs, bs, bs) * 0.5
+    G, gm, v = r(2 * H, dim) * 0.3, r(B, T, 2 * H) + 1, r(B, T, H, V)
+    C0, n0, m0 = r(B, H, K, V), r(B, H, K), r(B, H)
+    ins = [t.requires_grad_() for t in (x, Wq, Wk, G, gm, v, C0, n0, m0)]
+    ws = [r(B, T, H, V), r(B, H, K, V), r(B, H, K), r(B, H), r(B, T, dim)]
+    lib = mlstm_scan.load()
+
+    def run(f):
+        h, state, xt = f(x, Wq, Wk, G, gm, v, (C0, n0, m0), exp_gate)
+        outs = [h, *state, xt]
+        loss = sum((o * w).sum() for o, w in zip(outs, ws))
+        return outs + list(torch.autograd.grad(loss, ins))
+
+    with threads_(threads):
+        got = run(lambda *a: mlstm_scan.qk_gates(lib, *a))
+    want = run(_qk_reference)
+    names = ["h", "C", "n", "m", "x'", "x", "Wq", "Wk", "G", "gm", "v", "C0", "n0", "m0"]
+    assert_close(got, want, names, tol)
+
+
+def test_mlstm_qk_gates_not_finite():
+    """qk_gates gives None (the caller's checked path) when x, gm or the caller's check sum
+    holds a NaN or inf; its result otherwise."""
+    gen = torch.Generator().manual_seed(4)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, K = 2, 20, 2, 8
+    args = [r(B, T, H * K), r(H * K // 4, 4, 4), r(H * K // 4, 4, 4), r(2 * H, H * K),
+            r(B, T, 2 * H), r(B, T, H, K), (r(B, H, K, K), r(B, H, K), r(B, H)), False]
+    lib = mlstm_scan.load()
+    assert mlstm_scan.qk_gates(lib, *args) is not None
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in (0, 4):
+            a = list(args)
+            a[i] = a[i].clone()
+            a[i][1, 17, 3] = bad
+            assert mlstm_scan.qk_gates(lib, *a) is None
+        assert mlstm_scan.qk_gates(lib, *args, check=torch.tensor(bad).double()) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_blockdiag_gated_through(threads):
+    """through=True returns x itself; the gradient of its other uses is added to x's in the
+    kernel (against the same uses of x in PyTorch)."""
+    gen = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, W0, G = (r(*s).requires_grad_() for s in ((3, 7, 36), (9, 4, 4), (5, 36)))
+    w0, wg, wx = r(3, 7, 36), r(3, 7, 5), r(3, 7, 36)
+    lib = blockdiag.load()
+    with threads_(threads):
+        y0, _, g, xt = blockdiag.blockdiag_gated(lib, x, W0, None, G, through=True)
+    assert torch.equal(xt, x)
+    got = torch.autograd.grad((y0 * w0).sum() + (g * wg).sum() + (xt.sin() * wx).sum(),
+                              [x, W0, G])
+    y0, _, g = _gated_reference(x, W0, None, G)
+    want = torch.autograd.grad((y0 * w0).sum() + (g * wg).sum() + (x.sin() * wx).sum(),
+                               [x, W0, G])
+    assert_close(got, want, ["x", "W0", "G"], 1e-12)
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+def test_mlstm_layer_fused_chunk_matches_torch(monkeypatch, forget_gate):
+    """The layer's chunk mode on the CPU runs qk_gates (counted) and matches the PyTorch
+    path: output, state and the gradients of x, the parameters and the initial state."""
+    from rnnzoo import create
+    from rnnzoo.ops import backend
+
+    calls = counter(monkeypatch, mlstm_scan, "qk_gates")
+    torch.manual_seed(0)
+    layer = create("mlstm", d_model=16, num_heads=2, forget_gate=forget_gate).double()
+    with torch.no_grad():
+        layer.gates.weight.normal_(0, 0.3)
+    x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    state = [s.normal_().requires_grad_() for s in layer.init_state(2, dtype=torch.float64)]
+    ins = [x, *state, *layer.parameters()]
+
+    def run():
+        y, st = layer(x, state, mode="chunk")
+        loss = (y * y).sum() + sum((s * s).sum() for s in st)
+        return [y, *st, *torch.autograd.grad(loss, ins)]
+
+    got = run()
+    assert calls[0] == 1
+    with backend.force("torch"):
+        want = run()
+    assert_close(got, want, [f"out{i}" for i in range(len(got))], 1e-10)

@@ -39,7 +39,7 @@ from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import backend, flop_count
 from rnnzoo.ops.chunk._common import causal_decay, check_delta, to_chunks
-from rnnzoo.ops.finite import finite_inputs, poison
+from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import mesa_scan as native_mesa
 
 __all__ = ["conjugate_gradient", "mesa", "mesa_recurrent", "mesa_step"]
@@ -141,14 +141,20 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     T = q.shape[1]
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
-    (q,), (k, v, g, beta), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, beta)))
+    native = flop_count.native(q.to(dt), k, v, g, beta, lamb.to(dt), Hkk, Hkv)
+    # the C recurrence: no zeroed copies and no NaN marks unless some input is not finite
+    # (clean_inputs: one sum a tensor; finite_inputs' copies and marks otherwise)
+    (q,), (k, v, g, beta), marks = (clean_inputs if native else finite_inputs)(
+        (q,), tuple(t.to(dt) for t in (k, v, g, beta)))
     q, lamb = q.to(dt), lamb.to(dt)
-    lib = native_mesa.load() if flop_count.native(q, k, v, g, beta, lamb, Hkk, Hkv) else None
+    lib = native_mesa.load() if native else None
     if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
         o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps,
                                          cg_tol)
-        return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
-                                                        poison(Hkv, marks.state))
+        o, (Hkk, Hkv) = marked(o, (Hkk, Hkv), marks)
+        return o.to(out_dtype), (Hkk, Hkv)
+    if marks is None:  # native, but the kernel not built: the chunk form's marks
+        (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     C = min(chunk_size, T)
     qc, kc, vc = (to_chunks(t, C) for t in (q.to(dt), k, v))      # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)

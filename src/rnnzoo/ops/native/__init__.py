@@ -36,6 +36,8 @@ Kernels (`<name>.c`, with its Python side in `ops.native.<name>` unless named):
                         longhorn; `ops.native.head_norm`: the delta layers, lightnet, gla,
                         gsa, hgrn2, ...), and mlstm's head
     blockdiag.c         mlstm's block-diagonal q, k, v maps
+                        (blockdiag.h: their gated row bodies, shared with mlstm_scan.c's
+                        fused q, k and gates pass, mlstm_qk_fwd / _bwd)
     miras_read.c        the per-step reads of Miras' chunk form (memora, moneta)
     miras_chunk.c       Miras' chunk loop for the MLP memory (memora, moneta, yaad)
     memory_gelu.c       the tanh GELU with its first and second derivatives (MLP memories)

@@ -71,15 +71,16 @@ def blockdiag(lib, x, weight):
 def _gated_kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "blockdiag_gated_fwd", dtype, [P] * 8 + [L] * 6),
-            native.kernel(lib, "blockdiag_gated_bwd", dtype, [P] * 11 + [L] * 6))
+            native.kernel(lib, "blockdiag_gated_bwd", dtype, [P] * 12 + [L] * 6))
 
 
 class _NativeBlockDiagGated(torch.autograd.Function):
-    """(x, W0, W1 or None, G) -> (y0, y1 or None, g, total), blockdiag.c's names; total
-    (one entry per thread's rows, not differentiable) sums y0, y1 and g."""
+    """(x, W0, W1 or None, G) -> (y0, y1 or None, g, total, x'), blockdiag.c's names; total
+    (one entry per thread's rows, not differentiable) sums y0, y1 and g; x' is x (a view)
+    when `through`, its gradient added to x's in the backward's pass, else None."""
 
     @staticmethod
-    def forward(ctx, lib, x, W0, W1, G):
+    def forward(ctx, lib, x, W0, W1, G, through=False):
         x2, W0, G = _rows(x), W0.contiguous(), G.contiguous()
         W1 = None if W1 is None else W1.contiguous()
         rows, dim = x2.shape
@@ -96,10 +97,10 @@ class _NativeBlockDiagGated(torch.autograd.Function):
         ctx.mark_non_differentiable(total)
         lead = x.shape[:-1]
         return (y0.view(x.shape), None if y1 is None else y1.view(x.shape), g.view(*lead, ng),
-                total)
+                total, x.view_as(x) if through else None)
 
     @staticmethod
-    def backward(ctx, dy0, dy1, dg, _):
+    def backward(ctx, dy0, dy1, dg, _, dthrough):
         x2, W0, W1, G = ctx.saved_tensors
         rows, dim = x2.shape
         bs, ng = W0.shape[-1], G.shape[0]
@@ -109,21 +110,26 @@ class _NativeBlockDiagGated(torch.autograd.Function):
             dy1 = x2.new_zeros(rows, dim) if dy1 is None else dy1.contiguous().view(rows, dim)
         parts = native.rows(rows)
         dx = torch.empty_like(dy0)
+        dx0 = None if dthrough is None else dthrough.contiguous().view(rows, dim)
         dW0, dG = W0.new_empty(len(parts), *W0.shape), G.new_empty(len(parts), *G.shape)
         dW1 = None if W1 is None else W1.new_empty(len(parts), *W1.shape)
         _, bwd = _gated_kernels(ctx.lib, x2.dtype)
         native.run(bwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, dy0, None if W1 is None else dy1,
-                                                    dg, dx, dW0[i], None if W1 is None else dW1[i],
+                                                    dg, dx0, dx, dW0[i],
+                                                    None if W1 is None else dW1[i],
                                                     dG[i])),
                           x2.stride(0), dim, bs, ng, a, b) for i, (a, b) in enumerate(parts)])
         return (None, dx.view(ctx.shape), dW0.sum(0), None if W1 is None else dW1.sum(0),
-                dG.sum(0))
+                dG.sum(0), None)
 
 
-def blockdiag_gated(lib, x, W0, W1, G, total=False):
+def blockdiag_gated(lib, x, W0, W1, G, total=False, through=False):
     """(x BD0^T, x BD1^T or None, x G^T) in one pass each way: x (..., dim), W0 / W1 (dim / bs,
     bs, bs) (W1 may be None), G (ng, dim); `lib` = load(). total=True appends the sum of the
     three outputs' entries (a 0-dim tensor, not differentiable: finite only when every entry
-    is, the finiteness check of ops.finite.clean_inputs without another pass over them)."""
-    *out, parts = _NativeBlockDiagGated.apply(lib, x, W0, W1, G)
-    return (*out, parts.sum()) if total else tuple(out)
+    is, the finiteness check of ops.finite.clean_inputs without another pass over them).
+    through=True appends x itself (a view) for the caller's other uses of x: their gradient is
+    added to x's inside the backward's pass (no (..., dim) addition by autograd after)."""
+    *out, parts, xt = _NativeBlockDiagGated.apply(lib, x, W0, W1, G, through)
+    out = (*out, parts.sum()) if total else tuple(out)
+    return (*out, xt) if through else out

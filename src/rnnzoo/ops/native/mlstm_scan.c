@@ -160,4 +160,235 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
 
 #undef HEAD_RUNS
 
+/* mlstm_qk_fwd / mlstm_qk_bwd: the layer's (layers.mlstm) q, k and gates with the pass above,
+   fused: from x_c's rows, by blocks of bl steps of one batch row, blockdiag.h's gated rows
+   give q = x_c BDq^T (q's scale folded into Wq), k = x_c BDk^T and gc = x_c Gc^T into a
+   scratch block (in L1 / L2: q and k never reach memory), then each step of the block does
+   the gates,
+       li = gc[:H] + gm[:H],   fr = gc[H:] + gm[H:],   lf = log sigmoid(fr) (lf = fr: exp_gate)
+   (aux = [li | lf | sigmoid(-fr)] kept for the backward) and the recurrence above
+   (mlstm_gates_fwd's arithmetic); n at each block's start goes to nck. *sum: the sum of this
+   call's q, k and gc entries (the finiteness check).
+   The backward goes down by blocks: q and k recomputed, the block's n_t from its checkpoint,
+   then each step descending does mlstm_gates_bwd's two passes' work (dq and dk into scratch)
+   and the gates' gradient dpre = [dli | dlf sigmoid(-fr)], and the block's dx, dWq, dWk, dGc
+   go through blockdiag.h's gated backward rows.
+
+   Layouts: x (B, T, H K) with row stride xs (rows of B T); Wq, Wk (H K / bs, bs, bs); Gc
+   (2 H, H K); gm, dpre (B, T, 2 H); aux (B, T, 3 H); nck (B, ceil(T / bl), H K); dx and dx0
+   (B, T, H K) contiguous (dx0, or NULL: the gradient of the layer's other use of x, added
+   into dx); dWq, dWk, dGc this call's own slices; the rest as above. Each function does the
+   batch rows [b0, b1). */
+
+#include "tile.h"
+#define BD_ONLY4  /* bs = 4 (xLSTM's) as a constant, others by the general body: compile time */
+#include "blockdiag.h"
+
+/* one copy each of the gated rows' bodies (not inlined at each call: compile time) */
+static __attribute__((noinline)) void NAME(qk_rows)(const T *restrict x, const T *restrict W0,
+                                                    const T *restrict W1, const T *restrict G,
+                                                    T *restrict y0, T *restrict y1, T *restrict gg,
+                                                    long xs, long dim, long bs, long ng, long nr,
+                                                    const T *restrict v, long c0, T *restrict sum) {
+    NAME(bd_fwd_rows)(x, W0, W1, G, y0, y1, gg, xs, dim, bs, ng, 0, nr, v, c0, sum);
+}
+
+static __attribute__((noinline)) void NAME(qk_rows_bwd)(
+    const T *restrict x, const T *restrict W0, const T *restrict W1, const T *restrict G,
+    const T *restrict dy0, const T *restrict dy1, const T *restrict dg, T *restrict dx,
+    T *restrict dW0, T *restrict dW1, T *restrict dG, long xs, long dim, long bs, long ng,
+    long nr, T *restrict v, long c0, const T *restrict dx0) {
+    NAME(bd_bwd_rows)(x, W0, W1, G, dy0, dy1, dg, dx, dW0, dW1, dG, xs, dim, bs, ng, 0, nr, v, c0,
+                      dx0);
+}
+
+#ifndef QK_AHEAD  /* steps ahead the backward's descending pass prefetches dkp's and dqs' rows */
+#define QK_AHEAD 2
+#endif
+
+/* a block's gates, nt steps: aux's rows [li | lf | sg] from gc (nt, 2 H) and gm's rows
+   (nt, 2 H): li = gc + gm, fr = gc + gm, lf = log sigmoid(fr) = min(fr, 0) - log1p(exp(-|fr|))
+   as torch's and sg = sigmoid(-fr) = d lf / d fr (exp_gate: lf = fr, sg = 1) */
+static inline void NAME(gates)(const T *restrict gc, const T *restrict gm, T *restrict aux,
+                               long nt, long H, long exp_gate) {
+    for (long j = 0; j < nt; j++) {
+        const T *restrict c = gc + 2 * j * H, *restrict d = gm + 2 * j * H;
+        T *restrict a = aux + 3 * j * H;
+        for (long h = 0; h < H; h++) a[h] = c[h] + d[h];
+        if (exp_gate) {
+            for (long h = 0; h < H; h++) {
+                a[H + h] = c[H + h] + d[H + h];
+                a[2 * H + h] = 1;
+            }
+            continue;
+        }
+        for (long h = 0; h < H; h++) {
+            const T fr = c[H + h] + d[H + h], e = EXP(fr < 0 ? fr : -fr);  /* exp(-|fr|) */
+            a[H + h] = (fr < 0 ? fr : 0) - LOG1P(e);
+            a[2 * H + h] = (fr > 0 ? e : 1) / (1 + e);
+        }
+    }
+}
+
+void NAME(mlstm_qk_fwd)(const T *restrict x, const T *restrict Wq, const T *restrict Wk,
+                        const T *restrict Gc, const T *restrict gm, const T *restrict n0,
+                        const T *restrict m0, T *restrict aux, T *restrict g, T *restrict kp,
+                        T *restrict qs, T *restrict m_out, T *restrict s_out, T *restrict nT,
+                        T *restrict mT, T *restrict nck, T *restrict sum, double eps,
+                        long exp_gate, long xs, long bs, long bl, long Tn, long H, long K, long b0,
+                        long b1) {
+    const long dim = H * K, ng = 2 * H;
+    long c0;
+    T *v = NAME(bd_setup)(Wq, Wk, dim, bs, 0, &c0);
+    T *qb = malloc((2 * bl * dim + bl * ng) * sizeof(T));
+    T *kb = qb + bl * dim, *gb = kb + bl * dim, total = 0;
+    const long nb = (Tn + bl - 1) / bl;
+    for (long b = b0; b < b1; b++) {
+        memcpy(nT + b * dim, n0 + b * dim, dim * sizeof(T));
+        memcpy(mT + b * H, m0 + b * H, H * sizeof(T));
+        for (long t0 = 0; t0 < Tn; t0 += bl) {
+            const long nt = Tn - t0 < bl ? Tn - t0 : bl;
+            T part;
+            memcpy(nck + (b * nb + t0 / bl) * dim, nT + b * dim, dim * sizeof(T));
+            NAME(qk_rows)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, qb, kb, gb, xs, dim, bs, ng, nt, v,
+                          c0, &part);
+            total += part;
+            NAME(gates)(gb, gm + (b * Tn + t0) * ng, aux + (b * Tn + t0) * 3 * H, nt, H, exp_gate);
+            for (long j = 0; j < nt; j++) {
+                const long bt = b * Tn + t0 + j;
+                for (long hh = 0; hh < H; hh++) {
+                    const long row = bt * H + hh;
+                    const T li = aux[bt * 3 * H + hh], lf = aux[bt * 3 * H + H + hh];
+                    T *restrict n = nT + (b * H + hh) * K;
+                    const T m = mT[b * H + hh];
+                    const T a = lf + m, mn = a > li ? a : li;
+                    const T gt = a - mn, f = EXP(gt), i = EXP(li - mn);
+                    const T *restrict qt = qb + j * dim + hh * K, *restrict kt = kb + j * dim + hh * K;
+                    T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
+#pragma omp simd reduction(+:s)
+                    for (long r = 0; r < K; r++) {
+                        const T ik = i * kt[r];
+                        kpt[r] = ik;
+                        n[r] = f * n[r] + ik;
+                        s += qt[r] * n[r];
+                    }
+                    const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
+#pragma omp simd
+                    for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
+                    g[row] = gt;
+                    m_out[row] = mn;
+                    s_out[row] = s;
+                    mT[b * H + hh] = mn;
+                }
+            }
+        }
+    }
+    *sum = total;
+    free(qb);
+    free(v);
+}
+
+void NAME(mlstm_qk_bwd)(const T *restrict x, const T *restrict Wq, const T *restrict Wk,
+                        const T *restrict Gc, const T *restrict aux, const T *restrict n0,
+                        const T *restrict m0, const T *restrict nck, const T *restrict g,
+                        const T *restrict m_in, const T *restrict s_in, const T *restrict dg,
+                        const T *restrict dkp,
+                        const T *restrict dqs, const T *restrict dnT, const T *restrict dmT,
+                        const T *restrict dx0, T *restrict dx, T *restrict dWq,
+                        T *restrict dWk, T *restrict dGc,
+                        T *restrict dpre, T *restrict dn0, T *restrict dm0, double eps,
+                        long exp_gate, long xs, long bs, long bl, long Tn, long H, long K,
+                        long b0, long b1) {
+    const long dim = H * K, ng = 2 * H;
+    memset(dWq, 0, dim * bs * sizeof(T));
+    memset(dWk, 0, dim * bs * sizeof(T));
+    memset(dGc, 0, ng * dim * sizeof(T));
+    long cf, cb;
+    T *vf = NAME(bd_setup)(Wq, Wk, dim, bs, 0, &cf), *vb = NAME(bd_setup)(Wq, Wk, dim, bs, 1, &cb);
+    /* a block's n_{t0} .. n_{t0 + bl} (n_{t0 + j} of head hh at ns + j dim + hh K), q, k, dq,
+       dk rows and a dummy gate row */
+    T *ns = malloc(((bl + 1) * dim + 4 * bl * dim + bl * ng) * sizeof(T));
+    T *qb = ns + (bl + 1) * dim, *kb = qb + bl * dim, *dqb = kb + bl * dim, *dkb = dqb + bl * dim,
+      *gb = dkb + bl * dim;
+    const long nb = (Tn + bl - 1) / bl;
+    for (long b = b0; b < b1; b++) {
+        if (dnT) memcpy(dn0 + b * dim, dnT + b * dim, dim * sizeof(T));
+        else memset(dn0 + b * dim, 0, dim * sizeof(T));
+        for (long hh = 0; hh < H; hh++) dm0[b * H + hh] = dmT ? dmT[b * H + hh] : 0;
+        for (long t0 = (nb - 1) * bl; t0 >= 0; t0 -= bl) {  /* the blocks, descending */
+            const long nt = Tn - t0 < bl ? Tn - t0 : bl;
+            NAME(qk_rows)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, qb, kb, gb, xs, dim, bs, 0, nt, vf, cf,
+                          NULL);
+            /* the block's n_t from the forward's checkpoint of its start */
+            memcpy(ns, nck + (b * nb + t0 / bl) * dim, dim * sizeof(T));
+            for (long j = 0; j < nt; j++) {
+                const long bt = b * Tn + t0 + j;
+                for (long hh = 0; hh < H; hh++) {
+                    const long row = bt * H + hh;
+                    const T f = EXP(g[row]), i = EXP(aux[bt * 3 * H + hh] - m_in[row]);
+                    const T *restrict kt = kb + j * dim + hh * K, *restrict prev = ns + j * dim + hh * K;
+                    T *restrict n = ns + (j + 1) * dim + hh * K;
+#pragma omp simd
+                    for (long r = 0; r < K; r++) n[r] = f * prev[r] + i * kt[r];
+                }
+            }
+            for (long j = nt - 1; j >= 0; j--) {
+                const long t = t0 + j, bt = b * Tn + t;
+                if (t >= QK_AHEAD) {  /* rows read in descending order: the prefetchers miss them */
+                    const long ahead = (bt - QK_AHEAD) * dim;
+                    for (long r = 0; r < dim; r += 64 / (long)sizeof(T)) {
+                        __builtin_prefetch(dkp + ahead + r);
+                        __builtin_prefetch(dqs + ahead + r);
+                    }
+                }
+                for (long hh = 0; hh < H; hh++) {
+                    const long row = bt * H + hh;
+                    T *restrict dn = dn0 + (b * H + hh) * K;
+                    const T dm = dm0[b * H + hh], li = aux[bt * 3 * H + hh];
+                    const T lf = aux[bt * 3 * H + H + hh], sg = aux[bt * 3 * H + 2 * H + hh];
+                    const T mp = t ? m_in[row - H] : m0[b * H + hh], a = lf + mp, mt = m_in[row];
+                    const T f = EXP(g[row]), i = EXP(li - mt), s = s_in[row];
+                    const T *restrict qt = qb + j * dim + hh * K, *restrict kt = kb + j * dim + hh * K,
+                            *restrict dqst = dqs + row * K, *restrict dkpt = dkp + row * K,
+                            *restrict nt_ = ns + (j + 1) * dim + hh * K,
+                            *restrict prev = ns + j * dim + hh * K;
+                    T *restrict dqt = dqb + j * dim + hh * K, *restrict dkt = dkb + j * dim + hh * K;
+                    T Y = 0, L = 0, X = 0;
+#pragma omp simd reduction(+:Y)
+                    for (long r = 0; r < K; r++) Y += qt[r] * dqst[r];
+                    const T as = s < 0 ? -s : s, e = EXP(-mt), inv = 1 / ((as > e ? as : e) + (T)eps);
+                    const T dden = -Y * inv * inv, ws = as > e ? 1 : (as < e ? 0 : (T)0.5);
+                    const T dst = dden * ws * (s > 0 ? 1 : (s < 0 ? -1 : 0));
+                    const T dmt = -dden * (1 - ws) * e;
+#pragma omp simd reduction(+:L, X)
+                    for (long r = 0; r < K; r++) {
+                        dqt[r] = dst * nt_[r] + dqst[r] * inv;
+                        const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
+                        dkt[r] = dkr;
+                        L += kt[r] * dkr;
+                        X += prev[r] * dnr;
+                        dn[r] = f * dnr;
+                    }
+                    const T G = dg[row] + f * X, M = dmt + dm - G - L;
+                    const T w = a > li ? 1 : (a < li ? 0 : (T)0.5);  /* torch.maximum's split */
+                    const T dlf = G + M * w;
+                    dpre[bt * ng + hh] = L + M * (1 - w);
+                    dpre[bt * ng + H + hh] = dlf * sg;
+                    dm0[b * H + hh] = dlf;  /* to m_{t-1} */
+                }
+            }
+            NAME(qk_rows_bwd)(x + (b * Tn + t0) * xs, Wq, Wk, Gc, dqb, dkb, dpre + (b * Tn + t0) * ng,
+                              dx + (b * Tn + t0) * dim, dWq, dWk, dGc, xs, dim, bs, ng, nt, vb, cb,
+                              dx0 ? dx0 + (b * Tn + t0) * dim : NULL);
+        }
+    }
+    NAME(bd_put_back)(vb, cb, dWq, dWk);
+    free(ns);
+    free(vf);
+    free(vb);
+}
+
+#undef BD_ONLY4
+#include "tile.h"  /* its names undefined for the next type */
+
 #endif

@@ -19,7 +19,7 @@ import ctypes
 import torch
 
 from rnnzoo.ops import native
-from rnnzoo.ops.native import ssd_scan
+from rnnzoo.ops.native import blockdiag, ssd_scan
 
 
 def load():
@@ -63,6 +63,91 @@ class _Gates(torch.autograd.Function):
                                                        dnT, dmT, dq, dk, dli, dlf, dn0, dm0))
                          + (ctx.eps, T, H, K, *p) for p in native.rows(B * H)])
         return None, dq, dk, dli, dlf, dn0, dm0, None
+
+
+def _qk_kernels(lib, dtype):
+    P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+    return (native.kernel(lib, "mlstm_qk_fwd", dtype, [P] * 17 + [D] + [L] * 9),
+            native.kernel(lib, "mlstm_qk_bwd", dtype, [P] * 24 + [D] + [L] * 9))
+
+
+# steps a block of mlstm_qk_fwd / _bwd (the forward keeps n at each block's start)
+QK_BLOCK = 16
+
+
+class _QKGates(torch.autograd.Function):
+    """(x, Wq, Wk, Gc, gm, n0, m0) -> (g, kp, qs, n_T, m_T, total, x'): mlstm_scan.c's
+    mlstm_qk_fwd / _bwd (total, one entry per thread's rows, not differentiable; x' is x, a
+    view, for the caller's other uses: its gradient is added to x's in the backward's pass)."""
+
+    @staticmethod
+    def forward(ctx, lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate):
+        x2 = blockdiag._rows(x)
+        Wq, Wk, Gc, gm, n0, m0 = (t.contiguous() for t in (Wq, Wk, Gc, gm, n0, m0))
+        B, T, dim = x.shape
+        H = n0.shape[1]
+        K, bs = dim // H, Wq.shape[-1]
+        aux = gm.new_empty(B, T, 3 * H)  # [log i~ | log f | sigmoid(-f~)], for the backward
+        g, m, s = (x.new_empty(B, T, H) for _ in range(3))
+        kp, qs = (x.new_empty(B, T, H, K) for _ in range(2))
+        nT, mT = torch.empty_like(n0), torch.empty_like(m0)
+        nck = x.new_empty(B, -(-T // QK_BLOCK), dim)
+        parts = native.rows(B)
+        total = x.new_zeros(max(1, len(parts)))
+        fwd, _ = _qk_kernels(lib, x.dtype)
+        native.run(fwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, gm, n0, m0, aux, g, kp, qs,
+                                                       m, s, nT, mT, nck, total[i]))
+                         + (eps, int(exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
+                         for i, p in enumerate(parts)])
+        ctx.save_for_backward(x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s)
+        ctx.lib, ctx.eps, ctx.exp_gate, ctx.shape = lib, eps, exp_gate, x.shape
+        ctx.mark_non_differentiable(total)
+        ctx.set_materialize_grads(False)
+        return g, kp, qs, nT, mT, total, x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dg, dkp, dqs, dnT, dmT, _, dthrough):
+        x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s = ctx.saved_tensors
+        B, T, dim = ctx.shape
+        H = n0.shape[1]
+        K, bs = dim // H, Wq.shape[-1]
+        dg, dkp, dqs = ((torch.zeros_like(r) if d is None else d.contiguous())
+                        for d, r in ((dg, g), (dkp, x2.new_empty(B, T, H, K)),
+                                     (dqs, x2.new_empty(B, T, H, K))))
+        dnT, dmT, dx0 = (None if d is None else d.contiguous() for d in (dnT, dmT, dthrough))
+        parts = native.rows(B)
+        dx, dpre = x2.new_empty(B, T, dim), x2.new_empty(B, T, 2 * H)
+        dn0, dm0 = torch.empty_like(n0), torch.empty_like(m0)
+        dWq, dWk, dGc = (w.new_empty(len(parts), *w.shape) for w in (Wq, Wk, Gc))
+        _, bwd = _qk_kernels(ctx.lib, x2.dtype)
+        native.run(bwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s,
+                                                       dg, dkp, dqs, dnT, dmT, dx0, dx, dWq[i],
+                                                       dWk[i], dGc[i], dpre, dn0, dm0))
+                         + (ctx.eps, int(ctx.exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
+                         for i, p in enumerate(parts)])
+        return (None, dx, dWq.sum(0), dWk.sum(0), dGc.sum(0), dpre, dn0, dm0, None, None)
+
+
+def qk_gates(lib, x, Wq, Wk, Gc, gm, v, state, exp_gate, eps=1e-6, check=None):
+    """mLSTM from the layer's conv output (layers.mlstm, chunk mode): q = x BDq^T (its
+    1/sqrt(K) in Wq), k = x BDk^T, the gates [log i~ | f~] = x Gc^T + gm, log f = log
+    sigmoid(f~) (f~ itself when exp_gate), then `mlstm`'s recurrence, with q and k never
+    written (mlstm_qk_fwd / _bwd: blockdiag.c's gated rows and mlstm_gates' pass in one).
+
+    x (B, T, H K) (rows may be strided); Wq, Wk (H K / bs, bs, bs); Gc (2 H, H K); gm
+    (B, T, 2 H); v (B, T, H, V); state (C0, n0, m0); `lib` = load(); all one dtype.
+    -> (h, (C, n, m), x') (x' is x, a view, for the caller's other uses of x: their gradient
+    is added inside the backward's pass), or None when some of q, k, the gates or `check` (a
+    0-dim sum of the caller's other inputs) is not finite: the caller then takes the checked
+    path (ops.chunk.linear.mlstm, which marks non-finite steps)."""
+    C0, n0, m0 = state
+    g, kp, qs, nT, mT, total, xt = _QKGates.apply(lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate)
+    with torch.no_grad():
+        t = total.sum() + gm.sum()
+        if not bool(torch.isfinite(t if check is None else t + check)):
+            return None
+    h, CT = ssd_scan.ssd(ssd_scan.load(), qs, kp, v, g, C0)
+    return h, (CT, nT, mT), xt
 
 
 def mlstm(lib, q, k, v, log_i, log_f, state, eps):
