@@ -79,3 +79,28 @@ def test_ttt_layers_loop_in_c(name, fn, monkeypatch):
         ref = layer(x, mode="minibatch")[0]
     assert calls[0] == 1
     assert (y - ref).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 2, 5, 4), (3, 50, 2, 32, 16)])
+@pytest.mark.parametrize("begun", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-4)])
+def test_native_loop_output_alone(shape, begun, dtype, tol, monkeypatch):
+    """TTT-Linear's loop when only the output has a gradient (the final state unused, as in
+    training): the loop's backward gets no gradient of its sums S, s (NULL in C, no zero
+    tensor), and every input's gradient still equals the torch loop's."""
+    calls = counter(monkeypatch, ttt_loop, "loop")
+    args, leaves = _inputs("linear", *shape, dtype, begun, True)
+
+    def run():
+        q, k, v, lr, tok, init, state, w, b = args
+        z, _ = memory.ttt_minibatch("linear", q, k, v, lr, tok, init, state, w, b, 1e-6)
+        return outputs_and_grads([z], leaves)
+
+    with threads(2):
+        got = run()
+    assert calls[0] == 1
+    with backend.force("torch"):
+        want = run()
+    names = ["z", "dq", "dk", "dv", "dlr", "dtok", "d init W", "d init b", "dw", "dnb",
+             "d state W", "d state b", "d state AW", "d state Ab"]
+    assert_close(got, want, names, tol)

@@ -58,3 +58,29 @@ def test_torch_form_is_the_loss_gradient():
         got = memory._norm_loss_grad(z, t, w, b, 1e-6)
     assert (got - want).abs().max() < 1e-12
     assert (memory._norm_loss_grad(z, t, w, b, 1e-6) - want).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 2, 5), (2, 33, 4, 32), (1, 1, 1, 8)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_native_inner_output_equals_torch(shape, dtype, tol, monkeypatch):
+    """memory.inner_output, o = q + LN(z) w + b (the TTT layers' output), in C (ttt_norm.c's
+    ttt_out_fwd / ttt_out_bwd) against its PyTorch form (F.layer_norm and addcmul): o and
+    the gradients in q, z, w and b, on two threads; odd shapes (a width not a multiple of the
+    vector, one row) and, in float64, rows close to their mean."""
+    calls = counter(monkeypatch, ttt_norm, "inner_output")
+    g = torch.Generator().manual_seed(0)
+    H, K = shape[-2:]
+    q = torch.randn(shape, generator=g, dtype=dtype)
+    z = 3 * torch.randn(shape, generator=g, dtype=dtype) + 1
+    if dtype == torch.float64:  # rows near constant: the norm's 1/std large (float32's
+        z[:, 0] = 0.5 + 1e-3 * z[:, 0]  # rounding of such z moves o by ~1e-5 in either form)
+    w = 1 + 0.3 * torch.randn(H, K, generator=g, dtype=dtype)
+    b = 0.2 * torch.randn(H, K, generator=g, dtype=dtype)
+    leaves = [x.requires_grad_() for x in (q, z, w, b)]
+    with threads(2):
+        got = outputs_and_grads([memory.inner_output(*leaves, 1e-6)], leaves)
+    assert calls[0] == 1
+    with backend.force("torch"):
+        want = outputs_and_grads([memory.inner_output(*leaves, 1e-6)], leaves)
+    assert calls[0] == 1
+    assert_close(got, want, ["o", "dq", "dz", "dw", "db"], tol)

@@ -79,9 +79,15 @@ def _norm_loss_grad(Z, target, w, b, eps):
 
 
 def inner_output(q, z, w, b, eps, norm=True):
-    """f(q) = q + LN(z) w + b (or q + z without the inner norm); q, z (B, T, H, K)."""
+    """f(q) = q + LN(z) w + b (or q + z without the inner norm); q, z (B, T, H, K). On the
+    CPU one C pass each way (ops.native.ttt_norm.inner_output)."""
     if not norm:
         return q + z
+    if (q.shape == z.shape and z.dim() >= 2 and w.shape == b.shape == z.shape[-2:]
+            and backend.use_native(q, z, w, b)):
+        from rnnzoo.ops.native import ttt_norm
+        if (lib := ttt_norm.load()) is not None:
+            return ttt_norm.inner_output(lib, q, z, w, b, eps)
     return torch.addcmul(q + b, F.layer_norm(z, z.shape[-1:], eps=eps), w)
 
 
@@ -291,9 +297,16 @@ def _read_all(Pst, XG, x, Acc, tok_c):
 
 def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     """The dual (mini-batch) form, equal to `ttt_sequential`. Same arguments."""
+    from rnnzoo.ops.finite import clean_inputs, marked  # here: the module's head is TTT's
+
     B, T, H, K = q.shape
     M = tok.shape[0]
-    (q,), (k, v, lr), marks = finite_inputs(read=(q,), write=(k, v, lr))
+    # where reading is free, no copies (nor NaN marks) for inputs that all sum to a finite
+    # number: one host read (clean_inputs)
+    if backend.host_readable(q):
+        (q,), (k, v, lr), marks = clean_inputs((q,), (k, v, lr))
+    else:
+        (q,), (k, v, lr), marks = finite_inputs(read=(q,), write=(k, v, lr))
     dP, Acc, n = _split(state)
     dP, Acc, c = _roll(dP, Acc, n, tok, M)
     NT, first, last, place, take = _grid(c, T, M)
@@ -332,11 +345,14 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     # skipped, unless their gradient is asked for
     begun = not (backend.host_readable(q) and not any(a.requires_grad for a in Acc)
                  and not any(bool(a.any()) for a in Acc))
+    # (one group: qc whole, not a one-piece split, whose backward copies dq into a cat)
     zs = [_read_all(Pst, XG, x, Acc if begun and not i else None, tok_c)
-          for i, ((Pst, XG), x) in enumerate(zip(groups, qc.split(per, 2)))]
+          for i, ((Pst, XG), x) in enumerate(zip(groups, qc.split(per, 2) if per < NT
+                                                  else (qc,)))]
     z = take((zs[0] if len(zs) == 1 else torch.cat(zs, 2)).reshape(B, H, NT * M, -1))
     n_out = ((c + T - 1) % M + 1).to(state[-1].dtype)
-    return poison(z, marks.outputs), (*poison(tuple(final), marks.state), n_out)
+    z, final = marked(z, tuple(final), marks)
+    return z, (*final, n_out)
 
 
 def _ttt_loop_lib(*tensors):

@@ -129,29 +129,40 @@ static inline long NAME(kept_ld)(const NAME(args) *a, long width) {
 #endif
 typedef T NAME(vec_t) __attribute__((vector_size(VBYTES_), aligned(sizeof(T)), may_alias));
 #define VL_ ((long)(VBYTES_ / sizeof(T)))
+#ifndef PPW_  /* the packed products' (mmp, pack) panels: PPW_ vectors wide, 4 x PPW_ tiles;
+                 a cell's file may set it before the include (searched_cells.c: 4) */
+#define PPW_ 3
+#endif
 
-static inline __attribute__((always_inline)) void NAME(tile)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
-                              const T *Bm, long ldb, long M, const long R, const long NV) {
-    NAME(vec_t) acc[4][3];
-    for (long r = 0; r < R; r++)
-        for (long j = 0; j < NV; j++) {
-            if (init) acc[r][j] = *(const NAME(vec_t) *)(init + r * ldi + j * VL_);
-            else acc[r][j] = (NAME(vec_t)){0};
-        }
-    for (long m = 0; m < M; m++) {
-        NAME(vec_t) bv[3];
-        for (long j = 0; j < NV; j++) {
-            bv[j] = *(const NAME(vec_t) *)(Bm + m * ldb + j * VL_);
-            KEEP_IN_REGISTER_(bv[j]);
-        }
-        for (long r = 0; r < R; r++) {
-            const T s = A[r * lda + m];
-            for (long j = 0; j < NV; j++) acc[r][j] += s * bv[j];
-        }
+/* an R x NV register tile (R <= 4, NV <= WMAX vectors): out = init + A Bm over M; `tile`
+   for NAME(mm) (4 x 3 and 4 x 1), `tilep` for NAME(mmp)'s PPW_-vector panels */
+#define CELL_TILE_(FN, WMAX)                                                                   \
+    static inline __attribute__((always_inline)) void FN(                                      \
+        T *out, long ldo, const T *init, long ldi, const T *A, long lda, const T *Bm, long ldb, \
+        long M, const long R, const long NV) {                                                 \
+        NAME(vec_t) acc[4][WMAX];                                                              \
+        for (long r = 0; r < R; r++)                                                           \
+            for (long j = 0; j < NV; j++) {                                                    \
+                if (init) acc[r][j] = *(const NAME(vec_t) *)(init + r * ldi + j * VL_);        \
+                else acc[r][j] = (NAME(vec_t)){0};                                             \
+            }                                                                                  \
+        for (long m = 0; m < M; m++) {                                                         \
+            NAME(vec_t) bv[WMAX];                                                              \
+            for (long j = 0; j < NV; j++) {                                                    \
+                bv[j] = *(const NAME(vec_t) *)(Bm + m * ldb + j * VL_);                        \
+                KEEP_IN_REGISTER_(bv[j]);                                                      \
+            }                                                                                  \
+            for (long r = 0; r < R; r++) {                                                     \
+                const T s = A[r * lda + m];                                                    \
+                for (long j = 0; j < NV; j++) acc[r][j] += s * bv[j];                          \
+            }                                                                                  \
+        }                                                                                      \
+        for (long r = 0; r < R; r++)                                                           \
+            for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j]; \
     }
-    for (long r = 0; r < R; r++)
-        for (long j = 0; j < NV; j++) *(NAME(vec_t) *)(out + r * ldo + j * VL_) = acc[r][j];
-}
+CELL_TILE_(NAME(tile), 3)
+CELL_TILE_(NAME(tilep), PPW_)
+#undef CELL_TILE_
 
 static __attribute__((unused)) void NAME(mm)(T *out, long ldo, const T *init, long ldi, const T *A, long lda,
                      const T *Bm, long ldb, long rows, long M, long N) {
@@ -184,9 +195,9 @@ static __attribute__((unused)) void NAME(mm)(T *out, long ldo, const T *init, lo
    L1 set, and the panel falls out of L1 between row blocks (measured: 37 -> 70 GFLOP/s
    at 16 x 128 @ 128 x 1024). */
 static __attribute__((unused)) void NAME(pack)(T *out, const T *Bm, long ldb, long M, long N) {
-    long n = 0, w = 3 * VL_;
+    long n = 0, w = PPW_ * VL_;
     while (n < N) {
-        w = n + w <= N ? w : (n + VL_ <= N ? VL_ : N - n);  /* 3 vectors, then 1, then the tail */
+        w = n + w <= N ? w : (n + VL_ <= N ? VL_ : N - n);  /* PPW_ vectors, then 1, then the tail */
         for (long m = 0; m < M; m++, out += w) memcpy(out, Bm + m * ldb + n, w * sizeof(T));
         n += w;
     }
@@ -197,12 +208,12 @@ static __attribute__((unused)) void NAME(mmp)(T *out, long ldo, const T *init, l
                                                const T *A, long lda, const T *Bp, long rows,
                                                long M, long N) {
     long n = 0;
-#define TILE_(R, NV) NAME(tile)(out + r * ldo + n, ldo, init ? init + r * ldi + n : 0, ldi, \
+#define TILE_(R, NV) NAME(tilep)(out + r * ldo + n, ldo, init ? init + r * ldi + n : 0, ldi, \
                                 A + r * lda, lda, Bp, NV * VL_, M, R, NV)
-    for (; n + 3 * VL_ <= N; n += 3 * VL_, Bp += 3 * VL_ * M) {
+    for (; n + PPW_ * VL_ <= N; n += PPW_ * VL_, Bp += PPW_ * VL_ * M) {
         long r = 0;
-        for (; r + 4 <= rows; r += 4) TILE_(4, 3);
-        for (; r < rows; r++) TILE_(1, 3);
+        for (; r + 4 <= rows; r += 4) TILE_(4, PPW_);
+        for (; r < rows; r++) TILE_(1, PPW_);
     }
     for (; n + VL_ <= N; n += VL_, Bp += VL_ * M) {
         long r = 0;

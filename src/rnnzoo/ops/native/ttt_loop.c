@@ -11,7 +11,7 @@
        Gl = lr o G,   S_j = k^T Gl (+ A0 at j = 0),   s_j = sum_i Gl_i (+ a0 at j = 0)
        W <- W - tau S_j,   c <- c - tau s_j
    Outputs P, pc, Gl, S, s for every j (the reads and the state take them).
-   Backward from dP, dpc, dGl, dS, ds, in reverse with gW, gc the gradient in W_{j+1}, c_{j+1}:
+   Backward from dP, dpc, dGl, dS, ds (dS, ds NULL: zero), in reverse with gW, gc the gradient in W_{j+1}, c_{j+1}:
        dtau -= <gW, S_j> + <gc, s_j>,   gS = dS_j - tau gW,   gs = ds_j - tau gc  (dA0, da0 at 0)
        gW += dP_j,  gc += dpc_j
        dGl' = dGl_j + k gS + gs,   dk = lr o (G gS^T),   dlr_i = G_i . dGl'_i,   dG = lr o dGl'
@@ -139,6 +139,8 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
     T *gS = gW + KK, *gST = gS + KK, *WT = gST + KK, *gc = WT + KK, *gs = gc + K, *Z = gs + K, *t = Z + MK, *G = t + MK;
     T *dg = G + MK, *dZ = dg + MK, *sc = dZ + MK, *dwr = sc + 5 * K, *dbr = dwr + K;
     T *dtr = dbr + K;
+    /* dS, ds NULL: zero (the final sums' gradient not asked for): a zero block read instead */
+    T *zS = calloc(KK + K, sizeof(T)), *zs = zS + KK;
     for (long r = r0; r < r1; r++) {
         const T *wh = nw ? nw + (r % H) * K : NULL, *bh = nb ? nb + (r % H) * K : NULL;
         T *dnwr = dnw + r * K, *dnbr = dnb + r * K;
@@ -151,7 +153,8 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
             const long o2 = r * NT + j;
             const T *Wj = P + o2 * KK, *cj = pc + o2 * K, *Sj = S + o2 * KK, *sj = s + o2 * K;
             const T *kj = k + o2 * MK, *vj = v + o2 * MK, *lj = lr + o2 * M;
-            const T *dPj = dP + o2 * KK, *dSj = dS + o2 * KK, *dGlj = dGl + o2 * MK;
+            const T *dPj = dP + o2 * KK, *dSj = dS ? dS + o2 * KK : zS, *dGlj = dGl + o2 * MK;
+            const T *dsj = ds ? ds + o2 * K : zs;
             T *dkj = dk + o2 * MK, *dvj = dv + o2 * MK, *dlj = dlr + o2 * M;
             T acc = 0;
             #pragma omp simd reduction(+:acc)
@@ -163,7 +166,7 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
             #pragma omp simd reduction(+:acc)
             for (long o = 0; o < K; o++) {
                 acc += gc[o] * sj[o];
-                gs[o] = ds[o2 * K + o] - tau * gc[o];
+                gs[o] = dsj[o] - tau * gc[o];
                 gc[o] += dpc[o2 * K + o];
             }
             dt_r -= acc;
@@ -225,6 +228,7 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
         memcpy(dc + r * K, gc, K * sizeof(T));
         dtau[r] = dt_r;
     }
+    free(zS);
     free(gW);
 }
 

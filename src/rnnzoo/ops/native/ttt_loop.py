@@ -50,6 +50,7 @@ class _Loop(torch.autograd.Function):
               eps, B * H)
         ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s)
         ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        ctx.set_materialize_grads(False)  # S, s without a gradient: NULL, not a zero tensor
         return P, pc, Gl, S, s
 
     @staticmethod
@@ -61,7 +62,11 @@ class _Loop(torch.autograd.Function):
         dc, da0, dnw, dnb = (k.new_empty(B, H, K) for _ in range(4))
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dlr, dtau = torch.empty_like(lr), k.new_empty(B, H)
-        grads = [t.contiguous() for t in (dP, dpc, dGl, dS, ds)]
+        # the kernel takes dS, ds as NULL (zero): an unused final state's sums cost no
+        # (B, H, NT, K, K) zero tensor
+        grads = [torch.zeros_like(x) if g is None else g.contiguous()
+                 for g, x in ((dP, P), (dpc, pc), (dGl, k))]
+        grads += [None if g is None else g.contiguous() for g in (dS, ds)]
         _call(ctx.lib, "ttt_loop_bwd", (P, pc, k, v, lr, w, b, tok, S, s, *grads, dW, dc, dA0,
                                         da0, dk, dv, dlr, dnw, dnb, dtau), ctx.dims, ctx.eps,
               B * H)

@@ -12,7 +12,15 @@
    (v: G's dependence on z through s and zh; checked against autograd in float64).
    dw, db are per row: the caller sums them over the rows of a head.
    Rows r in [r0, r1) of a contiguous (rows, D) block; a row's head is (r / per) % H
-   (rows laid out (B, H, per, D)). Plain C; compiled by rnnzoo.ops.native. */
+   (rows laid out (B, H, per, D)).
+
+   ttt_out_fwd / ttt_out_bwd: the TTT layers' output o = q + LN(z) w + b (ops/memory.py:
+   inner_output, F.layer_norm's biased variance), a row at a time (ATen: a layer norm, an
+   add and an addcmul, their backward two products and two sums over the rows):
+       zh = (z - mean z) / s,  s = sqrt(mean (z - mean z)^2 + eps),  o = q + zh w + b;
+   backward from g: dq = g (the caller's), u = g w,  dz = (u - mean u - zh mean(u zh)) / s,
+   and this call's sums over its rows of g zh and g into dw, db ((H, D), accumulated in
+   double). Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
 #define KERNELS "ttt_norm.c"
@@ -45,6 +53,67 @@ void NAME(ttt_norm_bwd)(const T *restrict Z, const T *restrict tg, const T *rest
                                dw + o, db + o, sc, D, (T)eps);
     }
     free(sc);
+}
+
+void NAME(ttt_out_fwd)(const T *restrict q, const T *restrict z, const T *restrict w,
+                       const T *restrict b, T *restrict o, long D, long per, long H,
+                       double eps, long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+        const long h = (r / per) % H;
+        const T *restrict zr = z + r * D, *restrict qr = q + r * D, *restrict wh = w + h * D,
+                *restrict bh = b + h * D;
+        T *restrict orow = o + r * D;
+        T mu = 0, var = 0;
+#pragma omp simd reduction(+ : mu)
+        for (long c = 0; c < D; c++) mu += zr[c];
+        mu /= D;
+#pragma omp simd reduction(+ : var)
+        for (long c = 0; c < D; c++) var += (zr[c] - mu) * (zr[c] - mu);
+        const T rs = 1 / SQRT(var / D + (T)eps);
+#pragma omp simd
+        for (long c = 0; c < D; c++) orow[c] = qr[c] + (zr[c] - mu) * rs * wh[c] + bh[c];
+    }
+}
+
+void NAME(ttt_out_bwd)(const T *restrict z, const T *restrict w, const T *restrict g,
+                       T *restrict dz, T *restrict dw, T *restrict db, long D, long per,
+                       long H, double eps, long r0, long r1) {
+    double *acc = calloc(2 * H * D, sizeof(double)), *accb = acc + H * D;
+    T *zh = malloc(D * sizeof(T));
+    for (long r = r0; r < r1; r++) {
+        const long h = (r / per) % H;
+        const T *restrict zr = z + r * D, *restrict gr = g + r * D, *restrict wh = w + h * D;
+        T *restrict dzr = dz + r * D;
+        double *restrict aw = acc + h * D, *restrict ab = accb + h * D;
+        T mu = 0, var = 0, mu_u = 0, mu_uz = 0;
+#pragma omp simd reduction(+ : mu)
+        for (long c = 0; c < D; c++) mu += zr[c];
+        mu /= D;
+#pragma omp simd reduction(+ : var)
+        for (long c = 0; c < D; c++) var += (zr[c] - mu) * (zr[c] - mu);
+        const T rs = 1 / SQRT(var / D + (T)eps);
+#pragma omp simd reduction(+ : mu_u, mu_uz)
+        for (long c = 0; c < D; c++) {
+            zh[c] = (zr[c] - mu) * rs;
+            const T u = gr[c] * wh[c];
+            mu_u += u;
+            mu_uz += u * zh[c];
+        }
+        mu_u /= D;
+        mu_uz /= D;
+#pragma omp simd
+        for (long c = 0; c < D; c++) {
+            dzr[c] = (gr[c] * wh[c] - mu_u - zh[c] * mu_uz) * rs;
+            aw[c] += (double)(gr[c] * zh[c]);
+            ab[c] += (double)gr[c];
+        }
+    }
+    for (long i = 0; i < H * D; i++) {
+        dw[i] = (T)acc[i];
+        db[i] = (T)accb[i];
+    }
+    free(zh);
+    free(acc);
 }
 
 #endif

@@ -58,3 +58,38 @@ class _NormLossGrad(torch.autograd.Function):
 def norm_loss_grad(lib, z, target, w, b, eps: float):
     """G (B, H, M, D) = the loss's gradient in z; `lib` = load()."""
     return _NormLossGrad.apply(lib, float(eps), z, target, w, b)
+
+
+class _InnerOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, eps, q, z, w, b):
+        q, z, w, b = (t.contiguous() for t in (q, z, w, b))
+        H, D = z.shape[-2:]
+        o = torch.empty_like(z)
+        _call(lib, "ttt_out_fwd", (q, z, w, b, o), D, 1, H, eps, z.numel() // D)
+        ctx.save_for_backward(z, w)
+        ctx.lib, ctx.eps = lib, eps
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        z, w = ctx.saved_tensors
+        H, D = z.shape[-2:]
+        g = g.contiguous()
+        dz = torch.empty_like(z)
+        parts = native.rows(z.numel() // D) or [(0, 0)]
+        dw, db = (z.new_empty(len(parts), H, D) for _ in range(2))
+        fn = native.kernel(ctx.lib, "ttt_out_bwd", z.dtype, [ctypes.c_void_p] * 6
+                           + [ctypes.c_long] * 3 + [ctypes.c_double, ctypes.c_long,
+                                                    ctypes.c_long])
+        P = native.ptr
+        native.run(fn, [(P(z), P(w), P(g), P(dz), P(dw[i]), P(db[i]), D, 1, H, ctx.eps, r0, r1)
+                        for i, (r0, r1) in enumerate(parts)])
+        return None, None, g, dz, dw.sum(0), db.sum(0)
+
+
+def inner_output(lib, q, z, w, b, eps: float):
+    """o = q + LN(z) w + b: q, z (..., H, D), w, b (H, D) (the TTT layers' output, ops.memory's
+    inner_output, one pass each way); `lib` = load()."""
+    return _InnerOutput.apply(lib, float(eps), q, z, w, b)
