@@ -71,9 +71,9 @@ def test_mac_attention_equals_pytorch(dtype, tol, B, H, n, Dh, P, R, keys_read, 
     assert_close(got, want, names, tol)
 
 
-def _retrieve_reference(qT, W0, P0, g, nw, eps, w, b):
-    B, H, n, K = qT.shape
-    u = (qT @ (W0 + P0)).transpose(1, 2)                          # (B, n, H, K)
+def _retrieve_reference(q, W0, P0, g, nw, eps, w, b):
+    B, n, H, K = q.shape
+    u = (q.transpose(1, 2) @ (W0 + P0)).transpose(1, 2)           # (B, n, H, K)
     z = torch.nn.functional.rms_norm(u, (K,), eps=eps) * nw * torch.sigmoid(g).view(B, n, H, K)
     return torch.nn.functional.linear(z.flatten(2), w, b)
 
@@ -89,17 +89,20 @@ def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads)
 
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    qT = torch.nn.functional.normalize(r(B, H, n, K), dim=-1)
-    ins = [t.requires_grad_() for t in (qT, 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
-                                        r(B, n, H * K), 1 + 0.1 * r(H, K), r(D, H * K) / K,
-                                        r(D))]
+    # q: a segment's rows of a longer sequence's queries (batch and step strides, as the
+    # layer's split gives them)
+    seq = torch.nn.functional.normalize(r(B, n + 3, H, K), dim=-1).requires_grad_()
+    ins = [seq[:, 2:n + 2], *(t.requires_grad_() for t in (
+        0.5 * r(H, K, K), 0.3 * r(B, H, K, K), r(B, n, H * K), 1 + 0.1 * r(H, K),
+        r(D, H * K) / K, r(D)))]
     b = ins[6] if bias else None
     lib = gated_norm.load()
     assert lib is not None
+    leaves = [seq, *ins[1:6 + bias]]
     with threads(n_threads):
-        got = outputs_and_grads([titans_scan.mac_retrieve(lib, *ins[:5], 1e-6, ins[5], b)],
-                                ins[:6 + bias])
-    want = outputs_and_grads([_retrieve_reference(*ins[:5], 1e-6, ins[5], b)], ins[:6 + bias])
+        got = outputs_and_grads([titans_scan.mac_retrieve(lib, titans_scan.load(), *ins[:5],
+                                                          1e-6, ins[5], b)], leaves)
+    want = outputs_and_grads([_retrieve_reference(*ins[:5], 1e-6, ins[5], b)], leaves)
     assert_close(got, want, "kv dq dW0 dP0 dg dnw dw db".split(), tol)
 
 

@@ -635,4 +635,42 @@ void NAME(titans_seg_bwd)(
     free(buf);
 }
 
+/* Titans-MAC's retrieval read (titans_scan.mac_retrieve): u_t = q_t (W0 + P0) for each pair's
+   n steps, on the tokens' layout. q (B, n, H, K) at batch stride qb and step stride qt (a
+   segment's rows of the whole sequence's queries; a step's heads side by side), u, du, dq
+   (B, n, H, K) contiguous; W0 (H, K, K); P0, dP (pairs, K, K): dP = q^T du, summed over the
+   batch by the caller for W0's gradient. */
+void NAME(mac_read_fwd)(const T *restrict q, const T *restrict W0, const T *restrict P0,
+                        T *restrict u, long qb, long qt, long H, long n, long K, long p0,
+                        long p1) {
+    const long KK = K * K, HK = H * K;
+    T *We = malloc(KK * sizeof(T));
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H;
+        const T *restrict W = W0 + h * KK, *restrict P = P0 + pr * KK;
+        for (long e = 0; e < KK; e++) We[e] = W[e] + P[e];
+        NAME(mm)(q + b * qb + h * K, We, u + b * n * HK + h * K, n, K, K, qt, 1, K, 1, HK, 0,
+                 0, 0, 0, 0, n);
+    }
+    free(We);
+}
+
+void NAME(mac_read_bwd)(const T *restrict q, const T *restrict W0, const T *restrict P0,
+                        const T *restrict du, T *restrict dq, T *restrict dP, long qb, long qt,
+                        long H, long n, long K, long p0, long p1) {
+    const long KK = K * K, HK = H * K;
+    T *We = malloc(2 * KK * sizeof(T)), *Wt = We + KK;
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H, o = b * n * HK + h * K;
+        const T *restrict W = W0 + h * KK, *restrict P = P0 + pr * KK;
+        for (long e = 0; e < KK; e++) We[e] = W[e] + P[e];
+        NAME(transpose)(We, Wt, K);
+        /* dq = du We^T; dP = q^T du (q's rows read as columns) */
+        NAME(mm)(du + o, Wt, dq + o, n, K, K, HK, 1, K, 1, HK, 0, 0, 0, 0, 0, n);
+        NAME(mm)(q + b * qb + h * K, du + o, dP + pr * KK, K, K, n, 1, qt, HK, 1, K, 0, 0, 0,
+                 0, 0, K);
+    }
+    free(We);
+}
+
 #endif

@@ -300,21 +300,33 @@ def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
     return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b)
 
 
+def _read_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "mac_read_fwd", dtype, [P] * 4 + [L] * 7),
+            native.kernel(lib, "mac_read_bwd", dtype, [P] * 6 + [L] * 7))
+
+
 class _MacRetrieve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, glib, qT, W0, P0, g, nw, eps, w, b):
+    def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import product
 
-        B, H, n, K = qT.shape
-        q2, W = qT.reshape(B * H, n, K), (W0 + P0).view(B * H, K, K)
-        u = torch.bmm(q2, W).view(B, H, n, K).transpose(1, 2).reshape(B, n, H * K)
+        if q.stride(-1) != 1 or q.stride(2) != q.shape[3]:
+            q = q.contiguous()
+        B, n, H, K = q.shape
+        W0, P0 = W0.contiguous(), P0.contiguous()
+        u = q.new_empty(B, n, H * K)
+        args = [native.ptr(t) for t in (q, W0, P0, u)]
+        native.run(_read_kernels(tlib, q.dtype)[0],
+                   [(*args, q.stride(0), q.stride(1), H, n, K, p0, p1)
+                    for p0, p1 in native.rows(B * H)])
         sub = _Saved()
         z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
                                         gated_norm.ACTS["sigmoid"], 0, True)
         z2 = z.view(B * n, H * K)
-        ctx.save_for_backward(q2, W, z2, w)
-        ctx.sub, ctx.bias = sub, b is not None
+        ctx.save_for_backward(q, W0, P0, z2, w)
+        ctx.sub, ctx.bias, ctx.tlib = sub, b is not None, tlib
         return product(z2, w, b).view(B, n, -1)
 
     @staticmethod
@@ -322,9 +334,8 @@ class _MacRetrieve(torch.autograd.Function):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import _weight_grads
 
-        q2, W, z2, w = ctx.saved_tensors
-        BH, n, K = q2.shape
-        B, H = z2.shape[0] // n, BH // (z2.shape[0] // n)
+        q, W0, P0, z2, w = ctx.saved_tensors
+        B, n, H, K = q.shape
         g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
         dw, db = _weight_grads(g2, z2, ctx.bias)
         if ctx.bias and db is None:
@@ -332,21 +343,26 @@ class _MacRetrieve(torch.autograd.Function):
         dz = _times(g2, w).view(B, n, H * K)
         _, du, _, _, dg, dnw, *_ = gated_norm._RMSGate.backward(ctx.sub, dz)
         ctx.sub = None
-        du = du.view(B, n, H, K).transpose(1, 2).reshape(BH, n, K)
-        dq = torch.bmm(du, W.transpose(1, 2)).view(B, H, n, K)
-        dP = torch.bmm(q2.transpose(1, 2), du).view(B, H, K, K)
-        return None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
+        du = du.contiguous()
+        dq, dP = q.new_empty(B, n, H, K), torch.empty_like(P0)
+        args = [native.ptr(t) for t in (q, W0, P0, du, dq, dP)]
+        native.run(_read_kernels(ctx.tlib, q.dtype)[1],
+                   [(*args, q.stride(0), q.stride(1), H, n, K, p0, p1)
+                    for p0, p1 in native.rows(B * H)])
+        return None, None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
 
 
-def mac_retrieve(glib, qT, W0, P0, g, nw, eps, w, b=None):
+def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     """Titans-MAC's retrieval of one segment up to its keys and values, as one autograd
-    node: the read u = q (W0 + P0) of the memory the segment starts with, its RMS norm per
-    head times nw and sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the
-    composed W_{k,v} W_o). qT (B, H, n, K) the queries (unit rows); W0 (H, K, K) the
-    initial memory, P0 (B, H, K, K) the segment's memory; g (B, n, H K) the gate's logits;
-    nw (H, K) the norm's weight; w (O, H K), b (O,) or None. Returns (B, n, O);
-    differentiable in qT, W0, P0, g, nw, w, b. `glib` = ops.native.gated_norm.load()."""
-    return _MacRetrieve.apply(glib, qT, W0, P0, g, nw, float(eps), w, b)
+    node: the read u = q (W0 + P0) of the memory the segment starts with (C:
+    mac_read_fwd / mac_read_bwd, on the tokens' layout), its RMS norm per head times nw and
+    sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the composed W_{k,v}
+    W_o). q (B, n, H, K) the queries (unit rows; any batch and step strides, a step's heads
+    side by side); W0 (H, K, K) the initial memory, P0 (B, H, K, K) the segment's memory; g
+    (B, n, H K) the gate's logits; nw (H, K) the norm's weight; w (O, H K), b (O,) or None.
+    Returns (B, n, O); differentiable in q, W0, P0, g, nw, w, b. `glib` =
+    ops.native.gated_norm.load(), `tlib` = load()."""
+    return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
 class _MacMemory(torch.autograd.Function):
