@@ -249,6 +249,9 @@ class _MacAttention(torch.autograd.Function):
         # (one head: the reshape of the strided rows is a view)
         a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh).contiguous()
         ctx.sub, ctx.lib, ctx.dims, ctx.bias = sub, lib, (B, n, H, Dh, P), b is not None
+        # ks, vs are read only after the last segment: None, not zeros filled and added,
+        # for the others' gradients (backward takes None for any output)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(cos, sin, a, w)
         return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
 
@@ -382,6 +385,7 @@ class _MacMemory(torch.autograd.Function):
                                          W0, P0, M0, S0, lr)
         xp = torch.cat([state, qkv], 1) if n < d else qkv   # the conv's new state
         ctx.subs, ctx.dims = (conv, seg), (B, n, HK, d)
+        ctx.set_materialize_grads(False)   # an unread M, S or conv state: None, not zeros
         return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
 
     @staticmethod
