@@ -71,9 +71,9 @@ def test_mac_attention_equals_pytorch(dtype, tol, B, H, n, Dh, P, R, keys_read, 
     assert_close(got, want, names, tol)
 
 
-def _retrieve_reference(qT, W0, P0, g, nw, eps, w, b):
-    B, H, n, K = qT.shape
-    u = (qT @ (W0 + P0)).transpose(1, 2)                          # (B, n, H, K)
+def _retrieve_reference(q, W0, P0, g, nw, eps, w, b):
+    B, n, H, K = q.shape
+    u = (q.transpose(1, 2) @ (W0 + P0)).transpose(1, 2)           # (B, n, H, K)
     z = torch.nn.functional.rms_norm(u, (K,), eps=eps) * nw * torch.sigmoid(g).view(B, n, H, K)
     return torch.nn.functional.linear(z.flatten(2), w, b)
 
@@ -89,17 +89,20 @@ def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads)
 
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    qT = torch.nn.functional.normalize(r(B, H, n, K), dim=-1)
-    ins = [t.requires_grad_() for t in (qT, 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
-                                        r(B, n, H * K), 1 + 0.1 * r(H, K), r(D, H * K) / K,
-                                        r(D))]
+    # q: a segment's rows of a longer sequence's queries (batch and step strides, as the
+    # layer's split gives them)
+    seq = torch.nn.functional.normalize(r(B, n + 3, H, K), dim=-1).requires_grad_()
+    ins = [seq[:, 2:n + 2], *(t.requires_grad_() for t in (
+        0.5 * r(H, K, K), 0.3 * r(B, H, K, K), r(B, n, H * K), 1 + 0.1 * r(H, K),
+        r(D, H * K) / K, r(D)))]
     b = ins[6] if bias else None
     lib = gated_norm.load()
     assert lib is not None
+    leaves = [seq, *ins[1:6 + bias]]
     with threads(n_threads):
-        got = outputs_and_grads([titans_scan.mac_retrieve(lib, *ins[:5], 1e-6, ins[5], b)],
-                                ins[:6 + bias])
-    want = outputs_and_grads([_retrieve_reference(*ins[:5], 1e-6, ins[5], b)], ins[:6 + bias])
+        got = outputs_and_grads([titans_scan.mac_retrieve(lib, titans_scan.load(), *ins[:5],
+                                                          1e-6, ins[5], b)], leaves)
+    want = outputs_and_grads([_retrieve_reference(*ins[:5], 1e-6, ins[5], b)], leaves)
     assert_close(got, want, "kv dq dW0 dP0 dg dnw dw db".split(), tol)
 
 
@@ -133,3 +136,34 @@ def test_mac_memory_equals_two_nodes(dtype, tol, B, H, n, K, d, n_threads):
                                  M0, S0, 0.5)
         want = outputs_and_grads((z, M, S, new), ins)
     assert_close(got, want, "z M S state dproj dw dstate dW0 dP0 dM0 dS0".split(), tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("read", [(0,), (1, 2), (2,), (0, 3)])
+def test_mac_memory_with_outputs_unread(dtype, tol, read):
+    """mac_memory's backward given None (not zeros) for the outputs a loss does not read (the
+    node does not materialise them): the read z alone, the state M and S, S alone, z and the
+    conv's new state; the gradients against the conv's and the segment's own nodes reading
+    the same outputs."""
+    from rnnzoo.ops.memory import titans_segment
+    from rnnzoo.ops.native import conv as native_conv
+
+    B, H, n, K, d = 2, 2, 5, 4, 3
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    HK = H * K
+    ins = [t.requires_grad_() for t in (r(B, n, 3 * HK + 3 * H), r(3 * HK, d + 1) / d,
+                                        r(B, d, 3 * HK), 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
+                                        0.3 * r(B, H, K, K), 0.3 * r(B, H, K, K))]
+    proj, w, state, W0, P0, M0, S0 = ins
+    clib, tlib = native_conv.load(), titans_scan.load()
+    out = titans_scan.mac_memory(clib, tlib, proj, w, state, True, W0, P0, M0, S0, 0.5)
+    got = outputs_and_grads([out[i] for i in read], ins)
+    qkv, g = proj.split([3 * HK, 3 * H], -1)
+    (q, k, v), new = native_conv.short_conv(clib, qkv, w, None, state, True, 2 * H, K, False,
+                                            (HK,) * 3)
+    ref = (*titans_segment(tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0, M0, S0,
+                           0.5), new)
+    want = outputs_and_grads([ref[i] for i in read], ins)
+    names = [f"out{i}" for i in read] + "dproj dw dstate dW0 dP0 dM0 dS0".split()
+    assert_close(got, want, names, tol)

@@ -52,3 +52,30 @@ def test_segment_in_one_node_equals_two(dtype, tol, B, H, n, K, lr, n_threads):
         want = outputs_and_grads((tr(z), M, S), ins)
     names = "z M S dq dk dv dg dW0 dP0 dM0 dS0".split()
     assert_close(got, want, names, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lr", [1.0, 0.5])
+def test_gate_sigmoid_against_torch_in_ulps(dtype, lr):
+    """The C segment's sigmoid of the gates' logits (small, large, past exp's range) against
+    torch.sigmoid, in units in the last place: with one step, unit q = k = v and zero
+    memories the read is z = theta = lr sigmoid(g_theta) exactly, and a unit gradient at it
+    gives dg_theta = lr s (1 - s). (exp_f's clamp to [-87, 88] would fail -88.5 and -100.)"""
+    g0 = torch.tensor([-100.0, -88.5, -87.0, -30.0, -5.0, -1e-8, 0.0, 1e-8, 0.3, 5.0, 17.0,
+                       30.0, 88.5, 100.0], dtype=dtype)
+    B, H, n, K = g0.numel(), 1, 1, 4
+    e1 = torch.zeros(B, n, H, K, dtype=dtype)
+    e1[..., 0] = 1
+    g = torch.zeros(B, n, 3 * H, dtype=dtype)
+    g[:, 0, 0] = g0
+    g.requires_grad_()
+    zero = torch.zeros(B, H, K, K, dtype=dtype)
+    z, _, _ = titans_segment(titans_scan.load(), e1, e1, e1, g, torch.zeros(H, K, K, dtype=dtype),
+                             zero, zero, zero, lr)
+    z[:, 0, 0, 0].sum().backward()
+    # dg against the same formula on the kernel's own sigmoid (torch's rounds sigmoid(17)
+    # in float32 up to 1, an ulp off, where 1 - s then cancels to 0)
+    s, c = torch.sigmoid(g0), z[:, 0, 0, 0].detach() / lr
+    for got, want in ((z[:, 0, 0, 0].detach(), lr * s), (g.grad[:, 0, 0], lr * c * (1 - c))):
+        ulp = torch.nextafter(want.abs(), torch.tensor(float("inf"), dtype=dtype)) - want.abs()
+        assert ((got - want).abs() <= 4 * ulp).all(), (got, want)

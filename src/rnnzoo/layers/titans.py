@@ -380,14 +380,16 @@ class Titans(RecurrentLayer):
             P0 = _select(mem[3 * L].round() == C, mem[L], mem[0])
             fast = [P0, mem[L], mem[2 * L], mem[-1], P0]
         outs = []
-        # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece)
-        qT = q.transpose(1, 2).contiguous() if fast is not None else q.transpose(1, 2)
+        # split, not sliced (a slice's backward is a zero tensor of the whole size, per piece);
+        # mac_retrieve reads q's rows in place, the bmm below takes them transposed
+        qT = q.transpose(1, 2)
+        qT = qT.contiguous() if fast is not None and glib is None else qT
         for q_s, g_s, p_s, qT_s, qx_s, kx_s, vx_s in zip(
                 *(t.split(sizes, 1) for t in (q, gate, pos)),
                 *(t.split(sizes, 2) for t in (qT, qx, kx, vx))):
             n_ = q_s.shape[1]
             if fast is not None and glib is not None:  # the read, norm, gate, W_{k,v} W_o
-                kv = titans_scan.mac_retrieve(glib, qT_s, init[0], fast[0], g_s, nw,
+                kv = titans_scan.mac_retrieve(glib, tlib, q_s, init[0], fast[0], g_s, nw,
                                               self.norm.eps, w_kv, b_kv)
             else:
                 if fast is not None:   # memory_read of a weight-only memory, (b, h) batched

@@ -516,4 +516,161 @@ void NAME(titans_gates_bwd)(const T *q, const T *k, const T *a, const T *e, cons
                         dth, N, C, K, p0, p1);
 }
 
+/* Titans-MAC's segment (titans_scan.titans_segment): one chunk of n steps that every pair
+   opens and ends inside, on the tokens' layout, gates_fwd then fwd for a pair in one call (and
+   gates_bwd after bwd). q, k, v, z, dz, dq, dk, dv (B, n, H, K) contiguous; g, the gates'
+   logits (B, n, 3 H) at batch stride gb and step stride gt (theta's H heads, alpha's, eta's:
+   theta = lr sigmoid, 1 - alpha, eta = sigmoid of them), dg (B, n, 3 H) contiguous; W0
+   (H, K, K) (dW0 per pair: (pairs, K, K), summed by the caller); P0, M0, S0, M, S and their
+   gradients (pairs, K, K); work (pairs, n n + 4 n + 1): the forward's coefficients (att, A,
+   f, cl, re, E_T), which the backward reads. dM, dS may be NULL (zero). */
+static inline T NAME(seg_sigm)(T x) {
+    return 1 / (1 + (sizeof(T) == sizeof(float) ? expf(-x) : exp(-x)));
+}
+
+/* the pair (b, h)'s rows of the (B, n, H, K) tensor x into X (n, K), times sgn */
+static inline void NAME(seg_gather)(const T *restrict x, T *restrict X, T sgn, long b, long h,
+                                    long H, long n, long K) {
+    for (long t = 0; t < n; t++) {
+        const T *restrict r = x + ((b * n + t) * H + h) * K;
+        for (long i = 0; i < K; i++) X[t * K + i] = sgn * r[i];
+    }
+}
+
+/* the pair's gates: th = lr sigmoid(g_theta), a = 1 - sigmoid(g_alpha), e = sigmoid(g_eta);
+   s (3, n) the three sigmoids when not NULL */
+static inline void NAME(seg_gates)(const T *restrict g, T *restrict th, T *restrict a,
+                                   T *restrict e, T *restrict s, T lr, long gb, long gt,
+                                   long b, long h, long H, long n) {
+    for (long t = 0; t < n; t++) {
+        const T *restrict r = g + b * gb + t * gt;
+        const T s0 = NAME(seg_sigm)(r[h]), s1 = NAME(seg_sigm)(r[H + h]);
+        const T s2 = NAME(seg_sigm)(r[2 * H + h]);
+        th[t] = lr * s0;
+        a[t] = 1 - s1;
+        e[t] = s2;
+        if (s) {
+            s[t] = s0;
+            s[n + t] = s1;
+            s[2 * n + t] = s2;
+        }
+    }
+}
+
+void NAME(titans_seg_fwd)(
+        const T *restrict q, const T *restrict k, const T *restrict v, const T *restrict g,
+        const T *restrict W0, const T *restrict P0, const T *restrict M0,
+        const T *restrict S0, T *restrict z, T *restrict Mo, T *restrict So,
+        T *restrict work, double lr, long gb, long gt, long H, long n, long K, long p0, long p1) {
+    const long KK = K * K, nK = n * K, nw = n * n + 4 * n + 1;
+    T *buf = malloc((4 * nK + 4 * KK + 3 * n) * sizeof(T));
+    T *qn = buf, *kn = qn + nK, *Rn = kn + nK, *on = Rn + nK, *Ml = on + nK, *Sl = Ml + 2 * KK;
+    T *th = Sl + 2 * KK, *a = th + n, *e = a + n;
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H;
+        T *wk = work + pr * nw, *att = wk, *ga = att + n * n, *gf = ga + n, *cl = gf + n;
+        T *re = cl + n, *gE = re + n;
+        NAME(seg_gather)(q, qn, 1, b, h, H, n, K);
+        NAME(seg_gather)(k, kn, 1, b, h, H, n, K);
+        NAME(seg_gather)(v, Rn, -1, b, h, H, n, K);
+        NAME(seg_gates)(g, th, a, e, NULL, (T)lr, gb, gt, b, h, H, n);
+        NAME(titans_gates_fwd)(qn, kn, a, e, e, th, att, ga, gf, cl, re, gE, 1, n, K, 0, 1);
+        NAME(titans_fwd)(qn, kn, Rn, att, ga, gf, cl, re, gE, P0 + pr * KK, M0 + pr * KK,
+                  S0 + pr * KK, W0 + h * KK, on, Ml, Sl, 1, n, K, 0, 1);
+        memcpy(Mo + pr * KK, Ml + KK, KK * sizeof(T));
+        memcpy(So + pr * KK, Sl + KK, KK * sizeof(T));
+        for (long t = 0; t < n; t++)
+            memcpy(z + ((b * n + t) * H + h) * K, on + t * K, K * sizeof(T));
+    }
+    free(buf);
+}
+
+void NAME(titans_seg_bwd)(
+        const T *restrict q, const T *restrict k, const T *restrict v, const T *restrict g,
+        const T *restrict W0, const T *restrict P0, const T *restrict M0,
+        const T *restrict S0, const T *restrict work, const T *restrict dz,
+        const T *restrict dM, const T *restrict dS, T *restrict dq, T *restrict dk,
+        T *restrict dv, T *restrict dg, T *restrict dW0, T *restrict dP0, T *restrict dM0,
+        T *restrict dS0, double lr, long gb, long gt, long H, long n, long K, long p0, long p1) {
+    const long KK = K * K, nK = n * K, nw = n * n + 4 * n + 1;
+    T *buf = malloc((9 * nK + n * n + 14 * n + 1) * sizeof(T));
+    T *qn = buf, *kn = qn + nK, *Rn = kn + nK, *don = Rn + nK, *dqn = don + nK;
+    T *dkn = dqn + nK, *dRn = dkn + nK, *gq = dRn + nK, *gk = gq + nK, *datt = gk + nK;
+    T *dga = datt + n * n, *dgf = dga + n, *dcl = dgf + n, *dre = dcl + n, *dgE = dre + n;
+    T *th = dgE + 1, *a = th + n, *e = a + n, *s = e + n, *da = s + 3 * n, *de = da + n;
+    T *dm = de + n, *dth = dm + n;
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H;
+        const T *wk = work + pr * nw, *att = wk, *ga = att + n * n, *gf = ga + n, *cl = gf + n;
+        const T *re = cl + n, *gE = re + n;
+        NAME(seg_gather)(q, qn, 1, b, h, H, n, K);
+        NAME(seg_gather)(k, kn, 1, b, h, H, n, K);
+        NAME(seg_gather)(v, Rn, -1, b, h, H, n, K);
+        NAME(seg_gather)(dz, don, 1, b, h, H, n, K);
+        NAME(seg_gates)(g, th, a, e, s, (T)lr, gb, gt, b, h, H, n);
+        /* the state's gradients: only the final (M, S) is an output (N = 1, lo = 1); bwd
+           reads the chunk's starting state alone, M0 and S0 */
+        NAME(titans_bwd)(qn, kn, Rn, att, ga, gf, cl, re, gE, P0 + pr * KK, M0 + pr * KK,
+                  S0 + pr * KK, W0 + h * KK, don, dM ? dM + pr * KK : NULL,
+                  dS ? dS + pr * KK : NULL, dqn, dkn, dRn, datt, dga, dgf, dcl, dre, dgE,
+                  dP0 + pr * KK, dM0 + pr * KK, dS0 + pr * KK, dW0 + pr * KK, 1, 1, n, K, 0,
+                  1);
+        NAME(titans_gates_bwd)(qn, kn, a, e, e, th, datt, dga, dgf, dcl, dre, dgE, gq, gk, da, de,
+                        dm, dth, 1, n, K, 0, 1);
+        for (long t = 0; t < n; t++) {
+            const long o = ((b * n + t) * H + h) * K;
+            for (long i = 0; i < K; i++) {
+                dq[o + i] = dqn[t * K + i] + gq[t * K + i];
+                dk[o + i] = dkn[t * K + i] + gk[t * K + i];
+                dv[o + i] = -dRn[t * K + i];
+            }
+            /* the logits: sigmoid' = s (1 - s); theta's times lr, alpha's through 1 - s */
+            T *restrict r = dg + (b * n + t) * 3 * H;
+            const T s0 = s[t], s1 = s[n + t], s2 = s[2 * n + t];
+            r[h] = (T)lr * dth[t] * s0 * (1 - s0);
+            r[H + h] = -da[t] * s1 * (1 - s1);
+            r[2 * H + h] = (de[t] + dm[t]) * s2 * (1 - s2);
+        }
+    }
+    free(buf);
+}
+
+/* Titans-MAC's retrieval read (titans_scan.mac_retrieve): u_t = q_t (W0 + P0) for each pair's
+   n steps, on the tokens' layout. q (B, n, H, K) at batch stride qb and step stride qt (a
+   segment's rows of the whole sequence's queries; a step's heads side by side), u, du, dq
+   (B, n, H, K) contiguous; W0 (H, K, K); P0, dP (pairs, K, K): dP = q^T du, summed over the
+   batch by the caller for W0's gradient. */
+void NAME(mac_read_fwd)(const T *restrict q, const T *restrict W0, const T *restrict P0,
+                        T *restrict u, long qb, long qt, long H, long n, long K, long p0,
+                        long p1) {
+    const long KK = K * K, HK = H * K;
+    T *We = malloc(KK * sizeof(T));
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H;
+        const T *restrict W = W0 + h * KK, *restrict P = P0 + pr * KK;
+        for (long e = 0; e < KK; e++) We[e] = W[e] + P[e];
+        NAME(mm)(q + b * qb + h * K, We, u + b * n * HK + h * K, n, K, K, qt, 1, K, 1, HK, 0,
+                 0, 0, 0, 0, n);
+    }
+    free(We);
+}
+
+void NAME(mac_read_bwd)(const T *restrict q, const T *restrict W0, const T *restrict P0,
+                        const T *restrict du, T *restrict dq, T *restrict dP, long qb, long qt,
+                        long H, long n, long K, long p0, long p1) {
+    const long KK = K * K, HK = H * K;
+    T *We = malloc(2 * KK * sizeof(T)), *Wt = We + KK;
+    for (long pr = p0; pr < p1; pr++) {
+        const long b = pr / H, h = pr % H, o = b * n * HK + h * K;
+        const T *restrict W = W0 + h * KK, *restrict P = P0 + pr * KK;
+        for (long e = 0; e < KK; e++) We[e] = W[e] + P[e];
+        NAME(transpose)(We, Wt, K);
+        /* dq = du We^T; dP = q^T du (q's rows read as columns) */
+        NAME(mm)(du + o, Wt, dq + o, n, K, K, HK, 1, K, 1, HK, 0, 0, 0, 0, 0, n);
+        NAME(mm)(q + b * qb + h * K, du + o, dP + pr * KK, K, K, n, 1, qt, HK, 1, K, 0, 0, 0,
+                 0, 0, K);
+    }
+    free(We);
+}
+
 #endif

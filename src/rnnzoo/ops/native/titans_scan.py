@@ -147,67 +147,53 @@ def titans_gates(lib, q, k, a, e, m, th):
     return _NativeGates.apply(lib, q, k, a, e, m, th)
 
 
+def _seg_kernels(lib, dtype):
+    P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
+    return (native.kernel(lib, "titans_seg_fwd", dtype, [P] * 12 + [D] + [L] * 7),
+            native.kernel(lib, "titans_seg_bwd", dtype, [P] * 20 + [D] + [L] * 7))
+
+
 class _NativeSegment(torch.autograd.Function):
-    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node, on the
-    tokens' layout: the transposes to the kernels' (B, H, n, K) and back, the gates'
-    sigmoids, the coefficients, 1 - alpha, R = -v and the kernels' states stay inside (no
-    nodes for the gates' split, the negation, the coefficients and the state slices)."""
+    """titans_gates then titans_linear on one chunk (N = 1) as one autograd node and one C
+    call each way (titans_seg_fwd / titans_seg_bwd), on the tokens' layout: each pair's rows
+    gathered, the gates' sigmoids, 1 - alpha, R = -v and the kernels' states inside the call
+    (no transposes, gate splits, coefficient tensors nor state slices in PyTorch)."""
 
     @staticmethod
     def forward(ctx, lib, q, k, v, g, W0, P0, M0, S0, lr):
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        B, H, n, K = q.shape
-        sg = torch.sigmoid(g).view(B, n, 3, H).permute(2, 0, 3, 1).contiguous()
-        gates = sg * sg.new_tensor([lr, 1.0, 1.0]).view(3, 1, 1, 1) if lr != 1 else sg
-        fwd, _, gfwd, _ = _kernels(lib, q.dtype)
-        th, al, eta = gates.unbind(0)
-        a = 1 - al
-        gin = [t.contiguous().view(B, H, 1, *t.shape[2:]) for t in (q, k, a, eta, eta, th)]
-        att = q.new_empty(B, H, 1, n, n)
-        ga, gf, cl, re = (q.new_empty(B, H, 1, n) for _ in range(4))
-        gE = q.new_empty(B, H, 1)
-        coef = (att, ga, gf, cl, re, gE)
-        native.run(gfwd, [(*map(native.ptr, gin), *map(native.ptr, coef), 1, n, K, p0, p1)
-                        for p0, p1 in native.rows(B * H)])
-        R = -v.contiguous().view(B, H, 1, n, K)
-        W = W0.expand(B, H, K, K).contiguous()
-        ins = [gin[0], gin[1], R, *coef, *(t.contiguous() for t in (P0, M0, S0)), W]
-        o = torch.empty_like(R)
-        Ms, Ss = (q.new_empty(B, H, 2, K, K) for _ in range(2))
-        native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), 1, n, K, p0, p1)
-                        for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*gin[2:], *ins[:10], Ms, Ss, W, sg)
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        g = g if g.stride(-1) == 1 else g.contiguous()
+        B, n, H, K = q.shape
+        W0, P0, M0, S0 = (t.contiguous() for t in (W0, P0, M0, S0))
+        fwd = _seg_kernels(lib, q.dtype)[0]
+        z = torch.empty_like(q)
+        M, S = torch.empty_like(P0), torch.empty_like(P0)
+        work = q.new_empty(B * H, n * n + 4 * n + 1)
+        args = [native.ptr(t) for t in (q, k, v, g, W0, P0, M0, S0, z, M, S, work)]
+        native.run(fwd, [(*args, lr, g.stride(0), g.stride(1), H, n, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
+        ctx.save_for_backward(q, k, v, g, W0, P0, M0, S0, work)
         ctx.lib, ctx.lr = lib, lr
         flop_count.add(flops(B * H, n, K)[0] + gate_flops(B * H, n, K)[0])
-        return o.view(B, H, n, K).transpose(1, 2), Ms[:, :, 1].clone(), Ss[:, :, 1].clone()
+        return z, M, S
 
     @staticmethod
-    def backward(ctx, do, dM, dS):
-        a, e, m, th, q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, s = ctx.saved_tensors
-        B, H, _, n, K = q.shape
-        _, bwd, _, gbwd = _kernels(ctx.lib, q.dtype)
-        do = torch.zeros_like(q) if do is None else do.transpose(1, 2).contiguous()
-        dMs, dSs = (None if t is None else t.contiguous() for t in (dM, dS))
-        grads = [torch.empty_like(t) for t in (q, k, R, att, ga, gf, cl, re, gE)]
-        dP0 = torch.zeros_like(P0)
-        dM0, dS0, dW = (torch.empty_like(P0) for _ in range(3))
-        ins = (q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W, do, dMs, dSs)
-        args = [native.ptr(t) for t in (*ins, *grads, dP0, dM0, dS0, dW)]
-        native.run(bwd, [(*args, 1, 1, n, K, p0, p1) for p0, p1 in native.rows(B * H)])
-        gq, gk = (torch.empty_like(q) for _ in range(2))
-        ggate = [torch.empty_like(a) for _ in range(4)]
-        gins = (q, k, a, e, m, th, *grads[3:], gq, gk, *ggate)
-        native.run(gbwd, [(*map(native.ptr, gins), 1, n, K, p0, p1)
-                        for p0, p1 in native.rows(B * H)])
+    def backward(ctx, dz, dM, dS):
+        q, k, v, g, W0, P0, M0, S0, work = ctx.saved_tensors
+        B, n, H, K = q.shape
+        bwd = _seg_kernels(ctx.lib, q.dtype)[1]
+        dz = torch.zeros_like(q) if dz is None else dz.contiguous()
+        dM, dS = (None if t is None else t.contiguous() for t in (dM, dS))
+        dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+        dg = q.new_empty(B, n, g.shape[-1])
+        dW = q.new_empty(B, H, K, K)
+        dP0, dM0, dS0 = (torch.empty_like(P0) for _ in range(3))
+        args = [native.ptr(t) for t in (q, k, v, g, W0, P0, M0, S0, work, dz, dM, dS, dq, dk,
+                                        dv, dg, dW, dP0, dM0, dS0)]
+        native.run(bwd, [(*args, ctx.lr, g.stride(0), g.stride(1), H, n, K, p0, p1)
+                         for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, n, K)[1] + gate_flops(B * H, n, K)[1])
-        da, de, dm, dth = ggate
-        dq, dk, dv = (grads[0] + gq).view(B, H, n, K), (grads[1] + gk).view(B, H, n, K), \
-            (-grads[2]).view(B, H, n, K)
-        # the logits' gradient: sigmoid' = s (1 - s), theta's times base_lr
-        dg = torch.stack([ctx.lr * dth, -da, de + dm]).view(3, B, H, n) * s * (1 - s)
-        dg = dg.permute(1, 3, 0, 2).reshape(B, n, 3 * H)
-        return (None, dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), dg,
-                dW.sum(0), dP0, dM0, dS0, None)
+        return None, dq, dk, dv, dg, dW.sum(0), dP0, dM0, dS0, None
 
 
 def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
@@ -263,6 +249,9 @@ class _MacAttention(torch.autograd.Function):
         # (one head: the reshape of the strided rows is a view)
         a = o[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh).contiguous()
         ctx.sub, ctx.lib, ctx.dims, ctx.bias = sub, lib, (B, n, H, Dh, P), b is not None
+        # ks, vs are read only after the last segment: None, not zeros filled and added,
+        # for the others' gradients (backward takes None for any output)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(cos, sin, a, w)
         return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
 
@@ -314,21 +303,33 @@ def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
     return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b)
 
 
+def _read_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    return (native.kernel(lib, "mac_read_fwd", dtype, [P] * 4 + [L] * 7),
+            native.kernel(lib, "mac_read_bwd", dtype, [P] * 6 + [L] * 7))
+
+
 class _MacRetrieve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, glib, qT, W0, P0, g, nw, eps, w, b):
+    def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import product
 
-        B, H, n, K = qT.shape
-        q2, W = qT.reshape(B * H, n, K), (W0 + P0).view(B * H, K, K)
-        u = torch.bmm(q2, W).view(B, H, n, K).transpose(1, 2).reshape(B, n, H * K)
+        if q.stride(-1) != 1 or q.stride(2) != q.shape[3]:
+            q = q.contiguous()
+        B, n, H, K = q.shape
+        W0, P0 = W0.contiguous(), P0.contiguous()
+        u = q.new_empty(B, n, H * K)
+        args = [native.ptr(t) for t in (q, W0, P0, u)]
+        native.run(_read_kernels(tlib, q.dtype)[0],
+                   [(*args, q.stride(0), q.stride(1), H, n, K, p0, p1)
+                    for p0, p1 in native.rows(B * H)])
         sub = _Saved()
         z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
                                         gated_norm.ACTS["sigmoid"], 0, True)
         z2 = z.view(B * n, H * K)
-        ctx.save_for_backward(q2, W, z2, w)
-        ctx.sub, ctx.bias = sub, b is not None
+        ctx.save_for_backward(q, W0, P0, z2, w)
+        ctx.sub, ctx.bias, ctx.tlib = sub, b is not None, tlib
         return product(z2, w, b).view(B, n, -1)
 
     @staticmethod
@@ -336,9 +337,8 @@ class _MacRetrieve(torch.autograd.Function):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import _weight_grads
 
-        q2, W, z2, w = ctx.saved_tensors
-        BH, n, K = q2.shape
-        B, H = z2.shape[0] // n, BH // (z2.shape[0] // n)
+        q, W0, P0, z2, w = ctx.saved_tensors
+        B, n, H, K = q.shape
         g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
         dw, db = _weight_grads(g2, z2, ctx.bias)
         if ctx.bias and db is None:
@@ -346,21 +346,26 @@ class _MacRetrieve(torch.autograd.Function):
         dz = _times(g2, w).view(B, n, H * K)
         _, du, _, _, dg, dnw, *_ = gated_norm._RMSGate.backward(ctx.sub, dz)
         ctx.sub = None
-        du = du.view(B, n, H, K).transpose(1, 2).reshape(BH, n, K)
-        dq = torch.bmm(du, W.transpose(1, 2)).view(B, H, n, K)
-        dP = torch.bmm(q2.transpose(1, 2), du).view(B, H, K, K)
-        return None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
+        du = du.contiguous()
+        dq, dP = q.new_empty(B, n, H, K), torch.empty_like(P0)
+        args = [native.ptr(t) for t in (q, W0, P0, du, dq, dP)]
+        native.run(_read_kernels(ctx.tlib, q.dtype)[1],
+                   [(*args, q.stride(0), q.stride(1), H, n, K, p0, p1)
+                    for p0, p1 in native.rows(B * H)])
+        return None, None, dq, dP.sum(0), dP, dg, dnw, None, dw, db
 
 
-def mac_retrieve(glib, qT, W0, P0, g, nw, eps, w, b=None):
+def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     """Titans-MAC's retrieval of one segment up to its keys and values, as one autograd
-    node: the read u = q (W0 + P0) of the memory the segment starts with, its RMS norm per
-    head times nw and sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the
-    composed W_{k,v} W_o). qT (B, H, n, K) the queries (unit rows); W0 (H, K, K) the
-    initial memory, P0 (B, H, K, K) the segment's memory; g (B, n, H K) the gate's logits;
-    nw (H, K) the norm's weight; w (O, H K), b (O,) or None. Returns (B, n, O);
-    differentiable in qT, W0, P0, g, nw, w, b. `glib` = ops.native.gated_norm.load()."""
-    return _MacRetrieve.apply(glib, qT, W0, P0, g, nw, float(eps), w, b)
+    node: the read u = q (W0 + P0) of the memory the segment starts with (C:
+    mac_read_fwd / mac_read_bwd, on the tokens' layout), its RMS norm per head times nw and
+    sigmoid(g) (ops.native.gated_norm's rms_gate), then (.) w^T + b (the composed W_{k,v}
+    W_o). q (B, n, H, K) the queries (unit rows; any batch and step strides, a step's heads
+    side by side); W0 (H, K, K) the initial memory, P0 (B, H, K, K) the segment's memory; g
+    (B, n, H K) the gate's logits; nw (H, K) the norm's weight; w (O, H K), b (O,) or None.
+    Returns (B, n, O); differentiable in q, W0, P0, g, nw, w, b. `glib` =
+    ops.native.gated_norm.load(), `tlib` = load()."""
+    return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
 class _MacMemory(torch.autograd.Function):
@@ -380,6 +385,7 @@ class _MacMemory(torch.autograd.Function):
                                          W0, P0, M0, S0, lr)
         xp = torch.cat([state, qkv], 1) if n < d else qkv   # the conv's new state
         ctx.subs, ctx.dims = (conv, seg), (B, n, HK, d)
+        ctx.set_materialize_grads(False)   # an unread M, S or conv state: None, not zeros
         return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
 
     @staticmethod
