@@ -64,8 +64,9 @@ class NativeStep(NamedTuple):
 
 
 def _kernels(lib, fn, dtype):
-    args = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long), ctypes.c_long,
-            ctypes.c_long]
+    # p and d (_call's arrays) as plain addresses: ops.native.team passes c_void_p, not POINTER
+    # types, so the two ranges go to torch's OpenMP team at 2 threads, not a pool thread
+    args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     return native.kernel(lib, f"{fn}_fwd", dtype, args), native.kernel(lib, f"{fn}_bwd", dtype, args)
 
 

@@ -411,14 +411,19 @@ void NAME(miras_chunk_fwd)(const T *k, const T *v, const T *dl, const T *aT, con
                   H, N, C, K, F, NP, kind, loss, p0, p1);
 }
 
+/* the backward's forward blocks (X2, G1, G2, D1, D2, E) in one pointer array sv and its sizes
+   (H, N, C, K, F, NP, kind, loss) in one long array sz: 28 pointers and four longs, within
+   the 32 integer arguments ops.native.run's OpenMP team path (team.c) passes */
 void NAME(miras_chunk_bwd)(const T *k, const T *v, const T *dl, const T *aT, const T *cT,
                            const T *u1, const T *u2, const T *Pg1, const T *Pg2,
                            const T *const *Us1, const T *const *Us2, const T *const *dUs1,
                            const T *const *dUs2, const T *dX2, const T *dG1, const T *dG2, T *dk,
                            T *dv, T *ddl, T *daT, T *dcT, T *du1, T *du2, T *dPg1, T *dPg2,
-                           T *dU1, T *dU2, const T *X2, const T *G1, const T *G2,
-                           const T *D1, const T *D2, const T *E, long H, long N, long C, long K,
-                           long F, long NP, int kind, int loss, long p0, long p1) {
+                           T *dU1, T *dU2, const T *const *sv, const long *sz, long p0,
+                           long p1) {
+    const T *X2 = sv[0], *G1 = sv[1], *G2 = sv[2], *D1 = sv[3], *D2 = sv[4], *E = sv[5];
+    const long H = sz[0], N = sz[1], C = sz[2], K = sz[3], F = sz[4], NP = sz[5];
+    const int kind = (int)sz[6], loss = (int)sz[7];
     if (C == 16 && K == 32 && F == 128)
         NAME(bwd)(k, v, dl, aT, cT, u1, u2, Pg1, Pg2, Us1, Us2, dUs1, dUs2, dX2,
                   dG1, dG2, dk, dv, ddl, daT, dcT, du1, du2, dPg1, dPg2, dU1, dU2, X2, G1, G2,

@@ -46,7 +46,7 @@ def load():
 def _kernels(lib, dtype):
     P, L, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     return (native.kernel(lib, "miras_chunk_fwd", dtype, [P] * 19 + [L] * 6 + [i, i, L, L]),
-            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 33 + [L] * 6 + [i, i, L, L]))
+            native.kernel(lib, "miras_chunk_bwd", dtype, [P] * 29 + [L, L]))
 
 
 def _array(ts):
@@ -93,9 +93,12 @@ class _NativeChunks(torch.autograd.Function):
         args = [*map(native.ptr, (k, v, dl, aT, c, u1, u2, P1, P2)), _array(Us[:N + 1]),
                 _array(Us[N + 1:]), _array(dUs1), _array(dUs2),
                 *map(native.ptr, (dX2, dG1, dG2, *grads))]
+        # the forward's blocks in one pointer array and the sizes in one long array: 31
+        # integer arguments, so run() gives the ranges to torch's OpenMP team (<= 32)
+        sizes = (ctypes.c_long * 8)(H, N, C, K, F, B * H, *ctx.kinds)
         native.run(bwd, [(*args, native.ptr(du[0][i]), native.ptr(du[1][i]),
-                          *map(native.ptr, (dP1, dP2, dU1, dU2, *fwd_out)), H, N, C, K, F, B * H,
-                          *ctx.kinds, p0, p1) for i, (p0, p1) in enumerate(parts)])
+                          *map(native.ptr, (dP1, dP2, dU1, dU2)), _array(fwd_out), sizes, p0, p1)
+                         for i, (p0, p1) in enumerate(parts)])
         flop_count.add(flops(B * H * N, C, K, F)[1])
         return (None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1, dU2)
 
