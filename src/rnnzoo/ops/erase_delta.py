@@ -38,7 +38,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _initial
 from rnnzoo.ops.chunk.kda import vector_decay_chunks
@@ -112,7 +112,8 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, v.shape[-1], dt, q.device)
     out_dtype = q.dtype
-    lib = native_vector.load() if backend.use_native(q, k, v, g, p, S) else None
+    # flop_count.native: bench.layer_flops counts this path (vector_delta books its FLOPs)
+    lib = native_vector.load() if flop_count.native(q, k, v, g, p, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
         (q,), (k, v, g, p), marks = clean_inputs((q,), (k, v, g, p))
         w = g[..., None] if g.dim() == 3 else g            # one log-decay a head, or a channel

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import (
     causal_decay,
     check_delta,
@@ -107,7 +107,8 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     k's two gradients where p is k). A non-finite input at step t makes outputs from t on NaN
     (ops.finite)."""
     dt, scale, S, M = _setup(q, k, v, p, log_alpha, log_mu, beta, eta, scale, initial_state)
-    native = not sequence_parallel.active() and backend.use_native(
+    # flop_count.native: bench.layer_flops counts this path (momentum_scan books its FLOPs)
+    native = not sequence_parallel.active() and flop_count.native(
         q, k, v, p, log_alpha, log_mu, beta, eta, S, M, correction)
     lib = momentum_scan.load() if native else None
     if lib is None:

@@ -56,7 +56,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay as _causal_decay
 from rnnzoo.ops.chunk._common import check_delta as _check
 from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
@@ -167,7 +167,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     if q.device.type == "cpu":
         chunk_size = min(chunk_size, _cpu_chunk(K, V))
-    lib = native_delta.load() if backend.use_native(q, k, v, beta, g, S) else None
+    # flop_count.native: bench.layer_flops counts this path (delta_scan books its FLOPs)
+    lib = native_delta.load() if flop_count.native(q, k, v, beta, g, S) else None
     if lib is not None:  # the recurrence in C: 1.5-2.1x the chunks, K = 32..128 (docstring)
         (q,), (k, v, beta, g), marks = clean_inputs((q,), (k, v, beta, g))
         o, S = marked(*native_delta.delta(lib, q, k, v, beta, torch.zeros_like(beta) if g is None
@@ -272,7 +273,7 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
     B, T, n_h, H, K = k.shape
     V = v.shape[-1]
     positive_int("delta_product: chunk_size", chunk_size)
-    lib = None if sequence_parallel.active() or not backend.use_native(
+    lib = None if sequence_parallel.active() or not flop_count.native(
         q, k, v, beta, g, initial_state) else native_delta.load()
     if lib is not None:  # the C recurrence over the flat steps, one query and gate a token
         dt = compute_dtype(q)
@@ -356,7 +357,8 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     dt = compute_dtype(r)
     S = _initial(initial_state, B, H, K, V, dt, r.device)
     out_dtype = r.dtype
-    lib = native_vector.load() if backend.use_native(r, w, k, v, a, b, S) else None
+    # flop_count.native: bench.layer_flops counts this path (vector_delta books its FLOPs)
+    lib = native_vector.load() if flop_count.native(r, w, k, v, a, b, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
         (r,), (w, k, v, a, b), marks = clean_inputs((r,), (w, k, v, a, b))
         o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale), marks)

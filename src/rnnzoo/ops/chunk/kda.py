@@ -45,7 +45,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _householder_update, _initial
 from rnnzoo.ops.chunk.linear import _factorise_limit
@@ -108,7 +108,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
     out_dtype = q.dtype
-    lib = native_vector.load() if backend.use_native(q, k, v, g, beta, S) else None
+    # flop_count.native: bench.layer_flops counts this path (vector_delta books its FLOPs)
+    lib = native_vector.load() if flop_count.native(q, k, v, g, beta, S) else None
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
 
     if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g

@@ -33,8 +33,9 @@ def flops(pairs: int, tokens: int, n: int, K: int, V: int) -> tuple[int, int]:
     token (2 n + 1); backward the rebuild's k u^T, dk's dS u + S' dw, dS' = dS + k dw^T and
     du = dS^T k a step (5 n), the read's q do^T and dq = S do and the gate's <dS', S'> a
     token (3), and one du a checkpoint block (its first step's, which the block before
-    forms again). Booked while counting (ops.flop_count: DeltaProduct's chunk mode takes
-    this path there, as the CPU timing does)."""
+    forms again). Booked while counting (ops.flop_count: delta_rule, so DeltaNet, Gated
+    DeltaNet and MoM, and DeltaProduct's chunk mode take this path there, as the CPU timing
+    does)."""
     kv, blocks = pairs * K * V, -(-tokens * n // CK)
     return 2 * kv * (2 * n + 1) * tokens, 2 * kv * ((5 * n + 3) * tokens + blocks)
 

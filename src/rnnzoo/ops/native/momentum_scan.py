@@ -20,9 +20,23 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 CK = 64  # the C file's checkpoint interval
+
+
+def flops(pairs: int, tokens: int, K: int, V: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of momentum_fwd / momentum_bwd over `pairs` (batch, head)
+    pairs of `tokens` steps, 2 a multiply-add (as the counter books a product), per entry of
+    the (K, V) states; the products only (rank-one terms, reads, row sums and dot products),
+    not the scalings alpha S, beta M, mu M. Forward a step: eta k e^T, the read S^T q and the
+    next step's error S^T p (3), and e_0 = S_0^T p_0 once. Backward a step: the rebuild's
+    k e^T (1); D's p de^T and q do^T, the row sums of dq, dp (the step after's) and dk, the
+    dot products of dbeta, dla and dlm, and de = E^T k (9); a checkpoint block's first step
+    its own dp and p de^T (2). Booked while counting (ops.flop_count: Momentum DeltaNet takes
+    this path there, as the CPU timing does)."""
+    kv = pairs * K * V
+    return 2 * kv * (3 * tokens + (tokens > 0)), 2 * kv * (10 * tokens + 2 * -(-tokens // CK))
 
 
 def load():
@@ -55,6 +69,7 @@ class _NativeMomentum(torch.autograd.Function):
         outs = [native.ptr(t) for t in (o, e, ST, MT, ck, corr)]
         native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn, K, V)[0])
         if grad:
             ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck, corr)
         ctx.lib, ctx.scale, ctx.V, ctx.pk = lib, scale, V, pk
@@ -77,6 +92,7 @@ class _NativeMomentum(torch.autograd.Function):
                                         dv, dp, dla, dlm, dbeta, deta, dS0, dM0, corr, dcorr)]
         native.run(bwd, [(*args, ctx.scale, Tn, H, K, V, int(ctx.pk), p0, p1)
                          for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn, K, V)[1])
         return (None, dq, dk, dv, None if ctx.pk else dp, dla, dlm, dbeta, deta, dS0, dM0, None,
                 None if dcorr is None else dcorr.sum(0))
 

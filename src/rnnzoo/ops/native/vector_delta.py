@@ -25,9 +25,23 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 CK = 32  # the C file's checkpoint interval
+
+
+def flops(pairs: int, tokens: int, K: int, V: int, hasb: bool) -> tuple[int, int]:
+    """(forward, backward) FLOPs of vdelta_fwd / vdelta_bwd over `pairs` (batch, head) pairs
+    of `tokens` steps, 2 a multiply-add (as the counter books a product), per entry of the
+    (K, V) state; the products only (rank-one terms, reads, row sums), not the decay's
+    diag(d) S. Forward a step: b z^T (with b), k v^T (k u^T without), the read S^T r and the
+    next step's z = S^T e (4 with b, else 3), and z_0 = S_0^T e_0 once. Backward a step: the
+    rebuild's b z^T and k v^T (2, else 1); the transpose's da and dw row sums and e dz^T (3);
+    the read's r do^T, dr and dk row sums, with b db's row sum and dz, dv (6, else dz: 4).
+    Booked while counting (ops.flop_count: KDA, GDN-2, Comba and RWKV-7 take this path there,
+    as the CPU timing does)."""
+    kv = pairs * K * V
+    return 2 * kv * ((4 if hasb else 3) * tokens + (tokens > 0)), 2 * kv * (11 if hasb else 8) * tokens
 
 
 def load():
@@ -56,6 +70,7 @@ class _NativeVectorDelta(torch.autograd.Function):
         native.run(fwd, [(P(r), P(w), P(k), P(v), P(a), P(b), P(S0), P(o), P(z), P(ST), P(ck),
                           scale, after, w.shape[-1], Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn, K, V, b is not None)[0])
         if grad:
             ctx.save_for_backward(r, w, k, v, a, b, z, ck)
         ctx.lib, ctx.scale, ctx.after = lib, scale, after
@@ -77,6 +92,7 @@ class _NativeVectorDelta(torch.autograd.Function):
                           P(dr), P(dw), P(dk), P(dv), P(da), P(db), P(dS0), ctx.scale,
                           ctx.after, w.shape[-1], Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
+        flop_count.add(flops(B * H, Tn, K, V, b is not None)[1])
         return None, dr, dw, dk, dv, da, db, dS0, None, None
 
 
