@@ -14,7 +14,8 @@ online regression step taken with heavy-ball momentum, a second (K, V) state M.
 The state pair (S, M) moves by a map linear in (S, M) (M feeds S through a scalar block), so it
 has an exact chunk form of its own (ops.momentum_delta.momentum_delta: one triangular solve per
 chunk for the error rows, the pair passed from chunk to chunk; on a CPU in float32/64 the
-recurrence in C instead, ops.native.momentum_scan, which costs less there). Modes:
+recurrence in C instead, ops.native.momentum_scan, which costs less there; the gates there
+too, one C pass each way, `momentum_scan.gates`). Modes:
 `sequential` (the loop) and `chunk` (`auto`). State: (S, M (B, H, K, V), short-conv state).
 """
 
@@ -33,11 +34,13 @@ from rnnzoo.layers._softplus import inverse_softplus
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import backend
 from rnnzoo.ops.momentum_delta import (
     momentum_delta,
     momentum_delta_recurrent,
     momentum_delta_step,
 )
+from rnnzoo.ops.native import momentum_scan
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
@@ -93,7 +96,24 @@ class MomentumDeltaNet(RecurrentLayer):
         it as their `correction`, `correction` below)."""
         cdt = compute_dtype(x)
         q, k, v, conv_state = delta_qkv(self, x, conv_state)
-        a, b, m, e = self.gate_proj(x).to(cdt).chunk(4, -1)
+        g = self.gate_proj(x).to(cdt)
+        params = [t.to(cdt) for t in (self.A_log, self.Mu_log, self.dt_bias, self.mu_bias,
+                                      self.log_factor)]
+        lib = momentum_scan.load() if backend.use_native(g, *params) else None
+        if lib is not None:  # the gates below in one C pass each way
+            log_alpha, log_mu, beta, eta = momentum_scan.gates(
+                lib, g, *params, self.tau, self.allow_neg_eigval, self.min_log_mu)
+        else:
+            log_alpha, log_mu, beta, eta = self._gates(g)
+        if correct and self.D_log is not None:
+            q = q - self.correction(cdt)[:, None] * k
+        return q, k, v, log_alpha, log_mu, beta, eta, conv_state
+
+    def _gates(self, g):
+        """(log_alpha, log_mu, beta, eta) (B, T, H) from g = gate_proj(x) (B, T, 4H), in
+        torch (the module docstring's formulas)."""
+        cdt = g.dtype
+        a, b, m, e = g.chunk(4, -1)
         eta = torch.tanh(e / self.tau) + 1
         theta = torch.atan(eta * self.log_factor.to(cdt).exp())
         beta = torch.sin(theta) ** 2 * torch.sigmoid(b)
@@ -104,9 +124,7 @@ class MomentumDeltaNet(RecurrentLayer):
         log_mu = -self.Mu_log.to(cdt).exp() * F.softplus(m + self.mu_bias.to(cdt))
         if self.min_log_mu is not None:
             log_mu = log_mu.clamp(min=self.min_log_mu)
-        if correct and self.D_log is not None:
-            q = q - self.correction(cdt)[:, None] * k
-        return q, k, v, log_alpha, log_mu, beta, eta, conv_state
+        return log_alpha, log_mu, beta, eta
 
     def correction(self, dtype):
         """exp(D_log) (H,) in dtype, or None without the output correction."""

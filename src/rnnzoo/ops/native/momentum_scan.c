@@ -44,6 +44,7 @@
    independent work a step, between one step's end (its error row e, its de) and the next
    step's start, which wait for a sum over all K rows. */
 #include "wide.h"
+#include "log1p.h"  /* NAME(log1p_unit), for the gates */
 #ifndef MS_PF
 #define MS_PF 4  /* steps ahead */
 #endif
@@ -326,6 +327,150 @@ void NAME(momentum_bwd)(const T *restrict q, const T *restrict k, const T *restr
         if (dD) dD[pr] = dDs;
     }
     free(dall); free(buf); free(qev); free(ea);
+}
+
+/* Momentum DeltaNet's gates (layers/momentum_deltanet.py) from its gate projection, one pass
+   each way. g (rows, 4H): a, b, m, e per row (H each); per head A_log, Mu_log, dt_bias,
+   mu_bias, log_factor (H). With u = eta exp(log_factor), theta = atan(u):
+       eta  = 1 + tanh(e / tau),         beta = c sigmoid(b) u^2 / (1 + u^2)   (c = 1 or 2)
+       la   = -log1p(u^2) - exp(A_log) softplus(a + dt_bias)      (2 log cos theta = -log1p(u^2))
+       lm   = max(-exp(Mu_log) softplus(m + mu_bias), mn)         (mn -inf: no floor)
+   la, lm, beta, eta (rows, H). Rows [r0, r1); the work in blocks of MG_N values, each quantity
+   gathered dense first so that the per-value loops vectorise. softplus as torch's (x above 20:
+   x). The backward (any of dla, dlm, dbeta, deta NULL: zero) writes dg (rows, 4H) and this
+   range's parameter gradients, summed over its rows, to dpar (5, H): dA_log, dMu_log, ddt_bias, dmu_bias,
+   dlog_factor. */
+#ifndef MG_N
+#define MG_N 256
+#endif
+
+/* log1p(y), y >= 0 (or NaN): log1p_unit below 1; above, log y + log1p(1 / y), log y from
+   the float's exponent and log1p_unit of its mantissa less one (vectorisable). double: libm. */
+static inline T NAME(mg_log1p)(T y) {
+    if (sizeof(T) == 8) return LOG1P(y);
+    const int big = y > 1;
+    const T z = big ? 1 / y : y;
+    union { float f; uint32_t i; } b = {(float)y};
+    const float ex = (float)((int)(b.i >> 23) - 127);
+    b.i = (b.i & 0x7fffffu) | 0x3f800000u;
+    const T lg = (T)(ex * 0.693145751953125f + ex * 1.428606765330187e-06f)
+                 + NAME(log1p_unit)((T)b.f - 1);
+    return NAME(log1p_unit)(z) + (big ? lg : 0);
+}
+
+/* softplus(x) and its slope sigmoid(x) as torch's (x > 20: x and 1) */
+static inline T NAME(mg_softplus)(T x) {
+    const T l = (x > 0 ? x : 0) + NAME(log1p_unit)(EXP(x > 0 ? -x : x));
+    return x > 20 ? x : l;
+}
+static inline T NAME(mg_sigmoid)(T x) { return 1 / (1 + EXP(-x)); }
+
+static void NAME(mg_params)(const T *A_log, const T *Mu_log, const T *dt_bias,
+                            const T *mu_bias, const T *log_factor, long H, long n,
+                            T *A, T *Mu, T *dtb, T *mub, T *f) {
+    for (long i = 0; i < n; i++) {
+        const long h = i % H;
+        A[i] = EXP(A_log[h]), Mu[i] = EXP(Mu_log[h]), dtb[i] = dt_bias[h];
+        mub[i] = mu_bias[h], f[i] = EXP(log_factor[h]);
+    }
+}
+
+static void NAME(mg_gather)(const T *g, long r, long nr, long H, T *a, T *b, T *m, T *e) {
+    for (long i = 0; i < nr; i++)
+        for (long h = 0; h < H; h++) {
+            const T *gr = g + (r + i) * 4 * H + h;
+            a[i * H + h] = gr[0], b[i * H + h] = gr[H], m[i * H + h] = gr[2 * H];
+            e[i * H + h] = gr[3 * H];
+        }
+}
+
+void NAME(momentum_gates_fwd)(const T *restrict g, const T *restrict A_log,
+                              const T *restrict Mu_log, const T *restrict dt_bias,
+                              const T *restrict mu_bias, const T *restrict log_factor,
+                              T *restrict la, T *restrict lm, T *restrict beta,
+                              T *restrict eta, T tau, T mn, long H, long neg, long r0,
+                              long r1) {
+    const long nb = MG_N / H > 0 ? MG_N / H : 1, n = nb * H;
+    T *buf = malloc(9 * n * sizeof(T));
+    T *A = buf, *Mu = A + n, *dtb = Mu + n, *mub = dtb + n, *f = mub + n;
+    T *a = f + n, *b = a + n, *m = b + n, *e = m + n;
+    NAME(mg_params)(A_log, Mu_log, dt_bias, mu_bias, log_factor, H, n, A, Mu, dtb, mub, f);
+    const T c = neg ? 2 : 1, it = 1 / tau;
+    for (long r = r0; r < r1; r += nb) {
+        const long nr = r1 - r < nb ? r1 - r : nb, nn = nr * H;
+        NAME(mg_gather)(g, r, nr, H, a, b, m, e);
+        T *restrict lar = la + r * H, *restrict lmr = lm + r * H;
+        T *restrict br = beta + r * H, *restrict er = eta + r * H;
+        for (long i = 0; i < nn; i++) {
+            const T et = 1 + TANH(e[i] * it), u = et * f[i], u2 = u * u;
+            const T w = u2 > 1 ? 1 / (1 + 1 / u2) : u2 / (1 + u2);   /* sin^2 theta */
+            er[i] = et;
+            br[i] = c * w * NAME(mg_sigmoid)(b[i]);
+            lar[i] = -NAME(mg_log1p)(u2) - A[i] * NAME(mg_softplus)(a[i] + dtb[i]);
+            const T l = -Mu[i] * NAME(mg_softplus)(m[i] + mub[i]);
+            lmr[i] = l < mn ? mn : l;
+        }
+    }
+    free(buf);
+}
+
+void NAME(momentum_gates_bwd)(const T *restrict g, const T *restrict A_log,
+                              const T *restrict Mu_log, const T *restrict dt_bias,
+                              const T *restrict mu_bias, const T *restrict log_factor,
+                              const T *restrict dla, const T *restrict dlm,
+                              const T *restrict dbeta, const T *restrict deta, T *restrict dg,
+                              T *restrict dpar, T tau, T mn, long H, long neg, long r0,
+                              long r1) {
+    const long nb = MG_N / H > 0 ? MG_N / H : 1, n = nb * H;
+    T *buf = malloc(15 * n * sizeof(T));
+    T *A = buf, *Mu = A + n, *dtb = Mu + n, *mub = dtb + n, *f = mub + n;
+    T *a = f + n, *b = a + n, *m = b + n, *e = m + n;
+    T *sA = e + n, *sMu = sA + n, *sdt = sMu + n, *smu = sdt + n, *sf = smu + n, *zero = sf + n;
+    NAME(mg_params)(A_log, Mu_log, dt_bias, mu_bias, log_factor, H, n, A, Mu, dtb, mub, f);
+    memset(sA, 0, 6 * n * sizeof(T));
+    const T c = neg ? 2 : 1, it = 1 / tau;
+    for (long r = r0; r < r1; r += nb) {
+        const long nr = r1 - r < nb ? r1 - r : nb, nn = nr * H;
+        NAME(mg_gather)(g, r, nr, H, a, b, m, e);
+        const T *restrict dlar = dla ? dla + r * H : zero, *restrict dlmr = dlm ? dlm + r * H : zero;
+        const T *restrict dbr = dbeta ? dbeta + r * H : zero;
+        const T *restrict der = deta ? deta + r * H : zero;
+        /* da, db, dm, de over the gathered a, b, m, e */
+#pragma omp simd
+        for (long i = 0; i < nn; i++) {
+            const T gl = dlar[i], gm = dlmr[i], gb = dbr[i], ge = der[i];
+            const T th = TANH(e[i] * it), et = 1 + th, u = et * f[i], u2 = u * u;
+            const T c2 = 1 / (1 + u2), w = u2 > 1 ? 1 / (1 + 1 / u2) : u2 * c2;
+            const T sb = NAME(mg_sigmoid)(b[i]);
+            const T xa = a[i] + dtb[i], xm = m[i] + mub[i];
+            const T spa = NAME(mg_softplus)(xa), spm = NAME(mg_softplus)(xm);
+            const T ga = xa > 20 ? 1 : NAME(mg_sigmoid)(xa);
+            const T gmm = xm > 20 ? 1 : NAME(mg_sigmoid)(xm);
+            const T l = -Mu[i] * spm;
+            const T pass = l >= mn ? gm : 0;                       /* clamp's gradient */
+            /* d/du: la = -log1p(u^2): -2u c2; beta = c sb w: c sb 2u c2^2 */
+            const T du = 2 * u * c2 * (c * sb * c2 * gb - gl);
+            const T dea = -A[i] * ga * gl, dma = -Mu[i] * gmm * pass;
+            a[i] = dea, m[i] = dma;
+            b[i] = c * w * sb * (1 - sb) * gb;
+            e[i] = (ge + du * f[i]) * (1 - th * th) * it;
+            sA[i] += -A[i] * spa * gl, sMu[i] += l * pass;
+            sdt[i] += dea, smu[i] += dma, sf[i] += du * u;
+        }
+        for (long i = 0; i < nr; i++)
+            for (long h = 0; h < H; h++) {
+                T *dr = dg + (r + i) * 4 * H + h;
+                dr[0] = a[i * H + h], dr[H] = b[i * H + h], dr[2 * H] = m[i * H + h];
+                dr[3 * H] = e[i * H + h];
+            }
+    }
+    memset(dpar, 0, 5 * H * sizeof(T));
+    for (long i = 0; i < n; i++) {
+        const long h = i % H;
+        dpar[h] += sA[i], dpar[H + h] += sMu[i], dpar[2 * H + h] += sdt[i];
+        dpar[3 * H + h] += smu[i], dpar[4 * H + h] += sf[i];
+    }
+    free(buf);
 }
 
 #include "wide.h"  /* its names undefined for the next type */

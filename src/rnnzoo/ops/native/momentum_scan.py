@@ -12,6 +12,9 @@ all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`;
 ops.momentum_delta.momentum_delta calls it there). Returns o (B, T, H, V), S_T and M_T,
 differentiable in all ten. Threads split the (batch row, head) pairs. The caller handles
 non-finite inputs (ops.finite).
+
+`gates`: Momentum DeltaNet's gates (log_alpha, log_mu, beta, eta) from its gate projection,
+one C pass each way (momentum_scan.c's momentum_gates_fwd / _bwd; threads split the rows).
 """
 
 from __future__ import annotations
@@ -103,3 +106,57 @@ def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None):
     (B, T, H, K) pass each way for it). p may be k itself (Momentum DeltaNet): its two
     gradients are then summed in the kernel."""
     return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr)
+
+
+def _gate_kernels(lib, dtype):
+    P, L = ctypes.c_void_p, ctypes.c_long
+    F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+    return (native.kernel(lib, "momentum_gates_fwd", dtype, [P] * 10 + [F] * 2 + [L] * 4),
+            native.kernel(lib, "momentum_gates_bwd", dtype, [P] * 12 + [F] * 2 + [L] * 4))
+
+
+class _NativeGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg, floor):
+        g = g.contiguous()
+        params = [t.contiguous() for t in (A_log, Mu_log, dt_bias, mu_bias, log_factor)]
+        B, Tn, H4 = g.shape
+        H = H4 // 4
+        la, lm, beta, eta = (g.new_empty(B, Tn, H) for _ in range(4))
+        fwd, _ = _gate_kernels(lib, g.dtype)
+        args = [native.ptr(t) for t in (g, *params, la, lm, beta, eta)]
+        native.run(fwd, [(*args, tau, floor, H, int(neg), r0, r1)
+                         for r0, r1 in native.rows(B * Tn)])
+        ctx.save_for_backward(g, *params)
+        ctx.lib, ctx.tau, ctx.neg, ctx.floor = lib, tau, neg, floor
+        return la, lm, beta, eta
+
+    @staticmethod
+    def backward(ctx, dla, dlm, dbeta, deta):
+        g, *params = ctx.saved_tensors
+        B, Tn, H4 = g.shape
+        H = H4 // 4
+        _, bwd = _gate_kernels(ctx.lib, g.dtype)
+        grads = [None if t is None else t.contiguous() for t in (dla, dlm, dbeta, deta)]
+        dg = torch.empty_like(g)
+        ranges = native.rows(B * Tn)
+        dpar = g.new_empty(len(ranges), 5, H)
+        args = [native.ptr(t) for t in (g, *params, *grads, dg)]
+        native.run(bwd, [(*args, native.ptr(dpar[i]), ctx.tau, ctx.floor, H, int(ctx.neg), r0,
+                          r1) for i, (r0, r1) in enumerate(ranges)])
+        dpar = dpar.sum(0) if len(ranges) > 1 else dpar[0]
+        return (None, dg, *dpar.unbind(0), None, None, None)
+
+
+def gates(lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg=False, floor=None):
+    """Momentum DeltaNet's gates (layers/momentum_deltanet.py) in one C pass each way:
+    (log_alpha, log_mu, beta, eta), each (B, T, H), from g (B, T, 4H) = W_{a,b,m,e} x (a, b,
+    m, e the four column blocks of H) and the per-head parameters (H,) A_log, Mu_log,
+    dt_bias, mu_bias, log_factor; tau the eta temperature, neg: beta doubled
+    (allow_neg_eigval), floor: log_mu's minimum (None: none). `lib` = load(); all one dtype
+    (float32 or float64) on the CPU. Differentiable in g and the five parameters. It forms
+    2 log cos(atan u) as -log1p(u^2) and sin^2(atan u) as u^2 / (1 + u^2) (u = eta
+    exp(log_factor)): the same functions, without the angle."""
+    floor = -float("inf") if floor is None else floor
+    return _NativeGates.apply(lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg,
+                              floor)
