@@ -479,9 +479,13 @@ void NAME(ll_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict f, const T *restrict w, const T *restrict cP,
                   const T *restrict cF, const long *restrict ip, const long *restrict lp,
                   const T *restrict sk, T *restrict y, T *restrict S,
-                  T *restrict F, T *restrict U, T *restrict bad, long N, long C, long K,
-                  long V, long L, long P, long NL, long tile, long H, long qb, long qt, long qg,
-                  long hg, long vb, long vt, long r0, long r1) {
+                  T *restrict F, T *restrict U, T *restrict bad, const long *restrict z,
+                  long r0, long r1) {
+    /* the sizes and strides in one array (z), so that ops.native.run can hand the ranges to
+       torch's OpenMP team (team.c takes at most 32 integer-class arguments) */
+    const long N = z[0], C = z[1], K = z[2], V = z[3], L = z[4], P = z[5], NL = z[6];
+    const long tile = z[7], H = z[8], qb = z[9], qt = z[10], qg = z[11], hg = z[12];
+    const long vb = z[13], vt = z[14];
     for (long r = r0; r < r1; r++) {
         T a = 0;
         NAME(ll_intra_fwd)(q, k, v, u, G, lam, y, S, bad ? &a : 0, C, K, V, L, tile, H, N, qb,
@@ -510,10 +514,12 @@ void NAME(ll_bwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                   const T *restrict U, const T *restrict dy, const T *restrict dF,
                   const T *restrict sk, T *restrict dsk, T *restrict dq, T *restrict dk, T *restrict dv, T *restrict du,
                   T *restrict dG, T *restrict dlam, T *restrict df, T *restrict dw,
-                  T *restrict dcP, T *restrict dcF, long N, long C, long K, long V, long L,
-                  long P, long NL, long tile, long H, long qb, long qt, long qg, long hg,
-                  long gd, long vb, long vt, long dqb, long dqt, long dvb, long dvt, long r0,
-                  long r1) {
+                  T *restrict dcP, T *restrict dcF, const long *restrict z, long r0, long r1) {
+    /* z as ll_fwd's, then gd and the strides of dq and dv */
+    const long N = z[0], C = z[1], K = z[2], V = z[3], L = z[4], P = z[5], NL = z[6];
+    const long tile = z[7], H = z[8], qb = z[9], qt = z[10], qg = z[11], hg = z[12];
+    const long gd = z[13], vb = z[14], vt = z[15], dqb = z[16], dqt = z[17], dvb = z[18];
+    const long dvt = z[19];
     for (long r = r0; r < r1; r++) {
         NAME(ll_intra_bwd)(q, k, v, u, G, lam, S, dy, dq, dk, dv, dG, dlam, C, K, V, L, tile, H,
                            N, qb, qt, qg, hg, gd, vb, vt, dqb, dqt, dvb, dvt, r * N, r * N + N);

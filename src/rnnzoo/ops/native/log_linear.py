@@ -25,8 +25,15 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib, "ll_fwd", dtype, [P] * 18 + [L] * 17),
-            native.kernel(lib, "ll_bwd", dtype, [P] * 28 + [L] * 22))
+    return (native.kernel(lib, "ll_fwd", dtype, [P] * 19 + [L] * 2),
+            native.kernel(lib, "ll_bwd", dtype, [P] * 29 + [L] * 2))
+
+
+def _sizes(*z):
+    """The kernels' sizes and strides as one int64 array: with them as separate arguments
+    ll_fwd / ll_bwd took 35 / 50 integers, over the 32 that team.c passes, and ops.native.run
+    ran their second range on a pool thread beside torch's spinning OpenMP worker."""
+    return torch.tensor(z, dtype=torch.int64)
 
 
 def _qk_layout(q, k, H):
@@ -91,9 +98,9 @@ class _NativeChunks(torch.autograd.Function):
         bad = v.new_empty(B * H) if check else None
         kern = _kernels(lib, q.dtype)
         ctx.set_materialize_grads(False)  # no (B, H, NL, K, V) zeros for unused final buckets
+        z = _sizes(N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay)
         native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, lp,
-                                                        sk, y, S, F, U, bad)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, *vlay, *p)
+                                                        sk, y, S, F, U, bad, z)), *p)
                              for p in native.rows(B * H)])
         ctx.save_for_backward(ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
         ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
@@ -133,11 +140,11 @@ class _NativeChunks(torch.autograd.Function):
         dG, dlam, df, dcP, dcF = (torch.empty_like(t) for t in (G, lam, f, cP, cF))
         dw = None if w is None else torch.empty_like(w)
         kern = _kernels(ctx.lib, q.dtype)
+        z = _sizes(N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay, *dq.stride()[:2],
+                   *dv.stride()[:2])
         native.run(kern[1], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, lp,
                                                         S, U, dy, dF, sk, dsk, dq, dk, dv, du, dG,
-                                                        dlam, df, dw, dcP, dcF)),
-                              N, C, K, V, L, P, NL, min(TILE, C), H, *lay, gd, *vlay,
-                              *dq.stride()[:2], *dv.stride()[:2], *p)
+                                                        dlam, df, dw, dcP, dcF, z)), *p)
                              for p in parts])
         if dq.shape[2] != Gq:
             dq, dk = (t.view(B, Tp, Gq, H // Gq, K).sum(3) for t in (dq, dk))
