@@ -1,6 +1,6 @@
 """bench.layer_flops counts the CPU path of the linear-attention layers whose ops run a C
-recurrence there (ops.flop_count.native in ops.chunk.linear's ssd and gated_linear_attention;
-ops.native.ssd_scan and ops.native.gla_scan book their products), not the ops' chunk forms,
+recurrence there (ops.flop_count.native in ops.chunk.linear's ssd, mlstm and
+gated_linear_attention; ops.native.ssd_scan and ops.native.gla_scan book their products), not the ops' chunk forms,
 which the CPU timing never runs.
 
 Each case checks (1) what the kernels booked inside layer_flops, against the count written
@@ -52,10 +52,20 @@ CASES = {  # layer: (options, layer module, its op's name there, (H, K, V) at th
                          _ssd(2, 8, 9)),
     "lightning_attention": (dict(num_heads=2), "lightning_attention", "ssd", (2, 8, 8),
                             _ssd(2, 8, 8)),
+    # the memory through ssd_scan (ops.native.mlstm_scan), the gates' K-wide pass not booked
+    "mlstm": (dict(num_heads=2, qkv_blocksize=4), "mlstm", "mlstm", (2, 16, 16),
+              _ssd(2, 16, 16)),
     "rwkv6": (dict(head_dim=8, mix_rank=2, decay_rank=4), "rwkv6", "gated_linear_attention",
               (2, 8, 8), _gla(2, 8, 8)),
     "lightnet": (dict(num_heads=2, expand_ratio=4, gate_low_rank_dim=4), "lightnet",
                  "gated_linear_attention", (2, 4, 8), _gla(2, 4, 8)),
+    # the other layers on gla_scan (a vector decay)
+    "gla": (dict(num_heads=2, decay_rank=4), "gla", "gated_linear_attention", (2, 4, 8),
+            _gla(2, 4, 8)),
+    "hgrn2": (dict(num_heads=2, d_state=4), "hgrn2", "gated_linear_attention", (2, 4, 8),
+              _gla(2, 4, 8)),
+    "gateloop": (dict(num_heads=2, d_state=4), "gateloop", "gated_linear_attention", (2, 8, 8),
+                 _gla(2, 8, 8)),
 }
 
 

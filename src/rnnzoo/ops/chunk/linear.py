@@ -580,7 +580,9 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
                                  initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
-    native = backend.use_native(q, k, v, log_i, log_f, *(initial_state or ()))
+    # flop_count.native: bench.layer_flops counts this path (its memory is ssd_scan's, which
+    # books its FLOPs; the gates' pass is K numbers a step)
+    native = flop_count.native(q, k, v, log_i, log_f, *(initial_state or ()))
     # the C recurrence: no zeroed copies and NaN marks unless some step is not finite
     if native and finite:
         marks = None
@@ -590,7 +592,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
-    lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
+    lib = native_mlstm.load() if flop_count.native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
         h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
                           marks)

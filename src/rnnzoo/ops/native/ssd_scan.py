@@ -50,7 +50,8 @@ def flops(pairs: int, tokens: int, K: int, V: int, L: int = CHUNK,
     and A = Q K^T over columns [0, i1) (m i1 (V + K)), dq += P K (m i1 K), dk += P^T Q and
     dv += A^T dO over rows [i0, n) (m (n - i0) (K + V)); with `last` (dS_T given) <dS_T, S_T>
     once. Booked while counting (ops.flop_count: Mamba-2, Mamba-3, RetNet, linear and
-    lightning attention take this path there, as the CPU timing does)."""
+    lightning attention, and mLSTM's memory (ops.native.mlstm_scan) take this path there, as
+    the CPU timing does)."""
     bwd = K * V if last and tokens else 0
     for t0 in range(0, tokens, L):
         n = min(L, tokens - t0)
