@@ -46,7 +46,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
@@ -397,8 +397,9 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
             chunk_size=chunk_size, subchunk_size=subchunk_size)
     out_dtype = q.dtype
     vector = log_decay is not None and log_decay.dim() == 4
+    # flop_count.native: bench.layer_flops counts this path (gla_scan books its FLOPs)
     lib = (native_gla.load() if (vector or bonus is not None)
-           and backend.use_native(q, k, v, log_decay, initial_state, bonus) else None)
+           and flop_count.native(q, k, v, log_decay, initial_state, bonus) else None)
     if lib is not None:  # the recurrence in C, state in cache (ops.native.gla_scan); a
         # recurrence never carries a step into an earlier output: no finite_inputs marks
         q, k, v, g, S = _prepare(q, k, v, log_decay, 1, initial_state)  # the kernel scales q
@@ -485,7 +486,8 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     out_dtype = q.dtype
     S0 = (torch.zeros(B, H, K, V, dtype=compute_dtype(q), device=q.device)
           if initial_state is None else initial_state)
-    if backend.use_native(q, k, v, log_decay, S0):
+    # flop_count.native: bench.layer_flops counts this path (ssd_scan books its FLOPs)
+    if flop_count.native(q, k, v, log_decay, S0):
         # the C recurrence on the CPU: no zeroed copies and NaN marks unless some step of the
         # inputs is not finite (one host read, ops.finite.clean_inputs)
         if finite_qk:  # q and k need no cleaning and give no marks
@@ -495,7 +497,7 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     else:
         (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
-    lib = native_ssd.load() if backend.use_native(q, k, v, g, S, diag) else None
+    lib = native_ssd.load() if flop_count.native(q, k, v, g, S, diag) else None
     if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
         o, S = native_ssd.ssd(lib, q, k, v, g, S, diag)
     else:
@@ -578,7 +580,9 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
                                  initial_state=initial_state, eps=eps, chunk_size=chunk_size)
     out_dtype = q.dtype
-    native = backend.use_native(q, k, v, log_i, log_f, *(initial_state or ()))
+    # flop_count.native: bench.layer_flops counts this path (its memory is ssd_scan's, which
+    # books its FLOPs; the gates' pass is K numbers a step)
+    native = flop_count.native(q, k, v, log_i, log_f, *(initial_state or ()))
     # the C recurrence: no zeroed copies and NaN marks unless some step is not finite
     if native and finite:
         marks = None
@@ -588,7 +592,7 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     B, T, H, K = q.shape
     q, k, v, log_i, log_f, (Cs, ns, ms) = _mlstm_prepare(q, k, v, log_i, log_f, scale,
                                                          initial_state)
-    lib = native_mlstm.load() if backend.use_native(q, k, v, log_i, log_f, Cs, ns, ms) else None
+    lib = native_mlstm.load() if flop_count.native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
         h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
                           marks)

@@ -20,10 +20,23 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 CK = 32  # the C file's checkpoint interval
 GCK = 32  # gsa_fwd/gsa_bwd's
+
+
+def flops(pairs: int, tokens: int, K: int, V: int, col: bool = False) -> tuple[int, int]:
+    """(forward, backward) FLOPs of gla_fwd / gla_bwd over `pairs` (batch, head) pairs of
+    `tokens` steps, 2 a multiply-add (as the counter books a product), per entry of the (K, V)
+    state; the products only (rank-one terms, reads, row sums), not the decay scalings nor the
+    bonus's K-wide terms. Forward a step: k v^T and the read q S (2). Backward a step: the
+    rebuild's k v^T, D's q do^T, dq's and dk's row sums and dv (5; with `col`, the decay per
+    column, dg's column sums too: 6); without `col`, dg's block-end rowsum(E o S) once a CK-step
+    block. Booked while counting (ops.flop_count: RWKV-6 and LightNet take this path there, as
+    the CPU timing does)."""
+    kv = pairs * K * V
+    return 2 * kv * 2 * tokens, 2 * kv * ((6 if col else 5) * tokens + (0 if col else -(-tokens // CK)))
 
 
 def load():
@@ -51,6 +64,7 @@ class _NativeGLA(torch.autograd.Function):
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), scale, T, H,
                           K, V, *p) for p in native.rows(B * H)])
+        flop_count.add(flops(B * H, T, K, V, col)[0])
         if grad:
             ctx.save_for_backward(q, k, v, g, u, ck)
         ctx.lib, ctx.col, ctx.scale = lib, col, scale
@@ -71,6 +85,7 @@ class _NativeGLA(torch.autograd.Function):
         native.run(bwd, [(P(q), P(k), P(v), P(g), P(u), P(ck), P(dST), P(do), P(dq), P(dk),
                           P(dv), P(dg), P(du), P(dS0), int(ctx.col), ctx.scale, T, H, K, V, *p)
                          for p in native.rows(B * H)])
+        flop_count.add(flops(B * H, T, K, V, ctx.col)[1])
         return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 

@@ -17,7 +17,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import flop_count, native
 
 
 def load():
@@ -36,6 +36,30 @@ def _kernels(lib, dtype):
 # (mamba3's K = 128, V = 64, backward alone, 1 thread: 32 53 ms, 48 54, 64 55; the recurrent
 # backward it replaced 63)
 CHUNK = 32
+TILE = 16  # ssd_chunk.c's SSD_TR: the causal (n, n) products' row tiles
+
+
+def flops(pairs: int, tokens: int, K: int, V: int, L: int = CHUNK,
+          last: bool = True) -> tuple[int, int]:
+    """(forward, backward) FLOPs of ssd_fwd / ssd_bwd_chunk over `pairs` (batch, head) pairs
+    of `tokens` steps, 2 a multiply-add (as the counter books a product); the products only,
+    not the decay scalings nor the same-step d_t v_t (V a step). Forward a step, per (K, V)
+    state entry: S += k (c v) and o += q S (2). Backward a chunk of n steps: dq = dO S^T,
+    dk = V dS^T, dv = K dS and dS += Q^T dO (4 n K V), and in causal row tiles of TILE rows
+    [i0, i1) (m = i1 - i0 rows; the tile's zeros above the diagonal multiplied too): P = dO V^T
+    and A = Q K^T over columns [0, i1) (m i1 (V + K)), dq += P K (m i1 K), dk += P^T Q and
+    dv += A^T dO over rows [i0, n) (m (n - i0) (K + V)); with `last` (dS_T given) <dS_T, S_T>
+    once. Booked while counting (ops.flop_count: Mamba-2, Mamba-3, RetNet, linear and
+    lightning attention, and mLSTM's memory (ops.native.mlstm_scan) take this path there, as
+    the CPU timing does)."""
+    bwd = K * V if last and tokens else 0
+    for t0 in range(0, tokens, L):
+        n = min(L, tokens - t0)
+        bwd += 4 * n * K * V
+        for i0 in range(0, n, TILE):
+            i1 = min(i0 + TILE, n)
+            bwd += (i1 - i0) * (i1 * (V + 2 * K) + (n - i0) * (K + V))
+    return 2 * pairs * K * V * 2 * tokens, 2 * pairs * bwd
 
 
 class _NativeSSD(torch.autograd.Function):
@@ -52,6 +76,7 @@ class _NativeSSD(torch.autograd.Function):
         fwd, _ = _kernels(lib, q.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (q, k, v, g, d, S0, o, ST, Sc))
                          + (L, T, G, H, K, V, *p) for p in native.rows(B * H)])
+        flop_count.add(flops(B * H, T, K, V, L)[0])
         ctx.save_for_backward(q, k, v, g, d, Sc, ST)
         ctx.lib, ctx.L = lib, L
         return o, ST
@@ -70,6 +95,7 @@ class _NativeSSD(torch.autograd.Function):
         native.run(bwd, [tuple(native.ptr(t) for t in (q, k, v, g, d, Sc, ST, dST, do, dq, dk, dv,
                                                        dg, dd, dS0))
                          + (T, G, H, K, V, ctx.L, *p) for p in native.rows(B * H)])
+        flop_count.add(flops(B * H, T, K, V, ctx.L, dST is not None)[1])
         if H != G:  # the heads of each group read the same q, k
             dq, dk = (t.view(B, T, G, H // G, K).sum(3) for t in (dq, dk))
         return None, dq, dk, dv, dg, dS0, dd
