@@ -104,3 +104,29 @@ def test_native_loop_output_alone(shape, begun, dtype, tol, monkeypatch):
     names = ["z", "dq", "dk", "dv", "dlr", "dtok", "d init W", "d init b", "dw", "dnb",
              "d state W", "d state b", "d state AW", "d state Ab"]
     assert_close(got, want, names, tol)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-4)])
+def test_native_loop_reads_a_layers_layout(kind, dtype, tol):
+    """T a multiple of the mini-batch, a fresh state, several heads: the kernels read q, k, v,
+    lr in the layer's (B, T, H, K) layout (q, k, v slices of one wider tensor, as TTT's are)
+    and write z and their gradients in it; equal to the torch loop."""
+    B, T, H, K, M = 2, 32, 3, 8, 16
+    args, leaves = _inputs(kind, B, T, H, K, M, dtype, False, True)
+    _, _, _, lr, tok, init, state, w, b = args
+    g = torch.Generator().manual_seed(2)
+    wide = torch.randn(B, T, 3, H, K, generator=g, dtype=dtype).requires_grad_()
+    leaves = [wide, *leaves[3:]]
+
+    def run():
+        q, k, v = wide.unbind(2)
+        z, new = memory.ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, 1e-6)
+        return outputs_and_grads([z, *new[:-1]], leaves)
+
+    with threads(2):
+        got = run()
+    with backend.force("torch"):
+        want = run()
+    assert_close(got, want, [f"out {i}" for i in range(len(got))], tol)
+    assert got[0].is_contiguous()

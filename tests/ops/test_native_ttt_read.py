@@ -53,3 +53,40 @@ def test_ttt_mlp_reads_in_c(monkeypatch):
         ref = layer(x, mode="minibatch")[0]
     assert calls[0] == 2
     assert (y - ref).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("B,NT,M,H,K", [(2, 3, 16, 4, 32), (1, 2, 5, 1, 9)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-5)])
+def test_native_read_of_token_major_views(B, NT, M, H, K, dtype, tol):
+    """x, X as (B, H, NT, M, K) blocks of a layer's (B, T, H, K) tensors (x a slice of a wider
+    one, as TTT's q is of its conv's output) and z written in that layout: equal to the torch
+    form on the flat copies, z and the gradients; z, dx, dX land in the token-major layout."""
+    lib = ttt_read.load()
+    g = torch.Generator().manual_seed(1)
+    T = NT * M
+    blocks = lambda t: t.view(B, NT, M, H, K).permute(0, 3, 1, 2, 4)  # noqa: E731
+    wide = torch.randn(B, T, 2, H, K, generator=g, dtype=dtype).requires_grad_()
+    Xt = torch.randn(B, T, H, K, generator=g, dtype=dtype).requires_grad_()
+    W, G = (torch.randn(B, H, NT, *s, generator=g, dtype=dtype).requires_grad_()
+            for s in ((K, K), (M, K)))
+    c = torch.randn(B, H, NT, K, generator=g, dtype=dtype).requires_grad_()
+    tok = (torch.rand(M, generator=g, dtype=dtype) + 0.1).requires_grad_()
+    ins = [wide, Xt, W, c, G, tok]
+
+    def native():
+        x = wide[:, :, 0].unflatten(1, (NT, M)).permute(0, 3, 1, 2, 4)   # strided, no copy
+        z = ttt_read.read(lib, x, blocks(Xt), W, c, G, tok, like=ttt_read.tokens_major(x))
+        assert z.permute(0, 2, 3, 1, 4).is_contiguous()
+        return z
+
+    def reference():
+        flat = lambda t: t.reshape(B * H * NT, *t.shape[3:])  # noqa: E731
+        x = wide[:, :, 0].unflatten(1, (NT, M)).permute(0, 3, 1, 2, 4)
+        return _torch_read(flat(x), flat(blocks(Xt)), flat(W), flat(c), flat(G),
+                           tok).view(B, H, NT, M, K)
+
+    with threads(2):
+        got = outputs_and_grads([native()], ins)
+    want = outputs_and_grads([reference()], ins)
+    assert_close(got, want, ["z", "dwide", "dX", "dW", "dc", "dG", "dtok"], tol)
+    assert all(t.abs().max() > 1e-3 for t in got[:2])

@@ -270,19 +270,21 @@ def _read_all(Pst, XG, x, Acc, tok_c):
     """The dual-form reads of n mini-batches at once: Pst, XG the loop's per mini-batch
     weights [W_1, b_1, ...] (B, H, n, I, O), (B, H, n, O) and [X_1, ..., Gl_1, ...] (B, H, n,
     M, I or O), stacked; x (B, H, n, M, K) their queries; Acc the sums the state brought, read
-    by the first (None: zero). Returns (B, H, n, M, K)."""
+    by the first (None: zero). Returns (B, H, n, M, K), laid out as x in C (ops.native.ttt_read
+    reads and writes a layer's (B, T, H, K) tensors viewed as blocks: no copies either way)."""
     L2 = len(Pst)
     flat = lambda t: t.flatten(0, 2)  # noqa: E731
-    x = x.contiguous()                                               # flat views, no copies
     lib = _ttt_read_lib(x, tok_c, *Pst, *XG)
+    if lib is None:
+        x = x.contiguous()                                           # flat views, no copies
     for i in range(L2 // 2):
         if i:
             x = _gelu(x)
         W, bias, X, G = Pst[2 * i], Pst[2 * i + 1], XG[i], XG[L2 // 2 + i]
         if lib is not None:  # one C pass a block (ops.native.ttt_read)
             from rnnzoo.ops.native import ttt_read
-            z = ttt_read.read(lib, flat(x), flat(X), flat(W), flat(bias), flat(G),
-                              tok_c[:, 0]).view(*x.shape[:-1], -1)
+            like = ttt_read.tokens_major(x, W.shape[-1]) if i == L2 // 2 - 1 else None
+            z = ttt_read.read(lib, x, X, W, bias, G, tok_c[:, 0], like=like)
         else:
             att = tok_c * torch.tril(torch.bmm(flat(x), flat(X).transpose(1, 2)) + 1)  # (., M, M)
             z = torch.baddbmm(flat(bias)[:, None], flat(x), flat(W))
@@ -316,7 +318,10 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
     lib = _ttt_loop_lib(q, k, v, lr, tok, w, b, *init, *dP, *Acc)
     if lib is not None:   # the whole loop in C, a (batch x head) row at a time
         from rnnzoo.ops.native import ttt_loop
-        kc, vc, lc = (chunks(place(t)).contiguous() for t in (k, v, lr[..., None]))
+        # the linear loop reads k, v, lr at their strides (views: no copies); the MLP's dense
+        kc, vc, lc = (chunks(place(t)) for t in (k, v, lr[..., None]))
+        if kind != "linear":
+            kc, vc, lc = (t.contiguous() for t in (kc, vc, lc))
         nw, nb = (w, b) if norm else (None, None)
         if kind == "linear":
             W, bias = _weights(init, dP)

@@ -19,7 +19,8 @@
        dk += dZ W_j^T,   gW += k^T dZ,   gc += sum_i dZ_i
    and dW, dc = gW, gc at the end. Z and G are recomputed from P_j. dw, db (the norm's, per row
    (K)) and dtau (per row) are summed by the caller.
-   Rows r in [r0, r1) of contiguous (R, NT, ...) blocks; a row's head is r % H. Plain C;
+   Rows r in [r0, r1) of contiguous (R, NT, ...) blocks (the linear loop's k, v, lr and their
+   gradients at strides: ttt_at); a row's head is r % H. Plain C;
    compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -78,23 +79,53 @@ static inline void NAME(ttt_loop_g)(const T *restrict Z, const T *restrict t,
     }
 }
 
+/* the linear loop's inputs k, v (B, H, NT, M, K), lr (B, H, NT, M) and their gradients at any
+   strides (a layer's (B, T, H, K) tensors viewed as mini-batches: no copies): st holds each
+   one's (B, H, NT, M) strides, in the order k, v, lr, dk, dv, dlr; a mini-batch's rows are
+   gathered into (scattered from) contiguous scratch */
+static inline long NAME(ttt_at)(const long *s, long r, long j, long H) {
+    return r / H * s[0] + r % H * s[1] + j * s[2];
+}
+
+static inline void NAME(ttt_gather)(const T *restrict src, long ls, T *restrict dst, long M,
+                                    long K) {
+    if (ls == K) {
+        memcpy(dst, src, M * K * sizeof(T));
+        return;
+    }
+    for (long i = 0; i < M; i++) memcpy(dst + i * K, src + i * ls, K * sizeof(T));
+}
+
+static inline void NAME(ttt_scatter)(const T *restrict src, T *restrict dst, long ls, long M,
+                                     long K) {
+    if (ls == K) {
+        memcpy(dst, src, M * K * sizeof(T));
+        return;
+    }
+    for (long i = 0; i < M; i++) memcpy(dst + i * ls, src + i * K, K * sizeof(T));
+}
+
 static inline __attribute__((always_inline)) void NAME(ttt_loop_fwd_rows)(
         const T *restrict Wst, const T *restrict cst, const T *restrict A0,
         const T *restrict a0, const T *restrict k, const T *restrict v, const T *restrict lr,
         const T *restrict nw, const T *restrict nb, const T *restrict tok, T *restrict P,
-        T *restrict pc, T *restrict Gl, T *restrict S, T *restrict s, long NT, long M, long K,
-        long H, long norm, double eps, long r0, long r1) {
+        T *restrict pc, T *restrict Gl, T *restrict S, T *restrict s, const long *restrict st,
+        long NT, long M, long K, long H, long norm, double eps, long r0, long r1) {
     const long KK = K * K, MK = M * K;
     const T tau = tok[M - 1];
-    T *W = malloc((KK + K + 3 * MK + 2 * K) * sizeof(T));
+    T *W = malloc((KK + K + 5 * MK + 2 * K + M) * sizeof(T));
     T *c = W + KK, *Z = c + K, *t = Z + MK, *G = t + MK, *sc = G + MK;
+    T *kj = sc + 2 * K, *vj = kj + MK, *lj = vj + MK;
     for (long r = r0; r < r1; r++) {
         const T *wh = nw ? nw + (r % H) * K : NULL, *bh = nb ? nb + (r % H) * K : NULL;
         memcpy(W, Wst + r * KK, KK * sizeof(T));
         memcpy(c, cst + r * K, K * sizeof(T));
         for (long j = 0; j < NT; j++) {
             const long o2 = r * NT + j;
-            const T *kj = k + o2 * MK, *vj = v + o2 * MK, *lj = lr + o2 * M;
+            const T *lr_j = lr + NAME(ttt_at)(st + 8, r, j, H);
+            NAME(ttt_gather)(k + NAME(ttt_at)(st, r, j, H), st[3], kj, M, K);
+            NAME(ttt_gather)(v + NAME(ttt_at)(st + 4, r, j, H), st[7], vj, M, K);
+            for (long i = 0; i < M; i++) lj[i] = lr_j[i * st[11]];
             T *Sj = S + o2 * KK, *sj = s + o2 * K, *Glj = Gl + o2 * MK;
             memcpy(P + o2 * KK, W, KK * sizeof(T));
             memcpy(pc + o2 * K, c, K * sizeof(T));
@@ -131,14 +162,16 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
         const T *restrict S, const T *restrict s, const T *restrict dP, const T *restrict dpc,
         const T *restrict dGl, const T *restrict dS, const T *restrict ds, T *restrict dW,
         T *restrict dc, T *restrict dA0, T *restrict da0, T *restrict dk, T *restrict dv,
-        T *restrict dlr, T *restrict dnw, T *restrict dnb, T *restrict dtau, long NT, long M,
-        long K, long H, long norm, double eps, long r0, long r1) {
+        T *restrict dlr, T *restrict dnw, T *restrict dnb, T *restrict dtau,
+        const long *restrict st, long NT, long M, long K, long H, long norm, double eps,
+        long r0, long r1) {
     const long KK = K * K, MK = M * K;
     const T tau = tok[M - 1];
-    T *gW = malloc((4 * KK + 2 * K + 5 * MK + 8 * K) * sizeof(T));
+    T *gW = malloc((4 * KK + 2 * K + 9 * MK + 8 * K + 2 * M) * sizeof(T));
     T *gS = gW + KK, *gST = gS + KK, *WT = gST + KK, *gc = WT + KK, *gs = gc + K, *Z = gs + K, *t = Z + MK, *G = t + MK;
     T *dg = G + MK, *dZ = dg + MK, *sc = dZ + MK, *dwr = sc + 5 * K, *dbr = dwr + K;
-    T *dtr = dbr + K;
+    T *dtr = dbr + K, *kj = dtr + K, *vj = kj + MK, *dkj = vj + MK, *dvj = dkj + MK;
+    T *lj = dvj + MK, *dlj = lj + M;
     /* dS, ds NULL: zero (the final sums' gradient not asked for): a zero block read instead */
     T *zS = calloc(KK + K, sizeof(T)), *zs = zS + KK;
     for (long r = r0; r < r1; r++) {
@@ -152,10 +185,12 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
         for (long j = NT - 1; j >= 0; j--) {
             const long o2 = r * NT + j;
             const T *Wj = P + o2 * KK, *cj = pc + o2 * K, *Sj = S + o2 * KK, *sj = s + o2 * K;
-            const T *kj = k + o2 * MK, *vj = v + o2 * MK, *lj = lr + o2 * M;
+            const T *lr_j = lr + NAME(ttt_at)(st + 8, r, j, H);
+            NAME(ttt_gather)(k + NAME(ttt_at)(st, r, j, H), st[3], kj, M, K);
+            NAME(ttt_gather)(v + NAME(ttt_at)(st + 4, r, j, H), st[7], vj, M, K);
+            for (long i = 0; i < M; i++) lj[i] = lr_j[i * st[11]];
             const T *dPj = dP + o2 * KK, *dSj = dS ? dS + o2 * KK : zS, *dGlj = dGl + o2 * MK;
             const T *dsj = ds ? ds + o2 * K : zs;
-            T *dkj = dk + o2 * MK, *dvj = dv + o2 * MK, *dlj = dlr + o2 * M;
             T acc = 0;
             #pragma omp simd reduction(+:acc)
             for (long i = 0; i < KK; i++) {
@@ -223,6 +258,10 @@ static inline __attribute__((always_inline)) void NAME(ttt_loop_bwd_rows)(
             /* dk += dZ W^T,  gW += k^T dZ */
             NAME(ttt_nn)(dZ, WT, dkj, M, K, K, 1);
             NAME(ttt_tn)(kj, dZ, gW, M, K, K);
+            NAME(ttt_scatter)(dkj, dk + NAME(ttt_at)(st + 12, r, j, H), st[15], M, K);
+            NAME(ttt_scatter)(dvj, dv + NAME(ttt_at)(st + 16, r, j, H), st[19], M, K);
+            T *dlr_j = dlr + NAME(ttt_at)(st + 20, r, j, H);
+            for (long i = 0; i < M; i++) dlr_j[i * st[23]] = dlj[i];
         }
         memcpy(dW + r * KK, gW, KK * sizeof(T));
         memcpy(dc + r * K, gc, K * sizeof(T));
@@ -509,10 +548,10 @@ void NAME(ttt_loop_fwd)(const T *restrict Wst, const T *restrict cst, const T *r
                         const T *restrict a0, const T *restrict k, const T *restrict v,
                         const T *restrict lr, const T *restrict nw, const T *restrict nb,
                         const T *restrict tok, T *restrict P, T *restrict pc, T *restrict Gl,
-                        T *restrict S, T *restrict s, long NT, long M, long K, long H, long norm,
-                        double eps, long r0, long r1) {
+                        T *restrict S, T *restrict s, const long *restrict st, long NT, long M,
+                        long K, long H, long norm, double eps, long r0, long r1) {
 #define CALL(k_) NAME(ttt_loop_fwd_rows)(Wst, cst, A0, a0, k, v, lr, nw, nb, tok, P, pc, Gl, \
-                                         S, s, NT, M, k_, H, norm, eps, r0, r1)
+                                         S, s, st, NT, M, k_, H, norm, eps, r0, r1)
     TTT_LOOP_K(CALL)
 #undef CALL
 }
@@ -524,11 +563,11 @@ void NAME(ttt_loop_bwd)(const T *restrict P, const T *restrict pc, const T *rest
                         const T *restrict dGl, const T *restrict dS, const T *restrict ds,
                         T *restrict dW, T *restrict dc, T *restrict dA0, T *restrict da0,
                         T *restrict dk, T *restrict dv, T *restrict dlr, T *restrict dnw,
-                        T *restrict dnb, T *restrict dtau, long NT, long M, long K, long H,
-                        long norm, double eps, long r0, long r1) {
+                        T *restrict dnb, T *restrict dtau, const long *restrict st, long NT,
+                        long M, long K, long H, long norm, double eps, long r0, long r1) {
 #define CALL(k_) NAME(ttt_loop_bwd_rows)(P, pc, k, v, lr, nw, nb, tok, S, s, dP, dpc, dGl, dS, \
-                                         ds, dW, dc, dA0, da0, dk, dv, dlr, dnw, dnb, dtau, NT, \
-                                         M, k_, H, norm, eps, r0, r1)
+                                         ds, dW, dc, dA0, da0, dk, dv, dlr, dnw, dnb, dtau, st, \
+                                         NT, M, k_, H, norm, eps, r0, r1)
     TTT_LOOP_K(CALL)
 #undef CALL
 }

@@ -5,7 +5,8 @@ its mini-batches, forward and backward:
 
 W (B, H, K, K), c (B, H, K): the weights at the loop's start; A0, a0 the same shapes: the sums
 the state brought (added to the first mini-batch's); k, v (B, H, NT, M, K), lr (B, H, NT, M):
-the mini-batches' inputs and rates; w, b (H, K) the inner norm (None, None: no norm); tok (M,)
+the mini-batches' inputs and rates, at any strides with unit columns (a layer's (B, T, H, K)
+tensors viewed as mini-batches: no copies; their gradients come back in that layout); w, b (H, K) the inner norm (None, None: no norm); tok (M,)
 (its last entry is the weights' step). Returns each mini-batch's start weights P (B, H, NT, K,
 K), pc (B, H, NT, K), its lr-weighted gradients Gl (B, H, NT, M, K) and its sums S (B, H, NT,
 K, K), s (B, H, NT, K) (the first with A0, a0): ops.memory's loop, equal to rounding.
@@ -35,19 +36,35 @@ def _call(lib, name, tensors, dims, eps, n):
     native.run(fn, [(*ptrs, *dims, eps, *p) for p in native.rows(n) or [(0, 0)]])
 
 
+def _grad_like(t):
+    """t's gradient: t's layout if contiguous, else that of a layer's (B, T, H, ...) tensor
+    of which t (B, H, NT, M, ...) is a view (no copies either way)."""
+    if t.is_contiguous():
+        return torch.empty_like(t)
+    B, H, NT, M, *rest = t.shape
+    return t.new_empty(B, NT, M, H, *rest).permute(0, 3, 1, 2, *range(4, t.dim()))
+
+
+def _strides(*ts):
+    """The linear kernels' st: each tensor's (B, H, NT, M) strides."""
+    return torch.tensor([x for t in ts for x in t.stride()[:4]], dtype=torch.long)
+
+
 class _Loop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, eps, W, c, A0, a0, k, v, lr, w, b, tok):
-        W, c, A0, a0, k, v, lr, tok = (t.contiguous() for t in (W, c, A0, a0, k, v, lr, tok))
+        W, c, A0, a0, tok = (t.contiguous() for t in (W, c, A0, a0, tok))
+        # k, v, lr at their strides (a layer's tensors viewed as mini-batches), unit columns
+        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
         w, b = (None if t is None else t.contiguous() for t in (w, b))
         B, H, NT, M, K = k.shape
         P = k.new_empty(B, H, NT, K, K)
         S = torch.empty_like(P)
         pc, s = (k.new_empty(B, H, NT, K) for _ in range(2))
-        Gl = torch.empty_like(k)
+        Gl = k.new_empty(B, H, NT, M, K)
         dims = (NT, M, K, H, int(w is not None))
-        _call(lib, "ttt_loop_fwd", (W, c, A0, a0, k, v, lr, w, b, tok, P, pc, Gl, S, s), dims,
-              eps, B * H)
+        _call(lib, "ttt_loop_fwd", (W, c, A0, a0, k, v, lr, w, b, tok, P, pc, Gl, S, s,
+                                    _strides(k, v, lr)), dims, eps, B * H)
         ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s)
         ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
         ctx.set_materialize_grads(False)  # S, s without a gradient: NULL, not a zero tensor
@@ -60,15 +77,17 @@ class _Loop(torch.autograd.Function):
         B, H, NT, M, K = k.shape
         dW, dA0 = (k.new_empty(B, H, K, K) for _ in range(2))
         dc, da0, dnw, dnb = (k.new_empty(B, H, K) for _ in range(4))
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dlr, dtau = torch.empty_like(lr), k.new_empty(B, H)
+        dk, dv, dlr = _grad_like(k), _grad_like(v), _grad_like(lr)
+        dtau = k.new_empty(B, H)
         # the kernel takes dS, ds as NULL (zero): an unused final state's sums cost no
         # (B, H, NT, K, K) zero tensor
         grads = [torch.zeros_like(x) if g is None else g.contiguous()
-                 for g, x in ((dP, P), (dpc, pc), (dGl, k))]
+                 for g, x in ((dP, P), (dpc, pc))]
+        grads.append(k.new_zeros(B, H, NT, M, K) if dGl is None else dGl.contiguous())
         grads += [None if g is None else g.contiguous() for g in (dS, ds)]
         _call(ctx.lib, "ttt_loop_bwd", (P, pc, k, v, lr, w, b, tok, S, s, *grads, dW, dc, dA0,
-                                        da0, dk, dv, dlr, dnw, dnb, dtau), ctx.dims, ctx.eps,
+                                        da0, dk, dv, dlr, dnw, dnb, dtau,
+                                        _strides(k, v, lr, dk, dv, dlr)), ctx.dims, ctx.eps,
               B * H)
         dtok = torch.zeros_like(tok)
         dtok[-1] = dtau.sum()

@@ -13,7 +13,8 @@
        dx = dz W^T + dS X,   dX = dS^T x
    The products run on mm.h's register tiles (X^T, G^T and W^T transposed into a per-thread
    scratch first: mm packs a B with strided columns a block at a time, which costs as much).
-   dtok is per block (the caller sums it). Blocks [b0, b1), all tensors contiguous.
+   dtok is per block (the caller sums it). Blocks [b0, b1); x, X, z (dz, dx, dX) at strides
+   (ttt_at), the rest contiguous.
    Plain C; compiled by rnnzoo.ops.native. */
 
 #ifndef T  /* instantiated for float and double by each_type.h */
@@ -30,33 +31,46 @@ static inline void NAME(ttt_transpose)(const T *restrict in, T *restrict out, lo
     NAME(trs)(out, r, in, c, r, c);
 }
 
-/* C (m, n) (+)= A (m, k) B (k, n), one block, A's entry (i, p) at A + i a_rs + p a_cs, B and C
-   row-major */
+/* C (m, n) (+)= A (m, k) B (k, n), one block, A's entry (i, p) at A + i a_rs + p a_cs, B's
+   rows ldb apart, C's ldc apart */
 static inline void NAME(ttt_mm)(const T *A, const T *B, T *C, long m, long n, long k,
-                                long a_rs, long a_cs, long acc) {
-    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, n, 1, n, 0, 0, 0, acc, 0, m);
+                                long a_rs, long a_cs, long ldb, long ldc, long acc) {
+    NAME(mm)(A, B, C, m, n, k, a_rs, a_cs, ldb, 1, ldc, 0, 0, 0, acc, 0, m);
 }
 
+/* block bk's first entry in a tensor of blocks (B, H, NT) whose strides are s[0..2] (token
+   rows s[3] apart): st = {H, NT, then 4 strides a tensor} */
+static inline long NAME(ttt_at)(const long *st, const long *s, long bk) {
+    const long H = st[0], NT = st[1];
+    return bk / (H * NT) * s[0] + bk / NT % H * s[1] + bk % NT * s[2];
+}
+
+/* st: H, NT and the strides of x, X, then z (forward) or dz, dx, dX (backward) as ttt_at
+   takes them: the queries and inputs may be a layer's (B, T, H, K) tensors viewed as blocks
+   (token rows H K apart), no copies */
 void NAME(ttt_read_fwd)(const T *restrict X_q, const T *restrict X_k, const T *restrict W,
                         const T *restrict c, const T *restrict G, const T *restrict tok,
-                        T *restrict Z, T *restrict S1, long M, long I, long O, long b0, long b1) {
+                        T *restrict Z, T *restrict S1, const long *restrict st, long M, long I,
+                        long O, long b0, long b1) {
+    const long *sx = st + 2, *sX = st + 6, *sz = st + 10;
+    const long lx = sx[3], lX = sX[3], lz = sz[3];
     T *XT = malloc((size_t)(I * M + M * M) * sizeof(T)), *nA = XT + I * M;
     for (long bk = b0; bk < b1; bk++) {
-        const T *x = X_q + bk * M * I, *X = X_k + bk * M * I, *w = W + bk * I * O;
-        const T *cb = c + bk * O, *g = G + bk * M * O;
-        T *z = Z + bk * M * O, *S = S1 + bk * M * M;
-        NAME(ttt_transpose)(X, XT, M, I);
-        NAME(ttt_mm)(x, XT, S, M, M, I, I, 1, 0);                  /* S = x X^T */
+        const T *x = X_q + NAME(ttt_at)(st, sx, bk), *X = X_k + NAME(ttt_at)(st, sX, bk);
+        const T *w = W + bk * I * O, *cb = c + bk * O, *g = G + bk * M * O;
+        T *z = Z + NAME(ttt_at)(st, sz, bk), *S = S1 + bk * M * M;
+        NAME(trs)(XT, M, X, lX, M, I);                                 /* X^T */
+        NAME(ttt_mm)(x, XT, S, M, M, I, lx, 1, M, M, 0);              /* S = x X^T */
         for (long i = 0; i < M; i++) {
             for (long j = 0; j < M; j++) {
                 S[i * M + j] += 1;
                 nA[i * M + j] = j <= i ? -tok[i] * S[i * M + j] : 0;
             }
             #pragma omp simd
-            for (long o = 0; o < O; o++) z[i * O + o] = cb[o];
+            for (long o = 0; o < O; o++) z[i * lz + o] = cb[o];
         }
-        NAME(ttt_mm)(x, w, z, M, O, I, I, 1, 1);                   /* z += x W */
-        NAME(ttt_mm)(nA, g, z, M, O, M, M, 1, 1);                  /* z -= A G */
+        NAME(ttt_mm)(x, w, z, M, O, I, lx, 1, O, lz, 1);              /* z += x W */
+        NAME(ttt_mm)(nA, g, z, M, O, M, M, 1, O, lz, 1);              /* z -= A G */
     }
     free(XT);
 }
@@ -65,38 +79,42 @@ void NAME(ttt_read_bwd)(const T *restrict X_q, const T *restrict X_k, const T *r
                         const T *restrict G, const T *restrict tok, const T *restrict S1,
                         const T *restrict dZ, T *restrict dXq, T *restrict dXk,
                         T *restrict dW, T *restrict dc, T *restrict dG, T *restrict dtok,
-                        long M, long I, long O, long b0, long b1) {
+                        const long *restrict st, long M, long I, long O, long b0, long b1) {
+    const long *sx = st + 2, *sX = st + 6, *sz = st + 10, *sdx = st + 14, *sdX = st + 18;
+    const long lx = sx[3], lX = sX[3], lz = sz[3], ldx = sdx[3], ldX = sdX[3];
     T *scr = malloc((size_t)(O * M + I * O + 2 * M * M) * sizeof(T));
     T *GT = scr, *WT = GT + O * M, *dS = WT + I * O, *nA = dS + M * M;
     for (long bk = b0; bk < b1; bk++) {
-        const T *x = X_q + bk * M * I, *X = X_k + bk * M * I, *w = W + bk * I * O;
-        const T *g = G + bk * M * O, *S = S1 + bk * M * M, *dz = dZ + bk * M * O;
-        T *dx = dXq + bk * M * I, *dX = dXk + bk * M * I, *dw = dW + bk * I * O;
+        const T *x = X_q + NAME(ttt_at)(st, sx, bk), *X = X_k + NAME(ttt_at)(st, sX, bk);
+        const T *w = W + bk * I * O;
+        const T *g = G + bk * M * O, *S = S1 + bk * M * M, *dz = dZ + NAME(ttt_at)(st, sz, bk);
+        T *dx = dXq + NAME(ttt_at)(st, sdx, bk), *dX = dXk + NAME(ttt_at)(st, sdX, bk);
+        T *dw = dW + bk * I * O;
         T *dcb = dc + bk * O, *dg = dG + bk * M * O, *dt = dtok + bk * M;
         NAME(ttt_transpose)(g, GT, M, O);
-        NAME(ttt_mm)(dz, GT, dS, M, M, O, O, 1, 0);                /* dz G^T = -dA */
+        NAME(ttt_mm)(dz, GT, dS, M, M, O, lz, 1, M, M, 0);            /* dz G^T = -dA */
         for (long i = 0; i < M; i++) {
-            T st = 0;
+            T st_ = 0;
             for (long j = 0; j < M; j++) {
                 const T da = j <= i ? -dS[i * M + j] : 0;
-                st += S[i * M + j] * da;
+                st_ += S[i * M + j] * da;
                 dS[i * M + j] = tok[i] * da;
                 nA[i * M + j] = j <= i ? -tok[i] * S[i * M + j] : 0;
             }
-            dt[i] = st;
+            dt[i] = st_;
         }
         #pragma omp simd
         for (long o = 0; o < O; o++) dcb[o] = 0;
         for (long i = 0; i < M; i++) {
             #pragma omp simd
-            for (long o = 0; o < O; o++) dcb[o] += dz[i * O + o];
+            for (long o = 0; o < O; o++) dcb[o] += dz[i * lz + o];
         }
-        NAME(ttt_mm)(x, dz, dw, I, O, M, 1, I, 0);                 /* dW = x^T dz */
-        NAME(ttt_mm)(nA, dz, dg, M, O, M, 1, M, 0);                /* dG = -A^T dz */
+        NAME(ttt_mm)(x, dz, dw, I, O, M, 1, lx, lz, O, 0);            /* dW = x^T dz */
+        NAME(ttt_mm)(nA, dz, dg, M, O, M, 1, M, lz, O, 0);            /* dG = -A^T dz */
         NAME(ttt_transpose)(w, WT, I, O);
-        NAME(ttt_mm)(dz, WT, dx, M, I, O, O, 1, 0);                /* dx = dz W^T */
-        NAME(ttt_mm)(dS, X, dx, M, I, M, M, 1, 1);                 /*    + dS X */
-        NAME(ttt_mm)(dS, x, dX, M, I, M, 1, M, 0);                 /* dX = dS^T x */
+        NAME(ttt_mm)(dz, WT, dx, M, I, O, lz, 1, I, ldx, 0);           /* dx = dz W^T */
+        NAME(ttt_mm)(dS, X, dx, M, I, M, M, 1, lX, ldx, 1);            /*    + dS X */
+        NAME(ttt_mm)(dS, x, dX, M, I, M, 1, M, lx, ldX, 0);            /* dX = dS^T x */
     }
     free(scr);
 }

@@ -24,21 +24,56 @@ def load():
     return native.load("ttt_read")
 
 
-def _call(lib, name, tensors, M, Di, Do, n):
+def _call(lib, name, tensors, st, M, Di, Do, n):
     P, L = ctypes.c_void_p, ctypes.c_long
-    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [L] * 5)
-    ptrs = [native.ptr(t) for t in tensors]
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * (len(tensors) + 1) + [L] * 5)
+    ptrs = [native.ptr(t) for t in (*tensors, st)]
     native.run(fn, [(*ptrs, M, Di, Do, *p) for p in native.rows(n) or [(0, 0)]])
+
+
+def _rows(t):
+    """t (..., M, D) with unit columns (else a contiguous copy)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides(lead, *ts):
+    """The kernels' st: H, NT and each tensor's (B, H, NT, row) strides; lead the blocks'
+    leading shape, (N,) or (B, H, NT)."""
+    H, NT = (1, 1) if len(lead) == 1 else lead[1:]
+    st = [H, NT]
+    for t in ts:
+        st += [t.stride(0), 0, 0, t.stride(1)] if len(lead) == 1 else [*t.stride()[:4]]
+    return torch.tensor(st, dtype=torch.long)
+
+
+def tokens_major(x, D=None):
+    """An empty tensor of x's (B, H, NT, M, .) shape (last dim D if given) laid out as a
+    layer's (B, T, H, D) (T = NT M) viewed as blocks; x (N, M, .): a contiguous one."""
+    *lead, M, Dx = x.shape
+    D = Dx if D is None else D
+    if len(lead) != 3:
+        return x.new_empty(*lead, M, D)
+    B, H, NT = lead
+    return x.new_empty(B, NT, M, H, D).permute(0, 3, 1, 2, 4)
+
+
+def _grad_like(t):
+    """t's gradient: t's layout if contiguous, else tokens_major's (a view of a layer's
+    (B, T, H, K) input takes its gradient in that layout)."""
+    return torch.empty_like(t) if t.is_contiguous() else tokens_major(t)
 
 
 class _Read(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lib, x, X, W, c, G, tok):
-        x, X, W, c, G, tok = (t.contiguous() for t in (x, X, W, c, G, tok))
-        (N, M, Di), Do = x.shape, W.shape[-1]
-        z = x.new_empty(N, M, Do)
+    def forward(ctx, lib, like, x, X, W, c, G, tok):
+        x, X = _rows(x), _rows(X)
+        W, c, G, tok = (t.contiguous() for t in (W, c, G, tok))
+        lead, (M, Di), Do = x.shape[:-2], x.shape[-2:], W.shape[-1]
+        N = lead.numel()
+        z = torch.empty_like(like) if like is not None else x.new_empty(*lead, M, Do)
         S1 = x.new_empty(N, M, M)
-        _call(lib, "ttt_read_fwd", (x, X, W, c, G, tok, z, S1), M, Di, Do, N)
+        st = _strides(lead, x, X, z)
+        _call(lib, "ttt_read_fwd", (x, X, W, c, G, tok, z, S1), st, M, Di, Do, N)
         ctx.save_for_backward(x, X, W, G, tok, S1)
         ctx.lib = lib
         return z
@@ -47,14 +82,21 @@ class _Read(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dz):
         x, X, W, G, tok, S1 = ctx.saved_tensors
-        (N, M, Di), Do = x.shape, W.shape[-1]
-        dx, dX, dW, dG = (torch.empty_like(t) for t in (x, X, W, G))
-        dc, dtok = x.new_empty(N, Do), x.new_empty(N, M)
-        _call(ctx.lib, "ttt_read_bwd", (x, X, W, G, tok, S1, dz.contiguous(), dx, dX, dW, dc,
-                                        dG, dtok), M, Di, Do, N)
-        return None, dx, dX, dW, dc, dG, dtok.sum(0)
+        lead, (M, Di), Do = x.shape[:-2], x.shape[-2:], W.shape[-1]
+        N = lead.numel()
+        dz = _rows(dz)
+        dx, dX = _grad_like(x), _grad_like(X)
+        dW, dG = torch.empty_like(W), torch.empty_like(G)
+        dc, dtok = x.new_empty(*W.shape[:-2], Do), x.new_empty(N, M)
+        st = _strides(lead, x, X, dz, dx, dX)
+        _call(ctx.lib, "ttt_read_bwd", (x, X, W, G, tok, S1, dz, dx, dX, dW, dc, dG, dtok), st,
+              M, Di, Do, N)
+        return None, None, dx, dX, dW, dc, dG, dtok.sum(0)
 
 
-def read(lib, x, X, W, c, G, tok):
-    """z (N, M, O); `lib` = load()."""
-    return _Read.apply(lib, x, X, W, c, G, tok)
+def read(lib, x, X, W, c, G, tok, like=None):
+    """z (N, M, O); `lib` = load(). x, X may also be (B, H, NT, M, I) views at any strides
+    with unit columns (a layer's (B, T, H, K) tensors as mini-batch blocks: no copies), W, c,
+    G then (B, H, NT, ...); z is laid out as `like` (a tensor of z's shape, e.g. tokens_major's)
+    where given."""
+    return _Read.apply(lib, like, x, X, W, c, G, tok)
