@@ -21,7 +21,7 @@ from rnnzoo.ops.native import team
 PENDING = {
     "ll_fwd_f32": "log_linear.c, 35 integer-class arguments",
     "ll_bwd_f32": "log_linear.c, 50 integer-class arguments",
-    "titans_bwd_f32": "titans_scan.c, 35 integer-class arguments",
+    "mlstm_qk_bwd_f32": "mlstm_scan.c, 33 integer-class arguments (since 7485f1a)",
 }
 
 
