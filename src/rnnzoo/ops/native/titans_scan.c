@@ -479,12 +479,15 @@ void NAME(titans_fwd)(const T *q, const T *k, const T *R, const T *att, const T 
                   p1);
 }
 
+/* titans_bwd takes its sizes (N, lo, C, K) in one long array sz: 29 pointers and three
+   longs, within the 32 integer arguments ops.native.run's OpenMP team path (team.c) passes */
 void NAME(titans_bwd)(const T *q, const T *k, const T *R, const T *att, const T *ga,
                       const T *gf, const T *cl, const T *re, const T *gE, const T *P0,
                       const T *Ms, const T *Ss, const T *W0, const T *dout, const T *dMs,
                       const T *dSs, T *dq, T *dk, T *dR, T *datt, T *dga, T *dgf, T *dcl,
-                      T *dre, T *dgE, T *dP0, T *dM0, T *dS0, T *dW0, long N, long lo, long C,
-                      long K, long p0, long p1) {
+                      T *dre, T *dgE, T *dP0, T *dM0, T *dS0, T *dW0, const long *sz, long p0,
+                      long p1) {
+    const long N = sz[0], lo = sz[1], C = sz[2], K = sz[3];
     if (K == 32)
         NAME(bwd)(q, k, R, att, ga, gf, cl, re, gE, P0, Ms, Ss, W0, dout, dMs, dSs, dq, dk, dR,
                   datt, dga, dgf, dcl, dre, dgE, dP0, dM0, dS0, dW0, N, lo, C, 32, p0,
@@ -613,8 +616,8 @@ void NAME(titans_seg_bwd)(
         NAME(titans_bwd)(qn, kn, Rn, att, ga, gf, cl, re, gE, P0 + pr * KK, M0 + pr * KK,
                   S0 + pr * KK, W0 + h * KK, don, dM ? dM + pr * KK : NULL,
                   dS ? dS + pr * KK : NULL, dqn, dkn, dRn, datt, dga, dgf, dcl, dre, dgE,
-                  dP0 + pr * KK, dM0 + pr * KK, dS0 + pr * KK, dW0 + pr * KK, 1, 1, n, K, 0,
-                  1);
+                  dP0 + pr * KK, dM0 + pr * KK, dS0 + pr * KK, dW0 + pr * KK,
+                  (const long[]){1, 1, n, K}, 0, 1);
         NAME(titans_gates_bwd)(qn, kn, a, e, e, th, datt, dga, dgf, dcl, dre, dgE, gq, gk, da, de,
                         dm, dth, 1, n, K, 0, 1);
         for (long t = 0; t < n; t++) {

@@ -56,7 +56,7 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     return (native.kernel(lib, "titans_fwd", dtype, [P] * 16 + [L] * 5),
-            native.kernel(lib, "titans_bwd", dtype, [P] * 29 + [L] * 6),
+            native.kernel(lib, "titans_bwd", dtype, [P] * 30 + [L] * 2),
             native.kernel(lib, "titans_gates_fwd", dtype, [P] * 12 + [L] * 5),
             native.kernel(lib, "titans_gates_bwd", dtype, [P] * 18 + [L] * 5))
 
@@ -92,7 +92,10 @@ class _NativeTitans(torch.autograd.Function):
         dM0, dS0, dW0 = (torch.empty_like(P0) for _ in range(3))
         args = [native.ptr(t) for t in (*ins, Ms, Ss, W0, do, dMs, dSs, *grads, dP0, dM0, dS0,
                                         dW0)]
-        native.run(bwd, [(*args, N, ctx.lo, C, K, p0, p1) for p0, p1 in native.rows(B * H)])
+        # the sizes in one long array: 32 integer arguments, so run() gives the ranges to
+        # torch's OpenMP team (team.c passes at most 32)
+        sizes = (ctypes.c_long * 4)(N, ctx.lo, C, K)
+        native.run(bwd, [(*args, sizes, p0, p1) for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H * N, C, K)[1])
         return None, *grads, dP0, dM0, dS0, dW0.sum(0), None
 
