@@ -296,9 +296,11 @@ void NAME(mlstm_qk_bwd)(const T *restrict x, const T *restrict Wq, const T *rest
                         const T *restrict dqs, const T *restrict dnT, const T *restrict dmT,
                         const T *restrict dx0, T *restrict dx, T *restrict dWq,
                         T *restrict dWk, T *restrict dGc,
-                        T *restrict dpre, T *restrict dn0, T *restrict dm0, double eps,
-                        long exp_gate, long xs, long bs, long bl, long Tn, long H, long K,
-                        long b0, long b1) {
+                        T *restrict dpre, T *restrict dn0, T *restrict dm0,
+                        const long *restrict z, double eps, long b0, long b1) {
+    /* z = (exp_gate, xs, bs, bl, Tn, H, K): in one array so that the kernel takes at most 32
+       integer-class arguments and ops.native.run can hand its ranges to torch's OpenMP team */
+    const long exp_gate = z[0], xs = z[1], bs = z[2], bl = z[3], Tn = z[4], H = z[5], K = z[6];
     const long dim = H * K, ng = 2 * H;
     memset(dWq, 0, dim * bs * sizeof(T));
     memset(dWk, 0, dim * bs * sizeof(T));

@@ -68,7 +68,7 @@ class _Gates(torch.autograd.Function):
 def _qk_kernels(lib, dtype):
     P, L, D = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
     return (native.kernel(lib, "mlstm_qk_fwd", dtype, [P] * 17 + [D] + [L] * 9),
-            native.kernel(lib, "mlstm_qk_bwd", dtype, [P] * 24 + [D] + [L] * 9))
+            native.kernel(lib, "mlstm_qk_bwd", dtype, [P] * 25 + [D] + [L] * 2))
 
 
 # steps a block of mlstm_qk_fwd / _bwd (the forward keeps n at each block's start)
@@ -120,10 +120,13 @@ class _QKGates(torch.autograd.Function):
         dn0, dm0 = torch.empty_like(n0), torch.empty_like(m0)
         dWq, dWk, dGc = (w.new_empty(len(parts), *w.shape) for w in (Wq, Wk, Gc))
         _, bwd = _qk_kernels(ctx.lib, x2.dtype)
+        # the sizes in one int64 array: 27 integer-class arguments, within team.c's 32
+        z = torch.tensor([int(ctx.exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K],
+                         dtype=torch.int64)
         native.run(bwd, [tuple(native.ptr(t) for t in (x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s,
                                                        dg, dkp, dqs, dnT, dmT, dx0, dx, dWq[i],
-                                                       dWk[i], dGc[i], dpre, dn0, dm0))
-                         + (ctx.eps, int(ctx.exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
+                                                       dWk[i], dGc[i], dpre, dn0, dm0, z))
+                         + (ctx.eps, *p)
                          for i, p in enumerate(parts)])
         return (None, dx, dWq.sum(0), dWk.sum(0), dGc.sum(0), dpre, dn0, dm0, None, None)
 
