@@ -19,7 +19,6 @@ from rnnzoo.ops.native import team
 # kernels still off the team in files another helper owns this session (2026-12-02 s19):
 # their layers xfail on exactly these; remove an entry once its kernel fits.
 PENDING = {
-    "mlstm_qk_bwd_f32": "mlstm_scan.c, 33 integer-class arguments (since 7485f1a)",
 }
 
 

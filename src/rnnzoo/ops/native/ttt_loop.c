@@ -548,8 +548,11 @@ void NAME(ttt_loop_fwd)(const T *restrict Wst, const T *restrict cst, const T *r
                         const T *restrict a0, const T *restrict k, const T *restrict v,
                         const T *restrict lr, const T *restrict nw, const T *restrict nb,
                         const T *restrict tok, T *restrict P, T *restrict pc, T *restrict Gl,
-                        T *restrict S, T *restrict s, const long *restrict st, long NT, long M,
-                        long K, long H, long norm, double eps, long r0, long r1) {
+                        T *restrict S, T *restrict s, const long *restrict st, double eps,
+                        long r0, long r1) {
+    /* st: k, v, lr's (B, H, NT, M) strides, then (NT, M, K, H, norm) (one array: at most 32
+       integer-class arguments, so ops.native.run hands the ranges to torch's OpenMP team) */
+    const long NT = st[12], M = st[13], K = st[14], H = st[15], norm = st[16];
 #define CALL(k_) NAME(ttt_loop_fwd_rows)(Wst, cst, A0, a0, k, v, lr, nw, nb, tok, P, pc, Gl, \
                                          S, s, st, NT, M, k_, H, norm, eps, r0, r1)
     TTT_LOOP_K(CALL)
@@ -563,8 +566,10 @@ void NAME(ttt_loop_bwd)(const T *restrict P, const T *restrict pc, const T *rest
                         const T *restrict dGl, const T *restrict dS, const T *restrict ds,
                         T *restrict dW, T *restrict dc, T *restrict dA0, T *restrict da0,
                         T *restrict dk, T *restrict dv, T *restrict dlr, T *restrict dnw,
-                        T *restrict dnb, T *restrict dtau, const long *restrict st, long NT,
-                        long M, long K, long H, long norm, double eps, long r0, long r1) {
+                        T *restrict dnb, T *restrict dtau, const long *restrict st, double eps,
+                        long r0, long r1) {
+    /* st: k, v, lr, dk, dv, dlr's (B, H, NT, M) strides, then (NT, M, K, H, norm) */
+    const long NT = st[24], M = st[25], K = st[26], H = st[27], norm = st[28];
 #define CALL(k_) NAME(ttt_loop_bwd_rows)(P, pc, k, v, lr, nw, nb, tok, S, s, dP, dpc, dGl, dS, \
                                          ds, dW, dc, dA0, da0, dk, dv, dlr, dnw, dnb, dtau, st, \
                                          NT, M, k_, H, norm, eps, r0, r1)

@@ -28,12 +28,11 @@ def load():
     return native.load("ttt_loop")
 
 
-def _call(lib, name, tensors, dims, eps, n):
+def _call(lib, name, tensors, eps, n):
     P, L = ctypes.c_void_p, ctypes.c_long
-    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [L] * 5
-                       + [ctypes.c_double, L, L])
+    fn = native.kernel(lib, name, tensors[0].dtype, [P] * len(tensors) + [ctypes.c_double, L, L])
     ptrs = [native.ptr(t) for t in tensors]
-    native.run(fn, [(*ptrs, *dims, eps, *p) for p in native.rows(n) or [(0, 0)]])
+    native.run(fn, [(*ptrs, eps, *p) for p in native.rows(n) or [(0, 0)]])
 
 
 def _grad_like(t):
@@ -45,9 +44,10 @@ def _grad_like(t):
     return t.new_empty(B, NT, M, H, *rest).permute(0, 3, 1, 2, *range(4, t.dim()))
 
 
-def _strides(*ts):
-    """The linear kernels' st: each tensor's (B, H, NT, M) strides."""
-    return torch.tensor([x for t in ts for x in t.stride()[:4]], dtype=torch.long)
+def _strides(dims, *ts):
+    """The linear kernels' st: each tensor's (B, H, NT, M) strides, then dims (NT, M, K, H,
+    norm)."""
+    return torch.tensor([x for t in ts for x in t.stride()[:4]] + list(dims), dtype=torch.long)
 
 
 class _Loop(torch.autograd.Function):
@@ -64,7 +64,7 @@ class _Loop(torch.autograd.Function):
         Gl = k.new_empty(B, H, NT, M, K)
         dims = (NT, M, K, H, int(w is not None))
         _call(lib, "ttt_loop_fwd", (W, c, A0, a0, k, v, lr, w, b, tok, P, pc, Gl, S, s,
-                                    _strides(k, v, lr)), dims, eps, B * H)
+                                    _strides(dims, k, v, lr)), eps, B * H)
         ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s)
         ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
         ctx.set_materialize_grads(False)  # S, s without a gradient: NULL, not a zero tensor
@@ -87,7 +87,7 @@ class _Loop(torch.autograd.Function):
         grads += [None if g is None else g.contiguous() for g in (dS, ds)]
         _call(ctx.lib, "ttt_loop_bwd", (P, pc, k, v, lr, w, b, tok, S, s, *grads, dW, dc, dA0,
                                         da0, dk, dv, dlr, dnw, dnb, dtau,
-                                        _strides(k, v, lr, dk, dv, dlr)), ctx.dims, ctx.eps,
+                                        _strides(ctx.dims, k, v, lr, dk, dv, dlr)), ctx.eps,
               B * H)
         dtok = torch.zeros_like(tok)
         dtok[-1] = dtau.sum()
