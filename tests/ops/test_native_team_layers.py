@@ -16,11 +16,6 @@ from rnnzoo import create, list_layers
 from rnnzoo.ops import native
 from rnnzoo.ops.native import team
 
-# kernels still off the team in files another helper owns this session (2026-12-02 s19):
-# their layers xfail on exactly these; remove an entry once its kernel fits.
-PENDING = {
-}
-
 
 @pytest.mark.parametrize("name", [i.name for i in list_layers()])
 def test_layer_kernels_take_the_team(name, monkeypatch):
@@ -40,6 +35,4 @@ def test_layer_kernels_take_the_team(name, monkeypatch):
         layer = create(name, d_model=64)
         x = torch.randn(2, 48, 64, requires_grad=True)
         layer(x, mode=layer.auto_mode(x))[0].sum().backward()
-    assert not off - PENDING.keys(), f"{name}: {sorted(off - PENDING.keys())} ran on the pool"
-    if off:
-        pytest.xfail(f"{name}: {', '.join(PENDING[k] for k in sorted(off))} (pending)")
+    assert not off, f"{name}: {sorted(off)} ran on the pool"
