@@ -56,3 +56,17 @@ def test_mesa_native_checks_by_sums(monkeypatch, bad, built):
     _same([o, HT, GT], want)
     if bad is not None:
         assert o[0, :6].isfinite().all() and o[0, 6:].isnan().all() and o[1].isfinite().all()
+
+
+def test_mesa_bfloat16_inputs_take_the_kernel(monkeypatch):
+    """bfloat16 q, k, v, g, beta run in float32 (compute_dtype): the C recurrence takes them
+    (as before the clean_inputs change, which asked about k, v, g, beta before their cast and
+    sent bfloat16 to the chunk form), the same result as the float32 inputs' cast back."""
+    q, k, v, g, beta, lamb = (t.float() for t in _inputs(None))
+    half = [t.bfloat16() for t in (q, k, v, g, beta)]
+    kernel = counter(monkeypatch, mesa_scan, "mesa")
+    o, (HT, GT) = mesa(*half, lamb, cg_steps=4, chunk_size=4)
+    assert kernel[0] == 1
+    want, (HW, GW) = mesa(*(t.float() for t in half), lamb, cg_steps=4, chunk_size=4)
+    assert o.dtype == torch.bfloat16 and torch.equal(o, want.bfloat16())
+    assert torch.equal(HT, HW) and torch.equal(GT, GW)

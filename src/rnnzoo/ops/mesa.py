@@ -141,11 +141,12 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     T = q.shape[1]
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
+    k, v, g, beta = (t.to(dt) for t in (k, v, g, beta))
     native = flop_count.native(q.to(dt), k, v, g, beta, lamb.to(dt), Hkk, Hkv)
     # the C recurrence: no zeroed copies and no NaN marks unless some input is not finite
     # (clean_inputs: one sum a tensor; finite_inputs' copies and marks otherwise)
     (q,), (k, v, g, beta), marks = (clean_inputs if native else finite_inputs)(
-        (q,), tuple(t.to(dt) for t in (k, v, g, beta)))
+        (q,), (k, v, g, beta))
     q, lamb = q.to(dt), lamb.to(dt)
     lib = native_mesa.load() if native else None
     if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
