@@ -80,7 +80,7 @@ def _call(kernel, tensors, sizes, batch):
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
-class _NativeLoop(torch.autograd.Function):
+class _NativeLoop(native.Function):
     """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state); with `proj`
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
 

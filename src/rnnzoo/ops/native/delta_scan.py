@@ -51,7 +51,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "delta_bwd", dtype, [P] * 14 + [F] + [L] * 7))
 
 
-class _NativeDelta(torch.autograd.Function):
+class _NativeDelta(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, beta, g, S0, scale, n):
         q, k, v, beta, g, S0 = (t.contiguous() for t in (q, k, v, beta, g, S0))

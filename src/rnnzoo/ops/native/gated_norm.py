@@ -50,7 +50,7 @@ def _rows(t, W):
     return t2, t2.stride(0)
 
 
-class _RMSGate(torch.autograd.Function):
+class _RMSGate(native.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, n, eps, act, pre, norm):
         shape, W = y.shape, y.shape[-1]
@@ -92,7 +92,7 @@ class _RMSGate(torch.autograd.Function):
                 None if dw is None else dw.sum(0).view(ctx.w_shape), None, None, None, None, None)
 
 
-class _NormGate(torch.autograd.Function):
+class _NormGate(native.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, b, n, eps):
         shape, W = y.shape, y.shape[-1]

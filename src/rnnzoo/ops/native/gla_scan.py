@@ -50,7 +50,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L, R] + [L] * 6))
 
 
-class _NativeGLA(torch.autograd.Function):
+class _NativeGLA(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, g, S0, u, col, scale):
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
@@ -89,7 +89,7 @@ class _NativeGLA(torch.autograd.Function):
         return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 
-class _AdditiveGate(torch.autograd.Function):
+class _AdditiveGate(native.Function):
     @staticmethod
     def forward(ctx, lib, x, z0):
         x, z0 = x.contiguous(), z0.contiguous()
@@ -140,7 +140,7 @@ def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)
 
 
-class _SlotGate(torch.autograd.Function):
+class _SlotGate(native.Function):
     @staticmethod
     def forward(ctx, lib, f, inv_n):
         f = f.contiguous()
@@ -180,7 +180,7 @@ def _pad8(n):
     return -(-n // 8) * 8
 
 
-class _NativeGSA(torch.autograd.Function):
+class _NativeGSA(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, s, la, hk0, hv0, scale):
         q, k, v, s, la, hk0, hv0 = (t.contiguous() for t in (q, k, v, s, la, hk0, hv0))

@@ -30,7 +30,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "lattice_bwd", dtype, [P] * 13 + [L] * 6))
 
 
-class _NativeLattice(torch.autograd.Function):
+class _NativeLattice(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, beta, S0):
         q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))

@@ -76,7 +76,7 @@ def _wide(q, k, v):
     return base if at == base.shape[2] else None
 
 
-class _NativeChunks(torch.autograd.Function):
+class _NativeChunks(native.Function):
     @staticmethod
     def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp):
         B, Tp, _, K = q.shape

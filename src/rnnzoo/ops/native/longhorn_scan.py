@@ -31,7 +31,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "longhorn_bwd", dtype, [P] * 12 + [L] * 6))
 
 
-class _LonghornScan(torch.autograd.Function):
+class _LonghornScan(native.Function):
     @staticmethod
     def forward(ctx, lib, u, beta, k, q, S0):
         u, beta, k, q, S0 = (t.contiguous() for t in (u, beta, k, q, S0))

@@ -58,7 +58,7 @@ def _groups(lib, dtype, pairs: int) -> tuple[int, list[tuple[int, int]]]:
     return lanes, [(a * lanes, min(b * lanes, pairs)) for a, b in native.rows(-(-pairs // lanes))]
 
 
-class _NativeMesa(torch.autograd.Function):
+class _NativeMesa(native.Function):
     @staticmethod
     def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0):
         q, k, v, g, beta, lamb, H0, G0 = (t.contiguous() for t in (q, k, v, g, beta, lamb, H0, G0))

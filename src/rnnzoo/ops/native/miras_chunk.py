@@ -54,7 +54,7 @@ def _array(ts):
     return (ctypes.c_void_p * len(ts))(*(None if t is None else t.data_ptr() for t in ts))
 
 
-class _NativeChunks(torch.autograd.Function):
+class _NativeChunks(native.Function):
     @staticmethod
     def forward(ctx, lib, phi, loss, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
         ins = [t.contiguous() for t in (k, v, dl, aT, c, u1, u2, P1, P2, U1, U2)]

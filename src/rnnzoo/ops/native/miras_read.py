@@ -65,7 +65,7 @@ def _unflat(flat, stacked, N):
     return out
 
 
-class _NativeRead(torch.autograd.Function):
+class _NativeRead(native.Function):
     @staticmethod
     def forward(ctx, lib, kind, q, stacked, x, u0, a, e, *chunks):
         x, u0, a, e = (t.contiguous() for t in (x, u0, a, e))

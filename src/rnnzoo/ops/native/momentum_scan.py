@@ -53,7 +53,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "momentum_bwd", dtype, [P] * 24 + [F] + [L] * 7))
 
 
-class _NativeMomentum(torch.autograd.Function):
+class _NativeMomentum(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr):
         pk = p is k  # one tensor: the kernel sums its two gradients
@@ -115,7 +115,7 @@ def _gate_kernels(lib, dtype):
             native.kernel(lib, "momentum_gates_bwd", dtype, [P] * 12 + [F] * 2 + [L] * 4))
 
 
-class _NativeGates(torch.autograd.Function):
+class _NativeGates(native.Function):
     @staticmethod
     def forward(ctx, lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg, floor):
         g = g.contiguous()

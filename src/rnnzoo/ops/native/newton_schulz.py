@@ -50,7 +50,7 @@ def bwd(lib, X, dY, steps, coeffs, eps, dX=None):
     return dX
 
 
-class _NewtonSchulz(torch.autograd.Function):
+class _NewtonSchulz(native.Function):
     @staticmethod
     def forward(ctx, lib, X, steps, coeffs, eps):
         X = X.contiguous()

@@ -164,7 +164,7 @@ def _backward(ctx, q, k, w, beta, grads, dq, dk):
     return chunk_bwd(ctx.lib, q, k, w, beta, grads, dq, dk, ctx.extra)
 
 
-class _Pieces(torch.autograd.Function):
+class _Pieces(native.Function):
     @staticmethod
     def forward(ctx, lib, q, k, w, beta, scale, c, levels):
         q, k, w, beta = (_dense(t) for t in (q, k, w, beta))
@@ -182,7 +182,7 @@ class _Pieces(torch.autograd.Function):
         return None, dq, dk, *_backward(ctx, q, k, w, beta, grads, dq, dk), None, None, None
 
 
-class _PiecesQKV(torch.autograd.Function):
+class _PiecesQKV(native.Function):
     @staticmethod
     def forward(ctx, lib, qkv, w, beta, scale, c, levels):
         qkv, w, beta = qkv.contiguous(), _dense(w), _dense(beta)

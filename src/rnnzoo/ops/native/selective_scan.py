@@ -51,7 +51,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "scan_bwd", dtype, [P] * 16 + [L] * 4 + [ctypes.c_int] + [L] * 4))
 
 
-class _NativeScan(torch.autograd.Function):
+class _NativeScan(native.Function):
     @staticmethod
     def forward(ctx, lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval):
         u, delta, B, C, h0 = (t.contiguous() for t in (u, delta, B, C, h0))
@@ -113,7 +113,7 @@ def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False
     return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval)
 
 
-class _DeltaStep(torch.autograd.Function):
+class _DeltaStep(native.Function):
     @staticmethod
     def forward(ctx, lib, dt, W, b):
         R, D = dt.shape[-1], W.shape[0]

@@ -32,7 +32,7 @@ def _call(lib, name, tensors, D, per, H, eps, n_rows):
     native.run(fn, [(*ptrs, D, per, H, eps, *p) for p in native.rows(n_rows) or [(0, 0)]])
 
 
-class _NormLossGrad(torch.autograd.Function):
+class _NormLossGrad(native.Function):
     @staticmethod
     def forward(ctx, lib, eps, z, target, w, b):
         z, target, w, b = (t.contiguous() for t in (z, target, w, b))
@@ -60,7 +60,7 @@ def norm_loss_grad(lib, z, target, w, b, eps: float):
     return _NormLossGrad.apply(lib, float(eps), z, target, w, b)
 
 
-class _InnerOutput(torch.autograd.Function):
+class _InnerOutput(native.Function):
     @staticmethod
     def forward(ctx, lib, eps, q, z, w, b):
         q, z, w, b = (t.contiguous() for t in (q, z, w, b))

@@ -63,7 +63,7 @@ def _grad_like(t):
     return torch.empty_like(t) if t.is_contiguous() else tokens_major(t)
 
 
-class _Read(torch.autograd.Function):
+class _Read(native.Function):
     @staticmethod
     def forward(ctx, lib, like, x, X, W, c, G, tok):
         x, X = _rows(x), _rows(X)

@@ -55,7 +55,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 8))
 
 
-class _NativeVectorDelta(torch.autograd.Function):
+class _NativeVectorDelta(native.Function):
     @staticmethod
     def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after):
         r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
@@ -103,7 +103,7 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
 
 
-class _Gates(torch.autograd.Function):
+class _Gates(native.Function):
     @staticmethod
     def forward(ctx, lib, z, k, v, bs):
         z, k, v = z.contiguous(), k.contiguous(), v.contiguous()
