@@ -58,52 +58,33 @@ void NAME(ttt_norm_bwd)(const T *restrict Z, const T *restrict tg, const T *rest
 void NAME(ttt_out_fwd)(const T *restrict q, const T *restrict z, const T *restrict w,
                        const T *restrict b, T *restrict o, long D, long per, long H,
                        double eps, long r0, long r1) {
+    T *zh = malloc(D * sizeof(T));
     for (long r = r0; r < r1; r++) {
         const long h = (r / per) % H;
-        const T *restrict zr = z + r * D, *restrict qr = q + r * D, *restrict wh = w + h * D,
-                *restrict bh = b + h * D;
+        const T *restrict qr = q + r * D, *restrict wh = w + h * D, *restrict bh = b + h * D;
         T *restrict orow = o + r * D;
-        T mu = 0, var = 0;
-#pragma omp simd reduction(+ : mu)
-        for (long c = 0; c < D; c++) mu += zr[c];
-        mu /= D;
-#pragma omp simd reduction(+ : var)
-        for (long c = 0; c < D; c++) var += (zr[c] - mu) * (zr[c] - mu);
-        const T rs = 1 / SQRT(var / D + (T)eps);
+        NAME(ttt_norm_row)(z + r * D, zh, D, (T)eps);
 #pragma omp simd
-        for (long c = 0; c < D; c++) orow[c] = qr[c] + (zr[c] - mu) * rs * wh[c] + bh[c];
+        for (long c = 0; c < D; c++) orow[c] = qr[c] + zh[c] * wh[c] + bh[c];
     }
+    free(zh);
 }
 
 void NAME(ttt_out_bwd)(const T *restrict z, const T *restrict w, const T *restrict g,
                        T *restrict dz, T *restrict dw, T *restrict db, long D, long per,
                        long H, double eps, long r0, long r1) {
     double *acc = calloc(2 * H * D, sizeof(double)), *accb = acc + H * D;
-    T *zh = malloc(D * sizeof(T));
+    T *zh = malloc(2 * D * sizeof(T)), *u = zh + D;
     for (long r = r0; r < r1; r++) {
         const long h = (r / per) % H;
-        const T *restrict zr = z + r * D, *restrict gr = g + r * D, *restrict wh = w + h * D;
-        T *restrict dzr = dz + r * D;
+        const T *restrict gr = g + r * D, *restrict wh = w + h * D;
         double *restrict aw = acc + h * D, *restrict ab = accb + h * D;
-        T mu = 0, var = 0, mu_u = 0, mu_uz = 0;
-#pragma omp simd reduction(+ : mu)
-        for (long c = 0; c < D; c++) mu += zr[c];
-        mu /= D;
-#pragma omp simd reduction(+ : var)
-        for (long c = 0; c < D; c++) var += (zr[c] - mu) * (zr[c] - mu);
-        const T rs = 1 / SQRT(var / D + (T)eps);
-#pragma omp simd reduction(+ : mu_u, mu_uz)
-        for (long c = 0; c < D; c++) {
-            zh[c] = (zr[c] - mu) * rs;
-            const T u = gr[c] * wh[c];
-            mu_u += u;
-            mu_uz += u * zh[c];
-        }
-        mu_u /= D;
-        mu_uz /= D;
+        const T s = NAME(ttt_norm_row)(z + r * D, zh, D, (T)eps);
+#pragma omp simd
+        for (long c = 0; c < D; c++) u[c] = gr[c] * wh[c];
+        NAME(ttt_norm_jac)(u, zh, s, dz + r * D, D);  /* dz = J (g w) */
 #pragma omp simd
         for (long c = 0; c < D; c++) {
-            dzr[c] = (gr[c] * wh[c] - mu_u - zh[c] * mu_uz) * rs;
             aw[c] += (double)(gr[c] * zh[c]);
             ab[c] += (double)gr[c];
         }
