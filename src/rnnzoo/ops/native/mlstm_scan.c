@@ -43,6 +43,33 @@
                                             h1 = h0 + (p1 - p) < H ? h0 + (p1 - p) : H, 1);   \
          p += h1 - h0)
 
+/* One step of one head's gates pass (mlstm_gates_fwd's and mlstm_qk_fwd's): from log i~ (li),
+   log f (lf), q_t, k_t (K) and the head's n (K, updated) and m (*m, updated): m_t = max(lf +
+   m, li), k'_t = e^(li - m_t) k_t, n_t = e^(lf + m - m_t) n + k'_t, s_t = q_t . n_t,
+   qs_t = q_t / (max(|s_t|, e^-m_t) + eps); writes kp, qs (K) and the row's g, m_t, s_t. */
+static inline __attribute__((always_inline)) void NAME(gate_step)(
+    T li, T lf, const T *restrict qt, const T *restrict kt, T *restrict n, T *restrict m,
+    T *restrict kpt, T *restrict qst, T *restrict g, T *restrict m_out, T *restrict s_out,
+    long K, double eps) {
+    const T a = lf + *m, mn = a > li ? a : li;
+    const T gt = a - mn, f = EXP(gt), i = EXP(li - mn);
+    T s = 0;
+#pragma omp simd reduction(+:s)
+    for (long r = 0; r < K; r++) {
+        const T ik = i * kt[r];
+        kpt[r] = ik;
+        n[r] = f * n[r] + ik;
+        s += qt[r] * n[r];
+    }
+    const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
+#pragma omp simd
+    for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
+    *g = gt;
+    *m_out = mn;
+    *s_out = s;
+    *m = mn;
+}
+
 void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *restrict li,
                            const T *restrict lf, const T *restrict n0, const T *restrict m0,
                            T *restrict g, T *restrict kp, T *restrict qs, T *restrict m_out,
@@ -54,26 +81,9 @@ void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *re
         for (long t = 0; t < Tn; t++) {
             for (long hh = h0; hh < h1; hh++) {
                 const long row = (b * Tn + t) * H + hh;
-                T *restrict n = nT + (b * H + hh) * K;
-                const T m = mT[b * H + hh];
-                const T a = lf[row] + m, mn = a > li[row] ? a : li[row];
-                const T gt = a - mn, f = EXP(gt), i = EXP(li[row] - mn);
-                const T *restrict qt = q + row * K, *restrict kt = k + row * K;
-                T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
-#pragma omp simd reduction(+:s)
-                for (long r = 0; r < K; r++) {
-                    const T ik = i * kt[r];
-                    kpt[r] = ik;
-                    n[r] = f * n[r] + ik;
-                    s += qt[r] * n[r];
-                }
-                const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
-#pragma omp simd
-                for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
-                g[row] = gt;
-                m_out[row] = mn;
-                s_out[row] = s;
-                mT[b * H + hh] = mn;
+                NAME(gate_step)(li[row], lf[row], q + row * K, k + row * K,
+                                nT + (b * H + hh) * K, mT + b * H + hh, kp + row * K,
+                                qs + row * K, g + row, m_out + row, s_out + row, K, eps);
             }
         }
     }
@@ -258,27 +268,10 @@ void NAME(mlstm_qk_fwd)(const T *restrict x, const T *restrict Wq, const T *rest
                 const long bt = b * Tn + t0 + j;
                 for (long hh = 0; hh < H; hh++) {
                     const long row = bt * H + hh;
-                    const T li = aux[bt * 3 * H + hh], lf = aux[bt * 3 * H + H + hh];
-                    T *restrict n = nT + (b * H + hh) * K;
-                    const T m = mT[b * H + hh];
-                    const T a = lf + m, mn = a > li ? a : li;
-                    const T gt = a - mn, f = EXP(gt), i = EXP(li - mn);
-                    const T *restrict qt = qb + j * dim + hh * K, *restrict kt = kb + j * dim + hh * K;
-                    T *restrict kpt = kp + row * K, *restrict qst = qs + row * K, s = 0;
-#pragma omp simd reduction(+:s)
-                    for (long r = 0; r < K; r++) {
-                        const T ik = i * kt[r];
-                        kpt[r] = ik;
-                        n[r] = f * n[r] + ik;
-                        s += qt[r] * n[r];
-                    }
-                    const T as = s < 0 ? -s : s, e = EXP(-mn), inv = 1 / ((as > e ? as : e) + (T)eps);
-#pragma omp simd
-                    for (long r = 0; r < K; r++) qst[r] = qt[r] * inv;
-                    g[row] = gt;
-                    m_out[row] = mn;
-                    s_out[row] = s;
-                    mT[b * H + hh] = mn;
+                    NAME(gate_step)(aux[bt * 3 * H + hh], aux[bt * 3 * H + H + hh],
+                                    qb + j * dim + hh * K, kb + j * dim + hh * K,
+                                    nT + (b * H + hh) * K, mT + b * H + hh, kp + row * K,
+                                    qs + row * K, g + row, m_out + row, s_out + row, K, eps);
                 }
             }
         }
