@@ -10,14 +10,9 @@ the op's chunk form at the very inputs the layer gave it, plus (1)."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
-import torch
 
-from rnnzoo import bench
-from rnnzoo.ops import backend, flop_count
-from rnnzoo.registry import create
+from _booked_flops import check_booked
 
 B, T, d, H, K = 2, 37, 16, 2, 4
 P = B * H  # (batch, head) pairs
@@ -60,35 +55,7 @@ CASES = {  # layer: (options, layer module, its op's name there, booked (forward
 }
 
 
-def _torch_counted(run):
-    with backend.force("torch"), torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
-        return bench.counted_flops(run)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_layer_flops_counts_the_c_recurrence(name, monkeypatch):
     opts, module, op_name, (fwd, bwd) = CASES[name]
-    booked = []
-    add = flop_count.add
-    monkeypatch.setattr(flop_count, "add", lambda n: (booked.append(n), add(n)))
-    torch.manual_seed(0)
-    got = bench.layer_flops(name, B, T, d, opts)
-    assert booked == [fwd, bwd]
-
-    # the chunk form: the layer's, and its op's alone at the inputs the layer gave it
-    mod = importlib.import_module(f"rnnzoo.layers.{module}")
-    op, calls = getattr(mod, op_name), []
-    monkeypatch.setattr(mod, op_name, lambda *a, **kw: (calls.append((a, kw)), op(*a, **kw))[1])
-    torch.manual_seed(0)
-    layer = create(name, d_model=d, **opts)
-    x = torch.randn(B, T, d, requires_grad=True)
-    layer_chunks = _torch_counted(lambda: layer(x)[0])
-    assert len(calls) == 1
-    a, kw = calls[0]
-    leaf = lambda t: (t.detach().clone().requires_grad_(t.requires_grad)  # noqa: E731
-                      if isinstance(t, torch.Tensor) else t)
-    a, kw = [leaf(t) for t in a], {k: leaf(t) for k, t in kw.items()}
-    op_chunks = _torch_counted(lambda: op(*a, **kw)[0])
-    assert op_chunks > 0
-    assert got == layer_chunks - op_chunks + fwd + bwd
-    assert got != layer_chunks
+    check_booked(monkeypatch, name, opts, module, op_name, fwd, bwd, B, T, d)
