@@ -106,6 +106,32 @@ def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads)
     assert_close(got, want, "kv dq dW0 dP0 dg dnw dw db".split(), tol)
 
 
+def _mac_inputs(dtype, B, H, n, K, d):
+    """mac_memory's leaves (proj, w, state, W0, P0, M0, S0), seeded, requiring grad."""
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
+    HK = H * K
+    return [t.requires_grad_() for t in (r(B, n, 3 * HK + 3 * H), r(3 * HK, d + 1) / d,
+                                         r(B, d, 3 * HK), 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
+                                         0.3 * r(B, H, K, K), 0.3 * r(B, H, K, K))]
+
+
+def _two_nodes(clib, tlib, ins, H, K):
+    """(z, M, S, the conv's new state) from the conv's and the segment's own nodes on proj's
+    split: what mac_memory does in one node."""
+    from rnnzoo.ops.memory import titans_segment
+    from rnnzoo.ops.native import conv as native_conv
+
+    proj, w, state, W0, P0, M0, S0 = ins
+    B, n, HK = proj.shape[0], proj.shape[1], H * K
+    qkv, g = proj.split([3 * HK, 3 * H], -1)
+    (q, k, v), new = native_conv.short_conv(clib, qkv, w, None, state, True, 2 * H, K, False,
+                                            (HK,) * 3)
+    z, M, S = titans_segment(tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0, M0, S0,
+                             0.5)
+    return z, M, S, new
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("B,H,n,K,d", [(2, 3, 5, 4, 3), (1, 1, 2, 8, 3), (3, 2, 16, 32, 3),
                                        (2, 2, 1, 4, 1)])
@@ -114,27 +140,16 @@ def test_mac_memory_equals_two_nodes(dtype, tol, B, H, n, K, d, n_threads):
     """titans_scan.mac_memory (the short conv with its q, k norms, then titans_segment, in
     one node) against the conv's and the segment's own nodes on proj's split: z, M, S, the
     conv's new state (n < d: part of it the old state's rows) and every input's gradient."""
-    from rnnzoo.ops.memory import titans_segment
     from rnnzoo.ops.native import conv as native_conv
 
-    gen = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    HK = H * K
-    ins = [t.requires_grad_() for t in (r(B, n, 3 * HK + 3 * H), r(3 * HK, d + 1) / d,
-                                        r(B, d, 3 * HK), 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
-                                        0.3 * r(B, H, K, K), 0.3 * r(B, H, K, K))]
+    ins = _mac_inputs(dtype, B, H, n, K, d)
     proj, w, state, W0, P0, M0, S0 = ins
     clib, tlib = native_conv.load(), titans_scan.load()
     assert clib is not None and tlib is not None
     with threads(n_threads):
         got = outputs_and_grads(titans_scan.mac_memory(clib, tlib, proj, w, state, True, W0, P0,
                                                        M0, S0, 0.5), ins)
-        qkv, g = proj.split([3 * HK, 3 * H], -1)
-        (q, k, v), new = native_conv.short_conv(clib, qkv, w, None, state, True, 2 * H, K, False,
-                                                (HK,) * 3)
-        z, M, S = titans_segment(tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0,
-                                 M0, S0, 0.5)
-        want = outputs_and_grads((z, M, S, new), ins)
+        want = outputs_and_grads(_two_nodes(clib, tlib, ins, H, K), ins)
     assert_close(got, want, "z M S state dproj dw dstate dW0 dP0 dM0 dS0".split(), tol)
 
 
@@ -145,25 +160,15 @@ def test_mac_memory_with_outputs_unread(dtype, tol, read):
     node does not materialise them): the read z alone, the state M and S, S alone, z and the
     conv's new state; the gradients against the conv's and the segment's own nodes reading
     the same outputs."""
-    from rnnzoo.ops.memory import titans_segment
     from rnnzoo.ops.native import conv as native_conv
 
     B, H, n, K, d = 2, 2, 5, 4, 3
-    gen = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    HK = H * K
-    ins = [t.requires_grad_() for t in (r(B, n, 3 * HK + 3 * H), r(3 * HK, d + 1) / d,
-                                        r(B, d, 3 * HK), 0.5 * r(H, K, K), 0.3 * r(B, H, K, K),
-                                        0.3 * r(B, H, K, K), 0.3 * r(B, H, K, K))]
+    ins = _mac_inputs(dtype, B, H, n, K, d)
     proj, w, state, W0, P0, M0, S0 = ins
     clib, tlib = native_conv.load(), titans_scan.load()
     out = titans_scan.mac_memory(clib, tlib, proj, w, state, True, W0, P0, M0, S0, 0.5)
     got = outputs_and_grads([out[i] for i in read], ins)
-    qkv, g = proj.split([3 * HK, 3 * H], -1)
-    (q, k, v), new = native_conv.short_conv(clib, qkv, w, None, state, True, 2 * H, K, False,
-                                            (HK,) * 3)
-    ref = (*titans_segment(tlib, *(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0, M0, S0,
-                           0.5), new)
+    ref = _two_nodes(clib, tlib, ins, H, K)
     want = outputs_and_grads([ref[i] for i in read], ins)
     names = [f"out{i}" for i in read] + "dproj dw dstate dW0 dP0 dM0 dS0".split()
     assert_close(got, want, names, tol)
