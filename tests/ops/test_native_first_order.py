@@ -1,5 +1,5 @@
 """The compiled kernels' backward passes are first order: under create_graph=True their
-autograd nodes (ops.native.Function) raise instead of handing back gradients the graph
+autograd nodes (ops.first_order.Function) raise instead of handing back gradients the graph
 would hold as constants (a silently wrong second derivative)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 import rnnzoo.ops.native as native
 from rnnzoo import create
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.registry import LAYERS
 
 # modules whose nodes switch to differentiable ops under create_graph (tested there)
@@ -53,7 +53,7 @@ def test_create_graph_through_a_kernel_raises(name):
 
 
 def test_every_kernel_node_is_first_order():
-    """A new C kernel's autograd node must be an ops.native.Function (or live in a module
+    """A new C kernel's autograd node must be an ops.first_order.Function (or live in a module
     that handles create_graph itself)."""
     plain = []
     for info in pkgutil.iter_modules(native.__path__):
@@ -62,6 +62,6 @@ def test_every_kernel_node_is_first_order():
         mod = importlib.import_module(f"rnnzoo.ops.native.{info.name}")
         for _, cls in inspect.getmembers(mod, inspect.isclass):
             if (cls.__module__ == mod.__name__ and issubclass(cls, torch.autograd.Function)
-                    and not issubclass(cls, native.Function)):
+                    and not issubclass(cls, first_order.Function)):
                 plain.append(f"{info.name}.{cls.__name__}")
     assert not plain, f"autograd nodes of C kernels without the first-order guard: {plain}"

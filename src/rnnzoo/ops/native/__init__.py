@@ -210,31 +210,6 @@ def run(fn, arg_lists) -> None:
         f.result()
 
 
-class Function(torch.autograd.Function):
-    """An autograd node whose backward runs C kernels: first order only. Under
-    create_graph=True (grad mode on inside the backward) its backward raises rather than
-    return gradients the graph would hold as constants, a silently wrong second derivative.
-    (linear, conv, attention, token_mix and memory_gelu switch to differentiable ops there
-    and stay plain torch.autograd.Functions.)"""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        backward = cls.__dict__.get("backward")
-        if backward is None:
-            return
-        fn = backward.__func__ if isinstance(backward, staticmethod) else backward
-
-        def first_order(ctx, *grads):
-            if torch.is_grad_enabled():
-                raise RuntimeError(
-                    f"rnnzoo: {cls.__qualname__}'s backward is a compiled CPU kernel, first "
-                    "order only: create_graph=True through it is not supported "
-                    "(docs/design.md, higher-order gradients)")
-            return fn(ctx, *grads)
-
-        cls.backward = staticmethod(first_order)
-
-
 def kernel(lib: ctypes.CDLL, name: str, dtype: torch.dtype, argtypes: list):
     """lib's `<name>_f64` for float64, else `<name>_f32`, with argtypes (and no result) set
     on first use."""

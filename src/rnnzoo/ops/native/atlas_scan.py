@@ -25,7 +25,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -134,7 +134,7 @@ def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None
     return dk, dv, dg
 
 
-class _Momenta(native.Function):
+class _Momenta(first_order.Function):
     @staticmethod
     def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2):
         S0, e, w, u1, v1 = (t.contiguous() for t in (S0, e, w, u1, v1))
@@ -155,7 +155,7 @@ class _Momenta(native.Function):
         return None, None, dS0, de, dw, du1, dv1, du2, dv2
 
 
-class _Reads(native.Function):
+class _Reads(first_order.Function):
     @staticmethod
     def forward(ctx, lib, M0, U, a, c, q, W01, W02):
         M0, U, a, c, q, W01 = (t.contiguous() for t in (M0, U, a, c, q, W01))

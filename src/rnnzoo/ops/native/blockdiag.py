@@ -13,7 +13,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -35,7 +35,7 @@ def _rows(x):
     return x2
 
 
-class _NativeBlockDiag(native.Function):
+class _NativeBlockDiag(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, weight):
         x2, w = _rows(x), weight.contiguous()
@@ -74,7 +74,7 @@ def _gated_kernels(lib, dtype):
             native.kernel(lib, "blockdiag_gated_bwd", dtype, [P] * 12 + [L] * 6))
 
 
-class _NativeBlockDiagGated(native.Function):
+class _NativeBlockDiagGated(first_order.Function):
     """(x, W0, W1 or None, G) -> (y0, y1 or None, g, total, x'), blockdiag.c's names; total
     (one entry per thread's rows, not differentiable) sums y0, y1 and g; x' is x (a view)
     when `through`, its gradient added to x's in the backward's pass, else None."""

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import backend, native
+from rnnzoo.ops import backend, first_order, native
 from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["NativeStep", "scan", "scan_projected"]
@@ -80,7 +80,7 @@ def _call(kernel, tensors, sizes, batch):
     native.run(kernel, [(p, d, b0, b1) for b0, b1 in parts])
 
 
-class _NativeLoop(native.Function):
+class _NativeLoop(first_order.Function):
     """(xp, *state, *matrices, *vectors) -> (outputs (B, T, out), *final state); with `proj`
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
 

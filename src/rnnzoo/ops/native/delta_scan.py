@@ -21,7 +21,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 CK = 32  # the C file's checkpoint interval
 
@@ -51,7 +51,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "delta_bwd", dtype, [P] * 14 + [F] + [L] * 7))
 
 
-class _NativeDelta(native.Function):
+class _NativeDelta(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, beta, g, S0, scale, n):
         q, k, v, beta, g, S0 = (t.contiguous() for t in (q, k, v, beta, g, S0))

@@ -16,7 +16,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -29,7 +29,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "dfa_bwd", dtype, [P] * 12 + [L, L, D, L, L]))
 
 
-class _NativeDeltaFormer(native.Function):
+class _NativeDeltaFormer(first_order.Function):
     @staticmethod
     def forward(ctx, lib, scale, q, k, v, beta):
         q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))

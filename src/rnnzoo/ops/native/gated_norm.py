@@ -19,7 +19,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -50,7 +50,7 @@ def _rows(t, W):
     return t2, t2.stride(0)
 
 
-class _RMSGate(native.Function):
+class _RMSGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, n, eps, act, pre, norm):
         shape, W = y.shape, y.shape[-1]
@@ -92,7 +92,7 @@ class _RMSGate(native.Function):
                 None if dw is None else dw.sum(0).view(ctx.w_shape), None, None, None, None, None)
 
 
-class _NormGate(native.Function):
+class _NormGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, b, n, eps):
         shape, W = y.shape, y.shape[-1]

@@ -20,7 +20,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 CK = 32  # the C file's checkpoint interval
 GCK = 32  # gsa_fwd/gsa_bwd's
@@ -50,7 +50,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L, R] + [L] * 6))
 
 
-class _NativeGLA(native.Function):
+class _NativeGLA(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, g, S0, u, col, scale):
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
@@ -89,7 +89,7 @@ class _NativeGLA(native.Function):
         return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 
-class _AdditiveGate(native.Function):
+class _AdditiveGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, z0):
         x, z0 = x.contiguous(), z0.contiguous()
@@ -140,7 +140,7 @@ def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)
 
 
-class _SlotGate(native.Function):
+class _SlotGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, f, inv_n):
         f = f.contiguous()
@@ -180,7 +180,7 @@ def _pad8(n):
     return -(-n // 8) * 8
 
 
-class _NativeGSA(native.Function):
+class _NativeGSA(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, s, la, hk0, hv0, scale):
         q, k, v, s, la, hk0, hv0 = (t.contiguous() for t in (q, k, v, s, la, hk0, hv0))

@@ -15,7 +15,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 CK = 32  # the C file's checkpoint interval
 
@@ -30,7 +30,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "lattice_bwd", dtype, [P] * 13 + [L] * 6))
 
 
-class _NativeLattice(native.Function):
+class _NativeLattice(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, beta, S0):
         q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))

@@ -14,7 +14,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 TILE = 32  # rows of a causal tile: its products run over columns [0, i1) only
 
@@ -76,7 +76,7 @@ def _wide(q, k, v):
     return base if at == base.shape[2] else None
 
 
-class _NativeChunks(native.Function):
+class _NativeChunks(first_order.Function):
     @staticmethod
     def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp):
         B, Tp, _, K = q.shape

@@ -19,7 +19,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 CHUNK = 32  # steps between the stored states
 _BLOCK = 16  # channels per block in the C code (DB)
@@ -31,7 +31,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "longhorn_bwd", dtype, [P] * 12 + [L] * 6))
 
 
-class _LonghornScan(native.Function):
+class _LonghornScan(first_order.Function):
     @staticmethod
     def forward(ctx, lib, u, beta, k, q, S0):
         u, beta, k, q, S0 = (t.contiguous() for t in (u, beta, k, q, S0))

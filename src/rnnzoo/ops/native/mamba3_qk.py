@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -46,7 +46,7 @@ def _turned(lib, dtype):
                           + [L] * 7))
 
 
-class _QKTurned(native.Function):
+class _QKTurned(first_order.Function):
     """q, k, cb with their angles from their inputs (m3qkt_fwd / bwd): one autograd node and one pass
     each way, a row's cos and sin formed where its q and k are (no (B, T, H, n) angle step,
     cos, sin or angle gradient tensor); the angles (B, T, H, n) kept for the backward. Threads

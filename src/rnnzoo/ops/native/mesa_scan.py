@@ -20,7 +20,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 CK = 8  # the C file's checkpoint interval
 
@@ -58,7 +58,7 @@ def _groups(lib, dtype, pairs: int) -> tuple[int, list[tuple[int, int]]]:
     return lanes, [(a * lanes, min(b * lanes, pairs)) for a, b in native.rows(-(-pairs // lanes))]
 
 
-class _NativeMesa(native.Function):
+class _NativeMesa(first_order.Function):
     @staticmethod
     def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0):
         q, k, v, g, beta, lamb, H0, G0 = (t.contiguous() for t in (q, k, v, g, beta, lamb, H0, G0))

@@ -23,7 +23,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 from rnnzoo.ops.native.miras_read import KINDS
 
 LOSSES = {"l2": 0, "l3": 1, "huber": 2}
@@ -54,7 +54,7 @@ def _array(ts):
     return (ctypes.c_void_p * len(ts))(*(None if t is None else t.data_ptr() for t in ts))
 
 
-class _NativeChunks(native.Function):
+class _NativeChunks(first_order.Function):
     @staticmethod
     def forward(ctx, lib, phi, loss, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
         ins = [t.contiguous() for t in (k, v, dl, aT, c, u1, u2, P1, P2, U1, U2)]

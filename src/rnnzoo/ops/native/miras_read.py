@@ -21,7 +21,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 KINDS = {"softmax": 0, "qscale": 1, "identity": 2}
 
@@ -65,7 +65,7 @@ def _unflat(flat, stacked, N):
     return out
 
 
-class _NativeRead(native.Function):
+class _NativeRead(first_order.Function):
     @staticmethod
     def forward(ctx, lib, kind, q, stacked, x, u0, a, e, *chunks):
         x, u0, a, e = (t.contiguous() for t in (x, u0, a, e))

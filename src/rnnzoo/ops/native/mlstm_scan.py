@@ -18,7 +18,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 from rnnzoo.ops.native import blockdiag, ssd_scan
 
 
@@ -34,7 +34,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "mlstm_gates_bwd", dtype, [P] * 20 + [D] + [L] * 5))
 
 
-class _Gates(native.Function):
+class _Gates(first_order.Function):
     """(q, k, li, lf, n0, m0) -> (g, kp, qs, n_T, m_T), the names of mlstm_scan.c."""
 
     @staticmethod
@@ -75,7 +75,7 @@ def _qk_kernels(lib, dtype):
 QK_BLOCK = 16
 
 
-class _QKGates(native.Function):
+class _QKGates(first_order.Function):
     """(x, Wq, Wk, Gc, gm, n0, m0) -> (g, kp, qs, n_T, m_T, total, x'): mlstm_scan.c's
     mlstm_qk_fwd / _bwd (total, one entry per thread's rows, not differentiable; x' is x, a
     view, for the caller's other uses: its gradient is added to x's in the backward's pass)."""

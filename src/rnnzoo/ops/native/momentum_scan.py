@@ -23,7 +23,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 CK = 64  # the C file's checkpoint interval
 
@@ -53,7 +53,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "momentum_bwd", dtype, [P] * 24 + [F] + [L] * 7))
 
 
-class _NativeMomentum(native.Function):
+class _NativeMomentum(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr):
         pk = p is k  # one tensor: the kernel sums its two gradients
@@ -115,7 +115,7 @@ def _gate_kernels(lib, dtype):
             native.kernel(lib, "momentum_gates_bwd", dtype, [P] * 12 + [F] * 2 + [L] * 4))
 
 
-class _NativeGates(native.Function):
+class _NativeGates(first_order.Function):
     @staticmethod
     def forward(ctx, lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg, floor):
         g = g.contiguous()

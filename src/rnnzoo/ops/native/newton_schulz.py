@@ -19,7 +19,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -50,7 +50,7 @@ def bwd(lib, X, dY, steps, coeffs, eps, dX=None):
     return dX
 
 
-class _NewtonSchulz(native.Function):
+class _NewtonSchulz(first_order.Function):
     @staticmethod
     def forward(ctx, lib, X, steps, coeffs, eps):
         X = X.contiguous()

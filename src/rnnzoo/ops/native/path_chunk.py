@@ -31,7 +31,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -164,7 +164,7 @@ def _backward(ctx, q, k, w, beta, grads, dq, dk):
     return chunk_bwd(ctx.lib, q, k, w, beta, grads, dq, dk, ctx.extra)
 
 
-class _Pieces(native.Function):
+class _Pieces(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, w, beta, scale, c, levels):
         q, k, w, beta = (_dense(t) for t in (q, k, w, beta))
@@ -182,7 +182,7 @@ class _Pieces(native.Function):
         return None, dq, dk, *_backward(ctx, q, k, w, beta, grads, dq, dk), None, None, None
 
 
-class _PiecesQKV(native.Function):
+class _PiecesQKV(first_order.Function):
     @staticmethod
     def forward(ctx, lib, qkv, w, beta, scale, c, levels):
         qkv, w, beta = qkv.contiguous(), _dense(w), _dense(beta)

@@ -24,7 +24,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 CHUNK = 32  # steps between the stored states
 _BLOCK = 16  # channels per unit of work in the C code (DB)
@@ -51,7 +51,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "scan_bwd", dtype, [P] * 16 + [L] * 4 + [ctypes.c_int] + [L] * 4))
 
 
-class _NativeScan(native.Function):
+class _NativeScan(first_order.Function):
     @staticmethod
     def forward(ctx, lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval):
         u, delta, B, C, h0 = (t.contiguous() for t in (u, delta, B, C, h0))
@@ -113,7 +113,7 @@ def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False
     return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval)
 
 
-class _DeltaStep(native.Function):
+class _DeltaStep(first_order.Function):
     @staticmethod
     def forward(ctx, lib, dt, W, b):
         R, D = dt.shape[-1], W.shape[0]

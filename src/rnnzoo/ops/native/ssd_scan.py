@@ -17,7 +17,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 
 def load():
@@ -62,7 +62,7 @@ def flops(pairs: int, tokens: int, K: int, V: int, L: int = CHUNK,
     return 2 * pairs * K * V * 2 * tokens, 2 * pairs * bwd
 
 
-class _NativeSSD(native.Function):
+class _NativeSSD(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, g, S0, d):
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))

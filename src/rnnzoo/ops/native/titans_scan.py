@@ -27,7 +27,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import backend, flop_count, native
+from rnnzoo.ops import backend, first_order, flop_count, native
 
 
 def flops(chunks: int, C: int, K: int) -> tuple[int, int]:
@@ -61,7 +61,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "titans_gates_bwd", dtype, [P] * 18 + [L] * 5))
 
 
-class _NativeTitans(native.Function):
+class _NativeTitans(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
         B, H, N, C, K = q.shape
@@ -108,7 +108,7 @@ def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail=No
     return _NativeTitans.apply(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail)
 
 
-class _NativeGates(native.Function):
+class _NativeGates(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, a, e, m, th):
         ins = [t.contiguous() for t in (q, k, a, e, m, th)]
@@ -156,7 +156,7 @@ def _seg_kernels(lib, dtype):
             native.kernel(lib, "titans_seg_bwd", dtype, [P] * 20 + [D] + [L] * 7))
 
 
-class _NativeSegment(native.Function):
+class _NativeSegment(first_order.Function):
     """titans_gates then titans_linear on one chunk (N = 1) as one autograd node and one C
     call each way (titans_seg_fwd / titans_seg_bwd), on the tokens' layout: each pair's rows
     gathered, the gates' sigmoids, 1 - alpha, R = -v and the kernels' states inside the call
@@ -228,7 +228,7 @@ class _Saved:
         self.saved_tensors = tensors
 
 
-class _MacAttention(native.Function):
+class _MacAttention(first_order.Function):
     @staticmethod
     def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
         from rnnzoo.ops.native import attention as na
@@ -312,7 +312,7 @@ def _read_kernels(lib, dtype):
             native.kernel(lib, "mac_read_bwd", dtype, [P] * 6 + [L] * 7))
 
 
-class _MacRetrieve(native.Function):
+class _MacRetrieve(first_order.Function):
     @staticmethod
     def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
@@ -371,7 +371,7 @@ def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
-class _MacMemory(native.Function):
+class _MacMemory(first_order.Function):
     @staticmethod
     def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
         from rnnzoo.ops.native import conv as native_conv

@@ -21,7 +21,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -50,7 +50,7 @@ def _strides(dims, *ts):
     return torch.tensor([x for t in ts for x in t.stride()[:4]] + list(dims), dtype=torch.long)
 
 
-class _Loop(native.Function):
+class _Loop(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, W, c, A0, a0, k, v, lr, w, b, tok):
         W, c, A0, a0, tok = (t.contiguous() for t in (W, c, A0, a0, tok))
@@ -109,7 +109,7 @@ def _call_mlp(lib, name, tensors, dims, eps, n):
     native.run(fn, [(*ptrs, eps, *p) for p in native.rows(n) or [(0, 0)]])
 
 
-class _MLPLoop(native.Function):
+class _MLPLoop(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, F, Ws, A, k, v, lr, w, b, tok, last):
         Ws, A, k, v, lr, tok, last = (t.contiguous() for t in (Ws, A, k, v, lr, tok, last))

@@ -17,7 +17,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -32,7 +32,7 @@ def _call(lib, name, tensors, D, per, H, eps, n_rows):
     native.run(fn, [(*ptrs, D, per, H, eps, *p) for p in native.rows(n_rows) or [(0, 0)]])
 
 
-class _NormLossGrad(native.Function):
+class _NormLossGrad(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, z, target, w, b):
         z, target, w, b = (t.contiguous() for t in (z, target, w, b))
@@ -60,7 +60,7 @@ def norm_loss_grad(lib, z, target, w, b, eps: float):
     return _NormLossGrad.apply(lib, float(eps), z, target, w, b)
 
 
-class _InnerOutput(native.Function):
+class _InnerOutput(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, q, z, w, b):
         q, z, w, b = (t.contiguous() for t in (q, z, w, b))

@@ -17,7 +17,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -63,7 +63,7 @@ def _grad_like(t):
     return torch.empty_like(t) if t.is_contiguous() else tokens_major(t)
 
 
-class _Read(native.Function):
+class _Read(first_order.Function):
     @staticmethod
     def forward(ctx, lib, like, x, X, W, c, G, tok):
         x, X = _rows(x), _rows(X)

@@ -25,7 +25,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import flop_count, native
+from rnnzoo.ops import first_order, flop_count, native
 
 CK = 32  # the C file's checkpoint interval
 
@@ -55,7 +55,7 @@ def _kernels(lib, dtype):
             native.kernel(lib, "vdelta_bwd", dtype, [P] * 17 + [F] + [L] * 8))
 
 
-class _NativeVectorDelta(native.Function):
+class _NativeVectorDelta(first_order.Function):
     @staticmethod
     def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after):
         r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
@@ -103,7 +103,7 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
 
 
-class _Gates(native.Function):
+class _Gates(first_order.Function):
     @staticmethod
     def forward(ctx, lib, z, k, v, bs):
         z, k, v = z.contiguous(), k.contiguous(), v.contiguous()
