@@ -253,15 +253,15 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
     const double tau = 2 * 3.14159265358979323846;
     const T pi = (T)3.14159265358979323846;
     double *acc = malloc(H * n * sizeof(double));
-    T *a = malloc((n + 2 * H * n + 4 * N) * sizeof(T)), *co = a + n, *si = co + H * n,
-      *bn = si + H * n;
+    /* th: a row's angles, streamed out to theta (read by the backward only) */
+    T *a = malloc((n + 3 * H * n + 4 * N) * sizeof(T)), *co = a + n, *si = co + H * n,
+      *th = si + H * n, *bn = th + H * n;
     for (long b = b0; b < b1; b++) {
         for (long i = 0; i < H * n; i++) acc[i] = 0;
         for (long t = 0; t < Tn; t++) {
             const long r = b * Tn + t;
             if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
             const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
-            T *restrict th = theta + r * H * n;
 #pragma omp simd
             for (long j = 0; j < n; j++) a[j] = pi * TANH(ph[j]);
             for (long h = 0; h < H; h++) {
@@ -276,17 +276,18 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
             }
 #pragma omp simd
             for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
+            NAME(m3_stream)(theta + r * H * n, th, H * n);
             NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, co, si, s + r * H,
                                q + r * H * N, k + r * H * N, cb + r * H, fin + r * H, eps, G,
                                H, N, n, bn);
         }
-        if (Tn > 0)
-            memcpy(end + b * H * n, theta + ((b + 1) * Tn - 1) * H * n, H * n * sizeof(T));
+        if (Tn > 0)  /* the last row's angles, still in th */
+            memcpy(end + b * H * n, th, H * n * sizeof(T));
         else
             memset(end + b * H * n, 0, H * n * sizeof(T));
     }
 #ifdef M3_STREAM
-    _mm_sfence();  /* q's and k's streaming stores seen before the caller's threads join */
+    _mm_sfence();  /* q's, k's and theta's streaming stores seen before the threads join */
 #endif
     free(acc), free(a);
 }
