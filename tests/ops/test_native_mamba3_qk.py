@@ -63,7 +63,10 @@ def test_mamba3_siso_chunk_nonfinite_input_is_causal(fill):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("B,T,G,H,N,n,threads", [(2, 37, 1, 3, 10, 2, 2), (1, 1, 2, 4, 12, 6, 1),
-                                                 (2, 70, 1, 2, 8, 4, 1)])
+                                                 (2, 70, 1, 2, 8, 4, 1),
+                                                 # whole 64-byte rows in float32 too (q and
+                                                 # k written by streaming stores)
+                                                 (2, 40, 1, 2, 16, 4, 2)])
 def test_mamba3_qk_turned_matches_torch(dtype, tol, B, T, G, H, N, n, threads):
     """`qk_turned` (the angles from phi and dt inside the kernel: pi tanh(phi) dt summed in
     float64 and wrapped, their cos and sin) against `torch_qk` on `torch_turns`' angles:

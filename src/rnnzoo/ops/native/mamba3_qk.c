@@ -26,6 +26,27 @@
 
 #else
 
+#if defined(__AVX512F__) && !defined(M3_STREAM)
+#include <immintrin.h>
+#define M3_STREAM 1
+#endif
+
+/* dst[0 .. n) <- src: rows written once and read only after the whole tensor is (q and k,
+   which the SSD reads after this pass; 2 x 16.8 MB at the #17 size), by streaming stores (no
+   read of each line for ownership first) where dst is 64-byte aligned and n fills whole
+   lines, else a copy. The caller fences (_mm_sfence) before returning. */
+static inline void NAME(m3_stream)(T *restrict dst, const T *restrict src, long n) {
+#ifdef M3_STREAM
+    if (((unsigned long)dst & 63) == 0 && (n * sizeof(T)) % 64 == 0) {
+        for (long i = 0; i < n; i += 64 / sizeof(T))
+            if (sizeof(T) == 4) _mm512_stream_ps((float *)(dst + i), _mm512_loadu_ps((const float *)(src + i)));
+            else _mm512_stream_pd((double *)(dst + i), _mm512_loadu_pd((const double *)(src + i)));
+        return;
+    }
+#endif
+    memcpy(dst, src, n * sizeof(T));
+}
+
 static inline T NAME(m3_rstd)(const T *restrict x, long N, T eps) {
     T ss = 0;
 #pragma omp simd reduction(+ : ss)
@@ -41,7 +62,7 @@ static inline void NAME(m3_norm)(const T *restrict x, T r, const T *restrict w,
 }
 
 /* one row's q, k, cb (all groups; row pointers: bx, cx its raw B and C, co, si (H, n), sr,
-   cbr (H), qr, kr (H, N)); bn: 2 N scratch */
+   cbr (H), qr, kr (H, N)); bn: 4 N scratch */
 static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict cx0,
                                       const T *restrict wB, const T *restrict wC,
                                       const T *restrict bB, const T *restrict bC,
@@ -50,7 +71,7 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
                                       T *restrict cbr, T *restrict fin, T eps, long G, long H,
                                       long N, long n, T *restrict bn) {
     const long R = H / G;
-    T *restrict cn = bn + N;
+    T *restrict cn = bn + N, *restrict qr = bn + 2 * N, *restrict kr = bn + 3 * N;
     for (long g = 0; g < G; g++) {
         const T *restrict bx = bx0 + g * N, *restrict cx = cx0 + g * N;
         const T rb = NAME(m3_rstd)(bx, N, eps), rc = NAME(m3_rstd)(cx, N, eps);
@@ -58,7 +79,7 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
             NAME(m3_norm)(bx, rb, wB, bB + h * N, bn, N);
             NAME(m3_norm)(cx, rc, wC, bC + h * N, cn, N);
             const T *restrict co = cos_ + h * n, *restrict si = sin_ + h * n;
-            T *restrict qr = q + h * N, *restrict kr = k + h * N, sc = sr[h], dot = 0;
+            T sc = sr[h], dot = 0;
 #pragma omp simd reduction(+ : dot)
             for (long c = 0; c < N; c++) dot += cn[c] * bn[c];
             cbr[h] = dot;
@@ -81,6 +102,8 @@ static inline void NAME(m3qk_row_fwd)(const T *restrict bx0, const T *restrict c
                 for (long c = 0; c < N; c++) f += qr[c] + kr[c];
                 fin[h] = f;
             }
+            NAME(m3_stream)(q + h * N, qr, N);  /* the row's q and k from scratch */
+            NAME(m3_stream)(k + h * N, kr, N);
         }
     }
 }
@@ -230,15 +253,15 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
     const double tau = 2 * 3.14159265358979323846;
     const T pi = (T)3.14159265358979323846;
     double *acc = malloc(H * n * sizeof(double));
-    T *a = malloc((n + 2 * H * n + 2 * N) * sizeof(T)), *co = a + n, *si = co + H * n,
-      *bn = si + H * n;
+    /* th: a row's angles, streamed out to theta (read by the backward only) */
+    T *a = malloc((n + 3 * H * n + 4 * N) * sizeof(T)), *co = a + n, *si = co + H * n,
+      *th = si + H * n, *bn = th + H * n;
     for (long b = b0; b < b1; b++) {
         for (long i = 0; i < H * n; i++) acc[i] = 0;
         for (long t = 0; t < Tn; t++) {
             const long r = b * Tn + t;
             if (t + M3_AHEAD < Tn) NAME(m3_ahead)(Bx, Cx, phi, S, SP, G * N, n, r + M3_AHEAD);
             const T *restrict ph = phi + r * SP, *restrict dtr = dt + r * H;
-            T *restrict th = theta + r * H * n;
 #pragma omp simd
             for (long j = 0; j < n; j++) a[j] = pi * TANH(ph[j]);
             for (long h = 0; h < H; h++) {
@@ -253,15 +276,19 @@ void NAME(m3qkt_fwd)(const T *restrict Bx, const T *restrict Cx, long S, const T
             }
 #pragma omp simd
             for (long i = 0; i < H * n; i++) NAME(m3_sincos)(th[i], si + i, co + i);
+            NAME(m3_stream)(theta + r * H * n, th, H * n);
             NAME(m3qk_row_fwd)(Bx + r * S, Cx + r * S, wB, wC, bB, bC, co, si, s + r * H,
                                q + r * H * N, k + r * H * N, cb + r * H, fin + r * H, eps, G,
                                H, N, n, bn);
         }
-        if (Tn > 0)
-            memcpy(end + b * H * n, theta + ((b + 1) * Tn - 1) * H * n, H * n * sizeof(T));
+        if (Tn > 0)  /* the last row's angles, still in th */
+            memcpy(end + b * H * n, th, H * n * sizeof(T));
         else
             memset(end + b * H * n, 0, H * n * sizeof(T));
     }
+#ifdef M3_STREAM
+    _mm_sfence();  /* q's, k's and theta's streaming stores seen before the threads join */
+#endif
     free(acc), free(a);
 }
 

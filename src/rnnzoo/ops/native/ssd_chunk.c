@@ -40,7 +40,31 @@
 #include "mm.h"
 #include "transpose.h"
 
+#if defined(__AVX512F__) && !defined(SSD_NT)
+#include <immintrin.h>
+#define SSD_NT 1
+#endif
+
 #define SSD_TR 16
+
+/* n rows of w from src (w apart) to dst (ld apart): the chunk's dq, dk, dv, made in cache,
+   written once and read only after the whole kernel (2 x 16.8 + 8.4 MB at mamba3's #17 size),
+   by streaming stores where the rows are 64-byte aligned whole lines (no read of each line
+   for ownership), else copied. The kernel fences once at its end. */
+static inline void NAME(ssd_put)(T *restrict dst, long ld, const T *restrict src, long n, long w) {
+#ifdef SSD_NT
+    if (((unsigned long)dst & 63) == 0 && (w * sizeof(T)) % 64 == 0 && (ld * sizeof(T)) % 64 == 0) {
+        for (long t = 0; t < n; t++)
+            for (long i = 0; i < w; i += 64 / sizeof(T))
+                if (sizeof(T) == 4)
+                    _mm512_stream_ps((float *)(dst + t * ld + i), _mm512_loadu_ps((const float *)(src + t * w + i)));
+                else
+                    _mm512_stream_pd((double *)(dst + t * ld + i), _mm512_loadu_pd((const double *)(src + t * w + i)));
+        return;
+    }
+#endif
+    for (long t = 0; t < n; t++) memcpy(dst + t * ld, src + t * w, w * sizeof(T));
+}
 
 static inline void NAME(ssd_mm)(const T *A, const T *B, T *C, long m, long n, long k, long a_rs,
                                 long a_cs, long ldb, long b_cs, long ldc, long acc) {
@@ -70,6 +94,9 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
     T *Vt = malloc(V * L * sizeof(T)), *dSt = malloc(K * V * sizeof(T));
     T *St = malloc(V * L * sizeof(T));  /* dv^T */
     T *dOt = malloc(V * L * sizeof(T)), *dqt = malloc(K * L * sizeof(T));  /* dO^T, dq^T */
+    /* the chunk's dq, dk (n, K) and dv (n, V), rows K and V apart, put out at its end */
+    T *dqc = malloc(L * K * sizeof(T)), *dkc = malloc(L * K * sizeof(T));
+    T *dvc = malloc(L * V * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H, gi = h / R;
         double last = 0;  /* <dS_T, S_T> */
@@ -85,8 +112,6 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             const T *vc = v + ((b * Tn + t0) * H + h) * V, *oc = dout + ((b * Tn + t0) * H + h) * V;
             const long row0 = (b * Tn + t0) * H + h;  /* the chunk's first (batch, T, H) row */
             const T *gc = g + row0;
-            T *dqc = dq + ((b * Tn + t0) * H + h) * K, *dkc = dk + ((b * Tn + t0) * H + h) * K;
-            T *dvc = dv + ((b * Tn + t0) * H + h) * V;
             if (c > 0) {  /* the previous chunk's start state and rows into L2 while this one
                              runs (the chunks go backwards, so the hardware does not see the
                              stream: its reads were ~40% of the kernel's own time) */
@@ -118,16 +143,16 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                against S^T's K V) */
             NAME(ssd_transpose)(dOt, dOs, n, V, V);
             NAME(ssd_mm)(Sc + (p * NC + c) * K * V, dOt, dqt, K, n, V, V, 1, n, 1, n, 0);
-            NAME(trs)(dqc, ks, dqt, n, K, n);
-            NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vs, 1, K, 1, ks, 0);
+            NAME(trs)(dqc, K, dqt, n, K, n);
+            NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vs, 1, K, 1, K, 0);
             NAME(ssd_mm)(dSt, Kt, St, V, n, K, K, 1, n, 1, n, 0);  /* dv^T */
-            NAME(trs)(dvc, vs, St, n, V, n);
+            NAME(trs)(dvc, V, St, n, V, n);
             for (long t = 0; t < n; t++) {
                 const T w = EXP((T)(Gl[n - 1] - Gl[t]));
 #pragma omp simd
-                for (long i = 0; i < K; i++) dkc[t * ks + i] *= w;
+                for (long i = 0; i < K; i++) dkc[t * K + i] *= w;
 #pragma omp simd
-                for (long j = 0; j < V; j++) dvc[t * vs + j] *= w;
+                for (long j = 0; j < V; j++) dvc[t * V + j] *= w;
             }
             const T an = EXP((T)Gl[n - 1]);
 #pragma omp simd
@@ -156,29 +181,35 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
             }
             for (long i0 = 0; i0 < n; i0 += SSD_TR) {
                 const long i1 = i0 + SSD_TR < n ? i0 + SSD_TR : n, m = i1 - i0;
-                NAME(ssd_mm)(P + i0 * n, kc, dqc + i0 * ks, m, K, i1, n, 1, qs, 1, ks, 1);
-                NAME(ssd_mm)(P + i0 * n + i0, qc + i0 * qs, dkc + i0 * ks, m, K, n - i0, 1, n, qs,
-                             1, ks, 1);
-                NAME(ssd_mm)(A + i0 * n + i0, oc + i0 * vs, dvc + i0 * vs, m, V, n - i0, 1, n, vs,
-                             1, vs, 1);
+                NAME(ssd_mm)(P + i0 * n, kc, dqc + i0 * K, m, K, i1, n, 1, qs, 1, K, 1);
+                NAME(ssd_mm)(P + i0 * n + i0, qc + i0 * qs, dkc + i0 * K, m, K, n - i0, 1, n, qs,
+                             1, K, 1);
+                NAME(ssd_mm)(A + i0 * n + i0, oc + i0 * vs, dvc + i0 * V, m, V, n - i0, 1, n, vs,
+                             1, V, 1);
             }
             /* dg_t: the dL/dG_u for u >= t, from the chunk's final dq, dk while they are in
                cache (a pass over the whole row after the chunks read q, k, dq, dk again from
                memory: ~14% of the kernel's own time) */
             for (long t = n - 1; t >= 0; t--) {
                 const T *restrict qt = qc + t * qs, *restrict kt = kc + t * qs;
-                const T *restrict dqt = dqc + t * ks, *restrict dkt = dkc + t * ks;
+                const T *restrict dqt = dqc + t * K, *restrict dkt = dkc + t * K;
                 T s = 0;
 #pragma omp simd reduction(+:s)
                 for (long i = 0; i < K; i++) s += qt[i] * dqt[i] - kt[i] * dkt[i];
                 acc += s;
                 dg[row0 + t * H] = (T)acc;
             }
+            NAME(ssd_put)(dq + row0 * K, ks, dqc, n, K);
+            NAME(ssd_put)(dk + row0 * K, ks, dkc, n, K);
+            NAME(ssd_put)(dv + row0 * V, vs, dvc, n, V);
         }
         NAME(ssd_transpose)(dS0 + p * K * V, dSt, V, K, K);
     }
     free(Gl), free(Gf), free(P), free(A), free(dOs), free(Kt), free(Vt), free(dSt), free(St);
-    free(dOt), free(dqt);
+    free(dOt), free(dqt), free(dqc), free(dkc), free(dvc);
+#ifdef SSD_NT
+    _mm_sfence();  /* the streaming stores seen before the caller's threads join */
+#endif
 }
 #undef SSD_TR
 #endif
