@@ -212,3 +212,23 @@ def test_gradient_reaches_a_states_zero_sums(name):
 
     for g0, g1 in zip(grads(0.0), grads(1e-200)):
         assert g0 is not None and torch.allclose(g0, g1, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_op_inputs_take_q_k_v_from_the_qkv_projections_rows_in_order(dtype):
+    """op_inputs runs W_qkv's rows [q; k] and v as two products (the conv on [q, k] as
+    written): q, k, v, the rate and the conv state equal the one product's split, the conv
+    over cat([q, k]) (rows 0..HK q, HK..2HK k, 2HK..3HK v, as the state dicts hold them)."""
+    layer = perturbed("ttt_linear", d_model=16, num_heads=2, head_dim=8).to(dtype)
+    B, T, H, K = 2, 11, 2, 8
+    x = torch.randn(B, T, 16, dtype=dtype)
+    conv = torch.randn(B, layer.conv.d_conv - 1, 2 * H * K, dtype=dtype)
+    q, k, v, lr, new = layer.op_inputs(x, conv)
+    wq, wk, wv = layer.qkv_proj(x).split([H * K] * 3, -1)
+    qk, want_new = layer.conv(torch.cat([wq, wk], -1), conv)
+    want = (*qk.split([H * K] * 2, -1), wv)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for got, w in zip((q, k, v), want):
+        assert (got.reshape(B, T, H * K) - w).abs().max() <= tol
+    assert (new - want_new).abs().max() <= tol
+    assert lr.shape == (B, T, H)

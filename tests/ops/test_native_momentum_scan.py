@@ -65,3 +65,44 @@ def test_momentum_delta_nonfinite_input_never_reaches_earlier_outputs():
         return o, torch.cat([S, M], -1)
 
     check_causal(op, ins[:8], range(8), (5, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,T,H,K,V", [(2, 70, 3, 5, 6), (1, 37, 2, 9, 40)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_native_momentum_osum_is_the_sum_of_each_pairs_outputs(dtype, B, T, H, K, V, n_threads):
+    """osum[b H + h] = sum of o[b, :, h, :] (the columns past V of a narrow tile not in it)."""
+    ins = [t.detach() for t in _inputs(B, T, H, K, V, dtype)]
+    lib = momentum_scan.load()
+    osum = torch.full((B * H,), float("nan"), dtype=dtype)
+    with threads(n_threads):
+        o, _, _ = momentum_scan.momentum(lib, *ins, 0.7, torch.rand(H, dtype=dtype), osum=osum)
+    want = o.sum((1, 3)).flatten()
+    assert (osum - want).abs().max() <= 1e-5 * (1 + want.abs().max())
+
+
+@pytest.mark.parametrize("pk", [True, False])
+def test_momentum_delta_nonfinite_input_marks_as_the_marking_path(pk):
+    """The C path checks q, k, v, p by the kernel's sum of o (the gates by their sums): with
+    one NaN / inf entry at step t of any input it gives finite_inputs' marks, as the PyTorch
+    chunk form does: NaN exactly where that form has NaN (inf and -inf in log_alpha among
+    them: exp(-inf) = 0 alone would hide it), equal elsewhere; the kernel ran."""
+    ins = [t.detach() for t in _inputs(2, 12, 2, 3, 4, torch.float64)]
+    corr = torch.tensor([0.3, 0.0], dtype=torch.float64)
+    for i in range(8):
+        if pk and i == 3:
+            continue
+        for fill in (float("nan"), float("inf"), float("-inf")):
+            bad = list(ins)
+            bad[i] = ins[i].clone()
+            bad[i][0, 5].view(-1)[0] = fill
+            if pk:
+                bad[3] = bad[1]
+            got = momentum_delta(*bad[:8], initial_state=tuple(bad[8:]), correction=corr)
+            with backend.force("torch"):
+                want = momentum_delta(*bad[:8], initial_state=tuple(bad[8:]), correction=corr)
+            for g, w in zip((got[0], *got[1]), (want[0], *want[1])):
+                assert torch.equal(g.isnan(), w.isnan()), (i, fill)
+                assert bool(w.isnan()[0, 5:].all()) or i == 0, (i, fill)
+                ok = ~w.isnan()
+                assert (g[ok] - w[ok]).abs().max() <= 1e-9, (i, fill)

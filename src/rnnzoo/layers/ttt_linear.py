@@ -39,7 +39,7 @@ from rnnzoo.ops.memory import (
     ttt_sequential,
     ttt_step,
 )
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
@@ -93,8 +93,11 @@ class TTTLayer(RecurrentLayer):
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         cdt = compute_dtype(x)
-        q, k, v = self.qkv_proj(x).to(cdt).split([H * K, H * K, H * K], -1)
-        qk, conv_state = self.conv(torch.cat([q, k], -1), conv_state)
+        # q, k and v as two products (W_qkv's rows [q; k] and v): the conv takes [q, k] as
+        # written, no cat of q and k each way (nor the split's (B, T, 3HK) gradient)
+        W = self.qkv_proj.weight
+        qk, v = (linear(x, w).to(cdt) for w in W.split([2 * H * K, H * K]))
+        qk, conv_state = self.conv(qk, conv_state)
         q, k = qk.reshape(B, T, 2, H, K).unbind(2)
         lr = self.base_lr / K * torch.sigmoid(self.lr_proj(x).to(cdt))
         return q, k, v.reshape(B, T, H, K), lr, conv_state

@@ -141,13 +141,12 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     T = q.shape[1]
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
-    k, v, g, beta = (t.to(dt) for t in (k, v, g, beta))
-    native = flop_count.native(q.to(dt), k, v, g, beta, lamb.to(dt), Hkk, Hkv)
+    q, k, v, g, beta, lamb = (t.to(dt) for t in (q, k, v, g, beta, lamb))  # each once
+    native = flop_count.native(q, k, v, g, beta, lamb, Hkk, Hkv)
     # the C recurrence: no zeroed copies and no NaN marks unless some input is not finite
     # (clean_inputs: one sum a tensor; finite_inputs' copies and marks otherwise)
     (q,), (k, v, g, beta), marks = (clean_inputs if native else finite_inputs)(
         (q,), (k, v, g, beta))
-    q, lamb = q.to(dt), lamb.to(dt)
     lib = native_mesa.load() if native else None
     if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
         o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps,
@@ -157,7 +156,7 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     if marks is None:  # native, but the kernel not built: the chunk form's marks
         (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
     C = min(chunk_size, T)
-    qc, kc, vc = (to_chunks(t, C) for t in (q.to(dt), k, v))      # (B, H, N, C, D)
+    qc, kc, vc = (to_chunks(t, C) for t in (q, k, v))             # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)
     bc = to_chunks(beta, C)
     D = causal_decay(G) * bc[..., None, :]                        # beta_s e^{G_t - G_s}, s <= t
@@ -178,7 +177,7 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
         return (x * eG) @ H0 + ((x @ kt) * D) @ kc
 
     B, _, H, K = q.shape
-    x = conjugate_gradient(apply, qc, lamb.to(dt).view(1, H, 1, 1, K), cg_steps, eps,
+    x = conjugate_gradient(apply, qc, lamb.view(1, H, 1, 1, K), cg_steps, eps,
                            cg_tol)
     o = (x * eG) @ G0 + ((x @ kt) * D) @ vc
     o = o.movedim(1, 3).reshape(B, -1, H, o.shape[-1])[:, :T]

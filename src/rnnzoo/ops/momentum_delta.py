@@ -45,7 +45,7 @@ from rnnzoo.ops.chunk._common import (
     to_chunks,
     unit_lower_inverse,
 )
-from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
+from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.native import momentum_scan
 
 __all__ = ["momentum_delta", "momentum_delta_recurrent", "momentum_delta_step"]
@@ -119,18 +119,8 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
                                        scale=scale, chunk_size=chunk_size)
         return o, Z.chunk(2, -2)
     T = q.shape[1]
-    if lib is not None:  # the recurrence in C (ops.native.momentum_scan); the finite copies
-        # and NaN marks only where some step is not finite (clean_inputs)
-        pk = p is k  # one tensor: checked once, its gradients summed in the kernel
-        (qf,), writes, marks = clean_inputs((q,), (k, v, None if pk else p, log_alpha, log_mu,
-                                                   beta, eta))
-        if pk:
-            writes[2] = writes[0]
-        corr = None if correction is None else correction.to(qf.dtype)
-        o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr)
-        if marks is not None:
-            o, S, M = poison(o, marks.outputs), poison(S, marks.state), poison(M, marks.state)
-        return o.to(qf.dtype), (S, M)
+    if lib is not None:  # the recurrence in C (ops.native.momentum_scan)
+        return _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction)
     (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
     C = max(1, min(chunk_size, T))
     # zero padding at the end is exact: alpha = mu = 1, beta = eta = 0 leave (S, M) unchanged
@@ -174,6 +164,31 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     o = scale * (Qz @ Zs + P @ U)
     o = poison(from_chunks(o, T), marks.outputs).to(qf.dtype)
     return o, tuple(poison(t, marks.state) for t in (S, M))
+
+
+def _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction):
+    """momentum_delta's C path: the kernel on the inputs as they are when every one is finite,
+    else on finite_inputs' copies with its NaN marks (what clean_inputs gives). The gates are
+    checked by their sums; q, k, v and p by the kernel's sum of its outputs (`osum`): any
+    non-finite entry of them at a step makes that step's outputs non-finite, so a finite sum
+    of o clears them without a pass over them (a sum that overflows, or outputs that do from
+    finite inputs, only take the marking path, exact either way)."""
+    corr = None if correction is None else correction.to(q.dtype)
+    with torch.no_grad():
+        gsum = torch.stack([t.sum(dtype=torch.float32) for t in (log_alpha, log_mu, beta, eta)])
+    if bool(torch.isfinite(gsum).all()):
+        osum = q.new_empty(q.shape[0] * q.shape[2])
+        o, ST, MT = momentum_scan.momentum(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M,
+                                           scale, corr, osum)
+        if bool(torch.isfinite(osum.sum()).all()):
+            return o, (ST, MT)
+    pk = p is k  # one tensor: checked once, its gradients summed in the kernel
+    (qf,), writes, marks = finite_inputs((q,), (k, v, None if pk else p, log_alpha, log_mu,
+                                                beta, eta))
+    if pk:
+        writes[2] = writes[0]
+    o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr)
+    return poison(o, marks.outputs), (poison(S, marks.state), poison(M, marks.state))
 
 
 def _stacked(q, kp, v, log_alpha, log_mu, beta, eta, *, initial_state=None, **options):

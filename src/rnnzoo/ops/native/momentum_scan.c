@@ -54,8 +54,9 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                         const T *restrict p, const T *restrict la, const T *restrict lm,
                         const T *restrict beta, const T *restrict eta, const T *restrict S0,
                         const T *restrict M0, T *restrict o, T *restrict e, T *restrict ST,
-                        T *restrict MT, T *restrict ck, const T *restrict Dc, T scale,
-                        long Tn, long H, long K, long V, long p0, long p1) {
+                        T *restrict MT, T *restrict ck, const T *restrict Dc,
+                        T *restrict osum, T scale, long Tn, long H, long K, long V, long p0,
+                        long p1) {
     const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 2 * WV * K * sizeof(VEC)), *M = S + WV * K;  /* a tile of S, of M */
     /* the read's row weights scale (q - dh k), step t's and t + 1's (written a step ahead:
@@ -64,6 +65,7 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
     for (long pr = p0; pr < p1; pr++) {
         const long b = pr / H, h = pr % H;
         const T dh = Dc ? Dc[h] : 0;  /* the read is at q - dh k */
+        VEC os = {0};  /* the sum of the pair's outputs (osum) */
         for (long j0 = 0; j0 < V; j0 += WT) {
             const long wd = V - j0 < WT ? V - j0 : WT;
             for (long i = 0; i < K; i++) {
@@ -123,6 +125,7 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                     }
                 }
                 NAME(wide_store)(o + row * V + j0, ov, wd);
+                for (int w = 0; w < WV; w++) os += ov[w];  /* columns past V are 0 */
                 if (next) {  /* e_{t+1} = S_t^T p_{t+1} - v_{t+1} */
                     NAME(wide_load)(et, v + nrow * V + j0, wd);
                     for (int w = 0; w < WV; w++) et[w] = nv[w] - et[w];
@@ -134,6 +137,7 @@ void NAME(momentum_fwd)(const T *restrict q, const T *restrict k, const T *restr
                 NAME(wide_store)(MT + (pr * K + i) * V + j0, M + WV * i, wd);
             }
         }
+        if (osum) osum[pr] = NAME(hsum)(os);
     }
     free(S); free(qw);
 }

@@ -11,7 +11,8 @@ q, k, p: (B, T, H, K); v: (B, T, H, V); la, lm, beta, eta: (B, T, H); S0, M0: (B
 all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`;
 ops.momentum_delta.momentum_delta calls it there). Returns o (B, T, H, V), S_T and M_T,
 differentiable in all ten. Threads split the (batch row, head) pairs. The caller handles
-non-finite inputs (ops.finite).
+non-finite inputs (ops.finite); `momentum`'s osum, the sum of each pair's outputs, lets it
+check q, k, v and p without a pass over them.
 
 `gates`: Momentum DeltaNet's gates (log_alpha, log_mu, beta, eta) from its gate projection,
 one C pass each way (momentum_scan.c's momentum_gates_fwd / _bwd; threads split the rows).
@@ -49,13 +50,13 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     F = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "momentum_fwd", dtype, [P] * 16 + [F] + [L] * 6),
+    return (native.kernel(lib, "momentum_fwd", dtype, [P] * 17 + [F] + [L] * 6),
             native.kernel(lib, "momentum_bwd", dtype, [P] * 24 + [F] + [L] * 7))
 
 
 class _NativeMomentum(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr):
+    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum=None):
         pk = p is k  # one tensor: the kernel sums its two gradients
         q, k, v, la, lm, beta, eta, S0, M0 = (
             t.contiguous() for t in (q, k, v, la, lm, beta, eta, S0, M0))
@@ -69,7 +70,7 @@ class _NativeMomentum(first_order.Function):
         grad = any(ctx.needs_input_grad)
         ck = q.new_empty(B, H, -(-Tn // CK), 2 * K * native.tile_pad(V)) if grad else None
         ins = [native.ptr(t) for t in (q, k, v, p, la, lm, beta, eta, S0, M0)]
-        outs = [native.ptr(t) for t in (o, e, ST, MT, ck, corr)]
+        outs = [native.ptr(t) for t in (o, e, ST, MT, ck, corr, osum)]
         native.run(fwd, [(*ins, *outs, scale, Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V)[0])
@@ -97,15 +98,18 @@ class _NativeMomentum(first_order.Function):
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V)[1])
         return (None, dq, dk, dv, None if ctx.pk else dp, dla, dlm, dbeta, deta, dS0, dM0, None,
-                None if dcorr is None else dcorr.sum(0))
+                None if dcorr is None else dcorr.sum(0), None)
 
 
-def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None):
+def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None, osum=None):
     """(o (B, T, H, V), S_T, M_T (B, H, K, V)); `lib` = load(). corr (H,) or None: the read
     at q - corr k (Momentum DeltaNet's output correction) instead of q, in the kernel (no
     (B, T, H, K) pass each way for it). p may be k itself (Momentum DeltaNet): its two
-    gradients are then summed in the kernel."""
-    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr)
+    gradients are then summed in the kernel. osum (B H,) contiguous, in q's dtype, or None:
+    written with the sum of each (batch row, head) pair's outputs o[b, :, h, :], not finite
+    when some entry of o is not (a non-finite entry of q, k, v or p at a step makes that
+    step's o non-finite: the kernel's products never drop one)."""
+    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum)
 
 
 def _gate_kernels(lib, dtype):
