@@ -145,7 +145,7 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
         T *restrict dgE, T *restrict dP0, T *restrict dM0, T *restrict dS0,
         T *restrict dW0, long N, long lo, long C, long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc(6 * CK * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
+    T *G = malloc(5 * CK * sizeof(T)), *Gt = G + CK;
     T *Y = Gt + CK, *Z = Y + CK, *V = Z + CK;
     T *gM = malloc(13 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
     T *gMt = nS + KK, *gSt = gMt + KK, *Mt = gSt + KK, *St = Mt + KK, *Pt = St + KK;
@@ -172,6 +172,7 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             T *restrict dqn = dq + c * CK, *restrict dkn = dk + c * CK;
             T *restrict dan = datt + c * C * C, *restrict dA = dga + c * C, *restrict df = dgf + c * C;
             T *restrict dcn = dcl + c * C, *restrict drn = dre + c * C;
+            T *restrict dG = dR + c * CK;   /* dR = dG: made in place */
             const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
             for (long e = 0; e < KK; e++) Pe[e] = P[e] + W[e];
             NAME(gradients_mm)(kn, Pe, R + c * CK, G, C, K);
@@ -259,9 +260,8 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             NAME(mm)(Y, don, nM, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
             NAME(mm)(Z, don, nS, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
             NAME(mm)(qn, don, dW, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
-            /* G = k (P + W0) + R: dR = dG, dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
+            /* G = k (P + W0) + R: dR = dG (written), dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
                after chunk 0), dW0 += dP */
-            memcpy(dR + c * CK, dG, CK * sizeof(T));
             NAME(mm)(dG, Pt, dkn, C, K, K, K, 1, K, 1, K, 0, 0, 0, 1, 0, C);
             NAME(mm)(kn, dG, dP, K, K, C, 1, K, K, 1, K, 0, 0, 0, 0, 0, K);
             T *restrict dPn = n ? nM : dP0 + pr * KK;
