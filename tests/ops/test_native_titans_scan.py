@@ -43,7 +43,8 @@ def _inputs(B, H, N, C, K, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("B,H,N,C,K", [(2, 3, 4, 3, 5), (1, 1, 1, 1, 2), (1, 2, 3, 7, 40)])
+@pytest.mark.parametrize("B,H,N,C,K", [(2, 3, 4, 3, 5), (1, 1, 1, 1, 2), (1, 2, 3, 7, 40),
+                                      (1, 2, 3, 16, 32)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_native_titans_matches_the_loop(dtype, tol, B, H, N, C, K, n_threads):
     ins = _inputs(B, H, N, C, K, dtype)

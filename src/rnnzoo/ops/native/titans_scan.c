@@ -36,42 +36,7 @@
 #else
 #include "mm.h"  /* mm: the chunk's (C, K) x (K, K) products in register tiles (and tile.h's
                     vectors, loads and stores, whose macros it undefines again) */
-
-/* Y_i += sum_t a_t x_ti D_t, Z_i += sum_t b_t x_ti D_t, W_i += sum_t x_ti D_t for the K rows
-   i (x, D: (C, K) row-major; a, b: (C,) or NULL for none; Z, W NULL for none): a tile of a
-   row's columns in registers over t (a pass per t, as rank-1 updates, stored and reloaded
-   every row: a chain through memory) */
-static inline __attribute__((always_inline)) void NAME(outer3)(
-        const T *restrict x, const T *restrict D, const T *restrict a, const T *restrict b,
-        T *restrict Y, T *restrict Z, T *restrict W, long C, long K) {
-    const long VW = 2 * (long)(sizeof(NAME(vec)) / sizeof(T));   /* a tile: two vectors */
-    for (long j = 0; j < K; j += VW) {
-        const long w = K - j < VW ? K - j : VW;
-        for (long i = 0; i < K; i++) {
-            NAME(vec) y[2], z[2] = {{0}}, u[2] = {{0}}, d[2];
-            NAME(tile_load)(y, Y + i * K + j, w);
-            if (Z) NAME(tile_load)(z, Z + i * K + j, w);
-            if (W) NAME(tile_load)(u, W + i * K + j, w);
-            for (long t = 0; t < C; t++) {
-                NAME(tile_load)(d, D + t * K + j, w);
-                const T xi = x[t * K + i], p = a ? a[t] * xi : xi, r = b ? b[t] * xi : 0;
-                y[0] += p * d[0];
-                y[1] += p * d[1];
-                if (Z) {
-                    z[0] += r * d[0];
-                    z[1] += r * d[1];
-                }
-                if (W) {
-                    u[0] += xi * d[0];
-                    u[1] += xi * d[1];
-                }
-            }
-            NAME(tile_store)(Y + i * K + j, y, w);
-            if (Z) NAME(tile_store)(Z + i * K + j, z, w);
-            if (W) NAME(tile_store)(W + i * K + j, u, w);
-        }
-    }
-}
+#include "transpose.h"  /* trs: the K x K and C x K transposes mm takes as right factors */
 
 /* G = k P + R, (C, K) */
 static inline __attribute__((always_inline)) void NAME(gradients)(const T *restrict k, const T *restrict P, const T *restrict R,
@@ -87,6 +52,15 @@ static inline __attribute__((always_inline)) void NAME(gradients)(const T *restr
             for (long j = 0; j < K; j++) Gs[j] += ki * Pi[j];
         }
     }
+}
+
+/* the same on mm (the backward's: there it is faster than the rows above; the forward's
+   own loop is not) */
+static inline __attribute__((always_inline)) void NAME(gradients_mm)(
+        const T *restrict k, const T *restrict P, const T *restrict R, T *restrict G, long C,
+        long K) {
+    memcpy(G, R, C * K * sizeof(T));
+    NAME(mm)(k, P, G, C, K, K, K, 1, K, 1, K, 0, 0, 0, 1, 0, C);
 }
 
 static inline __attribute__((always_inline)) void NAME(fwd)(
@@ -154,41 +128,11 @@ static inline __attribute__((always_inline)) void NAME(fwd)(
     free(G);
 }
 
-/* Xt = X^T, X (K, K) */
+/* Xt = X^T, X (K, K): transpose.h's 8 x 8 blocks of shuffles (a scalar transpose stored
+   one value at a time at a stride) */
 static inline __attribute__((always_inline)) void NAME(transpose)(const T *restrict X,
                                                                   T *restrict Xt, long K) {
-    for (long i = 0; i < K; i++)
-        for (long j = 0; j < K; j++) Xt[j * K + i] = X[i * K + j];
-}
-
-/* y = sum_{j<m} x_j X_j over the n-wide rows X_j = X + j n, four rows a pass: one load and
-   store of y per four rows (a pass per row waited on its own store) */
-static inline __attribute__((always_inline)) void NAME(rows)(const T *restrict x,
-                                                             const T *restrict X,
-                                                             T *restrict y, long m, long n) {
-    for (long i = 0; i < n; i++) y[i] = 0;
-    long j = 0;
-    for (; j + 4 <= m; j += 4) {
-        const T a = x[j], b = x[j + 1], c = x[j + 2], d = x[j + 3];
-        const T *restrict r0 = X + j * n, *restrict r1 = r0 + n, *restrict r2 = r1 + n;
-        const T *restrict r3 = r2 + n;
-#pragma omp simd
-        for (long i = 0; i < n; i++) y[i] += a * r0[i] + b * r1[i] + c * r2[i] + d * r3[i];
-    }
-    for (; j < m; j++) {
-        const T a = x[j];
-        const T *restrict r = X + j * n;
-#pragma omp simd
-        for (long i = 0; i < n; i++) y[i] += a * r[i];
-    }
-}
-
-/* y = x X^T over K rows: y_i = sum_j X_ij x_j, written as rows of Xt (no dot products:
-   a horizontal sum per entry cost more than the products) */
-static inline __attribute__((always_inline)) void NAME(times_t)(const T *restrict x,
-                                                                const T *restrict Xt,
-                                                                T *restrict y, long K) {
-    NAME(rows)(x, Xt, y, K, K);
+    NAME(trs)(Xt, K, X, K, K, K);
 }
 
 static inline __attribute__((always_inline)) void NAME(bwd)(
@@ -201,8 +145,8 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
         T *restrict dgE, T *restrict dP0, T *restrict dM0, T *restrict dS0,
         T *restrict dW0, long N, long lo, long C, long K, long p0, long p1) {
     const long KK = K * K, CK = C * K;
-    T *G = malloc((6 * CK + 3 * K) * sizeof(T)), *dG = G + CK, *Gt = dG + CK;
-    T *Y = Gt + CK, *Z = Y + CK, *V = Z + CK, *y = V + CK;
+    T *G = malloc(5 * CK * sizeof(T)), *Gt = G + CK;
+    T *Y = Gt + CK, *Z = Y + CK, *V = Z + CK;
     T *gM = malloc(13 * KK * sizeof(T)), *gS = gM + KK, *nM = gS + KK, *nS = nM + KK;
     T *gMt = nS + KK, *gSt = gMt + KK, *Mt = gSt + KK, *St = Mt + KK, *Pt = St + KK;
     T *Pe = Pt + KK, *Wt = Pe + KK, *dP = Wt + KK;
@@ -228,11 +172,11 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
             T *restrict dqn = dq + c * CK, *restrict dkn = dk + c * CK;
             T *restrict dan = datt + c * C * C, *restrict dA = dga + c * C, *restrict df = dgf + c * C;
             T *restrict dcn = dcl + c * C, *restrict drn = dre + c * C;
+            T *restrict dG = dR + c * CK;   /* dR = dG: made in place */
             const T AT = A[C - 1], fT = f[C - 1], ET = gE[c];
             for (long e = 0; e < KK; e++) Pe[e] = P[e] + W[e];
-            NAME(gradients)(kn, Pe, R + c * CK, G, C, K);
-            for (long s = 0; s < C; s++)
-                for (long j = 0; j < K; j++) Gt[j * C + s] = G[s * K + j];
+            NAME(gradients_mm)(kn, Pe, R + c * CK, G, C, K);
+            NAME(trs)(Gt, C, G, K, C, K);
             NAME(transpose)(gM, gMt, K);
             NAME(transpose)(gS, gSt, K);
             NAME(transpose)(Mn, Mt, K);
@@ -305,17 +249,21 @@ static inline __attribute__((always_inline)) void NAME(bwd)(
                 nM[e] = AT * gM[e];
                 nS[e] = fT * gM[e] + ET * gS[e];
             }
-            NAME(outer3)(qn, don, A, f, nM, nS, dW, C, K);
-            /* G = k (P + W0) + R: dR = dG, dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
+            /* nM += (A q)^T do, nS += (f q)^T do, dW0 += q^T do: (K, C) x (C, K) on mm, the
+               left factors read as columns (Y, Z: the scaled rows) */
+            for (long t = 0; t < C; t++)
+#pragma omp simd
+                for (long i = 0; i < K; i++) {
+                    Y[t * K + i] = A[t] * qn[t * K + i];
+                    Z[t * K + i] = f[t] * qn[t * K + i];
+                }
+            NAME(mm)(Y, don, nM, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
+            NAME(mm)(Z, don, nS, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
+            NAME(mm)(qn, don, dW, K, K, C, 1, K, K, 1, K, 0, 0, 0, 1, 0, K);
+            /* G = k (P + W0) + R: dR = dG (written), dk += (P + W0) dG, dP = sum_s k_s dG_s^T (M's
                after chunk 0), dW0 += dP */
-            memcpy(dR + c * CK, dG, CK * sizeof(T));
-            memset(dP, 0, KK * sizeof(T));
-            for (long s = 0; s < C; s++) {
-                T *restrict dks = dkn + s * K;
-                NAME(times_t)(dG + s * K, Pt, y, K);
-                for (long i = 0; i < K; i++) dks[i] += y[i];
-            }
-            NAME(outer3)(kn, dG, NULL, NULL, dP, NULL, NULL, C, K);
+            NAME(mm)(dG, Pt, dkn, C, K, K, K, 1, K, 1, K, 0, 0, 0, 1, 0, C);
+            NAME(mm)(kn, dG, dP, K, K, C, 1, K, K, 1, K, 0, 0, 0, 0, 0, K);
             T *restrict dPn = n ? nM : dP0 + pr * KK;
             if (!n) memset(dPn, 0, KK * sizeof(T));
             for (long e = 0; e < KK; e++) {
