@@ -90,3 +90,34 @@ def test_diag_term(monkeypatch, dtype, tol, L, T, G, H, K, V, threads):
     got, want = native_vs_torch(run, threads)
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0", "d"], tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,T,G,H,K,V,width,at", [(2, 37, 2, 4, 19, 21, 90, 3),
+                                                  (3, 70, 4, 4, 32, 32, 140, 5),
+                                                  (2, 1, 1, 1, 16, 40, 41, 1)])
+def test_v_read_in_place(monkeypatch, dtype, B, T, G, H, K, V, width, at):
+    """v a slice of wider (B, T) rows (mamba3's x from in_proj's output) is read in place by
+    both kernels (the `contiguous` it would take is not called on it): every output and
+    gradient equal, bit for bit, to the contiguous v's, and to the PyTorch path's."""
+    monkeypatch.setattr(ssd_scan, "CHUNK", 16)
+    (q, k, _, g, S0), wo, wS = _case(dtype, B, T, G, H, K, V, seed=5)
+    rows = torch.randn(B, T, width, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    v = rows[..., at:at + H * V].unflatten(-1, (H, V)).requires_grad_()
+    assert not v.is_contiguous() and ssd_scan._rows(v) == width
+    copies = []
+    real = torch.Tensor.contiguous
+    monkeypatch.setattr(torch.Tensor, "contiguous",
+                        lambda t, *a, **kw: (copies.append(t.data_ptr() == v.data_ptr())
+                                             or real(t, *a, **kw)))
+    got = _run([q, k, v, g, S0], wo, wS)
+    assert not any(copies)
+    monkeypatch.setattr(torch.Tensor, "contiguous", real)
+    dense = real(v.detach()).requires_grad_()
+    want = _run([q, k, dense, g, S0], wo, wS)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    with backend.force("torch"):
+        ref = _run([q, k, dense, g, S0], wo, wS)
+    assert_close(got, ref, ["o", "S", "q", "k", "v", "g", "S0"], 1e-10 if dtype == torch.float64
+                 else 2e-5)

@@ -184,8 +184,7 @@ class Mamba3(RecurrentLayer):
                                                                          raw=lib is not None)
         if lib is not None:  # SISO on the CPU: q and k from the raw B and C in C
             last = self._normed(Bm[:, -1:], h.dtype, "B")[:, 0], x[:, -1]
-            # x once contiguous (a strided slice of in_proj's output; the SSD would copy it)
-            x = x.contiguous()
+            # x stays a strided slice of in_proj's output: the SSD reads it in place
             y, h = self._chunk_fused(lib, C, Bm, x, log_alpha, beta, gamma, dtheta, h, B_prev,
                                      self._ranked(x_prev))
             # y holds the skip D x already (the SSD's same-step term)

@@ -25,9 +25,9 @@
    Per chunk and step ~4 K V + L (3 K + 2 V) / 2 multiply-adds against the recurrence's 5 K V
    (ssd_bwd before: the forward again on S^T for dq, then dS back with lane sums for dk).
 
-   Layouts (row-major, contiguous) as ssd_scan.c's: q, k (batch, T, G, K); v, dout, dv
-   (batch, T, H, V); g, dg, d, dd (batch, T, H; d NULL: none, dd not written); ST, dST, dS0
-   (batch, H, K, V); dq, dk (batch, T, H, K) per head (the caller sums a group's heads); head
+   Layouts (row-major, contiguous) as ssd_scan.c's: q, k (batch, T, G, K); dout, dv
+   (batch, T, H, V); v (batch, T, H, V), its (batch, T) rows vr >= H V apart (ssd_fwd's v);
+   g, dg, d, dd (batch, T, H; d NULL: none, dd not written); ST, dST, dS0 (batch, H, K, V); dq, dk (batch, T, H, K) per head (the caller sums a group's heads); head
    h reads group h / (H / G). dST may be NULL (no gradient on S_T). The (batch row, head) pairs [p0, p1). Plain C; compiled by
    rnnzoo.ops.native. */
 
@@ -83,7 +83,8 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                          const T *restrict dST, const T *restrict dout, T *restrict dq,
                          T *restrict dk, T *restrict dv, T *restrict dg, T *restrict dd,
                          T *restrict dS0,
-                         long Tn, long G, long H, long K, long V, long L, long p0, long p1) {
+                         long Tn, long G, long H, long K, long V, long vr, long L, long p0,
+                         long p1) {
     const long R = H / G, NC = (Tn + L - 1) / L, qs = G * K, vs = H * V, ks = H * K;
     double *Gl = malloc(L * sizeof(double));
     T *Gf = malloc(L * sizeof(T));
@@ -109,7 +110,7 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
         for (long c = NC - 1; c >= 0; c--) {
             const long t0 = c * L, n = Tn - t0 < L ? Tn - t0 : L;
             const T *qc = q + ((b * Tn + t0) * G + gi) * K, *kc = k + ((b * Tn + t0) * G + gi) * K;
-            const T *vc = v + ((b * Tn + t0) * H + h) * V, *oc = dout + ((b * Tn + t0) * H + h) * V;
+            const T *vc = v + (b * Tn + t0) * vr + h * V, *oc = dout + ((b * Tn + t0) * H + h) * V;
             const long row0 = (b * Tn + t0) * H + h;  /* the chunk's first (batch, T, H) row */
             const T *gc = g + row0;
             if (c > 0) {  /* the previous chunk's start state and rows into L2 while this one
@@ -121,12 +122,12 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                 for (long t = 0; t < L; t++) {
                     const char *qr = (const char *)(q + ((b * Tn + u0 + t) * G + gi) * K);
                     const char *kr = (const char *)(k + ((b * Tn + u0 + t) * G + gi) * K);
-                    const char *vr = (const char *)(v + ((b * Tn + u0 + t) * H + h) * V);
+                    const char *vrow = (const char *)(v + (b * Tn + u0 + t) * vr + h * V);
                     const char *orr = (const char *)(dout + ((b * Tn + u0 + t) * H + h) * V);
                     for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
                         __builtin_prefetch(qr + x, 0, 2), __builtin_prefetch(kr + x, 0, 2);
                     for (long x = 0; x < (long)(V * sizeof(T)); x += 64)
-                        __builtin_prefetch(vr + x, 0, 2), __builtin_prefetch(orr + x, 0, 2);
+                        __builtin_prefetch(vrow + x, 0, 2), __builtin_prefetch(orr + x, 0, 2);
                 }
             }
             double run = 0;
@@ -137,14 +138,14 @@ void NAME(ssd_bwd_chunk)(const T *restrict q, const T *restrict k, const T *rest
                 for (long j = 0; j < V; j++) dOs[t * V + j] = e * oc[t * vs + j];
             }
             NAME(ssd_transpose)(Kt, kc, n, K, qs);
-            NAME(ssd_transpose)(Vt, vc, n, V, vs);
+            NAME(ssd_transpose)(Vt, vc, n, V, vr);
             /* the start state's and the last state's gradient's terms; dq^T = S dO^T from
                the stored state as it is (dO^T and dq^T transposed: V n + K n elements
                against S^T's K V) */
             NAME(ssd_transpose)(dOt, dOs, n, V, V);
             NAME(ssd_mm)(Sc + (p * NC + c) * K * V, dOt, dqt, K, n, V, V, 1, n, 1, n, 0);
             NAME(trs)(dqc, K, dqt, n, K, n);
-            NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vs, 1, K, 1, K, 0);
+            NAME(ssd_mm)(vc, dSt, dkc, n, K, V, vr, 1, K, 1, K, 0);
             NAME(ssd_mm)(dSt, Kt, St, V, n, K, K, 1, n, 1, n, 0);  /* dv^T */
             NAME(trs)(dvc, V, St, n, V, n);
             for (long t = 0; t < n; t++) {

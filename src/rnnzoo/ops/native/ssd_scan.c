@@ -18,7 +18,9 @@
    the state before every L-th step, S_0 first (Sc: (batch, H, ceil(T / L), K, V)), from
    which ssd_chunk.c's ssd_bwd_chunk runs the backward by chunks.
 
-   Layouts (row-major, contiguous): q, k (batch, T, G, K); v, o (batch, T, H, V);
+   Layouts (row-major, contiguous): q, k (batch, T, G, K); o (batch, T, H, V); v (batch, T, H,
+   V) with its (batch, T) rows vr >= H V apart (vr = H V: contiguous; more: a slice of a wider
+   row, mamba3's x read in place from in_proj's output);
    g, d (batch, T, H) (d may be NULL: none); S0, S_T (batch, H, K, V). Head h reads group h / (H / G).
    The (batch row, head) pairs [p0, p1). Plain C; compiled by rnnzoo.ops.native. */
 
@@ -43,7 +45,7 @@
 #define SSD_STEPS 3
 
 /* ns (1 .. SSD_STEPS, a constant where inlined) steps on the tile S (K rows of two vectors),
-   from step rows q0, k0 (qs apart), v0, o0 (the tile's slices, vs apart), d0 (ds apart; NULL:
+   from step rows q0, k0 (qs apart), v0 (the tile's slice, vrs apart), o0 (vs apart), d0 (ds apart; NULL:
    none), c, e (the steps' scales): row i of step u: S += k_u[i] (c_u v_u), then o_u +=
    q_u[i] S (acc[u]: the even rows' halves in 0, 1, the odd rows' in 2, 3), o_u = e_u o_u +
    d_u v_u; each state row loaded and stored once for the ns steps. One step a pass was bound
@@ -51,12 +53,12 @@
    with 3 steps; 4 steps' 16 accumulators spill: slower than 3) */
 static inline __attribute__((always_inline)) void NAME(ssd_steps)(
         VEC *restrict S, long K, const T *restrict q0, const T *restrict k0, long qs,
-        const T *restrict v0, T *restrict o0, long vs, const T *restrict d0, long ds,
+        const T *restrict v0, long vrs, T *restrict o0, long vs, const T *restrict d0, long ds,
         const T *restrict c, const T *restrict e, long w, const int ns) {
     VEC vr[SSD_STEPS][2], vt[SSD_STEPS][2], acc[SSD_STEPS][4];
 #pragma GCC unroll 8
     for (int u = 0; u < ns; u++) {
-        NAME(tile_load)(vr[u], v0 + u * vs, w);
+        NAME(tile_load)(vr[u], v0 + u * vrs, w);
         vt[u][0] = c[u] * vr[u][0], vt[u][1] = c[u] * vr[u][1];
         acc[u][0] = acc[u][1] = acc[u][2] = acc[u][3] = (VEC){0};
     }
@@ -89,8 +91,8 @@ static inline __attribute__((always_inline)) void NAME(ssd_steps)(
 
 void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict d, const T *restrict S0,
-                   T *restrict o, T *restrict ST, T *restrict Sc, long L, long Tn, long G, long H, long K, long V, long p0,
-                   long p1) {
+                   T *restrict o, T *restrict ST, T *restrict Sc, long L, long Tn, long G, long H, long K, long V, long vr,
+                   long p0, long p1) {
     const long R = H / G, NC = L > 0 ? (Tn + L - 1) / L : 0;
     VEC *S = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));
     /* a pair's per-step factors, shared by its tiles: the tile times m_t before step t
@@ -161,13 +163,13 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
                         __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
                     /* and v_t's tile slice (rows H V apart: past a page every few steps) */
-                    const char *va = (const char *)(v + ((b * Tn + u) * H + h) * V + j0);
+                    const char *va = (const char *)(v + (b * Tn + u) * vr + h * V + j0);
                     for (long x = 0; x < (long)(w * sizeof(T)); x += 64) __builtin_prefetch(va + x, 0, 3);
                 }
                 const T *qt = q + ((b * Tn + t) * G + gi) * K, *kt = k + ((b * Tn + t) * G + gi) * K;
                 const T *dt = d ? d + row : NULL;
-#define SSD_BLOCK(ns) NAME(ssd_steps)(S, K, qt, kt, G * K, v + row * V + j0, o + row * V + j0, \
-                                      H * V, dt, H, c + t, e + t, w, ns)
+#define SSD_BLOCK(ns) NAME(ssd_steps)(S, K, qt, kt, G * K, v + (b * Tn + t) * vr + h * V + j0, \
+                                      vr, o + row * V + j0, H * V, dt, H, c + t, e + t, w, ns)
                 if (ns == SSD_STEPS) SSD_BLOCK(SSD_STEPS);
                 else if (ns == 2) SSD_BLOCK(2);
                 else SSD_BLOCK(1);

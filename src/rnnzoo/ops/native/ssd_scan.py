@@ -28,8 +28,8 @@ def load():
 
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
-    return (native.kernel(lib[0], "ssd_fwd", dtype, [P] * 9 + [L] * 8),
-            native.kernel(lib[1], "ssd_bwd_chunk", dtype, [P] * 15 + [L] * 8))
+    return (native.kernel(lib[0], "ssd_fwd", dtype, [P] * 9 + [L] * 9),
+            native.kernel(lib[1], "ssd_bwd_chunk", dtype, [P] * 15 + [L] * 9))
 
 
 # the backward's chunk length (ssd_bwd_chunk); the forward stores each chunk's start state
@@ -62,23 +62,38 @@ def flops(pairs: int, tokens: int, K: int, V: int, L: int = CHUNK,
     return 2 * pairs * K * V * 2 * tokens, 2 * pairs * bwd
 
 
+def _rows(v):
+    """The stride of v's (B, T) rows where the kernels read v (B, T, H, V) in place (rows of
+    contiguous heads, one stride apart: a slice of wider rows, mamba3's x from in_proj's
+    output, ~1.4-2.3 ms of copy at the #17 size), else None. Size-1 dimensions' strides are
+    free."""
+    B, T, H, V = v.shape
+    s = v.stride()
+    vr = s[1] if T > 1 else s[0] if B > 1 else H * V
+    ok = (s[3] == 1 or V == 1) and (s[2] == V or H == 1) and vr >= H * V and \
+        (B == 1 or s[0] == T * vr)
+    return vr if ok else None
+
+
 class _NativeSSD(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, g, S0, d):
-        q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
+        q, k, g, S0 = (t.contiguous() for t in (q, k, g, S0))
         d = None if d is None else d.contiguous()
         B, T, G, K = q.shape
         H, V = v.shape[2:]
+        vr = _rows(v)
+        v, vr = (v, vr) if vr else (v.contiguous(), H * V)
         L = CHUNK
-        o, ST = torch.empty_like(v), torch.empty_like(S0)
+        o, ST = v.new_empty(v.shape), torch.empty_like(S0)
         # the chunks' start states (B, H, ceil(T / L), K, V) for the backward, if one will run
         Sc = S0.new_empty(B, H, -(-T // L), K, V) if any(ctx.needs_input_grad) else None
         fwd, _ = _kernels(lib, q.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (q, k, v, g, d, S0, o, ST, Sc))
-                         + (L, T, G, H, K, V, *p) for p in native.rows(B * H)])
+                         + (L, T, G, H, K, V, vr, *p) for p in native.rows(B * H)])
         flop_count.add(flops(B * H, T, K, V, L)[0])
         ctx.save_for_backward(q, k, v, g, d, Sc, ST)
-        ctx.lib, ctx.L = lib, L
+        ctx.lib, ctx.L, ctx.vr = lib, L, vr
         return o, ST
 
     @staticmethod
@@ -90,11 +105,12 @@ class _NativeSSD(first_order.Function):
         dST = None if dST is None else dST.contiguous()
         _, bwd = _kernels(ctx.lib, q.dtype)
         dq, dk = q.new_empty(B, T, H, K), q.new_empty(B, T, H, K)
-        dv, dg, dS0 = torch.empty_like(v), torch.empty_like(g), v.new_empty(B, H, K, V)
+        dv, dg, dS0 = v.new_empty(v.shape), torch.empty_like(g), v.new_empty(B, H, K, V)
         dd = None if d is None else torch.empty_like(d)
         native.run(bwd, [tuple(native.ptr(t) for t in (q, k, v, g, d, Sc, ST, dST, do, dq, dk, dv,
                                                        dg, dd, dS0))
-                         + (T, G, H, K, V, ctx.L, *p) for p in native.rows(B * H)])
+                         + (T, G, H, K, V, ctx.vr, ctx.L, *p)
+                         for p in native.rows(B * H)])
         flop_count.add(flops(B * H, T, K, V, ctx.L, dST is not None)[1])
         if H != G:  # the heads of each group read the same q, k
             dq, dk = (t.view(B, T, G, H // G, K).sum(3) for t in (dq, dk))
