@@ -173,3 +173,42 @@ def test_every_layer_builds_on_the_meta_device(name):
         {k: v.shape for k, v in real.state_dict().items()}
     off_meta = [k for k, t in skeleton.state_dict().items() if not t.is_meta]
     assert not off_meta, off_meta
+
+
+@pytest.mark.parametrize("kind", ["dsr", "chimera"])
+def test_forged_config_of_another_model_kind_fails_before_building_it(tmp_path, monkeypatch,
+                                                                       kind):
+    """The dsr and chimera kinds were built from the config's sizes before the tensors were
+    checked: a small file whose config says latent_size (d_model) 2**22 allocated a 64 TB
+    matrix (a RuntimeError, or the OOM killer). Now they are checked on the meta device."""
+    from rnnzoo.grid.chimera import ChimeraConfig, ChimeraForecaster
+    from rnnzoo.models.dsr import DSRConfig, DSRModel
+    torch.manual_seed(0)
+    model = DSRModel(DSRConfig(cell="plrnn", observation_dim=3, latent_size=8)) \
+        if kind == "dsr" else ChimeraForecaster(ChimeraConfig(channels=3, d_model=8))
+    size = "latent_size" if kind == "dsr" else "d_model"
+    real, built = checkpoint.MODEL_KINDS[kind], []
+
+    def spy(config, source):
+        device = torch.empty(0).device.type
+        built.append(device)
+        if device != "meta" and config[size] > 1000:
+            raise AssertionError(f"built {size}={config[size]} on {device} before checking")
+        return real(config, source)
+
+    monkeypatch.setitem(checkpoint.MODEL_KINDS, kind, spy)
+    save_tensors(tmp_path / "honest.safetensors", model.state_dict(),
+                 {"rnnzoo.config": model.config.to_json()})
+    loaded = rnnzoo.load(tmp_path / "honest.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 model.state_dict().values()))
+    assert built == ["meta", "cpu"]
+    built.clear()
+    config = dict(json.loads(model.config.to_json()), **{size: 2**22})
+    path = tmp_path / "model.safetensors"
+    save_tensors(path, model.state_dict(), {"rnnzoo.config": json.dumps(config)})
+    with pytest.raises(ValueError, match=r"does not fit the model of its config.*shape "
+                                         r"differs") as e:
+        rnnzoo.load(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert built == ["meta"]

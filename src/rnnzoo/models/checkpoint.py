@@ -334,7 +334,11 @@ def load(path, device=None):
         if config["model"] not in MODEL_KINDS:
             raise ValueError(f"{weights}: its config names model {config['model']!r}; known: "
                              f"{', '.join(sorted(MODEL_KINDS))}")
-        model = MODEL_KINDS[config["model"]](config, weights)
+        build = MODEL_KINDS[config["model"]]
+        list_layers()  # as _skeleton: every layer module imported before building on meta
+        with torch.device("meta"), _NoFills():  # the shapes first, no memory
+            check_fits(build(config, weights), tensors, weights, strict=True)
+        model = build(config, weights)
         load_state(model, tensors, weights, strict=True)
         return model.to(device) if device is not None else model
     try:
