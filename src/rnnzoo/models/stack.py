@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from rnnzoo.checks import int_in
+from rnnzoo.layers.base import RecurrentLayer, valid_mask
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
 from rnnzoo.ops.native.linear import Linear
 
@@ -136,7 +137,19 @@ class SequenceModel(nn.Module):
         Packed documents: inputs (1, T) end to end, cu_seqlens (N + 1,) their boundaries
         (layers/base.py); every block restarts at each boundary, and the state has one row
         per document.
+
+        Right padding, `lengths` (B,): the padded inputs are never read (tokens out of the
+        vocabulary, NaN or inf there change no valid output, state or gradient) and the
+        padded outputs are 0, as a layer's.
         """
+        valid = None
+        if lengths is not None:
+            lengths = RecurrentLayer._check_lengths(None, lengths, inputs)
+            valid = valid_mask(lengths, inputs.shape[1])
+            # the embedding's weight gradient reads its inputs: NaN * 0 would be NaN there
+            zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+            inputs = torch.where(valid.view(*valid.shape, *(1,) * (inputs.dim() - 2)),
+                                 inputs, zero)
         x = self._embed(inputs)
         state = state if state is not None else (None,) * len(self.blocks)
         new_state = []
@@ -144,7 +157,10 @@ class SequenceModel(nn.Module):
         for block, s in zip(self.blocks, state):
             x, s = block(x, s, mode=mode, lengths=lengths, **packed)
             new_state.append(s)
-        return self.head(self.norm(x)), tuple(new_state)
+        y = self.head(self.norm(x))
+        if valid is not None:
+            y = torch.where(valid.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return y, tuple(new_state)
 
     def step(self, inputs_t, state=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
