@@ -21,7 +21,8 @@ import torch
 
 from rnnzoo.checks import int_in
 from rnnzoo.io import parse_json, read_text
-from rnnzoo.models.checkpoint import load_tensors
+from rnnzoo.models.checkpoint import _NoFills, load_tensors
+from rnnzoo.registry import list_layers
 
 # model_type -> the module of this package that maps it
 TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
@@ -89,8 +90,24 @@ def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_
     """
     config = read_config(path)
     module = mapping(config["model_type"])
-    model = module.build(config, max_len=int_in("max_len", max_len))
+    max_len = int_in("max_len", max_len)
     tensors = module.rename(read_tensors(path), config)
+    try:  # the config's sizes against the tensors first, on the meta device: no memory
+        list_layers()  # (every layer module imported first, so no constant of one is meta)
+        with torch.device("meta"), _NoFills():
+            skeleton = module.build(config, max_len=max_len)
+    except RuntimeError:  # a part that cannot be built without values: checked once built
+        skeleton = None
+    if skeleton is not None:
+        _check_fits(path, config, skeleton, tensors)
+    model = module.build(config, max_len=max_len)
+    _check_fits(path, config, model, tensors)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def _check_fits(path, config: dict, model, tensors: dict) -> None:
+    """Every checkpoint tensor placed, every parameter set, each of the model's shape."""
     own = model.state_dict()
     extra = sorted(set(tensors) - set(own))
     missing = sorted(set(own) - set(tensors))
@@ -101,5 +118,3 @@ def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_
         if t.shape != own[name].shape:
             raise ValueError(f"{path}: tensor for {name} has shape {tuple(t.shape)}, the model "
                              f"needs {tuple(own[name].shape)}")
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
