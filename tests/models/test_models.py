@@ -62,10 +62,30 @@ def test_generate_sampling_top_k_and_errors():
     assert torch.equal(out, model.generate(prompt, 6, temperature=0))  # top-1 sampling is greedy
     out = model.generate(prompt, 6, temperature=2.0, top_k=3, generator=g)
     assert out.shape == (4, 9) and int(out.max()) < 11
-    with pytest.raises(ValueError, match="temperature must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"temperature must lie in \[0, inf\], got -1"):
         model.generate(prompt, 2, temperature=-1)
     with pytest.raises(ValueError, match="top_k must be an int >= 1, got 0"):
         model.generate(prompt, 2, top_k=0)
+
+
+def test_generate_tiny_temperature_bad_temperature_and_tokens_out_of_the_vocabulary():
+    """A temperature that divides the logits to +-inf (1e-40 in float32, 1e-300 rounding to
+    0.0 in float32) sampled from NaN probabilities: a RuntimeError from multinomial; now it
+    is greedy. A NaN / inf / bool temperature and prompt tokens outside the vocabulary were
+    a RuntimeError / silently 1 / an IndexError; now one ValueError naming the argument."""
+    model = tiny("mingru").float()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    greedy = model.generate(prompt, 5, temperature=0)
+    for t in (1e-40, 1e-300, 5e-324):
+        g = torch.Generator().manual_seed(0)
+        assert torch.equal(model.generate(prompt, 5, temperature=t, generator=g), greedy), t
+    for t in (float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="temperature must be a finite real number"):
+            model.generate(prompt, 2, temperature=t)
+    for bad in (11, -1, -100):
+        with pytest.raises(ValueError, match=r"prompt tokens must lie in \[0, 10\] "
+                                             r"\(vocab_size 11\), got -?\d+\.\.\d+"):
+            model.generate(torch.tensor([[1, bad]]), 2)
 
 
 def test_hybrid_pattern_and_hooks():

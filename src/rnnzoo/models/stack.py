@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from rnnzoo.checks import int_in
+from rnnzoo.checks import int_in, real
 from rnnzoo.layers.base import RecurrentLayer, valid_mask
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
 from rnnzoo.ops.native.linear import Linear
@@ -184,12 +184,17 @@ class SequenceModel(nn.Module):
         if self.config.vocab_size is None:
             raise ValueError("generate needs a token model (vocab_size), this one has input_dim")
         int_in("max_new_tokens", max_new_tokens, lo=0)
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        real("temperature", temperature, lo=0)
         if top_k is not None:
             int_in("top_k", top_k)
-        if prompt.dim() != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt must have shape (batch, time >= 1), got {tuple(prompt.shape)}")
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt must have shape (batch, time >= 1), got "
+                             f"{tuple(getattr(prompt, 'shape', ())) or type(prompt).__name__}")
+        V = self.config.vocab_size
+        if not prompt.dtype.is_floating_point and not prompt.is_complex() and \
+                prompt.dtype != torch.bool and bool(((prompt < 0) | (prompt >= V)).any()):
+            raise ValueError(f"prompt tokens must lie in [0, {V - 1}] (vocab_size {V}), got "
+                             f"{int(prompt.min())}..{int(prompt.max())}")
         logits, state = self(prompt)
         logits, out = logits[:, -1], [prompt]
         for i in range(max_new_tokens):
@@ -203,7 +208,9 @@ class SequenceModel(nn.Module):
     def _sample(logits, temperature, top_k, generator):
         if temperature == 0:
             return logits.argmax(-1)
-        logits = logits.float() / temperature
+        # float64 and the largest logit at 0 first: a tiny temperature gives -inf, never NaN
+        logits = logits.double()
+        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
