@@ -63,13 +63,33 @@ def read_config(path) -> dict:
 
 
 def read_tensors(path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's *.safetensors files (sharded or not), by name."""
-    files = sorted(Path(path).glob("*.safetensors"))
+    """Every tensor of the folder's *.safetensors files (sharded or not), by name. With a
+    model.safetensors.index.json, the files its weight_map names; a tensor in two files
+    (a consolidated file left beside its shards) is an error naming both."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = parse_json(read_text(index), index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index} has no weight_map of tensor names to files")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} names {absent[:3]}, absent from {path}")
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no *.safetensors file")
-    tensors = {}
+    tensors, where = {}, {}
     for f in files:
-        tensors.update(load_tensors(f)[0])
+        for name, t in load_tensors(f)[0].items():
+            if name in where:
+                raise ValueError(f"{path}: tensor {name!r} is in both {where[name]} and "
+                                 f"{f.name}; remove the stale file (or give the shards a "
+                                 f"model.safetensors.index.json)")
+            tensors[name], where[name] = t, f.name
     return tensors
 
 
