@@ -212,3 +212,29 @@ def test_forged_config_of_another_model_kind_fails_before_building_it(tmp_path, 
         rnnzoo.load(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
     assert built == ["meta"]
+
+
+def test_entries_torch_cannot_take_fail_in_one_line(tmp_path):
+    """A size past int64 (a TypeError from reshape), a BOOL tensor holding bytes other than
+    0/1 (undefined for torch), a header nested past the recursion limit (RecursionError):
+    each is now one ValueError naming the file. (parse_json, io.py, serves every JSON read.)"""
+    path = tmp_path / "model.safetensors"
+    for entry, body, message in (
+            ({"dtype": "F32", "shape": [2**64, 0], "data_offsets": [0, 0]}, b"",
+             r"has shape \[18446744073709551616, 0\], not a list of sizes"),
+            ({"dtype": "BOOL", "shape": [4], "data_offsets": [0, 4]}, bytes([0, 1, 2, 255]),
+             r"tensor 't' is BOOL but holds bytes other than 0 and 1")):
+        head = json.dumps({"t": entry}).encode()
+        head += b" " * (-len(head) % 8)
+        path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+        with pytest.raises(ValueError, match=message) as e:
+            load_tensors(path)
+        assert str(e.value).startswith(f"{path} is not a valid safetensors file")
+    head = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(ValueError, match=r"safetensors header is not JSON rnnzoo reads: nested "
+                                         r"deeper than \d+ levels"):
+        load_tensors(path)
+    from rnnzoo.io import parse_json
+    with pytest.raises(ValueError, match=r"^x\.json is not JSON rnnzoo reads"):
+        parse_json('{"a": ' * 100_000, "x.json")

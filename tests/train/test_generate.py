@@ -72,7 +72,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
      "'task_options' is 5, not a dict"),
     ("train_config.json", '{"task": "text", "layer": "lstm", "d_model": "x"}',
      "--d-model must be an int"),
-    ("model.safetensors", DEEP, "holds a damaged model (RecursionError"),
+    ("model.safetensors", DEEP, "its rnnzoo.config metadata is not JSON rnnzoo reads: nested "
+                                "deeper than"),
 ])
 def test_a_damaged_run_folder_is_one_line(tmp_path, capsys, name, text, message):
     from rnnzoo.models.checkpoint import load_tensors, save_tensors
