@@ -54,7 +54,8 @@ def test_a_char_run_whose_text_moved_says_why_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--temperature", "nan"), ("--temperature", "inf"),
-                                        ("--temperature", "-1"), ("--tokens", "-1")])
+                                        ("--temperature", "-1"), ("--tokens", "-1"),
+                                        ("--prompt", "")])  # was "prompt must have shape"
 def test_generate_options_are_checked(tmp_path, capsys, flag, value):
     _, run = _text_run(tmp_path, "byte")
     capsys.readouterr()
