@@ -4,6 +4,7 @@ timing helper, the command line with and without the peers."""
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,8 +103,36 @@ def test_bad_arguments_are_named():
     import argparse
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    with pytest.raises(SystemExit, match="--lengths"):
+    with pytest.raises(ValueError, match="--lengths"):
         bench.main(p.parse_args(["--layers", "mingru", "--lengths", "0"]))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--options", "[1]"], r"--options must be a JSON object of objects"),
+    (["--options", '{"mingru": 2}'], r"--options must be a JSON object of objects"),
+    (["--options", "{bad"], r"--options is not valid JSON \(Expecting property name"),
+    (["--options", '{"mingruu": {}}'], r"unknown layer 'mingruu'"),
+    (["--options", '{"mingru": {"expand": "x"}}'], r"--options for layer 'mingru' "
+                                                   r"\{'expand': 'x'\}: "),
+    (["--options", '{"mingru": {"nope": 1}}'], r"--options for layer 'mingru' .*'nope'"),
+    (["--lengths", "8,x"], r"--lengths must be comma-separated ints, got '8,x'"),
+    (["--grid", "--family", "classic"], r"--grid takes --layers"),
+])
+def test_bad_options_are_one_line_exit_2(argv, message, capsys):
+    """`rnnzoo bench` with a bad --options or --lengths: one line `rnnzoo bench: error:
+    ...`, exit code 2, before anything is timed. Before, a list raised AttributeError, a bad
+    option value a TypeError traceback (exit 1) from the timing loop, bad JSON a SystemExit
+    of another form (exit 1), and a misspelt layer name was ignored."""
+    from rnnzoo.cli import main
+    small = ["--batch", "1", "--repeat", "1", "--no-memory"]
+    small += [] if "--lengths" in argv else ["--lengths", "8"]
+    layers = [] if "--grid" in argv else ["--layers", "mingru"]
+    assert main(["bench", *layers, *argv, *small]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnzoo bench: error: "), err
+    assert re.search(message, lines[0]), lines[0]
+    assert "fwd ms" not in out  # nothing was timed
 
 
 def test_memory_probe_runs_a_peer_baseline():
@@ -213,7 +242,7 @@ def test_command_line_vs_lstm_and_bad_threads():
     import argparse
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    with pytest.raises(SystemExit, match="--threads"):
+    with pytest.raises(ValueError, match="--threads"):
         bench.main(p.parse_args(["--vs-lstm", "--layers", "mingru", "--threads", "0"]))
     r = _run(["benchmarks/cpu.py", "--layers", "mingru", "--threads", "1", *SMALL],
              [ROOT / "src"])

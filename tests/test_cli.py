@@ -36,6 +36,15 @@ def test_train_writes_a_run_folder(tmp_path, capsys):
      "expand must be a positive int, got 0"),
     (["--task", "parity", "--layer", "lstm", "--layers", "1"],
      "--layers is now --depth .*: use --depth 1; --layers lists layer names in suite and bench"),
+    # --window without --hybrid was ignored, --window 0 even with it (a falsy int)
+    (["--task", "parity", "--layer", "lstm", "--window", "4"],
+     r"--window sets the attention blocks of --hybrid, and this model has none"),
+    (["--task", "parity", "--layer", "lstm", "--window", "0"], r"--window sets the attention"),
+    (["--task", "parity", "--layer", "lstm", "--hybrid", "1:1", "--window", "0"],
+     r"window must be a positive int or None, got 0"),
+    # was "invalid literal for int() with base 10: 'abc'", naming no option
+    (["--task", "parity", "--layer", "lstm", "--task-option", "train_lengths=abc"],
+     r"train_lengths must be comma-separated ints, got 'abc'"),
 ])
 def test_errors_are_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["train", *argv, "--out", str(tmp_path), "--steps", "1"]) == 2

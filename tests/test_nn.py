@@ -138,6 +138,27 @@ def test_any_cell_packed_equals_per_sequence(cell):
             assert (a[:, b] - e).abs().max() < 1e-12
 
 
+def test_cells_whose_state_has_the_input_width():
+    """tgru/tlstm keep x_{t-1} and intersection_rnn its output y (input width) in the state:
+    stacked over layers of other input widths, the state parts differ per layer and cannot
+    be torch's (D*num_layers, N, n) tensors. That failed in forward with a raw torch.cat /
+    matmul shape error; now the constructor says why in one line. Where the widths agree
+    (num_layers=1, or input_size = the later layers' input width) it runs."""
+    for cell, kw in (("tgru", dict(num_layers=2)), ("tlstm", dict(num_layers=2)),
+                     ("intersection_rnn", dict(num_layers=2, bidirectional=True))):
+        with pytest.raises(ValueError, match=rf"cell '{cell}' keeps state of its input's "
+                                             r"width.*use num_layers=1"):
+            znn.RNN(4, 6, cell=cell, **kw)
+    x = torch.randn(5, 2, 6)
+    for cell, kw in (("tgru", dict(num_layers=2)), ("tlstm", dict(bidirectional=True)),
+                     ("intersection_rnn", dict(num_layers=2))):
+        rnn = znn.RNN(6, 6, cell=cell, **kw)
+        y, s = rnn(x)
+        assert y.shape == (5, 2, 6 * (2 if kw.get("bidirectional") else 1))
+        assert all(t.shape[:2] == (rnn.num_layers * (1 + rnn.bidirectional), 2)
+                   for t in _flat(s))
+
+
 def test_truncated_bptt_carries_detached_state():
     """Truncated BPTT: each chunk starts from the previous chunk's detached state; the
     outputs equal one pass over the whole sequence and gradients stop at chunk boundaries."""

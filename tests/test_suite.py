@@ -100,3 +100,21 @@ def test_a_diverged_run_is_left_out_and_the_others_go_on(tmp_path, capsys, monke
         "is nan at step 2" in out
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [r["lr"] for r in rows] == ["0.001"]
+
+
+def test_a_damaged_final_json_of_a_done_run_is_one_line(tmp_path, capsys):
+    """A finished run's final.json cut short (or missing its keys) was read by json.loads
+    (a message naming no file) or indexed (a KeyError traceback); now one line naming it."""
+    argv = ["suite", "--tasks", "parity", "--layers", "lstm", "--depth", "1", *TINY, "--out",
+            str(tmp_path), "--quiet"]
+    assert main(argv) == 0
+    final = tmp_path / "parity" / "lstm" / "lr0.001" / "final.json"
+    text = final.read_text()
+    for damaged, message in ((text[: len(text) // 2], "is not valid JSON"),
+                             ('{"task": "parity"}', "is damaged: it needs task, layer, lr")):
+        final.write_text(damaged)
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rnnzoo suite: error: ") and err.count("\n") == 1, err
+        assert str(final) in err and message in err, err

@@ -275,7 +275,10 @@ def cases_for(layers, modes, lengths, batch, d_model, options, dtype, device,
         all_modes = info.modes
         if grid:  # an instance's modes (scan2d's are its 1-D layer's)
             from rnnzoo.grid import create_grid
-            all_modes = create_grid(name, d_model=d_model, **opts).modes
+            all_modes = _built(name, lambda: create_grid(name, d_model=d_model, **opts),
+                               opts).modes
+        else:  # a bad option fails here in one line, not as a traceback while timing
+            _built(name, lambda: create(name, d_model=d_model, **opts), opts)
         chosen = [m for m in all_modes if modes is None or m in modes]
         if not chosen:
             continue
@@ -518,7 +521,7 @@ def speed_vs_lstm(layers, batch=16, length=512, d_model=128, threads=(1, 2), rep
                 opts = {**_accepted(get_layer_info(name).cls, options.get("*", {})),
                         **options.get(name, {})}
                 torch.manual_seed(0)
-                layer = create(name, d_model=d_model, **opts)
+                layer = _built(name, lambda: create(name, d_model=d_model, **opts), opts)
                 x = torch.randn(batch, length, d_model, requires_grad=True)
                 mode = layer.auto_mode(x)
                 layer_run = _fwd_bwd(lambda: layer(x, mode=mode)[0], x)
@@ -589,11 +592,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated thread counts for --vs-lstm")
 
 
+def _parse_options(text: str, grid_layers=None) -> dict[str, dict]:
+    """--options: a JSON object {"*" or a layer name: {option: value}}; anything else
+    (bad JSON, another shape, an unknown layer name) is one ValueError line."""
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--options is not valid JSON ({e}): {text!r}") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(f'--options must be a JSON object of objects, {{"*" or a layer name: '
+                         f'{{option: value}}}}, got {text!r}')
+    for name in options:
+        if name != "*":
+            GRID_LAYERS[name] if grid_layers is not None else get_layer_info(name)
+    return options
+
+
+def _built(name: str, build, options: dict):
+    """build(), a layer constructor's TypeError/ValueError (a bad option) as one ValueError."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--options for layer {name!r} {options}: "
+                         f"{' '.join(str(e).split())}") from None
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(torch.get_num_threads())
     if args.grid and (args.vs_lstm or args.family):
-        raise SystemExit("rnnzoo bench: --grid takes --layers (2-D layers), not --family or "
-                         "--vs-lstm")
+        raise ValueError("--grid takes --layers (2-D layers), not --family or --vs-lstm")
     if args.layers:
         layers = [n.strip() for n in args.layers.split(",") if n.strip()]
         for n in layers:
@@ -604,18 +631,19 @@ def main(args: argparse.Namespace) -> list[dict]:
         layers = [i.name for i in list_layers(None if args.family == "all" else args.family)]
     try:
         lengths = [int(v) for v in args.lengths.split(",")]
-        options = json.loads(args.options)
-    except ValueError as e:
-        raise SystemExit(f"rnnzoo bench: bad --lengths or --options: {e}")
+    except ValueError:
+        raise ValueError(f"--lengths must be comma-separated ints, got {args.lengths!r}") from None
+    options = _parse_options(args.options, GRID_LAYERS if args.grid else None)
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
-        raise SystemExit("rnnzoo bench: --lengths, --batch, --d-model and --repeat must be >= 1")
+        raise ValueError("--lengths, --batch, --d-model and --repeat must be >= 1")
     if args.vs_lstm:
         try:
             threads = [int(v) for v in args.threads.split(",")]
-        except ValueError as e:
-            raise SystemExit(f"rnnzoo bench: bad --threads: {e}")
+        except ValueError:
+            raise ValueError(f"--threads must be comma-separated ints, got "
+                             f"{args.threads!r}") from None
         if any(n < 1 for n in threads) or args.device != "cpu" or args.dtype != "float32":
-            raise SystemExit("rnnzoo bench: --vs-lstm runs float32 on cpu with --threads >= 1")
+            raise ValueError("--vs-lstm runs float32 on cpu with --threads >= 1")
         rows = speed_vs_lstm(layers, args.batch, lengths[0], args.d_model, threads,
                              args.repeat, options, compile=args.compile, pin_allocator=True)
         if args.json:

@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "parse_json", "read_text"]
@@ -113,3 +114,6 @@ def parse_json(text: str | bytes, source) -> object:
     except json.JSONDecodeError as e:
         raise ValueError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, "
                          f"column {e.colno}") from None
+    except RecursionError:  # arrays or objects nested deeper than Python's recursion limit
+        raise ValueError(f"{source} is not JSON rnnzoo reads: nested deeper than "
+                         f"{sys.getrecursionlimit()} levels") from None

@@ -73,6 +73,13 @@ class RNN(nn.Module):
             for _ in range(D):
                 in_size = input_size if layer == 0 else D * cells[-1].output_size
                 cells.append(cls(in_size, hidden_size, **cell_options))
+        sizes = {c.state_sizes for c in cells}
+        if len(sizes) > 1:  # the state is one (D*num_layers, N, n) tensor per part, as torch's
+            raise ValueError(
+                f"cell {cell!r} keeps state of its input's width, which differs between the "
+                f"layers here (state sizes {', '.join(map(str, sorted(sizes)))}), so hx cannot "
+                f"be (D*num_layers, N, n) tensors; use num_layers=1, or an input_size equal "
+                f"to the later layers' input width ({D} x the cell's output width)")
         self.cells = nn.ModuleList(cells).to(device=device, dtype=dtype)
         self._register_state_dict_hook(_to_torch_keys)
         self._register_load_state_dict_pre_hook(self._from_torch_keys)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from rnnzoo.io import atomic_write_text
+from rnnzoo.io import atomic_write_text, parse_json, read_text
 from rnnzoo.registry import get_layer_info, list_layers
 from rnnzoo.tasks import list_tasks, task_class, task_options
 from rnnzoo.train import FINAL, TrainConfig, train
@@ -67,6 +66,18 @@ def _done_already(config: TrainConfig, overwrite: bool) -> bool:
                      f"suite has {name}={new!r}); --overwrite retrains it, or choose another --out")
 
 
+def _final_record(path: Path) -> dict:
+    """A finished run's final.json; a damaged one is one line naming it."""
+    record = parse_json(read_text(path), path)
+    need = {"task": str, "layer": str, "lr": (int, float), "metric": str,
+            "value": (int, float)}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t)
+                                               for k, t in need.items()):
+        raise ValueError(f"{path} is damaged: it needs {', '.join(need)}; delete it (or use "
+                         f"--overwrite) to train that run again")
+    return record
+
+
 def run_grid(configs: list[TrainConfig], out: Path, quiet: bool = False,
              overwrite: bool = False) -> list[dict]:
     """Train every config (skipping finished ones); returns the final records of those
@@ -76,7 +87,7 @@ def run_grid(configs: list[TrainConfig], out: Path, quiet: bool = False,
         config.out = str(run_dir(out, config.task, config.layer, config.lr))
         label = f"[{i}/{len(configs)}] {config.task} / {config.layer} / lr {config.lr:g}"
         if _done_already(config, overwrite):
-            record = json.loads((Path(config.out) / FINAL).read_text())
+            record = _final_record(Path(config.out) / FINAL)
             print(f"{label}: done already ({record['metric']} {record['value']:.4f}), skipped")
         else:
             print(f"{label}", flush=True)

@@ -162,3 +162,59 @@ def test_falcon_h1_gated_norm_equals_transformers(tmp_path, before):
         want = hf(tokens).logits
         for mode in ours.blocks[0].mixer.modes:
             assert rel_err(want, ours(tokens, mode=mode)[0]) < 1e-4, mode
+
+
+def test_forged_config_fails_before_building_the_model(tmp_path, monkeypatch):
+    """A small checkpoint whose config.json says hidden_size 2**20 (a 4 TB mamba): the
+    config's sizes are checked against the tensors on the meta device, so it fails in one
+    line naming a tensor; before, the model was built at that size first (a RuntimeError
+    from the allocator, or the OOM killer). An honest folder is built on meta, then for real."""
+    import rnnzoo.hf.mamba as hf_mamba
+    save_tiny("mamba", tmp_path)
+    built, real = [], hf_mamba.build
+
+    def spy(config, **kw):
+        device = torch.empty(0).device.type
+        built.append(device)
+        if device != "meta" and config["hidden_size"] > 1000:
+            raise AssertionError(f"built hidden_size={config['hidden_size']} on {device}")
+        return real(config, **kw)
+
+    monkeypatch.setattr(hf_mamba, "build", spy)
+    rnnzoo.from_pretrained(tmp_path)
+    assert built == ["meta", "cpu"]
+    built.clear()
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 2**20,
+                                                      "intermediate_size": 2**21}))
+    with pytest.raises(ValueError, match=r"tensor for .* has shape .*, the model needs .*"
+                                         r"1048576") as e:
+        rnnzoo.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
+    assert built == ["meta"]
+
+
+def test_a_stale_consolidated_file_beside_shards(tmp_path):
+    """A folder holding shards and a model.safetensors of another version: every
+    *.safetensors was read and the last file's tensors silently won. A tensor in two files
+    is now an error naming both; an index.json says which files to read."""
+    from rnnzoo.models.checkpoint import load_tensors, save_tensors
+    save_tiny("mamba", tmp_path)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    expected = rnnzoo.from_pretrained(tmp_path)(tokens)[0]
+    (f,) = tmp_path.glob("*.safetensors")
+    tensors = load_tensors(f)[0]
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, part in shards.items():
+        save_tensors(tmp_path / shard, {k: tensors[k] for k in part})
+    save_tensors(f, {k: torch.zeros_like(v) for k, v in tensors.items()})  # the stale one
+    assert f.name == "model.safetensors"
+    with pytest.raises(ValueError, match=r"tensor '.*' is in both model-0000.-of-00002"
+                                         r"\.safetensors and model\.safetensors"):
+        rnnzoo.from_pretrained(tmp_path)
+    weight_map = {k: shard for shard, part in shards.items() for k in part}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map":
+                                                                      weight_map}))
+    assert torch.equal(rnnzoo.from_pretrained(tmp_path)(tokens)[0], expected)

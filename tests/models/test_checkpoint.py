@@ -173,3 +173,68 @@ def test_every_layer_builds_on_the_meta_device(name):
         {k: v.shape for k, v in real.state_dict().items()}
     off_meta = [k for k, t in skeleton.state_dict().items() if not t.is_meta]
     assert not off_meta, off_meta
+
+
+@pytest.mark.parametrize("kind", ["dsr", "chimera"])
+def test_forged_config_of_another_model_kind_fails_before_building_it(tmp_path, monkeypatch,
+                                                                       kind):
+    """The dsr and chimera kinds were built from the config's sizes before the tensors were
+    checked: a small file whose config says latent_size (d_model) 2**22 allocated a 64 TB
+    matrix (a RuntimeError, or the OOM killer). Now they are checked on the meta device."""
+    from rnnzoo.grid.chimera import ChimeraConfig, ChimeraForecaster
+    from rnnzoo.models.dsr import DSRConfig, DSRModel
+    torch.manual_seed(0)
+    model = DSRModel(DSRConfig(cell="plrnn", observation_dim=3, latent_size=8)) \
+        if kind == "dsr" else ChimeraForecaster(ChimeraConfig(channels=3, d_model=8))
+    size = "latent_size" if kind == "dsr" else "d_model"
+    real, built = checkpoint.MODEL_KINDS[kind], []
+
+    def spy(config, source):
+        device = torch.empty(0).device.type
+        built.append(device)
+        if device != "meta" and config[size] > 1000:
+            raise AssertionError(f"built {size}={config[size]} on {device} before checking")
+        return real(config, source)
+
+    monkeypatch.setitem(checkpoint.MODEL_KINDS, kind, spy)
+    save_tensors(tmp_path / "honest.safetensors", model.state_dict(),
+                 {"rnnzoo.config": model.config.to_json()})
+    loaded = rnnzoo.load(tmp_path / "honest.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                 model.state_dict().values()))
+    assert built == ["meta", "cpu"]
+    built.clear()
+    config = dict(json.loads(model.config.to_json()), **{size: 2**22})
+    path = tmp_path / "model.safetensors"
+    save_tensors(path, model.state_dict(), {"rnnzoo.config": json.dumps(config)})
+    with pytest.raises(ValueError, match=r"does not fit the model of its config.*shape "
+                                         r"differs") as e:
+        rnnzoo.load(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert built == ["meta"]
+
+
+def test_entries_torch_cannot_take_fail_in_one_line(tmp_path):
+    """A size past int64 (a TypeError from reshape), a BOOL tensor holding bytes other than
+    0/1 (undefined for torch), a header nested past the recursion limit (RecursionError):
+    each is now one ValueError naming the file. (parse_json, io.py, serves every JSON read.)"""
+    path = tmp_path / "model.safetensors"
+    for entry, body, message in (
+            ({"dtype": "F32", "shape": [2**64, 0], "data_offsets": [0, 0]}, b"",
+             r"has shape \[18446744073709551616, 0\], not a list of sizes"),
+            ({"dtype": "BOOL", "shape": [4], "data_offsets": [0, 4]}, bytes([0, 1, 2, 255]),
+             r"tensor 't' is BOOL but holds bytes other than 0 and 1")):
+        head = json.dumps({"t": entry}).encode()
+        head += b" " * (-len(head) % 8)
+        path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+        with pytest.raises(ValueError, match=message) as e:
+            load_tensors(path)
+        assert str(e.value).startswith(f"{path} is not a valid safetensors file")
+    head = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(ValueError, match=r"safetensors header is not JSON rnnzoo reads: nested "
+                                         r"deeper than \d+ levels"):
+        load_tensors(path)
+    from rnnzoo.io import parse_json
+    with pytest.raises(ValueError, match=r"^x\.json is not JSON rnnzoo reads"):
+        parse_json('{"a": ' * 100_000, "x.json")

@@ -62,10 +62,30 @@ def test_generate_sampling_top_k_and_errors():
     assert torch.equal(out, model.generate(prompt, 6, temperature=0))  # top-1 sampling is greedy
     out = model.generate(prompt, 6, temperature=2.0, top_k=3, generator=g)
     assert out.shape == (4, 9) and int(out.max()) < 11
-    with pytest.raises(ValueError, match="temperature must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"temperature must lie in \[0, inf\], got -1"):
         model.generate(prompt, 2, temperature=-1)
     with pytest.raises(ValueError, match="top_k must be an int >= 1, got 0"):
         model.generate(prompt, 2, top_k=0)
+
+
+def test_generate_tiny_temperature_bad_temperature_and_tokens_out_of_the_vocabulary():
+    """A temperature that divides the logits to +-inf (1e-40 in float32, 1e-300 rounding to
+    0.0 in float32) sampled from NaN probabilities: a RuntimeError from multinomial; now it
+    is greedy. A NaN / inf / bool temperature and prompt tokens outside the vocabulary were
+    a RuntimeError / silently 1 / an IndexError; now one ValueError naming the argument."""
+    model = tiny("mingru").float()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    greedy = model.generate(prompt, 5, temperature=0)
+    for t in (1e-40, 1e-300, 5e-324):
+        g = torch.Generator().manual_seed(0)
+        assert torch.equal(model.generate(prompt, 5, temperature=t, generator=g), greedy), t
+    for t in (float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="temperature must be a finite real number"):
+            model.generate(prompt, 2, temperature=t)
+    for bad in (11, -1, -100):
+        with pytest.raises(ValueError, match=r"prompt tokens must lie in \[0, 10\] "
+                                             r"\(vocab_size 11\), got -?\d+\.\.\d+"):
+            model.generate(torch.tensor([[1, bad]]), 2)
 
 
 def test_hybrid_pattern_and_hooks():
@@ -262,3 +282,40 @@ def test_checkpoint_from_before_the_one_short_convolution_loads(tmp_path, layer,
     assert loaded.config.layer_options.get("d_conv") == 4
     tokens = torch.randint(0, 11, (2, 6))
     assert torch.equal(model(tokens)[0], loaded(tokens)[0])
+
+
+@pytest.mark.parametrize("layer", ["lstm", "mingru", "gla"])
+def test_right_padding_never_reaches_valid_outputs_states_or_gradients(layer):
+    """SequenceModel(..., lengths=): whatever the padding holds (NaN/inf floats, tokens out
+    of the vocabulary such as -100), valid outputs, states and every parameter gradient of a
+    loss on the valid outputs equal those of a batch padded with zeros; padded outputs are
+    0. Before, NaN padding gave NaN gradients (the embedding's weight gradient reads its
+    inputs: NaN * 0) and NaN padded outputs, and token -100 an IndexError."""
+    lengths = torch.tensor([5, 2, 0, 3])
+    valid = torch.arange(5) < lengths[:, None]
+    for kind, pad in (("floats", float("nan")), ("floats", float("inf")), ("tokens", -100)):
+        torch.manual_seed(0)
+        if kind == "floats":
+            model = build_model(layer=layer, d_model=8, num_layers=2, input_dim=3,
+                                output_dim=2, mlp_ratio=2.0).double()
+            clean = torch.randn(4, 5, 3, dtype=torch.float64) * valid[..., None]
+        else:
+            model = build_model(layer=layer, d_model=8, num_layers=2, vocab_size=7,
+                                mlp_ratio=2.0).double()
+            clean = torch.randint(0, 7, (4, 5)) * valid
+        dirty = torch.where(valid.view(4, 5, *(1,) * (clean.dim() - 2)), clean,
+                            torch.tensor(pad, dtype=clean.dtype))
+        results = []
+        for x in (clean, dirty):
+            model.zero_grad()
+            y, state = model(x, lengths=lengths)
+            (y[valid] ** 2).sum().backward()
+            results.append((y, state, [p.grad.clone() for p in model.parameters()]))
+        (y0, s0, g0), (y1, s1, g1) = results
+        assert torch.equal(y1[~valid], torch.zeros_like(y1[~valid])), (kind, pad)
+        assert torch.allclose(y1, y0, atol=1e-12), (kind, pad)
+        leaves = torch.utils._pytree.tree_leaves
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(leaves(s1), leaves(s0)))
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), (kind, pad)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\]"):
+        model(clean, lengths=torch.tensor([6, 1, 1, 1]))

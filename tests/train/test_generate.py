@@ -54,7 +54,8 @@ def test_a_char_run_whose_text_moved_says_why_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--temperature", "nan"), ("--temperature", "inf"),
-                                        ("--temperature", "-1"), ("--tokens", "-1")])
+                                        ("--temperature", "-1"), ("--tokens", "-1"),
+                                        ("--prompt", "")])  # was "prompt must have shape"
 def test_generate_options_are_checked(tmp_path, capsys, flag, value):
     _, run = _text_run(tmp_path, "byte")
     capsys.readouterr()
@@ -72,7 +73,8 @@ DEEP = "[" * 100_000 + "]" * 100_000
      "'task_options' is 5, not a dict"),
     ("train_config.json", '{"task": "text", "layer": "lstm", "d_model": "x"}',
      "--d-model must be an int"),
-    ("model.safetensors", DEEP, "holds a damaged model (RecursionError"),
+    ("model.safetensors", DEEP, "its rnnzoo.config metadata is not JSON rnnzoo reads: nested "
+                                "deeper than"),
 ])
 def test_a_damaged_run_folder_is_one_line(tmp_path, capsys, name, text, message):
     from rnnzoo.models.checkpoint import load_tensors, save_tensors

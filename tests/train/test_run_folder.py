@@ -219,3 +219,20 @@ def test_damaged_metrics_under_resume_name_the_line(tmp_path, capsys):
         f.write("[1, 2]\n")
     assert main(["train", "--resume", "--out", str(tmp_path)]) == 2
     assert "metrics.jsonl, line" in one_line_error(capsys)
+
+
+def test_a_torn_last_metrics_line_does_not_stop_resume(tmp_path, capsys):
+    """A run killed while appending to metrics.jsonl leaves its last line cut short, with no
+    newline: --resume refused the folder as damaged ("line 10 ... not valid JSON"). The torn
+    line is dropped (it is a row after the checkpoint) and the run ends as one that never
+    stopped; a complete damaged line is still refused."""
+    whole = train(tiny(tmp_path / "whole"), quiet=True)
+    train(tiny(tmp_path / "split"), stop_at=3, quiet=True)
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.6')
+    assert main(["train", "--resume", "--out", str(tmp_path / "split")]) == 0
+    final = json.loads((tmp_path / "split" / "final.json").read_text())
+    assert final["value"] == whole["value"] and final["eval"] == whole["eval"]
+    def steps(run):
+        return [json.loads(r)["step"] for r in (tmp_path / run / "metrics.jsonl").open()]
+    assert steps("split") == steps("whole")

@@ -21,7 +21,8 @@ import torch
 
 from rnnzoo.checks import int_in
 from rnnzoo.io import parse_json, read_text
-from rnnzoo.models.checkpoint import load_tensors
+from rnnzoo.models.checkpoint import _NoFills, load_tensors
+from rnnzoo.registry import list_layers
 
 # model_type -> the module of this package that maps it
 TYPES = {"mamba": "mamba", "falcon_mamba": "mamba", "mamba2": "mamba2",
@@ -62,13 +63,33 @@ def read_config(path) -> dict:
 
 
 def read_tensors(path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's *.safetensors files (sharded or not), by name."""
-    files = sorted(Path(path).glob("*.safetensors"))
+    """Every tensor of the folder's *.safetensors files (sharded or not), by name. With a
+    model.safetensors.index.json, the files its weight_map names; a tensor in two files
+    (a consolidated file left beside its shards) is an error naming both."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = parse_json(read_text(index), index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index} has no weight_map of tensor names to files")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} names {absent[:3]}, absent from {path}")
+    else:
+        files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path} has no *.safetensors file")
-    tensors = {}
+    tensors, where = {}, {}
     for f in files:
-        tensors.update(load_tensors(f)[0])
+        for name, t in load_tensors(f)[0].items():
+            if name in where:
+                raise ValueError(f"{path}: tensor {name!r} is in both {where[name]} and "
+                                 f"{f.name}; remove the stale file (or give the shards a "
+                                 f"model.safetensors.index.json)")
+            tensors[name], where[name] = t, f.name
     return tensors
 
 
@@ -89,8 +110,24 @@ def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_
     """
     config = read_config(path)
     module = mapping(config["model_type"])
-    model = module.build(config, max_len=int_in("max_len", max_len))
+    max_len = int_in("max_len", max_len)
     tensors = module.rename(read_tensors(path), config)
+    try:  # the config's sizes against the tensors first, on the meta device: no memory
+        list_layers()  # (every layer module imported first, so no constant of one is meta)
+        with torch.device("meta"), _NoFills():
+            skeleton = module.build(config, max_len=max_len)
+    except RuntimeError:  # a part that cannot be built without values: checked once built
+        skeleton = None
+    if skeleton is not None:
+        _check_fits(path, config, skeleton, tensors)
+    model = module.build(config, max_len=max_len)
+    _check_fits(path, config, model, tensors)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def _check_fits(path, config: dict, model, tensors: dict) -> None:
+    """Every checkpoint tensor placed, every parameter set, each of the model's shape."""
     own = model.state_dict()
     extra = sorted(set(tensors) - set(own))
     missing = sorted(set(own) - set(tensors))
@@ -101,5 +138,3 @@ def from_pretrained(path, *, device=None, dtype: torch.dtype | None = None, max_
         if t.shape != own[name].shape:
             raise ValueError(f"{path}: tensor for {name} has shape {tuple(t.shape)}, the model "
                              f"needs {tuple(own[name].shape)}")
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device=device, dtype=dtype or torch.float32).eval()

@@ -114,8 +114,9 @@ def from_safetensors_bytes(buf: bytes, source="safetensors data"
         if dtype is None:
             raise bad(f"tensor {name!r} has unsupported dtype {info['dtype']!r}")
         shape, offsets = info["shape"], info["data_offsets"]
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**63
+                                                  for d in shape):
+            raise bad(f"tensor {name!r} has shape {shape!r:.80}, not a list of sizes")
         if not isinstance(offsets, list) or len(offsets) != 2 or \
                 not all(type(o) is int for o in offsets):
             raise bad(f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
@@ -128,6 +129,8 @@ def from_safetensors_bytes(buf: bytes, source="safetensors data"
                       f"its data_offsets give {end - begin}")
         raw = bytearray(body[begin:end])
         flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        if dtype == torch.bool and bool((flat > 1).any()):  # torch reads other bytes as UB
+            raise bad(f"tensor {name!r} is BOOL but holds bytes other than 0 and 1")
         tensors[name] = flat.view(dtype).reshape(shape)
     complex_names = parse_json(meta.get("rnnzoo.complex", "[]"), f"{source}: rnnzoo.complex")
     for name in complex_names if isinstance(complex_names, list) else [None]:
@@ -334,7 +337,11 @@ def load(path, device=None):
         if config["model"] not in MODEL_KINDS:
             raise ValueError(f"{weights}: its config names model {config['model']!r}; known: "
                              f"{', '.join(sorted(MODEL_KINDS))}")
-        model = MODEL_KINDS[config["model"]](config, weights)
+        build = MODEL_KINDS[config["model"]]
+        list_layers()  # as _skeleton: every layer module imported before building on meta
+        with torch.device("meta"), _NoFills():  # the shapes first, no memory
+            check_fits(build(config, weights), tensors, weights, strict=True)
+        model = build(config, weights)
         load_state(model, tensors, weights, strict=True)
         return model.to(device) if device is not None else model
     try:

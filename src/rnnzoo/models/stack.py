@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from rnnzoo.checks import int_in
+from rnnzoo.checks import int_in, real
+from rnnzoo.layers.base import RecurrentLayer, valid_mask
 from rnnzoo.models.blocks import Block, RMSNorm, build_mixer
 from rnnzoo.ops.native.linear import Linear
 
@@ -136,7 +137,19 @@ class SequenceModel(nn.Module):
         Packed documents: inputs (1, T) end to end, cu_seqlens (N + 1,) their boundaries
         (layers/base.py); every block restarts at each boundary, and the state has one row
         per document.
+
+        Right padding, `lengths` (B,): the padded inputs are never read (tokens out of the
+        vocabulary, NaN or inf there change no valid output, state or gradient) and the
+        padded outputs are 0, as a layer's.
         """
+        valid = None
+        if lengths is not None:
+            lengths = RecurrentLayer._check_lengths(None, lengths, inputs)
+            valid = valid_mask(lengths, inputs.shape[1])
+            # the embedding's weight gradient reads its inputs: NaN * 0 would be NaN there
+            zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+            inputs = torch.where(valid.view(*valid.shape, *(1,) * (inputs.dim() - 2)),
+                                 inputs, zero)
         x = self._embed(inputs)
         state = state if state is not None else (None,) * len(self.blocks)
         new_state = []
@@ -144,7 +157,10 @@ class SequenceModel(nn.Module):
         for block, s in zip(self.blocks, state):
             x, s = block(x, s, mode=mode, lengths=lengths, **packed)
             new_state.append(s)
-        return self.head(self.norm(x)), tuple(new_state)
+        y = self.head(self.norm(x))
+        if valid is not None:
+            y = torch.where(valid.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+        return y, tuple(new_state)
 
     def step(self, inputs_t, state=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
@@ -168,12 +184,17 @@ class SequenceModel(nn.Module):
         if self.config.vocab_size is None:
             raise ValueError("generate needs a token model (vocab_size), this one has input_dim")
         int_in("max_new_tokens", max_new_tokens, lo=0)
-        if not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        real("temperature", temperature, lo=0)
         if top_k is not None:
             int_in("top_k", top_k)
-        if prompt.dim() != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt must have shape (batch, time >= 1), got {tuple(prompt.shape)}")
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt must have shape (batch, time >= 1), got "
+                             f"{tuple(getattr(prompt, 'shape', ())) or type(prompt).__name__}")
+        V = self.config.vocab_size
+        if not prompt.dtype.is_floating_point and not prompt.is_complex() and \
+                prompt.dtype != torch.bool and bool(((prompt < 0) | (prompt >= V)).any()):
+            raise ValueError(f"prompt tokens must lie in [0, {V - 1}] (vocab_size {V}), got "
+                             f"{int(prompt.min())}..{int(prompt.max())}")
         logits, state = self(prompt)
         logits, out = logits[:, -1], [prompt]
         for i in range(max_new_tokens):
@@ -187,7 +208,9 @@ class SequenceModel(nn.Module):
     def _sample(logits, temperature, top_k, generator):
         if temperature == 0:
             return logits.argmax(-1)
-        logits = logits.float() / temperature
+        # float64 and the largest logit at 0 first: a tiny temperature gives -inf, never NaN
+        logits = logits.double()
+        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
         if top_k is not None and top_k < logits.shape[-1]:
             kth = logits.topk(top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -92,7 +92,10 @@ def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
     if isinstance(lengths, (int, np.integer)):
         lengths = (lengths,)
     if isinstance(lengths, str):
-        lengths = tuple(int(v) for v in lengths.replace(",", " ").split())
+        try:
+            lengths = tuple(int(v) for v in lengths.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"{name} must be comma-separated ints, got {lengths!r}") from None
     lengths = tuple(lengths)
     if not lengths:
         raise ValueError(f"{name} must list at least one length")

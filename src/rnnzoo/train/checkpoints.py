@@ -187,7 +187,14 @@ def read_metrics(out: Path, up_to_step: int) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):  # a torn append: the process was killed writing it
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            lines.pop()  # (every row is written after the checkpoint's own, or with it)
+    for n, line in enumerate(lines, 1):
         if line.strip():
             row = _json(line, f"{path}, line {n}")
             if not isinstance(row, dict) or not isinstance(row.get("step"), int):

@@ -134,7 +134,7 @@ def given_settings(args) -> dict:
         given["task_options"] = task_options
     if args.layer_option:
         given["layer_options"] = parse_options(args.layer_option, "layer-option")
-    if args.window:
+    if args.window is not None:
         given["attention_options"] = {"window": args.window}
     for name in ("fsdp", "sequence_parallel"):
         if getattr(args, name, None):

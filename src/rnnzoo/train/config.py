@@ -82,6 +82,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fsdp and self.sequence_parallel:
             raise ValueError("--fsdp and --sequence-parallel cannot be combined yet: pick one")
+        if self.attention_options and not self.hybrid:
+            raise ValueError(f"--window sets the attention blocks of --hybrid, and this model "
+                             f"has none (attention options {self.attention_options}); give "
+                             f"--hybrid R:A too, or leave --window out")
         if self.model != "chimera":
             get_layer_info(self.layer)  # unknown layer: lists the registered ones
         self._validate_model()

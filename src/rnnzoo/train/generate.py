@@ -51,6 +51,8 @@ def main(args) -> None:
     real("--temperature", args.temperature, lo=0)
     int_in("--tokens", args.tokens, lo=0)
     int_in("--seed", args.seed, lo=0)
+    if not args.prompt:
+        raise ValueError("--prompt must hold at least one character: the model continues it")
     run = Path(args.run_dir)
     config_path = run / TRAIN_CONFIG
     if not config_path.is_file():
