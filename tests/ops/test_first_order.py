@@ -66,3 +66,67 @@ def test_twice_gives_the_second_derivative():
     torch.testing.assert_close((hx * vx).sum() + (hw * vw).sum(), fd, rtol=1e-7, atol=1e-9)
     # and the plain autograd of the same function agrees
     assert torch.autograd.gradgradcheck(lambda x, w: _Twice.apply(x, w, 3), (x, w))
+
+
+# -- the ops' nodes that differentiate twice (tests/ops/test_native_first_order.py's TWICE) ---
+def _gg(fn, args):
+    return torch.autograd.gradgradcheck(fn, args, fast_mode=True)
+
+
+def _f64(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kind", ["real", "complex", "no h0", "broadcast a", "T=1"])
+def test_linear_scan_twice(kind, reverse):
+    """_LinearScan's `twice` (its backward out of place, the reverse scan the node again):
+    gradgradcheck, real and complex, with and without h0, a broadcast over channels."""
+    from rnnzoo.ops.scan import linear_scan
+    torch.manual_seed(0)
+    T = 1 if kind == "T=1" else 6
+    dt = torch.complex128 if kind == "complex" else torch.float64
+    a = (0.9 * torch.rand(1, T, 1 if kind == "broadcast a" else 2, dtype=torch.float64))
+    a = a.to(dt).requires_grad_()
+    b = torch.randn(1, T, 2, dtype=dt, requires_grad=True)
+    h0 = torch.randn(1, 2, dtype=dt, requires_grad=True)
+    args = (a, b) if kind == "no h0" else (a, b, h0)
+    assert _gg(lambda *z: linear_scan(*z, reverse=reverse)[0], args)
+
+
+def test_feature_map_nodes_twice():
+    """feature_maps' light nodes: _Normalised, _Starts and _Read (`twice`), _CausalKernel and
+    _Transposed (backward in differentiable ops), and finite's _Zeroed (gradient straight
+    through)."""
+    from rnnzoo.ops import feature_maps as fm
+    from rnnzoo.ops.finite import finite
+    from rnnzoo.ops.native import attention as native_attention
+    torch.manual_seed(0)
+    o = torch.cat([torch.randn(2, 2, 5, 3, dtype=torch.float64),
+                   torch.rand(2, 2, 5, 1, dtype=torch.float64) + 1], -1).requires_grad_()
+    assert _gg(lambda o: fm._Normalised.apply(o, 1e-3), (o,))
+    first, U = _f64(2, 2, 4, 3), _f64(2, 2, 3, 4, 3)
+    assert _gg(lambda f, u: fm._Starts.apply(f, u), (first, U))
+    lib = native_attention.load()
+    if lib is not None:
+        before, psi = _f64(2, 2, 3, 4, 6), _f64(2, 2, 3, 5, 6)
+        assert _gg(lambda b, p: fm._Read.apply(lib, b, p), (before, psi))
+    s = _f64(2, 4, 4)
+    for square in (False, True):
+        for upper in (False, True):
+            assert _gg(lambda s: fm._CausalKernel.apply(s, square, upper), (s,))
+    x = _f64(2, 3, 4)
+    assert _gg(lambda x: fm._Transposed.apply(x).sin(), (x,))
+    assert _gg(lambda x: finite(x)[0].sin(), (x,))
+
+
+def test_log_linear_intra_twice():
+    """log_linear's _Intra (`twice`: replay of its plain form)."""
+    from rnnzoo.ops.log_linear import _Intra
+    torch.manual_seed(0)
+    B, H, N, C, K, L = 1, 2, 2, 4, 3, 3
+    q, k, v = _f64(B, H, N, C, K), _f64(B, H, N, C, K), _f64(B, H, N, C, 2)
+    G = (-torch.rand(B, H, N, C, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    lam = _f64(B, H, N, C, L)
+    lev = torch.randint(0, L, (C, C))
+    assert _gg(lambda *z: _Intra.apply(*z, lev), (q, k, v, G, lam))

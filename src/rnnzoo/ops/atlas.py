@@ -30,10 +30,9 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.feature_maps import feature_size, features
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.memory import _dense, _gelu, _grads, _outer, _pick, _ratios, _titans_roll
@@ -205,7 +204,7 @@ def _newton_schulz_packed(St, shapes, steps):
     return _pack([newton_schulz(u, steps) for u in _unpack(St, shapes)])
 
 
-class _Chunks(torch.autograd.Function):
+class _Chunks(first_order.Function):
     """Chunks of atlas_chunked on the CPU kernels (ops.native.atlas_scan, newton_schulz),
     forward and backward by hand: one autograd node for a run of chunks instead of ~40 a
     chunk. Inputs chunk-major and contiguous: fk (n, B, H, C + W1, F), v (n, B, H, C + W1, K),
@@ -246,7 +245,6 @@ class _Chunks(torch.autograd.Function):
         return z, Mall, Sall
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dz, dMall, dSall):
         lib, ns_lib, W1, muon, ns_args, shapes = ctx.cfg
         fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep = ctx.saved_tensors

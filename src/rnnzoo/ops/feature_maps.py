@@ -36,7 +36,7 @@ import torch
 
 from rnnzoo.checks import choice, positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend, flop_count, native, sequence_parallel
+from rnnzoo.ops import backend, first_order, flop_count, native, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -151,7 +151,13 @@ def _parallel_heads(lib, q, k, v1, feature_map, S0, eps):
     return marked(_Normalised.apply(o, eps), S, marks)
 
 
-class _Normalised(torch.autograd.Function):
+def _normalised(o, eps):
+    """_Normalised's plain form (its `twice`)."""
+    W = o.shape[-1]
+    return (o[..., :W - 1] / (o[..., W - 1:] + eps)).transpose(1, 2)
+
+
+class _Normalised(first_order.Function):
     """o (B, H, T, V + 1) -> o[..., :V] / (o[..., V:] + eps) laid out (B, T, H, V), contiguous
     (the output projection's layout): one pass each way, the gradient (B, H, T, V + 1)
     contiguous for the kernel's backward (where the sliced division's autograd took a zeroed
@@ -163,12 +169,13 @@ class _Normalised(torch.autograd.Function):
         den = o[..., W - 1:] + eps
         y = o.new_empty(B, T, H, W - 1)
         torch.div(o[..., :W - 1], den, out=y.transpose(1, 2))
-        ctx.save_for_backward(y, den)
+        ctx.save_for_backward(y, den, o)
+        ctx.eps = eps
         return y
 
     @staticmethod
     def backward(ctx, g):
-        y, den = ctx.saved_tensors
+        y, den, _ = ctx.saved_tensors
         gt, yt = g.transpose(1, 2), y.transpose(1, 2)
         B, H, T, V = gt.shape
         do = g.new_empty(B, H, T, V + 1)
@@ -176,8 +183,13 @@ class _Normalised(torch.autograd.Function):
         do[..., V:] = torch.mul(gt, yt).sum(-1, keepdim=True).div_(den).neg_()
         return do, None
 
+    @staticmethod
+    def twice(ctx, g):
+        return first_order.replay(_normalised, (ctx.saved_tensors[2], ctx.eps), (g,),
+                                  ctx.needs_input_grad)
 
-class _PolyHeads(torch.autograd.Function):
+
+class _PolyHeads(first_order.Function):
     """o = P v with P = kernel(q k^T) on and below the diagonal: q, k (B, H, T, d), v (B, H,
     T, W) -> (B, H, T, W), one C call per thread over whole head-rows each way; the tiles'
     scores kept for the backward up to attention's _KEEP bytes, else recomputed."""
@@ -323,7 +335,8 @@ def _chunk(q, k, v1, feature_map, S0, C):
 class _CausalKernel(torch.autograd.Function):
     """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above (upper: on and
     above, 0 below, for the transposed scores k q^T): three passes forward and two backward,
-    where torch.where over the composed kernel took some eleven."""
+    where torch.where over the composed kernel took some eleven. The backward is written in
+    differentiable ops over the saved input: differentiable twice as it is."""
 
     @staticmethod
     def forward(ctx, s, square, upper=False):
@@ -339,7 +352,7 @@ class _CausalKernel(torch.autograd.Function):
         return (ds.triu_() if ctx.upper else ds.tril_()), None, None
 
 
-class _Starts(torch.autograd.Function):
+class _Starts(first_order.Function):
     """A running sum over chunks entered with `first`: first (B, H, F', W), U (B, H, N, F', W)
     -> before (B, H, N, F', W), before_n = first + sum_{m<n} U_m, and total = sum_m U_m
     (B, H, F', W). A pass each way (one add per chunk), where a cat and cumsum took three
@@ -361,8 +374,14 @@ class _Starts(torch.autograd.Function):
             torch.add(dU[:, :, n + 1], d_before[:, :, n + 1], out=dU[:, :, n])
         return d_before.sum(2), dU
 
+    @staticmethod
+    def twice(ctx, d_before, d_total):  # out of place: dU_n = d_total + sum_{m>n} d_before_m
+        later = d_before[:, :, 1:].flip(2).cumsum(2).flip(2)
+        dU = torch.cat([later, torch.zeros_like(d_total[:, :, None])], 2) + d_total[:, :, None]
+        return d_before.sum(2), dU
 
-class _Read(torch.autograd.Function):
+
+class _Read(first_order.Function):
     """before (..., W, F') psi_q^T: psi_q (..., C, F') -> (..., W, C) on `bmm`, whose
     gradient in psi_q comes as g^T before (C, F') directly (bmm's backward of the
     transposed operand gave its transpose (F', C), copied back for `pairs`)."""
@@ -381,10 +400,16 @@ class _Read(torch.autograd.Function):
                  if ctx.needs_input_grad[2] else None)
         return None, d_before, d_psi
 
+    @staticmethod
+    def twice(ctx, g):
+        before, psi_q = ctx.saved_tensors
+        return first_order.replay(lambda lib, b, p: b @ p.transpose(-1, -2),
+                                  (None, before, psi_q), (g,), ctx.needs_input_grad)
+
 
 class _Transposed(torch.autograd.Function):
     """x (..., m, n) -> its transpose (..., n, m), contiguous, and the gradient's transpose
-    contiguous too (once, where each product reading it copied it)."""
+    contiguous too (once, where each product reading it copied it); differentiable twice."""
 
     @staticmethod
     def forward(ctx, x):

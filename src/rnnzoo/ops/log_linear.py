@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.ops import backend, flop_count
+from rnnzoo.ops import backend, first_order, flop_count
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -215,7 +215,7 @@ def _bmm(a, b):
     return torch.bmm(a.flatten(0, -3), b.flatten(0, -3)).unflatten(0, a.shape[:-2])
 
 
-class _Intra(torch.autograd.Function):
+class _Intra(first_order.Function):
     """Inside each chunk: y = (Q K^T o W o D) V with W[t, s] = lam_t^(lev[t, s]) and D the
     causal decay e^(G_t - G_s) (s <= t). Heads first: q, k (B, H, N, C, K), v (.., V), G
     (B, H, N, C), lam (B, H, N, C, L), lev (C, C). Backward by hand (autograd ran ~11 passes
@@ -231,13 +231,13 @@ class _Intra(torch.autograd.Function):
         M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)).mul_(D)
         S = _bmm(q, k.transpose(-1, -2))
         A = S * M
-        ctx.save_for_backward(q, k, v, S, A, M, D, lev)
+        ctx.save_for_backward(q, k, v, S, A, M, D, lev, G, lam)
         ctx.L = lam.shape[-1]
         return _bmm(A, v)
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, S, A, M, D, lev = ctx.saved_tensors
+        q, k, v, S, A, M, D, lev = ctx.saved_tensors[:8]
         B, H, N, C, _ = q.shape
         dA = _bmm(dy, v.transpose(-1, -2))
         dv = _bmm(A.transpose(-1, -2), dy)
@@ -249,6 +249,18 @@ class _Intra(torch.autograd.Function):
         dlam = dM.new_zeros(B, H, N, C, ctx.L).scatter_add_(4, lev.expand(B, H, N, C, C),
                                                             dM.mul_(D))
         return dq, dk, dv, dG, dlam, None
+
+    @staticmethod
+    def twice(ctx, dy):
+        q, k, v, lev, G, lam = (ctx.saved_tensors[i] for i in (0, 1, 2, 7, 8, 9))
+        return first_order.replay(_intra, (q, k, v, G, lam, lev), (dy,), ctx.needs_input_grad)
+
+
+def _intra(q, k, v, G, lam, lev):
+    """_Intra's plain form (its `twice`)."""
+    B, H, N, C, _ = q.shape
+    M = torch.gather(lam, 4, lev.expand(B, H, N, C, C)) * causal_decay(G)
+    return ((q @ k.transpose(-1, -2)) * M) @ v
 
 
 def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False,

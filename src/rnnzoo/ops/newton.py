@@ -68,6 +68,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from rnnzoo.checks import choice, int_in, positive
+from rnnzoo.ops import first_order
 from rnnzoo.ops.block_scan import block_linear_scan, block_tridiagonal_solve
 from rnnzoo.ops.scan import linear_scan
 
@@ -343,7 +344,7 @@ def _fall_back(c, xp, h0, opts, info, reason):
     return _sequential(c, xp, h0)
 
 
-class _ParallelRNN(torch.autograd.Function):
+class _ParallelRNN(first_order.Function):
     @staticmethod
     def forward(ctx, c, opts, info, names, xp, h0, *params):
         with torch.no_grad():
@@ -353,7 +354,6 @@ class _ParallelRNN(torch.autograd.Function):
         return z
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         xp, h0, z, *params = ctx.saved_tensors
         c, lay = ctx.c, ctx.c.layout

@@ -36,9 +36,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import backend, native
+from rnnzoo.ops import backend, first_order, native
 from rnnzoo.ops.chunk._common import to_chunks, unit_lower_inverse
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -195,7 +194,7 @@ def _merge(mm, q1, k1, P, intra):
     return q1, k1, mm(Pb, Pa), intra
 
 
-class _UT(torch.autograd.Function):
+class _UT(first_order.Function):
     """The chunk pieces of the module docstring from q, k, w: (B, H, N, C, D) and beta
     (B, H, N, C, 1): Q', K', P (B, H, N, D, D) and the intra scores (B, H, N, C, C), -inf
     above the diagonal; the backward written out (no autograd graph of masks, cats and
@@ -255,7 +254,7 @@ class _UT(torch.autograd.Function):
         return None, dq, dk, dw, dbeta
 
 
-class _Attend(torch.autograd.Function):
+class _Attend(first_order.Function):
     """Softmax attention of each chunk's moved queries over the keys moved to its start
     (the cache's first, then the earlier chunks'), and over its own keys by the intra scores.
 
@@ -357,7 +356,7 @@ def _attend_bwd(lib, qs, P, values, KS, PS, do, dkeys, dvalues, L):
     return dq1, dk1, dP, dintra, dkeys0
 
 
-class _AttendHeads(torch.autograd.Function):
+class _AttendHeads(first_order.Function):
     """_Attend in one C call per thread over whole head-rows (attention.c: path_fwd /
     path_bwd): each head's chunks in order, its scores written next to the chunk's intra
     scores, the softmax rows in place (sm_fwd; backward dS = P (dP - rowsum(P dP)), sm_bwd),
@@ -377,7 +376,6 @@ class _AttendHeads(torch.autograd.Function):
         return o, keys
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, do, dkeys):
         qs, P, values, KS, PS = ctx.saved_tensors
         L = ctx.L
@@ -389,7 +387,7 @@ class _AttendHeads(torch.autograd.Function):
         return None, dq1, dk1, dP, dintra, dv, dkeys0, dvalues[:, :, :L], None
 
 
-class _PathQKV(torch.autograd.Function):
+class _PathQKV(first_order.Function):
     """A fresh sequence (no cache) whose T is a multiple of the block, from the fused
     projection qkv (B, T, 3, H, D): the chunk pieces (ops.native.path_chunk, q and k read in
     place) and the block attention (_AttendHeads' kernels) with v read in place too (each
@@ -429,7 +427,6 @@ class _PathQKV(torch.autograd.Function):
         return o, keys, fin, vals
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, do, dkeys, _, dvals):
         qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors
         dqkv = dproj = None

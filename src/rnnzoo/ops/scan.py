@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, first_order, sequence_parallel
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
@@ -148,7 +148,11 @@ def chunked_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reve
     return h
 
 
-class _LinearScan(torch.autograd.Function):
+class _LinearScan(first_order.Function):
+    """linear_scan's node: the chunked scan each way, in place (`into`). Under create_graph
+    (`twice`) the same backward in out-of-place ops, its reverse scan this node again: every
+    order of derivative, at the scan's cost."""
+
     @staticmethod
     def forward(ctx, a, b, h0, reverse):
         with torch.no_grad():
@@ -189,3 +193,31 @@ class _LinearScan(torch.autograd.Function):
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = (lam[:, first] * a_c[:, first]).sum_to_size(h0.shape)
         return grad_a, lam if ctx.needs_input_grad[1] else None, grad_h0, None
+
+    @staticmethod
+    def twice(ctx, g):  # backward's formulas without out=: differentiable again
+        a, h, h0 = ctx.saved_tensors
+        reverse, T = ctx.reverse, h.shape[1]
+        need = ctx.needs_input_grad
+        conj = a.is_complex() or h.is_complex()
+        a_c, h_c = (a.conj(), h.conj()) if conj else (a, h)
+        g = g.to(h.dtype)
+        last, first = (0, T - 1) if reverse else (T - 1, 0)
+        lam = g
+        if T > 1:  # lambda_t = g_t + conj(a_{t+1}) lambda_{t+1}, from lambda_last = g_last
+            coeff, rest = (a_c[:, :-1], g[:, 1:]) if reverse else (a_c[:, 1:], g[:, :-1])
+            lam_rest = _LinearScan.apply(coeff, rest, g[:, last], not reverse)
+            ends = g[:, last:last + 1]
+            lam = torch.cat([ends, lam_rest] if reverse else [lam_rest, ends], 1)
+        grad_a = grad_h0 = None
+        if need[0]:  # grad a_t = lambda_t conj(h_prev(t))
+            start = torch.zeros_like(h_c[:, :1]) if h0 is None else \
+                (h0.conj() if conj else h0).unsqueeze(1).to(h_c.dtype)
+            prev = torch.cat([h_c[:, 1:], start] if reverse else [start, h_c[:, :-1]], 1)
+            grad_a = lam * prev
+            if not a.is_complex() and grad_a.is_complex():
+                grad_a = grad_a.real
+            grad_a = grad_a.sum_to_size(a.shape)
+        if h0 is not None and need[2]:
+            grad_h0 = (lam[:, first] * a_c[:, first]).sum_to_size(h0.shape)
+        return grad_a, lam if need[1] else None, grad_h0, None

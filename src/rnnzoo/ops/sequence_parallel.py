@@ -56,6 +56,7 @@ import threading
 import torch
 
 from rnnzoo.dtypes import compute_dtype
+from rnnzoo.ops import first_order
 
 _local = threading.local()
 
@@ -96,7 +97,7 @@ def rank_and_world(group=None) -> tuple[int, int]:
     return td.get_rank(group), td.get_world_size(group)
 
 
-class _Exchange(torch.autograd.Function):
+class _Exchange(first_order.Function):
     """outputs = combine(every rank's `local`, stacked (W, ...), this rank, *extra), with one
     all-gather of `local` in the forward pass. Backward recomputes `combine` on the gathered
     values and sums the gradients of every rank's copy of the gathered tensor (one

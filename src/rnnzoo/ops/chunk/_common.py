@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from rnnzoo.ops import first_order
+
 __all__ = ["causal_decay", "check_delta", "check_linear", "check_mlstm", "check_rwkv7",
            "chunk_scan", "from_chunks", "to_chunks", "unit_lower_inverse", "unit_lower_solve", "wy_chunks"]
 
@@ -199,7 +201,7 @@ def _scan_backward(saved, scale, dO, dS_final, need):
     return dS0, dU.view(B, H, N, R, V), dW, dk, ddec, dq, dM
 
 
-class _ChunkScan(torch.autograd.Function):
+class _ChunkScan(first_order.Function):
     @staticmethod
     def forward(ctx, S, U0, W, k_out, decay, q_in, M, scale):
         o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M, scale)
@@ -213,7 +215,7 @@ class _ChunkScan(torch.autograd.Function):
                                ctx.needs_input_grad), None
 
 
-class _WY(torch.autograd.Function):
+class _WY(first_order.Function):
     """wy_chunks' solve and scan with one backward: the solve's gradient is the transposed
     solve, dR = (I + A)^{-T} dX and dA = -dR X^T on s < t; the masks of A (s < t) and M
     (s <= t) are applied here, once, as products with a float mask (no tril copies)."""

@@ -46,7 +46,7 @@ import torch
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype
-from rnnzoo.ops import backend, flop_count, sequence_parallel
+from rnnzoo.ops import backend, first_order, flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay
 from rnnzoo.ops.chunk._common import check_linear as _check
 from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
@@ -160,7 +160,7 @@ def _intra_vector(q, k, Gq, G, strict: bool, c: int, read_values: bool | None = 
 
 
 # -- vector decay, one factorised block per chunk: one autograd Function -------------------------
-class _VectorChunk(torch.autograd.Function):
+class _VectorChunk(first_order.Function):
     """Chunkwise vector-decay linear attention (GLA; RWKV-6 with the bonus u) for chunks whose
     log-decay span stays under `_factorise_limit`, with hand-written gradients. Per chunk
     (G: log-decay summed from the chunk start, inclusive, per key channel; Gq = G, or G - g
@@ -268,7 +268,7 @@ def _pad_time(x, C):
     return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
 
 
-class _ScalarChunk(torch.autograd.Function):
+class _ScalarChunk(first_order.Function):
     """Chunkwise scalar-decay linear attention (SSD, retention, none) with q and k shared by
     the R heads of each of G groups, and hand-written gradients. It stores D and A = P * D per
     head for the backward (recomputing them there ran ~1.1x slower on a CPU, where memory is

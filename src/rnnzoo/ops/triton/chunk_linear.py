@@ -47,6 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -333,7 +334,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-class _GLA(torch.autograd.Function):
+class _GLA(first_order.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, bonus, h0, scale, chunk_size):
         B, T, H, K = q.shape

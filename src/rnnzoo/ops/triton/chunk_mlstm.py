@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -248,7 +249,7 @@ def _config(K: int, V: int, chunk_size: int) -> tuple[int, int, int]:
     return C, BK, BV
 
 
-class _MLSTM(torch.autograd.Function):
+class _MLSTM(first_order.Function):
     @staticmethod
     def forward(ctx, q, k, v, log_i, log_f, c0, n0, m0, scale, eps, chunk_size):
         B, T, H, K = q.shape

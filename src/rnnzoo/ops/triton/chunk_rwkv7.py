@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -286,7 +287,7 @@ def _config(K: int, V: int, chunk_size: int) -> tuple[int, int, int]:
     return (32 if chunk_size >= 32 else 16), BK, BV
 
 
-class _RWKV7(torch.autograd.Function):
+class _RWKV7(first_order.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, h0, scale, chunk_size):
         B, T, H, K = r.shape

@@ -60,6 +60,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
+
 LSTM, GRU, SLSTM = 0, 1, 2
 BB = 16  # batch rows per program
 
@@ -350,7 +352,7 @@ def _grad(g, like):
     return torch.zeros_like(like, dtype=torch.float32) if g is None else _f32(g)
 
 
-class _Sequence(torch.autograd.Function):
+class _Sequence(first_order.Function):
     """(cell, xp, w, bhn, *initial states) -> (h_all, *final states), all float32."""
 
     @staticmethod

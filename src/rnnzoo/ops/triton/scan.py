@@ -46,6 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
+
 # Tests set this to (CT, BN, NSEG) to force tile sizes and the segmented path at tiny shapes.
 _CONFIG_OVERRIDE: tuple[int, int, int] | None = None
 
@@ -312,7 +314,7 @@ def _unplanes(x: torch.Tensor, shape, cplx: bool) -> torch.Tensor:
     return x.reshape(shape)
 
 
-class _TritonLinearScan(torch.autograd.Function):
+class _TritonLinearScan(first_order.Function):
     @staticmethod
     def forward(ctx, a, b, h0, reverse):
         B, T = b.shape[:2]

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnzoo.ops import first_order
 from rnnzoo.ops.triton.scan import _acc, _combine_real, _sum
 
 # Tests set this to (CT, BD) to force tile sizes at tiny shapes.
@@ -220,7 +221,7 @@ def _inner(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-class _TritonSelectiveScan(torch.autograd.Function):
+class _TritonSelectiveScan(first_order.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, h0, neg):
         u, delta, B, C = (_inner(x) for x in (u, delta, B, C))
