@@ -39,3 +39,23 @@ def data(seed=3, n_state=(H,)):
     x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
     s0 = tuple(torch.randn(B, n, generator=g, dtype=torch.float64) for n in n_state)
     return x, s0
+
+
+def second_derivative_matches(f, inputs, eps=1e-6, rtol=1e-6, seed=0):
+    """f(*inputs) -> a tuple of tensors; inputs float64, requiring grad. The derivative of
+    S = |g|^2 (g: the gradients of sum_i <out_i, u_i> in the inputs) along a random direction,
+    by autograd through create_graph, against S's central difference (first order only)."""
+    gen = torch.Generator().manual_seed(seed)
+    us = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in f(*inputs)]
+    vs = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in inputs]
+
+    def S(ins, create_graph):
+        total = sum((o * u).sum() for o, u in zip(f(*ins), us))
+        gs = torch.autograd.grad(total, ins, create_graph=create_graph, allow_unused=True)
+        return sum(g.square().sum() for g in gs if g is not None)
+
+    hs = torch.autograd.grad(S(inputs, True), inputs, allow_unused=True)
+    hv = sum((h * v).sum() for h, v in zip(hs, vs) if h is not None)
+    fd = [S([(t.detach() + e * v).requires_grad_() for t, v in zip(inputs, vs)], False)
+          for e in (eps, -eps)]
+    torch.testing.assert_close(hv, (fd[0] - fd[1]) / (2 * eps), rtol=rtol, atol=1e-9)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _cells import D, perturbed
+from _cells import D, perturbed, second_derivative_matches
 from torch.func import functional_call
 
 from rnnzoo.cells import manual
@@ -92,3 +92,27 @@ def test_manual_backward_gradcheck(name, options):
     inputs = (x[:, :3].clone().requires_grad_(), *(s.clone().requires_grad_() for s in s0),
               *params)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6)
+
+
+TWICE = [("gru", {}), ("lstm", {"peepholes": True}), ("res_lstm", {}), ("ln_gru", {}),
+         ("sgu", {}), ("dsgu", {}), ("slstm", {"num_heads": 2}), ("rhn", {"depth": 2}),
+         ("ltc", {"ode_unfolds": 2}), ("ln_lstm", {}), ("cornn", {})]
+
+
+@pytest.mark.parametrize("name,options", TWICE, ids=[f"{n}-{o}" for n, o in TWICE])
+def test_manual_loop_second_derivative(name, options, monkeypatch):
+    """Under create_graph `_ManualLoop.twice` replays `manual_step` through autograd
+    (`manual.manual_plain`): the second derivative in x, the state and the parameters."""
+    monkeypatch.setenv("RNNZOO_NATIVE", "0")  # the Python loop
+    cell = perturbed(name, **options)
+    x, s0 = _inputs(cell)
+    names = [n for n, _ in cell.named_parameters()]
+
+    def f(x, *rest):
+        state, ps = rest[:len(s0)], rest[len(s0):]
+        y, s = functional_call(cell, dict(zip(names, ps)), (x, tuple(state), True))
+        return (y, *s)
+
+    inputs = [x[:, :3].clone().requires_grad_(), *(s.clone().requires_grad_() for s in s0),
+              *(p.detach().clone().requires_grad_() for p in cell.parameters())]
+    second_derivative_matches(f, inputs)

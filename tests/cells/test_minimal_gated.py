@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from _cells import F64, randomised, step
+from _cells import F64, randomised, second_derivative_matches, step
+
+import rnnzoo
+from rnnzoo.cells.parts import hard_sigmoid
 
 
 def test_cfn_decays_monotonically_without_input():
@@ -29,3 +33,37 @@ def test_mgu_candidate_reads_the_gated_state():
     cand = torch.tanh(x @ w_h.T + bi_h + (f * h0) @ u_h.T + bh_h)
     torch.testing.assert_close(step(cell, x, (h0,))[0], (1 - f) * h0 + f * cand,
                                rtol=1e-13, atol=1e-14)
+
+
+
+def test_hard_sigmoid_is_torchs_and_differentiable_twice():
+    """cells.parts.hard_sigmoid: F.hardsigmoid's values and first derivative bit for bit
+    (float32 and float64), and a second derivative (0 almost everywhere) where torch's
+    hardsigmoid_backward has none."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.linspace(-4, 4, 41, dtype=dtype).requires_grad_()
+        y, y_ref = hard_sigmoid(x), torch.nn.functional.hardsigmoid(x)
+        assert torch.equal(y, y_ref)
+        g = torch.randn(41, dtype=dtype)
+        a = torch.autograd.grad(y, x, g)[0]
+        b = torch.autograd.grad(y_ref, x, g)[0]
+        c = torch.autograd.grad(hard_sigmoid(x), x, g, create_graph=True)[0]
+        assert torch.equal(a, b) and torch.equal(c.detach(), b)
+        assert not c.requires_grad  # piecewise linear: nothing left to differentiate
+
+
+@pytest.mark.parametrize("name", ["sgu", "dsgu"])
+def test_sgu_sequential_second_derivative(name):
+    """The reference loop (hard_sigmoid in the update gate) differentiable twice, in x and
+    the parameters."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create(name, d_model=3, hidden_size=4).double()
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *ps):
+        return (torch.func.functional_call(layer, dict(zip(names, ps)), (x,),
+                                           {"mode": "sequential"})[0],)
+
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    second_derivative_matches(f, [x, *(p.detach().clone().requires_grad_()
+                                       for p in layer.parameters())])

@@ -56,3 +56,16 @@ def test_lipschitz_bad_options():
         LipschitzRNNCell(2, 3, beta=2)
     with pytest.raises(ValueError, match="eps must be"):
         LipschitzRNNCell(2, 3, eps=0)
+
+
+
+@pytest.mark.parametrize("cls", [ExpRNNCell, LipschitzRNNCell])
+def test_fused_raises_under_create_graph(cls):
+    """fused_loop runs the step on W detached (its gradient deferred to one product): the
+    gradients it hands back hold W as a constant, so create_graph raises there."""
+    cell = cls(3, 4).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    y, _ = cell(x, tuple(torch.zeros(2, n, dtype=torch.float64) for n in cell.state_sizes),
+                fused=True)
+    with pytest.raises(RuntimeError, match="_DeferredWeightGrad's backward is first order only"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from _cells import second_derivative_matches
 
-from rnnzoo.cells.quasi import QRNNCell, SRUCell
+from rnnzoo.cells.quasi import QRNNCell, SRUCell, _SRUCellState, _TapSum
 
 
 def _perturbed(cell):
@@ -71,3 +72,18 @@ def test_qrnn_fused_equals_its_loop_and_gradcheck(window, T):
     for a, b in zip(run(True)(x, *s0), run(False)(x, *s0)):
         assert (a - b).abs().max() < 1e-12
     assert torch.autograd.gradcheck(run(True), (x, *s0))
+
+
+
+def test_sru_state_and_tap_sum_second_derivatives():
+    """Their backwards are written in differentiable ops over the saved inputs and output
+    (the SRU's adjoint a linear scan): plain torch.autograd.Functions, right twice."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    second_derivative_matches(lambda *a: (_SRUCellState.apply(*a),), [r(2, 4, 3), r(2, 4, 3),
+                                                                     r(3), r(2, 3)])
+    second_derivative_matches(lambda t, c: (_TapSum.apply(t, c).square(),),
+                              [r(2, 4, 2, 3), r(2, 1, 3)])

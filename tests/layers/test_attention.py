@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _twice import check_layer_twice
 
 import rnnzoo
+from rnnzoo.ops import backend
 
 
 def naive(layer, x, window=None):
@@ -52,3 +54,14 @@ def test_full_cache_overflow_is_a_clear_error():
         rnnzoo.create("attention", d_model=8, num_heads=3)
     with pytest.raises(ValueError, match="window must be a positive int or None, got 0"):
         rnnzoo.create("attention", d_model=8, window=0)
+
+
+
+def test_sequential_second_derivative_on_the_torch_path():
+    """The reference runs PyTorch's attention by its math form (the fused kernels have no
+    double backward): differentiable twice in x and the parameters."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create('attention', **dict(d_model=4, num_heads=2, max_len=16)).double()
+    with backend.force("torch"):
+        check_layer_twice(layer, torch.randn(1, 3, 4, dtype=torch.float64,
+                                             requires_grad=True), "sequential")

@@ -3,6 +3,7 @@ F.normalize and the sqrt_eps formula, values and float64 gradients, the 1e-6 flo
 
 import torch
 import torch.nn.functional as F
+from _twice import check_twice
 
 from rnnzoo.layers._delta_block import l2norm
 
@@ -34,3 +35,11 @@ def test_l2norm_eps_matches_f_normalize_float64():
     (y * w).sum().backward()
     (y_ref * w).sum().backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_l2norm_second_derivative():
+    """create_graph runs `_L2Norm.twice` (autograd through the plain form): against a
+    central difference of the first-order backward, both floors."""
+    x = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    for sqrt_eps in (False, True):
+        check_twice(lambda t, s=sqrt_eps: l2norm(t, s), (x,))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _twice import check_layer_twice
 
 import rnnzoo
+from rnnzoo.ops import backend
 
 
 @pytest.mark.parametrize("window", [None, 5])
@@ -69,3 +71,15 @@ def test_options_checked():
         rnnzoo.create("forgetting_attention", d_model=8, max_len=8)(torch.randn(1, 9, 8))
     with pytest.raises(TypeError, match="qk_norm"):
         rnnzoo.create("forgetting_attention", d_model=8, qk_norm="yes")
+
+
+
+def test_sequential_second_derivative_on_the_torch_path():
+    """The reference runs PyTorch's attention by its math form (the fused kernels have no
+    double backward): differentiable twice in x and the parameters."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create('forgetting_attention', **dict(d_model=4, num_heads=2, max_len=16, qk_norm=True,
+                                                  use_output_gate=True)).double()
+    with backend.force("torch"):
+        check_layer_twice(layer, torch.randn(1, 3, 4, dtype=torch.float64,
+                                             requires_grad=True), "sequential")

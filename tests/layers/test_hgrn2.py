@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn.functional as F
+from _twice import check_twice
 
 import rnnzoo
 from rnnzoo.layers.hgrn2 import _Gates
@@ -45,3 +46,10 @@ def test_gates_function_gradcheck():
     assert torch.autograd.gradcheck(_Gates.apply, (qf,))
     for i in range(3):
         assert torch.autograd.gradcheck(lambda t, i=i: _Gates.apply(t)[i], (qf,))
+
+
+
+def test_gates_second_derivative():
+    """create_graph runs `_Gates.twice` (its backward writes into buffers)."""
+    qf = torch.randn(2, 3, 2, 2, 4, dtype=torch.float64, requires_grad=True)
+    check_twice(_Gates.apply, (qf,))

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from _parity_head import assert_sign_never_flips, assert_tracks_parity
+from _twice import check_twice
 
 import rnnzoo
+from rnnzoo.layers.kda import _LogDecay
 from rnnzoo.ops.chunk.kda import kda, kda_recurrent
 
 OPS = [kda_recurrent, lambda *a, **kw: kda(*a, chunk_size=4, subchunk_size=2, **kw)]
@@ -106,3 +108,12 @@ def test_options_checked():
         rnnzoo.create("kda", d_model=8, chunk_size=8, subchunk_size=3)
     with pytest.raises(TypeError, match="allow_neg_eigval must be a bool"):
         rnnzoo.create("kda", d_model=8, allow_neg_eigval=1)
+
+
+
+def test_log_decay_second_derivative():
+    """create_graph runs `_LogDecay.twice` (the plain -exp(A_log) softplus(f))."""
+    g = torch.Generator().manual_seed(0)
+    f, A_log = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+                for s in ((2, 3, 2, 4), (2,)))
+    check_twice(_LogDecay.apply, (f, A_log))

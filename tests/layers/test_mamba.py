@@ -4,9 +4,10 @@ import importlib.util
 
 import pytest
 import torch
+from _twice import check_twice
 
 import rnnzoo
-from rnnzoo.layers.mamba import selective_scan
+from rnnzoo.layers.mamba import _DeltaProj, selective_scan
 
 
 def _ref():
@@ -160,3 +161,18 @@ def test_bad_options():
         rnnzoo.create("mamba", d_model=4, d_conv=-1)
     with pytest.raises(TypeError, match="allow_neg_eigval"):
         rnnzoo.create("mamba", d_model=4, allow_neg_eigval="yes")
+
+
+
+def test_delta_proj_second_derivative_and_the_scan_raises():
+    """`_DeltaProj.twice` (the plain softplus(dt W^T + b)); the chunked scan is first order only."""
+    g = torch.Generator().manual_seed(0)
+    dt, W, b = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+                for s in ((2, 3, 2), (5, 2), (5,)))
+    check_twice(_DeltaProj.apply, (dt, W, b))
+    layer = rnnzoo.create("mamba", d_model=4, d_state=2, d_conv=3, expand=1, dt_rank=1,
+                          chunk_size=4).double()
+    x = torch.randn(1, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = layer(x, mode="scan")[0]
+    with pytest.raises(RuntimeError, match="first order only"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)

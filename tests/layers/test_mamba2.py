@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _twice import check_twice
 
 import rnnzoo
+from rnnzoo.layers.mamba2 import _GatedRMSNorm
 
 
 def ssd_minimal_discrete():
@@ -68,3 +70,12 @@ def test_gated_rms_norm_function_equals_autograd_composition():
     want = F.rms_norm((y * F.silu(z)).unflatten(-1, (2, 4)), (4,), eps=1e-5).flatten(-2) * w
     assert (run(y, z, w) - want).abs().max() < 1e-14
     assert torch.autograd.gradcheck(run, (y, z, w))
+
+
+
+def test_gated_rms_norm_second_derivative():
+    """create_graph runs `_GatedRMSNorm.twice` (r is saved without history: the plain form)."""
+    g = torch.Generator().manual_seed(0)
+    y, z, w = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+               for s in ((2, 3, 8), (2, 3, 8), (8,)))
+    check_twice(lambda y, z, w: _GatedRMSNorm.apply(y, z, w, 4, 1e-5), (y, z, w))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _twice import check_twice
 
 from rnnzoo.layers.mamba3 import _Rotation
 from rnnzoo.layers.rotary import turn
@@ -44,3 +45,13 @@ def test_rotation_traced_equals_eager(pairs, monkeypatch):
     eager = _Rotation._turn(x, e, 3, pairs)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert (_Rotation._turn(x, e, 3, pairs) - eager).abs().max() < 1e-6
+
+
+
+@pytest.mark.parametrize("pairs", ["adjacent", "halves"])
+def test_rotation_second_derivative(pairs):
+    """create_graph runs `_Rotation.twice` (autograd through rotary.turn)."""
+    g = torch.Generator().manual_seed(0)
+    theta, C, B = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+                   for s in ((2, 3, 1, 2, 1), (2, 3, 2, 2, 4), (2, 3, 2, 2, 4)))
+    check_twice(lambda t, c, b: _Rotation.apply(t, pairs, c, b), (theta, C, B))

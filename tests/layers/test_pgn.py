@@ -3,8 +3,10 @@ path: every past input in the window reaches the output through one HIE map."""
 
 import pytest
 import torch
+from _twice import check_layer_twice, check_twice
 
 import rnnzoo
+from rnnzoo.layers.pgn import _GatedUnit, hie_fft
 
 F64 = torch.float64
 
@@ -96,3 +98,22 @@ def test_gated_unit_backward_by_hand_equals_autograd():
     do = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
     for a, b in zip(torch.autograd.grad(got, (gc, H), do), torch.autograd.grad(want, (gc, H), do)):
         assert (a - b).abs().max() < 1e-14
+
+
+def _r(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64).requires_grad_()
+
+
+def test_gated_unit_and_hie_fft_second_derivatives():
+    """create_graph runs their `twice` (the plain gate; the direct convolution)."""
+    check_twice(_GatedUnit.apply, (_r(2, 3, 8), _r(2, 3, 4, seed=1)))
+    check_twice(lambda xp, w: hie_fft(xp, w, 2), (_r(2, 6, 3), _r(4, 3, 3, seed=1)))
+
+
+@pytest.mark.parametrize("mode", ["sequential", "conv", "fft"])
+def test_pgn_second_derivative(mode):
+    """Every mode differentiable twice, in x and the parameters; the gate's input is computed
+    from H, which `_GatedUnit` also takes: each input's own use only (layers.base.replay)."""
+    layer = rnnzoo.create("pgn", d_model=3, d_hidden=4, window_size=3).double()
+    check_layer_twice(layer, _r(1, 4, 3), mode)

@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+from _twice import check_twice
 
 from rnnzoo.layers.rwkv6 import _MixProject, _NegExp
 from rnnzoo.ops import backend
@@ -57,3 +58,13 @@ def test_neg_exp_values_and_gradients():
     assert torch.equal(_NegExp.apply(w), -w.exp())
     assert torch.autograd.gradcheck(_NegExp.apply, [w])
     assert torch.autograd.gradgradcheck(_NegExp.apply, [w])
+
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_mix_project_and_negexp_second_derivatives(forced):
+    """create_graph runs `_MixProject.twice` (the plain mixes and products), on the C path
+    and torch's; `_NegExp`'s backward (dy * y over its saved output) is differentiable."""
+    with backend.force("torch") if forced else contextlib.nullcontext():
+        check_twice(_MixProject.apply, inputs(4, 3, 2, torch.float64))
+    check_twice(_NegExp.apply, (rand(3, 4).requires_grad_(),))

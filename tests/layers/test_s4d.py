@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
+from _twice import check_layer_twice, check_twice
 
 import rnnzoo
-from rnnzoo.layers.s4d import as_real, s4d_imag_init, vandermonde
+from rnnzoo.layers.s4d import _CausalFFTConv, _Vandermonde, as_real, s4d_imag_init, vandermonde
 
 
 def _layer(init="lin", d_model=3, d_state=8):
@@ -106,3 +107,23 @@ def test_vandermonde_is_the_complex_powers_in_real_form():
     assert torch.allclose(torch.complex(*P.chunk(2, -2)), want, atol=1e-12)
     assert torch.allclose(torch.einsum("hm,hml->hl", as_real(w), P),
                           torch.einsum("hn,hnl->hl", w, want).real, atol=1e-12)
+
+
+def _r(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64).requires_grad_()
+
+
+def test_vandermonde_and_fft_conv_second_derivatives():
+    """create_graph runs their `twice` (autograd through the plain forms)."""
+    a = (_r(2, 3, seed=1) * 0.3).detach().requires_grad_()
+    check_twice(lambda a, b: _Vandermonde.apply(a, b, 5), (a, _r(2, 3)))
+    check_twice(_CausalFFTConv.apply, (_r(2, 5, 3, 2), _r(3, 2, 5, seed=1)))
+
+
+def test_s4d_modes_second_derivative():
+    """sequential and conv differentiable twice, in x and the parameters."""
+    layer = rnnzoo.create("s4d", d_model=2, d_state=4).double()
+    x = _r(1, 5, 2, seed=2)
+    for mode in ("sequential", "conv"):
+        check_layer_twice(layer, x, mode)

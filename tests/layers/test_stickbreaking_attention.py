@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _twice import check_twice
 
 import rnnzoo
-from rnnzoo.layers.stickbreaking_attention import stick_breaking_weights
+from rnnzoo.layers.stickbreaking_attention import _Split, stick_breaking_weights
+from rnnzoo.ops.native import attention as native_attention
 
 
 @pytest.mark.parametrize("attend_current", [False, True])
@@ -62,3 +64,13 @@ def test_options_checked():
         rnnzoo.create("stickbreaking_attention", d_model=8, attend_current=1)
     with pytest.raises(ValueError, match="exceeds max_len=8"):
         rnnzoo.create("stickbreaking_attention", d_model=8, max_len=8)(torch.randn(1, 9, 8))
+
+
+
+def test_split_second_derivative():
+    """create_graph runs `_Split.twice` (the plain view, transposes and q's scale)."""
+    lib = native_attention.load()
+    if lib is None:
+        pytest.skip("no C compiler")
+    qkv = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+    check_twice(lambda t: _Split.apply(lib, t, 2, 0.5), (qkv,))

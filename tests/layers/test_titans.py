@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _twice import check_layer_twice
 
 import rnnzoo
+from rnnzoo.ops import backend
 from rnnzoo.ops.chunk.delta import delta_rule
 from rnnzoo.ops.memory import layer_norm, titans_chunked, titans_sequential
 
@@ -367,3 +369,15 @@ def test_inner_norm_parameters_exist_only_with_the_norm_and_all_get_gradients(na
         grads = torch.autograd.grad(layer(x, mode=mode)[0].square().sum(),
                                     [p for _, p in named], allow_unused=True)
         assert [n for (n, _), g in zip(named, grads) if g is None] == [], mode
+
+
+
+def test_sequential_second_derivative_on_the_torch_path():
+    """MAC's reference loop runs PyTorch's attention by its math form (the fused kernels have no
+    double backward): differentiable twice in x and the parameters."""
+    torch.manual_seed(0)
+    layer = rnnzoo.create('titans_mac', **dict(d_model=4, num_heads=1, head_dim=4, chunk_size=4, d_conv=2,
+                                        num_persistent=1)).double()
+    with backend.force("torch"):
+        check_layer_twice(layer, torch.randn(1, 3, 4, dtype=torch.float64,
+                                             requires_grad=True), "sequential")

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
+from rnnzoo.ops import first_order
 from rnnzoo.ops.native.linear import weight_grad
 from rnnzoo.registry import CELLS
 
@@ -158,11 +159,13 @@ class _RecordedMatrix(RecurrentMatrix):
         return torch.addmm(xp, r, self.transposed)
 
 
-class _DeferredWeightGrad(torch.autograd.Function):
+class _DeferredWeightGrad(first_order.Function):
     """Identity on the projections xp (B, T, G) whose backward also returns the gradient of
     W (G, K) used as pre_t = xp_t + r_t W^T (r_t recorded by the loop):
     dW = sum_t dxp_t^T r_t, one matrix product after the loop instead of one per step
-    (torch's fused RNNs do the same)."""
+    (torch's fused RNNs do the same). First order only: the loop runs on W detached, so the
+    gradient it passes back through each step holds W as a constant (create_graph raises;
+    the cell's loop, mode='sequential', is differentiable twice)."""
 
     @staticmethod
     def forward(ctx, xp, recorded, matrix):

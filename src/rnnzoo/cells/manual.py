@@ -43,9 +43,8 @@ RNNZOO_NATIVE=0, or when the C file cannot be built, this module's Python loop r
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.native.linear import weight_grad
 
 __all__ = ["manual_loop", "manual_scan", "sigmoid_back", "tanh_back", "relu_back", "lstm_cell_back",
@@ -67,21 +66,23 @@ def relu_back(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(grad, out, 0)
 
 
-def layer_norm(x: torch.Tensor, norm) -> tuple[torch.Tensor, tuple]:
+def layer_norm(x: torch.Tensor, norm, weight=None, bias=None) -> tuple[torch.Tensor, tuple]:
     """`norm` (an nn.LayerNorm over x's last dimension) applied to x, and the statistics
-    (mean, 1/std) that `layer_norm_back` reads."""
-    out, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias,
-                                              norm.eps)
+    (mean, 1/std) that `layer_norm_back` reads; weight, bias: tensors standing in for the
+    norm's own (a step's `vectors`, so that `manual_plain` differentiates in them)."""
+    out, mean, rstd = torch.native_layer_norm(
+        x, norm.normalized_shape, norm.weight if weight is None else weight,
+        norm.bias if bias is None else bias, norm.eps)
     return out, (mean, rstd)
 
 
-def layer_norm_back(grad: torch.Tensor, x: torch.Tensor, stats: tuple, norm
-                    ) -> tuple[torch.Tensor, ...]:
-    """The gradients of `layer_norm(x, norm)`: (dx, d weight, d bias), the last two summed
-    over the batch."""
-    return torch.ops.aten.native_layer_norm_backward(grad, x, norm.normalized_shape, *stats,
-                                                     norm.weight, norm.bias,
-                                                     [True, True, True])
+def layer_norm_back(grad: torch.Tensor, x: torch.Tensor, stats: tuple, norm, weight=None,
+                    bias=None) -> tuple[torch.Tensor, ...]:
+    """The gradients of `layer_norm(x, norm, weight, bias)`: (dx, d weight, d bias), the last
+    two summed over the batch."""
+    return torch.ops.aten.native_layer_norm_backward(
+        grad, x, norm.normalized_shape, *stats, norm.weight if weight is None else weight,
+        norm.bias if bias is None else bias, [True, True, True])
 
 
 def lstm_cell_back(dc: torch.Tensor, i, f, g, c_prev) -> tuple[torch.Tensor, ...]:
@@ -92,7 +93,21 @@ def lstm_cell_back(dc: torch.Tensor, i, f, g, c_prev) -> tuple[torch.Tensor, ...
             dc * f)
 
 
-class _ManualLoop(torch.autograd.Function):
+def manual_plain(cell, n_state: int, n_mat: int, xp: torch.Tensor, *tensors):
+    """`manual_scan`'s forward in plain differentiable ops (`cell.manual_step` step by step,
+    recorded by autograd): xp (B, T, P), *state, *matrices, *vectors -> (outputs (B, T, out),
+    *final state). The `twice` of the hand-written loops (`_ManualLoop`; the C loops of
+    ops.native.cells can replay it too: their `manual_step` is the same step)."""
+    state, mats, vecs = (tuple(tensors[:n_state]), tensors[n_state:n_state + n_mat],
+                         tuple(tensors[n_state + n_mat:]))
+    wt, outs = tuple(w.T for w in mats), []
+    for xp_t in xp.unbind(1):
+        state, y, _, _ = cell.manual_step(xp_t, state, wt, vecs)
+        outs.append(state[0] if y is None else y)
+    return (torch.stack(outs, 1), *state)
+
+
+class _ManualLoop(first_order.Function):
     """(xp (B, T, P), *state, *matrices, *vectors) -> (outputs (B, T, out), *final state)."""
 
     @staticmethod
@@ -112,15 +127,24 @@ class _ManualLoop(torch.autograd.Function):
         ctx.cell, ctx.n_state, ctx.saved = cell, n_state, saved
         ctx.rs = rs
         ctx.own_output = y is None
-        ctx.save_for_backward(*mats, *vecs)
-        ctx.n_mat = n_mat
+        ctx.save_for_backward(*mats, *vecs, xp, *tensors[:n_state])  # xp, state: for `twice`
+        ctx.n_mat, ctx.n_vec = n_mat, len(vecs)
         return (torch.stack(outs, 1), *(s.clone() for s in state))
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *grads):  # under create_graph: autograd through the step loop
+        n = ctx.n_mat + ctx.n_vec
+        params, (xp, *state) = ctx.saved_tensors[:n], ctx.saved_tensors[n:]
+        args = tuple(t if t is None else t.view_as(t) for t in (xp, *state, *params))  # aliases:
+        # each input's own use only (first_order.replay through fn)
+        return (None,) * 4 + first_order.replay(
+            lambda *a: manual_plain(ctx.cell, ctx.n_state, ctx.n_mat, *a), args, grads,
+            ctx.needs_input_grad[4:])
+
+    @staticmethod
     def backward(ctx, d_out, *d_final):
         cell, saved = ctx.cell, ctx.saved
-        params = ctx.saved_tensors
+        params = ctx.saved_tensors[:ctx.n_mat + ctx.n_vec]
         mats, vecs = params[:ctx.n_mat], params[ctx.n_mat:]
         d_state = tuple(d_final)
         d_xp, gs = [], [[] for _ in mats]

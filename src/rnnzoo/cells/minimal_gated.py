@@ -63,6 +63,7 @@ from rnnzoo.cells.parts import (
     add_bias,
     affine,
     glorot_init_,
+    hard_sigmoid,
     uniform_init_,
 )
 from rnnzoo.ops.native.cells import NativeStep
@@ -542,7 +543,7 @@ class SGU(StackedGates):
         (x_g, x_z), h, (u_g, u_z, b_g, w_o) = parts, state[0], w
         pre = x_g * h @ u_g if b_g is None else torch.addmm(b_g, x_g * h, u_g)
         z_out = self._out(torch.tanh(pre) * h, w_o)
-        z = F.hardsigmoid(torch.addmm(x_z, h, u_z))
+        z = hard_sigmoid(torch.addmm(x_z, h, u_z))
         return (torch.addcmul(h, z, z_out - h),)
 
     # -- the hand-written backward (`manual_loop`), SGU and DSGU ------------------------------
@@ -568,7 +569,7 @@ class SGU(StackedGates):
         gated = tg * h
         z_out = torch.sigmoid(gated @ wt[2]) if len(wt) == 3 else F.softplus(gated)
         a_z = torch.addmm(x_z, h, wt[1])
-        z = F.hardsigmoid(a_z)
+        z = hard_sigmoid(a_z)
         rs = (xgh, h) + ((gated,) if len(wt) == 3 else ())
         return (torch.addcmul(h, z, z_out - h),), None, rs, (h, x_g, tg, gated, z_out, a_z, z)
 

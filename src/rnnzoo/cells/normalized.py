@@ -78,12 +78,12 @@ class LayerNormLSTMCell(_LayerNormed):
     def manual_step(self, xp_t, state, wt, vectors):
         (h, c), H = state, self.hidden_size
         a_h = h @ wt[0]
-        n_h, stats_h = layer_norm(a_h, self.ln_hh)
+        n_h, stats_h = layer_norm(a_h, self.ln_hh, *vectors[:2])
         a = xp_t + n_h
         i, f, o = torch.sigmoid(a[:, :2 * H]).chunk(2, 1) + (torch.sigmoid(a[:, 3 * H:]),)
         g = torch.tanh(a[:, 2 * H:3 * H])
         c_new = torch.addcmul(f * c, i, g)
-        n_c, stats_c = layer_norm(c_new, self.ln_cell)
+        n_c, stats_c = layer_norm(c_new, self.ln_cell, *vectors[2:])
         t = torch.tanh(n_c)
         return (o * t, c_new), None, (h,), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c)
 
@@ -95,10 +95,11 @@ class LayerNormLSTMCell(_LayerNormed):
     def manual_back(self, d_state, saved, matrices, vectors):
         (dh, dc), (c, i, f, g, o, t, a_h, stats_h, c_new, stats_c) = d_state, saved
         d_ao = sigmoid_back(dh * t, o)
-        d_c, d_wc, d_bc = layer_norm_back(tanh_back(dh * o, t), c_new, stats_c, self.ln_cell)
+        d_c, d_wc, d_bc = layer_norm_back(tanh_back(dh * o, t), c_new, stats_c, self.ln_cell,
+                                       *vectors[2:])
         d_ai, d_af, d_ag, dc_prev = lstm_cell_back(dc + d_c, i, f, g, c)
         da = torch.cat([d_ai, d_af, d_ag, d_ao], 1)
-        d_ah, d_wh, d_bh = layer_norm_back(da, a_h, stats_h, self.ln_hh)
+        d_ah, d_wh, d_bh = layer_norm_back(da, a_h, stats_h, self.ln_hh, *vectors[:2])
         return da, (d_ah @ matrices[0], dc_prev), (d_ah,), (d_wh, d_bh, d_wc, d_bc)
 
 
@@ -121,7 +122,7 @@ class LayerNormGRUCell(_LayerNormed):
     def manual_step(self, xp_t, state, wt, vectors):
         h, H = state[0], self.hidden_size
         a_h = h @ wt[0]
-        n_h, stats = layer_norm(a_h, self.ln_hh)
+        n_h, stats = layer_norm(a_h, self.ln_hh, *vectors[:2])
         rz = torch.sigmoid(xp_t[:, :2 * H] + n_h[:, :2 * H])
         n = torch.tanh(torch.addcmul(xp_t[:, 2 * H:], rz[:, :H], n_h[:, 2 * H:]))
         return (torch.lerp(n, h, rz[:, H:]),), None, (h,), (h, rz, n, n_h, a_h, stats)
@@ -137,6 +138,6 @@ class LayerNormGRUCell(_LayerNormed):
         d_n = tanh_back(dh - dz_direct, n)
         d_rz = sigmoid_back(torch.cat([d_n * n_h[:, 2 * H:], dh * (h - n)], 1), rz)
         d_ah, d_w, d_b = layer_norm_back(torch.cat([d_rz, d_n * rz[:, :H]], 1), a_h, stats,
-                                         self.ln_hh)
+                                         self.ln_hh, *vectors[:2])
         return torch.cat([d_rz, d_n], 1), (torch.addmm(dz_direct, d_ah, matrices[0]),), \
             (d_ah,), (d_w, d_b)

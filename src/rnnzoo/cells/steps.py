@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from rnnzoo.cells.base import Cell
+from rnnzoo.ops import first_order
 from rnnzoo.ops.backend import STEPS
 
 __all__ = ["run", "compiled_loop", "graph_loop", "static_args", "graph_key"]
@@ -161,9 +162,10 @@ class _Entry:
         self.call, self.grad, self.generation = call, grad, 0
 
 
-class _Fresh(torch.autograd.Function):
+class _Fresh(first_order.Function):
     """Copies the graph's outputs out of its static buffers; in the backward, refuses when
-    the graph was replayed again since (its saved activations are no longer this call's)."""
+    the graph was replayed again since (its saved activations are no longer this call's).
+    First order only: the captured backward replays a recorded graph (create_graph raises)."""
 
     @staticmethod
     def forward(ctx, entry, generation, *outs):

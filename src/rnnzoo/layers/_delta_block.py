@@ -26,9 +26,9 @@ from torch import nn
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.delta import (
     delta_product,
     delta_product_recurrent,
@@ -47,7 +47,13 @@ def l2norm(x, sqrt_eps: bool = False, eps: float = 1e-6):
     return _L2Norm.apply(x, sqrt_eps, eps)
 
 
-class _L2Norm(torch.autograd.Function):
+def _l2norm_plain(x, sqrt_eps, eps):
+    """`l2norm` in plain differentiable ops (`_L2Norm`'s twice-differentiable form)."""
+    s = x.square().sum(-1, keepdim=True)
+    return x * ((s + 1e-6).rsqrt() if sqrt_eps else s.clamp(min=eps * eps).rsqrt())
+
+
+class _L2Norm(first_order.Function):
     """y = x r with r = 1 / max(|x|, eps) (sqrt_eps: 1 / sqrt(|x|^2 + 1e-6)) over the last
     axis, in two passes each way (F.normalize takes about six forward and more backward):
     dx = r (dy - y (y . dy)), the projection off y, where r depends on x; dx = r dy where
@@ -62,12 +68,18 @@ class _L2Norm(torch.autograd.Function):
             floor = s <= eps * eps
             r = s.clamp_(min=eps * eps).rsqrt_()
         y = x * r
-        ctx.save_for_backward(y, r, floor)
+        ctx.save_for_backward(y, r, floor, x)
+        ctx.args = sqrt_eps, eps
         return y
 
     @staticmethod
+    def twice(ctx, dy):  # under create_graph: autograd through the plain form
+        return replay(_l2norm_plain, (ctx.saved_tensors[3], *ctx.args), (dy,),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dy):
-        y, r, floor = ctx.saved_tensors
+        y, r, floor, _ = ctx.saved_tensors
         dot = (dy * y).sum(-1, keepdim=True)
         if floor is not None:
             dot = dot.masked_fill(floor, 0)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rnnzoo.checks import flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -274,9 +275,12 @@ class Attention(RecurrentLayer):
         if mode == "parallel":
             return self._attend(x, state)
         ys = []
-        for x_t in x.unbind(1):
-            y_t, state = self._step(x_t, state)
-            ys.append(y_t)
+        # the reference runs PyTorch's attention by its math form, differentiable twice (its
+        # fused CPU and GPU kernels have no double backward)
+        with sdpa_kernel(SDPBackend.MATH):
+            for x_t in x.unbind(1):
+                y_t, state = self._step(x_t, state)
+                ys.append(y_t)
         return torch.stack(ys, 1), state
 
     def _step(self, x_t, state):

@@ -21,15 +21,22 @@ import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.norms import HeadNorm
+from rnnzoo.ops import first_order
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native.head_norm import rms_gate
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
 
 
-class _Gates(torch.autograd.Function):
+def _gates_plain(qf):
+    """`_Gates`'s forward in plain differentiable ops (its `twice`)."""
+    a, b = qf.unbind(2)
+    return F.silu(a), F.logsigmoid(b), torch.sigmoid(-b)
+
+
+class _Gates(first_order.Function):
     """q = silu(a), log f = logsigmoid(b), k = 1 - f = sigmoid(-b) (lower bound 0) from the
     projection's output qf (B, T, 2, H, K) = (a, b), whose gradient is written into one
     buffer: d a = silu'(a) dq,  d b = sigma(-b) (d log f - sigma(b) dk)  (autograd would run a
@@ -40,6 +47,11 @@ class _Gates(torch.autograd.Function):
         a, b = qf.unbind(2)
         ctx.save_for_backward(qf)
         return F.silu(a), F.logsigmoid(b), torch.sigmoid(-b)
+
+    @staticmethod
+    def twice(ctx, dq, dlog_f, dk):  # under create_graph: autograd through the plain form
+        return replay(_gates_plain, ctx.saved_tensors, (dq, dlog_f, dk),
+                                  ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, dq, dlog_f, dk):

@@ -25,16 +25,21 @@ from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers._delta_block import delta_qkv, delta_state, gated_head_output
 from rnnzoo.layers._softplus import inverse_softplus, softplus
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.chunk.kda import kda, kda_recurrent, kda_step
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
-class _LogDecay(torch.autograd.Function):
+def _log_decay_plain(f, A_log):
+    """`_LogDecay`'s forward in plain differentiable ops (its `twice`)."""
+    return F.softplus(f) * -A_log.exp()[:, None]
+
+
+class _LogDecay(first_order.Function):
     """g = -exp(A_log)_h softplus(f): f (B, T, H, K), A_log (H,) -> (B, T, H, K), in two
     elementwise passes forward and five backward (df = -exp(A_log) sigmoid(f) dg, dA_log =
     -exp(A_log) sum dg softplus(f)); autograd of the plain form took about twice as long (3.9
@@ -45,12 +50,17 @@ class _LogDecay(torch.autograd.Function):
     def forward(ctx, f, A_log):
         a = A_log.exp()[:, None]
         sp = F.softplus(f)
-        ctx.save_for_backward(f, sp, a)
+        ctx.save_for_backward(f, sp, a, A_log)
         return sp * -a
 
     @staticmethod
+    def twice(ctx, dg):  # under create_graph: autograd through the plain form
+        f, _, _, A_log = ctx.saved_tensors
+        return replay(_log_decay_plain, (f, A_log), (dg,), ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dg):
-        f, sp, a = ctx.saved_tensors
+        f, sp, a, _ = ctx.saved_tensors
         # df in f's layout (dg may come back strided from the recurrence: a product of it
         # first would be strided too, and the projection's backward would copy it)
         return torch.sigmoid(f).mul_(-a).mul_(dg), -(sp * dg).sum((0, 1, 3)) * a[:, 0]

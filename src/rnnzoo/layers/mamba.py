@@ -38,8 +38,9 @@ from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers._softplus import inverse_softplus
+from rnnzoo.layers.base import replay
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.ops.scan import chunked_scan
@@ -96,7 +97,12 @@ def _skip(y, D, u):
     return y if D is None else y + D * u
 
 
-class _DeltaProj(torch.autograd.Function):
+def _delta_plain(dt, W, b):
+    """`_DeltaProj`'s forward in plain differentiable ops (its `twice`)."""
+    return F.softplus(F.linear(dt, W, b))
+
+
+class _DeltaProj(first_order.Function):
     """delta = softplus(dt W^T + b) for the thin dt_rank -> d_inner map, W: (d_inner, dt_rank),
     its weight gradient as (dt^T dpre)^T: autograd's dpre^T dt, a (d_inner, rows) x (rows,
     dt_rank) product with an output dt_rank wide, ran ~6x slower on a CPU."""
@@ -105,13 +111,18 @@ class _DeltaProj(torch.autograd.Function):
     def forward(ctx, dt, W, b):
         dt2 = dt.reshape(-1, dt.shape[-1])
         pre = torch.addmm(b, dt2, W.t())
-        ctx.save_for_backward(dt2, W, pre)
+        ctx.save_for_backward(dt2, W, pre, dt, b)
         ctx.shape = dt.shape
         return F.softplus(pre).view(*dt.shape[:-1], W.shape[0])
 
     @staticmethod
+    def twice(ctx, g):  # under create_graph: autograd through the plain form
+        _, W, _, dt, b = ctx.saved_tensors
+        return replay(_delta_plain, (dt, W, b), (g,), ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, g):
-        dt2, W, pre = ctx.saved_tensors
+        dt2, W, pre, _, _ = ctx.saved_tensors
         dpre = torch.ops.aten.softplus_backward(g.reshape(pre.shape), pre, 1, 20)
         return (dpre @ W).view(ctx.shape), (dt2.t() @ dpre).t(), dpre.sum(0)
 
@@ -153,7 +164,7 @@ def _buffers(like, shape, k):
     return [like.new_empty(shape) for _ in range(k)]
 
 
-class _SelectiveScan(torch.autograd.Function):
+class _SelectiveScan(first_order.Function):  # a scan kernel: first order only
     """y_t = C_t . h_t over time chunks, with the backward written out.
 
     The (batch, T, d_inner, d_state) states never exist whole: the forward keeps only

@@ -32,9 +32,9 @@ from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._delta_block import conv_l2
 from rnnzoo.layers._softplus import inverse_softplus
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.conv import ShortConv
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.chunk.linear import (
     gated_linear_attention_parallel,
     gated_linear_attention_recurrent,
@@ -46,7 +46,13 @@ from rnnzoo.ops.native.linear import Linear, linear
 from rnnzoo.registry import register
 
 
-class _GatedRMSNorm(torch.autograd.Function):
+def _gated_rms_plain(y, z, weight, n, eps):
+    """`_GatedRMSNorm`'s forward in plain differentiable ops (its `twice`)."""
+    u = (y * F.silu(z)).unflatten(-1, (-1, n))
+    return (u * u.square().mean(-1, keepdim=True).add(eps).rsqrt()).flatten(-2) * weight
+
+
+class _GatedRMSNorm(first_order.Function):
     """RMSNorm(y * silu(z)) * weight over groups of n channels, with a hand-written backward
     that recomputes y * silu(z) (autograd's chain of silu, pow, mean, rsqrt and products
     stores and re-reads about twice as many (B, T, d_inner) tensors). With u = y silu(z),
@@ -60,8 +66,14 @@ class _GatedRMSNorm(torch.autograd.Function):
         u = (y * F.silu(z)).unflatten(-1, (-1, n))
         r = u.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
         ctx.save_for_backward(y, z, weight, r)
-        ctx.n = n
+        ctx.n, ctx.eps = n, eps
         return (u * r).flatten(-2) * weight
+
+    @staticmethod
+    def twice(ctx, grad):  # under create_graph: r saved holds no history; the plain form
+        y, z, weight, _ = ctx.saved_tensors
+        return replay(_gated_rms_plain, (y, z, weight, ctx.n, ctx.eps), (grad,),
+                                  ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, grad):

@@ -46,10 +46,10 @@ from torch import nn
 from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._softplus import inverse_softplus
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native import mamba3_qk as native_qk
@@ -319,7 +319,7 @@ class Mamba3(RecurrentLayer):
         return turn(x, F.pad(angle, (0, self.d_state // 2 - self.n_angles)), self.pairs)
 
 
-class _Rotation(torch.autograd.Function):
+class _Rotation(first_order.Function):
     """(R(theta) C, R(theta) B) for C, B (B, T, R, H, N) and theta (B, T, 1, H, n) turning
     the first n channel pairs (`pairs` as in layers.rotary.turn; the others pass as they are),
     the angles' cos and sin computed once for both:
@@ -367,13 +367,26 @@ class _Rotation(torch.autograd.Function):
         cos, sin = theta.cos(), theta.sin()
         e = torch.complex(cos, sin) if pairs == "adjacent" else (cos, sin)
         ys = tuple(_Rotation._turn(x.contiguous(), e, n, pairs) for x in xs)
-        ctx.save_for_backward(cos, sin, *ys)
+        ctx.save_for_backward(cos, sin, *ys, theta, *xs)  # the inputs last: for `twice`
         ctx.pairs = pairs
         return ys
 
     @staticmethod
+    def _plain(theta, pairs, *xs):
+        """The forward by layers.rotary.turn: differentiable twice."""
+        return tuple(turn(x, F.pad(theta, (0, x.shape[-1] // 2 - theta.shape[-1])), pairs)
+                     for x in xs)
+
+    @staticmethod
+    def twice(ctx, *dys):  # under create_graph: autograd through the plain form
+        k = len(dys)
+        return replay(_Rotation._plain, (ctx.saved_tensors[2 + k], ctx.pairs,
+                                                     *ctx.saved_tensors[3 + k:]),
+                                  dys, ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, *dys):
-        cos, sin, *ys = ctx.saved_tensors
+        cos, sin, *ys = ctx.saved_tensors[:2 + len(dys)]
         n, pairs = cos.shape[-1], ctx.pairs
         back = torch.complex(cos, -sin) if pairs == "adjacent" else (cos, -sin)
         dxs, dtheta = [], None

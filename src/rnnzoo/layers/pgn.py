@@ -36,11 +36,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers.base import MaskedLayer
+from rnnzoo.layers.base import MaskedLayer, replay
+from rnnzoo.ops import first_order
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.registry import register
@@ -72,7 +72,12 @@ def hie_fft(xp: torch.Tensor, weight: torch.Tensor, block: int = 64) -> torch.Te
     return _HieFFT.apply(xp, weight, block)
 
 
-class _HieFFT(torch.autograd.Function):
+def _hie_plain(xp, weight):
+    """`hie_fft` as the direct convolution (`_HieFFT`'s `twice`: equal up to rounding)."""
+    return F.conv1d(xp.transpose(1, 2), weight).transpose(1, 2)
+
+
+class _HieFFT(first_order.Function):
     """Per frequency f of the n-point real FFT (x^, g^, M^: the spectra of a block's inputs,
     of its output gradient placed at offset W - 1, and of the taps):
 
@@ -97,14 +102,18 @@ class _HieFFT(torch.autograd.Function):
         wf = torch.fft.rfft(weight.flip(-1), n=n).permute(2, 1, 0).contiguous()  # (F, D, Hd)
         h = torch.fft.irfft(torch.bmm(xf, wf), n=n, dim=0)[W - 1:S]        # (C, B nb, Hd)
         h = h.unflatten(1, (B, nb)).permute(1, 2, 0, 3).reshape(B, nb * C, Hd)
-        ctx.save_for_backward(xf, wf)
+        ctx.save_for_backward(xf, wf, xp, weight)
         ctx.shape = (B, L, D, Hd, W, T, C, nb, n)
         return h[:, :T]
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, dh):  # under create_graph: autograd through the direct convolution
+        return replay(_hie_plain, ctx.saved_tensors[2:], (dh,),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dh):
-        xf, wf = ctx.saved_tensors
+        xf, wf, _, _ = ctx.saved_tensors
         B, L, D, Hd, W, T, C, nb, n = ctx.shape
         S = C + W - 1
         g = F.pad(dh, (0, 0, 0, nb * C - T)).view(B * nb, C, Hd).transpose(1, 2)
@@ -126,7 +135,14 @@ class _HieFFT(torch.autograd.Function):
         return dxp, dweight, None
 
 
-class _GatedUnit(torch.autograd.Function):
+def _gated_unit_plain(gc, H):
+    """`_GatedUnit`'s forward in plain differentiable ops (its `twice`)."""
+    g, c = gc.chunk(2, -1)
+    tc = torch.tanh(c)
+    return tc + torch.sigmoid(g) * (H - tc)
+
+
+class _GatedUnit(first_order.Function):
     """o = s H + (1 - s) tanh(c) = tc + s (H - tc), s = sigmoid(g), tc = tanh(c), [g; c] = gc
     (..., 2 d_hidden); H (..., d_hidden). The backward by hand (dH = do s, dc = do (1 - s)
     (1 - tc^2), dg = do s (1 - s) (H - tc)): autograd's ran ~12 passes and a cat of dg, dc."""
@@ -136,13 +152,17 @@ class _GatedUnit(torch.autograd.Function):
         g, c = gc.chunk(2, -1)
         s, tc = torch.sigmoid(g), torch.tanh(c)
         d = H - tc
-        ctx.save_for_backward(s, tc, d)
+        ctx.save_for_backward(s, tc, d, gc, H)
         return torch.addcmul(tc, s, d)
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, do):  # under create_graph: autograd through the plain form
+        return replay(_gated_unit_plain, ctx.saved_tensors[3:], (do,),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, do):
-        s, tc, d = ctx.saved_tensors
+        s, tc, d, _, _ = ctx.saved_tensors
         dH = do * s
         dtc = do - dH
         dc = torch.addcmul(dtc, dtc * tc, tc, value=-1)

@@ -22,16 +22,23 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.layers.base import RecurrentLayer
+from rnnzoo.layers.base import RecurrentLayer, replay
 from rnnzoo.layers.norms import HeadNorm
-from rnnzoo.ops import backend, sequence_parallel
+from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
 from rnnzoo.ops.native import gated_norm, linear, token_mix
 from rnnzoo.ops.native.linear import Linear, product, weight_grad
 from rnnzoo.registry import register
 
 
-class _MixProject(torch.autograd.Function):
+def _mix_project_plain(x, dx, low, up, mu, W):
+    """`_MixProject`'s forward in plain differentiable ops (its `twice`)."""
+    c = torch.einsum("nir,ird->ind", low, up) + mu[:, None]        # (5, N, d)
+    mixed = x + dx * c
+    return (mixed[0], *(mixed[i + 1] @ W[i].T for i in range(4)))
+
+
+class _MixProject(first_order.Function):
     """The five ddlerp mixes x*_i = x + dx c_i, c_i = mu_i + low_i up_i (i = w, k, v, r, g),
     and the projections of the last four, x*_i W_i^T, with a hand-written backward. On the
     native path (ops.native.token_mix) the projections and their weight gradients run inside
@@ -42,6 +49,7 @@ class _MixProject(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dx, low, up, mu, W):
+        inputs = x, dx, low, up, mu, W
         ctx.lib = lib = (token_mix.load() if backend.use_native(x, dx, low, up, mu, W)
                          else None)
         if lib is not None:  # c and the five mixes in C, a block of rows at a time
@@ -50,7 +58,8 @@ class _MixProject(torch.autograd.Function):
             # tiles ran (8192, 128) x (128, 128) in 3.2 ms to oneDNN's 4.0)
             mixed, c, proj = token_mix.ddlerp_mixes(lib, x.contiguous(), dx.contiguous(), low,
                                                     up.contiguous(), mu.contiguous(), W)
-            ctx.save_for_backward(dx, low, up, mixed, W, c)  # low (N, 5, r), c (5, N, d)
+            # low (N, 5, r), c (5, N, d); the inputs last (for `twice`)
+            ctx.save_for_backward(dx, low, up, mixed, W, c, *inputs)
             return mixed[0], *proj
         low = low.transpose(0, 1).contiguous()  # (5, N, r): dense operands for oneDNN
         c = [product(low[i], up[i].T, mu[i]) for i in range(5)]
@@ -58,12 +67,17 @@ class _MixProject(torch.autograd.Function):
         for i in range(5):
             torch.addcmul(x, dx, c[i], out=mixed[i])
         proj = [product(mixed[i + 1], W[i]) for i in range(4)]
-        ctx.save_for_backward(dx, low, up, mixed, W, *c)  # low (5, N, r), c five (N, d)
+        ctx.save_for_backward(dx, low, up, mixed, W, *c, *inputs)  # low (5, N, r), c five (N, d)
         return mixed[0], *proj
 
     @staticmethod
+    def twice(ctx, *grads):  # under create_graph: autograd through the plain form
+        return replay(_mix_project_plain, ctx.saved_tensors[-6:], grads,
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, d_xw, *d_proj):
-        dx, low, up, mixed, W, *c = ctx.saved_tensors
+        dx, low, up, mixed, W, *c = ctx.saved_tensors[:-6]
         gm = [None if d_xw is None else d_xw.contiguous()]  # the mixes' gradients (None: 0)
         if ctx.lib is not None:  # d_x, d_dx, the c_i's gradients and their products in C,
             # a block of rows at a time (ops.native.token_mix), g_i W_i among them

@@ -27,13 +27,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
-from rnnzoo.ops import backend
+from rnnzoo.layers.base import replay
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked
 from rnnzoo.ops.native.linear import Linear
 from rnnzoo.ops.scan import linear_scan
@@ -50,7 +50,21 @@ def s4d_imag_init(d_state: int, init: str) -> torch.Tensor:
     raise ValueError(f"init must be 'lin' or 'inv', got {init!r}")
 
 
-class _Vandermonde(torch.autograd.Function):
+def _vandermonde_plain(a, b, T):
+    """`_Vandermonde`'s forward in plain differentiable ops (its `twice`)."""
+    steps = torch.arange(T, dtype=a.dtype, device=a.device)
+    mag, phase = torch.exp(a.unsqueeze(-1) * steps), b.unsqueeze(-1) * steps
+    return torch.cat([mag * torch.cos(phase), mag * torch.sin(phase)], -2)
+
+
+def _fft_conv_plain(u, k):
+    """`_CausalFFTConv`'s forward in plain differentiable ops (its `twice`)."""
+    T = u.shape[1]
+    yf = (torch.fft.rfft(u.permute(0, 2, 3, 1), n=2 * T) * torch.fft.rfft(k, n=2 * T)).sum(-2)
+    return torch.fft.irfft(yf, n=2 * T)[..., :T].transpose(1, 2)
+
+
+class _Vandermonde(first_order.Function):
     """P = [e^{a l} cos(b l); e^{a l} sin(b l)], l = 0..T-1: a, b (..., N2) -> (..., 2 N2, T).
     The backward by hand from dP/d(a + ib) = l P (complex): da = sum_l l (dPr Pr + dPi Pi),
     db = sum_l l (dPi Pr - dPr Pi); autograd's chain through exp, cos, sin and the cat ran
@@ -69,13 +83,18 @@ class _Vandermonde(torch.autograd.Function):
             re, im = P[..., :N2, :], P[..., N2:, :]
             torch.cos(phase, out=re).mul_(mag)
             torch.sin(phase, out=im).mul_(mag)
-        ctx.save_for_backward(P)
+        ctx.save_for_backward(P, a, b)
         return P
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, dP):  # under create_graph: autograd through the plain form
+        _, a, b = ctx.saved_tensors
+        return replay(_vandermonde_plain, (a, b, dP.shape[-1]), (dP,),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dP):
-        P, = ctx.saved_tensors
+        P, _, _ = ctx.saved_tensors
         (Pr, Pi), (gr, gi) = P.chunk(2, -2), dP.chunk(2, -2)
         steps = torch.arange(P.shape[-1], dtype=P.dtype, device=P.device)
         return torch.addcmul(gr * Pr, gi, Pi) @ steps, torch.addcmul(gi * Pr, gr, Pi, value=-1) @ steps, None
@@ -101,7 +120,7 @@ def as_real(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([w.real, -w.imag], -1)
 
 
-class _CausalFFTConv(torch.autograd.Function):
+class _CausalFFTConv(first_order.Function):
     """y_t = sum_q sum_{l <= t} k_{q,l} u_{t-l,q}: Q causal convolutions summed, by a 2T-point
     real FFT, the sum over q taken in the frequency domain (one inverse transform, not Q).
     The backward written out: g^ = rfft(dy) once, du_q = irfft(g^ conj(k^_q)) and
@@ -114,16 +133,20 @@ class _CausalFFTConv(torch.autograd.Function):
     def forward(ctx, u, k):
         T = u.shape[1]
         uf, kf = torch.fft.rfft(u.permute(0, 2, 3, 1), n=2 * T), torch.fft.rfft(k, n=2 * T)
-        ctx.save_for_backward(uf, kf)
+        ctx.save_for_backward(uf, kf, u, k)
         yf = uf[..., 0, :] * kf[:, 0]                      # the sum over q without a Q-wide temporary
         for q in range(1, uf.shape[-2]):
             yf.addcmul_(uf[..., q, :], kf[:, q])
         return torch.fft.irfft(yf, n=2 * T)[..., :T].transpose(1, 2).contiguous()
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, dy):  # under create_graph: autograd through the plain form
+        return replay(_fft_conv_plain, ctx.saved_tensors[2:], (dy,),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dy):
-        uf, kf = ctx.saved_tensors
+        uf, kf, _, _ = ctx.saved_tensors
         T = dy.shape[1]
         gf = torch.fft.rfft(dy.transpose(1, 2), n=2 * T).unsqueeze(-2)     # (B, H, 1, F)
         du = dk = None

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
-from rnnzoo.layers.base import RecurrentLayer
-from rnnzoo.ops import backend, native
+from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.ops import backend, first_order, native
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native.linear import Linear
@@ -44,21 +44,34 @@ def stick_breaking_weights(z, visible):
     return (F.logsigmoid(z) + after).masked_fill(~visible, float("-inf")).exp()
 
 
-class _Split(torch.autograd.Function):
+def _split_plain(qkv, H, scale):
+    """`_Split`'s forward in plain differentiable ops (its `twice`)."""
+    q, k, v = qkv.unflatten(-1, (3, H, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+    return q * scale, k, v
+
+
+class _Split(first_order.Function):
     """qkv (B, T, 3 H D) laid out [q | k | v] -> q (times scale), k, v (B, H, T, D) contiguous,
     one C pass each way over the (b, t) rows (attention.c: sb_split; a plain copy a head, where
     the rotary `heads` kernel took ~3x as long with no channel to turn)."""
 
     @staticmethod
-    def forward(ctx, lib, qkv, H, scale):
-        qkv = qkv.contiguous()
+    def forward(ctx, lib, qkv0, H, scale):
+        qkv = qkv0.contiguous()
         B, T, w = qkv.shape
         q, k, v = qkv.new_empty(3, B, H, T, w // (3 * H)).unbind(0)
         fn = native.kernel(lib, "sb_split", qkv.dtype, _SPLIT_ARGS)
         native_attention._run(fn, [native.ptr(t) for t in (qkv, q, k, v)],
                               (T, H, w // (3 * H), scale, 0), B * T)
         ctx.lib, ctx.H, ctx.scale = lib, H, scale
+        ctx.save_for_backward(qkv0)
         return q, k, v
+
+    @staticmethod
+    def twice(ctx, dq, dk, dv):  # under create_graph: autograd through the plain form
+        (qkv,) = ctx.saved_tensors
+        return (None, *replay(_split_plain, (qkv, ctx.H, ctx.scale),
+                                          (dq, dk, dv), ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, dq, dk, dv):

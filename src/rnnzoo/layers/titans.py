@@ -45,6 +45,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rnnzoo.checks import choice, flag, int_in, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
@@ -256,9 +257,10 @@ class Titans(RecurrentLayer):
             return self._mac_chunk(x, state)
         if self.block == "mac":
             ys = []
-            for x_t in x.unbind(1):
-                y_t, state = self._mac_step(x_t, state)
-                ys.append(y_t)
+            with sdpa_kernel(SDPBackend.MATH):  # as Attention's reference: differentiable twice
+                for x_t in x.unbind(1):
+                    y_t, state = self._mac_step(x_t, state)
+                    ys.append(y_t)
             return torch.stack(ys, 1), state
         return self.combine(x, state, lambda x, s: self._memory(x, s, mode),
                             lambda x, s: self.attn._forward(
