@@ -114,6 +114,6 @@ def test_gated_unit_and_hie_fft_second_derivatives():
 @pytest.mark.parametrize("mode", ["sequential", "conv", "fft"])
 def test_pgn_second_derivative(mode):
     """Every mode differentiable twice, in x and the parameters; the gate's input is computed
-    from H, which `_GatedUnit` also takes: each input's own use only (layers.base.replay)."""
+    from H, which `_GatedUnit` also takes: each input's own use only (ops.first_order.replay)."""
     layer = rnnzoo.create("pgn", d_model=3, d_hidden=4, window_size=3).double()
     check_layer_twice(layer, _r(1, 4, 3), mode)

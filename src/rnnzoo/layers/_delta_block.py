@@ -26,7 +26,7 @@ from torch import nn
 from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.delta import (
@@ -74,7 +74,7 @@ class _L2Norm(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy):  # under create_graph: autograd through the plain form
-        return replay(_l2norm_plain, (ctx.saved_tensors[3], *ctx.args), (dy,),
+        return first_order.replay(_l2norm_plain, (ctx.saved_tensors[3], *ctx.args), (dy,),
                                   ctx.needs_input_grad)
 
     @staticmethod

@@ -24,17 +24,8 @@ import torch
 from torch import nn
 
 from rnnzoo.checks import positive_int
-from rnnzoo.ops import first_order
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def replay(fn, args, grads, needs):
-    """`ops.first_order.replay` over aliases (views) of args' tensors, for a node's `twice`:
-    then the gradient of each input counts fn's own use of it only, not also a path through
-    another input computed from it (pgn's gate(cat([u, H])) next to H itself)."""
-    return first_order.replay(fn, tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a
-                                        for a in args), grads, needs)
 
 
 def _shape(t) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import first_order
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
@@ -50,7 +50,7 @@ class _Gates(first_order.Function):
 
     @staticmethod
     def twice(ctx, dq, dlog_f, dk):  # under create_graph: autograd through the plain form
-        return replay(_gates_plain, ctx.saved_tensors, (dq, dlog_f, dk),
+        return first_order.replay(_gates_plain, ctx.saved_tensors, (dq, dlog_f, dk),
                                   ctx.needs_input_grad)
 
     @staticmethod

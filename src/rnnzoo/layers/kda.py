@@ -25,7 +25,7 @@ from rnnzoo.checks import flag, positive_int
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers._delta_block import delta_qkv, delta_state, gated_head_output
 from rnnzoo.layers._softplus import inverse_softplus, softplus
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, first_order
@@ -56,7 +56,7 @@ class _LogDecay(first_order.Function):
     @staticmethod
     def twice(ctx, dg):  # under create_graph: autograd through the plain form
         f, _, _, A_log = ctx.saved_tensors
-        return replay(_log_decay_plain, (f, A_log), (dg,), ctx.needs_input_grad)
+        return first_order.replay(_log_decay_plain, (f, A_log), (dg,), ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, dg):

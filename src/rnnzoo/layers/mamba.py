@@ -38,7 +38,6 @@ from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._diagonal import DiagonalLayer
 from rnnzoo.layers._softplus import inverse_softplus
-from rnnzoo.layers.base import replay
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.native import gated_norm
@@ -118,7 +117,7 @@ class _DeltaProj(first_order.Function):
     @staticmethod
     def twice(ctx, g):  # under create_graph: autograd through the plain form
         _, W, _, dt, b = ctx.saved_tensors
-        return replay(_delta_plain, (dt, W, b), (g,), ctx.needs_input_grad)
+        return first_order.replay(_delta_plain, (dt, W, b), (g,), ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, g):

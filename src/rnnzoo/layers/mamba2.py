@@ -32,7 +32,7 @@ from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._delta_block import conv_l2
 from rnnzoo.layers._softplus import inverse_softplus
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.chunk.linear import (
@@ -72,7 +72,7 @@ class _GatedRMSNorm(first_order.Function):
     @staticmethod
     def twice(ctx, grad):  # under create_graph: r saved holds no history; the plain form
         y, z, weight, _ = ctx.saved_tensors
-        return replay(_gated_rms_plain, (y, z, weight, ctx.n, ctx.eps), (grad,),
+        return first_order.replay(_gated_rms_plain, (y, z, weight, ctx.n, ctx.eps), (grad,),
                                   ctx.needs_input_grad)
 
     @staticmethod

@@ -46,7 +46,7 @@ from torch import nn
 from rnnzoo.checks import choice, flag, positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers._softplus import inverse_softplus
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.layers.rotary import turn
 from rnnzoo.ops import backend, first_order, sequence_parallel
@@ -380,7 +380,7 @@ class _Rotation(first_order.Function):
     @staticmethod
     def twice(ctx, *dys):  # under create_graph: autograd through the plain form
         k = len(dys)
-        return replay(_Rotation._plain, (ctx.saved_tensors[2 + k], ctx.pairs,
+        return first_order.replay(_Rotation._plain, (ctx.saved_tensors[2 + k], ctx.pairs,
                                                      *ctx.saved_tensors[3 + k:]),
                                   dys, ctx.needs_input_grad)
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.layers.base import MaskedLayer, replay
+from rnnzoo.layers.base import MaskedLayer
 from rnnzoo.ops import first_order
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native.linear import Linear
@@ -108,7 +108,7 @@ class _HieFFT(first_order.Function):
 
     @staticmethod
     def twice(ctx, dh):  # under create_graph: autograd through the direct convolution
-        return replay(_hie_plain, ctx.saved_tensors[2:], (dh,),
+        return first_order.replay(_hie_plain, ctx.saved_tensors[2:], (dh,),
                                   ctx.needs_input_grad)
 
     @staticmethod
@@ -157,7 +157,7 @@ class _GatedUnit(first_order.Function):
 
     @staticmethod
     def twice(ctx, do):  # under create_graph: autograd through the plain form
-        return replay(_gated_unit_plain, ctx.saved_tensors[3:], (do,),
+        return first_order.replay(_gated_unit_plain, ctx.saved_tensors[3:], (do,),
                                   ctx.needs_input_grad)
 
     @staticmethod

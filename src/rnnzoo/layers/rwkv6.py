@@ -22,7 +22,7 @@ from torch import nn
 
 from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import state_dtype
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, gated_linear_attention_recurrent
@@ -72,7 +72,7 @@ class _MixProject(first_order.Function):
 
     @staticmethod
     def twice(ctx, *grads):  # under create_graph: autograd through the plain form
-        return replay(_mix_project_plain, ctx.saved_tensors[-6:], grads,
+        return first_order.replay(_mix_project_plain, ctx.saved_tensors[-6:], grads,
                                   ctx.needs_input_grad)
 
     @staticmethod

@@ -32,7 +32,6 @@ from rnnzoo.checks import positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._chunks import over_chunks
 from rnnzoo.layers._diagonal import DiagonalLayer
-from rnnzoo.layers.base import replay
 from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked
 from rnnzoo.ops.native.linear import Linear
@@ -89,7 +88,7 @@ class _Vandermonde(first_order.Function):
     @staticmethod
     def twice(ctx, dP):  # under create_graph: autograd through the plain form
         _, a, b = ctx.saved_tensors
-        return replay(_vandermonde_plain, (a, b, dP.shape[-1]), (dP,),
+        return first_order.replay(_vandermonde_plain, (a, b, dP.shape[-1]), (dP,),
                                   ctx.needs_input_grad)
 
     @staticmethod
@@ -141,7 +140,7 @@ class _CausalFFTConv(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy):  # under create_graph: autograd through the plain form
-        return replay(_fft_conv_plain, ctx.saved_tensors[2:], (dy,),
+        return first_order.replay(_fft_conv_plain, ctx.saved_tensors[2:], (dy,),
                                   ctx.needs_input_grad)
 
     @staticmethod

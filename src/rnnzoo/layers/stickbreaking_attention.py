@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from rnnzoo.checks import flag
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers.attention import Attention, set_heads
-from rnnzoo.layers.base import RecurrentLayer, replay
+from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend, first_order, native
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.native import attention as native_attention
@@ -70,7 +70,7 @@ class _Split(first_order.Function):
     @staticmethod
     def twice(ctx, dq, dk, dv):  # under create_graph: autograd through the plain form
         (qkv,) = ctx.saved_tensors
-        return (None, *replay(_split_plain, (qkv, ctx.H, ctx.scale),
+        return (None, *first_order.replay(_split_plain, (qkv, ctx.H, ctx.scale),
                                           (dq, dk, dv), ctx.needs_input_grad[1:]))
 
     @staticmethod

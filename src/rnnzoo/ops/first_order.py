@@ -54,7 +54,12 @@ def replay(fn, args, grads, needs):
     of tensors (one per entry of grads); args: the forward's arguments, its tensors as
     saved (ctx.saved_tensors keeps their autograd history); grads: the backward's incoming
     gradients; needs: ctx.needs_input_grad. Returns one entry per argument: its gradient,
-    or None where needs says none is wanted (or the output does not depend on it)."""
+    or None where needs says none is wanted (or the output does not depend on it).
+
+    The gradients are taken at aliases (views) of the tensors, so that each counts fn's own
+    use of its argument only, not also a path through another argument computed from it
+    (pgn passes gate(cat([u, H])) next to H itself)."""
+    args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
     with torch.enable_grad():
         out = fn(*args)
     out = out if isinstance(out, tuple) else (out,)
