@@ -268,22 +268,23 @@ static inline __attribute__((always_inline)) void NAME(bwd_body)(
                         else
                             memcpy(g + off, dp, wd[i] * sizeof(T));
                     }
-                else if (silu || nn) {
+                else if (silu) {  /* the pre-activation, silu' and silu in one pass */
+#pragma GCC ivdep
+                    for (long c = 0; c < C; c++) {
+                        T sc = bb[c];
+                        for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
+                        const T sg = 1 / (1 + EXP(-sc));
+                        g[c] = sg * (1 + sc * (1 - sg));  /* silu' */
+                        s[c] = sc * sg;                   /* silu */
+                    }
+                } else if (nn) {
 #pragma GCC ivdep
                     for (long c = 0; c < C; c++) {
                         T sc = bb[c];
                         for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
                         s[c] = sc;
+                        g[c] = 1;
                     }
-                    if (silu)
-#pragma GCC ivdep
-                        for (long c = 0; c < C; c++) {
-                            const T sc = s[c], sg = 1 / (1 + EXP(-sc));
-                            g[c] = sg * (1 + sc * (1 - sg));  /* silu' */
-                            s[c] = sc * sg;                   /* silu */
-                        }
-                    else
-                        for (long c = 0; c < C; c++) g[c] = 1;
                 } else {
                     for (long c = 0; c < C; c++) g[c] = 1;
                 }
