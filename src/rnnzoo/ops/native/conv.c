@@ -268,15 +268,28 @@ static inline __attribute__((always_inline)) void NAME(bwd_body)(
                         else
                             memcpy(g + off, dp, wd[i] * sizeof(T));
                     }
-                else if (silu) {  /* the pre-activation, silu' and silu in one pass */
+                else if (silu) {  /* the pre-activation, silu' and silu in one pass (the
+                    channels past the norms, dy in place: g = silu' dy there, no s) */
+                    const long e0 = direct ? nn * G : C;
 #pragma GCC ivdep
-                    for (long c = 0; c < C; c++) {
+                    for (long c = 0; c < e0; c++) {
                         T sc = bb[c];
                         for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
                         const T sg = 1 / (1 + EXP(-sc));
                         g[c] = sg * (1 + sc * (1 - sg));  /* silu' */
                         s[c] = sc * sg;                   /* silu */
                     }
+                    if (direct)
+                        for (long i = 0, off = 0; i < 3 && wd[i]; off += wd[i], i++) {
+                            const T *restrict dp = dy[i] + row * wd[i];
+#pragma GCC ivdep
+                            for (long c = off > e0 ? off : e0; c < off + wd[i]; c++) {
+                                T sc = bb[c];
+                                for (long k = 0; k < K; k++) sc += wk[k][c] * xr[k][c];
+                                const T sg = 1 / (1 + EXP(-sc));
+                                g[c] = sg * (1 + sc * (1 - sg)) * dp[c - off];
+                            }
+                        }
                 } else if (nn) {
 #pragma GCC ivdep
                     for (long c = 0; c < C; c++) {
@@ -296,7 +309,8 @@ static inline __attribute__((always_inline)) void NAME(bwd_body)(
                         for (long gi = off / G; gi < ge / G; gi++)
                             NAME(norm_grad)(g + gi * G, s + gi * G, dp + gi * G - off,
                                             r[row * nn + gi], G);
-                        for (long c = ge > off ? ge : off; c < off + n; c++) g[c] *= dp[c - off];
+                        if (!silu)
+                            for (long c = ge > off ? ge : off; c < off + n; c++) g[c] *= dp[c - off];
                     }
                 } else {
                     NAME(get)(dyrow, dy, wd, row);
