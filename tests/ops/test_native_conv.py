@@ -150,6 +150,38 @@ def test_native_conv_in_three_pieces_without_norms(silu, T):
     assert_close(got, want, ["x", "B", "C", "state", "x", "state0", "weight", "bias"], 1e-12)
 
 
+@pytest.mark.parametrize("dtype,b,bias,tol", [(torch.float64, 1, True, 1e-10),
+                                               (torch.float32, 2, False, 1e-5)])
+@pytest.mark.parametrize("splits", [None, (64, 66, 926)])
+def test_native_conv_streamed_outputs(dtype, b, bias, tol, splits):
+    """A call whose rows hold >= 8 MB of y (conv.c's STREAM_MIN: T = 1024, C = 1056, 8.65 MB
+    at one thread) writes y's rows and dx's with streaming stores, through a scratch row:
+    outputs and every gradient against ShortConv then l2norm of the first 4 groups of 32,
+    whole y and in pieces (the first piece's rows 32-byte aligned and streamed, the other two
+    not: the memcpy fallback); with and without a bias."""
+    from rnnzoo.layers._delta_block import l2norm
+    m, x, state = _setup(b, 1024, 1056, 4, bias, True, dtype)
+    wrt, lib = [x, state, *m.parameters()], native_conv.load()
+
+    def torch_form():
+        y, s = m(x, state)
+        y = torch.cat([l2norm(y[..., :128].unflatten(-1, (4, 32))).flatten(-2), y[..., 128:]], -1)
+        return (y,) if splits is None else y.split(splits, -1), s
+
+    def flat(ys, s):
+        return (*ys, s) if isinstance(ys, tuple) else (ys, s)
+
+    with threads_(1):
+        got = outputs_and_grads(flat(*native_conv.short_conv(lib, x, m.weight, m.bias, state,
+                                                             True, 4, 32, False, splits)), wrt)
+        with backend.force("torch"):
+            want = outputs_and_grads(flat(*torch_form()), wrt)
+    names = ["y"] * (1 if splits is None else 3) + ["state", "x", "state0", "weight",
+                                                     "bias"][:1 + len(wrt)]
+    assert len(got) == len(want) == len(names)
+    assert_close(got, want, names, tol)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("V", [64, 21, 5])
 @pytest.mark.parametrize("threads", [1, 2])
