@@ -72,8 +72,12 @@ def set_heads(layer, d_model: int, num_heads: int, head_dim: int | None, max_len
 def write_front(cache, new):
     """cache (B, H, C, ...) with its first T = new.shape[2] slots replaced by new (cast to the
     cache's dtype): a fresh sequence's cache. One new tensor and two copies: torch.cat of the
-    two parts takes its serial kernel at 1 thread (4x slower at B=16, T=512)."""
+    two parts takes its serial kernel at 1 thread (4x slower at B=16, T=512). When new fills
+    every slot (T = C: a window of T, Titans-MAG's and -MAL's at T = 512), new itself (cast,
+    made contiguous): no copy where it already was."""
     T = new.shape[2]
+    if T == cache.shape[2]:
+        return new.to(cache.dtype).contiguous()
     out = torch.empty_like(cache)
     out[:, :, :T] = new
     out[:, :, T:] = cache[:, :, T:]
