@@ -8,6 +8,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads
 from _native_check import threads as threads_
+from _second_order import second_order
 
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.ops import backend
@@ -219,3 +220,32 @@ def test_scaled_values_double_backward():
         lambda x, u: native_conv.scaled_values(native_conv.load(), x, u), (x, u))
     assert torch.autograd.gradgradcheck(
         lambda x, u: native_conv.scaled_values(native_conv.load(), x, u), (x, u))
+
+
+@pytest.mark.parametrize("silu,nn,sqrt_eps,splits,bias", [(True, 0, False, None, True),
+                                                          (False, 0, False, None, False),
+                                                          (True, 2, False, (4, 4, 6), True),
+                                                          (True, 3, True, (5, 5, 4), False)])
+def test_native_conv_second_derivative(silu, nn, sqrt_eps, splits, bias):
+    """Under create_graph=True _NativeConv's `twice` (its PyTorch form replayed over the saved
+    inputs) gives the second derivative in x, weight, bias and state, float64, against a
+    central difference and the PyTorch form's own double backward (conv, SiLU, the l2 norm
+    of the leading groups, the three pieces)."""
+    lib = native_conv.load()
+    if lib is None:
+        pytest.skip("conv does not build")
+    C, K, G = 14, 4, 3
+    g = torch.Generator().manual_seed(4)
+    x, w, b, st = (torch.randn(s, dtype=torch.float64, generator=g).requires_grad_()
+                   for s in ((2, 5, C), (C, K), (C,), (2, K - 1, C)))
+    inputs = [x, w, st] + ([b] if bias else [])
+
+    def run(f):
+        return lambda x, w, st, b=None: f(x, w, b, st, silu, nn, G, sqrt_eps, splits)
+
+    native = run(lambda *a: native_conv.short_conv(lib, *a[:5], *a[5:])[0])
+    plain = run(native_conv._torch_conv)
+    for a, b_ in zip(*((o if splits else (o,)) for o in (native(*inputs), plain(*inputs)))):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+    with threads_(2):
+        second_order(native, inputs, plain)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter
 from _native_check import threads as threads_
+from _second_order import second_order
 
 import rnnzoo
 from rnnzoo.ops import backend
@@ -62,3 +63,27 @@ def test_native_deltaformer_nonfinite_and_cache(calls):
     assert (y - y_ref).nan_to_num().abs().max() < 1e-12
     layer(x[:1, :4], layer(x[:1, :3])[1])  # the second block reads a cache: PyTorch form
     assert calls[0] == 2
+
+
+def test_native_deltaformer_second_derivative():
+    """Under create_graph=True _NativeDeltaFormer's `twice` (the PyTorch form replayed over the
+    saved inputs) gives the second derivative of o and u in q, k, v and beta, float64,
+    against a central difference and the PyTorch form's own double backward; the inputs
+    transposed views as the layer passes them."""
+    lib = deltaformer_attn.load()
+    if lib is None:
+        pytest.skip("deltaformer_attn does not build")
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 6, 2, 4, dtype=torch.float64, generator=g).requires_grad_()
+               for _ in range(3))
+    beta = torch.rand(2, 6, 2, dtype=torch.float64, generator=g).requires_grad_()
+
+    def run(f):
+        return lambda q, k, v, beta: f(*(t.transpose(1, 2) for t in (q, k, v, beta)))
+
+    native = run(lambda *t: deltaformer_attn.attend(lib, *t, 0.5))
+    plain = run(lambda *t: deltaformer_attn._torch_attend(0.5, *t))
+    for a, b in zip(native(q, k, v, beta), plain(q, k, v, beta)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with threads_(2):
+        second_order(native, [q, k, v, beta], plain)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads
 from _native_check import threads as threads_
+from _second_order import second_order
 
 from rnnzoo import create
 from rnnzoo.ops import backend
@@ -89,3 +90,62 @@ def test_gate_rms_reads_strided_rows(norm):
         want = run(wide[..., 1:W + 1].contiguous(), wide[..., W + 3:].contiguous())
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _leaves(*shapes):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("act,pre,norm,skip", [("silu", True, True, True),
+                                               ("silu", False, True, False),
+                                               ("sigmoid", False, True, True),
+                                               (None, False, True, False),
+                                               ("silu", True, False, True)])
+def test_rms_gate_second_derivative(act, pre, norm, skip):
+    """Under create_graph=True _RMSGate's `twice` (its PyTorch form replayed over the saved
+    inputs) gives the second derivative in y, xs, s, z and w: float64 against a central
+    difference and the PyTorch form's own double backward; z a strided slice."""
+    lib = gated_norm.load()
+    if lib is None:
+        pytest.skip("gated_norm does not build")
+    W, n = 6, 3
+    keep = [True, skip, act is not None, skip, norm]  # y, xs, wide (z's rows), s, w
+
+    def run(f):
+        def call(*t):
+            it = iter(t)
+            y_, xs_, wide_, s_, w_ = (next(it) if k else None for k in keep)
+            return f(y_, xs_, s_, None if wide_ is None else wide_[..., 1:W + 1], w_)
+        return call
+
+    native = run(lambda y, xs, s, z, w: gated_norm.rms_norm_gate(lib, y, xs, s, z, w, n, 1e-5,
+                                                                 act, pre, norm))
+    plain = run(lambda y, xs, s, z, w: gated_norm._torch_rms_gate(
+        y, xs, s, z, w, n, 1e-5, gated_norm.ACTS[act], int(pre), norm))
+    leaves = _leaves((2, 5, W), (2, 5, W), (2, 5, W + 2), (W,), (W,))
+    inputs = [t for t, k in zip(leaves, keep) if k]
+    torch.testing.assert_close(native(*inputs), plain(*inputs), rtol=1e-12, atol=1e-12)
+    with threads_(2):
+        second_order(native, inputs, plain)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_norm_gate_second_derivative(skip):
+    """_NormGate's `twice`: the second derivative in y, xs, s, z, w and b, float64."""
+    lib = gated_norm.load()
+    if lib is None:
+        pytest.skip("gated_norm does not build")
+    W, n = 8, 4
+    y, xs, s, z, w, b = _leaves((2, 5, W), (2, 5, W), (W,), (2, 5, W), (W,), (W,))
+
+    def native(y, z, w, b, xs=None, s=None):
+        return gated_norm.norm_gate(lib, y, xs, s, z, w, b, n, 1e-5)
+
+    def plain(y, z, w, b, xs=None, s=None):
+        return gated_norm._torch_norm_gate(y, xs, s, z, w, b, n, 1e-5)
+
+    inputs = [y, z, w, b] + ([xs, s] if skip else [])
+    torch.testing.assert_close(native(*inputs), plain(*inputs), rtol=1e-12, atol=1e-12)
+    with threads_(2):
+        second_order(native, inputs, plain)

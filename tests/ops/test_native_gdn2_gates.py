@@ -4,6 +4,7 @@ float64 tight, float32 loose; 1 and 2 threads."""
 
 import pytest
 import torch
+from _second_order import second_order
 
 from rnnzoo.ops.native import vector_delta
 
@@ -41,3 +42,30 @@ def test_gated_inputs(dtype, tol, N, A, C, threads, bs, used):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     finally:
         torch.set_num_threads(old)
+
+
+def _leaves2(*shapes, positive=()):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.rand(s, dtype=torch.float64, generator=g) + 0.2 if i in positive else
+             torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_()
+            for i, s in enumerate(shapes)]
+
+
+def test_gated_inputs_second_derivative():
+    """Under create_graph=True _Gates's `twice` (its PyTorch form replayed over the saved
+    inputs) gives the second derivative in z, k and v, float64, against a central difference
+    and the PyTorch form's own double backward; z a transposed view."""
+    lib = vector_delta.load()
+    if lib is None:
+        pytest.skip("vector_delta does not build")
+    zt, k, v = _leaves2((7, 5), (5, 3), (5, 4))
+
+    def native(zt, k, v):
+        return vector_delta.gated_inputs(lib, zt.t(), k, v, 0.7)
+
+    def plain(zt, k, v):
+        return vector_delta._torch_gates(zt.t(), k, v, 0.7)
+
+    for a, b in zip(native(zt, k, v), plain(zt, k, v)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, [zt, k, v], plain)

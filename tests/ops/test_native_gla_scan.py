@@ -15,6 +15,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter, native_vs_torch, outputs_and_grads
 from _native_check import threads as threads_
+from _second_order import second_order
 
 from rnnzoo.layers.lightnet import additive_gate
 from rnnzoo.ops import backend
@@ -219,3 +220,53 @@ def test_gsa_slot_gate_small_s_relative():
     la, s = gla_scan.slot_gate(gla_scan.load(), f, 8.0)
     want = -torch.expm1(torch.nn.functional.logsigmoid(f) / 8)
     assert ((s - want).abs() / want).max() < 1e-14
+
+
+def _leaves2(*shapes, positive=()):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.rand(s, dtype=torch.float64, generator=g) + 0.2 if i in positive else
+             torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_()
+            for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("empty", [True, False])
+def test_additive_gate_second_derivative(empty):
+    """Under create_graph=True _AdditiveGate's `twice` (layers.lightnet's PyTorch form replayed
+    over the saved inputs) gives the second derivative of k, g and z_T in x (and z0 when it
+    is finite), float64, against a central difference and the PyTorch form's own double
+    backward; x a transposed view."""
+    lib = gla_scan.load()
+    if lib is None:
+        pytest.skip("gla_scan does not build")
+    xt, z0 = _leaves2((2, 3, 5, 4), (2, 3, 4))
+    if empty:
+        z0 = torch.full((2, 3, 4), float("-inf"), dtype=torch.float64)
+
+    def native(xt, *z):
+        return gla_scan.additive_gate(lib, xt.transpose(1, 2), *(z or (z0,)))
+
+    def plain(xt, *z):
+        return gla_scan._torch_additive_gate(xt.transpose(1, 2), *(z or (z0,)))
+
+    inputs = [xt] if empty else [xt, z0]
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)
+
+
+def test_slot_gate_second_derivative():
+    """_SlotGate's `twice`: the second derivative of (log alpha, 1 - alpha) in f, float64."""
+    lib = gla_scan.load()
+    if lib is None:
+        pytest.skip("gla_scan does not build")
+    (ft,) = _leaves2((2, 5, 3))
+
+    def native(ft):
+        return gla_scan.slot_gate(lib, ft.transpose(1, 2), 8.0)
+
+    def plain(ft):
+        return gla_scan._torch_slot_gate(ft.transpose(1, 2), 1 / 8.0)
+
+    for a, b in zip(native(ft), plain(ft)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, [ft], plain)

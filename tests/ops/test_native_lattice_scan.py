@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _native_check import assert_close, counter, native_vs_torch
+from _second_order import second_order
 
 from rnnzoo.ops import backend, lattice
 from rnnzoo.ops.native import lattice_scan
@@ -91,3 +92,21 @@ def test_native_lattice_whole_vector_rows(calls, dtype, tol, M, V):
         want = run()
     assert calls[0] == 1
     assert_close(got, want, ["o", "S", "q", "k", "v", "beta", "S0"], tol)
+
+
+def test_native_lattice_second_derivative():
+    """Under create_graph=True _NativeLattice's `twice` (lattice_step over time in PyTorch,
+    replayed over the saved inputs: lattice's mode='sequential' runs this kernel) gives the
+    second derivative of o and S_T in q, k, v, beta and S0, float64, against a central
+    difference and the loop's own double backward."""
+    lib = lattice_scan.load()
+    if lib is None:
+        pytest.skip("lattice_scan does not build")
+    ins = [t.requires_grad_() for t in _inputs(2, 6, 2, 3, 4, torch.float64)]
+
+    def native(*t):
+        return lattice_scan.lattice(lib, *t)
+
+    for a, b in zip(native(*ins), lattice_scan._torch_lattice(*ins)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, ins, lattice_scan._torch_lattice)

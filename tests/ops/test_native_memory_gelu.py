@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import counter, outputs_and_grads, threads
+from _second_order import second_order
 
 from rnnzoo.ops import backend, memory
 from rnnzoo.ops.native import memory_gelu
@@ -38,3 +39,31 @@ def test_native_gelu_equals_aten(dtype, tol, monkeypatch):
     for a, b in zip(native, ref):
         assert (a - b).abs().max() < tol * (1 + b.abs().max())
     assert all(t.abs().max() > 0.1 for t in native)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_gelu_and_gelu_back_second_derivative(strided):
+    """Under create_graph=True gelu's backward (gelu_back) and gelu_back's `twice` (aten's
+    gelu_backward replayed over the saved g and z) give the second derivative of both in z
+    and g, float64, against a central difference and aten's own double backward; z and g
+    transposed views (their .contiguous() copies have no autograd history)."""
+    lib = memory_gelu.load()
+    if lib is None:
+        pytest.skip("memory_gelu does not build")
+    gen = torch.Generator().manual_seed(3)
+    z, g = (torch.randn(3, 5, dtype=torch.float64, generator=gen).requires_grad_()
+            for _ in range(2))
+
+    def view(t):
+        return t.t() if strided else t
+
+    def native(z, g):
+        return memory_gelu.gelu(lib, view(z)), memory_gelu.gelu_back(lib, view(g), view(z))
+
+    def plain(z, g):
+        return (torch.nn.functional.gelu(view(z), approximate="tanh"),
+                memory_gelu._torch_gelu_back(view(g), view(z)))
+
+    for a, b in zip(native(z, g), plain(z, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, [z, g], plain)

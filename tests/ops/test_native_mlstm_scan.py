@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from _native_check import assert_close, counter, native_vs_torch
 from _native_check import threads as threads_
+from _second_order import second_order
 
 from rnnzoo.layers.mlstm import BlockDiagonalLinear
 from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
@@ -277,3 +278,42 @@ def test_mlstm_layer_fused_chunk_matches_torch(monkeypatch, forget_gate):
     with backend.force("torch"):
         want = run()
     assert_close(got, want, [f"out{i}" for i in range(len(got))], 1e-10)
+
+
+def _leaves2(*shapes, positive=()):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.rand(s, dtype=torch.float64, generator=g) + 0.2 if i in positive else
+             torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_()
+            for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("gated,two,through", [(False, False, False), (True, True, True),
+                                               (True, False, False)])
+def test_blockdiag_second_derivative(gated, two, through):
+    """Under create_graph=True the blockdiag nodes' `twice` (einsum forms replayed over the
+    saved inputs) give the second derivative in x and the weights, float64, against a
+    central difference and the PyTorch form's own double backward; x a strided slice. The
+    maps are linear: only the products of x and the weights have second derivatives."""
+    lib = blockdiag.load()
+    if lib is None:
+        pytest.skip("blockdiag does not build")
+    wide, W0, W1, G = _leaves2((2, 5, 10), (2, 4, 4), (2, 4, 4), (3, 8))
+    ws = [W0, W1, G] if two else [W0, G]
+    if not gated:
+        native = lambda wide, W0: blockdiag.blockdiag(lib, wide[..., 1:9], W0)  # noqa: E731
+        plain = lambda wide, W0: blockdiag._torch_blockdiag(wide[..., 1:9], W0)  # noqa: E731
+        ws = [W0]
+    else:
+        def native(wide, W0, *rest):
+            W1, G = rest if two else (None, rest[0])
+            out = blockdiag.blockdiag_gated(lib, wide[..., 1:9], W0, W1, G, through=through)
+            return tuple(o for o in out if o is not None)
+
+        def plain(wide, W0, *rest):
+            W1, G = rest if two else (None, rest[0])
+            out = blockdiag._torch_gated(wide[..., 1:9], W0, W1, G, through)
+            return tuple(o for o in out if o is not None)
+    for a, b in zip(*(o if isinstance(o, tuple) else (o,)
+                      for o in (native(wide, *ws), plain(wide, *ws)))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, [wide, *ws], plain)

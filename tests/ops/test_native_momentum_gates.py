@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads, threads
+from _second_order import second_order
 
 from rnnzoo import create
 from rnnzoo.ops import backend
@@ -111,3 +112,29 @@ def test_layer_runs_the_gate_kernel_on_the_cpu(monkeypatch):
     with backend.force("torch"):
         torch.testing.assert_close(layer(x, mode="chunk")[0], y, rtol=1e-5, atol=1e-6)
     assert ran[0] == 1
+
+
+@pytest.mark.parametrize("neg,floor", [(False, -2.0), (True, None)])
+def test_native_gates_second_derivative(neg, floor):
+    """Under create_graph=True _NativeGates's `twice` (the layer's formulas in PyTorch,
+    replayed over the saved inputs) gives the second derivative in g and the five
+    parameters, float64, against a central difference and the PyTorch form's own double
+    backward (log_mu's floor: rows on both sides); g a transposed view."""
+    lib = momentum_scan.load()
+    if lib is None:
+        pytest.skip("momentum_scan does not build")
+    layer = _layer(3, neg, floor, torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    gt = (3 * torch.randn(12, 5, 2, generator=gen, dtype=torch.float64)).requires_grad_()
+    ins = [gt, *(p.detach().clone().requires_grad_() for p in _params(layer))]
+    fl = -float("inf") if floor is None else floor
+
+    def native(gt, *p):
+        return momentum_scan.gates(lib, gt.transpose(0, 2), *p, layer.tau, neg, floor)
+
+    def plain(gt, *p):
+        return momentum_scan._torch_gates(gt.transpose(0, 2), *p, layer.tau, neg, fl)
+
+    for a, b in zip(native(*ins), plain(*ins)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, ins, plain)

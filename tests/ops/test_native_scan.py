@@ -13,6 +13,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads
 from _native_check import threads as threads_
+from _second_order import second_order
 
 from rnnzoo.layers.mamba import selective_scan
 from rnnzoo.ops import backend, native
@@ -243,3 +244,29 @@ def test_native_scan_float32_infinite_delta_A(calls, neg):
     assert torch.isfinite(want[0]).all() and torch.isfinite(want[1]).all()
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _leaves2(*shapes, positive=()):
+    g = torch.Generator().manual_seed(3)
+    return [(torch.rand(s, dtype=torch.float64, generator=g) + 0.2 if i in positive else
+             torch.randn(s, dtype=torch.float64, generator=g)).requires_grad_()
+            for i, s in enumerate(shapes)]
+
+
+def test_delta_softplus_second_derivative():
+    """Under create_graph=True _DeltaStep's `twice` (softplus(dt W^T + b) in PyTorch replayed
+    over the saved inputs) gives the second derivative in dt, W and b, float64, against a
+    central difference and the PyTorch form's own double backward; dt a transposed view."""
+    lib = native_ss.load()
+    if lib is None:
+        pytest.skip("selective_scan does not build")
+    dtt, W, b = _leaves2((2, 3, 5), (6, 3), (6,))
+
+    def native(dtt, W, b):
+        return native_ss.delta_softplus(lib, dtt.transpose(1, 2), W, b)
+
+    def plain(dtt, W, b):
+        return native_ss._torch_delta_softplus(dtt.transpose(1, 2), W, b)
+
+    torch.testing.assert_close(native(dtt, W, b), plain(dtt, W, b), rtol=1e-12, atol=1e-12)
+    second_order(native, [dtt, W, b], plain)

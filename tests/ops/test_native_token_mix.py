@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads, threads
+from _second_order import second_order
 
 import rnnzoo
 from rnnzoo.ops.native import token_mix
@@ -184,3 +185,41 @@ def test_rwkv6_layer_runs_the_negexp_kernel(monkeypatch):
     layer = rnnzoo.create("rwkv6", d_model=8, head_dim=4, mix_rank=2, decay_rank=2)
     layer(torch.randn(2, 5, 8))
     assert calls[0] == 1
+
+
+def _leaves(*shapes):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("op", ["token_mix", "shift", "bonus", "keys"])
+def test_second_derivative(op):
+    """Under create_graph=True the nodes' `twice` (their PyTorch forms replayed over the
+    saved inputs) give the second derivative in every tensor input, float64, against a
+    central difference and the PyTorch form's own double backward; the first input a
+    transposed view."""
+    lib = token_mix.load()
+    if lib is None:
+        pytest.skip("token_mix does not build")
+    T = lambda t: t.transpose(0, 1)  # noqa: E731
+    if op == "token_mix":
+        ins, linear = _leaves((5, 2, 4), (2, 5, 4), (3, 4)), (0,)
+        native = lambda x, s, mu: token_mix.token_mix(lib, T(x), s, mu)  # noqa: E731
+        plain = lambda x, s, mu: token_mix._torch_token_mix(T(x), s, mu)  # noqa: E731
+    elif op == "shift":
+        ins, linear = _leaves((5, 2, 4), (2, 4), (4,)), ()
+        native = lambda x, xl, mu: token_mix.shift_mix(lib, T(x), xl, mu)  # noqa: E731
+        plain = lambda x, xl, mu: token_mix._torch_shift(T(x), xl, mu)  # noqa: E731
+    elif op == "bonus":
+        ins, linear = _leaves((2, 6, 4), (2, 4), (2, 4), (6, 2, 3), (6, 2, 3), (6, 2, 4),
+                              (6, 2, 4), (2, 3)), ()
+        native = lambda x, *t: token_mix.bonus_gate(lib, T(x), *t[:2], 1e-3, *t[2:])  # noqa: E731
+        plain = lambda x, *t: token_mix._torch_bonus(T(x), *t[:2], 1e-3, *t[2:])  # noqa: E731
+    else:
+        ins, linear = _leaves((8, 6), (6, 8), (6, 8), (8,), (8,)), ()
+        native = lambda k, *t: token_mix.rwkv7_keys(lib, T(k), *t, -0.6, 1e-12, 2)  # noqa: E731
+        plain = lambda k, *t: token_mix._torch_keys(T(k), *t, -0.6, 1e-12, 2)  # noqa: E731
+    got, want = native(*ins), plain(*ins)
+    for a, b in zip(*((o if isinstance(o, tuple) else (o,)) for o in (got, want))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, ins, plain, linear=linear)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, counter, outputs_and_grads, threads
+from _second_order import second_order
 
 from rnnzoo.ops import backend, memory
 from rnnzoo.ops.native import ttt_norm
@@ -84,3 +85,46 @@ def test_native_inner_output_equals_torch(shape, dtype, tol, monkeypatch):
         want = outputs_and_grads([memory.inner_output(*leaves, 1e-6)], leaves)
     assert calls[0] == 1
     assert_close(got, want, ["o", "dq", "dz", "dw", "db"], tol)
+
+
+def _leaves(*shapes):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
+
+
+def test_norm_loss_grad_second_derivative():
+    """Under create_graph=True _NormLossGrad's `twice` (ops.memory's PyTorch form replayed over
+    the saved inputs) gives the second derivative in z, target, w and b, float64, against a
+    central difference and the PyTorch form's own double backward; z a transposed view."""
+    lib = ttt_norm.load()
+    if lib is None:
+        pytest.skip("ttt_norm does not build")
+    zt, t, w, b = _leaves((2, 3, 2, 4), (2, 2, 3, 4), (2, 4), (2, 4))
+
+    def native(zt, t, w, b):
+        return ttt_norm.norm_loss_grad(lib, zt.transpose(1, 2), t, w, b, 1e-5)
+
+    def plain(zt, t, w, b):
+        return ttt_norm._torch_norm_loss_grad(1e-5, zt.transpose(1, 2), t, w, b)
+
+    torch.testing.assert_close(native(zt, t, w, b), plain(zt, t, w, b), rtol=1e-12, atol=1e-12)
+    with threads(2):
+        second_order(native, [zt, t, w, b], plain)
+
+
+def test_inner_output_second_derivative():
+    """_InnerOutput's `twice`: the second derivative in q, z, w and b, float64."""
+    lib = ttt_norm.load()
+    if lib is None:
+        pytest.skip("ttt_norm does not build")
+    q, z, w, b = _leaves((2, 5, 2, 4), (2, 5, 2, 4), (2, 4), (2, 4))
+
+    def native(q, z, w, b):
+        return ttt_norm.inner_output(lib, q, z, w, b, 1e-5)
+
+    def plain(q, z, w, b):
+        return ttt_norm._torch_inner_output(1e-5, q, z, w, b)
+
+    torch.testing.assert_close(native(q, z, w, b), plain(q, z, w, b), rtol=1e-12, atol=1e-12)
+    with threads(2):
+        second_order(native, [q, z, w, b], plain, linear=(0, 3))

@@ -37,7 +37,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -94,9 +94,26 @@ def _views(buf, blocks):
             for b, (n0, n1, i0, i1, e) in zip(bufs, blocks)]
 
 
-class _StickBreaking(torch.autograd.Function):
+def _torch_stick_breaking(q, k, v, visible, shift):
+    """stick_breaking_attention in PyTorch (layers.stickbreaking_attention's weights): the
+    form the stick-breaking nodes' `twice` differentiate."""
+    if visible is None:
+        T = q.shape[-2]
+        i = torch.arange(T, device=q.device)
+        visible = i[None, :] <= i[:, None] + shift
+    else:
+        visible = visible[:, None]
+    z = q @ k.transpose(-1, -2)
+    log_om = torch.nn.functional.logsigmoid(-z).masked_fill(~visible, 0.0)
+    after = log_om.flip(-1).cumsum(-1).flip(-1) - log_om          # sum over visible l > j
+    A = (torch.nn.functional.logsigmoid(z) + after).masked_fill(~visible, float("-inf")).exp()
+    return A @ v
+
+
+class _StickBreaking(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, visible, shift):
+        orig = (q, k, v, visible)  # for `twice` (the copies below have no autograd history)
         B, H, Tq, _ = q.shape
         Tk = k.shape[2]
         q2, k2, v2 = (t.reshape(B * H, *t.shape[2:]).contiguous() for t in (q, k, v))
@@ -121,13 +138,18 @@ class _StickBreaking(torch.autograd.Function):
                  (t, e, n0, H, Tq, Tk, i0, shift), g * t)
             _mm(lib, A, v2[n0], out[n0, i0], t, Dv, e, (e, 1), Dv, Dv, (t * e, Tk * Dv, Tq * Dv),
                 g)
-        ctx.save_for_backward(q2, k2, v2, kT, m, *(zs + As if keep else ()))
+        ctx.save_for_backward(*orig, q2, k2, v2, kT, m, *(zs + As if keep else ()))
         ctx.lib, ctx.shift, ctx.shapes = lib, shift, (q.shape, k.shape, v.shape)
         return out.view(B, H, Tq, -1)
 
     @staticmethod
+    def twice(ctx, do):
+        return (None, *native.replay(_torch_stick_breaking, (*ctx.saved_tensors[:4], ctx.shift),
+                                     (do,), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, kT, m, *kept = ctx.saved_tensors
+        q2, k2, v2, kT, m, *kept = ctx.saved_tensors[4:]
         (B, H, Tq, Dh), (_, _, Tk, _), vshape = ctx.shapes
         Dv, lib = vshape[-1], ctx.lib
         do2 = do.reshape(B * H, Tq, -1).contiguous()
@@ -167,9 +189,10 @@ def _tile_scores(T: int, tile: int, shift: int = 0) -> int:
                for i0 in range(0, T, tile))
 
 
-class _StickBreakingHeads(torch.autograd.Function):
+class _StickBreakingHeads(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, shift):
+        orig = (q, k, v)  # for `twice`
         B, H, T, Dh = q.shape
         N, Dv, tile = B * H, v.shape[-1], min(_SB_TILE, T)
         q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
@@ -179,13 +202,19 @@ class _StickBreakingHeads(torch.autograd.Function):
         out = q2.new_empty(N, T, Dv)
         _run(_kernel(lib, "sb_heads_fwd", q.dtype),
              [native.ptr(t) for t in (q2, k2, v2, out, Z, A)], (T, Dh, Dv, tile, shift, PT), N)
-        ctx.save_for_backward(q2, k2, v2, Z, A)
+        ctx.save_for_backward(q2, k2, v2, Z, A, *orig)
         ctx.lib, ctx.shift, ctx.tile, ctx.PT, ctx.vshape = lib, shift, tile, PT, v.shape
         return out.view(B, H, T, Dv)
 
     @staticmethod
+    def twice(ctx, do):
+        return (None, *native.replay(lambda q, k, v, s: _torch_stick_breaking(q, k, v, None, s),
+                                     (*ctx.saved_tensors[5:], ctx.shift), (do,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, Z, A = ctx.saved_tensors
+        q2, k2, v2, Z, A = ctx.saved_tensors[:5]
         N, T, Dh = q2.shape
         Dv = v2.shape[-1]
         do2 = do.reshape(N, T, Dv).contiguous()
@@ -266,9 +295,28 @@ def bmm(lib, a, b):
     return c.view(*lead, *c.shape[-2:])
 
 
-class _CausalHeads(torch.autograd.Function):
+def _torch_causal(q, k, v, bias):
+    """causal_softmax_attention in PyTorch: the form _CausalHeads's `twice` differentiates."""
+    s = q @ k.transpose(-1, -2)
+    s = s if bias is None else s + bias[..., None, :]
+    T = q.shape[-2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v
+
+
+def _torch_rope(x, cos, sin, scale=1.0):
+    """x (B, T, H, D) turned by the angles of cos, sin (B, T, R/2), GPT-NeoX's pairs
+    (a, a + R/2), times scale, in PyTorch (sin negated: turned back)."""
+    half = cos.shape[-1]
+    c, s = cos[:, :, None], sin[:, :, None]
+    x1, x2 = x[..., :half], x[..., half:2 * half]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, x[..., 2 * half:]], -1) * scale
+
+
+class _CausalHeads(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, bias):
+        orig = (q, k, v, bias)  # for `twice` (the copies below have no autograd history)
         B, H, T, Dh = q.shape
         N, Dv, tile = B * H, v.shape[-1], min(_SM_TILE, T)
         q2, k2, v2 = (t.reshape(N, T, t.shape[-1]).contiguous() for t in (q, k, v))
@@ -278,14 +326,19 @@ class _CausalHeads(torch.autograd.Function):
         out = q2.new_empty(N, T, Dv)
         _run(_kernel(lib, "sm_heads_fwd", q.dtype),
              [native.ptr(t) for t in (q2, k2, v2, b2, out, P)], (T, Dh, Dv, tile, PT), N)
-        ctx.save_for_backward(q2, k2, v2, b2, P)
+        ctx.save_for_backward(q2, k2, v2, b2, P, *orig)
         ctx.lib, ctx.shapes, ctx.tile = lib, (q.shape, v.shape, None if bias is None else
                                                bias.shape), tile
         return out.view(B, H, T, Dv)
 
     @staticmethod
+    def twice(ctx, do):
+        return (None, *native.replay(_torch_causal, ctx.saved_tensors[5:], (do,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do):
-        q2, k2, v2, b2, P = ctx.saved_tensors
+        q2, k2, v2, b2, P = ctx.saved_tensors[:5]
         (B, H, T, Dh), vshape, bshape = ctx.shapes
         N, Dv = B * H, vshape[-1]
         do2 = do.reshape(N, T, Dv).contiguous()
@@ -314,7 +367,7 @@ def _rope(lib, x, y, cos, sin, sign, scale=1.0):
          B * Tn * H)
 
 
-class _Rope(torch.autograd.Function):
+class _Rope(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, cos, sin):
         B, Tn, H, D = x.shape
@@ -326,6 +379,11 @@ class _Rope(torch.autograd.Function):
         return y
 
     @staticmethod
+    def twice(ctx, g):  # the turn back in PyTorch: linear in g, differentiable again
+        cos, sin = ctx.saved_tensors
+        return None, _torch_rope(g, cos, -sin), None, None
+
+    @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
         g = g if g.stride(-1) == 1 else g.contiguous()
@@ -334,7 +392,7 @@ class _Rope(torch.autograd.Function):
         return None, dx, None, None
 
 
-class _Heads(torch.autograd.Function):
+class _Heads(first_order.Function):
     @staticmethod
     def forward(ctx, lib, qkv, H, cos, sin, scale):
         B, Tn, _ = qkv.shape
@@ -346,6 +404,16 @@ class _Heads(torch.autograd.Function):
         ctx.save_for_backward(cos, sin)
         ctx.lib, ctx.scale = lib, scale
         return tuple(ys)
+
+    @staticmethod
+    def twice(ctx, *gs):  # the turns back in PyTorch: linear in gs, differentiable again
+        cos, sin = ctx.saved_tensors
+        B, H, Tn, D = next(g for g in gs if g is not None).shape
+        parts = [g.new_zeros(B, Tn, H, D) if g is None else
+                 _torch_rope(g.transpose(1, 2), c, -s, ctx.scale if i == 0 else 1.0)
+                 for i, (g, c, s) in enumerate(zip(gs, (cos, cos, cos[..., :0]),
+                                                   (sin, sin, sin[..., :0])))]
+        return None, torch.stack(parts, 2).reshape(B, Tn, 3 * H * D), None, None, None, None
 
     @staticmethod
     def backward(ctx, *gs):
@@ -378,7 +446,7 @@ def rope(lib, x, cos, sin):
     return _Rope.apply(lib, x, cos.contiguous(), sin.contiguous())
 
 
-class _Pairs(torch.autograd.Function):
+class _Pairs(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, w, lin):
         x, w = x.contiguous(), w.contiguous()

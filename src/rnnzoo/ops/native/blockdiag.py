@@ -35,9 +35,22 @@ def _rows(x):
     return x2
 
 
+def _torch_blockdiag(x, weight):
+    """y = x BD^T in PyTorch: the form the nodes' `twice` differentiate."""
+    nb, bs = weight.shape[0], weight.shape[-1]
+    return torch.einsum("...bi,boi->...bo", x.unflatten(-1, (nb, bs)), weight).flatten(-2)
+
+
+def _torch_gated(x, W0, W1, G, through):
+    """_NativeBlockDiagGated's outputs in PyTorch (total None: not differentiable)."""
+    return (_torch_blockdiag(x, W0), None if W1 is None else _torch_blockdiag(x, W1),
+            x @ G.t(), None, x if through else None)
+
+
 class _NativeBlockDiag(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, weight):
+        orig = (x, weight)  # for `twice` (the copies below have no autograd history)
         x2, w = _rows(x), weight.contiguous()
         rows, dim = x2.shape
         bs = w.shape[-1]
@@ -45,13 +58,18 @@ class _NativeBlockDiag(first_order.Function):
         fwd, _ = _kernels(lib, x.dtype)
         native.run(fwd, [(native.ptr(x2), native.ptr(w), native.ptr(y), x2.stride(0), dim, bs, *p)
                          for p in native.rows(rows)])
-        ctx.save_for_backward(x2, w)
+        ctx.save_for_backward(x2, w, *orig)
         ctx.lib, ctx.shape = lib, x.shape
         return y.view(x.shape)
 
     @staticmethod
+    def twice(ctx, dy):
+        return (None, *native.replay(_torch_blockdiag, ctx.saved_tensors[2:], (dy,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dy):
-        x2, w = ctx.saved_tensors
+        x2, w = ctx.saved_tensors[:2]
         rows, dim = x2.shape
         bs = w.shape[-1]
         dy = dy.contiguous().view(rows, dim)
@@ -81,6 +99,7 @@ class _NativeBlockDiagGated(first_order.Function):
 
     @staticmethod
     def forward(ctx, lib, x, W0, W1, G, through=False):
+        orig = (x, W0, W1, G)  # for `twice`
         x2, W0, G = _rows(x), W0.contiguous(), G.contiguous()
         W1 = None if W1 is None else W1.contiguous()
         rows, dim = x2.shape
@@ -92,16 +111,21 @@ class _NativeBlockDiagGated(first_order.Function):
         fwd, _ = _gated_kernels(lib, x.dtype)
         native.run(fwd, [(*(native.ptr(t) for t in (x2, W0, W1, G, y0, y1, g, total[i])),
                           x2.stride(0), dim, bs, ng, *p) for i, p in enumerate(parts)])
-        ctx.save_for_backward(x2, W0, W1, G)
-        ctx.lib, ctx.shape = lib, x.shape
+        ctx.save_for_backward(x2, W0, W1, G, *orig)
+        ctx.lib, ctx.shape, ctx.through = lib, x.shape, through
         ctx.mark_non_differentiable(total)
         lead = x.shape[:-1]
         return (y0.view(x.shape), None if y1 is None else y1.view(x.shape), g.view(*lead, ng),
                 total, x.view_as(x) if through else None)
 
     @staticmethod
+    def twice(ctx, dy0, dy1, dg, _, dthrough):
+        return (None, *native.replay(_torch_gated, (*ctx.saved_tensors[4:], ctx.through),
+                                     (dy0, dy1, dg, None, dthrough), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dy0, dy1, dg, _, dthrough):
-        x2, W0, W1, G = ctx.saved_tensors
+        x2, W0, W1, G = ctx.saved_tensors[:4]
         rows, dim = x2.shape
         bs, ng = W0.shape[-1], G.shape[0]
         dy0, dg = ((x2.new_zeros(rows, n) if d is None else d.contiguous().view(rows, n))

@@ -17,8 +17,9 @@ from __future__ import annotations
 import ctypes
 
 import torch
+import torch.nn.functional as F
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def _kernels(lib, dtype):
@@ -32,9 +33,25 @@ def _kernels(lib, dtype):
             native.kernel(lib, "conv_l2_bwd3", dtype, [P] * 12 + [L] * 3 + [i32] + [L] * 6))
 
 
-class _NativeConv(torch.autograd.Function):
+def _torch_conv(x, weight, bias, state, silu, nn, G, sqrt_eps, splits):
+    """short_conv's y in PyTorch: the form _NativeConv's `twice` differentiates."""
+    K, T = weight.shape[1], x.shape[1]
+    xp = torch.cat([state, x], 1)
+    s = sum(weight[:, k] * xp[:, k:k + T] for k in range(K))
+    s = s if bias is None else s + bias
+    y = F.silu(s) if silu else s
+    if nn:
+        h = y[..., :nn * G].unflatten(-1, (nn, G))
+        r = (torch.rsqrt(h.square().sum(-1, keepdim=True) + 1e-6) if sqrt_eps else
+             1 / torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(1e-6))
+        y = torch.cat([(h * r).flatten(-2), y[..., nn * G:]], -1)
+    return y if splits is None else tuple(y.split(splits, -1))
+
+
+class _NativeConv(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, weight, bias, state, silu, nn, G, sqrt_eps, splits):
+        orig = (x, weight, bias, state)  # for `twice` (the copies below have no history)
         x, state = x.contiguous(), state.contiguous()
         w = weight.t().contiguous()  # (K, C)
         bias = None if bias is None else bias.contiguous()
@@ -42,8 +59,9 @@ class _NativeConv(torch.autograd.Function):
         K, P = w.shape[0], native.ptr
         fwd, _, l2_fwd, _, fwd3, _ = _kernels(lib, x.dtype)
         r = x.new_empty(batch, T, nn) if nn else None
-        ctx.save_for_backward(x, w, bias, state, r)
+        ctx.save_for_backward(x, w, bias, state, r, *orig)
         ctx.lib, ctx.silu, ctx.nn, ctx.G, ctx.splits = lib, silu, nn, G, splits
+        ctx.sqrt_eps = sqrt_eps
         if splits is not None:
             ys = [x.new_empty(batch, T, n) for n in splits]
             native.run(fwd3, [(P(x), P(w), P(bias), P(state), *map(P, ys), P(r), T, C, K,
@@ -60,8 +78,14 @@ class _NativeConv(torch.autograd.Function):
         return y
 
     @staticmethod
+    def twice(ctx, *dys):
+        return (None, *native.replay(
+            _torch_conv, (*ctx.saved_tensors[5:], ctx.silu, ctx.nn, ctx.G, ctx.sqrt_eps,
+                          ctx.splits), dys, ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, *dys):
-        x, w, bias, state, r = ctx.saved_tensors
+        x, w, bias, state, r = ctx.saved_tensors[:5]
         batch, T, C = x.shape
         K, P = w.shape[0], native.ptr
         _, bwd, _, l2_bwd, _, bwd3 = _kernels(ctx.lib, x.dtype)

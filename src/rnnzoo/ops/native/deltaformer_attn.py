@@ -29,9 +29,28 @@ def _kernels(lib, dtype):
             native.kernel(lib, "dfa_bwd", dtype, [P] * 12 + [L, L, D, L, L]))
 
 
+def _masked_softmax(scores, visible):
+    low = torch.finfo(scores.dtype).min
+    return torch.softmax(scores.masked_fill(~visible, low), -1) * visible
+
+
+def _torch_attend(scale, q, k, v, beta):
+    """(o, u) in PyTorch (layers.deltaformer's form on a fresh sequence: the (T, T) scores,
+    one triangular solve): the form _NativeDeltaFormer's `twice` differentiates."""
+    T = q.shape[-2]
+    scores = q @ k.transpose(-1, -2) * scale
+    i = torch.arange(T, device=q.device)
+    P = _masked_softmax(scores, i[None, :] < i[:, None])
+    eye = torch.eye(T, dtype=q.dtype, device=q.device)
+    u = torch.linalg.solve_triangular(eye + beta[..., None] * P, v, upper=False,
+                                      unitriangular=True)
+    return _masked_softmax(scores, i[None, :] <= i[:, None]) @ u, u
+
+
 class _NativeDeltaFormer(first_order.Function):
     @staticmethod
     def forward(ctx, lib, scale, q, k, v, beta):
+        orig = (q, k, v, beta)  # for `twice` (the copies below have no autograd history)
         q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))
         B, H, T, D = q.shape
         u, w, o = torch.empty_like(v), torch.empty_like(v), torch.empty_like(v)
@@ -40,13 +59,18 @@ class _NativeDeltaFormer(first_order.Function):
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(beta), P(u), P(w), P(o), P(L), T, D, scale, *r)
                          for r in native.rows(B * H)])
-        ctx.save_for_backward(q, k, beta, u, w, L)
+        ctx.save_for_backward(q, k, beta, u, w, L, *orig)
         ctx.lib, ctx.scale = lib, scale
         return o, u
 
     @staticmethod
+    def twice(ctx, do, du):
+        return (None, *native.replay(_torch_attend, (ctx.scale, *ctx.saved_tensors[6:]),
+                                          (do, du), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, du):
-        q, k, beta, u, w, L = ctx.saved_tensors
+        q, k, beta, u, w, L = ctx.saved_tensors[:6]
         B, H, T, D = q.shape
         do = torch.zeros_like(u) if do is None else do.contiguous()
         du = None if du is None else du.contiguous()

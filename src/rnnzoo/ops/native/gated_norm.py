@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+import torch.nn.functional as F
 
 from rnnzoo.ops import first_order, native
 
@@ -50,9 +51,30 @@ def _rows(t, W):
     return t2, t2.stride(0)
 
 
+def _torch_rms_gate(y, xs, s, z, w, n, eps, act, pre, norm):
+    """rms_norm_gate in PyTorch (act as in ACTS): the form _RMSGate's `twice` differentiates."""
+    a = y if xs is None else y + s.reshape(-1) * xs
+    A = None if not act else (F.silu(z) if act == 1 else torch.sigmoid(z))
+    if pre and A is not None:
+        a = a * A
+    if norm:
+        g = a.unflatten(-1, (-1, n))
+        a = (g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps)).flatten(-2)
+        a = a if w is None else a * w.reshape(-1)
+    return a if pre or A is None else a * A
+
+
+def _torch_norm_gate(y, xs, s, z, w, b, n, eps):
+    """norm_gate in PyTorch: the form _NormGate's `twice` differentiates."""
+    a = F.layer_norm(y.unflatten(-1, (-1, n)), (n,), eps=eps).flatten(-2) * w.reshape(-1)
+    a = a + b.reshape(-1)
+    return (a if xs is None else a + s.reshape(-1) * xs) * F.silu(z)
+
+
 class _RMSGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, n, eps, act, pre, norm):
+        orig = (y, xs, s, z, w)  # for `twice` (the views below carry no autograd history)
         shape, W = y.shape, y.shape[-1]
         y2 = _flat(y, W)  # xs, z may be strided rows (a slice of a projection's channels)
         (xs2, xst), (z2, zst) = _rows(xs, W), _rows(z, W)
@@ -65,13 +87,21 @@ class _RMSGate(first_order.Function):
         native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(out),
                           native.ptr(stats), W, n, eps, act, pre, int(norm), xst, zst, *p)
                          for p in native.rows(rows)])
-        ctx.save_for_backward(y2, xs2, s, z2, w, stats)
+        ctx.save_for_backward(y2, xs2, s, z2, w, stats, *orig)
         ctx.lib, ctx.n, ctx.shape, ctx.flags = lib, n, shape, (act, pre, int(norm), xst, zst)
+        ctx.eps, ctx.norm = eps, norm
         return out.view(shape)
 
     @staticmethod
+    def twice(ctx, g):
+        act, pre = ctx.flags[:2]
+        return (None, *native.replay(_torch_rms_gate, (*ctx.saved_tensors[6:], ctx.n, ctx.eps,
+                                                             act, pre, ctx.norm), (g,),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, g):
-        y2, xs2, s, z2, w, stats = ctx.saved_tensors
+        y2, xs2, s, z2, w, stats = ctx.saved_tensors[:6]
         rows, W = y2.shape
         g = g.contiguous().view(rows, W)
         parts = native.rows(rows)
@@ -95,6 +125,7 @@ class _RMSGate(first_order.Function):
 class _NormGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, y, xs, s, z, w, b, n, eps):
+        orig = (y, xs, s, z, w, b)  # for `twice`
         shape, W = y.shape, y.shape[-1]
         y2, xs2, z2 = _flat(y, W), _flat(xs, W), _flat(z, W)
         s, w, b = (None if t is None else t.contiguous() for t in (s, w, b))
@@ -104,13 +135,19 @@ class _NormGate(first_order.Function):
         fwd = _kernel(lib, "norm_gate_fwd", y.dtype)
         native.run(fwd, [(native.ptr(y2), native.ptr(xs2), native.ptr(s), native.ptr(z2), native.ptr(w), native.ptr(b), native.ptr(out),
                           native.ptr(stats), W, n, eps, *p) for p in native.rows(rows)])
-        ctx.save_for_backward(y2, xs2, s, z2, w, b, stats)
-        ctx.lib, ctx.n, ctx.shape = lib, n, shape
+        ctx.save_for_backward(y2, xs2, s, z2, w, b, stats, *orig)
+        ctx.lib, ctx.n, ctx.shape, ctx.eps = lib, n, shape, eps
         return out.view(shape)
 
     @staticmethod
+    def twice(ctx, g):
+        return (None, *native.replay(_torch_norm_gate, (*ctx.saved_tensors[7:], ctx.n,
+                                                              ctx.eps), (g,),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, g):
-        y2, xs2, s, z2, w, b, stats = ctx.saved_tensors
+        y2, xs2, s, z2, w, b, stats = ctx.saved_tensors[:7]
         rows, W = y2.shape
         g = g.contiguous().view(rows, W)
         parts = native.rows(rows)

@@ -89,9 +89,19 @@ class _NativeGLA(first_order.Function):
         return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 
+def _torch_additive_gate(x, z0):
+    """additive_gate in PyTorch (layers.lightnet's form): the form _AdditiveGate's `twice`
+    differentiates."""
+    z = torch.logaddexp(z0[:, None], torch.logcumsumexp(x, 1))
+    z_prev = torch.cat([z0[:, None], z[:, :-1]], 1)
+    g = torch.where(torch.isneginf(z_prev), torch.zeros_like(z), z_prev - z)
+    return (x - z).exp(), g, z[:, -1]
+
+
 class _AdditiveGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, z0):
+        orig = (x, z0)  # for `twice` (the copies below have no autograd history)
         x, z0 = x.contiguous(), z0.contiguous()
         B, T = x.shape[:2]
         C = x[0, 0].numel()
@@ -100,13 +110,18 @@ class _AdditiveGate(first_order.Function):
         fwd = native.kernel(lib, "gate_fwd", x.dtype, [P] * 5 + [L] * 4)
         native.run(fwd, [(native.ptr(x), native.ptr(z0), native.ptr(k), native.ptr(g),
                           native.ptr(zT), T, C, *p) for p in native.rows(B)])
-        ctx.save_for_backward(k, g, z0)
+        ctx.save_for_backward(k, g, z0, *orig)
         ctx.lib = lib
         return k, g, zT
 
     @staticmethod
+    def twice(ctx, dk, dg, dzT):
+        return (None, *native.replay(_torch_additive_gate, ctx.saved_tensors[3:], (dk, dg, dzT),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dk, dg, dzT):
-        k, g, z0 = ctx.saved_tensors
+        k, g, z0 = ctx.saved_tensors[:3]
         B, T = k.shape[:2]
         C = k[0, 0].numel()
         dk = torch.zeros_like(k) if dk is None else dk.contiguous()
@@ -140,23 +155,34 @@ def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)
 
 
+def _torch_slot_gate(f, inv_n):
+    """slot_gate in PyTorch: the form _SlotGate's `twice` differentiates."""
+    la = torch.nn.functional.logsigmoid(f) * inv_n
+    return la, -torch.expm1(la)
+
+
 class _SlotGate(first_order.Function):
     @staticmethod
     def forward(ctx, lib, f, inv_n):
-        f = f.contiguous()
+        f0, f = f, f.contiguous()  # f0 for `twice` (a copy has no autograd history)
         la, s = torch.empty_like(f), torch.empty_like(f)
         R = ctypes.c_double if f.dtype == torch.float64 else ctypes.c_float
         P, L = ctypes.c_void_p, ctypes.c_long
         fwd = native.kernel(lib, "slot_gate_fwd", f.dtype, [P] * 3 + [R, L, L])
         native.run(fwd, [(native.ptr(f), native.ptr(la), native.ptr(s), inv_n, *p)
                          for p in native.rows(f.numel())])
-        ctx.save_for_backward(f, la)
+        ctx.save_for_backward(f, la, f0)
         ctx.lib, ctx.inv_n = lib, inv_n
         return la, s
 
     @staticmethod
+    def twice(ctx, dla, ds):
+        return (None, *native.replay(_torch_slot_gate, (ctx.saved_tensors[2], ctx.inv_n),
+                                     (dla, ds), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dla, ds):
-        f, la = ctx.saved_tensors
+        f, la = ctx.saved_tensors[:2]
         dla = torch.zeros_like(f) if dla is None else dla.contiguous()
         ds = torch.zeros_like(f) if ds is None else ds.contiguous()
         df = torch.empty_like(f)

@@ -30,9 +30,21 @@ def _kernels(lib, dtype):
             native.kernel(lib, "lattice_bwd", dtype, [P] * 13 + [L] * 6))
 
 
+def _torch_lattice(q, k, v, beta, S):
+    """(o, S_T) by ops.lattice's lattice_step over time (the PyTorch reference): the form
+    _NativeLattice's `twice` differentiates (lattice's mode='sequential' runs this kernel)."""
+    from rnnzoo.ops.lattice import lattice_step
+    out = []
+    for t in range(q.shape[1]):
+        o, S = lattice_step(q[:, t], k[:, t], v[:, t], beta[:, t], S)
+        out.append(o)
+    return torch.stack(out, 1), S
+
+
 class _NativeLattice(first_order.Function):
     @staticmethod
     def forward(ctx, lib, q, k, v, beta, S0):
+        orig = (q, k, v, beta, S0)  # for `twice` (the copies below have no autograd history)
         q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))
         B, T, H, M = q.shape
         V = v.shape[-1]
@@ -43,13 +55,18 @@ class _NativeLattice(first_order.Function):
         p = native.ptr
         native.run(fwd, [(p(q), p(k), p(v), p(beta), p(S0), p(o), p(ST), p(ck), p(aux), T, H, M,
                           V, *r) for r in native.rows(B * H)])
-        ctx.save_for_backward(q, k, v, beta, ck, aux)
+        ctx.save_for_backward(q, k, v, beta, ck, aux, *orig)
         ctx.lib = lib
         return o, ST
 
     @staticmethod
+    def twice(ctx, do, dST):
+        return (None, *native.replay(_torch_lattice, ctx.saved_tensors[6:], (do, dST),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, dST):
-        q, k, v, beta, ck, aux = ctx.saved_tensors
+        q, k, v, beta, ck, aux = ctx.saved_tensors[:6]
         B, T, H, M = q.shape
         V = v.shape[-1]
         do = torch.zeros_like(v) if do is None else do.contiguous()

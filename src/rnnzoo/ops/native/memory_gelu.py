@@ -2,8 +2,9 @@
 
     gelu(z) = z (1 + tanh(s (z + c z^3))) / 2,      gelu_back(g, z) = g gelu'(z)
 
-both differentiable (gelu's backward is gelu_back; gelu_back's is g'' from the kernel, once:
-the chunk forms hold gelu' in their forward, so their backward needs g'', nothing beyond).
+both differentiable (gelu's backward is gelu_back; gelu_back's is g'' from the kernel, and
+under create_graph aten's gelu_backward differentiated by autograd: the chunk forms hold
+gelu' in their forward, so their backward needs g'', and a second derivative more).
 Equal to F.gelu(z, approximate="tanh") and aten.gelu_backward to rounding (tanh from
 exp.h's exponential). z, g: one shape, float32 or float64 on the CPU (`ops.backend.use_native`
 decides); threads split the elements.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -24,33 +25,46 @@ def load():
 class _Gelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lib, z):
-        z = z.contiguous()
+        z0, z = z, z.contiguous()
         y = torch.empty_like(z)
         native.elementwise(lib, "gelu_fwd", z, y)
-        ctx.save_for_backward(z)
+        ctx.save_for_backward(z, z0)
         ctx.lib = lib
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (z,) = ctx.saved_tensors
+        # under create_graph the original z (a .contiguous() copy has no autograd history)
+        z = ctx.saved_tensors[1 if torch.is_grad_enabled() else 0]
         return None, _GeluBack.apply(ctx.lib, dy, z)
 
 
-class _GeluBack(torch.autograd.Function):
+def _torch_gelu_back(g, z):
+    """gelu_back in PyTorch (aten's gelu_backward, differentiable again): the form
+    _GeluBack's `twice` differentiates."""
+    return torch.ops.aten.gelu_backward(g, z, approximate="tanh")
+
+
+class _GeluBack(first_order.Function):
     @staticmethod
     def forward(ctx, lib, g, z):
+        orig = (g, z)  # for `twice`
         g, z = g.contiguous(), z.contiguous()
         out = torch.empty_like(z)
         native.elementwise(lib, "gelu_bwd", g, z, out)
-        ctx.save_for_backward(g, z)
+        ctx.save_for_backward(g, z, *orig)
         ctx.lib = lib
         return out
 
     @staticmethod
+    def twice(ctx, d):
+        return (None, *native.replay(_torch_gelu_back, ctx.saved_tensors[2:], (d,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, d):
-        g, z = ctx.saved_tensors
+        g, z = ctx.saved_tensors[:2]
         dg, dz = torch.empty_like(z), torch.empty_like(z)
         native.elementwise(ctx.lib, "gelu_bwd2", d.contiguous(), g, z, dg, dz)
         return None, dg, dz

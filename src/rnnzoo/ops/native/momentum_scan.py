@@ -119,9 +119,22 @@ def _gate_kernels(lib, dtype):
             native.kernel(lib, "momentum_gates_bwd", dtype, [P] * 12 + [F] * 2 + [L] * 4))
 
 
+def _torch_gates(g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg, floor):
+    """gates in PyTorch (layers.momentum_deltanet's _gates, with gates's forms of the angle):
+    the form _NativeGates's `twice` differentiates."""
+    a, b, m, e = g.chunk(4, -1)
+    eta = torch.tanh(e / tau) + 1
+    u2 = (eta * log_factor.exp()).square()
+    beta = u2 / (1 + u2) * torch.sigmoid(b) * (2 if neg else 1)
+    log_alpha = -torch.log1p(u2) - A_log.exp() * torch.nn.functional.softplus(a + dt_bias)
+    log_mu = (-Mu_log.exp() * torch.nn.functional.softplus(m + mu_bias)).clamp(min=floor)
+    return log_alpha, log_mu, beta, eta
+
+
 class _NativeGates(first_order.Function):
     @staticmethod
     def forward(ctx, lib, g, A_log, Mu_log, dt_bias, mu_bias, log_factor, tau, neg, floor):
+        orig = (g, A_log, Mu_log, dt_bias, mu_bias, log_factor)  # for `twice`
         g = g.contiguous()
         params = [t.contiguous() for t in (A_log, Mu_log, dt_bias, mu_bias, log_factor)]
         B, Tn, H4 = g.shape
@@ -131,13 +144,19 @@ class _NativeGates(first_order.Function):
         args = [native.ptr(t) for t in (g, *params, la, lm, beta, eta)]
         native.run(fwd, [(*args, tau, floor, H, int(neg), r0, r1)
                          for r0, r1 in native.rows(B * Tn)])
-        ctx.save_for_backward(g, *params)
+        ctx.save_for_backward(g, *params, *orig)
         ctx.lib, ctx.tau, ctx.neg, ctx.floor = lib, tau, neg, floor
         return la, lm, beta, eta
 
     @staticmethod
+    def twice(ctx, dla, dlm, dbeta, deta):
+        return (None, *native.replay(_torch_gates, (*ctx.saved_tensors[6:], ctx.tau, ctx.neg,
+                                                    ctx.floor), (dla, dlm, dbeta, deta),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dla, dlm, dbeta, deta):
-        g, *params = ctx.saved_tensors
+        g, *params = ctx.saved_tensors[:6]
         B, Tn, H4 = g.shape
         H = H4 // 4
         _, bwd = _gate_kernels(ctx.lib, g.dtype)

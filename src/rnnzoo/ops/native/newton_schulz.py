@@ -50,19 +50,46 @@ def bwd(lib, X, dY, steps, coeffs, eps, dX=None):
     return dX
 
 
+def _torch_newton_schulz(X, steps, coeffs, eps):
+    """Y of X (n, s, l) in PyTorch (ops.atlas.newton_schulz's Gram form): the form
+    _NewtonSchulz's `twice` differentiates."""
+    a, b, c = coeffs
+    s = X.shape[1]
+    A = X @ X.transpose(-1, -2)
+    tr = A.diagonal(0, -2, -1).sum(-1)[:, None, None]
+    pos = tr > 0                                        # sqrt's gradient at 0 stays finite
+    norm = torch.where(pos, torch.where(pos, tr, 1).sqrt(), 0) + eps
+    A = A / (norm * norm)
+    aI = a * torch.eye(s, dtype=A.dtype, device=A.device)
+    Q = None
+    for i in range(steps):
+        P = torch.baddbmm(b * A + aI, A, A, alpha=c)
+        Q = P if Q is None else P @ Q
+        if i + 1 < steps:
+            A = P @ A @ P
+    return (Q / norm) @ X
+
+
 class _NewtonSchulz(first_order.Function):
     @staticmethod
     def forward(ctx, lib, X, steps, coeffs, eps):
-        X = X.contiguous()
+        X0, X = X, X.contiguous()  # X0 for `twice` (a copy has no autograd history)
         Y = fwd(lib, X, steps, coeffs, eps)
-        ctx.save_for_backward(X)
+        ctx.save_for_backward(X, X0)
         ctx.lib, ctx.args = lib, dict(steps=steps, coeffs=coeffs, eps=eps)
         return Y
 
     @staticmethod
+    def twice(ctx, dY):
+        a = ctx.args
+        return (None, *native.replay(_torch_newton_schulz, (ctx.saved_tensors[1], a["steps"],
+                                                                 a["coeffs"], a["eps"]),
+                                          (dY,), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, dY):
-        (X,) = ctx.saved_tensors
+        X = ctx.saved_tensors[0]
         return None, bwd(ctx.lib, X, dY.contiguous(), **ctx.args), None, None, None
 
 

@@ -113,9 +113,15 @@ def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False
     return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval)
 
 
+def _torch_delta_softplus(dt, W, b):
+    """delta_softplus in PyTorch: the form _DeltaStep's `twice` differentiates."""
+    return torch.nn.functional.softplus(dt @ W.t() + b)
+
+
 class _DeltaStep(first_order.Function):
     @staticmethod
     def forward(ctx, lib, dt, W, b):
+        orig = (dt, W, b)  # for `twice` (the copies below have no autograd history)
         R, D = dt.shape[-1], W.shape[0]
         dt2, Wt, b = dt.reshape(-1, R).contiguous(), W.t().contiguous(), b.contiguous()
         delta = dt2.new_empty(dt2.shape[0], D)
@@ -123,13 +129,18 @@ class _DeltaStep(first_order.Function):
         fwd = native.kernel(lib, "delta_fwd", dt.dtype, [P] * 4 + [L] * 4)
         native.run(fwd, [(native.ptr(dt2), native.ptr(Wt), native.ptr(b), native.ptr(delta),
                           R, D, *p) for p in native.rows(dt2.shape[0])])
-        ctx.save_for_backward(dt2, Wt, b)
+        ctx.save_for_backward(dt2, Wt, b, *orig)
         ctx.lib, ctx.shape = lib, dt.shape
         return delta.view(*dt.shape[:-1], D)
 
     @staticmethod
+    def twice(ctx, g):
+        return (None, *native.replay(_torch_delta_softplus, ctx.saved_tensors[3:], (g,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, g):
-        dt2, Wt, b = ctx.saved_tensors
+        dt2, Wt, b = ctx.saved_tensors[:3]
         R, D = Wt.shape
         g = g.reshape(-1, D).contiguous()
         parts = native.rows(dt2.shape[0])

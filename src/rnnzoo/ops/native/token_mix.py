@@ -17,7 +17,7 @@ import ctypes
 
 import torch
 
-from rnnzoo.ops import native
+from rnnzoo.ops import first_order, native
 
 
 def load():
@@ -30,9 +30,35 @@ def _kernels(lib, dtype):
             native.kernel(lib, "tmix_bwd", dtype, [P] * 6 + [L] * 4))
 
 
-class _TokenMix(torch.autograd.Function):
+def _torch_token_mix(x, step, mu):
+    """token_mix in PyTorch: the form _TokenMix's `twice` differentiates."""
+    return tuple(x + m * step for m in mu.unbind(0))
+
+
+def _torch_shift(x, x_last, mu):
+    """shift_mix in PyTorch: the form _Shift's `twice` differentiates."""
+    step = torch.cat([x_last[:, None], x[:, :-1]], 1) - x
+    return step, x + step * mu
+
+
+def _torch_bonus(x, nw, nb, eps, r, k, v, g, rk):
+    """bonus_gate in PyTorch (layers.rwkv7's form): the form _Bonus's `twice` differentiates."""
+    y = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps) * nw + nb
+    return (y + (r * k * rk).sum(-1, keepdim=True) * v) * g
+
+
+def _torch_keys(k, ap, wp, kk, ka, wc, eps, H):
+    """rwkv7_keys in PyTorch (layers.rwkv7's form): the form _Keys's `twice` differentiates."""
+    a = torch.sigmoid(ap)
+    nk = (k * -kk).unflatten(-1, (H, -1))
+    nk = (nk / torch.linalg.vector_norm(nk, dim=-1, keepdim=True).clamp_min(eps)).flatten(-2)
+    return wc * torch.sigmoid(wp), k * torch.addcmul(1 - ka, a, ka), nk, -nk * a
+
+
+class _TokenMix(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, step, mu):
+        orig = (x, step, mu)  # for `twice` (the copies below have no autograd history)
         x, step, mu = x.contiguous(), step.contiguous(), mu.contiguous()
         n, D = mu.shape
         rows = x.numel() // D
@@ -41,13 +67,18 @@ class _TokenMix(torch.autograd.Function):
         P = native.ptr
         native.run(fwd, [(P(x), P(step), P(mu), P(out), n, rows, D, r0, r1)
                          for r0, r1 in native.rows(rows)])
-        ctx.save_for_backward(step, mu)
+        ctx.save_for_backward(step, mu, *orig)
         ctx.lib = lib
         return tuple(out.unbind(0))
 
     @staticmethod
+    def twice(ctx, *gs):
+        return (None, *native.replay(_torch_token_mix, ctx.saved_tensors[2:], gs,
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, *gs):
-        step, mu = ctx.saved_tensors
+        step, mu = ctx.saved_tensors[:2]
         n, D = mu.shape
         rows = step.numel() // D
         _, bwd = _kernels(ctx.lib, step.dtype)
@@ -111,9 +142,10 @@ def ddlerp_grads(lib, g, c, step, low, up, W=None, mixes=None):
     return grads if W is None else (*grads, dW.sum(0))
 
 
-class _Shift(torch.autograd.Function):
+class _Shift(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, x_last, mu):
+        orig = (x, x_last, mu)  # for `twice`
         x, x_last, mu = x.contiguous(), x_last.contiguous(), mu.contiguous()
         B, T, D = x.shape
         P, L = ctypes.c_void_p, ctypes.c_long
@@ -121,13 +153,18 @@ class _Shift(torch.autograd.Function):
         step, xx = torch.empty_like(x), torch.empty_like(x)
         native.run(fwd, [(native.ptr(x), native.ptr(x_last), native.ptr(mu), native.ptr(step),
                           native.ptr(xx), T, D, b0, b1) for b0, b1 in native.rows(B)])
-        ctx.save_for_backward(step, mu)
+        ctx.save_for_backward(step, mu, *orig)
         ctx.lib = lib
         return step, xx
 
     @staticmethod
+    def twice(ctx, gstep, gxx):
+        return (None, *native.replay(_torch_shift, ctx.saved_tensors[2:], (gstep, gxx),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, gstep, gxx):
-        step, mu = ctx.saved_tensors
+        step, mu = ctx.saved_tensors[:2]
         B, T, D = step.shape
         gstep = torch.zeros_like(step) if gstep is None else gstep.contiguous()
         gxx = torch.zeros_like(step) if gxx is None else gxx.contiguous()
@@ -154,9 +191,10 @@ def token_mix(lib, x, step, mu):
     return _TokenMix.apply(lib, x, step, mu)
 
 
-class _Bonus(torch.autograd.Function):
+class _Bonus(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, nw, nb, eps, r, k, v, g, rk):
+        orig = (x, nw, nb, r, k, v, g, rk)  # for `twice`
         x, nw, nb, r, k, v, g, rk = (t.contiguous() for t in (x, nw, nb, r, k, v, g, rk))
         N, H, K = r.shape
         V = v.shape[-1]
@@ -167,13 +205,19 @@ class _Bonus(torch.autograd.Function):
         P = native.ptr
         native.run(fwd, [(P(x), P(nw), P(nb), P(r), P(k), P(v), P(g), P(rk), P(y), eps, H, K, V,
                           r0, r1) for r0, r1 in native.rows(N)])
-        ctx.save_for_backward(x, nw, nb, r, k, v, g, rk)
+        ctx.save_for_backward(x, nw, nb, r, k, v, g, rk, *orig)
         ctx.lib, ctx.eps = lib, eps
         return y
 
     @staticmethod
+    def twice(ctx, dy):
+        x, nw, nb, r, k, v, g, rk = ctx.saved_tensors[8:]
+        return (None, *native.replay(_torch_bonus, (x, nw, nb, ctx.eps, r, k, v, g, rk), (dy,),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dy):
-        x, nw, nb, r, k, v, g, rk = ctx.saved_tensors
+        x, nw, nb, r, k, v, g, rk = ctx.saved_tensors[:8]
         N, H, K = r.shape
         V = v.shape[-1]
         dy = dy.contiguous()
@@ -199,9 +243,10 @@ def bonus_gate(lib, x, nw, nb, eps, r, k, v, g, rk):
     return _Bonus.apply(lib, x, nw, nb, float(eps), r, k, v, g, rk)
 
 
-class _Keys(torch.autograd.Function):
+class _Keys(first_order.Function):
     @staticmethod
     def forward(ctx, lib, k, ap, wp, kk, ka, wc, eps, H):
+        orig = (k, ap, wp, kk, ka)  # for `twice`
         k, ap, wp, kk, ka = (t.contiguous() for t in (k, ap, wp, kk, ka))
         N, D = k.shape
         P, L = ctypes.c_void_p, ctypes.c_long
@@ -211,13 +256,18 @@ class _Keys(torch.autograd.Function):
         P = native.ptr
         native.run(fwd, [(P(k), P(ap), P(wp), P(kk), P(ka), P(w), P(kt), P(nk), P(b), wc, eps,
                           H, D // H, r0, r1) for r0, r1 in native.rows(N)])
-        ctx.save_for_backward(k, ap, wp, kk, ka)
+        ctx.save_for_backward(k, ap, wp, kk, ka, *orig)
         ctx.lib, ctx.wc, ctx.eps, ctx.H = lib, wc, eps, H
         return w, kt, nk, b
 
     @staticmethod
+    def twice(ctx, dw, dkt, dnk, db):
+        return (None, *native.replay(_torch_keys, (*ctx.saved_tensors[5:], ctx.wc, ctx.eps, ctx.H),
+                                     (dw, dkt, dnk, db), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dw, dkt, dnk, db):
-        k, ap, wp, kk, ka = ctx.saved_tensors
+        k, ap, wp, kk, ka = ctx.saved_tensors[:5]
         N, D = k.shape
         dw, dkt, dnk, db = (torch.zeros_like(k) if t is None else t.contiguous()
                             for t in (dw, dkt, dnk, db))

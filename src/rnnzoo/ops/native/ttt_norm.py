@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
@@ -32,21 +33,41 @@ def _call(lib, name, tensors, D, per, H, eps, n_rows):
     native.run(fn, [(*ptrs, D, per, H, eps, *p) for p in native.rows(n_rows) or [(0, 0)]])
 
 
+def _torch_norm_loss_grad(eps, z, target, w, b):
+    """norm_loss_grad in PyTorch (ops.memory's layer_norm and _layer_norm_grad): the form
+    _NormLossGrad's `twice` differentiates."""
+    from rnnzoo.ops.memory import _layer_norm_grad, layer_norm
+    w, b = w[:, None], b[:, None]
+    y, zhat, std = layer_norm(z, w, b, eps)
+    return _layer_norm_grad(y - target, zhat, std, w)
+
+
+def _torch_inner_output(eps, q, z, w, b):
+    """inner_output in PyTorch: the form _InnerOutput's `twice` differentiates."""
+    return torch.addcmul(q + b, F.layer_norm(z, z.shape[-1:], eps=eps), w)
+
+
 class _NormLossGrad(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, z, target, w, b):
+        orig = (z, target, w, b)  # for `twice` (.contiguous() copies have no history)
         z, target, w, b = (t.contiguous() for t in (z, target, w, b))
         H, per, D = z.shape[-3:]
         G = torch.empty_like(z)
         _call(lib, "ttt_norm_fwd", (z, target, w, b, G), D, per, H, eps, z.numel() // D)
-        ctx.save_for_backward(z, target, w, b)
+        ctx.save_for_backward(z, target, w, b, *orig)
         ctx.lib, ctx.eps = lib, eps
         return G
 
     @staticmethod
+    def twice(ctx, dG):
+        return (None, *native.replay(_torch_norm_loss_grad, (ctx.eps, *ctx.saved_tensors[4:]),
+                                          (dG,), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, dG):
-        z, target, w, b = ctx.saved_tensors
+        z, target, w, b = ctx.saved_tensors[:4]
         H, per, D = z.shape[-3:]
         dz, dt, dw, db = (torch.empty_like(z) for _ in range(4))
         _call(ctx.lib, "ttt_norm_bwd", (z, target, w, b, dG.contiguous(), dz, dt, dw, db),
@@ -63,18 +84,24 @@ def norm_loss_grad(lib, z, target, w, b, eps: float):
 class _InnerOutput(first_order.Function):
     @staticmethod
     def forward(ctx, lib, eps, q, z, w, b):
+        orig = (q, z, w, b)  # for `twice`
         q, z, w, b = (t.contiguous() for t in (q, z, w, b))
         H, D = z.shape[-2:]
         o = torch.empty_like(z)
         _call(lib, "ttt_out_fwd", (q, z, w, b, o), D, 1, H, eps, z.numel() // D)
-        ctx.save_for_backward(z, w)
+        ctx.save_for_backward(z, w, *orig)
         ctx.lib, ctx.eps = lib, eps
         return o
 
     @staticmethod
+    def twice(ctx, g):
+        return (None, *native.replay(_torch_inner_output, (ctx.eps, *ctx.saved_tensors[2:]),
+                                          (g,), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        z, w = ctx.saved_tensors
+        z, w = ctx.saved_tensors[:2]
         H, D = z.shape[-2:]
         g = g.contiguous()
         dz = torch.empty_like(z)

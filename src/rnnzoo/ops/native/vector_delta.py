@@ -103,9 +103,16 @@ def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
     return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
 
 
+def _torch_gates(z, k, v, bs):
+    """gated_inputs in PyTorch: the form _Gates's `twice` differentiates."""
+    zb, zw = z.split([k.shape[-1], v.shape[-1]], -1)
+    return bs * torch.sigmoid(zb) * k, torch.sigmoid(zw) * v
+
+
 class _Gates(first_order.Function):
     @staticmethod
     def forward(ctx, lib, z, k, v, bs):
+        orig = (z, k, v)  # for `twice` (the copies below have no autograd history)
         z, k, v = z.contiguous(), k.contiguous(), v.contiguous()
         N, A, C = z.shape[0], k.shape[-1], v.shape[-1]
         P, L = ctypes.c_void_p, ctypes.c_long
@@ -115,13 +122,18 @@ class _Gates(first_order.Function):
         P = native.ptr
         native.run(fwd, [(P(z), P(k), P(v), P(p), P(u), bs, A, C, r0, r1)
                          for r0, r1 in native.rows(N)])
-        ctx.save_for_backward(z, k, v)
+        ctx.save_for_backward(z, k, v, *orig)
         ctx.lib, ctx.bs = lib, bs
         return p, u
 
     @staticmethod
+    def twice(ctx, dp, du):
+        return (None, *native.replay(_torch_gates, (*ctx.saved_tensors[3:], ctx.bs), (dp, du),
+                                     ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dp, du):
-        z, k, v = ctx.saved_tensors
+        z, k, v = ctx.saved_tensors[:3]
         N, A, C = z.shape[0], k.shape[-1], v.shape[-1]
         dp = torch.zeros_like(k) if dp is None else dp.contiguous()
         du = torch.zeros_like(v) if du is None else du.contiguous()
