@@ -130,3 +130,17 @@ def test_log_linear_intra_twice():
     lam = _f64(B, H, N, C, L)
     lev = torch.randint(0, L, (C, C))
     assert _gg(lambda *z: _Intra.apply(*z, lev), (q, k, v, G, lam))
+
+
+def test_native_plain_nodes_twice():
+    """attention's _Bmm and conv's _ScaledValues: C forward and first-order backward, torch's
+    differentiable ops under create_graph (gradgradcheck, float64)."""
+    from rnnzoo.ops.native import attention, conv
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+
+    la, lc = attention.load(), conv.load()
+    assert torch.autograd.gradgradcheck(lambda a, b: attention.bmm(la, a, b), (r(3, 4, 5), r(3, 5, 2)))
+    assert torch.autograd.gradgradcheck(lambda x, u: conv.scaled_values(lc, x, u), (r(2, 3, 4), r(2, 3)))

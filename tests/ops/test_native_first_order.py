@@ -5,19 +5,14 @@ would hold as constants (a silently wrong second derivative)."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 
 import pytest
 import torch
 
-import rnnzoo.ops.native as native
 from rnnzoo import create
 from rnnzoo.ops import backend, first_order
 from rnnzoo.registry import LAYERS
-
-# modules whose nodes switch to differentiable ops under create_graph (tested there)
-TWICE = {"attention", "conv", "linear", "memory_gelu", "token_mix"}
 
 
 def _second(layer, x, mode):
@@ -52,21 +47,6 @@ def test_create_graph_through_a_kernel_raises(name):
         torch.testing.assert_close((h * v).sum(), fd, rtol=1e-6, atol=1e-8)
 
 
-def test_every_kernel_node_is_first_order():
-    """A new C kernel's autograd node must be an ops.first_order.Function (or live in a module
-    that handles create_graph itself)."""
-    plain = []
-    for info in pkgutil.iter_modules(native.__path__):
-        if info.name in TWICE:
-            continue
-        mod = importlib.import_module(f"rnnzoo.ops.native.{info.name}")
-        for _, cls in inspect.getmembers(mod, inspect.isclass):
-            if (cls.__module__ == mod.__name__ and issubclass(cls, torch.autograd.Function)
-                    and not issubclass(cls, first_order.Function)):
-                plain.append(f"{info.name}.{cls.__name__}")
-    assert not plain, f"autograd nodes of C kernels without the first-order guard: {plain}"
-
-
 # Every other custom autograd node of the package is an ops.first_order.Function (its
 # backward raises under create_graph unless it defines `twice`), or is named here: a plain
 # torch.autograd.Function whose backward is written in differentiable ops over its saved
@@ -77,23 +57,21 @@ TWICE_NODES = {
         "tests/ops/test_first_order.py::test_feature_map_nodes_twice",
     "rnnzoo.ops.feature_maps._Transposed":
         "tests/ops/test_first_order.py::test_feature_map_nodes_twice",
+    "rnnzoo.cells.quasi._SRUCellState":
+        "tests/cells/test_quasi.py::test_sru_state_and_tap_sum_second_derivatives",
+    "rnnzoo.cells.quasi._TapSum":
+        "tests/cells/test_quasi.py::test_sru_state_and_tap_sum_second_derivatives",
+    "rnnzoo.layers.rwkv6._NegExp":
+        "tests/layers/test_rwkv6_mix_project.py::test_mix_project_and_negexp_second_derivatives",
+    # C kernels whose backward switches to torch's differentiable ops under grad mode
+    "rnnzoo.ops.native.attention._Bmm": "tests/ops/test_first_order.py::test_native_plain_nodes_twice",
+    "rnnzoo.ops.native.conv._ScaledValues":
+        "tests/ops/test_first_order.py::test_native_plain_nodes_twice",
+    "rnnzoo.ops.native.linear._Linear": "tests/ops/test_native_linear.py::test_linear_second_derivative",
+    "rnnzoo.ops.native.memory_gelu._Gelu":
+        "tests/ops/test_native_memory_gelu.py::test_gelu_and_gelu_back_second_derivative",
+    "rnnzoo.ops.native.token_mix._Pointwise": "tests/ops/test_native_token_mix.py::test_tanh_equals_torch",
 }
-# The layers' and cells' own nodes, s20-hoglayers' part of the higher-order work: each becomes
-# a first_order.Function or joins TWICE_NODES with its test when that work is merged, and this
-# set is then empty (its entries are checked to exist, so it cannot go stale).
-PENDING = {
-    "rnnzoo.cells.base._DeferredWeightGrad", "rnnzoo.cells.manual._ManualLoop",
-    "rnnzoo.cells.quasi._SRUCellState", "rnnzoo.cells.quasi._TapSum", "rnnzoo.cells.steps._Fresh",
-    "rnnzoo.layers._delta_block._L2Norm", "rnnzoo.layers.hgrn2._Gates",
-    "rnnzoo.layers.kda._LogDecay", "rnnzoo.layers.mamba._DeltaProj",
-    "rnnzoo.layers.mamba._SelectiveScan", "rnnzoo.layers.mamba2._GatedRMSNorm",
-    "rnnzoo.layers.mamba3._Rotation", "rnnzoo.layers.pgn._GatedUnit", "rnnzoo.layers.pgn._HieFFT",
-    "rnnzoo.layers.rwkv6._MixProject", "rnnzoo.layers.rwkv6._NegExp",
-    "rnnzoo.layers.s4d._CausalFFTConv", "rnnzoo.layers.s4d._Vandermonde",
-    "rnnzoo.layers.stickbreaking_attention._Split",
-}
-
-
 def _package_nodes():
     """{'module.Class': class} for every torch.autograd.Function subclass defined in rnnzoo
     (every module imported; the Triton kernels' where triton imports)."""
@@ -117,17 +95,14 @@ def _package_nodes():
 
 def test_every_autograd_node_is_first_order_or_named():
     """Every torch.autograd.Function in the package is a first_order.Function, or a node named
-    in TWICE_NODES (with an existing test) or in a TWICE module of the C kernels (tested with
-    those kernels), or PENDING."""
+    in TWICE_NODES, differentiable twice as it is, with the test that checks it so."""
     import pathlib
     root = pathlib.Path(__file__).resolve().parents[2]
-    nodes = _package_nodes()
-    plain = {n for n, c in nodes.items() if not issubclass(c, first_order.Function)}
-    native_twice = {n for n in plain
-                    if n.rsplit(".", 2)[0] == "rnnzoo.ops.native" and n.split(".")[3] in TWICE}
-    assert plain - native_twice - set(TWICE_NODES) - PENDING == set(), \
-        "autograd nodes neither first_order.Function nor named as differentiable twice"
-    assert set(TWICE_NODES) | PENDING <= plain, "a named node is gone or now first_order"
+    plain = {n for n, c in _package_nodes().items() if not issubclass(c, first_order.Function)}
+    assert plain == set(TWICE_NODES), (
+        f"neither first_order.Function nor named as differentiable twice: "
+        f"{sorted(plain - set(TWICE_NODES))}; named but gone or first_order: "
+        f"{sorted(set(TWICE_NODES) - plain)}")
     for test in TWICE_NODES.values():
         path, fn = test.split("::")
         assert f"def {fn}(" in (root / path).read_text(), test

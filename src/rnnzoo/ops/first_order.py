@@ -59,8 +59,8 @@ def replay(fn, args, grads, needs):
     The gradients are taken at aliases (views) of the tensors, so that each counts fn's own
     use of its argument only, not also a path through another argument computed from it
     (pgn passes gate(cat([u, H])) next to H itself)."""
-    args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
     with torch.enable_grad():
+        args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
         out = fn(*args)
     out = out if isinstance(out, tuple) else (out,)
     pairs = [(o, g) for o, g in zip(out, grads)

@@ -246,15 +246,3 @@ def ptr(t):
     """t's data pointer as a kernel argument, None (NULL) for None."""
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
-
-def replay(fn, args, grads, needs):
-    """ops.first_order.replay (a `twice` backward by autograd through fn, a node's PyTorch
-    form) with each tensor argument taken apart as a fresh view first, so that the gradients
-    are fn's partial derivatives even where one argument was computed from another (longhorn's
-    gate takes y and the values u that y was computed from: autograd.grad in u itself would
-    add the path through y)."""
-    from rnnzoo.ops import first_order
-    with torch.enable_grad():
-        args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) and a.requires_grad else a
-                     for a in args)
-    return first_order.replay(fn, args, grads, needs)

@@ -144,7 +144,7 @@ class _StickBreaking(first_order.Function):
 
     @staticmethod
     def twice(ctx, do):
-        return (None, *native.replay(_torch_stick_breaking, (*ctx.saved_tensors[:4], ctx.shift),
+        return (None, *first_order.replay(_torch_stick_breaking, (*ctx.saved_tensors[:4], ctx.shift),
                                      (do,), ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -208,7 +208,7 @@ class _StickBreakingHeads(first_order.Function):
 
     @staticmethod
     def twice(ctx, do):
-        return (None, *native.replay(lambda q, k, v, s: _torch_stick_breaking(q, k, v, None, s),
+        return (None, *first_order.replay(lambda q, k, v, s: _torch_stick_breaking(q, k, v, None, s),
                                      (*ctx.saved_tensors[5:], ctx.shift), (do,),
                                      ctx.needs_input_grad[1:]))
 
@@ -333,7 +333,7 @@ class _CausalHeads(first_order.Function):
 
     @staticmethod
     def twice(ctx, do):
-        return (None, *native.replay(_torch_causal, ctx.saved_tensors[5:], (do,),
+        return (None, *first_order.replay(_torch_causal, ctx.saved_tensors[5:], (do,),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod

@@ -64,7 +64,7 @@ class _NativeBlockDiag(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy):
-        return (None, *native.replay(_torch_blockdiag, ctx.saved_tensors[2:], (dy,),
+        return (None, *first_order.replay(_torch_blockdiag, ctx.saved_tensors[2:], (dy,),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -120,7 +120,7 @@ class _NativeBlockDiagGated(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy0, dy1, dg, _, dthrough):
-        return (None, *native.replay(_torch_gated, (*ctx.saved_tensors[4:], ctx.through),
+        return (None, *first_order.replay(_torch_gated, (*ctx.saved_tensors[4:], ctx.through),
                                      (dy0, dy1, dg, None, dthrough), ctx.needs_input_grad[1:]))
 
     @staticmethod

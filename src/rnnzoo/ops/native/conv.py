@@ -79,7 +79,7 @@ class _NativeConv(first_order.Function):
 
     @staticmethod
     def twice(ctx, *dys):
-        return (None, *native.replay(
+        return (None, *first_order.replay(
             _torch_conv, (*ctx.saved_tensors[5:], ctx.silu, ctx.nn, ctx.G, ctx.sqrt_eps,
                           ctx.splits), dys, ctx.needs_input_grad[1:]))
 

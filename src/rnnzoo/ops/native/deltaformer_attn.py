@@ -65,7 +65,7 @@ class _NativeDeltaFormer(first_order.Function):
 
     @staticmethod
     def twice(ctx, do, du):
-        return (None, *native.replay(_torch_attend, (ctx.scale, *ctx.saved_tensors[6:]),
+        return (None, *first_order.replay(_torch_attend, (ctx.scale, *ctx.saved_tensors[6:]),
                                           (do, du), ctx.needs_input_grad[1:]))
 
     @staticmethod

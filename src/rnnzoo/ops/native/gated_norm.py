@@ -95,7 +95,7 @@ class _RMSGate(first_order.Function):
     @staticmethod
     def twice(ctx, g):
         act, pre = ctx.flags[:2]
-        return (None, *native.replay(_torch_rms_gate, (*ctx.saved_tensors[6:], ctx.n, ctx.eps,
+        return (None, *first_order.replay(_torch_rms_gate, (*ctx.saved_tensors[6:], ctx.n, ctx.eps,
                                                              act, pre, ctx.norm), (g,),
                                           ctx.needs_input_grad[1:]))
 
@@ -141,7 +141,7 @@ class _NormGate(first_order.Function):
 
     @staticmethod
     def twice(ctx, g):
-        return (None, *native.replay(_torch_norm_gate, (*ctx.saved_tensors[7:], ctx.n,
+        return (None, *first_order.replay(_torch_norm_gate, (*ctx.saved_tensors[7:], ctx.n,
                                                               ctx.eps), (g,),
                                           ctx.needs_input_grad[1:]))
 

@@ -116,7 +116,7 @@ class _AdditiveGate(first_order.Function):
 
     @staticmethod
     def twice(ctx, dk, dg, dzT):
-        return (None, *native.replay(_torch_additive_gate, ctx.saved_tensors[3:], (dk, dg, dzT),
+        return (None, *first_order.replay(_torch_additive_gate, ctx.saved_tensors[3:], (dk, dg, dzT),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -177,7 +177,7 @@ class _SlotGate(first_order.Function):
 
     @staticmethod
     def twice(ctx, dla, ds):
-        return (None, *native.replay(_torch_slot_gate, (ctx.saved_tensors[2], ctx.inv_n),
+        return (None, *first_order.replay(_torch_slot_gate, (ctx.saved_tensors[2], ctx.inv_n),
                                      (dla, ds), ctx.needs_input_grad[1:]))
 
     @staticmethod

@@ -61,7 +61,7 @@ class _NativeLattice(first_order.Function):
 
     @staticmethod
     def twice(ctx, do, dST):
-        return (None, *native.replay(_torch_lattice, ctx.saved_tensors[6:], (do, dST),
+        return (None, *first_order.replay(_torch_lattice, ctx.saved_tensors[6:], (do, dST),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod

@@ -58,7 +58,7 @@ class _GeluBack(first_order.Function):
 
     @staticmethod
     def twice(ctx, d):
-        return (None, *native.replay(_torch_gelu_back, ctx.saved_tensors[2:], (d,),
+        return (None, *first_order.replay(_torch_gelu_back, ctx.saved_tensors[2:], (d,),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod

@@ -150,7 +150,7 @@ class _NativeGates(first_order.Function):
 
     @staticmethod
     def twice(ctx, dla, dlm, dbeta, deta):
-        return (None, *native.replay(_torch_gates, (*ctx.saved_tensors[6:], ctx.tau, ctx.neg,
+        return (None, *first_order.replay(_torch_gates, (*ctx.saved_tensors[6:], ctx.tau, ctx.neg,
                                                     ctx.floor), (dla, dlm, dbeta, deta),
                                      ctx.needs_input_grad[1:]))
 

@@ -82,7 +82,7 @@ class _NewtonSchulz(first_order.Function):
     @staticmethod
     def twice(ctx, dY):
         a = ctx.args
-        return (None, *native.replay(_torch_newton_schulz, (ctx.saved_tensors[1], a["steps"],
+        return (None, *first_order.replay(_torch_newton_schulz, (ctx.saved_tensors[1], a["steps"],
                                                                  a["coeffs"], a["eps"]),
                                           (dY,), ctx.needs_input_grad[1:]))
 

@@ -135,7 +135,7 @@ class _DeltaStep(first_order.Function):
 
     @staticmethod
     def twice(ctx, g):
-        return (None, *native.replay(_torch_delta_softplus, ctx.saved_tensors[3:], (g,),
+        return (None, *first_order.replay(_torch_delta_softplus, ctx.saved_tensors[3:], (g,),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod

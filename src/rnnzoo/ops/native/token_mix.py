@@ -73,7 +73,7 @@ class _TokenMix(first_order.Function):
 
     @staticmethod
     def twice(ctx, *gs):
-        return (None, *native.replay(_torch_token_mix, ctx.saved_tensors[2:], gs,
+        return (None, *first_order.replay(_torch_token_mix, ctx.saved_tensors[2:], gs,
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -159,7 +159,7 @@ class _Shift(first_order.Function):
 
     @staticmethod
     def twice(ctx, gstep, gxx):
-        return (None, *native.replay(_torch_shift, ctx.saved_tensors[2:], (gstep, gxx),
+        return (None, *first_order.replay(_torch_shift, ctx.saved_tensors[2:], (gstep, gxx),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -212,7 +212,7 @@ class _Bonus(first_order.Function):
     @staticmethod
     def twice(ctx, dy):
         x, nw, nb, r, k, v, g, rk = ctx.saved_tensors[8:]
-        return (None, *native.replay(_torch_bonus, (x, nw, nb, ctx.eps, r, k, v, g, rk), (dy,),
+        return (None, *first_order.replay(_torch_bonus, (x, nw, nb, ctx.eps, r, k, v, g, rk), (dy,),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -262,7 +262,7 @@ class _Keys(first_order.Function):
 
     @staticmethod
     def twice(ctx, dw, dkt, dnk, db):
-        return (None, *native.replay(_torch_keys, (*ctx.saved_tensors[5:], ctx.wc, ctx.eps, ctx.H),
+        return (None, *first_order.replay(_torch_keys, (*ctx.saved_tensors[5:], ctx.wc, ctx.eps, ctx.H),
                                      (dw, dkt, dnk, db), ctx.needs_input_grad[1:]))
 
     @staticmethod

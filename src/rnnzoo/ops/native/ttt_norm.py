@@ -61,7 +61,7 @@ class _NormLossGrad(first_order.Function):
 
     @staticmethod
     def twice(ctx, dG):
-        return (None, *native.replay(_torch_norm_loss_grad, (ctx.eps, *ctx.saved_tensors[4:]),
+        return (None, *first_order.replay(_torch_norm_loss_grad, (ctx.eps, *ctx.saved_tensors[4:]),
                                           (dG,), ctx.needs_input_grad[1:]))
 
     @staticmethod
@@ -95,7 +95,7 @@ class _InnerOutput(first_order.Function):
 
     @staticmethod
     def twice(ctx, g):
-        return (None, *native.replay(_torch_inner_output, (ctx.eps, *ctx.saved_tensors[2:]),
+        return (None, *first_order.replay(_torch_inner_output, (ctx.eps, *ctx.saved_tensors[2:]),
                                           (g,), ctx.needs_input_grad[1:]))
 
     @staticmethod

@@ -128,7 +128,7 @@ class _Gates(first_order.Function):
 
     @staticmethod
     def twice(ctx, dp, du):
-        return (None, *native.replay(_torch_gates, (*ctx.saved_tensors[3:], ctx.bs), (dp, du),
+        return (None, *first_order.replay(_torch_gates, (*ctx.saved_tensors[3:], ctx.bs), (dp, du),
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
