@@ -29,7 +29,9 @@ ops.native.linear's `weight_grad` (in float32 wgrad.c's kernel on the buffers as
 
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
-xp (x and w_in), the state, the matrices and the vectors; not twice.
+xp (x and w_in), the state, the matrices and the vectors; under create_graph its `twice`
+replays the cell's plain step loop (cells.manual.manual_plain, after x w_in^T with `proj`)
+through autograd over the node's original inputs, so that it differentiates again.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class _NativeLoop(first_order.Function):
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
 
     @staticmethod
-    def forward(ctx, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
+    def forward(ctx, cell, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
+        originals = (xp, *tensors)  # the inputs as given, saved for `twice`
         tensors = [t.contiguous() for t in tensors]
         ctx.x = x = None
         if proj:  # xp = x w_in^T, each step's rows in the C loop
@@ -118,13 +121,29 @@ class _NativeLoop(first_order.Function):
         ctx.lib, ctx.spec, ctx.sizes, ctx.n_state, ctx.n_mat = lib, spec, sizes, n_state, n_mat
         ctx.saved, ctx.rs, ctx.wt = saved, rs, wt
         ctx.xp_shape = (B, T, P)
-        ctx.save_for_backward(*mats, *vecs)
+        ctx.cell, ctx.proj, ctx.n_par = cell, proj, len(mats) + len(vecs)
+        # the contiguous params for the C backward (the same tensors where already so) and
+        # the original inputs for `twice` (references, no copies)
+        ctx.save_for_backward(*mats, *vecs, *originals)
         return (y, *final)
+
+    @staticmethod
+    def twice(ctx, *grads):  # under create_graph: autograd through the plain step loop
+        cell, n_state, n_mat = ctx.cell, ctx.n_state, ctx.n_mat
+        from rnnzoo.cells.manual import manual_plain as plain  # cells import this module
+        if ctx.proj:
+            def fn(x, *rest):
+                return plain(cell, n_state, n_mat, x @ rest[-1].T, *rest[:-1])
+        else:
+            def fn(*args):
+                return plain(cell, n_state, n_mat, *args)
+        return (None,) * 8 + first_order.replay(fn, ctx.saved_tensors[ctx.n_par:], grads,
+                                                ctx.needs_input_grad[8:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, *d_final):
-        params = ctx.saved_tensors
+        params = ctx.saved_tensors[:ctx.n_par]
         mats, vecs = params[:ctx.n_mat], params[ctx.n_mat:]
         d_out = d_out.contiguous()
         B = d_out.shape[0]
@@ -136,19 +155,19 @@ class _NativeLoop(first_order.Function):
               for j, w in enumerate(mats)]
         d_vecs = [d_out.new_empty(B, v.numel()) for v in vecs]
         d_x = None
-        if ctx.x is not None and ctx.needs_input_grad[7]:  # d x = d xp w_in, in the loop
+        if ctx.x is not None and ctx.needs_input_grad[8]:  # d x = d xp w_in, in the loop
             d_x = d_out.new_empty(ctx.x.shape)
         _, bwd = _kernels(ctx.lib, ctx.spec.fn, d_out.dtype)
         _call(bwd, [None, d_out, ctx.saved, d_xp, *d_state, *d_final, *mats, *ctx.wt, *vecs,
                     *gs, *d_vecs, None, None if d_x is None else ctx.w_in, d_x], ctx.sizes, B)
-        needs = ctx.needs_input_grad[8 + ctx.n_state:]
+        needs = ctx.needs_input_grad[9 + ctx.n_state:]
         d_mats = [weight_grad(g, r) if need else None for g, r, need in zip(gs, ctx.rs, needs)]
         d_vecs = [d.sum(0).view(v.shape) if need else None
                   for d, v, need in zip(d_vecs, vecs, needs[ctx.n_mat:len(vecs) + ctx.n_mat])]
         if ctx.x is None:
-            return (None,) * 7 + (d_xp, *d_state, *d_mats, *d_vecs)
+            return (None,) * 8 + (d_xp, *d_state, *d_mats, *d_vecs)
         d_w = weight_grad(d_xp, ctx.x) if ctx.needs_input_grad[-1] else None
-        return (None,) * 7 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
+        return (None,) * 8 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 
 def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, keep: bool
@@ -162,7 +181,7 @@ def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, 
     lib = native.load(spec.file)
     if lib is None:
         return None
-    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+    out, *new = _NativeLoop.apply(cell, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
                                   False, xp, *state, *matrices, *vectors)
     return out, tuple(new)
 
@@ -183,6 +202,6 @@ def scan_projected(cell, x: torch.Tensor, w_in: torch.Tensor, state: tuple, matr
     if lib is None:
         return None
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    out, *new = _NativeLoop.apply(lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+    out, *new = _NativeLoop.apply(cell, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
                                   True, x, *state, *matrices, *vectors, w_in)
     return out, tuple(new)
