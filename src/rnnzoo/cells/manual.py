@@ -31,7 +31,8 @@ and g_j is the gradient at that product's output. A cell opts in with three meth
         `project`'s (nas: without the biases, which its step adds as a vector)
 
 Equal to the reference loop (the conformance suite checks outputs, states and gradients,
-float64 gradcheck included); not twice differentiable (the backward runs without autograd).
+float64 gradcheck included). The backward runs without autograd; under create_graph its
+`twice` replays `manual_step` through autograd (`manual_plain`), so it differentiates twice.
 Under torch.compile it is the reference loop.
 
 A cell may also name a C form of the same step (`manual_native() -> ops.native.cells.
