@@ -102,10 +102,11 @@ def test_norm_loss_grad_second_derivative():
     zt, t, w, b = _leaves((2, 3, 2, 4), (2, 2, 3, 4), (2, 4), (2, 4))
 
     def native(zt, t, w, b):
-        return ttt_norm.norm_loss_grad(lib, zt.transpose(1, 2), t, w, b, 1e-5)
+        return ttt_norm.norm_loss_grad(lib, zt.transpose(1, 2), t, w, b, 1e-5,
+                                       memory._norm_loss_grad_torch)
 
     def plain(zt, t, w, b):
-        return ttt_norm._torch_norm_loss_grad(1e-5, zt.transpose(1, 2), t, w, b)
+        return memory._norm_loss_grad_torch(zt.transpose(1, 2), t, w, b, 1e-5)
 
     torch.testing.assert_close(native(zt, t, w, b), plain(zt, t, w, b), rtol=1e-12, atol=1e-12)
     with threads(2):

@@ -43,6 +43,8 @@ RNNZOO_NATIVE=0, or when the C file cannot be built, this module's Python loop r
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.ops import backend, first_order
@@ -196,7 +198,8 @@ def manual_scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: 
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if hasattr(cell, "manual_native") and backend.use_native(*tensors):
         from rnnzoo.ops.native import cells as native_cells
-        done = native_cells.scan(cell, xp, state, matrices, vectors, keep)
+        done = native_cells.scan(cell, xp, state, matrices, vectors, keep,
+                                 functools.partial(manual_plain, cell))
         if done is not None:
             return done
     out, *new = _ManualLoop.apply(cell, keep, len(state), len(matrices), *tensors)

@@ -19,7 +19,6 @@ from torch import nn
 
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell
-from rnnzoo.ops import first_order
 from rnnzoo.ops.native.linear import linear
 
 
@@ -27,36 +26,19 @@ def identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _HardSigmoid(first_order.Function):
-    """F.hardsigmoid with torch's own backward (aten.hardsigmoid_backward: the gradient times
-    the float 1/6 where -3 < x < 3), whose derivative torch does not implement; `twice` is
-    the same product in differentiable ops (the mask is constant: the second derivative is
-    0 almost everywhere), so that a cell's sequential loop can be differentiated twice."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return F.hardsigmoid(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return torch.ops.aten.hardsigmoid_backward(g, ctx.saved_tensors[0])
-
-    @staticmethod
-    def twice(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * ((x > -3) & (x < 3)).to(g.dtype) * _SIXTH
-
-
 _SIXTH = float(torch.tensor(1 / 6, dtype=torch.float32))  # torch's float 1/6, as a double
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """F.hardsigmoid (relu6(x + 3) / 6), differentiable twice: the same values and first
-    derivative (`_HardSigmoid`); F.hardsigmoid itself where no gradient is recorded."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _HardSigmoid.apply(x)
-    return F.hardsigmoid(x)
+    """F.hardsigmoid (relu6(x + 3) / 6), differentiable twice in plain ops (torch.func
+    included): its values, plus s - s.detach() (exactly 0) for s = x 1/6 on -3 < x < 3, whose
+    gradient is aten.hardsigmoid_backward's product bit for bit and whose own derivative is
+    0; torch does not implement hardsigmoid_backward's derivative."""
+    y = F.hardsigmoid(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return y
+    s = x * (((x > -3) & (x < 3)) * _SIXTH).to(x.dtype)
+    return y.detach() + (s - s.detach())
 
 
 ACTIVATIONS = {

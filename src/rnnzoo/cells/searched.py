@@ -44,10 +44,12 @@ All four: Glorot-uniform weights, zero biases.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.cells.base import cell
-from rnnzoo.cells.manual import manual_loop, relu_back, sigmoid_back, tanh_back
+from rnnzoo.cells.manual import manual_loop, manual_plain, relu_back, sigmoid_back, tanh_back
 from rnnzoo.cells.parts import StackedGates, add_bias, affine, glorot_init_
 from rnnzoo.ops.native.cells import NativeStep, scan_projected
 
@@ -91,7 +93,8 @@ class NAS(StackedGates):
         scan_projected`)."""
         if not torch.compiler.is_compiling():
             mats, vecs = self.manual_params()
-            done = scan_projected(self, x, self.weight_ih, state, mats, vecs)
+            done = scan_projected(self, x, self.weight_ih, state, mats, vecs,
+                                  functools.partial(manual_plain, self))
             if done is not None:
                 return done
         return manual_loop(self, x, state)

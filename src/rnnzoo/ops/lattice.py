@@ -53,7 +53,11 @@ def lattice_sequential(q, k, v, beta, S):
     if q.shape[1] and S.numel() and backend.use_native(q, k, v, beta, S):
         lib = lattice_scan.load()
         if lib is not None:
-            return lattice_scan.lattice(lib, q, k, v, beta, S)
+            return lattice_scan.lattice(lib, q, k, v, beta, S, _loop)
+    return _loop(q, k, v, beta, S)
+
+
+def _loop(q, k, v, beta, S):
     out = []
     for t in range(q.shape[1]):
         o, S = lattice_step(q[:, t], k[:, t], v[:, t], beta[:, t], S)

@@ -72,7 +72,11 @@ def _norm_loss_grad(Z, target, w, b, eps):
             and backend.use_native(Z, target, w, b):
         from rnnzoo.ops.native import ttt_norm
         if (lib := ttt_norm.load()) is not None:
-            return ttt_norm.norm_loss_grad(lib, Z, target, w, b, eps)
+            return ttt_norm.norm_loss_grad(lib, Z, target, w, b, eps, _norm_loss_grad_torch)
+    return _norm_loss_grad_torch(Z, target, w, b, eps)
+
+
+def _norm_loss_grad_torch(Z, target, w, b, eps):
     w, b = w[:, None], b[:, None]                                      # (H, 1, K)
     y, zhat, std = layer_norm(Z, w, b, eps)
     return _layer_norm_grad(y - target, zhat, std, w)

@@ -12,9 +12,9 @@ comment gives the calling convention). `scan` runs it, or returns None (the call
 the Python loop) when the cell names no kernel or the kernel cannot be built.
 
     scan(cell, xp (B, T, P), state (tuple of (B, n_i)), matrices ((G_j, K_j), ...),
-         vectors (...)) -> (outputs (B, T, output_size), final state) | None
+         vectors (...), keep, plain) -> (outputs (B, T, output_size), final state) | None
 
-    scan_projected(cell, x (B, T, I), w_in (P, I), state, matrices, vectors)
+    scan_projected(cell, x (B, T, I), w_in (P, I), state, matrices, vectors, plain)
         -> the same | None
 
 `scan` with the input projection xp = x w_in^T inside (a cell whose first matrix's gradient
@@ -30,8 +30,8 @@ ops.native.linear's `weight_grad` (in float32 wgrad.c's kernel on the buffers as
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in
 xp (x and w_in), the state, the matrices and the vectors; under create_graph its `twice`
-replays the cell's plain step loop (cells.manual.manual_plain, after x w_in^T with `proj`)
-through autograd over the node's original inputs, so that it differentiates again.
+replays the cell's plain step loop (`plain`, the caller's cells.manual.manual_plain with the
+cell bound; after x w_in^T with `proj`) through autograd over the node's original inputs, so that it differentiates again.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _NativeLoop(first_order.Function):
     the first argument is x (B, T, I) and a last one w_in (P, I): xp = x w_in^T."""
 
     @staticmethod
-    def forward(ctx, cell, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
+    def forward(ctx, plain, lib, spec, H, keep, n_state, n_mat, proj, xp, *tensors):
         originals = (xp, *tensors)  # the inputs as given, saved for `twice`
         tensors = [t.contiguous() for t in tensors]
         ctx.x = x = None
@@ -121,7 +121,7 @@ class _NativeLoop(first_order.Function):
         ctx.lib, ctx.spec, ctx.sizes, ctx.n_state, ctx.n_mat = lib, spec, sizes, n_state, n_mat
         ctx.saved, ctx.rs, ctx.wt = saved, rs, wt
         ctx.xp_shape = (B, T, P)
-        ctx.cell, ctx.proj, ctx.n_par = cell, proj, len(mats) + len(vecs)
+        ctx.plain, ctx.proj, ctx.n_par = plain, proj, len(mats) + len(vecs)
         # the contiguous params for the C backward (the same tensors where already so) and
         # the original inputs for `twice` (references, no copies)
         ctx.save_for_backward(*mats, *vecs, *originals)
@@ -129,14 +129,13 @@ class _NativeLoop(first_order.Function):
 
     @staticmethod
     def twice(ctx, *grads):  # under create_graph: autograd through the plain step loop
-        cell, n_state, n_mat = ctx.cell, ctx.n_state, ctx.n_mat
-        from rnnzoo.cells.manual import manual_plain as plain  # cells import this module
+        plain, n_state, n_mat = ctx.plain, ctx.n_state, ctx.n_mat
         if ctx.proj:
             def fn(x, *rest):
-                return plain(cell, n_state, n_mat, x @ rest[-1].T, *rest[:-1])
+                return plain(n_state, n_mat, x @ rest[-1].T, *rest[:-1])
         else:
             def fn(*args):
-                return plain(cell, n_state, n_mat, *args)
+                return plain(n_state, n_mat, *args)
         return (None,) * 8 + first_order.replay(fn, ctx.saved_tensors[ctx.n_par:], grads,
                                                 ctx.needs_input_grad[8:])
 
@@ -170,24 +169,26 @@ class _NativeLoop(first_order.Function):
         return (None,) * 8 + (d_x, *d_state, *d_mats, *d_vecs, d_w)
 
 
-def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, keep: bool
-         ) -> tuple[torch.Tensor, tuple] | None:
+def scan(cell, xp: torch.Tensor, state: tuple, matrices: tuple, vectors: tuple, keep: bool,
+         plain) -> tuple[torch.Tensor, tuple] | None:
     """The cell's C loop over xp from `state` (see the module docstring); keep: whether a
-    gradient is wanted (else nothing per step is kept). None when the cell names no kernel
-    or it cannot be built."""
+    gradient is wanted (else nothing per step is kept); plain(n_state, n_mat, xp, *state,
+    *matrices, *vectors) -> (outputs, *final state): the same loop in autograd's ops
+    (cells.manual.manual_plain with the cell bound), which `twice` replays. None when the
+    cell names no kernel or it cannot be built."""
     spec = cell.manual_native()
     if spec is None:
         return None
     lib = native.load(spec.file)
     if lib is None:
         return None
-    out, *new = _NativeLoop.apply(cell, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+    out, *new = _NativeLoop.apply(plain, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
                                   False, xp, *state, *matrices, *vectors)
     return out, tuple(new)
 
 
 def scan_projected(cell, x: torch.Tensor, w_in: torch.Tensor, state: tuple, matrices: tuple,
-                   vectors: tuple) -> tuple[torch.Tensor, tuple] | None:
+                   vectors: tuple, plain) -> tuple[torch.Tensor, tuple] | None:
     """`scan` over xp = x w_in^T (x (B, T, I), w_in (P, I)), the projection inside the loop's
     autograd node (module docstring), for a cell whose NativeStep has g_is_dxp and whose first
     matrix's output is P wide. None where the C loop does not run (not native tensors, no
@@ -202,6 +203,6 @@ def scan_projected(cell, x: torch.Tensor, w_in: torch.Tensor, state: tuple, matr
     if lib is None:
         return None
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    out, *new = _NativeLoop.apply(cell, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
+    out, *new = _NativeLoop.apply(plain, lib, spec, cell.hidden_size, keep, len(state), len(matrices),
                                   True, x, *state, *matrices, *vectors, w_in)
     return out, tuple(new)

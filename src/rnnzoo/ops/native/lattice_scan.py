@@ -30,20 +30,9 @@ def _kernels(lib, dtype):
             native.kernel(lib, "lattice_bwd", dtype, [P] * 13 + [L] * 6))
 
 
-def _torch_lattice(q, k, v, beta, S):
-    """(o, S_T) by ops.lattice's lattice_step over time (the PyTorch reference): the form
-    _NativeLattice's `twice` differentiates (lattice's mode='sequential' runs this kernel)."""
-    from rnnzoo.ops.lattice import lattice_step
-    out = []
-    for t in range(q.shape[1]):
-        o, S = lattice_step(q[:, t], k[:, t], v[:, t], beta[:, t], S)
-        out.append(o)
-    return torch.stack(out, 1), S
-
-
 class _NativeLattice(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, beta, S0):
+    def forward(ctx, lib, q, k, v, beta, S0, plain):
         orig = (q, k, v, beta, S0)  # for `twice` (the copies below have no autograd history)
         q, k, v, beta, S0 = (t.contiguous() for t in (q, k, v, beta, S0))
         B, T, H, M = q.shape
@@ -56,13 +45,13 @@ class _NativeLattice(first_order.Function):
         native.run(fwd, [(p(q), p(k), p(v), p(beta), p(S0), p(o), p(ST), p(ck), p(aux), T, H, M,
                           V, *r) for r in native.rows(B * H)])
         ctx.save_for_backward(q, k, v, beta, ck, aux, *orig)
-        ctx.lib = lib
+        ctx.lib, ctx.plain = lib, plain
         return o, ST
 
     @staticmethod
     def twice(ctx, do, dST):
-        return (None, *first_order.replay(_torch_lattice, ctx.saved_tensors[6:], (do, dST),
-                                     ctx.needs_input_grad[1:]))
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[6:], (do, dST),
+                                          ctx.needs_input_grad[1:6]), None)
 
     @staticmethod
     def backward(ctx, do, dST):
@@ -77,9 +66,11 @@ class _NativeLattice(first_order.Function):
         p = native.ptr
         native.run(bwd, [(p(q), p(k), p(v), p(beta), p(ck), p(aux), p(dST), p(do), p(dq), p(dk),
                           p(dv), p(dbeta), p(dS0), T, H, M, V, *r) for r in native.rows(B * H)])
-        return None, dq, dk, dv, dbeta, dS0
+        return None, dq, dk, dv, dbeta, dS0, None
 
 
-def lattice(lib, q, k, v, beta, S0):
-    """(o, S_T); `lib` = load()."""
-    return _NativeLattice.apply(lib, q, k, v, beta, S0)
+def lattice(lib, q, k, v, beta, S0, plain):
+    """(o, S_T); `lib` = load(); plain(q, k, v, beta, S0) -> (o, S_T): the same recurrence
+    in PyTorch (ops.lattice's loop), which the node's `twice` differentiates (lattice's
+    mode='sequential' runs this kernel)."""
+    return _NativeLattice.apply(lib, q, k, v, beta, S0, plain)

@@ -1,12 +1,11 @@
 """The gradient of test-time training's inner loss through its layer norm in C (ttt_norm.c),
 a row at a time, with its backward:
 
-    norm_loss_grad(lib, z, target, w, b, eps) -> G = d/dz 1/2 |LN(z) w + b - target|^2
+    norm_loss_grad(lib, z, target, w, b, eps, plain) -> G = d/dz 1/2 |LN(z) w + b - target|^2
 
 z, target: (B, H, M, D) contiguous rows; w, b: (H, D) the inner norm's weight and bias; G
-(B, H, M, D). Differentiable in z, target, w and b, once (the loop's gradients are part of
-the TTT layers' forward, so their backward needs this one, nothing beyond). Equal to
-ops.memory's layer_norm and _layer_norm_grad to rounding. float32 or float64 on the CPU
+(B, H, M, D). Differentiable in z, target, w and b (under create_graph, `twice`
+differentiates `plain`). Equal to ops.memory's layer_norm and _layer_norm_grad to rounding. float32 or float64 on the CPU
 (`ops.backend.use_native` decides); threads split the rows.
 """
 
@@ -33,15 +32,6 @@ def _call(lib, name, tensors, D, per, H, eps, n_rows):
     native.run(fn, [(*ptrs, D, per, H, eps, *p) for p in native.rows(n_rows) or [(0, 0)]])
 
 
-def _torch_norm_loss_grad(eps, z, target, w, b):
-    """norm_loss_grad in PyTorch (ops.memory's layer_norm and _layer_norm_grad): the form
-    _NormLossGrad's `twice` differentiates."""
-    from rnnzoo.ops.memory import _layer_norm_grad, layer_norm
-    w, b = w[:, None], b[:, None]
-    y, zhat, std = layer_norm(z, w, b, eps)
-    return _layer_norm_grad(y - target, zhat, std, w)
-
-
 def _torch_inner_output(eps, q, z, w, b):
     """inner_output in PyTorch: the form _InnerOutput's `twice` differentiates."""
     return torch.addcmul(q + b, F.layer_norm(z, z.shape[-1:], eps=eps), w)
@@ -49,20 +39,20 @@ def _torch_inner_output(eps, q, z, w, b):
 
 class _NormLossGrad(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, eps, z, target, w, b):
+    def forward(ctx, lib, eps, z, target, w, b, plain):
         orig = (z, target, w, b)  # for `twice` (.contiguous() copies have no history)
         z, target, w, b = (t.contiguous() for t in (z, target, w, b))
         H, per, D = z.shape[-3:]
         G = torch.empty_like(z)
         _call(lib, "ttt_norm_fwd", (z, target, w, b, G), D, per, H, eps, z.numel() // D)
         ctx.save_for_backward(z, target, w, b, *orig)
-        ctx.lib, ctx.eps = lib, eps
+        ctx.lib, ctx.eps, ctx.plain = lib, eps, plain
         return G
 
     @staticmethod
     def twice(ctx, dG):
-        return (None, *first_order.replay(_torch_norm_loss_grad, (ctx.eps, *ctx.saved_tensors[4:]),
-                                          (dG,), ctx.needs_input_grad[1:]))
+        return (None, None, *first_order.replay(
+            ctx.plain, (*ctx.saved_tensors[4:], ctx.eps), (dG,), ctx.needs_input_grad[2:6]), None)
 
     @staticmethod
     @once_differentiable
@@ -73,12 +63,13 @@ class _NormLossGrad(first_order.Function):
         _call(ctx.lib, "ttt_norm_bwd", (z, target, w, b, dG.contiguous(), dz, dt, dw, db),
               D, per, H, ctx.eps, z.numel() // D)
         rows = [i for i in range(z.dim()) if i != z.dim() - 3 and i != z.dim() - 1]
-        return None, None, dz, dt, dw.sum(rows), db.sum(rows)
+        return None, None, dz, dt, dw.sum(rows), db.sum(rows), None
 
 
-def norm_loss_grad(lib, z, target, w, b, eps: float):
-    """G (B, H, M, D) = the loss's gradient in z; `lib` = load()."""
-    return _NormLossGrad.apply(lib, float(eps), z, target, w, b)
+def norm_loss_grad(lib, z, target, w, b, eps: float, plain):
+    """G (B, H, M, D) = the loss's gradient in z; `lib` = load(); plain(z, target, w, b, eps)
+    -> G: the same in PyTorch (ops.memory's), which the node's `twice` differentiates."""
+    return _NormLossGrad.apply(lib, float(eps), z, target, w, b, plain)
 
 
 class _InnerOutput(first_order.Function):
