@@ -52,6 +52,19 @@ def test_hard_sigmoid_is_torchs_and_differentiable_twice():
         assert not c.requires_grad  # piecewise linear: nothing left to differentiate
 
 
+def test_hard_sigmoid_saturates_at_inf_with_grad():
+    """+-inf (a pre-activation that overflowed) gives F.hardsigmoid's 1 and 0, and a zero
+    gradient, also when x requires grad (a 0/1 mask times x made inf * 0 = NaN there)."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([float("-inf"), -1e30, -1.0, 0.5, 1e30, float("inf")], dtype=dtype,
+                         requires_grad=True)
+        y = hard_sigmoid(x)
+        assert torch.equal(y, torch.nn.functional.hardsigmoid(x.detach()))
+        (g,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(g, torch.tensor([0, 0, 1, 1, 0, 0], dtype=dtype)
+                           * torch.tensor(1 / 6, dtype=torch.float32).to(dtype))
+
+
 @pytest.mark.parametrize("name", ["sgu", "dsgu"])
 def test_sgu_sequential_second_derivative(name):
     """The reference loop (hard_sigmoid in the update gate) differentiable twice, in x and

@@ -33,11 +33,14 @@ def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """F.hardsigmoid (relu6(x + 3) / 6), differentiable twice in plain ops (torch.func
     included): its values, plus s - s.detach() (exactly 0) for s = x 1/6 on -3 < x < 3, whose
     gradient is aten.hardsigmoid_backward's product bit for bit and whose own derivative is
-    0; torch does not implement hardsigmoid_backward's derivative."""
+    0; torch does not implement hardsigmoid_backward's derivative. Saturates at +-inf as
+    F.hardsigmoid does (1, 0), grad mode or not."""
     y = F.hardsigmoid(x)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return y
-    s = x * (((x > -3) & (x < 3)) * _SIXTH).to(x.dtype)
+    # x masked by where (not times a 0/1 mask: inf * 0 is NaN, and y + NaN would turn
+    # hardsigmoid(+-inf) = 1 / 0 into NaN whenever x requires grad)
+    s = torch.where((x > -3) & (x < 3), x, 0) * _SIXTH
     return y.detach() + (s - s.detach())
 
 

@@ -68,19 +68,9 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
         X = native_ns.newton_schulz(lib, X.reshape(-1, short, long_), steps, MUON, eps)
         X = X.view(*G.shape[:-2], short, long_)
         return X.transpose(-1, -2) if wide else X
-    A = (X @ X.transpose(-1, -2)).reshape(-1, short, short)
-    tr = A.diagonal(0, -2, -1).sum(-1)[:, None, None]
-    pos = tr > 0                                        # sqrt's gradient at 0 stays finite
-    norm = torch.where(pos, torch.where(pos, tr, 1).sqrt(), 0) + eps
-    A = A / (norm * norm)
-    aI = a * torch.eye(short, dtype=A.dtype, device=A.device)
-    Q = None
-    for i in range(steps):
-        P = torch.baddbmm(b * A + aI, A, A, alpha=c)
-        Q = P if Q is None else P @ Q
-        if i + 1 < steps:
-            A = P @ A @ P
-    X = (Q / norm).view(*X.shape[:-1], short) @ X
+    # the same Gram form in PyTorch (the C node's `twice` replays it too)
+    X = native_ns._torch_newton_schulz(X.reshape(-1, short, long_), steps, MUON, eps)
+    X = X.view(*G.shape[:-2], short, long_)
     return X.transpose(-1, -2) if wide else X
 
 
