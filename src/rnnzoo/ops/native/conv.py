@@ -42,8 +42,10 @@ def _torch_conv(x, weight, bias, state, silu, nn, G, sqrt_eps, splits):
     y = F.silu(s) if silu else s
     if nn:
         h = y[..., :nn * G].unflatten(-1, (nn, G))
-        r = (torch.rsqrt(h.square().sum(-1, keepdim=True) + 1e-6) if sqrt_eps else
-             1 / torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(1e-6))
+        # 1 / max(|h|, 1e-6) as rsqrt(max(|h|^2, 1e-12)): the same value, and a second
+        # derivative that is finite at h = 0 (a zero row: vector_norm's there is NaN)
+        n2 = h.square().sum(-1, keepdim=True)
+        r = torch.rsqrt(n2 + 1e-6) if sqrt_eps else torch.rsqrt(n2.clamp_min(1e-12))
         y = torch.cat([(h * r).flatten(-2), y[..., nn * G:]], -1)
     return y if splits is None else tuple(y.split(splits, -1))
 
