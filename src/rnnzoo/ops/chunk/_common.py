@@ -201,41 +201,76 @@ def _scan_backward(saved, scale, dO, dS_final, need):
     return dS0, dU.view(B, H, N, R, V), dW, dk, ddec, dq, dM
 
 
+def _scan_plain(S, U0, W, k_out, decay, q_in, M, scale):
+    """chunk_scan in plain differentiable ops (its forward's own loop, recorded): the form
+    _ChunkScan's `twice` differentiates."""
+    return _scan_forward(S, U0, W, k_out, decay, q_in, M, scale)[:2]
+
+
 class _ChunkScan(first_order.Function):
     @staticmethod
     def forward(ctx, S, U0, W, k_out, decay, q_in, M, scale):
-        o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M, scale)
-        ctx.save_for_backward(*saved)
+        o, S1, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M, scale)
+        ctx.save_for_backward(*saved, S, U0)  # S, U0: the inputs as given, for `twice`
         ctx.scale = scale
-        return o, S
+        return o, S1
+
+    @staticmethod
+    def twice(ctx, dO, dS_final):  # under create_graph: autograd through the recorded loop
+        states, U, W, k_out, decay, q_in, M, S, U0 = ctx.saved_tensors
+        return first_order.replay(_scan_plain, (S, U0, W, k_out, decay, q_in, M, ctx.scale),
+                                  (dO, dS_final), ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, dO, dS_final):
-        return *_scan_backward(ctx.saved_tensors, ctx.scale, dO, dS_final,
+        return *_scan_backward(ctx.saved_tensors[:7], ctx.scale, dO, dS_final,
                                ctx.needs_input_grad), None
+
+
+def _wy_forward(A, M, v, w, q_in, k_out, decay, S, scale):
+    """_WY's forward: the solve (as `unit_lower_solve` chooses) and the scan ->
+    (o, final S, X, the inverse or None, the masks, what _scan_backward reads). Plain
+    differentiable ops: recorded (`_wy_plain`), it is the form _WY's `twice` differentiates."""
+    C, V, Cq = A.shape[-1], v.shape[-1], M.shape[-2]
+    strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
+    step = torch.arange(C, device=A.device)  # output row t reads steps s < (t + 1) C / Cq
+    lower = (step // (C // Cq) <= step[:Cq, None]).to(A.dtype)
+    X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
+    U0, W = X.split([V, w.shape[-1]], -1)
+    o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
+    return o, S, X, Tinv, strict, lower, saved
+
+
+def _wy_plain(A, M, v, w, q_in, k_out, decay, S, scale):
+    return _wy_forward(A, M, v, w, q_in, k_out, decay, S, scale)[:2]
 
 
 class _WY(first_order.Function):
     """wy_chunks' solve and scan with one backward: the solve's gradient is the transposed
     solve, dR = (I + A)^{-T} dX and dA = -dR X^T on s < t; the masks of A (s < t) and M
-    (s <= t) are applied here, once, as products with a float mask (no tril copies)."""
+    (s <= t) are applied here, once, as products with a float mask (no tril copies). Under
+    create_graph, `twice` replays the same forward recorded (`_wy_plain`)."""
 
     @staticmethod
     def forward(ctx, A, M, v, w, q_in, k_out, decay, S, scale):
-        C, V, Cq = A.shape[-1], v.shape[-1], M.shape[-2]
-        strict = torch.ones(C, C, dtype=A.dtype, device=A.device).tril_(-1)
-        step = torch.arange(C, device=A.device)  # output row t reads steps s < (t + 1) C / Cq
-        lower = (step // (C // Cq) <= step[:Cq, None]).to(A.dtype)
-        X, Tinv = _unit_lower_solve(A, torch.cat([v, w], -1))
-        U0, W = X.split([V, w.shape[-1]], -1)
-        o, S, saved = _scan_forward(S, U0, W, k_out, decay, q_in, M * lower, scale)
-        ctx.save_for_backward(A if Tinv is None else Tinv, X, strict, lower, *saved)
-        ctx.scale, ctx.inverse, ctx.V = scale, Tinv is not None, V
-        return o, S
+        o, S1, X, Tinv, strict, lower, saved = _wy_forward(A, M, v, w, q_in, k_out, decay, S,
+                                                           scale)
+        # the last five: the inputs as given (references), for `twice`
+        ctx.save_for_backward(A if Tinv is None else Tinv, X, strict, lower, *saved,
+                              A, M, v, w, S)
+        ctx.scale, ctx.inverse, ctx.V = scale, Tinv is not None, v.shape[-1]
+        return o, S1
+
+    @staticmethod
+    def twice(ctx, dO, dS_final):
+        k_out, decay, q_in = ctx.saved_tensors[7:10]   # as given: _scan_forward keeps them
+        A, M, v, w, S = ctx.saved_tensors[11:]
+        return first_order.replay(_wy_plain, (A, M, v, w, q_in, k_out, decay, S, ctx.scale),
+                                  (dO, dS_final), ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, dO, dS_final):
-        A, X, strict, lower, *saved = ctx.saved_tensors
+        A, X, strict, lower, *saved = ctx.saved_tensors[:11]
         need = ctx.needs_input_grad    # A, M, v, w, q_in, k_out, decay, S
         dS0, dU0, dW, dk, ddec, dq, dM = _scan_backward(
             saved, ctx.scale, dO, dS_final, (need[7], True, True, need[5], need[6], need[4], need[1]))
