@@ -69,7 +69,9 @@ def longhorn_recurrence(u, beta, k, q, S, *, mode="sequential", chunk_size=64):
     if mode == "scan" and not sequence_parallel.active() and backend.use_native(u, beta, k, q, S):
         lib = native_longhorn.load()
         if lib is not None:
-            return native_longhorn.longhorn_scan(lib, u, beta, k, q, S)
+            return native_longhorn.longhorn_scan(lib, u, beta, k, q, S, _scan_form)
+    if mode == "scan":
+        return _scan_form(u, beta, k, q, S)
     log_a, eps = longhorn_coefficients(u, k, beta)
     if mode == "chunk":  # one GLA head per inner channel: K = d_state, V = 1
         B, T, d = u.shape
@@ -80,14 +82,19 @@ def longhorn_recurrence(u, beta, k, q, S, *, mode="sequential", chunk_size=64):
             chunk_size=chunk_size)
         return o[..., 0], S[..., 0]
     a, b = log_a.exp(), (eps * u)[..., None] * k[:, :, None]
-    if mode == "scan":
-        h, S = linear_scan(a, b, S)
-        return torch.einsum("btdm,btm->btd", h, q), S
     ys = []
     for t in range(u.shape[1]):
         S = a[:, t] * S + b[:, t]
         ys.append(torch.einsum("bdm,bm->bd", S, q[:, t]))
     return (torch.stack(ys, 1) if ys else u.new_zeros(u.shape)), S
+
+
+def _scan_form(u, beta, k, q, S):
+    """longhorn_recurrence's "scan" mode in PyTorch (ops.scan.linear_scan over the
+    transitions): its path off the C kernel, and the form the kernel's `twice` differentiates."""
+    log_a, eps = longhorn_coefficients(u, k, beta)
+    h, S = linear_scan(log_a.exp(), (eps * u)[..., None] * k[:, :, None], S)
+    return torch.einsum("btdm,btm->btd", h, q), S
 
 
 @register("longhorn", family="matrix",

@@ -33,7 +33,8 @@ def _kernels(lib, dtype):
 
 class _LonghornScan(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, u, beta, k, q, S0):
+    def forward(ctx, lib, u, beta, k, q, S0, plain):
+        orig = (u, beta, k, q, S0)  # for `twice` (the copies below have no autograd history)
         u, beta, k, q, S0 = (t.contiguous() for t in (u, beta, k, q, S0))
         batch, T, D = u.shape
         N = k.shape[-1]
@@ -45,13 +46,18 @@ class _LonghornScan(first_order.Function):
                           native.ptr(S0), native.ptr(y), native.ptr(ST), native.ptr(ck),
                           T, D, N, CHUNK, b0, b1) for b0, b1 in native.rows(batch)])
         if ck is not None:
-            ctx.save_for_backward(u, beta, k, q, ck)
-        ctx.lib = lib
+            ctx.save_for_backward(u, beta, k, q, ck, *orig)
+        ctx.lib, ctx.plain = lib, plain
         return y, ST
 
     @staticmethod
+    def twice(ctx, dy, dST):  # under create_graph: autograd through the caller's plain form
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[5:], (dy, dST),
+                                          ctx.needs_input_grad[1:6]), None)
+
+    @staticmethod
     def backward(ctx, dy, dST):
-        u, beta, k, q, ck = ctx.saved_tensors
+        u, beta, k, q, ck = ctx.saved_tensors[:5]
         batch, T, D = u.shape
         N = k.shape[-1]
         _, bwd = _kernels(ctx.lib, u.dtype)
@@ -63,12 +69,14 @@ class _LonghornScan(first_order.Function):
                           native.ptr(dy), native.ptr(dST), native.ptr(ck), native.ptr(du),
                           native.ptr(dbeta), native.ptr(dk), native.ptr(dq), native.ptr(dS0),
                           T, D, N, CHUNK, b0, b1) for b0, b1 in native.rows(batch)])
-        return None, du, dbeta, dk, dq, dS0
+        return None, du, dbeta, dk, dq, dS0, None
 
 
-def longhorn_scan(lib, u, beta, k, q, S0):
-    """(y (batch, T, d_inner), S_T (batch, d_inner, d_state)); `lib` = load()."""
-    return _LonghornScan.apply(lib, u, beta, k, q, S0)
+def longhorn_scan(lib, u, beta, k, q, S0, plain=None):
+    """(y (batch, T, d_inner), S_T (batch, d_inner, d_state)); `lib` = load(). plain(u, beta,
+    k, q, S0) -> (y, S_T): the same scan in PyTorch (layers.longhorn's linear_scan form),
+    which the node's `twice` differentiates under create_graph (None: it raises there)."""
+    return _LonghornScan.apply(lib, u, beta, k, q, S0, plain)
 
 
 def load():
