@@ -33,6 +33,8 @@ accumulate in float32 (float64 for float64 input).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.checks import positive, positive_int
@@ -138,7 +140,6 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     positive_int("mesa: chunk_size", chunk_size)
     positive("mesa: cg_tol", cg_tol, allow_zero=True)
     dt = compute_dtype(q)
-    T = q.shape[1]
     Hkk, Hkv = _initial(initial_state, q, v.shape[-1], dt)
     out_dtype = q.dtype
     q, k, v, g, beta, lamb = (t.to(dt) for t in (q, k, v, g, beta, lamb))  # each once
@@ -149,12 +150,24 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
         (q,), (k, v, g, beta))
     lib = native_mesa.load() if native else None
     if lib is not None:  # the recurrence in C, each step's solve on its own H_t (ops.native)
+        plain = functools.partial(_mesa_chunks, cg_steps=cg_steps, eps=eps, cg_tol=cg_tol,
+                                  chunk_size=chunk_size)  # the form its `twice` differentiates
         o, Hkk, Hkv = native_mesa.mesa(lib, q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps, eps,
-                                         cg_tol)
+                                         cg_tol, plain)
         o, (Hkk, Hkv) = marked(o, (Hkk, Hkv), marks)
         return o.to(out_dtype), (Hkk, Hkv)
     if marks is None:  # native, but the kernel not built: the chunk form's marks
         (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
+    o, Hkk, Hkv = _mesa_chunks(q, k, v, g, beta, lamb, Hkk, Hkv, cg_steps=cg_steps, eps=eps,
+                               cg_tol=cg_tol, chunk_size=chunk_size)
+    return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
+                                                    poison(Hkv, marks.state))
+
+
+def _mesa_chunks(q, k, v, g, beta, lamb, Hkk, Hkv, *, cg_steps, eps, cg_tol, chunk_size):
+    """mesa's chunk form on clean compute-dtype tensors -> (o (B, T, H, V), H_T, G_T): its
+    PyTorch path, and the form ops.native.mesa_scan's `twice` differentiates."""
+    T = q.shape[1]
     C = min(chunk_size, T)
     qc, kc, vc = (to_chunks(t, C) for t in (q, k, v))             # (B, H, N, C, D)
     G = to_chunks(g, C).cumsum(-1)                                # (B, H, N, C)
@@ -180,6 +193,4 @@ def mesa(q, k, v, g, beta, lamb, *, initial_state=None, cg_steps=30, eps=None, c
     x = conjugate_gradient(apply, qc, lamb.view(1, H, 1, 1, K), cg_steps, eps,
                            cg_tol)
     o = (x * eG) @ G0 + ((x @ kt) * D) @ vc
-    o = o.movedim(1, 3).reshape(B, -1, H, o.shape[-1])[:, :T]
-    return poison(o, marks.outputs).to(out_dtype), (poison(Hkk, marks.state),
-                                                    poison(Hkv, marks.state))
+    return o.movedim(1, 3).reshape(B, -1, H, o.shape[-1])[:, :T], Hkk, Hkv

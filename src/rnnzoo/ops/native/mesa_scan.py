@@ -60,7 +60,8 @@ def _groups(lib, dtype, pairs: int) -> tuple[int, list[tuple[int, int]]]:
 
 class _NativeMesa(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0):
+    def forward(ctx, lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0, plain):
+        orig = (q, k, v, g, beta, lamb, H0, G0)  # for `twice` (the copies have no history)
         q, k, v, g, beta, lamb, H0, G0 = (t.contiguous() for t in (q, k, v, g, beta, lamb, H0, G0))
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -75,15 +76,20 @@ class _NativeMesa(first_order.Function):
         P = native.ptr
         native.run(fwd, [(P(q), P(k), P(v), P(g), P(beta), P(lamb), P(H0), P(G0), P(o), P(HT),
                           P(GT), P(ck), P(its), *scalars, *r) for r in ranges])
-        ctx.save_for_backward(q, k, v, g, beta, lamb, ck)
-        ctx.lib, ctx.scalars, ctx.ranges = lib, scalars, ranges
+        ctx.save_for_backward(q, k, v, g, beta, lamb, ck, *orig)
+        ctx.lib, ctx.scalars, ctx.ranges, ctx.plain = lib, scalars, ranges, plain
         ctx.its = int(its.sum())
         flop_count.add(flops(B * T * H, ctx.its, K, V)[0])
         return o, HT, GT
 
     @staticmethod
+    def twice(ctx, do, dHT, dGT):  # under create_graph: autograd through the caller's plain form
+        return (None,) * 4 + first_order.replay(ctx.plain, ctx.saved_tensors[7:], (do, dHT, dGT),
+                                                ctx.needs_input_grad[4:12]) + (None,)
+
+    @staticmethod
     def backward(ctx, do, dHT, dGT):
-        q, k, v, g, beta, lamb, ck = ctx.saved_tensors
+        q, k, v, g, beta, lamb, ck = ctx.saved_tensors[:7]
         B, T, H, K = q.shape
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dHT, dGT = (None if t is None else t.contiguous() for t in (dHT, dGT))
@@ -96,10 +102,13 @@ class _NativeMesa(first_order.Function):
                           P(dq), P(dk), P(dv), P(dg), P(dbeta), P(dlamb), P(dH0), P(dG0),
                           *ctx.scalars, *r) for r in ctx.ranges])
         flop_count.add(flops(B * T * H, ctx.its, K, v.shape[-1])[1])
-        return None, None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0
+        return None, None, None, None, dq, dk, dv, dg, dbeta, dlamb.sum(0), dH0, dG0, None
 
 
-def mesa(lib, q, k, v, g, beta, lamb, H0, G0, steps: int, eps: float | None, tol: float = 0.0):
+def mesa(lib, q, k, v, g, beta, lamb, H0, G0, steps: int, eps: float | None, tol: float = 0.0,
+         plain=None):
     """(o, H_T, G_T); `lib` = load(); eps None: the relative CG guard, tol the stopping
-    tolerance (ops.mesa.conjugate_gradient)."""
-    return _NativeMesa.apply(lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0)
+    tolerance (ops.mesa.conjugate_gradient). plain(q, k, v, g, beta, lamb, H0, G0) -> (o,
+    H_T, G_T): the same readout in PyTorch (ops.mesa's chunk form), which the node's `twice`
+    differentiates under create_graph (None: it raises there)."""
+    return _NativeMesa.apply(lib, steps, eps, tol, q, k, v, g, beta, lamb, H0, G0, plain)
