@@ -34,6 +34,8 @@ stacked as one state (S; M) of 2K rows (`lasp2`, through `_stacked`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.dtypes import compute_dtype
@@ -120,12 +122,28 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
         return o, Z.chunk(2, -2)
     T = q.shape[1]
     if lib is not None:  # the recurrence in C (ops.native.momentum_scan)
-        return _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction)
+        plain = functools.partial(_corrected_chunks, scale=scale, C=max(1, min(chunk_size, T)))
+        return _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction,
+                       plain)
     (qf,), writes, marks = finite_inputs((q,), (k, v, p, log_alpha, log_mu, beta, eta))
-    C = max(1, min(chunk_size, T))
+    o, S, M = _chunks(*(t.to(dt) for t in (qf, *writes)), S, M, scale, max(1, min(chunk_size, T)))
+    o = poison(o, marks.outputs).to(qf.dtype)
+    return o, tuple(poison(t, marks.state) for t in (S, M))
+
+
+def _corrected_chunks(q, k, v, p, la, lm, beta, eta, S, M, corr, *, scale, C):
+    """`_chunks` read at q - corr k, in ops.native.momentum_scan's argument order: the form
+    its node's `twice` differentiates."""
+    return _chunks(_corrected(q, k, corr), k, v, p, la, lm, beta, eta, S, M, scale, C)
+
+
+def _chunks(q, k, v, p, la, lm, beta, eta, S, M, scale, C):
+    """momentum_delta's chunk form (module docstring) on clean compute-dtype (B, T, H, ...)
+    tensors, chunks of C steps -> (o (B, T, H, V), S_T, M_T)."""
+    T = q.shape[1]
     # zero padding at the end is exact: alpha = mu = 1, beta = eta = 0 leave (S, M) unchanged
-    q, k, v, p = (to_chunks(t.to(dt), C) for t in (qf, *writes[:3]))   # (B, H, N, C, D)
-    la, lm, beta, eta = (to_chunks(t.to(dt), C) for t in writes[3:])   # (B, H, N, C)
+    q, k, v, p = (to_chunks(t, C) for t in (q, k, v, p))              # (B, H, N, C, D)
+    la, lm, beta, eta = (to_chunks(t, C) for t in (la, lm, beta, eta))  # (B, H, N, C)
     LA, LM = la.cumsum(-1), lm.cumsum(-1)
     RA = causal_decay(LA)                                               # e^{LA_t - LA_s}, s <= t
     W = (RA * beta[..., None, :]) @ (causal_decay(LM) * eta[..., None, :])  # (B, H, N, C, C)
@@ -162,11 +180,10 @@ def momentum_delta(q, k, v, p, log_alpha, log_mu, beta, eta, *, scale=None, init
     Qz = torch.cat([LA.exp()[..., None] * q, -g[..., None] * q], -1)    # (B, H, N, C, 2K)
     P = -(W * (q @ k.transpose(-1, -2)))                                # W is lower already
     o = scale * (Qz @ Zs + P @ U)
-    o = poison(from_chunks(o, T), marks.outputs).to(qf.dtype)
-    return o, tuple(poison(t, marks.state) for t in (S, M))
+    return from_chunks(o, T), S, M
 
 
-def _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction):
+def _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correction, plain):
     """momentum_delta's C path: the kernel on the inputs as they are when every one is finite,
     else on finite_inputs' copies with its NaN marks (what clean_inputs gives). The gates are
     checked by their sums; q, k, v and p by the kernel's sum of its outputs (`osum`): any
@@ -179,7 +196,7 @@ def _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correcti
     if bool(torch.isfinite(gsum).all()):
         osum = q.new_empty(q.shape[0] * q.shape[2])
         o, ST, MT = momentum_scan.momentum(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M,
-                                           scale, corr, osum)
+                                           scale, corr, osum, plain)
         if bool(torch.isfinite(osum.sum()).all()):
             return o, (ST, MT)
     pk = p is k  # one tensor: checked once, its gradients summed in the kernel
@@ -187,7 +204,7 @@ def _native(lib, q, k, v, p, log_alpha, log_mu, beta, eta, S, M, scale, correcti
                                                 beta, eta))
     if pk:
         writes[2] = writes[0]
-    o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr)
+    o, S, M = momentum_scan.momentum(lib, qf, *writes, S, M, scale, corr, plain=plain)
     return poison(o, marks.outputs), (poison(S, marks.state), poison(M, marks.state))
 
 

@@ -56,8 +56,10 @@ def _kernels(lib, dtype):
 
 class _NativeMomentum(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum=None):
+    def forward(ctx, lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum=None,
+                plain=None):
         pk = p is k  # one tensor: the kernel sums its two gradients
+        orig = (q, k, v, p, la, lm, beta, eta, S0, M0, corr)  # for `twice` (no copies)
         q, k, v, la, lm, beta, eta, S0, M0 = (
             t.contiguous() for t in (q, k, v, la, lm, beta, eta, S0, M0))
         p = k if pk else p.contiguous()
@@ -75,13 +77,24 @@ class _NativeMomentum(first_order.Function):
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V)[0])
         if grad:
-            ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck, corr)
-        ctx.lib, ctx.scale, ctx.V, ctx.pk = lib, scale, V, pk
+            ctx.save_for_backward(q, k, p, la, lm, beta, eta, e, ck, corr, *orig)
+        ctx.lib, ctx.scale, ctx.V, ctx.pk, ctx.plain = lib, scale, V, pk, plain
         return o, ST, MT
 
     @staticmethod
+    def twice(ctx, do, dST, dMT):  # under create_graph: autograd through the caller's plain form
+        plain, need = ctx.plain, ctx.needs_input_grad
+        need = (*need[1:11], need[12])  # q .. M0, corr
+        if ctx.pk:  # p is k: k's gradient holds both uses, p's slot none (as backward's)
+            def plain(q, k, v, p, *rest, fn=ctx.plain):
+                return fn(q, k, v, k, *rest)
+            need = (*need[:3], False, *need[4:])
+        g = first_order.replay(plain, ctx.saved_tensors[10:], (do, dST, dMT), need)
+        return (None, *g[:10], None, g[10], None, None)
+
+    @staticmethod
     def backward(ctx, do, dST, dMT):
-        q, k, p, la, lm, beta, eta, e, ck, corr = ctx.saved_tensors
+        q, k, p, la, lm, beta, eta, e, ck, corr = ctx.saved_tensors[:10]
         B, Tn, H, K = q.shape
         V = ctx.V
         _, bwd = _kernels(ctx.lib, q.dtype)
@@ -98,18 +111,23 @@ class _NativeMomentum(first_order.Function):
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V)[1])
         return (None, dq, dk, dv, None if ctx.pk else dp, dla, dlm, dbeta, deta, dS0, dM0, None,
-                None if dcorr is None else dcorr.sum(0), None)
+                None if dcorr is None else dcorr.sum(0), None, None)
 
 
-def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None, osum=None):
+def momentum(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr=None, osum=None,
+             plain=None):
     """(o (B, T, H, V), S_T, M_T (B, H, K, V)); `lib` = load(). corr (H,) or None: the read
     at q - corr k (Momentum DeltaNet's output correction) instead of q, in the kernel (no
     (B, T, H, K) pass each way for it). p may be k itself (Momentum DeltaNet): its two
     gradients are then summed in the kernel. osum (B H,) contiguous, in q's dtype, or None:
     written with the sum of each (batch row, head) pair's outputs o[b, :, h, :], not finite
     when some entry of o is not (a non-finite entry of q, k, v or p at a step makes that
-    step's o non-finite: the kernel's products never drop one)."""
-    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum)
+    step's o non-finite: the kernel's products never drop one). plain(q, k, v, p, la, lm,
+    beta, eta, S0, M0, corr) -> (o, S_T, M_T): the same op in PyTorch (ops.momentum_delta's
+    chunk form), which the node's `twice` differentiates under create_graph (None: it
+    raises there)."""
+    return _NativeMomentum.apply(lib, q, k, v, p, la, lm, beta, eta, S0, M0, scale, corr, osum,
+                                 plain)
 
 
 def _gate_kernels(lib, dtype):
