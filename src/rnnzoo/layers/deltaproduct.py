@@ -17,7 +17,7 @@ import torch
 from rnnzoo.dtypes import compute_dtype
 from rnnzoo.layers._delta_block import DeltaBlock
 from rnnzoo.ops import flop_count, sequence_parallel
-from rnnzoo.ops.chunk.delta import delta_product
+from rnnzoo.ops.chunk.delta import delta_product, product_plain
 from rnnzoo.ops.native import delta_scan as native_delta
 from rnnzoo.registry import register
 
@@ -47,7 +47,8 @@ def _product(q, k, v, beta, g, S0, chunk_size):
     S = (q.new_zeros(B, H, K, V) if S0 is None else S0).to(compute_dtype(q))
     o, ST = native_delta.delta(lib, q, k.reshape(B, T * n_h, H, K), v.reshape(B, T * n_h, H, V),
                                beta.reshape(B, T * n_h, H),
-                               beta.new_zeros(B, T, H) if g is None else g, S, K ** -0.5, n_h)
+                               beta.new_zeros(B, T, H) if g is None else g, S, K ** -0.5, n_h,
+                               product_plain(K ** -0.5, chunk_size))
     if not bool(torch.isfinite(ST).all()):
         return delta_product(q, k, v, beta, g, initial_state=S0, chunk_size=chunk_size)
     return o.to(q.dtype), ST

@@ -34,6 +34,8 @@ All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.checks import positive_int
@@ -41,7 +43,7 @@ from rnnzoo.dtypes import compute_dtype
 from rnnzoo.ops import flop_count, sequence_parallel
 from rnnzoo.ops.chunk._common import causal_decay, to_chunks, wy_chunks
 from rnnzoo.ops.chunk.delta import CPU_CHUNK, _check, _initial
-from rnnzoo.ops.chunk.kda import vector_decay_chunks
+from rnnzoo.ops.chunk.kda import chunk_sizes, erase_form, vector_decay_chunks
 from rnnzoo.ops.finite import clean_inputs, finite_inputs, marked, poison
 from rnnzoo.ops.native import vector_delta as native_vector
 
@@ -114,24 +116,31 @@ def erase_delta(q, k, v, g, p, *, scale=None, initial_state=None, before_decay=F
     out_dtype = q.dtype
     # flop_count.native: bench.layer_flops counts this path (vector_delta books its FLOPs)
     lib = native_vector.load() if flop_count.native(q, k, v, g, p, S) else None
+    if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
+        chunk_size = min(chunk_size, CPU_CHUNK)
     if lib is not None:  # the recurrence in C (ops.native.vector_delta), b = -k
         (q,), (k, v, g, p), marks = clean_inputs((q,), (k, v, g, p))
         w = g[..., None] if g.dim() == 3 else g            # one log-decay a head, or a channel
+        # the chunk form below, which the node's `twice` differentiates under create_graph
+        plain = (functools.partial(_scalar_form, scale=scale, C=min(chunk_size, T),
+                                   before_decay=before_decay) if g.dim() == 3
+                 else erase_form(scale, chunk_size, subchunk_size))
         o, S = marked(*native_vector.vector_delta(
-            lib, q, w, k, v, p, None, S, scale, after=not before_decay), marks)
+            lib, q, w, k, v, p, None, S, scale, after=not before_decay, plain=plain), marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, p), marks = finite_inputs((q,), tuple(t.to(dt) for t in (k, v, g, p)))
-    if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
-        chunk_size = min(chunk_size, CPU_CHUNK)
     if g.dim() == 3:
         o, S = _scalar_chunks(q.to(dt), k, v, g, p, S, scale, min(chunk_size, T), before_decay)
     else:
-        c = subchunk_size
-        C = min(chunk_size, -(-T // c) * c)             # whole sub-chunks when T is short
-        if C % c:
-            c = C
-        o, S = vector_decay_chunks(q.to(dt), k, v, g, p, S, scale, C, c)
+        o, S = vector_decay_chunks(q.to(dt), k, v, g, p, S, scale,
+                                   *chunk_sizes(q, chunk_size, subchunk_size))
     return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def _scalar_form(r, w, k, v, a, b, S0, *, scale, C, before_decay):
+    """`_scalar_chunks` in ops.native.vector_delta's argument order (w = g[..., None], a the
+    erase key p, b None): the form its node's `twice` differentiates."""
+    return _scalar_chunks(r, k, v, w[..., 0], a, S0, scale, C, before_decay)
 
 
 def _scalar_chunks(q, k, v, g, p, S, scale, C, before_decay):

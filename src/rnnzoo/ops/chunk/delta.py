@@ -52,6 +52,8 @@ States accumulate in float32 (float64 for float64 inputs); outputs come back in 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.checks import positive_int
@@ -171,8 +173,9 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     lib = native_delta.load() if flop_count.native(q, k, v, beta, g, S) else None
     if lib is not None:  # the recurrence in C: 1.5-2.1x the chunks, K = 32..128 (docstring)
         (q,), (k, v, beta, g), marks = clean_inputs((q,), (k, v, beta, g))
-        o, S = marked(*native_delta.delta(lib, q, k, v, beta, torch.zeros_like(beta) if g is None
-                                          else g, S, scale), marks)
+        o, S = marked(*native_delta.delta(
+            lib, q, k, v, beta, torch.zeros_like(beta) if g is None else g, S, scale, 1,
+            functools.partial(_delta_chunks, scale=scale, C=chunk_size)), marks)
         return o.to(q.dtype), S
     (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
     o, S = _delta_chunks(qf.to(dt), k.to(dt), v.to(dt), beta.to(dt),
@@ -279,10 +282,11 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
         dt = compute_dtype(q)
         S = _initial(initial_state, B, H, K, V, dt, q.device)
         (qf,), (k, v, beta, g), marks = clean_inputs((q,), (k, v, beta, g))
+        scale = K ** -0.5 if scale is None else scale
         o, S = marked(*native_delta.delta(lib, qf, k.reshape(B, T * n_h, H, K),
                                           v.reshape(B, T * n_h, H, V), beta.reshape(B, T * n_h, H),
                                           beta.new_zeros(B, T, H) if g is None else g, S,
-                                          K ** -0.5 if scale is None else scale, n_h), marks)
+                                          scale, n_h, product_plain(scale, chunk_size)), marks)
         return o.to(q.dtype), S
     if sequence_parallel.active() or (
             q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state)):
@@ -294,15 +298,32 @@ def delta_product(q, k, v, beta, g=None, *, scale=None, initial_state=None, chun
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
-    if q.device.type == "cpu":
-        chunk_size = min(chunk_size, max(1, CPU_PRODUCT_CHUNK // n_h))
     (qf,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))
-    if g is not None:   # the gate at each token's first step
-        g = torch.cat([g[:, :, None], g.new_zeros(B, T, n_h - 1, H)], 2).reshape(B, T * n_h, H)
-    o, S = _delta_chunks(qf.to(dt), k.reshape(B, T * n_h, H, K).to(dt),
-                         v.reshape(B, T * n_h, H, V).to(dt), beta.reshape(B, T * n_h, H).to(dt),
-                         None if g is None else g.to(dt), S, scale, min(chunk_size, T) * n_h, n_h)
+    o, S = _product_chunks(qf.to(dt), k.reshape(B, T * n_h, H, K).to(dt),
+                           v.reshape(B, T * n_h, H, V).to(dt), beta.reshape(B, T * n_h, H).to(dt),
+                           None if g is None else g.to(dt), S, scale, chunk_size)
     return poison(o, marks.outputs).to(q.dtype), poison(S, marks.state)
+
+
+def _product_chunks(q, k, v, beta, g, S, scale, C):
+    """delta_product's chunk form over the flat steps, as the C recurrence takes them: q
+    (B, T, H, K) and g (B, T, H) or None a token, k, v, beta (B, T n, H, ...) n a token; C
+    tokens a chunk (on a CPU at most CPU_PRODUCT_CHUNK flat steps). Compute-dtype tensors;
+    returns (o (B, T, H, V), S_T)."""
+    B, T, H = q.shape[:3]
+    n = k.shape[1] // T
+    if q.device.type == "cpu":
+        C = min(C, max(1, CPU_PRODUCT_CHUNK // n))
+    if g is not None:   # the gate at each token's first step
+        g = torch.cat([g[:, :, None], g.new_zeros(B, T, n - 1, H)], 2).reshape(B, T * n, H)
+    return _delta_chunks(q, k, v, beta, g, S, scale, min(C, T) * n, n)
+
+
+def product_plain(scale, chunk_size):
+    """The plain form ops.native.delta_scan's node differentiates under create_graph for
+    DeltaProduct (n steps a token): plain(q, k, v, beta, g, S0) -> (o, S_T), the chunk form
+    over the flat steps (`_product_chunks`)."""
+    return functools.partial(_product_chunks, scale=scale, C=chunk_size)
 
 
 # -- RWKV-7 -------------------------------------------------------------------------------------
@@ -361,16 +382,26 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     lib = native_vector.load() if flop_count.native(r, w, k, v, a, b, S) else None
     if lib is not None:  # the recurrence in C (ops.native.vector_delta)
         (r,), (w, k, v, a, b), marks = clean_inputs((r,), (w, k, v, a, b))
-        o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale), marks)
+        plain = functools.partial(_rwkv7_form, scale=scale, chunk_size=chunk_size, w_min=w_min)
+        o, S = marked(*native_vector.vector_delta(lib, r, w, k, v, a, b, S, scale, plain=plain),
+                      marks)
         return o.to(out_dtype), S
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))
+    o, S = _rwkv7_form(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale=scale,
+                       chunk_size=chunk_size, w_min=w_min)
+    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+
+
+def _rwkv7_form(r, w, k, v, a, b, S, *, scale, chunk_size, w_min):
+    """rwkv7's chunk form on clean compute-dtype tensors, the chunk halved as its docstring
+    says: its PyTorch path, and the form ops.native.vector_delta's `twice` differentiates."""
+    T = r.shape[1]
     C = min(chunk_size, T, CPU_CHUNK) if r.device.type == "cpu" else min(chunk_size, T)
     steepest = max(0.0, -float(w_min)) if w_min is not None else \
         float(-w.detach().min().clamp(max=0))
     while C > 1 and steepest * (C + 1) / 2 > _MAX_LOG_FACTOR:
         C //= 2
-    o, S = _rwkv7_chunks(*(t.to(dt) for t in (r, w, k, v, a, b)), S, scale, C)
-    return poison(o, marks.outputs).to(out_dtype), poison(S, marks.state)
+    return _rwkv7_chunks(r, w, k, v, a, b, S, scale, C)
 
 
 def _rwkv7_qkv(r, k, v, w, a, b, **options):

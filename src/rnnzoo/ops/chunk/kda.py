@@ -41,6 +41,8 @@ All tensors are (B, T, H, D); states accumulate in float32 (float64 for float64 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnzoo.checks import positive_int
@@ -115,19 +117,37 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, chunk_size=32, subc
     if lib is not None:  # the recurrence in C (ops.native.vector_delta): erase key beta k e^g
         (q,), (k, v, g, beta), marks = clean_inputs((q,), (k, v, g, beta))
         b = beta[..., None]
-        o, S = native_vector.vector_delta(lib, q, g, k, b * v, b * k, None, S, scale, after=True)
+        o, S = native_vector.vector_delta(lib, q, g, k, b * v, b * k, None, S, scale, after=True,
+                                          plain=erase_form(scale, chunk_size, subchunk_size))
         o, S = marked(o, S, marks)
         return o.to(out_dtype), S
     (q,), (k, v, g, beta), marks = finite_inputs((q,), (k, v, g, beta))
-    c = subchunk_size
+    o, S = _kda_chunks(q, k, v, g, beta, S, scale, *chunk_sizes(q, chunk_size, subchunk_size))
+    o, S = poison(o, marks.outputs), poison(S, marks.state)
+    return o.to(out_dtype), S
+
+
+def chunk_sizes(q, chunk_size, subchunk_size):
+    """(C, c): the chunk and sub-chunk of the vector-decay chunk form for q (B, T, ...): on a
+    CPU chunks of at most ops.chunk.delta's measured `CPU_CHUNK`, whole sub-chunks when T is
+    short."""
+    T, c = q.shape[1], subchunk_size
     if q.device.type == "cpu":                          # ops.chunk.delta's measured CPU chunk
         chunk_size = min(chunk_size, CPU_CHUNK)
     C = min(chunk_size, -(-T // c) * c)                 # whole sub-chunks when T is short
-    if C % c:
-        c = C
-    o, S = _kda_chunks(q, k, v, g, beta, S, scale, C, c)
-    o, S = poison(o, marks.outputs), poison(S, marks.state)
-    return o.to(out_dtype), S
+    return C, (C if C % c else c)
+
+
+def _erase_after(r, w, k, v, a, b, S0, *, scale, chunk_size, subchunk_size):
+    return vector_decay_chunks(r, k, v, w, a, S0, scale, *chunk_sizes(r, chunk_size, subchunk_size))
+
+
+def erase_form(scale, chunk_size, subchunk_size):
+    """The plain form ops.native.vector_delta's node differentiates under create_graph for an
+    erase key after a decay per key channel (b None, after=True: KDA, ops.erase_delta):
+    plain(r, w, k, v, a, b, S0) -> (o, S_T), `vector_decay_chunks` with a the erase key."""
+    return functools.partial(_erase_after, scale=scale, chunk_size=chunk_size,
+                             subchunk_size=subchunk_size)
 
 
 def _decayed_scores(xs, k, G, c: int):

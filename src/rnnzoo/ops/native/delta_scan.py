@@ -53,7 +53,8 @@ def _kernels(lib, dtype):
 
 class _NativeDelta(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, beta, g, S0, scale, n):
+    def forward(ctx, lib, q, k, v, beta, g, S0, scale, n, plain):
+        orig = (q, k, v, beta, g, S0)  # for `twice` (the copies below have no autograd history)
         q, k, v, beta, g, S0 = (t.contiguous() for t in (q, k, v, beta, g, S0))
         B, Tn, H, K = k.shape
         V = v.shape[-1]
@@ -67,13 +68,18 @@ class _NativeDelta(first_order.Function):
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn // n, n, K, V)[0])
         if grad:
-            ctx.save_for_backward(q, k, beta, g, d, ck)  # d = v - w: no v backward
-        ctx.lib, ctx.scale, ctx.n = lib, scale, n
+            ctx.save_for_backward(q, k, beta, g, d, ck, *orig)  # d = v - w: no v backward
+        ctx.lib, ctx.scale, ctx.n, ctx.plain = lib, scale, n, plain
         return o, ST
 
     @staticmethod
+    def twice(ctx, do, dST):  # under create_graph: autograd through the caller's plain form
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[6:], (do, dST),
+                                          ctx.needs_input_grad[1:7]), None, None, None)
+
+    @staticmethod
     def backward(ctx, do, dST):
-        q, k, beta, g, d, ck = ctx.saved_tensors
+        q, k, beta, g, d, ck = ctx.saved_tensors[:6]
         B, Tn, H, K = k.shape
         V = d.shape[-1]
         _, bwd = _kernels(ctx.lib, q.dtype)
@@ -87,11 +93,13 @@ class _NativeDelta(first_order.Function):
                           native.ptr(dbeta), native.ptr(dg), native.ptr(dS0), ctx.scale,
                           Tn, ctx.n, H, K, V, p0, p1) for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn // ctx.n, ctx.n, K, V)[1])
-        return None, dq, dk, dv, dbeta, dg, dS0, None, None
+        return None, dq, dk, dv, dbeta, dg, dS0, None, None, None
 
 
-def delta(lib, q, k, v, beta, g, S0, scale, n=1):
+def delta(lib, q, k, v, beta, g, S0, scale, n=1, plain=None):
     """(o (B, T / n, H, V), S_T (B, H, K, V)); `lib` = load(). n > 1: n steps a token
     (DeltaProduct), q (B, T / n, H, K) read after a token's last step and g (B, T / n, H)
-    applied at its first; T a multiple of n."""
-    return _NativeDelta.apply(lib, q, k, v, beta, g, S0, scale, n)
+    applied at its first; T a multiple of n. plain(q, k, v, beta, g, S0) -> (o, S_T): the
+    same op in PyTorch (the caller's chunk form, ops.chunk.delta), which the node's `twice`
+    differentiates under create_graph (None: it raises there)."""
+    return _NativeDelta.apply(lib, q, k, v, beta, g, S0, scale, n, plain)

@@ -57,7 +57,8 @@ def _kernels(lib, dtype):
 
 class _NativeVectorDelta(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after):
+    def forward(ctx, lib, r, w, k, v, a, b, S0, scale, after, plain):
+        orig = (r, w, k, v, a, b, S0)  # for `twice` (the copies below have no autograd history)
         r, w, k, v, a, S0 = (t.contiguous() for t in (r, w, k, v, a, S0))
         b = None if b is None else b.contiguous()
         B, Tn, H, K = r.shape
@@ -72,13 +73,18 @@ class _NativeVectorDelta(first_order.Function):
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V, b is not None)[0])
         if grad:
-            ctx.save_for_backward(r, w, k, v, a, b, z, ck)
-        ctx.lib, ctx.scale, ctx.after = lib, scale, after
+            ctx.save_for_backward(r, w, k, v, a, b, z, ck, *orig)
+        ctx.lib, ctx.scale, ctx.after, ctx.plain = lib, scale, after, plain
         return o, ST
 
     @staticmethod
+    def twice(ctx, do, dST):  # under create_graph: autograd through the caller's plain form
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[8:], (do, dST),
+                                          ctx.needs_input_grad[1:8]), None, None, None)
+
+    @staticmethod
     def backward(ctx, do, dST):
-        r, w, k, v, a, b, z, ck = ctx.saved_tensors
+        r, w, k, v, a, b, z, ck = ctx.saved_tensors[:8]
         B, Tn, H, K = r.shape
         V = v.shape[-1]
         _, bwd = _kernels(ctx.lib, r.dtype)
@@ -93,14 +99,16 @@ class _NativeVectorDelta(first_order.Function):
                           ctx.after, w.shape[-1], Tn, H, K, V, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, Tn, K, V, b is not None)[1])
-        return None, dr, dw, dk, dv, da, db, dS0, None, None
+        return None, dr, dw, dk, dv, da, db, dS0, None, None, None
 
 
-def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False):
+def vector_delta(lib, r, w, k, v, a, b, S0, scale, after=False, plain=None):
     """(o (B, T, H, V), S_T (B, H, K, V)); `lib` = load(); b None for b = -k (v - z).
     after=True: a holds p and the erase key is p e^w (the erase reads the decayed state).
-    w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head."""
-    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after))
+    w: (B, T, H, K), or (B, T, H, 1) for one log-decay a head. plain(r, w, k, v, a, b, S0)
+    -> (o, S_T): the same op in PyTorch (the caller's chunk form), which the node's `twice`
+    differentiates under create_graph (None: it raises there)."""
+    return _NativeVectorDelta.apply(lib, r, w, k, v, a, b, S0, scale, int(after), plain)
 
 
 def _torch_gates(z, k, v, bs):
