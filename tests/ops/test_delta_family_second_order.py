@@ -215,3 +215,29 @@ def test_momentum_second_derivative(monkeypatch, case):
         ref = run(momentum_delta_recurrent)
     second_order(run(momentum_delta), ins, ref)
     assert calls[0] > 0
+
+
+def test_a_node_given_no_plain_form_raises_the_first_order_error():
+    """plain=None (the functions' default: a caller that passes no PyTorch form): under
+    create_graph each C node raises the contract's "first order only" error, not a TypeError
+    from calling None; its first-order backward is the kernel's own, as before."""
+    for module in (delta_scan, vector_delta, longhorn_scan, mesa_scan, momentum_scan):
+        _skip_unless_native(module)
+    q, k, v, beta, g, S0 = _delta()
+    lamb, H0 = torch.ones(H, K, dtype=torch.float64), torch.zeros(B, H, K, K, dtype=torch.float64)
+    calls = [
+        lambda: delta_scan.delta(delta_scan.load(), q, k, v, beta, g, S0, 0.7),
+        lambda: vector_delta.vector_delta(vector_delta.load(), q, g[..., None], k, v, k, None,
+                                          S0, 0.5, after=True),
+        lambda: longhorn_scan.longhorn_scan(longhorn_scan.load(), q[..., 0, :],
+                                            beta[..., :1].expand(B, T, K), k[..., 0, :],
+                                            q[..., 1, :], S0[:, 0, :, :K]),
+        lambda: mesa_scan.mesa(mesa_scan.load(), q, k, v, g, beta, lamb, H0, S0, 2, None),
+        lambda: momentum_scan.momentum(momentum_scan.load(), q, k, v, k, g, g, beta, beta, S0,
+                                       S0, 0.7),
+    ]
+    for call in calls:
+        (dq,) = torch.autograd.grad(call()[0].square().sum(), q)
+        assert dq.abs().sum() > 0
+        with pytest.raises(RuntimeError, match="first order only"):
+            torch.autograd.grad(call()[0].square().sum(), q, create_graph=True)

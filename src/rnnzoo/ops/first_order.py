@@ -58,7 +58,14 @@ def replay(fn, args, grads, needs):
 
     The gradients are taken at aliases (views) of the tensors, so that each counts fn's own
     use of its argument only, not also a path through another argument computed from it
-    (pgn passes gate(cat([u, H])) next to H itself)."""
+    (pgn passes gate(cat([u, H])) next to H itself).
+
+    fn None (a node whose caller passed no plain form): the first-order error."""
+    if fn is None:
+        raise RuntimeError(
+            "rnnzoo: this node's backward is first order only (its caller passed no plain "
+            "form): create_graph=True through it is not supported; every layer's "
+            "mode='sequential' is (docs/design.md, higher-order gradients)")
     with torch.enable_grad():
         args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
         out = fn(*args)

@@ -85,7 +85,7 @@ class _NativeMomentum(first_order.Function):
     def twice(ctx, do, dST, dMT):  # under create_graph: autograd through the caller's plain form
         plain, need = ctx.plain, ctx.needs_input_grad
         need = (*need[1:11], need[12])  # q .. M0, corr
-        if ctx.pk:  # p is k: k's gradient holds both uses, p's slot none (as backward's)
+        if ctx.pk and plain:  # p is k: k's gradient holds both uses, p's slot none (as backward's)
             def plain(q, k, v, p, *rest, fn=ctx.plain):
                 return fn(q, k, v, k, *rest)
             need = (*need[:3], False, *need[4:])
