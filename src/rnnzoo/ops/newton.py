@@ -255,10 +255,10 @@ def _lm_step(c: _Cell, F, J, lam):
     return delta.squeeze(-1) if lay.kind == "diag" else lay.from_blocks(delta)
 
 
-def _sequential(c: _Cell, xp, h0):
+def _sequential(c: _Cell, xp, h0, params=None):
     z, out = h0, []
     for xp_t in xp.unbind(1):
-        z = c.f(xp_t, z)
+        z = c.f(xp_t, z, params)
         out.append(z)
     return torch.stack(out, 1)
 
@@ -379,6 +379,16 @@ class _ParallelRNN(first_order.Function):
             grads = torch.autograd.grad(fz, [xp_, h0_, *ps], lam.reshape(B * T, -1),
                                         allow_unused=True)
         return (None, None, None, None, *grads)
+
+    @staticmethod
+    def twice(ctx, g):  # under create_graph: autograd through the loop the solver converged to
+        xp, h0, _, *params = ctx.saved_tensors
+        c, names = ctx.c, ctx.names
+
+        def loop(xp, h0, *ps):
+            return _sequential(c, xp, h0, dict(zip(names, ps)) if ps else None)
+        return (None,) * 4 + first_order.replay(loop, (xp, h0, *params), (g,),
+                                                ctx.needs_input_grad[4:])
 
 
 # -- the entry point ---------------------------------------------------------------------------
