@@ -43,7 +43,9 @@ Backward is the exact adjoint at the returned trajectory (DEER, section 3.3):
 then one vector-Jacobian product of the cell over all steps at once gives the
 gradients of the parameters, of the projected inputs and of h0. Only the
 projected inputs, h0 and the trajectory are saved; the exact Jacobians are
-recomputed (never the quasi diagonal).
+recomputed (never the quasi diagonal). Under create_graph=True (second derivatives) the
+node's `twice` replays the sequential loop over the saved xp, h0 and parameters through
+autograd: the loop is the solver's fixed point, so its gradient is the adjoint's.
 
 Block layout of ("block", k): a cell with S state tensors of equal width n
 declares that its flat state splits into n*S/k independent groups of k
