@@ -182,7 +182,7 @@ def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _
     """Process group, device, threads, task and model (every check of the settings that
     needs them), then the run folder (created and claimed only once they pass, so a run
     refused for its settings leaves no folder behind), then the wrapper and optimizer."""
-    dist = ddp.setup(config.device)
+    dist = ddp.setup(config.device, config.dist_timeout)
     device = ddp.pick_device(config.device, dist)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
