@@ -96,7 +96,11 @@ def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
             lengths = tuple(int(v) for v in lengths.replace(",", " ").split())
         except ValueError:
             raise ValueError(f"{name} must be comma-separated ints, got {lengths!r}") from None
-    lengths = tuple(lengths)
+    try:
+        lengths = tuple(lengths)
+    except TypeError:  # None, a float: not a length nor a list of them
+        raise ValueError(f"{name} must be an int or comma-separated ints, got {lengths!r}") \
+            from None
     if not lengths:
         raise ValueError(f"{name} must list at least one length")
     return tuple(int_in(f"{name} entry", v, lo) for v in lengths)
