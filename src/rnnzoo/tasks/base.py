@@ -106,6 +106,16 @@ def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
     return tuple(int_in(f"{name} entry", v, lo) for v in lengths)
 
 
+def check_range(name: str, value, lo: int = 1) -> tuple[int, int]:
+    """(min, max) from "MIN,MAX", a pair, or one int (a fixed length: (v, v))."""
+    got = check_lengths(name, value, lo)
+    if len(got) == 1:
+        got = got * 2
+    if len(got) != 2 or got[0] > got[1]:
+        raise ValueError(f"{name} must be MIN,MAX with MIN <= MAX, got {value!r}")
+    return got
+
+
 class Task:
     """Base class. Subclasses set the class attributes and implement `sample`."""
 
