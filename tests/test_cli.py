@@ -154,3 +154,54 @@ def test_the_float_options_issue_13_names_stay_refused_when_nan(tmp_path, capsys
     assert main(["train", "--task", "parity", "--layer", "lstm", flag, "nan", "--out",
                  str(tmp_path)]) == 2
     assert f"{flag} must be a finite real number, got nan" in capsys.readouterr().err
+
+
+# -- options of the wrong type: one line and exit 2, not a TypeError traceback (s21) -------------
+@pytest.mark.parametrize("argv,message", [
+    # tasks.base.check_lengths: tuple(None) / tuple(1.5)
+    (["--task", "parity", "--task-option", "test_lengths=null"],
+     "test_lengths must be an int or comma-separated ints, got None"),
+    (["--task", "parity", "--task-option", "train_lengths=1.5"],
+     "train_lengths must be an int or comma-separated ints, got 1.5"),
+    # 0 < op_p < 1 and 0 < power_a <= 1 compared a string with an int
+    (["--task", "listops", "--task-option", "op_p=abc"], "op_p must be a finite real number"),
+    (["--task", "mqar", "--task-option", "power_a=null"], "power_a must be a finite real number"),
+    # Path(1)
+    (["--task", "classify", "--task-option", "path=1"], "path must be a file path, got 1"),
+    (["--task", "forecast", "--data", "CSV", "--task-option", "test_path=[1]"],
+     r"test_path must be a file path, got \[1\]"),
+    # a layer's eps kept as given, a TypeError at the first forward (C kernel or torch)
+    (["--task", "parity", "--layer", "gsa", "--layer-option", "norm_eps=abc"],
+     "norm_eps must be a finite real number, got 'abc'"),
+    (["--task", "parity", "--layer", "deltanet", "--layer-option", "norm_eps=[1]"],
+     r"norm_eps must be a finite real number, got \[1\]"),
+    (["--task", "parity", "--layer", "lightnet", "--layer-option", "norm_eps=null"],
+     "norm_eps must be a finite real number, got None"),
+    (["--task", "parity", "--layer", "lightning_attention", "--layer-option", "norm_eps=abc"],
+     "norm_eps must be a finite real number"),
+    (["--task", "parity", "--layer", "linear_attention", "--layer-option", "eps=abc"],
+     "eps must be a finite real number, got 'abc'"),
+    # num_heads % num_heads: ZeroDivisionError
+    (["--task", "parity", "--layer", "deltanet", "--layer-option", "num_heads=0"],
+     "num_heads must be a positive int, got 0"),
+    (["--task", "parity", "--layer", "attention", "--layer-option", "num_heads=0"],
+     "num_heads must be a positive int, got 0"),
+])
+def test_options_of_the_wrong_type_are_one_line(tmp_path, capsys, argv, message):
+    if "--layer" not in argv:
+        argv = [*argv, "--layer", "lstm"]
+    if "CSV" in argv:
+        csv = tmp_path / "series.csv"
+        csv.write_text("".join(f"{i % 7},{i % 5}\n" for i in range(300)))
+        argv = [str(csv) if a == "CSV" else a for a in argv]
+    assert main(["train", *argv, *TINY[:8], "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnzoo train: error: ") and err.count("\n") == 1, err
+    import re
+    assert re.search(message, err), err
+
+
+def test_bench_device_that_is_not_one_is_one_line(capsys):
+    assert main(["bench", "--layers", "lstm", "--device", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rnnzoo bench: error: --device must be cpu, cuda or cuda:N, got 'nosuch'\n"

@@ -636,6 +636,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     options = _parse_options(args.options, GRID_LAYERS if args.grid else None)
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
         raise ValueError("--lengths, --batch, --d-model and --repeat must be >= 1")
+    try:  # torch's RuntimeError, with a traceback, at the first .to(device)
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.vs_lstm:
         try:
             threads = [int(v) for v in args.threads.split(",")]

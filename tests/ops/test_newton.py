@@ -338,3 +338,33 @@ def test_warm_start_from_the_solution_needs_no_iteration():
     want = loop(cell, x, h0)
     traj, info = parallel_rnn(cell, x, h0, init=torch.cat(want, -1))
     assert info.iterations == 0 and info.converged and err(traj, want) < 1e-14
+
+
+# -- create_graph: the node's `twice` replays the loop the solver converged to --------------
+@pytest.mark.parametrize("method", ["newton", "quasi", "elk"])
+@pytest.mark.parametrize("cls", CELL_CLASSES, ids=lambda c: c.__name__)
+def test_second_derivative_equals_the_loops(cls, method):
+    """Under create_graph=True the gradient of the trajectory is the loop's (the solver's fixed
+    point), differentiable again: the second derivative (x, h0 and every parameter) against a
+    central difference of the adjoint gradient, and equal to the loop's own to 1e-10."""
+    from _second_order import second_order
+
+    cell = make(cls, hidden=4)
+    x, h0 = data(cell, B=2, T=9)
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    S = len(cell.state_sizes)
+
+    def run(how):
+        def f(x, *args):
+            h0, ps = args[:S], dict(zip(names, args[S:]))
+            if how == "loop":
+                return parallel_rnn(cell, x, h0, method="sequential", params=ps)[0]
+            traj, info = parallel_rnn(cell, x, h0, method=how, params=ps, atol=1e-14,
+                                      rtol=1e-14)  # the first-order gradients agree to 1e-12
+            assert info.converged and not info.fell_back, info
+            return traj
+        return f
+
+    inputs = (x.requires_grad_(), *(t.requires_grad_() for t in h0), *params)
+    second_order(run(method), inputs, ref=run("loop"), tol=1e-6)

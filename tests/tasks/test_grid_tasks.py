@@ -94,5 +94,16 @@ def test_layout_lengths_and_options():
         task.sample(np.random.default_rng(0), 2, length=50)
     with pytest.raises(ValueError, match="train_sides entry must be an int >= 5"):
         get_task("shapes", train_sides=(3, 8))
-    with pytest.raises(ValueError, match="min <= max"):
+    with pytest.raises(ValueError, match="MIN <= MAX"):
         get_task("shapes", train_sides=(9, 8))
+
+
+@pytest.mark.parametrize("name,option", [("shapes", "train_sides"), ("parity", "train_lengths"),
+                                         ("even_pairs", "train_lengths")])
+def test_train_range_is_min_max(name, option):
+    """One value is a fixed length; three values or MIN > MAX is one line naming the option."""
+    one = get_task(name, **{option: "9"})
+    assert getattr(one, option) == (9, 9)
+    for bad in ("9,10,11", (12, 9), "12,9"):
+        with pytest.raises(ValueError, match=f"{option} must be MIN,MAX with MIN <= MAX"):
+            get_task(name, **{option: bad})

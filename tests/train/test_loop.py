@@ -276,3 +276,28 @@ def test_the_summary_warns_when_the_model_loses_to_a_baseline(higher, value, war
         "folder runs/x" % value
     assert [w.split(" baseline")[0].rsplit(" ", 1)[1] for w in lines if w.startswith("warning")] \
         == warned
+
+
+def test_dist_timeout_stops_a_rank_whose_peer_never_joins(tmp_path):
+    """--dist-timeout reaches init_process_group: rank 0 of 2 (WORLD_SIZE set by hand, as a
+    launcher other than torchrun does), whose rank 1 never starts, stops with torch's
+    timeout error after ~3 s instead of waiting torch's default 30 minutes (the subprocess
+    limit, 120 s, only guards the test)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", WORLD_SIZE="2", RANK="0",
+               LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    run = subprocess.run([sys.executable, "-m", "rnnzoo", "train", "--task", "parity", "--layer",
+                          "mingru", "--steps", "1", "--device", "cpu", "--dist-timeout", "3",
+                          "--out", str(tmp_path / "run")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "Timed out after" in run.stderr and "1/2 clients joined" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "3"])
+def test_dist_timeout_must_be_positive_seconds(tmp_path, value):
+    with pytest.raises(ValueError, match="--dist-timeout must"):
+        train(tiny(tmp_path, dist_timeout=value), quiet=True)

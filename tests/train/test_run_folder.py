@@ -236,3 +236,27 @@ def test_a_torn_last_metrics_line_does_not_stop_resume(tmp_path, capsys):
     def steps(run):
         return [json.loads(r)["step"] for r in (tmp_path / run / "metrics.jsonl").open()]
     assert steps("split") == steps("whole")
+
+
+# -- a run refused for its settings creates no --out (s21) ---------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["--task", "nosuch", "--layer", "lstm"],                                # unknown task
+    ["--task", "parity", "--layer", "lstm", "--layer-option", "bogus=1"],   # the layer refuses
+    ["--task", "parity", "--layer", "mingru", "--task-option", "modulus=3"],
+    ["--task", "parity", "--layer", "lstm", "--model", "dsr"],              # not a dsr cell
+    ["--task", "parity", "--layer", "plrnn", "--model", "dsr"],             # not a dynamics task
+])
+def test_a_run_refused_for_its_settings_leaves_no_folder(tmp_path, capsys, argv):
+    """The task and model are built (and refuse bad settings) before --out is created:
+    before, such a call left --out (and its missing parents) holding an empty .lock."""
+    out = tmp_path / "new" / "run"
+    assert main(["train", *argv, "--out", str(out), "--steps", "1"]) == 2
+    one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_run_leaves_an_existing_folder_as_it_was(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["train", "--task", "nosuch", "--layer", "lstm", "--out", str(tmp_path)]) == 2
+    one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

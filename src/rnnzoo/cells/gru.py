@@ -112,7 +112,11 @@ class GRUCell(_GRU):
         if x.dtype != torch.float64 and backend.use_triton(x, *state, auto=False):
             from rnnzoo.ops.triton.rnn import gru_sequence
             b_hn = None if self.bias_hh is None else self.bias_hh[2 * self.hidden_size:]
-            out, h = gru_sequence(self.project(x), self.weight_hh, b_hn, state[0])
+            from functools import partial
+
+            from rnnzoo.cells.manual import manual_plain
+            out, h = gru_sequence(self.project(x), self.weight_hh, b_hn, state[0],
+                                  plain=partial(manual_plain, self))
             return out, (h,)
         if x.device.type == "cpu" and not torch.compiler.is_compiling():
             # the hand-written backward below (cells.manual), its loop in C (gated_cells.c)

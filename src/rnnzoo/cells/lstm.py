@@ -194,8 +194,12 @@ class LSTMCell(_LSTM):
         # shows the kernel wins
         if self.weight_hr is None and x.dtype != torch.float64 and \
                 backend.use_triton(x, *state, auto=False):
+            from functools import partial
+
+            from rnnzoo.cells.manual import manual_plain
             from rnnzoo.ops.triton.rnn import lstm_sequence
-            return lstm_sequence(self.project(x), self.weight_hh, *state)
+            return lstm_sequence(self.project(x), self.weight_hh, *state,
+                                 plain=partial(manual_plain, self))
         h, c = (s.unsqueeze(0).to(x.dtype) for s in state)
         out, h, c = torch._VF.lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
                                    1, 0.0, self.training, False, True)

@@ -86,8 +86,12 @@ class SLSTMCell(Cell):
         (benchmarks/gpu.py, 2026-11-30): one program holds all hidden units, so the GPU runs
         one block per 16 batch rows."""
         if x.dtype != torch.float64 and backend.use_triton(x, *state, auto=False):
+            from functools import partial
+
+            from rnnzoo.cells.manual import manual_plain
             from rnnzoo.ops.triton.rnn import slstm_sequence
-            return slstm_sequence(self.project(x), self.weight_hh, *state)
+            return slstm_sequence(self.project(x), self.weight_hh, *state,
+                                  plain=partial(manual_plain, self))
         return manual_loop(self, x, state)
 
     def manual_params(self):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import flag, positive_int
+from rnnzoo.checks import flag, positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers._softplus import inverse_softplus, softplus
 from rnnzoo.layers.base import RecurrentLayer
@@ -151,6 +151,7 @@ class DeltaBlock(RecurrentLayer):
                  num_key_heads: int | None = None):
         super().__init__(d_model)
         self.sqrt_eps = flag("sqrt_eps", sqrt_eps)
+        positive_int("num_heads", num_heads)
         Hk = num_heads if num_key_heads is None else positive_int("num_key_heads", num_key_heads)
         if num_heads % Hk:
             raise ValueError(f"num_key_heads must divide num_heads={num_heads}, got {Hk}")
@@ -161,7 +162,8 @@ class DeltaBlock(RecurrentLayer):
         n_h = positive_int("num_householder", num_householder)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.num_heads, self.head_dim, self.value_dim, self.num_householder = H, K, V, n_h
-        self.allow_neg_eigval, self.norm_eps = bool(allow_neg_eigval), norm_eps
+        self.allow_neg_eigval = bool(allow_neg_eigval)
+        self.norm_eps = positive("norm_eps", norm_eps)
         C = Hk * K + n_h * (Hk * K + H * V)
         self.qkv_proj = Linear(d_model, C, bias=False)
         self.conv = ShortConv(C, d_conv, bias=False)

@@ -105,6 +105,7 @@ class Attention(RecurrentLayer):
                  out_bias: bool = False, qk_norm_eps: float | None = None,
                  output_gate: bool = False):
         super().__init__(d_model)
+        positive_int("num_heads", num_heads)
         num_kv_heads = num_heads if num_kv_heads is None else positive_int("num_kv_heads",
                                                                            num_kv_heads)
         if num_heads % num_kv_heads:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import compute_dtype, state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops import backend
@@ -69,7 +69,7 @@ class LightNet(RecurrentLayer):
         self.num_heads, self.key_dim, self.value_dim = H, K, d_model // H
         self.chunk_size = positive_int("chunk_size", chunk_size)
         self.subchunk_size = positive_int("subchunk_size", subchunk_size)
-        self.norm_eps = norm_eps
+        self.norm_eps = positive("norm_eps", norm_eps)
         self.qk_proj = Linear(d_model, 2 * H * K, bias=False)
         self.v_proj = Linear(d_model, d_model, bias=False)
         self.g_proj = nn.Sequential(

@@ -64,7 +64,7 @@ class LightningAttention(RecurrentLayer):
             raise ValueError(f"layer_idx must be an int in [0, num_layers={num_layers}), "
                              f"got {layer_idx!r}")
         self.chunk_size = positive_int("chunk_size", chunk_size)
-        self.num_heads, self.head_dim, self.norm_eps = H, D, norm_eps
+        self.num_heads, self.head_dim, self.norm_eps = H, D, positive("norm_eps", norm_eps)
         self.layer_idx, self.num_layers = layer_idx, num_layers
         self.depth_eps = positive("depth_eps", depth_eps, allow_zero=True)
         self.qkv_proj = Linear(d_model, 3 * H * D, bias=False)

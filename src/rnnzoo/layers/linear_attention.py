@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rnnzoo.checks import positive_int
+from rnnzoo.checks import positive, positive_int
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.ops.chunk.linear import (
@@ -41,7 +41,8 @@ class LinearAttention(RecurrentLayer):
         head_dim = d_model // num_heads if head_dim is None else head_dim
         positive_int("head_dim", head_dim)
         positive_int("chunk_size", chunk_size)
-        self.num_heads, self.head_dim, self.chunk_size, self.eps = num_heads, head_dim, chunk_size, eps
+        self.num_heads, self.head_dim, self.chunk_size = num_heads, head_dim, chunk_size
+        self.eps = positive("eps", eps)
         self.qkv = Linear(d_model, 3 * num_heads * head_dim, bias=False)
         self.out_proj = Linear(num_heads * head_dim, d_model, bias=False)
 

@@ -72,7 +72,8 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     if mode == "scan" and backend.use_triton(u, delta, A, B, C, D, h0):
         from rnnzoo.ops.triton import selective_scan as triton_ss
         return triton_ss.selective_scan(u, delta, A, B, C, D, h0,
-                                        allow_neg_eigval=allow_neg_eigval)
+                                        allow_neg_eigval=allow_neg_eigval,
+                                        plain=_sequential_form)  # its create_graph form
     if mode == "scan" and backend.use_native(u, delta, A, B, C, D, h0):
         from rnnzoo.ops.native import selective_scan as native_ss
         lib = native_ss.load()
@@ -90,6 +91,12 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         return _skip(torch.stack(ys, 1), D, u), h
     y, h = _SelectiveScan.apply(u, delta, A, B, C, h0, allow_neg_eigval, chunk_size)
     return _skip(y, D, u), h
+
+
+def _sequential_form(u, delta, A, B, C, D, h0, *, allow_neg_eigval):
+    """The scan's loop (mode "sequential"): what the Triton node replays under create_graph."""
+    return selective_scan(u, delta, A, B, C, D, h0, allow_neg_eigval=allow_neg_eigval,
+                          mode="sequential")
 
 
 def _skip(y, D, u):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.checks import choice
+from rnnzoo.checks import choice, positive
 
 
 class HeadNorm(nn.Module):
@@ -21,7 +21,8 @@ class HeadNorm(nn.Module):
 
     def __init__(self, num_heads: int, head_dim: int, kind: str = "rms", eps: float = 1e-5):
         super().__init__()
-        self.kind, self.eps = choice("kind", kind, ("rms", "layer")), eps
+        self.kind = choice("kind", kind, ("rms", "layer"))
+        self.eps = positive("norm_eps", eps)  # every layer's HeadNorm takes its norm_eps
         self.weight = nn.Parameter(torch.ones(num_heads, head_dim))
         self.bias = nn.Parameter(torch.zeros(num_heads, head_dim)) if kind == "layer" else None
 

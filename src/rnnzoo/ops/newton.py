@@ -43,7 +43,9 @@ Backward is the exact adjoint at the returned trajectory (DEER, section 3.3):
 then one vector-Jacobian product of the cell over all steps at once gives the
 gradients of the parameters, of the projected inputs and of h0. Only the
 projected inputs, h0 and the trajectory are saved; the exact Jacobians are
-recomputed (never the quasi diagonal).
+recomputed (never the quasi diagonal). Under create_graph=True (second derivatives) the
+node's `twice` replays the sequential loop over the saved xp, h0 and parameters through
+autograd: the loop is the solver's fixed point, so its gradient is the adjoint's.
 
 Block layout of ("block", k): a cell with S state tensors of equal width n
 declares that its flat state splits into n*S/k independent groups of k
@@ -255,10 +257,10 @@ def _lm_step(c: _Cell, F, J, lam):
     return delta.squeeze(-1) if lay.kind == "diag" else lay.from_blocks(delta)
 
 
-def _sequential(c: _Cell, xp, h0):
+def _sequential(c: _Cell, xp, h0, params=None):
     z, out = h0, []
     for xp_t in xp.unbind(1):
-        z = c.f(xp_t, z)
+        z = c.f(xp_t, z, params)
         out.append(z)
     return torch.stack(out, 1)
 
@@ -379,6 +381,16 @@ class _ParallelRNN(first_order.Function):
             grads = torch.autograd.grad(fz, [xp_, h0_, *ps], lam.reshape(B * T, -1),
                                         allow_unused=True)
         return (None, None, None, None, *grads)
+
+    @staticmethod
+    def twice(ctx, g):  # under create_graph: autograd through the loop the solver converged to
+        xp, h0, _, *params = ctx.saved_tensors
+        c, names = ctx.c, ctx.names
+
+        def loop(xp, h0, *ps):
+            return _sequential(c, xp, h0, dict(zip(names, ps)) if ps else None)
+        return (None,) * 4 + first_order.replay(loop, (xp, h0, *params), (g,),
+                                                ctx.needs_input_grad[4:])
 
 
 # -- the entry point ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
         return sequence_parallel.scan_lasp2(linear_scan, a, b, h0, reverse=reverse)
     if backend.use_triton(a, b, h0):
         from rnnzoo.ops.triton import scan as triton_scan
-        return triton_scan.linear_scan(a, b, h0, reverse=reverse)
+        return triton_scan.linear_scan(a, b, h0, reverse=reverse, plain=sequential_scan)
     a, b, h0 = _check(a, b, h0)
     a = a.expand(a.shape[0], b.shape[1], *a.shape[2:])  # a constant in time: a view
     h = _LinearScan.apply(a, b, h0, reverse)

@@ -103,7 +103,17 @@ class _Exchange(first_order.Function):
     values and sums the gradients of every rank's copy of the gathered tensor (one
     all-reduce, which gloo has), keeping this rank's. Because the collective lives in this
     function's backward and every rank's outputs depend on it (its own result, whatever the
-    rank), every rank joins it, also where a rank's result does not read the others."""
+    rank), every rank joins it, also where a rank's result does not read the others.
+
+    Under create_graph=True `twice` runs the same exchange in differentiable collectives
+    (torch.distributed.nn's all_reduce, which gloo has): the gathered tensor as the all-reduce
+    of every rank's `local` in its own slot (zeros elsewhere), the gradient of `combine` at it
+    by autograd with create_graph, summed over ranks by a second all-reduce. Differentiating
+    that again runs the two all-reduces' backward (all-reduces) on every rank: each rank's
+    gradient of the gathered tensor is made to depend on it (a zero term, zero also where
+    the gathered values are not finite) so that every rank joins them, as in the
+    first-order backward. World W costs W slots in the first
+    all-reduce where the all-gather moved one: the create_graph path only."""
 
     @staticmethod
     def forward(ctx, group, combine, local, *extra):
@@ -113,7 +123,7 @@ class _Exchange(first_order.Function):
         td.all_gather(parts, local.contiguous(), group=group)
         gathered = torch.stack(parts)
         ctx.group, ctx.combine = group, combine
-        ctx.save_for_backward(gathered, *extra)
+        ctx.save_for_backward(gathered, *extra, local)  # local (a reference) for `twice`
         with torch.no_grad():
             outs = combine(gathered, td.get_rank(group), *extra)
         return tuple(o.clone() for o in outs)
@@ -121,7 +131,7 @@ class _Exchange(first_order.Function):
     @staticmethod
     def backward(ctx, *grads):
         import torch.distributed as td
-        gathered, *extra = ctx.saved_tensors
+        gathered, *extra = ctx.saved_tensors[:-1]
         with torch.enable_grad():
             leaves = [gathered.detach().requires_grad_()] + \
                 [e.detach().requires_grad_(e.requires_grad) for e in extra]
@@ -134,6 +144,34 @@ class _Exchange(first_order.Function):
         g = torch.zeros_like(gathered) if result[0] is None else result[0].contiguous()
         td.all_reduce(g, group=ctx.group)
         return (None, None, g[td.get_rank(ctx.group)], *result[1:])
+
+    @staticmethod
+    def twice(ctx, *grads):  # under create_graph: the exchange in differentiable collectives
+        import torch.distributed as td
+        from torch.distributed.nn.functional import all_reduce
+        *extra, local = ctx.saved_tensors[1:]
+        group, needs = ctx.group, ctx.needs_input_grad[2:]
+        rank, world = td.get_rank(group), td.get_world_size(group)
+        with torch.enable_grad():
+            local, *extra = (t.view_as(t) if t is not None else None for t in (local, *extra))
+            zero = torch.zeros_like(local)
+            gathered = all_reduce(torch.stack([local if r == rank else zero
+                                               for r in range(world)]), group=group)
+            if not gathered.requires_grad:  # local wants no gradient: `combine`'s is still taken
+                gathered.requires_grad_()
+            outs = ctx.combine(gathered, rank, *extra)
+            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+            wanted = [gathered] + [e for e, n in zip(extra, needs[1:]) if n]
+            got = [None] * len(wanted)
+            if pairs:
+                got = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                          create_graph=True, allow_unused=True)
+            tie = gathered.mul(0).nan_to_num()  # 0, finite, on gathered's graph: every rank
+            dg = tie if got[0] is None else got[0] + tie  # joins its all-reduce's backward
+            d_local = all_reduce(dg, group=group)[rank]
+        rest = iter(got[1:])
+        return (None, None, d_local if needs[0] else None,
+                *(next(rest) if n else None for n in needs[1:]))
 
 
 def exchange(local: torch.Tensor, combine, *extra, group=None):

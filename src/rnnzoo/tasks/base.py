@@ -96,10 +96,24 @@ def check_lengths(name: str, lengths, lo: int = 1) -> tuple[int, ...]:
             lengths = tuple(int(v) for v in lengths.replace(",", " ").split())
         except ValueError:
             raise ValueError(f"{name} must be comma-separated ints, got {lengths!r}") from None
-    lengths = tuple(lengths)
+    try:
+        lengths = tuple(lengths)
+    except TypeError:  # None, a float: not a length nor a list of them
+        raise ValueError(f"{name} must be an int or comma-separated ints, got {lengths!r}") \
+            from None
     if not lengths:
         raise ValueError(f"{name} must list at least one length")
     return tuple(int_in(f"{name} entry", v, lo) for v in lengths)
+
+
+def check_range(name: str, value, lo: int = 1) -> tuple[int, int]:
+    """(min, max) from "MIN,MAX", a pair, or one int (a fixed length: (v, v))."""
+    got = check_lengths(name, value, lo)
+    if len(got) == 1:
+        got = got * 2
+    if len(got) != 2 or got[0] > got[1]:
+        raise ValueError(f"{name} must be MIN,MAX with MIN <= MAX, got {value!r}")
+    return got
 
 
 class Task:

@@ -60,6 +60,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,11 @@ REVIN_EPS = 1e-5
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _existing(path) -> Path:
+def _existing(path, name: str = "path") -> Path:
     if path is None:
         raise ValueError("this task reads a file: give its path (rnnzoo train --data PATH)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a file path, got {path!r}")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}")
@@ -195,7 +198,7 @@ def split_sequences(path: Path, arrays: dict, test_path, test_fraction, seed: in
     """(x_train, y_train, x_test, y_test): the given split (`test_path`, or the .npz's
     x_test / y_test), else a random `test_fraction` of the sequences drawn with `seed`."""
     if test_path is not None:
-        tp = _existing(test_path)
+        tp = _existing(test_path, "test_path")
         test = read_sequences(tp, n_targets, numeric_y)
         if "x_test" in test:
             raise ValueError(f"{tp}: a test file holds 'x' and 'y' only, not 'x_test'")
@@ -495,7 +498,7 @@ class Forecast(Task):
         self.difference = difference
         need = self.window + self.horizon
         if test_path is not None:
-            tp = _existing(test_path)
+            tp = _existing(test_path, "test_path")
             self.test_path = str(tp)
             test = read_csv(tp)
             if test.shape[1] != series.shape[1]:

@@ -24,6 +24,7 @@ from rnnzoo.tasks.base import (
     IGNORE,
     Task,
     check_lengths,
+    check_range,
     last_position_mask,
     pick_length,
     task,
@@ -33,9 +34,7 @@ from rnnzoo.tasks.base import (
 
 class _Formal(Task):
     def __init__(self, train_lengths=(1, 40), test_lengths=(41, 100, 250, 500)):
-        lo, hi = check_lengths("train_lengths", train_lengths)
-        if lo > hi:
-            raise ValueError(f"train_lengths must be (min, max) with min <= max, got {train_lengths}")
+        lo, hi = check_range("train_lengths", train_lengths)
         self.train_lengths = (lo, hi)
         self.test_lengths = check_lengths("test_lengths", test_lengths)
 

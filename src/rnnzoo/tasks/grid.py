@@ -23,7 +23,14 @@ import math
 import numpy as np
 
 from rnnzoo.checks import int_in
-from rnnzoo.tasks.base import Task, check_lengths, last_position_mask, task, tokens_batch
+from rnnzoo.tasks.base import (
+    Task,
+    check_lengths,
+    check_range,
+    last_position_mask,
+    task,
+    tokens_batch,
+)
 
 SHAPES = ("hbar", "vbar", "square", "outline", "plus", "cross")
 COMPASS = np.array([(0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1)])
@@ -43,9 +50,7 @@ class _GridTask(Task):
     min_side = 5
 
     def __init__(self, train_sides=(8, 10), test_sides=(10, 16, 24)):
-        lo, hi = check_lengths("train_sides", train_sides, lo=self.min_side)
-        if lo > hi:
-            raise ValueError(f"train_sides must be (min, max) with min <= max, got {train_sides}")
+        lo, hi = check_range("train_sides", train_sides, lo=self.min_side)
         self.train_sides = (lo, hi)
         self.test_sides = check_lengths("test_sides", test_sides, lo=self.min_side)
         self.train_lengths = (lo * lo, hi * hi)

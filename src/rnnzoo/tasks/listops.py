@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnzoo.checks import int_in
+from rnnzoo.checks import int_in, real
 from rnnzoo.tasks.base import IGNORE, Task, task, tokens_batch
 
 OPS = ("MIN", "MAX", "MED", "SM")
@@ -44,9 +44,7 @@ class ListOps(Task):
         self.max_args = int_in("max_args", max_args, lo=2)
         self.min_length = int_in("min_length", min_length)
         self.max_length_ = int_in("max_length", max_length, lo=self.min_length)
-        if not 0 < op_p < 1:
-            raise ValueError(f"op_p must lie in (0, 1), got {op_p!r}")
-        self.op_p = float(op_p)
+        self.op_p = real("op_p", op_p, 0, 1, lo_open=True, hi_open=True)
 
     def options(self):
         return dict(max_depth=self.max_depth, max_args=self.max_args,

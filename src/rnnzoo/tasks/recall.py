@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnzoo.checks import int_in
+from rnnzoo.checks import int_in, real
 from rnnzoo.tasks.base import IGNORE, Task, check_lengths, task, tokens_batch
 
 
@@ -30,9 +30,7 @@ class MQAR(Task):
         self.seq_len = int_in("seq_len", seq_len, lo=4)
         self.num_pairs = int_in("num_pairs", num_pairs, lo=1, hi=min(seq_len // 4,
                                                                        vocab_size // 2 - 1))
-        if not 0 < power_a <= 1:
-            raise ValueError(f"power_a must lie in (0, 1], got {power_a!r}")
-        self.power_a = float(power_a)
+        self.power_a = real("power_a", power_a, 0, 1, lo_open=True)
         self.output_dim = self.vocab_size
         self.test_lengths = check_lengths("test_lengths", test_lengths or (self.seq_len,),
                                           lo=4 * self.num_pairs)

@@ -31,6 +31,7 @@ from rnnzoo.tasks.base import (
     IGNORE,
     Task,
     check_lengths,
+    check_range,
     last_position_mask,
     pick_length,
     task,
@@ -42,9 +43,7 @@ class _StateTask(Task):
     metric = "scaled_acc"
 
     def __init__(self, train_lengths=(3, 40), test_lengths=(40, 64, 128, 256), supervise="all"):
-        lo, hi = check_lengths("train_lengths", train_lengths)
-        if lo > hi:
-            raise ValueError(f"train_lengths must be (min, max) with min <= max, got {train_lengths}")
+        lo, hi = check_range("train_lengths", train_lengths)
         self.train_lengths = (lo, hi)
         self.test_lengths = check_lengths("test_lengths", test_lengths)
         if supervise not in ("all", "last"):

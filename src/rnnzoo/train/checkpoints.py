@@ -47,7 +47,7 @@ CHECKPOINT, METRICS, FINAL, TRAIN_CONFIG = ("checkpoint.safetensors", "metrics.j
 LOCK = ".lock"
 RUN_FILES = (TRAIN_CONFIG, CHECKPOINT, METRICS, FINAL, WEIGHTS, CONFIG, PLOT)
 # TrainConfig fields that say where and how verbosely a run executes, not what it computes
-NOT_THE_RUN = ("out", "threads", "device", "log_every")
+NOT_THE_RUN = ("out", "threads", "device", "log_every", "dist_timeout")
 
 __all__ = ["CHECKPOINT", "METRICS", "FINAL", "PLOT", "TRAIN_CONFIG", "LOCK", "RunFolder",
            "save_checkpoint", "load_checkpoint", "read_metrics", "saved_config",

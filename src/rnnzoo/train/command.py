@@ -115,7 +115,8 @@ def add_model_arguments(p) -> None:
 _FIELDS = {"depth": "num_layers", "no_amp": "amp"}
 _SIMPLE = ("d_model", "depth", "mlp_ratio", "hybrid", "steps", "batch_size", "warmup",
            "weight_decay", "grad_clip", "seed", "device", "threads", "no_amp", "eval_every",
-           "eval_batches", "target", "log_every", "model", "gtf_alpha", "gtf_anneal", "gtf_gamma")
+           "eval_batches", "target", "log_every", "model", "gtf_alpha", "gtf_anneal", "gtf_gamma",
+           "dist_timeout")
 
 
 def given_settings(args) -> dict:
@@ -168,6 +169,10 @@ def add_arguments(p) -> None:
     p.add_argument("--sequence-parallel", action="store_true", default=None,
                    help="under torchrun: every process takes a slice of the time axis of the "
                         "whole batch (LASP-2; chunkwise layers), docs/distributed.md")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="several processes: how long forming the process group and each "
+                        "collective may wait for a rank before the run stops with an error "
+                        "(docs/distributed.md)" + _default("dist_timeout", "torch's, 30 minutes"))
     add_model_arguments(p)
     # the depth was --layers before; say so instead of "unrecognized arguments"
     p.add_argument("--layers", dest="old_layers", help=argparse.SUPPRESS)

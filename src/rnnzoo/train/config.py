@@ -60,6 +60,8 @@ class TrainConfig:
     out: str | None = None
     fsdp: bool = False               # under torchrun: FSDP2 shards the model (else DDP)
     sequence_parallel: bool = False  # under torchrun: split the time axis (LASP-2)
+    dist_timeout: float | None = None  # several processes: seconds a collective (or the
+    #                                    process group forming) may wait; None: torch's 30 min
     model: str = "stack"             # "dsr": models/dsr.py, a latent plrnn/al_rnn (d_model units)
     #                                  "chimera": grid/chimera.py ChimeraForecaster (--layer chimera)
     gtf_alpha: float | None = None   # dsr: the forcing alpha at the start (None: 1, teacher forcing)
@@ -94,6 +96,8 @@ class TrainConfig:
             int_in(flag(name), getattr(self, name), lo)
         if self.threads is not None:
             int_in(flag("threads"), self.threads, 1)
+        if self.dist_timeout is not None:
+            real(flag("dist_timeout"), self.dist_timeout, 0, lo_open=True)
         if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(
                 self.warmup, int) or not 0 <= self.warmup <= self.steps):
             raise ValueError(f"--warmup must be an int in [0, steps={self.steps}], got {self.warmup!r}")

@@ -24,6 +24,7 @@ process, forward and backward, with 2 and 4 ranks) are SEQUENCE_PARALLEL_LAYERS.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -50,8 +51,10 @@ class Dist:
         return float(t.item())
 
 
-def setup(device: str) -> Dist:
-    """Join the process group torchrun describes (WORLD_SIZE, LOCAL_RANK), if any."""
+def setup(device: str, timeout: float | None = None) -> Dist:
+    """Join the process group torchrun describes (WORLD_SIZE, LOCAL_RANK), if any.
+    `timeout` (seconds; None: torch's default, 30 minutes): how long forming the group and
+    each collective may wait for the other ranks before raising."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -59,7 +62,8 @@ def setup(device: str) -> Dist:
         return Dist()
     import torch.distributed as td
     if not td.is_initialized():
-        td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        wait = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
+        td.init_process_group("nccl" if device.startswith("cuda") else "gloo", **wait)
     return Dist(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

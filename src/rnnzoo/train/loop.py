@@ -179,8 +179,10 @@ class _Run:
 
 
 def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _Run:
-    """Process group, device, threads, run folder (claimed), task, model and optimizer."""
-    dist = ddp.setup(config.device)
+    """Process group, device, threads, task and model (every check of the settings that
+    needs them), then the run folder (created and claimed only once they pass, so a run
+    refused for its settings leaves no folder behind), then the wrapper and optimizer."""
+    dist = ddp.setup(config.device, config.dist_timeout)
     device = ddp.pick_device(config.device, dist)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -188,24 +190,31 @@ def _start(config: TrainConfig, quiet: bool, resume: bool, overwrite: bool) -> _
         raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of the number "
                          f"of processes ({dist.world})")
     say = (lambda *a: print(*a, flush=True)) if dist.main and not quiet else (lambda *a: None)
+    task, model = _build_checked(config, device)
     folder = RunFolder(config.out, writes=dist.main)
     folder.claim(config, resume=resume, overwrite=overwrite, say=say)
     try:
-        return _build_run(config, dist, device, folder, say)
+        return _wrap(config, task, model, dist, device, folder, say)
     except BaseException:
         folder.release()
         raise
 
 
-def _build_run(config, dist, device, folder, say) -> _Run:
+def _build_checked(config: TrainConfig, device) -> tuple[Task, torch.nn.Module]:
+    """The task and the model on `device`; raises ValueError for settings they refuse."""
     task, model = build(config)
     model.to(device)
-    net = model
     if config.sequence_parallel:
         ddp.check_sequence_parallel(model.config.layer_names())
         if config.task_options.get("pack"):
             raise ValueError("--sequence-parallel with packed batches (--pack) is not supported "
                              "yet: pick one")
+    return task, model
+
+
+def _wrap(config, task, model, dist, device, folder, say) -> _Run:
+    """The run: under several processes the model wrapped (FSDP2 or DDP; collectives)."""
+    net = model
     # sequence parallelism: every rank a time slice of the same model, no wrapper
     if config.fsdp and dist.world > 1:  # FSDP2 shards the model in place
         net = model = ddp.shard(model)

@@ -163,7 +163,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     if q.dtype != torch.float64 and backend.use_triton(q, k, v, beta, g, initial_state):
         from rnnzoo.ops.triton import chunk_delta
         return chunk_delta.delta_rule(q, k, v, beta, g, scale=scale,
-                                      initial_state=initial_state, chunk_size=chunk_size)
+                                      initial_state=initial_state, chunk_size=chunk_size,
+                                      plain=delta_rule_recurrent)  # its create_graph form
     dt = compute_dtype(q)
     scale = K ** -0.5 if scale is None else scale
     S = _initial(initial_state, B, H, K, V, dt, q.device)
@@ -372,7 +373,7 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, w_m
     if r.dtype != torch.float64 and backend.use_triton(r, w, k, v, a, b, initial_state):
         from rnnzoo.ops.triton import chunk_rwkv7
         return chunk_rwkv7.rwkv7(r, w, k, v, a, b, scale=scale, initial_state=initial_state,
-                                 chunk_size=chunk_size)
+                                 chunk_size=chunk_size, plain=rwkv7_recurrent)
     B, T, H, K = r.shape
     V = v.shape[-1]
     dt = compute_dtype(r)

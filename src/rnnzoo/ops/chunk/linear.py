@@ -394,7 +394,8 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         from rnnzoo.ops.triton import chunk_linear
         return chunk_linear.gated_linear_attention(
             q, k, v, log_decay, scale=scale, initial_state=initial_state, bonus=bonus,
-            chunk_size=chunk_size, subchunk_size=subchunk_size)
+            chunk_size=chunk_size, subchunk_size=subchunk_size,
+            plain=gated_linear_attention_recurrent)  # its create_graph form
     out_dtype = q.dtype
     vector = log_decay is not None and log_decay.dim() == 4
     # flop_count.native: bench.layer_flops counts this path (gla_scan books its FLOPs)
@@ -578,7 +579,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
                                                        *(initial_state or ())):
         from rnnzoo.ops.triton import chunk_mlstm
         return chunk_mlstm.mlstm(q, k, v, log_i, log_f, scale=scale,
-                                 initial_state=initial_state, eps=eps, chunk_size=chunk_size)
+                                 initial_state=initial_state, eps=eps, chunk_size=chunk_size,
+                                 plain=mlstm_recurrent)  # its create_graph form
     out_dtype = q.dtype
     # flop_count.native: bench.layer_flops counts this path (its memory is ssd_scan's, which
     # books its FLOPs; the gates' pass is K numbers a step)

@@ -41,7 +41,6 @@ import struct
 from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import backend, first_order, native
 from rnnzoo.ops.native.linear import weight_grad
@@ -140,7 +139,6 @@ class _NativeLoop(first_order.Function):
                                                 ctx.needs_input_grad[8:])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out, *d_final):
         params = ctx.saved_tensors[:ctx.n_par]
         mats, vecs = params[:ctx.n_mat], params[ctx.n_mat:]

@@ -13,7 +13,6 @@ decides); threads split the elements.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -62,7 +61,6 @@ class _GeluBack(first_order.Function):
                                      ctx.needs_input_grad[1:]))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d):
         g, z = ctx.saved_tensors[:2]
         dg, dz = torch.empty_like(z), torch.empty_like(z)

@@ -70,6 +70,34 @@ static inline __attribute__((always_inline)) void NAME(gate_step)(
     *m = mn;
 }
 
+/* One step of one head's descending gates pass (mlstm_gates_bwd's and mlstm_qk_bwd's): from
+   ds_t (dst), i_t, f_t, dg_t, den's share of dm_t (dmt), the gradient dm from step t + 1, a =
+   lf_t + m_{t-1} and li_t, and q_t, k_t, dkp_t, n_{t-1} (prev) (K): with dn (K, updated from
+   step t + 1's to step t - 1's) dn += ds_t q_t, dk_t = i_t (dkp_t + dn), L = k_t . dk_t,
+   X = n_{t-1} . dn, dn <- f_t dn; then G = dg_t + f_t X, M = dmt + dm - G - L and the split
+   w of m_t = max(a, li_t): *dli = L + M (1 - w), *dlf = G + M w (also m_{t-1}'s gradient).
+   `with_dq` (a constant at each call): also dq_t = ds_t n_t + dqs_t inv in the same loop. */
+static inline __attribute__((always_inline)) void NAME(gate_back)(
+    const T *restrict qt, const T *restrict kt, const T *restrict dkpt, const T *restrict prev,
+    T *restrict dn, T *restrict dkt, T dst, T i, T f, T dgt, T dmt, T dm, T a, T li, long K,
+    long with_dq, const T *restrict nt, const T *restrict dqst, T inv, T *restrict dqt,
+    T *restrict dli, T *restrict dlf) {
+    T L = 0, X = 0;
+#pragma omp simd reduction(+:L, X)
+    for (long r = 0; r < K; r++) {
+        if (with_dq) dqt[r] = dst * nt[r] + dqst[r] * inv;
+        const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
+        dkt[r] = dkr;
+        L += kt[r] * dkr;
+        X += prev[r] * dnr;
+        dn[r] = f * dnr;
+    }
+    const T G = dgt + f * X, M = dmt + dm - G - L;
+    const T w = a > li ? 1 : (a < li ? 0 : (T)0.5);  /* torch.maximum's split */
+    *dli = L + M * (1 - w);
+    *dlf = G + M * w;
+}
+
 void NAME(mlstm_gates_fwd)(const T *restrict q, const T *restrict k, const T *restrict li,
                            const T *restrict lf, const T *restrict n0, const T *restrict m0,
                            T *restrict g, T *restrict kp, T *restrict qs, T *restrict m_out,
@@ -139,7 +167,7 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
                 const T f = EXP(g[row]), i = EXP(li[row] - mt), dst = dss[j], dmt = dms[j];
                 const T *restrict qt = q + row * K, *restrict kt = k + row * K,
                         *restrict dkpt = dkp + row * K, *restrict prev = ns + j * K;
-                T *restrict dkt = dk + row * K, L = 0, X = 0;
+                T *restrict dkt = dk + row * K;
                 if (t >= 2) {  /* rows read in descending order: the prefetchers miss them */
                     const long ahead = (row - 2 * H) * K;
                     for (long r = 0; r < K; r += 64 / (long)sizeof(T)) {
@@ -149,19 +177,9 @@ void NAME(mlstm_gates_bwd)(const T *restrict q, const T *restrict k, const T *re
                         __builtin_prefetch(dk + ahead + r, 1);
                     }
                 }
-#pragma omp simd reduction(+:L, X)
-                for (long r = 0; r < K; r++) {
-                    const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
-                    dkt[r] = dkr;
-                    L += kt[r] * dkr;
-                    X += prev[r] * dnr;
-                    dn[r] = f * dnr;
-                }
-                const T G = dg[row] + f * X, M = dmt + dm - G - L;
-                const T w = a > li[row] ? 1 : (a < li[row] ? 0 : (T)0.5);  /* torch.maximum's split */
-                dli[row] = L + M * (1 - w);
-                dlf[row] = G + M * w;
-                dm0[b * H + hh] = G + M * w;  /* to m_{t-1} */
+                NAME(gate_back)(qt, kt, dkpt, prev, dn, dkt, dst, i, f, dg[row], dmt, dm, a,
+                                li[row], K, 0, NULL, NULL, 0, NULL, dli + row, dlf + row);
+                dm0[b * H + hh] = dlf[row];  /* to m_{t-1} */
             }
         }
     }
@@ -348,26 +366,16 @@ void NAME(mlstm_qk_bwd)(const T *restrict x, const T *restrict Wq, const T *rest
                             *restrict nt_ = ns + (j + 1) * dim + hh * K,
                             *restrict prev = ns + j * dim + hh * K;
                     T *restrict dqt = dqb + j * dim + hh * K, *restrict dkt = dkb + j * dim + hh * K;
-                    T Y = 0, L = 0, X = 0;
+                    T Y = 0, dli, dlf;
 #pragma omp simd reduction(+:Y)
                     for (long r = 0; r < K; r++) Y += qt[r] * dqst[r];
                     const T as = s < 0 ? -s : s, e = EXP(-mt), inv = 1 / ((as > e ? as : e) + (T)eps);
                     const T dden = -Y * inv * inv, ws = as > e ? 1 : (as < e ? 0 : (T)0.5);
                     const T dst = dden * ws * (s > 0 ? 1 : (s < 0 ? -1 : 0));
                     const T dmt = -dden * (1 - ws) * e;
-#pragma omp simd reduction(+:L, X)
-                    for (long r = 0; r < K; r++) {
-                        dqt[r] = dst * nt_[r] + dqst[r] * inv;
-                        const T dnr = dn[r] + dst * qt[r], dkr = i * (dkpt[r] + dnr);
-                        dkt[r] = dkr;
-                        L += kt[r] * dkr;
-                        X += prev[r] * dnr;
-                        dn[r] = f * dnr;
-                    }
-                    const T G = dg[row] + f * X, M = dmt + dm - G - L;
-                    const T w = a > li ? 1 : (a < li ? 0 : (T)0.5);  /* torch.maximum's split */
-                    const T dlf = G + M * w;
-                    dpre[bt * ng + hh] = L + M * (1 - w);
+                    NAME(gate_back)(qt, kt, dkpt, prev, dn, dkt, dst, i, f, dg[row], dmt, dm, a,
+                                    li, K, 1, nt_, dqst, inv, dqt, &dli, &dlf);
+                    dpre[bt * ng + hh] = dli;
                     dpre[bt * ng + H + hh] = dlf * sg;
                     dm0[b * H + hh] = dlf;  /* to m_{t-1} */
                 }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -87,7 +86,6 @@ class _NewtonSchulz(first_order.Function):
                                           (dY,), ctx.needs_input_grad[1:]))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY):
         X = ctx.saved_tensors[0]
         return None, bwd(ctx.lib, X, dY.contiguous(), **ctx.args), None, None, None

@@ -15,7 +15,6 @@ import ctypes
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -55,7 +54,6 @@ class _NormLossGrad(first_order.Function):
             ctx.plain, (*ctx.saved_tensors[4:], ctx.eps), (dG,), ctx.needs_input_grad[2:6]), None)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dG):
         z, target, w, b = ctx.saved_tensors[:4]
         H, per, D = z.shape[-3:]
@@ -90,7 +88,6 @@ class _InnerOutput(first_order.Function):
                                           (g,), ctx.needs_input_grad[1:]))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g):
         z, w = ctx.saved_tensors[:2]
         H, D = z.shape[-2:]

@@ -26,4 +26,24 @@ Importing a submodule imports triton and decorates its kernels; `TRITON_INTERPRE
 must be set before that import for the kernels to run on CPU tensors (the interpreter).
 The ops import these submodules only when they call them: `import rnnzoo` never imports
 triton, and this package itself does not either.
+
+Higher-order gradients: each op takes `plain`, its PyTorch form with the op's own arguments
+and returns (the caller passes the reference it is tested against: a module here may not
+import it, ops.chunk and ops.scan import these). Under create_graph=True a node's `twice`
+replays it through autograd over the node's original inputs (`replay` below); without it
+the node raises the first-order error (docs/design.md, higher-order gradients).
 """
+
+from rnnzoo.ops import first_order
+
+
+def replay(node: str, plain, fn, args, grads, needs):
+    """A Triton node's `twice`: first_order.replay(fn, args, grads, needs), fn the node's
+    forward through `plain` (the op's PyTorch form its caller passed); the first-order error
+    when the caller passed none."""
+    if plain is None:
+        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
+                           "through it is not supported without the op's PyTorch form "
+                           "(`plain`); every layer's mode='sequential' is (docs/design.md, "
+                           "higher-order gradients)")
+    return first_order.replay(fn, args, grads, needs)

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -225,7 +226,7 @@ def _config(K: int, V: int, chunk_size: int) -> tuple[int, int, int]:
 
 class _Delta(first_order.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, h0, scale, chunk_size):
+    def forward(ctx, q, k, v, beta, g, h0, scale, chunk_size, plain):
         B, T, H, K = q.shape
         V = v.shape[-1]
         C, BK, BV = _config(K, V, chunk_size)
@@ -243,8 +244,18 @@ class _Delta(first_order.Function):
         if needs_grad:
             ctx.save_for_backward(q, k, v, beta, g, h0, states)
             ctx.meta = (scale, C, BK, BV, prec)
+        ctx.plain = plain
         ctx.set_materialize_grads(False)
         return o, ht
+
+    @staticmethod
+    def twice(ctx, do, dht):  # under create_graph: autograd through the caller's PyTorch form
+        plain, scale = ctx.plain, ctx.meta[0]
+
+        def fn(q, k, v, beta, g, h0):
+            return plain(q, k, v, beta, g, scale=scale, initial_state=h0)
+        return (*_triton.replay("_Delta", plain, fn, ctx.saved_tensors[:6], (do, dht),
+                                ctx.needs_input_grad[:6]), None, None, None)
 
     @staticmethod
     def backward(ctx, do, dht):
@@ -268,10 +279,11 @@ class _Delta(first_order.Function):
             C=C, BK=BK, BV=BV, PREC=prec, num_warps=4)
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v.dtype),
                 dbeta.sum(0).to(beta.dtype), dg.sum(0).to(g.dtype) if g is not None else None,
-                dh0.to(h0.dtype) if h0 is not None else None, None, None)
+                dh0.to(h0.dtype) if h0 is not None else None, None, None, None)
 
 
-def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64):
+def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_size=64,
+               plain=None):
     """Chunkwise (gated) delta rule in Triton (forward and backward); arguments and returns as
     `rnnzoo.ops.chunk.delta.delta_rule`.
 
@@ -279,6 +291,8 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     or None; scale: default K^-0.5; initial_state: (B, H, K, V) or None. Returns o
     (B, T, H, V) in q's dtype and the final state (B, H, K, V) float32. chunk_size picks
     the kernel's chunk (16 below 32, else 32).
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     from rnnzoo.ops.chunk._common import check_delta as _check
     B, T, H, K = q.shape
@@ -293,5 +307,6 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, chunk_s
     scale = K ** -0.5 if scale is None else float(scale)
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
     (q,), (k, v, beta, g), marks = finite_inputs((q,), (k, v, beta, g))  # see ops.finite
-    o, S = _Delta.apply(c(q), c(k), c(v), c(beta), c(g), c(initial_state), scale, chunk_size)
+    o, S = _Delta.apply(c(q), c(k), c(v), c(beta), c(g), c(initial_state), scale, chunk_size,
+                       plain)
     return poison(o, marks.outputs), poison(S, marks.state)

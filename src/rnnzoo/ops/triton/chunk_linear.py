@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -336,7 +337,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 class _GLA(first_order.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, bonus, h0, scale, chunk_size):
+    def forward(ctx, q, k, v, g, bonus, h0, scale, chunk_size, plain):
         B, T, H, K = q.shape
         V = v.shape[-1]
         C, BK, BV = _config(K, V, chunk_size)
@@ -357,8 +358,18 @@ class _GLA(first_order.Function):
         if needs_grad:
             ctx.save_for_backward(q, k, v, g, bonus, h0, states)
             ctx.meta = (scale, C, BK, BV, decay, prec)
+        ctx.plain = plain
         ctx.set_materialize_grads(False)
         return o, ht
+
+    @staticmethod
+    def twice(ctx, do, dht):  # under create_graph: autograd through the caller's PyTorch form
+        plain, scale = ctx.plain, ctx.meta[0]
+
+        def fn(q, k, v, g, bonus, h0):
+            return plain(q, k, v, g, scale=scale, initial_state=h0, bonus=bonus)
+        return (*_triton.replay("_GLA", plain, fn, ctx.saved_tensors[:6], (do, dht),
+                                ctx.needs_input_grad[:6]), None, None, None)
 
     @staticmethod
     def backward(ctx, do, dht):
@@ -385,11 +396,11 @@ class _GLA(first_order.Function):
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v.dtype),
                 dg.sum(0).to(g.dtype) if g is not None else None,
                 du.sum((0, 1)).to(bonus.dtype) if bonus is not None else None,
-                dh0.to(h0.dtype) if h0 is not None else None, None, None)
+                dh0.to(h0.dtype) if h0 is not None else None, None, None, None)
 
 
 def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state=None,
-                           bonus=None, chunk_size: int = 64, subchunk_size: int = 16):
+                           bonus=None, chunk_size: int = 64, subchunk_size: int = 16, plain=None):
     """Chunkwise gated linear attention on Triton; arguments and returns as
     `rnnzoo.ops.chunk.linear.gated_linear_attention`.
 
@@ -398,6 +409,8 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     Returns o (B, T, H, V) in q's dtype and the final state (B, H, K, V) in float32.
     chunk_size picks the kernel's chunk (a power of two in [16, 64]); subchunk_size is
     accepted for signature compatibility and unused (see the module docstring).
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     from rnnzoo.ops.chunk._common import check_linear as _check
     _check(q, k, v, log_decay, initial_state, bonus)
@@ -411,5 +424,5 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
     (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))  # see ops.finite
     o, S = _GLA.apply(c(q), c(k), c(v), c(log_decay), c(bonus), c(initial_state), scale,
-                      chunk_size)
+                      chunk_size, plain)
     return poison(o, marks.outputs), poison(S, marks.state)

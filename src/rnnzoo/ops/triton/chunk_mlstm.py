@@ -55,6 +55,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -251,7 +252,7 @@ def _config(K: int, V: int, chunk_size: int) -> tuple[int, int, int]:
 
 class _MLSTM(first_order.Function):
     @staticmethod
-    def forward(ctx, q, k, v, log_i, log_f, c0, n0, m0, scale, eps, chunk_size):
+    def forward(ctx, q, k, v, log_i, log_f, c0, n0, m0, scale, eps, chunk_size, plain):
         B, T, H, K = q.shape
         V = v.shape[-1]
         C, BK, BV = _config(K, V, chunk_size)
@@ -272,14 +273,29 @@ class _MLSTM(first_order.Function):
             T, H, K, V, N, scale, eps, STORE=needs_grad, C=C, BK=BK, BV=BV, PREC=prec,
             num_warps=4)
         if needs_grad:
-            ctx.save_for_backward(q, k, v, log_i, log_f, sc, sn, sm)
+            # c0, n0, m0 (references, no copies) for `twice`
+            ctx.save_for_backward(q, k, v, log_i, log_f, sc, sn, sm, c0, n0, m0)
             ctx.meta = (scale, eps, C, BK, BV, prec, c0.dtype)
+        ctx.plain = plain
         ctx.set_materialize_grads(False)
         return h, ct, nt, mt
 
     @staticmethod
+    def twice(ctx, dh, dct, dnt, dmt):  # under create_graph: autograd through the caller's form
+        plain, (scale, eps) = ctx.plain, ctx.meta[:2]
+        q, k, v, log_i, log_f, _, _, _, c0, n0, m0 = ctx.saved_tensors
+
+        def fn(q, k, v, log_i, log_f, c0, n0, m0):
+            h, state = plain(q, k, v, log_i, log_f, scale=scale, initial_state=(c0, n0, m0),
+                             eps=eps)
+            return (h, *state)
+        return (*_triton.replay("_MLSTM", plain, fn, (q, k, v, log_i, log_f, c0, n0, m0),
+                                (dh, dct, dnt, dmt), ctx.needs_input_grad[:8]), None, None,
+                None, None)
+
+    @staticmethod
     def backward(ctx, dh, dct, dnt, dmt):
-        q, k, v, log_i, log_f, sc, sn, sm = ctx.saved_tensors
+        q, k, v, log_i, log_f, sc, sn, sm = ctx.saved_tensors[:8]
         scale, eps, C, BK, BV, prec, sdt = ctx.meta
         B, T, H, K = q.shape
         V = v.shape[-1]
@@ -299,11 +315,11 @@ class _MLSTM(first_order.Function):
             C=C, BK=BK, BV=BV, PREC=prec, num_warps=4)
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v.dtype),
                 dli.sum(0).to(log_i.dtype), dlf.sum(0).to(log_f.dtype),
-                dc0.to(sdt), dn0.sum(0).to(sdt), dm0.sum(0).to(sdt), None, None, None)
+                dc0.to(sdt), dn0.sum(0).to(sdt), dm0.sum(0).to(sdt), None, None, None, None)
 
 
 def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
-          chunk_size: int = 64):
+          chunk_size: int = 64, plain=None):
     """Chunkwise stabilised mLSTM in Triton (forward and backward); arguments and returns as
     `rnnzoo.ops.chunk.linear.mlstm`.
 
@@ -312,6 +328,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     (B, H, K, V), (B, H, K), (B, H), or None (zeros). Returns h (B, T, H, V) in q's dtype and
     the final (C, n, m) in float32. chunk_size picks the kernel's chunk (a power of two in
     [16, 64]).
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     from rnnzoo.ops.chunk._common import check_mlstm as _mlstm_check
     _mlstm_check(q, k, v, log_i, log_f, initial_state)
@@ -331,5 +349,5 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
     (q,), (k, v, log_i, log_f), marks = finite_inputs((q,), (k, v, log_i, log_f))  # ops.finite
     h, ct, nt, mt = _MLSTM.apply(q.contiguous(), k.contiguous(), v.contiguous(),
                                  log_i.contiguous(), log_f.contiguous(), c0, n0, m0,
-                                 scale, float(eps), chunk_size)
+                                 scale, float(eps), chunk_size, plain)
     return poison(h, marks.outputs), poison((ct, nt, mt), marks.state)

@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 from rnnzoo.ops.finite import finite_inputs, poison
 from rnnzoo.ops.triton._tiles import head_tile as _head_tile
 from rnnzoo.ops.triton._tiles import load_rows as _load_rows
@@ -289,7 +290,7 @@ def _config(K: int, V: int, chunk_size: int) -> tuple[int, int, int]:
 
 class _RWKV7(first_order.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, h0, scale, chunk_size):
+    def forward(ctx, r, w, k, v, a, b, h0, scale, chunk_size, plain):
         B, T, H, K = r.shape
         V = v.shape[-1]
         C, BK, BV = _config(K, V, chunk_size)
@@ -306,8 +307,18 @@ class _RWKV7(first_order.Function):
         if needs_grad:
             ctx.save_for_backward(r, w, k, v, a, b, h0, states)
             ctx.meta = (scale, C, BK, BV, prec)
+        ctx.plain = plain
         ctx.set_materialize_grads(False)
         return o, ht
+
+    @staticmethod
+    def twice(ctx, do, dht):  # under create_graph: autograd through the caller's PyTorch form
+        plain, scale = ctx.plain, ctx.meta[0]
+
+        def fn(r, w, k, v, a, b, h0):
+            return plain(r, w, k, v, a, b, scale=scale, initial_state=h0)
+        return (*_triton.replay("_RWKV7", plain, fn, ctx.saved_tensors[:7], (do, dht),
+                                ctx.needs_input_grad[:7]), None, None, None)
 
     @staticmethod
     def backward(ctx, do, dht):
@@ -329,10 +340,10 @@ class _RWKV7(first_order.Function):
         dr, dw, dk, da, db = (g.sum(0).to(x.dtype) for g, x in zip((dr, dw, dk, da, db),
                                                                     (r, w, k, a, b)))
         return (dr, dw, dk, dv.to(v.dtype), da, db,
-                dh0.to(h0.dtype) if h0 is not None else None, None, None)
+                dh0.to(h0.dtype) if h0 is not None else None, None, None, None)
 
 
-def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
+def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64, plain=None):
     """Chunkwise RWKV-7 generalised delta rule in Triton (forward and backward); arguments and
     returns as
     `rnnzoo.ops.chunk.delta.rwkv7`.
@@ -342,6 +353,8 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     (B, H, K, V) or None. Returns o (B, T, H, V) in r's dtype and the final state
     (B, H, K, V) float32. chunk_size picks the kernel's chunk (16 below 32, else 32); any
     decay is handled in-kernel (no host read of w).
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     from rnnzoo.ops.chunk._common import check_rwkv7 as _check_rwkv7
     _check_rwkv7(r, w, k, v, a, b, initial_state)
@@ -352,5 +365,5 @@ def rwkv7(r, w, k, v, a, b, *, scale=1.0, initial_state=None, chunk_size=64):
     c = lambda x: None if x is None else x.contiguous()  # noqa: E731
     (r,), (w, k, v, a, b), marks = finite_inputs((r,), (w, k, v, a, b))  # see ops.finite
     o, S = _RWKV7.apply(c(r), c(w), c(k), c(v), c(a), c(b), c(initial_state), float(scale),
-                        chunk_size)
+                        chunk_size, plain)
     return poison(o, marks.outputs), poison(S, marks.state)

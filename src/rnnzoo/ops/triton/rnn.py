@@ -61,6 +61,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 
 LSTM, GRU, SLSTM = 0, 1, 2
 BB = 16  # batch rows per program
@@ -353,22 +354,35 @@ def _grad(g, like):
 
 
 class _Sequence(first_order.Function):
-    """(cell, xp, w, bhn, *initial states) -> (h_all, *final states), all float32."""
+    """(cell, plain, xp, w, bhn, *initial states) -> (h_all, *final states), all float32;
+    plain: cells.manual.manual_plain with the cell bound (its `twice`), or None."""
 
     @staticmethod
-    def forward(ctx, cell, xp, w, bhn, *states):
+    def forward(ctx, cell, plain, xp, w, bhn, *states):
         xp32, w32 = _f32(xp), _f32(w)
         bhn32 = None if bhn is None else _f32(bhn)
         bufs, pre = _run_forward(cell, xp32, w32, bhn32, [_f32(s) for s in states])
         ctx.cell, ctx.xp_dtype, ctx.w_dtype, ctx.has_bhn = cell, xp.dtype, w.dtype, bhn is not None
         ctx.state_dtypes = [s.dtype for s in states]
-        ctx.save_for_backward(w32, pre, *bufs)
+        ctx.plain, ctx.n_bufs = plain, len(bufs)
+        # the original inputs (references, no copies) for `twice`
+        ctx.save_for_backward(w32, pre, *bufs, xp, w, bhn, *states)
         outs = [bufs[0][:, 1:]] + [b[:, -1].clone() for b in bufs]
         return tuple(outs)
 
     @staticmethod
+    def twice(ctx, gy, *gfinal):  # under create_graph: autograd through the cell's step loop
+        plain, n_state = ctx.plain, len(ctx.state_dtypes)
+
+        def fn(xp, w, bhn, *states):
+            return plain(n_state, 1, xp, *states, w, *(() if bhn is None else (bhn,)))
+        return (None, None, *_triton.replay("_Sequence", plain, fn,
+                                            ctx.saved_tensors[2 + ctx.n_bufs:], (gy, *gfinal),
+                                            ctx.needs_input_grad[2:]))
+
+    @staticmethod
     def backward(ctx, gy, *gfinal):
-        w32, pre, *bufs = ctx.saved_tensors
+        w32, pre, *bufs = ctx.saved_tensors[:2 + ctx.n_bufs]
         h_all = bufs[0][:, 1:]
         gy = _grad(gy, h_all)
         gfin = [_grad(g, b[:, -1]) for g, b in zip(gfinal, bufs)]
@@ -383,7 +397,7 @@ class _Sequence(first_order.Function):
                 dbhn = dg[..., 2 * H:].sum((0, 1))
         else:
             dxp = dg
-        return (None, dxp.to(ctx.xp_dtype), dw.to(ctx.w_dtype), dbhn,
+        return (None, None, dxp.to(ctx.xp_dtype), dw.to(ctx.w_dtype), dbhn,
                 *(g.to(d) for g, d in zip(ginit, ctx.state_dtypes)))
 
 
@@ -410,23 +424,24 @@ def _check(name, xp, w, G, states, bhn=None):
                          f"{tuple(xp.shape)}")
 
 
-def lstm_sequence(xp: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
-                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+def lstm_sequence(xp: torch.Tensor, w_hh: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                  plain=None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """torch.nn.LSTM's recurrence over a whole sequence, one kernel launch.
 
     xp: (B, T, 4H), the input projections x_t W_ih^T + b_ih + b_hh, gates (i, f, g, o);
     w_hh: (4H, H); h0, c0: (B, H). Per step: i, f, g, o = xp_t + h_{t-1} W_hh^T,
     c_t = sigma(f) c_{t-1} + sigma(i) tanh(g), h_t = sigma(o) tanh(c_t).
     Returns h_all (B, T, H) in xp's dtype and (h_T, c_T) in float32. Differentiable in
-    xp, w_hh, h0, c0.
+    xp, w_hh, h0, c0. plain: the cell's cells.manual.manual_plain with the cell bound,
+    replayed under create_graph=True (None: create_graph raises).
     """
     _check("lstm_sequence", xp, w_hh, 4, [("h0", h0), ("c0", c0)])
-    h_all, h, c = _Sequence.apply(LSTM, xp, w_hh, None, h0, c0)
+    h_all, h, c = _Sequence.apply(LSTM, plain, xp, w_hh, None, h0, c0)
     return h_all.to(xp.dtype), (h, c)
 
 
 def gru_sequence(xp: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None,
-                 h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 h0: torch.Tensor, plain=None) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.nn.GRU's recurrence (reset gate on W_hn h + b_hn, as cuDNN) in one launch.
 
     xp: (B, T, 3H), gates (r, z, n): x W_ih^T + b_ih, plus b_hh's r and z parts (what
@@ -434,10 +449,10 @@ def gru_sequence(xp: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None
     h0: (B, H). Per step: r = sigma(xp_r + W_hr h), z = sigma(xp_z + W_hz h),
     n = tanh(xp_n + r * (W_hn h + b_hn)), h_t = (1 - z) n + z h_{t-1}.
     Returns h_all (B, T, H) in xp's dtype and h_T (B, H) float32. Differentiable in xp,
-    w_hh, b_hn, h0.
+    w_hh, b_hn, h0. plain: as lstm_sequence's (its vectors: (b_hn,), or none).
     """
     _check("gru_sequence", xp, w_hh, 3, [("h0", h0)], b_hn)
-    h_all, h = _Sequence.apply(GRU, xp, w_hh, b_hn, h0)
+    h_all, h = _Sequence.apply(GRU, plain, xp, w_hh, b_hn, h0)
     return h_all.to(xp.dtype), h
 
 
@@ -450,7 +465,7 @@ def slstm_dense_recurrent(weight_hh: torch.Tensor) -> torch.Tensor:
 
 
 def slstm_sequence(xp: torch.Tensor, r: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
-                   n0: torch.Tensor, m0: torch.Tensor
+                   n0: torch.Tensor, m0: torch.Tensor, plain=None
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """xLSTM's sLSTM recurrence (exponential gating, stabiliser m) in one launch.
 
@@ -461,10 +476,11 @@ def slstm_sequence(xp: torch.Tensor, r: torch.Tensor, h0: torch.Tensor, c0: torc
     i' = exp(i~ - m_t), f' = exp(log sigma(f~) + m_{t-1} - m_t); c_t = f' c_{t-1} + i' tanh(z~);
     n_t = f' n_{t-1} + i'; h_t = sigma(o~) c_t / n_t.
     Returns h_all (B, T, H) in xp's dtype and (h_T, c_T, n_T, m_T) in float32.
-    Differentiable in xp, r, and the four initial states.
+    Differentiable in xp, r, and the four initial states. plain: as lstm_sequence's (its
+    one matrix the dense R).
     """
     if isinstance(r, torch.Tensor) and r.dim() == 3:
         r = slstm_dense_recurrent(r)
     _check("slstm_sequence", xp, r, 4, [("h0", h0), ("c0", c0), ("n0", n0), ("m0", m0)])
-    h_all, *final = _Sequence.apply(SLSTM, xp, r, None, h0, c0, n0, m0)
+    h_all, *final = _Sequence.apply(SLSTM, plain, xp, r, None, h0, c0, n0, m0)
     return h_all.to(xp.dtype), tuple(final)

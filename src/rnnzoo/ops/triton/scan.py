@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 
 # Tests set this to (CT, BN, NSEG) to force tile sizes and the segmented path at tiny shapes.
 _CONFIG_OVERRIDE: tuple[int, int, int] | None = None
@@ -316,9 +317,9 @@ def _unplanes(x: torch.Tensor, shape, cplx: bool) -> torch.Tensor:
 
 class _TritonLinearScan(first_order.Function):
     @staticmethod
-    def forward(ctx, a, b, h0, reverse):
+    def forward(ctx, a, b, h0, reverse, plain):
         B, T = b.shape[:2]
-        S = tuple(b.shape[2:])
+        S, a0 = tuple(b.shape[2:]), a
         cplx, a_cplx = b.is_complex(), a.is_complex()
         if tuple(a.shape[2:]) != S:  # broadcast in the trailing dims only: made real
             a = a.expand(*a.shape[:2], *S).contiguous()
@@ -328,13 +329,23 @@ class _TritonLinearScan(first_order.Function):
         c0 = None if h0 is None else _planes(h0, B, 1).reshape(B, -1).contiguous()
         x = _launch(a3, b3, c0, T, reverse, False, False, cplx, a_cplx, f64)
         ctx.reverse, ctx.cplx, ctx.a_cplx, ctx.f64 = reverse, cplx, a_cplx, f64
-        ctx.a_shape = a.shape
-        ctx.save_for_backward(a3, x, c0, h0)
+        ctx.a_shape, ctx.plain = a.shape, plain
+        ctx.save_for_backward(a3, x, c0, h0, a0, b)  # a0, b (references) for `twice`
         return _unplanes(x, b.shape, cplx)
 
     @staticmethod
+    def twice(ctx, g):  # under create_graph: autograd through the caller's PyTorch form
+        plain, reverse = ctx.plain, ctx.reverse
+        _, _, _, h0, a, b = ctx.saved_tensors
+
+        def fn(a, b, h0):
+            return plain(a, b, h0, reverse=reverse)[0]
+        return (*_triton.replay("_TritonLinearScan", plain, fn, (a, b, h0), (g,),
+                                ctx.needs_input_grad[:3]), None, None)
+
+    @staticmethod
     def backward(ctx, g):
-        a3, x, c0, h0 = ctx.saved_tensors
+        a3, x, c0, h0 = ctx.saved_tensors[:4]
         reverse, cplx, a_cplx = ctx.reverse, ctx.cplx, ctx.a_cplx
         B, T = x.shape[:2]
         shape = (B, T, *ctx.a_shape[2:])
@@ -355,11 +366,11 @@ class _TritonLinearScan(first_order.Function):
             a_first = _unplanes(a3[:, min(first, a3.shape[1] - 1)],
                                 (a3.shape[0], *ctx.a_shape[2:]), a_cplx)
             grad_h0 = (lam[:, first] * (a_first.conj() if a_cplx else a_first)).sum_to_size(h0.shape)
-        return grad_a, lam if ctx.needs_input_grad[1] else None, grad_h0, None
+        return grad_a, lam if ctx.needs_input_grad[1] else None, grad_h0, None, None
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, *,
-                reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                reverse: bool = False, plain=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve h_t = a_t * h_{t-1} + b_t for all t at once (h_t = a_t * h_{t+1} + b_t if reverse).
 
     a: (B, T, *S) or broadcastable to b's shape (any dim of size 1, time included).
@@ -368,13 +379,15 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
     Returns (h, h_last): h is (B, T, *S) in the promoted dtype of a and b; h_last is
     h[:, -1] (h[:, 0] if reverse). States accumulate in float32 (float64 for float64 and
     complex128). Same contract as `rnnzoo.ops.scan.linear_scan`, differentiable in a, b, h0.
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     a, b, h0 = _check(a, b, h0)
     out = torch.promote_types(a.dtype, b.dtype)
     b = b.to(out)
     if h0 is not None:
         h0 = h0.to(out)
-    h = _TritonLinearScan.apply(a, b, h0, reverse)
+    h = _TritonLinearScan.apply(a, b, h0, reverse, plain)
     return h, (h[:, 0] if reverse else h[:, -1])
 
 

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from rnnzoo.ops import first_order
+from rnnzoo.ops import triton as _triton
 from rnnzoo.ops.triton.scan import _acc, _combine_real, _sum
 
 # Tests set this to (CT, BD) to force tile sizes at tiny shapes.
@@ -223,7 +224,8 @@ def _inner(x):
 
 class _TritonSelectiveScan(first_order.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, h0, neg):
+    def forward(ctx, u, delta, A, B, C, D, h0, neg, plain):
+        originals = (u, delta, A, B, C, D, h0)  # for `twice` (references, no copies)
         u, delta, B, C = (_inner(x) for x in (u, delta, B, C))
         A, D = A.contiguous(), D.contiguous()
         Bsz, T, DI = u.shape
@@ -244,14 +246,23 @@ class _TritonSelectiveScan(first_order.Function):
             NEG=neg, HAS_H0=h0 is not None, SAVE_CK=save, F64=f64, CT=CT, BD=BD, DSP=DSP,
             num_warps=warps)
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, ck)
-        ctx.neg, ctx.has_h0 = neg, h0 is not None
+            ctx.save_for_backward(u, delta, A, B, C, D, ck, *originals)
+        ctx.neg, ctx.has_h0, ctx.plain = neg, h0 is not None, plain
         ctx.h0_dtype = None if h0 is None else h0.dtype
         return y, hT
 
     @staticmethod
+    def twice(ctx, dy, dhT):  # under create_graph: autograd through the caller's PyTorch form
+        plain, neg = ctx.plain, ctx.neg
+
+        def fn(u, delta, A, B, C, D, h0):
+            return plain(u, delta, A, B, C, D, h0, allow_neg_eigval=neg)
+        return (*_triton.replay("_TritonSelectiveScan", plain, fn, ctx.saved_tensors[7:],
+                                (dy, dhT), ctx.needs_input_grad[:7]), None, None)
+
+    @staticmethod
     def backward(ctx, dy, dhT):
-        u, delta, A, B, C, D, ck = ctx.saved_tensors
+        u, delta, A, B, C, D, ck = ctx.saved_tensors[:7]
         Bsz, T, DI = u.shape
         DS = A.shape[1]
         f64 = u.dtype == torch.float64
@@ -273,11 +284,11 @@ class _TritonSelectiveScan(first_order.Function):
             num_warps=warps)
         gD = (dy * u).sum((0, 1)).to(D.dtype) if ctx.needs_input_grad[5] else None
         return (gu, gdt, gA.sum(0).to(A.dtype), gB.sum(1).to(B.dtype), gC.sum(1).to(C.dtype),
-                gD, gh0.to(ctx.h0_dtype) if ctx.has_h0 else None, None)
+                gD, gh0.to(ctx.h0_dtype) if ctx.has_h0 else None, None, None)
 
 
 def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chunk_size=16,
-                   mode="scan"):
+                   mode="scan", plain=None):
     """The selective SSM of Mamba on already projected inputs, one fused kernel each way.
 
     u, delta: (batch, T, d_inner); A: (d_inner, d_state); B, C: (batch, T, d_state);
@@ -286,6 +297,8 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     h_{T-1}: (batch, d_inner, d_state) in h0's dtype (u's when h0 is None).
     chunk_size and mode are accepted for the signature of the PyTorch op and ignored:
     the kernel's tiles are fixed by size, and every mode computes the same function.
+    plain: the op's PyTorch form (same arguments and returns), replayed by the node's `twice`
+    under create_graph=True; None: create_graph raises (the package docstring).
     """
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"selective_scan: u and delta must be (batch, T, d_inner), got "
@@ -303,4 +316,4 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         raise ValueError(f"selective_scan: h0 must be {(Bsz, DI, DS)}, got {tuple(h0.shape)}")
     dt = u.dtype
     delta, A, B, C, D = (x.to(dt) for x in (delta, A, B, C, D))
-    return _TritonSelectiveScan.apply(u, delta, A, B, C, D, h0, bool(allow_neg_eigval))
+    return _TritonSelectiveScan.apply(u, delta, A, B, C, D, h0, bool(allow_neg_eigval), plain)
