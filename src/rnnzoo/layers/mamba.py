@@ -78,7 +78,7 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         lib = native_ss.load()
         if lib is not None:
             return native_ss.selective_scan(lib, u, delta, A, B, C, h0, D,  # D u inside
-                                            allow_neg_eigval=allow_neg_eigval)
+                                            allow_neg_eigval=allow_neg_eigval, plain=_loop)
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":
@@ -90,6 +90,13 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         return _skip(torch.stack(ys, 1), D, u), h
     y, h = _SelectiveScan.apply(u, delta, A, B, C, h0, allow_neg_eigval, chunk_size)
     return _skip(y, D, u), h
+
+
+def _loop(u, delta, A, B, C, h0, D, allow_neg_eigval):
+    """The scan nodes' arguments to the loop (mode "sequential"): the plain form their
+    `twice` differentiates."""
+    return selective_scan(u, delta, A, B, C, D, h0, allow_neg_eigval=bool(allow_neg_eigval),
+                          mode="sequential")
 
 
 def _skip(y, D, u):
@@ -163,7 +170,7 @@ def _buffers(like, shape, k):
     return [like.new_empty(shape) for _ in range(k)]
 
 
-class _SelectiveScan(first_order.Function):  # a scan kernel: first order only
+class _SelectiveScan(first_order.Function):  # a scan kernel; `twice`: the loop
     """y_t = C_t . h_t over time chunks, with the backward written out.
 
     The (batch, T, d_inner, d_state) states never exist whole: the forward keeps only
@@ -192,13 +199,18 @@ class _SelectiveScan(first_order.Function):  # a scan kernel: first order only
             ys.append(torch.matmul(C_c.unsqueeze(2), hs).squeeze(2))
             starts.append(h)
             h = hs[:, -1].clone()
-        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.save_for_backward(u, delta, A, B, C, h0, *starts)
         ctx.allow_neg_eigval, ctx.chunk_size = allow_neg_eigval, chunk_size
         return torch.cat(ys, 1), h.transpose(1, 2).contiguous()
 
     @staticmethod
+    def twice(ctx, dy, dh):  # under create_graph: autograd through the loop
+        return first_order.replay(_loop, (*ctx.saved_tensors[:6], None, ctx.allow_neg_eigval),
+                                  (dy, dh), ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dy, dh):
-        u, delta, A, B, C, *starts = ctx.saved_tensors
+        u, delta, A, B, C, _, *starts = ctx.saved_tensors
         neg, L = ctx.allow_neg_eigval, ctx.chunk_size
         At, E = A.t().contiguous(), _exponent(A, neg)
         N, D = At.shape
