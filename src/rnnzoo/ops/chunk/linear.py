@@ -605,6 +605,27 @@ def mlstm_recurrent(q, k, v, log_i, log_f, *, scale=None, initial_state=None, ep
     return torch.stack(outs, 1).to(out_dtype), (C, n, m)
 
 
+def _mlstm_gates_loop(q, k, log_i, log_f, n0, m0, eps):
+    """ops.native.mlstm_scan's gates pass in PyTorch, step by step (`mlstm_recurrent`'s
+    m and n, its memory left to the SSD): m_t = max(lf_t + m_{t-1}, li_t), g_t = lf_t +
+    m_{t-1} - m_t, kp_t = e^(li_t - m_t) k_t, n_t = e^(g_t) n_{t-1} + kp_t, qs_t = q_t /
+    (max(|q_t . n_t|, e^-m_t) + eps): the plain form its nodes' `twice` differentiate.
+    q (scaled), k (B, T, H, K); log_i, log_f (B, T, H); n0 (B, H, K); m0 (B, H).
+    -> (g, kp, qs, n_T, m_T)."""
+    n, m, gs, kps, qss = n0, m0, [], [], []
+    for q_t, k_t, li_t, lf_t in zip(*(t.unbind(1) for t in (q, k, log_i, log_f))):
+        m_new = torch.maximum(lf_t + m, li_t)
+        g = lf_t + m - m_new
+        kp = (li_t - m_new).exp()[..., None] * k_t
+        n = g.exp()[..., None] * n + kp
+        den = torch.maximum((q_t * n).sum(-1).abs(), (-m_new).exp())[..., None] + eps
+        gs.append(g)
+        kps.append(kp)
+        qss.append(q_t / den)
+        m = m_new
+    return torch.stack(gs, 1), torch.stack(kps, 1), torch.stack(qss, 1), n, m
+
+
 def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
           chunk_size: int = 64, finite: bool = False):
     """Chunkwise mLSTM, equal to `mlstm_recurrent` (same arguments and returns; finite=True:
@@ -646,8 +667,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
                                                          initial_state)
     lib = native_mlstm.load() if flop_count.native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
-        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
-                          marks)
+        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps,
+                                              plain=(_mlstm_gates_loop, _ssd_loop)), marks)
         return h.to(out_dtype), state
     L = min(chunk_size, T)
     pad = -T % L
