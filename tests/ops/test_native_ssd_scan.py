@@ -106,3 +106,26 @@ def test_ssd_second_derivative(diag):
     for a, b in zip(native(*ins), plain(*ins)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     second_order(native, ins, plain)
+
+
+def test_without_a_plain_form_create_graph_raises():
+    """A C node called without its plain form (ssd_scan.ssd, gla_scan.gla_columns: plain None)
+    raises the documented error under create_graph=True, and its first-order gradient is
+    unchanged."""
+    from rnnzoo.ops.native import gla_scan
+    lib, glib = ssd_scan.load(), gla_scan.load()
+    if lib is None or glib is None:
+        pytest.skip("ssd_scan or gla_scan does not build")
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v, S0 = (t.requires_grad_() for t in (r(1, 4, 1, 2), r(1, 4, 1, 2), r(1, 4, 1, 3),
+                                                   r(1, 1, 2, 3)))
+    g = -torch.rand(1, 4, 1, generator=gen, dtype=torch.float64)
+    for o in (ssd_scan.ssd(lib, q, k, v, g, S0)[0],
+              gla_scan.gla_columns(glib, q, k, v, g[..., None].expand(1, 4, 1, 3), S0)[0]):
+        with pytest.raises(RuntimeError, match="first order only: create_graph=True through it "
+                                               "is not supported"):
+            torch.autograd.grad(o.sum(), q, create_graph=True)
+    want = torch.autograd.grad(linear._ssd_loop(q, k, v, g, S0, None)[0].sum(), q)[0]
+    got = torch.autograd.grad(ssd_scan.ssd(lib, q, k, v, g, S0)[0].sum(), q)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

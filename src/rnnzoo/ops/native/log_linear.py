@@ -114,8 +114,8 @@ class _NativeChunks(first_order.Function):
     @staticmethod
     def twice(ctx, dy, dF, *_):
         if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeChunks's backward is first order only without its "
-                               "plain form: create_graph=True through it is not supported")
+            raise RuntimeError("rnnzoo: _NativeChunks's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
         ip, *rest = ctx.saved_tensors[15:]
         return (None, *first_order.replay(ctx.plain, (ip, ctx.N, False, *rest), (dy, dF),
                                           ctx.needs_input_grad[1:]))

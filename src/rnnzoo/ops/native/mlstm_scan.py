@@ -74,8 +74,8 @@ class _Gates(first_order.Function):
 
 def _needs(plain, node):
     if plain is None:
-        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only without its plain "
-                           "form: create_graph=True through it is not supported")
+        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
+                           "through it is not supported (no plain form given)")
     return plain
 
 

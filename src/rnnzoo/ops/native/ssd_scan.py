@@ -100,8 +100,8 @@ class _NativeSSD(first_order.Function):
     @staticmethod
     def twice(ctx, do, dST):
         if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeSSD's backward is first order only without its "
-                               "plain form: create_graph=True through it is not supported")
+            raise RuntimeError("rnnzoo: _NativeSSD's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
         return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[7:], (do, dST),
                                           ctx.needs_input_grad[1:]))
 
