@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _second_order import second_order
 
 from rnnzoo.ops.chunk.linear import _scalar_chunkwise, gated_linear_attention_recurrent, ssd
 
@@ -68,3 +69,26 @@ def test_ssd_bad_shapes_raise():
         ssd(q, q, rand(1, 5, 4, 4), g)
     with pytest.raises(ValueError, match="initial_state"):
         ssd(q, q, rand(1, 5, 4, 4), rand(1, 5, 4), initial_state=rand(1, 4, 3, 3))
+
+
+def test_scalar_chunk_function_second_derivative():
+    """Under create_graph=True _ScalarChunk's `twice` (the reference loop replayed over the
+    saved inputs, `_scalar_chunk_loop`) gives the second derivative in q, k, v, g and S0, two
+    heads sharing q and k, a padded chunk; float64, against a central difference and the
+    loop's own double backward."""
+    B, T, G, R, K, V = 1, 6, 1, 2, 3, 2
+    q, k = rand(B, T, G, K), rand(B, T, G, K, seed=1)
+    v, S0 = rand(B, T, G * R, V, seed=2), rand(B, G * R, K, V, seed=3)
+    g = F.logsigmoid(rand(B, T, G * R, seed=4))
+    inputs = [t.requires_grad_() for t in (q, k, v, g, S0)]
+
+    def native(q, k, v, g, S0):
+        return _scalar_chunkwise(q, k, v, g, S0, 4)
+
+    def plain(q, k, v, g, S0):
+        return gated_linear_attention_recurrent(q.repeat_interleave(R, 2), k.repeat_interleave(R, 2),
+                                                v, g, scale=1, initial_state=S0)
+
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)

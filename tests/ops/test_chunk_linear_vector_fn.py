@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _second_order import second_order
 
 from rnnzoo.ops.chunk.linear import (
+    _vector_chunk_loop,
     _vector_chunkwise,
     _VectorChunk,
     gated_linear_attention,
@@ -72,3 +74,27 @@ def test_float32_one_block_matches_float64_reference():
     assert (o.double() - o_ref).abs().max() < 1e-4 * o_ref.abs().max()
     for a, b in zip(f32, ref):
         assert (a.grad.double() - b.grad).abs().max() < 1e-4 * b.grad.abs().max()
+
+
+@pytest.mark.parametrize("bonus", [False, True])
+def test_vector_chunk_function_second_derivative(bonus):
+    """Under create_graph=True _VectorChunk's `twice` (the reference loop replayed over the
+    saved inputs, `_vector_chunk_loop`) gives the second derivative in q, k, v, g, S0 (and u),
+    float64, against a central difference and the loop's own double backward."""
+    B, H, N, C, K, V = 1, 2, 2, 3, 2, 2
+    q, k, v = rand(B, H, N, C, K), rand(B, H, N, C, K, seed=1), rand(B, H, N, C, V, seed=2)
+    g = F.logsigmoid(rand(B, H, N, C, K, seed=3))
+    S0 = rand(B, H, K, V, seed=4)
+    inputs = [t.requires_grad_() for t in (q, k, v, g, S0)]
+    if bonus:
+        inputs.append(rand(H, K, seed=5).requires_grad_())
+
+    def native(*t):
+        return _VectorChunk.apply(*t, *([] if bonus else [None]))
+
+    def plain(*t):
+        return _vector_chunk_loop(*t, *([] if bonus else [None]))
+
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)

@@ -270,3 +270,55 @@ def test_slot_gate_second_derivative():
     for a, b in zip(native(ft), plain(ft)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     second_order(native, [ft], plain)
+
+
+@pytest.mark.parametrize("bonus", [False, True])
+def test_gla_second_derivative(bonus):
+    """Under create_graph=True _NativeGLA's `twice` (the reference loop replayed over the saved
+    inputs, ops.chunk.linear._gla_loop) gives the second derivative in q, k, v, g, S0 (and the
+    bonus u), float64, against a central difference and the loop's own double backward; q a
+    transposed view (the kernel reads a copy)."""
+    lib = gla_scan.load()
+    if lib is None:
+        pytest.skip("gla_scan does not build")
+    q, k, v, g, S0, *u = _inputs(torch.float64, 5, H=2, K=3, V=2, bonus=bonus)
+    qt = q.detach().transpose(1, 2).requires_grad_()
+
+    def native(qt, k, v, g, S0, *u):
+        return gla_scan.gla(lib, qt.transpose(1, 2), k, v, g, S0, *(u or [None]), 0.7,
+                            linear._gla_loop)
+
+    def plain(qt, k, v, g, S0, *u):
+        return linear._gla_loop(qt.transpose(1, 2), k, v, g, S0, *(u or [None]), 0.7)
+
+    inputs = [qt, k, v, g, S0, *u]
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)
+
+
+def test_gsa_passes_second_derivative():
+    """Under create_graph=True _NativeGSA's `twice` (ops.gsa's recurrent loops replayed over
+    the saved inputs, ops.gsa._loops) gives the second derivative in q, k, v, s, log alpha and
+    both initial states, float64, against a central difference and the loops' own double
+    backward."""
+    from rnnzoo.ops import gsa
+    lib = gla_scan.load()
+    if lib is None:
+        pytest.skip("gla_scan does not build")
+    B, T, H, K, M, V = 1, 4, 2, 3, 2, 2
+    q, k, v, f, hk0, hv0 = _leaves2((B, T, H, K), (B, T, H, K), (B, T, H, V), (B, T, H, M),
+                                    (B, H, K, M), (B, H, M, V))
+    la = torch.nn.functional.logsigmoid(f.detach()).requires_grad_()
+    s = (-torch.expm1(la.detach())).requires_grad_()
+    inputs = [q, k, v, s, la, hk0, hv0]
+
+    def native(*t):
+        return gla_scan.gsa_passes(lib, *t, 0.6, gsa._loops)
+
+    def plain(*t):
+        return gsa._loops(*t, 0.6)
+
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, outputs_and_grads, threads
+from _second_order import second_order
 
 from rnnzoo.ops import log_linear as ll
 from rnnzoo.ops.native import log_linear as native_ll
@@ -73,3 +74,37 @@ def test_chunks_without_final_gradient():
     want = [torch.zeros_like(t) if g is None else g for g, t in zip(want, ins)]
     want[-2] = want[-2] * (ins[-2] != 0)
     assert_close(got, want, ["q", "k", "v", "G", "lam", "f", "w", "cP", "cF"], 1e-12)
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_chunks_tm_second_derivative(extras):
+    """Under create_graph=True _NativeChunks's `twice` (ops.log_linear._native_plain: the torch
+    chunk form's products, `_block`, replayed over the saved inputs) gives the second
+    derivative in every input, float64, against a central difference and the plain form's own
+    double backward; q, k by group (two heads a group), time-major; extras: the per-step scales
+    u, the skip and the pairs' levels lp (the kernel forms w) instead of w. cP and cF are
+    leaves times their masks (the kernel's gradient is 0 where they are)."""
+    B, H, Gq, N, C, K, V, L = 1, 2, 1, 4, 3, 2, 3, 6
+    ip, (_, _, _, G, _, f, w, cP, cF) = _inputs(B, H, N, C, K, V, L, torch.float64, seed=4)
+    lp = torch.tensor([min(2 + m, L - 1) for m in range(ip.shape[0])])
+    mP, mF = (cP != 0).double(), (cF != 0).double()
+    g = torch.Generator().manual_seed(6)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    q, k, v, lam = r(B, N * C, Gq, K), r(B, N * C, Gq, K), r(B, N * C, H, V), r(B, N * C, H, L)
+    u, skip = r(B, N * C, H), r(H)
+    inputs = [q, k, v, G, lam, f, cP, cF] + ([u, skip] if extras else [w])
+
+    def run(fn):
+        def call(q, k, v, G, lam, f, cP, cF, *x):
+            u_, sk_, w_ = (x[0], x[1], None) if extras else (None, None, x[0])
+            lp_ = lp if extras else None
+            return fn(q, k, v, G, lam, f, w_, cP * mP, cF * mF, u_, sk_, lp_)
+        return call
+
+    native = run(lambda q, k, v, G, lam, f, w, cP, cF, u, sk, lp: native_ll.chunks_tm(
+        lib, ip, q, k, v, G, lam, f, w, cP, cF, u, skip=sk, lp=lp, plain=ll._native_plain))
+    plain = run(lambda q, k, v, G, lam, f, w, cP, cF, u, sk, lp: ll._native_plain(
+        ip, N, False, q, k, v, u, G, lam, f, w, cP, cF, sk, None, lp))
+    for a, b in zip(native(*inputs), plain(*inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, inputs, plain)

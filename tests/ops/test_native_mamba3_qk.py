@@ -10,6 +10,7 @@ import pytest
 import torch
 from _native_check import assert_close, counter
 from _native_check import threads as threads_
+from _second_order import second_order
 
 import rnnzoo
 from rnnzoo.ops.native import mamba3_qk
@@ -188,3 +189,29 @@ def test_mamba3_qk_turned_float32_angles_as_accurate_as_torch(phi_scale):
         d = (a.double() - truth).remainder(2 * math.pi)
         return torch.minimum(d, 2 * math.pi - d).max().item()
     assert err(end) <= 4 * err(torch_f32) + 1e-6, (err(end), err(torch_f32))
+
+
+def test_mamba3_qk_turned_second_derivative():
+    """Under create_graph=True _QKTurned's `twice` (`_torch_turned`: torch_turns and torch_qk
+    replayed over the saved inputs) gives the second derivative of q, k, cb and the last
+    angles in the raw rows and phi (slices of one wider projection), both norm weights and
+    biases, dt and the scale, float64, against a central difference and the PyTorch form's own
+    double backward."""
+    lib = mamba3_qk.load()
+    B, T, G, H, N, n = 2, 5, 1, 2, 6, 2
+    gen = torch.Generator().manual_seed(2)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    ins = [r(B, T, 2 * G * N + n + 3), 1 + r(N) / 4, 1 + r(N) / 4, r(H, N), r(H, N),
+           0.3 * r(B, T, H).abs(), r(B, T, H)]
+    ins = [t.requires_grad_() for t in ins]
+
+    def run(f):
+        def call(wide, wB, wC, bB, bC, dt, s):
+            Bx, Cx = wide[..., 1:G * N + 1], wide[..., G * N + 2:2 * G * N + 2]
+            return tuple(f(Bx, Cx, wB, wC, bB, bC, wide[..., -n:], dt, s, 1e-5))[:4]
+        return call
+
+    native, plain = run(lambda *a: mamba3_qk.qk_turned(lib, *a)), run(mamba3_qk._torch_turned)
+    for a, b in zip(native(*ins), plain(*ins)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, ins, plain)

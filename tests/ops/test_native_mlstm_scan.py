@@ -317,3 +317,54 @@ def test_blockdiag_second_derivative(gated, two, through):
                       for o in (native(wide, *ws), plain(wide, *ws)))):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     second_order(native, [wide, *ws], plain)
+
+
+@pytest.mark.parametrize("exp_gate", [False, True])
+def test_mlstm_second_derivative(exp_gate):
+    """Under create_graph=True the mLSTM nodes' `twice` (_Gates and _QKGates: the gates pass
+    in PyTorch, ops.chunk.linear._mlstm_gates_loop, _QKGates's with blockdiag's products
+    before it; the memory: _NativeSSD's, ops.chunk.linear._ssd_loop) give the second
+    derivative of h and the final (C, n, m) in every input, float64, against a central
+    difference and the reference loop's (mlstm_recurrent, _qk_reference) own double backward."""
+    from rnnzoo.ops.chunk.linear import _mlstm_gates_loop, _ssd_loop
+    lib = mlstm_scan.load()
+    if lib is None:
+        pytest.skip("mlstm_scan does not build")
+    plain = (_mlstm_gates_loop, _ssd_loop)
+    gen = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    B, T, H, K, V, bs = 2, 4, 2, 2, 3, 2
+    li, lf = 2 * r(B, T, H), F.logsigmoid(r(B, T, H) + 1)
+    gates = [r(B, T, H, K), r(B, T, H, K), r(B, T, H, V), li, lf, r(B, H, K, V), r(B, H, K),
+             r(B, H)]
+    gates = [t.requires_grad_() for t in gates]
+
+    def native(q, k, v, li, lf, C0, n0, m0):
+        h, st = mlstm_scan.mlstm(lib, q, k, v, li, lf, (C0, n0, m0), 1e-6, plain=plain)
+        return (h, *st)
+
+    def loop(q, k, v, li, lf, C0, n0, m0):
+        h, st = mlstm_recurrent(q, k, v, li, lf, scale=1.0, initial_state=(C0, n0, m0))
+        return (h, *st)
+
+    for a, b in zip(native(*gates), loop(*gates)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, gates, loop)
+    dim = H * K
+    ins = [r(B, T, dim), r(dim // bs, bs, bs) * 0.5, r(dim // bs, bs, bs) * 0.5,
+           r(2 * H, dim) * 0.3, r(B, T, 2 * H) + 1, r(B, T, H, V), r(B, H, K, V), r(B, H, K),
+           r(B, H)]
+    ins = [t.requires_grad_() for t in ins]
+
+    def qk(x, Wq, Wk, G, gm, v, C0, n0, m0):
+        h, st, xt = mlstm_scan.qk_gates(lib, x, Wq, Wk, G, gm, v, (C0, n0, m0), exp_gate,
+                                        plain=plain)
+        return (h, *st, xt.sin())
+
+    def qk_loop(x, Wq, Wk, G, gm, v, C0, n0, m0):
+        h, st, xt = _qk_reference(x, Wq, Wk, G, gm, v, (C0, n0, m0), exp_gate)
+        return (h, *st, xt.sin())
+
+    for a, b in zip(qk(*ins), qk_loop(*ins)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(qk, ins, qk_loop)

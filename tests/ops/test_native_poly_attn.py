@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, counter, native_vs_torch, outputs_and_grads
+from _second_order import second_order
 
 import rnnzoo
 from rnnzoo.ops import feature_maps as fm
@@ -92,3 +93,37 @@ def test_parallel_with_no_steps_returns_the_initial_state():
     S0 = torch.randn(2, 2, fm.feature_size("taylor", 4), 4)
     o, S = fm.feature_attention(q, k, v, mode="parallel", initial_state=S0)
     assert o.shape == (2, 0, 2, 3) and torch.equal(S, S0)
+
+
+@needs_native
+@pytest.mark.parametrize("square", [False, True])
+def test_poly_heads_and_pairs_second_derivative(square):
+    """Under create_graph=True _PolyHeads's `twice` (feature_maps._poly_heads, the masked
+    kernel matrix, replayed over the saved inputs) and attention's _Pairs's (its PyTorch form
+    `_torch_pairs`, the packed features of the chunk form) give the second derivative in q, k, v
+    and in x, float64, against a central difference and the plain forms' own double
+    backward; q a transposed view (the kernels read copies)."""
+    from rnnzoo.ops.native import attention
+    lib, alib = fm.poly_lib(torch.zeros(1)), attention.load()
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    qt, k, v = r(2, 5, 2, 3), r(2, 2, 5, 3), r(2, 2, 5, 4)
+
+    def native(qt, k, v):
+        return fm._PolyHeads.apply(lib, qt.transpose(1, 2), k, v, square)
+
+    def plain(qt, k, v):
+        return fm._poly_heads(qt.transpose(1, 2), k, v, square)
+
+    torch.testing.assert_close(native(qt, k, v), plain(qt, k, v), rtol=1e-12, atol=1e-12)
+    second_order(native, [qt, k, v], plain)
+    xt, w = r(2, 3, 5), r(6).detach()  # w: constant weights (no gradient in the kernel)
+
+    def pairs(xt):
+        return attention.pairs(alib, xt.transpose(1, 2), w, not square)
+
+    def pairs_plain(xt):
+        return attention._torch_pairs(xt.transpose(1, 2), w, not square)
+
+    torch.testing.assert_close(pairs(xt), pairs_plain(xt), rtol=1e-12, atol=1e-12)
+    second_order(pairs, [xt], pairs_plain)

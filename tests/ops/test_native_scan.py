@@ -270,3 +270,36 @@ def test_delta_softplus_second_derivative():
 
     torch.testing.assert_close(native(dtt, W, b), plain(dtt, W, b), rtol=1e-12, atol=1e-12)
     second_order(native, [dtt, W, b], plain)
+
+
+@pytest.mark.parametrize("neg", [False, True])
+def test_scan_second_derivative(neg):
+    """Under create_graph=True _NativeScan's `twice` (layers.mamba's loop replayed over the
+    saved inputs, layers.mamba._loop) gives the second derivative in u, delta, A, B, C, D and
+    h0, float64, against a central difference and the loop's own double backward; the same
+    for the PyTorch scan node `_SelectiveScan` (chunks of 2 steps, D outside it)."""
+    from rnnzoo.layers import mamba
+    lib = native_ss.load()
+    if lib is None:
+        pytest.skip("selective_scan does not build")
+    u, delta, A, B, C, Dv, h0 = (t.detach().requires_grad_()
+                                 for t in _inputs(2, 5, 3, 2, torch.float64, True))
+    with torch.no_grad():
+        A[0, 0] = -1.5
+    inputs = [u, delta, A, B, C, Dv, h0]
+
+    def native(u, delta, A, B, C, Dv, h0):
+        return native_ss.selective_scan(lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval=neg,
+                                        plain=mamba._loop)
+
+    def scan(u, delta, A, B, C, Dv, h0):
+        y, h = mamba._SelectiveScan.apply(u, delta, A, B, C, h0, neg, 2)
+        return y + Dv * u, h
+
+    def plain(u, delta, A, B, C, Dv, h0):
+        return mamba._loop(u, delta, A, B, C, h0, Dv, neg)
+
+    for f in (native, scan):
+        for a, b in zip(f(*inputs), plain(*inputs)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        second_order(f, inputs, plain)

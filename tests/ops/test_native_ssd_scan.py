@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _native_check import assert_close, counter, native_vs_torch
+from _second_order import second_order
 
 from rnnzoo.ops.chunk import linear
 from rnnzoo.ops.native import ssd_scan
@@ -77,3 +78,54 @@ def test_native_ssd_scaled_tile_span(calls, dtype, tol, grad, threads):
     assert calls[0] == 1
     assert all(t.isfinite().all() for t in got)
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"][:len(got)], tol)
+
+
+@pytest.mark.parametrize("diag", [False, True])
+def test_ssd_second_derivative(diag):
+    """Under create_graph=True _NativeSSD's `twice` (the reference loop replayed over the saved
+    inputs, ops.chunk.linear._ssd_loop) gives the second derivative in q, k, v, g, S0 (and
+    mamba3's same-step d), two heads sharing q and k, float64, against a central difference
+    and the loop's own double backward."""
+    lib = ssd_scan.load()
+    if lib is None:
+        pytest.skip("ssd_scan does not build")
+    gen = torch.Generator().manual_seed(2)
+    B, T, G, H, K, V = 2, 5, 1, 2, 3, 2
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    ins = [r(B, T, G, K), r(B, T, G, K), r(B, T, H, V), -torch.rand(B, T, H, generator=gen,
+                                                                     dtype=torch.float64),
+           r(B, H, K, V)] + ([r(B, T, H)] if diag else [])
+    ins = [t.requires_grad_() for t in ins]
+
+    def native(*t):
+        return ssd_scan.ssd(lib, *t, *([] if diag else [None]), linear._ssd_loop)
+
+    def plain(*t):
+        return linear._ssd_loop(*t, *([] if diag else [None]))
+
+    for a, b in zip(native(*ins), plain(*ins)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    second_order(native, ins, plain)
+
+
+def test_without_a_plain_form_create_graph_raises():
+    """A C node called without its plain form (ssd_scan.ssd, gla_scan.gla_columns: plain None)
+    raises the documented error under create_graph=True, and its first-order gradient is
+    unchanged."""
+    from rnnzoo.ops.native import gla_scan
+    lib, glib = ssd_scan.load(), gla_scan.load()
+    if lib is None or glib is None:
+        pytest.skip("ssd_scan or gla_scan does not build")
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v, S0 = (t.requires_grad_() for t in (r(1, 4, 1, 2), r(1, 4, 1, 2), r(1, 4, 1, 3),
+                                                   r(1, 1, 2, 3)))
+    g = -torch.rand(1, 4, 1, generator=gen, dtype=torch.float64)
+    for o in (ssd_scan.ssd(lib, q, k, v, g, S0)[0],
+              gla_scan.gla_columns(glib, q, k, v, g[..., None].expand(1, 4, 1, 3), S0)[0]):
+        with pytest.raises(RuntimeError, match="first order only: create_graph=True through it "
+                                               "is not supported"):
+            torch.autograd.grad(o.sum(), q, create_graph=True)
+    want = torch.autograd.grad(linear._ssd_loop(q, k, v, g, S0, None)[0].sum(), q)[0]
+    got = torch.autograd.grad(ssd_scan.ssd(lib, q, k, v, g, S0)[0].sum(), q)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -29,6 +29,7 @@ The state is (conv_state (B, d_conv - 1, d_inner), ssm_state (B, d_inner, d_stat
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +74,13 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
         from rnnzoo.ops.triton import selective_scan as triton_ss
         return triton_ss.selective_scan(u, delta, A, B, C, D, h0,
                                         allow_neg_eigval=allow_neg_eigval,
-                                        plain=_sequential_form)  # its create_graph form
+                                        plain=partial(selective_scan, mode="sequential"))
     if mode == "scan" and backend.use_native(u, delta, A, B, C, D, h0):
         from rnnzoo.ops.native import selective_scan as native_ss
         lib = native_ss.load()
         if lib is not None:
             return native_ss.selective_scan(lib, u, delta, A, B, C, h0, D,  # D u inside
-                                            allow_neg_eigval=allow_neg_eigval)
+                                            allow_neg_eigval=allow_neg_eigval, plain=_loop)
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
     if mode == "sequential":
@@ -93,9 +94,10 @@ def selective_scan(u, delta, A, B, C, D, h0=None, *, allow_neg_eigval=False, chu
     return _skip(y, D, u), h
 
 
-def _sequential_form(u, delta, A, B, C, D, h0, *, allow_neg_eigval):
-    """The scan's loop (mode "sequential"): what the Triton node replays under create_graph."""
-    return selective_scan(u, delta, A, B, C, D, h0, allow_neg_eigval=allow_neg_eigval,
+def _loop(u, delta, A, B, C, h0, D, allow_neg_eigval):
+    """The scan nodes' arguments to the loop (mode "sequential"): the plain form their
+    `twice` differentiates."""
+    return selective_scan(u, delta, A, B, C, D, h0, allow_neg_eigval=bool(allow_neg_eigval),
                           mode="sequential")
 
 
@@ -170,7 +172,7 @@ def _buffers(like, shape, k):
     return [like.new_empty(shape) for _ in range(k)]
 
 
-class _SelectiveScan(first_order.Function):  # a scan kernel: first order only
+class _SelectiveScan(first_order.Function):  # a scan kernel; `twice`: the loop
     """y_t = C_t . h_t over time chunks, with the backward written out.
 
     The (batch, T, d_inner, d_state) states never exist whole: the forward keeps only
@@ -199,13 +201,18 @@ class _SelectiveScan(first_order.Function):  # a scan kernel: first order only
             ys.append(torch.matmul(C_c.unsqueeze(2), hs).squeeze(2))
             starts.append(h)
             h = hs[:, -1].clone()
-        ctx.save_for_backward(u, delta, A, B, C, *starts)
+        ctx.save_for_backward(u, delta, A, B, C, h0, *starts)
         ctx.allow_neg_eigval, ctx.chunk_size = allow_neg_eigval, chunk_size
         return torch.cat(ys, 1), h.transpose(1, 2).contiguous()
 
     @staticmethod
+    def twice(ctx, dy, dh):  # under create_graph: autograd through the loop
+        return first_order.replay(_loop, (*ctx.saved_tensors[:6], None, ctx.allow_neg_eigval),
+                                  (dy, dh), ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, dy, dh):
-        u, delta, A, B, C, *starts = ctx.saved_tensors
+        u, delta, A, B, C, _, *starts = ctx.saved_tensors
         neg, L = ctx.allow_neg_eigval, ctx.chunk_size
         At, E = A.t().contiguous(), _exponent(A, neg)
         N, D = At.shape

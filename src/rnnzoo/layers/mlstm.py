@@ -31,7 +31,7 @@ from rnnzoo.layers.base import RecurrentLayer
 from rnnzoo.layers.conv import ShortConv
 from rnnzoo.layers.norms import HeadNorm
 from rnnzoo.ops import backend, sequence_parallel
-from rnnzoo.ops.chunk.linear import mlstm, mlstm_recurrent
+from rnnzoo.ops.chunk.linear import _mlstm_gates_loop, _ssd_loop, mlstm, mlstm_recurrent
 from rnnzoo.ops.native import blockdiag as native_blockdiag
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native import mlstm_scan as native_mlstm
@@ -197,7 +197,8 @@ class MLSTM(RecurrentLayer):
             return None
         out = native_mlstm.qk_gates(lib, x_c, self.q.weight * scale, self.k.weight, Gc, gm,
                                     v.view(B, T, self.num_heads, self.head_dim),
-                                    tuple(cell_state), self.forget_gate == "exp", check=check)
+                                    tuple(cell_state), self.forget_gate == "exp", check=check,
+                                    plain=(_mlstm_gates_loop, _ssd_loop))
         return out
 
     def _head(self, h, x_c, z):

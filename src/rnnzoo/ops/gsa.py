@@ -92,6 +92,14 @@ def gated_slot_attention(q, k, v, s, log_alpha, *, scale=None, initial_state=Non
     return o, (hk, hv)
 
 
+def _loops(q, k, v, s, log_alpha, hk0, hv0, scale):
+    """gsa_passes' arguments to the recurrent loops (mode "sequential"): the plain form the C
+    node's `twice` differentiates. -> (o, hk, hv)."""
+    o, (hk, hv) = gated_slot_attention(q, k, v, s, log_alpha, scale=scale,
+                                       initial_state=(hk0, hv0), mode="sequential")
+    return o, hk, hv
+
+
 def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
     """Both passes and the softmax over slots as one C recurrence each way
     (ops.native.gla_scan.gsa_passes) on the CPU in float32/float64 (`backend.use_native`);
@@ -105,7 +113,7 @@ def _native_passes(q, k, v, s, log_alpha, scale, hk0, hv0):
     hk0 = torch.zeros(B, H, K, M, dtype=dt, device=q.device) if hk0 is None else hk0.to(dt)
     hv0 = torch.zeros(B, H, M, V, dtype=dt, device=q.device) if hv0 is None else hv0.to(dt)
     # recurrences: a non-finite step never reaches an earlier output, so no finite_inputs marks
-    o, hk, hv = native_gla.gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale)
+    o, hk, hv = native_gla.gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale, _loops)
     return o.to(out_dtype), (hk, hv)
 
 

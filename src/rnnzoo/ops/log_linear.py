@@ -263,6 +263,43 @@ def _intra(q, k, v, G, lam, lev):
     return ((q @ k.transpose(-1, -2)) * M) @ v
 
 
+def _block(qc, kc, vc, G, lamc, f, w, cP, cF, ip, lev):
+    """The aligned chunk form's products in PyTorch on heads-first tensors (q, k, v, lam
+    (B, H, N, C, .), the rest as `ops.native.log_linear.chunks_tm`'s; lev (C, C) the levels of
+    the pairs inside a chunk) -> (y (B, H, N, C, V): the intra-chunk block plus the pairs'
+    reads of the Fenwick blocks, the final buckets (B, H, L - 1, K, V))."""
+    K, V = qc.shape[-1], vc.shape[-1]
+    yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                         # (B, H, N, C, V)
+    U = _bmm((kc * f[..., None]).transpose(-1, -2), vc).flatten(3)      # (B, H, N, K V)
+    if ip.numel():
+        Hp = _bmm(cP, U).unflatten(-1, (K, V))                          # (B, H, P, K, V)
+        yc = yc.index_add(2, ip, _bmm(qc.index_select(2, ip) * w[..., None], Hp))
+    return yc, _bmm(cF, U).unflatten(-1, (K, V))                        # (B, H, L - 1, K, V)
+
+
+def _native_plain(ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp):
+    """ops.native.log_linear.chunks_tm's node arguments (time-major q, k by group, v, u,
+    lam) to `_block`: the plain form the node's `twice` differentiates. -> (y (B, Tp, H, V),
+    the final buckets)."""
+    B, Tp = q.shape[:2]
+    H, L = v.shape[2], lam.shape[-1]
+    C = Tp // N
+
+    def heads_first(x):  # (B, Tp, H, .) -> (B, H, N, C, .)
+        return x.transpose(1, 2).unflatten(2, (N, C))
+
+    vs = v if u is None else v * u[..., None]
+    qc, kc, vc, lamc = (heads_first(x) for x in (_heads(q, H), _heads(k, H), vs, lam))
+    if w is None:  # the pairs' row weights lam[.., lp] e^G at each pair's chunk
+        w = torch.gather(lamc.index_select(2, ip), 4,
+                         lp[:, None, None].expand(B, H, ip.shape[0], C, 1))[..., 0]
+        w = w * G.index_select(2, ip).exp()
+    off = torch.arange(C, device=q.device)
+    yc, Sfin = _block(qc, kc, vc, G, lamc, f, w, cP, cF, ip, _levels(off[:, None], off[None, :], L))
+    y = yc.flatten(2, 3).transpose(1, 2)
+    return (y if sk is None else y + sk[:, None] * v), Sfin
+
+
 def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=False,
              skip=None):
     """The chunk form with the position n0 known on the host (the CPU path): chunks on the
@@ -279,7 +316,7 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
     Returns (y (B, T, H, V), buckets, count); with `check` (inputs not checked on the host),
     None where the C block does not run or reports a non-finite input."""
     B, T, _, K = q.shape
-    H, V = v.shape[2], v.shape[-1]
+    H = v.shape[2]
     c = C.bit_length() - 1
     dev = q.device
     end = n0 + T
@@ -376,18 +413,14 @@ def _aligned(q, k, v, g, lam, scale, S, count, L, C, n0, live, u=None, check=Fal
                                                      ut, check=check,
                                                      skip=None if skip is None else
                                                      skip.to(vt.dtype),
-                                                     lp=lp if w is None else None)
+                                                     lp=lp if w is None else None,
+                                                     plain=_native_plain)
         if bad and bool(bad[0].isnan().any()):
             return None
         yc = yc[:, h0:h0 + T]  # (B, T, H, V)
     else:
         lev = _levels(off[:, None], off[None, :], L)                    # (C, C), <= c
-        yc = _Intra.apply(qc, kc, vc, G, lamc, lev)                     # (B, H, N, C, V)
-        U = _bmm((kc * f[..., None]).transpose(-1, -2), vc).flatten(3)  # (B, H, N, K V)
-        if pairs:
-            Hp = _bmm(cP, U).unflatten(-1, (K, V))                        # (B, H, P, K, V)
-            yc = yc.index_add(2, ip, _bmm(qc.index_select(2, ip) * w[..., None], Hp))
-        Sfin = _bmm(cF, U).unflatten(-1, (K, V))                         # (B, H, L - 1, K, V)
+        yc, Sfin = _block(qc, kc, vc, G, lamc, f, w, cP, cF, ip, lev)
         yc = yc.flatten(2, 3)[:, :, h0:h0 + T].transpose(1, 2)
     y = yc if y is None else y + yc
     Sout = Sfin if Sout is None else Sout + Sfin

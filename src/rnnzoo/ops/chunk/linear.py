@@ -93,6 +93,12 @@ def gated_linear_attention_recurrent(q, k, v, log_decay=None, *, scale=None, ini
     return torch.stack(outs, 1).to(out_dtype), S
 
 
+def _gla_loop(q, k, v, g, S0, u, scale):
+    """ops.native.gla_scan.gla's arguments (g (B, T, H, K)) to the reference loop: the plain
+    form its node's `twice` differentiates."""
+    return gated_linear_attention_recurrent(q, k, v, g, scale=scale, initial_state=S0, bonus=u)
+
+
 def _chunks(x, C):
     """(B, T, H, *D) -> (B, H, N, C, *D), zero-padded at the end to N * C steps; contiguous
     (one copy here, not one in each matrix product that reads it, forward and backward)."""
@@ -208,12 +214,19 @@ class _VectorChunk(first_order.Function):
             torch.addcmul(updates[:, :, n], Et[:, :, n], starts[:, :, n], out=starts[:, :, n + 1])
         S = torch.addcmul(updates[:, :, -1], Et[:, :, -1], starts[:, :, -1])
         o += qf @ starts
-        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S, qk)
+        ctx.save_for_backward(q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S, qk, g, S0)
         return o, S
 
     @staticmethod
+    def twice(ctx, do, dS_last):
+        q, k, v, u = ctx.saved_tensors[:4]
+        g, S0 = ctx.saved_tensors[14:]
+        return first_order.replay(_vector_chunk_loop, (q, k, v, g, S0, u), (do, dS_last),
+                                  ctx.needs_input_grad)
+
+    @staticmethod
     def backward(ctx, do, dS_last):
-        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T, qk = ctx.saved_tensors
+        q, k, v, u, eGq, eGn, E, qf, kf, kd, A, starts, S_T, qk = ctx.saved_tensors[:14]
         bonus = u is not None
         do = do.contiguous()
         X = qf.transpose(-1, -2) @ do  # (B, H, N, K, V): each chunk's read of its entering state
@@ -244,6 +257,16 @@ class _VectorChunk(first_order.Function):
             dk.addcmul_(ds, q * ub)
             du = (ds * qk).sum((0, 2, 3)) if ctx.needs_input_grad[5] else None
         return dq, dk, dv, dg, dS, du
+
+
+def _vector_chunk_loop(q, k, v, g, S0, u):
+    """_VectorChunk's arguments (chunked: (B, H, N, C, *)) through the reference loop: the
+    plain form its `twice` differentiates (the zero padding writes nothing: k = 0, g = 0)."""
+    B, H, N, C = q.shape[:4]
+    o, S = gated_linear_attention_recurrent(
+        *(t.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, t.shape[-1]) for t in (q, k, v, g)),
+        scale=1, initial_state=S0, bonus=u)
+    return o.view(B, N, C, H, -1).permute(0, 3, 1, 2, 4), S
 
 
 def _vector_chunkwise(q, k, v, g, S, C, bonus):
@@ -310,8 +333,14 @@ class _ScalarChunk(first_order.Function):
         qS = q @ starts.view(B, G, N, K, R * V)  # (B, G, N, C, R V)
         eG = Gc.exp().permute(0, 1, 3, 4, 2)[..., None]  # (B, G, N, C, R, 1)
         o = (qS.view(B, G, N, C, R, V) * eG).add_(o_intra.permute(0, 1, 3, 4, 2, 5))
-        ctx.save_for_backward(q, k, v, Gc, starts, qS, D, A, v_h)
+        ctx.save_for_backward(q, k, v, Gc, starts, qS, D, A, v_h, g, S0)
         return o, S.permute(0, 1, 3, 2, 4).contiguous()
+
+    @staticmethod
+    def twice(ctx, do, dS_last):
+        q, k, v = ctx.saved_tensors[:3]
+        return first_order.replay(_scalar_chunk_loop, (q, k, v, *ctx.saved_tensors[9:]),
+                                  (do, dS_last), ctx.needs_input_grad)
 
     @staticmethod
     def backward(ctx, do, dS_last):
@@ -331,7 +360,7 @@ class _ScalarChunk(first_order.Function):
             dSe[:, :, n] = dS
             dS = decay[:, :, n] * dS + X[:, :, n]
         dSe_m, starts_m = dSe.view(B, G, N, K, R * V), starts.view(B, G, N, K, R * V)
-        qS, D, A, v_h = ctx.saved_tensors[5:]
+        qS, D, A, v_h = ctx.saved_tensors[5:9]
         # head-major copies once: a permuted operand is copied by every product that reads it
         do_h = do.permute(0, 1, 4, 2, 3, 5).contiguous()  # (B, G, R, N, C, V)
         dA = do_h @ v_h.transpose(-1, -2)
@@ -355,6 +384,29 @@ class _ScalarChunk(first_order.Function):
             dG[..., -1] += end.permute(0, 1, 3, 2)
             dg = dG.flip(-1).cumsum(-1).flip(-1)
         return dq, dk, dv, dg, dS.permute(0, 1, 3, 2, 4)
+
+
+def _scalar_chunk_loop(q, k, v, g, S0):
+    """_ScalarChunk's arguments (chunked, heads in groups) through the reference loop: the plain
+    form its `twice` differentiates (the zero padding writes nothing: k = 0, g = 0)."""
+    B, G, N, C, R, V = v.shape
+    K = q.shape[-1]
+    qh, kh = (t.permute(0, 2, 3, 1, 4).reshape(B, N * C, G, K).repeat_interleave(R, 2)
+              for t in (q, k))
+    o, S = gated_linear_attention_recurrent(
+        qh, kh, v.permute(0, 2, 3, 1, 4, 5).reshape(B, N * C, G * R, V),
+        g.permute(0, 3, 4, 1, 2).reshape(B, N * C, G * R), scale=1,
+        initial_state=S0.reshape(B, G * R, K, V))
+    return o.view(B, N, C, G, R, V).permute(0, 3, 1, 2, 4, 5), S.view(B, G, R, K, V)
+
+
+def _ssd_loop(q, k, v, g, S0, d):
+    """ops.native.ssd_scan.ssd's arguments (q scaled; q, k per group) through the reference
+    loop: the plain form its node's `twice` differentiates."""
+    R = v.shape[2] // q.shape[2]
+    o, S = gated_linear_attention_recurrent(q.repeat_interleave(R, 2), k.repeat_interleave(R, 2),
+                                            v, g, scale=1, initial_state=S0)
+    return (o if d is None else torch.addcmul(o, d[..., None], v)), S
 
 
 def _scalar_chunkwise(q, k, v, g, S, C):
@@ -406,7 +458,7 @@ def gated_linear_attention(q, k, v, log_decay=None, *, scale=None, initial_state
         q, k, v, g, S = _prepare(q, k, v, log_decay, 1, initial_state)  # the kernel scales q
         u = None if bonus is None else bonus.to(q.dtype)
         o, S = native_gla.gla(lib, q, k, v, g if vector else g[..., None].expand(q.shape), S, u,
-                              q.shape[-1] ** -0.5 if scale is None else scale)
+                              q.shape[-1] ** -0.5 if scale is None else scale, _gla_loop)
         return o.to(out_dtype), S
     (q,), (k, v, log_decay), marks = finite_inputs((q,), (k, v, log_decay))
     B, T, H, K = q.shape
@@ -500,7 +552,7 @@ def ssd(q, k, v, log_decay, *, scale=None, initial_state=None, chunk_size: int =
     q, k, v, g, S = _prepare(q, k, v, log_decay, scale, S0)
     lib = native_ssd.load() if flop_count.native(q, k, v, g, S, diag) else None
     if lib is not None:  # the recurrence in C, state in cache (ops.native.ssd_scan)
-        o, S = native_ssd.ssd(lib, q, k, v, g, S, diag)
+        o, S = native_ssd.ssd(lib, q, k, v, g, S, diag, _ssd_loop)
     else:
         o, S = _scalar_chunkwise(q, k, v, g, S, min(chunk_size, T))
         o = plus_diag(o)
@@ -554,6 +606,27 @@ def mlstm_recurrent(q, k, v, log_i, log_f, *, scale=None, initial_state=None, ep
     return torch.stack(outs, 1).to(out_dtype), (C, n, m)
 
 
+def _mlstm_gates_loop(q, k, log_i, log_f, n0, m0, eps):
+    """ops.native.mlstm_scan's gates pass in PyTorch, step by step (`mlstm_recurrent`'s
+    m and n, its memory left to the SSD): m_t = max(lf_t + m_{t-1}, li_t), g_t = lf_t +
+    m_{t-1} - m_t, kp_t = e^(li_t - m_t) k_t, n_t = e^(g_t) n_{t-1} + kp_t, qs_t = q_t /
+    (max(|q_t . n_t|, e^-m_t) + eps): the plain form its nodes' `twice` differentiate.
+    q (scaled), k (B, T, H, K); log_i, log_f (B, T, H); n0 (B, H, K); m0 (B, H).
+    -> (g, kp, qs, n_T, m_T)."""
+    n, m, gs, kps, qss = n0, m0, [], [], []
+    for q_t, k_t, li_t, lf_t in zip(*(t.unbind(1) for t in (q, k, log_i, log_f))):
+        m_new = torch.maximum(lf_t + m, li_t)
+        g = lf_t + m - m_new
+        kp = (li_t - m_new).exp()[..., None] * k_t
+        n = g.exp()[..., None] * n + kp
+        den = torch.maximum((q_t * n).sum(-1).abs(), (-m_new).exp())[..., None] + eps
+        gs.append(g)
+        kps.append(kp)
+        qss.append(q_t / den)
+        m = m_new
+    return torch.stack(gs, 1), torch.stack(kps, 1), torch.stack(qss, 1), n, m
+
+
 def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
           chunk_size: int = 64, finite: bool = False):
     """Chunkwise mLSTM, equal to `mlstm_recurrent` (same arguments and returns; finite=True:
@@ -596,8 +669,8 @@ def mlstm(q, k, v, log_i, log_f, *, scale=None, initial_state=None, eps=1e-6,
                                                          initial_state)
     lib = native_mlstm.load() if flop_count.native(q, k, v, log_i, log_f, Cs, ns, ms) else None
     if lib is not None:  # the recurrence in C, memory in cache (ops.native.mlstm_scan)
-        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps),
-                          marks)
+        h, state = marked(*native_mlstm.mlstm(lib, q, k, v, log_i, log_f, (Cs, ns, ms), eps,
+                                              plain=(_mlstm_gates_loop, _ssd_loop)), marks)
         return h.to(out_dtype), state
     L = min(chunk_size, T)
     pad = -T % L

@@ -446,9 +446,21 @@ def rope(lib, x, cos, sin):
     return _Rope.apply(lib, x, cos.contiguous(), sin.contiguous())
 
 
+def _torch_pairs(x, w, lin):
+    """pairs in PyTorch (ops.feature_maps.packed's path without the kernel; _Pairs's `twice`
+    differentiates it): x_a x_b w_ab over the pairs a <= b (torch.triu_indices' order), with
+    [1, x] before them when lin."""
+    d = x.shape[-1]
+    a, b = torch.triu_indices(d, d, device=x.device)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    psi = (x @ (eye[:, a] * w)) * (x @ eye[:, b])             # one-hot gathers: matmuls
+    return torch.cat([torch.ones_like(x[..., :1]), x, psi], -1) if lin else psi
+
+
 class _Pairs(first_order.Function):
     @staticmethod
     def forward(ctx, lib, x, w, lin):
+        orig = (x, w)  # for `twice` (the copies below have no autograd history)
         x, w = x.contiguous(), w.contiguous()
         d = x.shape[-1]
         F = (1 + d if lin else 0) + d * (d + 1) // 2
@@ -456,13 +468,18 @@ class _Pairs(first_order.Function):
         rows = x.numel() // d if d else 0
         _run(_kernel(lib, "pairs_fwd", x.dtype), [native.ptr(t) for t in (x, w, out)],
              (d, int(lin)), rows)
-        ctx.save_for_backward(x, w)
+        ctx.save_for_backward(x, w, *orig)
         ctx.lib, ctx.lin = lib, lin
         return out
 
     @staticmethod
+    def twice(ctx, g):
+        return (None, *first_order.replay(_torch_pairs, (*ctx.saved_tensors[2:], ctx.lin), (g,),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
+        x, w = ctx.saved_tensors[:2]
         d = x.shape[-1]
         g = g.contiguous()
         dx = torch.empty_like(x)

@@ -52,7 +52,8 @@ def _kernels(lib, dtype):
 
 class _NativeGLA(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, g, S0, u, col, scale):
+    def forward(ctx, lib, q, k, v, g, S0, u, col, scale, plain):
+        orig = (q, k, v, g, S0, u)  # for `twice` (the copies below have no autograd history)
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
         u = None if u is None else u.contiguous()
         B, T, H, K = q.shape
@@ -66,13 +67,21 @@ class _NativeGLA(first_order.Function):
                           K, V, *p) for p in native.rows(B * H)])
         flop_count.add(flops(B * H, T, K, V, col)[0])
         if grad:
-            ctx.save_for_backward(q, k, v, g, u, ck)
-        ctx.lib, ctx.col, ctx.scale = lib, col, scale
+            ctx.save_for_backward(q, k, v, g, u, ck, *orig)
+        ctx.lib, ctx.col, ctx.scale, ctx.plain = lib, col, scale, plain
         return o, ST
 
     @staticmethod
+    def twice(ctx, do, dST):
+        if ctx.plain is None:
+            raise RuntimeError("rnnzoo: _NativeGLA's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
+        return (None, *first_order.replay(lambda *a: ctx.plain(*a, ctx.scale), ctx.saved_tensors[6:],
+                                          (do, dST), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, dST):
-        q, k, v, g, u, ck = ctx.saved_tensors
+        q, k, v, g, u, ck = ctx.saved_tensors[:6]
         B, T, H, K = q.shape
         V = v.shape[-1]
         do = torch.zeros_like(v) if do is None else do.contiguous()
@@ -86,7 +95,7 @@ class _NativeGLA(first_order.Function):
                           P(dv), P(dg), P(du), P(dS0), int(ctx.col), ctx.scale, T, H, K, V, *p)
                          for p in native.rows(B * H)])
         flop_count.add(flops(B * H, T, K, V, ctx.col)[1])
-        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
+        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None, None
 
 
 def _torch_additive_gate(x, z0):
@@ -143,16 +152,18 @@ def additive_gate(lib, x, z0):
     return _AdditiveGate.apply(lib, x, z0)
 
 
-def gla(lib, q, k, v, g, S0, u=None, scale=1.0):
-    """(o, S_T) with q read as scale q (no pass over q for it); `lib` = load()."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False, scale)
+def gla(lib, q, k, v, g, S0, u=None, scale=1.0, plain=None):
+    """(o, S_T) with q read as scale q (no pass over q for it); `lib` = load(). plain(q, k, v,
+    g, S0, u, scale) -> (o, S_T): the same recurrence in PyTorch (ops.chunk.linear's loop),
+    which the node's `twice` differentiates (None: create_graph=True through it raises)."""
+    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False, scale, plain)
 
 
 def gla_columns(lib, q, k, v, g, S0, scale=1.0):
     """The decay per value channel instead: S_t = S_{t-1} diag(exp(g_t)) + k_t v_t^T,
     o_t = S_t^T q_t, g (B, T, H, V) (gated slot attention's slot scores, ops.gsa); no bonus.
     -> (o, S_T); `lib` = load()."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale)
+    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale, None)
 
 
 def _torch_slot_gate(f, inv_n):
@@ -208,7 +219,8 @@ def _pad8(n):
 
 class _NativeGSA(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, s, la, hk0, hv0, scale):
+    def forward(ctx, lib, q, k, v, s, la, hk0, hv0, scale, plain):
+        orig = (q, k, v, s, la, hk0, hv0)  # for `twice` (the copies have no autograd history)
         q, k, v, s, la, hk0, hv0 = (t.contiguous() for t in (q, k, v, s, la, hk0, hv0))
         B, T, H, K = q.shape
         V, M = v.shape[-1], s.shape[-1]
@@ -223,13 +235,18 @@ class _NativeGSA(first_order.Function):
                           P(ck), scale, T, H, K, V, M, *p)
                          for p in native.rows(B * H)])
         if grad:
-            ctx.save_for_backward(q, k, v, s, la, ck)
-        ctx.lib, ctx.scale = lib, scale
+            ctx.save_for_backward(q, k, v, s, la, ck, *orig)
+        ctx.lib, ctx.scale, ctx.plain = lib, scale, plain
         return o, hk, hv
 
     @staticmethod
+    def twice(ctx, do, dhk, dhv):
+        return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[6:], ctx.scale),
+                                          (do, dhk, dhv), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, dhk, dhv):
-        q, k, v, s, la, ck = ctx.saved_tensors
+        q, k, v, s, la, ck = ctx.saved_tensors[:6]
         B, T, H, K = q.shape
         V, M = v.shape[-1], s.shape[-1]
         do = torch.zeros_like(v) if do is None else do.contiguous()
@@ -243,13 +260,15 @@ class _NativeGSA(first_order.Function):
         native.run(bwd, [(P(q), P(k), P(v), P(s), P(la), P(ck), P(do), P(dhk),
                           P(dhv), P(dq), P(dk), P(dv), P(ds), P(dla), P(dhk0), P(dhv0),
                           ctx.scale, T, H, K, V, M, *p) for p in native.rows(B * H)])
-        return None, dq, dk, dv, ds, dla, dhk0, dhv0, None
+        return None, dq, dk, dv, ds, dla, dhk0, dhv0, None, None
 
 
-def gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale):
+def gsa_passes(lib, q, k, v, s, log_alpha, hk0, hv0, scale, plain):
     """Gated slot attention's two passes and the softmax over slots between them as one C
     recurrence each way (gla_scan.c's gsa_fwd / gsa_bwd: the two states' slot rows side by
     side, the scores never leave the step): q, k (B, T, H, K), v (B, T, H, V), s = 1 - alpha
     and log_alpha (B, T, H, M), hk0 (B, H, K, M), hv0 (B, H, M, V), one dtype (float32 or
-    float64) on the CPU. -> (o (B, T, H, V), hk, hv); `lib` = load()."""
-    return _NativeGSA.apply(lib, q, k, v, s, log_alpha, hk0, hv0, scale)
+    float64) on the CPU. -> (o (B, T, H, V), hk, hv); `lib` = load(). plain(q, k, v, s,
+    log_alpha, hk0, hv0, scale) -> (o, hk, hv): the same in PyTorch (ops.gsa's loops), which
+    the node's `twice` differentiates."""
+    return _NativeGSA.apply(lib, q, k, v, s, log_alpha, hk0, hv0, scale, plain)

@@ -78,7 +78,9 @@ def _wide(q, k, v):
 
 class _NativeChunks(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp):
+    def forward(ctx, lib, ip, N, check, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp, plain):
+        # for `twice` (the copies below have no autograd history)
+        orig = (ip, q, k, v, u, G, lam, f, w, cP, cF, sk, wide, lp)
         B, Tp, _, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         C, P, NL = Tp // N, ip.shape[0], cF.shape[2]
@@ -102,16 +104,25 @@ class _NativeChunks(first_order.Function):
         native.run(kern[0], [(*(native.ptr(t) for t in (q, k, v, u, G, lam, f, w, cP, cF, ip, lp,
                                                         sk, y, S, F, U, bad, z)), *p)
                              for p in native.rows(B * H)])
-        ctx.save_for_backward(ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk)
-        ctx.lib, ctx.N, ctx.lay, ctx.vlay = lib, N, lay, vlay
+        ctx.save_for_backward(ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk, *orig)
+        ctx.lib, ctx.N, ctx.lay, ctx.vlay, ctx.plain = lib, N, lay, vlay, plain
         if bad is None:
             return y, F
         ctx.mark_non_differentiable(bad)
         return y, F, bad
 
     @staticmethod
+    def twice(ctx, dy, dF, *_):
+        if ctx.plain is None:
+            raise RuntimeError("rnnzoo: _NativeChunks's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
+        ip, *rest = ctx.saved_tensors[15:]
+        return (None, *first_order.replay(ctx.plain, (ip, ctx.N, False, *rest), (dy, dF),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dy, dF, *_):
-        ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors
+        ip, lp, q, k, v, u, G, lam, f, w, cP, cF, S, U, sk = ctx.saved_tensors[:15]
         B, Tp, Gq, K = q.shape
         H, V, L = v.shape[2], v.shape[-1], lam.shape[-1]
         N, lay, vlay = ctx.N, ctx.lay, ctx.vlay
@@ -155,10 +166,11 @@ class _NativeChunks(first_order.Function):
             dq = dk = dv = None
         dsk = None if dsk is None else dsk.sum(0)
         return (None, None, None, None, dq, dk, dv, du, dG, dlam, df, dw, dcP, dcF, dsk, dwide,
-                None)
+                None, None)
 
 
-def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None, lp=None):
+def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=None, lp=None,
+              plain=None):
     """The aligned chunk form's products (`ops.log_linear._aligned`) on time-major tensors:
     q, k (B, Tp, G, K) (any strides with a unit last one; head h reads group h // (H / G)),
     v (B, Tp, H, V), lam (B, Tp, H, L) the level weights, Tp = N C (the chunks in order);
@@ -175,17 +187,19 @@ def chunks_tm(lib, ip, q, k, v, G, lam, f, w, cP, cF, u=None, check=False, skip=
     unscaled v; Mamba-2's D x), added (and its gradients dv += skip dy, dskip = sum v . dy)
     while each row is in cache. lp (P,) int64 or None: the pairs' levels; then w is None and
     the kernels make w = lam[.., lp] e^G at each pair's chunk themselves (no indexed copy of
-    lam and its scatter back each way)."""
+    lam and its scatter back each way). plain(ip, N, check, q, k, v, u, G, lam, f, w, cP, cF,
+    skip, wide, lp) -> (y, F): the same in PyTorch (ops.log_linear's chunk form), which the
+    node's `twice` differentiates (None: create_graph=True through it raises)."""
     if (w is None) == (lp is None):
         raise ValueError("chunks_tm: give w or lp, not both")
     return _NativeChunks.apply(lib, ip, G.shape[2], check, q, k, v, u, G, lam, f, w, cP, cF,
-                               skip, _wide(q, k, v), lp)
+                               skip, _wide(q, k, v), lp, plain)
 
 
-def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF):
+def chunks(lib, ip, q, k, v, G, lam, f, w, cP, cF, plain=None):
     """`chunks_tm` on heads-first tensors: q, k (B, H, N, C, K), v (.., V), lam (.., L), the
     rest as there -> y (B, H, N, C, V), F (B, H, NL, K, V)."""
     B, H, N, C = G.shape
     tm = [t.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, t.shape[-1]) for t in (q, k, v, lam)]
-    y, F = chunks_tm(lib, ip, *tm[:3], G, tm[3], f, w, cP, cF)
+    y, F = chunks_tm(lib, ip, *tm[:3], G, tm[3], f, w, cP, cF, plain=plain)
     return y.view(B, N, C, H, -1).permute(0, 3, 1, 2, 4), F

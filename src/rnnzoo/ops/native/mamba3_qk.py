@@ -54,6 +54,7 @@ class _QKTurned(first_order.Function):
 
     @staticmethod
     def forward(ctx, lib, Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
+        orig = (Bx, Cx, wB, wC, bB, bC, phi, dt, s)  # for `twice` (copies have no history)
         Bsz, T, W = Bx.shape
         H, N = bB.shape
         G, n = W // N, phi.shape[-1]
@@ -70,15 +71,20 @@ class _QKTurned(first_order.Function):
                          + tuple(native.ptr(t) for t in (wB, wC, bB, bC, phi2)) + (SP,)
                          + tuple(native.ptr(t) for t in (dt, s, q, k, cb, fin, theta, end))
                          + (eps, G, H, N, n, T, *p) for p in native.rows(Bsz)])
-        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, phi2, dt, s, theta)
+        ctx.save_for_backward(B2, C2, wB, wC, bB, bC, phi2, dt, s, theta, *orig)
         ctx.lib, ctx.eps, ctx.strides, ctx.shape = lib, eps, (SB, SP), Bx.shape
         ctx.phi_shape = phi.shape
         ctx.mark_non_differentiable(fin)
         return q, k, cb, end, fin
 
     @staticmethod
+    def twice(ctx, dq, dk, dcb, dend, _):
+        return (None, *first_order.replay(_torch_turned, (*ctx.saved_tensors[10:], ctx.eps),
+                                          (dq, dk, dcb, dend), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dq, dk, dcb, dend, _):
-        B2, C2, wB, wC, bB, bC, phi2, dt, s, theta = ctx.saved_tensors
+        B2, C2, wB, wC, bB, bC, phi2, dt, s, theta = ctx.saved_tensors[:10]
         H, N = bB.shape
         Bsz, T, W = ctx.shape
         G, n = W // N, theta.shape[-1]
@@ -132,3 +138,10 @@ def torch_qk(Bx, Cx, wB, wC, bB, bC, theta, s, eps):
 
     Bn, Cn = normed(Bx, wB, bB), normed(Cx, wC, bC)
     return turn(Cn), turn(Bn) * s[..., None], (Cn * Bn).sum(-1)
+
+
+def _torch_turned(Bx, Cx, wB, wC, bB, bC, phi, dt, s, eps):
+    """`qk_turned`'s differentiable outputs (q, k, cb, theta_T) in PyTorch (`torch_turns`,
+    `torch_qk`): the form _QKTurned's `twice` differentiates."""
+    theta = torch_turns(phi, dt)
+    return (*torch_qk(Bx, Cx, wB, wC, bB, bC, theta, s, eps), theta[:, -1])

@@ -38,7 +38,8 @@ class _Gates(first_order.Function):
     """(q, k, li, lf, n0, m0) -> (g, kp, qs, n_T, m_T), the names of mlstm_scan.c."""
 
     @staticmethod
-    def forward(ctx, lib, q, k, li, lf, n0, m0, eps):
+    def forward(ctx, lib, q, k, li, lf, n0, m0, eps, plain):
+        orig = (q, k, li, lf, n0, m0)  # for `twice` (the copies have no autograd history)
         q, k, li, lf, n0, m0 = (t.contiguous() for t in (q, k, li, lf, n0, m0))
         B, T, H, K = q.shape
         g, m, s = (torch.empty_like(li) for _ in range(3))
@@ -47,13 +48,19 @@ class _Gates(first_order.Function):
         fwd, _ = _kernels(lib, q.dtype)
         native.run(fwd, [tuple(native.ptr(t) for t in (q, k, li, lf, n0, m0, g, kp, qs, m, s, nT, mT))
                          + (eps, T, H, K, *p) for p in native.rows(B * H)])
-        ctx.save_for_backward(q, k, li, lf, n0, m0, g, m, s)
-        ctx.lib, ctx.eps = lib, eps
+        ctx.save_for_backward(q, k, li, lf, n0, m0, g, m, s, *orig)
+        ctx.lib, ctx.eps, ctx.plain = lib, eps, plain
         return g, kp, qs, nT, mT
 
     @staticmethod
+    def twice(ctx, dg, dkp, dqs, dnT, dmT):
+        return (None, *first_order.replay(_needs(ctx.plain, "_Gates"),
+                                          (*ctx.saved_tensors[9:], ctx.eps),
+                                          (dg, dkp, dqs, dnT, dmT), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dg, dkp, dqs, dnT, dmT):
-        q, k, li, lf, n0, m0, g, m, s = ctx.saved_tensors
+        q, k, li, lf, n0, m0, g, m, s = ctx.saved_tensors[:9]
         B, T, H, K = q.shape
         dg, dkp, dqs, dnT, dmT = (t.contiguous() for t in (dg, dkp, dqs, dnT, dmT))
         dq, dk = torch.empty_like(q), torch.empty_like(k)
@@ -62,7 +69,25 @@ class _Gates(first_order.Function):
         native.run(bwd, [tuple(native.ptr(t) for t in (q, k, li, lf, n0, m0, g, m, s, dg, dkp, dqs,
                                                        dnT, dmT, dq, dk, dli, dlf, dn0, dm0))
                          + (ctx.eps, T, H, K, *p) for p in native.rows(B * H)])
-        return None, dq, dk, dli, dlf, dn0, dm0, None
+        return None, dq, dk, dli, dlf, dn0, dm0, None, None
+
+
+def _needs(plain, node):
+    if plain is None:
+        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
+                           "through it is not supported (no plain form given)")
+    return plain
+
+
+def _qk_plain(gates, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate):
+    """_QKGates's outputs in PyTorch (blockdiag's products, the gates' pre-activations, then
+    `gates`: the gates pass's plain form, ops.chunk.linear's loop): the form its `twice`
+    differentiates (total: None, not differentiable)."""
+    H = n0.shape[1]
+    q, k = (blockdiag._torch_blockdiag(x, W).unflatten(-1, (H, -1)) for W in (Wq, Wk))
+    li, f = (x @ Gc.t() + gm).split(H, -1)
+    lf = f if exp_gate else torch.nn.functional.logsigmoid(f)
+    return (*gates(q, k, li, lf, n0, m0, eps), None, x.view_as(x))
 
 
 def _qk_kernels(lib, dtype):
@@ -81,7 +106,8 @@ class _QKGates(first_order.Function):
     view, for the caller's other uses: its gradient is added to x's in the backward's pass)."""
 
     @staticmethod
-    def forward(ctx, lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate):
+    def forward(ctx, lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate, plain):
+        orig = (x, Wq, Wk, Gc, gm, n0, m0)  # for `twice`
         x2 = blockdiag._rows(x)
         Wq, Wk, Gc, gm, n0, m0 = (t.contiguous() for t in (Wq, Wk, Gc, gm, n0, m0))
         B, T, dim = x.shape
@@ -99,15 +125,23 @@ class _QKGates(first_order.Function):
                                                        m, s, nT, mT, nck, total[i]))
                          + (eps, int(exp_gate), x2.stride(0), bs, QK_BLOCK, T, H, K, *p)
                          for i, p in enumerate(parts)])
-        ctx.save_for_backward(x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s)
+        ctx.save_for_backward(x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s, *orig)
         ctx.lib, ctx.eps, ctx.exp_gate, ctx.shape = lib, eps, exp_gate, x.shape
+        ctx.plain = plain
         ctx.mark_non_differentiable(total)
         ctx.set_materialize_grads(False)
         return g, kp, qs, nT, mT, total, x.view_as(x)
 
     @staticmethod
+    def twice(ctx, dg, dkp, dqs, dnT, dmT, _, dthrough):
+        gates = _needs(ctx.plain, "_QKGates")
+        return (None, *first_order.replay(
+            lambda *a: _qk_plain(gates, *a), (*ctx.saved_tensors[11:], ctx.eps, ctx.exp_gate),
+            (dg, dkp, dqs, dnT, dmT, None, dthrough), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dg, dkp, dqs, dnT, dmT, _, dthrough):
-        x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s = ctx.saved_tensors
+        x2, Wq, Wk, Gc, aux, n0, m0, nck, g, m, s = ctx.saved_tensors[:11]
         B, T, dim = ctx.shape
         H = n0.shape[1]
         K, bs = dim // H, Wq.shape[-1]
@@ -128,10 +162,10 @@ class _QKGates(first_order.Function):
                                                        dWk[i], dGc[i], dpre, dn0, dm0, z))
                          + (ctx.eps, *p)
                          for i, p in enumerate(parts)])
-        return (None, dx, dWq.sum(0), dWk.sum(0), dGc.sum(0), dpre, dn0, dm0, None, None)
+        return (None, dx, dWq.sum(0), dWk.sum(0), dGc.sum(0), dpre, dn0, dm0, None, None, None)
 
 
-def qk_gates(lib, x, Wq, Wk, Gc, gm, v, state, exp_gate, eps=1e-6, check=None):
+def qk_gates(lib, x, Wq, Wk, Gc, gm, v, state, exp_gate, eps=1e-6, check=None, plain=None):
     """mLSTM from the layer's conv output (layers.mlstm, chunk mode): q = x BDq^T (its
     1/sqrt(K) in Wq), k = x BDk^T, the gates [log i~ | f~] = x Gc^T + gm, log f = log
     sigmoid(f~) (f~ itself when exp_gate), then `mlstm`'s recurrence, with q and k never
@@ -142,20 +176,26 @@ def qk_gates(lib, x, Wq, Wk, Gc, gm, v, state, exp_gate, eps=1e-6, check=None):
     -> (h, (C, n, m), x') (x' is x, a view, for the caller's other uses of x: their gradient
     is added inside the backward's pass), or None when some of q, k, the gates or `check` (a
     0-dim sum of the caller's other inputs) is not finite: the caller then takes the checked
-    path (ops.chunk.linear.mlstm, which marks non-finite steps)."""
+    path (ops.chunk.linear.mlstm, which marks non-finite steps). plain: as `mlstm`'s."""
     C0, n0, m0 = state
-    g, kp, qs, nT, mT, total, xt = _QKGates.apply(lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate)
+    gates, memory = plain or (None, None)
+    g, kp, qs, nT, mT, total, xt = _QKGates.apply(lib, x, Wq, Wk, Gc, gm, n0, m0, eps, exp_gate,
+                                                  gates)
     with torch.no_grad():
         t = total.sum() + gm.sum()
         if not bool(torch.isfinite(t if check is None else t + check)):
             return None
-    h, CT = ssd_scan.ssd(ssd_scan.load(), qs, kp, v, g, C0)
+    h, CT = ssd_scan.ssd(ssd_scan.load(), qs, kp, v, g, C0, None, memory)
     return h, (CT, nT, mT), xt
 
 
-def mlstm(lib, q, k, v, log_i, log_f, state, eps):
-    """(h, (C, n, m)); `lib` = load(); state = (C0, n0, m0)."""
+def mlstm(lib, q, k, v, log_i, log_f, state, eps, plain=None):
+    """(h, (C, n, m)); `lib` = load(); state = (C0, n0, m0). plain: (the gates pass in
+    PyTorch (q, k, log_i, log_f, n0, m0, eps) -> (g, kp, qs, n_T, m_T), ssd_scan.ssd's plain
+    form), ops.chunk.linear's loops, which the nodes' `twice` differentiate (None:
+    create_graph=True through them raises)."""
     C0, n0, m0 = state
-    g, kp, qs, nT, mT = _Gates.apply(lib, q, k, log_i, log_f, n0, m0, eps)
-    h, CT = ssd_scan.ssd(ssd_scan.load(), qs, kp, v, g, C0)
+    gates, memory = plain or (None, None)
+    g, kp, qs, nT, mT = _Gates.apply(lib, q, k, log_i, log_f, n0, m0, eps, gates)
+    h, CT = ssd_scan.ssd(ssd_scan.load(), qs, kp, v, g, C0, None, memory)
     return h, (CT, nT, mT)

@@ -53,7 +53,8 @@ def _kernels(lib, dtype):
 
 class _NativeScan(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval):
+    def forward(ctx, lib, u, delta, A, B, C, h0, Dv, allow_neg_eigval, plain):
+        orig = (u, delta, A, B, C, h0, Dv)  # for `twice` (the copies have no autograd history)
         u, delta, B, C, h0 = (t.contiguous() for t in (u, delta, B, C, h0))
         Dv = None if Dv is None else Dv.contiguous()
         At = A.t().contiguous()
@@ -69,13 +70,21 @@ class _NativeScan(first_order.Function):
                           native.ptr(Dv), native.ptr(h0), native.ptr(y),
                           native.ptr(hT), native.ptr(ck), T, D, N, CHUNK, neg, *p) for p in _parts(batch, D)])
         if ck is not None:
-            ctx.save_for_backward(u, delta, At, B, C, ck, Dv)
-        ctx.lib, ctx.neg, ctx.K = lib, neg, CHUNK
+            ctx.save_for_backward(u, delta, At, B, C, ck, Dv, *orig)
+        ctx.lib, ctx.neg, ctx.K, ctx.plain = lib, neg, CHUNK, plain
         return y, hT
 
     @staticmethod
+    def twice(ctx, dy, dh):
+        if ctx.plain is None:
+            raise RuntimeError("rnnzoo: _NativeScan's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
+        return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[7:], ctx.neg), (dy, dh),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, dy, dh):
-        u, delta, At, B, C, ck, Dv = ctx.saved_tensors
+        u, delta, At, B, C, ck, Dv = ctx.saved_tensors[:7]
         batch, T, D = u.shape
         N = At.shape[0]
         _, bwd = _kernels(ctx.lib, u.dtype)
@@ -102,15 +111,17 @@ class _NativeScan(first_order.Function):
         native.run(bwd, [args(i, p) for i, p in enumerate(parts)])
         gB, gC = (g[0] if groups == 1 else g.sum(0) for g in (gB, gC))
         return (None, gu, gd, gA.sum(0).t(), gB, gC, gh0,
-                None if gDv is None else gDv.sum(0), None)
+                None if gDv is None else gDv.sum(0), None, None)
 
 
-def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False):
+def selective_scan(lib, u, delta, A, B, C, h0, D=None, *, allow_neg_eigval=False, plain=None):
     """(y with D u when D is given, final state); D: (d_inner,) or None;
-    `lib` = native.load("selective_scan")."""
+    `lib` = native.load("selective_scan"). plain(u, delta, A, B, C, h0, D, allow_neg_eigval)
+    -> (y, h): the same in PyTorch (layers.mamba's loop), which the node's `twice`
+    differentiates (None: create_graph=True through it raises)."""
     if h0 is None:
         h0 = u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
-    return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval)
+    return _NativeScan.apply(lib, u, delta, A, B, C, h0, D, allow_neg_eigval, plain)
 
 
 def _torch_delta_softplus(dt, W, b):

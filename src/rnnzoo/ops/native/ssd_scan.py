@@ -77,7 +77,8 @@ def _rows(v):
 
 class _NativeSSD(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, g, S0, d):
+    def forward(ctx, lib, q, k, v, g, S0, d, plain):
+        orig = (q, k, v, g, S0, d)  # for `twice` (the copies below have no autograd history)
         q, k, g, S0 = (t.contiguous() for t in (q, k, g, S0))
         d = None if d is None else d.contiguous()
         B, T, G, K = q.shape
@@ -92,13 +93,21 @@ class _NativeSSD(first_order.Function):
         native.run(fwd, [tuple(native.ptr(t) for t in (q, k, v, g, d, S0, o, ST, Sc))
                          + (L, T, G, H, K, V, vr, *p) for p in native.rows(B * H)])
         flop_count.add(flops(B * H, T, K, V, L)[0])
-        ctx.save_for_backward(q, k, v, g, d, Sc, ST)
-        ctx.lib, ctx.L, ctx.vr = lib, L, vr
+        ctx.save_for_backward(q, k, v, g, d, Sc, ST, *orig)
+        ctx.lib, ctx.L, ctx.vr, ctx.plain = lib, L, vr, plain
         return o, ST
 
     @staticmethod
+    def twice(ctx, do, dST):
+        if ctx.plain is None:
+            raise RuntimeError("rnnzoo: _NativeSSD's backward is first order only: create_graph=True "
+                               "through it is not supported (no plain form given)")
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[7:], (do, dST),
+                                          ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, dST):
-        q, k, v, g, d, Sc, ST = ctx.saved_tensors
+        q, k, v, g, d, Sc, ST = ctx.saved_tensors[:7]
         B, T, G, K = q.shape
         H, V = v.shape[2:]
         do = do.contiguous()
@@ -114,9 +123,11 @@ class _NativeSSD(first_order.Function):
         flop_count.add(flops(B * H, T, K, V, ctx.L, dST is not None)[1])
         if H != G:  # the heads of each group read the same q, k
             dq, dk = (t.view(B, T, G, H // G, K).sum(3) for t in (dq, dk))
-        return None, dq, dk, dv, dg, dS0, dd
+        return None, dq, dk, dv, dg, dS0, dd, None
 
 
-def ssd(lib, q, k, v, g, S0, d=None):
-    """(o, S_T), with o_t += d_t v_t for d (B, T, H) given; `lib` = load()."""
-    return _NativeSSD.apply(lib, q, k, v, g, S0, d)
+def ssd(lib, q, k, v, g, S0, d=None, plain=None):
+    """(o, S_T), with o_t += d_t v_t for d (B, T, H) given; `lib` = load(). plain(q, k, v, g,
+    S0, d) -> (o, S_T): the same in PyTorch (ops.chunk.linear's loop), which the node's
+    `twice` differentiates (None: create_graph=True through it raises)."""
+    return _NativeSSD.apply(lib, q, k, v, g, S0, d, plain)
