@@ -205,3 +205,19 @@ def test_bench_device_that_is_not_one_is_one_line(capsys):
     assert main(["bench", "--layers", "lstm", "--device", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert err == "rnnzoo bench: error: --device must be cpu, cuda or cuda:N, got 'nosuch'\n"
+
+
+@pytest.mark.parametrize("device, message", [
+    ("mps", "--device mps: MPS is not available here"),
+    ("cuda:3", "--device cuda:3: there are 1 GPUs"),
+])
+def test_bench_device_not_here_is_one_line(capsys, monkeypatch, device, message):
+    """A device torch can name but this machine lacks (MPS, a GPU index past the count) is one
+    line and exit 2, as for rnnzoo train (train.dist.pick_device), not a torch traceback."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert main(["bench", "--layers", "lstm", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

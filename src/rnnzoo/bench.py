@@ -574,7 +574,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='JSON: constructor options per layer name, "*" for all: '
                         '{"*": {"hidden_size": 128}, "mingru": {"expand": 2}}')
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-backward", action="store_true", help="time the forward pass only")
@@ -636,12 +636,15 @@ def main(args: argparse.Namespace) -> list[dict]:
     options = _parse_options(args.options, GRID_LAYERS if args.grid else None)
     if any(T < 1 for T in lengths) or args.batch < 1 or args.d_model < 1 or args.repeat < 1:
         raise ValueError("--lengths, --batch, --d-model and --repeat must be >= 1")
-    try:  # torch's RuntimeError, with a traceback, at the first .to(device)
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if args.device != "auto":
+        try:  # torch's RuntimeError, with a traceback, at the first .to(device)
+            torch.device(args.device)
+        except RuntimeError:
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}") \
+                from None
+    from rnnzoo.train.dist import Dist, pick_device
+    # 'auto' resolved; one line where CUDA, its index or MPS is not here (as rnnzoo train)
+    args.device = str(pick_device(args.device, Dist()))
     if args.vs_lstm:
         try:
             threads = [int(v) for v in args.threads.split(",")]
