@@ -301,3 +301,12 @@ def test_dist_timeout_stops_a_rank_whose_peer_never_joins(tmp_path):
 def test_dist_timeout_must_be_positive_seconds(tmp_path, value):
     with pytest.raises(ValueError, match="--dist-timeout must"):
         train(tiny(tmp_path, dist_timeout=value), quiet=True)
+
+
+@pytest.mark.parametrize("value", [1e10, 1e20])
+def test_dist_timeout_past_what_torch_can_wait_is_refused(tmp_path, value):
+    """Seconds past ~9.2e9 overflow torch's int64 nanoseconds: 1e10 made the rendezvous fail
+    at once ('Timed out after 0 seconds' / the client socket), 1e20 was an OverflowError
+    traceback in timedelta; 1e9 waits. Refused by the settings' check instead."""
+    with pytest.raises(ValueError, match="--dist-timeout must lie in"):
+        train(tiny(tmp_path, dist_timeout=value), quiet=True)

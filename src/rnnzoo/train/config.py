@@ -97,7 +97,8 @@ class TrainConfig:
         if self.threads is not None:
             int_in(flag("threads"), self.threads, 1)
         if self.dist_timeout is not None:
-            real(flag("dist_timeout"), self.dist_timeout, 0, lo_open=True)
+            # at most 1e9 s: past ~9.2e9 s torch's int64 nanoseconds overflow (an instant timeout)
+            real(flag("dist_timeout"), self.dist_timeout, 0, 1e9, lo_open=True)
         if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(
                 self.warmup, int) or not 0 <= self.warmup <= self.steps):
             raise ValueError(f"--warmup must be an int in [0, steps={self.steps}], got {self.warmup!r}")
