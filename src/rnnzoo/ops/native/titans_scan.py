@@ -256,11 +256,30 @@ class _Saved:
         self.saved_tensors = tensors
 
 
+def _torch_mac_attention(kv, qx, kx, vx, kp, vp, cos, sin, w, b):
+    """mac_attention in PyTorch (ops.native.attention's _torch_rope and _torch_causal, the
+    interleave by stack, F.linear): the form _MacAttention's `twice` differentiates."""
+    from rnnzoo.ops.native.attention import _torch_causal, _torch_rope
+
+    B, n = kv.shape[:2]
+    H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
+    kh, vh = kv.view(B, n, 2, H, Dh).unbind(2)
+    kh, vh = _torch_rope(kh, cos, sin).transpose(1, 2), vh.transpose(1, 2)
+    ks, vs, qs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in (
+        (kh, kx), (vh, vx), (torch.zeros_like(qx), qx)))
+    ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+    qs = torch.cat([qx.new_zeros(B, H, P, Dh), qs], 2)
+    a = _torch_causal(qs, ks, vs, None)[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh)
+    return a, torch.nn.functional.linear(a, w, b), ks, vs
+
+
 class _MacAttention(first_order.Function):
     @staticmethod
     def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
         from rnnzoo.ops.native import attention as na
         from rnnzoo.ops.native.linear import product
+
+        orig = (kv, qx, kx, vx, kp, vp, cos, sin, w, b)  # for `twice`
 
         B, n = kv.shape[:2]
         H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
@@ -283,15 +302,20 @@ class _MacAttention(first_order.Function):
         # ks, vs are read only after the last segment: None, not zeros filled and added,
         # for the others' gradients (backward takes None for any output)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(cos, sin, a, w)
+        ctx.save_for_backward(cos, sin, a, w, *orig)
         return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
+
+    @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
+        return (None, *first_order.replay(_torch_mac_attention, ctx.saved_tensors[4:], douts,
+                                          ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, da, dproj, dks, dvs):
         from rnnzoo.ops.native import attention as na
         from rnnzoo.ops.native.linear import _weight_grads
 
-        cos, sin, a, w = ctx.saved_tensors
+        cos, sin, a, w = ctx.saved_tensors[:4]
         B, n, H, Dh, P = ctx.dims
         T = P + 2 * n
         dw = db = None
@@ -340,11 +364,25 @@ def _read_kernels(lib, dtype):
             native.kernel(lib, "mac_read_bwd", dtype, [P] * 6 + [L] * 7))
 
 
+def _torch_mac_retrieve(q, W0, P0, g, nw, eps, w, b):
+    """mac_retrieve in PyTorch (ops.native.gated_norm's _torch_rms_gate, F.linear): the
+    form _MacRetrieve's `twice` differentiates."""
+    from rnnzoo.ops.native import gated_norm
+
+    B, n, H, K = q.shape
+    u = (q.transpose(1, 2) @ (W0 + P0)).transpose(1, 2).reshape(B, n, H * K)
+    z = gated_norm._torch_rms_gate(u, None, None, g, nw, K, eps, gated_norm.ACTS["sigmoid"],
+                                   0, True)
+    return torch.nn.functional.linear(z, w, b)
+
+
 class _MacRetrieve(first_order.Function):
     @staticmethod
     def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import product
+
+        orig = (q, W0, P0, g, nw, w, b)  # for `twice` (copies carry no history)
 
         if q.stride(-1) != 1 or q.stride(2) != q.shape[3]:
             q = q.contiguous()
@@ -359,16 +397,23 @@ class _MacRetrieve(first_order.Function):
         z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
                                         gated_norm.ACTS["sigmoid"], 0, True)
         z2 = z.view(B * n, H * K)
-        ctx.save_for_backward(q, W0, P0, z2, w)
-        ctx.sub, ctx.bias, ctx.tlib = sub, b is not None, tlib
+        ctx.save_for_backward(q, W0, P0, z2, w, *orig)
+        ctx.sub, ctx.bias, ctx.tlib, ctx.eps = sub, b is not None, tlib, eps
         return product(z2, w, b).view(B, n, -1)
+
+    @staticmethod
+    def twice(ctx, dkv):  # under create_graph: autograd through the PyTorch forms
+        q, W0, P0, g, nw, w, b = ctx.saved_tensors[5:]
+        grads = first_order.replay(_torch_mac_retrieve, (q, W0, P0, g, nw, ctx.eps, w, b),
+                                   (dkv,), ctx.needs_input_grad[2:])
+        return (None, None, *grads)
 
     @staticmethod
     def backward(ctx, dkv):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import _weight_grads
 
-        q, W0, P0, z2, w = ctx.saved_tensors
+        q, W0, P0, z2, w = ctx.saved_tensors[:5]
         B, n, H, K = q.shape
         g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
         dw, db = _weight_grads(g2, z2, ctx.bias)
@@ -399,10 +444,28 @@ def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
+def _torch_mac_memory(segment, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    """mac_memory in PyTorch: ops.native.conv's _torch_conv, then `segment` (titans_segment's
+    PyTorch form, ops.memory's, given by the caller): the form _MacMemory's `twice`
+    differentiates."""
+    from rnnzoo.ops.native.conv import _torch_conv
+
+    B, n, _ = proj.shape
+    H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
+    qkv, g = proj[..., :3 * H * K], proj[..., 3 * H * K:]
+    q, k, v = _torch_conv(qkv, cw, None, state, silu, 2 * H, K, False, (H * K,) * 3)
+    z, M, S = segment(*(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0, M0, S0, lr)
+    xp = torch.cat([state, qkv], 1) if n < d else qkv
+    return z, M, S, xp[:, xp.shape[1] - d:]
+
+
 class _MacMemory(first_order.Function):
     @staticmethod
-    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr, plain=None):
         from rnnzoo.ops.native import conv as native_conv
+
+        ctx.save_for_backward(proj, cw, state, W0, P0, M0, S0)  # for `twice`
+        ctx.silu, ctx.lr, ctx.plain = silu, lr, plain
 
         B, n, _ = proj.shape
         H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
@@ -418,6 +481,16 @@ class _MacMemory(first_order.Function):
         ctx.subs, ctx.dims = (conv, seg), (B, n, HK, d)
         ctx.set_materialize_grads(False)   # an unread M, S or conv state: None, not zeros
         return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
+
+    @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
+        native.plain_given(ctx.plain, "_MacMemory")
+        proj, cw, state, W0, P0, M0, S0 = ctx.saved_tensors
+        grads = first_order.replay(
+            lambda *t: _torch_mac_memory(ctx.plain, *t),
+            (proj, cw, state, ctx.silu, W0, P0, M0, S0, ctx.lr), douts,
+            ctx.needs_input_grad[2:11])
+        return (None, None, *grads, None)
 
     @staticmethod
     def backward(ctx, dz, dM, dS, dnew):
@@ -436,15 +509,16 @@ class _MacMemory(first_order.Function):
                 dqkv += dnew[:, d - n:]
                 dstate[:, n:] += dnew[:, :d - n]
         return (None, None, torch.cat([dqkv, dg], -1), dcw, dstate, None, dW0, dP0, dM0, dS0,
-                None)
+                None, None)
 
 
-def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr, plain=None):
     """Titans-MAC's memory over one aligned segment as one autograd node: proj (B, n, 3 H K
     + 3 H) the memory's inputs (finite) [q | k | v | the gates' logits], the short
     convolution (weight cw (3 H K, d + 1) without bias, state (B, d, 3 H K), SiLU if silu,
     q and k L2-normalised per head: ops.native.conv's kernel) then titans_segment (W0, P0,
     M0, S0, lr as it takes them). Returns z (B, n, H, K), M, S (B, H, K, K) and the conv's
     new state (B, d, 3 H K); differentiable in proj, cw, state, W0, P0, M0, S0. `clib` =
-    ops.native.conv.load(), `tlib` = load()."""
-    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr))
+    ops.native.conv.load(), `tlib` = load(); plain: titans_segment's PyTorch form (ops.memory's),
+    which the node's `twice` replays after the conv's (None: first order only)."""
+    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr), plain)
