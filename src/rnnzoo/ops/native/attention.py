@@ -522,9 +522,9 @@ class _FusedSDPA(first_order.Function):
     @staticmethod
     def backward(ctx, g):
         out, ins = ctx.inner
-        ctx.inner = None
         wrt = [t for t in ins if t.requires_grad]
-        got = iter(torch.autograd.grad(out, wrt, g))
+        # retained: a backward run again (retain_graph, gradcheck) runs it again
+        got = iter(torch.autograd.grad(out, wrt, g, retain_graph=True))
         return (*(next(got) if t.requires_grad else None for t in ins), None, None, None)
 
 
