@@ -345,10 +345,13 @@ static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *rest
         NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
         for (long n = 0; n < N; n++) {
             const long m = n * C, e = m + C, ob = g * N + n;
+            /* the block's inputs loaded straight into IN (pblk's q k w b r fl order), which the
+               backward reads */
+            s.q = IN + ob * NI, s.k = s.q + C * D, s.w = s.k + C * D, s.b = s.w + C * D;
+            s.r = s.b + C, s.fl = s.r + C;
             const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, bi, h, m, Tn,
                                         raw, (T)eps, 1);
             fin[g] = n ? fin[g] + bad : bad;
-            NAME(pc_cp)(IN + ob * NI, s.q, NI);  /* the block's loaded inputs, for the backward */
             NAME(pc_forward)(&s, 0);
             const T *qt = s.ql + L * C * D, *Pn = NAME(pc_P)(&s, L, 0);
             T *qn = qs + ob * C * D;
