@@ -60,12 +60,22 @@ def test_lipschitz_bad_options():
 
 
 @pytest.mark.parametrize("cls", [ExpRNNCell, LipschitzRNNCell])
-def test_fused_raises_under_create_graph(cls):
-    """fused_loop runs the step on W detached (its gradient deferred to one product): the
-    gradients it hands back hold W as a constant, so create_graph raises there."""
+def test_fused_second_derivative_equals_loop(cls):
+    """fused_loop runs the step on W detached (its gradient deferred to one product); under
+    create_graph its node replays the cell's loop with W itself: the second derivative in x,
+    the initial state and every parameter equals the reference loop's."""
     cell = cls(3, 4).double()
-    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
-    y, _ = cell(x, tuple(torch.zeros(2, n, dtype=torch.float64) for n in cell.state_sizes),
-                fused=True)
-    with pytest.raises(RuntimeError, match="_DeferredWeightGrad's backward is first order only"):
-        torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    state = tuple((0.3 * torch.randn(2, n, dtype=torch.float64, generator=g)).requires_grad_()
+                  for n in cell.state_sizes)
+    wrt = [x, *state, *cell.parameters()]
+
+    def second(fused):
+        y, last = cell(x, state, fused=fused)
+        loss = y.square().sum() + sum(s.square().sum() for s in last)
+        gs = torch.autograd.grad(loss, wrt, create_graph=True)
+        return torch.autograd.grad(sum(t.square().sum() for t in gs), wrt)
+
+    for a, b in zip(second(True), second(False)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -113,3 +113,34 @@ def test_bad_options():
         tiny(num_heads=3)
     with pytest.raises(NotImplementedError, match="once a segment"):
         tiny().step(tokens()[:, 0])
+
+
+def test_second_derivative_through_the_state_attention():
+    """create_graph through the cross-attention (torch's fused SDPA backward has no derivative:
+    `fused_sdpa` replays the math form): the parameters' gradient-norm penalty along a random
+    direction against a central difference, float64."""
+    model = tiny("mingru", "lstm")
+    x = tokens()
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(2)
+    u = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+
+    def penalty(create_graph):
+        grads = torch.autograd.grad(model(x)[0].square().sum(), params, create_graph=create_graph)
+        return sum(gr.square().sum() for gr in grads)
+
+    hv = sum((h * d).sum() for h, d in zip(torch.autograd.grad(penalty(True), params), u))
+
+    def shifted(e):
+        with torch.no_grad():
+            for p, d in zip(params, u):
+                p.add_(d, alpha=e)
+        try:
+            return penalty(False).item()
+        finally:
+            with torch.no_grad():
+                for p, d in zip(params, u):
+                    p.sub_(d, alpha=e)
+
+    fd = (shifted(1e-6) - shifted(-1e-6)) / 2e-6
+    assert abs(hv.item() - fd) <= 1e-6 * abs(fd), (hv.item(), fd)

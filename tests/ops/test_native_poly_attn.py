@@ -100,7 +100,7 @@ def test_parallel_with_no_steps_returns_the_initial_state():
 def test_poly_heads_and_pairs_second_derivative(square):
     """Under create_graph=True _PolyHeads's `twice` (feature_maps._poly_heads, the masked
     kernel matrix, replayed over the saved inputs) and attention's _Pairs's (its PyTorch form
-    `_torch_pairs`, the packed features of the chunk form) give the second derivative in q, k, v
+    `feature_maps._torch_pairs`, the packed features of the chunk form) give the second derivative in q, k, v
     and in x, float64, against a central difference and the plain forms' own double
     backward; q a transposed view (the kernels read copies)."""
     from rnnzoo.ops.native import attention
@@ -120,10 +120,10 @@ def test_poly_heads_and_pairs_second_derivative(square):
     xt, w = r(2, 3, 5), r(6).detach()  # w: constant weights (no gradient in the kernel)
 
     def pairs(xt):
-        return attention.pairs(alib, xt.transpose(1, 2), w, not square)
+        return attention.pairs(alib, xt.transpose(1, 2), w, not square, plain=fm._torch_pairs)
 
     def pairs_plain(xt):
-        return attention._torch_pairs(xt.transpose(1, 2), w, not square)
+        return fm._torch_pairs(xt.transpose(1, 2), w, not square)
 
     torch.testing.assert_close(pairs(xt), pairs_plain(xt), rtol=1e-12, atol=1e-12)
     second_order(pairs, [xt], pairs_plain)

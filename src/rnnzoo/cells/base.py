@@ -159,23 +159,72 @@ class _RecordedMatrix(RecurrentMatrix):
         return torch.addmm(xp, r, self.transposed)
 
 
+class _Loop(nn.Module):
+    """cell._run over xp with the recurrent matrix W (G, K) given as a tensor: the form a
+    fused loop's `twice` differentiates (through torch.func.functional_call, the cell's
+    parameters as the node's inputs)."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, xp, W, state):
+        w = self.cell.weights(xp.shape[0])
+        y, state = self.cell._run(xp, state, (RecurrentMatrix(W), *w[1:]))
+        return y, *state
+
+
 class _DeferredWeightGrad(first_order.Function):
-    """Identity on the projections xp (B, T, G) whose backward also returns the gradient of
-    W (G, K) used as pre_t = xp_t + r_t W^T (r_t recorded by the loop):
-    dW = sum_t dxp_t^T r_t, one matrix product after the loop instead of one per step
-    (torch's fused RNNs do the same). First order only: the loop runs on W detached, so the
-    gradient it passes back through each step holds W as a constant (create_graph raises;
-    the cell's loop, mode='sequential', is differentiable twice)."""
+    """The loop of `fused_loop` as one node: cell._run on the projections xp (B, T, G) and
+    the state, with the recurrent matrix W (G, K) detached inside (pre_t = xp_t + r_t W^T, r_t
+    recorded by the loop), its graph built in forward on detached inputs and run back in
+    backward, where W's gradient comes as one matrix product after it, dW = sum_t dxp_t^T r_t,
+    instead of one per step (torch's fused RNNs do the same). The cell's parameters are
+    inputs too (those its step reads directly get their gradients from the loop's graph).
+    Under create_graph its `twice` replays the cell's loop with W itself (`_Loop`, the
+    parameters swapped in by torch.func.functional_call)."""
 
     @staticmethod
-    def forward(ctx, xp, recorded, matrix):
-        ctx.recorded = recorded
-        return xp.clone()
+    def forward(ctx, cell, mm, w_rest, n_state, xp, W, *rest):
+        state, params = rest[:n_state], rest[n_state:]
+        with torch.enable_grad():
+            xl = xp.detach().requires_grad_()
+            sl = [s.detach().requires_grad_(n)
+                  for s, n in zip(state, ctx.needs_input_grad[6:6 + n_state])]
+            y, st = cell._run(xl, tuple(sl), (mm, *w_rest))
+        ctx.inner = (y, st, xl, sl, mm)
+        ctx.cell, ctx.n_state = cell, n_state
+        ctx.save_for_backward(xp, W, *state, *params)
+        return (y.detach(), *(t.detach() for t in st))
 
     @staticmethod
-    def backward(ctx, g):
-        r = torch.stack(ctx.recorded.inputs, -2)
-        return g, None, weight_grad(g, r)
+    def twice(ctx, *grads):
+        cell, n = ctx.cell, ctx.n_state
+        names = [name for name, _ in cell.named_parameters()]
+
+        def loop(xp, W, *rest):
+            swapped = {f"cell.{k}": p for k, p in zip(names, rest[n:])}
+            return torch.func.functional_call(_Loop(cell), swapped, (xp, W, tuple(rest[:n])))
+
+        return (None,) * 4 + first_order.replay(loop, ctx.saved_tensors, grads,
+                                                 ctx.needs_input_grad[4:])
+
+    @staticmethod
+    def backward(ctx, dy, *dstate):
+        y, st, xl, sl, mm = ctx.inner
+        n = ctx.n_state
+        params = ctx.saved_tensors[2 + n:]
+        need_s = ctx.needs_input_grad[6:6 + n]
+        need_p = ctx.needs_input_grad[6 + n:]
+        wrt = [xl, *(s for s, k in zip(sl, need_s) if k), *(p for p, k in zip(params, need_p) if k)]
+        # retained: a backward run again (retain_graph, gradcheck) runs it again
+        got = iter(torch.autograd.grad([y, *st], wrt, [dy, *dstate], allow_unused=True,
+                                       retain_graph=True))
+        dxp = next(got)
+        ds = [next(got) if k else None for k in need_s]
+        dp = [next(got) if k else None for k in need_p]
+        dW = weight_grad(dxp, torch.stack(mm.inputs, -2)) if ctx.needs_input_grad[5] else None
+        return (None, None, None, None, dxp if ctx.needs_input_grad[4] else None, dW, *ds, *dp)
 
 
 def fused_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
@@ -192,5 +241,7 @@ def fused_loop(cell: Cell, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor,
     mm = _RecordedMatrix(w[0].matrix)
     xp = cell.project(x)
     if torch.is_grad_enabled() and mm.matrix.requires_grad:
-        xp = _DeferredWeightGrad.apply(xp, mm, mm.matrix)
+        y, *state = _DeferredWeightGrad.apply(cell, mm, tuple(w[1:]), len(state), xp, mm.matrix,
+                                              *state, *cell.parameters())
+        return y, tuple(state)
     return cell._run(xp, state, (mm,) + tuple(w[1:]))

@@ -240,7 +240,7 @@ class Attention(RecurrentLayer):
         lib = native_attention.load() if backend.use_native(q, k, v) else None
         if lib is not None:
             return native_attention.causal_softmax_attention(lib, q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+        return native_attention.fused_sdpa(q, k, v, causal=True, scale=1.0)
 
     def _attend_marked(self, q, keys, values, pos, key_pos, plain):
         """The attention of q (B, H, T, Dh) over keys, values (B, H, S, Dh) at key_pos (B, S)
@@ -256,8 +256,7 @@ class Attention(RecurrentLayer):
             visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
             if self.window is not None:
                 visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
-                                                 scale=1.0)
+            out = native_attention.fused_sdpa(q, keys, values, visible[:, None], scale=1.0)
             seen = (visible & (bad_k | bad_v)[:, None, :]).any(-1)
         return poison(out, (bad_q | seen)[:, None])
 

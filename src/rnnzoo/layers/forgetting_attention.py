@@ -182,13 +182,12 @@ class ForgettingAttention(Attention):
         keys = torch.cat([keys, k_bias[..., None]], -1)
         values = F.pad(values, (0, 1))  # the fused kernels want one width for q, k and v
         if plain:
-            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=1.0)
+            out = native_attention.fused_sdpa(q, keys, values, causal=True, scale=1.0)
             return out[..., :-1], None
         visible = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= pos[:, :, None])
         if self.window is not None:
             visible &= pos[:, :, None] - key_pos[:, None, :] < self.window
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
-                                             scale=1.0)
+        out = native_attention.fused_sdpa(q, keys, values, visible[:, None], scale=1.0)
         return out[..., :-1], visible
 
     def _write_decay(self, d_cache, d, pos, fresh: bool = False):

@@ -59,6 +59,7 @@ from rnnzoo.ops import backend, sequence_parallel
 from rnnzoo.ops.finite import finite, poison
 from rnnzoo.ops.memory import (
     _select,
+    _titans_segment_plain,
     memory_read,
     titans_chunked,
     titans_init_state,
@@ -464,7 +465,7 @@ class Titans(RecurrentLayer):
         if clib is not None:   # the conv and the memory in one node
             z, M, S, conv_state = titans_scan.mac_memory(clib, tlib, proj, w, conv_state,
                                                          self.conv.silu, W0, P0, M, S,
-                                                         self.base_lr)
+                                                         self.base_lr, _titans_segment_plain)
             return z, [M, M, S, conv_state, P0]
         qkv, g = proj.split([proj.shape[-1] - 3 * H, 3 * H], -1)
         q, k, v, conv_state = memory_qkv(self, None, conv_state, fused=True, qkv=qkv)

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from rnnzoo.checks import choice, divides, int_in
 from rnnzoo.dtypes import state_dtype
 from rnnzoo.models.blocks import GatedMLP, RMSNorm
 from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.ops.native.attention import fused_sdpa
 from rnnzoo.ops.native.linear import Linear
 
 
@@ -45,7 +45,7 @@ def mha(q, k, v, num_heads):
     B, Lq, d = q.shape
     q, k, v = (t.reshape(B, t.shape[1], num_heads, d // num_heads).transpose(1, 2)
                for t in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, Lq, d)
+    return fused_sdpa(q, k, v).transpose(1, 2).reshape(B, Lq, d)
 
 
 class Gate(nn.Module):

@@ -208,6 +208,7 @@ class _Chunks(first_order.Function):
 
     @staticmethod
     def forward(ctx, cfg, fk, v, g, q, e, w, a, c, M0, S0, *wp):
+        orig = (fk, v, g, q, e, w, a, c, M0, S0, *wp)  # for `twice` (copies: no history)
         lib, ns_lib, W1, muon, ns_args, shapes = cfg
         n, L = e.shape[0], len(shapes)
         W0 = [t.contiguous() for t in wp[:L]]
@@ -230,14 +231,22 @@ class _Chunks(first_order.Function):
             _, Mp, Ms, hs = atlas_scan.read_fwd(lib, Mp, U, a[j], c[j], q[j], W01, W02, z=z[j],
                                                 Mlast=Mall[j])
             keep += [*saved, *pairs, St, U, Ms, hs]
-        ctx.cfg, ctx.n_keep = cfg, len(keep) // n
-        ctx.save_for_backward(fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep)
+        ctx.cfg, ctx.n_keep, ctx.n_orig = cfg, len(keep) // n, len(orig)
+        ctx.save_for_backward(*orig, fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0,
+                              *keep)
         return z, Mall, Sall
+
+    @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through _chunk_run's PyTorch form
+        return (None, *first_order.replay(partial(_chunks_plain, ctx.cfg),
+                                          ctx.saved_tensors[:ctx.n_orig], douts,
+                                          ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, dz, dMall, dSall):
         lib, ns_lib, W1, muon, ns_args, shapes = ctx.cfg
-        fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0, *keep = ctx.saved_tensors
+        (fk, v, g, q, e, w, a, c, W01, W02, M0, S0, Mall, Sall, Pg0,
+         *keep) = ctx.saved_tensors[ctx.n_orig:]
         L = len(shapes)
         n, m, ns = e.shape[0], ctx.n_keep, 5 if L == 2 else 1
         s, l_ = min(shapes[0]), max(shapes[0])
@@ -290,6 +299,78 @@ class _Chunks(first_order.Function):
 GROUP = 1 << 25  # atlas_chunked under autograd: elements of one (steps, I, O) tensor per segment
 
 
+def _decay_rows(e, w_in, W1, dtype):
+    """[E_t, -D[t]]: the rows of a chunk's momentum product, D[t] = RE[t] w over the window's
+    band (B, H, [N,] C, 1 + C + W1) from e, w_in (B, H, [N,] C)."""
+    C = e.shape[-1]
+    t_ = torch.arange(C, device=e.device)
+    i_ = torch.arange(C + W1, device=e.device)
+    band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(dtype)
+    D = (_ratios(e) * w_in[..., None, :]) @ band       # (B, H, [N,] C, C + W1)
+    return torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
+
+
+def _memory_rows(a, c_out):
+    """[A_t, RA[t] c]: the rows of a chunk's memory product (B, H, [N,] C, 1 + C)."""
+    return torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
+
+
+def _momenta(D_j, Sp, pairs):
+    """Every step's momentum of a chunk at once, S_t = E_t S_0 - sum_w D[t, w] u_w v_w^T,
+    the window's outer products (short side first, flattened) one product's rows after S_0:
+    (St (B, H, C, N), its last row). D_j (B, H, C, 1 + C + W1) (`_decay_rows`); pairs [(u,
+    v)] per weight (B, H, C + W1, .)."""
+    Zs = [(u[..., :, None] * v[..., None, :]).flatten(-2) for u, v in pairs]
+    Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
+    St = D_j @ torch.cat([Sp[:, :, None], Z], 2)               # (B, H, C, N)
+    return St, St[:, :, -1]
+
+
+def _reads(R_j, Mp, U, q_j, w0s):
+    """The memories M_t = A_t M_0 + sum_s RA[t, s] c_s U_s of a chunk at once (R_j
+    `_memory_rows`), read by the memory model at q_j: (z (B, H, C, O), M_{C-1})."""
+    shapes = [tuple(w.shape[-2:]) for w in w0s]
+    Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
+    x = q_j
+    for i, (w0, Mt, (a, b)) in enumerate(zip(w0s, _unpack(Ms, shapes), shapes)):
+        if i:
+            x = _gelu(x)
+        # x M_t, through the stored (short-first) form: a transposed M_t's gradient would be
+        # copied back into the packed layout
+        read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
+            (x[..., None, :] @ Mt)[..., 0, :]
+        x = x @ w0.to(x.dtype) + read
+    return x, Ms[:, :, -1]
+
+
+def _momenta_plain(W1, S0, e, w, u1, v1, u2, v2):
+    """ops.native.atlas_scan.momenta by _momenta: the form its node's `twice` differentiates."""
+    pairs = [(u1, v1)] + ([] if u2 is None else [(u2, v2)])
+    return _momenta(_decay_rows(e, w, W1, e.dtype), S0, pairs)
+
+
+def _reads_plain(M0, U, a, c, q, W01, W02):
+    """ops.native.atlas_scan.reads by _reads: the form its node's `twice` differentiates."""
+    return _reads(_memory_rows(a, c), M0, U, q, [W01] + ([] if W02 is None else [W02]))
+
+
+def _chunks_plain(cfg, fk, v, g, q, e, w, a, c, M0, S0, *wp):
+    """_Chunks' (z, Mall, Sall) by _chunk_run's PyTorch form (the same chunks, one graph a
+    chunk): the form its `twice` differentiates."""
+    W1, muon, ns_args, shapes = cfg[2:]
+    L = len(shapes)
+    major = lambda t: t.movedim(0, 2)  # noqa: E731
+    Dp = _decay_rows(major(e), major(w), W1, e.dtype)
+    Rp = _memory_rows(major(a), major(c))
+    out = _chunk_run("linear" if L == 1 else "mlp", 0, 0, major(fk), major(v), major(g),
+                     major(q), Dp, Rp, list(wp[:L]), list(wp[L:]), _unpack(M0, shapes),
+                     _unpack(S0, shapes), None, muon, ns_args[0])
+    hist = out[1 + 2 * L:]
+    per = [hist[i:i + 3 * L] for i in range(0, len(hist), 3 * L)]
+    return (out[0].movedim(2, 0), torch.stack([_pack(h[L:2 * L]) for h in per]),
+            torch.stack([_pack(h[2 * L:]) for h in per]))
+
+
 def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_map, muon,
                ns_steps, lib=None):
     """Chunks j0, j0 + 1, ... of atlas_chunked (one per entry of the (B, H, N, ...) tensors):
@@ -309,38 +390,19 @@ def _chunk_run(kind, j0, first, fk, vE, gE, q, Dp, Rp, init, Pg, Mc, S, feature_
                         False, residual=False)
         # every step's momentum at once: S_t = E_t S_0 - sum_w D[t, w] X_w^T gamma_w G_w,
         # with the window's outer products (short side first) one product's rows after S_0
+        pairs = [(g_j[..., None] * G, X) if i > o else (X, g_j[..., None] * G)
+                 for X, G, (i, o) in zip(Xs, Gs, shapes)]
         if lib is not None:  # the same sums as recurrences, a (batch, head) row in cache
-            pairs = [(g_j[..., None] * G, X) if i > o else (X, g_j[..., None] * G)
-                     for X, G, (i, o) in zip(Xs, Gs, shapes)]
             St, Sp = atlas_scan.momenta(lib, Sp, *D_j.unbind(-1), pairs,
-                                        fk_j.shape[-2] - D_j.shape[-2])
+                                        fk_j.shape[-2] - D_j.shape[-2], plain=_momenta_plain)
         else:
-            Zs = []
-            for X, G, (i, o) in zip(Xs, Gs, shapes):
-                G = g_j[..., None] * G
-                Z = G[..., :, None] * X[..., None, :] if i > o else \
-                    X[..., :, None] * G[..., None, :]
-                Zs.append(Z.flatten(-2))
-            Z = Zs[0] if len(Zs) == 1 else torch.cat(Zs, -1)
-            St = D_j @ torch.cat([Sp[:, :, None], Z], 2)               # (B, H, C, N)
-            Sp = St[:, :, -1]
+            St, Sp = _momenta(D_j, Sp, pairs)
         U = _newton_schulz_packed(St, shapes, ns_steps) if muon else St
+        w0s = [w0.to(q_j.dtype) for w0 in init]
         if lib is not None:  # the memories and their reads, a (batch, head) row in cache
-            x, Mp = atlas_scan.reads(lib, Mp, U, *R_j.unbind(-1), q_j,
-                                     [w0.to(q_j.dtype) for w0 in init])
+            x, Mp = atlas_scan.reads(lib, Mp, U, *R_j.unbind(-1), q_j, w0s, plain=_reads_plain)
         else:
-            # M_t = A_t M_0 + sum_s RA[t, s] c_s U_s (c = theta with Muon, else on-sequence)
-            Ms = R_j @ torch.cat([Mp[:, :, None], U], 2)
-            Mp = Ms[:, :, -1]
-            x = q_j
-            for i, (w0, Mt, (a, b)) in enumerate(zip(init, _unpack(Ms, shapes), shapes)):
-                if i:
-                    x = _gelu(x)
-                # x M_t, through the stored (short-first) form: a transposed M_t's gradient
-                # would be copied back into the packed layout
-                read = (Mt.transpose(-1, -2) @ x[..., :, None])[..., 0] if a > b else \
-                    (x[..., None, :] @ Mt)[..., 0, :]
-                x = x @ w0.to(x.dtype) + read
+            x, Mp = _reads(R_j, Mp, U, q_j, w0s)
         zs.append(x)
         Mc = _unpack(Mp, shapes)
         if j >= first:
@@ -446,13 +508,8 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
     elif lib is not None:  # the steps' coefficients of the C recurrences
         Dp, Rp = torch.stack([e, w_in], -1), torch.stack([a, c_out], -1)
     else:
-        t_ = torch.arange(C, device=q.device)
-        i_ = torch.arange(C + W1, device=q.device)
-        band = ((i_[None] >= t_[:, None]) & (i_[None] <= t_[:, None] + W1)).to(q.dtype)
-        D = (_ratios(e) * w_in[..., None, :]) @ band       # (B, H, NT, C, C + W1)
         # [E_t, -D[t]] and [A_t, RA[t]]: the rows of a chunk's momentum and memory products
-        Dp = torch.cat([torch.cumprod(e, -1)[..., None], -D], -1)
-        Rp = torch.cat([torch.cumprod(a, -1)[..., None], _ratios(a) * c_out[..., None, :]], -1)
+        Dp, Rp = _decay_rows(e, w_in, W1, q.dtype), _memory_rows(a, c_out)
     qf = chunks(place(phi(q, feature_map), grid, on_grid))
     first, last = (T - 1) // C, (c + T - 1) // C
     args = (fk, vE, gE, qf, Dp, Rp)

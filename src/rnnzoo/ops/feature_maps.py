@@ -103,6 +103,17 @@ def _parallel(q, k, v1, feature_map, S0):
     return poison(o.transpose(1, 2), marks.outputs), poison(S, marks.state)
 
 
+def _poly_heads(q, k, v, square):
+    """P v, P = kernel(q k^T) on and below the diagonal: q, k (B, H, T, d), v (B, H, T, W) ->
+    (B, H, T, W), the masked kernel matrix whole (the form _PolyHeads's `twice`
+    differentiates)."""
+    T = q.shape[2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    A = torch.where(causal, kernel(q @ k.transpose(-1, -2), "square" if square else "taylor"),
+                    0.0)
+    return A @ v
+
+
 def poly_lib(*tensors):
     """ops/native/poly_attn.c's library where the C kernels run for these tensors, else None
     (inside bench.layer_flops' counting, where the CPU timing runs them: ops.flop_count)."""
@@ -186,15 +197,6 @@ class _Normalised(first_order.Function):
                                   ctx.needs_input_grad)
 
 
-def _poly_heads(q, k, v, square):
-    """o = P v with P = kernel(q k^T) on and below the diagonal, in PyTorch: `_parallel`'s
-    product and _PolyHeads's plain form (its `twice`). q, k (B, H, T, d), v (B, H, T, W)."""
-    T = q.shape[2]
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    A = torch.where(causal, kernel(q @ k.transpose(-1, -2), "square" if square else "taylor"), 0.0)
-    return A @ v
-
-
 class _PolyHeads(first_order.Function):
     """o = P v with P = kernel(q k^T) on and below the diagonal: q, k (B, H, T, d), v (B, H,
     T, W) -> (B, H, T, W), one C call per thread over whole head-rows each way; the tiles'
@@ -211,15 +213,15 @@ class _PolyHeads(first_order.Function):
         native_attention._run(native.kernel(lib, "pa_heads_fwd", q.dtype, _PA_ARGS["pa_heads_fwd"]),
                               [native.ptr(t) for t in (q2, k2, v2, out, S)],
                               (T, d, W, tile, int(square), PT), N)
-        ctx.save_for_backward(q2, k2, v2, S, q, k, v)  # q, k, v: for `twice`
+        ctx.save_for_backward(q2, k2, v2, S, q, k, v)  # q, k, v for `twice` (no copies)
         ctx.lib, ctx.square, ctx.tile, ctx.PT, ctx.shape = lib, square, tile, PT, (B, H)
         flop_count.add(2 * N * band_entries(T, tile) * (d + W))  # s = q k^T, P v
         return out.view(B, H, T, W)
 
     @staticmethod
-    def twice(ctx, do):
-        return (None, *first_order.replay(_poly_heads, (*ctx.saved_tensors[4:], ctx.square), (do,),
-                                          ctx.needs_input_grad[1:]))
+    def twice(ctx, do):  # under create_graph: autograd through the whole kernel matrix
+        return (None, *first_order.replay(_poly_heads, (*ctx.saved_tensors[4:], ctx.square),
+                                          (do,), ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, do):
@@ -239,6 +241,17 @@ class _PolyHeads(first_order.Function):
 
 _PA_ARGS = {"pa_heads_fwd": [ctypes.c_void_p] * 5 + [ctypes.c_long] * 8,
             "pa_heads_bwd": [ctypes.c_void_p] * 8 + [ctypes.c_long] * 8}
+
+
+def _torch_pairs(x, w, lin):
+    """ops.native.attention.pairs in PyTorch: psi (..., [1 + d +] P) from x (..., d) and the
+    pair weights w (P,), the pairs a <= b by one-hot gathers as matmuls (the form its node's
+    `twice` differentiates)."""
+    d = x.shape[-1]
+    a, b = torch.triu_indices(d, d, device=x.device)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    psi = (x @ (eye[:, a] * w)) * (x @ eye[:, b])
+    return torch.cat([torch.ones_like(x[..., :1]), x, psi], -1) if lin else psi
 
 
 def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,9 +278,9 @@ def packed(x: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tenso
     R = R.flatten(1)
     lib = native_attention.load() if backend.use_native(x) else None
     if lib is not None:  # the C kernel: no (..., P) intermediates in autograd
-        psi = native_attention.pairs(lib, x, w, feature_map != "square")
+        psi = native_attention.pairs(lib, x, w, feature_map != "square", plain=_torch_pairs)
     else:
-        psi = native_attention._torch_pairs(x, w, feature_map != "square")
+        psi = _torch_pairs(x, w, feature_map != "square")
     if feature_map == "square":
         return psi, R
     lin = 1 + d

@@ -32,6 +32,9 @@ float64 input).
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -270,6 +273,16 @@ def _ttt_read_lib(*tensors):
     return ttt_read.load()
 
 
+def _dual_read(x, X, W, bias, G, tok):
+    """One dense layer's dual-form reads of mini-batch blocks, z = x W + bias - A G with
+    A_ij = tok_i (x_i . X_j + 1) (j <= i): x, X (..., M, I), W (..., I, O), bias (..., O), G
+    (..., M, O), tok (M,) (ops.native.ttt_read's PyTorch form)."""
+    flat = lambda t: t.flatten(0, -3)  # noqa: E731
+    att = tok[:, None] * torch.tril(torch.bmm(flat(x), flat(X).transpose(1, 2)) + 1)  # (., M, M)
+    z = torch.baddbmm(bias.flatten(0, -2)[:, None], flat(x), flat(W))
+    return torch.baddbmm(z, att, flat(G), alpha=-1).view(*x.shape[:-1], -1)
+
+
 def _read_all(Pst, XG, x, Acc, tok_c):
     """The dual-form reads of n mini-batches at once: Pst, XG the loop's per mini-batch
     weights [W_1, b_1, ...] (B, H, n, I, O), (B, H, n, O) and [X_1, ..., Gl_1, ...] (B, H, n,
@@ -277,7 +290,6 @@ def _read_all(Pst, XG, x, Acc, tok_c):
     by the first (None: zero). Returns (B, H, n, M, K), laid out as x in C (ops.native.ttt_read
     reads and writes a layer's (B, T, H, K) tensors viewed as blocks: no copies either way)."""
     L2 = len(Pst)
-    flat = lambda t: t.flatten(0, 2)  # noqa: E731
     lib = _ttt_read_lib(x, tok_c, *Pst, *XG)
     if lib is None:
         x = x.contiguous()                                           # flat views, no copies
@@ -288,11 +300,9 @@ def _read_all(Pst, XG, x, Acc, tok_c):
         if lib is not None:  # one C pass a block (ops.native.ttt_read)
             from rnnzoo.ops.native import ttt_read
             like = ttt_read.tokens_major(x, W.shape[-1]) if i == L2 // 2 - 1 else None
-            z = ttt_read.read(lib, x, X, W, bias, G, tok_c[:, 0], like=like)
+            z = ttt_read.read(lib, x, X, W, bias, G, tok_c[:, 0], like=like, plain=_dual_read)
         else:
-            att = tok_c * torch.tril(torch.bmm(flat(x), flat(X).transpose(1, 2)) + 1)  # (., M, M)
-            z = torch.baddbmm(flat(bias)[:, None], flat(x), flat(W))
-            z = torch.baddbmm(z, att, flat(G), alpha=-1).view(*x.shape[:-1], -1)
+            z = _dual_read(x, X, W, bias, G, tok_c[:, 0])
         if Acc is not None:
             A, Ab = Acc[2 * i], Acc[2 * i + 1]
             head = z[:, :, 0] - tok_c * (x[:, :, 0] @ A + Ab[:, :, None])
@@ -330,14 +340,15 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
         if kind == "linear":
             W, bias = _weights(init, dP)
             P, pc, Gl, S, s = ttt_loop.loop(lib, W, bias, *Acc, kc, vc, lc[..., 0], nw, nb, tok,
-                                            eps)
+                                            eps, plain=_ttt_loop_plain)
             rows = torch.arange(B, device=q.device)
             final = [P[rows, :, last] - init[0].to(P.dtype),
                      pc[rows, :, last] - init[1].to(P.dtype), S[rows, :, last], s[rows, :, last]]
             groups = [([P, pc], [kc, Gl])]
         else:
             P1, pb1, P2, pb2, X2, Gl1, Gl2, fin = ttt_loop.mlp_loop(
-                lib, _weights(init, dP), Acc, kc, vc, lc[..., 0], nw, nb, tok, last, eps)
+                lib, _weights(init, dP), Acc, kc, vc, lc[..., 0], nw, nb, tok, last, eps,
+                plain=_ttt_mlp_plain)
             final = [f - p0.to(f.dtype) for f, p0 in zip(fin[:4], init)] + fin[4:]
             groups = [([P1, pb1, P2, pb2], [kc, X2, Gl1, Gl2])]
         per = NT   # the stacks are made whole: read whole (slices would cost a whole-size
@@ -373,6 +384,46 @@ def _ttt_loop_lib(*tensors):
     return ttt_loop.load()
 
 
+def _minibatch(kind, P, k, v, lr, w, b, eps, norm):
+    """One mini-batch of the loop at its start weights P: its layers' inputs Xs, lr-weighted
+    gradients Gl and their sums (per weight). k, v (B, H, M, K), lr (B, H, M, 1)."""
+    Xs, Gs = _grads(kind, P, k, v, w, b, eps, norm)
+    Gl = [g * lr for g in Gs]
+    return Xs, Gl, _outer(Xs, Gl)
+
+
+def _loop_from(kind, P, Acc, k, v, lr, w, b, eps, tok):
+    """The loop from start weights P and sums Acc (a list each): per mini-batch (its start
+    weights, its inputs and lr-weighted gradients, its sums). k, v (B, H, NT, M, K), lr (B,
+    H, NT, M)."""
+    out = []
+    for j, (k_j, v_j, l_j) in enumerate(zip(k.unbind(2), v.unbind(2), lr.unbind(2))):
+        Xs, Gl, sums = _minibatch(kind, P, k_j, v_j, l_j[..., None], w, b, eps, w is not None)
+        end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
+        out.append((P, Xs, Gl, end))
+        P = [p - tok[-1].to(p.dtype) * a for p, a in zip(P, end)]
+    return out
+
+
+def _ttt_loop_plain(eps, W, c, A0, a0, k, v, lr, w, b, tok):
+    """ops.native.ttt_loop.loop's (P, pc, Gl, S, s) by _loop_from: its node's `twice`."""
+    out = _loop_from("linear", [W, c], [A0, a0], k, v, lr, w, b, eps, tok)
+    return tuple(torch.stack(t, 2) for t in zip(*((*P, *Gl, *end) for P, _, Gl, end in out)))
+
+
+def _ttt_mlp_plain(eps, F, Ws, A, k, v, lr, w, b, tok, last):
+    """ops.native.ttt_loop.mlp_loop's node outputs (P1, pb1, P2, pb2, X2, Gl1, Gl2, Fin) by
+    _loop_from: its node's `twice`. Ws, A: the weights and sums flat (B, H, n)."""
+    B, H, NT, M, K = k.shape
+    shapes = [(K, F), (F,), (F, K), (K,)]
+    unflat = lambda t: [p.view(B, H, *s) for p, s in zip(  # noqa: E731
+        t.split([math.prod(s) for s in shapes], -1), shapes)]
+    out = _loop_from("mlp", unflat(Ws), unflat(A), k, v, lr, w, b, eps, tok)
+    per = [torch.stack(t, 2) for t in zip(*((*P, Xs[1], *Gl) for P, Xs, Gl, _ in out))]
+    fin = _pick([[*P, *end] for P, _, _, end in out], last)
+    return (*per, torch.cat([t.reshape(B, H, -1) for t in fin], -1))
+
+
 def _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last, kc, vc, lc, per):
     """ttt_minibatch's loop in torch, one mini-batch at a time; kc, vc, lc (B, H, NT, M, D) its
     inputs. Returns (groups, final): each group of `per` mini-batches' stacked start weights
@@ -386,9 +437,7 @@ def _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last, kc, 
     # loop would cost a whole-size zero tensor in backward, per mini-batch)
     for j, (k_j, v_j, l_j) in enumerate(zip(*(t.unbind(0) for t in (kc, vc, lc)))):
         P = _weights(init, dP)
-        Xs, Gs = _grads(kind, P, k_j, v_j, w, b, eps, norm)
-        Gl = [g * l_j for g in Gs]
-        sums = _outer(Xs, Gl)
+        Xs, Gl, sums = _minibatch(kind, P, k_j, v_j, l_j, w, b, eps, norm)
         end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
         starts.append(P)
         XGs.append((*Xs, *Gl))
@@ -636,7 +685,46 @@ def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
     are eta itself, not 1 - (1 - eta))."""
     from rnnzoo.ops.native import titans_scan  # here: the module's head is the TTT region's
 
-    return titans_scan.titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr)
+    return titans_scan.titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr,
+                                      plain=_titans_segment_plain)
+
+
+def _titans_gates_plain(q, k, a, e, m, th):
+    """ops.native.titans_scan.titans_gates' (att, ga, gf, cl, re, gE) by _coefficients: the
+    form its node's `twice` differentiates."""
+    Cm, f, REth, Acum, Ecum = _coefficients(a, e, m, th)
+    return Cm * (q @ k.transpose(-1, -2)), Acum, f, Cm[..., -1, :], REth, Ecum[..., -1]
+
+
+def _titans_linear_plain(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
+    """ops.native.titans_scan.titans_linear's (o, Ms, Ss), chunk after chunk in PyTorch (its
+    module's recurrence): the form its node's `twice` differentiates."""
+    P, M, S, os, Ms, Ss = P0, M0, S0, [], [M0], [S0]
+    for j, (q_j, k_j, R_j, att_j, a_j, f_j, c_j, r_j) in enumerate(zip(*(
+            t.unbind(2) for t in (q, k, R, att, ga, gf, cl, re)))):
+        G = k_j @ (P + W0) + R_j
+        os.append(q_j @ W0 + a_j[..., None] * (q_j @ M) + f_j[..., None] * (q_j @ S)
+                  - att_j.tril() @ G)
+        kT = k_j.transpose(-1, -2)
+        M, S = (a_j[..., -1, None, None] * M + f_j[..., -1, None, None] * S
+                - kT @ (c_j[..., None] * G), gE[:, :, j, None, None] * S - kT @ (r_j[..., None] * G))
+        P = M
+        Ms.append(M)
+        Ss.append(S)
+    lo = len(Ms) - tail
+    return torch.stack(os, 2), torch.stack(Ms[lo:], 2), torch.stack(Ss[lo:], 2)
+
+
+def _titans_segment_plain(q, k, v, g, W0, P0, M0, S0, lr):
+    """ops.native.titans_scan.titans_segment's (z, M, S) by _titans_gates_plain and
+    _titans_linear_plain on one chunk: the form its node's `twice` differentiates."""
+    H = q.shape[2]
+    heads = lambda t: t.transpose(1, 2)[:, :, None]  # noqa: E731  (B, n, H, .) -> (B, H, 1, n, .)
+    th, al, et = (heads(t) for t in torch.sigmoid(g.unflatten(-1, (3, H))).unbind(-2))
+    qh, kh = heads(q), heads(k)
+    coef = _titans_gates_plain(qh, kh, 1 - al, et, et, lr * th)
+    o, Ms, Ss = _titans_linear_plain(qh, kh, -heads(v), *coef, P0, M0, S0, W0, 1)
+    return o[:, :, 0].transpose(1, 2), Ms[:, :, 0], Ss[:, :, 0]
 
 
 def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
@@ -674,10 +762,12 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
         lib = titans_scan.load() if flop_count.native(q, k, v, *gates, P0, M0, S0, W0) else None
         if lib is not None:  # the gates' coefficients, the chunk loop and every read in C
             q, k = q.contiguous(), k.contiguous()   # once: both kernels read them dense
-            coef = titans_scan.titans_gates(lib, q, k, *gates)      # (ops.native.titans_scan)
+            coef = titans_scan.titans_gates(lib, q, k, *gates,    # (ops.native.titans_scan)
+                                            plain=_titans_gates_plain)
             lo = max(first, 1)   # the states read: lo .. N (at most 3; Ms[:, :, i]: lo + i)
             o, Ms, Ss = titans_scan.titans_linear(lib, q, k, b0[:, None, None] - v, *coef, P0,
-                                                  M0, S0, W0, N + 1 - lo)
+                                                  M0, S0, W0, N + 1 - lo,
+                                                  plain=_titans_linear_plain)
             P_f, M_f, S_f = _pick([(P0 if j == 0 else Ms[:, :, j - lo], Ms[:, :, j + 1 - lo],
                                     Ss[:, :, j + 1 - lo]) for j in range(first, N)], last, first)
             zero = lambda: torch.zeros_like(P_f[..., 0, :])  # noqa: E731
@@ -834,7 +924,9 @@ def _native_read(phi, *tensors):
     lib = native_read.load()
     if lib is None:
         return None
-    return lambda *t: native_read.miras_read(lib, kind, getattr(phi, "q", None), *t)
+    plain = functools.partial(_miras_read_plain, phi)
+    return lambda *t: native_read.miras_read(lib, kind, getattr(phi, "q", None), *t,
+                                             plain=plain)
 
 
 def _native_loop(kind, phi, dloss, *tensors):
@@ -852,7 +944,8 @@ def _native_loop(kind, phi, dloss, *tensors):
     lib = miras_chunk.load()
     if lib is None:
         return None
-    return lambda *t: miras_chunk.miras_chunks(lib, pk, loss, *t)
+    plain = functools.partial(_miras_loop_plain, kind, phi, dloss)
+    return lambda *t: miras_chunk.miras_chunks(lib, pk, loss, *t, plain=plain)
 
 
 def miras_init_state(kind, B, H, K, device=None, dtype=torch.float32, hidden=None):
@@ -903,6 +996,51 @@ def miras_sequential(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, ph
     return torch.stack(zs, 1), state
 
 
+def _miras_loop(kind, phi, dloss, init, Ug, U, kc, vc, dc, A_end, c_end):
+    """miras_chunked's chunk loop in PyTorch: per chunk its U_0, X and G of each weight
+    (made), and the (U', U) after it (after). kc, vc (B, H, N, C, K); dc (B, H, N, C); A_end
+    (B, H, N, 1, 1), c_end (B, H, N, C, 1) each chunk's whole decay and last row of Cm."""
+    made, after = [], []
+    # unbound once: a chunk's slice taken in the loop would cost a whole-size zero tensor in
+    # backward, per chunk
+    for k_j, v_j, d_j, a_j, c_j in zip(*(t.unbind(2) for t in (kc, vc, dc, A_end, c_end))):
+        Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
+        Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
+        made.append((*U, *Xs, *Gs))
+        U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
+        after.append([*Ug, *U])
+        Ug = U
+    return made, after
+
+
+def _miras_loop_plain(kind, phi, dloss, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
+    """ops.native.miras_chunk's outputs (Us1, Us2, X2, G1, G2, flat) by _miras_loop: the
+    form its node's `twice` differentiates."""
+    made, after = _miras_loop(kind, phi, dloss, [u1, u2], [P1, P2], [U1, U2], k, v, dl,
+                              aT[..., None, None], c[..., None])
+    Us = [[U0, *(a[2 + i] for a in after)] for i, U0 in enumerate((U1, U2))]
+    return (*Us[0], *Us[1], *(torch.stack([m[i] for m in made]) for i in (3, 4, 5)))
+
+
+def _step_weights(u0, Ac, Cc, u, X, G):
+    """V_t = U_init + A_t U_0 - sum_s Cm[t, s] X_s^T G_s of every step (B, H, N, C, I, O),
+    the sum for every step of a chunk in one product: rows (t, i), contraction s. u0 (H, 1,
+    I, O); Ac (B, H, N, C), Cc (B, H, N, C, C); u (B, H, N, I, O); X, G (B, H, N, C, I or
+    O)."""
+    CX = Cc[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]  # (.., C, I, C)
+    return torch.addcmul(u0[:, None], Ac[..., None, None], u[:, :, :, None]) - (
+        CX.flatten(-3, -2) @ G).view(*CX.shape[:-1], u.shape[-1])
+
+
+def _miras_read_plain(phi, x, u0, a, e, U0, X, G):
+    """ops.native.miras_read's y by _step_weights (its arguments as miras_read takes them):
+    the form its node's `twice` differentiates."""
+    U0, X, G = (torch.stack(t, 2) if isinstance(t, list) else t.movedim(0, 2)
+                for t in (U0, X, G))
+    Cm, Acum = _ratios(a) * e[..., None, :], torch.cumprod(a, -1)
+    return (x[..., None, :] @ phi(_step_weights(u0[:, None], Acum, Cm, U0, X, G)))[..., 0, :]
+
+
 def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
     """The chunkwise form, equal to `miras_sequential`. Same arguments.
 
@@ -943,18 +1081,8 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
         Ust = [u[:NT] for u in Us]
         Xs, Gs = [kc.permute(2, 0, 1, 3, 4), X2], [G1, G2]
     else:
-        made, history = [], []        # per chunk: its U_0 and X, G of each weight
-        # unbound once: a chunk's slice taken in the loop would cost a whole-size zero
-        # tensor in backward, per chunk
-        for j, (k_j, v_j, d_j, a_j, c_j) in enumerate(zip(*(t.unbind(2) for t in (
-                kc, vc, dc, A_end, c_end)))):
-            Wg = [phi(u0.to(u.dtype) + u) for u0, u in zip(init, Ug)]
-            Xs, Gs = _miras_grads(kind, Wg, k_j, v_j, d_j, dloss)
-            made.append((*U, *Xs, *Gs))
-            U = [a_j * u - X.transpose(-1, -2) @ (c_j * G) for u, X, G in zip(U, Xs, Gs)]
-            if j >= first:
-                history.append([*Ug, *U])
-            Ug = U
+        made, after = _miras_loop(kind, phi, dloss, init, Ug, U, kc, vc, dc, A_end, c_end)
+        history = after[first:]
         per = [list(t) for t in zip(*made)]        # per weight: its NT chunks' U_0, X, G
         Ust, Xs, Gs = per[:L], per[L:2 * L], per[2 * L:]
     final = _pick(history, last, first)
@@ -992,10 +1120,7 @@ def miras_chunked(kind, q, k, v, eta, alpha, delta, C, init, state, dloss, phi):
                     x = _gelu(x)
                 # V_t = U_init + A_t U_0 - sum_s Cm[t, s] X_s^T G_s, the sum for every step of
                 # a chunk in one product: rows (t, i), contraction s
-                CX = Cc[..., :, None, :] * X.transpose(-1, -2)[..., None, :, :]  # (.., C, I, C)
-                V = torch.addcmul(u0[:, None], Ac[..., None, None], u[:, :, :, None]) - (
-                    CX.flatten(-3, -2) @ G).view(*CX.shape[:-1], u.shape[-1])
-                x = (x[..., None, :] @ phi(V))[..., 0, :]
+                x = (x[..., None, :] @ phi(_step_weights(u0, Ac, Cc, u, X, G)))[..., 0, :]
             zs.append(x)
         z = torch.cat(zs, 2)
     z = take(z.reshape(B, H, NT * C, -1))

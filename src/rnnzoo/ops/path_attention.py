@@ -127,11 +127,13 @@ def path_attention(q, k, v, w, beta, *, scale, chunk_size=64, k_cache=None, v_ca
                                  T if keys_len is None else keys_len)[:2]
         return o, keys, None
     if pc is not None and qkv is not None and marks is None:  # v (B, H, T, D) from it
-        q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c, levels)
+        q1, k1, P, intra, v = native_path_chunk.pieces_qkv(pc, qkv, w, beta, scale, c,
+                                                           levels, _pieces_plain)
         v = to_chunks(v.transpose(1, 2), C)                          # (B, H, N, C, D)
     elif pc is not None:  # the UT chunks and merges in C, scale in: qs, k1, P, scale intra
         v = to_chunks(v, C)
-        q1, k1, P, intra = native_path_chunk.pieces(pc, q, k, w, beta, scale, c, levels)
+        q1, k1, P, intra = native_path_chunk.pieces(pc, q, k, w, beta, scale, c, levels,
+                                                    _pieces_plain)
     else:
         v = to_chunks(v, C)
         q, k, w = (to_chunks(t, C) for t in (q, k, w))               # (B, H, N, C, D)
@@ -194,38 +196,53 @@ def _merge(mm, q1, k1, P, intra):
     return q1, k1, mm(Pb, Pa), intra
 
 
+def _ut_core(mm, q, k, w, beta):
+    """_UT's forward (q, k, w (..., C, D), beta (..., C, 1)): its four pieces, and what its
+    backward reads (Tinv, [Y | Z], tril(Q W^T), SL(W W^T), SL(W K^T)); plain differentiable
+    ops with mm = torch.matmul (the form _UT's `twice` differentiates)."""
+    C, D = q.shape[-2:]
+    lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
+    strict = lower.tril(-1)
+    wt = w.transpose(-1, -2)
+    sww = mm(w, wt).mul_(strict)                                  # SL(W W^T)
+    swk = mm(w, k.transpose(-1, -2)).mul_(strict)                 # SL(W K^T)
+    qw = mm(q, wt).mul_(lower)                                    # tril(Q W^T)
+    Tinv = unit_lower_inverse(sww * beta)                         # (I + diag(beta) SL(W W^T))^-1
+    YZ = mm(Tinv, torch.cat([w * beta, swk * beta], -1))
+    Y, Z = YZ.split([D, C], -1)
+    qYZ = mm(qw, YZ)
+    q1 = q - qYZ[..., :D]
+    intra = mm(q, k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
+    intra.masked_fill_(lower == 0, float("-inf"))
+    k1 = k - mm(Z.transpose(-1, -2), w)
+    P = torch.eye(D, dtype=q.dtype, device=q.device) - mm(wt, Y)
+    return (q1, k1, P, intra), (Tinv, YZ, qw, sww, swk)
+
+
 class _UT(first_order.Function):
     """The chunk pieces of the module docstring from q, k, w: (B, H, N, C, D) and beta
     (B, H, N, C, 1): Q', K', P (B, H, N, D, D) and the intra scores (B, H, N, C, C), -inf
     above the diagonal; the backward written out (no autograd graph of masks, cats and
-    slices)."""
+    slices); `twice` replays _ut_core in torch ops."""
 
     @staticmethod
     def forward(ctx, mm, q, k, w, beta):
+        orig = (q, k, w, beta)  # for `twice` (the copies below have no autograd history)
         q, k, w = (t.contiguous() for t in (q, k, w))                 # read by many products
-        C, D = q.shape[-2:]
-        lower = torch.ones(C, C, dtype=q.dtype, device=q.device).tril()
-        strict = lower.tril(-1)
-        wt = w.transpose(-1, -2)
-        sww = mm(w, wt).mul_(strict)                                  # SL(W W^T)
-        swk = mm(w, k.transpose(-1, -2)).mul_(strict)                 # SL(W K^T)
-        qw = mm(q, wt).mul_(lower)                                    # tril(Q W^T)
-        Tinv = unit_lower_inverse(sww * beta)                         # (I + diag(beta) SL(W W^T))^-1
-        YZ = mm(Tinv, torch.cat([w * beta, swk * beta], -1))
-        Y, Z = YZ.split([D, C], -1)
-        qYZ = mm(qw, YZ)
-        q1 = q - qYZ[..., :D]
-        intra = mm(q, k.transpose(-1, -2)).mul_(lower).sub_(qYZ[..., D:])
-        intra.masked_fill_(lower == 0, float("-inf"))
-        k1 = k - mm(Z.transpose(-1, -2), w)
-        P = torch.eye(D, dtype=q.dtype, device=q.device) - mm(wt, Y)
-        ctx.save_for_backward(q, k, w, beta, Tinv, YZ, qw, sww, swk)
+        pieces, saved = _ut_core(mm, q, k, w, beta)
+        ctx.save_for_backward(q, k, w, beta, *saved, *orig)
         ctx.mm = mm
-        return q1, k1, P, intra
+        return pieces
+
+    @staticmethod
+    def twice(ctx, *grads):
+        return (None, *first_order.replay(lambda *a: _ut_core(torch.matmul, *a)[0],
+                                          ctx.saved_tensors[9:], grads,
+                                          ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, dq1, dk1, dP, dintra):
-        q, k, w, beta, Tinv, YZ, qw, sww, swk = ctx.saved_tensors
+        q, k, w, beta, Tinv, YZ, qw, sww, swk = ctx.saved_tensors[:9]
         mm = ctx.mm
         C, D = q.shape[-2:]
         dq1, dk1, dintra = (torch.zeros_like(t) if g is None else g
@@ -254,6 +271,72 @@ class _UT(first_order.Function):
         return None, dq, dk, dw, dbeta
 
 
+def _attend_core(mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
+    """_Attend's forward: o, the keys moved to the last step, and what its backward reads
+    (the values, each chunk's keys and probabilities); plain differentiable ops with mm =
+    torch.matmul (the form _Attend's and _AttendHeads' `twice` differentiate)."""
+    N, C = q1.shape[2:4]
+    L = keys0.shape[2]
+    values = torch.cat([v0, v.flatten(2, 3)], 2)                      # (B, H, L + N C, D)
+    keys, outs, read, probs = keys0, [], [], []
+    for n in range(N):
+        s = mm(q1[:, :, n], keys.transpose(-1, -2))                   # (B, H, C, L + n C)
+        if L:
+            s[..., :L] += bias0
+        p = torch.cat([s, intra[:, :, n]], -1).mul_(scale).softmax(-1)
+        outs.append(mm(p, values[:, :, :L + (n + 1) * C]))
+        read.append(keys)
+        probs.append(p)
+        keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
+    return torch.stack(outs, 2), keys, values, read, probs
+
+
+def _attend_heads_plain(qs, k1, P, intra_s, v, keys0, v0, bias0):
+    """_AttendHeads in PyTorch (its `twice`): intra_s read on and below the diagonal, no
+    scale; o (B, N C, H, D)."""
+    B, H, N, C, D = qs.shape
+    upper = torch.ones(C, C, dtype=torch.bool, device=qs.device).triu(1)
+    o, keys = _attend_core(torch.matmul, qs, k1, P, intra_s.masked_fill(upper, float("-inf")),
+                           v, keys0, v0, bias0, 1.0)[:2]
+    return o.movedim(1, 3).reshape(B, N * C, H, D), keys
+
+
+def _pieces_plain(q, k, w, beta, scale, c, levels):
+    """ops.native.path_chunk's pieces in PyTorch (their nodes' `twice`): q, k, w (B, T, H, D),
+    beta (B, T, H) -> qs = scale Q', K' (B, H, N, C, D), P (B, H, N, D, D), scale intra
+    (B, H, N, C, C), zero above the diagonal."""
+    C = c << levels
+    q, k, w = (to_chunks(t, C) for t in (q, k, w))
+    beta = to_chunks(beta[..., None], C)
+    q1, k1, P, intra = _ut_core(torch.matmul, *(t.unflatten(3, (-1, c)).flatten(2, 3)
+                                                for t in (q, k, w, beta)))[0]
+    for _ in range(levels):
+        q1, k1, P, intra = _merge(torch.matmul, q1, k1, P, intra)
+    upper = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
+    return q1 * scale, k1, P, intra.masked_fill(upper, 0) * scale
+
+
+def _fresh_plain(qkv, w, beta, bias, proj, values, *, H, scale, c, levels, Lk, raw_eps):
+    """_PathQKV in PyTorch (its `twice`): its inputs as given -> o, keys, None (fin), vals."""
+    if proj is None:
+        q, k, v = qkv.unbind(2)
+    else:
+        q, k, v, w, beta = proj_views(proj, H)
+    if raw_eps is not None:  # the kernel's l2norm (w / max(|w|, eps)) and 2 sigmoid
+        w = w * w.square().sum(-1, keepdim=True).clamp(min=raw_eps * raw_eps).rsqrt()
+        beta = 2 * torch.sigmoid(beta if bias is None else beta + bias)
+    B, T, Hh, D = q.shape
+    qs, k1, P, intra_s = _pieces_plain(q, k, w, beta, scale, c, levels)
+    N, C = qs.shape[2:4]
+    v = v.transpose(1, 2)                                             # (B, H, T, D)
+    empty = v.new_zeros(B, Hh, 0, D)
+    o, keys = _attend_heads_plain(qs, k1, P, intra_s, v.unflatten(2, (N, C)), empty, empty,
+                                  v.new_zeros(B, 1, 1, 0))
+    keys = torch.cat([keys, keys.new_zeros(B, Hh, Lk - T, D)], 2)
+    vals = None if values is None else torch.cat([v, values[:, :, T:].to(v.dtype)], 2)
+    return o, keys, None, vals
+
+
 class _Attend(first_order.Function):
     """Softmax attention of each chunk's moved queries over the keys moved to its start
     (the cache's first, then the earlier chunks'), and over its own keys by the intra scores.
@@ -266,27 +349,22 @@ class _Attend(first_order.Function):
 
     @staticmethod
     def forward(ctx, mm, q1, k1, P, intra, v, keys0, v0, bias0, scale):
-        N, C = q1.shape[2:4]
-        L = keys0.shape[2]
-        values = torch.cat([v0, v.flatten(2, 3)], 2)                  # (B, H, L + N C, D)
-        keys, outs, read, probs = keys0, [], [], []
-        for n in range(N):
-            s = mm(q1[:, :, n], keys.transpose(-1, -2))               # (B, H, C, L + n C)
-            if L:
-                s[..., :L] += bias0
-            p = torch.cat([s, intra[:, :, n]], -1).mul_(scale).softmax(-1)
-            outs.append(mm(p, values[:, :, :L + (n + 1) * C]))
-            read.append(keys)
-            probs.append(p)
-            keys = torch.cat([mm(keys, P[:, :, n].transpose(-1, -2)), k1[:, :, n]], 2)
-        o = torch.stack(outs, 2)
-        ctx.save_for_backward(q1, P, values, o, *read, *probs)
-        ctx.scale, ctx.L, ctx.mm = scale, L, mm
+        o, keys, values, read, probs = _attend_core(mm, q1, k1, P, intra, v, keys0, v0, bias0,
+                                                    scale)
+        ctx.save_for_backward(q1, P, values, o, *read, *probs, q1, k1, P, intra, v, keys0,
+                              v0, bias0)  # the last eight: the inputs, for `twice`
+        ctx.scale, ctx.L, ctx.mm = scale, keys0.shape[2], mm
         return o, keys
 
     @staticmethod
+    def twice(ctx, do, dkeys):
+        return (None, *first_order.replay(
+            lambda *a: _attend_core(torch.matmul, *a, ctx.scale)[:2], ctx.saved_tensors[-8:],
+            (do, dkeys), ctx.needs_input_grad[1:9]), None)
+
+    @staticmethod
     def backward(ctx, do, dkeys):
-        q1, P, values, o, *saved = ctx.saved_tensors
+        q1, P, values, o, *saved = ctx.saved_tensors[:-8]
         B, H, N, C, D = q1.shape
         L, scale, mm = ctx.L, ctx.scale, ctx.mm
         dkeys = torch.zeros_like(values) if dkeys is None else dkeys
@@ -371,13 +449,19 @@ class _AttendHeads(first_order.Function):
         L = keys0.shape[2]
         values = (torch.cat([v0, v.flatten(2, 3)], 2) if L else v.flatten(2, 3)).contiguous()
         o, keys, KS, PS = _attend_fwd(lib, qs, k1, P, intra_s, values, keys0, bias0)
-        ctx.save_for_backward(qs.contiguous(), P.contiguous(), values, KS, PS)
+        ctx.save_for_backward(qs.contiguous(), P.contiguous(), values, KS, PS, qs, k1, P,
+                              intra_s, v, keys0, v0, bias0)  # the last eight: for `twice`
         ctx.lib, ctx.L = lib, L
         return o, keys
 
     @staticmethod
+    def twice(ctx, do, dkeys):
+        return (None, *first_order.replay(_attend_heads_plain, ctx.saved_tensors[5:],
+                                          (do, dkeys), ctx.needs_input_grad[1:]))
+
+    @staticmethod
     def backward(ctx, do, dkeys):
-        qs, P, values, KS, PS = ctx.saved_tensors
+        qs, P, values, KS, PS = ctx.saved_tensors[:5]
         L = ctx.L
         B, H, N, C, D = qs.shape
         dvalues = torch.empty_like(values)
@@ -406,6 +490,8 @@ class _PathQKV(first_order.Function):
     def forward(ctx, lib, pc, qkv, w, beta, scale, c, levels, Lk, raw_eps=None, bias=None,
                 proj=None, H=None, values=None):
         ctx.set_materialize_grads(False)
+        orig = (qkv, w, beta, bias, proj, values)  # for `twice` (copies below: no history)
+        ctx.plain = dict(H=H, scale=scale, c=c, levels=levels, Lk=Lk, raw_eps=raw_eps)
         if proj is None:
             qkv = qkv.contiguous()
             w, beta = native_path_chunk._dense(w), native_path_chunk._dense(beta)
@@ -421,14 +507,27 @@ class _PathQKV(first_order.Function):
             vals[:, :, T:] = values[:, :, T:]
         o, keys, KS, PS, fin, qs, P, IN = native_path_chunk.fused_fwd(pc, q, k, w, beta, v,
                                                                       extra, bias, Lk, vals)
-        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, IN, bias, proj)
+        ctx.save_for_backward(qkv, w, beta, qs, P, KS, PS, IN, bias, proj, *orig)
         ctx.lib, ctx.pc, ctx.extra, ctx.H = lib, pc, extra, H
         ctx.mark_non_differentiable(fin)
         return o, keys, fin, vals
 
     @staticmethod
+    def twice(ctx, do, dkeys, _, dvals):
+        needs = ctx.needs_input_grad  # 9 entries when called without the last five
+        at = (2, 3, 4, 10, 11, 13)  # qkv, w, beta, bias, proj, values among the arguments
+        got = first_order.replay(partial(_fresh_plain, **ctx.plain), ctx.saved_tensors[10:],
+                                 (do, dkeys, None, dvals),
+                                 [i < len(needs) and needs[i] for i in at])
+        grads = [None] * len(needs)
+        for i, g in zip(at, got):
+            if i < len(needs):
+                grads[i] = g
+        return tuple(grads)
+
+    @staticmethod
     def backward(ctx, do, dkeys, _, dvals):
-        qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors
+        qkv, w, beta, qs, P, KS, PS, IN, bias, proj = ctx.saved_tensors[:10]
         dqkv = dproj = None
         if proj is None:
             q, k, v = qkv.unbind(2)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -136,58 +135,74 @@ def grads_bwd(lib, Pg, W01, W02, k, g, saved, dX0, dX1, dG1s, dGs, dPa, dPb=None
 
 class _Momenta(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2):
+    def forward(ctx, lib, W1, S0, e, w, u1, v1, u2, v2, plain=None):
+        orig = (S0, e, w, u1, v1, u2, v2)  # for `twice` (copies carry no history)
         S0, e, w, u1, v1 = (t.contiguous() for t in (S0, e, w, u1, v1))
         u2, v2 = (None if t is None else t.contiguous() for t in (u2, v2))
         St, Slast = mom_fwd(lib, W1, S0, e, w, u1, v1, u2, v2)
-        ctx.save_for_backward(S0, e, w, u1, v1, u2, v2, St)
-        ctx.lib, ctx.W1 = lib, W1
+        ctx.save_for_backward(S0, e, w, u1, v1, u2, v2, St, *orig)
+        ctx.lib, ctx.W1, ctx.plain = lib, W1, plain
         return St, Slast
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *douts):  # under create_graph: autograd through ops.atlas's PyTorch form
+        native.plain_given(ctx.plain, "_Momenta")
+        return (None, *first_order.replay(ctx.plain, (ctx.W1, *ctx.saved_tensors[8:]), douts,
+                                          ctx.needs_input_grad[1:]), None)
+
+    @staticmethod
     def backward(ctx, dSt, dSlast):
-        S0, e, w, u1, v1, u2, v2, St = ctx.saved_tensors
+        S0, e, w, u1, v1, u2, v2, St = ctx.saved_tensors[:8]
         dSt = torch.zeros_like(St) if dSt is None else dSt.contiguous()
         dSlast = torch.zeros_like(S0) if dSlast is None else dSlast.contiguous()
         dS0, du1, dv1, du2, dv2, de, dw = mom_bwd(ctx.lib, ctx.W1, S0, e, w, u1, v1, u2, v2, St,
                                                   dSt, dSlast)
-        return None, None, dS0, de, dw, du1, dv1, du2, dv2
+        return None, None, dS0, de, dw, du1, dv1, du2, dv2, None
 
 
 class _Reads(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, M0, U, a, c, q, W01, W02):
+    def forward(ctx, lib, M0, U, a, c, q, W01, W02, plain=None):
+        orig = (M0, U, a, c, q, W01, W02)  # for `twice` (copies carry no history)
         M0, U, a, c, q, W01 = (t.contiguous() for t in (M0, U, a, c, q, W01))
         W02 = None if W02 is None else W02.contiguous()
         z, Mlast, Ms, hs = read_fwd(lib, M0, U, a, c, q, W01, W02)
-        ctx.save_for_backward(M0, U, a, c, q, W01, W02, Ms, hs)
-        ctx.lib = lib
+        ctx.save_for_backward(M0, U, a, c, q, W01, W02, Ms, hs, *orig)
+        ctx.lib, ctx.plain = lib, plain
         return z, Mlast
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *douts):  # under create_graph: autograd through ops.atlas's PyTorch form
+        native.plain_given(ctx.plain, "_Reads")
+        return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[9:], douts,
+                                          ctx.needs_input_grad[1:]), None)
+
+    @staticmethod
     def backward(ctx, dz, dMlast):
-        M0, U, a, c, q, W01, W02, Ms, hs = ctx.saved_tensors
+        M0, U, a, c, q, W01, W02, Ms, hs = ctx.saved_tensors[:9]
         width = (W02 if W02 is not None else W01).shape[-1]
         dz = a.new_zeros(*a.shape, width) if dz is None else dz.contiguous()
         dMlast = torch.zeros_like(M0) if dMlast is None else dMlast.contiguous()
         dM0, dU, da, dc, dq, dW1, dW2 = read_bwd(ctx.lib, M0, U, a, c, q, W01, W02, Ms, hs, dz,
                                                  dMlast)
         return (None, dM0, dU, da, dc, dq, dW1.sum(0),
-                None if dW2 is None else dW2.sum(0))
+                None if dW2 is None else dW2.sum(0), None)
 
 
-def momenta(lib, S0, e, w, pairs, W1):
+def momenta(lib, S0, e, w, pairs, W1, plain=None):
     """(S_t (..., C, N) of every step of a chunk, the last of them (..., N)); S0 (..., N),
-    e, w (..., C), pairs [(u, v)] per weight (one or two), W1 = window - 1; `lib` = load()."""
+    e, w (..., C), pairs [(u, v)] per weight (one or two), W1 = window - 1; `lib` = load();
+    plain: the same function of (W1, S0, e, w, u1, v1, u2, v2) in PyTorch (ops.atlas's),
+    which the node's `twice` differentiates (None: first order only)."""
     (u1, v1), (u2, v2) = pairs[0], (pairs[1] if len(pairs) > 1 else (None, None))
-    return _Momenta.apply(lib, W1, S0, e, w, u1, v1, u2, v2)
+    return _Momenta.apply(lib, W1, S0, e, w, u1, v1, u2, v2, plain)
 
 
-def reads(lib, M0, U, a, c, q, W0):
+def reads(lib, M0, U, a, c, q, W0, plain=None):
     """(z (B, H, C, O), M_{C-1} (B, H, N)): the memories M_t = a_t M_{t-1} + c_t U_t (M0
     (B, H, N), U (B, H, C, N), a, c (B, H, C)) read by the memory model at q (B, H, C, I):
     z_t = q_t (W0_1 + M1_t) for one weight, gelu(q_t (W0_1 + M1_t)) (W0_2 + M2_t) for two;
-    W0 the initial weights [(H, I, O)], M_t's blocks packed short side first."""
-    return _Reads.apply(lib, M0, U, a, c, q, W0[0], W0[1] if len(W0) > 1 else None)
+    W0 the initial weights [(H, I, O)], M_t's blocks packed short side first. plain: the
+    same function of (M0, U, a, c, q, W0_1, W0_2 or None) in PyTorch (ops.atlas's), which
+    the node's `twice` differentiates (None: first order only)."""
+    return _Reads.apply(lib, M0, U, a, c, q, W0[0], W0[1] if len(W0) > 1 else None, plain)

@@ -26,6 +26,8 @@
     pairs(lib, x, w, lin) -> psi             ops.feature_maps.packed's features: x (..., d)
         -> (..., [1 + d +] d (d + 1) / 2), [1, x] first when lin, then w_p x_a x_b over the
         pairs a <= b in row-major order (w (P,)); gradient in x only.
+    fused_sdpa(q, k, v, mask, causal, scale)  torch's F.scaled_dot_product_attention (its
+        fused kernels, the C kernels' fallback), differentiable twice (`_FusedSDPA`).
 
 All float32 or all float64 on the CPU (`ops.backend.use_native` decides); `lib` = load().
 Rows are split over torch.get_num_threads() threads (ctypes lets go of the GIL).
@@ -36,6 +38,8 @@ from __future__ import annotations
 import ctypes
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from rnnzoo.ops import first_order, native
 
@@ -446,21 +450,10 @@ def rope(lib, x, cos, sin):
     return _Rope.apply(lib, x, cos.contiguous(), sin.contiguous())
 
 
-def _torch_pairs(x, w, lin):
-    """pairs in PyTorch (ops.feature_maps.packed's path without the kernel; _Pairs's `twice`
-    differentiates it): x_a x_b w_ab over the pairs a <= b (torch.triu_indices' order), with
-    [1, x] before them when lin."""
-    d = x.shape[-1]
-    a, b = torch.triu_indices(d, d, device=x.device)
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    psi = (x @ (eye[:, a] * w)) * (x @ eye[:, b])             # one-hot gathers: matmuls
-    return torch.cat([torch.ones_like(x[..., :1]), x, psi], -1) if lin else psi
-
-
 class _Pairs(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, x, w, lin):
-        orig = (x, w)  # for `twice` (the copies below have no autograd history)
+    def forward(ctx, lib, x, w, lin, plain=None):
+        orig = (x, w)  # for `twice` (copies carry no history)
         x, w = x.contiguous(), w.contiguous()
         d = x.shape[-1]
         F = (1 + d if lin else 0) + d * (d + 1) // 2
@@ -469,13 +462,14 @@ class _Pairs(first_order.Function):
         _run(_kernel(lib, "pairs_fwd", x.dtype), [native.ptr(t) for t in (x, w, out)],
              (d, int(lin)), rows)
         ctx.save_for_backward(x, w, *orig)
-        ctx.lib, ctx.lin = lib, lin
+        ctx.lib, ctx.lin, ctx.plain = lib, lin, plain
         return out
 
     @staticmethod
-    def twice(ctx, g):
-        return (None, *first_order.replay(_torch_pairs, (*ctx.saved_tensors[2:], ctx.lin), (g,),
-                                          ctx.needs_input_grad[1:]))
+    def twice(ctx, g):  # under create_graph: autograd through the caller's PyTorch form
+        native.plain_given(ctx.plain, "_Pairs")
+        return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[2:], ctx.lin), (g,),
+                                          ctx.needs_input_grad[1:]), None)
 
     @staticmethod
     def backward(ctx, g):
@@ -485,9 +479,61 @@ class _Pairs(first_order.Function):
         dx = torch.empty_like(x)
         _run(_kernel(ctx.lib, "pairs_bwd", x.dtype), [native.ptr(t) for t in (x, w, g, dx)],
              (d, int(ctx.lin)), x.numel() // d if d else 0)
-        return None, dx, None, None
+        return None, dx, None, None, None
 
 
-def pairs(lib, x, w, lin: bool):
-    """psi (..., [1 + d +] P) from x (..., d) and the pair weights w (P,)."""
-    return _Pairs.apply(lib, x, w, lin)
+def pairs(lib, x, w, lin: bool, plain=None):
+    """psi (..., [1 + d +] P) from x (..., d) and the pair weights w (P,); plain: the same
+    function of (x, w, lin) in PyTorch (ops.feature_maps'), which the node's `twice`
+    differentiates (None: first order only)."""
+    return _Pairs.apply(lib, x, w, lin, plain)
+
+
+def _math_sdpa(q, k, v, mask, causal, scale):
+    """F.scaled_dot_product_attention by its math form (differentiable twice)."""
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=scale)
+
+
+class _FusedSDPA(first_order.Function):
+    """torch's fused F.scaled_dot_product_attention as it runs, forward and backward: its
+    own graph, built in forward on detached inputs and run back in backward (the same
+    kernels, bit for bit); under create_graph its `twice` replays the math form (the fused
+    kernels' backward, CPU flash attention's too, has no derivative in torch)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, causal, scale):
+        with torch.enable_grad():
+            ins = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), ctx.needs_input_grad)]
+            out = F.scaled_dot_product_attention(*ins, attn_mask=mask, is_causal=causal,
+                                                 scale=scale)
+        ctx.inner = out, ins
+        ctx.save_for_backward(q, k, v, mask)
+        ctx.causal, ctx.scale = causal, scale
+        return out.detach()
+
+    @staticmethod
+    def twice(ctx, g):
+        q, k, v, mask = ctx.saved_tensors
+        return (*first_order.replay(_math_sdpa, (q, k, v, mask, ctx.causal, ctx.scale), (g,),
+                                    ctx.needs_input_grad[:3]), None, None, None)
+
+    @staticmethod
+    def backward(ctx, g):
+        out, ins = ctx.inner
+        wrt = [t for t in ins if t.requires_grad]
+        # retained: a backward run again (retain_graph, gradcheck) runs it again
+        got = iter(torch.autograd.grad(out, wrt, g, retain_graph=True))
+        return (*(next(got) if t.requires_grad else None for t in ins), None, None, None)
+
+
+def fused_sdpa(q, k, v, mask=None, causal=False, scale=None):
+    """F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale),
+    differentiable twice: where a gradient is taken through a fused kernel (flash attention
+    not switched off, e.g. by sdpa_kernel(SDPBackend.MATH)), through `_FusedSDPA`."""
+    if (torch.compiler.is_compiling() or not torch.backends.cuda.flash_sdp_enabled()
+            or not torch.is_grad_enabled() or not any(t.requires_grad for t in (q, k, v))):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              scale=scale)
+    return _FusedSDPA.apply(q, k, v, mask, causal, scale)

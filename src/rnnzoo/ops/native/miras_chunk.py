@@ -56,7 +56,8 @@ def _array(ts):
 
 class _NativeChunks(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, phi, loss, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
+    def forward(ctx, lib, phi, loss, plain, k, v, dl, aT, c, u1, u2, P1, P2, U1, U2):
+        orig = (k, v, dl, aT, c, u1, u2, P1, P2, U1, U2)  # for `twice` (copies: no history)
         ins = [t.contiguous() for t in (k, v, dl, aT, c, u1, u2, P1, P2, U1, U2)]
         B, H, N, C, K = k.shape
         F = u1.shape[-1]
@@ -72,14 +73,20 @@ class _NativeChunks(first_order.Function):
         native.run(fwd, [(*map(native.ptr, ins), _array(Us1), _array(Us2),
                           *map(native.ptr, (X2, G1, G2, D1, D2, E)), H, N, C, K, F, B * H,
                           KINDS[phi], LOSSES[loss], p0, p1) for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins[:9], X2, G1, G2, D1, D2, E, *Us1, *Us2)
-        ctx.lib, ctx.kinds = lib, (KINDS[phi], LOSSES[loss])
+        ctx.save_for_backward(*ins[:9], X2, G1, G2, D1, D2, E, *Us1, *Us2, *orig)
+        ctx.lib, ctx.kinds, ctx.plain = lib, (KINDS[phi], LOSSES[loss]), plain
         flop_count.add(flops(B * H * N, C, K, F)[0])
         return *Us1, *Us2, X2, G1, G2
 
     @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch chunk loop
+        native.plain_given(ctx.plain, "_NativeChunks")
+        return (None,) * 4 + first_order.replay(ctx.plain, ctx.saved_tensors[-11:], douts,
+                                                 ctx.needs_input_grad[4:])
+
+    @staticmethod
     def backward(ctx, *douts):
-        k, v, dl, aT, c, u1, u2, P1, P2, *rest = ctx.saved_tensors
+        k, v, dl, aT, c, u1, u2, P1, P2, *rest = ctx.saved_tensors[:-11]
         fwd_out, Us = rest[:6], rest[6:]
         B, H, N, C, K = k.shape
         F = u1.shape[-1]
@@ -100,11 +107,15 @@ class _NativeChunks(first_order.Function):
                           *map(native.ptr, (dP1, dP2, dU1, dU2)), _array(fwd_out), sizes, p0, p1)
                          for i, (p0, p1) in enumerate(parts)])
         flop_count.add(flops(B * H * N, C, K, F)[1])
-        return (None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1, dU2)
+        return (None, None, None, None, *grads, du[0].sum(0), du[1].sum(0), dP1, dP2, dU1, dU2)
 
 
-def miras_chunks(lib, phi, loss, k, v, dl, aT, c, init, Pg, U0):
-    """(Us, X2, G1, G2) as the module docstring says; `lib` = load()."""
+def miras_chunks(lib, phi, loss, k, v, dl, aT, c, init, Pg, U0, plain=None):
+    """(Us, X2, G1, G2) as the module docstring says; `lib` = load(); plain: the same
+    function of (k, v, dl, aT, c, *init, *Pg, *U0) in PyTorch, returning (*Us1, *Us2, X2,
+    G1, G2) (ops.memory's chunk loop), which the node's `twice` differentiates (None: first order
+    only)."""
     N = k.shape[2]
-    *Us, X2, G1, G2 = _NativeChunks.apply(lib, phi, loss, k, v, dl, aT, c, *init, *Pg, *U0)
+    *Us, X2, G1, G2 = _NativeChunks.apply(lib, phi, loss, plain, k, v, dl, aT, c, *init, *Pg,
+                                          *U0)
     return [Us[:N + 1], Us[N + 1:]], X2, G1, G2

@@ -67,7 +67,8 @@ def _unflat(flat, stacked, N):
 
 class _NativeRead(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, kind, q, stacked, x, u0, a, e, *chunks):
+    def forward(ctx, lib, kind, q, stacked, plain, x, u0, a, e, *chunks):
+        orig = (x, u0, a, e, *chunks)  # for `twice` (copies carry no history)
         x, u0, a, e = (t.contiguous() for t in (x, u0, a, e))
         B, H, N, C, n_in = x.shape
         chunks = [t.contiguous() for t in chunks]
@@ -83,14 +84,23 @@ class _NativeRead(first_order.Function):
                 _array(X, N), _array(G, N), native.ptr(y), native.ptr(nrm)]
         native.run(fwd, [(*ptrs, H, N, C, n_in, n_out, kind, qv, *p)
                          for p in native.rows(B * H * N) or [(0, 0)]])
-        ctx.save_for_backward(x, u0, a, e, *chunks, *((y, nrm) if kind < 2 else ()))
-        ctx.lib, ctx.kind, ctx.q, ctx.stacked = lib, kind, qv, stacked
+        ctx.save_for_backward(*orig, x, u0, a, e, *chunks, *((y, nrm) if kind < 2 else ()))
+        ctx.lib, ctx.kind, ctx.q, ctx.stacked, ctx.plain = lib, kind, qv, stacked, plain
+        ctx.n_orig = len(orig)
         flop_count.add(flops(B * H * N * C, n_in, n_out)[0])
         return y
 
     @staticmethod
+    def twice(ctx, dy):  # under create_graph: autograd through the PyTorch reads
+        native.plain_given(ctx.plain, "_NativeRead")
+        def fn(x, u0, a, e, *flat):
+            return ctx.plain(x, u0, a, e, *_unflat(flat, ctx.stacked, x.shape[2]))
+        return (None,) * 5 + first_order.replay(fn, ctx.saved_tensors[:ctx.n_orig], (dy,),
+                                                 ctx.needs_input_grad[5:])
+
+    @staticmethod
     def backward(ctx, dy):
-        x, u0, a, e, *rest = ctx.saved_tensors
+        x, u0, a, e, *rest = ctx.saved_tensors[ctx.n_orig:]
         B, H, N, C, n_in = x.shape
         M = sum(1 if st else N for st in ctx.stacked)
         U0, X, G = _unflat(rest[:M], ctx.stacked, N)
@@ -116,16 +126,18 @@ class _NativeRead(first_order.Function):
             du0 = torch.bmm(x.view(B * H, N * C, n_in).transpose(1, 2),
                             dy.view(B * H, N * C, n_out)).view(B, H, n_in, n_out).sum(0)
         flat = [d for t in (dU0, dX, dG) for d in ([t] if isinstance(t, torch.Tensor) else t)]
-        return (None, None, None, None, dx, du0, da, de, *flat)
+        return (None, None, None, None, None, dx, du0, da, de, *flat)
 
 
-def miras_read(lib, kind, q, x, u0, U0, a, e, X, G):
+def miras_read(lib, kind, q, x, u0, U0, a, e, X, G, plain=None):
     """y (B, H, N, C, O); `lib` = native.load("miras_read"); kind one of KINDS (q: qscale's);
     U0, X, G: each a list of N chunks or a chunk-major tensor (N, B, H, ...) (no list, no
-    stack: its gradient is one tensor too)."""
+    stack: its gradient is one tensor too); plain: the same function of (x, u0, a, e, U0, X,
+    G) in PyTorch (ops.memory's), which the node's `twice` differentiates (None: first
+    order only)."""
     stacked = tuple(isinstance(t, torch.Tensor) for t in (U0, X, G))
     flat = [c for t in (U0, X, G) for c in ([t] if isinstance(t, torch.Tensor) else t)]
-    return _NativeRead.apply(lib, kind, q, stacked, x, u0, a, e, *flat)
+    return _NativeRead.apply(lib, kind, q, stacked, plain, x, u0, a, e, *flat)
 
 
 def load():

@@ -211,11 +211,17 @@ static void NAME(pc_ut)(NAME(pblk) *s, long j, long bwd) {
       *YZ = s->YZ + j * c * E, *WT = s->t1, *KT = s->t1 + D * c, *QZ = s->t2;
     NAME(tr)(WT, W, c, D, D);
     NAME(tr)(KT, K, c, D, D);
-    NAME(pm)(W, D, 1, WT, c, G, c, c, c, D, 0);
-    NAME(pm)(W, D, 1, KT, c, SK, c, c, c, D, 0);
-    NAME(pm)(Q, D, 1, WT, c, QW, c, c, c, D, 0);
+    /* the (strictly) lower products by row halves: rows [0, h) read columns [0, h) only (the
+       upper parts are zeroed below), and a lower A's rows [0, h) only its first h columns */
+    const long h = c / 2;
     T *in = s->intra + j * c * C + j * c;
-    if (!bwd) NAME(pm)(Q, D, 1, KT, c, in, C, c, c, D, 0);
+    for (long half = 0; half < 2; half++) {
+        const long r0 = half ? h : 0, nr = half ? c - h : h, nc = half ? c : h;
+        NAME(pm)(W + r0 * D, D, 1, WT, c, G + r0 * c, c, nr, nc, D, 0);
+        NAME(pm)(W + r0 * D, D, 1, KT, c, SK + r0 * c, c, nr, nc, D, 0);
+        NAME(pm)(Q + r0 * D, D, 1, WT, c, QW + r0 * c, c, nr, nc, D, 0);
+        if (!bwd) NAME(pm)(Q + r0 * D, D, 1, KT, c, in + r0 * C, C, nr, nc, D, 0);
+    }
     for (long i = 0; i < c; i++) {
         for (long m = i; m < c; m++) G[i * c + m] = SK[i * c + m] = 0;
         for (long m = i + 1; m < c; m++) QW[i * c + m] = 0;
@@ -227,7 +233,8 @@ static void NAME(pc_ut)(NAME(pblk) *s, long j, long bwd) {
         for (long m = 0; m < c; m++) y[D + m] = b[i] * SK[i * c + m];
     }
     NAME(pc_subst)(YZ, E, c, G, b, 0);
-    NAME(pm)(QW, c, 1, YZ, E, QZ, E, c, E, c, 0);
+    NAME(pm)(QW, c, 1, YZ, E, QZ, E, h, E, h, 0);  /* QW lower: rows < h read h columns */
+    NAME(pm)(QW + h * c, c, 1, YZ, E, QZ + h * E, E, c - h, E, c, 0);
     T *q1 = s->ql + j * c * D, *k1 = s->kl + j * c * D, *P = NAME(pc_P)(s, 0, j);
     for (long i = 0; i < c; i++) {
         for (long d = 0; d < D; d++) q1[i * D + d] = Q[i * D + d] - QZ[i * E + d];
@@ -235,7 +242,9 @@ static void NAME(pc_ut)(NAME(pblk) *s, long j, long bwd) {
         for (long m = 0; m <= i; m++) in[i * C + m] -= QZ[i * E + D + m];
         for (long m = i + 1; m < c; m++) in[i * C + m] = 0;
     }
-    NAME(pm)(YZ + D, 1, E, W, D, k1, D, c, D, c, 0);  /* Z^T W */
+    /* Z^T W (Z strictly lower: Z^T's rows >= h read its columns >= h only) */
+    NAME(pm)(YZ + D, 1, E, W, D, k1, D, h, D, c, 0);
+    NAME(pm)(YZ + D + h + h * E, 1, E, W + h * D, D, k1 + h * D, D, c - h, D, c - h, 0);
     for (long i = 0; i < c * D; i++) k1[i] = K[i] - k1[i];
     NAME(pm)(WT, c, 1, YZ, E, P, D, D, D, c, 0);      /* W^T Y */
     for (long i = 0; i < D * D; i++) P[i] = -P[i];
@@ -322,6 +331,7 @@ static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *rest
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2}, sw[3] = {sw0, sw1, sw2},
                sb[3] = {sb0, sb1, sb2}, NI = 3 * C * D + 3 * C;
+    const long hC = C / 2;  /* the diagonal block's row halves */
     const T sc = (T)scale;
     T *kt = aligned_alloc(64, (size_t)((2 * Lt * D + D * D + 15) / 16 * 16) * sizeof(T));
     T *pt = kt + Lt * D, *vbuf = pt + D * D;  /* K^T, P_n^T, the head-row's values */
@@ -335,10 +345,13 @@ static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *rest
         NAME(pc_zero)(K + Lt * D, (Lk - Lt) * D);
         for (long n = 0; n < N; n++) {
             const long m = n * C, e = m + C, ob = g * N + n;
+            /* the block's inputs loaded straight into IN (pblk's q k w b r fl order), which the
+               backward reads */
+            s.q = IN + ob * NI, s.k = s.q + C * D, s.w = s.k + C * D, s.b = s.w + C * D;
+            s.r = s.b + C, s.fl = s.r + C;
             const T bad = NAME(pc_load)(&s, q, k, w, beta, bias, v, sq, sw, sb, bi, h, m, Tn,
                                         raw, (T)eps, 1);
             fin[g] = n ? fin[g] + bad : bad;
-            NAME(pc_cp)(IN + ob * NI, s.q, NI);  /* the block's loaded inputs, for the backward */
             NAME(pc_forward)(&s, 0);
             const T *qt = s.ql + L * C * D, *Pn = NAME(pc_P)(&s, L, 0);
             T *qn = qs + ob * C * D;
@@ -355,7 +368,12 @@ static void NAME(pf_fwd)(const T *restrict q, const T *restrict k, const T *rest
                 NAME(softmax_row)(sr, m + r + 1, &Z);
                 for (long j = m + r + 1; j < e; j++) sr[j] = 0;
             }
-            NAME(mm)(ps, vg, og + m * H * D, C, D, e, e, 1, D, 1, H * D, 0, 0, 0, 0, 0, C);
+            /* o = P V; P's rows < C / 2 are zero from column m + C / 2 on (read when a value
+               so far is not finite: 0 x inf is NaN, as path_fwd's product gives) */
+            NAME(mm)(ps, vg, og + m * H * D, hC, D, fin[g] == 0 ? m + hC : e, e, 1, D, 1, H * D,
+                     0, 0, 0, 0, 0, hC);
+            NAME(mm)(ps + hC * e, vg, og + (m + hC) * H * D, C - hC, D, e, e, 1, D, 1, H * D, 0,
+                     0, 0, 0, 0, C - hC);
             T *next = n + 1 < N ? ks + m * D : K;  /* the next block's keys after these */
             if (m) {
                 NAME(trs)(pt, D, Pn, D, D, D);
@@ -392,13 +410,18 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
         for (long m = 0; m < c; m++) X[i * E + D + m] = m <= i ? dI[i * ldi + m] : 0;
     }
     NAME(tr)(YZT, YZ, c, E, E);
-    NAME(pm)(X, E, 1, YZT, c, dqw, c, c, c, E, 0);
+    /* lower products by row halves, as pc_ut's (h = c / 2): rows [0, h) of the lower dQW
+       and dA need columns [0, h), and there X's dI and YZ's Z only their first D + h */
+    const long h = c / 2;
+    NAME(pm)(X, E, 1, YZT, c, dqw, c, h, h, D + h, 0);
+    NAME(pm)(X + h * E, E, 1, YZT, c, dqw + h * c, c, c - h, c, E, 0);
     for (long i = 0; i < c; i++)
         for (long m = 0; m < c; m++) dqw[i * c + m] = m <= i ? -dqw[i * c + m] : 0;
     /* d[Y | Z] = -(QW^T X + W [dP | dK'^T]) into dR */
     for (long d = 0; d < D; d++) NAME(pc_cp)(Em + d * E, dPj + d * D, D);
     NAME(trs)(Em + D, E, dk1, D, c, D);
-    NAME(pm)(QW, 1, c, X, E, dR, E, c, E, c, 0);
+    NAME(pm)(QW, 1, c, X, E, dR, E, h, E, c, 0);  /* QW^T upper: rows >= h from rows >= h */
+    NAME(pm)(QW + h + h * c, 1, c, X + h * E, E, dR + h * E, E, c - h, E, c - h, 0);
     NAME(pm)(W, D, 1, Em, E, dR, E, c, E, D, 1);
     /* dQ = dQ' + [dI | dQW] [K ; W];  dK = dK' + dI^T Q */
     NAME(pc_cp)(KW, K, c * D);
@@ -409,10 +432,12 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     }
     NAME(pm)(Fm, F, 1, KW, D, dQ, D, c, D, F, 0);
     for (long i = 0; i < c * D; i++) dQ[i] += dq1[i];
-    NAME(pm)(X + D, 1, E, Q, D, dK, D, c, D, c, 0);
+    NAME(pm)(X + D, 1, E, Q, D, dK, D, h, D, c, 0);  /* dI^T upper */
+    NAME(pm)(X + D + h + h * E, 1, E, Q + h * D, D, dK + h * D, D, c - h, D, c - h, 0);
     for (long i = 0; i < c * D; i++) dK[i] += dk1[i];
     /* dW = dQW^T Q - [Y | Z] [dP^T ; dK'] */
-    NAME(pm)(dqw, 1, c, Q, D, dW, D, c, D, c, 0);
+    NAME(pm)(dqw, 1, c, Q, D, dW, D, h, D, c, 0);  /* dQW^T upper */
+    NAME(pm)(dqw + h + h * c, 1, c, Q + h * D, D, dW + h * D, D, c - h, D, c - h, 0);
     NAME(trs)(Em, D, dPj, D, D, D);
     NAME(pc_cp)(Em + D * D, dk1, c * D);
     for (long i = 0; i < E * D; i++) Em[i] = -Em[i];
@@ -422,7 +447,8 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     NAME(pc_subst)(dR, E, c, G, b, 1);
     /* dA = -SL(dR [Y | Z]^T) into dqw's place (dqw done) */
     T *dA = dqw;
-    NAME(pm)(dR, E, 1, YZT, c, dA, c, c, c, E, 0);
+    NAME(pm)(dR, E, 1, YZT, c, dA, c, h, h, D + h, 0);  /* strictly lower, as dQW */
+    NAME(pm)(dR + h * E, E, 1, YZT, c, dA + h * c, c, c - h, c, E, 0);
     for (long i = 0; i < c; i++) {
         T acc = 0;
         T *restrict da = dA + i * c;
@@ -451,7 +477,8 @@ static void NAME(pc_ut_bwd)(NAME(pblk) *s, long j, const T *dq1, const T *dk1, c
     NAME(pm)(Fm, F, 1, KW, D, dW, D, c, D, F, 1);
     for (long i = 0; i < c; i++)
         for (long d = 0; d < D; d++) dW[i * D + d] += b[i] * dR[i * E + d];
-    NAME(pm)(Fm, 1, F, W, D, dK, D, c, D, c, 1);
+    NAME(pm)(Fm, 1, F, W, D, dK, D, h, D, c, 1);  /* (b o dR_Z)^T upper */
+    NAME(pm)(Fm + h + h * F, 1, F, W + h * D, D, dK + h * D, D, c - h, D, c - h, 1);
 }
 
 /* the layout of a block's gradient buffer (pc_gbuf values): each level's piece gradients
@@ -584,6 +611,7 @@ static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *rest
     T *buf = NAME(pc_alloc)(&s, c, D, levels);
     const long C = s.C, S = s.S, L = s.L, Lt = N * C, sq[3] = {sq0, sq1, sq2},
                sw[3] = {sw0, sw1, sw2}, sb[3] = {sb0, sb1, sb2};
+    const long hC = C / 2;  /* the diagonal block's row halves */
     const T sc = (T)scale;
     T *gb = aligned_alloc(64, (size_t)((NAME(pc_gbuf)(&s) + 15) / 16 * 16) * sizeof(T));
     T *dql = gb, *dkl = dql + (L + 1) * C * D, *dPl = dkl + (L + 1) * C * D,
@@ -617,7 +645,11 @@ static void NAME(pf_bwd)(const T *restrict q, const T *restrict k, const T *rest
                 NAME(pc_zero)(dPn, D * D);
             }
             /* path_bwd's order: dS = P (do V^T - rowsum) reading P by rows, then dV */
-            NAME(mm)(don, vT, ds, C, e, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, C);
+            /* dP = do V^T where P is live: rows < C / 2 to column m + C / 2 (softmax_row_bwd
+               zeroes the rest) */
+            NAME(mm)(don, vT, ds, hC, m + hC, D, H * D, 1, Lt, 1, e, 0, 0, 0, 0, 0, hC);
+            NAME(mm)(don + hC * H * D, vT, ds + hC * e, C - hC, e, D, H * D, 1, Lt, 1, e, 0, 0,
+                     0, 0, 0, C - hC);
             for (long r = 0; r < C; r++)
                 NAME(softmax_row_bwd)(ps + r * e, ds + r * e, m + r + 1, e);
             /* the last block (the first here) covers every value: dV written, then added */

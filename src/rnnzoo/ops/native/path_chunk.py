@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -164,37 +163,66 @@ def _backward(ctx, q, k, w, beta, grads, dq, dk):
     return chunk_bwd(ctx.lib, q, k, w, beta, grads, dq, dk, ctx.extra)
 
 
+def _twice(ctx, args, grads, needs):
+    """The pieces' `twice`: replay of the caller's plain form (ops.path_attention's
+    _pieces_plain, passed in: ops.native imports nothing above it) over the inputs as given."""
+    if ctx.plain is None:
+        raise RuntimeError(
+            f"rnnzoo: {ctx.name}'s backward is first order only: create_graph=True through it "
+            "is not supported without its plain form (pieces' `plain`); every layer's "
+            "mode='sequential' is (docs/design.md, higher-order gradients)")
+    return first_order.replay(ctx.plain, args, grads, needs)
+
+
 class _Pieces(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, w, beta, scale, c, levels):
+    def forward(ctx, lib, q, k, w, beta, scale, c, levels, plain):
+        orig = (q, k, w, beta)  # for `twice` (the copies below have no autograd history)
         q, k, w, beta = (_dense(t) for t in (q, k, w, beta))
         if q.stride() != k.stride():  # one set of strides for both
             q, k = q.contiguous(), k.contiguous()
-        ctx.save_for_backward(q, k, w, beta)
+        ctx.save_for_backward(q, k, w, beta, *orig)
+        ctx.name = "_Pieces"
+        ctx.plain = None if plain is None else (
+            lambda q, k, w, beta: plain(q, k, w, beta, scale, c, levels))
         return _forward(ctx, lib, q, k, w, beta, scale, c, levels)
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *grads):
+        return (None, *_twice(ctx, ctx.saved_tensors[4:], grads, ctx.needs_input_grad[1:5]),
+                None, None, None, None)
+
+    @staticmethod
     def backward(ctx, *grads):
-        q, k, w, beta = ctx.saved_tensors
+        q, k, w, beta = ctx.saved_tensors[:4]
         dq, dk = (torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
                   for t in (q, k))
-        return None, dq, dk, *_backward(ctx, q, k, w, beta, grads, dq, dk), None, None, None
+        return (None, dq, dk, *_backward(ctx, q, k, w, beta, grads, dq, dk), None, None, None,
+                None)
 
 
 class _PiecesQKV(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, qkv, w, beta, scale, c, levels):
+    def forward(ctx, lib, qkv, w, beta, scale, c, levels, plain):
+        orig = (qkv, w, beta)  # for `twice`
         qkv, w, beta = qkv.contiguous(), _dense(w), _dense(beta)
         q, k, v = qkv.unbind(2)
-        ctx.save_for_backward(qkv, w, beta)
+        ctx.save_for_backward(qkv, w, beta, *orig)
+        ctx.name = "_PiecesQKV"
+        ctx.plain = None if plain is None else (
+            lambda qkv, w, beta: (*plain(*qkv.unbind(2)[:2], w, beta, scale, c, levels),
+                                  qkv.unbind(2)[2].transpose(1, 2)))
         return (*_forward(ctx, lib, q, k, w, beta, scale, c, levels),
                 v.transpose(1, 2).contiguous())
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *grads):
+        return (None, *_twice(ctx, ctx.saved_tensors[3:], grads, ctx.needs_input_grad[1:4]),
+                None, None, None, None)
+
+    @staticmethod
     def backward(ctx, dqs, dk1, dP, dintra, dv):
-        qkv, w, beta = ctx.saved_tensors
+        qkv, w, beta = ctx.saved_tensors[:3]
         q, k, _ = qkv.unbind(2)
         dqkv = torch.empty_like(qkv)
         dq, dk, dvs = dqkv.unbind(2)  # q's strides: the kernel writes them in place
@@ -203,12 +231,15 @@ class _PiecesQKV(first_order.Function):
             dvs.zero_()
         else:
             dvs.copy_(dv.transpose(1, 2))
-        return None, dqkv, dw, db, None, None, None
+        return None, dqkv, dw, db, None, None, None, None
 
 
-def pieces(lib, q, k, w, beta, scale, c, levels):
-    return _Pieces.apply(lib, q, k, w, beta, scale, c, levels)
+def pieces(lib, q, k, w, beta, scale, c, levels, plain=None):
+    """plain: the same pieces in PyTorch, plain(q, k, w, beta, scale, c, levels) (the
+    node's `twice` replays it; None: create_graph=True through the node raises)."""
+    return _Pieces.apply(lib, q, k, w, beta, scale, c, levels, plain)
 
 
-def pieces_qkv(lib, qkv, w, beta, scale, c, levels):
-    return _PiecesQKV.apply(lib, qkv, w, beta, scale, c, levels)
+def pieces_qkv(lib, qkv, w, beta, scale, c, levels, plain=None):
+    """plain as pieces'."""
+    return _PiecesQKV.apply(lib, qkv, w, beta, scale, c, levels, plain)

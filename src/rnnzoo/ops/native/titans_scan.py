@@ -63,7 +63,8 @@ def _kernels(lib, dtype):
 
 class _NativeTitans(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
+    def forward(ctx, lib, plain, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
+        orig = (q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0)  # for `twice` (no copies)
         B, H, N, C, K = q.shape
         W0 = W0.expand(B, H, K, K)          # per pair (each writes its own dW0, summed after)
         ins = [t.contiguous() for t in (q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0)]
@@ -72,16 +73,22 @@ class _NativeTitans(first_order.Function):
         Ms, Ss = (q.new_empty(B, H, N + 1, K, K) for _ in range(2))
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, (o, Ms, Ss)), N, C, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins[:10], Ms, Ss, ins[12])
-        ctx.lib, ctx.lo = lib, N + 1 - tail
+        ctx.save_for_backward(*ins[:10], Ms, Ss, ins[12], *orig)
+        ctx.lib, ctx.lo, ctx.plain, ctx.tail = lib, N + 1 - tail, plain, tail
         flop_count.add(flops(B * H * N, C, K)[0])
         if tail == N + 1:
             return o, Ms, Ss
         return o, Ms[:, :, ctx.lo:].clone(), Ss[:, :, ctx.lo:].clone()
 
     @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch chunk loop
+        native.plain_given(ctx.plain, "_NativeTitans")
+        return (None, None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[13:], ctx.tail),
+                                                douts, ctx.needs_input_grad[2:]))
+
+    @staticmethod
     def backward(ctx, do, dMs, dSs):
-        *ins, Ms, Ss, W0 = ctx.saved_tensors
+        *ins, Ms, Ss, W0 = ctx.saved_tensors[:13]
         q, P0 = ins[0], ins[9]
         B, H, N, C, K = q.shape
         bwd = _kernels(ctx.lib, q.dtype)[1]
@@ -97,21 +104,25 @@ class _NativeTitans(first_order.Function):
         sizes = (ctypes.c_long * 4)(N, ctx.lo, C, K)
         native.run(bwd, [(*args, sizes, p0, p1) for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H * N, C, K)[1])
-        return None, *grads, dP0, dM0, dS0, dW0.sum(0), None
+        return None, None, *grads, dP0, dM0, dS0, dW0.sum(0), None
 
 
-def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail=None):
+def titans_linear(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail=None, plain=None):
     """(o, Ms, Ss) as the module docstring says; `lib` = load(). `tail`: Ms, Ss hold only
     the last `tail` states (a caller that reads only those: no gradient of the whole size
-    for the others, nor a pass over it)."""
+    for the others, nor a pass over it). plain: the same function of (q, ..., W0, tail) in
+    PyTorch (ops.memory's), which the node's `twice` differentiates (None: first order
+    only)."""
     tail = q.shape[2] + 1 if tail is None else tail
-    return _NativeTitans.apply(lib, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail)
+    return _NativeTitans.apply(lib, plain, q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0,
+                               tail)
 
 
 class _NativeGates(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, a, e, m, th):
-        ins = [t.contiguous() for t in (q, k, a, e, m, th)]
+    def forward(ctx, lib, plain, q, k, a, e, m, th):
+        orig = (q, k, a, e, m, th)  # for `twice` (copies carry no history)
+        ins = [t.contiguous() for t in orig]
         B, H, N, C, K = q.shape
         fwd = _kernels(lib, q.dtype)[2]
         att = q.new_empty(B, H, N, C, C)
@@ -120,14 +131,20 @@ class _NativeGates(first_order.Function):
         out = (att, ga, gf, cl, re, gE)
         native.run(fwd, [(*map(native.ptr, ins), *map(native.ptr, out), N, C, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(*ins)
-        ctx.lib = lib
+        ctx.save_for_backward(*ins, *orig)
+        ctx.lib, ctx.plain = lib, plain
         flop_count.add(gate_flops(B * H * N, C, K)[0])
         return out
 
     @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through ops.memory's coefficients
+        native.plain_given(ctx.plain, "_NativeGates")
+        return (None, None, *first_order.replay(ctx.plain, ctx.saved_tensors[6:], douts,
+                                                ctx.needs_input_grad[2:]))
+
+    @staticmethod
     def backward(ctx, *douts):
-        ins = ctx.saved_tensors
+        ins = ctx.saved_tensors[:6]
         B, H, N, C, K = ins[0].shape
         bwd = _kernels(ctx.lib, ins[0].dtype)[3]
         shapes = [(B, H, N, C, C)] + [(B, H, N, C)] * 4 + [(B, H, N)]
@@ -137,17 +154,19 @@ class _NativeGates(first_order.Function):
         native.run(bwd, [(*map(native.ptr, (*ins, *douts, *grads)), N, C, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(gate_flops(B * H * N, C, K)[1])
-        return None, *grads
+        return None, None, *grads
 
 
-def titans_gates(lib, q, k, a, e, m, th):
+def titans_gates(lib, q, k, a, e, m, th, plain=None):
     """The gate coefficients of ops.memory's chunk form in C, each chunk one recurrence
     (titans_scan.c, coef): q, k (B, H, N, C, K); a, e, m, th (B, H, N, C), the steps'
     1 - alpha, E's and S's factors and theta (1, 1, 0, 0 off the sequence). Returns
     (att, ga, gf, cl, re, gE) as titans_linear takes them: att = Cm o q k^T (B, H, N, C, C),
     zero above the diagonal; A, f, Cm's last row, RE's last row times theta (B, H, N, C); E_T
-    (B, H, N). Differentiable in all six inputs; `lib` = load()."""
-    return _NativeGates.apply(lib, q, k, a, e, m, th)
+    (B, H, N). Differentiable in all six inputs; `lib` = load(); plain: the same function of
+    (q, k, a, e, m, th) in PyTorch (ops.memory's), which the node's `twice` differentiates
+    (None: first order only)."""
+    return _NativeGates.apply(lib, plain, q, k, a, e, m, th)
 
 
 def _seg_kernels(lib, dtype):
@@ -163,7 +182,8 @@ class _NativeSegment(first_order.Function):
     (no transposes, gate splits, coefficient tensors nor state slices in PyTorch)."""
 
     @staticmethod
-    def forward(ctx, lib, q, k, v, g, W0, P0, M0, S0, lr):
+    def forward(ctx, lib, q, k, v, g, W0, P0, M0, S0, lr, plain=None):
+        orig = (q, k, v, g, W0, P0, M0, S0)  # for `twice` (copies carry no history)
         q, k, v = (t.contiguous() for t in (q, k, v))
         g = g if g.stride(-1) == 1 else g.contiguous()
         B, n, H, K = q.shape
@@ -175,14 +195,20 @@ class _NativeSegment(first_order.Function):
         args = [native.ptr(t) for t in (q, k, v, g, W0, P0, M0, S0, z, M, S, work)]
         native.run(fwd, [(*args, lr, g.stride(0), g.stride(1), H, n, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
-        ctx.save_for_backward(q, k, v, g, W0, P0, M0, S0, work)
-        ctx.lib, ctx.lr = lib, lr
+        ctx.save_for_backward(q, k, v, g, W0, P0, M0, S0, work, *orig)
+        ctx.lib, ctx.lr, ctx.plain = lib, lr, plain
         flop_count.add(flops(B * H, n, K)[0] + gate_flops(B * H, n, K)[0])
         return z, M, S
 
     @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through ops.memory's PyTorch form
+        native.plain_given(ctx.plain, "_NativeSegment")
+        return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[9:], ctx.lr), douts,
+                                          ctx.needs_input_grad[1:]), None)
+
+    @staticmethod
     def backward(ctx, dz, dM, dS):
-        q, k, v, g, W0, P0, M0, S0, work = ctx.saved_tensors
+        q, k, v, g, W0, P0, M0, S0, work = ctx.saved_tensors[:9]
         B, n, H, K = q.shape
         bwd = _seg_kernels(ctx.lib, q.dtype)[1]
         dz = torch.zeros_like(q) if dz is None else dz.contiguous()
@@ -196,17 +222,19 @@ class _NativeSegment(first_order.Function):
         native.run(bwd, [(*args, ctx.lr, g.stride(0), g.stride(1), H, n, K, p0, p1)
                          for p0, p1 in native.rows(B * H)])
         flop_count.add(flops(B * H, n, K)[1] + gate_flops(B * H, n, K)[1])
-        return None, dq, dk, dv, dg, dW.sum(0), dP0, dM0, dS0, None
+        return None, dq, dk, dv, dg, dW.sum(0), dP0, dM0, dS0, None, None
 
 
-def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0):
+def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0, plain=None):
     """One chunk that every sequence opens and ends inside (ops.memory.titans_segment's C
     path): titans_gates(q, k, 1 - alpha, eta, eta, theta) and titans_linear(q, k, -v, ...)
     over a single chunk as one differentiable call, on the tokens' layout: q, k, v (B, n, H,
     K) (any strides), g (B, n, 3 H) the gates' logits (theta's H heads, alpha's, eta's;
     theta = lr sigmoid(.), alpha, eta = sigmoid(.)); W0 (H, K, K); P0, M0, S0 (B, H, K, K).
-    Returns z (B, n, H, K) and the final M, S (B, H, K, K); `lib` = load()."""
-    return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr))
+    Returns z (B, n, H, K) and the final M, S (B, H, K, K); `lib` = load(); plain: the same
+    function of (q, k, v, g, W0, P0, M0, S0, lr) in PyTorch (ops.memory's), which the node's
+    `twice` differentiates (None: first order only)."""
+    return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr), plain)
 
 
 def _times(g, w):
@@ -228,11 +256,30 @@ class _Saved:
         self.saved_tensors = tensors
 
 
+def _torch_mac_attention(kv, qx, kx, vx, kp, vp, cos, sin, w, b):
+    """mac_attention in PyTorch (ops.native.attention's _torch_rope and _torch_causal, the
+    interleave by stack, F.linear): the form _MacAttention's `twice` differentiates."""
+    from rnnzoo.ops.native.attention import _torch_causal, _torch_rope
+
+    B, n = kv.shape[:2]
+    H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
+    kh, vh = kv.view(B, n, 2, H, Dh).unbind(2)
+    kh, vh = _torch_rope(kh, cos, sin).transpose(1, 2), vh.transpose(1, 2)
+    ks, vs, qs = (torch.stack([h, t], 3).flatten(2, 3) for h, t in (
+        (kh, kx), (vh, vx), (torch.zeros_like(qx), qx)))
+    ks, vs = torch.cat([kp, ks], 2), torch.cat([vp, vs], 2)
+    qs = torch.cat([qx.new_zeros(B, H, P, Dh), qs], 2)
+    a = _torch_causal(qs, ks, vs, None)[:, :, P + 1::2].transpose(1, 2).reshape(B, n, H * Dh)
+    return a, torch.nn.functional.linear(a, w, b), ks, vs
+
+
 class _MacAttention(first_order.Function):
     @staticmethod
     def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
         from rnnzoo.ops.native import attention as na
         from rnnzoo.ops.native.linear import product
+
+        orig = (kv, qx, kx, vx, kp, vp, cos, sin, w, b)  # for `twice`
 
         B, n = kv.shape[:2]
         H, Dh, P = qx.shape[1], qx.shape[3], kp.shape[2]
@@ -255,15 +302,20 @@ class _MacAttention(first_order.Function):
         # ks, vs are read only after the last segment: None, not zeros filled and added,
         # for the others' gradients (backward takes None for any output)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(cos, sin, a, w)
+        ctx.save_for_backward(cos, sin, a, w, *orig)
         return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
+
+    @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
+        return (None, *first_order.replay(_torch_mac_attention, ctx.saved_tensors[4:], douts,
+                                          ctx.needs_input_grad[1:]))
 
     @staticmethod
     def backward(ctx, da, dproj, dks, dvs):
         from rnnzoo.ops.native import attention as na
         from rnnzoo.ops.native.linear import _weight_grads
 
-        cos, sin, a, w = ctx.saved_tensors
+        cos, sin, a, w = ctx.saved_tensors[:4]
         B, n, H, Dh, P = ctx.dims
         T = P + 2 * n
         dw = db = None
@@ -312,11 +364,25 @@ def _read_kernels(lib, dtype):
             native.kernel(lib, "mac_read_bwd", dtype, [P] * 6 + [L] * 7))
 
 
+def _torch_mac_retrieve(q, W0, P0, g, nw, eps, w, b):
+    """mac_retrieve in PyTorch (ops.native.gated_norm's _torch_rms_gate, F.linear): the
+    form _MacRetrieve's `twice` differentiates."""
+    from rnnzoo.ops.native import gated_norm
+
+    B, n, H, K = q.shape
+    u = (q.transpose(1, 2) @ (W0 + P0)).transpose(1, 2).reshape(B, n, H * K)
+    z = gated_norm._torch_rms_gate(u, None, None, g, nw, K, eps, gated_norm.ACTS["sigmoid"],
+                                   0, True)
+    return torch.nn.functional.linear(z, w, b)
+
+
 class _MacRetrieve(first_order.Function):
     @staticmethod
     def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import product
+
+        orig = (q, W0, P0, g, nw, w, b)  # for `twice` (copies carry no history)
 
         if q.stride(-1) != 1 or q.stride(2) != q.shape[3]:
             q = q.contiguous()
@@ -331,16 +397,23 @@ class _MacRetrieve(first_order.Function):
         z = gated_norm._RMSGate.forward(sub, glib, u, None, None, g, nw, K, eps,
                                         gated_norm.ACTS["sigmoid"], 0, True)
         z2 = z.view(B * n, H * K)
-        ctx.save_for_backward(q, W0, P0, z2, w)
-        ctx.sub, ctx.bias, ctx.tlib = sub, b is not None, tlib
+        ctx.save_for_backward(q, W0, P0, z2, w, *orig)
+        ctx.sub, ctx.bias, ctx.tlib, ctx.eps = sub, b is not None, tlib, eps
         return product(z2, w, b).view(B, n, -1)
+
+    @staticmethod
+    def twice(ctx, dkv):  # under create_graph: autograd through the PyTorch forms
+        q, W0, P0, g, nw, w, b = ctx.saved_tensors[5:]
+        grads = first_order.replay(_torch_mac_retrieve, (q, W0, P0, g, nw, ctx.eps, w, b),
+                                   (dkv,), ctx.needs_input_grad[2:])
+        return (None, None, *grads)
 
     @staticmethod
     def backward(ctx, dkv):
         from rnnzoo.ops.native import gated_norm
         from rnnzoo.ops.native.linear import _weight_grads
 
-        q, W0, P0, z2, w = ctx.saved_tensors
+        q, W0, P0, z2, w = ctx.saved_tensors[:5]
         B, n, H, K = q.shape
         g2 = dkv.reshape(-1, dkv.shape[-1]).contiguous()
         dw, db = _weight_grads(g2, z2, ctx.bias)
@@ -371,10 +444,28 @@ def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
+def _torch_mac_memory(segment, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    """mac_memory in PyTorch: ops.native.conv's _torch_conv, then `segment` (titans_segment's
+    PyTorch form, ops.memory's, given by the caller): the form _MacMemory's `twice`
+    differentiates."""
+    from rnnzoo.ops.native.conv import _torch_conv
+
+    B, n, _ = proj.shape
+    H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
+    qkv, g = proj[..., :3 * H * K], proj[..., 3 * H * K:]
+    q, k, v = _torch_conv(qkv, cw, None, state, silu, 2 * H, K, False, (H * K,) * 3)
+    z, M, S = segment(*(t.view(B, n, H, K) for t in (q, k, v)), g, W0, P0, M0, S0, lr)
+    xp = torch.cat([state, qkv], 1) if n < d else qkv
+    return z, M, S, xp[:, xp.shape[1] - d:]
+
+
 class _MacMemory(first_order.Function):
     @staticmethod
-    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+    def forward(ctx, clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr, plain=None):
         from rnnzoo.ops.native import conv as native_conv
+
+        ctx.save_for_backward(proj, cw, state, W0, P0, M0, S0)  # for `twice`
+        ctx.silu, ctx.lr, ctx.plain = silu, lr, plain
 
         B, n, _ = proj.shape
         H, K, d = W0.shape[0], W0.shape[1], state.shape[1]
@@ -392,13 +483,23 @@ class _MacMemory(first_order.Function):
         return z, M, S, xp[:, xp.shape[1] - d:].contiguous()
 
     @staticmethod
+    def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
+        native.plain_given(ctx.plain, "_MacMemory")
+        proj, cw, state, W0, P0, M0, S0 = ctx.saved_tensors
+        grads = first_order.replay(
+            lambda *t: _torch_mac_memory(ctx.plain, *t),
+            (proj, cw, state, ctx.silu, W0, P0, M0, S0, ctx.lr), douts,
+            ctx.needs_input_grad[2:11])
+        return (None, None, *grads, None)
+
+    @staticmethod
     def backward(ctx, dz, dM, dS, dnew):
         from rnnzoo.ops.native import conv as native_conv
 
         conv, seg = ctx.subs
         ctx.subs = None
         B, n, HK, d = ctx.dims
-        _, dq, dk, dv, dg, dW0, dP0, dM0, dS0, _ = _NativeSegment.backward(seg, dz, dM, dS)
+        _, dq, dk, dv, dg, dW0, dP0, dM0, dS0, *_ = _NativeSegment.backward(seg, dz, dM, dS)
         _, dqkv, dcw, _, dstate, *_ = native_conv._NativeConv.backward(
             conv, *(t.reshape(B, n, HK) for t in (dq, dk, dv)))
         if dnew is not None:   # the new state: the last d rows of [state, qkv]
@@ -408,15 +509,16 @@ class _MacMemory(first_order.Function):
                 dqkv += dnew[:, d - n:]
                 dstate[:, n:] += dnew[:, :d - n]
         return (None, None, torch.cat([dqkv, dg], -1), dcw, dstate, None, dW0, dP0, dM0, dS0,
-                None)
+                None, None)
 
 
-def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr):
+def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr, plain=None):
     """Titans-MAC's memory over one aligned segment as one autograd node: proj (B, n, 3 H K
     + 3 H) the memory's inputs (finite) [q | k | v | the gates' logits], the short
     convolution (weight cw (3 H K, d + 1) without bias, state (B, d, 3 H K), SiLU if silu,
     q and k L2-normalised per head: ops.native.conv's kernel) then titans_segment (W0, P0,
     M0, S0, lr as it takes them). Returns z (B, n, H, K), M, S (B, H, K, K) and the conv's
     new state (B, d, 3 H K); differentiable in proj, cw, state, W0, P0, M0, S0. `clib` =
-    ops.native.conv.load(), `tlib` = load()."""
-    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr))
+    ops.native.conv.load(), `tlib` = load(); plain: titans_segment's PyTorch form (ops.memory's),
+    which the node's `twice` replays after the conv's (None: first order only)."""
+    return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr), plain)

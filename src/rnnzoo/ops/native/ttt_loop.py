@@ -17,9 +17,9 @@ decides); threads split the rows.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -52,7 +52,8 @@ def _strides(dims, *ts):
 
 class _Loop(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, eps, W, c, A0, a0, k, v, lr, w, b, tok):
+    def forward(ctx, lib, eps, plain, W, c, A0, a0, k, v, lr, w, b, tok):
+        orig = (W, c, A0, a0, k, v, lr, w, b, tok)  # for `twice` (copies carry no history)
         W, c, A0, a0, tok = (t.contiguous() for t in (W, c, A0, a0, tok))
         # k, v, lr at their strides (a layer's tensors viewed as mini-batches), unit columns
         k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
@@ -65,15 +66,21 @@ class _Loop(first_order.Function):
         dims = (NT, M, K, H, int(w is not None))
         _call(lib, "ttt_loop_fwd", (W, c, A0, a0, k, v, lr, w, b, tok, P, pc, Gl, S, s,
                                     _strides(dims, k, v, lr)), eps, B * H)
-        ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s)
-        ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        ctx.save_for_backward(P, pc, k, v, lr, w, b, tok, S, s, *orig)
+        ctx.lib, ctx.eps, ctx.dims, ctx.plain = lib, eps, dims, plain
         ctx.set_materialize_grads(False)  # S, s without a gradient: NULL, not a zero tensor
         return P, pc, Gl, S, s
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *grads):  # under create_graph: autograd through the PyTorch loop
+        native.plain_given(ctx.plain, "_Loop")
+        return (None,) * 3 + first_order.replay(functools.partial(ctx.plain, ctx.eps),
+                                                 ctx.saved_tensors[10:], grads,
+                                                 ctx.needs_input_grad[3:])
+
+    @staticmethod
     def backward(ctx, dP, dpc, dGl, dS, ds):
-        P, pc, k, v, lr, w, b, tok, S, s = ctx.saved_tensors
+        P, pc, k, v, lr, w, b, tok, S, s = ctx.saved_tensors[:10]
         B, H, NT, M, K = k.shape
         dW, dA0 = (k.new_empty(B, H, K, K) for _ in range(2))
         dc, da0, dnw, dnb = (k.new_empty(B, H, K) for _ in range(4))
@@ -92,13 +99,15 @@ class _Loop(first_order.Function):
         dtok = torch.zeros_like(tok)
         dtok[-1] = dtau.sum()
         norm = w is not None
-        return (None, None, dW, dc, dA0, da0, dk, dv, dlr, dnw.sum(0) if norm else None,
+        return (None, None, None, dW, dc, dA0, da0, dk, dv, dlr, dnw.sum(0) if norm else None,
                 dnb.sum(0) if norm else None, dtok)
 
 
-def loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps: float):
-    """(P, pc, Gl, S, s); `lib` = load()."""
-    return _Loop.apply(lib, float(eps), W, c, A0, a0, k, v, lr, w, b, tok)
+def loop(lib, W, c, A0, a0, k, v, lr, w, b, tok, eps: float, plain=None):
+    """(P, pc, Gl, S, s); `lib` = load(); plain: the same function of (eps, W, c, A0, a0, k,
+    v, lr, w, b, tok) in PyTorch (ops.memory's loop), which the node's `twice`
+    differentiates (None: first order only)."""
+    return _Loop.apply(lib, float(eps), plain, W, c, A0, a0, k, v, lr, w, b, tok)
 
 
 def _call_mlp(lib, name, tensors, dims, eps, n):
@@ -111,7 +120,8 @@ def _call_mlp(lib, name, tensors, dims, eps, n):
 
 class _MLPLoop(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, eps, F, Ws, A, k, v, lr, w, b, tok, last):
+    def forward(ctx, lib, eps, plain, F, Ws, A, k, v, lr, w, b, tok, last):
+        orig = (Ws, A, k, v, lr, w, b, tok, last)  # for `twice` (copies carry no history)
         Ws, A, k, v, lr, tok, last = (t.contiguous() for t in (Ws, A, k, v, lr, tok, last))
         w, b = (None if t is None else t.contiguous() for t in (w, b))
         B, H, NT, M, K = k.shape
@@ -122,14 +132,20 @@ class _MLPLoop(first_order.Function):
         dims = torch.tensor([NT, M, K, F, H, int(w is not None)], dtype=torch.long)
         _call_mlp(lib, "ttt_mlp_fwd", (Ws, A, k, v, lr, w, b, tok, last, P1, pb1, P2, pb2, X2,
                                        Gl1, Gl2, Fin), dims, eps, B * H)
-        ctx.save_for_backward(P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last)
-        ctx.lib, ctx.eps, ctx.dims = lib, eps, dims
+        ctx.save_for_backward(P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last, *orig)
+        ctx.lib, ctx.eps, ctx.dims, ctx.plain, ctx.F = lib, eps, dims, plain, F
         return P1, pb1, P2, pb2, X2, Gl1, Gl2, Fin
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, *grads):  # under create_graph: autograd through the PyTorch loop
+        native.plain_given(ctx.plain, "_MLPLoop")
+        return (None,) * 4 + first_order.replay(functools.partial(ctx.plain, ctx.eps, ctx.F),
+                                                 ctx.saved_tensors[12:], grads,
+                                                 ctx.needs_input_grad[4:])
+
+    @staticmethod
     def backward(ctx, *grads):
-        P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last = ctx.saved_tensors
+        P1, pb1, P2, pb2, A, k, v, lr, w, b, tok, last = ctx.saved_tensors[:12]
         B, H = k.shape[:2]
         dWs, dA = torch.empty_like(A), torch.empty_like(A)
         dk, dv, dlr = torch.empty_like(k), torch.empty_like(v), torch.empty_like(lr)
@@ -141,21 +157,24 @@ class _MLPLoop(first_order.Function):
         dtok[-1] = dtau.sum()
         norm = w is not None
         dn = dn.sum(0)
-        return (None, None, None, dWs, dA, dk, dv, dlr, dn[:, 0] if norm else None,
+        return (None, None, None, None, dWs, dA, dk, dv, dlr, dn[:, 0] if norm else None,
                 dn[:, 1] if norm else None, dtok, None)
 
 
-def mlp_loop(lib, W, A, k, v, lr, w, b, tok, last, eps: float):
+def mlp_loop(lib, W, A, k, v, lr, w, b, tok, last, eps: float, plain=None):
     """TTT-MLP's loop: W, A the start weights (W_1, b_1, W_2, b_2) and the state's sums
     (A_1, Ab_1, A_2, Ab_2), each (B, H, I, O) or (B, H, O), W_1 (K, F); k, v (B, H, NT, M,
     K), lr (B, H, NT, M); last (B,) each element's last mini-batch. Returns (P1, pb1, P2, pb2,
     X2, Gl1, Gl2, final): each mini-batch's start weights, its second layer's inputs X2 (B, H,
     NT, M, F) and lr-weighted gradients Gl1 (B, H, NT, M, F), Gl2 (B, H, NT, M, K), and the
-    weights and sums of each element's last mini-batch (8 tensors, W's shapes)."""
+    weights and sums of each element's last mini-batch (8 tensors, W's shapes). plain: the
+    node's function of (eps, F, flat W, flat A, k, v, lr, w, b, tok, last) in PyTorch
+    (ops.memory's loop), which its `twice` differentiates (None: first order only)."""
     B, H = k.shape[:2]
     F = W[0].shape[-1]
     flat = lambda ts: torch.cat([t.reshape(B, H, -1) for t in ts], -1)  # noqa: E731
-    *out, Fin = _MLPLoop.apply(lib, float(eps), F, flat(W), flat(A), k, v, lr, w, b, tok, last)
+    *out, Fin = _MLPLoop.apply(lib, float(eps), plain, F, flat(W), flat(A), k, v, lr, w, b, tok,
+                               last)
     sizes = [t[0, 0].numel() for t in W] * 2
     final = [t.view(B, H, *s.shape[2:]) for t, s in zip(Fin.split(sizes, -1), [*W, *W])]
     return (*out, final)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from rnnzoo.ops import first_order, native
 
@@ -65,7 +64,8 @@ def _grad_like(t):
 
 class _Read(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, like, x, X, W, c, G, tok):
+    def forward(ctx, lib, like, plain, x, X, W, c, G, tok):
+        orig = (x, X, W, c, G, tok)  # for `twice` (copies carry no history)
         x, X = _rows(x), _rows(X)
         W, c, G, tok = (t.contiguous() for t in (W, c, G, tok))
         lead, (M, Di), Do = x.shape[:-2], x.shape[-2:], W.shape[-1]
@@ -74,14 +74,19 @@ class _Read(first_order.Function):
         S1 = x.new_empty(N, M, M)
         st = _strides(lead, x, X, z)
         _call(lib, "ttt_read_fwd", (x, X, W, c, G, tok, z, S1), st, M, Di, Do, N)
-        ctx.save_for_backward(x, X, W, G, tok, S1)
-        ctx.lib = lib
+        ctx.save_for_backward(x, X, W, G, tok, S1, *orig)
+        ctx.lib, ctx.plain = lib, plain
         return z
 
     @staticmethod
-    @once_differentiable
+    def twice(ctx, dz):  # under create_graph: autograd through the PyTorch read
+        native.plain_given(ctx.plain, "_Read")
+        return (None,) * 3 + first_order.replay(ctx.plain, ctx.saved_tensors[6:], (dz,),
+                                                 ctx.needs_input_grad[3:])
+
+    @staticmethod
     def backward(ctx, dz):
-        x, X, W, G, tok, S1 = ctx.saved_tensors
+        x, X, W, G, tok, S1 = ctx.saved_tensors[:6]
         lead, (M, Di), Do = x.shape[:-2], x.shape[-2:], W.shape[-1]
         N = lead.numel()
         dz = _rows(dz)
@@ -91,12 +96,13 @@ class _Read(first_order.Function):
         st = _strides(lead, x, X, dz, dx, dX)
         _call(ctx.lib, "ttt_read_bwd", (x, X, W, G, tok, S1, dz, dx, dX, dW, dc, dG, dtok), st,
               M, Di, Do, N)
-        return None, None, dx, dX, dW, dc, dG, dtok.sum(0)
+        return None, None, None, dx, dX, dW, dc, dG, dtok.sum(0)
 
 
-def read(lib, x, X, W, c, G, tok, like=None):
+def read(lib, x, X, W, c, G, tok, like=None, plain=None):
     """z (N, M, O); `lib` = load(). x, X may also be (B, H, NT, M, I) views at any strides
     with unit columns (a layer's (B, T, H, K) tensors as mini-batch blocks: no copies), W, c,
     G then (B, H, NT, ...); z is laid out as `like` (a tensor of z's shape, e.g. tokens_major's)
-    where given."""
-    return _Read.apply(lib, like, x, X, W, c, G, tok)
+    where given; plain: the same function of (x, X, W, c, G, tok) in PyTorch (ops.memory's),
+    which the node's `twice` differentiates (None: first order only)."""
+    return _Read.apply(lib, like, plain, x, X, W, c, G, tok)
