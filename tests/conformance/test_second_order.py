@@ -1,7 +1,6 @@
 """Higher-order gradients (docs/design.md, higher-order gradients), on every registered layer
 and mode: with create_graph=True the second derivative through the layer, in x and in the
-parameters, is right, or the call raises the documented error; mode "sequential" (every
-layer's reference mode) is always right.
+parameters, is right (docs/design.md: no mode raises).
 
 The quantity: F(x, theta) = sum((d sum(y^2) / dx)^2), its gradient (x and every parameter)
 by create_graph=True, along a random direction (v, u) against the central difference of F
@@ -15,10 +14,6 @@ import pytest
 import torch
 from test_conformance import MODE_CASES, inputs, make
 
-RAISES = "first order only: create_graph=True through it is not supported"
-# torch's own error where its CPU flash attention backward sits on a fast mode's PyTorch
-# path (RNNZOO_NATIVE=0, or no compiler): loud, not silently wrong
-TORCH_RAISES = "derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward"
 EPS = 3e-6
 
 
@@ -47,19 +42,14 @@ def _shifted(layer, mode, x, v, params, u, e):
 
 def check(layer, x, mode):
     """The create_graph gradient of F at (x, the layer's parameters) along a random direction
-    against a Richardson central difference, or the documented error (not in "sequential")."""
+    against a Richardson central difference."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad and p.is_floating_point()]
     g = torch.Generator().manual_seed(3)
     v = torch.randn(x.shape, generator=g, dtype=x.dtype)
     u = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-    try:
-        F = _F(layer, x, mode, True)
-        grads = torch.autograd.grad(F, [x, *params], allow_unused=True)
-    except RuntimeError as err:
-        if mode != "sequential" and (RAISES in str(err) or TORCH_RAISES in str(err)):
-            return  # the documented error (or torch's): this mode is first order only
-        raise
+    F = _F(layer, x, mode, True)
+    grads = torch.autograd.grad(F, [x, *params], allow_unused=True)
     hv = sum((gr * d).sum() for gr, d in zip(grads, [v, *u]) if gr is not None).item()
 
     def D(h):  # the central difference, error c h^2 + O(h^4)

@@ -1,13 +1,13 @@
-"""The compiled kernels' backward passes are first order: under create_graph=True their
-autograd nodes (ops.first_order.Function) raise instead of handing back gradients the graph
-would hold as constants (a silently wrong second derivative)."""
+"""Every custom autograd node of the package differentiates twice (docs/design.md,
+higher-order gradients): a first_order.Function defines `twice` (its backward raises under
+create_graph=True without one), or a plain torch.autograd.Function is named here with the
+test that checks its double backward."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
-import pytest
 import torch
 
 from rnnzoo import create
@@ -22,37 +22,32 @@ def _second(layer, x, mode):
     return h
 
 
-@pytest.mark.parametrize("name", ["ttt_linear"])
-def test_create_graph_through_a_kernel_raises(name):
+def test_ttt_linear_second_derivative_c_equals_torch():
+    """ttt_linear's C kernels' nodes (their `twice` replays ops.memory's PyTorch forms): the
+    second derivative equals the PyTorch path's and the first derivative's central
+    difference along v."""
     torch.manual_seed(0)
-    info = LAYERS[name]
-    layer = create(name, **info.tiny).double()
+    info = LAYERS["ttt_linear"]
+    layer = create("ttt_linear", **info.tiny).double()
     x = torch.randn(2, 12, info.tiny["d_model"], dtype=torch.float64, requires_grad=True)
-    if name != "ttt_linear":
-        with pytest.raises(RuntimeError, match="first order only"):
-            _second(layer, x, layer.auto_mode(x))
-    # ttt_linear's PyTorch path is differentiable twice, and so are its C kernels' nodes
-    # (their `twice` replays ops.memory's PyTorch forms): its second derivative along v
-    # equals the first derivative's central difference
-    if name == "ttt_linear":
-        v = torch.randn_like(x)
-        h = _second(layer, x, layer.auto_mode(x))
-        with backend.force("torch"):
-            torch.testing.assert_close(h, _second(layer, x, layer.auto_mode(x)), rtol=1e-9,
-                                       atol=1e-10)
+    v = torch.randn_like(x)
+    h = _second(layer, x, layer.auto_mode(x))
+    with backend.force("torch"):
+        torch.testing.assert_close(h, _second(layer, x, layer.auto_mode(x)), rtol=1e-9,
+                                   atol=1e-10)
 
-            def f(z):
-                z = z.detach().requires_grad_()
-                y = layer(z, mode=layer.auto_mode(z))[0]
-                (g,) = torch.autograd.grad(y.square().sum(), z)
-                return g.square().sum()
+        def f(z):
+            z = z.detach().requires_grad_()
+            y = layer(z, mode=layer.auto_mode(z))[0]
+            (g,) = torch.autograd.grad(y.square().sum(), z)
+            return g.square().sum()
 
-            fd = (f(x + 1e-5 * v) - f(x - 1e-5 * v)) / 2e-5
-        torch.testing.assert_close((h * v).sum(), fd, rtol=1e-6, atol=1e-8)
+        fd = (f(x + 1e-5 * v) - f(x - 1e-5 * v)) / 2e-5
+    torch.testing.assert_close((h * v).sum(), fd, rtol=1e-6, atol=1e-8)
 
 
-# Every other custom autograd node of the package is an ops.first_order.Function (its
-# backward raises under create_graph unless it defines `twice`), or is named here: a plain
+# Every custom autograd node of the package is an ops.first_order.Function with `twice`
+# (FIRST_ORDER_ONLY names the exceptions), or is named here: a plain
 # torch.autograd.Function whose backward is written in differentiable ops over its saved
 # inputs, so that it differentiates twice as it is, with the test that checks it so.
 TWICE_NODES = {
@@ -95,6 +90,22 @@ def _package_nodes():
             if sub.__module__.startswith("rnnzoo.") and sub is not first_order.Function:
                 found[f"{sub.__module__}.{sub.__qualname__}"] = sub
     return found
+
+
+# first_order.Functions without `twice`: create_graph=True through them raises
+FIRST_ORDER_ONLY = {
+    # a CUDA graph's replay (cells.steps' `fused` mode on a GPU with cuda_graph=True): the
+    # captured backward has no graph to differentiate
+    "rnnzoo.cells.steps._Fresh",
+}
+
+
+def test_every_first_order_node_has_twice():
+    """A first_order.Function without `twice` raises under create_graph: none but the named."""
+    nodes = _package_nodes()
+    bare = {n for n, c in nodes.items()
+            if issubclass(c, first_order.Function) and "twice" not in c.__dict__}  # as the guard
+    assert bare == FIRST_ORDER_ONLY, sorted(bare ^ FIRST_ORDER_ONLY)
 
 
 def test_every_autograd_node_is_first_order_or_named():
