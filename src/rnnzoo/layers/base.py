@@ -239,6 +239,9 @@ class RecurrentLayer(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if ndim == 3 and x.shape[1] == 0:
             raise ValueError(f"{name} must have at least one time step, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:  # refused as T = 0 is: many paths cannot run an empty batch
+            raise ValueError(f"{name} must hold at least one sequence (batch >= 1), got shape "
+                             f"{tuple(x.shape)}")
         pdt = self._param_dtype()
         if pdt is not None and x.dtype != pdt:
             raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {pdt}; "
