@@ -39,6 +39,11 @@ def test_cpu_autocast_computes_in_the_parameters_dtype(name):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
                 y, s = layer(xi, mode=mode)
                 y1, s1 = layer.step(x[:, 0])
+                if on:  # an autocast region upstream hands it bfloat16: taken as float32
+                    xb = x[:, 0].bfloat16()
+                    yb, sb = layer.step(xb)
+                    yr, sr = layer.step(xb.float())
+                    assert all(torch.equal(a, b) for a, b in zip((yb, *flat(sb)), (yr, *flat(sr))))
             loss = y.square().sum() + sum(t.abs().square().sum() for t in flat(s))
             runs.append((y, *flat(s), y1, *flat(s1), torch.autograd.grad(loss, xi)[0]))
         for a, b in zip(*runs):

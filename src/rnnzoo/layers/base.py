@@ -98,11 +98,11 @@ class RecurrentLayer(nn.Module):
         batch N, one per document); max_seqlen (a Python int >= the longest document)
         spares reading it from a device cu_seqlens.
         """
-        self._check_input(x, "x", 3)
         if _cpu_autocast(x):  # the layer computes in its parameters' dtype (see _cpu_autocast)
             with torch.autocast("cpu", enabled=False):
-                return self.forward(x, state, mode=mode, lengths=lengths, cu_seqlens=cu_seqlens,
-                                    max_seqlen=max_seqlen)
+                return self.forward(self._autocast_input(x), state, mode=mode, lengths=lengths,
+                                    cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        self._check_input(x, "x", 3)
         mode = self._check_mode(mode, x)
         if cu_seqlens is not None:
             if lengths is not None:
@@ -129,10 +129,10 @@ class RecurrentLayer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
-        self._check_input(x_t, "x_t", 2)
         if _cpu_autocast(x_t):
             with torch.autocast("cpu", enabled=False):
-                return self.step(x_t, state)
+                return self.step(self._autocast_input(x_t), state)
+        self._check_input(x_t, "x_t", 2)
         if self._lion:
             raise ValueError(f"layer {self.name!r} was built with bidirectional=True: its outputs "
                              f"read the whole sequence, so it has no step (build it with "
@@ -234,6 +234,14 @@ class RecurrentLayer(nn.Module):
             if p.is_floating_point():
                 return p.dtype
         return None
+
+    def _autocast_input(self, x):
+        """x in the parameters' dtype under CPU autocast (an autocast region upstream hands
+        bfloat16 activations to a float32 layer); anything else as it is, for _check_input."""
+        pdt = self._param_dtype()
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and pdt is not None:
+            return x.to(pdt)
+        return x
 
     def _check_input(self, x, name: str, ndim: int) -> None:
         expected = "(batch, time, d_model)" if ndim == 3 else "(batch, d_model)"
@@ -371,7 +379,8 @@ def _cpu_autocast(x: torch.Tensor) -> bool:
     its projections came out in bfloat16 beside float32 tensors: 21 layers raised dtype
     errors, some states were kept in bfloat16, and titans_mac's chunk kernel read past its
     buffers). Cast the layer (layer.to(torch.bfloat16)) to compute in bfloat16 on the CPU."""
-    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return (isinstance(x, torch.Tensor) and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu"))
 
 
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
