@@ -122,3 +122,26 @@ def test_the_sweep_reports_a_data_dependent_branch():
     status, detail = sweep.fullgraph_check("attention")
     assert status == "break" and "attention.py" in detail, (status, detail)
     assert sweep.fullgraph_check("attention", {"window": 4})[0] == "ok"
+
+
+def test_module_compile_with_graph_breaks_runs_from_a_state():
+    """torch.compile(layer) (fullgraph=False), as a user compiles a model: lstm's fused mode
+    runs torch's LSTM kernel eagerly (as torch.nn.LSTM under dynamo); the second call, from
+    the first's state, failed inside AOT autograd ('expected all tensors_saved_with_vc_check
+    to be Tensors, got ... Parameter'). Outputs, states and gradients equal eager's."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = rnnzoo.create("lstm", d_model=6, hidden_size=5)
+    _perturb_(layer, 0)
+    compiled = torch.compile(layer, backend="aot_eager")
+    x = inputs(layer, dtype=torch.float32)
+    for f in (compiled, layer):
+        _, s = f(x)
+        xi = x.clone().requires_grad_()
+        y, s = f(xi, s)
+        loss = y.square().sum() + sum(t.square().sum() for t in s)
+        got = (y, *s, *torch.autograd.grad(loss, [xi, *layer.parameters()]))
+        if f is compiled:
+            ref = got
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b)

@@ -201,3 +201,17 @@ def test_state_dict_keys_are_torchs():
         b = torch_cls(3, 4, 2, bidirectional=bidi, **kw).state_dict()
         assert list(a) == list(b) or set(a) == set(b)
         assert all(a[k].shape == b[k].shape for k in a)
+
+
+def test_every_cell_takes_an_empty_batch_as_torch_does():
+    """torch.nn.RNN / LSTM / GRU take a batch of 0 sequences (an empty output); so does the
+    drop-in with every cell (qrnn raised 'cannot reshape tensor of 0 elements' before)."""
+    from rnnzoo.registry import CELLS
+    assert torch.nn.RNN(6, 6, batch_first=True)(torch.randn(0, 5, 6))[0].shape == (0, 5, 6)
+    for name in CELLS:
+        model = znn.RNN(6, 6, cell=name, batch_first=True)
+        x = torch.randn(0, 5, 6, requires_grad=True)
+        y, _ = model(x)
+        assert y.shape[:2] == (0, 5), name
+        y.sum().backward()
+        assert x.grad.shape == x.shape, name

@@ -319,3 +319,38 @@ def test_right_padding_never_reaches_valid_outputs_states_or_gradients(layer):
         assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), (kind, pad)
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\]"):
         model(clean, lengths=torch.tensor([6, 1, 1, 1]))
+
+
+@pytest.mark.parametrize("kind", ["universal", "recurrent_depth"])
+def test_depth_models_never_read_padding(kind):
+    """The SequenceModel subclasses that take lengths= (UniversalTransformer, RecurrentDepth)
+    keep SequenceModel's contract: NaN padding or a token out of the vocabulary (-100) changes
+    no valid output, state or parameter gradient, and padded outputs are 0. Before: -100 raised
+    IndexError in the embedding, NaN padding made every embedding gradient NaN, and padded
+    outputs held the head's values."""
+    from rnnzoo.models.recurrent_depth import build_recurrent_depth
+    from rnnzoo.models.universal import build_universal
+    build = build_universal if kind == "universal" else build_recurrent_depth
+    lengths = torch.tensor([5, 2, 3])
+    valid = torch.arange(5) < lengths[:, None]
+    for inputs, pad in (("floats", float("nan")), ("tokens", -100)):
+        torch.manual_seed(0)
+        size = dict(input_dim=3, output_dim=2) if inputs == "floats" else dict(vocab_size=7)
+        model = build(layer="gru", d_model=8, **size).double()
+        clean = torch.randn(3, 5, 3, dtype=torch.float64) * valid[..., None] \
+            if inputs == "floats" else torch.randint(0, 7, (3, 5)) * valid
+        dirty = torch.where(valid.view(3, 5, *(1,) * (clean.dim() - 2)), clean,
+                            torch.tensor(pad, dtype=clean.dtype))
+        results = []
+        for x in (clean, dirty):
+            model.zero_grad()
+            extra = {} if kind == "universal" else {"generator": torch.Generator().manual_seed(1)}
+            y, state = model(x, lengths=lengths, **extra)
+            (y[valid] ** 2).sum().backward()
+            results.append((y, state, [p.grad.clone() for p in model.parameters()]))
+        (y0, s0, g0), (y1, s1, g1) = results
+        assert torch.equal(y1[~valid], torch.zeros_like(y1[~valid])), (kind, pad)
+        assert torch.allclose(y1, y0, atol=1e-12), (kind, pad)
+        leaves = torch.utils._pytree.tree_leaves
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(leaves(s1), leaves(s0)))
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), (kind, pad)

@@ -109,7 +109,7 @@ def test_ssd_second_derivative(diag):
 
 
 def test_without_a_plain_form_create_graph_raises():
-    """A C node called without its plain form (ssd_scan.ssd, gla_scan.gla_columns: plain None)
+    """A C node called without its plain form (ssd_scan.ssd, gla_scan.gla: plain None)
     raises the documented error under create_graph=True, and its first-order gradient is
     unchanged."""
     from rnnzoo.ops.native import gla_scan
@@ -122,7 +122,7 @@ def test_without_a_plain_form_create_graph_raises():
                                                    r(1, 1, 2, 3)))
     g = -torch.rand(1, 4, 1, generator=gen, dtype=torch.float64)
     for o in (ssd_scan.ssd(lib, q, k, v, g, S0)[0],
-              gla_scan.gla_columns(glib, q, k, v, g[..., None].expand(1, 4, 1, 3), S0)[0]):
+              gla_scan.gla(glib, q, k, v, g[..., None].expand(1, 4, 1, 2), S0, plain=None)[0]):
         with pytest.raises(RuntimeError, match="first order only: create_graph=True through it "
                                                "is not supported"):
             torch.autograd.grad(o.sum(), q, create_graph=True)

@@ -172,3 +172,12 @@ def test_mac_memory_with_outputs_unread(dtype, tol, read):
     want = outputs_and_grads([ref[i] for i in read], ins)
     names = [f"out{i}" for i in read] + "dproj dw dstate dW0 dP0 dM0 dS0".split()
     assert_close(got, want, names, tol)
+
+
+def test_mixed_dtypes_are_refused():
+    """The kernels read every buffer at one element size: a bfloat16 kv beside float32
+    tensors (once handed over under CPU autocast) read past its buffers; now one TypeError."""
+    ins, cos, sin = _inputs(1, 1, 3, 4, 0, 4, torch.float32)
+    lib = native_attention.load()
+    with pytest.raises(TypeError, match="mac_attention: its tensors must share one dtype"):
+        titans_scan.mac_attention(lib, ins[0].detach().bfloat16(), *ins[1:6], cos, sin, *ins[6:])

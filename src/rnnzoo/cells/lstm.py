@@ -201,9 +201,16 @@ class LSTMCell(_LSTM):
             return lstm_sequence(self.project(x), self.weight_hh, *state,
                                  plain=partial(manual_plain, self))
         h, c = (s.unsqueeze(0).to(x.dtype) for s in state)
-        out, h, c = torch._VF.lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
-                                   1, 0.0, self.training, False, True)
+        out, h, c = _torch_lstm(x, (h, c), self.flat_weights(), self.bias_ih is not None,
+                                self.training)
         return out, (h[0], c[0])
+
+
+# Eager under torch.compile, as torch.nn.LSTM itself is (dynamo's allow_rnn): the CPU kernel
+# has no fake-tensor rule, and a compiled call from a state failed inside AOT autograd.
+@torch.compiler.disable
+def _torch_lstm(x, hc, weights, has_bias, training):
+    return torch._VF.lstm(x, hc, weights, has_bias, 1, 0.0, training, False, True)
 
 
 @cell("peephole_lstm", paper="Gers & Schmidhuber 2000, IJCNN (Recurrent nets that time and count)")

@@ -184,7 +184,7 @@ class QRNNCell(Cell):
         if k == 1:
             return xp, None
         full = _TapSum.apply(xp.view(B, T, k, G), carry.view(B, k - 1, G))
-        return full[:, :T], full[:, T:].reshape(B, -1)
+        return full[:, :T], full[:, T:].reshape(B, (k - 1) * G)  # B may be 0
 
     def _gates(self, pre):
         """pre (..., 3H) -> z, f, o (..., H) each: one view per gate (no slice of a

@@ -98,6 +98,10 @@ class RecurrentLayer(nn.Module):
         batch N, one per document); max_seqlen (a Python int >= the longest document)
         spares reading it from a device cu_seqlens.
         """
+        if _cpu_autocast(x):  # the layer computes in its parameters' dtype (see _cpu_autocast)
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(self._autocast_input(x), state, mode=mode, lengths=lengths,
+                                    cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         self._check_input(x, "x", 3)
         mode = self._check_mode(mode, x)
         if cu_seqlens is not None:
@@ -125,6 +129,9 @@ class RecurrentLayer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
+        if _cpu_autocast(x_t):
+            with torch.autocast("cpu", enabled=False):
+                return self.step(self._autocast_input(x_t), state)
         self._check_input(x_t, "x_t", 2)
         if self._lion:
             raise ValueError(f"layer {self.name!r} was built with bidirectional=True: its outputs "
@@ -228,6 +235,14 @@ class RecurrentLayer(nn.Module):
                 return p.dtype
         return None
 
+    def _autocast_input(self, x):
+        """x in the parameters' dtype under CPU autocast (an autocast region upstream hands
+        bfloat16 activations to a float32 layer); anything else as it is, for _check_input."""
+        pdt = self._param_dtype()
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and pdt is not None:
+            return x.to(pdt)
+        return x
+
     def _check_input(self, x, name: str, ndim: int) -> None:
         expected = "(batch, time, d_model)" if ndim == 3 else "(batch, d_model)"
         if not isinstance(x, torch.Tensor):
@@ -239,6 +254,9 @@ class RecurrentLayer(nn.Module):
                              f"got shape {tuple(x.shape)}")
         if ndim == 3 and x.shape[1] == 0:
             raise ValueError(f"{name} must have at least one time step, got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:  # refused as T = 0 is: many paths cannot run an empty batch
+            raise ValueError(f"{name} must hold at least one sequence (batch >= 1), got shape "
+                             f"{tuple(x.shape)}")
         pdt = self._param_dtype()
         if pdt is not None and x.dtype != pdt:
             raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {pdt}; "
@@ -353,6 +371,16 @@ class MaskedLayer(RecurrentLayer):
         mask = valid_mask(lengths, x.shape[1]).unsqueeze(-1)
         y, state = self._run(x, state, mode, mask)
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)), state
+
+
+def _cpu_autocast(x: torch.Tensor) -> bool:
+    """True when x is on the CPU under torch.autocast("cpu"): a layer then runs with autocast
+    off, in its parameters' dtype, as its C kernels and float32 states need (under autocast
+    its projections came out in bfloat16 beside float32 tensors: 21 layers raised dtype
+    errors, some states were kept in bfloat16, and titans_mac's chunk kernel read past its
+    buffers). Cast the layer (layer.to(torch.bfloat16)) to compute in bfloat16 on the CPU."""
+    return (isinstance(x, torch.Tensor) and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu"))
 
 
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:

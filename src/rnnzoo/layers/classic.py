@@ -120,8 +120,12 @@ def _register_cells() -> None:
     """One registered layer per cell (the registry imports this module when it first
     reads `LAYERS`)."""
     for info in CELLS.values():
+        cls = _layer_class(info)
         register(info.name, family="classic", paper=info.paper,
-                 tiny={"d_model": 6, **info.tiny}, tolerances=info.tolerances)(_layer_class(info))
+                 tiny={"d_model": 6, **info.tiny}, tolerances=info.tolerances)(cls)
+        # a module attribute, so that pickle (torch.save of a whole model, spawned workers)
+        # finds the class by its module and name
+        globals()[cls.__name__] = cls
 
 
 _register_cells()

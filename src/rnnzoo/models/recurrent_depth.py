@@ -42,7 +42,7 @@ from torch import nn
 
 from rnnzoo.checks import int_in, positive, positive_int
 from rnnzoo.models.blocks import RMSNorm
-from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.models.stack import ModelConfig, SequenceModel, zero_padded
 from rnnzoo.ops.native.linear import Linear
 
 
@@ -126,14 +126,15 @@ class RecurrentDepth(SequenceModel):
                 generator=None, num_steps=None):
         """-> outputs (B, T, output_dim), state. s0 (B, T, d_model): the initial latent;
         num_steps: K for this call (a fresh state; a given state holds its own K)."""
-        x = self._embed(inputs)
+        x, lengths, valid = self._embed_padded(inputs, lengths)
         if num_steps is not None:
             K = int_in("num_steps", num_steps)
             if state is None:
                 state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, num_steps=K)
             elif len(state[1]) != K:
                 raise ValueError(f"num_steps={K} but the state holds {len(state[1])} iterations")
-        return self._depth(x, state, False, generator, s0, mode=mode, lengths=lengths)[:2]
+        y, state = self._depth(x, state, False, generator, s0, mode=mode, lengths=lengths)[:2]
+        return zero_padded(y, valid), state
 
     def step(self, inputs_t, state=None, *, s0=None, generator=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""

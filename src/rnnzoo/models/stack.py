@@ -142,25 +142,26 @@ class SequenceModel(nn.Module):
         vocabulary, NaN or inf there change no valid output, state or gradient) and the
         padded outputs are 0, as a layer's.
         """
-        valid = None
-        if lengths is not None:
-            lengths = RecurrentLayer._check_lengths(None, lengths, inputs)
-            valid = valid_mask(lengths, inputs.shape[1])
-            # the embedding's weight gradient reads its inputs: NaN * 0 would be NaN there
-            zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
-            inputs = torch.where(valid.view(*valid.shape, *(1,) * (inputs.dim() - 2)),
-                                 inputs, zero)
-        x = self._embed(inputs)
+        x, lengths, valid = self._embed_padded(inputs, lengths)
         state = state if state is not None else (None,) * len(self.blocks)
         new_state = []
         packed = {} if cu_seqlens is None else dict(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         for block, s in zip(self.blocks, state):
             x, s = block(x, s, mode=mode, lengths=lengths, **packed)
             new_state.append(s)
-        y = self.head(self.norm(x))
-        if valid is not None:
-            y = torch.where(valid.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
-        return y, tuple(new_state)
+        return zero_padded(self.head(self.norm(x)), valid), tuple(new_state)
+
+    def _embed_padded(self, inputs, lengths):
+        """-> (embedded inputs, lengths checked (or None), valid (B, T) bool or None): padded
+        inputs are 0 before the embedding (its weight gradient reads its inputs: NaN * 0 would
+        be NaN there; a token out of the vocabulary would raise)."""
+        if lengths is None:
+            return self._embed(inputs), None, None
+        lengths = RecurrentLayer._check_lengths(None, lengths, inputs)
+        valid = valid_mask(lengths, inputs.shape[1])
+        zero = torch.zeros((), dtype=inputs.dtype, device=inputs.device)
+        inputs = torch.where(valid.view(*valid.shape, *(1,) * (inputs.dim() - 2)), inputs, zero)
+        return self._embed(inputs), lengths, valid
 
     def step(self, inputs_t, state=None):
         """inputs_t (B,) or (B, input_dim) -> (B, output_dim), next state."""
@@ -216,6 +217,13 @@ class SequenceModel(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, -1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def zero_padded(y, valid):
+    """y (B, T, ...) with the padded steps (valid False) set to 0 (valid None: y)."""
+    if valid is None:
+        return y
+    return torch.where(valid.unsqueeze(-1), y, torch.zeros((), dtype=y.dtype, device=y.device))
 
 
 def build_model(**config) -> SequenceModel:

@@ -39,7 +39,7 @@ from torch import nn
 
 from rnnzoo.checks import flag, int_in, real
 from rnnzoo.dtypes import compute_dtype, state_dtype
-from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.models.stack import ModelConfig, SequenceModel, zero_padded
 from rnnzoo.ops.native.linear import Linear
 
 
@@ -133,7 +133,7 @@ class UniversalTransformer(SequenceModel):
 
     def forward(self, inputs, state=None, *, mode="auto", lengths=None, return_act=False):
         """-> outputs (B, T, output_dim), state[, ACT of (B, T) tensors]."""
-        x = self._embed(inputs)
+        x, lengths, valid = self._embed_padded(inputs, lengths)
         B, T, _ = x.shape
         if state is None:
             state = self.init_state(B, device=x.device, dtype=x.dtype)
@@ -147,7 +147,7 @@ class UniversalTransformer(SequenceModel):
 
         y, info = act_loop(x, transform, self.halting, self.max_steps, self.threshold, self.act)
         advance = T if lengths is None else lengths.to(state[0].dtype)
-        out = self.head(self.norm(y.to(x.dtype)))
+        out = zero_padded(self.head(self.norm(y.to(x.dtype))), valid)
         new_state = (state[0] + advance,) + tuple(mixer_states)
         return (out, new_state, info) if return_act else (out, new_state)
 

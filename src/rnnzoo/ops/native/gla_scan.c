@@ -23,9 +23,6 @@
    E the gradient S_{t1-1} takes from later steps: one reduction a block, not three a step.
    The state runs in column tiles (tile.h); each row's dot products are stored as vectors and
    summed for all rows at once; the rows of step t +- 8 are prefetched.
-   With `col` (no bonus) the decay is per value channel instead (gated slot attention's slot
-   scores, ops.gsa): S_t = S_{t-1} diag(a_t) + k_t v_t^T, g (batch, T, H, V), and
-   dg_t = colsum(D_t o S_t) - v_t o dv_t.
 
    q enters times `scale` (q_t above is scale q_t; dq is the gradient of the unscaled q).
    Layouts (row-major, contiguous): q, k, g, dq, dk, dg (batch, T, H, K); v, o, do, dv
@@ -55,20 +52,14 @@
 
 #include "tile.h"
 
-/* one state row of a tile: the three kinds of step (the decay per key row a_i, per column
-   tile av, or the bonus's read before the write) */
-#define ROW_FWD(acc0, acc1, i, cl, bn)  /* cl, bn: literal 0 or 1 */                      \
+/* one state row of a tile: the two kinds of step (the read after the write, or the bonus's
+   read before it) */
+#define ROW_FWD(acc0, acc1, i, bn)  /* bn: literal 0 or 1 */                                \
     do {                                                                                     \
         const T ki = kt[i], qi = qt[i] * scale;                                              \
         const VEC s0 = S[2 * (i)], s1 = S[2 * (i) + 1];                                      \
-        VEC n0, n1;                                                                          \
-        if (cl) {                                                                            \
-            n0 = av[0] * s0 + ki * vt[0];                                                    \
-            n1 = av[1] * s1 + ki * vt[1];                                                    \
-        } else {                                                                             \
-            n0 = at[i] * s0 + ki * vt[0];                                                    \
-            n1 = at[i] * s1 + ki * vt[1];                                                    \
-        }                                                                                    \
+        const VEC n0 = at[i] * s0 + ki * vt[0];                                              \
+        const VEC n1 = at[i] * s1 + ki * vt[1];                                              \
         S[2 * (i)] = n0;                                                                     \
         S[2 * (i) + 1] = n1;                                                                 \
         acc0 += qi * (bn ? s0 : n0);                                                         \
@@ -102,15 +93,15 @@ static inline T NAME(dot)(const T *restrict a, const T *restrict b, const T *res
     return p[0];
 }
 
-/* exp(g) of pair p for every step: ab[t A + i] */
+/* exp(g) of pair p for every step: ab[t K + i] */
 static void NAME(decays)(const T *restrict g, T *restrict ab, long b, long h, long Tn, long H,
-                         long A) {
+                         long K) {
     for (long t = 0; t < Tn; t++) {
-        const T *restrict gt = g + ((b * Tn + t) * H + h) * A;
-        T *restrict at = ab + t * A;
-        if (t + PF < Tn) NAME(ahead)(gt + PF * H * A, A);
+        const T *restrict gt = g + ((b * Tn + t) * H + h) * K;
+        T *restrict at = ab + t * K;
+        if (t + PF < Tn) NAME(ahead)(gt + PF * H * K, K);
 #pragma omp simd
-        for (long i = 0; i < A; i++) at[i] = EXP(gt[i]);
+        for (long i = 0; i < K; i++) at[i] = EXP(gt[i]);
     }
 }
 
@@ -127,14 +118,14 @@ static inline void NAME(row_sums)(T *restrict R, T *restrict out, long K) {
 
 void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v,
                    const T *restrict g, const T *restrict u, const T *restrict S0,
-                   T *restrict o, T *restrict ST, T *restrict ck, long col, T scale, long Tn, long H,
-                   long K, long V, long p0, long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+                   T *restrict o, T *restrict ST, T *restrict ck, T scale, long Tn, long H, long K,
+                   long V, long p0, long p1) {
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
     VEC *S = aligned_alloc(32, 2 * K * sizeof(VEC));
-    T *ab = malloc((Tn * A + 1) * sizeof(T)), *cb = malloc((Tn + 1) * sizeof(T));
+    T *ab = malloc((Tn * K + 1) * sizeof(T)), *cb = malloc((Tn + 1) * sizeof(T));
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
-        NAME(decays)(g, ab, b, h, Tn, H, A);
+        NAME(decays)(g, ab, b, h, Tn, H, K);
         if (u)  /* the bonus's weight q_t . (u o k_t) */
             for (long t = 0; t < Tn; t++) {
                 const long rk = ((b * Tn + t) * H + h) * K;
@@ -152,26 +143,24 @@ void NAME(gla_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                     NAME(ahead)(k + rk + PF * H * K, K);
                     NAME(ahead)(v + rv + j0 + PF * H * V, w);
                 }
-                const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict at = ab + t * A;
-                VEC vt[2], av[2], o0 = {0}, o1 = {0}, e0 = {0}, e1 = {0};
+                const T *restrict qt = q + rk, *restrict kt = k + rk, *restrict at = ab + t * K;
+                VEC vt[2], o0 = {0}, o1 = {0}, e0 = {0}, e1 = {0};
                 NAME(tile_load)(vt, v + rv + j0, w);
-                if (col) NAME(tile_load)(av, at + j0, w);
                 if (u) {
                     o0 = cb[t] * vt[0];
                     o1 = cb[t] * vt[1];
                 }
-#define ROWS(cl, bn)                                                                         \
+#define ROWS(bn)                                                                             \
     do {                                                                                     \
         long i = 0;                                                                          \
         for (; i + 1 < K; i += 2) { /* two rows' chains of adds, interleaved */              \
-            ROW_FWD(o0, o1, i, cl, bn);                                                      \
-            ROW_FWD(e0, e1, i + 1, cl, bn);                                                  \
+            ROW_FWD(o0, o1, i, bn);                                                          \
+            ROW_FWD(e0, e1, i + 1, bn);                                                      \
         }                                                                                    \
-        if (i < K) ROW_FWD(o0, o1, i, cl, bn);                                               \
+        if (i < K) ROW_FWD(o0, o1, i, bn);                                                   \
     } while (0)
-                if (col) ROWS(1, 0);
-                else if (u) ROWS(0, 1);
-                else ROWS(0, 0);
+                if (u) ROWS(1);
+                else ROWS(0);
 #undef ROWS
                 const VEC ot[2] = {o0 + e0, o1 + e1};
                 NAME(tile_store)(o + rv + j0, ot, w);
@@ -189,25 +178,24 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    const T *restrict g, const T *restrict u, const T *restrict ck,
                    const T *restrict dST, const T *restrict dout, T *restrict dq,
                    T *restrict dk, T *restrict dv, T *restrict dg, T *restrict du,
-                   T *restrict dS0, long col, T scale, long Tn, long H, long K, long V, long p0,
-                   long p1) {
-    const long nck = (Tn + CK - 1) / CK, A = col ? V : K, VP = TILE_PAD(V);
+                   T *restrict dS0, T scale, long Tn, long H, long K, long V, long p0, long p1) {
+    const long nck = (Tn + CK - 1) / CK, VP = TILE_PAD(V);
     const long ntile = (V + VT - 1) / VT;
     VEC *dSall = aligned_alloc(32, ntile * 2 * K * sizeof(VEC));  /* D, tile by tile */
     VEC *buf = aligned_alloc(32, CK * 2 * K * sizeof(VEC));  /* one tile's S_t of a block */
-    T *ab = malloc((Tn * A + 1) * sizeof(T));
-    T *ones = malloc(A * sizeof(T));
+    T *ab = malloc((Tn * K + 1) * sizeof(T));
+    T *ones = malloc(K * sizeof(T));
     const long KR = (K + NV - 1) / NV * NV;  /* row_sums' groups of NV rows */
     T *Rq = aligned_alloc(32, 3 * KR * sizeof(VEC)), *Rk = Rq + KR * NV, *Rs = Rk + KR * NV;
     T *ends = malloc(2 * K * sizeof(T)), *acc = ends + K;  /* dg's block-end term, its sum */
     T cvs[CK], cbs[CK];  /* the bonus's do . v and q . (u o k) for the steps of a block */
-    for (long i = 0; i < A; i++) ones[i] = 1;
+    for (long i = 0; i < K; i++) ones[i] = 1;
     for (long p = p0; p < p1; p++) {
         const long b = p / H, h = p % H;
         const T *restrict uh = u ? u + h * K : NULL;
         T *restrict duh = u ? du + p * K : NULL;
         if (u) for (long i = 0; i < K; i++) duh[i] = 0;
-        NAME(decays)(g, ab, b, h, Tn, H, A);
+        NAME(decays)(g, ab, b, h, Tn, H, K);
         for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {
             const long w = V - j0 < VT ? V - j0 : VT;
             const VEC zero = {0};
@@ -224,7 +212,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                 if (t - CK >= 0) {  /* the next block's rows (written next) */
                     NAME(ahead)(dq + rk - CK * H * K, K);
                     NAME(ahead)(dk + rk - CK * H * K, K);
-                    if (!col) NAME(ahead)(dg + rk - CK * H * K, K);
+                    NAME(ahead)(dg + rk - CK * H * K, K);
                 }
                 memset(dq + rk, 0, K * sizeof(T));
                 memset(dk + rk, 0, K * sizeof(T));
@@ -246,31 +234,22 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         NAME(ahead)(k + rk + PF * H * K, K);
                         NAME(ahead)(v + rv + j0 + PF * H * V, w);
                     }
-                    const T *restrict kt = k + rk, *restrict at = ab + t * A;
-                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2], av[2];
+                    const T *restrict kt = k + rk, *restrict at = ab + t * K;
+                    VEC *restrict St = buf + (t - t0) * 2 * K, vt[2];
                     NAME(tile_load)(vt, v + rv + j0, w);
-                    if (col) {
-                        NAME(tile_load)(av, at + j0, w);
-                        for (long i = 0; i < K; i++) {
-                            St[2 * i] = av[0] * prev[2 * i] + kt[i] * vt[0];
-                            St[2 * i + 1] = av[1] * prev[2 * i + 1] + kt[i] * vt[1];
-                        }
-                    } else {
-                        for (long i = 0; i < K; i++) {
-                            St[2 * i] = at[i] * prev[2 * i] + kt[i] * vt[0];
-                            St[2 * i + 1] = at[i] * prev[2 * i + 1] + kt[i] * vt[1];
-                        }
+                    for (long i = 0; i < K; i++) {
+                        St[2 * i] = at[i] * prev[2 * i] + kt[i] * vt[0];
+                        St[2 * i + 1] = at[i] * prev[2 * i + 1] + kt[i] * vt[1];
                     }
                     prev = (const UVEC *)St;
                 }
-                if (!col) {  /* rowsum(E o S_{t1-1}), E the gradient S_{t1-1} gets from later
-                                steps: D itself with the bonus, a_{t1} o D without */
-                    const VEC *restrict Se = buf + (t1 - 1 - t0) * 2 * K;
-                    const T *restrict ae = u || t1 >= Tn ? ones : ab + t1 * A;
-                    for (long i = 0; i < K; i++)
-                        PUT(Rs, i, ae[i] * (D[2 * i] * Se[2 * i] + D[2 * i + 1] * Se[2 * i + 1]));
-                    NAME(row_sums)(Rs, ends, K);
-                }
+                /* rowsum(E o S_{t1-1}), E the gradient S_{t1-1} gets from later steps: D itself
+                   with the bonus, a_{t1} o D without */
+                const VEC *restrict Se = buf + (t1 - 1 - t0) * 2 * K;
+                const T *restrict ae = u || t1 >= Tn ? ones : ab + t1 * K;
+                for (long i = 0; i < K; i++)
+                    PUT(Rs, i, ae[i] * (D[2 * i] * Se[2 * i] + D[2 * i + 1] * Se[2 * i + 1]));
+                NAME(row_sums)(Rs, ends, K);
                 for (long t = t1 - 1; t >= t0; t--) {
                     const long rk = ((b * Tn + t) * H + h) * K, rv = ((b * Tn + t) * H + h) * V;
                     if (t - PF >= 0) {
@@ -280,38 +259,14 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         NAME(ahead)(dout + rv + j0 - PF * H * V, w);
                     }
                     const T *restrict qt = q + rk, *restrict kt = k + rk;
-                    const T *restrict an = t + 1 < Tn ? ab + (t + 1) * A : ones;
+                    const T *restrict an = t + 1 < Tn ? ab + (t + 1) * K : ones;
                     const VEC *restrict St = buf + (t - t0) * 2 * K;
                     const VEC *restrict Sp = t > t0 ? St - 2 * K : (const VEC *)start;
                     T *restrict dqt = dq + rk, *restrict dkt = dk + rk;
                     VEC vt[2], dot[2], dv0 = {0}, dv1 = {0}, f0 = {0}, f1 = {0};
                     NAME(tile_load)(vt, v + rv + j0, w);
                     NAME(tile_load)(dot, dout + rv + j0, w);
-                    if (col) {  /* the decay per column: dg_t = colsum(D o S_t) - v o dv */
-                        VEC anv[2], gv0 = {0}, gv1 = {0};
-                        NAME(tile_load)(anv, an + j0, w);
-#define ROW_COL(g0, g1, acc0, acc1, i)                                                       \
-    do {                                                                                     \
-        const T qi = qt[i] * scale, ki = kt[i];                                              \
-        const VEC s0 = St[2 * (i)], s1 = St[2 * (i) + 1];                                    \
-        const VEC d0 = anv[0] * D[2 * (i)] + qi * dot[0];                                    \
-        const VEC d1 = anv[1] * D[2 * (i) + 1] + qi * dot[1];                                \
-        D[2 * (i)] = d0;                                                                     \
-        D[2 * (i) + 1] = d1;                                                                 \
-        PUT(Rq, i, s0 * dot[0] + s1 * dot[1]);                                               \
-        PUT(Rk, i, d0 * vt[0] + d1 * vt[1]);                                                 \
-        g0 += d0 * s0;                                                                       \
-        g1 += d1 * s1;                                                                       \
-        acc0 += ki * d0;                                                                     \
-        acc1 += ki * d1;                                                                     \
-    } while (0)
-                        for (long i = 0; i < K; i++) ROW_COL(gv0, gv1, dv0, dv1, i);
-#undef ROW_COL
-                        const VEC dgt[2] = {gv0 - vt[0] * dv0, gv1 - vt[1] * dv1};
-                        NAME(tile_store)(dg + rv + j0, dgt, w);
-                        NAME(row_sums)(Rq, dqt, K);
-                        NAME(row_sums)(Rk, dkt, K);
-                    } else if (!u) {
+                    if (!u) {
                         long i = 0;
 #define ROW_BWD(acc0, acc1, i)                                                               \
     do {                                                                                     \
@@ -335,7 +290,7 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
                         NAME(row_sums)(Rq, dqt, K);
                         NAME(row_sums)(Rk, dkt, K);
                     } else {  /* the bonus: D is S_t's gradient here, S_{t-1}'s after the row */
-                        const T *restrict at = ab + t * A;
+                        const T *restrict at = ab + t * K;
                         const T cv = cvs[t - t0], cb = cbs[t - t0];
                         dv0 = cb * dot[0];
                         dv1 = cb * dot[1];
@@ -377,7 +332,6 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #pragma omp simd
                 for (long i = 0; i < K; i++) dqt[i] *= scale;
             }
-            if (col) continue;
             /* dg over the block from dq and dk: with G the log-decay summed from the block's
                start, q reads through e^{G_t} (e^{G_{t-1}} with the bonus) and k writes through
                e^{-G_t}, so d/dG_t = q_t o dq_t - k_t o dk_t (the bonus's own terms left out)
@@ -401,18 +355,11 @@ void NAME(gla_bwd)(const T *restrict q, const T *restrict k, const T *restrict v
         for (long j0 = 0, n = 0; j0 < V; j0 += VT, n++) {  /* dS0: through S_0's decay a_0 */
             const long w = V - j0 < VT ? V - j0 : VT;
             const VEC *D = dSall + n * 2 * K;
-            VEC av[2];
-            if (col && Tn) NAME(tile_load)(av, ab + j0, w);
             for (long i = 0; i < K; i++) {
                 const T ai = u || !Tn ? 1 : ab[i];
                 VEC d[2] = {D[2 * i], D[2 * i + 1]};
-                if (col && Tn) {
-                    d[0] *= av[0];
-                    d[1] *= av[1];
-                } else {
-                    d[0] *= ai;
-                    d[1] *= ai;
-                }
+                d[0] *= ai;
+                d[1] *= ai;
                 NAME(tile_store)(dS0 + (p * K + i) * V + j0, d, w);
             }
         }

@@ -9,7 +9,7 @@ cumulative sum of g's gradient).
     (bonus u: o_t = (S_{t-1} + diag(u) k_t v_t^T)^T q_t, then S_t as above)
 
 q, k, g: (B, T, H, K) (q scaled by `scale` inside); v: (B, T, H, V); S0: (B, H, K, V); u: (H, K) or
-None (`gla_columns`: g (B, T, H, V), the decay on the value axis); all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns
+None; all one dtype (float32 or float64) on the CPU (`ops.backend.use_native`). Returns
 o (B, T, H, V) and S_T, differentiable in all six. Threads split the (batch row, head) pairs.
 The caller handles non-finite inputs (ops.finite), as ops.chunk.linear does.
 """
@@ -26,17 +26,16 @@ CK = 32  # the C file's checkpoint interval
 GCK = 32  # gsa_fwd/gsa_bwd's
 
 
-def flops(pairs: int, tokens: int, K: int, V: int, col: bool = False) -> tuple[int, int]:
+def flops(pairs: int, tokens: int, K: int, V: int) -> tuple[int, int]:
     """(forward, backward) FLOPs of gla_fwd / gla_bwd over `pairs` (batch, head) pairs of
     `tokens` steps, 2 a multiply-add (as the counter books a product), per entry of the (K, V)
     state; the products only (rank-one terms, reads, row sums), not the decay scalings nor the
     bonus's K-wide terms. Forward a step: k v^T and the read q S (2). Backward a step: the
-    rebuild's k v^T, D's q do^T, dq's and dk's row sums and dv (5; with `col`, the decay per
-    column, dg's column sums too: 6); without `col`, dg's block-end rowsum(E o S) once a CK-step
-    block. Booked while counting (ops.flop_count: RWKV-6 and LightNet take this path there, as
+    rebuild's k v^T, D's q do^T, dq's and dk's row sums and dv (5), and dg's block-end
+    rowsum(E o S) once a CK-step block. Booked while counting (ops.flop_count: RWKV-6 and LightNet take this path there, as
     the CPU timing does)."""
     kv = pairs * K * V
-    return 2 * kv * 2 * tokens, 2 * kv * ((6 if col else 5) * tokens + (0 if col else -(-tokens // CK)))
+    return 2 * kv * 2 * tokens, 2 * kv * (5 * tokens - (-tokens // CK))
 
 
 def load():
@@ -46,13 +45,13 @@ def load():
 def _kernels(lib, dtype):
     P, L = ctypes.c_void_p, ctypes.c_long
     R = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
-    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [L, R] + [L] * 6),
-            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [L, R] + [L] * 6))
+    return (native.kernel(lib, "gla_fwd", dtype, [P] * 9 + [R] + [L] * 6),
+            native.kernel(lib, "gla_bwd", dtype, [P] * 14 + [R] + [L] * 6))
 
 
 class _NativeGLA(first_order.Function):
     @staticmethod
-    def forward(ctx, lib, q, k, v, g, S0, u, col, scale, plain):
+    def forward(ctx, lib, q, k, v, g, S0, u, scale, plain):
         orig = (q, k, v, g, S0, u)  # for `twice` (the copies below have no autograd history)
         q, k, v, g, S0 = (t.contiguous() for t in (q, k, v, g, S0))
         u = None if u is None else u.contiguous()
@@ -63,12 +62,12 @@ class _NativeGLA(first_order.Function):
         ck = S0.new_empty(B, H, -(-T // CK), K * native.tile_pad(V)) if grad else None
         fwd, _ = _kernels(lib, q.dtype)
         P = native.ptr
-        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), int(col), scale, T, H,
+        native.run(fwd, [(P(q), P(k), P(v), P(g), P(u), P(S0), P(o), P(ST), P(ck), scale, T, H,
                           K, V, *p) for p in native.rows(B * H)])
-        flop_count.add(flops(B * H, T, K, V, col)[0])
+        flop_count.add(flops(B * H, T, K, V)[0])
         if grad:
             ctx.save_for_backward(q, k, v, g, u, ck, *orig)
-        ctx.lib, ctx.col, ctx.scale, ctx.plain = lib, col, scale, plain
+        ctx.lib, ctx.scale, ctx.plain = lib, scale, plain
         return o, ST
 
     @staticmethod
@@ -92,10 +91,10 @@ class _NativeGLA(first_order.Function):
         _, bwd = _kernels(ctx.lib, q.dtype)
         P = native.ptr
         native.run(bwd, [(P(q), P(k), P(v), P(g), P(u), P(ck), P(dST), P(do), P(dq), P(dk),
-                          P(dv), P(dg), P(du), P(dS0), int(ctx.col), ctx.scale, T, H, K, V, *p)
+                          P(dv), P(dg), P(du), P(dS0), ctx.scale, T, H, K, V, *p)
                          for p in native.rows(B * H)])
-        flop_count.add(flops(B * H, T, K, V, ctx.col)[1])
-        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None, None
+        flop_count.add(flops(B * H, T, K, V)[1])
+        return None, dq, dk, dv, dg, dS0, None if du is None else du.sum(0), None, None
 
 
 def _torch_additive_gate(x, z0):
@@ -156,14 +155,7 @@ def gla(lib, q, k, v, g, S0, u=None, scale=1.0, plain=None):
     """(o, S_T) with q read as scale q (no pass over q for it); `lib` = load(). plain(q, k, v,
     g, S0, u, scale) -> (o, S_T): the same recurrence in PyTorch (ops.chunk.linear's loop),
     which the node's `twice` differentiates (None: create_graph=True through it raises)."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, u, False, scale, plain)
-
-
-def gla_columns(lib, q, k, v, g, S0, scale=1.0):
-    """The decay per value channel instead: S_t = S_{t-1} diag(exp(g_t)) + k_t v_t^T,
-    o_t = S_t^T q_t, g (B, T, H, V) (gated slot attention's slot scores, ops.gsa); no bonus.
-    -> (o, S_T); `lib` = load()."""
-    return _NativeGLA.apply(lib, q, k, v, g, S0, None, True, scale, None)
+    return _NativeGLA.apply(lib, q, k, v, g, S0, u, scale, plain)
 
 
 def _torch_slot_gate(f, inv_n):

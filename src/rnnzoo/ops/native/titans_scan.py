@@ -343,6 +343,13 @@ class _MacAttention(first_order.Function):
                 dk[:, :, :P], dv[:, :, :P], None, None, dw, db)
 
 
+def _one_dtype(op: str, *tensors) -> None:
+    """The kernels read every buffer at one element size: a mixed call would read past them."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    if len(dtypes) != 1:
+        raise TypeError(f"{op}: its tensors must share one dtype, got {sorted(map(str, dtypes))}")
+
+
 def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
     """Titans-MAC's attention over one segment, [p, h_1, x_1, ..., h_n, x_n], at the x's,
     as one autograd node (the h's keys' rotary positions, the interleave, the causal kernel
@@ -355,6 +362,7 @@ def mac_attention(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b=None):
     in kv, qx, kx, vx, kp, vp, w, b. Equal to ops.native.attention's rope, the interleave by
     stack, causal_softmax_attention and F.linear up to rounding; `lib` =
     ops.native.attention.load()."""
+    _one_dtype("mac_attention", kv, qx, kx, vx, kp, vp, cos, sin, w, b)
     return _MacAttention.apply(lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b)
 
 
@@ -441,6 +449,7 @@ def mac_retrieve(glib, tlib, q, W0, P0, g, nw, eps, w, b=None):
     (B, n, H K) the gate's logits; nw (H, K) the norm's weight; w (O, H K), b (O,) or None.
     Returns (B, n, O); differentiable in q, W0, P0, g, nw, w, b. `glib` =
     ops.native.gated_norm.load(), `tlib` = load()."""
+    _one_dtype("mac_retrieve", q, W0, P0, g, nw, w, b)
     return _MacRetrieve.apply(glib, tlib, q, W0, P0, g, nw, float(eps), w, b)
 
 
@@ -521,4 +530,5 @@ def mac_memory(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, lr, plain=None
     new state (B, d, 3 H K); differentiable in proj, cw, state, W0, P0, M0, S0. `clib` =
     ops.native.conv.load(), `tlib` = load(); plain: titans_segment's PyTorch form (ops.memory's),
     which the node's `twice` replays after the conv's (None: first order only)."""
+    _one_dtype("mac_memory", proj, cw, state, W0, P0, M0, S0)
     return _MacMemory.apply(clib, tlib, proj, cw, state, silu, W0, P0, M0, S0, float(lr), plain)
