@@ -37,13 +37,23 @@ class Function(torch.autograd.Function):
             if torch.is_grad_enabled():
                 if twice is not None:
                     return twice(ctx, *grads)
-                raise RuntimeError(
-                    f"rnnzoo: {cls.__qualname__}'s backward is first order only: "
-                    "create_graph=True through it is not supported; every layer's "
-                    "mode='sequential' is (docs/design.md, higher-order gradients)")
+                raise _error(cls.__qualname__)
             return fn(ctx, *grads)
 
         cls.backward = staticmethod(first_order)
+
+
+def _error(node: str) -> RuntimeError:
+    return RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
+                        "through it is not supported; every layer's mode='sequential' is "
+                        "(docs/design.md, higher-order gradients)")
+
+
+def plain_given(plain, node: str) -> None:
+    """A node whose `twice` replays the PyTorch form its caller passes (`plain`): called
+    without one, create_graph through it raises the first-order error."""
+    if plain is None:
+        raise _error(f"{node} (called without its PyTorch form)")
 
 
 def replay(fn, args, grads, needs):
@@ -61,11 +71,7 @@ def replay(fn, args, grads, needs):
     (pgn passes gate(cat([u, H])) next to H itself).
 
     fn None (a node whose caller passed no plain form): the first-order error."""
-    if fn is None:
-        raise RuntimeError(
-            "rnnzoo: this node's backward is first order only (its caller passed no plain "
-            "form): create_graph=True through it is not supported; every layer's "
-            "mode='sequential' is (docs/design.md, higher-order gradients)")
+    plain_given(fn, "this node")
     with torch.enable_grad():
         args = tuple(a.view_as(a) if isinstance(a, torch.Tensor) else a for a in args)
         out = fn(*args)

@@ -245,12 +245,3 @@ def tile_pad(v: int) -> int:
 def ptr(t):
     """t's data pointer as a kernel argument, None (NULL) for None."""
     return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-
-def plain_given(plain, node: str) -> None:
-    """A node's `twice` replays the PyTorch form its caller gave; without one (a direct call
-    that gave none) create_graph through it raises as a first-order node's does."""
-    if plain is None:
-        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
-                           "through it is not supported (no PyTorch form was given to replay)")

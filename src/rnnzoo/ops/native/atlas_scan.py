@@ -146,7 +146,7 @@ class _Momenta(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through ops.atlas's PyTorch form
-        native.plain_given(ctx.plain, "_Momenta")
+        first_order.plain_given(ctx.plain, "_Momenta")
         return (None, *first_order.replay(ctx.plain, (ctx.W1, *ctx.saved_tensors[8:]), douts,
                                           ctx.needs_input_grad[1:]), None)
 
@@ -173,7 +173,7 @@ class _Reads(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through ops.atlas's PyTorch form
-        native.plain_given(ctx.plain, "_Reads")
+        first_order.plain_given(ctx.plain, "_Reads")
         return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[9:], douts,
                                           ctx.needs_input_grad[1:]), None)
 

@@ -467,7 +467,7 @@ class _Pairs(first_order.Function):
 
     @staticmethod
     def twice(ctx, g):  # under create_graph: autograd through the caller's PyTorch form
-        native.plain_given(ctx.plain, "_Pairs")
+        first_order.plain_given(ctx.plain, "_Pairs")
         return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[2:], ctx.lin), (g,),
                                           ctx.needs_input_grad[1:]), None)
 

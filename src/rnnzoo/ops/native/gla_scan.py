@@ -72,9 +72,7 @@ class _NativeGLA(first_order.Function):
 
     @staticmethod
     def twice(ctx, do, dST):
-        if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeGLA's backward is first order only: create_graph=True "
-                               "through it is not supported (no plain form given)")
+        first_order.plain_given(ctx.plain, "_NativeGLA")
         return (None, *first_order.replay(lambda *a: ctx.plain(*a, ctx.scale), ctx.saved_tensors[6:],
                                           (do, dST), ctx.needs_input_grad[1:]))
 

@@ -113,9 +113,7 @@ class _NativeChunks(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy, dF, *_):
-        if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeChunks's backward is first order only: create_graph=True "
-                               "through it is not supported (no plain form given)")
+        first_order.plain_given(ctx.plain, "_NativeChunks")
         ip, *rest = ctx.saved_tensors[15:]
         return (None, *first_order.replay(ctx.plain, (ip, ctx.N, False, *rest), (dy, dF),
                                           ctx.needs_input_grad[1:]))

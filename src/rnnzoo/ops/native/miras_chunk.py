@@ -80,7 +80,7 @@ class _NativeChunks(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch chunk loop
-        native.plain_given(ctx.plain, "_NativeChunks")
+        first_order.plain_given(ctx.plain, "_NativeChunks")
         return (None,) * 4 + first_order.replay(ctx.plain, ctx.saved_tensors[-11:], douts,
                                                  ctx.needs_input_grad[4:])
 

@@ -92,7 +92,7 @@ class _NativeRead(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy):  # under create_graph: autograd through the PyTorch reads
-        native.plain_given(ctx.plain, "_NativeRead")
+        first_order.plain_given(ctx.plain, "_NativeRead")
         def fn(x, u0, a, e, *flat):
             return ctx.plain(x, u0, a, e, *_unflat(flat, ctx.stacked, x.shape[2]))
         return (None,) * 5 + first_order.replay(fn, ctx.saved_tensors[:ctx.n_orig], (dy,),

@@ -73,9 +73,7 @@ class _Gates(first_order.Function):
 
 
 def _needs(plain, node):
-    if plain is None:
-        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
-                           "through it is not supported (no plain form given)")
+    first_order.plain_given(plain, node)
     return plain
 
 

@@ -166,11 +166,7 @@ def _backward(ctx, q, k, w, beta, grads, dq, dk):
 def _twice(ctx, args, grads, needs):
     """The pieces' `twice`: replay of the caller's plain form (ops.path_attention's
     _pieces_plain, passed in: ops.native imports nothing above it) over the inputs as given."""
-    if ctx.plain is None:
-        raise RuntimeError(
-            f"rnnzoo: {ctx.name}'s backward is first order only: create_graph=True through it "
-            "is not supported without its plain form (pieces' `plain`); every layer's "
-            "mode='sequential' is (docs/design.md, higher-order gradients)")
+    first_order.plain_given(ctx.plain, ctx.name)
     return first_order.replay(ctx.plain, args, grads, needs)
 
 

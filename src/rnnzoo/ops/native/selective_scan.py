@@ -76,9 +76,7 @@ class _NativeScan(first_order.Function):
 
     @staticmethod
     def twice(ctx, dy, dh):
-        if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeScan's backward is first order only: create_graph=True "
-                               "through it is not supported (no plain form given)")
+        first_order.plain_given(ctx.plain, "_NativeScan")
         return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[7:], ctx.neg), (dy, dh),
                                           ctx.needs_input_grad[1:]))
 

@@ -99,9 +99,7 @@ class _NativeSSD(first_order.Function):
 
     @staticmethod
     def twice(ctx, do, dST):
-        if ctx.plain is None:
-            raise RuntimeError("rnnzoo: _NativeSSD's backward is first order only: create_graph=True "
-                               "through it is not supported (no plain form given)")
+        first_order.plain_given(ctx.plain, "_NativeSSD")
         return (None, *first_order.replay(ctx.plain, ctx.saved_tensors[7:], (do, dST),
                                           ctx.needs_input_grad[1:]))
 

@@ -82,7 +82,7 @@ class _NativeTitans(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch chunk loop
-        native.plain_given(ctx.plain, "_NativeTitans")
+        first_order.plain_given(ctx.plain, "_NativeTitans")
         return (None, None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[13:], ctx.tail),
                                                 douts, ctx.needs_input_grad[2:]))
 
@@ -138,7 +138,7 @@ class _NativeGates(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through ops.memory's coefficients
-        native.plain_given(ctx.plain, "_NativeGates")
+        first_order.plain_given(ctx.plain, "_NativeGates")
         return (None, None, *first_order.replay(ctx.plain, ctx.saved_tensors[6:], douts,
                                                 ctx.needs_input_grad[2:]))
 
@@ -202,7 +202,7 @@ class _NativeSegment(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through ops.memory's PyTorch form
-        native.plain_given(ctx.plain, "_NativeSegment")
+        first_order.plain_given(ctx.plain, "_NativeSegment")
         return (None, *first_order.replay(ctx.plain, (*ctx.saved_tensors[9:], ctx.lr), douts,
                                           ctx.needs_input_grad[1:]), None)
 
@@ -493,7 +493,7 @@ class _MacMemory(first_order.Function):
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
-        native.plain_given(ctx.plain, "_MacMemory")
+        first_order.plain_given(ctx.plain, "_MacMemory")
         proj, cw, state, W0, P0, M0, S0 = ctx.saved_tensors
         grads = first_order.replay(
             lambda *t: _torch_mac_memory(ctx.plain, *t),

@@ -73,7 +73,7 @@ class _Loop(first_order.Function):
 
     @staticmethod
     def twice(ctx, *grads):  # under create_graph: autograd through the PyTorch loop
-        native.plain_given(ctx.plain, "_Loop")
+        first_order.plain_given(ctx.plain, "_Loop")
         return (None,) * 3 + first_order.replay(functools.partial(ctx.plain, ctx.eps),
                                                  ctx.saved_tensors[10:], grads,
                                                  ctx.needs_input_grad[3:])
@@ -138,7 +138,7 @@ class _MLPLoop(first_order.Function):
 
     @staticmethod
     def twice(ctx, *grads):  # under create_graph: autograd through the PyTorch loop
-        native.plain_given(ctx.plain, "_MLPLoop")
+        first_order.plain_given(ctx.plain, "_MLPLoop")
         return (None,) * 4 + first_order.replay(functools.partial(ctx.plain, ctx.eps, ctx.F),
                                                  ctx.saved_tensors[12:], grads,
                                                  ctx.needs_input_grad[4:])

@@ -80,7 +80,7 @@ class _Read(first_order.Function):
 
     @staticmethod
     def twice(ctx, dz):  # under create_graph: autograd through the PyTorch read
-        native.plain_given(ctx.plain, "_Read")
+        first_order.plain_given(ctx.plain, "_Read")
         return (None,) * 3 + first_order.replay(ctx.plain, ctx.saved_tensors[6:], (dz,),
                                                  ctx.needs_input_grad[3:])
 

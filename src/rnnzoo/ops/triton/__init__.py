@@ -41,9 +41,5 @@ def replay(node: str, plain, fn, args, grads, needs):
     """A Triton node's `twice`: first_order.replay(fn, args, grads, needs), fn the node's
     forward through `plain` (the op's PyTorch form its caller passed); the first-order error
     when the caller passed none."""
-    if plain is None:
-        raise RuntimeError(f"rnnzoo: {node}'s backward is first order only: create_graph=True "
-                           "through it is not supported without the op's PyTorch form "
-                           "(`plain`); every layer's mode='sequential' is (docs/design.md, "
-                           "higher-order gradients)")
+    first_order.plain_given(plain, node)
     return first_order.replay(fn, args, grads, needs)
