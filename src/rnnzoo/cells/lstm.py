@@ -206,11 +206,17 @@ class LSTMCell(_LSTM):
         return out, (h[0], c[0])
 
 
-# Eager under torch.compile, as torch.nn.LSTM itself is (dynamo's allow_rnn): the CPU kernel
-# has no fake-tensor rule, and a compiled call from a state failed inside AOT autograd.
-@torch.compiler.disable
-def _torch_lstm(x, hc, weights, has_bias, training):
+def _vf_lstm(x, hc, weights, has_bias, training):
     return torch._VF.lstm(x, hc, weights, has_bias, 1, 0.0, training, False, True)
+
+
+def _torch_lstm(x, hc, weights, has_bias, training):
+    """Eager under torch.compile, as torch.nn.LSTM itself is (dynamo's allow_rnn): the CPU
+    kernel has no fake-tensor rule, and a compiled call from a state failed inside AOT
+    autograd. The disable is made only there: torch.compiler.disable imports dynamo (and
+    triton), which `import rnnzoo` must not."""
+    run = torch.compiler.disable(_vf_lstm) if torch.compiler.is_compiling() else _vf_lstm
+    return run(x, hc, weights, has_bias, training)
 
 
 @cell("peephole_lstm", paper="Gers & Schmidhuber 2000, IJCNN (Recurrent nets that time and count)")
