@@ -284,6 +284,26 @@ def test_checkpoint_from_before_the_one_short_convolution_loads(tmp_path, layer,
     assert torch.equal(model(tokens)[0], loaded(tokens)[0])
 
 
+def _assert_padding_unread(model, call, clean, valid, pad):
+    """call(x) -> (y, state) on `clean` and on it with every padded position (valid False)
+    holding `pad`: valid outputs, states and the parameter gradients of a loss on the valid
+    outputs equal; padded outputs exactly 0."""
+    dirty = torch.where(valid.view(*valid.shape, *(1,) * (clean.dim() - 2)), clean,
+                        torch.tensor(pad, dtype=clean.dtype))
+    results = []
+    for x in (clean, dirty):
+        model.zero_grad()
+        y, state = call(x)
+        (y[valid] ** 2).sum().backward()
+        results.append((y, state, [p.grad.clone() for p in model.parameters()]))
+    (y0, s0, g0), (y1, s1, g1) = results
+    assert torch.equal(y1[~valid], torch.zeros_like(y1[~valid])), pad
+    assert torch.allclose(y1, y0, atol=1e-12), pad
+    leaves = torch.utils._pytree.tree_leaves
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(leaves(s1), leaves(s0)))
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), pad
+
+
 @pytest.mark.parametrize("layer", ["lstm", "mingru", "gla"])
 def test_right_padding_never_reaches_valid_outputs_states_or_gradients(layer):
     """SequenceModel(..., lengths=): whatever the padding holds (NaN/inf floats, tokens out
@@ -303,20 +323,7 @@ def test_right_padding_never_reaches_valid_outputs_states_or_gradients(layer):
             model = build_model(layer=layer, d_model=8, num_layers=2, vocab_size=7,
                                 mlp_ratio=2.0).double()
             clean = torch.randint(0, 7, (4, 5)) * valid
-        dirty = torch.where(valid.view(4, 5, *(1,) * (clean.dim() - 2)), clean,
-                            torch.tensor(pad, dtype=clean.dtype))
-        results = []
-        for x in (clean, dirty):
-            model.zero_grad()
-            y, state = model(x, lengths=lengths)
-            (y[valid] ** 2).sum().backward()
-            results.append((y, state, [p.grad.clone() for p in model.parameters()]))
-        (y0, s0, g0), (y1, s1, g1) = results
-        assert torch.equal(y1[~valid], torch.zeros_like(y1[~valid])), (kind, pad)
-        assert torch.allclose(y1, y0, atol=1e-12), (kind, pad)
-        leaves = torch.utils._pytree.tree_leaves
-        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(leaves(s1), leaves(s0)))
-        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), (kind, pad)
+        _assert_padding_unread(model, lambda x: model(x, lengths=lengths), clean, valid, pad)
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, 5\]"):
         model(clean, lengths=torch.tensor([6, 1, 1, 1]))
 
@@ -339,18 +346,8 @@ def test_depth_models_never_read_padding(kind):
         model = build(layer="gru", d_model=8, **size).double()
         clean = torch.randn(3, 5, 3, dtype=torch.float64) * valid[..., None] \
             if inputs == "floats" else torch.randint(0, 7, (3, 5)) * valid
-        dirty = torch.where(valid.view(3, 5, *(1,) * (clean.dim() - 2)), clean,
-                            torch.tensor(pad, dtype=clean.dtype))
-        results = []
-        for x in (clean, dirty):
-            model.zero_grad()
+
+        def call(x):
             extra = {} if kind == "universal" else {"generator": torch.Generator().manual_seed(1)}
-            y, state = model(x, lengths=lengths, **extra)
-            (y[valid] ** 2).sum().backward()
-            results.append((y, state, [p.grad.clone() for p in model.parameters()]))
-        (y0, s0, g0), (y1, s1, g1) = results
-        assert torch.equal(y1[~valid], torch.zeros_like(y1[~valid])), (kind, pad)
-        assert torch.allclose(y1, y0, atol=1e-12), (kind, pad)
-        leaves = torch.utils._pytree.tree_leaves
-        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(leaves(s1), leaves(s0)))
-        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g1, g0)), (kind, pad)
+            return model(x, lengths=lengths, **extra)
+        _assert_padding_unread(model, call, clean, valid, pad)
