@@ -8,25 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from _gloo import spawn
 
 from rnnzoo.models.checkpoint import load_tensors
 from rnnzoo.train.dist import SEQUENCE_PARALLEL_LAYERS
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _flat(s):
@@ -64,45 +57,39 @@ def _grads(layer, x, s0, w, ws, mode, world=1):
                          for t, g in zip([x, *s0, *params], got)]
 
 
-def _worker(rank, world, port, names, errors):
+def _worker(rank, world, errors, names):
     import torch.distributed as td
 
     from rnnzoo.ops import sequence_parallel as sp
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    td.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        for name in names:
-            name, _, control = name.partition(":")  # "name:local": the exchange switched off
-            layer = _make(name)
-            assert layer.auto_mode(None) in ("chunk", "scan"), name  # a mode with the hook
-            mode = "auto"  # what `rnnzoo train --sequence-parallel` runs: chunk or scan
-            g = torch.Generator().manual_seed(2)
-            T = 4 * world + 3  # uneven slices, several chunks per rank
-            x = torch.randn(2, T, layer.d_model, generator=g, dtype=torch.float64)
-            with torch.no_grad():
-                _, s0 = layer(torch.randn(2, 3, layer.d_model, generator=g,
-                                          dtype=torch.float64), mode=mode)
-            s0 = _flat(s0)
-            w = torch.randn(x.shape, generator=g, dtype=torch.float64)
-            ws = [torch.randn(_real(t).shape, generator=g, dtype=torch.float64) for t in s0]
-            y_ref, s_ref, g_ref = _grads(layer, x, s0, w, ws, mode)
-            with sp.scope(), (sp._local_only() if control else contextlib.nullcontext()):
-                y, s, grads = _grads(layer, sp.split(x), s0, sp.split(w), ws, mode, world)
-            grads = [t.contiguous() for t in grads]
-            for t in grads[1:]:  # states and parameters: each rank holds its part of the sum
-                td.all_reduce(t)
-            err = max((y - sp.split(y_ref)).abs().max().item(),
-                      *((a - b).abs().max().item() for a, b in zip(s, s_ref)),
-                      (grads[0] - sp.split(g_ref[0])).abs().max().item(),
-                      *((a - b).abs().max().item() for a, b in zip(grads[1:], g_ref[1:])))
-            name += ":local" if control else ""
-            print(f"sequence parallel {name} rank {rank}/{world}: max error {err:.3g}", flush=True)
-            if not err < 1e-9:
-                errors.put(f"{name} rank {rank}/{world}: max error {err:.3g}")
-        _reverse_scan(rank, world, errors)
-    finally:
-        td.destroy_process_group()
+    for name in names:
+        name, _, control = name.partition(":")  # "name:local": the exchange switched off
+        layer = _make(name)
+        assert layer.auto_mode(None) in ("chunk", "scan"), name  # a mode with the hook
+        mode = "auto"  # what `rnnzoo train --sequence-parallel` runs: chunk or scan
+        g = torch.Generator().manual_seed(2)
+        T = 4 * world + 3  # uneven slices, several chunks per rank
+        x = torch.randn(2, T, layer.d_model, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            _, s0 = layer(torch.randn(2, 3, layer.d_model, generator=g,
+                                      dtype=torch.float64), mode=mode)
+        s0 = _flat(s0)
+        w = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        ws = [torch.randn(_real(t).shape, generator=g, dtype=torch.float64) for t in s0]
+        y_ref, s_ref, g_ref = _grads(layer, x, s0, w, ws, mode)
+        with sp.scope(), (sp._local_only() if control else contextlib.nullcontext()):
+            y, s, grads = _grads(layer, sp.split(x), s0, sp.split(w), ws, mode, world)
+        grads = [t.contiguous() for t in grads]
+        for t in grads[1:]:  # states and parameters: each rank holds its part of the sum
+            td.all_reduce(t)
+        err = max((y - sp.split(y_ref)).abs().max().item(),
+                  *((a - b).abs().max().item() for a, b in zip(s, s_ref)),
+                  (grads[0] - sp.split(g_ref[0])).abs().max().item(),
+                  *((a - b).abs().max().item() for a, b in zip(grads[1:], g_ref[1:])))
+        name += ":local" if control else ""
+        print(f"sequence parallel {name} rank {rank}/{world}: max error {err:.3g}", flush=True)
+        if not err < 1e-9:
+            errors.put(f"{name} rank {rank}/{world}: max error {err:.3g}")
+    _reverse_scan(rank, world, errors)
 
 
 def _reverse_scan(rank, world, errors):
@@ -149,13 +136,7 @@ def test_sequence_parallel_equals_one_process(world):
     rank starts from the initial state, as without sequence parallelism) is not, so the
     check can tell."""
     names = SEQUENCE_PARALLEL_LAYERS + (("gdn2:local",) if world == 2 else ())
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    mp.start_processes(_worker, args=(world, _free_port(), names, errors), nprocs=world,
-                       start_method="spawn")
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
+    found = spawn(_worker, world, names)
     wrong = [f for f in found if not f.startswith("gdn2:local ")]
     assert not wrong, "\n".join(wrong)
     assert len(found) == len(wrong) + (world if world == 2 else 0)  # the control, every rank

@@ -97,6 +97,24 @@ def rank_and_world(group=None) -> tuple[int, int]:
     return td.get_rank(group), td.get_world_size(group)
 
 
+class _AllReduce(torch.autograd.Function):
+    """The sum over the ranks of `t`, differentiable any number of times: its backward is
+    itself (the gradient of a sum over ranks, seen from every rank, is the sum of the ranks'
+    gradients). torch.distributed.nn's all_reduce does the same and is deprecated."""
+
+    @staticmethod
+    def forward(ctx, group, t):
+        import torch.distributed as td
+        ctx.group = group
+        out = t.clone(memory_format=torch.contiguous_format)
+        td.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, _AllReduce.apply(ctx.group, g)
+
+
 class _Exchange(first_order.Function):
     """outputs = combine(every rank's `local`, stacked (W, ...), this rank, *extra), with one
     all-gather of `local` in the forward pass. Backward recomputes `combine` on the gathered
@@ -106,7 +124,7 @@ class _Exchange(first_order.Function):
     rank), every rank joins it, also where a rank's result does not read the others.
 
     Under create_graph=True `twice` runs the same exchange in differentiable collectives
-    (torch.distributed.nn's all_reduce, which gloo has): the gathered tensor as the all-reduce
+    (_AllReduce, on gloo's all-reduce): the gathered tensor as the all-reduce
     of every rank's `local` in its own slot (zeros elsewhere), the gradient of `combine` at it
     by autograd with create_graph, summed over ranks by a second all-reduce. Differentiating
     that again runs the two all-reduces' backward (all-reduces) on every rank: each rank's
@@ -148,15 +166,14 @@ class _Exchange(first_order.Function):
     @staticmethod
     def twice(ctx, *grads):  # under create_graph: the exchange in differentiable collectives
         import torch.distributed as td
-        from torch.distributed.nn.functional import all_reduce
         *extra, local = ctx.saved_tensors[1:]
         group, needs = ctx.group, ctx.needs_input_grad[2:]
         rank, world = td.get_rank(group), td.get_world_size(group)
         with torch.enable_grad():
             local, *extra = (t.view_as(t) if t is not None else None for t in (local, *extra))
             zero = torch.zeros_like(local)
-            gathered = all_reduce(torch.stack([local if r == rank else zero
-                                               for r in range(world)]), group=group)
+            gathered = _AllReduce.apply(group, torch.stack([local if r == rank else zero
+                                                            for r in range(world)]))
             if not gathered.requires_grad:  # local wants no gradient: `combine`'s is still taken
                 gathered.requires_grad_()
             outs = ctx.combine(gathered, rank, *extra)
@@ -168,7 +185,7 @@ class _Exchange(first_order.Function):
                                           create_graph=True, allow_unused=True)
             tie = gathered.mul(0).nan_to_num()  # 0, finite, on gathered's graph: every rank
             dg = tie if got[0] is None else got[0] + tie  # joins its all-reduce's backward
-            d_local = all_reduce(dg, group=group)[rank]
+            d_local = _AllReduce.apply(group, dg)[rank]
         rest = iter(got[1:])
         return (None, None, d_local if needs[0] else None,
                 *(next(rest) if n else None for n in needs[1:]))
