@@ -49,13 +49,7 @@
 
 #include "assoc_sums.h"
 #include "mm.h"
-
-/* sum_o a[o]^4 */
-static SUMS T NAME(sum4)(const T *restrict a, long n) {
-    T s = 0;
-    for (long o = 0; o < n; o++) { const T a2 = a[o] * a[o]; s += a2 * a2; }
-    return s;
-}
+#include "transpose.h"  /* trs: W1, W2 and gU transposed for mm's right factors */
 
 /* sum_o a[o] (b[o] + c[o]) */
 static SUMS T NAME(dot2)(const T *restrict a, const T *restrict b, const T *restrict c, long n) {
@@ -79,6 +73,19 @@ static INLINE T NAME(tanh_u)(T z, T *sech2) {
 static INLINE void NAME(phi)(const T *restrict u, const T *restrict P, T *restrict W, long I,
                              long O, int kind, T *s) {
     const long n = I * O;
+    if (kind == 1) {   /* V and the lane partials of sum V^4 in one pass */
+        T s4 = 0;
+#pragma omp simd reduction(+:s4)
+        for (long e = 0; e < n; e++) {
+            const T v = u[e] + P[e], v2 = v * v;
+            W[e] = v;
+            s4 += v2 * v2;
+        }
+        *s = 1 / SQRT(s4);
+#pragma omp simd
+        for (long e = 0; e < n; e++) W[e] *= *s;
+        return;
+    }
 #pragma omp simd
     for (long e = 0; e < n; e++) W[e] = u[e] + P[e];
     if (kind == 0) {
@@ -93,10 +100,6 @@ static INLINE void NAME(phi)(const T *restrict u, const T *restrict P, T *restri
 #pragma omp simd
             for (long o = 0; o < O; o++) w[o] *= r;
         }
-    } else if (kind == 1) {
-        *s = 1 / SQRT(NAME(sum4)(W, n));
-#pragma omp simd
-        for (long e = 0; e < n; e++) W[e] *= *s;
     }
 }
 
@@ -135,10 +138,26 @@ static INLINE void NAME(axpy)(T *restrict y, T a, const T *restrict x, long n) {
     for (long e = 0; e < n; e++) y[e] += a * x[e];
 }
 
-/* y *= a */
-static INLINE void NAME(scale)(T *restrict y, T a, long n) {
-#pragma omp simd
-    for (long e = 0; e < n; e++) y[e] *= a;
+/* a chunk's end in one pass a weight (n entries): dU_init += dV (dh), <gU, U> returned
+   (daT's share; gU the gradient of the chunk's final U, U its starting one) and gU carried
+   to the chunk's start, gU <- a gU + dUs (dUs may be NULL: zero) + dV where `own` (the
+   chunk's gradient point is its own start, as after the first chunk) */
+static INLINE T NAME(carry)(T *restrict gU, T *restrict dh, const T *restrict dV,
+                            const T *restrict U, const T *restrict dUs, T a, int own, long n) {
+    T s = 0;
+#define CARRY(MORE) { _Pragma("omp simd reduction(+:s)") \
+    for (long e = 0; e < n; e++) { \
+        const T g = gU[e]; \
+        s += g * U[e]; \
+        dh[e] += dV[e]; \
+        gU[e] = a * g MORE; \
+    } }
+    if (dUs && own) CARRY(+ dUs[e] + dV[e])
+    else if (dUs) CARRY(+ dUs[e])
+    else if (own) CARRY(+ dV[e])
+    else CARRY()
+#undef CARRY
+    return s;
 }
 
 /* Y (R, O) (+)= A (R, I) B (I, O), row-major, on mm.h's register tiles */
@@ -153,10 +172,9 @@ static INLINE void NAME(mtm)(const T *restrict A, const T *restrict B, T *restri
     NAME(mm)(A, B, Y, I, O, R, 1, I, O, 1, O, 0, 0, 0, add, 0, I);
 }
 
-/* Xt (O, I) = X^T, X (I, O) */
+/* Xt (O, I) = X^T, X (I, O) (transpose.h's 8 x 8 blocks of shuffles) */
 static INLINE void NAME(transpose)(const T *restrict X, T *restrict Xt, long I, long O) {
-    for (long i = 0; i < I; i++)
-        for (long o = 0; o < O; o++) Xt[o * I + i] = X[i * O + o];
+    NAME(trs)(Xt, I, X, O, I, O);
 }
 
 /* the chunk's gradients at its gradient point (P1, P2): W1, W2, W2t = W2^T, Z1, X2, E, G2,
@@ -299,8 +317,7 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             NAME(phi)(uh1, P1, W1, K, F, kind, &s1);
             NAME(phi)(uh2, P2, W2, F, K, kind, &s2);
             NAME(transpose)(W2, W2t, F, K);
-            /* the update U' = aT U - X^T (c o G) */
-            daT[c] = NAME(dot)(gU1, Us1[n] + pr * KF, KF) + NAME(dot)(gU2, Us2[n] + pr * KF, KF);
+            /* the update U' = aT U - X^T (c o G): daT at the chunk's end (carry) */
             T *dkn = dk + c * CK;
             if (dG1o) memcpy(dR, dG1o + o * CF, CF * sizeof(T)); else memset(dR, 0, CF * sizeof(T));
             if (dX2o) memcpy(dX2, dX2o + o * CF, CF * sizeof(T)); else memset(dX2, 0, CF * sizeof(T));
@@ -372,18 +389,12 @@ static INLINE void NAME(bwd)(const T *k, const T *v, const T *dl, const T *aT, c
             /* W = phi(U_init + Pg) */
             NAME(phi_back)(uh1, P1, W1, dW1, K, F, kind, s1);
             NAME(phi_back)(uh2, P2, W2, dW2, F, K, kind, s2);
-            NAME(axpy)(dh1, 1, dW1, KF);
-            NAME(axpy)(dh2, 1, dW2, KF);
-            /* the gradient of the chunk's starting U */
+            /* dU_init, daT and the gradient of the chunk's starting U, one pass a weight */
             const T a = aT[c];
-            NAME(scale)(gU1, a, KF);
-            NAME(scale)(gU2, a, KF);
-            if (dUs1[n]) NAME(axpy)(gU1, 1, dUs1[n] + pr * KF, KF);
-            if (dUs2[n]) NAME(axpy)(gU2, 1, dUs2[n] + pr * KF, KF);
-            if (n) {
-                NAME(axpy)(gU1, 1, dW1, KF);
-                NAME(axpy)(gU2, 1, dW2, KF);
-            }
+            daT[c] = NAME(carry)(gU1, dh1, dW1, Us1[n] + pr * KF,
+                                 dUs1[n] ? dUs1[n] + pr * KF : 0, a, n > 0, KF)
+                     + NAME(carry)(gU2, dh2, dW2, Us2[n] + pr * KF,
+                                   dUs2[n] ? dUs2[n] + pr * KF : 0, a, n > 0, KF);
             if (!n) {
                 memcpy(dPg1 + pr * KF, dW1, KF * sizeof(T));
                 memcpy(dPg2 + pr * KF, dW2, KF * sizeof(T));
