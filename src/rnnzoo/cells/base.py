@@ -112,8 +112,9 @@ class Cell(nn.Module):
         or `fused` (the whole-sequence form). x: (B, input_size): one `step`."""
         if x.dim() == 2:
             return self.step(x, state)
-        if fused and not backend.transforming():  # torch.func: the loop (torch's fused RNN
-            return self.fused(x, state)             # kernels have no batching rule)
+        # under torch.func the loop: torch's fused RNN kernels have no batching rule
+        if fused and not backend.transforming():
+            return self.fused(x, state)
         return self.loop(x, state)
 
     def loop(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
