@@ -146,3 +146,61 @@ def test_native_plain_nodes_twice():
     la, lc = attention.load(), conv.load()
     assert torch.autograd.gradgradcheck(lambda a, b: attention.bmm(la, a, b), (r(3, 4, 5), r(3, 5, 2)))
     assert torch.autograd.gradgradcheck(lambda x, u: conv.scaled_values(lc, x, u), (r(2, 3, 4), r(2, 3)))
+
+
+# -- torch.func (docs/design.md, torch.func) ---------------------------------------------------
+class _Hidden(first_order.Function):
+    """A forward that hides its ops from autograd (an inner graph on detached inputs)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        with torch.no_grad():
+            return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+    twice = backward
+
+
+class _Marked(first_order.Function):
+    """Two outputs, the second marked non-differentiable; `plain` on the subclass only."""
+
+    @staticmethod
+    def forward(ctx, x):
+        idx = x.argmax(-1, keepdim=True).to(x.dtype)
+        ctx.mark_non_differentiable(idx)
+        return x.sin(), idx
+
+    @staticmethod
+    def backward(ctx, g, _):
+        raise AssertionError("not under torch.func")
+
+    twice = backward
+
+
+class _WithPlain(_Marked):
+    plain = staticmethod(lambda x: (x.sin() + 0 * x, x.argmax(-1, keepdim=True).to(x.dtype)))
+
+
+def test_func_transforms_run_the_forward_or_plain():
+    """Under torch.func a node runs its forward's ops (or its `plain`): grad, jvp and vmap go
+    through; an output marked non-differentiable comes back detached; a forward that hides
+    its ops raises rather than giving a zero gradient; outside the transforms the node runs."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for node in (_Marked, _WithPlain):
+        def f(z, node=node):
+            y, idx = node.apply(z)
+            return (y * (1 + idx)).sum()
+        g = torch.func.grad(f)(x)
+        idx = x.argmax(-1, keepdim=True).to(x.dtype)
+        torch.testing.assert_close(g, x.cos() * (1 + idx))  # no term from idx's dependence
+        _, t = torch.func.jvp(lambda z, node=node: node.apply(z)[0], (x,), (torch.ones_like(x),))
+        torch.testing.assert_close(t, x.cos())
+        torch.testing.assert_close(torch.func.vmap(torch.func.grad(f))(x), x.cos() * (1 + idx))
+    with pytest.raises(RuntimeError, match="_Hidden under torch.func: its forward hides"):
+        torch.func.grad(lambda z: _Hidden.apply(z).sum())(x)
+    z = x.clone().requires_grad_()
+    with pytest.raises(AssertionError, match="not under torch.func"):
+        _Marked.apply(z)[0].sum().backward()

@@ -89,7 +89,8 @@ def _package_nodes():
     while todo:
         for sub in todo.pop().__subclasses__():
             todo.append(sub)
-            if sub.__module__.startswith("rnnzoo.") and sub is not first_order.Function:
+            if sub.__module__.startswith("rnnzoo.") and sub not in (first_order.Function,
+                                                              first_order.Transformable):
                 found[f"{sub.__module__}.{sub.__qualname__}"] = sub
     return found
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from rnnzoo import checks
-from rnnzoo.ops import first_order
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.native.linear import weight_grad
 from rnnzoo.registry import CELLS
 
@@ -112,7 +112,8 @@ class Cell(nn.Module):
         or `fused` (the whole-sequence form). x: (B, input_size): one `step`."""
         if x.dim() == 2:
             return self.step(x, state)
-        if fused:
+        # under torch.func the loop: torch's fused RNN kernels have no batching rule
+        if fused and not backend.transforming():
             return self.fused(x, state)
         return self.loop(x, state)
 

@@ -32,10 +32,11 @@ from torch import nn
 from rnnzoo import checks
 from rnnzoo.cells.base import Cell, cell
 from rnnzoo.cells.parts import affine, uniform_init_
+from rnnzoo.ops import first_order
 from rnnzoo.ops.scan import linear_scan
 
 
-class _SRUCellState(torch.autograd.Function):
+class _SRUCellState(first_order.Transformable):
     """c_t = f_t c_{t-1} + (1 - f_t) xt_t with f_t = sigma(u_t + v * c_{t-1}), for all t.
 
     Forward: a loop of four elementwise ops per step, recorded by no autograd graph.

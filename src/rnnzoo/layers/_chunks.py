@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rnnzoo.ops import sequence_parallel
+from rnnzoo.ops import backend, sequence_parallel
 
 
 def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_size: int):
@@ -28,7 +28,8 @@ def over_chunks(fn, h: torch.Tensor, inputs: tuple[torch.Tensor, ...], chunk_siz
         chunk_size = T
     ys = []  # split, not t[:, s:s + L]: a slice's backward zero-fills the whole input
     for part in zip(*(t.split(chunk_size, 1) for t in inputs)):
-        if torch.is_grad_enabled() and T > chunk_size:
+        # not under torch.func, which refuses the checkpoint's saved-tensor hooks
+        if torch.is_grad_enabled() and T > chunk_size and not backend.transforming():
             y, h = checkpoint(fn, h, *part, use_reentrant=False)
         else:
             y, h = fn(h, *part)

@@ -78,6 +78,8 @@ def write_front(cache, new):
     T = new.shape[2]
     if T == cache.shape[2]:
         return new.to(cache.dtype).contiguous()
+    if backend.transforming():  # torch.func's vmap batches new, not the cache: no write into it
+        return torch.cat([new.to(cache.dtype), cache[:, :, T:]], 2)
     out = torch.empty_like(cache)
     out[:, :, :T] = new
     out[:, :, T:] = cache[:, :, T:]

@@ -206,6 +206,10 @@ class _SelectiveScan(first_order.Function):  # a scan kernel; `twice`: the loop
         return torch.cat(ys, 1), h.transpose(1, 2).contiguous()
 
     @staticmethod
+    def plain(u, delta, A, B, C, h0, allow_neg_eigval, chunk_size):  # torch.func: the loop
+        return _loop(u, delta, A, B, C, h0, None, allow_neg_eigval)
+
+    @staticmethod
     def twice(ctx, dy, dh):  # under create_graph: autograd through the loop
         return first_order.replay(_loop, (*ctx.saved_tensors[:6], None, ctx.allow_neg_eigval),
                                   (dy, dh), ctx.needs_input_grad)

@@ -377,6 +377,8 @@ class _Rotation(first_order.Function):
         return tuple(turn(x, F.pad(theta, (0, x.shape[-1] // 2 - theta.shape[-1])), pairs)
                      for x in xs)
 
+    plain = _plain  # torch.func
+
     @staticmethod
     def twice(ctx, *dys):  # under create_graph: autograd through the plain form
         k = len(dys)

@@ -175,7 +175,7 @@ class MoM(DeltaBlock):
         cdt, Cm, Np = compute_dtype(x), self._width, self.num_householder
         beta, g, logits = self._gates(x)
         w, idx = self._route(logits)                                   # (B, T, top_k)
-        chosen = torch.zeros(B, T, N, dtype=torch.bool, device=x.device).scatter_(-1, idx, True)
+        chosen = torch.zeros(B, T, N, dtype=torch.bool, device=x.device).scatter(-1, idx, True)
         count = chosen.sum(1)                                             # (B, N)
         L = max(int(count.max()), 1) if backend.host_readable(x) else T
         # memory m's l-th token: the routed ones first, in time order (a stable sort). Each

@@ -80,8 +80,11 @@ class PaTHAttention(Attention):
             return super()._check_or_init_state(state, x)
         dt = state_dtype(x.dtype)
         B = x.shape[0]
-        empty = x.new_zeros((), dtype=dt).expand(B, self.num_heads, self.capacity, self.head_dim)
-        return empty, empty, x.new_zeros(B, dtype=dt)
+        # torch.zeros, not x.new_zeros: under torch.func's vmap x's zeros are batched, and the
+        # position read to check max_len is then a read of a batched value
+        empty = torch.zeros((), dtype=dt, device=x.device).expand(B, self.num_heads,
+                                                                   self.capacity, self.head_dim)
+        return empty, empty, torch.zeros(B, dtype=dt, device=x.device)
 
     def op_inputs(self, x):
         """q, k, v, w: (B, T, H, Dh) (w of unit norm), beta: (B, T, H) in (0, 2)."""

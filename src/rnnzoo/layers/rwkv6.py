@@ -47,6 +47,8 @@ class _MixProject(first_order.Function):
     down-projection); up (5, r, d); mu (5, d); W (4, d, d) [out, in].
     -> x*_w and the projections k, v, r, g, each (N, d)."""
 
+    plain = staticmethod(_mix_project_plain)  # torch.func
+
     @staticmethod
     def forward(ctx, x, dx, low, up, mu, W):
         inputs = x, dx, low, up, mu, W
@@ -110,7 +112,7 @@ class _MixProject(first_order.Function):
         return d_x, d_dx, d_low, d_up, d_mu, dW
 
 
-class _NegExp(torch.autograd.Function):
+class _NegExp(first_order.Transformable):
     """-exp(w), the log-decay: two passes forward and one backward (its own derivative),
     where exp and neg through autograd took four."""
 
@@ -119,6 +121,10 @@ class _NegExp(torch.autograd.Function):
         y = torch.exp(w).neg_()
         ctx.save_for_backward(y)
         return y
+
+    @staticmethod
+    def plain(w):  # torch.func: out of place
+        return torch.exp(w).neg()
 
     @staticmethod
     def backward(ctx, dy):

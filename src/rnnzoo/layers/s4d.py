@@ -85,6 +85,8 @@ class _Vandermonde(first_order.Function):
         ctx.save_for_backward(P, a, b)
         return P
 
+    plain = staticmethod(_vandermonde_plain)  # torch.func
+
     @staticmethod
     def twice(ctx, dP):  # under create_graph: autograd through the plain form
         _, a, b = ctx.saved_tensors

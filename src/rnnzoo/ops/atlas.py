@@ -151,7 +151,7 @@ def atlas_sequential(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, fe
     and at T=512 a process killed at 23 GB); in segments 12 MB at T=64, plus one segment
     recomputed at a time in backward."""
     T = q.shape[1]
-    if T <= SEGMENT or not torch.is_grad_enabled():
+    if T <= SEGMENT or not torch.is_grad_enabled() or backend.transforming():  # torch.func: no hooks
         return _steps(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map,
                       muon, ns_steps)
     zs = []
@@ -530,7 +530,8 @@ def atlas_chunked(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, featu
             part = [t[:, :, j0:j1] for t in args]
             fn = partial(_segment, kind, j0, first, L, init, feature_map, muon, ns_steps, lib)
         ins = (*part, *Pg, *Mc, *S)
-        out = checkpoint(fn, *ins, use_reentrant=False) if j1 < NT else fn(*ins)
+        keep = j1 == NT or backend.transforming()  # torch.func refuses checkpoint's hooks
+        out = fn(*ins) if keep else checkpoint(fn, *ins, use_reentrant=False)
         zs.append(out[0])
         Mc, S = list(out[1:1 + L]), list(out[1 + L:1 + 2 * L])
         h = out[1 + 2 * L:]

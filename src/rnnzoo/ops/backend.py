@@ -19,6 +19,11 @@ kernels refuse float64, so those ops also keep float64 on the PyTorch path.
                                    and RNNZOO_BACKEND=torch keep the PyTorch path, and so
                                    does torch.compile's tracing.
 
+    transforming() -> bool         True inside torch.func's transforms (grad, vjp, jvp,
+                                   vmap): then no kernel runs (use_native and use_triton are
+                                   False, host_readable too) and every node its plain form
+                                   (ops.first_order.Transformable; docs/design.md, torch.func)
+
 `RNNZOO_BACKEND=torch` in the environment forces the PyTorch path everywhere (read at
 each call). `force("torch")` / `force("triton")` overrides both, inside a `with` block:
 force("triton") runs the Triton path whatever the device, which lets the tests run the
@@ -45,6 +50,9 @@ import os
 import torch
 
 _BACKENDS = ("torch", "triton")
+# True inside torch.func's transforms (grad, vjp, jvp, vmap): the tensors are wrapped, no C or
+# Triton kernel can read them, and the package runs its plain PyTorch (docs/design.md, torch.func)
+transforming = torch._C._are_functorch_transforms_active
 _forced: list[str] = []  # a stack: the innermost force() wins
 _triton_ok: bool | None = None
 
@@ -80,6 +88,8 @@ def use_triton(*tensors: torch.Tensor, auto: bool = True) -> bool:
     """True when the Triton kernels should run on these tensors (None entries are skipped;
     anything not on CUDA, a non-tensor included, keeps the PyTorch path, whose checks then
     name it). auto=False: only when forced to "triton"."""
+    if transforming():  # wrapped tensors: no kernel reads them
+        return False
     if _forced:
         return _forced[-1] == "triton" and triton_available()
     if not auto:
@@ -105,14 +115,15 @@ def use_native(*tensors: torch.Tensor) -> bool:
         return False
     if ts[0].dtype not in (torch.float32, torch.float64) or any(t.dtype != ts[0].dtype for t in ts):
         return False
-    return not torch.compiler.is_compiling()
+    return not (torch.compiler.is_compiling() or transforming())
 
 
 def host_readable(t: torch.Tensor) -> bool:
     """Whether reading t's values on the host is free: on the CPU (no device sync) and in
     eager mode (no graph break under torch.compile). Ops take shortcuts that depend on values
     only there; elsewhere they run their general form, which gives the same result."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.device.type == "cpu" and not (torch.compiler.is_compiling()
+                                           or transforming())
 
 
 # -- how a classic cell's step loop runs (rnnzoo.cells.steps) --------------------------------
@@ -144,6 +155,8 @@ def step_runner(name: str, *tensors: torch.Tensor) -> str:
     """How the step loop of the classic layer `name` runs on these tensors: the innermost
     force_steps(), else RNNZOO_STEPS, else AUTO_STEPS[name] when every tensor is on CUDA,
     else "loop"."""
+    if transforming():  # torch.func: the plain loop
+        return "loop"
     if _forced_steps:
         return _forced_steps[-1]
     env = os.environ.get("RNNZOO_STEPS", "").strip().lower()

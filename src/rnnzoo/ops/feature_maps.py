@@ -353,7 +353,7 @@ def _chunk(q, k, v1, feature_map, S0, C):
 
 
 
-class _CausalKernel(torch.autograd.Function):
+class _CausalKernel(first_order.Transformable):
     """`kernel` of the scores s (..., C, C) on and below the diagonal, 0 above (upper: on and
     above, 0 below, for the transposed scores k q^T): three passes forward and two backward,
     where torch.where over the composed kernel took some eleven. The backward is written in
@@ -386,6 +386,10 @@ class _Starts(first_order.Function):
         for n in range(1, U.shape[2]):
             torch.add(before[:, :, n - 1], U[:, :, n - 1], out=before[:, :, n])
         return before, U.sum(2)
+
+    @staticmethod
+    def plain(first, U):  # torch.func: the same sums, out of place
+        return torch.cat([first[:, :, None], U[:, :, :-1]], 2).cumsum(2), U.sum(2)
 
     @staticmethod
     def backward(ctx, d_before, d_total):  # dU_n = d_total + sum_{m>n} d_before_m
@@ -428,7 +432,7 @@ class _Read(first_order.Function):
                                   (None, before, psi_q), (g,), ctx.needs_input_grad)
 
 
-class _Transposed(torch.autograd.Function):
+class _Transposed(first_order.Transformable):
     """x (..., m, n) -> its transpose (..., n, m), contiguous, and the gradient's transpose
     contiguous too (once, where each product reading it copied it); differentiable twice."""
 

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from rnnzoo.ops import first_order
+
 __all__ = ["Marks", "clean_inputs", "finite", "finite_inputs", "marked", "poison"]
 
 
@@ -46,7 +48,7 @@ def finite(t: torch.Tensor, dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return _Zeroed.apply(t), ~torch.isfinite(total)
 
 
-class _Zeroed(torch.autograd.Function):
+class _Zeroed(first_order.Transformable):
     """nan_to_num(t, 0, 0, 0) whose gradient passes straight through: exact at finite
     entries, and a non-finite entry has no derivative to keep (torch's own backward
     recomputes isfinite, several full passes)."""

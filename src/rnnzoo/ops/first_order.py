@@ -8,21 +8,88 @@ gradients the graph holds as constants: a silently wrong second derivative. A su
 backward raises there instead (docs/design.md, higher-order gradients), unless the subclass
 defines `twice(ctx, *grads)`: a backward written in differentiable ops (usually `replay` of
 its plain PyTorch form over the saved inputs), which then runs in its place. A node whose
-backward is itself written in differentiable ops stays a plain torch.autograd.Function.
+backward is itself written in differentiable ops stays a plain torch.autograd.Function
+(subclassing `Transformable`).
+
+Under torch.func's transforms (grad, vjp, jvp, vmap: docs/design.md, torch.func) a node
+runs no custom autograd at all: `apply` calls its `plain(*args)` if the class defines one,
+else its own `forward` with a stand-in ctx, on the transforms' wrapped tensors, so that the
+transforms differentiate and batch the plain ops (ops.backend keeps the C and Triton kernels
+off there, so a forward that reaches this point is plain PyTorch).
 """
 
 from __future__ import annotations
 
 import torch
 
+from rnnzoo.ops.backend import transforming
+
 
 def _plain(f):
     return f.__func__ if isinstance(f, staticmethod) else f
 
 
-class Function(torch.autograd.Function):
+class _Ctx:
+    """The ctx a forward gets under torch.func: it takes what a forward hands it and keeps
+    nothing but the outputs marked non-differentiable (detached on the way out)."""
+
+    def __init__(self, args):
+        self.needs_input_grad = tuple(isinstance(a, torch.Tensor) and a.requires_grad
+                                      for a in args)
+        # the inputs a grad transform tracks (not tensors captured from outside the transforms)
+        self.tracked = any(n and torch._C._functorch.is_functorch_wrapped_tensor(a)
+                           for a, n in zip(args, self.needs_input_grad))
+        self.fixed: list[torch.Tensor] = []
+
+    def save_for_backward(self, *tensors):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def mark_non_differentiable(self, *tensors):
+        self.fixed.extend(tensors)
+
+
+class Transformable(torch.autograd.Function):
+    """A torch.autograd.Function that torch.func's transforms can go through: under them
+    `apply` runs the node's plain form (`plain`, else `forward` with a stand-in ctx) instead
+    of the node (see the module)."""
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        if not transforming():
+            return super().apply(*args, **kwargs)
+        plain = getattr(cls, "plain", None)
+        if plain is not None:
+            return plain(*args, **kwargs)
+        return _through_forward(cls, args, kwargs)
+
+
+def _through_forward(cls, args, kwargs):
+    """cls.forward on the transforms' tensors, its ops recorded by them. A floating output
+    that carries no gradient where an input does raises: that forward detaches or runs
+    under no_grad (its backward is not its ops' derivative) and needs a `plain`."""
+    ctx = _Ctx(args)
+    out = cls.forward(ctx, *args, **kwargs)
+    single = isinstance(out, torch.Tensor)
+    outs = (out,) if single else tuple(out)
+    fixed = {id(t) for t in ctx.fixed}
+    if ctx.tracked and any(
+            isinstance(o, torch.Tensor) and (o.is_floating_point() or o.is_complex())
+            and id(o) not in fixed and not o.requires_grad for o in outs):
+        raise RuntimeError(f"rnnzoo: {cls.__qualname__} under torch.func: its forward hides "
+                           "its ops from autograd, so it needs a `plain` form (docs/design.md, "
+                           "torch.func)")
+    if not fixed:
+        return out
+    outs = tuple(o.detach() if id(o) in fixed else o for o in outs)
+    return outs[0] if single else type(out)(outs)
+
+
+class Function(Transformable):
     """A torch.autograd.Function whose backward is first order only unless it defines
-    `twice` (see the module)."""
+    `twice` (see the module); torch.func's transforms run its plain form (`Transformable`)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

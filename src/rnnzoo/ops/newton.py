@@ -356,6 +356,11 @@ class _ParallelRNN(first_order.Function):
         return z
 
     @staticmethod
+    def plain(c, opts, info, names, xp, h0, *params):  # torch.func: the loop it converges to
+        info.converged, info.reason = True, "torch.func: the sequential loop"
+        return _sequential(c, xp, h0, dict(zip(names, params)) if params else None)
+
+    @staticmethod
     def backward(ctx, g):
         xp, h0, z, *params = ctx.saved_tensors
         c, lay = ctx.c, ctx.c.layout

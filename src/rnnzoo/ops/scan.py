@@ -162,6 +162,10 @@ class _LinearScan(first_order.Function):
         return h
 
     @staticmethod
+    def plain(a, b, h0, reverse):  # torch.func: the reference loop
+        return sequential_scan(a, b, h0, reverse=reverse)[0]
+
+    @staticmethod
     def backward(ctx, g):
         a, h, h0 = ctx.saved_tensors
         reverse, T = ctx.reverse, h.shape[1]

@@ -259,7 +259,7 @@ def _mm(lib, A, B, C, m, n, k, a_strides, ldb, ldc, batch_strides, g, acc=False,
          (m, n, k, *a_strides, ldb, b_cs, ldc, *batch_strides, int(acc)), g * m)
 
 
-class _Bmm(torch.autograd.Function):
+class _Bmm(first_order.Transformable):
     @staticmethod
     def forward(ctx, lib, a, b):
         (G, m, k), n = a.shape, b.shape[-1]
@@ -502,6 +502,8 @@ class _FusedSDPA(first_order.Function):
     kernels, bit for bit); under create_graph its `twice` replays the math form (the fused
     kernels' backward, CPU flash attention's too, has no derivative in torch)."""
 
+    plain = staticmethod(_math_sdpa)  # torch.func (the fused kernels have no forward AD)
+
     @staticmethod
     def forward(ctx, q, k, v, mask, causal, scale):
         with torch.enable_grad():
@@ -532,6 +534,8 @@ def fused_sdpa(q, k, v, mask=None, causal=False, scale=None):
     """F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale),
     differentiable twice: where a gradient is taken through a fused kernel (flash attention
     not switched off, e.g. by sdpa_kernel(SDPBackend.MATH)), through `_FusedSDPA`."""
+    if first_order.transforming():  # torch.func: the math form (`_FusedSDPA.plain`)
+        return _FusedSDPA.apply(q, k, v, mask, causal, scale)
     if (torch.compiler.is_compiling() or not torch.backends.cuda.flash_sdp_enabled()
             or not torch.is_grad_enabled() or not any(t.requires_grad for t in (q, k, v))):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,

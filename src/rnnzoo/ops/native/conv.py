@@ -134,7 +134,7 @@ def load():
     return native.load("conv")
 
 
-class _ScaledValues(torch.autograd.Function):
+class _ScaledValues(first_order.Transformable):
     """(v = x u[..., None], x): Mamba-2's values dt x beside the conv, and x itself for the
     skip D x. The backward sums x's two gradients and makes u's in one C pass (conv.c's
     scale_bwd): dx = u dv + dxs, du = x . dv (autograd's MulBackward and its add of the two

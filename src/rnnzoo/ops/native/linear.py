@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnzoo.ops import backend
+from rnnzoo.ops import backend, first_order
 from rnnzoo.ops.native import wgrad as _wgrad
 
 
@@ -41,7 +41,7 @@ def _mm(a, b):
     return _LP(a, b, None, "none", [], "")
 
 
-class _Linear(torch.autograd.Function):
+class _Linear(first_order.Transformable):
     @staticmethod
     def forward(ctx, x, weight, bias):
         # dense operands: oneDNN takes any dense strides (the transposed views below), but an

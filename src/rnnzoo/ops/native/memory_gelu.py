@@ -21,7 +21,7 @@ def load():
     return native.load("memory_gelu")
 
 
-class _Gelu(torch.autograd.Function):
+class _Gelu(first_order.Transformable):
     @staticmethod
     def forward(ctx, lib, z):
         z0, z = z, z.contiguous()

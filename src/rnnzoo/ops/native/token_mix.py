@@ -293,7 +293,7 @@ def rwkv7_keys(lib, k, ap, wp, kk, ka, wc, eps, H):
     return _Keys.apply(lib, k, ap, wp, kk, ka, float(wc), float(eps), H)
 
 
-class _Pointwise(torch.autograd.Function):
+class _Pointwise(first_order.Transformable):
     """y = f(x) by the kernel `name`; backward dy f'(x) from y alone: tanh's ATen
     tanh_backward (dy (1 - y^2), differentiable again), -exp's dy y."""
 
