@@ -97,7 +97,7 @@ def rank_and_world(group=None) -> tuple[int, int]:
     return td.get_rank(group), td.get_world_size(group)
 
 
-class _AllReduce(torch.autograd.Function):
+class _AllReduce(first_order.Transformable):
     """The sum over the ranks of `t`, differentiable any number of times: its backward is
     itself (the gradient of a sum over ranks, seen from every rank, is the sum of the ranks'
     gradients). torch.distributed.nn's all_reduce does the same and is deprecated."""
