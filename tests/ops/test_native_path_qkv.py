@@ -165,9 +165,11 @@ def test_not_finite_inputs_take_the_marking_path(where):
 @pytest.mark.parametrize("B,T,H,D,C,c,Lk,threads", CASES)
 def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threads):
     """path_chunk.fused_fwd (path_fused_fwd: the chunk pieces and the block attention in one
-    pass) against chunk_fwd then path_fwd (ops.path_attention._attend_fwd): o, keys, KS, PS,
-    fin, qs and P the same bits, with the raw projections (l2norm, sigmoid, a beta bias) and
-    with a value that is not finite (fin)."""
+    pass) against chunk_fwd then path_fwd (ops.path_attention._attend_fwd): keys, KS, PS,
+    fin, qs and P the same bits, o within a few units in the last place (the same bits with
+    AVX-512; with AVX2 the two paths' P V sums round differently: 1 ulp measured), with the
+    raw projections (l2norm, sigmoid, a beta bias) and with a value that is not finite
+    (fin)."""
     g = torch.Generator().manual_seed(5)
     proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype)
     proj[0, T // 2, 2 * H * D] = float("inf")  # a value: fin marks its head-row
@@ -184,7 +186,11 @@ def test_fused_forward_equals_the_two_kernels(dtype, B, T, H, D, C, c, Lk, threa
                                               None, Lk)
     assert not torch.isfinite(fin).all()
     assert got[7].shape == (B * H * (T // C), 3 * C * D + 3 * C)  # the blocks' loaded inputs
-    for a, b in zip(got[:7], (o, keys, KS, PS, fin, qs, P)):
+    assert got[0].shape == o.shape and torch.equal(got[0].isfinite(), o.isfinite())
+    eps = torch.finfo(dtype).eps
+    ok = o.isfinite()
+    torch.testing.assert_close(got[0][ok], o[ok], rtol=4 * eps, atol=4 * eps)
+    for a, b in zip(got[1:7], (keys, KS, PS, fin, qs, P)):
         assert a.shape == b.shape and torch.equal(a.nan_to_num(), b.nan_to_num())
     vals = torch.full((B, H, Lk, D), 7.0, dtype=dtype)  # the values written into a cache
     with threads_(threads):
@@ -202,7 +208,9 @@ def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, 
     """path_chunk.fused_bwd (path_fused_bwd: each block's attention backward, its piece
     gradients straight into its chunk backward) against path_bwd then path_chunk_bwd
     (ops.path_attention._attend_bwd, path_chunk.chunk_bwd): dq, dk, dv, dw, dbeta the same
-    bits, with the raw projections and a beta bias, with and without a keys gradient."""
+    bits with AVX-512, within a few units in the last place of their scale with AVX2 (float32
+    at D = 4: 0.6 ulp measured), with the raw projections and a beta bias, with and without
+    a keys gradient."""
     g = torch.Generator().manual_seed(6)
     proj = torch.randn(B, T, 4 * H * D + H, generator=g, dtype=dtype)
     bias = torch.randn(H, generator=g, dtype=dtype)
@@ -229,7 +237,10 @@ def test_fused_backward_equals_the_two_kernels(dtype, keys_grad, B, T, H, D, C, 
                                              dv.transpose(1, 2), 0)[:4]
                 path_chunk.chunk_bwd(pc, q, k, w, beta, pieces, dq, dk, extra, dw, db, bias)
             grads.append(dproj)
-    assert torch.isfinite(grads[0]).all() and torch.equal(grads[0], grads[1])
+    assert torch.isfinite(grads[0]).all()
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(grads[0], grads[1], rtol=8 * eps,
+                               atol=8 * eps * grads[1].abs().max().item())
     # with dvals: its first T slots added to dv, the other gradients unchanged
     want = grads[0].clone()
     path_op.proj_views(want, H)[2].add_(dvals[:, :, :T].transpose(1, 2))
