@@ -33,12 +33,19 @@ import rnnzoo  # noqa: E402
 
 # (layer, options over its tiny config), one layer or more per family: diagonal (mingru),
 # matrix (retnet; gla: its chunk op reads decay spans with .item() in eager, not while
-# compiling), then classic (atr), attention (aaren), diagonal gated (hawk), delta (deltanet), xLSTM (mlstm)
+# compiling), then classic (atr), attention (aaren), diagonal gated (hawk), delta (deltanet),
+# xLSTM (mlstm), feature maps (based: its chunk starts' running sum writes out= into slices
+# in eager, which dynamo refuses; while compiling it is a cumsum)
 FAST = [("mingru", {}), ("retnet", {}), ("gla", {})]
-FAST_MORE = [("atr", {}), ("aaren", {}), ("hawk", {}), ("deltanet", {}), ("mlstm", {})]
+FAST_MORE = [("atr", {}), ("aaren", {}), ("hawk", {}), ("deltanet", {}), ("mlstm", {}),
+             ("based", {})]
 SWEEP = json.loads((Path(__file__).parent / "compile_fullgraph.json").read_text())
+# rebased is left to the sweep's aot_eager list: its tiny LayerNorm over feature_dim=2 is
+# ill-conditioned in float32 (its backward is off float64's by 1.8e-4 in eager, 1.2e-5 under
+# inductor, on a 2.2 gradient), so inductor's other rounding exceeds assert_close's 1.3e-6
 SLOW = [("gru", {}), ("sru", {}), ("s4d", {}), ("lru", {}), ("mamba", {}), ("hawk", {}),
-        ("deltanet", {}), ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4})]
+        ("deltanet", {}), ("mlstm", {}), ("rwkv7", {}), ("attention", {"window": 4}),
+        ("based", {})]
 
 
 @pytest.fixture(autouse=True)

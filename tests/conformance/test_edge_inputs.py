@@ -48,3 +48,40 @@ def test_cpu_autocast_computes_in_the_parameters_dtype(name):
             runs.append((y, *flat(s), y1, *flat(s1), torch.autograd.grad(loss, xi)[0]))
         for a, b in zip(*runs):
             assert a.dtype == b.dtype and torch.equal(a, b), mode
+
+
+class _Entered(Exception):
+    pass
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_autocast_is_switched_off_for_the_inputs_device(device, monkeypatch):
+    """The autocast a layer switches off is the one of its input's device type (CUDA's for a
+    CUDA input, not the CPU's): without a GPU, a fake CUDA tensor (FakeTensorMode) under a
+    stand-in for torch.autocast("cuda") that records what is switched and stops there. Before,
+    the device type "cpu" was written in (layers/base.py), so a CUDA input under CUDA autocast
+    ran with it on."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    on, seen = {device: True}, []
+
+    class Autocast:  # records the switch, then stops the call (the fake input cannot run)
+        def __init__(self, device_type, enabled=True, **_):
+            seen.append((device_type, enabled))
+
+        def __enter__(self):
+            raise _Entered
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda t=None: on.get(t, False))
+    monkeypatch.setattr(torch, "autocast", Autocast)
+    layer = make("lstm", torch.float32)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x, x_t = torch.empty(2, 3, layer.d_model, device=device), torch.empty(2, layer.d_model,
+                                                                          device=device)
+    for call in (lambda: layer(x), lambda: layer.step(x_t)):
+        seen.clear()
+        with pytest.raises(_Entered):
+            call()
+        assert seen == [(device, False)]

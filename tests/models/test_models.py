@@ -351,3 +351,36 @@ def test_depth_models_never_read_padding(kind):
             extra = {} if kind == "universal" else {"generator": torch.Generator().manual_seed(1)}
             return model(x, lengths=lengths, **extra)
         _assert_padding_unread(model, call, clean, valid, pad)
+
+
+@pytest.mark.parametrize("layer,gate", [("gru", "fixed"), ("attention", "lstm")])
+def test_block_recurrent_never_reads_padding(layer, gate):
+    """BlockRecurrentTransformer(..., lengths=) keeps SequenceModel's contract (NaN / inf
+    padding or a token out of the vocabulary changes no valid output, state or parameter
+    gradient; padded outputs are 0), and each row's outputs and state are those of the row
+    run alone on its valid steps: segments of 2 over T=5, so rows end mid-segment, on a
+    boundary, and before whole segments (their state kept), one with no step at all. Before,
+    forward took no lengths."""
+    from rnnzoo.models.block_recurrent import build_block_recurrent
+    lengths = torch.tensor([5, 2, 0, 3])
+    valid = torch.arange(5) < lengths[:, None]
+    opts = dict(num_heads=2, max_len=8) if layer == "attention" else {}
+    for inputs, pad in (("floats", float("nan")), ("floats", float("inf")), ("tokens", -100)):
+        torch.manual_seed(0)
+        size = dict(input_dim=3, output_dim=2) if inputs == "floats" else dict(vocab_size=7)
+        model = build_block_recurrent(layer=layer, d_model=8, num_layers=2, mlp_ratio=2.0,
+                                      layer_options=opts, segment_len=2, num_state=3,
+                                      num_heads=2, gate=gate, recurrent_layers=(0,),
+                                      **size).double()
+        clean = torch.randn(4, 5, 3, dtype=torch.float64) * valid[..., None] \
+            if inputs == "floats" else torch.randint(0, 7, (4, 5)) * valid
+        _assert_padding_unread(model, lambda x: model(x, lengths=lengths), clean, valid, pad)
+    y, state = model(clean, lengths=lengths)
+    leaves = torch.utils._pytree.tree_leaves
+    for b, n in enumerate(lengths.tolist()):
+        row = model.init_state(1, dtype=torch.float64) if n == 0 else None
+        if n:
+            y_b, row = model(clean[b:b + 1, :n])
+            assert torch.allclose(y[b:b + 1, :n], y_b, atol=1e-12)
+        for got, want in zip(leaves(state), leaves(row)):
+            assert torch.allclose(got[b:b + 1], want.to(got.dtype), atol=1e-12), (b, n)

@@ -98,8 +98,9 @@ class RecurrentLayer(nn.Module):
         batch N, one per document); max_seqlen (a Python int >= the longest document)
         spares reading it from a device cu_seqlens.
         """
-        if _cpu_autocast(x):  # the layer computes in its parameters' dtype (see _cpu_autocast)
-            with torch.autocast("cpu", enabled=False):
+        device_type = _autocast_device(x)
+        if device_type:  # the layer computes in its parameters' dtype (see _autocast_device)
+            with torch.autocast(device_type, enabled=False):
                 return self.forward(self._autocast_input(x), state, mode=mode, lengths=lengths,
                                     cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
         self._check_input(x, "x", 3)
@@ -129,8 +130,9 @@ class RecurrentLayer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x_t: (batch, d_model) -> y_t: (batch, d_model), next state."""
-        if _cpu_autocast(x_t):
-            with torch.autocast("cpu", enabled=False):
+        device_type = _autocast_device(x_t)
+        if device_type:
+            with torch.autocast(device_type, enabled=False):
                 return self.step(self._autocast_input(x_t), state)
         self._check_input(x_t, "x_t", 2)
         if self._lion:
@@ -236,7 +238,7 @@ class RecurrentLayer(nn.Module):
         return None
 
     def _autocast_input(self, x):
-        """x in the parameters' dtype under CPU autocast (an autocast region upstream hands
+        """x in the parameters' dtype under autocast (an autocast region upstream hands
         bfloat16 activations to a float32 layer); anything else as it is, for _check_input."""
         pdt = self._param_dtype()
         if isinstance(x, torch.Tensor) and x.is_floating_point() and pdt is not None:
@@ -373,14 +375,19 @@ class MaskedLayer(RecurrentLayer):
         return torch.where(mask, y, torch.zeros((), dtype=y.dtype, device=y.device)), state
 
 
-def _cpu_autocast(x: torch.Tensor) -> bool:
-    """True when x is on the CPU under torch.autocast("cpu"): a layer then runs with autocast
-    off, in its parameters' dtype, as its C kernels and float32 states need (under autocast
-    its projections came out in bfloat16 beside float32 tensors: 21 layers raised dtype
-    errors, some states were kept in bfloat16, and titans_mac's chunk kernel read past its
-    buffers). Cast the layer (layer.to(torch.bfloat16)) to compute in bfloat16 on the CPU."""
-    return (isinstance(x, torch.Tensor) and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu"))
+def _autocast_device(x: torch.Tensor) -> str | None:
+    """x's device type when autocast is on for it (torch.autocast("cpu"), ("cuda"), ...),
+    else None: a layer then runs with autocast off for that device, in its parameters'
+    dtype, as its kernels and float32 states need (under CPU autocast its projections came
+    out in bfloat16 beside float32 tensors: 21 layers raised dtype errors, some states were
+    kept in bfloat16, and titans_mac's chunk kernel read past its buffers). Cast the layer
+    (layer.to(torch.bfloat16)) to compute in bfloat16."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    device_type = x.device.type  # meta has no autocast (torch.is_autocast_enabled raises)
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return device_type
+    return None
 
 
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:

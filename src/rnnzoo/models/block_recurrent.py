@@ -34,18 +34,21 @@ from torch import nn
 
 from rnnzoo.checks import choice, divides, int_in
 from rnnzoo.dtypes import state_dtype
+from rnnzoo.layers.base import valid_mask
 from rnnzoo.models.blocks import GatedMLP, RMSNorm
-from rnnzoo.models.stack import ModelConfig, SequenceModel
+from rnnzoo.models.stack import ModelConfig, SequenceModel, zero_padded
 from rnnzoo.ops.native.attention import fused_sdpa
 from rnnzoo.ops.native.linear import Linear
 
 
-def mha(q, k, v, num_heads):
-    """Unmasked multi-head attention: q (B, Lq, d), k and v (B, Lk, d) -> (B, Lq, d)."""
+def mha(q, k, v, num_heads, keys=None):
+    """Multi-head attention: q (B, Lq, d), k and v (B, Lk, d) -> (B, Lq, d); `keys` (B, Lk)
+    bool: the keys read (None: all; a row must hold one)."""
     B, Lq, d = q.shape
     q, k, v = (t.reshape(B, t.shape[1], num_heads, d // num_heads).transpose(1, 2)
                for t in (q, k, v))
-    return fused_sdpa(q, k, v).transpose(1, 2).reshape(B, Lq, d)
+    mask = None if keys is None else keys[:, None, None, :]
+    return fused_sdpa(q, k, v, mask).transpose(1, 2).reshape(B, Lq, d)
 
 
 class Gate(nn.Module):
@@ -102,24 +105,31 @@ class RecurrentCell(nn.Module):
         s = self.initial if learn else self.initial.detach()
         return s.to(device=device, dtype=state_dtype(dtype)).expand(batch_size, -1, -1)
 
-    def forward(self, x, mixer_state, S, *, mode="auto"):
+    def forward(self, x, mixer_state, S, *, mode="auto", lengths=None):
+        """x (B, W, d); `lengths` (B,) in [0, W]: the valid tokens of each row (right padding):
+        the state reads only those, and a row with none keeps S."""
         H = self.num_heads
         xn = self.norm(x)
         s_hat = (self.state_norm(S) + self.state_ids).to(x.dtype)
         k_s, v_s = self.kv_state(s_hat).chunk(2, -1)
         # vertical: tokens read the state as it was before this segment
-        a, mixer_state = self.mixer(xn, mixer_state, mode=mode)
+        a, mixer_state = self.mixer(xn, mixer_state, mode=mode, lengths=lengths)
         c = mha(self.q_tokens(xn), k_s, v_s, H)
         h = x + self.out_tokens(torch.cat([a, c], -1))
         y = h if self.mlp is None else h + self.mlp(self.mlp_norm(h))
         # horizontal: the state reads itself and the segment, through the gates
         q = self.q_state(s_hat)
         k_t, v_t = self.kv_tokens(xn).chunk(2, -1)
-        z = self.out_state(torch.cat([mha(q, k_s, v_s, H), mha(q, k_t, v_t, H)], -1))
-        S = self.gate(S, z)
+        keys = None
+        if lengths is not None:  # a row without tokens reads them all (no NaN), then keeps S
+            keys = valid_mask(lengths, x.shape[1]) | (lengths == 0)[:, None]
+        z = self.out_state(torch.cat([mha(q, k_s, v_s, H), mha(q, k_t, v_t, H, keys)], -1))
+        S_new = self.gate(S, z)
         if self.state_mlp is not None:
-            S = self.mlp_gate(S, self.state_mlp(self.state_mlp_norm(S.to(x.dtype))))
-        return y, mixer_state, S
+            S_new = self.mlp_gate(S_new, self.state_mlp(self.state_mlp_norm(S_new.to(x.dtype))))
+        if lengths is not None:
+            S_new = torch.where((lengths > 0)[:, None, None], S_new, S)
+        return y, mixer_state, S_new
 
 
 class BlockRecurrentTransformer(SequenceModel):
@@ -156,25 +166,32 @@ class BlockRecurrentTransformer(SequenceModel):
                                                 learn=learn) for i in self.recurrent_layers)
         return mixers, cells
 
-    def forward(self, inputs, state=None, *, mode="auto"):
-        """-> outputs (B, T, output_dim), state (constant size)."""
-        x = self._embed(inputs)
+    def forward(self, inputs, state=None, *, mode="auto", lengths=None):
+        """-> outputs (B, T, output_dim), state (constant size).
+
+        Right padding, `lengths` (B,): as SequenceModel's (the padded inputs are never read,
+        the padded outputs are 0, each row's state is the one at its own last step): in each
+        segment the mixers take the row's valid steps there, the state reads only them, and
+        a row with none left keeps its state."""
+        x, lengths, valid = self._embed_padded(inputs, lengths)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype, learn=True)
         mixers, cells = list(state[0]), list(state[1])
         outs = []
         for start in range(0, x.shape[1], self.segment_len):
             h = x[:, start:start + self.segment_len]
+            seg = None if lengths is None else (lengths - start).clamp(0, h.shape[1])
             j = 0
             for i, block in enumerate(self.blocks):
                 if isinstance(block, RecurrentCell):
-                    h, mixers[i], cells[j] = block(h, mixers[i], cells[j], mode=mode)
+                    h, mixers[i], cells[j] = block(h, mixers[i], cells[j], mode=mode,
+                                                   lengths=seg)
                     j += 1
                 else:
-                    h, mixers[i] = block(h, mixers[i], mode=mode)
+                    h, mixers[i] = block(h, mixers[i], mode=mode, lengths=seg)
             outs.append(h)
         y = torch.cat(outs, 1) if outs else x
-        return self.head(self.norm(y)), (tuple(mixers), tuple(cells))
+        return zero_padded(self.head(self.norm(y)), valid), (tuple(mixers), tuple(cells))
 
     def step(self, inputs_t, state=None):
         raise NotImplementedError("the Block-Recurrent Transformer updates its state once a "

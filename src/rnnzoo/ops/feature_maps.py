@@ -381,6 +381,8 @@ class _Starts(first_order.Function):
 
     @staticmethod
     def forward(ctx, first, U):
+        if torch.compiler.is_compiling():  # dynamo refuses out= into a slice: a cumsum
+            return _Starts.plain(first, U)
         before = U.new_empty(U.shape)
         before[:, :, 0] = first
         for n in range(1, U.shape[2]):
@@ -388,11 +390,13 @@ class _Starts(first_order.Function):
         return before, U.sum(2)
 
     @staticmethod
-    def plain(first, U):  # torch.func: the same sums, out of place
+    def plain(first, U):  # torch.func and torch.compile: the same sums, out of place
         return torch.cat([first[:, :, None], U[:, :, :-1]], 2).cumsum(2), U.sum(2)
 
     @staticmethod
     def backward(ctx, d_before, d_total):  # dU_n = d_total + sum_{m>n} d_before_m
+        if torch.compiler.is_compiling():  # as in forward: the out-of-place form
+            return _Starts.twice(ctx, d_before, d_total)
         dU = d_before.new_empty(d_before.shape)
         dU[:, :, -1] = d_total
         for n in range(dU.shape[2] - 2, -1, -1):

@@ -357,9 +357,17 @@ def ttt_minibatch(kind, q, k, v, lr, tok, init, state, w, b, eps, norm=True):
         # the reads go in groups of mini-batches whose stacked weights stay under _READ_BYTES:
         # glibc maps a block over 32 MB afresh on every call (and its gradient), page by page
         per = max(1, _READ_BYTES // max(1, B * max(a.numel() for a in init) * q.element_size()))
-        groups, final = _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last,
-                              chunks(place(k)), chunks(place(v)), chunks(place(lr[..., None])),
-                              per)
+        # the loop's inputs as (NT, B, H, M, D), one copy: each mini-batch's slice dense
+        # (unbound once: a slice taken in the loop would cost a whole-size zero tensor in
+        # backward, per mini-batch)
+        kc, vc, lc = (chunks(place(t)).permute(2, 0, 1, 3, 4).contiguous().unbind(0)
+                      for t in (k, v, lr[..., None]))
+        starts, XGs, history = _loop(kind, init, dP, Acc, kc, vc, lc, w, b, eps, norm, tok,
+                                     first)
+        stack = lambda ts: [torch.stack(t, 2) for t in zip(*ts)]  # noqa: E731
+        groups = [(stack(starts[j:j + per]), stack(XGs[j:j + per]))
+                  for j in range(0, len(XGs), per)]
+        final = _pick(history, last, first)
     # the first mini-batch also reads the sums the state brought (a mini-batch begun); on
     # the CPU in eager mode (backend.host_readable), sums known to be zero (a fresh state) are
     # skipped, unless their gradient is asked for
@@ -392,51 +400,45 @@ def _minibatch(kind, P, k, v, lr, w, b, eps, norm):
     return Xs, Gl, _outer(Xs, Gl)
 
 
-def _loop_from(kind, P, Acc, k, v, lr, w, b, eps, tok):
-    """The loop from start weights P and sums Acc (a list each): per mini-batch (its start
-    weights, its inputs and lr-weighted gradients, its sums). k, v (B, H, NT, M, K), lr (B,
-    H, NT, M)."""
-    out = []
-    for j, (k_j, v_j, l_j) in enumerate(zip(k.unbind(2), v.unbind(2), lr.unbind(2))):
-        Xs, Gl, sums = _minibatch(kind, P, k_j, v_j, l_j[..., None], w, b, eps, w is not None)
-        end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
-        out.append((P, Xs, Gl, end))
-        P = [p - tok[-1].to(p.dtype) * a for p, a in zip(P, end)]
-    return out
-
-
 def _ttt_loop_plain(eps, W, c, A0, a0, k, v, lr, w, b, tok):
-    """ops.native.ttt_loop.loop's (P, pc, Gl, S, s) by _loop_from: its node's `twice`."""
-    out = _loop_from("linear", [W, c], [A0, a0], k, v, lr, w, b, eps, tok)
-    return tuple(torch.stack(t, 2) for t in zip(*((*P, *Gl, *end) for P, _, Gl, end in out)))
+    """ops.native.ttt_loop.loop's (P, pc, Gl, S, s) by _loop: its node's `twice`."""
+    starts, XGs, history = _loop("linear", None, [W, c], [A0, a0], *_minibatches(k, v, lr),
+                                 w, b, eps, w is not None, tok)
+    return tuple(torch.stack(t, 2) for t in zip(*((*P, XG[1], *h[2:])
+                                                  for P, XG, h in zip(starts, XGs, history))))
 
 
 def _ttt_mlp_plain(eps, F, Ws, A, k, v, lr, w, b, tok, last):
     """ops.native.ttt_loop.mlp_loop's node outputs (P1, pb1, P2, pb2, X2, Gl1, Gl2, Fin) by
-    _loop_from: its node's `twice`. Ws, A: the weights and sums flat (B, H, n)."""
+    _loop: its node's `twice`. Ws, A: the weights and sums flat (B, H, n)."""
     B, H, NT, M, K = k.shape
     shapes = [(K, F), (F,), (F, K), (K,)]
     unflat = lambda t: [p.view(B, H, *s) for p, s in zip(  # noqa: E731
         t.split([math.prod(s) for s in shapes], -1), shapes)]
-    out = _loop_from("mlp", unflat(Ws), unflat(A), k, v, lr, w, b, eps, tok)
-    per = [torch.stack(t, 2) for t in zip(*((*P, Xs[1], *Gl) for P, Xs, Gl, _ in out))]
-    fin = _pick([[*P, *end] for P, _, _, end in out], last)
+    starts, XGs, history = _loop("mlp", None, unflat(Ws), unflat(A), *_minibatches(k, v, lr),
+                                 w, b, eps, w is not None, tok)
+    per = [torch.stack(t, 2) for t in zip(*((*P, *XG[1:]) for P, XG in zip(starts, XGs)))]
+    fin = _pick(history, last)
     return (*per, torch.cat([t.reshape(B, H, -1) for t in fin], -1))
 
 
-def _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last, kc, vc, lc, per):
-    """ttt_minibatch's loop in torch, one mini-batch at a time; kc, vc, lc (B, H, NT, M, D) its
-    inputs. Returns (groups, final): each group of `per` mini-batches' stacked start weights
-    and (inputs, lr-weighted gradients), as _read_all takes them, and the state after each
-    element's last mini-batch."""
-    # the loop's inputs as (NT, B, H, M, D), one copy: each mini-batch's slice dense
-    kc, vc, lc = (t.permute(2, 0, 1, 3, 4).contiguous() for t in (kc, vc, lc))
+def _minibatches(k, v, lr):
+    """The mini-batches of k, v (B, H, NT, M, K) and lr (B, H, NT, M) as _loop takes them."""
+    return k.unbind(2), v.unbind(2), lr[..., None].unbind(2)
+
+
+def _loop(kind, init, dP, Acc, ks, vs, ls, w, b, eps, norm, tok, first=0):
+    """TTT's mini-batch loop in torch (ttt_minibatch's where the C loop does not run, and the
+    C loops' `twice` forms): the weights init + dP (dP alone where init is None) and the sums
+    Acc carried from mini-batch to mini-batch, ks, vs, ls (B, H, M, K or 1) each one's inputs.
+    Returns lists over the mini-batches: start weights P, (inputs Xs, lr-weighted gradients
+    Gl) as _read_all stacks them, and from mini-batch `first` on the state after it [*dP,
+    *sums]."""
     starts, XGs, history = [], [], []
     # the loop carries only the weights: a mini-batch's gradients at its start and its sums;
-    # every read runs after it, all mini-batches at once (unbound once: a slice taken in the
-    # loop would cost a whole-size zero tensor in backward, per mini-batch)
-    for j, (k_j, v_j, l_j) in enumerate(zip(*(t.unbind(0) for t in (kc, vc, lc)))):
-        P = _weights(init, dP)
+    # every read runs after it, all mini-batches at once
+    for j, (k_j, v_j, l_j) in enumerate(zip(ks, vs, ls)):
+        P = dP if init is None else _weights(init, dP)
         Xs, Gl, sums = _minibatch(kind, P, k_j, v_j, l_j, w, b, eps, norm)
         end = [a + s for a, s in zip(Acc, sums)] if j == 0 else sums
         starts.append(P)
@@ -444,9 +446,7 @@ def _loop(kind, init, dP, Acc, k, v, lr, w, b, eps, norm, tok, first, last, kc, 
         if j >= first:
             history.append([*dP, *end])
         dP = [p - tok[-1].to(p.dtype) * a for p, a in zip(dP, end)]
-    stack = lambda ts: [torch.stack(t, 2) for t in zip(*ts)]  # noqa: E731
-    groups = [(stack(starts[j:j + per]), stack(XGs[j:j + per])) for j in range(0, len(XGs), per)]
-    return groups, _pick(history, last, first)
+    return starts, XGs, history
 
 
 # -- Titans: momentum (surprise) and weight decay (forgetting) ----------------------------------
@@ -698,7 +698,16 @@ def _titans_gates_plain(q, k, a, e, m, th):
 
 def _titans_linear_plain(q, k, R, att, ga, gf, cl, re, gE, P0, M0, S0, W0, tail):
     """ops.native.titans_scan.titans_linear's (o, Ms, Ss), chunk after chunk in PyTorch (its
-    module's recurrence): the form its node's `twice` differentiates."""
+    module's recurrence): the form its node's `twice` differentiates.
+
+    The reference beside `_titans_linear_chunks`, not a special case of it: this one is the
+    C node's own function, of its inputs (the gates' coefficients att, ga, gf, cl, re, gE as
+    ops.native.titans_scan.titans_gates makes them; weight-only, no bias rows), each chunk's
+    read and update written as the kernel runs them, so that differentiating it twice gives
+    the node's second derivative. _titans_linear_chunks is the layer's path: from the gates
+    (bias rows too), it hands the weight-only case to that C node where it runs and
+    otherwise folds each chunk into one affine map of (M, S) with the reads batched over all
+    chunks (other products and rounding)."""
     P, M, S, os, Ms, Ss = P0, M0, S0, [], [M0], [S0]
     for j, (q_j, k_j, R_j, att_j, a_j, f_j, c_j, r_j) in enumerate(zip(*(
             t.unbind(2) for t in (q, k, R, att, ga, gf, cl, re)))):
@@ -737,7 +746,8 @@ def _titans_linear_chunks(q, k, v, init, Pg, Mc, S, bias, gates, last, first=0):
     (J, K) with J = K+1 (K for a weight-only memory whose bias rows are zero), passes from
     chunk to chunk. q, k, v (B, H, N, C, K); gates (a, e, m, th) as _coefficients takes them.
     Returns (final state [M'_W, M'_b, M_W, M_b, S_W, S_b] at each element's last chunk
-    (last (B,), none before `first`), z (B, H, N, C, K))."""
+    (last (B,), none before `first`), z (B, H, N, C, K)). The fast path; the C node it calls
+    has `_titans_linear_plain` as its reference (see there why both)."""
     B, H, N, C, K = q.shape
     # a weight-only memory whose state's bias rows are zero constants (every fresh state;
     # read on the host where that is free) keeps them zero: its products are K wide, not
