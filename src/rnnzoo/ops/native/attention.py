@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rnnzoo.ops import first_order, native
+from rnnzoo.ops import backend, first_order, native
 
 
 def load():
@@ -534,7 +534,7 @@ def fused_sdpa(q, k, v, mask=None, causal=False, scale=None):
     """F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale),
     differentiable twice: where a gradient is taken through a fused kernel (flash attention
     not switched off, e.g. by sdpa_kernel(SDPBackend.MATH)), through `_FusedSDPA`."""
-    if first_order.transforming():  # torch.func: the math form (`_FusedSDPA.plain`)
+    if backend.transforming():  # torch.func: the math form (`_FusedSDPA.plain`)
         return _FusedSDPA.apply(q, k, v, mask, causal, scale)
     if (torch.compiler.is_compiling() or not torch.backends.cuda.flash_sdp_enabled()
             or not torch.is_grad_enabled() or not any(t.requires_grad for t in (q, k, v))):
