@@ -149,6 +149,28 @@ def test_init_state_layout(name):
     assert max_err(layer(inputs(layer, B=3))[0], layer(inputs(layer, B=3), s64)[0]) == 0
 
 
+# 3b. the returned state is the caller's own ---------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_state_owns_its_memory(name):
+    """No returned state tensor is a view (of x, of a (batch, time, ...) intermediate): writing
+    into x afterwards leaves the state as it was, and the state holds no more memory than its
+    own elements. The call leaves x and the given state as they were."""
+    layer = make(name)
+    info = rnnzoo.registry.get_layer_info(name)
+    for mode in (*info.modes, "step"):
+        x, s0 = inputs(layer), random_state(layer, 2)
+        x_in, s_in = x.clone(), [t.clone() for t in flat(s0)]
+        with torch.no_grad():
+            _, s = layer.step(x[:, -1], s0) if mode == "step" else layer(x, s0, mode=mode)
+        assert torch.equal(x, x_in) and max_err(s0, s_in) == 0, f"{mode}: inputs written"
+        kept = [t.clone() for t in flat(s)]
+        x.mul_(-3.0).add_(7.0)
+        assert max_err(s, kept) == 0, f"{mode}: the state changed when x was written"
+        for i, t in enumerate(flat(s)):
+            held, own = t.untyped_storage().nbytes(), t.numel() * t.element_size()
+            assert held <= own, f"{mode}: state[{i}] {tuple(t.shape)} holds {held} bytes, {own} its own"
+
+
 # 4. gradients equal the reference's; gradcheck ---------------------------------------------
 @pytest.mark.parametrize("name,mode", OTHER_MODE_CASES)
 def test_gradients_equal_reference(name, mode):
