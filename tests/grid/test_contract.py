@@ -46,6 +46,22 @@ def test_modes_equal_the_reference(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_state_owns_its_memory(name):
+    """No returned state is a view of x or of a (batch, height, width, ...) intermediate:
+    writing into x leaves it as it was, and it holds no more bytes than its elements."""
+    layer, d = build(name)
+    for mode in layer.modes:
+        x = torch.randn(2, 5, 6, d, dtype=torch.float64)
+        with torch.no_grad():
+            _, state = layer(x, mode=mode)
+        kept = [t.clone() for t in flat(state)]
+        x.mul_(-3.0).add_(7.0)
+        assert all(torch.equal(a, b) for a, b in zip(flat(state), kept)), mode
+        for t in flat(state):
+            assert t.untyped_storage().nbytes() <= t.numel() * t.element_size(), (mode, t.shape)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_float32_states_and_the_input_device(name):
     layer, d = build(name, torch.bfloat16)
     y, state = layer(torch.randn(1, 2, 3, d, dtype=torch.bfloat16))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rnnzoo.checks import positive_int
+from rnnzoo.layers.base import owned_state
 from rnnzoo.registry import GRID_LAYERS, Info
 
 
@@ -99,4 +100,5 @@ class GridLayer(nn.Module):
         elif mode not in self.modes:
             raise ValueError(f"mode must be 'auto' or one of {self.modes} for 2-D layer "
                              f"{self.name!r}, got {mode!r}")
-        return self._forward(x, self._check_state(state, x), mode)
+        y, state = self._forward(x, self._check_state(state, x), mode)
+        return y, owned_state(state, x)
