@@ -5,7 +5,8 @@ interleave, causal softmax with zero queries at p and the h's, and F.linear), ma
 (the read, RMS norm times the gate, W_{k,v} W_o), mac_memory (the short conv and
 titans_segment, against their own nodes). Outputs and the gradients of every input, float64
 tight, float32 loose, odd sizes (one token, B = 1, one head, R < Dh, persistent tokens,
-n < the conv's state), 1 and 2 threads."""
+n < the conv's state), 1 and 2 threads; the segment products both ways (`titans_scan._onednn`:
+ops.native.linear's oneDNN / wgrad.c, or torch's matmul), whichever this CPU takes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ import pytest
 import torch
 from _native_check import assert_close, outputs_and_grads, threads
 
+from rnnzoo.ops import backend
 from rnnzoo.ops.native import attention as native_attention
 from rnnzoo.ops.native import titans_scan
+from rnnzoo.ops.native.linear import _LP
+
+# the segment products' two paths, each forced on whatever CPU runs the tests
+PRODUCTS = {"linear": lambda a, w: _LP is not None and a.dtype == torch.float32
+            and backend.use_native(a, w), "matmul": lambda a, w: False}
 
 
 def _rope(x, cos, sin):
@@ -55,7 +62,10 @@ def _inputs(B, H, n, Dh, P, R, dtype):
                                           (2, 4, 7, 32, 0, 32)])
 @pytest.mark.parametrize("keys_read", [True, False])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_mac_attention_equals_pytorch(dtype, tol, B, H, n, Dh, P, R, keys_read, n_threads):
+@pytest.mark.parametrize("products", sorted(PRODUCTS))
+def test_mac_attention_equals_pytorch(dtype, tol, B, H, n, Dh, P, R, keys_read, n_threads,
+                                      products, monkeypatch):
+    monkeypatch.setattr(titans_scan, "_onednn", PRODUCTS[products])
     ins, cos, sin = _inputs(B, H, n, Dh, P, R, dtype)
     lib = native_attention.load()
     assert lib is not None
@@ -82,11 +92,14 @@ def _retrieve_reference(q, W0, P0, g, nw, eps, w, b):
 @pytest.mark.parametrize("B,H,n,K,D", [(2, 3, 5, 4, 6), (1, 1, 1, 8, 16), (3, 4, 16, 32, 256)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads):
+@pytest.mark.parametrize("products", sorted(PRODUCTS))
+def test_mac_retrieve_equals_pytorch(dtype, tol, B, H, n, K, D, bias, n_threads, products,
+                                     monkeypatch):
     """titans_scan.mac_retrieve (the segment memory's read, RMS norm times the gate, W_{k,v}
     W_o in one node) against the same written out: the output and every input's gradient."""
     from rnnzoo.ops.native import gated_norm
 
+    monkeypatch.setattr(titans_scan, "_onednn", PRODUCTS[products])
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
     # q: a segment's rows of a longer sequence's queries (batch and step strides, as the

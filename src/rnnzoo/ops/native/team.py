@@ -73,6 +73,10 @@ def team(load):
 def _value(a) -> int:
     """An integer-class argument as the long team.c passes: None, an int, a ctypes scalar, or
     the address of a ctypes pointer or array (kept alive by the caller's argument list)."""
+    if type(a) is int:  # the common kinds first (sizes, native.ptr's c_void_p): run's hot loop
+        return a
+    if type(a) is ctypes.c_void_p:
+        return a.value or 0
     if a is None:
         return 0
     if isinstance(a, (ctypes.Array, ctypes._Pointer, ctypes.c_void_p)):
@@ -84,31 +88,42 @@ def _value(a) -> int:
     raise TypeError(f"team.c cannot pass {type(a).__name__}")
 
 
+_layouts: dict = {}
+
+
+def _layout(types: tuple):
+    """(integer-class positions, floating positions, whether double) of an argtypes tuple,
+    None when team.c cannot pass it; kept per tuple (run's checks once, not a call)."""
+    if types not in _layouts:
+        floats = [i for i, t in enumerate(types) if t in _FLOAT]
+        ints = [i for i, t in enumerate(types) if t in _INT]
+        fits = (len(ints) + len(floats) == len(types) and len(ints) <= TEAM_NI
+                and len(floats) <= TEAM_NF and len({types[i] for i in floats}) <= 1)
+        _layouts[types] = ((ints, floats, bool(floats) and types[floats[0]] is ctypes.c_double)
+                           if fits else None)
+    return _layouts[types]
+
+
 def run(fn, arg_lists, load) -> bool:
     """fn(*args) for each args in arg_lists on the OpenMP team, when the team path is usable
     for fn (see the module docstring); False, having run nothing, when it is not."""
-    types = fn.argtypes or []
-    floats = [t for t in types if t in _FLOAT]
-    ints = [t for t in types if t in _INT]
+    types = tuple(fn.argtypes or ())
+    layout = _layout(types)
     t = team(load) if len(arg_lists) > 1 else None
-    if (t is None or len(ints) + len(floats) != len(types) or len(ints) > TEAM_NI
-            or len(floats) > TEAM_NF or len(set(floats)) > 1):
+    if t is None or layout is None:
         return False
+    ints, floats, dbl = layout
     n = len(arg_lists)
     ia, fa = (ctypes.c_long * (TEAM_NI * n))(), (ctypes.c_double * (TEAM_NF * n))()
     try:
         for r, args in enumerate(arg_lists):
-            i = f = 0
-            for ty, a in zip(types, args, strict=True):
-                if ty in _FLOAT:
-                    fa[TEAM_NF * r + f] = float(a)
-                    f += 1
-                else:
-                    ia[TEAM_NI * r + i] = _value(a)
-                    i += 1
+            if len(args) != len(types):
+                raise ValueError(f"{len(args)} arguments for {len(types)} argtypes")
+            ia[TEAM_NI * r:TEAM_NI * r + len(ints)] = [_value(args[i]) for i in ints]
+            fa[TEAM_NF * r:TEAM_NF * r + len(floats)] = [float(args[i]) for i in floats]
     except TypeError:  # an argument only ctypes' own conversion knows: the pool runs it
         return False
-    job = _Job(ctypes.cast(fn, ctypes.c_void_p).value, n, int(floats[:1] == [ctypes.c_double]),
-               0, ctypes.addressof(ia), ctypes.addressof(fa))
+    job = _Job(ctypes.cast(fn, ctypes.c_void_p).value, n, int(dbl), 0, ctypes.addressof(ia),
+               ctypes.addressof(fa))
     t[0](t[1], ctypes.byref(job), n, 0)
     return True

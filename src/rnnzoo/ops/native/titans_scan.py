@@ -237,15 +237,43 @@ def titans_segment(lib, q, k, v, g, W0, P0, M0, S0, lr=1.0, plain=None):
     return _NativeSegment.apply(lib, q, k, v, g, W0, P0, M0, S0, float(lr), plain)
 
 
+def _onednn(a, w) -> bool:
+    """Whether a segment's products (MAC's nodes: B n rows, 256 at the #17 size) take
+    ops.native.linear's paths (oneDNN, wgrad.c): float32 on the CPU where torch runs
+    AVX-512. Elsewhere torch's matmul (MKL), which on an AVX2 AMD EPYC at these sizes is as
+    fast at 1 thread (256 x 128 -> 396: forward 343 against 385 us, a @ w 313 / 365, the
+    weight gradient g^T a 342 / 396) and gains from a second thread where oneDNN's weight
+    gradient on transposed views does not (167-193 against 323-399 us)."""
+    from rnnzoo.ops.native.linear import _AVX512, _LP
+
+    return _LP is not None and _AVX512 and a.dtype == torch.float32 and backend.use_native(a, w)
+
+
+def _product(a, w, b):
+    """a w^T + b (b None: none) for a (N, I), w (O, I): a segment's forward product."""
+    from rnnzoo.ops.native.linear import product
+
+    if _onednn(a, w):
+        return product(a, w, b)
+    return a @ w.T if b is None else torch.addmm(b, a, w.T)
+
+
 def _times(g, w):
     """g w for g (N, O), w (O, I): a linear's input gradient, through oneDNN on w's
-    transposed view where linear's backward takes it (no transposing copy of w), else a
-    matmul."""
-    from rnnzoo.ops.native.linear import _LP, _mm
+    transposed view where linear's backward takes it (no transposing copy of w; `_onednn`),
+    else a matmul."""
+    from rnnzoo.ops.native.linear import _mm
 
-    if _LP is not None and g.dtype == torch.float32 and backend.use_native(g, w):
-        return _mm(g, w.t())
-    return g @ w
+    return _mm(g, w.t()) if _onednn(g, w) else g @ w
+
+
+def _weight_grads(g, r, bias):
+    """(g^T r, g.sum(0) or None) for g (N, O), r (N, I): a segment product's weight (and
+    bias) gradient, as ops.native.linear's _weight_grads (`_onednn`), else a matmul (the
+    caller sums the bias's gradient when None)."""
+    from rnnzoo.ops.native import linear
+
+    return linear._weight_grads(g, r, bias) if _onednn(g, r) else (g.T @ r, None)
 
 
 class _Saved:
@@ -277,7 +305,6 @@ class _MacAttention(first_order.Function):
     @staticmethod
     def forward(ctx, lib, kv, qx, kx, vx, kp, vp, cos, sin, w, b):
         from rnnzoo.ops.native import attention as na
-        from rnnzoo.ops.native.linear import product
 
         orig = (kv, qx, kx, vx, kp, vp, cos, sin, w, b)  # for `twice`
 
@@ -303,7 +330,7 @@ class _MacAttention(first_order.Function):
         # for the others' gradients (backward takes None for any output)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(cos, sin, a, w, *orig)
-        return a, product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
+        return a, _product(a.view(B * n, H * Dh), w, b).view(B, n, -1), ks, vs
 
     @staticmethod
     def twice(ctx, *douts):  # under create_graph: autograd through the PyTorch forms
@@ -313,7 +340,6 @@ class _MacAttention(first_order.Function):
     @staticmethod
     def backward(ctx, da, dproj, dks, dvs):
         from rnnzoo.ops.native import attention as na
-        from rnnzoo.ops.native.linear import _weight_grads
 
         cos, sin, a, w = ctx.saved_tensors[:4]
         B, n, H, Dh, P = ctx.dims
@@ -388,7 +414,6 @@ class _MacRetrieve(first_order.Function):
     @staticmethod
     def forward(ctx, glib, tlib, q, W0, P0, g, nw, eps, w, b):
         from rnnzoo.ops.native import gated_norm
-        from rnnzoo.ops.native.linear import product
 
         orig = (q, W0, P0, g, nw, w, b)  # for `twice` (copies carry no history)
 
@@ -407,7 +432,7 @@ class _MacRetrieve(first_order.Function):
         z2 = z.view(B * n, H * K)
         ctx.save_for_backward(q, W0, P0, z2, w, *orig)
         ctx.sub, ctx.bias, ctx.tlib, ctx.eps = sub, b is not None, tlib, eps
-        return product(z2, w, b).view(B, n, -1)
+        return _product(z2, w, b).view(B, n, -1)
 
     @staticmethod
     def twice(ctx, dkv):  # under create_graph: autograd through the PyTorch forms
@@ -419,7 +444,6 @@ class _MacRetrieve(first_order.Function):
     @staticmethod
     def backward(ctx, dkv):
         from rnnzoo.ops.native import gated_norm
-        from rnnzoo.ops.native.linear import _weight_grads
 
         q, W0, P0, z2, w = ctx.saved_tensors[:5]
         B, n, H, K = q.shape
