@@ -125,7 +125,7 @@ static inline __attribute__((always_inline)) void NAME(pre_act)(
     for (long j = 0; j < n; j++) {
         T v = bias[c + j];
         for (long k = 0; k < K; k++) v += w[k * C + c + j] * xr[k][c + j];
-        o[j] = silu ? v / (1 + EXP(-v)) : v;
+        o[j] = silu ? v * (1 / (1 + EXP(-v))) : v;
     }
 }
 

@@ -34,6 +34,7 @@ def _op():
 
 _LP = _op()
 _AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+_AVX2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def _mm(a, b):
@@ -88,7 +89,8 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     else G) is a multiple of 16, wgrad.c's register tiles on the dense operands as they are
     (1.1-1.7x oneDNN at the layers' shapes, N = 8192, K = 128, G = 4 .. 1664: oneDNN copies
     its transposed first operand each call; not at K >= 256 with G < 64, 768 -> 8 and
-    256 -> 40, where they tie); else oneDNN's product on the transposed
+    256 -> 40, where they tie); where it runs AVX2, wgrad.c at the shapes `_avx2_takes`
+    names (the shapes measured faster there); else oneDNN's product on the transposed
     views, the wider side as the product's output rows (the faster order: 7 against 11 ms at
     G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
@@ -101,6 +103,10 @@ def _weight_grads(g, r, bias):
     (8192, 644) g from memory again, ~2 ms), else None."""
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
             and not torch.is_grad_enabled() and backend.use_native(g, r)):
+        if _AVX2 and _avx2_takes(g.shape[1], r.shape[1]):
+            out = _wgrad.weight_grad(g, r, bias)
+            if out is not None:
+                return out if bias else (out, None)
         if (_AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0)
                 and not (r.shape[1] >= 256 and g.shape[1] < 64)):
             if r.shape[1] % 16 == 0:
@@ -113,6 +119,18 @@ def _weight_grads(g, r, bias):
                     return out.T, None
         return (_mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)), None
     return g.T @ r, None
+
+
+def _avx2_takes(G, K):
+    """Whether wgrad.c (its 256-bit build: tiles of 4 rows x 2 vectors) takes g^T r, g (N, G),
+    r (N, K), where torch runs AVX2 (no AVX-512): K a multiple of 16 below 256 with G < 64 or
+    a multiple of 16 up to 1024, or K = 256 with such a G >= 64; the shapes where it beat oneDNN's
+    product on a Zen 3 core (N = 8192, 1 thread: 128 -> 896 / 256 / 128 / 384, 256 -> 128,
+    128 -> 12 / 4, 64 -> 64 by 0.58-0.97), not 128 -> 644, 512 -> 128, 768 -> 8 (1.1-1.4x
+    slower there)."""
+    if K % 16 or K > 256 or (K == 256 and G < 64):
+        return False
+    return G < 64 or (G % 16 == 0 and G <= 1024)
 
 
 def linear(x, weight, bias=None):
