@@ -69,6 +69,8 @@ TWICE_NODES = {
     "rnnzoo.ops.native.conv._ScaledValues":
         "tests/ops/test_first_order.py::test_native_plain_nodes_twice",
     "rnnzoo.ops.native.linear._Linear": "tests/ops/test_native_linear.py::test_linear_second_derivative",
+    "rnnzoo.ops.native.linear._Pieces":
+        "tests/ops/test_native_linear.py::test_linear_pieces_second_derivative_and_fallback",
     "rnnzoo.ops.native.memory_gelu._Gelu":
         "tests/ops/test_native_memory_gelu.py::test_gelu_and_gelu_back_second_derivative",
     "rnnzoo.ops.native.token_mix._Pointwise": "tests/ops/test_native_token_mix.py::test_tanh_equals_torch",

@@ -90,3 +90,58 @@ def test_product_and_weight_grad_stay_differentiable_under_grad_mode():
     for f in (lambda: native_linear.product(a, b, bias), lambda: native_linear.weight_grad(a, a)):
         (da,) = torch.autograd.grad(f().square().sum(), a)
         assert da.abs().sum() > 0
+
+
+@pytest.fixture
+def piece_calls(monkeypatch):
+    n = [0]
+    real = native_linear._Pieces.apply
+
+    def counted(*a):
+        n[0] += 1
+        return real(*a)
+    monkeypatch.setattr(native_linear._Pieces, "apply", counted)
+    return n
+
+
+@pytest.mark.parametrize("used", [(0, 1, 2), (1,), (0, 2), ()])
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_pieces_match_the_split_of_f_linear(piece_calls, used, strided):
+    """linear_pieces (one oneDNN product a piece, dense outputs) equals F.linear's output
+    split, and so do the gradients of x and W, also when some pieces are not used (their rows
+    of dW zero)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 14 if strided else 7, generator=g)
+    x = (x[..., ::2] if strided else x).requires_grad_()
+    w = torch.randn(13, 7, generator=g, requires_grad=True)
+    sizes = [4, 6, 3]
+    got = native_linear.linear_pieces(x, w, sizes)
+    assert piece_calls[0] == 1 and all(p.is_contiguous() for p in got)
+    want = F.linear(x, w).split(sizes, -1)
+    assert_close(got, want, ["y0", "y1", "y2"], 1e-5)
+    if not used:
+        return
+    got = outputs_and_grads([got[i] for i in used], [x, w])
+    want = outputs_and_grads([want[i] for i in used], [x, w])
+    assert_close(got, want, [*(f"y{i}" for i in used), "x", "w"], 1e-5)
+
+
+def test_linear_pieces_second_derivative_and_fallback(piece_calls):
+    """Under create_graph the pieces' backward is differentiable again (as F.linear's);
+    float64 keeps F.linear's split."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, requires_grad=True)
+    w = torch.randn(6, 3, generator=g, requires_grad=True)
+
+    def second(f):
+        y0, _, y2 = f(x, w)
+        (dx,) = torch.autograd.grad(y0.square().sum() + y2.sum(), x, create_graph=True)
+        return torch.autograd.grad((dx * dx).sum(), w)[0]
+
+    got = second(lambda x, w: native_linear.linear_pieces(x, w, [2, 1, 3]))
+    assert piece_calls[0] == 1
+    torch.testing.assert_close(got, second(lambda x, w: F.linear(x, w).split([2, 1, 3], -1)))
+    xd, wd = x.double(), w.double()
+    for p, q in zip(native_linear.linear_pieces(xd, wd, [2, 4]), F.linear(xd, wd).split([2, 4], -1)):
+        assert torch.equal(p, q)
+    assert piece_calls[0] == 1

@@ -53,7 +53,7 @@ from rnnzoo.ops import backend, first_order, sequence_parallel
 from rnnzoo.ops.chunk.linear import gated_linear_attention, ssd
 from rnnzoo.ops.native import gated_norm
 from rnnzoo.ops.native import mamba3_qk as native_qk
-from rnnzoo.ops.native.linear import Linear
+from rnnzoo.ops.native.linear import Linear, linear_pieces
 from rnnzoo.registry import register
 
 
@@ -132,8 +132,12 @@ class Mamba3(RecurrentLayer):
         Bsz, T, _ = u.shape
         E, N, P, H, G, R = (self.d_inner, self.d_state, self.head_dim, self.num_heads,
                             self.n_groups, self.mimo_rank)
-        z, x, Bm, Cm, gates, phi = self.in_proj(u).split(
-            [E, E, R * G * N, R * G * N, 3 * H, self.n_angles], -1)
+        # z, x and the rest as three products into dense tensors (ops.native.linear's pieces):
+        # z's and x's readers (the gate, the SSD and its finiteness sum) read dense rows, not
+        # slices of 812-float rows, and their gradients need no cat backward
+        z, x, rest = linear_pieces(u, self.in_proj.weight,
+                                   [E, E, 2 * R * G * N + 3 * H + self.n_angles])
+        Bm, Cm, gates, phi = rest.split([R * G * N, R * G * N, 3 * H, self.n_angles], -1)
         # dt, A, lam as three contiguous (B, T, H) tensors: one copy (and one backward) of the
         # 3H columns, where each elementwise op on an H-wide strided slice ran H at a time
         dd_dt, dd_A, lam = gates.unflatten(-1, (3, H)).permute(2, 0, 1, 3).contiguous()
@@ -184,7 +188,6 @@ class Mamba3(RecurrentLayer):
                                                                          raw=lib is not None)
         if lib is not None:  # SISO on the CPU: q and k from the raw B and C in C
             last = self._normed(Bm[:, -1:], h.dtype, "B")[:, 0], x[:, -1]
-            # x stays a strided slice of in_proj's output: the SSD reads it in place
             y, h = self._chunk_fused(lib, C, Bm, x, log_alpha, beta, gamma, dtheta, h, B_prev,
                                      self._ranked(x_prev))
             # y holds the skip D x already (the SSD's same-step term)

@@ -3,6 +3,7 @@ the library nn.LSTM's CPU kernel runs on), forward and backward; F.linear elsewh
 
     linear(x, weight, bias=None)   as F.linear: x (..., in), weight (out, in), bias (out,)
     Linear(in_features, out_features, bias=True, ...)   nn.Linear whose product is `linear`
+    linear_pieces(x, weight, sizes)  F.linear(x, weight).split(sizes, -1), each piece dense
 
 Why: on this project's CPUs torch's F.linear goes to MKL's sgemm, which takes its AVX2 code
 on AMD processors (~90 GFLOP/s on one Zen 5 core), while oneDNN runs AVX-512 (~200 for
@@ -33,6 +34,8 @@ def _op():
 
 
 _LP = _op()
+# y = x W^T + other in one product (the sum inside oneDNN's, not a pass over y after it)
+_LP_ADD = getattr(torch.ops.mkldnn._linear_pointwise, "binary", None) if _LP is not None else None
 _AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
 _AVX2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
@@ -71,6 +74,58 @@ class _Linear(first_order.Transformable):
         if want_db and db is None:
             db = g2.sum(0)
         return dx, dw, db
+
+
+def _add(a, b, c):
+    """a b^T + c, as _mm (the add inside oneDNN's product where torch has its binary form)."""
+    return _LP_ADD(a, c, b, None, "add") if _LP_ADD is not None else _mm(a, b).add_(c)
+
+
+class _Pieces(first_order.Transformable):
+    """x W^T as the column pieces of W's row blocks (`sizes`), each its own oneDNN product
+    into its own dense tensor; backward dx = sum_i g_i W_i (the sums inside oneDNN's products,
+    its binary add), dW = the pieces' g_i^T x stacked (x^T made once for them all)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, sizes):
+        x2, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
+        ys = tuple(_mm(x2, w).view(*x.shape[:-1], w.shape[0]) for w in weight.split(sizes))
+        ctx.save_for_backward(x2, weight)
+        ctx.sizes, ctx.shape = sizes, x.shape
+        return ys
+
+    @staticmethod
+    def backward(ctx, *gs):  # an unused piece's gradient comes as zeros (materialized)
+        x2, weight = ctx.saved_tensors
+        ws = weight.split(ctx.sizes)
+        gs = [g.reshape(-1, g.shape[-1]).contiguous() for g in gs]
+        if torch.is_grad_enabled():  # create_graph: differentiable products (as _Linear's)
+            dx = sum(g @ w for g, w in zip(gs, ws)).view(ctx.shape) \
+                if ctx.needs_input_grad[0] else None
+            dw = torch.cat([g.t() @ x2 for g in gs]) if ctx.needs_input_grad[1] else None
+            return dx, dw, None
+        dx = dw = None
+        if ctx.needs_input_grad[0]:  # w.t(): oneDNN reads the (in, n) view as it is
+            dx = _mm(gs[0], ws[0].t())
+            for g, w in zip(gs[1:], ws[1:]):
+                dx = _add(g, w.t(), dx)
+            dx = dx.view(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            xt = x2.t().contiguous()  # once, not a transposing copy inside each product
+            dw = torch.cat([_mm(xt, g.t()).t() for g in gs])
+        return dx, dw, None
+
+
+def linear_pieces(x: torch.Tensor, weight: torch.Tensor, sizes) -> tuple:
+    """F.linear(x, weight).split(sizes, -1) (no bias): x (..., in), weight (out, in), sizes
+    summing to out -> the pieces (..., sizes[i]), each its own dense tensor on the CPU in
+    float32 (`_Pieces`: one oneDNN product a piece, no split slices read with the whole row's
+    stride, no cat of their gradients backward); elsewhere the split of one product."""
+    sizes = [int(n) for n in sizes]
+    if (_LP is not None and x.dtype == torch.float32 and x.shape[-1] > 0 and x.numel()
+            and backend.use_native(x, weight)):
+        return _Pieces.apply(x, weight, sizes)
+    return tuple(F.linear(x, weight).split(sizes, -1))
 
 
 def product(a: torch.Tensor, b: torch.Tensor, bias=None) -> torch.Tensor:
