@@ -180,9 +180,9 @@ def _avx2_takes(G, K):
     """Whether wgrad.c (its 256-bit build: tiles of 4 rows x 2 vectors) takes g^T r, g (N, G),
     r (N, K), where torch runs AVX2 (no AVX-512): K a multiple of 16 up to 256, and G < 64
     or G a multiple of 16 up to 1024 (at K = 256 only the latter, G >= 64); the shapes where
-    it beat oneDNN's product on a Zen 3 core (N = 8192, 1 thread: 128 -> 896 / 256 / 128 / 384, 256 -> 128,
-    128 -> 12 / 4, 64 -> 64 by 0.58-0.97), not 128 -> 644, 512 -> 128, 768 -> 8 (1.1-1.4x
-    slower there)."""
+    it beat oneDNN's product on a Zen 3 core (N = 8192, 1 thread: 128 -> 896 / 256 / 128 /
+    384, 256 -> 128, 128 -> 12 / 4, 64 -> 64 by 0.58-0.97), not 128 -> 644, 512 -> 128,
+    768 -> 8 (1.1-1.4x slower there)."""
     if K % 16 or K > 256 or (K == 256 and G < 64):
         return False
     return G < 64 or (G % 16 == 0 and G <= 1024)
