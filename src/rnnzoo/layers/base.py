@@ -106,8 +106,8 @@ class RecurrentLayer(nn.Module):
         device_type = _autocast_device(x)
         if device_type:  # the layer computes in its parameters' dtype (see _autocast_device)
             with torch.autocast(device_type, enabled=False):
-                return self._dispatch(self._autocast_input(x), state, mode, lengths, cu_seqlens,
-                                   max_seqlen)
+                return self._dispatch(self._autocast_input(x), state, mode, lengths,
+                                      cu_seqlens, max_seqlen)
         self._check_input(x, "x", 3)
         mode = self._check_mode(mode, x)
         if cu_seqlens is not None:
@@ -409,8 +409,12 @@ def owned_state(state, x: torch.Tensor):
     torch.func's transforms, whose tensors are the tracer's."""
     if torch.compiler.is_compiling() or backend.transforming():
         return state
+    return _copy_views(state, x)
+
+
+def _copy_views(state, x):
     if isinstance(state, tuple):
-        return tuple(owned_state(s, x) for s in state)
+        return tuple(_copy_views(s, x) for s in state)
     return state.clone() if state is x or state._base is not None else state
 
 
