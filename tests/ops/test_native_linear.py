@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _native_check import assert_close, outputs_and_grads
+from _native_check import assert_close, counter, outputs_and_grads
 
 from rnnzoo.ops import backend
 from rnnzoo.ops.native import linear as native_linear
@@ -18,14 +18,7 @@ pytestmark = pytest.mark.skipif(native_linear._LP is None, reason="torch without
 
 @pytest.fixture
 def calls(monkeypatch):
-    n = [0]
-    real = native_linear._Linear.apply
-
-    def counted(*a):
-        n[0] += 1
-        return real(*a)
-    monkeypatch.setattr(native_linear._Linear, "apply", counted)
-    return n
+    return counter(monkeypatch, native_linear._Linear, "apply")
 
 
 @pytest.mark.parametrize("out,inp,bias", [(13, 7, True), (5, 11, False), (4, 64, True)])
@@ -94,14 +87,7 @@ def test_product_and_weight_grad_stay_differentiable_under_grad_mode():
 
 @pytest.fixture
 def piece_calls(monkeypatch):
-    n = [0]
-    real = native_linear._Pieces.apply
-
-    def counted(*a):
-        n[0] += 1
-        return real(*a)
-    monkeypatch.setattr(native_linear._Pieces, "apply", counted)
-    return n
+    return counter(monkeypatch, native_linear._Pieces, "apply")
 
 
 @pytest.mark.parametrize("used", [(0, 1, 2), (1,), (0, 2), ()])
@@ -142,6 +128,7 @@ def test_linear_pieces_second_derivative_and_fallback(piece_calls):
     assert piece_calls[0] == 1
     torch.testing.assert_close(got, second(lambda x, w: F.linear(x, w).split([2, 1, 3], -1)))
     xd, wd = x.double(), w.double()
-    for p, q in zip(native_linear.linear_pieces(xd, wd, [2, 4]), F.linear(xd, wd).split([2, 4], -1)):
+    pieces = native_linear.linear_pieces(xd, wd, [2, 4])
+    for p, q in zip(pieces, F.linear(xd, wd).split([2, 4], -1)):
         assert torch.equal(p, q)
     assert piece_calls[0] == 1
