@@ -18,10 +18,10 @@ and benchmarks/layers.py imports the peer adapters of benchmarks/peers.)
 Every entry is an `Info`: name, the registered object (a class or factory),
 and the metadata its kind uses (`family`, `paper`, `modes`; `tiny` holds the
 options of a small instance used by the conformance suite; `tolerances` may
-loosen the suite's bfloat16 or float32 tolerance (keys "bfloat16", "float32") where the
-maths is less stable in low precision; `host_reads` a layer's cases -- a mode, "step" or "lengths" -- that must
-read tensor values on the host, with the reason, from the class's `host_reads`; `extra`
-anything else).
+loosen the suite's bfloat16 or float32 tolerance (keys "bfloat16", "float32") where
+the maths is less stable in low precision; `host_reads` a layer's cases -- a mode,
+"step" or "lengths" -- that must read tensor values on the host, with the reason, from
+the class's `host_reads`; `extra` anything else).
 """
 
 from __future__ import annotations

@@ -168,7 +168,8 @@ def test_state_owns_its_memory(name):
         assert max_err(s, kept) == 0, f"{mode}: the state changed when x was written"
         for i, t in enumerate(flat(s)):
             held, own = t.untyped_storage().nbytes(), t.numel() * t.element_size()
-            assert held <= own, f"{mode}: state[{i}] {tuple(t.shape)} holds {held} bytes, {own} its own"
+            assert held <= own, \
+                f"{mode}: state[{i}] {tuple(t.shape)} holds {held} bytes, {own} its own"
 
 
 # 4. gradients equal the reference's; gradcheck ---------------------------------------------

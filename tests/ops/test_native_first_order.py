@@ -60,8 +60,9 @@ TWICE_NODES = {
         "tests/cells/test_quasi.py::test_sru_state_and_tap_sum_second_derivatives",
     "rnnzoo.cells.quasi._TapSum":
         "tests/cells/test_quasi.py::test_sru_state_and_tap_sum_second_derivatives",
-    "rnnzoo.ops.sequence_parallel._AllReduce": "tests/train/test_sequence_parallel_second_order.py"
-                                               "::test_second_derivative_across_processes_equals_one_process",
+    "rnnzoo.ops.sequence_parallel._AllReduce":
+        "tests/train/test_sequence_parallel_second_order.py"
+        "::test_second_derivative_across_processes_equals_one_process",
     "rnnzoo.layers.rwkv6._NegExp":
         "tests/layers/test_rwkv6_mix_project.py::test_mix_project_and_negexp_second_derivatives",
     # C kernels whose backward switches to torch's differentiable ops under grad mode

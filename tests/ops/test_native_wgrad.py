@@ -3,8 +3,8 @@
 (64) and N = 1, G not a multiple of the 8-row tile and G = 1, K with a tail past the last
 vector (scalar columns), K narrower than a vector, at 1 and 2 threads; and linear.weight_grad
 takes it in float32 for K or G a multiple of 16 (both orientations, not K >= 256 with G < 64)
-on AVX-512 and at the shapes `_avx2_takes` names on AVX2, and equals g^T r either way; with the bias's gradient (g's column sums) through linear's
-backward."""
+on AVX-512 and at the shapes `_avx2_takes` names on AVX2, and equals g^T r either way; with
+the bias's gradient (g's column sums) through linear's backward."""
 
 from __future__ import annotations
 
@@ -63,9 +63,9 @@ def test_linear_bias_grad_through_wgrad(monkeypatch, out, inp, avx2):
                                                (128, 256, 1, 1)])
 def test_weight_grad_takes_wgrad(monkeypatch, G, K, taken, avx2):
     """wgrad.c where K (or G) is a multiple of 16, not for K >= 256 with G < 64 (oneDNN), on
-    AVX-512 (taken); on AVX2 (avx2) for K a multiple of 16 below 256 with G < 64 or a multiple
-    of 16 up to 1024, K = 256 with such a G >= 64 (`_avx2_takes`); never elsewhere (oneDNN's product);
-    the same gradient either way."""
+    AVX-512 (taken); on AVX2 (avx2) for K a multiple of 16 up to 256 and G < 64 or G a
+    multiple of 16 up to 1024, at K = 256 only the latter (`_avx2_takes`); never elsewhere
+    (oneDNN's product); the same gradient either way."""
     taken = taken if native_linear._AVX512 else avx2 if native_linear._AVX2 else 0
     calls = counter(monkeypatch, wgrad, "weight_grad")
     gen = torch.Generator().manual_seed(G + K)

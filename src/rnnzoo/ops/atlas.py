@@ -151,7 +151,8 @@ def atlas_sequential(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, fe
     and at T=512 a process killed at 23 GB); in segments 12 MB at T=64, plus one segment
     recomputed at a time in backward."""
     T = q.shape[1]
-    if T <= SEGMENT or not torch.is_grad_enabled() or backend.transforming():  # torch.func: no hooks
+    # not under torch.func, which refuses the checkpoint's saved-tensor hooks
+    if T <= SEGMENT or not torch.is_grad_enabled() or backend.transforming():
         return _steps(kind, q, k, v, theta, alpha, eta, gamma, C, init, state, feature_map,
                       muon, ns_steps)
     zs = []
