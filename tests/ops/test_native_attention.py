@@ -98,3 +98,41 @@ def test_stick_breaking_second_derivative(lib, shift, masked):
 
     torch.testing.assert_close(native(*ins), plain(*ins), rtol=1e-12, atol=1e-12)
     second_order(native, ins, plain)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("used", [(0, 1, 2), (0,), (1, 2), (2,)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_heads_first_order(lib, dtype, tol, used, threads):
+    """heads' one pass over qkv's rows each way (attention.c's qkv_rope), partial rotary
+    (R = 4 of D = 6), against the PyTorch split, turn and transpose, forward and the gradient
+    in qkv, with some outputs unused (autograd's zeros); the kernel called with a gradient
+    None writes zeros in its third (qkv filled with NaN before)."""
+    B, T, H, D = 2, 7, 3, 6
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(B, T, 3 * H * D, dtype=dtype, generator=g).requires_grad_()
+    a = torch.randn(B, T, 2, dtype=dtype, generator=g)
+    cos, sin = a.cos(), a.sin()
+    ws = [torch.randn(B, H, T, D, dtype=dtype, generator=g) for _ in range(3)]
+
+    def plain(qkv):
+        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
+        return tuple(t.transpose(1, 2) for t in (na._torch_rope(q, cos, sin, 0.5),
+                                                 na._torch_rope(k, cos, sin), v))
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = na.heads(lib, qkv, H, cos, sin, 0.5)
+        want = plain(qkv)
+        for a_, b_ in zip(got, want):
+            torch.testing.assert_close(a_, b_, rtol=tol, atol=tol)
+        dg, = torch.autograd.grad(sum((got[i] * ws[i]).sum() for i in used), qkv)
+        dw, = torch.autograd.grad(sum((want[i] * ws[i]).sum() for i in used), qkv)
+        gs = [ws[i] if i in used else None for i in range(3)]
+        out = torch.full_like(qkv, float("nan")).detach()
+        na._qkv_rope(lib, out, *gs, cos, sin, True, 0.5)
+    finally:
+        torch.set_num_threads(prev)
+    torch.testing.assert_close(dg, dw, rtol=tol, atol=tol)
+    torch.testing.assert_close(out, dw, rtol=tol, atol=tol)

@@ -545,26 +545,66 @@ void NAME(sm_heads_bwd)(const T *restrict q, const T *restrict k, const T *restr
     free(vT);
 }
 
+/* One row of D channels: y = g rope(x) by the angles' tables c, s (R/2 each; sign -1 turns
+   back), the channels past R copied (R = 0: a scaled copy). */
+static inline __attribute__((always_inline)) void NAME(rope_row)(
+    const T *restrict xr, T *restrict yr, const T *restrict c, const T *restrict sg, long R,
+    long D, T sign, T g) {
+    const long half = R / 2;
+    for (long a = 0; a < half; a++) {
+        const T x1 = xr[a], x2 = xr[a + half], sv = sign * sg[a];
+        yr[a] = g * (x1 * c[a] - x2 * sv);
+        yr[a + half] = g * (x2 * c[a] + x1 * sv);
+    }
+    for (long a = R; a < D; a++) yr[a] = g * xr[a];
+}
+
 /* y = scale rope(x), rows r = (b, t, h) of B x T x H, each D channels: x at b sb + t st + h sh,
    y at b ob + t ot + h oh (element strides; channels contiguous); tables cs, sn (B T, R/2). */
 void NAME(rope)(const T *restrict x, T *restrict y, const T *restrict cs, const T *restrict sn,
                 long sb, long st, long sh, long ob, long ot, long oh, long Tn, long H, long D,
                 long R, long sign, double scale, long r0, long r1) {
     const long half = R / 2;
-    const T g = (T)scale;
     const int by_head = oh > ot;  /* y (B, H, T, D): rows in y's order, (b, h, t) */
     for (long r = r0; r < r1; r++) {
         const long b = r / (Tn * H), t = by_head ? r % Tn : r / H % Tn,
                    h = by_head ? r / Tn % H : r % H;
-        const T *restrict xr = x + b * sb + t * st + h * sh;
-        T *restrict yr = y + b * ob + t * ot + h * oh;
-        const T *restrict c = cs + (b * Tn + t) * half, *restrict sg = sn + (b * Tn + t) * half;
-        for (long a = 0; a < half; a++) {
-            const T x1 = xr[a], x2 = xr[a + half], sv = sign * sg[a];
-            yr[a] = g * (x1 * c[a] - x2 * sv);
-            yr[a + half] = g * (x2 * c[a] + x1 * sv);
+        NAME(rope_row)(x + b * sb + t * st + h * sh, y + b * ob + t * ot + h * oh,
+                       cs + (b * Tn + t) * half, sn + (b * Tn + t) * half, R, D, (T)sign,
+                       (T)scale);
+    }
+}
+
+/* The fused projection's heads (ops.native.attention.heads) in one pass over its rows:
+   qkv (B T, 3 H D) rows [q | k | v], each head's D channels together; q, k, v (B, H, T, D).
+   Forward (back 0): q = scale rope(qkv's q), k = rope(qkv's k), v = qkv's v. Backward (back
+   1): qkv's rows from the gradients q, k, v turned back (q's times scale; a NULL one: zeros).
+   Rows r = (b, t) of B x T: each qkv row read or written whole, in order (three strided
+   passes over its thirds read ~3x the lines: s23-titans). Tables cs, sn (B T, R/2). */
+void NAME(qkv_rope)(T *restrict qkv, T *restrict q, T *restrict k, T *restrict v,
+                    const T *restrict cs, const T *restrict sn, long Tn, long H, long D, long R,
+                    long back, double scale, long r0, long r1) {
+    const long half = R / 2, HD = H * D;
+    T *const out[3] = {q, k, v};
+    const T sign = back ? -1 : 1;
+    for (long r = r0; r < r1; r++) {
+        const long b = r / Tn, t = r % Tn;
+        const T *c = cs + r * half, *sg = sn + r * half;
+        T *xr = qkv + r * 3 * HD;
+        for (long i = 0; i < 3; i++) {
+            const long Ri = i == 2 ? 0 : R;
+            const T g = i == 0 ? (T)scale : 1;
+            for (long h = 0; h < H; h++) {
+                T *x = xr + i * HD + h * D;
+                if (!out[i]) {  /* back only: an unused output's gradient */
+                    memset(x, 0, D * sizeof(T));
+                    continue;
+                }
+                T *y = out[i] + ((b * H + h) * Tn + t) * D;
+                if (back) NAME(rope_row)(y, x, c, sg, Ri, D, sign, g);
+                else NAME(rope_row)(x, y, c, sg, Ri, D, sign, g);
+            }
         }
-        for (long a = R; a < D; a++) yr[a] = g * xr[a];
     }
 }
 

@@ -54,6 +54,7 @@ def _kernel(lib, name, dtype):
                                             "sm_fwd": [P] * 2 + [L] * 7,
                                             "sm_bwd": [P] * 2 + [L] * 5,
                                             "rope": [P] * 4 + [L] * 11 + [ctypes.c_double, L, L],
+                                            "qkv_rope": [P] * 6 + [L] * 5 + [ctypes.c_double, L, L],
                                             "sb_bwd": [P] * 5 + [L] * 10,
                                             "pairs_fwd": [P] * 3 + [L, i32, L, L],
                                             "pairs_bwd": [P] * 4 + [L, i32, L, L],
@@ -396,15 +397,22 @@ class _Rope(first_order.Function):
         return None, dx, None, None
 
 
+def _qkv_rope(lib, qkv, q, k, v, cos, sin, back, scale):
+    """attention.c's qkv_rope: qkv (B, T, 3 H D) contiguous, q, k, v (B, H, T, D) contiguous
+    (backward: None for a gradient not taken), cos, sin (B, T, R/2) contiguous."""
+    B, Tn, _ = qkv.shape
+    _, H, _, D = next(t for t in (q, k, v) if t is not None).shape
+    _run(_kernel(lib, "qkv_rope", qkv.dtype), [native.ptr(t) for t in (qkv, q, k, v, cos, sin)],
+         (Tn, H, D, 2 * cos.shape[-1], int(back), scale), B * Tn)
+
+
 class _Heads(first_order.Function):
     @staticmethod
     def forward(ctx, lib, qkv, H, cos, sin, scale):
-        B, Tn, _ = qkv.shape
-        x = qkv.view(B, Tn, 3, H, -1)
-        ys = [x.new_empty(B, H, Tn, x.shape[-1]) for _ in range(3)]
-        for i, (y, c, s) in enumerate(zip(ys, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
-            # v: no channel turned, a copy; q scaled
-            _rope(lib, x[:, :, i], y.transpose(1, 2), c, s, 1, scale if i == 0 else 1.0)
+        B, Tn, HD3 = qkv.shape
+        ys = [qkv.new_empty(B, H, Tn, HD3 // (3 * H)) for _ in range(3)]
+        # v: no channel turned, a copy; q scaled
+        _qkv_rope(lib, qkv.contiguous(), *ys, cos, sin, False, scale)
         ctx.save_for_backward(cos, sin)
         ctx.lib, ctx.scale = lib, scale
         return tuple(ys)
@@ -424,14 +432,8 @@ class _Heads(first_order.Function):
         cos, sin = ctx.saved_tensors
         B, H, Tn, D = next(g for g in gs if g is not None).shape
         dqkv = cos.new_empty(B, Tn, 3 * H * D)
-        dx = dqkv.view(B, Tn, 3, H, D)
-        for i, (g, c, s) in enumerate(zip(gs, (cos, cos, cos[..., :0]), (sin, sin, sin[..., :0]))):
-            if g is None:
-                dx[:, :, i] = 0
-                continue
-            g = g if g.stride(-1) == 1 else g.contiguous()
-            _rope(ctx.lib, g.transpose(1, 2), dx[:, :, i], c, s, -1,
-                  ctx.scale if i == 0 else 1.0)
+        _qkv_rope(ctx.lib, dqkv, *(None if g is None else g.contiguous() for g in gs), cos, sin,
+                  True, ctx.scale)
         return None, dqkv, None, None, None, None
 
 
