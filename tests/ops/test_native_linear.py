@@ -92,10 +92,11 @@ def piece_calls(monkeypatch):
 
 @pytest.mark.parametrize("used", [(0, 1, 2), (1,), (0, 2), ()])
 @pytest.mark.parametrize("strided", [False, True])
-def test_linear_pieces_match_the_split_of_f_linear(piece_calls, used, strided):
+def test_linear_pieces_match_the_split_of_f_linear(monkeypatch, piece_calls, used, strided):
     """linear_pieces (one oneDNN product a piece, dense outputs) equals F.linear's output
     split, and so do the gradients of x and W, also when some pieces are not used (their rows
-    of dW zero)."""
+    of dW zero); each piece's dW by `_weight_grads` (a Linear's choice)."""
+    wgs = counter(monkeypatch, native_linear, "_weight_grads")
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 9, 14 if strided else 7, generator=g)
     x = (x[..., ::2] if strided else x).requires_grad_()
@@ -108,6 +109,7 @@ def test_linear_pieces_match_the_split_of_f_linear(piece_calls, used, strided):
     if not used:
         return
     got = outputs_and_grads([got[i] for i in used], [x, w])
+    assert wgs[0] == len(sizes)
     want = outputs_and_grads([want[i] for i in used], [x, w])
     assert_close(got, want, [*(f"y{i}" for i in used), "x", "w"], 1e-5)
 

@@ -3,8 +3,8 @@
 (64) and N = 1, G not a multiple of the 8-row tile and G = 1, K with a tail past the last
 vector (scalar columns), K narrower than a vector, at 1 and 2 threads; and linear.weight_grad
 takes it in float32 for K or G a multiple of 16 (both orientations, not K >= 256 with G < 64)
-on AVX-512 and at the shapes `_avx2_takes` names on AVX2, and equals g^T r either way; with
-the bias's gradient (g's column sums) through linear's backward."""
+on AVX-512 and never on AVX2 (torch's matmul there), and equals g^T r either way; with the
+bias's gradient (g's column sums) through linear's backward."""
 
 from __future__ import annotations
 
@@ -38,11 +38,10 @@ def test_wgrad_is_g_transposed_times_r(N, G, K, dtype, n_threads):
     torch.testing.assert_close(db.double(), g.double().sum(0), rtol=tol, atol=tol * N ** 0.5)
 
 
-@pytest.mark.parametrize("out, inp, avx2", [(20, 32, 1), (48, 9, 0), (5, 16, 1)])
-def test_linear_bias_grad_through_wgrad(monkeypatch, out, inp, avx2):
+@pytest.mark.parametrize("out, inp", [(20, 32), (48, 9), (5, 16)])
+def test_linear_bias_grad_through_wgrad(monkeypatch, out, inp):
     """linear's backward: the weight (and, where wgrad.c takes K = in, the bias) gradient
-    from wgrad.c equal F.linear's; taken on AVX-512, and on AVX2 where `_avx2_takes` says
-    (avx2)."""
+    from wgrad.c (AVX-512; torch's matmul on AVX2, oneDNN elsewhere) equal F.linear's."""
     calls = counter(monkeypatch, wgrad, "weight_grad")
     gen = torch.Generator().manual_seed(out + inp)
     x = torch.randn(3, 70, inp, generator=gen, requires_grad=True)
@@ -51,28 +50,28 @@ def test_linear_bias_grad_through_wgrad(monkeypatch, out, inp, avx2):
     dy = torch.randn(3, 70, out, generator=gen)
     got = torch.autograd.grad(native_linear.linear(x, w, b), (x, w, b), dy)
     want = torch.autograd.grad(torch.nn.functional.linear(x, w, b), (x, w, b), dy)
-    assert calls[0] == (1 if native_linear._AVX512 else avx2 if native_linear._AVX2 else 0)
+    assert calls[0] == (1 if native_linear._AVX512 else 0)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("G, K, taken, avx2", [(24, 32, 1, 1), (32, 7, 1, 0), (8, 128, 1, 1),
-                                               (8, 256, 0, 0), (7, 9, 0, 0), (896, 128, 1, 1),
-                                               (644, 128, 1, 0), (128, 512, 1, 0),
-                                               (1040, 128, 1, 0), (48, 256, 0, 0),
-                                               (128, 256, 1, 1)])
-def test_weight_grad_takes_wgrad(monkeypatch, G, K, taken, avx2):
-    """wgrad.c where K (or G) is a multiple of 16, not for K >= 256 with G < 64 (oneDNN), on
-    AVX-512 (taken); on AVX2 (avx2) for K a multiple of 16 up to 256 and G < 64 or G a
-    multiple of 16 up to 1024, at K = 256 only the latter (`_avx2_takes`); never elsewhere
-    (oneDNN's product); the same gradient either way."""
-    taken = taken if native_linear._AVX512 else avx2 if native_linear._AVX2 else 0
+@pytest.mark.parametrize("G, K, taken", [(24, 32, 1), (32, 7, 1), (8, 128, 1), (8, 256, 0),
+                                         (7, 9, 0), (896, 128, 1), (644, 128, 1),
+                                         (128, 512, 1), (1040, 128, 1), (48, 256, 0),
+                                         (128, 256, 1)])
+def test_weight_grad_takes_wgrad(monkeypatch, G, K, taken):
+    """On AVX-512 wgrad.c where K (or G) is a multiple of 16, not for K >= 256 with G < 64
+    (oneDNN) (taken); on AVX2 torch's matmul (`mm` on g's transposed view) at every shape;
+    elsewhere oneDNN's product; the same gradient either way."""
+    taken = taken if native_linear._AVX512 else 0
     calls = counter(monkeypatch, wgrad, "weight_grad")
+    onednn = counter(monkeypatch, native_linear, "_mm")
     gen = torch.Generator().manual_seed(G + K)
     g, r = torch.randn(2, 75, G, generator=gen), torch.randn(2, 75, K, generator=gen)
     with torch.no_grad():
         got = native_linear.weight_grad(g, r)
     assert calls[0] == taken
+    assert onednn[0] == (0 if taken or native_linear._AVX2 or native_linear._LP is None else 1)
     want = g.double().flatten(0, 1).T @ r.double().flatten(0, 1)
     assert got.shape == (G, K)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)

@@ -23,9 +23,9 @@ loop itself, each step's rows before the recurrent product (x_t w_in^T, then += 
 same sums as a whole-sequence product first), and d x_t from the step's d xp_t rows (the
 (B, T, P) projection is never written and read back: nas 0.956x of a separate projection,
 1 thread; cell_loop.h's x / w_in / dx); the weight gradients, w_in's and the matrices', by
-ops.native.linear's `weight_grad` (in float32 wgrad.c's kernel on the buffers as they are:
-~100 GFLOP/s where oneDNN's product on g's transposed view runs ~75 at nas' (8192, 1024) x
-(8192, 128)).
+ops.native.linear's `weight_grad` (in float32 where torch runs AVX-512 wgrad.c's kernel on
+the buffers as they are: ~100 GFLOP/s where oneDNN's product on g's transposed view runs ~75
+at nas' (8192, 1024) x (8192, 128); on AVX2 torch's matmul on g's transposed view).
 
 All tensors one dtype, float32 or float64, on the CPU (`ops.backend.use_native`); threads
 split the batch rows (torch.get_num_threads() of them, one C call each). Differentiable in

@@ -84,7 +84,7 @@ def _add(a, b, c):
 class _Pieces(first_order.Transformable):
     """x W^T as the column pieces of W's row blocks (`sizes`), each its own oneDNN product
     into its own dense tensor; backward dx = sum_i g_i W_i (the sums inside oneDNN's products,
-    its binary add), dW = the pieces' g_i^T x stacked (x^T made once for them all)."""
+    its binary add), dW = the pieces' g_i^T x stacked (each by `_weight_grads`)."""
 
     @staticmethod
     def forward(ctx, x, weight, sizes):
@@ -110,9 +110,8 @@ class _Pieces(first_order.Transformable):
             for g, w in zip(gs[1:], ws[1:]):
                 dx = _add(g, w.t(), dx)
             dx = dx.view(ctx.shape)
-        if ctx.needs_input_grad[1]:
-            xt = x2.t().contiguous()  # once, not a transposing copy inside each product
-            dw = torch.cat([_mm(xt, g.t()).t() for g in gs])
+        if ctx.needs_input_grad[1]:  # each piece's as a Linear's (`_weight_grads`)
+            dw = torch.cat([_weight_grads(g, x2, False)[0] for g in gs])
         return dx, dw, None
 
 
@@ -144,10 +143,10 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     else G) is a multiple of 16, wgrad.c's register tiles on the dense operands as they are
     (1.1-1.7x oneDNN at the layers' shapes, N = 8192, K = 128, G = 4 .. 1664: oneDNN copies
     its transposed first operand each call; not at K >= 256 with G < 64, 768 -> 8 and
-    256 -> 40, where they tie); where it runs AVX2, wgrad.c at the shapes `_avx2_takes`
-    names (the shapes measured faster there); else oneDNN's product on the transposed
-    views, the wider side as the product's output rows (the faster order: 7 against 11 ms at
-    G = 4K = 512); else (and under create_graph, as `product`) g^T r."""
+    256 -> 40, where they tie); where it runs AVX2, torch's matmul (MKL) on g's transposed
+    view (`_weight_grads`); else oneDNN's product on the transposed views, the wider side as
+    the product's output rows (the faster order: 7 against 11 ms at G = 4K = 512); else (and
+    under create_graph, as `product`) g^T r."""
     g, r = g.reshape(-1, g.shape[-1]).contiguous(), r.reshape(-1, r.shape[-1]).contiguous()
     return _weight_grads(g, r, False)[0]
 
@@ -155,13 +154,16 @@ def weight_grad(g: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def _weight_grads(g, r, bias):
     """weight_grad's (g^T r, g.sum(0)) on dense g (N, G), r (N, K); the second only with
     bias where wgrad.c sums it while it reads g (a bias's gradient: torch's g.sum(0) reads an
-    (8192, 644) g from memory again, ~2 ms), else None."""
+    (8192, 644) g from memory again, ~2 ms), else None.
+
+    On AVX2 (no AVX-512) MKL's g.T @ r at every shape: at N = 8192 on a Zen 3 core, 1 thread,
+    0.63-0.90 of wgrad.c's 256-bit tiles and 0.6-0.85 of oneDNN's product (G x K = 4 .. 896
+    x 128, 128 x 256); inside the layers the weight gradients 0.70-0.84 of wgrad.c's at 1
+    thread (s24-mag in docs/cpu-speed.md)."""
     if (_LP is not None and g.dtype == torch.float32 and g.numel() and r.numel()
             and not torch.is_grad_enabled() and backend.use_native(g, r)):
-        if _AVX2 and _avx2_takes(g.shape[1], r.shape[1]):
-            out = _wgrad.weight_grad(g, r, bias)
-            if out is not None:
-                return out if bias else (out, None)
+        if _AVX2:
+            return g.T @ r, None
         if (_AVX512 and (r.shape[1] % 16 == 0 or g.shape[1] % 16 == 0)
                 and not (r.shape[1] >= 256 and g.shape[1] < 64)):
             if r.shape[1] % 16 == 0:
@@ -174,18 +176,6 @@ def _weight_grads(g, r, bias):
                     return out.T, None
         return (_mm(r.T, g.T).T if g.shape[1] > r.shape[1] else _mm(g.T, r.T)), None
     return g.T @ r, None
-
-
-def _avx2_takes(G, K):
-    """Whether wgrad.c (its 256-bit build: tiles of 4 rows x 2 vectors) takes g^T r, g (N, G),
-    r (N, K), where torch runs AVX2 (no AVX-512): K a multiple of 16 up to 256, and G < 64
-    or G a multiple of 16 up to 1024 (at K = 256 only the latter, G >= 64); the shapes where
-    it beat oneDNN's product on a Zen 3 core (N = 8192, 1 thread: 128 -> 896 / 256 / 128 /
-    384, 256 -> 128, 128 -> 12 / 4, 64 -> 64 by 0.58-0.97), not 128 -> 644, 512 -> 128,
-    768 -> 8 (1.1-1.4x slower there)."""
-    if K % 16 or K > 256 or (K == 256 and G < 64):
-        return False
-    return G < 64 or (G % 16 == 0 and G <= 1024)
 
 
 def linear(x, weight, bias=None):

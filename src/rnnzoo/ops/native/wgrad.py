@@ -1,6 +1,7 @@
 """The weight gradient g^T r of a product r W^T in C (wgrad.c): g (N, G), r (N, K), both
 dense row-major, -> (G, K), out's rows split over the threads (ops.native.rows). Used by
-ops.native.linear's `weight_grad` on the CPU in float32 outside autograd.
+ops.native.linear's `weight_grad` on the CPU in float32 outside autograd where torch runs
+AVX-512 (on AVX2 torch's matmul is faster: linear._weight_grads).
 
     weight_grad(g, r, bias=False) -> (G, K), or None when the library cannot be built;
                                      with bias, (g^T r, g's column sums (G,))
