@@ -37,7 +37,8 @@ def _run(m, x, state):
 @pytest.mark.parametrize("b,T,C,K,bias,silu", [
     (1, 1, 5, 4, True, True), (3, 7, 20, 3, False, True), (3, 33, 17, 4, True, False),
     (1, 2, 9, 4, True, True),  # T < K - 1: the new state keeps part of the old
-    (2, 5, 8, 1, True, True)])  # K = 1: no state
+    (2, 5, 8, 1, True, True),  # K = 1: no state
+    (2, 6, 150, 4, False, True)])  # C past conv.c's runs of 64 (SILU_RUN): two and a tail
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_conv_matches_torch(calls, dtype, tol, b, T, C, K, bias, silu, threads):
     with threads_(threads):
