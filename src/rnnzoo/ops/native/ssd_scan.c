@@ -6,7 +6,8 @@
    (d_t: an optional same-step weight, mamba3's correction of its key's next-step term)
 
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
-   pair runs in tiles of VT columns (two vectors of T, tile.h): the
+   pair runs in tiles of VT columns (two vectors of T, tile.h), SSD_BLOCK steps through
+   every tile in turn (the block's q, k rows read from memory once): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
    load, one store and two fused multiply-adds a step (one load and one store for up to
    SSD_STEPS steps in a row: ssd_steps): the tile holds S_t e^(-D_t), D_t the
