@@ -24,10 +24,11 @@ TRI = 16 * 16 + 16 * 32 + 5 * 5
 def _ssd(H, K, V):
     """ssd_scan: forward S += k v, o += q S (2 a step and state entry); backward dq, dk, dv,
     dS's four (K, V) products a step, the (n, n) tiles' P = dO V^T and A = Q K^T, dq += P K
-    (TRI (V + 2 K)), dk += P^T Q and dv += A^T dO (TRI (K + V)), and <dS_T, S_T> once."""
+    (TRI (V + 2 K)), dk += P^T Q and dv += A^T dO (TRI (K + V)); no <dS_T, S_T> (the
+    layer's final state is unread here: its gradient is None, not zeros)."""
     P = B * H
     return (2 * P * K * V * 2 * T,
-            2 * P * (4 * T * K * V + TRI * (V + 2 * K) + TRI * (K + V) + K * V))
+            2 * P * (4 * T * K * V + TRI * (V + 2 * K) + TRI * (K + V)))
 
 
 def _gla(H, K, V):

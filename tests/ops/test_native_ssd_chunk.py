@@ -59,6 +59,24 @@ def test_no_gradient_on_final_state(monkeypatch, dtype, tol):
     assert_close(got, want, ["o", "S", "q", "k", "v", "g", "S0"], tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_gradient_on_final_state_only(monkeypatch, dtype, tol):
+    """The outputs unread (their gradient None: the node does not materialise zeros for an
+    unread output; the backward runs on zeros for them): the gradients through S_T alone."""
+    monkeypatch.setattr(ssd_scan, "CHUNK", 16)
+    ins, _, wS = _case(dtype, 2, 50, 1, 2, 24, 32, seed=4)
+
+    def run():
+        q, k, v, g, S0 = ins
+        _, S = linear.ssd(q, k, v, g, scale=0.6, initial_state=S0, chunk_size=8)
+        return [S, *torch.autograd.grad((S * wS).sum(), ins)]
+
+    got = run()
+    with backend.force("torch"):
+        want = run()
+    assert_close(got, want, ["S", "q", "k", "v", "g", "S0"], tol)
+
+
 def test_no_chunk_states_without_gradients():
     """Under no_grad the forward stores no chunk states and gives the same output."""
     ins, _, _ = _case(torch.float64, 2, 45, 1, 2, 8, 8)

@@ -6,7 +6,8 @@
    (d_t: an optional same-step weight, mamba3's correction of its key's next-step term)
 
    Every column of S evolves on its own (o_t's column j reads S's column j only), so each
-   pair runs in tiles of VT columns (two vectors of T, tile.h): the
+   pair runs in tiles of VT columns (two vectors of T, tile.h), SSD_BLOCK steps through
+   every tile in turn (the block's q, k rows read from memory once): the
    tile of S (K x VT) stays in L1, v_t's and o_t's slices in registers, each state row one
    load, one store and two fused multiply-adds a step (one load and one store for up to
    SSD_STEPS steps in a row: ssd_steps): the tile holds S_t e^(-D_t), D_t the
@@ -43,6 +44,7 @@
 #define SSD_SPAN 20
 #define SSD_AHEAD 4
 #define SSD_STEPS 3
+#define SSD_BLOCK 32
 
 /* ns (1 .. SSD_STEPS, a constant where inlined) steps on the tile S (K rows of two vectors),
    from step rows q0, k0 (qs apart), v0 (the tile's slice, vrs apart), o0 (vs apart), d0 (ds apart; NULL:
@@ -94,7 +96,8 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
                    T *restrict o, T *restrict ST, T *restrict Sc, long L, long Tn, long G, long H, long K, long V, long vr,
                    long p0, long p1) {
     const long R = H / G, NC = L > 0 ? (Tn + L - 1) / L : 0;
-    VEC *S = aligned_alloc(TILE_BYTES, 2 * K * sizeof(VEC));
+    /* the pair's state, every tile of it (a tile: K rows of two vectors) */
+    VEC *S = aligned_alloc(TILE_BYTES, 2 * K * ((V + VT - 1) / VT) * sizeof(VEC));
     /* a pair's per-step factors, shared by its tiles: the tile times m_t before step t
        (1: none; where it is made exact), then S e^(-D) += k_t (c_t v_t), o_t = e_t (...) */
     T *m = malloc((Tn + 1) * sizeof(T)), *c = malloc(Tn * sizeof(T)), *e = malloc(Tn * sizeof(T));
@@ -128,57 +131,76 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #pragma omp simd
         for (long t = 0; t < Tn; t++) c[t] = EXP(c[t]), e[t] = EXP(e[t]);
         for (long j0 = 0; j0 < V; j0 += VT) {
+            VEC *St = S + 2 * K * (j0 / VT);
             const long w = V - j0 < VT ? V - j0 : VT;
-            for (long i = 0; i < K; i++) NAME(tile_load)(S + 2 * i, S0 + (p * K + i) * V + j0, w);
-            for (long t = 0; t < Tn;) {
-                const long row = (b * Tn + t) * H + h;
-                if (m[t] != 1)
-                    for (long i = 0; i < K; i++) S[2 * i] *= m[t], S[2 * i + 1] *= m[t];
-                if (Sc && t % L == 0)  /* the chunk's start state, for ssd_bwd_chunk */
-                    for (long i = 0; i < K; i++) {
-                        T *dst = Sc + ((p * NC + t / L) * K + i) * V + j0;
+            for (long i = 0; i < K; i++) NAME(tile_load)(St + 2 * i, S0 + (p * K + i) * V + j0, w);
+        }
+        /* blocks of SSD_BLOCK steps, each through every tile in turn: the block's q and k
+           rows come from memory for the first tile and from cache for the others (a pass of
+           all T steps a tile read a pair's 2 x 256 KB of them from L3 or memory again per
+           tile) */
+        for (long tb = 0; tb < Tn; tb += SSD_BLOCK) {
+            const long te = Tn - tb < SSD_BLOCK ? Tn : tb + SSD_BLOCK;
+            for (long j0 = 0; j0 < V; j0 += VT) {
+                VEC *St = S + 2 * K * (j0 / VT);
+                const long w = V - j0 < VT ? V - j0 : VT;
+                for (long t = tb; t < te;) {
+                    const long row = (b * Tn + t) * H + h;
+                    if (m[t] != 1)
+                        for (long i = 0; i < K; i++) St[2 * i] *= m[t], St[2 * i + 1] *= m[t];
+                    if (Sc && t % L == 0)  /* the chunk's start state, for ssd_bwd_chunk */
+                        for (long i = 0; i < K; i++) {
+                            T *dst = Sc + ((p * NC + t / L) * K + i) * V + j0;
 #if SSD_STREAM
-                        if (sizeof(T) == 4 && w == VT && (uintptr_t)dst % 64 == 0) {
-                            /* streamed past the cache: the backward reads it much later */
-                            _mm512_stream_ps((float *)dst, (__m512)S[2 * i]);
-                            _mm512_stream_ps((float *)(dst + NV), (__m512)S[2 * i + 1]);
-                        } else
+                            if (sizeof(T) == 4 && w == VT && (uintptr_t)dst % 64 == 0) {
+                                /* streamed past the cache: the backward reads it much later */
+                                _mm512_stream_ps((float *)dst, (__m512)St[2 * i]);
+                                _mm512_stream_ps((float *)(dst + NV), (__m512)St[2 * i + 1]);
+                            } else
 #endif
-                            NAME(tile_store)(dst, S + 2 * i, w);
+                                NAME(tile_store)(dst, St + 2 * i, w);
+                        }
+                    if (ma[t] != 1)
+                        for (long i = 0; i < K; i++) St[2 * i] *= ma[t], St[2 * i + 1] *= ma[t];
+                    /* steps t .. t + ns - 1 in one pass over the tile where the later ones
+                       have nothing of their own before them (no scaling, no stored state); the
+                       same operations in the same order as step by step (equal outputs) */
+                    int ns = 1;
+                    while (ns < SSD_STEPS && t + ns < te && m[t + ns] == 1  /* ma: at starts only */
+                           && !(Sc && (t + ns) % L == 0))
+                        ns++;
+                    /* later steps' q, k rows (G K apart) into L1 for the block's first tile:
+                       mamba3's are per head (two 16.8 MB tensors) and ssd_fwd there was bound
+                       by their reads */
+                    for (long u = t + SSD_AHEAD; u < t + SSD_AHEAD + ns && u < Tn; u++) {
+                        if (j0 == 0) {
+                            const char *qa = (const char *)(q + ((b * Tn + u) * G + gi) * K);
+                            const char *ka = (const char *)(k + ((b * Tn + u) * G + gi) * K);
+                            for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
+                                __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
+                        }
+                        /* and v_t's tile slice (rows H V apart: past a page every few steps) */
+                        const char *va = (const char *)(v + (b * Tn + u) * vr + h * V + j0);
+                        for (long x = 0; x < (long)(w * sizeof(T)); x += 64) __builtin_prefetch(va + x, 0, 3);
                     }
-                if (ma[t] != 1)
-                    for (long i = 0; i < K; i++) S[2 * i] *= ma[t], S[2 * i + 1] *= ma[t];
-                /* steps t .. t + ns - 1 in one pass over the tile where the later ones have
-                   nothing of their own before them (no scaling, no stored state); the same
-                   operations in the same order as step by step (equal outputs) */
-                int ns = 1;
-                while (ns < SSD_STEPS && t + ns < Tn && m[t + ns] == 1  /* ma: at starts only */
-                       && !(Sc && (t + ns) % L == 0))
-                    ns++;
-                /* later steps' q, k rows (G K apart) into L1: mamba3's are per head (two
-                   16.8 MB tensors) and ssd_fwd there was bound by their reads */
-                for (long u = t + SSD_AHEAD; u < t + SSD_AHEAD + ns && u < Tn; u++) {
-                    const char *qa = (const char *)(q + ((b * Tn + u) * G + gi) * K);
-                    const char *ka = (const char *)(k + ((b * Tn + u) * G + gi) * K);
-                    for (long x = 0; x < (long)(K * sizeof(T)); x += 64)
-                        __builtin_prefetch(qa + x, 0, 3), __builtin_prefetch(ka + x, 0, 3);
-                    /* and v_t's tile slice (rows H V apart: past a page every few steps) */
-                    const char *va = (const char *)(v + (b * Tn + u) * vr + h * V + j0);
-                    for (long x = 0; x < (long)(w * sizeof(T)); x += 64) __builtin_prefetch(va + x, 0, 3);
+                    const T *qt = q + ((b * Tn + t) * G + gi) * K, *kt = k + ((b * Tn + t) * G + gi) * K;
+                    const T *dt = d ? d + row : NULL;
+#define SSD_RUN(ns) NAME(ssd_steps)(St, K, qt, kt, G * K, v + (b * Tn + t) * vr + h * V + j0, \
+                                    vr, o + row * V + j0, H * V, dt, H, c + t, e + t, w, ns)
+                    if (ns == SSD_STEPS) SSD_RUN(SSD_STEPS);
+                    else if (ns == 2) SSD_RUN(2);
+                    else SSD_RUN(1);
+#undef SSD_RUN
+                    t += ns;
                 }
-                const T *qt = q + ((b * Tn + t) * G + gi) * K, *kt = k + ((b * Tn + t) * G + gi) * K;
-                const T *dt = d ? d + row : NULL;
-#define SSD_BLOCK(ns) NAME(ssd_steps)(S, K, qt, kt, G * K, v + (b * Tn + t) * vr + h * V + j0, \
-                                      vr, o + row * V + j0, H * V, dt, H, c + t, e + t, w, ns)
-                if (ns == SSD_STEPS) SSD_BLOCK(SSD_STEPS);
-                else if (ns == 2) SSD_BLOCK(2);
-                else SSD_BLOCK(1);
-#undef SSD_BLOCK
-                t += ns;
             }
+        }
+        for (long j0 = 0; j0 < V; j0 += VT) {
+            VEC *St = S + 2 * K * (j0 / VT);
+            const long w = V - j0 < VT ? V - j0 : VT;
             if (m[Tn] != 1)
-                for (long i = 0; i < K; i++) S[2 * i] *= m[Tn], S[2 * i + 1] *= m[Tn];
-            for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, S + 2 * i, w);
+                for (long i = 0; i < K; i++) St[2 * i] *= m[Tn], St[2 * i + 1] *= m[Tn];
+            for (long i = 0; i < K; i++) NAME(tile_store)(ST + (p * K + i) * V + j0, St + 2 * i, w);
         }
     }
 #if SSD_STREAM
@@ -190,6 +212,7 @@ void NAME(ssd_fwd)(const T *restrict q, const T *restrict k, const T *restrict v
 #undef SSD_SPAN
 #undef SSD_AHEAD
 #undef SSD_STEPS
+#undef SSD_BLOCK
 #undef SSD_STREAM
 #include "tile.h"  /* its names undefined for the next type */
 #endif

@@ -95,6 +95,7 @@ class _NativeSSD(first_order.Function):
         flop_count.add(flops(B * H, T, K, V, L)[0])
         ctx.save_for_backward(q, k, v, g, d, Sc, ST, *orig)
         ctx.lib, ctx.L, ctx.vr, ctx.plain = lib, L, vr, plain
+        ctx.set_materialize_grads(False)  # an unread S_T: dST NULL, not a zero tensor
         return o, ST
 
     @staticmethod
@@ -108,7 +109,7 @@ class _NativeSSD(first_order.Function):
         q, k, v, g, d, Sc, ST = ctx.saved_tensors[:7]
         B, T, G, K = q.shape
         H, V = v.shape[2:]
-        do = do.contiguous()
+        do = v.new_zeros(v.shape) if do is None else do.contiguous()
         dST = None if dST is None else dST.contiguous()
         _, bwd = _kernels(ctx.lib, q.dtype)
         dq, dk = q.new_empty(B, T, H, K), q.new_empty(B, T, H, K)
